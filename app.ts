@@ -1,0 +1,61 @@
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import archiverPlugin from './plugins/archiver.js'
+import configPlugin, { type ConfigPluginOptions } from './plugins/config.js'
+import persistencePlugin from './plugins/persistence.js'
+import taskManagerPlugin from './plugins/task-manager.js'
+import { errorHandler } from './routes/error-handler.js'
+import healthRoutes from './routes/health.js'
+import taskRoutes from './routes/tasks.js'
+import type { ExecutorMap } from './services/executors.js'
+import type { FsSeam } from './services/fs-seam.js'
+
+export interface BuildAppOptions {
+  /** Settings that override the environment. */
+  config?: ConfigPluginOptions['values']
+  /** Read `process.env` and `.env` (default true). */
+  readEnvironment?: boolean
+  /** Agents by task type; the echo demo agent is used for types without one. */
+  executors?: Partial<ExecutorMap>
+  /** File-system seam of the store, for fault injection. */
+  fs?: FsSeam
+  /** Time source for timestamps and archiving. */
+  clock?: () => Date
+  logger?: FastifyServerOptions['logger']
+}
+
+/** Server options shared by production and tests, so both validate requests the same way. */
+export function serverOptions (logger: FastifyServerOptions['logger'] = false): FastifyServerOptions {
+  return {
+    logger,
+    ajv: {
+      customOptions: {
+        // Unknown fields are a 400, never silently dropped.
+        removeAdditional: false,
+        useDefaults: true,
+        coerceTypes: 'array',
+        allErrors: false
+      }
+    },
+    onProtoPoisoning: 'error',
+    onConstructorPoisoning: 'error',
+    return503OnClosing: true,
+    // Session ids in paths may be 128 characters.
+    routerOptions: { maxParamLength: 256 }
+  }
+}
+
+/** Builds the service without listening: plugins, then routes. */
+export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify(serverOptions(options.logger)).withTypeProvider<TypeBoxTypeProvider>()
+  app.setErrorHandler(errorHandler)
+
+  await app.register(configPlugin, { values: options.config, readEnvironment: options.readEnvironment })
+  await app.register(persistencePlugin, { fs: options.fs })
+  await app.register(taskManagerPlugin, { executors: options.executors, clock: options.clock })
+  await app.register(archiverPlugin, { clock: options.clock })
+
+  await app.register(healthRoutes)
+  await app.register(taskRoutes, { prefix: '/api/v1/tasks' })
+  return app
+}

@@ -1,0 +1,29 @@
+import fastifyEnv from '@fastify/env'
+import fp from 'fastify-plugin'
+import { ConfigSchema, type Config } from '../schemas/config.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    config: Config
+  }
+}
+
+export interface ConfigPluginOptions {
+  /** Values that override the environment (tests, embedding). */
+  values?: Partial<Record<keyof Config, string | number | boolean>>
+  /** Read `process.env` and `.env` (default true). Tests turn this off for isolation. */
+  readEnvironment?: boolean
+}
+
+/** Validates every setting at boot; a bad value fails `ready()` with a message naming it. */
+export default fp<ConfigPluginOptions>(async function configPlugin (app, options) {
+  const readEnvironment = options.readEnvironment ?? true
+  await app.register(fastifyEnv, {
+    confKey: 'config',
+    schema: structuredClone(ConfigSchema),
+    env: readEnvironment,
+    dotenv: readEnvironment,
+    data: { ...options.values }
+  })
+  app.log.level = app.config.LOG_LEVEL
+}, { name: 'taskvault-config', fastify: '5.x' })

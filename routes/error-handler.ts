@@ -1,0 +1,36 @@
+import { STATUS_CODES } from 'node:http'
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import { TaskvaultError } from '../services/errors.js'
+
+/** The one place where domain errors become HTTP statuses. */
+const STATUS_BY_CODE: Readonly<Record<string, number>> = {
+  SESSION_NOT_FOUND: 404,
+  NO_PENDING_TASK: 409,
+  SESSION_BUSY: 409,
+  INVALID_INSTRUCTIONS: 400,
+  INVALID_SESSION_ID: 400,
+  SHUTTING_DOWN: 503,
+  NOT_READY: 503,
+  STORAGE_UNAVAILABLE: 503,
+  STORAGE_FULL: 507
+}
+
+export function statusFor (error: FastifyError | TaskvaultError): number {
+  if (error instanceof TaskvaultError) return STATUS_BY_CODE[error.code] ?? 500
+  const status = error.statusCode
+  return typeof status === 'number' && status >= 400 && status < 600 ? status : 500
+}
+
+export async function errorHandler (error: FastifyError | TaskvaultError, request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  const statusCode = statusFor(error)
+  // Domain errors explain themselves; an unexpected 5xx must not leak internals.
+  const known = error instanceof TaskvaultError || statusCode < 500
+  if (statusCode >= 500) request.log.error({ err: error }, known ? error.message : 'unexpected error')
+  else request.log.info({ code: error.code, statusCode }, error.message)
+  await reply.code(statusCode).send({
+    statusCode,
+    code: error.code,
+    error: STATUS_CODES[statusCode] ?? 'Error',
+    message: known ? error.message : 'Internal Server Error'
+  })
+}

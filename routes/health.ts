@@ -1,0 +1,16 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { responses } from '../schemas/api.js'
+import { NotReadyError } from '../services/errors.js'
+
+/** Liveness and readiness, for load balancers and Kubernetes probes. */
+const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  app.get('/health', { schema: { response: responses.health } }, async () => ({ status: 'ok' as const, uptime_s: Math.round(process.uptime()) }))
+
+  // 503 until every session is restored, and again once shutdown begins.
+  app.get('/ready', { schema: { response: responses.ready } }, async () => {
+    if (!app.taskManager.ready) throw new NotReadyError()
+    return { status: 'ready' as const, sessions: app.taskManager.registry.size }
+  })
+}
+
+export default healthRoutes

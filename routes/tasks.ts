@@ -1,0 +1,74 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { CreateBody, ListQuery, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
+import { InvalidInstructionsError } from '../services/errors.js'
+import { classifyTask, parseInstructions } from '../services/parser.js'
+import type { TaskSpec } from '../services/session.js'
+import { ALL_SESSIONS } from '../services/task-manager.js'
+
+/** The seed's task API, mounted under /api/v1/tasks. Handlers stay thin: the manager does the work. */
+const taskRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  const manager = app.taskManager
+  const bodyLimit = app.config.BODY_LIMIT
+
+  app.post('/create', { bodyLimit, schema: { body: CreateBody, response: responses.create } }, async (request) => {
+    const { session_id: sessionId } = request.body
+    const created = await manager.create(sessionId, taskSpecs(request.body))
+    return {
+      session_id: sessionId,
+      task_ids: created.tasks.map((task) => task.id),
+      total_tasks: created.tasks.length,
+      tasks: created.tasks
+    }
+  })
+
+  app.post('/execute', { bodyLimit, schema: { body: SessionIdBody, response: responses.execute } }, async (request) => {
+    const { task, progress } = await manager.executeNext(request.body.session_id)
+    return { ...task, progress }
+  })
+
+  app.post('/execute-all', { bodyLimit, schema: { body: SessionIdBody, response: responses.executeAll } }, async (request) => {
+    const sessionId = request.body.session_id
+    const { results, progress } = await manager.executeAll(sessionId)
+    return { session_id: sessionId, total_executed: results.length, results, progress }
+  })
+
+  app.get('/progress', { schema: { querystring: SessionQuery, response: responses.progress } }, async (request) => {
+    const sessionId = request.query.session_id
+    return { session_id: sessionId, ...manager.progress(sessionId) }
+  })
+
+  app.get('/list', { schema: { querystring: ListQuery, response: responses.list } }, async (request) => {
+    const { session_id: sessionId, limit, offset } = request.query
+    if (sessionId === ALL_SESSIONS) return { ...manager.list(offset, limit), offset, limit }
+    const file = manager.get(sessionId)
+    const tasks = file.session.tasks
+    return { session_id: sessionId, created_at: file.created_at, updated_at: file.updated_at, current_index: file.session.current_index, total: tasks.length, tasks }
+  })
+
+  app.get('/stats', { schema: { response: responses.stats } }, async () => {
+    const { files, bytes, failed_loads: failedLoads, restore_ms: restoreMs, ...counts } = manager.stats()
+    return { ...counts, storage: { dir: app.persistence.location, bytes, files, failed_loads: failedLoads, restore_ms: restoreMs } }
+  })
+
+  app.delete('/sessions/:session_id', { schema: { params: SessionParams, response: responses.remove } }, async (request, reply) => {
+    await manager.delete(request.params.session_id)
+    return reply.code(204).send(null)
+  })
+}
+
+/** Either free-text `instructions` or explicit `tasks`, never both. */
+function taskSpecs (body: CreateBody): TaskSpec[] {
+  if ((body.instructions === undefined) === (body.tasks === undefined)) {
+    throw new InvalidInstructionsError('send exactly one of "instructions" (free text) or "tasks" (a list)')
+  }
+  if (body.instructions !== undefined) {
+    return parseInstructions(body.instructions).map((instruction) => ({ instruction, task_type: classifyTask(instruction) }))
+  }
+  return (body.tasks ?? []).map(({ instruction, task_type: taskType }) => {
+    const text = instruction.trim()
+    if (text === '') throw new InvalidInstructionsError('task instructions must not be blank')
+    return { instruction: text, task_type: taskType ?? classifyTask(text) }
+  })
+}
+
+export default taskRoutes

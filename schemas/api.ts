@@ -1,0 +1,137 @@
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { SessionId, Task, TaskStatus, TaskType, Timestamp } from './session.js'
+
+const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
+
+/** Fastify's error shape, used for every 4xx and 5xx. */
+export const ErrorResponse = Type.Object({
+  statusCode: Type.Integer(),
+  code: Type.Optional(Type.String()),
+  error: Type.String(),
+  message: Type.String()
+}, { description: 'Fastify error shape' })
+
+const errors = (...codes: number[]) => Object.fromEntries(codes.map((code) => [code, ErrorResponse]))
+
+export const MAX_TASKS_PER_REQUEST = 1000
+
+export const SessionIdBody = Type.Object({ session_id: SessionId }, { additionalProperties: false })
+export type SessionIdBody = Static<typeof SessionIdBody>
+
+export const TaskInput = Type.Object({
+  instruction: Type.String({ minLength: 1 }),
+  task_type: Type.Optional(TaskType)
+}, { additionalProperties: false })
+
+export const CreateBody = Type.Object({
+  session_id: SessionId,
+  instructions: Type.Optional(Type.String({ description: 'Free text: numbered or bulleted lists, "Task 1: ...", "first ... then ...", or one task' })),
+  tasks: Type.Optional(Type.Array(TaskInput, { minItems: 1, maxItems: MAX_TASKS_PER_REQUEST }))
+}, { additionalProperties: false })
+export type CreateBody = Static<typeof CreateBody>
+
+export const CreateResponse = Type.Object({
+  session_id: SessionId,
+  task_ids: Type.Array(Type.String()),
+  total_tasks: Type.Integer({ description: 'Tasks this call added' }),
+  tasks: Type.Array(Task)
+})
+
+export const Progress = Type.Object({
+  total: Type.Integer(),
+  completed: Type.Integer(),
+  failed: Type.Integer(),
+  pending: Type.Integer(),
+  in_progress: Type.Integer(),
+  all_done: Type.Boolean(),
+  percentage: Type.Number()
+})
+
+export const ProgressResponse = Type.Composite([Type.Object({ session_id: SessionId }), Progress])
+
+const ExecutedTask = Type.Object({
+  task_id: Type.String(),
+  instruction: Type.String(),
+  status: TaskStatus,
+  result: Nullable(Type.String()),
+  error: Nullable(Type.String()),
+  confidence: Nullable(Type.Number())
+})
+
+export const ExecuteResponse = Type.Composite([ExecutedTask, Type.Object({ progress: Progress })])
+
+export const ExecuteAllResponse = Type.Object({
+  session_id: SessionId,
+  total_executed: Type.Integer(),
+  results: Type.Array(ExecutedTask),
+  progress: Progress
+})
+
+export const SessionQuery = Type.Object({ session_id: SessionId }, { additionalProperties: false })
+export type SessionQuery = Static<typeof SessionQuery>
+
+export const ListQuery = Type.Object({
+  session_id: SessionId,
+  limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
+  offset: Type.Integer({ minimum: 0, default: 0 })
+}, { additionalProperties: false })
+export type ListQuery = Static<typeof ListQuery>
+
+export const SessionDetail = Type.Object({
+  session_id: SessionId,
+  created_at: Timestamp,
+  updated_at: Timestamp,
+  current_index: Type.Integer(),
+  total: Type.Integer(),
+  tasks: Type.Array(Task)
+})
+
+export const SessionSummary = Type.Composite([
+  Type.Object({ session_id: SessionId, created_at: Timestamp, updated_at: Timestamp }),
+  Progress
+])
+
+export const SessionList = Type.Object({
+  total: Type.Integer(),
+  offset: Type.Integer(),
+  limit: Type.Integer(),
+  sessions: Type.Array(SessionSummary)
+})
+
+export const ListResponse = Type.Union([SessionDetail, SessionList])
+
+export const StatsResponse = Type.Object({
+  total_sessions: Type.Integer(),
+  active_sessions: Type.Integer(),
+  completed_sessions: Type.Integer(),
+  total_tasks: Type.Integer(),
+  completed_tasks: Type.Integer(),
+  failed_tasks: Type.Integer(),
+  pending_tasks: Type.Integer(),
+  in_progress_tasks: Type.Integer(),
+  storage: Type.Object({
+    dir: Type.String(),
+    bytes: Type.Integer(),
+    files: Type.Integer(),
+    failed_loads: Type.Integer(),
+    restore_ms: Type.Number()
+  })
+})
+
+export const SessionParams = Type.Object({ session_id: SessionId }, { additionalProperties: false })
+export type SessionParams = Static<typeof SessionParams>
+
+export const HealthResponse = Type.Object({ status: Type.Literal('ok'), uptime_s: Type.Number() })
+export const ReadyResponse = Type.Object({ status: Type.Literal('ready'), sessions: Type.Integer() })
+
+export const responses = {
+  create: { 200: CreateResponse, ...errors(400, 413, 415, 503, 507) },
+  execute: { 200: ExecuteResponse, ...errors(400, 404, 409, 413, 415, 503, 507) },
+  executeAll: { 200: ExecuteAllResponse, ...errors(400, 404, 409, 413, 415, 503, 507) },
+  progress: { 200: ProgressResponse, ...errors(400, 404) },
+  list: { 200: ListResponse, ...errors(400, 404) },
+  stats: { 200: StatsResponse },
+  remove: { 204: Type.Null(), ...errors(400, 404, 409, 503, 507) },
+  health: { 200: HealthResponse },
+  ready: { 200: ReadyResponse, ...errors(503) }
+}

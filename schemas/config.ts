@@ -1,0 +1,18 @@
+import { Type, type Static } from '@sinclair/typebox'
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
+
+/** Every setting, with its default. Read from the environment and `.env`; a bad value stops the boot. */
+export const ConfigSchema = Type.Object({
+  PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 7000 }),
+  HOST: Type.String({ minLength: 1, default: '127.0.0.1' }),
+  TASK_STORAGE_DIR: Type.String({ minLength: 1, default: 'data/tasks' }),
+  TASK_AUTO_SAVE: Type.Boolean({ default: true }),
+  TASK_ARCHIVE_DAYS: Type.Number({ minimum: 0, default: 30, description: '0 turns archiving off' }),
+  TASK_ARCHIVE_INTERVAL_MINUTES: Type.Number({ exclusiveMinimum: 0, default: 60 }),
+  TASK_RESTORE_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 4096, default: 32 }),
+  TASK_SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, default: 10_000 }),
+  BODY_LIMIT: Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024, default: 1024 * 1024 }),
+  LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' })
+})
+export type Config = Static<typeof ConfigSchema>

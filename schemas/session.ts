@@ -1,0 +1,78 @@
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+
+/** Session ids become file names, so this pattern is the only gate to the storage folder. */
+export const SESSION_ID_PATTERN = '^[A-Za-z0-9_-]{1,128}$'
+export const SessionId = Type.String({ pattern: SESSION_ID_PATTERN, description: 'Letters, digits, _ and -, 1 to 128 characters' })
+
+export const TASK_TYPES = ['Coding', 'Analysis', 'Research', 'Reasoning', 'General'] as const
+export const TASK_STATUSES = ['Pending', 'InProgress', 'Completed', 'Failed'] as const
+
+export const TaskType = Type.Union(TASK_TYPES.map((t) => Type.Literal(t)))
+export const TaskStatus = Type.Union(TASK_STATUSES.map((s) => Type.Literal(s)))
+export type TaskType = (typeof TASK_TYPES)[number]
+export type TaskStatus = (typeof TASK_STATUSES)[number]
+
+// ISO 8601 with an explicit offset; written by us always as UTC (`Z`).
+export const Timestamp = Type.String({ pattern: '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?(Z|[+-]\\d{2}:\\d{2})$' })
+
+const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
+const Confidence = Type.Number({ minimum: 0, maximum: 1 })
+
+/** A task as stored and served: every field present, null where unset. */
+export const Task = Type.Object({
+  id: Type.String({ minLength: 1, maxLength: 256 }),
+  instruction: Type.String(),
+  task_type: TaskType,
+  status: TaskStatus,
+  result: Nullable(Type.String()),
+  error: Nullable(Type.String()),
+  confidence: Nullable(Confidence),
+  created_at: Timestamp,
+  started_at: Nullable(Timestamp),
+  completed_at: Nullable(Timestamp),
+  attempts: Type.Integer({ minimum: 0 })
+})
+export type Task = Static<typeof Task>
+
+/** The seed's "Session File Format": what every `<session_id>.json` holds. */
+export const SessionFile = Type.Object({
+  session_id: SessionId,
+  created_at: Timestamp,
+  updated_at: Timestamp,
+  session: Type.Object({
+    session_id: SessionId,
+    tasks: Type.Array(Task),
+    current_index: Type.Integer({ minimum: 0 })
+  })
+})
+export type SessionFile = Static<typeof SessionFile>
+
+/**
+ * What a file on disk may hold: the seed's own example omits `error` and `attempts` and
+ * leaves unset fields out, so those are optional here and filled in on load.
+ */
+const StoredTask = Type.Object({
+  id: Type.String({ minLength: 1, maxLength: 256 }),
+  instruction: Type.String(),
+  task_type: TaskType,
+  status: TaskStatus,
+  result: Type.Optional(Nullable(Type.String())),
+  error: Type.Optional(Nullable(Type.String())),
+  confidence: Type.Optional(Nullable(Confidence)),
+  created_at: Timestamp,
+  started_at: Type.Optional(Nullable(Timestamp)),
+  completed_at: Type.Optional(Nullable(Timestamp)),
+  attempts: Type.Optional(Type.Integer({ minimum: 0 }))
+})
+
+export const StoredSessionFile = Type.Object({
+  session_id: SessionId,
+  created_at: Timestamp,
+  updated_at: Timestamp,
+  session: Type.Object({
+    session_id: SessionId,
+    tasks: Type.Array(StoredTask),
+    current_index: Type.Optional(Type.Integer({ minimum: 0 }))
+  })
+})
+export type StoredSessionFile = Static<typeof StoredSessionFile>

@@ -1,0 +1,213 @@
+import { constants } from 'node:fs'
+import type { FileHandle } from 'node:fs/promises'
+import { join, resolve, sep } from 'node:path'
+import { TypeCompiler } from '@sinclair/typebox/compiler'
+import pLimit from 'p-limit'
+import { SessionFile, StoredSessionFile, SESSION_ID_PATTERN } from '../schemas/session.js'
+import { CoalescedRun } from './coalesce.js'
+import { CorruptSessionFileError, InvalidSessionIdError, StorageError, TaskvaultError } from './errors.js'
+import { nodeFs, type FsSeam } from './fs-seam.js'
+import { normalizeSessionFile } from './session.js'
+import type { LoadFailure, LoadResult, LoadedSession, SessionStore } from './store.js'
+
+const FILE_MODE = 0o600
+const DIR_MODE = 0o700
+const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
+// `.<id>.<pid>.<seq>.tmp`: hidden, never matches `*.json`, unique per process and save.
+const TEMP_FILE = /^\.[A-Za-z0-9_-]{1,128}\.\d+\.\d+\.tmp$/u
+const checkSessionFile = TypeCompiler.Compile(SessionFile)
+const checkStoredFile = TypeCompiler.Compile(StoredSessionFile)
+
+export interface FileSessionStoreOptions {
+  dir: string
+  fs?: FsSeam
+  /** Pretty-printed by default so operators can read and diff session files. */
+  indent?: number
+}
+
+/**
+ * One JSON file per session in `dir`. Every save is atomic and durable: a unique temp file
+ * in the same folder (created exclusively, 0600) is written, fsynced and renamed over the
+ * target, then the folder is fsynced. Concurrent saves share folder fsyncs.
+ */
+export class FileSessionStore implements SessionStore {
+  readonly dir: string
+  readonly archiveDir: string
+  readonly corruptDir: string
+  private readonly fs: FsSeam
+  private readonly indent: number
+  private readonly dirSync: CoalescedRun
+  private tempSeq = 0
+
+  constructor (options: FileSessionStoreOptions) {
+    this.dir = resolve(options.dir)
+    this.archiveDir = join(this.dir, 'archive')
+    this.corruptDir = join(this.dir, 'corrupt')
+    this.fs = options.fs ?? nodeFs
+    this.indent = options.indent ?? 2
+    this.dirSync = new CoalescedRun(() => this.fsyncDir(this.dir))
+  }
+
+  get location (): string {
+    return this.dir
+  }
+
+  async init (): Promise<void> {
+    try {
+      await this.fs.ensureDir(this.dir, DIR_MODE)
+      await this.fs.chmod(this.dir, DIR_MODE)
+      // Prove the folder is writable now rather than on the first client's request.
+      const probe = join(this.dir, `.probe.${process.pid}.${++this.tempSeq}.tmp`)
+      const handle = await this.fs.open(probe, 'wx', FILE_MODE)
+      await handle.close()
+      await this.fs.unlink(probe)
+    } catch (err) {
+      throw new StorageError(`preparing storage folder ${this.dir}`, err as NodeJS.ErrnoException)
+    }
+  }
+
+  pathFor (sessionId: string): string {
+    if (!SESSION_ID.test(sessionId)) throw new InvalidSessionIdError(`invalid session id '${sessionId.slice(0, 140)}'`)
+    const path = join(this.dir, `${sessionId}.json`)
+    // Defence in depth: the pattern already keeps ids free of separators and dots.
+    if (!path.startsWith(this.dir + sep)) throw new InvalidSessionIdError('session id escapes the storage folder')
+    return path
+  }
+
+  async save (file: SessionFile): Promise<number> {
+    const candidate: unknown = file
+    if (!checkSessionFile.Check(candidate)) {
+      const first = checkSessionFile.Errors(candidate).First()
+      throw new TaskvaultError('INVALID_SESSION_STATE', `refusing to save session '${file.session_id}': ${first?.path ?? ''} ${first?.message ?? ''}`)
+    }
+    const target = this.pathFor(file.session_id)
+    const data = Buffer.from(JSON.stringify(file, null, this.indent) + '\n', 'utf8')
+    const temp = join(this.dir, `.${file.session_id}.${process.pid}.${++this.tempSeq}.tmp`)
+    let handle: FileHandle | undefined
+    try {
+      handle = await this.fs.open(temp, 'wx', FILE_MODE)
+      await handle.writeFile(data)
+      await handle.sync()
+      await handle.close()
+      handle = undefined
+      await this.fs.rename(temp, target)
+    } catch (err) {
+      await handle?.close().catch(noop)
+      await this.fs.unlink(temp).catch(noop)
+      throw new StorageError(`saving session '${file.session_id}'`, err as NodeJS.ErrnoException)
+    }
+    await this.syncDir(`saving session '${file.session_id}'`)
+    return data.length
+  }
+
+  async remove (sessionId: string): Promise<void> {
+    const target = this.pathFor(sessionId)
+    try {
+      await this.fs.unlink(target)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
+      throw new StorageError(`deleting session '${sessionId}'`, err as NodeJS.ErrnoException)
+    }
+    await this.syncDir(`deleting session '${sessionId}'`)
+  }
+
+  async archive (sessionId: string): Promise<void> {
+    const source = this.pathFor(sessionId)
+    try {
+      await this.fs.ensureDir(this.archiveDir, DIR_MODE)
+      await this.fs.rename(source, join(this.archiveDir, `${sessionId}.json`))
+      await this.fsyncDir(this.archiveDir)
+    } catch (err) {
+      throw new StorageError(`archiving session '${sessionId}'`, err as NodeJS.ErrnoException)
+    }
+    await this.syncDir(`archiving session '${sessionId}'`)
+  }
+
+  async loadAll ({ concurrency }: { concurrency: number }): Promise<LoadResult> {
+    const entries = await this.fs.readdir(this.dir, { withFileTypes: true })
+    const limit = pLimit(concurrency)
+    const sessions: LoadedSession[] = []
+    const failures: LoadFailure[] = []
+    let removedTempFiles = 0
+    await Promise.all(entries.map((entry) => limit(async () => {
+      // Dirent types come from readdir without following links: symlinks, folders,
+      // sockets and the like are never read.
+      if (!entry.isFile()) return
+      if (TEMP_FILE.test(entry.name)) {
+        await this.fs.unlink(join(this.dir, entry.name)).catch(noop)
+        removedTempFiles++
+        return
+      }
+      if (!entry.name.endsWith('.json')) return
+      try {
+        sessions.push(await this.loadFile(entry.name))
+      } catch (err) {
+        const reason = err instanceof CorruptSessionFileError ? err.message : `${entry.name}: ${(err as Error).message}`
+        failures.push({ name: entry.name, reason, movedTo: await this.setAside(entry.name) })
+      }
+    })))
+    if (removedTempFiles > 0 || failures.length > 0) await this.syncDir('restoring sessions')
+    return { sessions, failures, removedTempFiles }
+  }
+
+  async close (): Promise<void> {}
+
+  private async loadFile (name: string): Promise<LoadedSession> {
+    // O_NOFOLLOW: a symlink swapped in after readdir is refused, not followed.
+    const handle = await this.fs.open(join(this.dir, name), constants.O_RDONLY | constants.O_NOFOLLOW)
+    let text: string
+    try {
+      text = await handle.readFile('utf8')
+    } finally {
+      await handle.close()
+    }
+    let raw: unknown
+    try {
+      raw = JSON.parse(text)
+    } catch (err) {
+      throw new CorruptSessionFileError(name, `not valid JSON (${(err as Error).message})`)
+    }
+    if (!checkStoredFile.Check(raw)) {
+      const first = checkStoredFile.Errors(raw).First()
+      throw new CorruptSessionFileError(name, `does not match the session file format at '${first?.path ?? ''}': ${first?.message ?? ''}`)
+    }
+    if (name !== `${raw.session_id}.json` || raw.session.session_id !== raw.session_id) {
+      throw new CorruptSessionFileError(name, `holds session '${raw.session_id}', which does not match its file name`)
+    }
+    const ids = new Set(raw.session.tasks.map((task) => task.id))
+    if (ids.size !== raw.session.tasks.length) throw new CorruptSessionFileError(name, 'has duplicate task ids')
+    return { file: normalizeSessionFile(raw), bytes: Buffer.byteLength(text, 'utf8') }
+  }
+
+  /** Moves an unreadable file into `corrupt/`, never deleting it; null if it could not be moved. */
+  private async setAside (name: string): Promise<string | null> {
+    try {
+      await this.fs.ensureDir(this.corruptDir, DIR_MODE)
+      const target = join(this.corruptDir, `${name}.${Date.now()}`)
+      await this.fs.rename(join(this.dir, name), target)
+      await this.fsyncDir(this.corruptDir)
+      return target
+    } catch {
+      return null
+    }
+  }
+
+  private async syncDir (operation: string): Promise<void> {
+    try {
+      await this.dirSync.run()
+    } catch (err) {
+      throw new StorageError(operation, err as NodeJS.ErrnoException)
+    }
+  }
+
+  private async fsyncDir (dir: string): Promise<void> {
+    const handle = await this.fs.open(dir, constants.O_RDONLY | constants.O_DIRECTORY)
+    try {
+      await handle.sync()
+    } finally {
+      await handle.close()
+    }
+  }
+}
+
+function noop (): void {}

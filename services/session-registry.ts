@@ -1,0 +1,249 @@
+import { SessionNotFoundError } from './errors.js'
+import { cloneSessionFile, currentIndex, isoNow, progressOf, type Progress, type SessionFile } from './session.js'
+import type { SessionStore } from './store.js'
+
+/** The working copy a change edits. Setting `file` to null deletes the session. */
+export interface Draft {
+  readonly sessionId: string
+  file: SessionFile | null
+  /** With `file` null: move the stored file to the archive instead of deleting it. */
+  archive: boolean
+  readonly now: Date
+}
+
+/**
+ * A change to one session. `apply` edits the draft and returns the change's result; it must
+ * throw before editing anything if the change cannot be made (so other changes in the same
+ * write are unaffected).
+ */
+export type ChangeFn<R> = (draft: Draft) => R
+
+interface QueuedChange {
+  apply: ChangeFn<unknown>
+  resolve: (value: unknown) => void
+  reject: (error: unknown) => void
+}
+
+export interface SessionSlot {
+  /** The durable state (with auto-save off: the committed state). null until first saved. */
+  file: SessionFile | null
+  progress: Progress | null
+  updatedMs: number
+  bytes: number
+  executing: boolean
+  /** Committed but not yet saved (auto-save off). */
+  dirty: boolean
+  queue: QueuedChange[]
+  flushing: Promise<void> | null
+}
+
+export interface SessionSummary extends Progress {
+  session_id: string
+  created_at: string
+  updated_at: string
+}
+
+export interface Totals {
+  total_sessions: number
+  active_sessions: number
+  completed_sessions: number
+  total_tasks: number
+  completed_tasks: number
+  failed_tasks: number
+  pending_tasks: number
+  in_progress_tasks: number
+  bytes: number
+  files: number
+}
+
+export interface RegistryOptions {
+  store: SessionStore
+  autoSave: boolean
+  clock: () => Date
+}
+
+/**
+ * Sessions in memory, and the only way to change them. Changes to one session are queued and
+ * written in batches: while one write is in flight, every change that arrives waits for the
+ * next write, which holds them all. A change's promise resolves once a write containing it is
+ * durable; if that write fails, every change in it rejects and memory keeps the state before
+ * them. Totals are kept current on every commit so stats never scan sessions.
+ */
+export class SessionRegistry {
+  private readonly slots = new Map<string, SessionSlot>()
+  private readonly store: SessionStore
+  private readonly autoSave: boolean
+  private readonly clock: () => Date
+  private readonly totals: Totals = {
+    total_sessions: 0, active_sessions: 0, completed_sessions: 0, total_tasks: 0, completed_tasks: 0,
+    failed_tasks: 0, pending_tasks: 0, in_progress_tasks: 0, bytes: 0, files: 0
+  }
+
+  constructor (options: RegistryOptions) {
+    this.store = options.store
+    this.autoSave = options.autoSave
+    this.clock = options.clock
+  }
+
+  /** Adds a session read from storage (restore); it must not be known yet. */
+  load (file: SessionFile, bytes: number): void {
+    const slot = this.slotFor(file.session_id)
+    this.commit(slot, file, bytes, true)
+  }
+
+  /** The slot of an existing session, or throws SessionNotFoundError. */
+  existing (sessionId: string): SessionSlot & { file: SessionFile, progress: Progress } {
+    const slot = this.slots.get(sessionId)
+    if (slot?.file == null || slot.progress === null) throw new SessionNotFoundError(sessionId)
+    return slot as SessionSlot & { file: SessionFile, progress: Progress }
+  }
+
+  get size (): number {
+    return this.totals.total_sessions
+  }
+
+  /** Queues a change and resolves with its result once it is durable. */
+  change<R> (sessionId: string, apply: ChangeFn<R>): Promise<R> {
+    const slot = this.slotFor(sessionId)
+    return new Promise<R>((resolve, reject) => {
+      slot.queue.push({ apply, resolve: resolve as (value: unknown) => void, reject })
+      slot.flushing ??= this.flush(sessionId, slot)
+    })
+  }
+
+  /** Marks a session as executing; false if it already was. */
+  claim (sessionId: string): boolean {
+    const slot = this.existing(sessionId)
+    if (slot.executing) return false
+    slot.executing = true
+    return true
+  }
+
+  release (sessionId: string): void {
+    const slot = this.slots.get(sessionId)
+    if (slot === undefined) return
+    slot.executing = false
+    this.forgetIfGone(sessionId, slot)
+  }
+
+  summaries (): SessionSummary[] {
+    const live: SessionSlot[] = []
+    for (const slot of this.slots.values()) if (slot.file !== null) live.push(slot)
+    live.sort((a, b) => b.updatedMs - a.updatedMs)
+    return live.map((slot) => {
+      const file = slot.file as SessionFile
+      return { session_id: file.session_id, created_at: file.created_at, updated_at: file.updated_at, ...(slot.progress as Progress) }
+    })
+  }
+
+  sessionIds (): string[] {
+    return [...this.slots.entries()].filter(([, slot]) => slot.file !== null).map(([id]) => id)
+  }
+
+  stats (): Readonly<Totals> {
+    return { ...this.totals }
+  }
+
+  /** Resolves once every queued change has been written or has failed. */
+  async drain (): Promise<void> {
+    for (;;) {
+      const pending = [...this.slots.values()].map((slot) => slot.flushing).filter((p) => p !== null)
+      if (pending.length === 0) return
+      await Promise.all(pending)
+    }
+  }
+
+  /** Writes every session committed while auto-save was off. */
+  async saveDirty (): Promise<void> {
+    for (const slot of this.slots.values()) {
+      if (!slot.dirty || slot.file === null) continue
+      const bytes = await this.store.save(slot.file)
+      this.totals.bytes += bytes - slot.bytes
+      slot.bytes = bytes
+      slot.dirty = false
+    }
+  }
+
+  private slotFor (sessionId: string): SessionSlot {
+    let slot = this.slots.get(sessionId)
+    if (slot === undefined) {
+      slot = { file: null, progress: null, updatedMs: 0, bytes: 0, executing: false, dirty: false, queue: [], flushing: null }
+      this.slots.set(sessionId, slot)
+    }
+    return slot
+  }
+
+  private async flush (sessionId: string, slot: SessionSlot): Promise<void> {
+    // Yield once so that `flushing` is set before any work, and changes queued in the
+    // same tick share the first write.
+    await Promise.resolve()
+    while (slot.queue.length > 0) {
+      const batch = slot.queue.splice(0)
+      const draft: Draft = { sessionId, file: slot.file && cloneSessionFile(slot.file), archive: false, now: this.clock() }
+      const applied: Array<{ change: QueuedChange, value: unknown }> = []
+      for (const change of batch) {
+        try {
+          applied.push({ change, value: change.apply(draft) })
+        } catch (err) {
+          change.reject(err)
+        }
+      }
+      if (applied.length === 0) continue
+      if (draft.file !== null) {
+        draft.file.updated_at = isoNow(draft.now)
+        draft.file.session.current_index = currentIndex(draft.file.session.tasks)
+      }
+      let bytes: number
+      try {
+        bytes = await this.persist(sessionId, slot, draft)
+      } catch (err) {
+        for (const { change } of applied) change.reject(err)
+        continue
+      }
+      this.commit(slot, draft.file, bytes, this.autoSave || draft.file === null)
+      for (const { change, value } of applied) change.resolve(value)
+    }
+    slot.flushing = null
+    this.forgetIfGone(sessionId, slot)
+  }
+
+  private async persist (sessionId: string, slot: SessionSlot, draft: Draft): Promise<number> {
+    if (draft.file === null) {
+      if (slot.file === null) return 0
+      if (draft.archive) await this.store.archive(sessionId)
+      else await this.store.remove(sessionId)
+      return 0
+    }
+    return this.autoSave ? this.store.save(draft.file) : slot.bytes
+  }
+
+  private commit (slot: SessionSlot, file: SessionFile | null, bytes: number, saved: boolean): void {
+    this.count(slot, -1)
+    slot.file = file
+    slot.progress = file && progressOf(file.session.tasks)
+    slot.updatedMs = file ? Date.parse(file.updated_at) : 0
+    slot.bytes = file ? bytes : 0
+    slot.dirty = file !== null && !saved
+    this.count(slot, 1)
+  }
+
+  private count (slot: SessionSlot, sign: 1 | -1): void {
+    const progress = slot.progress
+    if (slot.file === null || progress === null) return
+    const t = this.totals
+    t.total_sessions += sign
+    if (progress.all_done) t.completed_sessions += sign
+    else t.active_sessions += sign
+    t.total_tasks += sign * progress.total
+    t.completed_tasks += sign * progress.completed
+    t.failed_tasks += sign * progress.failed
+    t.pending_tasks += sign * progress.pending
+    t.in_progress_tasks += sign * progress.in_progress
+    t.bytes += sign * slot.bytes
+    t.files += sign
+  }
+
+  private forgetIfGone (sessionId: string, slot: SessionSlot): void {
+    if (slot.file === null && !slot.executing && slot.flushing === null && slot.queue.length === 0) this.slots.delete(sessionId)
+  }
+}

@@ -1,0 +1,42 @@
+import type { SessionFile } from '../schemas/session.js'
+
+export interface LoadedSession {
+  file: SessionFile
+  /** Size of the stored form, for storage statistics. */
+  bytes: number
+}
+
+export interface LoadFailure {
+  name: string
+  reason: string
+  /** Where the unreadable file was set aside, if it could be moved. */
+  movedTo: string | null
+}
+
+export interface LoadResult {
+  sessions: LoadedSession[]
+  failures: LoadFailure[]
+  /** Leftover temp files of interrupted saves that were removed. */
+  removedTempFiles: number
+}
+
+/**
+ * Where sessions live. The task manager only talks to this interface, so another backend
+ * (PostgreSQL, say) can replace the file store without touching routes or the manager.
+ * Every method resolves only once its change is durable, and rejects with StorageError otherwise.
+ */
+export interface SessionStore {
+  /** Human-readable location, shown in stats (a folder for the file store). */
+  readonly location: string
+  /** Prepares the storage (folders, permissions). Fails when it is not writable. */
+  init(): Promise<void>
+  /** Reads every stored session; unreadable ones are set aside and reported, never deleted. */
+  loadAll(options: { concurrency: number }): Promise<LoadResult>
+  /** Durably replaces the stored session; resolves with the stored size in bytes. */
+  save(file: SessionFile): Promise<number>
+  /** Durably removes the session; removing a missing session is not an error. */
+  remove(sessionId: string): Promise<void>
+  /** Durably moves the session to the archive. */
+  archive(sessionId: string): Promise<void>
+  close(): Promise<void>
+}

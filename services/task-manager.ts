@@ -1,0 +1,308 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import { InvalidSessionIdError, NoPendingTaskError, SessionBusyError, SessionNotFoundError, ShuttingDownError } from './errors.js'
+import { checkExecutionResult, executorFor, resolveExecutors, type ExecutorMap } from './executors.js'
+import { appendTasks, finishedAt, isoNow, newSessionFile, type Progress, type SessionFile, type Task, type TaskSpec } from './session.js'
+import { SessionRegistry, type Draft, type SessionSummary, type Totals } from './session-registry.js'
+import type { SessionStore } from './store.js'
+
+/** The subset of pino's API the manager logs through, so it runs without Fastify. */
+export interface Logger {
+  info(obj: object, msg?: string): void
+  warn(obj: object, msg?: string): void
+  error(obj: object, msg?: string): void
+}
+
+export interface TaskManagerOptions {
+  store: SessionStore
+  executors?: Partial<ExecutorMap>
+  /** Save on every change (default). Off: save only at graceful shutdown. */
+  autoSave?: boolean
+  restoreConcurrency?: number
+  /** How long running executions may take to finish at shutdown before they are aborted. */
+  shutdownGraceMs?: number
+  clock?: () => Date
+  logger?: Logger
+}
+
+export interface ExecutedTask {
+  task_id: string
+  instruction: string
+  status: Task['status']
+  result: string | null
+  error: string | null
+  confidence: number | null
+}
+
+export interface RestoreReport {
+  sessions: number
+  failedLoads: number
+  resetTasks: number
+  ms: number
+}
+
+export interface ManagerStats extends Totals {
+  failed_loads: number
+  restore_ms: number
+}
+
+/** The reserved id that the list endpoint reads as "every session". */
+export const ALL_SESSIONS = 'all'
+
+const silent: Logger = { info () {}, warn () {}, error () {} }
+
+/**
+ * Owns the sessions: restores them, appends tasks, runs them one at a time per session
+ * through executors chosen by task type, and shuts down without losing acknowledged work.
+ */
+export class TaskManager {
+  readonly registry: SessionRegistry
+  private readonly store: SessionStore
+  private readonly executors: ExecutorMap
+  private readonly autoSave: boolean
+  private readonly restoreConcurrency: number
+  private readonly shutdownGraceMs: number
+  private readonly clock: () => Date
+  private readonly log: Logger
+  private readonly abort = new AbortController()
+  private readonly running = new Set<Promise<unknown>>()
+  private restored: RestoreReport | null = null
+  private stopping: Promise<void> | null = null
+
+  constructor (options: TaskManagerOptions) {
+    this.store = options.store
+    this.executors = resolveExecutors(options.executors)
+    this.autoSave = options.autoSave ?? true
+    this.restoreConcurrency = options.restoreConcurrency ?? 32
+    this.shutdownGraceMs = options.shutdownGraceMs ?? 10_000
+    this.clock = options.clock ?? (() => new Date())
+    this.log = options.logger ?? silent
+    this.registry = new SessionRegistry({ store: this.store, autoSave: this.autoSave, clock: this.clock })
+  }
+
+  /** True once restore has finished and until shutdown begins. */
+  get ready (): boolean {
+    return this.restored !== null && this.stopping === null
+  }
+
+  get shuttingDown (): boolean {
+    return this.stopping !== null
+  }
+
+  /** Loads every stored session; interrupted tasks go back to Pending so they run again. */
+  async restore (): Promise<RestoreReport> {
+    const started = performance.now()
+    const { sessions, failures, removedTempFiles } = await this.store.loadAll({ concurrency: this.restoreConcurrency })
+    for (const failure of failures) {
+      this.log.error({ file: failure.name, moved_to: failure.movedTo, reason: failure.reason }, 'Could not load a task session; set aside')
+    }
+    if (removedTempFiles > 0) this.log.warn({ count: removedTempFiles }, 'Removed temp files left by interrupted saves')
+    let resetTasks = 0
+    const resets: Array<Promise<unknown>> = []
+    for (const { file, bytes } of sessions) {
+      const interrupted = file.session.tasks.filter((task) => task.status === 'InProgress')
+      if (interrupted.length === 0) {
+        this.registry.load(file, bytes)
+        continue
+      }
+      resetTasks += interrupted.length
+      this.log.warn({ session_id: file.session_id, task_ids: interrupted.map((task) => task.id) }, 'Task was interrupted; set back to Pending')
+      // Loaded as stored, then the reset goes through a normal durable change.
+      this.registry.load(file, bytes)
+      resets.push(this.registry.change(file.session_id, (draft) => {
+        for (const task of liveFile(draft).session.tasks) if (task.status === 'InProgress') task.status = 'Pending'
+      }).catch((err: Error) => this.log.error({ session_id: file.session_id, err }, 'Could not save the reset of interrupted tasks')))
+    }
+    await Promise.all(resets)
+    const ms = Math.round((performance.now() - started) * 100) / 100
+    this.restored = { sessions: sessions.length, failedLoads: failures.length, resetTasks, ms }
+    this.log.info({ sessions: sessions.length, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from disk`)
+    return this.restored
+  }
+
+  /** Appends tasks to a session, creating it if needed. Resolves once they are durable. */
+  async create (sessionId: string, specs: readonly TaskSpec[]): Promise<{ session_id: string, tasks: Task[] }> {
+    if (sessionId === ALL_SESSIONS) throw new InvalidSessionIdError(`session id '${ALL_SESSIONS}' is reserved`)
+    this.assertOpen()
+    const tasks = await this.registry.change(sessionId, (draft) => {
+      draft.file ??= newSessionFile(sessionId, draft.now)
+      return appendTasks(draft.file, specs, draft.now).map((task) => ({ ...task }))
+    })
+    return { session_id: sessionId, tasks }
+  }
+
+  get (sessionId: string): SessionFile {
+    return this.registry.existing(sessionId).file
+  }
+
+  progress (sessionId: string): Progress {
+    return this.registry.existing(sessionId).progress
+  }
+
+  list (offset: number, limit: number): { total: number, sessions: SessionSummary[] } {
+    const all = this.registry.summaries()
+    return { total: all.length, sessions: all.slice(offset, offset + limit) }
+  }
+
+  stats (): ManagerStats {
+    return { ...this.registry.stats(), failed_loads: this.restored?.failedLoads ?? 0, restore_ms: this.restored?.ms ?? 0 }
+  }
+
+  /** Runs the next pending task. 409s: already executing, or nothing pending. */
+  async executeNext (sessionId: string): Promise<{ task: ExecutedTask, progress: Progress }> {
+    return this.exclusive(sessionId, async () => {
+      const task = await this.runNext(sessionId)
+      if (task === null) throw new NoPendingTaskError(sessionId)
+      return { task, progress: this.progress(sessionId) }
+    })
+  }
+
+  /** Runs every pending task in order; stops early only when the service shuts down. */
+  async executeAll (sessionId: string): Promise<{ results: ExecutedTask[], progress: Progress }> {
+    return this.exclusive(sessionId, async () => {
+      const results: ExecutedTask[] = []
+      while (!this.shuttingDown) {
+        const task = await this.runNext(sessionId)
+        if (task === null) break
+        results.push(task)
+      }
+      return { results, progress: this.progress(sessionId) }
+    })
+  }
+
+  /** Deletes a session and its file. Refused while it executes. */
+  async delete (sessionId: string): Promise<void> {
+    this.registry.existing(sessionId)
+    await this.registry.change(sessionId, (draft) => {
+      liveFile(draft)
+      if (this.registry.existing(sessionId).executing) throw new SessionBusyError(sessionId)
+      draft.file = null
+    })
+  }
+
+  /**
+   * Moves to the archive every session whose tasks are all done and whose last completion
+   * is before `cutoff`. The check is made again inside each session's change queue, so a
+   * session that starts running or gains tasks in the meantime stays.
+   */
+  async archiveFinishedBefore (cutoff: Date): Promise<string[]> {
+    const archived: string[] = []
+    for (const sessionId of this.registry.sessionIds()) {
+      if (!isArchivable(this.get(sessionId), cutoff)) continue
+      const moved = await this.registry.change(sessionId, (draft) => {
+        if (draft.file === null || this.registry.existing(sessionId).executing || !isArchivable(draft.file, cutoff)) return false
+        draft.file = null
+        draft.archive = true
+        return true
+      }).catch((err: Error) => {
+        this.log.error({ session_id: sessionId, err }, 'Could not archive session')
+        return false
+      })
+      if (moved) archived.push(sessionId)
+    }
+    return archived
+  }
+
+  /**
+   * Stops taking executions, gives running ones the grace period to finish, then aborts
+   * them (their tasks stay InProgress on disk and run again after restart).
+   */
+  beginShutdown (): Promise<void> {
+    this.stopping ??= this.stopExecutions()
+    return this.stopping
+  }
+
+  /** Shuts down, then waits for every queued write (and, with auto-save off, saves everything). */
+  async close (): Promise<void> {
+    await this.beginShutdown()
+    await this.registry.drain()
+    if (!this.autoSave) await this.registry.saveDirty()
+  }
+
+  private async stopExecutions (): Promise<void> {
+    if (this.running.size === 0) return
+    const settled = Promise.allSettled([...this.running])
+    const grace = new AbortController()
+    const timedOut = await Promise.race([settled.then(() => false), sleep(this.shutdownGraceMs, true, { signal: grace.signal }).catch(() => false)])
+    grace.abort()
+    if (timedOut) {
+      this.log.warn({ running: this.running.size }, 'Shutdown grace period over; aborting running tasks')
+      this.abort.abort(new ShuttingDownError())
+      await settled
+    }
+  }
+
+  private assertOpen (): void {
+    if (this.shuttingDown) throw new ShuttingDownError()
+  }
+
+  private async exclusive<R> (sessionId: string, run: () => Promise<R>): Promise<R> {
+    this.assertOpen()
+    if (!this.registry.claim(sessionId)) throw new SessionBusyError(sessionId)
+    const execution = run()
+    this.running.add(execution)
+    try {
+      return await execution
+    } finally {
+      this.running.delete(execution)
+      this.registry.release(sessionId)
+    }
+  }
+
+  /** Starts, runs and finishes the next runnable task; null when there is none. */
+  private async runNext (sessionId: string): Promise<ExecutedTask | null> {
+    const started = await this.registry.change(sessionId, (draft) => {
+      // While this session is claimed nothing else runs it, so an InProgress task here is one
+      // whose finishing save failed: it is run again rather than left stuck.
+      const task = liveFile(draft).session.tasks.find((t) => t.status === 'Pending' || t.status === 'InProgress')
+      if (task === undefined) return null
+      Object.assign(task, { status: 'InProgress', started_at: isoNow(draft.now), completed_at: null, result: null, error: null, confidence: null, attempts: task.attempts + 1 })
+      return { ...task }
+    })
+    if (started === null) return null
+    const signal = this.abort.signal
+    let outcome: Pick<Task, 'status' | 'result' | 'error' | 'confidence'>
+    try {
+      const executor = executorFor(this.executors, started.task_type)
+      // Executors are user code: a synchronous throw fails the task like a rejection does.
+      const call = Promise.resolve().then(() => executor(started, { session_id: sessionId, attempt: started.attempts, signal }))
+      const value = await abortable(call, signal)
+      const { result, confidence } = checkExecutionResult(value)
+      outcome = { status: 'Completed', result, error: null, confidence: confidence ?? null }
+    } catch (err) {
+      if (signal.aborted) throw new ShuttingDownError(`task ${started.id} was interrupted by shutdown; it runs again after restart`)
+      outcome = { status: 'Failed', result: null, error: errorMessage(err), confidence: null }
+      this.log.warn({ session_id: sessionId, task_id: started.id, err: outcome.error }, 'Task failed')
+    }
+    return this.registry.change(sessionId, (draft) => {
+      const task = liveFile(draft).session.tasks.find((t) => t.id === started.id)
+      if (task === undefined) throw new SessionNotFoundError(sessionId)
+      Object.assign(task, outcome, { completed_at: isoNow(draft.now) })
+      return { task_id: task.id, instruction: task.instruction, status: task.status, result: task.result, error: task.error, confidence: task.confidence }
+    })
+  }
+}
+
+function liveFile (draft: Draft): SessionFile {
+  if (draft.file === null) throw new SessionNotFoundError(draft.sessionId)
+  return draft.file
+}
+
+function isArchivable (file: SessionFile, cutoff: Date): boolean {
+  const finished = finishedAt(file)
+  return finished !== null && Date.parse(finished) < cutoff.getTime()
+}
+
+function errorMessage (err: unknown): string {
+  if (err instanceof Error) return err.message || err.name
+  return String(err)
+}
+
+/** Settles with the promise, or rejects as soon as the signal aborts. */
+function abortable<T> (promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason)
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason)
+    signal.addEventListener('abort', onAbort, { once: true })
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+  })
+}
