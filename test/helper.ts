@@ -1,0 +1,57 @@
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
+import { buildApp, type BuildAppOptions } from '../app.js'
+
+/** The slice of tap's Test that the helpers need (keeps them usable from any test file). */
+export interface TestContext {
+  teardown(fn: () => unknown): void
+}
+
+/** A fresh storage folder, removed when the test ends. */
+export async function tempDir (t: TestContext, prefix = 'taskvault-test-'): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  return dir
+}
+
+export interface TestAppOptions extends Omit<BuildAppOptions, 'config' | 'readEnvironment'> {
+  /** Storage folder; a fresh temp folder when omitted. */
+  dir?: string
+  config?: BuildAppOptions['config']
+}
+
+/**
+ * The real app, built exactly as production builds it (same server options), isolated from
+ * the environment, on its own storage folder, ready (sessions restored), and closed at teardown.
+ */
+export async function build (t: TestContext, options: TestAppOptions = {}): Promise<FastifyInstance> {
+  const dir = options.dir ?? await tempDir(t)
+  const { dir: _dir, config, ...rest } = options
+  const app = await buildApp({
+    ...rest,
+    readEnvironment: false,
+    config: { TASK_STORAGE_DIR: dir, TASK_SHUTDOWN_GRACE_MS: 2000, ...config }
+  })
+  t.teardown(() => app.close())
+  await app.ready()
+  return app
+}
+
+export const API = '/api/v1/tasks'
+
+export function post (app: FastifyInstance, path: string, body: unknown): Promise<LightMyRequestResponse> {
+  return app.inject({ method: 'POST', url: `${API}${path}`, payload: body as object })
+}
+
+export function get (app: FastifyInstance, path: string): Promise<LightMyRequestResponse> {
+  return app.inject({ method: 'GET', url: `${API}${path}` })
+}
+
+/** Creates a session from free-text instructions and returns the parsed response body. */
+export async function createSession (app: FastifyInstance, sessionId: string, instructions: string): Promise<{ task_ids: string[] }> {
+  const res = await post(app, '/create', { session_id: sessionId, instructions })
+  if (res.statusCode !== 200) throw new Error(`create failed: ${res.statusCode} ${res.body}`)
+  return res.json()
+}
