@@ -6,6 +6,7 @@ import persistencePlugin from './plugins/persistence.js'
 import taskManagerPlugin from './plugins/task-manager.js'
 import { errorHandler } from './routes/error-handler.js'
 import healthRoutes from './routes/health.js'
+import { createValidatorCompiler } from './routes/validation.js'
 import taskRoutes from './routes/tasks.js'
 import type { ExecutorMap } from './services/executors.js'
 import type { FsSeam } from './services/fs-seam.js'
@@ -28,15 +29,6 @@ export interface BuildAppOptions {
 export function serverOptions (logger: FastifyServerOptions['logger'] = false): FastifyServerOptions {
   return {
     logger,
-    ajv: {
-      customOptions: {
-        // Unknown fields are a 400, never silently dropped.
-        removeAdditional: false,
-        useDefaults: true,
-        coerceTypes: 'array',
-        allErrors: false
-      }
-    },
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
     return503OnClosing: true,
@@ -48,6 +40,7 @@ export function serverOptions (logger: FastifyServerOptions['logger'] = false): 
 /** Builds the service without listening: plugins, then routes. */
 export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyInstance> {
   const app = Fastify(serverOptions(options.logger)).withTypeProvider<TypeBoxTypeProvider>()
+  app.setValidatorCompiler(createValidatorCompiler())
   app.setErrorHandler(errorHandler)
 
   await app.register(configPlugin, { values: options.config, readEnvironment: options.readEnvironment })
