@@ -124,7 +124,12 @@ export class FileSessionStore implements SessionStore {
   }
 
   async loadAll ({ concurrency }: { concurrency: number }): Promise<LoadResult> {
-    const entries = await this.fs.readdir(this.dir, { withFileTypes: true })
+    let entries
+    try {
+      entries = await this.fs.readdir(this.dir, { withFileTypes: true })
+    } catch (err) {
+      throw new StorageError(`listing storage folder ${this.dir}`, err as NodeJS.ErrnoException)
+    }
     const limit = pLimit(concurrency)
     const sessions: LoadedSession[] = []
     const failures: LoadFailure[] = []
@@ -134,8 +139,7 @@ export class FileSessionStore implements SessionStore {
       // sockets and the like are never read.
       if (!entry.isFile()) return
       if (TEMP_FILE.test(entry.name)) {
-        await this.fs.unlink(join(this.dir, entry.name)).catch(noop)
-        removedTempFiles++
+        if (await this.fs.unlink(join(this.dir, entry.name)).then(() => true, () => false)) removedTempFiles++
         return
       }
       if (!entry.name.endsWith('.json')) return
@@ -183,7 +187,8 @@ export class FileSessionStore implements SessionStore {
   private async setAside (name: string): Promise<string | null> {
     try {
       await this.fs.ensureDir(this.corruptDir, DIR_MODE)
-      const target = join(this.corruptDir, `${name}.${Date.now()}`)
+      // Unique per process and call, so two set-asides of one name never overwrite each other.
+      const target = join(this.corruptDir, `${name}.${Date.now()}.${process.pid}.${++this.tempSeq}`)
       await this.fs.rename(join(this.dir, name), target)
       await this.fsyncDir(this.corruptDir)
       return target

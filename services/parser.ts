@@ -4,14 +4,16 @@ import { InvalidInstructionsError } from './errors.js'
 const LIST_ITEM = /^\s*(?:\d{1,4}[.)]|[-*•])\s+(.*)$/u
 const TASK_MARKER = /\btask\s+\d{1,4}\s*[:.)-]\s*/giu
 const STARTS_WITH_FIRST = /^\s*first(?:ly)?\b[,:]?\s*/iu
-const SEQUENCE_MARKER = /(?:^|[\s,;.])(?:and\s+)?(?:then|next|after\s+that|afterwards|finally|lastly)\b[,:]?\s*/iu
+// "next" only counts after punctuation, so "read the next chapter" stays whole.
+const SEQUENCE_MARKER = /(?:(?:^|[\s,;.])(?:and\s+)?(?:then|after\s+that|afterwards|finally|lastly)|(?:^|[,;.])\s*(?:and\s+)?next)\b[,:]?\s*/iu
 const TRAILING_JOINER = /(?:[\s,;]+(?:and)?)+$/iu
 
 /**
  * Splits free-text instructions into ordered task instructions.
- * Recognised shapes, tried in this order: numbered or bulleted lists (one item per line,
- * indented lines continue the item above), "Task 1: ... Task 2: ..." markers, and
- * "first, ... then ... finally ..." sequences. Anything else is one task.
+ * Recognised shapes, tried in this order: numbered or bulleted lists (one item per line;
+ * other non-blank lines continue the item above), two or more "Task 1: ... Task 2: ..."
+ * markers, and "first, ... then ... finally ..." sequences. Anything else is one task.
+ * Nothing the client wrote is dropped except a lead-in heading such as "Steps:".
  */
 export function parseInstructions (text: string): string[] {
   const items = listItems(text) ?? taskMarkerItems(text) ?? sequenceItems(text) ?? [text.trim()]
@@ -31,18 +33,30 @@ function listItems (text: string): string[] | undefined {
     else if (line.trim() !== '') items[items.length - 1] += '\n' + line.trim()
   }
   if (items.length === 0) return undefined
-  // A lead-in such as "Steps:" introduces the list; any other lead-in is a task of its own.
-  const lead = preamble.join('\n').trim()
-  if (lead !== '' && !lead.endsWith(':')) items.unshift(lead)
-  return items
+  return withLead(preamble.join('\n'), items)
 }
 
 function taskMarkerItems (text: string): string[] | undefined {
   const parts = text.split(TASK_MARKER)
-  if (parts.length < 2) return undefined
-  const lead = (parts.shift() ?? '').trim()
-  if (lead !== '' && !lead.endsWith(':')) parts.unshift(lead)
+  // One "task 3:" inside a sentence is prose, not a list; markers must also lead the text.
+  if (parts.length < 3) return undefined
+  const lead = parts.shift() ?? ''
+  if (lead.trim() !== '' && !isHeading(lead)) return undefined
   return parts
+}
+
+/**
+ * A lead-in such as "Steps:" or "Please do the following:" introduces the items and is dropped;
+ * one that asks for typed work itself ("Write a function that:") is kept as a task, so no
+ * instruction is lost.
+ */
+function withLead (lead: string, items: string[]): string[] {
+  return lead.trim() === '' || isHeading(lead) ? items : [lead, ...items]
+}
+
+function isHeading (text: string): boolean {
+  const trimmed = text.trim()
+  return trimmed.endsWith(':') && classifyTask(trimmed) === 'General'
 }
 
 function sequenceItems (text: string): string[] | undefined {
@@ -56,8 +70,8 @@ function sequenceItems (text: string): string[] | undefined {
 
 // Checked in this order; the first family with a match decides the type.
 const TYPE_KEYWORDS: ReadonlyArray<readonly [TaskType, RegExp]> = [
-  ['Coding', /\b(?:write\s+(?:some\s+|the\s+|a\s+)?code|code|coding|implement(?:s|ed|ing|ation)?|functions?|class(?:es)?|fix(?:es|ing)?\s+(?:a\s+|the\s+)?bugs?|debug(?:s|ged|ging)?|refactor(?:s|ed|ing)?)\b/iu],
-  ['Analysis', /\b(?:analy[sz](?:e|es|ed|ing|is)|explain(?:s|ed|ing)?|what\s+is|describ(?:e|es|ed|ing))\b/iu],
+  ['Coding', /\b(?:write\s+(?:some\s+|the\s+|a\s+)?code|code|coding|implement(?:s|ed|ing|ation)?|functions?|class(?:es)?|fix(?:es|ed|ing)?\s+(?:a\s+|the\s+)?bugs?|debug(?:s|ged|ging)?|refactor(?:s|ed|ing)?)\b/iu],
+  ['Analysis', /\b(?:analy[sz](?:e|es|ed|ing|is)|explain(?:s|ed|ing)?|explanation|what\s+is|describ(?:e|es|ed|ing)|description)\b/iu],
   ['Research', /\b(?:research(?:es|ed|ing)?|find(?:s|ing)?|look\s+up|search(?:es|ed|ing)?)\b/iu],
   ['Reasoning', /\b(?:think(?:s|ing)?|reason(?:s|ing)?|solv(?:e|es|ed|ing)|plan(?:s|ned|ning)?)\b/iu]
 ]

@@ -98,6 +98,11 @@ export class SessionRegistry {
     return slot as SessionSlot & { file: SessionFile, progress: Progress }
   }
 
+  /** The durable state of a session, or null if it does not exist. */
+  find (sessionId: string): SessionFile | null {
+    return this.slots.get(sessionId)?.file ?? null
+  }
+
   get size (): number {
     return this.totals.total_sessions
   }

@@ -187,7 +187,8 @@ export class TaskManager {
   async archiveFinishedBefore (cutoff: Date): Promise<string[]> {
     const archived: string[] = []
     for (const sessionId of this.registry.sessionIds()) {
-      if (!isArchivable(this.get(sessionId), cutoff)) continue
+      const file = this.registry.find(sessionId)
+      if (file === null || !isArchivable(file, cutoff)) continue
       const moved = await this.registry.change(sessionId, (draft) => {
         if (draft.file === null || this.registry.existing(sessionId).executing || !isArchivable(draft.file, cutoff)) return false
         draft.file = null

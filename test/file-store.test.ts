@@ -1,0 +1,300 @@
+import t from 'tap'
+import { chmod, lstat, mkdir, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises'
+import type { FileHandle } from 'node:fs/promises'
+import { join } from 'node:path'
+import { FileSessionStore } from '../services/file-store.js'
+import { nodeFs, type FsSeam } from '../services/fs-seam.js'
+import { InvalidSessionIdError, StorageError, TaskvaultError } from '../services/errors.js'
+import type { SessionFile } from '../schemas/session.js'
+import { tempDir, type TestContext } from './helper.js'
+
+const AT = '2024-01-15T10:30:00.000Z'
+const TASK_KEYS = ['id', 'instruction', 'task_type', 'status', 'result', 'error', 'confidence', 'created_at', 'started_at', 'completed_at', 'attempts']
+
+function sessionFile (id: string, instruction = 'Write code for a parser'): SessionFile {
+  return {
+    session_id: id,
+    created_at: AT,
+    updated_at: '2024-01-15T10:31:00.000Z',
+    session: {
+      session_id: id,
+      current_index: 1,
+      tasks: [
+        { id: 'task_1_1705314600', instruction, task_type: 'Coding', status: 'Completed', result: 'def parse(): ...', error: null, confidence: 0.9, created_at: AT, started_at: AT, completed_at: '2024-01-15T10:31:00.000Z', attempts: 1 },
+        { id: 'task_2_1705314600', instruction: 'Explain it', task_type: 'Analysis', status: 'Pending', result: null, error: null, confidence: null, created_at: AT, started_at: null, completed_at: null, attempts: 0 }
+      ]
+    }
+  }
+}
+
+async function openStore (t: TestContext, fs?: FsSeam): Promise<FileSessionStore> {
+  const store = new FileSessionStore({ dir: await tempDir(t), ...(fs === undefined ? {} : { fs }) })
+  await store.init()
+  return store
+}
+
+const names = async (dir: string): Promise<string[]> => (await readdir(dir)).sort()
+const mode = async (path: string): Promise<number> => (await stat(path)).mode & 0o777
+const errno = (code: string): NodeJS.ErrnoException => Object.assign(new Error(`${code}: injected fault`), { code })
+
+t.test('save then loadAll round-trips every value', async (t) => {
+  const store = await openStore(t)
+  const a = sessionFile('alpha')
+  const b = sessionFile('beta-2_x', 'Implement ünïcödé ✓ "quotes"\nand newlines')
+  const bytes = await store.save(a)
+  await store.save(b)
+  t.equal(bytes, (await stat(store.pathFor('alpha'))).size, 'save resolves with the stored size')
+
+  const result = await store.loadAll({ concurrency: 4 })
+  t.strictSame(result.failures, [])
+  t.equal(result.removedTempFiles, 0)
+  const loaded = result.sessions.sort((x, y) => x.file.session_id.localeCompare(y.file.session_id))
+  t.strictSame(loaded.map((s) => s.file), [a, b])
+  t.equal(loaded[0]?.bytes, bytes)
+  t.strictSame(await names(store.dir), ['alpha.json', 'beta-2_x.json'], 'only the session files, no temp files')
+})
+
+t.test('the file is pretty JSON in the seed format, replaced whole on each save', async (t) => {
+  const store = await openStore(t)
+  const long = sessionFile('s1', 'x'.repeat(5000))
+  await store.save(long)
+  const short = sessionFile('s1', 'short')
+  await store.save(short)
+  const text = await readFile(store.pathFor('s1'), 'utf8')
+  t.equal(text, JSON.stringify(short, null, 2) + '\n', 'exactly the new content, 2-space indented, trailing newline')
+  const parsed = JSON.parse(text) as SessionFile
+  t.strictSame(Object.keys(parsed).sort(), ['created_at', 'session', 'session_id', 'updated_at'])
+  t.strictSame(Object.keys(parsed.session).sort(), ['current_index', 'session_id', 'tasks'])
+  for (const task of parsed.session.tasks) t.strictSame(Object.keys(task).sort(), [...TASK_KEYS].sort())
+})
+
+t.test('permissions: folder 0700 after init, files 0600', async (t) => {
+  const dir = await tempDir(t)
+  await chmod(dir, 0o755)
+  await writeFile(join(dir, 'old.json'), JSON.stringify(sessionFile('old')), { mode: 0o644 })
+  await chmod(join(dir, 'old.json'), 0o644)
+  const store = new FileSessionStore({ dir })
+  await store.init()
+  t.equal(await mode(dir), 0o700, 'a pre-existing 0755 folder is tightened')
+  await store.save(sessionFile('new'))
+  await store.save(sessionFile('old'))
+  t.equal(await mode(store.pathFor('new')), 0o600)
+  t.equal(await mode(store.pathFor('old')), 0o600, 'a replaced 0644 file becomes 0600')
+
+  const nested = new FileSessionStore({ dir: join(dir, 'a', 'b') })
+  await nested.init()
+  t.equal(await mode(nested.dir), 0o700, 'a folder created by init')
+  t.strictSame(await names(nested.dir), [], 'the writability probe is removed')
+})
+
+t.test('a file in the seed example format loads with the missing fields filled', async (t) => {
+  const store = await openStore(t)
+  const seed = {
+    session_id: 'seed-example',
+    created_at: '2024-01-15T10:30:00Z',
+    updated_at: '2024-01-15T10:35:00Z',
+    session: {
+      session_id: 'seed-example',
+      tasks: [
+        { id: 'task_1_1705314600', instruction: 'Write a Python function for fibonacci', task_type: 'Coding', status: 'Completed', result: 'def fib(n): ...', confidence: 0.95, created_at: '2024-01-15T10:30:00Z', completed_at: '2024-01-15T10:31:00Z' },
+        { id: 'task_2_1705314600', instruction: 'Explain its complexity', task_type: 'Analysis', status: 'Pending', result: null, confidence: null, created_at: '2024-01-15T10:30:00Z', completed_at: null }
+      ],
+      current_index: 1
+    }
+  }
+  const text = JSON.stringify(seed, null, 2)
+  await writeFile(join(store.dir, 'seed-example.json'), text)
+  const { sessions: [loaded], failures } = await store.loadAll({ concurrency: 2 })
+  t.strictSame(failures, [])
+  t.equal(loaded?.bytes, Buffer.byteLength(text))
+  const [t1, t2] = seed.session.tasks
+  t.strictSame(loaded?.file, {
+    ...seed,
+    session: {
+      ...seed.session,
+      tasks: [
+        { ...t1, error: null, started_at: null, attempts: 0 },
+        { ...t2, error: null, started_at: null, attempts: 0 }
+      ]
+    }
+  })
+
+  // Without current_index it is derived: the first task still to run.
+  const { current_index: _omit, ...noIndex } = seed.session
+  await writeFile(join(store.dir, 'seed-example.json'), JSON.stringify({ ...seed, session: noIndex }))
+  const again = await store.loadAll({ concurrency: 2 })
+  t.equal(again.sessions[0]?.file.session.current_index, 1)
+})
+
+t.test('unreadable files are set aside in corrupt/, never deleted; valid ones still load', async (t) => {
+  const store = await openStore(t)
+  await store.save(sessionFile('good'))
+  const bad = {
+    'badjson.json': '{"session_id": "badjson", ',
+    'invalid.json': JSON.stringify({ ...sessionFile('invalid'), created_at: 'yesterday' }),
+    'wrongname.json': JSON.stringify(sessionFile('othername')),
+    'dupes.json': JSON.stringify((() => {
+      const f = sessionFile('dupes')
+      f.session.tasks.push({ ...f.session.tasks[0]! })
+      return f
+    })())
+  }
+  for (const [name, text] of Object.entries(bad)) await writeFile(join(store.dir, name), text)
+
+  const result = await store.loadAll({ concurrency: 2 })
+  t.strictSame(result.sessions.map((s) => s.file.session_id), ['good'])
+  t.strictSame(result.failures.map((f) => f.name).sort(), Object.keys(bad).sort())
+  t.match(result.failures.find((f) => f.name === 'badjson.json')?.reason, /badjson\.json.*JSON/)
+  t.match(result.failures.find((f) => f.name === 'wrongname.json')?.reason, /othername/)
+  for (const failure of result.failures) {
+    t.ok(failure.movedTo?.startsWith(join(store.corruptDir, failure.name) + '.'), `${failure.name} moved into corrupt/`)
+    t.equal(await readFile(failure.movedTo!, 'utf8'), bad[failure.name as keyof typeof bad], 'content kept as it was')
+  }
+  t.strictSame(await names(store.dir), ['corrupt', 'good.json'])
+  t.equal(await mode(store.corruptDir), 0o700)
+  t.strictSame((await store.loadAll({ concurrency: 2 })).failures, [], 'nothing is reported twice')
+})
+
+t.test('loadAll removes temp files of interrupted saves and leaves other files alone', async (t) => {
+  const store = await openStore(t)
+  await store.save(sessionFile('keep'))
+  const outside = await tempDir(t)
+  await writeFile(join(outside, 'x.json'), JSON.stringify(sessionFile('x')))
+  await symlink(join(outside, 'x.json'), join(store.dir, 'x.json'))
+  await mkdir(join(store.dir, 'y.json'))
+  await writeFile(join(store.dir, 'notes.txt'), 'not a session')
+  await writeFile(join(store.dir, '.keep.12345.7.tmp'), '{"half": ')
+  await writeFile(join(store.dir, '.other.1.1.tmp'), '')
+  await writeFile(join(store.dir, '.unrelated.tmp'), 'operator file')
+
+  const result = await store.loadAll({ concurrency: 3 })
+  t.strictSame(result.sessions.map((s) => s.file.session_id), ['keep'], 'symlinked x.json is not followed')
+  t.strictSame(result.failures, [], 'neither the symlink nor the folder is treated as corrupt')
+  t.equal(result.removedTempFiles, 2)
+  t.strictSame(await names(store.dir), ['.unrelated.tmp', 'keep.json', 'notes.txt', 'x.json', 'y.json'])
+  t.ok((await lstat(join(store.dir, 'x.json'))).isSymbolicLink(), 'the symlink is left in place')
+  t.ok((await stat(join(store.dir, 'y.json'))).isDirectory())
+  t.ok(JSON.parse(await readFile(join(outside, 'x.json'), 'utf8')), 'the symlink target is untouched')
+})
+
+t.test('remove deletes and is idempotent', async (t) => {
+  const store = await openStore(t)
+  await store.save(sessionFile('gone'))
+  await store.save(sessionFile('stays'))
+  await store.remove('gone')
+  t.strictSame(await names(store.dir), ['stays.json'])
+  await t.resolves(store.remove('gone'), 'removing again is fine')
+  await t.resolves(store.remove('never-existed'))
+  t.strictSame(await names(store.dir), ['stays.json'])
+})
+
+t.test('archive moves the file into archive/', async (t) => {
+  const store = await openStore(t)
+  const file = sessionFile('old-one')
+  await store.save(file)
+  const before = await readFile(store.pathFor('old-one'))
+  await store.archive('old-one')
+  t.strictSame(await names(store.dir), ['archive'])
+  t.same(await readFile(join(store.archiveDir, 'old-one.json')), before, 'byte-for-byte the same')
+  t.equal(await mode(store.archiveDir), 0o700)
+  t.strictSame((await store.loadAll({ concurrency: 2 })).sessions, [], 'archived sessions are not restored')
+})
+
+t.test('pathFor accepts only safe ids', async (t) => {
+  const store = await openStore(t)
+  t.equal(store.pathFor('a'.repeat(128)), join(store.dir, 'a'.repeat(128) + '.json'))
+  t.equal(store.pathFor('Az09_-'), join(store.dir, 'Az09_-.json'))
+  for (const id of ['../x', 'a/b', '', 'a'.repeat(129), '.', '..', 'a.b', 'a\\b', 'a\0b', 'a b', 'é']) {
+    t.throws(() => store.pathFor(id), InvalidSessionIdError, JSON.stringify(id))
+  }
+})
+
+t.test('save refuses an invalid session without writing anything', async (t) => {
+  const store = await openStore(t)
+  const file = sessionFile('s1')
+  const badType = { ...file, session: { ...file.session, tasks: [{ ...file.session.tasks[0]!, task_type: 'Cooking' }] } }
+  await t.rejects(store.save(badType as unknown as SessionFile), { code: 'INVALID_SESSION_STATE' })
+  await t.rejects(store.save({ ...file, session_id: '../evil' }), TaskvaultError)
+  await t.rejects(store.save({ ...file, session: { ...file.session, current_index: -1 } }), { code: 'INVALID_SESSION_STATE' })
+  t.strictSame(await names(store.dir), [])
+})
+
+interface Fault { code: string | null, at: 'open' | 'write' | 'sync' | 'rename' }
+
+/** The real file system, with one step of saving a session failing while `fault.code` is set. */
+function faultyFs (fault: Fault): FsSeam {
+  return {
+    ...nodeFs,
+    open: async (path, flags, mode) => {
+      const code = flags === 'wx' && String(path).endsWith('.tmp') ? fault.code : null
+      if (code !== null && fault.at === 'open') throw errno(code)
+      const handle = await nodeFs.open(path, flags, mode)
+      if (code !== null && fault.at === 'write') {
+        const write = handle.writeFile.bind(handle)
+        // A short write, then the disk fills up.
+        handle.writeFile = (async (data: Buffer) => {
+          await write(data.subarray(0, data.length >> 1))
+          throw errno(code)
+        }) as FileHandle['writeFile']
+      }
+      if (code !== null && fault.at === 'sync') handle.sync = async () => { throw errno(code) }
+      return handle
+    },
+    rename: async (from, to) => {
+      if (fault.code !== null && fault.at === 'rename') throw errno(fault.code)
+      return nodeFs.rename(from, to)
+    }
+  }
+}
+
+const FAULTS: Array<{ code: string, at: Fault['at'], expect: string }> = [
+  { code: 'ENOSPC', at: 'write', expect: 'STORAGE_FULL' },
+  { code: 'ENOSPC', at: 'open', expect: 'STORAGE_FULL' },
+  { code: 'EIO', at: 'sync', expect: 'STORAGE_UNAVAILABLE' },
+  { code: 'EIO', at: 'write', expect: 'STORAGE_UNAVAILABLE' },
+  { code: 'EACCES', at: 'open', expect: 'STORAGE_UNAVAILABLE' },
+  { code: 'EIO', at: 'rename', expect: 'STORAGE_UNAVAILABLE' }
+]
+
+for (const { code, at, expect } of FAULTS) {
+  t.test(`${code} on ${at}: save fails cleanly and works again once the fault is gone`, async (t) => {
+    const fault: Fault = { code: null, at }
+    const store = await openStore(t, faultyFs(fault))
+    await store.save(sessionFile('s1', 'version one'))
+    const before = await readFile(store.pathFor('s1'))
+
+    fault.code = code
+    const err = await store.save(sessionFile('s1', 'version two')).then(() => null, (e: unknown) => e)
+    t.type(err, StorageError)
+    t.match(err, { code: expect, full: code === 'ENOSPC', cause: { code } })
+    t.same(await readFile(store.pathFor('s1')), before, 'previous content byte-for-byte unchanged')
+    t.strictSame(await names(store.dir), ['s1.json'], 'no temp file left behind')
+    await t.rejects(store.save(sessionFile('s2')), { code: expect }, 'a new session fails too')
+    t.strictSame(await names(store.dir), ['s1.json'])
+
+    fault.code = null
+    await store.save(sessionFile('s1', 'version two'))
+    await store.save(sessionFile('s2'))
+    t.strictSame(JSON.parse(await readFile(store.pathFor('s1'), 'utf8')), sessionFile('s1', 'version two'))
+    t.strictSame(await names(store.dir), ['s1.json', 's2.json'])
+  })
+}
+
+t.test('concurrent saves all land, each file whole', async (t) => {
+  const store = await openStore(t)
+  const files = Array.from({ length: 50 }, (_, i) => sessionFile(`s${i}`, `task ${i} `.repeat(i * 20)))
+  await Promise.all(files.map((file) => store.save(file)))
+  const listed = await names(store.dir)
+  t.equal(listed.length, 50)
+  t.ok(listed.every((name) => name.endsWith('.json')), 'no temp files left')
+  for (const file of files) t.strictSame(JSON.parse(await readFile(store.pathFor(file.session_id), 'utf8')), file)
+
+  // Concurrent saves of one session: unique temp names, and the file is always one whole version.
+  const versions = Array.from({ length: 20 }, (_, i) => sessionFile('same', `version ${i}`))
+  await Promise.all(versions.map((file) => store.save(file)))
+  const final = JSON.parse(await readFile(store.pathFor('same'), 'utf8')) as SessionFile
+  t.ok(versions.some((v) => JSON.stringify(v) === JSON.stringify(final)), 'one of the saved versions')
+  const { sessions, failures } = await store.loadAll({ concurrency: 8 })
+  t.equal(sessions.length, 51)
+  t.strictSame(failures, [])
+})

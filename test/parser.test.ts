@@ -1,0 +1,167 @@
+import t from 'tap'
+import { classifyTask, parseInstructions } from '../services/parser.js'
+import { InvalidInstructionsError, TaskvaultError } from '../services/errors.js'
+
+t.test('parseInstructions: lists', async (t) => {
+  t.test('numbered with "1." and "1)" (mixed in one list)', async (t) => {
+    t.strictSame(parseInstructions('1. Write a function\n2) Explain it\n3. Test it'),
+      ['Write a function', 'Explain it', 'Test it'])
+    t.strictSame(parseInstructions('10) ten\n11) eleven'), ['ten', 'eleven'])
+  })
+
+  t.test('bullets "-", "*" and "•", item text trimmed', async (t) => {
+    t.strictSame(parseInstructions('- dash item\n* star item  \n•   dot item'), ['dash item', 'star item', 'dot item'])
+    t.strictSame(parseInstructions('  1.   indented and padded   \n  2. b'), ['indented and padded', 'b'])
+  })
+
+  t.test('a line continuing an item is appended to it; blank lines between items are ignored', async (t) => {
+    t.strictSame(parseInstructions('1. Write a parser\n   that handles quotes\n\n2. Document it'),
+      ['Write a parser\nthat handles quotes', 'Document it'])
+  })
+
+  t.test('a lead-in ending with ":" only introduces the list', async (t) => {
+    t.strictSame(parseInstructions('Please do the following:\n1. a\n2. b'), ['a', 'b'])
+    t.strictSame(parseInstructions('Steps:\n\n- a\n- b'), ['a', 'b'])
+  })
+
+  t.test('a lead-in ending with ":" that asks for typed work is kept as a task', async (t) => {
+    t.strictSame(parseInstructions('Write a function that:\n- takes x\n- returns y'), ['Write a function that:', 'takes x', 'returns y'])
+  })
+
+  t.test('a lead-in without ":" is a task of its own, first', async (t) => {
+    t.strictSame(parseInstructions('Set up the repo\n1. Write code\n2. Explain it'), ['Set up the repo', 'Write code', 'Explain it'])
+  })
+
+  t.test('marker-like text that is not a list item stays one task', async (t) => {
+    t.strictSame(parseInstructions('1.5 million users signed up'), ['1.5 million users signed up'])
+    t.strictSame(parseInstructions('-5 degrees outside'), ['-5 degrees outside'])
+    t.strictSame(parseInstructions('**bold** statement'), ['**bold** statement'])
+  })
+
+  t.test('empty items are dropped', async (t) => {
+    t.strictSame(parseInstructions('- \n- b\n1. \n'), ['b'])
+  })
+})
+
+t.test('parseInstructions: "Task N:" markers', async (t) => {
+  t.test('inline on one line', async (t) => {
+    t.strictSame(parseInstructions('Task 1: write code Task 2: explain it'), ['write code', 'explain it'])
+  })
+
+  t.test('across lines, with the other separators and any case', async (t) => {
+    t.strictSame(parseInstructions('Task 1: research X\ntask 2) analyze Y\nTASK 3 - plan Z\nTask 4. done'),
+      ['research X', 'analyze Y', 'plan Z', 'done'])
+  })
+
+  t.test('a heading ending with ":" is dropped; other text before the markers makes it prose', async (t) => {
+    t.strictSame(parseInstructions('Two things: Task 1: a Task 2: b'), ['a', 'b'])
+    t.strictSame(parseInstructions('Be quick. Task 1: a Task 2: b'), ['Be quick. Task 1: a Task 2: b'], 'markers must lead the text')
+  })
+
+  t.test('"task" inside another word is not a marker', async (t) => {
+    t.strictSame(parseInstructions('Finish subtask 1: it is late'), ['Finish subtask 1: it is late'])
+  })
+
+  t.test('a single mention of "task N:" inside a sentence is not a marker', async (t) => {
+    t.strictSame(parseInstructions('Review task 1: the login flow'), ['Review task 1: the login flow'])
+    t.strictSame(parseInstructions('Please finish task 3. Also document it.'), ['Please finish task 3. Also document it.'])
+  })
+})
+
+t.test('parseInstructions: "first ... then ... finally" sequences', async (t) => {
+  t.test('commas, "and then", "finally" and trailing punctuation', async (t) => {
+    t.strictSame(parseInstructions('First, research X, then analyze Y, and finally write code.'),
+      ['research X', 'analyze Y', 'write code'])
+  })
+
+  t.test('without punctuation, and with the other joiners', async (t) => {
+    t.strictSame(parseInstructions('first research X then analyze Y finally write code'), ['research X', 'analyze Y', 'write code'])
+    t.strictSame(parseInstructions('Firstly: a; next b; after that c; lastly d.'), ['a', 'b', 'c', 'd'])
+    t.strictSame(parseInstructions('First, analyze the data. Then summarize it.'), ['analyze the data', 'summarize it'])
+  })
+
+  t.test('"then" inside a word is not a joiner', async (t) => {
+    t.strictSame(parseInstructions('First, fix authentication then deploy'), ['fix authentication', 'deploy'])
+  })
+
+  t.test('"First" without any joiner, or a joiner without "First", is one task', async (t) => {
+    t.strictSame(parseInstructions('First, do the thing'), ['First, do the thing'])
+    t.strictSame(parseInstructions('Do X and then Y'), ['Do X and then Y'])
+    t.strictSame(parseInstructions('Firstborn children then'), ['Firstborn children then'])
+  })
+
+  t.test('"next" used as an ordinary word is not a joiner', async (t) => {
+    t.strictSame(parseInstructions('First, read the next chapter, then summarize it'), ['read the next chapter', 'summarize it'])
+  })
+})
+
+t.test('parseInstructions: fallback, blank input, line endings', async (t) => {
+  t.test('anything else is one trimmed task, inner newlines kept', async (t) => {
+    t.strictSame(parseInstructions('  \n Write a poem about the sea \n\t'), ['Write a poem about the sea'])
+    t.strictSame(parseInstructions('line one\nline two'), ['line one\nline two'])
+  })
+
+  t.test('blank or whitespace-only input throws InvalidInstructionsError', async (t) => {
+    for (const text of ['', '   ', '\n\t\n', '\r\n\r\n', '- \n* ', 'first, then']) {
+      t.throws(() => parseInstructions(text), InvalidInstructionsError, JSON.stringify(text))
+      t.throws(() => parseInstructions(text), { code: 'INVALID_INSTRUCTIONS' })
+    }
+    const err = t.throws(() => parseInstructions(''))
+    t.type(err, TaskvaultError)
+  })
+
+  t.test('Windows line endings leave no \\r in any task', async (t) => {
+    t.strictSame(parseInstructions('Steps:\r\n1) a\r\n   more a\r\n2) b\r\n'), ['a\nmore a', 'b'])
+    t.strictSame(parseInstructions('Task 1: a\r\nTask 2: b\r\n'), ['a', 'b'])
+    t.strictSame(parseInstructions('First, a\r\nthen b\r\nfinally c\r\n'), ['a', 'b', 'c'])
+  })
+})
+
+t.test('classifyTask', async (t) => {
+  const families: Record<string, string[]> = {
+    Coding: ['Write code for a parser', 'Write some code', 'Implement a cache', 'implemented the API', 'Write a function to sort',
+      'Create a class for users', 'Fix bug in login', 'Fix the bugs in login', 'debug the server', 'Refactor this module'],
+    Analysis: ['Analyze the logs', 'Analyse the data', 'Analysis of results', 'Explain recursion', 'What is a monad?', 'Describe the system'],
+    Research: ['Research quantum dots', 'Find the best library', 'Look up the docs', 'Search for papers'],
+    Reasoning: ['Think about it', 'Reason about this', 'Solve x^2 = 4', 'Plan the sprint', 'Planning poker'],
+    General: ['Say hello', 'Write a poem', 'Summarize this article']
+  }
+  for (const [type, instructions] of Object.entries(families)) {
+    for (const instruction of instructions) t.equal(classifyTask(instruction), type, instruction)
+  }
+
+  t.test('case-insensitive', async (t) => {
+    t.equal(classifyTask('WRITE CODE'), 'Coding')
+    t.equal(classifyTask('wHaT iS love'), 'Analysis')
+    t.equal(classifyTask('LOOK UP the weather'), 'Research')
+    t.equal(classifyTask('SOLVE it'), 'Reasoning')
+  })
+
+  t.test('first family wins: Coding > Analysis > Research > Reasoning', async (t) => {
+    t.equal(classifyTask('Explain how to implement a function'), 'Coding')
+    t.equal(classifyTask('Research it, then explain it'), 'Analysis')
+    t.equal(classifyTask('Think about it and look up sources'), 'Research')
+    t.equal(classifyTask('Plan the work'), 'Reasoning')
+  })
+
+  t.test('keywords match whole words only', async (t) => {
+    for (const instruction of ['Visit the planet Mars', 'Classify these images', 'Encode the string', 'Codebase tour',
+      'The functionality tour', 'A classic novel', 'Thinker statue', 'A reasonable price', 'Findings summary',
+      'Resolve the conflict', 'Unexplained events', 'whatis page']) {
+      t.equal(classifyTask(instruction), 'General', instruction)
+    }
+  })
+
+  t.test('keywords across whitespace', async (t) => {
+    t.equal(classifyTask('What   is\tthis'), 'Analysis')
+    t.equal(classifyTask('write\ncode'), 'Coding')
+  })
+
+  t.test('same answer on repeated calls (no stateful regex)', async (t) => {
+    for (let i = 0; i < 3; i++) t.equal(classifyTask('debug it'), 'Coding')
+  })
+
+  t.test('past tense "fixed the bug" is Coding like the other verbs\' -ed forms', async (t) => {
+    t.equal(classifyTask('Confirm we fixed the bug in checkout'), 'Coding')
+  })
+})
