@@ -3,10 +3,9 @@ import { buildApp } from './app.js'
 
 /** Loads config, restores sessions, listens, and drains on SIGTERM/SIGINT. */
 async function main (): Promise<void> {
-  const app = await buildApp({
-    logger: { level: 'info', redact: ['req.headers.authorization'] }
-  })
+  let app
   try {
+    app = await buildApp({ logger: { level: 'info', redact: ['req.headers.authorization'] } })
     await app.ready()
   } catch (err) {
     // Bad settings or an unusable storage folder: say which, and exit 1.

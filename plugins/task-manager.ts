@@ -17,6 +17,7 @@ export interface TaskManagerPluginOptions {
 /**
  * The task manager. Sessions are restored before the server listens (onReady); on close it
  * lets running tasks finish within the grace period, then flushes every pending write.
+ * `close()` is idempotent past the grace period, so running it in both hooks costs nothing.
  */
 export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (app, options) {
   const config = app.config
@@ -33,6 +34,12 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
   app.addHook('onReady', async () => {
     await manager.restore()
   })
-  app.addHook('preClose', async () => manager.beginShutdown())
+  // Drain in preClose, before the server waits for connections: nothing acknowledged may
+  // depend on how long a client keeps its socket open. onClose flushes what came after.
+  app.addHook('preClose', async () => manager.close())
   app.addHook('onClose', async () => manager.close())
+  // Once shutdown begins, answers close their connection so the server can stop promptly.
+  app.addHook('onSend', async (_request, reply) => {
+    if (manager.shuttingDown) reply.header('connection', 'close')
+  })
 }, { name: 'taskvault-task-manager', fastify: '5.x', dependencies: ['taskvault-config', 'taskvault-persistence'] })

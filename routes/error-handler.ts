@@ -1,6 +1,6 @@
 import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
-import { TaskvaultError } from '../services/errors.js'
+import { StorageError, TaskvaultError } from '../services/errors.js'
 
 /** The one place where domain errors become HTTP statuses. */
 const STATUS_BY_CODE: Readonly<Record<string, number>> = {
@@ -25,7 +25,8 @@ export async function errorHandler (error: FastifyError | TaskvaultError, reques
   const statusCode = statusFor(error)
   // Domain errors explain themselves; an unexpected 5xx must not leak internals.
   const known = error instanceof TaskvaultError || statusCode < 500
-  if (statusCode >= 500) request.log.error({ err: error }, known ? error.message : 'unexpected error')
+  // Storage faults and unexpected errors are the operator's business; the rest are expected answers.
+  if (error instanceof StorageError || !known) request.log.error({ err: error }, known ? error.message : 'unexpected error')
   else request.log.info({ code: error.code, statusCode }, error.message)
   await reply.code(statusCode).send({
     statusCode,

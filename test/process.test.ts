@@ -1,0 +1,552 @@
+/**
+ * Real-process tests: the compiled server (dist/server.js) is spawned as a child process
+ * with an explicit environment, in its own temp folder as cwd, and driven over HTTP.
+ * They cover what in-process tests cannot: SIGKILL at arbitrary moments, SIGTERM and the
+ * exit code, boot failures, `.env` loading and restore at startup.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import http from 'node:http'
+import { mkdir, mkdtemp, readFile, readdir, realpath, rm, writeFile } from 'node:fs/promises'
+import { createServer, type AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+
+const SERVER = fileURLToPath(new URL('../server.js', import.meta.url))
+const API = '/api/v1/tasks'
+/** Readiness is waited for generously (a loaded 2-core CI box); behaviour is not timed. */
+const READY_TIMEOUT_MS = 30_000
+const EXIT_TIMEOUT_MS = 30_000
+
+// ---------------------------------------------------------------------------------------
+// In-file helpers: scratch folders, free ports, spawning and HTTP.
+// ---------------------------------------------------------------------------------------
+
+interface Teardown {
+  teardown(fn: () => unknown): void
+}
+
+interface Exit {
+  code: number | null
+  signal: NodeJS.Signals | null
+}
+
+interface ServerProcess {
+  readonly child: ChildProcess
+  readonly port: number
+  readonly base: string
+  readonly stdout: () => string
+  readonly stderr: () => string
+  /** Settles once the process has exited and its output is fully read. */
+  readonly exited: Promise<Exit>
+  /** null while running. */
+  readonly exit: () => Exit | null
+  /** Sends the signal (if any, and if still running) and waits for the exit, bounded. */
+  readonly stop: (signal: NodeJS.Signals | null) => Promise<Exit>
+}
+
+interface Scratch {
+  /** A fresh temp folder: the server's cwd unless told otherwise. */
+  readonly dir: string
+  /** Spawns without waiting for anything (boot-failure tests). */
+  readonly spawnRaw: (env: Record<string, string>, cwd?: string) => ServerProcess
+  /** Spawns on a free port and waits until GET /ready is 200. */
+  readonly start: (env?: Record<string, string>, cwd?: string) => Promise<ServerProcess>
+}
+
+/** The only variables a child sees: nothing leaks from the test runner (NODE_OPTIONS, TASK_*, ...). */
+function baseEnv (): Record<string, string> {
+  return { PATH: process.env.PATH ?? '/usr/bin:/bin', HOST: '127.0.0.1', LOG_LEVEL: 'info', TASK_SHUTDOWN_GRACE_MS: '2000' }
+}
+
+/** The promise's value, or null after `ms`; the timer never outlives the promise. */
+async function within<T> (promise: Promise<T>, ms: number): Promise<T | null> {
+  const timer = new AbortController()
+  try {
+    return await Promise.race([promise, sleep(ms, null, { signal: timer.signal })])
+  } finally {
+    timer.abort()
+  }
+}
+
+async function freePort (): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.unref()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+function describe (server: ServerProcess): string {
+  const exit = server.exit()
+  const state = exit === null ? 'still running' : `exited code=${exit.code} signal=${exit.signal}`
+  return `server on port ${server.port} (${state})\n--- stderr ---\n${server.stderr()}\n--- stdout (tail) ---\n${server.stdout().slice(-4000)}`
+}
+
+function spawnServer (env: Record<string, string>, cwd: string): ServerProcess {
+  const child = spawn(process.execPath, [SERVER], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  let err = ''
+  let exit: Exit | null = null
+  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => { out += chunk })
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { err += chunk })
+  const exited = new Promise<Exit>((resolve) => {
+    // 'close' (not 'exit'): every byte of stdout/stderr has been read by then.
+    child.once('close', (code, signal) => {
+      exit = { code, signal }
+      resolve(exit)
+    })
+    child.once('error', (error) => {
+      err += `\n[spawn error] ${error.message}`
+      exit = { code: null, signal: null }
+      resolve(exit)
+    })
+  })
+  const port = Number(env.PORT)
+  const server: ServerProcess = {
+    child,
+    port,
+    base: `http://127.0.0.1:${port}`,
+    stdout: () => out,
+    stderr: () => err,
+    exited,
+    exit: () => exit,
+    stop: async (signal) => {
+      if (exit === null && signal !== null) child.kill(signal)
+      const result = await within(exited, EXIT_TIMEOUT_MS)
+      if (result === null) {
+        child.kill('SIGKILL')
+        await exited
+        throw new Error(`did not exit within ${EXIT_TIMEOUT_MS} ms of ${signal}\n${describe(server)}`)
+      }
+      return result
+    }
+  }
+  return server
+}
+
+async function waitReady (server: ServerProcess): Promise<void> {
+  const deadline = Date.now() + READY_TIMEOUT_MS
+  for (;;) {
+    if (server.exit() !== null) throw new Error(`server exited before it was ready\n${describe(server)}`)
+    try {
+      const res = await fetch(`${server.base}/ready`, { signal: AbortSignal.timeout(5000) })
+      await res.arrayBuffer()
+      if (res.status === 200) return
+    } catch {
+      // Not listening yet.
+    }
+    if (Date.now() > deadline) throw new Error(`not ready within ${READY_TIMEOUT_MS} ms\n${describe(server)}`)
+    await Promise.race([sleep(50), server.exited])
+  }
+}
+
+async function scratch (t: Teardown): Promise<Scratch> {
+  const dir = await mkdtemp(join(tmpdir(), 'taskvault-proc-'))
+  const children = new Set<ServerProcess>()
+  // One teardown, so children are always dead before their folder is removed.
+  t.teardown(async () => {
+    await Promise.all([...children].map(async (server) => {
+      if (server.exit() === null) server.child.kill('SIGKILL')
+      await server.exited
+    }))
+    await rm(dir, { recursive: true, force: true, maxRetries: 3 })
+  })
+  const spawnRaw = (env: Record<string, string>, cwd = dir): ServerProcess => {
+    const server = spawnServer(env, cwd)
+    children.add(server)
+    return server
+  }
+  const start = async (env: Record<string, string> = {}, cwd = dir): Promise<ServerProcess> => {
+    // The port is free when picked but may be taken before the child binds it: retry then.
+    for (let attempt = 1; ; attempt++) {
+      const server = spawnRaw({ ...baseEnv(), ...env, PORT: String(await freePort()) }, cwd)
+      try {
+        await waitReady(server)
+        return server
+      } catch (err) {
+        if (attempt < 4 && server.exit() !== null && /EADDRINUSE/.test(server.stderr() + server.stdout())) continue
+        throw err
+      }
+    }
+  }
+  return { dir, spawnRaw, start }
+}
+
+interface Reply {
+  status: number
+  body: any
+}
+
+async function call (server: ServerProcess, method: 'GET' | 'POST', path: string, body?: unknown): Promise<Reply> {
+  const res = await fetch(`${server.base}${path}`, {
+    method,
+    signal: AbortSignal.timeout(20_000),
+    ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+  })
+  const text = await res.text()
+  return { status: res.status, body: text === '' ? null : JSON.parse(text) }
+}
+
+interface TaskView {
+  id: string
+  instruction: string
+  status: string
+  attempts: number
+  result: string | null
+}
+
+async function listSession (server: ServerProcess, sessionId: string): Promise<TaskView[]> {
+  const res = await call(server, 'GET', `${API}/list?session_id=${sessionId}`)
+  if (res.status !== 200) throw new Error(`list ${sessionId}: ${res.status} ${JSON.stringify(res.body)}`)
+  return res.body.tasks as TaskView[]
+}
+
+function statuses (tasks: TaskView[]): Array<[string, string]> {
+  return tasks.map((task) => [task.instruction, task.status])
+}
+
+/** What a JSON log line says, for every line of a pino stdout. */
+function logMessages (stdout: string): string[] {
+  return stdout.split('\n').filter((line) => line.startsWith('{')).map((line) => {
+    try {
+      return String((JSON.parse(line) as { msg?: unknown }).msg ?? '')
+    } catch {
+      return ''
+    }
+  })
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------
+
+t.test('the seed crash scenario: SIGKILL right after an execute, restart, resume', async (t) => {
+  const { dir, start } = await scratch(t)
+  const env = { TASK_STORAGE_DIR: join(dir, 'tasks') }
+
+  const first = await start(env)
+  const created = await call(first, 'POST', `${API}/create`, { session_id: 'important_work', instructions: '1. Task A\n2. Task B\n3. Task C' })
+  t.equal(created.status, 200, 'create answers 200')
+  t.same(created.body.tasks.map((task: TaskView) => task.instruction), ['Task A', 'Task B', 'Task C'])
+  const executed = await call(first, 'POST', `${API}/execute`, { session_id: 'important_work' })
+  t.equal(executed.status, 200, 'execute answers 200')
+  t.match(executed.body, { instruction: 'Task A', status: 'Completed' }, 'Task A completed in the response')
+  first.child.kill('SIGKILL')
+  const exit = await first.exited
+  t.equal(exit.signal, 'SIGKILL', 'the first server died of SIGKILL')
+
+  const second = await start(env)
+  const ready = await call(second, 'GET', '/ready')
+  t.same([ready.status, ready.body], [200, { status: 'ready', sessions: 1 }], '/ready is 200 with the restored session')
+  t.same(statuses(await listSession(second, 'important_work')),
+    [['Task A', 'Completed'], ['Task B', 'Pending'], ['Task C', 'Pending']], 'Task A Completed, B and C Pending')
+  const next = await call(second, 'POST', `${API}/execute`, { session_id: 'important_work' })
+  t.equal(next.status, 200)
+  t.match(next.body, { instruction: 'Task B', status: 'Completed', result: 'Task B' }, 'execute resumes with Task B')
+  t.ok(logMessages(second.stdout()).includes('Restored 1 task sessions from disk'),
+    'stdout logs "Restored 1 task sessions from disk"', { stdout: second.stdout().slice(0, 2000) })
+})
+
+t.test('kill -9 loop: acknowledged writes survive SIGKILL at random moments', async (t) => {
+  const { dir, start } = await scratch(t)
+  const storage = join(dir, 'tasks')
+  // warn: keeps the per-request log lines out of the hot loop; the restore log is not needed here.
+  const env = { TASK_STORAGE_DIR: storage, LOG_LEVEL: 'warn' }
+  const SESSIONS = ['loop-a', 'loop-b', 'loop-c', 'loop-d']
+  const WORKERS = 6
+  const ROUNDS = 5
+  const BUDGET_MS = 15_000
+
+  const ackedCreates: Array<{ session: string, ids: string[], instructions: string[] }> = []
+  const ackedExecutes: Array<{ session: string, id: string, instruction: string }> = []
+  const unexpected: string[] = []
+
+  /** Everything acknowledged so far is on the restarted server, and the folder is clean. */
+  async function verify (server: ServerProcess, label: string): Promise<void> {
+    const missing: string[] = []
+    const notCompleted: string[] = []
+    const duplicated: string[] = []
+    const bySession = new Map<string, Map<string, TaskView>>()
+    for (const session of new Set([...ackedCreates, ...ackedExecutes].map((ack) => ack.session))) {
+      const res = await call(server, 'GET', `${API}/list?session_id=${session}`)
+      if (res.status !== 200) missing.push(`session ${session}: list answered ${res.status}`)
+      const tasks = res.status === 200 ? res.body.tasks as TaskView[] : []
+      const ids = tasks.map((task) => task.id)
+      if (new Set(ids).size !== ids.length) duplicated.push(`${session}: ${ids.join(',')}`)
+      bySession.set(session, new Map(tasks.map((task) => [task.id, task])))
+    }
+    for (const create of ackedCreates) {
+      create.ids.forEach((id, i) => {
+        const task = bySession.get(create.session)?.get(id)
+        if (task?.instruction !== create.instructions[i]) missing.push(`${create.session}/${id} (${create.instructions[i]})`)
+      })
+    }
+    for (const exec of ackedExecutes) {
+      const task = bySession.get(exec.session)?.get(exec.id)
+      if (task?.status !== 'Completed' || task.instruction !== exec.instruction) {
+        notCompleted.push(`${exec.session}/${exec.id}: ${task?.status ?? 'absent'}`)
+      }
+    }
+    t.same(missing, [], `${label}: every acknowledged create's tasks are present`)
+    t.same(notCompleted, [], `${label}: every acknowledged execute's task is Completed`)
+    t.same(duplicated, [], `${label}: no task id is duplicated within a session`)
+
+    const entries = await readdir(storage, { withFileTypes: true })
+    const temps = entries.filter((e) => e.name.endsWith('.tmp')).map((e) => e.name)
+    t.same(temps, [], `${label}: no .tmp file remains after the restart`)
+    t.notOk(entries.some((e) => e.name === 'corrupt'), `${label}: nothing was set aside as corrupt`)
+    const unreadable: string[] = []
+    for (const entry of entries.filter((e) => e.isFile() && e.name.endsWith('.json'))) {
+      try {
+        const file = JSON.parse(await readFile(join(storage, entry.name), 'utf8')) as { session: { tasks: Array<{ id: string }> } }
+        const ids = file.session.tasks.map((task) => task.id)
+        if (new Set(ids).size !== ids.length) unreadable.push(`${entry.name}: duplicate task ids`)
+      } catch (err) {
+        unreadable.push(`${entry.name}: ${(err as Error).message}`)
+      }
+    }
+    t.same(unreadable, [], `${label}: every *.json file parses`)
+    const stats = await call(server, 'GET', `${API}/stats`)
+    t.equal(stats.body.storage.failed_loads, 0, `${label}: no session file failed to load`)
+  }
+
+  const started = Date.now()
+  let rounds = 0
+  while (rounds < ROUNDS && (rounds < 2 || Date.now() - started < BUDGET_MS)) {
+    const round = rounds++
+    const server = await start(env)
+    if (round > 0) await verify(server, `after kill ${round}`)
+
+    let killed = false
+    let ackedThisRound = 0
+    let counter = 0
+    const worker = async (w: number): Promise<void> => {
+      while (!killed) {
+        const session = SESSIONS[Math.floor(Math.random() * SESSIONS.length)] as string
+        const n = counter++
+        try {
+          if (Math.random() < 0.5) {
+            const instructions = [`r${round} w${w} n${n} first`, `r${round} w${w} n${n} second`]
+            const res = await call(server, 'POST', `${API}/create`, { session_id: session, tasks: instructions.map((instruction) => ({ instruction })) })
+            if (res.status >= 200 && res.status < 300) {
+              ackedCreates.push({ session, ids: res.body.task_ids as string[], instructions })
+              ackedThisRound++
+            } else if (!killed) {
+              unexpected.push(`create ${session}: ${res.status} ${JSON.stringify(res.body)}`)
+            }
+          } else {
+            const res = await call(server, 'POST', `${API}/execute`, { session_id: session })
+            if (res.status >= 200 && res.status < 300) {
+              ackedExecutes.push({ session, id: res.body.task_id as string, instruction: res.body.instruction as string })
+              ackedThisRound++
+            } else if (!killed && res.status !== 404 && res.status !== 409) {
+              // 404: session not created yet; 409: already executing or nothing pending.
+              unexpected.push(`execute ${session}: ${res.status} ${JSON.stringify(res.body)}`)
+            }
+          }
+        } catch (err) {
+          // A request cut off by the kill is not acknowledged; anything else is a real error.
+          if (!killed) throw err
+        }
+      }
+    }
+    const workers = Array.from({ length: WORKERS }, (_, w) => worker(w))
+    // Let some work be acknowledged, then kill at a random moment with requests in flight.
+    const ackDeadline = Date.now() + 20_000
+    while (ackedThisRound < 4 && Date.now() < ackDeadline && server.exit() === null) await sleep(5)
+    await sleep(Math.floor(Math.random() * 120))
+    t.equal(server.exit(), null, `round ${round}: the server was still running when killed`)
+    server.child.kill('SIGKILL')
+    killed = true
+    const exit = await server.exited
+    t.equal(exit.signal, 'SIGKILL', `round ${round}: killed by SIGKILL`)
+    // A kill may or may not land inside a save; this stands for one that did, so the clean-up
+    // at restart is checked every round. Same name shape as the store's temp files.
+    await writeFile(join(storage, `.${SESSIONS[round % SESSIONS.length]}.999999.${round}.tmp`), '{"session_id": "trunc')
+    await Promise.all(workers)
+    t.ok(ackedThisRound > 0, `round ${round}: some requests were acknowledged (${ackedThisRound})`)
+  }
+
+  const last = await start(env)
+  await verify(last, `after kill ${rounds}`)
+  t.ok(ackedExecutes.length > 0, `some executes were acknowledged (${ackedExecutes.length})`)
+  t.same(unexpected, [], 'no request failed for another reason than the kill')
+  t.comment(`${rounds} rounds, ${ackedCreates.length} creates and ${ackedExecutes.length} executes acknowledged in ${Date.now() - started} ms`)
+})
+
+for (const autoSave of [true, false]) {
+  t.test(`graceful shutdown (TASK_AUTO_SAVE=${autoSave}): SIGTERM exits 0 and keeps the data`, async (t) => {
+    const { dir, start } = await scratch(t)
+    const storage = join(dir, 'tasks')
+    const env = { TASK_STORAGE_DIR: storage, TASK_SHUTDOWN_GRACE_MS: '200', TASK_AUTO_SAVE: String(autoSave) }
+
+    const first = await start(env)
+    const created = await call(first, 'POST', `${API}/create`, { session_id: 'graceful', instructions: '1. Task A\n2. Task B\n3. Task C' })
+    t.equal(created.status, 200)
+    const executed = await call(first, 'POST', `${API}/execute`, { session_id: 'graceful' })
+    t.match(executed.body, { instruction: 'Task A', status: 'Completed' })
+    const others: Array<{ session: string, ids: string[] }> = []
+    for (let i = 0; i < 3; i++) {
+      const res = await call(first, 'POST', `${API}/create`, { session_id: `other-${i}`, tasks: [{ instruction: `other ${i}` }] })
+      t.equal(res.status, 200)
+      others.push({ session: `other-${i}`, ids: res.body.task_ids as string[] })
+    }
+    if (!autoSave) {
+      // Documented: with auto-save off, files are written only at graceful shutdown, so
+      // what follows proves the shutdown itself saves them.
+      const files = (await readdir(storage)).filter((name) => name.endsWith('.json'))
+      t.same(files, [], 'auto-save off: nothing written before shutdown')
+    }
+
+    const exit = await first.stop('SIGTERM')
+    t.same(exit, { code: 0, signal: null }, 'SIGTERM: exit code 0', { output: describe(first) })
+    t.ok(logMessages(first.stdout()).includes('shutting down'), 'logged the shutdown')
+
+    const second = await start(env)
+    t.same(statuses(await listSession(second, 'graceful')),
+      [['Task A', 'Completed'], ['Task B', 'Pending'], ['Task C', 'Pending']], 'the session is intact after restart')
+    for (const { session, ids } of others) {
+      t.same((await listSession(second, session)).map((task) => task.id), ids, `${session} is intact after restart`)
+    }
+    const temps = (await readdir(storage)).filter((name) => name.endsWith('.tmp'))
+    t.same(temps, [], 'no temp files left behind')
+  })
+}
+
+t.test('SIGTERM with a request in flight (TASK_AUTO_SAVE=false) still exits 0 and keeps acknowledged work', async (t) => {
+  const { dir, start } = await scratch(t)
+  const storage = join(dir, 'tasks')
+  const env = { TASK_STORAGE_DIR: storage, TASK_SHUTDOWN_GRACE_MS: '200', TASK_AUTO_SAVE: 'false' }
+  const agent = new http.Agent({ keepAlive: true })
+  t.teardown(() => agent.destroy())
+
+  const first = await start(env)
+  const acked = await call(first, 'POST', `${API}/create`, { session_id: 'acked', tasks: [{ instruction: 'acknowledged before SIGTERM' }] })
+  t.equal(acked.status, 200, 'a create is acknowledged before SIGTERM')
+
+  // A keep-alive client (like every real one) is uploading a body when SIGTERM arrives.
+  let inFlight: http.ClientRequest | undefined
+  const body = JSON.stringify({ session_id: 'inflight', tasks: [{ instruction: 'sent across SIGTERM' }] })
+  const response = new Promise<{ status: number, text: string }>((resolve, reject) => {
+    const req = http.request({
+      host: '127.0.0.1', port: first.port, method: 'POST', path: `${API}/create`, agent,
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }
+    }, (res) => {
+      let text = ''
+      res.setEncoding('utf8').on('data', (chunk: string) => { text += chunk }).on('end', () => resolve({ status: res.statusCode ?? 0, text }))
+    })
+    req.on('error', reject)
+    req.write(body.slice(0, 10))
+    inFlight = req
+  })
+  // The server has the request (it logs "incoming request" once headers are parsed) and is
+  // waiting for the rest of the body when the signal arrives.
+  const deadline = Date.now() + EXIT_TIMEOUT_MS
+  const creates = (): number => first.stdout().split('\n').filter((line) => line.includes('"incoming request"') && line.includes(`"url":"${API}/create"`)).length
+  while (creates() < 2 && Date.now() < deadline) await sleep(10)
+  t.equal(creates(), 2, 'the server has started on the in-flight request')
+  first.child.kill('SIGTERM')
+  while (!logMessages(first.stdout()).includes('shutting down') && first.exit() === null && Date.now() < deadline) await sleep(10)
+  inFlight?.end(body.slice(10))
+  const answer = await response.catch((err: Error) => ({ status: 0, text: err.message }))
+  t.ok(answer.status === 200 || answer.status === 503, `the in-flight request is answered 200 or 503 (got ${answer.status} ${answer.text.slice(0, 120)})`)
+
+  // No second signal: close-with-grace treats one as "exit 1 now".
+  const exit = await first.stop(null)
+  // A keep-alive socket of a request in flight at SIGTERM must neither hold up the exit nor
+  // keep the flush of unsaved sessions from running.
+  t.same(exit, { code: 0, signal: null }, 'SIGTERM: exit code 0', { output: describe(first) })
+
+  const second = await start(env)
+  const present = await call(second, 'GET', `${API}/list?session_id=acked`)
+  t.equal(present.status, 200, 'the create acknowledged before SIGTERM survives')
+  if (answer.status === 200) {
+    const inflight = await call(second, 'GET', `${API}/list?session_id=inflight`)
+    t.equal(inflight.status, 200, 'the in-flight create, acknowledged, survives')
+  }
+})
+
+t.test('a bad setting exits 1 and names the variable', async (t) => {
+  const { dir, spawnRaw } = await scratch(t)
+  const blocker = join(dir, 'a-file')
+  await writeFile(blocker, 'not a folder')
+  const cases: Array<{ name: string, env: Record<string, string>, mention: string }> = [
+    { name: 'PORT=notanumber', env: { PORT: 'notanumber', TASK_STORAGE_DIR: join(dir, 'tasks') }, mention: 'PORT' },
+    { name: 'TASK_RESTORE_CONCURRENCY=0', env: { PORT: String(await freePort()), TASK_STORAGE_DIR: join(dir, 'tasks'), TASK_RESTORE_CONCURRENCY: '0' }, mention: 'TASK_RESTORE_CONCURRENCY' },
+    { name: 'unusable TASK_STORAGE_DIR', env: { PORT: String(await freePort()), TASK_STORAGE_DIR: join(blocker, 'tasks') }, mention: join(blocker, 'tasks') }
+  ]
+  for (const c of cases) {
+    const server = spawnRaw({ ...baseEnv(), ...c.env })
+    const exit = await within(server.exited, EXIT_TIMEOUT_MS)
+    if (exit === null) {
+      server.child.kill('SIGKILL')
+      await server.exited
+    }
+    t.same(exit, { code: 1, signal: null }, `${c.name}: exit code 1`, { output: describe(server) })
+    t.ok(server.stderr().includes(c.mention), `${c.name}: stderr names ${c.mention}`, { stderr: server.stderr() })
+    t.notOk(server.stdout().includes('Server listening'), `${c.name}: never listened`)
+    t.match(server.stderr(), /^taskvault: cannot start: /m, `${c.name}: the boot error is one clear line`)
+  }
+})
+
+t.test('a .env file in the cwd is read, and the environment wins over it', async (t) => {
+  const { dir, start } = await scratch(t)
+  const cwd = await realpath(dir)
+  // PORT in .env is invalid: the server only boots if the real environment's PORT wins.
+  await writeFile(join(cwd, '.env'), 'TASK_STORAGE_DIR=from-dotenv\nPORT=notanumber\n')
+  const env = baseEnv()
+  const server = await start(env, cwd)
+  const created = await call(server, 'POST', `${API}/create`, { session_id: 'dotenv', instructions: 'one task' })
+  t.equal(created.status, 200)
+  const stats = await call(server, 'GET', `${API}/stats`)
+  t.equal(stats.body.storage.dir, join(cwd, 'from-dotenv'), 'storage folder comes from .env, relative to the cwd')
+  const stored = JSON.parse(await readFile(join(cwd, 'from-dotenv', 'dotenv.json'), 'utf8')) as { session_id: string }
+  t.equal(stored.session_id, 'dotenv', 'the session file is written in the .env folder')
+  const defaultFolder = await readdir(join(cwd, 'data')).then(() => true, () => false)
+  t.notOk(defaultFolder, 'the default data/tasks folder was not used')
+})
+
+t.test('an InProgress task found on disk at startup is reset to Pending', async (t) => {
+  const { dir, start } = await scratch(t)
+  const storage = join(dir, 'tasks')
+  await mkdir(storage, { recursive: true })
+  // The seed's session file format, as an operator or an older version would have left it:
+  // no `error` field, interrupted while running Task B.
+  const seedFile = {
+    session_id: 'interrupted',
+    created_at: '2025-01-15T10:30:00Z',
+    updated_at: '2025-01-15T10:31:00Z',
+    session: {
+      session_id: 'interrupted',
+      tasks: [
+        { id: 'task_1_1736937000', instruction: 'Task A', task_type: 'General', status: 'Completed', result: 'done A', confidence: 0.9, created_at: '2025-01-15T10:30:00Z', started_at: '2025-01-15T10:30:10Z', completed_at: '2025-01-15T10:30:20Z', attempts: 1 },
+        { id: 'task_2_1736937000', instruction: 'Task B', task_type: 'General', status: 'InProgress', result: null, confidence: null, created_at: '2025-01-15T10:30:00Z', started_at: '2025-01-15T10:31:00Z', completed_at: null, attempts: 1 },
+        { id: 'task_3_1736937000', instruction: 'Task C', task_type: 'General', status: 'Pending', result: null, confidence: null, created_at: '2025-01-15T10:30:00Z', started_at: null, completed_at: null, attempts: 0 }
+      ],
+      current_index: 1
+    }
+  }
+  const path = join(storage, 'interrupted.json')
+  await writeFile(path, JSON.stringify(seedFile, null, 2))
+
+  const server = await start({ TASK_STORAGE_DIR: storage })
+  const tasks = await listSession(server, 'interrupted')
+  t.same(tasks.map((task) => [task.instruction, task.status, task.attempts]),
+    [['Task A', 'Completed', 1], ['Task B', 'Pending', 1], ['Task C', 'Pending', 0]], 'Task B is Pending with attempts 1')
+  t.equal(tasks[0]?.result, 'done A', 'the completed task keeps its result')
+  const onDisk = JSON.parse(await readFile(path, 'utf8')) as typeof seedFile
+  t.same(onDisk.session.tasks.map((task) => task.status), ['Completed', 'Pending', 'Pending'], 'the file on disk now says Pending')
+  t.equal(onDisk.session.tasks[1]?.attempts, 1, 'attempts on disk unchanged by the reset')
+
+  const next = await call(server, 'POST', `${API}/execute`, { session_id: 'interrupted' })
+  t.match(next.body, { instruction: 'Task B', status: 'Completed' }, 'the interrupted task runs again next')
+  const after = await listSession(server, 'interrupted')
+  t.equal(after[1]?.attempts, 2, 'the re-run counts as attempt 2')
+})
