@@ -1,6 +1,7 @@
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import archiverPlugin from './plugins/archiver.js'
+import authPlugin from './plugins/auth.js'
 import configPlugin, { type ConfigPluginOptions } from './plugins/config.js'
 import persistencePlugin from './plugins/persistence.js'
 import taskManagerPlugin from './plugins/task-manager.js'
@@ -44,6 +45,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   app.setErrorHandler(errorHandler)
 
   await app.register(configPlugin, { values: options.config, readEnvironment: options.readEnvironment })
+  await app.register(authPlugin)
   await app.register(persistencePlugin, { fs: options.fs })
   await app.register(taskManagerPlugin, { executors: options.executors, clock: options.clock })
   await app.register(archiverPlugin, { clock: options.clock })

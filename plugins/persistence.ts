@@ -16,8 +16,14 @@ export interface PersistencePluginOptions {
 
 /** The session store: one durable JSON file per session under TASK_STORAGE_DIR. */
 export default fp<PersistencePluginOptions>(async function persistencePlugin (app, options) {
-  const store = new FileSessionStore({ dir: app.config.TASK_STORAGE_DIR, fs: options.fs })
-  await store.init()
+  const config = app.config
+  const store = new FileSessionStore({
+    dir: config.TASK_STORAGE_DIR,
+    fs: options.fs,
+    lock: { refreshMs: config.TASK_LOCK_REFRESH_MS, staleMs: config.TASK_LOCK_STALE_MS }
+  })
+  const replaced = await store.init()
+  if (replaced !== null) app.log.warn({ holder: replaced }, 'Took over the storage lock of a server that is gone')
   app.decorate('persistence', store as SessionStore)
   app.addHook('onClose', async () => store.close())
 }, { name: 'taskvault-persistence', fastify: '5.x', dependencies: ['taskvault-config'] })

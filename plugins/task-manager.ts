@@ -27,6 +27,12 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
     autoSave: config.TASK_AUTO_SAVE,
     restoreConcurrency: config.TASK_RESTORE_CONCURRENCY,
     shutdownGraceMs: config.TASK_SHUTDOWN_GRACE_MS,
+    limits: {
+      maxSessions: config.TASK_MAX_SESSIONS,
+      maxTasksPerSession: config.TASK_MAX_TASKS_PER_SESSION,
+      maxInstructionBytes: config.TASK_MAX_INSTRUCTION_BYTES,
+      maxResultBytes: config.TASK_MAX_RESULT_BYTES
+    },
     clock: options.clock,
     logger: app.log
   })

@@ -9,6 +9,7 @@ import { ALL_SESSIONS } from '../services/task-manager.js'
 const taskRoutes: FastifyPluginAsyncTypebox = async (app) => {
   const manager = app.taskManager
   const bodyLimit = app.config.BODY_LIMIT
+  app.addHook('onRequest', app.verifyApiKey)
 
   app.post('/create', { bodyLimit, schema: { body: CreateBody, response: responses.create } }, async (request) => {
     const { session_id: sessionId } = request.body

@@ -55,7 +55,8 @@ const ExecutedTask = Type.Object({
   status: TaskStatus,
   result: Nullable(Type.String()),
   error: Nullable(Type.String()),
-  confidence: Nullable(Type.Number())
+  confidence: Nullable(Type.Number()),
+  result_truncated: Type.Optional(Type.Boolean())
 })
 
 export const ExecuteResponse = Type.Composite([ExecutedTask, Type.Object({ progress: Progress })])
@@ -125,13 +126,13 @@ export const HealthResponse = Type.Object({ status: Type.Literal('ok'), uptime_s
 export const ReadyResponse = Type.Object({ status: Type.Literal('ready'), sessions: Type.Integer() })
 
 export const responses = {
-  create: { 200: CreateResponse, ...errors(400, 413, 415, 503, 507) },
-  execute: { 200: ExecuteResponse, ...errors(400, 404, 409, 413, 415, 503, 507) },
-  executeAll: { 200: ExecuteAllResponse, ...errors(400, 404, 409, 413, 415, 503, 507) },
-  progress: { 200: ProgressResponse, ...errors(400, 404) },
-  list: { 200: ListResponse, ...errors(400, 404) },
-  stats: { 200: StatsResponse },
-  remove: { 204: Type.Null(), ...errors(400, 404, 409, 503, 507) },
+  create: { 200: CreateResponse, ...errors(400, 401, 413, 415, 503, 507) },
+  execute: { 200: ExecuteResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
+  executeAll: { 200: ExecuteAllResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
+  progress: { 200: ProgressResponse, ...errors(400, 401, 404) },
+  list: { 200: ListResponse, ...errors(400, 401, 404) },
+  stats: { 200: StatsResponse, ...errors(401) },
+  remove: { 204: Type.Null(), ...errors(400, 401, 404, 409, 503, 507) },
   health: { 200: HealthResponse },
   ready: { 200: ReadyResponse, ...errors(503) }
 }

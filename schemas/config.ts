@@ -13,6 +13,13 @@ export const ConfigSchema = Type.Object({
   TASK_RESTORE_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 4096, default: 32 }),
   TASK_SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, default: 10_000 }),
   BODY_LIMIT: Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024, default: 1024 * 1024 }),
+  TASK_MAX_SESSIONS: Type.Integer({ minimum: 1, default: 100_000 }),
+  TASK_MAX_TASKS_PER_SESSION: Type.Integer({ minimum: 1, default: 1000 }),
+  TASK_MAX_INSTRUCTION_BYTES: Type.Integer({ minimum: 1, default: 64 * 1024 }),
+  TASK_MAX_RESULT_BYTES: Type.Integer({ minimum: 1, default: 1024 * 1024 }),
+  TASK_API_KEYS: Type.String({ default: '', description: 'Comma-separated bearer keys; empty leaves the API open' }),
+  TASK_LOCK_REFRESH_MS: Type.Integer({ minimum: 100, default: 10_000 }),
+  TASK_LOCK_STALE_MS: Type.Integer({ minimum: 1000, default: 60_000 }),
   LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' })
 })
 export type Config = Static<typeof ConfigSchema>

@@ -30,7 +30,9 @@ export const Task = Type.Object({
   created_at: Timestamp,
   started_at: Nullable(Timestamp),
   completed_at: Nullable(Timestamp),
-  attempts: Type.Integer({ minimum: 0 })
+  attempts: Type.Integer({ minimum: 0 }),
+  /** Set when the agent's result was longer than TASK_MAX_RESULT_BYTES and was cut. */
+  result_truncated: Type.Optional(Type.Boolean())
 })
 export type Task = Static<typeof Task>
 
@@ -62,7 +64,8 @@ const StoredTask = Type.Object({
   created_at: Timestamp,
   started_at: Type.Optional(Nullable(Timestamp)),
   completed_at: Type.Optional(Nullable(Timestamp)),
-  attempts: Type.Optional(Type.Integer({ minimum: 0 }))
+  attempts: Type.Optional(Type.Integer({ minimum: 0 })),
+  result_truncated: Type.Optional(Type.Boolean())
 })
 
 export const StoredSessionFile = Type.Object({

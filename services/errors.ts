@@ -39,6 +39,20 @@ export class InvalidSessionIdError extends TaskvaultError {
   }
 }
 
+/** A request over one of the configured bounds (instruction size, tasks per session). */
+export class LimitExceededError extends TaskvaultError {
+  constructor (message: string) {
+    super('LIMIT_EXCEEDED', message)
+  }
+}
+
+/** TASK_MAX_SESSIONS reached: no room for another session. */
+export class SessionLimitError extends TaskvaultError {
+  constructor (max: number) {
+    super('SESSION_LIMIT', `the service holds its maximum of ${max} sessions (TASK_MAX_SESSIONS); delete or archive some first`)
+  }
+}
+
 export class ShuttingDownError extends TaskvaultError {
   constructor (message = 'the service is shutting down') {
     super('SHUTTING_DOWN', message)

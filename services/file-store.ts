@@ -8,6 +8,7 @@ import { CoalescedRun } from './coalesce.js'
 import { CorruptSessionFileError, InvalidSessionIdError, StorageError, TaskvaultError } from './errors.js'
 import { nodeFs, type FsSeam } from './fs-seam.js'
 import { normalizeSessionFile } from './session.js'
+import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
 import type { LoadFailure, LoadResult, LoadedSession, SessionStore } from './store.js'
 
 const FILE_MODE = 0o600
@@ -23,6 +24,8 @@ export interface FileSessionStoreOptions {
   fs?: FsSeam
   /** Pretty-printed by default so operators can read and diff session files. */
   indent?: number
+  /** Hold the folder's single-writer lock from init to close (the server does; tools reading a copy need not). */
+  lock?: StorageLockOptions
 }
 
 /**
@@ -37,6 +40,7 @@ export class FileSessionStore implements SessionStore {
   private readonly fs: FsSeam
   private readonly indent: number
   private readonly dirSync: CoalescedRun
+  private readonly lock: StorageLock | null
   private tempSeq = 0
 
   constructor (options: FileSessionStoreOptions) {
@@ -46,15 +50,19 @@ export class FileSessionStore implements SessionStore {
     this.fs = options.fs ?? nodeFs
     this.indent = options.indent ?? 2
     this.dirSync = new CoalescedRun(() => this.fsyncDir(this.dir))
+    this.lock = options.lock ? new StorageLock(this.dir, this.fs, options.lock) : null
   }
 
   get location (): string {
     return this.dir
   }
 
-  async init (): Promise<void> {
+  /** Creates the folder (0700), takes the single-writer lock, and proves the folder writable. Returns a stale holder it replaced. */
+  async init (): Promise<LockHolder | null> {
+    let replaced: LockHolder | null = null
     try {
       await this.fs.ensureDir(this.dir, DIR_MODE)
+      if (this.lock !== null) replaced = await this.lock.acquire()
       await this.fs.chmod(this.dir, DIR_MODE)
       // Prove the folder is writable now rather than on the first client's request.
       const probe = join(this.dir, `.probe.${process.pid}.${++this.tempSeq}.tmp`)
@@ -62,8 +70,11 @@ export class FileSessionStore implements SessionStore {
       await handle.close()
       await this.fs.unlink(probe)
     } catch (err) {
+      if (err instanceof TaskvaultError) throw err
+      await this.lock?.release().catch(noop)
       throw new StorageError(`preparing storage folder ${this.dir}`, err as NodeJS.ErrnoException)
     }
+    return replaced
   }
 
   pathFor (sessionId: string): string {
@@ -154,7 +165,9 @@ export class FileSessionStore implements SessionStore {
     return { sessions, failures, removedTempFiles }
   }
 
-  async close (): Promise<void> {}
+  async close (): Promise<void> {
+    await this.lock?.release()
+  }
 
   private async loadFile (name: string): Promise<LoadedSession> {
     // O_NOFOLLOW: a symlink swapped in after readdir is refused, not followed.

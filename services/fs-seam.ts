@@ -11,6 +11,7 @@ export interface FsSeam {
   unlink: typeof fsp.unlink
   readdir: typeof fsp.readdir
   chmod: typeof fsp.chmod
+  utimes: typeof fsp.utimes
   /** mkdir -p with a mode. */
   ensureDir: (dir: string, mode: number) => Promise<void>
 }
@@ -21,5 +22,6 @@ export const nodeFs: FsSeam = {
   unlink: fsp.unlink,
   readdir: fsp.readdir,
   chmod: fsp.chmod,
+  utimes: fsp.utimes,
   ensureDir: (dir, mode) => fse.ensureDir(dir, { mode })
 }

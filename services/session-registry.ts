@@ -103,6 +103,11 @@ export class SessionRegistry {
     return this.slots.get(sessionId)?.file ?? null
   }
 
+  /** Sessions known, including ones whose first save is still under way. */
+  get slotCount (): number {
+    return this.slots.size
+  }
+
   get size (): number {
     return this.totals.total_sessions
   }

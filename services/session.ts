@@ -121,3 +121,13 @@ export function finishedAt (file: SessionFile): string | null {
   }
   return latest === -Infinity ? file.updated_at : new Date(latest).toISOString()
 }
+
+/** Cuts `text` to at most `maxBytes` of UTF-8 without splitting a character. */
+export function truncateUtf8 (text: string, maxBytes: number): { text: string, truncated: boolean } {
+  if (text.length <= maxBytes / 3 || Buffer.byteLength(text, 'utf8') <= maxBytes) return { text, truncated: false }
+  const bytes = Buffer.from(text, 'utf8')
+  let end = maxBytes
+  // Step back over continuation bytes (10xxxxxx) to the start of a character.
+  while (end > 0 && ((bytes[end] ?? 0) & 0xc0) === 0x80) end--
+  return { text: bytes.subarray(0, end).toString('utf8'), truncated: true }
+}

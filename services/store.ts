@@ -28,8 +28,8 @@ export interface LoadResult {
 export interface SessionStore {
   /** Human-readable location, shown in stats (a folder for the file store). */
   readonly location: string
-  /** Prepares the storage (folders, permissions). Fails when it is not writable. */
-  init(): Promise<void>
+  /** Prepares the storage (folders, permissions, single-writer lock). Fails when it is not writable or held. */
+  init(): Promise<unknown>
   /** Reads every stored session; unreadable ones are set aside and reported, never deleted. */
   loadAll(options: { concurrency: number }): Promise<LoadResult>
   /** Durably replaces the stored session; resolves with the stored size in bytes. */

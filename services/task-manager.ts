@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
-import { InvalidSessionIdError, NoPendingTaskError, SessionBusyError, SessionNotFoundError, ShuttingDownError } from './errors.js'
+import { InvalidSessionIdError, LimitExceededError, NoPendingTaskError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError } from './errors.js'
 import { checkExecutionResult, executorFor, resolveExecutors, type ExecutorMap } from './executors.js'
-import { appendTasks, finishedAt, isoNow, newSessionFile, type Progress, type SessionFile, type Task, type TaskSpec } from './session.js'
+import { appendTasks, finishedAt, isoNow, newSessionFile, truncateUtf8, type Progress, type SessionFile, type Task, type TaskSpec } from './session.js'
 import { SessionRegistry, type Draft, type SessionSummary, type Totals } from './session-registry.js'
 import type { SessionStore } from './store.js'
 
@@ -12,8 +12,25 @@ export interface Logger {
   error(obj: object, msg?: string): void
 }
 
+/** Bounds on what clients and agents may store. */
+export interface Limits {
+  maxSessions: number
+  maxTasksPerSession: number
+  maxInstructionBytes: number
+  /** Longer agent results (and error messages) are cut to this and flagged. */
+  maxResultBytes: number
+}
+
+export const DEFAULT_LIMITS: Limits = {
+  maxSessions: 100_000,
+  maxTasksPerSession: 1000,
+  maxInstructionBytes: 64 * 1024,
+  maxResultBytes: 1024 * 1024
+}
+
 export interface TaskManagerOptions {
   store: SessionStore
+  limits?: Partial<Limits>
   executors?: Partial<ExecutorMap>
   /** Save on every change (default). Off: save only at graceful shutdown. */
   autoSave?: boolean
@@ -31,6 +48,7 @@ export interface ExecutedTask {
   result: string | null
   error: string | null
   confidence: number | null
+  result_truncated?: boolean
 }
 
 export interface RestoreReport {
@@ -63,6 +81,7 @@ export class TaskManager {
   private readonly shutdownGraceMs: number
   private readonly clock: () => Date
   private readonly log: Logger
+  private readonly limits: Limits
   private readonly abort = new AbortController()
   private readonly running = new Set<Promise<unknown>>()
   private restored: RestoreReport | null = null
@@ -76,6 +95,7 @@ export class TaskManager {
     this.shutdownGraceMs = options.shutdownGraceMs ?? 10_000
     this.clock = options.clock ?? (() => new Date())
     this.log = options.logger ?? silent
+    this.limits = { ...DEFAULT_LIMITS, ...options.limits }
     this.registry = new SessionRegistry({ store: this.store, autoSave: this.autoSave, clock: this.clock })
   }
 
@@ -123,8 +143,23 @@ export class TaskManager {
   async create (sessionId: string, specs: readonly TaskSpec[]): Promise<{ session_id: string, tasks: Task[] }> {
     if (sessionId === ALL_SESSIONS) throw new InvalidSessionIdError(`session id '${ALL_SESSIONS}' is reserved`)
     this.assertOpen()
+    const { maxInstructionBytes, maxTasksPerSession, maxSessions } = this.limits
+    specs.forEach((spec, index) => {
+      const bytes = Buffer.byteLength(spec.instruction, 'utf8')
+      if (bytes > maxInstructionBytes) {
+        throw new LimitExceededError(`task ${index + 1} is ${bytes} bytes; the limit is ${maxInstructionBytes} (TASK_MAX_INSTRUCTION_BYTES)`)
+      }
+    })
     const tasks = await this.registry.change(sessionId, (draft) => {
-      draft.file ??= newSessionFile(sessionId, draft.now)
+      if (draft.file === null) {
+        // Sessions being created right now hold a slot too, so a burst cannot overshoot.
+        if (this.registry.slotCount > maxSessions) throw new SessionLimitError(maxSessions)
+        draft.file = newSessionFile(sessionId, draft.now)
+      }
+      const total = draft.file.session.tasks.length + specs.length
+      if (total > maxTasksPerSession) {
+        throw new LimitExceededError(`session '${sessionId}' would have ${total} tasks; the limit is ${maxTasksPerSession} (TASK_MAX_TASKS_PER_SESSION)`)
+      }
       return appendTasks(draft.file, specs, draft.now).map((task) => ({ ...task }))
     })
     return { session_id: sessionId, tasks }
@@ -257,28 +292,31 @@ export class TaskManager {
       const task = liveFile(draft).session.tasks.find((t) => t.status === 'Pending' || t.status === 'InProgress')
       if (task === undefined) return null
       Object.assign(task, { status: 'InProgress', started_at: isoNow(draft.now), completed_at: null, result: null, error: null, confidence: null, attempts: task.attempts + 1 })
+      delete task.result_truncated
       return { ...task }
     })
     if (started === null) return null
     const signal = this.abort.signal
-    let outcome: Pick<Task, 'status' | 'result' | 'error' | 'confidence'>
+    let outcome: Pick<Task, 'status' | 'result' | 'error' | 'confidence' | 'result_truncated'>
     try {
       const executor = executorFor(this.executors, started.task_type)
       // Executors are user code: a synchronous throw fails the task like a rejection does.
       const call = Promise.resolve().then(() => executor(started, { session_id: sessionId, attempt: started.attempts, signal }))
       const value = await abortable(call, signal)
       const { result, confidence } = checkExecutionResult(value)
-      outcome = { status: 'Completed', result, error: null, confidence: confidence ?? null }
+      const cut = truncateUtf8(result, this.limits.maxResultBytes)
+      if (cut.truncated) this.log.warn({ session_id: sessionId, task_id: started.id, limit: this.limits.maxResultBytes }, 'Agent result truncated to TASK_MAX_RESULT_BYTES')
+      outcome = { status: 'Completed', result: cut.text, error: null, confidence: confidence ?? null, ...(cut.truncated && { result_truncated: true }) }
     } catch (err) {
       if (signal.aborted) throw new ShuttingDownError(`task ${started.id} was interrupted by shutdown; it runs again after restart`)
-      outcome = { status: 'Failed', result: null, error: errorMessage(err), confidence: null }
+      outcome = { status: 'Failed', result: null, error: truncateUtf8(errorMessage(err), this.limits.maxResultBytes).text, confidence: null }
       this.log.warn({ session_id: sessionId, task_id: started.id, err: outcome.error }, 'Task failed')
     }
     return this.registry.change(sessionId, (draft) => {
       const task = liveFile(draft).session.tasks.find((t) => t.id === started.id)
       if (task === undefined) throw new SessionNotFoundError(sessionId)
       Object.assign(task, outcome, { completed_at: isoNow(draft.now) })
-      return { task_id: task.id, instruction: task.instruction, status: task.status, result: task.result, error: task.error, confidence: task.confidence }
+      return { task_id: task.id, instruction: task.instruction, status: task.status, result: task.result, error: task.error, confidence: task.confidence, ...(task.result_truncated === true && { result_truncated: true }) }
     })
   }
 }
