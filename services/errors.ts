@@ -68,6 +68,11 @@ export class NotReadyError extends TaskvaultError {
 /** A save, delete or move did not reach the disk. `full` is ENOSPC/EDQUOT. */
 export class StorageError extends TaskvaultError {
   readonly full: boolean
+  /**
+   * The change may have reached the disk anyway (the rename happened, the folder fsync then
+   * failed). Whoever holds the previous state should write it back.
+   */
+  uncertain = false
   constructor (operation: string, cause: NodeJS.ErrnoException) {
     const full = cause.code === 'ENOSPC' || cause.code === 'EDQUOT'
     super(full ? 'STORAGE_FULL' : 'STORAGE_UNAVAILABLE',

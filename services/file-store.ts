@@ -107,7 +107,7 @@ export class FileSessionStore implements SessionStore {
       await this.fs.unlink(temp).catch(noop)
       throw new StorageError(`saving session '${file.session_id}'`, err as NodeJS.ErrnoException)
     }
-    await this.syncDir(`saving session '${file.session_id}'`)
+    await this.syncDir(`saving session '${file.session_id}'`, true)
     return data.length
   }
 
@@ -119,7 +119,7 @@ export class FileSessionStore implements SessionStore {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
       throw new StorageError(`deleting session '${sessionId}'`, err as NodeJS.ErrnoException)
     }
-    await this.syncDir(`deleting session '${sessionId}'`)
+    await this.syncDir(`deleting session '${sessionId}'`, true)
   }
 
   async archive (sessionId: string): Promise<void> {
@@ -131,7 +131,7 @@ export class FileSessionStore implements SessionStore {
     } catch (err) {
       throw new StorageError(`archiving session '${sessionId}'`, err as NodeJS.ErrnoException)
     }
-    await this.syncDir(`archiving session '${sessionId}'`)
+    await this.syncDir(`archiving session '${sessionId}'`, true)
   }
 
   async loadAll ({ concurrency }: { concurrency: number }): Promise<LoadResult> {
@@ -210,11 +210,14 @@ export class FileSessionStore implements SessionStore {
     }
   }
 
-  private async syncDir (operation: string): Promise<void> {
+  /** `afterChange`: the folder entry was already changed, so a failure leaves the outcome uncertain. */
+  private async syncDir (operation: string, afterChange = false): Promise<void> {
     try {
       await this.dirSync.run()
     } catch (err) {
-      throw new StorageError(operation, err as NodeJS.ErrnoException)
+      const error = new StorageError(operation, err as NodeJS.ErrnoException)
+      error.uncertain = afterChange
+      throw error
     }
   }
 

@@ -11,7 +11,10 @@ export interface FsSeam {
   unlink: typeof fsp.unlink
   readdir: typeof fsp.readdir
   chmod: typeof fsp.chmod
-  utimes: typeof fsp.utimes
+  lutimes: typeof fsp.lutimes
+  lstat: typeof fsp.lstat
+  symlink: typeof fsp.symlink
+  readlink: typeof fsp.readlink
   /** mkdir -p with a mode. */
   ensureDir: (dir: string, mode: number) => Promise<void>
 }
@@ -22,6 +25,9 @@ export const nodeFs: FsSeam = {
   unlink: fsp.unlink,
   readdir: fsp.readdir,
   chmod: fsp.chmod,
-  utimes: fsp.utimes,
+  lutimes: fsp.lutimes,
+  lstat: fsp.lstat,
+  symlink: fsp.symlink,
+  readlink: fsp.readlink,
   ensureDir: (dir, mode) => fse.ensureDir(dir, { mode })
 }

@@ -1,4 +1,4 @@
-import { SessionNotFoundError } from './errors.js'
+import { SessionNotFoundError, StorageError } from './errors.js'
 import { cloneSessionFile, currentIndex, isoNow, progressOf, type Progress, type SessionFile } from './session.js'
 import type { SessionStore } from './store.js'
 
@@ -207,6 +207,7 @@ export class SessionRegistry {
       try {
         bytes = await this.persist(sessionId, slot, draft)
       } catch (err) {
+        if (err instanceof StorageError && err.uncertain) await this.writeBack(sessionId, slot)
         for (const { change } of applied) change.reject(err)
         continue
       }
@@ -225,6 +226,18 @@ export class SessionRegistry {
       return 0
     }
     return this.autoSave ? this.store.save(draft.file) : slot.bytes
+  }
+
+  /**
+   * After a write whose outcome is uncertain, puts the last acknowledged state back so that
+   * a failed request leaves no trace, on disk or after a restart. Best effort: if this fails
+   * too, the next successful write of the session settles it.
+   */
+  private async writeBack (sessionId: string, slot: SessionSlot): Promise<void> {
+    try {
+      if (slot.file === null) await this.store.remove(sessionId)
+      else if (!slot.dirty) await this.store.save(slot.file)
+    } catch {}
   }
 
   private commit (slot: SessionSlot, file: SessionFile | null, bytes: number, saved: boolean): void {

@@ -50,6 +50,7 @@ export class StorageLock {
         return replaced
       }
       const { holder, ageMs } = await this.readHolder()
+      // Anything at the lock's path that names no holder is not a live server's lock.
       if (holder !== null && !this.isStale(holder, ageMs)) throw new StorageLockedError(this.dir, holder)
       replaced = holder
       await this.fs.unlink(this.path).catch(ignoreMissing)
@@ -67,43 +68,40 @@ export class StorageLock {
     }
   }
 
+  /**
+   * The lock is a symlink whose target is the holder as JSON: creating it is atomic and
+   * exclusive (EEXIST), it is never seen half-written, and a short target lives in the inode,
+   * so the lock can be taken even on a full disk (where reads and deletes must keep working).
+   */
   private async tryCreate (): Promise<boolean> {
-    let handle
     try {
-      handle = await this.fs.open(this.path, 'wx', 0o600)
+      await this.fs.symlink(JSON.stringify(this.me), this.path)
+      return true
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false
       throw err
     }
-    try {
-      await handle.writeFile(JSON.stringify(this.me) + '\n')
-      await handle.sync()
-    } finally {
-      await handle.close()
-    }
-    return true
   }
 
   private async readHolder (): Promise<{ holder: LockHolder | null, ageMs: number }> {
-    let handle
+    let ageMs: number
+    let text: string
     try {
-      handle = await this.fs.open(this.path, 'r')
+      const stat = await this.fs.lstat(this.path)
+      ageMs = Date.now() - stat.mtimeMs
+      if (!stat.isSymbolicLink()) return { holder: null, ageMs }
+      text = await this.fs.readlink(this.path)
     } catch (err) {
       ignoreMissing(err)
       return { holder: null, ageMs: 0 }
     }
     try {
-      const [text, stat] = await Promise.all([handle.readFile('utf8'), handle.stat()])
-      const ageMs = Date.now() - stat.mtimeMs
       const parsed = JSON.parse(text) as Partial<LockHolder>
-      if (typeof parsed.pid !== 'number' || typeof parsed.host !== 'string' || typeof parsed.since !== 'string') return { holder: null, ageMs }
-      return { holder: { pid: parsed.pid, host: parsed.host, since: parsed.since }, ageMs }
-    } catch {
-      // Half-written by a holder that died while creating it.
-      return { holder: null, ageMs: Infinity }
-    } finally {
-      await handle.close()
-    }
+      if (typeof parsed.pid === 'number' && typeof parsed.host === 'string' && typeof parsed.since === 'string') {
+        return { holder: { pid: parsed.pid, host: parsed.host, since: parsed.since }, ageMs }
+      }
+    } catch {}
+    return { holder: null, ageMs }
   }
 
   private isStale (holder: LockHolder, ageMs: number): boolean {
@@ -115,7 +113,7 @@ export class StorageLock {
   private startHeartbeat (): void {
     this.timer = setInterval(() => {
       const now = new Date()
-      this.fs.utimes(this.path, now, now).catch(() => {})
+      this.fs.lutimes(this.path, now, now).catch(() => {})
     }, this.options.refreshMs)
     this.timer.unref()
   }
