@@ -33,8 +33,8 @@ export function serverOptions (logger: FastifyServerOptions['logger'] = false): 
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
     return503OnClosing: true,
-    // Session ids in paths may be 128 characters.
-    routerOptions: { maxParamLength: 256 }
+    // Ids longer than 128 characters must reach validation (400), not die as 414.
+    routerOptions: { maxParamLength: 4096 }
   }
 }
 

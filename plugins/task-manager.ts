@@ -42,7 +42,12 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
   })
   // Drain in preClose, before the server waits for connections: nothing acknowledged may
   // depend on how long a client keeps its socket open. onClose flushes what came after.
-  app.addHook('preClose', async () => manager.close())
+  app.addHook('preClose', async () => {
+    // Stop accepting connections now, not after the grace period; Fastify's own close later
+    // tolerates the server being closed already.
+    if (app.server.listening) app.server.close()
+    await manager.close()
+  })
   app.addHook('onClose', async () => manager.close())
   // Once shutdown begins, answers close their connection so the server can stop promptly.
   app.addHook('onSend', async (_request, reply) => {

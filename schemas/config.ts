@@ -1,5 +1,9 @@
 import { Type, type Static } from '@sinclair/typebox'
 
+// Node timers hold at most 2^31-1 ms; larger values would fire at once.
+const MAX_TIMER_MS = 2_147_483_647
+const HOUR_MS = 3_600_000
+
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
 /** Every setting, with its default. Read from the environment and `.env`; a bad value stops the boot. */
@@ -9,17 +13,17 @@ export const ConfigSchema = Type.Object({
   TASK_STORAGE_DIR: Type.String({ minLength: 1, default: 'data/tasks' }),
   TASK_AUTO_SAVE: Type.Boolean({ default: true }),
   TASK_ARCHIVE_DAYS: Type.Number({ minimum: 0, default: 30, description: '0 turns archiving off' }),
-  TASK_ARCHIVE_INTERVAL_MINUTES: Type.Number({ exclusiveMinimum: 0, default: 60 }),
+  TASK_ARCHIVE_INTERVAL_MINUTES: Type.Number({ exclusiveMinimum: 0, maximum: Math.floor(MAX_TIMER_MS / 60_000), default: 60 }),
   TASK_RESTORE_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 4096, default: 32 }),
-  TASK_SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, default: 10_000 }),
+  TASK_SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, maximum: HOUR_MS, default: 10_000 }),
   BODY_LIMIT: Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024, default: 1024 * 1024 }),
   TASK_MAX_SESSIONS: Type.Integer({ minimum: 1, default: 100_000 }),
   TASK_MAX_TASKS_PER_SESSION: Type.Integer({ minimum: 1, default: 1000 }),
   TASK_MAX_INSTRUCTION_BYTES: Type.Integer({ minimum: 1, default: 64 * 1024 }),
   TASK_MAX_RESULT_BYTES: Type.Integer({ minimum: 1, default: 1024 * 1024 }),
   TASK_API_KEYS: Type.String({ default: '', description: 'Comma-separated bearer keys; empty leaves the API open' }),
-  TASK_LOCK_REFRESH_MS: Type.Integer({ minimum: 100, default: 10_000 }),
-  TASK_LOCK_STALE_MS: Type.Integer({ minimum: 1000, default: 60_000 }),
+  TASK_LOCK_REFRESH_MS: Type.Integer({ minimum: 100, maximum: HOUR_MS, default: 10_000 }),
+  TASK_LOCK_STALE_MS: Type.Integer({ minimum: 1000, maximum: MAX_TIMER_MS, default: 60_000 }),
   LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' })
 })
 export type Config = Static<typeof ConfigSchema>

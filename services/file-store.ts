@@ -126,7 +126,10 @@ export class FileSessionStore implements SessionStore {
     const source = this.pathFor(sessionId)
     try {
       await this.fs.ensureDir(this.archiveDir, DIR_MODE)
-      await this.fs.rename(source, join(this.archiveDir, `${sessionId}.json`))
+      // Never replace an earlier archive of the same id: the later one gets a dated name.
+      let target = join(this.archiveDir, `${sessionId}.json`)
+      if (await this.fs.lstat(target).then(() => true, () => false)) target = join(this.archiveDir, `${sessionId}.${Date.now()}.json`)
+      await this.fs.rename(source, target)
       await this.fsyncDir(this.archiveDir)
     } catch (err) {
       throw new StorageError(`archiving session '${sessionId}'`, err as NodeJS.ErrnoException)
@@ -157,8 +160,10 @@ export class FileSessionStore implements SessionStore {
       try {
         sessions.push(await this.loadFile(entry.name))
       } catch (err) {
-        const reason = err instanceof CorruptSessionFileError ? err.message : `${entry.name}: ${(err as Error).message}`
-        failures.push({ name: entry.name, reason, movedTo: await this.setAside(entry.name) })
+        // Only a file that is readable but wrong is set aside; an I/O error (EMFILE, EIO,
+        // EACCES) says nothing about the file and fails the restore instead.
+        if (!(err instanceof CorruptSessionFileError)) throw new StorageError(`reading ${entry.name}`, err as NodeJS.ErrnoException)
+        failures.push({ name: entry.name, reason: err.message, movedTo: await this.setAside(entry.name) })
       }
     })))
     if (removedTempFiles > 0 || failures.length > 0) await this.syncDir('restoring sessions')
@@ -193,6 +198,8 @@ export class FileSessionStore implements SessionStore {
     }
     const ids = new Set(raw.session.tasks.map((task) => task.id))
     if (ids.size !== raw.session.tasks.length) throw new CorruptSessionFileError(name, 'has duplicate task ids')
+    const badTime = invalidTimestamp(raw)
+    if (badTime !== null) throw new CorruptSessionFileError(name, `holds an impossible date '${badTime}'`)
     return { file: normalizeSessionFile(raw), bytes: Buffer.byteLength(text, 'utf8') }
   }
 
@@ -232,3 +239,10 @@ export class FileSessionStore implements SessionStore {
 }
 
 function noop (): void {}
+
+/** The pattern admits 2020-13-45; Date.parse does not. Returns the first such value. */
+function invalidTimestamp (file: StoredSessionFile): string | null {
+  const values = [file.created_at, file.updated_at]
+  for (const task of file.session.tasks) values.push(task.created_at, task.started_at ?? '', task.completed_at ?? '')
+  return values.find((value) => value !== '' && Number.isNaN(Date.parse(value))) ?? null
+}

@@ -1,12 +1,12 @@
 import type { TaskType } from '../schemas/session.js'
 import { InvalidInstructionsError } from './errors.js'
 
-const LIST_ITEM = /^\s*(?:\d{1,4}[.)]|[-*•])\s+(.*)$/u
+// Linear on any input: no nested quantifiers, and `.` with the s flag never backtracks.
+const LIST_ITEM = /^[ \t]*(?:\d{1,4}[.)]|[-*•])[ \t]+(.*)$/su
 const TASK_MARKER = /\btask\s+\d{1,4}\s*[:.)-]\s*/giu
 const STARTS_WITH_FIRST = /^\s*first(?:ly)?\b[,:]?\s*/iu
 // "next" only counts after punctuation, so "read the next chapter" stays whole.
 const SEQUENCE_MARKER = /(?:(?:^|[\s,;.])(?:and\s+)?(?:then|after\s+that|afterwards|finally|lastly)|(?:^|[,;.])\s*(?:and\s+)?next)\b[,:]?\s*/iu
-const TRAILING_JOINER = /(?:[\s,;]+(?:and)?)+$/iu
 
 /**
  * Splits free-text instructions into ordered task instructions.
@@ -65,7 +65,17 @@ function sequenceItems (text: string): string[] | undefined {
   const rest = text.slice(first[0].length)
   const parts = rest.split(new RegExp(SEQUENCE_MARKER.source, 'giu'))
   if (parts.length < 2) return undefined
-  return parts.map((part) => part.replace(TRAILING_JOINER, '').replace(/[.;]\s*$/u, ''))
+  return parts.map(stripTrailingJoiners)
+}
+
+/** Drops trailing separators and a dangling "and" ("research X, and" → "research X"). A loop, not a regex: linear on any input. */
+function stripTrailingJoiners (part: string): string {
+  let end = part.length
+  for (;;) {
+    while (end > 0 && /[\s,;.]/u.test(part[end - 1] ?? '')) end--
+    if (end >= 3 && part.slice(end - 3, end).toLowerCase() === 'and' && (end === 3 || /\s/u.test(part[end - 4] ?? ''))) end -= 3
+    else return part.slice(0, end)
+  }
 }
 
 // Checked in this order; the first family with a match decides the type.

@@ -8,15 +8,23 @@ export interface Draft {
   file: SessionFile | null
   /** With `file` null: move the stored file to the archive instead of deleting it. */
   archive: boolean
+  /** Write even with auto-save off (the shutdown flush). */
+  forceSave: boolean
   readonly now: Date
 }
+
+/** What a change returns when it decided to change nothing: it then costs no write. */
+export class Unchanged<R> {
+  constructor (readonly value: R) {}
+}
+export const unchanged = <R>(value: R): Unchanged<R> => new Unchanged(value)
 
 /**
  * A change to one session. `apply` edits the draft and returns the change's result; it must
  * throw before editing anything if the change cannot be made (so other changes in the same
  * write are unaffected).
  */
-export type ChangeFn<R> = (draft: Draft) => R
+export type ChangeFn<R> = (draft: Draft) => R | Unchanged<R>
 
 interface QueuedChange {
   apply: ChangeFn<unknown>
@@ -163,15 +171,22 @@ export class SessionRegistry {
     }
   }
 
-  /** Writes every session committed while auto-save was off. */
+  /** Writes every session committed while auto-save was off, through each session's queue. */
   async saveDirty (): Promise<void> {
-    for (const slot of this.slots.values()) {
-      if (!slot.dirty || slot.file === null) continue
-      const bytes = await this.store.save(slot.file)
-      this.totals.bytes += bytes - slot.bytes
-      slot.bytes = bytes
-      slot.dirty = false
+    const saves: Array<Promise<unknown>> = []
+    for (const [sessionId, slot] of this.slots) {
+      if (!slot.dirty) continue
+      saves.push(this.change(sessionId, (draft) => {
+        if (draft.file === null) return unchanged(undefined)
+        draft.forceSave = true
+      }))
     }
+    await Promise.all(saves)
+  }
+
+  /** Committed in memory but not yet saved (auto-save off). */
+  isDirty (sessionId: string): boolean {
+    return this.slots.get(sessionId)?.dirty === true
   }
 
   private slotFor (sessionId: string): SessionSlot {
@@ -189,13 +204,21 @@ export class SessionRegistry {
     await Promise.resolve()
     while (slot.queue.length > 0) {
       const batch = slot.queue.splice(0)
-      const draft: Draft = { sessionId, file: slot.file && cloneSessionFile(slot.file), archive: false, now: this.clock() }
+      const draft: Draft = { sessionId, file: slot.file && cloneSessionFile(slot.file), archive: false, forceSave: false, now: this.clock() }
       const applied: Array<{ change: QueuedChange, value: unknown }> = []
-      for (const change of batch) {
+      while (batch.length > 0) {
+        const change = batch.shift() as QueuedChange
         try {
-          applied.push({ change, value: change.apply(draft) })
+          const value = change.apply(draft)
+          if (value instanceof Unchanged) change.resolve(value.value)
+          else applied.push({ change, value })
         } catch (err) {
           change.reject(err)
+        }
+        // A delete or archive is written on its own; what follows starts from its result.
+        if (draft.file === null && slot.file !== null) {
+          slot.queue.unshift(...batch)
+          break
         }
       }
       if (applied.length === 0) continue
@@ -211,7 +234,7 @@ export class SessionRegistry {
         for (const { change } of applied) change.reject(err)
         continue
       }
-      this.commit(slot, draft.file, bytes, this.autoSave || draft.file === null)
+      this.commit(slot, draft.file, bytes, this.autoSave || draft.forceSave || draft.file === null)
       for (const { change, value } of applied) change.resolve(value)
     }
     slot.flushing = null
@@ -225,7 +248,7 @@ export class SessionRegistry {
       else await this.store.remove(sessionId)
       return 0
     }
-    return this.autoSave ? this.store.save(draft.file) : slot.bytes
+    return this.autoSave || draft.forceSave ? this.store.save(draft.file) : slot.bytes
   }
 
   /**

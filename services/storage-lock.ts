@@ -1,4 +1,5 @@
 import { hostname } from 'node:os'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { join } from 'node:path'
 import { TaskvaultError } from './errors.js'
 import type { FsSeam } from './fs-seam.js'
@@ -37,6 +38,9 @@ export class StorageLock {
   private timer: NodeJS.Timeout | null = null
 
   constructor (private readonly dir: string, private readonly fs: FsSeam, private readonly options: StorageLockOptions) {
+    if (options.refreshMs * 2 > options.staleMs) {
+      throw new TaskvaultError('INVALID_LOCK_SETTINGS', `TASK_LOCK_STALE_MS (${options.staleMs}) must be at least twice TASK_LOCK_REFRESH_MS (${options.refreshMs})`)
+    }
     this.path = join(dir, LOCK_FILE)
     this.me = { pid: process.pid, host: hostname(), since: new Date().toISOString() }
   }
@@ -44,25 +48,46 @@ export class StorageLock {
   /** Takes the lock or throws StorageLockedError naming the holder. Returns a holder it replaced. */
   async acquire (): Promise<LockHolder | null> {
     let replaced: LockHolder | null = null
-    for (let attempt = 0; attempt < 3; attempt++) {
-      if (await this.tryCreate()) {
+    for (let attempt = 0; attempt < 20; attempt++) {
+      if (await this.tryCreate(this.path)) {
         this.startHeartbeat()
         return replaced
       }
-      const { holder, ageMs } = await this.readHolder()
+      const { holder, ageMs, raw } = await this.readHolder(this.path)
       // Anything at the lock's path that names no holder is not a live server's lock.
       if (holder !== null && !this.isStale(holder, ageMs)) throw new StorageLockedError(this.dir, holder)
       replaced = holder
-      await this.fs.unlink(this.path).catch(ignoreMissing)
+      if (!await this.removeStale(raw)) await sleep(25 + Math.random() * 50)
     }
-    const { holder } = await this.readHolder()
+    const { holder } = await this.readHolder(this.path)
     throw new StorageLockedError(this.dir, holder ?? { pid: 0, host: 'unknown', since: 'unknown' })
+  }
+
+  /**
+   * Removes the stale lock `raw` under a second exclusive "takeover" lock, and only if it is
+   * still the very lock judged stale: two servers starting at once on a stale lock can then
+   * never both end up holding it. False when another server is taking over right now.
+   */
+  private async removeStale (raw: string | null): Promise<boolean> {
+    const guard = `${this.path}.takeover`
+    if (!await this.tryCreate(guard)) {
+      const { ageMs } = await this.readHolder(guard)
+      // A guard left by a server that died mid-takeover.
+      if (ageMs > this.options.staleMs) await this.fs.unlink(guard).catch(ignoreMissing)
+      return false
+    }
+    try {
+      if ((await this.readHolder(this.path)).raw === raw) await this.fs.unlink(this.path).catch(ignoreMissing)
+    } finally {
+      await this.fs.unlink(guard).catch(ignoreMissing)
+    }
+    return true
   }
 
   async release (): Promise<void> {
     if (this.timer !== null) clearInterval(this.timer)
     this.timer = null
-    const { holder } = await this.readHolder()
+    const { holder } = await this.readHolder(this.path)
     if (holder !== null && holder.pid === this.me.pid && holder.host === this.me.host && holder.since === this.me.since) {
       await this.fs.unlink(this.path).catch(ignoreMissing)
     }
@@ -73,9 +98,9 @@ export class StorageLock {
    * exclusive (EEXIST), it is never seen half-written, and a short target lives in the inode,
    * so the lock can be taken even on a full disk (where reads and deletes must keep working).
    */
-  private async tryCreate (): Promise<boolean> {
+  private async tryCreate (path: string): Promise<boolean> {
     try {
-      await this.fs.symlink(JSON.stringify(this.me), this.path)
+      await this.fs.symlink(JSON.stringify(this.me), path)
       return true
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false
@@ -83,25 +108,25 @@ export class StorageLock {
     }
   }
 
-  private async readHolder (): Promise<{ holder: LockHolder | null, ageMs: number }> {
+  private async readHolder (path: string): Promise<{ holder: LockHolder | null, ageMs: number, raw: string | null }> {
     let ageMs: number
-    let text: string
+    let raw: string
     try {
-      const stat = await this.fs.lstat(this.path)
+      const stat = await this.fs.lstat(path)
       ageMs = Date.now() - stat.mtimeMs
-      if (!stat.isSymbolicLink()) return { holder: null, ageMs }
-      text = await this.fs.readlink(this.path)
+      if (!stat.isSymbolicLink()) return { holder: null, ageMs, raw: null }
+      raw = await this.fs.readlink(path)
     } catch (err) {
       ignoreMissing(err)
-      return { holder: null, ageMs: 0 }
+      return { holder: null, ageMs: 0, raw: null }
     }
     try {
-      const parsed = JSON.parse(text) as Partial<LockHolder>
+      const parsed = JSON.parse(raw) as Partial<LockHolder>
       if (typeof parsed.pid === 'number' && typeof parsed.host === 'string' && typeof parsed.since === 'string') {
-        return { holder: { pid: parsed.pid, host: parsed.host, since: parsed.since }, ageMs }
+        return { holder: { pid: parsed.pid, host: parsed.host, since: parsed.since }, ageMs, raw }
       }
     } catch {}
-    return { holder: null, ageMs }
+    return { holder: null, ageMs, raw }
   }
 
   private isStale (holder: LockHolder, ageMs: number): boolean {

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { InvalidSessionIdError, LimitExceededError, NoPendingTaskError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError } from './errors.js'
 import { checkExecutionResult, executorFor, resolveExecutors, type ExecutorMap } from './executors.js'
 import { appendTasks, finishedAt, isoNow, newSessionFile, truncateUtf8, type Progress, type SessionFile, type Task, type TaskSpec } from './session.js'
-import { SessionRegistry, type Draft, type SessionSummary, type Totals } from './session-registry.js'
+import { SessionRegistry, unchanged, type Draft, type SessionSummary, type Totals } from './session-registry.js'
 import type { SessionStore } from './store.js'
 
 /** The subset of pino's API the manager logs through, so it runs without Fastify. */
@@ -224,8 +224,11 @@ export class TaskManager {
     for (const sessionId of this.registry.sessionIds()) {
       const file = this.registry.find(sessionId)
       if (file === null || !isArchivable(file, cutoff)) continue
+      if (this.shuttingDown) break
       const moved = await this.registry.change(sessionId, (draft) => {
-        if (draft.file === null || this.registry.existing(sessionId).executing || !isArchivable(draft.file, cutoff)) return false
+        // Unsaved changes (auto-save off) stay put: the archive must get the latest state.
+        if (draft.file === null || this.registry.existing(sessionId).executing || this.registry.isDirty(sessionId) ||
+          !isArchivable(draft.file, cutoff)) return unchanged(false)
         draft.file = null
         draft.archive = true
         return true
@@ -290,7 +293,7 @@ export class TaskManager {
       // While this session is claimed nothing else runs it, so an InProgress task here is one
       // whose finishing save failed: it is run again rather than left stuck.
       const task = liveFile(draft).session.tasks.find((t) => t.status === 'Pending' || t.status === 'InProgress')
-      if (task === undefined) return null
+      if (task === undefined) return unchanged(null)
       Object.assign(task, { status: 'InProgress', started_at: isoNow(draft.now), completed_at: null, result: null, error: null, confidence: null, attempts: task.attempts + 1 })
       delete task.result_truncated
       return { ...task }

@@ -165,3 +165,11 @@ t.test('classifyTask', async (t) => {
     t.equal(classifyTask('Confirm we fixed the bug in checkout'), 'Coding')
   })
 })
+
+// These inputs took hours (nested quantifiers) or minutes (backtracking over a line) before the
+// parser was made linear; a regression shows up as this test never finishing.
+t.test('pathological inputs parse in linear time', async (t) => {
+  t.strictSame(parseInstructions('first a' + ' '.repeat(100_000) + 'b then c'), ['a' + ' '.repeat(100_000) + 'b', 'c'])
+  t.strictSame(parseInstructions('- ' + ' '.repeat(1 << 20) + 'a\u2028b'), ['a\u2028b'])
+  t.equal(parseInstructions('first ' + 'x, and '.repeat(50_000) + 'then y').length, 2)
+})
