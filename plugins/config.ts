@@ -25,5 +25,9 @@ export default fp<ConfigPluginOptions>(async function configPlugin (app, options
     dotenv: readEnvironment,
     data: { ...options.values }
   })
+  // Ajv lets "1e400" (Infinity) past minimum and maximum; a timer or bound of Infinity is never meant.
+  for (const [name, value] of Object.entries(app.config)) {
+    if (typeof value === 'number' && !Number.isFinite(value)) throw new Error(`env/${name} must be a finite number`)
+  }
   app.log.level = app.config.LOG_LEVEL
 }, { name: 'taskvault-config', fastify: '5.x' })

@@ -125,7 +125,7 @@ export class FileSessionStore implements SessionStore {
   async archive (sessionId: string): Promise<void> {
     const source = this.pathFor(sessionId)
     try {
-      await this.fs.ensureDir(this.archiveDir, DIR_MODE)
+      await this.ensureRealDir(this.archiveDir)
       // Never replace an earlier archive of the same id: the later one gets a dated name.
       let target = join(this.archiveDir, `${sessionId}.json`)
       if (await this.fs.lstat(target).then(() => true, () => false)) target = join(this.archiveDir, `${sessionId}.${Date.now()}.json`)
@@ -206,7 +206,7 @@ export class FileSessionStore implements SessionStore {
   /** Moves an unreadable file into `corrupt/`, never deleting it; null if it could not be moved. */
   private async setAside (name: string): Promise<string | null> {
     try {
-      await this.fs.ensureDir(this.corruptDir, DIR_MODE)
+      await this.ensureRealDir(this.corruptDir)
       // Unique per process and call, so two set-asides of one name never overwrite each other.
       const target = join(this.corruptDir, `${name}.${Date.now()}.${process.pid}.${++this.tempSeq}`)
       await this.fs.rename(join(this.dir, name), target)
@@ -218,6 +218,13 @@ export class FileSessionStore implements SessionStore {
   }
 
   /** `afterChange`: the folder entry was already changed, so a failure leaves the outcome uncertain. */
+  /** Creates a subfolder, refusing one that is a symlink (it could lead out of the storage folder). */
+  private async ensureRealDir (dir: string): Promise<void> {
+    await this.fs.ensureDir(dir, DIR_MODE)
+    const stat = await this.fs.lstat(dir)
+    if (!stat.isDirectory()) throw Object.assign(new Error(`${dir} is not a real folder (a symlink?); refusing to move files into it`), { code: 'ENOTDIR' })
+  }
+
   private async syncDir (operation: string, afterChange = false): Promise<void> {
     try {
       await this.dirSync.run()

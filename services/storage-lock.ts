@@ -26,6 +26,8 @@ export class StorageLockedError extends TaskvaultError {
 
 export const LOCK_FILE = '.taskvault.lock'
 
+const PROCESS_STARTED_MS = Date.now() - process.uptime() * 1000
+
 /**
  * The single-writer lock of a storage folder: a file created exclusively, holding who owns
  * it, and touched every `refreshMs`. It is taken over when its holder is dead on this host
@@ -132,7 +134,10 @@ export class StorageLock {
   private isStale (holder: LockHolder, ageMs: number): boolean {
     if (ageMs > this.options.staleMs) return true
     if (holder.host !== this.me.host) return false
-    return holder.pid === this.me.pid || !isAlive(holder.pid)
+    // Our own pid: a lock from an earlier life of this container (same host name, pid 1 again)
+    // if it predates this process; otherwise another instance in this process holds it.
+    if (holder.pid === this.me.pid) return Date.parse(holder.since) < PROCESS_STARTED_MS
+    return !isAlive(holder.pid)
   }
 
   private startHeartbeat (): void {

@@ -1,0 +1,748 @@
+/**
+ * Hardening (issue 5): API keys, input limits and result truncation, the single-writer lock
+ * of the storage folder, and symlinks or hostile ids that must never lead outside it.
+ * In-process through `app.inject`, except one real second server process for the lock.
+ */
+import { spawn, spawnSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import http from 'node:http'
+import { lstat, lutimes, mkdir, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises'
+import { createServer, type AddressInfo } from 'node:net'
+import { hostname, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import type { FastifyInstance, FastifyServerOptions, InjectOptions, LightMyRequestResponse } from 'fastify'
+import t from 'tap'
+import { buildApp } from '../app.js'
+import { LOCK_FILE, StorageLockedError } from '../services/storage-lock.js'
+import type { SessionFile } from '../services/session.js'
+import { API, build, get, post, tempDir, type TestContext } from './helper.js'
+
+const SERVER = fileURLToPath(new URL('../server.js', import.meta.url))
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+interface LogLine {
+  level: number
+  msg?: string
+  [key: string]: unknown
+}
+
+/** A pino destination in memory: every raw line, and the parsed ones. */
+function memoryLog (): { raw: string[], lines: () => LogLine[], stream: { write: (chunk: string) => void } } {
+  const raw: string[] = []
+  return {
+    raw,
+    lines: () => raw.flatMap((chunk) => chunk.split('\n')).filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as LogLine),
+    stream: { write: (chunk: string) => { raw.push(chunk) } }
+  }
+}
+
+/** The logger production uses (server.ts), writing to memory. */
+function productionLogger (stream: { write: (chunk: string) => void }, level = 'trace'): FastifyServerOptions['logger'] {
+  return { level, stream, redact: ['req.headers.authorization'] } as FastifyServerOptions['logger']
+}
+
+/** Builds and readies an app on `dir` without a teardown (for apps expected to fail or closed by hand). */
+async function open (dir: string, config: Record<string, string | number | boolean> = {}, logger?: FastifyServerOptions['logger']): Promise<FastifyInstance> {
+  const app = await buildApp({ readEnvironment: false, logger, config: { TASK_STORAGE_DIR: dir, TASK_SHUTDOWN_GRACE_MS: 2000, ...config } })
+  await app.ready()
+  return app
+}
+
+/** The error `open` fails with, or null (the app, if it opened, is closed again). */
+async function openError (dir: string, config: Record<string, string | number | boolean> = {}): Promise<unknown> {
+  try {
+    const app = await open(dir, config)
+    await app.close()
+    return null
+  } catch (err) {
+    return err
+  }
+}
+
+/** Checks Fastify's error shape and returns the parsed body. */
+function errorShape (t: TapTest, res: { statusCode: number, body: string }, status: number, name: string): { statusCode: number, code?: string, error: string, message: string } {
+  t.equal(res.statusCode, status, `${name}: status ${status}`)
+  let body: { statusCode: number, code?: string, error: string, message: string }
+  try {
+    body = JSON.parse(res.body)
+  } catch {
+    t.fail(`${name}: body is not JSON: ${res.body}`)
+    return { statusCode: 0, error: '', message: '' }
+  }
+  t.equal(body.statusCode, status, `${name}: body.statusCode`)
+  t.type(body.error, 'string', `${name}: body.error`)
+  t.type(body.message, 'string', `${name}: body.message`)
+  t.not(body.message, '', `${name}: a message is given`)
+  return body
+}
+
+/** A request over real HTTP with the path sent byte for byte (inject resolves dot segments first). */
+async function rawRequest (port: number, method: string, path: string): Promise<{ statusCode: number, body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method, path }, (res) => {
+      let body = ''
+      res.setEncoding('utf8').on('data', (chunk: string) => { body += chunk })
+      res.on('end', () => resolve({ statusCode: res.statusCode ?? 0, body }))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+async function freePort (): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.unref()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+/** A pid that is certainly not running: a child that has already exited. */
+function deadPid (): number {
+  const child = spawnSync(process.execPath, ['-e', ''])
+  if (typeof child.pid !== 'number') throw new Error('could not spawn a short-lived child')
+  return child.pid
+}
+
+async function readSession (dir: string, id: string): Promise<SessionFile> {
+  return JSON.parse(await readFile(join(dir, `${id}.json`), 'utf8')) as SessionFile
+}
+
+/** Names in a folder, sorted. */
+async function names (dir: string): Promise<string[]> {
+  return (await readdir(dir)).sort()
+}
+
+function bearer (key: string): Record<string, string> {
+  return { authorization: `Bearer ${key}` }
+}
+
+/** A subtest's type (the last overload of t.test takes only the callback). */
+type TapTest = Parameters<Parameters<typeof t.test>[0]>[0]
+
+// ---------------------------------------------------------------------------------------
+// Authentication
+// ---------------------------------------------------------------------------------------
+
+/** Every /api route, in an order where each succeeds with a valid key. */
+function apiRoutes (id: string): Array<InjectOptions & { name: string, ok: number }> {
+  return [
+    { name: 'create', method: 'POST', url: `${API}/create`, payload: { session_id: id, instructions: '1. a\n2. b' }, ok: 200 },
+    { name: 'execute', method: 'POST', url: `${API}/execute`, payload: { session_id: id }, ok: 200 },
+    { name: 'execute-all', method: 'POST', url: `${API}/execute-all`, payload: { session_id: id }, ok: 200 },
+    { name: 'progress', method: 'GET', url: `${API}/progress?session_id=${id}`, ok: 200 },
+    { name: 'list one', method: 'GET', url: `${API}/list?session_id=${id}`, ok: 200 },
+    { name: 'list all', method: 'GET', url: `${API}/list?session_id=all`, ok: 200 },
+    { name: 'stats', method: 'GET', url: `${API}/stats`, ok: 200 },
+    { name: 'delete', method: 'DELETE', url: `${API}/sessions/${id}`, ok: 204 }
+  ]
+}
+
+t.test('auth: every /api route answers 401 in the error shape without a valid key', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, config: { TASK_API_KEYS: 'k1,k2' } })
+  const bad: Array<[string, Record<string, string>]> = [
+    ['no header', {}],
+    ['wrong key', bearer('k3')],
+    ['a prefix of a key', bearer('k')],
+    ['both keys as one', bearer('k1,k2')],
+    ['wrong scheme (Basic)', { authorization: `Basic ${Buffer.from('k1:').toString('base64')}` }],
+    ['Basic with the key itself', { authorization: 'Basic k1' }],
+    ['empty Bearer', { authorization: 'Bearer ' }],
+    ['bare Bearer', { authorization: 'Bearer' }],
+    ['key without scheme', { authorization: 'k1' }],
+    ['two tokens', { authorization: 'Bearer k1 k2' }]
+  ]
+  for (const route of apiRoutes('guarded')) {
+    for (const [label, headers] of bad) {
+      const { name, ok: _ok, ...request } = route
+      const res = await app.inject({ ...request, headers })
+      const body = errorShape(t, res, 401, `${name} / ${label}`)
+      t.equal(body.error, 'Unauthorized', `${name} / ${label}: error`)
+      t.equal(res.headers['www-authenticate'], 'Bearer', `${name} / ${label}: www-authenticate`)
+    }
+  }
+  // Auth runs before the body is read: no parse or size answer leaks to a caller without a key.
+  const malformed = await app.inject({ method: 'POST', url: `${API}/create`, headers: { 'content-type': 'application/json' }, payload: '{"session_id":' })
+  errorShape(t, malformed, 401, 'malformed JSON without a key')
+  const huge = await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'x', instructions: 'x'.repeat(2 * 1024 * 1024) } })
+  errorShape(t, huge, 401, 'oversized body without a key')
+  const head = await app.inject({ method: 'HEAD', url: `${API}/stats` })
+  t.equal(head.statusCode, 401, 'HEAD on a GET route needs the key too')
+  const unknownId = await app.inject({ method: 'DELETE', url: `${API}/sessions/nope` })
+  t.equal(unknownId.statusCode, 401, 'an unknown session is not revealed without a key')
+
+  t.same(await names(dir), [LOCK_FILE], 'a refused create wrote nothing to the storage folder')
+  const stats = await app.inject({ method: 'GET', url: `${API}/stats`, headers: bearer('k1') })
+  t.equal(stats.statusCode, 200)
+  t.equal(stats.json().total_sessions, 0, 'a refused create changed nothing in memory')
+})
+
+t.test('auth: both configured keys work on every route; /health and /ready need none', async (t) => {
+  const app = await build(t, { config: { TASK_API_KEYS: 'k1,k2' } })
+  for (const key of ['k1', 'k2']) {
+    for (const route of apiRoutes(`with_${key}`)) {
+      const { name, ok, ...request } = route
+      const res = await app.inject({ ...request, headers: bearer(key) })
+      t.equal(res.statusCode, ok, `${name} with ${key}: ${res.body}`)
+    }
+  }
+  const lower = await app.inject({ method: 'GET', url: `${API}/stats`, headers: { authorization: 'bearer k2' } })
+  t.equal(lower.statusCode, 200, 'the scheme is case-insensitive (RFC 7235)')
+  for (const url of ['/health', '/ready']) {
+    const res = await app.inject({ method: 'GET', url })
+    t.equal(res.statusCode, 200, `${url} without a key`)
+    const wrong = await app.inject({ method: 'GET', url, headers: bearer('nope') })
+    t.equal(wrong.statusCode, 200, `${url} with a wrong key`)
+  }
+})
+
+t.test('auth: with no keys configured the API is open', async (t) => {
+  const app = await build(t)
+  for (const route of apiRoutes('open')) {
+    const { name, ok, ...request } = route
+    t.equal((await app.inject(request)).statusCode, ok, `${name} without a key`)
+  }
+  t.equal((await app.inject({ method: 'GET', url: `${API}/stats`, headers: bearer('anything') })).statusCode, 200, 'any header is ignored')
+})
+
+t.test('auth: keys never appear in the log, even at trace level', async (t) => {
+  const key = `sk-live-${Date.now().toString(36)}-secret`
+  const wrong = `sk-wrong-${Date.now().toString(36)}-guess`
+  const log = memoryLog()
+  const app = await build(t, { logger: productionLogger(log.stream), config: { TASK_API_KEYS: `other,${key}`, LOG_LEVEL: 'trace' } })
+  const requests: InjectOptions[] = [
+    { method: 'POST', url: `${API}/create`, headers: bearer(key), payload: { session_id: 'visible_marker', instructions: 'a' } },
+    { method: 'POST', url: `${API}/execute`, headers: bearer(key), payload: { session_id: 'visible_marker' } },
+    { method: 'GET', url: `${API}/list?session_id=visible_marker`, headers: bearer(key) },
+    { method: 'GET', url: `${API}/progress?session_id=missing`, headers: bearer(key) },
+    { method: 'POST', url: `${API}/create`, headers: bearer(key), payload: { session_id: '../bad', instructions: 'a' } },
+    { method: 'POST', url: `${API}/create`, headers: { ...bearer(key), 'content-type': 'application/json' }, payload: '{"broken":' },
+    { method: 'GET', url: `${API}/stats`, headers: bearer(wrong) },
+    { method: 'GET', url: `${API}/stats`, headers: { authorization: `Basic ${key}` } },
+    { method: 'GET', url: '/health', headers: bearer(key) }
+  ]
+  for (const request of requests) await app.inject(request)
+  await app.close()
+  const text = log.raw.join('')
+  t.ok(text.includes('visible_marker'), 'the log does capture request details (so this test can see a leak)')
+  t.ok(log.lines().some((line) => line.msg === 'incoming request'), 'requests are logged')
+  t.notOk(text.includes(key), 'the valid key is in no log line')
+  t.notOk(text.includes(wrong), 'a wrong key is in no log line')
+  t.notOk(text.includes(Buffer.from(key).toString('base64')), 'nor its base64 form')
+})
+
+t.test('auth: a non-loopback HOST without keys logs a warning naming TASK_API_KEYS', async (t) => {
+  const warnings = async (config: Record<string, string>): Promise<LogLine[]> => {
+    const log = memoryLog()
+    const app = await build(t, { logger: productionLogger(log.stream, 'info'), config })
+    await app.close()
+    return log.lines().filter((line) => line.level >= 40 && /TASK_API_KEYS/.test(line.msg ?? ''))
+  }
+  const open = await warnings({ HOST: '0.0.0.0' })
+  t.equal(open.length, 1, 'HOST 0.0.0.0 with no keys: one warning')
+  t.equal(open[0]?.level, 40, 'at warn level')
+  t.equal(open[0]?.host, '0.0.0.0', 'naming the host')
+  t.equal((await warnings({ HOST: '::' })).length, 1, 'HOST :: with no keys warns too')
+  t.equal((await warnings({ HOST: '10.1.2.3' })).length, 1, 'a private address warns too')
+  t.equal((await warnings({ HOST: '127.0.0.1' })).length, 0, 'HOST 127.0.0.1: no warning')
+  t.equal((await warnings({ HOST: 'localhost' })).length, 0, 'HOST localhost: no warning')
+  t.equal((await warnings({ HOST: '::1' })).length, 0, 'HOST ::1: no warning')
+  t.equal((await warnings({ HOST: '0.0.0.0', TASK_API_KEYS: 'k1' })).length, 0, 'HOST 0.0.0.0 with a key: no warning')
+})
+
+// ---------------------------------------------------------------------------------------
+// Limits
+// ---------------------------------------------------------------------------------------
+
+t.test('limits: TASK_MAX_INSTRUCTION_BYTES counts UTF-8 bytes', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, config: { TASK_MAX_INSTRUCTION_BYTES: 10 } })
+  const create = (instruction: string): Promise<LightMyRequestResponse> => post(app, '/create', { session_id: 'lim', tasks: [{ instruction }] })
+
+  t.equal((await create('a'.repeat(10))).statusCode, 200, 'exactly at the limit: 200')
+  const over = errorShape(t, await create('a'.repeat(11)), 400, 'one byte over')
+  t.equal(over.code, 'LIMIT_EXCEEDED')
+  t.match(over.message, /TASK_MAX_INSTRUCTION_BYTES/, 'the message names the setting')
+  t.equal((await create('€€€a')).statusCode, 200, '4 characters, 10 bytes: 200')
+  t.equal(errorShape(t, await create('€€€€'), 400, '4 characters, 12 bytes').code, 'LIMIT_EXCEEDED')
+  t.equal(errorShape(t, await create('aaaaaaa🚀'), 400, '8 characters (9 UTF-16 units), 11 bytes').code, 'LIMIT_EXCEEDED')
+  t.equal((await create('aaaaaa🚀')).statusCode, 200, 'an emoji at the limit: 10 bytes')
+  // Free text is limited per parsed task.
+  t.equal((await post(app, '/create', { session_id: 'lim', instructions: '1. aaaaaaaaaa\n2. bbbbbbbbbbb' })).statusCode, 400, 'a parsed task over the limit')
+  // A request with one task over the limit adds none of its tasks.
+  t.equal((await post(app, '/create', { session_id: 'lim', tasks: [{ instruction: 'ok' }, { instruction: 'x'.repeat(11) }] })).statusCode, 400)
+  const list = (await get(app, '/list?session_id=lim')).json()
+  t.same(list.tasks.map((task: { instruction: string }) => task.instruction), ['a'.repeat(10), '€€€a', 'aaaaaa🚀'], 'only accepted tasks are stored')
+  t.equal((await readSession(dir, 'lim')).session.tasks.length, 3, 'and only they are on disk')
+  t.equal((await post(app, '/create', { session_id: 'fresh', tasks: [{ instruction: 'x'.repeat(11) }] })).statusCode, 400)
+  t.notOk(existsSync(join(dir, 'fresh.json')), 'a refused new session leaves no file')
+})
+
+t.test('limits: TASK_MAX_TASKS_PER_SESSION', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, config: { TASK_MAX_TASKS_PER_SESSION: 3 } })
+  t.equal((await post(app, '/create', { session_id: 'cap', instructions: '1. a\n2. b' })).statusCode, 200)
+  const over = errorShape(t, await post(app, '/create', { session_id: 'cap', instructions: '1. c\n2. d' }), 400, 'appending past the limit')
+  t.equal(over.code, 'LIMIT_EXCEEDED')
+  t.match(over.message, /TASK_MAX_TASKS_PER_SESSION/)
+  t.equal((await get(app, '/progress?session_id=cap')).json().total, 2, 'nothing added in memory')
+  t.equal((await readSession(dir, 'cap')).session.tasks.length, 2, 'nothing added on disk')
+  t.equal((await post(app, '/create', { session_id: 'cap', instructions: 'c' })).statusCode, 200, 'up to the limit is fine')
+  t.equal((await post(app, '/create', { session_id: 'cap', instructions: 'd' })).statusCode, 400, 'one more is not')
+  t.equal((await readSession(dir, 'cap')).session.tasks.length, 3)
+  t.equal((await post(app, '/create', { session_id: 'big', tasks: [{ instruction: 'a' }, { instruction: 'b' }, { instruction: 'c' }, { instruction: 'd' }] })).statusCode, 400, 'a new session over the limit')
+  t.equal((await get(app, '/progress?session_id=big')).statusCode, 404, 'is not created')
+  t.notOk(existsSync(join(dir, 'big.json')))
+})
+
+t.test('limits: TASK_MAX_SESSIONS answers 507, appends still work, a delete makes room', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, config: { TASK_MAX_SESSIONS: 2, TASK_MAX_INSTRUCTION_BYTES: 100 } })
+  t.equal((await post(app, '/create', { session_id: 's1', instructions: 'a' })).statusCode, 200)
+  t.equal((await post(app, '/create', { session_id: 's2', instructions: 'a' })).statusCode, 200)
+  const full = errorShape(t, await post(app, '/create', { session_id: 's3', instructions: 'a' }), 507, 'one session too many')
+  t.equal(full.code, 'SESSION_LIMIT')
+  t.match(full.message, /TASK_MAX_SESSIONS/, 'the message names the setting')
+  t.match(full.message, /\b2\b/, 'and the limit')
+  t.notOk(existsSync(join(dir, 's3.json')), 'no file for the refused session')
+  t.equal(errorShape(t, await post(app, '/create', { session_id: 's4', instructions: 'a' }), 507, 'still full').code, 'SESSION_LIMIT')
+  t.equal((await post(app, '/create', { session_id: 's1', instructions: 'more' })).statusCode, 200, 'appending to an existing session still works')
+  t.equal((await post(app, '/execute', { session_id: 's1' })).statusCode, 200, 'executing still works')
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/s2` })).statusCode, 204)
+  // A refused create of a new session must not keep its place.
+  t.equal((await post(app, '/create', { session_id: 'bad', tasks: [{ instruction: 'x'.repeat(101) }] })).statusCode, 400)
+  t.equal((await post(app, '/create', { session_id: 's3', instructions: 'a' })).statusCode, 200, 'after a delete a new session fits')
+  t.equal(errorShape(t, await post(app, '/create', { session_id: 's5', instructions: 'a' }), 507, 'full again').code, 'SESSION_LIMIT')
+  // A burst of new sessions never overshoots the cap.
+  await app.inject({ method: 'DELETE', url: `${API}/sessions/s3` })
+  const burst = await Promise.all(Array.from({ length: 6 }, (_, i) => post(app, '/create', { session_id: `b${i}`, instructions: 'a' })))
+  t.ok(burst.every((res) => res.statusCode === 200 || res.statusCode === 507), 'each answer is 200 or 507')
+  t.ok(burst.filter((res) => res.statusCode === 200).length <= 1, 'at most one of the burst got in')
+  t.ok((await get(app, '/stats')).json().total_sessions <= 2, 'the cap holds')
+  t.ok((await names(dir)).filter((name) => name.endsWith('.json')).length <= 2, 'and on disk')
+})
+
+t.test('limits: TASK_MAX_RESULT_BYTES cuts a long agent result on a character boundary and flags it', async (t) => {
+  const dir = await tempDir(t)
+  const results: Record<string, string> = {
+    short: 'ok',
+    exact: 'abcdefghij', // 10 bytes
+    ascii: 'abcdefghijklmnop',
+    euro: 'aaaaaaaa€€', // the limit falls inside the first €
+    emoji: 'aaaaaaa🚀', // the limit falls inside the emoji
+    lone: 'aaaaaaaa\ud800z' // a lone surrogate is 3 bytes (U+FFFD) once encoded
+  }
+  const expected: Record<string, { result: string, truncated: boolean }> = {
+    short: { result: 'ok', truncated: false },
+    exact: { result: 'abcdefghij', truncated: false },
+    ascii: { result: 'abcdefghij', truncated: true },
+    euro: { result: 'aaaaaaaa', truncated: true },
+    emoji: { result: 'aaaaaaa', truncated: true },
+    lone: { result: 'aaaaaaaa', truncated: true }
+  }
+  const executors = { default: async (task: { instruction: string }) => ({ result: results[task.instruction] ?? '' }) }
+  let app = await build(t, { dir, executors, config: { TASK_MAX_RESULT_BYTES: 10 } })
+  const instructions = Object.keys(results)
+  t.equal((await post(app, '/create', { session_id: 'r', tasks: instructions.map((instruction) => ({ instruction, task_type: 'General' })) })).statusCode, 200)
+
+  // The first three through /execute, the rest through /execute-all.
+  const answers: Array<Record<string, unknown>> = []
+  for (let i = 0; i < 3; i++) answers.push((await post(app, '/execute', { session_id: 'r' })).json())
+  const all = await post(app, '/execute-all', { session_id: 'r' })
+  t.equal(all.statusCode, 200)
+  answers.push(...all.json().results)
+  t.equal(answers.length, instructions.length)
+
+  const check = (where: string, task: Record<string, unknown>): void => {
+    const name = String(task.instruction)
+    const want = expected[name]!
+    t.equal(task.result, want.result, `${where} ${name}: result`)
+    t.ok(Buffer.byteLength(String(task.result), 'utf8') <= 10, `${where} ${name}: at most the limit in bytes`)
+    t.notOk(String(task.result).includes('\ufffd'), `${where} ${name}: no character split into U+FFFD`)
+    if (want.truncated) t.equal(task.result_truncated, true, `${where} ${name}: result_truncated`)
+    else t.notOk('result_truncated' in task, `${where} ${name}: no result_truncated`)
+  }
+  for (const answer of answers) check('execute answer', answer)
+  for (const task of (await get(app, '/list?session_id=r')).json().tasks) check('list', task)
+  for (const task of (await readSession(dir, 'r')).session.tasks) check('on disk', task as unknown as Record<string, unknown>)
+
+  await app.close()
+  app = await build(t, { dir })
+  for (const task of (await get(app, '/list?session_id=r')).json().tasks) check('after restart', task)
+})
+
+t.test('limits: BODY_LIMIT answers 413 on every POST route', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, config: { BODY_LIMIT: 1024 } })
+  const padding = 'x'.repeat(1100)
+  for (const path of ['/create', '/execute', '/execute-all']) {
+    const res = await post(app, path, { session_id: 'b', instructions: padding })
+    t.equal(errorShape(t, res, 413, `${path} over BODY_LIMIT`).code, 'FST_ERR_CTP_BODY_TOO_LARGE')
+  }
+  t.equal((await post(app, '/create', { session_id: 'b', instructions: 'x'.repeat(900) })).statusCode, 200, 'just under the limit is fine')
+  t.same((await names(dir)).filter((name) => name.endsWith('.json')), ['b.json'])
+})
+
+// ---------------------------------------------------------------------------------------
+// Single-writer lock
+// ---------------------------------------------------------------------------------------
+
+interface Holder { pid: number, host: string, since: string }
+
+/** The lock is a symlink whose target is the holder as JSON (services/storage-lock.ts). */
+async function readLock (dir: string): Promise<Holder> {
+  return JSON.parse(await readlink(join(dir, LOCK_FILE))) as Holder
+}
+
+async function writeLock (dir: string, holder: Holder): Promise<void> {
+  await mkdir(dir, { recursive: true })
+  await symlink(JSON.stringify(holder), join(dir, LOCK_FILE))
+}
+
+/** Whether anything is at the lock's path (existsSync would follow the link and say no). */
+async function lockExists (dir: string): Promise<boolean> {
+  return lstat(join(dir, LOCK_FILE)).then(() => true, () => false)
+}
+
+t.test('lock: the holder is recorded, and the lock is removed on close', async (t) => {
+  const dir = await tempDir(t)
+  const app = await open(dir)
+  const holder = await readLock(dir)
+  t.equal(holder.pid, process.pid, 'pid')
+  t.equal(holder.host, hostname(), 'host')
+  t.ok(Math.abs(Date.parse(holder.since) - Date.now()) < 60_000, 'since is a recent timestamp')
+  t.ok((await lstat(join(dir, LOCK_FILE))).isSymbolicLink(), 'the lock is a symlink naming the holder')
+  await app.close()
+  t.notOk(await lockExists(dir), 'removed on close')
+})
+
+t.test('lock: a second app on the same folder is refused while the first is open', async (t) => {
+  const dir = await tempDir(t)
+  const first = await open(dir)
+  t.teardown(() => first.close())
+  t.equal((await post(first, '/create', { session_id: 'one', instructions: 'a' })).statusCode, 200)
+  const held = await readLock(dir)
+  const err = await openError(dir)
+  t.ok(err instanceof StorageLockedError, 'StorageLockedError')
+  t.match(String((err as Error | null)?.message), `pid ${process.pid}`, 'names the pid')
+  t.match(String((err as Error | null)?.message), `host ${hostname()}`, 'names the host')
+  t.same(await readLock(dir).catch(() => null), held, 'the first app keeps its lock')
+  // Whatever happened above, the first app keeps working.
+  t.equal((await post(first, '/create', { session_id: 'one', instructions: 'b' })).statusCode, 200, 'the first app still writes')
+  await first.close()
+  const next = await open(dir)
+  t.equal((await readLock(dir)).pid, process.pid)
+  t.equal((await get(next, '/progress?session_id=one')).json().total, 2, 'after the first closes a new one starts and sees its data')
+  await next.close()
+  t.notOk(await lockExists(dir), 'lock removed on close')
+})
+
+t.test('lock: held by another live process on this host is refused', async (t) => {
+  const dir = await tempDir(t)
+  const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)'], { stdio: 'ignore' })
+  t.teardown(() => { child.kill('SIGKILL') })
+  const pid = child.pid!
+  const holder = { pid, host: hostname(), since: '2026-01-01T00:00:00.000Z' }
+  await writeLock(dir, holder)
+  const err = await openError(dir)
+  t.ok(err instanceof StorageLockedError, 'StorageLockedError')
+  t.match(String((err as Error | null)?.message), `pid ${pid} on host ${hostname()} since ${holder.since}`, 'names pid, host and since')
+  t.same(await readLock(dir), holder, 'the lock is left as it was')
+})
+
+t.test('lock: a lock left by a dead pid on this host is taken over', async (t) => {
+  const dir = await tempDir(t)
+  const pid = deadPid()
+  const stale = { pid, host: hostname(), since: '2026-01-01T00:00:00.000Z' }
+  await writeLock(dir, stale)
+  const log = memoryLog()
+  const app = await open(dir, {}, productionLogger(log.stream, 'info'))
+  t.teardown(() => app.close())
+  const now = await readLock(dir)
+  t.equal(now.pid, process.pid, 'the lock is ours')
+  t.not(now.since, stale.since)
+  const warning = log.lines().find((line) => line.level === 40 && /lock/i.test(line.msg ?? ''))
+  t.ok(warning, 'the takeover is logged')
+  t.match(warning?.holder, stale, 'naming the old holder')
+  t.equal((await post(app, '/create', { session_id: 'x', instructions: 'a' })).statusCode, 200)
+})
+
+const FAST_LOCK = { TASK_LOCK_STALE_MS: 1000, TASK_LOCK_REFRESH_MS: 400 }
+
+t.test('lock: a live holder on another host is refused until the lock goes stale', async (t) => {
+  const dir = await tempDir(t)
+  const elsewhere = { pid: process.pid, host: 'elsewhere', since: '2026-01-01T00:00:00.000Z' }
+  await writeLock(dir, elsewhere)
+  const err = await openError(dir, FAST_LOCK)
+  t.ok(err instanceof StorageLockedError, 'a fresh lock from another host: StorageLockedError')
+  t.match(String((err as Error | null)?.message), `pid ${process.pid} on host elsewhere`, 'names pid and host')
+  t.same(await readLock(dir), elsewhere, 'the lock is left as it was')
+
+  const old = new Date(Date.now() - 10_000)
+  await lutimes(join(dir, LOCK_FILE), old, old)
+  const app = await open(dir, FAST_LOCK)
+  t.teardown(() => app.close())
+  t.same(await readLock(dir).then((holder) => [holder.pid, holder.host]), [process.pid, hostname()], 'an untouched lock is taken over')
+  t.equal((await post(app, '/create', { session_id: 'x', instructions: 'a' })).statusCode, 200)
+})
+
+t.test('lock: the holder keeps its lock fresh, so it is never taken for stale', async (t) => {
+  const dir = await tempDir(t)
+  const app = await open(dir, FAST_LOCK)
+  t.teardown(() => app.close())
+  const started = (await lstat(join(dir, LOCK_FILE))).mtimeMs
+  await sleep(1500)
+  t.ok((await lstat(join(dir, LOCK_FILE))).mtimeMs > started, 'the lock was touched since')
+  t.ok(Date.now() - (await lstat(join(dir, LOCK_FILE))).mtimeMs < 1000, 'and is younger than TASK_LOCK_STALE_MS')
+})
+
+t.test('lock: a lock path that names no holder (a regular file, garbage) is taken over', async (t) => {
+  for (const [label, plant] of [
+    ['a half-written regular file', (dir: string) => writeFile(join(dir, LOCK_FILE), '{"pid": 12')],
+    ['a symlink to garbage', (dir: string) => symlink('{"pid": 12', join(dir, LOCK_FILE))],
+    ['a symlink missing fields', (dir: string) => symlink('{"pid": 12, "host": "x"}', join(dir, LOCK_FILE))]
+  ] as const) {
+    const dir = await tempDir(t)
+    await plant(dir)
+    const app = await open(dir)
+    t.equal((await readLock(dir)).pid, process.pid, label)
+    await app.close()
+  }
+})
+
+t.test('lock: a takeover guard left by a server that died mid-takeover does not block forever', async (t) => {
+  const dir = await tempDir(t)
+  await writeLock(dir, { pid: deadPid(), host: hostname(), since: '2026-01-01T00:00:00.000Z' })
+  const guard = join(dir, `${LOCK_FILE}.takeover`)
+  await symlink(JSON.stringify({ pid: deadPid(), host: hostname(), since: '2026-01-01T00:00:00.000Z' }), guard)
+  const old = new Date(Date.now() - 10_000)
+  await lutimes(guard, old, old)
+  const app = await open(dir, FAST_LOCK)
+  t.teardown(() => app.close())
+  t.equal((await readLock(dir)).pid, process.pid, 'the lock is taken')
+  t.notOk(await lstat(guard).then(() => true, () => false), 'the old guard is gone')
+})
+
+t.test('lock: a .taskvault.lock planted as a link to a real file is not written through', async (t) => {
+  const { dir, outside } = await layout(t)
+  const target = join(outside, 'precious.txt')
+  await writeFile(target, 'do not touch\n')
+  const before = await stat(target)
+  await symlink(target, join(dir, LOCK_FILE))
+  const app = await open(dir, FAST_LOCK)
+  t.teardown(() => app.close())
+  await sleep(500) // a heartbeat or two
+  t.equal(await readFile(target, 'utf8'), 'do not touch\n', 'the target keeps its content')
+  t.equal((await stat(target)).mtimeMs, before.mtimeMs, 'and its mtime')
+  t.equal((await readLock(dir)).pid, process.pid, 'the lock is our own')
+})
+
+t.test('lock: non-finite numeric settings are refused at boot', async (t) => {
+  for (const [name, value] of [['TASK_LOCK_STALE_MS', '1e400'], ['TASK_SHUTDOWN_GRACE_MS', '1e400'], ['TASK_ARCHIVE_INTERVAL_MINUTES', '1e400']] as const) {
+    const dir = await tempDir(t)
+    const err = await openError(dir, { [name]: value })
+    t.ok(err instanceof Error, `${name}=${value}: boot fails`)
+    t.match(String((err as Error | null)?.message), name, `${name}=${value}: naming the setting`)
+  }
+  // A stale lock from another host must still be taken over: with TASK_LOCK_STALE_MS=Infinity it never is.
+  const dir = await tempDir(t)
+  await writeLock(dir, { pid: 1, host: 'elsewhere', since: '2020-01-01T00:00:00.000Z' })
+  const old = new Date(Date.now() - 365 * 24 * 3600 * 1000)
+  await lutimes(join(dir, LOCK_FILE), old, old)
+  const err = await openError(dir, { TASK_LOCK_STALE_MS: '1e400' })
+  t.notOk(err instanceof StorageLockedError, 'a year-old lock is not held against us')
+})
+
+t.test('lock: a real second server on a held folder exits 1 at once naming the holder', async (t) => {
+  const root = await tempDir(t)
+  const dir = join(root, 'tasks')
+  const app = await open(dir)
+  t.teardown(() => app.close())
+  const holder = await readLock(dir)
+  const port = await freePort()
+  const started = Date.now()
+  const child = spawn(process.execPath, [SERVER], {
+    cwd: root,
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOST: '127.0.0.1', PORT: String(port), TASK_STORAGE_DIR: dir, LOG_LEVEL: 'info' },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let stderr = ''
+  let stdout = ''
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)))
+  const timer = new AbortController()
+  const code = await Promise.race([exited, sleep(20_000, 'timeout' as const, { signal: timer.signal })])
+  timer.abort()
+  if (code === 'timeout') child.kill('SIGKILL')
+  const elapsed = Date.now() - started
+  t.equal(code, 1, `exit code 1 (stderr: ${stderr} stdout: ${stdout.slice(-2000)})`)
+  t.ok(elapsed < 15_000, `exits promptly (${elapsed} ms)`)
+  t.match(stderr, `pid ${holder.pid}`, 'stderr names the pid')
+  t.match(stderr, `host ${holder.host}`, 'stderr names the host')
+  t.match(stderr, holder.since, 'stderr names since when')
+  t.same(await readLock(dir), holder, 'the holder keeps its lock')
+  t.equal((await post(app, '/create', { session_id: 'still', instructions: 'a' })).statusCode, 200, 'and keeps working')
+})
+
+// ---------------------------------------------------------------------------------------
+// Symlinks and hostile ids
+// ---------------------------------------------------------------------------------------
+
+/** A parent folder holding the storage folder and an `outside` folder next to it. */
+async function layout (t: TestContext): Promise<{ parent: string, dir: string, outside: string }> {
+  const parent = await tempDir(t, 'taskvault-harden-')
+  const dir = join(parent, 'store')
+  const outside = join(parent, 'outside')
+  await mkdir(dir, { mode: 0o700 })
+  await mkdir(outside)
+  return { parent, dir, outside }
+}
+
+/** Writes a valid session file for `id` in `folder` by running a real app there. */
+async function plantSession (folder: string, id: string): Promise<void> {
+  const app = await open(folder)
+  await post(app, '/create', { session_id: id, instructions: '1. secret a\n2. secret b' })
+  await app.close()
+}
+
+t.test('symlinks: a planted evil.json link to a valid session outside is never loaded, followed or changed', async (t) => {
+  const { dir, outside } = await layout(t)
+  await plantSession(outside, 'evil')
+  const target = join(outside, 'evil.json')
+  const before = await readFile(target)
+  const beforeStat = await stat(target)
+  await symlink(target, join(dir, 'evil.json'))
+
+  const app = await build(t, { dir })
+  const stats = (await get(app, '/stats')).json()
+  t.match(stats, { total_sessions: 0, total_tasks: 0, storage: { files: 0, bytes: 0, failed_loads: 0 } }, 'stats unchanged by the link')
+  t.same((await get(app, '/list?session_id=all')).json().sessions, [], 'not in the list')
+  t.equal((await get(app, '/progress?session_id=evil')).statusCode, 404, 'not a session')
+  t.equal((await post(app, '/execute', { session_id: 'evil' })).statusCode, 404, 'cannot be executed')
+  t.ok((await lstat(join(dir, 'evil.json'))).isSymbolicLink(), 'the link is left where it is (not moved to corrupt/)')
+  t.notOk(existsSync(join(dir, 'corrupt')), 'nothing set aside')
+
+  t.equal((await post(app, '/create', { session_id: 'evil', instructions: 'overwrite?' })).statusCode, 200, 'creating that id works')
+  t.equal((await post(app, '/execute', { session_id: 'evil' })).statusCode, 200)
+  t.equal((await post(app, '/create', { session_id: 'other', instructions: 'x' })).statusCode, 200)
+  t.same(await readFile(target), before, 'the target outside is unchanged after creates and executes')
+  t.equal((await stat(target)).mtimeMs, beforeStat.mtimeMs, 'not even touched')
+  const replaced = await lstat(join(dir, 'evil.json'))
+  t.ok(replaced.isFile() && !replaced.isSymbolicLink(), 'the link was replaced by a regular file, not written through')
+  t.equal((await readSession(dir, 'evil')).session.tasks.length, 1, 'holding only the new task')
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/evil` })).statusCode, 204)
+  t.same(await readFile(target), before, 'the target outside survives a delete')
+})
+
+t.test('symlinks: a link to /etc/passwd is ignored at restore; writes to such an id never go through a link', async (t) => {
+  const { dir, outside } = await layout(t)
+  const passwd = await readFile('/etc/passwd')
+  await symlink('/etc/passwd', join(dir, 'passwd.json'))
+  await symlink('/etc/passwd', join(dir, 'root'))
+  await symlink('/nonexistent/dangling', join(dir, 'dangling.json'))
+  const app = await build(t, { dir })
+  t.match((await get(app, '/stats')).json(), { total_sessions: 0, storage: { files: 0, failed_loads: 0 } }, 'no link is loaded or counted as a failure')
+  t.equal((await get(app, '/progress?session_id=passwd')).statusCode, 404, 'passwd is not a session')
+  t.ok((await lstat(join(dir, 'passwd.json'))).isSymbolicLink(), 'the link is left where it is')
+  t.ok((await lstat(join(dir, 'root'))).isSymbolicLink(), 'other links left alone')
+  t.notOk(existsSync(join(dir, 'corrupt')), 'nothing set aside')
+  t.same(await readFile('/etc/passwd'), passwd, '/etc/passwd unchanged')
+  // Writes are tested against a copy: a regression that wrote through links must not be able
+  // to clobber the real /etc/passwd of a machine running the tests as root.
+  await rm(join(dir, 'passwd.json'))
+  await rm(join(dir, 'root'))
+  const decoy = join(outside, 'passwd')
+  await writeFile(decoy, passwd)
+  await symlink(decoy, join(dir, 'passwd.json'))
+  t.equal((await post(app, '/create', { session_id: 'passwd', instructions: 'a' })).statusCode, 200)
+  t.equal((await post(app, '/execute', { session_id: 'passwd' })).statusCode, 200)
+  t.same(await readFile(decoy), passwd, 'the link target is unchanged by create and execute')
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/passwd` })).statusCode, 204)
+  t.same(await readFile(decoy), passwd, 'and by delete')
+  t.same(await readFile('/etc/passwd'), passwd, '/etc/passwd unchanged')
+})
+
+t.test('non-regular files: a FIFO and a folder named *.json are skipped, not opened', async (t) => {
+  const { dir } = await layout(t)
+  const fifo = spawnSync('mkfifo', [join(dir, 'pipe.json')])
+  if (fifo.status !== 0) {
+    t.pass('FIFO case', { skip: 'mkfifo is not available here' })
+    return
+  }
+  await mkdir(join(dir, 'folder.json'))
+  // Reading a FIFO with no writer would block restore forever: bound it.
+  const timer = new AbortController()
+  const app = await Promise.race([open(dir), sleep(10_000, null, { signal: timer.signal })])
+  timer.abort()
+  t.ok(app, 'the app starts (restore did not block on the FIFO)')
+  if (app === null) return
+  t.teardown(() => app.close())
+  t.match((await get(app, '/stats')).json(), { total_sessions: 0, storage: { files: 0, failed_loads: 0 } })
+  t.ok((await lstat(join(dir, 'pipe.json'))).isFIFO(), 'the FIFO is left alone')
+  t.ok((await lstat(join(dir, 'folder.json'))).isDirectory(), 'the folder is left alone')
+  t.notOk(existsSync(join(dir, 'corrupt')), 'nothing set aside')
+})
+
+t.test('symlinks: a planted corrupt/ link does not move files outside the folder', async (t) => {
+  const { dir, outside } = await layout(t)
+  await symlink(outside, join(dir, 'corrupt'))
+  await writeFile(join(dir, 'broken.json'), '{ not json', { mode: 0o600 })
+  const app = await build(t, { dir })
+  t.equal((await get(app, '/stats')).json().storage.failed_loads, 1, 'the broken file is counted')
+  t.same(await names(outside), [], 'nothing lands outside the storage folder')
+})
+
+t.test('symlinks: a planted archive/ link does not move sessions outside the folder', async (t) => {
+  const { dir, outside } = await layout(t)
+  let now = Date.parse('2026-01-01T00:00:00Z')
+  const clock = (): Date => new Date(now)
+  let app = await build(t, { dir, clock })
+  await post(app, '/create', { session_id: 'old', instructions: 'a' })
+  await post(app, '/execute', { session_id: 'old' })
+  await app.close()
+  await symlink(outside, join(dir, 'archive'))
+  now += 40 * 24 * 3600 * 1000
+  app = await build(t, { dir, clock })
+  // The archiver runs once after restore; wait for it to settle.
+  for (let i = 0; i < 100 && existsSync(join(dir, 'old.json')); i++) await sleep(20)
+  t.same(await names(outside), [], 'nothing lands outside the storage folder')
+})
+
+t.test('hostile ids: 400 on every route, and nothing is created outside the folder', async (t) => {
+  const { parent, dir } = await layout(t)
+  const app = await build(t, { dir })
+  // DELETE goes over real HTTP: inject would resolve `..` and `%2e%2e` before routing.
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const { port } = app.server.address() as AddressInfo
+  const encoded = ['..%2F..%2Fetc%2Fpasswd', '%2e%2e', '..', '%2E%2E%2Fx', '%2e%2e%2f%2e%2e%2fetc%2fpasswd', 'a%00b', '..%5C..%5Cx', '%2e', '.', 'a.json', '%2Fetc%2Fpasswd', 'x%0Ay', '%C3%A9t%C3%A9']
+  for (const id of encoded) {
+    errorShape(t, await rawRequest(port, 'DELETE', `${API}/sessions/${id}`), 400, `DELETE ${id}`)
+    errorShape(t, await get(app, `/progress?session_id=${id}`), 400, `progress ${id}`)
+    errorShape(t, await get(app, `/list?session_id=${id}`), 400, `list ${id}`)
+  }
+  const raw = ['../../etc/passwd', '..', '.', 'a\u0000b', '/etc/passwd', 'a/../../b', '..\\..\\x', 'C:\\x', '', ' ', 'a b', 'été', 'a'.repeat(129), 'x.json']
+  for (const id of raw) {
+    const label = JSON.stringify(id)
+    errorShape(t, await post(app, '/create', { session_id: id, instructions: 'a' }), 400, `create ${label}`)
+    errorShape(t, await post(app, '/create', { session_id: id, tasks: [{ instruction: 'a' }] }), 400, `create tasks ${label}`)
+    errorShape(t, await post(app, '/execute', { session_id: id }), 400, `execute ${label}`)
+    errorShape(t, await post(app, '/execute-all', { session_id: id }), 400, `execute-all ${label}`)
+  }
+  t.same(await names(parent), ['outside', 'store'], 'the parent holds nothing new')
+  t.same(await names(join(parent, 'outside')), [], 'nothing outside')
+  t.same(await names(dir), [LOCK_FILE], 'nothing in the storage folder either')
+  t.notOk(existsSync('/etc/passwd.json'), 'no /etc/passwd.json')
+  t.notOk(existsSync(join(tmpdir(), 'passwd.json')), 'nothing in the temp folder')
+  t.equal((await get(app, '/stats')).json().total_sessions, 0)
+})
