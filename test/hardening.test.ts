@@ -7,19 +7,17 @@ import { spawn, spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import http from 'node:http'
 import { lstat, lutimes, mkdir, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises'
-import { createServer, type AddressInfo } from 'node:net'
+import type { AddressInfo } from 'node:net'
 import { hostname, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { fileURLToPath } from 'node:url'
 import type { FastifyInstance, FastifyServerOptions, InjectOptions, LightMyRequestResponse } from 'fastify'
 import t from 'tap'
 import { buildApp } from '../app.js'
 import { LOCK_FILE, StorageLockedError } from '../services/storage-lock.js'
 import type { SessionFile } from '../services/session.js'
 import { API, build, get, post, tempDir, type TestContext } from './helper.js'
-
-const SERVER = fileURLToPath(new URL('../server.js', import.meta.url))
+import { exitWithin, freePort, spawnServer } from './server-process.js'
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -91,18 +89,6 @@ async function rawRequest (port: number, method: string, path: string): Promise<
     })
     req.on('error', reject)
     req.end()
-  })
-}
-
-async function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.unref()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as AddressInfo
-      server.close(() => resolve(port))
-    })
   })
 }
 
@@ -571,22 +557,12 @@ t.test('lock: a real second server on a held folder exits 1 at once naming the h
   const holder = await readLock(dir)
   const port = await freePort()
   const started = Date.now()
-  const child = spawn(process.execPath, [SERVER], {
-    cwd: root,
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOST: '127.0.0.1', PORT: String(port), TASK_STORAGE_DIR: dir, LOG_LEVEL: 'info' },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let stderr = ''
-  let stdout = ''
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
-  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)))
-  const timer = new AbortController()
-  const code = await Promise.race([exited, sleep(20_000, 'timeout' as const, { signal: timer.signal })])
-  timer.abort()
-  if (code === 'timeout') child.kill('SIGKILL')
+  const server = spawnServer({ PATH: process.env.PATH ?? '/usr/bin:/bin', HOST: '127.0.0.1', PORT: String(port), TASK_STORAGE_DIR: dir, LOG_LEVEL: 'info' }, root)
+  const exit = await exitWithin(server, 20_000)
   const elapsed = Date.now() - started
-  t.equal(code, 1, `exit code 1 (stderr: ${stderr} stdout: ${stdout.slice(-2000)})`)
+  const code = exit === null ? 'timeout' : exit.code
+  const stderr = server.stderr()
+  t.equal(code, 1, `exit code 1 (stderr: ${stderr} stdout: ${server.stdout().slice(-2000)})`)
   t.ok(elapsed < 15_000, `exits promptly (${elapsed} ms)`)
   t.match(stderr, `pid ${holder.pid}`, 'stderr names the pid')
   t.match(stderr, `host ${holder.host}`, 'stderr names the host')

@@ -4,203 +4,18 @@
  * They cover what in-process tests cannot: SIGKILL at arbitrary moments, SIGTERM and the
  * exit code, boot failures, `.env` loading and restore at startup.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
 import http from 'node:http'
-import { mkdir, mkdtemp, readFile, readdir, realpath, rm, writeFile } from 'node:fs/promises'
-import { createServer, type AddressInfo } from 'node:net'
-import { tmpdir } from 'node:os'
+import { mkdir, readFile, readdir, realpath, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { fileURLToPath } from 'node:url'
 import t from 'tap'
+import { baseEnv, call, describe, EXIT_TIMEOUT_MS, exitWithin, freePort, logMessages, scratch, type ServerProcess, type TaskView } from './server-process.js'
 
-const SERVER = fileURLToPath(new URL('../server.js', import.meta.url))
 const API = '/api/v1/tasks'
-/** Readiness is waited for generously (a loaded 2-core CI box); behaviour is not timed. */
-const READY_TIMEOUT_MS = 30_000
-const EXIT_TIMEOUT_MS = 30_000
 
 // ---------------------------------------------------------------------------------------
-// In-file helpers: scratch folders, free ports, spawning and HTTP.
+// In-file helpers (spawning, scratch folders and HTTP: ./server-process.ts)
 // ---------------------------------------------------------------------------------------
-
-interface Teardown {
-  teardown(fn: () => unknown): void
-}
-
-interface Exit {
-  code: number | null
-  signal: NodeJS.Signals | null
-}
-
-interface ServerProcess {
-  readonly child: ChildProcess
-  readonly port: number
-  readonly base: string
-  readonly stdout: () => string
-  readonly stderr: () => string
-  /** Settles once the process has exited and its output is fully read. */
-  readonly exited: Promise<Exit>
-  /** null while running. */
-  readonly exit: () => Exit | null
-  /** Sends the signal (if any, and if still running) and waits for the exit, bounded. */
-  readonly stop: (signal: NodeJS.Signals | null) => Promise<Exit>
-}
-
-interface Scratch {
-  /** A fresh temp folder: the server's cwd unless told otherwise. */
-  readonly dir: string
-  /** Spawns without waiting for anything (boot-failure tests). */
-  readonly spawnRaw: (env: Record<string, string>, cwd?: string) => ServerProcess
-  /** Spawns on a free port and waits until GET /ready is 200. */
-  readonly start: (env?: Record<string, string>, cwd?: string) => Promise<ServerProcess>
-}
-
-/** The only variables a child sees: nothing leaks from the test runner (NODE_OPTIONS, TASK_*, ...). */
-function baseEnv (): Record<string, string> {
-  return { PATH: process.env.PATH ?? '/usr/bin:/bin', HOST: '127.0.0.1', LOG_LEVEL: 'info', TASK_SHUTDOWN_GRACE_MS: '2000' }
-}
-
-/** The promise's value, or null after `ms`; the timer never outlives the promise. */
-async function within<T> (promise: Promise<T>, ms: number): Promise<T | null> {
-  const timer = new AbortController()
-  try {
-    return await Promise.race([promise, sleep(ms, null, { signal: timer.signal })])
-  } finally {
-    timer.abort()
-  }
-}
-
-async function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.unref()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as AddressInfo
-      server.close(() => resolve(port))
-    })
-  })
-}
-
-function describe (server: ServerProcess): string {
-  const exit = server.exit()
-  const state = exit === null ? 'still running' : `exited code=${exit.code} signal=${exit.signal}`
-  return `server on port ${server.port} (${state})\n--- stderr ---\n${server.stderr()}\n--- stdout (tail) ---\n${server.stdout().slice(-4000)}`
-}
-
-function spawnServer (env: Record<string, string>, cwd: string): ServerProcess {
-  const child = spawn(process.execPath, [SERVER], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] })
-  let out = ''
-  let err = ''
-  let exit: Exit | null = null
-  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => { out += chunk })
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { err += chunk })
-  const exited = new Promise<Exit>((resolve) => {
-    // 'close' (not 'exit'): every byte of stdout/stderr has been read by then.
-    child.once('close', (code, signal) => {
-      exit = { code, signal }
-      resolve(exit)
-    })
-    child.once('error', (error) => {
-      err += `\n[spawn error] ${error.message}`
-      exit = { code: null, signal: null }
-      resolve(exit)
-    })
-  })
-  const port = Number(env.PORT)
-  const server: ServerProcess = {
-    child,
-    port,
-    base: `http://127.0.0.1:${port}`,
-    stdout: () => out,
-    stderr: () => err,
-    exited,
-    exit: () => exit,
-    stop: async (signal) => {
-      if (exit === null && signal !== null) child.kill(signal)
-      const result = await within(exited, EXIT_TIMEOUT_MS)
-      if (result === null) {
-        child.kill('SIGKILL')
-        await exited
-        throw new Error(`did not exit within ${EXIT_TIMEOUT_MS} ms of ${signal}\n${describe(server)}`)
-      }
-      return result
-    }
-  }
-  return server
-}
-
-async function waitReady (server: ServerProcess): Promise<void> {
-  const deadline = Date.now() + READY_TIMEOUT_MS
-  for (;;) {
-    if (server.exit() !== null) throw new Error(`server exited before it was ready\n${describe(server)}`)
-    try {
-      const res = await fetch(`${server.base}/ready`, { signal: AbortSignal.timeout(5000) })
-      await res.arrayBuffer()
-      if (res.status === 200) return
-    } catch {
-      // Not listening yet.
-    }
-    if (Date.now() > deadline) throw new Error(`not ready within ${READY_TIMEOUT_MS} ms\n${describe(server)}`)
-    await Promise.race([sleep(50), server.exited])
-  }
-}
-
-async function scratch (t: Teardown): Promise<Scratch> {
-  const dir = await mkdtemp(join(tmpdir(), 'taskvault-proc-'))
-  const children = new Set<ServerProcess>()
-  // One teardown, so children are always dead before their folder is removed.
-  t.teardown(async () => {
-    await Promise.all([...children].map(async (server) => {
-      if (server.exit() === null) server.child.kill('SIGKILL')
-      await server.exited
-    }))
-    await rm(dir, { recursive: true, force: true, maxRetries: 3 })
-  })
-  const spawnRaw = (env: Record<string, string>, cwd = dir): ServerProcess => {
-    const server = spawnServer(env, cwd)
-    children.add(server)
-    return server
-  }
-  const start = async (env: Record<string, string> = {}, cwd = dir): Promise<ServerProcess> => {
-    // The port is free when picked but may be taken before the child binds it: retry then.
-    for (let attempt = 1; ; attempt++) {
-      const server = spawnRaw({ ...baseEnv(), ...env, PORT: String(await freePort()) }, cwd)
-      try {
-        await waitReady(server)
-        return server
-      } catch (err) {
-        if (attempt < 4 && server.exit() !== null && /EADDRINUSE/.test(server.stderr() + server.stdout())) continue
-        throw err
-      }
-    }
-  }
-  return { dir, spawnRaw, start }
-}
-
-interface Reply {
-  status: number
-  body: any
-}
-
-async function call (server: ServerProcess, method: 'GET' | 'POST', path: string, body?: unknown): Promise<Reply> {
-  const res = await fetch(`${server.base}${path}`, {
-    method,
-    signal: AbortSignal.timeout(20_000),
-    ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
-  })
-  const text = await res.text()
-  return { status: res.status, body: text === '' ? null : JSON.parse(text) }
-}
-
-interface TaskView {
-  id: string
-  instruction: string
-  status: string
-  attempts: number
-  result: string | null
-}
 
 async function listSession (server: ServerProcess, sessionId: string): Promise<TaskView[]> {
   const res = await call(server, 'GET', `${API}/list?session_id=${sessionId}`)
@@ -210,17 +25,6 @@ async function listSession (server: ServerProcess, sessionId: string): Promise<T
 
 function statuses (tasks: TaskView[]): Array<[string, string]> {
   return tasks.map((task) => [task.instruction, task.status])
-}
-
-/** What a JSON log line says, for every line of a pino stdout. */
-function logMessages (stdout: string): string[] {
-  return stdout.split('\n').filter((line) => line.startsWith('{')).map((line) => {
-    try {
-      return String((JSON.parse(line) as { msg?: unknown }).msg ?? '')
-    } catch {
-      return ''
-    }
-  })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -483,12 +287,8 @@ t.test('a bad setting exits 1 and names the variable', async (t) => {
     { name: 'unusable TASK_STORAGE_DIR', env: { PORT: String(await freePort()), TASK_STORAGE_DIR: join(blocker, 'tasks') }, mention: join(blocker, 'tasks') }
   ]
   for (const c of cases) {
-    const server = spawnRaw({ ...baseEnv(), ...c.env })
-    const exit = await within(server.exited, EXIT_TIMEOUT_MS)
-    if (exit === null) {
-      server.child.kill('SIGKILL')
-      await server.exited
-    }
+    const server = spawnRaw(baseEnv(c.env))
+    const exit = await exitWithin(server, EXIT_TIMEOUT_MS)
     t.same(exit, { code: 1, signal: null }, `${c.name}: exit code 1`, { output: describe(server) })
     t.ok(server.stderr().includes(c.mention), `${c.name}: stderr names ${c.mention}`, { stderr: server.stderr() })
     t.notOk(server.stdout().includes('Server listening'), `${c.name}: never listened`)

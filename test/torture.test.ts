@@ -18,19 +18,15 @@
  * Bounded by a time budget: TORTURE_SECONDS (default 40) of kill rounds, then a last restart.
  * TORTURE_SEED seeds the random choices (printed in the summary); the interleaving still depends on timing.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtemp, readFile, readdir, readlink, rm } from 'node:fs/promises'
-import { createServer, type AddressInfo } from 'node:net'
-import { tmpdir } from 'node:os'
+import { readFile, readdir, readlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { fileURLToPath } from 'node:url'
 import { isDeepStrictEqual } from 'node:util'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import t from 'tap'
 import { SessionFile } from '../schemas/session.js'
+import { baseEnv, caller, describe, freePort, logLines, scratch, within, type Reply, type ServerProcess, type TaskView } from './server-process.js'
 
-const SERVER = fileURLToPath(new URL('../server.js', import.meta.url))
 const API = '/api/v1/tasks'
 const BUDGET_MS = Math.max(1, Number(process.env.TORTURE_SECONDS ?? 40)) * 1000
 const SEED = Number(process.env.TORTURE_SEED ?? Math.floor(Math.random() * 2 ** 31))
@@ -38,7 +34,6 @@ const MIN_ROUNDS = 4
 const WORKERS = 8
 /** Shared by every worker: creates, executes and deletes of one session race each other. */
 const SESSIONS = Array.from({ length: 12 }, (_, i) => `torture-${i}`)
-const READY_TIMEOUT_MS = 30_000
 const REQUEST_TIMEOUT_MS = 30_000
 const LOCK_FILE = '.taskvault.lock'
 const TAKEOVER_MSG = 'Took over the storage lock of a server that is gone'
@@ -64,121 +59,13 @@ const randInt = (min: number, max: number): number => min + Math.floor(random() 
 const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T
 
 // ---------------------------------------------------------------------------------------
-// Server processes (adapted from process.test.ts)
+// Server processes (./server-process.ts)
 // ---------------------------------------------------------------------------------------
 
-interface Exit {
-  code: number | null
-  signal: NodeJS.Signals | null
-}
-
-interface ServerProcess {
-  readonly child: ChildProcess
-  readonly base: string
-  readonly stdout: () => string
-  readonly stderr: () => string
-  readonly exited: Promise<Exit>
-  readonly exit: () => Exit | null
-  /** Resolves true once a stdout line satisfies `match`, false if the process exits first or after `ms`. */
-  readonly waitForLine: (match: (line: string) => boolean, ms: number) => Promise<boolean>
-}
-
-function baseEnv (): Record<string, string> {
-  // warn: the per-request log lines stay out of the hot loop; the lock takeover is a warning.
-  return { PATH: process.env.PATH ?? '/usr/bin:/bin', HOST: '127.0.0.1', LOG_LEVEL: 'warn', TASK_SHUTDOWN_GRACE_MS: '2000', TASK_ARCHIVE_DAYS: '0' }
-}
-
-async function within<T> (promise: Promise<T>, ms: number): Promise<T | null> {
-  const timer = new AbortController()
-  try {
-    return await Promise.race([promise, sleep(ms, null, { signal: timer.signal })])
-  } finally {
-    timer.abort()
-  }
-}
-
-async function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.unref()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as AddressInfo
-      server.close(() => resolve(port))
-    })
-  })
-}
-
-function describe (server: ServerProcess): string {
-  const exit = server.exit()
-  const state = exit === null ? 'still running' : `exited code=${exit.code} signal=${exit.signal}`
-  return `server ${server.base} (${state})\n--- stderr ---\n${server.stderr().slice(-4000)}\n--- stdout (tail) ---\n${server.stdout().slice(-4000)}`
-}
-
-function spawnServer (env: Record<string, string>, cwd: string): ServerProcess {
-  const child = spawn(process.execPath, [SERVER], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] })
-  let out = ''
-  let err = ''
-  let exit: Exit | null = null
-  const lineWaiters = new Set<() => void>()
-  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-    out += chunk
-    for (const check of lineWaiters) check()
-  })
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { err += chunk })
-  const exited = new Promise<Exit>((resolve) => {
-    child.once('close', (code, signal) => {
-      exit = { code, signal }
-      resolve(exit)
-    })
-    child.once('error', (error) => {
-      err += `\n[spawn error] ${error.message}`
-      exit = { code: null, signal: null }
-      resolve(exit)
-    })
-  })
-  const waitForLine = async (match: (line: string) => boolean, ms: number): Promise<boolean> => {
-    let check = (): void => {}
-    const seen = new Promise<boolean>((resolve) => {
-      check = () => { if (out.split('\n').some(match)) resolve(true) }
-    })
-    lineWaiters.add(check)
-    check()
-    try {
-      return (await within(Promise.race([seen, exited.then(() => out.split('\n').some(match))]), ms)) ?? false
-    } finally {
-      lineWaiters.delete(check)
-    }
-  }
-  return { child, base: `http://127.0.0.1:${env.PORT}`, stdout: () => out, stderr: () => err, exited, exit: () => exit, waitForLine }
-}
-
-async function waitReady (server: ServerProcess): Promise<void> {
-  const deadline = Date.now() + READY_TIMEOUT_MS
-  for (;;) {
-    if (server.exit() !== null) throw new Error(`server exited before it was ready\n${describe(server)}`)
-    try {
-      const res = await fetch(`${server.base}/ready`, { signal: AbortSignal.timeout(5000) })
-      await res.arrayBuffer()
-      if (res.status === 200) return
-    } catch {
-      // Not listening yet.
-    }
-    if (Date.now() > deadline) throw new Error(`not ready within ${READY_TIMEOUT_MS} ms\n${describe(server)}`)
-    // /ready is the only readiness signal a process offers; poll it, but wake on an exit.
-    await Promise.race([sleep(20), server.exited])
-  }
-}
-
-function logLines (stdout: string): Array<Record<string, unknown>> {
-  return stdout.split('\n').filter((line) => line.startsWith('{')).flatMap((line) => {
-    try {
-      return [JSON.parse(line) as Record<string, unknown>]
-    } catch {
-      return []
-    }
-  })
-}
+/** warn: the per-request log lines stay out of the hot loop; the lock takeover is a warning. */
+const SERVER_ENV = { LOG_LEVEL: 'warn', TASK_ARCHIVE_DAYS: '0' }
+/** Requests under load may take longer than the default timeout. */
+const call = caller(REQUEST_TIMEOUT_MS)
 
 // ---------------------------------------------------------------------------------------
 // The model: every request, when it was sent and when (if ever) it was answered
@@ -210,20 +97,6 @@ interface Op {
   executed: ExecutedView[]
 }
 
-interface TaskView {
-  id: string
-  instruction: string
-  task_type: string
-  status: string
-  result: string | null
-  error: string | null
-  confidence: number | null
-  created_at: string
-  started_at: string | null
-  completed_at: string | null
-  attempts: number
-}
-
 let tick = 0
 const ops: Op[] = []
 /** Every instruction ever sent → the create that carried it. */
@@ -252,25 +125,6 @@ function finalDelete (session: string): Op | undefined {
 interface Snapshot {
   tick: number
   sessions: Map<string, TaskView[]>
-}
-
-// ---------------------------------------------------------------------------------------
-// HTTP
-// ---------------------------------------------------------------------------------------
-
-interface Reply {
-  status: number
-  body: any
-}
-
-async function call (server: ServerProcess, method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown): Promise<Reply> {
-  const res = await fetch(`${server.base}${path}`, {
-    method,
-    signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
-    ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
-  })
-  const text = await res.text()
-  return { status: res.status, body: text === '' ? null : JSON.parse(text) }
 }
 
 interface RoundState {
@@ -307,34 +161,11 @@ async function tracked (server: ServerProcess, state: RoundState, op: Op, method
 // ---------------------------------------------------------------------------------------
 
 t.test('crash torture: SIGKILL at random moments under concurrent load loses nothing acknowledged', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'taskvault-torture-'))
+  const { dir, spawnRaw: spawnWith, start: startWith } = await scratch(t, { prefix: 'taskvault-torture-', ready: { pollMs: 20 } })
   const storage = join(dir, 'tasks')
-  const children = new Set<ServerProcess>()
-  t.teardown(async () => {
-    await Promise.all([...children].map(async (server) => {
-      if (server.exit() === null) server.child.kill('SIGKILL')
-      await server.exited
-    }))
-    await rm(dir, { recursive: true, force: true, maxRetries: 3 })
-  })
-  const env = { ...baseEnv(), TASK_STORAGE_DIR: storage }
-  const spawnRaw = async (): Promise<ServerProcess> => {
-    const server = spawnServer({ ...env, PORT: String(await freePort()) }, dir)
-    children.add(server)
-    return server
-  }
-  const start = async (): Promise<ServerProcess> => {
-    for (let attempt = 1; ; attempt++) {
-      const server = await spawnRaw()
-      try {
-        await waitReady(server)
-        return server
-      } catch (err) {
-        if (attempt < 4 && server.exit() !== null && /EADDRINUSE/.test(server.stderr() + server.stdout())) continue
-        throw err
-      }
-    }
-  }
+  const env = { ...SERVER_ENV, TASK_STORAGE_DIR: storage }
+  const spawnRaw = async (): Promise<ServerProcess> => spawnWith(baseEnv({ ...env, PORT: String(await freePort()) }))
+  const start = async (): Promise<ServerProcess> => startWith(env)
 
   const unexpected: string[] = []
   let previous: Snapshot | null = null
