@@ -47,8 +47,18 @@ const taskRoutes: FastifyPluginAsyncTypebox = async (app) => {
   })
 
   app.get('/stats', { schema: { response: responses.stats } }, async () => {
-    const { files, bytes, failed_loads: failedLoads, restore_ms: restoreMs, ...counts } = manager.stats()
-    return { ...counts, storage: { dir: app.persistence.location, bytes, files, failed_loads: failedLoads, restore_ms: restoreMs } }
+    const s = manager.stats()
+    return {
+      total_sessions: s.total_sessions,
+      active_sessions: s.active_sessions,
+      completed_sessions: s.completed_sessions,
+      total_tasks: s.total_tasks,
+      completed_tasks: s.completed_tasks,
+      failed_tasks: s.failed_tasks,
+      pending_tasks: s.pending_tasks,
+      in_progress_tasks: s.in_progress_tasks,
+      storage: { dir: app.persistence.location, bytes: s.bytes, files: s.files, failed_loads: s.failed_loads, restore_ms: s.restore_ms }
+    }
   })
 
   app.delete('/sessions/:session_id', { schema: { params: SessionParams, response: responses.remove } }, async (request, reply) => {

@@ -158,8 +158,9 @@ export class SessionRegistry {
     return [...this.slots.entries()].filter(([, slot]) => slot.file !== null).map(([id]) => id)
   }
 
+  /** The live totals; callers copy what they keep. */
   stats (): Readonly<Totals> {
-    return { ...this.totals }
+    return this.totals
   }
 
   /** Resolves once every queued change has been written or has failed. */

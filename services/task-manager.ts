@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { InvalidSessionIdError, LimitExceededError, NoPendingTaskError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError } from './errors.js'
 import { checkExecutionResult, executorFor, resolveExecutors, type ExecutorMap } from './executors.js'
@@ -97,6 +98,8 @@ export class TaskManager {
     this.log = options.logger ?? silent
     this.limits = { ...DEFAULT_LIMITS, ...options.limits }
     this.registry = new SessionRegistry({ store: this.store, autoSave: this.autoSave, clock: this.clock })
+    // Every running execution listens on this one signal; many at once is normal, not a leak.
+    setMaxListeners(0, this.abort.signal)
   }
 
   /** True once restore has finished and until shutdown begins. */
@@ -178,8 +181,23 @@ export class TaskManager {
     return { total: all.length, sessions: all.slice(offset, offset + limit) }
   }
 
+  /** Named fields, not spreads: spreads build slow dictionary-mode objects on this hot path. */
   stats (): ManagerStats {
-    return { ...this.registry.stats(), failed_loads: this.restored?.failedLoads ?? 0, restore_ms: this.restored?.ms ?? 0 }
+    const t = this.registry.stats()
+    return {
+      total_sessions: t.total_sessions,
+      active_sessions: t.active_sessions,
+      completed_sessions: t.completed_sessions,
+      total_tasks: t.total_tasks,
+      completed_tasks: t.completed_tasks,
+      failed_tasks: t.failed_tasks,
+      pending_tasks: t.pending_tasks,
+      in_progress_tasks: t.in_progress_tasks,
+      bytes: t.bytes,
+      files: t.files,
+      failed_loads: this.restored?.failedLoads ?? 0,
+      restore_ms: this.restored?.ms ?? 0
+    }
   }
 
   /** Runs the next pending task. 409s: already executing, or nothing pending. */

@@ -1,0 +1,74 @@
+// Starting the server children and driving them with autocannon (loopback, bounded by duration).
+import { fork } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import autocannon from 'autocannon'
+
+const CHILD = fileURLToPath(new URL('../server-child.mjs', import.meta.url))
+
+/** Forks a server child (node flags in `execArgv`, e.g. --cpu-prof); resolves with { port, url, stop() } once it listens. */
+export function startServer ({ execArgv = [], ...options }) {
+  const child = fork(CHILD, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv })
+  return new Promise((resolve, reject) => {
+    const onExit = (code) => reject(new Error(`server child (${options.kind}) exited with ${code} before listening`))
+    child.once('exit', onExit)
+    child.once('message', (message) => {
+      if (message.type !== 'ready') {
+        child.off('exit', onExit)
+        reject(new Error(`server child (${options.kind}) failed: ${message.message}`))
+        return
+      }
+      child.off('exit', onExit)
+      const url = `http://127.0.0.1:${message.port}`
+      resolve({
+        port: message.port,
+        url,
+        child,
+        cpu: () => new Promise((done) => {
+          const onMessage = (m) => { if (m.type === 'cpu') { child.off('message', onMessage); done(m.usage) } }
+          child.on('message', onMessage)
+          child.send({ type: 'cpu' })
+        }),
+        stop: () => new Promise((done) => {
+          const timer = setTimeout(() => { child.kill('SIGKILL') }, 15_000)
+          child.once('exit', () => { clearTimeout(timer); done() })
+          child.send({ type: 'stop' })
+        })
+      })
+    })
+    child.send({ type: 'start', ...options })
+  })
+}
+
+/**
+ * One autocannon run against `server`; returns req/s (2xx only), latency percentiles (ms),
+ * error counts, and the server's CPU time per request (µs).
+ */
+export async function load (server, options) {
+  const before = await server.cpu()
+  const result = await cannon({ url: server.url, ...options })
+  const after = await server.cpu()
+  const cpuUs = (after.user - before.user) + (after.system - before.system)
+  return { ...result, server_cpu_us_per_req: cpuUs / Math.max(1, result.requests) }
+}
+
+/** One autocannon run; returns req/s (2xx only), latency percentiles (ms) and error counts. */
+export function cannon (options) {
+  return new Promise((resolve, reject) => {
+    // sampleInt 100 ms: autocannon checks for the end of a run once per sample, so short runs end on time.
+    autocannon({ connections: 50, pipelining: 1, sampleInt: 100, ...options }, (err, result) => {
+      if (err) return reject(err)
+      const seconds = Math.max(result.duration, 1e-9)
+      resolve({
+        rps: result['2xx'] / seconds,
+        p50_ms: result.latency.p50,
+        p99_ms: result.latency.p99,
+        requests: result.requests.total,
+        ok: result['2xx'],
+        non2xx: result.non2xx,
+        errors: result.errors,
+        timeouts: result.timeouts,
+        duration_s: result.duration
+      })
+    })
+  })
+}

@@ -1,0 +1,57 @@
+// A server in its own process, so autocannon (in the parent) and the server do not share an
+// event loop. The parent sends one `start` message and later `stop`; loopback only.
+//   kind 'app'          the real service: buildApp from dist/, restored from `dir`
+//   kind 'bare-create'  bare Fastify POST doing the raw durable save of the app's bytes
+//   kind 'bare-get'     bare Fastify GETs answering precomputed JSON
+import Fastify from 'fastify'
+import { rawDurableSave } from './lib/durable.mjs'
+
+let app = null
+
+process.on('message', async (message) => {
+  try {
+    if (message.type === 'start') {
+      app = await start(message)
+      const address = await app.listen({ host: '127.0.0.1', port: 0 })
+      process.send({ type: 'ready', port: new URL(address).port })
+    } else if (message.type === 'cpu') {
+      // CPU time of the server process, so the parent can report CPU per request (robust to a busy machine).
+      process.send({ type: 'cpu', usage: process.cpuUsage() })
+    } else if (message.type === 'stop') {
+      await app?.close()
+      process.send({ type: 'stopped' }, () => process.exit(0))
+    }
+  } catch (err) {
+    process.send({ type: 'error', message: err?.stack ?? String(err) }, () => process.exit(1))
+  }
+})
+
+async function start ({ kind, dir, config = {}, template, templateId, responseTemplate, bodies }) {
+  if (kind === 'app') {
+    const { buildApp } = await import('../dist/app.js')
+    const server = await buildApp({
+      readEnvironment: false,
+      config: { TASK_STORAGE_DIR: dir, TASK_ARCHIVE_DAYS: 0, LOG_LEVEL: 'silent', ...config }
+    })
+    await server.ready()
+    return server
+  }
+  const server = Fastify({ logger: false })
+  if (kind === 'bare-create') {
+    // The exact file the app wrote for a 3-task session, with the session id swapped in.
+    const fileParts = template.split(templateId)
+    const responseParts = responseTemplate.split(templateId)
+    server.post('/api/v1/tasks/create', async (request, reply) => {
+      const id = request.body.session_id
+      await rawDurableSave(dir, `${id}.json`, Buffer.from(fileParts.join(id), 'utf8'))
+      return reply.type('application/json; charset=utf-8').send(responseParts.join(id))
+    })
+  } else if (kind === 'bare-get') {
+    for (const [path, body] of Object.entries(bodies)) {
+      server.get(path, async (_request, reply) => reply.type('application/json; charset=utf-8').send(body))
+    }
+  } else {
+    throw new Error(`unknown server kind ${kind}`)
+  }
+  return server
+}
