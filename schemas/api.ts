@@ -74,7 +74,7 @@ export type SessionQuery = Static<typeof SessionQuery>
 export const ListQuery = Type.Object({
   session_id: SessionId,
   limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
-  offset: Type.Integer({ minimum: 0, default: 0 })
+  offset: Type.Integer({ minimum: 0, maximum: 1_000_000_000, default: 0 })
 }, { additionalProperties: false })
 export type ListQuery = Static<typeof ListQuery>
 
