@@ -1,6 +1,6 @@
 import { constants } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
-import { join, resolve, sep } from 'node:path'
+import { dirname, join, resolve, sep } from 'node:path'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import pLimit from 'p-limit'
 import { SessionFile, StoredSessionFile, SESSION_ID_PATTERN } from '../schemas/session.js'
@@ -62,6 +62,8 @@ export class FileSessionStore implements SessionStore {
     let replaced: LockHolder | null = null
     try {
       await this.fs.ensureDir(this.dir, DIR_MODE)
+      // A folder created just now is durable only once its parent's entry is.
+      await this.fsyncDir(dirname(this.dir)).catch(noop)
       if (this.lock !== null) replaced = await this.lock.acquire()
       await this.fs.chmod(this.dir, DIR_MODE)
       // Prove the folder is writable now rather than on the first client's request.
