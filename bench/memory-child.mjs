@@ -20,10 +20,10 @@ for (let i = 0; i < 3; i++) {
 const memory = process.memoryUsage()
 process.stdout.write(JSON.stringify({
   ready_ms: readyMs,
-  restore_ms: stats.restore_ms,
+  restore_ms: stats.storage.restore_ms,
   sessions: stats.total_sessions,
   tasks: stats.total_tasks,
-  bytes: stats.bytes,
+  bytes: stats.storage.bytes,
   rss: memory.rss,
   heap_used: memory.heapUsed,
   external: memory.external + memory.arrayBuffers

@@ -46,20 +46,7 @@ const taskRoutes: FastifyPluginAsyncTypebox = async (app) => {
     return { session_id: sessionId, created_at: file.created_at, updated_at: file.updated_at, current_index: file.session.current_index, total: tasks.length, tasks }
   })
 
-  app.get('/stats', { schema: { response: responses.stats } }, async () => {
-    const s = manager.stats()
-    return {
-      total_sessions: s.total_sessions,
-      active_sessions: s.active_sessions,
-      completed_sessions: s.completed_sessions,
-      total_tasks: s.total_tasks,
-      completed_tasks: s.completed_tasks,
-      failed_tasks: s.failed_tasks,
-      pending_tasks: s.pending_tasks,
-      in_progress_tasks: s.in_progress_tasks,
-      storage: { dir: app.persistence.location, bytes: s.bytes, files: s.files, failed_loads: s.failed_loads, restore_ms: s.restore_ms }
-    }
-  })
+  app.get('/stats', { schema: { response: responses.stats } }, async () => manager.stats())
 
   app.delete('/sessions/:session_id', { schema: { params: SessionParams, response: responses.remove } }, async (request, reply) => {
     await manager.delete(request.params.session_id)

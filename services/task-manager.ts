@@ -59,9 +59,9 @@ export interface RestoreReport {
   ms: number
 }
 
-export interface ManagerStats extends Totals {
-  failed_loads: number
-  restore_ms: number
+/** The seed's counts plus storage figures: what GET /stats serves. */
+export interface ManagerStats extends Omit<Totals, 'bytes' | 'files'> {
+  storage: { dir: string, bytes: number, files: number, failed_loads: number, restore_ms: number }
 }
 
 /** The reserved id that the list endpoint reads as "every session". */
@@ -193,10 +193,13 @@ export class TaskManager {
       failed_tasks: t.failed_tasks,
       pending_tasks: t.pending_tasks,
       in_progress_tasks: t.in_progress_tasks,
-      bytes: t.bytes,
-      files: t.files,
-      failed_loads: this.restored?.failedLoads ?? 0,
-      restore_ms: this.restored?.ms ?? 0
+      storage: {
+        dir: this.store.location,
+        bytes: t.bytes,
+        files: t.files,
+        failed_loads: this.restored?.failedLoads ?? 0,
+        restore_ms: this.restored?.ms ?? 0
+      }
     }
   }
 
