@@ -29,6 +29,16 @@ const P = QUICK
 const rows = []
 const sections = {}
 const cleanup = new Set()
+/** A temp folder removed at the end even if the run is interrupted. */
+function trackedDir (name) {
+  const dir = tempDir(name)
+  cleanup.add(dir)
+  return dir
+}
+function dropDir (dir) {
+  removeDir(dir)
+  cleanup.delete(dir)
+}
 const benchStarted = now()
 
 const wanted = (name) => ONLY === null || ONLY.includes(name)
@@ -75,8 +85,7 @@ const THREE_TASK_TEXT = '1. Write code for the binary search function\n2. Analyz
 // ---------------------------------------------------------------------------------------------
 // 1. Sequential save of one 3 KB session: store.save vs raw sequence vs write-file-atomic.
 async function benchSave () {
-  const dir = tempDir('save')
-  cleanup.add(dir)
+  const dir = trackedDir('save')
   const store = new FileSessionStore({ dir })
   await store.init()
   const file = sessionOfBytes('save_one', 3072)
@@ -115,15 +124,13 @@ async function benchSave () {
   row('save 3 KB session, p50 vs write-file-atomic', { ours: res.ours.p50_ms, floor: res.peer.p50_ms, floorLabel: 'write-file-atomic (no folder fsync)', unit: 'ms', ratio: res.ours.p50_ms / res.peer.p50_ms, ratioOf: 'ours/peer', goal: '< 1 (beat it)', met: res.ours.p50_ms < res.peer.p50_ms })
   row('save 3 KB session, p99 vs write-file-atomic', { ours: res.ours.p99_ms, floor: res.peer.p99_ms, floorLabel: 'write-file-atomic (no folder fsync)', unit: 'ms', ratio: res.ours.p99_ms / res.peer.p99_ms, ratioOf: 'ours/peer' })
   await store.close()
-  removeDir(dir)
-  cleanup.delete(dir)
+  dropDir(dir)
 }
 
 // ---------------------------------------------------------------------------------------------
 // 2. 100 concurrent saves to distinct sessions.
 async function benchConcurrent () {
-  const dir = tempDir('concurrent')
-  cleanup.add(dir)
+  const dir = trackedDir('concurrent')
   const store = new FileSessionStore({ dir })
   await store.init()
   const files = Array.from({ length: 100 }, (_, i) => sessionOfBytes(`c${String(i).padStart(3, '0')}`, 3072))
@@ -157,15 +164,13 @@ async function benchConcurrent () {
   row('100 concurrent saves, distinct sessions', { ours: res.ours.saves_per_s, floor: res.floor.saves_per_s, floorLabel: 'raw sequence x100 at once', unit: 'saves/s', ratio, ratioOf: 'ours/floor', goal: '>= 0.9', met: ratio >= 0.9 })
   row('100 concurrent saves vs write-file-atomic', { ours: res.ours.saves_per_s, floor: res.peer.saves_per_s, floorLabel: 'write-file-atomic x100 at once', unit: 'saves/s', ratio: res.ours.saves_per_s / res.peer.saves_per_s, ratioOf: 'ours/peer' })
   await store.close()
-  removeDir(dir)
-  cleanup.delete(dir)
+  dropDir(dir)
 }
 
 // ---------------------------------------------------------------------------------------------
 // 3. 1,000 updates to one session through the registry (coalescing) vs 1,000 raw saves.
 async function benchUpdates () {
-  const dir = tempDir('updates')
-  cleanup.add(dir)
+  const dir = trackedDir('updates')
   const inner = new FileSessionStore({ dir })
   await inner.init()
   const { store, counter } = countingStore(inner)
@@ -223,8 +228,7 @@ async function benchUpdates () {
   const speedup = res.floor.ms / res.paced.ms
   row(`${N} updates to one session (1 per loop turn; ${res.paced.writes} writes)`, { ours: res.paced.ms, floor: res.floor.ms, floorLabel: `raw sequence x${N}`, unit: 'ms', ratio: speedup, ratioOf: 'floor/ours (speed-up)', goal: '>= 5, last update on disk', met: speedup >= 5 && allHeld })
   row(`${N} updates to one session (one burst; ${res.burst.writes} writes)`, { ours: res.burst.ms, floor: res.floor.ms, floorLabel: `raw sequence x${N}`, unit: 'ms', ratio: res.floor.ms / res.burst.ms, ratioOf: 'floor/ours (speed-up)', goal: '>= 5, last update on disk', met: res.floor.ms / res.burst.ms >= 5 && allHeld })
-  removeDir(dir)
-  cleanup.delete(dir)
+  dropDir(dir)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -396,8 +400,7 @@ async function benchCreate () {
   let warmups = 0
   const close = async ({ server, dir }) => {
     await server.stop()
-    removeDir(dir)
-    cleanup.delete(dir)
+    dropDir(dir)
   }
   const open = async (name) => {
     const dir = tempDir(`create-${name}`)
@@ -492,13 +495,11 @@ async function benchAutosave () {
   // The floor replays the same writes with the raw sequence: per session the file is created,
   // then rewritten once per save the manager made (1 create + 2 per execute), same sizes.
   const floorRun = async () => {
-    const dir = tempDir('autosave-floor')
-    cleanup.add(dir)
+    const dir = trackedDir('autosave-floor')
     const t = now()
     for (let s = 0; s < M; s++) for (const data of saveBytes) await rawDurableSave(dir, `auto_${s}.json`, data)
     runs.floor.push((now() - t) / (4 * M))
-    removeDir(dir)
-    cleanup.delete(dir)
+    dropDir(dir)
   }
   for (let r = 0; r < P.rounds; r++) {
     if (saveBytes === null) {
@@ -542,8 +543,7 @@ async function benchAutosave () {
       runs[mode].push(ms / (4 * M))
       await manager.close()
       await inner.close()
-      removeDir(dir)
-      cleanup.delete(dir)
+      dropDir(dir)
     })])
   }
   const on = median(runs.on)
@@ -581,8 +581,7 @@ async function benchExecute () {
       if (mode === 'on') saves.push(counter.saves - before)
       await manager.close()
       await inner.close()
-      removeDir(dir)
-      cleanup.delete(dir)
+      dropDir(dir)
     }))
   }
   const on = median(runs.on)
