@@ -1,4 +1,4 @@
-import { setMaxListeners } from 'node:events'
+import { EventEmitter, setMaxListeners } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { InvalidSessionIdError, LimitExceededError, NoPendingTaskError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError } from './errors.js'
 import { checkExecutionResult, executorFor, resolveExecutors, type ExecutorMap } from './executors.js'
@@ -64,6 +64,23 @@ export interface ManagerStats extends Omit<Totals, 'bytes' | 'files'> {
   storage: { dir: string, bytes: number, files: number, failed_loads: number, restore_ms: number }
 }
 
+/** One call to an agent, for metrics and logs. `agent` is the routing key that chose it (a task type or `default`). */
+export interface AgentCallEvent {
+  session_id: string
+  task_id: string
+  task_type: Task['task_type']
+  agent: string
+  attempt: number
+  outcome: 'ok' | 'error' | 'timeout' | 'aborted' | 'cancelled'
+  ms: number
+}
+
+/** What the manager reports as it works; observers (metrics) subscribe without the manager knowing them. */
+export interface TaskManagerEvents {
+  'agent-call': [AgentCallEvent]
+  restore: [RestoreReport]
+}
+
 /** The reserved id that the list endpoint reads as "every session". */
 export const ALL_SESSIONS = 'all'
 
@@ -75,6 +92,7 @@ const silent: Logger = { info () {}, warn () {}, error () {} }
  */
 export class TaskManager {
   readonly registry: SessionRegistry
+  readonly events = new EventEmitter<TaskManagerEvents>()
   private readonly store: SessionStore
   private readonly executors: ExecutorMap
   private readonly autoSave: boolean
@@ -105,6 +123,11 @@ export class TaskManager {
   /** True once restore has finished and until shutdown begins. */
   get ready (): boolean {
     return this.restored !== null && this.stopping === null
+  }
+
+  /** Executions (execute, execute-all, background runs) in flight now. */
+  get runningCount (): number {
+    return this.running.size
   }
 
   get shuttingDown (): boolean {
@@ -139,6 +162,7 @@ export class TaskManager {
     const ms = Math.round((performance.now() - started) * 100) / 100
     this.restored = { sessions: sessions.length, failedLoads: failures.length, resetTasks, ms }
     this.log.info({ sessions: sessions.length, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from disk`)
+    this.events.emit('restore', this.restored)
     return this.restored
   }
 
@@ -322,11 +346,20 @@ export class TaskManager {
     if (started === null) return null
     const signal = this.abort.signal
     let outcome: Pick<Task, 'status' | 'result' | 'error' | 'confidence' | 'result_truncated'>
+    const callStarted = performance.now()
+    const agent = this.executors[started.task_type] === undefined ? 'default' : started.task_type
+    const report = (result: AgentCallEvent['outcome']): void => {
+      this.events.emit('agent-call', { session_id: sessionId, task_id: started.id, task_type: started.task_type, agent, attempt: started.attempts, outcome: result, ms: performance.now() - callStarted })
+    }
     try {
       const executor = executorFor(this.executors, started.task_type)
       // Executors are user code: a synchronous throw fails the task like a rejection does.
       const call = Promise.resolve().then(() => executor(started, { session_id: sessionId, attempt: started.attempts, signal }))
-      const value = await abortable(call, signal)
+      const value = await abortable(call, signal).catch((err: unknown) => {
+        report(signal.aborted ? 'aborted' : 'error')
+        throw err
+      })
+      report('ok')
       const { result, confidence } = checkExecutionResult(value)
       const cut = truncateUtf8(result, this.limits.maxResultBytes)
       if (cut.truncated) this.log.warn({ session_id: sessionId, task_id: started.id, limit: this.limits.maxResultBytes }, 'Agent result truncated to TASK_MAX_RESULT_BYTES')
