@@ -9,7 +9,7 @@ import { errorHandler } from './routes/error-handler.js'
 import healthRoutes from './routes/health.js'
 import { createValidatorCompiler } from './routes/validation.js'
 import taskRoutes from './routes/tasks.js'
-import type { ExecutorMap } from './services/executors.js'
+import type { Executors } from './services/executors.js'
 import type { FsSeam } from './services/fs-seam.js'
 
 export interface BuildAppOptions {
@@ -17,8 +17,12 @@ export interface BuildAppOptions {
   config?: ConfigPluginOptions['values']
   /** Read `process.env` and `.env` (default true). */
   readEnvironment?: boolean
-  /** Agents by task type; the echo demo agent is used for types without one. */
-  executors?: Partial<ExecutorMap>
+  /** Programmatic agents by task type or `default`; they take precedence over TASK_AGENTS. */
+  executors?: Executors
+  /** Agent specs in the TASK_AGENTS shape, instead of the setting. */
+  agents?: Record<string, unknown>
+  /** Environment that agent specs read secrets from (default process.env). */
+  env?: NodeJS.ProcessEnv
   /** File-system seam of the store, for fault injection. */
   fs?: FsSeam
   /** Time source for timestamps and archiving. */
@@ -47,7 +51,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   await app.register(configPlugin, { values: options.config, readEnvironment: options.readEnvironment })
   await app.register(authPlugin)
   await app.register(persistencePlugin, { fs: options.fs })
-  await app.register(taskManagerPlugin, { executors: options.executors, clock: options.clock })
+  await app.register(taskManagerPlugin, { executors: options.executors, agents: options.agents, env: options.env, clock: options.clock })
   await app.register(archiverPlugin, { clock: options.clock })
 
   await app.register(healthRoutes)

@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
-import type { ExecutorMap } from '../services/executors.js'
+import { parseAgentsConfig, type AgentsConfig } from '../services/agents/spec.js'
+import type { Executors } from '../services/executors.js'
 import { TaskManager } from '../services/task-manager.js'
 
 declare module 'fastify' {
@@ -9,8 +10,12 @@ declare module 'fastify' {
 }
 
 export interface TaskManagerPluginOptions {
-  /** Agents by task type; these take precedence over configured ones. */
-  executors?: Partial<ExecutorMap>
+  /** Programmatic agents by task type or `default`; these take precedence over configured ones. */
+  executors?: Executors
+  /** Agent specs (the TASK_AGENTS shape); used instead of the TASK_AGENTS setting when given. */
+  agents?: Record<string, unknown>
+  /** Where agent specs' `api_key_env` and `headers_env` are looked up (default process.env). */
+  env?: NodeJS.ProcessEnv
   clock?: () => Date
 }
 
@@ -21,9 +26,15 @@ export interface TaskManagerPluginOptions {
  */
 export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (app, options) {
   const config = app.config
+  const env = options.env ?? process.env
+  const agents = agentsConfig(options.agents ?? config.TASK_AGENTS, env)
   const manager = new TaskManager({
     store: app.persistence,
     executors: options.executors,
+    agents,
+    env,
+    maxInterruptions: config.TASK_MAX_INTERRUPTIONS,
+    resumeOnStart: config.TASK_RESUME_ON_START,
     autoSave: config.TASK_AUTO_SAVE,
     restoreConcurrency: config.TASK_RESTORE_CONCURRENCY,
     shutdownGraceMs: config.TASK_SHUTDOWN_GRACE_MS,
@@ -37,6 +48,11 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
     logger: app.log
   })
   app.decorate('taskManager', manager)
+  const routing = Object.fromEntries(Object.entries(manager.agents).map(([key, agent]) => [key, agent.kind]))
+  if (agents === undefined && options.executors === undefined) {
+    app.log.warn('TASK_AGENTS is not set: every task goes to the echo demo agent, which returns the instruction as its result')
+  }
+  app.log.info({ agents: routing }, 'Agents by task type')
   app.addHook('onReady', async () => {
     await manager.restore()
   })
@@ -54,3 +70,9 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
     if (manager.shuttingDown) reply.header('connection', 'close')
   })
 }, { name: 'taskvault-task-manager', fastify: '5.x', dependencies: ['taskvault-config', 'taskvault-persistence'] })
+
+/** The `agents` option or the TASK_AGENTS setting, validated; undefined when neither names agents. */
+function agentsConfig (source: Record<string, unknown> | string, env: NodeJS.ProcessEnv): AgentsConfig | undefined {
+  if (typeof source === 'string' && source.trim() === '') return undefined
+  return parseAgentsConfig(source, env)
+}

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { CreateBody, ListQuery, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
+import { CreateBody, ExecuteAllBody, ListQuery, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
 import { InvalidInstructionsError } from '../services/errors.js'
 import { classifyTask, parseInstructions } from '../services/parser.js'
 import type { TaskSpec } from '../services/session.js'
@@ -27,15 +27,25 @@ const taskRoutes: FastifyPluginAsyncTypebox = async (app) => {
     return { ...task, progress }
   })
 
-  app.post('/execute-all', { bodyLimit, schema: { body: SessionIdBody, response: responses.executeAll } }, async (request) => {
-    const sessionId = request.body.session_id
+  app.post('/execute-all', { bodyLimit, schema: { body: ExecuteAllBody, response: responses.executeAll } }, async (request, reply) => {
+    const { session_id: sessionId, wait } = request.body
+    if (!wait) {
+      const progress = await manager.startBackgroundRun(sessionId)
+      return reply.code(202).send({ session_id: sessionId, status: 'running' as const, progress })
+    }
     const { results, progress } = await manager.executeAll(sessionId)
     return { session_id: sessionId, total_executed: results.length, results, progress }
   })
 
+  app.post('/cancel', { bodyLimit, schema: { body: SessionIdBody, response: responses.cancel } }, async (request) => {
+    const sessionId = request.body.session_id
+    const { cancelled_task_id: cancelledTaskId, progress } = await manager.cancel(sessionId)
+    return { session_id: sessionId, cancelled_task_id: cancelledTaskId, progress }
+  })
+
   app.get('/progress', { schema: { querystring: SessionQuery, response: responses.progress } }, async (request) => {
     const sessionId = request.query.session_id
-    return { session_id: sessionId, ...manager.progress(sessionId) }
+    return { session_id: sessionId, ...manager.progress(sessionId), running: manager.isRunning(sessionId) }
   })
 
   app.get('/list', { schema: { querystring: ListQuery, response: responses.list } }, async (request) => {

@@ -47,7 +47,11 @@ export const Progress = Type.Object({
   percentage: Type.Number()
 })
 
-export const ProgressResponse = Type.Composite([Type.Object({ session_id: SessionId }), Progress])
+export const ProgressResponse = Type.Composite([
+  Type.Object({ session_id: SessionId }),
+  Progress,
+  Type.Object({ running: Type.Boolean({ description: 'An execution (foreground or background) holds the session now' }) })
+])
 
 const ExecutedTask = Type.Object({
   task_id: Type.String(),
@@ -65,6 +69,24 @@ export const ExecuteAllResponse = Type.Object({
   session_id: SessionId,
   total_executed: Type.Integer(),
   results: Type.Array(ExecutedTask),
+  progress: Progress
+})
+
+export const ExecuteAllBody = Type.Object({
+  session_id: SessionId,
+  wait: Type.Boolean({ default: true, description: 'false: answer 202 at once and run in the background; a restart resumes the run' })
+}, { additionalProperties: false })
+export type ExecuteAllBody = Static<typeof ExecuteAllBody>
+
+export const BackgroundRunResponse = Type.Object({
+  session_id: SessionId,
+  status: Type.Literal('running'),
+  progress: Progress
+})
+
+export const CancelResponse = Type.Object({
+  session_id: SessionId,
+  cancelled_task_id: Nullable(Type.String({ description: 'The task failed with "cancelled", if one was running' })),
   progress: Progress
 })
 
@@ -128,7 +150,8 @@ export const ReadyResponse = Type.Object({ status: Type.Literal('ready'), sessio
 export const responses = {
   create: { 200: CreateResponse, ...errors(400, 401, 413, 415, 503, 507) },
   execute: { 200: ExecuteResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
-  executeAll: { 200: ExecuteAllResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
+  executeAll: { 200: ExecuteAllResponse, 202: BackgroundRunResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
+  cancel: { 200: CancelResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   progress: { 200: ProgressResponse, ...errors(400, 401, 404) },
   list: { 200: ListResponse, ...errors(400, 401, 404) },
   stats: { 200: StatsResponse, ...errors(401) },

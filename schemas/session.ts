@@ -32,15 +32,21 @@ export const Task = Type.Object({
   completed_at: Nullable(Timestamp),
   attempts: Type.Integer({ minimum: 0 }),
   /** Set when the agent's result was longer than TASK_MAX_RESULT_BYTES and was cut. */
-  result_truncated: Type.Optional(Type.Boolean())
+  result_truncated: Type.Optional(Type.Boolean()),
+  /** Restarts that found this task running; at TASK_MAX_INTERRUPTIONS it is failed instead of run again. */
+  interruptions: Type.Optional(Type.Integer({ minimum: 0 }))
 })
 export type Task = Static<typeof Task>
+
+/** A background run (execute-all with wait:false) in progress; it resumes after a restart. */
+export const BackgroundRun = Type.Object({ started_at: Timestamp })
 
 /** The seed's "Session File Format": what every `<session_id>.json` holds. */
 export const SessionFile = Type.Object({
   session_id: SessionId,
   created_at: Timestamp,
   updated_at: Timestamp,
+  background_run: Type.Optional(BackgroundRun),
   session: Type.Object({
     session_id: SessionId,
     tasks: Type.Array(Task),
@@ -65,13 +71,15 @@ const StoredTask = Type.Object({
   started_at: Type.Optional(Nullable(Timestamp)),
   completed_at: Type.Optional(Nullable(Timestamp)),
   attempts: Type.Optional(Type.Integer({ minimum: 0 })),
-  result_truncated: Type.Optional(Type.Boolean())
+  result_truncated: Type.Optional(Type.Boolean()),
+  interruptions: Type.Optional(Type.Integer({ minimum: 0 }))
 })
 
 export const StoredSessionFile = Type.Object({
   session_id: SessionId,
   created_at: Timestamp,
   updated_at: Timestamp,
+  background_run: Type.Optional(BackgroundRun),
   session: Type.Object({
     session_id: SessionId,
     tasks: Type.Array(StoredTask),

@@ -88,3 +88,39 @@ export class CorruptSessionFileError extends TaskvaultError {
     super('CORRUPT_SESSION_FILE', `${fileName}: ${reason}`)
   }
 }
+
+/** TASK_AGENTS (or the `agents` option) is not a valid agent configuration. Stops the boot. */
+export class InvalidAgentConfigError extends TaskvaultError {
+  constructor (message: string) {
+    super('INVALID_AGENT_CONFIG', message)
+  }
+}
+
+/**
+ * A failed agent call. `transient` ones (network errors, timeouts, 5xx, 429) are retried up to
+ * the agent's `max_attempts`; the others fail the task at once. Executors may throw it too.
+ */
+export class AgentError extends TaskvaultError {
+  readonly transient: boolean
+  /** The agent asked to wait this long before the next call (Retry-After). */
+  readonly retryAfterMs: number | null
+  constructor (message: string, options: { transient?: boolean, retryAfterMs?: number | null, cause?: unknown } = {}) {
+    super('AGENT_FAILED', message, { cause: options.cause })
+    this.transient = options.transient ?? false
+    this.retryAfterMs = options.retryAfterMs ?? null
+  }
+}
+
+/** A client stopped the session's execution (POST /cancel). */
+export class CancelledError extends TaskvaultError {
+  constructor () {
+    super('CANCELLED', 'cancelled')
+  }
+}
+
+/** POST /cancel on a session with nothing running. */
+export class NotRunningError extends TaskvaultError {
+  constructor (sessionId: string) {
+    super('NOT_RUNNING', `session '${sessionId}' has no execution running`)
+  }
+}

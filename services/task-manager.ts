@@ -1,7 +1,9 @@
 import { EventEmitter, setMaxListeners } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { InvalidSessionIdError, LimitExceededError, NoPendingTaskError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError } from './errors.js'
-import { checkExecutionResult, executorFor, resolveExecutors, type ExecutorMap } from './executors.js'
+import { callAgent, errorMessage } from './agent-call.js'
+import type { AgentsConfig } from './agents/spec.js'
+import { AgentError, CancelledError, InvalidSessionIdError, LimitExceededError, NoPendingTaskError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError } from './errors.js'
+import { agentFor, resolveAgents, retryDelay, type AgentRoutes, type ExecutionResult, type Executors } from './executors.js'
 import { appendTasks, finishedAt, isoNow, newSessionFile, truncateUtf8, type Progress, type SessionFile, type Task, type TaskSpec } from './session.js'
 import { SessionRegistry, unchanged, type Draft, type SessionSummary, type Totals } from './session-registry.js'
 import type { SessionStore } from './store.js'
@@ -32,7 +34,16 @@ export const DEFAULT_LIMITS: Limits = {
 export interface TaskManagerOptions {
   store: SessionStore
   limits?: Partial<Limits>
-  executors?: Partial<ExecutorMap>
+  /** Programmatic agents by task type or `default`; they take precedence over `agents`. */
+  executors?: Executors
+  /** Configured agents (the TASK_AGENTS setting, parsed). Unset: the echo demo agent. */
+  agents?: AgentsConfig
+  /** Where agents read the secrets their specs name (default process.env). */
+  env?: NodeJS.ProcessEnv
+  /** Restarts that may find a task running before it is failed instead of run again (default 3). */
+  maxInterruptions?: number
+  /** Resume background runs a restart interrupted (default true). */
+  resumeOnStart?: boolean
   /** Save on every change (default). Off: save only at graceful shutdown. */
   autoSave?: boolean
   restoreConcurrency?: number
@@ -94,7 +105,10 @@ export class TaskManager {
   readonly registry: SessionRegistry
   readonly events = new EventEmitter<TaskManagerEvents>()
   private readonly store: SessionStore
-  private readonly executors: ExecutorMap
+  readonly agents: AgentRoutes
+  private readonly maxInterruptions: number
+  private readonly resumeOnStart: boolean
+  private readonly runs = new Map<string, Run>()
   private readonly autoSave: boolean
   private readonly restoreConcurrency: number
   private readonly shutdownGraceMs: number
@@ -108,7 +122,9 @@ export class TaskManager {
 
   constructor (options: TaskManagerOptions) {
     this.store = options.store
-    this.executors = resolveExecutors(options.executors)
+    this.agents = resolveAgents(options.executors, options.agents, options.env)
+    this.maxInterruptions = options.maxInterruptions ?? 3
+    this.resumeOnStart = options.resumeOnStart ?? true
     this.autoSave = options.autoSave ?? true
     this.restoreConcurrency = options.restoreConcurrency ?? 32
     this.shutdownGraceMs = options.shutdownGraceMs ?? 10_000
@@ -144,18 +160,18 @@ export class TaskManager {
     if (removedTempFiles > 0) this.log.warn({ count: removedTempFiles }, 'Removed temp files left by interrupted saves')
     let resetTasks = 0
     const resets: Array<Promise<unknown>> = []
+    const backgroundRuns: string[] = []
     for (const { file, bytes } of sessions) {
-      const interrupted = file.session.tasks.filter((task) => task.status === 'InProgress')
-      if (interrupted.length === 0) {
-        this.registry.load(file, bytes)
-        continue
-      }
-      resetTasks += interrupted.length
-      this.log.warn({ session_id: file.session_id, task_ids: interrupted.map((task) => task.id) }, 'Task was interrupted; set back to Pending')
-      // Loaded as stored, then the reset goes through a normal durable change.
+      // Loaded as stored; a reset then goes through a normal durable change.
       this.registry.load(file, bytes)
+      if (file.background_run !== undefined) backgroundRuns.push(file.session_id)
+      const interrupted = file.session.tasks.filter((task) => task.status === 'InProgress')
+      if (interrupted.length === 0) continue
+      resetTasks += interrupted.length
       resets.push(this.registry.change(file.session_id, (draft) => {
-        for (const task of liveFile(draft).session.tasks) if (task.status === 'InProgress') task.status = 'Pending'
+        for (const task of liveFile(draft).session.tasks) {
+          if (task.status === 'InProgress') this.interrupted(file.session_id, task, draft.now)
+        }
       }).catch((err: Error) => this.log.error({ session_id: file.session_id, err }, 'Could not save the reset of interrupted tasks')))
     }
     await Promise.all(resets)
@@ -163,7 +179,25 @@ export class TaskManager {
     this.restored = { sessions: sessions.length, failedLoads: failures.length, resetTasks, ms }
     this.log.info({ sessions: sessions.length, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from disk`)
     this.events.emit('restore', this.restored)
+    if (this.resumeOnStart) this.resumeBackgroundRuns(backgroundRuns)
+    else if (backgroundRuns.length > 0) this.log.warn({ sessions: backgroundRuns.length }, 'Background runs not resumed (TASK_RESUME_ON_START=false)')
     return this.restored
+  }
+
+  /**
+   * A task found running at restore was interrupted by a crash or shutdown. It runs again,
+   * unless that has happened TASK_MAX_INTERRUPTIONS times: a task that kills the process must not loop forever.
+   */
+  private interrupted (sessionId: string, task: Task, now: Date): void {
+    const count = (task.interruptions ?? 0) + 1
+    task.interruptions = count
+    if (count >= this.maxInterruptions) {
+      Object.assign(task, { status: 'Failed', error: `interrupted ${count} times`, result: null, confidence: null, completed_at: isoNow(now) })
+      this.log.error({ session_id: sessionId, task_id: task.id, interruptions: count }, 'Task interrupted too often; failed')
+    } else {
+      task.status = 'Pending'
+      this.log.warn({ session_id: sessionId, task_id: task.id, interruptions: count }, 'Task was interrupted; set back to Pending')
+    }
   }
 
   /** Appends tasks to a session, creating it if needed. Resolves once they are durable. */
@@ -229,24 +263,65 @@ export class TaskManager {
 
   /** Runs the next pending task. 409s: already executing, or nothing pending. */
   async executeNext (sessionId: string): Promise<{ task: ExecutedTask, progress: Progress }> {
-    return this.exclusive(sessionId, async () => {
-      const task = await this.runNext(sessionId)
+    return this.exclusive(sessionId, false, async (run) => {
+      const task = await this.runNext(sessionId, run)
       if (task === null) throw new NoPendingTaskError(sessionId)
       return { task, progress: this.progress(sessionId) }
     })
   }
 
-  /** Runs every pending task in order; stops early only when the service shuts down. */
+  /** Runs every pending task in order; stops early on cancel or shutdown. */
   async executeAll (sessionId: string): Promise<{ results: ExecutedTask[], progress: Progress }> {
-    return this.exclusive(sessionId, async () => {
-      const results: ExecutedTask[] = []
-      while (!this.shuttingDown) {
-        const task = await this.runNext(sessionId)
-        if (task === null) break
-        results.push(task)
-      }
+    return this.exclusive(sessionId, false, async (run) => {
+      const results = await this.runAll(sessionId, run)
       return { results, progress: this.progress(sessionId) }
     })
+  }
+
+  /**
+   * Starts running every pending task in the background and resolves once the run is recorded
+   * in the session file (so a restart resumes it). Progress is read with `progress()`.
+   */
+  async startBackgroundRun (sessionId: string): Promise<Progress> {
+    this.registry.existing(sessionId)
+    let recorded!: () => void
+    let failed!: (err: unknown) => void
+    const marked = new Promise<void>((resolve, reject) => { recorded = resolve; failed = reject })
+    const execution = this.exclusive(sessionId, true, async (run) => {
+      try {
+        await this.registry.change(sessionId, (draft) => {
+          const file = liveFile(draft)
+          if (file.background_run !== undefined) return unchanged(undefined)
+          file.background_run = { started_at: isoNow(draft.now) }
+        })
+      } catch (err) {
+        failed(err)
+        return
+      }
+      recorded()
+      await this.backgroundRun(sessionId, run)
+    })
+    execution.catch(failed)
+    await marked
+    return this.progress(sessionId)
+  }
+
+  /**
+   * Stops the session's running execution: the agent call is aborted and its task failed with
+   * "cancelled"; a background run ends. Resolves once that is on disk.
+   */
+  async cancel (sessionId: string): Promise<{ cancelled_task_id: string | null, progress: Progress }> {
+    this.registry.existing(sessionId)
+    const run = this.runs.get(sessionId)
+    if (run === undefined) throw new NotRunningError(sessionId)
+    run.controller.abort(new CancelledError())
+    await run.done
+    return { cancelled_task_id: run.cancelledTaskId, progress: this.progress(sessionId) }
+  }
+
+  /** True while an execution (foreground or background) holds the session. */
+  isRunning (sessionId: string): boolean {
+    return this.runs.has(sessionId)
   }
 
   /** Deletes a session and its file. Refused while it executes. */
@@ -319,64 +394,160 @@ export class TaskManager {
     if (this.shuttingDown) throw new ShuttingDownError()
   }
 
-  private async exclusive<R> (sessionId: string, run: () => Promise<R>): Promise<R> {
+  private async exclusive<R> (sessionId: string, background: boolean, body: (run: Run) => Promise<R>): Promise<R> {
     this.assertOpen()
     if (!this.registry.claim(sessionId)) throw new SessionBusyError(sessionId)
-    const execution = run()
+    const controller = new AbortController()
+    const run: Run = {
+      controller,
+      signal: AbortSignal.any([this.abort.signal, controller.signal]),
+      background,
+      cancelledTaskId: null,
+      done: Promise.resolve()
+    }
+    const execution = body(run)
+    run.done = execution.then(noop, noop)
+    this.runs.set(sessionId, run)
     this.running.add(execution)
     try {
       return await execution
     } finally {
       this.running.delete(execution)
+      this.runs.delete(sessionId)
       this.registry.release(sessionId)
     }
   }
 
-  /** Starts, runs and finishes the next runnable task; null when there is none. */
-  private async runNext (sessionId: string): Promise<ExecutedTask | null> {
-    const started = await this.registry.change(sessionId, (draft) => {
-      // While this session is claimed nothing else runs it, so an InProgress task here is one
-      // whose finishing save failed: it is run again rather than left stuck.
-      const task = liveFile(draft).session.tasks.find((t) => t.status === 'Pending' || t.status === 'InProgress')
-      if (task === undefined) return unchanged(null)
-      Object.assign(task, { status: 'InProgress', started_at: isoNow(draft.now), completed_at: null, result: null, error: null, confidence: null, attempts: task.attempts + 1 })
-      delete task.result_truncated
-      return { ...task }
-    })
-    if (started === null) return null
-    const signal = this.abort.signal
-    let outcome: Pick<Task, 'status' | 'result' | 'error' | 'confidence' | 'result_truncated'>
-    const callStarted = performance.now()
-    const agent = this.executors[started.task_type] === undefined ? 'default' : started.task_type
-    const report = (result: AgentCallEvent['outcome']): void => {
-      this.events.emit('agent-call', { session_id: sessionId, task_id: started.id, task_type: started.task_type, agent, attempt: started.attempts, outcome: result, ms: performance.now() - callStarted })
+  private async runAll (sessionId: string, run: Run): Promise<ExecutedTask[]> {
+    const results: ExecutedTask[] = []
+    while (!run.signal.aborted) {
+      const task = await this.runNext(sessionId, run)
+      if (task === null) break
+      results.push(task)
     }
+    return results
+  }
+
+  /** A background run: ends by clearing its record, unless shutdown interrupts it (then it resumes after restart). */
+  private async backgroundRun (sessionId: string, run: Run): Promise<void> {
     try {
-      const executor = executorFor(this.executors, started.task_type)
-      // Executors are user code: a synchronous throw fails the task like a rejection does.
-      const call = Promise.resolve().then(() => executor(started, { session_id: sessionId, attempt: started.attempts, signal }))
-      const value = await abortable(call, signal).catch((err: unknown) => {
-        report(signal.aborted ? 'aborted' : 'error')
-        throw err
+      const results = await this.runAll(sessionId, run)
+      if (this.abort.signal.aborted) return
+      await this.registry.change(sessionId, (draft) => {
+        if (draft.file === null || draft.file.background_run === undefined) return unchanged(undefined)
+        delete draft.file.background_run
       })
-      report('ok')
-      const { result, confidence } = checkExecutionResult(value)
-      const cut = truncateUtf8(result, this.limits.maxResultBytes)
-      if (cut.truncated) this.log.warn({ session_id: sessionId, task_id: started.id, limit: this.limits.maxResultBytes }, 'Agent result truncated to TASK_MAX_RESULT_BYTES')
-      outcome = { status: 'Completed', result: cut.text, error: null, confidence: confidence ?? null, ...(cut.truncated && { result_truncated: true }) }
+      this.log.info({ session_id: sessionId, executed: results.length, cancelled: run.controller.signal.aborted }, 'Background run finished')
     } catch (err) {
-      if (signal.aborted) throw new ShuttingDownError(`task ${started.id} was interrupted by shutdown; it runs again after restart`)
-      outcome = { status: 'Failed', result: null, error: truncateUtf8(errorMessage(err), this.limits.maxResultBytes).text, confidence: null }
-      this.log.warn({ session_id: sessionId, task_id: started.id, err: outcome.error }, 'Task failed')
+      if (err instanceof ShuttingDownError) return
+      this.log.error({ session_id: sessionId, err }, 'Background run stopped')
     }
+  }
+
+  /** Resumes background runs that a restart interrupted; their sessions hold `background_run`. */
+  private resumeBackgroundRuns (sessionIds: string[]): void {
+    for (const sessionId of sessionIds) {
+      this.log.info({ session_id: sessionId }, 'Resuming background run')
+      this.startBackgroundRun(sessionId).catch((err: Error) => {
+        this.log.error({ session_id: sessionId, err }, 'Could not resume background run')
+      })
+    }
+  }
+
+  /**
+   * Runs the next runnable task to its end: each call to the agent is recorded on disk first
+   * (InProgress, attempts, started_at); transient failures are retried with backoff up to the
+   * agent's max_attempts. null when there is no task to run.
+   */
+  private async runNext (sessionId: string, run: Run): Promise<ExecutedTask | null> {
+    let taskId: string | null = null
+    let outcome: Outcome
+    for (let call = 1; ; call++) {
+      if (run.signal.aborted) {
+        if (taskId === null) return null
+        outcome = this.stopped(sessionId, taskId, run)
+        break
+      }
+      const started: Task | null = await this.registry.change(sessionId, (draft) => {
+        const tasks = liveFile(draft).session.tasks
+        // While this session is claimed nothing else runs it, so an InProgress task here is one
+        // whose finishing save failed, or the one being retried: it is run (again).
+        const task = taskId === null
+          ? tasks.find((t) => t.status === 'Pending' || t.status === 'InProgress')
+          : tasks.find((t) => t.id === taskId)
+        if (task === undefined) return unchanged(null)
+        Object.assign(task, { status: 'InProgress', started_at: isoNow(draft.now), completed_at: null, result: null, error: null, confidence: null, attempts: task.attempts + 1 })
+        delete task.result_truncated
+        return { ...task }
+      })
+      if (started === null) {
+        if (taskId === null) return null
+        throw new SessionNotFoundError(sessionId)
+      }
+      taskId = started.id
+      const agent = agentFor(this.agents, started.task_type)
+      try {
+        const value = await callAgent({ agent, task: started, sessionId, signal: run.signal, shutdownSignal: this.abort.signal }, (result, ms) => {
+          this.events.emit('agent-call', { session_id: sessionId, task_id: started.id, task_type: started.task_type, agent: agent.key, attempt: started.attempts, outcome: result, ms })
+        })
+        outcome = this.completed(sessionId, started.id, value)
+        break
+      } catch (err) {
+        if (run.signal.aborted) {
+          outcome = this.stopped(sessionId, started.id, run)
+          break
+        }
+        const message = errorMessage(err)
+        if (err instanceof AgentError && err.transient && call < agent.policy.max_attempts) {
+          const delay = retryDelay(agent.policy, call, err.retryAfterMs)
+          this.log.warn({ session_id: sessionId, task_id: started.id, attempt: started.attempts, retry_in_ms: Math.round(delay), err: message }, 'Agent call failed; retrying')
+          await sleep(delay, undefined, { signal: run.signal }).catch(noop)
+          continue
+        }
+        outcome = { status: 'Failed', result: null, error: truncateUtf8(message, this.limits.maxResultBytes).text, confidence: null }
+        this.log.warn({ session_id: sessionId, task_id: started.id, attempt: started.attempts, err: outcome.error }, 'Task failed')
+        break
+      }
+    }
+    const finishedId = taskId
     return this.registry.change(sessionId, (draft) => {
-      const task = liveFile(draft).session.tasks.find((t) => t.id === started.id)
+      const task = liveFile(draft).session.tasks.find((t) => t.id === finishedId)
       if (task === undefined) throw new SessionNotFoundError(sessionId)
       Object.assign(task, outcome, { completed_at: isoNow(draft.now) })
       return { task_id: task.id, instruction: task.instruction, status: task.status, result: task.result, error: task.error, confidence: task.confidence, ...(task.result_truncated === true && { result_truncated: true }) }
     })
   }
+
+  private completed (sessionId: string, taskId: string, value: ExecutionResult): Outcome {
+    const cut = truncateUtf8(value.result, this.limits.maxResultBytes)
+    const truncated = cut.truncated || value.truncated === true
+    if (truncated) this.log.warn({ session_id: sessionId, task_id: taskId, limit: this.limits.maxResultBytes }, 'Agent result truncated')
+    return { status: 'Completed', result: cut.text, error: null, confidence: value.confidence ?? null, ...(truncated && { result_truncated: true }) }
+  }
+
+  /** The run was stopped mid-task: shutdown leaves the task InProgress on disk; cancel fails it. */
+  private stopped (sessionId: string, taskId: string, run: Run): Outcome {
+    if (this.abort.signal.aborted) throw new ShuttingDownError(`task ${taskId} was interrupted by shutdown; it runs again after restart`)
+    run.cancelledTaskId = taskId
+    this.log.warn({ session_id: sessionId, task_id: taskId }, 'Task cancelled')
+    return { status: 'Failed', result: null, error: 'cancelled', confidence: null }
+  }
 }
+
+type Outcome = Pick<Task, 'status' | 'result' | 'error' | 'confidence' | 'result_truncated'>
+
+/** One execution holding a session: its cancel switch and how it ended. */
+interface Run {
+  controller: AbortController
+  /** Aborted by cancel or by shutdown after the grace period. */
+  signal: AbortSignal
+  background: boolean
+  cancelledTaskId: string | null
+  /** Settles (never rejects) when the execution has ended. */
+  done: Promise<void>
+}
+
+function noop (): void {}
 
 function liveFile (draft: Draft): SessionFile {
   if (draft.file === null) throw new SessionNotFoundError(draft.sessionId)
@@ -386,19 +557,4 @@ function liveFile (draft: Draft): SessionFile {
 function isArchivable (file: SessionFile, cutoff: Date): boolean {
   const finished = finishedAt(file)
   return finished !== null && Date.parse(finished) < cutoff.getTime()
-}
-
-function errorMessage (err: unknown): string {
-  if (err instanceof Error) return err.message || err.name
-  return String(err)
-}
-
-/** Settles with the promise, or rejects as soon as the signal aborts. */
-function abortable<T> (promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason)
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason)
-    signal.addEventListener('abort', onAbort, { once: true })
-    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
-  })
 }

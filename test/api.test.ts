@@ -178,7 +178,7 @@ t.test('GET /progress', async (t) => {
   await post(app, '/execute', { session_id: 'p' })
   const res = await get(app, '/progress?session_id=p')
   t.equal(res.statusCode, 200)
-  t.same(res.json(), { session_id: 'p', total: 3, completed: 1, failed: 0, pending: 2, in_progress: 0, all_done: false, percentage: 33.33 })
+  t.same(res.json(), { session_id: 'p', total: 3, completed: 1, failed: 0, pending: 2, in_progress: 0, all_done: false, percentage: 33.33, running: false })
   t.equal((await get(app, '/progress?session_id=nope')).statusCode, 404)
   t.equal((await get(app, '/progress')).statusCode, 400)
   t.equal((await get(app, '/progress?session_id=..%2Fetc')).statusCode, 400)
