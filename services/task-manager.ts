@@ -420,7 +420,8 @@ export class TaskManager {
 
   private async runAll (sessionId: string, run: Run): Promise<ExecutedTask[]> {
     const results: ExecutedTask[] = []
-    while (!run.signal.aborted) {
+    // Once shutdown begins no new task starts; running ones get the grace period.
+    while (!run.signal.aborted && !this.shuttingDown) {
       const task = await this.runNext(sessionId, run)
       if (task === null) break
       results.push(task)
@@ -432,7 +433,8 @@ export class TaskManager {
   private async backgroundRun (sessionId: string, run: Run): Promise<void> {
     try {
       const results = await this.runAll(sessionId, run)
-      if (this.abort.signal.aborted) return
+      // Stopped by shutdown: the record stays, so the run resumes after restart.
+      if (this.shuttingDown && !run.controller.signal.aborted) return
       await this.registry.change(sessionId, (draft) => {
         if (draft.file === null || draft.file.background_run === undefined) return unchanged(undefined)
         delete draft.file.background_run
@@ -499,6 +501,8 @@ export class TaskManager {
         }
         const message = errorMessage(err)
         if (err instanceof AgentError && err.transient && call < agent.policy.max_attempts) {
+          // No new call once shutdown begins: the task stays InProgress and runs again after restart.
+          if (this.shuttingDown) throw new ShuttingDownError(`task ${started.id} will be retried after restart`)
           const delay = retryDelay(agent.policy, call, err.retryAfterMs)
           this.log.warn({ session_id: sessionId, task_id: started.id, attempt: started.attempts, retry_in_ms: Math.round(delay), err: message }, 'Agent call failed; retrying')
           await sleep(delay, undefined, { signal: run.signal }).catch(noop)
