@@ -260,7 +260,7 @@ function dropFixture (sessions, tasks = 10) {
 async function restoreOurs (dir) {
   const store = new FileSessionStore({ dir })
   await store.init()
-  const manager = new TaskManager({ store, autoSave: true, restoreConcurrency: 32 })
+  const manager = new TaskManager({ store, autoSave: true })
   const t = now()
   const report = await manager.restore()
   const ms = now() - t

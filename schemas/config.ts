@@ -14,7 +14,7 @@ export const ConfigSchema = Type.Object({
   TASK_AUTO_SAVE: Type.Boolean({ default: true }),
   TASK_ARCHIVE_DAYS: Type.Number({ minimum: 0, default: 30, description: '0 turns archiving off' }),
   TASK_ARCHIVE_INTERVAL_MINUTES: Type.Number({ exclusiveMinimum: 0, maximum: Math.floor(MAX_TIMER_MS / 60_000), default: 60 }),
-  TASK_RESTORE_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 4096, default: 32 }),
+  TASK_RESTORE_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 64, default: 2, description: 'Reader threads at startup; each reads batches of session files in turn' }),
   TASK_SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, maximum: HOUR_MS, default: 10_000 }),
   BODY_LIMIT: Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024, default: 1024 * 1024 }),
   TASK_MAX_SESSIONS: Type.Integer({ minimum: 1, default: 100_000 }),

@@ -29,21 +29,20 @@ export function cloneSessionFile (file: SessionFile): SessionFile {
   return { ...file, session: { ...file.session, tasks: file.session.tasks.map((task) => ({ ...task })) } }
 }
 
-/** Fills in what the seed's format leaves out, keeping every value (and unknown field) as stored. */
+/** Fills in what the seed's format leaves out, keeping every value (and unknown field) as stored. Takes ownership of `stored`. */
 export function normalizeSessionFile (stored: StoredSessionFile): SessionFile {
-  const tasks: Task[] = stored.session.tasks.map((task) => ({
-    ...task,
-    result: task.result ?? null,
-    error: task.error ?? null,
-    confidence: task.confidence ?? null,
-    started_at: task.started_at ?? null,
-    completed_at: task.completed_at ?? null,
-    attempts: task.attempts ?? 0
-  }))
-  return {
-    ...stored,
-    session: { ...stored.session, tasks, current_index: stored.session.current_index ?? currentIndex(tasks) }
+  // Filled in place: the caller hands over a freshly parsed object, and restore is allocation-bound.
+  for (const task of stored.session.tasks) {
+    task.result ??= null
+    task.error ??= null
+    task.confidence ??= null
+    task.started_at ??= null
+    task.completed_at ??= null
+    task.attempts ??= 0
   }
+  const file = stored as SessionFile
+  file.session.current_index ??= currentIndex(file.session.tasks)
+  return file
 }
 
 /** Appends tasks with ids `task_<position>_<unix seconds>`, unique within the session. */

@@ -126,7 +126,7 @@ export class TaskManager {
     this.maxInterruptions = options.maxInterruptions ?? 3
     this.resumeOnStart = options.resumeOnStart ?? true
     this.autoSave = options.autoSave ?? true
-    this.restoreConcurrency = options.restoreConcurrency ?? 32
+    this.restoreConcurrency = options.restoreConcurrency ?? 2
     this.shutdownGraceMs = options.shutdownGraceMs ?? 10_000
     this.clock = options.clock ?? (() => new Date())
     this.log = options.logger ?? silent

@@ -298,3 +298,23 @@ t.test('concurrent saves all land, each file whole', async (t) => {
   t.equal(sessions.length, 51)
   t.strictSame(failures, [])
 })
+
+t.test('loadAll reads many batches on reader threads: every session once, corrupt files set aside, at any concurrency', async (t) => {
+  const store = await openStore(t)
+  const count = 700
+  await Promise.all(Array.from({ length: count }, (_, i) => store.save(sessionFile(`s${i}`, `task ${i} ü€`))))
+  // Corrupt files spread over several batches.
+  for (const i of [3, 250, 511, 699]) await writeFile(join(store.dir, `s${i}.json`), '{"truncated": ')
+  let setAside: string[] = []
+  for (const concurrency of [1, 2, 5]) {
+    const { sessions, failures } = await store.loadAll({ concurrency })
+    const ids = sessions.map((s) => s.file.session_id)
+    t.equal(new Set(ids).size, ids.length, `concurrency ${concurrency}: no session twice`)
+    setAside = [...setAside, ...failures.map((f) => f.name)]
+    t.equal(ids.length, count - 4, `concurrency ${concurrency}: every healthy session`)
+    const one = sessions.find((s) => s.file.session_id === 's42')
+    t.equal(one?.file.session.tasks[0]?.instruction, 'task 42 ü€', 'UTF-8 decoded')
+    t.equal(one?.bytes, (await stat(store.pathFor('s42'))).size, 'bytes are the file size')
+  }
+  t.strictSame(setAside.sort(), ['s250.json', 's3.json', 's511.json', 's699.json'], 'each corrupt file reported once, then gone')
+})

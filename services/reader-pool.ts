@@ -1,0 +1,65 @@
+import { Worker } from 'node:worker_threads'
+import type { ReadRequest, ReadResponse } from './restore-worker.js'
+
+export type { ReadResponse }
+
+const WORKER_URL = new URL('./restore-worker.js', import.meta.url)
+
+/**
+ * Reader threads for restore, started on first use and ended by `close()`. Each reads one batch
+ * at a time; batches beyond the threads wait in a queue. Callers bound batches in flight
+ * (p-limit), which bounds memory.
+ */
+export class ReaderPool {
+  private readonly size: number
+  private readonly idle: Worker[] = []
+  private readonly all: Worker[] = []
+  private readonly waiting = new Map<number, { resolve: (response: ReadResponse) => void, reject: (err: Error) => void, worker: Worker }>()
+  private readonly queue: Array<() => void> = []
+  private seq = 0
+
+  constructor (threads: number) {
+    this.size = Math.max(1, threads)
+  }
+
+  async read (dir: string, names: string[]): Promise<ReadResponse> {
+    const worker = this.take() ?? await new Promise<Worker>((resolve) => this.queue.push(() => resolve(this.take() as Worker)))
+    const id = ++this.seq
+    try {
+      return await new Promise<ReadResponse>((resolve, reject) => {
+        this.waiting.set(id, { resolve, reject, worker })
+        worker.postMessage({ id, dir, names } satisfies ReadRequest)
+      })
+    } finally {
+      this.waiting.delete(id)
+      if (this.all.includes(worker)) this.idle.push(worker)
+      this.queue.shift()?.()
+    }
+  }
+
+  async close (): Promise<void> {
+    const workers = this.all.splice(0)
+    this.idle.length = 0
+    await Promise.all(workers.map((worker) => worker.terminate()))
+  }
+
+  /** An idle thread, a new one while the pool is below its size, or null when all are busy. */
+  private take (): Worker | null {
+    const free = this.idle.pop()
+    if (free !== undefined) return free
+    if (this.all.length >= this.size) return null
+    const worker = new Worker(WORKER_URL)
+    worker.on('message', (response: ReadResponse) => this.waiting.get(response.id)?.resolve(response))
+    worker.on('error', (err) => this.fail(worker, err))
+    worker.on('exit', (code) => this.fail(worker, new Error(`reader thread exited with code ${code}`)))
+    this.all.push(worker)
+    return worker
+  }
+
+  /** A thread that dies fails the batch it held; the pool does not reuse it. */
+  private fail (worker: Worker, err: Error): void {
+    const index = this.all.indexOf(worker)
+    if (index !== -1) this.all.splice(index, 1)
+    for (const pending of this.waiting.values()) if (pending.worker === worker) pending.reject(err)
+  }
+}
