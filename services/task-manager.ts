@@ -1,12 +1,11 @@
-import { EventEmitter, setMaxListeners } from 'node:events'
-import { setTimeout as sleep } from 'node:timers/promises'
-import { callAgent, errorMessage } from './agent-call.js'
+import { EventEmitter } from 'node:events'
 import type { AgentsConfig } from './agents/spec.js'
-import { AgentError, CancelledError, InvalidSessionIdError, LimitExceededError, NoPendingTaskError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError } from './errors.js'
-import { agentFor, resolveAgents, retryDelay, type AgentRoutes, type ExecutionResult, type Executors } from './executors.js'
-import { appendTasks, finishedAt, isoNow, newSessionFile, truncateUtf8, type Progress, type SessionFile, type Task, type TaskSpec } from './session.js'
+import { InvalidSessionIdError, LimitExceededError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError } from './errors.js'
+import { resolveAgents, type AgentRoutes, type Executors } from './executors.js'
+import { appendTasks, finishedAt, isoNow, newSessionFile, type Progress, type SessionFile, type Task, type TaskSpec } from './session.js'
 import { SessionRegistry, unchanged, type Draft, type SessionSummary, type Totals } from './session-registry.js'
 import type { SessionStore } from './store.js'
+import { TaskRunner } from './task-runner.js'
 
 /** The subset of pino's API the manager logs through, so it runs without Fastify. */
 export interface Logger {
@@ -108,15 +107,13 @@ export class TaskManager {
   readonly agents: AgentRoutes
   private readonly maxInterruptions: number
   private readonly resumeOnStart: boolean
-  private readonly runs = new Map<string, Run>()
   private readonly autoSave: boolean
   private readonly restoreConcurrency: number
   private readonly shutdownGraceMs: number
   private readonly clock: () => Date
   private readonly log: Logger
   private readonly limits: Limits
-  private readonly abort = new AbortController()
-  private readonly running = new Set<Promise<unknown>>()
+  private readonly runner: TaskRunner
   private restored: RestoreReport | null = null
   private stopping: Promise<void> | null = null
 
@@ -132,8 +129,14 @@ export class TaskManager {
     this.log = options.logger ?? silent
     this.limits = { ...DEFAULT_LIMITS, ...options.limits }
     this.registry = new SessionRegistry({ store: this.store, autoSave: this.autoSave, clock: this.clock })
-    // Every running execution listens on this one signal; many at once is normal, not a leak.
-    setMaxListeners(0, this.abort.signal)
+    this.runner = new TaskRunner({
+      registry: this.registry,
+      agents: this.agents,
+      events: this.events,
+      log: this.log,
+      maxResultBytes: this.limits.maxResultBytes,
+      shutdownGraceMs: this.shutdownGraceMs
+    })
   }
 
   /** True once restore has finished and until shutdown begins. */
@@ -143,7 +146,7 @@ export class TaskManager {
 
   /** Executions (execute, execute-all, background runs) in flight now. */
   get runningCount (): number {
-    return this.running.size
+    return this.runner.count
   }
 
   get shuttingDown (): boolean {
@@ -179,7 +182,7 @@ export class TaskManager {
     this.restored = { sessions: sessions.length, failedLoads: failures.length, resetTasks, ms }
     this.log.info({ sessions: sessions.length, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from disk`)
     this.events.emit('restore', this.restored)
-    if (this.resumeOnStart) this.resumeBackgroundRuns(backgroundRuns)
+    if (this.resumeOnStart) this.runner.resumeBackgroundRuns(backgroundRuns)
     else if (backgroundRuns.length > 0) this.log.warn({ sessions: backgroundRuns.length }, 'Background runs not resumed (TASK_RESUME_ON_START=false)')
     return this.restored
   }
@@ -263,65 +266,30 @@ export class TaskManager {
 
   /** Runs the next pending task. 409s: already executing, or nothing pending. */
   async executeNext (sessionId: string): Promise<{ task: ExecutedTask, progress: Progress }> {
-    return this.exclusive(sessionId, false, async (run) => {
-      const task = await this.runNext(sessionId, run)
-      if (task === null) throw new NoPendingTaskError(sessionId)
-      return { task, progress: this.progress(sessionId) }
-    })
+    this.assertOpen()
+    return this.runner.executeNext(sessionId)
   }
 
   /** Runs every pending task in order; stops early on cancel or shutdown. */
   async executeAll (sessionId: string): Promise<{ results: ExecutedTask[], progress: Progress }> {
-    return this.exclusive(sessionId, false, async (run) => {
-      const results = await this.runAll(sessionId, run)
-      return { results, progress: this.progress(sessionId) }
-    })
+    this.assertOpen()
+    return this.runner.executeAll(sessionId)
   }
 
-  /**
-   * Starts running every pending task in the background and resolves once the run is recorded
-   * in the session file (so a restart resumes it). Progress is read with `progress()`.
-   */
+  /** Starts a background run; resolves once it is recorded in the session file. */
   async startBackgroundRun (sessionId: string): Promise<Progress> {
-    this.registry.existing(sessionId)
-    let recorded!: () => void
-    let failed!: (err: unknown) => void
-    const marked = new Promise<void>((resolve, reject) => { recorded = resolve; failed = reject })
-    const execution = this.exclusive(sessionId, true, async (run) => {
-      try {
-        await this.registry.change(sessionId, (draft) => {
-          const file = liveFile(draft)
-          if (file.background_run !== undefined) return unchanged(undefined)
-          file.background_run = { started_at: isoNow(draft.now) }
-        })
-      } catch (err) {
-        failed(err)
-        return
-      }
-      recorded()
-      await this.backgroundRun(sessionId, run)
-    })
-    execution.catch(failed)
-    await marked
-    return this.progress(sessionId)
+    this.assertOpen()
+    return this.runner.startBackgroundRun(sessionId)
   }
 
-  /**
-   * Stops the session's running execution: the agent call is aborted and its task failed with
-   * "cancelled"; a background run ends. Resolves once that is on disk.
-   */
+  /** Stops the session's running execution (its task fails with "cancelled"). */
   async cancel (sessionId: string): Promise<{ cancelled_task_id: string | null, progress: Progress }> {
-    this.registry.existing(sessionId)
-    const run = this.runs.get(sessionId)
-    if (run === undefined) throw new NotRunningError(sessionId)
-    run.controller.abort(new CancelledError())
-    await run.done
-    return { cancelled_task_id: run.cancelledTaskId, progress: this.progress(sessionId) }
+    return this.runner.cancel(sessionId)
   }
 
   /** True while an execution (foreground or background) holds the session. */
   isRunning (sessionId: string): boolean {
-    return this.runs.has(sessionId)
+    return this.runner.isRunning(sessionId)
   }
 
   /** Deletes a session and its file. Refused while it executes. */
@@ -366,7 +334,7 @@ export class TaskManager {
    * them (their tasks stay InProgress on disk and run again after restart).
    */
   beginShutdown (): Promise<void> {
-    this.stopping ??= this.stopExecutions()
+    this.stopping ??= this.runner.shutdown()
     return this.stopping
   }
 
@@ -377,181 +345,10 @@ export class TaskManager {
     if (!this.autoSave) await this.registry.saveDirty()
   }
 
-  private async stopExecutions (): Promise<void> {
-    if (this.running.size === 0) return
-    const settled = Promise.allSettled([...this.running])
-    const grace = new AbortController()
-    const timedOut = await Promise.race([settled.then(() => false), sleep(this.shutdownGraceMs, true, { signal: grace.signal }).catch(() => false)])
-    grace.abort()
-    if (timedOut) {
-      this.log.warn({ running: this.running.size }, 'Shutdown grace period over; aborting running tasks')
-      this.abort.abort(new ShuttingDownError())
-      await settled
-    }
-  }
-
   private assertOpen (): void {
     if (this.shuttingDown) throw new ShuttingDownError()
   }
-
-  private async exclusive<R> (sessionId: string, background: boolean, body: (run: Run) => Promise<R>): Promise<R> {
-    this.assertOpen()
-    if (!this.registry.claim(sessionId)) throw new SessionBusyError(sessionId)
-    const controller = new AbortController()
-    const run: Run = {
-      controller,
-      signal: AbortSignal.any([this.abort.signal, controller.signal]),
-      background,
-      cancelledTaskId: null,
-      done: Promise.resolve()
-    }
-    const execution = body(run)
-    run.done = execution.then(noop, noop)
-    this.runs.set(sessionId, run)
-    this.running.add(execution)
-    try {
-      return await execution
-    } finally {
-      this.running.delete(execution)
-      this.runs.delete(sessionId)
-      this.registry.release(sessionId)
-    }
-  }
-
-  private async runAll (sessionId: string, run: Run): Promise<ExecutedTask[]> {
-    const results: ExecutedTask[] = []
-    // Once shutdown begins no new task starts; running ones get the grace period.
-    while (!run.signal.aborted && !this.shuttingDown) {
-      const task = await this.runNext(sessionId, run)
-      if (task === null) break
-      results.push(task)
-    }
-    return results
-  }
-
-  /** A background run: ends by clearing its record, unless shutdown interrupts it (then it resumes after restart). */
-  private async backgroundRun (sessionId: string, run: Run): Promise<void> {
-    try {
-      const results = await this.runAll(sessionId, run)
-      // Stopped by shutdown: the record stays, so the run resumes after restart.
-      if (this.shuttingDown && !run.controller.signal.aborted) return
-      await this.registry.change(sessionId, (draft) => {
-        if (draft.file === null || draft.file.background_run === undefined) return unchanged(undefined)
-        delete draft.file.background_run
-      })
-      this.log.info({ session_id: sessionId, executed: results.length, cancelled: run.controller.signal.aborted }, 'Background run finished')
-    } catch (err) {
-      if (err instanceof ShuttingDownError) return
-      this.log.error({ session_id: sessionId, err }, 'Background run stopped')
-    }
-  }
-
-  /** Resumes background runs that a restart interrupted; their sessions hold `background_run`. */
-  private resumeBackgroundRuns (sessionIds: string[]): void {
-    for (const sessionId of sessionIds) {
-      this.log.info({ session_id: sessionId }, 'Resuming background run')
-      this.startBackgroundRun(sessionId).catch((err: Error) => {
-        this.log.error({ session_id: sessionId, err }, 'Could not resume background run')
-      })
-    }
-  }
-
-  /**
-   * Runs the next runnable task to its end: each call to the agent is recorded on disk first
-   * (InProgress, attempts, started_at); transient failures are retried with backoff up to the
-   * agent's max_attempts. null when there is no task to run.
-   */
-  private async runNext (sessionId: string, run: Run): Promise<ExecutedTask | null> {
-    let taskId: string | null = null
-    let outcome: Outcome
-    for (let call = 1; ; call++) {
-      if (run.signal.aborted) {
-        if (taskId === null) return null
-        outcome = this.stopped(sessionId, taskId, run)
-        break
-      }
-      const started: Task | null = await this.registry.change(sessionId, (draft) => {
-        const tasks = liveFile(draft).session.tasks
-        // While this session is claimed nothing else runs it, so an InProgress task here is one
-        // whose finishing save failed, or the one being retried: it is run (again).
-        const task = taskId === null
-          ? tasks.find((t) => t.status === 'Pending' || t.status === 'InProgress')
-          : tasks.find((t) => t.id === taskId)
-        if (task === undefined) return unchanged(null)
-        Object.assign(task, { status: 'InProgress', started_at: isoNow(draft.now), completed_at: null, result: null, error: null, confidence: null, attempts: task.attempts + 1 })
-        delete task.result_truncated
-        return { ...task }
-      })
-      if (started === null) {
-        if (taskId === null) return null
-        throw new SessionNotFoundError(sessionId)
-      }
-      taskId = started.id
-      const agent = agentFor(this.agents, started.task_type)
-      try {
-        const value = await callAgent({ agent, task: started, sessionId, signal: run.signal, shutdownSignal: this.abort.signal }, (result, ms) => {
-          this.events.emit('agent-call', { session_id: sessionId, task_id: started.id, task_type: started.task_type, agent: agent.key, attempt: started.attempts, outcome: result, ms })
-        })
-        outcome = this.completed(sessionId, started.id, value)
-        break
-      } catch (err) {
-        if (run.signal.aborted) {
-          outcome = this.stopped(sessionId, started.id, run)
-          break
-        }
-        const message = errorMessage(err)
-        if (err instanceof AgentError && err.transient && call < agent.policy.max_attempts) {
-          // No new call once shutdown begins: the task stays InProgress and runs again after restart.
-          if (this.shuttingDown) throw new ShuttingDownError(`task ${started.id} will be retried after restart`)
-          const delay = retryDelay(agent.policy, call, err.retryAfterMs)
-          this.log.warn({ session_id: sessionId, task_id: started.id, attempt: started.attempts, retry_in_ms: Math.round(delay), err: message }, 'Agent call failed; retrying')
-          await sleep(delay, undefined, { signal: run.signal }).catch(noop)
-          continue
-        }
-        outcome = { status: 'Failed', result: null, error: truncateUtf8(message, this.limits.maxResultBytes).text, confidence: null }
-        this.log.warn({ session_id: sessionId, task_id: started.id, attempt: started.attempts, err: outcome.error }, 'Task failed')
-        break
-      }
-    }
-    const finishedId = taskId
-    return this.registry.change(sessionId, (draft) => {
-      const task = liveFile(draft).session.tasks.find((t) => t.id === finishedId)
-      if (task === undefined) throw new SessionNotFoundError(sessionId)
-      Object.assign(task, outcome, { completed_at: isoNow(draft.now) })
-      return { task_id: task.id, instruction: task.instruction, status: task.status, result: task.result, error: task.error, confidence: task.confidence, ...(task.result_truncated === true && { result_truncated: true }) }
-    })
-  }
-
-  private completed (sessionId: string, taskId: string, value: ExecutionResult): Outcome {
-    const cut = truncateUtf8(value.result, this.limits.maxResultBytes)
-    const truncated = cut.truncated || value.truncated === true
-    if (truncated) this.log.warn({ session_id: sessionId, task_id: taskId, limit: this.limits.maxResultBytes }, 'Agent result truncated')
-    return { status: 'Completed', result: cut.text, error: null, confidence: value.confidence ?? null, ...(truncated && { result_truncated: true }) }
-  }
-
-  /** The run was stopped mid-task: shutdown leaves the task InProgress on disk; cancel fails it. */
-  private stopped (sessionId: string, taskId: string, run: Run): Outcome {
-    if (this.abort.signal.aborted) throw new ShuttingDownError(`task ${taskId} was interrupted by shutdown; it runs again after restart`)
-    run.cancelledTaskId = taskId
-    this.log.warn({ session_id: sessionId, task_id: taskId }, 'Task cancelled')
-    return { status: 'Failed', result: null, error: 'cancelled', confidence: null }
-  }
 }
-
-type Outcome = Pick<Task, 'status' | 'result' | 'error' | 'confidence' | 'result_truncated'>
-
-/** One execution holding a session: its cancel switch and how it ended. */
-interface Run {
-  controller: AbortController
-  /** Aborted by cancel or by shutdown after the grace period. */
-  signal: AbortSignal
-  background: boolean
-  cancelledTaskId: string | null
-  /** Settles (never rejects) when the execution has ended. */
-  done: Promise<void>
-}
-
-function noop (): void {}
 
 function liveFile (draft: Draft): SessionFile {
   if (draft.file === null) throw new SessionNotFoundError(draft.sessionId)
