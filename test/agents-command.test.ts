@@ -1,0 +1,158 @@
+/**
+ * The command agent with real child processes (node scripts in test/fixtures/agents/): stdin,
+ * environment, output cap, exit codes, and killing the whole process group.
+ */
+import { readFile, realpath } from 'node:fs/promises'
+import { join } from 'node:path'
+import t from 'tap'
+import { alive, createTasks, fixture, recordCalls, storedTasks, waitFor } from './agents-fakes.js'
+import { build, post, tempDir } from './helper.js'
+
+t.test('stdin is the instruction; TASK_ID, TASK_TYPE, SESSION_ID, TASK_ATTEMPT, spec env and cwd; no shell; TASK_API_KEYS withheld', async (t) => {
+  const dir = await tempDir(t)
+  const work = await realpath(await tempDir(t, 'taskvault-cwd-'))
+  const app = await build(t, {
+    dir,
+    agents: { default: { kind: 'command', argv: fixture('report.js', '$HOME; echo injected', '*'), cwd: work, env: { EXTRA: 'from spec' } } },
+    env: { PATH: process.env.PATH, INHERITED: 'from server env', TASK_API_KEYS: 'must-not-leak' }
+  })
+  const instruction = 'Explain the "plan"\nline two — ünïcode $PATH `id`'
+  const [id] = await createTasks(app, 'cmd-env', [{ instruction, task_type: 'Analysis' }])
+  const res = await post(app, '/execute', { session_id: 'cmd-env' })
+  t.equal(res.statusCode, 200)
+  const body = res.json()
+  t.match(body, { task_id: id, status: 'Completed', confidence: null })
+  const seen = JSON.parse(body.result)
+  t.equal(seen.stdin, instruction, 'the instruction, byte for byte, on stdin')
+  t.same(seen.argv, ['$HOME; echo injected', '*'], 'arguments passed literally: no shell')
+  t.same(seen.env, {
+    TASK_ID: id,
+    TASK_TYPE: 'Analysis',
+    SESSION_ID: 'cmd-env',
+    TASK_ATTEMPT: '1',
+    EXTRA: 'from spec',
+    INHERITED: 'from server env',
+    TASK_API_KEYS: null
+  })
+  t.equal(seen.cwd, work, 'runs in the configured cwd')
+  t.match((await storedTasks(dir, 'cmd-env'))[0], { status: 'Completed', attempts: 1, result: body.result })
+})
+
+t.test('output over max_output_bytes is cut and flagged result_truncated; exactly the cap is not', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, {
+    dir,
+    agents: {
+      Coding: { kind: 'command', argv: fixture('output.js', '5000'), max_output_bytes: 1000 },
+      Analysis: { kind: 'command', argv: fixture('output.js', '1000'), max_output_bytes: 1000 },
+      Research: { kind: 'command', argv: fixture('output.js', '3001', 'é'), max_output_bytes: 1001 },
+      default: { kind: 'command', argv: fixture('output.js', String(1024 * 1024 + 10)) }
+    }
+  })
+  await createTasks(app, 'big', [
+    { instruction: 'a', task_type: 'Coding' },
+    { instruction: 'b', task_type: 'Analysis' },
+    { instruction: 'c', task_type: 'Research' },
+    { instruction: 'd', task_type: 'General' }
+  ])
+  const res = await post(app, '/execute-all', { session_id: 'big' })
+  t.equal(res.statusCode, 200)
+  const [over, exact, multibyte, defaultCap] = res.json().results
+  t.match(over, { status: 'Completed', result_truncated: true })
+  t.equal(over.result, 'x'.repeat(1000), 'cut at max_output_bytes')
+  t.match(exact, { status: 'Completed', result: 'x'.repeat(1000) })
+  t.notOk('result_truncated' in exact, 'output of exactly the cap is whole')
+  t.match(multibyte, { status: 'Completed', result_truncated: true })
+  t.ok(Buffer.byteLength(multibyte.result) <= 1001 && /^é+$/.test(multibyte.result), 'cut on a character boundary, within the cap')
+  t.match(defaultCap, { status: 'Completed', result_truncated: true })
+  t.equal(defaultCap.result.length, 1024 * 1024, 'the default cap is 1 MiB')
+  const stored = await storedTasks(dir, 'big')
+  t.same(stored.map((task) => task.result_truncated === true), [true, false, true, true], 'the flag is on disk')
+})
+
+t.test('a non-zero exit fails the task with the exit code and the tail of stderr; not retried', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, agents: { default: { kind: 'command', argv: fixture('fail.js', '3', '400'), max_attempts: 3, backoff_ms: 10 } } })
+  const calls = recordCalls(app)
+  await createTasks(app, 'crash', [{ instruction: 'x' }])
+  const res = await post(app, '/execute', { session_id: 'crash' })
+  const { status, error, result } = res.json()
+  t.equal(status, 'Failed')
+  t.equal(result, null, 'stdout of a failed run is not a result')
+  t.match(error, /exited with code 3/)
+  t.match(error, /stderr line 400\nfinal words$/, 'ends with the end of stderr')
+  t.notOk(error.includes('stderr line 1\n'), 'only the tail')
+  t.ok(Buffer.byteLength(error) < 1200, `bounded (${Buffer.byteLength(error)} bytes)`)
+  t.equal(calls.length, 1, 'exit 3 is not retried')
+  t.match((await storedTasks(dir, 'crash'))[0], { status: 'Failed', attempts: 1 })
+})
+
+t.test('exit 75 (EX_TEMPFAIL) is transient: retried up to max_attempts', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, {
+    dir,
+    agents: {
+      Coding: { kind: 'command', argv: fixture('flaky.js', '3'), max_attempts: 3, backoff_ms: 10 },
+      default: { kind: 'command', argv: fixture('flaky.js', '9'), max_attempts: 2, backoff_ms: 10 }
+    }
+  })
+  await createTasks(app, 'temp', [{ instruction: 'a', task_type: 'Coding' }, { instruction: 'b', task_type: 'General' }])
+  const res = await post(app, '/execute-all', { session_id: 'temp' })
+  const [recovered, gaveUp] = res.json().results
+  t.match(recovered, { status: 'Completed', result: 'ok on attempt 3' })
+  t.match(gaveUp, { status: 'Failed', error: /exited with code 75: busy on attempt 2/ })
+  const stored = await storedTasks(dir, 'temp')
+  t.same(stored.map((task) => task.attempts), [3, 2])
+})
+
+t.test('a program that cannot start fails the task', async (t) => {
+  const app = await build(t, { agents: { default: { kind: 'command', argv: ['/nonexistent/agent-binary'] } } })
+  await createTasks(app, 'nostart', [{ instruction: 'x' }])
+  const res = await post(app, '/execute', { session_id: 'nostart' })
+  t.match(res.json(), { status: 'Failed', error: /could not start: ENOENT/ })
+})
+
+t.test('timeout kills the whole process group: the grandchild it started is gone too', async (t) => {
+  const dir = await tempDir(t)
+  const scratch = await tempDir(t, 'taskvault-pids-')
+  const pidfile = join(scratch, 'pids.json')
+  const app = await build(t, { dir, agents: { default: { kind: 'command', argv: fixture('grandchild.js', pidfile), timeout_ms: 2000 } } })
+  const calls = recordCalls(app)
+  let pids: { self: number, grandchild: number } | undefined
+  // Whatever happens, no process of this test outlives it.
+  t.teardown(() => {
+    for (const pid of [pids?.self, pids?.grandchild]) {
+      if (pid !== undefined && alive(pid)) process.kill(pid, 'SIGKILL')
+    }
+  })
+  await createTasks(app, 'group', [{ instruction: 'start something that never ends' }])
+  const running = post(app, '/execute', { session_id: 'group' })
+  pids = await waitFor('the fixture to write its pids', async () => readFile(pidfile, 'utf8').then((text) => JSON.parse(text), () => undefined))
+  t.ok(alive(pids!.grandchild), 'the grandchild runs while the call runs')
+  const res = await running
+  t.match(res.json(), { status: 'Failed', error: /timed out after 2000 ms/ })
+  t.equal(calls[0]?.outcome, 'timeout')
+  await waitFor('the agent process to die', () => !alive(pids!.self), 5000)
+  await waitFor('the grandchild to die', () => !alive(pids!.grandchild), 5000)
+  t.pass('the agent and its grandchild are gone')
+})
+
+t.test('cancel kills the process group of the running command', async (t) => {
+  const scratch = await tempDir(t, 'taskvault-pids-')
+  const pidfile = join(scratch, 'pids.json')
+  const app = await build(t, { agents: { default: { kind: 'command', argv: fixture('grandchild.js', pidfile) } } })
+  let pids: { self: number, grandchild: number } | undefined
+  t.teardown(() => {
+    for (const pid of [pids?.self, pids?.grandchild]) {
+      if (pid !== undefined && alive(pid)) process.kill(pid, 'SIGKILL')
+    }
+  })
+  const [id] = await createTasks(app, 'cancel-cmd', [{ instruction: 'x' }])
+  const running = post(app, '/execute', { session_id: 'cancel-cmd' })
+  pids = await waitFor('the fixture to write its pids', async () => readFile(pidfile, 'utf8').then((text) => JSON.parse(text), () => undefined))
+  const cancelled = await post(app, '/cancel', { session_id: 'cancel-cmd' })
+  t.match(cancelled.json(), { session_id: 'cancel-cmd', cancelled_task_id: id })
+  t.match((await running).json(), { task_id: id, status: 'Failed', error: 'cancelled' })
+  await waitFor('the grandchild to die', () => !alive(pids!.grandchild) && !alive(pids!.self), 5000)
+  t.pass('the command and its grandchild are gone')
+})

@@ -1,0 +1,214 @@
+/**
+ * Runs over HTTP (app.inject) with a real webhook agent on 127.0.0.1: cancel, background runs
+ * (wait:false), and what a shutdown leaves for the next start (resume, interruption limit).
+ */
+import { setTimeout as sleep } from 'node:timers/promises'
+import t from 'tap'
+import { createTasks, fakeAgent, ok, readSession, recordCalls, storedTasks, waitFor } from './agents-fakes.js'
+import { build, get, post, tempDir } from './helper.js'
+
+t.test('cancel during a synchronous execute-all: the call is aborted, the task Failed "cancelled", the run stops', async (t) => {
+  const dir = await tempDir(t)
+  let answering = false
+  const agent = await fakeAgent(t, () => answering ? ok('second') : 'hang')
+  const app = await build(t, { dir, agents: { default: { kind: 'webhook', url: agent.base } } })
+  const [first, second] = await createTasks(app, 'cancel-sync', [{ instruction: 'stuck' }, { instruction: 'later' }])
+  const running = post(app, '/execute-all', { session_id: 'cancel-sync' })
+  await agent.waitForRequests(1)
+  t.equal((await get(app, '/progress?session_id=cancel-sync')).json().running, true, 'progress says running')
+
+  const cancelled = await post(app, '/cancel', { session_id: 'cancel-sync' })
+  t.equal(cancelled.statusCode, 200)
+  t.same(cancelled.json(), {
+    session_id: 'cancel-sync',
+    cancelled_task_id: first,
+    progress: { total: 2, completed: 0, failed: 1, pending: 1, in_progress: 0, all_done: false, percentage: 50 }
+  })
+  const res = await running
+  t.equal(res.statusCode, 200)
+  t.match(res.json(), { total_executed: 1, results: [{ task_id: first, status: 'Failed', error: 'cancelled', result: null }] }, 'the run stopped after the cancelled task')
+  await agent.requests[0]!.closed
+  t.ok(agent.requests[0]!.abandoned(), 'the agent call was aborted')
+  t.equal(agent.requests.length, 1, 'the next task was not started')
+  const stored = await storedTasks(dir, 'cancel-sync')
+  t.match(stored, [{ id: first, status: 'Failed', error: 'cancelled', attempts: 1 }, { id: second, status: 'Pending', attempts: 0 }])
+  t.equal((await get(app, '/progress?session_id=cancel-sync')).json().running, false)
+
+  const again = await post(app, '/cancel', { session_id: 'cancel-sync' })
+  t.equal(again.statusCode, 409)
+  t.match(again.json(), { statusCode: 409, code: 'NOT_RUNNING', error: 'Conflict', message: String })
+
+  answering = true
+  const rest = await post(app, '/execute-all', { session_id: 'cancel-sync' })
+  t.match(rest.json(), { total_executed: 1, results: [{ task_id: second, status: 'Completed', result: 'second' }] }, 'the session carries on')
+})
+
+t.test('cancel: 404 unknown session, 409 NOT_RUNNING when idle, 400 bad body; nothing changes', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir })
+  await createTasks(app, 'idle', [{ instruction: 'x' }])
+  const before = await readSession(dir, 'idle')
+
+  const unknown = await post(app, '/cancel', { session_id: 'nope' })
+  t.equal(unknown.statusCode, 404)
+  t.match(unknown.json(), { statusCode: 404, code: 'SESSION_NOT_FOUND' })
+  const idle = await post(app, '/cancel', { session_id: 'idle' })
+  t.equal(idle.statusCode, 409)
+  t.match(idle.json(), { statusCode: 409, code: 'NOT_RUNNING' })
+  t.equal((await post(app, '/cancel', { session_id: 'idle', force: true })).statusCode, 400, 'unknown fields are refused')
+  t.equal((await post(app, '/cancel', {})).statusCode, 400)
+  t.same(await readSession(dir, 'idle'), before, 'the session file is unchanged')
+})
+
+t.test('cancel during the backoff between retries fails the task at once', async (t) => {
+  const dir = await tempDir(t)
+  const agent = await fakeAgent(t, () => ({ status: 503, body: 'busy' }))
+  const app = await build(t, { dir, agents: { default: { kind: 'webhook', url: agent.base, max_attempts: 3, backoff_ms: 60_000 } } })
+  const calls = recordCalls(app)
+  const [id] = await createTasks(app, 'cancel-backoff', [{ instruction: 'x' }])
+  const running = post(app, '/execute', { session_id: 'cancel-backoff' })
+  await waitFor('the first call to fail', () => calls.length === 1)
+  const cancelled = await post(app, '/cancel', { session_id: 'cancel-backoff' })
+  t.match(cancelled.json(), { cancelled_task_id: id, progress: { failed: 1 } })
+  t.match((await running).json(), { task_id: id, status: 'Failed', error: 'cancelled' })
+  t.equal(agent.requests.length, 1, 'no retry after cancel')
+  t.match((await storedTasks(dir, 'cancel-backoff'))[0], { status: 'Failed', error: 'cancelled', attempts: 1 })
+})
+
+t.test('cancel a background run: the task is Failed "cancelled", the run and its record end', async (t) => {
+  const dir = await tempDir(t)
+  const agent = await fakeAgent(t, () => 'hang')
+  const app = await build(t, { dir, agents: { default: { kind: 'webhook', url: agent.base } } })
+  const [first, second] = await createTasks(app, 'cancel-bg', [{ instruction: 'stuck' }, { instruction: 'later' }])
+  const started = await post(app, '/execute-all', { session_id: 'cancel-bg', wait: false })
+  t.equal(started.statusCode, 202)
+  await agent.waitForRequests(1)
+  t.type((await readSession(dir, 'cancel-bg')).background_run?.started_at, 'string', 'the run is recorded')
+
+  const cancelled = await post(app, '/cancel', { session_id: 'cancel-bg' })
+  t.equal(cancelled.statusCode, 200)
+  t.match(cancelled.json(), { session_id: 'cancel-bg', cancelled_task_id: first, progress: { failed: 1, pending: 1, in_progress: 0 } })
+  await agent.requests[0]!.closed
+  t.ok(agent.requests[0]!.abandoned(), 'the agent call was aborted')
+  const progress = (await get(app, '/progress?session_id=cancel-bg')).json()
+  t.match(progress, { running: false, failed: 1, pending: 1 })
+  const file = await readSession(dir, 'cancel-bg')
+  t.notOk('background_run' in file, 'the record is gone: a restart will not resume it')
+  t.match(file.session.tasks, [{ id: first, status: 'Failed', error: 'cancelled' }, { id: second, status: 'Pending' }])
+  await sleep(100)
+  t.equal(agent.requests.length, 1, 'the next task was not started')
+  t.equal((await post(app, '/cancel', { session_id: 'cancel-bg' })).statusCode, 409, 'nothing left to cancel')
+})
+
+t.test('wait:false answers 202 at once; the run goes on in the background until all_done', async (t) => {
+  const dir = await tempDir(t)
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  const agent = await fakeAgent(t, async (req) => {
+    await gate
+    return ok(`done: ${req.json.task.instruction}`, 0.9)
+  })
+  const app = await build(t, { dir, agents: { default: { kind: 'webhook', url: agent.base } } })
+  await createTasks(app, 'bg', [{ instruction: 'one' }, { instruction: 'two' }, { instruction: 'three' }])
+  const res = await post(app, '/execute-all', { session_id: 'bg', wait: false })
+  t.equal(res.statusCode, 202)
+  t.match(res.json(), { session_id: 'bg', status: 'running', progress: { total: 3, completed: 0, all_done: false } })
+  t.same(Object.keys(res.json()).sort(), ['progress', 'session_id', 'status'])
+  t.type((await readSession(dir, 'bg')).background_run?.started_at, 'string', 'recorded in the session file before the 202')
+
+  await agent.waitForRequests(1)
+  t.match((await get(app, '/progress?session_id=bg')).json(), { running: true, in_progress: 1 })
+  t.match((await post(app, '/execute-all', { session_id: 'bg', wait: false })).json(), { statusCode: 409, code: 'SESSION_BUSY' }, 'one run per session')
+  t.match((await post(app, '/execute', { session_id: 'bg' })).json(), { statusCode: 409, code: 'SESSION_BUSY' })
+  release()
+
+  const seen: number[] = []
+  const done = await waitFor('all_done', async () => {
+    const progress = (await get(app, '/progress?session_id=bg')).json()
+    seen.push(progress.completed)
+    return progress.all_done === true && progress
+  })
+  t.match(done, { completed: 3, failed: 0, percentage: 100 })
+  t.same(seen, [...seen].sort((a, b) => a - b), 'progress only moves forward')
+  await waitFor('the run to end', async () => (await get(app, '/progress?session_id=bg')).json().running === false)
+  const file = await readSession(dir, 'bg')
+  t.notOk('background_run' in file, 'the record is cleared when the run ends')
+  t.same(file.session.tasks.map((task) => [task.status, task.result]), [['Completed', 'done: one'], ['Completed', 'done: two'], ['Completed', 'done: three']])
+})
+
+t.test('wait:false: 404 for an unknown session; a session with nothing pending ends at once', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir })
+  t.match((await post(app, '/execute-all', { session_id: 'ghost', wait: false })).json(), { statusCode: 404, code: 'SESSION_NOT_FOUND' })
+  await createTasks(app, 'finished', [{ instruction: 'x' }])
+  await post(app, '/execute-all', { session_id: 'finished' })
+  const res = await post(app, '/execute-all', { session_id: 'finished', wait: false })
+  t.equal(res.statusCode, 202)
+  await waitFor('the empty run to end', async () => (await get(app, '/progress?session_id=finished')).json().running === false)
+  t.notOk('background_run' in await readSession(dir, 'finished'), 'no record left behind')
+})
+
+t.test('a background run cut by shutdown resumes after restart, only when TASK_RESUME_ON_START is true', async (t) => {
+  const dir = await tempDir(t)
+  let answering = false
+  const agent = await fakeAgent(t, (req) => answering ? ok(`done: ${req.json.task.instruction}`) : 'hang')
+  const agents = { default: { kind: 'webhook', url: agent.base } }
+  const first = await build(t, { dir, agents, config: { TASK_SHUTDOWN_GRACE_MS: 100 } })
+  const [a] = await createTasks(first, 'resume', [{ instruction: 'a' }, { instruction: 'b' }, { instruction: 'c' }])
+  t.equal((await post(first, '/execute-all', { session_id: 'resume', wait: false })).statusCode, 202)
+  await agent.waitForRequests(1)
+  await first.close()
+  let file = await readSession(dir, 'resume')
+  t.type(file.background_run?.started_at, 'string', 'the record survives the shutdown')
+  t.match(file.session.tasks[0], { id: a, status: 'InProgress', attempts: 1 })
+
+  const paused = await build(t, { dir, agents, config: { TASK_RESUME_ON_START: false } })
+  t.match((await get(paused, '/progress?session_id=resume')).json(), { running: false, pending: 3 }, 'TASK_RESUME_ON_START=false: not resumed')
+  file = await readSession(dir, 'resume')
+  t.type(file.background_run?.started_at, 'string', 'the record is kept for a later start')
+  t.match(file.session.tasks[0], { status: 'Pending', interruptions: 1 })
+  await paused.close()
+  t.equal(agent.requests.length, 1, 'no call while not resumed')
+
+  answering = true
+  const resumed = await build(t, { dir, agents })
+  await waitFor('the resumed run to finish', async () => {
+    const progress = (await get(resumed, '/progress?session_id=resume')).json()
+    return progress.all_done === true && progress.running === false
+  })
+  file = await readSession(dir, 'resume')
+  t.notOk('background_run' in file, 'the record is cleared')
+  t.match(file.session.tasks, [
+    { id: a, status: 'Completed', result: 'done: a', attempts: 2, interruptions: 1 },
+    { status: 'Completed', result: 'done: b', attempts: 1 },
+    { status: 'Completed', result: 'done: c', attempts: 1 }
+  ], 'finished without any client call')
+  t.equal(agent.requests.length, 4)
+})
+
+t.test('TASK_MAX_INTERRUPTIONS: a task found running that many times is Failed "interrupted N times"; the run goes on', async (t) => {
+  const dir = await tempDir(t)
+  const agent = await fakeAgent(t, (req) => req.json.task.instruction === 'poison' ? 'hang' : ok('fine'))
+  const agents = { default: { kind: 'webhook', url: agent.base } }
+  const config = { TASK_SHUTDOWN_GRACE_MS: 50, TASK_MAX_INTERRUPTIONS: 2 }
+  const first = await build(t, { dir, agents, config })
+  const [poison, fine] = await createTasks(first, 'limit', [{ instruction: 'poison' }, { instruction: 'after' }])
+  await post(first, '/execute-all', { session_id: 'limit', wait: false })
+  await agent.waitForRequests(1)
+  await first.close()
+
+  // The background run resumes by itself and calls the agent again: the second interruption.
+  const second = await build(t, { dir, agents, config })
+  await agent.waitForRequests(2)
+  t.match((await storedTasks(dir, 'limit'))[0], { status: 'InProgress', interruptions: 1, attempts: 2 })
+  await second.close()
+
+  const third = await build(t, { dir, agents, config })
+  await waitFor('the run to finish', async () => (await get(third, '/progress?session_id=limit')).json().all_done === true)
+  const tasks = await storedTasks(dir, 'limit')
+  t.match(tasks, [
+    { id: poison, status: 'Failed', error: 'interrupted 2 times', interruptions: 2, attempts: 2, result: null },
+    { id: fine, status: 'Completed', result: 'fine' }
+  ])
+  t.equal(agent.requests.filter((r) => r.json.task.instruction === 'poison').length, 2, 'not called a third time')
+})
