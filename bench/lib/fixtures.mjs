@@ -100,3 +100,11 @@ export function writeSessions (dir, count, tasksPerSession = 10) {
   try { execFileSync('sync') } catch {}
   return { dir, count, tasksPerSession, bytes }
 }
+
+/** Three tasks of different types (autosave section), and the same tasks as a numbered text (POST /create). */
+export const THREE_TASKS = [
+  { instruction: 'Write code for the binary search function', task_type: 'Coding' },
+  { instruction: 'Analyze the latency logs from last night', task_type: 'Analysis' },
+  { instruction: 'Research prior art on write coalescing', task_type: 'Research' }
+]
+export const THREE_TASK_TEXT = '1. Write code for the binary search function\n2. Analyze the latency logs from last night\n3. Research prior art on write coalescing'

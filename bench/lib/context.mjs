@@ -1,0 +1,77 @@
+// The one object every bench section receives: the run's parameters, where results go (rows for
+// the table, sections for the JSON), logging, round ordering, and temp folders that are removed
+// at the end even if the run is interrupted. Sections share state only through this object.
+import { removeDir, tempDir, writeSessions } from './fixtures.mjs'
+import { collect, now, round } from './stats.mjs'
+
+/** Quick: the same figures with fewer and shorter rounds, no 100,000-session or tasks-per-session runs. */
+const QUICK_PARAMS = { rounds: 3, saveN: 150, concurrentBatches: 4, updates: 1000, restoreSizes: [100, 1000, 10_000], createSeconds: 1, getSeconds: 0.5, warmSeconds: 0.3, freshCreateServer: false, autosaveSessions: 40, executeSessions: 100, executeTasks: 10, memoryRounds: 3, bigRestore: null, taskSweep: null }
+const FULL_PARAMS = { rounds: 5, saveN: 500, concurrentBatches: 10, updates: 1000, restoreSizes: [100, 1000, 10_000], createSeconds: 5, getSeconds: 3, warmSeconds: 1, freshCreateServer: true, autosaveSessions: 100, executeSessions: 100, executeTasks: 10, memoryRounds: 3, bigRestore: 100_000, taskSweep: { sessions: 1000, tasks: [1, 10, 100] } }
+
+export function createContext ({ quick }) {
+  const P = structuredClone(quick ? QUICK_PARAMS : FULL_PARAMS)
+  const rows = []
+  const sections = {}
+  const cleanup = new Set()
+  const fixtures = new Map()
+
+  const log = (...parts) => process.stderr.write(parts.join(' ') + '\n')
+
+  /** A temp folder removed at the end even if the run is interrupted. */
+  function trackedDir (name) {
+    const dir = tempDir(name)
+    cleanup.add(dir)
+    return dir
+  }
+
+  function dropDir (dir) {
+    removeDir(dir)
+    cleanup.delete(dir)
+  }
+
+  /** Removes every temp folder still tracked (end of run, Ctrl-C). */
+  function removeAll () {
+    for (const dir of cleanup) removeDir(dir)
+  }
+
+  /** A table row; `ratio` is oriented so the goal reads naturally (see `ratioOf`). */
+  function row (figure, { ours, floor, floorLabel, unit, ratio, ratioOf, goal, met = null }) {
+    rows.push({ figure, ours: round(ours, 3), floor: floor === undefined ? null : round(floor, 3), floor_label: floorLabel ?? '', unit, ratio: ratio === undefined ? null : round(ratio, 3), ratio_of: ratioOf ?? '', goal: goal ?? 'reported', met })
+  }
+
+  /** Runs the variants of one round in alternating order, so neither always goes first. */
+  async function alternate (roundIndex, variants) {
+    const order = roundIndex % 2 === 0 ? variants : [...variants].reverse()
+    for (const variant of order) {
+      collect()
+      await variant()
+    }
+  }
+
+  /**
+   * A folder of `sessions` session files with `tasks` tasks each, written once and shared by the
+   * sections that read it (restore, memory, get); returns { dir, count, tasksPerSession, bytes }.
+   */
+  function fixture (sessions, tasks = 10) {
+    const key = `${sessions}x${tasks}`
+    if (!fixtures.has(key)) {
+      const dir = trackedDir(`restore-${key}`)
+      const t = now()
+      const info = writeSessions(dir, sessions, tasks)
+      log(`  fixture ${key}: ${(info.bytes / 1e6).toFixed(1)} MB in ${((now() - t) / 1000).toFixed(1)} s`)
+      fixtures.set(key, info)
+    }
+    return fixtures.get(key)
+  }
+
+  /** Removes a fixture no later section needs (the 100,000-session one is ~570 MB). */
+  function dropFixture (sessions, tasks = 10) {
+    const key = `${sessions}x${tasks}`
+    const info = fixtures.get(key)
+    if (info === undefined) return
+    dropDir(info.dir)
+    fixtures.delete(key)
+  }
+
+  return { quick, P, rows, sections, log, row, alternate, trackedDir, dropDir, removeAll, fixture, dropFixture }
+}
