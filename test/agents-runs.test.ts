@@ -186,6 +186,37 @@ t.test('a background run cut by shutdown resumes after restart, only when TASK_R
   t.equal(agent.requests.length, 4)
 })
 
+t.test('shutdown during a background run: the running task may finish within the grace period, no next task starts, the run resumes after restart', async (t) => {
+  const dir = await tempDir(t)
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  const agent = await fakeAgent(t, async (req) => {
+    if (req.json.task.instruction === 'a') await gate
+    return ok(`done: ${req.json.task.instruction}`)
+  })
+  const agents = { default: { kind: 'webhook', url: agent.base } }
+  const first = await build(t, { dir, agents, config: { TASK_SHUTDOWN_GRACE_MS: 10_000 } })
+  await createTasks(first, 'graceful', [{ instruction: 'a' }, { instruction: 'b' }])
+  await post(first, '/execute-all', { session_id: 'graceful', wait: false })
+  await agent.waitForRequests(1)
+  const closing = first.close()
+  // Shutdown has begun; the running call may still finish.
+  await sleep(50)
+  release()
+  await closing
+  let file = await readSession(dir, 'graceful')
+  t.match(file.session.tasks, [{ status: 'Completed', result: 'done: a', attempts: 1 }, { status: 'Pending', attempts: 0 }], 'a finished within the grace period; b not started')
+  t.type(file.background_run?.started_at, 'string', 'the record stays for the restart')
+  t.equal(agent.requests.length, 1)
+
+  const second = await build(t, { dir, agents })
+  await waitFor('the resumed run to finish', async () => (await get(second, '/progress?session_id=graceful')).json().running === false &&
+    (await readSession(dir, 'graceful')).background_run === undefined)
+  file = await readSession(dir, 'graceful')
+  t.match(file.session.tasks, [{ status: 'Completed', attempts: 1 }, { status: 'Completed', result: 'done: b', attempts: 1 }])
+  t.notOk(file.session.tasks[0]!.interruptions, 'a task that finished in the grace period was not interrupted')
+})
+
 t.test('TASK_MAX_INTERRUPTIONS: a task found running that many times is Failed "interrupted N times"; the run goes on', async (t) => {
   const dir = await tempDir(t)
   const agent = await fakeAgent(t, (req) => req.json.task.instruction === 'poison' ? 'hang' : ok('fine'))
