@@ -238,6 +238,17 @@ t.test('400 fails at once: one call only, error names the status and the first 2
   t.match((await storedTasks(dir, 'bad'))[0], { status: 'Failed', attempts: 1 })
 })
 
+t.test('a redirect is an answer like any other non-2xx: named by its status, not retried', async (t) => {
+  const agent = await fakeAgent(t, () => ({ status: 302, headers: { location: '/elsewhere' }, body: 'moved' }))
+  const app = await build(t, { agents: { default: { kind: 'webhook', url: agent.base, max_attempts: 3, ...FAST } } })
+  await createTasks(app, 'moved', [{ instruction: 'x' }])
+  const res = await post(app, '/execute', { session_id: 'moved' })
+  t.equal(res.json().status, 'Failed', 'never followed to a 2xx')
+  const todo = 'services/agents/http.ts postJson: fetch with redirect:"error" throws a TypeError, reported as a transient network error "unreachable: unexpected redirect" (retried, status not named)'
+  t.match(res.json().error, /answered 302/, 'the error names the status', { todo })
+  t.equal(agent.requests.length, 1, 'not retried', { todo })
+})
+
 t.test('malformed answers fail at once: not JSON, no string result', async (t) => {
   const answers = [{ body: '{"result": "cut off' }, { body: { answer: 'wrong field' } }, { body: { result: 42 } }]
   const agent = await fakeAgent(t, (req) => answers[Number(req.json.task.instruction)]!)
