@@ -48,13 +48,19 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   app.setValidatorCompiler(createValidatorCompiler())
   app.setErrorHandler(errorHandler)
 
-  await app.register(configPlugin, { values: options.config, readEnvironment: options.readEnvironment })
-  await app.register(authPlugin)
-  await app.register(persistencePlugin, { fs: options.fs })
-  await app.register(taskManagerPlugin, { executors: options.executors, agents: options.agents, env: options.env, clock: options.clock })
-  await app.register(archiverPlugin, { clock: options.clock })
+  try {
+    await app.register(configPlugin, { values: options.config, readEnvironment: options.readEnvironment })
+    await app.register(authPlugin)
+    await app.register(persistencePlugin, { fs: options.fs })
+    await app.register(taskManagerPlugin, { executors: options.executors, agents: options.agents, env: options.env, clock: options.clock })
+    await app.register(archiverPlugin, { clock: options.clock })
 
-  await app.register(healthRoutes)
-  await app.register(taskRoutes, { prefix: '/api/v1/tasks' })
+    await app.register(healthRoutes)
+    await app.register(taskRoutes, { prefix: '/api/v1/tasks' })
+  } catch (err) {
+    // A plugin that fails after persistence took the storage lock must not leave it held.
+    await app.close().catch(() => {})
+    throw err
+  }
   return app
 }

@@ -183,7 +183,7 @@ export class TaskManager {
     this.log.info({ sessions: sessions.length, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from disk`)
     this.events.emit('restore', this.restored)
     if (this.resumeOnStart) this.runner.resumeBackgroundRuns(backgroundRuns)
-    else if (backgroundRuns.length > 0) this.log.warn({ sessions: backgroundRuns.length }, 'Background runs not resumed (TASK_RESUME_ON_START=false)')
+    else if (backgroundRuns.length > 0) this.log.warn({ sessions: backgroundRuns.length }, 'Background runs interrupted by the restart were not resumed (TASK_RESUME_ON_START=false); they resume on a start with it true, or end with an execute-all')
     return this.restored
   }
 

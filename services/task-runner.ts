@@ -64,6 +64,8 @@ export class TaskRunner {
   async executeAll (sessionId: string): Promise<{ results: ExecutedTask[], progress: Progress }> {
     return this.exclusive(sessionId, false, async (run) => {
       const results = await this.runAll(sessionId, run)
+      // A run left recorded (not resumed at start) is finished by this one.
+      if (!this.closing && !run.signal.aborted) await this.endRecordedRun(sessionId)
       return { results, progress: this.registry.existing(sessionId).progress }
     })
   }
@@ -174,15 +176,19 @@ export class TaskRunner {
       const results = await this.runAll(sessionId, run)
       // Stopped by shutdown: the record stays, so the run resumes after restart.
       if (this.closing && !run.controller.signal.aborted) return
-      await this.registry.change(sessionId, (draft) => {
-        if (draft.file === null || draft.file.background_run === undefined) return unchanged(undefined)
-        delete draft.file.background_run
-      })
+      await this.endRecordedRun(sessionId)
       this.log.info({ session_id: sessionId, executed: results.length, cancelled: run.controller.signal.aborted }, 'Background run finished')
     } catch (err) {
       if (err instanceof ShuttingDownError) return
       this.log.error({ session_id: sessionId, err }, 'Background run stopped')
     }
+  }
+
+  private async endRecordedRun (sessionId: string): Promise<void> {
+    await this.registry.change(sessionId, (draft) => {
+      if (draft.file === null || draft.file.background_run === undefined) return unchanged(undefined)
+      delete draft.file.background_run
+    })
   }
 
   /** Resumes background runs that a restart interrupted; their sessions hold `background_run`. */
@@ -245,6 +251,8 @@ export class TaskRunner {
           const delay = retryDelay(agent.policy, call, err.retryAfterMs)
           this.log.warn({ session_id: sessionId, task_id: started.id, attempt: started.attempts, retry_in_ms: Math.round(delay), err: message }, 'Agent call failed; retrying')
           await sleep(delay, undefined, { signal: run.signal }).catch(noop)
+          // Shutdown that began during the wait: the task stays InProgress and runs after restart.
+          if (this.closing && !run.signal.aborted) throw new ShuttingDownError(`task ${started.id} will be retried after restart`)
           continue
         }
         outcome = { status: 'Failed', result: null, error: truncateUtf8(message, this.maxResultBytes).text, confidence: null }

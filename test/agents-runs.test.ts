@@ -243,3 +243,19 @@ t.test('TASK_MAX_INTERRUPTIONS: a task found running that many times is Failed "
   ])
   t.equal(agent.requests.filter((r) => r.json.task.instruction === 'poison').length, 2, 'not called a third time')
 })
+
+t.test('a run left recorded (TASK_RESUME_ON_START=false) ends with the next execute-all that finishes the session', async (t) => {
+  const dir = await tempDir(t)
+  const agent = await fakeAgent(t, () => 'hang')
+  const first = await build(t, { dir, agents: { default: { kind: 'webhook', url: agent.base } }, config: { TASK_SHUTDOWN_GRACE_MS: 50 } })
+  await createTasks(first, 'kept', [{ instruction: 'a' }, { instruction: 'b' }])
+  t.equal((await post(first, '/execute-all', { session_id: 'kept', wait: false })).statusCode, 202)
+  await agent.waitForRequests(1)
+  await first.close()
+
+  const paused = await build(t, { dir, config: { TASK_RESUME_ON_START: false } })
+  t.type((await readSession(dir, 'kept')).background_run?.started_at, 'string', 'kept while not resumed')
+  const res = await post(paused, '/execute-all', { session_id: 'kept' })
+  t.equal(res.json().total_executed, 2, 'the echo agent runs both tasks')
+  t.notOk('background_run' in await readSession(dir, 'kept'), 'the record is gone, so no later start resumes a finished run')
+})

@@ -26,7 +26,8 @@ export async function postJson (
       headers: { 'content-type': 'application/json', accept: 'application/json', ...options.headers },
       body: JSON.stringify(payload),
       signal: options.signal,
-      redirect: 'error'
+      // A redirect is answered like any other non-2xx: it names its status and is not followed.
+      redirect: 'manual'
     })
   } catch (err) {
     if (options.signal.aborted) throw options.signal.reason

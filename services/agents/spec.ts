@@ -8,7 +8,8 @@ import { InvalidAgentConfigError } from '../errors.js'
 
 // Node timers hold at most 2^31-1 ms; larger values would fire at once.
 const MAX_TIMER_MS = 2_147_483_647
-const EnvName = Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', description: 'Name of an environment variable' })
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
+const EnvName = Type.String({ pattern: ENV_NAME.source, description: 'Name of an environment variable' })
 
 /** What every agent takes: how long one call may run, and how failed calls are retried. */
 const Policy = {
@@ -47,7 +48,7 @@ export const OpenAIAgentSpec = spec('openai', {
 export const CommandAgentSpec = spec('command', {
   argv: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'Program and arguments; no shell' }),
   cwd: Type.Optional(Type.String({ minLength: 1 })),
-  env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String())),
+  env: Type.Optional(Type.Record(Type.String({ pattern: ENV_NAME.source }), Type.String())),
   max_output_bytes: Type.Integer({ minimum: 1, maximum: 1024 ** 3, default: 1024 * 1024, description: 'stdout beyond this is cut' })
 })
 
@@ -129,6 +130,11 @@ function checkSpec (key: string, value: unknown, env: NodeJS.ProcessEnv): AgentS
     throw new InvalidAgentConfigError(`TASK_AGENTS.${key}${field}: ${first.message}`)
   }
   const checked = spec as AgentSpec
+  // Type.Record does not hold its keys to the pattern, so environment names are checked here.
+  if (checked.kind === 'command') {
+    const bad = Object.keys(checked.env ?? {}).find((name) => !ENV_NAME.test(name))
+    if (bad !== undefined) throw new InvalidAgentConfigError(`TASK_AGENTS.${key}.env: '${bad}' is not an environment variable name`)
+  }
   for (const field of ['api_key_env', 'headers_env'] as const) {
     const name = (checked as Record<string, unknown>)[field]
     if (typeof name === 'string' && (env[name] === undefined || env[name] === '')) {
