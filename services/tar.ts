@@ -129,7 +129,11 @@ export async function * readTarGz (source: Readable): AsyncGenerator<TarEntry> {
     for (;;) {
       const block = await bytes.take(BLOCK).catch(gzipError)
       if (block === null) throw new TarFormatError('the archive ends without its end marker (truncated?)')
-      if (block.every((byte) => byte === 0)) return
+      if (block.every((byte) => byte === 0)) {
+        // Read to the end, so that gzip checks its CRC and length: a damaged backup must not pass.
+        await bytes.drain().catch(gzipError)
+        return
+      }
       if (checksum(block) !== readOctal(block, 148, 8)) throw new TarFormatError('a header has a wrong checksum (not a tar archive, or damaged)')
       const size = readOctal(block, 124, 12)
       const type = block[156] === 0 ? '0' : String.fromCharCode(block[156] as number)
@@ -217,5 +221,12 @@ class ByteQueue {
     this.chunks = rest.length > 0 ? [rest] : []
     this.length = rest.length
     return taken
+  }
+
+  /** Reads the source to its end, discarding what is left. */
+  async drain (): Promise<void> {
+    this.chunks = []
+    this.length = 0
+    while ((await this.source.next()).done !== true);
   }
 }
