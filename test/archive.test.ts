@@ -5,6 +5,7 @@ import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promi
 import t from 'tap'
 import { nodeFs, type FsSeam } from '../services/fs-seam.js'
 import { API, build, createSession, get, post, tempDir } from './helper.js'
+import { storedSession } from './session-fixtures.js'
 
 const DAY = 86_400_000
 const T0 = Date.parse('2026-01-01T00:00:00Z')
@@ -17,25 +18,6 @@ function movableClock (): { clock: () => Date, advance: (days: number) => void }
 
 const jsonFiles = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((name) => name.endsWith('.json')).sort()
 const archived = async (dir: string): Promise<string[]> => existsSync(join(dir, 'archive')) ? (await readdir(join(dir, 'archive'))).sort() : []
-
-/** A stored session whose tasks have the given statuses, each completed (if done) at `finished`. */
-function storedSession (id: string, statuses: string[], finished: string): string {
-  const tasks = statuses.map((status, i) => ({
-    id: `task_${i + 1}`,
-    instruction: `step ${i + 1}`,
-    task_type: 'General',
-    status,
-    result: status === 'Completed' ? 'ok' : null,
-    error: status === 'Failed' ? 'boom' : null,
-    confidence: null,
-    created_at: '2025-01-01T00:00:00.000Z',
-    started_at: null,
-    completed_at: status === 'Completed' || status === 'Failed' ? finished : null,
-    attempts: 1
-  }))
-  const file = { session_id: id, created_at: '2025-01-01T00:00:00.000Z', updated_at: finished, session: { session_id: id, tasks, current_index: tasks.length } }
-  return JSON.stringify(file, null, 2) + '\n'
-}
 
 async function finishedSession (app: Awaited<ReturnType<typeof build>>, id: string, instructions = '1. a\n2. b'): Promise<void> {
   await createSession(app, id, instructions)
