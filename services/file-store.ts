@@ -183,23 +183,30 @@ export class FileSessionStore implements SessionStore {
   async archive (file: SessionFile): Promise<void> {
     const sessionId = file.session_id
     const source = this.pathFor(sessionId)
+    const operation = `archiving session '${sessionId}'`
+    let stamp = 0
+    let name = `${sessionId}.json`
     try {
       await this.ensureRealDir(this.archiveDir)
-      let stamp = 0
-      let name = `${sessionId}.json`
       while (await this.fs.lstat(join(this.archiveDir, name)).then(() => true, () => false)) {
         stamp = Math.max(stamp + 1, Date.now())
         name = `${sessionId}.${stamp}.json`
       }
-      const target = join(this.archiveDir, name)
-      await this.fs.rename(source, target)
-      const { size } = await this.fs.lstat(target)
-      await fsyncDir(this.fs, this.archiveDir)
-      this.archiveIndex.add(sessionId, { name, bytes: size, stamp }, summarize(file, name))
+      await this.fs.rename(source, join(this.archiveDir, name))
     } catch (err) {
-      throw new StorageError(`archiving session '${sessionId}'`, err as NodeJS.ErrnoException)
+      throw new StorageError(operation, err as NodeJS.ErrnoException)
     }
-    await this.syncDir(`archiving session '${sessionId}'`, true)
+    // The file is in archive/ now, whatever fails next: the index says so.
+    const size = await this.fs.lstat(join(this.archiveDir, name)).then((stat) => stat.size, () => 0)
+    this.archiveIndex.add(sessionId, { name, bytes: size, stamp }, summarize(file, name))
+    try {
+      await fsyncDir(this.fs, this.archiveDir)
+    } catch (err) {
+      const error = new StorageError(operation, err as NodeJS.ErrnoException)
+      error.uncertain = true
+      throw error
+    }
+    await this.syncDir(operation, true)
   }
 
   archivedName (sessionId: string): string | null {
@@ -227,10 +234,11 @@ export class FileSessionStore implements SessionStore {
 
   /** Every archived session's summary; files not read yet are read now, in parallel. */
   async listArchived (): Promise<{ sessions: ArchivedSummary[], failures: LoadFailure[] }> {
-    // Concurrent callers share one pass over the unread files.
+    // Concurrent callers share one pass over the unread files; its failures are reported once.
+    const started = this.summaryFill === null
     this.summaryFill ??= this.fillSummaries().finally(() => { this.summaryFill = null })
     const failures = await this.summaryFill
-    return { sessions: this.archiveIndex.summaries(), failures }
+    return { sessions: this.archiveIndex.summaries(), failures: started ? failures : [] }
   }
 
   /**

@@ -171,7 +171,7 @@ export class TaskManager {
     const archive = await this.store.openArchive({ concurrency: this.restoreConcurrency })
     const ms = Math.round((performance.now() - started) * 100) / 100
     this.restored = { sessions: sessions.length, archivedSessions: archive.sessions, failedLoads: failures.length, resetTasks, ms }
-    this.log.info({ sessions: sessions.length, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from disk`)
+    this.log.info({ sessions: sessions.length, archived: archive.sessions, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from disk`)
     this.events.emit('restore', this.restored)
     return this.restored
   }

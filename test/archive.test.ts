@@ -363,3 +363,45 @@ t.test('archive/ bytes in stats follow archive, bring-back and delete', async (t
   await app.inject({ method: 'DELETE', url: `${API}/sessions/b` })
   t.match((await get(app, '/stats')).json(), { archived_sessions: 0, storage: { archive_bytes: 0 } })
 })
+
+t.test('bringing back is crash-safe: a failed save leaves it archived, a failed removal leaves both copies', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  const faults = { failSave: false, failArchivedUnlink: false }
+  const fs: FsSeam = {
+    ...nodeFs,
+    open: (async (path: string, ...rest: unknown[]) => {
+      if (faults.failSave && String(path).includes('/.back.')) throw Object.assign(new Error('ENOSPC: injected'), { code: 'ENOSPC' })
+      return (nodeFs.open as (...args: unknown[]) => unknown)(path, ...rest)
+    }) as FsSeam['open'],
+    unlink: async (path) => {
+      if (faults.failArchivedUnlink && String(path).endsWith('/archive/back.json')) throw Object.assign(new Error('EIO: injected'), { code: 'EIO' })
+      return nodeFs.unlink(path)
+    }
+  }
+  let app = await build(t, { dir, clock, fs, config: { TASK_ARCHIVE_DAYS: 30 } })
+  await finishedSession(app, 'back')
+  advance(31)
+  await post(app, '/archive', {})
+  const archivedBytes = await readFile(join(dir, 'archive', 'back.json'))
+
+  faults.failSave = true
+  const full = await post(app, '/create', { session_id: 'back', instructions: 'more' })
+  t.equal(full.statusCode, 507)
+  t.same(await jsonFiles(dir), [], 'no active file')
+  t.same(await readFile(join(dir, 'archive', 'back.json')), archivedBytes, 'the archived file is untouched')
+  t.equal((await get(app, '/list?session_id=back')).json().archived, true, 'still archived and readable')
+
+  faults.failSave = false
+  faults.failArchivedUnlink = true
+  t.equal((await post(app, '/create', { session_id: 'back', instructions: 'more' })).statusCode, 200, 'the new tasks are on disk')
+  t.same(await jsonFiles(dir), ['back.json'])
+  t.same(await archived(dir), ['back.json'], 'the old copy could not be removed')
+  await app.close()
+
+  // What a restart (or a crash right after the save) finds: both files; the active one is the session.
+  app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30 } })
+  const list = (await get(app, '/list?session_id=back')).json()
+  t.equal(list.total, 3)
+  t.notOk('archived' in list)
+})
