@@ -1,5 +1,5 @@
 import type { ArchivedSummary } from './archive-index.js'
-import { TaskvaultError } from './errors.js'
+import { StaleArchivedCopyError } from './errors.js'
 import type { SessionFile } from './session.js'
 import { unchanged, type Draft, type SessionRegistry, type SessionSummary } from './session-registry.js'
 import type { ArchiveTotals, ArchivedSession, LoadFailure, SessionStore } from './store.js'
@@ -12,16 +12,6 @@ export interface RetentionCutoffs {
   all: Date | null
   /** For sessions with at least one Failed task. */
   failed: Date | null
-}
-
-/**
- * The archived copy a create read was replaced (archived again, or by another file) before
- * the create's change ran; the create reads the archive again.
- */
-export class StaleArchivedCopyError extends TaskvaultError {
-  constructor (sessionId: string) {
-    super('SESSION_BUSY', `session '${sessionId}' is being archived or restored right now; try again`)
-  }
 }
 
 export interface ArchivedSessionsOptions {

@@ -53,6 +53,16 @@ export class SessionLimitError extends TaskvaultError {
   }
 }
 
+/**
+ * The session moved between the archive and the active folder while a create was reading
+ * its archived copy, again and again; the client may retry.
+ */
+export class StaleArchivedCopyError extends TaskvaultError {
+  constructor (sessionId: string) {
+    super('SESSION_BUSY', `session '${sessionId}' is being archived or brought back right now; try again`)
+  }
+}
+
 export class ShuttingDownError extends TaskvaultError {
   constructor (message = 'the service is shutting down') {
     super('SHUTTING_DOWN', message)
@@ -86,5 +96,12 @@ export class StorageError extends TaskvaultError {
 export class CorruptSessionFileError extends TaskvaultError {
   constructor (readonly fileName: string, reason: string) {
     super('CORRUPT_SESSION_FILE', `${fileName}: ${reason}`)
+  }
+}
+
+/** A backup that is not a well-formed tar.gz (truncated, a bad checksum, an unsupported field). */
+export class TarFormatError extends TaskvaultError {
+  constructor (message: string) {
+    super('INVALID_ARCHIVE', message)
   }
 }

@@ -1,7 +1,7 @@
 import { Readable, type Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { createGunzip, createGzip } from 'node:zlib'
-import { TaskvaultError } from './errors.js'
+import { TarFormatError } from './errors.js'
 
 /**
  * Gzipped tar archives (POSIX ustar, with pax headers for names over 100 bytes), written and
@@ -28,13 +28,6 @@ export interface TarEntry {
   data: Buffer
   mode: number
   mtime: Date
-}
-
-/** The archive is not a well-formed tar.gz (truncated, a bad checksum, an unsupported field). */
-export class TarFormatError extends TaskvaultError {
-  constructor (message: string) {
-    super('INVALID_ARCHIVE', message)
-  }
 }
 
 /** Writes `files` as a tar.gz to `out`, one at a time, respecting backpressure; resolves once `out` has it all. */

@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto'
 import { Readable, Writable } from 'node:stream'
 import { gzipSync } from 'node:zlib'
 import t from 'tap'
-import { TarFormatError, readTarGz, writeTarGz, type TarEntry, type TarFile } from '../services/tar.js'
+import { TarFormatError } from '../services/errors.js'
+import { readTarGz, writeTarGz, type TarEntry, type TarFile } from '../services/tar.js'
 
 /** The bytes `writeTarGz` produces for `files`. */
 async function pack (files: TarFile[]): Promise<Buffer> {
