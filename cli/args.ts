@@ -10,7 +10,7 @@ export class UsageError extends TaskvaultError {
 
 /** A command that ran and failed (a bad file found, a refusal, an I/O error): exit status 1. */
 export class CommandFailedError extends TaskvaultError {
-  constructor (message: string, readonly details?: unknown) {
+  constructor (message: string) {
     super('FAILED', message)
   }
 }
@@ -56,7 +56,7 @@ export function daysOption (values: ParsedCommand['values'], name: string, min: 
   return days
 }
 
-/** True when `argv` (the whole command line) asks for the version or the list of commands. */
+/** True when `argv` (the whole command line) asks for the list of commands. */
 export function isGlobalHelp (argv: string[]): boolean {
   return argv.length === 0 || argv[0] === 'help' || argv[0] === '--help' || argv[0] === '-h'
 }

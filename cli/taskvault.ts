@@ -5,7 +5,7 @@
  */
 import { TaskvaultError } from '../services/errors.js'
 import { StorageLockedError } from '../services/storage-lock.js'
-import { CommandFailedError, UsageError, isGlobalHelp, parseCommand } from './args.js'
+import { UsageError, isGlobalHelp, parseCommand } from './args.js'
 import type { Command, CommandResult } from './command.js'
 import { archiveCommand, pruneCommand } from './commands/passes.js'
 import { backupCommand } from './commands/backup.js'
@@ -62,7 +62,7 @@ function fail (err: unknown, json: boolean, command: Command | undefined): numbe
   const code = known ? err.code : ((err as NodeJS.ErrnoException).code ?? 'ERROR')
   let message = err instanceof Error ? err.message : String(err)
   if (err instanceof StorageLockedError) message += '; stop the server first, or use a read-only command (validate, stats, backup)'
-  if (json) process.stdout.write(JSON.stringify({ error: { code, message, ...(err instanceof CommandFailedError && err.details !== undefined && { details: err.details }) } }, null, 2) + '\n')
+  if (json) process.stdout.write(JSON.stringify({ error: { code, message } }, null, 2) + '\n')
   else {
     process.stderr.write(`taskvault: ${message}\n`)
     if (usage) process.stderr.write(`Run 'taskvault ${command?.name ?? ''}${command === undefined ? '' : ' '}--help' for usage.\n`)

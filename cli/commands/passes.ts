@@ -84,7 +84,7 @@ async function runPass (args: ParsedCommand, { settings, warn }: CommandContext,
 }
 
 function result (errors: number, json: Record<string, unknown>, lines: string[]): CommandResult {
-  if (errors > 0) lines.push(`${errors} problems were reported above`)
+  if (errors > 0) lines.push(`Problems reported on stderr: ${errors}`)
   return { code: errors > 0 ? 1 : 0, json: { ...json, errors }, lines }
 }
 
