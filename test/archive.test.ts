@@ -405,3 +405,33 @@ t.test('bringing back is crash-safe: a failed save leaves it archived, a failed 
   t.equal(list.total, 3)
   t.notOk('archived' in list)
 })
+
+t.test('an archive whose folder fsync fails keeps the session active and readable, then archives it later', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  let failArchiveSync = false
+  const fs: FsSeam = {
+    ...nodeFs,
+    open: (async (path: string, ...rest: unknown[]) => {
+      if (failArchiveSync && String(path).endsWith('/archive')) throw Object.assign(new Error('EIO: injected'), { code: 'EIO' })
+      return (nodeFs.open as (...args: unknown[]) => unknown)(path, ...rest)
+    }) as FsSeam['open']
+  }
+  const app = await build(t, { dir, clock, fs, config: { TASK_ARCHIVE_DAYS: 30 } })
+  await finishedSession(app, 'shaky')
+  advance(31)
+  failArchiveSync = true
+  t.same((await app.archiver.runOnce()).archived, [], 'the move is not acknowledged')
+  t.same(await jsonFiles(dir), ['shaky.json'], 'the active file was written back')
+  t.notOk('archived' in (await get(app, '/list?session_id=shaky')).json(), 'still active')
+
+  failArchiveSync = false
+  t.same((await app.archiver.runOnce()).archived, ['shaky'])
+  t.same(await jsonFiles(dir), [])
+  const files = await archived(dir)
+  t.equal(files.length, 2, 'the uncertain copy is kept, never overwritten')
+  t.match(files, [/^shaky\.\d+\.json$/u, 'shaky.json'])
+  t.equal((await get(app, '/list?session_id=shaky')).json().archived, true)
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/shaky` })).statusCode, 204)
+  t.same(await archived(dir), [], 'delete removes every archived copy')
+})
