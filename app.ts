@@ -1,6 +1,7 @@
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import archiverPlugin from './plugins/archiver.js'
+import archiveRoutes from './routes/archive.js'
 import authPlugin from './plugins/auth.js'
 import configPlugin, { type ConfigPluginOptions } from './plugins/config.js'
 import persistencePlugin from './plugins/persistence.js'
@@ -57,6 +58,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
 
     await app.register(healthRoutes)
     await app.register(taskRoutes, { prefix: '/api/v1/tasks' })
+    await app.register(archiveRoutes, { prefix: '/api/v1/tasks' })
   } catch (err) {
     // A plugin that fails after persistence took the storage lock must not leave it held.
     await app.close().catch(() => {})

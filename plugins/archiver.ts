@@ -11,11 +11,12 @@ export interface ArchiverPluginOptions {
   clock?: () => Date
 }
 
-/** Archives finished sessions after restore, then every TASK_ARCHIVE_INTERVAL_MINUTES. */
+/** Archives finished sessions and applies retention after restore, then every TASK_ARCHIVE_INTERVAL_MINUTES. */
 export default fp<ArchiverPluginOptions>(async function archiverPlugin (app, options) {
   const archiver = new ArchiveScheduler({
     manager: app.taskManager,
     archiveDays: app.config.TASK_ARCHIVE_DAYS,
+    retention: { days: app.config.TASK_ARCHIVE_RETENTION_DAYS, failedDays: app.config.TASK_ARCHIVE_FAILED_RETENTION_DAYS },
     intervalMs: app.config.TASK_ARCHIVE_INTERVAL_MINUTES * 60_000,
     clock: options.clock,
     logger: app.log

@@ -45,15 +45,19 @@ const taskRoutes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.get('/progress', { schema: { querystring: SessionQuery, response: responses.progress } }, async (request) => {
     const sessionId = request.query.session_id
-    return { session_id: sessionId, ...manager.progress(sessionId), running: manager.isRunning(sessionId) }
+    const { progress, archived } = await manager.findProgress(sessionId)
+    return { session_id: sessionId, ...progress, running: manager.isRunning(sessionId), ...(archived && { archived }) }
   })
 
   app.get('/list', { schema: { querystring: ListQuery, response: responses.list } }, async (request) => {
-    const { session_id: sessionId, limit, offset } = request.query
-    if (sessionId === ALL_SESSIONS) return { ...manager.list(offset, limit), offset, limit }
-    const file = manager.get(sessionId)
+    const { session_id: sessionId, limit, offset, archived: filter } = request.query
+    if (sessionId === ALL_SESSIONS) {
+      if (filter === 'exclude') return { ...manager.list(offset, limit), offset, limit }
+      return { ...await manager.listWithArchived(offset, limit, filter), offset, limit }
+    }
+    const { file, archived } = await manager.find(sessionId)
     const tasks = file.session.tasks
-    return { session_id: sessionId, created_at: file.created_at, updated_at: file.updated_at, current_index: file.session.current_index, total: tasks.length, tasks }
+    return { session_id: sessionId, created_at: file.created_at, updated_at: file.updated_at, current_index: file.session.current_index, total: tasks.length, tasks, ...(archived && { archived }) }
   })
 
   app.get('/stats', { schema: { response: responses.stats } }, async () => manager.stats())

@@ -47,10 +47,16 @@ export const Progress = Type.Object({
   percentage: Type.Number()
 })
 
+/** Present (and true) only on archived sessions. */
+const Archived = Type.Optional(Type.Literal(true, { description: 'The session is in the archive' }))
+
 export const ProgressResponse = Type.Composite([
   Type.Object({ session_id: SessionId }),
   Progress,
-  Type.Object({ running: Type.Boolean({ description: 'An execution (foreground or background) holds the session now' }) })
+  Type.Object({
+    running: Type.Boolean({ description: 'An execution (foreground or background) holds the session now' }),
+    archived: Archived
+  })
 ])
 
 const ExecutedTask = Type.Object({
@@ -93,8 +99,11 @@ export const CancelResponse = Type.Object({
 export const SessionQuery = Type.Object({ session_id: SessionId }, { additionalProperties: false })
 export type SessionQuery = Static<typeof SessionQuery>
 
+export const ARCHIVED_FILTERS = ['exclude', 'include', 'only'] as const
+
 export const ListQuery = Type.Object({
   session_id: SessionId,
+  archived: Type.Union(ARCHIVED_FILTERS.map((filter) => Type.Literal(filter)), { default: 'exclude', description: 'With session_id=all: leave out archived sessions, include them, or list only them' }),
   limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
   offset: Type.Integer({ minimum: 0, maximum: 1_000_000_000, default: 0 })
 }, { additionalProperties: false })
@@ -106,12 +115,14 @@ export const SessionDetail = Type.Object({
   updated_at: Timestamp,
   current_index: Type.Integer(),
   total: Type.Integer(),
-  tasks: Type.Array(Task)
+  tasks: Type.Array(Task),
+  archived: Archived
 })
 
 export const SessionSummary = Type.Composite([
   Type.Object({ session_id: SessionId, created_at: Timestamp, updated_at: Timestamp }),
-  Progress
+  Progress,
+  Type.Object({ archived: Archived })
 ])
 
 export const SessionList = Type.Object({
@@ -132,10 +143,12 @@ export const StatsResponse = Type.Object({
   failed_tasks: Type.Integer(),
   pending_tasks: Type.Integer(),
   in_progress_tasks: Type.Integer(),
+  archived_sessions: Type.Integer({ description: 'Sessions in the archive (not counted above)' }),
   storage: Type.Object({
     dir: Type.String(),
     bytes: Type.Integer(),
     files: Type.Integer(),
+    archive_bytes: Type.Integer(),
     failed_loads: Type.Integer(),
     restore_ms: Type.Number()
   })
@@ -143,6 +156,18 @@ export const StatsResponse = Type.Object({
 
 export const SessionParams = Type.Object({ session_id: SessionId }, { additionalProperties: false })
 export type SessionParams = Static<typeof SessionParams>
+
+export const ArchiveBody = Type.Object({
+  older_than_days: Type.Optional(Type.Number({ minimum: 0, description: 'Archive sessions finished more than this many days ago (0: every finished session); default TASK_ARCHIVE_DAYS' }))
+}, { additionalProperties: false })
+export type ArchiveBody = Static<typeof ArchiveBody>
+
+export const ArchiveResponse = Type.Object({
+  archived: Type.Integer({ description: 'Sessions moved to the archive' }),
+  deleted: Type.Integer({ description: 'Archived sessions deleted past retention' }),
+  archived_ids: Type.Array(SessionId),
+  deleted_ids: Type.Array(SessionId)
+})
 
 export const HealthResponse = Type.Object({ status: Type.Literal('ok'), uptime_s: Type.Number() })
 export const ReadyResponse = Type.Object({ status: Type.Literal('ready'), sessions: Type.Integer() })
@@ -156,6 +181,7 @@ export const responses = {
   list: { 200: ListResponse, ...errors(400, 401, 404) },
   stats: { 200: StatsResponse, ...errors(401) },
   remove: { 204: Type.Null(), ...errors(400, 401, 404, 409, 503, 507) },
+  archive: { 200: ArchiveResponse, ...errors(400, 401, 413, 415, 503, 507) },
   health: { 200: HealthResponse },
   ready: { 200: ReadyResponse, ...errors(503) }
 }

@@ -53,6 +53,16 @@ export class SessionLimitError extends TaskvaultError {
   }
 }
 
+/**
+ * The session moved between the archive and the active folder while a create was reading
+ * its archived copy, again and again; the client may retry.
+ */
+export class StaleArchivedCopyError extends TaskvaultError {
+  constructor (sessionId: string) {
+    super('SESSION_BUSY', `session '${sessionId}' is being archived or brought back right now; try again`)
+  }
+}
+
 export class ShuttingDownError extends TaskvaultError {
   constructor (message = 'the service is shutting down') {
     super('SHUTTING_DOWN', message)
@@ -122,5 +132,12 @@ export class CancelledError extends TaskvaultError {
 export class NotRunningError extends TaskvaultError {
   constructor (sessionId: string) {
     super('NOT_RUNNING', `session '${sessionId}' has no execution running`)
+  }
+}
+
+/** A backup that is not a well-formed tar.gz (truncated, a bad checksum, an unsupported field). */
+export class TarFormatError extends TaskvaultError {
+  constructor (message: string) {
+    super('INVALID_ARCHIVE', message)
   }
 }

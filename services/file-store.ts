@@ -1,24 +1,19 @@
-import { constants } from 'node:fs'
-import type { FileHandle } from 'node:fs/promises'
+import type { Dirent } from 'node:fs'
 import { dirname, join, resolve, sep } from 'node:path'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import pLimit from 'p-limit'
-import { SessionFile, StoredSessionFile, SESSION_ID_PATTERN } from '../schemas/session.js'
+import { SessionFile, SESSION_ID_PATTERN } from '../schemas/session.js'
+import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from './archive-index.js'
 import { CoalescedRun } from './coalesce.js'
 import { CorruptSessionFileError, InvalidSessionIdError, StorageError, TaskvaultError } from './errors.js'
 import { nodeFs, type FsSeam } from './fs-seam.js'
 import { ReaderPool } from './reader-pool.js'
-import { normalizeSessionFile } from './session.js'
+import { ARCHIVED_FILE, DIR_MODE, FILE_MODE, TEMP_FILE, fsyncDir, parseSessionFile, readWhole, writeAndRename } from './session-files.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
-import type { LoadFailure, LoadResult, LoadedSession, SessionStore } from './store.js'
+import type { ArchivedSession, LoadFailure, LoadResult, LoadedSession, SessionStore } from './store.js'
 
-const FILE_MODE = 0o600
-const DIR_MODE = 0o700
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
-// `.<id>.<pid>.<seq>.tmp`: hidden, never matches `*.json`, unique per process and save.
-const TEMP_FILE = /^\.[A-Za-z0-9_-]{1,128}\.\d+\.\d+\.tmp$/u
 const checkSessionFile = TypeCompiler.Compile(SessionFile)
-const checkStoredFile = TypeCompiler.Compile(StoredSessionFile)
 /** Files per batch a reader thread reads at restore: big enough to amortise a message, small enough to keep memory low. */
 const RESTORE_BATCH_FILES = 128
 
@@ -34,7 +29,8 @@ export interface FileSessionStoreOptions {
 /**
  * One JSON file per session in `dir`. Every save is atomic and durable: a unique temp file
  * in the same folder (created exclusively, 0600) is written, fsynced and renamed over the
- * target, then the folder is fsynced. Concurrent saves share folder fsyncs.
+ * target, then the folder is fsynced. Concurrent saves share folder fsyncs. Archived sessions
+ * live in `dir/archive/`, unreadable files are set aside in `dir/corrupt/`.
  */
 export class FileSessionStore implements SessionStore {
   readonly dir: string
@@ -44,6 +40,9 @@ export class FileSessionStore implements SessionStore {
   private readonly indent: number
   private readonly dirSync: CoalescedRun
   private readonly lock: StorageLock | null
+  private readonly archiveIndex = new ArchiveIndex()
+  private summaryFill: Promise<LoadFailure[]> | null = null
+  private readConcurrency = 32
   private tempSeq = 0
 
   constructor (options: FileSessionStoreOptions) {
@@ -52,7 +51,7 @@ export class FileSessionStore implements SessionStore {
     this.corruptDir = join(this.dir, 'corrupt')
     this.fs = options.fs ?? nodeFs
     this.indent = options.indent ?? 2
-    this.dirSync = new CoalescedRun(() => this.fsyncDir(this.dir))
+    this.dirSync = new CoalescedRun(() => fsyncDir(this.fs, this.dir))
     this.lock = options.lock ? new StorageLock(this.dir, this.fs, options.lock) : null
   }
 
@@ -66,7 +65,7 @@ export class FileSessionStore implements SessionStore {
     try {
       await this.fs.ensureDir(this.dir, DIR_MODE)
       // A folder created just now is durable only once its parent's entry is.
-      await this.fsyncDir(dirname(this.dir)).catch(noop)
+      await fsyncDir(this.fs, dirname(this.dir)).catch(noop)
       if (this.lock !== null) replaced = await this.lock.acquire()
       await this.fs.chmod(this.dir, DIR_MODE)
       // Prove the folder is writable now rather than on the first client's request.
@@ -98,18 +97,9 @@ export class FileSessionStore implements SessionStore {
     }
     const target = this.pathFor(file.session_id)
     const data = Buffer.from(JSON.stringify(file, null, this.indent) + '\n', 'utf8')
-    const temp = join(this.dir, `.${file.session_id}.${process.pid}.${++this.tempSeq}.tmp`)
-    let handle: FileHandle | undefined
     try {
-      handle = await this.fs.open(temp, 'wx', FILE_MODE)
-      await handle.writeFile(data)
-      await handle.sync()
-      await handle.close()
-      handle = undefined
-      await this.fs.rename(temp, target)
+      await writeAndRename(this.fs, this.tempPath(file.session_id), target, data)
     } catch (err) {
-      await handle?.close().catch(noop)
-      await this.fs.unlink(temp).catch(noop)
       throw new StorageError(`saving session '${file.session_id}'`, err as NodeJS.ErrnoException)
     }
     await this.syncDir(`saving session '${file.session_id}'`, true)
@@ -127,28 +117,8 @@ export class FileSessionStore implements SessionStore {
     await this.syncDir(`deleting session '${sessionId}'`, true)
   }
 
-  async archive (sessionId: string): Promise<void> {
-    const source = this.pathFor(sessionId)
-    try {
-      await this.ensureRealDir(this.archiveDir)
-      // Never replace an earlier archive of the same id: the later one gets a dated name.
-      let target = join(this.archiveDir, `${sessionId}.json`)
-      if (await this.fs.lstat(target).then(() => true, () => false)) target = join(this.archiveDir, `${sessionId}.${Date.now()}.json`)
-      await this.fs.rename(source, target)
-      await this.fsyncDir(this.archiveDir)
-    } catch (err) {
-      throw new StorageError(`archiving session '${sessionId}'`, err as NodeJS.ErrnoException)
-    }
-    await this.syncDir(`archiving session '${sessionId}'`, true)
-  }
-
   async loadAll ({ concurrency }: { concurrency: number }): Promise<LoadResult> {
-    let entries
-    try {
-      entries = await this.fs.readdir(this.dir, { withFileTypes: true })
-    } catch (err) {
-      throw new StorageError(`listing storage folder ${this.dir}`, err as NodeJS.ErrnoException)
-    }
+    const entries = await this.list(this.dir)
     const sessions: LoadedSession[] = []
     const failures: LoadFailure[] = []
     let removedTempFiles = 0
@@ -181,10 +151,11 @@ export class FileSessionStore implements SessionStore {
             throw new StorageError(`reading ${file.name}`, Object.assign(new Error(file.code), { code: file.code }))
           }
           try {
-            sessions.push(parseSessionFile(file.name, data.toString('utf8', file.offset, file.offset + file.length), file.length))
+            const text = data.toString('utf8', file.offset, file.offset + file.length)
+            sessions.push({ file: parseSessionFile(file.name, text, file.name.slice(0, -'.json'.length)), bytes: file.length })
           } catch (err) {
             if (!(err instanceof CorruptSessionFileError)) throw err
-            failures.push({ name: file.name, reason: err.message, movedTo: await this.setAside(file.name) })
+            failures.push({ name: file.name, reason: err.message, movedTo: await this.setAside(this.dir, file.name) })
           }
         }
       })))
@@ -195,27 +166,201 @@ export class FileSessionStore implements SessionStore {
     return { sessions, failures, removedTempFiles }
   }
 
+  // --- The archive: `archive/`, indexed in memory by names and sizes, read on demand. ---
+
+  /**
+   * Indexes `archive/` from its listing and file sizes only: archived files are read when a
+   * list, a read or retention first needs them. Leftover temp files are removed.
+   */
+  async openArchive ({ concurrency }: { concurrency: number }): Promise<ArchiveTotals> {
+    this.archiveIndex.clear()
+    this.readConcurrency = concurrency
+    // A missing archive/ is empty; one that is not a real folder is never read (archiving refuses it too).
+    const stat = await this.fs.lstat(this.archiveDir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return null
+      throw new StorageError(`reading ${this.archiveDir}`, err)
+    })
+    if (stat === null || !stat.isDirectory()) return { ...this.archiveTotals() }
+    const entries = await this.list(this.archiveDir)
+    const limit = pLimit(concurrency)
+    let removedTempFiles = 0
+    await Promise.all(entries.map((entry) => limit(async () => {
+      if (!entry.isFile()) return
+      const path = join(this.archiveDir, entry.name)
+      if (TEMP_FILE.test(entry.name)) {
+        if (await this.fs.unlink(path).then(() => true, () => false)) removedTempFiles++
+        return
+      }
+      const match = ARCHIVED_FILE.exec(entry.name)
+      if (match === null) return
+      try {
+        const { size } = await this.fs.lstat(path)
+        this.archiveIndex.add(match[1] as string, { name: entry.name, bytes: size, stamp: Number(match[2] ?? 0) }, null)
+      } catch (err) {
+        // Gone since the listing: nothing to index.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new StorageError(`reading ${path}`, err as NodeJS.ErrnoException)
+      }
+    })))
+    if (removedTempFiles > 0) await fsyncDir(this.fs, this.archiveDir).catch(noop)
+    return { ...this.archiveTotals() }
+  }
+
+  /**
+   * Durably moves the session's file into `archive/` by rename. An earlier archive of the
+   * same id is never replaced: the later one is saved as `<id>.<ms>.json`.
+   */
+  async archive (file: SessionFile): Promise<void> {
+    const sessionId = file.session_id
+    const source = this.pathFor(sessionId)
+    const operation = `archiving session '${sessionId}'`
+    let stamp = 0
+    let name = `${sessionId}.json`
+    try {
+      await this.ensureRealDir(this.archiveDir)
+      while (await this.fs.lstat(join(this.archiveDir, name)).then(() => true, () => false)) {
+        stamp = Math.max(stamp + 1, Date.now())
+        name = `${sessionId}.${stamp}.json`
+      }
+      await this.fs.rename(source, join(this.archiveDir, name))
+    } catch (err) {
+      throw new StorageError(operation, err as NodeJS.ErrnoException)
+    }
+    // The file is in archive/ now, whatever fails next: the index says so.
+    const size = await this.fs.lstat(join(this.archiveDir, name)).then((stat) => stat.size, () => 0)
+    this.archiveIndex.add(sessionId, { name, bytes: size, stamp }, summarize(file, name))
+    try {
+      await fsyncDir(this.fs, this.archiveDir)
+    } catch (err) {
+      const error = new StorageError(operation, err as NodeJS.ErrnoException)
+      error.uncertain = true
+      throw error
+    }
+    await this.syncDir(operation, true)
+  }
+
+  archivedName (sessionId: string): string | null {
+    return this.archiveIndex.newest(sessionId)?.name ?? null
+  }
+
+  archiveTotals (): Readonly<ArchiveTotals> {
+    return this.archiveIndex.stats()
+  }
+
+  /** The archived session, read from its file; an unreadable file is set aside and the next older one (if any) is tried. */
+  async readArchived (sessionId: string): Promise<{ session: ArchivedSession | null, failures: LoadFailure[] }> {
+    const failures: LoadFailure[] = []
+    for (let newest = this.archiveIndex.newest(sessionId); newest !== null; newest = this.archiveIndex.newest(sessionId)) {
+      const loaded = await this.loadFile(this.archiveDir, newest.name, sessionId)
+      if (loaded !== null && 'reason' in loaded) failures.push(loaded)
+      if (loaded !== null && 'file' in loaded) {
+        this.archiveIndex.setSummary(sessionId, newest.name, summarize(loaded.file, newest.name))
+        return { session: { ...loaded, name: newest.name }, failures }
+      }
+      this.archiveIndex.remove(sessionId, newest.name)
+    }
+    return { session: null, failures }
+  }
+
+  /** Every archived session's summary; files not read yet are read now, in parallel. */
+  async listArchived (): Promise<{ sessions: ArchivedSummary[], failures: LoadFailure[] }> {
+    // Concurrent callers share one pass over the unread files; its failures are reported once.
+    const started = this.summaryFill === null
+    this.summaryFill ??= this.fillSummaries().finally(() => { this.summaryFill = null })
+    const failures = await this.summaryFill
+    return { sessions: this.archiveIndex.summaries(), failures: started ? failures : [] }
+  }
+
+  /**
+   * Brings an archived session back: the active file is written durably first, then the
+   * archived file is removed. A crash in between leaves both (the active one is used), never
+   * neither. Resolves with the active file's size.
+   */
+  async restoreFromArchive (file: SessionFile, archivedName: string): Promise<number> {
+    const bytes = await this.save(file)
+    const path = join(this.archiveDir, archivedName)
+    const removed = await this.fs.unlink(path).then(() => true, (err: NodeJS.ErrnoException) => err.code === 'ENOENT')
+    // A file that could not be removed stays as an older copy behind the active session.
+    if (removed) {
+      this.archiveIndex.remove(file.session_id, archivedName)
+      await fsyncDir(this.fs, this.archiveDir).catch(noop)
+    }
+    return bytes
+  }
+
+  /** Durably deletes every archived file of the session; resolves with how many there were. */
+  async removeArchived (sessionId: string): Promise<number> {
+    const files = [...this.archiveIndex.files(sessionId)]
+    if (files.length === 0) return 0
+    try {
+      for (const { name } of files) {
+        await this.fs.unlink(join(this.archiveDir, name)).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOENT') throw err
+        })
+        this.archiveIndex.remove(sessionId, name)
+      }
+      await fsyncDir(this.fs, this.archiveDir)
+    } catch (err) {
+      throw new StorageError(`deleting archived session '${sessionId}'`, err as NodeJS.ErrnoException)
+    }
+    return files.length
+  }
+
   async close (): Promise<void> {
     await this.lock?.release()
   }
 
+  private async fillSummaries (): Promise<LoadFailure[]> {
+    const limit = pLimit(this.readConcurrency)
+    const failures: LoadFailure[] = []
+    await Promise.all(this.archiveIndex.unsummarized().map((sessionId) => limit(async () => {
+      failures.push(...(await this.readArchived(sessionId)).failures)
+    })))
+    return failures
+  }
 
+  private async list (dir: string): Promise<Dirent[]> {
+    try {
+      return await this.fs.readdir(dir, { withFileTypes: true })
+    } catch (err) {
+      throw new StorageError(`listing storage folder ${dir}`, err as NodeJS.ErrnoException)
+    }
+  }
+
+  /**
+   * Reads and checks one file. A file that is readable but wrong is set aside into
+   * `corrupt/` and reported; an I/O error (EMFILE, EIO, EACCES) says nothing about the file
+   * and is thrown instead, leaving the file where it is.
+   */
+  private async loadFile (dir: string, name: string, sessionId: string): Promise<LoadedSession | LoadFailure | null> {
+    try {
+      const data = await readWhole(this.fs, join(dir, name))
+      return { file: parseSessionFile(name, data.toString('utf8'), sessionId), bytes: data.length }
+    } catch (err) {
+      // An archived file removed by hand since it was indexed is simply gone.
+      if (dir === this.archiveDir && (err as NodeJS.ErrnoException).code === 'ENOENT') return null
+      if (!(err instanceof CorruptSessionFileError)) throw new StorageError(`reading ${name}`, err as NodeJS.ErrnoException)
+      return { name: dir === this.dir ? name : `archive/${name}`, reason: err.message, movedTo: await this.setAside(dir, name) }
+    }
+  }
+
+  private tempPath (sessionId: string): string {
+    return join(this.dir, `.${sessionId}.${process.pid}.${++this.tempSeq}.tmp`)
+  }
 
   /** Moves an unreadable file into `corrupt/`, never deleting it; null if it could not be moved. */
-  private async setAside (name: string): Promise<string | null> {
+  private async setAside (dir: string, name: string): Promise<string | null> {
     try {
       await this.ensureRealDir(this.corruptDir)
       // Unique per process and call, so two set-asides of one name never overwrite each other.
       const target = join(this.corruptDir, `${name}.${Date.now()}.${process.pid}.${++this.tempSeq}`)
-      await this.fs.rename(join(this.dir, name), target)
-      await this.fsyncDir(this.corruptDir)
+      await this.fs.rename(join(dir, name), target)
+      await fsyncDir(this.fs, this.corruptDir)
       return target
     } catch {
       return null
     }
   }
 
-  /** `afterChange`: the folder entry was already changed, so a failure leaves the outcome uncertain. */
   /** Creates a subfolder, refusing one that is a symlink (it could lead out of the storage folder). */
   private async ensureRealDir (dir: string): Promise<void> {
     await this.fs.ensureDir(dir, DIR_MODE)
@@ -223,6 +368,7 @@ export class FileSessionStore implements SessionStore {
     if (!stat.isDirectory()) throw Object.assign(new Error(`${dir} is not a real folder (a symlink?); refusing to move files into it`), { code: 'ENOTDIR' })
   }
 
+  /** `afterChange`: the folder entry was already changed, so a failure leaves the outcome uncertain. */
   private async syncDir (operation: string, afterChange = false): Promise<void> {
     try {
       await this.dirSync.run()
@@ -232,69 +378,9 @@ export class FileSessionStore implements SessionStore {
       throw error
     }
   }
-
-  private async fsyncDir (dir: string): Promise<void> {
-    const handle = await this.fs.open(dir, constants.O_RDONLY | constants.O_DIRECTORY)
-    try {
-      await handle.sync()
-    } finally {
-      await handle.close()
-    }
-  }
 }
 
 function noop (): void {}
-
-/** The pattern admits 2020-13-45; Date.parse does not. Returns the first such value. */
-function invalidTimestamp (file: StoredSessionFile): string | null {
-  if (!realTimestamp(file.created_at)) return file.created_at
-  if (!realTimestamp(file.updated_at)) return file.updated_at
-  for (const task of file.session.tasks) {
-    for (const value of [task.created_at, task.started_at, task.completed_at]) {
-      if (value !== null && value !== undefined && !realTimestamp(value)) return value
-    }
-  }
-  return null
-}
-
-/**
- * For a value that matched the Timestamp pattern: does it name a real time? Fields in their
- * everyday ranges are settled here without Date.parse (a third of restore's CPU otherwise);
- * the rare edge (day 29 to 31, hour 24, out-of-range fields) is left to Date.parse.
- */
-function realTimestamp (value: string): boolean {
-  const month = twoDigits(value, 5)
-  const day = twoDigits(value, 8)
-  if (month >= 1 && month <= 12 && day >= 1 && day <= 28 && twoDigits(value, 11) <= 23 &&
-    twoDigits(value, 14) <= 59 && twoDigits(value, 17) <= 59 && value.endsWith('Z')) return true
-  return !Number.isNaN(Date.parse(value))
-}
-
-function twoDigits (text: string, at: number): number {
-  return (text.charCodeAt(at) - 48) * 10 + text.charCodeAt(at + 1) - 48
-}
-
-/** Checks one stored session file: JSON, the file schema, its name, unique task ids, real dates. */
-function parseSessionFile (name: string, text: string, bytes: number): LoadedSession {
-  let raw: unknown
-  try {
-    raw = JSON.parse(text)
-  } catch (err) {
-    throw new CorruptSessionFileError(name, `not valid JSON (${(err as Error).message})`)
-  }
-  if (!checkStoredFile.Check(raw)) {
-    const first = checkStoredFile.Errors(raw).First()
-    throw new CorruptSessionFileError(name, `does not match the session file format at '${first?.path ?? ''}': ${first?.message ?? ''}`)
-  }
-  if (name !== `${raw.session_id}.json` || raw.session.session_id !== raw.session_id) {
-    throw new CorruptSessionFileError(name, `holds session '${raw.session_id}', which does not match its file name`)
-  }
-  const ids = new Set(raw.session.tasks.map((task) => task.id))
-  if (ids.size !== raw.session.tasks.length) throw new CorruptSessionFileError(name, 'has duplicate task ids')
-  const badTime = invalidTimestamp(raw)
-  if (badTime !== null) throw new CorruptSessionFileError(name, `holds an impossible date '${badTime}'`)
-  return { file: normalizeSessionFile(raw), bytes }
-}
 
 function batches<T> (items: T[], size: number): T[][] {
   const out: T[][] = []

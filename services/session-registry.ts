@@ -8,6 +8,10 @@ export interface Draft {
   file: SessionFile | null
   /** With `file` null: move the stored file to the archive instead of deleting it. */
   archive: boolean
+  /** With `file` set: the archived file it was brought back from, removed once `file` is durable. */
+  unarchive: string | null
+  /** With `file` null: also delete the session's archived files. */
+  dropArchived: boolean
   /** Write even with auto-save off (the shutdown flush). */
   forceSave: boolean
   readonly now: Date
@@ -205,7 +209,7 @@ export class SessionRegistry {
     await Promise.resolve()
     while (slot.queue.length > 0) {
       const batch = slot.queue.splice(0)
-      const draft: Draft = { sessionId, file: slot.file && cloneSessionFile(slot.file), archive: false, forceSave: false, now: this.clock() }
+      const draft: Draft = { sessionId, file: slot.file && cloneSessionFile(slot.file), archive: false, unarchive: null, dropArchived: false, forceSave: false, now: this.clock() }
       const applied: Array<{ change: QueuedChange, value: unknown }> = []
       while (batch.length > 0) {
         const change = batch.shift() as QueuedChange
@@ -217,7 +221,7 @@ export class SessionRegistry {
           change.reject(err)
         }
         // A delete or archive is written on its own; what follows starts from its result.
-        if (draft.file === null && slot.file !== null) {
+        if (draft.file === null && (slot.file !== null || draft.dropArchived)) {
           slot.queue.unshift(...batch)
           break
         }
@@ -235,7 +239,7 @@ export class SessionRegistry {
         for (const { change } of applied) change.reject(err)
         continue
       }
-      this.commit(slot, draft.file, bytes, this.autoSave || draft.forceSave || draft.file === null)
+      this.commit(slot, draft.file, bytes, this.autoSave || draft.forceSave || draft.file === null || draft.unarchive !== null)
       for (const { change, value } of applied) change.resolve(value)
     }
     slot.flushing = null
@@ -244,11 +248,16 @@ export class SessionRegistry {
 
   private async persist (sessionId: string, slot: SessionSlot, draft: Draft): Promise<number> {
     if (draft.file === null) {
-      if (slot.file === null) return 0
-      if (draft.archive) await this.store.archive(sessionId)
-      else await this.store.remove(sessionId)
+      // Archived copies go first: if that fails, the active session is still intact.
+      if (draft.dropArchived) await this.store.removeArchived(sessionId)
+      if (slot.file !== null) {
+        if (draft.archive) await this.store.archive(slot.file)
+        else await this.store.remove(sessionId)
+      }
       return 0
     }
+    // Written even with auto-save off: the archived copy is removed right after.
+    if (draft.unarchive !== null) return this.store.restoreFromArchive(draft.file, draft.unarchive)
     return this.autoSave || draft.forceSave ? this.store.save(draft.file) : slot.bytes
   }
 

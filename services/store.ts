@@ -1,9 +1,18 @@
 import type { SessionFile } from '../schemas/session.js'
+import type { ArchiveTotals, ArchivedSummary } from './archive-index.js'
+
+export type { ArchiveTotals, ArchivedSummary }
 
 export interface LoadedSession {
   file: SessionFile
   /** Size of the stored form, for storage statistics. */
   bytes: number
+}
+
+/** An archived session read back from the archive. */
+export interface ArchivedSession extends LoadedSession {
+  /** Which archived file it was read from (see restoreFromArchive). */
+  name: string
 }
 
 export interface LoadFailure {
@@ -36,7 +45,27 @@ export interface SessionStore {
   save(file: SessionFile): Promise<number>
   /** Durably removes the session; removing a missing session is not an error. */
   remove(sessionId: string): Promise<void>
-  /** Durably moves the session to the archive. */
-  archive(sessionId: string): Promise<void>
+  /** Durably moves the stored session (whose content is `file`) to the archive. */
+  archive(file: SessionFile): Promise<void>
+  /**
+   * Indexes the archive at restore. Archived sessions stay out of memory: only what the
+   * methods below need is kept, and their content is read on demand.
+   */
+  openArchive(options: { concurrency: number }): Promise<ArchiveTotals>
+  /** Which archived file holds the session, or null when it is not archived (from memory). */
+  archivedName(sessionId: string): string | null
+  /** Counts and sizes of the archive (from memory). */
+  archiveTotals(): Readonly<ArchiveTotals>
+  /** Reads an archived session; null when it is not archived. Unreadable files are set aside and reported. */
+  readArchived(sessionId: string): Promise<{ session: ArchivedSession | null, failures: LoadFailure[] }>
+  /** A summary of every archived session (for lists and retention). */
+  listArchived(): Promise<{ sessions: ArchivedSummary[], failures: LoadFailure[] }>
+  /**
+   * Durably makes `file` the active session again and then removes the archived file it came
+   * from (`archivedName`); a crash in between leaves both, never neither. Resolves with the stored size.
+   */
+  restoreFromArchive(file: SessionFile, archivedName: string): Promise<number>
+  /** Durably deletes every archived file of the session; resolves with how many there were. */
+  removeArchived(sessionId: string): Promise<number>
   close(): Promise<void>
 }

@@ -1,10 +1,11 @@
 import { EventEmitter } from 'node:events'
 import type { AgentsConfig } from './agents/spec.js'
-import { InvalidSessionIdError, LimitExceededError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError } from './errors.js'
+import { ArchivedSessions, type ArchivedSessionSummary, type RetentionCutoffs } from './archived-sessions.js'
+import { InvalidSessionIdError, LimitExceededError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError } from './errors.js'
 import { resolveAgents, type AgentRoutes, type Executors } from './executors.js'
-import { appendTasks, finishedAt, isoNow, newSessionFile, type Progress, type SessionFile, type Task, type TaskSpec } from './session.js'
+import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, type Progress, type SessionFile, type Task, type TaskSpec } from './session.js'
 import { SessionRegistry, unchanged, type Draft, type SessionSummary, type Totals } from './session-registry.js'
-import type { SessionStore } from './store.js'
+import type { ArchivedSession, SessionStore } from './store.js'
 import { TaskRunner } from './task-runner.js'
 
 /** The subset of pino's API the manager logs through, so it runs without Fastify. */
@@ -64,6 +65,8 @@ export interface ExecutedTask {
 
 export interface RestoreReport {
   sessions: number
+  /** Sessions in the archive (indexed, not loaded). */
+  archivedSessions: number
   failedLoads: number
   resetTasks: number
   ms: number
@@ -71,8 +74,12 @@ export interface RestoreReport {
 
 /** The seed's counts plus storage figures: what GET /stats serves. */
 export interface ManagerStats extends Omit<Totals, 'bytes' | 'files'> {
-  storage: { dir: string, bytes: number, files: number, failed_loads: number, restore_ms: number }
+  archived_sessions: number
+  storage: { dir: string, bytes: number, files: number, archive_bytes: number, failed_loads: number, restore_ms: number }
 }
+
+/** Which sessions a list of every session shows. */
+export type ArchivedFilter = 'exclude' | 'include' | 'only'
 
 /** One call to an agent, for metrics and logs. `agent` is the routing key that chose it (a task type or `default`). */
 export interface AgentCallEvent {
@@ -102,6 +109,7 @@ const silent: Logger = { info () {}, warn () {}, error () {} }
  */
 export class TaskManager {
   readonly registry: SessionRegistry
+  readonly archived: ArchivedSessions
   readonly events = new EventEmitter<TaskManagerEvents>()
   private readonly store: SessionStore
   readonly agents: AgentRoutes
@@ -137,6 +145,7 @@ export class TaskManager {
       maxResultBytes: this.limits.maxResultBytes,
       shutdownGraceMs: this.shutdownGraceMs
     })
+    this.archived = new ArchivedSessions({ registry: this.registry, store: this.store, logger: this.log })
   }
 
   /** True once restore has finished and until shutdown begins. */
@@ -178,9 +187,10 @@ export class TaskManager {
       }).catch((err: Error) => this.log.error({ session_id: file.session_id, err }, 'Could not save the reset of interrupted tasks')))
     }
     await Promise.all(resets)
+    const archive = await this.store.openArchive({ concurrency: this.restoreConcurrency })
     const ms = Math.round((performance.now() - started) * 100) / 100
-    this.restored = { sessions: sessions.length, failedLoads: failures.length, resetTasks, ms }
-    this.log.info({ sessions: sessions.length, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from disk`)
+    this.restored = { sessions: sessions.length, archivedSessions: archive.sessions, failedLoads: failures.length, resetTasks, ms }
+    this.log.info({ sessions: sessions.length, archived: archive.sessions, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from disk`)
     this.events.emit('restore', this.restored)
     if (this.resumeOnStart) this.runner.resumeBackgroundRuns(backgroundRuns)
     else if (backgroundRuns.length > 0) this.log.warn({ sessions: backgroundRuns.length }, 'Background runs interrupted by the restart were not resumed (TASK_RESUME_ON_START=false); they resume on a start with it true, or end with an execute-all')
@@ -203,7 +213,7 @@ export class TaskManager {
     }
   }
 
-  /** Appends tasks to a session, creating it if needed. Resolves once they are durable. */
+  /** Appends tasks to a session, creating it (or bringing it back from the archive) if needed. Resolves once they are durable. */
   async create (sessionId: string, specs: readonly TaskSpec[]): Promise<{ session_id: string, tasks: Task[] }> {
     if (sessionId === ALL_SESSIONS) throw new InvalidSessionIdError(`session id '${ALL_SESSIONS}' is reserved`)
     this.assertOpen()
@@ -214,18 +224,18 @@ export class TaskManager {
         throw new LimitExceededError(`task ${index + 1} is ${bytes} bytes; the limit is ${maxInstructionBytes} (TASK_MAX_INSTRUCTION_BYTES)`)
       }
     })
-    const tasks = await this.registry.change(sessionId, (draft) => {
+    const tasks = await this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
       if (draft.file === null) {
         // Sessions being created right now hold a slot too, so a burst cannot overshoot.
         if (this.registry.slotCount > maxSessions) throw new SessionLimitError(maxSessions)
-        draft.file = newSessionFile(sessionId, draft.now)
+        draft.file = this.archived.bringBack(draft, archivedCopy) ?? newSessionFile(sessionId, draft.now)
       }
       const total = draft.file.session.tasks.length + specs.length
       if (total > maxTasksPerSession) {
         throw new LimitExceededError(`session '${sessionId}' would have ${total} tasks; the limit is ${maxTasksPerSession} (TASK_MAX_TASKS_PER_SESSION)`)
       }
       return appendTasks(draft.file, specs, draft.now).map((task) => ({ ...task }))
-    })
+    }))
     return { session_id: sessionId, tasks }
   }
 
@@ -242,6 +252,29 @@ export class TaskManager {
     return { total: all.length, sessions: all.slice(offset, offset + limit) }
   }
 
+  /** A session, active or archived (then read from its file). */
+  async find (sessionId: string): Promise<{ file: SessionFile, archived: boolean }> {
+    const active = this.registry.find(sessionId)
+    if (active !== null) return { file: active, archived: false }
+    const archived = await this.archived.read(sessionId)
+    if (archived !== null) return { file: archived.file, archived: true }
+    // Brought back while the archive was read.
+    return { file: this.get(sessionId), archived: false }
+  }
+
+  async findProgress (sessionId: string): Promise<{ progress: Progress, archived: boolean }> {
+    if (this.registry.find(sessionId) !== null) return { progress: this.progress(sessionId), archived: false }
+    const { file, archived } = await this.find(sessionId)
+    return { progress: archived ? progressOf(file.session.tasks) : this.progress(sessionId), archived }
+  }
+
+  /** Every session, newest first, with archived ones (`include`) or only those (`only`). */
+  async listWithArchived (offset: number, limit: number, filter: Exclude<ArchivedFilter, 'exclude'>): Promise<{ total: number, sessions: Array<SessionSummary | ArchivedSessionSummary> }> {
+    const archived = await this.archived.summaries()
+    const all = filter === 'only' ? archived : mergeNewestFirst(this.registry.summaries(), archived)
+    return { total: all.length, sessions: all.slice(offset, offset + limit) }
+  }
+
   /** Named fields, not spreads: spreads build slow dictionary-mode objects on this hot path. */
   stats (): ManagerStats {
     const t = this.registry.stats()
@@ -254,11 +287,13 @@ export class TaskManager {
       failed_tasks: t.failed_tasks,
       pending_tasks: t.pending_tasks,
       in_progress_tasks: t.in_progress_tasks,
+      archived_sessions: this.archived.totals.sessions,
       storage: {
         dir: this.store.location,
         bytes: t.bytes,
         files: t.files,
-        failed_loads: this.restored?.failedLoads ?? 0,
+        archive_bytes: this.archived.totals.bytes,
+        failed_loads: (this.restored?.failedLoads ?? 0) + this.archived.failedLoads,
         restore_ms: this.restored?.ms ?? 0
       }
     }
@@ -292,13 +327,15 @@ export class TaskManager {
     return this.runner.isRunning(sessionId)
   }
 
-  /** Deletes a session and its file. Refused while it executes. */
+  /** Deletes a session and its file, or its archived files. Refused while it executes. */
   async delete (sessionId: string): Promise<void> {
-    this.registry.existing(sessionId)
+    if (!this.archived.has(sessionId)) this.registry.existing(sessionId)
     await this.registry.change(sessionId, (draft) => {
-      liveFile(draft)
-      if (this.registry.existing(sessionId).executing) throw new SessionBusyError(sessionId)
+      const archived = this.store.archivedName(sessionId) !== null
+      if (!archived) liveFile(draft)
+      if (draft.file !== null && this.registry.existing(sessionId).executing) throw new SessionBusyError(sessionId)
       draft.file = null
+      draft.dropArchived = archived
     })
   }
 
@@ -329,6 +366,11 @@ export class TaskManager {
     return archived
   }
 
+  /** Deletes archived sessions that finished before their retention cutoff. */
+  async pruneArchivedBefore (cutoffs: RetentionCutoffs): Promise<string[]> {
+    return this.archived.prune(cutoffs, () => this.shuttingDown)
+  }
+
   /**
    * Stops taking executions, gives running ones the grace period to finish, then aborts
    * them (their tasks stay InProgress on disk and run again after restart).
@@ -345,6 +387,22 @@ export class TaskManager {
     if (!this.autoSave) await this.registry.saveDirty()
   }
 
+  /**
+   * Runs `change` with the session's archived copy (null when it is active or not archived),
+   * read beforehand because changes cannot wait for I/O. If the archive changed in between,
+   * the copy is read again.
+   */
+  private async withArchivedCopy<R> (sessionId: string, change: (copy: ArchivedSession | null) => Promise<R>): Promise<R> {
+    for (let attempt = 1; ; attempt++) {
+      const copy = await this.archived.read(sessionId)
+      try {
+        return await change(copy)
+      } catch (err) {
+        if (!(err instanceof StaleArchivedCopyError) || attempt >= 3) throw err
+      }
+    }
+  }
+
   private assertOpen (): void {
     if (this.shuttingDown) throw new ShuttingDownError()
   }
@@ -353,6 +411,25 @@ export class TaskManager {
 function liveFile (draft: Draft): SessionFile {
   if (draft.file === null) throw new SessionNotFoundError(draft.sessionId)
   return draft.file
+}
+
+/** Merges two lists sorted newest `updated_at` first. */
+function mergeNewestFirst<A extends { updated_at: string }, B extends { updated_at: string }> (a: A[], b: B[]): Array<A | B> {
+  const merged: Array<A | B> = []
+  let i = 0
+  let j = 0
+  while (i < a.length || j < b.length) {
+    const left = a[i]
+    const right = b[j]
+    if (right === undefined || (left !== undefined && Date.parse(left.updated_at) >= Date.parse(right.updated_at))) {
+      merged.push(left as A)
+      i++
+    } else {
+      merged.push(right)
+      j++
+    }
+  }
+  return merged
 }
 
 function isArchivable (file: SessionFile, cutoff: Date): boolean {

@@ -193,7 +193,7 @@ t.test('archive moves the file into archive/', async (t) => {
   const file = sessionFile('old-one')
   await store.save(file)
   const before = await readFile(store.pathFor('old-one'))
-  await store.archive('old-one')
+  await store.archive(file)
   t.strictSame(await names(store.dir), ['archive'])
   t.same(await readFile(join(store.archiveDir, 'old-one.json')), before, 'byte-for-byte the same')
   t.equal(await mode(store.archiveDir), 0o700)

@@ -241,6 +241,6 @@ t.test('archiver moves sessions finished longer ago than TASK_ARCHIVE_DAYS', asy
   t.same((await app.archiver.runOnce()).archived, ['finished'])
   t.same(await jsonFiles(dir), ['waiting.json'])
   t.same(await readdir(join(dir, 'archive')), ['finished.json'])
-  t.equal((await get(app, '/progress?session_id=finished')).statusCode, 404)
+  t.match((await get(app, '/progress?session_id=finished')).json(), { session_id: 'finished', all_done: true, archived: true }, 'still readable, from the archive')
   t.equal((await get(app, '/stats')).json().total_sessions, 1)
 })

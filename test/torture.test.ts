@@ -253,8 +253,9 @@ t.test('crash torture: SIGKILL at random moments under concurrent load loses not
 
     const stats = await call(server, 'GET', `${API}/stats`)
     t.equal(stats.status, 200, `${label}: stats answers 200`)
-    const { storage: storageStats, ...counts } = stats.body as Record<string, any>
+    const { storage: storageStats, archived_sessions: archivedSessions, ...counts } = stats.body as Record<string, any>
     t.same(counts, sums, `${label}: /stats counts equal what /list?session_id=all reports`)
+    t.equal(archivedSessions, 0, `${label}: nothing archived (archiving is off)`)
     t.equal(storageStats?.failed_loads, 0, `${label}: no session file failed to load`)
     t.equal(storageStats?.files, onDisk.size, `${label}: stats files equals the session files`)
     t.equal(storageStats?.bytes, diskBytes, `${label}: stats bytes equals the size of the session files`)

@@ -1,0 +1,94 @@
+import { ArchiveScheduler, type ArchivePassOptions } from '../../services/archiver.js'
+import { TaskManager, type Logger } from '../../services/task-manager.js'
+import { UsageError, daysOption, type ParsedCommand } from '../args.js'
+import { storageDir, withWriteLock } from '../folder.js'
+import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
+
+export const archiveCommand: Command = {
+  name: 'archive',
+  summary: 'move finished sessions older than N days into archive/ (the scheduler\'s archive pass)',
+  help: `Usage: taskvault archive [dir] [--days N] [--json]
+
+Runs the server's archive pass once: every session whose tasks are all Completed or Failed,
+and whose last completion is more than N days old, moves to <dir>/archive/. The folder is
+loaded as the server loads it at start (an interrupted task goes back to Pending, an unreadable
+file is set aside in corrupt/). Refused while a server holds the folder.
+
+Options:
+  --days N    age in days since the last completion; 0 archives every finished session
+              (default TASK_ARCHIVE_DAYS, 30)
+
+${COMMON_HELP}`,
+  options: { days: { type: 'string' } },
+  positionals: { min: 0, max: 1, names: 'dir' },
+  async run (args, context) {
+    const days = daysOption(args.values, 'days', 0) ?? context.settings.TASK_ARCHIVE_DAYS
+    if (days === 0 && args.values.days === undefined) throw new UsageError('archiving is off (TASK_ARCHIVE_DAYS=0); give --days N')
+    const { pass, errors, dir } = await runPass(args, context, { archiveOlderThanDays: days, retention: null })
+    const lines = [pass.archived.length === 0 ? `No session finished more than ${days} days ago; nothing archived` : `Archived ${pass.archived.length} sessions: ${pass.archived.join(', ')}`]
+    return result(errors, { dir, days, archived: pass.archived.length, archived_ids: pass.archived }, lines)
+  }
+}
+
+export const pruneCommand: Command = {
+  name: 'prune',
+  summary: 'delete archived sessions finished more than N days ago (the scheduler\'s retention pass)',
+  help: `Usage: taskvault prune [dir] [--days N] [--failed-days M] [--json]
+
+Runs the server's retention pass once: archived sessions whose last completion is more than
+N days old are deleted from <dir>/archive/. Active sessions are never touched. Refused while
+a server holds the folder.
+
+Options:
+  --days N         retention in days, at least 1 (default TASK_ARCHIVE_RETENTION_DAYS)
+  --failed-days M  retention for sessions with a Failed task
+                   (default TASK_ARCHIVE_FAILED_RETENTION_DAYS; 0 means the same as --days)
+
+${COMMON_HELP}`,
+  options: { days: { type: 'string' }, 'failed-days': { type: 'string' } },
+  positionals: { min: 0, max: 1, names: 'dir' },
+  async run (args, context) {
+    const retention = {
+      days: daysOption(args.values, 'days', 1) ?? context.settings.TASK_ARCHIVE_RETENTION_DAYS,
+      failedDays: daysOption(args.values, 'failed-days', 0) ?? context.settings.TASK_ARCHIVE_FAILED_RETENTION_DAYS
+    }
+    if (retention.days === 0 && retention.failedDays === 0) throw new UsageError('retention is off (TASK_ARCHIVE_RETENTION_DAYS=0); give --days N')
+    const { pass, errors, dir } = await runPass(args, context, { archiveOlderThanDays: null, retention })
+    const lines = [pass.deleted.length === 0 ? 'No archived session is past retention; nothing deleted' : `Deleted ${pass.deleted.length} archived sessions: ${pass.deleted.join(', ')}`]
+    return result(errors, { dir, days: retention.days, failed_days: retention.failedDays, deleted: pass.deleted.length, deleted_ids: pass.deleted }, lines)
+  }
+}
+
+/** Loads the folder into a task manager (no HTTP) holding its lock, and runs the scheduler's pass once. */
+async function runPass (args: ParsedCommand, { settings, warn }: CommandContext, options: ArchivePassOptions) {
+  const dir = storageDir(args.positionals[0], settings)
+  let errors = 0
+  const logger: Logger = {
+    info () {},
+    warn: (obj, msg) => warn(describe('warning', obj, msg)),
+    error: (obj, msg) => {
+      errors++
+      warn(describe('error', obj, msg))
+    }
+  }
+  const pass = await withWriteLock(dir, settings, false, async (store) => {
+    const manager = new TaskManager({ store, restoreConcurrency: settings.TASK_RESTORE_CONCURRENCY, logger })
+    try {
+      await manager.restore()
+      return await new ArchiveScheduler({ manager, archiveDays: 0, intervalMs: 60_000, logger }).runOnce(options)
+    } finally {
+      await manager.close()
+    }
+  })
+  return { pass, errors, dir }
+}
+
+function result (errors: number, json: Record<string, unknown>, lines: string[]): CommandResult {
+  if (errors > 0) lines.push(`Problems reported on stderr: ${errors}`)
+  return { code: errors > 0 ? 1 : 0, json: { ...json, errors }, lines }
+}
+
+function describe (level: string, obj: object, msg?: string): string {
+  const detail = Object.entries(obj).map(([key, value]) => `${key}=${value instanceof Error ? value.message : JSON.stringify(value)}`).join(' ')
+  return `taskvault: ${level}: ${msg ?? ''}${detail === '' ? '' : ` (${detail})`}`
+}

@@ -1,0 +1,140 @@
+import { createHash } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { lstat, mkdir } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import { nodeFs } from '../../services/fs-seam.js'
+import { ARCHIVED_FILE, SESSION_FILE, fsyncDir, parseSessionFile, writeAndRename } from '../../services/session-files.js'
+import { readTarGz, type TarEntry } from '../../services/tar.js'
+import { CommandFailedError } from '../args.js'
+import { checkStoredFile, storageDir, withWriteLock } from '../folder.js'
+import { COMMON_HELP, type Command } from '../command.js'
+
+/** One session file of the backup, checked, and what restoring it would do. */
+interface Planned {
+  rel: string
+  sessionId: string
+  archived: boolean
+  digest: string
+  action: 'write' | 'unchanged'
+}
+
+interface Conflict {
+  file: string
+  reason: string
+}
+
+export const restoreCommand: Command = {
+  name: 'restore',
+  summary: 'put the sessions of a backup back into a storage folder',
+  help: `Usage: taskvault restore FILE.tar.gz [dir] [--force] [--json]
+
+Checks every session file in the backup as the server's restore would, then writes each one
+back to where it was (<dir>/<id>.json or <dir>/archive/<name>.json) with the same durable
+sequence as the server's saves (temp file, fsync, rename, fsync the folder). Nothing is written
+unless the whole backup checks out. A file in the folder that is newer than the backup's copy
+(a later updated_at), or that cannot be read, is a conflict: the restore is refused, writing
+nothing, unless --force. Files identical to the backup's are left alone. The folder is created
+if missing. Refused while a server holds the folder.
+
+Options:
+  --force     overwrite newer or unreadable files too
+
+Exit status 1 on conflicts (without --force) or a damaged backup.
+
+${COMMON_HELP}`,
+  options: { force: { type: 'boolean', default: false } },
+  positionals: { min: 1, max: 2, names: 'FILE.tar.gz' },
+  async run (args, { settings }) {
+    const backup = resolve(args.positionals[0] as string)
+    const dir = storageDir(args.positionals[1], settings)
+    const force = args.values.force === true
+    if ((await lstat(backup).catch(() => null))?.isFile() !== true) throw new CommandFailedError(`${backup} is not a file`)
+    return withWriteLock(dir, settings, true, async () => {
+      const { planned, conflicts } = await plan(backup, dir)
+      if (conflicts.length > 0 && !force) {
+        const lines = conflicts.map(({ file, reason }) => `❌ ${file}: ${reason}`)
+        lines.push(`Refused: ${conflicts.length} files in ${dir} would be overwritten; nothing was written (give --force to overwrite them)`)
+        return { code: 1, json: { backup, dir, restored: 0, unchanged: 0, conflicts }, lines }
+      }
+      const written = await write(backup, dir, planned)
+      const unchanged = planned.length - written
+      const lines = [`Restored ${written} files into ${dir} (${unchanged} already identical${force && conflicts.length > 0 ? `, ${conflicts.length} newer files overwritten` : ''})`]
+      return { code: 0, json: { backup, dir, restored: written, unchanged, conflicts, forced: force && conflicts.length > 0 }, lines }
+    })
+  }
+}
+
+/** Reads the whole backup, checking every entry, and compares each with the folder. Writes nothing. */
+async function plan (backup: string, dir: string): Promise<{ planned: Planned[], conflicts: Conflict[] }> {
+  const planned: Planned[] = []
+  const conflicts: Conflict[] = []
+  const seen = new Set<string>()
+  for await (const entry of readTarGz(createReadStream(backup))) {
+    if (entry.type === 'directory' && /^(archive\/?)?$/u.test(entry.name.replace(/^\.\//u, ''))) continue
+    const { rel, archived, sessionId } = sessionPath(entry)
+    if (seen.has(rel)) throw new CommandFailedError(`the backup holds ${rel} twice`)
+    seen.add(rel)
+    let file
+    try {
+      file = parseSessionFile(rel, entry.data.toString('utf8'), sessionId)
+    } catch (err) {
+      throw new CommandFailedError(`the backup's ${(err as Error).message}; nothing was written`)
+    }
+    const current = await checkStoredFile({ rel, path: join(dir, rel), archived, sessionId, regular: await isRegular(join(dir, rel)) })
+    let action: Planned['action'] = 'write'
+    if (current.ok === false) conflicts.push({ file: rel, reason: `the file in the folder cannot be read (${current.reason})` })
+    else if (current.ok === true) {
+      if (current.data.equals(entry.data)) action = 'unchanged'
+      else if (Date.parse(current.file.updated_at) > Date.parse(file.updated_at)) {
+        conflicts.push({ file: rel, reason: `the folder's copy is newer (updated_at ${current.file.updated_at}, backup ${file.updated_at})` })
+      }
+    }
+    planned.push({ rel, sessionId, archived, digest: digest(entry.data), action })
+  }
+  return { planned, conflicts }
+}
+
+/** Reads the backup again and writes each planned file durably; the backup must not have changed. */
+async function write (backup: string, dir: string, planned: Planned[]): Promise<number> {
+  const byPath = new Map(planned.map((item) => [item.rel, item]))
+  const archiveDir = join(dir, 'archive')
+  if (planned.some((item) => item.archived && item.action === 'write')) {
+    await mkdir(archiveDir, { recursive: true, mode: 0o700 })
+    if (!(await lstat(archiveDir)).isDirectory()) throw new CommandFailedError(`${archiveDir} is not a real folder (a symlink?); refusing to write into it`)
+    await fsyncDir(nodeFs, dir)
+  }
+  let written = 0
+  let seq = 0
+  for await (const entry of readTarGz(createReadStream(backup))) {
+    const item = byPath.get(entry.name.replace(/^\.\//u, ''))
+    if (item === undefined || item.action === 'unchanged') continue
+    if (digest(entry.data) !== item.digest) throw new CommandFailedError(`${backup} changed while it was being restored; run the restore again`)
+    const target = join(dir, item.rel)
+    const folder = item.archived ? archiveDir : dir
+    // The store's temp-file name: a restore cut short leaves only files the server removes at start.
+    const temp = join(folder, `.${item.sessionId}.${process.pid}.${++seq}.tmp`)
+    await writeAndRename(nodeFs, temp, target, entry.data, entry.mtime)
+    written++
+  }
+  await fsyncDir(nodeFs, dir)
+  if (planned.some((item) => item.archived)) await fsyncDir(nodeFs, archiveDir)
+  return written
+}
+
+/** Where an entry goes; anything but a session file (a link, another path) makes the backup unusable. */
+function sessionPath (entry: TarEntry): { rel: string, archived: boolean, sessionId: string } {
+  const rel = entry.name.replace(/^\.\//u, '')
+  if (entry.type !== 'file') throw new CommandFailedError(`the backup holds ${rel}, which is not a regular file; not a taskvault backup`)
+  const archived = rel.startsWith('archive/')
+  const match = (archived ? ARCHIVED_FILE : SESSION_FILE).exec(archived ? rel.slice('archive/'.length) : rel)
+  if (match === null) throw new CommandFailedError(`the backup holds ${rel}, which is not <id>.json or archive/<name>.json; not a taskvault backup`)
+  return { rel, archived, sessionId: match[1] as string }
+}
+
+async function isRegular (path: string): Promise<boolean> {
+  return (await lstat(path).catch(() => null))?.isFile() ?? true
+}
+
+function digest (data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex')
+}

@@ -1,0 +1,85 @@
+import { lstat, mkdir, rename } from 'node:fs/promises'
+import { join } from 'node:path'
+import { fsyncDir } from '../../services/session-files.js'
+import { nodeFs } from '../../services/fs-seam.js'
+import { assertFolder, checkStoredFile, listStoredFiles, storageDir, withWriteLock, type StoredFile } from '../folder.js'
+import { CommandFailedError } from '../args.js'
+import { COMMON_HELP, type Command } from '../command.js'
+
+interface FileReport {
+  file: string
+  ok: boolean
+  reason?: string
+  moved_to?: string
+}
+
+export const validateCommand: Command = {
+  name: 'validate',
+  summary: 'check every session file (parse and schema), active and archived',
+  help: `Usage: taskvault validate [dir] [--fix] [--json]
+
+Reads every session file in the storage folder and in its archive/ exactly as the server's
+restore would, and prints one line per file: ✅ when it loads, ❌ and the reason when not.
+Read-only unless --fix; safe while a server runs.
+
+Options:
+  --fix       move each bad file into <dir>/corrupt/ (needs the folder: refused while a server holds it)
+
+Exit status 1 when any file is bad (also with --fix, after moving them).
+
+${COMMON_HELP}`,
+  options: { fix: { type: 'boolean', default: false } },
+  positionals: { min: 0, max: 1, names: 'dir' },
+  async run (args, { settings }) {
+    const dir = storageDir(args.positionals[0], settings)
+    const fix = args.values.fix === true
+    await assertFolder(dir)
+    const check = async (): Promise<{ reports: FileReport[], bad: StoredFile[] }> => {
+      const reports: FileReport[] = []
+      const bad: StoredFile[] = []
+      for (const stored of await listStoredFiles(dir)) {
+        const checked = await checkStoredFile(stored)
+        if (checked.ok === null) continue
+        if (checked.ok) reports.push({ file: stored.rel, ok: true })
+        else {
+          reports.push({ file: stored.rel, ok: false, reason: checked.reason })
+          bad.push(stored)
+        }
+      }
+      return { reports, bad }
+    }
+    const { reports } = fix
+      ? await withWriteLock(dir, settings, false, async () => {
+        const result = await check()
+        await setAside(dir, result.bad, result.reports)
+        return result
+      })
+      : await check()
+    const badCount = reports.filter((report) => !report.ok).length
+    const lines = reports.map((report) => report.ok
+      ? `✅ ${report.file}`
+      : `❌ ${report.file}: ${report.reason ?? ''}${report.moved_to === undefined ? '' : ` (moved to ${report.moved_to})`}`)
+    lines.push(`${reports.length} files checked, ${badCount} bad`)
+    return { code: badCount > 0 ? 1 : 0, json: { dir, checked: reports.length, bad: badCount, files: reports }, lines }
+  }
+}
+
+/** Moves bad files into corrupt/ under unique names, never deleting anything, then makes the moves durable. */
+async function setAside (dir: string, bad: StoredFile[], reports: FileReport[]): Promise<void> {
+  if (bad.length === 0) return
+  const corruptDir = join(dir, 'corrupt')
+  await mkdir(corruptDir, { recursive: true, mode: 0o700 })
+  // A symlink here could lead out of the storage folder.
+  if (!(await lstat(corruptDir)).isDirectory()) throw new CommandFailedError(`${corruptDir} is not a real folder (a symlink?); refusing to move files into it`)
+  const stamp = Date.now()
+  let seq = 0
+  for (const stored of bad) {
+    const name = `${stored.rel.replace('/', '.')}.${stamp}.${process.pid}.${++seq}`
+    await rename(stored.path, join(corruptDir, name))
+    const report = reports.find((candidate) => candidate.file === stored.rel)
+    if (report !== undefined) report.moved_to = `corrupt/${name}`
+  }
+  await fsyncDir(nodeFs, corruptDir)
+  await fsyncDir(nodeFs, dir)
+  if (bad.some((stored) => stored.archived)) await fsyncDir(nodeFs, join(dir, 'archive'))
+}

@@ -1,0 +1,108 @@
+import { constants, type Dirent } from 'node:fs'
+import { lstat, open, readdir } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import type { Config } from '../schemas/config.js'
+import { FileSessionStore } from '../services/file-store.js'
+import type { SessionFile } from '../services/session.js'
+import { ARCHIVED_FILE, SESSION_FILE, parseSessionFile } from '../services/session-files.js'
+import { CommandFailedError } from './args.js'
+
+/** A `*.json` entry of the storage folder or its `archive/`. */
+export interface StoredFile {
+  /** Relative to the storage folder: `<id>.json` or `archive/<name>`. */
+  rel: string
+  path: string
+  archived: boolean
+  /** The session its name says it holds; null when the name is not a session file's. */
+  sessionId: string | null
+  /** Not a symlink, folder or other special file. */
+  regular: boolean
+}
+
+export type CheckedFile =
+  | { ok: true, file: SessionFile, data: Buffer, mtime: Date }
+  | { ok: false, reason: string }
+  /** Removed or moved (by a running server) since the listing. */
+  | { ok: null }
+
+/** The storage folder named on the command line, or TASK_STORAGE_DIR. */
+export function storageDir (given: string | undefined, settings: Config): string {
+  return resolve(given ?? settings.TASK_STORAGE_DIR)
+}
+
+/** Fails unless `dir` is an existing folder (a typo must not become a new, empty one). */
+export async function assertFolder (dir: string): Promise<void> {
+  const stat = await lstat(dir).catch(() => null)
+  if (stat === null || !stat.isDirectory()) throw new CommandFailedError(`${dir} is not a storage folder (no such folder)`)
+}
+
+/** Every `*.json` of the folder and of `archive/` (when it is a real folder), sorted by relative path. */
+export async function listStoredFiles (dir: string): Promise<StoredFile[]> {
+  const files: StoredFile[] = []
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    if (entry.name.endsWith('.json')) files.push(stored(dir, entry, false))
+  }
+  const archiveDir = join(dir, 'archive')
+  if ((await lstat(archiveDir).catch(() => null))?.isDirectory() === true) {
+    for (const entry of await readdir(archiveDir, { withFileTypes: true })) {
+      if (entry.name.endsWith('.json')) files.push(stored(archiveDir, entry, true))
+    }
+  }
+  return files.sort((a, b) => (a.rel < b.rel ? -1 : a.rel > b.rel ? 1 : 0))
+}
+
+function stored (dir: string, entry: Dirent, archived: boolean): StoredFile {
+  const match = (archived ? ARCHIVED_FILE : SESSION_FILE).exec(entry.name)
+  return {
+    rel: archived ? `archive/${entry.name}` : entry.name,
+    path: join(dir, entry.name),
+    archived,
+    sessionId: match?.[1] ?? null,
+    regular: entry.isFile()
+  }
+}
+
+/** Reads a file once, whole, and checks it exactly as the server's restore does. */
+export async function checkStoredFile (stored: StoredFile): Promise<CheckedFile> {
+  if (!stored.regular) return { ok: false, reason: 'not a regular file (a symlink or folder); the server never reads it' }
+  if (stored.sessionId === null) {
+    return { ok: false, reason: stored.archived ? 'not named <id>.json or <id>.<ms>.json; the server ignores it' : 'not named <id>.json with a valid session id' }
+  }
+  let handle
+  try {
+    handle = await open(stored.path, constants.O_RDONLY | constants.O_NOFOLLOW)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { ok: null }
+    throw err
+  }
+  let data: Buffer
+  let mtime: Date
+  try {
+    mtime = (await handle.stat()).mtime
+    data = await handle.readFile()
+  } finally {
+    await handle.close()
+  }
+  try {
+    return { ok: true, file: parseSessionFile(stored.rel, data.toString('utf8'), stored.sessionId), data, mtime }
+  } catch (err) {
+    // The store's message starts with the file name, which the caller prints already.
+    return { ok: false, reason: (err as Error).message.replace(`${stored.rel}: `, '') }
+  }
+}
+
+/**
+ * Runs `work` holding the folder's single-writer lock, exactly as a server would hold it:
+ * refused (naming the holder) while a live server has the folder. `create` makes a missing
+ * folder (restore); otherwise a missing folder is an error.
+ */
+export async function withWriteLock<R> (dir: string, settings: Config, create: boolean, work: (store: FileSessionStore) => Promise<R>): Promise<R> {
+  if (!create) await assertFolder(dir)
+  const store = new FileSessionStore({ dir, lock: { refreshMs: settings.TASK_LOCK_REFRESH_MS, staleMs: settings.TASK_LOCK_STALE_MS } })
+  await store.init()
+  try {
+    return await work(store)
+  } finally {
+    await store.close()
+  }
+}

@@ -1,0 +1,41 @@
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import * as util from 'node:util'
+import { Ajv } from 'ajv'
+import { ConfigSchema, type Config } from '../schemas/config.js'
+import { UsageError } from './args.js'
+
+/**
+ * The server's settings, read the way the server reads them (the environment, then `.env` in
+ * the working directory, the environment winning), so that the tool finds the same folder
+ * and uses the same archive, retention and lock settings by default.
+ */
+export function loadSettings (env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): Config {
+  const names = Object.keys(ConfigSchema.properties)
+  const values: Record<string, unknown> = {}
+  const sources = [readDotEnv(cwd), env]
+  for (const source of sources) {
+    for (const name of names) if (source[name] !== undefined) values[name] = source[name]
+  }
+  const ajv = new Ajv({ coerceTypes: true, useDefaults: true, allErrors: false })
+  const validate = ajv.compile(structuredClone(ConfigSchema))
+  if (!validate(values)) {
+    const first = validate.errors?.[0]
+    throw new UsageError(`bad setting ${first?.instancePath.slice(1) ?? ''}: ${first?.message ?? 'invalid'}`)
+  }
+  for (const [name, value] of Object.entries(values)) {
+    if (typeof value === 'number' && !Number.isFinite(value)) throw new UsageError(`bad setting ${name}: must be a finite number`)
+  }
+  return values as Config
+}
+
+function readDotEnv (cwd: string): Record<string, string | undefined> {
+  let text: string
+  try {
+    text = readFileSync(join(cwd, '.env'), 'utf8')
+  } catch {
+    return {}
+  }
+  // util.parseEnv arrived in Node 20.12; on older versions `.env` is not read.
+  return typeof util.parseEnv === 'function' ? util.parseEnv(text) : {}
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env node
+/**
+ * `taskvault`: the operator's tool for a storage folder (validate, stats, archive, prune,
+ * backup, restore), built on the same services as the server.
+ */
+import { TaskvaultError } from '../services/errors.js'
+import { StorageLockedError } from '../services/storage-lock.js'
+import { UsageError, isGlobalHelp, parseCommand } from './args.js'
+import type { Command, CommandResult } from './command.js'
+import { archiveCommand, pruneCommand } from './commands/passes.js'
+import { backupCommand } from './commands/backup.js'
+import { restoreCommand } from './commands/restore.js'
+import { statsCommand } from './commands/stats.js'
+import { validateCommand } from './commands/validate.js'
+import { loadSettings } from './settings.js'
+
+const COMMANDS: readonly Command[] = [validateCommand, statsCommand, archiveCommand, pruneCommand, backupCommand, restoreCommand]
+
+const USAGE = `Usage: taskvault <command> [dir] [options]
+
+Commands:
+${COMMANDS.map((command) => `  ${command.name.padEnd(9)} ${command.summary}`).join('\n')}
+
+Run 'taskvault <command> --help' for a command's options. Every command takes --json.
+Exit status: 0 done, 1 failed or found a problem, 2 usage error.`
+
+const EXIT = { ok: 0, failed: 1, usage: 2 } as const
+
+async function main (argv: string[]): Promise<number> {
+  const wantsJson = argv.includes('--json')
+  if (isGlobalHelp(argv)) {
+    const asked = argv.length > 0
+    ;(asked ? process.stdout : process.stderr).write(USAGE + '\n')
+    return asked ? EXIT.ok : EXIT.usage
+  }
+  const [name, ...rest] = argv
+  const command = COMMANDS.find((candidate) => candidate.name === name)
+  try {
+    if (command === undefined) throw new UsageError(`unknown command '${name ?? ''}'; commands: ${COMMANDS.map((c) => c.name).join(', ')}`)
+    const args = parseCommand(rest, command.options, command.positionals)
+    if (args.help) {
+      process.stdout.write(command.help + '\n')
+      return EXIT.ok
+    }
+    const settings = loadSettings()
+    const result = await command.run(args, { settings, warn: (line) => process.stderr.write(line + '\n') })
+    print(result, args.json)
+    return result.code
+  } catch (err) {
+    return fail(err, wantsJson, command)
+  }
+}
+
+function print (result: CommandResult, json: boolean): void {
+  process.stdout.write(json ? JSON.stringify(result.json, null, 2) + '\n' : result.lines.join('\n') + '\n')
+}
+
+/** Reports an error (as JSON on stdout with --json, as text on stderr otherwise) and picks the exit status. */
+function fail (err: unknown, json: boolean, command: Command | undefined): number {
+  const usage = err instanceof UsageError
+  const known = err instanceof TaskvaultError
+  const code = known ? err.code : ((err as NodeJS.ErrnoException).code ?? 'ERROR')
+  let message = err instanceof Error ? err.message : String(err)
+  if (err instanceof StorageLockedError) message += '; stop the server first, or use a read-only command (validate, stats, backup)'
+  if (json) process.stdout.write(JSON.stringify({ error: { code, message } }, null, 2) + '\n')
+  else {
+    process.stderr.write(`taskvault: ${message}\n`)
+    if (usage) process.stderr.write(`Run 'taskvault ${command?.name ?? ''}${command === undefined ? '' : ' '}--help' for usage.\n`)
+  }
+  return usage ? EXIT.usage : EXIT.failed
+}
+
+process.exitCode = await main(process.argv.slice(2))

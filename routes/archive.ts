@@ -1,0 +1,22 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { ArchiveBody, responses } from '../schemas/api.js'
+import { ShuttingDownError } from '../services/errors.js'
+
+/** POST /archive: an archive and retention pass now, queued behind the scheduler's if one is running. */
+const archiveRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  app.addHook('onRequest', app.verifyApiKey)
+
+  app.post('/archive', {
+    bodyLimit: app.config.BODY_LIMIT,
+    // A bare `POST /archive` (no body) means the defaults, like `{}`.
+    preValidation: async (request) => { request.body ??= {} },
+    schema: { body: ArchiveBody, response: responses.archive }
+  }, async (request) => {
+    if (app.taskManager.shuttingDown) throw new ShuttingDownError()
+    const days = request.body.older_than_days
+    const pass = await app.archiver.runOnce(days === undefined ? {} : { archiveOlderThanDays: days })
+    return { archived: pass.archived.length, deleted: pass.deleted.length, archived_ids: pass.archived, deleted_ids: pass.deleted }
+  })
+}
+
+export default archiveRoutes

@@ -1,0 +1,437 @@
+import { existsSync } from 'node:fs'
+import { mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises'
+import t from 'tap'
+import { nodeFs, type FsSeam } from '../services/fs-seam.js'
+import { API, build, createSession, get, post, tempDir } from './helper.js'
+import { storedSession } from './session-fixtures.js'
+
+const DAY = 86_400_000
+const T0 = Date.parse('2026-01-01T00:00:00Z')
+
+/** A clock the test moves by hand. */
+function movableClock (): { clock: () => Date, advance: (days: number) => void } {
+  let now = T0
+  return { clock: () => new Date(now), advance: (days) => { now += days * DAY } }
+}
+
+const jsonFiles = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((name) => name.endsWith('.json')).sort()
+const archived = async (dir: string): Promise<string[]> => existsSync(join(dir, 'archive')) ? (await readdir(join(dir, 'archive'))).sort() : []
+
+async function finishedSession (app: Awaited<ReturnType<typeof build>>, id: string, instructions = '1. a\n2. b'): Promise<void> {
+  await createSession(app, id, instructions)
+  const res = await post(app, '/execute-all', { session_id: id })
+  if (res.statusCode !== 200) throw new Error(`execute-all failed: ${res.body}`)
+}
+
+/** A seam whose renames of one session's temp files wait until released. */
+function gatedRenames (sessionId: string): { fs: FsSeam, hold: () => void, release: () => void, held: () => number } {
+  let gate: Promise<void> | null = null
+  let open: () => void = () => {}
+  let held = 0
+  const fs: FsSeam = {
+    ...nodeFs,
+    rename: async (from, to) => {
+      if (gate !== null && String(from).includes(`/.${sessionId}.`)) {
+        held++
+        await gate
+      }
+      return nodeFs.rename(from, to)
+    }
+  }
+  return {
+    fs,
+    hold: () => { gate = new Promise((resolve) => { open = resolve }) },
+    release: () => {
+      gate = null
+      open()
+    },
+    held: () => held
+  }
+}
+
+t.test('a finished session is archived once its last completion is TASK_ARCHIVE_DAYS old, and stays readable', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  const app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30 } })
+  await finishedSession(app, 'done')
+  await createSession(app, 'waiting', 'y')
+  const before = await readFile(join(dir, 'done.json'))
+
+  advance(29)
+  t.same((await post(app, '/archive', {})).json(), { archived: 0, deleted: 0, archived_ids: [], deleted_ids: [] }, '29 days: not yet')
+  advance(2)
+  t.same((await post(app, '/archive', {})).json(), { archived: 1, deleted: 0, archived_ids: ['done'], deleted_ids: [] })
+  t.same(await jsonFiles(dir), ['waiting.json'], 'the file left the storage folder')
+  t.same(await archived(dir), ['done.json'])
+  t.same(await readFile(join(dir, 'archive', 'done.json')), before, 'moved as it was, byte for byte')
+
+  const list = (await get(app, '/list?session_id=done')).json()
+  t.match(list, { session_id: 'done', total: 2, archived: true })
+  t.same(list.tasks.map((task: { status: string }) => task.status), ['Completed', 'Completed'])
+  t.match((await get(app, '/progress?session_id=done')).json(), { session_id: 'done', total: 2, completed: 2, all_done: true, percentage: 100, archived: true })
+  t.notOk('archived' in (await get(app, '/progress?session_id=waiting')).json(), 'active sessions carry no flag')
+
+  const stats = (await get(app, '/stats')).json()
+  t.equal(stats.total_sessions, 1, 'archived sessions are not counted as sessions in memory')
+  t.equal(stats.archived_sessions, 1)
+  t.equal(stats.storage.archive_bytes, before.length)
+  t.equal((await get(app, '/list?session_id=all')).json().total, 1, 'lists leave archived sessions out by default')
+})
+
+t.test('the scheduler runs once after restore, then on its interval', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  let app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30 } })
+  await finishedSession(app, 'first')
+  await app.close()
+
+  advance(31)
+  app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30, TASK_ARCHIVE_INTERVAL_MINUTES: 0.0005 } })
+  // A pass asked for now waits for the one started at restore.
+  t.same((await app.archiver.runOnce()).archived, [], 'the pass at restore archived it already')
+  t.same(await archived(dir), ['first.json'])
+
+  await finishedSession(app, 'second')
+  advance(31)
+  // The interval is 30 ms; wait (bounded) for a timer pass to pick the session up.
+  for (let i = 0; i < 200 && existsSync(join(dir, 'second.json')); i++) await sleep(25)
+  t.same(await archived(dir), ['first.json', 'second.json'], 'a timer pass archived the second session')
+})
+
+t.test('pending and running sessions are not archived, however old', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  let finishRunning: () => void = () => {}
+  const app = await build(t, {
+    dir,
+    clock,
+    config: { TASK_ARCHIVE_DAYS: 30 },
+    executors: {
+      Coding: async () => {
+        await new Promise<void>((resolve) => { finishRunning = resolve })
+        return { result: 'late' }
+      }
+    }
+  })
+  await finishedSession(app, 'done')
+  await createSession(app, 'pending', '1. a\n2. b')
+  await post(app, '/execute', { session_id: 'pending' })
+  await post(app, '/create', { session_id: 'running', tasks: [{ instruction: 'slow', task_type: 'Coding' }] })
+  const running = post(app, '/execute', { session_id: 'running' })
+  for (let i = 0; i < 200 && (await get(app, '/progress?session_id=running')).json().in_progress === 0; i++) await sleep(5)
+
+  advance(365)
+  t.same((await app.archiver.runOnce()).archived, ['done'])
+  t.same(await jsonFiles(dir), ['pending.json', 'running.json'])
+  finishRunning()
+  t.equal((await running).json().status, 'Completed')
+})
+
+t.test('a session that changes between the scan and the move stays active', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  const gate = gatedRenames('busy')
+  const app = await build(t, { dir, clock, fs: gate.fs, config: { TASK_ARCHIVE_DAYS: 30 } })
+  await finishedSession(app, 'busy')
+  await finishedSession(app, 'idle')
+  advance(40)
+
+  // A create on `busy` is in flight (its save held) when the pass scans `busy` as finished.
+  gate.hold()
+  const create = post(app, '/create', { session_id: 'busy', instructions: 'one more thing' })
+  for (let i = 0; i < 200 && gate.held() === 0; i++) await sleep(5)
+  t.equal(gate.held(), 1, 'the save of the create is held')
+  const pass = app.archiver.runOnce()
+  // Scanning and queueing take no I/O: after one turn the archive of `busy` waits behind the create.
+  await nextTurn()
+  gate.release()
+
+  t.same((await pass).archived, ['idle'], 'only the unchanged session moved')
+  t.equal((await create).statusCode, 200)
+  t.same(await jsonFiles(dir), ['busy.json'])
+  t.equal((await get(app, '/list?session_id=busy')).json().total, 3, 'the new task is there')
+})
+
+t.test('passes never overlap: one asked for while another runs waits for it', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  const moves: string[] = []
+  let releaseFirst: () => void = () => {}
+  const firstHeld = new Promise<void>((resolve) => { releaseFirst = resolve })
+  const fs: FsSeam = {
+    ...nodeFs,
+    rename: async (from, to) => {
+      if (String(to).includes('/archive/')) {
+        moves.push(`start ${String(to).split('/').pop()}`)
+        if (moves.length === 1) await firstHeld
+        moves.push(`end ${String(to).split('/').pop()}`)
+      }
+      return nodeFs.rename(from, to)
+    }
+  }
+  const app = await build(t, { dir, clock, fs, config: { TASK_ARCHIVE_DAYS: 30 } })
+  // `young` comes first in every scan but finishes last: only the second pass may move it.
+  await createSession(app, 'young', 'y')
+  await finishedSession(app, 'old')
+  advance(35)
+  await post(app, '/execute-all', { session_id: 'young' })
+  advance(1)
+
+  const first = app.archiver.runOnce()
+  for (let i = 0; i < 200 && moves.length === 0; i++) await sleep(5)
+  const second = post(app, '/archive', { older_than_days: 0 })
+  await sleep(50)
+  t.same(moves, ['start old.json'], 'the second pass has not started')
+  releaseFirst()
+  t.same((await first).archived, ['old'])
+  t.same((await second).json().archived_ids, ['young'], 'older_than_days 0 archives every finished session')
+  t.same(moves, ['start old.json', 'end old.json', 'start young.json', 'end young.json'])
+})
+
+t.test('retention deletes only archived sessions past it, failed ones after their own', async (t) => {
+  const dir = await tempDir(t)
+  await mkdir(join(dir, 'archive'), { mode: 0o700 })
+  const at = (days: number): string => new Date(T0 - days * DAY).toISOString()
+  const files: Record<string, string> = {
+    'old-ok': storedSession('old-ok', ['Completed', 'Completed'], at(100)),
+    'young-ok': storedSession('young-ok', ['Completed'], at(10)),
+    'old-failed': storedSession('old-failed', ['Completed', 'Failed'], at(100)),
+    'ancient-failed': storedSession('ancient-failed', ['Failed'], at(200))
+  }
+  for (const [id, text] of Object.entries(files)) await writeFile(join(dir, 'archive', `${id}.json`), text, { mode: 0o600 })
+  // An active session older than any retention: retention never touches active sessions.
+  await writeFile(join(dir, 'active-old.json'), storedSession('active-old', ['Completed'], at(500)), { mode: 0o600 })
+
+  let now = T0 - 400 * DAY
+  const app = await build(t, { dir, clock: () => new Date(now), config: { TASK_ARCHIVE_DAYS: 0, TASK_ARCHIVE_RETENTION_DAYS: 90, TASK_ARCHIVE_FAILED_RETENTION_DAYS: 180 } })
+  t.same((await post(app, '/archive', {})).json().deleted, 0, 'nothing is past retention yet')
+  t.equal((await get(app, '/stats')).json().archived_sessions, 4)
+
+  now = T0
+  const pass = (await post(app, '/archive', {})).json()
+  t.same(pass.deleted_ids.sort(), ['ancient-failed', 'old-ok'])
+  t.equal(pass.archived, 0, 'archiving is off')
+  t.same(await archived(dir), ['old-failed.json', 'young-ok.json'])
+  t.same(await jsonFiles(dir), ['active-old.json'])
+  t.equal((await get(app, '/list?session_id=old-ok')).statusCode, 404)
+  t.equal((await get(app, '/stats')).json().archived_sessions, 2)
+})
+
+t.test('retention is off by default: archived sessions are kept forever', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  const app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 1 } })
+  await finishedSession(app, 'kept')
+  advance(2)
+  t.equal((await post(app, '/archive', {})).json().archived, 1)
+  advance(3650)
+  t.equal((await post(app, '/archive', {})).json().deleted, 0)
+  t.same(await archived(dir), ['kept.json'])
+})
+
+t.test('create on an archived session brings it back with the new tasks, durably', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  let app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30 } })
+  await finishedSession(app, 'again')
+  advance(31)
+  t.equal((await post(app, '/archive', {})).json().archived, 1)
+
+  const res = await post(app, '/create', { session_id: 'again', instructions: '1. c\n2. d' })
+  t.equal(res.statusCode, 200)
+  t.equal(res.json().total_tasks, 2)
+  t.same(await archived(dir), [], 'the archived file is gone')
+  const onDisk = JSON.parse(await readFile(join(dir, 'again.json'), 'utf8'))
+  t.same(onDisk.session.tasks.map((task: { status: string }) => task.status), ['Completed', 'Completed', 'Pending', 'Pending'], 'old and new tasks are both on disk')
+  const list = (await get(app, '/list?session_id=again')).json()
+  t.equal(list.total, 4)
+  t.notOk('archived' in list)
+  t.equal(list.current_index, 2)
+  t.match((await get(app, '/stats')).json(), { total_sessions: 1, archived_sessions: 0, storage: { archive_bytes: 0 } })
+
+  await app.close()
+  app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30 } })
+  t.equal((await get(app, '/list?session_id=again')).json().total, 4, 'after a restart too')
+  t.equal((await post(app, '/execute', { session_id: 'again' })).json().instruction, 'c', 'and it runs on')
+})
+
+t.test('concurrent creates on one archived session bring it back once', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  const app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30 } })
+  await finishedSession(app, 'many')
+  advance(31)
+  await post(app, '/archive', {})
+  const replies = await Promise.all(Array.from({ length: 8 }, (_, i) => post(app, '/create', { session_id: 'many', tasks: [{ instruction: `extra ${i}` }] })))
+  t.same(replies.map((reply) => reply.statusCode), Array(8).fill(200))
+  const tasks = (await get(app, '/list?session_id=many')).json().tasks as Array<{ id: string }>
+  t.equal(tasks.length, 10, 'the two archived tasks plus eight new ones')
+  t.equal(new Set(tasks.map((task) => task.id)).size, 10)
+  t.same(await archived(dir), [])
+})
+
+t.test('DELETE removes an archived session; lists filter by archived', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  const app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30 } })
+  await finishedSession(app, 'older')
+  advance(1)
+  await finishedSession(app, 'newer')
+  advance(40)
+  await post(app, '/archive', {})
+  await createSession(app, 'live', 'z')
+
+  const ids = async (query: string): Promise<string[]> => (await get(app, `/list?session_id=all${query}`)).json().sessions.map((s: { session_id: string }) => s.session_id)
+  t.same(await ids(''), ['live'])
+  t.same(await ids('&archived=exclude'), ['live'])
+  t.same(await ids('&archived=only'), ['newer', 'older'], 'newest first')
+  t.same(await ids('&archived=include'), ['live', 'newer', 'older'])
+  t.same(await ids('&archived=include&limit=1&offset=1'), ['newer'])
+  const only = (await get(app, `${'/list?session_id=all&archived=only'}`)).json()
+  t.equal(only.total, 2)
+  t.match(only.sessions[0], { session_id: 'newer', total: 2, completed: 2, all_done: true, archived: true })
+  t.equal((await get(app, '/list?session_id=all&archived=maybe')).statusCode, 400)
+
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/older` })).statusCode, 204)
+  t.same(await archived(dir), ['newer.json'])
+  t.equal((await get(app, '/list?session_id=older')).statusCode, 404)
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/older` })).statusCode, 404, 'gone for good')
+  t.equal((await get(app, '/stats')).json().archived_sessions, 1)
+})
+
+t.test('a leftover archived copy of an active session is shadowed, and deleted with it', async (t) => {
+  // What a crash between writing the brought-back file and removing the archived one leaves.
+  const dir = await tempDir(t)
+  await mkdir(join(dir, 'archive'), { mode: 0o700 })
+  await writeFile(join(dir, 'archive', 'both.json'), storedSession('both', ['Completed'], '2025-06-01T00:00:00.000Z'), { mode: 0o600 })
+  await writeFile(join(dir, 'both.json'), storedSession('both', ['Completed', 'Pending'], '2025-06-02T00:00:00.000Z'), { mode: 0o600 })
+  const app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
+  const list = (await get(app, '/list?session_id=both')).json()
+  t.equal(list.total, 2, 'the active copy is the session')
+  t.notOk('archived' in list)
+  t.same((await get(app, '/list?session_id=all&archived=include')).json().sessions.map((s: { session_id: string }) => s.session_id), ['both'], 'listed once')
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/both` })).statusCode, 204)
+  t.same(await jsonFiles(dir), [])
+  t.same(await archived(dir), [], 'the archived copy went too, so nothing comes back')
+})
+
+t.test('archived files are indexed at restore without being read; a bad one is set aside when first read', async (t) => {
+  const dir = await tempDir(t)
+  await mkdir(join(dir, 'archive'), { mode: 0o700 })
+  await writeFile(join(dir, 'archive', 'good.json'), storedSession('good', ['Completed'], '2025-06-01T00:00:00.000Z'), { mode: 0o600 })
+  await writeFile(join(dir, 'archive', 'bad.json'), '{"session_id": "bad", ', { mode: 0o600 })
+  const app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
+  const stats = (await get(app, '/stats')).json()
+  t.equal(stats.archived_sessions, 2, 'both indexed')
+  t.equal(stats.storage.failed_loads, 0, 'neither read yet')
+  t.ok(existsSync(join(dir, 'archive', 'bad.json')))
+
+  t.equal((await get(app, '/list?session_id=bad')).statusCode, 404)
+  t.same(await archived(dir), ['good.json'])
+  t.equal((await readdir(join(dir, 'corrupt'))).length, 1, 'set aside, never deleted')
+  t.match((await get(app, '/stats')).json(), { archived_sessions: 1, storage: { failed_loads: 1 } })
+  t.equal((await get(app, '/list?session_id=good')).json().archived, true)
+})
+
+t.test('POST /archive: validation, defaults, auth', async (t) => {
+  const app = await build(t, { config: { TASK_API_KEYS: 'k1' } })
+  const send = (payload?: object) => app.inject({ method: 'POST', url: `${API}/archive`, headers: { authorization: 'Bearer k1' }, ...(payload === undefined ? {} : { payload }) })
+  t.equal((await send()).statusCode, 200, 'no body means the defaults')
+  t.equal((await send({})).statusCode, 200)
+  for (const bad of [{ older_than_days: -1 }, { older_than_days: 'ten' }, { days: 3 }]) {
+    const res = await send(bad)
+    t.equal(res.statusCode, 400, JSON.stringify(bad))
+    t.match(res.json(), { statusCode: 400, error: 'Bad Request' })
+  }
+  t.equal((await app.inject({ method: 'POST', url: `${API}/archive`, payload: {} })).statusCode, 401)
+})
+
+t.test('archive/ bytes in stats follow archive, bring-back and delete', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  const app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30 } })
+  await finishedSession(app, 'a')
+  await finishedSession(app, 'b')
+  advance(31)
+  await post(app, '/archive', {})
+  const size = async (name: string): Promise<number> => (await stat(join(dir, 'archive', name))).size
+  t.equal((await get(app, '/stats')).json().storage.archive_bytes, await size('a.json') + await size('b.json'))
+  await post(app, '/create', { session_id: 'a', instructions: 'more' })
+  t.equal((await get(app, '/stats')).json().storage.archive_bytes, await size('b.json'))
+  await app.inject({ method: 'DELETE', url: `${API}/sessions/b` })
+  t.match((await get(app, '/stats')).json(), { archived_sessions: 0, storage: { archive_bytes: 0 } })
+})
+
+t.test('bringing back is crash-safe: a failed save leaves it archived, a failed removal leaves both copies', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  const faults = { failSave: false, failArchivedUnlink: false }
+  const fs: FsSeam = {
+    ...nodeFs,
+    open: (async (path: string, ...rest: unknown[]) => {
+      if (faults.failSave && String(path).includes('/.back.')) throw Object.assign(new Error('ENOSPC: injected'), { code: 'ENOSPC' })
+      return (nodeFs.open as (...args: unknown[]) => unknown)(path, ...rest)
+    }) as FsSeam['open'],
+    unlink: async (path) => {
+      if (faults.failArchivedUnlink && String(path).endsWith('/archive/back.json')) throw Object.assign(new Error('EIO: injected'), { code: 'EIO' })
+      return nodeFs.unlink(path)
+    }
+  }
+  let app = await build(t, { dir, clock, fs, config: { TASK_ARCHIVE_DAYS: 30 } })
+  await finishedSession(app, 'back')
+  advance(31)
+  await post(app, '/archive', {})
+  const archivedBytes = await readFile(join(dir, 'archive', 'back.json'))
+
+  faults.failSave = true
+  const full = await post(app, '/create', { session_id: 'back', instructions: 'more' })
+  t.equal(full.statusCode, 507)
+  t.same(await jsonFiles(dir), [], 'no active file')
+  t.same(await readFile(join(dir, 'archive', 'back.json')), archivedBytes, 'the archived file is untouched')
+  t.equal((await get(app, '/list?session_id=back')).json().archived, true, 'still archived and readable')
+
+  faults.failSave = false
+  faults.failArchivedUnlink = true
+  t.equal((await post(app, '/create', { session_id: 'back', instructions: 'more' })).statusCode, 200, 'the new tasks are on disk')
+  t.same(await jsonFiles(dir), ['back.json'])
+  t.same(await archived(dir), ['back.json'], 'the old copy could not be removed')
+  await app.close()
+
+  // What a restart (or a crash right after the save) finds: both files; the active one is the session.
+  app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30 } })
+  const list = (await get(app, '/list?session_id=back')).json()
+  t.equal(list.total, 3)
+  t.notOk('archived' in list)
+})
+
+t.test('an archive whose folder fsync fails keeps the session active and readable, then archives it later', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  let failArchiveSync = false
+  const fs: FsSeam = {
+    ...nodeFs,
+    open: (async (path: string, ...rest: unknown[]) => {
+      if (failArchiveSync && String(path).endsWith('/archive')) throw Object.assign(new Error('EIO: injected'), { code: 'EIO' })
+      return (nodeFs.open as (...args: unknown[]) => unknown)(path, ...rest)
+    }) as FsSeam['open']
+  }
+  const app = await build(t, { dir, clock, fs, config: { TASK_ARCHIVE_DAYS: 30 } })
+  await finishedSession(app, 'shaky')
+  advance(31)
+  failArchiveSync = true
+  t.same((await app.archiver.runOnce()).archived, [], 'the move is not acknowledged')
+  t.same(await jsonFiles(dir), ['shaky.json'], 'the active file was written back')
+  t.notOk('archived' in (await get(app, '/list?session_id=shaky')).json(), 'still active')
+
+  failArchiveSync = false
+  t.same((await app.archiver.runOnce()).archived, ['shaky'])
+  t.same(await jsonFiles(dir), [])
+  const files = await archived(dir)
+  t.equal(files.length, 2, 'the uncertain copy is kept, never overwritten')
+  t.match(files, [/^shaky\.\d+\.json$/u, 'shaky.json'])
+  t.equal((await get(app, '/list?session_id=shaky')).json().archived, true)
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/shaky` })).statusCode, 204)
+  t.same(await archived(dir), [], 'delete removes every archived copy')
+})

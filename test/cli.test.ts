@@ -1,0 +1,325 @@
+/**
+ * The command-line tool as operators run it: `node dist/cli/taskvault.js ...` in a child
+ * process, on prepared temp folders, checking exit codes, output and the files left behind.
+ */
+import { spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { mkdir, readFile, readdir, stat, symlink, unlink, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+import { build, get, tempDir, type TestContext } from './helper.js'
+import { scratch, within } from './server-process.js'
+import { storedSession } from './session-fixtures.js'
+
+const CLI = fileURLToPath(new URL('../cli/taskvault.js', import.meta.url))
+const RUN_TIMEOUT_MS = 30_000
+
+interface Run {
+  code: number | null
+  stdout: string
+  stderr: string
+  /** stdout parsed as JSON (for --json runs). */
+  json: () => any
+}
+
+/** Runs the tool with only PATH (and `env`) in the environment, in `cwd`. */
+async function taskvault (args: string[], options: { cwd?: string, env?: Record<string, string> } = {}): Promise<Run> {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    cwd: options.cwd ?? process.cwd(),
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
+  const code = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), RUN_TIMEOUT_MS)
+  if (code === null && child.exitCode === null) {
+    child.kill('SIGKILL')
+    throw new Error(`taskvault ${args.join(' ')} did not finish within ${RUN_TIMEOUT_MS} ms\n${stderr}`)
+  }
+  return { code, stdout, stderr, json: () => JSON.parse(stdout) }
+}
+
+const DAY = 86_400_000
+const daysAgo = (days: number): string => new Date(Date.now() - days * DAY).toISOString()
+
+/**
+ * A storage folder: `old` and `failed` finished 100 days ago, `recent` 2 days ago, `pending`
+ * still to run, and in archive/ `gone` (finished 400 days ago) and `kept` (50 days ago).
+ */
+async function preparedFolder (t: TestContext): Promise<string> {
+  const dir = join(await tempDir(t, 'taskvault-cli-'), 'tasks')
+  await mkdir(join(dir, 'archive'), { recursive: true, mode: 0o700 })
+  const files: Record<string, string> = {
+    'old.json': storedSession('old', ['Completed', 'Completed'], daysAgo(100)),
+    'failed.json': storedSession('failed', ['Completed', 'Failed'], daysAgo(100)),
+    'recent.json': storedSession('recent', ['Completed'], daysAgo(2)),
+    'pending.json': storedSession('pending', ['Completed', 'Pending'], daysAgo(100)),
+    'archive/gone.json': storedSession('gone', ['Completed'], daysAgo(400)),
+    'archive/kept.json': storedSession('kept', ['Failed'], daysAgo(50))
+  }
+  for (const [name, text] of Object.entries(files)) await writeFile(join(dir, name), text, { mode: 0o600 })
+  return dir
+}
+
+/** Every file under `dir` (relative path -> bytes), without following links. */
+async function snapshot (dir: string, files = new Map<string, Buffer>(), prefix = ''): Promise<Map<string, Buffer>> {
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    if (entry.isDirectory()) await snapshot(join(dir, entry.name), files, `${prefix}${entry.name}/`)
+    else if (entry.isFile()) files.set(prefix + entry.name, await readFile(join(dir, entry.name)))
+  }
+  return files
+}
+
+t.test('help and usage errors', async (t) => {
+  // Independent runs, started together to keep the file quick.
+  const names = ['validate', 'stats', 'archive', 'prune', 'backup', 'restore']
+  const [help, none, ...own] = await Promise.all([taskvault(['--help']), taskvault([]), ...names.map((name) => taskvault([name, '--help']))])
+  t.equal(help.code, 0)
+  t.equal(none.code, 2, 'no command')
+  names.forEach((name, i) => {
+    t.match(help.stdout, new RegExp(`\\n  ${name} `), `lists ${name}`)
+    t.equal(own[i]?.code, 0, `${name} --help exits 0`)
+    t.match(own[i]?.stdout, `Usage: taskvault ${name}`)
+    t.match(own[i]?.stdout, '--json')
+  })
+  const cases: string[][] = [
+    ['frobnicate'],
+    ['validate', '--bogus', '--json'],
+    ['validate', 'a', 'b'],
+    ['archive', '--days', 'soon', '--json'],
+    ['prune', '--days', '0'],
+    ['backup', 'dir', '--json'],
+    ['restore']
+  ]
+  const runs = await Promise.all(cases.map((args) => taskvault(args)))
+  cases.forEach((args, i) => {
+    const run = runs[i] as Run
+    t.equal(run.code, 2, `${args.join(' ')}: exit 2`)
+    if (args.includes('--json')) t.equal(run.json().error.code, 'USAGE', `${args.join(' ')}: a JSON error on stdout`)
+    else t.match(run.stderr, /^taskvault: [^]+\nRun 'taskvault .*--help' for usage\.\n$/u)
+  })
+})
+
+t.test('validate: one line per file, exit 1 on a bad file, --fix moves it to corrupt/', async (t) => {
+  const dir = await preparedFolder(t)
+  await writeFile(join(dir, 'broken.json'), '{"session_id": "broken", ', { mode: 0o600 })
+  await writeFile(join(dir, 'wrong-id.json'), storedSession('other', ['Pending'], daysAgo(1)), { mode: 0o600 })
+  await writeFile(join(dir, 'archive', 'no-tasks.json'), '{"session_id": "no-tasks", "created_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:00Z", "session": {"session_id": "no-tasks"}}', { mode: 0o600 })
+
+  const run = await taskvault(['validate', dir])
+  t.equal(run.code, 1)
+  const lines = run.stdout.trimEnd().split('\n')
+  t.same(lines.slice(0, -1).map((line) => line.split(':')[0]), [
+    '✅ archive/gone.json', '✅ archive/kept.json', '❌ archive/no-tasks.json', '❌ broken.json', '✅ failed.json',
+    '✅ old.json', '✅ pending.json', '✅ recent.json', '❌ wrong-id.json'
+  ])
+  t.match(run.stdout, /❌ broken\.json: not valid JSON/u)
+  t.match(run.stdout, /❌ archive\/no-tasks\.json: does not match the session file format at '\/session\/tasks'/u)
+  t.match(run.stdout, /❌ wrong-id\.json: holds session 'other'/u)
+  t.equal(lines.at(-1), '9 files checked, 3 bad')
+
+  const json = (await taskvault(['validate', dir, '--json'])).json()
+  t.match(json, { dir, checked: 9, bad: 3 })
+  t.match(json.files.find((file: { file: string }) => file.file === 'broken.json'), { ok: false, reason: /not valid JSON/ })
+
+  const fixed = await taskvault(['validate', dir, '--fix', '--json'])
+  t.equal(fixed.code, 1, 'bad files were found, even though they are moved now')
+  t.match(fixed.json().files.find((file: { file: string }) => file.file === 'broken.json'), { moved_to: /^corrupt\/broken\.json\./ })
+  t.equal((await readdir(join(dir, 'corrupt'))).length, 3, 'all three set aside, none deleted')
+  const again = await taskvault(['validate', dir])
+  t.equal(again.code, 0)
+  t.match(again.stdout, /6 files checked, 0 bad\n$/u)
+})
+
+t.test('stats: the figures the server reports for the same folder', async (t) => {
+  const dir = await preparedFolder(t)
+  await writeFile(join(dir, 'broken.json'), 'nope', { mode: 0o600 })
+  const run = await taskvault(['stats', dir, '--json'])
+  t.equal(run.code, 0)
+  const fromFiles = run.json()
+  t.match(fromFiles, {
+    total_sessions: 4, active_sessions: 1, completed_sessions: 3, total_tasks: 7, completed_tasks: 5, failed_tasks: 1,
+    pending_tasks: 1, in_progress_tasks: 0, archived_sessions: 2, storage: { dir, files: 4, archive_files: 2, failed_loads: 1 }
+  })
+  t.ok(fromFiles.storage.used_bytes >= fromFiles.storage.bytes + fromFiles.storage.archive_bytes, 'storage used covers every file')
+
+  const app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
+  const served = (await get(app, '/stats')).json()
+  for (const key of ['total_sessions', 'active_sessions', 'completed_sessions', 'total_tasks', 'completed_tasks', 'failed_tasks', 'pending_tasks', 'in_progress_tasks', 'archived_sessions']) {
+    t.equal(fromFiles[key], served[key], key)
+  }
+  t.equal(fromFiles.storage.bytes, served.storage.bytes, 'storage.bytes')
+  t.equal(fromFiles.storage.archive_bytes, served.storage.archive_bytes, 'storage.archive_bytes')
+  t.equal(fromFiles.storage.failed_loads, served.storage.failed_loads, 'failed_loads')
+
+  const text = await taskvault(['stats', dir])
+  t.match(text.stdout, /sessions\s+4 \(1 active, 3 completed\)/u)
+  t.match(text.stdout, /archived sessions\s+2/u)
+})
+
+t.test('archive and prune run the scheduler\'s passes', async (t) => {
+  const dir = await preparedFolder(t)
+  const archived = await taskvault(['archive', dir, '--days', '30', '--json'])
+  t.equal(archived.code, 0, archived.stderr)
+  t.match(archived.json(), { dir, days: 30, archived: 2, errors: 0 })
+  t.same(archived.json().archived_ids.sort(), ['failed', 'old'])
+  t.same((await readdir(dir)).filter((name) => name.endsWith('.json')).sort(), ['pending.json', 'recent.json'], 'recent and pending stay')
+  t.same((await readdir(join(dir, 'archive'))).sort(), ['failed.json', 'gone.json', 'kept.json', 'old.json'])
+  t.notOk(existsSync(join(dir, '.taskvault.lock')), 'the lock is released')
+
+  const again = await taskvault(['archive', dir, '--days', '30'])
+  t.equal(again.code, 0)
+  t.match(again.stdout, 'nothing archived')
+
+  // kept (failed, 50 days) and failed (failed, 100 days) get 120 days; old (100 days) and gone (400) only 60.
+  const pruned = await taskvault(['prune', dir, '--days', '60', '--failed-days', '120', '--json'])
+  t.equal(pruned.code, 0, pruned.stderr)
+  t.same(pruned.json().deleted_ids.sort(), ['gone', 'old'])
+  t.same((await readdir(join(dir, 'archive'))).sort(), ['failed.json', 'kept.json'])
+  const text = await taskvault(['prune', dir, '--days', '60'])
+  t.match(text.stdout, 'Deleted 1 archived sessions: failed')
+})
+
+t.test('archive and prune default to the settings, from the environment or ./.env', async (t) => {
+  const cwd = await tempDir(t, 'taskvault-cli-env-')
+  const dir = await preparedFolder(t)
+  await writeFile(join(cwd, '.env'), `TASK_STORAGE_DIR=${dir}\nTASK_ARCHIVE_DAYS=50\n`)
+  const archived = await taskvault(['archive', '--json'], { cwd })
+  t.equal(archived.code, 0, archived.stderr)
+  t.match(archived.json(), { dir, days: 50 })
+  const off = await taskvault(['prune'], { cwd, env: { TASK_ARCHIVE_RETENTION_DAYS: '0' } })
+  t.equal(off.code, 2, 'retention off and no --days')
+  const pruned = await taskvault(['prune', '--json'], { cwd, env: { TASK_ARCHIVE_RETENTION_DAYS: '300' } })
+  t.same(pruned.json().deleted_ids, ['gone'], 'the environment wins over .env and defaults')
+  t.equal((await taskvault(['stats'], { cwd, env: { TASK_ARCHIVE_DAYS: 'lots' } })).code, 2, 'a bad setting is a usage error')
+})
+
+t.test('backup then restore round-trips every byte', async (t) => {
+  const dir = await preparedFolder(t)
+  const longId = 'L'.repeat(128)
+  await writeFile(join(dir, `${longId}.json`), storedSession(longId, ['Pending'], daysAgo(1), 'ünïcödé ✓ "quoted"\n'), { mode: 0o600 })
+  await writeFile(join(dir, 'archive', 'kept.1700000000000.json'), storedSession('kept', ['Completed'], daysAgo(60)), { mode: 0o600 })
+  const before = await snapshot(dir)
+  const out = join(await tempDir(t, 'taskvault-backup-'), 'tasks.tar.gz')
+
+  const backup = await taskvault(['backup', dir, '--out', out, '--json'])
+  t.equal(backup.code, 0, backup.stderr)
+  t.match(backup.json(), { dir, out, files: 8, active: 5, archived: 3, skipped: [] })
+  t.equal(backup.json().compressed_bytes, (await stat(out)).size)
+  t.equal((await stat(out)).mode & 0o777, 0o600)
+  t.same(await snapshot(dir), before, 'the folder is untouched')
+  t.equal((await taskvault(['backup', dir, '--out', out])).code, 1, 'an existing backup is not replaced')
+  t.equal((await taskvault(['backup', dir, '--out', out, '--force'])).code, 0, 'unless --force')
+
+  const target = join(await tempDir(t, 'taskvault-restored-'), 'fresh')
+  const restore = await taskvault(['restore', out, target, '--json'])
+  t.equal(restore.code, 0, restore.stderr)
+  t.match(restore.json(), { restored: 8, unchanged: 0, conflicts: [] })
+  const after = await snapshot(target)
+  t.same([...after.keys()].sort(), [...before.keys()].sort(), 'the same files')
+  for (const [name, bytes] of before) t.ok(after.get(name)?.equals(bytes), `${name.slice(0, 40)}: every byte`)
+  t.equal((await stat(join(target, 'old.json'))).mode & 0o777, 0o600)
+  t.equal((await stat(join(target, 'archive'))).mode & 0o777, 0o700)
+
+  const again = await taskvault(['restore', out, target, '--json'])
+  t.match(again.json(), { restored: 0, unchanged: 8 }, 'restoring again writes nothing')
+
+  const app = await build(t, { dir: target, config: { TASK_ARCHIVE_DAYS: 0 } })
+  t.equal((await get(app, '/stats')).json().archived_sessions, 2, 'the server reads the restored folder (two ids, three files)')
+  t.equal((await get(app, `/list?session_id=${longId}`)).json().tasks[0].instruction, 'ünïcödé ✓ "quoted"\n 1')
+})
+
+t.test('backup leaves out files that do not load, and says so', async (t) => {
+  const dir = await preparedFolder(t)
+  await writeFile(join(dir, 'broken.json'), '{', { mode: 0o600 })
+  const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')
+  const run = await taskvault(['backup', dir, '-o', out])
+  t.equal(run.code, 1)
+  t.match(run.stdout, /Backed up 6 sessions/u)
+  t.match(run.stdout, /❌ left out broken\.json: not valid JSON/u)
+  t.ok(existsSync(out), 'the backup of the rest is written')
+})
+
+t.test('restore refuses to overwrite newer files unless --force, writing nothing', async (t) => {
+  const dir = await preparedFolder(t)
+  const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')
+  t.equal((await taskvault(['backup', dir, '--out', out])).code, 0)
+
+  const newer = storedSession('old', ['Completed', 'Completed', 'Completed'], daysAgo(0))
+  await writeFile(join(dir, 'old.json'), newer)
+  const older = storedSession('recent', ['Pending'], daysAgo(3650))
+  await writeFile(join(dir, 'recent.json'), older)
+  await writeFile(join(dir, 'pending.json'), '{ unreadable')
+  await unlink(join(dir, 'archive', 'gone.json'))
+
+  const refused = await taskvault(['restore', out, dir])
+  t.equal(refused.code, 1)
+  t.match(refused.stdout, /❌ old\.json: the folder's copy is newer/u)
+  t.match(refused.stdout, /❌ pending\.json: the file in the folder cannot be read/u)
+  t.notMatch(refused.stdout, /recent\.json/u, 'an older copy is no conflict')
+  t.equal(await readFile(join(dir, 'old.json'), 'utf8'), newer, 'nothing was written')
+  t.equal(await readFile(join(dir, 'recent.json'), 'utf8'), older)
+  t.notOk(existsSync(join(dir, 'archive', 'gone.json')), 'not even the missing files')
+
+  const forced = await taskvault(['restore', out, dir, '--force', '--json'])
+  t.equal(forced.code, 0, forced.stderr)
+  t.match(forced.json(), { restored: 4, unchanged: 2, forced: true })
+  t.equal(JSON.parse(await readFile(join(dir, 'old.json'), 'utf8')).session.tasks.length, 2, 'the backup\'s copy')
+  t.ok(existsSync(join(dir, 'archive', 'gone.json')))
+})
+
+t.test('restore refuses a damaged or foreign archive', async (t) => {
+  const dir = await preparedFolder(t)
+  const folder = await tempDir(t, 'taskvault-backup-')
+  const out = join(folder, 'b.tar.gz')
+  await taskvault(['backup', dir, '--out', out])
+  const bytes = await readFile(out)
+  await writeFile(join(folder, 'cut.tar.gz'), bytes.subarray(0, bytes.length - 20))
+  const target = join(folder, 'target')
+  const cut = await taskvault(['restore', join(folder, 'cut.tar.gz'), target, '--json'])
+  t.equal(cut.code, 1)
+  t.equal(cut.json().error.code, 'INVALID_ARCHIVE')
+  t.same(existsSync(target) ? (await readdir(target)).filter((name) => name.endsWith('.json')) : [], [], 'nothing restored')
+  await writeFile(join(folder, 'plain.txt'), 'hello')
+  t.equal((await taskvault(['restore', join(folder, 'plain.txt'), target])).code, 1)
+  t.equal((await taskvault(['restore', join(folder, 'missing.tar.gz'), target])).code, 1)
+})
+
+t.test('mutating commands refuse a folder a live server holds; reading ones work', async (t) => {
+  const { dir: cwd, start } = await scratch(t, { prefix: 'taskvault-cli-lock-' })
+  const dir = join(cwd, 'tasks')
+  await mkdir(dir, { mode: 0o700 })
+  await writeFile(join(dir, 'old.json'), storedSession('old', ['Completed'], daysAgo(100)), { mode: 0o600 })
+  const server = await start({ TASK_STORAGE_DIR: dir, TASK_ARCHIVE_DAYS: '0' })
+  const pid = String(server.child.pid)
+  const out = join(cwd, 'b.tar.gz')
+
+  for (const args of [['archive', dir, '--days', '1'], ['prune', dir, '--days', '1'], ['validate', dir, '--fix'], ['restore', out, dir]]) {
+    if (args[0] === 'restore') t.equal((await taskvault(['backup', dir, '--out', out])).code, 0, 'backup works while the server runs')
+    const run = await taskvault(args)
+    t.equal(run.code, 1, `${args[0]}: exit 1`)
+    t.match(run.stderr, new RegExp(`in use by pid ${pid} on host .*stop the server first`, 'u'), `${args[0]} names the holder`)
+  }
+  t.ok(existsSync(join(dir, 'old.json')), 'nothing moved')
+  t.equal((await taskvault(['validate', dir])).code, 0)
+  t.equal((await taskvault(['stats', dir])).code, 0)
+
+  t.equal((await server.stop('SIGTERM')).code, 0)
+  const archived = await taskvault(['archive', dir, '--days', '1', '--json'])
+  t.equal(archived.code, 0, archived.stderr)
+  t.same(archived.json().archived_ids, ['old'], 'works once the server is gone')
+})
+
+t.test('refuses to set aside into a corrupt/ that is a symlink', async (t) => {
+  const dir = await preparedFolder(t)
+  const outside = await tempDir(t, 'taskvault-outside-')
+  await writeFile(join(dir, 'broken.json'), '{', { mode: 0o600 })
+  await symlink(outside, join(dir, 'corrupt'))
+  const run = await taskvault(['validate', dir, '--fix'])
+  t.equal(run.code, 1)
+  t.match(run.stderr, /not a real folder/u)
+  t.same(await readdir(outside), [])
+})
