@@ -24,6 +24,10 @@ export const ConfigSchema = Type.Object({
   TASK_API_KEYS: Type.String({ default: '', description: 'Comma-separated bearer keys; empty leaves the API open' }),
   TASK_LOCK_REFRESH_MS: Type.Integer({ minimum: 100, maximum: HOUR_MS, default: 10_000 }),
   TASK_LOCK_STALE_MS: Type.Integer({ minimum: 1000, maximum: MAX_TIMER_MS, default: 60_000 }),
-  LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' })
+  LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' }),
+  LOG_PRETTY: Type.Boolean({ default: false, description: 'Human-readable logs through pino-pretty, for local use' }),
+  TASK_DOCS: Type.Boolean({ default: true, description: 'OpenAPI document at /documentation/json and its UI at /documentation' }),
+  TASK_METRICS: Type.Boolean({ default: true, description: 'Prometheus metrics at /metrics' }),
+  TASK_METRICS_AUTH: Type.Boolean({ default: false, description: '/metrics needs an API key too (when TASK_API_KEYS is set)' })
 })
 export type Config = Static<typeof ConfigSchema>

@@ -88,3 +88,10 @@ export class CorruptSessionFileError extends TaskvaultError {
     super('CORRUPT_SESSION_FILE', `${fileName}: ${reason}`)
   }
 }
+
+/** A plugin was registered with an option it does not take or a value out of range. */
+export class InvalidOptionsError extends TaskvaultError {
+  constructor (plugin: string, message: string) {
+    super('INVALID_OPTIONS', `${plugin}: ${message}`)
+  }
+}

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events'
 import { constants } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
 import { dirname, join, resolve, sep } from 'node:path'
@@ -9,7 +10,7 @@ import { CorruptSessionFileError, InvalidSessionIdError, StorageError, Taskvault
 import { nodeFs, type FsSeam } from './fs-seam.js'
 import { normalizeSessionFile } from './session.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
-import type { LoadFailure, LoadResult, LoadedSession, SessionStore } from './store.js'
+import type { LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents } from './store.js'
 
 const FILE_MODE = 0o600
 const DIR_MODE = 0o700
@@ -37,6 +38,8 @@ export class FileSessionStore implements SessionStore {
   readonly dir: string
   readonly archiveDir: string
   readonly corruptDir: string
+  /** Observers subscribe here; the store does not know them. */
+  readonly events = new EventEmitter<SessionStoreEvents>()
   private readonly fs: FsSeam
   private readonly indent: number
   private readonly dirSync: CoalescedRun
@@ -88,6 +91,19 @@ export class FileSessionStore implements SessionStore {
   }
 
   async save (file: SessionFile): Promise<number> {
+    const started = performance.now()
+    let bytes = 0
+    let ok = false
+    try {
+      bytes = await this.write(file)
+      ok = true
+      return bytes
+    } finally {
+      this.events.emit('save', { ms: performance.now() - started, ok, bytes })
+    }
+  }
+
+  private async write (file: SessionFile): Promise<number> {
     const candidate: unknown = file
     if (!checkSessionFile.Check(candidate)) {
       const first = checkSessionFile.Errors(candidate).First()
