@@ -1,5 +1,5 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
-import { SessionId, Task, TaskStatus, TaskType, Timestamp } from './session.js'
+import { SESSION_ID_PATTERN, SessionId, Task, TaskStatus, TaskType, Timestamp } from './session.js'
 
 const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
 
@@ -108,14 +108,18 @@ export const ExecuteAllResponse = Type.Object({
   progress: Progress
 }, { examples: [{ session_id: 'important_work', total_executed: 1, results: [executed(exampleTask)], progress: { ...exampleProgress, completed: 2, pending: 0, all_done: true, percentage: 100 } }] })
 
-export const SessionQuery = Type.Object({ session_id: SessionId }, { additionalProperties: false, examples: [{ session_id: 'important_work' }] })
+// Query and path parameters are documented one by one, so their examples sit on each field.
+const sessionIdParam = (description: string, examples: string[]) => Type.String({ pattern: SESSION_ID_PATTERN, description, examples })
+const SessionIdParam = sessionIdParam('Letters, digits, _ and -, 1 to 128 characters', ['important_work'])
+
+export const SessionQuery = Type.Object({ session_id: SessionIdParam }, { additionalProperties: false })
 export type SessionQuery = Static<typeof SessionQuery>
 
 export const ListQuery = Type.Object({
-  session_id: SessionId,
-  limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
-  offset: Type.Integer({ minimum: 0, maximum: 1_000_000_000, default: 0 })
-}, { additionalProperties: false, examples: [{ session_id: 'important_work', limit: 100, offset: 0 }, { session_id: 'all', limit: 10, offset: 0 }] })
+  session_id: sessionIdParam('A session id, or `all` for every session', ['important_work', 'all']),
+  limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100, description: 'Sessions per page (with `session_id=all`)', examples: [10] }),
+  offset: Type.Integer({ minimum: 0, maximum: 1_000_000_000, default: 0, description: 'Sessions to skip (with `session_id=all`)', examples: [0] })
+}, { additionalProperties: false })
 export type ListQuery = Static<typeof ListQuery>
 
 export const SessionDetail = Type.Object({
@@ -177,7 +181,7 @@ export const StatsResponse = Type.Object({
   }]
 })
 
-export const SessionParams = Type.Object({ session_id: SessionId }, { additionalProperties: false, examples: [{ session_id: 'important_work' }] })
+export const SessionParams = Type.Object({ session_id: SessionIdParam }, { additionalProperties: false })
 export type SessionParams = Static<typeof SessionParams>
 
 export const HealthResponse = Type.Object({ status: Type.Literal('ok'), uptime_s: Type.Number() }, { examples: [{ status: 'ok', uptime_s: 3600 }] })
