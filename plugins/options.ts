@@ -30,11 +30,12 @@ export function setting<K extends keyof Config> (app: FastifyInstance, key: K): 
 
 /**
  * Checks `options` against `schema` (which must refuse unknown keys) and throws an
- * InvalidOptionsError naming the first bad option; Fastify's own keys are let through.
+ * InvalidOptionsError naming the first bad option; Fastify's own keys are let through
+ * unless the schema declares them.
  */
 export function checkOptions (plugin: string, schema: TObject, options: object | undefined): void {
   const own: Record<string, unknown> = { ...options }
-  for (const key of FASTIFY_KEYS) delete own[key]
+  for (const key of FASTIFY_KEYS) if (!(key in schema.properties)) delete own[key]
   const problem = firstProblem(schema, own)
   if (problem !== null) throw new InvalidOptionsError(plugin, problem)
 }

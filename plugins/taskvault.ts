@@ -2,7 +2,9 @@ import { Type } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Registry } from 'prom-client'
+import { errorHandler } from '../routes/error-handler.js'
 import taskRoutes from '../routes/tasks.js'
+import { createValidatorCompiler } from '../routes/validation.js'
 import { ROUTE_DOCS } from '../schemas/route-docs.js'
 import { SESSION_ID_PATTERN } from '../schemas/session.js'
 import { InvalidOptionsError } from '../services/errors.js'
@@ -68,6 +70,10 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
 
   let scope: FastifyInstance | undefined
   await app.register(async function taskvaultScope (instance) {
+    // The host's own validation and error handling may differ; taskvault's routes keep theirs
+    // (unknown fields are a 400, domain errors get their status).
+    instance.setValidatorCompiler(createValidatorCompiler())
+    instance.setErrorHandler(errorHandler)
     instance.addHook('onRoute', documentRoute(prefix))
     instance.addHook('preHandler', bindSessionLogger)
     // The host's own taskvault-auth (the standalone server registers one) guards these routes
