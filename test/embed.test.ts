@@ -42,7 +42,7 @@ t.test('the packed package installs into another project and runs the embedding 
   const scratch = await mkdtemp(join(tmpdir(), 'taskvault-pack-'))
   t.teardown(() => rm(scratch, { recursive: true, force: true, maxRetries: 3 }))
 
-  // dist/ is fresh from `npm test`'s build, so the pack skips prepack's second build.
+  // dist/ is fresh from `npm test`'s build, so the pack skips the prepare script's second build.
   const packed = JSON.parse(await npm(['pack', '--ignore-scripts', '--json', '--pack-destination', scratch], ROOT)) as Array<{ filename: string, files: Array<{ path: string }> }>
   const tarball = join(scratch, packed[0]?.filename ?? '')
   const files = packed[0]?.files.map((file) => file.path) ?? []
