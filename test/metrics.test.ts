@@ -8,6 +8,7 @@ import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { nodeFs, type FsSeam } from '../services/fs-seam.js'
 import { build, post, tempDir } from './helper.js'
+import { scratch } from './server-process.js'
 
 /** One sample of the text format: name, labels, value. */
 interface Sample {
@@ -159,4 +160,16 @@ t.test('/metrics is open by default with API keys set; TASK_METRICS_AUTH=true as
   const closed = await build(t, { config: { TASK_API_KEYS: 'k1', TASK_METRICS_AUTH: true } })
   t.equal((await closed.inject({ method: 'GET', url: '/metrics' })).statusCode, 401)
   t.equal((await closed.inject({ method: 'GET', url: '/metrics', headers: { authorization: 'Bearer k1' } })).statusCode, 200)
+})
+
+t.test('the real server adds Node\'s process metrics', async (t) => {
+  const { start } = await scratch(t)
+  const server = await start()
+  const res = await fetch(`${server.base}/metrics`)
+  t.equal(res.status, 200)
+  const samples = parse(await res.text())
+  t.ok(value(samples, 'process_resident_memory_bytes') > 0, 'process_resident_memory_bytes')
+  t.ok(samples.some((s) => s.name === 'nodejs_eventloop_lag_seconds'), 'event loop lag')
+  t.equal(value(samples, 'taskvault_sessions', { state: 'active' }), 0)
+  t.equal((await server.stop('SIGTERM')).code, 0)
 })
