@@ -74,7 +74,7 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     // (unknown fields are a 400, domain errors get their status).
     instance.setValidatorCompiler(createValidatorCompiler())
     instance.setErrorHandler(errorHandler)
-    instance.addHook('onRoute', documentRoute(prefix))
+    instance.addHook('onRoute', documentRoute)
     instance.addHook('preHandler', bindSessionLogger)
     // The host's own taskvault-auth (the standalone server registers one) guards these routes
     // too, unless this registration is given keys of its own.
@@ -112,14 +112,11 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
 }, { name: 'taskvault', fastify: '5.x' })
 
 /** Adds the tags and summary of ROUTE_DOCS to each task route, for the OpenAPI document. */
-function documentRoute (prefix: string): (route: RouteOptions) => void {
-  return (route) => {
-    const path = route.url.slice(prefix.length) || '/'
-    const methods = Array.isArray(route.method) ? route.method : [route.method]
-    const doc = methods.map((method) => ROUTE_DOCS[`${method} ${path}`]).find((entry) => entry !== undefined)
-    if (doc === undefined) return
-    route.schema = { ...doc, ...route.schema }
-  }
+function documentRoute (route: RouteOptions & { routePath: string }): void {
+  // routePath is the path as the route declares it, whatever prefixes the host adds.
+  const methods = Array.isArray(route.method) ? route.method : [route.method]
+  const doc = methods.map((method) => ROUTE_DOCS[`${method} ${route.routePath}`]).find((entry) => entry !== undefined)
+  if (doc !== undefined) route.schema = { ...doc, ...route.schema }
 }
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')

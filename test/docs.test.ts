@@ -139,3 +139,15 @@ t.test('TASK_DOCS=false: no document, no UI', async (t) => {
   }
   t.equal((await app.inject({ method: 'GET', url: '/health' })).statusCode, 200)
 })
+
+t.test('tags and summaries reach the routes under any prefix the host adds', async (t) => {
+  const host = Fastify({ logger: false })
+  t.teardown(() => host.close())
+  const routes: RouteOptions[] = []
+  host.addHook('onRoute', (route) => { if (route.method === 'POST') routes.push(route) })
+  const dir = await tempDir(t)
+  await host.register(async (scope) => { await scope.register(taskvault, { prefix: '/agents', storageDir: dir }) }, { prefix: '/v2' })
+  await host.ready()
+  const create = routes.find((route) => route.url === '/v2/agents/create')
+  t.same((create?.schema as { tags?: string[] } | undefined)?.tags, ['tasks'])
+})
