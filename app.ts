@@ -1,15 +1,13 @@
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import archiverPlugin from './plugins/archiver.js'
-import archiveRoutes from './routes/archive.js'
 import authPlugin from './plugins/auth.js'
 import configPlugin, { type ConfigPluginOptions } from './plugins/config.js'
-import persistencePlugin from './plugins/persistence.js'
-import taskManagerPlugin from './plugins/task-manager.js'
+import docsPlugin from './plugins/docs.js'
+import metricsPlugin from './plugins/metrics.js'
+import taskvault from './plugins/taskvault.js'
 import { errorHandler } from './routes/error-handler.js'
 import healthRoutes from './routes/health.js'
 import { createValidatorCompiler } from './routes/validation.js'
-import taskRoutes from './routes/tasks.js'
 import type { Executors } from './services/executors.js'
 import type { FsSeam } from './services/fs-seam.js'
 
@@ -29,6 +27,8 @@ export interface BuildAppOptions {
   /** Time source for timestamps and archiving. */
   clock?: () => Date
   logger?: FastifyServerOptions['logger']
+  /** Node's process metrics on /metrics (process-wide observers: the server turns them on, tests do not). */
+  processMetrics?: boolean
 }
 
 /** Server options shared by production and tests, so both validate requests the same way. */
@@ -43,7 +43,10 @@ export function serverOptions (logger: FastifyServerOptions['logger'] = false): 
   }
 }
 
-/** Builds the service without listening: plugins, then routes. */
+/**
+ * Builds the service without listening: settings, API keys, docs and metrics around the
+ * taskvault plugin (the same one other Fastify services embed), then the health probes.
+ */
 export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyInstance> {
   const app = Fastify(serverOptions(options.logger)).withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(createValidatorCompiler())
@@ -51,14 +54,23 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
 
   try {
     await app.register(configPlugin, { values: options.config, readEnvironment: options.readEnvironment })
+    const config = app.config
     await app.register(authPlugin)
-    await app.register(persistencePlugin, { fs: options.fs })
-    await app.register(taskManagerPlugin, { executors: options.executors, agents: options.agents, env: options.env, clock: options.clock })
-    await app.register(archiverPlugin, { clock: options.clock })
+    // Both collect routes as they are added, so they come before every route.
+    if (config.TASK_DOCS) await app.register(docsPlugin, { bearerAuth: config.TASK_API_KEYS.trim() !== '' })
+    if (config.TASK_METRICS) await app.register(metricsPlugin, { requireApiKey: config.TASK_METRICS_AUTH, processMetrics: options.processMetrics })
 
+    // Every other setting reaches the plugins through the config fallback (plugins/options.ts).
+    await app.register(taskvault, {
+      prefix: '/api/v1/tasks',
+      executors: options.executors,
+      agents: options.agents,
+      env: options.env,
+      fs: options.fs,
+      clock: options.clock,
+      ...(config.TASK_METRICS && { metricsRegistry: app.metricsRegistry })
+    })
     await app.register(healthRoutes)
-    await app.register(taskRoutes, { prefix: '/api/v1/tasks' })
-    await app.register(archiveRoutes, { prefix: '/api/v1/tasks' })
   } catch (err) {
     // A plugin that fails after persistence took the storage lock must not leave it held.
     await app.close().catch(() => {})

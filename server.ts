@@ -1,11 +1,24 @@
 import closeWithGrace from 'close-with-grace'
+import type { FastifyServerOptions } from 'fastify'
 import { buildApp } from './app.js'
+import { loadConfig } from './plugins/config.js'
+import type { Config } from './schemas/config.js'
+
+/** Production logs: JSON lines (or pino-pretty with LOG_PRETTY=true), API keys redacted. */
+function loggerOptions (config: Config): FastifyServerOptions['logger'] {
+  return {
+    level: config.LOG_LEVEL,
+    redact: ['req.headers.authorization'],
+    ...(config.LOG_PRETTY && { transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } } })
+  }
+}
 
 /** Loads config, restores sessions, listens, and drains on SIGTERM/SIGINT. */
 async function main (): Promise<void> {
   let app
   try {
-    app = await buildApp({ logger: { level: 'info', redact: ['req.headers.authorization'] } })
+    const config = await loadConfig()
+    app = await buildApp({ config, readEnvironment: false, logger: loggerOptions(config), processMetrics: true })
     await app.ready()
   } catch (err) {
     // Bad settings or an unusable storage folder: say which, and exit 1.

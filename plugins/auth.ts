@@ -1,7 +1,9 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { isIP } from 'node:net'
+import { Type } from '@sinclair/typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
+import { checkOptions, setting } from './options.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -10,16 +12,29 @@ declare module 'fastify' {
   }
 }
 
+export interface AuthPluginOptions {
+  /** Accepted bearer keys; default: TASK_API_KEYS (comma-separated). None leaves the routes open. */
+  apiKeys?: string[]
+}
+
+export const AuthOptionsSchema = Type.Object({
+  apiKeys: Type.Optional(Type.Array(Type.String({ minLength: 1 })))
+}, { additionalProperties: false })
+
 const digest = (value: string): Buffer => createHash('sha256').update(value, 'utf8').digest()
 
 /**
- * API keys from TASK_API_KEYS (comma-separated). With none set the API is open, and a loud
- * warning is logged when listening beyond loopback. Keys are compared as SHA-256 digests with
- * timingSafeEqual against every key, so timing reveals neither a key nor which one matched.
+ * API keys from the `apiKeys` option or TASK_API_KEYS (comma-separated). With none the API is
+ * open, and the standalone server logs a loud warning when listening beyond loopback. Keys are
+ * compared as SHA-256 digests with timingSafeEqual against every key, so timing reveals
+ * neither a key nor which one matched.
  */
-export default fp(async function authPlugin (app) {
-  const keys = app.config.TASK_API_KEYS.split(',').map((key) => key.trim()).filter((key) => key !== '').map(digest)
-  if (keys.length === 0 && !isLoopback(app.config.HOST)) {
+export default fp<AuthPluginOptions>(async function authPlugin (app, options) {
+  checkOptions('taskvault-auth', AuthOptionsSchema, options)
+  const configured = options.apiKeys ?? setting(app, 'TASK_API_KEYS').split(',')
+  const keys = configured.map((key) => key.trim()).filter((key) => key !== '').map(digest)
+  // Only the standalone server knows where it listens; an embedding host decides that itself.
+  if (keys.length === 0 && app.hasPlugin('taskvault-config') && !isLoopback(app.config.HOST)) {
     app.log.warn({ host: app.config.HOST }, 'TASK_API_KEYS is empty and HOST is not loopback: anyone who can reach this port can read and change every session')
   }
 
@@ -38,7 +53,7 @@ export default fp(async function authPlugin (app) {
       message: header === undefined ? 'missing Authorization: Bearer <key> header' : 'invalid API key'
     })
   })
-}, { name: 'taskvault-auth', fastify: '5.x', dependencies: ['taskvault-config'] })
+}, { name: 'taskvault-auth', fastify: '5.x' })
 
 function isLoopback (host: string): boolean {
   if (host === 'localhost') return true

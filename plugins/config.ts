@@ -1,4 +1,5 @@
 import fastifyEnv from '@fastify/env'
+import Fastify from 'fastify'
 import fp from 'fastify-plugin'
 import { ConfigSchema, type Config } from '../schemas/config.js'
 
@@ -16,7 +17,7 @@ export interface ConfigPluginOptions {
 }
 
 /** Validates every setting at boot; a bad value fails `ready()` with a message naming it. */
-export default fp<ConfigPluginOptions>(async function configPlugin (app, options) {
+const configPlugin = fp<ConfigPluginOptions>(async function configPlugin (app, options) {
   const readEnvironment = options.readEnvironment ?? true
   await app.register(fastifyEnv, {
     confKey: 'config',
@@ -31,3 +32,20 @@ export default fp<ConfigPluginOptions>(async function configPlugin (app, options
   }
   app.log.level = app.config.LOG_LEVEL
 }, { name: 'taskvault-config', fastify: '5.x' })
+
+export default configPlugin
+
+/**
+ * The settings, read and validated exactly as the plugin does, before any app exists: the
+ * server needs some of them (LOG_PRETTY, LOG_LEVEL) to build its logger.
+ */
+export async function loadConfig (options: ConfigPluginOptions = {}): Promise<Config> {
+  const probe = Fastify({ logger: false })
+  try {
+    await probe.register(configPlugin, options)
+    await probe.ready()
+    return { ...probe.config }
+  } finally {
+    await probe.close()
+  }
+}

@@ -1,7 +1,9 @@
+import { Type } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
 import { FileSessionStore } from '../services/file-store.js'
 import type { FsSeam } from '../services/fs-seam.js'
 import type { SessionStore } from '../services/store.js'
+import { checkOptions, fromSetting, setting } from './options.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -10,20 +12,36 @@ declare module 'fastify' {
 }
 
 export interface PersistencePluginOptions {
+  /** Folder of the session files (TASK_STORAGE_DIR). */
+  storageDir?: string
+  /** How often the storage lock is touched (TASK_LOCK_REFRESH_MS). */
+  lockRefreshMs?: number
+  /** A lock untouched for this long is taken over (TASK_LOCK_STALE_MS). */
+  lockStaleMs?: number
   /** File-system seam, for fault injection in tests. */
   fs?: FsSeam
 }
 
-/** The session store: one durable JSON file per session under TASK_STORAGE_DIR. */
+export const PersistenceOptionsSchema = Type.Object({
+  storageDir: fromSetting('TASK_STORAGE_DIR'),
+  lockRefreshMs: fromSetting('TASK_LOCK_REFRESH_MS'),
+  lockStaleMs: fromSetting('TASK_LOCK_STALE_MS'),
+  fs: Type.Optional(Type.Object({}))
+}, { additionalProperties: false })
+
+/** The session store: one durable JSON file per session in the storage folder. */
 export default fp<PersistencePluginOptions>(async function persistencePlugin (app, options) {
-  const config = app.config
+  checkOptions('taskvault-persistence', PersistenceOptionsSchema, options)
   const store = new FileSessionStore({
-    dir: config.TASK_STORAGE_DIR,
+    dir: options.storageDir ?? setting(app, 'TASK_STORAGE_DIR'),
     fs: options.fs,
-    lock: { refreshMs: config.TASK_LOCK_REFRESH_MS, staleMs: config.TASK_LOCK_STALE_MS }
+    lock: {
+      refreshMs: options.lockRefreshMs ?? setting(app, 'TASK_LOCK_REFRESH_MS'),
+      staleMs: options.lockStaleMs ?? setting(app, 'TASK_LOCK_STALE_MS')
+    }
   })
   const replaced = await store.init()
   if (replaced !== null) app.log.warn({ holder: replaced }, 'Took over the storage lock of a server that is gone')
   app.decorate('persistence', store as SessionStore)
   app.addHook('onClose', async () => store.close())
-}, { name: 'taskvault-persistence', fastify: '5.x', dependencies: ['taskvault-config'] })
+}, { name: 'taskvault-persistence', fastify: '5.x' })

@@ -1,7 +1,10 @@
+import { Type } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
+import { TASK_TYPES } from '../schemas/session.js'
 import { parseAgentsConfig, type AgentsConfig } from '../services/agents/spec.js'
 import type { Executors } from '../services/executors.js'
 import { TaskManager } from '../services/task-manager.js'
+import { checkOptions, fromSetting, FunctionOption, setting } from './options.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -16,8 +19,48 @@ export interface TaskManagerPluginOptions {
   agents?: Record<string, unknown>
   /** Where agent specs' `api_key_env` and `headers_env` are looked up (default process.env). */
   env?: NodeJS.ProcessEnv
+  /** Save on every change (TASK_AUTO_SAVE). */
+  autoSave?: boolean
+  /** Files read in parallel at restore (TASK_RESTORE_CONCURRENCY). */
+  restoreConcurrency?: number
+  /** How long running tasks may take to finish at shutdown (TASK_SHUTDOWN_GRACE_MS). */
+  shutdownGraceMs?: number
+  /** TASK_MAX_SESSIONS, TASK_MAX_TASKS_PER_SESSION, TASK_MAX_INSTRUCTION_BYTES, TASK_MAX_RESULT_BYTES. */
+  maxSessions?: number
+  maxTasksPerSession?: number
+  maxInstructionBytes?: number
+  maxResultBytes?: number
+  /** Restarts that may find a task running before it is failed (TASK_MAX_INTERRUPTIONS). */
+  maxInterruptions?: number
+  /** Resume background runs a restart interrupted (TASK_RESUME_ON_START). */
+  resumeOnStart?: boolean
+  /** Time source for timestamps (tests). */
   clock?: () => Date
 }
+
+/** Per key a function, or `{ run, ...policy }` (the policy is checked when the agents are resolved). */
+const ExecutorOption = Type.Union([FunctionOption, Type.Object({ run: FunctionOption })])
+
+export const ExecutorsOption = Type.Object(
+  Object.fromEntries(['default', ...TASK_TYPES].map((type) => [type, Type.Optional(ExecutorOption)])),
+  { additionalProperties: false }
+)
+
+export const TaskManagerOptionsSchema = Type.Object({
+  executors: Type.Optional(ExecutorsOption),
+  agents: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  env: Type.Optional(Type.Record(Type.String(), Type.Union([Type.String(), Type.Undefined()]))),
+  maxInterruptions: fromSetting('TASK_MAX_INTERRUPTIONS'),
+  resumeOnStart: fromSetting('TASK_RESUME_ON_START'),
+  autoSave: fromSetting('TASK_AUTO_SAVE'),
+  restoreConcurrency: fromSetting('TASK_RESTORE_CONCURRENCY'),
+  shutdownGraceMs: fromSetting('TASK_SHUTDOWN_GRACE_MS'),
+  maxSessions: fromSetting('TASK_MAX_SESSIONS'),
+  maxTasksPerSession: fromSetting('TASK_MAX_TASKS_PER_SESSION'),
+  maxInstructionBytes: fromSetting('TASK_MAX_INSTRUCTION_BYTES'),
+  maxResultBytes: fromSetting('TASK_MAX_RESULT_BYTES'),
+  clock: Type.Optional(FunctionOption)
+}, { additionalProperties: false })
 
 /**
  * The task manager. Sessions are restored before the server listens (onReady); on close it
@@ -25,24 +68,24 @@ export interface TaskManagerPluginOptions {
  * `close()` is idempotent past the grace period, so running it in both hooks costs nothing.
  */
 export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (app, options) {
-  const config = app.config
+  checkOptions('taskvault-task-manager', TaskManagerOptionsSchema, options)
   const env = options.env ?? process.env
-  const agents = agentsConfig(options.agents ?? config.TASK_AGENTS, env)
+  const agents = agentsConfig(options.agents ?? setting(app, 'TASK_AGENTS'), env)
   const manager = new TaskManager({
     store: app.persistence,
     executors: options.executors,
     agents,
     env,
-    maxInterruptions: config.TASK_MAX_INTERRUPTIONS,
-    resumeOnStart: config.TASK_RESUME_ON_START,
-    autoSave: config.TASK_AUTO_SAVE,
-    restoreConcurrency: config.TASK_RESTORE_CONCURRENCY,
-    shutdownGraceMs: config.TASK_SHUTDOWN_GRACE_MS,
+    maxInterruptions: options.maxInterruptions ?? setting(app, 'TASK_MAX_INTERRUPTIONS'),
+    resumeOnStart: options.resumeOnStart ?? setting(app, 'TASK_RESUME_ON_START'),
+    autoSave: options.autoSave ?? setting(app, 'TASK_AUTO_SAVE'),
+    restoreConcurrency: options.restoreConcurrency ?? setting(app, 'TASK_RESTORE_CONCURRENCY'),
+    shutdownGraceMs: options.shutdownGraceMs ?? setting(app, 'TASK_SHUTDOWN_GRACE_MS'),
     limits: {
-      maxSessions: config.TASK_MAX_SESSIONS,
-      maxTasksPerSession: config.TASK_MAX_TASKS_PER_SESSION,
-      maxInstructionBytes: config.TASK_MAX_INSTRUCTION_BYTES,
-      maxResultBytes: config.TASK_MAX_RESULT_BYTES
+      maxSessions: options.maxSessions ?? setting(app, 'TASK_MAX_SESSIONS'),
+      maxTasksPerSession: options.maxTasksPerSession ?? setting(app, 'TASK_MAX_TASKS_PER_SESSION'),
+      maxInstructionBytes: options.maxInstructionBytes ?? setting(app, 'TASK_MAX_INSTRUCTION_BYTES'),
+      maxResultBytes: options.maxResultBytes ?? setting(app, 'TASK_MAX_RESULT_BYTES')
     },
     clock: options.clock,
     logger: app.log
@@ -69,8 +112,7 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
   app.addHook('onSend', async (_request, reply) => {
     if (manager.shuttingDown) reply.header('connection', 'close')
   })
-}, { name: 'taskvault-task-manager', fastify: '5.x', dependencies: ['taskvault-config', 'taskvault-persistence'] })
-
+}, { name: 'taskvault-task-manager', fastify: '5.x', dependencies: ['taskvault-persistence'] })
 /** The `agents` option or the TASK_AGENTS setting, validated; undefined when neither names agents. */
 function agentsConfig (source: Record<string, unknown> | string, env: NodeJS.ProcessEnv): AgentsConfig | undefined {
   if (typeof source === 'string' && source.trim() === '') return undefined

@@ -1,13 +1,14 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ArchiveBody, responses } from '../schemas/api.js'
+import { setting } from '../plugins/options.js'
 import { ShuttingDownError } from '../services/errors.js'
 
 /** POST /archive: an archive and retention pass now, queued behind the scheduler's if one is running. */
-const archiveRoutes: FastifyPluginAsyncTypebox = async (app) => {
+const archiveRoutes: FastifyPluginAsyncTypebox<{ bodyLimit?: number }> = async (app, options) => {
   app.addHook('onRequest', app.verifyApiKey)
 
   app.post('/archive', {
-    bodyLimit: app.config.BODY_LIMIT,
+    bodyLimit: options.bodyLimit ?? setting(app, 'BODY_LIMIT'),
     // A bare `POST /archive` (no body) means the defaults, like `{}`.
     preValidation: async (request) => { request.body ??= {} },
     schema: { body: ArchiveBody, response: responses.archive }

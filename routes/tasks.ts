@@ -1,14 +1,20 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { CreateBody, ExecuteAllBody, ListQuery, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
+import { setting } from '../plugins/options.js'
 import { InvalidInstructionsError } from '../services/errors.js'
 import { classifyTask, parseInstructions } from '../services/parser.js'
 import type { TaskSpec } from '../services/session.js'
 import { ALL_SESSIONS } from '../services/task-manager.js'
 
+export interface TaskRoutesOptions {
+  /** Largest request body in bytes (BODY_LIMIT). */
+  bodyLimit?: number
+}
+
 /** The seed's task API, mounted under /api/v1/tasks. Handlers stay thin: the manager does the work. */
-const taskRoutes: FastifyPluginAsyncTypebox = async (app) => {
+const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, options) => {
   const manager = app.taskManager
-  const bodyLimit = app.config.BODY_LIMIT
+  const bodyLimit = options.bodyLimit ?? setting(app, 'BODY_LIMIT')
   app.addHook('onRequest', app.verifyApiKey)
 
   app.post('/create', { bodyLimit, schema: { body: CreateBody, response: responses.create } }, async (request) => {
@@ -29,7 +35,7 @@ const taskRoutes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.post('/execute-all', { bodyLimit, schema: { body: ExecuteAllBody, response: responses.executeAll } }, async (request, reply) => {
     const { session_id: sessionId, wait } = request.body
-    if (!wait) {
+    if (wait === false) {
       const progress = await manager.startBackgroundRun(sessionId)
       return reply.code(202).send({ session_id: sessionId, status: 'running' as const, progress })
     }

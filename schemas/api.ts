@@ -1,7 +1,37 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
-import { SessionId, Task, TaskStatus, TaskType, Timestamp } from './session.js'
+import { SESSION_ID_PATTERN, SessionId, Task, TaskStatus, TaskType, Timestamp } from './session.js'
 
 const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
+
+// Examples, shown in the OpenAPI document; test/docs.test.ts checks each against its schema.
+const exampleTask = {
+  id: 'task_1_1730707200',
+  instruction: 'Write binary search',
+  task_type: 'Coding',
+  status: 'Completed',
+  result: 'fn binary_search(items, target) { ... }',
+  error: null,
+  confidence: 0.95,
+  created_at: '2025-11-04T08:00:00.000Z',
+  started_at: '2025-11-04T08:00:05.000Z',
+  completed_at: '2025-11-04T08:00:15.000Z',
+  attempts: 1
+}
+const pendingTask = { ...exampleTask, id: 'task_2_1730707200', instruction: 'Explain its complexity', task_type: 'Analysis', status: 'Pending', result: null, confidence: null, started_at: null, completed_at: null, attempts: 0 }
+const exampleProgress = { total: 2, completed: 1, failed: 0, pending: 1, in_progress: 0, all_done: false, percentage: 50 }
+const executed = (task: typeof exampleTask) => ({ task_id: task.id, instruction: task.instruction, status: task.status, result: task.result, error: task.error, confidence: task.confidence })
+
+/** What each error status typically says; the shape is always Fastify's. */
+const ERROR_EXAMPLES: Readonly<Record<number, { code: string, error: string, message: string }>> = {
+  400: { code: 'FST_ERR_VALIDATION', error: 'Bad Request', message: 'body/session_id must match pattern "^[A-Za-z0-9_-]{1,128}$"' },
+  401: { code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'missing Authorization: Bearer <key> header' },
+  404: { code: 'SESSION_NOT_FOUND', error: 'Not Found', message: "session 'important_work' not found" },
+  409: { code: 'NO_PENDING_TASK', error: 'Conflict', message: "session 'important_work' has no pending task" },
+  413: { code: 'FST_ERR_CTP_BODY_TOO_LARGE', error: 'Payload Too Large', message: 'Request body is too large' },
+  415: { code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', error: 'Unsupported Media Type', message: 'Unsupported Media Type' },
+  503: { code: 'STORAGE_UNAVAILABLE', error: 'Service Unavailable', message: "saving session 'important_work' failed: storage is unavailable (EIO)" },
+  507: { code: 'STORAGE_FULL', error: 'Insufficient Storage', message: "saving session 'important_work' failed: storage is full (ENOSPC)" }
+}
 
 /** Fastify's error shape, used for every 4xx and 5xx. */
 export const ErrorResponse = Type.Object({
@@ -11,11 +41,15 @@ export const ErrorResponse = Type.Object({
   message: Type.String()
 }, { description: 'Fastify error shape' })
 
-const errors = (...codes: number[]) => Object.fromEntries(codes.map((code) => [code, ErrorResponse]))
+/** The error answers of a route: Fastify's shape under each status, with that status's example. */
+const errors = (...codes: number[]) => Object.fromEntries(codes.map((code) => {
+  const example = ERROR_EXAMPLES[code]
+  return [code, example === undefined ? ErrorResponse : { ...ErrorResponse, examples: [{ statusCode: code, ...example }] }]
+}))
 
 export const MAX_TASKS_PER_REQUEST = 1000
 
-export const SessionIdBody = Type.Object({ session_id: SessionId }, { additionalProperties: false })
+export const SessionIdBody = Type.Object({ session_id: SessionId }, { additionalProperties: false, examples: [{ session_id: 'important_work' }] })
 export type SessionIdBody = Static<typeof SessionIdBody>
 
 export const TaskInput = Type.Object({
@@ -27,7 +61,13 @@ export const CreateBody = Type.Object({
   session_id: SessionId,
   instructions: Type.Optional(Type.String({ description: 'Free text: numbered or bulleted lists, "Task 1: ...", "first ... then ...", or one task' })),
   tasks: Type.Optional(Type.Array(TaskInput, { minItems: 1, maxItems: MAX_TASKS_PER_REQUEST }))
-}, { additionalProperties: false })
+}, {
+  additionalProperties: false,
+  examples: [
+    { session_id: 'important_work', instructions: '1. Write binary search\n2. Explain its complexity' },
+    { session_id: 'important_work', tasks: [{ instruction: 'Write binary search', task_type: 'Coding' }, { instruction: 'Explain its complexity' }] }
+  ]
+})
 export type CreateBody = Static<typeof CreateBody>
 
 export const CreateResponse = Type.Object({
@@ -35,7 +75,7 @@ export const CreateResponse = Type.Object({
   task_ids: Type.Array(Type.String()),
   total_tasks: Type.Integer({ description: 'Tasks this call added' }),
   tasks: Type.Array(Task)
-})
+}, { examples: [{ session_id: 'important_work', task_ids: [exampleTask.id, pendingTask.id], total_tasks: 2, tasks: [{ ...exampleTask, status: 'Pending', result: null, confidence: null, started_at: null, completed_at: null, attempts: 0 }, pendingTask] }] })
 
 export const Progress = Type.Object({
   total: Type.Integer(),
@@ -57,7 +97,7 @@ export const ProgressResponse = Type.Composite([
     running: Type.Boolean({ description: 'An execution (foreground or background) holds the session now' }),
     archived: Archived
   })
-])
+], { examples: [{ session_id: 'important_work', ...exampleProgress, running: false }] })
 
 const ExecutedTask = Type.Object({
   task_id: Type.String(),
@@ -69,43 +109,47 @@ const ExecutedTask = Type.Object({
   result_truncated: Type.Optional(Type.Boolean())
 })
 
-export const ExecuteResponse = Type.Composite([ExecutedTask, Type.Object({ progress: Progress })])
+export const ExecuteResponse = Type.Composite([ExecutedTask, Type.Object({ progress: Progress })], { examples: [{ ...executed(exampleTask), progress: exampleProgress }] })
 
 export const ExecuteAllResponse = Type.Object({
   session_id: SessionId,
   total_executed: Type.Integer(),
   results: Type.Array(ExecutedTask),
   progress: Progress
-})
+}, { examples: [{ session_id: 'important_work', total_executed: 1, results: [executed(exampleTask)], progress: { ...exampleProgress, completed: 2, pending: 0, all_done: true, percentage: 100 } }] })
 
 export const ExecuteAllBody = Type.Object({
   session_id: SessionId,
-  wait: Type.Boolean({ default: true, description: 'false: answer 202 at once and run in the background; a restart resumes the run' })
-}, { additionalProperties: false })
+  wait: Type.Optional(Type.Boolean({ default: true, description: 'false: answer 202 at once and run in the background; a restart resumes the run' }))
+}, { additionalProperties: false, examples: [{ session_id: 'important_work' }, { session_id: 'important_work', wait: false }] })
 export type ExecuteAllBody = Static<typeof ExecuteAllBody>
 
 export const BackgroundRunResponse = Type.Object({
   session_id: SessionId,
   status: Type.Literal('running'),
   progress: Progress
-})
+}, { examples: [{ session_id: 'important_work', status: 'running', progress: exampleProgress }] })
 
 export const CancelResponse = Type.Object({
   session_id: SessionId,
   cancelled_task_id: Nullable(Type.String({ description: 'The task failed with "cancelled", if one was running' })),
   progress: Progress
-})
+}, { examples: [{ session_id: 'important_work', cancelled_task_id: exampleTask.id, progress: { ...exampleProgress, completed: 0, failed: 1 } }] })
 
-export const SessionQuery = Type.Object({ session_id: SessionId }, { additionalProperties: false })
+// Query and path parameters are documented one by one, so their examples sit on each field.
+const sessionIdParam = (description: string, examples: string[]) => Type.String({ pattern: SESSION_ID_PATTERN, description, examples })
+const SessionIdParam = sessionIdParam('Letters, digits, _ and -, 1 to 128 characters', ['important_work'])
+
+export const SessionQuery = Type.Object({ session_id: SessionIdParam }, { additionalProperties: false })
 export type SessionQuery = Static<typeof SessionQuery>
 
 export const ARCHIVED_FILTERS = ['exclude', 'include', 'only'] as const
 
 export const ListQuery = Type.Object({
-  session_id: SessionId,
-  archived: Type.Union(ARCHIVED_FILTERS.map((filter) => Type.Literal(filter)), { default: 'exclude', description: 'With session_id=all: leave out archived sessions, include them, or list only them' }),
-  limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
-  offset: Type.Integer({ minimum: 0, maximum: 1_000_000_000, default: 0 })
+  session_id: sessionIdParam('A session id, or `all` for every session', ['important_work', 'all']),
+  archived: Type.Union(ARCHIVED_FILTERS.map((filter) => Type.Literal(filter)), { default: 'exclude', description: 'With session_id=all: leave out archived sessions, include them, or list only them', examples: ['include'] }),
+  limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100, description: 'Sessions per page (with `session_id=all`)', examples: [10] }),
+  offset: Type.Integer({ minimum: 0, maximum: 1_000_000_000, default: 0, description: 'Sessions to skip (with `session_id=all`)', examples: [0] })
 }, { additionalProperties: false })
 export type ListQuery = Static<typeof ListQuery>
 
@@ -132,7 +176,13 @@ export const SessionList = Type.Object({
   sessions: Type.Array(SessionSummary)
 })
 
-export const ListResponse = Type.Union([SessionDetail, SessionList])
+export const ListResponse = Type.Union([SessionDetail, SessionList], {
+  description: 'One session with every task (`session_id=<id>`), or a page of session summaries (`session_id=all`)',
+  examples: [
+    { session_id: 'important_work', created_at: exampleTask.created_at, updated_at: exampleTask.completed_at, current_index: 1, total: 2, tasks: [exampleTask, pendingTask] },
+    { total: 1, offset: 0, limit: 10, sessions: [{ session_id: 'important_work', created_at: exampleTask.created_at, updated_at: exampleTask.completed_at, ...exampleProgress }] }
+  ]
+})
 
 export const StatsResponse = Type.Object({
   total_sessions: Type.Integer(),
@@ -152,14 +202,27 @@ export const StatsResponse = Type.Object({
     failed_loads: Type.Integer(),
     restore_ms: Type.Number()
   })
+}, {
+  examples: [{
+    total_sessions: 1,
+    active_sessions: 1,
+    completed_sessions: 0,
+    total_tasks: 2,
+    completed_tasks: 1,
+    failed_tasks: 0,
+    pending_tasks: 1,
+    in_progress_tasks: 0,
+    archived_sessions: 0,
+    storage: { dir: '/app/data/tasks', bytes: 1712, files: 1, archive_bytes: 0, failed_loads: 0, restore_ms: 3.1 }
+  }]
 })
 
-export const SessionParams = Type.Object({ session_id: SessionId }, { additionalProperties: false })
+export const SessionParams = Type.Object({ session_id: SessionIdParam }, { additionalProperties: false })
 export type SessionParams = Static<typeof SessionParams>
 
 export const ArchiveBody = Type.Object({
   older_than_days: Type.Optional(Type.Number({ minimum: 0, description: 'Archive sessions finished more than this many days ago (0: every finished session); default TASK_ARCHIVE_DAYS' }))
-}, { additionalProperties: false })
+}, { additionalProperties: false, examples: [{}, { older_than_days: 7 }] })
 export type ArchiveBody = Static<typeof ArchiveBody>
 
 export const ArchiveResponse = Type.Object({
@@ -167,10 +230,10 @@ export const ArchiveResponse = Type.Object({
   deleted: Type.Integer({ description: 'Archived sessions deleted past retention' }),
   archived_ids: Type.Array(SessionId),
   deleted_ids: Type.Array(SessionId)
-})
+}, { examples: [{ archived: 1, deleted: 0, archived_ids: ['important_work'], deleted_ids: [] }] })
 
-export const HealthResponse = Type.Object({ status: Type.Literal('ok'), uptime_s: Type.Number() })
-export const ReadyResponse = Type.Object({ status: Type.Literal('ready'), sessions: Type.Integer() })
+export const HealthResponse = Type.Object({ status: Type.Literal('ok'), uptime_s: Type.Number() }, { examples: [{ status: 'ok', uptime_s: 3600 }] })
+export const ReadyResponse = Type.Object({ status: Type.Literal('ready'), sessions: Type.Integer() }, { examples: [{ status: 'ready', sessions: 42 }] })
 
 export const responses = {
   create: { 200: CreateResponse, ...errors(400, 401, 413, 415, 503, 507) },
@@ -180,8 +243,8 @@ export const responses = {
   progress: { 200: ProgressResponse, ...errors(400, 401, 404) },
   list: { 200: ListResponse, ...errors(400, 401, 404) },
   stats: { 200: StatsResponse, ...errors(401) },
-  remove: { 204: Type.Null(), ...errors(400, 401, 404, 409, 503, 507) },
-  archive: { 200: ArchiveResponse, ...errors(400, 401, 413, 415, 503, 507) },
+  remove: { 204: Type.Null({ description: 'Deleted; no body' }), ...errors(400, 401, 404, 409, 503, 507) },
+    archive: { 200: ArchiveResponse, ...errors(400, 401, 413, 415, 503, 507) },
   health: { 200: HealthResponse },
   ready: { 200: ReadyResponse, ...errors(503) }
 }

@@ -29,6 +29,10 @@ export const ConfigSchema = Type.Object({
   TASK_AGENTS: Type.String({ default: '', description: 'JSON (or @file.json) mapping a task type or "default" to an agent spec; empty: the echo demo agent' }),
   TASK_MAX_INTERRUPTIONS: Type.Integer({ minimum: 1, maximum: 1000, default: 3, description: 'Restarts that may find a task running before it is failed' }),
   TASK_RESUME_ON_START: Type.Boolean({ default: true, description: 'Resume background runs a restart interrupted' }),
-  LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' })
+  LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' }),
+  LOG_PRETTY: Type.Boolean({ default: false, description: 'Human-readable logs through pino-pretty, for local use' }),
+  TASK_DOCS: Type.Boolean({ default: true, description: 'OpenAPI document at /documentation/json and its UI at /documentation' }),
+  TASK_METRICS: Type.Boolean({ default: true, description: 'Prometheus metrics at /metrics' }),
+  TASK_METRICS_AUTH: Type.Boolean({ default: false, description: '/metrics needs an API key too (when TASK_API_KEYS is set)' })
 })
 export type Config = Static<typeof ConfigSchema>

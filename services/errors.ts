@@ -141,3 +141,10 @@ export class TarFormatError extends TaskvaultError {
     super('INVALID_ARCHIVE', message)
   }
 }
+
+/** A plugin was registered with an option it does not take or a value out of range. */
+export class InvalidOptionsError extends TaskvaultError {
+  constructor (plugin: string, message: string) {
+    super('INVALID_OPTIONS', `${plugin}: ${message}`)
+  }
+}

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events'
 import type { Dirent } from 'node:fs'
 import { dirname, join, resolve, sep } from 'node:path'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
@@ -10,7 +11,7 @@ import { nodeFs, type FsSeam } from './fs-seam.js'
 import { ReaderPool } from './reader-pool.js'
 import { ARCHIVED_FILE, DIR_MODE, FILE_MODE, TEMP_FILE, fsyncDir, parseSessionFile, readWhole, writeAndRename } from './session-files.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
-import type { ArchivedSession, LoadFailure, LoadResult, LoadedSession, SessionStore } from './store.js'
+import type { ArchivedSession, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents } from './store.js'
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 const checkSessionFile = TypeCompiler.Compile(SessionFile)
@@ -36,6 +37,8 @@ export class FileSessionStore implements SessionStore {
   readonly dir: string
   readonly archiveDir: string
   readonly corruptDir: string
+  /** Observers subscribe here; the store does not know them. */
+  readonly events = new EventEmitter<SessionStoreEvents>()
   private readonly fs: FsSeam
   private readonly indent: number
   private readonly dirSync: CoalescedRun
@@ -90,6 +93,19 @@ export class FileSessionStore implements SessionStore {
   }
 
   async save (file: SessionFile): Promise<number> {
+    const started = performance.now()
+    let bytes = 0
+    let ok = false
+    try {
+      bytes = await this.write(file)
+      ok = true
+      return bytes
+    } finally {
+      this.events.emit('save', { ms: performance.now() - started, ok, bytes })
+    }
+  }
+
+  private async write (file: SessionFile): Promise<number> {
     const candidate: unknown = file
     if (!checkSessionFile.Check(candidate)) {
       const first = checkSessionFile.Errors(candidate).First()

@@ -1,3 +1,4 @@
+import type { EventEmitter } from 'node:events'
 import type { SessionFile } from '../schemas/session.js'
 import type { ArchiveTotals, ArchivedSummary } from './archive-index.js'
 
@@ -29,6 +30,17 @@ export interface LoadResult {
   removedTempFiles: number
 }
 
+/** One save, for observers such as metrics: how long it took, whether it became durable, its size. */
+export interface SaveEvent {
+  ms: number
+  ok: boolean
+  bytes: number
+}
+
+export interface SessionStoreEvents {
+  save: [SaveEvent]
+}
+
 /**
  * Where sessions live. The task manager only talks to this interface, so another backend
  * (PostgreSQL, say) can replace the file store without touching routes or the manager.
@@ -37,6 +49,8 @@ export interface LoadResult {
 export interface SessionStore {
   /** Human-readable location, shown in stats (a folder for the file store). */
   readonly location: string
+  /** Where a store reports its saves, if it does; observers subscribe without the store knowing them. */
+  readonly events?: EventEmitter<SessionStoreEvents>
   /** Prepares the storage (folders, permissions, single-writer lock). Fails when it is not writable or held. */
   init(): Promise<unknown>
   /** Reads every stored session; unreadable ones are set aside and reported, never deleted. */

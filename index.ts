@@ -1,0 +1,15 @@
+/**
+ * taskvault as a library. The default export is the composite Fastify plugin; the building
+ * blocks are subpath exports (`taskvault/persistence`, `taskvault/manager`, ...: see package.json).
+ */
+import taskvault from './plugins/taskvault.js'
+
+export default taskvault
+export { taskvault }
+export type { TaskvaultOptions } from './plugins/taskvault.js'
+export type { ArchiveScheduler } from './services/archiver.js'
+export { TaskvaultError, InvalidOptionsError } from './services/errors.js'
+export type { ExecutionContext, ExecutionResult, Executor, ExecutorMap } from './services/executors.js'
+export type { SessionStore } from './services/store.js'
+export type { AgentCallEvent, ExecutedTask, TaskManager } from './services/task-manager.js'
+export type { SessionFile, Task, TaskStatus, TaskType } from './schemas/session.js'

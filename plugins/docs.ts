@@ -1,0 +1,41 @@
+import { readFile } from 'node:fs/promises'
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
+import { Type } from '@sinclair/typebox'
+import fp from 'fastify-plugin'
+import { TAGS } from '../schemas/route-docs.js'
+import { checkOptions } from './options.js'
+
+export interface DocsPluginOptions {
+  /** Where the UI is served; the document is at `<routePrefix>/json` (default `/documentation`). */
+  routePrefix?: string
+  /** Mark the routes as needing `Authorization: Bearer <key>` in the document. Default false. */
+  bearerAuth?: boolean
+}
+
+export const DocsOptionsSchema = Type.Object({
+  routePrefix: Type.Optional(Type.String({ pattern: '^/' })),
+  bearerAuth: Type.Optional(Type.Boolean())
+}, { additionalProperties: false })
+
+/**
+ * The OpenAPI 3.1 document, built by @fastify/swagger from the TypeBox schema of every route
+ * registered after this plugin, and @fastify/swagger-ui to read it. 3.1, because its schemas
+ * are JSON Schema: TypeBox's nullable fields (`type: 'null'`) are valid there as they are.
+ */
+export default fp<DocsPluginOptions>(async function docsPlugin (app, options) {
+  checkOptions('taskvault-docs', DocsOptionsSchema, options)
+  const { version, description } = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string, description: string }
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: { title: 'taskvault', version, description },
+      tags: TAGS,
+      ...(options.bearerAuth === true && {
+        components: { securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'One of TASK_API_KEYS' } } },
+        security: [{ apiKey: [] }]
+      })
+    }
+  })
+  await app.register(swaggerUi, { routePrefix: options.routePrefix ?? '/documentation' })
+}, { name: 'taskvault-docs', fastify: '5.x' })

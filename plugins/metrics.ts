@@ -1,0 +1,67 @@
+import { Type } from '@sinclair/typebox'
+import fp from 'fastify-plugin'
+import { collectDefaultMetrics, Histogram, Registry } from 'prom-client'
+import { InvalidOptionsError } from '../services/errors.js'
+import { checkOptions } from './options.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** This app's own prom-client registry (never the process-wide default one). */
+    metricsRegistry: Registry
+  }
+}
+
+export interface MetricsPluginOptions {
+  /** Where the text format is served (default `/metrics`). */
+  path?: string
+  /** Require an API key (the `verifyApiKey` of taskvault-auth) to scrape. Default false. */
+  requireApiKey?: boolean
+  /**
+   * Node's process metrics (CPU, memory, event loop, GC). They install observers that live as
+   * long as the process, so only the process's owner (server.ts) should turn them on. Default false.
+   */
+  processMetrics?: boolean
+}
+
+export const MetricsOptionsSchema = Type.Object({
+  path: Type.Optional(Type.String({ pattern: '^/' })),
+  requireApiKey: Type.Optional(Type.Boolean()),
+  processMetrics: Type.Optional(Type.Boolean())
+}, { additionalProperties: false })
+
+/** Request durations are milliseconds for reads, up to minutes for execute-all. */
+const HTTP_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300]
+
+/**
+ * Prometheus metrics: a registry of this app's own (so two apps in one process never share
+ * counters), request durations of every route registered after this plugin, and the text
+ * format at `path`. taskvault's own metrics join through the taskvault plugin's `metricsRegistry`.
+ */
+export default fp<MetricsPluginOptions>(async function metricsPlugin (app, options) {
+  checkOptions('taskvault-metrics', MetricsOptionsSchema, options)
+  if (options.requireApiKey === true && !app.hasPlugin('taskvault-auth')) {
+    throw new InvalidOptionsError('taskvault-metrics', 'requireApiKey needs taskvault-auth registered first')
+  }
+  const registry = new Registry()
+  if (options.processMetrics === true) collectDefaultMetrics({ register: registry })
+  const duration = new Histogram({
+    name: 'http_request_duration_seconds',
+    help: 'HTTP requests by method, route pattern and status code',
+    labelNames: ['method', 'route', 'status_code'],
+    buckets: HTTP_BUCKETS,
+    registers: [registry]
+  })
+  app.decorate('metricsRegistry', registry)
+  app.addHook('onResponse', async (request, reply) => {
+    // The route pattern, never the raw URL: ids in paths would make a series per session.
+    const route = request.routeOptions.url ?? 'unmatched'
+    duration.observe({ method: request.method, route, status_code: String(reply.statusCode) }, reply.elapsedTime / 1000)
+  })
+  app.get(options.path ?? '/metrics', {
+    schema: { hide: true },
+    ...(options.requireApiKey === true && { onRequest: app.verifyApiKey })
+  }, async (_request, reply) => {
+    const text = await registry.metrics()
+    return reply.type(registry.contentType).send(text)
+  })
+}, { name: 'taskvault-metrics', fastify: '5.x' })

@@ -1,0 +1,95 @@
+import { Type, type TObject, type TOptional, type TSchema } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+import type { FastifyInstance } from 'fastify'
+import { ConfigSchema, type Config } from '../schemas/config.js'
+import { InvalidOptionsError } from '../services/errors.js'
+
+/**
+ * Plugin options: what a plugin is told at register time comes first; a missing option falls
+ * back to the app's TASK_* setting when taskvault's own config plugin is registered (the
+ * standalone server), and to the setting's default otherwise (a host embedding the plugin).
+ * Not a plugin: helpers shared by the plugins in this folder.
+ */
+
+/** Keys Fastify itself reads from register options; any plugin may be given them. */
+const FASTIFY_KEYS = ['prefix', 'logLevel', 'logSerializers']
+
+/** Every setting's default, from the one schema that declares them. */
+const DEFAULTS: Readonly<Config> = Value.Create(ConfigSchema)
+
+/** The option schema of a setting: the setting's own type and bounds. */
+export const fromSetting = (key: keyof Config): TOptional<TSchema> => Type.Optional(ConfigSchema.properties[key] as TSchema)
+
+/** A function-valued option (executors, clocks); only its type can be checked. */
+export const FunctionOption = Type.Unsafe<(...args: never[]) => unknown>({ typeof: 'function' })
+
+/** Where an option falls back to when it is not given: the app's setting, or its default. */
+export function setting<K extends keyof Config> (app: FastifyInstance, key: K): Config[K] {
+  return app.hasPlugin('taskvault-config') ? app.config[key] : DEFAULTS[key]
+}
+
+/**
+ * Checks `options` against `schema` (which must refuse unknown keys) and throws an
+ * InvalidOptionsError naming the first bad option; Fastify's own keys are let through
+ * unless the schema declares them.
+ */
+export function checkOptions (plugin: string, schema: TObject, options: object | undefined): void {
+  const own: Record<string, unknown> = { ...options }
+  for (const key of FASTIFY_KEYS) if (!(key in schema.properties)) delete own[key]
+  const problem = firstProblem(schema, own)
+  if (problem !== null) throw new InvalidOptionsError(plugin, problem)
+}
+
+function firstProblem (schema: TObject, options: Record<string, unknown>): string | null {
+  for (const [key, value] of Object.entries(options)) {
+    if (!(key in schema.properties)) return `unknown option '${key}' (known: ${Object.keys(schema.properties).join(', ')})`
+    if (value === undefined) continue
+    const problem = valueProblem(schema.properties[key] as TSchema, value, key)
+    if (problem !== null) return problem
+  }
+  return null
+}
+
+function valueProblem (schema: TSchema, value: unknown, path: string): string | null {
+  if ((schema as { typeof?: string }).typeof === 'function') {
+    return typeof value === 'function' ? null : `option '${path}' must be a function (got ${describe(value)})`
+  }
+  // A union (a function, or an object with one): the value must fit one branch.
+  const branches = (schema as { anyOf?: TSchema[] }).anyOf
+  if (branches !== undefined) {
+    const problems = branches.map((branch) => valueProblem(branch, value, path))
+    return problems.includes(null) ? null : problems[0] ?? null
+  }
+  const properties = schema.properties as Record<string, TSchema> | undefined
+  if (schema.type === 'object' && properties !== undefined) {
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) return `option '${path}' must be an object (got ${describe(value)})`
+    // Nested options (executors by task type, a registry's methods): the same rules, one level down.
+    const record = value as Record<string, unknown>
+    const required: string[] = schema.required ?? []
+    for (const [key, property] of Object.entries(properties)) {
+      const item = record[key]
+      if (item === undefined) {
+        if (required.includes(key)) return `option '${path}' has no '${key}'`
+        continue
+      }
+      const problem = valueProblem(property, item, `${path}.${key}`)
+      if (problem !== null) return problem
+    }
+    if (schema.additionalProperties === false) {
+      const unknown = Object.keys(record).find((key) => !(key in properties))
+      if (unknown !== undefined) return `unknown key '${unknown}' in option '${path}' (known: ${Object.keys(properties).join(', ')})`
+    }
+    return null
+  }
+  const error = Value.Errors(schema, value).First()
+  if (error === undefined) return null
+  const where = error.path === '' ? '' : ` at '${error.path}'`
+  return `option '${path}'${where}: ${error.message.replace(/^Expected/u, 'expected')} (got ${describe(error.value)})`
+}
+
+function describe (value: unknown): string {
+  if (typeof value === 'function') return 'a function'
+  if (typeof value === 'string') return JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}...` : value)
+  if (typeof value === 'number' || typeof value === 'boolean' || value === null || value === undefined) return String(value)
+  return Array.isArray(value) ? 'an array' : 'an object'
+}

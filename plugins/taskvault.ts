@@ -1,0 +1,148 @@
+import { Type } from '@sinclair/typebox'
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import fp from 'fastify-plugin'
+import type { Registry } from 'prom-client'
+import { errorHandler } from '../routes/error-handler.js'
+import archiveRoutes from '../routes/archive.js'
+import taskRoutes from '../routes/tasks.js'
+import { createValidatorCompiler } from '../routes/validation.js'
+import { ROUTE_DOCS } from '../schemas/route-docs.js'
+import { SESSION_ID_PATTERN } from '../schemas/session.js'
+import { InvalidOptionsError } from '../services/errors.js'
+import { registerTaskvaultMetrics } from '../services/metrics.js'
+import archiverPlugin, { ArchiverOptionsSchema, type ArchiverPluginOptions } from './archiver.js'
+import authPlugin, { AuthOptionsSchema, type AuthPluginOptions } from './auth.js'
+import { checkOptions, fromSetting, FunctionOption, setting } from './options.js'
+import persistencePlugin, { PersistenceOptionsSchema, type PersistencePluginOptions } from './persistence.js'
+import taskManagerPlugin, { TaskManagerOptionsSchema, type TaskManagerPluginOptions } from './task-manager.js'
+
+export interface TaskvaultOptions extends PersistencePluginOptions, TaskManagerPluginOptions, ArchiverPluginOptions, AuthPluginOptions {
+  /** Where the task routes are mounted, e.g. `/agents` gives `POST /agents/create`. Default: none (`/create`). */
+  prefix?: string
+  /** Largest request body in bytes (BODY_LIMIT). */
+  bodyLimit?: number
+  /**
+   * Put `taskManager`, `persistence` and `archiver` on the instance taskvault is registered on
+   * (default true). A second taskvault on the same instance must say false (or be registered
+   * in its own encapsulated context): decorators of one instance cannot be there twice.
+   */
+  decorate?: boolean
+  /** A prom-client registry to add taskvault's metrics to (sessions, tasks, saves, restore, agent calls). */
+  metricsRegistry?: Registry
+  /** Prefix of those metric names (default `taskvault_`); two taskvaults sharing a registry need two prefixes. */
+  metricsPrefix?: string
+}
+
+export const TaskvaultOptionsSchema = Type.Object({
+  prefix: Type.Optional(Type.String({ pattern: '^(/[^/?#]+)*/?$' })),
+  bodyLimit: fromSetting('BODY_LIMIT'),
+  decorate: Type.Optional(Type.Boolean()),
+  metricsRegistry: Type.Optional(Type.Object({ registerMetric: FunctionOption, getSingleMetric: FunctionOption, removeSingleMetric: FunctionOption })),
+  metricsPrefix: Type.Optional(Type.String({ pattern: '^[a-zA-Z_:][a-zA-Z0-9_:]*$' })),
+  ...PersistenceOptionsSchema.properties,
+  ...TaskManagerOptionsSchema.properties,
+  ...ArchiverOptionsSchema.properties,
+  ...AuthOptionsSchema.properties
+}, { additionalProperties: false })
+
+const DECORATORS = ['persistence', 'taskManager', 'archiver'] as const
+
+/**
+ * taskvault as one plugin: persistence, task manager, archiver and the task routes, in an
+ * encapsulated context of their own under `prefix`, so one process can hold several (each
+ * with its own storage folder). This thin wrapper only validates the options and, with
+ * `decorate`, hands the three services to the instance it is registered on.
+ */
+export default fp<TaskvaultOptions>(async function taskvault (app, options) {
+  checkOptions('taskvault', TaskvaultOptionsSchema, options)
+  const decorate = options.decorate ?? true
+  if (decorate) {
+    const taken = DECORATORS.find((name) => app.hasDecorator(name))
+    if (taken !== undefined) {
+      throw new InvalidOptionsError('taskvault', `this instance already has a '${taken}' decorator (a second taskvault?); ` +
+        'register the second one with decorate: false, or inside its own encapsulated context')
+    }
+  }
+  const prefix = options.prefix ?? ''
+  const metricsPrefix = options.metricsPrefix ?? 'taskvault_'
+  if (options.metricsRegistry?.getSingleMetric(`${metricsPrefix}tasks`) !== undefined) {
+    throw new InvalidOptionsError('taskvault', `metricsRegistry already holds metrics named '${metricsPrefix}*'; give each taskvault sharing a registry its own metricsPrefix`)
+  }
+
+  let scope: FastifyInstance | undefined
+  await app.register(async function taskvaultScope (instance) {
+    // The host's own validation and error handling may differ; taskvault's routes keep theirs
+    // (unknown fields are a 400, domain errors get their status).
+    instance.setValidatorCompiler(createValidatorCompiler())
+    instance.setErrorHandler(errorHandler)
+    instance.addHook('onRoute', documentRoute)
+    instance.addHook('preHandler', bindSessionLogger)
+    // The host's own taskvault-auth (the standalone server registers one) guards these routes
+    // too, unless this registration is given keys of its own.
+    if (options.apiKeys !== undefined || !instance.hasPlugin('taskvault-auth')) {
+      await instance.register(authPlugin, { apiKeys: options.apiKeys })
+    }
+    await instance.register(persistencePlugin, { storageDir: options.storageDir, lockRefreshMs: options.lockRefreshMs, lockStaleMs: options.lockStaleMs, fs: options.fs })
+    await instance.register(taskManagerPlugin, {
+      executors: options.executors,
+      agents: options.agents,
+      env: options.env,
+      maxInterruptions: options.maxInterruptions,
+      resumeOnStart: options.resumeOnStart,
+      autoSave: options.autoSave,
+      restoreConcurrency: options.restoreConcurrency,
+      shutdownGraceMs: options.shutdownGraceMs,
+      maxSessions: options.maxSessions,
+      maxTasksPerSession: options.maxTasksPerSession,
+      maxInstructionBytes: options.maxInstructionBytes,
+      maxResultBytes: options.maxResultBytes,
+      clock: options.clock
+    })
+    await instance.register(archiverPlugin, {
+      archiveDays: options.archiveDays,
+      archiveIntervalMinutes: options.archiveIntervalMinutes,
+      archiveRetentionDays: options.archiveRetentionDays,
+      archiveFailedRetentionDays: options.archiveFailedRetentionDays,
+      clock: options.clock
+    })
+    if (options.metricsRegistry !== undefined) {
+      // Subscribed now, before onReady, so the restore and every save are seen.
+      const unregister = registerTaskvaultMetrics({ registry: options.metricsRegistry, prefix: metricsPrefix, manager: instance.taskManager, store: instance.persistence })
+      instance.addHook('onClose', async () => unregister())
+    }
+    const bodyLimit = options.bodyLimit ?? setting(instance, 'BODY_LIMIT')
+    await instance.register(taskRoutes, { bodyLimit })
+    await instance.register(archiveRoutes, { bodyLimit })
+    scope = instance
+  }, { prefix })
+
+  if (decorate && scope !== undefined) {
+    app.decorate('persistence', scope.persistence)
+    app.decorate('taskManager', scope.taskManager)
+    app.decorate('archiver', scope.archiver)
+  }
+}, { name: 'taskvault', fastify: '5.x' })
+
+/** Adds the tags and summary of ROUTE_DOCS to each task route, for the OpenAPI document. */
+function documentRoute (route: RouteOptions & { routePath: string }): void {
+  // routePath is the path as the route declares it, whatever prefixes the host adds.
+  const methods = Array.isArray(route.method) ? route.method : [route.method]
+  const doc = methods.map((method) => ROUTE_DOCS[`${method} ${route.routePath}`]).find((entry) => entry !== undefined)
+  if (doc !== undefined) route.schema = { ...doc, ...route.schema }
+}
+
+const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
+
+/** Every log line of a request that names a session carries its `session_id`. */
+async function bindSessionLogger (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  const sessionId = sessionIdOf(request.params) ?? sessionIdOf(request.query) ?? sessionIdOf(request.body)
+  if (sessionId === undefined) return
+  // The reply's logger writes the "request completed" line, so it gets the binding too.
+  request.log = reply.log = request.log.child({ session_id: sessionId })
+}
+
+function sessionIdOf (part: unknown): string | undefined {
+  if (typeof part !== 'object' || part === null) return undefined
+  const value = (part as { session_id?: unknown }).session_id
+  return typeof value === 'string' && SESSION_ID.test(value) ? value : undefined
+}

@@ -1,0 +1,55 @@
+/**
+ * What the OpenAPI document says about each task route beyond its schemas: tags (by
+ * resource) and a summary. Keyed by method and path below the plugin's prefix; the taskvault
+ * plugin attaches them as the routes are added, and test/docs.test.ts fails for a route
+ * without an entry.
+ */
+export interface RouteDoc {
+  tags: string[]
+  summary: string
+  description?: string
+}
+
+export const TAGS = [
+  { name: 'tasks', description: 'Add tasks to a session and run them' },
+  { name: 'sessions', description: 'Read and delete sessions' },
+  { name: 'stats', description: 'Counts and storage figures' },
+  { name: 'archive', description: 'Archiving and retention of finished sessions' },
+  { name: 'health', description: 'Probes for load balancers and Kubernetes' }
+]
+
+export const ROUTE_DOCS: Readonly<Record<string, RouteDoc>> = {
+  'POST /create': {
+    tags: ['tasks'],
+    summary: 'Add tasks to a session (created if new)',
+    description: 'Send free-text `instructions` (split into typed tasks) or an explicit `tasks` list, not both. Answered once the tasks are on disk.'
+  },
+  'POST /execute': {
+    tags: ['tasks'],
+    summary: 'Run the next pending task of a session',
+    description: '409 when nothing is pending or the session is already executing.'
+  },
+  'POST /execute-all': {
+    tags: ['tasks'],
+    summary: 'Run every pending task of a session, in order',
+    description: 'With `"wait": false` it answers 202 at once and runs in the background (read progress with `GET /progress`); the run is recorded in the session file and resumes after a restart.'
+  },
+  'POST /cancel': {
+    tags: ['tasks'],
+    summary: "Stop a session's running execution",
+    description: 'The agent call is aborted and its task fails with "cancelled"; a background run stops. 409 when nothing is running.'
+  },
+  'GET /progress': { tags: ['sessions'], summary: 'Progress counts of a session' },
+  'GET /list': {
+    tags: ['sessions'],
+    summary: 'One session with its tasks, or a page of all sessions',
+    description: '`session_id=all` lists every session, newest first, with `limit` and `offset`.'
+  },
+  'DELETE /sessions/:session_id': { tags: ['sessions'], summary: 'Delete a session and its file, active or archived', description: '409 while it executes.' },
+  'POST /archive': {
+    tags: ['archive'],
+    summary: 'Run an archive and retention pass now',
+    description: 'Moves sessions finished more than `older_than_days` ago (default TASK_ARCHIVE_DAYS) to the archive, and deletes archived sessions past retention.'
+  },
+  'GET /stats': { tags: ['stats'], summary: 'Session and task counts, storage figures' }
+}

@@ -1,0 +1,130 @@
+/**
+ * The published package, as another service gets it: `npm pack`, installed into a fresh
+ * project, then examples/embed.js (a Fastify service registering taskvault under /agents with
+ * its own executor) runs from there and serves create and execute over real HTTP. The same
+ * example type-checks against the package's emitted types, and the subpath exports resolve.
+ */
+import { execFile, spawn } from 'node:child_process'
+import { copyFile, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
+import t from 'tap'
+import { freePort, within } from './server-process.js'
+
+const run = promisify(execFile)
+const ROOT = fileURLToPath(new URL('../../', import.meta.url))
+const EXAMPLE = fileURLToPath(new URL('../examples/embed.js', import.meta.url))
+const NPM_TIMEOUT_MS = 120_000
+
+/**
+ * The environment for npm: this process's, without the variables `npm test` sets for its own
+ * project (they would point the nested npm back at this repository).
+ */
+function npmEnv (): NodeJS.ProcessEnv {
+  const keep = new Set(['npm_config_cache', 'npm_config_registry', 'npm_config_userconfig'])
+  return Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.toLowerCase().startsWith('npm_') || keep.has(key.toLowerCase())))
+}
+
+async function npm (args: string[], cwd: string): Promise<string> {
+  try {
+    const { stdout } = await run('npm', args, { cwd, env: npmEnv(), timeout: NPM_TIMEOUT_MS, maxBuffer: 16 * 1024 * 1024 })
+    return stdout
+  } catch (err) {
+    const { stdout, stderr } = err as { stdout?: string, stderr?: string }
+    throw new Error(`npm ${args.join(' ')} failed in ${cwd}: ${(err as Error).message}\n${stderr ?? ''}\n${stdout ?? ''}`)
+  }
+}
+
+t.test('the packed package installs into another project and runs the embedding example', async (t) => {
+  const scratch = await mkdtemp(join(tmpdir(), 'taskvault-pack-'))
+  t.teardown(() => rm(scratch, { recursive: true, force: true, maxRetries: 3 }))
+
+  // dist/ is fresh from `npm test`'s build, so the pack skips the prepare script's second build.
+  const packed = JSON.parse(await npm(['pack', '--ignore-scripts', '--json', '--pack-destination', scratch], ROOT)) as Array<{ filename: string, files: Array<{ path: string }> }>
+  const tarball = join(scratch, packed[0]?.filename ?? '')
+  const files = packed[0]?.files.map((file) => file.path) ?? []
+  t.ok(files.includes('dist/index.js') && files.includes('dist/index.d.ts'), 'the root export and its types are packed')
+  t.notOk(files.some((file) => file.startsWith('dist/test/') || file.endsWith('.map')), 'no tests or source maps')
+
+  const project = join(scratch, 'host')
+  await mkdir(project)
+  await writeFile(join(project, 'package.json'), JSON.stringify({ name: 'embed-host', private: true, type: 'module' }))
+  await npm(['install', '--no-audit', '--no-fund', '--prefer-offline', '--ignore-scripts', tarball], project)
+  await copyFile(EXAMPLE, join(project, 'embed.js'))
+
+  t.test('subpath exports resolve to the building blocks', async (t) => {
+    const script = [
+      "const { parseInstructions } = await import('taskvault/parser')",
+      "const { FileSessionStore } = await import('taskvault/store')",
+      "const { TaskManager } = await import('taskvault/manager')",
+      "const plugins = await Promise.all(['persistence', 'task-manager', 'archiver', 'auth', 'metrics', 'docs', 'routes'].map((name) => import('taskvault/' + name)))",
+      "const root = await import('taskvault')",
+      'console.log(JSON.stringify({ parsed: parseInstructions("1. a\\n2. b"), store: typeof FileSessionStore, manager: typeof TaskManager, plugins: plugins.map((p) => typeof p.default), root: typeof root.default }))'
+    ].join('\n')
+    const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script], { cwd: project, timeout: 30_000 })
+    t.same(JSON.parse(stdout), { parsed: ['a', 'b'], store: 'function', manager: 'function', plugins: Array(7).fill('function'), root: 'function' })
+  })
+
+  t.test('the example type-checks against the emitted types, decorators included', async (t) => {
+    await copyFile(join(ROOT, 'examples', 'embed.ts'), join(project, 'embed.ts'))
+    const tsconfig = {
+      compilerOptions: {
+        module: 'NodeNext', moduleResolution: 'NodeNext', target: 'ES2022', strict: true, noEmit: true, skipLibCheck: true,
+        types: ['node'], typeRoots: [join(ROOT, 'node_modules', '@types')]
+      },
+      files: ['embed.ts']
+    }
+    await writeFile(join(project, 'tsconfig.json'), JSON.stringify(tsconfig))
+    const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
+    const report = await run(process.execPath, [tsc, '-p', join(project, 'tsconfig.json')], { cwd: project, timeout: 60_000 })
+      .then(() => '', (err: { stdout?: string }) => err.stdout ?? String(err))
+    t.equal(report, '', 'tsc reports nothing')
+  })
+
+  t.test('create and execute over HTTP, with the host\'s executor, saved in its folder', async (t) => {
+    const tasksDir = join(scratch, 'agent-tasks')
+    const port = await freePort()
+    const base = `http://127.0.0.1:${port}`
+    const child = spawn(process.execPath, ['embed.js'], {
+      cwd: project,
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', PORT: String(port), HOST: '127.0.0.1', AGENT_TASKS_DIR: tasksDir, LOG_LEVEL: 'warn' },
+      stdio: ['ignore', 'pipe', 'pipe']
+    })
+    let output = ''
+    child.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
+    child.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
+    const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)))
+    t.teardown(async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+      await exited
+    })
+
+    const deadline = Date.now() + 30_000
+    for (;;) {
+      const status = await fetch(`${base}/ready`).then((res) => res.status, () => 0)
+      if (status === 200) break
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the example did not become ready\n${output}`)
+      await Promise.race([sleep(50), exited])
+    }
+    const send = async (path: string, body: object): Promise<{ status: number, body: any }> => {
+      const res = await fetch(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+      return { status: res.status, body: await res.json() }
+    }
+    const created = await send('/agents/create', { session_id: 'review_42', instructions: '1. Read the diff\n2. Summarise the risks' })
+    t.equal(created.status, 200)
+    t.equal(created.body.total_tasks, 2)
+    const executed = await send('/agents/execute', { session_id: 'review_42' })
+    t.equal(executed.status, 200)
+    t.equal(executed.body.status, 'Completed')
+    t.equal(executed.body.result, 'reviewed "Read the diff" for review_42 (attempt 1)', 'the host\'s own executor ran')
+    t.equal(executed.body.progress.completed, 1)
+    t.equal((await send('/agents/create', { session_id: 'x', instructions: 'a', extra: 1 })).status, 400)
+
+    child.kill('SIGTERM')
+    t.equal(await within(exited, 30_000), 0, 'SIGTERM: drained and exited 0')
+    t.same((await readdir(tasksDir)).filter((name) => name.endsWith('.json')), ['review_42.json'], 'the session is on disk')
+  })
+})

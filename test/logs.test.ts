@@ -1,0 +1,61 @@
+/**
+ * Logs: every line of a request that names a session carries its session_id, task failures
+ * carry task_id too; LOG_PRETTY=true makes the real server print pino-pretty lines.
+ */
+import type { FastifyServerOptions } from 'fastify'
+import t from 'tap'
+import { build, post } from './helper.js'
+import { scratch } from './server-process.js'
+
+interface LogLine {
+  level: number
+  msg?: string
+  session_id?: string
+  task_id?: string
+  reqId?: string
+  [key: string]: unknown
+}
+
+function memoryLog (): { lines: () => LogLine[], logger: FastifyServerOptions['logger'] } {
+  const raw: string[] = []
+  return {
+    lines: () => raw.join('').split('\n').filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as LogLine),
+    logger: { level: 'info', stream: { write: (chunk: string) => { raw.push(chunk) } } } as FastifyServerOptions['logger']
+  }
+}
+
+t.test('request logs carry the session_id the request names; task failures carry task_id', async (t) => {
+  const log = memoryLog()
+  const app = await build(t, { logger: log.logger, executors: { default: async () => { throw new Error('agent down') } } })
+  await post(app, '/create', { session_id: 'logged', instructions: 'a' })
+  await post(app, '/execute', { session_id: 'logged' })
+  await app.inject({ method: 'GET', url: '/api/v1/tasks/progress?session_id=logged' })
+  await app.inject({ method: 'DELETE', url: '/api/v1/tasks/sessions/logged' })
+  await app.inject({ method: 'GET', url: '/api/v1/tasks/progress?session_id=gone' })
+  await app.inject({ method: 'GET', url: '/api/v1/tasks/stats' })
+
+  const completed = log.lines().filter((line) => line.msg === 'request completed')
+  t.equal(completed.length, 6)
+  t.same(completed.map((line) => line.session_id), ['logged', 'logged', 'logged', 'logged', 'gone', undefined], 'body, query and path ids; none for /stats')
+  const failed = log.lines().find((line) => line.msg === 'Task failed')
+  t.equal(failed?.session_id, 'logged')
+  t.match(failed?.task_id, /^task_1_/)
+  const notFound = log.lines().find((line) => line.code === 'SESSION_NOT_FOUND')
+  t.equal(notFound?.session_id, 'gone', 'error logs of the request carry it too')
+})
+
+t.test('LOG_PRETTY=true: the server logs through pino-pretty', async (t) => {
+  const { start } = await scratch(t)
+  const server = await start({ LOG_PRETTY: 'true' })
+  const res = await fetch(`${server.base}/api/v1/tasks/create`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ session_id: 'pretty', instructions: 'a' })
+  })
+  t.equal(res.status, 200)
+  t.equal((await server.stop('SIGTERM')).code, 0)
+  const lines = server.stdout().split('\n').filter((line) => line.trim() !== '')
+  t.ok(lines.some((line) => /INFO.*Server listening/u.test(line)), 'human-readable level and message')
+  t.ok(lines.some((line) => /session_id: "pretty"/u.test(line)), 'bindings shown as fields')
+  t.notOk(lines.some((line) => line.startsWith('{')), 'no JSON lines')
+})

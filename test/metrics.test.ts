@@ -1,0 +1,175 @@
+/**
+ * GET /metrics: real requests, saves, agent calls and a restore move the series they should,
+ * in Prometheus text format; TASK_METRICS=false turns it off; each app has its own registry.
+ */
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { FastifyInstance } from 'fastify'
+import t from 'tap'
+import { nodeFs, type FsSeam } from '../services/fs-seam.js'
+import { build, post, tempDir } from './helper.js'
+import { scratch } from './server-process.js'
+
+/** One sample of the text format: name, labels, value. */
+interface Sample {
+  name: string
+  labels: Record<string, string>
+  value: number
+}
+
+/** Parses the Prometheus text exposition format (the subset prom-client writes). */
+function parse (text: string): Sample[] {
+  const samples: Sample[] = []
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue
+    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/u.exec(line)
+    if (match === null) throw new Error(`not a sample line: ${line}`)
+    const labels: Record<string, string> = {}
+    for (const pair of (match[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/gu)) labels[pair[1] as string] = pair[2] as string
+    samples.push({ name: match[1] as string, labels, value: Number(match[3]) })
+  }
+  return samples
+}
+
+async function scrape (app: FastifyInstance): Promise<Sample[]> {
+  const res = await app.inject({ method: 'GET', url: '/metrics' })
+  if (res.statusCode !== 200) throw new Error(`/metrics answered ${res.statusCode}`)
+  if (!/^text\/plain; version=0\.0\.4/u.test(String(res.headers['content-type']))) throw new Error(`content-type ${res.headers['content-type']}`)
+  return parse(res.body)
+}
+
+/** The value of the sample with this name and (at least) these labels; 0 when there is none. */
+function value (samples: Sample[], name: string, labels: Record<string, string> = {}): number {
+  const found = samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))
+  if (found.length > 1) throw new Error(`${name} ${JSON.stringify(labels)} matches ${found.length} samples`)
+  return found[0]?.value ?? 0
+}
+
+t.test('requests, saves and agent calls move their series', async (t) => {
+  let release: () => void = () => {}
+  let entered: () => void = () => {}
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  const agentCalled = new Promise<void>((resolve) => { entered = resolve })
+  const app = await build(t, {
+    executors: {
+      Coding: async () => { throw new Error('compiler crashed') },
+      Research: async () => {
+        entered()
+        await gate
+        return { result: 'found it' }
+      },
+      default: async (task) => ({ result: task.instruction })
+    }
+  })
+  const before = await scrape(app)
+  t.equal(value(before, 'taskvault_session_save_duration_seconds_count'), 0)
+  t.equal(value(before, 'taskvault_executions_in_flight'), 0)
+
+  t.equal((await post(app, '/create', { session_id: 'm1', tasks: [{ instruction: 'a', task_type: 'General' }, { instruction: 'b', task_type: 'Coding' }] })).statusCode, 200)
+  t.equal((await post(app, '/execute', { session_id: 'm1' })).json().status, 'Completed')
+  t.equal((await post(app, '/execute', { session_id: 'm1' })).json().status, 'Failed')
+  t.equal((await app.inject({ method: 'GET', url: '/api/v1/tasks/progress?session_id=missing' })).statusCode, 404)
+  t.equal((await app.inject({ method: 'DELETE', url: '/api/v1/tasks/sessions/missing' })).statusCode, 404)
+  t.equal((await post(app, '/create', { session_id: 'm2', tasks: [{ instruction: 'look', task_type: 'Research' }] })).statusCode, 200)
+  const running = post(app, '/execute', { session_id: 'm2' })
+  await agentCalled
+  const during = await scrape(app)
+  t.equal(value(during, 'taskvault_executions_in_flight'), 1, 'one execution in flight')
+  t.equal(value(during, 'taskvault_tasks', { status: 'InProgress' }), 1)
+  release()
+  t.equal((await running).json().status, 'Completed')
+
+  const after = await scrape(app)
+  const http = (method: string, route: string, status: string): number =>
+    value(after, 'http_request_duration_seconds_count', { method, route, status_code: status })
+  t.equal(http('POST', '/api/v1/tasks/create', '200'), 2, 'requests by route pattern and status')
+  t.equal(http('POST', '/api/v1/tasks/execute', '200'), 3)
+  t.equal(http('GET', '/api/v1/tasks/progress', '404'), 1)
+  t.equal(http('DELETE', '/api/v1/tasks/sessions/:session_id', '404'), 1, 'the pattern, not the id')
+  t.equal(http('GET', '/metrics', '200'), 2, 'earlier scrapes are counted too')
+  t.notOk(after.some((s) => s.labels.route?.includes('missing') === true), 'no series per session id')
+
+  // create m1, start+finish twice, create m2, start+finish: 8 durable saves.
+  t.equal(value(after, 'taskvault_session_save_duration_seconds_count'), 8, 'every save timed')
+  t.equal(value(after, 'taskvault_session_save_failures_total'), 0)
+  t.equal(value(after, 'taskvault_agent_call_duration_seconds_count', { agent: 'default', outcome: 'ok' }), 1)
+  t.equal(value(after, 'taskvault_agent_call_duration_seconds_count', { agent: 'Coding', outcome: 'error' }), 1)
+  t.equal(value(after, 'taskvault_agent_call_duration_seconds_count', { agent: 'Research', outcome: 'ok' }), 1)
+  t.equal(value(after, 'taskvault_agent_call_failures_total', { agent: 'Coding', outcome: 'error' }), 1, 'failures by agent and outcome')
+  t.equal(value(after, 'taskvault_agent_call_failures_total', { agent: 'default' }), 0, 'successes are not failures')
+  t.equal(value(after, 'taskvault_tasks', { status: 'Completed' }), 2)
+  t.equal(value(after, 'taskvault_tasks', { status: 'Failed' }), 1)
+  t.equal(value(after, 'taskvault_tasks', { status: 'Pending' }), 0)
+  t.equal(value(after, 'taskvault_sessions', { state: 'completed' }), 2)
+  t.equal(value(after, 'taskvault_sessions', { state: 'active' }), 0)
+  t.equal(value(after, 'taskvault_executions_in_flight'), 0)
+  t.ok(value(after, 'taskvault_storage_bytes') > 0)
+})
+
+t.test('a save that fails is counted as a failure', async (t) => {
+  let failRenames = false
+  const fs: FsSeam = {
+    ...nodeFs,
+    rename: (async (...args: Parameters<typeof nodeFs.rename>) => {
+      if (failRenames) throw Object.assign(new Error('injected EIO'), { code: 'EIO' })
+      return nodeFs.rename(...args)
+    }) as typeof nodeFs.rename
+  }
+  const app = await build(t, { fs })
+  t.equal((await post(app, '/create', { session_id: 'ok', instructions: 'a' })).statusCode, 200)
+  failRenames = true
+  t.equal((await post(app, '/create', { session_id: 'bad', instructions: 'a' })).statusCode, 503)
+  failRenames = false
+  const samples = await scrape(app)
+  t.equal(value(samples, 'taskvault_session_save_failures_total'), 1)
+  t.equal(value(samples, 'taskvault_session_save_duration_seconds_count'), 2, 'failed saves are timed too')
+})
+
+t.test('the restore: its duration and the files it set aside', async (t) => {
+  const dir = await tempDir(t)
+  const first = await build(t, { dir })
+  t.equal((await post(first, '/create', { session_id: 'kept', instructions: '1. a\n2. b' })).statusCode, 200)
+  await first.close()
+  await writeFile(join(dir, 'broken.json'), '{ not json', { mode: 0o600 })
+  const app = await build(t, { dir })
+  const samples = await scrape(app)
+  t.equal(value(samples, 'taskvault_restore_failed_loads'), 1)
+  t.ok(value(samples, 'taskvault_restore_duration_seconds') > 0, 'restore duration in seconds')
+  t.equal(value(samples, 'taskvault_sessions', { state: 'active' }), 1, 'restored sessions are counted')
+  t.equal(value(samples, 'taskvault_tasks', { status: 'Pending' }), 2)
+})
+
+t.test('two apps in one process keep separate counts', async (t) => {
+  const a = await build(t)
+  const b = await build(t)
+  await post(a, '/create', { session_id: 'only_a', instructions: 'x' })
+  t.equal(value(await scrape(a), 'taskvault_session_save_duration_seconds_count'), 1)
+  t.equal(value(await scrape(b), 'taskvault_session_save_duration_seconds_count'), 0)
+  t.equal(value(await scrape(b), 'http_request_duration_seconds_count', { route: '/api/v1/tasks/create' }), 0)
+})
+
+t.test('TASK_METRICS=false: no /metrics', async (t) => {
+  const app = await build(t, { config: { TASK_METRICS: false } })
+  t.equal((await app.inject({ method: 'GET', url: '/metrics' })).statusCode, 404)
+  t.equal((await post(app, '/create', { session_id: 's', instructions: 'x' })).statusCode, 200, 'the API works without metrics')
+})
+
+t.test('/metrics is open by default with API keys set; TASK_METRICS_AUTH=true asks for a key', async (t) => {
+  const open = await build(t, { config: { TASK_API_KEYS: 'k1' } })
+  t.equal((await open.inject({ method: 'GET', url: '/metrics' })).statusCode, 200)
+  const closed = await build(t, { config: { TASK_API_KEYS: 'k1', TASK_METRICS_AUTH: true } })
+  t.equal((await closed.inject({ method: 'GET', url: '/metrics' })).statusCode, 401)
+  t.equal((await closed.inject({ method: 'GET', url: '/metrics', headers: { authorization: 'Bearer k1' } })).statusCode, 200)
+})
+
+t.test('the real server adds Node\'s process metrics', async (t) => {
+  const { start } = await scratch(t)
+  const server = await start()
+  const res = await fetch(`${server.base}/metrics`)
+  t.equal(res.status, 200)
+  const samples = parse(await res.text())
+  t.ok(value(samples, 'process_resident_memory_bytes') > 0, 'process_resident_memory_bytes')
+  t.ok(samples.some((s) => s.name === 'nodejs_eventloop_lag_seconds'), 'event loop lag')
+  t.equal(value(samples, 'taskvault_sessions', { state: 'active' }), 0)
+  t.equal((await server.stop('SIGTERM')).code, 0)
+})

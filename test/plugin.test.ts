@@ -1,0 +1,210 @@
+/**
+ * taskvault as a Fastify plugin inside another service: options checked at register time,
+ * the prefix, the host's own executor, one registration reachable from the host, several
+ * registrations independent of each other, and the building blocks used on their own.
+ */
+import { readdir } from 'node:fs/promises'
+import Fastify, { type FastifyInstance } from 'fastify'
+import { Registry } from 'prom-client'
+import t from 'tap'
+import taskvault, { InvalidOptionsError, type Executor, type TaskvaultOptions } from '../index.js'
+import authPlugin from '../plugins/auth.js'
+import persistencePlugin from '../plugins/persistence.js'
+import taskManagerPlugin from '../plugins/task-manager.js'
+import taskRoutes from '../routes/tasks.js'
+import { tempDir, type TestContext } from './helper.js'
+
+/** A host service, closed at teardown. */
+function host (t: TestContext): FastifyInstance {
+  const app = Fastify({ logger: false })
+  t.teardown(() => app.close())
+  return app
+}
+
+async function call (app: FastifyInstance, method: 'GET' | 'POST', url: string, body?: object): Promise<{ status: number, body: any }> {
+  const res = await app.inject({ method, url, ...(body !== undefined && { payload: body }) })
+  return { status: res.statusCode, body: res.body === '' ? null : res.json() }
+}
+
+/** The error `register` + `ready` fail with (the host is closed either way). */
+async function registerError (options: unknown, plugin: unknown = taskvault): Promise<Error> {
+  const app = Fastify({ logger: false })
+  try {
+    await app.register(plugin as typeof taskvault, options as TaskvaultOptions)
+    await app.ready()
+  } catch (err) {
+    return err as Error
+  } finally {
+    await app.close()
+  }
+  throw new Error('registered without an error')
+}
+
+t.test('embedded under a prefix, tasks run through the host\'s own executor and are saved in its folder', async (t) => {
+  const dir = await tempDir(t)
+  const app = host(t)
+  const calls: string[] = []
+  const reviewer: Executor = async (task, { session_id: sessionId }) => {
+    calls.push(`${sessionId}:${task.instruction}`)
+    return { result: `reviewed ${task.instruction}`, confidence: 0.5 }
+  }
+  app.get('/', async () => ({ mine: true }))
+  await app.register(taskvault, { prefix: '/agents', storageDir: dir, executors: { default: reviewer } })
+  await app.ready()
+
+  const created = await call(app, 'POST', '/agents/create', { session_id: 'r1', instructions: '1. read\n2. judge' })
+  t.equal(created.status, 200)
+  t.equal(created.body.total_tasks, 2)
+  const executed = await call(app, 'POST', '/agents/execute', { session_id: 'r1' })
+  t.equal(executed.status, 200)
+  t.equal(executed.body.result, 'reviewed read')
+  t.equal(executed.body.confidence, 0.5)
+  t.same(calls, ['r1:read'])
+  t.same(await readdir(dir).then((names) => names.filter((name) => name.endsWith('.json'))), ['r1.json'], 'saved in the given folder')
+  t.equal((await call(app, 'POST', '/api/v1/tasks/create', { session_id: 'r1', instructions: 'x' })).status, 404, 'nothing under the standalone prefix')
+  const unknownField = await call(app, 'POST', '/agents/create', { session_id: 'r1', instructions: 'x', priority: 1 })
+  t.equal(unknownField.status, 400, 'taskvault\'s strict validation holds inside any host')
+  t.equal(unknownField.body.statusCode, 400)
+  t.equal((await call(app, 'GET', '/agents/progress?session_id=nope')).body.code, 'SESSION_NOT_FOUND', 'domain errors keep their status and code')
+  t.same((await call(app, 'GET', '/')).body, { mine: true }, 'the host\'s own routes are untouched')
+})
+
+t.test('one registration: the host reaches taskManager, persistence and archiver', async (t) => {
+  const dir = await tempDir(t)
+  const app = host(t)
+  await app.register(taskvault, { prefix: '/tv', storageDir: dir, archiveDays: 0 })
+  app.get('/my-ready', async () => ({ ready: app.taskManager.ready }))
+  await app.ready()
+  t.equal(app.persistence.location, dir)
+  t.equal(app.archiver.enabled, false, 'archiveDays: 0 reached the archiver')
+  t.same((await call(app, 'GET', '/my-ready')).body, { ready: true })
+  // The host can work with sessions without HTTP; the routes see the same state.
+  await app.taskManager.create('direct', [{ instruction: 'from the host', task_type: 'General' }])
+  t.equal((await call(app, 'GET', '/tv/progress?session_id=direct')).body.total, 1)
+})
+
+t.test('two registrations in one host: two folders, two prefixes, independent', async (t) => {
+  const [dirA, dirB] = [await tempDir(t), await tempDir(t)]
+  const app = host(t)
+  await app.register(taskvault, { prefix: '/a', storageDir: dirA, executors: { default: async () => ({ result: 'from A' }) } })
+  await app.register(taskvault, { prefix: '/b', storageDir: dirB, decorate: false, executors: { default: async () => ({ result: 'from B' }) } })
+  await app.ready()
+
+  t.equal((await call(app, 'POST', '/a/create', { session_id: 's', instructions: '1. one\n2. two' })).status, 200)
+  t.equal((await call(app, 'POST', '/b/create', { session_id: 's', instructions: 'only' })).status, 200)
+  t.equal((await call(app, 'POST', '/a/execute', { session_id: 's' })).body.result, 'from A')
+  t.equal((await call(app, 'POST', '/b/execute', { session_id: 's' })).body.result, 'from B')
+  t.equal((await call(app, 'GET', '/a/progress?session_id=s')).body.total, 2)
+  t.equal((await call(app, 'GET', '/b/progress?session_id=s')).body.total, 1)
+  t.equal((await call(app, 'POST', '/b/create', { session_id: 'only_b', instructions: 'x' })).status, 200)
+  t.equal((await call(app, 'GET', '/a/progress?session_id=only_b')).status, 404, 'a session of B is unknown to A')
+  t.same((await readdir(dirA)).filter((name) => name.endsWith('.json')), ['s.json'])
+  t.same((await readdir(dirB)).filter((name) => name.endsWith('.json')).sort(), ['only_b.json', 's.json'])
+  t.equal(app.persistence.location, dirA, 'the decorating registration is the one the host sees')
+
+  await app.close()
+  for (const dir of [dirA, dirB]) t.notOk((await readdir(dir)).includes('.taskvault.lock'), `lock of ${dir} released at close`)
+})
+
+t.test('two registrations, each in its own encapsulated context, each decorate their own context', async (t) => {
+  const app = host(t)
+  const seen: Record<string, string> = {}
+  for (const name of ['x', 'y']) {
+    const dir = await tempDir(t)
+    await app.register(async (scope) => {
+      await scope.register(taskvault, { prefix: `/${name}`, storageDir: dir })
+      scope.get(`/${name}-where`, async () => ({ dir: scope.persistence.location }))
+      seen[name] = dir
+    })
+  }
+  await app.ready()
+  t.equal((await call(app, 'GET', '/x-where')).body.dir, seen.x)
+  t.equal((await call(app, 'GET', '/y-where')).body.dir, seen.y)
+  t.notOk(app.hasDecorator('taskManager'), 'nothing leaks to the root')
+})
+
+t.test('a second decorating registration on the same instance fails with a clear error', async (t) => {
+  const app = host(t)
+  await app.register(taskvault, { prefix: '/a', storageDir: await tempDir(t) })
+  const err = await app.register(taskvault, { prefix: '/b', storageDir: await tempDir(t) }).then(() => null, (error: Error) => error)
+  t.type(err, InvalidOptionsError)
+  t.match(err?.message, /taskvault: this instance already has a 'persistence' decorator .*decorate: false/)
+})
+
+t.test('options are checked at register time, naming the bad one', async (t) => {
+  const dir = await tempDir(t)
+  const cases: Array<[string, object, RegExp]> = [
+    ['unknown option', { storagedir: dir }, /^taskvault: unknown option 'storagedir' \(known: .*storageDir/],
+    ['wrong type', { storageDir: 42 }, /^taskvault: option 'storageDir': expected string \(got 42\)/],
+    ['below the minimum', { storageDir: dir, archiveDays: -1 }, /^taskvault: option 'archiveDays': .*greater or equal to 0 \(got -1\)/],
+    ['not finite', { storageDir: dir, shutdownGraceMs: Infinity }, /^taskvault: option 'shutdownGraceMs'/],
+    ['executor not a function', { storageDir: dir, executors: { Coding: 'fast' } }, /^taskvault: option 'executors.Coding' must be a function \(got "fast"\)/],
+    ['unknown task type', { storageDir: dir, executors: { Magic: async () => ({ result: '' }) } }, /^taskvault: unknown key 'Magic' in option 'executors' \(known: default, Coding/],
+    ['api keys not a list', { storageDir: dir, apiKeys: 'k1' }, /^taskvault: option 'apiKeys': expected array/],
+    ['bad prefix', { storageDir: dir, prefix: 'agents' }, /^taskvault: option 'prefix'/],
+    ['not a registry', { storageDir: dir, metricsRegistry: {} }, /^taskvault: option 'metricsRegistry' has no 'registerMetric'/]
+  ]
+  for (const [name, options, message] of cases) {
+    const err = await registerError(options)
+    t.type(err, InvalidOptionsError, name)
+    t.match(err.message, message, name)
+  }
+  t.same(await readdir(dir), [], 'a refused registration touches no storage')
+  const blockError = await registerError({ storageDir: dir, lockStaleMs: 'soon' }, persistencePlugin)
+  t.match(blockError.message, /^taskvault-persistence: option 'lockStaleMs': expected integer/, 'the building blocks check their options too')
+})
+
+t.test('embedded without options: the settings\' defaults, not the environment', async (t) => {
+  const dir = await tempDir(t)
+  const app = host(t)
+  process.env.TASK_MAX_TASKS_PER_SESSION = '1'
+  t.teardown(() => { delete process.env.TASK_MAX_TASKS_PER_SESSION })
+  await app.register(taskvault, { storageDir: dir })
+  await app.ready()
+  const res = await call(app, 'POST', '/create', { session_id: 's', instructions: '1. a\n2. b\n3. c' })
+  t.equal(res.status, 200, 'TASK_MAX_TASKS_PER_SESSION in the environment does not reach an embedded taskvault')
+  const big = await app.inject({ method: 'POST', url: '/create', payload: { session_id: 's', instructions: 'x'.repeat(1024 * 1024 + 10) } })
+  t.equal(big.statusCode, 413, 'BODY_LIMIT default (1 MiB)')
+})
+
+t.test('apiKeys guard an embedded taskvault\'s routes only', async (t) => {
+  const app = host(t)
+  app.get('/open', async () => 'yes')
+  await app.register(taskvault, { prefix: '/tv', storageDir: await tempDir(t), apiKeys: ['secret'] })
+  await app.ready()
+  t.equal((await app.inject({ method: 'GET', url: '/tv/stats' })).statusCode, 401)
+  t.equal((await app.inject({ method: 'GET', url: '/tv/stats', headers: { authorization: 'Bearer secret' } })).statusCode, 200)
+  t.equal((await app.inject({ method: 'GET', url: '/open' })).statusCode, 200)
+})
+
+t.test('two taskvaults report into one metrics registry under two prefixes; the same prefix is refused', async (t) => {
+  const registry = new Registry()
+  const app = host(t)
+  await app.register(taskvault, { prefix: '/a', storageDir: await tempDir(t), metricsRegistry: registry })
+  await app.register(taskvault, { prefix: '/b', storageDir: await tempDir(t), decorate: false, metricsRegistry: registry, metricsPrefix: 'reviews_' })
+  await app.ready()
+  await call(app, 'POST', '/b/create', { session_id: 's', instructions: 'x' })
+  const text = await registry.metrics()
+  t.match(text, /^taskvault_tasks\{status="Pending"\} 0$/m)
+  t.match(text, /^reviews_tasks\{status="Pending"\} 1$/m)
+
+  const clash = host(t)
+  const err = await clash.register(taskvault, { prefix: '/c', storageDir: await tempDir(t), decorate: false, metricsRegistry: registry }).then(() => null, (error: Error) => error)
+  t.match(err?.message, /metricsRegistry already holds metrics named 'taskvault_\*'/)
+  await app.close()
+  t.same(registry.getMetricsAsArray(), [], 'closing removes every metric it added')
+})
+
+t.test('the building blocks alone: auth, persistence, task manager and routes registered by the host', async (t) => {
+  const dir = await tempDir(t)
+  const app = host(t)
+  await app.register(authPlugin, { apiKeys: [] })
+  await app.register(persistencePlugin, { storageDir: dir })
+  await app.register(taskManagerPlugin, { autoSave: true })
+  await app.register(taskRoutes, { prefix: '/jobs' })
+  await app.ready()
+  t.equal((await call(app, 'POST', '/jobs/create', { session_id: 'b', instructions: 'go' })).status, 200)
+  t.equal((await call(app, 'POST', '/jobs/execute', { session_id: 'b' })).body.status, 'Completed')
+  t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), ['b.json'])
+  t.equal(app.taskManager.get('b').session.tasks[0]?.status, 'Completed', 'the decorators are the host\'s own')
+})
