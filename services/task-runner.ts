@@ -139,15 +139,15 @@ export class TaskRunner {
     if (this.closing) throw new ShuttingDownError()
     if (!this.registry.claim(sessionId)) throw new SessionBusyError(sessionId)
     const controller = new AbortController()
+    let ended!: () => void
     const run: Run = {
       controller,
       signal: AbortSignal.any([this.abort.signal, controller.signal]),
       background,
       cancelledTaskId: null,
-      done: Promise.resolve()
+      done: new Promise<void>((resolve) => { ended = resolve })
     }
     const execution = body(run)
-    run.done = execution.then(noop, noop)
     this.runs.set(sessionId, run)
     this.running.add(execution)
     try {
@@ -156,6 +156,8 @@ export class TaskRunner {
       this.running.delete(execution)
       this.runs.delete(sessionId)
       this.registry.release(sessionId)
+      // Only now: whoever waits on `done` (cancel) must see the session free.
+      ended()
     }
   }
 
@@ -294,7 +296,7 @@ interface Run {
   signal: AbortSignal
   background: boolean
   cancelledTaskId: string | null
-  /** Settles (never rejects) when the execution has ended. */
+  /** Resolves (never rejects) once the execution has ended and let go of the session. */
   done: Promise<void>
 }
 

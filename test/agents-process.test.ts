@@ -106,6 +106,10 @@ t.test('a task that kills the server every time: Failed "interrupted 3 times" af
   ], 'failed instead of run a fourth time; the next task ran', { server: describe(current) })
   t.equal(agent.requests.filter((req) => instructionOf(req) === 'poison').length, 3, 'the poison task was called 3 times')
   t.ok(logLines(current.stdout()).some((line) => line.msg === 'Task interrupted too often; failed' && line.task_id === poison), 'logged as an error')
-  const progress = await call(current, 'GET', `${API}/progress?session_id=poisoned`)
+  // The run ends (and lets go of the session) just after its last task is on disk.
+  const progress = await waitFor('the run to end', async () => {
+    const answer = await call(current as ServerProcess, 'GET', `${API}/progress?session_id=poisoned`)
+    return answer.body.running === false && answer
+  })
   t.match(progress.body, { failed: 1, completed: 1, all_done: true, running: false })
 })
