@@ -8,7 +8,8 @@ import { checkOptions, setting } from './options.js'
 declare module 'fastify' {
   interface FastifyInstance {
     /** onRequest hook: 401 unless the request carries `Authorization: Bearer <key>` with a configured key. */
-    verifyApiKey: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+    /** An onRequest hook (callback style: it runs on every request, so no promise is made). */
+    verifyApiKey: (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => void
   }
 }
 
@@ -38,15 +39,16 @@ export default fp<AuthPluginOptions>(async function authPlugin (app, options) {
     app.log.warn({ host: app.config.HOST }, 'TASK_API_KEYS is empty and HOST is not loopback: anyone who can reach this port can read and change every session')
   }
 
-  app.decorate('verifyApiKey', async function verifyApiKey (request: FastifyRequest, reply: FastifyReply) {
-    if (keys.length === 0) return
+  app.decorate('verifyApiKey', function verifyApiKey (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) {
+    if (keys.length === 0) return done()
     const header = request.headers.authorization
     const match = typeof header === 'string' ? /^Bearer\s+(\S+)\s*$/iu.exec(header) : null
     const offered = digest(match?.[1] ?? '')
     let valid = false
     for (const key of keys) valid = timingSafeEqual(key, offered) || valid
-    if (valid && match !== null) return
-    await reply.code(401).header('www-authenticate', 'Bearer').send({
+    if (valid && match !== null) return done()
+    // Answered here; not calling done() ends the request.
+    reply.code(401).header('www-authenticate', 'Bearer').send({
       statusCode: 401,
       code: 'UNAUTHORIZED',
       error: 'Unauthorized',

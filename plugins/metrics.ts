@@ -1,6 +1,7 @@
 import { Type } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
-import { collectDefaultMetrics, Histogram, Registry } from 'prom-client'
+import { collectDefaultMetrics, Registry, type Metric } from 'prom-client'
+import { RequestHistogram } from '../services/request-histogram.js'
 import { InvalidOptionsError } from '../services/errors.js'
 import { checkOptions } from './options.js'
 
@@ -44,18 +45,13 @@ export default fp<MetricsPluginOptions>(async function metricsPlugin (app, optio
   }
   const registry = new Registry()
   if (options.processMetrics === true) collectDefaultMetrics({ register: registry })
-  const duration = new Histogram({
-    name: 'http_request_duration_seconds',
-    help: 'HTTP requests by method, route pattern and status code',
-    labelNames: ['method', 'route', 'status_code'],
-    buckets: HTTP_BUCKETS,
-    registers: [registry]
-  })
+  const duration = new RequestHistogram('http_request_duration_seconds', 'HTTP requests by method, route pattern and status code', HTTP_BUCKETS)
+  registry.registerMetric(duration as unknown as Metric)
   app.decorate('metricsRegistry', registry)
-  app.addHook('onResponse', async (request, reply) => {
+  app.addHook('onResponse', (request, reply, done) => {
     // The route pattern, never the raw URL: ids in paths would make a series per session.
-    const route = request.routeOptions.url ?? 'unmatched'
-    duration.observe({ method: request.method, route, status_code: String(reply.statusCode) }, reply.elapsedTime / 1000)
+    duration.observe(request.method, request.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000)
+    done()
   })
   app.get(options.path ?? '/metrics', {
     schema: { hide: true },

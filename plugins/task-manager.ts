@@ -109,8 +109,9 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
   })
   app.addHook('onClose', async () => manager.close())
   // Once shutdown begins, answers close their connection so the server can stop promptly.
-  app.addHook('onSend', async (_request, reply) => {
+  app.addHook('onSend', (_request, reply, payload, done) => {
     if (manager.shuttingDown) reply.header('connection', 'close')
+    done(null, payload)
   })
 }, { name: 'taskvault-task-manager', fastify: '5.x', dependencies: ['taskvault-persistence'] })
 /** The `agents` option or the TASK_AGENTS setting, validated; undefined when neither names agents. */

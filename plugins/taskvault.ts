@@ -134,11 +134,11 @@ function documentRoute (route: RouteOptions & { routePath: string }): void {
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 
 /** Every log line of a request that names a session carries its `session_id`. */
-async function bindSessionLogger (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+function bindSessionLogger (request: FastifyRequest, reply: FastifyReply, done: () => void): void {
   const sessionId = sessionIdOf(request.params) ?? sessionIdOf(request.query) ?? sessionIdOf(request.body)
-  if (sessionId === undefined) return
   // The reply's logger writes the "request completed" line, so it gets the binding too.
-  request.log = reply.log = request.log.child({ session_id: sessionId })
+  if (sessionId !== undefined) request.log = reply.log = request.log.child({ session_id: sessionId })
+  done()
 }
 
 function sessionIdOf (part: unknown): string | undefined {

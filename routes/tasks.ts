@@ -3,7 +3,7 @@ import { CreateBody, ExecuteAllBody, ListQuery, SessionIdBody, SessionParams, Se
 import { setting } from '../plugins/options.js'
 import { InvalidInstructionsError } from '../services/errors.js'
 import { classifyTask, parseInstructions } from '../services/parser.js'
-import type { TaskSpec } from '../services/session.js'
+import type { Progress, TaskSpec } from '../services/session.js'
 import { ALL_SESSIONS } from '../services/task-manager.js'
 
 export interface TaskRoutesOptions {
@@ -51,8 +51,11 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
 
   app.get('/progress', { schema: { querystring: SessionQuery, response: responses.progress } }, async (request) => {
     const sessionId = request.query.session_id
+    // Active sessions answer from memory without waiting on anything; archived ones are read.
+    const active = manager.activeProgress(sessionId)
+    if (active !== null) return progressBody(sessionId, active, manager.isRunning(sessionId))
     const { progress, archived } = await manager.findProgress(sessionId)
-    return { session_id: sessionId, ...progress, running: manager.isRunning(sessionId), ...(archived && { archived }) }
+    return { ...progressBody(sessionId, progress, false), ...(archived && { archived }) }
   })
 
   app.get('/list', { schema: { querystring: ListQuery, response: responses.list } }, async (request) => {
@@ -72,6 +75,11 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     await manager.delete(request.params.session_id)
     return reply.code(204).send(null)
   })
+}
+
+/** Named fields, not spreads: a spread builds a slow dictionary-mode object on this hot path. */
+function progressBody (sessionId: string, p: Progress, running: boolean) {
+  return { session_id: sessionId, total: p.total, completed: p.completed, failed: p.failed, pending: p.pending, in_progress: p.in_progress, all_done: p.all_done, percentage: p.percentage, running }
 }
 
 /** Either free-text `instructions` or explicit `tasks`, never both. */

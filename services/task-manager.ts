@@ -262,6 +262,11 @@ export class TaskManager {
     return { file: this.get(sessionId), archived: false }
   }
 
+  /** An active session's progress, or null (unknown or archived). */
+  activeProgress (sessionId: string): Progress | null {
+    return this.registry.find(sessionId) === null ? null : this.progress(sessionId)
+  }
+
   async findProgress (sessionId: string): Promise<{ progress: Progress, archived: boolean }> {
     if (this.registry.find(sessionId) !== null) return { progress: this.progress(sessionId), archived: false }
     const { file, archived } = await this.find(sessionId)
