@@ -3,7 +3,8 @@
 // bytes in the same run; ratios make the goals of issue 6 machine-independent.
 // Optional: `--only=save,restore,...` runs a subset (sections: save, concurrent, updates,
 // restore, memory, create, get, autosave, execute); `--out=FILE` writes the JSON elsewhere
-// (default bench/results.json for a full run, bench/results.quick.json for --quick).
+// (default bench/results.json for a full run, bench/results.quick.json for --quick, and
+// bench/results.partial.json for --only, so a subset never overwrites the recorded full run).
 // Each section lives in bench/sections/ and gets the shared context from bench/lib/context.mjs.
 import { execFileSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
@@ -85,7 +86,7 @@ async function main () {
   if (out.machine.loadavg_at_start[0] > 1 || out.machine.loadavg_at_end[0] > 2.5) process.stdout.write(`note: load average ${out.machine.loadavg_at_start.join(' ')} at start, ${out.machine.loadavg_at_end.join(' ')} at end (the bench itself adds ~2 on its HTTP sections)\n`)
   process.stdout.write(`goals met: ${met}, missed: ${missed.length}${missed.length ? ' (' + missed.map((r) => r.figure).join('; ') + ')' : ''}; ${out.duration_s} s\n`)
   // The full run's file is the one RESULTS.md quotes; a quick run never overwrites it.
-  const file = OUT ?? join(HERE, QUICK ? 'results.quick.json' : 'results.json')
+  const file = OUT ?? join(HERE, QUICK ? 'results.quick.json' : ONLY !== null ? 'results.partial.json' : 'results.json')
   if (warnings.size > 0) process.stdout.write(`process warnings: ${[...warnings].map(([k, v]) => `${k} x${v}`).join(', ')}\n`)
   writeFileSync(file, JSON.stringify(out, null, 2) + '\n')
   process.stdout.write(`wrote ${file}\n`)
