@@ -1,7 +1,7 @@
 import type { Task, TaskType } from '../schemas/session.js'
 import { commandAgent } from './agents/command.js'
 import { openaiAgent } from './agents/openai.js'
-import { AGENT_KEYS, DEFAULT_AGENTS, type AgentKey, type AgentPolicy, type AgentSpec, type AgentsConfig } from './agents/spec.js'
+import { AGENT_KEYS, DEFAULT_AGENTS, checkPolicy, type AgentKey, type AgentPolicy, type AgentSpec, type AgentsConfig } from './agents/spec.js'
 import { webhookAgent } from './agents/webhook.js'
 
 export type { AgentPolicy, AgentsConfig }
@@ -75,7 +75,7 @@ function programmatic (key: AgentKey, given: Executor | ExecutorDefinition): Age
   if (typeof given === 'function') return { key, kind: 'function', run: given, policy: DEFAULT_POLICY }
   const { run, ...policy } = given
   if (typeof run !== 'function') throw new TypeError(`executors.${key}.run must be a function`)
-  return { key, kind: 'function', run, policy: { ...DEFAULT_POLICY, ...policy } }
+  return { key, kind: 'function', run, policy: checkPolicy(key, policy, DEFAULT_POLICY) }
 }
 
 function fromSpec (key: AgentKey, spec: AgentSpec, env: NodeJS.ProcessEnv): Agent {

@@ -153,8 +153,11 @@ export class FileSessionStore implements SessionStore {
     // two batches per thread in flight: enough to never leave a thread idle, and memory bounded.
     const pool = new ReaderPool(Math.min(concurrency, Math.ceil(names.length / RESTORE_BATCH_FILES)))
     const limit = pLimit(concurrency * 2)
+    // Once one batch fails the restore has failed: batches still queued must not start (nor set files aside).
+    let failed = false
     try {
       await Promise.all(batches(names, RESTORE_BATCH_FILES).map((batch) => limit(async () => {
+        if (failed) return
         const read = await pool.read(this.dir, batch).catch((err: Error) => {
           throw new StorageError(`reading ${this.dir}`, Object.assign(err, { code: 'EIO' }))
         })
@@ -174,8 +177,12 @@ export class FileSessionStore implements SessionStore {
             failures.push({ name: file.name, reason: err.message, movedTo: await this.setAside(this.dir, file.name) })
           }
         }
+      }).catch((err: unknown) => {
+        failed = true
+        throw err
       })))
     } finally {
+      limit.clearQueue()
       await pool.close()
     }
     if (removedTempFiles > 0 || failures.length > 0) await this.syncDir('restoring sessions')
@@ -233,7 +240,11 @@ export class FileSessionStore implements SessionStore {
     let name = `${sessionId}.json`
     try {
       await this.ensureRealDir(this.archiveDir)
-      while (await this.fs.lstat(join(this.archiveDir, name)).then(() => true, () => false)) {
+      // Only ENOENT means the name is free; any other lstat error stops the move rather than risk an overwrite.
+      while (await this.fs.lstat(join(this.archiveDir, name)).then(() => true, (err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return false
+        throw err
+      })) {
         stamp = Math.max(stamp + 1, Date.now())
         name = `${sessionId}.${stamp}.json`
       }

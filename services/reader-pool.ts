@@ -17,13 +17,16 @@ export class ReaderPool {
   private readonly waiting = new Map<number, { resolve: (response: ReadResponse) => void, reject: (err: Error) => void, worker: Worker }>()
   private readonly queue: Array<() => void> = []
   private seq = 0
+  private closed = false
 
   constructor (threads: number) {
     this.size = Math.max(1, threads)
   }
 
   async read (dir: string, names: string[]): Promise<ReadResponse> {
-    const worker = this.take() ?? await new Promise<Worker>((resolve) => this.queue.push(() => resolve(this.take() as Worker)))
+    if (this.closed) throw new Error('reader pool is closed')
+    const worker = this.take() ?? await new Promise<Worker | null>((resolve) => this.queue.push(() => resolve(this.take())))
+    if (worker === null) throw new Error('reader pool is closed')
     const id = ++this.seq
     try {
       return await new Promise<ReadResponse>((resolve, reject) => {
@@ -38,6 +41,9 @@ export class ReaderPool {
   }
 
   async close (): Promise<void> {
+    this.closed = true
+    // Batches waiting for a thread will never get one.
+    for (const wake of this.queue.splice(0)) wake()
     const workers = this.all.splice(0)
     this.idle.length = 0
     await Promise.all(workers.map((worker) => worker.terminate()))
@@ -45,6 +51,7 @@ export class ReaderPool {
 
   /** An idle thread, a new one while the pool is below its size, or null when all are busy. */
   private take (): Worker | null {
+    if (this.closed) return null
     const free = this.idle.pop()
     if (free !== undefined) return free
     if (this.all.length >= this.size) return null

@@ -258,7 +258,9 @@ export class TaskManager {
     if (active !== null) return { file: active, archived: false }
     const archived = await this.archived.read(sessionId)
     if (archived !== null) return { file: archived.file, archived: true }
-    // Brought back while the archive was read.
+    // Being brought back by a create: its file has left the archive but the change is still
+    // in the session's queue. Waiting behind it (a change that does nothing) settles which.
+    await this.registry.change(sessionId, () => unchanged(undefined)).catch(noop)
     return { file: this.get(sessionId), archived: false }
   }
 
@@ -334,7 +336,11 @@ export class TaskManager {
 
   /** Deletes a session and its file, or its archived files. Refused while it executes. */
   async delete (sessionId: string): Promise<void> {
-    if (!this.archived.has(sessionId)) this.registry.existing(sessionId)
+    if (!this.archived.has(sessionId) && this.registry.find(sessionId) === null) {
+      // Perhaps being brought back from the archive right now: settle behind its change first.
+      await this.registry.change(sessionId, () => unchanged(undefined)).catch(noop)
+      this.registry.existing(sessionId)
+    }
     await this.registry.change(sessionId, (draft) => {
       const archived = this.store.archivedName(sessionId) !== null
       if (!archived) liveFile(draft)
@@ -441,3 +447,5 @@ function isArchivable (file: SessionFile, cutoff: Date): boolean {
   const finished = finishedAt(file)
   return finished !== null && Date.parse(finished) < cutoff.getTime()
 }
+
+function noop (): void {}

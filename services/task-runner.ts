@@ -108,6 +108,8 @@ export class TaskRunner {
     if (run === undefined) throw new NotRunningError(sessionId)
     run.controller.abort(new CancelledError())
     await run.done
+    // The cancelled task's failure did not reach the disk (or shutdown took over): say so, not 200.
+    if (run.error !== null) throw run.error
     return { cancelled_task_id: run.cancelledTaskId, progress: this.registry.existing(sessionId).progress }
   }
 
@@ -145,6 +147,7 @@ export class TaskRunner {
       signal: AbortSignal.any([this.abort.signal, controller.signal]),
       background,
       cancelledTaskId: null,
+      error: null,
       done: new Promise<void>((resolve) => { ended = resolve })
     }
     const execution = body(run)
@@ -152,6 +155,9 @@ export class TaskRunner {
     this.running.add(execution)
     try {
       return await execution
+    } catch (err) {
+      run.error = err as Error
+      throw err
     } finally {
       this.running.delete(execution)
       this.runs.delete(sessionId)
@@ -181,6 +187,7 @@ export class TaskRunner {
       await this.endRecordedRun(sessionId)
       this.log.info({ session_id: sessionId, executed: results.length, cancelled: run.controller.signal.aborted }, 'Background run finished')
     } catch (err) {
+      run.error = err as Error
       if (err instanceof ShuttingDownError) return
       this.log.error({ session_id: sessionId, err }, 'Background run stopped')
     }
@@ -296,6 +303,8 @@ interface Run {
   signal: AbortSignal
   background: boolean
   cancelledTaskId: string | null
+  /** Why the execution failed, if it did (a failed save, shutdown). */
+  error: Error | null
   /** Resolves (never rejects) once the execution has ended and let go of the session. */
   done: Promise<void>
 }

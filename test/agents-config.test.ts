@@ -275,3 +275,17 @@ t.test('confidenceFrom: exp(mean logprob); null without usable logprobs', async 
   t.equal(confidenceFrom([{ logprob: -1 }, { logprob: 'x' }]), null)
   t.equal(confidenceFrom([{ logprob: -Infinity }]), null)
 })
+
+t.test('a programmatic executor\'s call policy is held to the same bounds as TASK_AGENTS; undefined fields take the defaults', async (t) => {
+  const run = async (): Promise<{ result: string }> => ({ result: 'x' })
+  t.match(resolveAgents({ default: { run, timeout_ms: undefined, max_attempts: 3 } }, undefined, {}).default.policy, { timeout_ms: 120_000, max_attempts: 3 })
+  for (const [policy, message] of [
+    [{ timeout_ms: Infinity }, /^executors\.default\.timeout_ms: Expected integer/u],
+    [{ timeout_ms: 2 ** 31 }, /^executors\.default\.timeout_ms: Expected integer to be less or equal to 2147483647/u],
+    [{ max_attempts: 0 }, /^executors\.default\.max_attempts: Expected integer to be greater or equal to 1/u],
+    [{ backoff_ms: -1 }, /^executors\.default\.backoff_ms/u]
+  ] as const) {
+    t.throws(() => resolveAgents({ default: { run, ...policy } }, undefined, {}), { code: 'INVALID_AGENT_CONFIG', message }, JSON.stringify(policy))
+  }
+  await t.rejects(build(t, { executors: { Coding: { run, max_attempts: 0 } } }), /executors\.Coding\.max_attempts/u, 'the boot fails naming it')
+})

@@ -5,6 +5,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { createTasks, fakeAgent, ok, readSession, recordCalls, storedTasks, waitFor } from './agents-fakes.js'
+import { nodeFs } from '../services/fs-seam.js'
 import { build, get, post, tempDir } from './helper.js'
 
 t.test('cancel during a synchronous execute-all: the call is aborted, the task Failed "cancelled", the run stops', async (t) => {
@@ -258,4 +259,30 @@ t.test('a run left recorded (TASK_RESUME_ON_START=false) ends with the next exec
   const res = await post(paused, '/execute-all', { session_id: 'kept' })
   t.equal(res.json().total_executed, 2, 'the echo agent runs both tasks')
   t.notOk('background_run' in await readSession(dir, 'kept'), 'the record is gone, so no later start resumes a finished run')
+})
+
+t.test('cancel answers 503, not 200, when the cancelled task\'s failure cannot be saved', async (t) => {
+  let failSaves = false
+  const fs = {
+    ...nodeFs,
+    open: (async (path: Parameters<typeof nodeFs.open>[0], flags?: Parameters<typeof nodeFs.open>[1], mode?: Parameters<typeof nodeFs.open>[2]) => {
+      if (failSaves && flags === 'wx') throw Object.assign(new Error('EIO: injected'), { code: 'EIO' })
+      return nodeFs.open(path, flags, mode)
+    }) as typeof nodeFs.open
+  }
+  let calls = 0
+  const app = await build(t, {
+    fs,
+    executors: { default: async (_task, { signal }) => { calls++; return new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason))) } }
+  })
+  await createTasks(app, 'unsaved', [{ instruction: 'a' }])
+  const running = post(app, '/execute', { session_id: 'unsaved' })
+  await waitFor('the agent call', () => calls === 1)
+  failSaves = true
+  const cancelled = await post(app, '/cancel', { session_id: 'unsaved' })
+  t.equal(cancelled.statusCode, 503, cancelled.body)
+  t.match(cancelled.json(), { code: 'STORAGE_UNAVAILABLE' })
+  t.equal((await running).statusCode, 503, 'the execute fails the same way')
+  failSaves = false
+  t.match((await get(app, '/progress?session_id=unsaved')).json(), { in_progress: 1, failed: 0, running: false }, 'memory says what disk says: still InProgress')
 })

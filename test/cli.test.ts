@@ -271,6 +271,22 @@ t.test('restore refuses to overwrite newer files unless --force, writing nothing
   t.ok(existsSync(join(dir, 'archive', 'gone.json')))
 })
 
+t.test('restore refuses to roll back a session whose newer copy sits elsewhere in the folder (archived since the backup)', async (t) => {
+  const dir = await tempDir(t, 'taskvault-cross-')
+  await writeFile(join(dir, 'moved.json'), storedSession('moved', ['Pending'], daysAgo(3)))
+  const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')
+  t.equal((await taskvault(['backup', dir, '--out', out])).code, 0)
+  // Since the backup the session finished and was archived: moved.json is gone, archive/moved.json is newer.
+  await mkdir(join(dir, 'archive'), { mode: 0o700 })
+  await writeFile(join(dir, 'archive', 'moved.json'), storedSession('moved', ['Completed', 'Completed'], daysAgo(1)))
+  await unlink(join(dir, 'moved.json'))
+
+  const refused = await taskvault(['restore', out, dir])
+  t.equal(refused.code, 1)
+  t.match(refused.stdout, /❌ moved\.json: the folder's archive\/moved\.json holds a newer copy of session 'moved'/u)
+  t.notOk(existsSync(join(dir, 'moved.json')), 'no older active copy written to hide the archived one')
+})
+
 t.test('restore refuses a damaged or foreign archive', async (t) => {
   const dir = await preparedFolder(t)
   const folder = await tempDir(t, 'taskvault-backup-')

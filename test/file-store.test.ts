@@ -1,6 +1,7 @@
 import t from 'tap'
 import { chmod, lstat, mkdir, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { FileSessionStore } from '../services/file-store.js'
 import { nodeFs, type FsSeam } from '../services/fs-seam.js'
@@ -317,4 +318,29 @@ t.test('loadAll reads many batches on reader threads: every session once, corrup
     t.equal(one?.bytes, (await stat(store.pathFor('s42'))).size, 'bytes are the file size')
   }
   t.strictSame(setAside.sort(), ['s250.json', 's3.json', 's511.json', 's699.json'], 'each corrupt file reported once, then gone')
+})
+
+t.test('a restore that fails stops: queued batches do not start, nothing more is set aside, no reader thread stays', async (t) => {
+  const dir = await tempDir(t)
+  const store = new FileSessionStore({ dir, fs: {
+    ...nodeFs,
+    // A symlink swapped in after readdir: readdir said it was a regular file.
+    readdir: (async (path: string, options: object) => {
+      const entries = await nodeFs.readdir(path, options as { withFileTypes: true })
+      return entries.map((entry) => entry.name === 'a-link.json' ? Object.assign(Object.create(Object.getPrototypeOf(entry) as object) as object, entry, { isFile: () => true }) : entry)
+        .sort((a, b) => a.name < b.name ? -1 : 1)
+    }) as unknown as FsSeam['readdir']
+  } })
+  await store.init()
+  await Promise.all(Array.from({ length: 1200 }, (_, i) => store.save(sessionFile(`s${String(i).padStart(5, '0')}`))))
+  await writeFile(join(dir, 'target.txt'), 'x')
+  await symlink(join(dir, 'target.txt'), join(dir, 'a-link.json'))
+  await writeFile(join(dir, 'z-corrupt.json'), '{ not json')
+  const portsBefore = process.getActiveResourcesInfo().filter((name) => name === 'MessagePort').length
+
+  // One reader thread: the failing first batch is parsed before a third batch can start, whatever the machine's load.
+  await t.rejects(store.loadAll({ concurrency: 1 }), { code: 'STORAGE_UNAVAILABLE', message: /a-link\.json.*ELOOP/u })
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  t.equal(process.getActiveResourcesInfo().filter((name) => name === 'MessagePort').length, portsBefore, 'every reader thread ended')
+  t.ok(existsSync(join(dir, 'z-corrupt.json')), 'a batch queued after the failure never ran, so its corrupt file was not moved')
 })

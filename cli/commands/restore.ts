@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { lstat, mkdir } from 'node:fs/promises'
+import { lstat, mkdir, readdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { nodeFs } from '../../services/fs-seam.js'
 import { ARCHIVED_FILE, SESSION_FILE, fsyncDir, parseSessionFile, writeAndRename } from '../../services/session-files.js'
@@ -32,7 +32,8 @@ Checks every session file in the backup as the server's restore would, then writ
 back to where it was (<dir>/<id>.json or <dir>/archive/<name>.json) with the same durable
 sequence as the server's saves (temp file, fsync, rename, fsync the folder). Nothing is written
 unless the whole backup checks out. A file in the folder that is newer than the backup's copy
-(a later updated_at), or that cannot be read, is a conflict: the restore is refused, writing
+(a later updated_at), or that cannot be read, is a conflict; so is a newer copy of the same
+session elsewhere in the folder (archived since the backup, say): the restore is refused, writing
 nothing, unless --force. Files identical to the backup's are left alone. The folder is created
 if missing. Refused while a server holds the folder.
 
@@ -69,6 +70,8 @@ async function plan (backup: string, dir: string): Promise<{ planned: Planned[],
   const planned: Planned[] = []
   const conflicts: Conflict[] = []
   const seen = new Set<string>()
+  const copies = await copiesInFolder(dir)
+  const restoredAt = new Map<string, string>()
   for await (const entry of readTarGz(createReadStream(backup))) {
     if (entry.type === 'directory' && /^(archive\/?)?$/u.test(entry.name.replace(/^\.\//u, ''))) continue
     const { rel, archived, sessionId } = sessionPath(entry)
@@ -90,8 +93,40 @@ async function plan (backup: string, dir: string): Promise<{ planned: Planned[],
       }
     }
     planned.push({ rel, sessionId, archived, digest: digest(entry.data), action })
+    restoredAt.set(rel, file.updated_at)
+  }
+  // The same session may sit elsewhere in the folder (archived since the backup, or brought back):
+  // a newer copy there, or an active one that would hide a restored archive, is a conflict too.
+  // Copies the backup itself holds are replaced by it, so they are no conflict.
+  for (const { rel, sessionId, archived } of planned) {
+    const updatedAt = restoredAt.get(rel) as string
+    for (const other of copies.get(sessionId) ?? []) {
+      if (restoredAt.has(other)) continue
+      const copy = await checkStoredFile({ rel: other, path: join(dir, other), archived: other.startsWith('archive/'), sessionId, regular: await isRegular(join(dir, other)) })
+      if (copy.ok === false) conflicts.push({ file: rel, reason: `the folder's ${other}, another copy of session '${sessionId}', cannot be read (${copy.reason})` })
+      else if (copy.ok === true && Date.parse(copy.file.updated_at) > Date.parse(updatedAt)) {
+        conflicts.push({ file: rel, reason: `the folder's ${other} holds a newer copy of session '${sessionId}' (updated_at ${copy.file.updated_at}, backup ${updatedAt})` })
+      } else if (copy.ok === true && archived && !other.startsWith('archive/')) {
+        conflicts.push({ file: rel, reason: `the folder's active ${other} would hide the restored archive of session '${sessionId}'` })
+      }
+    }
   }
   return { planned, conflicts }
+}
+
+/** Every session file already in the folder (active and archived), by session id. */
+async function copiesInFolder (dir: string): Promise<Map<string, string[]>> {
+  const copies = new Map<string, string[]>()
+  const add = (sessionId: string, rel: string): void => { copies.set(sessionId, [...(copies.get(sessionId) ?? []), rel]) }
+  for (const name of await readdir(dir).catch(() => [])) {
+    const match = SESSION_FILE.exec(name)
+    if (match !== null) add(match[1] as string, name)
+  }
+  for (const name of await readdir(join(dir, 'archive')).catch(() => [])) {
+    const match = ARCHIVED_FILE.exec(name)
+    if (match !== null) add(match[1] as string, `archive/${name}`)
+  }
+  return copies
 }
 
 /** Reads the backup again and writes each planned file durably; the backup must not have changed. */

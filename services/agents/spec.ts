@@ -60,6 +60,22 @@ export type OpenAIAgentSpec = Static<typeof OpenAIAgentSpec>
 export type CommandAgentSpec = Static<typeof CommandAgentSpec>
 export type AgentPolicy = Pick<AgentSpec, keyof typeof Policy>
 
+const checkPolicyFields = TypeCompiler.Compile(Type.Object(Policy))
+
+/**
+ * Checks the call policy of a programmatic executor (`executors.<key>`), with the bounds of
+ * TASK_AGENTS specs: undefined fields take the defaults, anything else must be in range.
+ */
+export function checkPolicy (key: string, given: Record<string, unknown>, defaults: AgentPolicy): AgentPolicy {
+  const merged: Record<string, unknown> = { ...defaults }
+  for (const field of Object.keys(Policy)) if (given[field] !== undefined) merged[field] = given[field]
+  const first = checkPolicyFields.Errors(merged).First()
+  if (first !== undefined) {
+    throw new InvalidAgentConfigError(`executors.${key}${first.path.replaceAll('/', '.')}: ${first.message}`)
+  }
+  return merged as AgentPolicy
+}
+
 export const AGENT_KEYS = ['default', ...TASK_TYPES] as const
 export type AgentKey = (typeof AGENT_KEYS)[number]
 export type AgentsConfig = Partial<Record<AgentKey, AgentSpec>>
