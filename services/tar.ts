@@ -3,6 +3,9 @@ import { pipeline } from 'node:stream/promises'
 import { createGunzip, createGzip } from 'node:zlib'
 import { TarFormatError } from './errors.js'
 
+/** The largest entry the reader accepts (a session file is a few KB to a few MB). */
+export const MAX_ENTRY_BYTES = 256 * 1024 * 1024
+
 /**
  * Gzipped tar archives (POSIX ustar, with pax headers for names over 100 bytes), written and
  * read as streams: what `taskvault backup` and `restore` use. Readable by any `tar`.
@@ -129,6 +132,8 @@ export async function * readTarGz (source: Readable): AsyncGenerator<TarEntry> {
       }
       if (checksum(block) !== readOctal(block, 148, 8)) throw new TarFormatError('a header has a wrong checksum (not a tar archive, or damaged)')
       const size = readOctal(block, 124, 12)
+      // Session files are small: a huge size is a damaged or hostile archive, never buffered.
+      if (size > MAX_ENTRY_BYTES) throw new TarFormatError(`an entry claims ${size} bytes, more than the ${MAX_ENTRY_BYTES} a session file may have`)
       const type = block[156] === 0 ? '0' : String.fromCharCode(block[156] as number)
       const body = await bytes.take(Math.ceil(size / BLOCK) * BLOCK).catch(gzipError)
       if (body === null) throw new TarFormatError('the archive ends inside an entry (truncated?)')

@@ -225,14 +225,16 @@ export class TaskManager {
       }
     })
     const tasks = await this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
+      // Every check before the draft is touched: a refused change must leave it as it was.
+      const existing = draft.file?.session.tasks.length ?? archivedCopy?.file.session.tasks.length ?? 0
+      const total = existing + specs.length
+      if (total > maxTasksPerSession) {
+        throw new LimitExceededError(`session '${sessionId}' would have ${total} tasks; the limit is ${maxTasksPerSession} (TASK_MAX_TASKS_PER_SESSION)`)
+      }
       if (draft.file === null) {
         // Sessions being created right now hold a slot too, so a burst cannot overshoot.
         if (this.registry.slotCount > maxSessions) throw new SessionLimitError(maxSessions)
         draft.file = this.archived.bringBack(draft, archivedCopy) ?? newSessionFile(sessionId, draft.now)
-      }
-      const total = draft.file.session.tasks.length + specs.length
-      if (total > maxTasksPerSession) {
-        throw new LimitExceededError(`session '${sessionId}' would have ${total} tasks; the limit is ${maxTasksPerSession} (TASK_MAX_TASKS_PER_SESSION)`)
       }
       return appendTasks(draft.file, specs, draft.now).map((task) => ({ ...task }))
     }))

@@ -269,6 +269,16 @@ t.test('an answer over max_response_bytes fails the task', async (t) => {
   t.match(res.json(), { status: 'Failed', result: null, error: /more than 1024 bytes/ })
 })
 
+t.test('an error answer over max_response_bytes is still judged by its status: a long 503 is retried', async (t) => {
+  let calls = 0
+  const agent = await fakeAgent(t, () => ++calls === 1 ? { status: 503, body: 'z'.repeat(5000) } : ok('fine'))
+  const app = await build(t, { agents: { default: { kind: 'webhook', url: agent.base, max_response_bytes: 1024, max_attempts: 2, ...FAST } } })
+  await createTasks(app, 'long-503', [{ instruction: 'x' }])
+  const res = await post(app, '/execute', { session_id: 'long-503' })
+  t.match(res.json(), { status: 'Completed', result: 'fine' })
+  t.equal(agent.requests.length, 2, 'retried once')
+})
+
 t.test('an unreachable agent is a transient network error: retried, then Failed naming ECONNREFUSED', async (t) => {
   const dir = await tempDir(t)
   const port = await freePort()

@@ -3,7 +3,7 @@ import { Readable, Writable } from 'node:stream'
 import { gzipSync } from 'node:zlib'
 import t from 'tap'
 import { TarFormatError } from '../services/errors.js'
-import { readTarGz, writeTarGz, type TarEntry, type TarFile } from '../services/tar.js'
+import { MAX_ENTRY_BYTES, readTarGz, writeTarGz, type TarEntry, type TarFile } from '../services/tar.js'
 
 /** The bytes `writeTarGz` produces for `files`. */
 async function pack (files: TarFile[]): Promise<Buffer> {
@@ -109,4 +109,10 @@ t.test('damaged archives fail with TarFormatError', async (t) => {
   await t.rejects(unpack(gzipSync(badSum)), TarFormatError, 'a header with a wrong checksum')
   await t.rejects(unpack(Buffer.from('this is not gzip at all')), TarFormatError, 'not gzip')
   await t.rejects(unpack(good.subarray(0, good.length - 10)), TarFormatError, 'a truncated gzip stream')
+})
+
+t.test('an entry claiming more than MAX_ENTRY_BYTES is refused before anything is buffered', async (t) => {
+  const hostile = gzipSync(Buffer.concat([ustarHeader({ name: 'huge.json', size: 8 * 1024 ** 3 - 1 }), Buffer.alloc(1024)]))
+  await t.rejects(unpack(hostile), { name: 'TarFormatError', message: /claims 8589934591 bytes/u })
+  t.ok(MAX_ENTRY_BYTES < 8 * 1024 ** 3)
 })

@@ -57,6 +57,8 @@ async function readText (who: string, response: Response, maxBytes: number, sign
       size += chunk.byteLength
       if (size > maxBytes) {
         await response.body.cancel().catch(() => {})
+        // An error answer is judged by its status (a 503 is still retried); only its start is kept.
+        if (!response.ok) return Buffer.concat(chunks).toString('utf8')
         throw new AgentError(`${who} answered ${response.status} with more than ${maxBytes} bytes (max_response_bytes)`)
       }
       chunks.push(chunk)
