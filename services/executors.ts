@@ -1,7 +1,7 @@
 import type { Task, TaskType } from '../schemas/session.js'
 import { commandAgent } from './agents/command.js'
 import { openaiAgent } from './agents/openai.js'
-import { AGENT_KEYS, DEFAULT_AGENTS, checkPolicy, type AgentKey, type AgentPolicy, type AgentSpec, type AgentsConfig } from './agents/spec.js'
+import { AGENT_KEYS, DEFAULT_AGENTS, DEFAULT_POLICY, checkPolicy, type AgentKey, type AgentPolicy, type AgentSpec, type AgentsConfig } from './agents/spec.js'
 import { webhookAgent } from './agents/webhook.js'
 
 export type { AgentPolicy, AgentsConfig }
@@ -32,8 +32,6 @@ export interface ExecutorDefinition extends Partial<AgentPolicy> {
 
 /** Programmatic agents by task type or `default`; they take precedence over TASK_AGENTS. */
 export type Executors = Partial<Record<AgentKey, Executor | ExecutorDefinition>>
-/** @deprecated the old name of Executors. */
-export type ExecutorMap = Executors
 
 /** A configured agent: what runs, how it is named in logs and metrics, and its call policy. */
 export interface Agent {
@@ -46,7 +44,7 @@ export interface Agent {
 
 export type AgentRoutes = { default: Agent } & Partial<Record<TaskType, Agent>>
 
-export const DEFAULT_POLICY: AgentPolicy = { timeout_ms: 120_000, max_attempts: 1, backoff_ms: 1000, max_backoff_ms: 60_000 }
+export { DEFAULT_POLICY }
 
 /** Demo agent: answers with the instruction itself. Real agents are configured per task type. */
 export const echoExecutor: Executor = async (task) => ({ result: task.instruction, confidence: 1 })

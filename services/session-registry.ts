@@ -3,6 +3,12 @@ import { cloneSessionFile, currentIndex, isoNow, progressOf, type Progress, type
 import type { SessionStore } from './store.js'
 
 /** The working copy a change edits. Setting `file` to null deletes the session. */
+/** The draft's session, or SessionNotFoundError when it does not exist (or is being deleted). */
+export function liveFile (draft: Draft): SessionFile {
+  if (draft.file === null) throw new SessionNotFoundError(draft.sessionId)
+  return draft.file
+}
+
 export interface Draft {
   readonly sessionId: string
   file: SessionFile | null
@@ -113,6 +119,14 @@ export class SessionRegistry {
   /** The durable state of a session, or null if it does not exist. */
   find (sessionId: string): SessionFile | null {
     return this.slots.get(sessionId)?.file ?? null
+  }
+
+  /**
+   * Resolves once every change queued for the session so far has settled, whatever came of
+   * them: a read that finds nothing can then tell "gone" from "a change was still on its way".
+   */
+  async settle (sessionId: string): Promise<void> {
+    await this.change(sessionId, () => unchanged(undefined)).catch(() => {})
   }
 
   /** Sessions known, including ones whose first save is still under way. */

@@ -4,7 +4,7 @@ import { ArchivedSessions, type ArchivedSessionSummary, type RetentionCutoffs } 
 import { InvalidSessionIdError, LimitExceededError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError } from './errors.js'
 import { resolveAgents, type AgentRoutes, type Executors } from './executors.js'
 import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, type Progress, type SessionFile, type Task, type TaskSpec } from './session.js'
-import { SessionRegistry, unchanged, type Draft, type SessionSummary, type Totals } from './session-registry.js'
+import { SessionRegistry, liveFile, unchanged, type SessionSummary, type Totals } from './session-registry.js'
 import type { ArchivedSession, SessionStore } from './store.js'
 import { TaskRunner } from './task-runner.js'
 
@@ -262,7 +262,7 @@ export class TaskManager {
     if (archived !== null) return { file: archived.file, archived: true }
     // Being brought back by a create: its file has left the archive but the change is still
     // in the session's queue. Waiting behind it (a change that does nothing) settles which.
-    await this.registry.change(sessionId, () => unchanged(undefined)).catch(noop)
+    await this.registry.settle(sessionId)
     return { file: this.get(sessionId), archived: false }
   }
 
@@ -340,7 +340,7 @@ export class TaskManager {
   async delete (sessionId: string): Promise<void> {
     if (!this.archived.has(sessionId) && this.registry.find(sessionId) === null) {
       // Perhaps being brought back from the archive right now: settle behind its change first.
-      await this.registry.change(sessionId, () => unchanged(undefined)).catch(noop)
+      await this.registry.settle(sessionId)
       this.registry.existing(sessionId)
     }
     await this.registry.change(sessionId, (draft) => {
@@ -421,10 +421,6 @@ export class TaskManager {
   }
 }
 
-function liveFile (draft: Draft): SessionFile {
-  if (draft.file === null) throw new SessionNotFoundError(draft.sessionId)
-  return draft.file
-}
 
 /** Merges two lists sorted newest `updated_at` first. */
 function mergeNewestFirst<A extends { updated_at: string }, B extends { updated_at: string }> (a: A[], b: B[]): Array<A | B> {
@@ -450,4 +446,3 @@ function isArchivable (file: SessionFile, cutoff: Date): boolean {
   return finished !== null && Date.parse(finished) < cutoff.getTime()
 }
 
-function noop (): void {}

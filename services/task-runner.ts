@@ -5,7 +5,7 @@ import { callAgent, errorMessage } from './agent-call.js'
 import { AgentError, CancelledError, NoPendingTaskError, NotRunningError, SessionBusyError, SessionNotFoundError, ShuttingDownError } from './errors.js'
 import { agentFor, retryDelay, type AgentRoutes, type ExecutionResult } from './executors.js'
 import { isoNow, truncateUtf8, type Progress, type SessionFile, type Task } from './session.js'
-import { unchanged, type Draft, type SessionRegistry } from './session-registry.js'
+import { liveFile, unchanged, type SessionRegistry } from './session-registry.js'
 import type { ExecutedTask, Logger, TaskManagerEvents } from './task-manager.js'
 
 export interface TaskRunnerOptions {
@@ -311,7 +311,3 @@ interface Run {
 
 function noop (): void {}
 
-function liveFile (draft: Draft): SessionFile {
-  if (draft.file === null) throw new SessionNotFoundError(draft.sessionId)
-  return draft.file
-}

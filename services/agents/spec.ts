@@ -62,6 +62,9 @@ export type AgentPolicy = Pick<AgentSpec, keyof typeof Policy>
 
 const checkPolicyFields = TypeCompiler.Compile(Type.Object(Policy))
 
+/** The call policy of an agent that names none: the defaults above, in one place. */
+export const DEFAULT_POLICY = Value.Create(Type.Object(Policy)) as AgentPolicy
+
 /**
  * Checks the call policy of a programmatic executor (`executors.<key>`), with the bounds of
  * TASK_AGENTS specs: undefined fields take the defaults, anything else must be in range.
