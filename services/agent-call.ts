@@ -21,6 +21,8 @@ export interface AgentCall {
  */
 export async function callAgent (call: AgentCall, report: (outcome: CallOutcome, ms: number) => void): Promise<ExecutionResult> {
   const { agent, task } = call
+  // Cancelled (or shut down) before the call began: no call is made, and none is reported.
+  call.signal.throwIfAborted()
   const timeout = new AbortController()
   const timer = setTimeout(() => {
     timeout.abort(new AgentError(`${agent.kind} agent timed out after ${agent.policy.timeout_ms} ms`, { transient: true }))
@@ -44,12 +46,15 @@ export async function callAgent (call: AgentCall, report: (outcome: CallOutcome,
   }
 }
 
-/** Settles with the promise, or rejects as soon as the signal aborts. */
+/**
+ * Settles with the promise, or rejects as soon as the signal aborts. Either way the promise
+ * stays observed: a loser that rejects later must not become an unhandled rejection.
+ */
 export function abortable<T> (promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason)
   return new Promise<T>((resolve, reject) => {
     const onAbort = (): void => reject(signal.reason)
-    signal.addEventListener('abort', onAbort, { once: true })
+    if (signal.aborted) onAbort()
+    else signal.addEventListener('abort', onAbort, { once: true })
     promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
   })
 }
