@@ -20,13 +20,16 @@ export interface PersistencePluginOptions {
   lockStaleMs?: number
   /** File-system seam, for fault injection in tests. */
   fs?: FsSeam
+  /** Largest stored form of one session, in bytes (TASK_MAX_SESSION_BYTES). */
+  maxSessionBytes?: number
 }
 
 export const PersistenceOptionsSchema = Type.Object({
   storageDir: fromSetting('TASK_STORAGE_DIR'),
   lockRefreshMs: fromSetting('TASK_LOCK_REFRESH_MS'),
   lockStaleMs: fromSetting('TASK_LOCK_STALE_MS'),
-  fs: Type.Optional(Type.Object({}))
+  fs: Type.Optional(Type.Object({})),
+  maxSessionBytes: fromSetting('TASK_MAX_SESSION_BYTES')
 }, { additionalProperties: false })
 
 /** The session store: one durable JSON file per session in the storage folder. */
@@ -35,6 +38,7 @@ export default fp<PersistencePluginOptions>(async function persistencePlugin (ap
   const store = new FileSessionStore({
     dir: options.storageDir ?? setting(app, 'TASK_STORAGE_DIR'),
     fs: options.fs,
+    maxSessionBytes: options.maxSessionBytes ?? setting(app, 'TASK_MAX_SESSION_BYTES'),
     lock: {
       refreshMs: options.lockRefreshMs ?? setting(app, 'TASK_LOCK_REFRESH_MS'),
       staleMs: options.lockStaleMs ?? setting(app, 'TASK_LOCK_STALE_MS')

@@ -46,6 +46,15 @@ export class LimitExceededError extends TaskvaultError {
   }
 }
 
+/** A change would make the session's stored form larger than TASK_MAX_SESSION_BYTES. */
+export class SessionTooLargeError extends LimitExceededError {
+  constructor (readonly sessionId: string, readonly maxBytes: number) {
+    super(Number.isFinite(maxBytes)
+      ? `session '${sessionId}' would take more than ${maxBytes} bytes stored (TASK_MAX_SESSION_BYTES); nothing was changed`
+      : `${sessionId} is too large to store; nothing was changed`)
+  }
+}
+
 /** TASK_MAX_SESSIONS reached: no room for another session. */
 export class SessionLimitError extends TaskvaultError {
   constructor (max: number) {

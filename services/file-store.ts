@@ -9,7 +9,7 @@ import { CoalescedRun } from './coalesce.js'
 import { CorruptSessionFileError, InvalidSessionIdError, StorageError, TaskvaultError } from './errors.js'
 import { nodeFs, type FsSeam } from './fs-seam.js'
 import { ReaderPool } from './reader-pool.js'
-import { ARCHIVED_FILE, DIR_MODE, FILE_MODE, TEMP_FILE, fsyncDir, parseSessionFile, readWhole, writeAndRename } from './session-files.js'
+import { ARCHIVED_FILE, DIR_MODE, FILE_MODE, TEMP_FILE, fsyncDir, parseSessionFile, readWhole, serializeSessionFile, writeAndRename } from './session-files.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
 import type { ArchivedSession, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents } from './store.js'
 
@@ -23,6 +23,8 @@ export interface FileSessionStoreOptions {
   fs?: FsSeam
   /** Pretty-printed by default so operators can read and diff session files. */
   indent?: number
+  /** A session whose stored form would pass this many bytes is refused (TASK_MAX_SESSION_BYTES); unbounded when omitted. */
+  maxSessionBytes?: number
   /** Hold the folder's single-writer lock from init to close (the server does; tools reading a copy need not). */
   lock?: StorageLockOptions
 }
@@ -41,6 +43,7 @@ export class FileSessionStore implements SessionStore {
   readonly events = new EventEmitter<SessionStoreEvents>()
   private readonly fs: FsSeam
   private readonly indent: number
+  private readonly maxSessionBytes: number
   private readonly dirSync: CoalescedRun
   private readonly lock: StorageLock | null
   private readonly archiveIndex = new ArchiveIndex()
@@ -54,6 +57,7 @@ export class FileSessionStore implements SessionStore {
     this.corruptDir = join(this.dir, 'corrupt')
     this.fs = options.fs ?? nodeFs
     this.indent = options.indent ?? 2
+    this.maxSessionBytes = options.maxSessionBytes ?? Number.POSITIVE_INFINITY
     this.dirSync = new CoalescedRun(() => fsyncDir(this.fs, this.dir))
     this.lock = options.lock ? new StorageLock(this.dir, this.fs, options.lock) : null
   }
@@ -112,7 +116,7 @@ export class FileSessionStore implements SessionStore {
       throw new TaskvaultError('INVALID_SESSION_STATE', `refusing to save session '${file.session_id}': ${first?.path ?? ''} ${first?.message ?? ''}`)
     }
     const target = this.pathFor(file.session_id)
-    const data = Buffer.from(JSON.stringify(file, null, this.indent) + '\n', 'utf8')
+    const data = await serializeSessionFile(file, this.indent, this.maxSessionBytes)
     try {
       await writeAndRename(this.fs, this.tempPath(file.session_id), target, data)
     } catch (err) {

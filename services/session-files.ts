@@ -2,7 +2,7 @@ import { constants } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { StoredSessionFile, type SessionFile } from '../schemas/session.js'
-import { CorruptSessionFileError } from './errors.js'
+import { CorruptSessionFileError, SessionTooLargeError } from './errors.js'
 import type { FsSeam } from './fs-seam.js'
 import { normalizeSessionFile } from './session.js'
 
@@ -95,6 +95,94 @@ export async function fsyncDir (fs: FsSeam, dir: string): Promise<void> {
 
 function noop (): void {}
 
+/** How much JSON is made between two turns of the event loop while a large session is serialized. */
+const SERIALIZE_SLICE_BYTES = 1024 * 1024
+/** The session file is serialized piece by piece down to this depth: the file, the session, its tasks. */
+const SLICED_DEPTH = 3
+
+/**
+ * `JSON.stringify(file, null, indent) + '\n'` as bytes. A large session is made piece by piece
+ * (each task on its own), yielding to the event loop between slices, so it neither blocks the
+ * server for seconds nor meets V8's string limit. Stops as soon as the bytes pass `maxBytes`
+ * and throws SessionTooLargeError: nothing is written for a session over the bound.
+ */
+export async function serializeSessionFile (file: SessionFile, indent: number, maxBytes: number): Promise<Buffer> {
+  // The common case, a session of a few small tasks, is one stringify.
+  if (textLength(file) < SERIALIZE_SLICE_BYTES) {
+    const data = Buffer.from(JSON.stringify(file, null, indent) + '\n', 'utf8')
+    if (data.length > maxBytes) throw new SessionTooLargeError(file.session_id, maxBytes)
+    return data
+  }
+  const writer = new SlicedWriter(file.session_id, ' '.repeat(indent), maxBytes)
+  await writer.value(file, 0)
+  writer.emit('\n')
+  return writer.bytes()
+}
+
+/** Characters of free text in a session: what its serialized size grows with. */
+function textLength (file: SessionFile): number {
+  let length = 0
+  for (const task of file.session.tasks) length += 256 + task.instruction.length + (task.result?.length ?? 0) + (task.error?.length ?? 0)
+  return length
+}
+
+class SlicedWriter {
+  private readonly chunks: Buffer[] = []
+  private size = 0
+  private sinceYield = 0
+
+  constructor (private readonly sessionId: string, private readonly unit: string, private readonly maxBytes: number) {}
+
+  emit (text: string): void {
+    const chunk = Buffer.from(text, 'utf8')
+    this.size += chunk.length
+    if (this.size > this.maxBytes) throw new SessionTooLargeError(this.sessionId, this.maxBytes)
+    this.chunks.push(chunk)
+    this.sinceYield += chunk.length
+  }
+
+  bytes (): Buffer {
+    return Buffer.concat(this.chunks, this.size)
+  }
+
+  async value (value: unknown, depth: number): Promise<void> {
+    const pad = this.unit.repeat(depth)
+    if (depth >= SLICED_DEPTH || typeof value !== 'object' || value === null) {
+      let text: string
+      try {
+        text = JSON.stringify(value, null, this.unit) ?? 'null'
+      } catch (err) {
+        // One piece past V8's string limit is far past any bound a session may have.
+        if (err instanceof RangeError) throw new SessionTooLargeError(this.sessionId, this.maxBytes)
+        throw err
+      }
+      // Strings inside JSON never hold a raw newline, so every newline is the layout's.
+      this.emit(this.unit === '' ? text : text.replaceAll('\n', '\n' + pad))
+      if (this.sinceYield >= SERIALIZE_SLICE_BYTES) {
+        this.sinceYield = 0
+        await new Promise((resolve) => setImmediate(resolve))
+      }
+      return
+    }
+    const inner = pad + this.unit
+    const newline = this.unit === '' ? '' : '\n'
+    const colon = this.unit === '' ? ':' : ': '
+    const entries: Array<[string | null, unknown]> = Array.isArray(value)
+      ? value.map((item) => [null, item])
+      : Object.entries(value).filter(([, item]) => item !== undefined && typeof item !== 'function')
+    const [open, close] = Array.isArray(value) ? ['[', ']'] : ['{', '}']
+    if (entries.length === 0) return this.emit(open + close)
+    this.emit(open + newline)
+    for (let i = 0; i < entries.length; i++) {
+      const [key, item] = entries[i] as [string | null, unknown]
+      this.emit(inner + (key === null ? '' : JSON.stringify(key) + colon))
+      await this.value(item === undefined ? null : item, depth + 1)
+      this.emit(i < entries.length - 1 ? ',' + newline : newline)
+    }
+    this.emit(pad + close)
+  }
+}
+
 /** The pattern admits 2020-13-45; Date.parse does not. Returns the first such value. */
 function invalidTimestamp (file: StoredSessionFile): string | null {
   if (!realTimestamp(file.created_at)) return file.created_at
@@ -108,16 +196,24 @@ function invalidTimestamp (file: StoredSessionFile): string | null {
 }
 
 /**
- * For a value that matched the Timestamp pattern: does it name a real time? Fields in their
- * everyday ranges are settled here without Date.parse (a third of restore's CPU otherwise);
- * the rare edge (day 29 to 31, hour 24, out-of-range fields) is left to Date.parse.
+ * For a value that matched the Timestamp pattern: does it name a real time? Checked field by
+ * field: Date.parse would roll 2025-02-30 over into March, and costs a third of restore's CPU.
  */
 function realTimestamp (value: string): boolean {
+  const year = twoDigits(value, 0) * 100 + twoDigits(value, 2)
   const month = twoDigits(value, 5)
   const day = twoDigits(value, 8)
-  if (month >= 1 && month <= 12 && day >= 1 && day <= 28 && twoDigits(value, 11) <= 23 &&
-    twoDigits(value, 14) <= 59 && twoDigits(value, 17) <= 59 && value.endsWith('Z')) return true
-  return !Number.isNaN(Date.parse(value))
+  if (month < 1 || month > 12 || day < 1 || day > daysInMonth(year, month)) return false
+  if (twoDigits(value, 11) > 23 || twoDigits(value, 14) > 59 || twoDigits(value, 17) > 59) return false
+  // An offset, when there is one, stands at the end: +hh:mm.
+  const zone = value.length - 6
+  if (value.endsWith('Z')) return true
+  return twoDigits(value, zone + 1) <= 23 && twoDigits(value, zone + 4) <= 59
+}
+
+function daysInMonth (year: number, month: number): number {
+  if (month === 2) return (year % 4 === 0 && year % 100 !== 0) || year % 400 === 0 ? 29 : 28
+  return month === 4 || month === 6 || month === 9 || month === 11 ? 30 : 31
 }
 
 function twoDigits (text: string, at: number): number {

@@ -2,7 +2,7 @@ import type { EventEmitter } from 'node:events'
 import { setMaxListeners } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { callAgent, errorMessage } from './agent-call.js'
-import { AgentError, CancelledError, NoPendingTaskError, NotRunningError, SessionBusyError, SessionNotFoundError, ShuttingDownError } from './errors.js'
+import { AgentError, CancelledError, NoPendingTaskError, NotRunningError, SessionBusyError, SessionNotFoundError, SessionTooLargeError, ShuttingDownError } from './errors.js'
 import { agentFor, retryDelay, type AgentRoutes, type ExecutionResult } from './executors.js'
 import { isoNow, truncateUtf8, type Progress, type SessionFile, type Task } from './session.js'
 import { liveFile, unchanged, type SessionRegistry } from './session-registry.js'
@@ -269,10 +269,28 @@ export class TaskRunner {
         break
       }
     }
-    const finishedId = taskId
+    try {
+      return await this.finish(sessionId, taskId, outcome)
+    } catch (err) {
+      if (!(err instanceof SessionTooLargeError)) throw err
+      // The result does not fit: the task fails, rather than running again and again.
+      const bytes = Buffer.byteLength(outcome.result ?? '')
+      this.log.warn({ session_id: sessionId, task_id: taskId, result_bytes: bytes, limit: err.maxBytes }, 'Result does not fit in the session; task failed')
+      return this.finish(sessionId, taskId, {
+        status: 'Failed',
+        result: null,
+        error: `the result (${bytes} bytes) would make the session larger than TASK_MAX_SESSION_BYTES (${err.maxBytes} bytes stored); it was not kept`,
+        confidence: null
+      })
+    }
+  }
+
+  /** Records how the task's call ended: what the client is answered once it is durable. */
+  private finish (sessionId: string, taskId: string, outcome: Outcome): Promise<ExecutedTask> {
     return this.registry.change(sessionId, (draft) => {
-      const task = liveFile(draft).session.tasks.find((t) => t.id === finishedId)
+      const task = liveFile(draft).session.tasks.find((t) => t.id === taskId)
       if (task === undefined) throw new SessionNotFoundError(sessionId)
+      delete task.result_truncated
       Object.assign(task, outcome, { completed_at: isoNow(draft.now) })
       return { task_id: task.id, instruction: task.instruction, status: task.status, result: task.result, error: task.error, confidence: task.confidence, ...(task.result_truncated === true && { result_truncated: true }) }
     })

@@ -1,0 +1,115 @@
+/**
+ * TASK_MAX_SESSION_BYTES: a session can never grow past what can be saved (and read back).
+ * A change over the bound is refused whole; a result over it fails its task once, not forever.
+ * Also: the sliced serializer writes exactly what JSON.stringify would, and impossible dates
+ * in stored files are refused.
+ */
+import { readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import t from 'tap'
+import type { SessionFile } from '../schemas/session.js'
+import { SessionTooLargeError } from '../services/errors.js'
+import { FileSessionStore } from '../services/file-store.js'
+import { serializeSessionFile } from '../services/session-files.js'
+import { createTasks, storedTasks } from './agents-fakes.js'
+import { build, get, post, tempDir } from './helper.js'
+
+const AT = '2024-01-15T10:30:00.000Z'
+
+function sessionWith (id: string, results: Array<string | null>): SessionFile {
+  return {
+    session_id: id,
+    created_at: AT,
+    updated_at: AT,
+    session: {
+      session_id: id,
+      current_index: 0,
+      tasks: results.map((result, i) => ({
+        id: `task_${i + 1}_1705314600`, instruction: `step ${i} "quoted" ünï ✓\n`, task_type: 'General', status: result === null ? 'Pending' : 'Completed',
+        result, error: null, confidence: result === null ? null : 0.5, created_at: AT, started_at: null, completed_at: null, attempts: 0
+      }))
+    },
+    background_run: { started_at: AT }
+  }
+}
+
+t.test('the serializer writes exactly what JSON.stringify writes, small or sliced, any indent', async (t) => {
+  const controls = Array.from({ length: 32 }, (_, code) => String.fromCharCode(code)).join('')
+  const cases: SessionFile[] = [
+    sessionWith('empty', []),
+    sessionWith('small', ['ok', null]),
+    // Past a slice: made piece by piece, yielding between tasks.
+    sessionWith('large', [controls.repeat(20_000), 'é✓'.repeat(300_000), null, '\u2028\u2029"\\'.repeat(100_000)])
+  ]
+  for (const file of cases) {
+    for (const indent of [0, 2, 4]) {
+      const bytes = await serializeSessionFile(file, indent, Number.POSITIVE_INFINITY)
+      t.ok(bytes.equals(Buffer.from(JSON.stringify(file, null, indent) + '\n')), `${file.session_id}, indent ${indent}`)
+    }
+  }
+})
+
+t.test('the serializer stops at the bound, escapes counted', async (t) => {
+  // 100,000 control characters take 600,000 bytes escaped.
+  const file = sessionWith('escaped', ['\u0001'.repeat(100_000), '\u0001'.repeat(100_000), null])
+  const exact = Buffer.byteLength(JSON.stringify(file, null, 2) + '\n')
+  t.equal((await serializeSessionFile(file, 2, exact)).length, exact, 'exactly at the bound is allowed')
+  await t.rejects(serializeSessionFile(file, 2, exact - 1), SessionTooLargeError)
+  await t.rejects(serializeSessionFile(file, 2, 700_000), { code: 'LIMIT_EXCEEDED', message: /TASK_MAX_SESSION_BYTES/ })
+})
+
+t.test('a create that would pass TASK_MAX_SESSION_BYTES is a 400 LIMIT_EXCEEDED and changes nothing', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, config: { TASK_MAX_SESSION_BYTES: 100 * 1024 } })
+  const chunk = 'x'.repeat(40_000)
+  t.equal((await post(app, '/create', { session_id: 'big', tasks: [{ instruction: chunk }] })).statusCode, 200)
+  t.equal((await post(app, '/create', { session_id: 'big', tasks: [{ instruction: chunk }] })).statusCode, 200)
+  const before = await readFile(join(dir, 'big.json'), 'utf8')
+  const refused = await post(app, '/create', { session_id: 'big', tasks: [{ instruction: chunk }] })
+  t.equal(refused.statusCode, 400)
+  t.match(refused.json(), { statusCode: 400, code: 'LIMIT_EXCEEDED', error: 'Bad Request', message: /TASK_MAX_SESSION_BYTES/ })
+  t.equal(await readFile(join(dir, 'big.json'), 'utf8'), before, 'the file is as it was')
+  t.match((await get(app, '/progress?session_id=big')).json(), { total: 2 }, 'memory is as it was')
+  t.equal((await post(app, '/create', { session_id: 'big', tasks: [{ instruction: 'small' }] })).statusCode, 200, 'a change that fits still goes through')
+})
+
+t.test('a result that would pass TASK_MAX_SESSION_BYTES fails its task once, with a clear error; the session carries on', async (t) => {
+  const dir = await tempDir(t)
+  let calls = 0
+  const app = await build(t, {
+    dir,
+    config: { TASK_MAX_SESSION_BYTES: 256 * 1024 },
+    // 60,000 control characters: 360,000 bytes once escaped, past the bound.
+    executors: { default: async (task) => { calls++; return { result: task.instruction === 'huge' ? '\u0007'.repeat(60_000) : 'fine' } } }
+  })
+  const [huge, next] = await createTasks(app, 'growing', [{ instruction: 'huge' }, { instruction: 'next' }])
+  const first = await post(app, '/execute', { session_id: 'growing' })
+  t.equal(first.statusCode, 200, first.body)
+  t.match(first.json(), { task_id: huge, status: 'Failed', result: null, error: /TASK_MAX_SESSION_BYTES/ })
+  const second = await post(app, '/execute', { session_id: 'growing' })
+  t.match(second.json(), { task_id: next, status: 'Completed', result: 'fine' }, 'the next execute runs the next task, not the same one again')
+  t.equal(calls, 2, 'the agent was called once per task')
+  t.match(await storedTasks(dir, 'growing'), [{ id: huge, status: 'Failed', result: null }, { id: next, status: 'Completed' }])
+})
+
+t.test('stored dates that do not exist are refused at restore (2025-02-30, 2025-02-29, 24:00, +25:00)', async (t) => {
+  const dir = await tempDir(t)
+  const store = new FileSessionStore({ dir })
+  await store.init()
+  const withCreated = (id: string, createdAt: string): string => JSON.stringify({ ...sessionWith(id, []), created_at: createdAt })
+  const files: Record<string, string> = {
+    'feb30.json': withCreated('feb30', '2025-02-30T00:00:00.000Z'),
+    'feb29.json': withCreated('feb29', '2025-02-29T12:00:00Z'),
+    'apr31.json': withCreated('apr31', '2025-04-31T12:00:00Z'),
+    'hour24.json': withCreated('hour24', '2025-01-01T24:00:00Z'),
+    'offset.json': withCreated('offset', '2025-01-01T10:00:00+25:00'),
+    'leap.json': withCreated('leap', '2024-02-29T23:59:59.999Z'),
+    'dec31.json': withCreated('dec31', '2025-12-31T00:00:00+05:30')
+  }
+  for (const [name, text] of Object.entries(files)) await writeFile(join(dir, name), text)
+  const result = await store.loadAll({ concurrency: 1 })
+  t.strictSame(result.sessions.map((s) => s.file.session_id).sort(), ['dec31', 'leap'])
+  t.strictSame(result.failures.map((f) => f.name).sort(), ['apr31.json', 'feb29.json', 'feb30.json', 'hour24.json', 'offset.json'])
+  for (const failure of result.failures) t.match(failure.reason, /impossible date/)
+  await store.close()
+})
