@@ -34,6 +34,9 @@ export interface TaskManagerPluginOptions {
   maxInterruptions?: number
   /** Resume background runs a restart interrupted (TASK_RESUME_ON_START). */
   resumeOnStart?: boolean
+  /** Waits of a background run stopped by a storage fault (TASK_RUN_RETRY_MS, TASK_RUN_RETRY_MAX_MS). */
+  runRetryMs?: number
+  runRetryMaxMs?: number
   /** Time source for timestamps (tests). */
   clock?: () => Date
 }
@@ -52,6 +55,8 @@ export const TaskManagerOptionsSchema = Type.Object({
   env: Type.Optional(Type.Record(Type.String(), Type.Union([Type.String(), Type.Undefined()]))),
   maxInterruptions: fromSetting('TASK_MAX_INTERRUPTIONS'),
   resumeOnStart: fromSetting('TASK_RESUME_ON_START'),
+  runRetryMs: fromSetting('TASK_RUN_RETRY_MS'),
+  runRetryMaxMs: fromSetting('TASK_RUN_RETRY_MAX_MS'),
   autoSave: fromSetting('TASK_AUTO_SAVE'),
   restoreConcurrency: fromSetting('TASK_RESTORE_CONCURRENCY'),
   shutdownGraceMs: fromSetting('TASK_SHUTDOWN_GRACE_MS'),
@@ -78,6 +83,8 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
     env,
     maxInterruptions: options.maxInterruptions ?? setting(app, 'TASK_MAX_INTERRUPTIONS'),
     resumeOnStart: options.resumeOnStart ?? setting(app, 'TASK_RESUME_ON_START'),
+    runRetryMs: options.runRetryMs ?? setting(app, 'TASK_RUN_RETRY_MS'),
+    runRetryMaxMs: options.runRetryMaxMs ?? setting(app, 'TASK_RUN_RETRY_MAX_MS'),
     autoSave: options.autoSave ?? setting(app, 'TASK_AUTO_SAVE'),
     restoreConcurrency: options.restoreConcurrency ?? setting(app, 'TASK_RESTORE_CONCURRENCY'),
     shutdownGraceMs: options.shutdownGraceMs ?? setting(app, 'TASK_SHUTDOWN_GRACE_MS'),

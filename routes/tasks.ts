@@ -53,7 +53,11 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     const sessionId = request.query.session_id
     // Active sessions answer from memory without waiting on anything; archived ones are read.
     const active = manager.activeProgress(sessionId)
-    if (active !== null) return progressBody(sessionId, active, manager.isRunning(sessionId))
+    if (active !== null) {
+      const body = progressBody(sessionId, active, manager.isRunning(sessionId))
+      const waiting = body.running ? manager.waitingFor(sessionId) : null
+      return waiting === null ? body : { ...body, waiting }
+    }
     const { progress, archived } = await manager.findProgress(sessionId)
     return { ...progressBody(sessionId, progress, false), ...(archived && { archived }) }
   })

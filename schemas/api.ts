@@ -95,6 +95,7 @@ export const ProgressResponse = Type.Composite([
   Progress,
   Type.Object({
     running: Type.Boolean({ description: 'An execution (foreground or background) holds the session now' }),
+    waiting: Type.Optional(Type.Literal('storage', { description: 'The background run is waiting for storage (a full or failing disk) and goes on by itself once saves succeed' })),
     archived: Archived
   })
 ], { examples: [{ session_id: 'important_work', ...exampleProgress, running: false }] })

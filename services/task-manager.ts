@@ -6,7 +6,7 @@ import { resolveAgents, type AgentRoutes, type Executors } from './executors.js'
 import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, type Progress, type SessionFile, type Task, type TaskSpec } from './session.js'
 import { SessionRegistry, liveFile, unchanged, type SessionSummary, type Totals } from './session-registry.js'
 import type { ArchivedSession, SessionStore } from './store.js'
-import { TaskRunner } from './task-runner.js'
+import { TaskRunner, type Waiting } from './task-runner.js'
 
 /** The subset of pino's API the manager logs through, so it runs without Fastify. */
 export interface Logger {
@@ -49,6 +49,9 @@ export interface TaskManagerOptions {
   restoreConcurrency?: number
   /** How long running executions may take to finish at shutdown before they are aborted. */
   shutdownGraceMs?: number
+  /** A background run stopped by a storage fault tries again after this, doubling up to `runRetryMaxMs`. */
+  runRetryMs?: number
+  runRetryMaxMs?: number
   clock?: () => Date
   logger?: Logger
 }
@@ -143,7 +146,9 @@ export class TaskManager {
       events: this.events,
       log: this.log,
       maxResultBytes: this.limits.maxResultBytes,
-      shutdownGraceMs: this.shutdownGraceMs
+      shutdownGraceMs: this.shutdownGraceMs,
+      runRetryMs: options.runRetryMs ?? 1000,
+      runRetryMaxMs: options.runRetryMaxMs ?? 60_000
     })
     this.archived = new ArchivedSessions({ registry: this.registry, store: this.store, logger: this.log })
   }
@@ -334,6 +339,11 @@ export class TaskManager {
   /** True while an execution (foreground or background) holds the session. */
   isRunning (sessionId: string): boolean {
     return this.runner.isRunning(sessionId)
+  }
+
+  /** What the session's background run waits for before it goes on (a failing disk), if anything. */
+  waitingFor (sessionId: string): Waiting | null {
+    return this.runner.waitingFor(sessionId)
   }
 
   /** Deletes a session and its file, or its archived files. Refused while it executes. */

@@ -2,7 +2,7 @@ import type { EventEmitter } from 'node:events'
 import { setMaxListeners } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { callAgent, errorMessage } from './agent-call.js'
-import { AgentError, CancelledError, NoPendingTaskError, NotRunningError, SessionBusyError, SessionNotFoundError, SessionTooLargeError, ShuttingDownError } from './errors.js'
+import { AgentError, CancelledError, NoPendingTaskError, NotRunningError, SessionBusyError, SessionNotFoundError, SessionTooLargeError, ShuttingDownError, StorageError } from './errors.js'
 import { agentFor, retryDelay, type AgentRoutes, type ExecutionResult } from './executors.js'
 import { isoNow, truncateUtf8, type Progress, type SessionFile, type Task } from './session.js'
 import { liveFile, unchanged, type SessionRegistry } from './session-registry.js'
@@ -16,6 +16,10 @@ export interface TaskRunnerOptions {
   /** Results (and error messages) longer than this are cut. */
   maxResultBytes: number
   shutdownGraceMs: number
+  /** A background run stopped by a storage fault tries again after this, doubling (TASK_RUN_RETRY_MS). */
+  runRetryMs: number
+  /** The longest of those waits (TASK_RUN_RETRY_MAX_MS). */
+  runRetryMaxMs: number
 }
 
 /**
@@ -30,7 +34,11 @@ export class TaskRunner {
   private readonly log: Logger
   private readonly maxResultBytes: number
   private readonly shutdownGraceMs: number
+  private readonly runRetryMs: number
+  private readonly runRetryMaxMs: number
   private readonly abort = new AbortController()
+  /** Aborted when shutdown begins: ends waits that would otherwise outlast it. */
+  private readonly closingSignal = new AbortController()
   private readonly running = new Set<Promise<unknown>>()
   private readonly runs = new Map<string, Run>()
   private closing = false
@@ -42,6 +50,8 @@ export class TaskRunner {
     this.log = options.log
     this.maxResultBytes = options.maxResultBytes
     this.shutdownGraceMs = options.shutdownGraceMs
+    this.runRetryMs = options.runRetryMs
+    this.runRetryMaxMs = options.runRetryMaxMs
     // Every running execution listens on this one signal; many at once is normal, not a leak.
     setMaxListeners(0, this.abort.signal)
   }
@@ -118,12 +128,18 @@ export class TaskRunner {
     return this.runs.has(sessionId)
   }
 
+  /** What a running background run is waiting for before it goes on, if anything. */
+  waitingFor (sessionId: string): Waiting | null {
+    return this.runs.get(sessionId)?.waiting ?? null
+  }
+
   /**
    * Stops starting tasks, gives running executions the grace period to finish, then aborts
    * their agent calls (their tasks stay InProgress on disk and run again after restart).
    */
   async shutdown (): Promise<void> {
     this.closing = true
+    this.closingSignal.abort()
     if (this.running.size === 0) return
     const settled = Promise.allSettled([...this.running])
     const grace = new AbortController()
@@ -148,6 +164,7 @@ export class TaskRunner {
       background,
       cancelledTaskId: null,
       error: null,
+      waiting: null,
       done: new Promise<void>((resolve) => { ended = resolve })
     }
     const execution = body(run)
@@ -178,18 +195,37 @@ export class TaskRunner {
     return results
   }
 
-  /** A background run: ends by clearing its record, unless shutdown interrupts it (then it resumes after restart). */
+  /**
+   * A background run: ends by clearing its record, unless shutdown interrupts it (then it
+   * resumes after restart). A storage fault (a full or failing disk) does not end it: it waits,
+   * with backoff, and goes on by itself once saves succeed again.
+   */
   private async backgroundRun (sessionId: string, run: Run): Promise<void> {
-    try {
-      const results = await this.runAll(sessionId, run)
-      // Stopped by shutdown: the record stays, so the run resumes after restart.
-      if (this.closing && !run.controller.signal.aborted) return
-      await this.endRecordedRun(sessionId)
-      this.log.info({ session_id: sessionId, executed: results.length, cancelled: run.controller.signal.aborted }, 'Background run finished')
-    } catch (err) {
-      run.error = err as Error
-      if (err instanceof ShuttingDownError) return
-      this.log.error({ session_id: sessionId, err }, 'Background run stopped')
+    let delay = this.runRetryMs
+    for (;;) {
+      try {
+        const results = await this.runAll(sessionId, run)
+        // Stopped by shutdown: the record stays, so the run resumes after restart.
+        if (this.closing && !run.controller.signal.aborted) return
+        await this.endRecordedRun(sessionId)
+        this.log.info({ session_id: sessionId, executed: results.length, cancelled: run.controller.signal.aborted }, 'Background run finished')
+        return
+      } catch (err) {
+        run.error = err as Error
+        if (err instanceof ShuttingDownError) return
+        if (!(err instanceof StorageError) || run.signal.aborted || this.closing) {
+          this.log.error({ session_id: sessionId, err }, 'Background run stopped')
+          return
+        }
+        this.log.warn({ session_id: sessionId, err, retry_in_ms: delay }, 'Background run waiting for storage; it goes on by itself once saves succeed')
+        run.waiting = 'storage'
+        await sleep(delay, undefined, { signal: AbortSignal.any([run.signal, this.closingSignal.signal]) }).catch(noop)
+        run.waiting = null
+        run.error = null
+        delay = Math.min(delay * 2, this.runRetryMaxMs)
+        // Shutdown during the wait: the record stays and the run resumes after restart.
+        if (this.closing && !run.controller.signal.aborted) return
+      }
     }
   }
 
@@ -312,6 +348,9 @@ export class TaskRunner {
   }
 }
 
+/** What a run can be waiting for: today only storage (a full or failing disk). */
+export type Waiting = 'storage'
+
 type Outcome = Pick<Task, 'status' | 'result' | 'error' | 'confidence' | 'result_truncated'>
 
 /** One execution holding a session: its cancel switch and how it ended. */
@@ -323,6 +362,8 @@ interface Run {
   cancelledTaskId: string | null
   /** Why the execution failed, if it did (a failed save, shutdown). */
   error: Error | null
+  /** A background run waiting for storage to work again before it goes on. */
+  waiting: Waiting | null
   /** Resolves (never rejects) once the execution has ended and let go of the session. */
   done: Promise<void>
 }

@@ -8,13 +8,11 @@
  * 2. Through the store's fs seam, always: faults injected at open, partway through the write
  *    (half the bytes written first), at fsync, at rename and at the folder fsync.
  */
-import { execFile } from 'node:child_process'
 import { constants } from 'node:fs'
-import { appendFile, readFile, readdir, rm, stat, statfs } from 'node:fs/promises'
+import { readFile, readdir, rm, statfs } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
-import { isDeepStrictEqual, promisify } from 'node:util'
+import { isDeepStrictEqual } from 'node:util'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import t, { type Test } from 'tap'
@@ -22,8 +20,8 @@ import { buildApp } from '../app.js'
 import { SessionFile } from '../schemas/session.js'
 import { nodeFs, type FsSeam } from '../services/fs-seam.js'
 import { API, build, get, post, tempDir, type TestContext } from './helper.js'
+import { fill, mountTmpfs, unmount } from './tmpfs.js'
 
-const run = promisify(execFile)
 const checkFile = TypeCompiler.Compile(SessionFile)
 const TEMP_FILE = /^\..*\.tmp$/u
 const BIG = 60_000
@@ -177,47 +175,6 @@ class Model {
 // ---------------------------------------------------------------------------------------
 // 1. A real full disk
 // ---------------------------------------------------------------------------------------
-
-/** null once mounted, else why it could not be. */
-async function mountTmpfs (dir: string, size: string): Promise<string | null> {
-  if (process.platform !== 'linux') return `tmpfs needs Linux (this is ${process.platform})`
-  if (process.getuid?.() !== 0) return `mounting needs root (uid ${process.getuid?.() ?? '?'})`
-  try {
-    await run('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0700`, 'tmpfs', dir])
-    return null
-  } catch (err) {
-    const e = err as { stderr?: string, message: string }
-    return `'mount -t tmpfs' failed: ${(e.stderr ?? '').trim() || e.message}`
-  }
-}
-
-/** Unmounts, retrying while busy; lazily as a last resort. Never throws (teardown chain). */
-async function unmount (dir: string): Promise<void> {
-  for (let attempt = 1; attempt <= 5; attempt++) {
-    try {
-      await run('umount', [dir])
-      return
-    } catch {
-      // Busy (a handle still closing): no event to wait for, so back off and retry.
-      await sleep(100 * attempt)
-    }
-  }
-  await run('umount', ['-l', dir]).catch((err: Error) => { console.error(`umount -l ${dir} failed: ${err.message}`) })
-}
-
-/** Appends to a filler file until the disk is full to the last block; returns its size. */
-async function fill (path: string): Promise<number> {
-  const page = Buffer.alloc(4096, 0x66)
-  for (;;) {
-    try {
-      // A write that only partly fits lands what fits, then the next one fails.
-      await appendFile(path, page)
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err
-      return (await stat(path)).size
-    }
-  }
-}
 
 /** A pass-through seam that records the real errors that temp-file writes hit, and how far they got. */
 function spyFs (): FsSeam & { writeFailures: Array<{ code: string, written: number, of: number }> } {

@@ -62,7 +62,8 @@ t.test('different sessions execute concurrently', async (t) => {
   await createSession(app, 'one', 'x')
   await createSession(app, 'two', 'y')
   const both = Promise.all([post(app, '/execute', { session_id: 'one' }), post(app, '/execute', { session_id: 'two' })])
-  await new Promise((resolve) => setTimeout(resolve, 50))
+  // Both calls are under way at once (polled: a loaded machine may take a while to get there).
+  for (let waited = 0; running < 2 && waited < 5000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10))
   gate.resolve()
   t.same((await both).map((res) => res.statusCode), [200, 200])
   t.equal(peak, 2)

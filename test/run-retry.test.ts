@@ -1,0 +1,129 @@
+/**
+ * A background run that meets a storage fault (a full disk, a failing one) waits with backoff
+ * and goes on by itself once saves succeed: progress says `running: true, waiting: "storage"`
+ * meanwhile, and the log says so. On a real full tmpfs where mounting is permitted, and always
+ * through the fs seam.
+ */
+import { rm, unlink } from 'node:fs/promises'
+import { join } from 'node:path'
+import { Writable } from 'node:stream'
+import t from 'tap'
+import { nodeFs, type FsSeam } from '../services/fs-seam.js'
+import { readSession, storedTasks, waitFor } from './agents-fakes.js'
+import { build, get, post, tempDir } from './helper.js'
+import { fill, mountTmpfs, unmount } from './tmpfs.js'
+
+/** Log lines as parsed JSON, from a real pino logger. */
+function logLines (): { stream: Writable, lines: Array<Record<string, unknown>> } {
+  const lines: Array<Record<string, unknown>> = []
+  const stream = new Writable({
+    write (chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line))
+      done()
+    }
+  })
+  return { stream, lines }
+}
+
+const progressOf = async (app: Awaited<ReturnType<typeof build>>, sessionId: string): Promise<Record<string, unknown>> =>
+  (await get(app, `/progress?session_id=${sessionId}`)).json()
+
+t.test('on a real full disk: the background run waits for storage, then finishes by itself once space is freed', async (t) => {
+  const dir = await tempDir(t, 'taskvault-tmpfs-')
+  const why = await mountTmpfs(dir, '256k')
+  if (why !== null) {
+    t.plan(0, `skipped: cannot mount a tmpfs here (${why}); the fs-seam test below covers the same behaviour`)
+    return
+  }
+  t.teardown(() => unmount(dir))
+  const log = logLines()
+  let fillNow: (() => Promise<void>) | null = null
+  const filler = join(dir, 'filler')
+  const app = await build(t, {
+    dir,
+    logger: { level: 'info', stream: log.stream },
+    config: { TASK_RUN_RETRY_MS: 50, TASK_RUN_RETRY_MAX_MS: 200 },
+    executors: {
+      default: async (task) => {
+        // The disk fills while the second task runs: its result cannot be saved.
+        if (task.instruction === 'second' && fillNow !== null) { await fillNow(); fillNow = null }
+        return { result: `${task.instruction} done `.repeat(200) }
+      }
+    }
+  })
+  fillNow = async () => { await fill(filler) }
+  const created = await post(app, '/create', { session_id: 'full', instructions: '1. first\n2. second\n3. third' })
+  t.equal(created.statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'full', wait: false })).statusCode, 202)
+
+  const waiting = await waitFor('the run to wait for storage', async () => {
+    const progress = await progressOf(app, 'full')
+    return progress.waiting === 'storage' && progress
+  })
+  t.match(waiting, { running: true, waiting: 'storage', all_done: false })
+  t.ok(log.lines.some((line) => line.msg === 'Background run waiting for storage; it goes on by itself once saves succeed' && line.session_id === 'full'), 'the log says the run waits for storage')
+  t.notOk(log.lines.some((line) => line.msg === 'Background run stopped'), 'the run did not stop for good')
+
+  await unlink(filler)
+  const done = await waitFor('the run to finish by itself', async () => {
+    const progress = await progressOf(app, 'full')
+    return progress.running === false && progress
+  })
+  t.match(done, { all_done: true, completed: 3, failed: 0 })
+  t.notOk('waiting' in done, 'nothing is waited for any more')
+  t.match(await storedTasks(dir, 'full'), [{ status: 'Completed' }, { status: 'Completed' }, { status: 'Completed' }])
+  t.equal((await readSession(dir, 'full')).background_run, undefined, 'the run\'s record is cleared on disk')
+  await app.close()
+  await rm(join(dir, 'full.json'), { force: true })
+})
+
+t.test('through the fs seam: EIO on saves; cancel during the wait ends the run; shutdown during the wait keeps the record', async (t) => {
+  let failing = false
+  let refused = 0
+  // The first call for a task named 'b' in each session breaks the disk.
+  const broke = new Set<string>()
+  const fs: FsSeam = {
+    ...nodeFs,
+    open: (async (...args: Parameters<typeof nodeFs.open>) => {
+      if (failing && args[1] === 'wx' && ++refused > 0) throw Object.assign(new Error('EIO: injected fault'), { code: 'EIO' })
+      return nodeFs.open(...args)
+    }) as typeof nodeFs.open
+  }
+  const dir = await tempDir(t)
+  const app = await build(t, {
+    dir,
+    fs,
+    config: { TASK_RUN_RETRY_MS: 20, TASK_RUN_RETRY_MAX_MS: 50 },
+    executors: { default: async (task, { session_id: sessionId }) => { if (task.instruction === 'b' && !broke.has(sessionId)) { broke.add(sessionId); failing = true } return { result: task.instruction } } }
+  })
+  t.equal((await post(app, '/create', { session_id: 'eio', instructions: '1. a\n2. b\n3. c' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'eio', wait: false })).statusCode, 202)
+  await waitFor('the run to wait', async () => (await progressOf(app, 'eio')).waiting === 'storage')
+  // Several tries go by while the disk fails; none gives up.
+  const before = refused
+  await waitFor('more tries', async () => refused >= before + 2)
+  t.match(await progressOf(app, 'eio'), { running: true })
+  failing = false
+  await waitFor('the run to finish', async () => (await progressOf(app, 'eio')).running === false)
+  t.match(await progressOf(app, 'eio'), { all_done: true, completed: 3 })
+
+  // Cancel while waiting: the run ends, its record is cleared.
+  t.equal((await post(app, '/create', { session_id: 'cancel', instructions: '1. b\n2. c' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'cancel', wait: false })).statusCode, 202)
+  await waitFor('the run to wait', async () => (await progressOf(app, 'cancel')).waiting === 'storage')
+  failing = false
+  const cancelled = await post(app, '/cancel', { session_id: 'cancel' })
+  t.equal(cancelled.statusCode, 200, cancelled.body)
+  t.match(await progressOf(app, 'cancel'), { running: false })
+  t.equal((await readSession(dir, 'cancel')).background_run, undefined, 'a cancelled run leaves no record')
+
+  // Shutdown while waiting: close is prompt, the record stays for the next start.
+  t.equal((await post(app, '/create', { session_id: 'shut', instructions: '1. b\n2. c' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'shut', wait: false })).statusCode, 202)
+  await waitFor('the run to wait', async () => (await progressOf(app, 'shut')).waiting === 'storage')
+  const started = Date.now()
+  await app.close()
+  t.ok(Date.now() - started < 1500, `close did not wait out the backoff (${Date.now() - started} ms)`)
+  failing = false
+  t.ok((await readSession(dir, 'shut')).background_run !== undefined, 'the run is still recorded, so it resumes after restart')
+})
