@@ -2,8 +2,8 @@ import type { TaskType } from '../schemas/session.js'
 import { InvalidInstructionsError } from './errors.js'
 
 // Linear on any input: no nested quantifiers, and `.` with the s flag never backtracks.
-const LIST_ITEM = /^[ \t]*(?:\d{1,4}[.)]|[-*•])[ \t]+(.*)$/su
-const TASK_MARKER = /\btask\s+\d{1,4}\s*[:.)-]\s*/giu
+const LIST_ITEM = /^[ \t]*(?:\d{1,9}[.)]|[-*•])[ \t]+(.*)$/su
+const TASK_MARKER = /\btask\s+\d{1,9}\s*[:.)-]\s*/giu
 const STARTS_WITH_FIRST = /^\s*first(?:ly)?\b[,:]?\s*/iu
 // "next" only counts after punctuation, so "read the next chapter" stays whole.
 const SEQUENCE_MARKER = /(?:(?:^|[\s,;.])(?:and\s+)?(?:then|after\s+that|afterwards|finally|lastly)|(?:^|[,;.])\s*(?:and\s+)?next)\b[,:]?\s*/iu

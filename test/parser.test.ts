@@ -7,6 +7,8 @@ t.test('parseInstructions: lists', async (t) => {
     t.strictSame(parseInstructions('1. Write a function\n2) Explain it\n3. Test it'),
       ['Write a function', 'Explain it', 'Test it'])
     t.strictSame(parseInstructions('10) ten\n11) eleven'), ['ten', 'eleven'])
+    t.strictSame(parseInstructions('9999. a\n10000. b\n123456789) c'), ['a', 'b', 'c'], 'long numbers are items, not continuations')
+    t.strictSame(parseInstructions('Task 9999: a Task 10000: b'), ['a', 'b'])
   })
 
   t.test('bullets "-", "*" and "•", item text trimmed', async (t) => {
