@@ -3,6 +3,7 @@
  * registers it, is there with its tags, summary, request schemas and every response status;
  * every example matches its schema; TASK_DOCS=false turns the document and the UI off.
  */
+import { createConfig, lintFromString } from '@redocly/openapi-core'
 import type { TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import Fastify, { type RouteOptions } from 'fastify'
@@ -190,6 +191,20 @@ t.test('servers, license and security are declared, with keys and without', asyn
   t.same(keyed.security, [{ apiKey: [] }], 'with keys: a bearer key on every operation')
   t.match(keyed.components?.securitySchemes?.apiKey, { type: 'http', scheme: 'bearer' })
   for (const path of ['/health', '/ready']) t.same(keyed.paths[path]?.get?.security, [], `${path} stays open`)
+})
+
+t.test("Redocly's recommended rules pass, with keys and without", async (t) => {
+  const config = await createConfig({ extends: ['recommended'] })
+  for (const keys of ['', 'k1']) {
+    const doc = await documentOf(t, { config: { TASK_API_KEYS: keys } })
+    const problems = await lintFromString({ source: JSON.stringify(doc), absoluteRef: 'openapi.json', config })
+    const found = problems.map((problem) => `${problem.severity} ${problem.ruleId} ${problem.location[0]?.pointer ?? ''}`)
+    // The probes answer no 4xx, and the document does not pretend they do.
+    t.same(found, [
+      'warn operation-4xx-response #/paths/~1health/get/responses',
+      'warn operation-4xx-response #/paths/~1ready/get/responses'
+    ], `keys ${keys === '' ? 'off' : 'on'}: ${found.join('; ')}`)
+  }
 })
 
 t.test('the UI is served at /documentation, without an API key', async (t) => {
