@@ -3,7 +3,7 @@ import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
 import { Type } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
-import { TAGS } from '../schemas/route-docs.js'
+import { BODY_OPTIONAL, TAGS } from '../schemas/route-docs.js'
 import { checkOptions } from './options.js'
 
 export interface DocsPluginOptions {
@@ -25,17 +25,34 @@ export const DocsOptionsSchema = Type.Object({
  */
 export default fp<DocsPluginOptions>(async function docsPlugin (app, options) {
   checkOptions('taskvault-docs', DocsOptionsSchema, options)
-  const { version, description } = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string, description: string }
+  const { version, description, license } = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string, description: string, license: string }
   await app.register(swagger, {
     openapi: {
       openapi: '3.1.0',
-      info: { title: 'taskvault', version, description },
+      info: { title: 'taskvault', version, description, license: { name: license, identifier: license } },
+      // Relative: the API is wherever this document is served from.
+      servers: [{ url: '/', description: 'The server serving this document' }],
       tags: TAGS,
-      ...(options.bearerAuth === true && {
-        components: { securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'One of TASK_API_KEYS' } } },
-        security: [{ apiKey: [] }]
-      })
-    }
+      // Said either way, so clients and linters know whether to send a key.
+      ...(options.bearerAuth === true
+        ? { components: { securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'One of TASK_API_KEYS' } } }, security: [{ apiKey: [] }] }
+        : { security: [] })
+    },
+    transformObject: (document) => 'openapiObject' in document ? markOptionalBodies(document.openapiObject as OpenApiDocument) : document.swaggerObject
   })
   await app.register(swaggerUi, { routePrefix: options.routePrefix ?? '/documentation' })
 }, { name: 'taskvault-docs', fastify: '5.x' })
+
+interface OpenApiDocument { paths?: Record<string, Record<string, { [BODY_OPTIONAL]?: boolean, requestBody?: { required?: boolean } }>> }
+
+/** @fastify/swagger marks every declared body required; a route that takes none says so with BODY_OPTIONAL. */
+function markOptionalBodies (document: OpenApiDocument): OpenApiDocument {
+  for (const item of Object.values(document.paths ?? {})) {
+    for (const operation of Object.values(item)) {
+      if (typeof operation !== 'object' || operation === null || !(BODY_OPTIONAL in operation)) continue
+      if (operation[BODY_OPTIONAL] === true && operation.requestBody !== undefined) operation.requestBody.required = false
+      delete operation[BODY_OPTIONAL]
+    }
+  }
+  return document
+}

@@ -44,7 +44,12 @@ export default fp<MetricsPluginOptions>(async function metricsPlugin (app, optio
     throw new InvalidOptionsError('taskvault-metrics', 'requireApiKey needs taskvault-auth registered first')
   }
   const registry = new Registry()
-  if (options.processMetrics === true) collectDefaultMetrics({ register: registry })
+  if (options.processMetrics === true) {
+    collectDefaultMetrics({ register: registry })
+    // Gauges named `_total` break the naming rules (`promtool check metrics` fails on them);
+    // each is the sum of the by-type gauge without the suffix, e.g. sum(nodejs_active_handles).
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name)
+  }
   const duration = new RequestHistogram('http_request_duration_seconds', 'HTTP requests by method, route pattern and status code', HTTP_BUCKETS)
   registry.registerMetric(duration as unknown as Metric)
   app.decorate('metricsRegistry', registry)

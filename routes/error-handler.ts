@@ -35,6 +35,16 @@ export async function errorHandler (error: FastifyError | TaskvaultError, reques
     statusCode,
     code: error.code,
     error: STATUS_CODES[statusCode] ?? 'Error',
-    message: known ? error.message : 'Internal Server Error'
+    message: !known ? 'Internal Server Error' : error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' ? unsupportedMediaType(request) : error.message
   })
+}
+
+/**
+ * Bodies must be JSON: form posts stay refused, or any web page could drive a local taskvault
+ * (CSRF). Curl without -H sends a form type, so the answer says what to send instead.
+ */
+function unsupportedMediaType (request: FastifyRequest): string {
+  const sent = request.headers['content-type']
+  const what = sent === undefined ? 'no Content-Type header' : `'${sent.slice(0, 100)}'`
+  return `Unsupported Media Type (${what}): send the body as JSON with the header Content-Type: application/json (curl: -H 'content-type: application/json')`
 }

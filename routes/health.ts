@@ -5,12 +5,12 @@ import { NotReadyError } from '../services/errors.js'
 /** Liveness and readiness, for load balancers and Kubernetes probes. */
 const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/health', {
-    schema: { tags: ['health'], security: [], summary: 'Liveness: 200 while the process runs', response: responses.health }
+    schema: { operationId: 'getHealth', tags: ['health'], security: [], summary: 'Liveness: 200 while the process runs', response: responses.health }
   }, async () => ({ status: 'ok' as const, uptime_s: Math.round(process.uptime()) }))
 
   // 503 until every session is restored, and again once shutdown begins.
   app.get('/ready', {
-    schema: { tags: ['health'], security: [], summary: 'Readiness: 200 once sessions are restored, 503 while restoring or shutting down', response: responses.ready }
+    schema: { operationId: 'getReadiness', tags: ['health'], security: [], summary: 'Readiness: 200 once sessions are restored, 503 while restoring or shutting down', response: responses.ready }
   }, async () => {
     if (!app.taskManager.ready) throw new NotReadyError()
     return { status: 'ready' as const, sessions: app.taskManager.registry.size }

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { CreateBody, ExecuteAllBody, ListQuery, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
+import { CreateBody, ExecuteAllBody, LIST_DEFAULTS, ListQuery, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
 import { setting } from '../plugins/options.js'
 import { InvalidInstructionsError } from '../services/errors.js'
 import { classifyTask, parseInstructions } from '../services/parser.js'
@@ -63,7 +63,8 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
   })
 
   app.get('/list', { schema: { querystring: ListQuery, response: responses.list } }, async (request) => {
-    const { session_id: sessionId, limit, offset, archived: filter } = request.query
+    // The validator has filled in the defaults already; these only tell TypeScript so.
+    const { session_id: sessionId, limit = LIST_DEFAULTS.limit, offset = LIST_DEFAULTS.offset, archived: filter = LIST_DEFAULTS.archived } = request.query
     if (sessionId === ALL_SESSIONS) {
       if (filter === 'exclude') return { ...manager.list(offset, limit), offset, limit }
       return { ...await manager.listWithArchived(offset, limit, filter), offset, limit }

@@ -16,7 +16,7 @@ export function createValidatorCompiler (): FastifySchemaCompiler<unknown> {
   const bodyAjv = new Ajv({ ...shared, coerceTypes: false })
   const textAjv = new Ajv({ ...shared, coerceTypes: 'array' })
   return ({ schema, httpPart }) => {
-    const validate = (httpPart === 'body' ? bodyAjv : textAjv).compile(schema as object)
+    const validate = httpPart === 'body' ? bodyAjv.compile(withoutFieldAlternatives(schema as object)) : textAjv.compile(schema as object)
     // Ajv lets Infinity (from "1e400" or "Infinity") past minimum and maximum; no field here takes it.
     const check = (data: unknown): boolean => {
       if (!validate(data)) {
@@ -31,6 +31,17 @@ export function createValidatorCompiler (): FastifySchemaCompiler<unknown> {
     check.errors = null as ErrorObject[] | null | undefined
     return check
   }
+}
+
+/**
+ * A body's top-level `oneOf` of required-field sets (create: `instructions` or `tasks`) tells
+ * clients which fields go together. The route checks it itself, with a domain error naming the
+ * fields, so Ajv leaves it out: its own error would list every branch.
+ */
+function withoutFieldAlternatives (schema: object): object {
+  const { oneOf, ...rest } = schema as { oneOf?: unknown }
+  const requiredSets = Array.isArray(oneOf) && oneOf.every((branch) => typeof branch === 'object' && branch !== null && Object.keys(branch).join() === 'required')
+  return requiredSets ? rest : schema
 }
 
 /** The JSON-pointer path of the first non-finite number in `value`, or null. */

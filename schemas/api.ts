@@ -1,7 +1,12 @@
-import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { Kind, Type, TypeRegistry, type SchemaOptions, type Static, type TSchema } from '@sinclair/typebox'
 import { SESSION_ID_PATTERN, SessionId, Task, TaskStatus, TaskType, Timestamp } from './session.js'
 
 const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
+
+// One `enum`, not TypeBox's anyOf of literals: Swagger UI then offers every value in a list.
+TypeRegistry.Set<{ enum: readonly string[] }>('StringEnum', (schema, value) => typeof value === 'string' && schema.enum.includes(value))
+const StringEnum = <const T extends readonly string[]>(values: T, options: SchemaOptions = {}) =>
+  Type.Unsafe<T[number]>({ ...options, [Kind]: 'StringEnum', type: 'string', enum: [...values] })
 
 // Examples, shown in the OpenAPI document; test/docs.test.ts checks each against its schema.
 const exampleTask = {
@@ -28,7 +33,7 @@ const ERROR_EXAMPLES: Readonly<Record<number, { code: string, error: string, mes
   404: { code: 'SESSION_NOT_FOUND', error: 'Not Found', message: "session 'important_work' not found" },
   409: { code: 'NO_PENDING_TASK', error: 'Conflict', message: "session 'important_work' has no pending task" },
   413: { code: 'FST_ERR_CTP_BODY_TOO_LARGE', error: 'Payload Too Large', message: 'Request body is too large' },
-  415: { code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', error: 'Unsupported Media Type', message: 'Unsupported Media Type' },
+  415: { code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', error: 'Unsupported Media Type', message: "Unsupported Media Type ('application/x-www-form-urlencoded'): send the body as JSON with the header Content-Type: application/json (curl: -H 'content-type: application/json')" },
   503: { code: 'STORAGE_UNAVAILABLE', error: 'Service Unavailable', message: "saving session 'important_work' failed: storage is unavailable (EIO)" },
   507: { code: 'STORAGE_FULL', error: 'Insufficient Storage', message: "saving session 'important_work' failed: storage is full (ENOSPC)" }
 }
@@ -63,6 +68,8 @@ export const CreateBody = Type.Object({
   tasks: Type.Optional(Type.Array(TaskInput, { minItems: 1, maxItems: MAX_TASKS_PER_REQUEST }))
 }, {
   additionalProperties: false,
+  // Exactly one of the two, for clients; the route checks it itself (see routes/validation.ts).
+  oneOf: [{ required: ['instructions'] }, { required: ['tasks'] }],
   examples: [
     { session_id: 'important_work', instructions: '1. Write binary search\n2. Explain its complexity' },
     { session_id: 'important_work', tasks: [{ instruction: 'Write binary search', task_type: 'Coding' }, { instruction: 'Explain its complexity' }] }
@@ -146,11 +153,15 @@ export type SessionQuery = Static<typeof SessionQuery>
 
 export const ARCHIVED_FILTERS = ['exclude', 'include', 'only'] as const
 
+/** What `GET /list` uses for a parameter left out; the validator fills them in too (useDefaults). */
+export const LIST_DEFAULTS = { archived: 'exclude', limit: 100, offset: 0 } as const
+
+// Optional, so generated clients do not demand them; the defaults apply.
 export const ListQuery = Type.Object({
   session_id: sessionIdParam('A session id, or `all` for every session', ['important_work', 'all']),
-  archived: Type.Union(ARCHIVED_FILTERS.map((filter) => Type.Literal(filter)), { default: 'exclude', description: 'With session_id=all: leave out archived sessions, include them, or list only them', examples: ['include'] }),
-  limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100, description: 'Sessions per page (with `session_id=all`)', examples: [10] }),
-  offset: Type.Integer({ minimum: 0, maximum: 1_000_000_000, default: 0, description: 'Sessions to skip (with `session_id=all`)', examples: [0] })
+  archived: Type.Optional(StringEnum(ARCHIVED_FILTERS, { default: LIST_DEFAULTS.archived, description: 'With session_id=all: leave out archived sessions, include them, or list only them', examples: ['include'] })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: LIST_DEFAULTS.limit, description: 'Sessions per page (with `session_id=all`)', examples: [10] })),
+  offset: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000_000, default: LIST_DEFAULTS.offset, description: 'Sessions to skip (with `session_id=all`)', examples: [0] }))
 }, { additionalProperties: false })
 export type ListQuery = Static<typeof ListQuery>
 
@@ -245,7 +256,7 @@ export const responses = {
   list: { 200: ListResponse, ...errors(400, 401, 404) },
   stats: { 200: StatsResponse, ...errors(401) },
   remove: { 204: Type.Null({ description: 'Deleted; no body' }), ...errors(400, 401, 404, 409, 503, 507) },
-    archive: { 200: ArchiveResponse, ...errors(400, 401, 413, 415, 503, 507) },
+  archive: { 200: ArchiveResponse, ...errors(400, 401, 413, 415, 503, 507) },
   health: { 200: HealthResponse },
   ready: { 200: ReadyResponse, ...errors(503) }
 }

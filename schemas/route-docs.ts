@@ -1,13 +1,18 @@
+/** An operation extension (copied by @fastify/swagger) that plugins/docs.ts turns into `requestBody.required: false`. */
+export const BODY_OPTIONAL = 'x-taskvault-body-optional'
+
 /**
  * What the OpenAPI document says about each task route beyond its schemas: tags (by
- * resource) and a summary. Keyed by method and path below the plugin's prefix; the taskvault
- * plugin attaches them as the routes are added, and test/docs.test.ts fails for a route
- * without an entry.
+ * resource), a summary, and the operationId a generated client names its method after.
+ * Keyed by method and path below the plugin's prefix; the taskvault plugin attaches them as
+ * the routes are added, and test/docs.test.ts fails for a route without an entry.
  */
 export interface RouteDoc {
+  operationId: string
   tags: string[]
   summary: string
   description?: string
+  [BODY_OPTIONAL]?: boolean
 }
 
 export const TAGS = [
@@ -20,36 +25,44 @@ export const TAGS = [
 
 export const ROUTE_DOCS: Readonly<Record<string, RouteDoc>> = {
   'POST /create': {
+    operationId: 'createTasks',
     tags: ['tasks'],
     summary: 'Add tasks to a session (created if new)',
     description: 'Send free-text `instructions` (split into typed tasks) or an explicit `tasks` list, not both. Answered once the tasks are on disk.'
   },
   'POST /execute': {
+    operationId: 'executeNext',
     tags: ['tasks'],
     summary: 'Run the next pending task of a session',
     description: '409 when nothing is pending or the session is already executing.'
   },
   'POST /execute-all': {
+    operationId: 'executeAll',
     tags: ['tasks'],
     summary: 'Run every pending task of a session, in order',
     description: 'With `"wait": false` it answers 202 at once and runs in the background (read progress with `GET /progress`); the run is recorded in the session file and resumes after a restart.'
   },
   'POST /cancel': {
+    operationId: 'cancelRun',
     tags: ['tasks'],
     summary: "Stop a session's running execution",
     description: 'The agent call is aborted and its task fails with "cancelled"; a background run stops. 409 when nothing is running.'
   },
-  'GET /progress': { tags: ['sessions'], summary: 'Progress counts of a session' },
+  'GET /progress': { operationId: 'getProgress', tags: ['sessions'], summary: 'Progress counts of a session' },
   'GET /list': {
+    operationId: 'listSessions',
     tags: ['sessions'],
     summary: 'One session with its tasks, or a page of all sessions',
     description: '`session_id=all` lists every session, newest first, with `limit` and `offset`.'
   },
-  'DELETE /sessions/:session_id': { tags: ['sessions'], summary: 'Delete a session and its file, active or archived', description: '409 while it executes.' },
+  'DELETE /sessions/:session_id': { operationId: 'deleteSession', tags: ['sessions'], summary: 'Delete a session and its file, active or archived', description: '409 while it executes.' },
   'POST /archive': {
+    operationId: 'runArchivePass',
     tags: ['archive'],
     summary: 'Run an archive and retention pass now',
-    description: 'Moves sessions finished more than `older_than_days` ago (default TASK_ARCHIVE_DAYS) to the archive, and deletes archived sessions past retention.'
+    description: 'Moves sessions finished more than `older_than_days` ago (default TASK_ARCHIVE_DAYS) to the archive, and deletes archived sessions past retention. The body may be left out.',
+    // The route takes no body as `{}`.
+    [BODY_OPTIONAL]: true
   },
-  'GET /stats': { tags: ['stats'], summary: 'Session and task counts, storage figures' }
+  'GET /stats': { operationId: 'getStats', tags: ['stats'], summary: 'Session and task counts, storage figures' }
 }

@@ -208,6 +208,7 @@ t.test('GET /list?session_id=all lists sessions newest first with paging', async
   await post(app, '/execute', { session_id: 's1' })
   const all = (await get(app, '/list?session_id=all')).json()
   t.equal(all.total, 3)
+  t.match(all, { limit: 100, offset: 0 }, 'limit and offset may be left out')
   t.same(all.sessions.map((s: { session_id: string }) => s.session_id), ['s1', 's3', 's2'])
   t.match(all.sessions[0], { completed: 1, all_done: true, percentage: 100 })
   const page = (await get(app, '/list?session_id=all&limit=1&offset=1')).json()
@@ -216,6 +217,7 @@ t.test('GET /list?session_id=all lists sessions newest first with paging', async
   t.equal((await get(app, '/list?session_id=all&limit=1001')).statusCode, 400)
   t.equal((await get(app, '/list?session_id=all&limit=0')).statusCode, 400)
   t.equal((await get(app, '/list?session_id=all&offset=-1')).statusCode, 400)
+  t.equal((await get(app, '/list?session_id=all&archived=all')).statusCode, 400, 'archived takes exclude, include or only')
 })
 
 t.test('GET /stats counts sessions and tasks as they change', async (t) => {
@@ -285,4 +287,20 @@ t.test('unicode survives the round trip: emoji, NUL and lone surrogates', async 
   const task = (await get(app, '/list?session_id=u')).json().tasks[0]
   t.equal(task.instruction, text)
   t.equal(task.result, text + ' ✅')
+})
+
+t.test('a body that is not JSON is refused with 415, and the answer says what to send', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir })
+  const body = '{"session_id": "form", "instructions": "1. Task A"}'
+  // What `curl -d` sends without -H, what a web form posts, and no type at all.
+  for (const type of ['application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', undefined]) {
+    const res = await app.inject({ method: 'POST', url: `${API}/create`, payload: body, headers: type === undefined ? { 'content-length': String(body.length) } : { 'content-type': type } })
+    t.equal(res.statusCode, 415, `${type}: 415`)
+    const error = res.json()
+    t.match(error, { statusCode: 415, code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', error: 'Unsupported Media Type' }, `${type}: Fastify's error shape`)
+    t.match(error.message, "send the body as JSON with the header Content-Type: application/json (curl: -H 'content-type: application/json')", `${type}: says what to send`)
+  }
+  t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), [], 'nothing was created')
+  t.equal((await post(app, '/create', JSON.parse(body))).statusCode, 200, 'the same body as JSON is accepted')
 })

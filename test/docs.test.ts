@@ -3,6 +3,7 @@
  * registers it, is there with its tags, summary, request schemas and every response status;
  * every example matches its schema; TASK_DOCS=false turns the document and the UI off.
  */
+import { createConfig, lintFromString } from '@redocly/openapi-core'
 import type { TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import Fastify, { type RouteOptions } from 'fastify'
@@ -11,15 +12,19 @@ import taskvault from '../index.js'
 import { build, tempDir, type TestContext } from './helper.js'
 
 interface Operation {
+  operationId?: string
   tags?: string[]
   summary?: string
-  requestBody?: { content: Record<string, { schema: { properties?: object, required?: string[] }, example?: unknown, examples?: object }> }
-  parameters?: Array<{ in: string, name: string, required?: boolean, example?: unknown, examples?: object }>
+  requestBody?: { required?: boolean, content: Record<string, { schema: { properties?: object, required?: string[], oneOf?: object[] }, example?: unknown, examples?: object }> }
+  parameters?: Array<{ in: string, name: string, required?: boolean, schema?: Record<string, unknown>, example?: unknown, examples?: object }>
   responses: Record<string, { description?: string, content?: Record<string, { schema: object, example?: unknown, examples?: object }> }>
   security?: unknown[]
 }
 interface OpenApi {
   openapi: string
+  info: { license?: { name: string, identifier?: string } }
+  servers?: Array<{ url: string }>
+  security?: unknown[]
   paths: Record<string, Record<string, Operation>>
   tags?: Array<{ name: string }>
   components?: { securitySchemes?: Record<string, unknown> }
@@ -117,6 +122,89 @@ t.test('every example matches the schema it illustrates', async (t) => {
     for (const [status, response] of Object.entries(schema.response ?? {})) check(response, `${name} ${status}`)
   }
   t.ok(checked > 20, `${checked} examples checked`)
+})
+
+async function documentOf (t: TestContext, config: Parameters<typeof build>[1] = {}): Promise<OpenApi> {
+  const app = await build(t, config)
+  const res = await app.inject({ method: 'GET', url: '/documentation/json' })
+  if (res.statusCode !== 200) throw new Error(`/documentation/json answered ${res.statusCode}`)
+  return res.json<OpenApi>()
+}
+
+t.test('a generated client names its methods by operationId, one per route', async (t) => {
+  const doc = await documentOf(t)
+  const ids: Record<string, string | undefined> = {}
+  for (const [path, item] of Object.entries(doc.paths)) {
+    for (const [method, operation] of Object.entries(item)) ids[`${method.toUpperCase()} ${path}`] = operation.operationId
+  }
+  t.same(ids, {
+    'POST /api/v1/tasks/create': 'createTasks',
+    'POST /api/v1/tasks/execute': 'executeNext',
+    'POST /api/v1/tasks/execute-all': 'executeAll',
+    'POST /api/v1/tasks/cancel': 'cancelRun',
+    'GET /api/v1/tasks/progress': 'getProgress',
+    'GET /api/v1/tasks/list': 'listSessions',
+    'GET /api/v1/tasks/stats': 'getStats',
+    'DELETE /api/v1/tasks/sessions/{session_id}': 'deleteSession',
+    'POST /api/v1/tasks/archive': 'runArchivePass',
+    'GET /health': 'getHealth',
+    'GET /ready': 'getReadiness'
+  })
+})
+
+t.test('the document requires what the server requires, and no more', async (t) => {
+  const doc = await documentOf(t)
+  const list = doc.paths['/api/v1/tasks/list']?.get
+  const param = (name: string) => list?.parameters?.find((p) => p.name === name)
+  t.equal(param('session_id')?.required, true)
+  for (const name of ['archived', 'limit', 'offset']) {
+    t.notOk(param(name)?.required, `list: ${name} has a default, so a client may leave it out`)
+  }
+  t.same(param('archived')?.schema, { type: 'string', enum: ['exclude', 'include', 'only'], default: 'exclude' }, 'archived: one enum, so Swagger UI lists every value')
+
+  t.equal(doc.paths['/api/v1/tasks/archive']?.post?.requestBody?.required, false, 'archive: the body may be left out')
+  t.notOk(JSON.stringify(doc).includes('x-taskvault'), 'the marker behind it does not reach the document')
+  for (const path of ['create', 'execute', 'execute-all', 'cancel']) {
+    t.equal(doc.paths[`/api/v1/tasks/${path}`]?.post?.requestBody?.required, true, `${path}: the body is required`)
+  }
+  const create = doc.paths['/api/v1/tasks/create']?.post?.requestBody?.content['application/json']?.schema
+  t.same(create?.required, ['session_id'])
+  t.same(create?.oneOf, [{ required: ['instructions'] }, { required: ['tasks'] }], 'create: exactly one of instructions or tasks')
+})
+
+t.test('create answers neither-or-both with its own error, as before the document said so', async (t) => {
+  const app = await build(t)
+  for (const body of [{ session_id: 'x' }, { session_id: 'x', instructions: 'a', tasks: [{ instruction: 'b' }] }]) {
+    const res = await app.inject({ method: 'POST', url: '/api/v1/tasks/create', payload: body })
+    t.equal(res.statusCode, 400)
+    t.match(res.json(), { code: 'INVALID_INSTRUCTIONS', message: 'send exactly one of "instructions" (free text) or "tasks" (a list)' }, Object.keys(body).join(' and '))
+  }
+})
+
+t.test('servers, license and security are declared, with keys and without', async (t) => {
+  const open = await documentOf(t)
+  t.same(open.servers, [{ url: '/', description: 'The server serving this document' }], 'relative: the API is where the document is')
+  t.same(open.info.license, { name: 'MIT', identifier: 'MIT' })
+  t.same(open.security, [], 'without keys: no security, said explicitly')
+  t.notOk(open.components?.securitySchemes, 'and no scheme to offer')
+  const keyed = await documentOf(t, { config: { TASK_API_KEYS: 'k1' } })
+  t.same(keyed.security, [{ apiKey: [] }], 'with keys: a bearer key on every operation')
+  t.match(keyed.components?.securitySchemes?.apiKey, { type: 'http', scheme: 'bearer' })
+  for (const path of ['/health', '/ready']) t.same(keyed.paths[path]?.get?.security, [], `${path} stays open`)
+})
+
+t.test("Redocly's recommended rules pass, with keys and without", async (t) => {
+  const config = await createConfig({ extends: ['recommended'] })
+  for (const keys of ['', 'k1']) {
+    const doc = await documentOf(t, { config: { TASK_API_KEYS: keys } })
+    const problems = await lintFromString({ source: JSON.stringify(doc), absoluteRef: 'openapi.json', config })
+    const found = problems.map((problem) => `${problem.severity} ${problem.ruleId} ${problem.location[0]?.pointer ?? ''}`)
+    // The probes answer no 4xx, and the document does not pretend they do.
+    t.same(found, [
+      'warn operation-4xx-response #/paths/~1health/get/responses',
+      'warn operation-4xx-response #/paths/~1ready/get/responses'
+    ], `keys ${keys === '' ? 'off' : 'on'}: ${found.join('; ')}`)
+  }
 })
 
 t.test('the UI is served at /documentation, without an API key', async (t) => {
