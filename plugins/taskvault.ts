@@ -89,6 +89,8 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
       env: options.env,
       maxInterruptions: options.maxInterruptions,
       resumeOnStart: options.resumeOnStart,
+      commandDrainMs: options.commandDrainMs,
+      commandCgroup: options.commandCgroup,
       autoSave: options.autoSave,
       restoreConcurrency: options.restoreConcurrency,
       shutdownGraceMs: options.shutdownGraceMs,

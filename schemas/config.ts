@@ -29,6 +29,8 @@ export const ConfigSchema = Type.Object({
   TASK_AGENTS: Type.String({ default: '', description: 'JSON (or @file.json) mapping a task type or "default" to an agent spec; empty: the echo demo agent' }),
   TASK_MAX_INTERRUPTIONS: Type.Integer({ minimum: 1, maximum: 1000, default: 3, description: 'Restarts that may find a task running before it is failed' }),
   TASK_RESUME_ON_START: Type.Boolean({ default: true, description: 'Resume background runs a restart interrupted' }),
+  TASK_COMMAND_DRAIN_MS: Type.Integer({ minimum: 0, maximum: 60_000, default: 200, description: 'After a command agent\'s program exits, how long its output may take to end before what it left is killed' }),
+  TASK_COMMAND_CGROUP: Type.Union([Type.Literal('auto'), Type.Literal('off')], { default: 'auto', description: 'auto: each command call runs in its own cgroup (v2) when the host allows, so setsid cannot escape; off: its process group only' }),
   LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' }),
   LOG_PRETTY: Type.Boolean({ default: false, description: 'Human-readable logs through pino-pretty, for local use' }),
   TASK_DOCS: Type.Boolean({ default: true, description: 'OpenAPI document at /documentation/json and its UI at /documentation' }),
