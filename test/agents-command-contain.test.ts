@@ -49,7 +49,7 @@ t.test('a background child holding stdout does not hold the call: the result com
   const started = Date.now()
   const res = await post(app, '/execute', { session_id: 'drain' })
   const ms = Date.now() - started
-  t.match(res.json(), { status: 'Completed', result: 'result\n' })
+  t.same([res.json().status, res.json().result], ['Completed', 'result\n'])
   t.equal(calls[0]?.outcome, 'ok')
   t.ok(ms < 3000, `done in ${ms} ms: the exit plus the 200 ms drain, not the 10 s timeout`)
   const background = await pidFrom(t, pidfile)
@@ -66,8 +66,8 @@ t.test('TASK_COMMAND_DRAIN_MS and drain_ms: output written after the exit is kep
   })
   await createTasks(app, 'late', [{ instruction: 'a', task_type: 'Coding' }, { instruction: 'b', task_type: 'General' }])
   const [long, none] = (await post(app, '/execute-all', { session_id: 'late' })).json().results
-  t.match(long, { status: 'Completed', result: 'first\nlate\n' }, 'TASK_COMMAND_DRAIN_MS=2000 waits for the late line')
-  t.match(none, { status: 'Completed', result: 'first\n' }, 'drain_ms: 0 ends the call at the exit')
+  t.same([long.status, long.result], ['Completed', 'first\nlate\n'], 'TASK_COMMAND_DRAIN_MS=2000 waits for the late line')
+  t.same([none.status, none.result], ['Completed', 'first\n'], 'drain_ms: 0 ends the call at the exit, with what it wrote before')
 })
 
 for (const ending of ['timeout', 'cancel', 'exit'] as const) {
@@ -126,7 +126,7 @@ t.test('no command agent: no probe, no containment line', async (t) => {
 
 t.test('per-call cgroups are removed when their calls end', { skip: contained ? false : 'no per-call cgroup on this host' }, async (t) => {
   const { cgroups } = await probeCgroups()
-  const app = await build(t, { agents: { default: { kind: 'command', argv: ['/bin/sh', '-c', 'echo ok; sleep 300 &'] } } })
+  const app = await build(t, { agents: { default: { kind: 'command', argv: ['/bin/sh', '-c', 'echo ok; sleep 300 &'], timeout_ms: 10_000 } } })
   const mine = async (): Promise<string[]> => readdir(cgroups!.parent).then((names) => names.filter((name) => name.startsWith(`taskvault-${process.pid}-`)))
   await createTasks(app, 'tidy', [{ instruction: 'a' }, { instruction: 'b' }])
   t.match((await post(app, '/execute-all', { session_id: 'tidy' })).json().results, [{ status: 'Completed' }, { status: 'Completed' }])
