@@ -70,25 +70,32 @@ t.test('TASK_COMMAND_DRAIN_MS and drain_ms: output written after the exit is kep
   t.same([none.status, none.result], ['Completed', 'first\n'], 'drain_ms: 0 ends the call at the exit, with what it wrote before')
 })
 
-for (const ending of ['timeout', 'cancel', 'exit'] as const) {
+for (const ending of ['timeout', 'cancel', 'exit', 'shutdown'] as const) {
   t.test(`a setsid grandchild is killed on ${ending} when the call has a cgroup (else: it escapes, as documented)`, async (t) => {
     const scratch = await tempDir(t, 'taskvault-pids-')
     const pidfile = join(scratch, 'setsid.pid')
     const log = memoryLog()
     const app = await build(t, {
       logger: log.logger,
+      config: { TASK_SHUTDOWN_GRACE_MS: 100 },
       agents: { default: { kind: 'command', argv: setsidScript(301, pidfile, ending === 'exit' ? 'echo done' : 'sleep 300'), timeout_ms: ending === 'timeout' ? 1500 : 60_000 } }
     })
     const startup = log.lines().find((line) => /^Command agents/.test(line.msg ?? ''))
     t.match(startup?.msg, contained ? /run in a cgroup per call/ : /process group only.*setsid/, 'one startup line says what is contained')
-    const [id] = await createTasks(app, `setsid-${ending}`, [{ instruction: 'x' }])
-    const running = post(app, '/execute', { session_id: `setsid-${ending}` })
+    const session = `setsid-${ending}`
+    const [id] = await createTasks(app, session, [{ instruction: 'x' }])
+    const running = post(app, '/execute', { session_id: session })
     const grandchild = await pidFrom(t, pidfile)
     // After a normal exit it may be killed already.
     if (ending !== 'exit') t.ok(alive(grandchild), 'the grandchild runs')
-    if (ending === 'cancel') t.match((await post(app, '/cancel', { session_id: `setsid-${ending}` })).json(), { cancelled_task_id: id })
-    const expected = { timeout: { status: 'Failed', error: /timed out after 1500 ms/ }, cancel: { status: 'Failed', error: 'cancelled' }, exit: { status: 'Completed', result: 'done\n' } }[ending]
-    t.match((await running).json(), expected)
+    if (ending === 'cancel') t.match((await post(app, '/cancel', { session_id: session })).json(), { cancelled_task_id: id })
+    if (ending === 'shutdown') {
+      await app.close()
+      t.match((await running).json(), { statusCode: 503 }, 'the call was aborted by shutdown after the grace period')
+    } else {
+      const expected = { timeout: { status: 'Failed', error: /timed out after 1500 ms/ }, cancel: { status: 'Failed', error: 'cancelled' }, exit: { status: 'Completed', result: 'done\n' } }[ending]
+      t.match((await running).json(), expected)
+    }
     if (contained) {
       await waitFor('the setsid grandchild to die', () => !alive(grandchild), 5000)
       t.pass('the setsid grandchild is gone')

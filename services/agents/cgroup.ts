@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { access, mkdir, readFile, rmdir, writeFile } from 'node:fs/promises'
+import { writeFileSync } from 'node:fs'
+import { access, mkdir, readFile, rmdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Logger } from '../task-manager.js'
@@ -102,12 +103,22 @@ export class CallCgroups {
   }
 
   /**
+   * SIGKILLs everything in `dir`, at once. Synchronous (one small write to cgroupfs) so that it
+   * is done before an abort listener returns: a call abandoned at shutdown is not awaited.
+   */
+  kill (dir: string): void {
+    try {
+      writeFileSync(join(dir, 'cgroup.kill'), '1')
+    } catch {}
+  }
+
+  /**
    * Kills everything in `dir`, waits for it to empty, and removes it. Never throws: a cgroup
    * that cannot be removed is logged (what it held was killed; an operator can rmdir it later).
    */
   async destroy (dir: string): Promise<void> {
+    this.kill(dir)
     try {
-      await writeFile(join(dir, 'cgroup.kill'), '1')
       const deadline = Date.now() + EMPTY_WAIT_MS
       while (/^populated 1$/mu.test(await readFile(join(dir, 'cgroup.events'), 'utf8')) && Date.now() < deadline) await sleep(POLL_MS)
     } catch {}

@@ -72,6 +72,7 @@ export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv
                 process.kill(-child.pid, 'SIGKILL')
               } catch {}
             }
+            if (cgroup !== null) (runtime.cgroups as CallCgroups).kill(cgroup)
             // Our ends of the pipes close too: a leftover that holds them must not hold the call.
             child.stdin.destroy()
             child.stdout.destroy()
@@ -98,6 +99,7 @@ export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv
           child.on('error', (err: NodeJS.ErrnoException) => end({ kind: 'error', err }))
           // The program's exit ends the call: what it started may keep the pipes open forever.
           child.on('exit', (code, signal) => {
+            if (ended) return
             // setImmediate: one more poll of the pipes, so output written before the exit is read even with no drain.
             drain = setTimeout(() => setImmediate(() => end({ kind: 'exit', code, signal })), drainMs)
           })
