@@ -41,9 +41,10 @@ export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv
   for (const name of WITHHELD_ENV) delete inherited[name]
   return async (task, context) => {
     context.signal.throwIfAborted()
-    const cgroup = runtime.cgroups === null
+    const { cgroups } = runtime
+    const cgroup = cgroups === null
       ? null
-      : await runtime.cgroups.create().catch((err: NodeJS.ErrnoException) => {
+      : await cgroups.create().catch((err: NodeJS.ErrnoException) => {
         throw new AgentError(`${who} could not make its cgroup: ${err.code ?? err.message}`, { cause: err, transient: true })
       })
     const out = { stdout: [] as Buffer[], stdoutBytes: 0, stderrTail: Buffer.alloc(0) }
@@ -52,7 +53,7 @@ export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv
       ending = context.signal.aborted
         ? { kind: 'aborted' }
         : await new Promise<Ending>((resolve) => {
-          const argv = cgroup === null ? spec.argv : (runtime.cgroups as CallCgroups).wrap(cgroup, spec.argv)
+          const argv = cgroups === null || cgroup === null ? spec.argv : cgroups.wrap(cgroup, spec.argv)
           const child = spawn(argv[0] as string, argv.slice(1), {
             cwd: spec.cwd,
             env: { ...inherited, ...spec.env, TASK_ID: task.id, TASK_TYPE: task.task_type, SESSION_ID: context.session_id, TASK_ATTEMPT: String(context.attempt) },
@@ -72,7 +73,7 @@ export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv
                 process.kill(-child.pid, 'SIGKILL')
               } catch {}
             }
-            if (cgroup !== null) (runtime.cgroups as CallCgroups).kill(cgroup)
+            if (cgroup !== null) cgroups?.kill(cgroup)
             // Our ends of the pipes close too: a leftover that holds them must not hold the call.
             child.stdin.destroy()
             child.stdout.destroy()
@@ -106,7 +107,7 @@ export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv
           child.on('close', (code, signal) => end({ kind: 'exit', code, signal }))
         })
     } finally {
-      if (cgroup !== null) await (runtime.cgroups as CallCgroups).destroy(cgroup)
+      if (cgroup !== null) await cgroups?.destroy(cgroup)
     }
 
     if (ending.kind === 'aborted') throw context.signal.reason
