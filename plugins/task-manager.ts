@@ -1,6 +1,9 @@
 import { Type } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
+import type { FastifyInstance } from 'fastify'
 import { TASK_TYPES } from '../schemas/session.js'
+import { probeCgroups } from '../services/agents/cgroup.js'
+import type { CommandRuntime } from '../services/agents/command.js'
 import { parseAgentsConfig, type AgentsConfig } from '../services/agents/spec.js'
 import type { Executors } from '../services/executors.js'
 import { TaskManager } from '../services/task-manager.js'
@@ -37,6 +40,10 @@ export interface TaskManagerPluginOptions {
   /** Waits of a background run stopped by a storage fault (TASK_RUN_RETRY_MS, TASK_RUN_RETRY_MAX_MS). */
   runRetryMs?: number
   runRetryMaxMs?: number
+  /** After a command agent's program exits, how long its output may take to end (TASK_COMMAND_DRAIN_MS). */
+  commandDrainMs?: number
+  /** 'auto': a cgroup per command call when the host allows; 'off': the process group only (TASK_COMMAND_CGROUP). */
+  commandCgroup?: 'auto' | 'off'
   /** Time source for timestamps (tests). */
   clock?: () => Date
 }
@@ -57,6 +64,8 @@ export const TaskManagerOptionsSchema = Type.Object({
   resumeOnStart: fromSetting('TASK_RESUME_ON_START'),
   runRetryMs: fromSetting('TASK_RUN_RETRY_MS'),
   runRetryMaxMs: fromSetting('TASK_RUN_RETRY_MAX_MS'),
+  commandDrainMs: fromSetting('TASK_COMMAND_DRAIN_MS'),
+  commandCgroup: fromSetting('TASK_COMMAND_CGROUP'),
   autoSave: fromSetting('TASK_AUTO_SAVE'),
   restoreConcurrency: fromSetting('TASK_RESTORE_CONCURRENCY'),
   shutdownGraceMs: fromSetting('TASK_SHUTDOWN_GRACE_MS'),
@@ -81,6 +90,7 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
     executors: options.executors,
     agents,
     env,
+    command: await commandRuntime(app, options, agents),
     maxInterruptions: options.maxInterruptions ?? setting(app, 'TASK_MAX_INTERRUPTIONS'),
     resumeOnStart: options.resumeOnStart ?? setting(app, 'TASK_RESUME_ON_START'),
     runRetryMs: options.runRetryMs ?? setting(app, 'TASK_RUN_RETRY_MS'),
@@ -121,6 +131,23 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
     done(null, payload)
   })
 }, { name: 'taskvault-task-manager', fastify: '5.x', dependencies: ['taskvault-persistence'] })
+/**
+ * How command agents end and are contained. The cgroup probe runs only when a command agent is
+ * configured, and says once at startup what a command can leave running.
+ */
+async function commandRuntime (app: FastifyInstance, options: TaskManagerPluginOptions, agents: AgentsConfig | undefined): Promise<CommandRuntime> {
+  const drainMs = options.commandDrainMs ?? setting(app, 'TASK_COMMAND_DRAIN_MS')
+  if (!Object.values(agents ?? {}).some((spec) => spec.kind === 'command')) return { drainMs, cgroups: null }
+  const mode = options.commandCgroup ?? setting(app, 'TASK_COMMAND_CGROUP')
+  const probe = mode === 'off' ? { cgroups: null, reason: 'TASK_COMMAND_CGROUP=off' } : await probeCgroups({ logger: app.log })
+  if (probe.cgroups !== null) {
+    app.log.info({ cgroup_parent: probe.cgroups.parent }, 'Command agents run in a cgroup per call: everything a command starts, setsid or not, is killed when its call ends')
+  } else {
+    app.log.warn({ reason: probe.reason }, 'Command agents are contained by their process group only: a process a command starts that calls setsid (or joins another group) is not killed with it and can outlive its call')
+  }
+  return { drainMs, cgroups: probe.cgroups }
+}
+
 /** The `agents` option or the TASK_AGENTS setting, validated; undefined when neither names agents. */
 function agentsConfig (source: Record<string, unknown> | string, env: NodeJS.ProcessEnv): AgentsConfig | undefined {
   if (typeof source === 'string' && source.trim() === '') return undefined

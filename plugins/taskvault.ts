@@ -91,6 +91,8 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
       resumeOnStart: options.resumeOnStart,
       runRetryMs: options.runRetryMs,
       runRetryMaxMs: options.runRetryMaxMs,
+      commandDrainMs: options.commandDrainMs,
+      commandCgroup: options.commandCgroup,
       autoSave: options.autoSave,
       restoreConcurrency: options.restoreConcurrency,
       shutdownGraceMs: options.shutdownGraceMs,

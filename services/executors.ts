@@ -1,5 +1,5 @@
 import type { Task, TaskType } from '../schemas/session.js'
-import { commandAgent } from './agents/command.js'
+import { commandAgent, DEFAULT_COMMAND_RUNTIME, type CommandRuntime } from './agents/command.js'
 import { openaiAgent } from './agents/openai.js'
 import { AGENT_KEYS, DEFAULT_AGENTS, DEFAULT_POLICY, checkPolicy, type AgentKey, type AgentPolicy, type AgentSpec, type AgentsConfig } from './agents/spec.js'
 import { webhookAgent } from './agents/webhook.js'
@@ -53,13 +53,13 @@ export const echoExecutor: Executor = async (task) => ({ result: task.instructio
  * Builds the routing table: per key, a programmatic executor if one is given, else the
  * configured agent. `default` falls back to the echo agent.
  */
-export function resolveAgents (executors: Executors = {}, config: AgentsConfig = DEFAULT_AGENTS, env: NodeJS.ProcessEnv = process.env): AgentRoutes {
+export function resolveAgents (executors: Executors = {}, config: AgentsConfig = DEFAULT_AGENTS, env: NodeJS.ProcessEnv = process.env, command: CommandRuntime = DEFAULT_COMMAND_RUNTIME): AgentRoutes {
   const routes: Partial<Record<AgentKey, Agent>> = {}
   for (const key of AGENT_KEYS) {
     const given = executors[key]
     const spec = config[key]
     if (given !== undefined) routes[key] = programmatic(key, given)
-    else if (spec !== undefined) routes[key] = fromSpec(key, spec, env)
+    else if (spec !== undefined) routes[key] = fromSpec(key, spec, env, command)
   }
   routes.default ??= { key: 'default', kind: 'echo', run: echoExecutor, policy: DEFAULT_POLICY }
   return routes as AgentRoutes
@@ -76,13 +76,13 @@ function programmatic (key: AgentKey, given: Executor | ExecutorDefinition): Age
   return { key, kind: 'function', run, policy: checkPolicy(key, policy, DEFAULT_POLICY) }
 }
 
-function fromSpec (key: AgentKey, spec: AgentSpec, env: NodeJS.ProcessEnv): Agent {
+function fromSpec (key: AgentKey, spec: AgentSpec, env: NodeJS.ProcessEnv, command: CommandRuntime): Agent {
   const policy: AgentPolicy = { timeout_ms: spec.timeout_ms, max_attempts: spec.max_attempts, backoff_ms: spec.backoff_ms, max_backoff_ms: spec.max_backoff_ms }
   switch (spec.kind) {
     case 'echo': return { key, kind: spec.kind, run: echoExecutor, policy }
     case 'webhook': return { key, kind: spec.kind, run: webhookAgent(key, spec, env), policy }
     case 'openai': return { key, kind: spec.kind, run: openaiAgent(spec, env), policy }
-    case 'command': return { key, kind: spec.kind, run: commandAgent(spec, env), policy }
+    case 'command': return { key, kind: spec.kind, run: commandAgent(spec, env, command), policy }
   }
 }
 

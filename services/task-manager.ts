@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events'
+import type { CommandRuntime } from './agents/command.js'
 import type { AgentsConfig } from './agents/spec.js'
 import { ArchivedSessions, type ArchivedSessionSummary, type RetentionCutoffs } from './archived-sessions.js'
 import { InvalidSessionIdError, LimitExceededError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError } from './errors.js'
@@ -40,6 +41,8 @@ export interface TaskManagerOptions {
   agents?: AgentsConfig
   /** Where agents read the secrets their specs name (default process.env). */
   env?: NodeJS.ProcessEnv
+  /** How command agents end and are contained (default: a 200 ms drain, the process group only). */
+  command?: CommandRuntime
   /** Restarts that may find a task running before it is failed instead of run again (default 3). */
   maxInterruptions?: number
   /** Resume background runs a restart interrupted (default true). */
@@ -130,7 +133,7 @@ export class TaskManager {
 
   constructor (options: TaskManagerOptions) {
     this.store = options.store
-    this.agents = resolveAgents(options.executors, options.agents, options.env)
+    this.agents = resolveAgents(options.executors, options.agents, options.env, options.command)
     this.maxInterruptions = options.maxInterruptions ?? 3
     this.resumeOnStart = options.resumeOnStart ?? true
     this.autoSave = options.autoSave ?? true

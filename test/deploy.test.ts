@@ -132,11 +132,23 @@ function instructions (text: string): Array<{ op: string, args: string }> {
     })
 }
 
-t.test('Dockerfile: multi-stage node:20-slim, production dependencies, non-root, volume, healthcheck, node as PID 1', async (t) => {
+/** Node LTS majors and their end of life (nodejs.org/en/about/previous-releases). */
+const NODE_LTS_END: Record<string, string> = { 22: '2027-04-30', 24: '2028-04-30' }
+
+t.test('Dockerfile: multi-stage on a supported Node LTS pinned to a minor, production dependencies, non-root, volume, healthcheck, tini as PID 1', async (t) => {
   const all = instructions(await read('Dockerfile'))
+  // ARGs before the first FROM may name the base image; their defaults are what a plain build uses.
+  const args = new Map(all.slice(0, all.findIndex((item) => item.op === 'FROM')).filter((item) => item.op === 'ARG')
+    .map((item) => item.args.split('=', 2) as [string, string]))
   const froms = all.filter((item) => item.op === 'FROM')
   t.ok(froms.length >= 2, 'multi-stage')
-  t.ok(froms.every((item) => item.args.startsWith('node:20-slim')), 'every stage on node:20-slim')
+  for (const from of froms) {
+    const image = (from.args.split(/\s+/u)[0] ?? '').replace(/\$\{(\w+)\}|\$(\w+)/gu, (_, a: string | undefined, b: string | undefined) => args.get(a ?? b ?? '') ?? '')
+    const [, major = '', minor] = /^node:(\d+)\.(\d+)-slim(@sha256:[0-9a-f]{64})?$/u.exec(image) ?? []
+    t.ok(minor !== undefined, `${image}: node:<major>.<minor>-slim, optionally with a digest`)
+    const end = NODE_LTS_END[major]
+    t.ok(end !== undefined && new Date(end) > new Date(), `${image}: Node ${major} is an LTS still supported${end === undefined ? '' : ` (to ${end})`}`)
+  }
   const final = all.slice(all.lastIndexOf(froms[froms.length - 1] as { op: string, args: string }))
 
   const stages = new Map<string, string>()
@@ -158,8 +170,11 @@ t.test('Dockerfile: multi-stage node:20-slim, production dependencies, non-root,
   t.match(user, /^[1-9]\d*(:\d+)?$/, 'a numeric non-root user (verifiable by runAsNonRoot)')
   t.match(final.find((item) => item.op === 'HEALTHCHECK')?.args, /\/health/)
   const cmd = JSON.parse(final.filter((item) => item.op === 'CMD').at(-1)?.args ?? 'null') as unknown
-  t.same(cmd, ['node', 'dist/server.js'], 'exec form: node is PID 1 and receives SIGTERM itself')
-  t.notOk(final.some((item) => item.op === 'ENTRYPOINT'), 'no wrapper in front of node')
+  t.same(cmd, ['node', 'dist/server.js'], 'exec form: no shell between tini and node')
+  // tini as PID 1 reaps orphans (Node does not) and forwards SIGTERM to node.
+  const entrypoint = JSON.parse(final.filter((item) => item.op === 'ENTRYPOINT').at(-1)?.args ?? 'null') as string[] | null
+  t.ok(entrypoint !== null && entrypoint[0] === '/usr/bin/tini' && entrypoint.at(-1) === '--' && entrypoint.slice(1, -1).every((flag) => ['-g', '-s'].includes(flag)), `tini is PID 1 in exec form: ${JSON.stringify(entrypoint)}`)
+  t.match(final.filter((item) => item.op === 'RUN').map((item) => item.args).join(' '), /apt-get install -y (--no-install-recommends )?tini\b/, 'Debian\'s tini, installed in the final stage')
 
   const ignored = (await read('.dockerignore')).split('\n').map((line) => line.trim())
   for (const path of ['node_modules', 'dist', 'data', '.git']) t.ok(ignored.includes(path), `.dockerignore leaves out ${path}`)

@@ -49,7 +49,8 @@ export const CommandAgentSpec = spec('command', {
   argv: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'Program and arguments; no shell' }),
   cwd: Type.Optional(Type.String({ minLength: 1 })),
   env: Type.Optional(Type.Record(Type.String({ pattern: ENV_NAME.source }), Type.String())),
-  max_output_bytes: Type.Integer({ minimum: 1, maximum: 1024 ** 3, default: 1024 * 1024, description: 'stdout beyond this is cut' })
+  max_output_bytes: Type.Integer({ minimum: 1, maximum: 1024 ** 3, default: 1024 * 1024, description: 'stdout beyond this is cut' }),
+  drain_ms: Type.Optional(Type.Integer({ minimum: 0, maximum: 60_000, description: 'After the program exits, how long its output may take to end; unset: TASK_COMMAND_DRAIN_MS' }))
 })
 
 export const AgentSpec = Type.Union([EchoAgentSpec, WebhookAgentSpec, OpenAIAgentSpec, CommandAgentSpec])
