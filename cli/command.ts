@@ -1,4 +1,5 @@
 import type { Config } from '../schemas/config.js'
+import type { Keyring } from '../services/keyring.js'
 import type { OptionSpecs, ParsedCommand } from './args.js'
 
 export interface CommandResult {
@@ -12,6 +13,8 @@ export interface CommandResult {
 
 export interface CommandContext {
   settings: Config
+  /** TASK_ENCRYPTION_KEYS, parsed: opens sealed files, and seals what the tool writes anew. */
+  keyring: Keyring | null
   /** Warnings and progress for people, on stderr (stdout is the result). */
   warn: (line: string) => void
 }

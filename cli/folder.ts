@@ -4,7 +4,9 @@ import { join, resolve } from 'node:path'
 import type { Config } from '../schemas/config.js'
 import { FileSessionStore } from '../services/file-store.js'
 import type { SessionFile } from '../services/session.js'
-import { ARCHIVED_FILE, SESSION_FILE, parseSessionFile } from '../services/session-files.js'
+import { KeyUnavailableError } from '../services/errors.js'
+import type { Keyring } from '../services/keyring.js'
+import { ARCHIVED_FILE, SESSION_FILE, readSessionDocument } from '../services/session-files.js'
 import { CommandFailedError } from './args.js'
 
 /** A `*.json` entry of the storage folder or its `archive/`. */
@@ -20,8 +22,10 @@ export interface StoredFile {
 }
 
 export type CheckedFile =
-  | { ok: true, file: SessionFile, data: Buffer, mtime: Date }
-  | { ok: false, reason: string }
+  /** `kid`: the key that sealed it, null for plaintext. */
+  | { ok: true, file: SessionFile, data: Buffer, mtime: Date, kid: string | null }
+  /** `keyMissing`: sealed under a key not configured; such a file is never moved. */
+  | { ok: false, reason: string, keyMissing?: boolean }
   /** Removed or moved (by a running server) since the listing. */
   | { ok: null }
 
@@ -63,7 +67,7 @@ function stored (dir: string, entry: Dirent, archived: boolean): StoredFile {
 }
 
 /** Reads a file once, whole, and checks it exactly as the server's restore does. */
-export async function checkStoredFile (stored: StoredFile): Promise<CheckedFile> {
+export async function checkStoredFile (stored: StoredFile, keyring: Keyring | null): Promise<CheckedFile> {
   if (!stored.regular) return { ok: false, reason: 'not a regular file (a symlink or folder); the server never reads it' }
   if (stored.sessionId === null) {
     return { ok: false, reason: stored.archived ? 'not named <id>.json or <id>.<ms>.json; the server ignores it' : 'not named <id>.json with a valid session id' }
@@ -84,8 +88,10 @@ export async function checkStoredFile (stored: StoredFile): Promise<CheckedFile>
     await handle.close()
   }
   try {
-    return { ok: true, file: parseSessionFile(stored.rel, data.toString('utf8'), stored.sessionId), data, mtime }
+    const read = readSessionDocument(stored.rel, data.toString('utf8'), stored.sessionId, keyring)
+    return { ok: true, file: read.file, data, mtime, kid: read.kid }
   } catch (err) {
+    if (err instanceof KeyUnavailableError) return { ok: false, reason: err.message, keyMissing: true }
     // The store's message starts with the file name, which the caller prints already.
     return { ok: false, reason: (err as Error).message.replace(`${stored.rel}: `, '') }
   }
@@ -96,9 +102,9 @@ export async function checkStoredFile (stored: StoredFile): Promise<CheckedFile>
  * refused (naming the holder) while a live server has the folder. `create` makes a missing
  * folder (restore); otherwise a missing folder is an error.
  */
-export async function withWriteLock<R> (dir: string, settings: Config, create: boolean, work: (store: FileSessionStore) => Promise<R>): Promise<R> {
+export async function withWriteLock<R> (dir: string, settings: Config, keyring: Keyring | null, create: boolean, work: (store: FileSessionStore) => Promise<R>): Promise<R> {
   if (!create) await assertFolder(dir)
-  const store = new FileSessionStore({ dir, lock: { refreshMs: settings.TASK_LOCK_REFRESH_MS, staleMs: settings.TASK_LOCK_STALE_MS } })
+  const store = new FileSessionStore({ dir, keyring, maxSessionBytes: settings.TASK_MAX_SESSION_BYTES, lock: { refreshMs: settings.TASK_LOCK_REFRESH_MS, staleMs: settings.TASK_LOCK_STALE_MS } })
   await store.init()
   try {
     return await work(store)

@@ -1,20 +1,22 @@
 #!/usr/bin/env node
 /**
  * `taskvault`: the operator's tool for a storage folder (validate, stats, archive, prune,
- * backup, restore), built on the same services as the server.
+ * backup, restore, seal), built on the same services as the server.
  */
 import { TaskvaultError } from '../services/errors.js'
+import { Keyring } from '../services/keyring.js'
 import { StorageLockedError } from '../services/storage-lock.js'
 import { UsageError, isGlobalHelp, parseCommand } from './args.js'
 import type { Command, CommandResult } from './command.js'
 import { archiveCommand, pruneCommand } from './commands/passes.js'
 import { backupCommand } from './commands/backup.js'
 import { restoreCommand } from './commands/restore.js'
+import { sealCommand } from './commands/seal.js'
 import { statsCommand } from './commands/stats.js'
 import { validateCommand } from './commands/validate.js'
 import { loadSettings } from './settings.js'
 
-const COMMANDS: readonly Command[] = [validateCommand, statsCommand, archiveCommand, pruneCommand, backupCommand, restoreCommand]
+const COMMANDS: readonly Command[] = [validateCommand, statsCommand, archiveCommand, pruneCommand, backupCommand, restoreCommand, sealCommand]
 
 const USAGE = `Usage: taskvault <command> [dir] [options]
 
@@ -43,7 +45,8 @@ async function main (argv: string[]): Promise<number> {
       return EXIT.ok
     }
     const settings = loadSettings()
-    const result = await command.run(args, { settings, warn: (line) => process.stderr.write(line + '\n') })
+    const keyring = Keyring.parse(settings.TASK_ENCRYPTION_KEYS)
+    const result = await command.run(args, { settings, keyring, warn: (line) => process.stderr.write(line + '\n') })
     print(result, args.json)
     return result.code
   } catch (err) {

@@ -1,6 +1,7 @@
 import { Type } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
 import { FileSessionStore } from '../services/file-store.js'
+import { Keyring } from '../services/keyring.js'
 import type { FsSeam } from '../services/fs-seam.js'
 import type { SessionStore } from '../services/store.js'
 import { checkOptions, fromSetting, setting } from './options.js'
@@ -22,6 +23,8 @@ export interface PersistencePluginOptions {
   fs?: FsSeam
   /** Largest stored form of one session, in bytes (TASK_MAX_SESSION_BYTES). */
   maxSessionBytes?: number
+  /** Keys that seal session content at rest (TASK_ENCRYPTION_KEYS): `kid:base64key,...` or `@/path`. */
+  encryptionKeys?: string
 }
 
 export const PersistenceOptionsSchema = Type.Object({
@@ -29,7 +32,8 @@ export const PersistenceOptionsSchema = Type.Object({
   lockRefreshMs: fromSetting('TASK_LOCK_REFRESH_MS'),
   lockStaleMs: fromSetting('TASK_LOCK_STALE_MS'),
   fs: Type.Optional(Type.Object({})),
-  maxSessionBytes: fromSetting('TASK_MAX_SESSION_BYTES')
+  maxSessionBytes: fromSetting('TASK_MAX_SESSION_BYTES'),
+  encryptionKeys: fromSetting('TASK_ENCRYPTION_KEYS')
 }, { additionalProperties: false })
 
 /** The session store: one durable JSON file per session in the storage folder. */
@@ -39,6 +43,7 @@ export default fp<PersistencePluginOptions>(async function persistencePlugin (ap
     dir: options.storageDir ?? setting(app, 'TASK_STORAGE_DIR'),
     fs: options.fs,
     maxSessionBytes: options.maxSessionBytes ?? setting(app, 'TASK_MAX_SESSION_BYTES'),
+    keyring: Keyring.parse(options.encryptionKeys ?? setting(app, 'TASK_ENCRYPTION_KEYS')),
     lock: {
       refreshMs: options.lockRefreshMs ?? setting(app, 'TASK_LOCK_REFRESH_MS'),
       staleMs: options.lockStaleMs ?? setting(app, 'TASK_LOCK_STALE_MS')

@@ -82,7 +82,7 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     if (options.apiKeys !== undefined || !instance.hasPlugin('taskvault-auth')) {
       await instance.register(authPlugin, { apiKeys: options.apiKeys })
     }
-    await instance.register(persistencePlugin, { storageDir: options.storageDir, lockRefreshMs: options.lockRefreshMs, lockStaleMs: options.lockStaleMs, fs: options.fs, maxSessionBytes: options.maxSessionBytes })
+    await instance.register(persistencePlugin, { storageDir: options.storageDir, lockRefreshMs: options.lockRefreshMs, lockStaleMs: options.lockStaleMs, fs: options.fs, maxSessionBytes: options.maxSessionBytes, encryptionKeys: options.encryptionKeys })
     await instance.register(taskManagerPlugin, {
       executors: options.executors,
       agents: options.agents,

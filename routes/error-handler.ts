@@ -15,7 +15,8 @@ const STATUS_BY_CODE: Readonly<Record<string, number>> = {
   SHUTTING_DOWN: 503,
   NOT_READY: 503,
   STORAGE_UNAVAILABLE: 503,
-  STORAGE_FULL: 507
+  STORAGE_FULL: 507,
+  ENCRYPTION_KEY_UNAVAILABLE: 503
 }
 
 export function statusFor (error: FastifyError | TaskvaultError): number {

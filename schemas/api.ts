@@ -213,6 +213,12 @@ export const StatsResponse = Type.Object({
     archive_bytes: Type.Integer(),
     failed_loads: Type.Integer(),
     restore_ms: Type.Number()
+  }),
+  encryption: Type.Object({
+    enabled: Type.Boolean({ description: 'Session content is sealed at rest (TASK_ENCRYPTION_KEYS)' }),
+    active_kid: Type.Optional(Type.String({ description: 'The key every write is sealed under' })),
+    sealed_sessions: Type.Optional(Type.Record(Type.String(), Type.Integer(), { description: 'Active sessions by the key that sealed them: a key with none left (archive aside: see taskvault validate) can go' })),
+    plaintext_sessions: Type.Optional(Type.Integer({ description: 'Active sessions not sealed yet (they are sealed as they change, or by taskvault seal)' }))
   })
 }, {
   examples: [{
@@ -225,7 +231,8 @@ export const StatsResponse = Type.Object({
     pending_tasks: 1,
     in_progress_tasks: 0,
     archived_sessions: 0,
-    storage: { dir: '/app/data/tasks', bytes: 1712, files: 1, archive_bytes: 0, failed_loads: 0, restore_ms: 3.1 }
+    storage: { dir: '/app/data/tasks', bytes: 1712, files: 1, archive_bytes: 0, failed_loads: 0, restore_ms: 3.1 },
+    encryption: { enabled: false }
   }]
 })
 

@@ -87,3 +87,22 @@ export const StoredSessionFile = Type.Object({
   })
 })
 export type StoredSessionFile = Static<typeof StoredSessionFile>
+
+/**
+ * A sealed session file (TASK_ENCRYPTION_KEYS): the id and times in clear, everything else in
+ * `sealed.data`, AES-256-GCM under key `kid` (base64 fields).
+ */
+export const SealedSessionFile = Type.Object({
+  session_id: SessionId,
+  created_at: Timestamp,
+  updated_at: Timestamp,
+  sealed: Type.Object({
+    v: Type.Integer(),
+    alg: Type.String(),
+    kid: Type.String({ pattern: '^[A-Za-z0-9_-]{1,32}$' }),
+    iv: Type.String(),
+    tag: Type.String(),
+    data: Type.String()
+  })
+})
+export type SealedSessionFile = Static<typeof SealedSessionFile>

@@ -101,6 +101,20 @@ export class StorageError extends TaskvaultError {
   }
 }
 
+/** TASK_ENCRYPTION_KEYS is malformed. Stops the boot; the message never holds a key. */
+export class InvalidEncryptionKeysError extends TaskvaultError {
+  constructor (message: string) {
+    super('INVALID_ENCRYPTION_KEYS', `TASK_ENCRYPTION_KEYS: ${message}`)
+  }
+}
+
+/** A session sealed under a kid that is not configured. The file is left as it is: losing a key must not destroy data. */
+export class KeyUnavailableError extends TaskvaultError {
+  constructor (readonly kid: string, message = `a session is sealed under key '${kid}', which TASK_ENCRYPTION_KEYS does not hold`) {
+    super('ENCRYPTION_KEY_UNAVAILABLE', message)
+  }
+}
+
 /** A session file that cannot be parsed or does not match the file schema. */
 export class CorruptSessionFileError extends TaskvaultError {
   constructor (readonly fileName: string, reason: string) {

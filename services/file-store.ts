@@ -6,12 +6,13 @@ import pLimit from 'p-limit'
 import { SessionFile, SESSION_ID_PATTERN } from '../schemas/session.js'
 import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from './archive-index.js'
 import { CoalescedRun } from './coalesce.js'
-import { CorruptSessionFileError, InvalidSessionIdError, StorageError, TaskvaultError } from './errors.js'
+import { CorruptSessionFileError, InvalidSessionIdError, KeyUnavailableError, StorageError, TaskvaultError } from './errors.js'
+import type { Keyring } from './keyring.js'
 import { nodeFs, type FsSeam } from './fs-seam.js'
 import { ReaderPool } from './reader-pool.js'
-import { ARCHIVED_FILE, DIR_MODE, FILE_MODE, TEMP_FILE, fsyncDir, parseSessionFile, readWhole, serializeSessionFile, writeAndRename } from './session-files.js'
+import { ARCHIVED_FILE, DIR_MODE, FILE_MODE, TEMP_FILE, fsyncDir, parseSessionFile, readSessionDocument, readWhole, serializeSessionFile, writeAndRename } from './session-files.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
-import type { ArchivedSession, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents } from './store.js'
+import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents } from './store.js'
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 const checkSessionFile = TypeCompiler.Compile(SessionFile)
@@ -25,6 +26,8 @@ export interface FileSessionStoreOptions {
   indent?: number
   /** A session whose stored form would pass this many bytes is refused (TASK_MAX_SESSION_BYTES); unbounded when omitted. */
   maxSessionBytes?: number
+  /** Seals every write and opens sealed files (TASK_ENCRYPTION_KEYS); plaintext when omitted. */
+  keyring?: Keyring | null
   /** Hold the folder's single-writer lock from init to close (the server does; tools reading a copy need not). */
   lock?: StorageLockOptions
 }
@@ -44,6 +47,10 @@ export class FileSessionStore implements SessionStore {
   private readonly fs: FsSeam
   private readonly indent: number
   private readonly maxSessionBytes: number
+  private readonly keyring: Keyring | null
+  /** The kid each active session is stored under ('' for plaintext), and how many per kid. */
+  private readonly kidOf = new Map<string, string>()
+  private readonly kidCounts = new Map<string, number>()
   private readonly dirSync: CoalescedRun
   private readonly lock: StorageLock | null
   private readonly archiveIndex = new ArchiveIndex()
@@ -58,6 +65,7 @@ export class FileSessionStore implements SessionStore {
     this.fs = options.fs ?? nodeFs
     this.indent = options.indent ?? 2
     this.maxSessionBytes = options.maxSessionBytes ?? Number.POSITIVE_INFINITY
+    this.keyring = options.keyring ?? null
     this.dirSync = new CoalescedRun(() => fsyncDir(this.fs, this.dir))
     this.lock = options.lock ? new StorageLock(this.dir, this.fs, options.lock) : null
   }
@@ -116,12 +124,14 @@ export class FileSessionStore implements SessionStore {
       throw new TaskvaultError('INVALID_SESSION_STATE', `refusing to save session '${file.session_id}': ${first?.path ?? ''} ${first?.message ?? ''}`)
     }
     const target = this.pathFor(file.session_id)
-    const data = await serializeSessionFile(file, this.indent, this.maxSessionBytes)
+    const data = await serializeSessionFile(file, this.indent, this.maxSessionBytes, this.keyring)
     try {
       await writeAndRename(this.fs, this.tempPath(file.session_id), target, data)
     } catch (err) {
       throw new StorageError(`saving session '${file.session_id}'`, err as NodeJS.ErrnoException)
     }
+    // Past the rename the file holds the new form, whether or not the folder fsync holds.
+    this.stored(file.session_id, this.keyring?.activeKid ?? '')
     await this.syncDir(`saving session '${file.session_id}'`, true)
     return data.length
   }
@@ -134,6 +144,7 @@ export class FileSessionStore implements SessionStore {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
       throw new StorageError(`deleting session '${sessionId}'`, err as NodeJS.ErrnoException)
     }
+    this.stored(sessionId, null)
     await this.syncDir(`deleting session '${sessionId}'`, true)
   }
 
@@ -159,6 +170,7 @@ export class FileSessionStore implements SessionStore {
     const limit = pLimit(concurrency * 2)
     // Once one batch fails the restore has failed: batches still queued must not start (nor set files aside).
     let failed = false
+    const missing = new Map<string, number>()
     try {
       await Promise.all(batches(names, RESTORE_BATCH_FILES).map((batch) => limit(async () => {
         if (failed) return
@@ -175,8 +187,15 @@ export class FileSessionStore implements SessionStore {
           }
           try {
             const text = data.toString('utf8', file.offset, file.offset + file.length)
-            sessions.push({ file: parseSessionFile(file.name, text, file.name.slice(0, -'.json'.length)), bytes: file.length })
+            const read = readSessionDocument(file.name, text, file.name.slice(0, -'.json'.length), this.keyring)
+            sessions.push({ file: read.file, bytes: file.length })
+            this.stored(read.file.session_id, read.kid ?? '')
           } catch (err) {
+            // Sealed under a key we lack: counted, left exactly where it is, and the boot stops below.
+            if (err instanceof KeyUnavailableError) {
+              missing.set(err.kid, (missing.get(err.kid) ?? 0) + 1)
+              continue
+            }
             if (!(err instanceof CorruptSessionFileError)) throw err
             failures.push({ name: file.name, reason: err.message, movedTo: await this.setAside(this.dir, file.name) })
           }
@@ -190,6 +209,10 @@ export class FileSessionStore implements SessionStore {
       await pool.close()
     }
     if (removedTempFiles > 0 || failures.length > 0) await this.syncDir('restoring sessions')
+    if (missing.size > 0) {
+      const counts = [...missing].map(([kid, count]) => `${count} session${count === 1 ? '' : 's'} need key '${kid}'`).join(', ')
+      throw new KeyUnavailableError([...missing.keys()][0] as string, `cannot restore: ${counts}, which TASK_ENCRYPTION_KEYS does not hold. Add the key back; those files were left untouched`)
+    }
     return { sessions, failures, removedTempFiles }
   }
 
@@ -257,6 +280,7 @@ export class FileSessionStore implements SessionStore {
       throw new StorageError(operation, err as NodeJS.ErrnoException)
     }
     // The file is in archive/ now, whatever fails next: the index says so.
+    this.stored(sessionId, null)
     const size = await this.fs.lstat(join(this.archiveDir, name)).then((stat) => stat.size, () => 0)
     this.archiveIndex.add(sessionId, { name, bytes: size, stamp }, summarize(file, name))
     try {
@@ -340,6 +364,26 @@ export class FileSessionStore implements SessionStore {
     await this.lock?.release()
   }
 
+  encryption (): EncryptionStats | null {
+    if (this.keyring === null) return null
+    const sealed: Record<string, number> = {}
+    for (const [kid, count] of this.kidCounts) if (kid !== '' && count > 0) sealed[kid] = count
+    return { active_kid: this.keyring.activeKid, sealed_sessions: sealed, plaintext_sessions: this.kidCounts.get('') ?? 0 }
+  }
+
+  /** Records the key a session is stored under now ('' plaintext, null gone from the active folder). */
+  private stored (sessionId: string, kid: string | null): void {
+    const before = this.kidOf.get(sessionId)
+    if (before === kid) return
+    if (before !== undefined) this.kidCounts.set(before, (this.kidCounts.get(before) ?? 1) - 1)
+    if (kid === null) {
+      this.kidOf.delete(sessionId)
+      return
+    }
+    this.kidOf.set(sessionId, kid)
+    this.kidCounts.set(kid, (this.kidCounts.get(kid) ?? 0) + 1)
+  }
+
   private async fillSummaries (): Promise<LoadFailure[]> {
     const limit = pLimit(this.readConcurrency)
     const failures: LoadFailure[] = []
@@ -365,10 +409,12 @@ export class FileSessionStore implements SessionStore {
   private async loadFile (dir: string, name: string, sessionId: string): Promise<LoadedSession | LoadFailure | null> {
     try {
       const data = await readWhole(this.fs, join(dir, name))
-      return { file: parseSessionFile(name, data.toString('utf8'), sessionId), bytes: data.length }
+      return { file: parseSessionFile(name, data.toString('utf8'), sessionId, this.keyring), bytes: data.length }
     } catch (err) {
       // An archived file removed by hand since it was indexed is simply gone.
       if (dir === this.archiveDir && (err as NodeJS.ErrnoException).code === 'ENOENT') return null
+      // Sealed under a key we lack: never set aside, never overwritten.
+      if (err instanceof KeyUnavailableError) throw err
       if (!(err instanceof CorruptSessionFileError)) throw new StorageError(`reading ${name}`, err as NodeJS.ErrnoException)
       return { name: dir === this.dir ? name : `archive/${name}`, reason: err.message, movedTo: await this.setAside(dir, name) }
     }

@@ -74,6 +74,20 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
   new Gauge({ name: name('executions_in_flight'), help: 'Executions (execute, execute-all) running now', registers, collect () { this.set(manager.runningCount) } })
   new Gauge({ name: name('storage_bytes'), help: 'Bytes of the live session files', registers, collect () { this.set(manager.stats().storage.bytes) } })
   new Gauge({ name: name('restore_duration_seconds'), help: 'How long the restore at startup took', registers, collect () { this.set(manager.stats().storage.restore_ms / 1000) } })
+  new Gauge({ name: name('encryption_enabled'), help: '1 when session content is sealed at rest (TASK_ENCRYPTION_KEYS)', registers, collect () { this.set(store.encryption() === null ? 0 : 1) } })
+  new Gauge({
+    name: name('sealed_sessions'),
+    help: 'Active sessions by the key (kid) that sealed them; kid="" counts plaintext ones',
+    labelNames: ['kid'],
+    registers,
+    collect () {
+      this.reset()
+      const encryption = store.encryption()
+      if (encryption === null) return
+      for (const [kid, count] of Object.entries(encryption.sealed_sessions)) this.set({ kid }, count)
+      this.set({ kid: '' }, encryption.plaintext_sessions)
+    }
+  })
   new Gauge({ name: name('restore_failed_loads'), help: 'Session files set aside as unreadable at startup', registers, collect () { this.set(manager.stats().storage.failed_loads) } })
 
   store.events?.on('save', onSave)

@@ -1,8 +1,9 @@
 import { constants } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { StoredSessionFile, type SessionFile } from '../schemas/session.js'
-import { CorruptSessionFileError, SessionTooLargeError } from './errors.js'
+import { SealedSessionFile, StoredSessionFile, type SessionFile } from '../schemas/session.js'
+import { CorruptSessionFileError, KeyUnavailableError, SessionTooLargeError } from './errors.js'
+import type { Keyring } from './keyring.js'
 import type { FsSeam } from './fs-seam.js'
 import { normalizeSessionFile } from './session.js'
 
@@ -22,17 +23,29 @@ export const ARCHIVED_FILE = /^([A-Za-z0-9_-]{1,128})(?:\.(\d{1,16}))?\.json$/u
 export const TEMP_FILE = /^\.[A-Za-z0-9_-]{1,128}\.\d+\.\d+\.tmp$/u
 
 const checkStoredFile = TypeCompiler.Compile(StoredSessionFile)
+const checkSealedFile = TypeCompiler.Compile(SealedSessionFile)
 
 /**
- * Parses and checks the text of a session file whose name says it holds `expectedId`.
- * Throws CorruptSessionFileError naming `name` and the first problem.
+ * Parses and checks the text of a session file whose name says it holds `expectedId`, opening
+ * it first when it is sealed. Throws CorruptSessionFileError naming `name` and the first
+ * problem, or KeyUnavailableError when it is sealed under a kid the keyring does not hold.
  */
-export function parseSessionFile (name: string, text: string, expectedId: string): SessionFile {
+export function parseSessionFile (name: string, text: string, expectedId: string, keyring: Keyring | null = null): SessionFile {
+  return readSessionDocument(name, text, expectedId, keyring).file
+}
+
+/** parseSessionFile, also saying which key sealed the file (null: plaintext). */
+export function readSessionDocument (name: string, text: string, expectedId: string, keyring: Keyring | null): { file: SessionFile, kid: string | null } {
   let raw: unknown
   try {
     raw = JSON.parse(text)
   } catch (err) {
     throw new CorruptSessionFileError(name, `not valid JSON (${(err as Error).message})`)
+  }
+  let kid: string | null = null
+  if (typeof raw === 'object' && raw !== null && 'sealed' in raw) {
+    kid = (raw as { sealed?: { kid?: unknown } }).sealed?.kid as string
+    raw = openSealed(name, raw, expectedId, keyring)
   }
   if (!checkStoredFile.Check(raw)) {
     const first = checkStoredFile.Errors(raw).First()
@@ -45,7 +58,26 @@ export function parseSessionFile (name: string, text: string, expectedId: string
   if (ids.size !== raw.session.tasks.length) throw new CorruptSessionFileError(name, 'has duplicate task ids')
   const badTime = invalidTimestamp(raw)
   if (badTime !== null) throw new CorruptSessionFileError(name, `holds an impossible date '${badTime}'`)
-  return normalizeSessionFile(raw)
+  return { file: normalizeSessionFile(raw), kid }
+}
+
+/** The stored session inside a sealed document: its clear fields with what the box holds. */
+function openSealed (name: string, raw: object, expectedId: string, keyring: Keyring | null): unknown {
+  if (!checkSealedFile.Check(raw)) {
+    const first = checkSealedFile.Errors(raw).First()
+    throw new CorruptSessionFileError(name, `does not match the sealed file format at '${first?.path ?? ''}': ${first?.message ?? ''}`)
+  }
+  if (raw.session_id !== expectedId) throw new CorruptSessionFileError(name, `holds session '${raw.session_id}', which does not match its file name`)
+  if (keyring === null) throw new KeyUnavailableError(raw.sealed.kid, `a session is sealed under key '${raw.sealed.kid}', but TASK_ENCRYPTION_KEYS is not set`)
+  const plaintext = keyring.open(name, raw)
+  let inner: unknown
+  try {
+    inner = JSON.parse(plaintext.toString('utf8'))
+  } catch (err) {
+    throw new CorruptSessionFileError(name, `sealed content is not valid JSON (${(err as Error).message})`)
+  }
+  if (typeof inner !== 'object' || inner === null || Array.isArray(inner)) throw new CorruptSessionFileError(name, 'sealed content is not an object')
+  return { session_id: raw.session_id, created_at: raw.created_at, updated_at: raw.updated_at, ...inner }
 }
 
 /**
@@ -106,7 +138,8 @@ const SLICED_DEPTH = 3
  * server for seconds nor meets V8's string limit. Stops as soon as the bytes pass `maxBytes`
  * and throws SessionTooLargeError: nothing is written for a session over the bound.
  */
-export async function serializeSessionFile (file: SessionFile, indent: number, maxBytes: number): Promise<Buffer> {
+export async function serializeSessionFile (file: SessionFile, indent: number, maxBytes: number, keyring: Keyring | null = null): Promise<Buffer> {
+  if (keyring !== null) return sealSessionFile(file, indent, maxBytes, keyring)
   // The common case, a session of a few small tasks, is one stringify.
   if (textLength(file) < SERIALIZE_SLICE_BYTES) {
     const data = Buffer.from(JSON.stringify(file, null, indent) + '\n', 'utf8')
@@ -116,7 +149,34 @@ export async function serializeSessionFile (file: SessionFile, indent: number, m
   const writer = new SlicedWriter(file.session_id, ' '.repeat(indent), maxBytes)
   await writer.value(file, 0)
   writer.emit('\n')
-  return writer.bytes()
+  return Buffer.concat(writer.pieces(), writer.size)
+}
+
+/** Room for the clear fields and the box's own fields in a sealed document. */
+const SEALED_OVERHEAD_BYTES = 1024
+
+/**
+ * The sealed form: everything but the id and times is serialized compactly (nobody reads
+ * ciphertext's layout), encrypted in slices, and carried base64 inside the envelope.
+ */
+async function sealSessionFile (file: SessionFile, indent: number, maxBytes: number, keyring: Keyring): Promise<Buffer> {
+  const { session_id: sessionId, created_at: createdAt, updated_at: updatedAt, ...content } = file
+  // base64 takes 4 bytes for every 3.
+  const plainMax = Math.floor(Math.max(0, maxBytes - SEALED_OVERHEAD_BYTES) * 3 / 4)
+  let plaintext: Buffer[]
+  if (textLength(file) < SERIALIZE_SLICE_BYTES) {
+    const data = Buffer.from(JSON.stringify(content), 'utf8')
+    if (data.length > plainMax) throw new SessionTooLargeError(sessionId, maxBytes)
+    plaintext = [data]
+  } else {
+    const writer = new SlicedWriter(sessionId, '', plainMax, maxBytes)
+    await writer.value(content, 0)
+    plaintext = writer.pieces()
+  }
+  const document = await keyring.seal({ session_id: sessionId, created_at: createdAt, updated_at: updatedAt }, plaintext)
+  const data = Buffer.from(JSON.stringify(document, null, indent) + '\n', 'utf8')
+  if (data.length > maxBytes) throw new SessionTooLargeError(sessionId, maxBytes)
+  return data
 }
 
 /** Characters of free text in a session: what its serialized size grows with. */
@@ -128,21 +188,22 @@ function textLength (file: SessionFile): number {
 
 class SlicedWriter {
   private readonly chunks: Buffer[] = []
-  private size = 0
+  size = 0
   private sinceYield = 0
 
-  constructor (private readonly sessionId: string, private readonly unit: string, private readonly maxBytes: number) {}
+  /** `reportedMax`: the bound named in the error, when `maxBytes` is derived from it. */
+  constructor (private readonly sessionId: string, private readonly unit: string, private readonly maxBytes: number, private readonly reportedMax = maxBytes) {}
 
   emit (text: string): void {
     const chunk = Buffer.from(text, 'utf8')
     this.size += chunk.length
-    if (this.size > this.maxBytes) throw new SessionTooLargeError(this.sessionId, this.maxBytes)
+    if (this.size > this.maxBytes) throw new SessionTooLargeError(this.sessionId, this.reportedMax)
     this.chunks.push(chunk)
     this.sinceYield += chunk.length
   }
 
-  bytes (): Buffer {
-    return Buffer.concat(this.chunks, this.size)
+  pieces (): Buffer[] {
+    return this.chunks
   }
 
   async value (value: unknown, depth: number): Promise<void> {
@@ -153,7 +214,7 @@ class SlicedWriter {
         text = JSON.stringify(value, null, this.unit) ?? 'null'
       } catch (err) {
         // One piece past V8's string limit is far past any bound a session may have.
-        if (err instanceof RangeError) throw new SessionTooLargeError(this.sessionId, this.maxBytes)
+        if (err instanceof RangeError) throw new SessionTooLargeError(this.sessionId, this.reportedMax)
         throw err
       }
       // Strings inside JSON never hold a raw newline, so every newline is the layout's.

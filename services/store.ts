@@ -37,6 +37,13 @@ export interface SaveEvent {
   bytes: number
 }
 
+/** Encryption at rest: the key every write is sealed under, and active sessions by the key that sealed them. */
+export interface EncryptionStats {
+  active_kid: string
+  sealed_sessions: Record<string, number>
+  plaintext_sessions: number
+}
+
 export interface SessionStoreEvents {
   save: [SaveEvent]
 }
@@ -81,5 +88,7 @@ export interface SessionStore {
   restoreFromArchive(file: SessionFile, archivedName: string): Promise<number>
   /** Durably deletes every archived file of the session; resolves with how many there were. */
   removeArchived(sessionId: string): Promise<number>
+  /** Encryption at rest, when keys are set; null otherwise. */
+  encryption(): EncryptionStats | null
   close(): Promise<void>
 }

@@ -6,7 +6,7 @@ import { InvalidSessionIdError, LimitExceededError, SessionLimitError, SessionBu
 import { resolveAgents, type AgentRoutes, type Executors } from './executors.js'
 import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, type Progress, type SessionFile, type Task, type TaskSpec } from './session.js'
 import { SessionRegistry, liveFile, unchanged, type SessionSummary, type Totals } from './session-registry.js'
-import type { ArchivedSession, SessionStore } from './store.js'
+import type { ArchivedSession, EncryptionStats, SessionStore } from './store.js'
 import { TaskRunner, type Waiting } from './task-runner.js'
 
 /** The subset of pino's API the manager logs through, so it runs without Fastify. */
@@ -82,6 +82,7 @@ export interface RestoreReport {
 export interface ManagerStats extends Omit<Totals, 'bytes' | 'files'> {
   archived_sessions: number
   storage: { dir: string, bytes: number, files: number, archive_bytes: number, failed_loads: number, restore_ms: number }
+  encryption: { enabled: false } | ({ enabled: true } & EncryptionStats)
 }
 
 /** Which sessions a list of every session shows. */
@@ -295,6 +296,7 @@ export class TaskManager {
   /** Named fields, not spreads: spreads build slow dictionary-mode objects on this hot path. */
   stats (): ManagerStats {
     const t = this.registry.stats()
+    const encryption = this.store.encryption()
     return {
       total_sessions: t.total_sessions,
       active_sessions: t.active_sessions,
@@ -312,7 +314,8 @@ export class TaskManager {
         archive_bytes: this.archived.totals.bytes,
         failed_loads: (this.restored?.failedLoads ?? 0) + this.archived.failedLoads,
         restore_ms: this.restored?.ms ?? 0
-      }
+      },
+      encryption: encryption === null ? { enabled: false } : { enabled: true, ...encryption }
     }
   }
 

@@ -18,6 +18,7 @@
  * Bounded by a time budget: TORTURE_SECONDS (default 40) of kill rounds, then a last restart.
  * TORTURE_SEED seeds the random choices (printed in the summary); the interleaving still depends on timing.
  */
+import { randomBytes } from 'node:crypto'
 import { readFile, readdir, readlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -25,6 +26,7 @@ import { isDeepStrictEqual } from 'node:util'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import t from 'tap'
 import { SessionFile } from '../schemas/session.js'
+import { Keyring } from '../services/keyring.js'
 import { baseEnv, caller, describe, freePort, logLines, scratch, within, type Reply, type ServerProcess, type TaskView } from './server-process.js'
 
 const API = '/api/v1/tasks'
@@ -64,6 +66,7 @@ const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.le
 
 /** warn: the per-request log lines stay out of the hot loop; the lock takeover is a warning. */
 const SERVER_ENV = { LOG_LEVEL: 'warn', TASK_ARCHIVE_DAYS: '0' }
+const ENCRYPTION_KEYS = `torture:${randomBytes(32).toString('base64')}`
 /** Requests under load may take longer than the default timeout. */
 const call = caller(REQUEST_TIMEOUT_MS)
 
@@ -163,7 +166,10 @@ async function tracked (server: ServerProcess, state: RoundState, op: Op, method
 t.test('crash torture: SIGKILL at random moments under concurrent load loses nothing acknowledged', async (t) => {
   const { dir, spawnRaw: spawnWith, start: startWith } = await scratch(t, { prefix: 'taskvault-torture-', ready: { pollMs: 20 } })
   const storage = join(dir, 'tasks')
-  const env = { ...SERVER_ENV, TASK_STORAGE_DIR: storage }
+  const env: Record<string, string> = { ...SERVER_ENV, TASK_STORAGE_DIR: storage }
+  // Halfway through, encryption is turned on over the plaintext folder: from then on every save
+  // seals, and restarts load plaintext and sealed files side by side.
+  let keyring: Keyring | null = null
   const spawnRaw = async (): Promise<ServerProcess> => spawnWith(baseEnv({ ...env, PORT: String(await freePort()) }))
   const start = async (): Promise<ServerProcess> => startWith(env)
 
@@ -194,8 +200,13 @@ t.test('crash torture: SIGKILL at random moments under concurrent load loses not
       let parsed: any
       try {
         parsed = JSON.parse(raw.toString('utf8'))
+        // Sealed once encryption is on: opened with the test's key (a box that does not verify throws).
+        if (typeof parsed === 'object' && parsed !== null && 'sealed' in parsed) {
+          if (keyring === null) throw new Error('sealed before encryption was turned on')
+          parsed = { session_id: parsed.session_id, created_at: parsed.created_at, updated_at: parsed.updated_at, ...JSON.parse(keyring.open(entry.name, parsed).toString('utf8')) }
+        }
       } catch (err) {
-        fileProblems.push(`${entry.name}: not JSON (${(err as Error).message})`)
+        fileProblems.push(`${entry.name}: not JSON, or a sealed box that does not open (${(err as Error).message})`)
         continue
       }
       if (!checkFile.Check(parsed)) {
@@ -473,8 +484,14 @@ t.test('crash torture: SIGKILL at random moments under concurrent load loses not
 
   const started = Date.now()
   let rounds = 0
+  let sealedFromRound = 0
   while (rounds < MIN_ROUNDS || Date.now() - started < BUDGET_MS) {
     const round = ++rounds
+    if (keyring === null && rounds > MIN_ROUNDS / 2 && Date.now() - started >= BUDGET_MS / 2) {
+      env.TASK_ENCRYPTION_KEYS = ENCRYPTION_KEYS
+      keyring = Keyring.parse(ENCRYPTION_KEYS)
+      sealedFromRound = round
+    }
     const lockBefore = await readLock()
     if (round > 2 && random() < 0.15) {
       // A kill while the server boots: taking the lock, restoring, resetting interrupted tasks.
@@ -504,7 +521,8 @@ t.test('crash torture: SIGKILL at random moments under concurrent load loses not
   const answered = ops.filter(acked)
   const count = (kind: Kind): number => answered.filter((op) => op.kind === kind).length
   t.ok(count('create') > 0 && count('execute') > 0 && count('execute-all') > 0 && count('delete') > 0, 'every kind of change was acknowledged at least once')
-  t.comment(`torture: seed ${SEED}, ${rounds} rounds (${bootKills} killed while booting), ${verifications} restarts verified, ${takeovers} lock takeovers, ` +
+  t.ok(keyring !== null, `encryption was on from round ${sealedFromRound}`)
+  t.comment(`torture: seed ${SEED}, ${rounds} rounds (sealed from round ${sealedFromRound}) (${bootKills} killed while booting), ${verifications} restarts verified, ${takeovers} lock takeovers, ` +
     `${answered.length} acknowledged ops (${count('create')} creates, ${count('execute')} executes, ${count('execute-all')} execute-alls, ${count('delete')} deletes), ` +
     `${ops.filter((op) => op.status === 0).length} cut by kills, ${tempFilesLeftByKills} temp files left by ${killsLeavingTempFiles} kills, in ${Date.now() - started} ms`)
 })

@@ -33,7 +33,7 @@ Exit status 1 when a file was left out.
 ${COMMON_HELP}`,
   options: { out: { type: 'string', short: 'o' }, force: { type: 'boolean', default: false } },
   positionals: { min: 0, max: 1, names: 'dir' },
-  async run (args, { settings }) {
+  async run (args, { settings, keyring }) {
     const dir = storageDir(args.positionals[0], settings)
     if (typeof args.values.out !== 'string' || args.values.out === '') throw new UsageError('--out FILE.tar.gz is required')
     const out = resolve(args.values.out)
@@ -49,7 +49,7 @@ ${COMMON_HELP}`,
         let moved = 0
         for (const stored of await listTwice(dir)) {
           if (taken.has(stored.rel)) continue
-          const checked = await checkStoredFile(stored)
+          const checked = await checkStoredFile(stored, keyring)
           if (checked.ok === null) {
             moved++
             continue

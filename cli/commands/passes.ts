@@ -60,7 +60,7 @@ ${COMMON_HELP}`,
 }
 
 /** Loads the folder into a task manager (no HTTP) holding its lock, and runs the scheduler's pass once. */
-async function runPass (args: ParsedCommand, { settings, warn }: CommandContext, options: ArchivePassOptions) {
+async function runPass (args: ParsedCommand, { settings, keyring, warn }: CommandContext, options: ArchivePassOptions) {
   const dir = storageDir(args.positionals[0], settings)
   let errors = 0
   const logger: Logger = {
@@ -71,7 +71,7 @@ async function runPass (args: ParsedCommand, { settings, warn }: CommandContext,
       warn(describe('error', obj, msg))
     }
   }
-  const pass = await withWriteLock(dir, settings, false, async (store) => {
+  const pass = await withWriteLock(dir, settings, keyring, false, async (store) => {
     const manager = new TaskManager({ store, restoreConcurrency: settings.TASK_RESTORE_CONCURRENCY, logger })
     try {
       await manager.restore()

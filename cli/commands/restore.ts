@@ -6,6 +6,7 @@ import { nodeFs } from '../../services/fs-seam.js'
 import { ARCHIVED_FILE, SESSION_FILE, fsyncDir, parseSessionFile, writeAndRename } from '../../services/session-files.js'
 import { readTarGz, type TarEntry } from '../../services/tar.js'
 import { CommandFailedError } from '../args.js'
+import type { Keyring } from '../../services/keyring.js'
 import { checkStoredFile, storageDir, withWriteLock } from '../folder.js'
 import { COMMON_HELP, type Command } from '../command.js'
 
@@ -45,13 +46,13 @@ Exit status 1 on conflicts (without --force) or a damaged backup.
 ${COMMON_HELP}`,
   options: { force: { type: 'boolean', default: false } },
   positionals: { min: 1, max: 2, names: 'FILE.tar.gz' },
-  async run (args, { settings }) {
+  async run (args, { settings, keyring }) {
     const backup = resolve(args.positionals[0] as string)
     const dir = storageDir(args.positionals[1], settings)
     const force = args.values.force === true
     if ((await lstat(backup).catch(() => null))?.isFile() !== true) throw new CommandFailedError(`${backup} is not a file`)
-    return withWriteLock(dir, settings, true, async () => {
-      const { planned, conflicts } = await plan(backup, dir)
+    return withWriteLock(dir, settings, keyring, true, async () => {
+      const { planned, conflicts } = await plan(backup, dir, keyring)
       if (conflicts.length > 0 && !force) {
         const lines = conflicts.map(({ file, reason }) => `❌ ${file}: ${reason}`)
         lines.push(`Refused: ${conflicts.length} files in ${dir} would be overwritten; nothing was written (give --force to overwrite them)`)
@@ -66,7 +67,7 @@ ${COMMON_HELP}`,
 }
 
 /** Reads the whole backup, checking every entry, and compares each with the folder. Writes nothing. */
-async function plan (backup: string, dir: string): Promise<{ planned: Planned[], conflicts: Conflict[] }> {
+async function plan (backup: string, dir: string, keyring: Keyring | null): Promise<{ planned: Planned[], conflicts: Conflict[] }> {
   const planned: Planned[] = []
   const conflicts: Conflict[] = []
   const seen = new Set<string>()
@@ -79,11 +80,11 @@ async function plan (backup: string, dir: string): Promise<{ planned: Planned[],
     seen.add(rel)
     let file
     try {
-      file = parseSessionFile(rel, entry.data.toString('utf8'), sessionId)
+      file = parseSessionFile(rel, entry.data.toString('utf8'), sessionId, keyring)
     } catch (err) {
       throw new CommandFailedError(`the backup's ${(err as Error).message}; nothing was written`)
     }
-    const current = await checkStoredFile({ rel, path: join(dir, rel), archived, sessionId, regular: await isRegular(join(dir, rel)) })
+    const current = await checkStoredFile({ rel, path: join(dir, rel), archived, sessionId, regular: await isRegular(join(dir, rel)) }, keyring)
     let action: Planned['action'] = 'write'
     if (current.ok === false) conflicts.push({ file: rel, reason: `the file in the folder cannot be read (${current.reason})` })
     else if (current.ok === true) {
@@ -102,7 +103,7 @@ async function plan (backup: string, dir: string): Promise<{ planned: Planned[],
     const updatedAt = restoredAt.get(rel) as string
     for (const other of copies.get(sessionId) ?? []) {
       if (restoredAt.has(other)) continue
-      const copy = await checkStoredFile({ rel: other, path: join(dir, other), archived: other.startsWith('archive/'), sessionId, regular: await isRegular(join(dir, other)) })
+      const copy = await checkStoredFile({ rel: other, path: join(dir, other), archived: other.startsWith('archive/'), sessionId, regular: await isRegular(join(dir, other)) }, keyring)
       if (copy.ok === false) conflicts.push({ file: rel, reason: `the folder's ${other}, another copy of session '${sessionId}', cannot be read (${copy.reason})` })
       else if (copy.ok === true && Date.parse(copy.file.updated_at) > Date.parse(updatedAt)) {
         conflicts.push({ file: rel, reason: `the folder's ${other} holds a newer copy of session '${sessionId}' (updated_at ${copy.file.updated_at}, backup ${updatedAt})` })

@@ -17,7 +17,7 @@ under the folder (corrupt/ included). Read-only; safe while a server runs.
 ${COMMON_HELP}`,
   options: {},
   positionals: { min: 0, max: 1, names: 'dir' },
-  async run (args, { settings }) {
+  async run (args, { settings, keyring }) {
     const dir = storageDir(args.positionals[0], settings)
     await assertFolder(dir)
     const counts = {
@@ -27,7 +27,7 @@ ${COMMON_HELP}`,
     const storage = { dir, bytes: 0, files: 0, archive_bytes: 0, archive_files: 0, failed_loads: 0, corrupt_files: 0, used_bytes: 0 }
     const archivedIds = new Set<string>()
     for (const stored of await listStoredFiles(dir)) {
-      const checked = await checkStoredFile(stored)
+      const checked = await checkStoredFile(stored, keyring)
       if (checked.ok === null) continue
       if (!checked.ok) {
         storage.failed_loads++

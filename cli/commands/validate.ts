@@ -9,6 +9,8 @@ import { COMMON_HELP, type Command } from '../command.js'
 interface FileReport {
   file: string
   ok: boolean
+  /** The key that sealed it; null: plaintext (absent when it could not be read). */
+  kid?: string | null
   reason?: string
   moved_to?: string
 }
@@ -20,6 +22,8 @@ export const validateCommand: Command = {
 
 Reads every session file in the storage folder and in its archive/ exactly as the server's
 restore would, and prints one line per file: ✅ when it loads, ❌ and the reason when not.
+Sealed files (TASK_ENCRYPTION_KEYS) are opened and checked too, and each line names the key
+that sealed it; a file sealed under a key that is not configured is reported, never moved.
 Read-only unless --fix; safe while a server runs.
 
 Options:
@@ -30,7 +34,7 @@ Exit status 1 when any file is bad (also with --fix, after moving them).
 ${COMMON_HELP}`,
   options: { fix: { type: 'boolean', default: false } },
   positionals: { min: 0, max: 1, names: 'dir' },
-  async run (args, { settings }) {
+  async run (args, { settings, keyring }) {
     const dir = storageDir(args.positionals[0], settings)
     const fix = args.values.fix === true
     await assertFolder(dir)
@@ -38,18 +42,19 @@ ${COMMON_HELP}`,
       const reports: FileReport[] = []
       const bad: StoredFile[] = []
       for (const stored of await listStoredFiles(dir)) {
-        const checked = await checkStoredFile(stored)
+        const checked = await checkStoredFile(stored, keyring)
         if (checked.ok === null) continue
-        if (checked.ok) reports.push({ file: stored.rel, ok: true })
+        if (checked.ok) reports.push({ file: stored.rel, ok: true, kid: checked.kid })
         else {
           reports.push({ file: stored.rel, ok: false, reason: checked.reason })
-          bad.push(stored)
+          // A file sealed under a missing key is fine, only unreadable here: it is never moved.
+          if (checked.keyMissing !== true) bad.push(stored)
         }
       }
       return { reports, bad }
     }
     const { reports } = fix
-      ? await withWriteLock(dir, settings, false, async () => {
+      ? await withWriteLock(dir, settings, keyring, false, async () => {
         const result = await check()
         await setAside(dir, result.bad, result.reports)
         return result
@@ -57,7 +62,7 @@ ${COMMON_HELP}`,
       : await check()
     const badCount = reports.filter((report) => !report.ok).length
     const lines = reports.map((report) => report.ok
-      ? `✅ ${report.file}`
+      ? `✅ ${report.file}${typeof report.kid === 'string' ? ` (sealed, key ${report.kid})` : ''}`
       : `❌ ${report.file}: ${report.reason ?? ''}${report.moved_to === undefined ? '' : ` (moved to ${report.moved_to})`}`)
     lines.push(`${reports.length} files checked, ${badCount} bad`)
     return { code: badCount > 0 ? 1 : 0, json: { dir, checked: reports.length, bad: badCount, files: reports }, lines }

@@ -1,0 +1,70 @@
+import { dirname, join } from 'node:path'
+import { nodeFs } from '../../services/fs-seam.js'
+import { fsyncDir, serializeSessionFile, writeAndRename } from '../../services/session-files.js'
+import { CommandFailedError } from '../args.js'
+import { COMMON_HELP, type Command } from '../command.js'
+import { checkStoredFile, listStoredFiles, storageDir, withWriteLock } from '../folder.js'
+
+/** Folder fsyncs are shared by this many replaced files: an unsynced rename leaves the old, still readable, file. */
+const FILES_PER_FSYNC = 256
+
+export const sealCommand: Command = {
+  name: 'seal',
+  summary: 'seal (or re-seal) every session file under the active encryption key',
+  help: `Usage: taskvault seal [dir] [--json]
+
+Seals every session file, active and archived, under the first key of TASK_ENCRYPTION_KEYS:
+plaintext files are sealed, files sealed under another key are re-sealed. Files already sealed
+under that key are left as they are, so a run cut short (even by kill -9) is finished by running
+it again; each file is replaced whole (temp file, fsync, rename, folder fsync) and is readable
+at every moment. Needs the folder: refused while a server holds it.
+
+Rotation: put the new key first and keep the old one second, run seal, then drop the old key.
+
+Exit status 1 when a file could not be read (unreadable, or sealed under a key not configured).
+
+${COMMON_HELP}`,
+  options: {},
+  positionals: { min: 0, max: 1, names: 'dir' },
+  async run (args, { settings, keyring, warn }) {
+    if (keyring === null) throw new CommandFailedError('TASK_ENCRYPTION_KEYS is not set: there is no key to seal with')
+    const dir = storageDir(args.positionals[0], settings)
+    const counts = { sealed: 0, already: 0, unreadable: 0 }
+    const problems: Array<{ file: string, reason: string }> = []
+    await withWriteLock(dir, settings, keyring, false, async () => {
+      const touched = new Set<string>()
+      let sinceFsync = 0
+      const syncTouched = async (): Promise<void> => {
+        for (const folder of touched) await fsyncDir(nodeFs, folder)
+        touched.clear()
+        sinceFsync = 0
+      }
+      let seq = 0
+      for (const stored of await listStoredFiles(dir)) {
+        const checked = await checkStoredFile(stored, keyring)
+        if (checked.ok === null) continue
+        if (!checked.ok) {
+          counts.unreadable++
+          problems.push({ file: stored.rel, reason: checked.reason })
+          continue
+        }
+        if (checked.kid === keyring.activeKid) {
+          counts.already++
+          continue
+        }
+        const folder = dirname(stored.path)
+        const data = await serializeSessionFile(checked.file, 2, Number.POSITIVE_INFINITY, keyring)
+        // Named like the server's temp files, so an interrupted run leaves nothing a restore keeps.
+        const temp = join(folder, `.${checked.file.session_id}.${process.pid}.${++seq}.tmp`)
+        await writeAndRename(nodeFs, temp, stored.path, data, checked.mtime)
+        counts.sealed++
+        touched.add(folder)
+        if (++sinceFsync >= FILES_PER_FSYNC) await syncTouched()
+      }
+      await syncTouched()
+    })
+    for (const problem of problems) warn(`❌ ${problem.file}: ${problem.reason}`)
+    const lines = [`Sealed ${counts.sealed} files under key ${keyring.activeKid} (${counts.already} already were${counts.unreadable > 0 ? `, ${counts.unreadable} could not be read` : ''})`]
+    return { code: counts.unreadable > 0 ? 1 : 0, json: { dir, kid: keyring.activeKid, ...counts, problems }, lines }
+  }
+}

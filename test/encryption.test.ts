@@ -1,0 +1,254 @@
+/**
+ * Encryption at rest (TASK_ENCRYPTION_KEYS): sealed files round-trip through the API and a
+ * restart; tampered, swapped or wrongly keyed files are set aside as corrupt; a missing key
+ * stops the boot and touches nothing; plaintext and sealed files live side by side; rotation
+ * with `taskvault seal` survives kill -9; no key ever reaches what the service writes.
+ */
+import { spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { Writable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+import { buildApp } from '../app.js'
+import { FileSessionStore } from '../services/file-store.js'
+import { Keyring } from '../services/keyring.js'
+import { build, get, post, tempDir } from './helper.js'
+
+const CLI = fileURLToPath(new URL('../cli/taskvault.js', import.meta.url))
+const key = (): string => randomBytes(32).toString('base64')
+const K1 = key()
+const K2 = key()
+const KEYS_1 = `k1:${K1}`
+const SECRET = 'the customer password is hunter2'
+
+async function readJson (path: string): Promise<any> {
+  return JSON.parse(await readFile(path, 'utf8'))
+}
+
+/** Runs the CLI with only PATH and `env`. */
+async function taskvault (args: string[], env: Record<string, string>): Promise<{ code: number | null, stdout: string, stderr: string }> {
+  const child = spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
+  const code = await new Promise<number | null>((resolve) => child.once('close', resolve))
+  return { code, stdout, stderr }
+}
+
+t.test('keys: the list and @file forms; a malformed list names the entry, never the key', async (t) => {
+  const ring = Keyring.parse(`k1:${K1}, k2:${K2}`)
+  t.equal(ring?.activeKid, 'k1', 'the first key seals')
+  t.strictSame(ring?.kids, ['k1', 'k2'])
+  t.equal(Keyring.parse('  '), null, 'empty: no encryption')
+  const dir = await tempDir(t)
+  await writeFile(join(dir, 'keys'), `k2:${K2}\nk1:${K1}\n`)
+  t.equal(Keyring.parse(`@${join(dir, 'keys')}`)?.activeKid, 'k2', 'a key file (a Secret mount), one entry a line')
+  const short = randomBytes(31).toString('base64')
+  const bad: Array<[string, RegExp]> = [
+    [`k1:${short}`, /entry 1 \(kid 'k1'\): the key must be 32 bytes, it is 31/],
+    [`k1:${K1},k1:${K2}`, /entry 2: kid 'k1' appears twice/],
+    [`bad kid!:${K1}`, /entry 1: expected kid:base64key/],
+    [K1, /entry 1: expected kid:base64key/],
+    [`k1:${K1.slice(0, -4)}!!!!`, /entry 1 \(kid 'k1'\): the key is not base64/],
+    [`@${join(dir, 'missing')}`, /cannot read the key file/]
+  ]
+  for (const [value, message] of bad) {
+    t.throws(() => Keyring.parse(value), { code: 'INVALID_ENCRYPTION_KEYS', message }, message.source)
+    try {
+      Keyring.parse(value)
+    } catch (err) {
+      t.notOk((err as Error).message.includes(K1) || (err as Error).message.includes(short), 'the message holds no key')
+      t.match((err as Error).message, /^TASK_ENCRYPTION_KEYS: /, 'it names the setting')
+    }
+  }
+  await t.rejects(buildApp({ readEnvironment: false, config: { TASK_STORAGE_DIR: dir, TASK_ENCRYPTION_KEYS: `k1:${short}` } }), { code: 'INVALID_ENCRYPTION_KEYS' }, 'a bad list stops the boot')
+})
+
+t.test('round trip through the API and a restart: the file is an envelope with the id and times in clear', async (t) => {
+  const dir = await tempDir(t)
+  const config = { TASK_ENCRYPTION_KEYS: KEYS_1 }
+  let app = await build(t, { dir, config })
+  t.equal((await post(app, '/create', { session_id: 'secret', instructions: `1. ${SECRET}\n2. second` })).statusCode, 200)
+  t.equal((await post(app, '/execute', { session_id: 'secret' })).statusCode, 200)
+  const before = (await get(app, '/list?session_id=secret')).json()
+  const text = await readFile(join(dir, 'secret.json'), 'utf8')
+  t.notOk(text.includes('hunter2'), 'no instruction or result in clear on disk')
+  const envelope = JSON.parse(text)
+  t.strictSame(Object.keys(envelope), ['session_id', 'created_at', 'updated_at', 'sealed'])
+  t.match(envelope.sealed, { v: 1, alg: 'A256GCM', kid: 'k1', iv: String, tag: String, data: String })
+  t.equal(Buffer.from(envelope.sealed.iv, 'base64').length, 12, 'a 96-bit IV')
+  t.match((await get(app, '/stats')).json().encryption, { enabled: true, active_kid: 'k1', sealed_sessions: { k1: 1 }, plaintext_sessions: 0 })
+  await app.close()
+
+  app = await build(t, { dir, config })
+  t.strictSame((await get(app, '/list?session_id=secret')).json(), before, 'the same session after a restart')
+  // Each write has a fresh IV.
+  await post(app, '/execute', { session_id: 'secret' })
+  t.not((await readJson(join(dir, 'secret.json'))).sealed.iv, envelope.sealed.iv)
+})
+
+t.test('tampered, swapped or wrongly keyed files are set aside with "authentication failed"; the rest load', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  for (const id of ['good', 'data', 'tag', 'iv', 'swap-a', 'swap-b', 'relabel']) {
+    t.equal((await post(app, '/create', { session_id: id, instructions: `work for ${id}` })).statusCode, 200)
+  }
+  await app.close()
+  const flip = async (id: string, field: 'data' | 'tag' | 'iv'): Promise<void> => {
+    const doc = await readJson(join(dir, `${id}.json`))
+    const bytes = Buffer.from(doc.sealed[field], 'base64')
+    bytes[0] = (bytes[0] as number) ^ 1
+    doc.sealed[field] = bytes.toString('base64')
+    await writeFile(join(dir, `${id}.json`), JSON.stringify(doc))
+  }
+  await flip('data', 'data')
+  await flip('tag', 'tag')
+  await flip('iv', 'iv')
+  // Swapped names: the clear id no longer matches the name.
+  const a = await readFile(join(dir, 'swap-a.json'))
+  await writeFile(join(dir, 'swap-a.json'), await readFile(join(dir, 'swap-b.json')))
+  await writeFile(join(dir, 'swap-b.json'), a)
+  // Copied under another name with the clear id edited to match: the associated data refuses it.
+  const copied = await readJson(join(dir, 'good.json'))
+  await writeFile(join(dir, 'relabel.json'), JSON.stringify({ ...copied, session_id: 'relabel' }))
+
+  const store = new FileSessionStore({ dir, keyring: Keyring.parse(KEYS_1) })
+  const result = await store.loadAll({ concurrency: 1 })
+  t.strictSame(result.sessions.map((s) => s.file.session_id), ['good'])
+  const reasons = Object.fromEntries(result.failures.map((f) => [f.name, f.reason]))
+  for (const name of ['data.json', 'tag.json', 'iv.json', 'relabel.json']) t.match(reasons[name], /authentication failed/, name)
+  for (const name of ['swap-a.json', 'swap-b.json']) t.match(reasons[name], /does not match its file name/, name)
+  t.equal((await readdir(join(dir, 'corrupt'))).length, 6, 'each is kept in corrupt/')
+
+  // The right kid with the wrong key.
+  const other = await tempDir(t)
+  await writeFile(join(other, 'good.json'), JSON.stringify(copied))
+  const wrong = new FileSessionStore({ dir: other, keyring: Keyring.parse(`k1:${K2}`) })
+  const wrongResult = await wrong.loadAll({ concurrency: 1 })
+  t.match(wrongResult.failures, [{ name: 'good.json', reason: /authentication failed/ }])
+})
+
+t.test('a kid that is not configured stops the boot, names the kid and the count, and touches nothing', async (t) => {
+  const dir = await tempDir(t)
+  let app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: `old:${K2}` } })
+  for (const id of ['one', 'two']) await post(app, '/create', { session_id: id, instructions: 'x' })
+  await app.close()
+  const before = await Promise.all(['one.json', 'two.json'].map((name) => readFile(join(dir, name))))
+  for (const keys of [KEYS_1, '']) {
+    const booting = await buildApp({ readEnvironment: false, config: { TASK_STORAGE_DIR: dir, TASK_ENCRYPTION_KEYS: keys } })
+    app = booting
+    await t.rejects(async () => { await booting.ready() }, { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /2 sessions need key 'old'/ }, `keys '${keys === '' ? '(none)' : 'k1'}'`)
+    await app.close().catch(() => {})
+  }
+  const after = await Promise.all(['one.json', 'two.json'].map((name) => readFile(join(dir, name))))
+  t.ok(after.every((data, i) => data.equals(before[i] as Buffer)), 'the files are untouched')
+  t.notOk((await readdir(dir)).includes('corrupt'), 'nothing set aside')
+})
+
+t.test('plaintext and sealed sessions load side by side; a change seals a plaintext session', async (t) => {
+  const dir = await tempDir(t)
+  let app = await build(t, { dir })
+  await post(app, '/create', { session_id: 'plain', instructions: 'was plaintext' })
+  await app.close()
+  app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  await post(app, '/create', { session_id: 'sealed', instructions: 'born sealed' })
+  t.match((await get(app, '/stats')).json().encryption, { sealed_sessions: { k1: 1 }, plaintext_sessions: 1 })
+  t.notOk('sealed' in await readJson(join(dir, 'plain.json')), 'unchanged sessions stay as they are')
+  await post(app, '/execute', { session_id: 'plain' })
+  t.ok('sealed' in await readJson(join(dir, 'plain.json')), 'a change seals it')
+  t.match((await get(app, '/stats')).json().encryption, { sealed_sessions: { k1: 2 }, plaintext_sessions: 0 })
+  const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  t.match(metrics, /taskvault_encryption_enabled 1/)
+  t.match(metrics, /taskvault_sealed_sessions\{kid="k1"\} 2/)
+})
+
+t.test('rotation: new key first, seal (kill -9 midway, then again), drop the old key; CLI validate, stats, backup and restore on sealed folders', async (t) => {
+  const dir = await tempDir(t)
+  const store = new FileSessionStore({ dir, keyring: Keyring.parse(`old:${K2}`) })
+  await store.init()
+  const ids = Array.from({ length: 1500 }, (_, i) => `s${i}`)
+  const originals = new Map<string, string>()
+  for (const id of ids) {
+    const file = {
+      session_id: id,
+      created_at: '2026-01-01T00:00:00.000Z',
+      updated_at: '2026-01-01T00:00:00.000Z',
+      session: { session_id: id, current_index: 0, tasks: [{ id: 't1', instruction: `${SECRET} ${id}`, task_type: 'General' as const, status: 'Pending' as const, result: null, error: null, confidence: null, created_at: '2026-01-01T00:00:00.000Z', started_at: null, completed_at: null, attempts: 0 }] }
+    }
+    originals.set(id, JSON.stringify(file))
+    await store.save(file)
+  }
+  await store.close()
+  const rotating = { TASK_STORAGE_DIR: dir, TASK_ENCRYPTION_KEYS: `new:${K1},old:${K2}` }
+
+  // kill -9 while it runs.
+  const child = spawn(process.execPath, [CLI, 'seal'], { env: { PATH: process.env.PATH ?? '', ...rotating }, stdio: 'ignore' })
+  const kidsNow = async (): Promise<string[]> => Promise.all((await readdir(dir)).filter((n) => n.endsWith('.json')).map(async (n) => (await readJson(join(dir, n))).sealed.kid))
+  for (let waited = 0; waited < 20_000; waited += 5) {
+    if ((await kidsNow()).includes('new')) break
+    await sleep(5)
+  }
+  child.kill('SIGKILL')
+  await new Promise((resolve) => child.once('close', resolve))
+  const midway = await kidsNow()
+  t.ok(midway.includes('new') && midway.includes('old'), `killed midway: ${midway.filter((k) => k === 'new').length} of ${ids.length} re-sealed`)
+  t.equal(midway.length, ids.length, 'every session file is still there')
+
+  const again = await taskvault(['seal', '--json'], rotating)
+  t.equal(again.code, 0, again.stderr)
+  const report = JSON.parse(again.stdout)
+  t.equal(report.sealed + report.already, ids.length, 'the rerun finishes the job and counts it')
+  t.ok(report.already > 0, 'what the first run did is not done again')
+  t.ok((await kidsNow()).every((kid) => kid === 'new'), 'every file is under the new key')
+
+  // The old key can go: everything opens with the new one alone, nothing lost.
+  const newOnly = { TASK_STORAGE_DIR: dir, TASK_ENCRYPTION_KEYS: `new:${K1}` }
+  const reopened = new FileSessionStore({ dir, keyring: Keyring.parse(newOnly.TASK_ENCRYPTION_KEYS) })
+  const loaded = await reopened.loadAll({ concurrency: 2 })
+  t.equal(loaded.failures.length, 0)
+  t.equal(loaded.sessions.length, ids.length)
+  t.ok(loaded.sessions.every((s) => JSON.stringify(s.file) === originals.get(s.file.session_id)), 'every session is as it was')
+
+  const validate = await taskvault(['validate', '--json'], newOnly)
+  t.equal(validate.code, 0)
+  t.ok(JSON.parse(validate.stdout).files.every((f: { kid: string }) => f.kid === 'new'), 'validate reports each file\'s kid')
+  const withoutKey = await taskvault(['validate', '--fix'], { TASK_STORAGE_DIR: dir })
+  t.equal(withoutKey.code, 1)
+  t.match(withoutKey.stdout, /TASK_ENCRYPTION_KEYS is not set/)
+  t.equal((await readdir(dir)).filter((n) => n.endsWith('.json')).length, ids.length, 'validate --fix never moves a file sealed under a missing key')
+  const stats = await taskvault(['stats', '--json'], newOnly)
+  t.equal(JSON.parse(stats.stdout).total_sessions, ids.length)
+
+  const backup = join(await tempDir(t), 'b.tar.gz')
+  t.equal((await taskvault(['backup', '--out', backup], newOnly)).code, 0)
+  const target = join(await tempDir(t), 'restored')
+  await mkdir(target)
+  const restored = await taskvault(['restore', backup, target], newOnly)
+  t.equal(restored.code, 0, restored.stderr)
+  const sample = await readJson(join(target, 's7.json'))
+  t.equal(sample.sealed.kid, 'new', 'backup and restore carry envelopes as they are')
+})
+
+t.test('no key ever appears in logs (trace), error bodies, /stats, /metrics or /documentation/json', async (t) => {
+  const dir = await tempDir(t)
+  const lines: string[] = []
+  const stream = new Writable({ write (chunk: Buffer, _encoding, done) { lines.push(chunk.toString('utf8')); done() } })
+  const app = await build(t, { dir, logger: { level: 'trace', stream }, config: { TASK_ENCRYPTION_KEYS: `k1:${K1},k2:${K2}` } })
+  await post(app, '/create', { session_id: 'x', instructions: 'a' })
+  await post(app, '/execute', { session_id: 'x' })
+  const answers = [
+    (await post(app, '/create', { session_id: 'bad id!', instructions: 'a' })).body,
+    (await post(app, '/execute', { session_id: 'nope' })).body,
+    (await get(app, '/stats')).body,
+    (await app.inject({ method: 'GET', url: '/metrics' })).body,
+    (await app.inject({ method: 'GET', url: '/documentation/json' })).body
+  ]
+  await app.close()
+  const everything = [...answers, ...lines].join('\n')
+  for (const secret of [K1, K2, Buffer.from(K1, 'base64').toString('hex')]) t.notOk(everything.includes(secret), 'no key, in base64 or hex')
+  t.ok(lines.length > 10, `${lines.length} log lines were checked`)
+})
