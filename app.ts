@@ -75,7 +75,6 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   app.setErrorHandler(errorHandler)
   const connections = guardConnections(app.server, app.log, {
     maxConnections: settings.TASK_MAX_CONNECTIONS,
-    firstRequestMs: Math.min(60_000, settings.TASK_REQUEST_TIMEOUT_MS),
     // A request still arriving at shutdown gets its timeout, but never more than the grace period.
     stalledCloseMs: Math.min(settings.TASK_REQUEST_TIMEOUT_MS, settings.TASK_SHUTDOWN_GRACE_MS)
   })

@@ -16,8 +16,6 @@ import type { FastifyBaseLogger } from 'fastify'
 export interface ConnectionLimits {
   /** Open sockets at most; Node closes the ones past it as soon as they are accepted. */
   maxConnections: number
-  /** A socket that sends no request for this long after connecting is closed. */
-  firstRequestMs: number
   /** How long, after shutdown begins, a request still arriving may take before its socket is closed. */
   stalledCloseMs: number
 }
@@ -49,15 +47,8 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   server.on('connection', (socket: Socket) => {
     sockets.add(socket)
     socket.once('close', () => sockets.delete(socket))
-    // Node times a request from its first byte: a socket that never sends one would stay
-    // forever. An inactivity timeout with no request in progress makes Node close it.
-    socket.setTimeout(limits.firstRequestMs)
   })
-  server.on('request', (req, res: ServerResponse) => {
-    answers.set(req.socket, res)
-    // From here Node's request and keep-alive timeouts apply; an answer may take its time.
-    if (req.socket.timeout !== undefined && req.socket.timeout > 0) req.socket.setTimeout(0)
-  })
+  server.on('request', (req, res: ServerResponse) => { answers.set(req.socket, res) })
 
   // A socket is busy while the request it sent in full is being answered (a running execute);
   // otherwise it is idle, or sending a request (partly or not at all) that may never arrive.

@@ -68,7 +68,7 @@ t.test('a request whose body never arrives is answered 408 and closed after TASK
   t.match(stalled.received(), /^HTTP\/1\.1 408 /, 'answered 408 Request Timeout')
   const silentMs = await within(silent.closed, 15_000)
   t.ok(silentMs !== null && silentMs >= 400, `a socket that never sends a request is closed after the timeout (${silentMs} ms)`)
-  t.equal(silent.received(), '', 'with nothing sent to it')
+  t.match(silent.received(), /^(|HTTP\/1\.1 408 [^]*)$/, 'with a 408 at most')
   t.equal((await call(server, 'POST', `${API}/create`, { session_id: 'after', instructions: 'a' })).status, 200, 'the server serves on')
 })
 
