@@ -82,7 +82,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   app.addHook('preClose', async () => connections.closing())
 
   try {
-    await app.register(configPlugin, { values: settings, readEnvironment: false })
+    await app.register(configPlugin, { loaded: settings })
     const config = app.config
     await app.register(authPlugin)
     // Both collect routes as they are added, so they come before every route.
