@@ -50,9 +50,10 @@ export function serverOptions (settings: ServerSettings, logger: FastifyServerOp
     // Ids longer than 128 characters must reach validation (400), not die as 414.
     routerOptions: { maxParamLength: 4096 },
     // Receiving a request (headers and body) is bounded; running it is not (an execute may wait
-    // minutes on its agent). Given to Node at creation: a requestTimeout set afterwards, below
-    // Node's 60 s headersTimeout, is never enforced (Node 20). Node checks every 30 s by default:
-    // check often enough that the timeout holds to about a second.
+    // minutes on its agent). Given to Node at creation with a headersTimeout no longer than it:
+    // Fastify's requestTimeout alone, set on the server afterwards, is never enforced (Node 20
+    // and 24 keep a 60 s headersTimeout). Node checks every 30 s by default: check often enough
+    // that the timeout holds to about a second.
     requestTimeout,
     http: {
       requestTimeout,
@@ -78,7 +79,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     // A request still arriving at shutdown gets its timeout, but never more than the grace period.
     stalledCloseMs: Math.min(settings.TASK_REQUEST_TIMEOUT_MS, settings.TASK_SHUTDOWN_GRACE_MS)
   })
-  // Registered before every plugin, so it runs first of the preClose hooks.
+  // Future live-view streams: their own cap goes on top of TASK_MAX_CONNECTIONS (services/connections.ts).
   app.addHook('preClose', async () => connections.closing())
 
   try {
