@@ -72,6 +72,16 @@ t.test('a request whose body never arrives is answered 408 and closed after TASK
   t.equal((await call(server, 'POST', `${API}/create`, { session_id: 'after', instructions: 'a' })).status, 200, 'the server serves on')
 })
 
+t.test('TASK_KEEP_ALIVE_TIMEOUT_MS: an idle keep-alive socket is closed after it', async (t) => {
+  const { start } = await scratch(t)
+  const server = await start({ TASK_KEEP_ALIVE_TIMEOUT_MS: '300' })
+  const raw = await connect(t, server, 'GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n')
+  const closedMs = await within(raw.closed, 15_000)
+  t.match(raw.received(), /^HTTP\/1\.1 200 [^]*Keep-Alive: timeout=/i, 'answered, keep-alive announced')
+  // Node waits one more second than it announces, so clients close first.
+  t.ok(closedMs !== null && closedMs >= 250, `then closed once idle for the keep-alive timeout (${closedMs} ms)`)
+})
+
 t.test('SIGTERM with a stalled request open exits 0 promptly', async (t) => {
   const { start } = await scratch(t)
   // The request timeout is far off: the shutdown itself must close the socket.
