@@ -72,7 +72,7 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
 
   return {
     closing: () => {
-      // Node's own request timeout stops being checked once the server closes (Node 20).
+      // Node stops checking request timeouts once the server closes (Node 20 and 24 alike).
       if (sockets.size === 0) return
       const timer = setTimeout(sweep, limits.stalledCloseMs)
       timer.unref()
