@@ -1,15 +1,19 @@
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import type { Server } from 'node:http'
+import Fastify, { type FastifyHttpOptions, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import authPlugin from './plugins/auth.js'
-import configPlugin, { type ConfigPluginOptions } from './plugins/config.js'
+import configPlugin, { loadConfig, type ConfigPluginOptions } from './plugins/config.js'
 import docsPlugin from './plugins/docs.js'
 import metricsPlugin from './plugins/metrics.js'
 import taskvault from './plugins/taskvault.js'
 import { errorHandler } from './routes/error-handler.js'
 import healthRoutes from './routes/health.js'
 import { createValidatorCompiler } from './routes/validation.js'
+import { guardConnections } from './services/connections.js'
 import type { Executors } from './services/executors.js'
 import type { FsSeam } from './services/fs-seam.js'
+import { RedactingLogController } from './services/log-redaction.js'
+import type { Config } from './schemas/config.js'
 
 export interface BuildAppOptions {
   /** Settings that override the environment. */
@@ -31,15 +35,32 @@ export interface BuildAppOptions {
   processMetrics?: boolean
 }
 
-/** Server options shared by production and tests, so both validate requests the same way. */
-export function serverOptions (logger: FastifyServerOptions['logger'] = false): FastifyServerOptions {
+/** The settings the HTTP server itself takes. */
+export type ServerSettings = Pick<Config, 'TASK_REQUEST_TIMEOUT_MS' | 'TASK_KEEP_ALIVE_TIMEOUT_MS'>
+
+/** Server options shared by production and tests, so both validate and time requests the same way. */
+export function serverOptions (settings: ServerSettings, logger: FastifyServerOptions['logger'] = false): FastifyHttpOptions<Server> {
+  const requestTimeout = settings.TASK_REQUEST_TIMEOUT_MS
   return {
     logger,
+    logController: new RedactingLogController(),
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
     return503OnClosing: true,
     // Ids longer than 128 characters must reach validation (400), not die as 414.
-    routerOptions: { maxParamLength: 4096 }
+    routerOptions: { maxParamLength: 4096 },
+    // Receiving a request (headers and body) is bounded; running it is not (an execute may wait
+    // minutes on its agent). Given to Node at creation with a headersTimeout no longer than it:
+    // Fastify's requestTimeout alone, set on the server afterwards, is never enforced (Node 20
+    // and 24 keep a 60 s headersTimeout). Node checks every 30 s by default: check often enough
+    // that the timeout holds to about a second.
+    requestTimeout,
+    http: {
+      requestTimeout,
+      headersTimeout: Math.min(60_000, requestTimeout),
+      connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.floor(requestTimeout / 4)))
+    },
+    keepAliveTimeout: settings.TASK_KEEP_ALIVE_TIMEOUT_MS
   }
 }
 
@@ -48,12 +69,21 @@ export function serverOptions (logger: FastifyServerOptions['logger'] = false): 
  * taskvault plugin (the same one other Fastify services embed), then the health probes.
  */
 export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyInstance> {
-  const app = Fastify(serverOptions(options.logger)).withTypeProvider<TypeBoxTypeProvider>()
+  // Read first: the server's own options come from the settings.
+  const settings = await loadConfig({ values: options.config, readEnvironment: options.readEnvironment })
+  const app = Fastify(serverOptions(settings, options.logger)).withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(createValidatorCompiler())
   app.setErrorHandler(errorHandler)
+  const connections = guardConnections(app.server, app.log, {
+    maxConnections: settings.TASK_MAX_CONNECTIONS,
+    // A request still arriving at shutdown gets its timeout, but never more than the grace period.
+    stalledCloseMs: Math.min(settings.TASK_REQUEST_TIMEOUT_MS, settings.TASK_SHUTDOWN_GRACE_MS)
+  })
+  // Future live-view streams: their own cap goes on top of TASK_MAX_CONNECTIONS (services/connections.ts).
+  app.addHook('preClose', async () => connections.closing())
 
   try {
-    await app.register(configPlugin, { values: options.config, readEnvironment: options.readEnvironment })
+    await app.register(configPlugin, { loaded: settings })
     const config = app.config
     await app.register(authPlugin)
     // Both collect routes as they are added, so they come before every route.

@@ -3,12 +3,14 @@ import type { FastifyServerOptions } from 'fastify'
 import { buildApp } from './app.js'
 import { loadConfig } from './plugins/config.js'
 import type { Config } from './schemas/config.js'
+import { serializeRequest } from './services/log-redaction.js'
 
-/** Production logs: JSON lines (or pino-pretty with LOG_PRETTY=true), API keys redacted. */
+/** Production logs: JSON lines (or pino-pretty with LOG_PRETTY=true), API keys redacted, in headers and URLs. */
 function loggerOptions (config: Config): FastifyServerOptions['logger'] {
   return {
     level: config.LOG_LEVEL,
     redact: ['req.headers.authorization'],
+    serializers: { req: serializeRequest },
     ...(config.LOG_PRETTY && { transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } } })
   }
 }

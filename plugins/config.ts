@@ -14,10 +14,17 @@ export interface ConfigPluginOptions {
   values?: Partial<Record<keyof Config, string | number | boolean>>
   /** Read `process.env` and `.env` (default true). Tests turn this off for isolation. */
   readEnvironment?: boolean
+  /** Settings loadConfig() already read and validated: used as they are, not read again. */
+  loaded?: Config
 }
 
 /** Validates every setting at boot; a bad value fails `ready()` with a message naming it. */
 const configPlugin = fp<ConfigPluginOptions>(async function configPlugin (app, options) {
+  if (options.loaded !== undefined) {
+    app.decorate('config', { ...options.loaded })
+    app.log.level = app.config.LOG_LEVEL
+    return
+  }
   const readEnvironment = options.readEnvironment ?? true
   await app.register(fastifyEnv, {
     confKey: 'config',

@@ -40,6 +40,10 @@ export const ConfigSchema = Type.Object({
   LOG_PRETTY: Type.Boolean({ default: false, description: 'Human-readable logs through pino-pretty, for local use' }),
   TASK_DOCS: Type.Boolean({ default: true, description: 'OpenAPI document at /documentation/json and its UI at /documentation' }),
   TASK_METRICS: Type.Boolean({ default: true, description: 'Prometheus metrics at /metrics' }),
-  TASK_METRICS_AUTH: Type.Boolean({ default: false, description: '/metrics needs an API key too (when TASK_API_KEYS is set)' })
+  TASK_METRICS_AUTH: Type.Boolean({ default: false, description: '/metrics needs an API key too (when TASK_API_KEYS is set)' }),
+  // Connections: how long a request may take to arrive, how long an idle keep-alive socket stays, how many sockets at once.
+  TASK_REQUEST_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: MAX_TIMER_MS, default: 30_000, description: 'Time to receive a whole request (headers and body); 408 and closed after it' }),
+  TASK_KEEP_ALIVE_TIMEOUT_MS: Type.Integer({ minimum: 1, maximum: MAX_TIMER_MS, default: 65_000, description: 'An idle keep-alive socket is closed after this; above the 60 s idle timeout of common proxies' }),
+  TASK_MAX_CONNECTIONS: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 512, description: 'Open client sockets; more are closed at once, so storage keeps its file descriptors' })
 })
 export type Config = Static<typeof ConfigSchema>

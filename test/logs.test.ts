@@ -5,7 +5,7 @@
 import type { FastifyServerOptions } from 'fastify'
 import t from 'tap'
 import { build, post } from './helper.js'
-import { scratch } from './server-process.js'
+import { logLines, logMessages, scratch } from './server-process.js'
 
 interface LogLine {
   level: number
@@ -58,4 +58,24 @@ t.test('LOG_PRETTY=true: the server logs through pino-pretty', async (t) => {
   t.ok(lines.some((line) => /INFO.*Server listening/u.test(line)), 'human-readable level and message')
   t.ok(lines.some((line) => /session_id: "pretty"/u.test(line)), 'bindings shown as fields')
   t.notOk(lines.some((line) => line.startsWith('{')), 'no JSON lines')
+})
+
+t.test('secrets sent in a query string (key, token, api_key, any case) are redacted in logged URLs', async (t) => {
+  const { start } = await scratch(t)
+  const server = await start()
+  const urls = [
+    '/api/v1/tasks/progress?session_id=nope&key=secret-1&TOKEN=secret-2',
+    '/api/v1/tasks/list?Api_Key=secret-3&session_id=all',
+    '/api/v1/tasks/stats?%6Bey=secret-4',
+    '/no-such-route?token=secret-5'
+  ]
+  for (const url of urls) await (await fetch(`${server.base}${url}`)).arrayBuffer()
+  t.equal((await server.stop('SIGTERM')).code, 0)
+  const out = server.stdout()
+  t.notMatch(out, /secret-\d/, 'no secret value reaches the log')
+  const logged = logLines(out).flatMap((line) => typeof (line.req as { url?: unknown } | undefined)?.url === 'string' ? [(line.req as { url: string }).url] : [])
+  t.ok(logged.includes('/api/v1/tasks/progress?session_id=nope&key=[REDACTED]&TOKEN=[REDACTED]'), 'names and other parameters kept')
+  t.ok(logged.includes('/api/v1/tasks/list?Api_Key=[REDACTED]&session_id=all'))
+  t.ok(logged.includes('/api/v1/tasks/stats?%6Bey=[REDACTED]'), 'a percent-encoded name too')
+  t.ok(logMessages(out).includes('Route GET:/no-such-route?token=[REDACTED] not found'), "Fastify's 404 line too")
 })

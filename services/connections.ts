@@ -1,0 +1,82 @@
+/**
+ * Client sockets of the standalone server: a cap on how many are open, and at shutdown the
+ * closing of those still sending a request, so a stalled client cannot hold the exit up.
+ *
+ * Streams (the live view, not built yet): Node's request timeout covers receiving the request
+ * only, never the answer (test/connections.test.ts checks a reply slower than the timeout), so
+ * a stream needs no exemption from it. It will need its own cap, checked by its route, with
+ * `server.maxConnections` raised by that cap so streams never use up the slots of requests,
+ * and its sockets ended by the stream code at shutdown (the sweep below leaves a socket alone
+ * while its answer is being written).
+ */
+import type { Server, ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
+import type { FastifyBaseLogger } from 'fastify'
+
+export interface ConnectionLimits {
+  /** Open sockets at most; Node closes the ones past it as soon as they are accepted. */
+  maxConnections: number
+  /** How long, after shutdown begins, a request still arriving may take before its socket is closed. */
+  stalledCloseMs: number
+}
+
+/** Refusals are logged at most this often, so a flood of connections cannot flood the log. */
+const DROP_LOG_INTERVAL_MS = 10_000
+
+export interface ConnectionGuard {
+  /** Shutdown began: closes, after `stalledCloseMs`, every socket not busy with an answer. */
+  closing: () => void
+}
+
+export function guardConnections (server: Server, log: FastifyBaseLogger, limits: ConnectionLimits): ConnectionGuard {
+  server.maxConnections = limits.maxConnections
+  let dropped = 0
+  let lastDropLog = -Infinity
+  server.on('drop', () => {
+    dropped++
+    const now = Date.now()
+    if (now - lastDropLog < DROP_LOG_INTERVAL_MS) return
+    lastDropLog = now
+    log.warn({ dropped, max_connections: limits.maxConnections }, 'Connection refused: TASK_MAX_CONNECTIONS sockets are open')
+    dropped = 0
+  })
+
+  const sockets = new Set<Socket>()
+  // The latest answer on each socket: one WeakMap write per request, read only at shutdown.
+  const answers = new WeakMap<Socket, ServerResponse>()
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket)
+    socket.once('close', () => sockets.delete(socket))
+  })
+  server.on('request', (req, res: ServerResponse) => { answers.set(req.socket, res) })
+
+  // A socket is busy while the request it sent in full is being answered (a running execute);
+  // otherwise it is idle, or sending a request (partly or not at all) that may never arrive.
+  const busy = (socket: Socket): boolean => {
+    const res = answers.get(socket)
+    return res !== undefined && res.req.complete && !res.writableFinished
+  }
+  const sweep = (): void => {
+    let closed = 0
+    for (const socket of sockets) {
+      if (busy(socket)) {
+        // Its answer goes out in full, then the socket ends rather than waiting for another request.
+        answers.get(socket)?.once('finish', () => socket.end())
+        continue
+      }
+      socket.destroy()
+      closed++
+    }
+    if (closed > 0) log.info({ closed }, 'Closed connections still sending a request at shutdown')
+  }
+
+  return {
+    closing: () => {
+      // Node stops checking request timeouts once the server closes (Node 20 and 24 alike).
+      if (sockets.size === 0) return
+      const timer = setTimeout(sweep, limits.stalledCloseMs)
+      timer.unref()
+      server.once('close', () => clearTimeout(timer))
+    }
+  }
+}

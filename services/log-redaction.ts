@@ -1,0 +1,57 @@
+/**
+ * Secrets a client puts in a query string (`?key=`, `?token=`, `?api_key=`) are never read by
+ * the server, which takes keys from the Authorization header only, but a URL is logged whole:
+ * their values are replaced before a URL reaches the log.
+ */
+import { LogController, type FastifyReply, type FastifyRequest } from 'fastify'
+
+const SECRET_NAMES = new Set(['key', 'token', 'api_key'])
+export const REDACTED = '[REDACTED]'
+
+function isSecretName (name: string): boolean {
+  let decoded = name
+  if (name.includes('%') || name.includes('+')) {
+    try {
+      decoded = decodeURIComponent(name.replaceAll('+', ' '))
+    } catch {
+      // Not valid percent-encoding: compared as sent.
+    }
+  }
+  return SECRET_NAMES.has(decoded.toLowerCase())
+}
+
+/** The URL with the values of secret-named query parameters replaced; the same string when it has no query. */
+export function redactUrl (url: string): string {
+  const q = url.indexOf('?')
+  if (q === -1) return url
+  const hash = url.indexOf('#', q)
+  const end = hash === -1 ? url.length : hash
+  let changed = false
+  const pairs = url.slice(q + 1, end).split('&').map((pair) => {
+    const eq = pair.indexOf('=')
+    if (eq === -1 || !isSecretName(pair.slice(0, eq))) return pair
+    changed = true
+    return `${pair.slice(0, eq + 1)}${REDACTED}`
+  })
+  return changed ? `${url.slice(0, q + 1)}${pairs.join('&')}${url.slice(end)}` : url
+}
+
+/** Fastify's request serializer, with the URL redacted. */
+export function serializeRequest (req: FastifyRequest): Record<string, unknown> {
+  return {
+    method: req.method,
+    url: redactUrl(req.url),
+    version: req.headers?.['accept-version'],
+    host: req.host,
+    remoteAddress: req.ip,
+    remotePort: req.socket?.remotePort
+  }
+}
+
+/** Fastify's own log lines, with the URL of a 404 ("Route GET:/x?key=... not found") redacted. */
+export class RedactingLogController extends LogController {
+  override routeNotFound (request: FastifyRequest, _reply: FastifyReply): void {
+    if (this.isLogDisabled(request)) return
+    request.log.info(`Route ${request.raw.method ?? ''}:${redactUrl(request.raw.url ?? '')} not found`)
+  }
+}

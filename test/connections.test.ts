@@ -1,0 +1,138 @@
+/**
+ * Client sockets against the real server: a request that never finishes arriving is answered
+ * 408 and closed after TASK_REQUEST_TIMEOUT_MS, a socket that never sends one is closed too,
+ * SIGTERM exits 0 promptly with such a socket open, TASK_MAX_CONNECTIONS refuses sockets past
+ * the cap, and an answer slower than the request timeout is not cut (the timeout covers
+ * receiving the request only, which live-view streams will rely on).
+ */
+import http from 'node:http'
+import net from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
+import t from 'tap'
+import type { TestContext } from './helper.js'
+import { call, caller, describe, EXIT_TIMEOUT_MS, logLines, scratch, within, type ServerProcess } from './server-process.js'
+
+const API = '/api/v1/tasks'
+/** Headers of a create whose 1000-byte body never comes. */
+const STALLED = `POST ${API}/create HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n`
+
+interface Raw {
+  socket: net.Socket
+  /** Everything the server sent. */
+  received: () => string
+  /** Settles when the socket closes, with the ms since it was opened. */
+  closed: Promise<number>
+}
+
+/** A raw client socket to the server, connected; `send` is written at once if given. */
+async function connect (t: TestContext, server: ServerProcess, send?: string): Promise<Raw> {
+  const opened = Date.now()
+  const socket = net.connect(server.port, '127.0.0.1')
+  t.teardown(() => { socket.destroy() })
+  let data = ''
+  socket.setEncoding('utf8').on('data', (chunk: string) => { data += chunk })
+  socket.on('error', () => {}) // a refused or reset socket shows as `closed`
+  const closed = new Promise<number>((resolve) => socket.once('close', () => resolve(Date.now() - opened)))
+  await new Promise<void>((resolve) => {
+    socket.once('connect', resolve)
+    socket.once('close', () => resolve())
+  })
+  if (send !== undefined) socket.write(send)
+  return { socket, received: () => data, closed }
+}
+
+/** A create on a connection of its own that is closed after the answer (so it holds no slot); status, or the error. */
+async function createOnce (server: ServerProcess, sessionId: string): Promise<number | string> {
+  const body = JSON.stringify({ session_id: sessionId, instructions: 'a' })
+  return new Promise((resolve) => {
+    const req = http.request({
+      host: '127.0.0.1', port: server.port, method: 'POST', path: `${API}/create`, agent: false, timeout: 10_000,
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), connection: 'close' }
+    }, (res) => {
+      res.resume().on('end', () => resolve(res.statusCode ?? 0))
+    })
+    req.on('timeout', () => req.destroy(new Error('timed out')))
+    req.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message))
+    req.end(body)
+  })
+}
+
+t.test('a request whose body never arrives is answered 408 and closed after TASK_REQUEST_TIMEOUT_MS; a silent socket is closed too', async (t) => {
+  const { start } = await scratch(t)
+  const server = await start({ TASK_REQUEST_TIMEOUT_MS: '500' })
+  const stalled = await connect(t, server, STALLED)
+  const silent = await connect(t, server)
+  const stalledMs = await within(stalled.closed, 15_000)
+  t.ok(stalledMs !== null, 'the stalled request is closed', { output: describe(server) })
+  t.ok(stalledMs !== null && stalledMs >= 400, `not before its timeout (${stalledMs} ms)`)
+  t.match(stalled.received(), /^HTTP\/1\.1 408 /, 'answered 408 Request Timeout')
+  const silentMs = await within(silent.closed, 15_000)
+  t.ok(silentMs !== null && silentMs >= 400, `a socket that never sends a request is closed after the timeout (${silentMs} ms)`)
+  t.match(silent.received(), /^(|HTTP\/1\.1 408 [^]*)$/, 'with a 408 at most')
+  t.equal((await call(server, 'POST', `${API}/create`, { session_id: 'after', instructions: 'a' })).status, 200, 'the server serves on')
+})
+
+t.test('TASK_KEEP_ALIVE_TIMEOUT_MS: an idle keep-alive socket is closed after it', async (t) => {
+  const { start } = await scratch(t)
+  const server = await start({ TASK_KEEP_ALIVE_TIMEOUT_MS: '300' })
+  const raw = await connect(t, server, 'GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n')
+  const closedMs = await within(raw.closed, 15_000)
+  t.match(raw.received(), /^HTTP\/1\.1 200 [^]*Keep-Alive: timeout=/i, 'answered, keep-alive announced')
+  // Node waits one more second than it announces, so clients close first.
+  t.ok(closedMs !== null && closedMs >= 250, `then closed once idle for the keep-alive timeout (${closedMs} ms)`)
+})
+
+t.test('SIGTERM with a stalled request open exits 0 promptly', async (t) => {
+  const { start } = await scratch(t)
+  // The request timeout is far off: the shutdown itself must close the socket.
+  const server = await start({ TASK_REQUEST_TIMEOUT_MS: '60000', TASK_SHUTDOWN_GRACE_MS: '1000' })
+  const stalled = await connect(t, server, STALLED)
+  const arrived = await server.waitForLine((line) => line.includes('"incoming request"') && line.includes(`${API}/create`), 10_000)
+  t.ok(arrived, 'the server has the stalled request', { output: describe(server) })
+  const signalled = Date.now()
+  const exit = await server.stop('SIGTERM', EXIT_TIMEOUT_MS)
+  const tookMs = Date.now() - signalled
+  t.same(exit, { code: 0, signal: null }, 'exit code 0', { output: describe(server) })
+  // Before the fix: close-with-grace gave up after grace + 10 s and exited 1.
+  t.ok(tookMs < 8000, `within the grace period and a little (${tookMs} ms)`)
+  t.ok(await within(stalled.closed, 5000) !== null, 'the stalled socket was closed')
+  t.ok(logLines(server.stdout()).some((line) => line.msg === 'Closed connections still sending a request at shutdown'), 'and the log says so')
+})
+
+t.test('TASK_MAX_CONNECTIONS: sockets past the cap are closed at once; creates work within it, and again once idle sockets time out', async (t) => {
+  const { start } = await scratch(t)
+  const cap = 5
+  const server = await start({ TASK_MAX_CONNECTIONS: String(cap), TASK_REQUEST_TIMEOUT_MS: '1500' })
+  // This process may hold one more keep-alive socket to the server (from the readiness polls).
+  const idle = [await connect(t, server), await connect(t, server, STALLED)]
+  t.equal(await createOnce(server, 'within-cap'), 200, 'a create works beside idle sockets within the cap')
+  await sleep(100) // the server has closed that socket (connection: close)
+
+  for (let i = 0; i < cap + 1; i++) idle.push(await connect(t, server, i % 2 === 0 ? undefined : STALLED))
+  await sleep(300)
+  const refused = (await Promise.all(idle.map(async (raw) => await within(raw.closed, 0) !== null && raw))).filter((raw) => raw !== false)
+  t.ok(refused.length >= 1, `sockets past the cap are closed at once, well before the request timeout (${refused.length})`, { output: describe(server) })
+  t.ok(idle.length - refused.length <= cap, `no more than ${cap} stay open (${idle.length - refused.length})`)
+  t.ok(refused.every((raw) => raw.received() === ''), 'without an answer')
+  t.ok(typeof await createOnce(server, 'over-cap') === 'string', 'a create past the cap fails')
+  t.ok(logLines(server.stdout()).some((line) => String(line.msg).startsWith('Connection refused: TASK_MAX_CONNECTIONS')), 'the refusal is logged')
+
+  // The idle and stalled sockets are dropped after the request timeout, freeing their slots.
+  const closed = await within(Promise.all(idle.map(async (raw) => await raw.closed)), 15_000)
+  t.ok(closed !== null, 'every idle or stalled socket is closed by the server')
+  t.equal(await createOnce(server, 'after-idle'), 200, 'a create works again')
+  const listed = await call(server, 'GET', `${API}/list?session_id=all`)
+  t.same(listed.body.sessions.map((s: { session_id: string }) => s.session_id).sort(), ['after-idle', 'within-cap'])
+})
+
+t.test('an answer slower than TASK_REQUEST_TIMEOUT_MS is not cut: the timeout covers receiving the request only', async (t) => {
+  const { start } = await scratch(t)
+  const agents = { default: { kind: 'command', argv: ['sh', '-c', 'sleep 1.5; echo slow result'] } }
+  const server = await start({ TASK_REQUEST_TIMEOUT_MS: '300', TASK_AGENTS: JSON.stringify(agents) })
+  t.equal((await call(server, 'POST', `${API}/create`, { session_id: 'slow', instructions: 'a' })).status, 200)
+  const started = Date.now()
+  const executed = await caller(30_000)(server, 'POST', `${API}/execute`, { session_id: 'slow' })
+  t.ok(Date.now() - started >= 1400, 'the answer took longer than the request timeout')
+  t.equal(executed.status, 200, 'answered', { output: describe(server) })
+  t.match(executed.body, { status: 'Completed', result: /slow result/ })
+})
