@@ -28,8 +28,15 @@ async function main (): Promise<void> {
     process.exit(1)
   }
   const { PORT, HOST, TASK_SHUTDOWN_GRACE_MS } = app.config
+  // A rejection nobody observed is a bug, logged loudly with its stack. It does not take the
+  // server down: every acknowledged change is already on disk, and exiting would interrupt every
+  // other session's running task. A thrown exception still does (synchronous state is unknown).
+  const log = app.log
+  process.on('unhandledRejection', (reason) => {
+    log.error({ err: reason }, 'unhandled promise rejection (a bug: please report it); the server keeps running')
+  })
   // The grace period covers running tasks; the extra time covers flushing writes.
-  closeWithGrace({ delay: TASK_SHUTDOWN_GRACE_MS + 10_000 }, async ({ signal, err }) => {
+  closeWithGrace({ delay: TASK_SHUTDOWN_GRACE_MS + 10_000, skip: ['unhandledRejection'] }, async ({ signal, err }) => {
     if (err !== undefined) app.log.error({ err }, 'fatal error; shutting down')
     else app.log.info({ signal }, 'shutting down')
     await app.close()
