@@ -1,0 +1,116 @@
+// 10. Encryption at rest: the same work with TASK_ENCRYPTION_KEYS set against unset, in the same
+// run. Save p50 of a 3 KB session (goal <= 1.1x), restore of 10,000 sessions (<= 1.3x), and
+// POST /create at 50 connections (>= 0.9x).
+import { randomBytes } from 'node:crypto'
+import { FileSessionStore } from '../../dist/services/file-store.js'
+import { Keyring } from '../../dist/services/keyring.js'
+import { TaskManager } from '../../dist/services/task-manager.js'
+import { THREE_TASK_TEXT, sessionOfBytes } from '../lib/fixtures.mjs'
+import { load, startServer } from '../lib/http.mjs'
+import { collect, median, now, percentile } from '../lib/stats.mjs'
+
+const KEYS = `bench:${randomBytes(32).toString('base64')}`
+
+async function saveTimes (P, stores, file) {
+  const names = Object.keys(stores)
+  const perRound = Object.fromEntries(names.map((n) => [n, []]))
+  for (let r = 0; r < P.rounds; r++) {
+    collect()
+    const times = Object.fromEntries(names.map((n) => [n, []]))
+    for (let i = 0; i < P.saveN; i++) {
+      for (let k = 0; k < names.length; k++) {
+        const name = names[(i + k) % names.length]
+        const t = now()
+        await stores[name].save(file)
+        times[name].push(now() - t)
+      }
+    }
+    for (const name of names) perRound[name].push(percentile(times[name], 50))
+  }
+  return Object.fromEntries(names.map((n) => [n, median(perRound[n])]))
+}
+
+async function restoreMs (dir, keyring) {
+  const store = new FileSessionStore({ dir, keyring })
+  await store.init()
+  const manager = new TaskManager({ store, autoSave: true })
+  const t = now()
+  const report = await manager.restore()
+  const ms = now() - t
+  await manager.close()
+  await store.close()
+  return { ms, sessions: report.sessions }
+}
+
+export async function benchEncryption ({ P, row, sections, alternate, trackedDir, dropDir, fixture }) {
+  const keyring = Keyring.parse(KEYS)
+  const res = {}
+
+  // Save: interleaved, save by save.
+  const plainDir = trackedDir('enc-save-plain')
+  const sealedDir = trackedDir('enc-save-sealed')
+  const stores = { plain: new FileSessionStore({ dir: plainDir }), sealed: new FileSessionStore({ dir: sealedDir, keyring }) }
+  for (const store of Object.values(stores)) await store.init()
+  const file = sessionOfBytes('enc_one', 3072)
+  for (let i = 0; i < 30; i++) for (const store of Object.values(stores)) await store.save(file)
+  res.save_p50_ms = await saveTimes(P, stores, file)
+  for (const store of Object.values(stores)) await store.close()
+  dropDir(plainDir)
+  dropDir(sealedDir)
+  const saveRatio = res.save_p50_ms.sealed / res.save_p50_ms.plain
+  row('encryption: save 3 KB session p50, sealed vs plaintext', { ours: res.save_p50_ms.sealed, floor: res.save_p50_ms.plain, floorLabel: 'the same save in plaintext', unit: 'ms', ratio: saveRatio, ratioOf: 'sealed/plain', goal: '<= 1.1', met: saveRatio <= 1.1 })
+
+  // Restore 10,000: the shared plaintext fixture against a sealed copy of it.
+  const plain = fixture(10_000, 10)
+  const sealedCopy = trackedDir('enc-restore-sealed')
+  {
+    const source = new FileSessionStore({ dir: plain.dir })
+    const { sessions } = await source.loadAll({ concurrency: 2 })
+    const target = new FileSessionStore({ dir: sealedCopy, keyring })
+    await target.init()
+    for (const { file: session } of sessions) await target.save(session)
+    await target.close()
+  }
+  await restoreMs(plain.dir, null)
+  await restoreMs(sealedCopy, keyring)
+  const restore = { plain: [], sealed: [] }
+  for (let r = 0; r < P.rounds; r++) {
+    await alternate(r, [
+      async () => { const x = await restoreMs(plain.dir, null); if (x.sessions !== 10_000) throw new Error('plain restore miscounted'); restore.plain.push(x.ms) },
+      async () => { const x = await restoreMs(sealedCopy, keyring); if (x.sessions !== 10_000) throw new Error('sealed restore miscounted'); restore.sealed.push(x.ms) }
+    ])
+  }
+  dropDir(sealedCopy)
+  res.restore_ms = { plain: median(restore.plain), sealed: median(restore.sealed), rounds: restore }
+  const restoreRatio = res.restore_ms.sealed / res.restore_ms.plain
+  row('encryption: restore 10,000 sessions, sealed vs plaintext', { ours: res.restore_ms.sealed, floor: res.restore_ms.plain, floorLabel: 'the same restore in plaintext', unit: 'ms', ratio: restoreRatio, ratioOf: 'sealed/plain', goal: '<= 1.3', met: restoreRatio <= 1.3 })
+
+  // POST /create at 50 connections: the real app with and without keys.
+  const body = (id) => JSON.stringify({ session_id: id, instructions: THREE_TASK_TEXT })
+  const requests = (prefix) => {
+    let n = 0
+    return [{ method: 'POST', path: '/api/v1/tasks/create', headers: { 'content-type': 'application/json' }, setupRequest: (req) => ({ ...req, body: body(`${prefix}_${++n}`) }) }]
+  }
+  const servers = {}
+  const dirs = {}
+  for (const name of ['plain', 'sealed']) {
+    dirs[name] = trackedDir(`enc-create-${name}`)
+    servers[name] = await startServer({ kind: 'app', dir: dirs[name], config: name === 'sealed' ? { TASK_ENCRYPTION_KEYS: KEYS } : {} })
+    await load(servers[name], { duration: P.warmSeconds, requests: requests('warm') })
+  }
+  const runs = { plain: [], sealed: [] }
+  try {
+    for (let r = 0; r < P.rounds; r++) {
+      await alternate(r, ['plain', 'sealed'].map((name) => async () => { runs[name].push(await load(servers[name], { duration: P.createSeconds, requests: requests(`r${r}`) })) }))
+    }
+  } finally {
+    for (const name of ['plain', 'sealed']) {
+      await servers[name].stop()
+      dropDir(dirs[name])
+    }
+  }
+  res.create_rps = { plain: median(runs.plain.map((x) => x.rps)), sealed: median(runs.sealed.map((x) => x.rps)), failed: [...runs.plain, ...runs.sealed].reduce((a, x) => a + x.non2xx + x.errors + x.timeouts, 0) }
+  const createRatio = res.create_rps.sealed / res.create_rps.plain
+  row('encryption: POST /create req/s, sealed vs plaintext', { ours: res.create_rps.sealed, floor: res.create_rps.plain, floorLabel: 'the same app without keys', unit: 'req/s', ratio: createRatio, ratioOf: 'sealed/plain', goal: '>= 0.9', met: createRatio >= 0.9 && res.create_rps.failed === 0 })
+  sections.encryption = res
+}
