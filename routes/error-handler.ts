@@ -15,6 +15,7 @@ const STATUS_BY_CODE: Readonly<Record<string, number>> = {
   SHUTTING_DOWN: 503,
   NOT_READY: 503,
   STORAGE_UNAVAILABLE: 503,
+  LOCK_LOST: 503,
   STORAGE_FULL: 507
 }
 

@@ -8,7 +8,7 @@ import { mkdir, readFile, readdir, stat, symlink, unlink, writeFile } from 'node
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { build, get, tempDir, type TestContext } from './helper.js'
+import { build, get, markAsTaskvault, tempDir, type TestContext } from './helper.js'
 import { scratch, within } from './server-process.js'
 import { storedSession } from './session-fixtures.js'
 
@@ -61,6 +61,8 @@ async function preparedFolder (t: TestContext): Promise<string> {
     'archive/kept.json': storedSession('kept', ['Failed'], daysAgo(50))
   }
   for (const [name, text] of Object.entries(files)) await writeFile(join(dir, name), text, { mode: 0o600 })
+  // A folder a server has used: tests plant unreadable files in it, which an unmarked folder would be refused for.
+  await markAsTaskvault(dir)
   return dir
 }
 

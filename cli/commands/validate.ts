@@ -23,7 +23,8 @@ restore would, and prints one line per file: ✅ when it loads, ❌ and the reas
 Read-only unless --fix; safe while a server runs.
 
 Options:
-  --fix       move each bad file into <dir>/corrupt/ (needs the folder: refused while a server holds it)
+  --fix       move each bad session file into <dir>/corrupt/ (files not named <id>.json stay
+              where they are; needs the folder: refused while a server holds it)
 
 Exit status 1 when any file is bad (also with --fix, after moving them).
 
@@ -43,7 +44,8 @@ ${COMMON_HELP}`,
         if (checked.ok) reports.push({ file: stored.rel, ok: true })
         else {
           reports.push({ file: stored.rel, ok: false, reason: checked.reason })
-          bad.push(stored)
+          // A file not named like a session is not one gone bad: it is left where it is, as the server leaves it.
+          if (stored.sessionId !== null) bad.push(stored)
         }
       }
       return { reports, bad }
