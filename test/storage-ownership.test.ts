@@ -140,6 +140,25 @@ t.test('lock: a lock another writer took stops every write (503 LOCK_LOST), /rea
   t.same(JSON.parse(await readlink(join(dir, LOCK_FILE))), OTHER, 'the other writer keeps its lock after close')
 })
 
+t.test('lock: a cancel after the lock is lost answers 503 LOCK_LOST: the cancelled task\'s failure could not be saved', async (t) => {
+  const dir = await tempDir(t)
+  // An agent that runs until it is cancelled.
+  const waitForAbort = async (_task: unknown, { signal }: { signal: AbortSignal }): Promise<{ result: string }> =>
+    new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason as Error), { once: true }))
+  const app = await buildApp({ readEnvironment: false, executors: { default: waitForAbort }, config: { TASK_STORAGE_DIR: dir, TASK_SHUTDOWN_GRACE_MS: 2000, ...FAST_LOCK } })
+  t.teardown(() => app.close())
+  await app.ready()
+  t.equal((await post(app, '/create', { session_id: 'a', instructions: 'one' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'a', wait: false })).statusCode, 202)
+  t.ok(await eventually(async () => (await get(app, '/progress?session_id=a')).json().in_progress === 1), 'the task runs')
+  await takeLock(dir, OTHER)
+  t.ok(await eventually(async () => (await app.inject({ method: 'GET', url: '/ready' })).statusCode === 503), '/ready turns 503')
+  const res = await post(app, '/cancel', { session_id: 'a' })
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'LOCK_LOST')
+  t.equal((await get(app, '/progress?session_id=a')).json().failed, 0, 'memory does not claim the unsaved failure')
+})
+
 t.test('lock: with auto-save off, a lost lock refuses changes too (memory must not hold what can never be saved)', async (t) => {
   const dir = await tempDir(t)
   const app = await buildApp({ readEnvironment: false, config: { TASK_STORAGE_DIR: dir, TASK_AUTO_SAVE: false, ...FAST_LOCK } })
