@@ -36,6 +36,8 @@ const WORKERS = 8
 const SESSIONS = Array.from({ length: 12 }, (_, i) => `torture-${i}`)
 const REQUEST_TIMEOUT_MS = 30_000
 const LOCK_FILE = '.taskvault.lock'
+/** The folder's marker (services/storage-folder.ts). */
+const MARKER_FILE = '.taskvault'
 const TAKEOVER_MSG = 'Took over the storage lock of a server that is gone'
 const TEMP_FILE = /^\..*\.tmp$/u
 const checkFile = TypeCompiler.Compile(SessionFile)
@@ -179,11 +181,11 @@ t.test('crash torture: SIGKILL at random moments under concurrent load loses not
   async function verify (server: ServerProcess, label: string): Promise<void> {
     verifications++
     const verifyTick = ++tick
-    // --- The folder: only session files and the lock; every file in the format. -------------
+    // --- The folder: only session files, the lock and the marker; every file in the format. --
     const entries = await readdir(storage, { withFileTypes: true })
     const temps = entries.filter((e) => TEMP_FILE.test(e.name)).map((e) => e.name)
     t.same(temps, [], `${label}: no temp file (.*.tmp) remains`)
-    const strays = entries.filter((e) => !(e.isFile() && e.name.endsWith('.json')) && !(e.isSymbolicLink() && e.name === LOCK_FILE) && !TEMP_FILE.test(e.name)).map((e) => e.name)
+    const strays = entries.filter((e) => !(e.isFile() && (e.name.endsWith('.json') || e.name === MARKER_FILE)) && !(e.isSymbolicLink() && e.name === LOCK_FILE) && !TEMP_FILE.test(e.name)).map((e) => e.name)
     t.same(strays, [], `${label}: no corrupt/ folder or other stray entry in the storage folder`)
     const fileProblems: string[] = []
     const onDisk = new Map<string, TaskView[]>()
