@@ -55,7 +55,7 @@ export default fp<PersistencePluginOptions>(async function persistencePlugin (ap
   if (folder === 'adopted') app.log.info({ dir: store.dir }, 'Storage folder had no .taskvault marker and holds only session files: adopted it and wrote the marker')
   if (openMode !== null) {
     app.log.warn({ dir: store.dir, mode: openMode.toString(8) },
-      `Storage folder ${store.dir} is accessible to its group or others (mode ${openMode.toString(8)}); taskvault did not create it and leaves its mode alone: chmod 700 it if only taskvault should read the sessions`)
+      `Storage folder ${store.dir} is accessible to its group or others (mode ${openMode.toString(8)}); taskvault leaves the mode of a folder it did not just create alone: chmod 700 it if only taskvault should read the sessions`)
   }
   app.decorate('persistence', store as SessionStore)
   app.addHook('onClose', async () => store.close())

@@ -34,7 +34,7 @@ export interface StorageInitReport {
   replaced: LockHolder | null
   /** `created` now (0700), `adopted` now (it had no marker; every *.json was a session file), or already `marked`. */
   folder: 'created' | 'adopted' | 'marked'
-  /** The folder's permission bits when group or others may use it (left as they are: taskvault did not create it); else null. */
+  /** The folder's permission bits when group or others may use it (left as they are: init did not create it); else null. */
   openMode: number | null
 }
 
