@@ -25,6 +25,12 @@ async function main (): Promise<void> {
   } catch (err) {
     // Bad settings or an unusable storage folder: say which, and exit 1.
     console.error(`taskvault: cannot start: ${(err as Error).message}`)
+    if (app !== undefined) {
+      // A start that failed after the storage lock was taken (a restore that hit EACCES) must
+      // not leave the lock behind; bounded like a shutdown.
+      setTimeout(() => process.exit(1), app.config.TASK_SHUTDOWN_GRACE_MS + 10_000).unref()
+      await app.close().catch(() => {})
+    }
     process.exit(1)
   }
   const { PORT, HOST, TASK_SHUTDOWN_GRACE_MS } = app.config

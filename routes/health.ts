@@ -1,6 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { responses } from '../schemas/api.js'
-import { NotReadyError } from '../services/errors.js'
 
 /** Liveness and readiness, for load balancers and Kubernetes probes. */
 const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
@@ -8,11 +7,12 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
     schema: { operationId: 'getHealth', tags: ['health'], security: [], summary: 'Liveness: 200 while the process runs', response: responses.health }
   }, async () => ({ status: 'ok' as const, uptime_s: Math.round(process.uptime()) }))
 
-  // 503 until every session is restored, and again once shutdown begins.
+  // 503 until every session is restored, again once shutdown begins, and for good once the storage lock is lost.
   app.get('/ready', {
-    schema: { operationId: 'getReadiness', tags: ['health'], security: [], summary: 'Readiness: 200 once sessions are restored, 503 while restoring or shutting down', response: responses.ready }
+    schema: { operationId: 'getReadiness', tags: ['health'], security: [], summary: 'Readiness: 200 once sessions are restored, 503 while restoring, shutting down, or after losing the storage lock', response: responses.ready }
   }, async () => {
-    if (!app.taskManager.ready) throw new NotReadyError()
+    const reason = app.taskManager.notReady()
+    if (reason !== null) throw reason
     return { status: 'ready' as const, sessions: app.taskManager.registry.size }
   })
 }

@@ -94,6 +94,8 @@ export class ArchiveScheduler {
 
   private async pass (options: ArchivePassOptions): Promise<ArchivePass> {
     if (this.manager.shuttingDown) return { archived: [], deleted: [] }
+    // Every move would fail one by one; the pass fails once instead (503 LOCK_LOST for POST /archive).
+    this.manager.assertWritable()
     const now = this.clock().getTime()
     const days = options.archiveOlderThanDays === undefined ? (this.archiveDays > 0 ? this.archiveDays : null) : options.archiveOlderThanDays
     const archived = days === null ? [] : await this.manager.archiveFinishedBefore(new Date(now - days * DAY_MS))

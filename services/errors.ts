@@ -115,6 +115,25 @@ export class KeyUnavailableError extends TaskvaultError {
   }
 }
 
+/**
+ * Another server took this one's storage lock (or something replaced the lock file): this one
+ * refuses every write from then on, so neither overwrites the other. Reads still work; a
+ * restart, once only one server uses the folder, clears it. `holder` is who holds it now.
+ */
+export class LockLostError extends TaskvaultError {
+  constructor (readonly dir: string, readonly holder: { pid: number, host: string, since: string } | null) {
+    super('LOCK_LOST', 'this server lost the storage lock of its folder to another writer and saves nothing more (reads still work); ' +
+      'restart it once only one server uses the folder')
+  }
+}
+
+/** TASK_STORAGE_DIR is a folder taskvault does not own (no `.taskvault` marker, files that are not sessions). Stops the boot. */
+export class ForeignFolderError extends TaskvaultError {
+  constructor (message: string) {
+    super('FOREIGN_STORAGE_FOLDER', message)
+  }
+}
+
 /** A session file that cannot be parsed or does not match the file schema. */
 export class CorruptSessionFileError extends TaskvaultError {
   constructor (readonly fileName: string, reason: string) {

@@ -1,16 +1,17 @@
 import { EventEmitter } from 'node:events'
-import type { Dirent } from 'node:fs'
+import { constants, type Dirent } from 'node:fs'
 import { dirname, join, resolve, sep } from 'node:path'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import pLimit from 'p-limit'
 import { SessionFile, SESSION_ID_PATTERN } from '../schemas/session.js'
 import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from './archive-index.js'
 import { CoalescedRun } from './coalesce.js'
-import { CorruptSessionFileError, InvalidSessionIdError, KeyUnavailableError, StorageError, TaskvaultError } from './errors.js'
-import type { Keyring } from './keyring.js'
+import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, StorageError, TaskvaultError } from './errors.js'
 import { nodeFs, type FsSeam } from './fs-seam.js'
+import type { Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
-import { ARCHIVED_FILE, DIR_MODE, FILE_MODE, TEMP_FILE, fsyncDir, parseSessionFile, readSessionDocument, readWhole, serializeSessionFile, writeAndRename } from './session-files.js'
+import { ARCHIVED_FILE, DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, fsyncDir, parseSessionFile, readSessionDocument, readWhole, serializeSessionFile, writeAndRename } from './session-files.js'
+import { MARKER_FILE, firstForeignFile, readMarker, writeMarker } from './storage-folder.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
 import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents } from './store.js'
 
@@ -30,6 +31,16 @@ export interface FileSessionStoreOptions {
   keyring?: Keyring | null
   /** Hold the folder's single-writer lock from init to close (the server does; tools reading a copy need not). */
   lock?: StorageLockOptions
+}
+
+/** What init found and did, for the caller to log. */
+export interface StorageInitReport {
+  /** A stale holder whose lock was taken over. */
+  replaced: LockHolder | null
+  /** `created` now (0700), `adopted` now (it had no marker; every *.json was a session file), or already `marked`. */
+  folder: 'created' | 'adopted' | 'marked'
+  /** The folder's permission bits when group or others may use it (left as they are: init did not create it); else null. */
+  openMode: number | null
 }
 
 /**
@@ -67,33 +78,65 @@ export class FileSessionStore implements SessionStore {
     this.maxSessionBytes = options.maxSessionBytes ?? Number.POSITIVE_INFINITY
     this.keyring = options.keyring ?? null
     this.dirSync = new CoalescedRun(() => fsyncDir(this.fs, this.dir))
-    this.lock = options.lock ? new StorageLock(this.dir, this.fs, options.lock) : null
+    this.lock = options.lock ? new StorageLock(this.dir, this.fs, options.lock, (event) => this.events.emit('lock', event)) : null
+  }
+
+  /** Why nothing may be written any more (the lock was lost to another writer), or null. */
+  unwritable (): TaskvaultError | null {
+    return this.lock?.lost ?? null
+  }
+
+  private assertWritable (): void {
+    const refusal = this.unwritable()
+    if (refusal !== null) throw refusal
   }
 
   get location (): string {
     return this.dir
   }
 
-  /** Creates the folder (0700), takes the single-writer lock, and proves the folder writable. Returns a stale holder it replaced. */
-  async init (): Promise<LockHolder | null> {
+  /**
+   * Creates the folder (0700) or checks that an existing one is taskvault's (its mode is left
+   * alone), takes the single-writer lock, marks the folder, and proves it writable.
+   */
+  async init (): Promise<StorageInitReport> {
     let replaced: LockHolder | null = null
+    let locked = false
     try {
+      const existed = await this.fs.lstat(this.dir).then(() => true, (err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return false
+        throw err
+      })
       await this.fs.ensureDir(this.dir, DIR_MODE)
       // A folder created just now is durable only once its parent's entry is.
-      await fsyncDir(this.fs, dirname(this.dir)).catch(noop)
-      if (this.lock !== null) replaced = await this.lock.acquire()
-      await this.fs.chmod(this.dir, DIR_MODE)
+      if (!existed) await fsyncDir(this.fs, dirname(this.dir)).catch(noop)
+      // Checked before the lock, so a folder that is not ours is left without a trace.
+      const marked = existed && await readMarker(this.fs, this.dir) !== null
+      if (existed && !marked) {
+        const foreign = await firstForeignFile(this.fs, this.dir)
+        if (foreign !== null) {
+          throw new ForeignFolderError(`storage folder ${this.dir} is not taskvault's: it has no ${MARKER_FILE} marker and holds ${foreign.file}, ` +
+            `which is not a session file (${foreign.reason}); point TASK_STORAGE_DIR at a new or empty folder, or move the files that are not sessions out of it`)
+        }
+      }
+      if (this.lock !== null) {
+        replaced = await this.lock.acquire()
+        locked = true
+      }
+      if (!existed) await this.fs.chmod(this.dir, DIR_MODE)
+      if (!marked) await writeMarker(this.fs, this.dir, `.taskvault.${process.pid}.${++this.tempSeq}.tmp`)
       // Prove the folder is writable now rather than on the first client's request.
       const probe = join(this.dir, `.probe.${process.pid}.${++this.tempSeq}.tmp`)
       const handle = await this.fs.open(probe, 'wx', FILE_MODE)
       await handle.close()
       await this.fs.unlink(probe)
+      const dirMode = existed ? await this.modeOf(this.dir) : DIR_MODE
+      return { replaced, folder: !existed ? 'created' : marked ? 'marked' : 'adopted', openMode: (dirMode & 0o077) !== 0 ? dirMode & 0o7777 : null }
     } catch (err) {
+      if (locked) await this.lock?.release().catch(noop)
       if (err instanceof TaskvaultError) throw err
-      await this.lock?.release().catch(noop)
       throw new StorageError(`preparing storage folder ${this.dir}`, err as NodeJS.ErrnoException)
     }
-    return replaced
   }
 
   pathFor (sessionId: string): string {
@@ -118,6 +161,7 @@ export class FileSessionStore implements SessionStore {
   }
 
   private async write (file: SessionFile): Promise<number> {
+    this.assertWritable()
     const candidate: unknown = file
     if (!checkSessionFile.Check(candidate)) {
       const first = checkSessionFile.Errors(candidate).First()
@@ -138,6 +182,7 @@ export class FileSessionStore implements SessionStore {
 
   async remove (sessionId: string): Promise<void> {
     const target = this.pathFor(sessionId)
+    this.assertWritable()
     try {
       await this.fs.unlink(target)
     } catch (err) {
@@ -160,7 +205,8 @@ export class FileSessionStore implements SessionStore {
       if (!entry.isFile()) continue
       if (TEMP_FILE.test(entry.name)) {
         if (await this.fs.unlink(join(this.dir, entry.name)).then(() => true, () => false)) removedTempFiles++
-      } else if (entry.name.endsWith('.json')) {
+      } else if (SESSION_FILE.test(entry.name)) {
+        // Any other name (`my notes.json`) is not a session file: never read, never set aside.
         names.push(entry.name)
       }
     }
@@ -262,6 +308,7 @@ export class FileSessionStore implements SessionStore {
   async archive (file: SessionFile): Promise<void> {
     const sessionId = file.session_id
     const source = this.pathFor(sessionId)
+    this.assertWritable()
     const operation = `archiving session '${sessionId}'`
     let stamp = 0
     let name = `${sessionId}.json`
@@ -346,6 +393,7 @@ export class FileSessionStore implements SessionStore {
   async removeArchived (sessionId: string): Promise<number> {
     const files = [...this.archiveIndex.files(sessionId)]
     if (files.length === 0) return 0
+    this.assertWritable()
     try {
       for (const { name } of files) {
         await this.fs.unlink(join(this.archiveDir, name)).catch((err: NodeJS.ErrnoException) => {
@@ -426,6 +474,8 @@ export class FileSessionStore implements SessionStore {
 
   /** Moves an unreadable file into `corrupt/`, never deleting it; null if it could not be moved. */
   private async setAside (dir: string, name: string): Promise<string | null> {
+    // Once another server holds the folder, even a read must move nothing.
+    if (this.unwritable() !== null) return null
     try {
       await this.ensureRealDir(this.corruptDir)
       // Unique per process and call, so two set-asides of one name never overwrite each other.
@@ -435,6 +485,16 @@ export class FileSessionStore implements SessionStore {
       return target
     } catch {
       return null
+    }
+  }
+
+  /** A folder's mode, following a symlink to it: the folder that is actually written to. */
+  private async modeOf (dir: string): Promise<number> {
+    const handle = await this.fs.open(dir, constants.O_RDONLY | constants.O_DIRECTORY)
+    try {
+      return (await handle.stat()).mode
+    } finally {
+      await handle.close()
     }
   }
 

@@ -261,6 +261,9 @@ export class SessionRegistry {
   }
 
   private async persist (sessionId: string, slot: SessionSlot, draft: Draft): Promise<number> {
+    // Also with auto-save off: memory must not hold changes that can never be saved.
+    const refusal = this.store.unwritable?.() ?? null
+    if (refusal !== null) throw refusal
     if (draft.file === null) {
       // Archived copies go first: if that fails, the active session is still intact.
       if (draft.dropArchived) await this.store.removeArchived(sessionId)

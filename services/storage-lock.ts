@@ -1,7 +1,7 @@
 import { hostname } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { join } from 'node:path'
-import { TaskvaultError } from './errors.js'
+import { LockLostError, TaskvaultError } from './errors.js'
 import type { FsSeam } from './fs-seam.js'
 
 export interface LockHolder {
@@ -16,6 +16,12 @@ export interface StorageLockOptions {
   /** A lock not touched for this long is taken over whatever host holds it. */
   staleMs: number
 }
+
+/** What the heartbeat found, for the owner to log: the store knows no logger. */
+export type LockEvent =
+  | { type: 'recreated', path: string }
+  | { type: 'lost', error: LockLostError, found: string }
+  | { type: 'check-failed', path: string, err: unknown }
 
 export class StorageLockedError extends TaskvaultError {
   constructor (readonly dir: string, readonly holder: LockHolder) {
@@ -37,14 +43,27 @@ const PROCESS_STARTED_MS = Date.now() - process.uptime() * 1000
 export class StorageLock {
   readonly path: string
   private readonly me: LockHolder
+  /** The lock's content when this process holds it. */
+  private readonly mine: string
   private timer: NodeJS.Timeout | null = null
+  /** The heartbeat's check in flight, if any (release waits for it). */
+  private beat: Promise<void> | null = null
+  private released = false
+  private lostTo: LockLostError | null = null
 
-  constructor (private readonly dir: string, private readonly fs: FsSeam, private readonly options: StorageLockOptions) {
+  constructor (private readonly dir: string, private readonly fs: FsSeam, private readonly options: StorageLockOptions,
+    private readonly report: (event: LockEvent) => void = noop) {
     if (options.refreshMs * 2 > options.staleMs) {
       throw new TaskvaultError('INVALID_LOCK_SETTINGS', `TASK_LOCK_STALE_MS (${options.staleMs}) must be at least twice TASK_LOCK_REFRESH_MS (${options.refreshMs})`)
     }
     this.path = join(dir, LOCK_FILE)
     this.me = { pid: process.pid, host: hostname(), since: new Date().toISOString() }
+    this.mine = JSON.stringify(this.me)
+  }
+
+  /** Set once the heartbeat found the lock held by someone else: from then on nothing may be written. */
+  get lost (): LockLostError | null {
+    return this.lostTo
   }
 
   /** Takes the lock or throws StorageLockedError naming the holder. Returns a holder it replaced. */
@@ -87,8 +106,11 @@ export class StorageLock {
   }
 
   async release (): Promise<void> {
+    this.released = true
     if (this.timer !== null) clearInterval(this.timer)
     this.timer = null
+    // A check in flight could re-create the lock after it was removed here.
+    await this.beat
     const { holder } = await this.readHolder(this.path)
     if (holder !== null && holder.pid === this.me.pid && holder.host === this.me.host && holder.since === this.me.since) {
       await this.fs.unlink(this.path).catch(ignoreMissing)
@@ -102,7 +124,7 @@ export class StorageLock {
    */
   private async tryCreate (path: string): Promise<boolean> {
     try {
-      await this.fs.symlink(JSON.stringify(this.me), path)
+      await this.fs.symlink(this.mine, path)
       return true
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false
@@ -110,25 +132,25 @@ export class StorageLock {
     }
   }
 
-  private async readHolder (path: string): Promise<{ holder: LockHolder | null, ageMs: number, raw: string | null }> {
+  private async readHolder (path: string): Promise<{ holder: LockHolder | null, ageMs: number, raw: string | null, missing: boolean }> {
     let ageMs: number
     let raw: string
     try {
       const stat = await this.fs.lstat(path)
       ageMs = Date.now() - stat.mtimeMs
-      if (!stat.isSymbolicLink()) return { holder: null, ageMs, raw: null }
+      if (!stat.isSymbolicLink()) return { holder: null, ageMs, raw: null, missing: false }
       raw = await this.fs.readlink(path)
     } catch (err) {
       ignoreMissing(err)
-      return { holder: null, ageMs: 0, raw: null }
+      return { holder: null, ageMs: 0, raw: null, missing: true }
     }
     try {
       const parsed = JSON.parse(raw) as Partial<LockHolder>
       if (typeof parsed.pid === 'number' && typeof parsed.host === 'string' && typeof parsed.since === 'string') {
-        return { holder: { pid: parsed.pid, host: parsed.host, since: parsed.since }, ageMs, raw }
+        return { holder: { pid: parsed.pid, host: parsed.host, since: parsed.since }, ageMs, raw, missing: false }
       }
     } catch {}
-    return { holder: null, ageMs, raw }
+    return { holder: null, ageMs, raw, missing: false }
   }
 
   private isStale (holder: LockHolder, ageMs: number): boolean {
@@ -140,14 +162,57 @@ export class StorageLock {
     return !isAlive(holder.pid)
   }
 
+  /** Every `refreshMs`: checks the lock still names this process, then touches it. Checks never overlap. */
   private startHeartbeat (): void {
     this.timer = setInterval(() => {
-      const now = new Date()
-      this.fs.lutimes(this.path, now, now).catch(() => {})
+      if (this.beat !== null) return
+      this.beat = this.check()
+        .catch((err: unknown) => this.emit({ type: 'check-failed', path: this.path, err }))
+        .finally(() => { this.beat = null })
     }, this.options.refreshMs)
     this.timer.unref()
   }
+
+  /**
+   * A missing lock (deleted by hand, a cleanup script) is re-created, exclusively: if another
+   * server created it first, theirs is judged instead. A lock naming anyone else means another
+   * server may be writing to the folder now: this one stops writing for good.
+   */
+  private async check (): Promise<void> {
+    let found = await this.readHolder(this.path)
+    if (this.released) return
+    if (found.missing) {
+      if (await this.tryCreate(this.path)) {
+        this.emit({ type: 'recreated', path: this.path })
+        return
+      }
+      found = await this.readHolder(this.path)
+      // Gone again already: the next beat looks again.
+      if (found.missing) return
+    }
+    if (found.raw === this.mine) {
+      const now = new Date()
+      await this.fs.lutimes(this.path, now, now)
+      return
+    }
+    if (this.timer !== null) clearInterval(this.timer)
+    this.timer = null
+    this.lostTo = new LockLostError(this.dir, found.holder)
+    const what = found.holder !== null
+      ? `pid ${found.holder.pid} on host ${found.holder.host} since ${found.holder.since}`
+      : found.raw !== null ? `a symlink to ${JSON.stringify(found.raw.slice(0, 200))}, which names no server` : 'a file that is not a taskvault lock'
+    this.emit({ type: 'lost', error: this.lostTo, found: what })
+  }
+
+  /** The owner's handler must not turn a heartbeat into an unhandled rejection. */
+  private emit (event: LockEvent): void {
+    try {
+      this.report(event)
+    } catch {}
+  }
 }
+
+function noop (): void {}
 
 function isAlive (pid: number): boolean {
   try {

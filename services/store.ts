@@ -1,6 +1,8 @@
 import type { EventEmitter } from 'node:events'
 import type { SessionFile } from '../schemas/session.js'
 import type { ArchiveTotals, ArchivedSummary } from './archive-index.js'
+import type { TaskvaultError } from './errors.js'
+import type { LockEvent } from './storage-lock.js'
 
 export type { ArchiveTotals, ArchivedSummary }
 
@@ -46,6 +48,8 @@ export interface EncryptionStats {
 
 export interface SessionStoreEvents {
   save: [SaveEvent]
+  /** The single-writer lock's heartbeat: a lock re-created, lost to another writer, or not checkable. */
+  lock: [LockEvent]
 }
 
 /**
@@ -60,6 +64,11 @@ export interface SessionStore {
   readonly events?: EventEmitter<SessionStoreEvents>
   /** Prepares the storage (folders, permissions, single-writer lock). Fails when it is not writable or held. */
   init(): Promise<unknown>
+  /**
+   * Why the store refuses every write from now on (it lost its single-writer lock), or null.
+   * Writes then reject with this error, so memory keeps the state before them.
+   */
+  unwritable?(): TaskvaultError | null
   /** Reads every stored session; unreadable ones are set aside and reported, never deleted. */
   loadAll(options: { concurrency: number }): Promise<LoadResult>
   /** Durably replaces the stored session; resolves with the stored size in bytes. */

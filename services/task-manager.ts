@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events'
 import type { CommandRuntime } from './agents/command.js'
 import type { AgentsConfig } from './agents/spec.js'
 import { ArchivedSessions, type ArchivedSessionSummary, type RetentionCutoffs } from './archived-sessions.js'
-import { InvalidSessionIdError, LimitExceededError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError } from './errors.js'
+import { InvalidSessionIdError, LimitExceededError, NotReadyError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError, type TaskvaultError } from './errors.js'
 import { resolveAgents, type AgentRoutes, type Executors } from './executors.js'
 import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, type Progress, type SessionFile, type Task, type TaskSpec } from './session.js'
 import { SessionRegistry, liveFile, unchanged, type SessionSummary, type Totals } from './session-registry.js'
@@ -157,9 +157,21 @@ export class TaskManager {
     this.archived = new ArchivedSessions({ registry: this.registry, store: this.store, logger: this.log })
   }
 
-  /** True once restore has finished and until shutdown begins. */
+  /** True once restore has finished and until shutdown begins, while the store can write. */
   get ready (): boolean {
-    return this.restored !== null && this.stopping === null
+    return this.notReady() === null
+  }
+
+  /** Why the service is not ready (restoring, shutting down, its storage lock lost), or null when it is. */
+  notReady (): TaskvaultError | null {
+    if (this.restored === null || this.stopping !== null) return new NotReadyError()
+    return this.store.unwritable?.() ?? null
+  }
+
+  /** Throws the store's refusal when it can no longer write (a pass of writes should not start). */
+  assertWritable (): void {
+    const refusal = this.store.unwritable?.() ?? null
+    if (refusal !== null) throw refusal
   }
 
   /** Executions (execute, execute-all, background runs) in flight now. */

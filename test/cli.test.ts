@@ -2,13 +2,13 @@
  * The command-line tool as operators run it: `node dist/cli/taskvault.js ...` in a child
  * process, on prepared temp folders, checking exit codes, output and the files left behind.
  */
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { mkdir, readFile, readdir, stat, symlink, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { build, get, tempDir, type TestContext } from './helper.js'
+import { build, get, markAsTaskvault, tempDir, type TestContext } from './helper.js'
 import { scratch, within } from './server-process.js'
 import { storedSession } from './session-fixtures.js'
 
@@ -61,6 +61,8 @@ async function preparedFolder (t: TestContext): Promise<string> {
     'archive/kept.json': storedSession('kept', ['Failed'], daysAgo(50))
   }
   for (const [name, text] of Object.entries(files)) await writeFile(join(dir, name), text, { mode: 0o600 })
+  // A folder a server has used: tests plant unreadable files in it, which an unmarked folder would be refused for.
+  await markAsTaskvault(dir)
   return dir
 }
 
@@ -338,4 +340,40 @@ t.test('refuses to set aside into a corrupt/ that is a symlink', async (t) => {
   t.equal(run.code, 1)
   t.match(run.stderr, /not a real folder/u)
   t.same(await readdir(outside), [])
+})
+
+t.test('a folder that is not taskvault\'s: mutating commands refuse it naming the file and leave it as it was; reading ones still read it', async (t) => {
+  const dir = await tempDir(t, 'taskvault-cli-foreign-')
+  await writeFile(join(dir, 'package.json'), '{ "name": "app" }\n')
+  await writeFile(join(dir, 'old.json'), storedSession('old', ['Completed'], daysAgo(100)))
+  const before = await snapshot(dir)
+  for (const args of [['archive', dir, '--days', '1'], ['validate', dir, '--fix']]) {
+    const run = await taskvault(args)
+    t.equal(run.code, 1, `${args[0]}: exit 1`)
+    t.match(run.stderr, /is not taskvault's: it has no \.taskvault marker and holds package\.json, which is not a session file/u, `${args[0]}: says why`)
+  }
+  t.same(await snapshot(dir), before, 'nothing moved or written')
+  t.same((await readdir(dir)).sort(), ['old.json', 'package.json'], 'no marker, no lock')
+  t.match((await taskvault(['validate', dir])).stdout, /❌ package\.json/u)
+  t.equal((await taskvault(['stats', dir])).code, 0)
+})
+
+t.test('validate --fix leaves files not named like sessions where they are; backup leaves out the marker and restore writes its own', async (t) => {
+  const dir = await preparedFolder(t)
+  await writeFile(join(dir, 'my notes.json'), 'not a session')
+  await writeFile(join(dir, 'broken.json'), '{', { mode: 0o600 })
+  const fixed = await taskvault(['validate', dir, '--fix', '--json'])
+  t.equal(fixed.code, 1)
+  t.match(fixed.json().files.find((file: { file: string }) => file.file === 'my notes.json'), { ok: false, reason: /not named <id>\.json/ })
+  t.notOk('moved_to' in fixed.json().files.find((file: { file: string }) => file.file === 'my notes.json'), 'not moved')
+  t.equal(await readFile(join(dir, 'my notes.json'), 'utf8'), 'not a session')
+  t.equal((await readdir(join(dir, 'corrupt'))).length, 1, 'only the broken session file is set aside')
+
+  const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')
+  await taskvault(['backup', dir, '--out', out])
+  const listing = spawnSync('tar', ['-tzf', out], { encoding: 'utf8' })
+  if (listing.status === 0) t.notMatch(listing.stdout, /\.taskvault/u, 'the marker is no session: not in the backup')
+  const target = join(await tempDir(t, 'taskvault-restored-'), 'fresh')
+  t.equal((await taskvault(['restore', out, target])).code, 0)
+  t.same(JSON.parse(await readFile(join(target, '.taskvault'), 'utf8')), { format: 1 }, 'the restored folder is marked')
 })

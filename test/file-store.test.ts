@@ -4,6 +4,7 @@ import type { FileHandle } from 'node:fs/promises'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { FileSessionStore } from '../services/file-store.js'
+import { MARKER_FILE } from '../services/storage-folder.js'
 import { nodeFs, type FsSeam } from '../services/fs-seam.js'
 import { InvalidSessionIdError, StorageError, TaskvaultError } from '../services/errors.js'
 import type { SessionFile } from '../schemas/session.js'
@@ -34,7 +35,8 @@ async function openStore (t: TestContext, fs?: FsSeam): Promise<FileSessionStore
   return store
 }
 
-const names = async (dir: string): Promise<string[]> => (await readdir(dir)).sort()
+/** The folder's entries, but for its `.taskvault` marker (always there once init ran). */
+const names = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((name) => name !== MARKER_FILE).sort()
 const mode = async (path: string): Promise<number> => (await stat(path)).mode & 0o777
 const errno = (code: string): NodeJS.ErrnoException => Object.assign(new Error(`${code}: injected fault`), { code })
 
@@ -69,21 +71,21 @@ t.test('the file is pretty JSON in the seed format, replaced whole on each save'
   for (const task of parsed.session.tasks) t.strictSame(Object.keys(task).sort(), [...TASK_KEYS].sort())
 })
 
-t.test('permissions: folder 0700 after init, files 0600', async (t) => {
+t.test('permissions: a folder init creates is 0700, files 0600; a folder it did not create keeps its mode', async (t) => {
   const dir = await tempDir(t)
   await chmod(dir, 0o755)
   await writeFile(join(dir, 'old.json'), JSON.stringify(sessionFile('old')), { mode: 0o644 })
   await chmod(join(dir, 'old.json'), 0o644)
   const store = new FileSessionStore({ dir })
-  await store.init()
-  t.equal(await mode(dir), 0o700, 'a pre-existing 0755 folder is tightened')
+  t.match(await store.init(), { folder: 'adopted', openMode: 0o755 }, 'an open mode is reported, for a warning')
+  t.equal(await mode(dir), 0o755, 'a pre-existing 0755 folder keeps its mode')
   await store.save(sessionFile('new'))
   await store.save(sessionFile('old'))
   t.equal(await mode(store.pathFor('new')), 0o600)
   t.equal(await mode(store.pathFor('old')), 0o600, 'a replaced 0644 file becomes 0600')
 
   const nested = new FileSessionStore({ dir: join(dir, 'a', 'b') })
-  await nested.init()
+  t.match(await nested.init(), { folder: 'created', openMode: null })
   t.equal(await mode(nested.dir), 0o700, 'a folder created by init')
   t.strictSame(await names(nested.dir), [], 'the writability probe is removed')
 })

@@ -16,7 +16,8 @@ import t from 'tap'
 import { buildApp } from '../app.js'
 import { LOCK_FILE, StorageLockedError } from '../services/storage-lock.js'
 import type { SessionFile } from '../services/session.js'
-import { API, build, get, post, tempDir, type TestContext } from './helper.js'
+import { MARKER_FILE } from '../services/storage-folder.js'
+import { API, build, get, markAsTaskvault, post, tempDir, type TestContext } from './helper.js'
 import { exitWithin, freePort, spawnServer } from './server-process.js'
 
 // ---------------------------------------------------------------------------------------
@@ -103,9 +104,9 @@ async function readSession (dir: string, id: string): Promise<SessionFile> {
   return JSON.parse(await readFile(join(dir, `${id}.json`), 'utf8')) as SessionFile
 }
 
-/** Names in a folder, sorted. */
+/** Names in a folder, sorted, but for the `.taskvault` marker a storage folder always has. */
 async function names (dir: string): Promise<string[]> {
-  return (await readdir(dir)).sort()
+  return (await readdir(dir)).filter((name) => name !== MARKER_FILE).sort()
 }
 
 function bearer (key: string): Record<string, string> {
@@ -673,6 +674,7 @@ t.test('non-regular files: a FIFO and a folder named *.json are skipped, not ope
 t.test('symlinks: a planted corrupt/ link does not move files outside the folder', async (t) => {
   const { dir, outside } = await layout(t)
   await symlink(outside, join(dir, 'corrupt'))
+  await markAsTaskvault(dir)
   await writeFile(join(dir, 'broken.json'), '{ not json', { mode: 0o600 })
   const app = await build(t, { dir })
   t.equal((await get(app, '/stats')).json().storage.failed_loads, 1, 'the broken file is counted')

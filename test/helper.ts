@@ -1,8 +1,9 @@
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import { buildApp, type BuildAppOptions } from '../app.js'
+import { FORMAT_VERSION, MARKER_FILE } from '../services/storage-folder.js'
 
 /** The slice of tap's Test that the helpers need (keeps them usable from any test file). */
 export interface TestContext {
@@ -54,4 +55,12 @@ export async function createSession (app: FastifyInstance, sessionId: string, in
   const res = await post(app, '/create', { session_id: sessionId, instructions })
   if (res.statusCode !== 200) throw new Error(`create failed: ${res.statusCode} ${res.body}`)
   return res.json()
+}
+
+/**
+ * Marks `dir` as a taskvault folder, as a server's first start does: fixtures that plant files
+ * restore must set aside (corrupt JSON) need it, since an unmarked folder holding them is refused.
+ */
+export async function markAsTaskvault (dir: string): Promise<void> {
+  await writeFile(join(dir, MARKER_FILE), JSON.stringify({ format: FORMAT_VERSION }) + '\n', { mode: 0o600 })
 }

@@ -16,6 +16,7 @@ import fc from 'fast-check'
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify'
 import t from 'tap'
 import { SessionFile } from '../schemas/session.js'
+import { MARKER_FILE } from '../services/storage-folder.js'
 import { LOCK_FILE } from '../services/storage-lock.js'
 import { API, build, tempDir, type TestContext } from './helper.js'
 
@@ -252,15 +253,16 @@ async function assertNothingOutside (f: Fixture): Promise<void> {
 }
 
 /**
- * Every entry of the storage folder is the lock file or a regular `<id>.json` file, 0600,
+ * Every entry of the storage folder is the lock file, the `.taskvault` marker or a regular `<id>.json` file, 0600,
  * valid against the session file schema, named after its session, and identical to what
  * the API serves for that session; their number is what stats reports.
  */
 async function assertStorageValid (t: Tap, f: Fixture): Promise<void> {
   await assertNothingOutside(f)
   const entries = (await readdir(f.dir)).sort()
-  const sessions = entries.filter((name) => name !== LOCK_FILE)
+  const sessions = entries.filter((name) => name !== LOCK_FILE && name !== MARKER_FILE)
   t.ok(entries.includes(LOCK_FILE), 'the lock file is held')
+  t.ok(entries.includes(MARKER_FILE), 'the folder is marked as taskvault\'s')
   for (const name of sessions) {
     const path = join(f.dir, name)
     const info = await lstat(path)

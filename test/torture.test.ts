@@ -38,6 +38,8 @@ const WORKERS = 8
 const SESSIONS = Array.from({ length: 12 }, (_, i) => `torture-${i}`)
 const REQUEST_TIMEOUT_MS = 30_000
 const LOCK_FILE = '.taskvault.lock'
+/** The folder's marker (services/storage-folder.ts). */
+const MARKER_FILE = '.taskvault'
 const TAKEOVER_MSG = 'Took over the storage lock of a server that is gone'
 const TEMP_FILE = /^\..*\.tmp$/u
 const checkFile = TypeCompiler.Compile(SessionFile)
@@ -185,11 +187,11 @@ t.test('crash torture: SIGKILL at random moments under concurrent load loses not
   async function verify (server: ServerProcess, label: string): Promise<void> {
     verifications++
     const verifyTick = ++tick
-    // --- The folder: only session files and the lock; every file in the format. -------------
+    // --- The folder: only session files, the lock and the marker; every file in the format. --
     const entries = await readdir(storage, { withFileTypes: true })
     const temps = entries.filter((e) => TEMP_FILE.test(e.name)).map((e) => e.name)
     t.same(temps, [], `${label}: no temp file (.*.tmp) remains`)
-    const strays = entries.filter((e) => !(e.isFile() && e.name.endsWith('.json')) && !(e.isSymbolicLink() && e.name === LOCK_FILE) && !TEMP_FILE.test(e.name)).map((e) => e.name)
+    const strays = entries.filter((e) => !(e.isFile() && (e.name.endsWith('.json') || e.name === MARKER_FILE)) && !(e.isSymbolicLink() && e.name === LOCK_FILE) && !TEMP_FILE.test(e.name)).map((e) => e.name)
     t.same(strays, [], `${label}: no corrupt/ folder or other stray entry in the storage folder`)
     const fileProblems: string[] = []
     const onDisk = new Map<string, TaskView[]>()
@@ -264,7 +266,7 @@ t.test('crash torture: SIGKILL at random moments under concurrent load loses not
 
     const stats = await call(server, 'GET', `${API}/stats`)
     t.equal(stats.status, 200, `${label}: stats answers 200`)
-    const { storage: storageStats, archived_sessions: archivedSessions, ...counts } = stats.body as Record<string, any>
+    const { storage: storageStats, archived_sessions: archivedSessions, encryption: _encryption, ...counts } = stats.body as Record<string, any>
     t.same(counts, sums, `${label}: /stats counts equal what /list?session_id=all reports`)
     t.equal(archivedSessions, 0, `${label}: nothing archived (archiving is off)`)
     t.equal(storageStats?.failed_loads, 0, `${label}: no session file failed to load`)

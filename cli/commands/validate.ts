@@ -27,7 +27,8 @@ that sealed it; a file sealed under a key that is not configured is reported, ne
 Read-only unless --fix; safe while a server runs.
 
 Options:
-  --fix       move each bad file into <dir>/corrupt/ (needs the folder: refused while a server holds it)
+  --fix       move each bad session file into <dir>/corrupt/ (files not named <id>.json stay
+              where they are; needs the folder: refused while a server holds it)
 
 Exit status 1 when any file is bad (also with --fix, after moving them).
 
@@ -47,8 +48,9 @@ ${COMMON_HELP}`,
         if (checked.ok) reports.push({ file: stored.rel, ok: true, kid: checked.kid })
         else {
           reports.push({ file: stored.rel, ok: false, reason: checked.reason })
-          // A file sealed under a missing key is fine, only unreadable here: it is never moved.
-          if (checked.keyMissing !== true) bad.push(stored)
+          // A file sealed under a missing key is fine, only unreadable here; a file not named like a
+          // session is not one gone bad: both are left where they are, as the server leaves them.
+          if (checked.keyMissing !== true && stored.sessionId !== null) bad.push(stored)
         }
       }
       return { reports, bad }

@@ -1,0 +1,344 @@
+/**
+ * Whose storage folder it is (issue 11, items 3 and 7): a lock deleted under a running server
+ * is re-created; a lock another writer took makes the server refuse every write (503 LOCK_LOST,
+ * /ready 503) while reads go on; a folder taskvault did not create keeps its mode, is marked
+ * with `.taskvault`, and is refused when it holds files that are not sessions; files not named
+ * like sessions are never moved; a failed start leaves no lock behind.
+ */
+import { spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { chmod, chown, lstat, mkdir, readFile, readdir, readlink, rename, stat, symlink, unlink, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { FastifyInstance } from 'fastify'
+import t from 'tap'
+import { buildApp } from '../app.js'
+import { ForeignFolderError } from '../services/errors.js'
+import { FORMAT_VERSION, MARKER_FILE } from '../services/storage-folder.js'
+import { LOCK_FILE } from '../services/storage-lock.js'
+import { API, get, markAsTaskvault, post, tempDir, type TestContext } from './helper.js'
+import { SERVER, baseEnv, freePort, within } from './server-process.js'
+import { storedSession } from './session-fixtures.js'
+
+interface LogLine { level: number, msg?: string, [key: string]: unknown }
+
+function memoryLog (): { lines: () => LogLine[], stream: { write: (chunk: string) => void } } {
+  const raw: string[] = []
+  return {
+    lines: () => raw.join('').split('\n').filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as LogLine),
+    stream: { write: (chunk: string) => { raw.push(chunk) } }
+  }
+}
+
+/** A heartbeat every 100 ms, so that tests wait little. */
+const FAST_LOCK = { TASK_LOCK_REFRESH_MS: 100, TASK_LOCK_STALE_MS: 1000 }
+
+async function open (t: TestContext, dir: string, config: Record<string, string | number | boolean> = {}, log = memoryLog()): Promise<FastifyInstance> {
+  const app = await buildApp({
+    readEnvironment: false,
+    logger: { level: 'info', stream: log.stream } as never,
+    config: { TASK_STORAGE_DIR: dir, TASK_SHUTDOWN_GRACE_MS: 2000, TASK_ARCHIVE_DAYS: 0, ...FAST_LOCK, ...config }
+  })
+  t.teardown(() => app.close())
+  await app.ready()
+  return app
+}
+
+async function openError (dir: string): Promise<unknown> {
+  try {
+    const app = await buildApp({ readEnvironment: false, config: { TASK_STORAGE_DIR: dir } })
+    await app.ready()
+    await app.close()
+    return null
+  } catch (err) {
+    return err
+  }
+}
+
+/** Polls `check` until it holds (behaviour is not timed: the bound only stops a hung test). */
+async function eventually (check: () => Promise<boolean> | boolean, ms = 10_000): Promise<boolean> {
+  const deadline = Date.now() + ms
+  while (Date.now() < deadline) {
+    if (await check()) return true
+    await sleep(20)
+  }
+  return false
+}
+
+const lockPresent = async (dir: string): Promise<boolean> => lstat(join(dir, LOCK_FILE)).then(() => true, () => false)
+
+// ---------------------------------------------------------------------------------------
+// Item 3: the lock is checked, not only touched
+// ---------------------------------------------------------------------------------------
+
+t.test('lock: a lock deleted under a running server is re-created, with a warning, and writes go on', async (t) => {
+  const dir = await tempDir(t)
+  const log = memoryLog()
+  const app = await open(t, dir, {}, log)
+  t.equal((await post(app, '/create', { session_id: 'a', instructions: 'one' })).statusCode, 200)
+  const held = await readlink(join(dir, LOCK_FILE))
+  await unlink(join(dir, LOCK_FILE))
+  t.ok(await eventually(() => lockPresent(dir)), 'the lock is back')
+  t.equal(await readlink(join(dir, LOCK_FILE)), held, 'naming this server, as before')
+  t.ok(log.lines().some((line) => line.level === 40 && /lock file was missing.*re-created/u.test(line.msg ?? '')), 'a warning says what happened')
+  t.equal((await post(app, '/create', { session_id: 'a', instructions: 'two' })).statusCode, 200, 'writes still work')
+  t.equal((await app.inject({ method: 'GET', url: '/ready' })).statusCode, 200)
+  await app.close()
+  t.notOk(await lockPresent(dir), 'released on close')
+})
+
+/** Puts another writer's lock in place in one step (rename), so the heartbeat never sees the path empty. */
+async function takeLock (dir: string, holder: { pid: number, host: string, since: string }): Promise<void> {
+  const temp = join(dir, 'other-lock.tmp')
+  await symlink(JSON.stringify(holder), temp)
+  await rename(temp, join(dir, LOCK_FILE))
+}
+
+const OTHER = { pid: 4242, host: 'other-host', since: '2026-06-01T00:00:00.000Z' }
+
+t.test('lock: a lock another writer took stops every write (503 LOCK_LOST), /ready goes 503, reads go on', async (t) => {
+  const dir = await tempDir(t)
+  const log = memoryLog()
+  const app = await open(t, dir, {}, log)
+  t.equal((await post(app, '/create', { session_id: 'a', instructions: '1. one\n2. two' })).statusCode, 200)
+  t.equal((await post(app, '/create', { session_id: 'done', instructions: 'x' })).statusCode, 200)
+  t.equal((await post(app, '/execute', { session_id: 'done' })).statusCode, 200)
+  const onDisk = await readFile(join(dir, 'a.json'), 'utf8')
+  await takeLock(dir, OTHER)
+
+  t.ok(await eventually(async () => (await app.inject({ method: 'GET', url: '/ready' })).statusCode === 503), '/ready turns 503')
+  const ready = await app.inject({ method: 'GET', url: '/ready' })
+  t.match(ready.json(), { statusCode: 503, code: 'LOCK_LOST', error: 'Service Unavailable' }, '/ready says why')
+  const error = log.lines().find((line) => line.level === 50 && /Lost the storage lock/u.test(line.msg ?? ''))
+  t.ok(error, 'an error is logged')
+  t.match(error?.msg, `pid ${OTHER.pid} on host ${OTHER.host} since ${OTHER.since}`, 'naming who holds the lock now')
+  t.match(error?.holder, OTHER)
+
+  const writes: Array<[string, () => Promise<{ statusCode: number, json: () => any }>]> = [
+    ['create on an existing session', () => post(app, '/create', { session_id: 'a', instructions: 'three' })],
+    ['create of a new session', () => post(app, '/create', { session_id: 'b', instructions: 'x' })],
+    ['execute', () => post(app, '/execute', { session_id: 'a' })],
+    ['execute-all', () => post(app, '/execute-all', { session_id: 'a' })],
+    ['execute-all in the background', () => post(app, '/execute-all', { session_id: 'a', wait: false })],
+    ['delete', () => app.inject({ method: 'DELETE', url: `${API}/sessions/a` })],
+    ['archive', () => app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })]
+  ]
+  for (const [name, write] of writes) {
+    const res = await write()
+    t.equal(res.statusCode, 503, `${name}: 503`)
+    t.match(res.json(), { statusCode: 503, code: 'LOCK_LOST', message: /lost the storage lock/u }, `${name}: LOCK_LOST`)
+  }
+
+  t.equal((await get(app, '/progress?session_id=a')).json().total, 2, 'reads work, and memory holds no refused change')
+  t.equal((await get(app, '/progress?session_id=a')).json().pending, 2)
+  t.equal((await get(app, '/progress?session_id=b')).statusCode, 404, 'the refused new session does not exist')
+  t.equal((await get(app, '/list?session_id=done')).json().tasks[0].status, 'Completed', 'the finished session was not archived')
+  t.equal((await get(app, '/stats')).statusCode, 200)
+  t.equal(await readFile(join(dir, 'a.json'), 'utf8'), onDisk, 'the file on disk is untouched')
+  t.same((await readdir(dir)).filter((name) => name.endsWith('.json')).sort(), ['a.json', 'done.json'])
+  await app.close()
+  t.same(JSON.parse(await readlink(join(dir, LOCK_FILE))), OTHER, 'the other writer keeps its lock after close')
+})
+
+t.test('lock: a cancel after the lock is lost answers 503 LOCK_LOST: the cancelled task\'s failure could not be saved', async (t) => {
+  const dir = await tempDir(t)
+  // An agent that runs until it is cancelled.
+  const waitForAbort = async (_task: unknown, { signal }: { signal: AbortSignal }): Promise<{ result: string }> =>
+    new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason as Error), { once: true }))
+  const app = await buildApp({ readEnvironment: false, executors: { default: waitForAbort }, config: { TASK_STORAGE_DIR: dir, TASK_SHUTDOWN_GRACE_MS: 2000, ...FAST_LOCK } })
+  t.teardown(() => app.close())
+  await app.ready()
+  t.equal((await post(app, '/create', { session_id: 'a', instructions: 'one' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'a', wait: false })).statusCode, 202)
+  t.ok(await eventually(async () => (await get(app, '/progress?session_id=a')).json().in_progress === 1), 'the task runs')
+  await takeLock(dir, OTHER)
+  t.ok(await eventually(async () => (await app.inject({ method: 'GET', url: '/ready' })).statusCode === 503), '/ready turns 503')
+  const res = await post(app, '/cancel', { session_id: 'a' })
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'LOCK_LOST')
+  t.equal((await get(app, '/progress?session_id=a')).json().failed, 0, 'memory does not claim the unsaved failure')
+})
+
+t.test('lock: with auto-save off, a lost lock refuses changes too (memory must not hold what can never be saved)', async (t) => {
+  const dir = await tempDir(t)
+  const app = await buildApp({ readEnvironment: false, config: { TASK_STORAGE_DIR: dir, TASK_AUTO_SAVE: false, ...FAST_LOCK } })
+  await app.ready()
+  t.equal((await post(app, '/create', { session_id: 'a', instructions: 'one' })).statusCode, 200)
+  await takeLock(dir, OTHER)
+  t.ok(await eventually(async () => (await app.inject({ method: 'GET', url: '/ready' })).statusCode === 503), '/ready turns 503')
+  const res = await post(app, '/create', { session_id: 'a', instructions: 'two' })
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'LOCK_LOST')
+  t.equal((await get(app, '/progress?session_id=a')).json().total, 1, 'memory unchanged')
+  // What was held unsaved before the loss cannot be written over the other writer's folder: shutdown says so.
+  await t.rejects(app.close(), { code: 'LOCK_LOST' }, 'the shutdown flush is refused too')
+  t.notOk(existsSync(join(dir, 'a.json')), 'nothing written')
+})
+
+// ---------------------------------------------------------------------------------------
+// Item 7: a folder taskvault did not create
+// ---------------------------------------------------------------------------------------
+
+const modeOf = async (path: string): Promise<number> => (await stat(path)).mode & 0o7777
+
+t.test('folder: a project folder (mode 1777) is refused at boot naming the first foreign file, and left exactly as it was', async (t) => {
+  const dir = join(await tempDir(t), 'project')
+  await mkdir(dir)
+  await chmod(dir, 0o1777)
+  await writeFile(join(dir, 'tsconfig.json'), '{ "compilerOptions": {} }\n')
+  await writeFile(join(dir, 'package.json'), '{ "name": "app" }\n')
+  await writeFile(join(dir, 'README.md'), '# app\n')
+  const err = await openError(dir)
+  t.ok(err instanceof ForeignFolderError, 'ForeignFolderError')
+  t.equal((err as ForeignFolderError | null)?.code, 'FOREIGN_STORAGE_FOLDER')
+  t.match(String((err as Error | null)?.message), `storage folder ${dir} is not taskvault's`)
+  t.match(String((err as Error | null)?.message), 'holds package.json, which is not a session file (it has no session_id)', 'names the first foreign file and why')
+  t.equal(await modeOf(dir), 0o1777, 'its mode is untouched')
+  t.same((await readdir(dir)).sort(), ['README.md', 'package.json', 'tsconfig.json'], 'nothing moved, no marker, no lock left')
+})
+
+t.test('folder: a real server refuses a foreign folder with exit 1 and says why', async (t) => {
+  const root = await tempDir(t)
+  const dir = join(root, 'project')
+  await mkdir(dir)
+  await writeFile(join(dir, 'package.json'), '{ "name": "app" }\n')
+  const child = spawn(process.execPath, [SERVER], { cwd: root, env: baseEnv({ TASK_STORAGE_DIR: dir, PORT: String(await freePort()) }), stdio: ['ignore', 'ignore', 'pipe'] })
+  let stderr = ''
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
+  const code = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), 30_000)
+  if (code === null) child.kill('SIGKILL')
+  t.equal(code, 1, 'exit 1')
+  t.match(stderr, /cannot start: storage folder .* holds package\.json, which is not a session file/u)
+})
+
+/** The seed document's example file (its form: no `error`, no `attempts`). */
+const SEED_FILE = JSON.stringify({
+  session_id: 'demo_session_123',
+  created_at: '2025-11-04T08:00:00Z',
+  updated_at: '2025-11-04T08:15:30Z',
+  session: {
+    session_id: 'demo_session_123',
+    tasks: [{
+      id: 'task_1_1730727480',
+      instruction: 'Write binary search',
+      task_type: 'Coding',
+      status: 'Completed',
+      result: 'fn binary_search...',
+      confidence: 0.95,
+      created_at: '2025-11-04T08:00:00Z',
+      started_at: '2025-11-04T08:00:05Z',
+      completed_at: '2025-11-04T08:00:15Z'
+    }],
+    current_index: 1
+  }
+}, null, 2)
+
+t.test('folder: a seed-format folder is adopted and marked; its mode is left alone, with a warning', async (t) => {
+  const dir = join(await tempDir(t), 'tasks')
+  await mkdir(join(dir, 'archive'), { recursive: true })
+  await chmod(dir, 0o755)
+  await writeFile(join(dir, 'demo_session_123.json'), SEED_FILE)
+  // Cut short by a writer that was not atomic: still a session file (restore sets it aside).
+  await writeFile(join(dir, 'torn.json'), '{\n  "session_id": "torn",\n  "created')
+  await writeFile(join(dir, 'archive', 'old_session_789.json'), storedSession('old_session_789', ['Completed'], '2025-10-01T00:00:00.000Z'))
+  await writeFile(join(dir, 'notes.txt'), 'not JSON, not ours, never touched\n')
+  const log = memoryLog()
+  const app = await open(t, dir, {}, log)
+  t.equal((await get(app, '/list?session_id=demo_session_123')).json().tasks[0].instruction, 'Write binary search', 'the seed session loads')
+  t.match((await get(app, '/stats')).json(), { archived_sessions: 1, storage: { failed_loads: 1 } })
+  t.same(JSON.parse(await readFile(join(dir, MARKER_FILE), 'utf8')), { format: FORMAT_VERSION }, 'the folder is marked with the format version')
+  t.equal(await modeOf(dir), 0o755, 'the mode is left as it was')
+  t.ok(log.lines().some((line) => line.level === 30 && /adopted/u.test(line.msg ?? '')), 'the adoption is logged')
+  const warning = log.lines().find((line) => line.level === 40 && /accessible to its group or others \(mode 755\)/u.test(line.msg ?? ''))
+  t.ok(warning, 'a warning names the open mode')
+  t.equal(await readFile(join(dir, 'notes.txt'), 'utf8'), 'not JSON, not ours, never touched\n')
+  await app.close()
+
+  const again = memoryLog()
+  await open(t, dir, {}, again)
+  t.notOk(again.lines().some((line) => /adopted/u.test(line.msg ?? '')), 'a marked folder is simply taskvault\'s')
+})
+
+t.test('folder: a folder taskvault creates is 0700 and marked; an existing empty one keeps its mode', async (t) => {
+  const root = await tempDir(t)
+  const created = join(root, 'new', 'tasks')
+  const log = memoryLog()
+  await open(t, created, {}, log)
+  t.equal(await modeOf(created), 0o700)
+  t.ok((await lstat(join(created, MARKER_FILE))).isFile(), 'marked')
+  t.notOk(log.lines().some((line) => line.level === 40 && /accessible/u.test(line.msg ?? '')), 'no warning')
+
+  const existing = join(root, 'existing')
+  await mkdir(existing)
+  await chmod(existing, 0o750)
+  await open(t, existing)
+  t.equal(await modeOf(existing), 0o750, 'not chmodded')
+  t.ok((await lstat(join(existing, MARKER_FILE))).isFile(), 'marked')
+})
+
+t.test('folder: a marker that is not ours, or names a later format, stops the boot', async (t) => {
+  for (const [label, content, message] of [
+    ['garbage', 'hello\n', /is not a taskvault marker/u],
+    ['a later format', JSON.stringify({ format: FORMAT_VERSION + 1 }), /format 2, written by a later taskvault/u]
+  ] as const) {
+    const dir = await tempDir(t)
+    await writeFile(join(dir, MARKER_FILE), content)
+    const err = await openError(dir)
+    t.ok(err instanceof ForeignFolderError, `${label}: refused`)
+    t.match(String((err as Error | null)?.message), message, label)
+    t.notOk(await lockPresent(dir), `${label}: no lock left`)
+  }
+})
+
+t.test('folder: files not named like sessions are never moved to corrupt/, nor taken for foreign in archive/', async (t) => {
+  const dir = await tempDir(t)
+  await markAsTaskvault(dir)
+  await writeFile(join(dir, 'my notes.json'), '{ not a session')
+  await writeFile(join(dir, 'x.y.json'), 'garbage')
+  await writeFile(join(dir, 'bad.json'), '{ broken')
+  await writeFile(join(dir, 'good.json'), storedSession('good', ['Pending'], '2025-01-01T00:00:00.000Z'))
+  const app = await open(t, dir)
+  t.match((await get(app, '/stats')).json(), { total_sessions: 1, storage: { failed_loads: 1 } }, 'the bad session file is set aside')
+  t.same((await readdir(dir)).filter((name) => name.endsWith('.json')).sort(), ['good.json', 'my notes.json', 'x.y.json'], 'the others stay where they are')
+  t.equal(await readFile(join(dir, 'my notes.json'), 'utf8'), '{ not a session')
+  t.equal((await readdir(join(dir, 'corrupt'))).length, 1)
+})
+
+t.test('folder: in an unmarked folder a *.json not named like a session is foreign', async (t) => {
+  const dir = await tempDir(t)
+  await writeFile(join(dir, 'good.json'), storedSession('good', ['Pending'], '2025-01-01T00:00:00.000Z'))
+  await writeFile(join(dir, 'my notes.json'), '{"session_id": "x"}')
+  const err = await openError(dir)
+  t.match(String((err as Error | null)?.message), 'holds my notes.json, which is not a session file (its name is not <session id>.json)')
+})
+
+// ---------------------------------------------------------------------------------------
+// Minor: a failed start leaves no lock
+// ---------------------------------------------------------------------------------------
+
+t.test('a real server whose restore fails with EACCES exits 1 and leaves no lock behind', async (t) => {
+  const root = await tempDir(t)
+  const dir = join(root, 'tasks')
+  await mkdir(dir, { mode: 0o700 })
+  await markAsTaskvault(dir)
+  await writeFile(join(dir, 'secret.json'), storedSession('secret', ['Pending'], '2025-01-01T00:00:00.000Z'), { mode: 0o600 })
+  // Root reads anything: the server then runs as nobody, owning the folder but not the file.
+  const asRoot = process.getuid?.() === 0
+  const ids = asRoot ? { uid: 65534, gid: 65534 } : {}
+  if (asRoot) {
+    await chmod(root, 0o755)
+    await chown(dir, 65534, 65534)
+    await chown(join(dir, MARKER_FILE), 65534, 65534)
+  } else {
+    await chmod(join(dir, 'secret.json'), 0)
+  }
+  const child = spawn(process.execPath, [SERVER], { cwd: root, env: baseEnv({ TASK_STORAGE_DIR: dir, PORT: String(await freePort()) }), stdio: ['ignore', 'ignore', 'pipe'], ...ids })
+  let stderr = ''
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
+  const code = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), 30_000)
+  if (code === null) child.kill('SIGKILL')
+  t.equal(code, 1, 'exit 1')
+  t.match(stderr, /cannot start: .*EACCES/u, 'the reason is given')
+  t.notOk(await lockPresent(dir), 'no .taskvault.lock left behind')
+  t.ok((await lstat(join(dir, 'secret.json'))).isFile(), 'the unreadable file is left where it is')
+})
