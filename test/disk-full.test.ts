@@ -20,7 +20,7 @@ import { buildApp } from '../app.js'
 import { SessionFile } from '../schemas/session.js'
 import { nodeFs, type FsSeam } from '../services/fs-seam.js'
 import { API, build, get, post, tempDir, type TestContext } from './helper.js'
-import { fill, mountTmpfs, unmount } from './tmpfs.js'
+import { fill, mountedFolder } from './tmpfs.js'
 
 const checkFile = TypeCompiler.Compile(SessionFile)
 const TEMP_FILE = /^\..*\.tmp$/u
@@ -197,14 +197,9 @@ function spyFs (): FsSeam & { writeFailures: Array<{ code: string, written: numb
 }
 
 t.test('a real full disk: a 512 KiB tmpfs', async (t) => {
-  const dir = await tempDir(t, 'taskvault-tmpfs-')
-  const why = await mountTmpfs(dir, '512k')
-  if (why !== null) {
-    t.plan(0, `skipped: cannot mount a tmpfs here (${why}); the fs-seam tests below cover the same behaviour`)
-    return
-  }
   // Teardowns run last-registered first: apps close, then this unmounts, then the folder goes.
-  t.teardown(() => unmount(dir))
+  const dir = await mountedFolder(t, '512k', 'the fs-seam tests below cover the same behaviour')
+  if (dir === null) return
   const fsInfo = await statfs(dir)
   t.ok(fsInfo.blocks * fsInfo.bsize <= 512 * 1024, `the mounted filesystem holds 512 KiB (${fsInfo.blocks} blocks of ${fsInfo.bsize})`)
 

@@ -11,7 +11,7 @@ import t from 'tap'
 import { nodeFs, type FsSeam } from '../services/fs-seam.js'
 import { readSession, storedTasks, waitFor } from './agents-fakes.js'
 import { build, get, post, tempDir } from './helper.js'
-import { fill, mountTmpfs, unmount } from './tmpfs.js'
+import { fill, mountedFolder } from './tmpfs.js'
 
 /** Log lines as parsed JSON, from a real pino logger. */
 function logLines (): { stream: Writable, lines: Array<Record<string, unknown>> } {
@@ -29,13 +29,8 @@ const progressOf = async (app: Awaited<ReturnType<typeof build>>, sessionId: str
   (await get(app, `/progress?session_id=${sessionId}`)).json()
 
 t.test('on a real full disk: the background run waits for storage, then finishes by itself once space is freed', async (t) => {
-  const dir = await tempDir(t, 'taskvault-tmpfs-')
-  const why = await mountTmpfs(dir, '256k')
-  if (why !== null) {
-    t.plan(0, `skipped: cannot mount a tmpfs here (${why}); the fs-seam test below covers the same behaviour`)
-    return
-  }
-  t.teardown(() => unmount(dir))
+  const dir = await mountedFolder(t, '256k', 'the fs-seam test below covers the same behaviour')
+  if (dir === null) return
   const log = logLines()
   let fillNow: (() => Promise<void>) | null = null
   const filler = join(dir, 'filler')

@@ -6,6 +6,7 @@ import { execFile } from 'node:child_process'
 import { appendFile, stat } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
+import { tempDir, type TestContext } from './helper.js'
 
 const run = promisify(execFile)
 
@@ -48,4 +49,20 @@ export async function fill (path: string): Promise<number> {
       return (await stat(path)).size
     }
   }
+}
+
+/**
+ * A fresh folder with a tmpfs of `size` mounted on it, unmounted at teardown (registered before
+ * the test's apps, so they close first); null, with the test planned as skipped saying why,
+ * where mounting is not permitted.
+ */
+export async function mountedFolder (t: TestContext & { plan: (n: number, why: string) => void }, size: string, coveredBy: string): Promise<string | null> {
+  const dir = await tempDir(t, 'taskvault-tmpfs-')
+  const why = await mountTmpfs(dir, size)
+  if (why !== null) {
+    t.plan(0, `skipped: cannot mount a tmpfs here (${why}); ${coveredBy}`)
+    return null
+  }
+  t.teardown(() => unmount(dir))
+  return dir
 }

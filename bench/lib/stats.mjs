@@ -37,3 +37,21 @@ export function collect () {
     globalThis.gc()
   }
 }
+
+/**
+ * One round of `n` calls to each variant, interleaved call by call in rotating order so every
+ * variant sees the same disk moments; returns each variant's call times in ms.
+ */
+export async function interleaved (variants, n) {
+  const names = Object.keys(variants)
+  const times = Object.fromEntries(names.map((name) => [name, []]))
+  for (let i = 0; i < n; i++) {
+    for (let k = 0; k < names.length; k++) {
+      const name = names[(i + k) % names.length]
+      const t = performance.now()
+      await variants[name]()
+      times[name].push(performance.now() - t)
+    }
+  }
+  return times
+}

@@ -7,27 +7,19 @@ import { Keyring } from '../../dist/services/keyring.js'
 import { TaskManager } from '../../dist/services/task-manager.js'
 import { THREE_TASK_TEXT, sessionOfBytes } from '../lib/fixtures.mjs'
 import { load, startServer } from '../lib/http.mjs'
-import { collect, median, now, percentile } from '../lib/stats.mjs'
+import { collect, interleaved, median, now, percentile } from '../lib/stats.mjs'
 
 const KEYS = `bench:${randomBytes(32).toString('base64')}`
 
 async function saveTimes (P, stores, file) {
-  const names = Object.keys(stores)
-  const perRound = Object.fromEntries(names.map((n) => [n, []]))
+  const variants = Object.fromEntries(Object.entries(stores).map(([name, store]) => [name, () => store.save(file)]))
+  const perRound = Object.fromEntries(Object.keys(stores).map((name) => [name, []]))
   for (let r = 0; r < P.rounds; r++) {
     collect()
-    const times = Object.fromEntries(names.map((n) => [n, []]))
-    for (let i = 0; i < P.saveN; i++) {
-      for (let k = 0; k < names.length; k++) {
-        const name = names[(i + k) % names.length]
-        const t = now()
-        await stores[name].save(file)
-        times[name].push(now() - t)
-      }
-    }
-    for (const name of names) perRound[name].push(percentile(times[name], 50))
+    const times = await interleaved(variants, P.saveN)
+    for (const name of Object.keys(stores)) perRound[name].push(percentile(times[name], 50))
   }
-  return Object.fromEntries(names.map((n) => [n, median(perRound[n])]))
+  return Object.fromEntries(Object.keys(stores).map((name) => [name, median(perRound[name])]))
 }
 
 async function restoreMs (dir, keyring) {

@@ -7,7 +7,7 @@ import writeFileAtomic from 'write-file-atomic'
 import { FileSessionStore } from '../../dist/services/file-store.js'
 import { rawDurableSave, rawDurableSaveSync } from '../lib/durable.mjs'
 import { serialize, sessionOfBytes } from '../lib/fixtures.mjs'
-import { collect, median, now, percentile } from '../lib/stats.mjs'
+import { collect, interleaved, median, percentile } from '../lib/stats.mjs'
 
 export async function benchSave ({ P, row, sections, trackedDir, dropDir }) {
   const dir = trackedDir('save')
@@ -28,16 +28,7 @@ export async function benchSave ({ P, row, sections, trackedDir, dropDir }) {
   const names = Object.keys(variants)
   for (let r = 0; r < P.rounds; r++) {
     collect()
-    // Interleaved save by save (order rotating), so every variant sees the same disk moments.
-    const times = Object.fromEntries(names.map((n) => [n, []]))
-    for (let i = 0; i < P.saveN; i++) {
-      for (let k = 0; k < names.length; k++) {
-        const name = names[(i + k) % names.length]
-        const t = now()
-        await variants[name]()
-        times[name].push(now() - t)
-      }
-    }
+    const times = await interleaved(variants, P.saveN)
     for (const name of names) perRound[name].push({ p50: percentile(times[name], 50), p99: percentile(times[name], 99) })
   }
   const m = (name, key) => median(perRound[name].map((x) => x[key]))
