@@ -212,7 +212,7 @@ export class FileSessionStore implements SessionStore {
     }
     // Reader threads read the next batches while this thread parses the one before. p-limit keeps
     // two batches per thread in flight: enough to never leave a thread idle, and memory bounded.
-    const pool = new ReaderPool(Math.min(concurrency, Math.ceil(names.length / RESTORE_BATCH_FILES)))
+    const pool = new ReaderPool(Math.min(concurrency, Math.ceil(names.length / RESTORE_BATCH_FILES)), this.keyring?.entries() ?? null)
     const limit = pLimit(concurrency * 2)
     // Once one batch fails the restore has failed: batches still queued must not start (nor set files aside).
     let failed = false
@@ -232,10 +232,15 @@ export class FileSessionStore implements SessionStore {
             throw new StorageError(`reading ${file.name}`, Object.assign(new Error(file.code), { code: file.code }))
           }
           try {
+            // A sealed file was opened by the reader thread; what is left is a plaintext check.
+            if ('sealed' in file) {
+              if (file.sealed === 'key') throw new KeyUnavailableError(file.kid)
+              throw new CorruptSessionFileError(file.name, file.reason)
+            }
             const text = data.toString('utf8', file.offset, file.offset + file.length)
             const read = readSessionDocument(file.name, text, file.name.slice(0, -'.json'.length), this.keyring)
-            sessions.push({ file: read.file, bytes: file.length })
-            this.stored(read.file.session_id, read.kid ?? '')
+            sessions.push({ file: read.file, bytes: file.stored ?? file.length })
+            this.stored(read.file.session_id, file.kid ?? read.kid ?? '')
           } catch (err) {
             // Sealed under a key we lack: counted, left exactly where it is, and the boot stops below.
             if (err instanceof KeyUnavailableError) {

@@ -84,6 +84,16 @@ export class Keyring {
     return new Keyring(keys, [...keys.keys()][0] as string)
   }
 
+  /** The keys as [kid, key] pairs, active first: for reader threads, which open sealed files at restore. */
+  entries (): Array<[string, Uint8Array]> {
+    return [...this.keys]
+  }
+
+  /** The keyring `entries()` came from, rebuilt (in a reader thread). */
+  static fromEntries (entries: Array<[string, Uint8Array]>): Keyring {
+    return new Keyring(new Map(entries.map(([kid, key]) => [kid, Buffer.from(key)])), entries[0]?.[0] as string)
+  }
+
   get kids (): string[] {
     return [...this.keys.keys()]
   }

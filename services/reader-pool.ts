@@ -1,5 +1,5 @@
 import { Worker } from 'node:worker_threads'
-import type { ReadRequest, ReadResponse } from './restore-worker.js'
+import type { ReadRequest, ReadResponse, ReaderData } from './restore-worker.js'
 
 export type { ReadResponse }
 
@@ -19,7 +19,8 @@ export class ReaderPool {
   private seq = 0
   private closed = false
 
-  constructor (threads: number) {
+  /** `keys`: a keyring's entries; the threads then open sealed files too, off the main thread. */
+  constructor (threads: number, private readonly keys: Array<[string, Uint8Array]> | null = null) {
     this.size = Math.max(1, threads)
   }
 
@@ -55,7 +56,7 @@ export class ReaderPool {
     const free = this.idle.pop()
     if (free !== undefined) return free
     if (this.all.length >= this.size) return null
-    const worker = new Worker(WORKER_URL)
+    const worker = new Worker(WORKER_URL, { workerData: { keys: this.keys } satisfies ReaderData })
     worker.on('message', (response: ReadResponse) => this.waiting.get(response.id)?.resolve(response))
     worker.on('error', (err) => this.fail(worker, err))
     worker.on('exit', (code) => this.fail(worker, new Error(`reader thread exited with code ${code}`)))
