@@ -37,6 +37,9 @@ export const ConfigSchema = Type.Object({
   LOG_PRETTY: Type.Boolean({ default: false, description: 'Human-readable logs through pino-pretty, for local use' }),
   TASK_DOCS: Type.Boolean({ default: true, description: 'OpenAPI document at /documentation/json and its UI at /documentation' }),
   TASK_METRICS: Type.Boolean({ default: true, description: 'Prometheus metrics at /metrics' }),
-  TASK_METRICS_AUTH: Type.Boolean({ default: false, description: '/metrics needs an API key too (when TASK_API_KEYS is set)' })
+  TASK_METRICS_AUTH: Type.Boolean({ default: false, description: '/metrics needs an API key too (when TASK_API_KEYS is set)' }),
+  // Disk figures (issue 18): free space of the filesystem holding the storage folder.
+  TASK_DISK_WARN_RATIO: Type.Number({ minimum: 0, maximum: 1, default: 0.1, description: 'The log warns once when the free share of the storage filesystem falls below this, and again when it recovers; 0 never warns' }),
+  TASK_DISK_CHECK_INTERVAL_MS: Type.Integer({ minimum: 0, maximum: MAX_TIMER_MS, default: 60_000, description: 'How often free space is checked besides at /stats and /metrics; 0 checks only then' })
 })
 export type Config = Static<typeof ConfigSchema>

@@ -15,6 +15,7 @@ export const TAGS = [
   { name: 'sessions', description: 'Read and delete sessions' },
   { name: 'stats', description: 'Counts and storage figures' },
   { name: 'archive', description: 'Archiving and retention of finished sessions' },
+  { name: 'backup', description: 'Backups of every session' },
   { name: 'health', description: 'Probes for load balancers and Kubernetes' }
 ]
 
@@ -51,5 +52,10 @@ export const ROUTE_DOCS: Readonly<Record<string, RouteDoc>> = {
     summary: 'Run an archive and retention pass now',
     description: 'Moves sessions finished more than `older_than_days` ago (default TASK_ARCHIVE_DAYS) to the archive, and deletes archived sessions past retention.'
   },
-  'GET /stats': { tags: ['stats'], summary: 'Session and task counts, storage figures' }
+  'GET /stats': { tags: ['stats'], summary: 'Session and task counts, storage figures' },
+  'GET /backup': {
+    tags: ['backup'],
+    summary: 'Download a consistent backup of every session (tar.gz)',
+    description: 'Streams a tar.gz of every active and archived session, each as its last completed write left it, named in Content-Disposition. `taskvault restore` reads it.'
+  }
 }

@@ -75,6 +75,13 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
   new Gauge({ name: name('storage_bytes'), help: 'Bytes of the live session files', registers, collect () { this.set(manager.stats().storage.bytes) } })
   new Gauge({ name: name('restore_duration_seconds'), help: 'How long the restore at startup took', registers, collect () { this.set(manager.stats().storage.restore_ms / 1000) } })
   new Gauge({ name: name('restore_failed_loads'), help: 'Session files set aside as unreadable at startup', registers, collect () { this.set(manager.stats().storage.failed_loads) } })
+  // Issue 18: readiness and free space, for the rules in deploy/prometheus/alerts.yml.
+  new Gauge({ name: name('ready'), help: '1 once sessions are restored and until shutdown begins (what GET /ready answers 200 to), else 0', registers, collect () { this.set(manager.ready ? 1 : 0) } })
+  if (store.space !== undefined) {
+    // Left out for a store that reports no space: a 0 would look like a full disk.
+    new Gauge({ name: name('storage_free_bytes'), help: 'Bytes still free on the filesystem holding the storage folder', registers, async collect () { const space = await manager.disk.read(); if (space !== null) this.set(space.free_bytes) } })
+    new Gauge({ name: name('storage_capacity_bytes'), help: 'Size of the filesystem holding the storage folder', registers, async collect () { const space = await manager.disk.read(); if (space !== null) this.set(space.total_bytes) } })
+  }
 
   store.events?.on('save', onSave)
   manager.events.on('agent-call', onAgentCall)

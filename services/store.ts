@@ -1,6 +1,7 @@
 import type { EventEmitter } from 'node:events'
 import type { SessionFile } from '../schemas/session.js'
 import type { ArchiveTotals, ArchivedSummary } from './archive-index.js'
+import type { DiskSpace } from './disk-space.js'
 
 export type { ArchiveTotals, ArchivedSummary }
 
@@ -68,6 +69,8 @@ export interface SessionStore {
   openArchive(options: { concurrency: number }): Promise<ArchiveTotals>
   /** Which archived file holds the session, or null when it is not archived (from memory). */
   archivedName(sessionId: string): string | null
+  /** Every archived session's id (from memory). */
+  archivedIds(): string[]
   /** Counts and sizes of the archive (from memory). */
   archiveTotals(): Readonly<ArchiveTotals>
   /** Reads an archived session; null when it is not archived. Unreadable files are set aside and reported. */
@@ -81,5 +84,10 @@ export interface SessionStore {
   restoreFromArchive(file: SessionFile, archivedName: string): Promise<number>
   /** Durably deletes every archived file of the session; resolves with how many there were. */
   removeArchived(sessionId: string): Promise<number>
+  /**
+   * Free and total bytes where the sessions are kept (the file store: the filesystem of its
+   * folder). A store whose space is someone else's concern (a database) leaves it out.
+   */
+  space?(): Promise<DiskSpace>
   close(): Promise<void>
 }

@@ -1,0 +1,34 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { responses } from '../schemas/api.js'
+import { backupFileName, emptyCounts, liveSessionFiles } from '../services/backup.js'
+import { ShuttingDownError } from '../services/errors.js'
+import { tarGzStream } from '../services/tar.js'
+
+/**
+ * GET /backup: a tar.gz of every session, streamed as it is made (memory stays bounded
+ * whatever the number of sessions), in the layout `taskvault restore` reads.
+ */
+const backupRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  app.addHook('onRequest', app.verifyApiKey)
+
+  app.get('/backup', { schema: { response: responses.backup } }, async (request, reply) => {
+    const manager = app.taskManager
+    if (manager.shuttingDown) throw new ShuttingDownError()
+    const started = performance.now()
+    const counts = emptyCounts()
+    const stream = tarGzStream(liveSessionFiles(manager, counts))
+    const name = backupFileName(new Date(), true)
+    // A failure mid-stream (after the headers) cuts the response short: tar readers, restore
+    // included, then see a truncated archive, never a silently partial one.
+    stream.once('error', (err) => request.log.error({ err, ...counts }, 'Backup cut short'))
+    stream.once('end', () => request.log.info({ ...counts, ms: Math.round(performance.now() - started) }, `Backup streamed: ${counts.active + counts.archived} sessions`))
+    return reply
+      .type('application/gzip')
+      .header('content-disposition', `attachment; filename="${name}"`)
+      .header('cache-control', 'no-store')
+      // The schema types the body as the binary string it documents; a stream is sent as is.
+      .send(stream as unknown as string)
+  })
+}
+
+export default backupRoutes
