@@ -100,8 +100,16 @@ export interface AgentCallEvent {
 }
 
 /** What the manager reports as it works; observers (metrics) subscribe without the manager knowing them. */
+/** A task that reached Completed or Failed, once that is durable. */
+export interface TaskFinishedEvent {
+  session_id: string
+  task_id: string
+  status: 'Completed' | 'Failed'
+}
+
 export interface TaskManagerEvents {
   'agent-call': [AgentCallEvent]
+  'task-finished': [TaskFinishedEvent]
   restore: [RestoreReport]
 }
 
