@@ -163,7 +163,11 @@ function metricNames (expr: string): string[] {
     .replace(/\[[^\]]*\]/gu, '')
     .replace(/\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)/gu, '')
   const keywords = new Set(['and', 'or', 'unless', 'bool', 'offset', 'inf', 'nan'])
-  return [...bare.matchAll(/[a-zA-Z_:][a-zA-Z0-9_:]*(?!\s*\()/gu)].map((m) => m[0]).filter((name) => !keywords.has(name.toLowerCase()))
+  // Whole words only: a name followed by '(' is a function.
+  return [...bare.matchAll(/[a-zA-Z_:][a-zA-Z0-9_:]*/gu)]
+    .filter((m) => !/^\s*\(/u.test(bare.slice((m.index ?? 0) + m[0].length)))
+    .map((m) => m[0])
+    .filter((name) => !keywords.has(name.toLowerCase()))
 }
 
 t.test('every metric the rules and the dashboard use is on a real server\'s /metrics', async (t) => {
