@@ -20,8 +20,14 @@ const backupRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const name = backupFileName(new Date(), true)
     // A failure mid-stream (after the headers) cuts the response short: tar readers, restore
     // included, then see a truncated archive, never a silently partial one.
+    let ended = false
     stream.once('error', (err) => request.log.error({ err, ...counts }, 'Backup cut short'))
-    stream.once('end', () => request.log.info({ ...counts, ms: Math.round(performance.now() - started) }, `Backup streamed: ${counts.active + counts.archived} sessions`))
+    stream.once('end', () => {
+      ended = true
+      request.log.info({ ...counts, ms: Math.round(performance.now() - started) }, `Backup streamed: ${counts.active + counts.archived} sessions`)
+    })
+    // The client went away: Fastify destroys the stream, which stops the session walk.
+    stream.once('close', () => { if (!ended) request.log.warn({ ...counts }, 'Backup stopped before its end') })
     return reply
       .type('application/gzip')
       .header('content-disposition', `attachment; filename="${name}"`)
