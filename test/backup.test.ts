@@ -6,20 +6,23 @@
  */
 import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { existsSync } from 'node:fs'
+import { createWriteStream, existsSync } from 'node:fs'
 import { mkdir, readFile, readdir, symlink, utimes, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
+import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import type { FastifyInstance, FastifyServerOptions } from 'fastify'
 import t from 'tap'
+import { parseAllDocuments } from 'yaml'
 import { BACKUP_FILE, backupFileName } from '../services/backup.js'
 import { parseSessionFile } from '../services/session-files.js'
 import { readTarGz, writeTarGz } from '../services/tar.js'
 import { taskvault } from './cli-run.js'
 import { API, build, get, post, tempDir, type TestContext } from './helper.js'
+import { scratch } from './server-process.js'
 import { storedSession } from './session-fixtures.js'
 
 const run = promisify(execFile)
@@ -236,7 +239,6 @@ t.test('unsafe or foreign tars are still refused, and nothing is written', async
   const good = storedSession('x', ['Pending'], '2026-01-01T00:00:00.000Z')
   const make = async (file: string, names: string[]): Promise<string> => {
     const path = join(parent, file)
-    const { createWriteStream } = await import('node:fs')
     await writeTarGz(names.map((name) => ({ name, data: Buffer.from(good.replaceAll('"x"', `"${/([^/]+)\.json$/u.exec(name)?.[1] ?? 'x'}"`)) })), createWriteStream(path))
     return path
   }
@@ -300,4 +302,47 @@ t.test('backup --out-dir names tasks_YYYYMMDD[_HHMMSS].tar.gz; --keep-days delet
   t.equal((await taskvault(['backup', dir, '--keep-days', '7', '--out', join(out, 'x.tar.gz')])).code, 2, '--keep-days needs --out-dir')
   t.equal((await taskvault(['backup', dir, '--out-dir', out, '--out', join(out, 'x.tar.gz')])).code, 2, 'not both --out and --out-dir')
   t.equal((await taskvault(['backup', dir, '--out-dir', out, '--keep-days', '0'])).code, 2, '--keep-days is at least 1')
+})
+
+t.test('the backup CronJob\'s script, run as written against a real server, saves a backup that restores', async (t) => {
+  const root = fileURLToPath(new URL('../../', import.meta.url))
+  const docs = parseAllDocuments(await readFile(join(root, 'deploy/kubernetes/backup-cronjob.yaml'), 'utf8')).map((doc) => doc.toJS() as Record<string, any>)
+  const cron = docs.find((doc) => doc.kind === 'CronJob')
+  const pod = cron?.spec.jobTemplate.spec.template.spec
+  const container = pod?.containers[0]
+  t.match(cron?.spec, { schedule: '0 3 * * *', concurrencyPolicy: 'Forbid' })
+  t.match(pod?.securityContext, { runAsNonRoot: true }, 'runs as non-root')
+  t.same(container.env.find((e: { name: string }) => e.name === 'TASK_API_KEYS').valueFrom.secretKeyRef, { name: 'taskvault-api-keys', key: 'keys' }, 'the server\'s key Secret')
+  t.ok(docs.some((doc) => doc.kind === 'PersistentVolumeClaim' && doc.metadata.name === pod.volumes[0].persistentVolumeClaim.claimName), 'its claim is in the file')
+  const script = container.args[0] as string
+  t.match(script, /http:\/\/taskvault\/api\/v1\/tasks\/backup/u, 'through the Service (port 80)')
+
+  const work = await scratch(t, { prefix: 'taskvault-cron-' })
+  const server = await work.start({ TASK_STORAGE_DIR: join(work.dir, 'tasks'), TASK_API_KEYS: 'k1,k2' })
+  for (const id of ['one', 'two']) {
+    const res = await fetch(`${server.base}${API}/create`, { method: 'POST', headers: { authorization: 'Bearer k2', 'content-type': 'application/json' }, body: JSON.stringify({ session_id: id, instructions: `do ${id}` }) })
+    t.equal(res.status, 200)
+  }
+  const backups = join(work.dir, 'backups')
+  await mkdir(backups)
+  await writeFile(join(backups, 'tasks_20200101.tar.gz'), 'old')
+  await utimes(join(backups, 'tasks_20200101.tar.gz'), new Date(Date.now() - 10 * DAY), new Date(Date.now() - 10 * DAY))
+  await writeFile(join(backups, 'keep.txt'), 'mine')
+  await utimes(join(backups, 'keep.txt'), new Date(Date.now() - 10 * DAY), new Date(Date.now() - 10 * DAY))
+  const local = script.replaceAll('http://taskvault/', `${server.base}/`).replaceAll('/backups', backups)
+  const ok = await run('sh', ['-c', local], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', TASK_API_KEYS: 'k1,k2' } })
+  t.match(ok.stdout, /^wrote .*tasks_\d{8}_\d{6}\.tar\.gz \(\d+ bytes\)/u)
+  const left = (await readdir(backups)).sort()
+  const made = left.filter((name) => /^tasks_\d{8}_\d{6}\.tar\.gz$/u.test(name))
+  t.equal(made.length, 1, 'one backup, named tasks_YYYYMMDD_HHMMSS.tar.gz')
+  t.notOk(left.includes('tasks_20200101.tar.gz'), 'backups older than 7 days are deleted')
+  t.ok(left.includes('keep.txt'), 'other files stay')
+  t.notOk(left.some((name) => name.endsWith('.part')), 'no partial file left')
+  const restored = join(work.dir, 'restored')
+  t.equal((await taskvault(['restore', join(backups, made[0] as string), restored])).code, 0, 'it restores')
+  t.same(await jsonFiles(restored), ['one.json', 'two.json'])
+
+  const refused = await run('sh', ['-c', local], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', TASK_API_KEYS: 'wrong' } }).then(() => null, (err: Error & { code: number }) => err)
+  t.ok(refused !== null && refused.code !== 0, 'a refused key fails the job')
+  t.equal((await readdir(backups)).filter((name) => name.endsWith('.tar.gz')).length, 1, 'and saves nothing')
 })
