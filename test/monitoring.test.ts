@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { parse, stringify } from 'yaml'
-import { tempDir } from './helper.js'
+import { build, post, tempDir } from './helper.js'
 import { scratch } from './server-process.js'
 
 const run = promisify(execFile)
@@ -192,4 +192,23 @@ t.test('every metric the rules and the dashboard use is on a real server\'s /met
   used.delete('up')
   t.ok(used.size >= 10, `${used.size} metric names used: ${[...used.keys()].join(', ')}`)
   for (const [name, where] of used) t.ok(exposed.has(name), `${name} (${where}) is exposed`)
+})
+
+t.test('the series the rules add move: tasks finished by status, ready', async (t) => {
+  const app = await build(t, { executors: { Coding: async () => { throw new Error('compiler crashed') }, default: async (task) => ({ result: task.instruction }) } })
+  const sample = async (line: string): Promise<number | null> => {
+    const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
+    const found = text.split('\n').find((l) => l.startsWith(`${line} `))
+    return found === undefined ? null : Number(found.slice(line.length + 1))
+  }
+  t.equal(await sample('taskvault_tasks_finished_total{status="Completed"}'), 0, 'both statuses exported from the start')
+  t.equal(await sample('taskvault_tasks_finished_total{status="Failed"}'), 0)
+  t.equal(await sample('taskvault_ready'), 1)
+  t.equal((await post(app, '/create', { session_id: 'm', tasks: [{ instruction: 'a', task_type: 'General' }, { instruction: 'b', task_type: 'Coding' }] })).statusCode, 200)
+  t.equal((await post(app, '/execute', { session_id: 'm' })).json().status, 'Completed')
+  t.equal((await post(app, '/execute', { session_id: 'm' })).json().status, 'Failed')
+  t.equal(await sample('taskvault_tasks_finished_total{status="Completed"}'), 1)
+  t.equal(await sample('taskvault_tasks_finished_total{status="Failed"}'), 1)
+  await app.taskManager.beginShutdown()
+  t.equal(await sample('taskvault_ready'), 0, '0 once shutdown begins, like /ready')
 })
