@@ -6,6 +6,7 @@
 import { statfs } from 'node:fs/promises'
 import type { FastifyInstance, FastifyServerOptions } from 'fastify'
 import t from 'tap'
+import { taskvault } from './cli-run.js'
 import { build, get, post, tempDir } from './helper.js'
 import { mountTmpfs, unmount } from './tmpfs.js'
 
@@ -51,6 +52,9 @@ t.test('a 2 MiB tmpfs: the ratio falls as sessions are written; one warning per 
   t.ok(first.free_ratio > 0.9, `nearly empty at first (${first.free_ratio})`)
   t.equal(first.free_ratio, first.free_bytes / first.total_bytes, 'free_ratio is free_bytes / total_bytes')
   t.equal(await scraped(app, 'taskvault_storage_capacity_bytes'), first.total_bytes, '/metrics: the capacity')
+  const cli = await taskvault(['stats', dir, '--json'])
+  t.equal(cli.code, 0, cli.stderr)
+  t.match(cli.json().storage, { total_bytes: first.total_bytes, free_ratio: Number }, 'taskvault stats shows the same filesystem')
 
   // Sessions of ~60 KB each, until well below half free.
   let previous = first
