@@ -14,10 +14,13 @@ const backupRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/backup', { schema: { response: responses.backup } }, async (request, reply) => {
     const manager = app.taskManager
     if (manager.shuttingDown) throw new ShuttingDownError()
+    const name = backupFileName(new Date(), true)
+    reply.type('application/gzip').header('content-disposition', `attachment; filename="${name}"`).header('cache-control', 'no-store')
+    // Fastify's automatic HEAD route would make the whole archive only to drop it.
+    if (request.method === 'HEAD') return reply.send(undefined as unknown as string)
     const started = performance.now()
     const counts = emptyCounts()
     const stream = tarGzStream(liveSessionFiles(manager, counts))
-    const name = backupFileName(new Date(), true)
     // A failure mid-stream (after the headers) cuts the response short: tar readers, restore
     // included, then see a truncated archive, never a silently partial one.
     let ended = false
@@ -28,12 +31,8 @@ const backupRoutes: FastifyPluginAsyncTypebox = async (app) => {
     })
     // The client went away: Fastify destroys the stream, which stops the session walk.
     stream.once('close', () => { if (!ended) request.log.warn({ ...counts }, 'Backup stopped before its end') })
-    return reply
-      .type('application/gzip')
-      .header('content-disposition', `attachment; filename="${name}"`)
-      .header('cache-control', 'no-store')
-      // The schema types the body as the binary string it documents; a stream is sent as is.
-      .send(stream as unknown as string)
+    // The schema types the body as the binary string it documents; a stream is sent as is.
+    return reply.send(stream as unknown as string)
   })
 }
 

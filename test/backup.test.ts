@@ -192,6 +192,17 @@ t.test('a client that goes away mid-backup: the walk stops, nothing leaks, the s
   t.equal((await entries(whole.body)).size, SESSIONS, 'and the next backup is whole')
 })
 
+t.test('HEAD /backup answers the headers without making a backup', async (t) => {
+  const log = memoryLog()
+  const app = await build(t, { logger: log.logger })
+  t.equal((await post(app, '/create', { session_id: 'h', instructions: 'one' })).statusCode, 200)
+  const res = await app.inject({ method: 'HEAD', url: `${API}/backup` })
+  t.equal(res.statusCode, 200)
+  t.match(res.headers['content-disposition'], /^attachment; filename="tasks_\d{8}_\d{6}\.tar\.gz"$/u)
+  t.equal(res.rawPayload.length, 0)
+  t.notOk(log.messages().some((msg) => msg.startsWith('Backup')), 'no backup was made')
+})
+
 t.test('GET /backup during shutdown answers 503', async (t) => {
   const app = await build(t)
   void app.taskManager.beginShutdown()
