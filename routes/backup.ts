@@ -2,6 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { responses } from '../schemas/api.js'
 import { backupFileName, emptyCounts, liveSessionFiles } from '../services/backup.js'
 import { ShuttingDownError } from '../services/errors.js'
+import { errorHandler } from './error-handler.js'
 import { tarGzStream } from '../services/tar.js'
 
 /**
@@ -11,7 +12,14 @@ import { tarGzStream } from '../services/tar.js'
 const backupRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.addHook('onRequest', app.verifyApiKey)
 
-  app.get('/backup', { schema: { response: responses.backup } }, async (request, reply) => {
+  app.get('/backup', {
+    schema: { response: responses.backup },
+    // A failure before the first byte is an ordinary error answer: not a gzip, not a download.
+    errorHandler: async (error, request, reply) => {
+      reply.removeHeader('content-type').removeHeader('content-disposition')
+      await errorHandler(error, request, reply)
+    }
+  }, async (request, reply) => {
     const manager = app.taskManager
     if (manager.shuttingDown) throw new ShuttingDownError()
     const name = backupFileName(new Date(), true)

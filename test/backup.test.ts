@@ -19,6 +19,7 @@ import t from 'tap'
 import { parseAllDocuments } from 'yaml'
 import { BACKUP_FILE, backupFileName } from '../services/backup.js'
 import { parseSessionFile } from '../services/session-files.js'
+import { nodeFs } from '../services/fs-seam.js'
 import { readTarGz, writeTarGz } from '../services/tar.js'
 import { taskvault } from './cli-run.js'
 import { API, build, get, post, tempDir, type TestContext } from './helper.js'
@@ -201,6 +202,52 @@ t.test('HEAD /backup answers the headers without making a backup', async (t) => 
   t.match(res.headers['content-disposition'], /^attachment; filename="tasks_\d{8}_\d{6}\.tar\.gz"$/u)
   t.equal(res.rawPayload.length, 0)
   t.notOk(log.messages().some((msg) => msg.startsWith('Backup')), 'no backup was made')
+})
+
+t.test('a storage fault: before the first byte a plain 503; after it, an archive cut short that restore refuses', async (t) => {
+  const dir = await tempDir(t, 'taskvault-backup-')
+  await mkdir(join(dir, 'archive'), { mode: 0o700 })
+  for (let i = 0; i < 40; i++) {
+    await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(30_000).toString('base64')), { mode: 0o600 })
+  }
+  for (const id of ['aaa', 'zzz']) await writeFile(join(dir, 'archive', `${id}.json`), storedSession(id, ['Completed'], '2026-01-01T00:00:00.000Z'), { mode: 0o600 })
+  // Reads of one archived file fail with EIO (a failing disk), chosen per request below.
+  let failing = ''
+  const fs = { ...nodeFs, open: (async (path: string, ...rest: unknown[]) => {
+    if (failing !== '' && path.endsWith(`/archive/${failing}`)) throw Object.assign(new Error('EIO'), { code: 'EIO' })
+    return (nodeFs.open as (...args: unknown[]) => Promise<unknown>)(path, ...rest)
+  }) as typeof nodeFs.open }
+  const log = memoryLog()
+  const app = await build(t, { dir, fs, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0 } })
+
+  failing = 'aaa.json' // the first session of the walk
+  const early = await backup(app)
+  t.equal(early.status, 503, 'nothing sent yet: a plain error answer')
+  t.equal(early.headers['content-type'], 'application/json; charset=utf-8')
+  t.notOk('content-disposition' in early.headers, 'not offered as a download')
+  t.match(JSON.parse(early.body.toString('utf8')), { code: 'STORAGE_UNAVAILABLE' })
+
+  failing = 'zzz.json' // the last one: megabytes are on the wire by then
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+  const got = await new Promise<{ status: number, body: Buffer, complete: boolean }>((resolve, reject) => {
+    request({ host: '127.0.0.1', port, path: `${API}/backup` }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (chunk: Buffer) => chunks.push(chunk))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks), complete: res.complete }))
+      res.on('error', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks), complete: false }))
+    }).on('error', reject).end()
+  })
+  t.equal(got.status, 200, 'the download had started')
+  t.notOk(got.complete, 'the response is cut short')
+  t.ok(got.body.length > 100_000, `after ${got.body.length} bytes`)
+  t.ok(log.messages().includes('Backup cut short'), 'and the log says so')
+  const file = join(await tempDir(t, 'taskvault-backup-'), 'cut.tar.gz')
+  await writeFile(file, got.body)
+  const restore = await taskvault(['restore', file, join(dir, '..', 'never')])
+  t.equal(restore.code, 1, 'restore refuses the cut archive')
+  t.match(restore.stderr, /truncated|damaged|not a gzip/u)
+  t.same(await jsonFiles(join(dir, '..', 'never')), [], 'writing nothing')
 })
 
 t.test('GET /backup during shutdown answers 503', async (t) => {
