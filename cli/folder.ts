@@ -24,8 +24,9 @@ export interface StoredFile {
 export type CheckedFile =
   /** `kid`: the key that sealed it, null for plaintext. */
   | { ok: true, file: SessionFile, data: Buffer, mtime: Date, kid: string | null }
-  /** `keyMissing`: sealed under a key not configured; such a file is never moved. */
-  | { ok: false, reason: string, keyMissing?: boolean }
+  /** Sealed under a key not configured: whole and untouched, only unreadable here; never moved. */
+  | { ok: false, reason: string, keyMissing: true, data: Buffer, mtime: Date }
+  | { ok: false, reason: string, keyMissing?: undefined }
   /** Removed or moved (by a running server) since the listing. */
   | { ok: null }
 
@@ -91,7 +92,7 @@ export async function checkStoredFile (stored: StoredFile, keyring: Keyring | nu
     const read = readSessionDocument(stored.rel, data.toString('utf8'), stored.sessionId, keyring)
     return { ok: true, file: read.file, data, mtime, kid: read.kid }
   } catch (err) {
-    if (err instanceof KeyUnavailableError) return { ok: false, reason: err.message, keyMissing: true }
+    if (err instanceof KeyUnavailableError) return { ok: false, reason: err.message, keyMissing: true, data, mtime }
     // The store's message starts with the file name, which the caller prints already.
     return { ok: false, reason: (err as Error).message.replace(`${stored.rel}: `, '') }
   }

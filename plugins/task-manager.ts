@@ -44,6 +44,9 @@ export interface TaskManagerPluginOptions {
   commandDrainMs?: number
   /** 'auto': a cgroup per command call when the host allows; 'off': the process group only (TASK_COMMAND_CGROUP). */
   commandCgroup?: 'auto' | 'off'
+  /** Free-space warning threshold and check interval (TASK_DISK_WARN_RATIO, TASK_DISK_CHECK_INTERVAL_MS). */
+  diskWarnRatio?: number
+  diskCheckIntervalMs?: number
   /** Time source for timestamps (tests). */
   clock?: () => Date
 }
@@ -66,6 +69,8 @@ export const TaskManagerOptionsSchema = Type.Object({
   runRetryMaxMs: fromSetting('TASK_RUN_RETRY_MAX_MS'),
   commandDrainMs: fromSetting('TASK_COMMAND_DRAIN_MS'),
   commandCgroup: fromSetting('TASK_COMMAND_CGROUP'),
+  diskWarnRatio: fromSetting('TASK_DISK_WARN_RATIO'),
+  diskCheckIntervalMs: fromSetting('TASK_DISK_CHECK_INTERVAL_MS'),
   autoSave: fromSetting('TASK_AUTO_SAVE'),
   restoreConcurrency: fromSetting('TASK_RESTORE_CONCURRENCY'),
   shutdownGraceMs: fromSetting('TASK_SHUTDOWN_GRACE_MS'),
@@ -95,6 +100,8 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
     resumeOnStart: options.resumeOnStart ?? setting(app, 'TASK_RESUME_ON_START'),
     runRetryMs: options.runRetryMs ?? setting(app, 'TASK_RUN_RETRY_MS'),
     runRetryMaxMs: options.runRetryMaxMs ?? setting(app, 'TASK_RUN_RETRY_MAX_MS'),
+    diskWarnRatio: options.diskWarnRatio ?? setting(app, 'TASK_DISK_WARN_RATIO'),
+    diskCheckIntervalMs: options.diskCheckIntervalMs ?? setting(app, 'TASK_DISK_CHECK_INTERVAL_MS'),
     autoSave: options.autoSave ?? setting(app, 'TASK_AUTO_SAVE'),
     restoreConcurrency: options.restoreConcurrency ?? setting(app, 'TASK_RESTORE_CONCURRENCY'),
     shutdownGraceMs: options.shutdownGraceMs ?? setting(app, 'TASK_SHUTDOWN_GRACE_MS'),

@@ -4,6 +4,7 @@ import fp from 'fastify-plugin'
 import type { Registry } from 'prom-client'
 import { errorHandler } from '../routes/error-handler.js'
 import archiveRoutes from '../routes/archive.js'
+import backupRoutes from '../routes/backup.js'
 import taskRoutes from '../routes/tasks.js'
 import { createValidatorCompiler } from '../routes/validation.js'
 import { ROUTE_DOCS } from '../schemas/route-docs.js'
@@ -93,6 +94,8 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
       runRetryMaxMs: options.runRetryMaxMs,
       commandDrainMs: options.commandDrainMs,
       commandCgroup: options.commandCgroup,
+      diskWarnRatio: options.diskWarnRatio,
+      diskCheckIntervalMs: options.diskCheckIntervalMs,
       autoSave: options.autoSave,
       restoreConcurrency: options.restoreConcurrency,
       shutdownGraceMs: options.shutdownGraceMs,
@@ -117,6 +120,7 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     const bodyLimit = options.bodyLimit ?? setting(instance, 'BODY_LIMIT')
     await instance.register(taskRoutes, { bodyLimit })
     await instance.register(archiveRoutes, { bodyLimit })
+    await instance.register(backupRoutes)
     scope = instance
   }, { prefix })
 

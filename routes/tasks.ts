@@ -74,7 +74,7 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     return { session_id: sessionId, created_at: file.created_at, updated_at: file.updated_at, current_index: file.session.current_index, total: tasks.length, tasks, ...(archived && { archived }) }
   })
 
-  app.get('/stats', { schema: { response: responses.stats } }, async () => manager.stats())
+  app.get('/stats', { schema: { response: responses.stats } }, async () => manager.statsWithSpace())
 
   app.delete('/sessions/:session_id', { schema: { params: SessionParams, response: responses.remove } }, async (request, reply) => {
     await manager.delete(request.params.session_id)

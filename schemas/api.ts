@@ -212,7 +212,11 @@ export const StatsResponse = Type.Object({
     files: Type.Integer(),
     archive_bytes: Type.Integer(),
     failed_loads: Type.Integer(),
-    restore_ms: Type.Number()
+    restore_ms: Type.Number(),
+    // Absent when the store does not report them (its space is a database's concern).
+    free_bytes: Type.Optional(Type.Integer({ description: 'Bytes still free on the filesystem holding the storage folder (for the service: statfs bavail)' })),
+    total_bytes: Type.Optional(Type.Integer({ description: 'Size of that filesystem' })),
+    free_ratio: Type.Optional(Type.Number({ minimum: 0, maximum: 1, description: 'free_bytes / total_bytes; the log warns below TASK_DISK_WARN_RATIO' }))
   }),
   encryption: Type.Object({
     enabled: Type.Boolean({ description: 'Session content is sealed at rest (TASK_ENCRYPTION_KEYS)' }),
@@ -231,7 +235,7 @@ export const StatsResponse = Type.Object({
     pending_tasks: 1,
     in_progress_tasks: 0,
     archived_sessions: 0,
-    storage: { dir: '/app/data/tasks', bytes: 1712, files: 1, archive_bytes: 0, failed_loads: 0, restore_ms: 3.1 },
+    storage: { dir: '/app/data/tasks', bytes: 1712, files: 1, archive_bytes: 0, failed_loads: 0, restore_ms: 3.1, free_bytes: 9663676416, total_bytes: 10737418240, free_ratio: 0.9 },
     encryption: { enabled: false }
   }]
 })
@@ -264,6 +268,11 @@ export const responses = {
   stats: { 200: StatsResponse, ...errors(401) },
   remove: { 204: Type.Null({ description: 'Deleted; no body' }), ...errors(400, 401, 404, 409, 503, 507) },
   archive: { 200: ArchiveResponse, ...errors(400, 401, 413, 415, 503, 507) },
+  // A stream, never serialized: the schema only documents it.
+  backup: {
+    200: { description: 'A tar.gz of every session: `<id>.json` and `archive/<name>.json`', content: { 'application/gzip': { schema: Type.String({ format: 'binary' }) } } },
+    ...errors(401, 503)
+  },
   health: { 200: HealthResponse },
   ready: { 200: ReadyResponse, ...errors(503) }
 }

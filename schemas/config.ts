@@ -44,6 +44,9 @@ export const ConfigSchema = Type.Object({
   // Connections: how long a request may take to arrive, how long an idle keep-alive socket stays, how many sockets at once.
   TASK_REQUEST_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: MAX_TIMER_MS, default: 30_000, description: 'Time to receive a whole request (headers and body); 408 and closed after it' }),
   TASK_KEEP_ALIVE_TIMEOUT_MS: Type.Integer({ minimum: 1, maximum: MAX_TIMER_MS, default: 65_000, description: 'An idle keep-alive socket is closed after this; above the 60 s idle timeout of common proxies' }),
-  TASK_MAX_CONNECTIONS: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 512, description: 'Open client sockets; more are closed at once, so storage keeps its file descriptors' })
+  TASK_MAX_CONNECTIONS: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 512, description: 'Open client sockets; more are closed at once, so storage keeps its file descriptors' }),
+  // Disk figures (issue 18): free space of the filesystem holding the storage folder.
+  TASK_DISK_WARN_RATIO: Type.Number({ minimum: 0, maximum: 1, default: 0.1, description: 'The log warns once when the free share of the storage filesystem falls below this, and again when it recovers; 0 never warns' }),
+  TASK_DISK_CHECK_INTERVAL_MS: Type.Integer({ minimum: 0, maximum: MAX_TIMER_MS, default: 60_000, description: 'How often free space is checked besides at /stats and /metrics; 0 checks only then' })
 })
 export type Config = Static<typeof ConfigSchema>

@@ -20,6 +20,7 @@ export const TAGS = [
   { name: 'sessions', description: 'Read and delete sessions' },
   { name: 'stats', description: 'Counts and storage figures' },
   { name: 'archive', description: 'Archiving and retention of finished sessions' },
+  { name: 'backup', description: 'Backups of every session' },
   { name: 'health', description: 'Probes for load balancers and Kubernetes' }
 ]
 
@@ -64,5 +65,11 @@ export const ROUTE_DOCS: Readonly<Record<string, RouteDoc>> = {
     // The route takes no body as `{}`.
     [BODY_OPTIONAL]: true
   },
-  'GET /stats': { operationId: 'getStats', tags: ['stats'], summary: 'Session and task counts, storage figures' }
+  'GET /stats': { operationId: 'getStats', tags: ['stats'], summary: 'Session and task counts, storage figures' },
+    'GET /backup': {
+    operationId: 'downloadBackup',
+    tags: ['backup'],
+    summary: 'Download a consistent backup of every session (tar.gz)',
+    description: 'Streams a tar.gz of every active and archived session, each as its last completed write left it, named in Content-Disposition. `taskvault restore` reads it.'
+  }
 }

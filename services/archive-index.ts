@@ -111,6 +111,11 @@ export class ArchiveIndex {
     }
   }
 
+  /** Every archived session's id. */
+  ids (): string[] {
+    return [...this.entries.keys()]
+  }
+
   /** Ids whose newest file has not been read yet. */
   unsummarized (): string[] {
     const ids: string[] = []

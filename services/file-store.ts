@@ -1,11 +1,13 @@
 import { EventEmitter } from 'node:events'
 import { constants, type Dirent } from 'node:fs'
+import { statfs } from 'node:fs/promises'
 import { dirname, join, resolve, sep } from 'node:path'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import pLimit from 'p-limit'
 import { SessionFile, SESSION_ID_PATTERN } from '../schemas/session.js'
 import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from './archive-index.js'
 import { CoalescedRun } from './coalesce.js'
+import type { DiskSpace } from './disk-space.js'
 import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, StorageError, TaskvaultError } from './errors.js'
 import { nodeFs, type FsSeam } from './fs-seam.js'
 import type { Keyring } from './keyring.js'
@@ -349,6 +351,10 @@ export class FileSessionStore implements SessionStore {
     return this.archiveIndex.newest(sessionId)?.name ?? null
   }
 
+  archivedIds (): string[] {
+    return this.archiveIndex.ids()
+  }
+
   archiveTotals (): Readonly<ArchiveTotals> {
     return this.archiveIndex.stats()
   }
@@ -413,8 +419,20 @@ export class FileSessionStore implements SessionStore {
     return files.length
   }
 
+  /** The filesystem of the folder, by statfs: one syscall, cheap enough for every scrape. */
+  async space (): Promise<DiskSpace> {
+    const fs = await statfs(this.dir)
+    const total = fs.blocks * fs.bsize
+    const free = fs.bavail * fs.bsize
+    return { free_bytes: free, total_bytes: total, free_ratio: total > 0 ? free / total : 0 }
+  }
+
   async close (): Promise<void> {
     await this.lock?.release()
+  }
+
+  serialize (file: SessionFile): Promise<Buffer> {
+    return serializeSessionFile(file, this.indent, Number.POSITIVE_INFINITY, this.keyring)
   }
 
   encryption (): EncryptionStats | null {

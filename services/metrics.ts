@@ -1,7 +1,7 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
 import { TASK_STATUSES } from '../schemas/session.js'
 import type { SaveEvent, SessionStore } from './store.js'
-import type { AgentCallEvent, TaskManager } from './task-manager.js'
+import type { AgentCallEvent, TaskFinishedEvent, TaskManager } from './task-manager.js'
 
 export interface TaskvaultMetricsOptions {
   registry: Registry
@@ -89,12 +89,24 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
     }
   })
   new Gauge({ name: name('restore_failed_loads'), help: 'Session files set aside as unreadable at startup', registers, collect () { this.set(manager.stats().storage.failed_loads) } })
+  // Issue 18: readiness and free space, for the rules in deploy/prometheus/alerts.yml.
+  new Gauge({ name: name('ready'), help: '1 once sessions are restored and until shutdown begins (what GET /ready answers 200 to), else 0', registers, collect () { this.set(manager.ready ? 1 : 0) } })
+  const finished = new Counter({ name: name('tasks_finished_total'), help: 'Tasks that reached Completed or Failed (once durable), by status', labelNames: ['status'], registers })
+  for (const status of ['Completed', 'Failed']) finished.inc({ status }, 0)
+  const onFinished = (event: TaskFinishedEvent): void => { finished.inc({ status: event.status }) }
+  manager.events.on('task-finished', onFinished)
+  if (store.space !== undefined) {
+    // Left out for a store that reports no space: a 0 would look like a full disk.
+    new Gauge({ name: name('storage_free_bytes'), help: 'Bytes still free on the filesystem holding the storage folder', registers, async collect () { const space = await manager.disk.read(); if (space !== null) this.set(space.free_bytes) } })
+    new Gauge({ name: name('storage_capacity_bytes'), help: 'Size of the filesystem holding the storage folder', registers, async collect () { const space = await manager.disk.read(); if (space !== null) this.set(space.total_bytes) } })
+  }
 
   store.events?.on('save', onSave)
   manager.events.on('agent-call', onAgentCall)
   return () => {
     store.events?.off('save', onSave)
     manager.events.off('agent-call', onAgentCall)
+    manager.events.off('task-finished', onFinished)
     for (const metric of names) registry.removeSingleMetric(metric)
   }
 }

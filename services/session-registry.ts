@@ -129,6 +129,15 @@ export class SessionRegistry {
     await this.change(sessionId, () => unchanged(undefined)).catch(() => {})
   }
 
+  /**
+   * The session as its last completed write left it, taken in its change queue: never half of
+   * a change. null when it does not exist (deleted or archived by then).
+   */
+  async snapshot (sessionId: string): Promise<SessionFile | null> {
+    // Committed files are never edited in place (changes edit a clone), so no copy is needed.
+    return this.change(sessionId, () => unchanged(this.slots.get(sessionId)?.file ?? null))
+  }
+
   /** Sessions known, including ones whose first save is still under way. */
   get slotCount (): number {
     return this.slots.size

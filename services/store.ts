@@ -3,6 +3,7 @@ import type { SessionFile } from '../schemas/session.js'
 import type { ArchiveTotals, ArchivedSummary } from './archive-index.js'
 import type { TaskvaultError } from './errors.js'
 import type { LockEvent } from './storage-lock.js'
+import type { DiskSpace } from './disk-space.js'
 
 export type { ArchiveTotals, ArchivedSummary }
 
@@ -84,6 +85,8 @@ export interface SessionStore {
   openArchive(options: { concurrency: number }): Promise<ArchiveTotals>
   /** Which archived file holds the session, or null when it is not archived (from memory). */
   archivedName(sessionId: string): string | null
+  /** Every archived session's id (from memory). */
+  archivedIds(): string[]
   /** Counts and sizes of the archive (from memory). */
   archiveTotals(): Readonly<ArchiveTotals>
   /** Reads an archived session; null when it is not archived. Unreadable files are set aside and reported. */
@@ -99,5 +102,12 @@ export interface SessionStore {
   removeArchived(sessionId: string): Promise<number>
   /** Encryption at rest, when keys are set; null otherwise. */
   encryption(): EncryptionStats | null
+  /** The bytes this store keeps for the session: what a backup holds (sealed when keys are set). */
+  serialize(file: SessionFile): Promise<Buffer>
+  /**
+   * Free and total bytes where the sessions are kept (the file store: the filesystem of its
+   * folder). A store whose space is someone else's concern (a database) leaves it out.
+   */
+  space?(): Promise<DiskSpace>
   close(): Promise<void>
 }

@@ -1,4 +1,4 @@
-import { Readable, type Writable } from 'node:stream'
+import { Readable, pipeline as pipelineCallback, type Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { createGunzip, createGzip } from 'node:zlib'
 import { TarFormatError } from './errors.js'
@@ -36,6 +36,18 @@ export interface TarEntry {
 /** Writes `files` as a tar.gz to `out`, one at a time, respecting backpressure; resolves once `out` has it all. */
 export async function writeTarGz (files: AsyncIterable<TarFile> | Iterable<TarFile>, out: Writable): Promise<void> {
   await pipeline(Readable.from(tarBlocks(files), { objectMode: false }), createGzip(), out)
+}
+
+/**
+ * `files` as a tar.gz stream, produced as it is read (a file at a time, never the whole
+ * archive). An error of `files` destroys the stream with that error; destroying the stream
+ * (a client gone) stops `files` at its next step.
+ */
+export function tarGzStream (files: AsyncIterable<TarFile> | Iterable<TarFile>): Readable {
+  const gzip = createGzip()
+  // The error reaches the reader through gzip; the callback only keeps it observed.
+  pipelineCallback(Readable.from(tarBlocks(files), { objectMode: false }), gzip, () => {})
+  return gzip
 }
 
 async function * tarBlocks (files: AsyncIterable<TarFile> | Iterable<TarFile>): AsyncGenerator<Buffer> {

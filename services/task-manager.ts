@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events'
 import type { CommandRuntime } from './agents/command.js'
 import type { AgentsConfig } from './agents/spec.js'
+import { DiskWatch, type DiskSpace } from './disk-space.js'
 import { ArchivedSessions, type ArchivedSessionSummary, type RetentionCutoffs } from './archived-sessions.js'
 import { InvalidSessionIdError, LimitExceededError, NotReadyError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError, type TaskvaultError } from './errors.js'
 import { resolveAgents, type AgentRoutes, type Executors } from './executors.js'
@@ -55,6 +56,9 @@ export interface TaskManagerOptions {
   /** A background run stopped by a storage fault tries again after this, doubling up to `runRetryMaxMs`. */
   runRetryMs?: number
   runRetryMaxMs?: number
+  /** Warn when the storage's free share falls below this (default 0.1); checked every `diskCheckIntervalMs` (default 60000; 0: only on stats). */
+  diskWarnRatio?: number
+  diskCheckIntervalMs?: number
   clock?: () => Date
   logger?: Logger
 }
@@ -81,7 +85,7 @@ export interface RestoreReport {
 /** The seed's counts plus storage figures: what GET /stats serves. */
 export interface ManagerStats extends Omit<Totals, 'bytes' | 'files'> {
   archived_sessions: number
-  storage: { dir: string, bytes: number, files: number, archive_bytes: number, failed_loads: number, restore_ms: number }
+  storage: { dir: string, bytes: number, files: number, archive_bytes: number, failed_loads: number, restore_ms: number } & Partial<DiskSpace>
   encryption: { enabled: false } | ({ enabled: true } & EncryptionStats)
 }
 
@@ -100,8 +104,16 @@ export interface AgentCallEvent {
 }
 
 /** What the manager reports as it works; observers (metrics) subscribe without the manager knowing them. */
+/** A task that reached Completed or Failed, once that is durable. */
+export interface TaskFinishedEvent {
+  session_id: string
+  task_id: string
+  status: 'Completed' | 'Failed'
+}
+
 export interface TaskManagerEvents {
   'agent-call': [AgentCallEvent]
+  'task-finished': [TaskFinishedEvent]
   restore: [RestoreReport]
 }
 
@@ -120,6 +132,8 @@ export class TaskManager {
   readonly events = new EventEmitter<TaskManagerEvents>()
   private readonly store: SessionStore
   readonly agents: AgentRoutes
+  /** Free space of the storage, read on demand and on a timer; warns when it runs low. */
+  readonly disk: DiskWatch
   private readonly maxInterruptions: number
   private readonly resumeOnStart: boolean
   private readonly autoSave: boolean
@@ -155,6 +169,14 @@ export class TaskManager {
       runRetryMaxMs: options.runRetryMaxMs ?? 60_000
     })
     this.archived = new ArchivedSessions({ registry: this.registry, store: this.store, logger: this.log })
+    const store = this.store
+    this.disk = new DiskWatch({
+      read: async () => (store.space === undefined ? null : store.space()),
+      warnRatio: options.diskWarnRatio ?? 0.1,
+      intervalMs: options.diskCheckIntervalMs ?? 60_000,
+      location: store.location,
+      logger: this.log
+    })
   }
 
   /** True once restore has finished and until shutdown begins, while the store can write. */
@@ -213,6 +235,7 @@ export class TaskManager {
     this.restored = { sessions: sessions.length, archivedSessions: archive.sessions, failedLoads: failures.length, resetTasks, ms }
     this.log.info({ sessions: sessions.length, archived: archive.sessions, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from disk`)
     this.events.emit('restore', this.restored)
+    this.disk.start()
     if (this.resumeOnStart) this.runner.resumeBackgroundRuns(backgroundRuns)
     else if (backgroundRuns.length > 0) this.log.warn({ sessions: backgroundRuns.length }, 'Background runs interrupted by the restart were not resumed (TASK_RESUME_ON_START=false); they resume on a start with it true, or end with an execute-all')
     return this.restored
@@ -331,6 +354,23 @@ export class TaskManager {
     }
   }
 
+  /** Ids of the archived sessions (from the store's index, nothing read). */
+  archivedIds (): string[] {
+    return this.store.archivedIds()
+  }
+
+  /** stats() with the free space of the storage (when the store reports it). */
+  async statsWithSpace (): Promise<ManagerStats> {
+    const stats = this.stats()
+    const space = await this.disk.read()
+    if (space !== null) {
+      stats.storage.free_bytes = space.free_bytes
+      stats.storage.total_bytes = space.total_bytes
+      stats.storage.free_ratio = space.free_ratio
+    }
+    return stats
+  }
+
   /** Runs the next pending task. 409s: already executing, or nothing pending. */
   async executeNext (sessionId: string): Promise<{ task: ExecutedTask, progress: Progress }> {
     this.assertOpen()
@@ -417,6 +457,7 @@ export class TaskManager {
    * them (their tasks stay InProgress on disk and run again after restart).
    */
   beginShutdown (): Promise<void> {
+    this.disk.stop()
     this.stopping ??= this.runner.shutdown()
     return this.stopping
   }

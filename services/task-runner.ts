@@ -322,14 +322,17 @@ export class TaskRunner {
   }
 
   /** Records how the task's call ended: what the client is answered once it is durable. */
-  private finish (sessionId: string, taskId: string, outcome: Outcome): Promise<ExecutedTask> {
-    return this.registry.change(sessionId, (draft) => {
+  private async finish (sessionId: string, taskId: string, outcome: Outcome): Promise<ExecutedTask> {
+    const executed = await this.registry.change(sessionId, (draft) => {
       const task = liveFile(draft).session.tasks.find((t) => t.id === taskId)
       if (task === undefined) throw new SessionNotFoundError(sessionId)
       delete task.result_truncated
       Object.assign(task, outcome, { completed_at: isoNow(draft.now) })
       return { task_id: task.id, instruction: task.instruction, status: task.status, result: task.result, error: task.error, confidence: task.confidence, ...(task.result_truncated === true && { result_truncated: true }) }
     })
+    // Counted once durable, as the client is told (metrics: tasks finished per second).
+    this.events.emit('task-finished', { session_id: sessionId, task_id: taskId, status: executed.status as 'Completed' | 'Failed' })
+    return executed
   }
 
   private completed (sessionId: string, taskId: string, value: ExecutionResult): Outcome {

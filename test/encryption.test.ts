@@ -11,6 +11,7 @@ import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
+import { gunzipSync } from 'node:zlib'
 import t from 'tap'
 import { buildApp } from '../app.js'
 import { FileSessionStore } from '../services/file-store.js'
@@ -220,6 +221,10 @@ t.test('rotation: new key first, seal (kill -9 midway, then again), drop the old
   t.equal(withoutKey.code, 1)
   t.match(withoutKey.stdout, /TASK_ENCRYPTION_KEYS is not set/)
   t.equal((await readdir(dir)).filter((n) => n.endsWith('.json')).length, ids.length, 'validate --fix never moves a file sealed under a missing key')
+  const keyless = join(await tempDir(t), 'keyless.tar.gz')
+  const keylessRun = await taskvault(['backup', '--out', keyless, '--json'], { TASK_STORAGE_DIR: dir })
+  t.equal(keylessRun.code, 0, keylessRun.stderr)
+  t.equal(JSON.parse(keylessRun.stdout).active, ids.length, 'a backup without the key still carries every sealed file as it is')
   const stats = await taskvault(['stats', '--json'], newOnly)
   t.equal(JSON.parse(stats.stdout).total_sessions, ids.length)
 
@@ -231,6 +236,20 @@ t.test('rotation: new key first, seal (kill -9 midway, then again), drop the old
   t.equal(restored.code, 0, restored.stderr)
   const sample = await readJson(join(target, 's7.json'))
   t.equal(sample.sealed.kid, 'new', 'backup and restore carry envelopes as they are')
+})
+
+t.test('GET /backup with keys: every session in the tar is sealed, plaintext ones too', async (t) => {
+  const dir = await tempDir(t)
+  let app = await build(t, { dir })
+  await post(app, '/create', { session_id: 'plain', instructions: SECRET })
+  await app.close()
+  app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  await post(app, '/create', { session_id: 'born', instructions: SECRET })
+  const res = await app.inject({ method: 'GET', url: '/api/v1/tasks/backup' })
+  t.equal(res.statusCode, 200)
+  const tar = gunzipSync(res.rawPayload).toString('latin1')
+  t.notOk(tar.includes('hunter2'), 'no session content in clear in the backup')
+  t.equal(tar.split('"sealed"').length - 1, 2, 'both sessions are sealed envelopes')
 })
 
 t.test('no key ever appears in logs (trace), error bodies, /stats, /metrics or /documentation/json', async (t) => {

@@ -1,10 +1,11 @@
-import { lstat, open, rename, unlink } from 'node:fs/promises'
-import { dirname, resolve } from 'node:path'
+import { lstat, open, readdir, rename, unlink } from 'node:fs/promises'
+import { dirname, join, resolve } from 'node:path'
+import { backupEntry, backupFileName, backupTime, emptyCounts } from '../../services/backup.js'
 import { Writable } from 'node:stream'
 import { nodeFs } from '../../services/fs-seam.js'
 import { fsyncDir } from '../../services/session-files.js'
 import { writeTarGz, type TarFile } from '../../services/tar.js'
-import { CommandFailedError, UsageError } from '../args.js'
+import { CommandFailedError, UsageError, daysOption } from '../args.js'
 import { assertFolder, checkStoredFile, listStoredFiles, storageDir, type StoredFile } from '../folder.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { formatBytes } from './stats.js'
@@ -16,6 +17,7 @@ export const backupCommand: Command = {
   name: 'backup',
   summary: 'write a tar.gz snapshot of the active and archived sessions',
   help: `Usage: taskvault backup [dir] --out FILE.tar.gz [--force] [--json]
+       taskvault backup [dir] --out-dir DIR [--keep-days N] [--json]
 
 Writes every session file of the folder and of its archive/ into FILE.tar.gz (paths relative
 to the folder: <id>.json and archive/<name>.json). Each file is read once, whole, so every
@@ -25,23 +27,26 @@ server runs. The backup is written to a temp file, fsynced, then renamed into pl
 Any tar reads it: tar -tzvf FILE.tar.gz
 
 Options:
-  -o, --out FILE  where to write the backup (required)
-  --force         replace FILE if it exists
+  -o, --out FILE    where to write the backup
+  --force           replace FILE if it exists
+  --out-dir DIR     write DIR/tasks_YYYYMMDD.tar.gz instead (UTC date; tasks_YYYYMMDD_HHMMSS.tar.gz
+                    when that exists), the seed's daily name
+  --keep-days N     with --out-dir: then delete this command's backups in DIR made more than
+                    N days ago (by the date in their name); no other file is touched
 
 Exit status 1 when a file was left out.
 
 ${COMMON_HELP}`,
-  options: { out: { type: 'string', short: 'o' }, force: { type: 'boolean', default: false } },
+  options: { out: { type: 'string', short: 'o' }, force: { type: 'boolean', default: false }, 'out-dir': { type: 'string' }, 'keep-days': { type: 'string' } },
   positionals: { min: 0, max: 1, names: 'dir' },
   async run (args, { settings, keyring }) {
     const dir = storageDir(args.positionals[0], settings)
-    if (typeof args.values.out !== 'string' || args.values.out === '') throw new UsageError('--out FILE.tar.gz is required')
-    const out = resolve(args.values.out)
+    const { out, outDir, keepDays } = await target(args.values)
     await assertFolder(dir)
-    if (args.values.force !== true && await lstat(out).then(() => true, () => false)) {
+    if (args.values.force !== true && await exists(out)) {
       throw new CommandFailedError(`${out} exists; give --force to replace it`)
     }
-    const counts = { active: 0, archived: 0, bytes: 0 }
+    const counts = emptyCounts()
     const skipped: Array<{ file: string, reason: string }> = []
     async function * files (): AsyncGenerator<TarFile> {
       const taken = new Set<string>()
@@ -55,13 +60,12 @@ ${COMMON_HELP}`,
             continue
           }
           taken.add(stored.rel)
-          if (!checked.ok) {
+          // A file sealed under a key this tool lacks is still a whole session: carried as it is.
+          if (!checked.ok && checked.keyMissing !== true) {
             skipped.push({ file: stored.rel, reason: checked.reason })
             continue
           }
-          counts[stored.archived ? 'archived' : 'active']++
-          counts.bytes += checked.data.length
-          yield { name: stored.rel, data: checked.data, mtime: checked.mtime }
+          yield backupEntry(counts, stored.rel, stored.archived, checked.data, checked.mtime)
         }
         if (moved === 0) return
       }
@@ -83,12 +87,15 @@ ${COMMON_HELP}`,
     }
     await fsyncDir(nodeFs, dirname(out))
     const compressed = (await lstat(out)).size
+    // Only once this backup is durable may older ones go.
+    const deleted = outDir !== null && keepDays !== undefined ? await deleteOlderBackups(outDir, keepDays, out) : []
     const total = counts.active + counts.archived
     const lines = [`Backed up ${total} sessions (${counts.active} active, ${counts.archived} archived; ${formatBytes(counts.bytes)}) to ${out} (${formatBytes(compressed)})`]
     for (const { file, reason } of skipped) lines.push(`❌ left out ${file}: ${reason}`)
+    if (keepDays !== undefined) lines.push(`Deleted ${deleted.length} backups older than ${keepDays} days${deleted.length > 0 ? `: ${deleted.join(', ')}` : ''}`)
     return {
       code: skipped.length > 0 ? 1 : 0,
-      json: { dir, out, files: total, active: counts.active, archived: counts.archived, bytes: counts.bytes, compressed_bytes: compressed, skipped },
+      json: { dir, out, files: total, active: counts.active, archived: counts.archived, bytes: counts.bytes, compressed_bytes: compressed, skipped, ...(keepDays !== undefined && { deleted }) },
       lines
     }
   }
@@ -104,4 +111,43 @@ async function listTwice (dir: string): Promise<StoredFile[]> {
   const byPath = new Map(first.map((stored) => [stored.rel, stored]))
   for (const stored of second) if (!byPath.has(stored.rel)) byPath.set(stored.rel, stored)
   return [...byPath.values()].sort((a, b) => (a.rel < b.rel ? -1 : a.rel > b.rel ? 1 : 0))
+}
+
+/** Where the backup goes: --out FILE, or a seed-style name in --out-dir (with --keep-days). */
+async function target (values: Record<string, string | boolean | undefined>): Promise<{ out: string, outDir: string | null, keepDays: number | undefined }> {
+  const file = values.out
+  const dir = values['out-dir']
+  const keepDays = daysOption(values, 'keep-days', 1)
+  if (file !== undefined && dir !== undefined) throw new UsageError('give either --out FILE.tar.gz or --out-dir DIR, not both')
+  if (keepDays !== undefined && dir === undefined) throw new UsageError('--keep-days needs --out-dir DIR (the folder whose old backups it deletes)')
+  if (typeof dir === 'string' && dir !== '') {
+    const outDir = resolve(dir)
+    if ((await lstat(outDir).catch(() => null))?.isDirectory() !== true) throw new CommandFailedError(`${outDir} is not a folder`)
+    const now = new Date()
+    const daily = join(outDir, backupFileName(now))
+    return { out: await exists(daily) ? join(outDir, backupFileName(now, true)) : daily, outDir, keepDays }
+  }
+  if (typeof file !== 'string' || file === '') throw new UsageError('--out FILE.tar.gz or --out-dir DIR is required')
+  return { out: resolve(file), outDir: null, keepDays }
+}
+
+/**
+ * Deletes the regular files in `dir` named as this command names backups whose name says they
+ * were made more than `days` days ago; never `keep` (just written), never anything else.
+ */
+async function deleteOlderBackups (dir: string, days: number, keep: string): Promise<string[]> {
+  const cutoff = Date.now() - days * 86_400_000
+  const deleted: string[] = []
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const made = backupTime(entry.name)
+    if (made === null || !entry.isFile() || join(dir, entry.name) === keep || made.getTime() >= cutoff) continue
+    await unlink(join(dir, entry.name))
+    deleted.push(entry.name)
+  }
+  if (deleted.length > 0) await fsyncDir(nodeFs, dir)
+  return deleted.sort()
+}
+
+async function exists (path: string): Promise<boolean> {
+  return lstat(path).then(() => true, () => false)
 }

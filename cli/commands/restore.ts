@@ -38,6 +38,11 @@ session elsewhere in the folder (archived since the backup, say): the restore is
 nothing, unless --force. Files identical to the backup's are left alone. The folder is created
 if missing. Refused while a server holds the folder.
 
+Reads the backups of 'taskvault backup', of GET /api/v1/tasks/backup, and tars made by hand:
+when every entry sits under one common folder (tar -czf b.tar.gz data/tasks/*.json gives
+data/tasks/<id>.json), that folder is taken as the storage folder (and its archive/ as
+archive/). Absolute paths, '..', links and any other path are refused.
+
 Options:
   --force     overwrite newer or unreadable files too
 
@@ -73,9 +78,11 @@ async function plan (backup: string, dir: string, keyring: Keyring | null): Prom
   const seen = new Set<string>()
   const copies = await copiesInFolder(dir)
   const restoredAt = new Map<string, string>()
+  const prefix = await commonPrefix(backup)
   for await (const entry of readTarGz(createReadStream(backup))) {
-    if (entry.type === 'directory' && /^(archive\/?)?$/u.test(entry.name.replace(/^\.\//u, ''))) continue
-    const { rel, archived, sessionId } = sessionPath(entry)
+    const mapped = sessionPath(entry, prefix)
+    if (mapped === null) continue
+    const { rel, archived, sessionId } = mapped
     if (seen.has(rel)) throw new CommandFailedError(`the backup holds ${rel} twice`)
     seen.add(rel)
     let file
@@ -141,8 +148,10 @@ async function write (backup: string, dir: string, planned: Planned[]): Promise<
   }
   let written = 0
   let seq = 0
+  const prefix = await commonPrefix(backup)
   for await (const entry of readTarGz(createReadStream(backup))) {
-    const item = byPath.get(entry.name.replace(/^\.\//u, ''))
+    const mapped = sessionPath(entry, prefix)
+    const item = mapped === null ? undefined : byPath.get(mapped.rel)
     if (item === undefined || item.action === 'unchanged') continue
     if (digest(entry.data) !== item.digest) throw new CommandFailedError(`${backup} changed while it was being restored; run the restore again`)
     const target = join(dir, item.rel)
@@ -157,14 +166,52 @@ async function write (backup: string, dir: string, planned: Planned[]): Promise<
   return written
 }
 
-/** Where an entry goes; anything but a session file (a link, another path) makes the backup unusable. */
-function sessionPath (entry: TarEntry): { rel: string, archived: boolean, sessionId: string } {
-  const rel = entry.name.replace(/^\.\//u, '')
-  if (entry.type !== 'file') throw new CommandFailedError(`the backup holds ${rel}, which is not a regular file; not a taskvault backup`)
+/**
+ * Where an entry goes, below the backup's common folder `prefix` ('' for taskvault's own
+ * layout); null for the folders leading to it. Anything else (a link, an unsafe or another
+ * path) makes the backup unusable.
+ */
+function sessionPath (entry: TarEntry, prefix: string): { rel: string, archived: boolean, sessionId: string } | null {
+  const name = safePath(entry.name)
+  if (entry.type === 'directory' && (prefix.startsWith(name) || `${prefix}archive/`.startsWith(name))) return null
+  if (entry.type !== 'file') throw new CommandFailedError(`the backup holds ${name}, which is not a regular file; not a taskvault backup`)
+  const found = name.startsWith(prefix) ? nativePath(name.slice(prefix.length)) : null
+  if (found === null) throw new CommandFailedError(`the backup holds ${name}, which is not ${prefix}<id>.json or ${prefix}archive/<name>.json; not a taskvault backup`)
+  return found
+}
+
+/** `<id>.json` or `archive/<name>.json`, the storage folder's own layout; null for anything else. */
+function nativePath (rel: string): { rel: string, archived: boolean, sessionId: string } | null {
   const archived = rel.startsWith('archive/')
   const match = (archived ? ARCHIVED_FILE : SESSION_FILE).exec(archived ? rel.slice('archive/'.length) : rel)
-  if (match === null) throw new CommandFailedError(`the backup holds ${rel}, which is not <id>.json or archive/<name>.json; not a taskvault backup`)
-  return { rel, archived, sessionId: match[1] as string }
+  return match === null ? null : { rel, archived, sessionId: match[1] as string }
+}
+
+/** An entry's name without leading './', folders ending in '/'; absolute names and '..' are refused. */
+function safePath (name: string): string {
+  if (name.startsWith('/') || name.split('/').some((part) => part === '..')) {
+    throw new CommandFailedError(`the backup holds ${name}, an unsafe path (absolute or with '..'); refusing it`)
+  }
+  return name.replace(/^(?:\.\/)+/u, '')
+}
+
+/**
+ * The one folder every session file of the backup sits in: '' for taskvault's own layout,
+ * 'data/tasks/' for the seed's `tar -czf b.tar.gz data/tasks/*.json`. When a folder ending in
+ * archive/ could be either, it is read as the archive of its parent.
+ */
+async function commonPrefix (backup: string): Promise<string> {
+  const names: string[] = []
+  for await (const entry of readTarGz(createReadStream(backup))) {
+    const name = safePath(entry.name)
+    if (entry.type === 'file') names.push(name)
+  }
+  const fits = (prefix: string): boolean => names.every((name) => name.startsWith(prefix) && nativePath(name.slice(prefix.length)) !== null)
+  const first = names[0]
+  if (first === undefined || fits('')) return ''
+  const folder = first.slice(0, first.lastIndexOf('/') + 1)
+  const candidates = folder.endsWith('archive/') ? [folder.slice(0, -'archive/'.length), folder] : [folder]
+  return candidates.find(fits) ?? ''
 }
 
 async function isRegular (path: string): Promise<boolean> {

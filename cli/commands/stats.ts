@@ -1,6 +1,7 @@
 import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { progressOf } from '../../services/session.js'
+import { FileSessionStore } from '../../services/file-store.js'
 import { assertFolder, checkStoredFile, listStoredFiles, storageDir } from '../folder.js'
 import { COMMON_HELP, type Command } from '../command.js'
 
@@ -53,7 +54,9 @@ ${COMMON_HELP}`,
     }
     storage.corrupt_files = (await readdir(join(dir, 'corrupt')).catch(() => [])).length
     storage.used_bytes = await usedBytes(dir)
-    const json = { ...counts, archived_sessions: archivedIds.size, storage }
+    // The same free-space figures as GET /stats, from the same statfs.
+    const space = await new FileSessionStore({ dir }).space()
+    const json = { ...counts, archived_sessions: archivedIds.size, storage: { ...storage, ...space } }
     const lines = [
       `storage folder      ${dir}`,
       `sessions            ${counts.total_sessions} (${counts.active_sessions} active, ${counts.completed_sessions} completed)`,
@@ -61,7 +64,8 @@ ${COMMON_HELP}`,
       `archived sessions   ${archivedIds.size} (${storage.archive_files} files, ${formatBytes(storage.archive_bytes)})`,
       `session files       ${storage.files} (${formatBytes(storage.bytes)})`,
       `unloadable files    ${storage.failed_loads}${storage.corrupt_files > 0 ? `; ${storage.corrupt_files} set aside in corrupt/` : ''}`,
-      `storage used        ${formatBytes(storage.used_bytes)}`
+      `storage used        ${formatBytes(storage.used_bytes)}`,
+      `filesystem free     ${formatBytes(space.free_bytes)} of ${formatBytes(space.total_bytes)} (${(space.free_ratio * 100).toFixed(1)}%)`
     ]
     return { code: 0, json, lines }
   }

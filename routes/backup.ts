@@ -1,0 +1,47 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { responses } from '../schemas/api.js'
+import { backupFileName, emptyCounts, liveSessionFiles } from '../services/backup.js'
+import { ShuttingDownError } from '../services/errors.js'
+import { errorHandler } from './error-handler.js'
+import { tarGzStream } from '../services/tar.js'
+
+/**
+ * GET /backup: a tar.gz of every session, streamed as it is made (memory stays bounded
+ * whatever the number of sessions), in the layout `taskvault restore` reads.
+ */
+const backupRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  app.addHook('onRequest', app.verifyApiKey)
+
+  app.get('/backup', {
+    schema: { response: responses.backup },
+    // A failure before the first byte is an ordinary error answer: not a gzip, not a download.
+    errorHandler: async (error, request, reply) => {
+      reply.removeHeader('content-type').removeHeader('content-disposition')
+      await errorHandler(error, request, reply)
+    }
+  }, async (request, reply) => {
+    const manager = app.taskManager
+    if (manager.shuttingDown) throw new ShuttingDownError()
+    const name = backupFileName(new Date(), true)
+    reply.type('application/gzip').header('content-disposition', `attachment; filename="${name}"`).header('cache-control', 'no-store')
+    // Fastify's automatic HEAD route would make the whole archive only to drop it.
+    if (request.method === 'HEAD') return reply.send(undefined as unknown as string)
+    const started = performance.now()
+    const counts = emptyCounts()
+    const stream = tarGzStream(liveSessionFiles(manager, app.persistence, counts))
+    // A failure mid-stream (after the headers) cuts the response short: tar readers, restore
+    // included, then see a truncated archive, never a silently partial one.
+    let ended = false
+    stream.once('error', (err) => request.log.error({ err, ...counts }, 'Backup cut short'))
+    stream.once('end', () => {
+      ended = true
+      request.log.info({ ...counts, ms: Math.round(performance.now() - started) }, `Backup streamed: ${counts.active + counts.archived} sessions`)
+    })
+    // The client went away: Fastify destroys the stream, which stops the session walk.
+    stream.once('close', () => { if (!ended) request.log.warn({ ...counts }, 'Backup stopped before its end') })
+    // The schema types the body as the binary string it documents; a stream is sent as is.
+    return reply.send(stream as unknown as string)
+  })
+}
+
+export default backupRoutes

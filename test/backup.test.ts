@@ -1,0 +1,406 @@
+/**
+ * Backups the way the seed makes them, and live ones over HTTP: GET /backup streams a consistent
+ * tar.gz while sessions change, `taskvault restore` reads it and the seed's own tar (refusing
+ * unsafe ones), and `taskvault backup --out-dir --keep-days` keeps the seed's naming and deletes
+ * only its own old backups.
+ */
+import { execFile } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { createWriteStream, existsSync } from 'node:fs'
+import { mkdir, readFile, readdir, symlink, utimes, writeFile } from 'node:fs/promises'
+import { request } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
+import { Readable } from 'node:stream'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
+import type { FastifyInstance, FastifyServerOptions } from 'fastify'
+import t from 'tap'
+import { parseAllDocuments } from 'yaml'
+import { BACKUP_FILE, backupFileName } from '../services/backup.js'
+import { parseSessionFile } from '../services/session-files.js'
+import { nodeFs } from '../services/fs-seam.js'
+import { readTarGz, writeTarGz } from '../services/tar.js'
+import { taskvault } from './cli-run.js'
+import { API, build, get, post, tempDir, type TestContext } from './helper.js'
+import { scratch } from './server-process.js'
+import { storedSession } from './session-fixtures.js'
+
+const run = promisify(execFile)
+const DAY = 86_400_000
+
+async function entries (tar: Buffer): Promise<Map<string, Buffer>> {
+  const files = new Map<string, Buffer>()
+  for await (const entry of readTarGz(Readable.from([tar]))) files.set(entry.name, entry.data)
+  return files
+}
+
+async function jsonFiles (dir: string): Promise<string[]> {
+  if (!existsSync(dir)) return []
+  const names = (await readdir(dir)).filter((name) => name.endsWith('.json'))
+  if (existsSync(join(dir, 'archive'))) names.push(...(await readdir(join(dir, 'archive'))).map((name) => `archive/${name}`))
+  return names.sort()
+}
+
+/** GET /backup through inject, whole. */
+async function backup (app: FastifyInstance, headers: Record<string, string> = {}): Promise<{ status: number, headers: Record<string, unknown>, body: Buffer }> {
+  const res = await app.inject({ method: 'GET', url: `${API}/backup`, headers })
+  return { status: res.statusCode, headers: res.headers, body: res.rawPayload }
+}
+
+function memoryLog (): { messages: () => string[], logger: FastifyServerOptions['logger'] } {
+  const raw: string[] = []
+  return {
+    messages: () => raw.join('').split('\n').filter((line) => line.trim() !== '').map((line) => String((JSON.parse(line) as { msg: string }).msg)),
+    logger: { level: 'info', stream: { write: (chunk: string) => { raw.push(chunk) } } } as FastifyServerOptions['logger']
+  }
+}
+
+t.test('GET /backup: API keys, its name, a tar any tar reads, restored into an empty folder that boots', async (t) => {
+  const keyed = { authorization: 'Bearer k1' }
+  const app = await build(t, { config: { TASK_API_KEYS: 'k1', TASK_ARCHIVE_DAYS: 0 } })
+  const call = async (method: 'GET' | 'POST', path: string, body?: object) => app.inject({ method, url: `${API}${path}`, headers: keyed, ...(body && { payload: body }) })
+  t.equal((await call('POST', '/create', { session_id: 'done', instructions: 'only step' })).statusCode, 200)
+  t.equal((await call('POST', '/execute', { session_id: 'done' })).statusCode, 200)
+  t.equal((await call('POST', '/archive', { older_than_days: 0 })).json().archived, 1, 'done is archived')
+  for (const id of ['alpha', 'beta', 'gamma']) t.equal((await call('POST', '/create', { session_id: id, instructions: `1. ${id} one\n2. ${id} two` })).statusCode, 200)
+  t.equal((await call('POST', '/execute', { session_id: 'beta' })).statusCode, 200)
+
+  t.equal((await backup(app)).status, 401, 'no key: 401')
+  t.equal((await backup(app, { authorization: 'Bearer wrong' })).status, 401, 'a wrong key: 401')
+  const res = await backup(app, keyed)
+  t.equal(res.status, 200)
+  t.equal(res.headers['content-type'], 'application/gzip')
+  const name = /^attachment; filename="([^"]+)"$/u.exec(String(res.headers['content-disposition']))?.[1] ?? ''
+  t.match(name, BACKUP_FILE, `Content-Disposition names the file (${name})`)
+
+  const folder = await tempDir(t, 'taskvault-backup-')
+  const file = join(folder, name)
+  await writeFile(file, res.body)
+  const listed = (await run('tar', ['-tzf', file])).stdout.trim().split('\n').sort()
+  t.same(listed, ['alpha.json', 'archive/done.json', 'beta.json', 'gamma.json'], 'GNU tar lists every session, archived ones under archive/')
+  for (const [entry, data] of await entries(res.body)) {
+    const id = /([^/]+)\.json$/u.exec(entry)?.[1] as string
+    const stored = parseSessionFile(entry, data.toString('utf8'), id)
+    const shown = (await call('GET', `/list?session_id=${id}`)).json()
+    t.same(stored.session.tasks, shown.tasks, `${entry}: the tasks the API shows`)
+  }
+
+  const target = join(folder, 'restored')
+  const restore = await taskvault(['restore', file, target, '--json'])
+  t.equal(restore.code, 0, restore.stderr)
+  t.match(restore.json(), { restored: 4, conflicts: [] })
+  const again = await build(t, { dir: target })
+  const stats = (await get(again, '/stats')).json()
+  t.match(stats, { total_sessions: 3, archived_sessions: 1, completed_tasks: 1, pending_tasks: 5 }, 'the restored folder boots with every session')
+  t.equal((await get(again, '/progress?session_id=done')).json().archived, true, 'the archived one is archived')
+})
+
+t.test('GET /backup while a background run and 16 writers change sessions: each session is a state that was acknowledged', async (t) => {
+  const app = await build(t, {
+    config: { TASK_ARCHIVE_DAYS: 0 },
+    // A short real wait per task, so the run is mid-way while the backup is taken.
+    executors: { default: async (task) => { await new Promise((resolve) => setTimeout(resolve, 2)); return { result: `done: ${task.instruction}` } } }
+  })
+  const RUN_TASKS = 150
+  t.equal((await post(app, '/create', { session_id: 'bg', tasks: Array.from({ length: RUN_TASKS }, (_, i) => ({ instruction: `run ${i}` })) })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'bg', wait: false })).statusCode, 202)
+
+  // Writer i appends `w<i> task <k>` one at a time: its acknowledged states are the prefixes.
+  const WRITERS = 16
+  const acked = new Array<number>(WRITERS).fill(0)
+  const sent = new Array<number>(WRITERS).fill(0)
+  let stop = false
+  const writers = Array.from({ length: WRITERS }, async (_, i) => {
+    while (!stop) {
+      const k = sent[i] as number
+      sent[i] = k + 1
+      const res = await post(app, '/create', { session_id: `w${i}`, tasks: [{ instruction: `w${i} task ${k}` }] })
+      if (res.statusCode !== 200) throw new Error(`writer ${i}: ${res.statusCode} ${res.body}`)
+      acked[i] = k + 1
+    }
+  })
+  while (acked.some((count) => count < 3)) await new Promise((resolve) => setTimeout(resolve, 5))
+  const ackedBefore = [...acked]
+  const res = await backup(app)
+  const sentAfter = [...sent]
+  stop = true
+  await Promise.all(writers)
+  t.equal(res.status, 200)
+  const files = await entries(res.body)
+  t.same([...files.keys()].sort(), ['bg.json', ...Array.from({ length: WRITERS }, (_, i) => `w${i}.json`)].sort(), 'every session, once')
+
+  for (let i = 0; i < WRITERS; i++) {
+    const stored = parseSessionFile(`w${i}.json`, (files.get(`w${i}.json`) as Buffer).toString('utf8'), `w${i}`)
+    const instructions = stored.session.tasks.map((task) => task.instruction)
+    const k = instructions.length
+    t.same(instructions, Array.from({ length: k }, (_, j) => `w${i} task ${j}`), `w${i}: a prefix of what was sent, in order`)
+    t.ok(k >= (ackedBefore[i] as number) && k <= (sentAfter[i] as number), `w${i}: ${k} tasks, between the ${ackedBefore[i]} acknowledged before and the ${sentAfter[i]} sent by the end`)
+  }
+
+  // The run goes on to its end; the backup's copy is a state on its way there.
+  const deadline = Date.now() + 60_000
+  while ((await get(app, '/progress?session_id=bg')).json().running === true && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
+  const final = (await get(app, '/list?session_id=bg')).json().tasks as Array<Record<string, unknown>>
+  const copy = parseSessionFile('bg.json', (files.get('bg.json') as Buffer).toString('utf8'), 'bg').session.tasks
+  const done = copy.filter((task) => task.status === 'Completed').length
+  t.ok(done > 0 && done < RUN_TASKS, `taken mid-run: ${done} of ${RUN_TASKS} completed`)
+  t.ok(copy.filter((task) => task.status === 'InProgress').length <= 1, 'at most one task running')
+  copy.forEach((task, i) => {
+    const expected = i < done ? 'Completed' : i === done ? ['InProgress', 'Pending'] : 'Pending'
+    if (!(Array.isArray(expected) ? expected.includes(task.status) : task.status === expected)) t.fail(`bg task ${i}: ${task.status} after ${done} completed`)
+    if (task.status === 'Completed') t.same(task, final[i], `bg task ${i}: completed as it ended`)
+    if (task.status === 'InProgress') t.match(final[i], { started_at: task.started_at, attempts: task.attempts }, `bg task ${i}: the start that was recorded`)
+  })
+
+  const folder = await tempDir(t, 'taskvault-backup-')
+  await writeFile(join(folder, 'live.tar.gz'), res.body)
+  const restore = await taskvault(['restore', join(folder, 'live.tar.gz'), join(folder, 'tasks'), '--json'])
+  t.equal(restore.code, 0, restore.stderr)
+  const again = await build(t, { dir: join(folder, 'tasks'), config: { TASK_RESUME_ON_START: false } })
+  t.equal((await get(again, '/stats')).json().total_sessions, WRITERS + 1, 'the restored folder boots with every session')
+})
+
+t.test('a client that goes away mid-backup: the walk stops, nothing leaks, the server goes on', async (t) => {
+  const dir = await tempDir(t, 'taskvault-backup-')
+  // Incompressible instructions, so the archive is far larger than the socket buffers.
+  const SESSIONS = 200
+  for (let i = 0; i < SESSIONS; i++) {
+    await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(48_000).toString('base64')), { mode: 0o600 })
+  }
+  const log = memoryLog()
+  const app = await build(t, { dir, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0 } })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+  const received = await new Promise<number>((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path: `${API}/backup` }, (res) => {
+      res.once('data', (chunk: Buffer) => {
+        req.destroy()
+        resolve(chunk.length)
+      })
+    })
+    req.on('error', (err) => { if (!req.destroyed) reject(err) })
+    req.end()
+  })
+  t.ok(received > 0, 'the stream had started')
+  const deadline = Date.now() + 10_000
+  while (!log.messages().includes('Backup stopped before its end') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20))
+  t.ok(log.messages().includes('Backup stopped before its end'), 'the server saw the client go and stopped')
+  t.notOk(log.messages().some((msg) => msg.startsWith('Backup streamed')), 'it did not go on to the end')
+  t.equal(app.taskManager.registry.slotCount, SESSIONS, 'no session slot left behind by the walk')
+  t.equal((await app.inject({ method: 'GET', url: '/health' })).statusCode, 200, 'the server goes on')
+  const whole = await backup(app)
+  t.equal((await entries(whole.body)).size, SESSIONS, 'and the next backup is whole')
+})
+
+t.test('HEAD /backup answers the headers without making a backup', async (t) => {
+  const log = memoryLog()
+  const app = await build(t, { logger: log.logger })
+  t.equal((await post(app, '/create', { session_id: 'h', instructions: 'one' })).statusCode, 200)
+  const res = await app.inject({ method: 'HEAD', url: `${API}/backup` })
+  t.equal(res.statusCode, 200)
+  t.match(res.headers['content-disposition'], /^attachment; filename="tasks_\d{8}_\d{6}\.tar\.gz"$/u)
+  t.equal(res.rawPayload.length, 0)
+  t.notOk(log.messages().some((msg) => msg.startsWith('Backup')), 'no backup was made')
+})
+
+t.test('a storage fault: before the first byte a plain 503; after it, an archive cut short that restore refuses', async (t) => {
+  const dir = await tempDir(t, 'taskvault-backup-')
+  await mkdir(join(dir, 'archive'), { mode: 0o700 })
+  for (let i = 0; i < 40; i++) {
+    await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(30_000).toString('base64')), { mode: 0o600 })
+  }
+  for (const id of ['aaa', 'zzz']) await writeFile(join(dir, 'archive', `${id}.json`), storedSession(id, ['Completed'], '2026-01-01T00:00:00.000Z'), { mode: 0o600 })
+  // Reads of one archived file fail with EIO (a failing disk), chosen per request below.
+  let failing = ''
+  const fs = { ...nodeFs, open: (async (path: string, ...rest: unknown[]) => {
+    if (failing !== '' && path.endsWith(`/archive/${failing}`)) throw Object.assign(new Error('EIO'), { code: 'EIO' })
+    return (nodeFs.open as (...args: unknown[]) => Promise<unknown>)(path, ...rest)
+  }) as typeof nodeFs.open }
+  const log = memoryLog()
+  const app = await build(t, { dir, fs, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0 } })
+
+  failing = 'aaa.json' // the first session of the walk
+  const early = await backup(app)
+  t.equal(early.status, 503, 'nothing sent yet: a plain error answer')
+  t.equal(early.headers['content-type'], 'application/json; charset=utf-8')
+  t.notOk('content-disposition' in early.headers, 'not offered as a download')
+  t.match(JSON.parse(early.body.toString('utf8')), { code: 'STORAGE_UNAVAILABLE' })
+
+  failing = 'zzz.json' // the last one: megabytes are on the wire by then
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+  const got = await new Promise<{ status: number, body: Buffer, complete: boolean }>((resolve, reject) => {
+    request({ host: '127.0.0.1', port, path: `${API}/backup` }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (chunk: Buffer) => chunks.push(chunk))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks), complete: res.complete }))
+      res.on('error', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks), complete: false }))
+    }).on('error', reject).end()
+  })
+  t.equal(got.status, 200, 'the download had started')
+  t.notOk(got.complete, 'the response is cut short')
+  t.ok(got.body.length > 100_000, `after ${got.body.length} bytes`)
+  t.ok(log.messages().includes('Backup cut short'), 'and the log says so')
+  const file = join(await tempDir(t, 'taskvault-backup-'), 'cut.tar.gz')
+  await writeFile(file, got.body)
+  const restore = await taskvault(['restore', file, join(dir, '..', 'never')])
+  t.equal(restore.code, 1, 'restore refuses the cut archive')
+  t.match(restore.stderr, /truncated|damaged|not a gzip/u)
+  t.same(await jsonFiles(join(dir, '..', 'never')), [], 'writing nothing')
+})
+
+t.test('GET /backup during shutdown answers 503', async (t) => {
+  const app = await build(t)
+  void app.taskManager.beginShutdown()
+  const res = await backup(app)
+  t.equal(res.status, 503)
+})
+
+/** A folder `data/tasks` (in a fresh parent) with three sessions and one archived one, as the seed keeps it. */
+async function seedFolder (t: TestContext): Promise<string> {
+  const parent = await tempDir(t, 'taskvault-seed-')
+  const dir = join(parent, 'data', 'tasks')
+  await mkdir(join(dir, 'archive'), { recursive: true, mode: 0o700 })
+  for (const [rel, id, statuses] of [['a.json', 'a', ['Completed', 'Pending']], ['b.json', 'b', ['Pending']], ['c-1.json', 'c-1', ['Failed']], ['archive/old.json', 'old', ['Completed']]] as const) {
+    await writeFile(join(dir, rel), storedSession(id, [...statuses], '2026-01-01T00:00:00.000Z'), { mode: 0o600 })
+  }
+  return parent
+}
+
+t.test("the seed's own tar (tar -czf ... data/tasks/*.json, from the parent folder) restores", async (t) => {
+  const parent = await seedFolder(t)
+  await run('sh', ['-c', 'tar -czf seed.tar.gz data/tasks/*.json && tar -czf with-archive.tar.gz data/tasks/*.json data/tasks/archive/*.json && tar -czf whole.tar.gz data'], { cwd: parent })
+  t.same((await run('tar', ['-tzf', join(parent, 'seed.tar.gz')])).stdout.trim().split('\n').sort(), ['data/tasks/a.json', 'data/tasks/b.json', 'data/tasks/c-1.json'], 'GNU tar names them data/tasks/<id>.json')
+
+  const target = join(parent, 'restored')
+  const seed = await taskvault(['restore', join(parent, 'seed.tar.gz'), target, '--json'])
+  t.equal(seed.code, 0, seed.stderr)
+  t.match(seed.json(), { restored: 3, conflicts: [] })
+  t.same(await jsonFiles(target), ['a.json', 'b.json', 'c-1.json'])
+  for (const name of ['a.json', 'b.json', 'c-1.json']) t.same(await readFile(join(target, name)), await readFile(join(parent, 'data/tasks', name)), `${name}: every byte`)
+
+  const withArchive = join(parent, 'restored-2')
+  const both = await taskvault(['restore', join(parent, 'with-archive.tar.gz'), withArchive, '--json'])
+  t.equal(both.code, 0, both.stderr)
+  t.same(await jsonFiles(withArchive), ['a.json', 'archive/old.json', 'b.json', 'c-1.json'], 'data/tasks/archive/ goes to archive/')
+  const whole = join(parent, 'restored-3')
+  const folders = await taskvault(['restore', join(parent, 'whole.tar.gz'), whole, '--json'])
+  t.equal(folders.code, 0, `a tar of the whole tree, folder entries and all: ${folders.stderr}`)
+  t.same(await jsonFiles(whole), ['a.json', 'archive/old.json', 'b.json', 'c-1.json'])
+  const app = await build(t, { dir: whole, config: { TASK_ARCHIVE_DAYS: 0 } })
+  t.match((await get(app, '/stats')).json(), { total_sessions: 3, archived_sessions: 1 }, 'the restored folder boots')
+})
+
+t.test('unsafe or foreign tars are still refused, and nothing is written', async (t) => {
+  const parent = await seedFolder(t)
+  const good = storedSession('x', ['Pending'], '2026-01-01T00:00:00.000Z')
+  const make = async (file: string, names: string[]): Promise<string> => {
+    const path = join(parent, file)
+    await writeTarGz(names.map((name) => ({ name, data: Buffer.from(good.replaceAll('"x"', `"${/([^/]+)\.json$/u.exec(name)?.[1] ?? 'x'}"`)) })), createWriteStream(path))
+    return path
+  }
+  await symlink('/etc/passwd', join(parent, 'data/tasks/link.json'))
+  await run('sh', ['-c', 'tar -czf links.tar.gz data/tasks/*.json'], { cwd: parent })
+  const cases: Array<[string, string, RegExp]> = [
+    ['a symlink among the files (GNU tar)', join(parent, 'links.tar.gz'), /not a regular file/u],
+    ['a .. path', await make('dots.tar.gz', ['data/tasks/a.json', 'data/tasks/../../evil.json']), /unsafe path/u],
+    ['a leading ..', await make('up.tar.gz', ['../x.json']), /unsafe path/u],
+    ['an absolute path', await make('abs.tar.gz', ['/tmp/x.json']), /unsafe path/u],
+    ['two different folders', await make('mixed.tar.gz', ['data/tasks/a.json', 'other/b.json']), /not a taskvault backup/u],
+    ['a file beside the sessions', await make('extra.tar.gz', ['data/tasks/a.json', 'data/tasks/notes.txt']), /not a taskvault backup/u],
+    ['a deeper folder', await make('deep.tar.gz', ['data/tasks/a.json', 'data/tasks/corrupt/b.json']), /not a taskvault backup/u]
+  ]
+  for (const [what, file, reason] of cases) {
+    const target = join(parent, `target-${what.replace(/\W+/gu, '-')}`)
+    const res = await taskvault(['restore', file, target])
+    t.equal(res.code, 1, `${what}: refused`)
+    t.match(res.stderr, reason, `${what}: says why`)
+    t.same(await jsonFiles(target), [], `${what}: nothing written`)
+  }
+  t.notOk(existsSync(join(parent, 'evil.json')) || existsSync('/tmp/x.json') || existsSync(join(parent, '..', 'x.json')), 'nothing written outside either')
+})
+
+t.test('backup --out-dir names tasks_YYYYMMDD[_HHMMSS].tar.gz; --keep-days deletes only its own older backups', async (t) => {
+  const parent = await seedFolder(t)
+  const dir = join(parent, 'data/tasks')
+  const out = join(parent, 'backups')
+  await mkdir(out)
+  const now = Date.now()
+  const old = [backupFileName(new Date(now - 10 * DAY)), backupFileName(new Date(now - 30 * DAY), true)]
+  const recent = backupFileName(new Date(now - 2 * DAY))
+  // Foreign files: other names, a near miss, a folder and a link named like ours, all old.
+  const foreign = ['notes.txt', 'tasks_important.tar.gz', `${old[0] as string}.bak`, 'tasks_20201399.tar.gz', 'other_20200101.tar.gz']
+  for (const name of [...old, recent, ...foreign]) {
+    await writeFile(join(out, name), 'x')
+    await utimes(join(out, name), new Date(now - 60 * DAY), new Date(now - 60 * DAY))
+  }
+  const folderLike = backupFileName(new Date(now - 40 * DAY))
+  await mkdir(join(out, folderLike))
+  const linkLike = backupFileName(new Date(now - 50 * DAY))
+  await symlink(join(out, 'notes.txt'), join(out, linkLike))
+
+  const first = await taskvault(['backup', dir, '--out-dir', out, '--keep-days', '7', '--json'])
+  t.equal(first.code, 0, first.stderr)
+  const today = backupFileName(new Date())
+  t.equal(first.json().out, join(out, today), `named ${today}`)
+  t.same(first.json().deleted, [...old].sort(), 'its own backups older than 7 days are deleted')
+  const second = await taskvault(['backup', dir, '--out-dir', out, '--keep-days', '7', '--json'])
+  t.equal(second.code, 0, second.stderr)
+  t.match(second.json().out, /\/tasks_\d{8}_\d{6}\.tar\.gz$/u, 'a second one the same day gets the time too')
+  t.same(second.json().deleted, [])
+  const left = (await readdir(out)).sort()
+  for (const name of [today, recent, ...foreign, folderLike, linkLike]) t.ok(left.includes(name), `${name} stays`)
+  for (const name of old) t.notOk(left.includes(name), `${name} is gone`)
+
+  const restored = join(parent, 'restored')
+  t.equal((await taskvault(['restore', join(out, today), restored])).code, 0, 'the named backup restores')
+  t.same(await jsonFiles(restored), ['a.json', 'archive/old.json', 'b.json', 'c-1.json'])
+
+  t.equal((await taskvault(['backup', dir, '--keep-days', '7', '--out', join(out, 'x.tar.gz')])).code, 2, '--keep-days needs --out-dir')
+  t.equal((await taskvault(['backup', dir, '--out-dir', out, '--out', join(out, 'x.tar.gz')])).code, 2, 'not both --out and --out-dir')
+  t.equal((await taskvault(['backup', dir, '--out-dir', out, '--keep-days', '0'])).code, 2, '--keep-days is at least 1')
+})
+
+t.test('the backup CronJob\'s script, run as written against a real server, saves a backup that restores', async (t) => {
+  const root = fileURLToPath(new URL('../../', import.meta.url))
+  const docs = parseAllDocuments(await readFile(join(root, 'deploy/kubernetes/backup-cronjob.yaml'), 'utf8')).map((doc) => doc.toJS() as Record<string, any>)
+  const cron = docs.find((doc) => doc.kind === 'CronJob')
+  const pod = cron?.spec.jobTemplate.spec.template.spec
+  const container = pod?.containers[0]
+  t.match(cron?.spec, { schedule: '0 3 * * *', concurrencyPolicy: 'Forbid' })
+  t.match(pod?.securityContext, { runAsNonRoot: true }, 'runs as non-root')
+  t.same(container.env.find((e: { name: string }) => e.name === 'TASK_API_KEYS').valueFrom.secretKeyRef, { name: 'taskvault-api-keys', key: 'keys' }, 'the server\'s key Secret')
+  t.ok(docs.some((doc) => doc.kind === 'PersistentVolumeClaim' && doc.metadata.name === pod.volumes[0].persistentVolumeClaim.claimName), 'its claim is in the file')
+  const script = container.args[0] as string
+  t.match(script, /http:\/\/taskvault\/api\/v1\/tasks\/backup/u, 'through the Service (port 80)')
+
+  const work = await scratch(t, { prefix: 'taskvault-cron-' })
+  const server = await work.start({ TASK_STORAGE_DIR: join(work.dir, 'tasks'), TASK_API_KEYS: 'k1,k2' })
+  for (const id of ['one', 'two']) {
+    const res = await fetch(`${server.base}${API}/create`, { method: 'POST', headers: { authorization: 'Bearer k2', 'content-type': 'application/json' }, body: JSON.stringify({ session_id: id, instructions: `do ${id}` }) })
+    t.equal(res.status, 200)
+  }
+  const backups = join(work.dir, 'backups')
+  await mkdir(backups)
+  await writeFile(join(backups, 'tasks_20200101.tar.gz'), 'old')
+  await utimes(join(backups, 'tasks_20200101.tar.gz'), new Date(Date.now() - 10 * DAY), new Date(Date.now() - 10 * DAY))
+  await writeFile(join(backups, 'keep.txt'), 'mine')
+  await utimes(join(backups, 'keep.txt'), new Date(Date.now() - 10 * DAY), new Date(Date.now() - 10 * DAY))
+  const local = script.replaceAll('http://taskvault/', `${server.base}/`).replaceAll('/backups', backups)
+  const ok = await run('sh', ['-c', local], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', TASK_API_KEYS: 'k1,k2' } })
+  t.match(ok.stdout, /^wrote .*tasks_\d{8}_\d{6}\.tar\.gz \(\d+ bytes\)/u)
+  const left = (await readdir(backups)).sort()
+  const made = left.filter((name) => /^tasks_\d{8}_\d{6}\.tar\.gz$/u.test(name))
+  t.equal(made.length, 1, 'one backup, named tasks_YYYYMMDD_HHMMSS.tar.gz')
+  t.notOk(left.includes('tasks_20200101.tar.gz'), 'backups older than 7 days are deleted')
+  t.ok(left.includes('keep.txt'), 'other files stay')
+  t.notOk(left.some((name) => name.endsWith('.part')), 'no partial file left')
+  const restored = join(work.dir, 'restored')
+  t.equal((await taskvault(['restore', join(backups, made[0] as string), restored])).code, 0, 'it restores')
+  t.same(await jsonFiles(restored), ['one.json', 'two.json'])
+
+  const refused = await run('sh', ['-c', local], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', TASK_API_KEYS: 'wrong' } }).then(() => null, (err: Error & { code: number }) => err)
+  t.ok(refused !== null && refused.code !== 0, 'a refused key fails the job')
+  t.equal((await readdir(backups)).filter((name) => name.endsWith('.tar.gz')).length, 1, 'and saves nothing')
+})

@@ -1,0 +1,36 @@
+/**
+ * The command-line tool run as operators run it: `node dist/cli/taskvault.js ...` in a child
+ * process with only PATH in its environment. Not a *.test.ts file: tap does not run it.
+ */
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { within } from './server-process.js'
+
+export const CLI = fileURLToPath(new URL('../cli/taskvault.js', import.meta.url))
+const RUN_TIMEOUT_MS = 60_000
+
+export interface Run {
+  code: number | null
+  stdout: string
+  stderr: string
+  /** stdout parsed as JSON (for --json runs). */
+  json: () => any
+}
+
+export async function taskvault (args: string[], options: { cwd?: string, env?: Record<string, string> } = {}): Promise<Run> {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    cwd: options.cwd ?? process.cwd(),
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
+  const code = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), RUN_TIMEOUT_MS)
+  if (code === null && child.exitCode === null) {
+    child.kill('SIGKILL')
+    throw new Error(`taskvault ${args.join(' ')} did not finish within ${RUN_TIMEOUT_MS} ms\n${stderr}`)
+  }
+  return { code, stdout, stderr, json: () => JSON.parse(stdout) }
+}

@@ -1,0 +1,102 @@
+/**
+ * Free space on a real small filesystem (a tmpfs the test mounts): /stats and /metrics follow
+ * it as sessions are written, and the log warns once when it crosses TASK_DISK_WARN_RATIO, and
+ * once when it recovers, however often it is read.
+ */
+import { statfs } from 'node:fs/promises'
+import type { FastifyInstance, FastifyServerOptions } from 'fastify'
+import t from 'tap'
+import { taskvault } from './cli-run.js'
+import { build, get, post, tempDir } from './helper.js'
+import { mountTmpfs, unmount } from './tmpfs.js'
+
+interface Storage { free_bytes: number, total_bytes: number, free_ratio: number }
+
+function memoryLog (): { messages: () => Array<{ level: number, msg: string, free_ratio?: number }>, logger: FastifyServerOptions['logger'] } {
+  const raw: string[] = []
+  return {
+    messages: () => raw.join('').split('\n').filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as { level: number, msg: string }),
+    logger: { level: 'info', stream: { write: (chunk: string) => { raw.push(chunk) } } } as FastifyServerOptions['logger']
+  }
+}
+
+async function storage (app: FastifyInstance): Promise<Storage> {
+  const res = await get(app, '/stats')
+  if (res.statusCode !== 200) throw new Error(`/stats answered ${res.statusCode}`)
+  return res.json().storage as Storage
+}
+
+async function scraped (app: FastifyInstance, name: string): Promise<number | null> {
+  const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `))
+  return line === undefined ? null : Number(line.split(' ')[1])
+}
+
+t.test('a 2 MiB tmpfs: the ratio falls as sessions are written; one warning per crossing', async (t) => {
+  const dir = await tempDir(t, 'taskvault-disk-')
+  const why = await mountTmpfs(dir, '2m')
+  if (why !== null) {
+    t.plan(0, `skipped: cannot mount a tmpfs here (${why})`)
+    return
+  }
+  t.teardown(() => unmount(dir))
+  const log = memoryLog()
+  // Checked only on demand here, so every read below is one the test made.
+  const app = await build(t, { dir, logger: log.logger, config: { TASK_DISK_WARN_RATIO: 0.5, TASK_DISK_CHECK_INTERVAL_MS: 0, TASK_ARCHIVE_DAYS: 0 } })
+  const warnings = (): string[] => log.messages().filter((m) => m.level === 40 && /^Storage (is running out|has room)/u.test(m.msg)).map((m) => m.msg)
+
+  const fs = await statfs(dir)
+  const first = await storage(app)
+  t.equal(first.total_bytes, fs.blocks * fs.bsize, 'total_bytes is the size of the filesystem holding the folder')
+  t.ok(first.total_bytes <= 2 * 1024 * 1024 && first.total_bytes > 0, `a 2 MiB filesystem (${first.total_bytes})`)
+  t.ok(first.free_ratio > 0.9, `nearly empty at first (${first.free_ratio})`)
+  t.equal(first.free_ratio, first.free_bytes / first.total_bytes, 'free_ratio is free_bytes / total_bytes')
+  t.equal(await scraped(app, 'taskvault_storage_capacity_bytes'), first.total_bytes, '/metrics: the capacity')
+  const cli = await taskvault(['stats', dir, '--json'])
+  t.equal(cli.code, 0, cli.stderr)
+  t.match(cli.json().storage, { total_bytes: first.total_bytes, free_ratio: Number }, 'taskvault stats shows the same filesystem')
+
+  // Sessions of ~60 KB each, until well below half free.
+  let previous = first
+  let falls = 0
+  for (let i = 0; i < 24; i++) {
+    const res = await post(app, '/create', { session_id: `big-${i}`, tasks: [{ instruction: `big ${i} ${'x'.repeat(60_000)}` }] })
+    t.equal(res.statusCode, 200, `big-${i} is saved`)
+    const now = await storage(app)
+    t.ok(now.free_ratio <= previous.free_ratio, `the ratio does not rise as big-${i} is written (${now.free_ratio.toFixed(3)})`)
+    if (now.free_ratio < previous.free_ratio) falls++
+    previous = now
+  }
+  t.ok(falls >= 20, `the ratio fell with ${falls} of 24 saves`)
+  t.ok(previous.free_ratio < 0.4, `now under the threshold (${previous.free_ratio.toFixed(3)})`)
+  const free = await scraped(app, 'taskvault_storage_free_bytes')
+  t.ok(free !== null && Math.abs(free - previous.free_bytes) <= 64 * 1024, `/metrics: free bytes (${free}) as /stats says (${previous.free_bytes})`)
+
+  for (let i = 0; i < 5; i++) await storage(app)
+  await scraped(app, 'taskvault_storage_free_bytes')
+  t.equal(warnings().length, 1, 'one warning for the crossing, however often the figures are read since')
+  t.match(warnings()[0], /^Storage is running out of space: \d+\.\d% free, below TASK_DISK_WARN_RATIO \(50\.0%\)/u)
+
+  // Deleting brings it back above: one more line, then quiet.
+  for (let i = 0; i < 24; i++) t.equal((await app.inject({ method: 'DELETE', url: `/api/v1/tasks/sessions/big-${i}` })).statusCode, 204)
+  const after = await storage(app)
+  t.ok(after.free_ratio > 0.9, `free again (${after.free_ratio.toFixed(3)})`)
+  for (let i = 0; i < 5; i++) await storage(app)
+  t.equal(warnings().length, 2, 'one more line for the recovery')
+  t.match(warnings()[1], /^Storage has room again: \d+\.\d% free/u)
+})
+
+t.test('the timer checks without anyone asking (TASK_DISK_CHECK_INTERVAL_MS)', async (t) => {
+  const log = memoryLog()
+  // Any real filesystem is less than 100% free: a ratio of 1 crosses at the first check.
+  await build(t, { logger: log.logger, config: { TASK_DISK_WARN_RATIO: 1, TASK_DISK_CHECK_INTERVAL_MS: 50 } })
+  const deadline = Date.now() + 10_000
+  while (!log.messages().some((m) => m.msg.startsWith('Storage is running out of space')) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  t.equal(log.messages().filter((m) => m.msg.startsWith('Storage is running out of space')).length, 1, 'warned once by the timer, with no request')
+})
+
+t.test('TASK_DISK_WARN_RATIO is checked at boot', async (t) => {
+  await t.rejects(build(t, { config: { TASK_DISK_WARN_RATIO: 1.5 } }), /TASK_DISK_WARN_RATIO/u)
+})
