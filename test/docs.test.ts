@@ -154,6 +154,7 @@ t.test('a generated client names its methods by operationId, one per route', asy
     'GET /api/v1/tasks/stats': 'getStats',
     'DELETE /api/v1/tasks/sessions/{session_id}': 'deleteSession',
     'POST /api/v1/tasks/archive': 'runArchivePass',
+    'GET /api/v1/tasks/backup': 'downloadBackup',
     'GET /health': 'getHealth',
     'GET /ready': 'getReadiness'
   })
