@@ -19,7 +19,7 @@ import t, { type Test } from 'tap'
 import { buildApp } from '../app.js'
 import { SessionFile } from '../schemas/session.js'
 import { nodeFs, type FsSeam } from '../services/fs-seam.js'
-import { API, build, get, post, tempDir, type TestContext } from './helper.js'
+import { API, build, get, post, tempDir, withoutFreeSpace, type TestContext } from './helper.js'
 import { fill, mountedFolder } from './tmpfs.js'
 
 const checkFile = TypeCompiler.Compile(SessionFile)
@@ -56,9 +56,7 @@ async function apiState (t: Test, app: FastifyInstance): Promise<ApiState> {
     const res = await get(app, `/list?session_id=${summary.session_id}`)
     sessions[summary.session_id] = res.statusCode === 200 ? res.json() : res.statusCode
   }
-  // Free space moves with everything else on the disk: it is no state of ours.
-  const { storage: { free_bytes: _free, total_bytes: _total, free_ratio: _ratio, ...storage }, ...counts } = stats.json()
-  return { all: all.json(), stats: { ...counts, storage }, sessions }
+  return { all: all.json(), stats: withoutFreeSpace(stats.json()), sessions }
 }
 
 async function tasksOf (app: FastifyInstance, sessionId: string): Promise<TaskView[]> {

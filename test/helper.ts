@@ -64,3 +64,9 @@ export async function createSession (app: FastifyInstance, sessionId: string, in
 export async function markAsTaskvault (dir: string): Promise<void> {
   await writeFile(join(dir, MARKER_FILE), JSON.stringify({ format: FORMAT_VERSION }) + '\n', { mode: 0o600 })
 }
+
+/** A /stats body without the free-space figures: they move with everything else on the disk. */
+export function withoutFreeSpace (stats: Record<string, any>): Record<string, unknown> {
+  const { storage: { free_bytes: _free, total_bytes: _total, free_ratio: _ratio, ...storage }, ...rest } = stats
+  return { ...rest, storage }
+}

@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { chmod, chown, lstat, mkdir, readFile, readdir, readlink, rename, stat, symlink, unlink, writeFile } from 'node:fs/promises'
+import { chmod, lstat, mkdir, readFile, readdir, readlink, rename, stat, symlink, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
@@ -322,17 +322,12 @@ t.test('a real server whose restore fails with EACCES exits 1 and leaves no lock
   await mkdir(dir, { mode: 0o700 })
   await markAsTaskvault(dir)
   await writeFile(join(dir, 'secret.json'), storedSession('secret', ['Pending'], '2025-01-01T00:00:00.000Z'), { mode: 0o600 })
-  // Root reads anything: the server then runs as nobody, owning the folder but not the file.
+  await chmod(join(dir, 'secret.json'), 0)
+  // Root reads anything: there the server runs without the capabilities that let it (still root,
+  // so it reads the checkout wherever that is, whatever its modes).
   const asRoot = process.getuid?.() === 0
-  const ids = asRoot ? { uid: 65534, gid: 65534 } : {}
-  if (asRoot) {
-    await chmod(root, 0o755)
-    await chown(dir, 65534, 65534)
-    await chown(join(dir, MARKER_FILE), 65534, 65534)
-  } else {
-    await chmod(join(dir, 'secret.json'), 0)
-  }
-  const child = spawn(process.execPath, [SERVER], { cwd: root, env: baseEnv({ TASK_STORAGE_DIR: dir, PORT: String(await freePort()) }), stdio: ['ignore', 'ignore', 'pipe'], ...ids })
+  const command = asRoot ? ['setpriv', '--bounding-set=-dac_override,-dac_read_search', '--', process.execPath, SERVER] : [process.execPath, SERVER]
+  const child = spawn(command[0] as string, command.slice(1), { cwd: root, env: baseEnv({ TASK_STORAGE_DIR: dir, PORT: String(await freePort()) }), stdio: ['ignore', 'ignore', 'pipe'] })
   let stderr = ''
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
   const code = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), 30_000)
