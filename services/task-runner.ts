@@ -165,6 +165,7 @@ export class TaskRunner {
       cancelledTaskId: null,
       error: null,
       waiting: null,
+      unsaved: null,
       done: new Promise<void>((resolve) => { ended = resolve })
     }
     const execution = body(run)
@@ -186,8 +187,11 @@ export class TaskRunner {
 
   private async runAll (sessionId: string, run: Run): Promise<ExecutedTask[]> {
     const results: ExecutedTask[] = []
-    // Once shutdown begins no new task starts; running ones get the grace period.
-    while (!run.signal.aborted && !this.closing) {
+    for (;;) {
+      // Once shutdown begins no new task starts; running ones get the grace period. A cancel
+      // still records the task whose ending storage refused (as cancelled).
+      const cancelledUnsaved = run.unsaved !== null && run.controller.signal.aborted && !this.closing
+      if ((run.signal.aborted || this.closing) && !cancelledUnsaved) break
       const task = await this.runNext(sessionId, run)
       if (task === null) break
       results.push(task)
@@ -247,31 +251,28 @@ export class TaskRunner {
   }
 
   /**
-   * Runs the next runnable task to its end: each call to the agent is recorded on disk first
-   * (InProgress, attempts, started_at); transient failures are retried with backoff up to the
-   * agent's max_attempts. null when there is no task to run.
+   * Runs the next runnable task to its end: claim it (InProgress, on disk before any call), call
+   * its agent with retries, record how it ended. null when there is no task to run. A task
+   * whose ending could not be saved is recorded first, without calling its agent again.
    */
   private async runNext (sessionId: string, run: Run): Promise<ExecutedTask | null> {
+    const unsaved = run.unsaved
+    if (unsaved !== null) {
+      run.unsaved = null
+      // Cancelled while waiting for storage: the task's ending is "cancelled" after all.
+      const outcome = run.signal.aborted ? this.stopped(sessionId, unsaved.taskId, run) : unsaved.outcome
+      return this.record(sessionId, run, unsaved.taskId, outcome)
+    }
+    const ended = await this.callWithRetries(sessionId, run)
+    return ended === null ? null : this.record(sessionId, run, ended.taskId, ended.outcome)
+  }
+
+  /** Claims the next runnable task and calls its agent, retrying transient failures with backoff. */
+  private async callWithRetries (sessionId: string, run: Run): Promise<{ taskId: string, outcome: Outcome } | null> {
     let taskId: string | null = null
-    let outcome: Outcome
     for (let call = 1; ; call++) {
-      if (run.signal.aborted) {
-        if (taskId === null) return null
-        outcome = this.stopped(sessionId, taskId, run)
-        break
-      }
-      const started: Task | null = await this.registry.change(sessionId, (draft) => {
-        const tasks = liveFile(draft).session.tasks
-        // While this session is claimed nothing else runs it, so an InProgress task here is one
-        // whose finishing save failed, or the one being retried: it is run (again).
-        const task = taskId === null
-          ? tasks.find((t) => t.status === 'Pending' || t.status === 'InProgress')
-          : tasks.find((t) => t.id === taskId)
-        if (task === undefined) return unchanged(null)
-        Object.assign(task, { status: 'InProgress', started_at: isoNow(draft.now), completed_at: null, result: null, error: null, confidence: null, attempts: task.attempts + 1 })
-        delete task.result_truncated
-        return { ...task }
-      })
+      if (run.signal.aborted) return taskId === null ? null : { taskId, outcome: this.stopped(sessionId, taskId, run) }
+      const started = await this.claimTask(sessionId, taskId)
       if (started === null) {
         if (taskId === null) return null
         throw new SessionNotFoundError(sessionId)
@@ -282,13 +283,9 @@ export class TaskRunner {
         const value = await callAgent({ agent, task: started, sessionId, signal: run.signal, shutdownSignal: this.abort.signal }, (result, ms) => {
           this.events.emit('agent-call', { session_id: sessionId, task_id: started.id, task_type: started.task_type, agent: agent.key, attempt: started.attempts, outcome: result, ms })
         })
-        outcome = this.completed(sessionId, started.id, value)
-        break
+        return { taskId, outcome: this.completed(sessionId, started.id, value) }
       } catch (err) {
-        if (run.signal.aborted) {
-          outcome = this.stopped(sessionId, started.id, run)
-          break
-        }
+        if (run.signal.aborted) return { taskId, outcome: this.stopped(sessionId, started.id, run) }
         const message = errorMessage(err)
         if (err instanceof AgentError && err.transient && call < agent.policy.max_attempts) {
           // No new call once shutdown begins: the task stays InProgress and runs again after restart.
@@ -300,14 +297,42 @@ export class TaskRunner {
           if (this.closing && !run.signal.aborted) throw new ShuttingDownError(`task ${started.id} will be retried after restart`)
           continue
         }
-        outcome = { status: 'Failed', result: null, error: truncateUtf8(message, this.maxResultBytes).text, confidence: null }
+        const outcome: Outcome = { status: 'Failed', result: null, error: truncateUtf8(message, this.maxResultBytes).text, confidence: null }
         this.log.warn({ session_id: sessionId, task_id: started.id, attempt: started.attempts, err: outcome.error }, 'Task failed')
-        break
+        return { taskId, outcome }
       }
     }
+  }
+
+  /**
+   * Marks the task InProgress (the first runnable one, or `taskId` when retrying it) and
+   * resolves once that is on disk; null when there is none.
+   */
+  private claimTask (sessionId: string, taskId: string | null): Promise<Task | null> {
+    return this.registry.change(sessionId, (draft) => {
+      const tasks = liveFile(draft).session.tasks
+      // While this session is claimed nothing else runs it, so an InProgress task here is one
+      // whose finishing save failed, or the one being retried: it is run (again).
+      const task = taskId === null
+        ? tasks.find((t) => t.status === 'Pending' || t.status === 'InProgress')
+        : tasks.find((t) => t.id === taskId)
+      if (task === undefined) return unchanged(null)
+      Object.assign(task, { status: 'InProgress', started_at: isoNow(draft.now), completed_at: null, result: null, error: null, confidence: null, attempts: task.attempts + 1 })
+      delete task.result_truncated
+      return { ...task }
+    })
+  }
+
+  /**
+   * Saves how the task ended. A result that does not fit the session fails the task instead; an
+   * ending that storage refused is kept on the run, so a background run that waits for storage
+   * saves it later rather than calling the agent again.
+   */
+  private async record (sessionId: string, run: Run, taskId: string, outcome: Outcome): Promise<ExecutedTask> {
     try {
       return await this.finish(sessionId, taskId, outcome)
     } catch (err) {
+      if (err instanceof StorageError) run.unsaved = { taskId, outcome }
       if (!(err instanceof SessionTooLargeError)) throw err
       // The result does not fit: the task fails, rather than running again and again.
       const bytes = Buffer.byteLength(outcome.result ?? '')
@@ -367,6 +392,8 @@ interface Run {
   error: Error | null
   /** A background run waiting for storage to work again before it goes on. */
   waiting: Waiting | null
+  /** How a task ended when storage refused to save it: saved first when the run goes on. */
+  unsaved: { taskId: string, outcome: Outcome } | null
   /** Resolves (never rejects) once the execution has ended and let go of the session. */
   done: Promise<void>
 }

@@ -75,8 +75,9 @@ t.test('on a real full disk: the background run waits for storage, then finishes
 t.test('through the fs seam: EIO on saves; cancel during the wait ends the run; shutdown during the wait keeps the record', async (t) => {
   let failing = false
   let refused = 0
-  // The first call for a task named 'b' in each session breaks the disk.
+  // The first call for a task named 'b' in each session breaks the disk: its ending cannot be saved.
   const broke = new Set<string>()
+  const calls = new Map<string, number>()
   const fs: FsSeam = {
     ...nodeFs,
     open: (async (...args: Parameters<typeof nodeFs.open>) => {
@@ -89,7 +90,13 @@ t.test('through the fs seam: EIO on saves; cancel during the wait ends the run; 
     dir,
     fs,
     config: { TASK_RUN_RETRY_MS: 20, TASK_RUN_RETRY_MAX_MS: 50 },
-    executors: { default: async (task, { session_id: sessionId }) => { if (task.instruction === 'b' && !broke.has(sessionId)) { broke.add(sessionId); failing = true } return { result: task.instruction } } }
+    executors: {
+      default: async (task, { session_id: sessionId }) => {
+        calls.set(`${sessionId}/${task.instruction}`, (calls.get(`${sessionId}/${task.instruction}`) ?? 0) + 1)
+        if (task.instruction === 'b' && !broke.has(sessionId)) { broke.add(sessionId); failing = true }
+        return { result: task.instruction }
+      }
+    }
   })
   t.equal((await post(app, '/create', { session_id: 'eio', instructions: '1. a\n2. b\n3. c' })).statusCode, 200)
   t.equal((await post(app, '/execute-all', { session_id: 'eio', wait: false })).statusCode, 202)
@@ -101,6 +108,8 @@ t.test('through the fs seam: EIO on saves; cancel during the wait ends the run; 
   failing = false
   await waitFor('the run to finish', async () => (await progressOf(app, 'eio')).running === false)
   t.match(await progressOf(app, 'eio'), { all_done: true, completed: 3 })
+  t.equal(calls.get('eio/b'), 1, 'the task whose ending storage refused is saved later, not run again')
+  t.match(await storedTasks(dir, 'eio'), [{ status: 'Completed', result: 'a' }, { status: 'Completed', result: 'b', attempts: 1 }, { status: 'Completed', result: 'c' }])
 
   // Cancel while waiting: the run ends, its record is cleared.
   t.equal((await post(app, '/create', { session_id: 'cancel', instructions: '1. b\n2. c' })).statusCode, 200)
@@ -109,7 +118,10 @@ t.test('through the fs seam: EIO on saves; cancel during the wait ends the run; 
   failing = false
   const cancelled = await post(app, '/cancel', { session_id: 'cancel' })
   t.equal(cancelled.statusCode, 200, cancelled.body)
-  t.match(await progressOf(app, 'cancel'), { running: false })
+  const [b, c] = await storedTasks(dir, 'cancel')
+  t.equal(cancelled.json().cancelled_task_id, b?.id, 'the cancel names the task whose ending was waiting')
+  t.match([b, c], [{ status: 'Failed', error: 'cancelled' }, { status: 'Pending' }], 'nothing is left InProgress')
+  t.match(await progressOf(app, 'cancel'), { running: false, in_progress: 0 })
   t.equal((await readSession(dir, 'cancel')).background_run, undefined, 'a cancelled run leaves no record')
 
   // Shutdown while waiting: close is prompt, the record stays for the next start.
