@@ -219,6 +219,7 @@ export class FileSessionStore implements SessionStore {
     // Once one batch fails the restore has failed: batches still queued must not start (nor set files aside).
     let failed = false
     const missing = new Map<string, number>()
+    const unopened = new Map<string, Array<{ name: string, reason: string }>>()
     try {
       await Promise.all(batches(names, RESTORE_BATCH_FILES).map((batch) => limit(async () => {
         if (failed) return
@@ -237,6 +238,11 @@ export class FileSessionStore implements SessionStore {
             // A sealed file was opened by the reader thread; what is left is a plaintext check.
             if ('sealed' in file) {
               if (file.sealed === 'key') throw new KeyUnavailableError(file.kid)
+              if (file.kid !== undefined) {
+                // Set aside below, unless no file under this kid opens: then the key is wrong, not the files.
+                unopened.set(file.kid, [...(unopened.get(file.kid) ?? []), { name: file.name, reason: file.reason }])
+                continue
+              }
               throw new CorruptSessionFileError(file.name, file.reason)
             }
             const text = data.toString('utf8', file.offset, file.offset + file.length)
@@ -261,11 +267,18 @@ export class FileSessionStore implements SessionStore {
       limit.clearQueue()
       await pool.close()
     }
-    if (removedTempFiles > 0 || failures.length > 0) await this.syncDir('restoring sessions')
     if (missing.size > 0) {
       const counts = [...missing].map(([kid, count]) => `${count} session${count === 1 ? '' : 's'} need key '${kid}'`).join(', ')
       throw new KeyUnavailableError([...missing.keys()][0] as string, `cannot restore: ${counts}, which TASK_ENCRYPTION_KEYS does not hold. Add the key back; those files were left untouched`)
     }
+    for (const [kid, files] of unopened) {
+      if ((this.kidCounts.get(kid) ?? 0) === 0) {
+        throw new KeyUnavailableError(kid, `cannot restore: key '${kid}' opens none of the ${files.length} sessions sealed under it; ` +
+          'TASK_ENCRYPTION_KEYS holds a different key under that kid. Put the right key back; those files were left untouched')
+      }
+      for (const file of files) failures.push({ name: file.name, reason: `${file.name}: ${file.reason}`, movedTo: await this.setAside(this.dir, file.name) })
+    }
+    if (removedTempFiles > 0 || failures.length > 0) await this.syncDir('restoring sessions')
     return { sessions, failures, removedTempFiles }
   }
 

@@ -36,7 +36,7 @@ export interface ReadResponse {
 export type ReadFile =
   | { name: string, offset: number, length: number, kid?: string, stored?: number }
   | { name: string, code: string }
-  | { name: string, sealed: 'corrupt', reason: string }
+  | { name: string, sealed: 'corrupt', reason: string, kid?: string }
   | { name: string, sealed: 'key', kid: string }
 
 const keyring = (workerData as ReaderData | undefined)?.keys != null ? Keyring.fromEntries((workerData as ReaderData).keys as Array<[string, Uint8Array]>) : null
@@ -116,7 +116,8 @@ function openSealed (name: string, read: Buffer): { bytes: Buffer, kid: string }
     return { bytes: rest, kid: box.kid }
   } catch (err) {
     if (err instanceof KeyUnavailableError) return { name, sealed: 'key', kid: err.kid }
-    if (err instanceof CorruptSessionFileError) return { name, sealed: 'corrupt', reason: err.message.replace(`${name}: `, '') }
+    // `kid` with a box that did not verify: the store tells a wrong key from a tampered file by it.
+    if (err instanceof CorruptSessionFileError) return { name, sealed: 'corrupt', reason: err.message.replace(`${name}: `, ''), kid: box.kid }
     throw err
   }
 }

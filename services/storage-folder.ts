@@ -77,8 +77,13 @@ async function foreignIn (fs: FsSeam, dir: string, prefix: string, names: RegExp
   return null
 }
 
-/** A session file is a JSON object with a session_id; one cut short (a crash of a writer that was not atomic) starts with it. */
+/**
+ * A session file is a JSON object with a session_id. A writer that was not atomic (the seed's)
+ * leaves, after a crash, one cut short (it starts with the session_id) or an empty one: those
+ * are damaged session files, set aside by the restore, not a sign of someone else's folder.
+ */
 function notASession (text: string): string | null {
+  if (text.trim() === '') return null
   let raw: unknown
   try {
     raw = JSON.parse(text)

@@ -125,12 +125,15 @@ t.test('tampered, swapped or wrongly keyed files are set aside with "authenticat
   for (const name of ['swap-a.json', 'swap-b.json']) t.match(reasons[name], /does not match its file name/, name)
   t.equal((await readdir(join(dir, 'corrupt'))).length, 6, 'each is kept in corrupt/')
 
-  // The right kid with the wrong key.
+  // The right kid with the wrong key: no file under it opens, so the key is wrong, not the files.
   const other = await tempDir(t)
-  await writeFile(join(other, 'good.json'), JSON.stringify(copied))
+  const copiedText = JSON.stringify(copied)
+  await writeFile(join(other, 'good.json'), copiedText)
+  await writeFile(join(other, 'more.json'), (await readFile(join(dir, 'good.json'), 'utf8')).replace('"good"', '"more"'))
   const wrong = new FileSessionStore({ dir: other, keyring: Keyring.parse(`k1:${K2}`) })
-  const wrongResult = await wrong.loadAll({ concurrency: 1 })
-  t.match(wrongResult.failures, [{ name: 'good.json', reason: /authentication failed/ }])
+  await t.rejects(wrong.loadAll({ concurrency: 1 }), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /key 'k1' opens none of the 2 sessions sealed under it/ })
+  t.equal(await readFile(join(other, 'good.json'), 'utf8'), copiedText, 'the files are left untouched')
+  t.notOk((await readdir(other)).includes('corrupt'), 'nothing set aside')
 })
 
 t.test('a kid that is not configured stops the boot, names the kid and the count, and touches nothing', async (t) => {

@@ -240,12 +240,14 @@ t.test('folder: a seed-format folder is adopted and marked; its mode is left alo
   await writeFile(join(dir, 'demo_session_123.json'), SEED_FILE)
   // Cut short by a writer that was not atomic: still a session file (restore sets it aside).
   await writeFile(join(dir, 'torn.json'), '{\n  "session_id": "torn",\n  "created')
+  // Or left empty, the commonest wreck of a plain writeFile: damaged, not foreign.
+  await writeFile(join(dir, 'empty.json'), '')
   await writeFile(join(dir, 'archive', 'old_session_789.json'), storedSession('old_session_789', ['Completed'], '2025-10-01T00:00:00.000Z'))
   await writeFile(join(dir, 'notes.txt'), 'not JSON, not ours, never touched\n')
   const log = memoryLog()
   const app = await open(t, dir, {}, log)
   t.equal((await get(app, '/list?session_id=demo_session_123')).json().tasks[0].instruction, 'Write binary search', 'the seed session loads')
-  t.match((await get(app, '/stats')).json(), { archived_sessions: 1, storage: { failed_loads: 1 } })
+  t.match((await get(app, '/stats')).json(), { archived_sessions: 1, storage: { failed_loads: 2 } }, 'the torn and the empty file are set aside')
   t.same(JSON.parse(await readFile(join(dir, MARKER_FILE), 'utf8')), { format: FORMAT_VERSION }, 'the folder is marked with the format version')
   t.equal(await modeOf(dir), 0o755, 'the mode is left as it was')
   t.ok(log.lines().some((line) => line.level === 30 && /adopted/u.test(line.msg ?? '')), 'the adoption is logged')

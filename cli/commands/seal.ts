@@ -1,4 +1,5 @@
 import { dirname, join } from 'node:path'
+import { SessionTooLargeError } from '../../services/errors.js'
 import { nodeFs } from '../../services/fs-seam.js'
 import { fsyncDir, serializeSessionFile, writeAndRename } from '../../services/session-files.js'
 import { CommandFailedError } from '../args.js'
@@ -21,7 +22,8 @@ at every moment. Needs the folder: refused while a server holds it.
 
 Rotation: put the new key first and keep the old one second, run seal, then drop the old key.
 
-Exit status 1 when a file could not be read (unreadable, or sealed under a key not configured).
+Exit status 1 when a file could not be read (unreadable, or sealed under a key not configured)
+or would pass TASK_MAX_SESSION_BYTES once sealed (it is left as it is).
 
 ${COMMON_HELP}`,
   options: {},
@@ -53,7 +55,16 @@ ${COMMON_HELP}`,
           continue
         }
         const folder = dirname(stored.path)
-        const data = await serializeSessionFile(checked.file, 2, Number.POSITIVE_INFINITY, keyring)
+        let data: Buffer
+        try {
+          data = await serializeSessionFile(checked.file, 2, settings.TASK_MAX_SESSION_BYTES, keyring)
+        } catch (err) {
+          // Sealed, it would pass the bound the server holds every save to: it stays as it is.
+          if (!(err instanceof SessionTooLargeError)) throw err
+          counts.unreadable++
+          problems.push({ file: stored.rel, reason: `${err.message} once sealed (base64 takes a third more); left as it is` })
+          continue
+        }
         // Named like the server's temp files, so an interrupted run leaves nothing a restore keeps.
         const temp = join(folder, `.${checked.file.session_id}.${process.pid}.${++seq}.tmp`)
         await writeAndRename(nodeFs, temp, stored.path, data, checked.mtime)
