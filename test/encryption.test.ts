@@ -192,9 +192,10 @@ t.test('rotation: new key first, seal (kill -9 midway, then again), drop the old
   // kill -9 while it runs.
   const child = spawn(process.execPath, [CLI, 'seal'], { env: { PATH: process.env.PATH ?? '', ...rotating }, stdio: 'ignore' })
   const kidsNow = async (): Promise<string[]> => Promise.all((await readdir(dir)).filter((n) => n.endsWith('.json')).map(async (n) => (await readJson(join(dir, n))).sealed.kid))
-  for (let waited = 0; waited < 20_000; waited += 5) {
-    if ((await kidsNow()).includes('new')) break
-    await sleep(5)
+  // seal goes in name order: s0.json is the first it re-seals. Kill as soon as it has.
+  for (let waited = 0; waited < 20_000; waited += 2) {
+    if ((await readJson(join(dir, 's0.json')).catch(() => null))?.sealed?.kid === 'new') break
+    await sleep(2)
   }
   child.kill('SIGKILL')
   await new Promise((resolve) => child.once('close', resolve))
