@@ -102,28 +102,43 @@ export class Keyring {
     return this.keys.has(kid)
   }
 
-  /** Seals `plaintext` (given in slices) under the active key, yielding to the event loop between slices. */
-  async seal (clear: Clear, plaintext: readonly Buffer[]): Promise<SealedDocument> {
+  /**
+   * Seals `plaintext` (given in slices) under the active key: the sealed document as the bytes of
+   * `JSON.stringify(document, null, indent) + '\n'`, made in slices (a large session's base64 is
+   * tens of megabytes), with the event loop turning between them.
+   */
+  async sealToBytes (clear: Clear, plaintext: readonly Buffer[], indent: number): Promise<Buffer> {
+    const box = await this.encrypt(clear, plaintext)
+    // The layout around the data, from JSON itself; a NUL never occurs in it otherwise.
+    const [before, after] = JSON.stringify({ ...clear, sealed: { ...box.head, data: '\u0000' } }, null, indent).split('"\\u0000"') as [string, string]
+    const ciphertext = Buffer.concat(box.ciphertext)
+    const pieces: Buffer[] = [Buffer.from(before + '"', 'utf8')]
+    // Base64 slices start on 3-byte boundaries, so they join into the one encoding.
+    const step = Math.floor(SLICE_BYTES / 3) * 3
+    for (let at = 0; at < ciphertext.length; at += step) {
+      pieces.push(Buffer.from(ciphertext.subarray(at, at + step).toString('base64'), 'latin1'))
+      if (at + step < ciphertext.length) await new Promise((resolve) => setImmediate(resolve))
+    }
+    pieces.push(Buffer.from('"' + after + '\n', 'utf8'))
+    return Buffer.concat(pieces)
+  }
+
+  private async encrypt (clear: Clear, plaintext: readonly Buffer[]): Promise<{ head: Omit<SealedBox, 'data'>, ciphertext: Buffer[] }> {
     const iv = randomBytes(IV_BYTES)
     const cipher = createCipheriv('aes-256-gcm', this.keys.get(this.activeKid) as Buffer, iv, { authTagLength: TAG_BYTES })
     cipher.setAAD(associatedData(clear))
-    const out: Buffer[] = []
+    const ciphertext: Buffer[] = []
     let sinceYield = 0
     for (const piece of plaintext) {
-      out.push(cipher.update(piece))
+      ciphertext.push(cipher.update(piece))
       sinceYield += piece.length
       if (sinceYield >= SLICE_BYTES) {
         sinceYield = 0
         await new Promise((resolve) => setImmediate(resolve))
       }
     }
-    out.push(cipher.final())
-    return {
-      session_id: clear.session_id,
-      created_at: clear.created_at,
-      updated_at: clear.updated_at,
-      sealed: { v: SEAL_VERSION, alg: SEAL_ALG, kid: this.activeKid, iv: iv.toString('base64'), tag: cipher.getAuthTag().toString('base64'), data: Buffer.concat(out).toString('base64') }
-    }
+    ciphertext.push(cipher.final())
+    return { head: { v: SEAL_VERSION, alg: SEAL_ALG, kid: this.activeKid, iv: iv.toString('base64'), tag: cipher.getAuthTag().toString('base64') }, ciphertext }
   }
 
   /**

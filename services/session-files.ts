@@ -173,8 +173,7 @@ async function sealSessionFile (file: SessionFile, indent: number, maxBytes: num
     await writer.value(content, 0)
     plaintext = writer.pieces()
   }
-  const document = await keyring.seal({ session_id: sessionId, created_at: createdAt, updated_at: updatedAt }, plaintext)
-  const data = Buffer.from(JSON.stringify(document, null, indent) + '\n', 'utf8')
+  const data = await keyring.sealToBytes({ session_id: sessionId, created_at: createdAt, updated_at: updatedAt }, plaintext, indent)
   if (data.length > maxBytes) throw new SessionTooLargeError(sessionId, maxBytes)
   return data
 }

@@ -16,6 +16,7 @@ import t from 'tap'
 import { buildApp } from '../app.js'
 import { FileSessionStore } from '../services/file-store.js'
 import { Keyring } from '../services/keyring.js'
+import { readSessionDocument, serializeSessionFile } from '../services/session-files.js'
 import { build, get, post, tempDir } from './helper.js'
 
 const CLI = fileURLToPath(new URL('../cli/taskvault.js', import.meta.url))
@@ -90,6 +91,19 @@ t.test('round trip through the API and a restart: the file is an envelope with t
   // Each write has a fresh IV.
   await post(app, '/execute', { session_id: 'secret' })
   t.not((await readJson(join(dir, 'secret.json'))).sealed.iv, envelope.sealed.iv)
+})
+
+t.test('a large session seals in slices into the same document JSON would write, and opens back whole', async (t) => {
+  const ring = Keyring.parse(KEYS_1)
+  const AT = '2026-01-01T00:00:00.000Z'
+  const file = {
+    session_id: 'large', created_at: AT, updated_at: AT,
+    session: { session_id: 'large', current_index: 3, tasks: Array.from({ length: 3 }, (_, i) => ({ id: `t${i}`, instruction: `step ${i}`, task_type: 'General' as const, status: 'Completed' as const, result: `é\u0001${i}`.repeat(400_000), error: null, confidence: null, created_at: AT, started_at: AT, completed_at: AT, attempts: 1 })) }
+  }
+  const bytes = await serializeSessionFile(file, 2, Number.POSITIVE_INFINITY, ring)
+  const text = bytes.toString('utf8')
+  t.equal(text, JSON.stringify(JSON.parse(text), null, 2) + '\n', 'laid out exactly as JSON.stringify would')
+  t.strictSame(readSessionDocument('large.json', text, 'large', ring), { file, kid: 'k1' })
 })
 
 t.test('tampered, swapped or wrongly keyed files are set aside with "authentication failed"; the rest load', async (t) => {
