@@ -4,7 +4,8 @@
  * grandchild too when the host gives each call a cgroup (root on Linux with cgroup2). Without
  * one, the documented fallback holds: the startup log says what can escape, and it does.
  */
-import { readdir, readFile } from 'node:fs/promises'
+import { spawn } from 'node:child_process'
+import { lstat, mkdir, readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { FastifyServerOptions } from 'fastify'
 import t from 'tap'
@@ -138,4 +139,18 @@ t.test('per-call cgroups are removed when their calls end', { skip: contained ? 
   await createTasks(app, 'tidy', [{ instruction: 'a' }, { instruction: 'b' }])
   t.match((await post(app, '/execute-all', { session_id: 'tidy' })).json().results, [{ status: 'Completed' }, { status: 'Completed' }])
   t.same(await mine(), [], 'no cgroup of this process is left')
+})
+
+t.test('a per-call cgroup left by a server that is gone is removed at the next start, with what it held', { skip: contained ? false : 'no per-call cgroup on this host' }, async (t) => {
+  const { cgroups } = await probeCgroups()
+  // A pid that is not running: past the kernel's pid range.
+  const leftover = join(cgroups!.parent, 'taskvault-4194999-0badcafe')
+  await mkdir(leftover)
+  const sleeper = spawn('/bin/sh', ['-c', `echo $$ > ${leftover}/cgroup.procs && exec sleep 300`], { stdio: 'ignore' })
+  await waitFor('the process to be in the leftover cgroup', async () => (await readFile(join(leftover, 'cgroup.procs'), 'utf8')).trim() !== '')
+  const log = memoryLog()
+  await build(t, { logger: log.logger, agents: { default: { kind: 'command', argv: ['/bin/true'] } } })
+  await t.rejects(lstat(leftover), { code: 'ENOENT' }, 'the leftover cgroup is gone')
+  await waitFor('the process it held to be killed', () => sleeper.exitCode !== null || sleeper.signalCode !== null)
+  t.ok(log.lines().some((line) => line.msg === 'Removing a command call\'s cgroup left by a server that is gone'), 'and the log says so')
 })

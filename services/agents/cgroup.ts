@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
-import { access, mkdir, readFile, rmdir } from 'node:fs/promises'
+import { access, mkdir, readFile, readdir, rmdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Logger } from '../task-manager.js'
@@ -15,6 +15,8 @@ import type { Logger } from '../task-manager.js'
 
 /** $0 of the wrapper script: how its own errors begin on stderr. */
 export const WRAPPER_NAME = 'taskvault-command'
+/** A per-call cgroup's name: `taskvault-<pid>-<id>`. */
+const LEFTOVER = /^taskvault-(\d+)-[0-9a-f]{8}$/u
 const WRAPPER = 'echo 0 > "$1/cgroup.procs" && shift && exec "$@"'
 /** How often an emptying cgroup is looked at. */
 const POLL_MS = 5
@@ -63,6 +65,7 @@ export async function probeCgroups (options: CgroupProbeOptions = {}): Promise<C
       child.on('close', (code) => resolve(code === 0 ? null : (stderr.trim() || `the wrapper exited with ${String(code)}`)))
     })
     if (failure !== null) return { cgroups: null, reason: `cannot move a process into a cgroup: ${failure}` }
+    await cgroups.removeLeftovers()
     return { cgroups }
   } catch (err) {
     return { cgroups: null, reason: `no cgroup.kill in ${parent} (Linux 5.14+ has it): ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` }
@@ -113,6 +116,20 @@ export class CallCgroups {
   }
 
   /**
+   * Removes the per-call cgroups that a server gone without cleaning up (a crash, a kill) left
+   * here, killing what they still hold: named for a pid that is no longer running.
+   */
+  async removeLeftovers (): Promise<void> {
+    const names = await readdir(this.parent).catch(() => [])
+    for (const name of names) {
+      const pid = LEFTOVER.exec(name)?.[1]
+      if (pid === undefined || Number(pid) === process.pid || alive(Number(pid))) continue
+      this.log?.warn({ cgroup: join(this.parent, name) }, 'Removing a command call\'s cgroup left by a server that is gone')
+      await this.destroy(join(this.parent, name))
+    }
+  }
+
+  /**
    * Kills everything in `dir`, waits for it to empty, and removes it. Never throws: a cgroup
    * that cannot be removed is logged (what it held was killed; an operator can rmdir it later).
    */
@@ -125,5 +142,15 @@ export class CallCgroups {
     await rmdir(dir).catch((err: NodeJS.ErrnoException) => {
       this.log?.warn({ cgroup: dir, code: err.code }, 'Could not remove a command call\'s cgroup; what it holds was killed, remove it with rmdir')
     })
+  }
+}
+
+/** Whether a process with this pid runs (on this host: cgroups are local). */
+function alive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
   }
 }
