@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { join } from 'node:path'
 import { LockLostError, TaskvaultError } from './errors.js'
 import type { FsSeam } from './fs-seam.js'
+import { pidAlive } from './pid.js'
 
 export interface LockHolder {
   pid: number
@@ -159,7 +160,7 @@ export class StorageLock {
     // Our own pid: a lock from an earlier life of this container (same host name, pid 1 again)
     // if it predates this process; otherwise another instance in this process holds it.
     if (holder.pid === this.me.pid) return Date.parse(holder.since) < PROCESS_STARTED_MS
-    return !isAlive(holder.pid)
+    return !pidAlive(holder.pid)
   }
 
   /** Every `refreshMs`: checks the lock still names this process, then touches it. Checks never overlap. */
@@ -213,15 +214,6 @@ export class StorageLock {
 }
 
 function noop (): void {}
-
-function isAlive (pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
 
 function ignoreMissing (err: unknown): void {
   if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err

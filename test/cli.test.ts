@@ -2,45 +2,15 @@
  * The command-line tool as operators run it: `node dist/cli/taskvault.js ...` in a child
  * process, on prepared temp folders, checking exit codes, output and the files left behind.
  */
-import { spawn, spawnSync } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { mkdir, readFile, readdir, stat, symlink, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import t from 'tap'
+import { taskvault, type Run } from './cli-run.js'
 import { build, get, markAsTaskvault, tempDir, type TestContext } from './helper.js'
-import { scratch, within } from './server-process.js'
+import { scratch } from './server-process.js'
 import { storedSession } from './session-fixtures.js'
-
-const CLI = fileURLToPath(new URL('../cli/taskvault.js', import.meta.url))
-const RUN_TIMEOUT_MS = 30_000
-
-interface Run {
-  code: number | null
-  stdout: string
-  stderr: string
-  /** stdout parsed as JSON (for --json runs). */
-  json: () => any
-}
-
-/** Runs the tool with only PATH (and `env`) in the environment, in `cwd`. */
-async function taskvault (args: string[], options: { cwd?: string, env?: Record<string, string> } = {}): Promise<Run> {
-  const child = spawn(process.execPath, [CLI, ...args], {
-    cwd: options.cwd ?? process.cwd(),
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...options.env },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
-  const code = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), RUN_TIMEOUT_MS)
-  if (code === null && child.exitCode === null) {
-    child.kill('SIGKILL')
-    throw new Error(`taskvault ${args.join(' ')} did not finish within ${RUN_TIMEOUT_MS} ms\n${stderr}`)
-  }
-  return { code, stdout, stderr, json: () => JSON.parse(stdout) }
-}
 
 const DAY = 86_400_000
 const daysAgo = (days: number): string => new Date(Date.now() - days * DAY).toISOString()

@@ -10,7 +10,6 @@ import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { fileURLToPath } from 'node:url'
 import { gunzipSync } from 'node:zlib'
 import t from 'tap'
 import { buildApp } from '../app.js'
@@ -18,8 +17,8 @@ import { FileSessionStore } from '../services/file-store.js'
 import { Keyring } from '../services/keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../services/session-files.js'
 import { build, get, post, tempDir } from './helper.js'
+import { CLI, taskvault } from './cli-run.js'
 
-const CLI = fileURLToPath(new URL('../cli/taskvault.js', import.meta.url))
 const key = (): string => randomBytes(32).toString('base64')
 const K1 = key()
 const K2 = key()
@@ -28,17 +27,6 @@ const SECRET = 'the customer password is hunter2'
 
 async function readJson (path: string): Promise<any> {
   return JSON.parse(await readFile(path, 'utf8'))
-}
-
-/** Runs the CLI with only PATH and `env`. */
-async function taskvault (args: string[], env: Record<string, string>): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  const child = spawn(process.execPath, [CLI, ...args], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
-  const code = await new Promise<number | null>((resolve) => child.once('close', resolve))
-  return { code, stdout, stderr }
 }
 
 t.test('keys: the list and @file forms; a malformed list names the entry, never the key', async (t) => {
@@ -217,7 +205,7 @@ t.test('rotation: new key first, seal (kill -9 midway, then again), drop the old
   t.ok(midway.includes('new') && midway.includes('old'), `killed midway: ${midway.filter((k) => k === 'new').length} of ${ids.length} re-sealed`)
   t.equal(midway.length, ids.length, 'every session file is still there')
 
-  const again = await taskvault(['seal', '--json'], rotating)
+  const again = await taskvault(['seal', '--json'], { env: rotating })
   t.equal(again.code, 0, again.stderr)
   const report = JSON.parse(again.stdout)
   t.equal(report.sealed + report.already, ids.length, 'the rerun finishes the job and counts it')
@@ -232,25 +220,25 @@ t.test('rotation: new key first, seal (kill -9 midway, then again), drop the old
   t.equal(loaded.sessions.length, ids.length)
   t.ok(loaded.sessions.every((s) => JSON.stringify(s.file) === originals.get(s.file.session_id)), 'every session is as it was')
 
-  const validate = await taskvault(['validate', '--json'], newOnly)
+  const validate = await taskvault(['validate', '--json'], { env: newOnly })
   t.equal(validate.code, 0)
   t.ok(JSON.parse(validate.stdout).files.every((f: { kid: string }) => f.kid === 'new'), 'validate reports each file\'s kid')
-  const withoutKey = await taskvault(['validate', '--fix'], { TASK_STORAGE_DIR: dir })
+  const withoutKey = await taskvault(['validate', '--fix'], { env: { TASK_STORAGE_DIR: dir } })
   t.equal(withoutKey.code, 1)
   t.match(withoutKey.stdout, /TASK_ENCRYPTION_KEYS is not set/)
   t.equal((await readdir(dir)).filter((n) => n.endsWith('.json')).length, ids.length, 'validate --fix never moves a file sealed under a missing key')
   const keyless = join(await tempDir(t), 'keyless.tar.gz')
-  const keylessRun = await taskvault(['backup', '--out', keyless, '--json'], { TASK_STORAGE_DIR: dir })
+  const keylessRun = await taskvault(['backup', '--out', keyless, '--json'], { env: { TASK_STORAGE_DIR: dir } })
   t.equal(keylessRun.code, 0, keylessRun.stderr)
   t.equal(JSON.parse(keylessRun.stdout).active, ids.length, 'a backup without the key still carries every sealed file as it is')
-  const stats = await taskvault(['stats', '--json'], newOnly)
+  const stats = await taskvault(['stats', '--json'], { env: newOnly })
   t.equal(JSON.parse(stats.stdout).total_sessions, ids.length)
 
   const backup = join(await tempDir(t), 'b.tar.gz')
-  t.equal((await taskvault(['backup', '--out', backup], newOnly)).code, 0)
+  t.equal((await taskvault(['backup', '--out', backup], { env: newOnly })).code, 0)
   const target = join(await tempDir(t), 'restored')
   await mkdir(target)
-  const restored = await taskvault(['restore', backup, target], newOnly)
+  const restored = await taskvault(['restore', backup, target], { env: newOnly })
   t.equal(restored.code, 0, restored.stderr)
   const sample = await readJson(join(target, 's7.json'))
   t.equal(sample.sealed.kid, 'new', 'backup and restore carry envelopes as they are')

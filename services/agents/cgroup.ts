@@ -5,6 +5,7 @@ import { access, mkdir, readFile, readdir, rmdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Logger } from '../task-manager.js'
+import { pidAlive } from '../pid.js'
 
 /**
  * A cgroup (v2) per command call. A process that calls setsid leaves its process group, but
@@ -123,7 +124,7 @@ export class CallCgroups {
     const names = await readdir(this.parent).catch(() => [])
     for (const name of names) {
       const pid = LEFTOVER.exec(name)?.[1]
-      if (pid === undefined || Number(pid) === process.pid || alive(Number(pid))) continue
+      if (pid === undefined || Number(pid) === process.pid || pidAlive(Number(pid))) continue
       this.log?.warn({ cgroup: join(this.parent, name) }, 'Removing a command call\'s cgroup left by a server that is gone')
       await this.destroy(join(this.parent, name))
     }
@@ -142,15 +143,5 @@ export class CallCgroups {
     await rmdir(dir).catch((err: NodeJS.ErrnoException) => {
       this.log?.warn({ cgroup: dir, code: err.code }, 'Could not remove a command call\'s cgroup; what it holds was killed, remove it with rmdir')
     })
-  }
-}
-
-/** Whether a process with this pid runs (on this host: cgroups are local). */
-function alive (pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
   }
 }
