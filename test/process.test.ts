@@ -227,7 +227,7 @@ for (const autoSave of [true, false]) {
 t.test('SIGTERM with a request in flight (TASK_AUTO_SAVE=false) still exits 0 and keeps acknowledged work', async (t) => {
   const { dir, start } = await scratch(t)
   const storage = join(dir, 'tasks')
-  const env = { TASK_STORAGE_DIR: storage, TASK_SHUTDOWN_GRACE_MS: '200', TASK_AUTO_SAVE: 'false' }
+  const env = { TASK_STORAGE_DIR: storage, TASK_SHUTDOWN_GRACE_MS: '1000', TASK_AUTO_SAVE: 'false' }
   const agent = new http.Agent({ keepAlive: true })
   t.teardown(() => agent.destroy())
 
