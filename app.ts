@@ -75,11 +75,11 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   app.setValidatorCompiler(createValidatorCompiler())
   app.setErrorHandler(errorHandler)
   const connections = guardConnections(app.server, app.log, {
-    maxConnections: settings.TASK_MAX_CONNECTIONS,
+    // Event streams hold their sockets for long: their own cap comes on top, so they never take the slots of requests.
+    maxConnections: settings.TASK_MAX_CONNECTIONS + settings.TASK_EVENTS_MAX_CLIENTS,
     // A request still arriving at shutdown gets its timeout, but never more than the grace period.
     stalledCloseMs: Math.min(settings.TASK_REQUEST_TIMEOUT_MS, settings.TASK_SHUTDOWN_GRACE_MS)
   })
-  // Future live-view streams: their own cap goes on top of TASK_MAX_CONNECTIONS (services/connections.ts).
   app.addHook('preClose', async () => connections.closing())
 
   try {

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { CreateBody, ExecuteAllBody, LIST_DEFAULTS, ListQuery, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
+import { CreateBody, ExecuteAllBody, LIST_DEFAULTS, ListQuery, RetryBody, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
 import { setting } from '../plugins/options.js'
 import { InvalidInstructionsError } from '../services/errors.js'
 import { classifyTask, parseInstructions } from '../services/parser.js'
@@ -47,6 +47,12 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     const sessionId = request.body.session_id
     const { cancelled_task_id: cancelledTaskId, progress } = await manager.cancel(sessionId)
     return { session_id: sessionId, cancelled_task_id: cancelledTaskId, progress }
+  })
+
+  app.post('/retry', { bodyLimit, schema: { body: RetryBody, response: responses.retry } }, async (request) => {
+    const { session_id: sessionId, task_id: taskId } = request.body
+    const { task_ids: taskIds, progress } = await manager.retry(sessionId, taskId)
+    return { session_id: sessionId, task_ids: taskIds, progress }
   })
 
   app.get('/progress', { schema: { querystring: SessionQuery, response: responses.progress } }, async (request) => {

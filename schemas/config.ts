@@ -44,6 +44,12 @@ export const ConfigSchema = Type.Object({
   // Connections: how long a request may take to arrive, how long an idle keep-alive socket stays, how many sockets at once.
   TASK_REQUEST_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: MAX_TIMER_MS, default: 30_000, description: 'Time to receive a whole request (headers and body); 408 and closed after it' }),
   TASK_KEEP_ALIVE_TIMEOUT_MS: Type.Integer({ minimum: 1, maximum: MAX_TIMER_MS, default: 65_000, description: 'An idle keep-alive socket is closed after this; above the 60 s idle timeout of common proxies' }),
-  TASK_MAX_CONNECTIONS: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 512, description: 'Open client sockets; more are closed at once, so storage keeps its file descriptors' })
+  TASK_MAX_CONNECTIONS: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 512, description: 'Open client sockets; more are closed at once, so storage keeps its file descriptors' }),
+  // Live view: the event stream (GET /api/v1/tasks/events) and the dashboard.
+  TASK_EVENTS_BUFFER: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 10_000, description: 'Latest events kept for clients resuming with Last-Event-ID; older ids get a reset' }),
+  TASK_EVENTS_HEARTBEAT_MS: Type.Integer({ minimum: 10, maximum: HOUR_MS, default: 15_000, description: 'A heartbeat comment on every stream this often' }),
+  TASK_EVENTS_MAX_CLIENTS: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 1000, description: 'Concurrent event streams; past it 503. Their sockets come on top of TASK_MAX_CONNECTIONS' }),
+  TASK_EVENTS_MAX_QUEUED_BYTES: Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024, default: 1024 * 1024, description: 'A stream client with more bytes waiting to be sent is cut off with a reset' }),
+  TASK_DASHBOARD: Type.Boolean({ default: true, description: 'The dashboard at /dashboard' })
 })
 export type Config = Static<typeof ConfigSchema>

@@ -20,6 +20,7 @@ export const TAGS = [
   { name: 'sessions', description: 'Read and delete sessions' },
   { name: 'stats', description: 'Counts and storage figures' },
   { name: 'archive', description: 'Archiving and retention of finished sessions' },
+  { name: 'events', description: 'The live event stream' },
   { name: 'health', description: 'Probes for load balancers and Kubernetes' }
 ]
 
@@ -64,5 +65,17 @@ export const ROUTE_DOCS: Readonly<Record<string, RouteDoc>> = {
     // The route takes no body as `{}`.
     [BODY_OPTIONAL]: true
   },
-  'GET /stats': { operationId: 'getStats', tags: ['stats'], summary: 'Session and task counts, storage figures' }
+  'GET /stats': { operationId: 'getStats', tags: ['stats'], summary: 'Session and task counts, storage figures' },
+  'POST /retry': {
+    operationId: 'retryFailed',
+    tags: ['tasks'],
+    summary: 'Put one failed task, or every failed task, back to Pending',
+    description: '`attempts` and `interruptions` are kept; the tasks run next. 404 for an unknown session or task, 409 while the session executes or when the task is not Failed.'
+  },
+  'GET /events': {
+    operationId: 'streamEvents',
+    tags: ['events'],
+    summary: 'Live events of every session, or of one (Server-Sent Events)',
+    description: 'Each event is sent once its change is durable. Reconnect with `Last-Event-ID` to get the events after it (at least once, in order per session, within the last TASK_EVENTS_BUFFER events); `event: reset` means they are gone: refetch. 503 past TASK_EVENTS_MAX_CLIENTS streams.'
+  }
 }

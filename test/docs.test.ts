@@ -90,10 +90,13 @@ t.test('every task route is in the document with tags, summary, request schemas 
       t.ok(statuses.length > 0, `${name} declares its answers`)
       t.same(Object.keys(operation.responses).sort(), statuses, `${name}: every response status`)
       for (const status of statuses) {
-        const media = operation.responses[status]?.content?.['application/json']
+        const content = operation.responses[status]?.content
+        // The event stream answers text/event-stream; its example sits on its schema.
+        const stream = content?.['text/event-stream']
+        const media = content?.['application/json'] ?? stream
         if (status === '204') continue
         t.ok(media?.schema !== undefined, `${name} ${status}: schema`)
-        t.ok(media?.example !== undefined || media?.examples !== undefined, `${name} ${status}: example`)
+        t.ok(media?.example !== undefined || media?.examples !== undefined || (stream !== undefined && (stream.schema as { examples?: unknown }).examples !== undefined), `${name} ${status}: example`)
       }
     }
   }
@@ -147,6 +150,8 @@ t.test('a generated client names its methods by operationId, one per route', asy
     'GET /api/v1/tasks/stats': 'getStats',
     'DELETE /api/v1/tasks/sessions/{session_id}': 'deleteSession',
     'POST /api/v1/tasks/archive': 'runArchivePass',
+    'POST /api/v1/tasks/retry': 'retryFailed',
+    'GET /api/v1/tasks/events': 'streamEvents',
     'GET /health': 'getHealth',
     'GET /ready': 'getReadiness'
   })
