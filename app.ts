@@ -3,6 +3,7 @@ import Fastify, { type FastifyHttpOptions, type FastifyInstance, type FastifySer
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import authPlugin from './plugins/auth.js'
 import configPlugin, { loadConfig, type ConfigPluginOptions } from './plugins/config.js'
+import dashboardPlugin from './plugins/dashboard.js'
 import docsPlugin from './plugins/docs.js'
 import metricsPlugin from './plugins/metrics.js'
 import taskvault from './plugins/taskvault.js'
@@ -101,6 +102,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
       ...(config.TASK_METRICS && { metricsRegistry: app.metricsRegistry })
     })
     await app.register(healthRoutes)
+    if (config.TASK_DASHBOARD) await app.register(dashboardPlugin)
   } catch (err) {
     // A plugin that fails after persistence took the storage lock must not leave it held.
     await app.close().catch(() => {})

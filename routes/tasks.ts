@@ -72,8 +72,10 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     // The validator has filled in the defaults already; these only tell TypeScript so.
     const { session_id: sessionId, limit = LIST_DEFAULTS.limit, offset = LIST_DEFAULTS.offset, archived: filter = LIST_DEFAULTS.archived } = request.query
     if (sessionId === ALL_SESSIONS) {
-      if (filter === 'exclude') return { ...manager.list(offset, limit), offset, limit }
-      return { ...await manager.listWithArchived(offset, limit, filter), offset, limit }
+      const page = filter === 'exclude' ? manager.list(offset, limit) : await manager.listWithArchived(offset, limit, filter)
+      // Only the page is looked at: a running marker costs one map lookup per session shown.
+      const sessions = page.sessions.map((s) => ({ ...s, running: manager.isRunning(s.session_id) }))
+      return { total: page.total, sessions, offset, limit }
     }
     const { file, archived } = await manager.find(sessionId)
     const tasks = file.session.tasks

@@ -178,7 +178,7 @@ export const SessionDetail = Type.Object({
 export const SessionSummary = Type.Composite([
   Type.Object({ session_id: SessionId, created_at: Timestamp, updated_at: Timestamp }),
   Progress,
-  Type.Object({ archived: Archived })
+  Type.Object({ archived: Archived, running: Type.Optional(Type.Boolean({ description: 'An execution holds the session now (active sessions)' })) })
 ])
 
 export const SessionList = Type.Object({
