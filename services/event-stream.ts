@@ -26,6 +26,8 @@ interface Client {
   res: ServerResponse
   /** Only this session's events, or every session's (null). */
   sessionId: string | null
+  /** Where in the current turn's events this client starts (it joined mid-turn), else 0. */
+  from: number
 }
 
 /** The headers of every stream: no caching, and no buffering by nginx-style proxies. */
@@ -41,6 +43,9 @@ const CUT_GRACE_MS = 5000
 export class EventStreamHub {
   private readonly clients = new Set<Client>()
   private heartbeat: NodeJS.Timeout | null = null
+  /** Events since the last flush: written together at the end of this turn of the event loop. */
+  private turn: BufferedEvent[] = []
+  private flushing: NodeJS.Immediate | null = null
   private readonly unsubscribe: () => void
   private closed = false
 
@@ -71,7 +76,7 @@ export class EventStreamHub {
    * they are no longer held), then every new event. Synchronous, so nothing falls in between.
    */
   open (res: ServerResponse, sessionId: string | null, lastEventId: string | undefined): void {
-    const client: Client = { res, sessionId }
+    const client: Client = { res, sessionId, from: this.turn.length }
     res.on('error', noop)
     res.writeHead(200, STREAM_HEADERS)
     // The retry hint, and a first line so that clients see the headers at once.
@@ -92,17 +97,45 @@ export class EventStreamHub {
     this.closed = true
     this.unsubscribe()
     this.stopHeartbeat()
+    this.flush()
+    if (this.flushing !== null) clearImmediate(this.flushing)
     for (const client of this.clients) endStream(client.res)
     this.clients.clear()
   }
 
+  /**
+   * Events are written once per turn of the event loop: the events of every save that completed
+   * in one turn cost one write per client, and clients that want the same events (every
+   * session, or one session) share one encoded buffer.
+   */
   private deliver (event: BufferedEvent): void {
     if (this.clients.size === 0) return
-    let frame: string | null = null
-    for (const client of this.clients) {
-      if (!matches(client, event)) continue
-      frame ??= this.buffer.frameOf(event)
-      this.write(client, frame)
+    this.turn.push(event)
+    this.flushing ??= setImmediate(() => { this.flush() })
+  }
+
+  private flush (): void {
+    this.flushing = null
+    const events = this.turn
+    this.turn = []
+    if (events.length === 0) return
+    const chunks = new Map<string, Buffer | null>()
+    // A copy: a write may cut its client, which leaves the set.
+    for (const client of [...this.clients]) {
+      const from = client.from
+      client.from = 0
+      const key = `${from}:${client.sessionId ?? ''}`
+      let chunk = chunks.get(key)
+      if (chunk === undefined) {
+        let text = ''
+        for (let i = from; i < events.length; i++) {
+          const event = events[i] as BufferedEvent
+          if (matches(client, event)) text += this.buffer.frameOf(event)
+        }
+        chunk = text === '' ? null : Buffer.from(text, 'utf8')
+        chunks.set(key, chunk)
+      }
+      if (chunk !== null) this.write(client, chunk)
     }
   }
 
@@ -114,7 +147,7 @@ export class EventStreamHub {
     for (const client of this.clients) this.write(client, ': heartbeat\n\n')
   }
 
-  private write (client: Client, chunk: string): void {
+  private write (client: Client, chunk: string | Buffer): void {
     const res = client.res
     if (res.writableEnded || res.destroyed) {
       this.clients.delete(client)
