@@ -21,13 +21,16 @@ export interface EventsPluginOptions {
   eventsMaxClients?: number
   /** Bytes queued for one client before it is cut off with a reset (TASK_EVENTS_MAX_QUEUED_BYTES). */
   eventsMaxQueuedBytes?: number
+  /** Events are written to clients at most this often, batched (TASK_EVENTS_FLUSH_MS). */
+  eventsFlushMs?: number
 }
 
 export const EventsOptionsSchema = Type.Object({
   eventsBuffer: fromSetting('TASK_EVENTS_BUFFER'),
   eventsHeartbeatMs: fromSetting('TASK_EVENTS_HEARTBEAT_MS'),
   eventsMaxClients: fromSetting('TASK_EVENTS_MAX_CLIENTS'),
-  eventsMaxQueuedBytes: fromSetting('TASK_EVENTS_MAX_QUEUED_BYTES')
+  eventsMaxQueuedBytes: fromSetting('TASK_EVENTS_MAX_QUEUED_BYTES'),
+  eventsFlushMs: fromSetting('TASK_EVENTS_FLUSH_MS')
 }, { additionalProperties: false })
 
 /**
@@ -41,7 +44,8 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
   const hub = new EventStreamHub(buffer, {
     maxClients: options.eventsMaxClients ?? setting(app, 'TASK_EVENTS_MAX_CLIENTS'),
     heartbeatMs: options.eventsHeartbeatMs ?? setting(app, 'TASK_EVENTS_HEARTBEAT_MS'),
-    maxQueuedBytes: options.eventsMaxQueuedBytes ?? setting(app, 'TASK_EVENTS_MAX_QUEUED_BYTES')
+    maxQueuedBytes: options.eventsMaxQueuedBytes ?? setting(app, 'TASK_EVENTS_MAX_QUEUED_BYTES'),
+    flushMs: options.eventsFlushMs ?? setting(app, 'TASK_EVENTS_FLUSH_MS')
   }, app.log)
   const forward = (name: TaskEventName, data: TaskEventData): void => { buffer.append(name, data) }
   app.taskManager.events.on('task-event', forward)

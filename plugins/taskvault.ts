@@ -117,7 +117,7 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
       const unregister = registerTaskvaultMetrics({ registry: options.metricsRegistry, prefix: metricsPrefix, manager: instance.taskManager, store: instance.persistence })
       instance.addHook('onClose', async () => unregister())
     }
-    await instance.register(eventsPlugin, { eventsBuffer: options.eventsBuffer, eventsHeartbeatMs: options.eventsHeartbeatMs, eventsMaxClients: options.eventsMaxClients, eventsMaxQueuedBytes: options.eventsMaxQueuedBytes })
+    await instance.register(eventsPlugin, { eventsBuffer: options.eventsBuffer, eventsHeartbeatMs: options.eventsHeartbeatMs, eventsMaxClients: options.eventsMaxClients, eventsMaxQueuedBytes: options.eventsMaxQueuedBytes, eventsFlushMs: options.eventsFlushMs })
     const bodyLimit = options.bodyLimit ?? setting(instance, 'BODY_LIMIT')
     await instance.register(taskRoutes, { bodyLimit })
     await instance.register(archiveRoutes, { bodyLimit })

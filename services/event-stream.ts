@@ -15,6 +15,8 @@ export interface StreamLimits {
   heartbeatMs: number
   /** A client with more bytes queued than this is sent a reset and cut off (TASK_EVENTS_MAX_QUEUED_BYTES). */
   maxQueuedBytes: number
+  /** Events are written to clients at most this often, batched (TASK_EVENTS_FLUSH_MS). */
+  flushMs: number
 }
 
 export interface StreamLogger {
@@ -45,7 +47,8 @@ export class EventStreamHub {
   private heartbeat: NodeJS.Timeout | null = null
   /** Events since the last flush: written together at the end of this turn of the event loop. */
   private turn: BufferedEvent[] = []
-  private flushing: NodeJS.Immediate | null = null
+  private flushing: NodeJS.Immediate | NodeJS.Timeout | null = null
+  private lastFlush = -Infinity
   private readonly unsubscribe: () => void
   private closed = false
 
@@ -97,8 +100,11 @@ export class EventStreamHub {
     this.closed = true
     this.unsubscribe()
     this.stopHeartbeat()
+    if (this.flushing !== null) {
+      clearImmediate(this.flushing as NodeJS.Immediate)
+      clearTimeout(this.flushing as NodeJS.Timeout)
+    }
     this.flush()
-    if (this.flushing !== null) clearImmediate(this.flushing)
     for (const client of this.clients) endStream(client.res)
     this.clients.clear()
   }
@@ -111,11 +117,15 @@ export class EventStreamHub {
   private deliver (event: BufferedEvent): void {
     if (this.clients.size === 0) return
     this.turn.push(event)
-    this.flushing ??= setImmediate(() => { this.flush() })
+    if (this.flushing !== null) return
+    // At most one flush per flushMs: under heavy load the writes per client stay bounded.
+    const wait = this.lastFlush + this.limits.flushMs - performance.now()
+    this.flushing = wait <= 0 ? setImmediate(() => { this.flush() }) : setTimeout(() => { this.flush() }, wait)
   }
 
   private flush (): void {
     this.flushing = null
+    this.lastFlush = performance.now()
     const events = this.turn
     this.turn = []
     if (events.length === 0) return

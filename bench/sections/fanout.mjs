@@ -3,42 +3,28 @@
 // timed in the server child) to its arrival at each client (timed here; both on this machine's
 // clock). Peer: execute throughput with no stream client, against the same with N connected.
 // Also memory per idle stream client, in the server child after a full collection.
-import net from 'node:net'
+import { fork } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { cannon, startServer } from '../lib/http.mjs'
-import { now, percentile } from '../lib/stats.mjs'
+import { now } from '../lib/stats.mjs'
 
-const epochMs = () => performance.timeOrigin + performance.now()
+const CLIENTS = fileURLToPath(new URL('../stream-clients-child.mjs', import.meta.url))
 
-/** A stream client on a raw socket: records when each event id arrives, and nothing else. */
-function streamClient (port, arrivals) {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(port, '127.0.0.1')
-    let tail = ''
-    let opened = false
-    socket.setEncoding('latin1')
-    socket.on('error', reject)
-    socket.on('data', (chunk) => {
-      const at = epochMs()
-      if (!opened) {
-        opened = true
-        if (!chunk.startsWith('HTTP/1.1 200')) return reject(new Error(`stream refused: ${chunk.slice(0, 80)}`))
-        resolve(socket)
-      }
-      const text = tail + chunk
-      let from = 0
-      for (;;) {
-        const i = text.indexOf('\nid: ', from)
-        if (i < 0) break
-        const end = text.indexOf('\n', i + 5)
-        if (end < 0) break
-        const id = text.slice(i + 5, end)
-        arrivals.push(at, Number(id.slice(id.lastIndexOf('-') + 1)))
-        from = end
-      }
-      tail = text.slice(Math.max(from, text.length - 64))
-    })
-    socket.write('GET /api/v1/tasks/events HTTP/1.1\r\nHost: bench\r\n\r\n')
+/** The stream clients' process; `ask` sends a message and resolves with the answer of the same type. */
+function clientsProcess () {
+  const child = fork(CLIENTS, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  const ask = (message) => new Promise((resolve, reject) => {
+    const onMessage = (m) => {
+      if (m.type !== message.type && m.type !== 'error') return
+      child.off('message', onMessage)
+      if (m.type === 'error') reject(new Error(m.message))
+      else resolve(m)
+    }
+    child.on('message', onMessage)
+    child.send(message)
   })
+  const stop = () => new Promise((resolve) => { child.once('exit', resolve); child.send({ type: 'stop' }) })
+  return { ask, stop }
 }
 
 async function post (url, path, body) {
@@ -59,7 +45,7 @@ export async function benchFanout ({ P, row, sections, trackedDir, dropDir, log 
   const perSession = Math.min(1000, Math.ceil(tasksNeeded / sessions))
   const dir = trackedDir('fanout')
   const server = await startServer({ kind: 'app', dir, execArgv: ['--expose-gc'], recordEventTimes: true, config: { TASK_EVENTS_MAX_CLIENTS: N + 10, TASK_EVENTS_HEARTBEAT_MS: 3_600_000 } })
-  const sockets = []
+  const clients = clientsProcess()
   try {
     const instructions = Array.from({ length: perSession }, (_, i) => `${i + 1}. think about step ${i}`).join('\n')
     for (let s = 0; s < sessions; s++) await post(server.url, '/create', { session_id: `fan_${s}`, instructions })
@@ -73,15 +59,17 @@ export async function benchFanout ({ P, row, sections, trackedDir, dropDir, log 
     const none = await execute()
 
     const idleBefore = await memOf(server)
-    const arrivals = []
-    for (let i = 0; i < N; i++) sockets.push(await streamClient(server.port, arrivals))
+    await clients.ask({ type: 'connect', port: server.port, n: N })
     await new Promise((resolve) => setTimeout(resolve, 200))
     const idleAfter = await memOf(server)
     const perClient = rssPerClient(idleBefore, idleAfter, N)
     log(`  ${N} idle clients: ${(perClient.heap_bytes / 1024).toFixed(1)} KB heap+external, ${(perClient.rss_bytes / 1024).toFixed(1)} KB RSS each`)
 
+    const loadedCpu0 = await server.cpu()
     const loaded = await execute()
-    arrivals.length = 0
+    const loadedCpu1 = await server.cpu()
+    const loadedCpuShare = ((loadedCpu1.user - loadedCpu0.user) + (loadedCpu1.system - loadedCpu0.system)) / 1e6 / loaded.duration_s
+    await clients.ask({ type: 'reset' })
     await eventTimes(server)
 
     // Steady load: RATE executes a second (each completes one task), spread evenly.
@@ -101,34 +89,32 @@ export async function benchFanout ({ P, row, sections, trackedDir, dropDir, log 
     await new Promise((resolve) => setTimeout(resolve, 300))
     const elapsed = (now() - t0) / 1000
     const cpu1 = await server.cpu()
-    const emitted = new Map(await eventTimes(server))
-    const latencies = []
-    for (let i = 0; i < arrivals.length; i += 2) {
-      const at = emitted.get(arrivals[i + 1])
-      if (at !== undefined) latencies.push(arrivals[i] - at)
-    }
-    const expected = emitted.size * N
+    const times = await eventTimes(server)
+    const measured = await clients.ask({ type: 'latency', times })
+    const expected = times.length * N
     const cpuShare = ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / 1e6 / elapsed
     const result = {
       clients: N,
       tasks_per_s: sent / elapsed,
-      events_per_s: emitted.size / elapsed,
-      deliveries: latencies.length,
+      events_per_s: times.length / elapsed,
+      deliveries: measured.deliveries,
       deliveries_expected: expected,
-      latency_p50_ms: percentile(latencies, 50),
-      latency_p99_ms: percentile(latencies, 99),
+      latency_p50_ms: measured.p50,
+      latency_p99_ms: measured.p99,
+      latency_max_ms: measured.max,
       server_cpu_share: cpuShare,
+      server_cpu_share_execute_with_clients: loadedCpuShare,
       execute_rps_no_clients: none.rps,
       execute_rps_with_clients: loaded.rps,
       idle_client_bytes: perClient
     }
     sections.fanout = result
-    log(`  p50 ${result.latency_p50_ms.toFixed(2)} ms, p99 ${result.latency_p99_ms.toFixed(2)} ms over ${latencies.length}/${expected} deliveries; server CPU ${(cpuShare * 100).toFixed(0)}% of a core`)
+    log(`  p50 ${result.latency_p50_ms.toFixed(2)} ms, p99 ${result.latency_p99_ms.toFixed(2)} ms over ${measured.deliveries}/${expected} deliveries; server CPU ${(cpuShare * 100).toFixed(0)}% of a core`)
     row(`event delivery p99, ${N} stream clients, ${Math.round(result.tasks_per_s)} tasks/s`, { ours: result.latency_p99_ms, unit: 'ms', goal: '<= 50 ms', met: result.latency_p99_ms <= 50 })
     row(`execute with ${N} stream clients`, { ours: loaded.rps, floor: none.rps, floorLabel: 'with none', unit: 'req/s', ratio: loaded.rps / none.rps, ratioOf: 'with / without', goal: '>= 0.8x', met: loaded.rps / none.rps >= 0.8 })
     row('memory per idle stream client (heap+external)', { ours: perClient.heap_bytes / 1024, unit: 'KB', goal: '<= 20 KB', met: perClient.heap_bytes <= 20 * 1024 })
   } finally {
-    for (const socket of sockets) socket.destroy()
+    await clients.stop()
     await server.stop()
     dropDir(dir)
   }
