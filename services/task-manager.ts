@@ -267,7 +267,7 @@ export class TaskManager {
       }
       return appendTasks(draft.file, specs, draft.now).map((task) => ({ ...task }))
     }))
-    if (origin !== null) this.events.emit('task-event', origin === 'created' ? 'session.created' : 'session.unarchived', { session_id: sessionId })
+    if (origin !== null && this.events.listenerCount('task-event') > 0) this.events.emit('task-event', origin === 'created' ? 'session.created' : 'session.unarchived', { session_id: sessionId })
     this.runner.announce('tasks.added', { session_id: sessionId, task_ids: tasks.map((task) => task.id), count: tasks.length })
     return { session_id: sessionId, tasks }
   }
@@ -423,7 +423,7 @@ export class TaskManager {
       }
       return ids
     }))
-    if (unarchived) this.events.emit('task-event', 'session.unarchived', { session_id: sessionId })
+    if (unarchived && this.events.listenerCount('task-event') > 0) this.events.emit('task-event', 'session.unarchived', { session_id: sessionId })
     this.runner.announce('tasks.retried', { session_id: sessionId, task_ids: taskIds, status: 'Pending' })
     return { task_ids: taskIds, progress: this.progress(sessionId) }
   }
