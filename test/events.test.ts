@@ -12,6 +12,7 @@ import v8 from 'node:v8'
 import vm from 'node:vm'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
+import { AgentError } from '../services/errors.js'
 import { waitFor } from './agents-fakes.js'
 import { build, createSession, post, tempDir, type TestAppOptions, type TestContext } from './helper.js'
 import { call, scratch } from './server-process.js'
@@ -209,4 +210,46 @@ t.test('the real server: SIGTERM with streams open ends them and exits 0', async
   t.ok(Date.now() - started < 5000, `promptly (${Date.now() - started} ms)`)
   await Promise.all(streams.map(async (stream) => stream.ended))
   t.pass('both streams ended')
+})
+
+t.test('retrying, cancel, retry, archive, unarchive and delete each say so', async (t) => {
+  let calls = 0
+  let hangs = 0
+  const { app, base } = await listening(t, {
+    executors: {
+      default: {
+        max_attempts: 2,
+        backoff_ms: 10,
+        run: async (task, { signal }) => {
+          if (task.instruction === 'flaky' && calls++ === 0) throw new AgentError('busy', { transient: true })
+          if (task.instruction === 'hang' && hangs++ === 0) {
+            await new Promise<void>((_resolve, reject) => {
+              signal.addEventListener('abort', () => reject(signal.reason), { once: true })
+            })
+          }
+          return { result: 'ok' }
+        }
+      }
+    }
+  })
+  const stream = await openStream(t, `${base}${EVENTS}?session_id=life`)
+  await createSession(app, 'life', '1. flaky\n2. hang')
+  t.equal((await post(app, '/execute-all', { session_id: 'life', wait: false })).statusCode, 202)
+  // The hanging task has started: the flaky one before it completed on its second call.
+  await stream.until((list) => list.some((e) => e.event === 'task.completed') && list.at(-1)?.event === 'progress' && list.at(-2)?.event === 'task.started')
+  t.equal((await post(app, '/cancel', { session_id: 'life' })).statusCode, 200)
+  await stream.until((list) => list.some((e) => e.event === 'run.cancelled'))
+  t.match(stream.events.find((e) => e.event === 'task.retrying')?.data, { status: 'InProgress', attempt: 1, retry_in_ms: Number })
+  t.match(stream.events.find((e) => e.event === 'run.cancelled')?.data, { background: true, task_id: /^task_2_/ })
+  t.equal((await post(app, '/retry', { session_id: 'life' })).statusCode, 200)
+  await stream.until((list) => list.some((e) => e.event === 'tasks.retried'))
+  t.equal((await post(app, '/execute', { session_id: 'life' })).statusCode, 200)
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['life'])
+  await createSession(app, 'life', 'more')
+  t.equal((await app.inject({ method: 'DELETE', url: '/api/v1/tasks/sessions/life' })).statusCode, 204)
+  await stream.until((list) => list.some((e) => e.event === 'session.deleted'))
+  const tail = names(stream.events).slice(names(stream.events).indexOf('tasks.retried'))
+  t.same(tail.filter((name) => name !== 'progress'), [
+    'tasks.retried', 'task.started', 'task.completed', 'session.archived', 'session.unarchived', 'tasks.added', 'session.deleted'
+  ])
 })
