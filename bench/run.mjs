@@ -41,6 +41,9 @@ const SECTIONS = [
 const benchStarted = now()
 const loadAtStart = os.loadavg()
 const ctx = createContext({ quick: QUICK })
+// `--fanout-flush-ms=N`: the fanout section's TASK_EVENTS_FLUSH_MS (latency against CPU).
+const FLUSH = args.find((a) => a.startsWith('--fanout-flush-ms='))?.slice(18)
+if (FLUSH !== undefined) ctx.P.fanoutFlushMs = Number(FLUSH)
 const { P, rows, sections, log } = ctx
 const wanted = (name) => ONLY === null || ONLY.includes(name)
 

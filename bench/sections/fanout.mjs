@@ -44,7 +44,7 @@ export async function benchFanout ({ P, row, sections, trackedDir, dropDir, log 
   const tasksNeeded = Math.ceil(RATE * seconds * 1.2) + 2 * Math.ceil(P.fanoutThroughputSeconds * 3000)
   const perSession = Math.min(1000, Math.ceil(tasksNeeded / sessions))
   const dir = trackedDir('fanout')
-  const server = await startServer({ kind: 'app', dir, execArgv: ['--expose-gc'], recordEventTimes: true, config: { TASK_EVENTS_MAX_CLIENTS: N + 10, TASK_EVENTS_HEARTBEAT_MS: 3_600_000 } })
+  const server = await startServer({ kind: 'app', dir, execArgv: ['--expose-gc'], recordEventTimes: true, config: { TASK_EVENTS_MAX_CLIENTS: N + 10, TASK_EVENTS_HEARTBEAT_MS: 3_600_000, ...(P.fanoutFlushMs !== undefined && { TASK_EVENTS_FLUSH_MS: P.fanoutFlushMs }) } })
   const clients = clientsProcess()
   try {
     const instructions = Array.from({ length: perSession }, (_, i) => `${i + 1}. think about step ${i}`).join('\n')
