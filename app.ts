@@ -3,6 +3,7 @@ import Fastify, { type FastifyHttpOptions, type FastifyInstance, type FastifySer
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import authPlugin from './plugins/auth.js'
 import configPlugin, { loadConfig, type ConfigPluginOptions } from './plugins/config.js'
+import dashboardPlugin from './plugins/dashboard.js'
 import docsPlugin from './plugins/docs.js'
 import metricsPlugin from './plugins/metrics.js'
 import taskvault from './plugins/taskvault.js'
@@ -75,11 +76,11 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   app.setValidatorCompiler(createValidatorCompiler())
   app.setErrorHandler(errorHandler)
   const connections = guardConnections(app.server, app.log, {
-    maxConnections: settings.TASK_MAX_CONNECTIONS,
+    // Event streams hold their sockets for long: their own cap comes on top, so they never take the slots of requests.
+    maxConnections: settings.TASK_MAX_CONNECTIONS + settings.TASK_EVENTS_MAX_CLIENTS,
     // A request still arriving at shutdown gets its timeout, but never more than the grace period.
     stalledCloseMs: Math.min(settings.TASK_REQUEST_TIMEOUT_MS, settings.TASK_SHUTDOWN_GRACE_MS)
   })
-  // Future live-view streams: their own cap goes on top of TASK_MAX_CONNECTIONS (services/connections.ts).
   app.addHook('preClose', async () => connections.closing())
 
   try {
@@ -101,6 +102,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
       ...(config.TASK_METRICS && { metricsRegistry: app.metricsRegistry })
     })
     await app.register(healthRoutes)
+    if (config.TASK_DASHBOARD) await app.register(dashboardPlugin)
   } catch (err) {
     // A plugin that fails after persistence took the storage lock must not leave it held.
     await app.close().catch(() => {})

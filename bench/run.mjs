@@ -2,7 +2,7 @@
 // Every figure is the median of several rounds, measured next to a floor or peer on the same
 // bytes in the same run; ratios make the goals of issue 6 machine-independent.
 // Optional: `--only=save,restore,...` runs a subset (sections: save, concurrent, updates,
-// restore, memory, create, get, autosave, execute, encryption); `--out=FILE` writes the JSON elsewhere
+// restore, memory, create, get, autosave, execute, encryption, fanout); `--out=FILE` writes the JSON elsewhere
 // (default bench/results.json for a full run, bench/results.quick.json for --quick, and
 // bench/results.partial.json for --only, so a subset never overwrites the recorded full run).
 // Each section lives in bench/sections/ and gets the shared context from bench/lib/context.mjs.
@@ -19,6 +19,7 @@ import { benchConcurrent } from './sections/concurrent.mjs'
 import { benchCreate } from './sections/create.mjs'
 import { benchEncryption } from './sections/encryption.mjs'
 import { benchExecute } from './sections/execute.mjs'
+import { benchFanout } from './sections/fanout.mjs'
 import { benchGet } from './sections/get.mjs'
 import { benchMemory } from './sections/memory.mjs'
 import { benchRestore } from './sections/restore.mjs'
@@ -34,12 +35,15 @@ const HERE = fileURLToPath(new URL('.', import.meta.url))
 // fsync-bound sections first; the HTTP ones create and delete thousands of files.
 const SECTIONS = [
   ['save', benchSave], ['concurrent', benchConcurrent], ['updates', benchUpdates], ['autosave', benchAutosave],
-  ['execute', benchExecute], ['restore', benchRestore], ['memory', benchMemory], ['create', benchCreate], ['get', benchGet], ['encryption', benchEncryption]
+  ['execute', benchExecute], ['restore', benchRestore], ['memory', benchMemory], ['create', benchCreate], ['get', benchGet], ['encryption', benchEncryption], ['fanout', benchFanout]
 ]
 
 const benchStarted = now()
 const loadAtStart = os.loadavg()
 const ctx = createContext({ quick: QUICK })
+// `--fanout-flush-ms=N`: the fanout section's TASK_EVENTS_FLUSH_MS (latency against CPU).
+const FLUSH = args.find((a) => a.startsWith('--fanout-flush-ms='))?.slice(18)
+if (FLUSH !== undefined) ctx.P.fanoutFlushMs = Number(FLUSH)
 const { P, rows, sections, log } = ctx
 const wanted = (name) => ONLY === null || ONLY.includes(name)
 

@@ -7,6 +7,8 @@ import Fastify from 'fastify'
 import { rawDurableSave } from './lib/durable.mjs'
 
 let app = null
+/** [seq, epoch ms] of each live-view event, when the start message asks for them. */
+const eventTimes = []
 
 process.on('message', async (message) => {
   try {
@@ -17,6 +19,13 @@ process.on('message', async (message) => {
     } else if (message.type === 'cpu') {
       // CPU time of the server process, so the parent can report CPU per request (robust to a busy machine).
       process.send({ type: 'cpu', usage: process.cpuUsage() })
+    } else if (message.type === 'mem') {
+      // After a full collection (the child runs with --expose-gc when the section asks), for per-client memory.
+      globalThis.gc?.()
+      process.send({ type: 'mem', usage: process.memoryUsage() })
+    } else if (message.type === 'event-times') {
+      // When each live-view event was emitted (right after its durable save), as epoch ms, for delivery latency.
+      process.send({ type: 'event-times', times: eventTimes.splice(0) })
     } else if (message.type === 'stop') {
       await app?.close()
       process.send({ type: 'stopped' }, () => process.exit(0))
@@ -26,7 +35,7 @@ process.on('message', async (message) => {
   }
 })
 
-async function start ({ kind, dir, config = {}, template, templateId, responseTemplate, bodies }) {
+async function start ({ kind, dir, config = {}, template, templateId, responseTemplate, bodies, recordEventTimes = false }) {
   if (kind === 'app') {
     const { buildApp } = await import('../dist/app.js')
     const server = await buildApp({
@@ -34,6 +43,8 @@ async function start ({ kind, dir, config = {}, template, templateId, responseTe
       config: { TASK_STORAGE_DIR: dir, TASK_ARCHIVE_DAYS: 0, LOG_LEVEL: 'silent', ...config }
     })
     await server.ready()
+    // Before the buffer's own listener, so the time is taken before any client is written to; the event gets the next seq.
+    if (recordEventTimes) server.taskManager.events.prependListener('task-event', () => { eventTimes.push([server.taskEvents.latest + 1, performance.timeOrigin + performance.now()]) })
     return server
   }
   const server = Fastify({ logger: false })

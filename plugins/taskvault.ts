@@ -5,6 +5,7 @@ import type { Registry } from 'prom-client'
 import { errorHandler } from '../routes/error-handler.js'
 import archiveRoutes from '../routes/archive.js'
 import backupRoutes from '../routes/backup.js'
+import eventRoutes from '../routes/events.js'
 import taskRoutes from '../routes/tasks.js'
 import { createValidatorCompiler } from '../routes/validation.js'
 import { ROUTE_DOCS } from '../schemas/route-docs.js'
@@ -13,11 +14,12 @@ import { InvalidOptionsError } from '../services/errors.js'
 import { registerTaskvaultMetrics } from '../services/metrics.js'
 import archiverPlugin, { ArchiverOptionsSchema, type ArchiverPluginOptions } from './archiver.js'
 import authPlugin, { AuthOptionsSchema, type AuthPluginOptions } from './auth.js'
+import eventsPlugin, { EventsOptionsSchema, type EventsPluginOptions } from './events.js'
 import { checkOptions, fromSetting, FunctionOption, setting } from './options.js'
 import persistencePlugin, { PersistenceOptionsSchema, type PersistencePluginOptions } from './persistence.js'
 import taskManagerPlugin, { TaskManagerOptionsSchema, type TaskManagerPluginOptions } from './task-manager.js'
 
-export interface TaskvaultOptions extends PersistencePluginOptions, TaskManagerPluginOptions, ArchiverPluginOptions, AuthPluginOptions {
+export interface TaskvaultOptions extends PersistencePluginOptions, TaskManagerPluginOptions, ArchiverPluginOptions, AuthPluginOptions, EventsPluginOptions {
   /** Where the task routes are mounted, e.g. `/agents` gives `POST /agents/create`. Default: none (`/create`). */
   prefix?: string
   /** Largest request body in bytes (BODY_LIMIT). */
@@ -43,10 +45,11 @@ export const TaskvaultOptionsSchema = Type.Object({
   ...PersistenceOptionsSchema.properties,
   ...TaskManagerOptionsSchema.properties,
   ...ArchiverOptionsSchema.properties,
-  ...AuthOptionsSchema.properties
+  ...AuthOptionsSchema.properties,
+  ...EventsOptionsSchema.properties
 }, { additionalProperties: false })
 
-const DECORATORS = ['persistence', 'taskManager', 'archiver'] as const
+const DECORATORS = ['persistence', 'taskManager', 'archiver', 'taskEvents'] as const
 
 /**
  * taskvault as one plugin: persistence, task manager, archiver and the task routes, in an
@@ -117,10 +120,12 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
       const unregister = registerTaskvaultMetrics({ registry: options.metricsRegistry, prefix: metricsPrefix, manager: instance.taskManager, store: instance.persistence })
       instance.addHook('onClose', async () => unregister())
     }
+    await instance.register(eventsPlugin, { eventsBuffer: options.eventsBuffer, eventsHeartbeatMs: options.eventsHeartbeatMs, eventsMaxClients: options.eventsMaxClients, eventsMaxQueuedBytes: options.eventsMaxQueuedBytes, eventsFlushMs: options.eventsFlushMs })
     const bodyLimit = options.bodyLimit ?? setting(instance, 'BODY_LIMIT')
     await instance.register(taskRoutes, { bodyLimit })
     await instance.register(archiveRoutes, { bodyLimit })
     await instance.register(backupRoutes)
+    await instance.register(eventRoutes)
     scope = instance
   }, { prefix })
 
@@ -128,6 +133,7 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     app.decorate('persistence', scope.persistence)
     app.decorate('taskManager', scope.taskManager)
     app.decorate('archiver', scope.archiver)
+    app.decorate('taskEvents', scope.taskEvents)
   }
 }, { name: 'taskvault', fastify: '5.x' })
 

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { CreateBody, ExecuteAllBody, LIST_DEFAULTS, ListQuery, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
+import { CreateBody, ExecuteAllBody, LIST_DEFAULTS, ListQuery, RetryBody, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
 import { setting } from '../plugins/options.js'
 import { InvalidInstructionsError } from '../services/errors.js'
 import { classifyTask, parseInstructions } from '../services/parser.js'
@@ -49,6 +49,12 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     return { session_id: sessionId, cancelled_task_id: cancelledTaskId, progress }
   })
 
+  app.post('/retry', { bodyLimit, schema: { body: RetryBody, response: responses.retry } }, async (request) => {
+    const { session_id: sessionId, task_id: taskId } = request.body
+    const { task_ids: taskIds, progress } = await manager.retry(sessionId, taskId)
+    return { session_id: sessionId, task_ids: taskIds, progress }
+  })
+
   app.get('/progress', { schema: { querystring: SessionQuery, response: responses.progress } }, async (request) => {
     const sessionId = request.query.session_id
     // Active sessions answer from memory without waiting on anything; archived ones are read.
@@ -66,8 +72,10 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     // The validator has filled in the defaults already; these only tell TypeScript so.
     const { session_id: sessionId, limit = LIST_DEFAULTS.limit, offset = LIST_DEFAULTS.offset, archived: filter = LIST_DEFAULTS.archived } = request.query
     if (sessionId === ALL_SESSIONS) {
-      if (filter === 'exclude') return { ...manager.list(offset, limit), offset, limit }
-      return { ...await manager.listWithArchived(offset, limit, filter), offset, limit }
+      const page = filter === 'exclude' ? manager.list(offset, limit) : await manager.listWithArchived(offset, limit, filter)
+      // Only the page is looked at: a running marker costs one map lookup per session shown.
+      const sessions = page.sessions.map((s) => ({ ...s, running: manager.isRunning(s.session_id) }))
+      return { total: page.total, sessions, offset, limit }
     }
     const { file, archived } = await manager.find(sessionId)
     const tasks = file.session.tasks

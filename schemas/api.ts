@@ -178,7 +178,7 @@ export const SessionDetail = Type.Object({
 export const SessionSummary = Type.Composite([
   Type.Object({ session_id: SessionId, created_at: Timestamp, updated_at: Timestamp }),
   Progress,
-  Type.Object({ archived: Archived })
+  Type.Object({ archived: Archived, running: Type.Optional(Type.Boolean({ description: 'An execution holds the session now (active sessions)' })) })
 ])
 
 export const SessionList = Type.Object({
@@ -255,6 +255,33 @@ export const ArchiveResponse = Type.Object({
   deleted_ids: Type.Array(SessionId)
 }, { examples: [{ archived: 1, deleted: 0, archived_ids: ['important_work'], deleted_ids: [] }] })
 
+// Live view: retrying failed tasks, and the event stream.
+export const RetryBody = Type.Object({
+  session_id: SessionId,
+  task_id: Type.Optional(Type.String({ minLength: 1, maxLength: 256, description: 'One failed task; left out: every failed task of the session' }))
+}, { additionalProperties: false, examples: [{ session_id: 'important_work' }, { session_id: 'important_work', task_id: exampleTask.id }] })
+export type RetryBody = Static<typeof RetryBody>
+
+export const RetryResponse = Type.Object({
+  session_id: SessionId,
+  task_ids: Type.Array(Type.String(), { description: 'The tasks now Pending again' }),
+  progress: Progress
+}, { examples: [{ session_id: 'important_work', task_ids: [exampleTask.id], progress: { ...exampleProgress, completed: 0, pending: 2 } }] })
+
+export const EventsQuery = Type.Object({
+  session_id: Type.Optional(sessionIdParam('Only this session\'s events; left out: every session\'s', ['important_work']))
+}, { additionalProperties: false })
+export type EventsQuery = Static<typeof EventsQuery>
+
+export const EventsHeaders = Type.Object({
+  'last-event-id': Type.Optional(Type.String({ maxLength: 200, description: 'The id of the last event received: the events after it are sent first, or `event: reset` when they are no longer held' }))
+})
+
+const EventStream = {
+  description: 'Server-Sent Events: `id: <lifetime>-<n>`, `event: <name>` (session.created, tasks.added, tasks.retried, task.started, task.completed, task.failed, task.retrying, run.started, run.finished, run.cancelled, session.archived, session.unarchived, session.deleted, progress, reset), `data: <JSON>` holding `session_id`; a `: heartbeat` comment every TASK_EVENTS_HEARTBEAT_MS',
+  content: { 'text/event-stream': { schema: Type.String({ examples: ['id: 9f86d081-42\nevent: task.completed\ndata: {"session_id":"important_work","task_id":"task_1_1730707200","status":"Completed"}\n\n'] }) } }
+}
+
 export const HealthResponse = Type.Object({ status: Type.Literal('ok'), uptime_s: Type.Number() }, { examples: [{ status: 'ok', uptime_s: 3600 }] })
 export const ReadyResponse = Type.Object({ status: Type.Literal('ready'), sessions: Type.Integer() }, { examples: [{ status: 'ready', sessions: 42 }] })
 
@@ -273,6 +300,8 @@ export const responses = {
     200: { description: 'A tar.gz of every session: `<id>.json` and `archive/<name>.json`', content: { 'application/gzip': { schema: Type.String({ format: 'binary' }) } } },
     ...errors(401, 503)
   },
+  retry: { 200: RetryResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
+  events: { 200: EventStream, ...errors(400, 401, 503) },
   health: { 200: HealthResponse },
   ready: { 200: ReadyResponse, ...errors(503) }
 }

@@ -21,6 +21,7 @@ export const TAGS = [
   { name: 'stats', description: 'Counts and storage figures' },
   { name: 'archive', description: 'Archiving and retention of finished sessions' },
   { name: 'backup', description: 'Backups of every session' },
+  { name: 'events', description: 'The live event stream' },
   { name: 'health', description: 'Probes for load balancers and Kubernetes' }
 ]
 
@@ -66,10 +67,22 @@ export const ROUTE_DOCS: Readonly<Record<string, RouteDoc>> = {
     [BODY_OPTIONAL]: true
   },
   'GET /stats': { operationId: 'getStats', tags: ['stats'], summary: 'Session and task counts, storage figures' },
-    'GET /backup': {
+  'GET /backup': {
     operationId: 'downloadBackup',
     tags: ['backup'],
     summary: 'Download a consistent backup of every session (tar.gz)',
     description: 'Streams a tar.gz of every active and archived session, each as its last completed write left it, named in Content-Disposition. `taskvault restore` reads it.'
+  },
+  'POST /retry': {
+    operationId: 'retryFailed',
+    tags: ['tasks'],
+    summary: 'Put one failed task, or every failed task, back to Pending',
+    description: '`attempts` and `interruptions` are kept; the tasks run next. 404 for an unknown session or task, 409 while the session executes or when the task is not Failed.'
+  },
+  'GET /events': {
+    operationId: 'streamEvents',
+    tags: ['events'],
+    summary: 'Live events of every session, or of one (Server-Sent Events)',
+    description: 'Each event is sent once its change is durable. Reconnect with `Last-Event-ID` to get the events after it (at least once, in order per session, within the last TASK_EVENTS_BUFFER events); `event: reset` means they are gone: refetch. 503 past TASK_EVENTS_MAX_CLIENTS streams.'
   }
 }

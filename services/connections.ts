@@ -2,12 +2,11 @@
  * Client sockets of the standalone server: a cap on how many are open, and at shutdown the
  * closing of those still sending a request, so a stalled client cannot hold the exit up.
  *
- * Streams (the live view, not built yet): Node's request timeout covers receiving the request
- * only, never the answer (test/connections.test.ts checks a reply slower than the timeout), so
- * a stream needs no exemption from it. It will need its own cap, checked by its route, with
- * `server.maxConnections` raised by that cap so streams never use up the slots of requests,
- * and its sockets ended by the stream code at shutdown (the sweep below leaves a socket alone
- * while its answer is being written).
+ * Event streams: Node's request timeout covers receiving the request only, never the answer
+ * (test/events.test.ts checks a stream outliving it), so a stream needs no exemption from it.
+ * Their own cap (TASK_EVENTS_MAX_CLIENTS) is checked by their route and added to
+ * `maxConnections` by app.ts; their sockets are ended by the stream code at shutdown (the sweep
+ * below leaves a socket alone while its answer is being written).
  */
 import type { Server, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'

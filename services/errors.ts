@@ -27,6 +27,26 @@ export class SessionBusyError extends TaskvaultError {
   }
 }
 
+export class TaskNotFoundError extends TaskvaultError {
+  constructor (sessionId: string, taskId: string) {
+    super('TASK_NOT_FOUND', `session '${sessionId}' has no task '${taskId}'`)
+  }
+}
+
+/** A retry of a task that is not Failed (or of a session with no failed task: `taskId` null). */
+export class TaskNotFailedError extends TaskvaultError {
+  constructor (sessionId: string, taskId: string | null, status: string | null) {
+    super('TASK_NOT_FAILED', taskId === null ? `session '${sessionId}' has no failed task` : `task '${taskId}' of session '${sessionId}' is ${status}, not Failed`)
+  }
+}
+
+/** TASK_EVENTS_MAX_CLIENTS streams are open already (or the server is shutting down). */
+export class TooManyStreamsError extends TaskvaultError {
+  constructor (max: number) {
+    super('TOO_MANY_STREAMS', `${max} event streams are open already (TASK_EVENTS_MAX_CLIENTS); try again later`)
+  }
+}
+
 export class InvalidInstructionsError extends TaskvaultError {
   constructor (message: string) {
     super('INVALID_INSTRUCTIONS', message)

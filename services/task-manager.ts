@@ -3,12 +3,13 @@ import type { CommandRuntime } from './agents/command.js'
 import type { AgentsConfig } from './agents/spec.js'
 import { DiskWatch, type DiskSpace } from './disk-space.js'
 import { ArchivedSessions, type ArchivedSessionSummary, type RetentionCutoffs } from './archived-sessions.js'
-import { InvalidSessionIdError, LimitExceededError, NotReadyError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError, type TaskvaultError } from './errors.js'
+import { InvalidSessionIdError, LimitExceededError, NotReadyError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError, TaskNotFailedError, TaskNotFoundError, type TaskvaultError } from './errors.js'
 import { resolveAgents, type AgentRoutes, type Executors } from './executors.js'
 import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, type Progress, type SessionFile, type Task, type TaskSpec } from './session.js'
 import { SessionRegistry, liveFile, unchanged, type SessionSummary, type Totals } from './session-registry.js'
 import type { ArchivedSession, EncryptionStats, SessionStore } from './store.js'
 import { TaskRunner, type Waiting } from './task-runner.js'
+import type { TaskEventData, TaskEventName } from './task-events.js'
 
 /** The subset of pino's API the manager logs through, so it runs without Fastify. */
 export interface Logger {
@@ -115,6 +116,8 @@ export interface TaskManagerEvents {
   'agent-call': [AgentCallEvent]
   'task-finished': [TaskFinishedEvent]
   restore: [RestoreReport]
+  /** Live-view events (services/task-events.ts), each once its change is durable; built only while someone listens. */
+  'task-event': [TaskEventName, TaskEventData]
 }
 
 /** The reserved id that the list endpoint reads as "every session". */
@@ -268,6 +271,7 @@ export class TaskManager {
         throw new LimitExceededError(`task ${index + 1} is ${bytes} bytes; the limit is ${maxInstructionBytes} (TASK_MAX_INSTRUCTION_BYTES)`)
       }
     })
+    let origin: 'created' | 'unarchived' | null = null
     const tasks = await this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
       // Every check before the draft is touched: a refused change must leave it as it was.
       const existing = draft.file?.session.tasks.length ?? archivedCopy?.file.session.tasks.length ?? 0
@@ -278,10 +282,16 @@ export class TaskManager {
       if (draft.file === null) {
         // Sessions being created right now hold a slot too, so a burst cannot overshoot.
         if (this.registry.slotCount > maxSessions) throw new SessionLimitError(maxSessions)
-        draft.file = this.archived.bringBack(draft, archivedCopy) ?? newSessionFile(sessionId, draft.now)
+        const back = this.archived.bringBack(draft, archivedCopy)
+        origin = back === null ? 'created' : 'unarchived'
+        draft.file = back ?? newSessionFile(sessionId, draft.now)
+      } else {
+        origin = null
       }
       return appendTasks(draft.file, specs, draft.now).map((task) => ({ ...task }))
     }))
+    if (origin !== null && this.events.listenerCount('task-event') > 0) this.events.emit('task-event', origin === 'created' ? 'session.created' : 'session.unarchived', { session_id: sessionId })
+    this.runner.announce('tasks.added', { session_id: sessionId, task_ids: tasks.map((task) => task.id), count: tasks.length })
     return { session_id: sessionId, tasks }
   }
 
@@ -418,6 +428,44 @@ export class TaskManager {
       draft.file = null
       draft.dropArchived = archived
     })
+    this.runner.announce('session.deleted', { session_id: sessionId })
+  }
+
+  /**
+   * Puts one failed task (or every failed task) back to Pending, keeping `attempts` and
+   * `interruptions`; `current_index` moves back so they run next. An archived session comes
+   * back to active first. Refused while the session executes.
+   */
+  async retry (sessionId: string, taskId?: string): Promise<{ task_ids: string[], progress: Progress }> {
+    this.assertOpen()
+    let unarchived = false
+    const taskIds = await this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
+      // Checked before the draft is touched: a refused change leaves it as it was.
+      const source = draft.file ?? archivedCopy?.file ?? null
+      if (source === null || (draft.file === null && this.store.archivedName(sessionId) === null)) throw new SessionNotFoundError(sessionId)
+      if (draft.file !== null && this.registry.existing(sessionId).executing) throw new SessionBusyError(sessionId)
+      const chosen = taskId === undefined
+        ? source.session.tasks.filter((task) => task.status === 'Failed')
+        : source.session.tasks.filter((task) => task.id === taskId)
+      if (taskId !== undefined && chosen.length === 0) throw new TaskNotFoundError(sessionId, taskId)
+      const notFailed = chosen.find((task) => task.status !== 'Failed')
+      if (notFailed !== undefined) throw new TaskNotFailedError(sessionId, notFailed.id, notFailed.status)
+      if (chosen.length === 0) throw new TaskNotFailedError(sessionId, null, null)
+      const ids = chosen.map((task) => task.id)
+      if (draft.file === null) {
+        draft.file = this.archived.bringBack(draft, archivedCopy)
+        unarchived = true
+      }
+      for (const task of liveFile(draft).session.tasks) {
+        if (!ids.includes(task.id)) continue
+        Object.assign(task, { status: 'Pending', result: null, error: null, confidence: null, started_at: null, completed_at: null })
+        delete task.result_truncated
+      }
+      return ids
+    }))
+    if (unarchived && this.events.listenerCount('task-event') > 0) this.events.emit('task-event', 'session.unarchived', { session_id: sessionId })
+    this.runner.announce('tasks.retried', { session_id: sessionId, task_ids: taskIds, status: 'Pending' })
+    return { task_ids: taskIds, progress: this.progress(sessionId) }
   }
 
   /**
@@ -442,14 +490,24 @@ export class TaskManager {
         this.log.error({ session_id: sessionId, err }, 'Could not archive session')
         return false
       })
-      if (moved) archived.push(sessionId)
+      if (moved) {
+        archived.push(sessionId)
+        this.runner.announce('session.archived', { session_id: sessionId })
+      }
     }
     return archived
   }
 
   /** Deletes archived sessions that finished before their retention cutoff. */
   async pruneArchivedBefore (cutoffs: RetentionCutoffs): Promise<string[]> {
-    return this.archived.prune(cutoffs, () => this.shuttingDown)
+    const deleted = await this.archived.prune(cutoffs, () => this.shuttingDown)
+    for (const sessionId of deleted) this.runner.announce('session.deleted', { session_id: sessionId, archived: true })
+    return deleted
+  }
+
+  /** The session's progress as a live-view event (when anyone listens). */
+  announceProgress (sessionId: string): void {
+    this.runner.announceProgress(sessionId)
   }
 
   /**

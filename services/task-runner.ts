@@ -7,6 +7,7 @@ import { agentFor, retryDelay, type AgentRoutes, type ExecutionResult } from './
 import { isoNow, truncateUtf8, type Progress, type SessionFile, type Task } from './session.js'
 import { liveFile, unchanged, type SessionRegistry } from './session-registry.js'
 import type { ExecutedTask, Logger, TaskManagerEvents } from './task-manager.js'
+import type { TaskEventData, TaskEventName } from './task-events.js'
 
 export interface TaskRunnerOptions {
   registry: SessionRegistry
@@ -73,6 +74,8 @@ export class TaskRunner {
   /** Runs every pending task in order; stops early on cancel or shutdown. */
   async executeAll (sessionId: string): Promise<{ results: ExecutedTask[], progress: Progress }> {
     return this.exclusive(sessionId, false, async (run) => {
+      run.announced = true
+      this.announce('run.started', { session_id: sessionId, background: false })
       const results = await this.runAll(sessionId, run)
       // A run left recorded (not resumed at start) is finished by this one.
       if (!this.closing && !run.signal.aborted) await this.endRecordedRun(sessionId)
@@ -101,6 +104,8 @@ export class TaskRunner {
         return
       }
       recorded()
+      run.announced = true
+      this.announce('run.started', { session_id: sessionId, background: true })
       await this.backgroundRun(sessionId, run)
     })
     execution.catch(failed)
@@ -131,6 +136,27 @@ export class TaskRunner {
   /** What a running background run is waiting for before it goes on, if anything. */
   waitingFor (sessionId: string): Waiting | null {
     return this.runs.get(sessionId)?.waiting ?? null
+  }
+
+  /**
+   * A live-view event, then the session's progress after it; called once the change is durable.
+   * Nothing is built when nobody listens (no stream plugin), so the hot path stays as it was.
+   */
+  announce (name: TaskEventName, data: TaskEventData): void {
+    if (this.events.listenerCount('task-event') === 0) return
+    this.events.emit('task-event', name, data)
+    this.announceProgress(data.session_id)
+  }
+
+  /** The session's progress as a `progress` event, when anyone listens and the session is active. */
+  announceProgress (sessionId: string): void {
+    if (this.events.listenerCount('task-event') === 0 || this.registry.find(sessionId) === null) return
+    const p = this.registry.existing(sessionId).progress
+    const running = this.runs.has(sessionId)
+    const waiting = this.waitingFor(sessionId)
+    this.events.emit('task-event', 'progress', {
+      session_id: sessionId, total: p.total, completed: p.completed, failed: p.failed, pending: p.pending, in_progress: p.in_progress, all_done: p.all_done, percentage: p.percentage, running, ...(waiting !== null && { waiting })
+    })
   }
 
   /**
@@ -166,10 +192,13 @@ export class TaskRunner {
       error: null,
       waiting: null,
       unsaved: null,
+      announced: false,
+      executed: 0,
       done: new Promise<void>((resolve) => { ended = resolve })
     }
-    const execution = body(run)
+    // Set before the body starts, so what it announces first already reads as running.
     this.runs.set(sessionId, run)
+    const execution = body(run)
     this.running.add(execution)
     try {
       return await execution
@@ -180,8 +209,18 @@ export class TaskRunner {
       this.running.delete(execution)
       this.runs.delete(sessionId)
       this.registry.release(sessionId)
+      if (run.announced) this.announceEnd(sessionId, run)
       // Only now: whoever waits on `done` (cancel) must see the session free.
       ended()
+    }
+  }
+
+  /** How a run that said run.started ended; a run stopped by shutdown resumes later and says nothing. */
+  private announceEnd (sessionId: string, run: Run): void {
+    if (run.controller.signal.aborted) {
+      this.announce('run.cancelled', { session_id: sessionId, background: run.background, task_id: run.cancelledTaskId ?? undefined, executed: run.executed })
+    } else if (!(this.closing && (run.background || run.error !== null))) {
+      this.announce('run.finished', { session_id: sessionId, background: run.background, executed: run.executed, ...(run.error !== null && { error: run.error.message }) })
     }
   }
 
@@ -195,6 +234,7 @@ export class TaskRunner {
       const task = await this.runNext(sessionId, run)
       if (task === null) break
       results.push(task)
+      run.executed++
     }
     return results
   }
@@ -223,6 +263,7 @@ export class TaskRunner {
         }
         this.log.warn({ session_id: sessionId, err, retry_in_ms: delay }, 'Background run waiting for storage; it goes on by itself once saves succeed')
         run.waiting = 'storage'
+        this.announceProgress(sessionId)
         await sleep(delay, undefined, { signal: AbortSignal.any([run.signal, this.closingSignal.signal]) }).catch(noop)
         run.waiting = null
         run.error = null
@@ -278,6 +319,7 @@ export class TaskRunner {
         throw new SessionNotFoundError(sessionId)
       }
       taskId = started.id
+      this.announce('task.started', { session_id: sessionId, task_id: started.id, status: started.status, task_type: started.task_type, attempt: started.attempts })
       const agent = agentFor(this.agents, started.task_type)
       try {
         const value = await callAgent({ agent, task: started, sessionId, signal: run.signal, shutdownSignal: this.abort.signal }, (result, ms) => {
@@ -292,6 +334,7 @@ export class TaskRunner {
           if (this.closing) throw new ShuttingDownError(`task ${started.id} will be retried after restart`)
           const delay = retryDelay(agent.policy, call, err.retryAfterMs)
           this.log.warn({ session_id: sessionId, task_id: started.id, attempt: started.attempts, retry_in_ms: Math.round(delay), err: message }, 'Agent call failed; retrying')
+          this.announce('task.retrying', { session_id: sessionId, task_id: started.id, status: started.status, attempt: started.attempts, retry_in_ms: Math.round(delay) })
           await sleep(delay, undefined, { signal: run.signal }).catch(noop)
           // Shutdown that began during the wait: the task stays InProgress and runs after restart.
           if (this.closing && !run.signal.aborted) throw new ShuttingDownError(`task ${started.id} will be retried after restart`)
@@ -357,6 +400,7 @@ export class TaskRunner {
     })
     // Counted once durable, as the client is told (metrics: tasks finished per second).
     this.events.emit('task-finished', { session_id: sessionId, task_id: taskId, status: executed.status as 'Completed' | 'Failed' })
+    this.announce(executed.status === 'Completed' ? 'task.completed' : 'task.failed', { session_id: sessionId, task_id: executed.task_id, status: executed.status })
     return executed
   }
 
@@ -394,6 +438,10 @@ interface Run {
   waiting: Waiting | null
   /** How a task ended when storage refused to save it: saved first when the run goes on. */
   unsaved: { taskId: string, outcome: Outcome } | null
+  /** It said run.started, so it says how it ended. */
+  announced: boolean
+  /** Tasks it ran to an end. */
+  executed: number
   /** Resolves (never rejects) once the execution has ended and let go of the session. */
   done: Promise<void>
 }

@@ -101,9 +101,10 @@ t.test('SIGTERM with a stalled request open exits 0 promptly', async (t) => {
 
 t.test('TASK_MAX_CONNECTIONS: sockets past the cap are closed at once; creates work within it, and again once idle sockets time out', async (t) => {
   const { start } = await scratch(t)
+  // Sockets at most: TASK_MAX_CONNECTIONS plus the event streams' own TASK_EVENTS_MAX_CLIENTS.
   const cap = 5
   // The timeout leaves room for a loaded machine: no idle socket may be dropped before the over-cap create.
-  const server = await start({ TASK_MAX_CONNECTIONS: String(cap), TASK_REQUEST_TIMEOUT_MS: '4000' })
+  const server = await start({ TASK_MAX_CONNECTIONS: String(cap - 1), TASK_EVENTS_MAX_CLIENTS: '1', TASK_REQUEST_TIMEOUT_MS: '4000' })
   // This process may hold one more keep-alive socket to the server (from the readiness polls).
   const idle = [await connect(t, server), await connect(t, server, STALLED)]
   t.equal(await createOnce(server, 'within-cap'), 200, 'a create works beside idle sockets within the cap')

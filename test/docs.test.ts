@@ -91,7 +91,9 @@ t.test('every task route is in the document with tags, summary, request schemas 
       t.same(Object.keys(operation.responses).sort(), statuses, `${name}: every response status`)
       for (const status of statuses) {
         const content = operation.responses[status]?.content
-        const media = content?.['application/json']
+        // The event stream answers text/event-stream; its example sits on its schema.
+        const stream = content?.['text/event-stream']
+        const media = content?.['application/json'] ?? stream
         if (status === '204') continue
         // A download (GET /backup) documents its binary media type; bytes have no example.
         const binary = media === undefined ? Object.values(content ?? {})[0] : undefined
@@ -100,7 +102,7 @@ t.test('every task route is in the document with tags, summary, request schemas 
           continue
         }
         t.ok(media?.schema !== undefined, `${name} ${status}: schema`)
-        t.ok(media?.example !== undefined || media?.examples !== undefined, `${name} ${status}: example`)
+        t.ok(media?.example !== undefined || media?.examples !== undefined || (stream !== undefined && (stream.schema as { examples?: unknown }).examples !== undefined), `${name} ${status}: example`)
       }
     }
   }
@@ -155,6 +157,8 @@ t.test('a generated client names its methods by operationId, one per route', asy
     'DELETE /api/v1/tasks/sessions/{session_id}': 'deleteSession',
     'POST /api/v1/tasks/archive': 'runArchivePass',
     'GET /api/v1/tasks/backup': 'downloadBackup',
+    'POST /api/v1/tasks/retry': 'retryFailed',
+    'GET /api/v1/tasks/events': 'streamEvents',
     'GET /health': 'getHealth',
     'GET /ready': 'getReadiness'
   })

@@ -48,6 +48,7 @@ t.test('the packed package installs into another project and runs the embedding 
   const files = packed[0]?.files.map((file) => file.path) ?? []
   t.ok(files.includes('dist/index.js') && files.includes('dist/index.d.ts'), 'the root export and its types are packed')
   t.notOk(files.some((file) => file.startsWith('dist/test/') || file.endsWith('.map')), 'no tests or source maps')
+  t.ok(['index.html', 'app.js', 'dashboard.css'].every((name) => files.includes(`dashboard/static/${name}`)), 'the dashboard\'s files are packed')
 
   const project = join(scratch, 'host')
   await mkdir(project)
@@ -66,6 +67,20 @@ t.test('the packed package installs into another project and runs the embedding 
     ].join('\n')
     const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script], { cwd: project, timeout: 30_000 })
     t.same(JSON.parse(stdout), { parsed: ['a', 'b'], store: 'function', manager: 'function', plugins: Array(7).fill('function'), root: 'function' })
+  })
+
+  t.test('the installed package serves its dashboard, with no network needed', async (t) => {
+    const script = [
+      "const { buildApp } = await import('taskvault/app')",
+      "const { mkdtempSync } = await import('node:fs')",
+      "const app = await buildApp({ readEnvironment: false, config: { TASK_STORAGE_DIR: mkdtempSync('dash-') + '/tasks' } })",
+      "const statuses = []",
+      "for (const url of ['/dashboard/', '/dashboard/app.js', '/dashboard/dashboard.css']) statuses.push((await app.inject(url)).statusCode)",
+      'await app.close()',
+      'console.log(JSON.stringify(statuses))'
+    ].join('\n')
+    const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script], { cwd: project, timeout: 30_000 })
+    t.same(JSON.parse(stdout), [200, 200, 200])
   })
 
   t.test('the example type-checks against the emitted types, decorators included', async (t) => {

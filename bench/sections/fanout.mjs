@@ -1,0 +1,137 @@
+// 11. The live view's fan-out: N event-stream clients (every session) while tasks complete at a
+// steady rate. Delivery latency is from the emission of an event (right after its durable save,
+// timed in the server child) to its arrival at each client (timed here; both on this machine's
+// clock). Peer: execute throughput with no stream client, against the same with N connected.
+// Also memory per idle stream client, in the server child after a full collection.
+import { fork } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { cannon, startServer } from '../lib/http.mjs'
+import { now } from '../lib/stats.mjs'
+
+const CLIENTS = fileURLToPath(new URL('../stream-clients-child.mjs', import.meta.url))
+
+/** The stream clients' process; `ask` sends a message and resolves with the answer of the same type. */
+function clientsProcess () {
+  const child = fork(CLIENTS, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  const ask = (message) => new Promise((resolve, reject) => {
+    const onMessage = (m) => {
+      if (m.type !== message.type && m.type !== 'error') return
+      child.off('message', onMessage)
+      if (m.type === 'error') reject(new Error(m.message))
+      else resolve(m)
+    }
+    child.on('message', onMessage)
+    child.send(message)
+  })
+  const stop = () => new Promise((resolve) => { child.once('exit', resolve); child.send({ type: 'stop' }) })
+  return { ask, stop }
+}
+
+async function post (url, path, body) {
+  const res = await fetch(`${url}/api/v1/tasks${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+  if (!res.ok) throw new Error(`${path}: ${res.status} ${await res.text()}`)
+  return res.json()
+}
+
+const rssPerClient = (before, after, n) => ({ heap_bytes: (after.heapUsed + after.external - before.heapUsed - before.external) / n, rss_bytes: (after.rss - before.rss) / n })
+
+export async function benchFanout ({ P, row, sections, trackedDir, dropDir, log }) {
+  const N = P.fanoutClients
+  const RATE = P.fanoutTasksPerS
+  const seconds = P.fanoutSeconds
+  // Many sessions, so concurrent executes rarely meet a busy one (409).
+  const sessions = 100
+  const tasksNeeded = Math.ceil(RATE * seconds * 1.2) + 2 * Math.ceil(P.fanoutThroughputSeconds * 3000)
+  const perSession = Math.min(1000, Math.ceil(tasksNeeded / sessions))
+  const dir = trackedDir('fanout')
+  const server = await startServer({ kind: 'app', dir, execArgv: ['--expose-gc'], recordEventTimes: true, config: { TASK_EVENTS_MAX_CLIENTS: N + 10, TASK_EVENTS_HEARTBEAT_MS: 3_600_000, ...(P.fanoutFlushMs !== undefined && { TASK_EVENTS_FLUSH_MS: P.fanoutFlushMs }) } })
+  const clients = clientsProcess()
+  try {
+    const instructions = Array.from({ length: perSession }, (_, i) => `${i + 1}. think about step ${i}`).join('\n')
+    for (let s = 0; s < sessions; s++) await post(server.url, '/create', { session_id: `fan_${s}`, instructions })
+
+    // Throughput with no listener first, then the same with N connected.
+    const execute = async () => cannon({
+      url: `${server.url}/api/v1/tasks/execute`, connections: 10, duration: P.fanoutThroughputSeconds, method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      requests: [{ setupRequest: (req) => ({ ...req, body: JSON.stringify({ session_id: `fan_${Math.floor(Math.random() * sessions)}` }) }) }]
+    })
+    const none = await execute()
+
+    const idleBefore = await memOf(server)
+    await clients.ask({ type: 'connect', port: server.port, n: N })
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    const idleAfter = await memOf(server)
+    const perClient = rssPerClient(idleBefore, idleAfter, N)
+    log(`  ${N} idle clients: ${(perClient.heap_bytes / 1024).toFixed(1)} KB heap+external, ${(perClient.rss_bytes / 1024).toFixed(1)} KB RSS each`)
+
+    const loadedCpu0 = await server.cpu()
+    const loaded = await execute()
+    const loadedCpu1 = await server.cpu()
+    const loadedCpuShare = ((loadedCpu1.user - loadedCpu0.user) + (loadedCpu1.system - loadedCpu0.system)) / 1e6 / loaded.duration_s
+    await clients.ask({ type: 'reset' })
+    await eventTimes(server)
+
+    // Steady load: RATE executes a second (each completes one task), spread evenly.
+    const cpu0 = await server.cpu()
+    const t0 = now()
+    let sent = 0
+    const inflight = []
+    while (now() - t0 < seconds * 1000) {
+      const due = Math.floor(((now() - t0) / 1000) * RATE)
+      while (sent < due) {
+        inflight.push(post(server.url, '/execute', { session_id: `fan_${sent % sessions}` }))
+        sent++
+      }
+      await new Promise((resolve) => setTimeout(resolve, 2))
+    }
+    await Promise.all(inflight)
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    const elapsed = (now() - t0) / 1000
+    const cpu1 = await server.cpu()
+    const times = await eventTimes(server)
+    const measured = await clients.ask({ type: 'latency', times })
+    const expected = times.length * N
+    const cpuShare = ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / 1e6 / elapsed
+    const result = {
+      clients: N,
+      tasks_per_s: sent / elapsed,
+      events_per_s: times.length / elapsed,
+      deliveries: measured.deliveries,
+      deliveries_expected: expected,
+      latency_p50_ms: measured.p50,
+      latency_p99_ms: measured.p99,
+      latency_max_ms: measured.max,
+      server_cpu_share: cpuShare,
+      server_cpu_share_execute_with_clients: loadedCpuShare,
+      execute_rps_no_clients: none.rps,
+      execute_rps_with_clients: loaded.rps,
+      idle_client_bytes: perClient
+    }
+    sections.fanout = result
+    log(`  p50 ${result.latency_p50_ms.toFixed(2)} ms, p99 ${result.latency_p99_ms.toFixed(2)} ms over ${measured.deliveries}/${expected} deliveries; server CPU ${(cpuShare * 100).toFixed(0)}% of a core`)
+    row(`event delivery p99, ${N} stream clients, ${Math.round(result.tasks_per_s)} tasks/s`, { ours: result.latency_p99_ms, unit: 'ms', goal: '<= 50 ms', met: result.latency_p99_ms <= 50 })
+    row(`execute with ${N} stream clients`, { ours: loaded.rps, floor: none.rps, floorLabel: 'with none', unit: 'req/s', ratio: loaded.rps / none.rps, ratioOf: 'with / without', goal: '>= 0.8x', met: loaded.rps / none.rps >= 0.8 })
+    row('memory per idle stream client (heap+external)', { ours: perClient.heap_bytes / 1024, unit: 'KB', goal: '<= 20 KB', met: perClient.heap_bytes <= 20 * 1024 })
+  } finally {
+    await clients.stop()
+    await server.stop()
+    dropDir(dir)
+  }
+}
+
+function memOf (server) {
+  return new Promise((resolve) => {
+    const onMessage = (m) => { if (m.type === 'mem') { server.child.off('message', onMessage); resolve(m.usage) } }
+    server.child.on('message', onMessage)
+    server.child.send({ type: 'mem' })
+  })
+}
+
+function eventTimes (server) {
+  return new Promise((resolve) => {
+    const onMessage = (m) => { if (m.type === 'event-times') { server.child.off('message', onMessage); resolve(m.times) } }
+    server.child.on('message', onMessage)
+    server.child.send({ type: 'event-times' })
+  })
+}

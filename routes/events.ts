@@ -1,0 +1,19 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { EventsHeaders, EventsQuery, responses } from '../schemas/api.js'
+import { ShuttingDownError, TooManyStreamsError } from '../services/errors.js'
+
+/** GET /events: the live event stream (services/event-stream.ts does the writing). */
+const eventRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  app.addHook('onRequest', app.verifyApiKey)
+
+  app.get('/events', { schema: { querystring: EventsQuery, headers: EventsHeaders, response: responses.events } }, async (request, reply) => {
+    const hub = app.eventStreams
+    if (hub.closing || app.taskManager.shuttingDown) throw new ShuttingDownError()
+    if (hub.full) throw new TooManyStreamsError(hub.maxClients)
+    // The stream outlives this handler: Fastify lets go of the reply and the hub writes it.
+    reply.hijack()
+    hub.open(reply.raw, request.query.session_id ?? null, request.headers['last-event-id'])
+  })
+}
+
+export default eventRoutes

@@ -1,0 +1,206 @@
+/**
+ * The dashboard end to end in real headless Chromium (Debian's package, driven by
+ * playwright-core; never a browser download): create from the form, a background run whose
+ * progress moves without a reload, cancel, retry, delete with confirmation, HTML in a result
+ * shown as text, API keys, a reload mid-run, and the page at 375 px and in the dark scheme.
+ * With TASKVAULT_SCREENSHOTS=1 it also writes the README's screenshots under docs/.
+ */
+import { existsSync } from 'node:fs'
+import { mkdir } from 'node:fs/promises'
+import type { AddressInfo } from 'node:net'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+import type { FastifyInstance } from 'fastify'
+import { chromium, type Browser, type Page } from 'playwright-core'
+import { build, createSession, post, type TestAppOptions, type TestContext } from './helper.js'
+
+const CHROMIUM = '/usr/bin/chromium'
+const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
+const DOCS = fileURLToPath(new URL('../../docs/', import.meta.url))
+const SCREENSHOTS = process.env.TASKVAULT_SCREENSHOTS === '1'
+const HTML_RESULT = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script><b>bold?</b>'
+
+/** Tasks named "slow ..." take 400 ms (until aborted); "html" answers HTML; "bad" fails. */
+const executors: TestAppOptions['executors'] = {
+  default: async (task, { signal }) => {
+    if (task.instruction.startsWith('slow')) {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(resolve, 400)
+        signal.addEventListener('abort', () => { clearTimeout(timer); reject(signal.reason) }, { once: true })
+      })
+    }
+    if (task.instruction.startsWith('bad')) throw new Error('bad task')
+    return { result: task.instruction.startsWith('html') ? HTML_RESULT : `done: ${task.instruction}` }
+  }
+}
+
+async function serve (t: TestContext, options: TestAppOptions = {}): Promise<{ app: FastifyInstance, base: string }> {
+  const app = await build(t, { executors, ...options })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  return { app, base: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}/dashboard/` }
+}
+
+async function open (t: TestContext, browser: Browser, url: string, options: Parameters<Browser['newContext']>[0] = {}): Promise<Page> {
+  // The page's CSP forbids eval, which the tests' waits use; the XSS test checks the CSP header itself.
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 }, bypassCSP: true, ...options })
+  t.teardown(() => context.close())
+  const page = await context.newPage()
+  page.setDefaultTimeout(10_000)
+  await page.goto(url)
+  return page
+}
+
+/** Runs `expression` in the page (as text: this file is compiled without the DOM's types). */
+const js = async <T>(page: Page, expression: string): Promise<T> => page.evaluate(expression) as Promise<T>
+const progressValue = async (page: Page): Promise<number> => js<number>(page, "document.getElementById('session-progress').value")
+const BAR = "document.getElementById('session-progress').value"
+const sessionsShown = async (page: Page): Promise<string[]> => js<string[]>(page, "[...document.querySelectorAll('tbody tr')].map((row) => row.dataset.session)")
+
+async function run (browser: Browser): Promise<void> {
+  const { app, base } = await serve(t)
+
+  t.test('create a session from the form; it appears live in the table', async (t) => {
+    const page = await open(t, browser, base)
+    await page.getByLabel('Session id').fill('from-form')
+    await page.getByLabel('Instructions', { exact: true }).fill('1. Research the API\n2. Write code for it')
+    await page.getByRole('button', { name: 'Create' }).click()
+    await page.locator('#notice', { hasText: 'Added 2 task(s) to from-form' }).waitFor()
+    await page.locator('tr[data-session="from-form"]').waitFor()
+    t.match(await page.locator('tr[data-session="from-form"]').innerText(), /0\/2 done/)
+    // A refused create shows the server's message.
+    await page.getByLabel('Session id').fill('all')
+    await page.getByLabel('Instructions', { exact: true }).fill('x')
+    await page.getByRole('button', { name: 'Create' }).click()
+    await page.locator('#error', { hasText: "400: session id 'all' is reserved" }).waitFor()
+    t.pass('the server\'s message is shown')
+    // Every control has a label.
+    t.equal(await js<number>(page, "[...document.querySelectorAll('input, select, textarea')].filter((c) => c.labels.length === 0 && !c.hasAttribute('aria-label')).length"), 0)
+  })
+
+  t.test('a background run moves the progress bar without a reload; cancel; retry the cancelled task; delete with confirmation', async (t) => {
+    await createSession(app, 'live-run', '1. slow one\n2. slow two\n3. slow three\n4. slow four\n5. slow five\n6. slow six')
+    const page = await open(t, browser, `${base}#/session/live-run`)
+    await page.locator('#session-title', { hasText: 'live-run' }).waitFor()
+    await js(page, 'window.marker = 1')
+    await page.getByRole('button', { name: 'Run all in background' }).click()
+    await page.waitForFunction(`${BAR} > 0`)
+    const first = await progressValue(page)
+    await page.waitForFunction(`${BAR} > ${first}`)
+    t.ok(await progressValue(page) > first, 'the bar moved')
+    t.equal(await js(page, 'window.marker'), 1, 'without a reload')
+    if (SCREENSHOTS) await page.screenshot({ path: `${DOCS}dashboard-session.png`, fullPage: true })
+
+    await page.getByRole('button', { name: 'Cancel' }).click()
+    await page.locator('#notice', { hasText: 'Cancelled' }).waitFor()
+    const cancelled = page.locator('li.task', { has: page.locator('[data-status="Failed"]') })
+    await cancelled.first().waitFor()
+    t.match(await cancelled.first().innerText(), /Error: cancelled/)
+    await page.waitForFunction("!document.getElementById('session-summary').textContent.includes('running')")
+
+    await cancelled.first().getByRole('button', { name: /Retry task/ }).click()
+    await page.locator('#notice', { hasText: /pending again/ }).waitFor()
+    await page.waitForFunction("document.querySelectorAll('[data-status=Failed]').length === 0")
+    t.pass('the cancelled task is Pending again')
+
+    page.once('dialog', (dialog) => { void dialog.dismiss() })
+    await page.getByRole('button', { name: 'Delete…' }).click()
+    t.ok(await page.locator('#session').isVisible(), 'dismissed: still there')
+    page.once('dialog', (dialog) => { void dialog.accept() })
+    await page.getByRole('button', { name: 'Delete…' }).click()
+    await page.locator('#overview').waitFor()
+    t.equal(await page.locator('tr[data-session="live-run"]').count(), 0, 'gone from the table')
+    t.equal((await app.inject({ method: 'GET', url: '/api/v1/tasks/progress?session_id=live-run' })).statusCode, 404)
+  })
+
+  t.test('a result holding HTML is shown as text and runs nothing', async (t) => {
+    await createSession(app, 'html-result', 'html <b>instruction</b>')
+    await post(app, '/execute', { session_id: 'html-result' })
+    const page = await open(t, browser, `${base}#/session/html-result`)
+    const result = page.locator('details.result')
+    await result.locator('summary').click()
+    t.equal(await result.locator('pre').textContent(), HTML_RESULT)
+    t.equal(await page.locator('li.task details').first().locator('pre').textContent(), 'html <b>instruction</b>')
+    t.equal(await page.locator('#tasks img, #tasks script, #tasks b').count(), 0, 'no element made from the data')
+    t.equal(await js(page, 'window.__xss'), undefined, 'nothing ran')
+    // And a second line of defence: the page may run only its own script.
+    const served = await page.request.get(base)
+    t.match(served.headers()['content-security-policy'], /script-src 'self'/)
+  })
+
+  t.test('a reload mid-run catches up with the run', async (t) => {
+    await createSession(app, 'reloaded', '1. slow a\n2. slow b\n3. slow c\n4. slow d')
+    const page = await open(t, browser, `${base}#/session/reloaded`)
+    t.equal((await post(app, '/execute-all', { session_id: 'reloaded', wait: false })).statusCode, 202)
+    await page.waitForFunction(`${BAR} > 0`)
+    await page.reload()
+    await page.waitForFunction(`${BAR} === 100`)
+    await page.locator('#session-summary', { hasText: '4/4 done' }).waitFor()
+    await page.getByRole('link', { name: '← All sessions' }).click()
+    await page.locator('tr[data-session="reloaded"]', { hasText: '100%' }).waitFor()
+    t.pass('the session ends at 100% in both views')
+  })
+
+  t.test('filters and search; usable at 375 px and in the dark scheme', async (t) => {
+    await createSession(app, 'has-failure', 'bad one')
+    await post(app, '/execute', { session_id: 'has-failure' })
+    const page = await open(t, browser, base)
+    await page.locator('tr[data-session="has-failure"]').waitFor()
+    await page.getByLabel('Show').selectOption('failed')
+    t.same(await sessionsShown(page), ['has-failure'])
+    await page.getByLabel('Show').selectOption('all')
+    await page.getByLabel('Id starts with').fill('from')
+    t.same(await sessionsShown(page), ['from-form'])
+    await page.getByLabel('Id starts with').fill('')
+    await page.locator('#uptime').waitFor()
+    if (SCREENSHOTS) {
+      await mkdir(DOCS, { recursive: true })
+      await page.screenshot({ path: `${DOCS}dashboard-overview.png`, fullPage: true })
+    }
+    const small = await open(t, browser, base, { viewport: { width: 375, height: 740 }, colorScheme: 'dark' })
+    await small.locator('tr[data-session="has-failure"]').waitFor()
+    t.ok(await js(small, 'document.documentElement.scrollWidth <= 375'), 'no sideways scrolling at 375 px')
+    t.not(await js(small, 'getComputedStyle(document.body).backgroundColor'), await js(page, 'getComputedStyle(document.body).backgroundColor'), 'dark colours')
+    // The keyboard reaches the form: Tab from the search field lands on a control, never on nothing.
+    await small.getByLabel('Id starts with').focus()
+    await small.keyboard.press('Tab')
+    t.not(await js(small, 'document.activeElement.tagName'), 'BODY')
+    await small.locator('#uptime').waitFor()
+    if (SCREENSHOTS) await small.screenshot({ path: `${DOCS}dashboard-mobile-dark.png`, fullPage: true })
+  })
+
+  t.test('with API keys: the page asks for one, refuses a wrong one, and never puts it in a URL', async (t) => {
+    const keyed = await serve(t, { config: { TASK_API_KEYS: 'right-key' } })
+    await createSession(keyed.app, 'secret-session', 'x').catch(() => {})
+    const urls: string[] = []
+    const context = await browser.newContext({ bypassCSP: true })
+    t.teardown(() => context.close())
+    const page = await context.newPage()
+    page.setDefaultTimeout(10_000)
+    page.on('request', (request) => urls.push(request.url()))
+    await page.goto(keyed.base)
+    await page.locator('#key-form').waitFor()
+    t.match(await page.locator('#key-message').innerText(), /needs an API key/)
+    await page.getByLabel('API key').fill('wrong-key')
+    await page.getByRole('button', { name: 'Use this key' }).click()
+    await page.locator('#key-message', { hasText: 'refused' }).waitFor()
+    t.match(await page.locator('#key-message').innerText(), /invalid API key/)
+    await page.getByLabel('API key').fill('right-key')
+    await page.getByRole('button', { name: 'Use this key' }).click()
+    await page.locator('#overview').waitFor()
+    await page.locator('#live', { hasText: 'live' }).waitFor()
+    await keyed.app.inject({ method: 'POST', url: '/api/v1/tasks/create', headers: { authorization: 'Bearer right-key' }, payload: { session_id: 'keyed-live', instructions: 'y' } })
+    await page.locator('tr[data-session="keyed-live"]').waitFor()
+    t.notOk(urls.some((url) => url.includes('key')), 'no key in any URL')
+  })
+}
+
+// Last: everything above is initialised before the tests run.
+if (!existsSync(CHROMIUM)) {
+  if (process.env.CI === 'true') throw new Error(`${CHROMIUM} is missing: CI must install Debian's chromium package (.ci/run does)`)
+  console.error(`\n!!!!!!!! dashboard browser tests SKIPPED: ${CHROMIUM} is missing (apt-get install -y chromium) !!!!!!!!\n`)
+  t.plan(0, `skipped: ${CHROMIUM} missing`)
+} else {
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS, headless: true })
+  t.teardown(() => browser.close())
+  await run(browser)
+}

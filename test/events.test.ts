@@ -1,0 +1,255 @@
+/**
+ * The live event stream, GET /api/v1/tasks/events, over real HTTP on 127.0.0.1: the events of a
+ * run in order and each after its change is on disk, resume with Last-Event-ID and a reset past
+ * the buffer, a reader that does not read cut off without memory growth, the heartbeat (and the
+ * request timeout not cutting a stream), the client cap, API keys, and shutdown with streams open.
+ */
+import { readFileSync } from 'node:fs'
+import net from 'node:net'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import v8 from 'node:v8'
+import vm from 'node:vm'
+import t from 'tap'
+import type { FastifyInstance } from 'fastify'
+import { AgentError } from '../services/errors.js'
+import { waitFor } from './agents-fakes.js'
+import { build, createSession, post, tempDir, type TestAppOptions, type TestContext } from './helper.js'
+import { call, scratch } from './server-process.js'
+import { openStream, type SseEvent } from './sse-client.js'
+
+const EVENTS = '/api/v1/tasks/events'
+
+async function listening (t: TestContext, options: TestAppOptions = {}): Promise<{ app: FastifyInstance, base: string, dir: string }> {
+  const dir = options.dir ?? await tempDir(t)
+  const app = await build(t, { ...options, dir })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const address = app.server.address() as net.AddressInfo
+  return { app, base: `http://127.0.0.1:${address.port}`, dir }
+}
+
+const names = (events: SseEvent[], sessionId?: string): string[] =>
+  events.filter((e) => sessionId === undefined || e.data.session_id === sessionId).map((e) => e.event)
+
+t.test('a background run: every event in order, each sent once its change is on disk', async (t) => {
+  const { app, base, dir } = await listening(t, {
+    executors: { default: async (task) => { if (task.instruction === 'bad') throw new Error('boom'); return { result: `done ${task.instruction}` } } }
+  })
+  // What the disk says at the moment each task event is emitted.
+  const onDisk: string[] = []
+  const unsubscribe = app.taskEvents.subscribe((event) => {
+    if (!event.name.startsWith('task.')) return
+    const stored = JSON.parse(readFileSync(join(dir, 'order.json'), 'utf8'))
+    const task = stored.session.tasks.find((x: { id: string }) => x.id === event.data.task_id)
+    onDisk.push(`${event.name}:${task.status}`)
+  })
+  t.teardown(unsubscribe)
+  const stream = await openStream(t, `${base}${EVENTS}`)
+  t.equal(stream.status, 200)
+  t.match(stream.headers['content-type'], /^text\/event-stream/)
+  t.equal(stream.headers['cache-control'], 'no-cache')
+  t.equal(stream.headers['x-accel-buffering'], 'no')
+
+  await createSession(app, 'order', '1. good\n2. bad')
+  t.equal((await post(app, '/execute-all', { session_id: 'order', wait: false })).statusCode, 202)
+  const events = await stream.until((list) => list.some((e) => e.event === 'run.finished') && list.at(-1)?.event === 'progress')
+  t.same(names(events), [
+    'session.created', 'tasks.added', 'progress',
+    'run.started', 'progress',
+    'task.started', 'progress', 'task.completed', 'progress',
+    'task.started', 'progress', 'task.failed', 'progress',
+    'run.finished', 'progress'
+  ])
+  t.same(onDisk, ['task.started:InProgress', 'task.completed:Completed', 'task.started:InProgress', 'task.failed:Failed'], 'each task event follows its durable save')
+  const ids = events.map((e) => Number(e.id?.split('-')[1]))
+  t.same(ids, [...ids].sort((a, b) => a - b), 'ids increase')
+  t.ok(events.every((e) => e.data.session_id === 'order'), 'every event names its session')
+  t.notOk(events.some((e) => 'result' in e.data), 'results are not carried')
+  const last = events.at(-1) as SseEvent
+  t.match(last.data, { total: 2, completed: 1, failed: 1, all_done: true, running: false })
+  t.match(events.find((e) => e.event === 'task.failed')?.data, { status: 'Failed', task_id: /^task_2_/ })
+})
+
+t.test('?session_id= gets that session only; a client that disconnects mid-stream is let go', async (t) => {
+  const { app, base } = await listening(t, { config: { TASK_EVENTS_MAX_CLIENTS: 2 } })
+  const one = await openStream(t, `${base}${EVENTS}?session_id=one`)
+  const all = await openStream(t, `${base}${EVENTS}`)
+  await createSession(app, 'two', 'x')
+  await createSession(app, 'one', 'y')
+  await all.until((list) => names(list, 'one').length === 3)
+  await one.until((list) => list.length === 3)
+  t.same(names(one.events), ['session.created', 'tasks.added', 'progress'])
+  t.equal((await openStream(t, `${base}${EVENTS}?session_id=bad%20id`)).status, 400, 'a bad id is a 400')
+  // Both slots are taken; a client that goes away frees its slot, and nothing breaks.
+  one.close()
+  all.close()
+  await createSession(app, 'three', 'z')
+  const again = await waitFor('a slot to free', async () => {
+    const client = await openStream(t, `${base}${EVENTS}`)
+    return client.status === 200 && client
+  }, 5000)
+  await createSession(app, 'four', 'w')
+  await again.until((list) => names(list, 'four').length === 3)
+})
+
+t.test('resume with Last-Event-ID: the missed events, in order; an id older than the buffer or from another lifetime gets a reset', async (t) => {
+  const { app, base } = await listening(t, { config: { TASK_EVENTS_BUFFER: 8 } })
+  const first = await openStream(t, `${base}${EVENTS}`)
+  await createSession(app, 'r1', 'a')
+  const seen = await first.until((list) => list.length === 3)
+  first.close()
+  const lastId = seen[2]?.id as string
+  await createSession(app, 'r2', 'b')
+
+  const resumed = await openStream(t, `${base}${EVENTS}`, { 'last-event-id': lastId })
+  await resumed.until((list) => list.length === 3)
+  t.same(resumed.events.map((e) => `${e.event}:${String(e.data.session_id)}`), ['session.created:r2', 'tasks.added:r2', 'progress:r2'], 'only what was missed')
+  resumed.close()
+
+  // 3 events per create: 9 more push the resumed-from id out of an 8-event buffer.
+  for (const id of ['r3', 'r4', 'r5']) await createSession(app, id, 'c')
+  const late = await openStream(t, `${base}${EVENTS}`, { 'last-event-id': lastId })
+  const [reset] = await late.until((list) => list.length >= 1)
+  t.equal(reset?.event, 'reset')
+  t.same(reset?.data, { reason: 'unknown-id' })
+  late.close()
+  // The reset's id names "now": resuming from it misses nothing that follows.
+  const after = await openStream(t, `${base}${EVENTS}`, { 'last-event-id': reset?.id as string })
+  await createSession(app, 'r6', 'd')
+  await after.until((list) => list.length === 3)
+  t.same(names(after.events), ['session.created', 'tasks.added', 'progress'])
+
+  const foreign = await openStream(t, `${base}${EVENTS}`, { 'last-event-id': `00000000-${lastId.split('-')[1] as string}` })
+  t.equal((await foreign.until((list) => list.length >= 1))[0]?.event, 'reset', 'an id from another process lifetime')
+})
+
+t.test('a client that does not read is cut off with a reset once its queue passes the bound; memory does not grow', async (t) => {
+  v8.setFlagsFromString('--expose-gc')
+  const gc = vm.runInNewContext('gc') as () => void
+  const bound = 64 * 1024
+  const { app, base } = await listening(t, { config: { TASK_EVENTS_MAX_QUEUED_BYTES: bound, TASK_EVENTS_BUFFER: 100 } })
+  const { port } = new URL(base)
+  const socket = net.connect(Number(port), '127.0.0.1')
+  t.teardown(() => { socket.destroy() })
+  socket.on('error', () => {})
+  let received = ''
+  await new Promise<void>((resolve) => {
+    socket.once('connect', () => socket.write(`GET ${EVENTS} HTTP/1.1\r\nHost: x\r\n\r\n`))
+    socket.once('data', (chunk) => { received += chunk.toString('utf8'); resolve() })
+  })
+  socket.pause() // reads nothing more: the kernel buffers fill, then the server's queue
+  const ok = await openStream(t, `${base}${EVENTS}?session_id=quiet`)
+
+  gc()
+  const before = process.memoryUsage()
+  const pad = 'x'.repeat(4096)
+  // 80 MB of events: without the bound all of it would wait in the server's queue for this client.
+  for (let batch = 0; batch < 200; batch++) {
+    for (let i = 0; i < 100; i++) app.taskEvents.append('progress', { session_id: 'slow', pad })
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  gc()
+  const after = process.memoryUsage()
+  const grown = (after.heapUsed + after.external) - (before.heapUsed + before.external)
+  t.ok(grown < 16 * 1024 * 1024, `memory grew by ${(grown / 1048576).toFixed(1)} MB for 80 MB of events`)
+
+  // Reading again, the client finds the reset at the end of what was queued, and the stream ends.
+  const ended = new Promise<void>((resolve) => socket.once('close', () => resolve()))
+  socket.on('data', (chunk) => { received += chunk.toString('utf8') })
+  socket.resume()
+  await ended
+  t.match(received.slice(-200), /event: reset\ndata: \{"reason":"slow-reader"\}\n\n/)
+  t.ok(received.length < 16 * 1024 * 1024, `it got ${(received.length / 1048576).toFixed(1)} MB, not everything`)
+  // A client of another session was not affected.
+  await createSession(app, 'quiet', 'q')
+  await ok.until((list) => list.length === 3)
+})
+
+t.test('heartbeats keep a stream alive, and the request timeout does not cut it', async (t) => {
+  const { app, base } = await listening(t, { config: { TASK_EVENTS_HEARTBEAT_MS: 100, TASK_REQUEST_TIMEOUT_MS: 200 } })
+  const stream = await openStream(t, `${base}${EVENTS}`)
+  await sleep(1200)
+  const beats = stream.text().split(': heartbeat\n\n').length - 1
+  t.ok(beats >= 5, `${beats} heartbeats in 1.2 s`)
+  await createSession(app, 'late', 'x')
+  await stream.until((list) => list.length === 3)
+  t.pass('still delivering after six request timeouts')
+})
+
+t.test('TASK_EVENTS_MAX_CLIENTS: the stream past the cap is a 503', async (t) => {
+  const { base } = await listening(t, { config: { TASK_EVENTS_MAX_CLIENTS: 2 } })
+  await openStream(t, `${base}${EVENTS}`)
+  await openStream(t, `${base}${EVENTS}?session_id=a`)
+  const third = await openStream(t, `${base}${EVENTS}`)
+  t.equal(third.status, 503)
+  t.match(JSON.parse(await third.body()), { code: 'TOO_MANY_STREAMS', message: /TASK_EVENTS_MAX_CLIENTS/ })
+})
+
+t.test('API keys: the stream needs one like every /api route', async (t) => {
+  const { app, base } = await listening(t, { config: { TASK_API_KEYS: 'k1,k2' } })
+  const none = await openStream(t, `${base}${EVENTS}`)
+  t.equal(none.status, 401)
+  const wrong = await openStream(t, `${base}${EVENTS}`, { authorization: 'Bearer nope' })
+  t.equal(wrong.status, 401)
+  t.match(JSON.parse(await wrong.body()), { message: 'invalid API key' })
+  const right = await openStream(t, `${base}${EVENTS}`, { authorization: 'Bearer k2' })
+  t.equal(right.status, 200)
+  await app.inject({ method: 'POST', url: '/api/v1/tasks/create', headers: { authorization: 'Bearer k1' }, payload: { session_id: 'keyed', instructions: 'x' } })
+  await right.until((list) => list.length === 3)
+})
+
+t.test('the real server: SIGTERM with streams open ends them and exits 0', async (t) => {
+  const { start } = await scratch(t)
+  const server = await start({ TASK_EVENTS_HEARTBEAT_MS: '1000' })
+  const streams = [await openStream(t, `${server.base}${EVENTS}`), await openStream(t, `${server.base}${EVENTS}?session_id=s`)]
+  await call(server, 'POST', '/api/v1/tasks/create', { session_id: 's', instructions: 'x' })
+  await Promise.all(streams.map(async (stream) => stream.until((list) => list.length === 3)))
+  const started = Date.now()
+  const exit = await server.stop('SIGTERM')
+  t.same(exit, { code: 0, signal: null }, 'exit code 0')
+  t.ok(Date.now() - started < 5000, `promptly (${Date.now() - started} ms)`)
+  await Promise.all(streams.map(async (stream) => stream.ended))
+  t.pass('both streams ended')
+})
+
+t.test('retrying, cancel, retry, archive, unarchive and delete each say so', async (t) => {
+  let calls = 0
+  let hangs = 0
+  const { app, base } = await listening(t, {
+    executors: {
+      default: {
+        max_attempts: 2,
+        backoff_ms: 10,
+        run: async (task, { signal }) => {
+          if (task.instruction === 'flaky' && calls++ === 0) throw new AgentError('busy', { transient: true })
+          if (task.instruction === 'hang' && hangs++ === 0) {
+            await new Promise<void>((_resolve, reject) => {
+              signal.addEventListener('abort', () => reject(signal.reason), { once: true })
+            })
+          }
+          return { result: 'ok' }
+        }
+      }
+    }
+  })
+  const stream = await openStream(t, `${base}${EVENTS}?session_id=life`)
+  await createSession(app, 'life', '1. flaky\n2. hang')
+  t.equal((await post(app, '/execute-all', { session_id: 'life', wait: false })).statusCode, 202)
+  // The hanging task has started: the flaky one before it completed on its second call.
+  await stream.until((list) => list.some((e) => e.event === 'task.completed') && list.at(-1)?.event === 'progress' && list.at(-2)?.event === 'task.started')
+  t.equal((await post(app, '/cancel', { session_id: 'life' })).statusCode, 200)
+  await stream.until((list) => list.some((e) => e.event === 'run.cancelled'))
+  t.match(stream.events.find((e) => e.event === 'task.retrying')?.data, { status: 'InProgress', attempt: 1, retry_in_ms: Number })
+  t.match(stream.events.find((e) => e.event === 'run.cancelled')?.data, { background: true, task_id: /^task_2_/ })
+  t.equal((await post(app, '/retry', { session_id: 'life' })).statusCode, 200)
+  await stream.until((list) => list.some((e) => e.event === 'tasks.retried'))
+  t.equal((await post(app, '/execute', { session_id: 'life' })).statusCode, 200)
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['life'])
+  await createSession(app, 'life', 'more')
+  t.equal((await app.inject({ method: 'DELETE', url: '/api/v1/tasks/sessions/life' })).statusCode, 204)
+  await stream.until((list) => list.some((e) => e.event === 'session.deleted'))
+  const tail = names(stream.events).slice(names(stream.events).indexOf('tasks.retried'))
+  t.same(tail.filter((name) => name !== 'progress'), [
+    'tasks.retried', 'task.started', 'task.completed', 'session.archived', 'session.unarchived', 'tasks.added', 'session.deleted'
+  ])
+})

@@ -1,0 +1,50 @@
+/**
+ * The live view's building blocks without HTTP: the numbered ring buffer (resume, reset, ids of
+ * another lifetime, malformed ids) and the manager building no event at all when nobody listens.
+ */
+import t from 'tap'
+import { FileSessionStore } from '../services/file-store.js'
+import { TaskEventBuffer } from '../services/task-events.js'
+import { TaskManager } from '../services/task-manager.js'
+import { tempDir } from './helper.js'
+
+t.test('the buffer keeps the latest events, numbered; older ids and foreign ids get a reset', async (t) => {
+  const buffer = new TaskEventBuffer(3)
+  t.same(buffer.since(buffer.currentId()), { reset: false, events: [] }, 'nothing yet, nothing missed')
+  const start = buffer.currentId()
+  for (let i = 0; i < 5; i++) buffer.append('progress', { session_id: `s${i}` })
+  t.equal(buffer.latest, 5)
+  t.equal(buffer.oldest, 3)
+  const after2 = buffer.since(`${buffer.lifetime}-2`)
+  t.same(after2.reset ? null : after2.events.map((e) => e.data.session_id), ['s2', 's3', 's4'], 'everything after id 2, in order')
+  t.same(buffer.since(`${buffer.lifetime}-5`), { reset: false, events: [] })
+  t.equal(buffer.since(`${buffer.lifetime}-1`).reset, true, 'event 2 is gone: reset')
+  t.equal(buffer.since(start).reset, true, 'from before the first event, with the first ones gone')
+  for (const id of [`${buffer.lifetime}-6`, 'ffffffff-4', 'garbage', '', `${buffer.lifetime}-x`, `${buffer.lifetime}--1`]) {
+    t.equal(buffer.since(id).reset, true, `reset for '${id}'`)
+  }
+  const event = buffer.append('task.completed', { session_id: 'a', task_id: 't', status: 'Completed' })
+  t.equal(buffer.frameOf(event), `id: ${buffer.lifetime}-6\nevent: task.completed\ndata: {"session_id":"a","task_id":"t","status":"Completed"}\n\n`)
+  t.equal(buffer.frameOf(event), buffer.frameOf(event), 'serialized once')
+  t.throws(() => new TaskEventBuffer(0))
+})
+
+t.test('the manager emits live-view events only while someone listens', async (t) => {
+  const store = new FileSessionStore({ dir: await tempDir(t) })
+  await store.init()
+  const manager = new TaskManager({ store })
+  t.teardown(async () => { await manager.close(); await store.close() })
+  await manager.restore()
+  let emitted = 0
+  const emit = manager.events.emit.bind(manager.events)
+  manager.events.emit = ((name: string, ...args: unknown[]) => { if (name === 'task-event') emitted++; return (emit as (n: string, ...a: unknown[]) => boolean)(name, ...args) }) as typeof manager.events.emit
+  await manager.create('quiet', [{ instruction: 'a', task_type: 'General' }])
+  await manager.executeAll('quiet')
+  const withoutListener = emitted
+  const names: string[] = []
+  manager.events.on('task-event', (name) => names.push(name))
+  await manager.create('heard', [{ instruction: 'b', task_type: 'General' }])
+  await manager.executeAll('heard')
+  t.equal(withoutListener, 0, 'none without a listener')
+  t.same(names, ['session.created', 'tasks.added', 'progress', 'run.started', 'progress', 'task.started', 'progress', 'task.completed', 'progress', 'run.finished', 'progress'])
+})
