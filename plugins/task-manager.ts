@@ -47,6 +47,8 @@ export interface TaskManagerPluginOptions {
   /** Free-space warning threshold and check interval (TASK_DISK_WARN_RATIO, TASK_DISK_CHECK_INTERVAL_MS). */
   diskWarnRatio?: number
   diskCheckIntervalMs?: number
+  /** How recent a free-space reading /stats may reuse (TASK_DISK_MAX_AGE_MS). */
+  diskMaxAgeMs?: number
   /** Time source for timestamps (tests). */
   clock?: () => Date
 }
@@ -71,6 +73,7 @@ export const TaskManagerOptionsSchema = Type.Object({
   commandCgroup: fromSetting('TASK_COMMAND_CGROUP'),
   diskWarnRatio: fromSetting('TASK_DISK_WARN_RATIO'),
   diskCheckIntervalMs: fromSetting('TASK_DISK_CHECK_INTERVAL_MS'),
+  diskMaxAgeMs: fromSetting('TASK_DISK_MAX_AGE_MS'),
   autoSave: fromSetting('TASK_AUTO_SAVE'),
   restoreConcurrency: fromSetting('TASK_RESTORE_CONCURRENCY'),
   shutdownGraceMs: fromSetting('TASK_SHUTDOWN_GRACE_MS'),
@@ -102,6 +105,7 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
     runRetryMaxMs: options.runRetryMaxMs ?? setting(app, 'TASK_RUN_RETRY_MAX_MS'),
     diskWarnRatio: options.diskWarnRatio ?? setting(app, 'TASK_DISK_WARN_RATIO'),
     diskCheckIntervalMs: options.diskCheckIntervalMs ?? setting(app, 'TASK_DISK_CHECK_INTERVAL_MS'),
+    diskMaxAgeMs: options.diskMaxAgeMs ?? setting(app, 'TASK_DISK_MAX_AGE_MS'),
     autoSave: options.autoSave ?? setting(app, 'TASK_AUTO_SAVE'),
     restoreConcurrency: options.restoreConcurrency ?? setting(app, 'TASK_RESTORE_CONCURRENCY'),
     shutdownGraceMs: options.shutdownGraceMs ?? setting(app, 'TASK_SHUTDOWN_GRACE_MS'),

@@ -99,6 +99,7 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
       commandCgroup: options.commandCgroup,
       diskWarnRatio: options.diskWarnRatio,
       diskCheckIntervalMs: options.diskCheckIntervalMs,
+      diskMaxAgeMs: options.diskMaxAgeMs,
       autoSave: options.autoSave,
       restoreConcurrency: options.restoreConcurrency,
       shutdownGraceMs: options.shutdownGraceMs,

@@ -48,6 +48,7 @@ export const ConfigSchema = Type.Object({
   // Disk figures (issue 18): free space of the filesystem holding the storage folder.
   TASK_DISK_WARN_RATIO: Type.Number({ minimum: 0, maximum: 1, default: 0.1, description: 'The log warns once when the free share of the storage filesystem falls below this, and again when it recovers; 0 never warns' }),
   TASK_DISK_CHECK_INTERVAL_MS: Type.Integer({ minimum: 0, maximum: MAX_TIMER_MS, default: 60_000, description: 'How often free space is checked besides at /stats and /metrics; 0 checks only then' }),
+  TASK_DISK_MAX_AGE_MS: Type.Integer({ minimum: 0, maximum: HOUR_MS, default: 1000, description: '/stats and /metrics reuse a free-space reading this recent instead of asking the filesystem again; 0: always ask' }),
   // Live view: the event stream (GET /api/v1/tasks/events) and the dashboard.
   TASK_EVENTS_BUFFER: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 10_000, description: 'Latest events kept for clients resuming with Last-Event-ID; older ids get a reset' }),
   TASK_EVENTS_HEARTBEAT_MS: Type.Integer({ minimum: 10, maximum: HOUR_MS, default: 15_000, description: 'A heartbeat comment on every stream this often' }),

@@ -16,6 +16,8 @@ export interface DiskWatchOptions {
   warnRatio: number
   /** Check this often besides on demand (TASK_DISK_CHECK_INTERVAL_MS); 0: only on demand. */
   intervalMs: number
+  /** A reading this recent is reused (TASK_DISK_MAX_AGE_MS): /stats stays as cheap as the other reads. */
+  maxAgeMs: number
   /** Named in the log lines. */
   location: string
   logger: Logger
@@ -33,6 +35,7 @@ export class DiskWatch {
   private low = false
   private failing = false
   private timer: NodeJS.Timeout | null = null
+  private last: { at: number, space: DiskSpace } | null = null
 
   constructor (options: DiskWatchOptions) {
     this.options = options
@@ -40,6 +43,8 @@ export class DiskWatch {
 
   /** The current figures; null when unknown (the store reports none, or the read failed: logged once). */
   read (): Promise<DiskSpace | null> {
+    const last = this.last
+    if (last !== null && performance.now() - last.at < this.options.maxAgeMs) return Promise.resolve(last.space)
     this.inFlight ??= this.readOnce().finally(() => { this.inFlight = null })
     return this.inFlight
   }
@@ -73,6 +78,7 @@ export class DiskWatch {
     if (low && !this.low) log.warn(figures, `Storage is running out of space: ${percent(space.free_ratio)} free, below TASK_DISK_WARN_RATIO (${percent(warnRatio)})`)
     else if (!low && this.low) log.warn(figures, `Storage has room again: ${percent(space.free_ratio)} free, at or above TASK_DISK_WARN_RATIO (${percent(warnRatio)})`)
     this.low = low
+    this.last = { at: performance.now(), space }
     return space
   }
 }

@@ -60,6 +60,8 @@ export interface TaskManagerOptions {
   /** Warn when the storage's free share falls below this (default 0.1); checked every `diskCheckIntervalMs` (default 60000; 0: only on stats). */
   diskWarnRatio?: number
   diskCheckIntervalMs?: number
+  /** A free-space reading this recent is reused by stats (default 1000; 0: always read). */
+  diskMaxAgeMs?: number
   clock?: () => Date
   logger?: Logger
 }
@@ -177,6 +179,7 @@ export class TaskManager {
       read: async () => (store.space === undefined ? null : store.space()),
       warnRatio: options.diskWarnRatio ?? 0.1,
       intervalMs: options.diskCheckIntervalMs ?? 60_000,
+      maxAgeMs: options.diskMaxAgeMs ?? 1000,
       location: store.location,
       logger: this.log
     })

@@ -3,12 +3,14 @@
  * it as sessions are written, and the log warns once when it crosses TASK_DISK_WARN_RATIO, and
  * once when it recovers, however often it is read.
  */
-import { statfs } from 'node:fs/promises'
+import { statfs, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance, FastifyServerOptions } from 'fastify'
 import t from 'tap'
 import { taskvault } from './cli-run.js'
 import { build, get, post, tempDir } from './helper.js'
-import { mountTmpfs, unmount } from './tmpfs.js'
+import { mountedFolder, mountTmpfs, unmount } from './tmpfs.js'
 
 interface Storage { free_bytes: number, total_bytes: number, free_ratio: number }
 
@@ -42,7 +44,7 @@ t.test('a 2 MiB tmpfs: the ratio falls as sessions are written; one warning per 
   t.teardown(() => unmount(dir))
   const log = memoryLog()
   // Checked only on demand here, so every read below is one the test made.
-  const app = await build(t, { dir, logger: log.logger, config: { TASK_DISK_WARN_RATIO: 0.5, TASK_DISK_CHECK_INTERVAL_MS: 0, TASK_ARCHIVE_DAYS: 0 } })
+  const app = await build(t, { dir, logger: log.logger, config: { TASK_DISK_WARN_RATIO: 0.5, TASK_DISK_CHECK_INTERVAL_MS: 0, TASK_DISK_MAX_AGE_MS: 0, TASK_ARCHIVE_DAYS: 0 } })
   const warnings = (): string[] => log.messages().filter((m) => m.level === 40 && /^Storage (is running out|has room)/u.test(m.msg)).map((m) => m.msg)
 
   const fs = await statfs(dir)
@@ -89,12 +91,23 @@ t.test('a 2 MiB tmpfs: the ratio falls as sessions are written; one warning per 
 t.test('the timer checks without anyone asking (TASK_DISK_CHECK_INTERVAL_MS)', async (t) => {
   const log = memoryLog()
   // Any real filesystem is less than 100% free: a ratio of 1 crosses at the first check.
-  await build(t, { logger: log.logger, config: { TASK_DISK_WARN_RATIO: 1, TASK_DISK_CHECK_INTERVAL_MS: 50 } })
+  await build(t, { logger: log.logger, config: { TASK_DISK_WARN_RATIO: 1, TASK_DISK_CHECK_INTERVAL_MS: 50, TASK_DISK_MAX_AGE_MS: 0 } })
   const deadline = Date.now() + 10_000
   while (!log.messages().some((m) => m.msg.startsWith('Storage is running out of space')) && Date.now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
   t.equal(log.messages().filter((m) => m.msg.startsWith('Storage is running out of space')).length, 1, 'warned once by the timer, with no request')
+})
+
+t.test('TASK_DISK_MAX_AGE_MS: a reading that recent is reused; older ones are read again', async (t) => {
+  const dir = await mountedFolder(t, '2m', 'no other test reuses a reading')
+  if (dir === null) return
+  const app = await build(t, { dir, config: { TASK_DISK_MAX_AGE_MS: 300, TASK_DISK_CHECK_INTERVAL_MS: 0 } })
+  const first = (await get(app, '/stats')).json().storage.free_bytes
+  await writeFile(join(dir, 'filler'), Buffer.alloc(256 * 1024))
+  t.equal((await get(app, '/stats')).json().storage.free_bytes, first, 'within the age: the same reading')
+  await sleep(350)
+  t.ok((await get(app, '/stats')).json().storage.free_bytes < first, 'past it: read again')
 })
 
 t.test('TASK_DISK_WARN_RATIO is checked at boot', async (t) => {
