@@ -87,7 +87,8 @@ export async function benchEncryption ({ P, row, sections, alternate, trackedDir
   const dirs = {}
   for (const name of ['plain', 'sealed']) {
     dirs[name] = trackedDir(`enc-create-${name}`)
-    servers[name] = await startServer({ kind: 'app', dir: dirs[name], config: name === 'sealed' ? { TASK_ENCRYPTION_KEYS: KEYS } : {} })
+    // One server per variant for every round: room for every session the rounds create.
+    servers[name] = await startServer({ kind: 'app', dir: dirs[name], config: { TASK_MAX_SESSIONS: 10_000_000, ...(name === 'sealed' && { TASK_ENCRYPTION_KEYS: KEYS }) } })
     await load(servers[name], { duration: P.warmSeconds, requests: requests('warm') })
   }
   const runs = { plain: [], sealed: [] }
