@@ -34,7 +34,7 @@ type Ending =
  * left is killed: its process group, and its cgroup when there is one (setsid cannot leave that).
  */
 export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv, runtime: CommandRuntime = DEFAULT_COMMAND_RUNTIME): Executor {
-  const [program, ...args] = spec.argv as [string, ...string[]]
+  const program = spec.argv[0] as string
   const who = `command ${basename(program)}`
   const drainMs = spec.drain_ms ?? runtime.drainMs
   const inherited = { ...baseEnv }
