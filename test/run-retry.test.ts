@@ -85,19 +85,15 @@ t.test('through the fs seam: EIO on saves; cancel during the wait ends the run; 
       return nodeFs.open(...args)
     }) as typeof nodeFs.open
   }
-  const dir = await tempDir(t)
-  const app = await build(t, {
-    dir,
-    fs,
-    config: { TASK_RUN_RETRY_MS: 20, TASK_RUN_RETRY_MAX_MS: 50 },
-    executors: {
-      default: async (task, { session_id: sessionId }) => {
-        calls.set(`${sessionId}/${task.instruction}`, (calls.get(`${sessionId}/${task.instruction}`) ?? 0) + 1)
-        if (task.instruction === 'b' && !broke.has(sessionId)) { broke.add(sessionId); failing = true }
-        return { result: task.instruction }
-      }
+  const executors = {
+    default: async (task: { instruction: string }, { session_id: sessionId }: { session_id: string }) => {
+      calls.set(`${sessionId}/${task.instruction}`, (calls.get(`${sessionId}/${task.instruction}`) ?? 0) + 1)
+      if (task.instruction === 'b' && !broke.has(sessionId)) { broke.add(sessionId); failing = true }
+      return { result: task.instruction }
     }
-  })
+  }
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, fs, config: { TASK_RUN_RETRY_MS: 20, TASK_RUN_RETRY_MAX_MS: 50 }, executors })
   t.equal((await post(app, '/create', { session_id: 'eio', instructions: '1. a\n2. b\n3. c' })).statusCode, 200)
   t.equal((await post(app, '/execute-all', { session_id: 'eio', wait: false })).statusCode, 202)
   await waitFor('the run to wait', async () => (await progressOf(app, 'eio')).waiting === 'storage')
@@ -111,25 +107,29 @@ t.test('through the fs seam: EIO on saves; cancel during the wait ends the run; 
   t.equal(calls.get('eio/b'), 1, 'the task whose ending storage refused is saved later, not run again')
   t.match(await storedTasks(dir, 'eio'), [{ status: 'Completed', result: 'a' }, { status: 'Completed', result: 'b', attempts: 1 }, { status: 'Completed', result: 'c' }])
 
+  await app.close()
+  // Cancel and shutdown while waiting: a wait long enough that storage is back before it ends.
+  const waiting = await build(t, { dir, fs, config: { TASK_RUN_RETRY_MS: 10_000, TASK_RUN_RETRY_MAX_MS: 10_000 }, executors })
+
   // Cancel while waiting: the run ends, its record is cleared.
-  t.equal((await post(app, '/create', { session_id: 'cancel', instructions: '1. b\n2. c' })).statusCode, 200)
-  t.equal((await post(app, '/execute-all', { session_id: 'cancel', wait: false })).statusCode, 202)
-  await waitFor('the run to wait', async () => (await progressOf(app, 'cancel')).waiting === 'storage')
+  t.equal((await post(waiting, '/create', { session_id: 'cancel', instructions: '1. b\n2. c' })).statusCode, 200)
+  t.equal((await post(waiting, '/execute-all', { session_id: 'cancel', wait: false })).statusCode, 202)
+  await waitFor('the run to wait', async () => (await progressOf(waiting, 'cancel')).waiting === 'storage')
   failing = false
-  const cancelled = await post(app, '/cancel', { session_id: 'cancel' })
+  const cancelled = await post(waiting, '/cancel', { session_id: 'cancel' })
   t.equal(cancelled.statusCode, 200, cancelled.body)
   const [b, c] = await storedTasks(dir, 'cancel')
   t.equal(cancelled.json().cancelled_task_id, b?.id, 'the cancel names the task whose ending was waiting')
   t.match([b, c], [{ status: 'Failed', error: 'cancelled' }, { status: 'Pending' }], 'nothing is left InProgress')
-  t.match(await progressOf(app, 'cancel'), { running: false, in_progress: 0 })
+  t.match(await progressOf(waiting, 'cancel'), { running: false, in_progress: 0 })
   t.equal((await readSession(dir, 'cancel')).background_run, undefined, 'a cancelled run leaves no record')
 
   // Shutdown while waiting: close is prompt, the record stays for the next start.
-  t.equal((await post(app, '/create', { session_id: 'shut', instructions: '1. b\n2. c' })).statusCode, 200)
-  t.equal((await post(app, '/execute-all', { session_id: 'shut', wait: false })).statusCode, 202)
-  await waitFor('the run to wait', async () => (await progressOf(app, 'shut')).waiting === 'storage')
+  t.equal((await post(waiting, '/create', { session_id: 'shut', instructions: '1. b\n2. c' })).statusCode, 200)
+  t.equal((await post(waiting, '/execute-all', { session_id: 'shut', wait: false })).statusCode, 202)
+  await waitFor('the run to wait', async () => (await progressOf(waiting, 'shut')).waiting === 'storage')
   const started = Date.now()
-  await app.close()
+  await waiting.close()
   t.ok(Date.now() - started < 1500, `close did not wait out the backoff (${Date.now() - started} ms)`)
   failing = false
   t.ok((await readSession(dir, 'shut')).background_run !== undefined, 'the run is still recorded, so it resumes after restart')
