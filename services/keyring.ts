@@ -98,10 +98,6 @@ export class Keyring {
     return [...this.keys.keys()]
   }
 
-  has (kid: string): boolean {
-    return this.keys.has(kid)
-  }
-
   /**
    * Seals `plaintext` (given in slices) under the active key: the sealed document as the bytes of
    * `JSON.stringify(document, null, indent) + '\n'`, made in slices (a large session's base64 is
@@ -162,11 +158,6 @@ export class Keyring {
       throw new CorruptSessionFileError(name, 'authentication failed')
     }
   }
-}
-
-/** Opening a sealed file with no keys configured at all. */
-export function keyUnavailable (document: SealedDocument): never {
-  throw new KeyUnavailableError(document.sealed.kid)
 }
 
 function associatedData (clear: Clear): Buffer {
