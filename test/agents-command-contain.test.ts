@@ -7,25 +7,14 @@
 import { spawn } from 'node:child_process'
 import { lstat, mkdir, readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import type { FastifyServerOptions } from 'fastify'
 import t from 'tap'
 import { probeCgroups } from '../services/agents/cgroup.js'
 import { alive, createTasks, recordCalls, waitFor } from './agents-fakes.js'
-import { build, post, tempDir, type TestContext } from './helper.js'
+import { build, memoryLog, post, tempDir, type TestContext } from './helper.js'
 
 /** Whether this host gives each call a cgroup; the tests below expect what it does either way. */
 const contained = (await probeCgroups()).cgroups !== null
 t.comment(contained ? 'per-call cgroups available: setsid grandchildren must die' : 'no per-call cgroup here: setsid grandchildren are expected to escape')
-
-interface LogLine { level: number, msg?: string, [key: string]: unknown }
-
-function memoryLog (): { lines: () => LogLine[], logger: FastifyServerOptions['logger'] } {
-  const raw: string[] = []
-  return {
-    lines: () => raw.join('').split('\n').filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as LogLine),
-    logger: { level: 'info', stream: { write: (chunk: string) => { raw.push(chunk) } } } as FastifyServerOptions['logger']
-  }
-}
 
 /** A pid the script wrote to `file` (atomically, with mv); killed at teardown if still alive. */
 async function pidFrom (t: TestContext, file: string): Promise<number> {

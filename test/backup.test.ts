@@ -14,7 +14,7 @@ import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
-import type { FastifyInstance, FastifyServerOptions } from 'fastify'
+import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { parseAllDocuments } from 'yaml'
 import { BACKUP_FILE, backupFileName } from '../services/backup.js'
@@ -22,7 +22,7 @@ import { parseSessionFile } from '../services/session-files.js'
 import { nodeFs } from '../services/fs-seam.js'
 import { readTarGz, writeTarGz } from '../services/tar.js'
 import { taskvault } from './cli-run.js'
-import { API, build, get, post, tempDir, type TestContext } from './helper.js'
+import { API, build, get, memoryLog, post, tempDir, type TestContext } from './helper.js'
 import { scratch } from './server-process.js'
 import { storedSession } from './session-fixtures.js'
 
@@ -46,14 +46,6 @@ async function jsonFiles (dir: string): Promise<string[]> {
 async function backup (app: FastifyInstance, headers: Record<string, string> = {}): Promise<{ status: number, headers: Record<string, unknown>, body: Buffer }> {
   const res = await app.inject({ method: 'GET', url: `${API}/backup`, headers })
   return { status: res.statusCode, headers: res.headers, body: res.rawPayload }
-}
-
-function memoryLog (): { messages: () => string[], logger: FastifyServerOptions['logger'] } {
-  const raw: string[] = []
-  return {
-    messages: () => raw.join('').split('\n').filter((line) => line.trim() !== '').map((line) => String((JSON.parse(line) as { msg: string }).msg)),
-    logger: { level: 'info', stream: { write: (chunk: string) => { raw.push(chunk) } } } as FastifyServerOptions['logger']
-  }
 }
 
 t.test('GET /backup: API keys, its name, a tar any tar reads, restored into an empty folder that boots', async (t) => {

@@ -6,21 +6,13 @@
 import { statfs, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { FastifyInstance, FastifyServerOptions } from 'fastify'
+import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { taskvault } from './cli-run.js'
-import { build, get, post, tempDir } from './helper.js'
-import { mountedFolder, mountTmpfs, unmount } from './tmpfs.js'
+import { build, get, memoryLog, post } from './helper.js'
+import { mountedFolder } from './tmpfs.js'
 
 interface Storage { free_bytes: number, total_bytes: number, free_ratio: number }
-
-function memoryLog (): { messages: () => Array<{ level: number, msg: string, free_ratio?: number }>, logger: FastifyServerOptions['logger'] } {
-  const raw: string[] = []
-  return {
-    messages: () => raw.join('').split('\n').filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as { level: number, msg: string }),
-    logger: { level: 'info', stream: { write: (chunk: string) => { raw.push(chunk) } } } as FastifyServerOptions['logger']
-  }
-}
 
 async function storage (app: FastifyInstance): Promise<Storage> {
   const res = await get(app, '/stats')
@@ -35,17 +27,12 @@ async function scraped (app: FastifyInstance, name: string): Promise<number | nu
 }
 
 t.test('a 2 MiB tmpfs: the ratio falls as sessions are written; one warning per crossing', async (t) => {
-  const dir = await tempDir(t, 'taskvault-disk-')
-  const why = await mountTmpfs(dir, '2m')
-  if (why !== null) {
-    t.plan(0, `skipped: cannot mount a tmpfs here (${why})`)
-    return
-  }
-  t.teardown(() => unmount(dir))
+  const dir = await mountedFolder(t, '2m', 'free space is not measured on a filesystem of known size')
+  if (dir === null) return
   const log = memoryLog()
   // Checked only on demand here, so every read below is one the test made.
   const app = await build(t, { dir, logger: log.logger, config: { TASK_DISK_WARN_RATIO: 0.5, TASK_DISK_CHECK_INTERVAL_MS: 0, TASK_DISK_MAX_AGE_MS: 0, TASK_ARCHIVE_DAYS: 0 } })
-  const warnings = (): string[] => log.messages().filter((m) => m.level === 40 && /^Storage (is running out|has room)/u.test(m.msg)).map((m) => m.msg)
+  const warnings = (): string[] => log.lines().filter((m) => m.level === 40 && /^Storage (is running out|has room)/u.test(String(m.msg))).map((m) => String(m.msg))
 
   const fs = await statfs(dir)
   const first = await storage(app)
@@ -93,10 +80,10 @@ t.test('the timer checks without anyone asking (TASK_DISK_CHECK_INTERVAL_MS)', a
   // Any real filesystem is less than 100% free: a ratio of 1 crosses at the first check.
   await build(t, { logger: log.logger, config: { TASK_DISK_WARN_RATIO: 1, TASK_DISK_CHECK_INTERVAL_MS: 50, TASK_DISK_MAX_AGE_MS: 0 } })
   const deadline = Date.now() + 10_000
-  while (!log.messages().some((m) => m.msg.startsWith('Storage is running out of space')) && Date.now() < deadline) {
+  while (!log.lines().some((m) => String(m.msg).startsWith('Storage is running out of space')) && Date.now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
-  t.equal(log.messages().filter((m) => m.msg.startsWith('Storage is running out of space')).length, 1, 'warned once by the timer, with no request')
+  t.equal(log.lines().filter((m) => String(m.msg).startsWith('Storage is running out of space')).length, 1, 'warned once by the timer, with no request')
 })
 
 t.test('TASK_DISK_MAX_AGE_MS: a reading that recent is reused; older ones are read again', async (t) => {

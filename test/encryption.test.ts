@@ -8,7 +8,6 @@ import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { gunzipSync } from 'node:zlib'
 import t from 'tap'
@@ -16,7 +15,7 @@ import { buildApp } from '../app.js'
 import { FileSessionStore } from '../services/file-store.js'
 import { Keyring } from '../services/keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../services/session-files.js'
-import { build, get, post, tempDir } from './helper.js'
+import { build, get, memoryLog, post, tempDir } from './helper.js'
 import { CLI, taskvault } from './cli-run.js'
 
 const key = (): string => randomBytes(32).toString('base64')
@@ -260,9 +259,8 @@ t.test('GET /backup with keys: every session in the tar is sealed, plaintext one
 
 t.test('no key ever appears in logs (trace), error bodies, /stats, /metrics or /documentation/json', async (t) => {
   const dir = await tempDir(t)
-  const lines: string[] = []
-  const stream = new Writable({ write (chunk: Buffer, _encoding, done) { lines.push(chunk.toString('utf8')); done() } })
-  const app = await build(t, { dir, logger: { level: 'trace', stream }, config: { TASK_ENCRYPTION_KEYS: `k1:${K1},k2:${K2}` } })
+  const log = memoryLog('trace')
+  const app = await build(t, { dir, logger: log.logger, config: { TASK_ENCRYPTION_KEYS: `k1:${K1},k2:${K2}` } })
   await post(app, '/create', { session_id: 'x', instructions: 'a' })
   await post(app, '/execute', { session_id: 'x' })
   const answers = [
@@ -273,7 +271,7 @@ t.test('no key ever appears in logs (trace), error bodies, /stats, /metrics or /
     (await app.inject({ method: 'GET', url: '/documentation/json' })).body
   ]
   await app.close()
-  const everything = [...answers, ...lines].join('\n')
+  const everything = [...answers, ...log.raw].join('\n')
   for (const secret of [K1, K2, Buffer.from(K1, 'base64').toString('hex')]) t.notOk(everything.includes(secret), 'no key, in base64 or hex')
-  t.ok(lines.length > 10, `${lines.length} log lines were checked`)
+  t.ok(log.lines().length > 10, `${log.lines().length} log lines were checked`)
 })

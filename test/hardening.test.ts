@@ -17,28 +17,12 @@ import { buildApp } from '../app.js'
 import { LOCK_FILE, StorageLockedError } from '../services/storage-lock.js'
 import type { SessionFile } from '../services/session.js'
 import { MARKER_FILE } from '../services/storage-folder.js'
-import { API, build, get, markAsTaskvault, post, tempDir, type TestContext } from './helper.js'
+import { API, build, get, markAsTaskvault, memoryLog, post, tempDir, type LogLine, type TestContext } from './helper.js'
 import { exitWithin, freePort, spawnServer } from './server-process.js'
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-interface LogLine {
-  level: number
-  msg?: string
-  [key: string]: unknown
-}
-
-/** A pino destination in memory: every raw line, and the parsed ones. */
-function memoryLog (): { raw: string[], lines: () => LogLine[], stream: { write: (chunk: string) => void } } {
-  const raw: string[] = []
-  return {
-    raw,
-    lines: () => raw.flatMap((chunk) => chunk.split('\n')).filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as LogLine),
-    stream: { write: (chunk: string) => { raw.push(chunk) } }
-  }
-}
 
 /** The logger production uses (server.ts), writing to memory. */
 function productionLogger (stream: { write: (chunk: string) => void }, level = 'trace'): FastifyServerOptions['logger'] {

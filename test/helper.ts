@@ -1,7 +1,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
+import type { FastifyInstance, FastifyServerOptions, LightMyRequestResponse } from 'fastify'
 import { buildApp, type BuildAppOptions } from '../app.js'
 import { FORMAT_VERSION, MARKER_FILE } from '../services/storage-folder.js'
 
@@ -69,4 +69,22 @@ export async function markAsTaskvault (dir: string): Promise<void> {
 export function withoutFreeSpace (stats: Record<string, any>): Record<string, unknown> {
   const { storage: { free_bytes: _free, total_bytes: _total, free_ratio: _ratio, ...storage }, ...rest } = stats
   return { ...rest, storage }
+}
+
+/** One JSON line as pino writes it. */
+export interface LogLine {
+  level: number
+  msg?: string
+  [key: string]: any
+}
+
+/**
+ * A pino destination in memory: `logger` for buildApp (or `stream` for logger options of a
+ * test's own), with every raw chunk, the parsed lines, and their messages.
+ */
+export function memoryLog (level = 'info'): { raw: string[], stream: { write: (chunk: string) => void }, logger: FastifyServerOptions['logger'], lines: () => LogLine[], messages: () => string[] } {
+  const raw: string[] = []
+  const stream = { write: (chunk: string) => { raw.push(chunk) } }
+  const lines = (): LogLine[] => raw.join('').split('\n').filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as LogLine)
+  return { raw, stream, logger: { level, stream } as FastifyServerOptions['logger'], lines, messages: () => lines().map((line) => String(line.msg)) }
 }

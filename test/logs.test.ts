@@ -2,27 +2,9 @@
  * Logs: every line of a request that names a session carries its session_id, task failures
  * carry task_id too; LOG_PRETTY=true makes the real server print pino-pretty lines.
  */
-import type { FastifyServerOptions } from 'fastify'
 import t from 'tap'
-import { build, post } from './helper.js'
+import { build, memoryLog, post } from './helper.js'
 import { logLines, logMessages, scratch } from './server-process.js'
-
-interface LogLine {
-  level: number
-  msg?: string
-  session_id?: string
-  task_id?: string
-  reqId?: string
-  [key: string]: unknown
-}
-
-function memoryLog (): { lines: () => LogLine[], logger: FastifyServerOptions['logger'] } {
-  const raw: string[] = []
-  return {
-    lines: () => raw.join('').split('\n').filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as LogLine),
-    logger: { level: 'info', stream: { write: (chunk: string) => { raw.push(chunk) } } } as FastifyServerOptions['logger']
-  }
-}
 
 t.test('request logs carry the session_id the request names; task failures carry task_id', async (t) => {
   const log = memoryLog()

@@ -6,24 +6,11 @@
  */
 import { rm, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
-import { Writable } from 'node:stream'
 import t from 'tap'
 import { nodeFs, type FsSeam } from '../services/fs-seam.js'
 import { readSession, storedTasks, waitFor } from './agents-fakes.js'
-import { build, get, post, tempDir } from './helper.js'
+import { build, get, memoryLog, post, tempDir } from './helper.js'
 import { fill, mountedFolder } from './tmpfs.js'
-
-/** Log lines as parsed JSON, from a real pino logger. */
-function logLines (): { stream: Writable, lines: Array<Record<string, unknown>> } {
-  const lines: Array<Record<string, unknown>> = []
-  const stream = new Writable({
-    write (chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') lines.push(JSON.parse(line))
-      done()
-    }
-  })
-  return { stream, lines }
-}
 
 const progressOf = async (app: Awaited<ReturnType<typeof build>>, sessionId: string): Promise<Record<string, unknown>> =>
   (await get(app, `/progress?session_id=${sessionId}`)).json()
@@ -31,12 +18,12 @@ const progressOf = async (app: Awaited<ReturnType<typeof build>>, sessionId: str
 t.test('on a real full disk: the background run waits for storage, then finishes by itself once space is freed', async (t) => {
   const dir = await mountedFolder(t, '256k', 'the fs-seam test below covers the same behaviour')
   if (dir === null) return
-  const log = logLines()
+  const log = memoryLog()
   let fillNow: (() => Promise<void>) | null = null
   const filler = join(dir, 'filler')
   const app = await build(t, {
     dir,
-    logger: { level: 'info', stream: log.stream },
+    logger: log.logger,
     config: { TASK_RUN_RETRY_MS: 50, TASK_RUN_RETRY_MAX_MS: 200 },
     executors: {
       default: async (task) => {
@@ -56,8 +43,8 @@ t.test('on a real full disk: the background run waits for storage, then finishes
     return progress.waiting === 'storage' && progress
   })
   t.match(waiting, { running: true, waiting: 'storage', all_done: false })
-  t.ok(log.lines.some((line) => line.msg === 'Background run waiting for storage; it goes on by itself once saves succeed' && line.session_id === 'full'), 'the log says the run waits for storage')
-  t.notOk(log.lines.some((line) => line.msg === 'Background run stopped'), 'the run did not stop for good')
+  t.ok(log.lines().some((line) => line.msg === 'Background run waiting for storage; it goes on by itself once saves succeed' && line.session_id === 'full'), 'the log says the run waits for storage')
+  t.notOk(log.lines().some((line) => line.msg === 'Background run stopped'), 'the run did not stop for good')
 
   await unlink(filler)
   const done = await waitFor('the run to finish by itself', async () => {

@@ -16,19 +16,9 @@ import { buildApp } from '../app.js'
 import { ForeignFolderError } from '../services/errors.js'
 import { FORMAT_VERSION, MARKER_FILE } from '../services/storage-folder.js'
 import { LOCK_FILE } from '../services/storage-lock.js'
-import { API, get, markAsTaskvault, post, tempDir, type TestContext } from './helper.js'
+import { API, get, markAsTaskvault, memoryLog, post, tempDir, type TestContext } from './helper.js'
 import { SERVER, baseEnv, freePort, within } from './server-process.js'
 import { storedSession } from './session-fixtures.js'
-
-interface LogLine { level: number, msg?: string, [key: string]: unknown }
-
-function memoryLog (): { lines: () => LogLine[], stream: { write: (chunk: string) => void } } {
-  const raw: string[] = []
-  return {
-    lines: () => raw.join('').split('\n').filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as LogLine),
-    stream: { write: (chunk: string) => { raw.push(chunk) } }
-  }
-}
 
 /** A heartbeat every 100 ms, so that tests wait little. */
 const FAST_LOCK = { TASK_LOCK_REFRESH_MS: 100, TASK_LOCK_STALE_MS: 1000 }
