@@ -1,5 +1,6 @@
 import type { RetentionCutoffs } from './archived-sessions.js'
 import type { Logger, TaskManager } from './task-manager.js'
+import { noop } from './noop.js'
 
 const DAY_MS = 24 * 60 * 60 * 1000
 
@@ -115,5 +116,3 @@ export function retentionCutoffs (nowMs: number, retention: Retention): Retentio
     failed: failedDays > 0 ? new Date(nowMs - failedDays * DAY_MS) : null
   }
 }
-
-function noop (): void {}

@@ -1,3 +1,5 @@
+import { noop } from './noop.js'
+
 /**
  * Runs `task` so that every caller gets a run that starts at or after its call, while
  * at most one run is in flight and at most one more is queued behind it. Used for folder
@@ -28,5 +30,3 @@ export class CoalescedRun {
     return run
   }
 }
-
-function noop (): void {}

@@ -7,6 +7,7 @@
  */
 import type { ServerResponse } from 'node:http'
 import type { BufferedEvent, TaskEventBuffer } from './task-events.js'
+import { noop } from './noop.js'
 
 export interface StreamLimits {
   /** Concurrent streams at most (TASK_EVENTS_MAX_CLIENTS). */
@@ -200,5 +201,3 @@ function endStream (res: ServerResponse, last?: string): void {
   const socket = res.socket
   res.end(last, () => { socket?.end() })
 }
-
-function noop (): void {}

@@ -16,6 +16,7 @@ import { ARCHIVED_FILE, DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, fsyncDir, 
 import { MARKER_FILE, firstForeignFile, readMarker, writeMarker } from './storage-folder.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
 import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents } from './store.js'
+import { noop } from './noop.js'
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 const checkSessionFile = TypeCompiler.Compile(SessionFile)
@@ -552,8 +553,6 @@ export class FileSessionStore implements SessionStore {
     }
   }
 }
-
-function noop (): void {}
 
 function batches<T> (items: T[], size: number): T[][] {
   const out: T[][] = []

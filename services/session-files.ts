@@ -6,6 +6,7 @@ import { CorruptSessionFileError, KeyUnavailableError, SessionTooLargeError } fr
 import type { Keyring } from './keyring.js'
 import type { FsSeam } from './fs-seam.js'
 import { normalizeSessionFile } from './session.js'
+import { noop } from './noop.js'
 
 /**
  * The names and checks of stored session files, shared by the store (restore, archive) and the
@@ -124,8 +125,6 @@ export async function fsyncDir (fs: FsSeam, dir: string): Promise<void> {
     await handle.close()
   }
 }
-
-function noop (): void {}
 
 /** How much JSON is made between two turns of the event loop while a large session is serialized. */
 const SERIALIZE_SLICE_BYTES = 1024 * 1024

@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { LockLostError, TaskvaultError } from './errors.js'
 import type { FsSeam } from './fs-seam.js'
 import { pidAlive } from './pid.js'
+import { noop } from './noop.js'
 
 export interface LockHolder {
   pid: number
@@ -212,8 +213,6 @@ export class StorageLock {
     } catch {}
   }
 }
-
-function noop (): void {}
 
 function ignoreMissing (err: unknown): void {
   if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err

@@ -8,6 +8,7 @@ import { isoNow, truncateUtf8, type Progress, type Task } from './session.js'
 import { liveFile, unchanged, type SessionRegistry } from './session-registry.js'
 import type { ExecutedTask, Logger, TaskManagerEvents } from './task-manager.js'
 import type { TaskEventData, TaskEventName } from './task-events.js'
+import { noop } from './noop.js'
 
 export interface TaskRunnerOptions {
   registry: SessionRegistry
@@ -177,7 +178,6 @@ export class TaskRunner {
       await settled
     }
   }
-
 
   private async exclusive<R> (sessionId: string, background: boolean, body: (run: Run) => Promise<R>): Promise<R> {
     if (this.closing) throw new ShuttingDownError()
@@ -445,6 +445,3 @@ interface Run {
   /** Resolves (never rejects) once the execution has ended and let go of the session. */
   done: Promise<void>
 }
-
-function noop (): void {}
-

@@ -1,0 +1,2 @@
+/** Does nothing: for a rejection that is expected and already accounted for, and unneeded callbacks. */
+export function noop (): void {}
