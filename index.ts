@@ -7,9 +7,9 @@ import taskvault from './plugins/taskvault.js'
 export default taskvault
 export { taskvault }
 export type { TaskvaultOptions } from './plugins/taskvault.js'
-export type { ArchiveScheduler } from './services/archiver.js'
+export type { ArchiveScheduler } from './services/archive/archive-scheduler.js'
 export { TaskvaultError, InvalidOptionsError } from './services/errors.js'
-export type { ExecutionContext, ExecutionResult, Executor, ExecutorDefinition, Executors } from './services/executors.js'
-export type { SessionStore } from './services/store.js'
+export type { ExecutionContext, ExecutionResult, Executor, ExecutorDefinition, Executors } from './services/runner/executors.js'
+export type { SessionStore } from './services/store/store.js'
 export type { AgentCallEvent, ExecutedTask, TaskManager } from './services/task-manager.js'
 export type { SessionFile, Task, TaskStatus, TaskType } from './schemas/session.js'

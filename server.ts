@@ -3,7 +3,7 @@ import type { FastifyServerOptions } from 'fastify'
 import { buildApp } from './app.js'
 import { loadConfig } from './plugins/config.js'
 import type { Config } from './schemas/config.js'
-import { serializeRequest } from './services/log-redaction.js'
+import { serializeRequest } from './http/log-redaction.js'
 
 /** Production logs: JSON lines (or pino-pretty with LOG_PRETTY=true), API keys redacted, in headers and URLs. */
 function loggerOptions (config: Config): FastifyServerOptions['logger'] {

@@ -1,5 +1,5 @@
 import type { Config } from '../schemas/config.js'
-import type { Keyring } from '../services/keyring.js'
+import type { Keyring } from '../services/store/keyring.js'
 import type { OptionSpecs, ParsedCommand } from './args.js'
 
 export interface CommandResult {

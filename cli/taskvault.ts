@@ -4,8 +4,8 @@
  * backup, restore, seal), built on the same services as the server.
  */
 import { TaskvaultError } from '../services/errors.js'
-import { Keyring } from '../services/keyring.js'
-import { StorageLockedError } from '../services/storage-lock.js'
+import { Keyring } from '../services/store/keyring.js'
+import { StorageLockedError } from '../services/store/storage-lock.js'
 import { UsageError, isGlobalHelp, parseCommand } from './args.js'
 import type { Command, CommandResult } from './command.js'
 import { archiveCommand, pruneCommand } from './commands/passes.js'

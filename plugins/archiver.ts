@@ -1,6 +1,6 @@
 import { Type } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
-import { ArchiveScheduler } from '../services/archiver.js'
+import { ArchiveScheduler } from '../services/archive/archive-scheduler.js'
 import { checkOptions, fromSetting, FunctionOption, setting } from './options.js'
 
 declare module 'fastify' {

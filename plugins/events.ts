@@ -1,7 +1,7 @@
 import { Type } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
-import { EventStreamHub } from '../services/event-stream.js'
-import { TaskEventBuffer, type TaskEventData, type TaskEventName } from '../services/task-events.js'
+import { EventStreamHub } from '../services/events/event-stream.js'
+import { TaskEventBuffer, type TaskEventData, type TaskEventName } from '../services/events/task-events.js'
 import { checkOptions, fromSetting, setting } from './options.js'
 
 declare module 'fastify' {

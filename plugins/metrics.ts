@@ -1,7 +1,7 @@
 import { Type } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
 import { collectDefaultMetrics, Registry, type Metric } from 'prom-client'
-import { RequestHistogram } from '../services/request-histogram.js'
+import { RequestHistogram } from '../services/metrics/request-histogram.js'
 import { InvalidOptionsError } from '../services/errors.js'
 import { checkOptions } from './options.js'
 

@@ -1,9 +1,9 @@
 import { Type } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
-import { FileSessionStore } from '../services/file-store.js'
-import { Keyring } from '../services/keyring.js'
-import type { FsSeam } from '../services/fs-seam.js'
-import type { SessionStore } from '../services/store.js'
+import { FileSessionStore } from '../services/store/file-store.js'
+import { Keyring } from '../services/store/keyring.js'
+import type { FsSeam } from '../services/store/fs-seam.js'
+import type { SessionStore } from '../services/store/store.js'
 import { checkOptions, fromSetting, setting } from './options.js'
 
 declare module 'fastify' {

@@ -1,9 +1,9 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { responses } from '../schemas/api.js'
-import { backupFileName, emptyCounts, liveSessionFiles } from '../services/backup.js'
+import { backupFileName, emptyCounts, liveSessionFiles } from '../services/backup/backup.js'
 import { ShuttingDownError } from '../services/errors.js'
-import { errorHandler } from './error-handler.js'
-import { tarGzStream } from '../services/tar.js'
+import { errorHandler } from '../http/error-handler.js'
+import { tarGzStream } from '../services/backup/tar.js'
 
 /**
  * GET /backup: a tar.gz of every session, streamed as it is made (memory stays bounded

@@ -2,8 +2,8 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { CreateBody, ExecuteAllBody, LIST_DEFAULTS, ListQuery, RetryBody, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
 import { setting } from '../plugins/options.js'
 import { InvalidInstructionsError } from '../services/errors.js'
-import { classifyTask, parseInstructions } from '../services/parser.js'
-import type { Progress, TaskSpec } from '../services/session.js'
+import { classifyTask, parseInstructions } from '../services/session/parser.js'
+import type { Progress, TaskSpec } from '../services/session/session.js'
 import { ALL_SESSIONS } from '../services/task-manager.js'
 
 export interface TaskRoutesOptions {

@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process'
 import { lstat, mkdir, readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
-import { probeCgroups } from '../services/agents/cgroup.js'
+import { probeCgroups } from '../services/runner/agents/cgroup.js'
 import { alive, createTasks, recordCalls, waitFor } from './agents-fakes.js'
 import { build, memoryLog, post, tempDir, type TestContext } from './helper.js'
 

@@ -4,7 +4,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import { CODING_SYSTEM_PROMPT, THINKING_SYSTEM_PROMPT } from '../services/agents/openai.js'
+import { CODING_SYSTEM_PROMPT, THINKING_SYSTEM_PROMPT } from '../services/runner/agents/openai.js'
 import { completion, createTasks, fakeAgent, ok, recordCalls, storedTasks, waitFor } from './agents-fakes.js'
 import { build, get, post, tempDir } from './helper.js'
 import { freePort } from './server-process.js'

@@ -5,7 +5,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { createTasks, fakeAgent, ok, readSession, recordCalls, storedTasks, waitFor } from './agents-fakes.js'
-import { nodeFs } from '../services/fs-seam.js'
+import { nodeFs } from '../services/store/fs-seam.js'
 import { build, get, post, tempDir } from './helper.js'
 
 t.test('cancel during a synchronous execute-all: the call is aborted, the task Failed "cancelled", the run stops', async (t) => {

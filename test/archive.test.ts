@@ -3,7 +3,7 @@ import { mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import { nodeFs, type FsSeam } from '../services/fs-seam.js'
+import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { API, build, createSession, get, post, tempDir } from './helper.js'
 import { storedSession } from './session-fixtures.js'
 

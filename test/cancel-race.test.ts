@@ -8,8 +8,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { completion, createTasks, fakeAgent, fixture, ok, storedTasks, waitFor } from './agents-fakes.js'
-import { nodeFs, type FsSeam } from '../services/fs-seam.js'
-import type { Executor } from '../services/executors.js'
+import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
+import type { Executor } from '../services/runner/executors.js'
 import { build, post, tempDir, type TestContext } from './helper.js'
 
 /** Counts unhandled rejections while a test runs; Node would kill a server over one. */

@@ -18,7 +18,7 @@ import type { FastifyInstance, LightMyRequestResponse } from 'fastify'
 import t, { type Test } from 'tap'
 import { buildApp } from '../app.js'
 import { SessionFile } from '../schemas/session.js'
-import { nodeFs, type FsSeam } from '../services/fs-seam.js'
+import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { API, build, get, post, tempDir, withoutFreeSpace, type TestContext } from './helper.js'
 import { fill, mountedFolder } from './tmpfs.js'
 

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { FastifyInstance, FastifyServerOptions, LightMyRequestResponse } from 'fastify'
 import { buildApp, type BuildAppOptions } from '../app.js'
-import { FORMAT_VERSION, MARKER_FILE } from '../services/storage-folder.js'
+import { FORMAT_VERSION, MARKER_FILE } from '../services/store/storage-folder.js'
 
 /** The slice of tap's Test that the helpers need (keeps them usable from any test file). */
 export interface TestContext {

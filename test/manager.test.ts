@@ -1,8 +1,8 @@
 import { readFile, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
-import { nodeFs, type FsSeam } from '../services/fs-seam.js'
-import type { Executor } from '../services/executors.js'
+import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
+import type { Executor } from '../services/runner/executors.js'
 import { API, build, createSession, get, post, tempDir, withoutFreeSpace } from './helper.js'
 
 /** An fs seam that counts renames and can fail the writes of session saves on demand. */

@@ -6,7 +6,7 @@ import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
-import { nodeFs, type FsSeam } from '../services/fs-seam.js'
+import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { build, post, tempDir } from './helper.js'
 import { scratch } from './server-process.js'
 

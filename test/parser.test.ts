@@ -1,5 +1,5 @@
 import t from 'tap'
-import { classifyTask, parseInstructions } from '../services/parser.js'
+import { classifyTask, parseInstructions } from '../services/session/parser.js'
 import { InvalidInstructionsError, TaskvaultError } from '../services/errors.js'
 
 t.test('parseInstructions: lists', async (t) => {

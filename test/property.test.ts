@@ -16,8 +16,8 @@ import fc from 'fast-check'
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify'
 import t from 'tap'
 import { SessionFile } from '../schemas/session.js'
-import { MARKER_FILE } from '../services/storage-folder.js'
-import { LOCK_FILE } from '../services/storage-lock.js'
+import { MARKER_FILE } from '../services/store/storage-folder.js'
+import { LOCK_FILE } from '../services/store/storage-lock.js'
 import { API, build, tempDir, type TestContext } from './helper.js'
 
 const RUNS = Number(process.env.FC_RUNS ?? 200)

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { Histogram, Registry, type Metric } from 'prom-client'
-import { RequestHistogram } from '../services/request-histogram.js'
+import { RequestHistogram } from '../services/metrics/request-histogram.js'
 
 t.test('RequestHistogram scrapes exactly as a prom-client Histogram fed the same requests', async (t) => {
   const buckets = [0.001, 0.01, 0.1, 1]

@@ -6,7 +6,7 @@
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
-import { nodeFs, type FsSeam } from '../services/fs-seam.js'
+import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { readSession, storedTasks, waitFor } from './agents-fakes.js'
 import { build, createSession, get, post, tempDir } from './helper.js'
 

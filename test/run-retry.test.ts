@@ -7,7 +7,7 @@
 import { rm, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
-import { nodeFs, type FsSeam } from '../services/fs-seam.js'
+import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { readSession, storedTasks, waitFor } from './agents-fakes.js'
 import { build, get, memoryLog, post, tempDir } from './helper.js'
 import { fill, mountedFolder } from './tmpfs.js'

@@ -3,7 +3,7 @@ import { Readable, Writable } from 'node:stream'
 import { gzipSync } from 'node:zlib'
 import t from 'tap'
 import { TarFormatError } from '../services/errors.js'
-import { MAX_ENTRY_BYTES, readTarGz, writeTarGz, type TarEntry, type TarFile } from '../services/tar.js'
+import { MAX_ENTRY_BYTES, readTarGz, writeTarGz, type TarEntry, type TarFile } from '../services/backup/tar.js'
 
 /** The bytes `writeTarGz` produces for `files`. */
 async function pack (files: TarFile[]): Promise<Buffer> {

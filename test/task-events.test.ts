@@ -3,8 +3,8 @@
  * another lifetime, malformed ids) and the manager building no event at all when nobody listens.
  */
 import t from 'tap'
-import { FileSessionStore } from '../services/file-store.js'
-import { TaskEventBuffer } from '../services/task-events.js'
+import { FileSessionStore } from '../services/store/file-store.js'
+import { TaskEventBuffer } from '../services/events/task-events.js'
 import { TaskManager } from '../services/task-manager.js'
 import { tempDir } from './helper.js'
 

@@ -26,7 +26,7 @@ import { isDeepStrictEqual } from 'node:util'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import t from 'tap'
 import { SessionFile } from '../schemas/session.js'
-import { Keyring } from '../services/keyring.js'
+import { Keyring } from '../services/store/keyring.js'
 import { baseEnv, caller, describe, freePort, logLines, scratch, within, type Reply, type ServerProcess, type TaskView } from './server-process.js'
 
 const API = '/api/v1/tasks'

@@ -6,7 +6,7 @@
 //   as active  the same files restored as active sessions (the cost the index avoids)
 import { mkdirSync, renameSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
-import { FileSessionStore } from '../../dist/services/file-store.js'
+import { FileSessionStore } from '../../dist/services/store/file-store.js'
 import { TaskManager } from '../../dist/services/task-manager.js'
 import { removeDir, tempDir, writeSessions } from '../lib/fixtures.mjs'
 

@@ -2,9 +2,9 @@
 //   node --cpu-prof --cpu-prof-dir=/tmp/prof bench/profile/execute.mjs [sessions=100] [tasks=10] [rounds=3]
 // Also counts file writes and folder fsyncs (through a counting fs seam), to show how folder fsyncs are shared.
 import fsp from 'node:fs/promises'
-import { FileSessionStore } from '../../dist/services/file-store.js'
+import { FileSessionStore } from '../../dist/services/store/file-store.js'
 import { TaskManager } from '../../dist/services/task-manager.js'
-import { nodeFs } from '../../dist/services/fs-seam.js'
+import { nodeFs } from '../../dist/services/store/fs-seam.js'
 import { makeSession, removeDir, tempDir } from '../lib/fixtures.mjs'
 
 const [sessions = 100, tasks = 10, rounds = 3] = process.argv.slice(2).map(Number)

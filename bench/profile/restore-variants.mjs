@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import pLimit from 'p-limit'
 import { StoredSessionFile } from '../../dist/schemas/session.js'
-import { normalizeSessionFile } from '../../dist/services/session.js'
+import { normalizeSessionFile } from '../../dist/services/session/session.js'
 
 const [dir, roundsArg = '5'] = process.argv.slice(2)
 const check = TypeCompiler.Compile(StoredSessionFile)
@@ -98,7 +98,7 @@ const floor = med(times['floor: readdirSync + readFileSync + JSON.parse into a M
 for (const [name, list] of Object.entries(times)) console.log(`${med(list).toFixed(0).padStart(6)} ms  ${(med(list) / floor).toFixed(2)}x floor  ${name}`)
 
 // And how much of TaskManager.restore is loadAll (reading) vs loading into the registry?
-const { FileSessionStore } = await import('../../dist/services/file-store.js')
+const { FileSessionStore } = await import('../../dist/services/store/file-store.js')
 const { TaskManager } = await import('../../dist/services/task-manager.js')
 const split = { loadAll: [], restore: [] }
 for (let r = 0; r < Number(roundsArg); r++) {

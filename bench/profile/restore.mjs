@@ -6,7 +6,7 @@
 // on the same files after each round.
 import { readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
-import { FileSessionStore } from '../../dist/services/file-store.js'
+import { FileSessionStore } from '../../dist/services/store/file-store.js'
 import { TaskManager } from '../../dist/services/task-manager.js'
 
 const [dir, roundsArg = '5', concurrencyArg = '32'] = process.argv.slice(2)

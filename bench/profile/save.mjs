@@ -4,7 +4,7 @@
 // printing both p50s, so the profile and the gap come from the same run.
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { SessionFile } from '../../dist/schemas/session.js'
-import { FileSessionStore } from '../../dist/services/file-store.js'
+import { FileSessionStore } from '../../dist/services/store/file-store.js'
 import { rawDurableSave } from '../lib/durable.mjs'
 import { removeDir, serialize, sessionOfBytes, tempDir } from '../lib/fixtures.mjs'
 import { percentile } from '../lib/stats.mjs'

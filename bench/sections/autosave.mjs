@@ -1,6 +1,6 @@
 // 8. Auto-save overhead: create + 3 executes per session, TASK_AUTO_SAVE true vs false.
 // Floor: the same writes replayed with the raw durable sequence, which explains the overhead.
-import { FileSessionStore } from '../../dist/services/file-store.js'
+import { FileSessionStore } from '../../dist/services/store/file-store.js'
 import { TaskManager } from '../../dist/services/task-manager.js'
 import { countingStore, withSave } from '../lib/counting-store.mjs'
 import { rawDurableSave } from '../lib/durable.mjs'

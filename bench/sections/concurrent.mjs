@@ -2,7 +2,7 @@
 // Floor: the raw durable sequence x100 at once; peer: write-file-atomic x100 at once.
 import { join } from 'node:path'
 import writeFileAtomic from 'write-file-atomic'
-import { FileSessionStore } from '../../dist/services/file-store.js'
+import { FileSessionStore } from '../../dist/services/store/file-store.js'
 import { rawDurableSave } from '../lib/durable.mjs'
 import { serialize, sessionOfBytes } from '../lib/fixtures.mjs'
 import { collect, median, now } from '../lib/stats.mjs'

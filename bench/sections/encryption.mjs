@@ -2,8 +2,8 @@
 // run. Save p50 of a 3 KB session (goal <= 1.1x), restore of 10,000 sessions (<= 1.3x), and
 // POST /create at 50 connections (>= 0.9x).
 import { randomBytes } from 'node:crypto'
-import { FileSessionStore } from '../../dist/services/file-store.js'
-import { Keyring } from '../../dist/services/keyring.js'
+import { FileSessionStore } from '../../dist/services/store/file-store.js'
+import { Keyring } from '../../dist/services/store/keyring.js'
 import { TaskManager } from '../../dist/services/task-manager.js'
 import { THREE_TASK_TEXT, sessionOfBytes } from '../lib/fixtures.mjs'
 import { load, startServer } from '../lib/http.mjs'

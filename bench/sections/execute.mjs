@@ -1,6 +1,6 @@
 // 9. Execute throughput with the echo agent, 100 sessions executing at once.
 // Peer: the same run with TASK_AUTO_SAVE=false; the ratio is the share of the time spent saving.
-import { FileSessionStore } from '../../dist/services/file-store.js'
+import { FileSessionStore } from '../../dist/services/store/file-store.js'
 import { TaskManager } from '../../dist/services/task-manager.js'
 import { countingStore } from '../lib/counting-store.mjs'
 import { makeSession } from '../lib/fixtures.mjs'

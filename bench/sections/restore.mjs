@@ -3,7 +3,7 @@
 // validation, no thread pool). The goal applies at 10,000 sessions; the other sizes are reported.
 import { readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
-import { FileSessionStore } from '../../dist/services/file-store.js'
+import { FileSessionStore } from '../../dist/services/store/file-store.js'
 import { TaskManager } from '../../dist/services/task-manager.js'
 import { collect, median, now } from '../lib/stats.mjs'
 

@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import writeFileAtomic from 'write-file-atomic'
-import { FileSessionStore } from '../../dist/services/file-store.js'
+import { FileSessionStore } from '../../dist/services/store/file-store.js'
 import { rawDurableSave, rawDurableSaveSync } from '../lib/durable.mjs'
 import { serialize, sessionOfBytes } from '../lib/fixtures.mjs'
 import { collect, interleaved, median, percentile } from '../lib/stats.mjs'

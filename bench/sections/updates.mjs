@@ -3,7 +3,7 @@
 // checks that the file on disk ends up holding the last update.
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { FileSessionStore } from '../../dist/services/file-store.js'
+import { FileSessionStore } from '../../dist/services/store/file-store.js'
 import { TaskManager } from '../../dist/services/task-manager.js'
 import { countingStore } from '../lib/counting-store.mjs'
 import { rawDurableSave } from '../lib/durable.mjs'

@@ -1,4 +1,4 @@
-import { ArchiveScheduler, type ArchivePassOptions } from '../../services/archiver.js'
+import { ArchiveScheduler, type ArchivePassOptions } from '../../services/archive/archive-scheduler.js'
 import { TaskManager, type Logger } from '../../services/task-manager.js'
 import { UsageError, daysOption, type ParsedCommand } from '../args.js'
 import { storageDir, withWriteLock } from '../folder.js'

@@ -1,7 +1,7 @@
 import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { progressOf } from '../../services/session.js'
-import { FileSessionStore } from '../../services/file-store.js'
+import { progressOf } from '../../services/session/session.js'
+import { FileSessionStore } from '../../services/store/file-store.js'
 import { assertFolder, checkStoredFile, listStoredFiles, storageDir } from '../folder.js'
 import { COMMON_HELP, type Command } from '../command.js'
 

@@ -1,0 +1,140 @@
+import { finishedAt, progressOf, type Progress, type SessionFile } from '../session/session.js'
+
+/** What lists, stats and retention need of an archived session, without its tasks. */
+export interface ArchivedSummary extends Progress {
+  session_id: string
+  created_at: string
+  updated_at: string
+  /** The last `completed_at` (retention counts from it); `updated_at` for a file with none. */
+  finished_at: string
+  /** The archived file it was read from. */
+  file: string
+}
+
+export function summarize (file: SessionFile, name: string): ArchivedSummary {
+  return {
+    session_id: file.session_id,
+    created_at: file.created_at,
+    updated_at: file.updated_at,
+    ...progressOf(file.session.tasks),
+    finished_at: finishedAt(file) ?? file.updated_at,
+    file: name
+  }
+}
+
+/** One file of an archived session. Normally the only one; see ArchiveIndex. */
+export interface ArchivedFile {
+  name: string
+  bytes: number
+  /** The `<ms>` of `<id>.<ms>.json`; 0 for `<id>.json`. Orders the files of one id. */
+  stamp: number
+}
+
+export interface ArchiveTotals {
+  /** Ids with at least one archived file. */
+  sessions: number
+  files: number
+  bytes: number
+}
+
+interface Entry {
+  /** Oldest first; the last one is the session as the API shows it. */
+  files: ArchivedFile[]
+  /** Of the newest file; null until it has been read (the index is built from names and sizes). */
+  summary: ArchivedSummary | null
+}
+
+/**
+ * The archive folder in memory: which ids it holds, in which files, how big, and (once read)
+ * each one's summary. Archived sessions themselves are never kept in memory.
+ *
+ * An id usually has one file. It has more when an archive found the name taken (the older
+ * file is never replaced; the newer one is `<id>.<ms>.json`), which happens only after a
+ * crash or hand edits; the newest file is then the archived session.
+ */
+export class ArchiveIndex {
+  private readonly entries = new Map<string, Entry>()
+  private readonly totals: ArchiveTotals = { sessions: 0, files: 0, bytes: 0 }
+
+  add (sessionId: string, file: ArchivedFile, summary: ArchivedSummary | null): void {
+    let entry = this.entries.get(sessionId)
+    if (entry === undefined) {
+      entry = { files: [], summary: null }
+      this.entries.set(sessionId, entry)
+      this.totals.sessions++
+    }
+    const files = entry.files
+    const at = files.findIndex((other) => other.stamp > file.stamp)
+    files.splice(at === -1 ? files.length : at, 0, file)
+    this.totals.files++
+    this.totals.bytes += file.bytes
+    if (files.at(-1) === file) entry.summary = summary
+  }
+
+  /** The file the API shows for `sessionId`, or null when it is not archived. */
+  newest (sessionId: string): ArchivedFile | null {
+    return this.entries.get(sessionId)?.files.at(-1) ?? null
+  }
+
+  files (sessionId: string): readonly ArchivedFile[] {
+    return this.entries.get(sessionId)?.files ?? []
+  }
+
+  has (sessionId: string): boolean {
+    return this.entries.has(sessionId)
+  }
+
+  summary (sessionId: string): ArchivedSummary | null {
+    return this.entries.get(sessionId)?.summary ?? null
+  }
+
+  /** Records the summary read from `name`, if that file is still the newest of its id. */
+  setSummary (sessionId: string, name: string, summary: ArchivedSummary): void {
+    const entry = this.entries.get(sessionId)
+    if (entry !== undefined && entry.files.at(-1)?.name === name) entry.summary = summary
+  }
+
+  /** Forgets one file; the next older one (if any) becomes the session, its summary unknown. */
+  remove (sessionId: string, name: string): void {
+    const entry = this.entries.get(sessionId)
+    const at = entry?.files.findIndex((file) => file.name === name) ?? -1
+    if (entry === undefined || at === -1) return
+    const wasNewest = at === entry.files.length - 1
+    const [file] = entry.files.splice(at, 1)
+    this.totals.files--
+    this.totals.bytes -= file?.bytes ?? 0
+    if (entry.files.length === 0) {
+      this.entries.delete(sessionId)
+      this.totals.sessions--
+    } else if (wasNewest) {
+      entry.summary = null
+    }
+  }
+
+  /** Every archived session's id. */
+  ids (): string[] {
+    return [...this.entries.keys()]
+  }
+
+  /** Ids whose newest file has not been read yet. */
+  unsummarized (): string[] {
+    const ids: string[] = []
+    for (const [id, entry] of this.entries) if (entry.summary === null) ids.push(id)
+    return ids
+  }
+
+  summaries (): ArchivedSummary[] {
+    const all: ArchivedSummary[] = []
+    for (const entry of this.entries.values()) if (entry.summary !== null) all.push(entry.summary)
+    return all
+  }
+
+  stats (): Readonly<ArchiveTotals> {
+    return this.totals
+  }
+
+  clear (): void {
+    this.entries.clear()
+    Object.assign(this.totals, { sessions: 0, files: 0, bytes: 0 })
+  }
+}

@@ -1,0 +1,118 @@
+import type { RetentionCutoffs } from './archived-sessions.js'
+import type { Logger, TaskManager } from '../task-manager.js'
+import { noop } from '../noop.js'
+
+const DAY_MS = 24 * 60 * 60 * 1000
+
+/** How long archived sessions are kept, in days from when they finished; 0 keeps them forever. */
+export interface Retention {
+  days: number
+  /** For sessions with a Failed task; 0 means the same as `days`. */
+  failedDays: number
+}
+
+export interface ArchiveSchedulerOptions {
+  manager: TaskManager
+  /** Sessions finished longer ago than this move to the archive; 0 turns archiving off. */
+  archiveDays: number
+  retention?: Retention
+  intervalMs: number
+  clock?: () => Date
+  logger?: Logger
+}
+
+/** What one pass does; each part left out follows the settings. */
+export interface ArchivePassOptions {
+  /** Archive sessions finished more than this many days ago (0: every finished session); null archives nothing. */
+  archiveOlderThanDays?: number | null
+  /** null deletes nothing. */
+  retention?: Retention | null
+}
+
+export interface ArchivePass {
+  archived: string[]
+  deleted: string[]
+}
+
+/**
+ * Moves finished sessions to the archive and deletes archived ones past retention: once at
+ * start, then on an interval, and on demand (runOnce). Passes never overlap: one asked for
+ * while another runs waits for it; a timer tick while one runs is skipped.
+ */
+export class ArchiveScheduler {
+  private readonly manager: TaskManager
+  private readonly archiveDays: number
+  private readonly retention: Retention | null
+  private readonly intervalMs: number
+  private readonly clock: () => Date
+  private readonly log: Logger | undefined
+  private timer: NodeJS.Timeout | null = null
+  /** Settles when the last pass asked for has finished; null when none is running. */
+  private tail: Promise<void> | null = null
+
+  constructor (options: ArchiveSchedulerOptions) {
+    this.manager = options.manager
+    this.archiveDays = options.archiveDays
+    const retention = options.retention ?? { days: 0, failedDays: 0 }
+    this.retention = retention.days > 0 || retention.failedDays > 0 ? retention : null
+    this.intervalMs = options.intervalMs
+    this.clock = options.clock ?? (() => new Date())
+    this.log = options.logger
+  }
+
+  get enabled (): boolean {
+    return this.archiveDays > 0 || this.retention !== null
+  }
+
+  start (): void {
+    if (!this.enabled || this.timer !== null) return
+    this.tick()
+    this.timer = setInterval(() => this.tick(), this.intervalMs)
+    // The schedule must never keep the process alive on its own.
+    this.timer.unref()
+  }
+
+  /** Runs a pass now, after the one running (if any). Rejects if the pass fails. */
+  runOnce (options: ArchivePassOptions = {}): Promise<ArchivePass> {
+    const pass = (this.tail ?? Promise.resolve()).then(() => this.pass(options))
+    const tail: Promise<void> = pass.then(noop, noop).finally(() => {
+      if (this.tail === tail) this.tail = null
+    })
+    this.tail = tail
+    return pass
+  }
+
+  async stop (): Promise<void> {
+    if (this.timer !== null) clearInterval(this.timer)
+    this.timer = null
+    await this.tail
+  }
+
+  private tick (): void {
+    if (this.tail !== null) return
+    this.runOnce().catch((err: unknown) => this.log?.error({ err }, 'Archive pass failed'))
+  }
+
+  private async pass (options: ArchivePassOptions): Promise<ArchivePass> {
+    if (this.manager.shuttingDown) return { archived: [], deleted: [] }
+    // Every move would fail one by one; the pass fails once instead (503 LOCK_LOST for POST /archive).
+    this.manager.assertWritable()
+    const now = this.clock().getTime()
+    const days = options.archiveOlderThanDays === undefined ? (this.archiveDays > 0 ? this.archiveDays : null) : options.archiveOlderThanDays
+    const archived = days === null ? [] : await this.manager.archiveFinishedBefore(new Date(now - days * DAY_MS))
+    const retention = options.retention === undefined ? this.retention : options.retention
+    const deleted = retention === null ? [] : await this.manager.pruneArchivedBefore(retentionCutoffs(now, retention))
+    if (archived.length > 0 || deleted.length > 0) {
+      this.log?.info({ archived: archived.length, deleted: deleted.length }, `Archived ${archived.length} finished sessions, deleted ${deleted.length} past retention`)
+    }
+    return { archived, deleted }
+  }
+}
+
+export function retentionCutoffs (nowMs: number, retention: Retention): RetentionCutoffs {
+  const failedDays = retention.failedDays > 0 ? retention.failedDays : retention.days
+  return {
+    all: retention.days > 0 ? new Date(nowMs - retention.days * DAY_MS) : null,
+    failed: failedDays > 0 ? new Date(nowMs - failedDays * DAY_MS) : null
+  }
+}

@@ -1,0 +1,135 @@
+import type { ArchivedSummary } from './archive-index.js'
+import { StaleArchivedCopyError } from '../errors.js'
+import type { SessionFile } from '../session/session.js'
+import { unchanged, type Draft, type SessionRegistry, type SessionSummary } from '../session/registry.js'
+import type { ArchiveTotals, ArchivedSession, LoadFailure, SessionStore } from '../store/store.js'
+import type { Logger } from '../task-manager.js'
+
+export type ArchivedSessionSummary = SessionSummary & { archived: true }
+
+/** Retention cutoffs: archived sessions that finished before theirs are deleted; null keeps them. */
+export interface RetentionCutoffs {
+  all: Date | null
+  /** For sessions with at least one Failed task. */
+  failed: Date | null
+}
+
+export interface ArchivedSessionsOptions {
+  registry: SessionRegistry
+  store: SessionStore
+  logger: Logger
+}
+
+/**
+ * Sessions in the archive, seen from the task manager: out of memory, read through the store
+ * on demand, and changed only through each session's change queue in the registry, so that
+ * archive, bring-back, delete and retention of one session never interleave.
+ *
+ * A session that is active is never shown as archived, even if an older archived file of the
+ * same id exists (left by a crash between bringing it back and removing the archived file).
+ */
+export class ArchivedSessions {
+  private readonly registry: SessionRegistry
+  private readonly store: SessionStore
+  private readonly log: Logger
+  /** Archived files found unreadable (and set aside) since start. */
+  failedLoads = 0
+
+  constructor (options: ArchivedSessionsOptions) {
+    this.registry = options.registry
+    this.store = options.store
+    this.log = options.logger
+  }
+
+  get totals (): Readonly<ArchiveTotals> {
+    return this.store.archiveTotals()
+  }
+
+  /** Archived, and not active. */
+  has (sessionId: string): boolean {
+    return this.registry.find(sessionId) === null && this.store.archivedName(sessionId) !== null
+  }
+
+  /** The archived session read from its file, or null when it is not archived (or active). */
+  async read (sessionId: string): Promise<ArchivedSession | null> {
+    if (!this.has(sessionId)) return null
+    const { session, failures } = await this.store.readArchived(sessionId)
+    this.report(failures)
+    return session
+  }
+
+  /** Every archived session that is not active, newest `updated_at` first. */
+  async summaries (): Promise<ArchivedSessionSummary[]> {
+    const { sessions, failures } = await this.store.listArchived()
+    this.report(failures)
+    const shown = sessions.filter((summary) => this.registry.find(summary.session_id) === null)
+    const keyed = shown.map((summary) => ({ ms: Date.parse(summary.updated_at), summary }))
+    keyed.sort((a, b) => b.ms - a.ms)
+    return keyed.map(({ summary }) => view(summary))
+  }
+
+  /**
+   * Inside a create's change on a session that is not in memory: when it is archived, marks
+   * the draft to bring it back and returns `copy` (read beforehand) as its content; null when
+   * it is not archived. Throws StaleArchivedCopyError, before touching the draft, when `copy`
+   * is no longer the archived file.
+   */
+  bringBack (draft: Draft, copy: ArchivedSession | null): SessionFile | null {
+    const name = this.store.archivedName(draft.sessionId)
+    if (name === null) return null
+    if (copy === null || copy.name !== name) throw new StaleArchivedCopyError(draft.sessionId)
+    draft.unarchive = name
+    return copy.file
+  }
+
+  /**
+   * Deletes archived sessions that finished before their cutoff. Each is checked again inside
+   * its change queue: one brought back or replaced since the listing stays.
+   */
+  async prune (cutoffs: RetentionCutoffs, stop: () => boolean): Promise<string[]> {
+    if (cutoffs.all === null && cutoffs.failed === null) return []
+    const { sessions, failures } = await this.store.listArchived()
+    this.report(failures)
+    const deleted: string[] = []
+    for (const summary of sessions) {
+      const cutoff = summary.failed > 0 ? cutoffs.failed : cutoffs.all
+      if (cutoff === null || !(Date.parse(summary.finished_at) < cutoff.getTime())) continue
+      if (stop()) break
+      const sessionId = summary.session_id
+      const removed = await this.registry.change(sessionId, (draft) => {
+        if (draft.file !== null || this.store.archivedName(sessionId) !== summary.file) return unchanged(false)
+        draft.dropArchived = true
+        return true
+      }).catch((err: Error) => {
+        this.log.error({ session_id: sessionId, err }, 'Could not delete archived session')
+        return false
+      })
+      if (removed) deleted.push(sessionId)
+    }
+    return deleted
+  }
+
+  private report (failures: LoadFailure[]): void {
+    this.failedLoads += failures.length
+    for (const failure of failures) {
+      this.log.error({ file: failure.name, moved_to: failure.movedTo, reason: failure.reason }, 'Could not read an archived session; set aside')
+    }
+  }
+}
+
+/** The list view of an archived session (named fields: the summary carries more). */
+function view (summary: ArchivedSummary): ArchivedSessionSummary {
+  return {
+    session_id: summary.session_id,
+    created_at: summary.created_at,
+    updated_at: summary.updated_at,
+    total: summary.total,
+    completed: summary.completed,
+    failed: summary.failed,
+    pending: summary.pending,
+    in_progress: summary.in_progress,
+    all_done: summary.all_done,
+    percentage: summary.percentage,
+    archived: true
+  }
+}

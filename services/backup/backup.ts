@@ -1,0 +1,80 @@
+import { ShuttingDownError } from '../errors.js'
+import type { TarFile } from './tar.js'
+import type { SessionStore } from '../store/store.js'
+import type { TaskManager } from '../task-manager.js'
+
+/**
+ * What the backups taskvault makes have in common, whether the command-line tool writes one
+ * from a folder or the server streams one from memory: their names, their layout
+ * (`<id>.json` and `archive/<name>.json`, as in the storage folder) and their counts.
+ */
+
+/** `tasks_YYYYMMDD.tar.gz`, or `tasks_YYYYMMDD_HHMMSS.tar.gz` when several are made a day (UTC). */
+export const BACKUP_FILE = /^tasks_(\d{4})(\d{2})(\d{2})(?:_(\d{2})(\d{2})(\d{2}))?\.tar\.gz$/u
+
+/** The seed's name for a backup made at `now`, with the time of day when `withTime`. */
+export function backupFileName (now: Date, withTime = false): string {
+  const iso = now.toISOString()
+  const day = iso.slice(0, 10).replaceAll('-', '')
+  return withTime ? `tasks_${day}_${iso.slice(11, 19).replaceAll(':', '')}.tar.gz` : `tasks_${day}.tar.gz`
+}
+
+/** When a backup named by backupFileName was made; null for any other name. */
+export function backupTime (name: string): Date | null {
+  const match = BACKUP_FILE.exec(name)
+  if (match === null) return null
+  const [, y, mo, d, h = '00', mi = '00', s = '00'] = match
+  const time = new Date(`${y}-${mo}-${d}T${h}:${mi}:${s}Z`)
+  // A name such as tasks_20261399.tar.gz is none of ours.
+  return Number.isNaN(time.getTime()) || backupFileName(time, match[4] !== undefined) !== name ? null : time
+}
+
+export interface BackupCounts {
+  active: number
+  archived: number
+  /** Uncompressed bytes of the session files. */
+  bytes: number
+}
+
+export const emptyCounts = (): BackupCounts => ({ active: 0, archived: 0, bytes: 0 })
+
+/** Counts a file into `counts` and returns its tar entry. */
+export function backupEntry (counts: BackupCounts, rel: string, archived: boolean, data: Buffer, mtime: Date): TarFile {
+  counts[archived ? 'archived' : 'active']++
+  counts.bytes += data.length
+  return { name: rel, data, mtime }
+}
+
+/** How often one session is looked for again when it moves between the archive and memory mid-backup. */
+const MAX_LOOKUPS = 5
+
+/**
+ * Every session of a running service, active and archived, each exactly once as its last
+ * completed write left it: an active one is taken in its change queue (never half a change),
+ * an archived one read from its file (archived files are never rewritten in place). A session
+ * that moves between the two while the backup runs is taken from where it moved to; sessions
+ * created after the backup started are not in it. Each is in the store's own form (sealed when
+ * keys are set). Stops with ShuttingDownError at shutdown.
+ */
+export async function * liveSessionFiles (manager: TaskManager, store: Pick<SessionStore, 'serialize'>, counts: BackupCounts): AsyncGenerator<TarFile> {
+  const ids = [...new Set([...manager.registry.sessionIds(), ...manager.archivedIds()])].sort()
+  for (const sessionId of ids) {
+    if (manager.shuttingDown) throw new ShuttingDownError('the service is shutting down; the backup was cut short')
+    for (let lookup = 1; lookup <= MAX_LOOKUPS; lookup++) {
+      const active = await manager.registry.snapshot(sessionId)
+      if (active !== null) {
+        const data = await store.serialize(active)
+        yield backupEntry(counts, `${sessionId}.json`, false, data, new Date(active.updated_at))
+        break
+      }
+      const archived = await manager.archived.read(sessionId)
+      if (archived !== null) {
+        const data = await store.serialize(archived.file)
+        yield backupEntry(counts, `archive/${archived.name}`, true, data, new Date(archived.file.updated_at))
+        break
+      }
+      // Neither: deleted, or brought back between the two looks (then the next look finds it active).
+      if (!manager.archived.has(sessionId) && manager.registry.find(sessionId) === null) break
+    }
+  }
+}

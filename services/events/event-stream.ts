@@ -1,0 +1,203 @@
+/**
+ * Server-Sent Events clients of the live view, on plain node:http responses. Written on the raw
+ * response rather than through an SSE plugin: each event is serialized once and the same frame
+ * written to every client, and a client's queued bytes are read from the response itself
+ * (`writableLength`) to cut a reader that does not keep up; neither plugin offered that bound
+ * or a reset, and @fastify/sse returns a promise per client per event.
+ */
+import type { ServerResponse } from 'node:http'
+import type { BufferedEvent, TaskEventBuffer } from './task-events.js'
+import { noop } from '../noop.js'
+
+export interface StreamLimits {
+  /** Concurrent streams at most (TASK_EVENTS_MAX_CLIENTS). */
+  maxClients: number
+  /** A comment line this often keeps proxies and clients from timing out (TASK_EVENTS_HEARTBEAT_MS). */
+  heartbeatMs: number
+  /** A client with more bytes queued than this is sent a reset and cut off (TASK_EVENTS_MAX_QUEUED_BYTES). */
+  maxQueuedBytes: number
+  /** Events are written to clients at most this often, batched (TASK_EVENTS_FLUSH_MS). */
+  flushMs: number
+}
+
+export interface StreamLogger {
+  info(obj: object, msg?: string): void
+  warn(obj: object, msg?: string): void
+}
+
+interface Client {
+  res: ServerResponse
+  /** Only this session's events, or every session's (null). */
+  sessionId: string | null
+  /** Where in the current turn's events this client starts (it joined mid-turn), else 0. */
+  from: number
+}
+
+/** The headers of every stream: no caching, and no buffering by nginx-style proxies. */
+export const STREAM_HEADERS = {
+  'content-type': 'text/event-stream; charset=utf-8',
+  'cache-control': 'no-cache',
+  'x-accel-buffering': 'no'
+} as const
+
+/** How long a cut-off client has to read its reset before its socket is destroyed. */
+const CUT_GRACE_MS = 5000
+
+export class EventStreamHub {
+  private readonly clients = new Set<Client>()
+  private heartbeat: NodeJS.Timeout | null = null
+  /** Events since the last flush: written together at the end of this turn of the event loop. */
+  private turn: BufferedEvent[] = []
+  private flushing: NodeJS.Immediate | NodeJS.Timeout | null = null
+  private lastFlush = -Infinity
+  private readonly unsubscribe: () => void
+  private closed = false
+
+  constructor (private readonly buffer: TaskEventBuffer, private readonly limits: StreamLimits, private readonly log: StreamLogger) {
+    this.unsubscribe = buffer.subscribe((event) => { this.deliver(event) })
+  }
+
+  get size (): number {
+    return this.clients.size
+  }
+
+  get maxClients (): number {
+    return this.limits.maxClients
+  }
+
+  /** Shutdown began: no new stream. */
+  get closing (): boolean {
+    return this.closed
+  }
+
+  /** True when another stream would pass TASK_EVENTS_MAX_CLIENTS. */
+  get full (): boolean {
+    return this.clients.size >= this.limits.maxClients
+  }
+
+  /**
+   * Starts a stream on `res`: headers, then the events after `lastEventId` (or a reset when
+   * they are no longer held), then every new event. Synchronous, so nothing falls in between.
+   */
+  open (res: ServerResponse, sessionId: string | null, lastEventId: string | undefined): void {
+    const client: Client = { res, sessionId, from: this.turn.length }
+    res.on('error', noop)
+    res.writeHead(200, STREAM_HEADERS)
+    // The retry hint, and a first line so that clients see the headers at once.
+    let head = 'retry: 2000\n: connected\n\n'
+    if (lastEventId !== undefined) {
+      const replay = this.buffer.since(lastEventId)
+      if (replay.reset) head += this.resetFrame('unknown-id')
+      else for (const event of replay.events) if (matches(client, event)) head += this.buffer.frameOf(event)
+    }
+    this.clients.add(client)
+    res.once('close', () => { this.clients.delete(client) })
+    this.write(client, head)
+    this.heartbeat ??= setInterval(() => { this.beat() }, this.limits.heartbeatMs).unref()
+  }
+
+  /** Ends every stream (shutdown) and stops taking new ones; clients reconnect with their last id. */
+  close (): void {
+    this.closed = true
+    this.unsubscribe()
+    this.stopHeartbeat()
+    if (this.flushing !== null) {
+      clearImmediate(this.flushing as NodeJS.Immediate)
+      clearTimeout(this.flushing as NodeJS.Timeout)
+    }
+    this.flush()
+    for (const client of this.clients) endStream(client.res)
+    this.clients.clear()
+  }
+
+  /**
+   * Events are written once per turn of the event loop: the events of every save that completed
+   * in one turn cost one write per client, and clients that want the same events (every
+   * session, or one session) share one encoded buffer.
+   */
+  private deliver (event: BufferedEvent): void {
+    if (this.clients.size === 0) return
+    this.turn.push(event)
+    if (this.flushing !== null) return
+    // At most one flush per flushMs: under heavy load the writes per client stay bounded.
+    const wait = this.lastFlush + this.limits.flushMs - performance.now()
+    this.flushing = wait <= 0 ? setImmediate(() => { this.flush() }) : setTimeout(() => { this.flush() }, wait)
+  }
+
+  private flush (): void {
+    this.flushing = null
+    this.lastFlush = performance.now()
+    const events = this.turn
+    this.turn = []
+    if (events.length === 0) return
+    const chunks = new Map<string, Buffer | null>()
+    // A copy: a write may cut its client, which leaves the set.
+    for (const client of [...this.clients]) {
+      const from = client.from
+      client.from = 0
+      const key = `${from}:${client.sessionId ?? ''}`
+      let chunk = chunks.get(key)
+      if (chunk === undefined) {
+        let text = ''
+        for (let i = from; i < events.length; i++) {
+          const event = events[i] as BufferedEvent
+          if (matches(client, event)) text += this.buffer.frameOf(event)
+        }
+        chunk = text === '' ? null : Buffer.from(text, 'utf8')
+        chunks.set(key, chunk)
+      }
+      if (chunk !== null) this.write(client, chunk)
+    }
+  }
+
+  private beat (): void {
+    if (this.clients.size === 0) {
+      this.stopHeartbeat()
+      return
+    }
+    for (const client of this.clients) this.write(client, ': heartbeat\n\n')
+  }
+
+  private write (client: Client, chunk: string | Buffer): void {
+    const res = client.res
+    if (res.writableEnded || res.destroyed) {
+      this.clients.delete(client)
+      return
+    }
+    res.write(chunk)
+    if (res.writableLength > this.limits.maxQueuedBytes) this.cut(client)
+  }
+
+  /** A client that does not read: told to refetch (if it ever reads again), then let go. */
+  private cut (client: Client): void {
+    this.clients.delete(client)
+    const res = client.res
+    this.log.warn({ queued_bytes: res.writableLength, limit: this.limits.maxQueuedBytes, session_id: client.sessionId ?? undefined }, 'Event stream client too slow; cut off with a reset')
+    const socket = res.socket
+    endStream(res, this.resetFrame('slow-reader'))
+    // Its queue is dropped with the socket if it still does not read.
+    const timer = setTimeout(() => socket?.destroy(), CUT_GRACE_MS)
+    timer.unref()
+    socket?.once('close', () => clearTimeout(timer))
+  }
+
+  /** A reset carries the current id: after refetching its snapshot the client resumes from here. */
+  private resetFrame (reason: 'unknown-id' | 'slow-reader'): string {
+    return `id: ${this.buffer.currentId()}\nevent: reset\ndata: ${JSON.stringify({ reason })}\n\n`
+  }
+
+  private stopHeartbeat (): void {
+    if (this.heartbeat !== null) clearInterval(this.heartbeat)
+    this.heartbeat = null
+  }
+}
+
+function matches (client: Client, event: BufferedEvent): boolean {
+  return client.sessionId === null || client.sessionId === event.data.session_id
+}
+
+/** Ends the stream and then its socket: a keep-alive socket left idle would hold the client's reconnect back. */
+function endStream (res: ServerResponse, last?: string): void {
+  const socket = res.socket
+  res.end(last, () => { socket?.end() })
+}

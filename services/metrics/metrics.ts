@@ -1,0 +1,112 @@
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
+import { TASK_STATUSES } from '../../schemas/session.js'
+import type { SaveEvent, SessionStore } from '../store/store.js'
+import type { AgentCallEvent, TaskFinishedEvent, TaskManager } from '../task-manager.js'
+
+export interface TaskvaultMetricsOptions {
+  registry: Registry
+  manager: TaskManager
+  store: SessionStore
+  /** Prefix of every metric name. */
+  prefix: string
+}
+
+/** Saves are fsyncs: sub-millisecond on fast disks, up to seconds on a sick one. */
+const SAVE_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
+/** Agent calls range from an echo to a minutes-long model run. */
+const AGENT_BUCKETS = [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
+
+/**
+ * taskvault's metrics in `registry`. Counts (sessions, tasks, in flight, restore) are read
+ * from the manager at scrape time, so they are right whenever the registry was attached;
+ * saves and agent calls are observed as events. Returns a function that detaches them all.
+ */
+export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: TaskvaultMetricsOptions): () => void {
+  const registers = [registry]
+  const names: string[] = []
+  const name = (suffix: string): string => {
+    names.push(prefix + suffix)
+    return prefix + suffix
+  }
+
+  const saveDuration = new Histogram({ name: name('session_save_duration_seconds'), help: 'Durable session saves (write, fsync, rename, folder fsync), failed ones included', buckets: SAVE_BUCKETS, registers })
+  const saveFailures = new Counter({ name: name('session_save_failures_total'), help: 'Session saves that did not reach the disk', registers })
+  const onSave = (event: SaveEvent): void => {
+    saveDuration.observe(event.ms / 1000)
+    if (!event.ok) saveFailures.inc()
+  }
+
+  const agentDuration = new Histogram({ name: name('agent_call_duration_seconds'), help: 'Agent calls by agent (task type, or default) and outcome', labelNames: ['agent', 'outcome'], buckets: AGENT_BUCKETS, registers })
+  const agentFailures = new Counter({ name: name('agent_call_failures_total'), help: 'Agent calls that did not return a result, by agent and outcome', labelNames: ['agent', 'outcome'], registers })
+  const onAgentCall = (event: AgentCallEvent): void => {
+    const labels = { agent: event.agent, outcome: event.outcome }
+    agentDuration.observe(labels, event.ms / 1000)
+    if (event.outcome !== 'ok') agentFailures.inc(labels)
+  }
+
+  new Gauge({
+    name: name('sessions'),
+    help: 'Sessions by state: active (work left), completed (all tasks done), archived (moved to archive/)',
+    labelNames: ['state'],
+    registers,
+    collect () {
+      const stats = manager.stats()
+      this.set({ state: 'active' }, stats.active_sessions)
+      this.set({ state: 'completed' }, stats.completed_sessions)
+      // Counted by the archive once it keeps a count; absent until then.
+      const archived = (stats as { archived_sessions?: unknown }).archived_sessions
+      if (typeof archived === 'number') this.set({ state: 'archived' }, archived)
+    }
+  })
+  new Gauge({
+    name: name('tasks'),
+    help: 'Tasks of live sessions by status',
+    labelNames: ['status'],
+    registers,
+    collect () {
+      const stats = manager.stats()
+      const counts: Record<(typeof TASK_STATUSES)[number], number> = {
+        Pending: stats.pending_tasks, InProgress: stats.in_progress_tasks, Completed: stats.completed_tasks, Failed: stats.failed_tasks
+      }
+      for (const status of TASK_STATUSES) this.set({ status }, counts[status])
+    }
+  })
+  new Gauge({ name: name('executions_in_flight'), help: 'Executions (execute, execute-all) running now', registers, collect () { this.set(manager.runningCount) } })
+  new Gauge({ name: name('storage_bytes'), help: 'Bytes of the live session files', registers, collect () { this.set(manager.stats().storage.bytes) } })
+  new Gauge({ name: name('restore_duration_seconds'), help: 'How long the restore at startup took', registers, collect () { this.set(manager.stats().storage.restore_ms / 1000) } })
+  new Gauge({ name: name('encryption_enabled'), help: '1 when session content is sealed at rest (TASK_ENCRYPTION_KEYS)', registers, collect () { this.set(store.encryption() === null ? 0 : 1) } })
+  new Gauge({
+    name: name('sealed_sessions'),
+    help: 'Active sessions by the key (kid) that sealed them; kid="" counts plaintext ones',
+    labelNames: ['kid'],
+    registers,
+    collect () {
+      this.reset()
+      const encryption = store.encryption()
+      if (encryption === null) return
+      for (const [kid, count] of Object.entries(encryption.sealed_sessions)) this.set({ kid }, count)
+      this.set({ kid: '' }, encryption.plaintext_sessions)
+    }
+  })
+  new Gauge({ name: name('restore_failed_loads'), help: 'Session files set aside as unreadable at startup', registers, collect () { this.set(manager.stats().storage.failed_loads) } })
+  // Issue 18: readiness and free space, for the rules in deploy/prometheus/alerts.yml.
+  new Gauge({ name: name('ready'), help: '1 once sessions are restored and until shutdown begins (what GET /ready answers 200 to), else 0', registers, collect () { this.set(manager.ready ? 1 : 0) } })
+  const finished = new Counter({ name: name('tasks_finished_total'), help: 'Tasks that reached Completed or Failed (once durable), by status', labelNames: ['status'], registers })
+  for (const status of ['Completed', 'Failed']) finished.inc({ status }, 0)
+  const onFinished = (event: TaskFinishedEvent): void => { finished.inc({ status: event.status }) }
+  manager.events.on('task-finished', onFinished)
+  if (store.space !== undefined) {
+    // Left out for a store that reports no space: a 0 would look like a full disk.
+    new Gauge({ name: name('storage_free_bytes'), help: 'Bytes still free on the filesystem holding the storage folder', registers, async collect () { const space = await manager.disk.read(); if (space !== null) this.set(space.free_bytes) } })
+    new Gauge({ name: name('storage_capacity_bytes'), help: 'Size of the filesystem holding the storage folder', registers, async collect () { const space = await manager.disk.read(); if (space !== null) this.set(space.total_bytes) } })
+  }
+
+  store.events?.on('save', onSave)
+  manager.events.on('agent-call', onAgentCall)
+  return () => {
+    store.events?.off('save', onSave)
+    manager.events.off('agent-call', onAgentCall)
+    manager.events.off('task-finished', onFinished)
+    for (const metric of names) registry.removeSingleMetric(metric)
+  }
+}

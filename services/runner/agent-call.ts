@@ -1,0 +1,65 @@
+import { AgentError } from '../errors.js'
+import { checkExecutionResult, type Agent, type ExecutionResult } from './executors.js'
+import type { Task } from '../session/session.js'
+
+export type CallOutcome = 'ok' | 'error' | 'timeout' | 'aborted' | 'cancelled'
+
+export interface AgentCall {
+  agent: Agent
+  task: Readonly<Task>
+  sessionId: string
+  /** Aborted by cancel or shutdown; the call adds its own timeout. */
+  signal: AbortSignal
+  /** Tells a shutdown abort from a cancel. */
+  shutdownSignal: AbortSignal
+}
+
+/**
+ * One call to an agent, bounded by its timeout_ms. Resolves with a checked result or rejects
+ * with why: a timeout rejects with a transient AgentError; cancel and shutdown with their reasons.
+ * An agent that ignores its signal is abandoned, not awaited.
+ */
+export async function callAgent (call: AgentCall, report: (outcome: CallOutcome, ms: number) => void): Promise<ExecutionResult> {
+  const { agent, task } = call
+  // Cancelled (or shut down) before the call began: no call is made, and none is reported.
+  call.signal.throwIfAborted()
+  const timeout = new AbortController()
+  const timer = setTimeout(() => {
+    timeout.abort(new AgentError(`${agent.kind} agent timed out after ${agent.policy.timeout_ms} ms`, { transient: true }))
+  }, agent.policy.timeout_ms)
+  const signal = AbortSignal.any([call.signal, timeout.signal])
+  const started = performance.now()
+  let outcome: CallOutcome = 'ok'
+  try {
+    // Executors are user code: a synchronous throw fails the call like a rejection does.
+    const running = Promise.resolve().then(() => agent.run(task, { session_id: call.sessionId, attempt: task.attempts, signal }))
+    return checkExecutionResult(await abortable(running, signal))
+  } catch (err) {
+    if (call.shutdownSignal.aborted) outcome = 'aborted'
+    else if (call.signal.aborted) outcome = 'cancelled'
+    else if (timeout.signal.aborted) outcome = 'timeout'
+    else outcome = 'error'
+    throw outcome === 'timeout' ? timeout.signal.reason : err
+  } finally {
+    clearTimeout(timer)
+    report(outcome, performance.now() - started)
+  }
+}
+
+/**
+ * Settles with the promise, or rejects as soon as the signal aborts. Either way the promise
+ * stays observed: a loser that rejects later must not become an unhandled rejection.
+ */
+export function abortable<T> (promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason)
+    if (signal.aborted) onAbort()
+    else signal.addEventListener('abort', onAbort, { once: true })
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+  })
+}
+
+export function errorMessage (err: unknown): string {
+  if (err instanceof Error) return err.message || err.name
+  return String(err)
+}

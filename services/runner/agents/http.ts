@@ -1,0 +1,113 @@
+import { AgentError } from '../../errors.js'
+import { truncateUtf8 } from '../../session/session.js'
+
+/** How much of an unexpected answer goes into the task's error. */
+const BODY_EXCERPT_BYTES = 200
+
+export interface JsonAnswer {
+  status: number
+  body: unknown
+}
+
+/**
+ * POSTs JSON and reads the answer whole, up to `maxBytes`. A 2xx must be JSON; anything else
+ * becomes an AgentError: transient for network errors, 5xx and 429 (with Retry-After), permanent otherwise.
+ */
+export async function postJson (
+  who: string,
+  url: string,
+  payload: unknown,
+  options: { headers: Record<string, string>, signal: AbortSignal, maxBytes: number }
+): Promise<JsonAnswer> {
+  let response: Response
+  try {
+    response = await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'application/json', ...options.headers },
+      body: JSON.stringify(payload),
+      signal: options.signal,
+      // A redirect is answered like any other non-2xx: it names its status and is not followed.
+      redirect: 'manual'
+    })
+  } catch (err) {
+    if (options.signal.aborted) throw options.signal.reason
+    throw new AgentError(`${who} unreachable: ${describeNetworkError(err)}`, { transient: true, cause: err })
+  }
+  const text = await readText(who, response, options.maxBytes, options.signal)
+  if (response.status < 200 || response.status > 299) {
+    const transient = response.status === 429 || response.status >= 500
+    throw new AgentError(`${who} answered ${response.status}${excerpt(text)}`, {
+      transient,
+      retryAfterMs: transient ? parseRetryAfter(response.headers.get('retry-after')) : null
+    })
+  }
+  try {
+    return { status: response.status, body: JSON.parse(text) }
+  } catch {
+    throw new AgentError(`${who} answered ${response.status} with a body that is not JSON${excerpt(text)}`)
+  }
+}
+
+async function readText (who: string, response: Response, maxBytes: number, signal: AbortSignal): Promise<string> {
+  if (response.body === null) return ''
+  const chunks: Uint8Array[] = []
+  let size = 0
+  try {
+    for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+      size += chunk.byteLength
+      if (size > maxBytes) {
+        await response.body.cancel().catch(() => {})
+        // An error answer is judged by its status (a 503 is still retried); only its start is kept.
+        if (!response.ok) return Buffer.concat(chunks).toString('utf8')
+        throw new AgentError(`${who} answered ${response.status} with more than ${maxBytes} bytes (max_response_bytes)`)
+      }
+      chunks.push(chunk)
+    }
+  } catch (err) {
+    if (err instanceof AgentError) throw err
+    if (signal.aborted) throw signal.reason
+    throw new AgentError(`${who} connection lost while answering: ${describeNetworkError(err)}`, { transient: true, cause: err })
+  }
+  return Buffer.concat(chunks).toString('utf8')
+}
+
+function excerpt (text: string): string {
+  const trimmed = text.trim()
+  if (trimmed === '') return ''
+  const cut = truncateUtf8(trimmed, BODY_EXCERPT_BYTES)
+  return `: ${cut.text}${cut.truncated ? '…' : ''}`
+}
+
+/** Retry-After as delay-seconds or an HTTP date; null when absent or unreadable. */
+export function parseRetryAfter (value: string | null, now = Date.now()): number | null {
+  if (value === null || value.trim() === '') return null
+  const text = value.trim()
+  if (/^\d+$/.test(text)) return Number(text) * 1000
+  const at = Date.parse(text)
+  return Number.isNaN(at) ? null : Math.max(0, at - now)
+}
+
+/** fetch hides the useful part (ECONNREFUSED, ENOTFOUND) in `cause`. */
+function describeNetworkError (err: unknown): string {
+  const cause = (err as { cause?: { code?: string, message?: string } } | null)?.cause
+  if (cause?.code !== undefined) return cause.code
+  if (cause?.message !== undefined) return cause.message
+  return err instanceof Error ? err.message : String(err)
+}
+
+/** Reads a JSON object of header names to values from the environment variable `name`. */
+export function headersFromEnv (name: string | undefined, env: NodeJS.ProcessEnv): Record<string, string> {
+  if (name === undefined) return {}
+  const raw = env[name]
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(raw ?? '')
+  } catch {
+    throw new AgentError(`environment variable ${name} must hold a JSON object of headers`)
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed) ||
+    !Object.values(parsed).every((v) => typeof v === 'string')) {
+    throw new AgentError(`environment variable ${name} must hold a JSON object of string headers`)
+  }
+  return parsed as Record<string, string>
+}

@@ -1,0 +1,38 @@
+import { AgentError, InvalidAgentConfigError } from '../../errors.js'
+import type { Executor } from '../executors.js'
+import { headersFromEnv, postJson } from './http.js'
+import type { WebhookAgentSpec } from './spec.js'
+
+/**
+ * POSTs each task to a team's own agent service. The Idempotency-Key lets the receiver tell a
+ * retry (or a run resumed after a crash) from a new task.
+ */
+export function webhookAgent (key: string, spec: WebhookAgentSpec, env: NodeJS.ProcessEnv): Executor {
+  let headers: Record<string, string>
+  try {
+    headers = headersFromEnv(spec.headers_env, env)
+  } catch (err) {
+    throw new InvalidAgentConfigError(`TASK_AGENTS.${key}.headers_env: ${(err as Error).message}`)
+  }
+  const who = `webhook ${new URL(spec.url).host}`
+  return async (task, context) => {
+    const answer = await postJson(who, spec.url, {
+      session_id: context.session_id,
+      task: { id: task.id, instruction: task.instruction, task_type: task.task_type, attempt: context.attempt }
+    }, {
+      headers: { ...headers, 'idempotency-key': `${context.session_id}:${task.id}` },
+      signal: context.signal,
+      maxBytes: spec.max_response_bytes
+    })
+    const body = answer.body as { result?: unknown, confidence?: unknown } | null
+    if (typeof body !== 'object' || body === null || typeof body.result !== 'string') {
+      throw new AgentError(`${who} answered ${answer.status} without a string "result"`)
+    }
+    const confidence = body.confidence
+    if (confidence !== undefined && confidence !== null &&
+      (typeof confidence !== 'number' || !(confidence >= 0 && confidence <= 1))) {
+      throw new AgentError(`${who} answered ${answer.status} with a "confidence" outside 0..1`)
+    }
+    return { result: body.result, confidence: confidence ?? null }
+  }
+}

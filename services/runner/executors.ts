@@ -1,0 +1,109 @@
+import type { Task, TaskType } from '../../schemas/session.js'
+import { commandAgent, DEFAULT_COMMAND_RUNTIME, type CommandRuntime } from './agents/command.js'
+import { openaiAgent } from './agents/openai.js'
+import { AGENT_KEYS, DEFAULT_AGENTS, DEFAULT_POLICY, checkPolicy, type AgentKey, type AgentPolicy, type AgentSpec, type AgentsConfig } from './agents/spec.js'
+import { webhookAgent } from './agents/webhook.js'
+
+export type { AgentPolicy, AgentsConfig }
+
+export interface ExecutionContext {
+  session_id: string
+  /** 1 for the first call on this task, counting calls before a restart too. */
+  attempt: number
+  /** Aborted on timeout, cancel, or shutdown after the grace period. */
+  signal: AbortSignal
+}
+
+export interface ExecutionResult {
+  result: string
+  /** 0..1, when the agent can tell. */
+  confidence?: number | null
+  /** The agent already cut its output (a command's stdout cap). */
+  truncated?: boolean
+}
+
+/** An agent: runs one task. A thrown error fails the call; an AgentError marked transient is retried. */
+export type Executor = (task: Readonly<Task>, context: ExecutionContext) => Promise<ExecutionResult>
+
+/** A programmatic agent with its own call policy. */
+export interface ExecutorDefinition extends Partial<AgentPolicy> {
+  run: Executor
+}
+
+/** Programmatic agents by task type or `default`; they take precedence over TASK_AGENTS. */
+export type Executors = Partial<Record<AgentKey, Executor | ExecutorDefinition>>
+
+/** A configured agent: what runs, how it is named in logs and metrics, and its call policy. */
+export interface Agent {
+  /** The routing key that chose it: a task type or `default`. */
+  key: AgentKey
+  kind: string
+  run: Executor
+  policy: AgentPolicy
+}
+
+export type AgentRoutes = { default: Agent } & Partial<Record<TaskType, Agent>>
+
+export { DEFAULT_POLICY }
+
+/** Demo agent: answers with the instruction itself. Real agents are configured per task type. */
+export const echoExecutor: Executor = async (task) => ({ result: task.instruction, confidence: 1 })
+
+/**
+ * Builds the routing table: per key, a programmatic executor if one is given, else the
+ * configured agent. `default` falls back to the echo agent.
+ */
+export function resolveAgents (executors: Executors = {}, config: AgentsConfig = DEFAULT_AGENTS, env: NodeJS.ProcessEnv = process.env, command: CommandRuntime = DEFAULT_COMMAND_RUNTIME): AgentRoutes {
+  const routes: Partial<Record<AgentKey, Agent>> = {}
+  for (const key of AGENT_KEYS) {
+    const given = executors[key]
+    const spec = config[key]
+    if (given !== undefined) routes[key] = programmatic(key, given)
+    else if (spec !== undefined) routes[key] = fromSpec(key, spec, env, command)
+  }
+  routes.default ??= { key: 'default', kind: 'echo', run: echoExecutor, policy: DEFAULT_POLICY }
+  return routes as AgentRoutes
+}
+
+export function agentFor (routes: AgentRoutes, type: TaskType): Agent {
+  return routes[type] ?? routes.default
+}
+
+function programmatic (key: AgentKey, given: Executor | ExecutorDefinition): Agent {
+  if (typeof given === 'function') return { key, kind: 'function', run: given, policy: DEFAULT_POLICY }
+  const { run, ...policy } = given
+  if (typeof run !== 'function') throw new TypeError(`executors.${key}.run must be a function`)
+  return { key, kind: 'function', run, policy: checkPolicy(key, policy, DEFAULT_POLICY) }
+}
+
+function fromSpec (key: AgentKey, spec: AgentSpec, env: NodeJS.ProcessEnv, command: CommandRuntime): Agent {
+  const policy: AgentPolicy = { timeout_ms: spec.timeout_ms, max_attempts: spec.max_attempts, backoff_ms: spec.backoff_ms, max_backoff_ms: spec.max_backoff_ms }
+  switch (spec.kind) {
+    case 'echo': return { key, kind: spec.kind, run: echoExecutor, policy }
+    case 'webhook': return { key, kind: spec.kind, run: webhookAgent(key, spec, env), policy }
+    case 'openai': return { key, kind: spec.kind, run: openaiAgent(spec, env), policy }
+    case 'command': return { key, kind: spec.kind, run: commandAgent(spec, env, command), policy }
+  }
+}
+
+/** Checks what an executor resolved with, since executors are user code. */
+export function checkExecutionResult (value: unknown): ExecutionResult {
+  if (typeof value !== 'object' || value === null) throw new Error('agent returned no result object')
+  const { result, confidence, truncated } = value as Record<string, unknown>
+  if (typeof result !== 'string') throw new Error('agent result must be a string')
+  if (confidence !== undefined && confidence !== null &&
+    (typeof confidence !== 'number' || !Number.isFinite(confidence) || confidence < 0 || confidence > 1)) {
+    throw new Error('agent confidence must be a number from 0 to 1')
+  }
+  return { result, confidence: (confidence as number | null | undefined) ?? null, truncated: truncated === true }
+}
+
+/**
+ * Wait before call `attempt + 1`: backoff doubling per call with equal jitter (half fixed, half
+ * random), or the agent's Retry-After when it asked for longer; never above max_backoff_ms.
+ */
+export function retryDelay (policy: AgentPolicy, attempt: number, retryAfterMs: number | null, random = Math.random): number {
+  const base = Math.min(policy.max_backoff_ms, policy.backoff_ms * 2 ** Math.min(attempt - 1, 30))
+  const jittered = base / 2 + (base / 2) * random()
+  return Math.min(policy.max_backoff_ms, Math.max(jittered, retryAfterMs ?? 0))
+}

@@ -1,0 +1,447 @@
+import type { EventEmitter } from 'node:events'
+import { setMaxListeners } from 'node:events'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { callAgent, errorMessage } from './agent-call.js'
+import { AgentError, CancelledError, NoPendingTaskError, NotRunningError, SessionBusyError, SessionNotFoundError, SessionTooLargeError, ShuttingDownError, StorageError } from '../errors.js'
+import { agentFor, retryDelay, type AgentRoutes, type ExecutionResult } from './executors.js'
+import { isoNow, truncateUtf8, type Progress, type Task } from '../session/session.js'
+import { liveFile, unchanged, type SessionRegistry } from '../session/registry.js'
+import type { ExecutedTask, Logger, TaskManagerEvents } from '../task-manager.js'
+import type { TaskEventData, TaskEventName } from '../events/task-events.js'
+import { noop } from '../noop.js'
+
+export interface TaskRunnerOptions {
+  registry: SessionRegistry
+  agents: AgentRoutes
+  events: EventEmitter<TaskManagerEvents>
+  log: Logger
+  /** Results (and error messages) longer than this are cut. */
+  maxResultBytes: number
+  shutdownGraceMs: number
+  /** A background run stopped by a storage fault tries again after this, doubling (TASK_RUN_RETRY_MS). */
+  runRetryMs: number
+  /** The longest of those waits (TASK_RUN_RETRY_MAX_MS). */
+  runRetryMaxMs: number
+}
+
+/**
+ * Runs sessions' tasks, one execution per session at a time: foreground (execute,
+ * execute-all), background (recorded in the session file, resumed after restart), cancel,
+ * retries with backoff, and shutdown with a grace period.
+ */
+export class TaskRunner {
+  private readonly registry: SessionRegistry
+  private readonly agents: AgentRoutes
+  private readonly events: EventEmitter<TaskManagerEvents>
+  private readonly log: Logger
+  private readonly maxResultBytes: number
+  private readonly shutdownGraceMs: number
+  private readonly runRetryMs: number
+  private readonly runRetryMaxMs: number
+  private readonly abort = new AbortController()
+  /** Aborted when shutdown begins: ends waits that would otherwise outlast it. */
+  private readonly closingSignal = new AbortController()
+  private readonly running = new Set<Promise<unknown>>()
+  private readonly runs = new Map<string, Run>()
+  private closing = false
+
+  constructor (options: TaskRunnerOptions) {
+    this.registry = options.registry
+    this.agents = options.agents
+    this.events = options.events
+    this.log = options.log
+    this.maxResultBytes = options.maxResultBytes
+    this.shutdownGraceMs = options.shutdownGraceMs
+    this.runRetryMs = options.runRetryMs
+    this.runRetryMaxMs = options.runRetryMaxMs
+    // Every running execution listens on this one signal; many at once is normal, not a leak.
+    setMaxListeners(0, this.abort.signal)
+  }
+
+  /** Executions (execute, execute-all, background runs) in flight now. */
+  get count (): number {
+    return this.running.size
+  }
+
+  /** Runs the next pending task. 409s: already executing, or nothing pending. */
+  async executeNext (sessionId: string): Promise<{ task: ExecutedTask, progress: Progress }> {
+    return this.exclusive(sessionId, false, async (run) => {
+      const task = await this.runNext(sessionId, run)
+      if (task === null) throw new NoPendingTaskError(sessionId)
+      return { task, progress: this.registry.existing(sessionId).progress }
+    })
+  }
+
+  /** Runs every pending task in order; stops early on cancel or shutdown. */
+  async executeAll (sessionId: string): Promise<{ results: ExecutedTask[], progress: Progress }> {
+    return this.exclusive(sessionId, false, async (run) => {
+      run.announced = true
+      this.announce('run.started', { session_id: sessionId, background: false })
+      const results = await this.runAll(sessionId, run)
+      // A run left recorded (not resumed at start) is finished by this one.
+      if (!this.closing && !run.signal.aborted) await this.endRecordedRun(sessionId)
+      return { results, progress: this.registry.existing(sessionId).progress }
+    })
+  }
+
+  /**
+   * Starts running every pending task in the background and resolves once the run is recorded
+   * in the session file (so a restart resumes it). Progress is read with `progress()`.
+   */
+  async startBackgroundRun (sessionId: string): Promise<Progress> {
+    this.registry.existing(sessionId)
+    let recorded!: () => void
+    let failed!: (err: unknown) => void
+    const marked = new Promise<void>((resolve, reject) => { recorded = resolve; failed = reject })
+    const execution = this.exclusive(sessionId, true, async (run) => {
+      try {
+        await this.registry.change(sessionId, (draft) => {
+          const file = liveFile(draft)
+          if (file.background_run !== undefined) return unchanged(undefined)
+          file.background_run = { started_at: isoNow(draft.now) }
+        })
+      } catch (err) {
+        failed(err)
+        return
+      }
+      recorded()
+      run.announced = true
+      this.announce('run.started', { session_id: sessionId, background: true })
+      await this.backgroundRun(sessionId, run)
+    })
+    execution.catch(failed)
+    await marked
+    return this.registry.existing(sessionId).progress
+  }
+
+  /**
+   * Stops the session's running execution: the agent call is aborted and its task failed with
+   * "cancelled"; a background run ends. Resolves once that is on disk.
+   */
+  async cancel (sessionId: string): Promise<{ cancelled_task_id: string | null, progress: Progress }> {
+    this.registry.existing(sessionId)
+    const run = this.runs.get(sessionId)
+    if (run === undefined) throw new NotRunningError(sessionId)
+    run.controller.abort(new CancelledError())
+    await run.done
+    // The cancelled task's failure did not reach the disk (or shutdown took over): say so, not 200.
+    if (run.error !== null) throw run.error
+    return { cancelled_task_id: run.cancelledTaskId, progress: this.registry.existing(sessionId).progress }
+  }
+
+  /** True while an execution (foreground or background) holds the session. */
+  isRunning (sessionId: string): boolean {
+    return this.runs.has(sessionId)
+  }
+
+  /** What a running background run is waiting for before it goes on, if anything. */
+  waitingFor (sessionId: string): Waiting | null {
+    return this.runs.get(sessionId)?.waiting ?? null
+  }
+
+  /**
+   * A live-view event, then the session's progress after it; called once the change is durable.
+   * Nothing is built when nobody listens (no stream plugin), so the hot path stays as it was.
+   */
+  announce (name: TaskEventName, data: TaskEventData): void {
+    if (this.events.listenerCount('task-event') === 0) return
+    this.events.emit('task-event', name, data)
+    this.announceProgress(data.session_id)
+  }
+
+  /** The session's progress as a `progress` event, when anyone listens and the session is active. */
+  announceProgress (sessionId: string): void {
+    if (this.events.listenerCount('task-event') === 0 || this.registry.find(sessionId) === null) return
+    const p = this.registry.existing(sessionId).progress
+    const running = this.runs.has(sessionId)
+    const waiting = this.waitingFor(sessionId)
+    this.events.emit('task-event', 'progress', {
+      session_id: sessionId, total: p.total, completed: p.completed, failed: p.failed, pending: p.pending, in_progress: p.in_progress, all_done: p.all_done, percentage: p.percentage, running, ...(waiting !== null && { waiting })
+    })
+  }
+
+  /**
+   * Stops starting tasks, gives running executions the grace period to finish, then aborts
+   * their agent calls (their tasks stay InProgress on disk and run again after restart).
+   */
+  async shutdown (): Promise<void> {
+    this.closing = true
+    this.closingSignal.abort()
+    if (this.running.size === 0) return
+    const settled = Promise.allSettled([...this.running])
+    const grace = new AbortController()
+    const timedOut = await Promise.race([settled.then(() => false), sleep(this.shutdownGraceMs, true, { signal: grace.signal }).catch(() => false)])
+    grace.abort()
+    if (timedOut) {
+      this.log.warn({ running: this.running.size }, 'Shutdown grace period over; aborting running tasks')
+      this.abort.abort(new ShuttingDownError())
+      await settled
+    }
+  }
+
+  private async exclusive<R> (sessionId: string, background: boolean, body: (run: Run) => Promise<R>): Promise<R> {
+    if (this.closing) throw new ShuttingDownError()
+    if (!this.registry.claim(sessionId)) throw new SessionBusyError(sessionId)
+    const controller = new AbortController()
+    let ended!: () => void
+    const run: Run = {
+      controller,
+      signal: AbortSignal.any([this.abort.signal, controller.signal]),
+      background,
+      cancelledTaskId: null,
+      error: null,
+      waiting: null,
+      unsaved: null,
+      announced: false,
+      executed: 0,
+      done: new Promise<void>((resolve) => { ended = resolve })
+    }
+    // Set before the body starts, so what it announces first already reads as running.
+    this.runs.set(sessionId, run)
+    const execution = body(run)
+    this.running.add(execution)
+    try {
+      return await execution
+    } catch (err) {
+      run.error = err as Error
+      throw err
+    } finally {
+      this.running.delete(execution)
+      this.runs.delete(sessionId)
+      this.registry.release(sessionId)
+      if (run.announced) this.announceEnd(sessionId, run)
+      // Only now: whoever waits on `done` (cancel) must see the session free.
+      ended()
+    }
+  }
+
+  /** How a run that said run.started ended; a run stopped by shutdown resumes later and says nothing. */
+  private announceEnd (sessionId: string, run: Run): void {
+    if (run.controller.signal.aborted) {
+      this.announce('run.cancelled', { session_id: sessionId, background: run.background, task_id: run.cancelledTaskId ?? undefined, executed: run.executed })
+    } else if (!(this.closing && (run.background || run.error !== null))) {
+      this.announce('run.finished', { session_id: sessionId, background: run.background, executed: run.executed, ...(run.error !== null && { error: run.error.message }) })
+    }
+  }
+
+  private async runAll (sessionId: string, run: Run): Promise<ExecutedTask[]> {
+    const results: ExecutedTask[] = []
+    for (;;) {
+      // Once shutdown begins no new task starts; running ones get the grace period. A cancel
+      // still records the task whose ending storage refused (as cancelled).
+      const cancelledUnsaved = run.unsaved !== null && run.controller.signal.aborted && !this.closing
+      if ((run.signal.aborted || this.closing) && !cancelledUnsaved) break
+      const task = await this.runNext(sessionId, run)
+      if (task === null) break
+      results.push(task)
+      run.executed++
+    }
+    return results
+  }
+
+  /**
+   * A background run: ends by clearing its record, unless shutdown interrupts it (then it
+   * resumes after restart). A storage fault (a full or failing disk) does not end it: it waits,
+   * with backoff, and goes on by itself once saves succeed again.
+   */
+  private async backgroundRun (sessionId: string, run: Run): Promise<void> {
+    let delay = this.runRetryMs
+    for (;;) {
+      try {
+        const results = await this.runAll(sessionId, run)
+        // Stopped by shutdown: the record stays, so the run resumes after restart.
+        if (this.closing && !run.controller.signal.aborted) return
+        await this.endRecordedRun(sessionId)
+        this.log.info({ session_id: sessionId, executed: results.length, cancelled: run.controller.signal.aborted }, 'Background run finished')
+        return
+      } catch (err) {
+        run.error = err as Error
+        if (err instanceof ShuttingDownError) return
+        if (!(err instanceof StorageError) || run.signal.aborted || this.closing) {
+          this.log.error({ session_id: sessionId, err }, 'Background run stopped')
+          return
+        }
+        this.log.warn({ session_id: sessionId, err, retry_in_ms: delay }, 'Background run waiting for storage; it goes on by itself once saves succeed')
+        run.waiting = 'storage'
+        this.announceProgress(sessionId)
+        await sleep(delay, undefined, { signal: AbortSignal.any([run.signal, this.closingSignal.signal]) }).catch(noop)
+        run.waiting = null
+        run.error = null
+        delay = Math.min(delay * 2, this.runRetryMaxMs)
+        // Shutdown during the wait: the record stays and the run resumes after restart.
+        if (this.closing && !run.controller.signal.aborted) return
+      }
+    }
+  }
+
+  private async endRecordedRun (sessionId: string): Promise<void> {
+    await this.registry.change(sessionId, (draft) => {
+      if (draft.file === null || draft.file.background_run === undefined) return unchanged(undefined)
+      delete draft.file.background_run
+    })
+  }
+
+  /** Resumes background runs that a restart interrupted; their sessions hold `background_run`. */
+  resumeBackgroundRuns (sessionIds: string[]): void {
+    for (const sessionId of sessionIds) {
+      this.log.info({ session_id: sessionId }, 'Resuming background run')
+      this.startBackgroundRun(sessionId).catch((err: Error) => {
+        this.log.error({ session_id: sessionId, err }, 'Could not resume background run')
+      })
+    }
+  }
+
+  /**
+   * Runs the next runnable task to its end: claim it (InProgress, on disk before any call), call
+   * its agent with retries, record how it ended. null when there is no task to run. A task
+   * whose ending could not be saved is recorded first, without calling its agent again.
+   */
+  private async runNext (sessionId: string, run: Run): Promise<ExecutedTask | null> {
+    const unsaved = run.unsaved
+    if (unsaved !== null) {
+      run.unsaved = null
+      // Cancelled while waiting for storage: the task's ending is "cancelled" after all.
+      const outcome = run.signal.aborted ? this.stopped(sessionId, unsaved.taskId, run) : unsaved.outcome
+      return this.record(sessionId, run, unsaved.taskId, outcome)
+    }
+    const ended = await this.callWithRetries(sessionId, run)
+    return ended === null ? null : this.record(sessionId, run, ended.taskId, ended.outcome)
+  }
+
+  /** Claims the next runnable task and calls its agent, retrying transient failures with backoff. */
+  private async callWithRetries (sessionId: string, run: Run): Promise<{ taskId: string, outcome: Outcome } | null> {
+    let taskId: string | null = null
+    for (let call = 1; ; call++) {
+      if (run.signal.aborted) return taskId === null ? null : { taskId, outcome: this.stopped(sessionId, taskId, run) }
+      const started = await this.claimTask(sessionId, taskId)
+      if (started === null) {
+        if (taskId === null) return null
+        throw new SessionNotFoundError(sessionId)
+      }
+      taskId = started.id
+      this.announce('task.started', { session_id: sessionId, task_id: started.id, status: started.status, task_type: started.task_type, attempt: started.attempts })
+      const agent = agentFor(this.agents, started.task_type)
+      try {
+        const value = await callAgent({ agent, task: started, sessionId, signal: run.signal, shutdownSignal: this.abort.signal }, (result, ms) => {
+          this.events.emit('agent-call', { session_id: sessionId, task_id: started.id, task_type: started.task_type, agent: agent.key, attempt: started.attempts, outcome: result, ms })
+        })
+        return { taskId, outcome: this.completed(sessionId, started.id, value) }
+      } catch (err) {
+        if (run.signal.aborted) return { taskId, outcome: this.stopped(sessionId, started.id, run) }
+        const message = errorMessage(err)
+        if (err instanceof AgentError && err.transient && call < agent.policy.max_attempts) {
+          // No new call once shutdown begins: the task stays InProgress and runs again after restart.
+          if (this.closing) throw new ShuttingDownError(`task ${started.id} will be retried after restart`)
+          const delay = retryDelay(agent.policy, call, err.retryAfterMs)
+          this.log.warn({ session_id: sessionId, task_id: started.id, attempt: started.attempts, retry_in_ms: Math.round(delay), err: message }, 'Agent call failed; retrying')
+          this.announce('task.retrying', { session_id: sessionId, task_id: started.id, status: started.status, attempt: started.attempts, retry_in_ms: Math.round(delay) })
+          await sleep(delay, undefined, { signal: run.signal }).catch(noop)
+          // Shutdown that began during the wait: the task stays InProgress and runs after restart.
+          if (this.closing && !run.signal.aborted) throw new ShuttingDownError(`task ${started.id} will be retried after restart`)
+          continue
+        }
+        const outcome: Outcome = { status: 'Failed', result: null, error: truncateUtf8(message, this.maxResultBytes).text, confidence: null }
+        this.log.warn({ session_id: sessionId, task_id: started.id, attempt: started.attempts, err: outcome.error }, 'Task failed')
+        return { taskId, outcome }
+      }
+    }
+  }
+
+  /**
+   * Marks the task InProgress (the first runnable one, or `taskId` when retrying it) and
+   * resolves once that is on disk; null when there is none.
+   */
+  private claimTask (sessionId: string, taskId: string | null): Promise<Task | null> {
+    return this.registry.change(sessionId, (draft) => {
+      const tasks = liveFile(draft).session.tasks
+      // While this session is claimed nothing else runs it, so an InProgress task here is one
+      // whose finishing save failed, or the one being retried: it is run (again).
+      const task = taskId === null
+        ? tasks.find((t) => t.status === 'Pending' || t.status === 'InProgress')
+        : tasks.find((t) => t.id === taskId)
+      if (task === undefined) return unchanged(null)
+      Object.assign(task, { status: 'InProgress', started_at: isoNow(draft.now), completed_at: null, result: null, error: null, confidence: null, attempts: task.attempts + 1 })
+      delete task.result_truncated
+      return { ...task }
+    })
+  }
+
+  /**
+   * Saves how the task ended. A result that does not fit the session fails the task instead; an
+   * ending that storage refused is kept on the run, so a background run that waits for storage
+   * saves it later rather than calling the agent again.
+   */
+  private async record (sessionId: string, run: Run, taskId: string, outcome: Outcome): Promise<ExecutedTask> {
+    try {
+      return await this.finish(sessionId, taskId, outcome)
+    } catch (err) {
+      if (err instanceof StorageError) run.unsaved = { taskId, outcome }
+      if (!(err instanceof SessionTooLargeError)) throw err
+      // The result does not fit: the task fails, rather than running again and again.
+      const bytes = Buffer.byteLength(outcome.result ?? '')
+      this.log.warn({ session_id: sessionId, task_id: taskId, result_bytes: bytes, limit: err.maxBytes }, 'Result does not fit in the session; task failed')
+      return this.finish(sessionId, taskId, {
+        status: 'Failed',
+        result: null,
+        error: `the result (${bytes} bytes) would make the session larger than TASK_MAX_SESSION_BYTES (${err.maxBytes} bytes stored); it was not kept`,
+        confidence: null
+      })
+    }
+  }
+
+  /** Records how the task's call ended: what the client is answered once it is durable. */
+  private async finish (sessionId: string, taskId: string, outcome: Outcome): Promise<ExecutedTask> {
+    const executed = await this.registry.change(sessionId, (draft) => {
+      const task = liveFile(draft).session.tasks.find((t) => t.id === taskId)
+      if (task === undefined) throw new SessionNotFoundError(sessionId)
+      delete task.result_truncated
+      Object.assign(task, outcome, { completed_at: isoNow(draft.now) })
+      return { task_id: task.id, instruction: task.instruction, status: task.status, result: task.result, error: task.error, confidence: task.confidence, ...(task.result_truncated === true && { result_truncated: true }) }
+    })
+    // Counted once durable, as the client is told (metrics: tasks finished per second).
+    this.events.emit('task-finished', { session_id: sessionId, task_id: taskId, status: executed.status as 'Completed' | 'Failed' })
+    this.announce(executed.status === 'Completed' ? 'task.completed' : 'task.failed', { session_id: sessionId, task_id: executed.task_id, status: executed.status })
+    return executed
+  }
+
+  private completed (sessionId: string, taskId: string, value: ExecutionResult): Outcome {
+    const cut = truncateUtf8(value.result, this.maxResultBytes)
+    const truncated = cut.truncated || value.truncated === true
+    if (truncated) this.log.warn({ session_id: sessionId, task_id: taskId, limit: this.maxResultBytes }, 'Agent result truncated')
+    return { status: 'Completed', result: cut.text, error: null, confidence: value.confidence ?? null, ...(truncated && { result_truncated: true }) }
+  }
+
+  /** The run was stopped mid-task: shutdown leaves the task InProgress on disk; cancel fails it. */
+  private stopped (sessionId: string, taskId: string, run: Run): Outcome {
+    if (this.abort.signal.aborted) throw new ShuttingDownError(`task ${taskId} was interrupted by shutdown; it runs again after restart`)
+    run.cancelledTaskId = taskId
+    this.log.warn({ session_id: sessionId, task_id: taskId }, 'Task cancelled')
+    return { status: 'Failed', result: null, error: 'cancelled', confidence: null }
+  }
+}
+
+/** What a run can be waiting for: today only storage (a full or failing disk). */
+export type Waiting = 'storage'
+
+type Outcome = Pick<Task, 'status' | 'result' | 'error' | 'confidence' | 'result_truncated'>
+
+/** One execution holding a session: its cancel switch and how it ended. */
+interface Run {
+  controller: AbortController
+  /** Aborted by cancel or by shutdown after the grace period. */
+  signal: AbortSignal
+  background: boolean
+  cancelledTaskId: string | null
+  /** Why the execution failed, if it did (a failed save, shutdown). */
+  error: Error | null
+  /** A background run waiting for storage to work again before it goes on. */
+  waiting: Waiting | null
+  /** How a task ended when storage refused to save it: saved first when the run goes on. */
+  unsaved: { taskId: string, outcome: Outcome } | null
+  /** It said run.started, so it says how it ended. */
+  announced: boolean
+  /** Tasks it ran to an end. */
+  executed: number
+  /** Resolves (never rejects) once the execution has ended and let go of the session. */
+  done: Promise<void>
+}

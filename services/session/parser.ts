@@ -1,0 +1,95 @@
+import type { TaskType } from '../../schemas/session.js'
+import { InvalidInstructionsError } from '../errors.js'
+
+// Linear on any input: no nested quantifiers, and `.` with the s flag never backtracks.
+const LIST_ITEM = /^[ \t]*(?:\d{1,9}[.)]|[-*•])[ \t]+(.*)$/su
+const TASK_MARKER = /\btask\s+\d{1,9}\s*[:.)-]\s*/giu
+const STARTS_WITH_FIRST = /^\s*first(?:ly)?\b[,:]?\s*/iu
+// "next" only counts after punctuation, so "read the next chapter" stays whole.
+const SEQUENCE_MARKER = /(?:(?:^|[\s,;.])(?:and\s+)?(?:then|after\s+that|afterwards|finally|lastly)|(?:^|[,;.])\s*(?:and\s+)?next)\b[,:]?\s*/iu
+
+/**
+ * Splits free-text instructions into ordered task instructions.
+ * Recognised shapes, tried in this order: numbered or bulleted lists (one item per line;
+ * other non-blank lines continue the item above), two or more "Task 1: ... Task 2: ..."
+ * markers, and "first, ... then ... finally ..." sequences. Anything else is one task.
+ * Nothing the client wrote is dropped except a lead-in heading such as "Steps:".
+ */
+export function parseInstructions (text: string): string[] {
+  const items = listItems(text) ?? taskMarkerItems(text) ?? sequenceItems(text) ?? [text.trim()]
+  const tasks = items.map((item) => item.trim()).filter((item) => item.length > 0)
+  if (tasks.length === 0) throw new InvalidInstructionsError('instructions must contain at least one non-blank task')
+  return tasks
+}
+
+function listItems (text: string): string[] | undefined {
+  const lines = text.split(/\r?\n/u)
+  const items: string[] = []
+  const preamble: string[] = []
+  for (const line of lines) {
+    const match = LIST_ITEM.exec(line)
+    if (match) items.push(match[1] ?? '')
+    else if (items.length === 0) preamble.push(line)
+    else if (line.trim() !== '') items[items.length - 1] += '\n' + line.trim()
+  }
+  if (items.length === 0) return undefined
+  return withLead(preamble.join('\n'), items)
+}
+
+function taskMarkerItems (text: string): string[] | undefined {
+  const parts = text.split(TASK_MARKER)
+  // One "task 3:" inside a sentence is prose, not a list; markers must also lead the text.
+  if (parts.length < 3) return undefined
+  const lead = parts.shift() ?? ''
+  if (lead.trim() !== '' && !isHeading(lead)) return undefined
+  return parts
+}
+
+/**
+ * A lead-in such as "Steps:" or "Please do the following:" introduces the items and is dropped;
+ * one that asks for typed work itself ("Write a function that:") is kept as a task, so no
+ * instruction is lost.
+ */
+function withLead (lead: string, items: string[]): string[] {
+  return lead.trim() === '' || isHeading(lead) ? items : [lead, ...items]
+}
+
+function isHeading (text: string): boolean {
+  const trimmed = text.trim()
+  return trimmed.endsWith(':') && classifyTask(trimmed) === 'General'
+}
+
+function sequenceItems (text: string): string[] | undefined {
+  const first = STARTS_WITH_FIRST.exec(text)
+  if (!first) return undefined
+  const rest = text.slice(first[0].length)
+  const parts = rest.split(new RegExp(SEQUENCE_MARKER.source, 'giu'))
+  if (parts.length < 2) return undefined
+  return parts.map(stripTrailingJoiners)
+}
+
+/** Drops trailing separators and a dangling "and" ("research X, and" → "research X"). A loop, not a regex: linear on any input. */
+function stripTrailingJoiners (part: string): string {
+  let end = part.length
+  for (;;) {
+    while (end > 0 && /[\s,;.]/u.test(part[end - 1] ?? '')) end--
+    if (end >= 3 && part.slice(end - 3, end).toLowerCase() === 'and' && (end === 3 || /\s/u.test(part[end - 4] ?? ''))) end -= 3
+    else return part.slice(0, end)
+  }
+}
+
+// Checked in this order; the first family with a match decides the type.
+const TYPE_KEYWORDS: ReadonlyArray<readonly [TaskType, RegExp]> = [
+  ['Coding', /\b(?:write\s+(?:some\s+|the\s+|a\s+)?code|code|coding|implement(?:s|ed|ing|ation)?|functions?|class(?:es)?|fix(?:es|ed|ing)?\s+(?:a\s+|the\s+)?bugs?|debug(?:s|ged|ging)?|refactor(?:s|ed|ing)?)\b/iu],
+  ['Analysis', /\b(?:analy[sz](?:e|es|ed|ing|is)|explain(?:s|ed|ing)?|explanation|what\s+is|describ(?:e|es|ed|ing)|description)\b/iu],
+  ['Research', /\b(?:research(?:es|ed|ing)?|find(?:s|ing)?|look\s+up|search(?:es|ed|ing)?)\b/iu],
+  ['Reasoning', /\b(?:think(?:s|ing)?|reason(?:s|ing)?|solv(?:e|es|ed|ing)|plan(?:s|ned|ning)?)\b/iu]
+]
+
+/** The seed's keyword routing, case-insensitive; General when nothing matches. */
+export function classifyTask (instruction: string): TaskType {
+  for (const [type, pattern] of TYPE_KEYWORDS) {
+    if (pattern.test(instruction)) return type
+  }
+  return 'General'
+}

@@ -1,0 +1,331 @@
+import { SessionNotFoundError, StorageError } from '../errors.js'
+import { cloneSessionFile, currentIndex, isoNow, progressOf, type Progress, type SessionFile } from './session.js'
+import type { SessionStore } from '../store/store.js'
+
+/** The working copy a change edits. Setting `file` to null deletes the session. */
+/** The draft's session, or SessionNotFoundError when it does not exist (or is being deleted). */
+export function liveFile (draft: Draft): SessionFile {
+  if (draft.file === null) throw new SessionNotFoundError(draft.sessionId)
+  return draft.file
+}
+
+export interface Draft {
+  readonly sessionId: string
+  file: SessionFile | null
+  /** With `file` null: move the stored file to the archive instead of deleting it. */
+  archive: boolean
+  /** With `file` set: the archived file it was brought back from, removed once `file` is durable. */
+  unarchive: string | null
+  /** With `file` null: also delete the session's archived files. */
+  dropArchived: boolean
+  /** Write even with auto-save off (the shutdown flush). */
+  forceSave: boolean
+  readonly now: Date
+}
+
+/** What a change returns when it decided to change nothing: it then costs no write. */
+export class Unchanged<R> {
+  constructor (readonly value: R) {}
+}
+export const unchanged = <R>(value: R): Unchanged<R> => new Unchanged(value)
+
+/**
+ * A change to one session. `apply` edits the draft and returns the change's result; it must
+ * throw before editing anything if the change cannot be made (so other changes in the same
+ * write are unaffected).
+ */
+export type ChangeFn<R> = (draft: Draft) => R | Unchanged<R>
+
+interface QueuedChange {
+  apply: ChangeFn<unknown>
+  resolve: (value: unknown) => void
+  reject: (error: unknown) => void
+}
+
+export interface SessionSlot {
+  /** The durable state (with auto-save off: the committed state). null until first saved. */
+  file: SessionFile | null
+  progress: Progress | null
+  updatedMs: number
+  bytes: number
+  executing: boolean
+  /** Committed but not yet saved (auto-save off). */
+  dirty: boolean
+  queue: QueuedChange[]
+  flushing: Promise<void> | null
+}
+
+export interface SessionSummary extends Progress {
+  session_id: string
+  created_at: string
+  updated_at: string
+}
+
+export interface Totals {
+  total_sessions: number
+  active_sessions: number
+  completed_sessions: number
+  total_tasks: number
+  completed_tasks: number
+  failed_tasks: number
+  pending_tasks: number
+  in_progress_tasks: number
+  bytes: number
+  files: number
+}
+
+export interface RegistryOptions {
+  store: SessionStore
+  autoSave: boolean
+  clock: () => Date
+}
+
+/**
+ * Sessions in memory, and the only way to change them. Changes to one session are queued and
+ * written in batches: while one write is in flight, every change that arrives waits for the
+ * next write, which holds them all. A change's promise resolves once a write containing it is
+ * durable; if that write fails, every change in it rejects and memory keeps the state before
+ * them. Totals are kept current on every commit so stats never scan sessions.
+ */
+export class SessionRegistry {
+  private readonly slots = new Map<string, SessionSlot>()
+  private readonly store: SessionStore
+  private readonly autoSave: boolean
+  private readonly clock: () => Date
+  private readonly totals: Totals = {
+    total_sessions: 0, active_sessions: 0, completed_sessions: 0, total_tasks: 0, completed_tasks: 0,
+    failed_tasks: 0, pending_tasks: 0, in_progress_tasks: 0, bytes: 0, files: 0
+  }
+
+  constructor (options: RegistryOptions) {
+    this.store = options.store
+    this.autoSave = options.autoSave
+    this.clock = options.clock
+  }
+
+  /** Adds a session read from storage (restore); it must not be known yet. */
+  load (file: SessionFile, bytes: number): void {
+    const slot = this.slotFor(file.session_id)
+    this.commit(slot, file, bytes, true)
+  }
+
+  /** The slot of an existing session, or throws SessionNotFoundError. */
+  existing (sessionId: string): SessionSlot & { file: SessionFile, progress: Progress } {
+    const slot = this.slots.get(sessionId)
+    if (slot?.file == null || slot.progress === null) throw new SessionNotFoundError(sessionId)
+    return slot as SessionSlot & { file: SessionFile, progress: Progress }
+  }
+
+  /** The durable state of a session, or null if it does not exist. */
+  find (sessionId: string): SessionFile | null {
+    return this.slots.get(sessionId)?.file ?? null
+  }
+
+  /**
+   * Resolves once every change queued for the session so far has settled, whatever came of
+   * them: a read that finds nothing can then tell "gone" from "a change was still on its way".
+   */
+  async settle (sessionId: string): Promise<void> {
+    await this.change(sessionId, () => unchanged(undefined)).catch(() => {})
+  }
+
+  /**
+   * The session as its last completed write left it, taken in its change queue: never half of
+   * a change. null when it does not exist (deleted or archived by then).
+   */
+  async snapshot (sessionId: string): Promise<SessionFile | null> {
+    // Committed files are never edited in place (changes edit a clone), so no copy is needed.
+    return this.change(sessionId, () => unchanged(this.slots.get(sessionId)?.file ?? null))
+  }
+
+  /** Sessions known, including ones whose first save is still under way. */
+  get slotCount (): number {
+    return this.slots.size
+  }
+
+  get size (): number {
+    return this.totals.total_sessions
+  }
+
+  /** Queues a change and resolves with its result once it is durable. */
+  change<R> (sessionId: string, apply: ChangeFn<R>): Promise<R> {
+    const slot = this.slotFor(sessionId)
+    return new Promise<R>((resolve, reject) => {
+      slot.queue.push({ apply, resolve: resolve as (value: unknown) => void, reject })
+      slot.flushing ??= this.flush(sessionId, slot)
+    })
+  }
+
+  /** Marks a session as executing; false if it already was. */
+  claim (sessionId: string): boolean {
+    const slot = this.existing(sessionId)
+    if (slot.executing) return false
+    slot.executing = true
+    return true
+  }
+
+  release (sessionId: string): void {
+    const slot = this.slots.get(sessionId)
+    if (slot === undefined) return
+    slot.executing = false
+    this.forgetIfGone(sessionId, slot)
+  }
+
+  summaries (): SessionSummary[] {
+    const live: SessionSlot[] = []
+    for (const slot of this.slots.values()) if (slot.file !== null) live.push(slot)
+    live.sort((a, b) => b.updatedMs - a.updatedMs)
+    return live.map((slot) => {
+      const file = slot.file as SessionFile
+      return { session_id: file.session_id, created_at: file.created_at, updated_at: file.updated_at, ...(slot.progress as Progress) }
+    })
+  }
+
+  sessionIds (): string[] {
+    return [...this.slots.entries()].filter(([, slot]) => slot.file !== null).map(([id]) => id)
+  }
+
+  /** The live totals; callers copy what they keep. */
+  stats (): Readonly<Totals> {
+    return this.totals
+  }
+
+  /** Resolves once every queued change has been written or has failed. */
+  async drain (): Promise<void> {
+    for (;;) {
+      const pending = [...this.slots.values()].map((slot) => slot.flushing).filter((p) => p !== null)
+      if (pending.length === 0) return
+      await Promise.all(pending)
+    }
+  }
+
+  /** Writes every session committed while auto-save was off, through each session's queue. */
+  async saveDirty (): Promise<void> {
+    const saves: Array<Promise<unknown>> = []
+    for (const [sessionId, slot] of this.slots) {
+      if (!slot.dirty) continue
+      saves.push(this.change(sessionId, (draft) => {
+        if (draft.file === null) return unchanged(undefined)
+        draft.forceSave = true
+      }))
+    }
+    await Promise.all(saves)
+  }
+
+  /** Committed in memory but not yet saved (auto-save off). */
+  isDirty (sessionId: string): boolean {
+    return this.slots.get(sessionId)?.dirty === true
+  }
+
+  private slotFor (sessionId: string): SessionSlot {
+    let slot = this.slots.get(sessionId)
+    if (slot === undefined) {
+      slot = { file: null, progress: null, updatedMs: 0, bytes: 0, executing: false, dirty: false, queue: [], flushing: null }
+      this.slots.set(sessionId, slot)
+    }
+    return slot
+  }
+
+  private async flush (sessionId: string, slot: SessionSlot): Promise<void> {
+    // Yield once so that `flushing` is set before any work, and changes queued in the
+    // same tick share the first write.
+    await Promise.resolve()
+    while (slot.queue.length > 0) {
+      const batch = slot.queue.splice(0)
+      const draft: Draft = { sessionId, file: slot.file && cloneSessionFile(slot.file), archive: false, unarchive: null, dropArchived: false, forceSave: false, now: this.clock() }
+      const applied: Array<{ change: QueuedChange, value: unknown }> = []
+      while (batch.length > 0) {
+        const change = batch.shift() as QueuedChange
+        try {
+          const value = change.apply(draft)
+          if (value instanceof Unchanged) change.resolve(value.value)
+          else applied.push({ change, value })
+        } catch (err) {
+          change.reject(err)
+        }
+        // A delete or archive is written on its own; what follows starts from its result.
+        if (draft.file === null && (slot.file !== null || draft.dropArchived)) {
+          slot.queue.unshift(...batch)
+          break
+        }
+      }
+      if (applied.length === 0) continue
+      if (draft.file !== null) {
+        draft.file.updated_at = isoNow(draft.now)
+        draft.file.session.current_index = currentIndex(draft.file.session.tasks)
+      }
+      let bytes: number
+      try {
+        bytes = await this.persist(sessionId, slot, draft)
+      } catch (err) {
+        if (err instanceof StorageError && err.uncertain) await this.writeBack(sessionId, slot)
+        for (const { change } of applied) change.reject(err)
+        continue
+      }
+      this.commit(slot, draft.file, bytes, this.autoSave || draft.forceSave || draft.file === null || draft.unarchive !== null)
+      for (const { change, value } of applied) change.resolve(value)
+    }
+    slot.flushing = null
+    this.forgetIfGone(sessionId, slot)
+  }
+
+  private async persist (sessionId: string, slot: SessionSlot, draft: Draft): Promise<number> {
+    // Also with auto-save off: memory must not hold changes that can never be saved.
+    const refusal = this.store.unwritable?.() ?? null
+    if (refusal !== null) throw refusal
+    if (draft.file === null) {
+      // Archived copies go first: if that fails, the active session is still intact.
+      if (draft.dropArchived) await this.store.removeArchived(sessionId)
+      if (slot.file !== null) {
+        if (draft.archive) await this.store.archive(slot.file)
+        else await this.store.remove(sessionId)
+      }
+      return 0
+    }
+    // Written even with auto-save off: the archived copy is removed right after.
+    if (draft.unarchive !== null) return this.store.restoreFromArchive(draft.file, draft.unarchive)
+    return this.autoSave || draft.forceSave ? this.store.save(draft.file) : slot.bytes
+  }
+
+  /**
+   * After a write whose outcome is uncertain, puts the last acknowledged state back so that
+   * a failed request leaves no trace, on disk or after a restart. Best effort: if this fails
+   * too, the next successful write of the session settles it.
+   */
+  private async writeBack (sessionId: string, slot: SessionSlot): Promise<void> {
+    try {
+      if (slot.file === null) await this.store.remove(sessionId)
+      else if (!slot.dirty) await this.store.save(slot.file)
+    } catch {}
+  }
+
+  private commit (slot: SessionSlot, file: SessionFile | null, bytes: number, saved: boolean): void {
+    this.count(slot, -1)
+    slot.file = file
+    slot.progress = file && progressOf(file.session.tasks)
+    slot.updatedMs = file ? Date.parse(file.updated_at) : 0
+    slot.bytes = file ? bytes : 0
+    slot.dirty = file !== null && !saved
+    this.count(slot, 1)
+  }
+
+  private count (slot: SessionSlot, sign: 1 | -1): void {
+    const progress = slot.progress
+    if (slot.file === null || progress === null) return
+    const t = this.totals
+    t.total_sessions += sign
+    if (progress.all_done) t.completed_sessions += sign
+    else t.active_sessions += sign
+    t.total_tasks += sign * progress.total
+    t.completed_tasks += sign * progress.completed
+    t.failed_tasks += sign * progress.failed
+    t.pending_tasks += sign * progress.pending
+    t.in_progress_tasks += sign * progress.in_progress
+    t.bytes += sign * slot.bytes
+    t.files += sign
+  }
+
+  private forgetIfGone (sessionId: string, slot: SessionSlot): void {
+    if (slot.file === null && !slot.executing && slot.flushing === null && slot.queue.length === 0) this.slots.delete(sessionId)
+  }
+}

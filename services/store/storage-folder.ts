@@ -1,0 +1,95 @@
+import { join } from 'node:path'
+import { ForeignFolderError } from '../errors.js'
+import type { FsSeam } from './fs-seam.js'
+import { ARCHIVED_FILE, SESSION_FILE, fsyncDir, readWhole, writeAndRename } from './session-files.js'
+
+/**
+ * Whose folder it is. A folder taskvault created, or adopted, holds a `.taskvault` marker
+ * naming the format of its files. A folder without one is only adopted when every `*.json`
+ * in it (and in its archive/) is a session file: pointed at a project folder by mistake,
+ * taskvault must not set its package.json aside as a corrupt session.
+ */
+
+export const MARKER_FILE = '.taskvault'
+/** The layout and file format this version writes; a marker naming a later one is refused. */
+export const FORMAT_VERSION = 1
+
+/** The format the marker names; null when there is none. Throws ForeignFolderError when it is not one of ours. */
+export async function readMarker (fs: FsSeam, dir: string): Promise<number | null> {
+  const path = join(dir, MARKER_FILE)
+  let text: string
+  try {
+    text = (await readWhole(fs, path)).toString('utf8')
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'ENOENT') return null
+    // ELOOP: a symlink (O_NOFOLLOW); EISDIR and the like: not a file we wrote.
+    if (code === 'ELOOP' || code === 'EISDIR') throw new ForeignFolderError(`${path} is not a taskvault marker (not a regular file); remove it if ${dir} is taskvault's`)
+    throw err
+  }
+  let format: unknown
+  try {
+    format = (JSON.parse(text) as { format?: unknown } | null)?.format
+  } catch {}
+  if (typeof format !== 'number' || !Number.isInteger(format) || format < 1) {
+    throw new ForeignFolderError(`${path} is not a taskvault marker (expected {"format": ${FORMAT_VERSION}}); remove it if ${dir} is taskvault's`)
+  }
+  if (format > FORMAT_VERSION) {
+    throw new ForeignFolderError(`${dir} holds files of taskvault format ${format}, written by a later taskvault; this one reads format ${FORMAT_VERSION}`)
+  }
+  return format
+}
+
+/** Writes the marker durably (temp file, fsync, rename, fsync the folder). `temp` is a name restore removes if left behind. */
+export async function writeMarker (fs: FsSeam, dir: string, temp: string): Promise<void> {
+  const data = Buffer.from(JSON.stringify({ format: FORMAT_VERSION }) + '\n', 'utf8')
+  await writeAndRename(fs, join(dir, temp), join(dir, MARKER_FILE), data)
+  await fsyncDir(fs, dir)
+}
+
+/**
+ * The first `*.json` (by name, the folder's before archive/'s) that is not a session file,
+ * with why; null when all are. Only the shape is judged: a damaged session file (which restore
+ * sets aside) is still a session file, and the seed's format passes; package.json does not.
+ */
+export async function firstForeignFile (fs: FsSeam, dir: string): Promise<{ file: string, reason: string } | null> {
+  const own = await foreignIn(fs, dir, '', SESSION_FILE)
+  if (own !== null) return own
+  const archive = join(dir, 'archive')
+  const stat = await fs.lstat(archive).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return null
+    throw err
+  })
+  return stat?.isDirectory() === true ? foreignIn(fs, archive, 'archive/', ARCHIVED_FILE) : null
+}
+
+async function foreignIn (fs: FsSeam, dir: string, prefix: string, names: RegExp): Promise<{ file: string, reason: string } | null> {
+  const entries = (await fs.readdir(dir, { withFileTypes: true })).filter((entry) => entry.name.endsWith('.json'))
+  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+  for (const entry of entries) {
+    const file = prefix + entry.name
+    // Symlinks, folders and the like are never read, moved or followed: they are no risk.
+    if (!entry.isFile()) continue
+    if (!names.test(entry.name)) return { file, reason: 'its name is not <session id>.json' }
+    const reason = notASession((await readWhole(fs, join(dir, entry.name))).toString('utf8'))
+    if (reason !== null) return { file, reason }
+  }
+  return null
+}
+
+/**
+ * A session file is a JSON object with a session_id. A writer that was not atomic (the seed's)
+ * leaves, after a crash, one cut short (it starts with the session_id) or an empty one: those
+ * are damaged session files, set aside by the restore, not a sign of someone else's folder.
+ */
+function notASession (text: string): string | null {
+  if (text.trim() === '') return null
+  let raw: unknown
+  try {
+    raw = JSON.parse(text)
+  } catch {
+    return /^\s*\{\s*"session_id"\s*:/u.test(text) ? null : 'it is not valid JSON'
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return 'it is not a JSON object'
+  return typeof (raw as { session_id?: unknown }).session_id === 'string' ? null : 'it has no session_id'
+}

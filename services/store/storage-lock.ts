@@ -1,0 +1,219 @@
+import { hostname } from 'node:os'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { join } from 'node:path'
+import { LockLostError, TaskvaultError } from '../errors.js'
+import type { FsSeam } from './fs-seam.js'
+import { pidAlive } from '../pid.js'
+import { noop } from '../noop.js'
+
+export interface LockHolder {
+  pid: number
+  host: string
+  since: string
+}
+
+export interface StorageLockOptions {
+  /** How often the holder touches the lock file to show it is alive. */
+  refreshMs: number
+  /** A lock not touched for this long is taken over whatever host holds it. */
+  staleMs: number
+}
+
+/** What the heartbeat found, for the owner to log: the store knows no logger. */
+export type LockEvent =
+  | { type: 'recreated', path: string }
+  | { type: 'lost', error: LockLostError, found: string }
+  | { type: 'check-failed', path: string, err: unknown }
+
+export class StorageLockedError extends TaskvaultError {
+  constructor (readonly dir: string, readonly holder: LockHolder) {
+    super('STORAGE_LOCKED', `storage folder ${dir} is in use by pid ${holder.pid} on host ${holder.host} since ${holder.since}; ` +
+      'only one server may write to a folder at a time')
+  }
+}
+
+export const LOCK_FILE = '.taskvault.lock'
+
+const PROCESS_STARTED_MS = Date.now() - process.uptime() * 1000
+
+/**
+ * The single-writer lock of a storage folder: a file created exclusively, holding who owns
+ * it, and touched every `refreshMs`. It is taken over when its holder is dead on this host
+ * (or is this very pid: a restarted container), or when nobody has touched it for `staleMs`
+ * (a holder on another host that died without releasing it).
+ */
+export class StorageLock {
+  readonly path: string
+  private readonly me: LockHolder
+  /** The lock's content when this process holds it. */
+  private readonly mine: string
+  private timer: NodeJS.Timeout | null = null
+  /** The heartbeat's check in flight, if any (release waits for it). */
+  private beat: Promise<void> | null = null
+  private released = false
+  private lostTo: LockLostError | null = null
+
+  constructor (private readonly dir: string, private readonly fs: FsSeam, private readonly options: StorageLockOptions,
+    private readonly report: (event: LockEvent) => void = noop) {
+    if (options.refreshMs * 2 > options.staleMs) {
+      throw new TaskvaultError('INVALID_LOCK_SETTINGS', `TASK_LOCK_STALE_MS (${options.staleMs}) must be at least twice TASK_LOCK_REFRESH_MS (${options.refreshMs})`)
+    }
+    this.path = join(dir, LOCK_FILE)
+    this.me = { pid: process.pid, host: hostname(), since: new Date().toISOString() }
+    this.mine = JSON.stringify(this.me)
+  }
+
+  /** Set once the heartbeat found the lock held by someone else: from then on nothing may be written. */
+  get lost (): LockLostError | null {
+    return this.lostTo
+  }
+
+  /** Takes the lock or throws StorageLockedError naming the holder. Returns a holder it replaced. */
+  async acquire (): Promise<LockHolder | null> {
+    let replaced: LockHolder | null = null
+    for (let attempt = 0; attempt < 20; attempt++) {
+      if (await this.tryCreate(this.path)) {
+        this.startHeartbeat()
+        return replaced
+      }
+      const { holder, ageMs, raw } = await this.readHolder(this.path)
+      // Anything at the lock's path that names no holder is not a live server's lock.
+      if (holder !== null && !this.isStale(holder, ageMs)) throw new StorageLockedError(this.dir, holder)
+      replaced = holder
+      if (!await this.removeStale(raw)) await sleep(25 + Math.random() * 50)
+    }
+    const { holder } = await this.readHolder(this.path)
+    throw new StorageLockedError(this.dir, holder ?? { pid: 0, host: 'unknown', since: 'unknown' })
+  }
+
+  /**
+   * Removes the stale lock `raw` under a second exclusive "takeover" lock, and only if it is
+   * still the very lock judged stale: two servers starting at once on a stale lock can then
+   * never both end up holding it. False when another server is taking over right now.
+   */
+  private async removeStale (raw: string | null): Promise<boolean> {
+    const guard = `${this.path}.takeover`
+    if (!await this.tryCreate(guard)) {
+      const { ageMs } = await this.readHolder(guard)
+      // A guard left by a server that died mid-takeover.
+      if (ageMs > this.options.staleMs) await this.fs.unlink(guard).catch(ignoreMissing)
+      return false
+    }
+    try {
+      if ((await this.readHolder(this.path)).raw === raw) await this.fs.unlink(this.path).catch(ignoreMissing)
+    } finally {
+      await this.fs.unlink(guard).catch(ignoreMissing)
+    }
+    return true
+  }
+
+  async release (): Promise<void> {
+    this.released = true
+    if (this.timer !== null) clearInterval(this.timer)
+    this.timer = null
+    // A check in flight could re-create the lock after it was removed here.
+    await this.beat
+    const { holder } = await this.readHolder(this.path)
+    if (holder !== null && holder.pid === this.me.pid && holder.host === this.me.host && holder.since === this.me.since) {
+      await this.fs.unlink(this.path).catch(ignoreMissing)
+    }
+  }
+
+  /**
+   * The lock is a symlink whose target is the holder as JSON: creating it is atomic and
+   * exclusive (EEXIST), it is never seen half-written, and a short target lives in the inode,
+   * so the lock can be taken even on a full disk (where reads and deletes must keep working).
+   */
+  private async tryCreate (path: string): Promise<boolean> {
+    try {
+      await this.fs.symlink(this.mine, path)
+      return true
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false
+      throw err
+    }
+  }
+
+  private async readHolder (path: string): Promise<{ holder: LockHolder | null, ageMs: number, raw: string | null, missing: boolean }> {
+    let ageMs: number
+    let raw: string
+    try {
+      const stat = await this.fs.lstat(path)
+      ageMs = Date.now() - stat.mtimeMs
+      if (!stat.isSymbolicLink()) return { holder: null, ageMs, raw: null, missing: false }
+      raw = await this.fs.readlink(path)
+    } catch (err) {
+      ignoreMissing(err)
+      return { holder: null, ageMs: 0, raw: null, missing: true }
+    }
+    try {
+      const parsed = JSON.parse(raw) as Partial<LockHolder>
+      if (typeof parsed.pid === 'number' && typeof parsed.host === 'string' && typeof parsed.since === 'string') {
+        return { holder: { pid: parsed.pid, host: parsed.host, since: parsed.since }, ageMs, raw, missing: false }
+      }
+    } catch {}
+    return { holder: null, ageMs, raw, missing: false }
+  }
+
+  private isStale (holder: LockHolder, ageMs: number): boolean {
+    if (ageMs > this.options.staleMs) return true
+    if (holder.host !== this.me.host) return false
+    // Our own pid: a lock from an earlier life of this container (same host name, pid 1 again)
+    // if it predates this process; otherwise another instance in this process holds it.
+    if (holder.pid === this.me.pid) return Date.parse(holder.since) < PROCESS_STARTED_MS
+    return !pidAlive(holder.pid)
+  }
+
+  /** Every `refreshMs`: checks the lock still names this process, then touches it. Checks never overlap. */
+  private startHeartbeat (): void {
+    this.timer = setInterval(() => {
+      if (this.beat !== null) return
+      this.beat = this.check()
+        .catch((err: unknown) => this.emit({ type: 'check-failed', path: this.path, err }))
+        .finally(() => { this.beat = null })
+    }, this.options.refreshMs)
+    this.timer.unref()
+  }
+
+  /**
+   * A missing lock (deleted by hand, a cleanup script) is re-created, exclusively: if another
+   * server created it first, theirs is judged instead. A lock naming anyone else means another
+   * server may be writing to the folder now: this one stops writing for good.
+   */
+  private async check (): Promise<void> {
+    let found = await this.readHolder(this.path)
+    if (this.released) return
+    if (found.missing) {
+      if (await this.tryCreate(this.path)) {
+        this.emit({ type: 'recreated', path: this.path })
+        return
+      }
+      found = await this.readHolder(this.path)
+      // Gone again already: the next beat looks again.
+      if (found.missing) return
+    }
+    if (found.raw === this.mine) {
+      const now = new Date()
+      await this.fs.lutimes(this.path, now, now)
+      return
+    }
+    if (this.timer !== null) clearInterval(this.timer)
+    this.timer = null
+    this.lostTo = new LockLostError(this.dir, found.holder)
+    const what = found.holder !== null
+      ? `pid ${found.holder.pid} on host ${found.holder.host} since ${found.holder.since}`
+      : found.raw !== null ? `a symlink to ${JSON.stringify(found.raw.slice(0, 200))}, which names no server` : 'a file that is not a taskvault lock'
+    this.emit({ type: 'lost', error: this.lostTo, found: what })
+  }
+
+  /** The owner's handler must not turn a heartbeat into an unhandled rejection. */
+  private emit (event: LockEvent): void {
+    try {
+      this.report(event)
+    } catch {}
+  }
+}
+
+function ignoreMissing (err: unknown): void {
+  if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+}
