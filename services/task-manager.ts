@@ -6,7 +6,8 @@ import { ArchivedSessions, type ArchivedSessionSummary, type RetentionCutoffs } 
 import { InvalidSessionIdError, LimitExceededError, NotReadyError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError, TaskNotFailedError, TaskNotFoundError, type TaskvaultError } from './errors.js'
 import { resolveAgents, type AgentRoutes, type Executors } from './runner/executors.js'
 import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
-import { SessionRegistry, liveFile, unchanged, type SessionSummary, type Totals } from './session/registry.js'
+import { liveFile, unchanged } from './session/draft.js'
+import { SessionRegistry, type SessionSummary, type Totals } from './session/registry.js'
 import type { ArchivedSession, EncryptionStats, SessionStore } from './store/store.js'
 import { TaskRunner, type Waiting } from './runner/task-runner.js'
 import type { TaskEventData, TaskEventName } from './events/task-events.js'
@@ -285,13 +286,13 @@ export class TaskManager {
       if (draft.file === null) {
         // Sessions being created right now hold a slot too, so a burst cannot overshoot.
         if (this.registry.slotCount > maxSessions) throw new SessionLimitError(maxSessions)
-        const back = this.archived.bringBack(draft, archivedCopy)
-        origin = back === null ? 'created' : 'unarchived'
-        draft.file = back ?? newSessionFile(sessionId, draft.now)
+        const back = this.archived.unarchive(draft, archivedCopy)
+        origin = back ? 'unarchived' : 'created'
+        if (!back) draft.file = newSessionFile(sessionId, draft.now)
       } else {
         origin = null
       }
-      return appendTasks(draft.file, specs, draft.now).map((task) => ({ ...task }))
+      return appendTasks(liveFile(draft), specs, draft.now).map((task) => ({ ...task }))
     }))
     if (origin !== null && this.events.listenerCount('task-event') > 0) this.events.emit('task-event', origin === 'created' ? 'session.created' : 'session.unarchived', { session_id: sessionId })
     this.runner.announce('tasks.added', { session_id: sessionId, task_ids: tasks.map((task) => task.id), count: tasks.length })
@@ -428,8 +429,7 @@ export class TaskManager {
       const archived = this.store.archivedName(sessionId) !== null
       if (!archived) liveFile(draft)
       if (draft.file !== null && this.registry.existing(sessionId).executing) throw new SessionBusyError(sessionId)
-      draft.file = null
-      draft.dropArchived = archived
+      draft.delete({ archived })
     })
     this.runner.announce('session.deleted', { session_id: sessionId })
   }
@@ -456,8 +456,7 @@ export class TaskManager {
       if (chosen.length === 0) throw new TaskNotFailedError(sessionId, null, null)
       const ids = chosen.map((task) => task.id)
       if (draft.file === null) {
-        draft.file = this.archived.bringBack(draft, archivedCopy)
-        unarchived = true
+        unarchived = this.archived.unarchive(draft, archivedCopy)
       }
       for (const task of liveFile(draft).session.tasks) {
         if (!ids.includes(task.id)) continue
@@ -486,8 +485,7 @@ export class TaskManager {
         // Unsaved changes (auto-save off) stay put: the archive must get the latest state.
         if (draft.file === null || this.registry.existing(sessionId).executing || this.registry.isDirty(sessionId) ||
           !isArchivable(draft.file, cutoff)) return unchanged(false)
-        draft.file = null
-        draft.archive = true
+        draft.archive()
         return true
       }).catch((err: Error) => {
         this.log.error({ session_id: sessionId, err }, 'Could not archive session')

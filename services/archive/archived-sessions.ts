@@ -1,7 +1,7 @@
 import type { ArchivedSummary } from './archive-index.js'
 import { StaleArchivedCopyError } from '../errors.js'
-import type { SessionFile } from '../session/session.js'
-import { unchanged, type Draft, type SessionRegistry, type SessionSummary } from '../session/registry.js'
+import { unchanged, type Draft } from '../session/draft.js'
+import type { SessionRegistry, SessionSummary } from '../session/registry.js'
 import type { ArchiveTotals, ArchivedSession, LoadFailure, SessionStore } from '../store/store.js'
 import type { Logger } from '../task-manager.js'
 
@@ -69,17 +69,17 @@ export class ArchivedSessions {
   }
 
   /**
-   * Inside a create's change on a session that is not in memory: when it is archived, marks
-   * the draft to bring it back and returns `copy` (read beforehand) as its content; null when
+   * Inside a change on a session that is not in memory: when it is archived, unarchives it
+   * into the draft, with `copy` (read beforehand) as its content, and returns true; false when
    * it is not archived. Throws StaleArchivedCopyError, before touching the draft, when `copy`
    * is no longer the archived file.
    */
-  bringBack (draft: Draft, copy: ArchivedSession | null): SessionFile | null {
+  unarchive (draft: Draft, copy: ArchivedSession | null): boolean {
     const name = this.store.archivedName(draft.sessionId)
-    if (name === null) return null
+    if (name === null) return false
     if (copy === null || copy.name !== name) throw new StaleArchivedCopyError(draft.sessionId)
-    draft.unarchive = name
-    return copy.file
+    draft.unarchive(copy.file, name)
+    return true
   }
 
   /**
@@ -98,7 +98,7 @@ export class ArchivedSessions {
       const sessionId = summary.session_id
       const removed = await this.registry.change(sessionId, (draft) => {
         if (draft.file !== null || this.store.archivedName(sessionId) !== summary.file) return unchanged(false)
-        draft.dropArchived = true
+        draft.delete({ archived: true })
         return true
       }).catch((err: Error) => {
         this.log.error({ session_id: sessionId, err }, 'Could not delete archived session')

@@ -1,40 +1,7 @@
 import { SessionNotFoundError, StorageError } from '../errors.js'
+import { Draft, Unchanged, unchanged, type ChangeFn } from './draft.js'
 import { cloneSessionFile, currentIndex, isoNow, progressOf, type Progress, type SessionFile } from './session.js'
 import type { SessionStore } from '../store/store.js'
-
-/** The working copy a change edits. Setting `file` to null deletes the session. */
-/** The draft's session, or SessionNotFoundError when it does not exist (or is being deleted). */
-export function liveFile (draft: Draft): SessionFile {
-  if (draft.file === null) throw new SessionNotFoundError(draft.sessionId)
-  return draft.file
-}
-
-export interface Draft {
-  readonly sessionId: string
-  file: SessionFile | null
-  /** With `file` null: move the stored file to the archive instead of deleting it. */
-  archive: boolean
-  /** With `file` set: the archived file it was brought back from, removed once `file` is durable. */
-  unarchive: string | null
-  /** With `file` null: also delete the session's archived files. */
-  dropArchived: boolean
-  /** Write even with auto-save off (the shutdown flush). */
-  forceSave: boolean
-  readonly now: Date
-}
-
-/** What a change returns when it decided to change nothing: it then costs no write. */
-export class Unchanged<R> {
-  constructor (readonly value: R) {}
-}
-export const unchanged = <R>(value: R): Unchanged<R> => new Unchanged(value)
-
-/**
- * A change to one session. `apply` edits the draft and returns the change's result; it must
- * throw before editing anything if the change cannot be made (so other changes in the same
- * write are unaffected).
- */
-export type ChangeFn<R> = (draft: Draft) => R | Unchanged<R>
 
 interface QueuedChange {
   apply: ChangeFn<unknown>
@@ -206,7 +173,7 @@ export class SessionRegistry {
       if (!slot.dirty) continue
       saves.push(this.change(sessionId, (draft) => {
         if (draft.file === null) return unchanged(undefined)
-        draft.forceSave = true
+        draft.forceSave()
       }))
     }
     await Promise.all(saves)
@@ -232,7 +199,7 @@ export class SessionRegistry {
     await Promise.resolve()
     while (slot.queue.length > 0) {
       const batch = slot.queue.splice(0)
-      const draft: Draft = { sessionId, file: slot.file && cloneSessionFile(slot.file), archive: false, unarchive: null, dropArchived: false, forceSave: false, now: this.clock() }
+      const draft = new Draft(sessionId, slot.file && cloneSessionFile(slot.file), this.clock())
       const applied: Array<{ change: QueuedChange, value: unknown }> = []
       while (batch.length > 0) {
         const change = batch.shift() as QueuedChange
@@ -244,7 +211,7 @@ export class SessionRegistry {
           change.reject(err)
         }
         // A delete or archive is written on its own; what follows starts from its result.
-        if (draft.file === null && (slot.file !== null || draft.dropArchived)) {
+        if (draft.intent.kind === 'archive' || draft.intent.kind === 'delete') {
           slot.queue.unshift(...batch)
           break
         }
@@ -262,7 +229,7 @@ export class SessionRegistry {
         for (const { change } of applied) change.reject(err)
         continue
       }
-      this.commit(slot, draft.file, bytes, this.autoSave || draft.forceSave || draft.file === null || draft.unarchive !== null)
+      this.commit(slot, draft.file, bytes, this.autoSave || draft.intent.kind !== 'save' || draft.intent.force)
       for (const { change, value } of applied) change.resolve(value)
     }
     slot.flushing = null
@@ -273,18 +240,23 @@ export class SessionRegistry {
     // Also with auto-save off: memory must not hold changes that can never be saved.
     const refusal = this.store.unwritable?.() ?? null
     if (refusal !== null) throw refusal
-    if (draft.file === null) {
-      // Archived copies go first: if that fails, the active session is still intact.
-      if (draft.dropArchived) await this.store.removeArchived(sessionId)
-      if (slot.file !== null) {
-        if (draft.archive) await this.store.archive(slot.file)
-        else await this.store.remove(sessionId)
-      }
-      return 0
+    const intent = draft.intent
+    switch (intent.kind) {
+      case 'delete':
+        // Archived copies go first: if that fails, the active session is still intact.
+        if (intent.archived) await this.store.removeArchived(sessionId)
+        if (slot.file !== null) await this.store.remove(sessionId)
+        return 0
+      case 'archive':
+        if (slot.file !== null) await this.store.archive(slot.file)
+        return 0
+      case 'unarchive':
+        // Written even with auto-save off: the archived copy is removed right after.
+        return this.store.unarchive(draft.file as SessionFile, intent.from)
+      case 'save':
+        if (draft.file === null) return 0
+        return this.autoSave || intent.force ? this.store.save(draft.file) : slot.bytes
     }
-    // Written even with auto-save off: the archived copy is removed right after.
-    if (draft.unarchive !== null) return this.store.restoreFromArchive(draft.file, draft.unarchive)
-    return this.autoSave || draft.forceSave ? this.store.save(draft.file) : slot.bytes
   }
 
   /**

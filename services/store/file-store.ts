@@ -402,7 +402,7 @@ export class FileSessionStore implements SessionStore {
    * archived file is removed. A crash in between leaves both (the active one is used), never
    * neither. Resolves with the active file's size.
    */
-  async restoreFromArchive (file: SessionFile, archivedName: string): Promise<number> {
+  async unarchive (file: SessionFile, archivedName: string): Promise<number> {
     const bytes = await this.save(file)
     const path = join(this.archiveDir, archivedName)
     const removed = await this.fs.unlink(path).then(() => true, (err: NodeJS.ErrnoException) => err.code === 'ENOENT')

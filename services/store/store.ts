@@ -15,7 +15,7 @@ export interface LoadedSession {
 
 /** An archived session read back from the archive. */
 export interface ArchivedSession extends LoadedSession {
-  /** Which archived file it was read from (see restoreFromArchive). */
+  /** Which archived file it was read from (see unarchive). */
   name: string
 }
 
@@ -97,7 +97,7 @@ export interface SessionStore {
    * Durably makes `file` the active session again and then removes the archived file it came
    * from (`archivedName`); a crash in between leaves both, never neither. Resolves with the stored size.
    */
-  restoreFromArchive(file: SessionFile, archivedName: string): Promise<number>
+  unarchive(file: SessionFile, archivedName: string): Promise<number>
   /** Durably deletes every archived file of the session; resolves with how many there were. */
   removeArchived(sessionId: string): Promise<number>
   /** Encryption at rest, when keys are set; null otherwise. */
