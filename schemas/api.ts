@@ -107,7 +107,7 @@ export const ProgressResponse = Type.Composite([
   })
 ], { examples: [{ session_id: 'important_work', ...exampleProgress, running: false }] })
 
-const ExecutedTask = Type.Object({
+export const ExecutedTask = Type.Object({
   task_id: Type.String(),
   instruction: Type.String(),
   status: TaskStatus,

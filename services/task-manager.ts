@@ -1,23 +1,20 @@
+import type { Static } from '@sinclair/typebox'
+import type { StatsResponse } from '../schemas/api.js'
 import { EventEmitter } from 'node:events'
 import type { CommandRuntime } from './runner/agents/command.js'
 import type { AgentsConfig } from './runner/agents/spec.js'
-import { DiskWatch, type DiskSpace } from './store/disk-space.js'
+import { DiskWatch } from './store/disk-space.js'
 import { ArchivedSessions, type ArchivedSessionSummary, type RetentionCutoffs } from './archive/archived-sessions.js'
 import { InvalidSessionIdError, LimitExceededError, NotReadyError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError, TaskNotFailedError, TaskNotFoundError, type TaskvaultError } from './errors.js'
 import { resolveAgents, type AgentRoutes, type Executors } from './runner/executors.js'
 import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
 import { liveFile, unchanged } from './session/draft.js'
-import { SessionRegistry, type SessionSummary, type Totals } from './session/registry.js'
-import type { ArchivedSession, EncryptionStats, SessionStore } from './store/store.js'
+import { SessionRegistry, type SessionSummary } from './session/registry.js'
+import type { ArchivedSession, SessionStore } from './store/store.js'
 import { TaskRunner, type Waiting } from './runner/task-runner.js'
-import type { TaskEventData, TaskEventName } from './events/task-events.js'
+import type { ExecutedTask, Logger, RestoreReport, TaskManagerEvents } from './types.js'
 
-/** The subset of pino's API the manager logs through, so it runs without Fastify. */
-export interface Logger {
-  info(obj: object, msg?: string): void
-  warn(obj: object, msg?: string): void
-  error(obj: object, msg?: string): void
-}
+export type { AgentCallEvent, ExecutedTask, Logger, RestoreReport, TaskFinishedEvent, TaskManagerEvents } from './types.js'
 
 /** Bounds on what clients and agents may store. */
 export interface Limits {
@@ -67,61 +64,11 @@ export interface TaskManagerOptions {
   logger?: Logger
 }
 
-export interface ExecutedTask {
-  task_id: string
-  instruction: string
-  status: Task['status']
-  result: string | null
-  error: string | null
-  confidence: number | null
-  result_truncated?: boolean
-}
-
-export interface RestoreReport {
-  sessions: number
-  /** Sessions in the archive (indexed, not loaded). */
-  archivedSessions: number
-  failedLoads: number
-  resetTasks: number
-  ms: number
-}
-
 /** The seed's counts plus storage figures: what GET /stats serves. */
-export interface ManagerStats extends Omit<Totals, 'bytes' | 'files'> {
-  archived_sessions: number
-  storage: { dir: string, bytes: number, files: number, archive_bytes: number, failed_loads: number, restore_ms: number } & Partial<DiskSpace>
-  encryption: { enabled: false } | ({ enabled: true } & EncryptionStats)
-}
+export type ManagerStats = Static<typeof StatsResponse>
 
 /** Which sessions a list of every session shows. */
 export type ArchivedFilter = 'exclude' | 'include' | 'only'
-
-/** One call to an agent, for metrics and logs. `agent` is the routing key that chose it (a task type or `default`). */
-export interface AgentCallEvent {
-  session_id: string
-  task_id: string
-  task_type: Task['task_type']
-  agent: string
-  attempt: number
-  outcome: 'ok' | 'error' | 'timeout' | 'aborted' | 'cancelled'
-  ms: number
-}
-
-/** What the manager reports as it works; observers (metrics) subscribe without the manager knowing them. */
-/** A task that reached Completed or Failed, once that is durable. */
-export interface TaskFinishedEvent {
-  session_id: string
-  task_id: string
-  status: 'Completed' | 'Failed'
-}
-
-export interface TaskManagerEvents {
-  'agent-call': [AgentCallEvent]
-  'task-finished': [TaskFinishedEvent]
-  restore: [RestoreReport]
-  /** Live-view events (services/task-events.ts), each once its change is durable; built only while someone listens. */
-  'task-event': [TaskEventName, TaskEventData]
-}
 
 /** The reserved id that the list endpoint reads as "every session". */
 export const ALL_SESSIONS = 'all'

@@ -1,5 +1,6 @@
 import type { RetentionCutoffs } from './archived-sessions.js'
-import type { Logger, TaskManager } from '../task-manager.js'
+import type { TaskManager } from '../task-manager.js'
+import type { Logger } from '../types.js'
 import { noop } from '../noop.js'
 
 const DAY_MS = 24 * 60 * 60 * 1000

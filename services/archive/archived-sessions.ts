@@ -3,7 +3,7 @@ import { StaleArchivedCopyError } from '../errors.js'
 import { unchanged, type Draft } from '../session/draft.js'
 import type { SessionRegistry, SessionSummary } from '../session/registry.js'
 import type { ArchiveTotals, ArchivedSession, LoadFailure, SessionStore } from '../store/store.js'
-import type { Logger } from '../task-manager.js'
+import type { Logger } from '../types.js'
 
 export type ArchivedSessionSummary = SessionSummary & { archived: true }
 

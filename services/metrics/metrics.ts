@@ -1,7 +1,8 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
 import { TASK_STATUSES } from '../../schemas/session.js'
 import type { SaveEvent, SessionStore } from '../store/store.js'
-import type { AgentCallEvent, TaskFinishedEvent, TaskManager } from '../task-manager.js'
+import type { TaskManager } from '../task-manager.js'
+import type { AgentCallEvent, TaskFinishedEvent } from '../types.js'
 
 export interface TaskvaultMetricsOptions {
   registry: Registry

@@ -1,29 +1,13 @@
-import type { Task, TaskType } from '../../schemas/session.js'
+import type { TaskType } from '../../schemas/session.js'
 import { commandAgent, DEFAULT_COMMAND_RUNTIME, type CommandRuntime } from './agents/command.js'
 import { openaiAgent } from './agents/openai.js'
 import { AGENT_KEYS, DEFAULT_AGENTS, DEFAULT_POLICY, checkPolicy, type AgentKey, type AgentPolicy, type AgentSpec, type AgentsConfig } from './agents/spec.js'
 import { webhookAgent } from './agents/webhook.js'
 
+import type { ExecutionResult, Executor } from './agents/types.js'
+
 export type { AgentPolicy, AgentsConfig }
-
-export interface ExecutionContext {
-  session_id: string
-  /** 1 for the first call on this task, counting calls before a restart too. */
-  attempt: number
-  /** Aborted on timeout, cancel, or shutdown after the grace period. */
-  signal: AbortSignal
-}
-
-export interface ExecutionResult {
-  result: string
-  /** 0..1, when the agent can tell. */
-  confidence?: number | null
-  /** The agent already cut its output (a command's stdout cap). */
-  truncated?: boolean
-}
-
-/** An agent: runs one task. A thrown error fails the call; an AgentError marked transient is retried. */
-export type Executor = (task: Readonly<Task>, context: ExecutionContext) => Promise<ExecutionResult>
+export type { ExecutionContext, ExecutionResult, Executor } from './agents/types.js'
 
 /** A programmatic agent with its own call policy. */
 export interface ExecutorDefinition extends Partial<AgentPolicy> {

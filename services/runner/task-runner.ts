@@ -7,7 +7,7 @@ import { agentFor, retryDelay, type AgentRoutes, type ExecutionResult } from './
 import { isoNow, truncateUtf8, type Progress, type Task } from '../session/session.js'
 import { liveFile, unchanged } from '../session/draft.js'
 import type { SessionRegistry } from '../session/registry.js'
-import type { ExecutedTask, Logger, TaskManagerEvents } from '../task-manager.js'
+import type { ExecutedTask, Logger, TaskManagerEvents } from '../types.js'
 import type { TaskEventData, TaskEventName } from '../events/task-events.js'
 import { noop } from '../noop.js'
 

@@ -1,3 +1,5 @@
+import type { Static } from '@sinclair/typebox'
+import type { SessionSummary as SessionSummarySchema } from '../../schemas/api.js'
 import { SessionNotFoundError, StorageError } from '../errors.js'
 import { Draft, Unchanged, unchanged, type ChangeFn } from './draft.js'
 import { cloneSessionFile, currentIndex, isoNow, progressOf, type Progress, type SessionFile } from './session.js'
@@ -22,11 +24,8 @@ export interface SessionSlot {
   flushing: Promise<void> | null
 }
 
-export interface SessionSummary extends Progress {
-  session_id: string
-  created_at: string
-  updated_at: string
-}
+/** An active session in a list: its ids, times and progress. */
+export type SessionSummary = Static<typeof SessionSummarySchema>
 
 export interface Totals {
   total_sessions: number

@@ -1,3 +1,5 @@
+import type { Static } from '@sinclair/typebox'
+import type { Progress as ProgressSchema } from '../../schemas/api.js'
 import type { SessionFile, StoredSessionFile, Task, TaskType } from '../../schemas/session.js'
 
 export type { SessionFile, Task, TaskType }
@@ -7,15 +9,8 @@ export interface TaskSpec {
   task_type: TaskType
 }
 
-export interface Progress {
-  total: number
-  completed: number
-  failed: number
-  pending: number
-  in_progress: number
-  all_done: boolean
-  percentage: number
-}
+/** Counts of a session's tasks by status, as the API serves them. */
+export type Progress = Static<typeof ProgressSchema>
 
 export const isoNow = (now: Date): string => now.toISOString()
 

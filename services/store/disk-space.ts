@@ -1,4 +1,4 @@
-import type { Logger } from '../task-manager.js'
+import type { Logger } from '../types.js'
 
 /** Free and total bytes of the filesystem holding the sessions, as /stats and /metrics show them. */
 export interface DiskSpace {

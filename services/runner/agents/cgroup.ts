@@ -4,7 +4,7 @@ import { writeFileSync } from 'node:fs'
 import { access, mkdir, readFile, readdir, rmdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { Logger } from '../../task-manager.js'
+import type { Logger } from '../../types.js'
 import { pidAlive } from '../../pid.js'
 
 /**

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process'
 import { basename } from 'node:path'
 import { AgentError } from '../../errors.js'
-import type { Executor } from '../executors.js'
+import type { Executor } from './types.js'
 import { truncateUtf8 } from '../../session/session.js'
 import { WRAPPER_NAME, type CallCgroups } from './cgroup.js'
 import type { CommandAgentSpec } from './spec.js'

@@ -1,5 +1,5 @@
 import { AgentError } from '../../errors.js'
-import type { Executor } from '../executors.js'
+import type { Executor } from './types.js'
 import { postJson } from './http.js'
 import type { OpenAIAgentSpec } from './spec.js'
 

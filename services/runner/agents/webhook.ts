@@ -1,5 +1,5 @@
 import { AgentError, InvalidAgentConfigError } from '../../errors.js'
-import type { Executor } from '../executors.js'
+import type { Executor } from './types.js'
 import { headersFromEnv, postJson } from './http.js'
 import type { WebhookAgentSpec } from './spec.js'
 
