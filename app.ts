@@ -6,31 +6,22 @@ import configPlugin, { loadConfig, type ConfigPluginOptions } from './plugins/co
 import dashboardPlugin from './plugins/dashboard.js'
 import docsPlugin from './plugins/docs.js'
 import metricsPlugin from './plugins/metrics.js'
-import taskvault from './plugins/taskvault.js'
+import taskvault, { type TaskvaultOptions } from './plugins/taskvault.js'
 import { errorHandler } from './http/error-handler.js'
 import healthRoutes from './routes/health.js'
 import { createValidatorCompiler } from './http/validation.js'
 import { guardConnections } from './http/connections.js'
-import type { Executors } from './services/runner/executors.js'
-import type { FsSeam } from './services/store/fs-seam.js'
 import { RedactingLogController } from './http/log-redaction.js'
 import type { Config } from './schemas/config.js'
 
-export interface BuildAppOptions {
+/** What code (not settings) gives the taskvault plugin: agents as functions, their environment, seams. */
+type CodeOptions = Pick<TaskvaultOptions, 'executors' | 'agents' | 'env' | 'fs' | 'clock'>
+
+export interface BuildAppOptions extends CodeOptions {
   /** Settings that override the environment. */
   config?: ConfigPluginOptions['values']
   /** Read `process.env` and `.env` (default true). */
   readEnvironment?: boolean
-  /** Programmatic agents by task type or `default`; they take precedence over TASK_AGENTS. */
-  executors?: Executors
-  /** Agent specs in the TASK_AGENTS shape, instead of the setting. */
-  agents?: Record<string, unknown>
-  /** Environment that agent specs read secrets from (default process.env). */
-  env?: NodeJS.ProcessEnv
-  /** File-system seam of the store, for fault injection. */
-  fs?: FsSeam
-  /** Time source for timestamps and archiving. */
-  clock?: () => Date
   logger?: FastifyServerOptions['logger']
   /** Node's process metrics on /metrics (process-wide observers: the server turns them on, tests do not). */
   processMetrics?: boolean

@@ -1,7 +1,8 @@
-import { Type } from '@sinclair/typebox'
+import { Type, type Static } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
 import { ArchiveScheduler } from '../services/archive/archive-scheduler.js'
-import { checkOptions, fromSetting, FunctionOption, setting } from './options.js'
+import { ARCHIVER_SETTINGS, resolveSettings, settingOptions } from '../schemas/options.js'
+import { appSettings, checkOptions, functionOption } from './options.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -9,37 +10,22 @@ declare module 'fastify' {
   }
 }
 
-export interface ArchiverPluginOptions {
-  /** Finished sessions older than this many days move to `archive/`; 0 turns archiving off (TASK_ARCHIVE_DAYS). */
-  archiveDays?: number
-  /** How often the archiver runs (TASK_ARCHIVE_INTERVAL_MINUTES). */
-  archiveIntervalMinutes?: number
-  /** Archived sessions older than this many days are deleted; 0 keeps them (TASK_ARCHIVE_RETENTION_DAYS). */
-  archiveRetentionDays?: number
-  /** The same for sessions with a failed task; 0 means archiveRetentionDays (TASK_ARCHIVE_FAILED_RETENTION_DAYS). */
-  archiveFailedRetentionDays?: number
-  clock?: () => Date
-}
-
 export const ArchiverOptionsSchema = Type.Object({
-  archiveDays: fromSetting('TASK_ARCHIVE_DAYS'),
-  archiveIntervalMinutes: fromSetting('TASK_ARCHIVE_INTERVAL_MINUTES'),
-  archiveRetentionDays: fromSetting('TASK_ARCHIVE_RETENTION_DAYS'),
-  archiveFailedRetentionDays: fromSetting('TASK_ARCHIVE_FAILED_RETENTION_DAYS'),
-  clock: Type.Optional(FunctionOption)
+  ...settingOptions(ARCHIVER_SETTINGS).properties,
+  clock: Type.Optional(functionOption<() => Date>())
 }, { additionalProperties: false })
+
+export type ArchiverPluginOptions = Static<typeof ArchiverOptionsSchema>
 
 /** Archives finished sessions and applies retention after restore, then every TASK_ARCHIVE_INTERVAL_MINUTES. */
 export default fp<ArchiverPluginOptions>(async function archiverPlugin (app, options) {
   checkOptions('taskvault-archiver', ArchiverOptionsSchema, options)
+  const settings = resolveSettings(ARCHIVER_SETTINGS, options, appSettings(app))
   const archiver = new ArchiveScheduler({
     manager: app.taskManager,
-    archiveDays: options.archiveDays ?? setting(app, 'TASK_ARCHIVE_DAYS'),
-    retention: {
-      days: options.archiveRetentionDays ?? setting(app, 'TASK_ARCHIVE_RETENTION_DAYS'),
-      failedDays: options.archiveFailedRetentionDays ?? setting(app, 'TASK_ARCHIVE_FAILED_RETENTION_DAYS')
-    },
-    intervalMs: (options.archiveIntervalMinutes ?? setting(app, 'TASK_ARCHIVE_INTERVAL_MINUTES')) * 60_000,
+    archiveDays: settings.archiveDays,
+    retention: { days: settings.archiveRetentionDays, failedDays: settings.archiveFailedRetentionDays },
+    intervalMs: settings.archiveIntervalMinutes * 60_000,
     clock: options.clock,
     logger: app.log
   })

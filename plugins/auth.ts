@@ -1,9 +1,9 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { isIP } from 'node:net'
-import { Type } from '@sinclair/typebox'
+import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { checkOptions, setting } from './options.js'
+import { appSettings, checkOptions } from './options.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -13,14 +13,12 @@ declare module 'fastify' {
   }
 }
 
-export interface AuthPluginOptions {
-  /** Accepted bearer keys; default: TASK_API_KEYS (comma-separated). None leaves the routes open. */
-  apiKeys?: string[]
-}
-
 export const AuthOptionsSchema = Type.Object({
+  /** Accepted bearer keys; default: TASK_API_KEYS (comma-separated). None leaves the routes open. */
   apiKeys: Type.Optional(Type.Array(Type.String({ minLength: 1 })))
 }, { additionalProperties: false })
+
+export type AuthPluginOptions = Static<typeof AuthOptionsSchema>
 
 const digest = (value: string): Buffer => createHash('sha256').update(value, 'utf8').digest()
 
@@ -32,7 +30,7 @@ const digest = (value: string): Buffer => createHash('sha256').update(value, 'ut
  */
 export default fp<AuthPluginOptions>(async function authPlugin (app, options) {
   checkOptions('taskvault-auth', AuthOptionsSchema, options)
-  const configured = options.apiKeys ?? setting(app, 'TASK_API_KEYS').split(',')
+  const configured = options.apiKeys ?? appSettings(app).TASK_API_KEYS.split(',')
   const keys = configured.map((key) => key.trim()).filter((key) => key !== '').map(digest)
   // Only the standalone server knows where it listens; an embedding host decides that itself.
   if (keys.length === 0 && app.hasPlugin('taskvault-config') && !isLoopback(app.config.HOST)) {

@@ -1,8 +1,9 @@
-import { Type } from '@sinclair/typebox'
+import type { Static } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
 import { EventStreamHub } from '../services/events/event-stream.js'
 import { TaskEventBuffer, type TaskEventData, type TaskEventName } from '../services/events/task-events.js'
-import { checkOptions, fromSetting, setting } from './options.js'
+import { EVENTS_SETTINGS, resolveSettings, settingOptions } from '../schemas/options.js'
+import { appSettings, checkOptions } from './options.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -12,26 +13,8 @@ declare module 'fastify' {
   }
 }
 
-export interface EventsPluginOptions {
-  /** Latest events kept for resume (TASK_EVENTS_BUFFER). */
-  eventsBuffer?: number
-  /** Heartbeat period of every stream (TASK_EVENTS_HEARTBEAT_MS). */
-  eventsHeartbeatMs?: number
-  /** Concurrent streams (TASK_EVENTS_MAX_CLIENTS). */
-  eventsMaxClients?: number
-  /** Bytes queued for one client before it is cut off with a reset (TASK_EVENTS_MAX_QUEUED_BYTES). */
-  eventsMaxQueuedBytes?: number
-  /** Events are written to clients at most this often, batched (TASK_EVENTS_FLUSH_MS). */
-  eventsFlushMs?: number
-}
-
-export const EventsOptionsSchema = Type.Object({
-  eventsBuffer: fromSetting('TASK_EVENTS_BUFFER'),
-  eventsHeartbeatMs: fromSetting('TASK_EVENTS_HEARTBEAT_MS'),
-  eventsMaxClients: fromSetting('TASK_EVENTS_MAX_CLIENTS'),
-  eventsMaxQueuedBytes: fromSetting('TASK_EVENTS_MAX_QUEUED_BYTES'),
-  eventsFlushMs: fromSetting('TASK_EVENTS_FLUSH_MS')
-}, { additionalProperties: false })
+export const EventsOptionsSchema = settingOptions(EVENTS_SETTINGS)
+export type EventsPluginOptions = Static<typeof EventsOptionsSchema>
 
 /**
  * The live view's events: the manager's durable changes go into a bounded buffer, and from it
@@ -40,12 +23,13 @@ export const EventsOptionsSchema = Type.Object({
  */
 export default fp<EventsPluginOptions>(async function eventsPlugin (app, options) {
   checkOptions('taskvault-events', EventsOptionsSchema, options)
-  const buffer = new TaskEventBuffer(options.eventsBuffer ?? setting(app, 'TASK_EVENTS_BUFFER'))
+  const settings = resolveSettings(EVENTS_SETTINGS, options, appSettings(app))
+  const buffer = new TaskEventBuffer(settings.eventsBuffer)
   const hub = new EventStreamHub(buffer, {
-    maxClients: options.eventsMaxClients ?? setting(app, 'TASK_EVENTS_MAX_CLIENTS'),
-    heartbeatMs: options.eventsHeartbeatMs ?? setting(app, 'TASK_EVENTS_HEARTBEAT_MS'),
-    maxQueuedBytes: options.eventsMaxQueuedBytes ?? setting(app, 'TASK_EVENTS_MAX_QUEUED_BYTES'),
-    flushMs: options.eventsFlushMs ?? setting(app, 'TASK_EVENTS_FLUSH_MS')
+    maxClients: settings.eventsMaxClients,
+    heartbeatMs: settings.eventsHeartbeatMs,
+    maxQueuedBytes: settings.eventsMaxQueuedBytes,
+    flushMs: settings.eventsFlushMs
   }, app.log)
   const forward = (name: TaskEventName, data: TaskEventData): void => { buffer.append(name, data) }
   app.taskManager.events.on('task-event', forward)

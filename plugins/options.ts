@@ -1,7 +1,8 @@
-import { Type, type TObject, type TOptional, type TSchema } from '@sinclair/typebox'
+import { Type, type Static, type TObject, type TSchema, type TUnsafe } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import type { FastifyInstance } from 'fastify'
-import { ConfigSchema, type Config } from '../schemas/config.js'
+import type { Config } from '../schemas/config.js'
+import { SETTING_DEFAULTS } from '../schemas/options.js'
 import { InvalidOptionsError } from '../services/errors.js'
 
 /**
@@ -14,18 +15,19 @@ import { InvalidOptionsError } from '../services/errors.js'
 /** Keys Fastify itself reads from register options; any plugin may be given them. */
 const FASTIFY_KEYS = ['prefix', 'logLevel', 'logSerializers']
 
-/** Every setting's default, from the one schema that declares them. */
-const DEFAULTS: Readonly<Config> = Value.Create(ConfigSchema)
-
-/** The option schema of a setting: the setting's own type and bounds. */
-export const fromSetting = (key: keyof Config): TOptional<TSchema> => Type.Optional(ConfigSchema.properties[key] as TSchema)
-
 /** A function-valued option (executors, clocks); only its type can be checked. */
-export const FunctionOption = Type.Unsafe<(...args: never[]) => unknown>({ typeof: 'function' })
+export const functionOption = <F extends (...args: never[]) => unknown>(): TUnsafe<F> => Type.Unsafe<F>({ typeof: 'function' })
+export const FunctionOption = functionOption()
 
-/** Where an option falls back to when it is not given: the app's setting, or its default. */
-export function setting<K extends keyof Config> (app: FastifyInstance, key: K): Config[K] {
-  return app.hasPlugin('taskvault-config') ? app.config[key] : DEFAULTS[key]
+/** What options fall back to: the app's settings when taskvault's config plugin is registered, else the defaults. */
+export function appSettings (app: FastifyInstance): Readonly<Config> {
+  return app.hasPlugin('taskvault-config') ? app.config : SETTING_DEFAULTS
+}
+
+/** The options of `schema` among `options`: how a composite plugin hands each part its own. */
+export function pick<S extends TObject> (schema: S, options: object): Static<S> {
+  const own = options as Record<string, unknown>
+  return Object.fromEntries(Object.keys(schema.properties).filter((key) => own[key] !== undefined).map((key) => [key, own[key]])) as Static<S>
 }
 
 /**

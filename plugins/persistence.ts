@@ -1,10 +1,11 @@
-import { Type } from '@sinclair/typebox'
+import { Type, type Static } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
 import { FileSessionStore } from '../services/store/file-store.js'
 import { Keyring } from '../services/store/keyring.js'
 import type { FsSeam } from '../services/store/fs-seam.js'
 import type { SessionStore } from '../services/store/store.js'
-import { checkOptions, fromSetting, setting } from './options.js'
+import { STORE_SETTINGS, resolveSettings, settingOptions } from '../schemas/options.js'
+import { appSettings, checkOptions } from './options.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -12,42 +13,24 @@ declare module 'fastify' {
   }
 }
 
-export interface PersistencePluginOptions {
-  /** Folder of the session files (TASK_STORAGE_DIR). */
-  storageDir?: string
-  /** How often the storage lock is touched (TASK_LOCK_REFRESH_MS). */
-  lockRefreshMs?: number
-  /** A lock untouched for this long is taken over (TASK_LOCK_STALE_MS). */
-  lockStaleMs?: number
-  /** File-system seam, for fault injection in tests. */
-  fs?: FsSeam
-  /** Largest stored form of one session, in bytes (TASK_MAX_SESSION_BYTES). */
-  maxSessionBytes?: number
-  /** Keys that seal session content at rest (TASK_ENCRYPTION_KEYS): `kid:base64key,...` or `@/path`. */
-  encryptionKeys?: string
-}
-
 export const PersistenceOptionsSchema = Type.Object({
-  storageDir: fromSetting('TASK_STORAGE_DIR'),
-  lockRefreshMs: fromSetting('TASK_LOCK_REFRESH_MS'),
-  lockStaleMs: fromSetting('TASK_LOCK_STALE_MS'),
-  fs: Type.Optional(Type.Object({})),
-  maxSessionBytes: fromSetting('TASK_MAX_SESSION_BYTES'),
-  encryptionKeys: fromSetting('TASK_ENCRYPTION_KEYS')
+  ...settingOptions(STORE_SETTINGS).properties,
+  /** File-system seam, for fault injection in tests. */
+  fs: Type.Optional(Type.Unsafe<FsSeam>(Type.Object({})))
 }, { additionalProperties: false })
+
+export type PersistencePluginOptions = Static<typeof PersistenceOptionsSchema>
 
 /** The session store: one durable JSON file per session in the storage folder. */
 export default fp<PersistencePluginOptions>(async function persistencePlugin (app, options) {
   checkOptions('taskvault-persistence', PersistenceOptionsSchema, options)
+  const settings = resolveSettings(STORE_SETTINGS, options, appSettings(app))
   const store = new FileSessionStore({
-    dir: options.storageDir ?? setting(app, 'TASK_STORAGE_DIR'),
+    dir: settings.storageDir,
     fs: options.fs,
-    maxSessionBytes: options.maxSessionBytes ?? setting(app, 'TASK_MAX_SESSION_BYTES'),
-    keyring: Keyring.parse(options.encryptionKeys ?? setting(app, 'TASK_ENCRYPTION_KEYS')),
-    lock: {
-      refreshMs: options.lockRefreshMs ?? setting(app, 'TASK_LOCK_REFRESH_MS'),
-      staleMs: options.lockStaleMs ?? setting(app, 'TASK_LOCK_STALE_MS')
-    }
+    maxSessionBytes: settings.maxSessionBytes,
+    keyring: Keyring.parse(settings.encryptionKeys),
+    lock: { refreshMs: settings.lockRefreshMs, staleMs: settings.lockStaleMs }
   })
   // The heartbeat's findings; subscribed before init so none is missed.
   store.events.on('lock', (event) => {

@@ -1,4 +1,4 @@
-import { Type } from '@sinclair/typebox'
+import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Registry } from 'prom-client'
@@ -12,35 +12,27 @@ import { ROUTE_DOCS } from '../schemas/route-docs.js'
 import { SESSION_ID_PATTERN } from '../schemas/session.js'
 import { InvalidOptionsError } from '../services/errors.js'
 import { registerTaskvaultMetrics } from '../services/metrics/metrics.js'
-import archiverPlugin, { ArchiverOptionsSchema, type ArchiverPluginOptions } from './archiver.js'
-import authPlugin, { AuthOptionsSchema, type AuthPluginOptions } from './auth.js'
-import eventsPlugin, { EventsOptionsSchema, type EventsPluginOptions } from './events.js'
-import { checkOptions, fromSetting, FunctionOption, setting } from './options.js'
-import persistencePlugin, { PersistenceOptionsSchema, type PersistencePluginOptions } from './persistence.js'
-import taskManagerPlugin, { TaskManagerOptionsSchema, type TaskManagerPluginOptions } from './task-manager.js'
+import archiverPlugin, { ArchiverOptionsSchema } from './archiver.js'
+import authPlugin, { AuthOptionsSchema } from './auth.js'
+import eventsPlugin, { EventsOptionsSchema } from './events.js'
+import { settingOptions } from '../schemas/options.js'
+import { appSettings, checkOptions, FunctionOption, pick } from './options.js'
+import persistencePlugin, { PersistenceOptionsSchema } from './persistence.js'
+import taskManagerPlugin, { TaskManagerOptionsSchema } from './task-manager.js'
 
-export interface TaskvaultOptions extends PersistencePluginOptions, TaskManagerPluginOptions, ArchiverPluginOptions, AuthPluginOptions, EventsPluginOptions {
+export const TaskvaultOptionsSchema = Type.Object({
   /** Where the task routes are mounted, e.g. `/agents` gives `POST /agents/create`. Default: none (`/create`). */
-  prefix?: string
-  /** Largest request body in bytes (BODY_LIMIT). */
-  bodyLimit?: number
+  prefix: Type.Optional(Type.String({ pattern: '^(/[^/?#]+)*/?$' })),
+  ...settingOptions({ bodyLimit: 'BODY_LIMIT' }).properties,
   /**
    * Put `taskManager`, `persistence` and `archiver` on the instance taskvault is registered on
    * (default true). A second taskvault on the same instance must say false (or be registered
    * in its own encapsulated context): decorators of one instance cannot be there twice.
    */
-  decorate?: boolean
-  /** A prom-client registry to add taskvault's metrics to (sessions, tasks, saves, restore, agent calls). */
-  metricsRegistry?: Registry
-  /** Prefix of those metric names (default `taskvault_`); two taskvaults sharing a registry need two prefixes. */
-  metricsPrefix?: string
-}
-
-export const TaskvaultOptionsSchema = Type.Object({
-  prefix: Type.Optional(Type.String({ pattern: '^(/[^/?#]+)*/?$' })),
-  bodyLimit: fromSetting('BODY_LIMIT'),
   decorate: Type.Optional(Type.Boolean()),
-  metricsRegistry: Type.Optional(Type.Object({ registerMetric: FunctionOption, getSingleMetric: FunctionOption, removeSingleMetric: FunctionOption })),
+  /** A prom-client registry to add taskvault's metrics to (sessions, tasks, saves, restore, agent calls). */
+  metricsRegistry: Type.Optional(Type.Unsafe<Registry>(Type.Object({ registerMetric: FunctionOption, getSingleMetric: FunctionOption, removeSingleMetric: FunctionOption }))),
+  /** Prefix of those metric names (default `taskvault_`); two taskvaults sharing a registry need two prefixes. */
   metricsPrefix: Type.Optional(Type.String({ pattern: '^[a-zA-Z_:][a-zA-Z0-9_:]*$' })),
   ...PersistenceOptionsSchema.properties,
   ...TaskManagerOptionsSchema.properties,
@@ -48,6 +40,15 @@ export const TaskvaultOptionsSchema = Type.Object({
   ...AuthOptionsSchema.properties,
   ...EventsOptionsSchema.properties
 }, { additionalProperties: false })
+
+export type TaskvaultOptions = Static<typeof TaskvaultOptionsSchema>
+
+// Re-exported so that the emitted types load each part's `declare module 'fastify'` (its decorator).
+export type { ArchiverPluginOptions } from './archiver.js'
+export type { AuthPluginOptions } from './auth.js'
+export type { EventsPluginOptions } from './events.js'
+export type { PersistencePluginOptions } from './persistence.js'
+export type { TaskManagerPluginOptions } from './task-manager.js'
 
 const DECORATORS = ['persistence', 'taskManager', 'archiver', 'taskEvents'] as const
 
@@ -86,43 +87,16 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     if (options.apiKeys !== undefined || !instance.hasPlugin('taskvault-auth')) {
       await instance.register(authPlugin, { apiKeys: options.apiKeys })
     }
-    await instance.register(persistencePlugin, { storageDir: options.storageDir, lockRefreshMs: options.lockRefreshMs, lockStaleMs: options.lockStaleMs, fs: options.fs, maxSessionBytes: options.maxSessionBytes, encryptionKeys: options.encryptionKeys })
-    await instance.register(taskManagerPlugin, {
-      executors: options.executors,
-      agents: options.agents,
-      env: options.env,
-      maxInterruptions: options.maxInterruptions,
-      resumeOnStart: options.resumeOnStart,
-      runRetryMs: options.runRetryMs,
-      runRetryMaxMs: options.runRetryMaxMs,
-      commandDrainMs: options.commandDrainMs,
-      commandCgroup: options.commandCgroup,
-      diskWarnRatio: options.diskWarnRatio,
-      diskCheckIntervalMs: options.diskCheckIntervalMs,
-      diskMaxAgeMs: options.diskMaxAgeMs,
-      autoSave: options.autoSave,
-      restoreConcurrency: options.restoreConcurrency,
-      shutdownGraceMs: options.shutdownGraceMs,
-      maxSessions: options.maxSessions,
-      maxTasksPerSession: options.maxTasksPerSession,
-      maxInstructionBytes: options.maxInstructionBytes,
-      maxResultBytes: options.maxResultBytes,
-      clock: options.clock
-    })
-    await instance.register(archiverPlugin, {
-      archiveDays: options.archiveDays,
-      archiveIntervalMinutes: options.archiveIntervalMinutes,
-      archiveRetentionDays: options.archiveRetentionDays,
-      archiveFailedRetentionDays: options.archiveFailedRetentionDays,
-      clock: options.clock
-    })
+    await instance.register(persistencePlugin, pick(PersistenceOptionsSchema, options))
+    await instance.register(taskManagerPlugin, pick(TaskManagerOptionsSchema, options))
+    await instance.register(archiverPlugin, pick(ArchiverOptionsSchema, options))
     if (options.metricsRegistry !== undefined) {
       // Subscribed now, before onReady, so the restore and every save are seen.
       const unregister = registerTaskvaultMetrics({ registry: options.metricsRegistry, prefix: metricsPrefix, manager: instance.taskManager, store: instance.persistence })
       instance.addHook('onClose', async () => unregister())
     }
-    await instance.register(eventsPlugin, { eventsBuffer: options.eventsBuffer, eventsHeartbeatMs: options.eventsHeartbeatMs, eventsMaxClients: options.eventsMaxClients, eventsMaxQueuedBytes: options.eventsMaxQueuedBytes, eventsFlushMs: options.eventsFlushMs })
-    const bodyLimit = options.bodyLimit ?? setting(instance, 'BODY_LIMIT')
+    await instance.register(eventsPlugin, pick(EventsOptionsSchema, options))
+    const bodyLimit = options.bodyLimit ?? appSettings(instance).BODY_LIMIT
     await instance.register(taskRoutes, { bodyLimit })
     await instance.register(archiveRoutes, { bodyLimit })
     await instance.register(backupRoutes)

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ArchiveBody, responses } from '../schemas/api.js'
-import { setting } from '../plugins/options.js'
+import { SETTING_DEFAULTS } from '../schemas/options.js'
 import { ShuttingDownError } from '../services/errors.js'
 
 /** POST /archive: an archive and retention pass now, queued behind the scheduler's if one is running. */
@@ -8,7 +8,7 @@ const archiveRoutes: FastifyPluginAsyncTypebox<{ bodyLimit?: number }> = async (
   app.addHook('onRequest', app.verifyApiKey)
 
   app.post('/archive', {
-    bodyLimit: options.bodyLimit ?? setting(app, 'BODY_LIMIT'),
+    bodyLimit: options.bodyLimit ?? SETTING_DEFAULTS.BODY_LIMIT,
     // A bare `POST /archive` (no body) means the defaults, like `{}`.
     preValidation: async (request) => { request.body ??= {} },
     schema: { body: ArchiveBody, response: responses.archive }

@@ -13,7 +13,7 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
   }, async () => {
     const reason = app.taskManager.notReady()
     if (reason !== null) throw reason
-    return { status: 'ready' as const, sessions: app.taskManager.registry.size }
+    return { status: 'ready' as const, sessions: app.taskManager.sessionCount }
   })
 }
 

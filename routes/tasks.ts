@@ -1,20 +1,20 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { CreateBody, ExecuteAllBody, LIST_DEFAULTS, ListQuery, RetryBody, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
-import { setting } from '../plugins/options.js'
+import { SETTING_DEFAULTS } from '../schemas/options.js'
 import { InvalidInstructionsError } from '../services/errors.js'
 import { classifyTask, parseInstructions } from '../services/session/parser.js'
 import type { Progress, TaskSpec } from '../services/session/session.js'
 import { ALL_SESSIONS } from '../services/task-manager.js'
 
 export interface TaskRoutesOptions {
-  /** Largest request body in bytes (BODY_LIMIT). */
+  /** Largest request body in bytes (default: BODY_LIMIT's default; the taskvault plugin passes the setting). */
   bodyLimit?: number
 }
 
 /** The seed's task API, mounted under /api/v1/tasks. Handlers stay thin: the manager does the work. */
 const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, options) => {
   const manager = app.taskManager
-  const bodyLimit = options.bodyLimit ?? setting(app, 'BODY_LIMIT')
+  const bodyLimit = options.bodyLimit ?? SETTING_DEFAULTS.BODY_LIMIT
   app.addHook('onRequest', app.verifyApiKey)
 
   app.post('/create', { bodyLimit, schema: { body: CreateBody, response: responses.create } }, async (request) => {

@@ -1,5 +1,6 @@
 import type { Static } from '@sinclair/typebox'
 import type { StatsResponse } from '../schemas/api.js'
+import { MANAGER_SETTINGS, resolveSettings, type ManagerSettings } from '../schemas/options.js'
 import { EventEmitter } from 'node:events'
 import type { CommandRuntime } from './runner/agents/command.js'
 import type { AgentsConfig } from './runner/agents/spec.js'
@@ -16,25 +17,8 @@ import type { ExecutedTask, Logger, RestoreReport, TaskManagerEvents } from './t
 
 export type { AgentCallEvent, ExecutedTask, Logger, RestoreReport, TaskFinishedEvent, TaskManagerEvents } from './types.js'
 
-/** Bounds on what clients and agents may store. */
-export interface Limits {
-  maxSessions: number
-  maxTasksPerSession: number
-  maxInstructionBytes: number
-  /** Longer agent results (and error messages) are cut to this and flagged. */
-  maxResultBytes: number
-}
-
-export const DEFAULT_LIMITS: Limits = {
-  maxSessions: 100_000,
-  maxTasksPerSession: 1000,
-  maxInstructionBytes: 64 * 1024,
-  maxResultBytes: 1024 * 1024
-}
-
-export interface TaskManagerOptions {
+export interface TaskManagerOptions extends Partial<ManagerSettings> {
   store: SessionStore
-  limits?: Partial<Limits>
   /** Programmatic agents by task type or `default`; they take precedence over `agents`. */
   executors?: Executors
   /** Configured agents (the TASK_AGENTS setting, parsed). Unset: the echo demo agent. */
@@ -43,23 +27,6 @@ export interface TaskManagerOptions {
   env?: NodeJS.ProcessEnv
   /** How command agents end and are contained (default: a 200 ms drain, the process group only). */
   command?: CommandRuntime
-  /** Restarts that may find a task running before it is failed instead of run again (default 3). */
-  maxInterruptions?: number
-  /** Resume background runs a restart interrupted (default true). */
-  resumeOnStart?: boolean
-  /** Save on every change (default). Off: save only at graceful shutdown. */
-  autoSave?: boolean
-  restoreConcurrency?: number
-  /** How long running executions may take to finish at shutdown before they are aborted. */
-  shutdownGraceMs?: number
-  /** A background run stopped by a storage fault tries again after this, doubling up to `runRetryMaxMs`. */
-  runRetryMs?: number
-  runRetryMaxMs?: number
-  /** Warn when the storage's free share falls below this (default 0.1); checked every `diskCheckIntervalMs` (default 60000; 0: only on stats). */
-  diskWarnRatio?: number
-  diskCheckIntervalMs?: number
-  /** A free-space reading this recent is reused by stats (default 1000; 0: always read). */
-  diskMaxAgeMs?: number
   clock?: () => Date
   logger?: Logger
 }
@@ -87,14 +54,10 @@ export class TaskManager {
   readonly agents: AgentRoutes
   /** Free space of the storage, read on demand and on a timer; warns when it runs low. */
   readonly disk: DiskWatch
-  private readonly maxInterruptions: number
-  private readonly resumeOnStart: boolean
-  private readonly autoSave: boolean
-  private readonly restoreConcurrency: number
-  private readonly shutdownGraceMs: number
+  /** Every setting the manager runs with: the options given, the settings' defaults for the rest. */
+  private readonly settings: ManagerSettings
   private readonly clock: () => Date
   private readonly log: Logger
-  private readonly limits: Limits
   private readonly runner: TaskRunner
   private restored: RestoreReport | null = null
   private stopping: Promise<void> | null = null
@@ -102,32 +65,27 @@ export class TaskManager {
   constructor (options: TaskManagerOptions) {
     this.store = options.store
     this.agents = resolveAgents(options.executors, options.agents, options.env, options.command)
-    this.maxInterruptions = options.maxInterruptions ?? 3
-    this.resumeOnStart = options.resumeOnStart ?? true
-    this.autoSave = options.autoSave ?? true
-    this.restoreConcurrency = options.restoreConcurrency ?? 2
-    this.shutdownGraceMs = options.shutdownGraceMs ?? 10_000
+    const settings = this.settings = resolveSettings(MANAGER_SETTINGS, options)
     this.clock = options.clock ?? (() => new Date())
     this.log = options.logger ?? silent
-    this.limits = { ...DEFAULT_LIMITS, ...options.limits }
-    this.registry = new SessionRegistry({ store: this.store, autoSave: this.autoSave, clock: this.clock })
+    this.registry = new SessionRegistry({ store: this.store, autoSave: settings.autoSave, clock: this.clock })
     this.runner = new TaskRunner({
       registry: this.registry,
       agents: this.agents,
       events: this.events,
       log: this.log,
-      maxResultBytes: this.limits.maxResultBytes,
-      shutdownGraceMs: this.shutdownGraceMs,
-      runRetryMs: options.runRetryMs ?? 1000,
-      runRetryMaxMs: options.runRetryMaxMs ?? 60_000
+      maxResultBytes: settings.maxResultBytes,
+      shutdownGraceMs: settings.shutdownGraceMs,
+      runRetryMs: settings.runRetryMs,
+      runRetryMaxMs: settings.runRetryMaxMs
     })
     this.archived = new ArchivedSessions({ registry: this.registry, store: this.store, logger: this.log })
     const store = this.store
     this.disk = new DiskWatch({
       read: async () => (store.space === undefined ? null : store.space()),
-      warnRatio: options.diskWarnRatio ?? 0.1,
-      intervalMs: options.diskCheckIntervalMs ?? 60_000,
-      maxAgeMs: options.diskMaxAgeMs ?? 1000,
+      warnRatio: settings.diskWarnRatio,
+      intervalMs: settings.diskCheckIntervalMs,
+      maxAgeMs: settings.diskMaxAgeMs,
       location: store.location,
       logger: this.log
     })
@@ -150,6 +108,11 @@ export class TaskManager {
     if (refusal !== null) throw refusal
   }
 
+  /** Active sessions (archived ones aside). */
+  get sessionCount (): number {
+    return this.registry.size
+  }
+
   /** Executions (execute, execute-all, background runs) in flight now. */
   get runningCount (): number {
     return this.runner.count
@@ -162,7 +125,7 @@ export class TaskManager {
   /** Loads every stored session; interrupted tasks go back to Pending so they run again. */
   async restore (): Promise<RestoreReport> {
     const started = performance.now()
-    const { sessions, failures, removedTempFiles } = await this.store.loadAll({ concurrency: this.restoreConcurrency })
+    const { sessions, failures, removedTempFiles } = await this.store.loadAll({ concurrency: this.settings.restoreConcurrency })
     for (const failure of failures) {
       this.log.error({ file: failure.name, moved_to: failure.movedTo, reason: failure.reason }, 'Could not load a task session; set aside')
     }
@@ -184,13 +147,13 @@ export class TaskManager {
       }).catch((err: Error) => this.log.error({ session_id: file.session_id, err }, 'Could not save the reset of interrupted tasks')))
     }
     await Promise.all(resets)
-    const archive = await this.store.openArchive({ concurrency: this.restoreConcurrency })
+    const archive = await this.store.openArchive({ concurrency: this.settings.restoreConcurrency })
     const ms = Math.round((performance.now() - started) * 100) / 100
     this.restored = { sessions: sessions.length, archivedSessions: archive.sessions, failedLoads: failures.length, resetTasks, ms }
     this.log.info({ sessions: sessions.length, archived: archive.sessions, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from disk`)
     this.events.emit('restore', this.restored)
     this.disk.start()
-    if (this.resumeOnStart) this.runner.resumeBackgroundRuns(backgroundRuns)
+    if (this.settings.resumeOnStart) this.runner.resumeBackgroundRuns(backgroundRuns)
     else if (backgroundRuns.length > 0) this.log.warn({ sessions: backgroundRuns.length }, 'Background runs interrupted by the restart were not resumed (TASK_RESUME_ON_START=false); they resume on a start with it true, or end with an execute-all')
     return this.restored
   }
@@ -202,7 +165,7 @@ export class TaskManager {
   private interrupted (sessionId: string, task: Task, now: Date): void {
     const count = (task.interruptions ?? 0) + 1
     task.interruptions = count
-    if (count >= this.maxInterruptions) {
+    if (count >= this.settings.maxInterruptions) {
       Object.assign(task, { status: 'Failed', error: `interrupted ${count} times`, result: null, confidence: null, completed_at: isoNow(now) })
       this.log.error({ session_id: sessionId, task_id: task.id, interruptions: count }, 'Task interrupted too often; failed')
     } else {
@@ -215,7 +178,7 @@ export class TaskManager {
   async create (sessionId: string, specs: readonly TaskSpec[]): Promise<{ session_id: string, tasks: Task[] }> {
     if (sessionId === ALL_SESSIONS) throw new InvalidSessionIdError(`session id '${ALL_SESSIONS}' is reserved`)
     this.assertOpen()
-    const { maxInstructionBytes, maxTasksPerSession, maxSessions } = this.limits
+    const { maxInstructionBytes, maxTasksPerSession, maxSessions } = this.settings
     specs.forEach((spec, index) => {
       const bytes = Buffer.byteLength(spec.instruction, 'utf8')
       if (bytes > maxInstructionBytes) {
@@ -472,7 +435,7 @@ export class TaskManager {
   async close (): Promise<void> {
     await this.beginShutdown()
     await this.registry.drain()
-    if (!this.autoSave) await this.registry.saveDirty()
+    if (!this.settings.autoSave) await this.registry.saveDirty()
   }
 
   /**

@@ -80,14 +80,6 @@ export class ArchiveIndex {
     return this.entries.get(sessionId)?.files ?? []
   }
 
-  has (sessionId: string): boolean {
-    return this.entries.has(sessionId)
-  }
-
-  summary (sessionId: string): ArchivedSummary | null {
-    return this.entries.get(sessionId)?.summary ?? null
-  }
-
   /** Records the summary read from `name`, if that file is still the newest of its id. */
   setSummary (sessionId: string, name: string, summary: ArchivedSummary): void {
     const entry = this.entries.get(sessionId)

@@ -1,0 +1,84 @@
+import { Type, type TObject, type TOptional } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+import { ConfigSchema, type Config } from './config.js'
+
+/**
+ * Options backed by a setting. Each map names, once, the setting an option falls back to; the
+ * option's type, bounds and default all come from that setting in ConfigSchema. Plugins build
+ * their option schemas from these maps, and services fill what they are not given from the
+ * same defaults, so no default is written twice.
+ */
+
+type Settings = typeof ConfigSchema.properties
+type SettingMap = Readonly<Record<string, keyof Config>>
+
+/** Every setting's default, from the one schema that declares them. */
+export const SETTING_DEFAULTS: Readonly<Config> = Value.Create(ConfigSchema)
+
+/** The options of a map, all present: what a service runs with once fallbacks are applied. */
+export type Resolved<M extends SettingMap> = { -readonly [K in keyof M]: Config[M[K]] }
+
+/** The option schema of a map: each option optional, with its setting's type and bounds. */
+export function settingOptions<M extends SettingMap> (map: M): TObject<{ -readonly [K in keyof M]: TOptional<Settings[M[K]]> }> {
+  const properties = Object.fromEntries(Object.entries(map).map(([option, key]) => [option, Type.Optional(ConfigSchema.properties[key])]))
+  return Type.Object(properties, { additionalProperties: false }) as never
+}
+
+/** Every option of `map`: the given value, else the setting's value in `settings` (its default unless told). */
+export function resolveSettings<M extends SettingMap> (map: M, given: Partial<Resolved<M>>, settings: Readonly<Config> = SETTING_DEFAULTS): Resolved<M> {
+  const resolved: Record<string, unknown> = {}
+  for (const [option, key] of Object.entries(map)) resolved[option] = (given as Record<string, unknown>)[option] ?? settings[key]
+  return resolved as Resolved<M>
+}
+
+/** The file store's settings. */
+export const STORE_SETTINGS = {
+  storageDir: 'TASK_STORAGE_DIR',
+  lockRefreshMs: 'TASK_LOCK_REFRESH_MS',
+  lockStaleMs: 'TASK_LOCK_STALE_MS',
+  maxSessionBytes: 'TASK_MAX_SESSION_BYTES',
+  encryptionKeys: 'TASK_ENCRYPTION_KEYS'
+} as const
+
+/** The task manager's settings: bounds, restore, shutdown, background runs and the disk watch. */
+export const MANAGER_SETTINGS = {
+  autoSave: 'TASK_AUTO_SAVE',
+  restoreConcurrency: 'TASK_RESTORE_CONCURRENCY',
+  shutdownGraceMs: 'TASK_SHUTDOWN_GRACE_MS',
+  maxSessions: 'TASK_MAX_SESSIONS',
+  maxTasksPerSession: 'TASK_MAX_TASKS_PER_SESSION',
+  maxInstructionBytes: 'TASK_MAX_INSTRUCTION_BYTES',
+  maxResultBytes: 'TASK_MAX_RESULT_BYTES',
+  maxInterruptions: 'TASK_MAX_INTERRUPTIONS',
+  resumeOnStart: 'TASK_RESUME_ON_START',
+  runRetryMs: 'TASK_RUN_RETRY_MS',
+  runRetryMaxMs: 'TASK_RUN_RETRY_MAX_MS',
+  diskWarnRatio: 'TASK_DISK_WARN_RATIO',
+  diskCheckIntervalMs: 'TASK_DISK_CHECK_INTERVAL_MS',
+  diskMaxAgeMs: 'TASK_DISK_MAX_AGE_MS'
+} as const
+
+/** How command agents end and are contained. */
+export const COMMAND_SETTINGS = {
+  commandDrainMs: 'TASK_COMMAND_DRAIN_MS',
+  commandCgroup: 'TASK_COMMAND_CGROUP'
+} as const
+
+/** The archiver's schedule and retention. */
+export const ARCHIVER_SETTINGS = {
+  archiveDays: 'TASK_ARCHIVE_DAYS',
+  archiveIntervalMinutes: 'TASK_ARCHIVE_INTERVAL_MINUTES',
+  archiveRetentionDays: 'TASK_ARCHIVE_RETENTION_DAYS',
+  archiveFailedRetentionDays: 'TASK_ARCHIVE_FAILED_RETENTION_DAYS'
+} as const
+
+/** The live view's event stream. */
+export const EVENTS_SETTINGS = {
+  eventsBuffer: 'TASK_EVENTS_BUFFER',
+  eventsHeartbeatMs: 'TASK_EVENTS_HEARTBEAT_MS',
+  eventsMaxClients: 'TASK_EVENTS_MAX_CLIENTS',
+  eventsMaxQueuedBytes: 'TASK_EVENTS_MAX_QUEUED_BYTES',
+  eventsFlushMs: 'TASK_EVENTS_FLUSH_MS'
+} as const
+
+export type ManagerSettings = Resolved<typeof MANAGER_SETTINGS>
