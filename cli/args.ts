@@ -1,19 +1,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util'
-import { TaskvaultError } from '../services/errors.js'
+import { CommandFailedError, UsageError } from '../services/errors.js'
 
-/** A command line that cannot be run as given: exit status 2. */
-export class UsageError extends TaskvaultError {
-  constructor (message: string) {
-    super('USAGE', message)
-  }
-}
-
-/** A command that ran and failed (a bad file found, a refusal, an I/O error): exit status 1. */
-export class CommandFailedError extends TaskvaultError {
-  constructor (message: string) {
-    super('FAILED', message)
-  }
-}
+export { CommandFailedError, UsageError }
 
 export type OptionSpecs = NonNullable<ParseArgsConfig['options']>
 

@@ -3,9 +3,8 @@
  * `taskvault`: the operator's tool for a storage folder (validate, stats, archive, prune,
  * backup, restore, seal), built on the same services as the server.
  */
-import { TaskvaultError } from '../services/errors.js'
+import { StorageLockedError, TaskvaultError } from '../services/errors.js'
 import { Keyring } from '../services/store/keyring.js'
-import { StorageLockedError } from '../services/store/storage-lock.js'
 import { UsageError, isGlobalHelp, parseCommand } from './args.js'
 import type { Command, CommandResult } from './command.js'
 import { archiveCommand, pruneCommand } from './commands/passes.js'

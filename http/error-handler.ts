@@ -1,9 +1,12 @@
 import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
-import { StorageError, TaskvaultError } from '../services/errors.js'
+import { StorageError, TaskvaultError, type ErrorCode } from '../services/errors.js'
 
-/** The one place where domain errors become HTTP statuses. */
-const STATUS_BY_CODE: Readonly<Record<string, number>> = {
+/**
+ * The one place where domain errors become HTTP statuses; every code must be here. 500: the
+ * error stops a boot or a CLI command, or is a bug, and never answers a client's request.
+ */
+const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
   SESSION_NOT_FOUND: 404,
   NO_PENDING_TASK: 409,
   SESSION_BUSY: 409,
@@ -20,11 +23,24 @@ const STATUS_BY_CODE: Readonly<Record<string, number>> = {
   STORAGE_UNAVAILABLE: 503,
   LOCK_LOST: 503,
   STORAGE_FULL: 507,
-  ENCRYPTION_KEY_UNAVAILABLE: 503
+  ENCRYPTION_KEY_UNAVAILABLE: 503,
+  CANCELLED: 500,
+  STORAGE_LOCKED: 500,
+  INVALID_SESSION_STATE: 500,
+  CORRUPT_SESSION_FILE: 500,
+  FOREIGN_STORAGE_FOLDER: 500,
+  INVALID_ARCHIVE: 500,
+  AGENT_FAILED: 500,
+  INVALID_OPTIONS: 500,
+  INVALID_AGENT_CONFIG: 500,
+  INVALID_ENCRYPTION_KEYS: 500,
+  INVALID_LOCK_SETTINGS: 500,
+  USAGE: 500,
+  FAILED: 500
 }
 
 export function statusFor (error: FastifyError | TaskvaultError): number {
-  if (error instanceof TaskvaultError) return STATUS_BY_CODE[error.code] ?? 500
+  if (error instanceof TaskvaultError) return STATUS_BY_CODE[error.code]
   const status = error.statusCode
   return typeof status === 'number' && status >= 400 && status < 600 ? status : 500
 }

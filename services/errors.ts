@@ -1,9 +1,18 @@
 /**
  * Domain errors. Services throw these; the HTTP layer maps each `code` to a status once
- * (routes/error-handler.ts), so nothing here knows about HTTP.
+ * (http/error-handler.ts, whose map must name every code), so nothing here knows about HTTP.
  */
+export const ERROR_CODES = [
+  'SESSION_NOT_FOUND', 'NO_PENDING_TASK', 'SESSION_BUSY', 'TASK_NOT_FOUND', 'TASK_NOT_FAILED', 'NOT_RUNNING', 'CANCELLED',
+  'INVALID_INSTRUCTIONS', 'INVALID_SESSION_ID', 'LIMIT_EXCEEDED', 'SESSION_LIMIT', 'TOO_MANY_STREAMS',
+  'SHUTTING_DOWN', 'NOT_READY', 'STORAGE_UNAVAILABLE', 'STORAGE_FULL', 'LOCK_LOST', 'STORAGE_LOCKED', 'ENCRYPTION_KEY_UNAVAILABLE',
+  'INVALID_SESSION_STATE', 'CORRUPT_SESSION_FILE', 'FOREIGN_STORAGE_FOLDER', 'INVALID_ARCHIVE', 'AGENT_FAILED',
+  'INVALID_OPTIONS', 'INVALID_AGENT_CONFIG', 'INVALID_ENCRYPTION_KEYS', 'INVALID_LOCK_SETTINGS', 'USAGE', 'FAILED'
+] as const
+export type ErrorCode = (typeof ERROR_CODES)[number]
+
 export class TaskvaultError extends Error {
-  constructor (readonly code: string, message: string, options?: ErrorOptions) {
+  constructor (readonly code: ErrorCode, message: string, options?: ErrorOptions) {
     super(message, options)
     this.name = new.target.name
   }
@@ -208,5 +217,41 @@ export class TarFormatError extends TaskvaultError {
 export class InvalidOptionsError extends TaskvaultError {
   constructor (plugin: string, message: string) {
     super('INVALID_OPTIONS', `${plugin}: ${message}`)
+  }
+}
+
+/** A session that does not match the file schema reached a save: a bug, refused before it can reach the disk. */
+export class InvalidSessionStateError extends TaskvaultError {
+  constructor (sessionId: string, problem: string) {
+    super('INVALID_SESSION_STATE', `refusing to save session '${sessionId}': ${problem}`)
+  }
+}
+
+/** Another live server holds the storage folder's lock. Stops the boot. */
+export class StorageLockedError extends TaskvaultError {
+  constructor (readonly dir: string, readonly holder: { pid: number, host: string, since: string }) {
+    super('STORAGE_LOCKED', `storage folder ${dir} is in use by pid ${holder.pid} on host ${holder.host} since ${holder.since}; ` +
+      'only one server may write to a folder at a time')
+  }
+}
+
+/** TASK_LOCK_REFRESH_MS and TASK_LOCK_STALE_MS that do not fit together. Stops the boot. */
+export class InvalidLockSettingsError extends TaskvaultError {
+  constructor (refreshMs: number, staleMs: number) {
+    super('INVALID_LOCK_SETTINGS', `TASK_LOCK_STALE_MS (${staleMs}) must be at least twice TASK_LOCK_REFRESH_MS (${refreshMs})`)
+  }
+}
+
+/** A command line that cannot be run as given: the CLI exits 2. */
+export class UsageError extends TaskvaultError {
+  constructor (message: string) {
+    super('USAGE', message)
+  }
+}
+
+/** A CLI command that ran and failed (a bad file found, a refusal, an I/O error): it exits 1. */
+export class CommandFailedError extends TaskvaultError {
+  constructor (message: string) {
+    super('FAILED', message)
   }
 }

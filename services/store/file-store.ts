@@ -8,7 +8,7 @@ import { SessionFile, SESSION_ID_PATTERN } from '../../schemas/session.js'
 import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from '../archive/archive-index.js'
 import { CoalescedRun } from './coalesce.js'
 import type { DiskSpace } from './disk-space.js'
-import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, StorageError, TaskvaultError } from '../errors.js'
+import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, StorageError, InvalidSessionStateError, TaskvaultError } from '../errors.js'
 import { nodeFs, type FsSeam } from './fs-seam.js'
 import type { Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
@@ -168,7 +168,7 @@ export class FileSessionStore implements SessionStore {
     const candidate: unknown = file
     if (!checkSessionFile.Check(candidate)) {
       const first = checkSessionFile.Errors(candidate).First()
-      throw new TaskvaultError('INVALID_SESSION_STATE', `refusing to save session '${file.session_id}': ${first?.path ?? ''} ${first?.message ?? ''}`)
+      throw new InvalidSessionStateError(file.session_id, `${first?.path ?? ''} ${first?.message ?? ''}`)
     }
     const target = this.pathFor(file.session_id)
     const data = await serializeSessionFile(file, this.indent, this.maxSessionBytes, this.keyring)

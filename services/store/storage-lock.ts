@@ -1,7 +1,7 @@
 import { hostname } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { join } from 'node:path'
-import { LockLostError, TaskvaultError } from '../errors.js'
+import { InvalidLockSettingsError, LockLostError, StorageLockedError } from '../errors.js'
 import type { FsSeam } from './fs-seam.js'
 import { pidAlive } from '../pid.js'
 import { noop } from '../noop.js'
@@ -24,13 +24,6 @@ export type LockEvent =
   | { type: 'recreated', path: string }
   | { type: 'lost', error: LockLostError, found: string }
   | { type: 'check-failed', path: string, err: unknown }
-
-export class StorageLockedError extends TaskvaultError {
-  constructor (readonly dir: string, readonly holder: LockHolder) {
-    super('STORAGE_LOCKED', `storage folder ${dir} is in use by pid ${holder.pid} on host ${holder.host} since ${holder.since}; ` +
-      'only one server may write to a folder at a time')
-  }
-}
 
 export const LOCK_FILE = '.taskvault.lock'
 
@@ -56,7 +49,7 @@ export class StorageLock {
   constructor (private readonly dir: string, private readonly fs: FsSeam, private readonly options: StorageLockOptions,
     private readonly report: (event: LockEvent) => void = noop) {
     if (options.refreshMs * 2 > options.staleMs) {
-      throw new TaskvaultError('INVALID_LOCK_SETTINGS', `TASK_LOCK_STALE_MS (${options.staleMs}) must be at least twice TASK_LOCK_REFRESH_MS (${options.refreshMs})`)
+      throw new InvalidLockSettingsError(options.refreshMs, options.staleMs)
     }
     this.path = join(dir, LOCK_FILE)
     this.me = { pid: process.pid, host: hostname(), since: new Date().toISOString() }
