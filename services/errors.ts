@@ -220,13 +220,6 @@ export class InvalidOptionsError extends TaskvaultError {
   }
 }
 
-/** A session that does not match the file schema reached a save: a bug, refused before it can reach the disk. */
-export class InvalidSessionStateError extends TaskvaultError {
-  constructor (sessionId: string, problem: string) {
-    super('INVALID_SESSION_STATE', `refusing to save session '${sessionId}': ${problem}`)
-  }
-}
-
 /** Another live server holds the storage folder's lock. Stops the boot. */
 export class StorageLockedError extends TaskvaultError {
   constructor (readonly dir: string, readonly holder: { pid: number, host: string, since: string }) {

@@ -1,18 +1,20 @@
 import { EventEmitter } from 'node:events'
-import { constants, type Dirent } from 'node:fs'
+import { constants } from 'node:fs'
 import { statfs } from 'node:fs/promises'
 import { dirname, join, resolve, sep } from 'node:path'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import pLimit from 'p-limit'
 import { SessionFile, SESSION_ID_PATTERN } from '../../schemas/session.js'
-import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from '../archive/archive-index.js'
+import type { ArchiveTotals, ArchivedSummary } from '../archive/archive-index.js'
+import { FileArchive } from './file-archive.js'
+import { FolderFiles } from './folder-files.js'
 import { CoalescedRun } from './coalesce.js'
 import type { DiskSpace } from './disk-space.js'
-import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, StorageError, InvalidSessionStateError, TaskvaultError } from '../errors.js'
+import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, StorageError, TaskvaultError } from '../errors.js'
 import { nodeFs, type FsSeam } from './fs-seam.js'
 import type { Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
-import { ARCHIVED_FILE, DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, fsyncDir, parseSessionFile, readSessionDocument, readWhole, serializeSessionFile, writeAndRename } from './session-files.js'
+import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, fsyncDir, readSessionDocument, serializeSessionFile, writeAndRename } from './session-files.js'
 import { MARKER_FILE, firstForeignFile, readMarker, writeMarker } from './storage-folder.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
 import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents } from './store.js'
@@ -54,8 +56,6 @@ export interface StorageInitReport {
  */
 export class FileSessionStore implements SessionStore {
   readonly dir: string
-  readonly archiveDir: string
-  readonly corruptDir: string
   /** Observers subscribe here; the store does not know them. */
   readonly events = new EventEmitter<SessionStoreEvents>()
   private readonly fs: FsSeam
@@ -67,21 +67,39 @@ export class FileSessionStore implements SessionStore {
   private readonly kidCounts = new Map<string, number>()
   private readonly dirSync: CoalescedRun
   private readonly lock: StorageLock | null
-  private readonly archiveIndex = new ArchiveIndex()
-  private summaryFill: Promise<LoadFailure[]> | null = null
-  private readConcurrency = 32
+  private readonly files: FolderFiles
+  private readonly archived: FileArchive
   private tempSeq = 0
 
   constructor (options: FileSessionStoreOptions) {
     this.dir = resolve(options.dir)
-    this.archiveDir = join(this.dir, 'archive')
-    this.corruptDir = join(this.dir, 'corrupt')
     this.fs = options.fs ?? nodeFs
     this.indent = options.indent ?? 2
     this.maxSessionBytes = options.maxSessionBytes ?? Number.POSITIVE_INFINITY
     this.keyring = options.keyring ?? null
     this.dirSync = new CoalescedRun(() => fsyncDir(this.fs, this.dir))
     this.lock = options.lock ? new StorageLock(this.dir, this.fs, options.lock, (event) => this.events.emit('lock', event)) : null
+    this.files = new FolderFiles({ fs: this.fs, dir: this.dir, keyring: this.keyring, unwritable: () => this.unwritable() !== null })
+    this.archived = new FileArchive({
+      fs: this.fs,
+      dir: join(this.dir, 'archive'),
+      files: this.files,
+      active: {
+        pathFor: (sessionId) => this.pathFor(sessionId),
+        assertWritable: () => this.assertWritable(),
+        save: async (file) => this.save(file),
+        movedOut: (sessionId) => this.stored(sessionId, null),
+        syncChanged: async (operation) => this.syncDir(operation, true)
+      }
+    })
+  }
+
+  get archiveDir (): string {
+    return this.archived.dir
+  }
+
+  get corruptDir (): string {
+    return this.files.corruptDir
   }
 
   /** Why nothing may be written any more (the lock was lost to another writer), or null. */
@@ -168,7 +186,7 @@ export class FileSessionStore implements SessionStore {
     const candidate: unknown = file
     if (!checkSessionFile.Check(candidate)) {
       const first = checkSessionFile.Errors(candidate).First()
-      throw new InvalidSessionStateError(file.session_id, `${first?.path ?? ''} ${first?.message ?? ''}`)
+      throw new TaskvaultError('INVALID_SESSION_STATE', `refusing to save session '${file.session_id}': ${first?.path ?? ''} ${first?.message ?? ''}`)
     }
     const target = this.pathFor(file.session_id)
     const data = await serializeSessionFile(file, this.indent, this.maxSessionBytes, this.keyring)
@@ -197,12 +215,17 @@ export class FileSessionStore implements SessionStore {
   }
 
   async loadAll ({ concurrency }: { concurrency: number }): Promise<LoadResult> {
-    const entries = await this.list(this.dir)
-    const sessions: LoadedSession[] = []
-    const failures: LoadFailure[] = []
-    let removedTempFiles = 0
+    const { names, removedTempFiles } = await this.listSessionFiles()
+    const { sessions, failures } = await this.readSessionFiles(names, concurrency)
+    if (removedTempFiles > 0 || failures.length > 0) await this.syncDir('restoring sessions')
+    return { sessions, failures, removedTempFiles }
+  }
+
+  /** The session files of the folder, by name; temp files left by interrupted saves are removed. */
+  private async listSessionFiles (): Promise<{ names: string[], removedTempFiles: number }> {
     const names: string[] = []
-    for (const entry of entries) {
+    let removedTempFiles = 0
+    for (const entry of await this.files.list(this.dir)) {
       // Dirent types come from readdir without following links: symlinks, folders,
       // sockets and the like are never read.
       if (!entry.isFile()) continue
@@ -213,53 +236,28 @@ export class FileSessionStore implements SessionStore {
         names.push(entry.name)
       }
     }
-    // Reader threads read the next batches while this thread parses the one before. p-limit keeps
-    // two batches per thread in flight: enough to never leave a thread idle, and memory bounded.
+    return { names, removedTempFiles }
+  }
+
+  /**
+   * Reads session files in batches on reader threads, which read (and open sealed files) while
+   * this thread parses the batch before. Unreadable files are set aside; files sealed under a
+   * key we lack, or a key that opens none of its files, stop the restore and stay untouched.
+   */
+  private async readSessionFiles (names: string[], concurrency: number): Promise<{ sessions: LoadedSession[], failures: LoadFailure[] }> {
+    const read: BatchOutcome = { sessions: [], failures: [], missingKeys: new Map(), unopened: new Map() }
     const pool = new ReaderPool(Math.min(concurrency, Math.ceil(names.length / RESTORE_BATCH_FILES)), this.keyring?.entries() ?? null)
+    // p-limit keeps two batches per thread in flight: enough to never leave a thread idle, and memory bounded.
     const limit = pLimit(concurrency * 2)
     // Once one batch fails the restore has failed: batches still queued must not start (nor set files aside).
     let failed = false
-    const missing = new Map<string, number>()
-    const unopened = new Map<string, Array<{ name: string, reason: string }>>()
     try {
       await Promise.all(batches(names, RESTORE_BATCH_FILES).map((batch) => limit(async () => {
         if (failed) return
-        const read = await pool.read(this.dir, batch).catch((err: Error) => {
+        const result = await pool.read(this.dir, batch).catch((err: Error) => {
           throw new StorageError(`reading ${this.dir}`, Object.assign(err, { code: 'EIO' }))
         })
-        const data = Buffer.from(read.data.buffer, read.data.byteOffset, read.data.byteLength)
-        for (const file of read.files) {
-          // An I/O error (EMFILE, EIO, EACCES) says nothing about the file: it fails the restore
-          // rather than setting a healthy file aside.
-          if ('code' in file) {
-            if (file.code === 'ENOTREG') continue
-            throw new StorageError(`reading ${file.name}`, Object.assign(new Error(file.code), { code: file.code }))
-          }
-          try {
-            // A sealed file was opened by the reader thread; what is left is a plaintext check.
-            if ('sealed' in file) {
-              if (file.sealed === 'key') throw new KeyUnavailableError(file.kid)
-              if (file.kid !== undefined) {
-                // Set aside below, unless no file under this kid opens: then the key is wrong, not the files.
-                unopened.set(file.kid, [...(unopened.get(file.kid) ?? []), { name: file.name, reason: file.reason }])
-                continue
-              }
-              throw new CorruptSessionFileError(file.name, file.reason)
-            }
-            const text = data.toString('utf8', file.offset, file.offset + file.length)
-            const read = readSessionDocument(file.name, text, file.name.slice(0, -'.json'.length), this.keyring)
-            sessions.push({ file: read.file, bytes: file.stored ?? file.length })
-            this.stored(read.file.session_id, file.kid ?? read.kid ?? '')
-          } catch (err) {
-            // Sealed under a key we lack: counted, left exactly where it is, and the boot stops below.
-            if (err instanceof KeyUnavailableError) {
-              missing.set(err.kid, (missing.get(err.kid) ?? 0) + 1)
-              continue
-            }
-            if (!(err instanceof CorruptSessionFileError)) throw err
-            failures.push({ name: file.name, reason: err.message, movedTo: await this.setAside(this.dir, file.name) })
-          }
-        }
+        await this.takeBatch(result, read)
       }).catch((err: unknown) => {
         failed = true
         throw err
@@ -268,169 +266,98 @@ export class FileSessionStore implements SessionStore {
       limit.clearQueue()
       await pool.close()
     }
-    if (missing.size > 0) {
-      const counts = [...missing].map(([kid, count]) => `${count} session${count === 1 ? '' : 's'} need key '${kid}'`).join(', ')
-      throw new KeyUnavailableError([...missing.keys()][0] as string, `cannot restore: ${counts}, which TASK_ENCRYPTION_KEYS does not hold. Add the key back; those files were left untouched`)
+    await this.checkKeys(read)
+    return { sessions: read.sessions, failures: read.failures }
+  }
+
+  /** Parses what a reader thread read: sessions are kept, corrupt files set aside, key trouble noted for checkKeys. */
+  private async takeBatch (result: BatchResult, out: BatchOutcome): Promise<void> {
+    const data = Buffer.from(result.data.buffer, result.data.byteOffset, result.data.byteLength)
+    for (const file of result.files) {
+      // An I/O error (EMFILE, EIO, EACCES) says nothing about the file: it fails the restore
+      // rather than setting a healthy file aside.
+      if ('code' in file) {
+        if (file.code === 'ENOTREG') continue
+        throw new StorageError(`reading ${file.name}`, Object.assign(new Error(file.code), { code: file.code }))
+      }
+      try {
+        // A sealed file was opened by the reader thread; what is left is a plaintext check.
+        if ('sealed' in file) {
+          if (file.sealed === 'key') throw new KeyUnavailableError(file.kid)
+          if (file.kid !== undefined) {
+            // Set aside by checkKeys, unless no file under this kid opens: then the key is wrong, not the files.
+            out.unopened.set(file.kid, [...(out.unopened.get(file.kid) ?? []), { name: file.name, reason: file.reason }])
+            continue
+          }
+          throw new CorruptSessionFileError(file.name, file.reason)
+        }
+        const text = data.toString('utf8', file.offset, file.offset + file.length)
+        const parsed = readSessionDocument(file.name, text, file.name.slice(0, -'.json'.length), this.keyring)
+        out.sessions.push({ file: parsed.file, bytes: file.stored ?? file.length })
+        this.stored(parsed.file.session_id, file.kid ?? parsed.kid ?? '')
+      } catch (err) {
+        // Sealed under a key we lack: counted, left exactly where it is, and the restore stops in checkKeys.
+        if (err instanceof KeyUnavailableError) {
+          out.missingKeys.set(err.kid, (out.missingKeys.get(err.kid) ?? 0) + 1)
+          continue
+        }
+        if (!(err instanceof CorruptSessionFileError)) throw err
+        out.failures.push({ name: file.name, reason: err.message, movedTo: await this.files.setAside(this.dir, file.name) })
+      }
     }
-    for (const [kid, files] of unopened) {
+  }
+
+  /** Stops the restore when keys are missing or wrong; files one right key could not open are set aside. */
+  private async checkKeys (read: BatchOutcome): Promise<void> {
+    if (read.missingKeys.size > 0) {
+      const counts = [...read.missingKeys].map(([kid, count]) => `${count} session${count === 1 ? '' : 's'} need key '${kid}'`).join(', ')
+      throw new KeyUnavailableError([...read.missingKeys.keys()][0] as string, `cannot restore: ${counts}, which TASK_ENCRYPTION_KEYS does not hold. Add the key back; those files were left untouched`)
+    }
+    for (const [kid, files] of read.unopened) {
       if ((this.kidCounts.get(kid) ?? 0) === 0) {
         throw new KeyUnavailableError(kid, `cannot restore: key '${kid}' opens none of the ${files.length} sessions sealed under it; ` +
           'TASK_ENCRYPTION_KEYS holds a different key under that kid. Put the right key back; those files were left untouched')
       }
-      for (const file of files) failures.push({ name: file.name, reason: `${file.name}: ${file.reason}`, movedTo: await this.setAside(this.dir, file.name) })
+      for (const file of files) read.failures.push({ name: file.name, reason: `${file.name}: ${file.reason}`, movedTo: await this.files.setAside(this.dir, file.name) })
     }
-    if (removedTempFiles > 0 || failures.length > 0) await this.syncDir('restoring sessions')
-    return { sessions, failures, removedTempFiles }
   }
 
-  // --- The archive: `archive/`, indexed in memory by names and sizes, read on demand. ---
+  // --- The archive half (file-archive.ts): `archive/`, indexed in memory, read on demand. ---
 
-  /**
-   * Indexes `archive/` from its listing and file sizes only: archived files are read when a
-   * list, a read or retention first needs them. Leftover temp files are removed.
-   */
-  async openArchive ({ concurrency }: { concurrency: number }): Promise<ArchiveTotals> {
-    this.archiveIndex.clear()
-    this.readConcurrency = concurrency
-    // A missing archive/ is empty; one that is not a real folder is never read (archiving refuses it too).
-    const stat = await this.fs.lstat(this.archiveDir).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT') return null
-      throw new StorageError(`reading ${this.archiveDir}`, err)
-    })
-    if (stat === null || !stat.isDirectory()) return { ...this.archiveTotals() }
-    const entries = await this.list(this.archiveDir)
-    const limit = pLimit(concurrency)
-    let removedTempFiles = 0
-    await Promise.all(entries.map((entry) => limit(async () => {
-      if (!entry.isFile()) return
-      const path = join(this.archiveDir, entry.name)
-      if (TEMP_FILE.test(entry.name)) {
-        if (await this.fs.unlink(path).then(() => true, () => false)) removedTempFiles++
-        return
-      }
-      const match = ARCHIVED_FILE.exec(entry.name)
-      if (match === null) return
-      try {
-        const { size } = await this.fs.lstat(path)
-        this.archiveIndex.add(match[1] as string, { name: entry.name, bytes: size, stamp: Number(match[2] ?? 0) }, null)
-      } catch (err) {
-        // Gone since the listing: nothing to index.
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new StorageError(`reading ${path}`, err as NodeJS.ErrnoException)
-      }
-    })))
-    if (removedTempFiles > 0) await fsyncDir(this.fs, this.archiveDir).catch(noop)
-    return { ...this.archiveTotals() }
+  openArchive (options: { concurrency: number }): Promise<ArchiveTotals> {
+    return this.archived.open(options)
   }
 
-  /**
-   * Durably moves the session's file into `archive/` by rename. An earlier archive of the
-   * same id is never replaced: the later one is saved as `<id>.<ms>.json`.
-   */
-  async archive (file: SessionFile): Promise<void> {
-    const sessionId = file.session_id
-    const source = this.pathFor(sessionId)
-    this.assertWritable()
-    const operation = `archiving session '${sessionId}'`
-    let stamp = 0
-    let name = `${sessionId}.json`
-    try {
-      await this.ensureRealDir(this.archiveDir)
-      // Only ENOENT means the name is free; any other lstat error stops the move rather than risk an overwrite.
-      while (await this.fs.lstat(join(this.archiveDir, name)).then(() => true, (err: NodeJS.ErrnoException) => {
-        if (err.code === 'ENOENT') return false
-        throw err
-      })) {
-        stamp = Math.max(stamp + 1, Date.now())
-        name = `${sessionId}.${stamp}.json`
-      }
-      await this.fs.rename(source, join(this.archiveDir, name))
-    } catch (err) {
-      throw new StorageError(operation, err as NodeJS.ErrnoException)
-    }
-    // The file is in archive/ now, whatever fails next: the index says so.
-    this.stored(sessionId, null)
-    const size = await this.fs.lstat(join(this.archiveDir, name)).then((stat) => stat.size, () => 0)
-    this.archiveIndex.add(sessionId, { name, bytes: size, stamp }, summarize(file, name))
-    try {
-      await fsyncDir(this.fs, this.archiveDir)
-    } catch (err) {
-      const error = new StorageError(operation, err as NodeJS.ErrnoException)
-      error.uncertain = true
-      throw error
-    }
-    await this.syncDir(operation, true)
+  archive (file: SessionFile): Promise<void> {
+    return this.archived.archive(file)
   }
 
   archivedName (sessionId: string): string | null {
-    return this.archiveIndex.newest(sessionId)?.name ?? null
+    return this.archived.newestName(sessionId)
   }
 
   archivedIds (): string[] {
-    return this.archiveIndex.ids()
+    return this.archived.ids()
   }
 
   archiveTotals (): Readonly<ArchiveTotals> {
-    return this.archiveIndex.stats()
+    return this.archived.totals()
   }
 
-  /** The archived session, read from its file; an unreadable file is set aside and the next older one (if any) is tried. */
-  async readArchived (sessionId: string): Promise<{ session: ArchivedSession | null, failures: LoadFailure[] }> {
-    const failures: LoadFailure[] = []
-    for (let newest = this.archiveIndex.newest(sessionId); newest !== null; newest = this.archiveIndex.newest(sessionId)) {
-      const loaded = await this.loadFile(this.archiveDir, newest.name, sessionId)
-      if (loaded !== null && 'reason' in loaded) failures.push(loaded)
-      if (loaded !== null && 'file' in loaded) {
-        this.archiveIndex.setSummary(sessionId, newest.name, summarize(loaded.file, newest.name))
-        return { session: { ...loaded, name: newest.name }, failures }
-      }
-      this.archiveIndex.remove(sessionId, newest.name)
-    }
-    return { session: null, failures }
+  readArchived (sessionId: string): Promise<{ session: ArchivedSession | null, failures: LoadFailure[] }> {
+    return this.archived.read(sessionId)
   }
 
-  /** Every archived session's summary; files not read yet are read now, in parallel. */
-  async listArchived (): Promise<{ sessions: ArchivedSummary[], failures: LoadFailure[] }> {
-    // Concurrent callers share one pass over the unread files; its failures are reported once.
-    const started = this.summaryFill === null
-    this.summaryFill ??= this.fillSummaries().finally(() => { this.summaryFill = null })
-    const failures = await this.summaryFill
-    return { sessions: this.archiveIndex.summaries(), failures: started ? failures : [] }
+  listArchived (): Promise<{ sessions: ArchivedSummary[], failures: LoadFailure[] }> {
+    return this.archived.list()
   }
 
-  /**
-   * Brings an archived session back: the active file is written durably first, then the
-   * archived file is removed. A crash in between leaves both (the active one is used), never
-   * neither. Resolves with the active file's size.
-   */
-  async unarchive (file: SessionFile, archivedName: string): Promise<number> {
-    const bytes = await this.save(file)
-    const path = join(this.archiveDir, archivedName)
-    const removed = await this.fs.unlink(path).then(() => true, (err: NodeJS.ErrnoException) => err.code === 'ENOENT')
-    // A file that could not be removed stays as an older copy behind the active session.
-    if (removed) {
-      this.archiveIndex.remove(file.session_id, archivedName)
-      await fsyncDir(this.fs, this.archiveDir).catch(noop)
-    }
-    return bytes
+  unarchive (file: SessionFile, archivedName: string): Promise<number> {
+    return this.archived.unarchive(file, archivedName)
   }
 
-  /** Durably deletes every archived file of the session; resolves with how many there were. */
-  async removeArchived (sessionId: string): Promise<number> {
-    const files = [...this.archiveIndex.files(sessionId)]
-    if (files.length === 0) return 0
-    this.assertWritable()
-    try {
-      for (const { name } of files) {
-        await this.fs.unlink(join(this.archiveDir, name)).catch((err: NodeJS.ErrnoException) => {
-          if (err.code !== 'ENOENT') throw err
-        })
-        this.archiveIndex.remove(sessionId, name)
-      }
-      await fsyncDir(this.fs, this.archiveDir)
-    } catch (err) {
-      throw new StorageError(`deleting archived session '${sessionId}'`, err as NodeJS.ErrnoException)
-    }
-    return files.length
+  removeArchived (sessionId: string): Promise<number> {
+    return this.archived.remove(sessionId)
   }
 
   /** The filesystem of the folder, by statfs: one syscall, cheap enough for every scrape. */
@@ -469,60 +396,8 @@ export class FileSessionStore implements SessionStore {
     this.kidCounts.set(kid, (this.kidCounts.get(kid) ?? 0) + 1)
   }
 
-  private async fillSummaries (): Promise<LoadFailure[]> {
-    const limit = pLimit(this.readConcurrency)
-    const failures: LoadFailure[] = []
-    await Promise.all(this.archiveIndex.unsummarized().map((sessionId) => limit(async () => {
-      failures.push(...(await this.readArchived(sessionId)).failures)
-    })))
-    return failures
-  }
-
-  private async list (dir: string): Promise<Dirent[]> {
-    try {
-      return await this.fs.readdir(dir, { withFileTypes: true })
-    } catch (err) {
-      throw new StorageError(`listing storage folder ${dir}`, err as NodeJS.ErrnoException)
-    }
-  }
-
-  /**
-   * Reads and checks one file. A file that is readable but wrong is set aside into
-   * `corrupt/` and reported; an I/O error (EMFILE, EIO, EACCES) says nothing about the file
-   * and is thrown instead, leaving the file where it is.
-   */
-  private async loadFile (dir: string, name: string, sessionId: string): Promise<LoadedSession | LoadFailure | null> {
-    try {
-      const data = await readWhole(this.fs, join(dir, name))
-      return { file: parseSessionFile(name, data.toString('utf8'), sessionId, this.keyring), bytes: data.length }
-    } catch (err) {
-      // An archived file removed by hand since it was indexed is simply gone.
-      if (dir === this.archiveDir && (err as NodeJS.ErrnoException).code === 'ENOENT') return null
-      // Sealed under a key we lack: never set aside, never overwritten.
-      if (err instanceof KeyUnavailableError) throw err
-      if (!(err instanceof CorruptSessionFileError)) throw new StorageError(`reading ${name}`, err as NodeJS.ErrnoException)
-      return { name: dir === this.dir ? name : `archive/${name}`, reason: err.message, movedTo: await this.setAside(dir, name) }
-    }
-  }
-
   private tempPath (sessionId: string): string {
     return join(this.dir, `.${sessionId}.${process.pid}.${++this.tempSeq}.tmp`)
-  }
-
-  /** Moves an unreadable file into `corrupt/`, never deleting it; null if it could not be moved. */
-  private async setAside (dir: string, name: string): Promise<string | null> {
-    // Once another server holds the folder, even a read must move nothing.
-    if (this.unwritable() !== null) return null
-    try {
-      await this.ensureRealDir(this.corruptDir)
-      // Unique per process and call, so two set-asides of one name never overwrite each other.
-      const target = join(this.corruptDir, `${name}.${Date.now()}.${process.pid}.${++this.tempSeq}`)
-      await this.fs.rename(join(dir, name), target)
-      await fsyncDir(this.fs, this.corruptDir)
-      return target
-    } catch {
-      return null
-    }
   }
 
   /** A folder's mode, following a symlink to it: the folder that is actually written to. */
@@ -533,13 +408,6 @@ export class FileSessionStore implements SessionStore {
     } finally {
       await handle.close()
     }
-  }
-
-  /** Creates a subfolder, refusing one that is a symlink (it could lead out of the storage folder). */
-  private async ensureRealDir (dir: string): Promise<void> {
-    await this.fs.ensureDir(dir, DIR_MODE)
-    const stat = await this.fs.lstat(dir)
-    if (!stat.isDirectory()) throw Object.assign(new Error(`${dir} is not a real folder (a symlink?); refusing to move files into it`), { code: 'ENOTDIR' })
   }
 
   /** `afterChange`: the folder entry was already changed, so a failure leaves the outcome uncertain. */
@@ -553,6 +421,18 @@ export class FileSessionStore implements SessionStore {
     }
   }
 }
+
+/** What the restore gathered from the batches read so far. */
+interface BatchOutcome {
+  sessions: LoadedSession[]
+  failures: LoadFailure[]
+  /** Files sealed under a kid TASK_ENCRYPTION_KEYS does not hold, by kid. */
+  missingKeys: Map<string, number>
+  /** Files the kid's key did not open (wrong key, or damaged files), by kid. */
+  unopened: Map<string, Array<{ name: string, reason: string }>>
+}
+
+type BatchResult = Awaited<ReturnType<ReaderPool['read']>>
 
 function batches<T> (items: T[], size: number): T[][] {
   const out: T[][] = []

@@ -1,0 +1,208 @@
+import { join } from 'node:path'
+import pLimit from 'p-limit'
+import type { SessionFile } from '../../schemas/session.js'
+import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from '../archive/archive-index.js'
+import { StorageError } from '../errors.js'
+import type { FolderFiles } from './folder-files.js'
+import type { FsSeam } from './fs-seam.js'
+import { ARCHIVED_FILE, TEMP_FILE, fsyncDir } from './session-files.js'
+import type { ArchivedSession, LoadFailure } from './store.js'
+import { noop } from '../noop.js'
+
+/** What the archive needs from the active half of the file store. */
+export interface ActiveFolder {
+  pathFor(sessionId: string): string
+  assertWritable(): void
+  save(file: SessionFile): Promise<number>
+  /** The session's active file was renamed into the archive. */
+  movedOut(sessionId: string): void
+  /** Makes a change to the active folder's entries durable; a failure leaves the change uncertain. */
+  syncChanged(operation: string): Promise<void>
+}
+
+export interface FileArchiveOptions {
+  fs: FsSeam
+  /** `archive/` inside the storage folder. */
+  dir: string
+  files: FolderFiles
+  active: ActiveFolder
+}
+
+/**
+ * The file store's archive half: `archive/`, indexed in memory by names and sizes and read on
+ * demand. A session archived twice keeps both files (`<id>.json`, then `<id>.<ms>.json`).
+ */
+export class FileArchive {
+  readonly dir: string
+  private readonly fs: FsSeam
+  private readonly files: FolderFiles
+  private readonly active: ActiveFolder
+  private readonly index = new ArchiveIndex()
+  private summaryFill: Promise<LoadFailure[]> | null = null
+  private readConcurrency = 32
+
+  constructor (options: FileArchiveOptions) {
+    this.dir = options.dir
+    this.fs = options.fs
+    this.files = options.files
+    this.active = options.active
+  }
+
+  /**
+   * Indexes `archive/` from its listing and file sizes only: archived files are read when a
+   * list, a read or retention first needs them. Leftover temp files are removed.
+   */
+  async open ({ concurrency }: { concurrency: number }): Promise<ArchiveTotals> {
+    this.index.clear()
+    this.readConcurrency = concurrency
+    // A missing archive/ is empty; one that is not a real folder is never read (archiving refuses it too).
+    const stat = await this.fs.lstat(this.dir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return null
+      throw new StorageError(`reading ${this.dir}`, err)
+    })
+    if (stat === null || !stat.isDirectory()) return { ...this.totals() }
+    const entries = await this.files.list(this.dir)
+    const limit = pLimit(concurrency)
+    let removedTempFiles = 0
+    await Promise.all(entries.map((entry) => limit(async () => {
+      if (!entry.isFile()) return
+      const path = join(this.dir, entry.name)
+      if (TEMP_FILE.test(entry.name)) {
+        if (await this.fs.unlink(path).then(() => true, () => false)) removedTempFiles++
+        return
+      }
+      const match = ARCHIVED_FILE.exec(entry.name)
+      if (match === null) return
+      try {
+        const { size } = await this.fs.lstat(path)
+        this.index.add(match[1] as string, { name: entry.name, bytes: size, stamp: Number(match[2] ?? 0) }, null)
+      } catch (err) {
+        // Gone since the listing: nothing to index.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new StorageError(`reading ${path}`, err as NodeJS.ErrnoException)
+      }
+    })))
+    if (removedTempFiles > 0) await fsyncDir(this.fs, this.dir).catch(noop)
+    return { ...this.totals() }
+  }
+
+  /**
+   * Durably moves the session's file into `archive/` by rename. An earlier archive of the
+   * same id is never replaced: the later one is saved as `<id>.<ms>.json`.
+   */
+  async archive (file: SessionFile): Promise<void> {
+    const sessionId = file.session_id
+    const source = this.active.pathFor(sessionId)
+    this.active.assertWritable()
+    const operation = `archiving session '${sessionId}'`
+    let stamp = 0
+    let name = `${sessionId}.json`
+    try {
+      await this.files.ensureRealDir(this.dir)
+      // Only ENOENT means the name is free; any other lstat error stops the move rather than risk an overwrite.
+      while (await this.fs.lstat(join(this.dir, name)).then(() => true, (err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return false
+        throw err
+      })) {
+        stamp = Math.max(stamp + 1, Date.now())
+        name = `${sessionId}.${stamp}.json`
+      }
+      await this.fs.rename(source, join(this.dir, name))
+    } catch (err) {
+      throw new StorageError(operation, err as NodeJS.ErrnoException)
+    }
+    // The file is in archive/ now, whatever fails next: the index says so.
+    this.active.movedOut(sessionId)
+    const size = await this.fs.lstat(join(this.dir, name)).then((stat) => stat.size, () => 0)
+    this.index.add(sessionId, { name, bytes: size, stamp }, summarize(file, name))
+    try {
+      await fsyncDir(this.fs, this.dir)
+    } catch (err) {
+      const error = new StorageError(operation, err as NodeJS.ErrnoException)
+      error.uncertain = true
+      throw error
+    }
+    await this.active.syncChanged(operation)
+  }
+
+  newestName (sessionId: string): string | null {
+    return this.index.newest(sessionId)?.name ?? null
+  }
+
+  ids (): string[] {
+    return this.index.ids()
+  }
+
+  totals (): Readonly<ArchiveTotals> {
+    return this.index.stats()
+  }
+
+  /** The archived session, read from its file; an unreadable file is set aside and the next older one (if any) is tried. */
+  async read (sessionId: string): Promise<{ session: ArchivedSession | null, failures: LoadFailure[] }> {
+    const failures: LoadFailure[] = []
+    for (let newest = this.index.newest(sessionId); newest !== null; newest = this.index.newest(sessionId)) {
+      // An archived file removed by hand since it was indexed is simply gone.
+      const loaded = await this.files.load(this.dir, newest.name, sessionId, `archive/${newest.name}`, true)
+      if (loaded !== null && 'reason' in loaded) failures.push(loaded)
+      if (loaded !== null && 'file' in loaded) {
+        this.index.setSummary(sessionId, newest.name, summarize(loaded.file, newest.name))
+        return { session: { ...loaded, name: newest.name }, failures }
+      }
+      this.index.remove(sessionId, newest.name)
+    }
+    return { session: null, failures }
+  }
+
+  /** Every archived session's summary; files not read yet are read now, in parallel. */
+  async list (): Promise<{ sessions: ArchivedSummary[], failures: LoadFailure[] }> {
+    // Concurrent callers share one pass over the unread files; its failures are reported once.
+    const started = this.summaryFill === null
+    this.summaryFill ??= this.fillSummaries().finally(() => { this.summaryFill = null })
+    const failures = await this.summaryFill
+    return { sessions: this.index.summaries(), failures: started ? failures : [] }
+  }
+
+  /**
+   * Unarchives a session: the active file is written durably first, then the archived file is
+   * removed. A crash in between leaves both (the active one is used), never neither. Resolves
+   * with the active file's size.
+   */
+  async unarchive (file: SessionFile, archivedName: string): Promise<number> {
+    const bytes = await this.active.save(file)
+    const path = join(this.dir, archivedName)
+    const removed = await this.fs.unlink(path).then(() => true, (err: NodeJS.ErrnoException) => err.code === 'ENOENT')
+    // A file that could not be removed stays as an older copy behind the active session.
+    if (removed) {
+      this.index.remove(file.session_id, archivedName)
+      await fsyncDir(this.fs, this.dir).catch(noop)
+    }
+    return bytes
+  }
+
+  /** Durably deletes every archived file of the session; resolves with how many there were. */
+  async remove (sessionId: string): Promise<number> {
+    const files = [...this.index.files(sessionId)]
+    if (files.length === 0) return 0
+    this.active.assertWritable()
+    try {
+      for (const { name } of files) {
+        await this.fs.unlink(join(this.dir, name)).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOENT') throw err
+        })
+        this.index.remove(sessionId, name)
+      }
+      await fsyncDir(this.fs, this.dir)
+    } catch (err) {
+      throw new StorageError(`deleting archived session '${sessionId}'`, err as NodeJS.ErrnoException)
+    }
+    return files.length
+  }
+
+  private async fillSummaries (): Promise<LoadFailure[]> {
+    const limit = pLimit(this.readConcurrency)
+    const failures: LoadFailure[] = []
+    await Promise.all(this.index.unsummarized().map((sessionId) => limit(async () => {
+      failures.push(...(await this.read(sessionId)).failures)
+    })))
+    return failures
+  }
+}

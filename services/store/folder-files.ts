@@ -1,0 +1,79 @@
+import type { Dirent } from 'node:fs'
+import { join } from 'node:path'
+import { CorruptSessionFileError, KeyUnavailableError, StorageError } from '../errors.js'
+import type { FsSeam } from './fs-seam.js'
+import type { Keyring } from './keyring.js'
+import { DIR_MODE, fsyncDir, parseSessionFile, readWhole } from './session-files.js'
+import type { LoadFailure, LoadedSession } from './store.js'
+
+export interface FolderFilesOptions {
+  fs: FsSeam
+  /** The storage folder; `corrupt/` is inside it. */
+  dir: string
+  keyring: Keyring | null
+  /** True once nothing may be moved any more (another server holds the folder). */
+  unwritable: () => boolean
+}
+
+/**
+ * What both halves of the file store do to the files of a folder (the active one or
+ * `archive/`): list it, read and check one session file, set an unreadable one aside.
+ */
+export class FolderFiles {
+  readonly corruptDir: string
+  private seq = 0
+
+  constructor (private readonly options: FolderFilesOptions) {
+    this.corruptDir = join(options.dir, 'corrupt')
+  }
+
+  async list (dir: string): Promise<Dirent[]> {
+    try {
+      return await this.options.fs.readdir(dir, { withFileTypes: true })
+    } catch (err) {
+      throw new StorageError(`listing storage folder ${dir}`, err as NodeJS.ErrnoException)
+    }
+  }
+
+  /**
+   * Reads and checks one file. A file that is readable but wrong is set aside into `corrupt/`
+   * and reported as `shownAs`; an I/O error (EMFILE, EIO, EACCES) says nothing about the file
+   * and is thrown instead, leaving the file where it is. With `missingOk`, a file gone since
+   * it was listed gives null.
+   */
+  async load (dir: string, name: string, sessionId: string, shownAs: string, missingOk: boolean): Promise<LoadedSession | LoadFailure | null> {
+    try {
+      const data = await readWhole(this.options.fs, join(dir, name))
+      return { file: parseSessionFile(name, data.toString('utf8'), sessionId, this.options.keyring), bytes: data.length }
+    } catch (err) {
+      if (missingOk && (err as NodeJS.ErrnoException).code === 'ENOENT') return null
+      // Sealed under a key we lack: never set aside, never overwritten.
+      if (err instanceof KeyUnavailableError) throw err
+      if (!(err instanceof CorruptSessionFileError)) throw new StorageError(`reading ${name}`, err as NodeJS.ErrnoException)
+      return { name: shownAs, reason: err.message, movedTo: await this.setAside(dir, name) }
+    }
+  }
+
+  /** Moves an unreadable file into `corrupt/`, never deleting it; null if it could not be moved. */
+  async setAside (dir: string, name: string): Promise<string | null> {
+    // Once another server holds the folder, even a read must move nothing.
+    if (this.options.unwritable()) return null
+    try {
+      await this.ensureRealDir(this.corruptDir)
+      // Unique per process and call, so two set-asides of one name never overwrite each other.
+      const target = join(this.corruptDir, `${name}.${Date.now()}.${process.pid}.${++this.seq}`)
+      await this.options.fs.rename(join(dir, name), target)
+      await fsyncDir(this.options.fs, this.corruptDir)
+      return target
+    } catch {
+      return null
+    }
+  }
+
+  /** Creates a subfolder, refusing one that is a symlink (it could lead out of the storage folder). */
+  async ensureRealDir (dir: string): Promise<void> {
+    await this.options.fs.ensureDir(dir, DIR_MODE)
+    const stat = await this.options.fs.lstat(dir)
+    if (!stat.isDirectory()) throw Object.assign(new Error(`${dir} is not a real folder (a symlink?); refusing to move files into it`), { code: 'ENOTDIR' })
+  }
+}
