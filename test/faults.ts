@@ -63,7 +63,7 @@ export interface FaultFs extends FsSeam {
   heal: (where?: Where) => void
   /** Holds matching `where` calls until released. */
   hold: (where: Where, select?: Selector) => Gate
-  /** Calls per step: open, rename and unlink all of them; write and sync on save temp files; dirsync on folders. */
+  /** Calls per step: every open (but of folders), rename and unlink; write and sync on save temp files; dirsync on folders. */
   readonly calls: Record<Where, number>
   /** Faults thrown, and the bytes a failing write landed first. */
   readonly fired: Array<{ code: string, where: Where, partial: number }>
@@ -96,7 +96,7 @@ export function faultFs (base: FsSeam = nodeFs): FaultFs {
   /** Counts the call, waits while it is held, then says which fault (if any) it meets. */
   const step = async (where: Where, path: string): Promise<string | null> => {
     calls[where]++
-    for (const hold of holds) {
+    for (const hold of [...holds]) {
       if (takes(hold, where, path)) {
         hold.count++
         hold.reached()
