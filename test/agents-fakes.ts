@@ -8,12 +8,13 @@ import { readFile } from 'node:fs/promises'
 import { createServer, type IncomingHttpHeaders, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import type { FastifyInstance } from 'fastify'
 import type { SessionFile, Task } from '../schemas/session.js'
 import type { AgentCallEvent } from '../services/task-manager.js'
 import { post, type TestContext } from './helper.js'
+
+export { waitFor } from './helper.js'
 
 /** A request as the fake agent saw it. */
 export interface Received {
@@ -164,17 +165,6 @@ export function recordCalls (app: FastifyInstance): AgentCallEvent[] {
   const events: AgentCallEvent[] = []
   app.taskManager.events.on('agent-call', (event) => events.push(event))
   return events
-}
-
-/** Polls `check` until it returns a value other than undefined/false; throws with `what` after `ms`. */
-export async function waitFor<T> (what: string, check: () => T | undefined | false | Promise<T | undefined | false>, ms = 10_000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const value = await check()
-    if (value !== undefined && value !== false) return value
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
-    await sleep(20)
-  }
 }
 
 /** Whether a process exists and is not a zombie (a container's pid 1 may never reap it). */

@@ -5,6 +5,7 @@ import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promi
 import t from 'tap'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { API, build, createSession, get, post, tempDir } from './helper.js'
+import { faultFs, tempOf } from './faults.js'
 import { storedSession } from './session-fixtures.js'
 
 const DAY = 86_400_000
@@ -23,32 +24,6 @@ async function finishedSession (app: Awaited<ReturnType<typeof build>>, id: stri
   await createSession(app, id, instructions)
   const res = await post(app, '/execute-all', { session_id: id })
   if (res.statusCode !== 200) throw new Error(`execute-all failed: ${res.body}`)
-}
-
-/** A seam whose renames of one session's temp files wait until released. */
-function gatedRenames (sessionId: string): { fs: FsSeam, hold: () => void, release: () => void, held: () => number } {
-  let gate: Promise<void> | null = null
-  let open: () => void = () => {}
-  let held = 0
-  const fs: FsSeam = {
-    ...nodeFs,
-    rename: async (from, to) => {
-      if (gate !== null && String(from).includes(`/.${sessionId}.`)) {
-        held++
-        await gate
-      }
-      return nodeFs.rename(from, to)
-    }
-  }
-  return {
-    fs,
-    hold: () => { gate = new Promise((resolve) => { open = resolve }) },
-    release: () => {
-      gate = null
-      open()
-    },
-    held: () => held
-  }
 }
 
 t.test('a finished session is archived once its last completion is TASK_ARCHIVE_DAYS old, and stays readable', async (t) => {
@@ -132,14 +107,14 @@ t.test('pending and running sessions are not archived, however old', async (t) =
 t.test('a session that changes between the scan and the move stays active', async (t) => {
   const dir = await tempDir(t)
   const { clock, advance } = movableClock()
-  const gate = gatedRenames('busy')
-  const app = await build(t, { dir, clock, fs: gate.fs, config: { TASK_ARCHIVE_DAYS: 30 } })
+  const fs = faultFs()
+  const app = await build(t, { dir, clock, fs, config: { TASK_ARCHIVE_DAYS: 30 } })
   await finishedSession(app, 'busy')
   await finishedSession(app, 'idle')
   advance(40)
 
   // A create on `busy` is in flight (its save held) when the pass scans `busy` as finished.
-  gate.hold()
+  const gate = fs.hold('rename', { path: tempOf('busy') })
   const create = post(app, '/create', { session_id: 'busy', instructions: 'one more thing' })
   for (let i = 0; i < 200 && gate.held() === 0; i++) await sleep(5)
   t.equal(gate.held(), 1, 'the save of the create is held')
@@ -367,33 +342,22 @@ t.test('archive/ bytes in stats follow archive, bring-back and delete', async (t
 t.test('bringing back is crash-safe: a failed save leaves it archived, a failed removal leaves both copies', async (t) => {
   const dir = await tempDir(t)
   const { clock, advance } = movableClock()
-  const faults = { failSave: false, failArchivedUnlink: false }
-  const fs: FsSeam = {
-    ...nodeFs,
-    open: (async (path: string, ...rest: unknown[]) => {
-      if (faults.failSave && String(path).includes('/.back.')) throw Object.assign(new Error('ENOSPC: injected'), { code: 'ENOSPC' })
-      return (nodeFs.open as (...args: unknown[]) => unknown)(path, ...rest)
-    }) as FsSeam['open'],
-    unlink: async (path) => {
-      if (faults.failArchivedUnlink && String(path).endsWith('/archive/back.json')) throw Object.assign(new Error('EIO: injected'), { code: 'EIO' })
-      return nodeFs.unlink(path)
-    }
-  }
+  const fs = faultFs()
   let app = await build(t, { dir, clock, fs, config: { TASK_ARCHIVE_DAYS: 30 } })
   await finishedSession(app, 'back')
   advance(31)
   await post(app, '/archive', {})
   const archivedBytes = await readFile(join(dir, 'archive', 'back.json'))
 
-  faults.failSave = true
+  fs.fail('open', 'ENOSPC', { path: tempOf('back') })
   const full = await post(app, '/create', { session_id: 'back', instructions: 'more' })
   t.equal(full.statusCode, 507)
   t.same(await jsonFiles(dir), [], 'no active file')
   t.same(await readFile(join(dir, 'archive', 'back.json')), archivedBytes, 'the archived file is untouched')
   t.equal((await get(app, '/list?session_id=back')).json().archived, true, 'still archived and readable')
 
-  faults.failSave = false
-  faults.failArchivedUnlink = true
+  fs.heal('open')
+  fs.fail('unlink', 'EIO', { path: (path) => path.endsWith('/archive/back.json') })
   t.equal((await post(app, '/create', { session_id: 'back', instructions: 'more' })).statusCode, 200, 'the new tasks are on disk')
   t.same(await jsonFiles(dir), ['back.json'])
   t.same(await archived(dir), ['back.json'], 'the old copy could not be removed')
@@ -409,23 +373,16 @@ t.test('bringing back is crash-safe: a failed save leaves it archived, a failed 
 t.test('an archive whose folder fsync fails keeps the session active and readable, then archives it later', async (t) => {
   const dir = await tempDir(t)
   const { clock, advance } = movableClock()
-  let failArchiveSync = false
-  const fs: FsSeam = {
-    ...nodeFs,
-    open: (async (path: string, ...rest: unknown[]) => {
-      if (failArchiveSync && String(path).endsWith('/archive')) throw Object.assign(new Error('EIO: injected'), { code: 'EIO' })
-      return (nodeFs.open as (...args: unknown[]) => unknown)(path, ...rest)
-    }) as FsSeam['open']
-  }
+  const fs = faultFs()
   const app = await build(t, { dir, clock, fs, config: { TASK_ARCHIVE_DAYS: 30 } })
   await finishedSession(app, 'shaky')
   advance(31)
-  failArchiveSync = true
+  fs.fail('dirsync', 'EIO', { path: (path) => path.endsWith('/archive') })
   t.same((await app.archiver.runOnce()).archived, [], 'the move is not acknowledged')
   t.same(await jsonFiles(dir), ['shaky.json'], 'the active file was written back')
   t.notOk('archived' in (await get(app, '/list?session_id=shaky')).json(), 'still active')
 
-  failArchiveSync = false
+  fs.heal()
   t.same((await app.archiver.runOnce()).archived, ['shaky'])
   t.same(await jsonFiles(dir), [])
   const files = await archived(dir)

@@ -3,12 +3,11 @@
  * unobserved (the process would die of an unhandled rejection), a cancel that lands before
  * the agent call starts must not make the call, and every answer is one a client expects.
  */
-import { rename } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { completion, createTasks, fakeAgent, fixture, ok, storedTasks, waitFor } from './agents-fakes.js'
-import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
+import { faultFs } from './faults.js'
 import type { Executor } from '../services/runner/executors.js'
 import { build, post, tempDir, type TestContext } from './helper.js'
 
@@ -110,32 +109,23 @@ for (const kind of KINDS) {
 
 t.test('a cancel that lands while the task\'s InProgress save is in flight: the agent is never called, the task is Failed "cancelled"', async (t) => {
   const unhandled = watchUnhandled(t)
-  // Holds the n-th rename from now (a save's last step) until released.
-  let renamesToHold = 0
-  let release: (() => void) | null = null
-  const fs: FsSeam = {
-    ...nodeFs,
-    rename: async (from, to) => {
-      if (renamesToHold > 0 && --renamesToHold === 0) await new Promise<void>((resolve) => { release = resolve })
-      return rename(from, to)
-    }
-  }
+  const fs = faultFs()
   let calls = 0
   for (const mode of ['execute', 'background'] as const) {
     const dir = await tempDir(t)
     const app = await build(t, { dir, fs, executors: { default: async (task, context) => { calls++; return slowExecutor(task, context) } } })
     const [first, second] = await createTasks(app, 'held', [{ instruction: 'a' }, { instruction: 'b' }])
     calls = 0
-    // A background run saves its record first; the InProgress save is the one after.
-    renamesToHold = mode === 'execute' ? 1 : 2
+    // Holds a save's last step (its rename) until released. A background run saves its record
+    // first; the InProgress save is the one after.
+    const gate = fs.hold('rename', { skip: mode === 'execute' ? 0 : 1, times: 1 })
     const started = mode === 'execute'
       ? post(app, '/execute', { session_id: 'held' })
       : post(app, '/execute-all', { session_id: 'held', wait: false })
-    await waitFor('the InProgress save to be held', () => release !== null)
+    await waitFor('the InProgress save to be held', () => gate.held() > 0)
     const cancelling = post(app, '/cancel', { session_id: 'held' })
     await sleep(20)
-    ;(release as unknown as () => void)()
-    release = null
+    gate.release()
     const cancelled = await cancelling
     t.equal(cancelled.statusCode, 200, `${mode}: cancel answers 200`, { body: cancelled.body })
     t.match(cancelled.json(), { cancelled_task_id: first })

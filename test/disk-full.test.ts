@@ -8,7 +8,6 @@
  * 2. Through the store's fs seam, always: faults injected at open, partway through the write
  *    (half the bytes written first), at fsync, at rename and at the folder fsync.
  */
-import { constants } from 'node:fs'
 import { readFile, readdir, rm, statfs } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -21,11 +20,11 @@ import { SessionFile } from '../schemas/session.js'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { API, build, get, post, tempDir, withoutFreeSpace, type TestContext } from './helper.js'
 import { fill, mountedFolder } from './tmpfs.js'
+import { faultFs, type Where } from './faults.js'
 
 const checkFile = TypeCompiler.Compile(SessionFile)
 const TEMP_FILE = /^\..*\.tmp$/u
 const BIG = 60_000
-const errno = (code: string): NodeJS.ErrnoException => Object.assign(new Error(`${code}: injected fault`), { code })
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -310,69 +309,6 @@ t.test('a real full disk: a 512 KiB tmpfs', async (t) => {
 // 2. Through the fs seam
 // ---------------------------------------------------------------------------------------
 
-type Where = 'open' | 'write' | 'sync' | 'rename' | 'dirsync'
-
-interface FaultyFs extends FsSeam {
-  /** Fails saves with `code` at `where`, after letting `skip` temp files through. */
-  arm: (code: string, where: Where, skip?: number) => void
-  clear: () => void
-  /** Faults thrown, and bytes written before a failing write. */
-  readonly fired: Array<{ code: string, where: Where, partial: number }>
-}
-
-function faultyFs (dir: string): FaultyFs {
-  let fault: { code: string, where: Where, skip: number } | null = null
-  const fired: FaultyFs['fired'] = []
-  const due = (where: Where): boolean => fault !== null && fault.where === where && fault.skip === 0
-  const open = (async (...args: Parameters<typeof nodeFs.open>) => {
-    const [path, flags] = args
-    const isTemp = String(path).endsWith('.tmp') && !String(path).includes('/.probe.')
-    const isDir = typeof flags === 'number' && (flags & constants.O_DIRECTORY) !== 0 && String(path) === dir
-    if (isTemp && fault !== null && fault.skip > 0 && fault.where !== 'dirsync') {
-      fault.skip--
-      return nodeFs.open(...args)
-    }
-    if (isTemp && due('open')) {
-      fired.push({ code: fault!.code, where: 'open', partial: 0 })
-      throw errno(fault!.code)
-    }
-    const handle = await nodeFs.open(...args)
-    if (isTemp && due('write')) {
-      const code = fault!.code
-      // A partial write, as a real full disk does: half the bytes land, then the error.
-      handle.writeFile = (async (data: Buffer) => {
-        const { bytesWritten } = await handle.write(data, 0, Math.floor(data.length / 2), 0)
-        fired.push({ code, where: 'write', partial: bytesWritten })
-        throw errno(code)
-      }) as FileHandle['writeFile']
-    }
-    if ((isTemp && due('sync')) || (isDir && due('dirsync'))) {
-      const code = fault!.code
-      const where = fault!.where
-      handle.sync = async () => {
-        fired.push({ code, where, partial: 0 })
-        throw errno(code)
-      }
-    }
-    return handle
-  }) as typeof nodeFs.open
-  const rename = (async (...args: Parameters<typeof nodeFs.rename>) => {
-    if (String(args[0]).endsWith('.tmp') && due('rename')) {
-      fired.push({ code: fault!.code, where: 'rename', partial: 0 })
-      throw errno(fault!.code)
-    }
-    return nodeFs.rename(...args)
-  }) as typeof nodeFs.rename
-  return {
-    ...nodeFs,
-    open,
-    rename,
-    fired,
-    arm: (code, where, skip = 0) => { fault = { code, where, skip } },
-    clear: () => { fault = null }
-  }
-}
-
 const CASES: Array<{ code: string, where: Where, status: 503 | 507 }> = [
   { code: 'ENOSPC', where: 'write', status: 507 },
   { code: 'ENOSPC', where: 'open', status: 507 },
@@ -386,7 +322,7 @@ const CASES: Array<{ code: string, where: Where, status: 503 | 507 }> = [
 for (const { code, where, status } of CASES) {
   t.test(`fs seam: ${code} at ${where} → ${status}, nothing changes, and the service recovers`, async (t) => {
     const dir = await tempDir(t)
-    const fs = faultyFs(dir)
+    const fs = faultFs()
     let app = await build(t, { dir, fs, config: { TASK_ARCHIVE_DAYS: 0 } })
     const model = new Model()
     await model.create(app, 'keep', ['keep one', 'keep two', 'keep three'])
@@ -395,7 +331,7 @@ for (const { code, where, status } of CASES) {
     const keepBytes = await readFile(join(dir, 'keep.json'))
     const before = await apiState(t, app)
 
-    fs.arm(code, where)
+    fs.fail(where, code)
     storageError(t, await model.create(app, 'keep', ['appended during the fault']), status, 'create on an existing session')
     storageError(t, await model.create(app, 'fresh', ['new during the fault']), status, 'create of a new session')
     storageError(t, await post(app, '/execute', { session_id: 'keep' }), status, 'execute')
@@ -413,7 +349,7 @@ for (const { code, where, status } of CASES) {
     t.equal((await model.delete(app, 'doomed')).statusCode, 204, 'a delete works during a write fault')
     t.equal((await get(app, '/progress?session_id=doomed')).statusCode, 404, 'the deleted session is gone')
 
-    fs.clear()
+    fs.heal()
     t.equal((await model.create(app, 'keep', ['appended after the fault'])).statusCode, 200, 'create works once the fault is cleared')
     const next = await post(app, '/execute', { session_id: 'keep' })
     t.match([next.statusCode, next.json()], [200, { instruction: 'keep two', status: 'Completed' }], 'execute works once the fault is cleared')
@@ -435,18 +371,18 @@ for (const { code, where, status } of CASES) {
 
 t.test('fs seam: ENOSPC on the save that finishes a task → 507, memory agrees with disk, it runs again', async (t) => {
   const dir = await tempDir(t)
-  const fs = faultyFs(dir)
+  const fs = faultFs()
   const app = await build(t, { dir, fs, config: { TASK_ARCHIVE_DAYS: 0 } })
   const model = new Model()
   await model.create(app, 'half', ['first', 'second'])
-  fs.arm('ENOSPC', 'write', 1) // the start (InProgress) is saved, the finish is not
+  fs.fail('write', 'ENOSPC', { skip: 1 }) // the start (InProgress) is saved, the finish is not
   const res = await post(app, '/execute', { session_id: 'half' })
   storageError(t, res, 507, 'execute whose finishing save fails')
   t.equal(fs.fired.length, 1, 'exactly the finishing save failed')
   const memory = (await tasksOf(app, 'half'))[0]
   t.match(memory, { status: 'InProgress', attempts: 1, result: null }, 'memory: the task stays InProgress (what disk holds)')
   await checkFolder(t, app, dir, 'after the failed finish')
-  fs.clear()
+  fs.heal()
   const again = await post(app, '/execute', { session_id: 'half' })
   t.match([again.statusCode, again.json()], [200, { instruction: 'first', status: 'Completed' }], 'it runs again once space is back')
   t.equal((await tasksOf(app, 'half'))[0]?.attempts, 2, 'the re-run counts as attempt 2')
@@ -455,19 +391,19 @@ t.test('fs seam: ENOSPC on the save that finishes a task → 507, memory agrees 
 
 t.test('fs seam: EIO on the folder fsync after the rename → 503, and the failed change stays out', async (t) => {
   const dir = await tempDir(t)
-  const fs = faultyFs(dir)
+  const fs = faultFs()
   let app = await build(t, { dir, fs, config: { TASK_ARCHIVE_DAYS: 0 } })
   const model = new Model()
   await model.create(app, 'keep', ['keep one'])
   const keepBytes = await readFile(join(dir, 'keep.json'))
   const before = await apiState(t, app)
 
-  fs.arm('EIO', 'dirsync')
+  fs.fail('dirsync', 'EIO')
   storageError(t, await model.create(app, 'keep', ['appended during the fault']), 503, 'create whose folder fsync fails')
   t.ok(fs.fired.some((f) => f.where === 'dirsync'), 'the folder fsync failed')
   t.same(await apiState(t, app), before, 'nothing in memory changed')
   t.same((await readFolder(dir)).temps, [], 'no temp file is left')
-  fs.clear()
+  fs.heal()
   const onDisk = await readFile(join(dir, 'keep.json'))
   t.same(onDisk, keepBytes, 'the file on disk is unchanged by the failed request')
   await app.close()

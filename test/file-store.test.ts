@@ -1,6 +1,5 @@
 import t from 'tap'
 import { chmod, lstat, mkdir, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises'
-import type { FileHandle } from 'node:fs/promises'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { FileSessionStore } from '../services/store/file-store.js'
@@ -8,7 +7,8 @@ import { MARKER_FILE } from '../services/store/storage-folder.js'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { InvalidSessionIdError, StorageError, TaskvaultError } from '../services/errors.js'
 import type { SessionFile } from '../schemas/session.js'
-import { tempDir, type TestContext } from './helper.js'
+import { openStore, tempDir } from './helper.js'
+import { faultFs } from './faults.js'
 
 const AT = '2024-01-15T10:30:00.000Z'
 const TASK_KEYS = ['id', 'instruction', 'task_type', 'status', 'result', 'error', 'confidence', 'created_at', 'started_at', 'completed_at', 'attempts']
@@ -29,16 +29,9 @@ function sessionFile (id: string, instruction = 'Write code for a parser'): Sess
   }
 }
 
-async function openStore (t: TestContext, fs?: FsSeam): Promise<FileSessionStore> {
-  const store = new FileSessionStore({ dir: await tempDir(t), ...(fs === undefined ? {} : { fs }) })
-  await store.init()
-  return store
-}
-
 /** The folder's entries, but for its `.taskvault` marker (always there once init ran). */
 const names = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((name) => name !== MARKER_FILE).sort()
 const mode = async (path: string): Promise<number> => (await stat(path)).mode & 0o777
-const errno = (code: string): NodeJS.ErrnoException => Object.assign(new Error(`${code}: injected fault`), { code })
 
 t.test('save then loadAll round-trips every value', async (t) => {
   const store = await openStore(t)
@@ -222,35 +215,7 @@ t.test('save refuses an invalid session without writing anything', async (t) => 
   t.strictSame(await names(store.dir), [])
 })
 
-interface Fault { code: string | null, at: 'open' | 'write' | 'sync' | 'rename' }
-
-/** The real file system, with one step of saving a session failing while `fault.code` is set. */
-function faultyFs (fault: Fault): FsSeam {
-  return {
-    ...nodeFs,
-    open: async (path, flags, mode) => {
-      const code = flags === 'wx' && String(path).endsWith('.tmp') ? fault.code : null
-      if (code !== null && fault.at === 'open') throw errno(code)
-      const handle = await nodeFs.open(path, flags, mode)
-      if (code !== null && fault.at === 'write') {
-        const write = handle.writeFile.bind(handle)
-        // A short write, then the disk fills up.
-        handle.writeFile = (async (data: Buffer) => {
-          await write(data.subarray(0, data.length >> 1))
-          throw errno(code)
-        }) as FileHandle['writeFile']
-      }
-      if (code !== null && fault.at === 'sync') handle.sync = async () => { throw errno(code) }
-      return handle
-    },
-    rename: async (from, to) => {
-      if (fault.code !== null && fault.at === 'rename') throw errno(fault.code)
-      return nodeFs.rename(from, to)
-    }
-  }
-}
-
-const FAULTS: Array<{ code: string, at: Fault['at'], expect: string }> = [
+const FAULTS: Array<{ code: string, at: 'open' | 'write' | 'sync' | 'rename', expect: string }> = [
   { code: 'ENOSPC', at: 'write', expect: 'STORAGE_FULL' },
   { code: 'ENOSPC', at: 'open', expect: 'STORAGE_FULL' },
   { code: 'EIO', at: 'sync', expect: 'STORAGE_UNAVAILABLE' },
@@ -261,12 +226,12 @@ const FAULTS: Array<{ code: string, at: Fault['at'], expect: string }> = [
 
 for (const { code, at, expect } of FAULTS) {
   t.test(`${code} on ${at}: save fails cleanly and works again once the fault is gone`, async (t) => {
-    const fault: Fault = { code: null, at }
-    const store = await openStore(t, faultyFs(fault))
+    const fs = faultFs()
+    const store = await openStore(t, fs)
     await store.save(sessionFile('s1', 'version one'))
     const before = await readFile(store.pathFor('s1'))
 
-    fault.code = code
+    fs.fail(at, code)
     const err = await store.save(sessionFile('s1', 'version two')).then(() => null, (e: unknown) => e)
     t.type(err, StorageError)
     t.match(err, { code: expect, full: code === 'ENOSPC', cause: { code } })
@@ -275,7 +240,7 @@ for (const { code, at, expect } of FAULTS) {
     await t.rejects(store.save(sessionFile('s2')), { code: expect }, 'a new session fails too')
     t.strictSame(await names(store.dir), ['s1.json'])
 
-    fault.code = null
+    fs.heal()
     await store.save(sessionFile('s1', 'version two'))
     await store.save(sessionFile('s2'))
     t.strictSame(JSON.parse(await readFile(store.pathFor('s1'), 'utf8')), sessionFile('s1', 'version two'))

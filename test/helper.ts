@@ -1,8 +1,11 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance, FastifyServerOptions, LightMyRequestResponse } from 'fastify'
 import { buildApp, type BuildAppOptions } from '../app.js'
+import { FileSessionStore } from '../services/store/file-store.js'
+import type { FsSeam } from '../services/store/fs-seam.js'
 import { FORMAT_VERSION, MARKER_FILE } from '../services/store/storage-folder.js'
 
 /** The slice of tap's Test that the helpers need (keeps them usable from any test file). */
@@ -15,6 +18,31 @@ export async function tempDir (t: TestContext, prefix = 'taskvault-test-'): Prom
   const dir = await mkdtemp(join(tmpdir(), prefix))
   t.teardown(() => rm(dir, { recursive: true, force: true }))
   return dir
+}
+
+/** A file store on a fresh temp folder (through `fs` when given), initialised. */
+export async function openStore (t: TestContext, fs?: FsSeam): Promise<FileSessionStore> {
+  const store = new FileSessionStore({ dir: await tempDir(t), ...(fs === undefined ? {} : { fs }) })
+  await store.init()
+  return store
+}
+
+/** A promise with its resolve at hand: a gate a test opens when it chooses. */
+export function deferred<T = void> (): { promise: Promise<T>, resolve: (value: T) => void } {
+  let resolve!: (value: T) => void
+  const promise = new Promise<T>((r) => { resolve = r })
+  return { promise, resolve }
+}
+
+/** Polls `check` until it returns a value other than undefined/false; throws with `what` after `ms`. */
+export async function waitFor<T> (what: string, check: () => T | undefined | false | Promise<T | undefined | false>, ms = 10_000): Promise<T> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const value = await check()
+    if (value !== undefined && value !== false) return value
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
+    await sleep(20)
+  }
 }
 
 export interface TestAppOptions extends Omit<BuildAppOptions, 'config' | 'readEnvironment'> {

@@ -1,35 +1,9 @@
 import { readFile, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
-import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import type { Executor } from '../services/runner/executors.js'
-import { API, build, createSession, get, post, tempDir, withoutFreeSpace } from './helper.js'
-
-/** An fs seam that counts renames and can fail the writes of session saves on demand. */
-function faultyFs (): FsSeam & { renames: number, fail: string | null } {
-  const seam = {
-    ...nodeFs,
-    renames: 0,
-    fail: null as string | null,
-    open: (async (...args: Parameters<typeof nodeFs.open>) => {
-      if (seam.fail !== null && String(args[0]).endsWith('.tmp')) {
-        throw Object.assign(new Error(`${seam.fail}: injected`), { code: seam.fail })
-      }
-      return nodeFs.open(...args)
-    }) as typeof nodeFs.open,
-    rename: (async (...args: Parameters<typeof nodeFs.rename>) => {
-      seam.renames++
-      return nodeFs.rename(...args)
-    }) as typeof nodeFs.rename
-  }
-  return seam
-}
-
-function deferred<T = void> (): { promise: Promise<T>, resolve: (value: T) => void } {
-  let resolve!: (value: T) => void
-  const promise = new Promise<T>((r) => { resolve = r })
-  return { promise, resolve }
-}
+import { API, build, createSession, deferred, get, post, tempDir, withoutFreeSpace } from './helper.js'
+import { faultFs } from './faults.js'
 
 const jsonFiles = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((name) => name.endsWith('.json')).sort()
 const tempFiles = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((name) => name.endsWith('.tmp'))
@@ -71,13 +45,13 @@ t.test('different sessions execute concurrently', async (t) => {
 
 t.test('a burst of creates on one session is coalesced into few writes and loses nothing', async (t) => {
   const dir = await tempDir(t)
-  const fs = faultyFs()
+  const fs = faultFs()
   const app = await build(t, { dir, fs })
-  const before = fs.renames
+  const before = fs.calls.rename
   const burst = 200
   const results = await Promise.all(Array.from({ length: burst }, (_, i) => post(app, '/create', { session_id: 'burst', instructions: `task number ${i}` })))
   t.ok(results.every((res) => res.statusCode === 200))
-  const writes = fs.renames - before
+  const writes = fs.calls.rename - before
   t.ok(writes < burst / 4, `${burst} creates took ${writes} writes`)
   const onDisk = JSON.parse(await readFile(join(dir, 'burst.json'), 'utf8'))
   t.equal(onDisk.session.tasks.length, burst, 'every acknowledged task is on disk')
@@ -88,7 +62,7 @@ t.test('a burst of creates on one session is coalesced into few writes and loses
 
 t.test('a failed save fails the request and leaves memory and disk as they were', async (t) => {
   const dir = await tempDir(t)
-  const fs = faultyFs()
+  const fs = faultFs()
   const app = await build(t, { dir, fs })
   await createSession(app, 'keep', '1. a\n2. b')
   const file = join(dir, 'keep.json')
@@ -97,7 +71,7 @@ t.test('a failed save fails the request and leaves memory and disk as they were'
   const statsBefore = withoutFreeSpace((await get(app, '/stats')).json())
 
   for (const [code, status] of [['ENOSPC', 507], ['EIO', 503], ['EACCES', 503]] as const) {
-    fs.fail = code
+    fs.fail('open', code)
     const create = await post(app, '/create', { session_id: 'keep', instructions: 'more' })
     t.equal(create.statusCode, status, `${code}: create answers ${status}`)
     t.equal(create.json().statusCode, status)
@@ -113,15 +87,15 @@ t.test('a failed save fails the request and leaves memory and disk as they were'
   t.equal((await get(app, '/progress?session_id=fresh')).statusCode, 404, 'a session whose first save failed does not exist')
   t.same(await jsonFiles(dir), ['keep.json'])
 
-  fs.fail = null
+  fs.heal()
   t.equal((await post(app, '/execute', { session_id: 'keep' })).json().status, 'Completed', 'writes work again once the fault is gone')
 })
 
 t.test('a batch of coalesced changes fails together', async (t) => {
-  const fs = faultyFs()
+  const fs = faultFs()
   const app = await build(t, { fs })
   await createSession(app, 'batch', 'a')
-  fs.fail = 'ENOSPC'
+  fs.fail('open', 'ENOSPC')
   const results = await Promise.all(Array.from({ length: 20 }, () => post(app, '/create', { session_id: 'batch', instructions: 'b' })))
   t.ok(results.every((res) => res.statusCode === 507))
   t.equal((await get(app, '/progress?session_id=batch')).json().total, 1)
@@ -129,12 +103,12 @@ t.test('a batch of coalesced changes fails together', async (t) => {
 
 t.test('when the save of a finished task fails, the task stays InProgress and runs again', async (t) => {
   const dir = await tempDir(t)
-  const fs = faultyFs()
+  const fs = faultFs()
   let calls = 0
   const app = await build(t, {
     dir,
     fs,
-    executors: { default: async () => { calls++; if (calls === 1) fs.fail = 'EIO'; return { result: `run ${calls}` } } }
+    executors: { default: async () => { calls++; if (calls === 1) fs.fail('open', 'EIO'); return { result: `run ${calls}` } } }
   })
   await createSession(app, 'retry', 'x')
   const first = await post(app, '/execute', { session_id: 'retry' })
@@ -142,7 +116,7 @@ t.test('when the save of a finished task fails, the task stays InProgress and ru
   const task = (await get(app, '/list?session_id=retry')).json().tasks[0]
   t.match(task, { status: 'InProgress', attempts: 1, result: null }, 'memory holds what disk holds')
   t.equal(JSON.parse(await readFile(join(dir, 'retry.json'), 'utf8')).session.tasks[0].status, 'InProgress')
-  fs.fail = null
+  fs.heal()
   const second = await post(app, '/execute', { session_id: 'retry' })
   t.match(second.json(), { status: 'Completed', result: 'run 2' })
   t.equal((await get(app, '/list?session_id=retry')).json().tasks[0].attempts, 2)

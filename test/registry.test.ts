@@ -1,0 +1,268 @@
+/**
+ * SessionRegistry at its own API: the change queue and its batched writes, over a real
+ * FileSessionStore on a temp folder, with faults and holds through the store's fs seam.
+ */
+import { existsSync, readFileSync } from 'node:fs'
+import { readdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import t from 'tap'
+import type { SessionFile, TaskStatus } from '../schemas/session.js'
+import { SessionNotFoundError, StorageError } from '../services/errors.js'
+import { liveFile, unchanged, type ChangeFn } from '../services/session/draft.js'
+import { SessionRegistry } from '../services/session/registry.js'
+import { appendTasks, newSessionFile } from '../services/session/session.js'
+import type { FileSessionStore } from '../services/store/file-store.js'
+import { faultFs, tempOf, type FaultFs } from './faults.js'
+import { openStore, type TestContext } from './helper.js'
+
+const NOW = new Date('2026-03-01T12:00:00.000Z')
+
+async function setup (t: TestContext, autoSave = true): Promise<{ fs: FaultFs, store: FileSessionStore, registry: SessionRegistry }> {
+  const fs = faultFs()
+  const store = await openStore(t, fs)
+  const registry = new SessionRegistry({ store, autoSave, clock: () => NOW })
+  return { fs, store, registry }
+}
+
+/** Appends one task (creating the session if need be); resolves with the new task's id. */
+const addTask = (instruction: string): ChangeFn<string> => (draft) => {
+  if (draft.file === null) draft.file = newSessionFile(draft.sessionId, draft.now)
+  return appendTasks(draft.file, [{ instruction, task_type: 'General' }], draft.now)[0]!.id
+}
+
+const setStatus = (index: number, status: TaskStatus): ChangeFn<void> => (draft) => {
+  liveFile(draft).session.tasks[index]!.status = status
+}
+
+/** The session as its file holds it now (read at once), or null when there is no file. */
+function onDisk (store: FileSessionStore, sessionId: string): SessionFile | null {
+  const path = store.pathFor(sessionId)
+  return existsSync(path) ? JSON.parse(readFileSync(path, 'utf8')) as SessionFile : null
+}
+
+const instructions = (file: SessionFile | null): string[] => file === null ? [] : file.session.tasks.map((task) => task.instruction)
+
+t.test('changes queued while a write is in flight share the next write, and each resolves once the disk holds it', async (t) => {
+  const { fs, store, registry } = await setup(t)
+  await registry.change('s', addTask('first'))
+  const renamesBefore = fs.calls.rename
+
+  const gate = fs.hold('rename', { path: tempOf('s'), times: 1 })
+  const settled: string[] = []
+  const inFlight = registry.change('s', addTask('in flight')).then((id) => {
+    settled.push('in flight')
+    return { id, disk: onDisk(store, 's') }
+  })
+  await gate.reached
+  const queued = Array.from({ length: 10 }, (_, i) => registry.change('s', addTask(`queued ${i}`)).then((id) => {
+    settled.push(`queued ${i}`)
+    return { id, disk: onDisk(store, 's') }
+  }))
+  await sleep(30)
+  t.same(settled, [], 'nothing resolves while the write is held')
+  gate.release()
+
+  const first = await inFlight
+  const rest = await Promise.all(queued)
+  t.equal(fs.calls.rename - renamesBefore, 2, 'the held write, then one write for all ten queued changes')
+  t.same(instructions(first.disk), ['first', 'in flight'], 'the first change resolved once its write was on disk')
+  for (const [i, { id, disk }] of rest.entries()) {
+    const task = disk?.session.tasks.find((task) => task.id === id)
+    t.equal(task?.instruction, `queued ${i}`, `queued ${i}: its own task id came back, and the disk held it when it resolved`)
+  }
+  t.equal(new Set(rest.map((r) => r.id)).size, 10, 'ten different task ids')
+  t.strictSame(onDisk(store, 's'), registry.find('s'), 'memory and disk agree')
+  t.equal(registry.find('s')?.session.tasks.length, 12)
+})
+
+t.test('a failed save rejects every change in its write; memory keeps the state before them; a later change writes the whole state', async (t) => {
+  const { fs, store, registry } = await setup(t)
+  await registry.change('s', addTask('one'))
+  await registry.change('s', addTask('two'))
+  const fileBefore = registry.find('s')
+  const statsBefore = { ...registry.stats() }
+  const diskBefore = readFileSync(store.pathFor('s'))
+
+  fs.fail('write', 'ENOSPC')
+  const results = await Promise.allSettled(Array.from({ length: 5 }, (_, i) => registry.change('s', addTask(`lost ${i}`))))
+  t.equal(fs.fired.length, 1, 'the five changes shared one write')
+  for (const result of results) t.match(result, { status: 'rejected', reason: { code: 'STORAGE_FULL' } })
+  t.ok(results.every((result) => result.status === 'rejected' && result.reason instanceof StorageError), 'each rejects with the StorageError')
+  await t.rejects(registry.change('fresh', addTask('new')), { code: 'STORAGE_FULL' }, 'a new session fails too')
+
+  t.equal(registry.find('s'), fileBefore, 'find() gives the state before the failed changes')
+  t.equal(registry.find('fresh'), null, 'a session whose first save failed does not exist')
+  t.same(registry.sessionIds(), ['s'])
+  t.same(registry.stats(), statsBefore, 'totals unchanged')
+  t.same(readFileSync(store.pathFor('s')), diskBefore, 'the file is unchanged')
+
+  fs.heal()
+  await registry.change('s', addTask('three'))
+  t.same(instructions(onDisk(store, 's')), ['one', 'two', 'three'], 'the next write holds the whole state, none of the failed changes')
+  t.strictSame(onDisk(store, 's'), registry.find('s'))
+  t.equal(registry.stats().total_tasks, statsBefore.total_tasks + 1)
+})
+
+t.test('a save whose outcome is uncertain (the folder fsync failed after the rename) puts the last acknowledged state back', async (t) => {
+  const { fs, store, registry } = await setup(t)
+  await registry.change('s', addTask('one'))
+  const acknowledged = registry.find('s')
+
+  const renames = fs.calls.rename
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  const err = await registry.change('s', addTask('uncertain')).then(() => null, (e: unknown) => e)
+  t.type(err, StorageError)
+  t.match(err, { code: 'STORAGE_UNAVAILABLE', uncertain: true })
+  t.equal(fs.calls.rename - renames, 2, 'the failed save renamed, then the write-back did')
+  t.equal(registry.find('s'), acknowledged, 'memory keeps the acknowledged state')
+  t.strictSame(onDisk(store, 's'), acknowledged, 'the disk holds the acknowledged state again')
+
+  // A new session whose first save is uncertain: its file is removed again.
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  t.match(await registry.change('fresh', addTask('new')).catch((e: unknown) => e), { uncertain: true })
+  t.equal(registry.find('fresh'), null)
+  t.notOk(existsSync(store.pathFor('fresh')), 'no file left for a session that was never acknowledged')
+
+  // A fault before the rename is certain: nothing to put back, so no second write.
+  const before = fs.calls.rename
+  fs.fail('rename', 'EIO', { times: 1 })
+  t.match(await registry.change('s', addTask('certain')).catch((e: unknown) => e), { code: 'STORAGE_UNAVAILABLE', uncertain: false })
+  t.equal(fs.calls.rename - before, 1, 'no write-back')
+  t.strictSame(onDisk(store, 's'), acknowledged)
+})
+
+t.test('auto-save off: changes commit in memory, saveDirty() writes them, delete and unarchive still write at once', async (t) => {
+  const { fs, store, registry } = await setup(t, false)
+  const renames = fs.calls.rename
+  t.equal(await registry.change('lazy', addTask('one')), 'task_1_' + Math.floor(NOW.getTime() / 1000), 'the change resolves with its result')
+  await registry.change('lazy', addTask('two'))
+  t.equal(fs.calls.rename, renames, 'nothing written')
+  t.notOk(existsSync(store.pathFor('lazy')))
+  t.ok(registry.isDirty('lazy'))
+  t.same(instructions(registry.find('lazy')), ['one', 'two'], 'memory holds the changes')
+  t.match(registry.stats(), { total_sessions: 1, total_tasks: 2 })
+
+  await registry.saveDirty()
+  t.equal(fs.calls.rename - renames, 1, 'one write')
+  t.notOk(registry.isDirty('lazy'))
+  t.strictSame(onDisk(store, 'lazy'), registry.find('lazy'))
+
+  await registry.change('lazy', addTask('three'))
+  t.ok(registry.isDirty('lazy'), 'dirty again')
+  t.equal(fs.calls.rename - renames, 1)
+  t.same(instructions(onDisk(store, 'lazy')), ['one', 'two'])
+
+  await registry.change('lazy', (draft) => { draft.delete({ archived: false }) })
+  t.notOk(existsSync(store.pathFor('lazy')), 'a delete removes the file at once')
+  t.equal(registry.find('lazy'), null)
+  t.notOk(registry.isDirty('lazy'))
+  t.match(registry.stats(), { total_sessions: 0, total_tasks: 0, files: 0 })
+
+  // Unarchive: a session moved to the archive comes back, written at once.
+  await registry.change('old', addTask('archived one'))
+  await registry.saveDirty()
+  await registry.change('old', (draft) => { draft.archive() })
+  t.notOk(existsSync(store.pathFor('old')), 'archived: the active file is gone')
+  const { session } = await store.readArchived('old')
+  if (session === null) throw new Error('the archived copy is not readable')
+  const beforeUnarchive = fs.calls.rename
+  await registry.change('old', (draft) => { draft.unarchive(session.file, session.name) })
+  t.equal(fs.calls.rename - beforeUnarchive, 1, 'the unarchived session is written at once')
+  t.strictSame(onDisk(store, 'old'), registry.find('old'))
+  t.notOk(registry.isDirty('old'))
+  t.notOk(existsSync(join(store.archiveDir, session.name)), 'the archived copy is removed')
+})
+
+t.test('a delete queued while a save is in flight: the save resolves, then the delete; a change after it finds no session', async (t) => {
+  const { fs, store, registry } = await setup(t)
+  await registry.change('s', addTask('one'))
+  const gate = fs.hold('rename', { path: tempOf('s'), times: 1 })
+  const order: string[] = []
+  const save = registry.change('s', addTask('two')).then(() => order.push('save'))
+  await gate.reached
+  const del = registry.change('s', (draft) => { draft.delete({ archived: false }) }).then(() => order.push('delete'))
+  const after = registry.change('s', (draft) => liveFile(draft).session.tasks.length)
+  gate.release()
+  await Promise.all([save, del])
+  t.same(order, ['save', 'delete'])
+  await t.rejects(after, SessionNotFoundError, 'the change after the delete sees no session')
+  t.notOk(existsSync(store.pathFor('s')), 'the file is gone')
+  t.equal(registry.find('s'), null)
+  t.throws(() => registry.existing('s'), SessionNotFoundError)
+  t.same(registry.summaries(), [])
+  t.match(registry.stats(), { total_sessions: 0, total_tasks: 0, files: 0, bytes: 0 })
+  t.equal(registry.slotCount, 0, 'nothing is kept for a deleted session')
+})
+
+t.test('a change that throws leaves the others in its batch unaffected; unchanged() costs no write', async (t) => {
+  const { fs, store, registry } = await setup(t)
+  await registry.change('s', addTask('one'))
+  const renames = fs.calls.rename
+  const [a, bad, b] = await Promise.allSettled([
+    registry.change('s', addTask('a')),
+    registry.change('s', () => { throw new Error('refused') }),
+    registry.change('s', addTask('b'))
+  ])
+  t.match(a, { status: 'fulfilled' })
+  t.match(bad, { status: 'rejected', reason: { message: 'refused' } })
+  t.match(b, { status: 'fulfilled' })
+  t.equal(fs.calls.rename - renames, 1, 'one write for the batch')
+  t.same(instructions(onDisk(store, 's')), ['one', 'a', 'b'])
+
+  const before = registry.find('s')
+  const opens = fs.calls.open
+  t.equal(await registry.change('s', () => unchanged(42)), 42, 'unchanged() resolves with its value')
+  await t.rejects(registry.change('s', () => { throw new Error('nothing') }))
+  t.equal(fs.calls.open, opens, 'no write: no file opened')
+  t.equal(fs.calls.rename - renames, 1)
+  t.equal(registry.find('s'), before, 'the state (and its updated_at) is untouched')
+  t.equal(await registry.snapshot('s'), before, 'snapshot reads through the queue without a write')
+  t.equal(await registry.snapshot('none'), null)
+  t.equal(registry.slotCount, 1, 'reading a missing session keeps nothing')
+})
+
+/** Totals recomputed from the files on disk. */
+async function totalsOnDisk (store: FileSessionStore): Promise<Record<string, number>> {
+  const totals = { total_sessions: 0, active_sessions: 0, completed_sessions: 0, total_tasks: 0, completed_tasks: 0, failed_tasks: 0, pending_tasks: 0, in_progress_tasks: 0, bytes: 0, files: 0 }
+  for (const name of (await readdir(store.dir)).filter((name) => name.endsWith('.json'))) {
+    const text = readFileSync(join(store.dir, name))
+    const tasks = (JSON.parse(text.toString('utf8')) as SessionFile).session.tasks
+    const done = tasks.filter((task) => task.status === 'Completed' || task.status === 'Failed').length
+    totals.total_sessions++
+    totals.files++
+    totals.bytes += text.length
+    if (tasks.length > 0 && done === tasks.length) totals.completed_sessions++
+    else totals.active_sessions++
+    totals.total_tasks += tasks.length
+    totals.completed_tasks += tasks.filter((task) => task.status === 'Completed').length
+    totals.failed_tasks += tasks.filter((task) => task.status === 'Failed').length
+    totals.pending_tasks += tasks.filter((task) => task.status === 'Pending').length
+    totals.in_progress_tasks += tasks.filter((task) => task.status === 'InProgress').length
+  }
+  return totals
+}
+
+t.test('totals stay right across create, update and delete', async (t) => {
+  const { store, registry } = await setup(t)
+  const check = async (when: string): Promise<void> => {
+    t.same({ ...registry.stats() }, await totalsOnDisk(store), when)
+  }
+  await check('empty')
+  await registry.change('a', addTask('a1'))
+  await registry.change('a', addTask('a2'))
+  await registry.change('b', addTask('b1'))
+  await check('after creates')
+  t.match(registry.stats(), { total_sessions: 2, active_sessions: 2, total_tasks: 3, pending_tasks: 3 })
+  await registry.change('b', setStatus(0, 'Completed'))
+  await check('after b finished')
+  t.match(registry.stats(), { completed_sessions: 1, active_sessions: 1, completed_tasks: 1 })
+  await registry.change('a', setStatus(0, 'InProgress'))
+  await registry.change('a', setStatus(1, 'Failed'))
+  await check('after a changed')
+  t.match(registry.stats(), { in_progress_tasks: 1, failed_tasks: 1, pending_tasks: 0 })
+  await registry.change('b', (draft) => { draft.delete({ archived: false }) })
+  await check('after b was deleted')
+  t.match(registry.stats(), { total_sessions: 1, completed_sessions: 0, total_tasks: 2, files: 1 })
+  t.equal(registry.size, 1)
+})
