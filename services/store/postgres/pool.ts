@@ -1,3 +1,4 @@
+import { userInfo } from 'node:os'
 import pg from 'pg'
 import { noop } from '../../noop.js'
 import { InvalidDatabaseSettingError } from './errors.js'
@@ -78,6 +79,9 @@ export function connectionConfig (settings: PoolSettings): pg.PoolConfig {
   const own = `-c search_path=${schema} -c statement_timeout=${Math.max(0, Math.floor(settings.statementTimeoutMs))}`
   const given = url.searchParams.get('options')
   url.searchParams.delete('options')
+  // Like libpq (psql): no user in the URL nor in PGUSER means the operating-system user.
+  // node-postgres would read $USER, which a service's environment often lacks.
+  if (url.username === '' && (process.env.PGUSER ?? '') === '') url.username = osUser()
   return {
     connectionString: url.toString(),
     options: given === null || given.trim() === '' ? own : `${given} ${own}`,
@@ -86,6 +90,14 @@ export function connectionConfig (settings: PoolSettings): pg.PoolConfig {
     query_timeout: settings.statementTimeoutMs > 0 ? settings.statementTimeoutMs + CLIENT_TIMEOUT_MARGIN_MS : undefined,
     keepAlive: true,
     application_name: 'taskvault'
+  }
+}
+
+function osUser (): string {
+  try {
+    return encodeURIComponent(userInfo().username)
+  } catch {
+    return ''
   }
 }
 
