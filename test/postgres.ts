@@ -12,7 +12,7 @@ export const ADMIN_URL = process.env.TASK_TEST_DATABASE_URL ?? 'postgres://127.0
 export interface DatabaseTestContext {
   teardown(fn: () => unknown): void
   fail(message: string): unknown
-  skip(message: string): unknown
+  skip(name: string, fn: () => unknown): unknown
 }
 
 let skipAnnounced = false
@@ -34,7 +34,7 @@ export async function testDatabase (t: DatabaseTestContext): Promise<string | nu
     }
     if (!skipAnnounced) process.stderr.write(`# SKIP PostgreSQL tests: ${reason}\n`)
     skipAnnounced = true
-    t.skip(`PostgreSQL tests: ${reason}`)
+    t.skip(`PostgreSQL tests: ${reason}`, noop)
     return null
   }
   const name = `taskvault_test_${randomBytes(6).toString('hex')}`
