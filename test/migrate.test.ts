@@ -36,6 +36,20 @@ async function recorded (db: pg.Pool, schema = SCHEMA): Promise<number[]> {
   return rows.map((row: { version: number }) => row.version)
 }
 
+/** The shipped migrations plus `extra` (`<version>_<name>` -> SQL), in a folder of the test's own. */
+async function migrationsDir (t: Test, extra: Record<string, string>): Promise<string> {
+  const dir = await tempDir(t, 'taskvault-migrations-')
+  for (const file of files) {
+    const name = `${String(file.version).padStart(3, '0')}_${file.name}.sql`
+    await copyFile(join(MIGRATIONS_DIR, name), join(dir, name))
+  }
+  for (const [key, sql] of Object.entries(extra)) {
+    const [version, ...name] = key.split('_')
+    await writeFile(join(dir, `${String(version).padStart(3, '0')}_${name.join('_')}.sql`), sql)
+  }
+  return dir
+}
+
 /** A failed run of the tool tells its reason in one line, and never with a stack. */
 function oneLine (t: Test, run: Run, pattern: RegExp): void {
   t.equal(run.code, 1, 'exits 1')
@@ -91,10 +105,8 @@ t.test('two servers migrating at once apply each migration exactly once', async 
   if (url === null) return
   // The real migrations plus a slow one, so the two runs overlap for certain; a second
   // CREATE TABLE of the same table would fail, so "once" is checked by the database too.
-  const dir = await tempDir(t, 'taskvault-migrations-')
-  for (const file of files) await copyFile(join(MIGRATIONS_DIR, `${String(file.version).padStart(3, '0')}_${file.name}.sql`), join(dir, `${String(file.version).padStart(3, '0')}_${file.name}.sql`))
   const slow = NEWEST + 1
-  await writeFile(join(dir, `${String(slow).padStart(3, '0')}_slow.sql`), 'SELECT pg_sleep(0.3);\nCREATE TABLE slow_once (x integer);\n')
+  const dir = await migrationsDir(t, { [`${slow}_slow`]: 'SELECT pg_sleep(0.3);\nCREATE TABLE slow_once (x integer);\n' })
   const [a, b] = [pool(t, url), pool(t, url)]
   const results = await Promise.all([migrate(a, { schema: SCHEMA, dir }), migrate(b, { schema: SCHEMA, dir })])
   t.same(results.flatMap((result) => result.applied).sort((x, y) => x - y), [...ALL, slow], 'every version applied by exactly one of them')
@@ -126,6 +138,28 @@ t.test('a database migrated by a newer taskvault is refused, naming both version
   await t.rejects(migrate(db, { schema: SCHEMA }), { code: 'DATABASE_TOO_NEW', message })
   oneLine(t, await taskvault(['migrate', '--database-url', url, '--schema', SCHEMA]), new RegExp(`^taskvault: ${message}\\n$`, 'u'))
   t.same(await recorded(db), [...ALL, future], 'nothing changed')
+})
+
+t.test('a failing migration is rolled back whole and not recorded', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = pool(t, url)
+  const broken = NEWEST + 1
+  const dir = await migrationsDir(t, { [`${broken}_broken`]: 'CREATE TABLE half_done (x integer);\nSELECT no_such_column FROM half_done;\n' })
+  await t.rejects(migrate(db, { schema: SCHEMA, dir }), { code: 'MIGRATION_FAILED', message: new RegExp(`^migration ${broken} \\(broken\\) failed: column "no_such_column" does not exist`, 'u') })
+  t.same(await recorded(db), ALL, 'the earlier ones stay applied; the broken one is not recorded')
+  t.same((await db.query('SELECT to_regclass($1) AS found', [`${SCHEMA}.half_done`])).rows, [{ found: null }], 'none of its statements remain')
+})
+
+t.test('migrations are not bound by the pool\'s statement timeout, which is back afterwards', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  // 200 ms on the server, 1.2 s on the client: the 1.5 s migration passes both only if migrate lifts them.
+  const db = createPool({ url, schema: SCHEMA, max: 1, statementTimeoutMs: 200 })
+  t.teardown(() => db.end())
+  const dir = await migrationsDir(t, { [`${NEWEST + 1}_long`]: 'SELECT pg_sleep(1.5);\n' })
+  t.same((await migrate(db, { schema: SCHEMA, dir })).applied, [...ALL, NEWEST + 1])
+  t.same((await db.query('SHOW statement_timeout')).rows, [{ statement_timeout: '200ms' }], 'the pooled connection has its bound again')
 })
 
 t.test('an applied migration that changed since is refused', async (t) => {
@@ -171,6 +205,9 @@ t.test('the tool refuses a bad URL and an unreachable database in one line, and 
   oneLine(t, down, new RegExp(`^taskvault: cannot connect to the database at postgres://me:\\*\\*\\*@127\\.0\\.0\\.1:${port}/db \\(4 tries\\): connect ECONNREFUSED`, 'u'))
   for (const run of [notUrl, mysql, down]) t.notMatch(run.stderr, 'hunter2', 'no password')
   t.equal(missing.code, 2, 'no URL at all is a usage error')
+  const help = await taskvault(['migrate', '--help'])
+  t.equal(help.code, 0)
+  t.match(help.stdout, 'Usage: taskvault migrate --database-url URL [--schema NAME]')
   t.match(missing.stderr, 'missing --database-url (or DATABASE_URL)')
 })
 
