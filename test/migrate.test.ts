@@ -211,6 +211,13 @@ t.test('the tool refuses a bad URL and an unreachable database in one line, and 
   t.match(missing.stderr, 'missing --database-url (or DATABASE_URL)')
 })
 
+t.test('pool settings out of range are refused naming the setting', async (t) => {
+  const url = 'postgres://127.0.0.1/db'
+  t.throws(() => createPool({ url, schema: SCHEMA, max: 0, statementTimeoutMs: 0 }), { code: 'INVALID_DATABASE_SETTING', message: /^TASK_DB_POOL_MAX: /u })
+  t.throws(() => createPool({ url, schema: SCHEMA, max: 1, statementTimeoutMs: -1 }), { message: /^TASK_DB_STATEMENT_TIMEOUT_MS: /u })
+  t.throws(() => createPool({ url: 'http://127.0.0.1/db', schema: SCHEMA, max: 1, statementTimeoutMs: 0 }), { message: /^DATABASE_URL: must be a postgres:\/\/ URL/u })
+})
+
 t.test('redactUrl hides passwords', async (t) => {
   t.equal(redactUrl('postgres://me:hunter2@db.example:5432/tv'), 'postgres://me:***@db.example:5432/tv')
   t.equal(redactUrl('postgres://db.example/tv?user=me&password=hunter2'), 'postgres://db.example/tv?user=me&password=***')

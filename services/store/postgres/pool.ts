@@ -74,9 +74,13 @@ const CLIENT_TIMEOUT_MARGIN_MS = 1_000
 export function connectionConfig (settings: PoolSettings): pg.PoolConfig {
   const url = parseDatabaseUrl(settings.url)
   const schema = checkSchemaName(settings.schema)
+  if (!Number.isInteger(settings.max) || settings.max < 1) throw new InvalidDatabaseSettingError('TASK_DB_POOL_MAX', `must be a whole number of connections, at least 1 (got ${settings.max})`)
+  if (!Number.isFinite(settings.statementTimeoutMs) || settings.statementTimeoutMs < 0) {
+    throw new InvalidDatabaseSettingError('TASK_DB_STATEMENT_TIMEOUT_MS', `must be a number of milliseconds, 0 for none (got ${settings.statementTimeoutMs})`)
+  }
   // Set at connection start, so no query can run with another search_path or without the bound.
   // The URL's own `options` go first: for a repeated -c, PostgreSQL keeps the last.
-  const own = `-c search_path=${schema} -c statement_timeout=${Math.max(0, Math.floor(settings.statementTimeoutMs))}`
+  const own = `-c search_path=${schema} -c statement_timeout=${Math.floor(settings.statementTimeoutMs)}`
   const given = url.searchParams.get('options')
   url.searchParams.delete('options')
   // Like libpq (psql): no user in the URL nor in PGUSER means the operating-system user.
