@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * `taskvault`: the operator's tool for a storage folder (validate, stats, archive, prune,
- * backup, restore, seal), built on the same services as the server.
+ * backup, restore, seal) and a PostgreSQL database (migrate), built on the same services as the server.
  */
 import { StorageLockedError, TaskvaultError } from '../services/errors.js'
 import { Keyring } from '../services/store/keyring.js'
@@ -9,13 +9,14 @@ import { UsageError, isGlobalHelp, parseCommand } from './args.js'
 import type { Command, CommandResult } from './command.js'
 import { archiveCommand, pruneCommand } from './commands/passes.js'
 import { backupCommand } from './commands/backup.js'
+import { migrateCommand } from './commands/migrate.js'
 import { restoreCommand } from './commands/restore.js'
 import { sealCommand } from './commands/seal.js'
 import { statsCommand } from './commands/stats.js'
 import { validateCommand } from './commands/validate.js'
 import { loadSettings } from './settings.js'
 
-const COMMANDS: readonly Command[] = [validateCommand, statsCommand, archiveCommand, pruneCommand, backupCommand, restoreCommand, sealCommand]
+const COMMANDS: readonly Command[] = [validateCommand, statsCommand, archiveCommand, pruneCommand, backupCommand, restoreCommand, sealCommand, migrateCommand]
 
 const USAGE = `Usage: taskvault <command> [dir] [options]
 

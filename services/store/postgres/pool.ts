@@ -1,0 +1,116 @@
+import { userInfo } from 'node:os'
+import pg from 'pg'
+import { noop } from '../../noop.js'
+import { InvalidDatabaseSettingError } from './errors.js'
+
+/**
+ * Connection settings for the PostgreSQL store: one place that checks the URL and the schema
+ * name and builds pools, so the server and the command-line tool connect the same way.
+ */
+
+/** Lower case, so the name never needs quoting in search_path or in logs; 63 bytes at most (NAMEDATALEN). */
+export const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/u
+
+/** The schema name, checked; `setting` is what the message names (TASK_DB_SCHEMA, --schema). */
+export function checkSchemaName (schema: string, setting = 'TASK_DB_SCHEMA'): string {
+  if (!SCHEMA_NAME.test(schema)) {
+    throw new InvalidDatabaseSettingError(setting, `'${schema.slice(0, 80)}' is not a usable schema name (lower-case letters, digits and _, not starting with a digit, at most 63)`)
+  }
+  if (schema.startsWith('pg_')) throw new InvalidDatabaseSettingError(setting, `'${schema}': names starting with pg_ are reserved by PostgreSQL`)
+  return schema
+}
+
+/** The URL, checked to be a postgres:// one. The message never holds the password. */
+export function parseDatabaseUrl (url: string, setting = 'DATABASE_URL'): URL {
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    throw new InvalidDatabaseSettingError(setting, 'is not a URL (expected postgres://user:password@host:5432/database)')
+  }
+  if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') {
+    throw new InvalidDatabaseSettingError(setting, `must be a postgres:// URL, not ${parsed.protocol}//`)
+  }
+  return parsed
+}
+
+/** Query parameters of a connection URL that hold secrets. */
+const SECRET_PARAMS = new Set(['password', 'sslpassword'])
+
+/** The URL for logs and messages: the password (in the authority or a parameter) replaced by ***. */
+export function redactUrl (url: string): string {
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    // Nothing can be said about where its secrets are.
+    return '(a malformed database URL)'
+  }
+  if (parsed.password !== '') parsed.password = '***'
+  for (const key of [...parsed.searchParams.keys()]) {
+    if (SECRET_PARAMS.has(key.toLowerCase())) parsed.searchParams.set(key, '***')
+  }
+  return parsed.toString()
+}
+
+export interface PoolSettings {
+  url: string
+  schema: string
+  max: number
+  /** Server-side bound of every statement (statement_timeout); 0 for none. */
+  statementTimeoutMs: number
+  /** Bound on opening a connection. */
+  connectTimeoutMs?: number
+}
+
+const DEFAULT_CONNECT_TIMEOUT_MS = 10_000
+/**
+ * A query also gives up on the client this long after its statement_timeout: when the network
+ * stalls, the server never sees the statement and cannot cancel it.
+ */
+const CLIENT_TIMEOUT_MARGIN_MS = 1_000
+
+/** What a pg.Client or pg.Pool needs to connect with these settings. */
+export function connectionConfig (settings: PoolSettings): pg.PoolConfig {
+  const url = parseDatabaseUrl(settings.url)
+  const schema = checkSchemaName(settings.schema)
+  if (!Number.isInteger(settings.max) || settings.max < 1) throw new InvalidDatabaseSettingError('TASK_DB_POOL_MAX', `must be a whole number of connections, at least 1 (got ${settings.max})`)
+  if (!Number.isFinite(settings.statementTimeoutMs) || settings.statementTimeoutMs < 0) {
+    throw new InvalidDatabaseSettingError('TASK_DB_STATEMENT_TIMEOUT_MS', `must be a number of milliseconds, 0 for none (got ${settings.statementTimeoutMs})`)
+  }
+  // Set at connection start, so no query can run with another search_path or without the bound.
+  // The URL's own `options` go first: for a repeated -c, PostgreSQL keeps the last.
+  const own = `-c search_path=${schema} -c statement_timeout=${Math.floor(settings.statementTimeoutMs)}`
+  const given = url.searchParams.get('options')
+  url.searchParams.delete('options')
+  // Like libpq (psql): no user in the URL nor in PGUSER means the operating-system user.
+  // node-postgres would read $USER, which a service's environment often lacks.
+  if (url.username === '' && (process.env.PGUSER ?? '') === '') url.username = osUser()
+  return {
+    connectionString: url.toString(),
+    options: given === null || given.trim() === '' ? own : `${given} ${own}`,
+    max: settings.max,
+    connectionTimeoutMillis: settings.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+    query_timeout: settings.statementTimeoutMs > 0 ? settings.statementTimeoutMs + CLIENT_TIMEOUT_MARGIN_MS : undefined,
+    keepAlive: true,
+    application_name: 'taskvault'
+  }
+}
+
+function osUser (): string {
+  try {
+    return encodeURIComponent(userInfo().username)
+  } catch {
+    return ''
+  }
+}
+
+/**
+ * A pool for these settings. Errors of idle connections (the server restarted, the network
+ * dropped) go to `onError`: unheard, the pool's 'error' event would end the process.
+ */
+export function createPool (settings: PoolSettings, onError: (err: Error) => void = noop): pg.Pool {
+  const pool = new pg.Pool(connectionConfig(settings))
+  pool.on('error', onError)
+  return pool
+}

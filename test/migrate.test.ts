@@ -1,0 +1,332 @@
+/**
+ * Migrations on a real PostgreSQL (a database of each test's own): applying, racing, refusing
+ * a newer database, the schema's place, the document column's fidelity, and the fault proxy.
+ */
+import { randomBytes } from 'node:crypto'
+import { copyFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import pg from 'pg'
+import t, { type Test } from 'tap'
+import type { SessionFile, Task } from '../schemas/session.js'
+import { noop } from '../services/noop.js'
+import { Keyring } from '../services/store/keyring.js'
+import { DatabaseTooNewError, InvalidDatabaseSettingError, MigrationError } from '../services/store/postgres/errors.js'
+import { MIGRATIONS_DIR, migrate, readMigrations } from '../services/store/postgres/migrate.js'
+import { createPool, redactUrl } from '../services/store/postgres/pool.js'
+import { parseSessionFile, serializeSessionFile } from '../services/store/session-files.js'
+import { taskvault, type Run } from './cli-run.js'
+import { tempDir } from './helper.js'
+import { ADMIN_URL, testDatabase } from './postgres.js'
+import { freePort } from './server-process.js'
+import { startProxy } from './tcp-proxy.js'
+
+const SCHEMA = 'tv_test'
+const files = await readMigrations()
+const NEWEST = files.at(-1)?.version ?? 0
+const ALL = files.map((file) => file.version)
+
+function pool (t: { teardown(fn: () => unknown): void }, url: string, schema = SCHEMA, statementTimeoutMs = 10_000): pg.Pool {
+  const created = createPool({ url, schema, max: 3, statementTimeoutMs })
+  t.teardown(() => created.end())
+  return created
+}
+
+async function recorded (db: pg.Pool, schema = SCHEMA): Promise<number[]> {
+  const { rows } = await db.query(`SELECT version FROM ${pg.escapeIdentifier(schema)}.migrations ORDER BY version`)
+  return rows.map((row: { version: number }) => row.version)
+}
+
+/** The shipped migrations plus `extra` (`<version>_<name>` -> SQL), in a folder of the test's own. */
+async function migrationsDir (t: Test, extra: Record<string, string>): Promise<string> {
+  const dir = await tempDir(t, 'taskvault-migrations-')
+  for (const file of files) {
+    const name = `${String(file.version).padStart(3, '0')}_${file.name}.sql`
+    await copyFile(join(MIGRATIONS_DIR, name), join(dir, name))
+  }
+  for (const [key, sql] of Object.entries(extra)) {
+    const [version, ...name] = key.split('_')
+    await writeFile(join(dir, `${String(version).padStart(3, '0')}_${name.join('_')}.sql`), sql)
+  }
+  return dir
+}
+
+/** A failed run of the tool tells its reason in one line, and never with a stack. */
+function oneLine (t: Test, run: Run, pattern: RegExp): void {
+  t.equal(run.code, 1, 'exits 1')
+  t.match(run.stderr, pattern)
+  t.equal(run.stderr.trim().split('\n').length, 1, `one line: ${run.stderr}`)
+  t.notMatch(run.stderr, /\n\s+at /u, 'no stack trace')
+}
+
+t.test('a fresh database migrates and records it; a second run applies nothing', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = pool(t, url)
+  t.same(await migrate(db, { schema: SCHEMA }), { applied: ALL, version: NEWEST })
+  const { rows } = await db.query(`SELECT version, name, checksum, applied_at FROM ${SCHEMA}.migrations ORDER BY version`)
+  t.same(rows.map((row) => [row.version, row.name, row.checksum]), files.map((file) => [file.version, file.name, file.checksum]))
+  t.ok(rows.every((row) => row.applied_at instanceof Date), 'applied_at is recorded')
+
+  t.same(await migrate(db, { schema: SCHEMA }), { applied: [], version: NEWEST }, 'second run: nothing to do')
+  t.same(await recorded(db), ALL)
+
+  // The same through the tool.
+  const again = await taskvault(['migrate', '--database-url', url, '--schema', SCHEMA])
+  t.equal(again.code, 0)
+  t.match(again.stdout, `Schema ${SCHEMA} at`)
+  t.match(again.stdout, 'is up to date')
+})
+
+t.test('the tables land in the chosen schema, not public, and the pool finds them there', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = pool(t, url)
+  await migrate(db, { schema: SCHEMA })
+  const { rows } = await db.query(`SELECT table_schema, table_name FROM information_schema.tables
+    WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY table_name`)
+  t.same(rows, [
+    { table_schema: SCHEMA, table_name: 'migrations' },
+    { table_schema: SCHEMA, table_name: 'replicas' },
+    { table_schema: SCHEMA, table_name: 'sessions' }
+  ])
+  // Unqualified names resolve through the search_path the pool sets on each connection.
+  t.same((await db.query('SELECT count(*)::int AS n FROM sessions')).rows, [{ n: 0 }])
+  t.same((await db.query('SHOW search_path')).rows, [{ search_path: SCHEMA }])
+  t.same((await db.query('SHOW statement_timeout')).rows, [{ statement_timeout: '10s' }])
+
+  // Another schema in the same database migrates on its own.
+  const other = pool(t, url, 'tv_other')
+  t.same((await migrate(other, { schema: 'tv_other' })).applied, ALL)
+  t.same(await recorded(other, 'tv_other'), ALL)
+})
+
+t.test('two servers migrating at once apply each migration exactly once', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  // The real migrations plus a slow one, so the two runs overlap for certain; a second
+  // CREATE TABLE of the same table would fail, so "once" is checked by the database too.
+  const slow = NEWEST + 1
+  const dir = await migrationsDir(t, { [`${slow}_slow`]: 'SELECT pg_sleep(0.3);\nCREATE TABLE slow_once (x integer);\n' })
+  const [a, b] = [pool(t, url), pool(t, url)]
+  const results = await Promise.all([migrate(a, { schema: SCHEMA, dir }), migrate(b, { schema: SCHEMA, dir })])
+  t.same(results.flatMap((result) => result.applied).sort((x, y) => x - y), [...ALL, slow], 'every version applied by exactly one of them')
+  t.same(results.map((result) => result.version), [slow, slow])
+  t.same(await recorded(a), [...ALL, slow])
+})
+
+t.test('two taskvault migrate processes at once apply each migration exactly once', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const runs = await Promise.all([1, 2].map(() => taskvault(['migrate', '--database-url', url, '--schema', SCHEMA, '--json'])))
+  for (const run of runs) t.equal(run.code, 0, run.stderr)
+  const applied = runs.flatMap((run) => run.json().applied as number[]).sort((x, y) => x - y)
+  t.same(applied, ALL, 'each migration applied by one process')
+  t.same(runs.map((run) => run.json().version), [NEWEST, NEWEST])
+  const db = pool(t, url)
+  t.same(await recorded(db), ALL)
+})
+
+t.test('a database migrated by a newer taskvault is refused, naming both versions', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = pool(t, url)
+  await migrate(db, { schema: SCHEMA })
+  const future = NEWEST + 41
+  await db.query(`INSERT INTO ${SCHEMA}.migrations (version, name, checksum) VALUES ($1, 'future', 'x')`, [future])
+  const message = `database is at migration ${future}, this taskvault knows up to ${NEWEST}; upgrade taskvault`
+  await t.rejects(migrate(db, { schema: SCHEMA }), new DatabaseTooNewError(future, NEWEST))
+  await t.rejects(migrate(db, { schema: SCHEMA }), { code: 'DATABASE_TOO_NEW', message })
+  oneLine(t, await taskvault(['migrate', '--database-url', url, '--schema', SCHEMA]), new RegExp(`^taskvault: ${message}\\n$`, 'u'))
+  t.same(await recorded(db), [...ALL, future], 'nothing changed')
+})
+
+t.test('a failing migration is rolled back whole and not recorded', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = pool(t, url)
+  const broken = NEWEST + 1
+  const dir = await migrationsDir(t, { [`${broken}_broken`]: 'CREATE TABLE half_done (x integer);\nSELECT no_such_column FROM half_done;\n' })
+  await t.rejects(migrate(db, { schema: SCHEMA, dir }), { code: 'MIGRATION_FAILED', message: new RegExp(`^migration ${broken} \\(broken\\) failed: column "no_such_column" does not exist`, 'u') })
+  t.same(await recorded(db), ALL, 'the earlier ones stay applied; the broken one is not recorded')
+  t.same((await db.query('SELECT to_regclass($1) AS found', [`${SCHEMA}.half_done`])).rows, [{ found: null }], 'none of its statements remain')
+})
+
+t.test('migrations are not bound by the pool\'s statement timeout, which is back afterwards', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  // 200 ms on the server, 1.2 s on the client: the 1.5 s migration passes both only if migrate lifts them.
+  const db = createPool({ url, schema: SCHEMA, max: 1, statementTimeoutMs: 200 })
+  t.teardown(() => db.end())
+  const dir = await migrationsDir(t, { [`${NEWEST + 1}_long`]: 'SELECT pg_sleep(1.5);\n' })
+  t.same((await migrate(db, { schema: SCHEMA, dir })).applied, [...ALL, NEWEST + 1])
+  t.same((await db.query('SHOW statement_timeout')).rows, [{ statement_timeout: '200ms' }], 'the pooled connection has its bound again')
+})
+
+t.test('an applied migration that changed since is refused', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = pool(t, url)
+  await migrate(db, { schema: SCHEMA })
+  await db.query(`UPDATE ${SCHEMA}.migrations SET checksum = 'edited' WHERE version = 1`)
+  await t.rejects(migrate(db, { schema: SCHEMA }), MigrationError)
+  await t.rejects(migrate(db, { schema: SCHEMA }), { message: /migration 1 \(sessions\) differs/u })
+})
+
+t.test('a bad schema name is refused, naming TASK_DB_SCHEMA, before anything is created', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = pool(t, url, 'public')
+  for (const bad of ['', 'Taskvault', '1st', 'task-vault', 'a'.repeat(64), 'tv"; DROP TABLE x; --', 'pg_taskvault', 'täsk']) {
+    await t.rejects(migrate(db, { schema: bad }), InvalidDatabaseSettingError, `'${bad}' by migrate`)
+    await t.rejects(migrate(db, { schema: bad }), { code: 'INVALID_DATABASE_SETTING', message: /^TASK_DB_SCHEMA: /u })
+    t.throws(() => createPool({ url, schema: bad, max: 1, statementTimeoutMs: 0 }), { message: /^TASK_DB_SCHEMA: /u }, `'${bad}' by createPool`)
+  }
+  const { rows } = await db.query('SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE \'pg\\_%\' AND nspname NOT IN (\'public\', \'information_schema\')')
+  t.same(rows, [], 'no schema was created')
+
+  const [flag, env] = await Promise.all([
+    taskvault(['migrate', '--database-url', url, '--schema', 'Bad']),
+    taskvault(['migrate', '--database-url', url], { env: { TASK_DB_SCHEMA: 'no-dashes' } })
+  ])
+  oneLine(t, flag, /^taskvault: --schema: 'Bad' is not a usable schema name/u)
+  oneLine(t, env, /^taskvault: TASK_DB_SCHEMA: 'no-dashes' is not a usable schema name/u)
+})
+
+t.test('the tool refuses a bad URL and an unreachable database in one line, and never prints a password', async (t) => {
+  const port = await freePort()
+  const [notUrl, mysql, down, missing] = await Promise.all([
+    taskvault(['migrate', '--database-url', 'not a url']),
+    taskvault(['migrate', '--database-url', 'mysql://root:hunter2@127.0.0.1/db']),
+    taskvault(['migrate', '--database-url', `postgres://me:hunter2@127.0.0.1:${port}/db`]),
+    taskvault(['migrate'])
+  ])
+  oneLine(t, notUrl, /^taskvault: --database-url: is not a URL/u)
+  oneLine(t, mysql, /^taskvault: --database-url: must be a postgres:\/\/ URL, not mysql:\/\//u)
+  oneLine(t, down, new RegExp(`^taskvault: cannot connect to the database at postgres://me:\\*\\*\\*@127\\.0\\.0\\.1:${port}/db \\(4 tries\\): connect ECONNREFUSED`, 'u'))
+  for (const run of [notUrl, mysql, down]) t.notMatch(run.stderr, 'hunter2', 'no password')
+  t.equal(missing.code, 2, 'no URL at all is a usage error')
+  const help = await taskvault(['migrate', '--help'])
+  t.equal(help.code, 0)
+  t.match(help.stdout, 'Usage: taskvault migrate --database-url URL [--schema NAME]')
+  t.match(missing.stderr, 'missing --database-url (or DATABASE_URL)')
+})
+
+t.test('pool settings out of range are refused naming the setting', async (t) => {
+  const url = 'postgres://127.0.0.1/db'
+  t.throws(() => createPool({ url, schema: SCHEMA, max: 0, statementTimeoutMs: 0 }), { code: 'INVALID_DATABASE_SETTING', message: /^TASK_DB_POOL_MAX: /u })
+  t.throws(() => createPool({ url, schema: SCHEMA, max: 1, statementTimeoutMs: -1 }), { message: /^TASK_DB_STATEMENT_TIMEOUT_MS: /u })
+  t.throws(() => createPool({ url: 'http://127.0.0.1/db', schema: SCHEMA, max: 1, statementTimeoutMs: 0 }), { message: /^DATABASE_URL: must be a postgres:\/\/ URL/u })
+})
+
+t.test('redactUrl hides passwords', async (t) => {
+  t.equal(redactUrl('postgres://me:hunter2@db.example:5432/tv'), 'postgres://me:***@db.example:5432/tv')
+  t.equal(redactUrl('postgres://db.example/tv?user=me&password=hunter2'), 'postgres://db.example/tv?user=me&password=***')
+  t.equal(redactUrl('postgres://me@db.example/tv'), 'postgres://me@db.example/tv', 'nothing to hide')
+  t.equal(redactUrl('postgres://me:hunter2@[::1'), '(a malformed database URL)')
+})
+
+/** A session with what breaks lossy storage: unicode of every kind, extreme numbers, key order. */
+function awkwardSession (id: string, resultBytes = 0): SessionFile {
+  const task = (n: number, status: Task['status']): Task => ({
+    id: `task_${n}_${Number.MAX_SAFE_INTEGER}`,
+    instruction: `Grüße 日本語 שלום 👩‍👩‍👧 é (e + combining) \u2028\u2029 "quotes" \\back\\slashes \u0000\u001f tab\there ${n}`,
+    task_type: 'Coding',
+    status,
+    result: status === 'Completed' ? `lone surrogate \ud800 ok; ${'x'.repeat(resultBytes)}` : null,
+    error: status === 'Failed' ? 'boom 💥' : null,
+    confidence: n === 1 ? 0.1 + 0.2 : 5e-324,
+    created_at: '2025-11-04T08:00:00Z',
+    started_at: '2025-11-04T08:00:05.123+02:00',
+    completed_at: status === 'Pending' ? null : '2025-11-04T08:00:15.999Z',
+    attempts: Number.MAX_SAFE_INTEGER,
+    interruptions: 0
+  })
+  return {
+    session_id: id,
+    created_at: '2025-11-04T08:00:00Z',
+    updated_at: '2025-11-04T08:15:30.000Z',
+    session: { session_id: id, tasks: [task(1, 'Completed'), task(2, 'Failed'), task(3, 'Pending')], current_index: 2 },
+    background_run: { started_at: '2025-11-04T08:15:00Z' }
+  }
+}
+
+t.test('the document column gives back the very bytes the file store writes', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = pool(t, url)
+  await migrate(db, { schema: SCHEMA })
+  const keyring = Keyring.parse(`k1:${randomBytes(32).toString('base64')}`)
+  const cases: Array<[string, SessionFile, Keyring | null]> = [
+    ['plain', awkwardSession('plain'), null],
+    ['large (serialized in slices)', awkwardSession('large', 1_200_000), null],
+    ['sealed', awkwardSession('sealed'), keyring]
+  ]
+  for (const [label, file, ring] of cases) {
+    const data = await serializeSessionFile(file, 2, Infinity, ring)
+    await db.query(`INSERT INTO sessions (session_id, document, sealed_kid, created_at, updated_at)
+      VALUES ($1, $2::json, $3, $4, $5)`, [file.session_id, data.toString('utf8'), ring?.activeKid ?? null, file.created_at, file.updated_at])
+    const { rows } = await db.query('SELECT document::text AS document, bytes FROM sessions WHERE session_id = $1', [file.session_id])
+    const back = Buffer.from(rows[0].document as string, 'utf8')
+    t.ok(back.equals(data), `${label}: byte for byte (${data.length} bytes)`)
+    t.equal(rows[0].bytes, data.length, `${label}: bytes column`)
+    t.same(parseSessionFile(`${file.session_id}.json`, back.toString('utf8'), file.session_id, ring), file, `${label}: reads back as the same session`)
+  }
+  // Why not jsonb: it refuses what JSON.stringify may write (\u0000, a lone surrogate), and
+  // hands back another text for the rest (keys re-ordered, layout and numbers normalised).
+  const plain = (await serializeSessionFile(awkwardSession('plain'), 2, Infinity)).toString('utf8')
+  await t.rejects(db.query('SELECT $1::text::jsonb', [plain]), { code: /^22P0[25]$/u }, 'jsonb refuses the document')
+  const tame = plain.replaceAll('\\u0000', '').replaceAll('\\ud800', '')
+  const { rows } = await db.query('SELECT $1::text::json::text = $1::text AS json_same, $1::text::jsonb::text = $1::text AS jsonb_same', [tame])
+  t.same(rows, [{ json_same: true, jsonb_same: false }], 'jsonb changes the text')
+})
+
+t.test('through the TCP proxy: queries pass, a drop fails fast, a stall times out, and pass() recovers', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const target = new URL(ADMIN_URL)
+  const proxy = await startProxy(Number(target.port === '' ? 5432 : target.port), target.hostname)
+  t.teardown(() => proxy.close())
+  const proxied = new URL(url)
+  proxied.hostname = '127.0.0.1'
+  proxied.port = String(proxy.port)
+  const db = createPool({ url: proxied.toString(), schema: 'public', max: 2, statementTimeoutMs: 500, connectTimeoutMs: 1_000 })
+  t.teardown(() => db.end())
+  const timed = async (query: Promise<unknown>): Promise<{ ok: boolean, ms: number, error: unknown }> => {
+    const start = Date.now()
+    try {
+      await query
+      return { ok: true, ms: Date.now() - start, error: null }
+    } catch (error) {
+      return { ok: false, ms: Date.now() - start, error }
+    }
+  }
+
+  t.same((await db.query('SELECT 1 AS one')).rows, [{ one: 1 }], 'passes')
+  const slow = await timed(db.query('SELECT pg_sleep(5)'))
+  t.notOk(slow.ok, 'a statement past statement_timeout fails')
+  t.equal((slow.error as { code?: string }).code, '57014', 'cancelled by the server (query_canceled)')
+  t.ok(slow.ms < 2_000, `within the timeout (${slow.ms} ms)`)
+
+  proxy.drop()
+  const dropped = await timed(db.query('SELECT 1'))
+  t.notOk(dropped.ok, 'after drop(), a query fails')
+  t.ok(dropped.ms < 1_000, `fast (${dropped.ms} ms)`)
+  t.equal(proxy.connections(), 0, 'no connection is left open')
+
+  proxy.pass()
+  t.same((await db.query('SELECT 2 AS two')).rows, [{ two: 2 }], 'passes again')
+
+  proxy.stall()
+  const stalled = await timed(db.query('SELECT 3'))
+  t.notOk(stalled.ok, 'after stall(), a query fails rather than hanging')
+  t.ok(stalled.ms < 3_000, `bounded by the timeouts (${stalled.ms} ms)`)
+  // A new connection during the stall is accepted and held: the connect timeout ends it.
+  const fresh = new pg.Client({ connectionString: proxied.toString(), connectionTimeoutMillis: 500 })
+  fresh.on('error', noop)
+  const connecting = await timed(fresh.connect())
+  t.notOk(connecting.ok, 'connecting during a stall times out')
+  await fresh.end().catch(noop)
+
+  proxy.pass()
+  t.same((await db.query('SELECT 4 AS four')).rows, [{ four: 4 }], 'recovers after pass()')
+})

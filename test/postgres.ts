@@ -1,0 +1,78 @@
+/**
+ * A PostgreSQL database of the test's own: created on the server at TASK_TEST_DATABASE_URL
+ * with a random name, dropped when the test ends. Not a *.test.ts file: tap does not run it.
+ */
+import { randomBytes } from 'node:crypto'
+import pg from 'pg'
+import { noop } from '../services/noop.js'
+import { connectionConfig } from '../services/store/postgres/pool.js'
+
+export const ADMIN_URL = process.env.TASK_TEST_DATABASE_URL ?? 'postgres://127.0.0.1:5432/postgres'
+
+export interface DatabaseTestContext {
+  teardown(fn: () => unknown): void
+  fail(message: string): unknown
+  skip(name: string, fn: () => unknown): unknown
+}
+
+let skipAnnounced = false
+
+/**
+ * The URL of a fresh, empty database, or null when no server answers: the test then fails
+ * under CI=true (a skip there would hide that nothing ran) and is skipped elsewhere, with one
+ * loud line so that a green run without PostgreSQL is not mistaken for a tested one.
+ */
+export async function testDatabase (t: DatabaseTestContext): Promise<string | null> {
+  let admin: pg.Client
+  try {
+    admin = await adminClient()
+  } catch (err) {
+    const reason = `no PostgreSQL at ${ADMIN_URL} (${describe(err)})`
+    if (process.env.CI === 'true') {
+      t.fail(`${reason}; under CI=true the PostgreSQL tests must run`)
+      return null
+    }
+    if (!skipAnnounced) process.stderr.write(`# SKIP PostgreSQL tests: ${reason}\n`)
+    skipAnnounced = true
+    t.skip(`PostgreSQL tests: ${reason}`, noop)
+    return null
+  }
+  const name = `taskvault_test_${randomBytes(6).toString('hex')}`
+  try {
+    // template0 with the C locale accepts UTF8 whatever the cluster's default is: the
+    // fidelity tests need every character stored as it is.
+    await admin.query(`CREATE DATABASE ${admin.escapeIdentifier(name)} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'`)
+  } finally {
+    await admin.end().catch(noop)
+  }
+  t.teardown(async () => {
+    const client = await adminClient()
+    try {
+      // FORCE: a test that failed half-way may leave connections open.
+      await client.query(`DROP DATABASE IF EXISTS ${client.escapeIdentifier(name)} WITH (FORCE)`)
+    } finally {
+      await client.end().catch(noop)
+    }
+  })
+  const url = new URL(ADMIN_URL)
+  url.pathname = `/${name}`
+  return url.toString()
+}
+
+async function adminClient (): Promise<pg.Client> {
+  const client = new pg.Client(connectionConfig({ url: ADMIN_URL, schema: 'public', max: 1, statementTimeoutMs: 0, connectTimeoutMs: 5_000 }))
+  client.on('error', noop)
+  try {
+    await client.connect()
+  } catch (err) {
+    await client.end().catch(noop)
+    throw err
+  }
+  return client
+}
+
+function describe (err: unknown): string {
+  if (!(err instanceof Error)) return String(err)
+  if (err.message !== '') return err.message
+  return ((err as Partial<AggregateError>).errors?.[0] as Error | undefined)?.message ?? (err as NodeJS.ErrnoException).code ?? err.name
+}
