@@ -36,7 +36,11 @@ const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
   INVALID_ENCRYPTION_KEYS: 500,
   INVALID_LOCK_SETTINGS: 500,
   USAGE: 500,
-  FAILED: 500
+  FAILED: 500,
+  INVALID_DATABASE_SETTING: 500,
+  DATABASE_TOO_NEW: 500,
+  MIGRATION_FAILED: 500,
+  DATABASE_UNAVAILABLE: 503
 }
 
 export function statusFor (error: FastifyError | TaskvaultError): number {

@@ -7,7 +7,8 @@ export const ERROR_CODES = [
   'INVALID_INSTRUCTIONS', 'INVALID_SESSION_ID', 'LIMIT_EXCEEDED', 'SESSION_LIMIT', 'TOO_MANY_STREAMS',
   'SHUTTING_DOWN', 'NOT_READY', 'STORAGE_UNAVAILABLE', 'STORAGE_FULL', 'LOCK_LOST', 'STORAGE_LOCKED', 'ENCRYPTION_KEY_UNAVAILABLE',
   'INVALID_SESSION_STATE', 'CORRUPT_SESSION_FILE', 'FOREIGN_STORAGE_FOLDER', 'INVALID_ARCHIVE', 'AGENT_FAILED',
-  'INVALID_OPTIONS', 'INVALID_AGENT_CONFIG', 'INVALID_ENCRYPTION_KEYS', 'INVALID_LOCK_SETTINGS', 'USAGE', 'FAILED'
+  'INVALID_OPTIONS', 'INVALID_AGENT_CONFIG', 'INVALID_ENCRYPTION_KEYS', 'INVALID_LOCK_SETTINGS', 'USAGE', 'FAILED',
+  'INVALID_DATABASE_SETTING', 'DATABASE_TOO_NEW', 'MIGRATION_FAILED', 'DATABASE_UNAVAILABLE'
 ] as const
 export type ErrorCode = (typeof ERROR_CODES)[number]
 
@@ -246,5 +247,35 @@ export class UsageError extends TaskvaultError {
 export class CommandFailedError extends TaskvaultError {
   constructor (message: string) {
     super('FAILED', message)
+  }
+}
+
+// The PostgreSQL store's: each stops a boot or a `taskvault migrate` with one line naming the setting or versions.
+
+/** A PostgreSQL setting (TASK_DB_SCHEMA, DATABASE_URL, ...) that cannot be used. */
+export class InvalidDatabaseSettingError extends TaskvaultError {
+  constructor (readonly setting: string, message: string) {
+    super('INVALID_DATABASE_SETTING', `${setting}: ${message}`)
+  }
+}
+
+/** The database was migrated by a newer taskvault: running against it could lose its changes. */
+export class DatabaseTooNewError extends TaskvaultError {
+  constructor (readonly databaseVersion: number, readonly knownVersion: number) {
+    super('DATABASE_TOO_NEW', `database is at migration ${databaseVersion}, this taskvault knows up to ${knownVersion}; upgrade taskvault`)
+  }
+}
+
+/** A migration file that is malformed, or that changed after it was applied, or that failed to apply. */
+export class MigrationError extends TaskvaultError {
+  constructor (message: string, options?: ErrorOptions) {
+    super('MIGRATION_FAILED', message, options)
+  }
+}
+
+/** The database could not be reached (refused, timed out, not accepting connections yet). */
+export class DatabaseUnavailableError extends TaskvaultError {
+  constructor (message: string, options?: ErrorOptions) {
+    super('DATABASE_UNAVAILABLE', message, options)
   }
 }

@@ -1,6 +1,6 @@
 import pg from 'pg'
 import { noop } from '../../services/noop.js'
-import { DatabaseUnavailableError } from '../../services/store/postgres/errors.js'
+import { DatabaseUnavailableError } from '../../services/errors.js'
 import { migrate, readMigrations } from '../../services/store/postgres/migrate.js'
 import { checkSchemaName, connectionConfig, parseDatabaseUrl, redactUrl } from '../../services/store/postgres/pool.js'
 import { UsageError } from '../args.js'

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { noop } from '../../noop.js'
-import { DatabaseTooNewError, MigrationError } from './errors.js'
+import { DatabaseTooNewError, MigrationError } from '../../errors.js'
 import { checkSchemaName } from './pool.js'
 
 /**

@@ -1,7 +1,7 @@
 import { userInfo } from 'node:os'
 import pg from 'pg'
 import { noop } from '../../noop.js'
-import { InvalidDatabaseSettingError } from './errors.js'
+import { InvalidDatabaseSettingError } from '../../errors.js'
 
 /**
  * Connection settings for the PostgreSQL store: one place that checks the URL and the schema
