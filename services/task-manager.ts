@@ -393,7 +393,7 @@ export class TaskManager {
       if (this.shuttingDown) break
       const moved = await this.registry.change(sessionId, (draft) => {
         // Unsaved changes (auto-save off) stay put: the archive must get the latest state.
-        if (draft.file === null || this.registry.existing(sessionId).executing || this.registry.isDirty(sessionId) ||
+        if (draft.file === null || this.registry.existing(sessionId).executing || this.registry.isUnsaved(sessionId) ||
           !isArchivable(draft.file, cutoff)) return unchanged(false)
         draft.archive()
         return true
@@ -435,7 +435,7 @@ export class TaskManager {
   async close (): Promise<void> {
     await this.beginShutdown()
     await this.registry.drain()
-    if (!this.settings.autoSave) await this.registry.saveDirty()
+    if (!this.settings.autoSave) await this.registry.saveUnsaved()
   }
 
   /**
@@ -458,7 +458,6 @@ export class TaskManager {
     if (this.shuttingDown) throw new ShuttingDownError()
   }
 }
-
 
 /** Merges two lists sorted newest `updated_at` first. */
 function mergeNewestFirst<A extends { updated_at: string }, B extends { updated_at: string }> (a: A[], b: B[]): Array<A | B> {
@@ -483,4 +482,3 @@ function isArchivable (file: SessionFile, cutoff: Date): boolean {
   const finished = finishedAt(file)
   return finished !== null && Date.parse(finished) < cutoff.getTime()
 }
-

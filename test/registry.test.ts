@@ -132,36 +132,36 @@ t.test('a save whose outcome is uncertain (the folder fsync failed after the ren
   t.strictSame(onDisk(store, 's'), acknowledged)
 })
 
-t.test('auto-save off: changes commit in memory, saveDirty() writes them, delete and unarchive still write at once', async (t) => {
+t.test('auto-save off: changes commit in memory, saveUnsaved() writes them, delete and unarchive still write at once', async (t) => {
   const { fs, store, registry } = await setup(t, false)
   const renames = fs.calls.rename
   t.equal(await registry.change('lazy', addTask('one')), 'task_1_' + Math.floor(NOW.getTime() / 1000), 'the change resolves with its result')
   await registry.change('lazy', addTask('two'))
   t.equal(fs.calls.rename, renames, 'nothing written')
   t.notOk(existsSync(store.pathFor('lazy')))
-  t.ok(registry.isDirty('lazy'))
+  t.ok(registry.isUnsaved('lazy'))
   t.same(instructions(registry.find('lazy')), ['one', 'two'], 'memory holds the changes')
   t.match(registry.stats(), { total_sessions: 1, total_tasks: 2 })
 
-  await registry.saveDirty()
+  await registry.saveUnsaved()
   t.equal(fs.calls.rename - renames, 1, 'one write')
-  t.notOk(registry.isDirty('lazy'))
+  t.notOk(registry.isUnsaved('lazy'))
   t.strictSame(onDisk(store, 'lazy'), registry.find('lazy'))
 
   await registry.change('lazy', addTask('three'))
-  t.ok(registry.isDirty('lazy'), 'dirty again')
+  t.ok(registry.isUnsaved('lazy'), 'dirty again')
   t.equal(fs.calls.rename - renames, 1)
   t.same(instructions(onDisk(store, 'lazy')), ['one', 'two'])
 
   await registry.change('lazy', (draft) => { draft.delete({ archived: false }) })
   t.notOk(existsSync(store.pathFor('lazy')), 'a delete removes the file at once')
   t.equal(registry.find('lazy'), null)
-  t.notOk(registry.isDirty('lazy'))
+  t.notOk(registry.isUnsaved('lazy'))
   t.match(registry.stats(), { total_sessions: 0, total_tasks: 0, files: 0 })
 
   // Unarchive: a session moved to the archive comes back, written at once.
   await registry.change('old', addTask('archived one'))
-  await registry.saveDirty()
+  await registry.saveUnsaved()
   await registry.change('old', (draft) => { draft.archive() })
   t.notOk(existsSync(store.pathFor('old')), 'archived: the active file is gone')
   const { session } = await store.readArchived('old')
@@ -170,7 +170,7 @@ t.test('auto-save off: changes commit in memory, saveDirty() writes them, delete
   await registry.change('old', (draft) => { draft.unarchive(session.file, session.name) })
   t.equal(fs.calls.rename - beforeUnarchive, 1, 'the unarchived session is written at once')
   t.strictSame(onDisk(store, 'old'), registry.find('old'))
-  t.notOk(registry.isDirty('old'))
+  t.notOk(registry.isUnsaved('old'))
   t.notOk(existsSync(join(store.archiveDir, session.name)), 'the archived copy is removed')
 })
 

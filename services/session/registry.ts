@@ -5,6 +5,13 @@ import { Draft, Unchanged, unchanged, type ChangeFn } from './draft.js'
 import { cloneSessionFile, currentIndex, isoNow, progressOf, type Progress, type SessionFile } from './session.js'
 import type { SessionStore } from '../store/store.js'
 
+/** A change applied to a draft: its result, and whether it changed nothing. */
+interface Applied {
+  change: QueuedChange
+  value: unknown
+  unchanged: boolean
+}
+
 interface QueuedChange {
   apply: ChangeFn<unknown>
   resolve: (value: unknown) => void
@@ -19,7 +26,7 @@ export interface SessionSlot {
   bytes: number
   executing: boolean
   /** Committed but not yet saved (auto-save off). */
-  dirty: boolean
+  unsaved: boolean
   queue: QueuedChange[]
   flushing: Promise<void> | null
 }
@@ -59,8 +66,16 @@ export class SessionRegistry {
   private readonly autoSave: boolean
   private readonly clock: () => Date
   private readonly totals: Totals = {
-    total_sessions: 0, active_sessions: 0, completed_sessions: 0, total_tasks: 0, completed_tasks: 0,
-    failed_tasks: 0, pending_tasks: 0, in_progress_tasks: 0, bytes: 0, files: 0
+    total_sessions: 0,
+    active_sessions: 0,
+    completed_sessions: 0,
+    total_tasks: 0,
+    completed_tasks: 0,
+    failed_tasks: 0,
+    pending_tasks: 0,
+    in_progress_tasks: 0,
+    bytes: 0,
+    files: 0
   }
 
   constructor (options: RegistryOptions) {
@@ -166,10 +181,10 @@ export class SessionRegistry {
   }
 
   /** Writes every session committed while auto-save was off, through each session's queue. */
-  async saveDirty (): Promise<void> {
+  async saveUnsaved (): Promise<void> {
     const saves: Array<Promise<unknown>> = []
     for (const [sessionId, slot] of this.slots) {
-      if (!slot.dirty) continue
+      if (!slot.unsaved) continue
       saves.push(this.change(sessionId, (draft) => {
         if (draft.file === null) return unchanged(undefined)
         draft.forceSave()
@@ -179,14 +194,14 @@ export class SessionRegistry {
   }
 
   /** Committed in memory but not yet saved (auto-save off). */
-  isDirty (sessionId: string): boolean {
-    return this.slots.get(sessionId)?.dirty === true
+  isUnsaved (sessionId: string): boolean {
+    return this.slots.get(sessionId)?.unsaved === true
   }
 
   private slotFor (sessionId: string): SessionSlot {
     let slot = this.slots.get(sessionId)
     if (slot === undefined) {
-      slot = { file: null, progress: null, updatedMs: 0, bytes: 0, executing: false, dirty: false, queue: [], flushing: null }
+      slot = { file: null, progress: null, updatedMs: 0, bytes: 0, executing: false, unsaved: false, queue: [], flushing: null }
       this.slots.set(sessionId, slot)
     }
     return slot
@@ -197,42 +212,53 @@ export class SessionRegistry {
     // same tick share the first write.
     await Promise.resolve()
     while (slot.queue.length > 0) {
-      const batch = slot.queue.splice(0)
-      const draft = new Draft(sessionId, slot.file && cloneSessionFile(slot.file), this.clock())
-      const applied: Array<{ change: QueuedChange, value: unknown }> = []
-      while (batch.length > 0) {
-        const change = batch.shift() as QueuedChange
-        try {
-          const value = change.apply(draft)
-          if (value instanceof Unchanged) change.resolve(value.value)
-          else applied.push({ change, value })
-        } catch (err) {
-          change.reject(err)
-        }
-        // A delete or archive is written on its own; what follows starts from its result.
-        if (draft.intent.kind === 'archive' || draft.intent.kind === 'delete') {
-          slot.queue.unshift(...batch)
-          break
-        }
-      }
-      if (applied.length === 0) continue
-      if (draft.file !== null) {
-        draft.file.updated_at = isoNow(draft.now)
-        draft.file.session.current_index = currentIndex(draft.file.session.tasks)
-      }
-      let bytes: number
-      try {
-        bytes = await this.persist(sessionId, slot, draft)
-      } catch (err) {
-        if (err instanceof StorageError && err.uncertain) await this.writeBack(sessionId, slot)
-        for (const { change } of applied) change.reject(err)
-        continue
-      }
-      this.commit(slot, draft.file, bytes, this.autoSave || draft.intent.kind !== 'save' || draft.intent.force)
-      for (const { change, value } of applied) change.resolve(value)
+      const { draft, applied } = this.applyBatch(sessionId, slot)
+      if (applied.some((outcome) => !outcome.unchanged)) await this.write(sessionId, slot, draft, applied)
+      // Changes that changed nothing settle after the write before them, so a settle() or
+      // snapshot() queued behind a change never resolves before that change is durable.
+      for (const { change, value, unchanged } of applied) if (unchanged) change.resolve(value)
     }
     slot.flushing = null
     this.forgetIfGone(sessionId, slot)
+  }
+
+  /** Applies queued changes to one draft, up to a delete or archive (written on its own: what follows starts from its result). */
+  private applyBatch (sessionId: string, slot: SessionSlot): { draft: Draft, applied: Applied[] } {
+    const batch = slot.queue.splice(0)
+    const draft = new Draft(sessionId, slot.file && cloneSessionFile(slot.file), this.clock())
+    const applied: Applied[] = []
+    while (batch.length > 0) {
+      const change = batch.shift() as QueuedChange
+      try {
+        const value = change.apply(draft)
+        applied.push(value instanceof Unchanged ? { change, value: value.value, unchanged: true } : { change, value, unchanged: false })
+      } catch (err) {
+        change.reject(err)
+      }
+      if (draft.intent.kind === 'archive' || draft.intent.kind === 'delete') {
+        slot.queue.unshift(...batch)
+        break
+      }
+    }
+    return { draft, applied }
+  }
+
+  /** Writes a draft and settles the changes in it: resolved once durable, rejected (memory as before) if not. */
+  private async write (sessionId: string, slot: SessionSlot, draft: Draft, applied: Applied[]): Promise<void> {
+    if (draft.file !== null) {
+      draft.file.updated_at = isoNow(draft.now)
+      draft.file.session.current_index = currentIndex(draft.file.session.tasks)
+    }
+    let bytes: number
+    try {
+      bytes = await this.persist(sessionId, slot, draft)
+    } catch (err) {
+      if (err instanceof StorageError && err.uncertain) await this.writeBack(sessionId, slot)
+      for (const { change, unchanged } of applied) if (!unchanged) change.reject(err)
+      return
+    }
+    this.commit(slot, draft.file, bytes, this.autoSave || draft.intent.kind !== 'save' || draft.intent.force)
+    for (const { change, value, unchanged } of applied) if (!unchanged) change.resolve(value)
   }
 
   private async persist (sessionId: string, slot: SessionSlot, draft: Draft): Promise<number> {
@@ -266,7 +292,7 @@ export class SessionRegistry {
   private async writeBack (sessionId: string, slot: SessionSlot): Promise<void> {
     try {
       if (slot.file === null) await this.store.remove(sessionId)
-      else if (!slot.dirty) await this.store.save(slot.file)
+      else if (!slot.unsaved) await this.store.save(slot.file)
     } catch {}
   }
 
@@ -276,7 +302,7 @@ export class SessionRegistry {
     slot.progress = file && progressOf(file.session.tasks)
     slot.updatedMs = file ? Date.parse(file.updated_at) : 0
     slot.bytes = file ? bytes : 0
-    slot.dirty = file !== null && !saved
+    slot.unsaved = file !== null && !saved
     this.count(slot, 1)
   }
 
