@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process'
 import { basename } from 'node:path'
 import { AgentError } from '../../errors.js'
-import type { Executor } from './types.js'
+import type { ExecutionResult, Executor } from './types.js'
 import { truncateUtf8 } from '../../session/session.js'
 import { WRAPPER_NAME, type CallCgroups } from './cgroup.js'
 import type { CommandAgentSpec } from './spec.js'
@@ -28,14 +28,32 @@ type Ending =
   | { kind: 'aborted' }
   | { kind: 'error', err: NodeJS.ErrnoException }
 
+/** What the program wrote: stdout up to the cap (and how much there was), the end of stderr. */
+interface Output {
+  stdout: Buffer[]
+  stdoutBytes: number
+  stderrTail: Buffer
+}
+
+interface ProcessCall {
+  argv: string[]
+  cwd: string | undefined
+  env: NodeJS.ProcessEnv
+  input: string
+  signal: AbortSignal
+  drainMs: number
+  maxOutputBytes: number
+  /** Kills what the program left in its cgroup, if it has one. */
+  killCgroup: () => void
+}
+
 /**
  * Runs a program per task, without a shell: the instruction on stdin, the result on stdout.
  * The call ends when the program exits (plus the drain for its output); then everything it
  * left is killed: its process group, and its cgroup when there is one (setsid cannot leave that).
  */
 export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv, runtime: CommandRuntime = DEFAULT_COMMAND_RUNTIME): Executor {
-  const program = spec.argv[0] as string
-  const who = `command ${basename(program)}`
+  const who = `command ${basename(spec.argv[0] as string)}`
   const drainMs = spec.drain_ms ?? runtime.drainMs
   const inherited = { ...baseEnv }
   for (const name of WITHHELD_ENV) delete inherited[name]
@@ -47,83 +65,94 @@ export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv
       : await cgroups.create().catch((err: NodeJS.ErrnoException) => {
         throw new AgentError(`${who} could not make its cgroup: ${err.code ?? err.message}`, { cause: err, transient: true })
       })
-    const out = { stdout: [] as Buffer[], stdoutBytes: 0, stderrTail: Buffer.alloc(0) }
+    const output: Output = { stdout: [], stdoutBytes: 0, stderrTail: Buffer.alloc(0) }
     let ending: Ending
     try {
       ending = context.signal.aborted
         ? { kind: 'aborted' }
-        : await new Promise<Ending>((resolve) => {
-          const argv = cgroups === null || cgroup === null ? spec.argv : cgroups.wrap(cgroup, spec.argv)
-          const child = spawn(argv[0] as string, argv.slice(1), {
-            cwd: spec.cwd,
-            env: { ...inherited, ...spec.env, TASK_ID: task.id, TASK_TYPE: task.task_type, SESSION_ID: context.session_id, TASK_ATTEMPT: String(context.attempt) },
-            stdio: ['pipe', 'pipe', 'pipe'],
-            detached: true
-          })
-          let ended = false
-          let drain: NodeJS.Timeout | undefined
-          const end = (how: Ending): void => {
-            if (ended) return
-            ended = true
-            clearTimeout(drain)
-            context.signal.removeEventListener('abort', onAbort)
-            // The group outlives its leader while anything it started still runs, so kill it even after exit.
-            if (child.pid !== undefined) {
-              try {
-                process.kill(-child.pid, 'SIGKILL')
-              } catch {}
-            }
-            if (cgroup !== null) cgroups?.kill(cgroup)
-            // Our ends of the pipes close too: a leftover that holds them must not hold the call.
-            child.stdin.destroy()
-            child.stdout.destroy()
-            child.stderr.destroy()
-            resolve(how)
-          }
-          const onAbort = (): void => end({ kind: 'aborted' })
-          context.signal.addEventListener('abort', onAbort, { once: true })
-
-          child.stdout.on('data', (chunk: Buffer) => {
-            // Keep reading past the cap (a blocked pipe would stall the program), but keep nothing more.
-            const room = spec.max_output_bytes + 3 - out.stdoutBytes
-            if (room > 0) out.stdout.push(room >= chunk.length ? chunk : chunk.subarray(0, room))
-            out.stdoutBytes += chunk.length
-          })
-          child.stderr.on('data', (chunk: Buffer) => {
-            out.stderrTail = Buffer.concat([out.stderrTail, chunk])
-            if (out.stderrTail.length > STDERR_TAIL_BYTES * 2) out.stderrTail = out.stderrTail.subarray(-STDERR_TAIL_BYTES)
-          })
-          // A program that exits without reading stdin makes the write fail with EPIPE; its exit code tells.
-          child.stdin.on('error', () => {})
-          child.stdin.end(task.instruction)
-
-          child.on('error', (err: NodeJS.ErrnoException) => end({ kind: 'error', err }))
-          // The program's exit ends the call: what it started may keep the pipes open forever.
-          child.on('exit', (code, signal) => {
-            if (ended) return
-            // setImmediate: one more poll of the pipes, so output written before the exit is read even with no drain.
-            drain = setTimeout(() => setImmediate(() => end({ kind: 'exit', code, signal })), drainMs)
-          })
-          child.on('close', (code, signal) => end({ kind: 'exit', code, signal }))
-        })
+        : await runProcess({
+          argv: cgroups === null || cgroup === null ? spec.argv : cgroups.wrap(cgroup, spec.argv),
+          cwd: spec.cwd,
+          env: { ...inherited, ...spec.env, TASK_ID: task.id, TASK_TYPE: task.task_type, SESSION_ID: context.session_id, TASK_ATTEMPT: String(context.attempt) },
+          input: task.instruction,
+          signal: context.signal,
+          drainMs,
+          maxOutputBytes: spec.max_output_bytes,
+          killCgroup: () => { if (cgroup !== null) cgroups?.kill(cgroup) }
+        }, output)
     } finally {
       if (cgroup !== null) await cgroups?.destroy(cgroup)
     }
-
     if (ending.kind === 'aborted') throw context.signal.reason
-    if (ending.kind === 'error') throw new AgentError(`${who} could not start: ${ending.err.code ?? ending.err.message}`, { cause: ending.err })
-    const { code, signal } = ending
-    const tail = out.stderrTail.subarray(-STDERR_TAIL_BYTES).toString('utf8').trim()
-    if (code === 0) {
-      const cut = truncateUtf8(Buffer.concat(out.stdout).toString('utf8'), spec.max_output_bytes)
-      const truncated = out.stdoutBytes > spec.max_output_bytes || cut.truncated
-      return { result: cut.text, confidence: null, ...(truncated && { truncated: true }) }
-    }
-    // The cgroup wrapper's exec failed: the program could not start (126 not executable, 127 not found).
-    if (cgroup !== null && (code === 126 || code === 127) && tail.startsWith(`${WRAPPER_NAME}:`)) {
-      throw new AgentError(`${who} could not start: ${code === 127 ? 'ENOENT' : 'EACCES'} (${tail})`)
-    }
-    const how = code === null ? `was killed by ${signal ?? 'a signal'}` : `exited with code ${code}`
-    throw new AgentError(`${who} ${how}${tail === '' ? '' : `: ${tail}`}`, { transient: code === EX_TEMPFAIL })
+    return answer(ending, output, { who, maxOutputBytes: spec.max_output_bytes, wrapped: cgroup !== null })
   }
+}
+
+/** Spawns the program and resolves with how its call ended; `output` fills as it writes. */
+function runProcess (call: ProcessCall, output: Output): Promise<Ending> {
+  return new Promise<Ending>((resolve) => {
+    const child = spawn(call.argv[0] as string, call.argv.slice(1), { cwd: call.cwd, env: call.env, stdio: ['pipe', 'pipe', 'pipe'], detached: true })
+    let ended = false
+    let drain: NodeJS.Timeout | undefined
+    const end = (how: Ending): void => {
+      if (ended) return
+      ended = true
+      clearTimeout(drain)
+      call.signal.removeEventListener('abort', onAbort)
+      // The group outlives its leader while anything it started still runs, so kill it even after exit.
+      if (child.pid !== undefined) {
+        try {
+          process.kill(-child.pid, 'SIGKILL')
+        } catch {}
+      }
+      call.killCgroup()
+      // Our ends of the pipes close too: a leftover that holds them must not hold the call.
+      child.stdin.destroy()
+      child.stdout.destroy()
+      child.stderr.destroy()
+      resolve(how)
+    }
+    const onAbort = (): void => end({ kind: 'aborted' })
+    call.signal.addEventListener('abort', onAbort, { once: true })
+    child.stdout.on('data', (chunk: Buffer) => {
+      // Keep reading past the cap (a blocked pipe would stall the program), but keep nothing more.
+      const room = call.maxOutputBytes + 3 - output.stdoutBytes
+      if (room > 0) output.stdout.push(room >= chunk.length ? chunk : chunk.subarray(0, room))
+      output.stdoutBytes += chunk.length
+    })
+    child.stderr.on('data', (chunk: Buffer) => {
+      output.stderrTail = Buffer.concat([output.stderrTail, chunk])
+      if (output.stderrTail.length > STDERR_TAIL_BYTES * 2) output.stderrTail = output.stderrTail.subarray(-STDERR_TAIL_BYTES)
+    })
+    // A program that exits without reading stdin makes the write fail with EPIPE; its exit code tells.
+    child.stdin.on('error', () => {})
+    child.stdin.end(call.input)
+    child.on('error', (err: NodeJS.ErrnoException) => end({ kind: 'error', err }))
+    // The program's exit ends the call: what it started may keep the pipes open forever.
+    child.on('exit', (code, signal) => {
+      if (ended) return
+      // setImmediate: one more poll of the pipes, so output written before the exit is read even with no drain.
+      drain = setTimeout(() => setImmediate(() => end({ kind: 'exit', code, signal })), call.drainMs)
+    })
+    child.on('close', (code, signal) => end({ kind: 'exit', code, signal }))
+  })
+}
+
+/** The call's answer: stdout on exit 0, else an AgentError (retried on EX_TEMPFAIL) ending with stderr's tail. */
+function answer (ending: Exclude<Ending, { kind: 'aborted' }>, output: Output, call: { who: string, maxOutputBytes: number, wrapped: boolean }): ExecutionResult {
+  const { who } = call
+  if (ending.kind === 'error') throw new AgentError(`${who} could not start: ${ending.err.code ?? ending.err.message}`, { cause: ending.err })
+  const { code, signal } = ending
+  const tail = output.stderrTail.subarray(-STDERR_TAIL_BYTES).toString('utf8').trim()
+  if (code === 0) {
+    const cut = truncateUtf8(Buffer.concat(output.stdout).toString('utf8'), call.maxOutputBytes)
+    const truncated = output.stdoutBytes > call.maxOutputBytes || cut.truncated
+    return { result: cut.text, confidence: null, ...(truncated && { truncated: true }) }
+  }
+  // The cgroup wrapper's exec failed: the program could not start (126 not executable, 127 not found).
+  if (call.wrapped && (code === 126 || code === 127) && tail.startsWith(`${WRAPPER_NAME}:`)) {
+    throw new AgentError(`${who} could not start: ${code === 127 ? 'ENOENT' : 'EACCES'} (${tail})`)
+  }
+  const how = code === null ? `was killed by ${signal ?? 'a signal'}` : `exited with code ${code}`
+  throw new AgentError(`${who} ${how}${tail === '' ? '' : `: ${tail}`}`, { transient: code === EX_TEMPFAIL })
 }
