@@ -33,6 +33,7 @@ COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 # The dashboard's files (its script built above): served from the image, no CDN.
 COPY --from=build /app/dashboard/static ./dashboard/static
+COPY --from=build /app/migrations ./migrations
 COPY package.json ./
 RUN mkdir -p /app/data/tasks && chown 1000:1000 /app/data/tasks && chmod 700 /app/data/tasks
 # Numeric, so Kubernetes' runAsNonRoot can verify it (the image's `node` user is 1000).

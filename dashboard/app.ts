@@ -3,42 +3,20 @@
  * textContent (never innerHTML), the API key travels only in the Authorization header, and the
  * event stream is read with fetch and a stream reader (EventSource cannot send headers).
  */
+import type { Static } from '@sinclair/typebox'
+import type { Progress as ProgressSchema, SessionSummary as SessionSummarySchema } from '../dist/schemas/api.js'
+import type { Task as TaskSchema } from '../dist/schemas/session.js'
+
 const API = '/api/v1/tasks'
 const KEY_STORAGE = 'taskvault.apiKey'
 const PAGE_SIZE = 20
 /** The newest sessions the overview loads (the list endpoint's largest page). */
 const SNAPSHOT_LIMIT = 1000
 
-interface Progress {
-  total: number
-  completed: number
-  failed: number
-  pending: number
-  in_progress: number
-  all_done: boolean
-  percentage: number
-}
-
-interface Summary extends Progress {
-  session_id: string
-  created_at: string
-  updated_at: string
-  archived?: boolean
-  running?: boolean
-}
-
-interface Task {
-  id: string
-  instruction: string
-  task_type: string
-  status: string
-  result: string | null
-  error: string | null
-  started_at: string | null
-  completed_at: string | null
-  attempts: number
-  interruptions?: number
-}
+// The API's own shapes, from the server's schemas (type-only: nothing of them reaches the bundle).
+type Progress = Static<typeof ProgressSchema>
+type Summary = Static<typeof SessionSummarySchema>
+type Task = Static<typeof TaskSchema>
 
 interface Detail extends Summary {
   tasks: Task[]
@@ -217,7 +195,7 @@ function onEvent (name: string, data: Record<string, unknown>): void {
   const now = new Date().toISOString()
   if (name === 'progress') {
     const { session_id: _id, waiting: _waiting, ...progress } = data
-    state.sessions.set(id, { ...(known ?? { session_id: id, created_at: now }), ...progress as unknown as Progress, updated_at: now, archived: false } as Summary)
+    state.sessions.set(id, { ...(known ?? { session_id: id, created_at: now }), ...progress as unknown as Progress, updated_at: now, archived: undefined } as Summary)
   } else if (name === 'session.deleted') {
     state.sessions.delete(id)
   } else if (name === 'session.archived' && known !== undefined) {
