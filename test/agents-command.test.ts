@@ -118,6 +118,7 @@ t.test('timeout kills the whole process group: the grandchild it started is gone
   const pidfile = join(scratch, 'pids.json')
   const app = await build(t, { dir, agents: { default: { kind: 'command', argv: fixture('grandchild.js', pidfile), timeout_ms: 2000 } } })
   const calls = recordCalls(app)
+  // eslint-disable-next-line prefer-const -- the teardown reads it before it is set
   let pids: { self: number, grandchild: number } | undefined
   // Whatever happens, no process of this test outlives it.
   t.teardown(() => {
@@ -141,6 +142,7 @@ t.test('cancel kills the process group of the running command', async (t) => {
   const scratch = await tempDir(t, 'taskvault-pids-')
   const pidfile = join(scratch, 'pids.json')
   const app = await build(t, { agents: { default: { kind: 'command', argv: fixture('grandchild.js', pidfile) } } })
+  // eslint-disable-next-line prefer-const -- the teardown reads it before it is set
   let pids: { self: number, grandchild: number } | undefined
   t.teardown(() => {
     for (const pid of [pids?.self, pids?.grandchild]) {

@@ -205,10 +205,13 @@ t.test('a storage fault: before the first byte a plain 503; after it, an archive
   for (const id of ['aaa', 'zzz']) await writeFile(join(dir, 'archive', `${id}.json`), storedSession(id, ['Completed'], '2026-01-01T00:00:00.000Z'), { mode: 0o600 })
   // Reads of one archived file fail with EIO (a failing disk), chosen per request below.
   let failing = ''
-  const fs = { ...nodeFs, open: (async (path: string, ...rest: unknown[]) => {
-    if (failing !== '' && path.endsWith(`/archive/${failing}`)) throw Object.assign(new Error('EIO'), { code: 'EIO' })
-    return (nodeFs.open as (...args: unknown[]) => Promise<unknown>)(path, ...rest)
-  }) as typeof nodeFs.open }
+  const fs = {
+    ...nodeFs,
+    open: (async (path: string, ...rest: unknown[]) => {
+      if (failing !== '' && path.endsWith(`/archive/${failing}`)) throw Object.assign(new Error('EIO'), { code: 'EIO' })
+      return (nodeFs.open as (...args: unknown[]) => Promise<unknown>)(path, ...rest)
+    }) as typeof nodeFs.open
+  }
   const log = memoryLog()
   const app = await build(t, { dir, fs, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0 } })
 

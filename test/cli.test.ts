@@ -113,8 +113,16 @@ t.test('stats: the figures the server reports for the same folder', async (t) =>
   t.equal(run.code, 0)
   const fromFiles = run.json()
   t.match(fromFiles, {
-    total_sessions: 4, active_sessions: 1, completed_sessions: 3, total_tasks: 7, completed_tasks: 5, failed_tasks: 1,
-    pending_tasks: 1, in_progress_tasks: 0, archived_sessions: 2, storage: { dir, files: 4, archive_files: 2, failed_loads: 1 }
+    total_sessions: 4,
+    active_sessions: 1,
+    completed_sessions: 3,
+    total_tasks: 7,
+    completed_tasks: 5,
+    failed_tasks: 1,
+    pending_tasks: 1,
+    in_progress_tasks: 0,
+    archived_sessions: 2,
+    storage: { dir, files: 4, archive_files: 2, failed_loads: 1 }
   })
   t.ok(fromFiles.storage.used_bytes >= fromFiles.storage.bytes + fromFiles.storage.archive_bytes, 'storage used covers every file')
 

@@ -46,7 +46,12 @@ async function createOnce (server: ServerProcess, sessionId: string): Promise<nu
   const body = JSON.stringify({ session_id: sessionId, instructions: 'a' })
   return new Promise((resolve) => {
     const req = http.request({
-      host: '127.0.0.1', port: server.port, method: 'POST', path: `${API}/create`, agent: false, timeout: 10_000,
+      host: '127.0.0.1',
+      port: server.port,
+      method: 'POST',
+      path: `${API}/create`,
+      agent: false,
+      timeout: 10_000,
       headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), connection: 'close' }
     }, (res) => {
       res.resume().on('end', () => resolve(res.statusCode ?? 0))

@@ -74,7 +74,7 @@ t.test('the packed package installs into another project and runs the embedding 
       "const { buildApp } = await import('taskvault/app')",
       "const { mkdtempSync } = await import('node:fs')",
       "const app = await buildApp({ readEnvironment: false, config: { TASK_STORAGE_DIR: mkdtempSync('dash-') + '/tasks' } })",
-      "const statuses = []",
+      'const statuses = []',
       "for (const url of ['/dashboard/', '/dashboard/app.js', '/dashboard/dashboard.css']) statuses.push((await app.inject(url)).statusCode)",
       'await app.close()',
       'console.log(JSON.stringify(statuses))'
@@ -87,8 +87,14 @@ t.test('the packed package installs into another project and runs the embedding 
     await copyFile(join(ROOT, 'examples', 'embed.ts'), join(project, 'embed.ts'))
     const tsconfig = {
       compilerOptions: {
-        module: 'NodeNext', moduleResolution: 'NodeNext', target: 'ES2022', strict: true, noEmit: true, skipLibCheck: true,
-        types: ['node'], typeRoots: [join(ROOT, 'node_modules', '@types')]
+        module: 'NodeNext',
+        moduleResolution: 'NodeNext',
+        target: 'ES2022',
+        strict: true,
+        noEmit: true,
+        skipLibCheck: true,
+        types: ['node'],
+        typeRoots: [join(ROOT, 'node_modules', '@types')]
       },
       files: ['embed.ts']
     }

@@ -84,7 +84,9 @@ t.test('a large session seals in slices into the same document JSON would write,
   const ring = Keyring.parse(KEYS_1)
   const AT = '2026-01-01T00:00:00.000Z'
   const file = {
-    session_id: 'large', created_at: AT, updated_at: AT,
+    session_id: 'large',
+    created_at: AT,
+    updated_at: AT,
     session: { session_id: 'large', current_index: 3, tasks: Array.from({ length: 3 }, (_, i) => ({ id: `t${i}`, instruction: `step ${i}`, task_type: 'General' as const, status: 'Completed' as const, result: `é\u0001${i}`.repeat(400_000), error: null, confidence: null, created_at: AT, started_at: AT, completed_at: AT, attempts: 1 })) }
   }
   const bytes = await serializeSessionFile(file, 2, Number.POSITIVE_INFINITY, ring)

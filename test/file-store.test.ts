@@ -289,15 +289,18 @@ t.test('loadAll reads many batches on reader threads: every session once, corrup
 
 t.test('a restore that fails stops: queued batches do not start, nothing more is set aside, no reader thread stays', async (t) => {
   const dir = await tempDir(t)
-  const store = new FileSessionStore({ dir, fs: {
-    ...nodeFs,
-    // A symlink swapped in after readdir: readdir said it was a regular file.
-    readdir: (async (path: string, options: object) => {
-      const entries = await nodeFs.readdir(path, options as { withFileTypes: true })
-      return entries.map((entry) => entry.name === 'a-link.json' ? Object.assign(Object.create(Object.getPrototypeOf(entry) as object) as object, entry, { isFile: () => true }) : entry)
-        .sort((a, b) => a.name < b.name ? -1 : 1)
-    }) as unknown as FsSeam['readdir']
-  } })
+  const store = new FileSessionStore({
+    dir,
+    fs: {
+      ...nodeFs,
+      // A symlink swapped in after readdir: readdir said it was a regular file.
+      readdir: (async (path: string, options: object) => {
+        const entries = await nodeFs.readdir(path, options as { withFileTypes: true })
+        return entries.map((entry) => entry.name === 'a-link.json' ? Object.assign(Object.create(Object.getPrototypeOf(entry) as object) as object, entry, { isFile: () => true }) : entry)
+          .sort((a, b) => a.name < b.name ? -1 : 1)
+      }) as unknown as FsSeam['readdir']
+    }
+  })
   await store.init()
   await Promise.all(Array.from({ length: 1200 }, (_, i) => store.save(sessionFile(`s${String(i).padStart(5, '0')}`))))
   await writeFile(join(dir, 'target.txt'), 'x')

@@ -30,7 +30,7 @@ export async function openStore (t: TestContext, fs?: FsSeam): Promise<FileSessi
 /** A promise with its resolve at hand: a gate a test opens when it chooses. */
 export function deferred<T = void> (): { promise: Promise<T>, resolve: (value: T) => void } {
   let resolve!: (value: T) => void
-  const promise = new Promise<T>((r) => { resolve = r })
+  const promise = new Promise<T>((_resolve) => { resolve = _resolve })
   return { promise, resolve }
 }
 

@@ -240,7 +240,11 @@ t.test('SIGTERM with a request in flight (TASK_AUTO_SAVE=false) still exits 0 an
   const body = JSON.stringify({ session_id: 'inflight', tasks: [{ instruction: 'sent across SIGTERM' }] })
   const response = new Promise<{ status: number, text: string }>((resolve, reject) => {
     const req = http.request({
-      host: '127.0.0.1', port: first.port, method: 'POST', path: `${API}/create`, agent,
+      host: '127.0.0.1',
+      port: first.port,
+      method: 'POST',
+      path: `${API}/create`,
+      agent,
       headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }
     }, (res) => {
       let text = ''

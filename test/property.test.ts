@@ -54,10 +54,13 @@ const PROBE = 'tv-escape-probe'
 const pathLikeId = fc.oneof(
   // Climbing one to three levels (at most up to the temp folder) to a plain name.
   { weight: 2, arbitrary: fc.tuple(fc.integer({ min: 1, max: 3 }), fc.constantFrom('/', '/', '\\', '%2F'), fc.constantFrom(PROBE, 's1')).map(([levels, sep, name]) => [...Array<string>(levels).fill('..'), name].join(sep)) },
-  { weight: 1, arbitrary: fc.tuple(
-    fc.array(fc.constantFrom('..', '.', '', PROBE, 'tmp', '%2e%2e', '%2f', 'x.json', '\u0000', '~', 's1'), { minLength: 1, maxLength: 6 }),
-    fc.constantFrom('/', '\\', '', '%2F', '%5C')
-  ).map(([parts, sep]) => parts.join(sep)) }
+  {
+    weight: 1,
+    arbitrary: fc.tuple(
+      fc.array(fc.constantFrom('..', '.', '', PROBE, 'tmp', '%2e%2e', '%2f', 'x.json', '\u0000', '~', 's1'), { minLength: 1, maxLength: 6 }),
+      fc.constantFrom('/', '\\', '', '%2F', '%5C')
+    ).map(([parts, sep]) => parts.join(sep))
+  }
 )
 
 /** Session ids as a client might send them: valid, reserved, path-like, or any text. */
@@ -306,7 +309,6 @@ async function assertHealthy (t: Tap, f: Fixture): Promise<void> {
 async function run<Ts extends unknown[]> (property: fc.IAsyncPropertyWithHooks<Ts>): Promise<void> {
   await fc.assert(property, { numRuns: RUNS, seed: SEED, endOnFailure: true })
 }
-
 
 t.comment(`fast-check seed ${SEED} (replay with FC_SEED=${SEED})`)
 

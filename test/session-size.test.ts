@@ -25,8 +25,17 @@ function sessionWith (id: string, results: Array<string | null>): SessionFile {
       session_id: id,
       current_index: 0,
       tasks: results.map((result, i) => ({
-        id: `task_${i + 1}_1705314600`, instruction: `step ${i} "quoted" ünï ✓\n`, task_type: 'General', status: result === null ? 'Pending' : 'Completed',
-        result, error: null, confidence: result === null ? null : 0.5, created_at: AT, started_at: null, completed_at: null, attempts: 0
+        id: `task_${i + 1}_1705314600`,
+        instruction: `step ${i} "quoted" ünï ✓\n`,
+        task_type: 'General',
+        status: result === null ? 'Pending' : 'Completed',
+        result,
+        error: null,
+        confidence: result === null ? null : 0.5,
+        created_at: AT,
+        started_at: null,
+        completed_at: null,
+        attempts: 0
       }))
     },
     background_run: { started_at: AT }

@@ -134,7 +134,7 @@ t.test('lock: a cancel after the lock is lost answers 503 LOCK_LOST: the cancell
   const dir = await tempDir(t)
   // An agent that runs until it is cancelled.
   const waitForAbort = async (_task: unknown, { signal }: { signal: AbortSignal }): Promise<{ result: string }> =>
-    new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason as Error), { once: true }))
+    new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason))), { once: true }))
   const app = await buildApp({ readEnvironment: false, executors: { default: waitForAbort }, config: { TASK_STORAGE_DIR: dir, TASK_SHUTDOWN_GRACE_MS: 2000, ...FAST_LOCK } })
   t.teardown(() => app.close())
   await app.ready()

@@ -23,14 +23,14 @@ export function startServer ({ execArgv = [], ...options }) {
         port: message.port,
         url,
         child,
-        cpu: () => new Promise((done) => {
-          const onMessage = (m) => { if (m.type === 'cpu') { child.off('message', onMessage); done(m.usage) } }
+        cpu: () => new Promise((resolve) => {
+          const onMessage = (m) => { if (m.type === 'cpu') { child.off('message', onMessage); resolve(m.usage) } }
           child.on('message', onMessage)
           child.send({ type: 'cpu' })
         }),
-        stop: () => new Promise((done) => {
+        stop: () => new Promise((resolve) => {
           const timer = setTimeout(() => { child.kill('SIGKILL') }, 15_000)
-          child.once('exit', () => { clearTimeout(timer); done() })
+          child.once('exit', () => { clearTimeout(timer); resolve() })
           child.send({ type: 'stop' })
         })
       })

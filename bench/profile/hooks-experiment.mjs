@@ -12,7 +12,7 @@ const BODY = '{"session_id":"s000042","total":10,"completed":6,"failed":1,"pendi
 if (role) {
   const app = Fastify({ logger: false })
   if (role === 'hooks') {
-    let stopping = false
+    const stopping = false
     app.addHook('onRequest', async () => {})
     app.addHook('onSend', async (_request, reply) => { if (stopping) reply.header('connection', 'close') })
   }

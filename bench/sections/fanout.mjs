@@ -52,7 +52,10 @@ export async function benchFanout ({ P, row, sections, trackedDir, dropDir, log 
 
     // Throughput with no listener first, then the same with N connected.
     const execute = async () => cannon({
-      url: `${server.url}/api/v1/tasks/execute`, connections: 10, duration: P.fanoutThroughputSeconds, method: 'POST',
+      url: `${server.url}/api/v1/tasks/execute`,
+      connections: 10,
+      duration: P.fanoutThroughputSeconds,
+      method: 'POST',
       headers: { 'content-type': 'application/json' },
       requests: [{ setupRequest: (req) => ({ ...req, body: JSON.stringify({ session_id: `fan_${Math.floor(Math.random() * sessions)}` }) }) }]
     })

@@ -14,7 +14,7 @@ export async function benchGet ({ P, row, sections, alternate, fixture }) {
   try {
     const paths = { progress: `/api/v1/tasks/progress?session_id=${sessionId(42)}`, stats: '/api/v1/tasks/stats' }
     const bodies = {}
-    for (const [name, path] of Object.entries(paths)) {
+    for (const path of Object.values(paths)) {
       const res = await fetch(oursLarge.url + path)
       if (res.status !== 200) throw new Error(`GET ${path}: ${res.status}`)
       bodies[path.split('?')[0]] = await res.text()

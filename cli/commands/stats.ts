@@ -22,8 +22,14 @@ ${COMMON_HELP}`,
     const dir = storageDir(args.positionals[0], settings)
     await assertFolder(dir)
     const counts = {
-      total_sessions: 0, active_sessions: 0, completed_sessions: 0, total_tasks: 0, completed_tasks: 0,
-      failed_tasks: 0, pending_tasks: 0, in_progress_tasks: 0
+      total_sessions: 0,
+      active_sessions: 0,
+      completed_sessions: 0,
+      total_tasks: 0,
+      completed_tasks: 0,
+      failed_tasks: 0,
+      pending_tasks: 0,
+      in_progress_tasks: 0
     }
     const storage = { dir, bytes: 0, files: 0, archive_bytes: 0, archive_files: 0, failed_loads: 0, corrupt_files: 0, used_bytes: 0 }
     const archivedIds = new Set<string>()
