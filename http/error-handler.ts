@@ -40,7 +40,8 @@ const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
   INVALID_DATABASE_SETTING: 500,
   DATABASE_TOO_NEW: 500,
   MIGRATION_FAILED: 500,
-  DATABASE_UNAVAILABLE: 503
+  DATABASE_UNAVAILABLE: 503,
+  VERSION_CONFLICT: 409
 }
 
 export function statusFor (error: FastifyError | TaskvaultError): number {

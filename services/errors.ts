@@ -8,7 +8,8 @@ export const ERROR_CODES = [
   'SHUTTING_DOWN', 'NOT_READY', 'STORAGE_UNAVAILABLE', 'STORAGE_FULL', 'LOCK_LOST', 'STORAGE_LOCKED', 'ENCRYPTION_KEY_UNAVAILABLE',
   'INVALID_SESSION_STATE', 'CORRUPT_SESSION_FILE', 'FOREIGN_STORAGE_FOLDER', 'INVALID_ARCHIVE', 'AGENT_FAILED',
   'INVALID_OPTIONS', 'INVALID_AGENT_CONFIG', 'INVALID_ENCRYPTION_KEYS', 'INVALID_LOCK_SETTINGS', 'USAGE', 'FAILED',
-  'INVALID_DATABASE_SETTING', 'DATABASE_TOO_NEW', 'MIGRATION_FAILED', 'DATABASE_UNAVAILABLE'
+  'INVALID_DATABASE_SETTING', 'DATABASE_TOO_NEW', 'MIGRATION_FAILED', 'DATABASE_UNAVAILABLE',
+  'VERSION_CONFLICT'
 ] as const
 export type ErrorCode = (typeof ERROR_CODES)[number]
 
@@ -277,5 +278,16 @@ export class MigrationError extends TaskvaultError {
 export class DatabaseUnavailableError extends TaskvaultError {
   constructor (message: string, options?: ErrorOptions) {
     super('DATABASE_UNAVAILABLE', message, options)
+  }
+}
+
+/**
+ * A write found the stored session at another version than the one this server read or last
+ * wrote: someone else changed (or removed) it meanwhile. Nothing was written, so nothing of
+ * theirs is lost; this server's view of the session is stale and must be read again.
+ */
+export class VersionConflictError extends TaskvaultError {
+  constructor (readonly sessionId: string, operation: string) {
+    super('VERSION_CONFLICT', `${operation} refused: session '${sessionId}' was changed or removed by another writer since this server read it; nothing was written`)
   }
 }
