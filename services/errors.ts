@@ -287,7 +287,7 @@ export class DatabaseUnavailableError extends TaskvaultError {
  * theirs is lost; this server's view of the session is stale and must be read again.
  */
 export class VersionConflictError extends TaskvaultError {
-  constructor (readonly sessionId: string, operation: string) {
-    super('VERSION_CONFLICT', `${operation} refused: session '${sessionId}' was changed or removed by another writer since this server read it; nothing was written`)
+  constructor (readonly sessionId: string, operation: string, reason = 'was changed or removed by another writer since this server read it') {
+    super('VERSION_CONFLICT', `${operation} refused: session '${sessionId}' ${reason}; nothing was written`)
   }
 }

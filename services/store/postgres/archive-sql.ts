@@ -1,0 +1,97 @@
+import type pg from 'pg'
+import type { DerivedColumns, RowVersion } from './sessions-sql.js'
+
+/**
+ * The SQL of archived copies: rows with `archived_at` set, any number per session id (see
+ * migrations/002), the newest (highest row_id) being the archived session. Parameterised,
+ * unqualified names (search_path), like sessions-sql.ts.
+ */
+
+/**
+ * Archives the session's active row where it lies: `archived_at` set, version bumped. Only
+ * the row at `expected` when given. Returns its row id and size; no row when it was not there.
+ */
+export function archiveSession (sessionId: string, expected: RowVersion | null): pg.QueryConfig {
+  return {
+    // Issue 14: a pass must never archive a leased session; add `AND owner IS NULL` with the leases.
+    text: `UPDATE sessions SET archived_at = now(), version = version + 1
+      WHERE session_id = $1 AND archived_at IS NULL AND ($2::bigint IS NULL OR (row_id = $2 AND version = $3))
+      RETURNING row_id, bytes`,
+    values: [sessionId, expected?.row ?? null, expected?.version ?? null]
+  }
+}
+
+/**
+ * Makes `document` the active session and deletes the archived copy `archivedRow`, in one
+ * statement, so both happen or neither: the copy is deleted only when the active row was
+ * written (`EXISTS (SELECT 1 FROM revived)`). The active row is inserted, or, when the store
+ * knows one (`expected`), updated at that version. Returns the active row's id and version
+ * and how many copies were deleted (0 when the copy was gone already); no row on a conflict.
+ */
+export function unarchiveSession (sessionId: string, document: Buffer, c: DerivedColumns, archivedRow: string, expected: RowVersion | null): pg.QueryConfig {
+  const write = expected === null
+    ? `INSERT INTO sessions (session_id, document, sealed_kid, created_at, updated_at, finished_at,
+          tasks_total, tasks_completed, tasks_failed, tasks_pending, tasks_in_progress, has_background_run)
+        VALUES ($1, $2::json, $3, $4::timestamptz, $5::timestamptz, $6::timestamptz, $7, $8, $9, $10, $11, $12)
+        ON CONFLICT (session_id) WHERE archived_at IS NULL DO NOTHING
+        RETURNING row_id, version`
+    : `UPDATE sessions SET document = $2::json, sealed_kid = $3, created_at = $4::timestamptz, updated_at = $5::timestamptz,
+          finished_at = $6::timestamptz, tasks_total = $7, tasks_completed = $8, tasks_failed = $9, tasks_pending = $10,
+          tasks_in_progress = $11, has_background_run = $12, version = version + 1
+        WHERE row_id = $14 AND version = $15 AND archived_at IS NULL
+        RETURNING row_id, version`
+  return {
+    text: `WITH revived AS (${write}),
+        gone AS (DELETE FROM sessions WHERE row_id = $13 AND session_id = $1 AND archived_at IS NOT NULL
+          AND EXISTS (SELECT 1 FROM revived) RETURNING row_id)
+      SELECT row_id, version, (SELECT count(*) FROM gone)::int AS removed FROM revived`,
+    values: [
+      sessionId, document, c.sealedKid, c.createdAt, c.updatedAt, c.finishedAt,
+      c.total, c.completed, c.failed, c.pending, c.inProgress, c.hasBackgroundRun,
+      archivedRow, ...(expected === null ? [] : [expected.row, expected.version])
+    ]
+  }
+}
+
+export interface ArchivedRow {
+  row_id: string
+  session_id: string
+  bytes: number
+  created_at: string
+  updated_at: string
+  finished_at: Date | null
+  tasks_total: number
+  tasks_completed: number
+  tasks_failed: number
+  tasks_pending: number
+  tasks_in_progress: number
+}
+
+/**
+ * What the archive index needs of every archived copy, without the documents: sizes and the
+ * summary columns. The times are the document's own strings (clear in sealed envelopes too),
+ * so summaries read the same as the file store's.
+ */
+export const ARCHIVED_ROWS = `SELECT row_id, session_id, bytes,
+    coalesce(document->>'created_at', to_json(created_at)#>>'{}') AS created_at,
+    coalesce(document->>'updated_at', to_json(updated_at)#>>'{}') AS updated_at,
+    finished_at, tasks_total, tasks_completed, tasks_failed, tasks_pending, tasks_in_progress
+  FROM sessions WHERE archived_at IS NOT NULL ORDER BY row_id`
+
+/** The newest archived copy of a session older than `before` (a row id; null for the newest of all). */
+export function newestArchived (sessionId: string, before: string | null): pg.QueryConfig {
+  return {
+    text: `SELECT row_id, bytes, document::text AS document FROM sessions
+      WHERE session_id = $1 AND archived_at IS NOT NULL AND ($2::bigint IS NULL OR row_id < $2)
+      ORDER BY row_id DESC LIMIT 1`,
+    values: [sessionId, before]
+  }
+}
+
+/** Deletes every archived copy of a session; returns their row ids. */
+export function deleteArchived (sessionId: string): pg.QueryConfig {
+  return {
+    text: 'DELETE FROM sessions WHERE session_id = $1 AND archived_at IS NOT NULL RETURNING row_id',
+    values: [sessionId]
+  }
+}

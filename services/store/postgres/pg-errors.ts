@@ -1,0 +1,59 @@
+import { StorageError, TaskvaultError } from '../../errors.js'
+
+/**
+ * node-postgres's failures as the store contract's StorageError. Its cause is an errno-like
+ * error of our own (never the driver's object, which may hold connection details): `code` is
+ * the SQLSTATE when the server answered, the socket's errno when there was one, else EIO.
+ */
+
+/** SQLSTATEs that mean the disk or memory of the server is full: 507, like ENOSPC on a folder. */
+const FULL_STATES = new Set(['53100', '53200', '53400'])
+
+interface DriverError {
+  code?: unknown
+  message?: unknown
+}
+
+/** Five characters of digits and capitals: an error the server sent. */
+const SQLSTATE = /^[0-9A-Z]{5}$/u
+
+function sqlState (err: unknown): string | null {
+  const code = (err as DriverError | null)?.code
+  return typeof code === 'string' && SQLSTATE.test(code) ? code : null
+}
+
+/**
+ * The connection is broken or its state unknown after this error: it must not go back to the
+ * pool. Everything but an error the server answered on a live session: class 08 (connection
+ * exception) and 57P0x (the server shut the session down) break it too.
+ */
+export function breaksConnection (err: unknown): boolean {
+  const state = sqlState(err)
+  return state === null || state.startsWith('08') || state.startsWith('57P')
+}
+
+/** `user:password@` in anything URL-like, for messages that quote a connection string. */
+const CREDENTIALS = /\/\/[^/@\s]*@/gu
+
+/** The errno-like error a StorageError is built from. */
+export function errnoLike (err: unknown): NodeJS.ErrnoException {
+  const state = sqlState(err)
+  const raw = (err as DriverError | null)?.code
+  const message = String((err as DriverError | null)?.message ?? err).replace(CREDENTIALS, '//***@')
+  const code = state !== null ? (FULL_STATES.has(state) ? 'ENOSPC' : state) : typeof raw === 'string' && raw !== '' ? raw : 'EIO'
+  return Object.assign(new Error(message), { code })
+}
+
+/**
+ * A failed statement as a StorageError naming `operation` (TaskvaultErrors pass as they are).
+ * `sent`: the statement may have reached the server; when the connection then failed, the
+ * outcome is unknown (it may have committed) and the error says so (`uncertain`).
+ */
+export function storageError (operation: string, err: unknown, sent: boolean): TaskvaultError {
+  if (err instanceof TaskvaultError) return err
+  const cause = errnoLike(err)
+  const error = new StorageError(operation, cause)
+  // An answer from the server (a constraint, a cancelled statement) means it rolled back.
+  error.uncertain = sent && breaksConnection(err)
+  return error
+}

@@ -1,0 +1,519 @@
+import { EventEmitter } from 'node:events'
+import { TypeCompiler } from '@sinclair/typebox/compiler'
+import type pg from 'pg'
+import { SessionFile, SESSION_ID_PATTERN } from '../../../schemas/session.js'
+import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from '../../archive/archive-index.js'
+import {
+  CorruptSessionFileError, DatabaseUnavailableError, InvalidDatabaseSettingError, InvalidSessionIdError, KeyUnavailableError,
+  StorageError, TaskvaultError, VersionConflictError
+} from '../../errors.js'
+import { noop } from '../../noop.js'
+import { finishedAt, progressOf } from '../../session/session.js'
+import type { Keyring } from '../keyring.js'
+import { readSessionDocument, serializeSessionFile } from '../session-files.js'
+import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents } from '../store.js'
+import { ARCHIVED_ROWS, archiveSession, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
+import { migrate } from './migrate.js'
+import { breaksConnection, errnoLike, storageError } from './pg-errors.js'
+import { checkSchemaName, createPool, redactUrl, type PoolSettings } from './pool.js'
+import {
+  CONNECTION_SETTINGS, SYNCHRONOUS_COMMIT_ON, activePage, currentSession, deleteSession, insertSession, updateSession,
+  type ActiveRow, type DerivedColumns, type RowVersion
+} from './sessions-sql.js'
+
+const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
+const checkSessionFile = TypeCompiler.Compile(SessionFile)
+/** `<session id>@<row id>`: how an archived copy is named (archivedName, summaries, failures). */
+const ARCHIVED_NAME = /^([A-Za-z0-9_-]{1,128})@(\d{1,19})$/u
+/** Active rows per page at restore: big enough to amortise a round trip, small enough to keep memory flat. */
+const DEFAULT_PAGE_ROWS = 500
+
+export interface PostgresSessionStoreOptions {
+  /** Settings of the store's own pool, ended by close(). */
+  settings?: PoolSettings
+  /**
+   * A host's pool instead (the `pool` plugin option), left open by close(). Its connections
+   * must have search_path set to `schema` (pool.ts's connectionConfig does); init checks it.
+   */
+  pool?: pg.Pool
+  /** The schema of taskvault's tables; settings.schema when settings are given. */
+  schema?: string
+  /** The URL the host's pool connects to, shown (redacted) as the location. */
+  url?: string
+  /** Documents are pretty-printed like the file store's files, so export gives the very file. */
+  indent?: number
+  /** A session whose stored form would pass this many bytes is refused (TASK_MAX_SESSION_BYTES). */
+  maxSessionBytes?: number
+  /** Seals every write and opens sealed documents (TASK_ENCRYPTION_KEYS). */
+  keyring?: Keyring | null
+  /** Errors of idle connections of the store's own pool (a dropped network, a restarted server). */
+  onPoolError?: (err: Error) => void
+  /** Rows per page at restore. */
+  pageRows?: number
+}
+
+/** The active row a session is stored in, as this store last read or wrote it. */
+interface KnownRow extends RowVersion {
+  /** The kid its document is sealed under ('' for plaintext), for encryption stats. */
+  kid: string
+}
+
+/**
+ * What a write whose outcome is unknown (the connection failed after the statement was sent)
+ * would have left: the active row holding `data`, or no active row. The next write of that
+ * session that meets a conflict checks whether the row is in that state, and if so carries on
+ * from it instead of failing: the earlier write did land.
+ */
+type Outcome = { kind: 'row', data: Buffer, kid: string } | { kind: 'gone' }
+
+/**
+ * Sessions in PostgreSQL: one row per stored copy of a session (migrations/001 and 002), the
+ * document in the exact bytes the file store writes, the columns lists and stats need
+ * derived from it on every write. A change resolves once its statement has committed
+ * (synchronous_commit is checked at init); every statement is autocommit and single, so
+ * nothing is ever half done.
+ *
+ * Rows, not memory, are the truth. The store remembers, per active session, the row and
+ * version it last read or wrote, and every write names them: a write that finds another
+ * version (a lost update) changes nothing and rejects with VersionConflictError. Issue 14
+ * (many replicas) builds on that: leases and epochs go into the same WHERE clauses.
+ *
+ * The archive's synchronous answers (archivedName, archivedIds, archiveTotals) come from an
+ * in-memory index filled by openArchive and kept current by this store's own writes. With
+ * several replicas another one's archive, unarchive or retention is not seen there until the
+ * next openArchive; issue 14 must validate these against the rows (or invalidate them through
+ * LISTEN/NOTIFY). readArchived and removeArchived already go by the rows and correct the index.
+ */
+export class PostgresSessionStore implements SessionStore {
+  readonly events = new EventEmitter<SessionStoreEvents>()
+  readonly schema: string
+  readonly location: string
+  private readonly pool: pg.Pool
+  private readonly ownsPool: boolean
+  private readonly indent: number
+  private readonly maxSessionBytes: number
+  private readonly keyring: Keyring | null
+  private readonly pageRows: number
+  private readonly rows = new Map<string, KnownRow>()
+  private readonly kidCounts = new Map<string, number>()
+  private readonly unsure = new Map<string, Outcome>()
+  /** Active rows restore could not read: left in place, so their ids are not free (see conflict()). */
+  private readonly unreadable = new Set<string>()
+  private readonly index = new ArchiveIndex()
+  private closed = false
+
+  constructor (options: PostgresSessionStoreOptions) {
+    if (options.pool !== undefined) {
+      this.pool = options.pool
+      this.ownsPool = false
+      this.schema = checkSchemaName(options.schema ?? 'taskvault')
+      this.location = `${options.url === undefined ? 'PostgreSQL' : redactUrl(options.url)} (schema ${this.schema})`
+    } else if (options.settings !== undefined) {
+      this.pool = createPool(options.settings, options.onPoolError ?? noop)
+      this.ownsPool = true
+      this.schema = checkSchemaName(options.settings.schema)
+      this.location = `${redactUrl(options.settings.url)} (schema ${this.schema})`
+      // Before any other statement of each new connection (a client runs its queries in order):
+      // our sessions commit durably even where the role or database turned synchronous_commit off.
+      this.pool.on('connect', (client) => { client.query(SYNCHRONOUS_COMMIT_ON).catch(noop) })
+    } else {
+      throw new InvalidDatabaseSettingError('DATABASE_URL', 'the PostgreSQL store needs connection settings or a pool')
+    }
+    this.indent = options.indent ?? 2
+    this.maxSessionBytes = options.maxSessionBytes ?? Number.POSITIVE_INFINITY
+    this.keyring = options.keyring ?? null
+    this.pageRows = options.pageRows ?? DEFAULT_PAGE_ROWS
+  }
+
+  /**
+   * Applies the migrations (under their advisory lock), then checks that commits are durable
+   * (synchronous_commit not off) and that unqualified names reach our schema.
+   */
+  async init (): Promise<{ applied: number[], version: number }> {
+    let result: { applied: number[], version: number }
+    let settings: { synchronous_commit: string, schema: string | null } | undefined
+    try {
+      result = await migrate(this.pool, { schema: this.schema })
+      settings = (await this.pool.query(CONNECTION_SETTINGS)).rows[0]
+    } catch (err) {
+      if (err instanceof TaskvaultError) throw err
+      const cause = errnoLike(err)
+      throw new DatabaseUnavailableError(`preparing ${this.location} failed: ${cause.message} (${cause.code ?? 'EIO'})`, { cause })
+    }
+    if (settings?.synchronous_commit === 'off') {
+      throw new InvalidDatabaseSettingError('synchronous_commit', 'is off for taskvault\'s connections and could not be turned on, so a commit could be acknowledged and then lost in a crash; ' +
+        'turn it on for the role or database (ALTER ROLE ... SET synchronous_commit = on), or in the pool\'s connection options')
+    }
+    if (settings?.schema !== this.schema) {
+      throw new InvalidDatabaseSettingError('TASK_DB_SCHEMA', `the pool's connections resolve names in schema '${settings?.schema ?? '(none)'}', not '${this.schema}'; ` +
+        'build the pool with search_path set to it (connectionConfig in services/store/postgres/pool.ts does)')
+    }
+    return result
+  }
+
+  // --- Active sessions (sessions-sql.ts) ---
+
+  async loadAll (_options: { concurrency: number }): Promise<LoadResult> {
+    this.rows.clear()
+    this.kidCounts.clear()
+    this.unreadable.clear()
+    const sessions: LoadedSession[] = []
+    const failures: LoadFailure[] = []
+    const missingKeys = new Map<string, number>()
+    let next: Promise<ActiveRow[]> | null = this.page('')
+    while (next !== null) {
+      const rows: ActiveRow[] = await next
+      // The next page is on its way while this one is parsed.
+      const last = rows.at(-1)
+      next = rows.length === this.pageRows && last !== undefined ? this.page(last.session_id) : null
+      next?.catch(noop)
+      for (const row of rows) {
+        const name = archivedLikeName(row.session_id, row.row_id)
+        try {
+          const { file, kid } = readSessionDocument(name, row.document, row.session_id, this.keyring)
+          sessions.push({ file, bytes: row.bytes })
+          this.known(row.session_id, { row: row.row_id, version: row.version, kid: kid ?? '' })
+        } catch (err) {
+          if (err instanceof KeyUnavailableError) {
+            missingKeys.set(err.kid, (missingKeys.get(err.kid) ?? 0) + 1)
+            continue
+          }
+          if (!(err instanceof CorruptSessionFileError)) throw err
+          // Left where it is: a row is never deleted because this version cannot read it. Its id
+          // stays taken, so nothing overwrites it unseen; an operator fixes or deletes it.
+          this.unreadable.add(row.session_id)
+          failures.push({ name, reason: err.message, movedTo: null })
+        }
+      }
+    }
+    if (missingKeys.size > 0) {
+      const counts = [...missingKeys].map(([kid, count]) => `${count} session${count === 1 ? '' : 's'} need key '${kid}'`).join(', ')
+      throw new KeyUnavailableError([...missingKeys.keys()][0] as string, `cannot restore: ${counts}, which TASK_ENCRYPTION_KEYS does not hold. Add the key back; those rows were left untouched`)
+    }
+    return { sessions, failures, removedTempFiles: 0 }
+  }
+
+  private async page (after: string): Promise<ActiveRow[]> {
+    return (await this.run<ActiveRow>('restoring sessions', activePage(after, this.pageRows))).rows
+  }
+
+  async save (file: SessionFile): Promise<number> {
+    const started = performance.now()
+    let bytes = 0
+    let ok = false
+    try {
+      bytes = await this.write(file)
+      ok = true
+      return bytes
+    } finally {
+      this.events.emit('save', { ms: performance.now() - started, ok, bytes })
+    }
+  }
+
+  private async write (file: SessionFile): Promise<number> {
+    const sessionId = this.checkId(file.session_id)
+    const candidate: unknown = file
+    if (!checkSessionFile.Check(candidate)) {
+      const first = checkSessionFile.Errors(candidate).First()
+      throw new TaskvaultError('INVALID_SESSION_STATE', `refusing to save session '${sessionId}': ${first?.path ?? ''} ${first?.message ?? ''}`)
+    }
+    const data = await serializeSessionFile(file, this.indent, this.maxSessionBytes, this.keyring)
+    const derived = this.derive(file)
+    const operation = `saving session '${sessionId}'`
+    const outcome: Outcome = { kind: 'row', data, kid: derived.sealedKid ?? '' }
+    const row = await this.attempt(sessionId, operation, async () => {
+      const known = this.rows.get(sessionId)
+      const config = known === undefined ? insertSession(sessionId, data, derived) : updateSession(known, data, derived)
+      return (await this.run<{ row_id: string, version: string }>(operation, config, sessionId, outcome)).rows[0] ?? null
+    })
+    this.known(sessionId, { row: row.row_id, version: row.version, kid: outcome.kid })
+    return data.length
+  }
+
+  async remove (sessionId: string): Promise<void> {
+    this.checkId(sessionId)
+    const operation = `deleting session '${sessionId}'`
+    await this.attempt(sessionId, operation, async () => {
+      const result = await this.run<{ found: string | null, deleted: number }>(operation, deleteSession(sessionId, this.rows.get(sessionId) ?? null), sessionId, { kind: 'gone' })
+      const { found, deleted } = result.rows[0] ?? { found: null, deleted: 0 }
+      // Missing is not an error; found but left alone means it was at another version.
+      return deleted > 0 || found === null ? true : null
+    })
+    this.forget(sessionId)
+    this.unreadable.delete(sessionId)
+  }
+
+  // --- The archive (archive-sql.ts) ---
+
+  async archive (file: SessionFile): Promise<void> {
+    const sessionId = this.checkId(file.session_id)
+    const operation = `archiving session '${sessionId}'`
+    const row = await this.attempt(sessionId, operation, async () => {
+      const result = await this.run<{ row_id: string, bytes: number }>(operation, archiveSession(sessionId, this.rows.get(sessionId) ?? null), sessionId, { kind: 'gone' })
+      return result.rows[0] ?? null
+    })
+    this.forget(sessionId)
+    const name = archivedLikeName(sessionId, row.row_id)
+    this.index.add(sessionId, { name, bytes: row.bytes, stamp: Number(row.row_id) }, summarize(file, name))
+  }
+
+  async unarchive (file: SessionFile, archivedName: string): Promise<number> {
+    const started = performance.now()
+    let bytes = 0
+    let ok = false
+    try {
+      bytes = await this.revive(file, archivedName)
+      ok = true
+      return bytes
+    } finally {
+      this.events.emit('save', { ms: performance.now() - started, ok, bytes })
+    }
+  }
+
+  private async revive (file: SessionFile, archivedName: string): Promise<number> {
+    const sessionId = this.checkId(file.session_id)
+    const match = ARCHIVED_NAME.exec(archivedName)
+    if (match === null || match[1] !== sessionId) throw new TaskvaultError('INVALID_SESSION_STATE', `'${archivedName.slice(0, 160)}' names no archived copy of session '${sessionId}'`)
+    const archivedRow = match[2] as string
+    const data = await serializeSessionFile(file, this.indent, this.maxSessionBytes, this.keyring)
+    const derived = this.derive(file)
+    const operation = `bringing back archived session '${sessionId}'`
+    const outcome: Outcome = { kind: 'row', data, kid: derived.sealedKid ?? '' }
+    const row = await this.attempt(sessionId, operation, async () => {
+      const config = unarchiveSession(sessionId, data, derived, archivedRow, this.rows.get(sessionId) ?? null)
+      return (await this.run<{ row_id: string, version: string, removed: number }>(operation, config, sessionId, outcome)).rows[0] ?? null
+    })
+    this.known(sessionId, { row: row.row_id, version: row.version, kid: outcome.kid })
+    // Deleted now, or gone before: either way the database no longer holds that copy.
+    this.index.remove(sessionId, archivedName)
+    return data.length
+  }
+
+  async openArchive (_options: { concurrency: number }): Promise<ArchiveTotals> {
+    const { rows } = await this.run<ArchivedRow>('reading the archive', { text: ARCHIVED_ROWS })
+    this.index.clear()
+    // Oldest first: each copy added is the newest of its session so far and takes the summary.
+    for (const row of rows) {
+      const name = archivedLikeName(row.session_id, row.row_id)
+      this.index.add(row.session_id, { name, bytes: row.bytes, stamp: Number(row.row_id) }, summaryOf(row, name))
+    }
+    return { ...this.index.stats() }
+  }
+
+  archivedName (sessionId: string): string | null {
+    return this.index.newest(sessionId)?.name ?? null
+  }
+
+  archivedIds (): string[] {
+    return this.index.ids()
+  }
+
+  archiveTotals (): Readonly<ArchiveTotals> {
+    return this.index.stats()
+  }
+
+  /**
+   * The newest archived copy that reads, from the rows (not the index, which is corrected on
+   * the way: copies deleted elsewhere are dropped, one archived elsewhere is added). A copy
+   * that does not read is reported and skipped, never deleted; the next older one is tried.
+   */
+  async readArchived (sessionId: string): Promise<{ session: ArchivedSession | null, failures: LoadFailure[] }> {
+    this.checkId(sessionId)
+    const failures: LoadFailure[] = []
+    let before: string | null = null
+    for (;;) {
+      const result: pg.QueryResult<{ row_id: string, bytes: number, document: string }> =
+        await this.run(`reading archived session '${sessionId}'`, newestArchived(sessionId, before))
+      const row = result.rows[0]
+      this.dropIndexedAbove(sessionId, row === undefined ? -1 : Number(row.row_id))
+      if (row === undefined) return { session: null, failures }
+      const name = archivedLikeName(sessionId, row.row_id)
+      try {
+        const { file } = readSessionDocument(name, row.document, sessionId, this.keyring)
+        const summary = summarize(file, name)
+        if (this.index.newest(sessionId)?.name === name) this.index.setSummary(sessionId, name, summary)
+        else this.index.add(sessionId, { name, bytes: row.bytes, stamp: Number(row.row_id) }, summary)
+        return { session: { file, bytes: row.bytes, name }, failures }
+      } catch (err) {
+        if (!(err instanceof CorruptSessionFileError)) throw err
+        failures.push({ name, reason: err.message, movedTo: null })
+        before = row.row_id
+      }
+    }
+  }
+
+  /** Every archived session's summary: the index's, after reading the sessions whose newest copy has none yet. */
+  async listArchived (): Promise<{ sessions: ArchivedSummary[], failures: LoadFailure[] }> {
+    const failures: LoadFailure[] = []
+    for (const sessionId of this.index.unsummarized()) failures.push(...(await this.readArchived(sessionId)).failures)
+    return { sessions: this.index.summaries(), failures }
+  }
+
+  async removeArchived (sessionId: string): Promise<number> {
+    this.checkId(sessionId)
+    const { rows } = await this.run<{ row_id: string }>(`deleting archived session '${sessionId}'`, deleteArchived(sessionId))
+    this.dropIndexedAbove(sessionId, -1)
+    return rows.length
+  }
+
+  // --- The rest of the contract ---
+
+  encryption (): EncryptionStats | null {
+    if (this.keyring === null) return null
+    const sealed: Record<string, number> = {}
+    for (const [kid, count] of this.kidCounts) if (kid !== '' && count > 0) sealed[kid] = count
+    return { active_kid: this.keyring.activeKid, sealed_sessions: sealed, plaintext_sessions: this.kidCounts.get('') ?? 0 }
+  }
+
+  serialize (file: SessionFile): Promise<Buffer> {
+    return serializeSessionFile(file, this.indent, Number.POSITIVE_INFINITY, this.keyring)
+  }
+
+  /** Ends the pool when the store made it; a host's pool is the host's to end. */
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    if (this.ownsPool) await this.pool.end()
+  }
+
+  // --- Helpers ---
+
+  /**
+   * Runs a statement on a pooled connection. A connection that failed (or whose state is
+   * unknown) is destroyed rather than returned to the pool. When the outcome of a write is
+   * unknown, `outcome` is remembered for the session (see Outcome).
+   */
+  private async run<R extends pg.QueryResultRow> (operation: string, config: pg.QueryConfig, sessionId?: string, outcome?: Outcome): Promise<pg.QueryResult<R>> {
+    let client: pg.PoolClient
+    try {
+      client = await this.pool.connect()
+    } catch (err) {
+      throw storageError(operation, err, false)
+    }
+    let broken: Error | undefined
+    // A checked-out client has no listener of the pool's: unheard, its 'error' (the connection
+    // dropped) would end the process.
+    const onError = (err: Error): void => { broken ??= err }
+    client.on('error', onError)
+    try {
+      return await client.query<R>(config)
+    } catch (err) {
+      if (breaksConnection(err)) broken ??= err instanceof Error ? err : new Error(String(err))
+      const error = storageError(operation, err, true)
+      if (sessionId !== undefined && outcome !== undefined && error instanceof StorageError && error.uncertain) this.unsure.set(sessionId, outcome)
+      throw error
+    } finally {
+      client.removeListener('error', onError)
+      client.release(broken)
+    }
+  }
+
+  /**
+   * A write that returns null on a version conflict, tried once more if the conflict is only
+   * the trace of an earlier write of ours whose outcome was unknown and which did land.
+   */
+  private async attempt<T> (sessionId: string, operation: string, write: () => Promise<T | null>): Promise<T> {
+    const first = await write()
+    if (first !== null) {
+      this.unsure.delete(sessionId)
+      return first
+    }
+    if (await this.reconcile(sessionId, operation)) {
+      const second = await write()
+      if (second !== null) {
+        this.unsure.delete(sessionId)
+        return second
+      }
+    }
+    throw this.conflict(sessionId, operation)
+  }
+
+  /** After an uncertain write: is the active row in the state that write would have left? Then adopt it. */
+  private async reconcile (sessionId: string, operation: string): Promise<boolean> {
+    const outcome = this.unsure.get(sessionId)
+    if (outcome === undefined) return false
+    this.unsure.delete(sessionId)
+    const { rows } = await this.run<{ row_id: string, version: string, document: string }>(operation, currentSession(sessionId))
+    const row = rows[0]
+    if (outcome.kind === 'gone') {
+      if (row !== undefined) return false
+      this.forget(sessionId)
+      return true
+    }
+    if (row === undefined || row.document !== outcome.data.toString('utf8')) return false
+    this.known(sessionId, { row: row.row_id, version: row.version, kid: outcome.kid })
+    return true
+  }
+
+  private conflict (sessionId: string, operation: string): VersionConflictError {
+    if (this.unreadable.has(sessionId)) {
+      return new VersionConflictError(sessionId, operation, 'has a stored row that could not be read at restore (reported then); fix or delete that row first')
+    }
+    return new VersionConflictError(sessionId, operation)
+  }
+
+  private derive (file: SessionFile): DerivedColumns {
+    const progress = progressOf(file.session.tasks)
+    return {
+      sealedKid: this.keyring?.activeKid ?? null,
+      createdAt: file.created_at,
+      updatedAt: file.updated_at,
+      finishedAt: finishedAt(file),
+      total: progress.total,
+      completed: progress.completed,
+      failed: progress.failed,
+      pending: progress.pending,
+      inProgress: progress.in_progress,
+      hasBackgroundRun: file.background_run !== undefined
+    }
+  }
+
+  private checkId (sessionId: string): string {
+    if (!SESSION_ID.test(sessionId)) throw new InvalidSessionIdError(`invalid session id '${sessionId.slice(0, 140)}'`)
+    return sessionId
+  }
+
+  /** Records the active row of a session, and its key for the encryption stats. */
+  private known (sessionId: string, row: KnownRow): void {
+    this.forget(sessionId)
+    this.rows.set(sessionId, row)
+    this.kidCounts.set(row.kid, (this.kidCounts.get(row.kid) ?? 0) + 1)
+  }
+
+  /** The session has no active row (any more). */
+  private forget (sessionId: string): void {
+    const before = this.rows.get(sessionId)
+    if (before === undefined) return
+    this.rows.delete(sessionId)
+    this.kidCounts.set(before.kid, (this.kidCounts.get(before.kid) ?? 1) - 1)
+  }
+
+  /** Drops the index's copies of a session newer than row `stamp` (all of them for -1): the rows say they are gone. */
+  private dropIndexedAbove (sessionId: string, stamp: number): void {
+    for (const copy of [...this.index.files(sessionId)]) if (copy.stamp > stamp) this.index.remove(sessionId, copy.name)
+  }
+}
+
+/** The name of a stored copy in failures and the archive index: `<session id>@<row id>`. */
+function archivedLikeName (sessionId: string, rowId: string): string {
+  return `${sessionId}@${rowId}`
+}
+
+/** An archived row's summary, as summarize() would make it from the document. */
+function summaryOf (row: ArchivedRow, name: string): ArchivedSummary {
+  const done = row.tasks_completed + row.tasks_failed
+  return {
+    session_id: row.session_id,
+    created_at: row.created_at,
+    updated_at: row.updated_at,
+    total: row.tasks_total,
+    completed: row.tasks_completed,
+    failed: row.tasks_failed,
+    pending: row.tasks_pending,
+    in_progress: row.tasks_in_progress,
+    all_done: row.tasks_total > 0 && done === row.tasks_total,
+    percentage: row.tasks_total === 0 ? 0 : Math.round((done / row.tasks_total) * 10000) / 100,
+    finished_at: row.finished_at?.toISOString() ?? row.updated_at,
+    file: name
+  }
+}

@@ -1,0 +1,122 @@
+import type pg from 'pg'
+
+/**
+ * The SQL of active session rows (`archived_at IS NULL`; at most one per session id, see
+ * migrations/002). Every statement is parameterised and names tables unqualified: the pool
+ * sets search_path to TASK_DB_SCHEMA at connection start. Statements on the hot path are
+ * named, so each connection prepares them once.
+ *
+ * Every write names the state it expects, (row_id, version), and bumps the version: a row
+ * changed by anyone else since makes the statement touch nothing, which the store reports
+ * as a version conflict. Row ids are never reused, so a session deleted and created again
+ * is never mistaken for the one that was read.
+ */
+
+/** What a session's row holds besides its document: derived from the file on every save. */
+export interface DerivedColumns {
+  sealedKid: string | null
+  createdAt: string
+  updatedAt: string
+  finishedAt: string | null
+  total: number
+  completed: number
+  failed: number
+  pending: number
+  inProgress: number
+  hasBackgroundRun: boolean
+}
+
+/** The state of a row a write expects to find. */
+export interface RowVersion {
+  /** bigints travel as strings (node-postgres's default): they pass 2^53 in theory. */
+  row: string
+  version: string
+}
+
+const derivedValues = (c: DerivedColumns): unknown[] => [
+  c.sealedKid, c.createdAt, c.updatedAt, c.finishedAt,
+  c.total, c.completed, c.failed, c.pending, c.inProgress, c.hasBackgroundRun
+]
+
+/**
+ * A new active row, unless the session already has one: then nothing is written and no row
+ * comes back (someone created it since we looked, or we never read it: either way, not ours
+ * to overwrite). The document goes as a Buffer, which node-postgres sends in binary format:
+ * json's binary form is its text, so the bytes are stored exactly as given.
+ */
+export function insertSession (sessionId: string, document: Buffer, c: DerivedColumns): pg.QueryConfig {
+  return {
+    name: 'taskvault_insert_session',
+    text: `INSERT INTO sessions (session_id, document, sealed_kid, created_at, updated_at, finished_at,
+        tasks_total, tasks_completed, tasks_failed, tasks_pending, tasks_in_progress, has_background_run)
+      VALUES ($1, $2::json, $3, $4::timestamptz, $5::timestamptz, $6::timestamptz, $7, $8, $9, $10, $11, $12)
+      ON CONFLICT (session_id) WHERE archived_at IS NULL DO NOTHING
+      RETURNING row_id, version`,
+    values: [sessionId, document, ...derivedValues(c)]
+  }
+}
+
+/** Replaces the document of the active row at `expected`, bumping its version; no row back when it is not at `expected`. */
+export function updateSession (expected: RowVersion, document: Buffer, c: DerivedColumns): pg.QueryConfig {
+  return {
+    name: 'taskvault_update_session',
+    text: `UPDATE sessions SET document = $3::json, sealed_kid = $4, created_at = $5::timestamptz, updated_at = $6::timestamptz,
+        finished_at = $7::timestamptz, tasks_total = $8, tasks_completed = $9, tasks_failed = $10, tasks_pending = $11,
+        tasks_in_progress = $12, has_background_run = $13, version = version + 1
+      WHERE row_id = $1 AND version = $2 AND archived_at IS NULL
+      RETURNING row_id, version`,
+    values: [expected.row, expected.version, document, ...derivedValues(c)]
+  }
+}
+
+/**
+ * Deletes the session's active row: the one at `expected` when given, else whatever is there.
+ * Answers one row: `found`, the version of the active row before (null: there was none), and
+ * `deleted`. A row found but not deleted was at another version.
+ */
+export function deleteSession (sessionId: string, expected: RowVersion | null): pg.QueryConfig {
+  return {
+    text: `WITH before AS (SELECT row_id, version FROM sessions WHERE session_id = $1 AND archived_at IS NULL),
+        gone AS (DELETE FROM sessions WHERE session_id = $1 AND archived_at IS NULL
+          AND ($2::bigint IS NULL OR (row_id = $2 AND version = $3)) RETURNING row_id)
+      SELECT (SELECT version FROM before) AS found, (SELECT count(*) FROM gone)::int AS deleted`,
+    values: [sessionId, expected?.row ?? null, expected?.version ?? null]
+  }
+}
+
+/** The active row of a session as it is now (after an uncertain write, to tell whether it landed). */
+export function currentSession (sessionId: string): pg.QueryConfig {
+  return {
+    text: 'SELECT row_id, version, document::text AS document FROM sessions WHERE session_id = $1 AND archived_at IS NULL',
+    values: [sessionId]
+  }
+}
+
+export interface ActiveRow {
+  row_id: string
+  session_id: string
+  version: string
+  sealed_kid: string | null
+  bytes: number
+  /** As stored: `document::text`, or node-postgres would JSON.parse it. */
+  document: string
+}
+
+/**
+ * One page of the active rows, by session id after `after` (keyset pagination on the unique
+ * index of active ids: each page is an index range scan, however many rows there are).
+ */
+export function activePage (after: string, limit: number): pg.QueryConfig {
+  return {
+    name: 'taskvault_active_page',
+    text: `SELECT row_id, session_id, version, sealed_kid, bytes, document::text AS document FROM sessions
+      WHERE archived_at IS NULL AND session_id > $1 ORDER BY session_id LIMIT $2`,
+    values: [after, limit]
+  }
+}
+
+/** Turns synchronous_commit on for this connection when the role, database or server turned it off; leaves stronger settings alone. */
+export const SYNCHRONOUS_COMMIT_ON = "SELECT set_config('synchronous_commit', 'on', false) WHERE current_setting('synchronous_commit') = 'off'"
+
+/** What init checks: durability of commits, and that unqualified names reach our schema. */
+export const CONNECTION_SETTINGS = "SELECT current_setting('synchronous_commit') AS synchronous_commit, current_schema() AS schema"

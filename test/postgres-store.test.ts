@@ -1,0 +1,270 @@
+/**
+ * The PostgreSQL store on a real PostgreSQL (a database of each test's own, see postgres.ts):
+ * the store contract suite, then what only a database store has: the version check against
+ * lost updates, the document column's fidelity, a dropped or stalled connection, restore size.
+ */
+import { randomBytes } from 'node:crypto'
+import pg from 'pg'
+import t, { type Test } from 'tap'
+import type { SessionFile } from '../schemas/session.js'
+import { StorageError, TaskvaultError } from '../services/errors.js'
+import { statusFor } from '../http/error-handler.js'
+import { Keyring } from '../services/store/keyring.js'
+import { createPool } from '../services/store/postgres/pool.js'
+import { PostgresSessionStore, type PostgresSessionStoreOptions } from '../services/store/postgres/postgres-store.js'
+import { serializeSessionFile } from '../services/store/session-files.js'
+import { testDatabase } from './postgres.js'
+import { contractSession, storeContract } from './store-contract.js'
+import { startProxy } from './tcp-proxy.js'
+
+const SCHEMA = 'tv_store'
+const keyring = Keyring.fromEntries([['k1', randomBytes(32)]])
+
+/** A store of its own pool on `url`, initialised, closed when the test ends. */
+async function openStore (t: Test, url: string, options: Partial<PostgresSessionStoreOptions> & { statementTimeoutMs?: number, connectTimeoutMs?: number } = {}): Promise<PostgresSessionStore> {
+  const { statementTimeoutMs = 5_000, connectTimeoutMs = 5_000, ...rest } = options
+  const store = new PostgresSessionStore({ settings: { url, schema: SCHEMA, max: 4, statementTimeoutMs, connectTimeoutMs }, ...rest })
+  t.teardown(() => store.close())
+  await store.init()
+  return store
+}
+
+/** A plain pool straight to the database, to look at the rows behind the store's back. */
+function inspector (t: Test, url: string): pg.Pool {
+  const pool = createPool({ url, schema: SCHEMA, max: 2, statementTimeoutMs: 10_000 })
+  t.teardown(() => pool.end())
+  return pool
+}
+
+async function documentOf (db: pg.Pool, sessionId: string): Promise<string | null> {
+  const { rows } = await db.query('SELECT document::text AS document FROM sessions WHERE session_id = $1 AND archived_at IS NULL', [sessionId])
+  return (rows[0] as { document: string } | undefined)?.document ?? null
+}
+
+const text = async (file: SessionFile, ring: Keyring | null = null): Promise<string> => (await serializeSessionFile(file, 2, Number.POSITIVE_INFINITY, ring)).toString('utf8')
+
+storeContract(t, 'PostgreSQL store', async (t, { keyring }) => {
+  const url = await testDatabase(t)
+  if (url === null) return null
+  const store = await openStore(t, url, { keyring })
+  return { store, reopen: async () => openStore(t, url, { keyring }) }
+}, { keyring })
+
+t.test('a lost update is refused: the second writer of a version gets VERSION_CONFLICT (409) and the row keeps the first', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  const a = await openStore(t, url)
+  await a.save(contractSession('shared', ['Pending']))
+  const b = await openStore(t, url)
+  await a.loadAll({ concurrency: 1 })
+  await b.loadAll({ concurrency: 1 })
+
+  const first = contractSession('shared', ['Completed'], '2024-06-01T00:00:00.000Z')
+  const second = contractSession('shared', ['Failed'], '2024-06-01T00:00:01.000Z')
+  await a.save(first)
+  const refused = await b.save(second).catch((err: unknown) => err)
+  t.type(refused, TaskvaultError)
+  t.match(refused, { code: 'VERSION_CONFLICT', message: /saving session 'shared' refused: .*another writer.*nothing was written/u })
+  t.equal(statusFor(refused as TaskvaultError), 409)
+  t.equal(await documentOf(db, 'shared'), await text(first), 'the row keeps the first write')
+
+  await t.rejects(b.remove('shared'), { code: 'VERSION_CONFLICT' }, 'nor can the stale writer delete it')
+  await t.rejects(b.archive(second), { code: 'VERSION_CONFLICT' }, 'nor archive it')
+  t.equal(await documentOf(db, 'shared'), await text(first), 'still there, unchanged')
+
+  // Deleted and created again: version 1 once more, but another row. B's version 2 of the old
+  // row must not match it, nor may a writer that read the old row at version 1 (ABA).
+  const c = await openStore(t, url)
+  await c.loadAll({ concurrency: 1 })
+  await a.remove('shared')
+  const reborn = contractSession('shared', ['Pending', 'Pending'], '2024-07-01T00:00:00.000Z')
+  await a.save(reborn)
+  await t.rejects(c.save(second), { code: 'VERSION_CONFLICT' }, 'a writer of the deleted row cannot overwrite the new one')
+  t.equal(await documentOf(db, 'shared'), await text(reborn))
+
+  // Reading again is how a stale writer catches up.
+  await b.loadAll({ concurrency: 1 })
+  await b.save(second)
+  t.equal(await documentOf(db, 'shared'), await text(second), 'after a fresh read the write goes through')
+})
+
+t.test('the document column holds exactly serializeSessionFile\'s bytes; the columns are derived from the file', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  const store = await openStore(t, url)
+  const file = contractSession('exact', ['Completed', 'Failed', 'InProgress', 'Pending'])
+  const [task] = file.session.tasks
+  if (task !== undefined) {
+    task.instruction = 'ünïcödé ✓ "quotes" \\ \n\t 😀 \u2028 and a number 0.30000000000000004'
+    task.confidence = 0.30000000000000004
+  }
+  file.background_run = { started_at: '2024-01-15T10:30:00.000Z' }
+  const bytes = await store.save(file)
+  const expected = await serializeSessionFile(file, 2, Number.POSITIVE_INFINITY)
+  const { rows } = await db.query(`SELECT document::text AS document, bytes, sealed_kid, tasks_total, tasks_completed, tasks_failed, tasks_pending,
+    tasks_in_progress, has_background_run, finished_at, created_at, updated_at, version, archived_at FROM sessions WHERE session_id = 'exact'`)
+  const row = rows[0]
+  t.ok(Buffer.from(row.document, 'utf8').equals(expected), 'byte for byte')
+  t.equal(row.bytes, expected.length)
+  t.equal(bytes, expected.length, 'save resolves with the size')
+  t.match(row, { sealed_kid: null, tasks_total: 4, tasks_completed: 1, tasks_failed: 1, tasks_pending: 1, tasks_in_progress: 1 }, 'counts by status')
+  t.match(row, { has_background_run: true, finished_at: null, version: '1', archived_at: null }, 'a background run, unfinished, first version, active')
+  t.equal((row.created_at as Date).toISOString(), file.created_at)
+
+  const done = contractSession('exact', ['Completed', 'Failed'], '2024-08-01T00:00:00.000Z')
+  await store.save(done)
+  const after = (await db.query('SELECT finished_at, version, tasks_total FROM sessions WHERE session_id = \'exact\'')).rows[0]
+  t.same({ finished: (after.finished_at as Date).toISOString(), version: after.version, total: after.tasks_total }, { finished: '2024-01-15T10:31:00.000Z', version: '2', total: 2 }, 'finished, version bumped')
+
+  const sealedStore = await openStore(t, url, { keyring })
+  await sealedStore.loadAll({ concurrency: 1 })
+  await sealedStore.save(done)
+  const sealed = (await db.query('SELECT sealed_kid, document::text AS document FROM sessions WHERE session_id = \'exact\'')).rows[0]
+  t.equal(sealed.sealed_kid, 'k1', 'the kid is recorded')
+  t.match(JSON.parse(sealed.document), { session_id: 'exact', sealed: { kid: 'k1' } }, 'the envelope is stored')
+  t.notMatch(sealed.document, 'Completed', 'no task in clear')
+})
+
+t.test('a dropped connection fails a save fast with a 503 StorageError, changes nothing, and saves work again once it passes', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  const proxy = await startProxy(Number(new URL(url).port || 5432), new URL(url).hostname)
+  t.teardown(() => proxy.close())
+  const through = new URL(url)
+  through.port = String(proxy.port)
+  const store = await openStore(t, through.toString(), { statementTimeoutMs: 1_500, connectTimeoutMs: 1_500 })
+  const v1 = contractSession('netsplit', ['Pending'])
+  await store.save(v1)
+
+  proxy.drop()
+  const v2 = contractSession('netsplit', ['Completed'], '2024-09-01T00:00:00.000Z')
+  const started = performance.now()
+  const err = await store.save(v2).catch((error: unknown) => error)
+  const ms = performance.now() - started
+  t.type(err, StorageError)
+  t.match(err, { code: 'STORAGE_UNAVAILABLE', message: /^saving session 'netsplit' failed: storage is unavailable/u })
+  t.equal(statusFor(err as StorageError), 503)
+  t.ok(ms < 1_500, `fails fast (${ms.toFixed(0)} ms)`)
+  t.equal(await documentOf(db, 'netsplit'), await text(v1), 'the row is unchanged')
+
+  proxy.pass()
+  await store.save(v2)
+  t.equal(await documentOf(db, 'netsplit'), await text(v2), 'saves work again')
+
+  // Stalled: the statement goes out and nothing comes back. The client gives up a little
+  // after the statement timeout; the outcome is unknown, and a later write still goes through.
+  proxy.stall()
+  const v3 = contractSession('netsplit', ['Completed', 'Pending'], '2024-09-02T00:00:00.000Z')
+  const stalledAt = performance.now()
+  const stalled = await store.save(v3).catch((error: unknown) => error)
+  const stalledMs = performance.now() - stalledAt
+  t.match(stalled, { code: 'STORAGE_UNAVAILABLE' })
+  t.ok(stalledMs < 1_500 + 1_000 + 1_000, `bounded by the statement timeout (${stalledMs.toFixed(0)} ms)`)
+  proxy.pass()
+  const v4 = contractSession('netsplit', ['Completed', 'Completed'], '2024-09-03T00:00:00.000Z')
+  await store.save(v4)
+  t.equal(await documentOf(db, 'netsplit'), await text(v4), 'after the stall, the next save lands')
+})
+
+t.test('an unknown outcome that did land is recognised by the next write, not taken for a conflict', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  const proxy = await startProxy(Number(new URL(url).port || 5432), new URL(url).hostname)
+  t.teardown(() => proxy.close())
+  const through = new URL(url)
+  through.port = String(proxy.port)
+  const store = await openStore(t, through.toString(), { statementTimeoutMs: 1_500 })
+  const v1 = contractSession('landed', ['Pending'])
+  await store.save(v1)
+  // The update takes a while on the server; the network stalls meanwhile, so the commit
+  // happens and its answer never arrives: the client gives up not knowing.
+  await db.query('CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
+  await db.query('CREATE TRIGGER slow BEFORE UPDATE ON sessions FOR EACH ROW EXECUTE FUNCTION slow_write()')
+  const v2 = contractSession('landed', ['Completed'], '2024-10-01T00:00:00.000Z')
+  const saving = store.save(v2).catch((error: unknown) => error)
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  proxy.stall()
+  const err = await saving
+  t.match(err, { code: 'STORAGE_UNAVAILABLE', uncertain: true }, 'the save fails, its outcome unknown')
+  await db.query('DROP TRIGGER slow ON sessions')
+  t.equal(await documentOf(db, 'landed'), await text(v2), 'it did commit')
+  proxy.pass()
+  // What the registry does after an uncertain failure: write the acknowledged state back.
+  await store.save(v1)
+  t.equal(await documentOf(db, 'landed'), await text(v1), 'the write-back lands: no conflict with our own write')
+  await store.save(v2)
+  t.equal(await documentOf(db, 'landed'), await text(v2), 'and later writes go on')
+})
+
+t.test('a row that does not read is reported, left in place, and not overwritten', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  const store = await openStore(t, url)
+  await store.save(contractSession('fine'))
+  await db.query('INSERT INTO sessions (session_id, document, created_at, updated_at) VALUES (\'broken\', \'{"session_id": "broken"}\', now(), now())')
+  const again = await openStore(t, url)
+  const result = await again.loadAll({ concurrency: 1 })
+  t.same(result.sessions.map((session) => session.file.session_id), ['fine'])
+  t.match(result.failures, [{ name: /^broken@\d+$/u, reason: /does not match the session file format/u, movedTo: null }])
+  t.equal(await documentOf(db, 'broken'), '{"session_id": "broken"}', 'left as it was')
+  await t.rejects(again.save(contractSession('broken')), { code: 'VERSION_CONFLICT', message: /could not be read at restore/u }, 'a new session of that id does not overwrite it')
+})
+
+t.test('synchronous_commit: turned on for the store\'s own pool, refused when a host\'s pool has it off', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  const name = new URL(url).pathname.slice(1)
+  await db.query(`ALTER DATABASE ${pg.escapeIdentifier(name)} SET synchronous_commit = off`)
+  const own = await openStore(t, url)
+  await own.save(contractSession('durable'))
+  t.pass('the store\'s own pool starts: it turns synchronous_commit on for its connections')
+
+  const host = createPool({ url, schema: SCHEMA, max: 1, statementTimeoutMs: 5_000 })
+  t.teardown(() => host.end())
+  const store = new PostgresSessionStore({ pool: host, schema: SCHEMA, url })
+  await t.rejects(store.init(), { code: 'INVALID_DATABASE_SETTING', message: /^synchronous_commit: is off/u })
+  await store.close()
+  t.equal((await host.query('SELECT 1 AS one')).rows[0].one, 1, 'a host\'s pool stays open after close')
+})
+
+t.test('connection failures never show the password', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const closed = new URL(url)
+  closed.username = 'someone'
+  closed.password = 'hunter2secret'
+  closed.port = '1'
+  const store = new PostgresSessionStore({ settings: { url: closed.toString(), schema: SCHEMA, max: 1, statementTimeoutMs: 1_000, connectTimeoutMs: 1_000 } })
+  t.teardown(() => store.close())
+  t.notMatch(store.location, 'hunter2secret')
+  t.match(store.location, /\*\*\*.*schema tv_store/u)
+  const err = await store.init().catch((error: unknown) => error) as Error
+  t.match(err, { code: 'DATABASE_UNAVAILABLE' })
+  t.notMatch(err.message, 'hunter2secret')
+  const saved = await store.save(contractSession('x')).catch((error: unknown) => error) as StorageError
+  t.match(saved, { code: 'STORAGE_UNAVAILABLE', message: /^saving session 'x' failed: storage is unavailable \(ECONNREFUSED\)$/u })
+  t.notMatch(JSON.stringify({ message: saved.message, cause: String(saved.cause) }), 'hunter2secret')
+})
+
+t.test('1,000 sessions restore in one loadAll, every one as saved', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const store = await openStore(t, url, { pageRows: 128 })
+  const files = Array.from({ length: 1_000 }, (_, i) => contractSession(`bulk-${String(i).padStart(4, '0')}`, i % 3 === 0 ? ['Completed'] : ['Completed', 'Pending']))
+  for (let i = 0; i < files.length; i += 50) await Promise.all(files.slice(i, i + 50).map((file) => store.save(file)))
+  const again = await openStore(t, url, { pageRows: 128 })
+  const started = performance.now()
+  const result = await again.loadAll({ concurrency: 2 })
+  t.comment(`loadAll of 1,000 sessions: ${(performance.now() - started).toFixed(0)} ms`)
+  t.same(result.failures, [])
+  t.strictSame(result.sessions.map((session) => session.file).sort((a, b) => a.session_id < b.session_id ? -1 : 1), files)
+  // Every one is known at its version: saving them all again conflicts nowhere.
+  await Promise.all(result.sessions.slice(0, 100).map((session) => again.save(session.file)))
+  t.pass('saves after restore carry the versions read')
+})
