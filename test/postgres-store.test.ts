@@ -89,6 +89,39 @@ t.test('a lost update is refused: the second writer of a version gets VERSION_CO
   t.equal(await documentOf(db, 'shared'), await text(second), 'after a fresh read the write goes through')
 })
 
+t.test('unarchive is all or nothing, and archived reads go by the rows, not by memory', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  const a = await openStore(t, url)
+  await a.openArchive({ concurrency: 1 })
+  const old = contractSession('moved', ['Completed'])
+  await a.save(old)
+  await a.archive(old)
+  const name = a.archivedName('moved') as string
+  t.match(name, /^moved@\d+$/u, 'an archived copy is named by its row')
+
+  // Another writer made the session active meanwhile: bringing the archived copy back must
+  // neither overwrite that row nor delete the copy.
+  const b = await openStore(t, url)
+  const theirs = contractSession('moved', ['Pending'], '2024-11-01T00:00:00.000Z')
+  await b.save(theirs)
+  await t.rejects(a.unarchive(contractSession('moved', ['Completed', 'Pending'], '2024-11-02T00:00:00.000Z'), name), { code: 'VERSION_CONFLICT' })
+  t.equal(await documentOf(db, 'moved'), await text(theirs), 'their active row is untouched')
+  const copies = await db.query('SELECT count(*)::int AS n FROM sessions WHERE session_id = $1 AND archived_at IS NOT NULL', ['moved'])
+  t.equal(copies.rows[0].n, 1, 'and the archived copy is still there')
+  t.equal(a.archivedName('moved'), name)
+
+  // B archives its session too and then deletes every copy; A's memory is behind, its reads are not.
+  await b.archive(theirs)
+  t.strictSame((await a.readArchived('moved')).session?.file, theirs, 'A reads the copy B archived')
+  t.not(a.archivedName('moved'), name, 'and its index follows')
+  t.equal(await b.removeArchived('moved'), 2, 'B deletes both copies, though its index knew only its own')
+  t.same(await a.readArchived('moved'), { session: null, failures: [] }, 'A finds none')
+  t.equal(a.archivedName('moved'), null, 'and forgets them')
+  t.equal(await a.removeArchived('moved'), 0)
+})
+
 t.test('the document column holds exactly serializeSessionFile\'s bytes; the columns are derived from the file', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
