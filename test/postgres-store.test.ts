@@ -202,6 +202,28 @@ t.test('a dropped connection fails a save fast with a 503 StorageError, changes 
   t.equal(await documentOf(db, 'netsplit'), await text(v4), 'after the stall, the next save lands')
 })
 
+t.test('a statement over the statement timeout fails with a 503 StorageError naming the operation, and changes nothing', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  const store = await openStore(t, url, { statementTimeoutMs: 300 })
+  const v1 = contractSession('slow', ['Pending'])
+  await store.save(v1)
+  await db.query('CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$')
+  await db.query('CREATE TRIGGER slow BEFORE UPDATE ON sessions FOR EACH ROW EXECUTE FUNCTION slow_write()')
+  const started = performance.now()
+  const err = await store.save(contractSession('slow', ['Completed'], '2024-12-01T00:00:00.000Z')).catch((error: unknown) => error) as StorageError
+  const ms = performance.now() - started
+  await db.query('DROP TRIGGER slow ON sessions')
+  t.type(err, StorageError)
+  t.match(err, { code: 'STORAGE_UNAVAILABLE', uncertain: false, message: /^saving session 'slow' failed: storage is unavailable \(57014\)$/u }, 'cancelled by the server: certainly not committed')
+  t.equal(statusFor(err), 503)
+  t.ok(ms < 1_500, `within the statement timeout (${ms.toFixed(0)} ms)`)
+  t.equal(await documentOf(db, 'slow'), await text(v1), 'the row is unchanged')
+  await store.save(contractSession('slow', ['Completed'], '2024-12-01T00:00:00.000Z'))
+  t.pass('the connection was fine: the next save goes through')
+})
+
 t.test('an unknown outcome that did land is recognised by the next write, not taken for a conflict', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
