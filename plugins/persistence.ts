@@ -1,11 +1,17 @@
+import { setTimeout as sleep } from 'node:timers/promises'
 import { Type, type Static } from '@sinclair/typebox'
+import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
+import type pg from 'pg'
+import { STORE_SETTINGS, resolveSettings, settingOptions, type StoreSettings } from '../schemas/options.js'
+import { DatabaseUnavailableError, InvalidDatabaseSettingError } from '../services/errors.js'
 import { FileSessionStore } from '../services/store/file-store.js'
-import { Keyring } from '../services/store/keyring.js'
 import type { FsSeam } from '../services/store/fs-seam.js'
+import { Keyring } from '../services/store/keyring.js'
+import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
+import { redactUrl } from '../services/store/postgres/pool.js'
 import type { SessionStore } from '../services/store/store.js'
-import { STORE_SETTINGS, resolveSettings, settingOptions } from '../schemas/options.js'
-import { appSettings, checkOptions } from './options.js'
+import { appSettings, checkOptions, FunctionOption } from './options.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -16,18 +22,32 @@ declare module 'fastify' {
 export const PersistenceOptionsSchema = Type.Object({
   ...settingOptions(STORE_SETTINGS).properties,
   /** File-system seam, for fault injection in tests. */
-  fs: Type.Optional(Type.Unsafe<FsSeam>(Type.Object({})))
+  fs: Type.Optional(Type.Unsafe<FsSeam>(Type.Object({}))),
+  /** A host's pg.Pool for the PostgreSQL store (its connections' search_path must be the schema); used instead of DATABASE_URL. */
+  pool: Type.Optional(Type.Unsafe<pg.Pool>(Type.Object({ query: FunctionOption, connect: FunctionOption })))
 }, { additionalProperties: false })
 
 export type PersistencePluginOptions = Static<typeof PersistenceOptionsSchema>
 
-/** The session store: one durable JSON file per session in the storage folder. */
+/** The first wait between tries to reach a database that is down at boot; it doubles up to MAX. */
+const CONNECT_RETRY_MS = 250
+const CONNECT_RETRY_MAX_MS = 5000
+
+/** The session store: one durable JSON file per session in the storage folder, or rows in PostgreSQL (TASK_STORE). */
 export default fp<PersistencePluginOptions>(async function persistencePlugin (app, options) {
   checkOptions('taskvault-persistence', PersistenceOptionsSchema, options)
   const settings = resolveSettings(STORE_SETTINGS, options, appSettings(app))
+  const store = settings.store === 'postgres' || options.pool !== undefined
+    ? await openPostgresStore(app, settings, options.pool)
+    : await openFileStore(app, settings, options.fs)
+  app.decorate('persistence', store)
+  app.addHook('onClose', async () => store.close())
+}, { name: 'taskvault-persistence', fastify: '5.x' })
+
+async function openFileStore (app: FastifyInstance, settings: StoreSettings, fs: FsSeam | undefined): Promise<SessionStore> {
   const store = new FileSessionStore({
     dir: settings.storageDir,
-    fs: options.fs,
+    fs,
     maxSessionBytes: settings.maxSessionBytes,
     keyring: Keyring.parse(settings.encryptionKeys),
     lock: { refreshMs: settings.lockRefreshMs, staleMs: settings.lockStaleMs }
@@ -49,6 +69,42 @@ export default fp<PersistencePluginOptions>(async function persistencePlugin (ap
     app.log.warn({ dir: store.dir, mode: openMode.toString(8) },
       `Storage folder ${store.dir} is accessible to its group or others (mode ${openMode.toString(8)}); taskvault leaves the mode of a folder it did not just create alone: chmod 700 it if only taskvault should read the sessions`)
   }
-  app.decorate('persistence', store as SessionStore)
-  app.addHook('onClose', async () => store.close())
-}, { name: 'taskvault-persistence', fastify: '5.x' })
+  return store
+}
+
+/**
+ * The PostgreSQL store. A database that is down at boot is waited for, with backoff, for
+ * TASK_DB_CONNECT_TIMEOUT_MS; then the boot fails with one line naming where it tried.
+ */
+async function openPostgresStore (app: FastifyInstance, settings: StoreSettings, pool: pg.Pool | undefined): Promise<SessionStore> {
+  if (pool === undefined && settings.databaseUrl.trim() === '') {
+    throw new InvalidDatabaseSettingError('DATABASE_URL', 'is required with TASK_STORE=postgres (postgres://user:password@host:5432/database)')
+  }
+  const common = { maxSessionBytes: settings.maxSessionBytes, keyring: Keyring.parse(settings.encryptionKeys) }
+  const store = pool !== undefined
+    ? new PostgresSessionStore({ ...common, pool, schema: settings.dbSchema })
+    : new PostgresSessionStore({
+      ...common,
+      settings: { url: settings.databaseUrl, schema: settings.dbSchema, max: settings.dbPoolMax, statementTimeoutMs: settings.dbStatementTimeoutMs },
+      onPoolError: (err) => app.log.warn({ err: { message: err.message } }, 'A PostgreSQL connection of the pool failed; it is replaced on the next query')
+    })
+  const deadline = performance.now() + settings.dbConnectTimeoutMs
+  for (let wait = CONNECT_RETRY_MS; ; wait = Math.min(wait * 2, CONNECT_RETRY_MAX_MS)) {
+    try {
+      const { applied, version } = await store.init()
+      app.log.info({ database: store.location, migration: version, applied }, applied.length > 0 ? `Migrated the database to ${version}` : 'Database schema is current')
+      return store
+    } catch (err) {
+      const left = deadline - performance.now()
+      if (!(err instanceof DatabaseUnavailableError) || left <= 0) {
+        await store.close().catch(() => {})
+        if (err instanceof DatabaseUnavailableError) {
+          throw new DatabaseUnavailableError(`could not reach the database ${pool === undefined ? redactUrl(settings.databaseUrl) : store.location} within TASK_DB_CONNECT_TIMEOUT_MS (${settings.dbConnectTimeoutMs} ms): ${err.message}`, { cause: err })
+        }
+        throw err
+      }
+      app.log.warn({ database: store.location, retry_in_ms: Math.round(Math.min(wait, left)), reason: err.message }, 'The database cannot be reached yet; trying again')
+      await sleep(Math.min(wait, left))
+    }
+  }
+}

@@ -11,6 +11,13 @@ export const ConfigSchema = Type.Object({
   PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 7000 }),
   HOST: Type.String({ minLength: 1, default: '127.0.0.1' }),
   TASK_STORAGE_DIR: Type.String({ minLength: 1, default: 'data/tasks' }),
+  // The store: one JSON file per session in TASK_STORAGE_DIR, or PostgreSQL (issue 13).
+  TASK_STORE: Type.Union([Type.Literal('file'), Type.Literal('postgres')], { default: 'file', description: 'file: one JSON file per session in TASK_STORAGE_DIR; postgres: rows in DATABASE_URL' }),
+  DATABASE_URL: Type.String({ default: '', description: 'postgres://user:password@host:5432/database; required with TASK_STORE=postgres. Its password is never logged' }),
+  TASK_DB_SCHEMA: Type.String({ pattern: '^[a-z_][a-z0-9_]{0,62}$', default: 'taskvault', description: 'The PostgreSQL schema holding taskvault\'s tables (lower case, created if missing)' }),
+  TASK_DB_POOL_MAX: Type.Integer({ minimum: 1, maximum: 1000, default: 10, description: 'Connections in the pool' }),
+  TASK_DB_STATEMENT_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: HOUR_MS, default: 15_000, description: 'A statement running longer is cancelled and its request fails with 503' }),
+  TASK_DB_CONNECT_TIMEOUT_MS: Type.Integer({ minimum: 0, maximum: HOUR_MS, default: 60_000, description: 'At boot, how long to wait (retrying with backoff) for an unreachable database before exiting 1' }),
   TASK_AUTO_SAVE: Type.Boolean({ default: true }),
   TASK_ARCHIVE_DAYS: Type.Number({ minimum: 0, default: 30, description: '0 turns archiving off' }),
   TASK_ARCHIVE_RETENTION_DAYS: Type.Number({ minimum: 0, default: 0, description: 'archived sessions finished longer ago are deleted; 0 keeps them forever' }),

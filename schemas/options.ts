@@ -31,9 +31,15 @@ export function resolveSettings<M extends SettingMap> (map: M, given: Partial<Re
   return resolved as Resolved<M>
 }
 
-/** The file store's settings. */
+/** The store's settings: which store, the file store's folder and lock, PostgreSQL's connection, both's bounds and keys. */
 export const STORE_SETTINGS = {
+  store: 'TASK_STORE',
   storageDir: 'TASK_STORAGE_DIR',
+  databaseUrl: 'DATABASE_URL',
+  dbSchema: 'TASK_DB_SCHEMA',
+  dbPoolMax: 'TASK_DB_POOL_MAX',
+  dbStatementTimeoutMs: 'TASK_DB_STATEMENT_TIMEOUT_MS',
+  dbConnectTimeoutMs: 'TASK_DB_CONNECT_TIMEOUT_MS',
   lockRefreshMs: 'TASK_LOCK_REFRESH_MS',
   lockStaleMs: 'TASK_LOCK_STALE_MS',
   maxSessionBytes: 'TASK_MAX_SESSION_BYTES',
@@ -82,3 +88,4 @@ export const EVENTS_SETTINGS = {
 } as const
 
 export type ManagerSettings = Resolved<typeof MANAGER_SETTINGS>
+export type StoreSettings = Resolved<typeof STORE_SETTINGS>

@@ -1,0 +1,127 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import t from 'tap'
+import type { FastifyInstance } from 'fastify'
+import { buildApp } from '../app.js'
+import { API, build, tempDir } from './helper.js'
+import { testDatabase } from './postgres.js'
+
+/**
+ * The whole service on PostgreSQL answers exactly what it answers on the file store: one
+ * script of requests runs against both, and every status and body must match once the times
+ * and ids that differ by nature are masked.
+ */
+
+const CLOCK_START = Date.parse('2026-01-01T00:00:00.000Z')
+
+/** A clock both apps share the shape of: it moves 1 ms per call from the same start. */
+function steppingClock (): () => Date {
+  let ms = CLOCK_START
+  return () => new Date(ms++)
+}
+
+async function postgresApp (t: Parameters<typeof testDatabase>[0] & { teardown: (fn: () => unknown) => void }, url: string, extra: Record<string, string | number | boolean> = {}): Promise<FastifyInstance> {
+  const app = await buildApp({
+    readEnvironment: false,
+    clock: steppingClock(),
+    config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_SHUTDOWN_GRACE_MS: 2000, TASK_ARCHIVE_DAYS: 0, ...extra }
+  })
+  t.teardown(() => app.close())
+  await app.ready()
+  return app
+}
+
+type Step = [method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown]
+
+const SCRIPT: Step[] = [
+  ['POST', '/create', { session_id: 'alpha', instructions: '1. Research caching\n2. Design the cache\n3. Implement it' }],
+  ['POST', '/create', { session_id: 'beta', tasks: [{ instruction: 'Explain the trade-offs', task_type: 'Reasoning' }] }],
+  ['POST', '/create', { session_id: 'alpha', instructions: 'Write tests' }],
+  ['GET', '/progress?session_id=alpha'],
+  ['POST', '/execute', { session_id: 'alpha' }],
+  ['POST', '/execute-all', { session_id: 'beta' }],
+  ['GET', '/list?session_id=alpha'],
+  ['GET', '/list?session_id=all'],
+  ['GET', '/list?session_id=all&limit=1&offset=1'],
+  ['GET', '/stats'],
+  ['POST', '/execute', { session_id: 'nobody' }],
+  ['POST', '/create', { session_id: '../escape', instructions: 'x' }],
+  ['POST', '/execute-all', { session_id: 'beta' }],
+  ['POST', '/archive', { older_than_days: 0 }],
+  ['GET', '/list?session_id=all&archived=include'],
+  ['GET', '/list?session_id=all&archived=only'],
+  ['GET', '/list?session_id=beta'],
+  ['GET', '/progress?session_id=beta'],
+  ['GET', '/stats'],
+  ['POST', '/create', { session_id: 'beta', instructions: 'One more thing' }],
+  ['GET', '/list?session_id=all&archived=include'],
+  ['POST', '/execute-all', { session_id: 'alpha' }],
+  ['DELETE', '/session/beta'],
+  ['GET', '/progress?session_id=beta'],
+  ['GET', '/stats']
+]
+
+/** Masks what differs by nature between two runs: timestamps in ids and fields, storage location and sizes. */
+function masked (value: unknown): unknown {
+  return JSON.parse(JSON.stringify(value), (key, field: unknown) => {
+    if (typeof field === 'string' && /^\d{4}-\d{2}-\d{2}T/.test(field)) return '<time>'
+    if (typeof field === 'string' && /^task_\d+_\d+$/.test(field)) return field.replace(/_\d+$/, '_<t>')
+    if (key === 'storage' || key === 'restore_ms') return '<storage>'
+    return field
+  })
+}
+
+async function runScript (app: FastifyInstance): Promise<Array<{ status: number, body: unknown }>> {
+  const out = []
+  for (const [method, path, body] of SCRIPT) {
+    const res = await app.inject({ method, url: `${API}${path}`, ...(body === undefined ? {} : { payload: body as object }) })
+    out.push({ status: res.statusCode, body: masked(res.json()) })
+  }
+  return out
+}
+
+t.test('every endpoint answers the same statuses and shapes on PostgreSQL as on the file store', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const file = await build(t, { clock: steppingClock(), config: { TASK_ARCHIVE_DAYS: 0 } })
+  const fileAnswers = await runScript(file)
+  const pg = await postgresApp(t, url)
+  const pgAnswers = await runScript(pg)
+  SCRIPT.forEach(([method, path], i) => {
+    t.same(pgAnswers[i], fileAnswers[i], `${method} ${path}`)
+  })
+  const stats = (await pg.inject({ method: 'GET', url: `${API}/stats` })).json()
+  t.match(stats.storage.dir, /^postgres:\/\/.*\(schema taskvault\)$/, 'storage names the database and schema')
+})
+
+t.test('a restart on the same database restores every session; interrupted work resumes', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const first = await postgresApp(t, url)
+  await first.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'kept', instructions: '1. a\n2. b' } })
+  await first.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'kept' } })
+  await first.close()
+  const second = await postgresApp(t, url)
+  const progress = (await second.inject({ method: 'GET', url: `${API}/progress?session_id=kept` })).json()
+  t.match(progress, { total: 2, completed: 1, pending: 1 })
+  t.equal((await second.inject({ method: 'GET', url: '/ready' })).statusCode, 200)
+})
+
+t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const boot = async (config: Record<string, string | number>): Promise<string> =>
+    buildApp({ readEnvironment: false, config: { TASK_STORE: 'postgres', TASK_STORAGE_DIR: await tempDir(t), ...config } })
+      .then(async (app) => app.ready().then(async () => { await app.close(); return 'started' }, async (err: Error) => { await app.close(); return err.message }), (err: Error) => err.message)
+  t.match(await boot({}), /DATABASE_URL.*required/, 'no URL')
+  t.match(await boot({ DATABASE_URL: 'not a url' }), /DATABASE_URL/, 'a malformed URL')
+  t.match(await boot({ DATABASE_URL: 'mysql://127.0.0.1/x' }), /DATABASE_URL/, 'not postgres://')
+  t.match(await boot({ DATABASE_URL: url, TASK_DB_SCHEMA: 'Bad-Name' }), /TASK_DB_SCHEMA/, 'a schema name that is not usable')
+  t.match(await boot({ DATABASE_URL: url, TASK_DB_POOL_MAX: 0 }), /TASK_DB_POOL_MAX/, 'a pool of 0')
+  const started = Date.now()
+  const message = await boot({ DATABASE_URL: 'postgres://127.0.0.1:9/nowhere', TASK_DB_CONNECT_TIMEOUT_MS: 1500 })
+  t.match(message, /TASK_DB_CONNECT_TIMEOUT_MS \(1500 ms\)/, 'an unreachable database: waited, then failed naming the bound')
+  t.ok(Date.now() - started < 15_000, 'and within a few seconds of it')
+  t.notMatch(message, /secret/, 'no password')
+  t.match(await boot({ DATABASE_URL: 'postgres://u:secret@127.0.0.1:9/nowhere', TASK_DB_CONNECT_TIMEOUT_MS: 0 }), /^(?!.*secret)/, 'the password is never in the message')
+  await sleep(0)
+})
