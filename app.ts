@@ -39,6 +39,10 @@ export function serverOptions (settings: ServerSettings, logger: FastifyServerOp
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
     return503OnClosing: true,
+    // The restore runs in onReady and takes what the data takes (seconds for 100,000 sessions,
+    // longer on a slow volume or a loaded host): Fastify's default 10 s would fail a healthy
+    // start. A database that is down is bounded by TASK_DB_CONNECT_TIMEOUT_MS instead.
+    pluginTimeout: 0,
     // Ids longer than 128 characters must reach validation (400), not die as 414.
     routerOptions: { maxParamLength: 4096 },
     // Receiving a request (headers and body) is bounded; running it is not (an execute may wait

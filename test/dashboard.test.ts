@@ -45,7 +45,8 @@ async function open (t: TestContext, browser: Browser, url: string, options: Par
   const context = await browser.newContext({ viewport: { width: 1100, height: 800 }, bypassCSP: true, ...options })
   t.teardown(() => context.close())
   const page = await context.newPage()
-  page.setDefaultTimeout(10_000)
+  // A bound on waiting, not a speed claim: a loaded CI host may take seconds to deliver an event.
+  page.setDefaultTimeout(30_000)
   await page.goto(url)
   return page
 }
@@ -175,7 +176,7 @@ async function run (browser: Browser): Promise<void> {
     const context = await browser.newContext({ bypassCSP: true })
     t.teardown(() => context.close())
     const page = await context.newPage()
-    page.setDefaultTimeout(10_000)
+    page.setDefaultTimeout(30_000)
     page.on('request', (request) => urls.push(request.url()))
     await page.goto(keyed.base)
     await page.locator('#key-form').waitFor()
