@@ -85,7 +85,8 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
     ? new PostgresSessionStore({ ...common, pool, schema: settings.dbSchema })
     : new PostgresSessionStore({
       ...common,
-      settings: { url: settings.databaseUrl, schema: settings.dbSchema, max: settings.dbPoolMax, statementTimeoutMs: settings.dbStatementTimeoutMs },
+      // Opening a connection is bounded like a statement: a request never waits longer on a database that does not answer.
+      settings: { url: settings.databaseUrl, schema: settings.dbSchema, max: settings.dbPoolMax, statementTimeoutMs: settings.dbStatementTimeoutMs, connectTimeoutMs: settings.dbStatementTimeoutMs },
       onPoolError: (err) => app.log.warn({ err: { message: err.message } }, 'A PostgreSQL connection of the pool failed; it is replaced on the next query')
     })
   const deadline = performance.now() + settings.dbConnectTimeoutMs

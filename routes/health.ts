@@ -11,7 +11,7 @@ const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/ready', {
     schema: { operationId: 'getReadiness', tags: ['health'], security: [], summary: 'Readiness: 200 once sessions are restored, 503 while restoring, shutting down, or after losing the storage lock', response: responses.ready }
   }, async () => {
-    const reason = app.taskManager.notReady()
+    const reason = await app.taskManager.checkReady()
     if (reason !== null) throw reason
     return { status: 'ready' as const, sessions: app.taskManager.sessionCount }
   })

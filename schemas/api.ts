@@ -207,9 +207,14 @@ export const StatsResponse = Type.Object({
   in_progress_tasks: Type.Integer(),
   archived_sessions: Type.Integer({ description: 'Sessions in the archive (not counted above)' }),
   storage: Type.Object({
-    dir: Type.String(),
-    bytes: Type.Integer(),
-    files: Type.Integer(),
+    kind: StringEnum(['file', 'postgres'] as const, { description: 'Which store holds the sessions (TASK_STORE)' }),
+    dir: Type.Optional(Type.String({ description: 'The file store: its folder' })),
+    database: Type.Optional(Type.String({ description: 'PostgreSQL: the database, its password hidden' })),
+    schema: Type.Optional(Type.String({ description: 'PostgreSQL: the schema of taskvault\'s tables' })),
+    rows: Type.Optional(Type.Integer({ description: 'PostgreSQL: stored copies of sessions, active and archived' })),
+    document_bytes: Type.Optional(Type.Integer({ description: 'PostgreSQL: bytes of the active sessions\' documents' })),
+    bytes: Type.Integer({ description: 'The file store: bytes of the active session files; PostgreSQL: the table\'s size on disk (pg_total_relation_size)' }),
+    files: Type.Optional(Type.Integer({ description: 'The file store: active session files' })),
     archive_bytes: Type.Integer(),
     failed_loads: Type.Integer(),
     restore_ms: Type.Number(),
@@ -235,7 +240,7 @@ export const StatsResponse = Type.Object({
     pending_tasks: 1,
     in_progress_tasks: 0,
     archived_sessions: 0,
-    storage: { dir: '/app/data/tasks', bytes: 1712, files: 1, archive_bytes: 0, failed_loads: 0, restore_ms: 3.1, free_bytes: 9663676416, total_bytes: 10737418240, free_ratio: 0.9 },
+    storage: { kind: 'file', dir: '/app/data/tasks', bytes: 1712, files: 1, archive_bytes: 0, failed_loads: 0, restore_ms: 3.1, free_bytes: 9663676416, total_bytes: 10737418240, free_ratio: 0.9 },
     encryption: { enabled: false }
   }]
 })

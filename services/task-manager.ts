@@ -102,6 +102,11 @@ export class TaskManager {
     return this.store.unwritable?.() ?? null
   }
 
+  /** Why the service is not ready, asking the store whether it answers now (a database round trip). */
+  async checkReady (): Promise<TaskvaultError | null> {
+    return this.notReady() ?? await this.store.check?.() ?? null
+  }
+
   /** Throws the store's refusal when it can no longer write (a pass of writes should not start). */
   assertWritable (): void {
     const refusal = this.store.unwritable?.() ?? null
@@ -256,6 +261,16 @@ export class TaskManager {
   stats (): ManagerStats {
     const t = this.registry.stats()
     const encryption = this.store.encryption()
+    const storage: ManagerStats['storage'] = {
+      kind: this.store.kind,
+      bytes: t.bytes,
+      files: t.files,
+      archive_bytes: this.archived.totals.bytes,
+      failed_loads: (this.restored?.failedLoads ?? 0) + this.archived.failedLoads,
+      restore_ms: this.restored?.ms ?? 0
+    }
+    if (this.store.kind === 'file') storage.dir = this.store.location
+    else storage.database = this.store.location
     return {
       total_sessions: t.total_sessions,
       active_sessions: t.active_sessions,
@@ -266,14 +281,7 @@ export class TaskManager {
       pending_tasks: t.pending_tasks,
       in_progress_tasks: t.in_progress_tasks,
       archived_sessions: this.archived.totals.sessions,
-      storage: {
-        dir: this.store.location,
-        bytes: t.bytes,
-        files: t.files,
-        archive_bytes: this.archived.totals.bytes,
-        failed_loads: (this.restored?.failedLoads ?? 0) + this.archived.failedLoads,
-        restore_ms: this.restored?.ms ?? 0
-      },
+      storage,
       encryption: encryption === null ? { enabled: false } : { enabled: true, ...encryption }
     }
   }
@@ -286,6 +294,13 @@ export class TaskManager {
   /** stats() with the free space of the storage (when the store reports it). */
   async statsWithSpace (): Promise<ManagerStats> {
     const stats = this.stats()
+    // A shared store counts its rows itself: every replica on it answers the same.
+    const counted = await this.store.totals?.()
+    if (counted !== undefined) {
+      const { storage, ...counts } = counted
+      Object.assign(stats, counts)
+      stats.storage = { ...storage, failed_loads: stats.storage.failed_loads, restore_ms: stats.storage.restore_ms }
+    }
     const space = await this.disk.read()
     if (space !== null) {
       stats.storage.free_bytes = space.free_bytes

@@ -2,8 +2,13 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../app.js'
-import { API, build, tempDir } from './helper.js'
+import { API, build, tempDir, waitFor } from './helper.js'
+import pg from 'pg'
 import { testDatabase } from './postgres.js'
+import { startProxy } from './tcp-proxy.js'
+import { connectionConfig } from '../services/store/postgres/pool.js'
+
+const connected = async (client: pg.Client): Promise<pg.Client> => { await client.connect(); return client }
 
 /**
  * The whole service on PostgreSQL answers exactly what it answers on the file store: one
@@ -90,7 +95,9 @@ t.test('every endpoint answers the same statuses and shapes on PostgreSQL as on 
     t.same(pgAnswers[i], fileAnswers[i], `${method} ${path}`)
   })
   const stats = (await pg.inject({ method: 'GET', url: `${API}/stats` })).json()
-  t.match(stats.storage.dir, /^postgres:\/\/.*\(schema taskvault\)$/, 'storage names the database and schema')
+  t.match(stats.storage, { kind: 'postgres', database: /^postgres:\/\/127\.0\.0\.1:5432\//, schema: 'taskvault', rows: 2 }, 'storage names the database and schema, and counts rows')
+  t.ok(stats.storage.bytes > 0, 'and the table\'s size')
+  t.notOk('dir' in stats.storage, 'no folder')
 })
 
 t.test('a restart on the same database restores every session; interrupted work resumes', async (t) => {
@@ -124,4 +131,46 @@ t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => 
   t.notMatch(message, /secret/, 'no password')
   t.match(await boot({ DATABASE_URL: 'postgres://u:secret@127.0.0.1:9/nowhere', TASK_DB_CONNECT_TIMEOUT_MS: 0 }), /^(?!.*secret)/, 'the password is never in the message')
   await sleep(0)
+})
+
+t.test('losing the database: requests fail fast with 503, /ready goes 503, and the service recovers by itself', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const target = new URL(url)
+  const proxy = await startProxy(Number(target.port || 5432), target.hostname)
+  t.teardown(() => proxy.close())
+  const viaProxy = new URL(url)
+  viaProxy.port = String(proxy.port)
+  const app = await postgresApp(t, viaProxy.toString(), { TASK_DB_STATEMENT_TIMEOUT_MS: 1000 })
+  const create = async (id: string): Promise<{ status: number, ms: number }> => {
+    const started = Date.now()
+    const res = await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: id, instructions: 'x' } })
+    return { status: res.statusCode, ms: Date.now() - started }
+  }
+  t.equal((await create('before')).status, 200)
+
+  proxy.drop()
+  const dropped = await create('while-dropped')
+  t.equal(dropped.status, 503, 'a dropped database: 503')
+  t.ok(dropped.ms < 3000, `and fast (${dropped.ms} ms)`)
+  t.equal((await app.inject({ method: 'GET', url: '/ready' })).statusCode, 503, '/ready: 503')
+
+  proxy.stall()
+  const stalled = await create('while-stalled')
+  t.equal(stalled.status, 503, 'a stalled database: 503')
+  t.ok(stalled.ms < 1000 + 4000, `within the statement timeout and its margin (${stalled.ms} ms)`)
+
+  proxy.pass()
+  await waitFor('/ready to answer 200 again', async () => (await app.inject({ method: 'GET', url: '/ready' })).statusCode === 200, 15_000)
+  t.equal((await create('after')).status, 200, 'writes work again')
+  const list = (await app.inject({ method: 'GET', url: `${API}/list?session_id=all` })).json()
+  t.same(list.sessions.map((s: { session_id: string }) => s.session_id).sort(), ['after', 'before'], 'nothing unacknowledged was kept')
+  const rows = await connected(new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 0 }))).then(async (client: pg.Client) => {
+    try {
+      return (await client.query("SELECT session_id FROM taskvault.sessions WHERE archived_at IS NULL ORDER BY session_id")).rows.map((row: { session_id: string }) => row.session_id)
+    } finally {
+      await client.end()
+    }
+  })
+  t.same(rows, ['after', 'before'], 'and the database holds exactly the acknowledged sessions')
 })

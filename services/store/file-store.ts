@@ -55,6 +55,7 @@ export interface StorageInitReport {
  * live in `dir/archive/`, unreadable files are set aside in `dir/corrupt/`.
  */
 export class FileSessionStore implements SessionStore {
+  readonly kind = 'file'
   readonly dir: string
   /** Observers subscribe here; the store does not know them. */
   readonly events = new EventEmitter<SessionStoreEvents>()

@@ -47,6 +47,21 @@ export interface EncryptionStats {
   plaintext_sessions: number
 }
 
+/** What a shared store counts itself: the active sessions and tasks, and its own storage figures. */
+export interface StoreTotals {
+  total_sessions: number
+  active_sessions: number
+  completed_sessions: number
+  total_tasks: number
+  completed_tasks: number
+  failed_tasks: number
+  pending_tasks: number
+  in_progress_tasks: number
+  archived_sessions: number
+  /** What /stats shows as `storage`, besides the restore figures. */
+  storage: { kind: 'postgres', database: string, schema: string, rows: number, bytes: number, document_bytes: number, archive_bytes: number }
+}
+
 export interface SessionStoreEvents {
   save: [SaveEvent]
   /** The single-writer lock's heartbeat: a lock re-created, lost to another writer, or not checkable. */
@@ -59,6 +74,8 @@ export interface SessionStoreEvents {
  * Every method resolves only once its change is durable, and rejects with StorageError otherwise.
  */
 export interface SessionStore {
+  /** Which store this is, as /stats says. */
+  readonly kind: 'file' | 'postgres'
   /** Human-readable location, shown in stats (a folder for the file store). */
   readonly location: string
   /** Where a store reports its saves, if it does; observers subscribe without the store knowing them. */
@@ -104,6 +121,13 @@ export interface SessionStore {
   encryption(): EncryptionStats | null
   /** The bytes this store keeps for the session: what a backup holds (sealed when keys are set). */
   serialize(file: SessionFile): Promise<Buffer>
+  /**
+   * Counts over what is stored, for a store shared beyond this process (PostgreSQL: SQL over
+   * the rows). A store without it is counted from the manager's memory.
+   */
+  totals?(): Promise<StoreTotals>
+  /** Whether the storage answers now (a database round trip); /ready answers 503 with the error. */
+  check?(): Promise<TaskvaultError | null>
   /**
    * Free and total bytes where the sessions are kept (the file store: the filesystem of its
    * folder). A store whose space is someone else's concern (a database) leaves it out.

@@ -11,13 +11,13 @@ import { noop } from '../../noop.js'
 import { finishedAt, progressOf } from '../../session/session.js'
 import type { Keyring } from '../keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../session-files.js'
-import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents } from '../store.js'
+import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents, StoreTotals } from '../store.js'
 import { ARCHIVED_ROWS, archiveSession, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
 import { migrate } from './migrate.js'
 import { breaksConnection, errnoLike, storageError } from './pg-errors.js'
 import { checkSchemaName, createPool, redactUrl, type PoolSettings } from './pool.js'
 import {
-  CONNECTION_SETTINGS, SYNCHRONOUS_COMMIT_ON, activePage, currentSession, deleteSession, insertSession, updateSession,
+  CONNECTION_SETTINGS, PING, ROW_TOTALS, SYNCHRONOUS_COMMIT_ON, activePage, currentSession, deleteSession, insertSession, updateSession,
   type ActiveRow, type DerivedColumns, type RowVersion
 } from './sessions-sql.js'
 
@@ -85,9 +85,12 @@ type Outcome = { kind: 'row', data: Buffer, kid: string } | { kind: 'gone' }
  * LISTEN/NOTIFY). readArchived and removeArchived already go by the rows and correct the index.
  */
 export class PostgresSessionStore implements SessionStore {
+  readonly kind = 'postgres'
   readonly events = new EventEmitter<SessionStoreEvents>()
   readonly schema: string
   readonly location: string
+  /** The database, its password hidden. */
+  readonly database: string
   private readonly pool: pg.Pool
   private readonly ownsPool: boolean
   private readonly indent: number
@@ -107,12 +110,14 @@ export class PostgresSessionStore implements SessionStore {
       this.pool = options.pool
       this.ownsPool = false
       this.schema = checkSchemaName(options.schema ?? 'taskvault')
-      this.location = `${options.url === undefined ? 'PostgreSQL' : redactUrl(options.url)} (schema ${this.schema})`
+      this.database = options.url === undefined ? 'PostgreSQL' : redactUrl(options.url)
+      this.location = `${this.database} (schema ${this.schema})`
     } else if (options.settings !== undefined) {
       this.pool = createPool(options.settings, options.onPoolError ?? noop)
       this.ownsPool = true
       this.schema = checkSchemaName(options.settings.schema)
-      this.location = `${redactUrl(options.settings.url)} (schema ${this.schema})`
+      this.database = redactUrl(options.settings.url)
+      this.location = `${this.database} (schema ${this.schema})`
       // Before any other statement of each new connection (a client runs its queries in order):
       // our sessions commit durably even where the role or database turned synchronous_commit off.
       this.pool.on('connect', (client) => { client.query(SYNCHRONOUS_COMMIT_ON).catch(noop) })
@@ -357,6 +362,44 @@ export class PostgresSessionStore implements SessionStore {
   }
 
   // --- The rest of the contract ---
+
+  /** /stats from the rows: every replica on the database answers the same counts. */
+  async totals (): Promise<StoreTotals> {
+    const { rows } = await this.run<Record<string, string | number>>('counting sessions', { text: ROW_TOTALS })
+    const row = rows[0] ?? {}
+    const n = (key: string): number => Number(row[key] ?? 0)
+    return {
+      total_sessions: n('total_sessions'),
+      active_sessions: n('active_sessions'),
+      completed_sessions: n('completed_sessions'),
+      total_tasks: n('total_tasks'),
+      completed_tasks: n('completed_tasks'),
+      failed_tasks: n('failed_tasks'),
+      pending_tasks: n('pending_tasks'),
+      in_progress_tasks: n('in_progress_tasks'),
+      archived_sessions: n('archived_rows'),
+      storage: {
+        kind: 'postgres',
+        database: this.database,
+        schema: this.schema,
+        rows: n('total_sessions') + n('archived_rows'),
+        bytes: n('table_bytes'),
+        document_bytes: n('document_bytes'),
+        archive_bytes: n('archive_bytes')
+      }
+    }
+  }
+
+  /** One round trip: null when the database answers, the StorageError (503) when it does not. */
+  async check (): Promise<TaskvaultError | null> {
+    try {
+      await this.run('checking the database', { text: PING })
+      return null
+    } catch (err) {
+      if (err instanceof TaskvaultError) return err
+      throw err
+    }
+  }
 
   encryption (): EncryptionStats | null {
     if (this.keyring === null) return null

@@ -120,3 +120,25 @@ export const SYNCHRONOUS_COMMIT_ON = "SELECT set_config('synchronous_commit', 'o
 
 /** What init checks: durability of commits, and that unqualified names reach our schema. */
 export const CONNECTION_SETTINGS = "SELECT current_setting('synchronous_commit') AS synchronous_commit, current_schema() AS schema"
+
+/**
+ * The counts /stats serves, from the rows (active ones; archived ones separately): one scan of
+ * the table's narrow columns, never of the documents. `bytes` is the table's size on disk.
+ */
+export const ROW_TOTALS = `SELECT
+    count(*) FILTER (WHERE archived_at IS NULL)::int AS total_sessions,
+    count(*) FILTER (WHERE archived_at IS NULL AND finished_at IS NULL)::int AS active_sessions,
+    count(*) FILTER (WHERE archived_at IS NULL AND finished_at IS NOT NULL)::int AS completed_sessions,
+    coalesce(sum(tasks_total) FILTER (WHERE archived_at IS NULL), 0)::bigint AS total_tasks,
+    coalesce(sum(tasks_completed) FILTER (WHERE archived_at IS NULL), 0)::bigint AS completed_tasks,
+    coalesce(sum(tasks_failed) FILTER (WHERE archived_at IS NULL), 0)::bigint AS failed_tasks,
+    coalesce(sum(tasks_pending) FILTER (WHERE archived_at IS NULL), 0)::bigint AS pending_tasks,
+    coalesce(sum(tasks_in_progress) FILTER (WHERE archived_at IS NULL), 0)::bigint AS in_progress_tasks,
+    coalesce(sum(bytes) FILTER (WHERE archived_at IS NULL), 0)::bigint AS document_bytes,
+    count(*) FILTER (WHERE archived_at IS NOT NULL)::int AS archived_rows,
+    coalesce(sum(bytes) FILTER (WHERE archived_at IS NOT NULL), 0)::bigint AS archive_bytes,
+    pg_total_relation_size('sessions')::bigint AS table_bytes
+  FROM sessions`
+
+/** A round trip that proves the database answers (readiness). */
+export const PING = 'SELECT 1'
