@@ -167,7 +167,7 @@ t.test('losing the database: requests fail fast with 503, /ready goes 503, and t
   t.same(list.sessions.map((s: { session_id: string }) => s.session_id).sort(), ['after', 'before'], 'nothing unacknowledged was kept')
   const rows = await connected(new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 0 }))).then(async (client: pg.Client) => {
     try {
-      return (await client.query("SELECT session_id FROM taskvault.sessions WHERE archived_at IS NULL ORDER BY session_id")).rows.map((row: { session_id: string }) => row.session_id)
+      return (await client.query('SELECT session_id FROM taskvault.sessions WHERE archived_at IS NULL ORDER BY session_id')).rows.map((row: { session_id: string }) => row.session_id)
     } finally {
       await client.end()
     }
