@@ -118,16 +118,16 @@ export function unavailable (target: DatabaseTarget, err: unknown): DatabaseUnav
  * (no lock: stop servers on that database first), else the folder's file store holding its
  * single-writer lock. `where` is what the command prints for it.
  */
-export async function withStore<R> (args: ParsedCommand, { settings, keyring }: CommandContext, work: (store: SessionStore, where: string) => Promise<R>): Promise<R> {
+export async function withStore<R> (args: ParsedCommand, { settings, keyring }: CommandContext, work: (store: SessionStore, where: string, target: DatabaseTarget | null) => Promise<R>): Promise<R> {
   const target = databaseTarget(args, settings)
   if (target === null) {
     const dir = storageDir(args.positionals[0], settings)
-    return withWriteLock(dir, settings, keyring, false, async (store) => work(store, dir))
+    return withWriteLock(dir, settings, keyring, false, async (store) => work(store, dir, null))
   }
   if (args.positionals.length > 0) throw new UsageError(`give a folder or --database-url, not both (got '${args.positionals[0] ?? ''}')`)
   const store = await openDatabaseStore(target, settings, keyring, true)
   try {
-    return await work(store, `${target.where} (schema ${target.schema})`)
+    return await work(store, `${target.where} (schema ${target.schema})`, target)
   } finally {
     await store.close().catch(noop)
   }

@@ -59,3 +59,8 @@ export function insertArchived (sessionId: string, document: Buffer, c: DerivedC
     values: [sessionId, document, c.sealedKid, c.createdAt, c.updatedAt, c.finishedAt, c.total, c.completed, c.failed, c.pending, c.inProgress, c.hasBackgroundRun]
   }
 }
+
+/** A row's name in reports: `<id>@<row>`, `archive/<id>@<row>` for an archived copy (the store's own names). */
+export function rowName (row: { session_id: string, row_id: string, archived: boolean }): string {
+  return `${row.archived ? 'archive/' : ''}${row.session_id}@${row.row_id}`
+}

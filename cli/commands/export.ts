@@ -8,8 +8,7 @@ import { CommandFailedError, UsageError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase } from '../database.js'
 import { withWriteLock } from '../folder.js'
-import { ARCHIVED_COPIES, rowsPage, type StoredRow } from '../rows.js'
-import { rowName } from './validate.js'
+import { ARCHIVED_COPIES, rowName, rowsPage, type StoredRow } from '../rows.js'
 
 /** Rows read per round trip. */
 const PAGE_ROWS = 500
@@ -25,7 +24,7 @@ export const exportCommand: Command = {
   help: `Usage: taskvault export --database-url URL DIR [--schema NAME] [--force] [--json]
 
 Writes every session of the PostgreSQL store into DIR in the file store's layout, each file
-holding exactly the bytes stored in its row: active sessions as DIR/<id>.json, archived ones
+holding exactly the bytes stored in its row, all read in one snapshot (a server may keep working): active sessions as DIR/<id>.json, archived ones
 under DIR/archive/ (the oldest copy of a session as <id>.json, later copies as <id>.1.json,
 <id>.2.json, ... in the order they were archived, as the file store names them). Each file is
 written durably (temp file, fsync, rename, folder fsync) and DIR is marked as a taskvault
@@ -56,6 +55,8 @@ ${COMMON_HELP}`,
     const leftOut: LeftOut[] = []
     await withWriteLock(dir, settings, keyring, true, async () => {
       await withDatabase(target, settings, keyring, true, async (client) => {
+        // One snapshot: the names and the rows agree, and a server working meanwhile is seen at one instant.
+        await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
         const names = archivedNames((await client.query<{ row_id: string, session_id: string }>(ARCHIVED_COPIES)).rows)
         const archiveDir = join(dir, 'archive')
         if (names.size > 0) await realFolder(dir, archiveDir)
@@ -69,8 +70,7 @@ ${COMMON_HELP}`,
               continue
             }
             const name = row.archived ? names.get(row.row_id) : `${row.session_id}.json`
-            // Archived since the names were read: it goes out with the next export.
-            if (name === undefined) continue
+            if (name === undefined) throw new CommandFailedError(`${rowName(row)}: not among the archived copies of the same snapshot`)
             const folder = row.archived ? archiveDir : dir
             // The store's temp-file name: an export cut short leaves only files a server removes at start.
             const temp = join(folder, `.${row.session_id}.${process.pid}.${++seq}.tmp`)
@@ -82,6 +82,7 @@ ${COMMON_HELP}`,
           if (last === undefined || rows.length < PAGE_ROWS) break
           after = last.row_id
         }
+        await client.query('COMMIT')
         await fsyncDir(nodeFs, dir)
         if (names.size > 0) await fsyncDir(nodeFs, archiveDir)
       })

@@ -9,8 +9,7 @@ import { UsageError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase } from '../database.js'
 import { assertFolder, checkStoredFile, listStoredFiles, type StoredFile } from '../folder.js'
-import { insertArchived, rowsOf, type ExistingRow } from '../rows.js'
-import { rowName } from './validate.js'
+import { insertArchived, rowName, rowsOf, type ExistingRow } from '../rows.js'
 
 /** A session file of the folder that reads, with what the row needs. */
 interface FolderFile {

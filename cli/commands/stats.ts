@@ -102,7 +102,7 @@ function countLines (counts: Counts, archived: number, storage: { archive_files:
  */
 async function databaseStats (args: ParsedCommand, context: CommandContext): Promise<CommandResult> {
   if (args.positionals.length > 0) throw new UsageError(`give a folder or --database-url, not both (got '${args.positionals[0] ?? ''}')`)
-  return withStore(args, context, async (store, where) => {
+  return withStore(args, context, async (store, where, target) => {
     const loaded = await store.loadAll({ concurrency: 1 })
     const archive = await store.openArchive({ concurrency: 1 })
     const counts = zeroCounts()
@@ -111,7 +111,7 @@ async function databaseStats (args: ParsedCommand, context: CommandContext): Pro
       count(counts, session.file)
       bytes += session.bytes
     }
-    const storage = { kind: 'postgres', database: where, bytes, files: loaded.sessions.length, archive_bytes: archive.bytes, archive_files: archive.files, failed_loads: loaded.failures.length }
+    const storage = { kind: 'postgres', database: target?.where, schema: target?.schema, bytes, files: loaded.sessions.length, archive_bytes: archive.bytes, archive_files: archive.files, failed_loads: loaded.failures.length }
     const lines = [
       `database            ${where}`,
       ...countLines(counts, archive.sessions, storage),

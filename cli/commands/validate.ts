@@ -9,7 +9,7 @@ import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase, type Dat
 import { CorruptSessionFileError, KeyUnavailableError } from '../../services/errors.js'
 import type { Keyring } from '../../services/store/keyring.js'
 import { readSessionDocument } from '../../services/store/session-files.js'
-import { rowsPage, type StoredRow } from '../rows.js'
+import { rowName, rowsPage, type StoredRow } from '../rows.js'
 
 interface FileReport {
   file: string
@@ -116,11 +116,6 @@ async function validateRows (args: ParsedCommand, { settings, keyring }: Command
   const lines = reportLines(reports)
   lines.push(`${reports.length} rows checked in ${target.where} (schema ${target.schema}), ${badCount} bad`)
   return { code: badCount > 0 ? 1 : 0, json: { database: target.where, schema: target.schema, checked: reports.length, bad: badCount, files: reports }, lines }
-}
-
-/** A row's name in reports: `<id>@<row>`, `archive/<id>@<row>` for an archived copy (the store's own names). */
-export function rowName (row: { session_id: string, row_id: string, archived: boolean }): string {
-  return `${row.archived ? 'archive/' : ''}${row.session_id}@${row.row_id}`
 }
 
 function judgeRow (row: StoredRow, keyring: Keyring | null): FileReport {
