@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
  * `taskvault`: the operator's tool for a storage folder (validate, stats, archive, prune,
- * backup, restore, seal) and a PostgreSQL database (migrate), built on the same services as the server.
+ * backup, restore, seal) and a PostgreSQL database (migrate, export, import; validate, stats,
+ * archive and prune with --database-url), built on the same services as the server.
  */
 import { StorageLockedError, TaskvaultError } from '../services/errors.js'
 import { Keyring } from '../services/store/keyring.js'
@@ -9,6 +10,8 @@ import { UsageError, isGlobalHelp, parseCommand } from './args.js'
 import type { Command, CommandResult } from './command.js'
 import { archiveCommand, pruneCommand } from './commands/passes.js'
 import { backupCommand } from './commands/backup.js'
+import { exportCommand } from './commands/export.js'
+import { importCommand } from './commands/import.js'
 import { migrateCommand } from './commands/migrate.js'
 import { restoreCommand } from './commands/restore.js'
 import { sealCommand } from './commands/seal.js'
@@ -16,7 +19,7 @@ import { statsCommand } from './commands/stats.js'
 import { validateCommand } from './commands/validate.js'
 import { loadSettings } from './settings.js'
 
-const COMMANDS: readonly Command[] = [validateCommand, statsCommand, archiveCommand, pruneCommand, backupCommand, restoreCommand, sealCommand, migrateCommand]
+const COMMANDS: readonly Command[] = [validateCommand, statsCommand, archiveCommand, pruneCommand, backupCommand, restoreCommand, sealCommand, migrateCommand, exportCommand, importCommand]
 
 const USAGE = `Usage: taskvault <command> [dir] [options]
 

@@ -1,25 +1,28 @@
 import { ArchiveScheduler, type ArchivePassOptions } from '../../services/archive/archive-scheduler.js'
 import { TaskManager, type Logger } from '../../services/task-manager.js'
 import { UsageError, daysOption, type ParsedCommand } from '../args.js'
-import { storageDir, withWriteLock } from '../folder.js'
+import { DATABASE_HELP, DATABASE_OPTIONS, withStore } from '../database.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 
 export const archiveCommand: Command = {
   name: 'archive',
   summary: 'move finished sessions older than N days into archive/ (the scheduler\'s archive pass)',
-  help: `Usage: taskvault archive [dir] [--days N] [--json]
+  help: `Usage: taskvault archive [dir | --database-url URL] [--days N] [--json]
 
 Runs the server's archive pass once: every session whose tasks are all Completed or Failed,
 and whose last completion is more than N days old, moves to <dir>/archive/. The folder is
 loaded as the server loads it at start (an interrupted task goes back to Pending, an unreadable
-file is set aside in corrupt/). Refused while a server holds the folder.
+file is set aside in corrupt/). Refused while a server holds the folder. With --database-url
+the same pass runs on the PostgreSQL store (rows are archived where they lie; a row that does
+not read is reported and left alone). There is no lock there: stop the servers first.
 
 Options:
   --days N    age in days since the last completion; 0 archives every finished session
               (default TASK_ARCHIVE_DAYS, 30)
+${DATABASE_HELP}
 
 ${COMMON_HELP}`,
-  options: { days: { type: 'string' } },
+  options: { days: { type: 'string' }, ...DATABASE_OPTIONS },
   positionals: { min: 0, max: 1, names: 'dir' },
   async run (args, context) {
     const days = daysOption(args.values, 'days', 0) ?? context.settings.TASK_ARCHIVE_DAYS
@@ -33,19 +36,21 @@ ${COMMON_HELP}`,
 export const pruneCommand: Command = {
   name: 'prune',
   summary: 'delete archived sessions finished more than N days ago (the scheduler\'s retention pass)',
-  help: `Usage: taskvault prune [dir] [--days N] [--failed-days M] [--json]
+  help: `Usage: taskvault prune [dir | --database-url URL] [--days N] [--failed-days M] [--json]
 
 Runs the server's retention pass once: archived sessions whose last completion is more than
-N days old are deleted from <dir>/archive/. Active sessions are never touched. Refused while
-a server holds the folder.
+N days old are deleted from <dir>/archive/ (with --database-url: archived rows of the
+PostgreSQL store). Active sessions are never touched. Refused while a server holds the folder;
+stop the servers of a database first.
 
 Options:
   --days N         retention in days, at least 1 (default TASK_ARCHIVE_RETENTION_DAYS)
   --failed-days M  retention for sessions with a Failed task
                    (default TASK_ARCHIVE_FAILED_RETENTION_DAYS; 0 means the same as --days)
+${DATABASE_HELP}
 
 ${COMMON_HELP}`,
-  options: { days: { type: 'string' }, 'failed-days': { type: 'string' } },
+  options: { days: { type: 'string' }, 'failed-days': { type: 'string' }, ...DATABASE_OPTIONS },
   positionals: { min: 0, max: 1, names: 'dir' },
   async run (args, context) {
     const retention = {
@@ -59,9 +64,12 @@ ${COMMON_HELP}`,
   }
 }
 
-/** Loads the folder into a task manager (no HTTP) holding its lock, and runs the scheduler's pass once. */
-async function runPass (args: ParsedCommand, { settings, keyring, warn }: CommandContext, options: ArchivePassOptions) {
-  const dir = storageDir(args.positionals[0], settings)
+/**
+ * Loads the store into a task manager (no HTTP), the folder holding its lock, and runs the
+ * scheduler's pass once. `dir` is where it ran: the folder, or the database (password hidden).
+ */
+async function runPass (args: ParsedCommand, context: CommandContext, options: ArchivePassOptions) {
+  const { settings, warn } = context
   let errors = 0
   const logger: Logger = {
     info () {},
@@ -71,7 +79,9 @@ async function runPass (args: ParsedCommand, { settings, keyring, warn }: Comman
       warn(describe('error', obj, msg))
     }
   }
-  const pass = await withWriteLock(dir, settings, keyring, false, async (store) => {
+  let dir = ''
+  const pass = await withStore(args, context, async (store, where) => {
+    dir = where
     const manager = new TaskManager({ store, restoreConcurrency: settings.TASK_RESTORE_CONCURRENCY, logger })
     try {
       await manager.restore()

@@ -1,36 +1,38 @@
 import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { progressOf } from '../../services/session/session.js'
+import { progressOf, type SessionFile } from '../../services/session/session.js'
 import { FileSessionStore } from '../../services/store/file-store.js'
 import { assertFolder, checkStoredFile, listStoredFiles, storageDir } from '../folder.js'
-import { COMMON_HELP, type Command } from '../command.js'
+import { UsageError, type ParsedCommand } from '../args.js'
+import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
+import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withStore } from '../database.js'
 
 export const statsCommand: Command = {
   name: 'stats',
   summary: "the stats endpoint's figures, from the files, with storage used",
-  help: `Usage: taskvault stats [dir] [--json]
+  help: `Usage: taskvault stats [dir | --database-url URL] [--json]
 
 Reads every session file and prints what GET /api/v1/tasks/stats would show for the folder:
 session and task counts (active sessions; archived ones are counted apart), the bytes of
 active and archived files, how many files cannot be loaded, and the storage used by everything
 under the folder (corrupt/ included). Read-only; safe while a server runs.
 
+With --database-url the same counts come from the PostgreSQL store, read through the store
+as a server reads it at start: active rows, archived copies, their bytes (a row's bytes are
+those of the file it would be), and rows that cannot be read. Nothing is written.
+
+Options:
+${DATABASE_HELP}
+
 ${COMMON_HELP}`,
-  options: {},
+  options: { ...DATABASE_OPTIONS },
   positionals: { min: 0, max: 1, names: 'dir' },
-  async run (args, { settings, keyring }) {
+  async run (args, context) {
+    const { settings, keyring } = context
+    if (databaseTarget(args, settings) !== null) return databaseStats(args, context)
     const dir = storageDir(args.positionals[0], settings)
     await assertFolder(dir)
-    const counts = {
-      total_sessions: 0,
-      active_sessions: 0,
-      completed_sessions: 0,
-      total_tasks: 0,
-      completed_tasks: 0,
-      failed_tasks: 0,
-      pending_tasks: 0,
-      in_progress_tasks: 0
-    }
+    const counts = zeroCounts()
     const storage = { dir, bytes: 0, files: 0, archive_bytes: 0, archive_files: 0, failed_loads: 0, corrupt_files: 0, used_bytes: 0 }
     const archivedIds = new Set<string>()
     for (const stored of await listStoredFiles(dir)) {
@@ -46,15 +48,7 @@ ${COMMON_HELP}`,
         storage.archive_files++
         continue
       }
-      const progress = progressOf(checked.file.session.tasks)
-      counts.total_sessions++
-      if (progress.all_done) counts.completed_sessions++
-      else counts.active_sessions++
-      counts.total_tasks += progress.total
-      counts.completed_tasks += progress.completed
-      counts.failed_tasks += progress.failed
-      counts.pending_tasks += progress.pending
-      counts.in_progress_tasks += progress.in_progress
+      count(counts, checked.file)
       storage.bytes += checked.data.length
       storage.files++
     }
@@ -65,9 +59,7 @@ ${COMMON_HELP}`,
     const json = { ...counts, archived_sessions: archivedIds.size, storage: { ...storage, ...space } }
     const lines = [
       `storage folder      ${dir}`,
-      `sessions            ${counts.total_sessions} (${counts.active_sessions} active, ${counts.completed_sessions} completed)`,
-      `tasks               ${counts.total_tasks} (${counts.completed_tasks} completed, ${counts.failed_tasks} failed, ${counts.pending_tasks} pending, ${counts.in_progress_tasks} in progress)`,
-      `archived sessions   ${archivedIds.size} (${storage.archive_files} files, ${formatBytes(storage.archive_bytes)})`,
+      ...countLines(counts, archivedIds.size, storage),
       `session files       ${storage.files} (${formatBytes(storage.bytes)})`,
       `unloadable files    ${storage.failed_loads}${storage.corrupt_files > 0 ? `; ${storage.corrupt_files} set aside in corrupt/` : ''}`,
       `storage used        ${formatBytes(storage.used_bytes)}`,
@@ -75,6 +67,59 @@ ${COMMON_HELP}`,
     ]
     return { code: 0, json, lines }
   }
+}
+
+type Counts = ReturnType<typeof zeroCounts>
+
+function zeroCounts () {
+  return { total_sessions: 0, active_sessions: 0, completed_sessions: 0, total_tasks: 0, completed_tasks: 0, failed_tasks: 0, pending_tasks: 0, in_progress_tasks: 0 }
+}
+
+/** Adds an active session to the counts, as GET /stats counts it. */
+function count (counts: Counts, file: SessionFile): void {
+  const progress = progressOf(file.session.tasks)
+  counts.total_sessions++
+  if (progress.all_done) counts.completed_sessions++
+  else counts.active_sessions++
+  counts.total_tasks += progress.total
+  counts.completed_tasks += progress.completed
+  counts.failed_tasks += progress.failed
+  counts.pending_tasks += progress.pending
+  counts.in_progress_tasks += progress.in_progress
+}
+
+function countLines (counts: Counts, archived: number, storage: { archive_files: number, archive_bytes: number }): string[] {
+  return [
+    `sessions            ${counts.total_sessions} (${counts.active_sessions} active, ${counts.completed_sessions} completed)`,
+    `tasks               ${counts.total_tasks} (${counts.completed_tasks} completed, ${counts.failed_tasks} failed, ${counts.pending_tasks} pending, ${counts.in_progress_tasks} in progress)`,
+    `archived sessions   ${archived} (${storage.archive_files} files, ${formatBytes(storage.archive_bytes)})`
+  ]
+}
+
+/**
+ * stats on the PostgreSQL store, through the store contract: loadAll (the active rows, and the
+ * ones that do not read) and openArchive (the archive's totals, from the rows' columns).
+ */
+async function databaseStats (args: ParsedCommand, context: CommandContext): Promise<CommandResult> {
+  if (args.positionals.length > 0) throw new UsageError(`give a folder or --database-url, not both (got '${args.positionals[0] ?? ''}')`)
+  return withStore(args, context, async (store, where, target) => {
+    const loaded = await store.loadAll({ concurrency: 1 })
+    const archive = await store.openArchive({ concurrency: 1 })
+    const counts = zeroCounts()
+    let bytes = 0
+    for (const session of loaded.sessions) {
+      count(counts, session.file)
+      bytes += session.bytes
+    }
+    const storage = { kind: 'postgres', database: target?.where, schema: target?.schema, bytes, files: loaded.sessions.length, archive_bytes: archive.bytes, archive_files: archive.files, failed_loads: loaded.failures.length }
+    const lines = [
+      `database            ${where}`,
+      ...countLines(counts, archive.sessions, storage),
+      `session rows        ${storage.files} (${formatBytes(bytes)})`,
+      `unloadable rows     ${storage.failed_loads}`
+    ]
+    return { code: 0, json: { ...counts, archived_sessions: archive.sessions, storage }, lines }
+  })
 }
 
 /** Bytes of every regular file under `dir`, without following symlinks. */

@@ -3,8 +3,13 @@ import { join } from 'node:path'
 import { fsyncDir } from '../../services/store/session-files.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
 import { assertFolder, checkStoredFile, listStoredFiles, storageDir, withWriteLock, type StoredFile } from '../folder.js'
-import { CommandFailedError } from '../args.js'
-import { COMMON_HELP, type Command } from '../command.js'
+import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
+import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
+import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase, type DatabaseTarget } from '../database.js'
+import { CorruptSessionFileError, KeyUnavailableError } from '../../services/errors.js'
+import type { Keyring } from '../../services/store/keyring.js'
+import { readSessionDocument } from '../../services/store/session-files.js'
+import { rowName, rowsPage, type StoredRow } from '../rows.js'
 
 interface FileReport {
   file: string
@@ -19,6 +24,7 @@ export const validateCommand: Command = {
   name: 'validate',
   summary: 'check every session file (parse and schema), active and archived',
   help: `Usage: taskvault validate [dir] [--fix] [--json]
+       taskvault validate --database-url URL [--schema NAME] [--json]
 
 Reads every session file in the storage folder and in its archive/ exactly as the server's
 restore would, and prints one line per file: ✅ when it loads, ❌ and the reason when not.
@@ -26,16 +32,25 @@ Sealed files (TASK_ENCRYPTION_KEYS) are opened and checked too, and each line na
 that sealed it; a file sealed under a key that is not configured is reported, never moved.
 Read-only unless --fix; safe while a server runs.
 
+With --database-url it reads every row of the PostgreSQL store, active and archived, the
+same way, one line per row (<id>@<row> for an active row, archive/<id>@<row> for an archived
+copy). Rows cannot be set aside, so --fix is refused there (a usage error): fix or delete a
+bad row with SQL, by its row id.
+
 Options:
   --fix       move each bad session file into <dir>/corrupt/ (files not named <id>.json stay
               where they are; needs the folder: refused while a server holds it)
+${DATABASE_HELP}
 
 Exit status 1 when any file is bad (also with --fix, after moving them).
 
 ${COMMON_HELP}`,
-  options: { fix: { type: 'boolean', default: false } },
+  options: { fix: { type: 'boolean', default: false }, ...DATABASE_OPTIONS },
   positionals: { min: 0, max: 1, names: 'dir' },
-  async run (args, { settings, keyring }) {
+  async run (args, context) {
+    const { settings, keyring } = context
+    const target = databaseTarget(args, settings)
+    if (target !== null) return validateRows(args, context, target)
     const dir = storageDir(args.positionals[0], settings)
     const fix = args.values.fix === true
     await assertFolder(dir)
@@ -63,11 +78,53 @@ ${COMMON_HELP}`,
       })
       : await check()
     const badCount = reports.filter((report) => !report.ok).length
-    const lines = reports.map((report) => report.ok
-      ? `✅ ${report.file}${typeof report.kid === 'string' ? ` (sealed, key ${report.kid})` : ''}`
-      : `❌ ${report.file}: ${report.reason ?? ''}${report.moved_to === undefined ? '' : ` (moved to ${report.moved_to})`}`)
+    const lines = reportLines(reports)
     lines.push(`${reports.length} files checked, ${badCount} bad`)
     return { code: badCount > 0 ? 1 : 0, json: { dir, checked: reports.length, bad: badCount, files: reports }, lines }
+  }
+}
+
+function reportLines (reports: FileReport[]): string[] {
+  return reports.map((report) => report.ok
+    ? `✅ ${report.file}${typeof report.kid === 'string' ? ` (sealed, key ${report.kid})` : ''}`
+    : `❌ ${report.file}: ${report.reason ?? ''}${report.moved_to === undefined ? '' : ` (moved to ${report.moved_to})`}`)
+}
+
+/** Rows read per round trip. */
+const PAGE_ROWS = 500
+
+/**
+ * validate on the PostgreSQL store: every row, active and archived, read and judged exactly as
+ * the store reads it (readSessionDocument). A row sealed under a key that is not configured is
+ * reported, as a file is. Nothing is written.
+ */
+async function validateRows (args: ParsedCommand, { settings, keyring }: CommandContext, target: DatabaseTarget): Promise<CommandResult> {
+  if (args.values.fix === true) throw new UsageError('--fix works on a folder only: rows of the PostgreSQL store cannot be set aside (fix or delete a bad row with SQL, by the row id validate prints)')
+  if (args.positionals.length > 0) throw new UsageError(`give a folder or --database-url, not both (got '${args.positionals[0] ?? ''}')`)
+  const reports: FileReport[] = []
+  await withDatabase(target, settings, keyring, true, async (client) => {
+    for (let after = '0'; ;) {
+      const { rows } = await client.query<StoredRow>(rowsPage(after, PAGE_ROWS))
+      for (const row of rows) reports.push(judgeRow(row, keyring))
+      const last = rows.at(-1)
+      if (last === undefined || rows.length < PAGE_ROWS) break
+      after = last.row_id
+    }
+  })
+  reports.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0))
+  const badCount = reports.filter((report) => !report.ok).length
+  const lines = reportLines(reports)
+  lines.push(`${reports.length} rows checked in ${target.where} (schema ${target.schema}), ${badCount} bad`)
+  return { code: badCount > 0 ? 1 : 0, json: { database: target.where, schema: target.schema, checked: reports.length, bad: badCount, files: reports }, lines }
+}
+
+function judgeRow (row: StoredRow, keyring: Keyring | null): FileReport {
+  const file = rowName(row)
+  try {
+    return { file, ok: true, kid: readSessionDocument(file, row.document, row.session_id, keyring).kid }
+  } catch (err) {
+    if (!(err instanceof KeyUnavailableError) && !(err instanceof CorruptSessionFileError)) throw err
+    return { file, ok: false, reason: (err as Error).message.replace(`${file}: `, '') }
   }
 }
 

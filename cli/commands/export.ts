@@ -1,0 +1,149 @@
+import { lstat, mkdir, readdir } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import { CorruptSessionFileError } from '../../services/errors.js'
+import { nodeFs } from '../../services/store/fs-seam.js'
+import { fsyncDir, readSessionDocument, writeAndRename } from '../../services/store/session-files.js'
+import { readMarker, writeMarker } from '../../services/store/storage-folder.js'
+import { CommandFailedError, UsageError } from '../args.js'
+import { COMMON_HELP, type Command } from '../command.js'
+import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase } from '../database.js'
+import { withWriteLock } from '../folder.js'
+import { ARCHIVED_COPIES, rowName, rowsPage, type StoredRow } from '../rows.js'
+
+/** Rows read per round trip. */
+const PAGE_ROWS = 500
+
+interface LeftOut {
+  row: string
+  reason: string
+}
+
+export const exportCommand: Command = {
+  name: 'export',
+  summary: 'write the PostgreSQL store\'s sessions into a storage folder, byte for byte',
+  help: `Usage: taskvault export --database-url URL DIR [--schema NAME] [--force] [--json]
+
+Writes every session of the PostgreSQL store into DIR in the file store's layout, each file
+holding exactly the bytes stored in its row, all read in one snapshot (a server may keep working): active sessions as DIR/<id>.json, archived ones
+under DIR/archive/ (the oldest copy of a session as <id>.json, later copies as <id>.1.json,
+<id>.2.json, ... in the order they were archived, as the file store names them). Each file is
+written durably (temp file, fsync, rename, folder fsync) and DIR is marked as a taskvault
+folder, so a server (TASK_STORE=file) or 'taskvault import' can use it as it is.
+
+DIR is created when missing. A DIR that holds anything but is not a taskvault folder is refused
+unless --force. In a taskvault folder, files of the same names are replaced and other files are
+left as they are: export into a new folder for an exact copy. Refused while a server holds DIR.
+A row that does not read (see 'taskvault validate --database-url') is left out and reported;
+a row sealed under a key that is not configured is exported as it is.
+
+Options:
+${DATABASE_HELP.replace('work on the PostgreSQL store at URL instead of a folder', 'the PostgreSQL store to export (default: DATABASE_URL)')}
+  --force             write into a non-empty folder that is not a taskvault folder
+
+Exit status 1 when a row was left out, or the database or the folder fails.
+
+${COMMON_HELP}`,
+  options: { ...DATABASE_OPTIONS, force: { type: 'boolean', default: false } },
+  positionals: { min: 1, max: 1, names: 'DIR' },
+  async run (args, { settings, keyring }) {
+    const target = databaseTarget(args, settings, true)
+    if (target === null) throw new UsageError('missing --database-url (or DATABASE_URL)')
+    const dir = resolve(args.positionals[0] as string)
+    await claimFolder(dir, args.values.force === true)
+    let active = 0
+    let archived = 0
+    const leftOut: LeftOut[] = []
+    await withWriteLock(dir, settings, keyring, true, async () => {
+      await withDatabase(target, settings, keyring, true, async (client) => {
+        // One snapshot: the names and the rows agree, and a server working meanwhile is seen at one instant.
+        await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
+        const names = archivedNames((await client.query<{ row_id: string, session_id: string }>(ARCHIVED_COPIES)).rows)
+        const archiveDir = join(dir, 'archive')
+        if (names.size > 0) await realFolder(dir, archiveDir)
+        let seq = 0
+        for (let after = '0'; ;) {
+          const { rows } = await client.query<StoredRow>(rowsPage(after, PAGE_ROWS))
+          for (const row of rows) {
+            const problem = unreadable(row, keyring)
+            if (problem !== null) {
+              leftOut.push({ row: rowName(row), reason: problem })
+              continue
+            }
+            const name = row.archived ? names.get(row.row_id) : `${row.session_id}.json`
+            if (name === undefined) throw new CommandFailedError(`${rowName(row)}: not among the archived copies of the same snapshot`)
+            const folder = row.archived ? archiveDir : dir
+            // The store's temp-file name: an export cut short leaves only files a server removes at start.
+            const temp = join(folder, `.${row.session_id}.${process.pid}.${++seq}.tmp`)
+            await writeAndRename(nodeFs, temp, join(folder, name), Buffer.from(row.document, 'utf8'))
+            if (row.archived) archived++
+            else active++
+          }
+          const last = rows.at(-1)
+          if (last === undefined || rows.length < PAGE_ROWS) break
+          after = last.row_id
+        }
+        await client.query('COMMIT')
+        await fsyncDir(nodeFs, dir)
+        if (names.size > 0) await fsyncDir(nodeFs, archiveDir)
+      })
+    })
+    const lines = [`Exported ${active} active and ${archived} archived sessions from ${target.where} (schema ${target.schema}) into ${dir}`]
+    for (const { row, reason } of leftOut) lines.push(`❌ ${row}: ${reason} (left out)`)
+    if (leftOut.length > 0) lines.push(`${leftOut.length} rows left out; see 'taskvault validate --database-url'`)
+    return {
+      code: leftOut.length > 0 ? 1 : 0,
+      json: { database: target.where, schema: target.schema, dir, active, archived, left_out: leftOut },
+      lines
+    }
+  }
+}
+
+/**
+ * The file name of every archived copy (by row id): a session's oldest copy `<id>.json`, the
+ * next ones `<id>.<n>.json`, n counting up. The file store reads the highest number as the
+ * newest copy, as the database reads the highest row id, so the order survives the round trip.
+ */
+function archivedNames (rows: Array<{ row_id: string, session_id: string }>): Map<string, string> {
+  const names = new Map<string, string>()
+  const seen = new Map<string, number>()
+  for (const row of rows) {
+    const n = seen.get(row.session_id) ?? 0
+    seen.set(row.session_id, n + 1)
+    names.set(row.row_id, n === 0 ? `${row.session_id}.json` : `${row.session_id}.${n}.json`)
+  }
+  return names
+}
+
+/** Why a row would not load in a server (left out), or null. A missing key is no reason: the row is whole. */
+function unreadable (row: StoredRow, keyring: Parameters<typeof readSessionDocument>[3]): string | null {
+  const name = rowName(row)
+  try {
+    readSessionDocument(name, row.document, row.session_id, keyring)
+    return null
+  } catch (err) {
+    if (err instanceof CorruptSessionFileError) return err.message.replace(`${name}: `, '')
+    return null
+  }
+}
+
+/**
+ * A non-empty folder that is not a taskvault folder is refused unless `force`, which marks it
+ * (the file store's init would otherwise judge its files). A missing folder is made by the lock.
+ */
+async function claimFolder (dir: string, force: boolean): Promise<void> {
+  const stat = await lstat(dir).catch(() => null)
+  if (stat === null) return
+  if (!stat.isDirectory()) throw new CommandFailedError(`${dir} is not a folder`)
+  if (await readMarker(nodeFs, dir) !== null) return
+  const entries = await readdir(dir)
+  if (entries.length === 0) return
+  if (!force) throw new CommandFailedError(`${dir} is not empty and not a taskvault folder (no .taskvault marker); export into a new or empty folder, or give --force`)
+  await writeMarker(nodeFs, dir, `.taskvault.${process.pid}.0.tmp`)
+}
+
+async function realFolder (parent: string, dir: string): Promise<void> {
+  await mkdir(dir, { recursive: true, mode: 0o700 })
+  // A symlink here could lead out of the folder.
+  if (!(await lstat(dir)).isDirectory()) throw new CommandFailedError(`${dir} is not a real folder (a symlink?); refusing to write into it`)
+  await fsyncDir(nodeFs, parent)
+}

@@ -1,0 +1,201 @@
+import { resolve } from 'node:path'
+import type pg from 'pg'
+import { CommandFailedError } from '../../services/errors.js'
+import { noop } from '../../services/noop.js'
+import { finishedAt, progressOf, type SessionFile } from '../../services/session/session.js'
+import { insertSession, updateSession, type DerivedColumns } from '../../services/store/postgres/sessions-sql.js'
+import { ARCHIVED_FILE } from '../../services/store/session-files.js'
+import { UsageError } from '../args.js'
+import { COMMON_HELP, type Command } from '../command.js'
+import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase } from '../database.js'
+import { assertFolder, checkStoredFile, listStoredFiles, type StoredFile } from '../folder.js'
+import { insertArchived, rowName, rowsOf, type ExistingRow } from '../rows.js'
+
+/** A session file of the folder that reads, with what the row needs. */
+interface FolderFile {
+  rel: string
+  sessionId: string
+  archived: boolean
+  /** An archived copy's place among its session's copies: the number in `<id>.<n>.json`, 0 for `<id>.json`. */
+  stamp: number
+  data: Buffer
+  file: SessionFile
+  kid: string | null
+}
+
+type Action = 'insert' | 'replace' | 'add-archived' | 'unchanged'
+
+interface Planned {
+  item: FolderFile
+  action: Action
+  /** The active row a replace overwrites, at the version read. */
+  row?: ExistingRow
+}
+
+interface Conflict {
+  file: string
+  reason: string
+}
+
+export const importCommand: Command = {
+  name: 'import',
+  summary: 'load a storage folder (active and archive/) into the PostgreSQL store',
+  help: `Usage: taskvault import DIR --database-url URL [--schema NAME] [--force] [--json]
+
+Loads every session file of the storage folder DIR (its active <id>.json files and archive/)
+into the PostgreSQL store, each row holding exactly the file's bytes. Applies the migrations
+first (creating the schema when it is missing).
+
+Every file is read and judged first, as a server's restore would: a file that does not read
+stops the import before anything is written (see 'taskvault validate DIR'). Then each file is
+compared with the rows of its session, and only then is anything written, in one transaction:
+  - a file identical to a row already there is skipped, so running the import again is safe;
+  - an active file replaces the session's active row when that row is older (updated_at);
+  - an archived file is added as an archived copy (oldest first, so the folder's newest copy is
+    the newest row);
+  - a row of the session that is newer than the file (later updated_at) is a conflict: each is
+    reported and nothing is written, unless --force, which writes the folder's files anyway.
+A server on the database does not see rows written under it: stop the servers first.
+
+Options:
+${DATABASE_HELP.replace('work on the PostgreSQL store at URL instead of a folder', 'the PostgreSQL store to load into (default: DATABASE_URL)')}
+  --force             write the folder's files over newer rows
+
+Exit status 1 on a conflict (without --force), a file that does not read, or a failure.
+
+${COMMON_HELP}`,
+  options: { ...DATABASE_OPTIONS, force: { type: 'boolean', default: false } },
+  positionals: { min: 1, max: 1, names: 'DIR' },
+  async run (args, { settings, keyring }) {
+    const target = databaseTarget(args, settings, true)
+    if (target === null) throw new UsageError('missing --database-url (or DATABASE_URL)')
+    const dir = resolve(args.positionals[0] as string)
+    const force = args.values.force === true
+    await assertFolder(dir)
+    const { files, bad } = await readFolder(dir, keyring)
+    const where = `${target.where} (schema ${target.schema})`
+    if (bad.length > 0) {
+      const lines = bad.map(({ file, reason }) => `❌ ${file}: ${reason}`)
+      lines.push(`Refused: ${bad.length} files of ${dir} do not read; nothing was written (set them aside with 'taskvault validate ${dir} --fix')`)
+      return { code: 1, json: { dir, database: target.where, schema: target.schema, inserted: 0, replaced: 0, archived: 0, unchanged: 0, unreadable: bad, conflicts: [] }, lines }
+    }
+    return withDatabase(target, settings, keyring, false, async (client) => {
+      await client.query('BEGIN')
+      try {
+        const existing = (await client.query<ExistingRow>(rowsOf([...new Set(files.map((item) => item.sessionId))]))).rows
+        const { planned, conflicts } = plan(files, existing)
+        const counts = { inserted: 0, replaced: 0, archived: 0, unchanged: 0 }
+        if (conflicts.length > 0 && !force) {
+          await client.query('ROLLBACK')
+          const lines = conflicts.map(({ file, reason }) => `❌ ${file}: ${reason}`)
+          lines.push(`Refused: ${conflicts.length} files would replace newer rows in ${where}; nothing was written (give --force to write them anyway)`)
+          return { code: 1, json: { dir, database: target.where, schema: target.schema, ...counts, conflicts, forced: false }, lines }
+        }
+        for (const step of planned) await write(client, step, counts)
+        await client.query('COMMIT')
+        const lines = [`Imported ${dir} into ${where}: ${counts.inserted} new, ${counts.replaced} replaced, ${counts.archived} archived copies added, ${counts.unchanged} already identical` +
+          (conflicts.length > 0 ? `; ${conflicts.length} newer rows overwritten (--force)` : '')]
+        return { code: 0, json: { dir, database: target.where, schema: target.schema, ...counts, conflicts, forced: conflicts.length > 0 }, lines }
+      } catch (err) {
+        await client.query('ROLLBACK').catch(noop)
+        throw err
+      }
+    })
+  }
+}
+
+/** Every session file of the folder, read once and judged as restore does; archived copies oldest first. */
+async function readFolder (dir: string, keyring: Parameters<typeof checkStoredFile>[1]): Promise<{ files: FolderFile[], bad: Conflict[] }> {
+  const files: FolderFile[] = []
+  const bad: Conflict[] = []
+  for (const stored of await listStoredFiles(dir)) {
+    const checked = await checkStoredFile(stored, keyring)
+    // Moved by a running server since the listing.
+    if (checked.ok === null) continue
+    if (!checked.ok) {
+      bad.push({ file: stored.rel, reason: checked.reason })
+      continue
+    }
+    files.push({ rel: stored.rel, sessionId: stored.sessionId as string, archived: stored.archived, stamp: stampOf(stored), data: checked.data, file: checked.file, kid: checked.kid })
+  }
+  files.sort((a, b) => (a.sessionId < b.sessionId ? -1 : a.sessionId > b.sessionId ? 1 : Number(a.archived) - Number(b.archived) || a.stamp - b.stamp))
+  return { files, bad }
+}
+
+function stampOf (stored: StoredFile): number {
+  if (!stored.archived) return 0
+  return Number(ARCHIVED_FILE.exec(stored.rel.slice('archive/'.length))?.[2] ?? 0)
+}
+
+/**
+ * What each file does to the rows (nothing is written here). A file identical to a row of its
+ * kind is unchanged; anything else is written, and is a conflict when a row of the same
+ * session (active or archived) is newer than it: writing it would put an older state in front.
+ */
+function plan (files: FolderFile[], existing: ExistingRow[]): { planned: Planned[], conflicts: Conflict[] } {
+  const rows = new Map<string, ExistingRow[]>()
+  for (const row of existing) rows.set(row.session_id, [...(rows.get(row.session_id) ?? []), row])
+  const planned: Planned[] = []
+  const conflicts: Conflict[] = []
+  for (const item of files) {
+    const mine = rows.get(item.sessionId) ?? []
+    const active = mine.find((row) => !row.archived)
+    const same = (row: ExistingRow): boolean => Buffer.from(row.document, 'utf8').equals(item.data)
+    if (item.archived ? mine.some((row) => row.archived && same(row)) : active !== undefined && same(active)) {
+      planned.push({ item, action: 'unchanged' })
+      continue
+    }
+    const updatedAt = Date.parse(item.file.updated_at)
+    for (const row of mine) {
+      if (row.updated_at.getTime() > updatedAt) {
+        conflicts.push({ file: item.rel, reason: `the database's ${rowName(row)} is newer (updated_at ${row.updated_at.toISOString()}, file ${item.file.updated_at})` })
+      }
+    }
+    planned.push(item.archived ? { item, action: 'add-archived' } : active === undefined ? { item, action: 'insert' } : { item, action: 'replace', row: active })
+  }
+  return { planned, conflicts }
+}
+
+/**
+ * Writes one planned file: its bytes exactly, as a Buffer (binary format: json's is its text).
+ * A write that touches no row means someone changed the session since it was read.
+ */
+async function write (client: pg.Client, { item, action, row }: Planned, counts: Record<'inserted' | 'replaced' | 'archived' | 'unchanged', number>): Promise<void> {
+  if (action === 'unchanged') {
+    counts.unchanged++
+    return
+  }
+  const derived = derive(item)
+  let result: pg.QueryResult
+  try {
+    if (action === 'insert') result = await client.query(insertSession(item.sessionId, item.data, derived))
+    else if (action === 'replace' && row !== undefined) result = await client.query(updateSession({ row: row.row_id, version: row.version }, item.data, derived))
+    else result = await client.query(insertArchived(item.sessionId, item.data, derived))
+  } catch (err) {
+    const code = (err as { code?: unknown }).code
+    // Class 22 (data exception): the json type refuses the text as it is, which is never rewritten.
+    if (typeof code === 'string' && code.startsWith('22')) throw new CommandFailedError(`${item.rel}: PostgreSQL refuses its bytes (${(err as Error).message}); nothing was written`)
+    throw err
+  }
+  if (result.rowCount !== 1) throw new CommandFailedError(`session '${item.sessionId}' changed in the database during the import; nothing was written, run the import again`)
+  if (action === 'insert') counts.inserted++
+  else if (action === 'replace') counts.replaced++
+  else counts.archived++
+}
+
+/** The columns the store derives from a document on every save, here from the file read. */
+function derive ({ file, kid }: FolderFile): DerivedColumns {
+  const progress = progressOf(file.session.tasks)
+  return {
+    sealedKid: kid,
+    createdAt: file.created_at,
+    updatedAt: file.updated_at,
+    finishedAt: finishedAt(file),
+    total: progress.total,
+    completed: progress.completed,
+    failed: progress.failed,
+    pending: progress.pending,
+    inProgress: progress.in_progress,
+    hasBackgroundRun: file.background_run !== undefined
+  }
+}

@@ -1,0 +1,66 @@
+import type pg from 'pg'
+import type { DerivedColumns } from '../services/store/postgres/sessions-sql.js'
+
+/**
+ * The SQL the command-line tool runs on the PostgreSQL store's rows itself, where the store
+ * contract has no method for it: reading every stored copy as it is (validate, export) and
+ * writing a file's exact bytes as an archived copy (import). Parameterised, unqualified names
+ * (the connection's search_path is the schema), like services/store/postgres/*-sql.ts.
+ */
+
+export interface StoredRow {
+  row_id: string
+  session_id: string
+  archived: boolean
+  /** The exact text stored (`document::text`). */
+  document: string
+}
+
+/** Every stored copy, active and archived, a page at a time by row id (after `after`). */
+export function rowsPage (after: string, limit: number): pg.QueryConfig {
+  return {
+    text: `SELECT row_id, session_id, archived_at IS NOT NULL AS archived, document::text AS document FROM sessions
+      WHERE row_id > $1 ORDER BY row_id LIMIT $2`,
+    values: [after, limit]
+  }
+}
+
+/** Every archived copy's id and session, without documents: the order of each session's copies. */
+export const ARCHIVED_COPIES = 'SELECT row_id, session_id FROM sessions WHERE archived_at IS NOT NULL ORDER BY session_id, row_id'
+
+export interface ExistingRow {
+  row_id: string
+  session_id: string
+  version: string
+  archived: boolean
+  updated_at: Date
+  document: string
+}
+
+/** The rows of these sessions, oldest copy first; FOR UPDATE: an import holds them until it commits. */
+export function rowsOf (sessionIds: string[]): pg.QueryConfig {
+  return {
+    text: `SELECT row_id, session_id, version, archived_at IS NOT NULL AS archived, updated_at, document::text AS document
+      FROM sessions WHERE session_id = ANY($1::text[]) ORDER BY session_id, row_id FOR UPDATE`,
+    values: [sessionIds]
+  }
+}
+
+/**
+ * A new archived copy holding `document` exactly (sent as a Buffer: binary format, which for
+ * json is its text as it is). Archived now: the file store keeps no archive time either.
+ */
+export function insertArchived (sessionId: string, document: Buffer, c: DerivedColumns): pg.QueryConfig {
+  return {
+    text: `INSERT INTO sessions (session_id, document, sealed_kid, created_at, updated_at, finished_at,
+        tasks_total, tasks_completed, tasks_failed, tasks_pending, tasks_in_progress, has_background_run, archived_at)
+      VALUES ($1, $2::json, $3, $4::timestamptz, $5::timestamptz, $6::timestamptz, $7, $8, $9, $10, $11, $12, now())
+      RETURNING row_id`,
+    values: [sessionId, document, c.sealedKid, c.createdAt, c.updatedAt, c.finishedAt, c.total, c.completed, c.failed, c.pending, c.inProgress, c.hasBackgroundRun]
+  }
+}
+
+/** A row's name in reports: `<id>@<row>`, `archive/<id>@<row>` for an archived copy (the store's own names). */
+export function rowName (row: { session_id: string, row_id: string, archived: boolean }): string {
+  return `${row.archived ? 'archive/' : ''}${row.session_id}@${row.row_id}`
+}

@@ -1,0 +1,273 @@
+/**
+ * The command-line tool on the PostgreSQL store, run as operators run it (a child process) on
+ * a database of the test's own: export, import, and validate/stats/archive/prune with
+ * --database-url answering as they do on the equivalent folder.
+ */
+import { randomBytes } from 'node:crypto'
+import { cp, mkdir, readFile, readdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import pg from 'pg'
+import t from 'tap'
+import type { SessionFile } from '../schemas/session.js'
+import { noop } from '../services/noop.js'
+import { Keyring } from '../services/store/keyring.js'
+import { connectionConfig } from '../services/store/postgres/pool.js'
+import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
+import { taskvault } from './cli-run.js'
+import { markAsTaskvault, tempDir, type TestContext } from './helper.js'
+import { testDatabase } from './postgres.js'
+import { storedSession } from './session-fixtures.js'
+
+const DAY = 86_400_000
+const daysAgo = (days: number): string => new Date(Date.now() - days * DAY).toISOString()
+const KEY = randomBytes(32)
+const KEYS_ENV = { TASK_ENCRYPTION_KEYS: `k1:${KEY.toString('base64')}` }
+const session = (id: string, statuses: string[], finished: string, instruction?: string): SessionFile => JSON.parse(storedSession(id, statuses, finished, instruction)) as SessionFile
+
+async function openStore (t: TestContext, url: string, keyring: Keyring | null = null): Promise<PostgresSessionStore> {
+  const store = new PostgresSessionStore({ settings: { url, schema: 'taskvault', max: 2, statementTimeoutMs: 10_000 }, keyring })
+  await store.init()
+  t.teardown(() => store.close())
+  return store
+}
+
+async function query<R extends pg.QueryResultRow> (url: string, text: string, values: unknown[] = []): Promise<R[]> {
+  const client = new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 10_000 }))
+  client.on('error', noop)
+  await client.connect()
+  try {
+    return (await client.query<R>(text, values)).rows
+  } finally {
+    await client.end().catch(noop)
+  }
+}
+
+/** Every file under `dir` but the folder's own dot files (marker, lock), relative path -> bytes. */
+async function snapshot (dir: string, files = new Map<string, Buffer>(), prefix = ''): Promise<Map<string, Buffer>> {
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    if (entry.name.startsWith('.')) continue
+    if (entry.isDirectory()) await snapshot(join(dir, entry.name), files, `${prefix}${entry.name}/`)
+    else if (entry.isFile()) files.set(prefix + entry.name, await readFile(join(dir, entry.name)))
+  }
+  return files
+}
+
+/** The cli.test.ts folder: `old`, `failed` (100 days), `recent` (2 days), `pending`; archived `gone` (400 days), `kept` (50 days). */
+async function preparedFolder (t: TestContext): Promise<string> {
+  const dir = join(await tempDir(t, 'taskvault-cli-pg-'), 'tasks')
+  await mkdir(join(dir, 'archive'), { recursive: true, mode: 0o700 })
+  const files: Record<string, string> = {
+    'old.json': storedSession('old', ['Completed', 'Completed'], daysAgo(100)),
+    'failed.json': storedSession('failed', ['Completed', 'Failed'], daysAgo(100)),
+    'recent.json': storedSession('recent', ['Completed'], daysAgo(2)),
+    'pending.json': storedSession('pending', ['Completed', 'Pending'], daysAgo(100)),
+    'archive/gone.json': storedSession('gone', ['Completed'], daysAgo(400)),
+    'archive/kept.json': storedSession('kept', ['Failed'], daysAgo(50))
+  }
+  for (const [name, text] of Object.entries(files)) await writeFile(join(dir, name), text, { mode: 0o600 })
+  await markAsTaskvault(dir)
+  return dir
+}
+
+t.test('export, import into a fresh database, export again: the same bytes, active and archived, unicode and sealed', async (t) => {
+  const first = await testDatabase(t)
+  const second = await testDatabase(t)
+  if (first === null || second === null) return
+  const store = await openStore(t, first)
+  await store.save(session('unicode', ['Completed'], daysAgo(1), 'naïve café 🎉 日本語 \u2028 "quoted" \\ back'))
+  await store.save(session('pending', ['Completed', 'Pending'], daysAgo(3)))
+  // Archived twice: two copies of one id, the later one the archived session.
+  await store.save(session('twice', ['Failed'], daysAgo(20)))
+  await store.archive(session('twice', ['Failed'], daysAgo(20)))
+  await store.save(session('twice', ['Completed'], daysAgo(10)))
+  await store.archive(session('twice', ['Completed'], daysAgo(10)))
+  await store.save(session('once', ['Completed'], daysAgo(40)))
+  await store.archive(session('once', ['Completed'], daysAgo(40)))
+  const sealed = await openStore(t, first, Keyring.fromEntries([['k1', KEY]]))
+  await sealed.save(session('sealed', ['Completed'], daysAgo(5), 'secret ✓'))
+
+  const root = await tempDir(t, 'taskvault-cli-pg-')
+  const one = join(root, 'one')
+  const exported = await taskvault(['export', '--database-url', first, one, '--json'], { env: KEYS_ENV })
+  t.equal(exported.code, 0, exported.stderr)
+  t.match(exported.json(), { active: 3, archived: 3, left_out: [] })
+  const files = await snapshot(one)
+  t.same([...files.keys()].sort(), ['archive/once.json', 'archive/twice.1.json', 'archive/twice.json', 'pending.json', 'sealed.json', 'unicode.json'])
+  t.equal(JSON.parse(await readFile(join(one, '.taskvault'), 'utf8')).format, 1, 'marked as a taskvault folder')
+  // Each file holds the row's bytes exactly; the later archived copy is <id>.1.json.
+  const rows = await query<{ session_id: string, archived: boolean, document: string }>(first, 'SELECT session_id, archived_at IS NOT NULL AS archived, document::text AS document FROM sessions ORDER BY row_id')
+  const twice = rows.filter((row) => row.session_id === 'twice')
+  t.same(files.get('archive/twice.json'), Buffer.from(twice[0]?.document ?? '', 'utf8'), 'oldest copy')
+  t.same(files.get('archive/twice.1.json'), Buffer.from(twice[1]?.document ?? '', 'utf8'), 'newest copy')
+  for (const id of ['unicode', 'pending', 'sealed']) t.same(files.get(`${id}.json`), Buffer.from(rows.find((row) => row.session_id === id && !row.archived)?.document ?? '', 'utf8'), `${id}.json`)
+  t.match(files.get('sealed.json')?.toString('utf8'), /"sealed"/u, 'the sealed envelope, as stored')
+  t.match(files.get('unicode.json')?.toString('utf8'), 'naïve café 🎉 日本語')
+
+  const imported = await taskvault(['import', one, '--database-url', second, '--json'], { env: KEYS_ENV })
+  t.equal(imported.code, 0, imported.stderr)
+  t.match(imported.json(), { inserted: 3, replaced: 0, archived: 3, unchanged: 0, conflicts: [] })
+  const two = join(root, 'two')
+  const again = await taskvault(['export', '--database-url', second, two], { env: KEYS_ENV })
+  t.equal(again.code, 0, again.stderr)
+  t.same(await snapshot(two), files, 'export → import → export is byte for byte')
+  // The second database serves what the first did, through the store.
+  const reopened = await openStore(t, second, Keyring.fromEntries([['k1', KEY]]))
+  const loaded = await reopened.loadAll({ concurrency: 1 })
+  t.same(loaded.sessions.map((s) => s.file.session_id).sort(), ['pending', 'sealed', 'unicode'])
+  await reopened.openArchive({ concurrency: 1 })
+  t.same((await reopened.readArchived('twice')).session?.file.session.tasks[0]?.status, 'Completed', 'the newest archived copy is still the newest')
+})
+
+t.test('import keeps a hand-written file\'s bytes, and running it again skips everything', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const dir = await preparedFolder(t)
+  // Not the server's layout: compact, escaped unicode, a number spelt oddly. Stored as it is.
+  const compact = JSON.stringify(session('compact', ['Completed'], daysAgo(1), 'caf\u00e9')).replace('café', '\\u0063af\\u00e9').replace('"attempts":1', '"attempts":1.0e0')
+  await writeFile(join(dir, 'compact.json'), compact, { mode: 0o600 })
+  const once = await taskvault(['import', dir, '--database-url', url, '--json'])
+  t.equal(once.code, 0, once.stderr)
+  t.match(once.json(), { inserted: 5, archived: 2, unchanged: 0 })
+  const [row] = await query<{ document: string }>(url, "SELECT document::text AS document FROM sessions WHERE session_id = 'compact'")
+  t.equal(row?.document, compact, 'the exact bytes of the file')
+
+  const twice = await taskvault(['import', dir, '--database-url', url, '--json'])
+  t.equal(twice.code, 0, twice.stderr)
+  t.match(twice.json(), { inserted: 0, replaced: 0, archived: 0, unchanged: 7 })
+  t.equal((await query(url, 'SELECT 1 FROM sessions')).length, 7, 'no row added')
+  const text = await taskvault(['import', dir, '--database-url', url])
+  t.match(text.stdout, /0 new, 0 replaced, 0 archived copies added, 7 already identical/u)
+})
+
+t.test('import refuses to replace a newer row without --force, writing nothing, and replaces it with --force', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const dir = await preparedFolder(t)
+  const store = await openStore(t, url)
+  // The database's `recent` is newer than the folder's; `fresh` is new to the database.
+  await store.save(session('recent', ['Completed', 'Completed'], daysAgo(1)))
+  await store.close()
+  await writeFile(join(dir, 'fresh.json'), storedSession('fresh', ['Pending'], daysAgo(1)), { mode: 0o600 })
+
+  const refused = await taskvault(['import', dir, '--database-url', url])
+  t.equal(refused.code, 1)
+  t.match(refused.stdout, /❌ recent\.json: the database's recent@\d+ is newer/u)
+  t.match(refused.stdout, /Refused: 1 files would replace newer rows .*nothing was written/u)
+  t.same((await query<{ session_id: string }>(url, 'SELECT session_id FROM sessions')).map((row) => row.session_id), ['recent'], 'nothing written, not even the new session')
+  const json = (await taskvault(['import', dir, '--database-url', url, '--json'])).json()
+  t.match(json, { conflicts: [{ file: 'recent.json', reason: /newer/ }], forced: false })
+
+  const forced = await taskvault(['import', dir, '--database-url', url, '--force', '--json'])
+  t.equal(forced.code, 0, forced.stderr)
+  t.match(forced.json(), { inserted: 4, replaced: 1, archived: 2, forced: true })
+  const [row] = await query<{ document: string, version: string }>(url, "SELECT document::text AS document, version FROM sessions WHERE session_id = 'recent' AND archived_at IS NULL")
+  t.equal(row?.document, await readFile(join(dir, 'recent.json'), 'utf8'), 'the folder\'s copy replaced it')
+  t.equal(row?.version, '2', 'a version-checked update')
+})
+
+t.test('stats, validate, archive and prune with --database-url answer as on the same folder', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const dir = await preparedFolder(t)
+  t.equal((await taskvault(['import', dir, '--database-url', url])).code, 0)
+  const db = ['--database-url', url]
+
+  const stats = async (): Promise<[any, any]> => {
+    const [folder, database] = await Promise.all([taskvault(['stats', dir, '--json']), taskvault(['stats', ...db, '--json'])])
+    t.equal(database.code, 0, database.stderr)
+    const { storage: fs, ...folderCounts } = folder.json()
+    const { storage, ...databaseCounts } = database.json()
+    t.same(databaseCounts, folderCounts, 'the same counts')
+    t.match(storage, { kind: 'postgres', schema: 'taskvault', database: url, bytes: fs.bytes, files: fs.files, archive_bytes: fs.archive_bytes, archive_files: fs.archive_files, failed_loads: 0 })
+    return [folderCounts, databaseCounts]
+  }
+  const [before] = await stats()
+  t.match(before, { total_sessions: 4, archived_sessions: 2 })
+
+  const archived = await Promise.all([taskvault(['archive', dir, '--days', '30', '--json']), taskvault(['archive', ...db, '--days', '30', '--json'])])
+  t.equal(archived[1].code, 0, archived[1].stderr)
+  t.same(archived[1].json().archived_ids.sort(), archived[0].json().archived_ids.sort())
+  t.same(archived[1].json().archived_ids.sort(), ['failed', 'old'])
+  const pruned = await Promise.all([taskvault(['prune', dir, '--days', '300', '--json']), taskvault(['prune', ...db, '--days', '300', '--json'])])
+  t.equal(pruned[1].code, 0, pruned[1].stderr)
+  t.same(pruned[1].json().deleted_ids, pruned[0].json().deleted_ids)
+  t.same(pruned[1].json().deleted_ids, ['gone'])
+  const [after] = await stats()
+  t.match(after, { total_sessions: 2, archived_sessions: 3 })
+
+  // A row that holds another session than its id says, as a file named for another one.
+  await writeFile(join(dir, 'wrong.json'), storedSession('other', ['Pending'], daysAgo(1)), { mode: 0o600 })
+  await query(url, `INSERT INTO sessions (session_id, document, created_at, updated_at, tasks_total, tasks_pending)
+    VALUES ('wrong', $1::json, now(), now(), 1, 1)`, [storedSession('other', ['Pending'], daysAgo(1))])
+  const [folder, database] = await Promise.all([taskvault(['validate', dir, '--json']), taskvault(['validate', ...db, '--json'])])
+  t.equal(database.code, 1)
+  t.match(database.json(), { checked: folder.json().checked, bad: 1 })
+  t.match(database.json().files.find((file: { ok: boolean }) => !file.ok), { file: /^wrong@\d+$/, reason: /holds session 'other'/ })
+  const text = await taskvault(['validate', ...db])
+  t.match(text.stdout, /❌ wrong@\d+: holds session 'other'/u)
+  t.match(text.stdout, /✅ archive\/kept@\d+/u)
+  const fix = await taskvault(['validate', ...db, '--fix'])
+  t.equal(fix.code, 2, '--fix on a database is a usage error')
+})
+
+t.test('a bad or unreachable database URL: exit 1, one line, no password', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const withPassword = (base: string): string => {
+    const parsed = new URL(base)
+    parsed.username = 'someone'
+    parsed.password = 'hunter2'
+    return parsed.toString()
+  }
+  const unreachable = 'postgres://someone:hunter2@127.0.0.1:1/nowhere'
+  const wrongSchema = new URL(url)
+  wrongSchema.password = 'hunter2'
+  const cases = [
+    ['stats', '--database-url', unreachable],
+    ['validate', '--database-url', unreachable],
+    ['archive', '--database-url', unreachable, '--days', '1'],
+    ['export', '--database-url', unreachable, join(await tempDir(t), 'out')],
+    ['import', await preparedFolder(t), '--database-url', unreachable],
+    ['stats', '--database-url', 'mysql://someone:hunter2@127.0.0.1/x'],
+    ['stats', '--database-url', wrongSchema.toString(), '--schema', 'not_there'],
+    // Not a URL at all (two ports): nothing of it is printed.
+    ['stats', '--database-url', withPassword(url).replace('127.0.0.1', '127.0.0.1:1')]
+  ]
+  const runs = await Promise.all(cases.map((args) => taskvault(args)))
+  runs.forEach((run, i) => {
+    const name = (cases[i] ?? []).slice(0, 2).join(' ')
+    t.equal(run.code, 1, `${name}: exit 1`)
+    t.equal(run.stdout, '', `${name}: nothing on stdout`)
+    t.match(run.stderr, /^taskvault: [^\n]+\n$/u, `${name}: one line`)
+    t.notMatch(run.stderr, 'hunter2', `${name}: no password`)
+  })
+  t.match(runs[0]?.stderr, 'someone:***@127.0.0.1:1')
+  t.match(runs[6]?.stderr, /no taskvault schema 'not_there'/u)
+  const json = await taskvault(['stats', '--database-url', unreachable, '--json'])
+  t.equal(json.code, 1)
+  t.equal(json.json().error.code, 'DATABASE_UNAVAILABLE')
+  t.notMatch(json.stdout, 'hunter2')
+  const both = await taskvault(['stats', '/tmp', '--database-url', url])
+  t.equal(both.code, 2, 'a folder and a database is a usage error')
+})
+
+t.test('export refuses a non-empty folder that is not taskvault\'s unless --force', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const store = await openStore(t, url)
+  await store.save(session('one', ['Completed'], daysAgo(1)))
+  await store.close()
+  const dir = await tempDir(t)
+  await writeFile(join(dir, 'package.json'), '{"name": "not sessions"}\n')
+  const refused = await taskvault(['export', '--database-url', url, dir])
+  t.equal(refused.code, 1)
+  t.match(refused.stderr, /not empty and not a taskvault folder/u)
+  t.same(await readdir(dir), ['package.json'], 'nothing written')
+  const forced = await taskvault(['export', '--database-url', url, dir, '--force'])
+  t.equal(forced.code, 0, forced.stderr)
+  t.same((await readdir(dir)).filter((name) => !name.startsWith('.')).sort(), ['one.json', 'package.json'])
+  // A taskvault folder is exported into again, replacing files of the same names.
+  const marked = join(await tempDir(t), 'marked')
+  await cp(dir, marked, { recursive: true })
+  t.equal((await taskvault(['export', '--database-url', url, marked])).code, 0)
+})
