@@ -304,10 +304,10 @@ async function pgBossSide (db, queue, S, T) {
   let counting = false
   bossDb.executeSql = (text, values) => {
     if (counting) {
-      const key = /INSERT INTO/i.test(text) ? 'insert'
-        : /UPDATE[\s\S]*state = 'completed'/i.test(text) ? 'complete'
-          : /state = 'active',\s*started_on/i.test(text) ? 'fetch'
-            : (/^\s*(\w+)/.exec(text)?.[1] ?? '?').toUpperCase()
+      let key = (/^\s*(\w+)/.exec(text)?.[1] ?? '?').toUpperCase()
+      if (/INSERT INTO/i.test(text)) key = 'insert'
+      else if (/UPDATE[\s\S]*state = 'completed'/i.test(text)) key = 'complete'
+      else if (/state = 'active',\s*started_on/i.test(text)) key = 'fetch'
       statements.set(key, (statements.get(key) ?? 0) + 1)
     }
     return original(text, values)
