@@ -1,6 +1,8 @@
 // A server in its own process, so autocannon (in the parent) and the server do not share an
 // event loop. The parent sends one `start` message and later `stop`; loopback only.
-//   kind 'app'          the real service: buildApp from dist/, restored from `dir`
+//   kind 'app'          the real service: buildApp from dist/, restored from `dir` (or the store `config` names);
+//                       `logger: 'production'` logs as `npm start` does (server.ts: pino at LOG_LEVEL, default
+//                       info, to stdout, with its redaction and request serializer) and turns on process metrics
 //   kind 'bare-create'  bare Fastify POST doing the raw durable save of the app's bytes
 //   kind 'bare-get'     bare Fastify GETs answering precomputed JSON
 import Fastify from 'fastify'
@@ -35,12 +37,16 @@ process.on('message', async (message) => {
   }
 })
 
-async function start ({ kind, dir, config = {}, template, templateId, responseTemplate, bodies, recordEventTimes = false }) {
+async function start ({ kind, dir, config = {}, logger = 'silent', template, templateId, responseTemplate, bodies, recordEventTimes = false }) {
   if (kind === 'app') {
     const { buildApp } = await import('../dist/app.js')
+    const production = logger === 'production'
+    const { serializeRequest } = production ? await import('../dist/http/log-redaction.js') : {}
+    const level = config.LOG_LEVEL ?? (production ? 'info' : 'silent')
     const server = await buildApp({
       readEnvironment: false,
-      config: { TASK_STORAGE_DIR: dir, TASK_ARCHIVE_DAYS: 0, LOG_LEVEL: 'silent', ...config }
+      config: { TASK_STORAGE_DIR: dir, TASK_ARCHIVE_DAYS: 0, ...config, LOG_LEVEL: level },
+      ...(production && { logger: { level, redact: ['req.headers.authorization'], serializers: { req: serializeRequest } }, processMetrics: true })
     })
     await server.ready()
     // Before the buffer's own listener, so the time is taken before any client is written to; the event gets the next seq.

@@ -1,13 +1,19 @@
 // Starting the server children and driving them with autocannon (loopback, bounded by duration).
 import { fork } from 'node:child_process'
+import { closeSync, openSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import autocannon from 'autocannon'
 
 const CHILD = fileURLToPath(new URL('../server-child.mjs', import.meta.url))
 
-/** Forks a server child (node flags in `execArgv`, e.g. --cpu-prof); resolves with { port, url, stop() } once it listens. */
-export function startServer ({ execArgv = [], ...options }) {
-  const child = fork(CHILD, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv })
+/**
+ * Forks a server child (node flags in `execArgv`, e.g. --cpu-prof); resolves with { port, url, stop() } once it listens.
+ * `logFile`: the child's stdout (where a `logger: 'production'` app writes its JSON lines) goes to that file.
+ */
+export function startServer ({ execArgv = [], logFile, ...options }) {
+  const out = logFile === undefined ? 'inherit' : openSync(logFile, 'a')
+  const child = fork(CHILD, [], { stdio: ['ignore', out, 'inherit', 'ipc'], execArgv })
+  if (typeof out === 'number') closeSync(out)
   return new Promise((resolve, reject) => {
     const onExit = (code) => reject(new Error(`server child (${options.kind}) exited with ${code} before listening`))
     child.once('exit', onExit)

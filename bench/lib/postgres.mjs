@@ -1,0 +1,109 @@
+// PostgreSQL for the bench: a throwaway database per run (created with a random name, dropped at
+// the end), bulk fills of the sessions table with the very rows the store writes, and the
+// commit counter of one database (pg_stat_database.xact_commit).
+import { randomBytes } from 'node:crypto'
+import pg from 'pg'
+import { makeSession, serialize, sessionId } from './fixtures.mjs'
+
+export const ADMIN_URL = process.env.TASK_BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+
+async function admin () {
+  const client = new pg.Client({ connectionString: ADMIN_URL, connectionTimeoutMillis: 3000 })
+  await client.connect()
+  return client
+}
+
+/** Why no PostgreSQL answers at ADMIN_URL, or null when one does. */
+export async function unreachable () {
+  try {
+    const client = await admin()
+    await client.end()
+    return null
+  } catch (err) {
+    return `${err.code ?? ''} ${err.message}`.trim()
+  }
+}
+
+/** A new empty database; returns { name, url, drop() }. */
+export async function throwawayDatabase () {
+  const name = `taskvault_bench_${randomBytes(6).toString('hex')}`
+  const client = await admin()
+  try {
+    await client.query(`CREATE DATABASE ${client.escapeIdentifier(name)} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'`)
+  } finally {
+    await client.end()
+  }
+  const url = new URL(ADMIN_URL)
+  url.pathname = `/${name}`
+  return {
+    name,
+    url: url.toString(),
+    async drop () {
+      const c = await admin()
+      try {
+        await c.query(`DROP DATABASE IF EXISTS ${c.escapeIdentifier(name)} WITH (FORCE)`)
+      } finally {
+        await c.end()
+      }
+    }
+  }
+}
+
+/**
+ * Transactions committed in database `name` so far. PostgreSQL 15 publishes a backend's counts
+ * when it exits (or up to 10 s later while idle): read this after the pools that did the work are ended.
+ */
+export async function commitsOf (name) {
+  const client = await admin()
+  try {
+    const { rows } = await client.query('SELECT xact_commit::bigint AS n FROM pg_stat_database WHERE datname = $1', [name])
+    return Number(rows[0]?.n ?? 0)
+  } finally {
+    await client.end()
+  }
+}
+
+/** The columns the store derives from a document (PostgresSessionStore's derive), for plaintext sessions. */
+function derived (file) {
+  const tasks = file.session.tasks
+  const count = (status) => tasks.filter((t) => t.status === status).length
+  const completed = count('Completed')
+  const failed = count('Failed')
+  const pending = count('Pending')
+  const inProgress = count('InProgress')
+  const finished = tasks.length > 0 && pending === 0 && inProgress === 0
+  const finishedAt = finished ? tasks.map((t) => t.completed_at).filter(Boolean).sort().at(-1) ?? file.updated_at : null
+  return [file.created_at, file.updated_at, finishedAt, tasks.length, completed, failed, pending, inProgress]
+}
+
+/**
+ * Fills `<schema>.sessions` (already migrated) with `count` active sessions of `tasks` tasks,
+ * the same documents bench/lib/fixtures.mjs writeSessions puts in files (same ids, same bytes),
+ * 1,000 rows per INSERT ... SELECT FROM unnest(...). Returns { count, bytes }.
+ */
+export async function fillSessions (url, schema, count, tasks = 10) {
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  let bytes = 0
+  try {
+    for (let start = 0; start < count; start += 1000) {
+      const cols = [[], [], [], [], [], [], [], [], [], []]
+      for (let i = start; i < Math.min(count, start + 1000); i++) {
+        const id = sessionId(i)
+        const file = makeSession(id, tasks, { seed: i % 86_400 })
+        const doc = serialize(file).toString('utf8')
+        bytes += Buffer.byteLength(doc)
+        const values = [id, doc, ...derived(file)]
+        values.forEach((v, k) => cols[k].push(v))
+      }
+      await client.query(`INSERT INTO ${schema}.sessions (session_id, document, created_at, updated_at, finished_at,
+          tasks_total, tasks_completed, tasks_failed, tasks_pending, tasks_in_progress)
+        SELECT * FROM unnest($1::text[], $2::json[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
+          $6::int[], $7::int[], $8::int[], $9::int[], $10::int[])`, cols)
+    }
+    await client.query(`ANALYZE ${schema}.sessions`)
+  } finally {
+    await client.end()
+  }
+  return { count, bytes }
+}
