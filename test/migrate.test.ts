@@ -189,7 +189,10 @@ t.test('a bad schema name is refused, naming TASK_DB_SCHEMA, before anything is 
     taskvault(['migrate', '--database-url', url], { env: { TASK_DB_SCHEMA: 'no-dashes' } })
   ])
   oneLine(t, flag, /^taskvault: --schema: 'Bad' is not a usable schema name/u)
-  oneLine(t, env, /^taskvault: TASK_DB_SCHEMA: 'no-dashes' is not a usable schema name/u)
+  // From the environment it is a bad setting, refused with every other one before any command runs (exit 2).
+  t.equal(env.code, 2, 'a bad TASK_DB_SCHEMA in the environment: exit 2, like every bad setting')
+  t.match(env.stderr, /^taskvault: bad setting TASK_DB_SCHEMA/u, 'naming the setting')
+  t.notMatch(env.stderr, /\n\s+at /u, 'no stack trace')
 })
 
 t.test('the tool refuses a bad URL and an unreachable database in one line, and never prints a password', async (t) => {
