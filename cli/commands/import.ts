@@ -2,8 +2,8 @@ import { resolve } from 'node:path'
 import type pg from 'pg'
 import { CommandFailedError } from '../../services/errors.js'
 import { noop } from '../../services/noop.js'
-import { finishedAt, progressOf, type SessionFile } from '../../services/session/session.js'
-import { insertSession, updateSession, type DerivedColumns } from '../../services/store/postgres/sessions-sql.js'
+import type { SessionFile } from '../../services/session/session.js'
+import { deriveColumns, insertSession, updateSession, type DerivedColumns } from '../../services/store/postgres/sessions-sql.js'
 import { ARCHIVED_FILE } from '../../services/store/session-files.js'
 import { UsageError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
@@ -185,17 +185,5 @@ async function write (client: pg.Client, { item, action, row }: Planned, counts:
 
 /** The columns the store derives from a document on every save, here from the file read. */
 function derive ({ file, kid }: FolderFile): DerivedColumns {
-  const progress = progressOf(file.session.tasks)
-  return {
-    sealedKid: kid,
-    createdAt: file.created_at,
-    updatedAt: file.updated_at,
-    finishedAt: finishedAt(file),
-    total: progress.total,
-    completed: progress.completed,
-    failed: progress.failed,
-    pending: progress.pending,
-    inProgress: progress.in_progress,
-    hasBackgroundRun: file.background_run !== undefined
-  }
+  return deriveColumns(file, kid)
 }

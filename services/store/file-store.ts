@@ -2,7 +2,6 @@ import { EventEmitter } from 'node:events'
 import { constants } from 'node:fs'
 import { statfs } from 'node:fs/promises'
 import { dirname, join, resolve, sep } from 'node:path'
-import { TypeCompiler } from '@sinclair/typebox/compiler'
 import pLimit from 'p-limit'
 import { SessionFile, SESSION_ID_PATTERN } from '../../schemas/session.js'
 import type { ArchiveTotals, ArchivedSummary } from '../archive/archive-index.js'
@@ -14,6 +13,7 @@ import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, Key
 import { nodeFs, type FsSeam } from './fs-seam.js'
 import type { Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
+import { assertSavable, reportedSave } from './save-rules.js'
 import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, fsyncDir, readSessionDocument, serializeSessionFile, writeAndRename } from './session-files.js'
 import { MARKER_FILE, firstForeignFile, readMarker, writeMarker } from './storage-folder.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
@@ -21,7 +21,6 @@ import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedS
 import { noop } from '../noop.js'
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
-const checkSessionFile = TypeCompiler.Compile(SessionFile)
 /** Files per batch a reader thread reads at restore: big enough to amortise a message, small enough to keep memory low. */
 const RESTORE_BATCH_FILES = 128
 
@@ -170,25 +169,12 @@ export class FileSessionStore implements SessionStore {
   }
 
   async save (file: SessionFile): Promise<number> {
-    const started = performance.now()
-    let bytes = 0
-    let ok = false
-    try {
-      bytes = await this.write(file)
-      ok = true
-      return bytes
-    } finally {
-      this.events.emit('save', { ms: performance.now() - started, ok, bytes })
-    }
+    return reportedSave(this.events, async () => this.write(file))
   }
 
   private async write (file: SessionFile): Promise<number> {
     this.assertWritable()
-    const candidate: unknown = file
-    if (!checkSessionFile.Check(candidate)) {
-      const first = checkSessionFile.Errors(candidate).First()
-      throw new TaskvaultError('INVALID_SESSION_STATE', `refusing to save session '${file.session_id}': ${first?.path ?? ''} ${first?.message ?? ''}`)
-    }
+    assertSavable(file)
     const target = this.pathFor(file.session_id)
     const data = await serializeSessionFile(file, this.indent, this.maxSessionBytes, this.keyring)
     try {

@@ -1,5 +1,4 @@
 import { EventEmitter } from 'node:events'
-import { TypeCompiler } from '@sinclair/typebox/compiler'
 import type pg from 'pg'
 import { SessionFile, SESSION_ID_PATTERN } from '../../../schemas/session.js'
 import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from '../../archive/archive-index.js'
@@ -8,21 +7,20 @@ import {
   StorageError, TaskvaultError, VersionConflictError
 } from '../../errors.js'
 import { noop } from '../../noop.js'
-import { finishedAt, progressOf } from '../../session/session.js'
 import type { Keyring } from '../keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../session-files.js'
 import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents, StoreTotals } from '../store.js'
 import { ARCHIVED_ROWS, archiveSession, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
 import { migrate } from './migrate.js'
+import { assertSavable, reportedSave } from '../save-rules.js'
 import { breaksConnection, errnoLike, storageError } from './pg-errors.js'
 import { checkSchemaName, createPool, redactUrl, type PoolSettings } from './pool.js'
 import {
-  CONNECTION_SETTINGS, PING, ROW_TOTALS, SYNCHRONOUS_COMMIT_ON, activePage, currentSession, deleteSession, insertSession, updateSession,
+  CONNECTION_SETTINGS, PING, ROW_TOTALS, SYNCHRONOUS_COMMIT_ON, activePage, deriveColumns, currentSession, deleteSession, insertSession, updateSession,
   type ActiveRow, type DerivedColumns, type RowVersion
 } from './sessions-sql.js'
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
-const checkSessionFile = TypeCompiler.Compile(SessionFile)
 /** `<session id>@<row id>`: how an archived copy is named (archivedName, summaries, failures). */
 const ARCHIVED_NAME = /^([A-Za-z0-9_-]{1,128})@(\d{1,19})$/u
 /** Active rows per page at restore: big enough to amortise a round trip, small enough to keep memory flat. */
@@ -203,25 +201,12 @@ export class PostgresSessionStore implements SessionStore {
   }
 
   async save (file: SessionFile): Promise<number> {
-    const started = performance.now()
-    let bytes = 0
-    let ok = false
-    try {
-      bytes = await this.write(file)
-      ok = true
-      return bytes
-    } finally {
-      this.events.emit('save', { ms: performance.now() - started, ok, bytes })
-    }
+    return reportedSave(this.events, async () => this.write(file))
   }
 
   private async write (file: SessionFile): Promise<number> {
     const sessionId = this.checkId(file.session_id)
-    const candidate: unknown = file
-    if (!checkSessionFile.Check(candidate)) {
-      const first = checkSessionFile.Errors(candidate).First()
-      throw new TaskvaultError('INVALID_SESSION_STATE', `refusing to save session '${sessionId}': ${first?.path ?? ''} ${first?.message ?? ''}`)
-    }
+    assertSavable(file)
     const data = await serializeSessionFile(file, this.indent, this.maxSessionBytes, this.keyring)
     const derived = this.derive(file)
     const operation = `saving session '${sessionId}'`
@@ -496,19 +481,7 @@ export class PostgresSessionStore implements SessionStore {
   }
 
   private derive (file: SessionFile): DerivedColumns {
-    const progress = progressOf(file.session.tasks)
-    return {
-      sealedKid: this.keyring?.activeKid ?? null,
-      createdAt: file.created_at,
-      updatedAt: file.updated_at,
-      finishedAt: finishedAt(file),
-      total: progress.total,
-      completed: progress.completed,
-      failed: progress.failed,
-      pending: progress.pending,
-      inProgress: progress.in_progress,
-      hasBackgroundRun: file.background_run !== undefined
-    }
+    return deriveColumns(file, this.keyring?.activeKid ?? null)
   }
 
   private checkId (sessionId: string): string {

@@ -1,4 +1,5 @@
 import type pg from 'pg'
+import { finishedAt, progressOf, type SessionFile } from '../../session/session.js'
 
 /**
  * The SQL of active session rows (`archived_at IS NULL`; at most one per session id, see
@@ -24,6 +25,23 @@ export interface DerivedColumns {
   pending: number
   inProgress: number
   hasBackgroundRun: boolean
+}
+
+/** The columns derived from a session on every write; `sealedKid` is the key its document is sealed under, or null. */
+export function deriveColumns (file: SessionFile, sealedKid: string | null): DerivedColumns {
+  const progress = progressOf(file.session.tasks)
+  return {
+    sealedKid,
+    createdAt: file.created_at,
+    updatedAt: file.updated_at,
+    finishedAt: finishedAt(file),
+    total: progress.total,
+    completed: progress.completed,
+    failed: progress.failed,
+    pending: progress.pending,
+    inProgress: progress.in_progress,
+    hasBackgroundRun: file.background_run !== undefined
+  }
 }
 
 /** The state of a row a write expects to find. */
