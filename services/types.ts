@@ -50,3 +50,15 @@ export interface TaskManagerEvents {
   /** Live-view events (services/task-events.ts), each once its change is durable; built only while someone listens. */
   'task-event': [TaskEventName, TaskEventData]
 }
+
+/** Active sessions and their tasks by state: what /stats counts, from memory or from a shared store's rows. */
+export interface SessionCounts {
+  total_sessions: number
+  active_sessions: number
+  completed_sessions: number
+  total_tasks: number
+  completed_tasks: number
+  failed_tasks: number
+  pending_tasks: number
+  in_progress_tasks: number
+}

@@ -4,6 +4,7 @@ import { SessionNotFoundError, StorageError } from '../errors.js'
 import { Draft, Unchanged, unchanged, type ChangeFn } from './draft.js'
 import { cloneSessionFile, currentIndex, isoNow, progressOf, type Progress, type SessionFile } from './session.js'
 import type { SessionStore } from '../store/store.js'
+import type { SessionCounts } from '../types.js'
 
 /** A change applied to a draft: its result, and whether it changed nothing. */
 interface Applied {
@@ -34,15 +35,8 @@ export interface SessionSlot {
 /** An active session in a list: its ids, times and progress. */
 export type SessionSummary = Static<typeof SessionSummarySchema>
 
-export interface Totals {
-  total_sessions: number
-  active_sessions: number
-  completed_sessions: number
-  total_tasks: number
-  completed_tasks: number
-  failed_tasks: number
-  pending_tasks: number
-  in_progress_tasks: number
+/** The counts plus the stored size of the active sessions. */
+export interface Totals extends SessionCounts {
   bytes: number
   files: number
 }

@@ -4,6 +4,7 @@ import type { ArchiveTotals, ArchivedSummary } from '../archive/archive-index.js
 import type { TaskvaultError } from '../errors.js'
 import type { LockEvent } from './storage-lock.js'
 import type { DiskSpace } from './disk-space.js'
+import type { SessionCounts } from '../types.js'
 
 export type { ArchiveTotals, ArchivedSummary }
 
@@ -48,15 +49,7 @@ export interface EncryptionStats {
 }
 
 /** What a shared store counts itself: the active sessions and tasks, and its own storage figures. */
-export interface StoreTotals {
-  total_sessions: number
-  active_sessions: number
-  completed_sessions: number
-  total_tasks: number
-  completed_tasks: number
-  failed_tasks: number
-  pending_tasks: number
-  in_progress_tasks: number
+export interface StoreTotals extends SessionCounts {
   archived_sessions: number
   /** What /stats shows as `storage`, besides the restore figures. */
   storage: { kind: 'postgres', database: string, schema: string, rows: number, bytes: number, document_bytes: number, archive_bytes: number }
