@@ -80,7 +80,12 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
   if (pool === undefined && settings.databaseUrl.trim() === '') {
     throw new InvalidDatabaseSettingError('DATABASE_URL', 'is required with TASK_STORE=postgres (postgres://user:password@host:5432/database)')
   }
-  const common = { maxSessionBytes: settings.maxSessionBytes, keyring: Keyring.parse(settings.encryptionKeys) }
+  const common = {
+    maxSessionBytes: settings.maxSessionBytes,
+    keyring: Keyring.parse(settings.encryptionKeys),
+    saveBatch: settings.dbSaveBatch,
+    saveBatchBytes: settings.dbSaveBatchBytes
+  }
   const store = pool !== undefined
     ? new PostgresSessionStore({ ...common, pool, schema: settings.dbSchema })
     : new PostgresSessionStore({

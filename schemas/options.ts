@@ -40,6 +40,8 @@ export const STORE_SETTINGS = {
   dbPoolMax: 'TASK_DB_POOL_MAX',
   dbStatementTimeoutMs: 'TASK_DB_STATEMENT_TIMEOUT_MS',
   dbConnectTimeoutMs: 'TASK_DB_CONNECT_TIMEOUT_MS',
+  dbSaveBatch: 'TASK_DB_SAVE_BATCH',
+  dbSaveBatchBytes: 'TASK_DB_SAVE_BATCH_BYTES',
   lockRefreshMs: 'TASK_LOCK_REFRESH_MS',
   lockStaleMs: 'TASK_LOCK_STALE_MS',
   maxSessionBytes: 'TASK_MAX_SESSION_BYTES',

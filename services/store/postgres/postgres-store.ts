@@ -16,15 +16,19 @@ import { assertSavable, reportedSave } from '../save-rules.js'
 import { breaksConnection, errnoLike, storageError } from './pg-errors.js'
 import { checkSchemaName, createPool, redactUrl, type PoolSettings } from './pool.js'
 import {
-  CONNECTION_SETTINGS, PING, ROW_TOTALS, SYNCHRONOUS_COMMIT_ON, activePage, deriveColumns, currentSession, deleteSession, insertSession, updateSession,
-  type ActiveRow, type DerivedColumns, type RowVersion
+  CONNECTION_SETTINGS, PING, ROW_TOTALS, SYNCHRONOUS_COMMIT_ON, activePage, deriveColumns, currentSession, deleteSession, insertSession, saveBatch,
+  updateSession, type ActiveRow, type DerivedColumns, type RowVersion
 } from './sessions-sql.js'
+import { SaveBatcher, type PendingSave } from './save-batcher.js'
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 /** `<session id>@<row id>`: how an archived copy is named (archivedName, summaries, failures). */
 const ARCHIVED_NAME = /^([A-Za-z0-9_-]{1,128})@(\d{1,19})$/u
 /** Active rows per page at restore: big enough to amortise a round trip, small enough to keep memory flat. */
 const DEFAULT_PAGE_ROWS = 500
+/** TASK_DB_SAVE_BATCH and TASK_DB_SAVE_BATCH_BYTES's defaults (schemas/config.ts), for a store built by hand. */
+const DEFAULT_SAVE_BATCH = 50
+const DEFAULT_SAVE_BATCH_BYTES = 4 * 1024 * 1024
 
 export interface PostgresSessionStoreOptions {
   /** Settings of the store's own pool, ended by close(). */
@@ -48,6 +52,18 @@ export interface PostgresSessionStoreOptions {
   onPoolError?: (err: Error) => void
   /** Rows per page at restore. */
   pageRows?: number
+  /** Sessions written in one statement when saves queue up (TASK_DB_SAVE_BATCH); 1 for none. */
+  saveBatch?: number
+  /** Stored bytes in one such statement (TASK_DB_SAVE_BATCH_BYTES). */
+  saveBatchBytes?: number
+}
+
+/** A save waiting for its statement (save-batcher.ts). */
+interface QueuedSave extends PendingSave<RowVersion | null> {
+  data: Buffer
+  derived: DerivedColumns
+  outcome: Extract<Outcome, { kind: 'row' }>
+  operation: string
 }
 
 /** The active row a session is stored in, as this store last read or wrote it. */
@@ -101,6 +117,9 @@ export class PostgresSessionStore implements SessionStore {
   /** Active rows restore could not read: left in place, so their ids are not free (see conflict()). */
   private readonly unreadable = new Set<string>()
   private readonly index = new ArchiveIndex()
+  private readonly batcher: SaveBatcher<RowVersion | null, QueuedSave>
+  /** Connections that have had SYNCHRONOUS_COMMIT_ON (see query()). */
+  private readonly prepared = new WeakSet<pg.PoolClient>()
   private closed = false
 
   constructor (options: PostgresSessionStoreOptions) {
@@ -116,9 +135,6 @@ export class PostgresSessionStore implements SessionStore {
       this.schema = checkSchemaName(options.settings.schema)
       this.database = redactUrl(options.settings.url)
       this.location = `${this.database} (schema ${this.schema})`
-      // Before any other statement of each new connection (a client runs its queries in order):
-      // our sessions commit durably even where the role or database turned synchronous_commit off.
-      this.pool.on('connect', (client) => { client.query(SYNCHRONOUS_COMMIT_ON).catch(noop) })
     } else {
       throw new InvalidDatabaseSettingError('DATABASE_URL', 'the PostgreSQL store needs connection settings or a pool')
     }
@@ -126,6 +142,14 @@ export class PostgresSessionStore implements SessionStore {
     this.maxSessionBytes = options.maxSessionBytes ?? Number.POSITIVE_INFINITY
     this.keyring = options.keyring ?? null
     this.pageRows = options.pageRows ?? DEFAULT_PAGE_ROWS
+    // As many saves in flight as the pool has connections: more would only wait in the pool,
+    // where they could not be batched.
+    const lanes = options.settings?.max ?? (this.pool as pg.Pool & { options?: { max?: number } }).options?.max ?? 10
+    this.batcher = new SaveBatcher({
+      lanes,
+      maxSessions: options.saveBatch ?? DEFAULT_SAVE_BATCH,
+      maxBytes: options.saveBatchBytes ?? DEFAULT_SAVE_BATCH_BYTES
+    }, async (batch) => this.sendSaves(batch))
   }
 
   /**
@@ -137,10 +161,10 @@ export class PostgresSessionStore implements SessionStore {
     let settings: { synchronous_commit: string, schema: string | null } | undefined
     try {
       result = await migrate(this.pool, { schema: this.schema })
-      settings = (await this.pool.query(CONNECTION_SETTINGS)).rows[0]
+      settings = (await this.query<{ synchronous_commit: string, schema: string | null }>({ text: CONNECTION_SETTINGS })).rows[0]
     } catch (err) {
       if (err instanceof TaskvaultError) throw err
-      const cause = errnoLike(err)
+      const cause = errnoLike(err instanceof QueryFailure ? err.cause : err)
       throw new DatabaseUnavailableError(`preparing ${this.location} failed: ${cause.message} (${cause.code ?? 'EIO'})`, { cause })
     }
     if (settings?.synchronous_commit === 'off') {
@@ -210,21 +234,62 @@ export class PostgresSessionStore implements SessionStore {
     const data = await serializeSessionFile(file, this.indent, this.maxSessionBytes, this.keyring)
     const derived = this.derive(file)
     const operation = `saving session '${sessionId}'`
-    const outcome: Outcome = { kind: 'row', data, kid: derived.sealedKid ?? '' }
-    const row = await this.attempt(sessionId, operation, async () => {
-      const known = this.rows.get(sessionId)
-      const config = known === undefined ? insertSession(sessionId, data, derived) : updateSession(known, data, derived)
-      return (await this.run<{ row_id: string, version: string }>(operation, config, sessionId, outcome)).rows[0] ?? null
-    })
-    this.known(sessionId, { row: row.row_id, version: row.version, kid: outcome.kid })
+    const outcome: QueuedSave['outcome'] = { kind: 'row', data, kid: derived.sealedKid ?? '' }
+    await this.attempt(sessionId, operation, async () => this.batcher.submit({ sessionId, bytes: data.length, data, derived, outcome, operation }))
     return data.length
+  }
+
+  /**
+   * Writes queued saves: one alone by its own statement, several by one (saveBatch). Each save
+   * names its row as known now, after the saves before it of the same session have landed,
+   * and its new row is known before the next one of that session is sent. Answers each save
+   * with its new row, null on a conflict, or its own StorageError.
+   */
+  private async sendSaves (batch: QueuedSave[]): Promise<void> {
+    const first = batch[0]
+    if (batch.length === 1 && first !== undefined) {
+      const known = this.rows.get(first.sessionId)
+      const config = known === undefined ? insertSession(first.sessionId, first.data, first.derived) : updateSession(known, first.data, first.derived)
+      try {
+        const row = (await this.run<{ row_id: string, version: string }>(first.operation, config, [[first.sessionId, first.outcome]])).rows[0]
+        first.resolve(row === undefined ? null : this.written(first, row))
+      } catch (err) {
+        first.reject(err)
+      }
+      return
+    }
+    const config = saveBatch(batch.map((save) => ({ sessionId: save.sessionId, expected: this.rows.get(save.sessionId) ?? null, document: save.data, columns: save.derived })))
+    let rows: Array<{ session_id: string, row_id: string, version: string }>
+    try {
+      rows = (await this.query<{ session_id: string, row_id: string, version: string }>(config)).rows
+    } catch (err) {
+      const failure = err instanceof QueryFailure ? err : new QueryFailure(err, true)
+      for (const save of batch) {
+        const error = storageError(save.operation, failure.cause, failure.sent)
+        if (error instanceof StorageError && error.uncertain) this.unsure.set(save.sessionId, save.outcome)
+        save.reject(error)
+      }
+      return
+    }
+    const written = new Map(rows.map((row) => [row.session_id, row]))
+    for (const save of batch) {
+      const row = written.get(save.sessionId)
+      save.resolve(row === undefined ? null : this.written(save, row))
+    }
+  }
+
+  /** A save landed as `row`: from now on writes of its session name that row and version. */
+  private written (save: QueuedSave, row: { row_id: string, version: string }): RowVersion {
+    const known = { row: row.row_id, version: row.version }
+    this.known(save.sessionId, { ...known, kid: save.outcome.kid })
+    return known
   }
 
   async remove (sessionId: string): Promise<void> {
     this.checkId(sessionId)
     const operation = `deleting session '${sessionId}'`
     await this.attempt(sessionId, operation, async () => {
-      const result = await this.run<{ found: string | null, deleted: number }>(operation, deleteSession(sessionId, this.rows.get(sessionId) ?? null), sessionId, { kind: 'gone' })
+      const result = await this.run<{ found: string | null, deleted: number }>(operation, deleteSession(sessionId, this.rows.get(sessionId) ?? null), [[sessionId, { kind: 'gone' }]])
       const { found, deleted } = result.rows[0] ?? { found: null, deleted: 0 }
       // Missing is not an error; found but left alone means it was at another version.
       return deleted > 0 || found === null ? true : null
@@ -239,7 +304,7 @@ export class PostgresSessionStore implements SessionStore {
     const sessionId = this.checkId(file.session_id)
     const operation = `archiving session '${sessionId}'`
     const row = await this.attempt(sessionId, operation, async () => {
-      const result = await this.run<{ row_id: string, bytes: number }>(operation, archiveSession(sessionId, this.rows.get(sessionId) ?? null), sessionId, { kind: 'gone' })
+      const result = await this.run<{ row_id: string, bytes: number }>(operation, archiveSession(sessionId, this.rows.get(sessionId) ?? null), [[sessionId, { kind: 'gone' }]])
       return result.rows[0] ?? null
     })
     this.forget(sessionId)
@@ -271,7 +336,7 @@ export class PostgresSessionStore implements SessionStore {
     const outcome: Outcome = { kind: 'row', data, kid: derived.sealedKid ?? '' }
     const row = await this.attempt(sessionId, operation, async () => {
       const config = unarchiveSession(sessionId, data, derived, archivedRow, this.rows.get(sessionId) ?? null)
-      return (await this.run<{ row_id: string, version: string, removed: number }>(operation, config, sessionId, outcome)).rows[0] ?? null
+      return (await this.run<{ row_id: string, version: string, removed: number }>(operation, config, [[sessionId, outcome]])).rows[0] ?? null
     })
     this.known(sessionId, { row: row.row_id, version: row.version, kid: outcome.kid })
     // Deleted now, or gone before: either way the database no longer holds that copy.
@@ -407,16 +472,30 @@ export class PostgresSessionStore implements SessionStore {
   // --- Helpers ---
 
   /**
-   * Runs a statement on a pooled connection. A connection that failed (or whose state is
-   * unknown) is destroyed rather than returned to the pool. When the outcome of a write is
-   * unknown, `outcome` is remembered for the session (see Outcome).
+   * Runs a statement (query()), as a StorageError naming `operation` when it fails. The saves
+   * in `outcomes` are remembered as unsure when the failure leaves the outcome unknown.
    */
-  private async run<R extends pg.QueryResultRow> (operation: string, config: pg.QueryConfig, sessionId?: string, outcome?: Outcome): Promise<pg.QueryResult<R>> {
+  private async run<R extends pg.QueryResultRow> (operation: string, config: pg.QueryConfig, outcomes: ReadonlyArray<readonly [string, Outcome]> = []): Promise<pg.QueryResult<R>> {
+    try {
+      return await this.query<R>(config)
+    } catch (err) {
+      const failure = err instanceof QueryFailure ? err : new QueryFailure(err, true)
+      const error = storageError(operation, failure.cause, failure.sent)
+      if (error instanceof StorageError && error.uncertain) for (const [sessionId, outcome] of outcomes) this.unsure.set(sessionId, outcome)
+      throw error
+    }
+  }
+
+  /**
+   * Runs a statement on a pooled connection; fails with a QueryFailure. A connection that
+   * failed (or whose state is unknown) is destroyed rather than returned to the pool.
+   */
+  private async query<R extends pg.QueryResultRow> (config: pg.QueryConfig): Promise<pg.QueryResult<R>> {
     let client: pg.PoolClient
     try {
       client = await this.pool.connect()
     } catch (err) {
-      throw storageError(operation, err, false)
+      throw new QueryFailure(err, false)
     }
     let broken: Error | undefined
     // A checked-out client has no listener of the pool's: unheard, its 'error' (the connection
@@ -424,12 +503,17 @@ export class PostgresSessionStore implements SessionStore {
     const onError = (err: Error): void => { broken ??= err }
     client.on('error', onError)
     try {
+      if (this.ownsPool && !this.prepared.has(client)) {
+        // Before anything else on a new connection of our own: our sessions commit durably even
+        // where the role or database turned synchronous_commit off. A host's pool is the host's
+        // to configure; init refuses one that has it off.
+        await client.query(SYNCHRONOUS_COMMIT_ON)
+        this.prepared.add(client)
+      }
       return await client.query<R>(config)
     } catch (err) {
       if (breaksConnection(err)) broken ??= err instanceof Error ? err : new Error(String(err))
-      const error = storageError(operation, err, true)
-      if (sessionId !== undefined && outcome !== undefined && error instanceof StorageError && error.uncertain) this.unsure.set(sessionId, outcome)
-      throw error
+      throw new QueryFailure(err, true)
     } finally {
       client.removeListener('error', onError)
       client.release(broken)
@@ -508,6 +592,11 @@ export class PostgresSessionStore implements SessionStore {
   private dropIndexedAbove (sessionId: string, stamp: number): void {
     for (const copy of [...this.index.files(sessionId)]) if (copy.stamp > stamp) this.index.remove(sessionId, copy.name)
   }
+}
+
+/** How a statement failed: `sent` when it may have reached the server (see storageError). */
+class QueryFailure {
+  constructor (readonly cause: unknown, readonly sent: boolean) {}
 }
 
 /** The name of a stored copy in failures and the archive index: `<session id>@<row id>`. */

@@ -87,6 +87,67 @@ export function updateSession (expected: RowVersion, document: Buffer, c: Derive
   }
 }
 
+/** One session of a batched save: its row as last known (null: not stored yet), its document and columns. */
+export interface BatchedSave {
+  sessionId: string
+  expected: RowVersion | null
+  document: Buffer
+  columns: DerivedColumns
+}
+
+/**
+ * Several sessions saved in one statement (one commit): each known row updated at the version
+ * it was read (the same rule as updateSession), each new one inserted unless an active row
+ * appeared meanwhile (as insertSession). Rows come back for the sessions written; a session
+ * that gets none met a conflict. The values travel as one array per column, so the statement's
+ * text is the same for any number of sessions and each connection prepares it once. Documents
+ * go as text (node-postgres would send Buffers in an array as bytea) and are cast to json, which
+ * keeps the text as given, byte for byte.
+ */
+export function saveBatch (saves: readonly BatchedSave[]): pg.QueryConfig {
+  const column = <V>(pick: (save: BatchedSave) => V): V[] => saves.map(pick)
+  return {
+    name: 'taskvault_save_batch',
+    text: `WITH v AS (
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
+          $8::timestamptz[], $9::int[], $10::int[], $11::int[], $12::int[], $13::int[], $14::boolean[])
+          AS v(session_id, row_id, version, document, sealed_kid, created_at, updated_at, finished_at,
+            total, completed, failed, pending, in_progress, background)
+      ), updated AS (
+        UPDATE sessions s SET document = v.document::json, sealed_kid = v.sealed_kid, created_at = v.created_at,
+            updated_at = v.updated_at, finished_at = v.finished_at, tasks_total = v.total, tasks_completed = v.completed,
+            tasks_failed = v.failed, tasks_pending = v.pending, tasks_in_progress = v.in_progress,
+            has_background_run = v.background, version = s.version + 1
+          FROM v WHERE v.row_id IS NOT NULL AND s.row_id = v.row_id AND s.version = v.version AND s.archived_at IS NULL
+          RETURNING s.session_id, s.row_id, s.version
+      ), inserted AS (
+        INSERT INTO sessions (session_id, document, sealed_kid, created_at, updated_at, finished_at,
+            tasks_total, tasks_completed, tasks_failed, tasks_pending, tasks_in_progress, has_background_run)
+          SELECT session_id, document::json, sealed_kid, created_at, updated_at, finished_at,
+            total, completed, failed, pending, in_progress, background FROM v WHERE v.row_id IS NULL
+          ON CONFLICT (session_id) WHERE archived_at IS NULL DO NOTHING
+          RETURNING session_id, row_id, version
+      )
+      SELECT session_id, row_id, version FROM updated UNION ALL SELECT session_id, row_id, version FROM inserted`,
+    values: [
+      column((s) => s.sessionId),
+      column((s) => s.expected?.row ?? null),
+      column((s) => s.expected?.version ?? null),
+      column((s) => s.document.toString('utf8')),
+      column((s) => s.columns.sealedKid),
+      column((s) => s.columns.createdAt),
+      column((s) => s.columns.updatedAt),
+      column((s) => s.columns.finishedAt),
+      column((s) => s.columns.total),
+      column((s) => s.columns.completed),
+      column((s) => s.columns.failed),
+      column((s) => s.columns.pending),
+      column((s) => s.columns.inProgress),
+      column((s) => s.columns.hasBackgroundRun)
+    ]
+  }
+}
+
 /**
  * Deletes the session's active row: the one at `expected` when given, else whatever is there.
  * Answers one row: `found`, the version of the active row before (null: there was none), and
