@@ -64,3 +64,40 @@ export function insertArchived (sessionId: string, document: Buffer, c: DerivedC
 export function rowName (row: { session_id: string, row_id: string, archived: boolean }): string {
   return `${row.archived ? 'archive/' : ''}${row.session_id}@${row.row_id}`
 }
+
+export interface UnsealedRow extends StoredRow {
+  version: string
+}
+
+/**
+ * Stored copies, active and archived, not sealed under `kid` (by the sealed_kid column every
+ * write keeps), a page at a time by row id: what `seal` has left to do, so a rerun after an
+ * interruption only reads the rest.
+ */
+export function unsealedPage (after: string, limit: number, kid: string): pg.QueryConfig {
+  return {
+    text: `SELECT row_id, session_id, version, archived_at IS NOT NULL AS archived, document::text AS document FROM sessions
+      WHERE row_id > $1 AND sealed_kid IS DISTINCT FROM $3 ORDER BY row_id LIMIT $2`,
+    values: [after, limit, kid]
+  }
+}
+
+/**
+ * The same session re-stored sealed under `kid`, if the row is still at `version`. The version
+ * is left as it is on purpose: the content does not change, only its form, so a server that read
+ * the row before goes on saving it without a conflict (its save, newer, replaces this one).
+ */
+export function resealRow (rowId: string, version: string, document: Buffer, kid: string): pg.QueryConfig {
+  return {
+    text: 'UPDATE sessions SET document = $3::json, sealed_kid = $4 WHERE row_id = $1 AND version = $2 RETURNING row_id',
+    values: [rowId, version, document, kid]
+  }
+}
+
+/** How many stored copies are sealed under `kid`, and how many are not (plaintext or another key). */
+export function sealState (kid: string): pg.QueryConfig {
+  return {
+    text: 'SELECT count(*) FILTER (WHERE sealed_kid = $1)::int AS under_key, count(*) FILTER (WHERE sealed_kid IS DISTINCT FROM $1)::int AS other FROM sessions',
+    values: [kid]
+  }
+}

@@ -2,9 +2,11 @@ import { dirname, join } from 'node:path'
 import { SessionTooLargeError } from '../../services/errors.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
 import { fsyncDir, serializeSessionFile, writeAndRename } from '../../services/store/session-files.js'
-import { CommandFailedError } from '../args.js'
+import { CommandFailedError, UsageError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
+import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase } from '../database.js'
 import { checkStoredFile, listStoredFiles, storageDir, withWriteLock } from '../folder.js'
+import { sealRows } from './seal-rows.js'
 
 /** Folder fsyncs are shared by this many replaced files: an unsynced rename leaves the old, still readable, file. */
 const FILES_PER_FSYNC = 256
@@ -12,7 +14,7 @@ const FILES_PER_FSYNC = 256
 export const sealCommand: Command = {
   name: 'seal',
   summary: 'seal (or re-seal) every session file under the active encryption key',
-  help: `Usage: taskvault seal [dir] [--json]
+  help: `Usage: taskvault seal [dir | --database-url URL [--schema NAME]] [--json]
 
 Seals every session file, active and archived, under the first key of TASK_ENCRYPTION_KEYS:
 plaintext files are sealed, files sealed under another key are re-sealed. Files already sealed
@@ -20,16 +22,40 @@ under that key are left as they are, so a run cut short (even by kill -9) is fin
 it again; each file is replaced whole (temp file, fsync, rename, folder fsync) and is readable
 at every moment. Needs the folder: refused while a server holds it.
 
-Rotation: put the new key first and keep the old one second, run seal, then drop the old key.
+With --database-url, seals every row of the PostgreSQL store instead, active and archived, each
+in its own commit; rows already under the active key are not even read, so a rerun after kill -9
+only does what is left. It can run while servers work on the database: a row a server changed
+meanwhile is left to that server (its own save seals it), and a server's next save of a row
+sealed here goes through as usual (the row's version is kept, the content being the same).
+
+Rotation: put the new key first and keep the old one second (on the servers too), run seal,
+then drop the old key.
 
 Exit status 1 when a file could not be read (unreadable, or sealed under a key not configured)
 or would pass TASK_MAX_SESSION_BYTES once sealed (it is left as it is).
 
+Options:
+${DATABASE_HELP}
+
 ${COMMON_HELP}`,
-  options: {},
+  options: DATABASE_OPTIONS,
   positionals: { min: 0, max: 1, names: 'dir' },
   async run (args, { settings, keyring, warn }) {
     if (keyring === null) throw new CommandFailedError('TASK_ENCRYPTION_KEYS is not set: there is no key to seal with')
+    const target = databaseTarget(args, settings)
+    if (target !== null) {
+      if (args.positionals.length > 0) throw new UsageError(`give a folder or --database-url, not both (got '${args.positionals[0] ?? ''}')`)
+      const problems: Array<{ file: string, reason: string }> = []
+      const counts = await withDatabase(target, settings, keyring, true, async (client) => sealRows(client, settings, keyring, problems))
+      for (const problem of problems) warn(`❌ ${problem.file}: ${problem.reason}`)
+      const where = `${target.where} (schema ${target.schema})`
+      const changed = counts.changed > 0 ? `, ${counts.changed} changed by a server meanwhile and left to it` : ''
+      const lines = [
+        `Sealed ${counts.sealed} rows of ${where} under key ${keyring.activeKid}${changed}${counts.unreadable > 0 ? `, ${counts.unreadable} could not be read` : ''}`,
+        `Now ${counts.underKey} stored copies are sealed under ${keyring.activeKid} and ${counts.other} are not`
+      ]
+      return { code: counts.unreadable > 0 ? 1 : 0, json: { database: where, kid: keyring.activeKid, ...counts, problems }, lines }
+    }
     const dir = storageDir(args.positionals[0], settings)
     const counts = { sealed: 0, already: 0, unreadable: 0 }
     const problems: Array<{ file: string, reason: string }> = []

@@ -16,7 +16,7 @@ import { assertSavable, reportedSave } from '../save-rules.js'
 import { breaksConnection, errnoLike, storageError } from './pg-errors.js'
 import { checkSchemaName, createPool, redactUrl, type PoolSettings } from './pool.js'
 import {
-  CONNECTION_SETTINGS, PING, ROW_TOTALS, SYNCHRONOUS_COMMIT_ON, activePage, deriveColumns, currentSession, deleteSession, insertSession, saveBatch,
+  CONNECTION_SETTINGS, PING, ROW_TOTALS, SYNCHRONOUS_COMMIT_ON, activePage, deriveColumns, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
   updateSession, type ActiveRow, type DerivedColumns, type RowVersion
 } from './sessions-sql.js'
 import { SaveBatcher, type PendingSave } from './save-batcher.js'
@@ -249,10 +249,16 @@ export class PostgresSessionStore implements SessionStore {
     const first = batch[0]
     if (batch.length === 1 && first !== undefined) {
       const known = this.rows.get(first.sessionId)
-      const config = known === undefined ? insertSession(first.sessionId, first.data, first.derived) : updateSession(known, first.data, first.derived)
+      const outcomes = [[first.sessionId, first.outcome]] as const
       try {
-        const row = (await this.run<{ row_id: string, version: string }>(first.operation, config, [[first.sessionId, first.outcome]])).rows[0]
-        first.resolve(row === undefined ? null : this.written(first, row))
+        if (known === undefined) {
+          const row = (await this.run<{ row_id: string, version: string }>(first.operation, insertSession(first.sessionId, first.data, first.derived), outcomes)).rows[0]
+          first.resolve(row === undefined ? null : this.written(first, row))
+        } else {
+          const { rowCount } = await this.run(first.operation, updateSession(known, first.data, first.derived), outcomes)
+          const next = nextVersion(known)
+          first.resolve(rowCount === 1 ? this.written(first, { row_id: next.row, version: next.version }) : null)
+        }
       } catch (err) {
         first.reject(err)
       }

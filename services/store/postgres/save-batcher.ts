@@ -42,8 +42,13 @@ export class SaveBatcher<T, S extends PendingSave<T>> {
   /** Queues a save; it is written as soon as a lane is free and its session is not being written. */
   submit (save: Omit<S, 'resolve' | 'reject'>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ ...save, resolve, reject } as unknown as S)
-      this.dispatch()
+      const pending = Object.assign(save, { resolve, reject }) as S
+      // The quiet case, a lane free and nobody waiting: straight out, alone.
+      if (this.busy < this.limits.lanes && this.queue.length === 0 && !this.writing.has(save.sessionId)) this.start([pending])
+      else {
+        this.queue.push(pending)
+        this.dispatch()
+      }
     })
   }
 
@@ -56,14 +61,18 @@ export class SaveBatcher<T, S extends PendingSave<T>> {
     while (this.busy < this.limits.lanes && this.queue.length > 0) {
       const batch = this.take()
       if (batch.length === 0) return
-      this.busy++
-      for (const save of batch) this.writing.add(save.sessionId)
-      this.send(batch).then(() => this.done(batch), (err: unknown) => {
-        // send answers every save itself; this only guards against a bug there.
-        for (const save of batch) save.reject(err)
-        this.done(batch)
-      })
+      this.start(batch)
     }
+  }
+
+  private start (batch: S[]): void {
+    this.busy++
+    for (const save of batch) this.writing.add(save.sessionId)
+    this.send(batch).then(() => this.done(batch), (err: unknown) => {
+      // send answers every save itself; this only guards against a bug there.
+      for (const save of batch) save.reject(err)
+      this.done(batch)
+    })
   }
 
   private done (batch: S[]): void {

@@ -51,6 +51,11 @@ export interface RowVersion {
   version: string
 }
 
+/** The version a successful updateSession leaves. */
+export function nextVersion (expected: RowVersion): RowVersion {
+  return { row: expected.row, version: String(BigInt(expected.version) + 1n) }
+}
+
 const derivedValues = (c: DerivedColumns): unknown[] => [
   c.sealedKid, c.createdAt, c.updatedAt, c.finishedAt,
   c.total, c.completed, c.failed, c.pending, c.inProgress, c.hasBackgroundRun
@@ -74,15 +79,18 @@ export function insertSession (sessionId: string, document: Buffer, c: DerivedCo
   }
 }
 
-/** Replaces the document of the active row at `expected`, bumping its version; no row back when it is not at `expected`. */
+/**
+ * Replaces the document of the active row at `expected`, bumping its version by one: it
+ * changes one row, or none when the row is not at `expected`. Nothing comes back (the new
+ * version is expected + 1), which spares every save a row description and a data row.
+ */
 export function updateSession (expected: RowVersion, document: Buffer, c: DerivedColumns): pg.QueryConfig {
   return {
     name: 'taskvault_update_session',
     text: `UPDATE sessions SET document = $3::json, sealed_kid = $4, created_at = $5::timestamptz, updated_at = $6::timestamptz,
         finished_at = $7::timestamptz, tasks_total = $8, tasks_completed = $9, tasks_failed = $10, tasks_pending = $11,
         tasks_in_progress = $12, has_background_run = $13, version = version + 1
-      WHERE row_id = $1 AND version = $2 AND archived_at IS NULL
-      RETURNING row_id, version`,
+      WHERE row_id = $1 AND version = $2 AND archived_at IS NULL`,
     values: [expected.row, expected.version, document, ...derivedValues(c)]
   }
 }

@@ -1,0 +1,66 @@
+import type pg from 'pg'
+import type { Config } from '../../schemas/config.js'
+import { CorruptSessionFileError, KeyUnavailableError, SessionTooLargeError } from '../../services/errors.js'
+import type { Keyring } from '../../services/store/keyring.js'
+import { readSessionDocument, serializeSessionFile } from '../../services/store/session-files.js'
+import { rowName, resealRow, sealState, unsealedPage, type UnsealedRow } from '../rows.js'
+
+/** Rows read per round trip. */
+const PAGE_ROWS = 200
+
+export interface SealCounts {
+  sealed: number
+  /** Rows a server changed between our read and our write: its save sealed (or will seal) them. */
+  changed: number
+  unreadable: number
+  /** After the run: copies sealed under the active key, and the others (plaintext or another key). */
+  underKey: number
+  other: number
+}
+
+/**
+ * Seals every stored copy in the database under the active key, each row in its own statement
+ * (autocommit): a run cut short has sealed some rows entirely and left the rest as they were,
+ * and a rerun picks up the rest (unsealedPage). Safe beside running servers (see resealRow).
+ */
+export async function sealRows (client: pg.Client, settings: Config, keyring: Keyring, problems: Array<{ file: string, reason: string }>): Promise<SealCounts> {
+  const counts: SealCounts = { sealed: 0, changed: 0, unreadable: 0, underKey: 0, other: 0 }
+  for (let after = '0'; ;) {
+    const { rows } = await client.query<UnsealedRow>(unsealedPage(after, PAGE_ROWS, keyring.activeKid))
+    for (const row of rows) {
+      const data = await resealed(row, settings, keyring, problems)
+      if (data === null) {
+        counts.unreadable++
+        continue
+      }
+      const { rowCount } = await client.query(resealRow(row.row_id, row.version, data, keyring.activeKid))
+      if (rowCount === 1) counts.sealed++
+      else counts.changed++
+    }
+    const last = rows.at(-1)
+    if (last === undefined || rows.length < PAGE_ROWS) break
+    after = last.row_id
+  }
+  const state = (await client.query<{ under_key: number, other: number }>(sealState(keyring.activeKid))).rows[0]
+  return { ...counts, underKey: state?.under_key ?? 0, other: state?.other ?? 0 }
+}
+
+/** The row's session sealed under the active key, or null (and a problem) when it cannot be. */
+async function resealed (row: UnsealedRow, settings: Config, keyring: Keyring, problems: Array<{ file: string, reason: string }>): Promise<Buffer | null> {
+  try {
+    const { file, kid } = readSessionDocument(rowName(row), row.document, row.session_id, keyring)
+    // The column disagreed with the document (written by hand, say): the document is right.
+    if (kid === keyring.activeKid) return Buffer.from(row.document, 'utf8')
+    return await serializeSessionFile(file, 2, settings.TASK_MAX_SESSION_BYTES, keyring)
+  } catch (err) {
+    if (err instanceof CorruptSessionFileError || err instanceof KeyUnavailableError) {
+      problems.push({ file: rowName(row), reason: err.message })
+      return null
+    }
+    if (err instanceof SessionTooLargeError) {
+      problems.push({ file: rowName(row), reason: `${err.message} once sealed (base64 takes a third more); left as it is` })
+      return null
+    }
+    throw err
+  }
+}
