@@ -77,6 +77,18 @@ t.test('a fresh database migrates and records it; a second run applies nothing',
   t.match(again.stdout, 'is up to date')
 })
 
+t.test('the tool reads DATABASE_URL and TASK_DB_SCHEMA from ./.env like the server, the environment winning', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const cwd = await tempDir(t)
+  await writeFile(join(cwd, '.env'), `DATABASE_URL=${url}\nTASK_DB_SCHEMA=from_dotenv\n`)
+  const run = await taskvault(['migrate', '--json'], { cwd })
+  t.equal(run.code, 0, run.stderr)
+  t.match(run.json(), { schema: 'from_dotenv', applied: ALL })
+  const overridden = await taskvault(['migrate', '--json'], { cwd, env: { TASK_DB_SCHEMA: 'from_env' } })
+  t.match(overridden.json(), { schema: 'from_env', applied: ALL }, 'the environment wins over .env')
+})
+
 t.test('the tables land in the chosen schema, not public, and the pool finds them there', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -2,9 +2,10 @@ import pg from 'pg'
 import { noop } from '../../services/noop.js'
 import { DatabaseUnavailableError } from '../../services/errors.js'
 import { migrate, readMigrations } from '../../services/store/postgres/migrate.js'
-import { checkSchemaName, connectionConfig, parseDatabaseUrl, redactUrl } from '../../services/store/postgres/pool.js'
+import { connectionConfig } from '../../services/store/postgres/pool.js'
 import { UsageError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
+import { databaseTarget } from '../database.js'
 
 /** A database that is starting (or a network that is settling) gets this many tries, this far apart at first. */
 const CONNECT_ATTEMPTS = 4
@@ -22,7 +23,7 @@ runs (and servers starting at the same time) apply each migration once. A databa
 by a newer taskvault is refused, naming both versions.
 
 Options:
-  --database-url URL  a postgres:// URL (default: DATABASE_URL); its password is never printed
+  --database-url URL  a postgres:// URL (default: DATABASE_URL, from the environment or ./.env); its password is never printed
   --schema NAME       the schema that holds taskvault's tables (default: TASK_DB_SCHEMA, else taskvault)
 
 Exit status 1 when the database cannot be reached (after a few tries over about two seconds),
@@ -34,15 +35,11 @@ ${COMMON_HELP}`,
     schema: { type: 'string' }
   },
   positionals: { min: 0, max: 0, names: '' },
-  async run (args) {
-    // Read from the environment: these settings are not part of the file store's configuration.
-    const flagUrl = args.values['database-url'] as string | undefined
-    const url = flagUrl ?? process.env.DATABASE_URL
-    if (url === undefined || url === '') throw new UsageError('missing --database-url (or DATABASE_URL)')
-    parseDatabaseUrl(url, flagUrl === undefined ? 'DATABASE_URL' : '--database-url')
-    const flagSchema = args.values.schema as string | undefined
-    const schema = checkSchemaName(flagSchema ?? process.env.TASK_DB_SCHEMA ?? 'taskvault', flagSchema === undefined ? 'TASK_DB_SCHEMA' : '--schema')
-    const database = redactUrl(url)
+  async run (args, { settings }) {
+    // DATABASE_URL and TASK_DB_SCHEMA as the server reads them: the environment, then ./.env.
+    const target = databaseTarget(args, settings, true)
+    if (target === null) throw new UsageError('missing --database-url (or DATABASE_URL)')
+    const { url, schema, where: database } = target
     const client = await connect(connectionConfig({ url, schema, max: 1, statementTimeoutMs: 0, connectTimeoutMs: CONNECT_TIMEOUT_MS }), database)
     try {
       const result = await migrate(client, { schema })
