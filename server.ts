@@ -1,19 +1,7 @@
 import closeWithGrace from 'close-with-grace'
-import type { FastifyServerOptions } from 'fastify'
 import { buildApp } from './app.js'
 import { loadConfig } from './plugins/config.js'
-import type { Config } from './schemas/config.js'
-import { serializeRequest } from './http/log-redaction.js'
-
-/** Production logs: JSON lines (or pino-pretty with LOG_PRETTY=true), API keys redacted, in headers and URLs. */
-function loggerOptions (config: Config): FastifyServerOptions['logger'] {
-  return {
-    level: config.LOG_LEVEL,
-    redact: ['req.headers.authorization'],
-    serializers: { req: serializeRequest },
-    ...(config.LOG_PRETTY && { transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } } })
-  }
-}
+import { loggerOptions } from './http/logger-options.js'
 
 /** Loads config, restores sessions, listens, and drains on SIGTERM/SIGINT. */
 async function main (): Promise<void> {

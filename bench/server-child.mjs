@@ -5,6 +5,7 @@
 //                       info, to stdout, with its redaction and request serializer) and turns on process metrics
 //   kind 'bare-create'  bare Fastify POST doing the raw durable save of the app's bytes
 //   kind 'bare-get'     bare Fastify GETs answering precomputed JSON
+//   (the bare kinds take `logger: 'production'` too: the same pino options, to stdout)
 import Fastify from 'fastify'
 import { rawDurableSave } from './lib/durable.mjs'
 
@@ -41,19 +42,19 @@ async function start ({ kind, dir, config = {}, logger = 'silent', template, tem
   if (kind === 'app') {
     const { buildApp } = await import('../dist/app.js')
     const production = logger === 'production'
-    const { serializeRequest } = production ? await import('../dist/http/log-redaction.js') : {}
     const level = config.LOG_LEVEL ?? (production ? 'info' : 'silent')
     const server = await buildApp({
       readEnvironment: false,
       config: { TASK_STORAGE_DIR: dir, TASK_ARCHIVE_DAYS: 0, ...config, LOG_LEVEL: level },
-      ...(production && { logger: { level, redact: ['req.headers.authorization'], serializers: { req: serializeRequest } }, processMetrics: true })
+      ...(production && { logger: await shippedLogger(level), processMetrics: true })
     })
     await server.ready()
     // Before the buffer's own listener, so the time is taken before any client is written to; the event gets the next seq.
     if (recordEventTimes) server.taskManager.events.prependListener('task-event', () => { eventTimes.push([server.taskEvents.latest + 1, performance.timeOrigin + performance.now()]) })
     return server
   }
-  const server = Fastify({ logger: false })
+  // A floor logs like the app it is compared with: the shipped logger options, or none.
+  const server = Fastify({ logger: logger === 'production' ? await shippedLogger(config.LOG_LEVEL ?? 'info') : false })
   if (kind === 'bare-create') {
     // The exact file the app wrote for a 3-task session, with the session id swapped in.
     const fileParts = template.split(templateId)
@@ -71,4 +72,10 @@ async function start ({ kind, dir, config = {}, logger = 'silent', template, tem
     throw new Error(`unknown server kind ${kind}`)
   }
   return server
+}
+
+/** The logger options server.ts gives `npm start` (http/logger-options.ts), at `level`, to stdout. */
+async function shippedLogger (level) {
+  const { loggerOptions } = await import('../dist/http/logger-options.js')
+  return loggerOptions({ LOG_LEVEL: level, LOG_PRETTY: false })
 }
