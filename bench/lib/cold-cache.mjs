@@ -18,7 +18,8 @@ export function probeDropCaches () {
     dropCaches()
     return null
   } catch (err) {
-    return `${err.code ?? 'error'}: ${err.message.split('\n')[0]}`
+    const message = err.message.split('\n')[0]
+    return err.code && !message.startsWith(err.code) ? `${err.code}: ${message}` : message
   }
 }
 
