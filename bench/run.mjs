@@ -2,7 +2,8 @@
 // Every figure is the median of several rounds, measured next to a floor or peer on the same
 // bytes in the same run; ratios make the goals of issue 6 machine-independent.
 // Optional: `--only=save,restore,...` runs a subset (sections: save, concurrent, updates,
-// restore, memory, create, get, autosave, execute, encryption, fanout, postgres); `--out=FILE` writes the JSON elsewhere
+// restore, cold, memory, create, get, autosave, execute, encryption, fanout, postgres; cold drops the page
+// cache before each timed run, so it needs root on Linux and is skipped with one line elsewhere); `--out=FILE` writes the JSON elsewhere
 // (default bench/results.json for a full run, bench/results.quick.json for --quick, and
 // bench/results.partial.json for --only, so a subset never overwrites the recorded full run).
 // Each section lives in bench/sections/ and gets the shared context from bench/lib/context.mjs.
@@ -15,6 +16,7 @@ import { createContext } from './lib/context.mjs'
 import { machine, table } from './lib/report.mjs'
 import { now, round } from './lib/stats.mjs'
 import { benchAutosave } from './sections/autosave.mjs'
+import { benchCold } from './sections/cold.mjs'
 import { benchConcurrent } from './sections/concurrent.mjs'
 import { benchCreate } from './sections/create.mjs'
 import { benchEncryption } from './sections/encryption.mjs'
@@ -36,7 +38,7 @@ const HERE = fileURLToPath(new URL('.', import.meta.url))
 // fsync-bound sections first; the HTTP ones create and delete thousands of files.
 const SECTIONS = [
   ['save', benchSave], ['concurrent', benchConcurrent], ['updates', benchUpdates], ['autosave', benchAutosave],
-  ['execute', benchExecute], ['restore', benchRestore], ['memory', benchMemory], ['create', benchCreate], ['get', benchGet], ['encryption', benchEncryption], ['fanout', benchFanout],
+  ['execute', benchExecute], ['restore', benchRestore], ['cold', benchCold], ['memory', benchMemory], ['create', benchCreate], ['get', benchGet], ['encryption', benchEncryption], ['fanout', benchFanout],
   // Last: skipped with one line when no PostgreSQL answers (TASK_BENCH_DATABASE_URL, default 127.0.0.1:5432).
   ['postgres', benchPostgres]
 ]

@@ -1,0 +1,172 @@
+// 4b. Cold-cache restore (issue 17): the restore section's figure with the page cache dropped
+// before every timed run, as after a reboot or on a freshly attached volume. Same code path as
+// the restore section (FileSessionStore + TaskManager.restore, timed around restore()) and the
+// same floor (readdirSync + readFileSync + JSON.parse), the floor read equally cold.
+// Then TASK_RESTORE_CONCURRENCY 1..16, each cold and warm, and the concurrency this machine
+// would pick (reported only: the default in schemas/config.ts is not changed here).
+// Needs root on Linux (`sync`, then 3 > /proc/sys/vm/drop_caches); elsewhere it is skipped with one line.
+import { readFileSync, readdirSync } from 'node:fs'
+import { cpus } from 'node:os'
+import { join } from 'node:path'
+import { FileSessionStore } from '../../dist/services/store/file-store.js'
+import { TaskManager } from '../../dist/services/task-manager.js'
+import { SETTING_DEFAULTS } from '../../dist/schemas/options.js'
+import { cachedMB, describeDevice, dropCaches, probeDropCaches, residentPages } from '../lib/cold-cache.mjs'
+import { sessionId, writeSessions } from '../lib/fixtures.mjs'
+import { collect, median, now, round } from '../lib/stats.mjs'
+
+const CONCURRENCIES = [1, 2, 4, 8, 16]
+const FLOOR_LABEL = 'readdirSync+readFileSync+JSON.parse'
+/** A concurrency may be this much slower warm than the best warm one and still be recommended. */
+const WARM_SLACK = 1.1
+
+/** restore() timed as in the restore section; `beforeTimed` runs after store.init(), right before the clock starts. */
+async function restoreOurs (dir, concurrency, beforeTimed) {
+  const store = new FileSessionStore({ dir })
+  await store.init()
+  const manager = new TaskManager({ store, autoSave: true, ...(concurrency === null ? {} : { restoreConcurrency: concurrency }) })
+  let ms, report, ready
+  try {
+    beforeTimed()
+    const t = now()
+    report = await manager.restore()
+    ms = now() - t
+    ready = manager.ready
+  } finally {
+    await manager.close()
+    await store.close()
+  }
+  return { ms, sessions: report.sessions, ready, concurrency: manager.settings.restoreConcurrency }
+}
+
+function restoreFloor (dir, beforeTimed) {
+  beforeTimed()
+  const t = now()
+  const map = new Map()
+  for (const name of readdirSync(dir)) {
+    if (!name.endsWith('.json')) continue
+    map.set(name.slice(0, -5), JSON.parse(readFileSync(join(dir, name), 'utf8')))
+  }
+  return { ms: now() - t, sessions: map.size }
+}
+
+/** Runs `variants` (name -> async fn) in this round's order: as listed on even rounds, reversed on odd ones. */
+async function inOrder (roundIndex, variants) {
+  const names = Object.keys(variants)
+  for (const name of roundIndex % 2 === 0 ? names : names.reverse()) {
+    collect()
+    await variants[name]()
+  }
+}
+
+export async function benchCold (ctx) {
+  const { quick, row, sections, log, trackedDir, dropDir } = ctx
+  const sessions = quick ? 2_000 : 10_000
+  const tasks = 10
+  const rounds = quick ? 2 : 5
+  const defaultConcurrency = SETTING_DEFAULTS.TASK_RESTORE_CONCURRENCY
+  const res = { sessions, tasks_per_session: tasks, rounds, default_concurrency: defaultConcurrency, cpus: cpus().length, skipped: false }
+  sections.cold = res
+
+  const refused = probeDropCaches()
+  if (refused !== null) {
+    res.skipped = true
+    res.reason = `cannot drop the page cache (${refused})`
+    log(`  cold: skipped, cannot drop the page cache (${refused}); run as root on Linux`)
+    return
+  }
+
+  const dir = trackedDir('cold')
+  try {
+    res.device = describeDevice(dir)
+    log(`  ${rounds} rounds; ${res.device.source} ${res.device.fstype}, ${res.device.kind}`)
+    let t = now()
+    const info = writeSessions(dir, sessions, tasks) // ends with `sync`
+    res.bytes = info.bytes
+    log(`  fixture ${sessions}x${tasks}: ${(info.bytes / 1e6).toFixed(1)} MB in ${((now() - t) / 1000).toFixed(1)} s`)
+
+    // Check once that a drop really empties the cache for these files (fincore on a sample).
+    const sample = Array.from({ length: 50 }, (_, k) => join(dir, `${sessionId(Math.floor(k * sessions / 50))}.json`))
+    restoreFloor(dir, () => {})
+    const residentWarm = residentPages(sample)
+    const cachedBefore = cachedMB()
+    t = now()
+    dropCaches()
+    res.drop = { drop_ms: round(now() - t, 1), page_cache_mb_before: cachedBefore, page_cache_mb_after: cachedMB(), sample_files: sample.length, sample_resident_pages_warm: residentWarm, sample_resident_pages_after_drop: residentPages(sample) }
+    log(`  drop_caches: page cache ${cachedBefore} -> ${res.drop.page_cache_mb_after} MB in ${res.drop.drop_ms} ms; ${sample.length} sample files resident pages ${residentWarm} -> ${res.drop.sample_resident_pages_after_drop}`)
+
+    const check = (x, what) => {
+      if (x.sessions !== sessions) throw new Error(`${what} got ${x.sessions}/${sessions}`)
+      if (x.ready === false) throw new Error(`${what}: manager not ready after restore`)
+    }
+    const cold = { default: [], floor: [] }
+    const warm = { floor: [] }
+    for (const c of CONCURRENCIES) { cold[c] = []; warm[c] = [] }
+    let dropMs = 0
+    const drop = () => {
+      const d = now()
+      try { dropCaches() } catch (err) { throw Object.assign(new Error(`cannot drop the page cache (${err.code ?? 'error'}: ${err.message.split('\n')[0]})`), { dropRefused: true }) }
+      dropMs += now() - d
+    }
+    const noop = () => {}
+
+    for (let r = 0; r < rounds; r++) {
+      t = now()
+      const coldVariants = {
+        default: async () => { const x = await restoreOurs(dir, null, drop); check(x, 'cold default'); res.default_resolved = x.concurrency; cold.default.push(x.ms) },
+        floor: async () => { const x = restoreFloor(dir, drop); check(x, 'cold floor'); cold.floor.push(x.ms) }
+      }
+      for (const c of CONCURRENCIES) coldVariants[`c${c}`] = async () => { const x = await restoreOurs(dir, c, drop); check(x, `cold c=${c}`); cold[c].push(x.ms) }
+      await inOrder(r, coldVariants)
+      // Warm: one untimed run right before the timed one, so the files and the code are cached.
+      const warmVariants = { floor: async () => { restoreFloor(dir, noop); const x = restoreFloor(dir, noop); check(x, 'warm floor'); warm.floor.push(x.ms) } }
+      for (const c of CONCURRENCIES) warmVariants[`c${c}`] = async () => { await restoreOurs(dir, c, noop); const x = await restoreOurs(dir, c, noop); check(x, `warm c=${c}`); warm[c].push(x.ms) }
+      await inOrder(r, warmVariants)
+      log(`  round ${r + 1}/${rounds}: ${((now() - t) / 1000).toFixed(1)} s (cold default ${cold.default.at(-1).toFixed(0)} ms, cold floor ${cold.floor.at(-1).toFixed(0)} ms)`)
+    }
+    res.drop.total_drop_s = round(dropMs / 1000, 2)
+
+    const n = sessions.toLocaleString('en-US')
+    const coldFloor = median(cold.floor)
+    const warmFloor = median(warm.floor)
+    const ours = median(cold.default)
+    res.cold_default = { ms: round(ours, 1), floor_ms: round(coldFloor, 1), ratio: round(ours / coldFloor, 3), ours_rounds: cold.default.map((x) => round(x, 1)), floor_rounds: cold.floor.map((x) => round(x, 1)) }
+    row(`cold restore ${n} sessions x ${tasks} tasks (default concurrency ${defaultConcurrency})`, { ours, floor: coldFloor, floorLabel: `${FLOOR_LABEL}, cold`, unit: 'ms', ratio: ours / coldFloor, ratioOf: 'ours/floor', goal: '<= 0.6', met: ours / coldFloor <= 0.6 })
+
+    res.warm_floor = { ms: round(warmFloor, 1), rounds: warm.floor.map((x) => round(x, 1)) }
+    res.concurrency = []
+    for (const c of CONCURRENCIES) {
+      const mc = median(cold[c])
+      const mw = median(warm[c])
+      res.concurrency.push({ concurrency: c, cold_ms: round(mc, 1), warm_ms: round(mw, 1), cold_ratio: round(mc / coldFloor, 3), warm_ratio: round(mw / warmFloor, 3), cold_rounds: cold[c].map((x) => round(x, 1)), warm_rounds: warm[c].map((x) => round(x, 1)) })
+      row(`cold restore ${n} x ${tasks}, TASK_RESTORE_CONCURRENCY=${c}`, { ours: mc, floor: coldFloor, floorLabel: `${FLOOR_LABEL}, cold`, unit: 'ms', ratio: mc / coldFloor, ratioOf: 'ours/floor' })
+    }
+    for (const x of res.concurrency) {
+      row(`warm restore ${n} x ${tasks}, TASK_RESTORE_CONCURRENCY=${x.concurrency}`, { ours: x.warm_ms, floor: warmFloor, floorLabel: `${FLOOR_LABEL}, warm`, unit: 'ms', ratio: x.warm_ratio, ratioOf: 'ours/floor' })
+    }
+
+    // Fastest cold among those within 10% of the best warm time.
+    const bestWarm = Math.min(...res.concurrency.map((x) => x.warm_ms))
+    const eligible = res.concurrency.filter((x) => x.warm_ms <= bestWarm * WARM_SLACK)
+    const pick = eligible.reduce((a, b) => (b.cold_ms < a.cold_ms ? b : a))
+    res.recommendation = {
+      concurrency: pick.concurrency,
+      rule: `fastest cold among concurrencies at most ${Math.round((WARM_SLACK - 1) * 100)}% slower warm than the best warm (${round(bestWarm, 1)} ms)`,
+      eligible: eligible.map((x) => x.concurrency),
+      cold_ms: pick.cold_ms,
+      warm_ms: pick.warm_ms,
+      default: defaultConcurrency,
+      default_cold_ms: res.concurrency.find((x) => x.concurrency === defaultConcurrency)?.cold_ms ?? null,
+      note: 'reported only; the default is unchanged'
+    }
+    log(`  recommended TASK_RESTORE_CONCURRENCY on this machine: ${pick.concurrency} (cold ${pick.cold_ms} ms, warm ${pick.warm_ms} ms; eligible ${res.recommendation.eligible.join(', ')}; default ${defaultConcurrency})`)
+  } catch (err) {
+    // A drop refused mid-run (the probe passed) skips the section like a refused probe; anything else is a real failure.
+    if (!err.dropRefused) throw err
+    res.skipped = true
+    res.reason = err.message
+    log(`  cold: skipped, ${err.message}`)
+  } finally {
+    dropDir(dir)
+  }
+}
