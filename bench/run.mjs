@@ -2,7 +2,7 @@
 // Every figure is the median of several rounds, measured next to a floor or peer on the same
 // bytes in the same run; ratios make the goals of issue 6 machine-independent.
 // Optional: `--only=save,restore,...` runs a subset (sections: save, concurrent, updates,
-// restore, cold, memory, create, get, autosave, execute, encryption, fanout, postgres; cold drops the page
+// restore, cold, memory, create, get, autosave, execute, encryption, fanout, peers, postgres; cold drops the page
 // cache before each timed run, so it needs root on Linux and is skipped with one line elsewhere); `--out=FILE` writes the JSON elsewhere
 // (default bench/results.json for a full run, bench/results.quick.json for --quick, and
 // bench/results.partial.json for --only, so a subset never overwrites the recorded full run).
@@ -24,6 +24,7 @@ import { benchExecute } from './sections/execute.mjs'
 import { benchFanout } from './sections/fanout.mjs'
 import { benchGet } from './sections/get.mjs'
 import { benchMemory } from './sections/memory.mjs'
+import { benchPeers } from './sections/peers.mjs'
 import { benchPostgres } from './sections/postgres.mjs'
 import { benchRestore } from './sections/restore.mjs'
 import { benchSave } from './sections/save.mjs'
@@ -39,6 +40,8 @@ const HERE = fileURLToPath(new URL('.', import.meta.url))
 const SECTIONS = [
   ['save', benchSave], ['concurrent', benchConcurrent], ['updates', benchUpdates], ['autosave', benchAutosave],
   ['execute', benchExecute], ['restore', benchRestore], ['cold', benchCold], ['memory', benchMemory], ['create', benchCreate], ['get', benchGet], ['encryption', benchEncryption], ['fanout', benchFanout],
+  // taskvault against pg-boss and BullMQ on the same work; a peer that cannot be reached is reported as such.
+  ['peers', benchPeers],
   // Last: skipped with one line when no PostgreSQL answers (TASK_BENCH_DATABASE_URL, default 127.0.0.1:5432).
   ['postgres', benchPostgres]
 ]

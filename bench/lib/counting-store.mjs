@@ -12,12 +12,16 @@ export function withSave (inner, save) {
   })
 }
 
-/** The store with its saves counted and timed: { store, counter: { saves, saveMs } }. */
+/** The store with its saves counted and timed, and the bytes they stored: { store, counter: { saves, saveMs, bytes } }. */
 export function countingStore (inner) {
-  const counter = { saves: 0, saveMs: 0 }
+  const counter = { saves: 0, saveMs: 0, bytes: 0 }
   const store = withSave(inner, async (file) => {
     const t = now()
-    try { return await inner.save(file) } finally { counter.saves++; counter.saveMs += now() - t }
+    try {
+      const bytes = await inner.save(file)
+      if (typeof bytes === 'number') counter.bytes += bytes
+      return bytes
+    } finally { counter.saves++; counter.saveMs += now() - t }
   })
   return { store, counter }
 }

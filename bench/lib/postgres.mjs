@@ -1,8 +1,9 @@
 // PostgreSQL for the bench: a throwaway database per run (created with a random name, dropped at
 // the end), bulk fills of the sessions table with the very rows the store writes, and the
-// commit counter of one database (pg_stat_database.xact_commit).
+// commit counter of one database (pg_stat_database.xact_commit), and the store opened as the server opens it.
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
+import { PostgresSessionStore } from '../../dist/services/store/postgres/postgres-store.js'
 import { makeSession, serialize, sessionId } from './fixtures.mjs'
 
 export const ADMIN_URL = process.env.TASK_BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
@@ -11,6 +12,16 @@ async function admin () {
   const client = new pg.Client({ connectionString: ADMIN_URL, connectionTimeoutMillis: 3000 })
   await client.connect()
   return client
+}
+
+/** The store's settings as the server's defaults give them (TASK_DB_POOL_MAX 10, TASK_DB_STATEMENT_TIMEOUT_MS 15 s). */
+const storeSettings = (url, schema) => ({ url, schema, max: 10, statementTimeoutMs: 15_000 })
+
+/** A PostgresSessionStore on `schema` (migrated by init), as the server would open it. */
+export async function openStore (url, schema) {
+  const store = new PostgresSessionStore({ settings: storeSettings(url, schema) })
+  await store.init()
+  return store
 }
 
 /** Why no PostgreSQL answers at ADMIN_URL, or null when one does. */

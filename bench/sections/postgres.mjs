@@ -14,38 +14,14 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import pg from 'pg'
-import PgBoss from 'pg-boss'
 import { FileSessionStore } from '../../dist/services/store/file-store.js'
-import { PostgresSessionStore } from '../../dist/services/store/postgres/postgres-store.js'
 import { TaskManager } from '../../dist/services/task-manager.js'
 import { withSave } from '../lib/counting-store.mjs'
-import { THREE_TASK_TEXT, makeSession, serialize, sessionOfBytes } from '../lib/fixtures.mjs'
+import { THREE_TASK_TEXT, serialize, sessionOfBytes } from '../lib/fixtures.mjs'
 import { load, startServer } from '../lib/http.mjs'
-import { ADMIN_URL, commitsOf, fillSessions, throwawayDatabase, unreachable } from '../lib/postgres.mjs'
+import { runPgBoss, runTaskvault } from '../lib/peers.mjs'
+import { ADMIN_URL, commitsOf, fillSessions, openStore, throwawayDatabase, unreachable } from '../lib/postgres.mjs'
 import { collect, interleaved, median, now, percentile } from '../lib/stats.mjs'
-
-/** The store's settings as the server's defaults give them (TASK_DB_POOL_MAX 10, TASK_DB_STATEMENT_TIMEOUT_MS 15 s). */
-const storeSettings = (url, schema) => ({ url, schema, max: 10, statementTimeoutMs: 15_000 })
-
-async function openStore (url, schema) {
-  const store = new PostgresSessionStore({ settings: storeSettings(url, schema) })
-  await store.init()
-  return store
-}
-
-/** At most `limit` of `fns` running at once; resolves with their results in order. */
-async function limited (limit, fns) {
-  const results = new Array(fns.length)
-  let next = 0
-  const lane = async () => {
-    while (next < fns.length) {
-      const i = next++
-      results[i] = await fns[i]()
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(limit, fns.length) }, lane))
-  return results
-}
 
 const RAW_UPDATE = 'UPDATE tv_save.sessions SET document = $2::json WHERE session_id = $1 AND archived_at IS NULL'
 const RAW_UPSERT = 'INSERT INTO raw_upsert (session_id, document) VALUES ($1, $2::json) ON CONFLICT (session_id) DO UPDATE SET document = EXCLUDED.document'
@@ -276,72 +252,14 @@ async function taskvaultSide (db, schema, S, T) {
   const pool = inner.pool
   const onAcquire = () => { counter.acquired++ }
   pool.on('acquire', onAcquire)
-  const manager = new TaskManager({ store, autoSave: true })
-  await manager.restore()
-  const specs = makeSession('x', T, { status: 'pending' }).session.tasks.map((t) => ({ instruction: t.instruction, task_type: t.task_type }))
-  const before = { ...counter }
-  const t = now()
-  await Promise.all(Array.from({ length: S }, (_, s) => manager.create(`pb_${s}`, specs)))
-  const done = await limited(16, Array.from({ length: S }, (_, s) => () => manager.executeAll(`pb_${s}`)))
-  const ms = now() - t
-  const executed = done.reduce((a, x) => a + x.results.filter((r) => r.status === 'Completed').length, 0)
-  if (executed !== S * T) throw new Error(`taskvault executed ${executed}/${S * T}`)
-  pool.off('acquire', onAcquire)
-  await manager.close()
-  await inner.close()
-  return { ms, tasks: S * T, saves: counter.saves - before.saves, statements: counter.acquired - before.acquired, document_bytes: counter.bytes - before.bytes }
-}
-
-/** pg-boss: S inserts of T jobs into one queue, then 16 workers (batchSize 1) completing them with a no-op handler. */
-async function pgBossSide (db, queue, S, T) {
-  const boss = new PgBoss(db.url)
-  boss.on('error', () => {})
-  await boss.start()
-  await boss.createQueue(queue)
-  // Every statement pg-boss sends goes through its db's executeSql: counted by kind.
-  const bossDb = boss.getDb()
-  const original = bossDb.executeSql.bind(bossDb)
-  const statements = new Map()
-  let counting = false
-  bossDb.executeSql = (text, values) => {
-    if (counting) {
-      let key = (/^\s*(\w+)/.exec(text)?.[1] ?? '?').toUpperCase()
-      if (/INSERT INTO/i.test(text)) key = 'insert'
-      else if (/UPDATE[\s\S]*state = 'completed'/i.test(text)) key = 'complete'
-      else if (/state = 'active',\s*started_on/i.test(text)) key = 'fetch'
-      statements.set(key, (statements.get(key) ?? 0) + 1)
-    }
-    return original(text, values)
+  let before = null
+  try {
+    const { ms, tasks } = await runTaskvault(store, S, T, { onStart: () => { before = { ...counter } }, onEnd: () => pool.off('acquire', onAcquire) })
+    return { ms, tasks, saves: counter.saves - before.saves, statements: counter.acquired - before.acquired, document_bytes: counter.bytes - before.bytes }
+  } finally {
+    pool.off('acquire', onAcquire)
+    await inner.close()
   }
-  const N = S * T
-  let handled = 0
-  let finish
-  const allHandled = new Promise((resolve) => { finish = resolve })
-  const ids = []
-  counting = true
-  const t = now()
-  for (let s = 0; s < S; s++) await boss.insert(Array.from({ length: T }, (_, k) => ({ name: queue, data: { session: s, task: k } })))
-  for (let w = 0; w < 16; w++) {
-    ids[w] = await boss.work(queue, { batchSize: 1, pollingIntervalSeconds: 0.5 }, async () => {
-      // The no-op handler; the worker fetches again at once instead of after its polling interval.
-      if (++handled === N) finish()
-      boss.notifyWorker(ids[w])
-    })
-  }
-  await allHandled
-  // pg-boss completes a job after the handler resolves, without awaiting it: wait for the rows.
-  const check = new pg.Client({ connectionString: db.url })
-  await check.connect()
-  for (;;) {
-    const { rows } = await check.query("SELECT count(*)::int AS n FROM pgboss.job WHERE name = $1 AND state = 'completed'", [queue])
-    if (rows[0].n >= N) break
-    await new Promise((resolve) => setTimeout(resolve, 5))
-  }
-  const ms = now() - t
-  counting = false
-  await check.end()
-  await boss.stop({ graceful: true, wait: true, close: true })
-  return { ms, tasks: N, statements: Object.fromEntries(statements), statements_total: [...statements.values()].reduce((a, b) => a + b, 0) }
 }
 
 async function peerFigures ({ P, quick, row, log, alternate }, db, res) {
@@ -361,7 +279,7 @@ async function peerFigures ({ P, quick, row, log, alternate }, db, res) {
       },
       async () => {
         const c0 = await commitsOf(db.name)
-        const x = await pgBossSide(db, `bench_r${r}`, S, T)
+        const x = await runPgBoss(db.url, `bench_r${r}`, S, T)
         await new Promise((resolve) => setTimeout(resolve, 300))
         x.commits_whole_side = (await commitsOf(db.name)) - c0
         runs.pgboss.push(x)
