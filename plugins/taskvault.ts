@@ -126,11 +126,13 @@ const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 function bindSessionLogger (request: FastifyRequest, reply: FastifyReply, done: () => void): void {
   const sessionId = sessionIdOf(request.params) ?? sessionIdOf(request.query) ?? sessionIdOf(request.body)
   if (sessionId !== undefined) {
-    // request.log is this request's own child logger (Fastify makes one per request; reply.log
-    // is the same and writes the "request completed" line): binding onto it costs far less than
-    // a child of the child. A logger without setBindings (not pino) gets a child.
+    // With Fastify's own factory, request.log is a child made for this request alone (reply.log
+    // is the same one, and writes the "request completed" line): binding onto it costs far less
+    // than a child of the child. A host's factory may hand out a shared logger, and a logger
+    // that is not pino may lack setBindings: those get a child.
     const log = request.log as FastifyBaseLogger & { setBindings?: (bindings: Record<string, unknown>) => void }
-    if (typeof log.setBindings === 'function' && log !== request.server.log) log.setBindings({ session_id: sessionId })
+    const own = request.server.childLoggerFactory.name === 'defaultChildLoggerFactory' && log !== request.server.log
+    if (own && typeof log.setBindings === 'function') log.setBindings({ session_id: sessionId })
     else request.log = reply.log = request.log.child({ session_id: sessionId })
   }
   done()

@@ -2,8 +2,10 @@
  * Logs: every line of a request that names a session carries its session_id, task failures
  * carry task_id too; LOG_PRETTY=true makes the real server print pino-pretty lines.
  */
+import Fastify from 'fastify'
 import t from 'tap'
-import { build, memoryLog, post } from './helper.js'
+import taskvault from '../index.js'
+import { build, memoryLog, post, tempDir } from './helper.js'
 import { logLines, logMessages, scratch } from './server-process.js'
 
 t.test('request logs carry the session_id the request names; task failures carry task_id', async (t) => {
@@ -24,6 +26,21 @@ t.test('request logs carry the session_id the request names; task failures carry
   t.match(failed?.task_id, /^task_1_/)
   const notFound = log.lines().find((line) => line.code === 'SESSION_NOT_FOUND')
   t.equal(notFound?.session_id, 'gone', 'error logs of the request carry it too')
+})
+
+t.test('embedded in a host whose child logger factory hands out one shared logger, a session_id never reaches other requests\' lines', async (t) => {
+  const log = memoryLog()
+  const host = Fastify({ logger: log.logger as { level: string }, childLoggerFactory: (logger) => logger })
+  t.teardown(() => host.close())
+  await host.register(taskvault, { prefix: '/agents', storageDir: await tempDir(t) })
+  host.get('/hello', async () => 'hi')
+  await host.ready()
+  await host.inject({ method: 'POST', url: '/agents/create', payload: { session_id: 'mine', instructions: 'a' } })
+  await host.inject({ method: 'GET', url: '/agents/progress?session_id=mine' })
+  await host.inject({ method: 'GET', url: '/hello' })
+  await host.inject({ method: 'GET', url: '/agents/stats' })
+  const completed = log.lines().filter((line) => line.msg === 'request completed')
+  t.same(completed.map((line) => line.session_id), ['mine', 'mine', undefined, undefined], 'bound for the session\'s requests only')
 })
 
 t.test('LOG_PRETTY=true: the server logs through pino-pretty', async (t) => {

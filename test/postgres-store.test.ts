@@ -255,6 +255,36 @@ t.test('an unknown outcome that did land is recognised by the next write, not ta
   t.equal(await documentOf(db, 'landed'), await text(v2), 'and later writes go on')
 })
 
+t.test('an unknown outcome that did land and was re-sealed since (taskvault seal) is recognised by its content', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  const proxy = await startProxy(Number(new URL(url).port || 5432), new URL(url).hostname)
+  t.teardown(() => proxy.close())
+  const through = new URL(url)
+  through.port = String(proxy.port)
+  const store = await openStore(t, through.toString(), { statementTimeoutMs: 1_500, keyring })
+  const v1 = contractSession('resealed', ['Pending'])
+  await store.save(v1)
+  await db.query('CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
+  await db.query('CREATE TRIGGER slow BEFORE UPDATE ON sessions FOR EACH ROW EXECUTE FUNCTION slow_write()')
+  const v2 = contractSession('resealed', ['Completed'], '2024-10-01T00:00:00.000Z')
+  const saving = store.save(v2).catch((error: unknown) => error)
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  proxy.stall()
+  t.match(await saving, { code: 'STORAGE_UNAVAILABLE', uncertain: true }, 'the save fails, its outcome unknown')
+  await db.query('DROP TRIGGER slow ON sessions')
+  // What `taskvault seal` does to the row meanwhile: the same session sealed anew (a fresh IV), the version kept.
+  const { rows } = await db.query<{ version: string }>('SELECT version FROM sessions WHERE session_id = $1 AND archived_at IS NULL', ['resealed'])
+  const resealed = await serializeSessionFile(v2, 2, Number.POSITIVE_INFINITY, keyring)
+  await db.query('UPDATE sessions SET document = $2::json WHERE session_id = $1 AND archived_at IS NULL', ['resealed', resealed])
+  t.equal((await db.query<{ version: string }>('SELECT version FROM sessions WHERE session_id = $1 AND archived_at IS NULL', ['resealed'])).rows[0]?.version, rows[0]?.version)
+  proxy.pass()
+  await store.save(v1)
+  const back = await store.loadAll({ concurrency: 1 })
+  t.same(back.sessions.map((session) => session.file), [v1], 'the write-back lands: the re-sealed row is known for ours, no conflict')
+})
+
 t.test('a row that does not read is reported, left in place, and not overwritten', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

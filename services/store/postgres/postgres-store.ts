@@ -270,10 +270,16 @@ export class PostgresSessionStore implements SessionStore {
       rows = (await this.query<{ session_id: string, row_id: string, version: string }>(config)).rows
     } catch (err) {
       const failure = err instanceof QueryFailure ? err : new QueryFailure(err, true)
+      const probe = storageError('', failure.cause, failure.sent)
+      if (!(probe instanceof StorageError && probe.uncertain)) {
+        // Rolled back for certain (a statement timeout, a constraint): maybe one session's
+        // doing. Each is tried again alone, so only the culprit fails.
+        await Promise.all(batch.map(async (save) => this.sendSaves([save])))
+        return
+      }
       for (const save of batch) {
-        const error = storageError(save.operation, failure.cause, failure.sent)
-        if (error instanceof StorageError && error.uncertain) this.unsure.set(save.sessionId, save.outcome)
-        save.reject(error)
+        this.unsure.set(save.sessionId, save.outcome)
+        save.reject(storageError(save.operation, failure.cause, failure.sent))
       }
       return
     }
@@ -508,6 +514,7 @@ export class PostgresSessionStore implements SessionStore {
     // dropped) would end the process.
     const onError = (err: Error): void => { broken ??= err }
     client.on('error', onError)
+    let sent = false
     try {
       if (this.ownsPool && !this.prepared.has(client)) {
         // Before anything else on a new connection of our own: our sessions commit durably even
@@ -516,10 +523,12 @@ export class PostgresSessionStore implements SessionStore {
         await client.query(SYNCHRONOUS_COMMIT_ON)
         this.prepared.add(client)
       }
+      sent = true
       return await client.query<R>(config)
     } catch (err) {
       if (breaksConnection(err)) broken ??= err instanceof Error ? err : new Error(String(err))
-      throw new QueryFailure(err, true)
+      // A failure of the setting, before the statement went out, leaves nothing uncertain.
+      throw new QueryFailure(err, sent)
     } finally {
       client.removeListener('error', onError)
       client.release(broken)
@@ -558,9 +567,23 @@ export class PostgresSessionStore implements SessionStore {
       this.forget(sessionId)
       return true
     }
-    if (row === undefined || row.document !== outcome.data.toString('utf8')) return false
+    if (row === undefined || !this.sameSession(sessionId, row.document, outcome.data.toString('utf8'))) return false
     this.known(sessionId, { row: row.row_id, version: row.version, kid: outcome.kid })
     return true
+  }
+
+  /**
+   * Whether two stored forms hold the same session: the same bytes, or, once opened, the same
+   * content (`taskvault seal` may have re-sealed the row since, keeping its version).
+   */
+  private sameSession (sessionId: string, stored: string, written: string): boolean {
+    if (stored === written) return true
+    try {
+      const name = `${sessionId} (check)`
+      return JSON.stringify(readSessionDocument(name, stored, sessionId, this.keyring).file) === JSON.stringify(readSessionDocument(name, written, sessionId, this.keyring).file)
+    } catch {
+      return false
+    }
   }
 
   private conflict (sessionId: string, operation: string): VersionConflictError {
