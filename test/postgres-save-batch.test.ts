@@ -8,28 +8,15 @@ import pg from 'pg'
 import t, { type Test } from 'tap'
 import type { SessionFile } from '../schemas/session.js'
 import { StorageError } from '../services/errors.js'
-import { createPool } from '../services/store/postgres/pool.js'
-import { PostgresSessionStore, type PostgresSessionStoreOptions } from '../services/store/postgres/postgres-store.js'
+import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
 import { serializeSessionFile } from '../services/store/session-files.js'
-import { testDatabase } from './postgres.js'
+import { inspector as inspectorOf, openTestStore, testDatabase, throughProxy, type TestStoreOptions } from './postgres.js'
 import { contractSession } from './store-contract.js'
-import { startProxy } from './tcp-proxy.js'
 
 const SCHEMA = 'tv_batch'
 
-async function openStore (t: Test, url: string, options: Partial<PostgresSessionStoreOptions> & { max?: number, statementTimeoutMs?: number } = {}): Promise<PostgresSessionStore> {
-  const { max = 2, statementTimeoutMs = 5_000, ...rest } = options
-  const store = new PostgresSessionStore({ settings: { url, schema: SCHEMA, max, statementTimeoutMs, connectTimeoutMs: 5_000 }, ...rest })
-  t.teardown(() => store.close())
-  await store.init()
-  return store
-}
-
-function inspector (t: Test, url: string): pg.Pool {
-  const pool = createPool({ url, schema: SCHEMA, max: 2, statementTimeoutMs: 10_000 })
-  t.teardown(() => pool.end())
-  return pool
-}
+const openStore = async (t: Test, url: string, options: TestStoreOptions = {}): Promise<PostgresSessionStore> => openTestStore(t, url, SCHEMA, { max: 2, ...options })
+const inspector = (t: Test, url: string): pg.Pool => inspectorOf(t, url, SCHEMA)
 
 const text = async (file: SessionFile): Promise<string> => (await serializeSessionFile(file, 2, Number.POSITIVE_INFINITY)).toString('utf8')
 
@@ -146,11 +133,8 @@ t.test('a dropped connection fails every save of the batch with a 503; once it p
   const url = await testDatabase(t)
   if (url === null) return
   const db = inspector(t, url)
-  const proxy = await startProxy(Number(new URL(url).port || 5432), new URL(url).hostname)
-  t.teardown(() => proxy.close())
-  const through = new URL(url)
-  through.port = String(proxy.port)
-  const store = await openStore(t, through.toString(), { max: 2, statementTimeoutMs: 1_500 })
+  const { proxy, url: through } = await throughProxy(t, url)
+  const store = await openStore(t, through, { max: 2, statementTimeoutMs: 1_500 })
   const files = Array.from({ length: 40 }, (_, i) => contractSession(`d-${i}`, ['Pending']))
   for (const file of files) await store.save(file)
   proxy.drop()

@@ -11,30 +11,18 @@ import { StorageError, TaskvaultError } from '../services/errors.js'
 import { statusFor } from '../http/error-handler.js'
 import { Keyring } from '../services/store/keyring.js'
 import { createPool } from '../services/store/postgres/pool.js'
-import { PostgresSessionStore, type PostgresSessionStoreOptions } from '../services/store/postgres/postgres-store.js'
+import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
 import { serializeSessionFile } from '../services/store/session-files.js'
-import { testDatabase } from './postgres.js'
+import { inspector as inspectorOf, openTestStore, testDatabase, throughProxy, type TestStoreOptions } from './postgres.js'
+import type { TcpProxy } from './tcp-proxy.js'
 import { contractSession, storeContract } from './store-contract.js'
-import { startProxy } from './tcp-proxy.js'
 
 const SCHEMA = 'tv_store'
 const keyring = Keyring.fromEntries([['k1', randomBytes(32)]])
 
 /** A store of its own pool on `url`, initialised, closed when the test ends. */
-async function openStore (t: Test, url: string, options: Partial<PostgresSessionStoreOptions> & { statementTimeoutMs?: number, connectTimeoutMs?: number } = {}): Promise<PostgresSessionStore> {
-  const { statementTimeoutMs = 5_000, connectTimeoutMs = 5_000, ...rest } = options
-  const store = new PostgresSessionStore({ settings: { url, schema: SCHEMA, max: 4, statementTimeoutMs, connectTimeoutMs }, ...rest })
-  t.teardown(() => store.close())
-  await store.init()
-  return store
-}
-
-/** A plain pool straight to the database, to look at the rows behind the store's back. */
-function inspector (t: Test, url: string): pg.Pool {
-  const pool = createPool({ url, schema: SCHEMA, max: 2, statementTimeoutMs: 10_000 })
-  t.teardown(() => pool.end())
-  return pool
-}
+const openStore = async (t: Test, url: string, options: TestStoreOptions = {}): Promise<PostgresSessionStore> => openTestStore(t, url, SCHEMA, { max: 4, ...options })
+const inspector = (t: Test, url: string): pg.Pool => inspectorOf(t, url, SCHEMA)
 
 async function documentOf (db: pg.Pool, sessionId: string): Promise<string | null> {
   const { rows } = await db.query('SELECT document::text AS document FROM sessions WHERE session_id = $1 AND archived_at IS NULL', [sessionId])
@@ -164,11 +152,8 @@ t.test('a dropped connection fails a save fast with a 503 StorageError, changes 
   const url = await testDatabase(t)
   if (url === null) return
   const db = inspector(t, url)
-  const proxy = await startProxy(Number(new URL(url).port || 5432), new URL(url).hostname)
-  t.teardown(() => proxy.close())
-  const through = new URL(url)
-  through.port = String(proxy.port)
-  const store = await openStore(t, through.toString(), { statementTimeoutMs: 1_500, connectTimeoutMs: 1_500 })
+  const { proxy, url: through } = await throughProxy(t, url)
+  const store = await openStore(t, through, { statementTimeoutMs: 1_500, connectTimeoutMs: 1_500 })
   const v1 = contractSession('netsplit', ['Pending'])
   await store.save(v1)
 
@@ -224,28 +209,32 @@ t.test('a statement over the statement timeout fails with a 503 StorageError nam
   t.pass('the connection was fine: the next save goes through')
 })
 
+/**
+ * Saves `file` so that it commits but its answer never arrives: the update takes a while on the
+ * server and the network stalls meanwhile, so the client gives up not knowing. The save's error.
+ */
+async function landedUnknown (db: pg.Pool, proxy: TcpProxy, store: PostgresSessionStore, file: SessionFile): Promise<unknown> {
+  await db.query('CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
+  await db.query('CREATE TRIGGER slow BEFORE UPDATE ON sessions FOR EACH ROW EXECUTE FUNCTION slow_write()')
+  const saving = store.save(file).catch((error: unknown) => error)
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  proxy.stall()
+  const err = await saving
+  await db.query('DROP TRIGGER slow ON sessions')
+  await db.query('DROP FUNCTION slow_write()')
+  return err
+}
+
 t.test('an unknown outcome that did land is recognised by the next write, not taken for a conflict', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
   const db = inspector(t, url)
-  const proxy = await startProxy(Number(new URL(url).port || 5432), new URL(url).hostname)
-  t.teardown(() => proxy.close())
-  const through = new URL(url)
-  through.port = String(proxy.port)
-  const store = await openStore(t, through.toString(), { statementTimeoutMs: 1_500 })
+  const { proxy, url: through } = await throughProxy(t, url)
+  const store = await openStore(t, through, { statementTimeoutMs: 1_500 })
   const v1 = contractSession('landed', ['Pending'])
   await store.save(v1)
-  // The update takes a while on the server; the network stalls meanwhile, so the commit
-  // happens and its answer never arrives: the client gives up not knowing.
-  await db.query('CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
-  await db.query('CREATE TRIGGER slow BEFORE UPDATE ON sessions FOR EACH ROW EXECUTE FUNCTION slow_write()')
   const v2 = contractSession('landed', ['Completed'], '2024-10-01T00:00:00.000Z')
-  const saving = store.save(v2).catch((error: unknown) => error)
-  await new Promise((resolve) => setTimeout(resolve, 200))
-  proxy.stall()
-  const err = await saving
-  t.match(err, { code: 'STORAGE_UNAVAILABLE', uncertain: true }, 'the save fails, its outcome unknown')
-  await db.query('DROP TRIGGER slow ON sessions')
+  t.match(await landedUnknown(db, proxy, store, v2), { code: 'STORAGE_UNAVAILABLE', uncertain: true }, 'the save fails, its outcome unknown')
   t.equal(await documentOf(db, 'landed'), await text(v2), 'it did commit')
   proxy.pass()
   // What the registry does after an uncertain failure: write the acknowledged state back.
@@ -259,21 +248,12 @@ t.test('an unknown outcome that did land and was re-sealed since (taskvault seal
   const url = await testDatabase(t)
   if (url === null) return
   const db = inspector(t, url)
-  const proxy = await startProxy(Number(new URL(url).port || 5432), new URL(url).hostname)
-  t.teardown(() => proxy.close())
-  const through = new URL(url)
-  through.port = String(proxy.port)
-  const store = await openStore(t, through.toString(), { statementTimeoutMs: 1_500, keyring })
+  const { proxy, url: through } = await throughProxy(t, url)
+  const store = await openStore(t, through, { statementTimeoutMs: 1_500, keyring })
   const v1 = contractSession('resealed', ['Pending'])
   await store.save(v1)
-  await db.query('CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
-  await db.query('CREATE TRIGGER slow BEFORE UPDATE ON sessions FOR EACH ROW EXECUTE FUNCTION slow_write()')
   const v2 = contractSession('resealed', ['Completed'], '2024-10-01T00:00:00.000Z')
-  const saving = store.save(v2).catch((error: unknown) => error)
-  await new Promise((resolve) => setTimeout(resolve, 200))
-  proxy.stall()
-  t.match(await saving, { code: 'STORAGE_UNAVAILABLE', uncertain: true }, 'the save fails, its outcome unknown')
-  await db.query('DROP TRIGGER slow ON sessions')
+  t.match(await landedUnknown(db, proxy, store, v2), { code: 'STORAGE_UNAVAILABLE', uncertain: true }, 'the save fails, its outcome unknown')
   // What `taskvault seal` does to the row meanwhile: the same session sealed anew (a fresh IV), the version kept.
   const { rows } = await db.query<{ version: string }>('SELECT version FROM sessions WHERE session_id = $1 AND archived_at IS NULL', ['resealed'])
   const resealed = await serializeSessionFile(v2, 2, Number.POSITIVE_INFINITY, keyring)

@@ -5,7 +5,9 @@
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import { noop } from '../services/noop.js'
-import { connectionConfig } from '../services/store/postgres/pool.js'
+import { connectionConfig, createPool } from '../services/store/postgres/pool.js'
+import { PostgresSessionStore, type PostgresSessionStoreOptions } from '../services/store/postgres/postgres-store.js'
+import { startProxy, type TcpProxy } from './tcp-proxy.js'
 
 export const ADMIN_URL = process.env.TASK_TEST_DATABASE_URL ?? 'postgres://127.0.0.1:5432/postgres'
 
@@ -75,4 +77,32 @@ function describe (err: unknown): string {
   if (!(err instanceof Error)) return String(err)
   if (err.message !== '') return err.message
   return ((err as Partial<AggregateError>).errors?.[0] as Error | undefined)?.message ?? (err as NodeJS.ErrnoException).code ?? err.name
+}
+
+/** A plain pool straight to the database's `schema`, to look at the rows behind the store's back; ended when the test ends. */
+export function inspector (t: DatabaseTestContext, url: string, schema: string): pg.Pool {
+  const pool = createPool({ url, schema, max: 2, statementTimeoutMs: 10_000 })
+  t.teardown(() => pool.end())
+  return pool
+}
+
+export type TestStoreOptions = Partial<PostgresSessionStoreOptions> & { max?: number, statementTimeoutMs?: number, connectTimeoutMs?: number }
+
+/** A PostgreSQL store of its own pool on `url` and `schema`, initialised, closed when the test ends. */
+export async function openTestStore (t: DatabaseTestContext, url: string, schema: string, options: TestStoreOptions = {}): Promise<PostgresSessionStore> {
+  const { max = 4, statementTimeoutMs = 5_000, connectTimeoutMs = 5_000, ...rest } = options
+  const store = new PostgresSessionStore({ settings: { url, schema, max, statementTimeoutMs, connectTimeoutMs }, ...rest })
+  t.teardown(() => store.close())
+  await store.init()
+  return store
+}
+
+/** A TCP proxy (tcp-proxy.ts) in front of the database at `url`, closed when the test ends, and the database's URL through it. */
+export async function throughProxy (t: DatabaseTestContext, url: string): Promise<{ proxy: TcpProxy, url: string }> {
+  const direct = new URL(url)
+  const proxy = await startProxy(Number(direct.port || 5432), direct.hostname)
+  t.teardown(() => proxy.close())
+  const through = new URL(url)
+  through.port = String(proxy.port)
+  return { proxy, url: through.toString() }
 }

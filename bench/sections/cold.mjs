@@ -5,7 +5,6 @@
 // Then TASK_RESTORE_CONCURRENCY 1..16, each cold and warm, and the concurrency this machine
 // would pick (reported only: the default in schemas/config.ts is not changed here).
 // Needs root on Linux (`sync`, then 3 > /proc/sys/vm/drop_caches); elsewhere it is skipped with one line.
-import { readFileSync, readdirSync } from 'node:fs'
 import { cpus } from 'node:os'
 import { join } from 'node:path'
 import { FileSessionStore } from '../../dist/services/store/file-store.js'
@@ -13,6 +12,7 @@ import { TaskManager } from '../../dist/services/task-manager.js'
 import { SETTING_DEFAULTS } from '../../dist/schemas/options.js'
 import { cachedMB, describeDevice, dropCaches, probeDropCaches, residentPages } from '../lib/cold-cache.mjs'
 import { sessionId, writeSessions } from '../lib/fixtures.mjs'
+import { restoreFloor } from './restore.mjs'
 import { collect, median, now, round } from '../lib/stats.mjs'
 
 const CONCURRENCIES = [1, 2, 4, 8, 16]
@@ -37,17 +37,6 @@ async function restoreOurs (dir, concurrency, beforeTimed) {
     await store.close()
   }
   return { ms, sessions: report.sessions, ready, concurrency: manager.settings.restoreConcurrency }
-}
-
-function restoreFloor (dir, beforeTimed) {
-  beforeTimed()
-  const t = now()
-  const map = new Map()
-  for (const name of readdirSync(dir)) {
-    if (!name.endsWith('.json')) continue
-    map.set(name.slice(0, -5), JSON.parse(readFileSync(join(dir, name), 'utf8')))
-  }
-  return { ms: now() - t, sessions: map.size }
 }
 
 /** Runs `variants` (name -> async fn) in this round's order: as listed on even rounds, reversed on odd ones. */

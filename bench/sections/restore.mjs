@@ -20,7 +20,9 @@ async function restoreOurs (dir) {
   return { ms, sessions: report.sessions, ready }
 }
 
-function restoreFloor (dir) {
+/** The floor: every file read and parsed synchronously into a Map (`beforeTimed` runs right before the clock starts). */
+export function restoreFloor (dir, beforeTimed = () => {}) {
+  beforeTimed()
   const t = now()
   const map = new Map()
   for (const name of readdirSync(dir)) {
