@@ -1,3 +1,4 @@
+import { hostname } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyInstance } from 'fastify'
@@ -84,7 +85,9 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
     maxSessionBytes: settings.maxSessionBytes,
     keyring: Keyring.parse(settings.encryptionKeys),
     saveBatch: settings.dbSaveBatch,
-    saveBatchBytes: settings.dbSaveBatchBytes
+    saveBatchBytes: settings.dbSaveBatchBytes,
+    replicaId: settings.replicaId === '' ? defaultReplicaId() : settings.replicaId,
+    leaseMs: settings.leaseMs
   }
   const store = pool !== undefined
     ? new PostgresSessionStore({ ...common, pool, schema: settings.dbSchema })
@@ -113,4 +116,9 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
       await sleep(Math.min(wait, left))
     }
   }
+}
+
+/** TASK_REPLICA_ID's default: the host and the process, in the characters the setting allows. */
+function defaultReplicaId (): string {
+  return `${hostname().replace(/[^A-Za-z0-9_.-]/gu, '-').slice(0, 100)}-${process.pid}`
 }

@@ -213,6 +213,7 @@ export const StatsResponse = Type.Object({
     schema: Type.Optional(Type.String({ description: 'PostgreSQL: the schema of taskvault\'s tables' })),
     rows: Type.Optional(Type.Integer({ description: 'PostgreSQL: stored copies of sessions, active and archived' })),
     document_bytes: Type.Optional(Type.Integer({ description: 'PostgreSQL: bytes of the active sessions\' documents' })),
+    replicas: Type.Optional(Type.Array(Type.String(), { description: 'PostgreSQL: the servers on this schema heard from within TASK_LEASE_MS (TASK_REPLICA_ID), this one included' })),
     bytes: Type.Integer({ description: 'The file store: bytes of the active session files; PostgreSQL: the table\'s size on disk (pg_total_relation_size)' }),
     files: Type.Optional(Type.Integer({ description: 'The file store: active session files' })),
     archive_bytes: Type.Integer(),

@@ -19,6 +19,8 @@ export const ConfigSchema = Type.Object({
   TASK_DB_STATEMENT_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: HOUR_MS, default: 15_000, description: 'A statement running longer is cancelled and its request fails with 503' }),
   TASK_DB_SAVE_BATCH: Type.Integer({ minimum: 1, maximum: 10_000, default: 50, description: 'Saves that queue while every connection is busy are written together, this many sessions per statement and commit; 1 writes each alone' }),
   TASK_DB_SAVE_BATCH_BYTES: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 4 * 1024 * 1024, description: 'Stored bytes in one such statement (a bigger session is written alone)' }),
+  TASK_REPLICA_ID: Type.String({ pattern: '^([A-Za-z0-9_.-]{1,128})?$', default: '', description: 'This server\'s name among the replicas on one PostgreSQL schema (a Kubernetes pod name is ideal); empty: hostname-pid' }),
+  TASK_LEASE_MS: Type.Integer({ minimum: 1000, maximum: HOUR_MS, default: 30_000, description: 'PostgreSQL: a replica heartbeats every third of this; one silent this long is no longer listed in /stats' }),
   TASK_DB_CONNECT_TIMEOUT_MS: Type.Integer({ minimum: 0, maximum: HOUR_MS, default: 60_000, description: 'At boot, how long to wait (retrying with backoff) for an unreachable database before exiting 1' }),
   TASK_AUTO_SAVE: Type.Boolean({ default: true }),
   TASK_ARCHIVE_DAYS: Type.Number({ minimum: 0, default: 30, description: '0 turns archiving off' }),

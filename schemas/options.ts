@@ -42,6 +42,8 @@ export const STORE_SETTINGS = {
   dbConnectTimeoutMs: 'TASK_DB_CONNECT_TIMEOUT_MS',
   dbSaveBatch: 'TASK_DB_SAVE_BATCH',
   dbSaveBatchBytes: 'TASK_DB_SAVE_BATCH_BYTES',
+  replicaId: 'TASK_REPLICA_ID',
+  leaseMs: 'TASK_LEASE_MS',
   lockRefreshMs: 'TASK_LOCK_REFRESH_MS',
   lockStaleMs: 'TASK_LOCK_STALE_MS',
   maxSessionBytes: 'TASK_MAX_SESSION_BYTES',

@@ -109,6 +109,8 @@ t.test('Kubernetes: one server per schema, DATABASE_URL from a Secret, probes, n
   const port = Number(env.PORT)
   t.equal(resolvePort('http', container), port, 'the container port is the PORT setting')
   t.equal(env.HOST, '0.0.0.0', 'listens beyond loopback inside the pod')
+  const replicaId = (container.env as Doc[]).find((item) => item.name === 'TASK_REPLICA_ID')
+  t.equal(replicaId?.valueFrom?.fieldRef?.fieldPath, 'metadata.name', 'each pod is a replica named after itself (downward API)')
 
   // DATABASE_URL: from a Secret, never a literal anywhere in the manifests' environment.
   const url = (container.env as Doc[]).filter((item) => item.name === 'DATABASE_URL')

@@ -52,7 +52,7 @@ export interface EncryptionStats {
 export interface StoreTotals extends SessionCounts {
   archived_sessions: number
   /** What /stats shows as `storage`, besides the restore figures. */
-  storage: { kind: 'postgres', database: string, schema: string, rows: number, bytes: number, document_bytes: number, archive_bytes: number }
+  storage: { kind: 'postgres', database: string, schema: string, rows: number, bytes: number, document_bytes: number, archive_bytes: number, replicas: string[] }
 }
 
 export interface SessionStoreEvents {

@@ -20,6 +20,7 @@ import {
   updateSession, type ActiveRow, type DerivedColumns, type RowVersion
 } from './sessions-sql.js'
 import { SaveBatcher, type PendingSave } from './save-batcher.js'
+import { heartbeat, leave, liveReplicas } from './replicas-sql.js'
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 /** `<session id>@<row id>`: how an archived copy is named (archivedName, summaries, failures). */
@@ -29,6 +30,8 @@ const DEFAULT_PAGE_ROWS = 500
 /** TASK_DB_SAVE_BATCH and TASK_DB_SAVE_BATCH_BYTES's defaults (schemas/config.ts), for a store built by hand. */
 const DEFAULT_SAVE_BATCH = 50
 const DEFAULT_SAVE_BATCH_BYTES = 4 * 1024 * 1024
+/** TASK_LEASE_MS's default. */
+const DEFAULT_LEASE_MS = 30_000
 
 export interface PostgresSessionStoreOptions {
   /** Settings of the store's own pool, ended by close(). */
@@ -56,6 +59,10 @@ export interface PostgresSessionStoreOptions {
   saveBatch?: number
   /** Stored bytes in one such statement (TASK_DB_SAVE_BATCH_BYTES). */
   saveBatchBytes?: number
+  /** This server among the replicas on the schema (TASK_REPLICA_ID); none: no heartbeat. */
+  replicaId?: string
+  /** A heartbeat every third of this; a replica silent this long is not listed (TASK_LEASE_MS). */
+  leaseMs?: number
 }
 
 /** A save waiting for its statement (save-batcher.ts). */
@@ -120,6 +127,9 @@ export class PostgresSessionStore implements SessionStore {
   private readonly batcher: SaveBatcher<RowVersion | null, QueuedSave>
   /** Connections that have had SYNCHRONOUS_COMMIT_ON (see query()). */
   private readonly prepared = new WeakSet<pg.PoolClient>()
+  private readonly replicaId: string | null
+  private readonly leaseMs: number
+  private heartbeats: NodeJS.Timeout | null = null
   private closed = false
 
   constructor (options: PostgresSessionStoreOptions) {
@@ -142,6 +152,8 @@ export class PostgresSessionStore implements SessionStore {
     this.maxSessionBytes = options.maxSessionBytes ?? Number.POSITIVE_INFINITY
     this.keyring = options.keyring ?? null
     this.pageRows = options.pageRows ?? DEFAULT_PAGE_ROWS
+    this.replicaId = options.replicaId ?? null
+    this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS
     // As many saves in flight as the pool has connections: more would only wait in the pool,
     // where they could not be batched.
     const lanes = options.settings?.max ?? (this.pool as pg.Pool & { options?: { max?: number } }).options?.max ?? 10
@@ -175,7 +187,22 @@ export class PostgresSessionStore implements SessionStore {
       throw new InvalidDatabaseSettingError('TASK_DB_SCHEMA', `the pool's connections resolve names in schema '${settings?.schema ?? '(none)'}', not '${this.schema}'; ` +
         'build the pool with search_path set to it (connectionConfig in services/store/postgres/pool.ts does)')
     }
+    await this.beat()
     return result
+  }
+
+  /**
+   * This replica's heartbeat: now, then every third of TASK_LEASE_MS. A beat that fails (the
+   * database away) is simply missed; the next one tries again.
+   */
+  private async beat (): Promise<void> {
+    if (this.replicaId === null || this.closed) return
+    const replicaId = this.replicaId
+    await this.query(heartbeat(replicaId)).catch(noop)
+    if (this.heartbeats === null && !this.closed) {
+      this.heartbeats = setInterval(() => { this.query(heartbeat(replicaId)).catch(noop) }, Math.max(1, Math.floor(this.leaseMs / 3)))
+      this.heartbeats.unref()
+    }
   }
 
   // --- Active sessions (sessions-sql.ts) ---
@@ -427,7 +454,10 @@ export class PostgresSessionStore implements SessionStore {
 
   /** /stats from the rows: every replica on the database answers the same counts. */
   async totals (): Promise<StoreTotals> {
-    const { rows } = await this.run<Record<string, string | number>>('counting sessions', { text: ROW_TOTALS })
+    const [{ rows }, replicas] = await Promise.all([
+      this.run<Record<string, string | number>>('counting sessions', { text: ROW_TOTALS }),
+      this.run<{ replica_id: string }>('listing replicas', liveReplicas(this.leaseMs))
+    ])
     const row = rows[0] ?? {}
     const n = (key: string): number => Number(row[key] ?? 0)
     return {
@@ -447,7 +477,8 @@ export class PostgresSessionStore implements SessionStore {
         rows: n('total_sessions') + n('archived_rows'),
         bytes: n('table_bytes'),
         document_bytes: n('document_bytes'),
-        archive_bytes: n('archive_bytes')
+        archive_bytes: n('archive_bytes'),
+        replicas: replicas.rows.map((row) => row.replica_id)
       }
     }
   }
@@ -478,6 +509,9 @@ export class PostgresSessionStore implements SessionStore {
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
+    if (this.heartbeats !== null) clearInterval(this.heartbeats)
+    // Leaving cleanly: gone from /stats at once, not after TASK_LEASE_MS.
+    if (this.replicaId !== null) await this.query(leave(this.replicaId)).catch(noop)
     if (this.ownsPool) await this.pool.end()
   }
 
