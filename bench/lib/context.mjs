@@ -5,7 +5,7 @@ import { removeDir, tempDir, writeSessions } from './fixtures.mjs'
 import { collect, now, round } from './stats.mjs'
 
 /** Quick: the same figures with fewer and shorter rounds, no 100,000-session or tasks-per-session runs. */
-const QUICK_PARAMS = { rounds: 3, saveN: 150, concurrentBatches: 4, updates: 1000, restoreSizes: [100, 1000, 10_000], createSeconds: 1, getSeconds: 0.5, warmSeconds: 0.3, freshCreateServer: false, autosaveSessions: 40, executeSessions: 100, executeTasks: 10, memoryRounds: 3, bigRestore: null, taskSweep: null, fanoutClients: 1000, fanoutTasksPerS: 100, fanoutSeconds: 3, fanoutThroughputSeconds: 1 }
+const QUICK_PARAMS = { rounds: 2, saveN: 150, concurrentBatches: 4, updates: 1000, restoreSizes: [100, 1000, 10_000], createSeconds: 0.5, getSeconds: 0.25, warmSeconds: 0.2, freshCreateServer: false, autosaveSessions: 40, executeSessions: 100, executeTasks: 10, memoryRounds: 2, bigRestore: null, taskSweep: null, fanoutClients: 1000, fanoutTasksPerS: 100, fanoutSeconds: 2, fanoutThroughputSeconds: 0.7 }
 const FULL_PARAMS = { rounds: 5, saveN: 500, concurrentBatches: 10, updates: 1000, restoreSizes: [100, 1000, 10_000], createSeconds: 5, getSeconds: 3, warmSeconds: 1, freshCreateServer: true, autosaveSessions: 100, executeSessions: 100, executeTasks: 10, memoryRounds: 3, bigRestore: 100_000, taskSweep: { sessions: 1000, tasks: [1, 10, 100] }, fanoutClients: 1000, fanoutTasksPerS: 100, fanoutSeconds: 10, fanoutThroughputSeconds: 3 }
 
 export function createContext ({ quick }) {

@@ -16,6 +16,8 @@ import { restoreFloor } from './restore.mjs'
 import { collect, median, now, round } from '../lib/stats.mjs'
 
 const CONCURRENCIES = [1, 2, 4, 8, 16]
+/** Quick runs sweep fewer: past 4 threads only loses on 2 cores. */
+const QUICK_CONCURRENCIES = [1, 2, 4]
 const FLOOR_LABEL = 'readdirSync+readFileSync+JSON.parse'
 /** A concurrency may be this much slower warm than the best warm one and still be recommended. */
 const WARM_SLACK = 1.1
@@ -53,6 +55,7 @@ export async function benchCold (ctx) {
   const sessions = quick ? 2_000 : 10_000
   const tasks = 10
   const rounds = quick ? 2 : 5
+  const concurrencies = quick ? QUICK_CONCURRENCIES : CONCURRENCIES
   const defaultConcurrency = SETTING_DEFAULTS.TASK_RESTORE_CONCURRENCY
   const res = { sessions, tasks_per_session: tasks, rounds, default_concurrency: defaultConcurrency, cpus: cpus().length, skipped: false }
   sections.cold = res
@@ -90,7 +93,7 @@ export async function benchCold (ctx) {
     }
     const cold = { default: [], floor: [] }
     const warm = { floor: [] }
-    for (const c of CONCURRENCIES) { cold[c] = []; warm[c] = [] }
+    for (const c of concurrencies) { cold[c] = []; warm[c] = [] }
     let dropMs = 0
     const drop = () => {
       const d = now()
@@ -105,11 +108,11 @@ export async function benchCold (ctx) {
         default: async () => { const x = await restoreOurs(dir, null, drop); check(x, 'cold default'); res.default_resolved = x.concurrency; cold.default.push(x.ms) },
         floor: async () => { const x = restoreFloor(dir, drop); check(x, 'cold floor'); cold.floor.push(x.ms) }
       }
-      for (const c of CONCURRENCIES) coldVariants[`c${c}`] = async () => { const x = await restoreOurs(dir, c, drop); check(x, `cold c=${c}`); cold[c].push(x.ms) }
+      for (const c of concurrencies) coldVariants[`c${c}`] = async () => { const x = await restoreOurs(dir, c, drop); check(x, `cold c=${c}`); cold[c].push(x.ms) }
       await inOrder(r, coldVariants)
       // Warm: one untimed run right before the timed one, so the files and the code are cached.
       const warmVariants = { floor: async () => { restoreFloor(dir, noop); const x = restoreFloor(dir, noop); check(x, 'warm floor'); warm.floor.push(x.ms) } }
-      for (const c of CONCURRENCIES) warmVariants[`c${c}`] = async () => { await restoreOurs(dir, c, noop); const x = await restoreOurs(dir, c, noop); check(x, `warm c=${c}`); warm[c].push(x.ms) }
+      for (const c of concurrencies) warmVariants[`c${c}`] = async () => { await restoreOurs(dir, c, noop); const x = await restoreOurs(dir, c, noop); check(x, `warm c=${c}`); warm[c].push(x.ms) }
       await inOrder(r, warmVariants)
       log(`  round ${r + 1}/${rounds}: ${((now() - t) / 1000).toFixed(1)} s (cold default ${cold.default.at(-1).toFixed(0)} ms, cold floor ${cold.floor.at(-1).toFixed(0)} ms)`)
     }
@@ -124,7 +127,7 @@ export async function benchCold (ctx) {
 
     res.warm_floor = { ms: round(warmFloor, 1), rounds: warm.floor.map((x) => round(x, 1)) }
     res.concurrency = []
-    for (const c of CONCURRENCIES) {
+    for (const c of concurrencies) {
       const mc = median(cold[c])
       const mw = median(warm[c])
       res.concurrency.push({ concurrency: c, cold_ms: round(mc, 1), warm_ms: round(mw, 1), cold_ratio: round(mc / coldFloor, 3), warm_ratio: round(mw / warmFloor, 3), cold_rounds: cold[c].map((x) => round(x, 1)), warm_rounds: warm[c].map((x) => round(x, 1)) })

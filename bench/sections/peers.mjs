@@ -1,5 +1,5 @@
 // 13. Peers (issue 17): the same work on every side, in the same run: S groups of 100 tasks
-// (full: 100 groups, 10,000 tasks; quick: 20 groups, 2,000 tasks) completed by a no-op handler,
+// (full: 100 groups, 10,000 tasks; quick: 10 groups, 1,000 tasks) completed by a no-op handler,
 // 16 in flight, timed from the first create/insert to the last completion made durable.
 //   taskvault file      TaskManager on FileSessionStore, echo agent, auto-save on: sessions created,
 //                       then executeAll with 16 sessions at once; every state change of a task
@@ -104,7 +104,7 @@ const fmtRate = (x) => `${Math.round(x).toLocaleString('en-US')} tasks/s`
 
 export async function benchPeers (ctx) {
   const { quick, row, log, alternate, sections, trackedDir, dropDir } = ctx
-  const S = quick ? 20 : 100
+  const S = quick ? 10 : 100
   const N = S * T
   const rounds = quick ? 1 : 3
   const label = N.toLocaleString('en-US')

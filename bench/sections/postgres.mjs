@@ -263,7 +263,7 @@ async function taskvaultSide (db, schema, S, T) {
 }
 
 async function peerFigures ({ P, quick, row, log, alternate }, db, res) {
-  const S = quick ? 20 : 100
+  const S = quick ? 10 : 100
   const T = 100
   const rounds = quick ? 1 : 3
   log(`  peer: ${S * T} tasks, taskvault on PostgreSQL vs pg-boss (${rounds} round${rounds > 1 ? 's' : ''})`)
