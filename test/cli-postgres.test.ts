@@ -4,7 +4,7 @@
  * --database-url answering as they do on the equivalent folder.
  */
 import { randomBytes } from 'node:crypto'
-import { cp, mkdir, readFile, readdir, writeFile } from 'node:fs/promises'
+import { cp, readFile, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import pg from 'pg'
 import t from 'tap'
@@ -14,12 +14,10 @@ import { Keyring } from '../services/store/keyring.js'
 import { connectionConfig } from '../services/store/postgres/pool.js'
 import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
 import { taskvault } from './cli-run.js'
-import { markAsTaskvault, tempDir, type TestContext } from './helper.js'
+import { tempDir, type TestContext } from './helper.js'
 import { testDatabase } from './postgres.js'
-import { storedSession } from './session-fixtures.js'
+import { daysAgo, preparedFolder, storedSession } from './session-fixtures.js'
 
-const DAY = 86_400_000
-const daysAgo = (days: number): string => new Date(Date.now() - days * DAY).toISOString()
 const KEY = randomBytes(32)
 const KEYS_ENV = { TASK_ENCRYPTION_KEYS: `k1:${KEY.toString('base64')}` }
 const session = (id: string, statuses: string[], finished: string, instruction?: string): SessionFile => JSON.parse(storedSession(id, statuses, finished, instruction)) as SessionFile
@@ -50,23 +48,6 @@ async function snapshot (dir: string, files = new Map<string, Buffer>(), prefix 
     else if (entry.isFile()) files.set(prefix + entry.name, await readFile(join(dir, entry.name)))
   }
   return files
-}
-
-/** The cli.test.ts folder: `old`, `failed` (100 days), `recent` (2 days), `pending`; archived `gone` (400 days), `kept` (50 days). */
-async function preparedFolder (t: TestContext): Promise<string> {
-  const dir = join(await tempDir(t, 'taskvault-cli-pg-'), 'tasks')
-  await mkdir(join(dir, 'archive'), { recursive: true, mode: 0o700 })
-  const files: Record<string, string> = {
-    'old.json': storedSession('old', ['Completed', 'Completed'], daysAgo(100)),
-    'failed.json': storedSession('failed', ['Completed', 'Failed'], daysAgo(100)),
-    'recent.json': storedSession('recent', ['Completed'], daysAgo(2)),
-    'pending.json': storedSession('pending', ['Completed', 'Pending'], daysAgo(100)),
-    'archive/gone.json': storedSession('gone', ['Completed'], daysAgo(400)),
-    'archive/kept.json': storedSession('kept', ['Failed'], daysAgo(50))
-  }
-  for (const [name, text] of Object.entries(files)) await writeFile(join(dir, name), text, { mode: 0o600 })
-  await markAsTaskvault(dir)
-  return dir
 }
 
 t.test('export, import into a fresh database, export again: the same bytes, active and archived, unicode and sealed', async (t) => {
@@ -121,7 +102,7 @@ t.test('export, import into a fresh database, export again: the same bytes, acti
 t.test('import keeps a hand-written file\'s bytes, and running it again skips everything', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
-  const dir = await preparedFolder(t)
+  const dir = await preparedFolder(t, 'taskvault-cli-pg-')
   // Not the server's layout: compact, escaped unicode, a number spelt oddly. Stored as it is.
   const compact = JSON.stringify(session('compact', ['Completed'], daysAgo(1), 'caf\u00e9')).replace('café', '\\u0063af\\u00e9').replace('"attempts":1', '"attempts":1.0e0')
   await writeFile(join(dir, 'compact.json'), compact, { mode: 0o600 })
@@ -142,7 +123,7 @@ t.test('import keeps a hand-written file\'s bytes, and running it again skips ev
 t.test('import refuses to replace a newer row without --force, writing nothing, and replaces it with --force', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
-  const dir = await preparedFolder(t)
+  const dir = await preparedFolder(t, 'taskvault-cli-pg-')
   const store = await openStore(t, url)
   // The database's `recent` is newer than the folder's; `fresh` is new to the database.
   await store.save(session('recent', ['Completed', 'Completed'], daysAgo(1)))
@@ -168,7 +149,7 @@ t.test('import refuses to replace a newer row without --force, writing nothing, 
 t.test('stats, validate, archive and prune with --database-url answer as on the same folder', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
-  const dir = await preparedFolder(t)
+  const dir = await preparedFolder(t, 'taskvault-cli-pg-')
   t.equal((await taskvault(['import', dir, '--database-url', url])).code, 0)
   const db = ['--database-url', url]
 
@@ -227,7 +208,7 @@ t.test('a bad or unreachable database URL: exit 1, one line, no password', async
     ['validate', '--database-url', unreachable],
     ['archive', '--database-url', unreachable, '--days', '1'],
     ['export', '--database-url', unreachable, join(await tempDir(t), 'out')],
-    ['import', await preparedFolder(t), '--database-url', unreachable],
+    ['import', await preparedFolder(t, 'taskvault-cli-pg-'), '--database-url', unreachable],
     ['stats', '--database-url', 'mysql://someone:hunter2@127.0.0.1/x'],
     ['stats', '--database-url', wrongSchema.toString(), '--schema', 'not_there'],
     // Not a URL at all (two ports): nothing of it is printed.

@@ -8,33 +8,9 @@ import { mkdir, readFile, readdir, stat, symlink, unlink, writeFile } from 'node
 import { join } from 'node:path'
 import t from 'tap'
 import { taskvault, type Run } from './cli-run.js'
-import { build, get, markAsTaskvault, tempDir, type TestContext } from './helper.js'
+import { build, get, tempDir } from './helper.js'
 import { scratch } from './server-process.js'
-import { storedSession } from './session-fixtures.js'
-
-const DAY = 86_400_000
-const daysAgo = (days: number): string => new Date(Date.now() - days * DAY).toISOString()
-
-/**
- * A storage folder: `old` and `failed` finished 100 days ago, `recent` 2 days ago, `pending`
- * still to run, and in archive/ `gone` (finished 400 days ago) and `kept` (50 days ago).
- */
-async function preparedFolder (t: TestContext): Promise<string> {
-  const dir = join(await tempDir(t, 'taskvault-cli-'), 'tasks')
-  await mkdir(join(dir, 'archive'), { recursive: true, mode: 0o700 })
-  const files: Record<string, string> = {
-    'old.json': storedSession('old', ['Completed', 'Completed'], daysAgo(100)),
-    'failed.json': storedSession('failed', ['Completed', 'Failed'], daysAgo(100)),
-    'recent.json': storedSession('recent', ['Completed'], daysAgo(2)),
-    'pending.json': storedSession('pending', ['Completed', 'Pending'], daysAgo(100)),
-    'archive/gone.json': storedSession('gone', ['Completed'], daysAgo(400)),
-    'archive/kept.json': storedSession('kept', ['Failed'], daysAgo(50))
-  }
-  for (const [name, text] of Object.entries(files)) await writeFile(join(dir, name), text, { mode: 0o600 })
-  // A folder a server has used: tests plant unreadable files in it, which an unmarked folder would be refused for.
-  await markAsTaskvault(dir)
-  return dir
-}
+import { daysAgo, preparedFolder, storedSession } from './session-fixtures.js'
 
 /** Every file under `dir` (relative path -> bytes), without following links. */
 async function snapshot (dir: string, files = new Map<string, Buffer>(), prefix = ''): Promise<Map<string, Buffer>> {

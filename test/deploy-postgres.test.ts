@@ -7,53 +7,20 @@
  * schema, and settings the service accepts. The README's "Running on PostgreSQL" names every
  * setting and command it is about.
  */
-import { readFile, readdir } from 'node:fs/promises'
+import { readdir } from 'node:fs/promises'
 import t from 'tap'
-import { parse, parseAllDocuments } from 'yaml'
+import { parse } from 'yaml'
 import { loadConfig } from '../plugins/config.js'
 import { ConfigSchema } from '../schemas/config.js'
 import { parseDatabaseUrl } from '../services/store/postgres/pool.js'
+import { FLUSH_MS, ROOT, documents, manifests as manifestsOf, plainEnv, read, resolvePort, type Doc } from './manifests.js'
 
-const ROOT = new URL('../../', import.meta.url)
-const read = (path: string): Promise<string> => readFile(new URL(path, ROOT), 'utf8')
 const FOLDER = 'deploy/kubernetes/postgres'
-/** server.ts gives writes this long to flush after the grace period. */
-const FLUSH_MS = 10_000
-
-type Doc = Record<string, any>
-
-/** Every document of a YAML file; a syntax error fails with the file's name. */
-async function documents (path: string): Promise<Doc[]> {
-  return parseAllDocuments(await read(path)).map((doc) => {
-    if (doc.errors.length > 0) throw new Error(`${path}: ${doc.errors.map(String).join('; ')}`)
-    return doc.toJS() as Doc
-  })
-}
+const manifests = async (): Promise<Doc[]> => manifestsOf(FOLDER)
 
 /** The YAML files of the folder, by name. */
 async function folderFiles (): Promise<string[]> {
   return (await readdir(new URL(`${FOLDER}/`, ROOT))).filter((name) => /\.ya?ml$/u.test(name)).sort()
-}
-
-/** Every manifest the kustomization applies. */
-async function manifests (): Promise<Doc[]> {
-  const kustomization = parse(await read(`${FOLDER}/kustomization.yaml`)) as Doc
-  const docs: Doc[] = []
-  for (const file of kustomization.resources as string[]) docs.push(...await documents(`${FOLDER}/${file}`))
-  return docs
-}
-
-/** Plain `value` env entries, as the settings the service reads. */
-function plainEnv (env: Array<{ name: string, value?: string }>): Record<string, string> {
-  return Object.fromEntries(env.filter((item) => item.value !== undefined).map((item) => [item.name, item.value as string]))
-}
-
-/** A probe's or service's port: a number, or the name of a container port. */
-function resolvePort (port: string | number, container: Doc): number {
-  if (typeof port === 'number') return port
-  const named = (container.ports as Doc[]).find((item) => item.name === port)
-  if (named === undefined) throw new Error(`no container port named ${port}`)
-  return named.containerPort as number
 }
 
 /** Compose's `${VAR:-default}` and `${VAR}`, as with nothing set in the shell or .env. */

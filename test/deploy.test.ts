@@ -5,42 +5,12 @@
  * a grace period longer than the drain, non-root with a writable volume, keys from a Secret,
  * and settings the service accepts.
  */
-import { readFile } from 'node:fs/promises'
 import t from 'tap'
-import { parse, parseAllDocuments } from 'yaml'
+import { parse } from 'yaml'
 import { loadConfig } from '../plugins/config.js'
+import { FLUSH_MS, manifests as manifestsOf, plainEnv, read, resolvePort, type Doc } from './manifests.js'
 
-const ROOT = new URL('../../', import.meta.url)
-const read = (path: string): Promise<string> => readFile(new URL(path, ROOT), 'utf8')
-/** server.ts gives writes this long to flush after the grace period. */
-const FLUSH_MS = 10_000
-
-type Doc = Record<string, any>
-
-async function manifests (): Promise<Doc[]> {
-  const kustomization = parse(await read('deploy/kubernetes/kustomization.yaml')) as Doc
-  const docs: Doc[] = []
-  for (const file of kustomization.resources as string[]) {
-    for (const doc of parseAllDocuments(await read(`deploy/kubernetes/${file}`))) {
-      if (doc.errors.length > 0) throw new Error(`${file}: ${doc.errors.map(String).join('; ')}`)
-      docs.push(doc.toJS() as Doc)
-    }
-  }
-  return docs
-}
-
-/** Plain `value` env entries, as the settings the service reads. */
-function plainEnv (env: Array<{ name: string, value?: string }>): Record<string, string> {
-  return Object.fromEntries(env.filter((item) => item.value !== undefined).map((item) => [item.name, item.value as string]))
-}
-
-/** A probe's or service's port: a number, or the name of a container port. */
-function resolvePort (port: string | number, container: Doc): number {
-  if (typeof port === 'number') return port
-  const named = (container.ports as Doc[]).find((item) => item.name === port)
-  if (named === undefined) throw new Error(`no container port named ${port}`)
-  return named.containerPort as number
-}
+const manifests = async (): Promise<Doc[]> => manifestsOf('deploy/kubernetes')
 
 t.test('Kubernetes: one writer, a persistent volume, probes, grace period, non-root, keys from a Secret', async (t) => {
   const docs = await manifests()
