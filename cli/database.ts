@@ -37,9 +37,16 @@ export interface DatabaseTarget {
   where: string
 }
 
+/** The database a command that only works on one names: `--database-url`, else DATABASE_URL (export, import, migrate). */
+export function requiredDatabase (args: ParsedCommand, settings: Config): DatabaseTarget {
+  const target = databaseTarget(args, settings, true)
+  if (target === null) throw new UsageError('missing --database-url (or DATABASE_URL)')
+  return target
+}
+
 /**
- * The database the command line names: `--database-url`, else (when `fallback`, for export and
- * import, which only work on a database) DATABASE_URL. null: no database named, use the folder.
+ * The database the command line names: `--database-url`, else (when `fallback`) DATABASE_URL.
+ * null: no database named, use the folder.
  */
 export function databaseTarget (args: ParsedCommand, settings: Config, fallback = false): DatabaseTarget | null {
   const flagUrl = args.values['database-url'] as string | undefined

@@ -4,9 +4,9 @@ import { CorruptSessionFileError } from '../../services/errors.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
 import { fsyncDir, readSessionDocument, writeAndRename } from '../../services/store/session-files.js'
 import { readMarker, writeMarker } from '../../services/store/storage-folder.js'
-import { CommandFailedError, UsageError } from '../args.js'
+import { CommandFailedError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
-import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase } from '../database.js'
+import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase } from '../database.js'
 import { withWriteLock } from '../folder.js'
 import { ARCHIVED_COPIES, rowName, rowsPage, type StoredRow } from '../rows.js'
 
@@ -46,8 +46,7 @@ ${COMMON_HELP}`,
   options: { ...DATABASE_OPTIONS, force: { type: 'boolean', default: false } },
   positionals: { min: 1, max: 1, names: 'DIR' },
   async run (args, { settings, keyring }) {
-    const target = databaseTarget(args, settings, true)
-    if (target === null) throw new UsageError('missing --database-url (or DATABASE_URL)')
+    const target = requiredDatabase(args, settings)
     const dir = resolve(args.positionals[0] as string)
     await claimFolder(dir, args.values.force === true)
     let active = 0

@@ -5,9 +5,8 @@ import { noop } from '../../services/noop.js'
 import type { SessionFile } from '../../services/session/session.js'
 import { deriveColumns, insertSession, updateSession, type DerivedColumns } from '../../services/store/postgres/sessions-sql.js'
 import { ARCHIVED_FILE } from '../../services/store/session-files.js'
-import { UsageError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
-import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase } from '../database.js'
+import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase } from '../database.js'
 import { assertFolder, checkStoredFile, listStoredFiles, type StoredFile } from '../folder.js'
 import { insertArchived, rowName, rowsOf, type ExistingRow } from '../rows.js'
 
@@ -67,8 +66,7 @@ ${COMMON_HELP}`,
   options: { ...DATABASE_OPTIONS, force: { type: 'boolean', default: false } },
   positionals: { min: 1, max: 1, names: 'DIR' },
   async run (args, { settings, keyring }) {
-    const target = databaseTarget(args, settings, true)
-    if (target === null) throw new UsageError('missing --database-url (or DATABASE_URL)')
+    const target = requiredDatabase(args, settings)
     const dir = resolve(args.positionals[0] as string)
     const force = args.values.force === true
     await assertFolder(dir)

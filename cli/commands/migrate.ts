@@ -3,9 +3,8 @@ import { noop } from '../../services/noop.js'
 import { DatabaseUnavailableError } from '../../services/errors.js'
 import { migrate, readMigrations } from '../../services/store/postgres/migrate.js'
 import { connectionConfig } from '../../services/store/postgres/pool.js'
-import { UsageError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
-import { databaseTarget } from '../database.js'
+import { requiredDatabase } from '../database.js'
 
 /** A database that is starting (or a network that is settling) gets this many tries, this far apart at first. */
 const CONNECT_ATTEMPTS = 4
@@ -37,8 +36,7 @@ ${COMMON_HELP}`,
   positionals: { min: 0, max: 0, names: '' },
   async run (args, { settings }) {
     // DATABASE_URL and TASK_DB_SCHEMA as the server reads them: the environment, then ./.env.
-    const target = databaseTarget(args, settings, true)
-    if (target === null) throw new UsageError('missing --database-url (or DATABASE_URL)')
+    const target = requiredDatabase(args, settings)
     const { url, schema, where: database } = target
     const client = await connect(connectionConfig({ url, schema, max: 1, statementTimeoutMs: 0, connectTimeoutMs: CONNECT_TIMEOUT_MS }), database)
     try {

@@ -53,7 +53,15 @@ export function storageError (operation: string, err: unknown, sent: boolean): T
   if (err instanceof TaskvaultError) return err
   const cause = errnoLike(err)
   const error = new StorageError(operation, cause)
-  // An answer from the server (a constraint, a cancelled statement) means it rolled back.
-  error.uncertain = sent && breaksConnection(err)
+  error.uncertain = uncertain(err, sent)
   return error
+}
+
+/**
+ * Whether a failed statement may have committed: it may have reached the server and the
+ * connection then failed. An answer from the server (a constraint, a cancelled statement) means
+ * it rolled back.
+ */
+export function uncertain (err: unknown, sent: boolean): boolean {
+  return sent && !(err instanceof TaskvaultError) && breaksConnection(err)
 }

@@ -13,7 +13,7 @@ import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedS
 import { ARCHIVED_ROWS, archiveSession, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
 import { migrate } from './migrate.js'
 import { assertSavable, reportedSave } from '../save-rules.js'
-import { breaksConnection, errnoLike, storageError } from './pg-errors.js'
+import { breaksConnection, errnoLike, storageError, uncertain } from './pg-errors.js'
 import { checkSchemaName, createPool, redactUrl, type PoolSettings } from './pool.js'
 import {
   CONNECTION_SETTINGS, PING, ROW_TOTALS, SYNCHRONOUS_COMMIT_ON, activePage, deriveColumns, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
@@ -297,8 +297,7 @@ export class PostgresSessionStore implements SessionStore {
       rows = (await this.query<{ session_id: string, row_id: string, version: string }>(config)).rows
     } catch (err) {
       const failure = err instanceof QueryFailure ? err : new QueryFailure(err, true)
-      const probe = storageError('', failure.cause, failure.sent)
-      if (!(probe instanceof StorageError && probe.uncertain)) {
+      if (!uncertain(failure.cause, failure.sent)) {
         // Rolled back for certain (a statement timeout, a constraint): maybe one session's
         // doing. Each is tried again alone, so only the culprit fails.
         await Promise.all(batch.map(async (save) => this.sendSaves([save])))
