@@ -5,6 +5,7 @@
 // Also memory per idle stream client, in the server child after a full collection.
 import { fork } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { cannon, startServer } from '../lib/http.mjs'
 import { now } from '../lib/stats.mjs'
 
@@ -44,7 +45,9 @@ export async function benchFanout ({ P, row, sections, trackedDir, dropDir, log 
   const tasksNeeded = Math.ceil(RATE * seconds * 1.2) + 2 * Math.ceil(P.fanoutThroughputSeconds * 3000)
   const perSession = Math.min(1000, Math.ceil(tasksNeeded / sessions))
   const dir = trackedDir('fanout')
-  const server = await startServer({ kind: 'app', dir, execArgv: ['--expose-gc'], recordEventTimes: true, config: { TASK_EVENTS_MAX_CLIENTS: N + 10, TASK_EVENTS_HEARTBEAT_MS: 3_600_000, ...(P.fanoutFlushMs !== undefined && { TASK_EVENTS_FLUSH_MS: P.fanoutFlushMs }) } })
+  // Logging as `npm start` does, to a file on the same disk.
+  const logs = trackedDir('fanout-logs')
+  const server = await startServer({ kind: 'app', dir, logger: 'production', logFile: join(logs, 'server.log'), execArgv: ['--expose-gc'], recordEventTimes: true, config: { TASK_EVENTS_MAX_CLIENTS: N + 10, TASK_EVENTS_HEARTBEAT_MS: 3_600_000, ...(P.fanoutFlushMs !== undefined && { TASK_EVENTS_FLUSH_MS: P.fanoutFlushMs }) } })
   const clients = clientsProcess()
   try {
     const instructions = Array.from({ length: perSession }, (_, i) => `${i + 1}. think about step ${i}`).join('\n')
@@ -120,6 +123,7 @@ export async function benchFanout ({ P, row, sections, trackedDir, dropDir, log 
     await clients.stop()
     await server.stop()
     dropDir(dir)
+    dropDir(logs)
   }
 }
 
