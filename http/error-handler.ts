@@ -41,7 +41,8 @@ const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
   DATABASE_TOO_NEW: 500,
   MIGRATION_FAILED: 500,
   DATABASE_UNAVAILABLE: 503,
-  VERSION_CONFLICT: 409
+  VERSION_CONFLICT: 409,
+  LEASE_LOST: 503
 }
 
 export function statusFor (error: FastifyError | TaskvaultError): number {

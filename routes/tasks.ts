@@ -65,16 +65,24 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
       return waiting === null ? body : { ...body, waiting }
     }
     const { progress, archived } = await manager.findProgress(sessionId)
-    return { ...progressBody(sessionId, progress, false), ...(archived && { archived }) }
+    if (archived) return { ...progressBody(sessionId, progress, false), archived }
+    // A shared store: read from the row just now, running on this replica or another.
+    const body = progressBody(sessionId, progress, manager.isRunning(sessionId))
+    const waiting = body.running ? manager.waitingFor(sessionId) : null
+    return waiting === null ? body : { ...body, waiting }
   })
 
   app.get('/list', { schema: { querystring: ListQuery, response: responses.list } }, async (request) => {
     // The validator has filled in the defaults already; these only tell TypeScript so.
     const { session_id: sessionId, limit = LIST_DEFAULTS.limit, offset = LIST_DEFAULTS.offset, archived: filter = LIST_DEFAULTS.archived } = request.query
     if (sessionId === ALL_SESSIONS) {
-      const page = filter === 'exclude' ? manager.list(offset, limit) : await manager.listWithArchived(offset, limit, filter)
+      if (filter === 'exclude') {
+        const page = await manager.list(offset, limit)
+        return { total: page.total, sessions: page.sessions, offset, limit }
+      }
+      const page = await manager.listWithArchived(offset, limit, filter)
       // Only the page is looked at: a running marker costs one map lookup per session shown.
-      const sessions = page.sessions.map((s) => ({ ...s, running: manager.isRunning(s.session_id) }))
+      const sessions = page.sessions.map((s) => ({ ...s, running: 'running' in s ? s.running : manager.isRunning(s.session_id) }))
       return { total: page.total, sessions, offset, limit }
     }
     const { file, archived } = await manager.find(sessionId)

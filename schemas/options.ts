@@ -65,7 +65,9 @@ export const MANAGER_SETTINGS = {
   runRetryMaxMs: 'TASK_RUN_RETRY_MAX_MS',
   diskWarnRatio: 'TASK_DISK_WARN_RATIO',
   diskCheckIntervalMs: 'TASK_DISK_CHECK_INTERVAL_MS',
-  diskMaxAgeMs: 'TASK_DISK_MAX_AGE_MS'
+  diskMaxAgeMs: 'TASK_DISK_MAX_AGE_MS',
+  sweepIntervalMs: 'TASK_SWEEP_INTERVAL_MS',
+  sweepBatch: 'TASK_SWEEP_BATCH'
 } as const
 
 /** How command agents end and are contained. */

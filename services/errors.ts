@@ -9,7 +9,7 @@ export const ERROR_CODES = [
   'INVALID_SESSION_STATE', 'CORRUPT_SESSION_FILE', 'FOREIGN_STORAGE_FOLDER', 'INVALID_ARCHIVE', 'AGENT_FAILED',
   'INVALID_OPTIONS', 'INVALID_AGENT_CONFIG', 'INVALID_ENCRYPTION_KEYS', 'INVALID_LOCK_SETTINGS', 'USAGE', 'FAILED',
   'INVALID_DATABASE_SETTING', 'DATABASE_TOO_NEW', 'MIGRATION_FAILED', 'DATABASE_UNAVAILABLE',
-  'VERSION_CONFLICT'
+  'VERSION_CONFLICT', 'LEASE_LOST'
 ] as const
 export type ErrorCode = (typeof ERROR_CODES)[number]
 
@@ -33,8 +33,9 @@ export class NoPendingTaskError extends TaskvaultError {
 }
 
 export class SessionBusyError extends TaskvaultError {
-  constructor (sessionId: string) {
-    super('SESSION_BUSY', `session '${sessionId}' is already executing`)
+  /** The replica that runs it, when another one does (many replicas on PostgreSQL). */
+  constructor (sessionId: string, readonly owner: string | null = null) {
+    super('SESSION_BUSY', owner === null ? `session '${sessionId}' is already executing` : `session '${sessionId}' is executing on replica '${owner}'`)
   }
 }
 
@@ -286,6 +287,17 @@ export class DatabaseUnavailableError extends TaskvaultError {
  * wrote: someone else changed (or removed) it meanwhile. Nothing was written, so nothing of
  * theirs is lost; this server's view of the session is stale and must be read again.
  */
+/**
+ * This replica no longer holds the session's execution lease (it could not renew in time, or
+ * another replica took the session over): whatever it was doing with the session stops, and
+ * its save was refused. The session carries on where the lease is now.
+ */
+export class LeaseLostError extends TaskvaultError {
+  constructor (readonly sessionId: string, detail: string) {
+    super('LEASE_LOST', `session '${sessionId}': ${detail}; nothing more was written by this replica`)
+  }
+}
+
 export class VersionConflictError extends TaskvaultError {
   constructor (readonly sessionId: string, operation: string, reason = 'was changed or removed by another writer since this server read it') {
     super('VERSION_CONFLICT', `${operation} refused: session '${sessionId}' ${reason}; nothing was written`)

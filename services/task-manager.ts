@@ -6,12 +6,18 @@ import type { CommandRuntime } from './runner/agents/command.js'
 import type { AgentsConfig } from './runner/agents/spec.js'
 import { DiskWatch } from './store/disk-space.js'
 import { ArchivedSessions, type ArchivedSessionSummary, type RetentionCutoffs } from './archive/archived-sessions.js'
-import { InvalidSessionIdError, LimitExceededError, NotReadyError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError, TaskNotFailedError, TaskNotFoundError, type TaskvaultError } from './errors.js'
+import {
+  InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
+  TaskNotFailedError, TaskNotFoundError, type TaskvaultError
+} from './errors.js'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { resolveAgents, type AgentRoutes, type Executors } from './runner/executors.js'
 import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
 import { liveFile, unchanged } from './session/draft.js'
 import { SessionRegistry, type SessionSummary } from './session/registry.js'
-import type { ArchivedSession, SessionStore } from './store/store.js'
+import type { ArchivedSession, SessionStore, SharedSessions, SweptSession } from './store/store.js'
+import { Sweeper } from './replicas/sweeper.js'
+import { noop } from './noop.js'
 import { TaskRunner, type Waiting } from './runner/task-runner.js'
 import type { ExecutedTask, Logger, RestoreReport, TaskManagerEvents } from './types.js'
 
@@ -61,6 +67,10 @@ export class TaskManager {
   private readonly runner: TaskRunner
   private restored: RestoreReport | null = null
   private stopping: Promise<void> | null = null
+  /** A store shared by several replicas (PostgreSQL): leases, sweeps, and reads checked against the rows. */
+  private readonly shared: SharedSessions | undefined
+  private readonly sweeper: Sweeper | null
+  private readonly unsubscribe: () => void
 
   constructor (options: TaskManagerOptions) {
     this.store = options.store
@@ -77,8 +87,21 @@ export class TaskManager {
       maxResultBytes: settings.maxResultBytes,
       shutdownGraceMs: settings.shutdownGraceMs,
       runRetryMs: settings.runRetryMs,
-      runRetryMaxMs: settings.runRetryMaxMs
+      runRetryMaxMs: settings.runRetryMaxMs,
+      shared: this.store.shared
     })
+    this.shared = this.store.shared
+    this.sweeper = this.shared === undefined
+      ? null
+      : new Sweeper({ shared: this.shared, intervalMs: settings.sweepIntervalMs, batch: settings.sweepBatch, takeOver: async (swept) => this.takeOver(swept), log: this.log })
+    const leaseLost = (sessionId: string, why: string): void => { this.runner.leaseLost(sessionId, why) }
+    const cancel = (sessionId: string): void => { this.runner.cancelRequested(sessionId) }
+    this.store.events?.on('lease-lost', leaseLost)
+    this.store.events?.on('cancel', cancel)
+    this.unsubscribe = () => {
+      this.store.events?.off('lease-lost', leaseLost)
+      this.store.events?.off('cancel', cancel)
+    }
     this.archived = new ArchivedSessions({ registry: this.registry, store: this.store, logger: this.log })
     const store = this.store
     this.disk = new DiskWatch({
@@ -141,6 +164,9 @@ export class TaskManager {
     for (const { file, bytes } of sessions) {
       // Loaded as stored; a reset then goes through a normal durable change.
       this.registry.load(file, bytes)
+      // Shared with other replicas: a running task may be theirs. The sweeper claims the
+      // sessions whose holder is gone and resets and resumes those (takeOver).
+      if (this.shared !== undefined) continue
       if (file.background_run !== undefined) backgroundRuns.push(file.session_id)
       const interrupted = file.session.tasks.filter((task) => task.status === 'InProgress')
       if (interrupted.length === 0) continue
@@ -158,6 +184,7 @@ export class TaskManager {
     this.log.info({ sessions: sessions.length, archived: archive.sessions, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from disk`)
     this.events.emit('restore', this.restored)
     this.disk.start()
+    this.sweeper?.start()
     if (this.settings.resumeOnStart) this.runner.resumeBackgroundRuns(backgroundRuns)
     else if (backgroundRuns.length > 0) this.log.warn({ sessions: backgroundRuns.length }, 'Background runs interrupted by the restart were not resumed (TASK_RESUME_ON_START=false); they resume on a start with it true, or end with an execute-all')
     return this.restored
@@ -177,6 +204,50 @@ export class TaskManager {
       task.status = 'Pending'
       this.log.warn({ session_id: sessionId, task_id: task.id, interruptions: count }, 'Task was interrupted; set back to Pending')
     }
+  }
+
+  /**
+   * A session a sweep claimed (its holder is gone): its interrupted task goes back to Pending,
+   * counted once (or is failed as cancelled, when a cancel was asked); then its background run
+   * goes on here, or the lease is given back. Never rejects.
+   */
+  private async takeOver ({ sessionId, cancelRequested }: SweptSession): Promise<void> {
+    const shared = this.shared as SharedSessions
+    let resume = false
+    try {
+      // This process runs it already (its own acquire raced the sweep): nothing to take over.
+      if (this.runner.isRunning(sessionId)) return
+      resume = await this.registry.change(sessionId, (draft) => {
+        const file = draft.file
+        if (file === null || this.runner.isRunning(sessionId)) return unchanged(false)
+        const interrupted = file.session.tasks.filter((task) => task.status === 'InProgress')
+        if (cancelRequested) {
+          for (const task of interrupted) {
+            Object.assign(task, { status: 'Failed', result: null, error: 'cancelled', confidence: null, completed_at: isoNow(draft.now) })
+            this.log.warn({ session_id: sessionId, task_id: task.id }, 'Task cancelled (asked while its replica was gone)')
+          }
+          delete file.background_run
+          return false
+        }
+        for (const task of interrupted) this.interrupted(sessionId, task, draft.now)
+        const run = file.background_run !== undefined
+        return interrupted.length === 0 ? unchanged(run) : run
+      }, true)
+    } catch (err) {
+      this.log.error({ session_id: sessionId, err }, 'Could not take over a session whose replica is gone; its lease runs out and another sweep tries again')
+      return
+    }
+    if (resume && !this.shuttingDown) {
+      this.log.info({ session_id: sessionId }, 'Resuming background run of a replica that is gone')
+      try {
+        await this.runner.startBackgroundRun(sessionId)
+        return
+      } catch (err) {
+        if (!(err instanceof SessionBusyError)) this.log.error({ session_id: sessionId, err }, 'Could not resume background run')
+        if (this.runner.isRunning(sessionId)) return
+      }
+    }
+    await shared.release(sessionId).catch((err: Error) => { this.log.warn({ session_id: sessionId, err }, 'Could not give the lease back; it runs out by itself') })
   }
 
   /** Appends tasks to a session, creating it (or bringing it back from the archive) if needed. Resolves once they are durable. */
@@ -222,13 +293,18 @@ export class TaskManager {
     return this.registry.existing(sessionId).progress
   }
 
-  list (offset: number, limit: number): { total: number, sessions: SessionSummary[] } {
+  /** A page of the active sessions, newest updated first, each saying whether it runs (on any replica). */
+  async list (offset: number, limit: number): Promise<{ total: number, sessions: Array<SessionSummary & { running: boolean }> }> {
+    // Shared: from the rows, so every replica lists the same.
+    if (this.shared !== undefined) return this.shared.listActive(offset, limit)
     const all = this.registry.summaries()
-    return { total: all.length, sessions: all.slice(offset, offset + limit) }
+    return { total: all.length, sessions: all.slice(offset, offset + limit).map((s) => ({ ...s, running: this.runner.isRunning(s.session_id) })) }
   }
 
   /** A session, active or archived (then read from its file). */
   async find (sessionId: string): Promise<{ file: SessionFile, archived: boolean }> {
+    // Shared: this copy is first checked against the row (read-your-writes across replicas).
+    await this.registry.sync(sessionId)
     const active = this.registry.find(sessionId)
     if (active !== null) return { file: active, archived: false }
     const archived = await this.archived.read(sessionId)
@@ -239,12 +315,13 @@ export class TaskManager {
     return { file: this.get(sessionId), archived: false }
   }
 
-  /** An active session's progress, or null (unknown or archived). */
+  /** An active session's progress from memory, or null (unknown, archived, or a shared store: ask findProgress). */
   activeProgress (sessionId: string): Progress | null {
-    return this.registry.find(sessionId) === null ? null : this.progress(sessionId)
+    return this.shared !== undefined || this.registry.find(sessionId) === null ? null : this.progress(sessionId)
   }
 
   async findProgress (sessionId: string): Promise<{ progress: Progress, archived: boolean }> {
+    await this.registry.sync(sessionId)
     if (this.registry.find(sessionId) !== null) return { progress: this.progress(sessionId), archived: false }
     const { file, archived } = await this.find(sessionId)
     return { progress: archived ? progressOf(file.session.tasks) : this.progress(sessionId), archived }
@@ -252,9 +329,19 @@ export class TaskManager {
 
   /** Every session, newest first, with archived ones (`include`) or only those (`only`). */
   async listWithArchived (offset: number, limit: number, filter: Exclude<ArchivedFilter, 'exclude'>): Promise<{ total: number, sessions: Array<SessionSummary | ArchivedSessionSummary> }> {
+    // Shared: other replicas archive too, so the index is read again from the rows first.
+    if (this.shared !== undefined) await this.store.openArchive({ concurrency: this.settings.restoreConcurrency })
     const archived = await this.archived.summaries()
-    const all = filter === 'only' ? archived : mergeNewestFirst(this.registry.summaries(), archived)
+    const active = filter === 'only' ? [] : await this.activeSummaries()
+    const all = filter === 'only' ? archived : mergeNewestFirst(active, archived)
     return { total: all.length, sessions: all.slice(offset, offset + limit) }
+  }
+
+  /** Every active session's summary, newest first (with whether it runs). */
+  private async activeSummaries (): Promise<Array<SessionSummary & { running: boolean }>> {
+    if (this.shared === undefined) return (await this.list(0, Number.MAX_SAFE_INTEGER)).sessions
+    const { total } = await this.shared.listActive(0, 0)
+    return (await this.shared.listActive(0, total)).sessions
   }
 
   /** Named fields, not spreads: spreads build slow dictionary-mode objects on this hot path. */
@@ -313,29 +400,79 @@ export class TaskManager {
   /** Runs the next pending task. 409s: already executing, or nothing pending. */
   async executeNext (sessionId: string): Promise<{ task: ExecutedTask, progress: Progress }> {
     this.assertOpen()
+    await this.known(sessionId)
     return this.runner.executeNext(sessionId)
   }
 
   /** Runs every pending task in order; stops early on cancel or shutdown. */
   async executeAll (sessionId: string): Promise<{ results: ExecutedTask[], progress: Progress }> {
     this.assertOpen()
+    await this.known(sessionId)
     return this.runner.executeAll(sessionId)
   }
 
   /** Starts a background run; resolves once it is recorded in the session file. */
   async startBackgroundRun (sessionId: string): Promise<Progress> {
     this.assertOpen()
+    await this.known(sessionId)
     return this.runner.startBackgroundRun(sessionId)
   }
 
   /** Stops the session's running execution (its task fails with "cancelled"). */
   async cancel (sessionId: string): Promise<{ cancelled_task_id: string | null, progress: Progress }> {
-    return this.runner.cancel(sessionId)
+    if (this.shared === undefined || this.runner.isRunning(sessionId)) return this.runner.cancel(sessionId)
+    return this.cancelElsewhere(this.shared, sessionId)
   }
 
-  /** True while an execution (foreground or background) holds the session. */
+  /**
+   * A cancel for a session this replica does not run: asked of the replica that holds its lease
+   * (kept in the row and notified), and answered once that replica let go of the session. When
+   * nobody holds it but a run was left behind (its replica died), this replica applies it.
+   */
+  private async cancelElsewhere (shared: SharedSessions, sessionId: string): Promise<{ cancelled_task_id: string | null, progress: Progress }> {
+    await this.registry.sync(sessionId)
+    const before = this.registry.existing(sessionId).file
+    const running = new Set(before.session.tasks.filter((task) => task.status === 'InProgress').map((task) => task.id))
+    const owner = await shared.requestCancel(sessionId)
+    if (owner === null) {
+      if (running.size === 0 && before.background_run === undefined) throw new NotRunningError(sessionId)
+      // Left behind by a replica that is gone: claimed here and cancelled, as a sweep would.
+      await shared.acquire(sessionId)
+      await this.takeOver({ sessionId, cancelRequested: true })
+    } else {
+      // The holder sees it by NOTIFY (or its next renewal); if it died, a sweep applies it.
+      const deadline = performance.now() + this.cancelWaitMs()
+      while (await shared.holder(sessionId) === owner) {
+        if (performance.now() > deadline) throw new SessionBusyError(sessionId, owner)
+        await sleep(CANCEL_POLL_MS)
+      }
+    }
+    await this.registry.sync(sessionId)
+    const after = this.registry.existing(sessionId)
+    const cancelled = after.file.session.tasks.find((task) => running.has(task.id) && task.status === 'Failed' && task.error === 'cancelled')
+    return { cancelled_task_id: cancelled?.id ?? null, progress: after.progress }
+  }
+
+  /** How long a cancel waits for the holder to let go: past that, its lease has run out and a sweep has applied the cancel. */
+  private cancelWaitMs (): number {
+    return this.settings.shutdownGraceMs + this.settings.sweepIntervalMs * 2 + 60_000
+  }
+
+  /** True while an execution (foreground or background) holds the session, here or (shared) on another replica as last read. */
   isRunning (sessionId: string): boolean {
-    return this.runner.isRunning(sessionId)
+    return this.runner.isRunning(sessionId) || (this.shared?.runningElsewhere(sessionId) ?? null) !== null
+  }
+
+  /** Shared: reads a session this replica does not know yet (another one created it), so that it can run it. */
+  private async known (sessionId: string): Promise<void> {
+    if (this.registry.find(sessionId) === null) await this.registry.sync(sessionId)
+  }
+
+  /** Shared: refuses to change a session another replica runs (SESSION_BUSY naming it). */
+  private async assertNotRunningElsewhere (sessionId: string): Promise<void> {
+    if (this.shared === undefined || this.runner.isRunning(sessionId)) return
+    const holder = await this.shared.holder(sessionId)
+    if (holder !== null) throw new SessionBusyError(sessionId, holder)
   }
 
   /** What the session's background run waits for before it goes on (a failing disk), if anything. */
@@ -345,6 +482,12 @@ export class TaskManager {
 
   /** Deletes a session and its file, or its archived files. Refused while it executes. */
   async delete (sessionId: string): Promise<void> {
+    if (this.shared !== undefined) {
+      await this.registry.sync(sessionId)
+      // Archived elsewhere since this replica read its index: the rows say.
+      if (this.registry.find(sessionId) === null) await this.archived.read(sessionId)
+      await this.assertNotRunningElsewhere(sessionId)
+    }
     if (!this.archived.has(sessionId) && this.registry.find(sessionId) === null) {
       // Perhaps being brought back from the archive right now: settle behind its change first.
       await this.registry.settle(sessionId)
@@ -366,6 +509,8 @@ export class TaskManager {
    */
   async retry (sessionId: string, taskId?: string): Promise<{ task_ids: string[], progress: Progress }> {
     this.assertOpen()
+    await this.registry.sync(sessionId)
+    await this.assertNotRunningElsewhere(sessionId)
     let unarchived = false
     const taskIds = await this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
       // Checked before the draft is touched: a refused change leaves it as it was.
@@ -401,8 +546,29 @@ export class TaskManager {
    * session that starts running or gains tasks in the meantime stays.
    */
   async archiveFinishedBefore (cutoff: Date): Promise<string[]> {
+    if (this.shared === undefined) return this.archiveEach(this.registry.sessionIds(), cutoff)
+    const shared = this.shared
+    // One replica's pass at a time; candidates from the rows (sessions nobody runs), each
+    // checked against its row before it moves.
+    const archived = await shared.exclusively('archive', async () => {
+      const done: string[] = []
+      const seen = new Set<string>()
+      for (;;) {
+        const batch = (await shared.archivable(cutoff, this.settings.sweepBatch)).filter((id) => !seen.has(id))
+        if (batch.length === 0 || this.shuttingDown) return done
+        for (const id of batch) {
+          seen.add(id)
+          await this.registry.sync(id).catch(noop)
+        }
+        done.push(...await this.archiveEach(batch, cutoff))
+      }
+    })
+    return archived ?? []
+  }
+
+  private async archiveEach (sessionIds: string[], cutoff: Date): Promise<string[]> {
     const archived: string[] = []
-    for (const sessionId of this.registry.sessionIds()) {
+    for (const sessionId of sessionIds) {
       const file = this.registry.find(sessionId)
       if (file === null || !isArchivable(file, cutoff)) continue
       if (this.shuttingDown) break
@@ -426,7 +592,15 @@ export class TaskManager {
 
   /** Deletes archived sessions that finished before their retention cutoff. */
   async pruneArchivedBefore (cutoffs: RetentionCutoffs): Promise<string[]> {
-    const deleted = await this.archived.prune(cutoffs, () => this.shuttingDown)
+    const prune = async (): Promise<string[]> => this.archived.prune(cutoffs, () => this.shuttingDown)
+    const shared = this.shared
+    const deleted = shared === undefined
+      ? await prune()
+      : await shared.exclusively('retention', async () => {
+        // Other replicas archive too: the index is read again from the rows first.
+        await this.store.openArchive({ concurrency: this.settings.restoreConcurrency })
+        return prune()
+      }) ?? []
     for (const sessionId of deleted) this.runner.announce('session.deleted', { session_id: sessionId, archived: true })
     return deleted
   }
@@ -442,7 +616,7 @@ export class TaskManager {
    */
   beginShutdown (): Promise<void> {
     this.disk.stop()
-    this.stopping ??= this.runner.shutdown()
+    this.stopping ??= Promise.all([this.sweeper?.stop(), this.runner.shutdown()]).then(() => { this.unsubscribe() })
     return this.stopping
   }
 
@@ -473,6 +647,9 @@ export class TaskManager {
     if (this.shuttingDown) throw new ShuttingDownError()
   }
 }
+
+/** How often a cancel asked of another replica checks whether it let go of the session. */
+const CANCEL_POLL_MS = 50
 
 /** Merges two lists sorted newest `updated_at` first. */
 function mergeNewestFirst<A extends { updated_at: string }, B extends { updated_at: string }> (a: A[], b: B[]): Array<A | B> {

@@ -167,7 +167,7 @@ async function write (client: pg.Client, { item, action, row }: Planned, counts:
   let result: pg.QueryResult
   try {
     if (action === 'insert') result = await client.query(insertSession(item.sessionId, item.data, derived))
-    else if (action === 'replace' && row !== undefined) result = await client.query(updateSession({ row: row.row_id, version: row.version }, item.data, derived))
+    else if (action === 'replace' && row !== undefined) result = await client.query(updateSession({ row: row.row_id, version: row.version }, item.data, derived, null))
     else result = await client.query(insertArchived(item.sessionId, item.data, derived))
   } catch (err) {
     const code = (err as { code?: unknown }).code

@@ -2,11 +2,12 @@ import type { EventEmitter } from 'node:events'
 import { setMaxListeners } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { callAgent, errorMessage } from './agent-call.js'
-import { AgentError, CancelledError, NoPendingTaskError, NotRunningError, SessionBusyError, SessionNotFoundError, SessionTooLargeError, ShuttingDownError, StorageError } from '../errors.js'
+import { AgentError, CancelledError, LeaseLostError, NoPendingTaskError, NotRunningError, SessionBusyError, SessionNotFoundError, SessionTooLargeError, ShuttingDownError, StorageError } from '../errors.js'
 import { agentFor, retryDelay, type AgentRoutes, type ExecutionResult } from './executors.js'
 import { isoNow, truncateUtf8, type Progress, type Task } from '../session/session.js'
 import { liveFile, unchanged } from '../session/draft.js'
 import type { SessionRegistry } from '../session/registry.js'
+import type { SharedSessions } from '../store/store.js'
 import type { ExecutedTask, Logger, TaskManagerEvents } from '../types.js'
 import type { TaskEventData, TaskEventName } from '../events/task-events.js'
 import { noop } from '../noop.js'
@@ -23,6 +24,8 @@ export interface TaskRunnerOptions {
   runRetryMs: number
   /** The longest of those waits (TASK_RUN_RETRY_MAX_MS). */
   runRetryMaxMs: number
+  /** A store shared by replicas: each execution holds the session's lease while it runs. */
+  shared?: SharedSessions
 }
 
 /**
@@ -39,6 +42,7 @@ export class TaskRunner {
   private readonly shutdownGraceMs: number
   private readonly runRetryMs: number
   private readonly runRetryMaxMs: number
+  private readonly shared: SharedSessions | undefined
   private readonly abort = new AbortController()
   /** Aborted when shutdown begins: ends waits that would otherwise outlast it. */
   private readonly closingSignal = new AbortController()
@@ -55,6 +59,7 @@ export class TaskRunner {
     this.shutdownGraceMs = options.shutdownGraceMs
     this.runRetryMs = options.runRetryMs
     this.runRetryMaxMs = options.runRetryMaxMs
+    this.shared = options.shared
     // Every running execution listens on this one signal; many at once is normal, not a leak.
     setMaxListeners(0, this.abort.signal)
   }
@@ -130,6 +135,25 @@ export class TaskRunner {
     return { cancelled_task_id: run.cancelledTaskId, progress: this.registry.existing(sessionId).progress }
   }
 
+  /**
+   * This replica no longer holds the session's lease: its execution stops at once, leaving the
+   * task as it is for the replica that has the session now (nothing more is saved from here).
+   */
+  leaseLost (sessionId: string, why: string): void {
+    const run = this.runs.get(sessionId)
+    if (run === undefined || run.controller.signal.aborted) return
+    this.log.error({ session_id: sessionId, reason: why }, 'Lost the lease of a running session; its execution stops here and goes on where the lease is')
+    run.controller.abort(new LeaseLostError(sessionId, why))
+  }
+
+  /** A cancel asked on another replica for a session this one runs: as cancel(), without waiting. */
+  cancelRequested (sessionId: string): void {
+    const run = this.runs.get(sessionId)
+    if (run === undefined || run.controller.signal.aborted) return
+    this.log.info({ session_id: sessionId }, 'Cancel asked on another replica')
+    run.controller.abort(new CancelledError())
+  }
+
   /** True while an execution (foreground or background) holds the session. */
   isRunning (sessionId: string): boolean {
     return this.runs.has(sessionId)
@@ -183,6 +207,17 @@ export class TaskRunner {
   private async exclusive<R> (sessionId: string, background: boolean, body: (run: Run) => Promise<R>): Promise<R> {
     if (this.closing) throw new ShuttingDownError()
     if (!this.registry.claim(sessionId)) throw new SessionBusyError(sessionId)
+    if (this.shared !== undefined) {
+      try {
+        await this.shared.acquire(sessionId)
+        // What other replicas did to it before the lease was taken is what this run starts from.
+        await this.registry.sync(sessionId)
+      } catch (err) {
+        this.registry.release(sessionId)
+        if (!(err instanceof SessionBusyError)) await this.giveBack(sessionId)
+        throw err
+      }
+    }
     const controller = new AbortController()
     let ended!: () => void
     const run: Run = {
@@ -210,14 +245,24 @@ export class TaskRunner {
       this.running.delete(execution)
       this.runs.delete(sessionId)
       this.registry.release(sessionId)
+      await this.giveBack(sessionId)
       if (run.announced) this.announceEnd(sessionId, run)
       // Only now: whoever waits on `done` (cancel) must see the session free.
       ended()
     }
   }
 
+  /** Gives the session's lease back (shared store); a failure only means it runs out by itself. */
+  private async giveBack (sessionId: string): Promise<void> {
+    await this.shared?.release(sessionId).catch((err: Error) => {
+      this.log.warn({ session_id: sessionId, err }, 'Could not give the lease back; it runs out by itself')
+    })
+  }
+
   /** How a run that said run.started ended; a run stopped by shutdown resumes later and says nothing. */
   private announceEnd (sessionId: string, run: Run): void {
+    // Lost to another replica: the run goes on there, which says how it ends.
+    if (lostLease(run)) return
     if (run.controller.signal.aborted) {
       this.announce('run.cancelled', { session_id: sessionId, background: run.background, task_id: run.cancelledTaskId ?? undefined, executed: run.executed })
     } else if (!(this.closing && (run.background || run.error !== null))) {
@@ -250,14 +295,15 @@ export class TaskRunner {
     for (;;) {
       try {
         const results = await this.runAll(sessionId, run)
-        // Stopped by shutdown: the record stays, so the run resumes after restart.
-        if (this.closing && !run.controller.signal.aborted) return
+        // Stopped by shutdown: the record stays, so the run resumes after restart (or on
+        // another replica); lost to another replica: it goes on there.
+        if ((this.closing && !run.controller.signal.aborted) || lostLease(run)) return
         await this.endRecordedRun(sessionId)
         this.log.info({ session_id: sessionId, executed: results.length, cancelled: run.controller.signal.aborted }, 'Background run finished')
         return
       } catch (err) {
         run.error = err as Error
-        if (err instanceof ShuttingDownError) return
+        if (err instanceof ShuttingDownError || err instanceof LeaseLostError) return
         if (!(err instanceof StorageError) || run.signal.aborted || this.closing) {
           this.log.error({ session_id: sessionId, err }, 'Background run stopped')
           return
@@ -414,11 +460,18 @@ export class TaskRunner {
 
   /** The run was stopped mid-task: shutdown leaves the task InProgress on disk; cancel fails it. */
   private stopped (sessionId: string, taskId: string, run: Run): Outcome {
+    const reason: unknown = run.controller.signal.reason
+    if (reason instanceof LeaseLostError) throw reason
     if (this.abort.signal.aborted) throw new ShuttingDownError(`task ${taskId} was interrupted by shutdown; it runs again after restart`)
     run.cancelledTaskId = taskId
     this.log.warn({ session_id: sessionId, task_id: taskId }, 'Task cancelled')
     return { status: 'Failed', result: null, error: 'cancelled', confidence: null }
   }
+}
+
+/** The run stopped because this replica lost the session's lease. */
+function lostLease (run: Run): boolean {
+  return run.controller.signal.reason instanceof LeaseLostError
 }
 
 /** What a run can be waiting for: today only storage (a full or failing disk). */

@@ -1,6 +1,6 @@
 import type { Static } from '@sinclair/typebox'
 import type { SessionSummary as SessionSummarySchema } from '../../schemas/api.js'
-import { SessionNotFoundError, StorageError } from '../errors.js'
+import { SessionNotFoundError, StorageError, VersionConflictError } from '../errors.js'
 import { Draft, Unchanged, unchanged, type ChangeFn } from './draft.js'
 import { cloneSessionFile, currentIndex, isoNow, progressOf, type Progress, type SessionFile } from './session.js'
 import type { SessionStore } from '../store/store.js'
@@ -17,6 +17,10 @@ interface QueuedChange {
   apply: ChangeFn<unknown>
   resolve: (value: unknown) => void
   reject: (error: unknown) => void
+  /** Wants the session checked against the stored one first (a shared store; see sync). */
+  fresh: boolean
+  /** Times it met a version conflict and was applied again to the stored state. */
+  conflicts: number
 }
 
 export interface SessionSlot {
@@ -30,10 +34,15 @@ export interface SessionSlot {
   unsaved: boolean
   queue: QueuedChange[]
   flushing: Promise<void> | null
+  /** A write met a version conflict: the stored session is read before the next change is applied. */
+  stale: boolean
 }
 
 /** An active session in a list: its ids, times and progress. */
 export type SessionSummary = Static<typeof SessionSummarySchema>
+
+/** Times a change is applied again after version conflicts (another replica wrote in between) before it fails. */
+const MAX_CONFLICTS = 5
 
 /** The counts plus the stored size of the active sessions. */
 export interface Totals extends SessionCounts {
@@ -123,12 +132,23 @@ export class SessionRegistry {
   }
 
   /** Queues a change and resolves with its result once it is durable. */
-  change<R> (sessionId: string, apply: ChangeFn<R>): Promise<R> {
+  change<R> (sessionId: string, apply: ChangeFn<R>, fresh = false): Promise<R> {
     const slot = this.slotFor(sessionId)
     return new Promise<R>((resolve, reject) => {
-      slot.queue.push({ apply, resolve: resolve as (value: unknown) => void, reject })
+      slot.queue.push({ apply, resolve: resolve as (value: unknown) => void, reject, fresh, conflicts: 0 })
       slot.flushing ??= this.flush(sessionId, slot)
     })
+  }
+
+  /**
+   * With a store shared by several replicas: brings this copy of the session up to the stored
+   * one (another replica may have changed, created, archived or deleted it), in its change
+   * queue, so that what is read next reflects every write acknowledged anywhere before. A
+   * store of this process alone: nothing to do.
+   */
+  async sync (sessionId: string): Promise<void> {
+    if (this.store.shared === undefined) return
+    await this.change(sessionId, () => unchanged(undefined), true)
   }
 
   /** Marks a session as executing; false if it already was. */
@@ -195,7 +215,7 @@ export class SessionRegistry {
   private slotFor (sessionId: string): SessionSlot {
     let slot = this.slots.get(sessionId)
     if (slot === undefined) {
-      slot = { file: null, progress: null, updatedMs: 0, bytes: 0, executing: false, unsaved: false, queue: [], flushing: null }
+      slot = { file: null, progress: null, updatedMs: 0, bytes: 0, executing: false, unsaved: false, queue: [], flushing: null, stale: false }
       this.slots.set(sessionId, slot)
     }
     return slot
@@ -206,6 +226,15 @@ export class SessionRegistry {
     // same tick share the first write.
     await Promise.resolve()
     while (slot.queue.length > 0) {
+      if (slot.stale || slot.queue.some((change) => change.fresh)) {
+        try {
+          await this.reload(sessionId, slot)
+        } catch (err) {
+          // The stored session could not be read: nothing queued can be applied to a known state.
+          for (const change of slot.queue.splice(0)) change.reject(err)
+          break
+        }
+      }
       const { draft, applied } = this.applyBatch(sessionId, slot)
       if (applied.some((outcome) => !outcome.unchanged)) await this.write(sessionId, slot, draft, applied)
       // Changes that changed nothing settle after the write before them, so a settle() or
@@ -248,7 +277,16 @@ export class SessionRegistry {
       bytes = await this.persist(sessionId, slot, draft)
     } catch (err) {
       if (err instanceof StorageError && err.uncertain) await this.writeBack(sessionId, slot)
-      for (const { change, unchanged } of applied) if (!unchanged) change.reject(err)
+      const changed = applied.filter((outcome) => !outcome.unchanged).map((outcome) => outcome.change)
+      if (err instanceof VersionConflictError && this.store.shared !== undefined && changed.every((change) => change.conflicts < MAX_CONFLICTS)) {
+        // Another replica wrote the session since this copy was read: the changes are applied
+        // again, in order and ahead of later ones, to the stored state.
+        for (const change of changed) change.conflicts++
+        slot.queue.unshift(...changed)
+        slot.stale = true
+        return
+      }
+      for (const change of changed) change.reject(err)
       return
     }
     this.commit(slot, draft.file, bytes, this.autoSave || draft.intent.kind !== 'save' || draft.intent.force)
@@ -276,6 +314,14 @@ export class SessionRegistry {
         if (draft.file === null) return 0
         return this.autoSave || intent.force ? this.store.save(draft.file) : slot.bytes
     }
+  }
+
+  /** Replaces this copy with the stored session when they differ (a shared store's refresh). */
+  private async reload (sessionId: string, slot: SessionSlot): Promise<void> {
+    const stored = await this.store.shared?.refresh(sessionId)
+    slot.stale = false
+    if (stored === undefined) return
+    this.commit(slot, stored?.file ?? null, stored?.bytes ?? 0, true)
   }
 
   /**

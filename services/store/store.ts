@@ -5,6 +5,8 @@ import type { TaskvaultError } from '../errors.js'
 import type { LockEvent } from './storage-lock.js'
 import type { DiskSpace } from './disk-space.js'
 import type { SessionCounts } from '../types.js'
+import type { SessionSummary } from '../../schemas/api.js'
+import type { Static } from '@sinclair/typebox'
 
 export type { ArchiveTotals, ArchivedSummary }
 
@@ -59,6 +61,54 @@ export interface SessionStoreEvents {
   save: [SaveEvent]
   /** The single-writer lock's heartbeat: a lock re-created, lost to another writer, or not checkable. */
   lock: [LockEvent]
+  /** A shared store: this replica no longer holds the session's execution lease (why, in words). */
+  'lease-lost': [string, string]
+  /** A shared store: a cancel was asked elsewhere for a session this replica runs. */
+  cancel: [string]
+}
+
+/** A session claimed by a sweep: its lease is now this replica's. */
+export interface SweptSession {
+  sessionId: string
+  /** A cancel was asked while its last holder ran it: apply it rather than carry the run on. */
+  cancelRequested: boolean
+}
+
+/** An active session in a list from a shared store: its summary, and whether a replica runs it. */
+export type SharedSummary = Static<typeof SessionSummary> & { running: boolean }
+
+/**
+ * What a store shared by several replicas adds (PostgreSQL with TASK_REPLICA_ID): executing a
+ * session takes a lease on it, so one replica at a time runs it; every save made while this
+ * replica holds the lease is fenced by the lease's epoch, so a replica that lost it can never
+ * overwrite the new holder's work; and a replica's copy of a session is checked against the
+ * stored one before it is relied on.
+ */
+export interface SharedSessions {
+  readonly replicaId: string
+  /**
+   * The session as stored now when it differs from what this store last read or wrote (null:
+   * no active row); undefined when it is the same.
+   */
+  refresh(sessionId: string): Promise<LoadedSession | null | undefined>
+  /** Which other replica holds a live lease on the session, as of its last refresh or list; null: none. */
+  runningElsewhere(sessionId: string): string | null
+  /** Takes the session's lease; SessionBusyError naming the holder when another replica has it. */
+  acquire(sessionId: string): Promise<void>
+  /** Gives the lease back. Best effort: a lease not given back runs out by itself. */
+  release(sessionId: string): Promise<void>
+  /** The live holder of the session's lease (this replica included), or null. */
+  holder(sessionId: string): Promise<string | null>
+  /** Claims sessions whose holder is gone (lease run out) or that nobody runs but should be run on. */
+  sweep(limit: number): Promise<SweptSession[]>
+  /** Asks the live holder to cancel; resolves with its id, or null when nobody holds the lease. */
+  requestCancel(sessionId: string): Promise<string | null>
+  /** A page of the active sessions, newest updated first, and how many there are. */
+  listActive(offset: number, limit: number): Promise<{ total: number, sessions: SharedSummary[] }>
+  /** Active sessions nobody runs whose tasks all ended before `cutoff`. */
+  archivable(cutoff: Date, limit: number): Promise<string[]>
+  /** Runs a maintenance pass unless another replica's pass of that name runs now (then null). */
+  exclusively<T>(pass: string, run: () => Promise<T>): Promise<T | null>
 }
 
 /**
@@ -119,6 +169,8 @@ export interface SessionStore {
    * the rows). A store without it is counted from the manager's memory.
    */
   totals?(): Promise<StoreTotals>
+  /** Set when several replicas may share the store (see SharedSessions). */
+  readonly shared?: SharedSessions
   /** Whether the storage answers now (a database round trip); /ready answers 503 with the error. */
   check?(): Promise<TaskvaultError | null>
   /**

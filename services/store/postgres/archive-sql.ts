@@ -13,9 +13,9 @@ import type { DerivedColumns, RowVersion } from './sessions-sql.js'
  */
 export function archiveSession (sessionId: string, expected: RowVersion | null): pg.QueryConfig {
   return {
-    // Issue 14: a pass must never archive a leased session; add `AND owner IS NULL` with the leases.
+    // Never a session some replica runs (or ran and died holding: the sweeper settles it first).
     text: `UPDATE sessions SET archived_at = now(), version = version + 1
-      WHERE session_id = $1 AND archived_at IS NULL AND ($2::bigint IS NULL OR (row_id = $2 AND version = $3))
+      WHERE session_id = $1 AND archived_at IS NULL AND ($2::bigint IS NULL OR (row_id = $2 AND version = $3)) AND owner IS NULL
       RETURNING row_id, bytes`,
     values: [sessionId, expected?.row ?? null, expected?.version ?? null]
   }

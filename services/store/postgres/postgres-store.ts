@@ -4,12 +4,14 @@ import { SessionFile, SESSION_ID_PATTERN } from '../../../schemas/session.js'
 import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from '../../archive/archive-index.js'
 import {
   CorruptSessionFileError, DatabaseUnavailableError, InvalidDatabaseSettingError, InvalidSessionIdError, KeyUnavailableError,
-  StorageError, TaskvaultError, VersionConflictError
+  LeaseLostError, StorageError, TaskvaultError, VersionConflictError
 } from '../../errors.js'
 import { noop } from '../../noop.js'
 import type { Keyring } from '../keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../session-files.js'
-import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents, StoreTotals } from '../store.js'
+import type {
+  ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents, SharedSessions, SharedSummary, StoreTotals, SweptSession
+} from '../store.js'
 import { ARCHIVED_ROWS, archiveSession, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
 import { migrate } from './migrate.js'
 import { assertSavable, reportedSave } from '../save-rules.js'
@@ -20,7 +22,9 @@ import {
   updateSession, type ActiveRow, type DerivedColumns, type RowVersion
 } from './sessions-sql.js'
 import { SaveBatcher, type PendingSave } from './save-batcher.js'
-import { heartbeat, leave, liveReplicas } from './replicas-sql.js'
+import { leave, liveReplicas } from './replicas-sql.js'
+import { LeaseKeeper } from './leases.js'
+import { ACTIVE_COUNT, activeSummaries, archivableSessions, passLock, refreshSession } from './leases-sql.js'
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 /** `<session id>@<row id>`: how an archived copy is named (archivedName, summaries, failures). */
@@ -59,9 +63,12 @@ export interface PostgresSessionStoreOptions {
   saveBatch?: number
   /** Stored bytes in one such statement (TASK_DB_SAVE_BATCH_BYTES). */
   saveBatchBytes?: number
-  /** This server among the replicas on the schema (TASK_REPLICA_ID); none: no heartbeat. */
+  /**
+   * This server among the replicas on the schema (TASK_REPLICA_ID): the store is then shared
+   * (`shared`: leases, fencing, refresh). None: the only server, no heartbeat.
+   */
   replicaId?: string
-  /** A heartbeat every third of this; a replica silent this long is not listed (TASK_LEASE_MS). */
+  /** Execution leases last this long, renewed with the heartbeat every third of it (TASK_LEASE_MS). */
   leaseMs?: number
 }
 
@@ -105,7 +112,7 @@ type Outcome = { kind: 'row', data: Buffer, kid: string } | { kind: 'gone' }
  * next openArchive; issue 14 must validate these against the rows (or invalidate them through
  * LISTEN/NOTIFY). readArchived and removeArchived already go by the rows and correct the index.
  */
-export class PostgresSessionStore implements SessionStore {
+export class PostgresSessionStore implements SessionStore, SharedSessions {
   readonly kind = 'postgres'
   readonly events = new EventEmitter<SessionStoreEvents>()
   readonly schema: string
@@ -127,9 +134,12 @@ export class PostgresSessionStore implements SessionStore {
   private readonly batcher: SaveBatcher<RowVersion | null, QueuedSave>
   /** Connections that have had SYNCHRONOUS_COMMIT_ON (see query()). */
   private readonly prepared = new WeakSet<pg.PoolClient>()
-  private readonly replicaId: string | null
+  readonly replicaId: string
+  readonly shared: SharedSessions | undefined
   private readonly leaseMs: number
-  private heartbeats: NodeJS.Timeout | null = null
+  private readonly leases: LeaseKeeper | null
+  /** Sessions another replica held a live lease on when last read (refresh, list), by holder. */
+  private readonly elsewhere = new Map<string, string>()
   private closed = false
 
   constructor (options: PostgresSessionStoreOptions) {
@@ -152,11 +162,23 @@ export class PostgresSessionStore implements SessionStore {
     this.maxSessionBytes = options.maxSessionBytes ?? Number.POSITIVE_INFINITY
     this.keyring = options.keyring ?? null
     this.pageRows = options.pageRows ?? DEFAULT_PAGE_ROWS
-    this.replicaId = options.replicaId ?? null
+    this.replicaId = options.replicaId ?? ''
     this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS
+    this.leases = options.replicaId === undefined
+      ? null
+      : new LeaseKeeper({
+        replicaId: options.replicaId,
+        leaseMs: this.leaseMs,
+        schema: this.schema,
+        query: async (operation, config) => this.run(operation, config),
+        connect: async () => this.pool.connect(),
+        events: this.events
+      })
+    this.shared = this.leases === null ? undefined : this
     // As many saves in flight as the pool has connections: more would only wait in the pool,
-    // where they could not be batched.
-    const lanes = options.settings?.max ?? (this.pool as pg.Pool & { options?: { max?: number } }).options?.max ?? 10
+    // where they could not be batched. One connection listens for cancels when shared.
+    const max = options.settings?.max ?? (this.pool as pg.Pool & { options?: { max?: number } }).options?.max ?? 10
+    const lanes = Math.max(1, this.leases === null ? max : max - 1)
     this.batcher = new SaveBatcher({
       lanes,
       maxSessions: options.saveBatch ?? DEFAULT_SAVE_BATCH,
@@ -187,22 +209,9 @@ export class PostgresSessionStore implements SessionStore {
       throw new InvalidDatabaseSettingError('TASK_DB_SCHEMA', `the pool's connections resolve names in schema '${settings?.schema ?? '(none)'}', not '${this.schema}'; ` +
         'build the pool with search_path set to it (connectionConfig in services/store/postgres/pool.ts does)')
     }
-    await this.beat()
+    // The heartbeat and lease renewal: now, then every third of TASK_LEASE_MS.
+    await this.leases?.start()
     return result
-  }
-
-  /**
-   * This replica's heartbeat: now, then every third of TASK_LEASE_MS. A beat that fails (the
-   * database away) is simply missed; the next one tries again.
-   */
-  private async beat (): Promise<void> {
-    if (this.replicaId === null || this.closed) return
-    const replicaId = this.replicaId
-    await this.query(heartbeat(replicaId)).catch(noop)
-    if (this.heartbeats === null && !this.closed) {
-      this.heartbeats = setInterval(() => { this.query(heartbeat(replicaId)).catch(noop) }, Math.max(1, Math.floor(this.leaseMs / 3)))
-      this.heartbeats.unref()
-    }
   }
 
   // --- Active sessions (sessions-sql.ts) ---
@@ -282,7 +291,8 @@ export class PostgresSessionStore implements SessionStore {
           const row = (await this.run<{ row_id: string, version: string }>(first.operation, insertSession(first.sessionId, first.data, first.derived), outcomes)).rows[0]
           first.resolve(row === undefined ? null : this.written(first, row))
         } else {
-          const { rowCount } = await this.run(first.operation, updateSession(known, first.data, first.derived), outcomes)
+          const fence = this.leases?.fence(first.sessionId) ?? null
+          const { rowCount } = await this.run(first.operation, updateSession(known, first.data, first.derived, fence), outcomes)
           const next = nextVersion(known)
           first.resolve(rowCount === 1 ? this.written(first, { row_id: next.row, version: next.version }) : null)
         }
@@ -291,7 +301,9 @@ export class PostgresSessionStore implements SessionStore {
       }
       return
     }
-    const config = saveBatch(batch.map((save) => ({ sessionId: save.sessionId, expected: this.rows.get(save.sessionId) ?? null, document: save.data, columns: save.derived })))
+    const config = saveBatch(batch.map((save) => ({
+      sessionId: save.sessionId, expected: this.rows.get(save.sessionId) ?? null, document: save.data, columns: save.derived, fence: this.leases?.fence(save.sessionId) ?? null
+    })))
     let rows: Array<{ session_id: string, row_id: string, version: string }>
     try {
       rows = (await this.query<{ session_id: string, row_id: string, version: string }>(config)).rows
@@ -327,7 +339,7 @@ export class PostgresSessionStore implements SessionStore {
     this.checkId(sessionId)
     const operation = `deleting session '${sessionId}'`
     await this.attempt(sessionId, operation, async () => {
-      const result = await this.run<{ found: string | null, deleted: number }>(operation, deleteSession(sessionId, this.rows.get(sessionId) ?? null), [[sessionId, { kind: 'gone' }]])
+      const result = await this.run<{ found: string | null, deleted: number }>(operation, deleteSession(sessionId, this.rows.get(sessionId) ?? null, this.leases === null ? null : this.replicaId), [[sessionId, { kind: 'gone' }]])
       const { found, deleted } = result.rows[0] ?? { found: null, deleted: 0 }
       // Missing is not an error; found but left alone means it was at another version.
       return deleted > 0 || found === null ? true : null
@@ -508,10 +520,130 @@ export class PostgresSessionStore implements SessionStore {
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
-    if (this.heartbeats !== null) clearInterval(this.heartbeats)
+    await this.leases?.close()
     // Leaving cleanly: gone from /stats at once, not after TASK_LEASE_MS.
-    if (this.replicaId !== null) await this.query(leave(this.replicaId)).catch(noop)
+    if (this.leases !== null) await this.query(leave(this.replicaId)).catch(noop)
     if (this.ownsPool) await this.pool.end()
+  }
+
+  // --- Shared by several replicas (SharedSessions; leases.ts) ---
+
+  async refresh (sessionId: string): Promise<LoadedSession | null | undefined> {
+    this.checkId(sessionId)
+    const known = this.rows.get(sessionId) ?? null
+    const { rows } = await this.run<{ row_id: string, version: string, bytes: number, owner: string | null, live: boolean, document: string | null }>(
+      `reading session '${sessionId}'`, refreshSession(sessionId, known))
+    const row = rows[0]
+    this.noteHolder(sessionId, row?.live === true ? row.owner : null)
+    if (row === undefined) {
+      if (known === null) return undefined
+      this.forget(sessionId)
+      this.unsure.delete(sessionId)
+      return null
+    }
+    if (row.document === null) return undefined
+    const { file, kid } = readSessionDocument(archivedLikeName(sessionId, row.row_id), row.document, sessionId, this.keyring)
+    this.known(sessionId, { row: row.row_id, version: row.version, kid: kid ?? '' })
+    // The stored state is adopted as it is: whatever an uncertain write of ours did is settled.
+    this.unsure.delete(sessionId)
+    this.unreadable.delete(sessionId)
+    return { file, bytes: row.bytes }
+  }
+
+  runningElsewhere (sessionId: string): string | null {
+    return this.elsewhere.get(sessionId) ?? null
+  }
+
+  async acquire (sessionId: string): Promise<void> {
+    await this.keeper().acquire(this.checkId(sessionId))
+  }
+
+  async release (sessionId: string): Promise<void> {
+    await this.keeper().release(sessionId)
+  }
+
+  async holder (sessionId: string): Promise<string | null> {
+    const holder = await this.keeper().holder(this.checkId(sessionId))
+    this.noteHolder(sessionId, holder)
+    return holder
+  }
+
+  async sweep (limit: number): Promise<SweptSession[]> {
+    return this.keeper().sweep(limit)
+  }
+
+  async requestCancel (sessionId: string): Promise<string | null> {
+    return this.keeper().requestCancel(this.checkId(sessionId))
+  }
+
+  async listActive (offset: number, limit: number): Promise<{ total: number, sessions: SharedSummary[] }> {
+    type SummaryRow = { session_id: string, created_at: Date, updated_at: Date, running: boolean } & Record<'tasks_total' | 'tasks_completed' | 'tasks_failed' | 'tasks_pending' | 'tasks_in_progress', number>
+    const [page, count] = await Promise.all([
+      this.run<SummaryRow>('listing sessions', activeSummaries(offset, limit)),
+      this.run<{ total: number }>('counting sessions', { text: ACTIVE_COUNT })
+    ])
+    const sessions = page.rows.map((row): SharedSummary => {
+      const done = row.tasks_completed + row.tasks_failed
+      return {
+        session_id: row.session_id,
+        created_at: row.created_at.toISOString(),
+        updated_at: row.updated_at.toISOString(),
+        total: row.tasks_total,
+        completed: row.tasks_completed,
+        failed: row.tasks_failed,
+        pending: row.tasks_pending,
+        in_progress: row.tasks_in_progress,
+        all_done: row.tasks_total > 0 && done === row.tasks_total,
+        percentage: row.tasks_total === 0 ? 0 : Math.round((done / row.tasks_total) * 10000) / 100,
+        running: row.running
+      }
+    })
+    return { total: count.rows[0]?.total ?? 0, sessions }
+  }
+
+  async archivable (cutoff: Date, limit: number): Promise<string[]> {
+    const { rows } = await this.run<{ session_id: string }>('finding sessions to archive', archivableSessions(cutoff, limit))
+    return rows.map((row) => row.session_id)
+  }
+
+  /**
+   * Holds a transaction-scoped advisory lock named after the pass and the schema for as long as
+   * `run` takes: a replica whose connection dies lets go of it with the transaction.
+   */
+  async exclusively<T> (pass: string, run: () => Promise<T>): Promise<T | null> {
+    let client: pg.PoolClient
+    try {
+      client = await this.pool.connect()
+    } catch (err) {
+      throw storageError(`starting the ${pass} pass`, err, false)
+    }
+    let broken: Error | undefined
+    const onError = (err: Error): void => { broken ??= err }
+    client.on('error', onError)
+    try {
+      await client.query('BEGIN')
+      const { rows } = await client.query<{ locked: boolean }>(passLock(passKey(`${this.schema}.${pass}`)))
+      if (rows[0]?.locked !== true) return null
+      return await run()
+    } catch (err) {
+      if (err instanceof TaskvaultError) throw err
+      broken ??= err instanceof Error ? err : new Error(String(err))
+      throw storageError(`running the ${pass} pass`, err, false)
+    } finally {
+      await client.query('ROLLBACK').catch((err: Error) => { broken ??= err })
+      client.removeListener('error', onError)
+      client.release(broken)
+    }
+  }
+
+  private keeper (): LeaseKeeper {
+    if (this.leases === null) throw new InvalidDatabaseSettingError('TASK_REPLICA_ID', 'leases need the store built with a replica id')
+    return this.leases
+  }
+
+  private noteHolder (sessionId: string, holder: string | null): void {
+    if (holder === null || holder === this.replicaId) this.elsewhere.delete(sessionId)
+    else this.elsewhere.set(sessionId, holder)
   }
 
   // --- Helpers ---
@@ -585,7 +717,7 @@ export class PostgresSessionStore implements SessionStore {
         return second
       }
     }
-    throw this.conflict(sessionId, operation)
+    throw await this.conflict(sessionId, operation)
   }
 
   /** After an uncertain write: is the active row in the state that write would have left? Then adopt it. */
@@ -619,7 +751,10 @@ export class PostgresSessionStore implements SessionStore {
     }
   }
 
-  private conflict (sessionId: string, operation: string): VersionConflictError {
+  private async conflict (sessionId: string, operation: string): Promise<TaskvaultError> {
+    if (this.leases?.fence(sessionId) != null && !(await this.leases.stillHeld(sessionId))) {
+      return new LeaseLostError(sessionId, `${operation} refused: this replica no longer holds its lease`)
+    }
     if (this.unreadable.has(sessionId)) {
       return new VersionConflictError(sessionId, operation, 'has a stored row that could not be read at restore (reported then); fix or delete that row first')
     }
@@ -659,6 +794,13 @@ export class PostgresSessionStore implements SessionStore {
 /** How a statement failed: `sent` when it may have reached the server (see storageError). */
 class QueryFailure {
   constructor (readonly cause: unknown, readonly sent: boolean) {}
+}
+
+/** A pass's advisory lock key: a 31-bit hash of its name (FNV-1a). */
+function passKey (name: string): number {
+  let hash = 0x811c9dc5
+  for (let i = 0; i < name.length; i++) hash = Math.imul(hash ^ name.charCodeAt(i), 0x01000193)
+  return (hash >>> 1)
 }
 
 /** The name of a stored copy in failures and the archive index: `<session id>@<row id>`. */

@@ -84,15 +84,25 @@ export function insertSession (sessionId: string, document: Buffer, c: DerivedCo
  * changes one row, or none when the row is not at `expected`. Nothing comes back (the new
  * version is expected + 1), which spares every save a row description and a data row.
  */
-export function updateSession (expected: RowVersion, document: Buffer, c: DerivedColumns): pg.QueryConfig {
+export function updateSession (expected: RowVersion, document: Buffer, c: DerivedColumns, fence: Fence | null): pg.QueryConfig {
   return {
     name: 'taskvault_update_session',
     text: `UPDATE sessions SET document = $3::json, sealed_kid = $4, created_at = $5::timestamptz, updated_at = $6::timestamptz,
         finished_at = $7::timestamptz, tasks_total = $8, tasks_completed = $9, tasks_failed = $10, tasks_pending = $11,
         tasks_in_progress = $12, has_background_run = $13, version = version + 1
-      WHERE row_id = $1 AND version = $2 AND archived_at IS NULL`,
-    values: [expected.row, expected.version, document, ...derivedValues(c)]
+      WHERE row_id = $1 AND version = $2 AND archived_at IS NULL AND ($14::text IS NULL OR (owner = $14 AND epoch = $15))`,
+    values: [expected.row, expected.version, document, ...derivedValues(c), fence?.owner ?? null, fence?.epoch ?? null]
   }
+}
+
+/**
+ * A save made under an execution lease: it lands only while `owner` still holds the lease at
+ * `epoch`, so a replica that lost the session (paused, cut off) can never overwrite the work of
+ * the one that took it over.
+ */
+export interface Fence {
+  owner: string
+  epoch: string
 }
 
 /** One session of a batched save: its row as last known (null: not stored yet), its document and columns. */
@@ -101,6 +111,7 @@ export interface BatchedSave {
   expected: RowVersion | null
   document: Buffer
   columns: DerivedColumns
+  fence: Fence | null
 }
 
 /**
@@ -118,15 +129,17 @@ export function saveBatch (saves: readonly BatchedSave[]): pg.QueryConfig {
     name: 'taskvault_save_batch',
     text: `WITH v AS (
         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
-          $8::timestamptz[], $9::int[], $10::int[], $11::int[], $12::int[], $13::int[], $14::boolean[])
+          $8::timestamptz[], $9::int[], $10::int[], $11::int[], $12::int[], $13::int[], $14::boolean[],
+          $15::text[], $16::bigint[])
           AS v(session_id, row_id, version, document, sealed_kid, created_at, updated_at, finished_at,
-            total, completed, failed, pending, in_progress, background)
+            total, completed, failed, pending, in_progress, background, owner, epoch)
       ), updated AS (
         UPDATE sessions s SET document = v.document::json, sealed_kid = v.sealed_kid, created_at = v.created_at,
             updated_at = v.updated_at, finished_at = v.finished_at, tasks_total = v.total, tasks_completed = v.completed,
             tasks_failed = v.failed, tasks_pending = v.pending, tasks_in_progress = v.in_progress,
             has_background_run = v.background, version = s.version + 1
           FROM v WHERE v.row_id IS NOT NULL AND s.row_id = v.row_id AND s.version = v.version AND s.archived_at IS NULL
+            AND (v.owner IS NULL OR (s.owner = v.owner AND s.epoch = v.epoch))
           RETURNING s.session_id, s.row_id, s.version
       ), inserted AS (
         INSERT INTO sessions (session_id, document, sealed_kid, created_at, updated_at, finished_at,
@@ -151,7 +164,9 @@ export function saveBatch (saves: readonly BatchedSave[]): pg.QueryConfig {
       column((s) => s.columns.failed),
       column((s) => s.columns.pending),
       column((s) => s.columns.inProgress),
-      column((s) => s.columns.hasBackgroundRun)
+      column((s) => s.columns.hasBackgroundRun),
+      column((s) => s.fence?.owner ?? null),
+      column((s) => s.fence?.epoch ?? null)
     ]
   }
 }
@@ -159,15 +174,17 @@ export function saveBatch (saves: readonly BatchedSave[]): pg.QueryConfig {
 /**
  * Deletes the session's active row: the one at `expected` when given, else whatever is there.
  * Answers one row: `found`, the version of the active row before (null: there was none), and
- * `deleted`. A row found but not deleted was at another version.
+ * `deleted`. A row found but not deleted was at another version, or leased by another replica
+ * (`replicaId` may delete what it holds itself, or what nobody holds any more).
  */
-export function deleteSession (sessionId: string, expected: RowVersion | null): pg.QueryConfig {
+export function deleteSession (sessionId: string, expected: RowVersion | null, replicaId: string | null): pg.QueryConfig {
   return {
     text: `WITH before AS (SELECT row_id, version FROM sessions WHERE session_id = $1 AND archived_at IS NULL),
         gone AS (DELETE FROM sessions WHERE session_id = $1 AND archived_at IS NULL
-          AND ($2::bigint IS NULL OR (row_id = $2 AND version = $3)) RETURNING row_id)
+          AND ($2::bigint IS NULL OR (row_id = $2 AND version = $3))
+          AND (owner IS NULL OR lease_until < now() OR owner = $4) RETURNING row_id)
       SELECT (SELECT version FROM before) AS found, (SELECT count(*) FROM gone)::int AS deleted`,
-    values: [sessionId, expected?.row ?? null, expected?.version ?? null]
+    values: [sessionId, expected?.row ?? null, expected?.version ?? null, replicaId]
   }
 }
 

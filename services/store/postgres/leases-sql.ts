@@ -1,0 +1,154 @@
+import type pg from 'pg'
+
+/**
+ * The SQL of execution leases (issue 14): which replica runs a session (`owner`), until when
+ * (`lease_until`, set by the database's clock), and an `epoch` that grows on every claim so a
+ * save carrying an older one is refused (fencing; see fence in sessions-sql.ts). Unqualified
+ * names (search_path), like the other *-sql.ts files.
+ */
+
+const LEASE_UNTIL = 'now() + make_interval(secs => $LEASE::float8 / 1000)'
+const until = (param: string): string => LEASE_UNTIL.replace('$LEASE', param)
+
+/**
+ * Takes the session's lease in one statement: free, run out, or already this replica's (a
+ * restarted process keeping its TASK_REPLICA_ID). A cancel asked before belongs to an earlier
+ * run and is cleared. `epoch` is null when the lease is held elsewhere; `found` is false when
+ * there is no active row; `owner` then names the holder.
+ */
+export function acquireLease (sessionId: string, replicaId: string, leaseMs: number): pg.QueryConfig {
+  return {
+    name: 'taskvault_acquire_lease',
+    text: `WITH taken AS (
+        UPDATE sessions SET owner = $2, epoch = epoch + 1, lease_until = ${until('$3')}, cancel_requested = false
+          WHERE session_id = $1 AND archived_at IS NULL AND (owner IS NULL OR lease_until < now() OR owner = $2)
+          RETURNING epoch)
+      SELECT (SELECT epoch FROM taken) AS epoch,
+        (SELECT owner FROM sessions WHERE session_id = $1 AND archived_at IS NULL) AS owner,
+        EXISTS (SELECT 1 FROM sessions WHERE session_id = $1 AND archived_at IS NULL) AS found`,
+    values: [sessionId, replicaId, leaseMs]
+  }
+}
+
+/** Gives the lease back (a run ended); only the holder at that epoch can. A pending cancel is done with. */
+export function releaseLease (sessionId: string, replicaId: string, epoch: string): pg.QueryConfig {
+  return {
+    name: 'taskvault_release_lease',
+    text: `UPDATE sessions SET owner = NULL, lease_until = NULL, cancel_requested = false
+      WHERE session_id = $1 AND archived_at IS NULL AND owner = $2 AND epoch = $3`,
+    values: [sessionId, replicaId, epoch]
+  }
+}
+
+/**
+ * One statement per renewal period, whatever the number of sessions held: the replica's
+ * heartbeat row, and every lease it holds (at the epoch it holds it) pushed out. A session
+ * that does not come back was lost (taken over after this replica fell silent); each one that
+ * does says whether a cancel is waiting for it (the polling fallback of NOTIFY).
+ */
+export function renewLeases (replicaId: string, leaseMs: number, held: ReadonlyArray<readonly [string, string]>): pg.QueryConfig {
+  return {
+    name: 'taskvault_renew_leases',
+    text: `WITH beat AS (
+        INSERT INTO replicas (replica_id, seen_at) VALUES ($1, now()) ON CONFLICT (replica_id) DO UPDATE SET seen_at = now())
+      UPDATE sessions s SET lease_until = ${until('$2')}
+        FROM unnest($3::text[], $4::bigint[]) AS h(session_id, epoch)
+        WHERE s.session_id = h.session_id AND s.archived_at IS NULL AND s.owner = $1 AND s.epoch = h.epoch
+        RETURNING s.session_id, s.cancel_requested`,
+    values: [replicaId, leaseMs, held.map(([id]) => id), held.map(([, epoch]) => epoch)]
+  }
+}
+
+/**
+ * The sweeper's claim: up to `limit` sessions whose lease ran out, or that this replica id owns
+ * but this process does not hold (an earlier process of the same id died), or that nobody owns
+ * but hold a background run or a task left InProgress (another replica shut down mid-run).
+ * Each is claimed by one sweeper only: rows another transaction has locked are skipped.
+ */
+export function sweepLeases (replicaId: string, leaseMs: number, limit: number, held: readonly string[]): pg.QueryConfig {
+  return {
+    name: 'taskvault_sweep_leases',
+    text: `WITH due AS (
+        SELECT row_id FROM sessions
+          WHERE archived_at IS NULL AND (
+            (owner IS NOT NULL AND (lease_until < now() OR (owner = $1 AND NOT (session_id = ANY($4::text[])))))
+            OR (owner IS NULL AND (has_background_run OR tasks_in_progress > 0)))
+          ORDER BY lease_until NULLS FIRST
+          LIMIT $3
+          FOR UPDATE SKIP LOCKED)
+      UPDATE sessions s SET owner = $1, epoch = s.epoch + 1, lease_until = ${until('$2')}
+        FROM due WHERE s.row_id = due.row_id
+        RETURNING s.session_id, s.epoch, s.cancel_requested`,
+    values: [replicaId, leaseMs, limit, held]
+  }
+}
+
+/**
+ * Asks the live holder of the session's lease to cancel its run: the request is kept in the
+ * row (the holder's next renewal sees it, and whoever claims the session if the holder died)
+ * and notified at commit. No row back: nobody holds a live lease.
+ */
+export function requestCancel (sessionId: string, channel: string, payload: string): pg.QueryConfig {
+  return {
+    text: `WITH asked AS (
+        UPDATE sessions SET cancel_requested = true
+          WHERE session_id = $1 AND archived_at IS NULL AND owner IS NOT NULL AND lease_until > now()
+          RETURNING owner, epoch)
+      SELECT owner, epoch, pg_notify($2, $3) FROM asked`,
+    values: [sessionId, channel, payload]
+  }
+}
+
+/** Who holds the session's lease now: owner, epoch, and whether it is still live. */
+export function leaseHolder (sessionId: string): pg.QueryConfig {
+  return {
+    name: 'taskvault_lease_holder',
+    text: `SELECT owner, epoch, (owner IS NOT NULL AND lease_until > now()) AS live, cancel_requested
+      FROM sessions WHERE session_id = $1 AND archived_at IS NULL`,
+    values: [sessionId]
+  }
+}
+
+/**
+ * The active row as stored now, its document only when it is not at the row and version the
+ * caller knows (a replica validating its copy: one index lookup, and no document when nothing
+ * changed). The lease columns say whether a live run holds it.
+ */
+export function refreshSession (sessionId: string, known: { row: string, version: string } | null): pg.QueryConfig {
+  return {
+    name: 'taskvault_refresh_session',
+    text: `SELECT row_id, version, bytes, owner, (owner IS NOT NULL AND lease_until > now()) AS live,
+        CASE WHEN row_id = $2 AND version = $3 THEN NULL ELSE document::text END AS document
+      FROM sessions WHERE session_id = $1 AND archived_at IS NULL`,
+    values: [sessionId, known?.row ?? null, known?.version ?? null]
+  }
+}
+
+/** The active sessions, newest updated first, from their columns (the list endpoint, every replica alike). */
+export function activeSummaries (offset: number, limit: number): pg.QueryConfig {
+  return {
+    name: 'taskvault_active_summaries',
+    text: `SELECT session_id, created_at, updated_at, tasks_total, tasks_completed, tasks_failed, tasks_pending, tasks_in_progress,
+        (owner IS NOT NULL AND lease_until > now()) AS running
+      FROM sessions WHERE archived_at IS NULL ORDER BY updated_at DESC, session_id LIMIT $1 OFFSET $2`,
+    values: [limit, offset]
+  }
+}
+
+/** How many active sessions there are (the list's total). */
+export const ACTIVE_COUNT = 'SELECT count(*)::int AS total FROM sessions WHERE archived_at IS NULL'
+
+/** Active sessions nobody runs whose every task ended before `cutoff`: an archive pass's candidates. */
+export function archivableSessions (cutoff: Date, limit: number): pg.QueryConfig {
+  return {
+    text: `SELECT session_id FROM sessions
+      WHERE archived_at IS NULL AND finished_at IS NOT NULL AND finished_at < $1 AND owner IS NULL
+      ORDER BY finished_at LIMIT $2`,
+    values: [cutoff, limit]
+  }
+}
+
+/** Taken by a maintenance pass for its transaction: false when another replica's pass holds it. */
+export function passLock (key: number): pg.QueryConfig {
+  return { text: 'SELECT pg_try_advisory_xact_lock($1::bigint) AS locked', values: [key] }
+}

@@ -1,0 +1,237 @@
+import type { EventEmitter } from 'node:events'
+import type pg from 'pg'
+import { SessionBusyError, SessionNotFoundError } from '../../errors.js'
+import { noop } from '../../noop.js'
+import type { SessionStoreEvents, SweptSession } from '../store.js'
+import { acquireLease, leaseHolder, releaseLease, renewLeases, requestCancel, sweepLeases } from './leases-sql.js'
+import type { Fence } from './sessions-sql.js'
+
+/** NOTIFY's channel for cancels; the payload is `<schema>.<session id>`, far below NOTIFY's 8,000 bytes. */
+export const CANCEL_CHANNEL = 'taskvault_cancel'
+
+export interface LeaseKeeperOptions {
+  replicaId: string
+  /** TASK_LEASE_MS. */
+  leaseMs: number
+  schema: string
+  /** Runs a statement; rejects when it fails (the store's query, as a StorageError). */
+  query: <R extends pg.QueryResultRow>(operation: string, config: pg.QueryConfig) => Promise<pg.QueryResult<R>>
+  /** A connection of its own to LISTEN on, held until close (the store's pool). */
+  connect: () => Promise<pg.PoolClient>
+  events: EventEmitter<SessionStoreEvents>
+}
+
+/** A lease this process holds: at which epoch, and until when at the latest (this process's clock). */
+interface Held {
+  epoch: string
+  /** performance.now() by which the lease has surely not run out: when its last renewal was sent, plus the lease. */
+  validUntil: number
+  /** Given up or taken over: kept (for its fence) until its run lets go of it. */
+  lost: boolean
+}
+
+/**
+ * The execution leases of one replica. Renewal is batched: one statement every third of the
+ * lease renews every lease the replica holds and its heartbeat, however many sessions it runs.
+ * A lease that could not be renewed in time is given up before it runs out ('lease-lost'), so
+ * the run aborts its agent call while no other replica can have the session yet. Cancels asked
+ * on other replicas arrive by NOTIFY, and by the renewal's answer when a notification was lost.
+ */
+export class LeaseKeeper {
+  private readonly held = new Map<string, Held>()
+  /** Sessions whose acquire is on its way: a sweep must not take them from this very process. */
+  private readonly acquiring = new Set<string>()
+  private readonly replicaId: string
+  private readonly leaseMs: number
+  private readonly options: LeaseKeeperOptions
+  private timer: NodeJS.Timeout | null = null
+  private lastRenewal = -Infinity
+  private renewing = false
+  private listener: pg.PoolClient | null = null
+  private listening: Promise<void> | null = null
+  private closed = false
+
+  constructor (options: LeaseKeeperOptions) {
+    this.options = options
+    this.replicaId = options.replicaId
+    this.leaseMs = options.leaseMs
+  }
+
+  /** Renews (and heartbeats) now, then on a timer; starts listening for cancels. */
+  async start (): Promise<void> {
+    await this.renew()
+    // Checked every sixth of the lease: renewals every third, and a failed one tried again at
+    // the next check, so a lease is given up only after two more attempts have failed too.
+    this.timer ??= setInterval(() => { this.tick() }, Math.max(1, Math.floor(this.leaseMs / 6)))
+    this.timer.unref()
+    this.listen()
+  }
+
+  /** The fence a save of this session carries: set while this process holds (or held and lost) its lease. */
+  fence (sessionId: string): Fence | null {
+    const held = this.held.get(sessionId)
+    return held === undefined ? null : { owner: this.replicaId, epoch: held.epoch }
+  }
+
+  /** Whether this process holds the session's lease and has not lost it. */
+  holds (sessionId: string): boolean {
+    return this.held.get(sessionId)?.lost === false
+  }
+
+  async acquire (sessionId: string): Promise<void> {
+    this.acquiring.add(sessionId)
+    const sent = performance.now()
+    try {
+      const { rows } = await this.options.query<{ epoch: string | null, owner: string | null, found: boolean }>(
+        `taking the lease of session '${sessionId}'`, acquireLease(sessionId, this.replicaId, this.leaseMs))
+      const row = rows[0]
+      if (row === undefined || !row.found) throw new SessionNotFoundError(sessionId)
+      if (row.epoch === null) throw new SessionBusyError(sessionId, row.owner)
+      this.hold(sessionId, row.epoch, sent)
+    } finally {
+      this.acquiring.delete(sessionId)
+    }
+  }
+
+  async release (sessionId: string): Promise<void> {
+    const held = this.held.get(sessionId)
+    if (held === undefined) return
+    this.held.delete(sessionId)
+    if (held.lost) return
+    await this.options.query(`giving back the lease of session '${sessionId}'`, releaseLease(sessionId, this.replicaId, held.epoch))
+  }
+
+  /** The live holder of the lease now (a round trip). */
+  async holder (sessionId: string): Promise<string | null> {
+    const { rows } = await this.options.query<{ owner: string | null, live: boolean }>(`reading the lease of session '${sessionId}'`, leaseHolder(sessionId))
+    const row = rows[0]
+    return row?.live === true ? row.owner : null
+  }
+
+  /**
+   * After a fenced save was refused: true when this process still holds the lease at the
+   * epoch it saved with (so the refusal was a plain version conflict); otherwise the lease is
+   * marked lost, and false.
+   */
+  async stillHeld (sessionId: string): Promise<boolean> {
+    const held = this.held.get(sessionId)
+    if (held === undefined || held.lost) return false
+    const { rows } = await this.options.query<{ owner: string | null, epoch: string }>(`reading the lease of session '${sessionId}'`, leaseHolder(sessionId))
+    const row = rows[0]
+    if (row !== undefined && row.owner === this.replicaId && row.epoch === held.epoch) return true
+    this.lose(sessionId, held, row === undefined ? 'the session is gone' : `replica '${row.owner ?? '(none)'}' took the session over`)
+    return false
+  }
+
+  async sweep (limit: number): Promise<SweptSession[]> {
+    const mine = [...this.held.keys(), ...this.acquiring]
+    const sent = performance.now()
+    const { rows } = await this.options.query<{ session_id: string, epoch: string, cancel_requested: boolean }>(
+      'sweeping leases that ran out', sweepLeases(this.replicaId, this.leaseMs, limit, mine))
+    for (const row of rows) this.hold(row.session_id, row.epoch, sent)
+    return rows.map((row) => ({ sessionId: row.session_id, cancelRequested: row.cancel_requested }))
+  }
+
+  async requestCancel (sessionId: string): Promise<string | null> {
+    const { rows } = await this.options.query<{ owner: string }>(`asking to cancel session '${sessionId}'`,
+      requestCancel(sessionId, CANCEL_CHANNEL, `${this.options.schema}.${sessionId}`))
+    return rows[0]?.owner ?? null
+  }
+
+  async close (): Promise<void> {
+    this.closed = true
+    if (this.timer !== null) clearInterval(this.timer)
+    this.timer = null
+    const listener = this.listener
+    this.listener = null
+    await this.listening?.catch(noop)
+    if (listener !== null) listener.release(true)
+  }
+
+  /** Records a lease taken at `sent`, unless this process already holds a newer epoch of it. */
+  private hold (sessionId: string, epoch: string, sent: number): void {
+    const before = this.held.get(sessionId)
+    if (before !== undefined && !before.lost && BigInt(before.epoch) > BigInt(epoch)) return
+    this.held.set(sessionId, { epoch, validUntil: sent + this.leaseMs, lost: false })
+  }
+
+  private lose (sessionId: string, held: Held, why: string): void {
+    if (held.lost) return
+    held.lost = true
+    this.options.events.emit('lease-lost', sessionId, why)
+  }
+
+  private tick (): void {
+    const now = performance.now()
+    // Given up while there is still time left before it runs out: a sixth of the lease, the
+    // gap to the next check, so the run stops before any other replica can claim the session.
+    for (const [sessionId, held] of this.held) {
+      if (!held.lost && held.validUntil - now <= this.leaseMs / 6 + 50) this.lose(sessionId, held, `its lease could not be renewed for ${Math.round(now - (held.validUntil - this.leaseMs))} ms`)
+    }
+    if (now - this.lastRenewal >= this.leaseMs / 3 - 50) this.renew().catch(noop)
+    if (this.listener === null && this.listening === null) this.listen()
+  }
+
+  /** One statement: the heartbeat, and every lease this process holds pushed out. */
+  private async renew (): Promise<void> {
+    if (this.renewing || this.closed) return
+    this.renewing = true
+    const live = [...this.held].filter(([, held]) => !held.lost)
+    const sent = performance.now()
+    try {
+      const { rows } = await this.options.query<{ session_id: string, cancel_requested: boolean }>('renewing leases',
+        renewLeases(this.replicaId, this.leaseMs, live.map(([sessionId, held]) => [sessionId, held.epoch] as const)))
+      this.lastRenewal = sent
+      const renewed = new Map(rows.map((row) => [row.session_id, row.cancel_requested]))
+      for (const [sessionId, held] of live) {
+        // Released, or taken again at another epoch, while this was on its way.
+        if (this.held.get(sessionId) !== held) continue
+        const cancel = renewed.get(sessionId)
+        if (cancel === undefined) {
+          this.lose(sessionId, held, 'another replica took the session over')
+          continue
+        }
+        held.validUntil = Math.max(held.validUntil, sent + this.leaseMs)
+        if (cancel) this.options.events.emit('cancel', sessionId)
+      }
+    } finally {
+      this.renewing = false
+    }
+  }
+
+  /**
+   * LISTEN on a connection of its own. When it fails, the next check opens another; meanwhile
+   * cancels still arrive through the renewal's answer.
+   */
+  private listen (): void {
+    if (this.closed) return
+    this.listening = (async () => {
+      const client = await this.options.connect()
+      const prefix = `${this.options.schema}.`
+      const dropped = (): void => {
+        if (this.listener !== client) return
+        this.listener = null
+        client.release(true)
+      }
+      client.on('error', dropped)
+      client.on('end', dropped)
+      client.on('notification', (message) => {
+        const payload = message.payload ?? ''
+        if (message.channel !== CANCEL_CHANNEL || !payload.startsWith(prefix)) return
+        const sessionId = payload.slice(prefix.length)
+        if (this.holds(sessionId)) this.options.events.emit('cancel', sessionId)
+      })
+      try {
+        await client.query(`LISTEN ${CANCEL_CHANNEL}`)
+      } catch (err) {
+        client.release(true)
+        throw err
+      }
+      if (this.closed) {
+        client.release(true)
+        return
+      }
+      this.listener = client
+    })().catch(noop).finally(() => { this.listening = null })
+  }
+}
