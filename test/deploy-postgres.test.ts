@@ -359,3 +359,51 @@ t.test('README: Running on PostgreSQL names every database setting and the comma
     /deploy\/kubernetes\/postgres/u
   ]) t.match(section, command, `shows ${command.source}`)
 })
+
+t.test('README: Running several replicas says how, what is guaranteed and what is not, and the settings', async (t) => {
+  const readme = await read('README.md')
+  const start = readme.indexOf('\n## Running on PostgreSQL\n')
+  const end = readme.indexOf('\n## ', start + 1)
+  const section = readme.slice(start, end === -1 ? undefined : end)
+  const at = section.indexOf('\n### Running several replicas\n')
+  t.ok(at >= 0, 'a subsection of Running on PostgreSQL (anchor #running-several-replicas)')
+  t.ok(at < section.indexOf('\n### What differs from the file store\n'), 'before What differs from the file store')
+  const next = section.indexOf('\n### ', at + 1)
+  const replicas = section.slice(at, next === -1 ? undefined : next)
+
+  for (const name of ['TASK_REPLICA_ID', 'TASK_LEASE_MS', 'TASK_SWEEP_INTERVAL_MS', 'TASK_SWEEP_BATCH', 'TASK_MAX_INTERRUPTIONS', 'DATABASE_URL', 'TASK_DB_SCHEMA']) {
+    t.match(replicas, new RegExp(`\\b${name}\\b`, 'u'), `names ${name}`)
+  }
+  for (const [pattern, what] of [
+    [/sticky/u, 'no sticky sessions needed'],
+    [/docker-compose\.postgres\.yml/u, 'the compose file'],
+    [/deploy\/kubernetes\/postgres/u, 'the Kubernetes folder'],
+    [/SESSION_BUSY/u, 'the 409 another replica answers'],
+    [/`TASK_LEASE_MS` \+\s+`TASK_SWEEP_INTERVAL_MS`/u, 'the failover bound'],
+    [/version/u, 'reads checked against the row version'],
+    [/LISTEN\/NOTIFY/u, 'why not invalidation by notification'],
+    [/`TASK_LEASE_MS`\/3/u, 'the cost of renewals'],
+    [/storage\.replicas/u, '/stats lists the replicas'],
+    [/\/ready/u, 'readiness follows the database'],
+    [/\/api\/v1\/tasks\/events/u, 'the event stream and its limit'],
+    [/may be made twice/u, 'an agent call may be made twice']
+  ] as Array<[RegExp, string]>) t.match(replicas, pattern, what)
+
+  // The Idempotency-Key is cited as the webhook agent sends it and as the Agents section says.
+  const webhook = await read('services/runner/agents/webhook.ts')
+  t.match(webhook, /'idempotency-key': `\$\{context\.session_id\}:\$\{task\.id\}`/u, 'the webhook agent sends <session_id>:<task_id>')
+  const agents = readme.slice(readme.indexOf('\n## Agents\n'), readme.indexOf('\n## ', readme.indexOf('\n## Agents\n') + 1))
+  t.match(agents, /`Idempotency-Key: <session_id>:<task_id>`/u, 'as the Agents section says')
+  t.match(replicas, /`Idempotency-Key: <session_id>:<task_id>`/u, 'and this subsection')
+
+  t.notMatch(section, /run exactly one per schema/u, 'no longer says to run one server per schema')
+  t.notMatch(section, /Recreate/u, 'nor that the Deployment is recreated')
+  t.notMatch(section, /runs one replica/u, 'nor that the Deployment runs one replica')
+  t.match(readme, /`deploy\/kubernetes\/postgres\/` instead: a Deployment of three\s+replicas/u, 'the Kubernetes section says three replicas')
+
+  // The Settings table: the sweep settings next to TASK_LEASE_MS.
+  const rows = readme.split('\n').filter((line) => line.startsWith('| `')).map((line) => /^\| `(\w+)`/u.exec(line)?.[1])
+  const lease = rows.indexOf('TASK_LEASE_MS')
+  t.ok(lease >= 0, 'TASK_LEASE_MS has a row')
+  t.same(rows.slice(lease + 1, lease + 3), ['TASK_SWEEP_INTERVAL_MS', 'TASK_SWEEP_BATCH'], 'followed by TASK_SWEEP_INTERVAL_MS and TASK_SWEEP_BATCH')
+})
