@@ -184,7 +184,9 @@ export class TaskManager {
     this.log.info({ sessions: sessions.length, archived: archive.sessions, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from disk`)
     this.events.emit('restore', this.restored)
     this.disk.start()
-    this.sweeper?.start()
+    // Shared: what restore leaves to the sweeper (a restarted replica's own sessions, under the
+    // same TASK_REPLICA_ID, and any whose holder is gone) is taken over before the service is ready.
+    await this.sweeper?.start()
     if (this.settings.resumeOnStart) this.runner.resumeBackgroundRuns(backgroundRuns)
     else if (backgroundRuns.length > 0) this.log.warn({ sessions: backgroundRuns.length }, 'Background runs interrupted by the restart were not resumed (TASK_RESUME_ON_START=false); they resume on a start with it true, or end with an execute-all')
     return this.restored

@@ -24,12 +24,13 @@ export class Sweeper {
 
   constructor (private readonly options: SweeperOptions) {}
 
-  /** Sweeps now, then every interval. */
-  start (): void {
+  /** Sweeps now, then every interval; resolves once the first sweep has handed its sessions over. */
+  async start (): Promise<void> {
     if (this.stopped || this.timer !== null) return
     this.timer = setInterval(() => { this.sweep() }, this.options.intervalMs)
     this.timer.unref()
     this.sweep()
+    await this.sweeping
   }
 
   /** Stops sweeping; resolves once a sweep under way has handed its sessions over. */
