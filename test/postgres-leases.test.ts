@@ -1,0 +1,148 @@
+/**
+ * Execution leases in the PostgreSQL store (issue 14), store against store on the real
+ * database: one holder at a time, SESSION_BUSY naming it; the fence refuses a save from a lease
+ * that was taken over even when its holder has not noticed; one statement renews every lease a
+ * replica holds; a replica that cannot renew gives its leases up before they run out; a sweep
+ * claims each expired session once; refresh sends the document only when it changed.
+ */
+import pg from 'pg'
+import t, { type Test } from 'tap'
+import { statusFor } from '../http/error-handler.js'
+import { LeaseLostError, SessionBusyError, type TaskvaultError } from '../services/errors.js'
+import type { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
+import { inspector as inspectorOf, openTestStore, testDatabase, throughProxy, type TestStoreOptions } from './postgres.js'
+import { contractSession } from './store-contract.js'
+import { waitFor } from './helper.js'
+
+const SCHEMA = 'tv_leases'
+const open = async (t: Test, url: string, replicaId: string, options: TestStoreOptions = {}): Promise<PostgresSessionStore> =>
+  openTestStore(t, url, SCHEMA, { replicaId, leaseMs: 60_000, ...options })
+
+async function row (db: pg.Pool, sessionId: string): Promise<{ owner: string | null, epoch: string, version: string, document: string, xmin: string, lease_ms: number | null }> {
+  const { rows } = await db.query(`SELECT owner, epoch, version, document::text AS document, xmin::text AS xmin,
+      extract(epoch FROM lease_until - now()) * 1000 AS lease_ms FROM sessions WHERE session_id = $1 AND archived_at IS NULL`, [sessionId])
+  return rows[0]
+}
+
+t.test('one holder at a time: a second replica gets SESSION_BUSY (409) naming the holder; after release it may take it', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const a = await open(t, url, 'alpha')
+  const b = await open(t, url, 'beta')
+  await a.save(contractSession('s', ['Pending']))
+  await a.acquire('s')
+  const busy = await b.acquire('s').catch((err: unknown) => err)
+  t.type(busy, SessionBusyError)
+  t.match(busy, { code: 'SESSION_BUSY', owner: 'alpha', message: /replica 'alpha'/u })
+  t.equal(statusFor(busy as TaskvaultError), 409)
+  t.equal(await b.holder('s'), 'alpha')
+  await t.rejects(b.acquire('nope'), { code: 'SESSION_NOT_FOUND' }, 'no such session')
+  await a.release('s')
+  t.equal(await b.holder('s'), null, 'released')
+  await b.acquire('s')
+  t.equal(await a.holder('s'), 'beta')
+})
+
+t.test('the fence: a save by a holder whose lease was taken over is refused (LEASE_LOST), though it never noticed, and the new holder\'s work stays', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const a = await open(t, url, 'alpha')
+  const b = await open(t, url, 'beta')
+  const lost: string[] = []
+  a.events.on('lease-lost', (id) => lost.push(id))
+  await a.save(contractSession('f', ['Pending', 'Pending']))
+  await a.acquire('f')
+  await a.save(contractSession('f', ['InProgress', 'Pending']))
+  // Alpha's lease runs out (as if it had been stopped for a minute): beta's sweep claims the session.
+  await db.query("UPDATE sessions SET lease_until = now() - interval '1 second' WHERE session_id = 'f'")
+  t.same(await b.sweep(10), [{ sessionId: 'f', cancelRequested: false }], 'claimed by beta\'s sweep')
+  t.same(await a.sweep(10), [], 'and by no other sweep')
+  const fresh = await b.refresh('f')
+  t.ok(fresh !== null && fresh !== undefined, 'beta reads the session')
+  const theirs = contractSession('f', ['Completed', 'Pending'], '2024-06-01T00:00:05.000Z')
+  await b.save(theirs)
+  const before = await row(db, 'f')
+
+  // Alpha wakes and saves as if it still held the lease, at the version it knows.
+  const refused = await a.save(contractSession('f', ['Failed', 'Pending'], '2024-06-01T00:00:09.000Z')).catch((err: unknown) => err)
+  t.type(refused, LeaseLostError)
+  t.match(refused, { code: 'LEASE_LOST', message: /no longer holds its lease/u })
+  t.equal(statusFor(refused as TaskvaultError), 503)
+  t.same(lost, ['f'], 'alpha learnt it lost the lease')
+  const after = await row(db, 'f')
+  t.equal(after.version, before.version, 'nothing written')
+  t.equal(after.document, before.document, 'beta\'s work stays')
+  t.equal(after.owner, 'beta')
+
+  // Even after alpha re-reads at the new version, its old lease cannot write.
+  await a.refresh('f')
+  await t.rejects(a.save(contractSession('f', ['Failed', 'Failed'])), { code: 'LEASE_LOST' }, 'a lost lease stays lost until its run lets go')
+  await a.release('f')
+  t.equal((await row(db, 'f')).owner, 'beta', 'releasing a lost lease leaves the holder alone')
+  await t.rejects(a.remove('f'), { code: 'VERSION_CONFLICT' }, 'nor can alpha delete a session beta holds')
+})
+
+t.test('renewal: one statement renews every lease a replica holds and its heartbeat, every third of TASK_LEASE_MS', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const a = await open(t, url, 'alpha', { leaseMs: 3000 })
+  const ids = Array.from({ length: 300 }, (_, i) => `r${i}`)
+  for (const id of ids) await a.save(contractSession(id, ['Pending']))
+  for (const id of ids) await a.acquire(id)
+  const { rows: acquired } = await db.query<{ lease_ms: number }>("SELECT extract(epoch FROM lease_until - now()) * 1000 AS lease_ms FROM sessions WHERE owner = 'alpha'")
+  t.equal(acquired.length, 300)
+  await new Promise((resolve) => setTimeout(resolve, 2500))
+  const { rows } = await db.query<{ xmin: string, n: string, min_ms: number }>(
+    "SELECT xmin::text AS xmin, count(*) AS n, min(extract(epoch FROM lease_until - now()) * 1000) AS min_ms FROM sessions WHERE owner = 'alpha' GROUP BY xmin")
+  const beat = (await db.query<{ xmin: string }>("SELECT xmin::text AS xmin FROM replicas WHERE replica_id = 'alpha'")).rows[0]
+  t.equal(rows.length, 1, 'all 300 leases last written by one transaction')
+  t.equal(rows[0]?.xmin, beat?.xmin, 'the same one as the heartbeat')
+  t.ok((rows[0]?.min_ms ?? 0) > 1500, `renewed: ${Math.round(rows[0]?.min_ms ?? 0)} ms left after 2.5 s of a 3 s lease`)
+})
+
+t.test('cut off from the database, a holder gives its leases up (lease-lost) before they run out', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const { proxy, url: proxied } = await throughProxy(t, url)
+  const a = await open(t, proxied, 'alpha', { leaseMs: 3000, statementTimeoutMs: 1000, connectTimeoutMs: 1000 })
+  await a.save(contractSession('c', ['Pending']))
+  await a.acquire('c')
+  const lost: Array<{ id: string, why: string, at: number }> = []
+  a.events.on('lease-lost', (id, why) => lost.push({ id, why, at: Date.now() }))
+  proxy.stall()
+  await waitFor('the lease given up', () => lost.length > 0, 10_000)
+  const { rows } = await db.query<{ left_ms: number }>("SELECT extract(epoch FROM lease_until - now()) * 1000 AS left_ms FROM sessions WHERE session_id = 'c'")
+  const left = (rows[0]?.left_ms ?? 0) + (Date.now() - (lost[0]?.at ?? 0))
+  t.ok(left > 0, `given up ${Math.round(left)} ms before the lease ran out`)
+  t.match(lost[0], { id: 'c', why: /could not be renewed/u })
+  proxy.pass()
+})
+
+t.test('refresh: the document only when it changed; a sweep claims expired and orphaned sessions once each', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const a = await open(t, url, 'alpha')
+  const b = await open(t, url, 'beta')
+  await a.save(contractSession('x', ['Pending']))
+  t.equal(await a.refresh('x'), undefined, 'unchanged: nothing sent')
+  const changed = await b.refresh('x')
+  t.equal(changed?.file.session_id, 'x', 'beta never read it: the document')
+  await b.save(contractSession('x', ['Completed']))
+  t.equal((await a.refresh('x'))?.file.session.tasks[0]?.status, 'Completed', 'changed by beta: alpha gets it')
+  await b.remove('x')
+  t.equal(await a.refresh('x'), null, 'deleted by beta: gone')
+
+  // An orphan (a task left InProgress, nobody holding it) and an expired lease.
+  await a.save(contractSession('orphan', ['InProgress']))
+  await a.save(contractSession('expired', ['Pending']))
+  await a.acquire('expired')
+  await db.query("UPDATE sessions SET lease_until = now() - interval '1 second' WHERE session_id = 'expired'")
+  const [one, two] = await Promise.all([a.sweep(10), b.sweep(10)])
+  const claimed = [...(one ?? []), ...(two ?? [])].map((s) => s.sessionId).sort()
+  t.same(claimed, ['expired', 'orphan'], 'each claimed by exactly one sweep')
+  t.same(await a.sweep(10), [], 'nothing left to claim')
+})
