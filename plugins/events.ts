@@ -1,5 +1,6 @@
 import type { Static } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
+import { EventRelay } from '../services/events/event-relay.js'
 import { EventStreamHub } from '../services/events/event-stream.js'
 import { TaskEventBuffer, type TaskEventData, type TaskEventName } from '../services/events/task-events.js'
 import { EVENTS_SETTINGS, resolveSettings, settingOptions } from '../schemas/options.js'
@@ -31,10 +32,22 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
     maxQueuedBytes: settings.eventsMaxQueuedBytes,
     flushMs: settings.eventsFlushMs
   }, app.log)
-  const forward = (name: TaskEventName, data: TaskEventData): void => { buffer.append(name, data) }
+  // Replicas on one database: events go through its event log, so every replica streams all of them.
+  const store = app.persistence
+  const relay = store.shared === undefined || store.events === undefined
+    ? null
+    : new EventRelay({ shared: store.shared, notices: store.events, buffer, flushMs: settings.eventsFlushMs, pollMs: settings.eventsPollMs, log: app.log })
+  await relay?.start()
+  const forward = relay === null
+    ? (name: TaskEventName, data: TaskEventData): void => { buffer.append(name, data) }
+    : (name: TaskEventName, data: TaskEventData): void => { relay.publish(name, data) }
   app.taskManager.events.on('task-event', forward)
   app.decorate('taskEvents', buffer)
   app.decorate('eventStreams', hub)
-  app.addHook('preClose', async () => hub.close())
+  app.addHook('preClose', async () => {
+    // The last events (the drain's) reach the streams before they end.
+    await relay?.close()
+    hub.close()
+  })
   app.addHook('onClose', async () => { app.taskManager.events.off('task-event', forward) })
 }, { name: 'taskvault-events', fastify: '5.x', dependencies: ['taskvault-task-manager'] })

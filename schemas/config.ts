@@ -68,6 +68,7 @@ export const ConfigSchema = Type.Object({
   TASK_EVENTS_MAX_CLIENTS: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 1000, description: 'Concurrent event streams; past it 503. Their sockets come on top of TASK_MAX_CONNECTIONS' }),
   TASK_EVENTS_MAX_QUEUED_BYTES: Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024, default: 1024 * 1024, description: 'A stream client with more bytes waiting to be sent is cut off with a reset' }),
   TASK_EVENTS_FLUSH_MS: Type.Integer({ minimum: 0, maximum: 1000, default: 25, description: 'Events are written to stream clients at most this often, batched; 0: once per event-loop turn' }),
+  TASK_EVENTS_POLL_MS: Type.Integer({ minimum: 50, maximum: HOUR_MS, default: 1000, description: 'PostgreSQL replicas: each reads the shared event log this often besides when notified (a notification is lost with its connection)' }),
   TASK_DASHBOARD: Type.Boolean({ default: true, description: 'The dashboard at /dashboard' })
 })
 export type Config = Static<typeof ConfigSchema>

@@ -90,7 +90,8 @@ export const EVENTS_SETTINGS = {
   eventsHeartbeatMs: 'TASK_EVENTS_HEARTBEAT_MS',
   eventsMaxClients: 'TASK_EVENTS_MAX_CLIENTS',
   eventsMaxQueuedBytes: 'TASK_EVENTS_MAX_QUEUED_BYTES',
-  eventsFlushMs: 'TASK_EVENTS_FLUSH_MS'
+  eventsFlushMs: 'TASK_EVENTS_FLUSH_MS',
+  eventsPollMs: 'TASK_EVENTS_POLL_MS'
 } as const
 
 export type ManagerSettings = Resolved<typeof MANAGER_SETTINGS>

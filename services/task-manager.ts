@@ -216,12 +216,14 @@ export class TaskManager {
   private async takeOver ({ sessionId, cancelRequested }: SweptSession): Promise<void> {
     const shared = this.shared as SharedSessions
     let resume = false
+    // This process runs it (its own acquire raced the sweep): the lease is that run's now, and
+    // the run gives it back.
+    const runningHere = (): boolean => this.registry.find(sessionId) !== null && this.registry.existing(sessionId).executing
     try {
-      // This process runs it already (its own acquire raced the sweep): nothing to take over.
-      if (this.runner.isRunning(sessionId)) return
+      if (runningHere()) return
       resume = await this.registry.change(sessionId, (draft) => {
         const file = draft.file
-        if (file === null || this.runner.isRunning(sessionId)) return unchanged(false)
+        if (file === null || runningHere()) return unchanged(false)
         const interrupted = file.session.tasks.filter((task) => task.status === 'InProgress')
         if (cancelRequested) {
           for (const task of interrupted) {
@@ -246,9 +248,9 @@ export class TaskManager {
         return
       } catch (err) {
         if (!(err instanceof SessionBusyError)) this.log.error({ session_id: sessionId, err }, 'Could not resume background run')
-        if (this.runner.isRunning(sessionId)) return
       }
     }
+    if (runningHere()) return
     await shared.release(sessionId).catch((err: Error) => { this.log.warn({ session_id: sessionId, err }, 'Could not give the lease back; it runs out by itself') })
   }
 
@@ -333,8 +335,8 @@ export class TaskManager {
   async listWithArchived (offset: number, limit: number, filter: Exclude<ArchivedFilter, 'exclude'>): Promise<{ total: number, sessions: Array<SessionSummary | ArchivedSessionSummary> }> {
     // Shared: other replicas archive too, so the index is read again from the rows first.
     if (this.shared !== undefined) await this.store.openArchive({ concurrency: this.settings.restoreConcurrency })
-    const archived = await this.archived.summaries()
-    const active = filter === 'only' ? [] : await this.activeSummaries()
+    const active = filter === 'only' && this.shared === undefined ? [] : await this.activeSummaries()
+    const archived = await this.archived.summaries(this.shared === undefined ? undefined : new Set(active.map((s) => s.session_id)))
     const all = filter === 'only' ? archived : mergeNewestFirst(active, archived)
     return { total: all.length, sessions: all.slice(offset, offset + limit) }
   }

@@ -97,10 +97,14 @@ t.test('the tables land in the chosen schema, not public, and the pool finds the
   const { rows } = await db.query(`SELECT table_schema, table_name FROM information_schema.tables
     WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY table_name`)
   t.same(rows, [
+    { table_schema: SCHEMA, table_name: 'event_stream' },
+    { table_schema: SCHEMA, table_name: 'events' },
     { table_schema: SCHEMA, table_name: 'migrations' },
     { table_schema: SCHEMA, table_name: 'replicas' },
     { table_schema: SCHEMA, table_name: 'sessions' }
   ])
+  const functions = await db.query("SELECT routine_schema, routine_name FROM information_schema.routines WHERE routine_schema NOT IN ('pg_catalog', 'information_schema')")
+  t.same(functions.rows, [{ routine_schema: SCHEMA, routine_name: 'publish_events' }], 'the one function, in the schema too')
   // Unqualified names resolve through the search_path the pool sets on each connection.
   t.same((await db.query('SELECT count(*)::int AS n FROM sessions')).rows, [{ n: 0 }])
   t.same((await db.query('SHOW search_path')).rows, [{ search_path: SCHEMA }])

@@ -1,7 +1,8 @@
 /**
- * Servers on one PostgreSQL schema know of each other (the first step of issue 14): each keeps
+ * Servers on one PostgreSQL schema know of each other (issue 14): each keeps
  * a heartbeat row fresh (TASK_REPLICA_ID, every third of TASK_LEASE_MS), /stats lists the
- * replicas heard from within TASK_LEASE_MS, and a clean shutdown leaves the list at once.
+ * replicas heard from within TASK_LEASE_MS, and a clean shutdown leaves the list at once; archive
+ * passes run on one replica at a time and never archive a leased session.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
@@ -66,4 +67,40 @@ t.test('the server: /stats lists TASK_REPLICA_ID (hostname-pid by default); a ma
   t.same((await named.inject({ method: 'GET', url: `${API}/stats` })).json().storage.replicas, ['taskvault-0'], 'gone once it shut down')
 
   await t.rejects(boot({ TASK_REPLICA_ID: 'not a name!' }), /TASK_REPLICA_ID/u)
+})
+
+t.test('archive passes: one replica\'s at a time (the other finds the lock taken or nothing left), never a leased session', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url, SCHEMA)
+  const boot = async (replica: string): Promise<Awaited<ReturnType<typeof buildApp>>> => {
+    const app = await buildApp({ readEnvironment: false, config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_DB_SCHEMA: SCHEMA, TASK_STORAGE_DIR: await tempDir(t), TASK_ARCHIVE_DAYS: 0, TASK_REPLICA_ID: replica } })
+    t.teardown(() => app.close())
+    await app.ready()
+    return app
+  }
+  const a = await boot('arch-a')
+  const b = await boot('arch-b')
+  const ids = [...Array.from({ length: 30 }, (_, i) => `done${i}`), 'leased']
+  for (const [i, id] of ids.entries()) {
+    const app = i % 2 === 0 ? a : b
+    t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: id, instructions: 'only step' } })).statusCode, 200)
+    t.equal((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: id } })).statusCode, 200)
+  }
+  // Another replica runs 'leased' now (a lease taken by hand, as its run would).
+  const other = await openTestStore(t, url, SCHEMA, { replicaId: 'arch-other' })
+  await other.acquire('leased')
+  await sleep(5)
+  const [fromA, fromB] = await Promise.all([a, b].map(async (app) => app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })))
+  t.equal(fromA?.statusCode, 200)
+  t.equal(fromB?.statusCode, 200)
+  const archivedA = fromA?.json().archived_ids as string[]
+  const archivedB = fromB?.json().archived_ids as string[]
+  t.same(archivedA.filter((id) => archivedB.includes(id)), [], 'no session archived by both')
+  t.same([...archivedA, ...archivedB].sort(), ids.filter((id) => id !== 'leased').sort(), 'every finished session nobody runs, once')
+  const { rows } = await db.query<{ session_id: string, n: string }>('SELECT session_id, count(*) AS n FROM sessions WHERE archived_at IS NOT NULL GROUP BY session_id HAVING count(*) > 1')
+  t.same(rows, [], 'one archived copy each')
+  const leased = await db.query('SELECT 1 FROM sessions WHERE session_id = \'leased\' AND archived_at IS NULL')
+  t.equal(leased.rowCount, 1, 'the leased one stays active')
+  t.equal((await b.inject({ method: 'GET', url: `${API}/list?session_id=all&archived=only` })).json().total, 30, 'b lists a\'s archived sessions too')
 })

@@ -2,7 +2,8 @@
  * Several replicas on one PostgreSQL (issue 14), as real `node dist/server.js` processes: any
  * replica answers any request and shows every change acknowledged anywhere; one replica at a
  * time executes a session, so every task's agent is called exactly once under 1,000 concurrent
- * executes spread over three replicas; cancel and delete from any replica. The failover tests
+ * executes spread over three replicas; cancel and delete from any replica; live events from
+ * every replica on every replica, resumable anywhere. The failover tests
  * (kill -9, SIGSTOP, a cut-off replica, rounds of kills) are in replicas-failover.test.ts.
  */
 import t from 'tap'
@@ -10,6 +11,7 @@ import { API, waitFor } from './helper.js'
 import { testDatabase } from './postgres.js'
 import { recordingAgent, replicaSet, storedRows } from './replicas.js'
 import { call, caller, logMessages, type ServerProcess } from './server-process.js'
+import { openStream } from './sse-client.js'
 
 const SETTINGS = { TASK_LEASE_MS: '2000', TASK_SWEEP_INTERVAL_MS: '300' }
 
@@ -146,4 +148,58 @@ t.test('cancel and delete from any replica while another runs the session', asyn
   t.equal((await call(a, 'GET', `${API}/progress?session_id=busy`)).status, 404, 'gone on a')
   const stored = await storedRows(url)
   t.notOk(stored.has('busy'), 'and in the database')
+})
+
+t.test('live events: a stream on any replica shows every replica\'s events, and resumes by id on another replica', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const agent = await recordingAgent(t)
+  const set = await replicaSet(t, url, agent, SETTINGS)
+  const [a, b] = await Promise.all(['ea', 'eb'].map(async (name) => set.start(name))) as [ServerProcess, ServerProcess]
+  const onB = await openStream(t, `${b.base}${API}/events?session_id=ev`)
+  t.equal(onB.status, 200)
+  t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'ev', instructions: '1. one\n2. two\n3. three' })).status, 200)
+  t.equal((await call(a, 'POST', `${API}/execute`, { session_id: 'ev' })).status, 200, 'executed on a')
+  const seen = await onB.until((events) => events.some((e) => e.event === 'task.completed'), 10_000)
+  t.same(seen.filter((e) => e.event !== 'progress').map((e) => e.event), ['session.created', 'tasks.added', 'task.started', 'task.completed'], 'b\'s client saw a\'s events, in order')
+  const resumeFrom = seen.at(-1)?.id as string
+  onB.close()
+
+  // Missed while disconnected: a second task run on b, then resumed on a from b's last id.
+  t.equal((await call(b, 'POST', `${API}/execute`, { session_id: 'ev' })).status, 200, 'executed on b')
+  const onA = await openStream(t, `${a.base}${API}/events?session_id=ev`, { 'last-event-id': resumeFrom })
+  const replayed = await onA.until((events) => events.filter((e) => e.event === 'task.completed').length >= 1, 10_000)
+  t.notOk(replayed.some((e) => e.event === 'reset'), 'no reset: the id means the same on a')
+  t.same(replayed.filter((e) => e.event !== 'progress').map((e) => e.event), ['task.started', 'task.completed'], 'a replays exactly what was missed')
+  const ids = [...seen, ...replayed].map((e) => Number((e.id ?? '').split('-').at(-1)))
+  t.ok(ids.every((id, i) => i === 0 || id > (ids[i - 1] as number)), 'ids grow across replicas')
+  onA.close()
+})
+
+t.test('many idle runs, sweeps every 100 ms: no sweep takes a live run, on its own replica or another (one call per task, no lost lease)', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const agent = await recordingAgent(t)
+  agent.behave(() => ({ hold: true }))
+  const set = await replicaSet(t, url, agent, { TASK_LEASE_MS: '2000', TASK_SWEEP_INTERVAL_MS: '100' })
+  const servers = await Promise.all(['i0', 'i1', 'i2'].map(async (name) => set.start(name)))
+  const sessions = Array.from({ length: 300 }, (_, i) => `idle${i}`)
+  await Promise.all(sessions.map(async (id, i) => {
+    const server = servers[i % 3] as ServerProcess
+    t.equal((await call(server, 'POST', `${API}/create`, { session_id: id, instructions: 'wait' })).status, 200)
+    t.equal((await call(servers[(i + 1) % 3] as ServerProcess, 'POST', `${API}/execute-all`, { session_id: id, wait: false })).status, 202)
+  }))
+  await waitFor('every run calling its agent', () => new Set(agent.calls.map((c) => c.session)).size === 300, 20_000)
+  // Several lease periods of renewals and sweeps while every run waits on its agent.
+  await new Promise((resolve) => setTimeout(resolve, 5000))
+  const perSession = new Map<string, string[]>()
+  for (const c of agent.calls) perSession.set(c.session, [...(perSession.get(c.session) ?? []), c.replica])
+  t.same([...perSession].filter(([, callers]) => callers.length !== 1).map(([id, callers]) => `${id}: ${callers.join(',')}`), [], 'one call per session while they wait')
+  const stored = await storedRows(url)
+  t.same(sessions.filter((id) => stored.get(id)?.owner !== perSession.get(id)?.[0]), [], 'each held by the replica that called')
+  agent.release()
+  await waitFor('every run to end', async () => [...(await storedRows(url)).values()].every((row) => !row.background && row.owner === null), 20_000)
+  t.equal(agent.calls.length, 300, 'still one call per task')
+  const lost = servers.flatMap((server) => logMessages(server.stdout()).filter((msg) => /lease|interrupted/iu.test(msg)))
+  t.same(lost, [], 'no lease lost, no task interrupted')
 })

@@ -58,11 +58,15 @@ export class ArchivedSessions {
     return session
   }
 
-  /** Every archived session that is not active, newest `updated_at` first. */
-  async summaries (): Promise<ArchivedSessionSummary[]> {
+  /**
+   * Every archived session that is not active, newest `updated_at` first. Active ones are those
+   * in memory, or `active` when given (a shared store's rows: memory may be behind them).
+   */
+  async summaries (active?: ReadonlySet<string>): Promise<ArchivedSessionSummary[]> {
     const { sessions, failures } = await this.store.listArchived()
     this.report(failures)
-    const shown = sessions.filter((summary) => this.registry.find(summary.session_id) === null)
+    const isActive = active === undefined ? (id: string) => this.registry.find(id) !== null : (id: string) => active.has(id)
+    const shown = sessions.filter((summary) => !isActive(summary.session_id))
     const keyed = shown.map((summary) => ({ ms: Date.parse(summary.updated_at), summary }))
     keyed.sort((a, b) => b.ms - a.ms)
     return keyed.map(({ summary }) => view(summary))

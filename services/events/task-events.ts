@@ -22,7 +22,7 @@ export interface TaskEventData {
 }
 
 export interface BufferedEvent {
-  /** 1, 2, 3... within this process lifetime. */
+  /** 1, 2, 3... within the lifetime (with gaps when they come from a shared event log). */
   readonly seq: number
   readonly name: TaskEventName
   readonly data: TaskEventData
@@ -34,34 +34,70 @@ export interface BufferedEvent {
 export type Replay = { reset: false, events: BufferedEvent[] } | { reset: true }
 
 /**
- * The latest `capacity` events in a ring. Ids are `<lifetime>-<seq>`: seq grows by one per
- * event, and the lifetime part (random, per process) tells an id from a previous run apart,
- * which must get a reset rather than a wrong replay.
+ * The latest `capacity` events, oldest first. Ids are `<lifetime>-<seq>`: seq grows with each
+ * event, and the lifetime part tells an id from another run apart, which must get a reset
+ * rather than a wrong replay. A lone process numbers its own events (random lifetime, seq 1, 2,
+ * 3...); replicas sharing a database take both from its event log (adopt, appendAt), so an id
+ * means the same on every replica.
  */
 export class TaskEventBuffer {
-  readonly lifetime = randomBytes(4).toString('hex')
-  private readonly ring: Array<BufferedEvent | undefined>
-  private next = 1
+  private life = randomBytes(4).toString('hex')
+  /** Held events from `head` on, in seq order; compacted now and then. */
+  private events: BufferedEvent[] = []
+  private head = 0
+  private last = 0
+  /** The seq of the newest event let go of: a resume from before it cannot be replayed whole. */
+  private dropped = 0
   private readonly listeners = new Set<(event: BufferedEvent) => void>()
 
   constructor (readonly capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError('capacity must be a positive integer')
-    this.ring = new Array<BufferedEvent | undefined>(capacity)
+  }
+
+  get lifetime (): string {
+    return this.life
   }
 
   /** The seq of the latest event (0 before any). */
   get latest (): number {
-    return this.next - 1
+    return this.last
   }
 
-  /** The seq of the oldest event still held. */
+  /** The seq of the oldest event still held (the next one when none is). */
   get oldest (): number {
-    return Math.max(1, this.next - this.capacity)
+    return this.events[this.head]?.seq ?? this.last + 1
   }
 
+  /**
+   * Takes an event log's numbering before any event: ids are `<lifetime>-<seq>` from now on, and
+   * `latest` is where the log stands (events before it are not held: resuming from them resets).
+   */
+  adopt (lifetime: string, latest: number): void {
+    if (this.last !== 0 || this.events.length > 0) throw new Error('adopt() comes before any event')
+    this.life = lifetime
+    this.last = latest
+    this.dropped = latest
+  }
+
+  /** Adds the next event, numbered after the latest. */
   append (name: TaskEventName, data: TaskEventData): BufferedEvent {
-    const event: BufferedEvent = { seq: this.next++, name, data, frame: null }
-    this.ring[event.seq % this.capacity] = event
+    return this.appendAt(this.last + 1, name, data)
+  }
+
+  /** Adds an event numbered `seq` by an event log; seq must be above the latest. */
+  appendAt (seq: number, name: TaskEventName, data: TaskEventData): BufferedEvent {
+    if (!Number.isSafeInteger(seq) || seq <= this.last) throw new RangeError(`event ${seq} is not after ${this.last}`)
+    const event: BufferedEvent = { seq, name, data, frame: null }
+    this.last = seq
+    this.events.push(event)
+    if (this.events.length - this.head > this.capacity) {
+      this.dropped = (this.events[this.head] as BufferedEvent).seq
+      this.events[this.head++] = undefined as unknown as BufferedEvent
+      if (this.head >= this.capacity) {
+        this.events = this.events.slice(this.head)
+        this.head = 0
+      }
+    }
     for (const listener of this.listeners) listener(event)
     return event
   }
@@ -74,12 +110,12 @@ export class TaskEventBuffer {
 
   /** The id a client sends back as Last-Event-ID. */
   idOf (event: BufferedEvent): string {
-    return `${this.lifetime}-${event.seq}`
+    return `${this.life}-${event.seq}`
   }
 
   /** The id naming "now": resuming from it replays nothing. */
   currentId (): string {
-    return `${this.lifetime}-${this.latest}`
+    return `${this.life}-${this.last}`
   }
 
   frameOf (event: BufferedEvent): string {
@@ -91,11 +127,16 @@ export class TaskEventBuffer {
   since (lastId: string): Replay {
     const dash = lastId.lastIndexOf('-')
     const seq = Number(lastId.slice(dash + 1))
-    if (dash < 0 || lastId.slice(0, dash) !== this.lifetime || !Number.isSafeInteger(seq) || seq < 0 || seq > this.latest) return { reset: true }
-    // Events seq+1... must all still be held.
-    if (seq + 1 < this.oldest) return { reset: true }
-    const events: BufferedEvent[] = []
-    for (let s = seq + 1; s <= this.latest; s++) events.push(this.ring[s % this.capacity] as BufferedEvent)
-    return { reset: false, events }
+    if (dash < 0 || lastId.slice(0, dash) !== this.life || !Number.isSafeInteger(seq) || seq < 0 || seq > this.last) return { reset: true }
+    // Every event after seq must still be held.
+    if (seq < this.dropped) return { reset: true }
+    let low = this.head
+    let high = this.events.length
+    while (low < high) {
+      const mid = (low + high) >>> 1
+      if ((this.events[mid] as BufferedEvent).seq <= seq) low = mid + 1
+      else high = mid
+    }
+    return { reset: false, events: this.events.slice(low) }
   }
 }

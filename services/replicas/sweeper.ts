@@ -29,7 +29,7 @@ export class Sweeper {
     if (this.stopped || this.timer !== null) return
     this.timer = setInterval(() => { this.sweep() }, this.options.intervalMs)
     this.timer.unref()
-    this.sweep()
+    this.sweep(true)
     await this.sweeping
   }
 
@@ -41,17 +41,18 @@ export class Sweeper {
     await this.sweeping
   }
 
-  private sweep (): void {
+  private sweep (earlier = false): void {
     if (this.sweeping !== null || this.stopped) return
-    this.sweeping = this.pass().finally(() => { this.sweeping = null })
+    this.sweeping = this.pass(earlier).finally(() => { this.sweeping = null })
   }
 
-  private async pass (): Promise<void> {
+  /** One sweep, batch after batch; the first (`earlier`) also takes what an earlier process of this replica id held. */
+  private async pass (earlier: boolean): Promise<void> {
     const { shared, batch, takeOver, log } = this.options
     while (!this.stopped) {
       let swept: SweptSession[]
       try {
-        swept = await shared.sweep(batch)
+        swept = await shared.sweep(batch, earlier)
       } catch (err) {
         log.warn({ err }, 'Sweep for sessions whose lease ran out failed; the next one tries again')
         return

@@ -65,6 +65,15 @@ export interface SessionStoreEvents {
   'lease-lost': [string, string]
   /** A shared store: a cancel was asked elsewhere for a session this replica runs. */
   cancel: [string]
+  /** A shared store: events were published to its event log (or may have been, unheard). */
+  events: []
+}
+
+/** A live-view event as a shared event log holds it: numbered in the order they were published. */
+export interface LoggedEvent {
+  id: number
+  name: string
+  data: Record<string, unknown>
 }
 
 /** A session claimed by a sweep: its lease is now this replica's. */
@@ -99,8 +108,12 @@ export interface SharedSessions {
   release(sessionId: string): Promise<void>
   /** The live holder of the session's lease (this replica included), or null. */
   holder(sessionId: string): Promise<string | null>
-  /** Claims sessions whose holder is gone (lease run out) or that nobody runs but should be run on. */
-  sweep(limit: number): Promise<SweptSession[]>
+  /**
+   * Claims sessions whose holder is gone (lease run out) or that nobody runs but should be run
+   * on; with `earlier`, also those this replica id holds from an earlier process (only before
+   * this process has run anything: later they may be its own runs).
+   */
+  sweep(limit: number, earlier: boolean): Promise<SweptSession[]>
   /** Asks the live holder to cancel; resolves with its id, or null when nobody holds the lease. */
   requestCancel(sessionId: string): Promise<string | null>
   /** A page of the active sessions, newest updated first, and how many there are. */
@@ -109,6 +122,12 @@ export interface SharedSessions {
   archivable(cutoff: Date, limit: number): Promise<string[]>
   /** Runs a maintenance pass unless another replica's pass of that name runs now (then null). */
   exclusively<T>(pass: string, run: () => Promise<T>): Promise<T | null>
+  /** The live view's shared event log: its identity (part of every event id) and its newest id. */
+  eventLog(): Promise<{ token: string, latest: number }>
+  /** Appends events (one statement), keeping the newest `keep`, and wakes every replica ('events'). */
+  publishEvents(events: ReadonlyArray<{ name: string, data: unknown }>, keep: number): Promise<void>
+  /** Up to `limit` events after `id`, oldest first. */
+  eventsAfter(id: number, limit: number): Promise<LoggedEvent[]>
 }
 
 /**

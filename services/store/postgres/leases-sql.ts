@@ -60,18 +60,19 @@ export function renewLeases (replicaId: string, leaseMs: number, held: ReadonlyA
 }
 
 /**
- * The sweeper's claim: up to `limit` sessions whose lease ran out, or that this replica id owns
- * but this process does not hold (an earlier process of the same id died), or that nobody owns
- * but hold a background run or a task left InProgress (another replica shut down mid-run).
- * Each is claimed by one sweeper only: rows another transaction has locked are skipped.
+ * The sweeper's claim: up to `limit` sessions whose lease ran out, or that nobody owns but hold
+ * a background run or a task left InProgress (another replica shut down mid-run), and with
+ * `mine` (the first sweep, before this process runs anything) those this replica id owns: an
+ * earlier process of the same id died holding them. Each is claimed by one sweeper only: rows
+ * another transaction has locked are skipped.
  */
-export function sweepLeases (replicaId: string, leaseMs: number, limit: number, held: readonly string[]): pg.QueryConfig {
+export function sweepLeases (replicaId: string, leaseMs: number, limit: number, mine: boolean): pg.QueryConfig {
   return {
     name: 'taskvault_sweep_leases',
     text: `WITH due AS (
         SELECT row_id FROM sessions
           WHERE archived_at IS NULL AND (
-            (owner IS NOT NULL AND (lease_until < now() OR (owner = $1 AND NOT (session_id = ANY($4::text[])))))
+            (owner IS NOT NULL AND (lease_until < now() OR (owner = $1 AND $4::boolean)))
             OR (owner IS NULL AND (has_background_run OR tasks_in_progress > 0)))
           ORDER BY lease_until NULLS FIRST
           LIMIT $3
@@ -79,7 +80,7 @@ export function sweepLeases (replicaId: string, leaseMs: number, limit: number, 
       UPDATE sessions s SET owner = $1, epoch = s.epoch + 1, lease_until = ${until('$2')}
         FROM due WHERE s.row_id = due.row_id
         RETURNING s.session_id, s.epoch, s.cancel_requested`,
-    values: [replicaId, leaseMs, limit, held]
+    values: [replicaId, leaseMs, limit, mine]
   }
 }
 
@@ -151,4 +152,25 @@ export function archivableSessions (cutoff: Date, limit: number): pg.QueryConfig
 /** Taken by a maintenance pass for its transaction: false when another replica's pass holds it. */
 export function passLock (key: number): pg.QueryConfig {
   return { text: 'SELECT pg_try_advisory_xact_lock($1::bigint) AS locked', values: [key] }
+}
+
+/** The event log's identity and its newest id (0 when empty). */
+export const EVENT_LOG = 'SELECT (SELECT token FROM event_stream LIMIT 1) AS token, coalesce((SELECT max(id) FROM events), 0)::bigint AS latest'
+
+/** Appends a batch of events (publish_events in migrations/004: in id order across replicas) and notifies. */
+export function publishEvents (names: string[], data: string[], keep: number, channel: string, schema: string): pg.QueryConfig {
+  return {
+    name: 'taskvault_publish_events',
+    text: 'SELECT publish_events($1::text[], $2::json[], $3::bigint, $4, $5)',
+    values: [names, data, keep, channel, schema]
+  }
+}
+
+/** Events after `id`, oldest first. */
+export function eventsAfter (id: number, limit: number): pg.QueryConfig {
+  return {
+    name: 'taskvault_events_after',
+    text: 'SELECT id, name, data::text AS data FROM events WHERE id > $1 ORDER BY id LIMIT $2',
+    values: [id, limit]
+  }
 }

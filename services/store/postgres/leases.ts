@@ -8,6 +8,8 @@ import type { Fence } from './sessions-sql.js'
 
 /** NOTIFY's channel for cancels; the payload is `<schema>.<session id>`, far below NOTIFY's 8,000 bytes. */
 export const CANCEL_CHANNEL = 'taskvault_cancel'
+/** NOTIFY's channel for new events in a schema's event log; the payload is the schema. */
+export const EVENTS_CHANNEL = 'taskvault_events'
 
 export interface LeaseKeeperOptions {
   replicaId: string
@@ -39,8 +41,6 @@ interface Held {
  */
 export class LeaseKeeper {
   private readonly held = new Map<string, Held>()
-  /** Sessions whose acquire is on its way: a sweep must not take them from this very process. */
-  private readonly acquiring = new Set<string>()
   private readonly replicaId: string
   private readonly leaseMs: number
   private readonly options: LeaseKeeperOptions
@@ -59,7 +59,8 @@ export class LeaseKeeper {
 
   /** Renews (and heartbeats) now, then on a timer; starts listening for cancels. */
   async start (): Promise<void> {
-    await this.renew()
+    // A first beat that fails (the database gone again since init) is only a missed beat.
+    await this.renew().catch(noop)
     // Checked every sixth of the lease: renewals every third, and a failed one tried again at
     // the next check, so a lease is given up only after two more attempts have failed too.
     this.timer ??= setInterval(() => { this.tick() }, Math.max(1, Math.floor(this.leaseMs / 6)))
@@ -79,17 +80,14 @@ export class LeaseKeeper {
   }
 
   async acquire (sessionId: string): Promise<void> {
-    this.acquiring.add(sessionId)
     const sent = performance.now()
-    try {
+    {
       const { rows } = await this.options.query<{ epoch: string | null, owner: string | null, found: boolean }>(
         `taking the lease of session '${sessionId}'`, acquireLease(sessionId, this.replicaId, this.leaseMs))
       const row = rows[0]
       if (row === undefined || !row.found) throw new SessionNotFoundError(sessionId)
       if (row.epoch === null) throw new SessionBusyError(sessionId, row.owner)
       this.hold(sessionId, row.epoch, sent)
-    } finally {
-      this.acquiring.delete(sessionId)
     }
   }
 
@@ -123,8 +121,8 @@ export class LeaseKeeper {
     return false
   }
 
-  async sweep (limit: number): Promise<SweptSession[]> {
-    const mine = [...this.held.keys(), ...this.acquiring]
+  async sweep (limit: number, earlier: boolean): Promise<SweptSession[]> {
+    const mine = earlier && this.held.size === 0
     const sent = performance.now()
     const { rows } = await this.options.query<{ session_id: string, epoch: string, cancel_requested: boolean }>(
       'sweeping leases that ran out', sweepLeases(this.replicaId, this.leaseMs, limit, mine))
@@ -217,12 +215,13 @@ export class LeaseKeeper {
       client.on('end', dropped)
       client.on('notification', (message) => {
         const payload = message.payload ?? ''
+        if (message.channel === EVENTS_CHANNEL && payload === this.options.schema) this.options.events.emit('events')
         if (message.channel !== CANCEL_CHANNEL || !payload.startsWith(prefix)) return
         const sessionId = payload.slice(prefix.length)
         if (this.holds(sessionId)) this.options.events.emit('cancel', sessionId)
       })
       try {
-        await client.query(`LISTEN ${CANCEL_CHANNEL}`)
+        await client.query(`LISTEN ${CANCEL_CHANNEL}; LISTEN ${EVENTS_CHANNEL}`)
       } catch (err) {
         client.release(true)
         throw err
@@ -232,6 +231,8 @@ export class LeaseKeeper {
         return
       }
       this.listener = client
+      // Events published while nobody listened (before, or while the last connection was down).
+      this.options.events.emit('events')
     })().catch(noop).finally(() => { this.listening = null })
   }
 }

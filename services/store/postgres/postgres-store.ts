@@ -10,7 +10,7 @@ import { noop } from '../../noop.js'
 import type { Keyring } from '../keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../session-files.js'
 import type {
-  ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents, SharedSessions, SharedSummary, StoreTotals, SweptSession
+  ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, LoggedEvent, SessionStore, SessionStoreEvents, SharedSessions, SharedSummary, StoreTotals, SweptSession
 } from '../store.js'
 import { ARCHIVED_ROWS, archiveSession, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
 import { migrate } from './migrate.js'
@@ -23,8 +23,8 @@ import {
 } from './sessions-sql.js'
 import { SaveBatcher, type PendingSave } from './save-batcher.js'
 import { leave, liveReplicas } from './replicas-sql.js'
-import { LeaseKeeper } from './leases.js'
-import { ACTIVE_COUNT, activeSummaries, archivableSessions, passLock, refreshSession } from './leases-sql.js'
+import { EVENTS_CHANNEL, LeaseKeeper } from './leases.js'
+import { ACTIVE_COUNT, EVENT_LOG, activeSummaries, archivableSessions, eventsAfter, passLock, publishEvents, refreshSession } from './leases-sql.js'
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 /** `<session id>@<row id>`: how an archived copy is named (archivedName, summaries, failures). */
@@ -568,8 +568,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     return holder
   }
 
-  async sweep (limit: number): Promise<SweptSession[]> {
-    return this.keeper().sweep(limit)
+  async sweep (limit: number, earlier: boolean): Promise<SweptSession[]> {
+    return this.keeper().sweep(limit, earlier)
   }
 
   async requestCancel (sessionId: string): Promise<string | null> {
@@ -634,6 +634,21 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       client.removeListener('error', onError)
       client.release(broken)
     }
+  }
+
+  async eventLog (): Promise<{ token: string, latest: number }> {
+    const { rows } = await this.run<{ token: string, latest: string }>('reading the event log', { text: EVENT_LOG })
+    return { token: rows[0]?.token ?? '', latest: Number(rows[0]?.latest ?? 0) }
+  }
+
+  async publishEvents (events: ReadonlyArray<{ name: string, data: unknown }>, keep: number): Promise<void> {
+    if (events.length === 0) return
+    await this.run('publishing events', publishEvents(events.map((event) => event.name), events.map((event) => JSON.stringify(event.data)), keep, EVENTS_CHANNEL, this.schema))
+  }
+
+  async eventsAfter (id: number, limit: number): Promise<LoggedEvent[]> {
+    const { rows } = await this.run<{ id: string, name: string, data: string }>('reading events', eventsAfter(id, limit))
+    return rows.map((row) => ({ id: Number(row.id), name: row.name, data: JSON.parse(row.data) as Record<string, unknown> }))
   }
 
   private keeper (): LeaseKeeper {

@@ -1,0 +1,110 @@
+import type { EventEmitter } from 'node:events'
+import { noop } from '../noop.js'
+import type { SessionStoreEvents, SharedSessions } from '../store/store.js'
+import type { Logger } from '../types.js'
+import { TASK_EVENT_NAMES, type TaskEventBuffer, type TaskEventData, type TaskEventName } from './task-events.js'
+
+export interface EventRelayOptions {
+  shared: SharedSessions
+  /** The store's events: 'events' says the log has new ones. */
+  notices: EventEmitter<SessionStoreEvents>
+  buffer: TaskEventBuffer
+  /** Events are published at most this often, batched (TASK_EVENTS_FLUSH_MS). */
+  flushMs: number
+  /** The log is read this often even when no notification came (NOTIFY is lost with its connection). */
+  pollMs: number
+  log: Logger
+}
+
+/** Events read from the log per statement. */
+const READ_BATCH = 1000
+const NAMES = new Set<string>(TASK_EVENT_NAMES)
+
+/**
+ * The live view across replicas: this replica's events go to the shared event log (batched, one
+ * statement per flush), and every event of the log, this replica's included, comes back into
+ * the local buffer numbered by the log. So a stream on any replica shows every replica's
+ * events, in one order, under ids that resume anywhere.
+ */
+export class EventRelay {
+  private readonly options: EventRelayOptions
+  private queue: Array<{ name: TaskEventName, data: TaskEventData }> = []
+  private publishing: NodeJS.Timeout | null = null
+  private flushed: Promise<void> = Promise.resolve()
+  private reading: Promise<void> | null = null
+  private again = false
+  private poll: NodeJS.Timeout | null = null
+  private readonly wake = (): void => { this.read() }
+  private closed = false
+
+  constructor (options: EventRelayOptions) {
+    this.options = options
+  }
+
+  /** Takes the log's numbering (events before now are not replayed), then follows it. */
+  async start (): Promise<void> {
+    const { token, latest } = await this.options.shared.eventLog()
+    this.options.buffer.adopt(token, latest)
+    this.options.notices.on('events', this.wake)
+    this.poll = setInterval(this.wake, this.options.pollMs)
+    this.poll.unref()
+  }
+
+  /** A durable change's event: published with the next batch. */
+  publish (name: TaskEventName, data: TaskEventData): void {
+    if (this.closed) return
+    this.queue.push({ name, data })
+    this.publishing ??= setTimeout(() => {
+      this.publishing = null
+      this.flushed = this.flushed.then(async () => this.flush())
+    }, this.options.flushMs)
+  }
+
+  /** Publishes what is queued and reads the log a last time. */
+  async close (): Promise<void> {
+    this.closed = true
+    if (this.publishing !== null) clearTimeout(this.publishing)
+    this.publishing = null
+    if (this.poll !== null) clearInterval(this.poll)
+    this.options.notices.off('events', this.wake)
+    await this.flushed
+    await this.flush()
+    await this.reading
+  }
+
+  private async flush (): Promise<void> {
+    const batch = this.queue
+    this.queue = []
+    if (batch.length === 0) return
+    try {
+      await this.options.shared.publishEvents(batch, this.options.buffer.capacity)
+    } catch (err) {
+      // The database is away: these events are not shown anywhere (the changes themselves are
+      // durable); clients see the state again with their next snapshot.
+      this.options.log.warn({ err, events: batch.length }, 'Could not publish live-view events; they are dropped')
+    }
+  }
+
+  /** Reads the log after the newest event held, until nothing is left; never two reads at once. */
+  private read (): void {
+    if (this.reading !== null) {
+      this.again = true
+      return
+    }
+    this.reading = (async () => {
+      do {
+        this.again = false
+        for (;;) {
+          const events = await this.options.shared.eventsAfter(this.options.buffer.latest, READ_BATCH)
+          for (const event of events) {
+            if (NAMES.has(event.name)) this.options.buffer.appendAt(event.id, event.name as TaskEventName, event.data as TaskEventData)
+          }
+          if (events.length < READ_BATCH) break
+        }
+      } while (this.again && !this.closed)
+    })().catch((err: Error) => {
+      this.options.log.warn({ err }, 'Could not read live-view events; the next notification or poll tries again')
+    }).finally(() => { this.reading = null })
+    this.reading.catch(noop)
+  }
+}
