@@ -154,6 +154,7 @@ async function leaseCost ({ quick, log, trackedDir }, db, res, logs) {
       await sleep(quick ? LEASE_MS : Math.max(LEASE_MS, 11_000))
       const stat0 = await statCounters(db.url, db.name, schema)
       const from = await counters.now()
+      const statFrom = from
       const meter = await cpuMeter(servers, db.name)
       await sleep(windowMs)
       const to = await counters.now()
@@ -175,9 +176,9 @@ async function leaseCost ({ quick, log, trackedDir }, db, res, logs) {
       const sampled = Object.values(shapes).reduce((a, x) => a + x, 0)
       out.all_statements_window2 = { seconds: (t2 - t1) / 1000, statements: sampled, per_s: sampled / ((t2 - t1) / 1000), per_replica_per_s: sampled / R / ((t2 - t1) / 1000), by_text: shapes, method: 'pg_stat_activity sampled every 10 ms, one count per (pid, query_start): a floor (two statements of one backend within 10 ms count once)' }
       // pg_stat_* are published by idle backends up to 10 s late: read them after as long.
-      const t3 = await counters.now()
       if (!quick) await sleep(11_000)
       const stat1 = await statCounters(db.url, db.name, schema)
+      const statTo = await counters.now()
       out.window_ms_measured = to - from
       // Sessions whose agent was called more than once (its task run by two replicas, or twice).
       const bySession = new Map()
@@ -218,11 +219,12 @@ async function leaseCost ({ quick, log, trackedDir }, db, res, logs) {
       out.design_per_replica_per_s = 3000 / LEASE_MS + 1000 / SWEEP_MS
       out.ceiling_per_replica_per_s = (1000 / LEASE_MS) * 3
       out.pg_stat = {
-        note: 'pg_stat_database / pg_stat_user_tables deltas over both windows (seconds_covered), read 11 s after the set-up and 11 s after the end, since PostgreSQL 15 publishes an idle backend\'s counts up to 10 s late; commits include the triggers\' inserts (same transactions) and the bench\'s own queries on this database (a few), so a cross-check only',
+        note: 'pg_stat_database / pg_stat_user_tables deltas from the first read (11 s after the set-up) to the second (11 s after the end of both windows; seconds_covered), since PostgreSQL 15 publishes an idle backend\'s counts up to 10 s late; commits include the triggers\' inserts (same transactions) and the bench\'s own queries on this database (a few), so a cross-check only',
         commits: stat1.commits - stat0.commits,
         sessions_rows_updated: (stat1.tables.sessions?.upd ?? 0) - (stat0.tables.sessions?.upd ?? 0),
         replicas_rows_updated: (stat1.tables.replicas?.upd ?? 0) - (stat0.tables.replicas?.upd ?? 0),
-        seconds_covered: (t3 - from) / 1000,
+        // From the first read to the second (the servers kept renewing through the 11 s wait).
+        seconds_covered: (statTo - statFrom) / 1000,
         ...(quick && { quick: 'no 11 s waits: set-up commits published late land in these deltas' })
       }
       log(`  lease: ${R} replicas x ${sessions / R} idle sessions, ${secs.toFixed(1)} s: renewals ${out.renew_statements_total} (${out.renew_per_replica_per_s.toFixed(2)}/s per replica, ${Object.values(perReplica).map((p) => p.rows_per_renewal.toFixed(0)).join('/')} rows each), sweeps ${out.sweep_statements_total}, other session updates ${out.other_session_updates}; database CPU ${out.cpu.db_cores.toFixed(3)} cores, servers ${out.cpu.servers_cores.toFixed(3)}`)
