@@ -444,9 +444,10 @@ export class TaskManager {
       await shared.acquire(sessionId)
       await this.takeOver({ sessionId, cancelRequested: true })
     } else {
-      // The holder sees it by NOTIFY (or its next renewal); if it died, a sweep applies it.
-      const deadline = performance.now() + this.cancelWaitMs()
-      while (await shared.holder(sessionId) === owner) {
+      // The holder sees it by NOTIFY (or its next renewal) and lets go; if it died, the replica
+      // whose sweep claims the session applies it. Either way the request is cleared then.
+      const deadline = performance.now() + this.cancelWaitMs(shared)
+      while (await shared.cancelPending(sessionId)) {
         if (performance.now() > deadline) throw new SessionBusyError(sessionId, owner)
         await sleep(CANCEL_POLL_MS)
       }
@@ -457,9 +458,12 @@ export class TaskManager {
     return { cancelled_task_id: cancelled?.id ?? null, progress: after.progress }
   }
 
-  /** How long a cancel waits for the holder to let go: past that, its lease has run out and a sweep has applied the cancel. */
-  private cancelWaitMs (): number {
-    return this.settings.shutdownGraceMs + this.settings.sweepIntervalMs * 2 + 60_000
+  /**
+   * How long a cancel waits for the holder to let go: a live one records the cancelled task and
+   * lets go within the shutdown grace at worst; a dead one's lease runs out and a sweep applies it.
+   */
+  private cancelWaitMs (shared: SharedSessions): number {
+    return shared.leaseMs + this.settings.sweepIntervalMs * 2 + this.settings.shutdownGraceMs + 5000
   }
 
   /** True while an execution (foreground or background) holds the session, here or (shared) on another replica as last read. */

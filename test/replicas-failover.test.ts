@@ -214,3 +214,29 @@ t.test('torture with replicas: rounds of kill -9 and restart under concurrent cr
   t.same(completedTwice, [], 'no task run more often than its interruptions explain')
   t.same(unexpected, [], 'no request failed for another reason than a kill')
 })
+
+t.test('a cancel asked while the replica running the session is dead is applied by the replica that claims it', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const agent = await recordingAgent(t)
+  agent.behave((c) => (c.replica === 'd0' ? { hold: true } : {}))
+  const set = await replicaSet(t, url, agent, SETTINGS)
+  const d0 = await set.start('d0')
+  const d1 = await set.start('d1')
+  t.equal((await call(d1, 'POST', `${API}/create`, { session_id: 'orphan', instructions: '1. a\n2. b\n3. c' })).status, 200)
+  t.equal((await call(d0, 'POST', `${API}/execute-all`, { session_id: 'orphan', wait: false })).status, 202)
+  const held = await agent.waitForCall((c) => c.session === 'orphan', 10_000)
+  d0.child.kill('SIGKILL')
+  await d0.exited
+  const started = Date.now()
+  const cancelled = await call(d1, 'POST', `${API}/cancel`, { session_id: 'orphan' })
+  t.equal(cancelled.status, 200, `cancel answered after ${Date.now() - started} ms`)
+  t.equal(cancelled.body.cancelled_task_id, held.task, 'naming the task the dead replica was running')
+  t.match(cancelled.body.progress, { failed: 1, pending: 2, in_progress: 0 })
+  await sleep(LEASE_MS)
+  const row = (await storedRows(url)).get('orphan') as StoredRow
+  t.equal(row.background, false, 'the background run ended rather than resumed')
+  t.equal(row.owner, null, 'no lease held')
+  t.equal(agent.calls.filter((c) => c.session === 'orphan').length, 1, 'no agent called again')
+  t.match(row.tasks[0], { status: 'Failed', error: 'cancelled' })
+})

@@ -19,6 +19,8 @@ interface QueuedChange {
   reject: (error: unknown) => void
   /** Wants the session checked against the stored one first (a shared store; see sync). */
   fresh: boolean
+  /** Only that: nothing to apply (sync), so no draft is made for it. */
+  syncOnly: boolean
   /** Times it met a version conflict and was applied again to the stored state. */
   conflicts: number
 }
@@ -135,7 +137,7 @@ export class SessionRegistry {
   change<R> (sessionId: string, apply: ChangeFn<R>, fresh = false): Promise<R> {
     const slot = this.slotFor(sessionId)
     return new Promise<R>((resolve, reject) => {
-      slot.queue.push({ apply, resolve: resolve as (value: unknown) => void, reject, fresh, conflicts: 0 })
+      slot.queue.push({ apply, resolve: resolve as (value: unknown) => void, reject, fresh, syncOnly: false, conflicts: 0 })
       slot.flushing ??= this.flush(sessionId, slot)
     })
   }
@@ -148,7 +150,11 @@ export class SessionRegistry {
    */
   async sync (sessionId: string): Promise<void> {
     if (this.store.shared === undefined) return
-    await this.change(sessionId, () => unchanged(undefined), true)
+    const slot = this.slotFor(sessionId)
+    await new Promise<unknown>((resolve, reject) => {
+      slot.queue.push({ apply: () => unchanged(undefined), resolve, reject, fresh: true, syncOnly: true, conflicts: 0 })
+      slot.flushing ??= this.flush(sessionId, slot)
+    })
   }
 
   /** Marks a session as executing; false if it already was. */
@@ -233,6 +239,11 @@ export class SessionRegistry {
           // The stored session could not be read: nothing queued can be applied to a known state.
           for (const change of slot.queue.splice(0)) change.reject(err)
           break
+        }
+        // Reads waiting for the stored state have it now; no draft is made for them.
+        if (slot.queue.every((change) => change.syncOnly)) {
+          for (const change of slot.queue.splice(0)) change.resolve(undefined)
+          continue
         }
       }
       const { draft, applied } = this.applyBatch(sessionId, slot)

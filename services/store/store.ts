@@ -95,6 +95,8 @@ export type SharedSummary = Static<typeof SessionSummary> & { running: boolean }
  */
 export interface SharedSessions {
   readonly replicaId: string
+  /** How long a lease lasts unless renewed (TASK_LEASE_MS). */
+  readonly leaseMs: number
   /**
    * The session as stored now when it differs from what this store last read or wrote (null:
    * no active row); undefined when it is the same.
@@ -108,6 +110,8 @@ export interface SharedSessions {
   release(sessionId: string): Promise<void>
   /** The live holder of the session's lease (this replica included), or null. */
   holder(sessionId: string): Promise<string | null>
+  /** Whether a cancel asked for the session (requestCancel) still waits to be applied. */
+  cancelPending(sessionId: string): Promise<boolean>
   /**
    * Claims sessions whose holder is gone (lease run out) or that nobody runs but should be run
    * on; with `earlier`, also those this replica id holds from an earlier process (only before

@@ -125,6 +125,18 @@ export function refreshSession (sessionId: string, known: { row: string, version
   }
 }
 
+/** refreshSession for several sessions in one statement: a row back for each that has an active row. */
+export function refreshSessions (known: ReadonlyArray<{ sessionId: string, row: string | null, version: string | null }>): pg.QueryConfig {
+  return {
+    name: 'taskvault_refresh_sessions',
+    text: `SELECT s.session_id, s.row_id, s.version, s.bytes, s.owner, (s.owner IS NOT NULL AND s.lease_until > now()) AS live,
+        CASE WHEN s.row_id = k.row_id AND s.version = k.version THEN NULL ELSE s.document::text END AS document
+      FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS k(session_id, row_id, version)
+      JOIN sessions s ON s.session_id = k.session_id AND s.archived_at IS NULL`,
+    values: [known.map((k) => k.sessionId), known.map((k) => k.row), known.map((k) => k.version)]
+  }
+}
+
 /** The active sessions, newest updated first, from their columns (the list endpoint, every replica alike). */
 export function activeSummaries (offset: number, limit: number): pg.QueryConfig {
   return {

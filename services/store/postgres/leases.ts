@@ -106,6 +106,11 @@ export class LeaseKeeper {
     return row?.live === true ? row.owner : null
   }
 
+  async cancelPending (sessionId: string): Promise<boolean> {
+    const { rows } = await this.options.query<{ cancel_requested: boolean }>(`reading the lease of session '${sessionId}'`, leaseHolder(sessionId))
+    return rows[0]?.cancel_requested === true
+  }
+
   /**
    * After a fenced save was refused: true when this process still holds the lease at the
    * epoch it saved with (so the refusal was a plain version conflict); otherwise the lease is

@@ -24,7 +24,7 @@ import {
 import { SaveBatcher, type PendingSave } from './save-batcher.js'
 import { leave, liveReplicas } from './replicas-sql.js'
 import { EVENTS_CHANNEL, LeaseKeeper } from './leases.js'
-import { ACTIVE_COUNT, EVENT_LOG, activeSummaries, archivableSessions, eventsAfter, passLock, publishEvents, refreshSession } from './leases-sql.js'
+import { ACTIVE_COUNT, EVENT_LOG, activeSummaries, archivableSessions, eventsAfter, passLock, publishEvents, refreshSession, refreshSessions } from './leases-sql.js'
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 /** `<session id>@<row id>`: how an archived copy is named (archivedName, summaries, failures). */
@@ -80,6 +80,20 @@ interface QueuedSave extends PendingSave<RowVersion | null> {
   operation: string
 }
 
+/** The active row of a session as stored now (refresh); `document` only when it differs from the known one. */
+interface FreshRow {
+  session_id: string
+  row_id: string
+  version: string
+  bytes: number
+  owner: string | null
+  live: boolean
+  document: string | null
+}
+
+/** A refresh waiting for its statement: several go in one when they queue up (like saves). */
+interface QueuedRefresh extends PendingSave<FreshRow | null> {}
+
 /** The active row a session is stored in, as this store last read or wrote it. */
 interface KnownRow extends RowVersion {
   /** The kid its document is sealed under ('' for plaintext), for encryption stats. */
@@ -132,11 +146,12 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   private readonly unreadable = new Set<string>()
   private readonly index = new ArchiveIndex()
   private readonly batcher: SaveBatcher<RowVersion | null, QueuedSave>
+  private readonly refresher: SaveBatcher<FreshRow | null, QueuedRefresh>
   /** Connections that have had SYNCHRONOUS_COMMIT_ON (see query()). */
   private readonly prepared = new WeakSet<pg.PoolClient>()
   readonly replicaId: string
   readonly shared: SharedSessions | undefined
-  private readonly leaseMs: number
+  readonly leaseMs: number
   private readonly leases: LeaseKeeper | null
   /** Sessions another replica held a live lease on when last read (refresh, list), by holder. */
   private readonly elsewhere = new Map<string, string>()
@@ -184,6 +199,10 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       maxSessions: options.saveBatch ?? DEFAULT_SAVE_BATCH,
       maxBytes: options.saveBatchBytes ?? DEFAULT_SAVE_BATCH_BYTES
     }, async (batch) => this.sendSaves(batch))
+    // Every request of a shared store checks its session's row: under load those checks go
+    // several to a statement, as saves do.
+    this.refresher = new SaveBatcher({ lanes, maxSessions: options.saveBatch ?? DEFAULT_SAVE_BATCH, maxBytes: Number.POSITIVE_INFINITY },
+      async (batch) => this.sendRefreshes(batch))
   }
 
   /**
@@ -531,11 +550,9 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   async refresh (sessionId: string): Promise<LoadedSession | null | undefined> {
     this.checkId(sessionId)
     const known = this.rows.get(sessionId) ?? null
-    const { rows } = await this.run<{ row_id: string, version: string, bytes: number, owner: string | null, live: boolean, document: string | null }>(
-      `reading session '${sessionId}'`, refreshSession(sessionId, known))
-    const row = rows[0]
+    const row = await this.refresher.submit({ sessionId, bytes: 0 })
     this.noteHolder(sessionId, row?.live === true ? row.owner : null)
-    if (row === undefined) {
+    if (row === null) {
       if (known === null) return undefined
       this.forget(sessionId)
       this.unsure.delete(sessionId)
@@ -548,6 +565,26 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     this.unsure.delete(sessionId)
     this.unreadable.delete(sessionId)
     return { file, bytes: row.bytes }
+  }
+
+  /** Reads the rows of queued refreshes: one alone by its own statement, several by one. */
+  private async sendRefreshes (batch: QueuedRefresh[]): Promise<void> {
+    try {
+      const first = batch[0]
+      if (batch.length === 1 && first !== undefined) {
+        const { rows } = await this.run<FreshRow>(`reading session '${first.sessionId}'`, refreshSession(first.sessionId, this.rows.get(first.sessionId) ?? null))
+        first.resolve(rows[0] ?? null)
+        return
+      }
+      const { rows } = await this.run<FreshRow>(`reading ${batch.length} sessions`, refreshSessions(batch.map((refresh) => {
+        const known = this.rows.get(refresh.sessionId)
+        return { sessionId: refresh.sessionId, row: known?.row ?? null, version: known?.version ?? null }
+      })))
+      const found = new Map(rows.map((row) => [row.session_id, row]))
+      for (const refresh of batch) refresh.resolve(found.get(refresh.sessionId) ?? null)
+    } catch (err) {
+      for (const refresh of batch) refresh.reject(err)
+    }
   }
 
   runningElsewhere (sessionId: string): string | null {
@@ -566,6 +603,10 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     const holder = await this.keeper().holder(this.checkId(sessionId))
     this.noteHolder(sessionId, holder)
     return holder
+  }
+
+  async cancelPending (sessionId: string): Promise<boolean> {
+    return this.keeper().cancelPending(this.checkId(sessionId))
   }
 
   async sweep (limit: number, earlier: boolean): Promise<SweptSession[]> {
