@@ -13,7 +13,9 @@ CREATE TABLE events (
 
 -- What makes an event id from this schema tell itself apart from one of another database (or
 -- of this schema dropped and made again): part of every id a client sees.
-CREATE TABLE event_stream (token text NOT NULL);
+-- `trimmed`: every id up to it was deleted (kept: the newest TASK_EVENTS_BUFFER), so a reader
+-- behind it knows events were lost to it, rather than taking the hole for rolled-back ids.
+CREATE TABLE event_stream (token text NOT NULL, trimmed bigint NOT NULL DEFAULT 0);
 INSERT INTO event_stream (token) VALUES (substr(md5(random()::text || clock_timestamp()::text), 1, 8));
 
 -- Publishes a batch: under a transaction-scoped lock, so batches commit one at a time in id
@@ -29,7 +31,8 @@ BEGIN
   INSERT INTO events (name, data) SELECT n, d FROM unnest(names, datas) AS e(n, d);
   SELECT max(id) INTO newest FROM events;
   -- Trimmed now and then, not on every batch: each trim is one range delete on the key.
-  IF newest % 64 < cardinality(names) THEN
+  IF newest % 64 < cardinality(names) AND newest > keep THEN
+    UPDATE event_stream SET trimmed = greatest(trimmed, newest - keep);
     DELETE FROM events WHERE id <= newest - keep;
   END IF;
   PERFORM pg_notify(channel, payload);

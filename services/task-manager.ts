@@ -211,17 +211,16 @@ export class TaskManager {
   /**
    * A session a sweep claimed (its holder is gone): its interrupted task goes back to Pending,
    * counted once (or is failed as cancelled, when a cancel was asked); then its background run
-   * goes on here, or the lease is given back. Never rejects.
+   * goes on here. The sweep's lease is given back in every case: a run that goes on holds one
+   * of its own (taken again, a newer epoch). Never rejects.
    */
-  private async takeOver ({ sessionId, cancelRequested }: SweptSession): Promise<void> {
+  private async takeOver ({ sessionId, epoch, cancelRequested }: SweptSession): Promise<void> {
     const shared = this.shared as SharedSessions
-    let resume = false
-    // This process runs it (its own acquire raced the sweep): the lease is that run's now, and
-    // the run gives it back.
+    // This process runs it already (it took the lease after the sweep did): nothing to take over.
     const runningHere = (): boolean => this.registry.find(sessionId) !== null && this.registry.existing(sessionId).executing
     try {
       if (runningHere()) return
-      resume = await this.registry.change(sessionId, (draft) => {
+      const resume = await this.registry.change(sessionId, (draft) => {
         const file = draft.file
         if (file === null || runningHere()) return unchanged(false)
         const interrupted = file.session.tasks.filter((task) => task.status === 'InProgress')
@@ -237,21 +236,15 @@ export class TaskManager {
         const run = file.background_run !== undefined
         return interrupted.length === 0 ? unchanged(run) : run
       }, true)
-    } catch (err) {
-      this.log.error({ session_id: sessionId, err }, 'Could not take over a session whose replica is gone; its lease runs out and another sweep tries again')
-      return
-    }
-    if (resume && !this.shuttingDown) {
-      this.log.info({ session_id: sessionId }, 'Resuming background run of a replica that is gone')
-      try {
+      if (resume && !this.shuttingDown) {
+        this.log.info({ session_id: sessionId }, 'Resuming background run of a replica that is gone')
         await this.runner.startBackgroundRun(sessionId)
-        return
-      } catch (err) {
-        if (!(err instanceof SessionBusyError)) this.log.error({ session_id: sessionId, err }, 'Could not resume background run')
       }
+    } catch (err) {
+      if (!(err instanceof SessionBusyError)) this.log.error({ session_id: sessionId, err }, 'Could not take over a session whose replica is gone; a later sweep tries again')
+    } finally {
+      await shared.release(sessionId, epoch).catch((err: Error) => { this.log.warn({ session_id: sessionId, err }, 'Could not give the lease back; it runs out by itself') })
     }
-    if (runningHere()) return
-    await shared.release(sessionId).catch((err: Error) => { this.log.warn({ session_id: sessionId, err }, 'Could not give the lease back; it runs out by itself') })
   }
 
   /** Appends tasks to a session, creating it (or bringing it back from the archive) if needed. Resolves once they are durable. */
@@ -441,8 +434,8 @@ export class TaskManager {
     if (owner === null) {
       if (running.size === 0 && before.background_run === undefined) throw new NotRunningError(sessionId)
       // Left behind by a replica that is gone: claimed here and cancelled, as a sweep would.
-      await shared.acquire(sessionId)
-      await this.takeOver({ sessionId, cancelRequested: true })
+      const { epoch } = await shared.acquire(sessionId)
+      await this.takeOver({ sessionId, epoch, cancelRequested: true })
     } else {
       // The holder sees it by NOTIFY (or its next renewal) and lets go; if it died, the replica
       // whose sweep claims the session applies it. Either way the request is cleared then.

@@ -27,6 +27,7 @@ async function row (db: pg.Pool, sessionId: string): Promise<{ owner: string | n
 t.test('one holder at a time: a second replica gets SESSION_BUSY (409) naming the holder; after release it may take it', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
   const a = await open(t, url, 'alpha')
   const b = await open(t, url, 'beta')
   await a.save(contractSession('s', ['Pending']))
@@ -37,7 +38,7 @@ t.test('one holder at a time: a second replica gets SESSION_BUSY (409) naming th
   t.equal(statusFor(busy as TaskvaultError), 409)
   t.equal(await b.holder('s'), 'alpha')
   await t.rejects(b.acquire('nope'), { code: 'SESSION_NOT_FOUND' }, 'no such session')
-  await a.release('s')
+  await a.release('s', (await db.query("SELECT epoch::text AS epoch FROM sessions WHERE session_id = 's'")).rows[0].epoch)
   t.equal(await b.holder('s'), null, 'released')
   await b.acquire('s')
   t.equal(await a.holder('s'), 'beta')
@@ -56,7 +57,7 @@ t.test('the fence: a save by a holder whose lease was taken over is refused (LEA
   await a.save(contractSession('f', ['InProgress', 'Pending']))
   // Alpha's lease runs out (as if it had been stopped for a minute): beta's sweep claims the session.
   await db.query("UPDATE sessions SET lease_until = now() - interval '1 second' WHERE session_id = 'f'")
-  t.same(await b.sweep(10, false), [{ sessionId: 'f', cancelRequested: false }], 'claimed by beta\'s sweep')
+  t.match(await b.sweep(10, false), [{ sessionId: 'f', cancelRequested: false }], 'claimed by beta\'s sweep')
   t.same(await a.sweep(10, false), [], 'and by no other sweep')
   const fresh = await b.refresh('f')
   t.ok(fresh !== null && fresh !== undefined, 'beta reads the session')
@@ -78,7 +79,8 @@ t.test('the fence: a save by a holder whose lease was taken over is refused (LEA
   // Even after alpha re-reads at the new version, its old lease cannot write.
   await a.refresh('f')
   await t.rejects(a.save(contractSession('f', ['Failed', 'Failed'])), { code: 'LEASE_LOST' }, 'a lost lease stays lost until its run lets go')
-  await a.release('f')
+  await a.release('f', before.epoch)
+  await a.release('f', String(BigInt(before.epoch) - 1n))
   t.equal((await row(db, 'f')).owner, 'beta', 'releasing a lost lease leaves the holder alone')
   await t.rejects(a.remove('f'), { code: 'VERSION_CONFLICT' }, 'nor can alpha delete a session beta holds')
 })
@@ -119,6 +121,37 @@ t.test('cut off from the database, a holder gives its leases up (lease-lost) bef
   t.ok(left > 0, `given up ${Math.round(left)} ms before the lease ran out`)
   t.match(lost[0], { id: 'c', why: /could not be renewed/u })
   proxy.pass()
+  const before = (await db.query<{ document: string }>("SELECT document::text AS document FROM sessions WHERE session_id = 'c'")).rows[0]?.document
+
+  // Back in touch, before any other replica took the session: the run that had it still may not write.
+  await t.rejects(a.save(contractSession('c', ['Completed'])), { code: 'LEASE_LOST' }, 'a save after the lease was given up is refused')
+  const after = await db.query<{ document: string, owner: string }>("SELECT document::text AS document, owner FROM sessions WHERE session_id = 'c'")
+  t.equal(after.rows[0]?.document, before, 'nothing written')
+  // Its own sweep does not take it back while that run has not let go (its saves stay refused).
+  await waitFor('the lease to run out', async () => (await db.query("SELECT 1 FROM sessions WHERE session_id = 'c' AND lease_until < now()")).rowCount === 1, 10_000)
+  t.same(await a.sweep(10, false), [], 'not taken over by the process whose run lost it')
+  t.equal((await db.query("SELECT owner FROM sessions WHERE session_id = 'c'")).rows[0]?.owner, null, 'given back for another sweep')
+  await t.rejects(a.save(contractSession('c', ['Completed'])), { code: 'LEASE_LOST' }, 'and the old run still cannot write')
+})
+
+t.test('a cancel asked while this replica\'s sweep holds a session reaches the run it resumes', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const a = await open(t, url, 'alpha')
+  const b = await open(t, url, 'beta')
+  const file = contractSession('k', ['InProgress', 'Pending'])
+  file.background_run = { started_at: file.created_at }
+  await a.save(file)
+  const [swept] = await b.sweep(10, false)
+  t.match(swept, { sessionId: 'k', cancelRequested: false }, 'an orphaned run, claimed by beta')
+  t.equal(await a.requestCancel('k'), 'beta', 'cancel asked of beta meanwhile')
+  const taken = await b.acquire('k')
+  t.equal(taken.cancelRequested, true, 'the run beta resumes is told at once')
+  t.equal(await a.cancelPending('k'), true, 'and the request stays until that run lets go')
+  await b.release('k', taken.epoch)
+  t.equal(await a.cancelPending('k'), false)
+  await b.release('k', swept?.epoch ?? '0')
+  t.equal(await a.holder('k'), null, 'both leases given back')
 })
 
 t.test('refresh: the document only when it changed; a sweep claims expired and orphaned sessions once each', async (t) => {

@@ -60,7 +60,7 @@ export class EventRelay {
     }, this.options.flushMs)
   }
 
-  /** Publishes what is queued and reads the log a last time. */
+  /** Publishes what is queued and reads the log a last time, so the last events reach this replica's streams. */
   async close (): Promise<void> {
     this.closed = true
     if (this.publishing !== null) clearTimeout(this.publishing)
@@ -69,6 +69,8 @@ export class EventRelay {
     this.options.notices.off('events', this.wake)
     await this.flushed
     await this.flush()
+    await this.reading
+    this.read()
     await this.reading
   }
 
@@ -95,13 +97,19 @@ export class EventRelay {
       do {
         this.again = false
         for (;;) {
-          const events = await this.options.shared.eventsAfter(this.options.buffer.latest, READ_BATCH)
+          const buffer = this.options.buffer
+          const { events, trimmed } = await this.options.shared.eventsAfter(buffer.latest, READ_BATCH)
+          // Behind the log's trimming (reads failed for a long while): what was lost resets resumes.
+          if (events.length > 0 && trimmed > buffer.latest) buffer.lostUpTo(trimmed)
           for (const event of events) {
-            if (NAMES.has(event.name)) this.options.buffer.appendAt(event.id, event.name as TaskEventName, event.data as TaskEventData)
+            if (event.id <= buffer.latest) continue
+            // A name this version does not know (a newer replica's) is passed over, not stuck on.
+            if (NAMES.has(event.name)) buffer.appendAt(event.id, event.name as TaskEventName, event.data as TaskEventData)
+            else buffer.lostUpTo(event.id)
           }
           if (events.length < READ_BATCH) break
         }
-      } while (this.again && !this.closed)
+      } while (this.again)
     })().catch((err: Error) => {
       this.options.log.warn({ err }, 'Could not read live-view events; the next notification or poll tries again')
     }).finally(() => { this.reading = null })

@@ -79,6 +79,16 @@ export class TaskEventBuffer {
     this.dropped = latest
   }
 
+  /**
+   * Events up to `seq` were lost to this buffer (an event log trimmed them before they were
+   * read): a client resuming from before them gets a reset, not a replay with a hole.
+   */
+  lostUpTo (seq: number): void {
+    if (seq <= this.last) return
+    this.last = seq
+    this.dropped = seq
+  }
+
   /** Adds the next event, numbered after the latest. */
   append (name: TaskEventName, data: TaskEventData): BufferedEvent {
     return this.appendAt(this.last + 1, name, data)

@@ -48,6 +48,8 @@ export class TaskRunner {
   private readonly closingSignal = new AbortController()
   private readonly running = new Set<Promise<unknown>>()
   private readonly runs = new Map<string, Run>()
+  /** Cancels asked (shared store) for sessions whose execution has its lease but is not running yet. */
+  private readonly early = new Set<string>()
   private closing = false
 
   constructor (options: TaskRunnerOptions) {
@@ -149,7 +151,12 @@ export class TaskRunner {
   /** A cancel asked on another replica for a session this one runs: as cancel(), without waiting. */
   cancelRequested (sessionId: string): void {
     const run = this.runs.get(sessionId)
-    if (run === undefined || run.controller.signal.aborted) return
+    if (run === undefined) {
+      // Its execution may be starting (lease taken, run not registered yet): it checks this.
+      if (this.registry.find(sessionId) !== null && this.registry.existing(sessionId).executing) this.early.add(sessionId)
+      return
+    }
+    if (run.controller.signal.aborted) return
     this.log.info({ session_id: sessionId }, 'Cancel asked on another replica')
     run.controller.abort(new CancelledError())
   }
@@ -207,14 +214,16 @@ export class TaskRunner {
   private async exclusive<R> (sessionId: string, background: boolean, body: (run: Run) => Promise<R>): Promise<R> {
     if (this.closing) throw new ShuttingDownError()
     if (!this.registry.claim(sessionId)) throw new SessionBusyError(sessionId)
+    this.early.delete(sessionId)
+    let lease: { epoch: string, cancelRequested: boolean } | null = null
     if (this.shared !== undefined) {
       try {
-        await this.shared.acquire(sessionId)
+        lease = await this.shared.acquire(sessionId)
         // What other replicas did to it before the lease was taken is what this run starts from.
         await this.registry.sync(sessionId)
       } catch (err) {
         this.registry.release(sessionId)
-        if (!(err instanceof SessionBusyError)) await this.giveBack(sessionId)
+        if (lease !== null) await this.giveBack(sessionId, lease.epoch)
         throw err
       }
     }
@@ -234,6 +243,8 @@ export class TaskRunner {
     }
     // Set before the body starts, so what it announces first already reads as running.
     this.runs.set(sessionId, run)
+    // A cancel that came while the lease was being taken (or was waiting for this replica's run).
+    if (lease?.cancelRequested === true || this.early.delete(sessionId)) controller.abort(new CancelledError())
     const execution = body(run)
     this.running.add(execution)
     try {
@@ -245,7 +256,8 @@ export class TaskRunner {
       this.running.delete(execution)
       this.runs.delete(sessionId)
       this.registry.release(sessionId)
-      await this.giveBack(sessionId)
+      this.early.delete(sessionId)
+      if (lease !== null) await this.giveBack(sessionId, lease.epoch)
       if (run.announced) this.announceEnd(sessionId, run)
       // Only now: whoever waits on `done` (cancel) must see the session free.
       ended()
@@ -253,8 +265,8 @@ export class TaskRunner {
   }
 
   /** Gives the session's lease back (shared store); a failure only means it runs out by itself. */
-  private async giveBack (sessionId: string): Promise<void> {
-    await this.shared?.release(sessionId).catch((err: Error) => {
+  private async giveBack (sessionId: string, epoch: string): Promise<void> {
+    await this.shared?.release(sessionId, epoch).catch((err: Error) => {
       this.log.warn({ session_id: sessionId, err }, 'Could not give the lease back; it runs out by itself')
     })
   }

@@ -247,10 +247,11 @@ export class SessionRegistry {
         }
       }
       const { draft, applied } = this.applyBatch(sessionId, slot)
-      if (applied.some((outcome) => !outcome.unchanged)) await this.write(sessionId, slot, draft, applied)
+      const requeued = applied.some((outcome) => !outcome.unchanged) && await this.write(sessionId, slot, draft, applied)
       // Changes that changed nothing settle after the write before them, so a settle() or
-      // snapshot() queued behind a change never resolves before that change is durable.
-      for (const { change, value, unchanged } of applied) if (unchanged) change.resolve(value)
+      // snapshot() queued behind a change never resolves before that change is durable (when
+      // the batch is applied again, they wait for that).
+      if (!requeued) for (const { change, value, unchanged } of applied) if (unchanged) change.resolve(value)
     }
     slot.flushing = null
     this.forgetIfGone(sessionId, slot)
@@ -278,7 +279,8 @@ export class SessionRegistry {
   }
 
   /** Writes a draft and settles the changes in it: resolved once durable, rejected (memory as before) if not. */
-  private async write (sessionId: string, slot: SessionSlot, draft: Draft, applied: Applied[]): Promise<void> {
+  /** Resolves true when the batch went back into the queue, to be applied again to the stored state. */
+  private async write (sessionId: string, slot: SessionSlot, draft: Draft, applied: Applied[]): Promise<boolean> {
     if (draft.file !== null) {
       draft.file.updated_at = isoNow(draft.now)
       draft.file.session.current_index = currentIndex(draft.file.session.tasks)
@@ -293,15 +295,16 @@ export class SessionRegistry {
         // Another replica wrote the session since this copy was read: the changes are applied
         // again, in order and ahead of later ones, to the stored state.
         for (const change of changed) change.conflicts++
-        slot.queue.unshift(...changed)
+        slot.queue.unshift(...applied.map((outcome) => outcome.change))
         slot.stale = true
-        return
+        return true
       }
       for (const change of changed) change.reject(err)
-      return
+      return false
     }
     this.commit(slot, draft.file, bytes, this.autoSave || draft.intent.kind !== 'save' || draft.intent.force)
     for (const { change, value, unchanged } of applied) if (!unchanged) change.resolve(value)
+    return false
   }
 
   private async persist (sessionId: string, slot: SessionSlot, draft: Draft): Promise<number> {

@@ -79,6 +79,8 @@ export interface LoggedEvent {
 /** A session claimed by a sweep: its lease is now this replica's. */
 export interface SweptSession {
   sessionId: string
+  /** The epoch of the lease the sweep took (what release names). */
+  epoch: string
   /** A cancel was asked while its last holder ran it: apply it rather than carry the run on. */
   cancelRequested: boolean
 }
@@ -104,10 +106,16 @@ export interface SharedSessions {
   refresh(sessionId: string): Promise<LoadedSession | null | undefined>
   /** Which other replica holds a live lease on the session, as of its last refresh or list; null: none. */
   runningElsewhere(sessionId: string): string | null
-  /** Takes the session's lease; SessionBusyError naming the holder when another replica has it. */
-  acquire(sessionId: string): Promise<void>
-  /** Gives the lease back. Best effort: a lease not given back runs out by itself. */
-  release(sessionId: string): Promise<void>
+  /**
+   * Takes the session's lease; SessionBusyError naming the holder when another replica has it.
+   * Resolves with its epoch, and whether a cancel already waits for the run that takes it.
+   */
+  acquire(sessionId: string): Promise<{ epoch: string, cancelRequested: boolean }>
+  /**
+   * Gives back the lease taken at `epoch` (a newer one of the session stays). Every lease taken
+   * must be given back: this process renews what it holds for as long as it holds it.
+   */
+  release(sessionId: string, epoch: string): Promise<void>
   /** The live holder of the session's lease (this replica included), or null. */
   holder(sessionId: string): Promise<string | null>
   /** Whether a cancel asked for the session (requestCancel) still waits to be applied. */
@@ -130,8 +138,8 @@ export interface SharedSessions {
   eventLog(): Promise<{ token: string, latest: number }>
   /** Appends events (one statement), keeping the newest `keep`, and wakes every replica ('events'). */
   publishEvents(events: ReadonlyArray<{ name: string, data: unknown }>, keep: number): Promise<void>
-  /** Up to `limit` events after `id`, oldest first. */
-  eventsAfter(id: number, limit: number): Promise<LoggedEvent[]>
+  /** Up to `limit` events after `id`, oldest first, and the id up to which the log was trimmed. */
+  eventsAfter(id: number, limit: number): Promise<{ events: LoggedEvent[], trimmed: number }>
 }
 
 /**

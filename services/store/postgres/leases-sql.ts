@@ -12,18 +12,21 @@ const until = (param: string): string => LEASE_UNTIL.replace('$LEASE', param)
 
 /**
  * Takes the session's lease in one statement: free, run out, or already this replica's (a
- * restarted process keeping its TASK_REPLICA_ID). A cancel asked before belongs to an earlier
- * run and is cleared. `epoch` is null when the lease is held elsewhere; `found` is false when
- * there is no active row; `owner` then names the holder.
+ * restarted process keeping its TASK_REPLICA_ID, or a run taking over from this replica's
+ * sweep). A cancel asked before belongs to an earlier run and is cleared, unless this replica
+ * holds the lease live already (then it is asked of this very run, and comes back in
+ * `cancel_requested`). `epoch` is null when the lease is held elsewhere (`owner` names the
+ * holder); `found` is false when there is no active row.
  */
 export function acquireLease (sessionId: string, replicaId: string, leaseMs: number): pg.QueryConfig {
   return {
     name: 'taskvault_acquire_lease',
     text: `WITH taken AS (
-        UPDATE sessions SET owner = $2, epoch = epoch + 1, lease_until = ${until('$3')}, cancel_requested = false
+        UPDATE sessions SET owner = $2, epoch = epoch + 1, lease_until = ${until('$3')},
+            cancel_requested = (cancel_requested AND owner = $2 AND lease_until >= now())
           WHERE session_id = $1 AND archived_at IS NULL AND (owner IS NULL OR lease_until < now() OR owner = $2)
-          RETURNING epoch)
-      SELECT (SELECT epoch FROM taken) AS epoch,
+          RETURNING epoch, cancel_requested)
+      SELECT (SELECT epoch FROM taken) AS epoch, (SELECT cancel_requested FROM taken) AS cancel_requested,
         (SELECT owner FROM sessions WHERE session_id = $1 AND archived_at IS NULL) AS owner,
         EXISTS (SELECT 1 FROM sessions WHERE session_id = $1 AND archived_at IS NULL) AS found`,
     values: [sessionId, replicaId, leaseMs]
@@ -178,11 +181,11 @@ export function publishEvents (names: string[], data: string[], keep: number, ch
   }
 }
 
-/** Events after `id`, oldest first. */
+/** Events after `id`, oldest first, each with how far the log has been trimmed. */
 export function eventsAfter (id: number, limit: number): pg.QueryConfig {
   return {
     name: 'taskvault_events_after',
-    text: 'SELECT id, name, data::text AS data FROM events WHERE id > $1 ORDER BY id LIMIT $2',
+    text: 'SELECT id, name, data::text AS data, (SELECT trimmed FROM event_stream LIMIT 1) AS trimmed FROM events WHERE id > $1 ORDER BY id LIMIT $2',
     values: [id, limit]
   }
 }

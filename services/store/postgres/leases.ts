@@ -1,6 +1,6 @@
 import type { EventEmitter } from 'node:events'
 import type pg from 'pg'
-import { SessionBusyError, SessionNotFoundError } from '../../errors.js'
+import { LeaseLostError, SessionBusyError, SessionNotFoundError } from '../../errors.js'
 import { noop } from '../../noop.js'
 import type { SessionStoreEvents, SweptSession } from '../store.js'
 import { acquireLease, leaseHolder, releaseLease, renewLeases, requestCancel, sweepLeases } from './leases-sql.js'
@@ -68,10 +68,18 @@ export class LeaseKeeper {
     this.listen()
   }
 
-  /** The fence a save of this session carries: set while this process holds (or held and lost) its lease. */
+  /** The fence a save of this session carries while this process holds (or held and lost) its lease; null when it holds none. */
   fence (sessionId: string): Fence | null {
     const held = this.held.get(sessionId)
     return held === undefined ? null : { owner: this.replicaId, epoch: held.epoch }
+  }
+
+  /**
+   * Why a save of this session must not be sent: its lease was given up or lost. Even with no
+   * other replica holding the session yet, the run that had it must not write any more.
+   */
+  refusal (sessionId: string): LeaseLostError | null {
+    return this.held.get(sessionId)?.lost === true ? new LeaseLostError(sessionId, 'saving refused: this replica gave up or lost its lease') : null
   }
 
   /** Whether this process holds the session's lease and has not lost it. */
@@ -79,24 +87,29 @@ export class LeaseKeeper {
     return this.held.get(sessionId)?.lost === false
   }
 
-  async acquire (sessionId: string): Promise<void> {
+  /** Takes the lease; resolves with its epoch, and whether a cancel waits for it (this replica took it again). */
+  async acquire (sessionId: string): Promise<{ epoch: string, cancelRequested: boolean }> {
     const sent = performance.now()
-    {
-      const { rows } = await this.options.query<{ epoch: string | null, owner: string | null, found: boolean }>(
-        `taking the lease of session '${sessionId}'`, acquireLease(sessionId, this.replicaId, this.leaseMs))
-      const row = rows[0]
-      if (row === undefined || !row.found) throw new SessionNotFoundError(sessionId)
-      if (row.epoch === null) throw new SessionBusyError(sessionId, row.owner)
-      this.hold(sessionId, row.epoch, sent)
-    }
+    const { rows } = await this.options.query<{ epoch: string | null, owner: string | null, found: boolean, cancel_requested: boolean | null }>(
+      `taking the lease of session '${sessionId}'`, acquireLease(sessionId, this.replicaId, this.leaseMs))
+    const row = rows[0]
+    if (row === undefined || !row.found) throw new SessionNotFoundError(sessionId)
+    if (row.epoch === null) throw new SessionBusyError(sessionId, row.owner)
+    this.hold(sessionId, row.epoch, sent)
+    return { epoch: row.epoch, cancelRequested: row.cancel_requested === true }
   }
 
-  async release (sessionId: string): Promise<void> {
+  /**
+   * Gives back the lease taken at `epoch`. Only that one: a newer lease of the session (taken
+   * since by this process) stays, and its holder gives it back.
+   */
+  async release (sessionId: string, epoch: string): Promise<void> {
     const held = this.held.get(sessionId)
-    if (held === undefined) return
-    this.held.delete(sessionId)
-    if (held.lost) return
-    await this.options.query(`giving back the lease of session '${sessionId}'`, releaseLease(sessionId, this.replicaId, held.epoch))
+    if (held !== undefined && held.epoch === epoch) {
+      this.held.delete(sessionId)
+      if (held.lost) return
+    }
+    await this.options.query(`giving back the lease of session '${sessionId}'`, releaseLease(sessionId, this.replicaId, epoch))
   }
 
   /** The live holder of the lease now (a round trip). */
@@ -120,8 +133,8 @@ export class LeaseKeeper {
     const held = this.held.get(sessionId)
     if (held === undefined || held.lost) return false
     const { rows } = await this.options.query<{ owner: string | null, epoch: string }>(`reading the lease of session '${sessionId}'`, leaseHolder(sessionId))
-    const row = rows[0]
-    if (row !== undefined && row.owner === this.replicaId && row.epoch === held.epoch) return true
+    const row = rows[0] as { owner: string | null, epoch: string, live: boolean } | undefined
+    if (row !== undefined && row.owner === this.replicaId && row.epoch === held.epoch && row.live) return true
     this.lose(sessionId, held, row === undefined ? 'the session is gone' : `replica '${row.owner ?? '(none)'}' took the session over`)
     return false
   }
@@ -131,8 +144,18 @@ export class LeaseKeeper {
     const sent = performance.now()
     const { rows } = await this.options.query<{ session_id: string, epoch: string, cancel_requested: boolean }>(
       'sweeping leases that ran out', sweepLeases(this.replicaId, this.leaseMs, limit, mine))
-    for (const row of rows) this.hold(row.session_id, row.epoch, sent)
-    return rows.map((row) => ({ sessionId: row.session_id, cancelRequested: row.cancel_requested }))
+    const swept: SweptSession[] = []
+    for (const row of rows) {
+      // This process still has a lease of it (a run that lost it and has not let go yet): that
+      // run's saves must stay refused, so the claim is given straight back for a later sweep.
+      if (this.held.has(row.session_id)) {
+        await this.options.query(`giving back the lease of session '${row.session_id}'`, releaseLease(row.session_id, this.replicaId, row.epoch)).catch(noop)
+        continue
+      }
+      this.hold(row.session_id, row.epoch, sent)
+      swept.push({ sessionId: row.session_id, epoch: row.epoch, cancelRequested: row.cancel_requested })
+    }
+    return swept
   }
 
   async requestCancel (sessionId: string): Promise<string | null> {

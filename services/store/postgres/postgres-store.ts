@@ -34,6 +34,8 @@ const DEFAULT_PAGE_ROWS = 500
 /** TASK_DB_SAVE_BATCH and TASK_DB_SAVE_BATCH_BYTES's defaults (schemas/config.ts), for a store built by hand. */
 const DEFAULT_SAVE_BATCH = 50
 const DEFAULT_SAVE_BATCH_BYTES = 4 * 1024 * 1024
+/** Connections a shared store needs at least: the listener, a pass's lock, and one for everything else. */
+const MIN_SHARED_POOL = 3
 /** TASK_LEASE_MS's default. */
 const DEFAULT_LEASE_MS = 30_000
 
@@ -194,6 +196,9 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     // where they could not be batched. One connection listens for cancels when shared.
     const max = options.settings?.max ?? (this.pool as pg.Pool & { options?: { max?: number } }).options?.max ?? 10
     const lanes = Math.max(1, this.leases === null ? max : max - 1)
+    if (this.leases !== null && max < MIN_SHARED_POOL) {
+      throw new InvalidDatabaseSettingError('TASK_DB_POOL_MAX', `must be at least ${MIN_SHARED_POOL} with replicas: one connection listens for cancels and events, and a maintenance pass holds one while saves and lease renewals need the rest (got ${max})`)
+    }
     this.batcher = new SaveBatcher({
       lanes,
       maxSessions: options.saveBatch ?? DEFAULT_SAVE_BATCH,
@@ -300,9 +305,15 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    * and its new row is known before the next one of that session is sent. Answers each save
    * with its new row, null on a conflict, or its own StorageError.
    */
-  private async sendSaves (batch: QueuedSave[]): Promise<void> {
+  private async sendSaves (queued: QueuedSave[]): Promise<void> {
+    const batch = queued.filter((save) => {
+      const refusal = this.leases?.refusal(save.sessionId) ?? null
+      if (refusal !== null) save.reject(refusal)
+      return refusal === null
+    })
     const first = batch[0]
-    if (batch.length === 1 && first !== undefined) {
+    if (first === undefined) return
+    if (batch.length === 1) {
       const known = this.rows.get(first.sessionId)
       const outcomes = [[first.sessionId, first.outcome]] as const
       try {
@@ -591,12 +602,12 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     return this.elsewhere.get(sessionId) ?? null
   }
 
-  async acquire (sessionId: string): Promise<void> {
-    await this.keeper().acquire(this.checkId(sessionId))
+  async acquire (sessionId: string): Promise<{ epoch: string, cancelRequested: boolean }> {
+    return this.keeper().acquire(this.checkId(sessionId))
   }
 
-  async release (sessionId: string): Promise<void> {
-    await this.keeper().release(sessionId)
+  async release (sessionId: string, epoch: string): Promise<void> {
+    await this.keeper().release(sessionId, epoch)
   }
 
   async holder (sessionId: string): Promise<string | null> {
@@ -663,6 +674,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     client.on('error', onError)
     try {
       await client.query('BEGIN')
+      // Idle for the whole pass: a server-side idle timeout must not end it (and free the lock) midway.
+      await client.query('SET LOCAL idle_in_transaction_session_timeout = 0')
       const { rows } = await client.query<{ locked: boolean }>(passLock(passKey(`${this.schema}.${pass}`)))
       if (rows[0]?.locked !== true) return null
       return await run()
@@ -687,9 +700,12 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     await this.run('publishing events', publishEvents(events.map((event) => event.name), events.map((event) => JSON.stringify(event.data)), keep, EVENTS_CHANNEL, this.schema))
   }
 
-  async eventsAfter (id: number, limit: number): Promise<LoggedEvent[]> {
-    const { rows } = await this.run<{ id: string, name: string, data: string }>('reading events', eventsAfter(id, limit))
-    return rows.map((row) => ({ id: Number(row.id), name: row.name, data: JSON.parse(row.data) as Record<string, unknown> }))
+  async eventsAfter (id: number, limit: number): Promise<{ events: LoggedEvent[], trimmed: number }> {
+    const { rows } = await this.run<{ id: string, name: string, data: string, trimmed: string }>('reading events', eventsAfter(id, limit))
+    return {
+      events: rows.map((row) => ({ id: Number(row.id), name: row.name, data: JSON.parse(row.data) as Record<string, unknown> })),
+      trimmed: Number(rows[0]?.trimmed ?? 0)
+    }
   }
 
   private keeper (): LeaseKeeper {

@@ -90,15 +90,15 @@ export function updateSession (expected: RowVersion, document: Buffer, c: Derive
     text: `UPDATE sessions SET document = $3::json, sealed_kid = $4, created_at = $5::timestamptz, updated_at = $6::timestamptz,
         finished_at = $7::timestamptz, tasks_total = $8, tasks_completed = $9, tasks_failed = $10, tasks_pending = $11,
         tasks_in_progress = $12, has_background_run = $13, version = version + 1
-      WHERE row_id = $1 AND version = $2 AND archived_at IS NULL AND ($14::text IS NULL OR (owner = $14 AND epoch = $15))`,
+      WHERE row_id = $1 AND version = $2 AND archived_at IS NULL AND ($14::text IS NULL OR (owner = $14 AND epoch = $15 AND lease_until > now()))`,
     values: [expected.row, expected.version, document, ...derivedValues(c), fence?.owner ?? null, fence?.epoch ?? null]
   }
 }
 
 /**
  * A save made under an execution lease: it lands only while `owner` still holds the lease at
- * `epoch`, so a replica that lost the session (paused, cut off) can never overwrite the work of
- * the one that took it over.
+ * `epoch` and the lease has not run out, so a replica that lost the session (paused, cut off)
+ * can never overwrite the work of the one that took it over.
  */
 export interface Fence {
   owner: string
@@ -139,7 +139,7 @@ export function saveBatch (saves: readonly BatchedSave[]): pg.QueryConfig {
             tasks_failed = v.failed, tasks_pending = v.pending, tasks_in_progress = v.in_progress,
             has_background_run = v.background, version = s.version + 1
           FROM v WHERE v.row_id IS NOT NULL AND s.row_id = v.row_id AND s.version = v.version AND s.archived_at IS NULL
-            AND (v.owner IS NULL OR (s.owner = v.owner AND s.epoch = v.epoch))
+            AND (v.owner IS NULL OR (s.owner = v.owner AND s.epoch = v.epoch AND s.lease_until > now()))
           RETURNING s.session_id, s.row_id, s.version
       ), inserted AS (
         INSERT INTO sessions (session_id, document, sealed_kid, created_at, updated_at, finished_at,
