@@ -378,7 +378,7 @@ t.test('README: Running several replicas says how, what is guaranteed and what i
     [/`TASK_LEASE_MS`\/3/u, 'the cost of renewals'],
     [/storage\.replicas/u, '/stats lists the replicas'],
     [/\/ready/u, 'readiness follows the database'],
-    [/\/api\/v1\/tasks\/events/u, 'the event stream and its limit'],
+    [/\/api\/v1\/tasks\/events/u, 'the event stream across replicas'],
     [/may be made twice/u, 'an agent call may be made twice']
   ] as Array<[RegExp, string]>) t.match(replicas, pattern, what)
 

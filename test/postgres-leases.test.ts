@@ -172,8 +172,8 @@ t.test('refresh: the document only when it changed; a sweep claims expired and o
   // An orphan (a task left InProgress, nobody holding it) and an expired lease.
   await a.save(contractSession('orphan', ['InProgress']))
   await a.save(contractSession('expired', ['Pending']))
-  await a.acquire('expired')
-  await db.query("UPDATE sessions SET lease_until = now() - interval '1 second' WHERE session_id = 'expired'")
+  // Held by a replica that died: its lease ran out a second ago.
+  await db.query("UPDATE sessions SET owner = 'ghost', epoch = epoch + 1, lease_until = now() - interval '1 second' WHERE session_id = 'expired'")
   const [one, two] = await Promise.all([a.sweep(10, false), b.sweep(10, false)])
   const claimed = [...(one ?? []), ...(two ?? [])].map((s) => s.sessionId).sort()
   t.same(claimed, ['expired', 'orphan'], 'each claimed by exactly one sweep')
