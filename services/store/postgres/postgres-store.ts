@@ -9,6 +9,8 @@ import {
 import { noop } from '../../noop.js'
 import type { Keyring } from '../keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../session-files.js'
+import type { Static } from '@sinclair/typebox'
+import type { Progress as ProgressSchema } from '../../../schemas/api.js'
 import type {
   ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, LoggedEvent, SessionStore, SessionStoreEvents, SharedSessions, SharedSummary, StoreTotals, SweptSession
 } from '../store.js'
@@ -634,22 +636,13 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       this.run<SummaryRow>('listing sessions', activeSummaries(offset, limit)),
       this.run<{ total: number }>('counting sessions', { text: ACTIVE_COUNT })
     ])
-    const sessions = page.rows.map((row): SharedSummary => {
-      const done = row.tasks_completed + row.tasks_failed
-      return {
-        session_id: row.session_id,
-        created_at: row.created_at.toISOString(),
-        updated_at: row.updated_at.toISOString(),
-        total: row.tasks_total,
-        completed: row.tasks_completed,
-        failed: row.tasks_failed,
-        pending: row.tasks_pending,
-        in_progress: row.tasks_in_progress,
-        all_done: row.tasks_total > 0 && done === row.tasks_total,
-        percentage: row.tasks_total === 0 ? 0 : Math.round((done / row.tasks_total) * 10000) / 100,
-        running: row.running
-      }
-    })
+    const sessions = page.rows.map((row): SharedSummary => ({
+      session_id: row.session_id,
+      created_at: row.created_at.toISOString(),
+      updated_at: row.updated_at.toISOString(),
+      ...progressOfRow(row),
+      running: row.running
+    }))
     return { total: count.rows[0]?.total ?? 0, sessions }
   }
 
@@ -882,19 +875,28 @@ function archivedLikeName (sessionId: string, rowId: string): string {
 
 /** An archived row's summary, as summarize() would make it from the document. */
 function summaryOf (row: ArchivedRow, name: string): ArchivedSummary {
-  const done = row.tasks_completed + row.tasks_failed
   return {
     session_id: row.session_id,
     created_at: row.created_at,
     updated_at: row.updated_at,
+    ...progressOfRow(row),
+    finished_at: row.finished_at?.toISOString() ?? row.updated_at,
+    file: name
+  }
+}
+
+type TaskCounts = Record<'tasks_total' | 'tasks_completed' | 'tasks_failed' | 'tasks_pending' | 'tasks_in_progress', number>
+
+/** A row's progress from its task counts, as progressOf() gives it from the tasks. */
+function progressOfRow (row: TaskCounts): Static<typeof ProgressSchema> {
+  const done = row.tasks_completed + row.tasks_failed
+  return {
     total: row.tasks_total,
     completed: row.tasks_completed,
     failed: row.tasks_failed,
     pending: row.tasks_pending,
     in_progress: row.tasks_in_progress,
     all_done: row.tasks_total > 0 && done === row.tasks_total,
-    percentage: row.tasks_total === 0 ? 0 : Math.round((done / row.tasks_total) * 10000) / 100,
-    finished_at: row.finished_at?.toISOString() ?? row.updated_at,
-    file: name
+    percentage: row.tasks_total === 0 ? 0 : Math.round((done / row.tasks_total) * 10000) / 100
   }
 }
