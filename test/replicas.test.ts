@@ -13,7 +13,9 @@ import { recordingAgent, replicaSet, storedRows } from './replicas.js'
 import { call, caller, logMessages, type ServerProcess } from './server-process.js'
 import { openStream } from './sse-client.js'
 
-const SETTINGS = { TASK_LEASE_MS: '2000', TASK_SWEEP_INTERVAL_MS: '300' }
+// Nothing here waits for a lease to run out: leases long enough that no load on a slow machine
+// could make a live replica miss its renewals.
+const SETTINGS = { TASK_LEASE_MS: '10000', TASK_SWEEP_INTERVAL_MS: '300' }
 
 t.test('read-your-writes: a change acknowledged by one replica is what every other one answers next; list and stats agree', async (t) => {
   const url = await testDatabase(t)
@@ -181,7 +183,7 @@ t.test('many idle runs, sweeps every 100 ms: no sweep takes a live run, on its o
   if (url === null) return
   const agent = await recordingAgent(t)
   agent.behave(() => ({ hold: true }))
-  const set = await replicaSet(t, url, agent, { TASK_LEASE_MS: '2000', TASK_SWEEP_INTERVAL_MS: '100' })
+  const set = await replicaSet(t, url, agent, { TASK_LEASE_MS: '6000', TASK_SWEEP_INTERVAL_MS: '100' })
   const servers = await Promise.all(['i0', 'i1', 'i2'].map(async (name) => set.start(name)))
   const sessions = Array.from({ length: 300 }, (_, i) => `idle${i}`)
   await Promise.all(sessions.map(async (id, i) => {

@@ -205,8 +205,20 @@ export class LeaseKeeper {
     const live = [...this.held].filter(([, held]) => !held.lost)
     const sent = performance.now()
     try {
-      const { rows } = await this.options.query<{ session_id: string, cancel_requested: boolean }>('renewing leases',
-        renewLeases(this.replicaId, this.leaseMs, live.map(([sessionId, held]) => [sessionId, held.epoch] as const)))
+      const config = renewLeases(this.replicaId, this.leaseMs, live.map(([sessionId, held]) => [sessionId, held.epoch] as const))
+      // On the listening connection when there is one: it is this keeper's own, so a renewal
+      // never waits for a pooled connection behind a burst of saves (and loses leases for it).
+      const listener = this.listener
+      const { rows } = listener !== null
+        ? await listener.query<{ session_id: string, cancel_requested: boolean }>(config).catch((err: unknown) => {
+          // Its state unknown (a timeout, a dropped link): a fresh one is opened at the next check.
+          if (this.listener === listener) {
+            this.listener = null
+            listener.release(true)
+          }
+          throw err
+        })
+        : await this.options.query<{ session_id: string, cancel_requested: boolean }>('renewing leases', config)
       this.lastRenewal = sent
       const renewed = new Map(rows.map((row) => [row.session_id, row.cancel_requested]))
       for (const [sessionId, held] of live) {
