@@ -42,6 +42,8 @@ t.test('failover: kill -9 of the replica running the most: acknowledged work sur
       const server = servers.filter((s) => s.exit() === null)[n % 2] as ServerProcess
       const res = await call(server, 'POST', `${API}/create`, { session_id: `extra${n % 5}`, instructions: `w${n}` }).catch(() => null)
       if (res?.status === 200) acked.push({ session: `extra${n % 5}`, ids: res.body.task_ids as string[] })
+      // A steady trickle, not a flood: the point is writes in flight at the kill.
+      await sleep(5)
     }
   })()
   await waitFor('runs under way', () => agent.calls.length >= 30, 20_000)
