@@ -336,9 +336,7 @@ export class TaskManager {
 
   /** Every active session's summary, newest first (with whether it runs). */
   private async activeSummaries (): Promise<Array<SessionSummary & { running: boolean }>> {
-    if (this.shared === undefined) return (await this.list(0, Number.MAX_SAFE_INTEGER)).sessions
-    const { total } = await this.shared.listActive(0, 0)
-    return (await this.shared.listActive(0, total)).sessions
+    return (await this.list(0, Number.MAX_SAFE_INTEGER)).sessions
   }
 
   /** Named fields, not spreads: spreads build slow dictionary-mode objects on this hot path. */

@@ -135,11 +135,7 @@ export class SessionRegistry {
 
   /** Queues a change and resolves with its result once it is durable. */
   change<R> (sessionId: string, apply: ChangeFn<R>, fresh = false): Promise<R> {
-    const slot = this.slotFor(sessionId)
-    return new Promise<R>((resolve, reject) => {
-      slot.queue.push({ apply, resolve: resolve as (value: unknown) => void, reject, fresh, syncOnly: false, conflicts: 0 })
-      slot.flushing ??= this.flush(sessionId, slot)
-    })
+    return this.enqueue(sessionId, apply, fresh, false) as Promise<R>
   }
 
   /**
@@ -150,9 +146,13 @@ export class SessionRegistry {
    */
   async sync (sessionId: string): Promise<void> {
     if (this.store.shared === undefined) return
+    await this.enqueue(sessionId, () => unchanged(undefined), true, true)
+  }
+
+  private enqueue (sessionId: string, apply: ChangeFn<unknown>, fresh: boolean, syncOnly: boolean): Promise<unknown> {
     const slot = this.slotFor(sessionId)
-    await new Promise<unknown>((resolve, reject) => {
-      slot.queue.push({ apply: () => unchanged(undefined), resolve, reject, fresh: true, syncOnly: true, conflicts: 0 })
+    return new Promise((resolve, reject) => {
+      slot.queue.push({ apply, resolve, reject, fresh, syncOnly, conflicts: 0 })
       slot.flushing ??= this.flush(sessionId, slot)
     })
   }

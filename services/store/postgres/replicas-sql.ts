@@ -1,19 +1,10 @@
 import type pg from 'pg'
 
 /**
- * The replicas table (migrations/001): each server on the schema keeps a row of its own fresh,
- * one upsert per heartbeat, and /stats lists the ones heard from recently. Leases (issue 14)
- * will name these ids as owners.
+ * The replicas table (migrations/001): each server on the schema keeps a row of its own fresh
+ * (the heartbeat rides on the lease renewal, leases-sql.ts), and /stats lists the ones heard
+ * from recently.
  */
-
-/** This replica is alive now. */
-export function heartbeat (replicaId: string): pg.QueryConfig {
-  return {
-    name: 'taskvault_heartbeat',
-    text: 'INSERT INTO replicas (replica_id, seen_at) VALUES ($1, now()) ON CONFLICT (replica_id) DO UPDATE SET seen_at = now()',
-    values: [replicaId]
-  }
-}
 
 /** This replica is leaving (a clean shutdown). */
 export function leave (replicaId: string): pg.QueryConfig {
