@@ -95,6 +95,27 @@ t.test('a large session seals in slices into the same document JSON would write,
   t.strictSame(readSessionDocument('large.json', text, 'large', ring), { file, kid: 'k1' })
 })
 
+t.test('a small session seals in one pass into the same document JSON would write, at any indent, and opens back', async (t) => {
+  const ring = Keyring.parse(KEYS_1)
+  const AT = '2026-01-01T00:00:00.000Z'
+  const file = {
+    session_id: 'small-1',
+    created_at: AT,
+    updated_at: '2026-01-01T00:00:01.000Z',
+    session: { session_id: 'small-1', current_index: 0, tasks: [{ id: 't1', instruction: 'say "hi" <b>', task_type: 'General' as const, status: 'Pending' as const, result: null, error: null, confidence: null, created_at: AT, started_at: null, completed_at: null, attempts: 0 }] }
+  }
+  const ivs = new Set<string>()
+  for (const indent of [0, 1, 2, 4]) {
+    const text = (await serializeSessionFile(file, indent, Number.POSITIVE_INFINITY, ring)).toString('utf8')
+    t.equal(text, JSON.stringify(JSON.parse(text), null, indent) + '\n', `indent ${indent}: laid out exactly as JSON.stringify would`)
+    t.strictSame(readSessionDocument('small-1.json', text, 'small-1', ring), { file, kid: 'k1' })
+    ivs.add(JSON.parse(text).sealed.iv)
+  }
+  // IVs come from a pool filled in blocks: 600 seals cross two refills, and no IV repeats.
+  for (let i = 0; i < 600; i++) ivs.add(JSON.parse((await serializeSessionFile(file, 0, Number.POSITIVE_INFINITY, ring)).toString('utf8')).sealed.iv)
+  t.equal(ivs.size, 604, 'every seal has its own IV')
+})
+
 t.test('tampered, swapped or wrongly keyed files are set aside with "authentication failed"; the rest load', async (t) => {
   const dir = await tempDir(t)
   const app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })

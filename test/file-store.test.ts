@@ -248,6 +248,34 @@ for (const { code, at, expect } of FAULTS) {
   })
 }
 
+// The temp file is created while the session is serialized (services/store/session-files.ts):
+// a large session serializes over several turns of the event loop, and the create may fail
+// meanwhile. Its failure is observed at once (no unhandled rejection), and a serializer error wins.
+t.test('a large session: a create that fails while it is serialized is a clean StorageError; too large wins over the disk', async (t) => {
+  const fs = faultFs()
+  const store = new FileSessionStore({ dir: await tempDir(t), fs, maxSessionBytes: 8 * 1024 * 1024 })
+  await store.init()
+  t.teardown(async () => { await store.close() })
+  const large = sessionFile('big', 'x'.repeat(3 * 1024 * 1024))
+  const unhandled: unknown[] = []
+  const onUnhandled = (err: unknown): void => { unhandled.push(err) }
+  process.on('unhandledRejection', onUnhandled)
+  t.teardown(() => { process.off('unhandledRejection', onUnhandled) })
+
+  fs.fail('open', 'ENOSPC')
+  await t.rejects(store.save(large), { code: 'STORAGE_FULL', cause: { code: 'ENOSPC' } })
+  const tooLarge = sessionFile('huge', 'x'.repeat(9 * 1024 * 1024))
+  await t.rejects(store.save(tooLarge), { code: 'LIMIT_EXCEEDED' }, 'the session is too large, whatever the disk says')
+  fs.heal()
+  await t.rejects(store.save(tooLarge), { code: 'LIMIT_EXCEEDED' })
+  t.strictSame(await names(store.dir), [], 'no temp file left behind')
+  await new Promise((resolve) => setImmediate(resolve))
+  t.strictSame(unhandled, [])
+
+  await store.save(large)
+  t.equal(JSON.parse(await readFile(store.pathFor('big'), 'utf8')).session.tasks[0].instruction.length, 3 * 1024 * 1024)
+})
+
 t.test('concurrent saves all land, each file whole', async (t) => {
   const store = await openStore(t)
   const files = Array.from({ length: 50 }, (_, i) => sessionFile(`s${i}`, `task ${i} `.repeat(i * 20)))

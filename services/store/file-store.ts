@@ -176,16 +176,27 @@ export class FileSessionStore implements SessionStore {
     this.assertWritable()
     assertSavable(file)
     const target = this.pathFor(file.session_id)
-    const data = await serializeSessionFile(file, this.indent, this.maxSessionBytes, this.keyring)
+    let data: Buffer | undefined
+    // A session that cannot be serialized (too large) is the caller's error, not storage's: thrown as it is.
+    let unserializable: unknown
+    const serialize = async (): Promise<Buffer> => {
+      try {
+        return (data = await serializeSessionFile(file, this.indent, this.maxSessionBytes, this.keyring))
+      } catch (err) {
+        unserializable = err
+        throw err
+      }
+    }
     try {
-      await writeAndRename(this.fs, this.tempPath(file.session_id), target, data)
+      await writeAndRename(this.fs, this.tempPath(file.session_id), target, serialize)
     } catch (err) {
+      if (err === unserializable) throw err
       throw new StorageError(`saving session '${file.session_id}'`, err as NodeJS.ErrnoException)
     }
     // Past the rename the file holds the new form, whether or not the folder fsync holds.
     this.stored(file.session_id, this.keyring?.activeKid ?? '')
     await this.syncDir(`saving session '${file.session_id}'`, true)
-    return data.length
+    return (data as Buffer).length
   }
 
   async remove (sessionId: string): Promise<void> {

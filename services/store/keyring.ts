@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createSecretKey, randomFillSync, type CipherGCM, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { CorruptSessionFileError, InvalidEncryptionKeysError, KeyUnavailableError } from '../errors.js'
 
@@ -17,6 +17,8 @@ const IV_BYTES = 12
 const TAG_BYTES = 16
 /** How much is encrypted between two turns of the event loop. */
 const SLICE_BYTES = 1024 * 1024
+/** IVs drawn from the CSPRNG at once: one call per 256 seals rather than one each (about 4 µs a call). */
+const IV_POOL = 256
 
 /** What stays in clear in a sealed document, beside the sealed box. */
 export interface Clear {
@@ -42,10 +44,27 @@ export class Keyring {
   /** The kid every write is sealed under. */
   readonly activeKid: string
   private readonly keys: ReadonlyMap<string, Buffer>
+  /** The same keys imported once: a cipher made from a KeyObject skips importing the key each time. */
+  private readonly imported: ReadonlyMap<string, KeyObject>
+  private readonly ivs = Buffer.alloc(IV_BYTES * IV_POOL)
+  private ivAt = this.ivs.length
 
   private constructor (keys: Map<string, Buffer>, activeKid: string) {
     this.keys = keys
+    this.imported = new Map([...keys].map(([kid, key]) => [kid, createSecretKey(key)]))
     this.activeKid = activeKid
+  }
+
+  /** A fresh random IV. Each is used once: the pool is refilled, never reread. */
+  private nextIv (): Buffer {
+    if (this.ivAt === this.ivs.length) {
+      randomFillSync(this.ivs)
+      this.ivAt = 0
+    }
+    // A copy, so that a refill never changes an IV still referenced.
+    const iv = Buffer.from(this.ivs.subarray(this.ivAt, this.ivAt + IV_BYTES))
+    this.ivAt += IV_BYTES
+    return iv
   }
 
   /**
@@ -104,9 +123,15 @@ export class Keyring {
    * tens of megabytes), with the event loop turning between them.
    */
   async sealToBytes (clear: Clear, plaintext: readonly Buffer[], indent: number): Promise<Buffer> {
+    // The common case, a small session: one pass, no turn of the event loop.
+    if (plaintext.length === 1 && (plaintext[0] as Buffer).length < SLICE_BYTES) {
+      const { head, ciphertext } = this.encryptOne(clear, plaintext[0] as Buffer)
+      const [before, after] = layout(clear, head, indent)
+      // base64 needs no JSON escaping: it goes between the quotes as it is.
+      return Buffer.from(before + '"' + ciphertext.toString('base64') + '"' + after + '\n', 'utf8')
+    }
     const box = await this.encrypt(clear, plaintext)
-    // The layout around the data, from JSON itself; a NUL never occurs in it otherwise.
-    const [before, after] = JSON.stringify({ ...clear, sealed: { ...box.head, data: '\u0000' } }, null, indent).split('"\\u0000"') as [string, string]
+    const [before, after] = layout(clear, box.head, indent)
     const ciphertext = Buffer.concat(box.ciphertext)
     const pieces: Buffer[] = [Buffer.from(before + '"', 'utf8')]
     // Base64 slices start on 3-byte boundaries, so they join into the one encoding.
@@ -119,10 +144,27 @@ export class Keyring {
     return Buffer.concat(pieces)
   }
 
-  private async encrypt (clear: Clear, plaintext: readonly Buffer[]): Promise<{ head: Omit<SealedBox, 'data'>, ciphertext: Buffer[] }> {
-    const iv = randomBytes(IV_BYTES)
-    const cipher = createCipheriv('aes-256-gcm', this.keys.get(this.activeKid) as Buffer, iv, { authTagLength: TAG_BYTES })
+  private encryptOne (clear: Clear, plaintext: Buffer): { head: Omit<SealedBox, 'data'>, ciphertext: Buffer } {
+    const { cipher, iv } = this.cipher(clear)
+    const body = cipher.update(plaintext)
+    // GCM is a stream mode: final() only makes the tag.
+    const tail = cipher.final()
+    return { head: this.head(iv, cipher.getAuthTag()), ciphertext: tail.length === 0 ? body : Buffer.concat([body, tail]) }
+  }
+
+  private cipher (clear: Clear): { cipher: CipherGCM, iv: Buffer } {
+    const iv = this.nextIv()
+    const cipher = createCipheriv('aes-256-gcm', this.imported.get(this.activeKid) as KeyObject, iv, { authTagLength: TAG_BYTES })
     cipher.setAAD(associatedData(clear))
+    return { cipher, iv }
+  }
+
+  private head (iv: Buffer, tag: Buffer): Omit<SealedBox, 'data'> {
+    return { v: SEAL_VERSION, alg: SEAL_ALG, kid: this.activeKid, iv: iv.toString('base64'), tag: tag.toString('base64') }
+  }
+
+  private async encrypt (clear: Clear, plaintext: readonly Buffer[]): Promise<{ head: Omit<SealedBox, 'data'>, ciphertext: Buffer[] }> {
+    const { cipher, iv } = this.cipher(clear)
     const ciphertext: Buffer[] = []
     let sinceYield = 0
     for (const piece of plaintext) {
@@ -134,7 +176,7 @@ export class Keyring {
       }
     }
     ciphertext.push(cipher.final())
-    return { head: { v: SEAL_VERSION, alg: SEAL_ALG, kid: this.activeKid, iv: iv.toString('base64'), tag: cipher.getAuthTag().toString('base64') }, ciphertext }
+    return { head: this.head(iv, cipher.getAuthTag()), ciphertext }
   }
 
   /**
@@ -144,7 +186,7 @@ export class Keyring {
   open (name: string, document: SealedDocument): Buffer {
     const box = document.sealed
     if (box.v !== SEAL_VERSION || box.alg !== SEAL_ALG) throw new CorruptSessionFileError(name, `sealed with an unknown format (v ${String(box.v)}, ${String(box.alg)})`)
-    const key = this.keys.get(box.kid)
+    const key = this.imported.get(box.kid)
     if (key === undefined) throw new KeyUnavailableError(box.kid)
     const iv = Buffer.from(box.iv, 'base64')
     const tag = Buffer.from(box.tag, 'base64')
@@ -153,11 +195,30 @@ export class Keyring {
       const decipher = createDecipheriv('aes-256-gcm', key, iv, { authTagLength: TAG_BYTES })
       decipher.setAAD(associatedData(document))
       decipher.setAuthTag(tag)
-      return Buffer.concat([decipher.update(Buffer.from(box.data, 'base64')), decipher.final()])
+      const body = decipher.update(Buffer.from(box.data, 'base64'))
+      const tail = decipher.final()
+      return tail.length === 0 ? body : Buffer.concat([body, tail])
     } catch {
       throw new CorruptSessionFileError(name, 'authentication failed')
     }
   }
+}
+
+/**
+ * The sealed document's text before and after the data string: what `JSON.stringify(document,
+ * null, indent)` writes there, put together directly (a few µs a save less).
+ */
+function layout (clear: Clear, head: Omit<SealedBox, 'data'>, indent: number): [string, string] {
+  const q = JSON.stringify
+  const one = ' '.repeat(indent)
+  const nl = indent > 0 ? '\n' : ''
+  const colon = indent > 0 ? ': ' : ':'
+  const at = (depth: string, key: string): string => `${nl}${depth}"${key}"${colon}`
+  const two = one + one
+  const before = `{${at(one, 'session_id')}${q(clear.session_id)},${at(one, 'created_at')}${q(clear.created_at)},${at(one, 'updated_at')}${q(clear.updated_at)},` +
+    `${at(one, 'sealed')}{${at(two, 'v')}${q(head.v)},${at(two, 'alg')}${q(head.alg)},${at(two, 'kid')}${q(head.kid)},` +
+    `${at(two, 'iv')}${q(head.iv)},${at(two, 'tag')}${q(head.tag)},${at(two, 'data')}`
+  return [before, `${nl}${one}}${nl}}`]
 }
 
 function associatedData (clear: Clear): Buffer {

@@ -97,13 +97,25 @@ export async function readWhole (fs: FsSeam, path: string): Promise<Buffer> {
 /**
  * Writes `data` to the new file `temp` (created exclusively, 0600), fsyncs it and renames it
  * over `target`. The caller fsyncs the folder. On failure the temp file is removed and the
- * error is rethrown as it is.
+ * error is rethrown as it is. `data` may be a function making the bytes: it runs while the
+ * thread pool creates the temp file, so serializing (and sealing) costs no extra latency; its
+ * error wins over the file system's.
  */
-export async function writeAndRename (fs: FsSeam, temp: string, target: string, data: Uint8Array, mtime?: Date): Promise<void> {
+export async function writeAndRename (fs: FsSeam, temp: string, target: string, data: Uint8Array | (() => Promise<Uint8Array>), mtime?: Date): Promise<void> {
   let handle: FileHandle | undefined
   try {
-    handle = await fs.open(temp, 'wx', FILE_MODE)
-    await handle.writeFile(data)
+    const opening = fs.open(temp, 'wx', FILE_MODE)
+    // Observed at once: it may fail while the bytes are still being made.
+    opening.catch(noop)
+    let bytes: Uint8Array
+    try {
+      bytes = typeof data === 'function' ? await data() : data
+    } catch (err) {
+      handle = await opening.catch(() => undefined)
+      throw err
+    }
+    handle = await opening
+    await handle.writeFile(bytes)
     if (mtime !== undefined) await handle.utimes(mtime, mtime)
     await handle.sync()
     await handle.close()
