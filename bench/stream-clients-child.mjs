@@ -1,41 +1,52 @@
 // Event-stream clients in a process of their own, so that reading 1,000 streams competes
 // neither with the server nor with autocannon in the parent. Messages from the parent:
-//   { type: 'connect', port, n }     opens n streams (every session); answers in kind
-//   { type: 'reset' }                forgets arrivals so far
-//   { type: 'latency', times }       times: [seq, emitted epoch ms][]; answers with percentiles of arrival - emission
+//   { type: 'connect', port, n, sample }  opens n streams (every session); every `sample`-th one
+//                                         times its arrivals; answers in kind
+//   { type: 'reset' }                     forgets what arrived so far and starts recording
+//   { type: 'latency', times }            times: [seq, emitted epoch ms][]; answers with percentiles
+//                                         of arrival - emission and the events counted, and stops recording
 //   { type: 'stop' }
+// As lean as a load generator should be, since it shares the 2 cores with the server: outside
+// recording the clients read and drop what arrives; while recording, every client counts its
+// events (a native byte search) and only the sampled ones parse ids and keep times. Parsing
+// every event on every client (1,000 x ~400 a second) would itself delay the readings.
 import net from 'node:net'
 
 const epochMs = () => performance.timeOrigin + performance.now()
-const sockets = []
-let arrivals = []
+const ID = Buffer.from('\nid: ')
+const clients = []
+let recording = false
 
-function streamClient (port) {
+function streamClient (port, timed) {
   return new Promise((resolve, reject) => {
     const socket = net.connect(port, '127.0.0.1')
-    let tail = ''
+    const client = { socket, timed, count: 0, arrivals: [], carry: Buffer.alloc(0) }
     let opened = false
-    socket.setEncoding('latin1')
     socket.on('error', reject)
     socket.on('data', (chunk) => {
       const at = epochMs()
       if (!opened) {
         opened = true
-        if (!chunk.startsWith('HTTP/1.1 200')) return reject(new Error(`stream refused: ${chunk.slice(0, 80)}`))
-        resolve(socket)
+        if (chunk.toString('latin1', 0, 12) !== 'HTTP/1.1 200') return reject(new Error(`stream refused: ${chunk.toString('latin1', 0, 80)}`))
+        resolve(client)
       }
-      const text = tail + chunk
+      if (!recording) return
+      // A frame may straddle two chunks: the end of the last one is searched again.
+      const bytes = client.carry.length === 0 ? chunk : Buffer.concat([client.carry, chunk])
       let from = 0
       for (;;) {
-        const i = text.indexOf('\nid: ', from)
+        const i = bytes.indexOf(ID, from)
         if (i < 0) break
-        const end = text.indexOf('\n', i + 5)
+        const end = bytes.indexOf(10, i + ID.length)
         if (end < 0) break
-        const id = text.slice(i + 5, end)
-        arrivals.push(at, Number(id.slice(id.lastIndexOf('-') + 1)))
+        client.count++
+        if (timed) {
+          const id = bytes.toString('latin1', i + ID.length, end)
+          client.arrivals.push(at, Number(id.slice(id.lastIndexOf('-') + 1)))
+        }
         from = end
       }
-      tail = text.slice(Math.max(from, text.length - 64))
+      client.carry = bytes.subarray(Math.max(from, bytes.length - 64))
     })
     socket.write('GET /api/v1/tasks/events HTTP/1.1\r\nHost: bench\r\n\r\n')
   })
@@ -48,22 +59,36 @@ function percentile (sorted, p) {
 process.on('message', async (message) => {
   try {
     if (message.type === 'connect') {
-      for (let i = 0; i < message.n; i++) sockets.push(await streamClient(message.port))
+      for (let i = 0; i < message.n; i++) clients.push(await streamClient(message.port, i % message.sample === 0))
       process.send({ type: 'connect' })
     } else if (message.type === 'reset') {
-      arrivals = []
+      for (const client of clients) {
+        client.count = 0
+        client.arrivals = []
+        // Chunks start where a frame does: the newline that ended the frame before lets the first id be found.
+        client.carry = Buffer.from('\n')
+      }
+      recording = true
       process.send({ type: 'reset' })
     } else if (message.type === 'latency') {
+      recording = false
       const emitted = new Map(message.times)
       const latencies = []
-      for (let i = 0; i < arrivals.length; i += 2) {
-        const at = emitted.get(arrivals[i + 1])
-        if (at !== undefined) latencies.push(arrivals[i] - at)
+      let counted = 0
+      let timedClients = 0
+      for (const client of clients) {
+        counted += client.count
+        if (!client.timed) continue
+        timedClients++
+        for (let i = 0; i < client.arrivals.length; i += 2) {
+          const at = emitted.get(client.arrivals[i + 1])
+          if (at !== undefined) latencies.push(client.arrivals[i] - at)
+        }
       }
       latencies.sort((a, b) => a - b)
-      process.send({ type: 'latency', deliveries: latencies.length, p50: percentile(latencies, 50), p99: percentile(latencies, 99), max: latencies.at(-1) ?? NaN })
+      process.send({ type: 'latency', deliveries: latencies.length, timed_clients: timedClients, counted, p50: percentile(latencies, 50), p99: percentile(latencies, 99), max: latencies.at(-1) ?? NaN })
     } else if (message.type === 'stop') {
-      for (const socket of sockets) socket.destroy()
+      for (const client of clients) client.socket.destroy()
       process.exit(0)
     }
   } catch (err) {

@@ -30,7 +30,9 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
     maxClients: settings.eventsMaxClients,
     heartbeatMs: settings.eventsHeartbeatMs,
     maxQueuedBytes: settings.eventsMaxQueuedBytes,
-    flushMs: settings.eventsFlushMs
+    flushMs: settings.eventsFlushMs,
+    flushMaxMs: settings.eventsFlushMaxMs,
+    fanoutShare: settings.eventsFanoutShare
   }, app.log)
   // Replicas on one database: events go through its event log, so every replica streams all of them.
   const store = app.persistence

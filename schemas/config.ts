@@ -68,6 +68,8 @@ export const ConfigSchema = Type.Object({
   TASK_EVENTS_MAX_CLIENTS: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 1000, description: 'Concurrent event streams; past it 503. Their sockets come on top of TASK_MAX_CONNECTIONS' }),
   TASK_EVENTS_MAX_QUEUED_BYTES: Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024, default: 1024 * 1024, description: 'A stream client with more bytes waiting to be sent is cut off with a reset' }),
   TASK_EVENTS_FLUSH_MS: Type.Integer({ minimum: 0, maximum: 1000, default: 25, description: 'Events are written to stream clients at most this often, batched; 0: once per event-loop turn' }),
+  TASK_EVENTS_FLUSH_MAX_MS: Type.Integer({ minimum: 0, maximum: 10_000, default: 250, description: 'When the rest of the server leaves the event loop no idle time, event writes spread out up to this far apart (never closer than TASK_EVENTS_FLUSH_MS)' }),
+  TASK_EVENTS_FANOUT_SHARE: Type.Number({ minimum: 0.01, maximum: 1, default: 0.1, description: 'The share of a busy event loop that writing events to stream clients keeps; with idle time they take what is idle' }),
   TASK_EVENTS_POLL_MS: Type.Integer({ minimum: 50, maximum: HOUR_MS, default: 1000, description: 'PostgreSQL replicas: each reads the shared event log this often besides when notified (a notification is lost with its connection)' }),
   TASK_DASHBOARD: Type.Boolean({ default: true, description: 'The dashboard at /dashboard' })
 })

@@ -91,6 +91,8 @@ export const EVENTS_SETTINGS = {
   eventsMaxClients: 'TASK_EVENTS_MAX_CLIENTS',
   eventsMaxQueuedBytes: 'TASK_EVENTS_MAX_QUEUED_BYTES',
   eventsFlushMs: 'TASK_EVENTS_FLUSH_MS',
+  eventsFlushMaxMs: 'TASK_EVENTS_FLUSH_MAX_MS',
+  eventsFanoutShare: 'TASK_EVENTS_FANOUT_SHARE',
   eventsPollMs: 'TASK_EVENTS_POLL_MS'
 } as const
 

@@ -17,6 +17,9 @@ import { waitFor } from './agents-fakes.js'
 import { build, createSession, post, tempDir, type TestAppOptions, type TestContext } from './helper.js'
 import { call, scratch } from './server-process.js'
 import { openStream, type SseEvent } from './sse-client.js'
+import { createServer } from 'node:http'
+import { EventStreamHub, flushInterval } from '../services/events/event-stream.js'
+import { TaskEventBuffer } from '../services/events/task-events.js'
 
 const EVENTS = '/api/v1/tasks/events'
 
@@ -163,6 +166,76 @@ t.test('a client that does not read is cut off with a reset once its queue passe
   // A client of another session was not affected.
   await createSession(app, 'quiet', 'q')
   await ok.until((list) => list.length === 3)
+})
+
+t.test('the pace: a flush may take the idle share of the loop, at least TASK_EVENTS_FANOUT_SHARE, between the two flush bounds', async (t) => {
+  const limits = { flushMs: 25, flushMaxMs: 250, fanoutShare: 0.1 }
+  t.equal(flushInterval(10, 0.2, limits), 25, 'idle time to spare: every TASK_EVENTS_FLUSH_MS')
+  t.equal(flushInterval(10, 1, limits), 100, 'no idle time: the flush keeps a tenth of the loop')
+  t.equal(flushInterval(10, 0.95, limits), 100, 'less idle than the share: the share')
+  t.equal(flushInterval(10, 0.75, limits), 40, 'a quarter idle: the flush takes that quarter')
+  t.equal(flushInterval(40, 1, limits), 250, 'never further apart than TASK_EVENTS_FLUSH_MAX_MS')
+  t.equal(flushInterval(40, 1, { ...limits, flushMaxMs: 10 }), 25, 'TASK_EVENTS_FLUSH_MS wins over a smaller maximum')
+})
+
+t.test('a busy server spreads stream writes out; idle again, they come every TASK_EVENTS_FLUSH_MS; every client gets every event in order', async (t) => {
+  const flushMs = 10
+  // The hub on a plain node:http server: its pace is not part of the app's decorators.
+  const buffer = new TaskEventBuffer(100_000)
+  const hub = new EventStreamHub(buffer, { maxClients: 1000, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs, flushMaxMs: 200, fanoutShare: 0.01 }, { info: () => {}, warn: () => {} })
+  const server = createServer((_req, res) => { hub.open(res, null, undefined) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { hub.close(); server.close() })
+  const port = (server.address() as net.AddressInfo).port
+  // 200 streams, so that a flush is a measurable share of the loop (about 200 system calls).
+  const received: string[] = []
+  const sockets = await Promise.all(Array.from({ length: 200 }, async (_, i) => {
+    const socket = net.connect(Number(port), '127.0.0.1')
+    received[i] = ''
+    socket.setEncoding('utf8')
+    socket.on('data', (chunk: string) => { received[i] += chunk })
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()))
+    socket.write(`GET ${EVENTS} HTTP/1.1\r\nHost: x\r\n\r\n`)
+    return socket
+  }))
+  t.teardown(() => { for (const socket of sockets) socket.destroy() })
+  await waitFor('every stream open', () => hub.size === 200)
+  t.equal(hub.pace, flushMs)
+
+  // The rest of the server keeps the loop busy: 4 ms of work every turn, an event each turn.
+  let sent = 0
+  let widest = 0
+  const until = performance.now() + 1500
+  while (performance.now() < until) {
+    const busyUntil = performance.now() + 4
+    while (performance.now() < busyUntil);
+    buffer.append('progress', { session_id: 'busy', n: ++sent })
+    widest = Math.max(widest, hub.pace)
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  t.ok(widest >= 2.5 * flushMs, `flushes spread out to ${widest.toFixed(0)} ms apart under load`)
+  t.ok(widest <= 200, 'never more than TASK_EVENTS_FLUSH_MAX_MS')
+
+  // Idle again: a few events a while apart bring the pace back.
+  for (let i = 0; i < 10; i++) {
+    buffer.append('progress', { session_id: 'busy', n: ++sent })
+    await sleep(40)
+  }
+  t.equal(hub.pace, flushMs, 'back to every TASK_EVENTS_FLUSH_MS')
+  const expected = Array.from({ length: sent }, (_, i) => i + 1)
+  await waitFor('every event on every stream', () => received.every((text) => (text.match(/\n\n/g) ?? []).length >= sent + 1))
+  for (const text of received) {
+    const ns = [...text.matchAll(/"n":(\d+)/g)].map((m) => Number(m[1]))
+    if (JSON.stringify(ns) !== JSON.stringify(expected)) {
+      t.fail(`a stream got ${ns.length} of ${sent} events, or out of order`)
+      return
+    }
+  }
+  t.pass(`all 200 streams got all ${sent} events in order`)
+  // No chunked framing: the events go to the socket as they are, and the body ends with the connection.
+  t.match(received[0], /^HTTP\/1\.1 200 OK\r\n/)
+  t.notMatch(received[0]!.split('\r\n\r\n')[0], /transfer-encoding/i)
+  t.match(received[0]!.split('\r\n\r\n')[0], /connection: close/i)
 })
 
 t.test('heartbeats keep a stream alive, and the request timeout does not cut it', async (t) => {

@@ -18,6 +18,22 @@ export interface StreamLimits {
   maxQueuedBytes: number
   /** Events are written to clients at most this often, batched (TASK_EVENTS_FLUSH_MS). */
   flushMs: number
+  /** When the rest of the server keeps the event loop busy, writes spread out up to this far apart (TASK_EVENTS_FLUSH_MAX_MS). */
+  flushMaxMs: number
+  /** The share of the event loop the writes keep when the rest of the server leaves none idle (TASK_EVENTS_FANOUT_SHARE). */
+  fanoutShare: number
+}
+
+/**
+ * How long after a flush that took `spentMs` the next one may start. The writes take the share
+ * of the event loop the rest of the server left idle (`busy`: its utilization, the flushes' own
+ * time left out), but at least `fanoutShare` of it: with 1,000 clients a flush is some 10 ms of
+ * system calls, which at 40 a second would take half of a saturated server's time from the
+ * requests. Never further apart than `flushMaxMs`, never closer than `flushMs` (which wins).
+ */
+export function flushInterval (spentMs: number, busy: number, limits: Pick<StreamLimits, 'flushMs' | 'flushMaxMs' | 'fanoutShare'>): number {
+  const share = Math.max(limits.fanoutShare, 1 - busy)
+  return Math.max(limits.flushMs, Math.min(limits.flushMaxMs, spentMs / share))
 }
 
 export interface StreamLogger {
@@ -48,12 +64,22 @@ export class EventStreamHub {
   private heartbeat: NodeJS.Timeout | null = null
   /** Events since the last flush: written together at the end of this turn of the event loop. */
   private turn: BufferedEvent[] = []
+  /** The frames of `turn`, in characters. */
+  private turnBytes = 0
   private flushing: NodeJS.Immediate | NodeJS.Timeout | null = null
+  /** The flush scheduled is at the next turn (not at the pace's time). */
+  private soon = false
   private lastFlush = -Infinity
+  /** The pace: flushes start at least this far apart (flushInterval). */
+  private interval: number
+  /** Where the event loop's utilization was last read, and the flushes' own time since. */
+  private loop = performance.eventLoopUtilization()
+  private spentSince = 0
   private readonly unsubscribe: () => void
   private closed = false
 
   constructor (private readonly buffer: TaskEventBuffer, private readonly limits: StreamLimits, private readonly log: StreamLogger) {
+    this.interval = limits.flushMs
     this.unsubscribe = buffer.subscribe((event) => { this.deliver(event) })
   }
 
@@ -63,6 +89,11 @@ export class EventStreamHub {
 
   get maxClients (): number {
     return this.limits.maxClients
+  }
+
+  /** How far apart flushes start now, in ms: TASK_EVENTS_FLUSH_MS, more while the server is busy (flushInterval). */
+  get pace (): number {
+    return this.interval
   }
 
   /** Shutdown began: no new stream. */
@@ -82,7 +113,12 @@ export class EventStreamHub {
   open (res: ServerResponse, sessionId: string | null, lastEventId: string | undefined): void {
     const client: Client = { res, sessionId, from: this.turn.length }
     res.on('error', noop)
+    // No chunked framing: the body ends with the connection, and events go straight to the
+    // socket once the headers are out. A write is then one system call, made at once (and timed
+    // by the pace), where res.write corks the socket and leaves a writev to the next tick.
+    res.useChunkedEncodingByDefault = false
     res.writeHead(200, STREAM_HEADERS)
+    res.flushHeaders()
     // The retry hint, and a first line so that clients see the headers at once.
     let head = 'retry: 2000\n: connected\n\n'
     if (lastEventId !== undefined) {
@@ -101,10 +137,7 @@ export class EventStreamHub {
     this.closed = true
     this.unsubscribe()
     this.stopHeartbeat()
-    if (this.flushing !== null) {
-      clearImmediate(this.flushing as NodeJS.Immediate)
-      clearTimeout(this.flushing as NodeJS.Timeout)
-    }
+    this.cancelFlush()
     this.flush()
     for (const client of this.clients) endStream(client.res)
     this.clients.clear()
@@ -118,18 +151,61 @@ export class EventStreamHub {
   private deliver (event: BufferedEvent): void {
     if (this.clients.size === 0) return
     this.turn.push(event)
+    this.turnBytes += this.buffer.frameOf(event).length
+    // Events held past a client's bound go out at the next turn whatever the pace: waiting
+    // would only grow this batch, and each client's one write of it.
+    if (this.turnBytes > this.limits.maxQueuedBytes && !this.soon) {
+      this.cancelFlush()
+      this.schedule(0)
+      return
+    }
     if (this.flushing !== null) return
-    // At most one flush per flushMs: under heavy load the writes per client stay bounded.
-    const wait = this.lastFlush + this.limits.flushMs - performance.now()
-    this.flushing = wait <= 0 ? setImmediate(() => { this.flush() }) : setTimeout(() => { this.flush() }, wait)
+    // At most one flush per interval: under heavy load the writes per client stay bounded.
+    this.schedule(this.lastFlush + this.interval - performance.now())
+  }
+
+  private schedule (wait: number): void {
+    this.soon = wait <= 0
+    this.flushing = this.soon ? setImmediate(() => { this.flush() }) : setTimeout(() => { this.flush() }, wait)
+  }
+
+  private cancelFlush (): void {
+    if (this.flushing === null) return
+    // Each by its own kind: clearImmediate given a timeout corrupts the immediate queue.
+    if (this.soon) clearImmediate(this.flushing as NodeJS.Immediate)
+    else clearTimeout(this.flushing as NodeJS.Timeout)
+    this.flushing = null
+    this.soon = false
   }
 
   private flush (): void {
     this.flushing = null
-    this.lastFlush = performance.now()
+    this.soon = false
+    const start = this.lastFlush = performance.now()
     const events = this.turn
     this.turn = []
+    this.turnBytes = 0
     if (events.length === 0) return
+    this.fanOut(events)
+    this.adjustPace(performance.now() - start)
+  }
+
+  /** Sets the interval before the next flush from this one's time and how busy the loop was since the last reading. */
+  private adjustPace (spentMs: number): void {
+    this.spentSince += spentMs
+    const loop = performance.eventLoopUtilization(this.loop)
+    const window = loop.idle + loop.active
+    // Too short a window says little; the time adds up until the next.
+    if (window < this.limits.flushMs) return
+    const rest = window - this.spentSince
+    const busy = rest <= 0 ? 1 : Math.min(1, Math.max(0, loop.active - this.spentSince) / rest)
+    this.interval = flushInterval(spentMs, busy, this.limits)
+    this.loop = performance.eventLoopUtilization()
+    this.spentSince = 0
+  }
+
+  /** Each client's events, in one write. */
+  private fanOut (events: BufferedEvent[]): void {
     const chunks = new Map<string, Buffer | null>()
     // A copy: a write may cut its client, which leaves the set.
     for (const client of [...this.clients]) {
@@ -160,19 +236,20 @@ export class EventStreamHub {
 
   private write (client: Client, chunk: string | Buffer): void {
     const res = client.res
-    if (res.writableEnded || res.destroyed) {
+    const socket = res.socket
+    if (res.writableEnded || res.destroyed || socket === null || !socket.writable) {
       this.clients.delete(client)
       return
     }
-    res.write(chunk)
-    if (res.writableLength > this.limits.maxQueuedBytes) this.cut(client)
+    socket.write(chunk)
+    if (socket.writableLength > this.limits.maxQueuedBytes) this.cut(client)
   }
 
   /** A client that does not read: told to refetch (if it ever reads again), then let go. */
   private cut (client: Client): void {
     this.clients.delete(client)
     const res = client.res
-    this.log.warn({ queued_bytes: res.writableLength, limit: this.limits.maxQueuedBytes, session_id: client.sessionId ?? undefined }, 'Event stream client too slow; cut off with a reset')
+    this.log.warn({ queued_bytes: res.socket?.writableLength ?? 0, limit: this.limits.maxQueuedBytes, session_id: client.sessionId ?? undefined }, 'Event stream client too slow; cut off with a reset')
     const socket = res.socket
     endStream(res, this.resetFrame('slow-reader'))
     // Its queue is dropped with the socket if it still does not read.
