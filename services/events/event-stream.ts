@@ -1,9 +1,9 @@
 /**
  * Server-Sent Events clients of the live view, on plain node:http responses. Written on the raw
  * response rather than through an SSE plugin: each event is serialized once and the same frame
- * written to every client, and a client's queued bytes are read from the response itself
- * (`writableLength`) to cut a reader that does not keep up; neither plugin offered that bound
- * or a reset, and @fastify/sse returns a promise per client per event.
+ * written to every client straight to its socket, whose queued bytes (`writableLength`) cut a
+ * reader that does not keep up; neither plugin offered that bound or a reset, and @fastify/sse
+ * returns a promise per client per event.
  */
 import type { ServerResponse } from 'node:http'
 import type { BufferedEvent, TaskEventBuffer } from './task-events.js'
