@@ -64,7 +64,7 @@ export class EventStreamHub {
   private heartbeat: NodeJS.Timeout | null = null
   /** Events since the last flush: written together at the end of this turn of the event loop. */
   private turn: BufferedEvent[] = []
-  /** The frames of `turn`, in characters. */
+  /** The frames of `turn`, in bytes. */
   private turnBytes = 0
   private flushing: NodeJS.Immediate | NodeJS.Timeout | null = null
   /** The flush scheduled is at the next turn (not at the pace's time). */
@@ -111,8 +111,14 @@ export class EventStreamHub {
    * they are no longer held), then every new event. Synchronous, so nothing falls in between.
    */
   open (res: ServerResponse, sessionId: string | null, lastEventId: string | undefined): void {
-    const client: Client = { res, sessionId, from: this.turn.length }
     res.on('error', noop)
+    // A HEAD request (Fastify answers one for every GET) gets the headers only.
+    if (res.req.method === 'HEAD') {
+      res.writeHead(200, STREAM_HEADERS)
+      res.end()
+      return
+    }
+    const client: Client = { res, sessionId, from: this.turn.length }
     // No chunked framing: the body ends with the connection, and events go straight to the
     // socket once the headers are out. A write is then one system call, made at once (and timed
     // by the pace), where res.write corks the socket and leaves a writev to the next tick.
@@ -151,10 +157,10 @@ export class EventStreamHub {
   private deliver (event: BufferedEvent): void {
     if (this.clients.size === 0) return
     this.turn.push(event)
-    this.turnBytes += this.buffer.frameOf(event).length
-    // Events held past a client's bound go out at the next turn whatever the pace: waiting
-    // would only grow this batch, and each client's one write of it.
-    if (this.turnBytes > this.limits.maxQueuedBytes && !this.soon) {
+    this.turnBytes += Buffer.byteLength(this.buffer.frameOf(event))
+    // Events held past half a client's bound go out at the next turn whatever the pace: waiting
+    // would only grow this batch, and each client's one write of it, toward the cut.
+    if (this.turnBytes > this.limits.maxQueuedBytes / 2 && !this.soon) {
       this.cancelFlush()
       this.schedule(0)
       return
@@ -237,12 +243,15 @@ export class EventStreamHub {
   private write (client: Client, chunk: string | Buffer): void {
     const res = client.res
     const socket = res.socket
-    if (res.writableEnded || res.destroyed || socket === null || !socket.writable) {
+    if (res.writableEnded || res.destroyed || (socket !== null && !socket.writable)) {
       this.clients.delete(client)
       return
     }
-    socket.write(chunk)
-    if (socket.writableLength > this.limits.maxQueuedBytes) this.cut(client)
+    // No socket yet: a pipelined request's response waits for the one before it, and the
+    // response holds what is written until it gets the socket (then sends it first).
+    if (socket === null) res.write(chunk)
+    else socket.write(chunk)
+    if ((socket?.writableLength ?? res.writableLength) > this.limits.maxQueuedBytes) this.cut(client)
   }
 
   /** A client that does not read: told to refetch (if it ever reads again), then let go. */

@@ -74,7 +74,8 @@ export class FileSessionStore implements SessionStore {
   constructor (options: FileSessionStoreOptions) {
     this.dir = resolve(options.dir)
     this.fs = options.fs ?? nodeFs
-    this.indent = options.indent ?? 2
+    // As JSON.stringify reads an indent: whole spaces, at most 10 (the sealed layout is built to match it).
+    this.indent = Math.min(10, Math.max(0, Math.floor(options.indent ?? 2)))
     this.maxSessionBytes = options.maxSessionBytes ?? Number.POSITIVE_INFINITY
     this.keyring = options.keyring ?? null
     this.dirSync = new CoalescedRun(() => fsyncDir(this.fs, this.dir))
