@@ -13,6 +13,7 @@ import type { FastifyInstance } from 'fastify'
 import type { SessionFile, Task } from '../schemas/session.js'
 import type { AgentCallEvent } from '../services/task-manager.js'
 import { post, type TestContext } from './helper.js'
+import { node } from './node-child.js'
 
 export { waitFor } from './helper.js'
 
@@ -139,9 +140,10 @@ export function completion (content: string, logprobs?: number[]): Answer {
 
 const FIXTURES = fileURLToPath(new URL('../../test/fixtures/agents/', import.meta.url))
 
-/** argv running a fixture script with this node. */
+/** argv running a fixture script with this node (without tap's preload: test/node-child.ts). */
 export function fixture (name: string, ...args: string[]): string[] {
-  return [process.execPath, join(FIXTURES, name), ...args]
+  const [file, argv] = node([join(FIXTURES, name), ...args])
+  return [file, ...argv]
 }
 
 /** Creates tasks with explicit types; returns their ids. */

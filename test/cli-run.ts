@@ -5,6 +5,7 @@
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { within } from './server-process.js'
+import { node } from './node-child.js'
 
 export const CLI = fileURLToPath(new URL('../cli/taskvault.js', import.meta.url))
 const RUN_TIMEOUT_MS = 60_000
@@ -18,7 +19,7 @@ export interface Run {
 }
 
 export async function taskvault (args: string[], options: { cwd?: string, env?: Record<string, string> } = {}): Promise<Run> {
-  const child = spawn(process.execPath, [CLI, ...args], {
+  const child = spawn(...node([CLI, ...args]), {
     cwd: options.cwd ?? process.cwd(),
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe']

@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { freePort, within } from './server-process.js'
+import { node } from './node-child.js'
 
 const run = promisify(execFile)
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
@@ -109,7 +110,7 @@ t.test('the packed package installs into another project and runs the embedding 
     const tasksDir = join(scratch, 'agent-tasks')
     const port = await freePort()
     const base = `http://127.0.0.1:${port}`
-    const child = spawn(process.execPath, ['embed.js'], {
+    const child = spawn(...node(['embed.js']), {
       cwd: project,
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin', PORT: String(port), HOST: '127.0.0.1', AGENT_TASKS_DIR: tasksDir, LOG_LEVEL: 'warn' },
       stdio: ['ignore', 'pipe', 'pipe']

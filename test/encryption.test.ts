@@ -17,6 +17,7 @@ import { Keyring } from '../services/store/keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../services/store/session-files.js'
 import { build, get, memoryLog, post, tempDir } from './helper.js'
 import { CLI, taskvault } from './cli-run.js'
+import { node } from './node-child.js'
 
 const key = (): string => randomBytes(32).toString('base64')
 const K1 = key()
@@ -214,7 +215,7 @@ t.test('rotation: new key first, seal (kill -9 midway, then again), drop the old
   const rotating = { TASK_STORAGE_DIR: dir, TASK_ENCRYPTION_KEYS: `new:${K1},old:${K2}` }
 
   // kill -9 while it runs.
-  const child = spawn(process.execPath, [CLI, 'seal'], { env: { PATH: process.env.PATH ?? '', ...rotating }, stdio: 'ignore' })
+  const child = spawn(...node([CLI, 'seal']), { env: { PATH: process.env.PATH ?? '', ...rotating }, stdio: 'ignore' })
   const kidsNow = async (): Promise<string[]> => Promise.all((await readdir(dir)).filter((n) => n.endsWith('.json')).map(async (n) => (await readJson(join(dir, n))).sealed.kid))
   // seal goes in name order: s0.json is the first it re-seals. Kill as soon as it has.
   for (let waited = 0; waited < 20_000; waited += 2) {

@@ -13,6 +13,7 @@ import { Keyring } from '../services/store/keyring.js'
 import { connectionConfig } from '../services/store/postgres/pool.js'
 import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
 import { CLI, taskvault } from './cli-run.js'
+import { node } from './node-child.js'
 import type { TestContext } from './helper.js'
 import { testDatabase } from './postgres.js'
 import { contractSession } from './store-contract.js'
@@ -65,7 +66,7 @@ t.test('seal --database-url: kill -9 midway, run again, a server keeps saving wi
   await server.loadAll({ concurrency: 1 })
 
   const env = { DATABASE_URL: url, TASK_ENCRYPTION_KEYS: `new:${NEW},old:${OLD}` }
-  const child = spawn(process.execPath, [CLI, 'seal', '--database-url', url], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: 'ignore' })
+  const child = spawn(...node([CLI, 'seal', '--database-url', url]), { env: { PATH: process.env.PATH ?? '', ...env }, stdio: 'ignore' })
   for (let waited = 0; waited < 30_000; waited += 20) {
     if ([...(await kids(url)).values()].filter((kid) => kid === 'new').length >= 50) break
     await sleep(20)

@@ -12,6 +12,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import type { TestContext } from './helper.js'
+import { node } from './node-child.js'
 
 export const SERVER = fileURLToPath(new URL('../server.js', import.meta.url))
 /** Readiness is waited for generously (a loaded 2-core CI box); behaviour is not timed. */
@@ -89,7 +90,7 @@ export async function exitWithin (server: ServerProcess, ms: number): Promise<Ex
 
 /** Spawns the server with exactly `env` (its PORT, if any, is the port used) in `cwd`, waiting for nothing. */
 export function spawnServer (env: Record<string, string>, cwd: string): ServerProcess {
-  const child = spawn(process.execPath, [SERVER], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(...node([SERVER]), { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] })
   let out = ''
   let err = ''
   let exit: Exit | null = null

@@ -12,6 +12,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
+import { node } from './node-child.js'
 import { buildApp } from '../app.js'
 import { ForeignFolderError } from '../services/errors.js'
 import { FORMAT_VERSION, MARKER_FILE } from '../services/store/storage-folder.js'
@@ -192,7 +193,7 @@ t.test('folder: a real server refuses a foreign folder with exit 1 and says why'
   const dir = join(root, 'project')
   await mkdir(dir)
   await writeFile(join(dir, 'package.json'), '{ "name": "app" }\n')
-  const child = spawn(process.execPath, [SERVER], { cwd: root, env: baseEnv({ TASK_STORAGE_DIR: dir, PORT: String(await freePort()) }), stdio: ['ignore', 'ignore', 'pipe'] })
+  const child = spawn(...node([SERVER]), { cwd: root, env: baseEnv({ TASK_STORAGE_DIR: dir, PORT: String(await freePort()) }), stdio: ['ignore', 'ignore', 'pipe'] })
   let stderr = ''
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
   const code = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), 30_000)
@@ -318,7 +319,8 @@ t.test('a real server whose restore fails with EACCES exits 1 and leaves no lock
   // Root reads anything: there the server runs without the capabilities that let it (still root,
   // so it reads the checkout wherever that is, whatever its modes).
   const asRoot = process.getuid?.() === 0
-  const command = asRoot ? ['setpriv', '--bounding-set=-dac_override,-dac_read_search', '--', process.execPath, SERVER] : [process.execPath, SERVER]
+  const [file, args] = node([SERVER])
+  const command = asRoot ? ['setpriv', '--bounding-set=-dac_override,-dac_read_search', '--', file, ...args] : [file, ...args]
   const child = spawn(command[0] as string, command.slice(1), { cwd: root, env: baseEnv({ TASK_STORAGE_DIR: dir, PORT: String(await freePort()) }), stdio: ['ignore', 'ignore', 'pipe'] })
   let stderr = ''
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
