@@ -202,12 +202,13 @@ t.test('a busy server spreads stream writes out; idle again, they come every TAS
   await waitFor('every stream open', () => hub.size === 200)
   t.equal(hub.pace, flushMs)
 
-  // The rest of the server keeps the loop busy: 4 ms of work every turn, an event each turn.
+  // The rest of the server keeps the loop busy: 9 ms of work every turn, an event each turn,
+  // for long enough that the pace's smoothed reading (500 ms) takes it in whole.
   let sent = 0
   let widest = 0
-  const until = performance.now() + 1500
+  const until = performance.now() + 2500
   while (performance.now() < until) {
-    const busyUntil = performance.now() + 4
+    const busyUntil = performance.now() + 9
     while (performance.now() < busyUntil);
     buffer.append('progress', { session_id: 'busy', n: ++sent })
     widest = Math.max(widest, hub.pace)

@@ -56,6 +56,9 @@ export const STREAM_HEADERS = {
   'x-accel-buffering': 'no'
 } as const
 
+/** The time constant of the pace's reading of how busy the loop is. */
+const BUSY_SMOOTHING_MS = 500
+
 /** How long a cut-off client has to read its reset before its socket is destroyed. */
 const CUT_GRACE_MS = 5000
 
@@ -75,6 +78,8 @@ export class EventStreamHub {
   /** Where the event loop's utilization was last read, and the flushes' own time since. */
   private loop = performance.eventLoopUtilization()
   private spentSince = 0
+  /** How busy the rest of the server keeps the loop, smoothed (0 to 1). */
+  private busy = 0
   private readonly unsubscribe: () => void
   private closed = false
 
@@ -205,7 +210,10 @@ export class EventStreamHub {
     if (window < this.limits.flushMs) return
     const rest = window - this.spentSince
     const busy = rest <= 0 ? 1 : Math.min(1, Math.max(0, loop.active - this.spentSince) / rest)
-    this.interval = flushInterval(spentMs, busy, this.limits)
+    // Smoothed over about BUSY_SMOOTHING_MS: one busy window (a collection, a burst of
+    // requests) does not hold the next batch back; a loop that stays busy does.
+    this.busy += (busy - this.busy) * (1 - Math.exp(-window / BUSY_SMOOTHING_MS))
+    this.interval = flushInterval(spentMs, this.busy, this.limits)
     this.loop = performance.eventLoopUtilization()
     this.spentSince = 0
   }
