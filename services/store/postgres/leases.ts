@@ -61,9 +61,10 @@ export class LeaseKeeper {
   async start (): Promise<void> {
     // A first beat that fails (the database gone again since init) is only a missed beat.
     await this.renew().catch(noop)
-    // Checked every sixth of the lease: renewals every third, and a failed one tried again at
-    // the next check, so a lease is given up only after two more attempts have failed too.
-    this.timer ??= setInterval(() => { this.tick() }, Math.max(1, Math.floor(this.leaseMs / 6)))
+    // Checked every twelfth of the lease: renewals every third, and a failed one tried again at
+    // the next check. Leases are given up with a sixth left, so a check may run up to a twelfth
+    // late (a loaded event loop) and still give them up before they run out.
+    this.timer ??= setInterval(() => { this.tick() }, Math.max(1, Math.floor(this.leaseMs / 12)))
     this.timer.unref()
     this.listen()
   }
@@ -189,8 +190,8 @@ export class LeaseKeeper {
 
   private tick (): void {
     const now = performance.now()
-    // Given up while there is still time left before it runs out: a sixth of the lease, the
-    // gap to the next check, so the run stops before any other replica can claim the session.
+    // Given up while there is still time left before it runs out: a sixth of the lease, twice
+    // the gap to the next check, so the run stops before any other replica can claim the session.
     for (const [sessionId, held] of this.held) {
       if (!held.lost && held.validUntil - now <= this.leaseMs / 6 + 50) this.lose(sessionId, held, `its lease could not be renewed for ${Math.round(now - (held.validUntil - this.leaseMs))} ms`)
     }
