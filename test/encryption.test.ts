@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { gunzipSync } from 'node:zlib'
 import t from 'tap'
 import { buildApp } from '../app.js'
+import type { SessionFile } from '../schemas/session.js'
 import { FileSessionStore } from '../services/store/file-store.js'
 import { Keyring } from '../services/store/keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../services/store/session-files.js'
@@ -81,15 +82,17 @@ t.test('round trip through the API and a restart: the file is an envelope with t
   t.not((await readJson(join(dir, 'secret.json'))).sealed.iv, envelope.sealed.iv)
 })
 
+const AT = '2026-01-01T00:00:00.000Z'
+
+/** A session file of these tasks (each filled out from `task`), for the sealed-layout tests. */
+function fileOf (sessionId: string, updatedAt: string, currentIndex: number, tasks: Array<Partial<SessionFile['session']['tasks'][number]>>): SessionFile {
+  const task = { id: 't', instruction: 'step', task_type: 'General' as const, status: 'Pending' as const, result: null, error: null, confidence: null, created_at: AT, started_at: null, completed_at: null, attempts: 0 }
+  return { session_id: sessionId, created_at: AT, updated_at: updatedAt, session: { session_id: sessionId, current_index: currentIndex, tasks: tasks.map((fields) => ({ ...task, ...fields })) } }
+}
+
 t.test('a large session seals in slices into the same document JSON would write, and opens back whole', async (t) => {
   const ring = Keyring.parse(KEYS_1)
-  const AT = '2026-01-01T00:00:00.000Z'
-  const file = {
-    session_id: 'large',
-    created_at: AT,
-    updated_at: AT,
-    session: { session_id: 'large', current_index: 3, tasks: Array.from({ length: 3 }, (_, i) => ({ id: `t${i}`, instruction: `step ${i}`, task_type: 'General' as const, status: 'Completed' as const, result: `é\u0001${i}`.repeat(400_000), error: null, confidence: null, created_at: AT, started_at: AT, completed_at: AT, attempts: 1 })) }
-  }
+  const file = fileOf('large', AT, 3, Array.from({ length: 3 }, (_, i) => ({ id: `t${i}`, instruction: `step ${i}`, status: 'Completed' as const, result: `é\u0001${i}`.repeat(400_000), started_at: AT, completed_at: AT, attempts: 1 })))
   const bytes = await serializeSessionFile(file, 2, Number.POSITIVE_INFINITY, ring)
   const text = bytes.toString('utf8')
   t.equal(text, JSON.stringify(JSON.parse(text), null, 2) + '\n', 'laid out exactly as JSON.stringify would')
@@ -98,13 +101,7 @@ t.test('a large session seals in slices into the same document JSON would write,
 
 t.test('a small session seals in one pass into the same document JSON would write, at any indent, and opens back', async (t) => {
   const ring = Keyring.parse(KEYS_1)
-  const AT = '2026-01-01T00:00:00.000Z'
-  const file = {
-    session_id: 'small-1',
-    created_at: AT,
-    updated_at: '2026-01-01T00:00:01.000Z',
-    session: { session_id: 'small-1', current_index: 0, tasks: [{ id: 't1', instruction: 'say "hi" <b>', task_type: 'General' as const, status: 'Pending' as const, result: null, error: null, confidence: null, created_at: AT, started_at: null, completed_at: null, attempts: 0 }] }
-  }
+  const file = fileOf('small-1', '2026-01-01T00:00:01.000Z', 0, [{ id: 't1', instruction: 'say "hi" <b>' }])
   const ivs = new Set<string>()
   for (const indent of [0, 1, 2, 4]) {
     const text = (await serializeSessionFile(file, indent, Number.POSITIVE_INFINITY, ring)).toString('utf8')

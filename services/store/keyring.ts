@@ -43,15 +43,13 @@ export interface SealedDocument extends Clear {
 export class Keyring {
   /** The kid every write is sealed under. */
   readonly activeKid: string
-  private readonly keys: ReadonlyMap<string, Buffer>
-  /** The same keys imported once: a cipher made from a KeyObject skips importing the key each time. */
-  private readonly imported: ReadonlyMap<string, KeyObject>
+  /** Imported once: a cipher made from a KeyObject skips importing the key each time. */
+  private readonly keys: ReadonlyMap<string, KeyObject>
   private readonly ivs = Buffer.alloc(IV_BYTES * IV_POOL)
   private ivAt = this.ivs.length
 
   private constructor (keys: Map<string, Buffer>, activeKid: string) {
-    this.keys = keys
-    this.imported = new Map([...keys].map(([kid, key]) => [kid, createSecretKey(key)]))
+    this.keys = new Map([...keys].map(([kid, key]) => [kid, createSecretKey(key)]))
     this.activeKid = activeKid
   }
 
@@ -105,7 +103,7 @@ export class Keyring {
 
   /** The keys as [kid, key] pairs, active first: for reader threads, which open sealed files at restore. */
   entries (): Array<[string, Uint8Array]> {
-    return [...this.keys]
+    return [...this.keys].map(([kid, key]) => [kid, key.export()])
   }
 
   /** The keyring `entries()` came from, rebuilt (in a reader thread). */
@@ -154,7 +152,7 @@ export class Keyring {
 
   private cipher (clear: Clear): { cipher: CipherGCM, iv: Buffer } {
     const iv = this.nextIv()
-    const cipher = createCipheriv('aes-256-gcm', this.imported.get(this.activeKid) as KeyObject, iv, { authTagLength: TAG_BYTES })
+    const cipher = createCipheriv('aes-256-gcm', this.keys.get(this.activeKid) as KeyObject, iv, { authTagLength: TAG_BYTES })
     cipher.setAAD(associatedData(clear))
     return { cipher, iv }
   }
@@ -186,7 +184,7 @@ export class Keyring {
   open (name: string, document: SealedDocument): Buffer {
     const box = document.sealed
     if (box.v !== SEAL_VERSION || box.alg !== SEAL_ALG) throw new CorruptSessionFileError(name, `sealed with an unknown format (v ${String(box.v)}, ${String(box.alg)})`)
-    const key = this.imported.get(box.kid)
+    const key = this.keys.get(box.kid)
     if (key === undefined) throw new KeyUnavailableError(box.kid)
     const iv = Buffer.from(box.iv, 'base64')
     const tag = Buffer.from(box.tag, 'base64')
