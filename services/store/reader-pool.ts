@@ -56,7 +56,9 @@ export class ReaderPool {
     const free = this.idle.pop()
     if (free !== undefined) return free
     if (this.all.length >= this.size) return null
-    const worker = new Worker(WORKER_URL, { workerData: { keys: this.keys } satisfies ReaderData })
+    // No execArgv: a reader thread runs only our own module, so the process's preloads (an APM
+    // agent or a loader given with --import or --require) would only slow each restore down.
+    const worker = new Worker(WORKER_URL, { execArgv: [], workerData: { keys: this.keys } satisfies ReaderData })
     worker.on('message', (response: ReadResponse) => this.waiting.get(response.id)?.resolve(response))
     worker.on('error', (err) => this.fail(worker, err))
     worker.on('exit', (code) => this.fail(worker, new Error(`reader thread exited with code ${code}`)))
