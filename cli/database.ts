@@ -1,11 +1,12 @@
-import pg from 'pg'
+import type pg from 'pg'
 import type { Config } from '../schemas/config.js'
 import { DatabaseUnavailableError, TaskvaultError } from '../services/errors.js'
 import { noop } from '../services/noop.js'
 import type { Keyring } from '../services/store/keyring.js'
 import { errnoLike } from '../services/store/postgres/pg-errors.js'
-import { checkSchemaName, connectionConfig, parseDatabaseUrl, redactUrl, type PoolSettings } from '../services/store/postgres/pool.js'
-import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
+import { checkSchemaName, parseDatabaseUrl, redactUrl } from '../services/store/postgres/database-url.js'
+import type { PoolSettings } from '../services/store/postgres/pool.js'
+import type { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
 import { SYNCHRONOUS_COMMIT_ON } from '../services/store/postgres/sessions-sql.js'
 import type { SessionStore } from '../services/store/store.js'
 import { CommandFailedError, UsageError, type OptionSpecs, type ParsedCommand } from './args.js'
@@ -16,6 +17,7 @@ import { storageDir, withWriteLock } from './folder.js'
  * Which store a command works on: the storage folder, or with `--database-url` the PostgreSQL
  * store. One choice for every command (withStore), so `validate`, `stats`, `archive` and
  * `prune` give the same answers on a folder and on the database that holds the same sessions.
+ * The pg driver is loaded only when a database is named: commands on a folder start faster.
  */
 
 /** The options of every command that can work on a database instead of a folder. */
@@ -73,6 +75,7 @@ function poolSettings (target: DatabaseTarget, settings: Config, max: number): P
  */
 export async function openDatabaseStore (target: DatabaseTarget, settings: Config, keyring: Keyring | null, mustExist: boolean): Promise<PostgresSessionStore> {
   if (mustExist) await assertSchema(target, settings)
+  const { PostgresSessionStore } = await import('../services/store/postgres/postgres-store.js')
   const store = new PostgresSessionStore({ settings: poolSettings(target, settings, 2), keyring, maxSessionBytes: settings.TASK_MAX_SESSION_BYTES })
   try {
     await store.init()
@@ -85,6 +88,7 @@ export async function openDatabaseStore (target: DatabaseTarget, settings: Confi
 
 /** One connection of the command's own (for export and import), durable commits on. */
 export async function connectDatabase (target: DatabaseTarget, settings: Config): Promise<pg.Client> {
+  const [{ default: pg }, { connectionConfig }] = await Promise.all([import('pg'), import('../services/store/postgres/pool.js')])
   const client = new pg.Client(connectionConfig(poolSettings(target, settings, 1)))
   // An error after connecting (the server going away) must not end the process unheard.
   client.on('error', noop)

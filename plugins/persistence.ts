@@ -9,8 +9,7 @@ import { DatabaseUnavailableError, InvalidDatabaseSettingError } from '../servic
 import { FileSessionStore } from '../services/store/file-store.js'
 import type { FsSeam } from '../services/store/fs-seam.js'
 import { Keyring } from '../services/store/keyring.js'
-import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
-import { redactUrl } from '../services/store/postgres/pool.js'
+import { redactUrl } from '../services/store/postgres/database-url.js'
 import type { SessionStore } from '../services/store/store.js'
 import { appSettings, checkOptions, FunctionOption } from './options.js'
 
@@ -89,6 +88,8 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
     replicaId: settings.replicaId === '' ? defaultReplicaId() : settings.replicaId,
     leaseMs: settings.leaseMs
   }
+  // Loaded here: a server on the file store never loads the pg driver.
+  const { PostgresSessionStore } = await import('../services/store/postgres/postgres-store.js')
   const store = pool !== undefined
     ? new PostgresSessionStore({ ...common, pool, schema: settings.dbSchema })
     : new PostgresSessionStore({

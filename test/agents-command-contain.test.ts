@@ -5,7 +5,7 @@
  * one, the documented fallback holds: the startup log says what can escape, and it does.
  */
 import { spawn } from 'node:child_process'
-import { lstat, mkdir, readdir, readFile } from 'node:fs/promises'
+import { lstat, mkdir, readdir, readFile, rmdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { probeCgroups } from '../services/runner/agents/cgroup.js'
@@ -130,10 +130,27 @@ t.test('per-call cgroups are removed when their calls end', { skip: contained ? 
   t.same(await mine(), [], 'no cgroup of this process is left')
 })
 
+/**
+ * Moves this test process into a cgroup of its own under `parent` until the test ends. Every
+ * server with command agents removes the leftovers it finds beside it at start: test files
+ * running in parallel would take (and log) each other's planted leftovers.
+ */
+async function ownCgroup (t: TestContext, parent: string): Promise<string> {
+  const dir = join(parent, `test-${process.pid}`)
+  await mkdir(dir)
+  await writeFile(join(dir, 'cgroup.procs'), String(process.pid))
+  t.teardown(async () => {
+    await writeFile(join(parent, 'cgroup.procs'), String(process.pid))
+    await rmdir(dir)
+  })
+  return dir
+}
+
 t.test('a per-call cgroup left by a server that is gone is removed at the next start, with what it held', { skip: contained ? false : 'no per-call cgroup on this host' }, async (t) => {
   const { cgroups } = await probeCgroups()
+  const parent = await ownCgroup(t, cgroups!.parent)
   // A pid that is not running: past the kernel's pid range.
-  const leftover = join(cgroups!.parent, 'taskvault-4194999-0badcafe')
+  const leftover = join(parent, 'taskvault-4194999-0badcafe')
   await mkdir(leftover)
   const sleeper = spawn('/bin/sh', ['-c', `echo $$ > ${leftover}/cgroup.procs && exec sleep 300`], { stdio: 'ignore' })
   await waitFor('the process to be in the leftover cgroup', async () => (await readFile(join(leftover, 'cgroup.procs'), 'utf8')).trim() !== '')

@@ -14,7 +14,7 @@ import t, { type Test } from 'tap'
 import { parse } from 'yaml'
 import { loadConfig } from '../plugins/config.js'
 import { ConfigSchema } from '../schemas/config.js'
-import { parseDatabaseUrl } from '../services/store/postgres/pool.js'
+import { parseDatabaseUrl } from '../services/store/postgres/database-url.js'
 import { FLUSH_MS, ROOT, documents, manifests as manifestsOf, plainEnv, read, resolvePort, type Doc } from './manifests.js'
 
 const FOLDER = 'deploy/kubernetes/postgres'

@@ -1,8 +1,6 @@
-import pg from 'pg'
+import type pg from 'pg'
 import { noop } from '../../services/noop.js'
 import { DatabaseUnavailableError } from '../../services/errors.js'
-import { migrate, readMigrations } from '../../services/store/postgres/migrate.js'
-import { connectionConfig } from '../../services/store/postgres/pool.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { requiredDatabase } from '../database.js'
 
@@ -38,6 +36,8 @@ ${COMMON_HELP}`,
     // DATABASE_URL and TASK_DB_SCHEMA as the server reads them: the environment, then ./.env.
     const target = requiredDatabase(args, settings)
     const { url, schema, where: database } = target
+    // Loaded here, like every use of the driver: the other commands start without it.
+    const [{ migrate, readMigrations }, { connectionConfig }] = await Promise.all([import('../../services/store/postgres/migrate.js'), import('../../services/store/postgres/pool.js')])
     const client = await connect(connectionConfig({ url, schema, max: 1, statementTimeoutMs: 0, connectTimeoutMs: CONNECT_TIMEOUT_MS }), database)
     try {
       const result = await migrate(client, { schema })
@@ -55,6 +55,7 @@ ${COMMON_HELP}`,
 
 /** A connected client; failures that may pass (refused, timed out, starting up) are tried again. */
 async function connect (config: pg.ClientConfig, database: string): Promise<pg.Client> {
+  const { default: pg } = await import('pg')
   for (let attempt = 1; ; attempt++) {
     const client = new pg.Client(config)
     // An error after connecting (the server going away) must not end the process unheard.

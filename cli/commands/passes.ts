@@ -1,5 +1,5 @@
-import { ArchiveScheduler, type ArchivePassOptions } from '../../services/archive/archive-scheduler.js'
-import { TaskManager, type Logger } from '../../services/task-manager.js'
+import type { ArchivePassOptions } from '../../services/archive/archive-scheduler.js'
+import type { Logger } from '../../services/task-manager.js'
 import { UsageError, daysOption, type ParsedCommand } from '../args.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, withStore } from '../database.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
@@ -79,6 +79,8 @@ async function runPass (args: ParsedCommand, context: CommandContext, options: A
       warn(describe('error', obj, msg))
     }
   }
+  // The task manager (and all it runs on) is loaded by the two commands that need it only.
+  const [{ TaskManager }, { ArchiveScheduler }] = await Promise.all([import('../../services/task-manager.js'), import('../../services/archive/archive-scheduler.js')])
   let dir = ''
   const pass = await withStore(args, context, async (store, where) => {
     dir = where

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { noop } from '../../noop.js'
 import { DatabaseTooNewError, MigrationError } from '../../errors.js'
-import { checkSchemaName } from './pool.js'
+import { checkSchemaName } from './database-url.js'
 
 /**
  * Brings a schema's tables up to the newest migration in `migrations/`. Every server runs it

@@ -18,7 +18,8 @@ import { ARCHIVED_ROWS, archiveSession, deleteArchived, newestArchived, unarchiv
 import { migrate } from './migrate.js'
 import { assertSavable, reportedSave } from '../save-rules.js'
 import { breaksConnection, errnoLike, storageError, uncertain } from './pg-errors.js'
-import { checkSchemaName, createPool, redactUrl, type PoolSettings } from './pool.js'
+import { checkSchemaName, redactUrl } from './database-url.js'
+import { createPool, type PoolSettings } from './pool.js'
 import {
   CONNECTION_SETTINGS, PING, ROW_TOTALS, SYNCHRONOUS_COMMIT_ON, activePage, deriveColumns, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
   updateSession, type ActiveRow, type DerivedColumns, type RowVersion
