@@ -22,11 +22,12 @@ const NPM_TIMEOUT_MS = 120_000
 
 /**
  * The environment for npm: this process's, without the variables `npm test` sets for its own
- * project (they would point the nested npm back at this repository).
+ * project (they would point the nested npm back at this repository), and without tap's
+ * preload in NODE_OPTIONS (see node-child.ts).
  */
 function npmEnv (): NodeJS.ProcessEnv {
   const keep = new Set(['npm_config_cache', 'npm_config_registry', 'npm_config_userconfig'])
-  return Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.toLowerCase().startsWith('npm_') || keep.has(key.toLowerCase())))
+  return Object.fromEntries(Object.entries(process.env).filter(([key]) => key !== 'NODE_OPTIONS' && (!key.toLowerCase().startsWith('npm_') || keep.has(key.toLowerCase()))))
 }
 
 async function npm (args: string[], cwd: string): Promise<string> {
@@ -66,7 +67,7 @@ t.test('the packed package installs into another project and runs the embedding 
       "const root = await import('taskvault')",
       'console.log(JSON.stringify({ parsed: parseInstructions("1. a\\n2. b"), store: typeof FileSessionStore, manager: typeof TaskManager, plugins: plugins.map((p) => typeof p.default), root: typeof root.default }))'
     ].join('\n')
-    const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script], { cwd: project, timeout: 30_000 })
+    const { stdout } = await run(...node(['--input-type=module', '-e', script]), { cwd: project, timeout: 30_000 })
     t.same(JSON.parse(stdout), { parsed: ['a', 'b'], store: 'function', manager: 'function', plugins: Array(7).fill('function'), root: 'function' })
   })
 
@@ -80,7 +81,7 @@ t.test('the packed package installs into another project and runs the embedding 
       'await app.close()',
       'console.log(JSON.stringify(statuses))'
     ].join('\n')
-    const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script], { cwd: project, timeout: 30_000 })
+    const { stdout } = await run(...node(['--input-type=module', '-e', script]), { cwd: project, timeout: 30_000 })
     t.same(JSON.parse(stdout), [200, 200, 200])
   })
 
@@ -101,7 +102,7 @@ t.test('the packed package installs into another project and runs the embedding 
     }
     await writeFile(join(project, 'tsconfig.json'), JSON.stringify(tsconfig))
     const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
-    const report = await run(process.execPath, [tsc, '-p', join(project, 'tsconfig.json')], { cwd: project, timeout: 60_000 })
+    const report = await run(...node([tsc, '-p', join(project, 'tsconfig.json')]), { cwd: project, timeout: 60_000 })
       .then(() => '', (err: { stdout?: string }) => err.stdout ?? String(err))
     t.equal(report, '', 'tsc reports nothing')
   })
