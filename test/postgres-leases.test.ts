@@ -101,7 +101,8 @@ t.test('renewal: one statement renews every lease a replica holds and its heartb
   const beat = (await db.query<{ xmin: string }>("SELECT xmin::text AS xmin FROM replicas WHERE replica_id = 'alpha'")).rows[0]
   t.equal(rows.length, 1, 'all 300 leases last written by one transaction')
   t.equal(rows[0]?.xmin, beat?.xmin, 'the same one as the heartbeat')
-  t.ok((rows[0]?.min_ms ?? 0) > 1500, `renewed: ${Math.round(rows[0]?.min_ms ?? 0)} ms left after 2.5 s of a 3 s lease`)
+  // Unrenewed, at most 500 ms would be left; the margin allows a renewal late on a loaded host.
+  t.ok((rows[0]?.min_ms ?? 0) > 1000, `renewed: ${Math.round(rows[0]?.min_ms ?? 0)} ms left after 2.5 s of a 3 s lease`)
 })
 
 t.test('cut off from the database, a holder gives its leases up (lease-lost) before they run out', async (t) => {
