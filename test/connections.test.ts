@@ -9,7 +9,7 @@ import http from 'node:http'
 import net from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import type { TestContext } from './helper.js'
+import { waitFor, type TestContext } from './helper.js'
 import { call, caller, describe, EXIT_TIMEOUT_MS, logLines, scratch, within, type ServerProcess } from './server-process.js'
 
 const API = '/api/v1/tasks'
@@ -116,11 +116,11 @@ t.test('TASK_MAX_CONNECTIONS: sockets past the cap are closed at once; creates w
   await sleep(100) // the server has closed that socket (connection: close)
 
   for (let i = 0; i < cap + 1; i++) idle.push(await connect(t, server, i % 2 === 0 ? undefined : STALLED))
-  const closedNow = async (): Promise<Array<(typeof idle)[number]>> => (await Promise.all(idle.map(async (raw) => await within(raw.closed, 0) !== null && raw))).filter((raw) => raw !== false)
-  // Waited for, within the request timeout (4 s): a loaded host may close them a little late.
-  const deadline = Date.now() + 2500
-  while ((await closedNow()).length === 0 && Date.now() < deadline) await sleep(20)
-  const refused = await closedNow()
+  // Waited for, well within the request timeout (4 s): a loaded host may close them a little late.
+  const refused = await waitFor('a socket past the cap to be closed', async () => {
+    const closed = (await Promise.all(idle.map(async (raw) => await within(raw.closed, 0) !== null && raw))).filter((raw) => raw !== false)
+    return closed.length > 0 && closed
+  }, 2500)
   t.ok(refused.length >= 1, `sockets past the cap are closed at once, well before the request timeout (${refused.length})`, { output: describe(server) })
   t.ok(idle.length - refused.length <= cap, `no more than ${cap} stay open (${idle.length - refused.length})`)
   t.ok(refused.every((raw) => raw.received() === ''), 'without an answer')
