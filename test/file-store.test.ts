@@ -1,7 +1,10 @@
 import t from 'tap'
 import { chmod, lstat, mkdir, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises'
+import { execFile } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { promisify } from 'node:util'
 import { FileSessionStore } from '../services/store/file-store.js'
 import { MARKER_FILE } from '../services/store/storage-folder.js'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
@@ -9,6 +12,7 @@ import { InvalidSessionIdError, StorageError, TaskvaultError } from '../services
 import type { SessionFile } from '../schemas/session.js'
 import { openStore, tempDir } from './helper.js'
 import { faultFs } from './faults.js'
+import { node } from './node-child.js'
 
 const AT = '2024-01-15T10:30:00.000Z'
 const TASK_KEYS = ['id', 'instruction', 'task_type', 'status', 'result', 'error', 'confidence', 'created_at', 'started_at', 'completed_at', 'attempts']
@@ -313,6 +317,27 @@ t.test('loadAll reads many batches on reader threads: every session once, corrup
     t.equal(one?.bytes, (await stat(store.pathFor('s42'))).size, 'bytes are the file size')
   }
   t.strictSame(setAside.sort(), ['s250.json', 's3.json', 's511.json', 's699.json'], 'each corrupt file reported once, then gone')
+})
+
+t.test('reader threads do not run the process\'s preloads: an --import\'ed module runs once, in the main thread', async (t) => {
+  const dir = await tempDir(t)
+  const log = join(dir, 'preload.log')
+  const preload = join(dir, 'preload.mjs')
+  await writeFile(preload, "import { appendFileSync } from 'node:fs'\nimport { isMainThread } from 'node:worker_threads'\nappendFileSync(process.env.PRELOAD_LOG, isMainThread ? 'main\\n' : 'thread\\n')\n")
+  const store = new URL('../services/store/file-store.js', import.meta.url).href
+  const script = [
+    `const { FileSessionStore } = await import(${JSON.stringify(store)})`,
+    `const store = new FileSessionStore({ dir: ${JSON.stringify(join(dir, 'tasks'))} })`,
+    'await store.init()',
+    `for (const file of ${JSON.stringify([sessionFile('a'), sessionFile('b'), sessionFile('c')])}) await store.save(file)`,
+    'const { sessions } = await store.loadAll({ concurrency: 2 })',
+    'await store.close()',
+    'console.log(sessions.length)'
+  ].join('\n')
+  await writeFile(join(dir, 'restore.mjs'), script)
+  const { stdout } = await promisify(execFile)(...node(['--import', pathToFileURL(preload).href, join(dir, 'restore.mjs')]), { env: { PATH: process.env.PATH ?? '', PRELOAD_LOG: log } })
+  t.equal(stdout.trim(), '3', 'the sessions were read on reader threads')
+  t.equal(await readFile(log, 'utf8'), 'main\n', 'the preload ran in the main thread only')
 })
 
 t.test('a restore that fails stops: queued batches do not start, nothing more is set aside, no reader thread stays', async (t) => {
