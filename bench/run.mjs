@@ -45,7 +45,7 @@ const SECTIONS = [
   ['peers', benchPeers],
   // Last: skipped with one line when no PostgreSQL answers (TASK_BENCH_DATABASE_URL, default 127.0.0.1:5432).
   ['postgres', benchPostgres],
-  // Several server processes on one PostgreSQL (issue 14); skipped like postgres, and in --quick unless named in --only.
+  // Several server processes on one PostgreSQL (issue 14); skipped like postgres.
   ['replicas', benchReplicas]
 ]
 
@@ -76,11 +76,6 @@ async function main () {
   const timings = {}
   for (const [name, fn] of SECTIONS) {
     if (!wanted(name)) continue
-    // Issue 17 wants the quick run near 90 s; the replicas section (about 55 s even cut down) runs there only when named.
-    if (QUICK && name === 'replicas' && ONLY === null) {
-      log('- replicas: skipped in --quick (run it with --quick --only=replicas for the short version)')
-      continue
-    }
     await settle()
     const t = now()
     log(`- ${name}`)
@@ -124,5 +119,5 @@ for (const signal of ['SIGINT', 'SIGTERM']) {
 try {
   await main()
 } finally {
-  ctx.removeAll()
+  ctx.removeAllInBackground()
 }

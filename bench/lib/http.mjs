@@ -46,6 +46,21 @@ export function startServer ({ execArgv = [], logFile, ...options }) {
 }
 
 /**
+ * Starts several server children at once (start-up is never timed, and a quick run starts about
+ * twenty); resolves with { name: server }. If one fails, the others are stopped and it throws.
+ */
+export async function startServers (optionsByName) {
+  const names = Object.keys(optionsByName)
+  const settled = await Promise.allSettled(names.map((name) => startServer(optionsByName[name])))
+  const failed = settled.find((s) => s.status === 'rejected')
+  if (failed !== undefined) {
+    await Promise.all(settled.filter((s) => s.status === 'fulfilled').map((s) => s.value.stop()))
+    throw failed.reason
+  }
+  return Object.fromEntries(names.map((name, i) => [name, settled[i].value]))
+}
+
+/**
  * One autocannon run against `server`; returns req/s (2xx only), latency percentiles (ms),
  * error counts, and the server's CPU time per request (µs).
  */

@@ -82,6 +82,20 @@ export function postgresCpuDelta (before, after) {
 }
 
 /**
+ * Starts replicas at once (start-up is never timed); resolves with them in order. If one fails,
+ * the others are stopped and it throws.
+ */
+export async function startReplicas (optionsList) {
+  const settled = await Promise.allSettled(optionsList.map((options) => startReplica(options)))
+  const failed = settled.find((s) => s.status === 'rejected')
+  if (failed !== undefined) {
+    await Promise.all(settled.filter((s) => s.status === 'fulfilled').map((s) => s.value.stop()))
+    throw failed.reason
+  }
+  return settled.map((s) => s.value)
+}
+
+/**
  * Starts `node dist/server.js` on PostgreSQL with replica id `id`, stdout and stderr appended
  * to `logFile`; resolves once GET /ready answers 200. `env` adds or overrides variables.
  */

@@ -15,7 +15,7 @@ const dir = tempDir('archive')
 const archiveDir = join(dir, 'archive')
 mkdirSync(archiveDir, { mode: 0o700 })
 try {
-  const info = writeSessions(archiveDir, Number(countArg))
+  const info = writeSessions(archiveDir, Number(countArg), 10, { marker: false })
   console.log(`${info.count} archived sessions, ${(info.bytes / 1e6).toFixed(1)} MB`)
   const time = async (fn) => {
     const t = performance.now()

@@ -6,7 +6,7 @@
 // TASK_API_KEYS set (requests carrying the bearer token) what the key check costs.
 import { cpSync } from 'node:fs'
 import { join } from 'node:path'
-import { cannon, load, startServer } from '../lib/http.mjs'
+import { cannon, load, startServers } from '../lib/http.mjs'
 import { sessionId } from '../lib/fixtures.mjs'
 import { median } from '../lib/stats.mjs'
 
@@ -30,12 +30,15 @@ export async function benchGet ({ P, quick, row, sections, alternate, fixture, t
   const copies = extras ? { keys: copyOfLarge('keys'), silent: copyOfLarge('silent') } : {}
   const servers = {}
   try {
-    servers.ours_10k = await startServer({ kind: 'app', dir: large.dir, ...logged('ours_10k') })
-    servers.ours_100 = await startServer({ kind: 'app', dir: small.dir, ...logged('ours_100') })
-    if (extras) {
-      servers.ours_10k_keys = await startServer({ kind: 'app', dir: copies.keys, config: { TASK_API_KEYS: API_KEY }, ...logged('ours_10k_keys') })
-      servers.ours_10k_silent = await startServer({ kind: 'app', dir: copies.silent })
-    }
+    // Started at once (start-up is not measured); the floors need the app's bodies first.
+    Object.assign(servers, await startServers({
+      ours_10k: { kind: 'app', dir: large.dir, ...logged('ours_10k') },
+      ours_100: { kind: 'app', dir: small.dir, ...logged('ours_100') },
+      ...(extras && {
+        ours_10k_keys: { kind: 'app', dir: copies.keys, config: { TASK_API_KEYS: API_KEY }, ...logged('ours_10k_keys') },
+        ours_10k_silent: { kind: 'app', dir: copies.silent }
+      })
+    }))
     const paths = { progress: `/api/v1/tasks/progress?session_id=${sessionId(42)}`, stats: '/api/v1/tasks/stats' }
     const bodies = {}
     for (const path of Object.values(paths)) {
@@ -43,8 +46,7 @@ export async function benchGet ({ P, quick, row, sections, alternate, fixture, t
       if (res.status !== 200) throw new Error(`GET ${path}: ${res.status}`)
       bodies[path.split('?')[0]] = await res.text()
     }
-    servers.floor = await startServer({ kind: 'bare-get', bodies, ...logged('floor') })
-    if (extras) servers.floor_silent = await startServer({ kind: 'bare-get', bodies })
+    Object.assign(servers, await startServers({ floor: { kind: 'bare-get', bodies, ...logged('floor') }, ...(extras && { floor_silent: { kind: 'bare-get', bodies } }) }))
     const headers = (name) => name === 'ours_10k_keys' ? { authorization: `Bearer ${API_KEY}` } : {}
     for (const [name, s] of Object.entries(servers)) for (const path of Object.values(paths)) await cannon({ url: s.url + path, headers: headers(name), duration: P.warmSeconds })
     const runs = {}

@@ -1,5 +1,5 @@
-// 13. Peers (issue 17): the same work on every side, in the same run: S groups of 100 tasks
-// (full: 100 groups, 10,000 tasks; quick: 10 groups, 1,000 tasks) completed by a no-op handler,
+// 13. Peers (issue 17): the same work on every side, in the same run: S groups of T tasks
+// (full: 100 groups, 10,000 tasks; quick: 10 groups of 50, 500 tasks) completed by a no-op handler,
 // 16 in flight, timed from the first create/insert to the last completion made durable.
 //   taskvault file      TaskManager on FileSessionStore, echo agent, auto-save on: sessions created,
 //                       then executeAll with 16 sessions at once; every state change of a task
@@ -9,9 +9,9 @@
 //                       session, then POST /execute-all per session, 16 requests in flight;
 //   taskvault PG        TaskManager on PostgresSessionStore (server defaults): each save one
 //                       statement committed with synchronous_commit on;
-//   pg-boss             S inserts of 100 jobs, 16 workers (batchSize 1): per job a fetch UPDATE and
+//   pg-boss             S inserts of T jobs, 16 workers (batchSize 1): per job a fetch UPDATE and
 //                       a complete UPDATE, each its own commit (same database server as taskvault PG);
-//   BullMQ              S addBulk of 100 jobs, one Worker with concurrency 16 and a no-op processor,
+//   BullMQ              S addBulk of T jobs, one Worker with concurrency 16 and a no-op processor,
 //                       against (a) the machine's Redis as it is configured (CONFIG GET reported) and
 //                       (b) a redis-server started here with appendonly yes, appendfsync always.
 // Full mode: 3 rounds, sides in alternating order, median tasks/s; quick: 1 round. A peer that
@@ -27,18 +27,16 @@ import { ADMIN_URL, openStore, throwawayDatabase, unreachable } from '../lib/pos
 import { MACHINE_REDIS, REDIS_SERVER, probeRedis, runBullmq, startRedis } from '../lib/redis.mjs'
 import { median, now } from '../lib/stats.mjs'
 
-const T = 100
-
 /** What each side makes durable per task, and when (rows and JSON). */
 const DURABLE = {
   file: 'per task 2 saves of the whole session document (InProgress, then result), each awaited before the run goes on: temp file + fsync + rename + folder fsync (folder fsyncs shared by concurrent saves)',
   http: 'as the file side, behind POST /create and POST /execute-all (answered after the last save), server logging at info to a file',
   postgres: 'per task 2 saves of the whole session document, each one UPDATE committed (synchronous_commit on) before the run goes on',
-  pgboss: 'per job a fetch UPDATE (state active) and a complete UPDATE (state completed), each committed (synchronous_commit on); inserts 100 jobs per commit',
+  pgboss: 'per job a fetch UPDATE (state active) and a complete UPDATE (state completed), each committed (synchronous_commit on); inserts one group of jobs per commit',
   bullmq: 'per job Redis scripts (move to active, move to completed); durable only if Redis persists them: with appendfsync always the AOF is fsynced before each reply'
 }
 
-async function fileSide ({ trackedDir, dropDir }, S, r) {
+async function fileSide ({ trackedDir, dropDir }, S, T, r) {
   const dir = trackedDir('peers-file')
   const inner = new FileSessionStore({ dir })
   await inner.init()
@@ -60,7 +58,7 @@ async function post (url, body) {
   return JSON.parse(text)
 }
 
-async function httpSide ({ trackedDir, dropDir }, S, r, logs) {
+async function httpSide ({ trackedDir, dropDir }, S, T, r, logs) {
   const dir = trackedDir('peers-http')
   const logFile = join(logs, `http-r${r}.log`)
   const server = await startServer({ kind: 'app', dir, logger: 'production', logFile })
@@ -88,7 +86,7 @@ async function httpSide ({ trackedDir, dropDir }, S, r, logs) {
   return result
 }
 
-async function postgresSide (db, S, r) {
+async function postgresSide (db, S, T, r) {
   const inner = await openStore(db.url, `tv_peers_${r}`)
   const { store, counter } = countingStore(inner)
   let before = null
@@ -105,6 +103,7 @@ const fmtRate = (x) => `${Math.round(x).toLocaleString('en-US')} tasks/s`
 export async function benchPeers (ctx) {
   const { quick, row, log, alternate, sections, trackedDir, dropDir } = ctx
   const S = quick ? 10 : 100
+  const T = quick ? 50 : 100
   const N = S * T
   const rounds = quick ? 1 : 3
   const label = N.toLocaleString('en-US')
@@ -115,9 +114,9 @@ export async function benchPeers (ctx) {
   const unavailable = res.unavailable
 
   // taskvault, always.
-  sides.file = (r) => fileSide(ctx, S, r)
+  sides.file = (r) => fileSide(ctx, S, T, r)
   const logs = trackedDir('peers-logs')
-  sides.http = (r) => httpSide(ctx, S, r, logs)
+  sides.http = (r) => httpSide(ctx, S, T, r, logs)
 
   // PostgreSQL: taskvault's store and pg-boss, in one throwaway database.
   let db = null
@@ -127,7 +126,7 @@ export async function benchPeers (ctx) {
       db = await throwawayDatabase()
       log(`  database ${db.name}`)
       res.database = db.name
-      sides.postgres = (r) => postgresSide(db, S, r)
+      sides.postgres = (r) => postgresSide(db, S, T, r)
       sides.pgboss = (r) => runPgBoss(db.url, `peers_${tag}_r${r}`, S, T)
     } catch (err) {
       unavailable.postgres = unavailable.pgboss = `throwaway database: ${err.message}`

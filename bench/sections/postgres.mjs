@@ -7,6 +7,7 @@
 //                       as `npm start` does (pino at info to stdout, sent to a file on the temp disk);
 //   GET /stats          the server on PostgreSQL restored from N sessions, sequential requests;
 //   restore 10,000      TaskManager.restore() until ready, PostgreSQL vs the file store, same documents;
+//                       (quick: /stats and restore at 2,000 sessions, the peer with 500 tasks)
 //   peer                pg-boss: N jobs inserted and completed by a no-op handler, vs taskvault on
 //                       PostgreSQL creating and executing N tasks with the echo agent, auto-save on;
 //                       16 in flight on both sides; statements and commits per task counted.
@@ -18,7 +19,7 @@ import { FileSessionStore } from '../../dist/services/store/file-store.js'
 import { TaskManager } from '../../dist/services/task-manager.js'
 import { withSave } from '../lib/counting-store.mjs'
 import { THREE_TASK_TEXT, serialize, sessionOfBytes } from '../lib/fixtures.mjs'
-import { load, startServer } from '../lib/http.mjs'
+import { load, startServer, startServers } from '../lib/http.mjs'
 import { runPgBoss, runTaskvault } from '../lib/peers.mjs'
 import { ADMIN_URL, commitsOf, fillSessions, openStore, throwawayDatabase, unreachable } from '../lib/postgres.mjs'
 import { collect, interleaved, median, now, percentile } from '../lib/stats.mjs'
@@ -54,11 +55,12 @@ async function saveFigures ({ P, row, log }, db, res) {
     }
     // This process's CPU per call (validation, serialisation, pg's protocol work): steadier than ms on a busy machine.
     const cpu = {}
+    const calls = Math.min(200, P.saveN)
     for (const [name, fn] of Object.entries(variants)) {
       const c0 = process.cpuUsage()
-      for (let i = 0; i < 200; i++) await fn()
+      for (let i = 0; i < calls; i++) await fn()
       const c = process.cpuUsage(c0)
-      cpu[name] = (c.user + c.system) / 200
+      cpu[name] = (c.user + c.system) / calls
     }
     const m = (name, key) => median(perRound[name].map((x) => x[key]))
     const save = { bytes: data.length, same_bytes: sameBytes, saves_per_round: P.saveN, client_cpu_us_per_call: cpu }
@@ -108,17 +110,28 @@ async function saveFigures ({ P, row, log }, db, res) {
   }
 }
 
-async function createFigures ({ P, row, log, alternate, trackedDir, dropDir }, db, res) {
+/** `whileStarting`: untimed work (the later figures' fills) done while the two servers start. */
+async function createFigures ({ P, row, log, alternate, trackedDir, dropDir }, db, res, whileStarting) {
   log('  POST /create, PostgreSQL vs file store (both logging at info to a file)')
   const logs = trackedDir('pg-logs')
   const dir = trackedDir('pg-create-file')
   const body = (id) => JSON.stringify({ session_id: id, instructions: THREE_TASK_TEXT })
   let n = 0
   const requests = () => [{ method: 'POST', path: '/api/v1/tasks/create', headers: { 'content-type': 'application/json' }, setupRequest: (req) => ({ ...req, body: body(`pc_${++n}`) }) }]
-  const servers = {
+  const starting = startServers({
     // TASK_MAX_SESSIONS (100,000 by default) would turn later creates into fast 507s on a quick machine.
-    postgres: await startServer({ kind: 'app', dir: trackedDir('pg-create-unused'), logger: 'production', logFile: join(logs, 'create-postgres.log'), config: { TASK_STORE: 'postgres', DATABASE_URL: db.url, TASK_DB_SCHEMA: 'tv_create', TASK_MAX_SESSIONS: 10_000_000 } }),
-    file: await startServer({ kind: 'app', dir, logger: 'production', logFile: join(logs, 'create-file.log'), config: { TASK_MAX_SESSIONS: 10_000_000 } })
+    postgres: { kind: 'app', dir: trackedDir('pg-create-unused'), logger: 'production', logFile: join(logs, 'create-postgres.log'), config: { TASK_STORE: 'postgres', DATABASE_URL: db.url, TASK_DB_SCHEMA: 'tv_create', TASK_MAX_SESSIONS: 10_000_000 } },
+    file: { kind: 'app', dir, logger: 'production', logFile: join(logs, 'create-file.log'), config: { TASK_MAX_SESSIONS: 10_000_000 } }
+  })
+  // Awaited below; observed now so a failed start is not an unhandled rejection meanwhile.
+  starting.catch(() => {})
+  let servers
+  try {
+    await whileStarting()
+    servers = await starting
+  } catch (err) {
+    await starting.then((started) => Promise.all(Object.values(started).map((server) => server.stop())), () => {})
+    throw err
   }
   const runs = { postgres: [], file: [] }
   try {
@@ -145,7 +158,7 @@ async function createFigures ({ P, row, log, alternate, trackedDir, dropDir }, d
 async function statsFigures ({ quick, row, trackedDir }, db, res, sessions) {
   const schema = `tv_fill_${sessions}`
   const label = sessions.toLocaleString('en-US')
-  const figure = `PostgreSQL: GET /stats at ${label} sessions, sequential p50${quick ? ' (quick: 10,000, goal names 100,000)' : ''}`
+  const figure = `PostgreSQL: GET /stats at ${label} sessions, sequential p50${quick ? ' (quick; goal names 100,000)' : ''}`
   const out = { sessions }
   res.stats = out
   const boot = now()
@@ -164,7 +177,7 @@ async function statsFigures ({ quick, row, trackedDir }, db, res, sessions) {
     let body = null
     try {
       for (let i = 0; i < 20; i++) await (await fetch(url)).arrayBuffer()
-      for (let i = 0; i < 300; i++) {
+      for (let i = 0; i < (quick ? 100 : 300); i++) {
         const t = now()
         const answer = await fetch(url)
         const text = await answer.text()
@@ -201,8 +214,7 @@ async function statsFigures ({ quick, row, trackedDir }, db, res, sessions) {
   row(`PostgreSQL: TaskManager.statsWithSpace() at ${label} sessions, in process, p50`, { ours: out.in_process_stats_p50_ms, unit: 'ms' })
 }
 
-async function restoreFigures ({ P, row, log, alternate, fixture }, db, res) {
-  const sessions = 10_000
+async function restoreFigures ({ P, row, log, alternate, fixture }, db, res, sessions) {
   const info = fixture(sessions, 10)
   const schema = `tv_fill_${sessions}`
   const timesPg = []
@@ -235,7 +247,7 @@ async function restoreFigures ({ P, row, log, alternate, fixture }, db, res) {
     ])
   }
   res.restore = { sessions, tasks_per_session: 10, bytes: info.bytes, postgres_ms: median(timesPg), file_ms: median(timesFile), postgres_rounds: timesPg, file_rounds: timesFile }
-  row('PostgreSQL: restore 10,000 sessions x 10 tasks to ready', { ours: res.restore.postgres_ms, floor: res.restore.file_ms, floorLabel: 'file store, same documents', unit: 'ms', ratio: res.restore.postgres_ms / res.restore.file_ms, ratioOf: 'postgres/file' })
+  row(`PostgreSQL: restore ${sessions.toLocaleString('en-US')} sessions x 10 tasks to ready`, { ours: res.restore.postgres_ms, floor: res.restore.file_ms, floorLabel: 'file store, same documents', unit: 'ms', ratio: res.restore.postgres_ms / res.restore.file_ms, ratioOf: 'postgres/file' })
 }
 
 /** taskvault on PostgreSQL: S sessions of T tasks created, then executed (execute-all) with 16 sessions at once. */
@@ -264,7 +276,7 @@ async function taskvaultSide (db, schema, S, T) {
 
 async function peerFigures ({ P, quick, row, log, alternate }, db, res) {
   const S = quick ? 10 : 100
-  const T = 100
+  const T = quick ? 50 : 100
   const rounds = quick ? 1 : 3
   log(`  peer: ${S * T} tasks, taskvault on PostgreSQL vs pg-boss (${rounds} round${rounds > 1 ? 's' : ''})`)
   const runs = { taskvault: [], pgboss: [] }
@@ -297,14 +309,14 @@ async function peerFigures ({ P, quick, row, log, alternate }, db, res) {
     in_flight: 16,
     taskvault: { tasks_per_s: tv, per_task: { statements: tv0.statements / tv0.tasks, saves: tv0.saves / tv0.tasks, document_bytes: tv0.document_bytes / tv0.tasks }, rounds: runs.taskvault },
     pgboss: { tasks_per_s: pb, per_task: { statements: pb0.statements_total / pb0.tasks }, rounds: runs.pgboss },
-    note: 'taskvault: one INSERT per session at create, then per task two UPDATEs of the whole session document (InProgress, then the result), each its own autocommit transaction. pg-boss: one INSERT per 100 jobs, per job one fetch UPDATE (state active) and one complete UPDATE, each autocommit. commits_whole_side also counts set-up (migrations, restore page, pg-boss start, maintenance) from pg_stat_database.'
+    note: `taskvault: one INSERT per session at create, then per task two UPDATEs of the whole session document (InProgress, then the result), each its own autocommit transaction. pg-boss: one INSERT per ${T} jobs, per job one fetch UPDATE (state active) and one complete UPDATE, each autocommit. commits_whole_side also counts set-up (migrations, restore page, pg-boss start, maintenance) from pg_stat_database.`
   }
-  // Informational: the same task count in sessions ten times smaller, so each save writes a tenth of the document.
-  const small = await taskvaultSide(db, 'tv_exec_small', S * 10, T / 10)
-  res.peer.taskvault_small_sessions = { sessions: S * 10, tasks_per_session: T / 10, tasks_per_s: rate(small), per_task: { statements: small.statements / small.tasks, document_bytes: small.document_bytes / small.tasks }, round: small }
+  // Informational (full run): the same task count in sessions ten times smaller, so each save writes a tenth of the document.
+  const small = quick ? null : await taskvaultSide(db, 'tv_exec_small', S * 10, T / 10)
+  if (small !== null) res.peer.taskvault_small_sessions = { sessions: S * 10, tasks_per_session: T / 10, tasks_per_s: rate(small), per_task: { statements: small.statements / small.tasks, document_bytes: small.document_bytes / small.tasks }, round: small }
   const ratio = tv / pb
   row(`PostgreSQL: ${(S * T).toLocaleString('en-US')} tasks created and executed, 16 in flight${quick ? ' (quick: goal names 10,000)' : ''}`, { ours: tv, floor: pb, floorLabel: `pg-boss ${S} inserts of ${T} + 16 workers`, unit: 'tasks/s', ratio, ratioOf: 'taskvault/pg-boss', goal: '>= 1.0', met: ratio >= 1.0 })
-  row(`PostgreSQL: same tasks as ${S * 10} sessions x ${T / 10} (1 round)`, { ours: rate(small), floor: pb, floorLabel: 'pg-boss, as above', unit: 'tasks/s', ratio: rate(small) / pb, ratioOf: 'taskvault/pg-boss' })
+  if (small !== null) row(`PostgreSQL: same tasks as ${S * 10} sessions x ${T / 10} (1 round)`, { ours: rate(small), floor: pb, floorLabel: 'pg-boss, as above', unit: 'tasks/s', ratio: rate(small) / pb, ratioOf: 'taskvault/pg-boss' })
   row('PostgreSQL: statements per task (created and completed)', { ours: tv0.statements / tv0.tasks, floor: pb0.statements_total / pb0.tasks, floorLabel: 'pg-boss', unit: 'statements', ratio: (tv0.statements / tv0.tasks) / (pb0.statements_total / pb0.tasks), ratioOf: 'taskvault/pg-boss' })
 }
 
@@ -322,20 +334,23 @@ export async function benchPostgres (ctx) {
   sections.postgres = res
   try {
     await saveFigures(ctx, db, res)
-    await createFigures(ctx, db, res)
-    // Fills: migrated by the store, then 1,000 rows per INSERT ... SELECT FROM unnest.
-    const statsSessions = quick ? 10_000 : 100_000
-    for (const n of new Set([10_000, statsSessions])) {
-      const store = await openStore(db.url, `tv_fill_${n}`)
-      await store.close()
-      const t = now()
-      const fill = await fillSessions(db.url, `tv_fill_${n}`, n, 10)
-      log(`  filled ${n} sessions (${(fill.bytes / 1e6).toFixed(1)} MB) in ${((now() - t) / 1000).toFixed(1)} s`)
-    }
+    // Fills for /stats and restore, while the create servers start: migrated by the store, then
+    // 1,000 rows per INSERT ... SELECT FROM unnest.
+    const restoreSessions = quick ? 2_000 : 10_000
+    const statsSessions = quick ? 2_000 : 100_000
+    await createFigures(ctx, db, res, async () => {
+      for (const n of new Set([restoreSessions, statsSessions])) {
+        const store = await openStore(db.url, `tv_fill_${n}`)
+        await store.close()
+        const t = now()
+        const fill = await fillSessions(db.url, `tv_fill_${n}`, n, 10)
+        log(`  filled ${n} sessions (${(fill.bytes / 1e6).toFixed(1)} MB) in ${((now() - t) / 1000).toFixed(1)} s`)
+      }
+    })
     log(`  GET /stats at ${statsSessions} sessions`)
     await statsFigures(ctx, db, res, statsSessions)
-    log('  restore 10,000 sessions')
-    await restoreFigures(ctx, db, res)
+    log(`  restore ${restoreSessions} sessions`)
+    await restoreFigures(ctx, db, res, restoreSessions)
     await peerFigures(ctx, db, res)
   } finally {
     await db.drop()

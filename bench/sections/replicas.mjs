@@ -13,7 +13,7 @@
 //   failover        2 replicas, a 200-task background run on A (webhook agent answering in 50 ms),
 //                   kill -9 of A once it runs there: time to the first task completed after it.
 // Skipped with one line when no PostgreSQL answers. Quick: 1 and 2 replicas, short loads,
-// 200 idle sessions, 2 failover trials.
+// 100 idle sessions watched over one lease (not three; sampled over half of one), 1 failover trial.
 import { cpSync, mkdirSync, readdirSync, readFileSync } from 'node:fs'
 import os from 'node:os'
 import { join } from 'node:path'
@@ -22,7 +22,7 @@ import pg from 'pg'
 import { THREE_TASK_TEXT } from '../lib/fixtures.mjs'
 import { cannon } from '../lib/http.mjs'
 import { ADMIN_URL, throwawayDatabase, unreachable } from '../lib/postgres.mjs'
-import { databasePids, eachLimit, installCounters, postJson, sampleStatements, postgresCpu, postgresCpuDelta, startAgent, startReplica, statCounters } from '../lib/replicas.mjs'
+import { databasePids, eachLimit, installCounters, postJson, sampleStatements, postgresCpu, postgresCpuDelta, startAgent, startReplica, startReplicas, statCounters } from '../lib/replicas.mjs'
 import { median, now } from '../lib/stats.mjs'
 
 const CONNECTIONS = 48
@@ -74,20 +74,20 @@ async function spread (servers, dbName, makeOptions) {
 
 async function throughput ({ P, quick, log, trackedDir }, db, res, logs) {
   const counts = quick ? [1, 2] : [1, 2, 3]
-  const seconds = quick ? 1 : P.createSeconds
-  const executeCap = quick ? 600 : 4500
+  const seconds = quick ? 0.3 : P.createSeconds
+  const executeCap = quick ? 150 : 4500
   const out = { connections_total: CONNECTIONS, seconds, counts, runs: {} }
   res.throughput = out
   for (const n of counts) {
     const schema = `tv_tp_${n}`
     const servers = []
     try {
-      for (let i = 0; i < n; i++) servers.push(await startReplica({ id: `tp${n}-r${i}`, databaseUrl: db.url, schema, leaseMs: 30_000, sweepMs: 5000, logFile: join(logs, `tp${n}-r${i}.log`), cwd: trackedDir(`tp${n}-r${i}`) }))
+      servers.push(...await startReplicas(Array.from({ length: n }, (_, i) => ({ id: `tp${n}-r${i}`, databaseUrl: db.url, schema, leaseMs: 30_000, sweepMs: 5000, logFile: join(logs, `tp${n}-r${i}.log`), cwd: trackedDir(`tp${n}-r${i}`) }))))
       const run = { replicas: n }
       out.runs[n] = run
       // Warm-up: each replica's JIT and pool.
       let w = 0
-      await spread(servers, db.name, (s) => ({ duration: 0.3, requests: [{ method: 'POST', path: '/api/v1/tasks/create', headers: { 'content-type': 'application/json' }, setupRequest: (req) => ({ ...req, body: JSON.stringify({ session_id: `w${n}_${s.id}_${++w}`, instructions: THREE_TASK_TEXT }) }) }] }))
+      await spread(servers, db.name, (s) => ({ duration: quick ? 0.15 : 0.3, requests: [{ method: 'POST', path: '/api/v1/tasks/create', headers: { 'content-type': 'application/json' }, setupRequest: (req) => ({ ...req, body: JSON.stringify({ session_id: `w${n}_${s.id}_${++w}`, instructions: THREE_TASK_TEXT }) }) }] }))
       // POST /create, 3 tasks per session.
       let c = 0
       run.create = await spread(servers, db.name, () => ({ duration: seconds, requests: [{ method: 'POST', path: '/api/v1/tasks/create', headers: { 'content-type': 'application/json' }, setupRequest: (req) => ({ ...req, body: JSON.stringify({ session_id: `c${n}_${++c}`, instructions: THREE_TASK_TEXT }) }) }] }))
@@ -120,18 +120,16 @@ async function throughput ({ P, quick, log, trackedDir }, db, res, logs) {
 
 async function leaseCost ({ quick, log, trackedDir }, db, res, logs) {
   const R = quick ? 2 : 3
-  const sessions = quick ? 200 : 1000
-  const windowMs = 3 * LEASE_MS
+  const sessions = quick ? 100 : 1000
+  const windowMs = (quick ? 1 : 3) * LEASE_MS
   const schema = 'tv_lease'
   const agent = await startAgent()
   const servers = []
   const out = { replicas: R, sessions, lease_ms: LEASE_MS, sweep_interval_ms: SWEEP_MS, window_ms: windowMs }
   res.lease = out
   try {
-    for (let i = 0; i < R; i++) {
-      const id = `lease-r${i}`
-      servers.push(await startReplica({ id, databaseUrl: db.url, schema, leaseMs: LEASE_MS, sweepMs: SWEEP_MS, logFile: join(logs, `${id}.log`), cwd: trackedDir(id), agents: { default: { kind: 'webhook', url: `${agent.base}/hold?r=${id}`, timeout_ms: 600_000 } } }))
-    }
+    const names = Array.from({ length: R }, (_, i) => `lease-r${i}`)
+    servers.push(...await startReplicas(names.map((id) => ({ id, databaseUrl: db.url, schema, leaseMs: LEASE_MS, sweepMs: SWEEP_MS, logFile: join(logs, `${id}.log`), cwd: trackedDir(id), agents: { default: { kind: 'webhook', url: `${agent.base}/hold?r=${id}`, timeout_ms: 600_000 } } }))))
     const ids = Array.from({ length: sessions }, (_, i) => `idle_${String(i).padStart(4, '0')}`)
     const failures = []
     await eachLimit(ids, 16, async (id, i) => {
@@ -150,8 +148,8 @@ async function leaseCost ({ quick, log, trackedDir }, db, res, logs) {
     const counters = await installCounters(db.url, schema)
     try {
       // Settling: a full lease, and long enough that pg_stat_* have published the set-up's counts
-      // (PostgreSQL 15 publishes an idle backend's counts up to 10 s late).
-      await sleep(quick ? LEASE_MS : Math.max(LEASE_MS, 11_000))
+      // (PostgreSQL 15 publishes an idle backend's counts up to 10 s late). Quick: one renewal period.
+      await sleep(quick ? LEASE_MS / 3 : Math.max(LEASE_MS, 11_000))
       const stat0 = await statCounters(db.url, db.name, schema)
       const from = await counters.now()
       const statFrom = from
@@ -165,7 +163,7 @@ async function leaseCost ({ quick, log, trackedDir }, db, res, logs) {
       // A second window: every statement of the database's backends, from pg_stat_activity
       // sampled every 10 ms (this sampling costs CPU, so not during the first window).
       const t1 = await counters.now()
-      const seen = await sampleStatements(ADMIN_URL, db.name, windowMs)
+      const seen = await sampleStatements(ADMIN_URL, db.name, quick ? windowMs / 2 : windowMs)
       const t2 = await counters.now()
       const shapes = {}
       for (const [key, q] of seen) {
@@ -232,14 +230,15 @@ async function leaseCost ({ quick, log, trackedDir }, db, res, logs) {
       await counters.remove()
     }
   } finally {
-    await Promise.all(servers.map((s) => s.stop()))
+    // Released first: a replica with no call held open stops at once, not after its shutdown grace.
     agent.release()
+    await Promise.all(servers.map((s) => s.stop()))
     await agent.close()
   }
 }
 
 async function failover ({ quick, log, trackedDir }, db, res, logs) {
-  const trials = quick ? 2 : 10
+  const trials = quick ? 1 : 10
   const tasks = 200
   const schema = 'tv_failover'
   const agent = await startAgent()
@@ -247,13 +246,15 @@ async function failover ({ quick, log, trackedDir }, db, res, logs) {
   const bound = LEASE_MS + SWEEP_MS + 1000
   const out = { trials: [], lease_ms: LEASE_MS, sweep_interval_ms: SWEEP_MS, bound_ms: bound, tasks_per_session: tasks, agent_ms: 50 }
   res.failover = out
-  const b = await startReplica({ id: 'fo-b', databaseUrl: db.url, schema, leaseMs: LEASE_MS, sweepMs: SWEEP_MS, logFile: join(logs, 'fo-b.log'), cwd: trackedDir('fo-b'), agents: agents('fo-b') })
+  const options = (id) => ({ id, databaseUrl: db.url, schema, leaseMs: LEASE_MS, sweepMs: SWEEP_MS, logFile: join(logs, `${id}.log`), cwd: trackedDir(id), agents: agents(id) })
+  // B and the first trial's A start together; later trials start their A alone.
+  const [b, firstA] = await startReplicas([options('fo-b'), options('fo-a0')])
   const client = new pg.Client({ connectionString: db.url })
   await client.connect()
   try {
     for (let k = 0; k < trials; k++) {
       const id = `fo-a${k}`
-      const a = await startReplica({ id, databaseUrl: db.url, schema, leaseMs: LEASE_MS, sweepMs: SWEEP_MS, logFile: join(logs, `${id}.log`), cwd: trackedDir(id), agents: agents(id) })
+      const a = k === 0 ? firstA : await startReplica(options(id))
       const session = `fo_${k}`
       const trial = { replica_a: id, session_id: session }
       out.trials.push(trial)
