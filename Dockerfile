@@ -12,7 +12,7 @@ COPY package.json package-lock.json ./
 # Scripts off: nothing to build before the sources are in.
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY . .
-RUN npm run build && rm -rf dist/test dist/examples
+RUN npm run build && rm -rf dist/test dist/examples dist/*.tsbuildinfo
 
 FROM ${NODE_IMAGE} AS deps
 WORKDIR /app

@@ -119,5 +119,6 @@ for (const signal of ['SIGINT', 'SIGTERM']) {
 try {
   await main()
 } finally {
-  ctx.removeAllInBackground()
+  if (QUICK) ctx.removeAllInBackground()
+  else ctx.removeAll()
 }

@@ -38,7 +38,7 @@ async function restoreMs (dir, keyring) {
   return { ms, sessions: report.sessions }
 }
 
-export async function benchEncryption ({ P, row, sections, alternate, trackedDir, dropDir, fixture }) {
+export async function benchEncryption ({ P, quick, row, sections, alternate, trackedDir, dropDir, fixture }) {
   const keyring = Keyring.parse(KEYS)
   const res = {}
 
@@ -58,8 +58,8 @@ export async function benchEncryption ({ P, row, sections, alternate, trackedDir
 
   // POST /create at 50 connections (below): the real app with and without keys, one server per
   // variant for every round (room for every session the rounds create), logging as `npm start`
-  // does, to a file on the same disk. They start now, during the untimed sealed copy, and idle
-  // through the restore rounds.
+  // does, to a file on the same disk. The quick run starts them during the untimed sealed copy
+  // (they idle through the restore rounds); the full run after the restore rounds.
   const body = (id) => JSON.stringify({ session_id: id, instructions: THREE_TASK_TEXT })
   const requests = (prefix) => {
     let n = 0
@@ -67,32 +67,33 @@ export async function benchEncryption ({ P, row, sections, alternate, trackedDir
   }
   const dirs = { plain: trackedDir('enc-create-plain'), sealed: trackedDir('enc-create-sealed') }
   const logs = trackedDir('enc-create-logs')
-  const starting = startServers(Object.fromEntries(Object.entries(dirs).map(([name, dir]) => [name,
-    { kind: 'app', dir, logger: 'production', logFile: join(logs, `${name}.log`), config: { TASK_MAX_SESSIONS: 10_000_000, ...(name === 'sealed' && { TASK_ENCRYPTION_KEYS: KEYS }) } }])))
-  // Awaited below; observed now so a failed start is not an unhandled rejection meanwhile.
-  starting.catch(() => {})
+  const startCreateServers = () => {
+    const starting = startServers(Object.fromEntries(Object.entries(dirs).map(([name, dir]) => [name,
+      { kind: 'app', dir, logger: 'production', logFile: join(logs, `${name}.log`), config: { TASK_MAX_SESSIONS: 10_000_000, ...(name === 'sealed' && { TASK_ENCRYPTION_KEYS: KEYS }) } }])))
+    // Awaited later; observed now so a failed start is not an unhandled rejection meanwhile.
+    starting.catch(() => {})
+    return starting
+  }
+  const early = quick ? startCreateServers() : null
 
   // Restore: the shared plaintext fixture against a sealed copy of it.
   const count = P.sealedRestore
-  const plain = fixture(count, 10)
   const sealedCopy = trackedDir('enc-restore-sealed')
-  let servers
-  try {
-    const source = new FileSessionStore({ dir: plain.dir })
-    const { sessions } = await source.loadAll({ concurrency: 2 })
-    // The store marks the folder; the files are written as the fixtures are (no fsync each, one sync at the end).
-    const target = new FileSessionStore({ dir: sealedCopy, keyring })
-    await target.init()
-    await target.close()
-    for (const { file: session } of sessions) writeFileSync(join(sealedCopy, `${session.session_id}.json`), await serializeSessionFile(session, 2, Number.POSITIVE_INFINITY, keyring), { mode: 0o600 })
-    execFileSync('sync')
-    servers = await starting
-  } catch (err) {
-    await starting.then((started) => Promise.all(Object.values(started).map((server) => server.stop())), () => {})
-    throw err
-  }
+  let servers = null
   const runs = { plain: [], sealed: [] }
   try {
+    const plain = fixture(count, 10)
+    {
+      const source = new FileSessionStore({ dir: plain.dir })
+      const { sessions } = await source.loadAll({ concurrency: 2 })
+      // The store marks the folder; the files are written as the fixtures are (no fsync each, one sync at the end).
+      const target = new FileSessionStore({ dir: sealedCopy, keyring })
+      await target.init()
+      await target.close()
+      for (const { file: session } of sessions) writeFileSync(join(sealedCopy, `${session.session_id}.json`), await serializeSessionFile(session, 2, Number.POSITIVE_INFINITY, keyring), { mode: 0o600 })
+      execFileSync('sync')
+    }
+    if (early !== null) servers = await early
     await restoreMs(plain.dir, null)
     await restoreMs(sealedCopy, keyring)
     const restore = { plain: [], sealed: [] }
@@ -103,19 +104,20 @@ export async function benchEncryption ({ P, row, sections, alternate, trackedDir
       ])
     }
     dropDir(sealedCopy)
-    res.restore_ms = { plain: median(restore.plain), sealed: median(restore.sealed), rounds: restore }
+    res.restore_ms = { sessions: count, plain: median(restore.plain), sealed: median(restore.sealed), rounds: restore }
     const restoreRatio = res.restore_ms.sealed / res.restore_ms.plain
     row(`encryption: restore ${count.toLocaleString('en-US')} sessions, sealed vs plaintext${count === 10_000 ? '' : ' (quick: goal names 10,000)'}`, { ours: res.restore_ms.sealed, floor: res.restore_ms.plain, floorLabel: 'the same restore in plaintext', unit: 'ms', ratio: restoreRatio, ratioOf: 'sealed/plain', goal: '<= 1.3', met: restoreRatio <= 1.3 })
 
+    servers ??= await startCreateServers()
     for (const name of ['plain', 'sealed']) await load(servers[name], { duration: P.warmSeconds, requests: requests('warm') })
     for (let r = 0; r < P.rounds; r++) {
       await alternate(r, ['plain', 'sealed'].map((name) => async () => { runs[name].push(await load(servers[name], { duration: P.createSeconds, requests: requests(`r${r}`) })) }))
     }
   } finally {
-    for (const name of ['plain', 'sealed']) {
-      await servers[name].stop()
-      dropDir(dirs[name])
-    }
+    // Started early but never awaited (the copy or a restore failed): stopped all the same.
+    if (servers === null && early !== null) servers = await early.catch(() => null)
+    if (servers !== null) await Promise.all(Object.values(servers).map((server) => server.stop()))
+    for (const name of ['plain', 'sealed']) dropDir(dirs[name])
     dropDir(logs)
   }
   res.create_rps = { plain: median(runs.plain.map((x) => x.rps)), sealed: median(runs.sealed.map((x) => x.rps)), failed: [...runs.plain, ...runs.sealed].reduce((a, x) => a + x.non2xx + x.errors + x.timeouts, 0) }

@@ -334,11 +334,12 @@ export async function benchPostgres (ctx) {
   sections.postgres = res
   try {
     await saveFigures(ctx, db, res)
-    // Fills for /stats and restore, while the create servers start: migrated by the store, then
-    // 1,000 rows per INSERT ... SELECT FROM unnest.
+    // Fills for /stats and restore: migrated by the store, then 1,000 rows per INSERT ... SELECT
+    // FROM unnest. The quick run fills while the create servers start; the full run after the
+    // create rounds, so their writeback and autovacuum stay out of those rounds.
     const restoreSessions = quick ? 2_000 : 10_000
     const statsSessions = quick ? 2_000 : 100_000
-    await createFigures(ctx, db, res, async () => {
+    const fills = async () => {
       for (const n of new Set([restoreSessions, statsSessions])) {
         const store = await openStore(db.url, `tv_fill_${n}`)
         await store.close()
@@ -346,7 +347,9 @@ export async function benchPostgres (ctx) {
         const fill = await fillSessions(db.url, `tv_fill_${n}`, n, 10)
         log(`  filled ${n} sessions (${(fill.bytes / 1e6).toFixed(1)} MB) in ${((now() - t) / 1000).toFixed(1)} s`)
       }
-    })
+    }
+    await createFigures(ctx, db, res, quick ? fills : async () => {})
+    if (!quick) await fills()
     log(`  GET /stats at ${statsSessions} sessions`)
     await statsFigures(ctx, db, res, statsSessions)
     log(`  restore ${restoreSessions} sessions`)

@@ -125,7 +125,7 @@ async function leaseCost ({ quick, log, trackedDir }, db, res, logs) {
   const schema = 'tv_lease'
   const agent = await startAgent()
   const servers = []
-  const out = { replicas: R, sessions, lease_ms: LEASE_MS, sweep_interval_ms: SWEEP_MS, window_ms: windowMs }
+  const out = { replicas: R, sessions, lease_ms: LEASE_MS, sweep_interval_ms: SWEEP_MS, window_ms: windowMs, sampled_window_ms: quick ? windowMs / 2 : windowMs }
   res.lease = out
   try {
     const names = Array.from({ length: R }, (_, i) => `lease-r${i}`)
@@ -250,8 +250,8 @@ async function failover ({ quick, log, trackedDir }, db, res, logs) {
   // B and the first trial's A start together; later trials start their A alone.
   const [b, firstA] = await startReplicas([options('fo-b'), options('fo-a0')])
   const client = new pg.Client({ connectionString: db.url })
-  await client.connect()
   try {
+    await client.connect()
     for (let k = 0; k < trials; k++) {
       const id = `fo-a${k}`
       const a = k === 0 ? firstA : await startReplica(options(id))
@@ -319,7 +319,8 @@ async function failover ({ quick, log, trackedDir }, db, res, logs) {
       }
     }
   } finally {
-    await client.end()
+    await firstA.kill9()
+    await client.end().catch(() => {})
     await b.stop()
     await agent.close()
   }
