@@ -24,20 +24,23 @@ async function emptyServerRss ({ P, sections, trackedDir, dropDir }) {
   const runs = []
   for (let r = 0; r < P.memoryRounds; r++) runs.push(await memoryChild(dir))
   dropDir(dir)
+  return baseline(sections, runs)
+}
+
+/** The baseline from its runs, recorded in the JSON. */
+function baseline (sections, runs) {
   const empty = { rss: median(runs.map((x) => x.rss)), heap_used: median(runs.map((x) => x.heap_used)), ready_ms: median(runs.map((x) => x.ready_ms)), rounds: runs }
   sections.memory ??= {}
   sections.memory.empty = empty
   return empty
 }
 
-async function memoryFigure ({ P, row, sections, fixture }, empty, sessions, tasks, label, goal = true) {
+/** `measured`: runs already taken (the quick run's); otherwise P.memoryRounds children, one after another. */
+async function memoryFigure ({ P, row, sections, fixture }, empty, sessions, tasks, label, goal = true, measured = null) {
   const info = fixture(sessions, tasks)
-  const runs = []
-  for (let r = 0; r < P.memoryRounds; r++) {
-    const x = await memoryChild(info.dir)
-    if (x.sessions !== sessions) throw new Error(`memory child restored ${x.sessions}/${sessions}`)
-    runs.push(x)
-  }
+  const runs = measured ?? []
+  for (let r = runs.length; r < P.memoryRounds; r++) runs.push(await memoryChild(info.dir))
+  for (const x of runs) if (x.sessions !== sessions) throw new Error(`memory child restored ${x.sessions}/${sessions}`)
   const rss = median(runs.map((x) => x.rss))
   const heap = median(runs.map((x) => x.heap_used))
   const readyMs = median(runs.map((x) => x.ready_ms))
@@ -48,7 +51,17 @@ async function memoryFigure ({ P, row, sections, fixture }, empty, sessions, tas
 }
 
 export async function benchMemory (ctx) {
-  const { P, dropFixture } = ctx
+  const { P, quick, dropFixture } = ctx
+  if (quick) {
+    // One child each, side by side: RSS does not depend on the other child (boot times, reported
+    // in the JSON only, do).
+    const dir = ctx.trackedDir('empty')
+    const info = ctx.fixture(10_000, 10)
+    const [empty, full] = await Promise.all([memoryChild(dir), memoryChild(info.dir)])
+    ctx.dropDir(dir)
+    await memoryFigure(ctx, baseline(ctx.sections, [empty]), 10_000, 10, 'RSS after restoring 10,000 sessions', true, [full])
+    return
+  }
   const empty = await emptyServerRss(ctx)
   await memoryFigure(ctx, empty, 10_000, 10, 'RSS after restoring 10,000 sessions')
   if (P.bigRestore) {

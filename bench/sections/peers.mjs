@@ -58,10 +58,25 @@ async function post (url, body) {
   return JSON.parse(text)
 }
 
-async function httpSide ({ trackedDir, dropDir }, S, T, r, logs) {
+/** The HTTP side's server for round `r`, starting (its folder, log file and start promise, observed). */
+function startHttpServer ({ trackedDir }, r, logs) {
   const dir = trackedDir('peers-http')
   const logFile = join(logs, `http-r${r}.log`)
-  const server = await startServer({ kind: 'app', dir, logger: 'production', logFile })
+  const starting = startServer({ kind: 'app', dir, logger: 'production', logFile })
+  starting.catch(() => {})
+  return { dir, logFile, starting }
+}
+
+/** `started`: the round's server from startHttpServer, when it was started ahead (quick run); else started here. */
+async function httpSide (ctx, S, T, r, logs, started = null) {
+  const { dir, logFile, starting } = started ?? startHttpServer(ctx, r, logs)
+  let server
+  try {
+    server = await starting
+  } catch (err) {
+    ctx.dropDir(dir)
+    throw err
+  }
   const tasks = taskSpecs(T)
   const api = `${server.url}/api/v1/tasks`
   let result
@@ -80,7 +95,7 @@ async function httpSide ({ trackedDir, dropDir }, S, T, r, logs) {
     result = { ms, tasks: S * T, requests: 2 * S, server_cpu_us_per_task: serverCpuUs / (S * T) }
   } finally {
     await server.stop()
-    dropDir(dir)
+    ctx.dropDir(dir)
   }
   result.log_lines = readFileSync(logFile, 'utf8').split('\n').length - 1
   return result
@@ -113,10 +128,15 @@ export async function benchPeers (ctx) {
   const sides = {}
   const unavailable = res.unavailable
 
-  // taskvault, always.
+  // taskvault, always. The quick run's one HTTP server starts now, beside the set-up below (untimed).
   sides.file = (r) => fileSide(ctx, S, T, r)
   const logs = trackedDir('peers-logs')
-  sides.http = (r) => httpSide(ctx, S, T, r, logs)
+  let early = quick ? startHttpServer(ctx, 0, logs) : null
+  sides.http = (r) => {
+    const started = early
+    early = null
+    return httpSide(ctx, S, T, r, logs, started)
+  }
 
   // PostgreSQL: taskvault's store and pg-boss, in one throwaway database.
   let db = null
@@ -177,6 +197,11 @@ export async function benchPeers (ctx) {
       }))
     }
   } finally {
+    // Started ahead but never used (the run stopped before the HTTP side).
+    if (early !== null) {
+      await early.starting.then((server) => server.stop(), () => {})
+      dropDir(early.dir)
+    }
     await own?.stop()
     dropDir(ownDir)
     await db?.drop().catch((err) => log(`  could not drop ${db.name}: ${err.message}`))
