@@ -305,6 +305,24 @@ t.test('folder: in an unmarked folder a *.json not named like a session is forei
   t.match(String((err as Error | null)?.message), 'holds my notes.json, which is not a session file (its name is not <session id>.json)')
 })
 
+t.test('folder: among many session files (read several at once), the first foreign one by name is named; a good folder of them is adopted', async (t) => {
+  const dir = await tempDir(t)
+  const ids = Array.from({ length: 100 }, (_, i) => `s${String(i).padStart(3, '0')}`)
+  await Promise.all(ids.map((id) => writeFile(join(dir, `${id}.json`), storedSession(id, ['Pending'], '2025-01-01T00:00:00.000Z'))))
+  // Past the first reads, two foreign files read together: the earlier name is the one reported, whatever read ends first.
+  await writeFile(join(dir, 's037.json'), '{ "name": "not a session" }\n')
+  await writeFile(join(dir, 's040.json'), 'not json at all')
+  const err = await openError(dir)
+  t.ok(err instanceof ForeignFolderError, 'ForeignFolderError')
+  t.match(String((err as Error | null)?.message), 'holds s037.json, which is not a session file (it has no session_id)', 'the first foreign file by name')
+  t.notOk(existsSync(join(dir, MARKER_FILE)), 'no marker')
+  await writeFile(join(dir, 's037.json'), storedSession('s037', ['Pending'], '2025-01-01T00:00:00.000Z'))
+  await writeFile(join(dir, 's040.json'), storedSession('s040', ['Pending'], '2025-01-01T00:00:00.000Z'))
+  const app = await open(t, dir)
+  t.equal(app.taskManager.stats().total_sessions, 100, 'all 100 restored')
+  t.ok(existsSync(join(dir, MARKER_FILE)), 'adopted and marked')
+})
+
 // ---------------------------------------------------------------------------------------
 // Minor: a failed start leaves no lock
 // ---------------------------------------------------------------------------------------
