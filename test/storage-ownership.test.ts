@@ -8,13 +8,15 @@
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { chmod, lstat, mkdir, readFile, readdir, readlink, rename, stat, symlink, unlink, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { node } from './node-child.js'
 import { buildApp } from '../app.js'
-import { ForeignFolderError } from '../services/errors.js'
+import { ForeignFolderError, StorageError } from '../services/errors.js'
+import { FileSessionStore } from '../services/store/file-store.js'
+import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { FORMAT_VERSION, MARKER_FILE } from '../services/store/storage-folder.js'
 import { LOCK_FILE } from '../services/store/storage-lock.js'
 import { API, get, markAsTaskvault, memoryLog, post, tempDir, type TestContext } from './helper.js'
@@ -305,22 +307,62 @@ t.test('folder: in an unmarked folder a *.json not named like a session is forei
   t.match(String((err as Error | null)?.message), 'holds my notes.json, which is not a session file (its name is not <session id>.json)')
 })
 
-t.test('folder: among many session files (read several at once), the first foreign one by name is named; a good folder of them is adopted', async (t) => {
+/** 40 session files s000..s039 in a folder with no marker. */
+async function unmarkedSessions (t: TestContext): Promise<string> {
   const dir = await tempDir(t)
-  const ids = Array.from({ length: 100 }, (_, i) => `s${String(i).padStart(3, '0')}`)
-  await Promise.all(ids.map((id) => writeFile(join(dir, `${id}.json`), storedSession(id, ['Pending'], '2025-01-01T00:00:00.000Z'))))
-  // Past the first reads, two foreign files read together: the earlier name is the one reported, whatever read ends first.
-  await writeFile(join(dir, 's037.json'), '{ "name": "not a session" }\n')
-  await writeFile(join(dir, 's040.json'), 'not json at all')
-  const err = await openError(dir)
+  await Promise.all(Array.from({ length: 40 }, (_, i) => `s${String(i).padStart(3, '0')}`).map((id) => writeFile(join(dir, `${id}.json`), storedSession(id, ['Pending'], '2025-01-01T00:00:00.000Z'))))
+  return dir
+}
+
+/** The real fs, except that opening a file whose name `decide` answers for runs that instead. */
+function seamOn (decide: (name: string) => (() => Promise<void>) | undefined): FsSeam {
+  return {
+    ...nodeFs,
+    open: (async (path: string, ...rest: unknown[]) => {
+      const before = decide(basename(String(path)))
+      if (before !== undefined) await before()
+      return nodeFs.open(path, ...(rest as [number]))
+    }) as FsSeam['open']
+  }
+}
+
+const eio = (name: string): Error => Object.assign(new Error(`EIO: i/o error, open '${name}'`), { code: 'EIO' })
+
+t.test('folder: files are judged several at once, yet the first foreign one by name is named, whichever read ends first', async (t) => {
+  const dir = await unmarkedSessions(t)
+  await writeFile(join(dir, 's017.json'), '{ "name": "not a session" }\n')
+  await writeFile(join(dir, 's020.json'), 'not json at all')
+  // s017's read ends only after s020's (or after 2 s, so reading one by one still ends).
+  let s020Read: () => void = () => {}
+  const s020 = new Promise<void>((resolve) => { s020Read = resolve })
+  const fs = seamOn((name) => name === 's017.json' ? async () => { await Promise.race([s020, sleep(2000)]) } : name === 's020.json' ? async () => { setImmediate(s020Read) } : undefined)
+  const store = new FileSessionStore({ dir, fs })
+  const err = await store.init().then(() => null, (e: unknown) => e)
   t.ok(err instanceof ForeignFolderError, 'ForeignFolderError')
-  t.match(String((err as Error | null)?.message), 'holds s037.json, which is not a session file (it has no session_id)', 'the first foreign file by name')
+  t.match(String((err as Error | null)?.message), 'holds s017.json, which is not a session file (it has no session_id)', 'the first foreign file by name, not the first read to end')
   t.notOk(existsSync(join(dir, MARKER_FILE)), 'no marker')
-  await writeFile(join(dir, 's037.json'), storedSession('s037', ['Pending'], '2025-01-01T00:00:00.000Z'))
-  await writeFile(join(dir, 's040.json'), storedSession('s040', ['Pending'], '2025-01-01T00:00:00.000Z'))
+
+  await writeFile(join(dir, 's017.json'), storedSession('s017', ['Pending'], '2025-01-01T00:00:00.000Z'))
+  await writeFile(join(dir, 's020.json'), storedSession('s020', ['Pending'], '2025-01-01T00:00:00.000Z'))
   const app = await open(t, dir)
-  t.equal(app.taskManager.stats().total_sessions, 100, 'all 100 restored')
+  t.equal(app.taskManager.stats().total_sessions, 40, 'once they are sessions, all 40 are restored')
   t.ok(existsSync(join(dir, MARKER_FILE)), 'adopted and marked')
+})
+
+t.test('folder: a read that fails after the first foreign file does not hide it; of two failing before it, the first by name stops the boot', async (t) => {
+  const dir = await unmarkedSessions(t)
+  await writeFile(join(dir, 's017.json'), '{ "name": "not a session" }\n')
+  const after = new FileSessionStore({ dir, fs: seamOn((name) => name === 's020.json' ? async () => { throw eio(name) } : undefined) })
+  const err = await after.init().then(() => null, (e: unknown) => e)
+  t.ok(err instanceof ForeignFolderError, 'a later unreadable file does not hide the foreign one')
+  t.match(String((err as Error | null)?.message), 'holds s017.json')
+
+  // s010 fails late with EIO, s012 at once with EACCES: read one by one, s010's error came first.
+  const before = new FileSessionStore({ dir, fs: seamOn((name) => name === 's010.json' ? async () => { await sleep(50); throw eio(name) } : name === 's012.json' ? async () => { throw Object.assign(new Error('EACCES'), { code: 'EACCES' }) } : undefined) })
+  const failed = await before.init().then(() => null, (e: unknown) => e)
+  t.ok(failed instanceof StorageError, 'an unreadable file before any foreign one stops the boot as a storage error')
+  t.match(String((failed as Error | null)?.message), '(EIO)', 'the first unreadable file by name')
+  t.notOk(existsSync(join(dir, MARKER_FILE)), 'no marker')
 })
 
 // ---------------------------------------------------------------------------------------
