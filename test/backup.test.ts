@@ -297,11 +297,13 @@ t.test('unsafe or foreign tars are still refused, and nothing is written', async
   }
   await symlink('/etc/passwd', join(parent, 'data/tasks/link.json'))
   await run('sh', ['-c', 'tar -czf links.tar.gz data/tasks/*.json'], { cwd: parent })
+  // An absolute path of this test's own (a fixed one like /tmp/x.json may exist on the machine already).
+  const absolute = join(parent, 'outside', 'x.json')
   const cases: Array<[string, string, RegExp]> = [
     ['a symlink among the files (GNU tar)', join(parent, 'links.tar.gz'), /not a regular file/u],
     ['a .. path', await make('dots.tar.gz', ['data/tasks/a.json', 'data/tasks/../../evil.json']), /unsafe path/u],
     ['a leading ..', await make('up.tar.gz', ['../x.json']), /unsafe path/u],
-    ['an absolute path', await make('abs.tar.gz', ['/tmp/x.json']), /unsafe path/u],
+    ['an absolute path', await make('abs.tar.gz', [absolute]), /unsafe path/u],
     ['two different folders', await make('mixed.tar.gz', ['data/tasks/a.json', 'other/b.json']), /not a taskvault backup/u],
     ['a file beside the sessions', await make('extra.tar.gz', ['data/tasks/a.json', 'data/tasks/notes.txt']), /not a taskvault backup/u],
     ['a deeper folder', await make('deep.tar.gz', ['data/tasks/a.json', 'data/tasks/corrupt/b.json']), /not a taskvault backup/u]
@@ -313,7 +315,7 @@ t.test('unsafe or foreign tars are still refused, and nothing is written', async
     t.match(res.stderr, reason, `${what}: says why`)
     t.same(await jsonFiles(target), [], `${what}: nothing written`)
   }
-  t.notOk(existsSync(join(parent, 'evil.json')) || existsSync('/tmp/x.json') || existsSync(join(parent, '..', 'x.json')), 'nothing written outside either')
+  t.notOk(existsSync(join(parent, 'evil.json')) || existsSync(absolute) || existsSync(join(parent, '..', 'x.json')), 'nothing written outside either')
 })
 
 t.test('backup --out-dir names tasks_YYYYMMDD[_HHMMSS].tar.gz; --keep-days deletes only its own older backups', async (t) => {
