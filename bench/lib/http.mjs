@@ -46,18 +46,24 @@ export function startServer ({ execArgv = [], logFile, ...options }) {
 }
 
 /**
- * Starts several server children at once (start-up is never timed, and a quick run starts about
- * twenty); resolves with { name: server }. If one fails, the others are stopped and it throws.
+ * Waits for processes started at once (start-up is never timed, and a quick run starts about
+ * twenty); resolves with them in order. If one fails, the others are stopped and it throws.
  */
-export async function startServers (optionsByName) {
-  const names = Object.keys(optionsByName)
-  const settled = await Promise.allSettled(names.map((name) => startServer(optionsByName[name])))
+export async function allStarted (starting) {
+  const settled = await Promise.allSettled(starting)
   const failed = settled.find((s) => s.status === 'rejected')
   if (failed !== undefined) {
     await Promise.all(settled.filter((s) => s.status === 'fulfilled').map((s) => s.value.stop()))
     throw failed.reason
   }
-  return Object.fromEntries(names.map((name, i) => [name, settled[i].value]))
+  return settled.map((s) => s.value)
+}
+
+/** Server children started at once (allStarted); resolves with { name: server }. */
+export async function startServers (optionsByName) {
+  const names = Object.keys(optionsByName)
+  const servers = await allStarted(names.map((name) => startServer(optionsByName[name])))
+  return Object.fromEntries(names.map((name, i) => [name, servers[i]]))
 }
 
 /**

@@ -10,6 +10,7 @@ import { createServer as createNetServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
+import { allStarted } from './http.mjs'
 
 const SERVER = fileURLToPath(new URL('../../dist/server.js', import.meta.url))
 /** Clock ticks per second of /proc/<pid>/stat's utime and stime (USER_HZ, 100 on Linux). */
@@ -81,18 +82,9 @@ export function postgresCpuDelta (before, after) {
   return ms
 }
 
-/**
- * Starts replicas at once (start-up is never timed); resolves with them in order. If one fails,
- * the others are stopped and it throws.
- */
-export async function startReplicas (optionsList) {
-  const settled = await Promise.allSettled(optionsList.map((options) => startReplica(options)))
-  const failed = settled.find((s) => s.status === 'rejected')
-  if (failed !== undefined) {
-    await Promise.all(settled.filter((s) => s.status === 'fulfilled').map((s) => s.value.stop()))
-    throw failed.reason
-  }
-  return settled.map((s) => s.value)
+/** Replicas started at once (allStarted); resolves with them in order. */
+export function startReplicas (optionsList) {
+  return allStarted(optionsList.map((options) => startReplica(options)))
 }
 
 /**
