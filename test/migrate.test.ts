@@ -188,6 +188,39 @@ t.test('an applied migration that changed since is refused', async (t) => {
   await t.rejects(migrate(db, { schema: SCHEMA }), { message: /migration 1 \(sessions\) differs/u })
 })
 
+t.test('the database refuses every session id the service refuses, before and after migration 5 rewrote the check', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = pool(t, url)
+  // A schema at migration 4 with a row in it, as a server of the version before left it.
+  const before = await tempDir(t, 'taskvault-migrations-')
+  for (const file of files.filter((candidate) => candidate.version <= 4)) {
+    await copyFile(join(MIGRATIONS_DIR, `${String(file.version).padStart(3, '0')}_${file.name}.sql`), join(before, `${String(file.version).padStart(3, '0')}_${file.name}.sql`))
+  }
+  t.same((await migrate(db, { schema: SCHEMA, dir: before })).version, 4)
+  const insert = async (id: string): Promise<string> => {
+    try {
+      await db.query('INSERT INTO sessions (session_id, document, created_at, updated_at) VALUES ($1, \'{}\', now(), now())', [id])
+      return 'stored'
+    } catch (err) {
+      return (err as { code?: string }).code ?? 'error'
+    }
+  }
+  const refused = ['', 'x'.repeat(129), '../etc', 'a b', 'a/b', 'a.json', 'é', 'a\n', '\na', 'a\t', 'Ａ']
+  const accepted = ['x'.repeat(128), 'A-z_09', '-', '_']
+  const check = async (when: string): Promise<void> => {
+    for (const id of refused) t.equal(await insert(id), '23514', `${when}: ${id.length > 20 ? `${id.length} characters` : JSON.stringify(id)} break the check`)
+    for (const id of accepted) t.equal(await insert(id), 'stored', `${when}: ${id.length > 20 ? `${id.length} characters` : id} is stored`)
+    await db.query('DELETE FROM sessions WHERE session_id = ANY($1)', [accepted])
+  }
+  t.equal(await insert('kept_from_4'), 'stored')
+  await check('at migration 4')
+  t.same((await migrate(db, { schema: SCHEMA })).applied, ALL.filter((version) => version > 4), 'the rest applies over existing rows')
+  const { rows } = await db.query('SELECT session_id FROM sessions')
+  t.same(rows, [{ session_id: 'kept_from_4' }], 'the row is still there')
+  await check('after')
+})
+
 t.test('a bad schema name is refused, naming TASK_DB_SCHEMA, before anything is created', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
