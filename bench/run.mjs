@@ -13,7 +13,7 @@ import os from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createContext } from './lib/context.mjs'
-import { machine, table } from './lib/report.mjs'
+import { describeKernel, kernel, machine, table } from './lib/report.mjs'
 import { now, round } from './lib/stats.mjs'
 import { benchAutosave } from './sections/autosave.mjs'
 import { benchCold } from './sections/cold.mjs'
@@ -73,6 +73,8 @@ process.on('warning', (w) => warnings.set(w.name, (warnings.get(w.name) ?? 0) + 
 async function main () {
   if (loadAtStart[0] > 1) log(`warning: load average ${loadAtStart.map((x) => x.toFixed(2)).join(' ')} on ${os.cpus().length} cores: something else is running, figures will be noisy`)
   log(`taskvault bench (${QUICK ? 'quick' : 'full'}), ${P.rounds} rounds, node ${process.version}${typeof globalThis.gc === 'function' ? '' : ' (no --expose-gc: run through npm run bench)'}`)
+  const kernelInfo = kernel()
+  log(describeKernel(kernelInfo))
   const timings = {}
   for (const [name, fn] of SECTIONS) {
     if (!wanted(name)) continue
@@ -87,7 +89,7 @@ async function main () {
     mode: QUICK ? 'quick' : 'full',
     date: new Date().toISOString(),
     duration_s: round((now() - benchStarted) / 1000, 1),
-    machine: machine(loadAtStart),
+    machine: machine(loadAtStart, kernelInfo),
     parameters: P,
     section_seconds: timings,
     process_warnings: Object.fromEntries(warnings),

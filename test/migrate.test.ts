@@ -109,6 +109,13 @@ t.test('the tables land in the chosen schema, not public, and the pool finds the
   t.same((await db.query('SELECT count(*)::int AS n FROM sessions')).rows, [{ n: 0 }])
   t.same((await db.query('SHOW search_path')).rows, [{ search_path: SCHEMA }])
   t.same((await db.query('SHOW statement_timeout')).rows, [{ statement_timeout: '10s' }])
+  t.same((await db.query('SHOW max_parallel_workers_per_gather')).rows, [{ max_parallel_workers_per_gather: '0' }], 'no parallel workers by default')
+  // The URL's options may turn them back on (and cannot move search_path or statement_timeout).
+  const withOptions = new URL(url)
+  withOptions.searchParams.set('options', '-c max_parallel_workers_per_gather=2 -c statement_timeout=5s')
+  const tuned = pool(t, withOptions.toString())
+  t.same((await tuned.query('SHOW max_parallel_workers_per_gather')).rows, [{ max_parallel_workers_per_gather: '2' }], 'the URL sets them')
+  t.same((await tuned.query('SHOW statement_timeout')).rows, [{ statement_timeout: '10s' }], 'the setting\'s bound still wins')
 
   // Another schema in the same database migrates on its own.
   const other = pool(t, url, 'tv_other')
