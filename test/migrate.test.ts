@@ -36,10 +36,10 @@ async function recorded (db: pg.Pool, schema = SCHEMA): Promise<number[]> {
   return rows.map((row: { version: number }) => row.version)
 }
 
-/** The shipped migrations plus `extra` (`<version>_<name>` -> SQL), in a folder of the test's own. */
-async function migrationsDir (t: Test, extra: Record<string, string>): Promise<string> {
+/** The shipped migrations up to `upTo`, plus `extra` (`<version>_<name>` -> SQL), in a folder of the test's own. */
+async function migrationsDir (t: Test, extra: Record<string, string>, upTo = Number.POSITIVE_INFINITY): Promise<string> {
   const dir = await tempDir(t, 'taskvault-migrations-')
-  for (const file of files) {
+  for (const file of files.filter((candidate) => candidate.version <= upTo)) {
     const name = `${String(file.version).padStart(3, '0')}_${file.name}.sql`
     await copyFile(join(MIGRATIONS_DIR, name), join(dir, name))
   }
@@ -200,10 +200,7 @@ t.test('the database refuses every session id the service refuses, before and af
   if (url === null) return
   const db = pool(t, url)
   // A schema at migration 4 with a row in it, as a server of the version before left it.
-  const before = await tempDir(t, 'taskvault-migrations-')
-  for (const file of files.filter((candidate) => candidate.version <= 4)) {
-    await copyFile(join(MIGRATIONS_DIR, `${String(file.version).padStart(3, '0')}_${file.name}.sql`), join(before, `${String(file.version).padStart(3, '0')}_${file.name}.sql`))
-  }
+  const before = await migrationsDir(t, {}, 4)
   t.same((await migrate(db, { schema: SCHEMA, dir: before })).version, 4)
   const insert = async (id: string): Promise<string> => {
     try {

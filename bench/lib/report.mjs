@@ -4,8 +4,8 @@ import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs'
 import os from 'node:os'
 import { round } from './stats.mjs'
 
-/** CPU, memory, Node, the temp folder's disk, the kernel's system-call cost, and the load average at start and now. */
-export function machine (loadAtStart, kernelInfo = kernel()) {
+/** CPU, memory, Node, the temp folder's disk, the kernel's state (`kernel()`, taken at start), and the load average at start and now. */
+export function machine (loadAtStart, kernelInfo) {
   const describeDisk = () => {
     try {
       const source = execFileSync('df', ['--output=source,fstype', os.tmpdir()], { encoding: 'utf8' }).trim().split('\n').pop().trim().split(/\s+/)
