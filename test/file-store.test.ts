@@ -6,6 +6,7 @@ import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { promisify } from 'node:util'
 import { FileSessionStore } from '../services/store/file-store.js'
+import { ReaderPool } from '../services/store/reader-pool.js'
 import { MARKER_FILE } from '../services/store/storage-folder.js'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { InvalidSessionIdError, StorageError, TaskvaultError } from '../services/errors.js'
@@ -324,20 +325,67 @@ t.test('reader threads do not run the process\'s preloads: an --import\'ed modul
   const log = join(dir, 'preload.log')
   const preload = join(dir, 'preload.mjs')
   await writeFile(preload, "import { appendFileSync } from 'node:fs'\nimport { isMainThread } from 'node:worker_threads'\nappendFileSync(process.env.PRELOAD_LOG, isMainThread ? 'main\\n' : 'thread\\n')\n")
-  const store = new URL('../services/store/file-store.js', import.meta.url).href
+  for (const id of ['a', 'b', 'c']) await writeFile(join(dir, `${id}.json`), JSON.stringify(sessionFile(id)))
+  const pool = new URL('../services/store/reader-pool.js', import.meta.url).href
   const script = [
-    `const { FileSessionStore } = await import(${JSON.stringify(store)})`,
-    `const store = new FileSessionStore({ dir: ${JSON.stringify(join(dir, 'tasks'))} })`,
-    'await store.init()',
-    `for (const file of ${JSON.stringify([sessionFile('a'), sessionFile('b'), sessionFile('c')])}) await store.save(file)`,
-    'const { sessions } = await store.loadAll({ concurrency: 2 })',
-    'await store.close()',
-    'console.log(sessions.length)'
+    `const { ReaderPool } = await import(${JSON.stringify(pool)})`,
+    'const pool = new ReaderPool(1)',
+    // The first read starts the thread (and is read here); the next ones wait for it.
+    `await pool.read(${JSON.stringify(dir)}, [])`,
+    'while (pool.threads === 0) await new Promise((resolve) => setTimeout(resolve, 5))',
+    `const { files } = await pool.read(${JSON.stringify(dir)}, ['a.json', 'b.json', 'c.json'])`,
+    'console.log(files.filter((file) => \'length\' in file).length, pool.threads)',
+    'await pool.close()'
   ].join('\n')
   await writeFile(join(dir, 'restore.mjs'), script)
   const { stdout } = await promisify(execFile)(...node(['--import', pathToFileURL(preload).href, join(dir, 'restore.mjs')]), { env: { PATH: process.env.PATH ?? '', PRELOAD_LOG: log } })
-  t.equal(stdout.trim(), '3', 'the sessions were read on reader threads')
+  t.equal(stdout.trim(), '3 1', 'the files were read on a reader thread')
   t.equal(await readFile(log, 'utf8'), 'main\n', 'the preload ran in the main thread only')
+})
+
+t.test('reads go to the calling thread until a reader thread has started, then to the threads; with none, all stay', async (t) => {
+  const dir = await tempDir(t)
+  for (const id of ['a', 'b']) await writeFile(join(dir, `${id}.json`), JSON.stringify(sessionFile(id)))
+  const text = (response: Awaited<ReturnType<ReaderPool['read']>>): string[] => response.files.map((file) => 'length' in file
+    ? (JSON.parse(Buffer.from(response.data.buffer, response.data.byteOffset + file.offset, file.length).toString('utf8')) as SessionFile).session_id
+    : `${file.name}: failed`)
+  const ports = (): number => process.getActiveResourcesInfo().filter((name) => name === 'MessagePort').length
+  const portsBefore = ports()
+
+  const none = new ReaderPool(0)
+  t.same(text(await none.read(dir, ['a.json', 'b.json'])), ['a', 'b'])
+  t.same(text(await none.read(dir, ['b.json', 'missing.json'])), ['b', 'missing.json: failed'])
+  t.equal(none.threads, 0)
+  t.equal(ports(), portsBefore, 'no thread was started')
+  await none.close()
+
+  const pool = new ReaderPool(2)
+  t.same(text(await pool.read(dir, ['a.json', 'b.json'])), ['a', 'b'], 'read while the threads start')
+  t.equal(pool.threads, 0, 'the first read did not wait for a thread')
+  const until = Date.now() + 30_000
+  while (pool.threads < 2 && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 5))
+  t.equal(pool.threads, 2, 'both threads started')
+  const reads = await Promise.all([pool.read(dir, ['a.json']), pool.read(dir, ['b.json']), pool.read(dir, ['a.json', 'b.json'])])
+  t.same(reads.map(text), [['a'], ['b'], ['a', 'b']], 'read by the threads, a third read waiting for one')
+  await pool.close()
+  await t.rejects(pool.read(dir, ['a.json']), /reader pool is closed/u)
+})
+
+t.test('a folder of four batches or fewer is restored on the main thread alone; a larger one starts reader threads', async (t) => {
+  const store = await openStore(t)
+  await Promise.all(Array.from({ length: 512 }, (_, i) => store.save(sessionFile(`s${i}`))))
+  const ports = (): number => process.getActiveResourcesInfo().filter((name) => name === 'MessagePort').length
+  const portsBefore = ports()
+  const { sessions } = await store.loadAll({ concurrency: 2 })
+  t.equal(sessions.length, 512)
+  t.equal(ports(), portsBefore, 'no reader thread was started for 512 files')
+  await store.save(sessionFile('s512'))
+  // Sampled while the restore runs: the main thread lets timers in between batches.
+  let most = ports()
+  const sampler = setInterval(() => { most = Math.max(most, ports()) }, 1)
+  const larger = await store.loadAll({ concurrency: 2 }).finally(() => { clearInterval(sampler) })
+  t.equal(larger.sessions.length, 513)
+  t.equal(most, portsBefore + 2, 'two reader threads started for 513 files')
 })
 
 t.test('a restore that fails stops: queued batches do not start, nothing more is set aside, no reader thread stays', async (t) => {

@@ -3,8 +3,11 @@
 // the restore section (FileSessionStore + TaskManager.restore, timed around restore()) and the
 // same floor (readdirSync + readFileSync + JSON.parse), the floor read equally cold.
 // Then TASK_RESTORE_CONCURRENCY 1..16, each cold and warm, and the concurrency this machine
-// would pick (reported only: the default in schemas/config.ts is not changed here).
+// would pick (reported only: the default in schemas/config.ts is not changed here). And the
+// disk's ceiling: the same files read cold without parsing, 1, 4 and 16 reads in flight
+// (read-probe-child.mjs); no restore can beat its best depth, whatever it overlaps.
 // Needs root on Linux (`sync`, then 3 > /proc/sys/vm/drop_caches); elsewhere it is skipped with one line.
+import { execFileSync } from 'node:child_process'
 import { cpus } from 'node:os'
 import { join } from 'node:path'
 import { FileSessionStore } from '../../dist/services/store/file-store.js'
@@ -18,6 +21,10 @@ import { collect, median, now, round } from '../lib/stats.mjs'
 const CONCURRENCIES = [1, 2, 4, 8, 16]
 /** Quick runs sweep fewer (the full run shows past 2 threads only loses on 2 cores). */
 const QUICK_CONCURRENCIES = [1, 2]
+/** Reads in flight for the disk's ceiling (read-probe-child.mjs). */
+const IO_DEPTHS = [1, 4, 16]
+const QUICK_IO_DEPTHS = [1, 4]
+const PROBE = new URL('../read-probe-child.mjs', import.meta.url).pathname
 const FLOOR_LABEL = 'readdirSync+readFileSync+JSON.parse'
 /** A concurrency may be this much slower warm than the best warm one and still be recommended. */
 const WARM_SLACK = 1.1
@@ -41,6 +48,13 @@ async function restoreOurs (dir, concurrency, beforeTimed) {
   return { ms, sessions: report.sessions, ready, concurrency: manager.settings.restoreConcurrency }
 }
 
+/** Reads every file of `dir` cold without parsing, `depth` reads in flight, in a child with as many libuv threads. */
+function readCold (dir, depth, beforeTimed) {
+  beforeTimed()
+  const out = execFileSync(process.execPath, [PROBE, dir, String(depth)], { encoding: 'utf8', env: { ...process.env, UV_THREADPOOL_SIZE: String(depth) } })
+  return JSON.parse(out)
+}
+
 /** Runs `variants` (name -> async fn) in this round's order: as listed on even rounds, reversed on odd ones. */
 async function inOrder (roundIndex, variants) {
   const names = Object.keys(variants)
@@ -56,6 +70,7 @@ export async function benchCold (ctx) {
   const tasks = 10
   const rounds = quick ? 1 : 5
   const concurrencies = quick ? QUICK_CONCURRENCIES : CONCURRENCIES
+  const depths = quick ? QUICK_IO_DEPTHS : IO_DEPTHS
   const defaultConcurrency = SETTING_DEFAULTS.TASK_RESTORE_CONCURRENCY
   const res = { sessions, tasks_per_session: tasks, rounds, default_concurrency: defaultConcurrency, cpus: cpus().length, skipped: false }
   sections.cold = res
@@ -94,6 +109,7 @@ export async function benchCold (ctx) {
     const cold = { default: [], floor: [] }
     const warm = { floor: [] }
     for (const c of concurrencies) { cold[c] = []; warm[c] = [] }
+    const io = Object.fromEntries(depths.map((d) => [d, []]))
     let dropMs = 0
     const drop = () => {
       const d = now()
@@ -109,6 +125,9 @@ export async function benchCold (ctx) {
         floor: async () => { const x = restoreFloor(dir, drop); check(x, 'cold floor'); cold.floor.push(x.ms) }
       }
       for (const c of concurrencies) coldVariants[`c${c}`] = async () => { const x = await restoreOurs(dir, c, drop); check(x, `cold c=${c}`); cold[c].push(x.ms) }
+      for (const d of depths) {
+        coldVariants[`io${d}`] = async () => { const x = readCold(dir, d, drop); if (x.files !== sessions) throw new Error(`cold read depth ${d} got ${x.files}/${sessions}`); io[d].push(x.ms) }
+      }
       await inOrder(r, coldVariants)
       // Warm: one untimed run right before the timed one, so the files and the code are cached.
       const warmVariants = { floor: async () => { restoreFloor(dir, noop); const x = restoreFloor(dir, noop); check(x, 'warm floor'); warm.floor.push(x.ms) } }
@@ -136,6 +155,14 @@ export async function benchCold (ctx) {
     for (const x of res.concurrency) {
       row(`warm restore ${n} x ${tasks}, TASK_RESTORE_CONCURRENCY=${x.concurrency}`, { ours: x.warm_ms, floor: warmFloor, floorLabel: `${FLOOR_LABEL}, warm`, unit: 'ms', ratio: x.warm_ratio, ratioOf: 'ours/floor' })
     }
+
+    res.io = depths.map((d) => ({ depth: d, cold_ms: round(median(io[d]), 1), ratio: round(median(io[d]) / coldFloor, 3), rounds: io[d].map((x) => round(x, 1)) }))
+    for (const x of res.io) {
+      row(`cold read of the same files, no parsing, ${x.depth} read${x.depth === 1 ? '' : 's'} in flight (the disk's ceiling)`, { ours: x.cold_ms, floor: coldFloor, floorLabel: `${FLOOR_LABEL}, cold`, unit: 'ms', ratio: x.ratio, ratioOf: 'read/floor' })
+    }
+    const ceiling = res.io.reduce((a, b) => (b.cold_ms < a.cold_ms ? b : a))
+    res.ceiling = { depth: ceiling.depth, cold_ms: ceiling.cold_ms, ratio: ceiling.ratio, goal_reachable: ceiling.ratio <= 0.6 }
+    log(`  the disk's ceiling: reading the files cold without parsing takes ${ceiling.cold_ms} ms at best (${ceiling.depth} in flight), ${ceiling.ratio}x the cold floor${ceiling.ratio > 0.6 ? '; no restore can reach 0.6x here' : ''}`)
 
     // Fastest cold among those within 10% of the best warm time.
     const bestWarm = Math.min(...res.concurrency.map((x) => x.warm_ms))

@@ -23,6 +23,11 @@ import { noop } from '../noop.js'
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 /** Files per batch a reader thread reads at restore: big enough to amortise a message, small enough to keep memory low. */
 const RESTORE_BATCH_FILES = 128
+/**
+ * Folders of this many batches or fewer are read on the main thread alone: it reads them in
+ * less time than a reader thread takes to start (some 30 ms), which would only take a core.
+ */
+const RESTORE_INLINE_BATCHES = 4
 
 export interface FileSessionStoreOptions {
   dir: string
@@ -245,7 +250,8 @@ export class FileSessionStore implements SessionStore {
    */
   private async readSessionFiles (names: string[], concurrency: number): Promise<{ sessions: LoadedSession[], failures: LoadFailure[] }> {
     const read: BatchOutcome = { sessions: [], failures: [], missingKeys: new Map(), unopened: new Map() }
-    const pool = new ReaderPool(Math.min(concurrency, Math.ceil(names.length / RESTORE_BATCH_FILES)), this.keyring?.entries() ?? null)
+    const count = Math.ceil(names.length / RESTORE_BATCH_FILES)
+    const pool = new ReaderPool(count <= RESTORE_INLINE_BATCHES ? 0 : Math.min(concurrency, count), this.keyring)
     // p-limit keeps two batches per thread in flight: enough to never leave a thread idle, and memory bounded.
     const limit = pLimit(concurrency * 2)
     // Once one batch fails the restore has failed: batches still queued must not start (nor set files aside).

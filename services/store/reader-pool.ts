@@ -1,5 +1,9 @@
+import { setImmediate as turn } from 'node:timers/promises'
 import { Worker } from 'node:worker_threads'
-import type { ReadRequest, ReadResponse, ReaderData } from './restore-worker.js'
+import { noop } from '../noop.js'
+import type { Keyring } from './keyring.js'
+import { READY, readBatch, type ReadResponse } from './read-batch.js'
+import type { ReaderData } from './restore-worker.js'
 
 export type { ReadResponse }
 
@@ -8,36 +12,47 @@ const WORKER_URL = new URL('./restore-worker.js', import.meta.url)
 /**
  * Reader threads for restore, started on first use and ended by `close()`. Each reads one batch
  * at a time; batches beyond the threads wait in a queue. Callers bound batches in flight
- * (p-limit), which bounds memory.
+ * (p-limit), which bounds memory. Starting a thread takes tens of milliseconds (a new V8
+ * isolate, our modules loaded): until one is ready, batches are read on the calling thread, so
+ * a small folder is restored before any thread is up, and a large one loses no time waiting.
  */
 export class ReaderPool {
   private readonly size: number
-  private readonly idle: Worker[] = []
+  private started = 0
   private readonly all: Worker[] = []
+  /** Threads that posted READY and are alive. */
+  private readonly ready = new Set<Worker>()
+  private readonly idle: Worker[] = []
   private readonly waiting = new Map<number, { resolve: (response: ReadResponse) => void, reject: (err: Error) => void, worker: Worker }>()
   private readonly queue: Array<() => void> = []
   private seq = 0
   private closed = false
 
-  /** `keys`: a keyring's entries; the threads then open sealed files too, off the main thread. */
-  constructor (threads: number, private readonly keys: Array<[string, Uint8Array]> | null = null) {
-    this.size = Math.max(1, threads)
+  /**
+   * `threads`: 0 reads every batch on the calling thread. `keyring`: sealed files are opened by
+   * the readers too, off the main thread once one is up.
+   */
+  constructor (threads: number, private readonly keyring: Keyring | null = null) {
+    this.size = Math.max(0, threads)
+  }
+
+  /** Threads ready to take batches now. */
+  get threads (): number {
+    return this.ready.size
   }
 
   async read (dir: string, names: string[]): Promise<ReadResponse> {
-    if (this.closed) throw new Error('reader pool is closed')
-    const worker = this.take() ?? await new Promise<Worker | null>((resolve) => this.queue.push(() => resolve(this.take())))
-    if (worker === null) throw new Error('reader pool is closed')
+    const worker = await this.acquire()
+    if (worker === null) return readBatch({ id: 0, dir, names }, this.keyring)
     const id = ++this.seq
     try {
       return await new Promise<ReadResponse>((resolve, reject) => {
         this.waiting.set(id, { resolve, reject, worker })
-        worker.postMessage({ id, dir, names } satisfies ReadRequest)
+        worker.postMessage({ id, dir, names })
       })
     } finally {
       this.waiting.delete(id)
-      if (this.all.includes(worker)) this.idle.push(worker)
-      this.queue.shift()?.()
+      this.release(worker)
     }
   }
 
@@ -46,30 +61,73 @@ export class ReaderPool {
     // Batches waiting for a thread will never get one.
     for (const wake of this.queue.splice(0)) wake()
     const workers = this.all.splice(0)
+    const started = workers.filter((worker) => this.ready.has(worker))
+    this.ready.clear()
     this.idle.length = 0
-    await Promise.all(workers.map((worker) => worker.terminate()))
+    // A thread still starting holds nothing: it is stopped without waiting, which takes as
+    // long as a small folder's whole restore.
+    for (const worker of workers) if (!started.includes(worker)) worker.terminate().catch(noop)
+    await Promise.all(started.map((worker) => worker.terminate()))
   }
 
-  /** An idle thread, a new one while the pool is below its size, or null when all are busy. */
-  private take (): Worker | null {
-    if (this.closed) return null
-    const free = this.idle.pop()
-    if (free !== undefined) return free
-    if (this.all.length >= this.size) return null
-    // No execArgv: a reader thread runs only our own module, so the process's preloads (an APM
-    // agent or a loader given with --import or --require) would only slow each restore down.
-    const worker = new Worker(WORKER_URL, { execArgv: [], workerData: { keys: this.keys } satisfies ReaderData })
-    worker.on('message', (response: ReadResponse) => this.waiting.get(response.id)?.resolve(response))
-    worker.on('error', (err) => this.fail(worker, err))
-    worker.on('exit', (code) => this.fail(worker, new Error(`reader thread exited with code ${code}`)))
-    this.all.push(worker)
-    return worker
+  /**
+   * An idle ready thread; null when none is ready yet, even after one turn of the event loop
+   * (which lets in a READY that arrived meanwhile): the caller then reads the batch itself.
+   */
+  private async acquire (): Promise<Worker | null> {
+    let turned = false
+    for (;;) {
+      if (this.closed) throw new Error('reader pool is closed')
+      this.start()
+      const free = this.idle.pop()
+      if (free !== undefined) return free
+      if (this.ready.size === 0) {
+        if (turned) return null
+        await turn()
+        turned = true
+        continue
+      }
+      await new Promise<void>((resolve) => this.queue.push(resolve))
+    }
   }
 
-  /** A thread that dies fails the batch it held; the pool does not reuse it. */
+  /** Starts the pool's threads, once each: a thread that dies is not replaced. */
+  private start (): void {
+    while (this.started < this.size) {
+      this.started++
+      // No execArgv: a reader thread runs only our own module, so the process's preloads (an APM
+      // agent or a loader given with --import or --require) would only slow each restore down.
+      const worker = new Worker(WORKER_URL, { execArgv: [], workerData: { keys: this.keyring?.entries() ?? null } satisfies ReaderData })
+      worker.on('message', (message: ReadResponse | typeof READY) => {
+        if (message !== READY) {
+          this.waiting.get(message.id)?.resolve(message)
+          return
+        }
+        if (this.closed) return
+        this.ready.add(worker)
+        this.release(worker)
+      })
+      worker.on('error', (err) => this.fail(worker, err))
+      worker.on('exit', (code) => this.fail(worker, new Error(`reader thread exited with code ${code}`)))
+      this.all.push(worker)
+    }
+  }
+
+  /** A thread free again (or just ready) takes the next waiting batch. */
+  private release (worker: Worker): void {
+    if (this.ready.has(worker)) this.idle.push(worker)
+    this.queue.shift()?.()
+  }
+
+  /** A thread that dies fails the batch it held; the batches waiting go to the rest, or to the calling thread. */
   private fail (worker: Worker, err: Error): void {
     const index = this.all.indexOf(worker)
     if (index !== -1) this.all.splice(index, 1)
+    this.ready.delete(worker)
+    const idle = this.idle.indexOf(worker)
+    if (idle !== -1) this.idle.splice(idle, 1)
     for (const pending of this.waiting.values()) if (pending.worker === worker) pending.reject(err)
+    // Every waiting batch looks again: with no thread left ready, each is read on the calling thread.
+    for (const wake of this.queue.splice(0)) wake()
   }
 }

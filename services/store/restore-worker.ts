@@ -1,8 +1,6 @@
-import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { parentPort, workerData } from 'node:worker_threads'
-import { CorruptSessionFileError, KeyUnavailableError } from '../errors.js'
-import { Keyring, type SealedDocument } from './keyring.js'
+import { Keyring } from './keyring.js'
+import { READY, readBatch, type ReadRequest } from './read-batch.js'
 
 /** What a reader thread is started with. */
 export interface ReaderData {
@@ -10,119 +8,11 @@ export interface ReaderData {
   keys: Array<[string, Uint8Array]> | null
 }
 
-/** A batch to read: file names in `dir`. */
-export interface ReadRequest {
-  id: number
-  dir: string
-  names: string[]
-}
-
-/**
- * What came back: the files' bytes end to end in `data` (transferred, not copied), and per file
- * either its [offset, length] in `data` or the errno code that stopped its read.
- */
-export interface ReadResponse {
-  id: number
-  files: ReadFile[]
-  data: Uint8Array
-}
-
-/**
- * A file read: where its bytes are (a sealed file's bytes are its opened form, and `kid` and
- * `stored` say which key sealed it and how many bytes it takes on disk), or the errno code
- * that stopped its read, or why a sealed file did not open (`sealed`: 'corrupt' with `reason`,
- * or 'key' with the missing `kid`).
- */
-export type ReadFile =
-  | { name: string, offset: number, length: number, kid?: string, stored?: number }
-  | { name: string, code: string }
-  | { name: string, sealed: 'corrupt', reason: string, kid?: string }
-  | { name: string, sealed: 'key', kid: string }
-
-const keyring = (workerData as ReaderData | undefined)?.keys != null ? Keyring.fromEntries((workerData as ReaderData).keys as Array<[string, Uint8Array]>) : null
-const SEALED_KEY = Buffer.from('"sealed"')
-/** A sealed document names its box right after the id and times: the head is enough to tell. */
-const HEAD_BYTES = 512
-
-// O_NOFOLLOW: a symlink swapped in after readdir is refused, not followed.
-const FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW
-
-/**
- * A reader thread for restore. Blocking reads here cost one system call each, with no
- * thread-pool round trips, and the main thread parses one batch while this reads the next.
- */
-function readBatch ({ id, dir, names }: ReadRequest): ReadResponse {
-  const buffers: Buffer[] = []
-  const files: ReadResponse['files'] = []
-  let offset = 0
-  for (const name of names) {
-    let fd: number | null = null
-    try {
-      fd = openSync(join(dir, name), FLAGS)
-      if (!fstatSync(fd).isFile()) {
-        files.push({ name, code: 'ENOTREG' })
-        continue
-      }
-      const read = readFileSync(fd)
-      const opened = keyring === null ? null : openSealed(name, read)
-      if (opened !== null && 'sealed' in opened) {
-        files.push(opened)
-        continue
-      }
-      const bytes = opened?.bytes ?? read
-      buffers.push(bytes)
-      files.push({ name, offset, length: bytes.length, ...(opened !== null && { kid: opened.kid, stored: read.length }) })
-      offset += bytes.length
-    } catch (err) {
-      files.push({ name, code: (err as NodeJS.ErrnoException).code ?? 'EIO' })
-    } finally {
-      if (fd !== null) closeSync(fd)
-    }
-  }
-  const data = new Uint8Array(offset)
-  let at = 0
-  for (const bytes of buffers) {
-    data.set(bytes, at)
-    at += bytes.length
-  }
-  return { id, files, data }
-}
-
-/**
- * A sealed file opened: the stored document it holds, as the bytes of a plaintext session file
- * (the clear fields, then what the box holds); null when the file is not sealed (or not JSON:
- * the main thread reports that).
- */
-function openSealed (name: string, read: Buffer): { bytes: Buffer, kid: string } | Extract<ReadFile, { sealed: string }> | null {
-  if (read.subarray(0, HEAD_BYTES).indexOf(SEALED_KEY) === -1) return null
-  let document: SealedDocument
-  try {
-    document = JSON.parse(read.toString('utf8'))
-  } catch {
-    return null
-  }
-  const box = document?.sealed
-  if (typeof box !== 'object' || box === null || typeof box.kid !== 'string' || typeof box.iv !== 'string' || typeof box.tag !== 'string' ||
-    typeof box.data !== 'string' || typeof document.session_id !== 'string' || typeof document.created_at !== 'string' || typeof document.updated_at !== 'string') {
-    // Not the sealed format: the main thread's checks name the problem.
-    return null
-  }
-  try {
-    const inner = (keyring as Keyring).open(name, document)
-    if (inner[0] !== 0x7b) return { name, sealed: 'corrupt', reason: 'sealed content is not an object' }
-    const clear = `{"session_id":${JSON.stringify(document.session_id)},"created_at":${JSON.stringify(document.created_at)},"updated_at":${JSON.stringify(document.updated_at)}`
-    // The box holds a compact object: its fields follow the clear ones.
-    const rest = inner.length > 2 ? Buffer.concat([Buffer.from(clear + ','), inner.subarray(1)]) : Buffer.from(clear + '}')
-    return { bytes: rest, kid: box.kid }
-  } catch (err) {
-    if (err instanceof KeyUnavailableError) return { name, sealed: 'key', kid: err.kid }
-    // `kid` with a box that did not verify: the store tells a wrong key from a tampered file by it.
-    if (err instanceof CorruptSessionFileError) return { name, sealed: 'corrupt', reason: err.message.replace(`${name}: `, ''), kid: box.kid }
-    throw err
-  }
-}
+const keys = (workerData as ReaderData | undefined)?.keys ?? null
+const keyring = keys === null ? null : Keyring.fromEntries(keys)
 
 parentPort?.on('message', (request: ReadRequest) => {
-  const response = readBatch(request)
+  const response = readBatch(request, keyring)
   parentPort?.postMessage(response, [response.data.buffer as ArrayBuffer])
 })
+parentPort?.postMessage(READY)
