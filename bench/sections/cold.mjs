@@ -4,8 +4,8 @@
 // same floor (readdirSync + readFileSync + JSON.parse), the floor read equally cold.
 // Then TASK_RESTORE_CONCURRENCY 1..16, each cold and warm, and the concurrency this machine
 // would pick (reported only: the default in schemas/config.ts is not changed here). And the
-// disk's ceiling: the same files read cold without parsing, 1, 4 and 16 reads in flight
-// (read-probe-child.mjs); no restore can beat its best depth, whatever it overlaps.
+// disk's ceiling: the same files read cold without parsing, by 1, 2, 4 and 16 threads
+// (read-probe-child.mjs); no restore that reads with that many beats it.
 // Needs root on Linux (`sync`, then 3 > /proc/sys/vm/drop_caches); elsewhere it is skipped with one line.
 import { execFileSync } from 'node:child_process'
 import { cpus } from 'node:os'
@@ -22,7 +22,7 @@ const CONCURRENCIES = [1, 2, 4, 8, 16]
 /** Quick runs sweep fewer (the full run shows past 2 threads only loses on 2 cores). */
 const QUICK_CONCURRENCIES = [1, 2]
 /** Reads in flight for the disk's ceiling (read-probe-child.mjs). */
-const IO_DEPTHS = [1, 4, 16]
+const IO_DEPTHS = [1, 2, 4, 16]
 const QUICK_IO_DEPTHS = [1, 4]
 const PROBE = new URL('../read-probe-child.mjs', import.meta.url).pathname
 const FLOOR_LABEL = 'readdirSync+readFileSync+JSON.parse'
@@ -48,11 +48,10 @@ async function restoreOurs (dir, concurrency, beforeTimed) {
   return { ms, sessions: report.sessions, ready, concurrency: manager.settings.restoreConcurrency }
 }
 
-/** Reads every file of `dir` cold without parsing, `depth` reads in flight, in a child with as many libuv threads. */
+/** Reads every file of `dir` cold without parsing, `depth` reads in flight, in a child process (timed there). */
 function readCold (dir, depth, beforeTimed) {
   beforeTimed()
-  const out = execFileSync(process.execPath, [PROBE, dir, String(depth)], { encoding: 'utf8', env: { ...process.env, UV_THREADPOOL_SIZE: String(depth) } })
-  return JSON.parse(out)
+  return JSON.parse(execFileSync(process.execPath, [PROBE, dir, String(depth)], { encoding: 'utf8' }))
 }
 
 /** Runs `variants` (name -> async fn) in this round's order: as listed on even rounds, reversed on odd ones. */
@@ -158,11 +157,11 @@ export async function benchCold (ctx) {
 
     res.io = depths.map((d) => ({ depth: d, cold_ms: round(median(io[d]), 1), ratio: round(median(io[d]) / coldFloor, 3), rounds: io[d].map((x) => round(x, 1)) }))
     for (const x of res.io) {
-      row(`cold read of the same files, no parsing, ${x.depth} read${x.depth === 1 ? '' : 's'} in flight (the disk's ceiling)`, { ours: x.cold_ms, floor: coldFloor, floorLabel: `${FLOOR_LABEL}, cold`, unit: 'ms', ratio: x.ratio, ratioOf: 'read/floor' })
+      row(`cold read of the same files, no parsing, ${x.depth} thread${x.depth === 1 ? '' : 's'} (the disk's ceiling)`, { ours: x.cold_ms, floor: coldFloor, floorLabel: `${FLOOR_LABEL}, cold`, unit: 'ms', ratio: x.ratio, ratioOf: 'read/floor' })
     }
     const ceiling = res.io.reduce((a, b) => (b.cold_ms < a.cold_ms ? b : a))
     res.ceiling = { depth: ceiling.depth, cold_ms: ceiling.cold_ms, ratio: ceiling.ratio, goal_reachable: ceiling.ratio <= 0.6 }
-    log(`  the disk's ceiling: reading the files cold without parsing takes ${ceiling.cold_ms} ms at best (${ceiling.depth} in flight), ${ceiling.ratio}x the cold floor${ceiling.ratio > 0.6 ? '; no restore can reach 0.6x here' : ''}`)
+    log(`  the disk's ceiling: reading the files cold without parsing takes ${ceiling.cold_ms} ms at best (${ceiling.depth} thread${ceiling.depth === 1 ? '' : 's'}), ${ceiling.ratio}x the cold floor${ceiling.ratio > 0.6 ? '; no restore can reach 0.6x here' : ''}`)
 
     // Fastest cold among those within 10% of the best warm time.
     const bestWarm = Math.min(...res.concurrency.map((x) => x.warm_ms))

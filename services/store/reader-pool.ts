@@ -26,6 +26,8 @@ export class ReaderPool {
   private readonly waiting = new Map<number, { resolve: (response: ReadResponse) => void, reject: (err: Error) => void, worker: Worker }>()
   private readonly queue: Array<() => void> = []
   private seq = 0
+  /** A batch is being read on the calling thread (acquire). */
+  private inline = false
   private closed = false
 
   /**
@@ -43,7 +45,13 @@ export class ReaderPool {
 
   async read (dir: string, names: string[]): Promise<ReadResponse> {
     const worker = await this.acquire()
-    if (worker === null) return readBatch({ id: 0, dir, names }, this.keyring)
+    if (worker === null) {
+      try {
+        return readBatch({ id: 0, dir, names }, this.keyring)
+      } finally {
+        this.inlineDone()
+      }
+    }
     const id = ++this.seq
     try {
       return await new Promise<ReadResponse>((resolve, reject) => {
@@ -72,23 +80,31 @@ export class ReaderPool {
 
   /**
    * An idle ready thread; null when none is ready yet, even after one turn of the event loop
-   * (which lets in a READY that arrived meanwhile): the caller then reads the batch itself.
+   * (which lets in a READY that arrived meanwhile): the caller then reads the batch itself, and
+   * calls `inlineDone()`. One batch at a time is read so, each after a turn: reading several
+   * in a row would keep out the READY of a thread that has started meanwhile.
    */
   private async acquire (): Promise<Worker | null> {
-    let turned = false
     for (;;) {
       if (this.closed) throw new Error('reader pool is closed')
       this.start()
       const free = this.idle.pop()
       if (free !== undefined) return free
-      if (this.ready.size === 0) {
-        if (turned) return null
+      if (this.ready.size === 0 && !this.inline) {
+        this.inline = true
         await turn()
-        turned = true
+        if (this.ready.size === 0 && !this.closed) return null
+        this.inlineDone()
         continue
       }
       await new Promise<void>((resolve) => this.queue.push(resolve))
     }
+  }
+
+  /** The calling thread read its batch: the next waiting batch may go to a thread, or be read here too. */
+  private inlineDone (): void {
+    this.inline = false
+    this.queue.shift()?.()
   }
 
   /** Starts the pool's threads, once each: a thread that dies is not replaced. */
