@@ -35,6 +35,14 @@ function sessionFile (id: string, instruction = 'Write code for a parser'): Sess
 }
 
 /** The folder's entries, but for its `.taskvault` marker (always there once init ran). */
+/** Message ports open: each reader thread holds one until it has exited. */
+const ports = (): number => process.getActiveResourcesInfo().filter((name) => name === 'MessagePort').length
+/** Waits (up to 30 s) for the reader threads started since `before` ports were open to exit. */
+async function threadsGone (before: number): Promise<number> {
+  const until = Date.now() + 30_000
+  while (ports() > before && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 10))
+  return ports()
+}
 const names = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((name) => name !== MARKER_FILE).sort()
 const mode = async (path: string): Promise<number> => (await stat(path)).mode & 0o777
 
@@ -332,13 +340,14 @@ t.test('reader threads do not run the process\'s preloads: an --import\'ed modul
     'const pool = new ReaderPool(1)',
     // The first read starts the thread (and is read here); the next ones wait for it.
     `await pool.read(${JSON.stringify(dir)}, [])`,
-    'while (pool.threads === 0) await new Promise((resolve) => setTimeout(resolve, 5))',
+    'const until = Date.now() + 30000',
+    'while (pool.threads === 0 && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 5))',
     `const { files } = await pool.read(${JSON.stringify(dir)}, ['a.json', 'b.json', 'c.json'])`,
     'console.log(files.filter((file) => \'length\' in file).length, pool.threads)',
     'await pool.close()'
   ].join('\n')
   await writeFile(join(dir, 'restore.mjs'), script)
-  const { stdout } = await promisify(execFile)(...node(['--import', pathToFileURL(preload).href, join(dir, 'restore.mjs')]), { env: { PATH: process.env.PATH ?? '', PRELOAD_LOG: log } })
+  const { stdout } = await promisify(execFile)(...node(['--import', pathToFileURL(preload).href, join(dir, 'restore.mjs')]), { env: { PATH: process.env.PATH ?? '', PRELOAD_LOG: log }, timeout: 60_000 })
   t.equal(stdout.trim(), '3 1', 'the files were read on a reader thread')
   t.equal(await readFile(log, 'utf8'), 'main\n', 'the preload ran in the main thread only')
 })
@@ -349,7 +358,6 @@ t.test('reads go to the calling thread until a reader thread has started, then t
   const text = (response: Awaited<ReturnType<ReaderPool['read']>>): string[] => response.files.map((file) => 'length' in file
     ? (JSON.parse(Buffer.from(response.data.buffer, response.data.byteOffset + file.offset, file.length).toString('utf8')) as SessionFile).session_id
     : `${file.name}: failed`)
-  const ports = (): number => process.getActiveResourcesInfo().filter((name) => name === 'MessagePort').length
   const portsBefore = ports()
 
   const none = new ReaderPool(0)
@@ -360,32 +368,56 @@ t.test('reads go to the calling thread until a reader thread has started, then t
   await none.close()
 
   const pool = new ReaderPool(2)
-  t.same(text(await pool.read(dir, ['a.json', 'b.json'])), ['a', 'b'], 'read while the threads start')
+  const first = await pool.read(dir, ['a.json', 'b.json'])
+  t.same(text(first), ['a', 'b'], 'read while the threads start')
+  t.equal(first.id, 0, 'read on this thread (a thread\'s reads are numbered from 1)')
   t.equal(pool.threads, 0, 'the first read did not wait for a thread')
   const until = Date.now() + 30_000
   while (pool.threads < 2 && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 5))
   t.equal(pool.threads, 2, 'both threads started')
   const reads = await Promise.all([pool.read(dir, ['a.json']), pool.read(dir, ['b.json']), pool.read(dir, ['a.json', 'b.json'])])
-  t.same(reads.map(text), [['a'], ['b'], ['a', 'b']], 'read by the threads, a third read waiting for one')
+  t.same(reads.map(text), [['a'], ['b'], ['a', 'b']], 'a third read waits for a thread')
+  t.ok(reads.every((read) => read.id > 0), 'read by the threads')
   await pool.close()
   await t.rejects(pool.read(dir, ['a.json']), /reader pool is closed/u)
+  t.equal(await threadsGone(portsBefore), portsBefore, 'both threads ended')
 })
 
-t.test('a folder of four batches or fewer is restored on the main thread alone; a larger one starts reader threads', async (t) => {
+t.test('a reader thread that does not start is reported once as a process warning, and the batches are read all the same', async (t) => {
+  const dir = await tempDir(t)
+  await writeFile(join(dir, 'a.json'), JSON.stringify(sessionFile('a')))
+  const warnings: Error[] = []
+  const onWarning = (warning: Error): void => { warnings.push(warning) }
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
+  const broken = new ReaderPool(2, null, new URL('data:text/javascript,throw new Error("broken install")'))
+  t.equal((await broken.read(dir, ['a.json'])).files.length, 1)
+  const until = Date.now() + 30_000
+  while (warnings.length === 0 && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 10))
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  t.match(warnings, [{ code: 'TASKVAULT_READER_THREAD', message: /a restore reader thread did not start \(broken install\); its batches are read on the main thread/u }], 'one warning for two threads')
+  const after = await broken.read(dir, ['a.json'])
+  t.ok(after.id === 0 && after.files.length === 1 && 'length' in (after.files[0] as object), 'read on this thread')
+  await broken.close()
+})
+
+t.test('a folder of four batches or fewer is restored on the main thread alone at the default concurrency; otherwise reader threads start', async (t) => {
   const store = await openStore(t)
   await Promise.all(Array.from({ length: 512 }, (_, i) => store.save(sessionFile(`s${i}`))))
-  const ports = (): number => process.getActiveResourcesInfo().filter((name) => name === 'MessagePort').length
   const portsBefore = ports()
-  const { sessions } = await store.loadAll({ concurrency: 2 })
-  t.equal(sessions.length, 512)
-  t.equal(ports(), portsBefore, 'no reader thread was started for 512 files')
+  // The most ports open while loadAll runs, sampled: the main thread lets timers in between batches.
+  const threadsDuring = async (concurrency: number): Promise<number> => {
+    let most = ports()
+    const sampler = setInterval(() => { most = Math.max(most, ports()) }, 1)
+    const { sessions } = await store.loadAll({ concurrency }).finally(() => { clearInterval(sampler) })
+    t.equal(sessions.length, 512 + (await readdir(store.dir)).filter((name) => name === 's512.json').length)
+    t.equal(await threadsGone(portsBefore), portsBefore, 'every thread ended')
+    return most - portsBefore
+  }
+  t.equal(await threadsDuring(2), 0, 'no reader thread for 512 files')
+  t.equal(await threadsDuring(4), 4, 'a concurrency raised for a network volume gets its threads, whatever the size')
   await store.save(sessionFile('s512'))
-  // Sampled while the restore runs: the main thread lets timers in between batches.
-  let most = ports()
-  const sampler = setInterval(() => { most = Math.max(most, ports()) }, 1)
-  const larger = await store.loadAll({ concurrency: 2 }).finally(() => { clearInterval(sampler) })
-  t.equal(larger.sessions.length, 513)
-  t.equal(most, portsBefore + 2, 'two reader threads started for 513 files')
+  t.equal(await threadsDuring(2), 2, 'two reader threads for 513 files')
 })
 
 t.test('a restore that fails stops: queued batches do not start, nothing more is set aside, no reader thread stays', async (t) => {
@@ -407,11 +439,10 @@ t.test('a restore that fails stops: queued batches do not start, nothing more is
   await writeFile(join(dir, 'target.txt'), 'x')
   await symlink(join(dir, 'target.txt'), join(dir, 'a-link.json'))
   await writeFile(join(dir, 'z-corrupt.json'), '{ not json')
-  const portsBefore = process.getActiveResourcesInfo().filter((name) => name === 'MessagePort').length
+  const portsBefore = ports()
 
-  // One reader thread: the failing first batch is parsed before a third batch can start, whatever the machine's load.
+  // Concurrency 1: two batches in flight, so the failing first batch is parsed before a third can start, whatever the machine's load.
   await t.rejects(store.loadAll({ concurrency: 1 }), { code: 'STORAGE_UNAVAILABLE', message: /a-link\.json.*ELOOP/u })
-  await new Promise((resolve) => setTimeout(resolve, 200))
-  t.equal(process.getActiveResourcesInfo().filter((name) => name === 'MessagePort').length, portsBefore, 'every reader thread ended')
+  t.equal(await threadsGone(portsBefore), portsBefore, 'every reader thread ended')
   t.ok(existsSync(join(dir, 'z-corrupt.json')), 'a batch queued after the failure never ran, so its corrupt file was not moved')
 })

@@ -3,6 +3,7 @@ import { constants } from 'node:fs'
 import { statfs } from 'node:fs/promises'
 import { dirname, join, resolve, sep } from 'node:path'
 import pLimit from 'p-limit'
+import { SETTING_DEFAULTS } from '../../schemas/options.js'
 import { SessionFile, SESSION_ID_PATTERN } from '../../schemas/session.js'
 import type { ArchiveTotals, ArchivedSummary } from '../archive/archive-index.js'
 import { FileArchive } from './file-archive.js'
@@ -24,8 +25,9 @@ const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 /** Files per batch a reader thread reads at restore: big enough to amortise a message, small enough to keep memory low. */
 const RESTORE_BATCH_FILES = 128
 /**
- * Folders of this many batches or fewer are read on the main thread alone: it reads them in
- * less time than a reader thread takes to start (some 30 ms), which would only take a core.
+ * Folders of this many batches or fewer are read on the main thread alone (at the default
+ * concurrency): it reads them in less time than a reader thread takes to start (some 30 ms),
+ * which would only take a core.
  */
 const RESTORE_INLINE_BATCHES = 4
 
@@ -244,14 +246,17 @@ export class FileSessionStore implements SessionStore {
   }
 
   /**
-   * Reads session files in batches on reader threads, which read (and open sealed files) while
-   * this thread parses the batch before. Unreadable files are set aside; files sealed under a
-   * key we lack, or a key that opens none of its files, stop the restore and stay untouched.
+   * Reads session files in batches (readBatch: read, and sealed files opened) on reader threads
+   * while this thread parses the batch before; on this thread until one has started, and alone
+   * for a small folder at the default concurrency. Unreadable files are set aside; files sealed
+   * under a key we lack, or a key that opens none of its files, stop the restore and stay untouched.
    */
   private async readSessionFiles (names: string[], concurrency: number): Promise<{ sessions: LoadedSession[], failures: LoadFailure[] }> {
     const read: BatchOutcome = { sessions: [], failures: [], missingKeys: new Map(), unopened: new Map() }
     const count = Math.ceil(names.length / RESTORE_BATCH_FILES)
-    const pool = new ReaderPool(count <= RESTORE_INLINE_BATCHES ? 0 : Math.min(concurrency, count), this.keyring)
+    // A concurrency raised past the default (a network volume, where reads wait on the wire) always gets its threads.
+    const alone = count <= RESTORE_INLINE_BATCHES && concurrency <= SETTING_DEFAULTS.TASK_RESTORE_CONCURRENCY
+    const pool = new ReaderPool(alone ? 0 : Math.min(concurrency, count), this.keyring)
     // p-limit keeps two batches per thread in flight: enough to never leave a thread idle, and memory bounded.
     const limit = pLimit(concurrency * 2)
     // Once one batch fails the restore has failed: batches still queued must not start (nor set files aside).
@@ -275,7 +280,7 @@ export class FileSessionStore implements SessionStore {
     return { sessions: read.sessions, failures: read.failures }
   }
 
-  /** Parses what a reader thread read: sessions are kept, corrupt files set aside, key trouble noted for checkKeys. */
+  /** Parses a batch read (on a reader thread or this one): sessions are kept, corrupt files set aside, key trouble noted for checkKeys. */
   private async takeBatch (result: BatchResult, out: BatchOutcome): Promise<void> {
     const data = Buffer.from(result.data.buffer, result.data.byteOffset, result.data.byteLength)
     for (const file of result.files) {
@@ -286,7 +291,7 @@ export class FileSessionStore implements SessionStore {
         throw new StorageError(`reading ${file.name}`, Object.assign(new Error(file.code), { code: file.code }))
       }
       try {
-        // A sealed file was opened by the reader thread; what is left is a plaintext check.
+        // A sealed file was opened by readBatch; what is left is a plaintext check.
         if ('sealed' in file) {
           if (file.sealed === 'key') throw new KeyUnavailableError(file.kid)
           if (file.kid !== undefined) {

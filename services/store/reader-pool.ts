@@ -2,7 +2,7 @@ import { setImmediate as turn } from 'node:timers/promises'
 import { Worker } from 'node:worker_threads'
 import { noop } from '../noop.js'
 import type { Keyring } from './keyring.js'
-import { READY, readBatch, type ReadResponse } from './read-batch.js'
+import { READY, readBatch, type ReadRequest, type ReadResponse } from './read-batch.js'
 import type { ReaderData } from './restore-worker.js'
 
 export type { ReadResponse }
@@ -28,17 +28,20 @@ export class ReaderPool {
   private seq = 0
   /** A batch is being read on the calling thread (acquire). */
   private inline = false
+  /** A thread that did not start was reported (once per pool). */
+  private warned = false
   private closed = false
 
   /**
    * `threads`: 0 reads every batch on the calling thread. `keyring`: sealed files are opened by
-   * the readers too, off the main thread once one is up.
+   * the readers too, off the main thread once one is up. `script`: the threads' module (a test
+   * seam; restore-worker.js).
    */
-  constructor (threads: number, private readonly keyring: Keyring | null = null) {
+  constructor (threads: number, private readonly keyring: Keyring | null = null, private readonly script: URL = WORKER_URL) {
     this.size = Math.max(0, threads)
   }
 
-  /** Threads ready to take batches now. */
+  /** Threads that posted READY and are alive (busy or not). */
   get threads (): number {
     return this.ready.size
   }
@@ -56,7 +59,7 @@ export class ReaderPool {
     try {
       return await new Promise<ReadResponse>((resolve, reject) => {
         this.waiting.set(id, { resolve, reject, worker })
-        worker.postMessage({ id, dir, names })
+        worker.postMessage({ id, dir, names } satisfies ReadRequest)
       })
     } finally {
       this.waiting.delete(id)
@@ -113,7 +116,7 @@ export class ReaderPool {
       this.started++
       // No execArgv: a reader thread runs only our own module, so the process's preloads (an APM
       // agent or a loader given with --import or --require) would only slow each restore down.
-      const worker = new Worker(WORKER_URL, { execArgv: [], workerData: { keys: this.keyring?.entries() ?? null } satisfies ReaderData })
+      const worker = new Worker(this.script, { execArgv: [], workerData: { keys: this.keyring?.entries() ?? null } satisfies ReaderData })
       worker.on('message', (message: ReadResponse | typeof READY) => {
         if (message !== READY) {
           this.waiting.get(message.id)?.resolve(message)
@@ -135,10 +138,21 @@ export class ReaderPool {
     this.queue.shift()?.()
   }
 
-  /** A thread that dies fails the batch it held; the batches waiting go to the rest, or to the calling thread. */
+  /**
+   * A thread that dies fails the batch it held; the batches waiting go to the rest, or to the
+   * calling thread. One that dies before READY (a broken install, no memory for a new isolate)
+   * is reported as a process warning: the restore goes on, but without its threads.
+   */
   private fail (worker: Worker, err: Error): void {
     const index = this.all.indexOf(worker)
-    if (index !== -1) this.all.splice(index, 1)
+    // Not in `all`: stopped by close(), or its 'error' came first.
+    if (index !== -1) {
+      this.all.splice(index, 1)
+      if (!this.ready.has(worker) && !this.warned) {
+        this.warned = true
+        process.emitWarning(`a restore reader thread did not start (${err.message}); its batches are read on the main thread`, { code: 'TASKVAULT_READER_THREAD' })
+      }
+    }
     this.ready.delete(worker)
     const idle = this.idle.indexOf(worker)
     if (idle !== -1) this.idle.splice(idle, 1)
