@@ -401,23 +401,23 @@ t.test('a reader thread that does not start is reported once as a process warnin
   await broken.close()
 })
 
-t.test('a folder of four batches or fewer is restored on the main thread alone at the default concurrency; otherwise reader threads start', async (t) => {
+t.test('a folder of eight batches or fewer is restored on the main thread alone at the default concurrency; otherwise reader threads start', async (t) => {
   const store = await openStore(t)
-  await Promise.all(Array.from({ length: 512 }, (_, i) => store.save(sessionFile(`s${i}`))))
+  await Promise.all(Array.from({ length: 1024 }, (_, i) => store.save(sessionFile(`s${i}`))))
   const portsBefore = ports()
   // The most ports open while loadAll runs, sampled: the main thread lets timers in between batches.
   const threadsDuring = async (concurrency: number): Promise<number> => {
     let most = ports()
     const sampler = setInterval(() => { most = Math.max(most, ports()) }, 1)
     const { sessions } = await store.loadAll({ concurrency }).finally(() => { clearInterval(sampler) })
-    t.equal(sessions.length, 512 + (await readdir(store.dir)).filter((name) => name === 's512.json').length)
+    t.equal(sessions.length, 1024 + (await readdir(store.dir)).filter((name) => name === 's1024.json').length)
     t.equal(await threadsGone(portsBefore), portsBefore, 'every thread ended')
     return most - portsBefore
   }
-  t.equal(await threadsDuring(2), 0, 'no reader thread for 512 files')
+  t.equal(await threadsDuring(2), 0, 'no reader thread for 1,024 files')
   t.equal(await threadsDuring(4), 4, 'a concurrency raised for a network volume gets its threads, whatever the size')
-  await store.save(sessionFile('s512'))
-  t.equal(await threadsDuring(2), 2, 'two reader threads for 513 files')
+  await store.save(sessionFile('s1024'))
+  t.equal(await threadsDuring(2), 2, 'two reader threads for 1,025 files')
 })
 
 t.test('a restore that fails stops: queued batches do not start, nothing more is set aside, no reader thread stays', async (t) => {
