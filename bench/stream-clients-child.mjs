@@ -4,7 +4,8 @@
 //                                         times its arrivals; answers in kind
 //   { type: 'reset' }                     forgets what arrived so far and starts recording
 //   { type: 'latency', times }            times: [seq, emitted epoch ms][]; answers with percentiles
-//                                         of arrival - emission and the events counted, and stops recording
+//                                         of arrival - emission, the events counted and this process's
+//                                         CPU time (cpu_us) since the reset, and stops recording
 //   { type: 'stop' }
 // As lean as a load generator should be, since it shares the 2 cores with the server: outside
 // recording the clients read and drop what arrives; while recording, every client counts its
@@ -16,14 +17,20 @@ const epochMs = () => performance.timeOrigin + performance.now()
 const ID = Buffer.from('\nid: ')
 const clients = []
 let recording = false
+/** This process's CPU time when recording began: what the load generator itself costs. */
+let cpuAtReset = null
+
+/** One buffer every socket reads into (`onread`): each read is handled before the next one lands. */
+const READ_BUFFER = Buffer.alloc(256 * 1024)
 
 function streamClient (port, timed) {
   return new Promise((resolve, reject) => {
-    const socket = net.connect(port, '127.0.0.1')
-    const client = { socket, timed, count: 0, arrivals: [], carry: Buffer.alloc(0) }
+    const client = { socket: null, timed, count: 0, arrivals: [], carry: Buffer.alloc(0) }
     let opened = false
+    // onread: no Buffer made and no 'data' event emitted per read, the cheapest way Node reads a socket.
+    const socket = client.socket = net.connect({ port, host: '127.0.0.1', onread: { buffer: READ_BUFFER, callback: (length, buffer) => { onRead(buffer.subarray(0, length)) } } })
     socket.on('error', reject)
-    socket.on('data', (chunk) => {
+    const onRead = (chunk) => {
       const at = epochMs()
       if (!opened) {
         opened = true
@@ -46,8 +53,9 @@ function streamClient (port, timed) {
         }
         from = end
       }
-      client.carry = bytes.subarray(Math.max(from, bytes.length - 64))
-    })
+      // A copy: the read buffer is reused by the next read.
+      client.carry = Buffer.from(bytes.subarray(Math.max(from, bytes.length - 64)))
+    }
     socket.write('GET /api/v1/tasks/events HTTP/1.1\r\nHost: bench\r\n\r\n')
   })
 }
@@ -69,9 +77,11 @@ process.on('message', async (message) => {
         client.carry = Buffer.from('\n')
       }
       recording = true
+      cpuAtReset = process.cpuUsage()
       process.send({ type: 'reset' })
     } else if (message.type === 'latency') {
       recording = false
+      const cpu = process.cpuUsage(cpuAtReset)
       const emitted = new Map(message.times)
       const latencies = []
       let counted = 0
@@ -86,7 +96,7 @@ process.on('message', async (message) => {
         }
       }
       latencies.sort((a, b) => a - b)
-      process.send({ type: 'latency', deliveries: latencies.length, timed_clients: timedClients, counted, p50: percentile(latencies, 50), p99: percentile(latencies, 99), max: latencies.at(-1) ?? NaN })
+      process.send({ type: 'latency', deliveries: latencies.length, timed_clients: timedClients, counted, p50: percentile(latencies, 50), p99: percentile(latencies, 99), max: latencies.at(-1) ?? NaN, cpu_us: cpu.user + cpu.system })
     } else if (message.type === 'stop') {
       for (const client of clients) client.socket.destroy()
       process.exit(0)

@@ -26,6 +26,19 @@ export async function rawDurableSave (dir, name, data) {
   }
 }
 
+/** The save without the folder fsync: open(temp) + write + fsync + close + rename. Above the contract's cost. */
+export async function rawFileSave (dir, name, data) {
+  const temp = join(dir, `.${name}.${process.pid}.${++seq}.floor.tmp`)
+  const handle = await open(temp, 'wx', 0o600)
+  try {
+    await handle.write(data, 0, data.length, 0)
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+  await rename(temp, join(dir, name))
+}
+
 /** The same sequence with blocking calls: no thread-pool hops. Informational only (a server cannot block). */
 export function rawDurableSaveSync (dir, name, data) {
   const temp = join(dir, `.${name}.${process.pid}.${++seq}.floor.tmp`)

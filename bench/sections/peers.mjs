@@ -14,12 +14,18 @@
 //   BullMQ              S addBulk of T jobs, one Worker with concurrency 16 and a no-op processor,
 //                       against (a) the machine's Redis as it is configured (CONFIG GET reported) and
 //                       (b) a redis-server started here with appendonly yes, appendfsync always.
+//   disk ceiling        no service: what any store keeping one durable file per session can reach
+//                       on this disk. 2 x S x T writes of a document the size of the file side's
+//                       average (open temp + write + fsync + close + rename, no folder fsync, so
+//                       above the contract's cost), IN_FLIGHT at once; reported as tasks/s (2 per task).
 // Full mode: 3 rounds, sides in alternating order, median tasks/s; quick: 1 round. A peer that
 // cannot be reached (PostgreSQL, Redis, redis-server) is reported as such; the rest still runs.
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { FileSessionStore } from '../../dist/services/store/file-store.js'
+import { rawFileSave } from '../lib/durable.mjs'
+import { makeSession, serialize, sessionOfBytes } from '../lib/fixtures.mjs'
 import { countingStore } from '../lib/counting-store.mjs'
 import { startServer } from '../lib/http.mjs'
 import { IN_FLIGHT, limited, runPgBoss, runTaskvault, taskSpecs, tasksPerSecond } from '../lib/peers.mjs'
@@ -33,7 +39,25 @@ const DURABLE = {
   http: 'as the file side, behind POST /create and POST /execute-all (answered after the last save), server logging at info to a file',
   postgres: 'per task 2 saves of the whole session document, each one UPDATE committed (synchronous_commit on) before the run goes on',
   pgboss: 'per job a fetch UPDATE (state active) and a complete UPDATE (state completed), each committed (synchronous_commit on); inserts one group of jobs per commit',
-  bullmq: 'per job Redis scripts (move to active, move to completed); durable only if Redis persists them: with appendfsync always the AOF is fsynced before each reply'
+  bullmq: 'per job Redis scripts (move to active, move to completed); durable only if Redis persists them: with appendfsync always the AOF is fsynced before each reply',
+  ceiling: 'per task 2 writes of a file the size of the average session document (temp file + write + fsync + close + rename; no folder fsync), 16 at once: the most a one-file-per-session store can make durable here'
+}
+
+/**
+ * The disk's ceiling for a one-file-per-session store: 2 x S x T raw saves (no folder fsync) of
+ * a document as big as the file side's average, IN_FLIGHT at once, each lane writing its group's file.
+ */
+async function ceilingSide ({ trackedDir, dropDir }, S, T, data) {
+  const dir = trackedDir('peers-ceiling')
+  try {
+    const t = now()
+    await limited(IN_FLIGHT, Array.from({ length: S }, (_, s) => async () => {
+      for (let k = 0; k < 2 * T; k++) await rawFileSave(dir, `g${s}.json`, data)
+    }))
+    return { ms: now() - t, tasks: S * T, saves: 2 * S * T, document_bytes: 2 * S * T * data.length }
+  } finally {
+    dropDir(dir)
+  }
 }
 
 async function fileSide ({ trackedDir, dropDir }, S, T, r) {
@@ -138,6 +162,13 @@ export async function benchPeers (ctx) {
     return httpSide(ctx, S, T, r, logs, started)
   }
 
+  // As big as the file side's average save in its latest round (it runs first), else a fixture's.
+  const documentBytes = () => {
+    const last = runs.file?.at(-1)
+    return last === undefined ? serialize(makeSession('ceiling', T)).length : Math.round(last.document_bytes / last.saves)
+  }
+  sides.ceiling = (r) => ceilingSide(ctx, S, T, serialize(sessionOfBytes('ceiling', documentBytes())))
+
   // PostgreSQL: taskvault's store and pg-boss, in one throwaway database.
   let db = null
   const pgWhy = await unreachable()
@@ -236,6 +267,8 @@ export async function benchPeers (ctx) {
   }
   compare(`peers: taskvault file store (API; 2 fsynced saves per task) vs pg-boss, ${work}${quickNote}`, 'file', 'pgboss', 'pg-boss: fetch + complete UPDATE commits per job', 'taskvault/pg-boss', '>= 1.0')
   compare(`peers: taskvault file store (API; 2 fsynced saves per task) vs BullMQ on Redis appendfsync always, ${work}${quickNote}`, 'file', 'bullmq_fsync', 'BullMQ, own redis-server, AOF fsynced per write', 'taskvault/BullMQ', '>= 0.5')
+  compare(`peers: the disk's ceiling for one durable file per session (raw temp + fsync + rename, 2 per task, no folder fsync) vs BullMQ on Redis appendfsync always, ${work}${quickNote}`, 'ceiling', 'bullmq_fsync', 'BullMQ, own redis-server, AOF fsynced per write', 'ceiling/BullMQ')
+  compare(`peers: taskvault file store (API) vs the disk's ceiling for one durable file per session, ${work}${quickNote}`, 'file', 'ceiling', 'raw temp + fsync + rename, 2 per task, no folder fsync', 'taskvault/ceiling')
   compare(`peers: taskvault HTTP (create + execute-all per session, logging as npm start) vs pg-boss, ${work}${quickNote}`, 'http', 'pgboss', 'pg-boss: fetch + complete UPDATE commits per job', 'taskvault/pg-boss')
   compare(`peers: taskvault file store (API) vs BullMQ on the machine's Redis (${machineLabel}), ${work}${quickNote}`, 'file', 'bullmq_machine', `BullMQ, Redis ${MACHINE_REDIS.host}:${MACHINE_REDIS.port}, appendfsync ${machine.appendfsync ?? '-'}`, 'taskvault/BullMQ')
   compare(`peers: taskvault PostgreSQL store (API; 2 committed UPDATEs per task) vs pg-boss, ${work}${quickNote}`, 'postgres', 'pgboss', 'pg-boss: fetch + complete UPDATE commits per job', 'taskvault/pg-boss')
