@@ -1,12 +1,15 @@
 import t from 'tap'
 import { chmod, lstat, mkdir, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { promisify } from 'node:util'
 import { FileSessionStore } from '../services/store/file-store.js'
 import { ReaderPool } from '../services/store/reader-pool.js'
+import { readBatch } from '../services/store/read-batch.js'
+import { Keyring } from '../services/store/keyring.js'
+import { serializeSessionFile } from '../services/store/session-files.js'
 import { MARKER_FILE } from '../services/store/storage-folder.js'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { InvalidSessionIdError, StorageError, TaskvaultError } from '../services/errors.js'
@@ -376,11 +379,38 @@ t.test('reads go to the calling thread until a reader thread has started, then t
   while (pool.threads < 2 && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 5))
   t.equal(pool.threads, 2, 'both threads started')
   const reads = await Promise.all([pool.read(dir, ['a.json']), pool.read(dir, ['b.json']), pool.read(dir, ['a.json', 'b.json'])])
-  t.same(reads.map(text), [['a'], ['b'], ['a', 'b']], 'a third read waits for a thread')
+  t.same(reads.map(text), [['a'], ['b'], ['a', 'b']], 'a third read queues at a thread')
   t.ok(reads.every((read) => read.id > 0), 'read by the threads')
   await pool.close()
   await t.rejects(pool.read(dir, ['a.json']), /reader pool is closed/u)
   t.equal(await threadsGone(portsBefore), portsBefore, 'both threads ended')
+})
+
+t.test('a batch holds each file byte for byte, whatever its size, beside files that could not be read; sealed ones opened', async (t) => {
+  const dir = await tempDir(t)
+  const sizes: Record<string, number> = { 'empty.json': 0, 'one.json': 1, 'small.json': 3_000, 'big.json': 300_000, 'huge.json': 3_000_000 }
+  for (const [name, size] of Object.entries(sizes)) await writeFile(join(dir, name), Buffer.alloc(size, name.charCodeAt(0)))
+  await mkdir(join(dir, 'folder.json'))
+  const ring = Keyring.parse(`k1:${Buffer.alloc(32, 7).toString('base64')}`)
+  const long = sessionFile('sealed', 'x'.repeat(200_000))
+  await writeFile(join(dir, 'sealed.json'), await serializeSessionFile(long, 2, Number.POSITIVE_INFINITY, ring))
+  const names = ['empty.json', 'big.json', 'folder.json', 'one.json', 'missing.json', 'huge.json', 'sealed.json', 'small.json']
+  const { files, data } = readBatch({ id: 1, dir, names }, ring)
+  const bytes = (name: string): Buffer => {
+    const file = files.find((entry) => entry.name === name)
+    if (file === undefined || !('length' in file)) throw new Error(`${name} not read`)
+    return Buffer.from(data.buffer, data.byteOffset + file.offset, file.length)
+  }
+  for (const name of Object.keys(sizes)) t.ok(bytes(name).equals(readFileSync(join(dir, name))), `${name}: ${sizes[name]} bytes, as on disk`)
+  t.same(files.filter((file) => 'code' in file), [{ name: 'folder.json', code: 'ENOTREG' }, { name: 'missing.json', code: 'ENOENT' }])
+  t.same(JSON.parse(bytes('sealed.json').toString('utf8')), long, 'the sealed file is held opened')
+  t.match(files.find((file) => file.name === 'sealed.json'), { kid: 'k1', stored: readFileSync(join(dir, 'sealed.json')).length })
+  t.same(files.map((file) => file.name), names, 'in the order asked')
+
+  // A file longer than fstat says (the kernel's files report 0 bytes) is read to its end.
+  const version = readFileSync('/proc/version')
+  const proc = readBatch({ id: 2, dir: '/proc', names: ['version'] }, null)
+  t.ok(version.length > 0 && Buffer.from(proc.data).equals(version), '/proc/version read whole, though fstat gives 0 bytes')
 })
 
 t.test('a reader thread that does not start is reported once as a process warning, and the batches are read all the same', async (t) => {

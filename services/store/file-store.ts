@@ -259,7 +259,7 @@ export class FileSessionStore implements SessionStore {
     const alone = count <= RESTORE_INLINE_BATCHES && concurrency <= SETTING_DEFAULTS.TASK_RESTORE_CONCURRENCY
     const pool = new ReaderPool(alone ? 0 : Math.min(concurrency, count), this.keyring)
     // p-limit keeps two batches per thread in flight: enough to never leave a thread idle, and memory bounded.
-    const limit = pLimit(concurrency * 2)
+    const limit = pLimit(concurrency * 4)
     // Once one batch fails the restore has failed: batches still queued must not start (nor set files aside).
     let failed = false
     try {

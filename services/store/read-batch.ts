@@ -1,4 +1,4 @@
-import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs'
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs'
 import { join } from 'node:path'
 import { CorruptSessionFileError, KeyUnavailableError } from '../errors.js'
 import type { Keyring, SealedDocument } from './keyring.js'
@@ -42,46 +42,101 @@ const HEAD_BYTES = 512
 // O_NOFOLLOW: a symlink swapped in after readdir is refused, not followed.
 const FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW
 
+/** A batch's bytes, end to end, in one buffer that grows by doubling. */
+class BatchBytes {
+  bytes: Uint8Array
+  length = 0
+
+  constructor (capacity: number) {
+    this.bytes = new Uint8Array(capacity)
+  }
+
+  /** Room for `more` bytes past `length`. */
+  reserve (more: number): void {
+    if (this.length + more <= this.bytes.length) return
+    const next = new Uint8Array(Math.max(this.length + more, this.bytes.length * 2))
+    next.set(this.bytes.subarray(0, this.length))
+    this.bytes = next
+  }
+
+  append (chunk: Uint8Array): void {
+    this.reserve(chunk.length)
+    this.bytes.set(chunk, this.length)
+    this.length += chunk.length
+  }
+
+  /** A Buffer over bytes already held (no copy; valid until the next reserve). */
+  view (from: number, to: number): Buffer {
+    return Buffer.from(this.bytes.buffer, this.bytes.byteOffset + from, to - from)
+  }
+}
+
+/** What a batch's buffer starts with per file: a session file is a few KB; more is grown into. */
+const START_BYTES_PER_FILE = 8 * 1024
+/** How much a read asks for past the size fstat gave, when a file turns out longer. */
+const MORE_BYTES = 64 * 1024
+
+/**
+ * Reads the file open as `fd` (of `size` bytes by fstat) onto the end of `out`. One read when the
+ * size holds, as it does for our files, which change only by rename; a file that grew or a read
+ * that came back short (some network file systems) is read on until the end.
+ */
+function readInto (fd: number, size: number, out: BatchBytes): void {
+  const start = out.length
+  let want = size + 1
+  for (;;) {
+    out.reserve(want)
+    const got = readSync(fd, out.bytes, out.length, want, null)
+    out.length += got
+    if (got === 0) return
+    // One byte past the size was asked for: fewer, with the size read, is the end.
+    if (got < want && out.length - start >= size) return
+    want = got < want ? want - got : MORE_BYTES
+  }
+}
+
 /**
  * Reads a batch of files with blocking calls: one system call each, with no thread-pool round
- * trips. A reader thread runs it while the main thread parses the batch before; the main thread
- * runs it itself while no reader thread has started yet. `keyring` opens sealed files.
+ * trips, straight into the batch's buffer. A reader thread runs it while the main thread parses
+ * the batch before; the main thread runs it itself while no reader thread has started yet.
+ * `keyring` opens sealed files.
  */
 export function readBatch ({ id, dir, names }: ReadRequest, keyring: Keyring | null): ReadResponse {
-  const buffers: Buffer[] = []
+  const out = new BatchBytes(names.length * START_BYTES_PER_FILE)
   const files: ReadResponse['files'] = []
-  let offset = 0
   for (const name of names) {
     let fd: number | null = null
+    const offset = out.length
     try {
       fd = openSync(join(dir, name), FLAGS)
-      if (!fstatSync(fd).isFile()) {
+      const stat = fstatSync(fd)
+      if (!stat.isFile()) {
         files.push({ name, code: 'ENOTREG' })
         continue
       }
-      const read = readFileSync(fd)
-      const opened = keyring === null ? null : openSealed(name, read, keyring)
-      if (opened !== null && 'sealed' in opened) {
+      readInto(fd, stat.size, out)
+      const opened = keyring === null ? null : openSealed(name, out.view(offset, out.length), keyring)
+      if (opened === null) {
+        files.push({ name, offset, length: out.length - offset })
+        continue
+      }
+      const stored = out.length - offset
+      // The sealed bytes make way for what they hold.
+      out.length = offset
+      if ('sealed' in opened) {
         files.push(opened)
         continue
       }
-      const bytes = opened?.bytes ?? read
-      buffers.push(bytes)
-      files.push({ name, offset, length: bytes.length, ...(opened !== null && { kid: opened.kid, stored: read.length }) })
-      offset += bytes.length
+      out.append(opened.bytes)
+      files.push({ name, offset, length: opened.bytes.length, kid: opened.kid, stored })
     } catch (err) {
+      out.length = offset
       files.push({ name, code: (err as NodeJS.ErrnoException).code ?? 'EIO' })
     } finally {
       if (fd !== null) closeSync(fd)
     }
   }
-  const data = new Uint8Array(offset)
-  let at = 0
-  for (const bytes of buffers) {
-    data.set(bytes, at)
-    at += bytes.length
-  }
-  return { id, files, data }
+  return { id, files, data: out.bytes.subarray(0, out.length) }
 }
 
 /**

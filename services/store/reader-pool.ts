@@ -10,6 +10,12 @@ export type { ReadResponse }
 const WORKER_URL = new URL('./restore-worker.js', import.meta.url)
 
 /**
+ * Batches posted to one thread at once: the next waits in its port while it reads the current
+ * one, so a thread that finishes while the main thread parses starts the next at once.
+ */
+const THREAD_QUEUE_BATCHES = 2
+
+/**
  * Reader threads for restore, started on first use and ended by `close()`. Each reads one batch
  * at a time; batches beyond the threads wait in a queue. Callers bound batches in flight
  * (p-limit), which bounds memory. Starting a thread takes tens of milliseconds (a new V8
@@ -22,7 +28,8 @@ export class ReaderPool {
   private readonly all: Worker[] = []
   /** Threads that posted READY and are alive. */
   private readonly ready = new Set<Worker>()
-  private readonly idle: Worker[] = []
+  /** Batches posted to each ready thread and not yet answered. */
+  private readonly posted = new Map<Worker, number>()
   private readonly waiting = new Map<number, { resolve: (response: ReadResponse) => void, reject: (err: Error) => void, worker: Worker }>()
   private readonly queue: Array<() => void> = []
   private seq = 0
@@ -63,7 +70,7 @@ export class ReaderPool {
       })
     } finally {
       this.waiting.delete(id)
-      this.release(worker)
+      this.release(worker, true)
     }
   }
 
@@ -74,7 +81,7 @@ export class ReaderPool {
     const workers = this.all.splice(0)
     const started = workers.filter((worker) => this.ready.has(worker))
     this.ready.clear()
-    this.idle.length = 0
+    this.posted.clear()
     // A thread still starting holds nothing: it is stopped without waiting, which takes as
     // long as a small folder's whole restore.
     for (const worker of workers) if (!started.includes(worker)) worker.terminate().catch(noop)
@@ -91,8 +98,11 @@ export class ReaderPool {
     for (;;) {
       if (this.closed) throw new Error('reader pool is closed')
       this.start()
-      const free = this.idle.pop()
-      if (free !== undefined) return free
+      const free = this.leastBusy()
+      if (free !== null) {
+        this.posted.set(free, (this.posted.get(free) ?? 0) + 1)
+        return free
+      }
       if (this.ready.size === 0 && !this.inline) {
         this.inline = true
         await turn()
@@ -124,7 +134,9 @@ export class ReaderPool {
         }
         if (this.closed) return
         this.ready.add(worker)
-        this.release(worker)
+        this.posted.set(worker, 0)
+        this.release(worker, false)
+        this.queue.shift()?.()
       })
       worker.on('error', (err) => this.fail(worker, err))
       worker.on('exit', (code) => this.fail(worker, new Error(`reader thread exited with code ${code}`)))
@@ -132,9 +144,23 @@ export class ReaderPool {
     }
   }
 
-  /** A thread free again (or just ready) takes the next waiting batch. */
-  private release (worker: Worker): void {
-    if (this.ready.has(worker)) this.idle.push(worker)
+  /** The ready thread with the fewest batches posted, if it has room for one more (THREAD_QUEUE_BATCHES); else null. */
+  private leastBusy (): Worker | null {
+    let best: Worker | null = null
+    let fewest = THREAD_QUEUE_BATCHES
+    for (const worker of this.ready) {
+      const count = this.posted.get(worker) ?? 0
+      if (count < fewest) {
+        best = worker
+        fewest = count
+      }
+    }
+    return best
+  }
+
+  /** A thread with room again (or just ready) takes the next waiting batch. */
+  private release (worker: Worker, answered: boolean): void {
+    if (answered && this.posted.has(worker)) this.posted.set(worker, (this.posted.get(worker) ?? 1) - 1)
     this.queue.shift()?.()
   }
 
@@ -154,8 +180,7 @@ export class ReaderPool {
       }
     }
     this.ready.delete(worker)
-    const idle = this.idle.indexOf(worker)
-    if (idle !== -1) this.idle.splice(idle, 1)
+    this.posted.delete(worker)
     for (const pending of this.waiting.values()) if (pending.worker === worker) pending.reject(err)
     // Every waiting batch looks again: with no thread left ready, each is read on the calling thread.
     for (const wake of this.queue.splice(0)) wake()
