@@ -16,8 +16,9 @@ const WORKER_URL = new URL('./restore-worker.js', import.meta.url)
 const THREAD_QUEUE_BATCHES = 2
 
 /**
- * Reader threads for restore, started on first use and ended by `close()`. Each reads one batch
- * at a time; batches beyond the threads wait in a queue. Callers bound batches in flight
+ * Reader threads for restore, started on first use and ended by `close()`. Each is given up to
+ * THREAD_QUEUE_BATCHES batches and reads them in turn; batches beyond that wait in a queue here.
+ * Callers bound batches in flight
  * (p-limit), which bounds memory. Starting a thread takes tens of milliseconds (a new V8
  * isolate, our modules loaded): until one is ready, batches are read on the calling thread, so
  * a small folder is restored before any thread is up, and a large one loses no time waiting.
@@ -70,7 +71,7 @@ export class ReaderPool {
       })
     } finally {
       this.waiting.delete(id)
-      this.release(worker, true)
+      this.release(worker)
     }
   }
 
@@ -135,8 +136,7 @@ export class ReaderPool {
         if (this.closed) return
         this.ready.add(worker)
         this.posted.set(worker, 0)
-        this.release(worker, false)
-        this.queue.shift()?.()
+        for (let slot = 0; slot < THREAD_QUEUE_BATCHES; slot++) this.queue.shift()?.()
       })
       worker.on('error', (err) => this.fail(worker, err))
       worker.on('exit', (code) => this.fail(worker, new Error(`reader thread exited with code ${code}`)))
@@ -158,9 +158,11 @@ export class ReaderPool {
     return best
   }
 
-  /** A thread with room again (or just ready) takes the next waiting batch. */
-  private release (worker: Worker, answered: boolean): void {
-    if (answered && this.posted.has(worker)) this.posted.set(worker, (this.posted.get(worker) ?? 1) - 1)
+  /** A thread answered a batch: it has room for the next waiting one. */
+  private release (worker: Worker): void {
+    const count = this.posted.get(worker)
+    // Not there: the thread died, or the pool closed.
+    if (count !== undefined) this.posted.set(worker, count - 1)
     this.queue.shift()?.()
   }
 
