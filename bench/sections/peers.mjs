@@ -17,7 +17,7 @@
 //   disk ceiling        no service: what any store keeping one durable file per session can reach
 //                       on this disk. 2 x S x T writes of a document the size of the file side's
 //                       average (open temp + write + fsync + close + rename, no folder fsync, so
-//                       above the contract's cost), IN_FLIGHT at once; reported as tasks/s (2 per task).
+//                       less than the contract asks), IN_FLIGHT at once; reported as tasks/s (2 per task).
 // Full mode: 3 rounds, sides in alternating order, median tasks/s; quick: 1 round. A peer that
 // cannot be reached (PostgreSQL, Redis, redis-server) is reported as such; the rest still runs.
 import { randomBytes } from 'node:crypto'

@@ -18,19 +18,17 @@ const THREAD_QUEUE_BATCHES = 2
 /**
  * Reader threads for restore, started on first use and ended by `close()`. Each is given up to
  * THREAD_QUEUE_BATCHES batches and reads them in turn; batches beyond that wait in a queue here.
- * Callers bound batches in flight
- * (p-limit), which bounds memory. Starting a thread takes tens of milliseconds (a new V8
- * isolate, our modules loaded): until one is ready, batches are read on the calling thread, so
- * a small folder is restored before any thread is up, and a large one loses no time waiting.
+ * Callers bound batches in flight (p-limit), which bounds memory. Starting a thread takes tens
+ * of milliseconds (a new V8 isolate, our modules loaded): until one is ready, batches are read
+ * on the calling thread, so a small folder is restored before any thread is up, and a large one
+ * loses no time waiting.
  */
 export class ReaderPool {
   private readonly size: number
   private started = 0
   private readonly all: Worker[] = []
-  /** Threads that posted READY and are alive. */
-  private readonly ready = new Set<Worker>()
-  /** Batches posted to each ready thread and not yet answered. */
-  private readonly posted = new Map<Worker, number>()
+  /** Threads that posted READY and are alive, with the batches posted to each and not yet answered. */
+  private readonly ready = new Map<Worker, number>()
   private readonly waiting = new Map<number, { resolve: (response: ReadResponse) => void, reject: (err: Error) => void, worker: Worker }>()
   private readonly queue: Array<() => void> = []
   private seq = 0
@@ -82,7 +80,6 @@ export class ReaderPool {
     const workers = this.all.splice(0)
     const started = workers.filter((worker) => this.ready.has(worker))
     this.ready.clear()
-    this.posted.clear()
     // A thread still starting holds nothing: it is stopped without waiting, which takes as
     // long as a small folder's whole restore.
     for (const worker of workers) if (!started.includes(worker)) worker.terminate().catch(noop)
@@ -90,9 +87,9 @@ export class ReaderPool {
   }
 
   /**
-   * An idle ready thread; null when none is ready yet, even after one turn of the event loop
-   * (which lets in a READY that arrived meanwhile): the caller then reads the batch itself, and
-   * calls `inlineDone()`. One batch at a time is read so, each after a turn: reading several
+   * A ready thread with room for a batch; null when none is ready yet, even after one turn of
+   * the event loop (which lets in a READY that arrived meanwhile): the caller then reads the
+   * batch itself, and calls `inlineDone()`. One batch at a time is read so, each after a turn: reading several
    * in a row would keep out the READY of a thread that has started meanwhile.
    */
   private async acquire (): Promise<Worker | null> {
@@ -101,7 +98,7 @@ export class ReaderPool {
       this.start()
       const free = this.leastBusy()
       if (free !== null) {
-        this.posted.set(free, (this.posted.get(free) ?? 0) + 1)
+        this.ready.set(free, (this.ready.get(free) as number) + 1)
         return free
       }
       if (this.ready.size === 0 && !this.inline) {
@@ -134,8 +131,7 @@ export class ReaderPool {
           return
         }
         if (this.closed) return
-        this.ready.add(worker)
-        this.posted.set(worker, 0)
+        this.ready.set(worker, 0)
         for (let slot = 0; slot < THREAD_QUEUE_BATCHES; slot++) this.queue.shift()?.()
       })
       worker.on('error', (err) => this.fail(worker, err))
@@ -148,8 +144,7 @@ export class ReaderPool {
   private leastBusy (): Worker | null {
     let best: Worker | null = null
     let fewest = THREAD_QUEUE_BATCHES
-    for (const worker of this.ready) {
-      const count = this.posted.get(worker) ?? 0
+    for (const [worker, count] of this.ready) {
       if (count < fewest) {
         best = worker
         fewest = count
@@ -160,9 +155,9 @@ export class ReaderPool {
 
   /** A thread answered a batch: it has room for the next waiting one. */
   private release (worker: Worker): void {
-    const count = this.posted.get(worker)
+    const count = this.ready.get(worker)
     // Not there: the thread died, or the pool closed.
-    if (count !== undefined) this.posted.set(worker, count - 1)
+    if (count !== undefined) this.ready.set(worker, count - 1)
     this.queue.shift()?.()
   }
 
@@ -182,7 +177,6 @@ export class ReaderPool {
       }
     }
     this.ready.delete(worker)
-    this.posted.delete(worker)
     for (const pending of this.waiting.values()) if (pending.worker === worker) pending.reject(err)
     // Every waiting batch looks again: with no thread left ready, each is read on the calling thread.
     for (const wake of this.queue.splice(0)) wake()
