@@ -505,6 +505,34 @@ t.test('lock: a takeover guard left by a server that died mid-takeover does not 
   t.notOk(await lstat(guard).then(() => true, () => false), 'the old guard is gone')
 })
 
+t.test('lock: a fresh takeover guard of a dead pid on this host (a server killed mid-takeover) is freed at once', async (t) => {
+  const dir = await tempDir(t)
+  await writeLock(dir, { pid: deadPid(), host: hostname(), since: '2026-01-01T00:00:00.000Z' })
+  const guard = join(dir, `${LOCK_FILE}.takeover`)
+  await symlink(JSON.stringify({ pid: deadPid(), host: hostname(), since: '2026-01-01T00:00:00.000Z' }), guard)
+  // Default TASK_LOCK_STALE_MS (60 s): the guard is seconds old, so only its dead pid frees it.
+  const app = await open(dir)
+  t.teardown(() => app.close())
+  t.equal((await readLock(dir)).pid, process.pid, 'the lock is taken')
+  t.notOk(await lstat(guard).then(() => true, () => false), 'the dead server\'s guard is gone')
+})
+
+t.test('lock: a takeover guard held by a live server is left alone, and the lock it guards with it', async (t) => {
+  const dir = await tempDir(t)
+  // A live pid on this host: another server taking over right now, which this one must wait for.
+  const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' })
+  t.teardown(() => { child.kill('SIGKILL') })
+  const stale = { pid: deadPid(), host: hostname(), since: '2026-01-01T00:00:00.000Z' }
+  await writeLock(dir, stale)
+  const guard = join(dir, `${LOCK_FILE}.takeover`)
+  const live = JSON.stringify({ pid: child.pid, host: hostname(), since: new Date().toISOString() })
+  await symlink(live, guard)
+  const err = await openError(dir)
+  t.ok(err instanceof StorageLockedError, 'no takeover while another server holds the guard')
+  t.equal(await readlink(guard), live, 'the live guard is untouched')
+  t.same(await readLock(dir), stale, 'and so is the lock it guards')
+})
+
 t.test('lock: a .taskvault.lock planted as a link to a real file is not written through', async (t) => {
   const { dir, outside } = await layout(t)
   const target = join(outside, 'precious.txt')

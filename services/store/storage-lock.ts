@@ -87,9 +87,13 @@ export class StorageLock {
   private async removeStale (raw: string | null): Promise<boolean> {
     const guard = `${this.path}.takeover`
     if (!await this.tryCreate(guard)) {
-      const { ageMs } = await this.readHolder(guard)
-      // A guard left by a server that died mid-takeover.
-      if (ageMs > this.options.staleMs) await this.fs.unlink(guard).catch(ignoreMissing)
+      // A guard left by a server that died mid-takeover (killed at boot): judged like a lock, so
+      // a dead pid on this host frees it at once rather than after TASK_LOCK_STALE_MS. Removed
+      // only if it is still that very guard: a live server's new one is never touched.
+      const left = await this.readHolder(guard)
+      if (left.holder === null ? left.ageMs > this.options.staleMs : this.isStale(left.holder, left.ageMs)) {
+        if ((await this.readHolder(guard)).raw === left.raw) await this.fs.unlink(guard).catch(ignoreMissing)
+      }
       return false
     }
     try {
