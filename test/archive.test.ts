@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
-import { API, build, createSession, get, post, tempDir } from './helper.js'
+import { API, build, createSession, get, post, tempDir, waitFor } from './helper.js'
 import { faultFs, tempOf } from './faults.js'
 import { storedSession } from './session-fixtures.js'
 
@@ -71,7 +71,7 @@ t.test('the scheduler runs once after restore, then on its interval', async (t) 
   await finishedSession(app, 'second')
   advance(31)
   // The interval is 30 ms; wait (bounded) for a timer pass to pick the session up.
-  for (let i = 0; i < 200 && existsSync(join(dir, 'second.json')); i++) await sleep(25)
+  await waitFor('a timer pass to move the second session', () => !existsSync(join(dir, 'second.json')))
   t.same(await archived(dir), ['first.json', 'second.json'], 'a timer pass archived the second session')
 })
 
@@ -95,7 +95,7 @@ t.test('pending and running sessions are not archived, however old', async (t) =
   await post(app, '/execute', { session_id: 'pending' })
   await post(app, '/create', { session_id: 'running', tasks: [{ instruction: 'slow', task_type: 'Coding' }] })
   const running = post(app, '/execute', { session_id: 'running' })
-  for (let i = 0; i < 200 && (await get(app, '/progress?session_id=running')).json().in_progress === 0; i++) await sleep(5)
+  await waitFor('the task to start', async () => (await get(app, '/progress?session_id=running')).json().in_progress > 0)
 
   advance(365)
   t.same((await app.archiver.runOnce()).archived, ['done'])
@@ -116,7 +116,7 @@ t.test('a session that changes between the scan and the move stays active', asyn
   // A create on `busy` is in flight (its save held) when the pass scans `busy` as finished.
   const gate = fs.hold('rename', { path: tempOf('busy') })
   const create = post(app, '/create', { session_id: 'busy', instructions: 'one more thing' })
-  for (let i = 0; i < 200 && gate.held() === 0; i++) await sleep(5)
+  await waitFor('the save of the create to be held', () => gate.held() > 0)
   t.equal(gate.held(), 1, 'the save of the create is held')
   const pass = app.archiver.runOnce()
   // Scanning and queueing take no I/O: after one turn the archive of `busy` waits behind the create.
@@ -155,7 +155,7 @@ t.test('passes never overlap: one asked for while another runs waits for it', as
   advance(1)
 
   const first = app.archiver.runOnce()
-  for (let i = 0; i < 200 && moves.length === 0; i++) await sleep(5)
+  await waitFor('the first pass to start its move', () => moves.length > 0)
   const second = post(app, '/archive', { older_than_days: 0 })
   await sleep(50)
   t.same(moves, ['start old.json'], 'the second pass has not started')

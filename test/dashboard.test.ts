@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { chromium, type Browser, type Page } from 'playwright-core'
-import { build, createSession, post, type TestAppOptions, type TestContext } from './helper.js'
+import { build, createSession, post, waitFor, type TestAppOptions, type TestContext } from './helper.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
@@ -20,9 +20,21 @@ const DOCS = fileURLToPath(new URL('../../docs/', import.meta.url))
 const SCREENSHOTS = process.env.TASKVAULT_SCREENSHOTS === '1'
 const HTML_RESULT = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script><b>bold?</b>'
 
-/** Tasks named "slow ..." take 400 ms (until aborted); "html" answers HTML; "bad" fails. */
+/** The "gate ..." tasks waiting, each released by calling it (or ended by an abort). */
+const gates: Array<() => void> = []
+
+/** Tasks named "slow ..." take 400 ms (until aborted); "gate ..." wait for the test; "html" answers HTML; "bad" fails. */
 const executors: TestAppOptions['executors'] = {
   default: async (task, { signal }) => {
+    if (task.instruction.startsWith('gate')) {
+      await new Promise<void>((resolve, reject) => {
+        gates.push(resolve)
+        signal.addEventListener('abort', () => {
+          gates.splice(gates.indexOf(resolve), 1)
+          reject(signal.reason)
+        }, { once: true })
+      })
+    }
     if (task.instruction.startsWith('slow')) {
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(resolve, 400)
@@ -79,13 +91,17 @@ async function run (browser: Browser): Promise<void> {
   })
 
   t.test('a background run moves the progress bar without a reload; cancel; retry the cancelled task; delete with confirmation', async (t) => {
-    await createSession(app, 'live-run', '1. slow one\n2. slow two\n3. slow three\n4. slow four\n5. slow five\n6. slow six')
+    // Each task after the first waits for the test, so the run is still going when Cancel is
+    // clicked, however late the browser sees its progress.
+    await createSession(app, 'live-run', '1. slow one\n2. gate two\n3. gate three\n4. gate four\n5. gate five\n6. gate six')
     const page = await open(t, browser, `${base}#/session/live-run`)
     await page.locator('#session-title', { hasText: 'live-run' }).waitFor()
     await js(page, 'window.marker = 1')
     await page.getByRole('button', { name: 'Run all in background' }).click()
     await page.waitForFunction(`${BAR} > 0`)
     const first = await progressValue(page)
+    await waitFor('task 2 to wait at its gate', () => gates.length > 0)
+    gates.shift()?.()
     await page.waitForFunction(`${BAR} > ${first}`)
     t.ok(await progressValue(page) > first, 'the bar moved')
     t.equal(await js(page, 'window.marker'), 1, 'without a reload')

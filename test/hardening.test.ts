@@ -450,19 +450,21 @@ t.test('lock: a lock left by a dead pid on this host is taken over', async (t) =
 })
 
 const FAST_LOCK = { TASK_LOCK_STALE_MS: 1000, TASK_LOCK_REFRESH_MS: 400 }
+/** Stale after 30 s: a lock written by the test is still fresh when a slow boot reaches it. */
+const SHORT_LOCK = { TASK_LOCK_STALE_MS: 30_000, TASK_LOCK_REFRESH_MS: 400 }
 
 t.test('lock: a live holder on another host is refused until the lock goes stale', async (t) => {
   const dir = await tempDir(t)
   const elsewhere = { pid: process.pid, host: 'elsewhere', since: '2026-01-01T00:00:00.000Z' }
   await writeLock(dir, elsewhere)
-  const err = await openError(dir, FAST_LOCK)
+  const err = await openError(dir, SHORT_LOCK)
   t.ok(err instanceof StorageLockedError, 'a fresh lock from another host: StorageLockedError')
   t.match(String((err as Error | null)?.message), `pid ${process.pid} on host elsewhere`, 'names pid and host')
   t.same(await readLock(dir), elsewhere, 'the lock is left as it was')
 
-  const old = new Date(Date.now() - 10_000)
+  const old = new Date(Date.now() - 10 * 60_000)
   await lutimes(join(dir, LOCK_FILE), old, old)
-  const app = await open(dir, FAST_LOCK)
+  const app = await open(dir, SHORT_LOCK)
   t.teardown(() => app.close())
   t.same(await readLock(dir).then((holder) => [holder.pid, holder.host]), [process.pid, hostname()], 'an untouched lock is taken over')
   t.equal((await post(app, '/create', { session_id: 'x', instructions: 'a' })).statusCode, 200)
@@ -470,12 +472,13 @@ t.test('lock: a live holder on another host is refused until the lock goes stale
 
 t.test('lock: the holder keeps its lock fresh, so it is never taken for stale', async (t) => {
   const dir = await tempDir(t)
-  const app = await open(dir, FAST_LOCK)
+  // Touched every 400 ms, stale after 3 s: a heartbeat may run seconds late on a loaded host.
+  const app = await open(dir, { TASK_LOCK_STALE_MS: 3000, TASK_LOCK_REFRESH_MS: 400 })
   t.teardown(() => app.close())
   const started = (await lstat(join(dir, LOCK_FILE))).mtimeMs
-  await sleep(1500)
+  await sleep(3500)
   t.ok((await lstat(join(dir, LOCK_FILE))).mtimeMs > started, 'the lock was touched since')
-  t.ok(Date.now() - (await lstat(join(dir, LOCK_FILE))).mtimeMs < 1000, 'and is younger than TASK_LOCK_STALE_MS')
+  t.ok(Date.now() - (await lstat(join(dir, LOCK_FILE))).mtimeMs < 3000, 'and is younger than TASK_LOCK_STALE_MS')
 })
 
 t.test('lock: a lock path that names no holder (a regular file, garbage) is taken over', async (t) => {

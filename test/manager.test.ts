@@ -125,13 +125,16 @@ t.test('when the save of a finished task fails, the task stays InProgress and ru
 t.test('shutdown: a task that outlives the grace period is aborted and resumes after restart', async (t) => {
   const dir = await tempDir(t)
   let sawAbort = false
+  const started = deferred()
   const hang: Executor = (_task, { signal }) => new Promise((_resolve, reject) => {
     signal.addEventListener('abort', () => { sawAbort = true; reject(new Error('aborted')) })
+    started.resolve()
   })
   const app = await build(t, { dir, executors: { default: hang }, config: { TASK_SHUTDOWN_GRACE_MS: 100 } })
   await createSession(app, 'long', '1. slow\n2. next')
   const running = post(app, '/execute', { session_id: 'long' })
-  await new Promise((resolve) => setTimeout(resolve, 50))
+  // Closed once the agent runs (its InProgress save is durable), however slow the disk.
+  await started.promise
   await app.close()
   const res = await running
   t.equal(res.statusCode, 503)
@@ -148,14 +151,15 @@ t.test('shutdown: a task that outlives the grace period is aborted and resumes a
 
 t.test('shutdown lets a running task finish within the grace period', async (t) => {
   const dir = await tempDir(t)
+  const started = deferred()
   const app = await build(t, {
     dir,
-    executors: { default: async () => { await new Promise((resolve) => setTimeout(resolve, 150)); return { result: 'finished' } } },
+    executors: { default: async () => { started.resolve(); await new Promise((resolve) => setTimeout(resolve, 150)); return { result: 'finished' } } },
     config: { TASK_SHUTDOWN_GRACE_MS: 5000 }
   })
   await createSession(app, 'graceful', 'x')
   const running = post(app, '/execute', { session_id: 'graceful' })
-  await new Promise((resolve) => setTimeout(resolve, 30))
+  await started.promise
   await app.close()
   t.equal((await running).json().status, 'Completed')
   t.equal(JSON.parse(await readFile(join(dir, 'graceful.json'), 'utf8')).session.tasks[0].status, 'Completed')

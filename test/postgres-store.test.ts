@@ -13,6 +13,7 @@ import { Keyring } from '../services/store/keyring.js'
 import { createPool } from '../services/store/postgres/pool.js'
 import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
 import { serializeSessionFile } from '../services/store/session-files.js'
+import { waitFor } from './helper.js'
 import { inspector as inspectorOf, openTestStore, testDatabase, throughProxy, type TestStoreOptions } from './postgres.js'
 import type { TcpProxy } from './tcp-proxy.js'
 import { contractSession, storeContract } from './store-contract.js'
@@ -217,7 +218,9 @@ async function landedUnknown (db: pg.Pool, proxy: TcpProxy, store: PostgresSessi
   await db.query('CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
   await db.query('CREATE TRIGGER slow BEFORE UPDATE ON sessions FOR EACH ROW EXECUTE FUNCTION slow_write()')
   const saving = store.save(file).catch((error: unknown) => error)
-  await new Promise((resolve) => setTimeout(resolve, 200))
+  // The network stalls once the update is in the server's hands (sleeping in the trigger), however slow this host.
+  await waitFor('the update to reach the server', async () => (await db.query(
+    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
   proxy.stall()
   const err = await saving
   await db.query('DROP TRIGGER slow ON sessions')
