@@ -283,6 +283,75 @@ t.test('a stream requested behind a slow response on the same connection (pipeli
   t.match(stream, /HTTP\/1\.1 200 OK[\s\S]*retry: 2000[\s\S]*"early"[\s\S]*"late"/, 'its headers, then the events in order')
 })
 
+t.test('a stream queued behind another on a connection that dies is let go (it never counts against the cap)', async (t) => {
+  const buffer = new TaskEventBuffer(100)
+  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1 }, { info: () => {}, warn: () => {} })
+  const server = createServer((_req, res) => { hub.open(res, _req.url === '/quiet' ? 'quiet' : null, undefined) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { hub.close(); server.close() })
+  // The second stream waits for the first, which never ends: its response never gets the socket.
+  const client = rawClient((server.address() as net.AddressInfo).port, 'GET /events HTTP/1.1\r\nHost: x\r\n\r\nGET /quiet HTTP/1.1\r\nHost: x\r\n\r\n')
+  await waitFor('both streams opened', () => hub.size === 2)
+  client.socket.destroy()
+  await waitFor('both streams let go', () => hub.size === 0, 5000)
+  t.equal(hub.size, 0, 'no stream left counted')
+})
+
+/** The frames in a raw HTTP response's body: id and event of each, in order. */
+const frames = (text: string): Array<{ id: string, event: string }> =>
+  [...text.matchAll(/^id: (\S+)\nevent: (\S+)\n/gmu)].map((m) => ({ id: m[1] as string, event: m[2] as string }))
+
+t.test('a resume bigger than TASK_EVENTS_MAX_QUEUED_BYTES reaches a client that reads, whole and in order, live events after it', async (t) => {
+  const buffer = new TaskEventBuffer(20_000)
+  const bound = 64 * 1024
+  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes: bound, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1 }, { info: () => {}, warn: () => {} })
+  const server = createServer((req, res) => { hub.open(res, null, req.headers['last-event-id'] as string | undefined) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { hub.close(); server.close() })
+  const pad = 'x'.repeat(1000)
+  const first = buffer.append('progress', { session_id: 's', n: 0, pad })
+  // About 20 MB missed: more than the kernel's socket buffers take at once, and 300 times the bound.
+  const missed = 19_999
+  for (let n = 1; n <= missed; n++) buffer.append('progress', { session_id: 's', n, pad })
+  const client = rawClient((server.address() as net.AddressInfo).port, `GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: ${buffer.idOf(first)}\r\n\r\n`)
+  t.teardown(() => { client.socket.destroy() })
+  await waitFor('the stream opened', () => hub.size === 1)
+  // Live events while the resume is being written: they come after it.
+  for (let n = missed + 1; n <= missed + 10; n++) buffer.append('progress', { session_id: 's', n, pad })
+  const lastId = buffer.currentId()
+  await waitFor('the last live event', () => client.received().includes(`id: ${lastId}\n`), 20_000)
+  const got = frames(client.received())
+  t.notOk(got.some((frame) => frame.event === 'reset'), 'no reset: the client reads, so it is not cut')
+  t.equal(got.length, missed + 10, 'every event after the id, once')
+  t.ok(got.every((frame, i) => frame.id === `${buffer.lifetime}-${i + 2}`), 'in order, the live ones last')
+  t.equal(hub.size, 1, 'the stream goes on')
+})
+
+t.test('a client that stops reading during a resume is cut off once the live events held behind it pass the bound', async (t) => {
+  const buffer = new TaskEventBuffer(20_000)
+  const bound = 64 * 1024
+  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes: bound, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1 }, { info: () => {}, warn: () => {} })
+  const server = createServer((req, res) => { hub.open(res, null, req.headers['last-event-id'] as string | undefined) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { hub.close(); server.close() })
+  const pad = 'x'.repeat(1000)
+  const first = buffer.append('progress', { session_id: 's', pad })
+  // About 20 MB missed: more than the kernel's socket buffers take, so the resume waits.
+  for (let n = 1; n < 20_000; n++) buffer.append('progress', { session_id: 's', pad })
+  const client = rawClient((server.address() as net.AddressInfo).port, `GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: ${buffer.idOf(first)}\r\n\r\n`)
+  client.socket.pause()
+  t.teardown(() => { client.socket.destroy() })
+  await waitFor('the stream opened', () => hub.size === 1)
+  await sleep(300)
+  t.equal(hub.size, 1, 'waiting for the reader is not a reason to cut it')
+  // Live events pile up behind the resume until they pass the bound.
+  for (let n = 0; n < 100 && hub.size === 1; n++) {
+    buffer.append('progress', { session_id: 's', pad })
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  t.equal(hub.size, 0, 'cut off')
+})
+
 t.test('heartbeats keep a stream alive, and the request timeout does not cut it', async (t) => {
   const { app, base } = await listening(t, { config: { TASK_EVENTS_HEARTBEAT_MS: 100, TASK_REQUEST_TIMEOUT_MS: 200 } })
   const stream = await openStream(t, `${base}${EVENTS}`)

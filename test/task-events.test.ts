@@ -20,7 +20,9 @@ t.test('the buffer keeps the latest events, numbered; older ids and foreign ids 
   t.same(buffer.since(`${buffer.lifetime}-5`), { reset: false, events: [] })
   t.equal(buffer.since(`${buffer.lifetime}-1`).reset, true, 'event 2 is gone: reset')
   t.equal(buffer.since(start).reset, true, 'from before the first event, with the first ones gone')
-  for (const id of [`${buffer.lifetime}-6`, 'ffffffff-4', 'garbage', '', `${buffer.lifetime}-x`, `${buffer.lifetime}--1`]) {
+  // Ids this process never wrote, some of which Number() would read as 4 or 0.
+  const life = buffer.lifetime
+  for (const id of [`${life}-6`, 'ffffffff-4', 'garbage', '', `${life}-x`, `${life}--1`, `${life}-`, `${life}- 4`, `${life}-4 `, `${life}-0x4`, `${life}-4e0`, `${life}-+4`, `${life}-04`, `${life}-4.0`]) {
     t.equal(buffer.since(id).reset, true, `reset for '${id}'`)
   }
   const event = buffer.append('task.completed', { session_id: 'a', task_id: 't', status: 'Completed' })

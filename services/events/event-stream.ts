@@ -47,6 +47,9 @@ interface Client {
   sessionId: string | null
   /** Where in the current turn's events this client starts (it joined mid-turn), else 0. */
   from: number
+  /** A resume still being written a piece at a time: live events wait here behind it, in order. */
+  held: Buffer[] | null
+  heldBytes: number
 }
 
 /** The headers of every stream: no caching, and no buffering by nginx-style proxies. */
@@ -61,6 +64,13 @@ const BUSY_SMOOTHING_MS = 500
 
 /** How long a cut-off client has to read its reset before its socket is destroyed. */
 const CUT_GRACE_MS = 5000
+
+/**
+ * A resume is written in pieces of about this size, the next once the socket has taken the last:
+ * a whole buffer's worth (10,000 events, some 2 MB) in one write would sit in the socket's queue
+ * past TASK_EVENTS_MAX_QUEUED_BYTES and cut even a client that reads at once.
+ */
+const REPLAY_PIECE_CHARS = 64 * 1024
 
 export class EventStreamHub {
   private readonly clients = new Set<Client>()
@@ -123,7 +133,7 @@ export class EventStreamHub {
       res.end()
       return
     }
-    const client: Client = { res, sessionId, from: this.turn.length }
+    const client: Client = { res, sessionId, from: this.turn.length, held: null, heldBytes: 0 }
     // No chunked framing: the body ends with the connection, and events go straight to the
     // socket once the headers are out. A write is then one system call, made at once (and timed
     // by the pace), where res.write corks the socket and leaves a writev to the next tick.
@@ -132,15 +142,49 @@ export class EventStreamHub {
     res.flushHeaders()
     // The retry hint, and a first line so that clients see the headers at once.
     let head = 'retry: 2000\n: connected\n\n'
+    let missed: BufferedEvent[] = []
     if (lastEventId !== undefined) {
       const replay = this.buffer.since(lastEventId)
       if (replay.reset) head += this.resetFrame('unknown-id')
-      else for (const event of replay.events) if (matches(client, event)) head += this.buffer.frameOf(event)
+      else missed = replay.events.filter((event) => matches(client, event))
     }
     this.clients.add(client)
-    res.once('close', () => { this.clients.delete(client) })
+    const drop = (): void => { this.clients.delete(client) }
+    res.once('close', drop)
+    // A response queued behind another on its connection (pipelined) has no socket yet, and is
+    // not told when the connection dies: the connection's own close lets it go.
+    res.req.socket?.once('close', drop)
     this.write(client, head)
+    if (missed.length > 0) this.replay(client, missed, 0)
     this.heartbeat ??= setInterval(() => { this.beat() }, this.limits.heartbeatMs).unref()
+  }
+
+  /**
+   * Writes the events `missed` from `at` on, a piece at a time: the next piece once the socket
+   * has drained the last, while live events wait behind them (`held`, bounded like a socket's
+   * queue). A response still without its socket (pipelined) is given them all at once.
+   */
+  private replay (client: Client, missed: readonly BufferedEvent[], at: number): void {
+    if (!this.clients.has(client)) return
+    const socket = client.res.socket
+    // Well under the bound a piece is checked against (a small TASK_EVENTS_MAX_QUEUED_BYTES).
+    const size = Math.min(REPLAY_PIECE_CHARS, this.limits.maxQueuedBytes / 4)
+    let piece = ''
+    while (at < missed.length && (socket === null || piece.length < size)) piece += this.buffer.frameOf(missed[at++] as BufferedEvent)
+    if (at < missed.length) {
+      client.held ??= []
+      this.write(client, piece)
+      if (!this.clients.has(client)) return
+      const next = (): void => { this.replay(client, missed, at) }
+      if ((socket as NonNullable<typeof socket>).writableNeedDrain) socket?.once('drain', next)
+      else setImmediate(next)
+      return
+    }
+    // The last piece, and what arrived meanwhile behind it.
+    const held = client.held ?? []
+    client.held = null
+    client.heldBytes = 0
+    this.write(client, held.length === 0 ? piece : Buffer.concat([Buffer.from(piece, 'utf8'), ...held]))
   }
 
   /** Ends every stream (shutdown) and stops taking new ones; clients reconnect with their last id. */
@@ -236,7 +280,15 @@ export class EventStreamHub {
         chunk = text === '' ? null : Buffer.from(text, 'utf8')
         chunks.set(key, chunk)
       }
-      if (chunk !== null) this.write(client, chunk)
+      if (chunk === null) continue
+      if (client.held === null) {
+        this.write(client, chunk)
+        continue
+      }
+      // Behind a resume still being written: held, under the same bound as a socket's queue.
+      client.held.push(chunk)
+      client.heldBytes += chunk.length
+      if (client.heldBytes > this.limits.maxQueuedBytes) this.cut(client)
     }
   }
 
@@ -251,7 +303,7 @@ export class EventStreamHub {
   private write (client: Client, chunk: string | Buffer): void {
     const res = client.res
     const socket = res.socket
-    if (res.writableEnded || res.destroyed || (socket !== null && !socket.writable)) {
+    if (res.writableEnded || res.destroyed || (socket !== null && !socket.writable) || res.req.socket?.destroyed === true) {
       this.clients.delete(client)
       return
     }

@@ -13,6 +13,9 @@ export const TASK_EVENT_NAMES = [
 ] as const
 export type TaskEventName = typeof TASK_EVENT_NAMES[number]
 
+/** The sequence number of an id, as written: decimal, no sign, no leading zero. */
+const SEQ = /^(?:0|[1-9][0-9]{0,15})$/u
+
 /** Always names the session; a task id and status where one applies. Never a result. */
 export interface TaskEventData {
   session_id: string
@@ -136,8 +139,10 @@ export class TaskEventBuffer {
   /** Every event after `lastId`, or a reset when it is not from this lifetime or older than the buffer. */
   since (lastId: string): Replay {
     const dash = lastId.lastIndexOf('-')
-    const seq = Number(lastId.slice(dash + 1))
-    if (dash < 0 || lastId.slice(0, dash) !== this.life || !Number.isSafeInteger(seq) || seq < 0 || seq > this.last) return { reset: true }
+    // Only a number as this process writes one: "", " 5", "0x10" or "1e3" is no id of ours.
+    const digits = lastId.slice(dash + 1)
+    const seq = SEQ.test(digits) ? Number(digits) : NaN
+    if (dash < 0 || lastId.slice(0, dash) !== this.life || !Number.isSafeInteger(seq) || seq > this.last) return { reset: true }
     // Every event after seq must still be held.
     if (seq < this.dropped) return { reset: true }
     let low = this.head
