@@ -6,6 +6,7 @@
 //   { type: 'latency', times }            times: [seq, emitted epoch ms][]; answers with percentiles
 //                                         of arrival - emission, the events counted and this process's
 //                                         CPU time (cpu_us) since the reset, and stops recording
+//   { type: 'disconnect' }                closes every stream; answers in kind
 //   { type: 'stop' }
 // As lean as a load generator should be, since it shares the 2 cores with the server: outside
 // recording the clients read and drop what arrives; while recording, every client counts its
@@ -97,6 +98,9 @@ process.on('message', async (message) => {
       }
       latencies.sort((a, b) => a - b)
       process.send({ type: 'latency', deliveries: latencies.length, timed_clients: timedClients, counted, p50: percentile(latencies, 50), p99: percentile(latencies, 99), max: latencies.at(-1) ?? NaN, cpu_us: cpu.user + cpu.system })
+    } else if (message.type === 'disconnect') {
+      for (const client of clients.splice(0)) client.socket.destroy()
+      process.send({ type: 'disconnect' })
     } else if (message.type === 'stop') {
       for (const client of clients) client.socket.destroy()
       process.exit(0)
