@@ -5,6 +5,7 @@ import { EventStreamHub } from '../services/events/event-stream.js'
 import { TaskEventBuffer, type TaskEventData, type TaskEventName } from '../services/events/task-events.js'
 import { EVENTS_SETTINGS, resolveSettings, settingOptions } from '../schemas/options.js'
 import { appSettings, checkOptions } from './options.js'
+import { noop } from '../services/noop.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -47,9 +48,25 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
   app.decorate('taskEvents', buffer)
   app.decorate('eventStreams', hub)
   app.addHook('preClose', async () => {
-    // The last events (the drain's) reach the streams before they end.
-    await relay?.close()
-    hub.close()
+    // The last events (the drain's) reach the streams before they end, unless the database
+    // keeps them longer than TASK_EVENTS_CLOSE_MS: then the streams end without them (clients
+    // resume or refetch), and the exit is not held up.
+    try {
+      if (relay !== null) await settledWithin(relay.close(), settings.eventsCloseMs)
+    } finally {
+      hub.close()
+    }
   })
   app.addHook('onClose', async () => { app.taskManager.events.off('task-event', forward) })
 }, { name: 'taskvault-events', fastify: '5.x', dependencies: ['taskvault-task-manager'] })
+
+/** Waits for `work` at most `ms`; its outcome, if later, is let go (the relay logs its own failures). */
+async function settledWithin (work: Promise<void>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<void>((resolve) => { timer = setTimeout(resolve, ms) })
+  try {
+    await Promise.race([work.catch(noop), late])
+  } finally {
+    clearTimeout(timer)
+  }
+}

@@ -93,7 +93,8 @@ export const EVENTS_SETTINGS = {
   eventsFlushMs: 'TASK_EVENTS_FLUSH_MS',
   eventsFlushMaxMs: 'TASK_EVENTS_FLUSH_MAX_MS',
   eventsFanoutShare: 'TASK_EVENTS_FANOUT_SHARE',
-  eventsPollMs: 'TASK_EVENTS_POLL_MS'
+  eventsPollMs: 'TASK_EVENTS_POLL_MS',
+  eventsCloseMs: 'TASK_EVENTS_CLOSE_MS'
 } as const
 
 export type ManagerSettings = Resolved<typeof MANAGER_SETTINGS>

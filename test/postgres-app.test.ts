@@ -6,6 +6,7 @@ import { API, build, tempDir, waitFor } from './helper.js'
 import pg from 'pg'
 import { testDatabase } from './postgres.js'
 import { startProxy } from './tcp-proxy.js'
+import { openStream } from './sse-client.js'
 import { connectionConfig } from '../services/store/postgres/pool.js'
 
 const connected = async (client: pg.Client): Promise<pg.Client> => { await client.connect(); return client }
@@ -173,4 +174,30 @@ t.test('losing the database: requests fail fast with 503, /ready goes 503, and t
     }
   })
   t.same(rows, ['after', 'before'], 'and the database holds exactly the acknowledged sessions')
+})
+
+t.test('shutdown with the database not answering ends the event streams after TASK_EVENTS_CLOSE_MS, not after the statement timeout', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const target = new URL(url)
+  const proxy = await startProxy(Number(target.port || 5432), target.hostname)
+  t.teardown(() => proxy.close())
+  const viaProxy = new URL(url)
+  viaProxy.port = String(proxy.port)
+  const app = await postgresApp(t, viaProxy.toString(), { TASK_DB_STATEMENT_TIMEOUT_MS: 10_000, TASK_EVENTS_CLOSE_MS: 500 })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as import('node:net').AddressInfo
+  const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events`)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'seen', instructions: 'x' } })).statusCode, 200)
+  await stream.until((events) => events.some((event) => event.event === 'session.created'))
+
+  // The relay's last read of the event log now waits on a database that does not answer.
+  proxy.stall()
+  const started = Date.now()
+  const closing = app.close()
+  await stream.ended
+  const ms = Date.now() - started
+  t.ok(ms < 500 + 3000, `the stream ended ${ms} ms into the shutdown (the statement timeout is 10 s)`)
+  proxy.pass()
+  await closing
 })
