@@ -201,3 +201,42 @@ t.test('shutdown with the database not answering ends the event streams after TA
   proxy.pass()
   await closing
 })
+
+t.test('live events the database could not take wait and go later, in order; past TASK_EVENTS_BUFFER of them the streams get a reset', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const app = await postgresApp(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 500, TASK_EVENTS_POLL_MS: 200, TASK_EVENTS_BUFFER: 5 })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as import('node:net').AddressInfo
+  const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events`)
+  const create = async (id: string): Promise<void> => {
+    t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: id, instructions: 'x' } })).statusCode, 200, `${id} created`)
+  }
+  // The event log locked by another client: publishing (and reading) it fails by the statement timeout, saves do not.
+  const locker = await connected(new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 0 })))
+  t.teardown(() => locker.end())
+  const lockLog = async (): Promise<void> => { await locker.query('BEGIN'); await locker.query('LOCK TABLE events IN ACCESS EXCLUSIVE MODE') }
+
+  await lockLog()
+  await create('late')
+  await sleep(1500) // two failed tries at least
+  t.notOk(stream.events.some((event) => event.data.session_id === 'late'), 'nothing shown while the log cannot take it')
+  await locker.query('COMMIT')
+  const late = await stream.until((events) => events.filter((event) => event.data.session_id === 'late').length === 3, 10_000)
+  t.same(names(late, 'late'), ['session.created', 'tasks.added', 'progress'], 'shown once the log takes them, in order')
+  t.notOk(late.some((event) => event.event === 'reset'), 'no reset: nothing was lost')
+
+  // Six events wait for a log that keeps five: the oldest is dropped, and the stream is told.
+  await lockLog()
+  await create('lost1')
+  await create('lost2')
+  const reset = await stream.until((events) => events.some((event) => event.event === 'reset'), 10_000)
+  t.same(reset.find((event) => event.event === 'reset')?.data, { reason: 'missed-events' })
+  await locker.query('COMMIT')
+  const after = await stream.until((events) => events.some((event) => event.data.session_id === 'lost2' && event.event === 'progress'), 10_000)
+  t.same(names(after, 'lost2'), ['session.created', 'tasks.added', 'progress'], 'the newer events follow once the log takes them')
+  t.equal(names(after, 'lost1').length, 2, 'of the first create\'s three, the oldest was dropped')
+})
+
+const names = (events: Array<{ event: string, data: Record<string, unknown> }>, sessionId: string): string[] =>
+  events.filter((event) => event.data.session_id === sessionId).map((event) => event.event)

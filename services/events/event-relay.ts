@@ -54,10 +54,14 @@ export class EventRelay {
   publish (name: TaskEventName, data: TaskEventData): void {
     if (this.closed) return
     this.queue.push({ name, data })
+    this.schedule(this.options.flushMs)
+  }
+
+  private schedule (ms: number): void {
     this.publishing ??= setTimeout(() => {
       this.publishing = null
       this.flushed = this.flushed.then(async () => this.flush())
-    }, this.options.flushMs)
+    }, ms)
   }
 
   /** Publishes what is queued and reads the log a last time, so the last events reach this replica's streams. */
@@ -81,9 +85,18 @@ export class EventRelay {
     try {
       await this.options.shared.publishEvents(batch, this.options.buffer.capacity)
     } catch (err) {
-      // The database is away: these events are not shown anywhere (the changes themselves are
-      // durable); clients see the state again with their next snapshot.
-      this.options.log.warn({ err, events: batch.length }, 'Could not publish live-view events; they are dropped')
+      // The database is away: the events wait (before any newer) and go with a later try, every
+      // TASK_EVENTS_POLL_MS. No more than the log keeps wait: past that the oldest are dropped,
+      // and this replica's streams are told to refetch (a gap). A batch that did commit unseen
+      // is sent twice, which at-least-once delivery allows.
+      const queue = [...batch, ...this.queue]
+      const dropped = Math.max(0, queue.length - this.options.buffer.capacity)
+      this.queue = queue.slice(dropped)
+      this.options.log.warn({ err, events: batch.length, dropped }, dropped === 0
+        ? 'Could not publish live-view events; trying again'
+        : 'Could not publish live-view events; the oldest are dropped and streams told to refetch')
+      if (dropped > 0) this.options.buffer.gap()
+      if (!this.closed) this.schedule(this.options.pollMs)
     }
   }
 
@@ -105,7 +118,7 @@ export class EventRelay {
             if (event.id <= buffer.latest) continue
             // A name this version does not know (a newer replica's) is passed over, not stuck on.
             if (NAMES.has(event.name)) buffer.appendAt(event.id, event.name as TaskEventName, event.data as TaskEventData)
-            else buffer.lostUpTo(event.id)
+            else buffer.skipTo(event.id)
           }
           if (events.length < READ_BATCH) break
         }

@@ -91,11 +91,13 @@ export class EventStreamHub {
   /** How busy the rest of the server keeps the loop, smoothed (0 to 1). */
   private busy = 0
   private readonly unsubscribe: () => void
+  private readonly unsubscribeGaps: () => void
   private closed = false
 
   constructor (private readonly buffer: TaskEventBuffer, private readonly limits: StreamLimits, private readonly log: StreamLogger) {
     this.interval = limits.flushMs
     this.unsubscribe = buffer.subscribe((event) => { this.deliver(event) })
+    this.unsubscribeGaps = buffer.onGap(() => { this.missed() })
   }
 
   get size (): number {
@@ -191,11 +193,30 @@ export class EventStreamHub {
   close (): void {
     this.closed = true
     this.unsubscribe()
+    this.unsubscribeGaps()
     this.stopHeartbeat()
     this.cancelFlush()
     this.flush()
     for (const client of this.clients) endStream(client.res)
     this.clients.clear()
+  }
+
+  /**
+   * Clients missed events that will never come: what is pending goes out first, then a reset,
+   * after which the stream goes on (the client refetches and carries on from the reset's id).
+   */
+  private missed (): void {
+    this.cancelFlush()
+    this.flush()
+    const frame = Buffer.from(this.resetFrame('missed-events'), 'utf8')
+    for (const client of [...this.clients]) {
+      if (client.held === null) {
+        this.write(client, frame)
+        continue
+      }
+      client.held.push(frame)
+      client.heldBytes += frame.length
+    }
   }
 
   /**
@@ -328,7 +349,7 @@ export class EventStreamHub {
   }
 
   /** A reset carries the current id: after refetching its snapshot the client resumes from here. */
-  private resetFrame (reason: 'unknown-id' | 'slow-reader'): string {
+  private resetFrame (reason: 'unknown-id' | 'slow-reader' | 'missed-events'): string {
     return `id: ${this.buffer.currentId()}\nevent: reset\ndata: ${JSON.stringify({ reason })}\n\n`
   }
 

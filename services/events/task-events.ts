@@ -52,6 +52,7 @@ export class TaskEventBuffer {
   /** The seq of the newest event let go of: a resume from before it cannot be replayed whole. */
   private dropped = 0
   private readonly listeners = new Set<(event: BufferedEvent) => void>()
+  private readonly gapListeners = new Set<() => void>()
 
   constructor (readonly capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError('capacity must be a positive integer')
@@ -90,6 +91,23 @@ export class TaskEventBuffer {
     if (seq <= this.last) return
     this.last = seq
     this.dropped = seq
+    this.gap()
+  }
+
+  /** Event `seq` of a log is not one to show (a name this version does not know): numbering moves past it, nothing is lost. */
+  skipTo (seq: number): void {
+    if (seq > this.last) this.last = seq
+  }
+
+  /** Clients following live missed events that will never come: `onGap` listeners tell them to refetch. */
+  gap (): void {
+    for (const listener of this.gapListeners) listener()
+  }
+
+  /** Called at every gap from now on; returns the unsubscribe function. */
+  onGap (listener: () => void): () => void {
+    this.gapListeners.add(listener)
+    return () => { this.gapListeners.delete(listener) }
   }
 
   /** Adds the next event, numbered after the latest. */
