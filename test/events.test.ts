@@ -352,6 +352,26 @@ t.test('a client that stops reading during a resume is cut off once the live eve
   t.equal(hub.size, 0, 'cut off')
 })
 
+t.test('a client resuming from a shared-log id this replica has not read yet gets no reset, and no event twice', async (t) => {
+  const buffer = new TaskEventBuffer(100)
+  buffer.adopt('log', 10)
+  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1 }, { info: () => {}, warn: () => {} })
+  const server = createServer((req, res) => { hub.open(res, null, req.headers['last-event-id'] as string | undefined) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { hub.close(); server.close() })
+  // The client saw up to 12 on another replica; this one has read up to 10.
+  const client = rawClient((server.address() as net.AddressInfo).port, 'GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: log-12\r\n\r\n')
+  t.teardown(() => { client.socket.destroy() })
+  await waitFor('the stream opened', () => hub.size === 1)
+  for (const seq of [11, 12, 13]) {
+    buffer.appendAt(seq, 'progress', { session_id: `s${seq}` })
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  buffer.appendAt(14, 'progress', { session_id: 's14' })
+  await waitFor('event 14', () => client.received().includes('id: log-14\n'))
+  t.same(frames(client.received()).map((frame) => frame.id), ['log-13', 'log-14'], 'only what came after its id')
+})
+
 t.test('heartbeats keep a stream alive, and the request timeout does not cut it', async (t) => {
   const { app, base } = await listening(t, { config: { TASK_EVENTS_HEARTBEAT_MS: 100, TASK_REQUEST_TIMEOUT_MS: 200 } })
   const stream = await openStream(t, `${base}${EVENTS}`)

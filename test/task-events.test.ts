@@ -71,3 +71,14 @@ t.test('a log event this version does not show is passed over without resetting 
   buffer.gap()
   t.equal(gaps, 1, 'unsubscribed')
 })
+
+t.test('an id of the shared log a replica has not read yet resumes with nothing to replay; one far ahead, or of a lone process, resets', async (t) => {
+  const shared = new TaskEventBuffer(10)
+  shared.adopt('log', 40)
+  shared.appendAt(41, 'progress', { session_id: 'a' })
+  t.same(shared.since('log-43'), { reset: false, events: [], after: 43 }, 'two ahead: the client has 42 and 43 already')
+  t.equal(shared.since('log-52').reset, true, 'further ahead than the buffer holds: no id the log gave out lately')
+  const lone = new TaskEventBuffer(10)
+  lone.append('progress', { session_id: 'a' })
+  t.equal(lone.since(`${lone.lifetime}-2`).reset, true, 'a lone process numbers its own events: an id ahead is not one of them')
+})

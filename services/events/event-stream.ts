@@ -47,6 +47,8 @@ interface Client {
   sessionId: string | null
   /** Where in the current turn's events this client starts (it joined mid-turn), else 0. */
   from: number
+  /** Live events up to this seq are not sent: the client resumed from an id this replica had not read yet (0: none). */
+  after: number
   /** A resume still being written a piece at a time: live events wait here behind it, in order. */
   held: Buffer[] | null
   heldBytes: number
@@ -135,7 +137,7 @@ export class EventStreamHub {
       res.end()
       return
     }
-    const client: Client = { res, sessionId, from: this.turn.length, held: null, heldBytes: 0 }
+    const client: Client = { res, sessionId, from: this.turn.length, after: 0, held: null, heldBytes: 0 }
     // No chunked framing: the body ends with the connection, and events go straight to the
     // socket once the headers are out. A write is then one system call, made at once (and timed
     // by the pace), where res.write corks the socket and leaves a writev to the next tick.
@@ -148,7 +150,10 @@ export class EventStreamHub {
     if (lastEventId !== undefined) {
       const replay = this.buffer.since(lastEventId)
       if (replay.reset) head += this.resetFrame('unknown-id')
-      else missed = replay.events.filter((event) => matches(client, event))
+      else {
+        missed = replay.events.filter((event) => matches(client, event))
+        client.after = replay.after ?? 0
+      }
     }
     this.clients.add(client)
     const drop = (): void => { this.clients.delete(client) }
@@ -289,14 +294,16 @@ export class EventStreamHub {
     // A copy: a write may cut its client, which leaves the set.
     for (const client of [...this.clients]) {
       const from = client.from
+      const after = client.after
       client.from = 0
-      const key = `${from}:${client.sessionId ?? ''}`
+      if (after !== 0 && (events.at(-1) as BufferedEvent).seq >= after) client.after = 0
+      const key = `${from}:${after}:${client.sessionId ?? ''}`
       let chunk = chunks.get(key)
       if (chunk === undefined) {
         let text = ''
         for (let i = from; i < events.length; i++) {
           const event = events[i] as BufferedEvent
-          if (matches(client, event)) text += this.buffer.frameOf(event)
+          if (event.seq > after && matches(client, event)) text += this.buffer.frameOf(event)
         }
         chunk = text === '' ? null : Buffer.from(text, 'utf8')
         chunks.set(key, chunk)

@@ -34,7 +34,12 @@ export interface BufferedEvent {
 }
 
 /** What a client resuming from an id gets: the events after it, or a reset (refetch the snapshot). */
-export type Replay = { reset: false, events: BufferedEvent[] } | { reset: true }
+/**
+ * What a resume gets: the events after its id, or a reset. `after`: the id is ahead of this
+ * buffer (another replica had read further in the shared log): live events up to that seq are
+ * ones the client already has.
+ */
+export type Replay = { reset: false, events: BufferedEvent[], after?: number } | { reset: true }
 
 /**
  * The latest `capacity` events, oldest first. Ids are `<lifetime>-<seq>`: seq grows with each
@@ -53,6 +58,8 @@ export class TaskEventBuffer {
   private dropped = 0
   private readonly listeners = new Set<(event: BufferedEvent) => void>()
   private readonly gapListeners = new Set<() => void>()
+  /** The numbering is a shared log's (adopt): another replica may have read further in it. */
+  private shared = false
 
   constructor (readonly capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError('capacity must be a positive integer')
@@ -81,6 +88,7 @@ export class TaskEventBuffer {
     this.life = lifetime
     this.last = latest
     this.dropped = latest
+    this.shared = true
   }
 
   /**
@@ -160,7 +168,13 @@ export class TaskEventBuffer {
     // Only a number as this process writes one: "", " 5", "0x10" or "1e3" is no id of ours.
     const digits = lastId.slice(dash + 1)
     const seq = SEQ.test(digits) ? Number(digits) : NaN
-    if (dash < 0 || lastId.slice(0, dash) !== this.life || !Number.isSafeInteger(seq) || seq > this.last) return { reset: true }
+    if (dash < 0 || lastId.slice(0, dash) !== this.life || !Number.isSafeInteger(seq)) return { reset: true }
+    if (seq > this.last) {
+      // A shared log's id this replica has not read yet (a client moved here from a replica a
+      // moment ahead): nothing to replay, and what comes up to it the client has. Within a
+      // buffer's length only: an id further ahead is none the log gave out lately.
+      return this.shared && seq - this.last <= this.capacity ? { reset: false, events: [], after: seq } : { reset: true }
+    }
     // Every event after seq must still be held.
     if (seq < this.dropped) return { reset: true }
     let low = this.head
