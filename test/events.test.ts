@@ -251,6 +251,18 @@ function rawClient (port: number, request: string): { received: () => string, so
   return { received: () => text, socket }
 }
 
+/**
+ * A hub on a bare node:http server (no app): every request opens a stream, `/quiet` for session
+ * 'quiet' only, resuming from its Last-Event-ID. Writes at once (no pace); `maxQueuedBytes` 1 MiB unless given.
+ */
+async function hubServer (t: TestContext, buffer: TaskEventBuffer, maxQueuedBytes = 1024 * 1024): Promise<{ hub: EventStreamHub, port: number }> {
+  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1 }, { info: () => {}, warn: () => {} })
+  const server = createServer((req, res) => { hub.open(res, req.url === '/quiet' ? 'quiet' : null, req.headers['last-event-id'] as string | undefined) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { hub.close(); server.close() })
+  return { hub, port: (server.address() as net.AddressInfo).port }
+}
+
 t.test('HEAD on the stream gets its headers only, and no stream', async (t) => {
   const { base } = await listening(t)
   const client = rawClient(Number(new URL(base).port), `HEAD ${EVENTS} HTTP/1.1\r\nHost: x\r\n\r\n`)
@@ -284,13 +296,9 @@ t.test('a stream requested behind a slow response on the same connection (pipeli
 })
 
 t.test('a stream queued behind another on a connection that dies is let go (it never counts against the cap)', async (t) => {
-  const buffer = new TaskEventBuffer(100)
-  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1 }, { info: () => {}, warn: () => {} })
-  const server = createServer((_req, res) => { hub.open(res, _req.url === '/quiet' ? 'quiet' : null, undefined) })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => { hub.close(); server.close() })
+  const { hub, port } = await hubServer(t, new TaskEventBuffer(100))
   // The second stream waits for the first, which never ends: its response never gets the socket.
-  const client = rawClient((server.address() as net.AddressInfo).port, 'GET /events HTTP/1.1\r\nHost: x\r\n\r\nGET /quiet HTTP/1.1\r\nHost: x\r\n\r\n')
+  const client = rawClient(port, 'GET /events HTTP/1.1\r\nHost: x\r\n\r\nGET /quiet HTTP/1.1\r\nHost: x\r\n\r\n')
   await waitFor('both streams opened', () => hub.size === 2)
   client.socket.destroy()
   await waitFor('both streams let go', () => hub.size === 0, 5000)
@@ -303,17 +311,13 @@ const frames = (text: string): Array<{ id: string, event: string }> =>
 
 t.test('a resume bigger than TASK_EVENTS_MAX_QUEUED_BYTES reaches a client that reads, whole and in order, live events after it', async (t) => {
   const buffer = new TaskEventBuffer(20_000)
-  const bound = 64 * 1024
-  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes: bound, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1 }, { info: () => {}, warn: () => {} })
-  const server = createServer((req, res) => { hub.open(res, null, req.headers['last-event-id'] as string | undefined) })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => { hub.close(); server.close() })
+  const { hub, port } = await hubServer(t, buffer, 64 * 1024)
   const pad = 'x'.repeat(1000)
   const first = buffer.append('progress', { session_id: 's', n: 0, pad })
   // About 20 MB missed: more than the kernel's socket buffers take at once, and 300 times the bound.
   const missed = 19_999
   for (let n = 1; n <= missed; n++) buffer.append('progress', { session_id: 's', n, pad })
-  const client = rawClient((server.address() as net.AddressInfo).port, `GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: ${buffer.idOf(first)}\r\n\r\n`)
+  const client = rawClient(port, `GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: ${buffer.idOf(first)}\r\n\r\n`)
   t.teardown(() => { client.socket.destroy() })
   await waitFor('the stream opened', () => hub.size === 1)
   // Live events while the resume is being written: they come after it.
@@ -329,16 +333,12 @@ t.test('a resume bigger than TASK_EVENTS_MAX_QUEUED_BYTES reaches a client that 
 
 t.test('a client that stops reading during a resume is cut off once the live events held behind it pass the bound', async (t) => {
   const buffer = new TaskEventBuffer(20_000)
-  const bound = 64 * 1024
-  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes: bound, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1 }, { info: () => {}, warn: () => {} })
-  const server = createServer((req, res) => { hub.open(res, null, req.headers['last-event-id'] as string | undefined) })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => { hub.close(); server.close() })
+  const { hub, port } = await hubServer(t, buffer, 64 * 1024)
   const pad = 'x'.repeat(1000)
   const first = buffer.append('progress', { session_id: 's', pad })
   // About 20 MB missed: more than the kernel's socket buffers take, so the resume waits.
   for (let n = 1; n < 20_000; n++) buffer.append('progress', { session_id: 's', pad })
-  const client = rawClient((server.address() as net.AddressInfo).port, `GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: ${buffer.idOf(first)}\r\n\r\n`)
+  const client = rawClient(port, `GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: ${buffer.idOf(first)}\r\n\r\n`)
   client.socket.pause()
   t.teardown(() => { client.socket.destroy() })
   await waitFor('the stream opened', () => hub.size === 1)
@@ -355,12 +355,9 @@ t.test('a client that stops reading during a resume is cut off once the live eve
 t.test('a client resuming from a shared-log id this replica has not read yet gets no reset, and no event twice', async (t) => {
   const buffer = new TaskEventBuffer(100)
   buffer.adopt('log', 10)
-  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1 }, { info: () => {}, warn: () => {} })
-  const server = createServer((req, res) => { hub.open(res, null, req.headers['last-event-id'] as string | undefined) })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => { hub.close(); server.close() })
+  const { hub, port } = await hubServer(t, buffer)
   // The client saw up to 12 on another replica; this one has read up to 10.
-  const client = rawClient((server.address() as net.AddressInfo).port, 'GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: log-12\r\n\r\n')
+  const client = rawClient(port, 'GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: log-12\r\n\r\n')
   t.teardown(() => { client.socket.destroy() })
   await waitFor('the stream opened', () => hub.size === 1)
   for (const seq of [11, 12, 13]) {

@@ -36,6 +36,16 @@ async function postgresApp (t: Parameters<typeof testDatabase>[0] & { teardown: 
   return app
 }
 
+/** postgresApp reaching the database through a TCP proxy the test can stall or cut. */
+async function postgresAppThroughProxy (t: Parameters<typeof postgresApp>[0], url: string, extra: Record<string, string | number | boolean>): Promise<{ app: FastifyInstance, proxy: Awaited<ReturnType<typeof startProxy>> }> {
+  const target = new URL(url)
+  const proxy = await startProxy(Number(target.port || 5432), target.hostname)
+  t.teardown(() => proxy.close())
+  const viaProxy = new URL(url)
+  viaProxy.port = String(proxy.port)
+  return { app: await postgresApp(t, viaProxy.toString(), extra), proxy }
+}
+
 type Step = [method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown]
 
 const SCRIPT: Step[] = [
@@ -137,12 +147,7 @@ t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => 
 t.test('losing the database: requests fail fast with 503, /ready goes 503, and the service recovers by itself', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
-  const target = new URL(url)
-  const proxy = await startProxy(Number(target.port || 5432), target.hostname)
-  t.teardown(() => proxy.close())
-  const viaProxy = new URL(url)
-  viaProxy.port = String(proxy.port)
-  const app = await postgresApp(t, viaProxy.toString(), { TASK_DB_STATEMENT_TIMEOUT_MS: 1000 })
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1000 })
   const create = async (id: string): Promise<{ status: number, ms: number }> => {
     const started = Date.now()
     const res = await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: id, instructions: 'x' } })
@@ -179,12 +184,7 @@ t.test('losing the database: requests fail fast with 503, /ready goes 503, and t
 t.test('shutdown with the database not answering ends the event streams after TASK_EVENTS_CLOSE_MS, not after the statement timeout', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
-  const target = new URL(url)
-  const proxy = await startProxy(Number(target.port || 5432), target.hostname)
-  t.teardown(() => proxy.close())
-  const viaProxy = new URL(url)
-  viaProxy.port = String(proxy.port)
-  const app = await postgresApp(t, viaProxy.toString(), { TASK_DB_STATEMENT_TIMEOUT_MS: 10_000, TASK_EVENTS_CLOSE_MS: 500 })
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 10_000, TASK_EVENTS_CLOSE_MS: 500 })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as import('node:net').AddressInfo
   const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events`)
