@@ -167,31 +167,35 @@ export class EventStreamHub {
   }
 
   /**
-   * Writes the events `missed` from `at` on, a piece at a time: the next piece once the socket
-   * has drained the last, while live events wait behind them (`held`, bounded like a socket's
-   * queue). A response still without its socket (pipelined) is given them all at once.
+   * Writes the events `missed` from `at` on, then the live ones that arrived meanwhile (`held`,
+   * bounded like a socket's queue), a piece at a time: each once the socket has handed the last
+   * to the kernel, so its queue never holds more than one piece. A response still without its
+   * socket (pipelined) is given everything at once.
    */
   private replay (client: Client, missed: readonly BufferedEvent[], at: number): void {
     if (!this.clients.has(client)) return
     const socket = client.res.socket
-    // Well under the bound a piece is checked against (a small TASK_EVENTS_MAX_QUEUED_BYTES).
-    const size = Math.min(REPLAY_PIECE_CHARS, this.limits.maxQueuedBytes / 4)
+    const held = client.held ??= []
+    // Well under the bound a socket's queue is checked against (a small TASK_EVENTS_MAX_QUEUED_BYTES).
+    const size = socket === null ? Number.POSITIVE_INFINITY : Math.min(REPLAY_PIECE_CHARS, this.limits.maxQueuedBytes / 4)
     let piece = ''
-    while (at < missed.length && (socket === null || piece.length < size)) piece += this.buffer.frameOf(missed[at++] as BufferedEvent)
-    if (at < missed.length) {
-      client.held ??= []
-      this.write(client, piece)
-      if (!this.clients.has(client)) return
-      const next = (): void => { this.replay(client, missed, at) }
-      if ((socket as NonNullable<typeof socket>).writableNeedDrain) socket?.once('drain', next)
-      else setImmediate(next)
+    while (at < missed.length && piece.length < size) piece += this.buffer.frameOf(missed[at++] as BufferedEvent)
+    const chunks: Buffer[] = piece === '' ? [] : [Buffer.from(piece, 'utf8')]
+    let length = piece.length
+    while (at === missed.length && held.length > 0 && length < size) {
+      const chunk = held.shift() as Buffer
+      client.heldBytes -= chunk.length
+      chunks.push(chunk)
+      length += chunk.length
+    }
+    if (chunks.length === 0) {
+      // Everything is out: live events are written as they come from now on.
+      client.held = null
+      client.heldBytes = 0
       return
     }
-    // The last piece, and what arrived meanwhile behind it.
-    const held = client.held ?? []
-    client.held = null
-    client.heldBytes = 0
-    this.write(client, held.length === 0 ? piece : Buffer.concat([Buffer.from(piece, 'utf8'), ...held]))
+    // The next piece a turn later: a kernel that takes every piece at once does not hold the loop.
+    this.write(client, chunks.length === 1 ? chunks[0] as Buffer : Buffer.concat(chunks), () => { setImmediate(() => { this.replay(client, missed, at) }) })
   }
 
   /** Ends every stream (shutdown) and stops taking new ones; clients reconnect with their last id. */
@@ -328,7 +332,8 @@ export class EventStreamHub {
     for (const client of this.clients) this.write(client, ': heartbeat\n\n')
   }
 
-  private write (client: Client, chunk: string | Buffer): void {
+  /** Writes `chunk` to the client's socket; `written` once it is handed to the kernel (not called for a client gone). */
+  private write (client: Client, chunk: string | Buffer, written?: () => void): void {
     const res = client.res
     const socket = res.socket
     if (res.writableEnded || res.destroyed || (socket !== null && !socket.writable) || res.req.socket?.destroyed === true) {
@@ -337,8 +342,8 @@ export class EventStreamHub {
     }
     // No socket yet: a pipelined request's response waits for the one before it, and the
     // response holds what is written until it gets the socket (then sends it first).
-    if (socket === null) res.write(chunk)
-    else socket.write(chunk)
+    if (socket === null) res.write(chunk, written)
+    else socket.write(chunk, written)
     if ((socket?.writableLength ?? res.writableLength) > this.limits.maxQueuedBytes) this.cut(client)
   }
 
