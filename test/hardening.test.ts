@@ -520,6 +520,25 @@ t.test('lock: a fresh takeover guard of a dead pid on this host (a server killed
   t.notOk(await lstat(guard).then(() => true, () => false), 'the dead server\'s guard is gone')
 })
 
+t.test('lock: a dead guard is removed by one reaper at a time; a reaper file left by a kill holds takeovers back until it is stale', async (t) => {
+  const dir = await tempDir(t)
+  const stale = { pid: deadPid(), host: hostname(), since: '2026-01-01T00:00:00.000Z' }
+  await writeLock(dir, stale)
+  const guard = join(dir, `${LOCK_FILE}.takeover`)
+  const reaper = `${guard}.reap`
+  await symlink(JSON.stringify({ pid: deadPid(), host: hostname(), since: '2026-01-01T00:00:00.000Z' }), guard)
+  await symlink(JSON.stringify({ pid: deadPid(), host: hostname(), since: '2026-01-01T00:00:00.000Z' }), reaper)
+  t.ok(await openError(dir, SHORT_LOCK) instanceof StorageLockedError, 'a fresh reaper file: nobody else removes the guard')
+  t.same(await readLock(dir), stale, 'the lock is untouched')
+  const old = new Date(Date.now() - 10 * 60_000)
+  await lutimes(reaper, old, old)
+  const app = await open(dir, SHORT_LOCK)
+  t.teardown(() => app.close())
+  t.equal((await readLock(dir)).pid, process.pid, 'once it is stale, the guard is reaped and the lock taken')
+  t.notOk(await lstat(reaper).then(() => true, () => false), 'no reaper file left')
+  t.notOk(await lstat(guard).then(() => true, () => false), 'no guard left')
+})
+
 t.test('lock: a takeover guard held by a live server is left alone, and the lock it guards with it', async (t) => {
   const dir = await tempDir(t)
   // A live pid on this host: another server taking over right now, which this one must wait for.

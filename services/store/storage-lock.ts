@@ -87,13 +87,7 @@ export class StorageLock {
   private async removeStale (raw: string | null): Promise<boolean> {
     const guard = `${this.path}.takeover`
     if (!await this.tryCreate(guard)) {
-      // A guard left by a server that died mid-takeover (killed at boot): judged like a lock, so
-      // a dead pid on this host frees it at once rather than after TASK_LOCK_STALE_MS. Removed
-      // only if it is still that very guard: a live server's new one is never touched.
-      const left = await this.readHolder(guard)
-      if (left.holder === null ? left.ageMs > this.options.staleMs : this.isStale(left.holder, left.ageMs)) {
-        if ((await this.readHolder(guard)).raw === left.raw) await this.fs.unlink(guard).catch(ignoreMissing)
-      }
+      await this.reapGuard(guard)
       return false
     }
     try {
@@ -102,6 +96,29 @@ export class StorageLock {
       await this.fs.unlink(guard).catch(ignoreMissing)
     }
     return true
+  }
+
+  /**
+   * Removes a takeover guard left by a server that died mid-takeover (killed at boot), judged
+   * like a lock: a dead pid on this host frees it at once rather than after TASK_LOCK_STALE_MS.
+   * Judged and removed under a third exclusive file, so that two servers finding the same dead
+   * guard cannot remove a live server's new one between them: a guard is removed only by its
+   * owner or by the one reaper. A reaper killed mid-reap leaves its file, taken away once it is
+   * TASK_LOCK_STALE_MS old (until then takeovers wait: the safe side).
+   */
+  private async reapGuard (guard: string): Promise<void> {
+    const reaper = `${guard}.reap`
+    if (!await this.tryCreate(reaper)) {
+      if ((await this.readHolder(reaper)).ageMs > this.options.staleMs) await this.fs.unlink(reaper).catch(ignoreMissing)
+      return
+    }
+    try {
+      const left = await this.readHolder(guard)
+      if (left.missing) return
+      if (left.holder === null ? left.ageMs > this.options.staleMs : this.isStale(left.holder, left.ageMs)) await this.fs.unlink(guard).catch(ignoreMissing)
+    } finally {
+      await this.fs.unlink(reaper).catch(ignoreMissing)
+    }
   }
 
   async release (): Promise<void> {
