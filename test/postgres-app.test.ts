@@ -226,13 +226,16 @@ t.test('live events the database could not take wait and go later, in order; pas
   t.same(names(late, 'late'), ['session.created', 'tasks.added', 'progress'], 'shown once the log takes them, in order')
   t.notOk(late.some((event) => event.event === 'reset'), 'no reset: nothing was lost')
 
-  // Six events wait for a log that keeps five: the oldest is dropped, and the stream is told.
+  // Six events wait for a log that keeps five: the oldest is dropped, and once the log takes
+  // events again the stream is told to refetch.
   await lockLog()
   await create('lost1')
   await create('lost2')
+  await sleep(1500)
+  t.notOk(stream.events.some((event) => event.event === 'reset'), 'no reset while nothing can be fetched either')
+  await locker.query('COMMIT')
   const reset = await stream.until((events) => events.some((event) => event.event === 'reset'), 10_000)
   t.same(reset.find((event) => event.event === 'reset')?.data, { reason: 'missed-events' })
-  await locker.query('COMMIT')
   const after = await stream.until((events) => events.some((event) => event.data.session_id === 'lost2' && event.event === 'progress'), 10_000)
   t.same(names(after, 'lost2'), ['session.created', 'tasks.added', 'progress'], 'the newer events follow once the log takes them')
   t.equal(names(after, 'lost1').length, 2, 'of the first create\'s three, the oldest was dropped')

@@ -36,6 +36,10 @@ export class EventRelay {
   private poll: NodeJS.Timeout | null = null
   private readonly wake = (): void => { this.read() }
   private closed = false
+  /** A publish failed: new events only queue until the retry's try, TASK_EVENTS_POLL_MS later. */
+  private retrying = false
+  /** Events were dropped while the log could not take them: streams are told when it takes events again. */
+  private lost = false
 
   constructor (options: EventRelayOptions) {
     this.options = options
@@ -50,17 +54,20 @@ export class EventRelay {
     this.poll.unref()
   }
 
-  /** A durable change's event: published with the next batch. */
+  /** A durable change's event: published with the next batch (while a failed publish waits to be tried again, with that try). */
   publish (name: TaskEventName, data: TaskEventData): void {
     if (this.closed) return
     this.queue.push({ name, data })
-    this.schedule(this.options.flushMs)
+    if (!this.retrying) this.schedule(this.options.flushMs)
   }
 
   private schedule (ms: number): void {
     this.publishing ??= setTimeout(() => {
       this.publishing = null
-      this.flushed = this.flushed.then(async () => this.flush())
+      // Caught here, so the chain goes on after any failure (flush handles the database's own).
+      this.flushed = this.flushed.then(async () => this.flush()).catch((err: unknown) => {
+        this.options.log.warn({ err }, 'Could not publish live-view events')
+      })
     }, ms)
   }
 
@@ -78,25 +85,37 @@ export class EventRelay {
     await this.reading
   }
 
+  /**
+   * Publishes the queue, at most a read's worth per statement. While the database cannot take
+   * them, events wait (before any newer) and are tried again every TASK_EVENTS_POLL_MS; no more
+   * than the log keeps wait, the oldest dropped past that, and this replica's streams are told
+   * to refetch (a gap) once the log takes events again. A batch that did commit unseen is sent
+   * twice, which at-least-once delivery allows.
+   */
   private async flush (): Promise<void> {
-    const batch = this.queue
-    this.queue = []
-    if (batch.length === 0) return
-    try {
-      await this.options.shared.publishEvents(batch, this.options.buffer.capacity)
-    } catch (err) {
-      // The database is away: the events wait (before any newer) and go with a later try, every
-      // TASK_EVENTS_POLL_MS. No more than the log keeps wait: past that the oldest are dropped,
-      // and this replica's streams are told to refetch (a gap). A batch that did commit unseen
-      // is sent twice, which at-least-once delivery allows.
-      const queue = [...batch, ...this.queue]
-      const dropped = Math.max(0, queue.length - this.options.buffer.capacity)
-      this.queue = queue.slice(dropped)
-      this.options.log.warn({ err, events: batch.length, dropped }, dropped === 0
-        ? 'Could not publish live-view events; trying again'
-        : 'Could not publish live-view events; the oldest are dropped and streams told to refetch')
-      if (dropped > 0) this.options.buffer.gap()
-      if (!this.closed) this.schedule(this.options.pollMs)
+    while (this.queue.length > 0) {
+      const batch = this.queue.slice(0, READ_BATCH)
+      try {
+        await this.options.shared.publishEvents(batch, this.options.buffer.capacity)
+      } catch (err) {
+        const dropped = Math.max(0, this.queue.length - this.options.buffer.capacity)
+        this.queue = this.queue.slice(dropped)
+        this.lost ||= dropped > 0
+        this.options.log.warn({ err, events: this.queue.length, dropped }, 'Could not publish live-view events; trying again')
+        if (this.closed) return
+        this.retrying = true
+        if (this.publishing !== null) clearTimeout(this.publishing)
+        this.publishing = null
+        this.schedule(this.options.pollMs)
+        return
+      }
+      // Only publish() changes the queue meanwhile, and only at its end.
+      this.queue.splice(0, batch.length)
+      this.retrying = false
+      if (this.lost) {
+        this.lost = false
+        this.options.buffer.gap()
+      }
     }
   }
 
