@@ -50,7 +50,7 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
   app.addHook('preClose', async () => {
     // The last events (the drain's) reach the streams before they end, unless the database
     // keeps them longer than TASK_EVENTS_CLOSE_MS: then the streams end without them (clients
-    // resume or refetch), and the exit is not held up.
+    // resume or refetch). A statement still in flight is bounded by its own timeout.
     try {
       if (relay !== null) await settledWithin(relay.close(), settings.eventsCloseMs)
     } finally {
