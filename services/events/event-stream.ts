@@ -218,14 +218,8 @@ export class EventStreamHub {
     this.cancelFlush()
     this.flush()
     const frame = Buffer.from(this.resetFrame('missed-events'), 'utf8')
-    for (const client of [...this.clients]) {
-      if (client.held === null) {
-        this.write(client, frame)
-        continue
-      }
-      client.held.push(frame)
-      client.heldBytes += frame.length
-    }
+    // A copy: a send may cut its client, which leaves the set.
+    for (const client of [...this.clients]) this.send(client, frame)
   }
 
   /**
@@ -312,16 +306,19 @@ export class EventStreamHub {
         chunk = text === '' ? null : Buffer.from(text, 'utf8')
         chunks.set(key, chunk)
       }
-      if (chunk === null) continue
-      if (client.held === null) {
-        this.write(client, chunk)
-        continue
-      }
-      // Behind a resume still being written: held, under the same bound as a socket's queue.
-      client.held.push(chunk)
-      client.heldBytes += chunk.length
-      if (client.heldBytes > this.limits.maxQueuedBytes) this.cut(client)
+      if (chunk !== null) this.send(client, chunk)
     }
+  }
+
+  /** A live chunk: written, or held behind a resume still being written (under the same bound as a socket's queue). */
+  private send (client: Client, chunk: Buffer): void {
+    if (client.held === null) {
+      this.write(client, chunk)
+      return
+    }
+    client.held.push(chunk)
+    client.heldBytes += chunk.length
+    if (client.heldBytes > this.limits.maxQueuedBytes) this.cut(client)
   }
 
   private beat (): void {

@@ -33,9 +33,9 @@ export interface BufferedEvent {
   frame: string | null
 }
 
-/** What a client resuming from an id gets: the events after it, or a reset (refetch the snapshot). */
 /**
- * What a resume gets: the events after its id, or a reset. `after`: the id is ahead of this
+ * What a client resuming from an id gets: the events after it, or a reset (refetch the
+ * snapshot). `after`: the id is ahead of this
  * buffer (another replica had read further in the shared log): live events up to that seq are
  * ones the client already has.
  */

@@ -89,8 +89,8 @@ export class ReaderPool {
   /**
    * A ready thread with room for a batch; null when none is ready yet, even after one turn of
    * the event loop (which lets in a READY that arrived meanwhile): the caller then reads the
-   * batch itself, and calls `inlineDone()`. One batch at a time is read so, each after a turn: reading several
-   * in a row would keep out the READY of a thread that has started meanwhile.
+   * batch itself, and calls `inlineDone()`. One batch at a time is read so, each after a turn:
+   * reading several in a row would keep out the READY of a thread that has started meanwhile.
    */
   private async acquire (): Promise<Worker | null> {
     for (;;) {
