@@ -67,7 +67,8 @@ export const MANAGER_SETTINGS = {
   diskCheckIntervalMs: 'TASK_DISK_CHECK_INTERVAL_MS',
   diskMaxAgeMs: 'TASK_DISK_MAX_AGE_MS',
   sweepIntervalMs: 'TASK_SWEEP_INTERVAL_MS',
-  sweepBatch: 'TASK_SWEEP_BATCH'
+  sweepBatch: 'TASK_SWEEP_BATCH',
+  sweepBackoffMaxMs: 'TASK_SWEEP_BACKOFF_MAX_MS'
 } as const
 
 /** How command agents end and are contained. */

@@ -93,7 +93,7 @@ export class TaskManager {
     this.shared = this.store.shared
     this.sweeper = this.shared === undefined
       ? null
-      : new Sweeper({ shared: this.shared, intervalMs: settings.sweepIntervalMs, batch: settings.sweepBatch, takeOver: async (swept) => this.takeOver(swept), log: this.log })
+      : new Sweeper({ shared: this.shared, intervalMs: settings.sweepIntervalMs, batch: settings.sweepBatch, backoffMaxMs: settings.sweepBackoffMaxMs, takeOver: async (swept) => this.takeOver(swept), log: this.log })
     const leaseLost = (sessionId: string, why: string): void => { this.runner.leaseLost(sessionId, why) }
     const cancel = (sessionId: string): void => { this.runner.cancelRequested(sessionId) }
     this.store.events?.on('lease-lost', leaseLost)
@@ -212,14 +212,14 @@ export class TaskManager {
    * A session a sweep claimed (its holder is gone): its interrupted task goes back to Pending,
    * counted once (or is failed as cancelled, when a cancel was asked); then its background run
    * goes on here. The sweep's lease is given back in every case: a run that goes on holds one
-   * of its own (taken again, a newer epoch). Never rejects.
+   * of its own (taken again, a newer epoch). False when it failed (a later sweep tries again); never rejects.
    */
-  private async takeOver ({ sessionId, epoch, cancelRequested }: SweptSession): Promise<void> {
+  private async takeOver ({ sessionId, epoch, cancelRequested }: SweptSession): Promise<boolean> {
     const shared = this.shared as SharedSessions
     // This process runs it already (it took the lease after the sweep did): nothing to take over.
     const runningHere = (): boolean => this.registry.find(sessionId) !== null && this.registry.existing(sessionId).executing
     try {
-      if (runningHere()) return
+      if (runningHere()) return true
       const resume = await this.registry.change(sessionId, (draft) => {
         const file = draft.file
         if (file === null || runningHere()) return unchanged(false)
@@ -240,8 +240,10 @@ export class TaskManager {
         this.log.info({ session_id: sessionId }, 'Resuming background run of a replica that is gone')
         await this.runner.startBackgroundRun(sessionId)
       }
+      return true
     } catch (err) {
       if (!(err instanceof SessionBusyError)) this.log.error({ session_id: sessionId, err }, 'Could not take over a session whose replica is gone; a later sweep tries again')
+      return false
     } finally {
       await shared.release(sessionId, epoch).catch((err: Error) => { this.log.warn({ session_id: sessionId, err }, 'Could not give the lease back; it runs out by itself') })
     }

@@ -11,13 +11,13 @@ import type { SessionFile, Task } from '../schemas/session.js'
 import { noop } from '../services/noop.js'
 import { Keyring } from '../services/store/keyring.js'
 import { DatabaseTooNewError, InvalidDatabaseSettingError, MigrationError } from '../services/errors.js'
-import { MIGRATIONS_DIR, migrate, readMigrations } from '../services/store/postgres/migrate.js'
+import { MIGRATIONS_DIR, migrate, migrationLockKey, readMigrations } from '../services/store/postgres/migrate.js'
 import { redactUrl } from '../services/store/postgres/database-url.js'
 import { createPool } from '../services/store/postgres/pool.js'
 import { parseSessionFile, serializeSessionFile } from '../services/store/session-files.js'
 import { taskvault, type Run } from './cli-run.js'
-import { tempDir } from './helper.js'
-import { ADMIN_URL, testDatabase } from './postgres.js'
+import { tempDir, waitFor } from './helper.js'
+import { ADMIN_URL, testDatabase, throughProxy } from './postgres.js'
 import { startProxy } from './tcp-proxy.js'
 
 const SCHEMA = 'tv_test'
@@ -183,6 +183,28 @@ t.test('migrations are not bound by the pool\'s statement timeout, which is back
   const dir = await migrationsDir(t, { [`${NEWEST + 1}_long`]: 'SELECT pg_sleep(1.5);\n' })
   t.same((await migrate(db, { schema: SCHEMA, dir })).applied, [...ALL, NEWEST + 1])
   t.same((await db.query('SHOW statement_timeout')).rows, [{ statement_timeout: '200ms' }], 'the pooled connection has its bound again')
+})
+
+t.test('a connection lost while migrate waits for another server\'s lock fails the migration, not the process', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  // Another server migrates: it holds the lock, so this migrate waits on its connection.
+  const holder = await pool(t, url).connect()
+  t.teardown(() => { holder.release(true) })
+  await holder.query('SELECT pg_advisory_lock($1::bigint)', [migrationLockKey(SCHEMA)])
+  const { proxy, url: proxied } = await throughProxy(t, url)
+  const db = pool(t, proxied)
+  const heard: Error[] = []
+  db.on('error', (err) => { heard.push(err) })
+  const migrating = migrate(db, { schema: SCHEMA }).then(() => null, (err: Error) => err)
+  await waitFor('migrate to wait for the lock', async () => (await holder.query("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%pg_advisory_lock%' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
+  // Unheard, the checked-out client's 'error' would end this process (and fail this file).
+  proxy.drop()
+  const err = await migrating
+  t.ok(err instanceof Error, `migrate rejects (${err?.message ?? 'resolved'})`)
+  proxy.pass()
+  await holder.query('SELECT pg_advisory_unlock($1::bigint)', [migrationLockKey(SCHEMA)])
+  t.same((await migrate(db, { schema: SCHEMA })).applied, ALL, 'a later migrate on the same pool applies everything')
 })
 
 t.test('an applied migration that changed since is refused', async (t) => {

@@ -124,6 +124,38 @@ t.test('a restart on the same database restores every session; interrupted work 
   t.equal((await second.inject({ method: 'GET', url: '/ready' })).statusCode, 200)
 })
 
+t.test('sessions a sweep cannot take over are left out of the next claims: the dead replica\'s sessions behind them are claimed, and the boot is not held', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const first = await postgresApp(t, url, { TASK_REPLICA_ID: 'a' })
+  t.equal((await first.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'victim', instructions: 'say hi' } })).statusCode, 200)
+  await first.close()
+  const db = await connected(new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 0 })))
+  t.teardown(() => db.end())
+  // A replica died holding the victim's lease.
+  await db.query("UPDATE sessions SET owner = 'dead', epoch = epoch + 1, lease_until = now() - interval '1 minute' WHERE session_id = 'victim'")
+  // A batch's worth of rows this version cannot read, with a background run and no owner: a
+  // claim orders them first, and each takeover fails.
+  for (const id of ['stuck1', 'stuck2']) {
+    await db.query(`INSERT INTO sessions (session_id, document, created_at, updated_at, tasks_total, tasks_completed, tasks_failed, tasks_pending, tasks_in_progress, has_background_run)
+      VALUES ($1, '{"not":"a session"}'::json, now(), now(), 1, 0, 0, 1, 0, true)`, [id])
+  }
+  const epochs = async (): Promise<Record<string, number>> => Object.fromEntries((await db.query('SELECT session_id, epoch FROM sessions ORDER BY session_id')).rows.map((row: { session_id: string, epoch: string }) => [row.session_id, Number(row.epoch)]))
+  const before = await epochs()
+  const started = Date.now()
+  // One sweep only (the one at start): the interval is long.
+  const second = await postgresApp(t, url, { TASK_REPLICA_ID: 'b', TASK_SWEEP_BATCH: 2, TASK_SWEEP_INTERVAL_MS: 600_000 })
+  const bootMs = Date.now() - started
+  const after = await epochs()
+  t.same({ stuck1: (after.stuck1 ?? 0) - (before.stuck1 ?? 0), stuck2: (after.stuck2 ?? 0) - (before.stuck2 ?? 0) }, { stuck1: 1, stuck2: 1 }, 'each unreadable session claimed once by the sweep')
+  t.equal((after.victim ?? 0) - (before.victim ?? 0), 1, 'the dead replica\'s session behind them claimed by the same sweep')
+  t.equal((await db.query("SELECT owner FROM sessions WHERE session_id = 'victim'")).rows[0]?.owner, null, 'and given back, its run having nothing left to do')
+  t.ok(bootMs < 10_000, `the boot was not held by claims going round (${bootMs} ms)`)
+  await sleep(300)
+  t.same(await epochs(), after, 'no claim after the sweep')
+  t.equal((await second.inject({ method: 'GET', url: `${API}/progress?session_id=victim` })).statusCode, 200, 'the victim is served')
+})
+
 t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -7,22 +7,41 @@ export interface SweeperOptions {
   intervalMs: number
   /** TASK_SWEEP_BATCH: sessions claimed per statement. */
   batch: number
-  /** Carries a claimed session on (its lease is this replica's now); never rejects. */
-  takeOver: (session: SweptSession) => Promise<void>
+  /** TASK_SWEEP_BACKOFF_MAX_MS: a session whose takeover keeps failing is tried again at most this far apart. */
+  backoffMaxMs: number
+  /** Carries a claimed session on (its lease is this replica's now); false when that failed. Never rejects. */
+  takeOver: (session: SweptSession) => Promise<boolean>
   log: Logger
+}
+
+/** A session whose takeover failed: when this sweeper may claim it again. */
+interface Failure {
+  failures: number
+  retryAt: number
 }
 
 /**
  * Every replica's sweeper: now and then it claims the sessions whose holder is gone (their lease
  * ran out) or that nobody runs but should be run on, and hands each to `takeOver`. A sweep that
- * fills its batch goes on at once with the next one; sweeps never overlap.
+ * fills its batch goes on at once with the next one; sweeps never overlap. A session whose
+ * takeover failed (a document this version cannot read, a save that fails) is left out of this
+ * sweeper's claims for one interval, then twice as long each time it fails again, up to
+ * `backoffMaxMs`: given back unowned, it would otherwise head every claim and keep the sweep
+ * from the sessions behind it.
  */
 export class Sweeper {
   private timer: NodeJS.Timeout | null = null
   private sweeping: Promise<void> | null = null
   private stopped = false
+  private readonly failed = new Map<string, Failure>()
 
   constructor (private readonly options: SweeperOptions) {}
+
+  /** Sessions left out of claims now, their takeover having failed lately. */
+  get backingOff (): string[] {
+    const now = Date.now()
+    return [...this.failed].filter(([, failure]) => failure.retryAt > now).map(([id]) => id)
+  }
 
   /** Sweeps now, then every interval; resolves once the first sweep has handed its sessions over. */
   async start (): Promise<void> {
@@ -49,17 +68,35 @@ export class Sweeper {
   /** One sweep, batch after batch; the first (`earlier`) also takes what an earlier process of this replica id held. */
   private async pass (earlier: boolean): Promise<void> {
     const { shared, batch, takeOver, log } = this.options
+    this.forgetOld()
     while (!this.stopped) {
       let swept: SweptSession[]
       try {
-        swept = await shared.sweep(batch, earlier)
+        swept = await shared.sweep(batch, earlier, this.backingOff)
       } catch (err) {
         log.warn({ err }, 'Sweep for sessions whose lease ran out failed; the next one tries again')
         return
       }
       if (swept.length > 0) log.info({ sessions: swept.length }, 'Claimed sessions whose runs stopped elsewhere')
-      await Promise.all(swept.map(takeOver))
+      const taken = await Promise.all(swept.map(takeOver))
+      swept.forEach((session, i) => { this.settle(session.sessionId, taken[i] === true) })
       if (swept.length < batch) return
     }
+  }
+
+  private settle (sessionId: string, taken: boolean): void {
+    if (taken) {
+      this.failed.delete(sessionId)
+      return
+    }
+    const failures = (this.failed.get(sessionId)?.failures ?? 0) + 1
+    const wait = Math.min(this.options.backoffMaxMs, this.options.intervalMs * 2 ** Math.min(failures - 1, 30))
+    this.failed.set(sessionId, { failures, retryAt: Date.now() + wait })
+  }
+
+  /** Failures long past their retry time: the session was not claimed since, so it is no longer stuck. */
+  private forgetOld (): void {
+    const before = Date.now() - this.options.backoffMaxMs - this.options.intervalMs
+    for (const [id, failure] of this.failed) if (failure.retryAt < before) this.failed.delete(id)
   }
 }

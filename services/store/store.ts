@@ -123,9 +123,9 @@ export interface SharedSessions {
   /**
    * Claims sessions whose holder is gone (lease run out) or that nobody runs but should be run
    * on; with `earlier`, also those this replica id holds from an earlier process (only before
-   * this process has run anything: later they may be its own runs).
+   * this process has run anything: later they may be its own runs). Never the sessions of `skip`.
    */
-  sweep(limit: number, earlier: boolean): Promise<SweptSession[]>
+  sweep(limit: number, earlier: boolean, skip?: readonly string[]): Promise<SweptSession[]>
   /** Asks the live holder to cancel; resolves with its id, or null when nobody holds the lease. */
   requestCancel(sessionId: string): Promise<string | null>
   /** A page of the active sessions, newest updated first, and how many there are. */

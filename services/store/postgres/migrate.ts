@@ -76,6 +76,11 @@ export async function migrate (db: pg.Pool | pg.ClientBase, options: { schema: s
   const client = pooled ? await db.connect() : db as pg.ClientBase
   // Set when the connection may hold the lock or a transaction still: a pooled one is then discarded.
   let broken: Error | undefined
+  // A connection lost while checked out (a reset while waiting for another server's migration)
+  // emits 'error' on the client, which nobody else hears: unheard, it would end the process. The
+  // statement under way fails with it.
+  const lost = (err: Error): void => { broken ??= err }
+  client.on('error', lost)
   try {
     // A migration may take long (an index on many rows), and waiting for another server's
     // turn is not a fault: neither is bound by the pool's statement timeouts.
@@ -94,6 +99,7 @@ export async function migrate (db: pg.Pool | pg.ClientBase, options: { schema: s
     broken ??= err as Error
     throw err
   } finally {
+    client.removeListener('error', lost)
     // Destroying the connection ends its session, which frees the lock whatever happened.
     if (pooled) (client as pg.PoolClient).release(broken)
     else if (broken !== undefined) await run(client, 'RESET statement_timeout').catch(noop)

@@ -623,8 +623,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     return this.keeper().cancelPending(this.checkId(sessionId))
   }
 
-  async sweep (limit: number, earlier: boolean): Promise<SweptSession[]> {
-    return this.keeper().sweep(limit, earlier)
+  async sweep (limit: number, earlier: boolean, skip: readonly string[] = []): Promise<SweptSession[]> {
+    return this.keeper().sweep(limit, earlier, skip)
   }
 
   async requestCancel (sessionId: string): Promise<string | null> {
