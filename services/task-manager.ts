@@ -35,6 +35,12 @@ export interface TaskManagerOptions extends Partial<ManagerSettings> {
   command?: CommandRuntime
   clock?: () => Date
   logger?: Logger
+  /**
+   * Loads and changes sessions but runs none by itself: no background run is resumed at
+   * restore (its record stays for a server) and no sweeper takes sessions over. The CLI's
+   * maintenance passes, which must never call an agent.
+   */
+  passive?: boolean
 }
 
 /** The seed's counts plus storage figures: what GET /stats serves. */
@@ -60,6 +66,8 @@ export class TaskManager {
   readonly agents: AgentRoutes
   /** Free space of the storage, read on demand and on a timer; warns when it runs low. */
   readonly disk: DiskWatch
+  /** TaskManagerOptions.passive. */
+  private readonly passive: boolean
   /** Every setting the manager runs with: the options given, the settings' defaults for the rest. */
   private readonly settings: ManagerSettings
   private readonly clock: () => Date
@@ -91,7 +99,8 @@ export class TaskManager {
       shared: this.store.shared
     })
     this.shared = this.store.shared
-    this.sweeper = this.shared === undefined
+    this.passive = options.passive === true
+    this.sweeper = this.shared === undefined || this.passive
       ? null
       : new Sweeper({ shared: this.shared, intervalMs: settings.sweepIntervalMs, batch: settings.sweepBatch, backoffMaxMs: settings.sweepBackoffMaxMs, takeOver: async (swept) => this.takeOver(swept), log: this.log })
     const leaseLost = (sessionId: string, why: string): void => { this.runner.leaseLost(sessionId, why) }
@@ -187,6 +196,7 @@ export class TaskManager {
     // Shared: what restore leaves to the sweeper (a restarted replica's own sessions, under the
     // same TASK_REPLICA_ID, and any whose holder is gone) is taken over before the service is ready.
     await this.sweeper?.start()
+    if (this.passive) return this.restored
     if (this.settings.resumeOnStart) this.runner.resumeBackgroundRuns(backgroundRuns)
     else if (backgroundRuns.length > 0) this.log.warn({ sessions: backgroundRuns.length }, 'Background runs interrupted by the restart were not resumed (TASK_RESUME_ON_START=false); they resume on a start with it true, or end with an execute-all')
     return this.restored

@@ -139,6 +139,20 @@ t.test('archive and prune run the scheduler\'s passes', async (t) => {
   t.match(text.stdout, 'Deleted 1 archived sessions: failed')
 })
 
+t.test('archive and prune run no task: a background run a server left behind keeps its Pending tasks and its record', async (t) => {
+  const dir = await preparedFolder(t)
+  // A server stopped during a background run leaves this: the record, and tasks still Pending.
+  const left = JSON.parse(storedSession('running', ['Completed', 'Pending', 'Pending'], daysAgo(100), 'wire money')) as { background_run?: unknown }
+  left.background_run = { started_at: daysAgo(100) }
+  const before = JSON.stringify(left, null, 2) + '\n'
+  await writeFile(join(dir, 'running.json'), before, { mode: 0o600 })
+  for (const args of [['archive', dir, '--days', '0'], ['prune', dir, '--days', '90']]) {
+    const run = await taskvault(args)
+    t.equal(run.code, 0, `${args[0]} exits 0 ${run.stderr}`)
+    t.equal(await readFile(join(dir, 'running.json'), 'utf8'), before, `${args[0]}: the session is untouched (no task run, the record kept)`)
+  }
+})
+
 t.test('archive and prune default to the settings, from the environment or ./.env', async (t) => {
   const cwd = await tempDir(t, 'taskvault-cli-env-')
   const dir = await preparedFolder(t)

@@ -12,7 +12,8 @@ export const archiveCommand: Command = {
 Runs the server's archive pass once: every session whose tasks are all Completed or Failed,
 and whose last completion is more than N days old, moves to <dir>/archive/. The folder is
 loaded as the server loads it at start (an interrupted task goes back to Pending, an unreadable
-file is set aside in corrupt/). Refused while a server holds the folder. With --database-url
+file is set aside in corrupt/), but no task runs: a background run keeps its record for the
+server to carry on. Refused while a server holds the folder. With --database-url
 the same pass runs on the PostgreSQL store (rows are archived where they lie; a row that does
 not read is reported and left alone). There is no lock there: stop the servers first.
 
@@ -84,7 +85,9 @@ async function runPass (args: ParsedCommand, context: CommandContext, options: A
   let dir = ''
   const pass = await withStore(args, context, async (store, where) => {
     dir = where
-    const manager = new TaskManager({ store, restoreConcurrency: settings.TASK_RESTORE_CONCURRENCY, logger })
+    // Passive: a background run a server left behind keeps its record for the server to carry
+    // on with its agents; this pass runs no task (it has no agents but the demo echo).
+    const manager = new TaskManager({ store, restoreConcurrency: settings.TASK_RESTORE_CONCURRENCY, logger, passive: true })
     try {
       await manager.restore()
       return await new ArchiveScheduler({ manager, archiveDays: 0, intervalMs: 60_000, logger }).runOnce(options)
