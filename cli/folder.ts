@@ -4,7 +4,7 @@ import { join, resolve } from 'node:path'
 import type { Config } from '../schemas/config.js'
 import { FileSessionStore } from '../services/store/file-store.js'
 import type { SessionFile } from '../services/session/session.js'
-import { KeyUnavailableError } from '../services/errors.js'
+import { KeyUnavailableError, SealNotOpenedError } from '../services/errors.js'
 import type { Keyring } from '../services/store/keyring.js'
 import { ARCHIVED_FILE, SESSION_FILE, readSessionDocument } from '../services/store/session-files.js'
 import { CommandFailedError } from './args.js'
@@ -26,7 +26,8 @@ export type CheckedFile =
   | { ok: true, file: SessionFile, data: Buffer, mtime: Date, kid: string | null }
   /** Sealed under a key not configured: whole and untouched, only unreadable here; never moved. */
   | { ok: false, reason: string, keyMissing: true, data: Buffer, mtime: Date }
-  | { ok: false, reason: string, keyMissing?: undefined }
+  /** `unopenedKid`: sealed under that kid, and its box did not open under the key configured for it. */
+  | { ok: false, reason: string, keyMissing?: undefined, unopenedKid?: string }
   /** Removed or moved (by a running server) since the listing. */
   | { ok: null }
 
@@ -94,7 +95,8 @@ export async function checkStoredFile (stored: StoredFile, keyring: Keyring | nu
   } catch (err) {
     if (err instanceof KeyUnavailableError) return { ok: false, reason: err.message, keyMissing: true, data, mtime }
     // The store's message starts with the file name, which the caller prints already.
-    return { ok: false, reason: (err as Error).message.replace(`${stored.rel}: `, '') }
+    const reason = (err as Error).message.replace(`${stored.rel}: `, '')
+    return err instanceof SealNotOpenedError ? { ok: false, reason, unopenedKid: err.kid } : { ok: false, reason }
   }
 }
 

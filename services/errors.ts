@@ -173,6 +173,17 @@ export class CorruptSessionFileError extends TaskvaultError {
   }
 }
 
+/**
+ * A sealed file whose box does not open under the key of its kid: tampered with, or the key
+ * configured under that kid is the wrong one. One file cannot tell which, so it is set aside
+ * only where another file under the same kid opened (the restore, validate).
+ */
+export class SealNotOpenedError extends CorruptSessionFileError {
+  constructor (fileName: string, readonly kid: string, detail = 'authentication failed') {
+    super(fileName, detail)
+  }
+}
+
 /** TASK_AGENTS (or the `agents` option) is not a valid agent configuration. Stops the boot. */
 export class InvalidAgentConfigError extends TaskvaultError {
   constructor (message: string) {

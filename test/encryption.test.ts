@@ -175,6 +175,71 @@ t.test('a kid that is not configured stops the boot, names the kid and the count
   t.notOk((await readdir(dir)).includes('corrupt'), 'nothing set aside')
 })
 
+t.test('archived files a keyring cannot open (a wrong or a dropped key) stay where they are; lists and retention go on over the rest', async (t) => {
+  const dir = await tempDir(t)
+  const DAY = 86_400_000
+  let app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: `old:${K1}` } })
+  for (const id of ['aged', 'fresh']) {
+    t.equal((await post(app, '/create', { session_id: id, instructions: `work for ${id}` })).statusCode, 200)
+    t.equal((await post(app, '/execute-all', { session_id: id })).statusCode, 200)
+  }
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids.sort(), ['aged', 'fresh'])
+  await app.close()
+  const archived = async (): Promise<string[]> => (await readdir(join(dir, 'archive'))).sort()
+  const names = await archived()
+  const agedName = names.find((name) => name.startsWith('aged.')) as string
+  const agedBytes = await readFile(join(dir, 'archive', agedName))
+  // A rotation without `seal`, and a typo in the old key: only archived files are under it.
+  app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: `new:${K2},old:${key()}` } })
+  const listed = await get(app, '/list?session_id=all&archived=include')
+  t.equal(listed.statusCode, 200, 'a list over the archive answers')
+  t.same(listed.json().sessions, [], 'without the files that do not open')
+  const one = await get(app, '/progress?session_id=aged')
+  t.equal(one.statusCode, 503, 'the session itself answers that its key is wrong')
+  t.match(one.json(), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /does not open under key 'old'.*left in place/ })
+  t.same(await archived(), names, 'nothing left archive/')
+  t.notOk((await readdir(dir)).includes('corrupt'), 'nothing set aside')
+  t.equal((await post(app, '/create', { session_id: 'other', instructions: 'under the new key' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'other' })).statusCode, 200)
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['other'], 'an archive pass goes on over the rest')
+  await app.close()
+  // The old key dropped, and 100 days later with a retention of 30: the files under no key stay,
+  // the session under the new key goes past retention.
+  app = await build(t, { dir, clock: () => new Date(Date.now() + 100 * DAY), config: { TASK_ENCRYPTION_KEYS: `new:${K2}`, TASK_ARCHIVE_RETENTION_DAYS: 30 } })
+  t.equal((await post(app, '/create', { session_id: 'later', instructions: 'more' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'later' })).statusCode, 200)
+  // The pass at start ran retention over the archive: the files under no key did not stop it.
+  t.same(await archived(), names, 'the pass at start deleted the session past retention, and kept the files under no key')
+  const pass = await post(app, '/archive', { older_than_days: 0 })
+  t.equal(pass.statusCode, 200, 'an archive and retention pass answers')
+  t.same(pass.json().archived_ids, ['later'])
+  t.same((await get(app, '/list?session_id=all&archived=include')).statusCode, 200)
+  t.ok((await readFile(join(dir, 'archive', agedName))).equals(agedBytes), 'the file under the missing key is untouched')
+  t.notOk((await readdir(dir)).includes('corrupt'), 'nothing set aside')
+})
+
+t.test('validate --fix sets aside what a right key does not open, and nothing when the key under a kid opens none', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  for (const id of ['good', 'bad']) t.equal((await post(app, '/create', { session_id: id, instructions: `work for ${id}` })).statusCode, 200)
+  await app.close()
+  const doc = await readJson(join(dir, 'bad.json'))
+  const tag = Buffer.from(doc.sealed.tag, 'base64')
+  tag[0] = (tag[0] as number) ^ 1
+  await writeFile(join(dir, 'bad.json'), JSON.stringify({ ...doc, sealed: { ...doc.sealed, tag: tag.toString('base64') } }))
+  const before = (await readdir(dir)).sort()
+
+  const wrong = await taskvault(['validate', dir, '--fix'], { env: { TASK_ENCRYPTION_KEYS: `k1:${K2}` } })
+  t.equal(wrong.code, 1, 'both reported bad')
+  t.match(wrong.stdout, /good\.json: .*authentication failed.*left in place: no file sealed under key 'k1' opens/)
+  t.same((await readdir(dir)).sort(), before, 'with the wrong key nothing is moved')
+
+  const right = await taskvault(['validate', dir, '--fix'], { env: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.equal(right.code, 1)
+  t.match(right.stdout, /bad\.json: authentication failed \(moved to corrupt\//)
+  t.ok((await readdir(dir)).includes('good.json') && !(await readdir(dir)).includes('bad.json'), 'with the right key the tampered file is set aside, the good one stays')
+})
+
 t.test('plaintext and sealed sessions load side by side; a change seals a plaintext session', async (t) => {
   const dir = await tempDir(t)
   let app = await build(t, { dir })

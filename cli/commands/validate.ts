@@ -57,16 +57,28 @@ ${COMMON_HELP}`,
     const check = async (): Promise<{ reports: FileReport[], bad: StoredFile[] }> => {
       const reports: FileReport[] = []
       const bad: StoredFile[] = []
+      /** Files whose box did not open, by kid: bad only if another file under that kid opened. */
+      const unopened = new Map<string, Array<{ stored: StoredFile, report: FileReport }>>()
       for (const stored of await listStoredFiles(dir)) {
         const checked = await checkStoredFile(stored, keyring)
         if (checked.ok === null) continue
         if (checked.ok) reports.push({ file: stored.rel, ok: true, kid: checked.kid })
         else {
-          reports.push({ file: stored.rel, ok: false, reason: checked.reason })
+          const report: FileReport = { file: stored.rel, ok: false, reason: checked.reason }
+          reports.push(report)
+          if (checked.keyMissing !== true && checked.unopenedKid !== undefined && stored.sessionId !== null) {
+            unopened.set(checked.unopenedKid, [...(unopened.get(checked.unopenedKid) ?? []), { stored, report }])
+            continue
+          }
           // A file sealed under a missing key is fine, only unreadable here; a file not named like a
           // session is not one gone bad: both are left where they are, as the server leaves them.
           if (checked.keyMissing !== true && stored.sessionId !== null) bad.push(stored)
         }
+      }
+      // As the server's restore judges them: when no file under a kid opens, the key is wrong, not the files.
+      for (const [kid, files] of unopened) {
+        if (reports.some((report) => report.ok && report.kid === kid)) bad.push(...files.map((file) => file.stored))
+        else for (const { report } of files) report.reason += ` (left in place: no file sealed under key '${kid}' opens, so the key configured under that kid is likely wrong)`
       }
       return { reports, bad }
     }

@@ -116,7 +116,7 @@ export class ArchivedSessions {
   private report (failures: LoadFailure[]): void {
     this.failedLoads += failures.length
     for (const failure of failures) {
-      this.log.error({ file: failure.name, moved_to: failure.movedTo, reason: failure.reason }, 'Could not read an archived session; set aside')
+      this.log.error({ file: failure.name, moved_to: failure.movedTo, reason: failure.reason }, failure.movedTo === null ? 'Could not read an archived session; left where it is' : 'Could not read an archived session; set aside')
     }
   }
 }

@@ -2,7 +2,7 @@ import { join } from 'node:path'
 import pLimit from 'p-limit'
 import type { SessionFile } from '../../schemas/session.js'
 import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from '../archive/archive-index.js'
-import { StorageError } from '../errors.js'
+import { KeyUnavailableError, StorageError } from '../errors.js'
 import type { FolderFiles } from './folder-files.js'
 import type { FsSeam } from './fs-seam.js'
 import { ARCHIVED_FILE, TEMP_FILE, fsyncDir } from './session-files.js'
@@ -39,6 +39,8 @@ export class FileArchive {
   private readonly active: ActiveFolder
   private readonly index = new ArchiveIndex()
   private summaryFill: Promise<LoadFailure[]> | null = null
+  /** Archived files the keyring cannot open (key missing or wrong): left in place, out of lists, reported once. */
+  private readonly unopened = new Set<string>()
   private readConcurrency = 32
 
   constructor (options: FileArchiveOptions) {
@@ -200,8 +202,18 @@ export class FileArchive {
   private async fillSummaries (): Promise<LoadFailure[]> {
     const limit = pLimit(this.readConcurrency)
     const failures: LoadFailure[] = []
-    await Promise.all(this.index.unsummarized().map((sessionId) => limit(async () => {
-      failures.push(...(await this.read(sessionId)).failures)
+    const unread = this.index.unsummarized().filter((sessionId) => !this.unopened.has(this.index.newest(sessionId)?.name ?? ''))
+    await Promise.all(unread.map((sessionId) => limit(async () => {
+      const name = this.index.newest(sessionId)?.name ?? ''
+      try {
+        failures.push(...(await this.read(sessionId)).failures)
+      } catch (err) {
+        // A file this keyring cannot open stays, unlisted, and is reported once: one such file
+        // must not fail every list and retention pass over the rest.
+        if (!(err instanceof KeyUnavailableError)) throw err
+        this.unopened.add(name)
+        failures.push({ name: `archive/${name}`, reason: err.message, movedTo: null })
+      }
     })))
     return failures
   }

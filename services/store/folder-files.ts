@@ -1,6 +1,6 @@
 import type { Dirent } from 'node:fs'
 import { join } from 'node:path'
-import { CorruptSessionFileError, KeyUnavailableError, StorageError } from '../errors.js'
+import { CorruptSessionFileError, KeyUnavailableError, SealNotOpenedError, StorageError } from '../errors.js'
 import type { FsSeam } from './fs-seam.js'
 import type { Keyring } from './keyring.js'
 import { DIR_MODE, fsyncDir, parseSessionFile, readWhole } from './session-files.js'
@@ -37,7 +37,8 @@ export class FolderFiles {
 
   /**
    * Reads and checks one file. A file that is readable but wrong is set aside into `corrupt/`
-   * and reported as `shownAs`; an I/O error (EMFILE, EIO, EACCES) says nothing about the file
+   * and reported as `shownAs`; a sealed one this keyring cannot open throws KeyUnavailableError
+   * and stays where it is; an I/O error (EMFILE, EIO, EACCES) says nothing about the file
    * and is thrown instead, leaving the file where it is. With `missingOk`, a file gone since
    * it was listed gives null.
    */
@@ -49,6 +50,12 @@ export class FolderFiles {
       if (missingOk && (err as NodeJS.ErrnoException).code === 'ENOENT') return null
       // Sealed under a key we lack: never set aside, never overwritten.
       if (err instanceof KeyUnavailableError) throw err
+      // One file that does not open cannot tell a changed file from a wrong key under its kid:
+      // left in place like a file whose key is missing (the restore and validate, which see every
+      // file of the kid, set aside the ones a right key does not open).
+      if (err instanceof SealNotOpenedError) {
+        throw new KeyUnavailableError(err.kid, `${shownAs} does not open under key '${err.kid}': TASK_ENCRYPTION_KEYS holds a different key under that kid, or the file was changed. It was left in place; taskvault validate tells the two apart`)
+      }
       if (!(err instanceof CorruptSessionFileError)) throw new StorageError(`reading ${name}`, err as NodeJS.ErrnoException)
       return { name: shownAs, reason: err.message, movedTo: await this.setAside(dir, name) }
     }

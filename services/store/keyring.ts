@@ -1,6 +1,6 @@
 import { createCipheriv, createDecipheriv, createSecretKey, randomFillSync, type CipherGCM, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import { CorruptSessionFileError, InvalidEncryptionKeysError, KeyUnavailableError } from '../errors.js'
+import { CorruptSessionFileError, InvalidEncryptionKeysError, KeyUnavailableError, SealNotOpenedError } from '../errors.js'
 
 /**
  * Encryption at rest: AES-256-GCM under keys named by id (kid). The first key seals every
@@ -188,7 +188,7 @@ export class Keyring {
     if (key === undefined) throw new KeyUnavailableError(box.kid)
     const iv = Buffer.from(box.iv, 'base64')
     const tag = Buffer.from(box.tag, 'base64')
-    if (iv.length !== IV_BYTES || tag.length !== TAG_BYTES) throw new CorruptSessionFileError(name, 'authentication failed (malformed iv or tag)')
+    if (iv.length !== IV_BYTES || tag.length !== TAG_BYTES) throw new SealNotOpenedError(name, box.kid, 'authentication failed (malformed iv or tag)')
     try {
       const decipher = createDecipheriv('aes-256-gcm', key, iv, { authTagLength: TAG_BYTES })
       decipher.setAAD(associatedData(document))
@@ -197,7 +197,7 @@ export class Keyring {
       const tail = decipher.final()
       return tail.length === 0 ? body : Buffer.concat([body, tail])
     } catch {
-      throw new CorruptSessionFileError(name, 'authentication failed')
+      throw new SealNotOpenedError(name, box.kid)
     }
   }
 }
