@@ -157,11 +157,14 @@ t.test('passes never overlap: one asked for while another runs waits for it', as
   const first = app.archiver.runOnce()
   await waitFor('the first pass to start its move', () => moves.length > 0)
   const second = post(app, '/archive', { older_than_days: 0 })
+  // A burst of the same request while that pass waits: they share it, rather than queueing a pass each.
+  const burst = Array.from({ length: 20 }, async () => post(app, '/archive', { older_than_days: 0 }))
   await sleep(50)
   t.same(moves, ['start old.json'], 'the second pass has not started')
   releaseFirst()
   t.same((await first).archived, ['old'])
   t.same((await second).json().archived_ids, ['young'], 'older_than_days 0 archives every finished session')
+  t.same((await Promise.all(burst)).map((res) => res.json().archived_ids), Array.from({ length: 20 }, () => ['young']), 'the burst got the same pass (a pass of its own would have found nothing left)')
   t.same(moves, ['start old.json', 'end old.json', 'start young.json', 'end young.json'])
 })
 

@@ -62,6 +62,8 @@ const SCRIPT: Step[] = [
   ['POST', '/execute', { session_id: 'nobody' }],
   ['POST', '/create', { session_id: '../escape', instructions: 'x' }],
   ['POST', '/execute-all', { session_id: 'beta' }],
+  // Days before any date a database holds: nothing to archive, on both stores (not a 503).
+  ['POST', '/archive', { older_than_days: 1e9 }],
   ['POST', '/archive', { older_than_days: 0 }],
   ['GET', '/list?session_id=all&archived=include'],
   ['GET', '/list?session_id=all&archived=only'],

@@ -50,6 +50,8 @@ export class ArchiveScheduler {
   private timer: NodeJS.Timeout | null = null
   /** Settles when the last pass asked for has finished; null when none is running. */
   private tail: Promise<void> | null = null
+  /** Passes asked for that have not started yet, by their options. */
+  private readonly waiting = new Map<string, Promise<ArchivePass>>()
 
   constructor (options: ArchiveSchedulerOptions) {
     this.manager = options.manager
@@ -73,9 +75,20 @@ export class ArchiveScheduler {
     this.timer.unref()
   }
 
-  /** Runs a pass now, after the one running (if any). Rejects if the pass fails. */
+  /**
+   * Runs a pass now, after the one running (if any). Rejects if the pass fails. Callers asking
+   * for the same pass while one like it still waits to start share that one: a burst of
+   * POST /archive costs one pass, not one each.
+   */
   runOnce (options: ArchivePassOptions = {}): Promise<ArchivePass> {
-    const pass = (this.tail ?? Promise.resolve()).then(() => this.pass(options))
+    const key = JSON.stringify([options.archiveOlderThanDays, options.retention])
+    const waiting = this.waiting.get(key)
+    if (waiting !== undefined) return waiting
+    const pass = (this.tail ?? Promise.resolve()).then(() => {
+      this.waiting.delete(key)
+      return this.pass(options)
+    })
+    this.waiting.set(key, pass)
     const tail: Promise<void> = pass.then(noop, noop).finally(() => {
       if (this.tail === tail) this.tail = null
     })
@@ -100,7 +113,7 @@ export class ArchiveScheduler {
     this.manager.assertWritable()
     const now = this.clock().getTime()
     const days = options.archiveOlderThanDays === undefined ? (this.archiveDays > 0 ? this.archiveDays : null) : options.archiveOlderThanDays
-    const archived = days === null ? [] : await this.manager.archiveFinishedBefore(new Date(now - days * DAY_MS))
+    const archived = days === null ? [] : await this.manager.archiveFinishedBefore(daysBefore(now, days))
     const retention = options.retention === undefined ? this.retention : options.retention
     const deleted = retention === null ? [] : await this.manager.pruneArchivedBefore(retentionCutoffs(now, retention))
     if (archived.length > 0 || deleted.length > 0) {
@@ -113,7 +126,15 @@ export class ArchiveScheduler {
 export function retentionCutoffs (nowMs: number, retention: Retention): RetentionCutoffs {
   const failedDays = retention.failedDays > 0 ? retention.failedDays : retention.days
   return {
-    all: retention.days > 0 ? new Date(nowMs - retention.days * DAY_MS) : null,
-    failed: failedDays > 0 ? new Date(nowMs - failedDays * DAY_MS) : null
+    all: retention.days > 0 ? daysBefore(nowMs, retention.days) : null,
+    failed: failedDays > 0 ? daysBefore(nowMs, failedDays) : null
   }
+}
+
+/**
+ * `days` before `nowMs`, no earlier than 1970: nothing finished before, and a huge number of
+ * days (older_than_days 1e9) would otherwise make an invalid date, which PostgreSQL refuses.
+ */
+function daysBefore (nowMs: number, days: number): Date {
+  return new Date(Math.max(0, nowMs - days * DAY_MS))
 }
