@@ -1,5 +1,5 @@
 import type { Server } from 'node:http'
-import Fastify, { type FastifyHttpOptions, type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyHttpOptions, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import authPlugin from './plugins/auth.js'
 import configPlugin, { loadConfig, type ConfigPluginOptions } from './plugins/config.js'
@@ -44,7 +44,19 @@ export function serverOptions (settings: ServerSettings, logger: FastifyServerOp
     // start. A database that is down is bounded by TASK_DB_CONNECT_TIMEOUT_MS instead.
     pluginTimeout: 0,
     // Ids longer than 128 characters must reach validation (400), not die as 414.
-    routerOptions: { maxParamLength: 4096 },
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    // URLs the router refuses before any route: answered in the error shape, without echoing them.
+    frameworkErrors: (error, _request, routerReply) => {
+      const reply = routerReply as FastifyReply
+      const long = error.code === 'FST_ERR_MAX_PARAM_LENGTH'
+      const statusCode = long ? 414 : 400
+      void reply.code(statusCode).send({
+        statusCode,
+        error: long ? 'URI Too Long' : 'Bad Request',
+        message: long ? `a part of the path is longer than ${MAX_PARAM_LENGTH} characters` : 'the URL is not valid (malformed percent-encoding?)',
+        code: error.code
+      })
+    },
     // Receiving a request (headers and body) is bounded; running it is not (an execute may wait
     // minutes on its agent). Given to Node at creation with a headersTimeout no longer than it:
     // Fastify's requestTimeout alone, set on the server afterwards, is never enforced (Node 20
@@ -59,6 +71,9 @@ export function serverOptions (settings: ServerSettings, logger: FastifyServerOp
     keepAliveTimeout: settings.TASK_KEEP_ALIVE_TIMEOUT_MS
   }
 }
+
+/** The longest path parameter the router takes: far past any valid id, so long ones get validation's 400. */
+const MAX_PARAM_LENGTH = 4096
 
 /**
  * Builds the service without listening: settings, API keys, docs and metrics around the

@@ -236,6 +236,19 @@ t.test('auth: a non-loopback HOST without keys logs a warning naming TASK_API_KE
 // Limits
 // ---------------------------------------------------------------------------------------
 
+t.test('URLs the router refuses answer in the error shape, without echoing the URL, before and after auth', async (t) => {
+  for (const keys of ['', 'k-1']) {
+    const app = await build(t, { config: { TASK_API_KEYS: keys } })
+    const long = await app.inject({ method: 'DELETE', url: `${API}/sessions/${'a'.repeat(4097)}` })
+    t.equal(long.statusCode, 414)
+    t.same(long.json(), { statusCode: 414, error: 'URI Too Long', message: 'a part of the path is longer than 4096 characters', code: 'FST_ERR_MAX_PARAM_LENGTH' })
+    const bad = await app.inject({ method: 'DELETE', url: `${API}/sessions/%zz` })
+    t.equal(bad.statusCode, 400)
+    t.match(bad.json(), { statusCode: 400, error: 'Bad Request', message: /not valid/, code: 'FST_ERR_BAD_URL' })
+    t.notMatch(bad.body, /%zz/, 'the URL is not echoed')
+  }
+})
+
 t.test('limits: TASK_MAX_INSTRUCTION_BYTES counts UTF-8 bytes', async (t) => {
   const dir = await tempDir(t)
   const app = await build(t, { dir, config: { TASK_MAX_INSTRUCTION_BYTES: 10 } })
