@@ -6,11 +6,13 @@
  */
 import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import type { SessionFile } from '../schemas/session.js'
 import { SessionTooLargeError } from '../services/errors.js'
 import { FileSessionStore } from '../services/store/file-store.js'
 import { serializeSessionFile } from '../services/store/session-files.js'
+import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { createTasks, storedTasks } from './agents-fakes.js'
 import { build, get, post, tempDir } from './helper.js'
 
@@ -99,6 +101,40 @@ t.test('a result that would pass TASK_MAX_SESSION_BYTES fails its task once, wit
   t.match(second.json(), { task_id: next, status: 'Completed', result: 'fine' }, 'the next execute runs the next task, not the same one again')
   t.equal(calls, 2, 'the agent was called once per task')
   t.match(await storedTasks(dir, 'growing'), [{ id: huge, status: 'Failed', result: null }, { id: next, status: 'Completed' }])
+})
+
+t.test('a change too large for the session fails alone: an agent result written in the same save still lands', async (t) => {
+  const dir = await tempDir(t)
+  let slow = false
+  // Renames held while the agent answers: the changes that come meanwhile queue and share one save.
+  const fs: FsSeam = { ...nodeFs, rename: async (from, to) => { if (slow) await sleep(100); return nodeFs.rename(from, to) } }
+  const answers: Array<Promise<{ statusCode: number, body: string }>> = []
+  const app = await build(t, {
+    dir,
+    fs,
+    config: { TASK_MAX_SESSION_BYTES: 64 * 1024 },
+    executors: {
+      default: async (task) => {
+        if (task.instruction !== 'do it') return { result: 'other' }
+        slow = true
+        answers.push(post(app, '/create', { session_id: 's', tasks: [{ instruction: 'small, in flight' }] }))
+        await sleep(10)
+        // With the 40 KB task before it, past the bound: refused only when the save is made.
+        answers.push(post(app, '/create', { session_id: 's', tasks: [{ instruction: 'x'.repeat(30_000) }] }))
+        await sleep(10)
+        return { result: 'the agent\'s real result' }
+      }
+    }
+  })
+  const [id, later] = await createTasks(app, 's', [{ instruction: 'do it' }, { instruction: 'y'.repeat(40_000) }])
+  const executed = await post(app, '/execute', { session_id: 's' })
+  const [small, big] = await Promise.all(answers)
+  slow = false
+  t.equal(small?.statusCode, 200, 'the small create landed')
+  t.equal(big?.statusCode, 400, 'the create too large for the session is refused')
+  t.match(JSON.parse(big?.body ?? '{}'), { code: 'LIMIT_EXCEEDED' })
+  t.match(executed.json(), { task_id: id, status: 'Completed', result: 'the agent\'s real result' }, 'the result that shared its save is kept')
+  t.match(await storedTasks(dir, 's'), [{ id, status: 'Completed', result: 'the agent\'s real result' }, { id: later, status: 'Pending' }, { instruction: 'small, in flight', status: 'Pending' }])
 })
 
 t.test('stored dates that do not exist are refused at restore (2025-02-30, 2025-02-29, 24:00, +25:00)', async (t) => {

@@ -1,6 +1,6 @@
 import type { Static } from '@sinclair/typebox'
 import type { SessionSummary as SessionSummarySchema } from '../../schemas/api.js'
-import { SessionNotFoundError, StorageError, VersionConflictError } from '../errors.js'
+import { SessionNotFoundError, SessionTooLargeError, StorageError, VersionConflictError } from '../errors.js'
 import { Draft, Unchanged, unchanged, type ChangeFn } from './draft.js'
 import { cloneSessionFile, currentIndex, isoNow, progressOf, type Progress, type SessionFile } from './session.js'
 import type { SessionStore } from '../store/store.js'
@@ -23,6 +23,11 @@ interface QueuedChange {
   syncOnly: boolean
   /** Times it met a version conflict and was applied again to the stored state. */
   conflicts: number
+  /**
+   * Written in a draft of its own: it shared a write that made the session too large, and only
+   * the change that does it may fail for it (not an agent's result that happened to share it).
+   */
+  alone?: boolean
 }
 
 export interface SessionSlot {
@@ -264,13 +269,17 @@ export class SessionRegistry {
     const applied: Applied[] = []
     while (batch.length > 0) {
       const change = batch.shift() as QueuedChange
+      if (change.alone === true && applied.length > 0) {
+        slot.queue.unshift(change, ...batch)
+        break
+      }
       try {
         const value = change.apply(draft)
         applied.push(value instanceof Unchanged ? { change, value: value.value, unchanged: true } : { change, value, unchanged: false })
       } catch (err) {
         change.reject(err)
       }
-      if (draft.intent.kind === 'archive' || draft.intent.kind === 'delete') {
+      if (draft.intent.kind === 'archive' || draft.intent.kind === 'delete' || change.alone === true) {
         slot.queue.unshift(...batch)
         break
       }
@@ -297,6 +306,13 @@ export class SessionRegistry {
         for (const change of changed) change.conflicts++
         slot.queue.unshift(...applied.map((outcome) => outcome.change))
         slot.stale = true
+        return true
+      }
+      if (err instanceof SessionTooLargeError && changed.length > 1) {
+        // Together they are too large: each is written alone, so that only the one(s) that make
+        // the session too large fail, and each with its own error.
+        for (const { change } of applied) change.alone = true
+        slot.queue.unshift(...applied.map((outcome) => outcome.change))
         return true
       }
       for (const change of changed) change.reject(err)
