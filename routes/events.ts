@@ -10,6 +10,7 @@ const eventRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const hub = app.eventStreams
     if (hub.closing || app.taskManager.shuttingDown) throw new ShuttingDownError()
     if (hub.full) throw new TooManyStreamsError(hub.maxClients)
+    if (hub.streamingOn(request.raw.socket)) throw new TooManyStreamsError(hub.maxClients, true)
     // The stream outlives this handler: Fastify lets go of the reply and the hub writes it.
     reply.hijack()
     hub.open(reply.raw, request.query.session_id ?? null, request.headers['last-event-id'])

@@ -54,8 +54,10 @@ export class TaskNotFailedError extends TaskvaultError {
 
 /** TASK_EVENTS_MAX_CLIENTS streams are open already (or the server is shutting down). */
 export class TooManyStreamsError extends TaskvaultError {
-  constructor (max: number) {
-    super('TOO_MANY_STREAMS', `${max} event streams are open already (TASK_EVENTS_MAX_CLIENTS); try again later`)
+  constructor (max: number, onConnection = false) {
+    super('TOO_MANY_STREAMS', onConnection
+      ? 'an event stream is open on this connection already, and it never ends: open each stream on a connection of its own'
+      : `${max} event streams are open already (TASK_EVENTS_MAX_CLIENTS); try again later`)
   }
 }
 

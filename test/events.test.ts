@@ -409,6 +409,18 @@ t.test('TASK_EVENTS_MAX_CLIENTS: the stream past the cap is a 503', async (t) =>
   t.match(JSON.parse(await third.body()), { code: 'TOO_MANY_STREAMS', message: /TASK_EVENTS_MAX_CLIENTS/ })
 })
 
+t.test('one stream per connection: streams pipelined behind an open one are refused, and take no slot of the cap', async (t) => {
+  const { base } = await listening(t, { config: { TASK_EVENTS_MAX_CLIENTS: 2 } })
+  const port = Number(new URL(base).port)
+  const request = `GET ${EVENTS} HTTP/1.1\r\nHost: x\r\n\r\n`
+  const greedy = rawClient(port, request.repeat(5))
+  t.teardown(() => { greedy.socket.destroy() })
+  await waitFor('the first stream', () => greedy.received().includes(': connected'))
+  await sleep(100)
+  const other = await openStream(t, `${base}${EVENTS}`)
+  t.equal(other.status, 200, 'a client on another connection still gets a stream')
+})
+
 t.test('API keys: the stream needs one like every /api route', async (t) => {
   const { app, base } = await listening(t, { config: { TASK_API_KEYS: 'k1,k2' } })
   const none = await openStream(t, `${base}${EVENTS}`)

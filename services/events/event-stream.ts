@@ -76,6 +76,8 @@ const REPLAY_PIECE_CHARS = 64 * 1024
 
 export class EventStreamHub {
   private readonly clients = new Set<Client>()
+  /** Connections a stream was opened on: a stream never ends before its connection does. */
+  private readonly streamSockets = new WeakSet<object>()
   private heartbeat: NodeJS.Timeout | null = null
   /** Events since the last flush: written together at the end of this turn of the event loop. */
   private turn: BufferedEvent[] = []
@@ -113,6 +115,14 @@ export class EventStreamHub {
   /** How far apart flushes start now, in ms: TASK_EVENTS_FLUSH_MS, more while the server is busy (flushInterval). */
   get pace (): number {
     return this.interval
+  }
+
+  /**
+   * True when a stream is open on this connection already: a stream asked for behind it
+   * (pipelined) would never get to send anything, and would only take a slot of the cap.
+   */
+  streamingOn (socket: object | null): boolean {
+    return socket !== null && this.streamSockets.has(socket)
   }
 
   /** Shutdown began: no new stream. */
@@ -156,6 +166,7 @@ export class EventStreamHub {
       }
     }
     this.clients.add(client)
+    if (res.req.socket !== null) this.streamSockets.add(res.req.socket)
     const drop = (): void => { this.clients.delete(client) }
     res.once('close', drop)
     // A response queued behind another on its connection (pipelined) has no socket yet, and is
