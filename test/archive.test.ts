@@ -300,15 +300,28 @@ t.test('archived files are indexed at restore without being read; a bad one is s
   await mkdir(join(dir, 'archive'), { mode: 0o700 })
   await writeFile(join(dir, 'archive', 'good.json'), storedSession('good', ['Completed'], '2025-06-01T00:00:00.000Z'), { mode: 0o600 })
   await writeFile(join(dir, 'archive', 'bad.json'), '{"session_id": "bad", ', { mode: 0o600 })
-  const app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
+  // Folders made durable (fsync) in order: the set-aside must reach archive/, corrupt/ and the storage folder.
+  const synced: string[] = []
+  const fs: FsSeam = {
+    ...nodeFs,
+    open: (async (path: string, ...rest: Parameters<typeof nodeFs.open> extends [unknown, ...infer R] ? R : never) => {
+      const handle = await nodeFs.open(path, ...rest)
+      const sync = handle.sync.bind(handle)
+      handle.sync = async () => { await sync(); synced.push(path) }
+      return handle
+    }) as FsSeam['open']
+  }
+  const app = await build(t, { dir, fs, config: { TASK_ARCHIVE_DAYS: 0 } })
   const stats = (await get(app, '/stats')).json()
   t.equal(stats.archived_sessions, 2, 'both indexed')
   t.equal(stats.storage.failed_loads, 0, 'neither read yet')
   t.ok(existsSync(join(dir, 'archive', 'bad.json')))
 
+  synced.length = 0
   t.equal((await get(app, '/list?session_id=bad')).statusCode, 404)
   t.same(await archived(dir), ['good.json'])
   t.equal((await readdir(join(dir, 'corrupt'))).length, 1, 'set aside, never deleted')
+  for (const folder of [join(dir, 'corrupt'), join(dir, 'archive'), dir]) t.ok(synced.includes(folder), `${folder.slice(dir.length) || 'the storage folder'} made durable after the move`)
   t.match((await get(app, '/stats')).json(), { archived_sessions: 1, storage: { failed_loads: 1 } })
   t.equal((await get(app, '/list?session_id=good')).json().archived, true)
 })

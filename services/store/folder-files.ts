@@ -70,7 +70,11 @@ export class FolderFiles {
       // Unique per process and call, so two set-asides of one name never overwrite each other.
       const target = join(this.corruptDir, `${name}.${Date.now()}.${process.pid}.${++this.seq}`)
       await this.options.fs.rename(join(dir, name), target)
+      // Durable on both sides: the file's new entry, the old one gone (`archive/` read on demand
+      // has no later fsync of its own), and `corrupt/` itself when this made it.
       await fsyncDir(this.options.fs, this.corruptDir)
+      await fsyncDir(this.options.fs, dir)
+      if (dir !== this.options.dir) await fsyncDir(this.options.fs, this.options.dir)
       return target
     } catch {
       return null
