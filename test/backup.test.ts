@@ -245,6 +245,26 @@ t.test('a storage fault: before the first byte a plain 503; after it, an archive
   t.same(await jsonFiles(join(dir, '..', 'never')), [], 'writing nothing')
 })
 
+t.test('GET /backup carries an archived session sealed under a key this server lacks as it is stored', async (t) => {
+  const dir = await tempDir(t)
+  const oldKey = `old:${randomBytes(32).toString('base64')}`
+  let app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: oldKey } })
+  t.equal((await post(app, '/create', { session_id: 'finished', instructions: 'x' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'finished' })).statusCode, 200)
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['finished'])
+  await app.close()
+  const [name] = await readdir(join(dir, 'archive'))
+  const stored = await readFile(join(dir, 'archive', name as string))
+  // The old key dropped after a rotation without `seal`: only this archived file still needs it.
+  app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: `new:${randomBytes(32).toString('base64')}` } })
+  t.equal((await post(app, '/create', { session_id: 'live', instructions: 'y' })).statusCode, 200)
+  const res = await backup(app)
+  t.equal(res.status, 200, 'the backup is made')
+  const files = await entries(res.body)
+  t.same([...files.keys()].sort(), [`archive/${name as string}`, 'live.json'], 'every session in it')
+  t.ok(files.get(`archive/${name as string}`)?.equals(stored), 'the archived file as it is stored, still sealed under the old key')
+})
+
 t.test('GET /backup during shutdown answers 503', async (t) => {
   const app = await build(t)
   void app.taskManager.beginShutdown()

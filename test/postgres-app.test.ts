@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto'
+import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
@@ -8,6 +10,7 @@ import { testDatabase } from './postgres.js'
 import { startProxy } from './tcp-proxy.js'
 import { openStream } from './sse-client.js'
 import { connectionConfig } from '../services/store/postgres/pool.js'
+import { readTarGz } from '../services/backup/tar.js'
 
 const connected = async (client: pg.Client): Promise<pg.Client> => { await client.connect(); return client }
 
@@ -156,6 +159,29 @@ t.test('sessions a sweep cannot take over are left out of the next claims: the d
   await sleep(300)
   t.same(await epochs(), after, 'no claim after the sweep')
   t.equal((await second.inject({ method: 'GET', url: `${API}/progress?session_id=victim` })).statusCode, 200, 'the victim is served')
+})
+
+t.test('an archived row sealed under a key this replica lacks: lists, archive passes and backups go on over it', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const first = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: `old:${randomBytes(32).toString('base64')}` })
+  t.equal((await first.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'finished', instructions: 'x' } })).statusCode, 200)
+  t.equal((await first.inject({ method: 'POST', url: `${API}/execute-all`, payload: { session_id: 'finished' } })).statusCode, 200)
+  t.same((await first.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })).json().archived_ids, ['finished'])
+  await first.close()
+  const second = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: `new:${randomBytes(32).toString('base64')}` })
+  t.equal((await second.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'live', instructions: 'y' } })).statusCode, 200)
+  const listed = await second.inject({ method: 'GET', url: `${API}/list?session_id=all&archived=include` })
+  t.equal(listed.statusCode, 200, 'a list over the archive answers')
+  // Its summary is the row's clear columns: listed like any archived session.
+  t.same(listed.json().sessions.map((s: { session_id: string }) => s.session_id).sort(), ['finished', 'live'])
+  t.equal((await second.inject({ method: 'GET', url: `${API}/progress?session_id=finished` })).statusCode, 503, 'its content answers that the key is missing')
+  t.equal((await second.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })).statusCode, 200, 'an archive pass answers')
+  const backup = await second.inject({ method: 'GET', url: `${API}/backup` })
+  t.equal(backup.statusCode, 200, 'a backup is made')
+  const names: string[] = []
+  for await (const entry of readTarGz(Readable.from([backup.rawPayload]))) names.push(entry.name)
+  t.same(names.sort(), ['archive/finished.json', 'live.json'], 'holding the row as it is stored, under a name restore takes')
 })
 
 t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => {

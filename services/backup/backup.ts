@@ -1,6 +1,7 @@
-import { ShuttingDownError } from '../errors.js'
+import { KeyUnavailableError, ShuttingDownError } from '../errors.js'
 import type { TarFile } from './tar.js'
 import type { SessionStore } from '../store/store.js'
+import { ARCHIVED_FILE } from '../store/session-files.js'
 import type { TaskManager } from '../task-manager.js'
 
 /**
@@ -45,6 +46,14 @@ export function backupEntry (counts: BackupCounts, rel: string, archived: boolea
   return { name: rel, data, mtime }
 }
 
+/**
+ * An archived copy's place in the backup: its file name when it has one (the file store), else
+ * `<id>.json` (a PostgreSQL row, named `<id>@<row>`), so that `taskvault restore` takes it.
+ */
+function archivedEntry (sessionId: string, name: string): string {
+  return `archive/${ARCHIVED_FILE.test(name) ? name : `${sessionId}.json`}`
+}
+
 /** How often one session is looked for again when it moves between the archive and memory mid-backup. */
 const MAX_LOOKUPS = 5
 
@@ -56,7 +65,7 @@ const MAX_LOOKUPS = 5
  * created after the backup started are not in it. Each is in the store's own form (sealed when
  * keys are set). Stops with ShuttingDownError at shutdown.
  */
-export async function * liveSessionFiles (manager: TaskManager, store: Pick<SessionStore, 'serialize'>, counts: BackupCounts): AsyncGenerator<TarFile> {
+export async function * liveSessionFiles (manager: TaskManager, store: Pick<SessionStore, 'serialize' | 'readArchivedStored'>, counts: BackupCounts): AsyncGenerator<TarFile> {
   const ids = [...new Set([...manager.registry.sessionIds(), ...manager.archivedIds()])].sort()
   for (const sessionId of ids) {
     if (manager.shuttingDown) throw new ShuttingDownError('the service is shutting down; the backup was cut short')
@@ -67,10 +76,20 @@ export async function * liveSessionFiles (manager: TaskManager, store: Pick<Sess
         yield backupEntry(counts, `${sessionId}.json`, false, data, new Date(active.updated_at))
         break
       }
-      const archived = await manager.archived.read(sessionId)
+      let archived
+      try {
+        archived = await manager.archived.read(sessionId)
+      } catch (err) {
+        // Sealed under a key this server lacks (or whose box does not open): carried as stored.
+        if (!(err instanceof KeyUnavailableError)) throw err
+        const stored = await store.readArchivedStored(sessionId)
+        if (stored === null) continue
+        yield backupEntry(counts, archivedEntry(sessionId, stored.name), true, stored.data, stored.updatedAt)
+        break
+      }
       if (archived !== null) {
         const data = await store.serialize(archived.file)
-        yield backupEntry(counts, `archive/${archived.name}`, true, data, new Date(archived.file.updated_at))
+        yield backupEntry(counts, archivedEntry(sessionId, archived.name), true, data, new Date(archived.file.updated_at))
         break
       }
       // Neither: deleted, or brought back between the two looks (then the next look finds it active).

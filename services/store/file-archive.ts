@@ -5,8 +5,8 @@ import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } fro
 import { KeyUnavailableError, StorageError } from '../errors.js'
 import type { FolderFiles } from './folder-files.js'
 import type { FsSeam } from './fs-seam.js'
-import { ARCHIVED_FILE, TEMP_FILE, fsyncDir } from './session-files.js'
-import type { ArchivedSession, LoadFailure } from './store.js'
+import { ARCHIVED_FILE, TEMP_FILE, fsyncDir, readWhole } from './session-files.js'
+import { clearUpdatedAt, type ArchivedSession, type LoadFailure, type StoredCopy } from './store.js'
 import { noop } from '../noop.js'
 
 /** What the archive needs from the active half of the file store. */
@@ -152,6 +152,19 @@ export class FileArchive {
       this.index.remove(sessionId, newest.name)
     }
     return { session: null, failures }
+  }
+
+  /** The newest archived file of the session, as it is on disk; null when none is (left). */
+  async readStored (sessionId: string): Promise<StoredCopy | null> {
+    const newest = this.index.newest(sessionId)
+    if (newest === null) return null
+    try {
+      const data = await readWhole(this.fs, join(this.dir, newest.name))
+      return { name: newest.name, data, updatedAt: clearUpdatedAt(data.toString('utf8')) }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
+      throw new StorageError(`reading archive/${newest.name}`, err as NodeJS.ErrnoException)
+    }
   }
 
   /** Every archived session's summary; files not read yet are read now, in parallel. */

@@ -18,7 +18,7 @@ import { assertSavable, reportedSave } from './save-rules.js'
 import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, fsyncDir, readSessionDocument, serializeSessionFile, writeAndRename } from './session-files.js'
 import { MARKER_FILE, firstForeignFile, readMarker, writeMarker } from './storage-folder.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
-import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents } from './store.js'
+import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents, StoredCopy } from './store.js'
 import { noop } from '../noop.js'
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
@@ -363,6 +363,10 @@ export class FileSessionStore implements SessionStore {
 
   readArchived (sessionId: string): Promise<{ session: ArchivedSession | null, failures: LoadFailure[] }> {
     return this.archived.read(sessionId)
+  }
+
+  readArchivedStored (sessionId: string): Promise<StoredCopy | null> {
+    return this.archived.readStored(sessionId)
   }
 
   listArchived (): Promise<{ sessions: ArchivedSummary[], failures: LoadFailure[] }> {

@@ -76,6 +76,24 @@ export interface LoggedEvent {
   data: Record<string, unknown>
 }
 
+/** A stored copy as it is: its name (as in readArchived), its bytes, and the time it says it was updated. */
+export interface StoredCopy {
+  name: string
+  data: Buffer
+  updatedAt: Date
+}
+
+/** The clear `updated_at` of a stored document (plaintext or sealed), or the epoch when it has none. */
+export function clearUpdatedAt (text: string): Date {
+  try {
+    const at = (JSON.parse(text) as { updated_at?: unknown }).updated_at
+    const date = typeof at === 'string' ? new Date(at) : new Date(0)
+    return Number.isNaN(date.getTime()) ? new Date(0) : date
+  } catch {
+    return new Date(0)
+  }
+}
+
 /** A session claimed by a sweep: its lease is now this replica's. */
 export interface SweptSession {
   sessionId: string
@@ -182,6 +200,11 @@ export interface SessionStore {
   archiveTotals(): Readonly<ArchiveTotals>
   /** Reads an archived session; null when it is not archived. Unreadable files are set aside and reported. */
   readArchived(sessionId: string): Promise<{ session: ArchivedSession | null, failures: LoadFailure[] }>
+  /**
+   * The newest archived copy as stored, unopened (sealed under a key this process may lack), and
+   * its clear `updated_at`: what a backup carries when the copy cannot be read. Null when not archived.
+   */
+  readArchivedStored(sessionId: string): Promise<StoredCopy | null>
   /** A summary of every archived session (for lists and retention). */
   listArchived(): Promise<{ sessions: ArchivedSummary[], failures: LoadFailure[] }>
   /**
