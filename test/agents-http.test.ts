@@ -31,6 +31,22 @@ t.test('routing: Coding tasks go to the Coding agent, the others to default', as
   t.same(other.requests.map((r) => r.json.task.task_type), ['Reasoning', 'General'], 'default saw the rest')
 })
 
+t.test('webhook: a session deleted and made again within the second (same task ids) sends a new Idempotency-Key', async (t) => {
+  const agent = await fakeAgent(t, (req) => ok(`answer to: ${(req.json as { task: { instruction: string } }).task.instruction}`))
+  // A clock inside one second, 1 ms a call: the task ids (unix seconds) repeat.
+  let ms = Date.parse('2026-03-01T10:00:00.000Z')
+  const app = await build(t, { clock: () => new Date(ms++), agents: { default: { kind: 'webhook', url: `${agent.base}/run` } } })
+  const [first] = await createTasks(app, 'daily', [{ instruction: 'transfer $10 to alice' }])
+  t.equal((await post(app, '/execute', { session_id: 'daily' })).statusCode, 200)
+  t.equal((await app.inject({ method: 'DELETE', url: '/api/v1/tasks/sessions/daily' })).statusCode, 204)
+  const [second] = await createTasks(app, 'daily', [{ instruction: 'summarise the logs' }])
+  t.equal(second, first, 'the same task id')
+  t.match((await post(app, '/execute', { session_id: 'daily' })).json(), { result: 'answer to: summarise the logs' })
+  const keys = agent.requests.map((r) => r.headers['idempotency-key'])
+  t.equal(keys.length, 2)
+  t.not(keys[0], keys[1], 'a receiver that dedupes on the key does not answer the new task with the old one\'s result')
+})
+
 t.test('webhook success: exact request body, Idempotency-Key, headers from headers_env; result and confidence stored', async (t) => {
   const dir = await tempDir(t)
   const agent = await fakeAgent(t, () => ok('the answer', 0.75))
@@ -49,7 +65,8 @@ t.test('webhook success: exact request body, Idempotency-Key, headers from heade
   t.equal(req.method, 'POST')
   t.equal(req.path, '/hooks/run?team=blue', 'the configured url, query included')
   t.same(req.json, { session_id: 'hook-ok', task: { id, instruction: 'Summarise the report', task_type: 'Analysis', attempt: 1 } }, 'exact body')
-  t.equal(req.headers['idempotency-key'], `hook-ok:${id}`)
+  const created = (await storedTasks(dir, 'hook-ok'))[0]?.created_at as string
+  t.equal(req.headers['idempotency-key'], `hook-ok:${id}:${Date.parse(created)}`, 'the session, the task and its creation time in ms')
   t.equal(req.headers.authorization, 'Bearer hook-secret', 'header from headers_env')
   t.equal(req.headers['x-team'], 'blue', 'header from headers_env')
   t.match(req.headers['content-type'], /^application\/json/)
@@ -179,7 +196,8 @@ t.test('503 then success: retried with backoff; attempts counted on disk, in the
   t.match(res.json(), { task_id: id, status: 'Completed', result: 'third time lucky', confidence: 0.5, error: null })
   t.equal(agent.requests.length, 3)
   t.same(agent.requests.map((r) => r.json.task.attempt), [1, 2, 3], 'each call carries its attempt number')
-  t.same(new Set(agent.requests.map((r) => r.headers['idempotency-key'])), new Set([`retry:${id}`]), 'one Idempotency-Key for all retries')
+  t.equal(new Set(agent.requests.map((r) => r.headers['idempotency-key'])).size, 1, 'one Idempotency-Key for all retries')
+  t.match(agent.requests[0]?.headers['idempotency-key'], new RegExp(`^retry:${id}:\\d+$`, 'u'))
   t.same(calls.map((c) => c.outcome), ['error', 'error', 'ok'])
   const [stored] = await storedTasks(dir, 'retry')
   t.match(stored, { status: 'Completed', attempts: 3 }, 'attempts on disk')

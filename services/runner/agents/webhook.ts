@@ -5,7 +5,9 @@ import type { WebhookAgentSpec } from './spec.js'
 
 /**
  * POSTs each task to a team's own agent service. The Idempotency-Key lets the receiver tell a
- * retry (or a run resumed after a crash) from a new task.
+ * retry (or a run resumed after a crash) from a new task. Task ids alone repeat (`task_<n>_<unix
+ * seconds>`: a session deleted and made again within the second has the same ones), so the key
+ * also carries the task's creation time in ms: the same on every call of one task, new for a new one.
  */
 export function webhookAgent (key: string, spec: WebhookAgentSpec, env: NodeJS.ProcessEnv): Executor {
   let headers: Record<string, string>
@@ -20,7 +22,7 @@ export function webhookAgent (key: string, spec: WebhookAgentSpec, env: NodeJS.P
       session_id: context.session_id,
       task: { id: task.id, instruction: task.instruction, task_type: task.task_type, attempt: context.attempt }
     }, {
-      headers: { ...headers, 'idempotency-key': `${context.session_id}:${task.id}` },
+      headers: { ...headers, 'idempotency-key': `${context.session_id}:${task.id}:${Date.parse(task.created_at)}` },
       signal: context.signal,
       maxBytes: spec.max_response_bytes
     })
