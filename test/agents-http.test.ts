@@ -374,6 +374,27 @@ t.test('no retry starts once shutdown begins, even when the backoff ends inside 
   t.match((await storedTasks(dir, 'closing'))[0], { status: 'InProgress' }, 'left InProgress to run again after restart')
 })
 
+t.test('a retry backoff longer than the grace period does not hold shutdown: close ends at once, the task runs after restart', async (t) => {
+  const dir = await tempDir(t)
+  const agent = await fakeAgent(t, () => ({ status: 503, body: 'busy' }))
+  const app = await build(t, {
+    dir,
+    agents: { default: { kind: 'webhook', url: agent.base, max_attempts: 3, backoff_ms: 60_000 } },
+    config: { TASK_SHUTDOWN_GRACE_MS: 8000 }
+  })
+  await createTasks(app, 'waiting', [{ instruction: 'x' }])
+  const announced = new Promise<void>((resolve) => { app.taskEvents.subscribe((event) => { if (event.name === 'task.retrying') resolve() }) })
+  const running = post(app, '/execute', { session_id: 'waiting' })
+  await announced
+  const started = Date.now()
+  await app.close()
+  const closeMs = Date.now() - started
+  t.equal((await running).statusCode, 503, 'the execute answers that the service is shutting down')
+  t.ok(closeMs < 4000, `close took ${closeMs} ms, not the 8 s grace period`)
+  t.equal(agent.requests.length, 1, 'no call after shutdown began')
+  t.match((await storedTasks(dir, 'waiting'))[0], { status: 'InProgress' }, 'left InProgress to run again after restart')
+})
+
 t.test("'agent-call' events: ok, error, timeout, cancelled, with the routing key and attempt", async (t) => {
   const agent = await fakeAgent(t, (req) => {
     switch (req.json.task.instruction) {

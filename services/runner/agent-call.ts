@@ -1,6 +1,7 @@
 import { AgentError } from '../errors.js'
 import { checkExecutionResult, type Agent, type ExecutionResult } from './executors.js'
 import type { Task } from '../session/session.js'
+import { anySignal } from './signals.js'
 
 export type CallOutcome = 'ok' | 'error' | 'timeout' | 'aborted' | 'cancelled'
 
@@ -27,7 +28,7 @@ export async function callAgent (call: AgentCall, report: (outcome: CallOutcome,
   const timer = setTimeout(() => {
     timeout.abort(new AgentError(`${agent.kind} agent timed out after ${agent.policy.timeout_ms} ms`, { transient: true }))
   }, agent.policy.timeout_ms)
-  const signal = AbortSignal.any([call.signal, timeout.signal])
+  const { signal, release } = anySignal([call.signal, timeout.signal])
   const started = performance.now()
   let outcome: CallOutcome = 'ok'
   try {
@@ -42,6 +43,7 @@ export async function callAgent (call: AgentCall, report: (outcome: CallOutcome,
     throw outcome === 'timeout' ? timeout.signal.reason : err
   } finally {
     clearTimeout(timer)
+    release()
     report(outcome, performance.now() - started)
   }
 }

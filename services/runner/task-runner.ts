@@ -10,7 +10,7 @@ import type { SessionRegistry } from '../session/registry.js'
 import type { SharedSessions } from '../store/store.js'
 import type { ExecutedTask, Logger, TaskManagerEvents } from '../types.js'
 import type { TaskEventData, TaskEventName } from '../events/task-events.js'
-import { noop } from '../noop.js'
+import { anySignal, pause } from './signals.js'
 
 export interface TaskRunnerOptions {
   registry: SessionRegistry
@@ -63,7 +63,7 @@ export class TaskRunner {
     this.runRetryMaxMs = options.runRetryMaxMs
     this.shared = options.shared
     // Every running execution listens on this one signal; many at once is normal, not a leak.
-    setMaxListeners(0, this.abort.signal)
+    setMaxListeners(0, this.abort.signal, this.closingSignal.signal)
   }
 
   /** Executions (execute, execute-all, background runs) in flight now. */
@@ -228,10 +228,11 @@ export class TaskRunner {
       }
     }
     const controller = new AbortController()
+    const joined = anySignal([this.abort.signal, controller.signal])
     let ended!: () => void
     const run: Run = {
       controller,
-      signal: AbortSignal.any([this.abort.signal, controller.signal]),
+      signal: joined.signal,
       background,
       cancelledTaskId: null,
       error: null,
@@ -253,6 +254,7 @@ export class TaskRunner {
       run.error = err as Error
       throw err
     } finally {
+      joined.release()
       this.running.delete(execution)
       this.runs.delete(sessionId)
       this.registry.release(sessionId)
@@ -323,7 +325,7 @@ export class TaskRunner {
         this.log.warn({ session_id: sessionId, err, retry_in_ms: delay }, 'Background run waiting for storage; it goes on by itself once saves succeed')
         run.waiting = 'storage'
         this.announceProgress(sessionId)
-        await sleep(delay, undefined, { signal: AbortSignal.any([run.signal, this.closingSignal.signal]) }).catch(noop)
+        await pause(delay, [run.signal, this.closingSignal.signal])
         run.waiting = null
         run.error = null
         delay = Math.min(delay * 2, this.runRetryMaxMs)
@@ -394,7 +396,8 @@ export class TaskRunner {
           const delay = retryDelay(agent.policy, call, err.retryAfterMs)
           this.log.warn({ session_id: sessionId, task_id: started.id, attempt: started.attempts, retry_in_ms: Math.round(delay), err: message }, 'Agent call failed; retrying')
           this.announce('task.retrying', { session_id: sessionId, task_id: started.id, status: started.status, attempt: started.attempts, retry_in_ms: Math.round(delay) })
-          await sleep(delay, undefined, { signal: run.signal }).catch(noop)
+          // Shutdown ends the wait too: no call starts after it, so waiting on only holds the close.
+          await pause(delay, [run.signal, this.closingSignal.signal])
           // Shutdown that began during the wait: the task stays InProgress and runs after restart.
           if (this.closing && !run.signal.aborted) throw new ShuttingDownError(`task ${started.id} will be retried after restart`)
           continue
