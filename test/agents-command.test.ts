@@ -8,13 +8,13 @@ import t from 'tap'
 import { alive, createTasks, fixture, recordCalls, storedTasks, waitFor } from './agents-fakes.js'
 import { build, post, tempDir } from './helper.js'
 
-t.test('stdin is the instruction; TASK_ID, TASK_TYPE, SESSION_ID, TASK_ATTEMPT, spec env and cwd; no shell; TASK_API_KEYS withheld', async (t) => {
+t.test('stdin is the instruction; TASK_ID, TASK_TYPE, SESSION_ID, TASK_ATTEMPT, spec env and cwd; no shell; the server\'s secrets withheld', async (t) => {
   const dir = await tempDir(t)
   const work = await realpath(await tempDir(t, 'taskvault-cwd-'))
   const app = await build(t, {
     dir,
     agents: { default: { kind: 'command', argv: fixture('report.js', '$HOME; echo injected', '*'), cwd: work, env: { EXTRA: 'from spec' } } },
-    env: { PATH: process.env.PATH, INHERITED: 'from server env', TASK_API_KEYS: 'must-not-leak' }
+    env: { PATH: process.env.PATH, INHERITED: 'from server env', TASK_API_KEYS: 'must-not-leak', TASK_ENCRYPTION_KEYS: 'k:must-not-leak', DATABASE_URL: 'postgres://tv:must-not-leak@db/tv' }
   })
   const instruction = 'Explain the "plan"\nline two — ünïcode $PATH `id`'
   const [id] = await createTasks(app, 'cmd-env', [{ instruction, task_type: 'Analysis' }])
@@ -32,7 +32,9 @@ t.test('stdin is the instruction; TASK_ID, TASK_TYPE, SESSION_ID, TASK_ATTEMPT, 
     TASK_ATTEMPT: '1',
     EXTRA: 'from spec',
     INHERITED: 'from server env',
-    TASK_API_KEYS: null
+    TASK_API_KEYS: null,
+    TASK_ENCRYPTION_KEYS: null,
+    DATABASE_URL: null
   })
   t.equal(seen.cwd, work, 'runs in the configured cwd')
   t.match((await storedTasks(dir, 'cmd-env'))[0], { status: 'Completed', attempts: 1, result: body.result })

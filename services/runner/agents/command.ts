@@ -10,8 +10,8 @@ import type { CommandAgentSpec } from './spec.js'
 const STDERR_TAIL_BYTES = 1000
 /** sysexits' EX_TEMPFAIL: the one exit code that asks to be retried. */
 const EX_TEMPFAIL = 75
-/** Settings the agent's program must never see. */
-const WITHHELD_ENV = ['TASK_API_KEYS', 'TASK_ENCRYPTION_KEYS']
+/** The server's own secrets, which the agent's program must never see. */
+const WITHHELD_ENV = ['TASK_API_KEYS', 'TASK_ENCRYPTION_KEYS', 'DATABASE_URL']
 
 /** What every command agent shares: the server's settings for them. */
 export interface CommandRuntime {
