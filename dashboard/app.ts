@@ -138,10 +138,14 @@ async function follow (): Promise<void> {
   let lastId: string | null = null
   let delay = 500
   for (;;) {
+    // One connection at a time: whatever ends this one (a failed snapshot, a bad frame) closes it,
+    // or each retry would hold another of the browser's six connections to the server, and a slot
+    // of the server's TASK_EVENTS_MAX_CLIENTS, until the page froze.
+    const connection = new AbortController()
     try {
       const headers = authHeaders()
       if (lastId !== null) headers['last-event-id'] = lastId
-      const res = await fetch(`${API}/events`, { headers })
+      const res = await fetch(`${API}/events`, { headers, signal: connection.signal })
       if (res.status === 401) {
         askForKey('unauthorized')
         return
@@ -171,7 +175,10 @@ async function follow (): Promise<void> {
           if (name !== '') onEvent(name, data === '' ? {} : JSON.parse(data) as Record<string, unknown>)
         }
       }
-    } catch {}
+    } catch {
+    } finally {
+      connection.abort()
+    }
     setLive(false)
     await sleep(delay)
     delay = Math.min(delay * 2, 10_000)

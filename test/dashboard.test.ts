@@ -7,6 +7,7 @@
  */
 import { existsSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
@@ -142,6 +143,35 @@ async function run (browser: Browser): Promise<void> {
     // And a second line of defence: the page may run only its own script.
     const served = await page.request.get(base)
     t.match(served.headers()['content-security-policy'], /script-src 'self'/)
+  })
+
+  t.test('a snapshot that fails leaves no stream behind: one stream at a time while the page retries, and it catches up', async (t) => {
+    const context = await browser.newContext({ bypassCSP: true })
+    t.teardown(() => context.close())
+    const page = await context.newPage()
+    page.setDefaultTimeout(30_000)
+    // The first snapshots fail after the stream has opened (as a busy server's 503 would).
+    let failures = 3
+    await page.route('**/api/v1/tasks/list?session_id=all*', async (route) => {
+      if (failures === 0) return route.continue()
+      failures--
+      return route.fulfill({ status: 503, contentType: 'application/json', body: '{"statusCode":503,"error":"Service Unavailable","message":"busy"}' })
+    })
+    // This page's streams as the server sees them: requests for /events whose responses are open.
+    let open = 0
+    let most = 0
+    const count = (req: IncomingMessage, res: ServerResponse): void => {
+      if (!(req.url ?? '').startsWith('/api/v1/tasks/events')) return
+      most = Math.max(most, ++open)
+      res.once('close', () => { open-- })
+    }
+    app.server.on('request', count)
+    t.teardown(() => { app.server.off('request', count) })
+    await page.goto(base)
+    await waitFor('the failing snapshots to be used up', () => failures === 0, 30_000)
+    await createSession(app, 'after-failures', 'x')
+    await page.locator('tr[data-session="after-failures"]').waitFor()
+    t.ok(most <= 1, `at most one stream of this page open at once (${most})`)
   })
 
   t.test('a reload mid-run catches up with the run', async (t) => {
