@@ -257,6 +257,22 @@ t.test('restore refuses to roll back a session whose newer copy sits elsewhere i
   t.notOk(existsSync(join(dir, 'moved.json')), 'no older active copy written to hide the archived one')
 })
 
+t.test('restore refuses an archived copy that an older one with a later stamp in its name would hide', async (t) => {
+  const source = await tempDir(t, 'taskvault-stamp-src-')
+  await mkdir(join(source, 'archive'), { mode: 0o700 })
+  await writeFile(join(source, 'archive', 'x.json'), storedSession('x', ['Completed', 'Completed'], '2026-06-01T00:00:00.000Z'))
+  const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')
+  t.equal((await taskvault(['backup', source, '--out', out])).code, 0)
+  // The folder holds an older copy under a stamped name: the server would show that one.
+  const dir = await tempDir(t, 'taskvault-stamp-')
+  await mkdir(join(dir, 'archive'), { mode: 0o700 })
+  await writeFile(join(dir, 'archive', 'x.1700000000000.json'), storedSession('x', ['Completed'], '2026-01-01T00:00:00.000Z'))
+  const refused = await taskvault(['restore', out, dir])
+  t.equal(refused.code, 1, refused.stdout)
+  t.match(refused.stdout, /archive\/x\.json: the folder's archive\/x\.1700000000000\.json would be shown instead of the restored copy/u)
+  t.notOk(existsSync(join(dir, 'archive', 'x.json')), 'nothing written')
+})
+
 t.test('restore refuses a damaged or foreign archive', async (t) => {
   const dir = await preparedFolder(t)
   const folder = await tempDir(t, 'taskvault-backup-')

@@ -116,10 +116,18 @@ async function plan (backup: string, dir: string, keyring: Keyring | null): Prom
         conflicts.push({ file: rel, reason: `the folder's ${other} holds a newer copy of session '${sessionId}' (updated_at ${copy.file.updated_at}, backup ${updatedAt})` })
       } else if (copy.ok === true && archived && !other.startsWith('archive/')) {
         conflicts.push({ file: rel, reason: `the folder's active ${other} would hide the restored archive of session '${sessionId}'` })
+      } else if (copy.ok === true && archived && archiveStamp(other) > archiveStamp(rel)) {
+        // The server shows the archived copy with the latest stamp in its name, whatever its times say.
+        conflicts.push({ file: rel, reason: `the folder's ${other} would be shown instead of the restored copy of session '${sessionId}' (a later stamp in its name)` })
       }
     }
   }
   return { planned, conflicts }
+}
+
+/** The stamp in an archived file's name (`<id>.<ms>.json`; 0 for `<id>.json`): the newest is the copy the server shows. */
+function archiveStamp (rel: string): number {
+  return Number(ARCHIVED_FILE.exec(rel.slice('archive/'.length))?.[2] ?? 0)
 }
 
 /** Every session file already in the folder (active and archived), by session id. */
