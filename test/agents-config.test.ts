@@ -105,6 +105,18 @@ t.test('parseAgentsConfig: a command env name that is not a variable name is ref
   t.match((error as Error | undefined)?.message, /^TASK_AGENTS\.Research\.env/, 'the env key pattern of the spec schema is enforced')
 })
 
+t.test('parseAgentsConfig: an agent URL holding a user name or password is refused, without echoing it', async (t) => {
+  for (const [spec, field] of [
+    [{ default: { kind: 'webhook', url: 'http://user:WHPASS@127.0.0.1:9/run' } }, 'default.url'],
+    [{ Coding: { kind: 'openai', base_url: 'https://key:SKPASS@api.example/v1', model: 'm' } }, 'Coding.base_url']
+  ] as const) {
+    const error = (() => { try { parseAgentsConfig(JSON.stringify(spec), {}) } catch (err) { return err as Error } })()
+    t.match(error?.message, new RegExp(`^TASK_AGENTS\\.${field.replace('.', '\\.')}: must not hold a user name or password`, 'u'))
+    t.notMatch(error?.message, /PASS/u, 'the password is not in the message')
+  }
+  t.doesNotThrow(() => parseAgentsConfig('{"default": {"kind": "webhook", "url": "http://127.0.0.1:9/run?team=blue"}}', {}), 'a plain URL with a query is fine')
+})
+
 t.test('parseAgentsConfig: api_key_env and headers_env must name variables that are set (in the env given)', async (t) => {
   const openai = (name: string): object => ({ Coding: { kind: 'openai', base_url: 'http://x', model: 'm', api_key_env: name } })
   rejects(t, openai('LLM_KEY'), /^TASK_AGENTS\.Coding\.api_key_env: environment variable LLM_KEY is not set/)

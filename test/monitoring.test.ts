@@ -5,7 +5,7 @@
  * rules and the dashboard name exists on a real server's /metrics.
  */
 import { execFile } from 'node:child_process'
-import { readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
@@ -192,6 +192,21 @@ t.test('every metric the rules and the dashboard use is on a real server\'s /met
   used.delete('up')
   t.ok(used.size >= 10, `${used.size} metric names used: ${[...used.keys()].join(', ')}`)
   for (const [name, where] of used) t.ok(exposed.has(name), `${name} (${where}) is exposed`)
+})
+
+t.test('a storage folder gone from under the server: /ready 503 and taskvault_ready 0, until it is back', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir })
+  const ready = async (): Promise<[number, string | undefined]> => [
+    (await app.inject({ method: 'GET', url: '/ready' })).statusCode,
+    (await app.inject({ method: 'GET', url: '/metrics' })).body.split('\n').find((line) => line.startsWith('taskvault_ready '))
+  ]
+  t.same(await ready(), [200, 'taskvault_ready 1'])
+  await rm(dir, { recursive: true, force: true })
+  t.same(await ready(), [503, 'taskvault_ready 0'], 'a deleted folder (an unmounted volume) is not ready')
+  t.match((await app.inject({ method: 'GET', url: '/ready' })).json(), { code: 'STORAGE_UNAVAILABLE' })
+  await mkdir(dir, { recursive: true })
+  t.same(await ready(), [200, 'taskvault_ready 1'], 'ready again once it is back')
 })
 
 t.test('the series the rules add move: tasks finished by status, ready', async (t) => {

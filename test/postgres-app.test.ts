@@ -220,6 +220,8 @@ t.test('losing the database: requests fail fast with 503, /ready goes 503, and t
   t.equal(dropped.status, 503, 'a dropped database: 503')
   t.ok(dropped.ms < 3000, `and fast (${dropped.ms} ms)`)
   t.equal((await app.inject({ method: 'GET', url: '/ready' })).statusCode, 503, '/ready: 503')
+  const readyGauge = async (): Promise<string | undefined> => (await app.inject({ method: 'GET', url: '/metrics' })).body.split('\n').find((line) => line.startsWith('taskvault_ready '))
+  t.equal(await readyGauge(), 'taskvault_ready 0', 'and taskvault_ready 0, which the not-ready alert watches')
 
   proxy.stall()
   const stalled = await create('while-stalled')
@@ -229,6 +231,7 @@ t.test('losing the database: requests fail fast with 503, /ready goes 503, and t
   proxy.pass()
   await waitFor('/ready to answer 200 again', async () => (await app.inject({ method: 'GET', url: '/ready' })).statusCode === 200, 15_000)
   t.equal((await create('after')).status, 200, 'writes work again')
+  t.equal(await readyGauge(), 'taskvault_ready 1')
   const list = (await app.inject({ method: 'GET', url: `${API}/list?session_id=all` })).json()
   t.same(list.sessions.map((s: { session_id: string }) => s.session_id).sort(), ['after', 'before'], 'nothing unacknowledged was kept')
   const rows = await connected(new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 0 }))).then(async (client: pg.Client) => {

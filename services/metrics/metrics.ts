@@ -91,7 +91,9 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
   })
   new Gauge({ name: name('restore_failed_loads'), help: 'Session files set aside as unreadable at startup', registers, collect () { this.set(manager.stats().storage.failed_loads) } })
   // Issue 18: readiness and free space, for the rules in deploy/prometheus/alerts.yml.
-  new Gauge({ name: name('ready'), help: '1 once sessions are restored and until shutdown begins (what GET /ready answers 200 to), else 0', registers, collect () { this.set(manager.ready ? 1 : 0) } })
+  // The same check as GET /ready, store round trip included: a database (or a storage folder) gone
+  // while nothing is saved must still read 0.
+  new Gauge({ name: name('ready'), help: '1 once sessions are restored and until shutdown begins, while the storage answers (what GET /ready answers 200 to), else 0', registers, async collect () { this.set((await manager.checkReady().catch(() => new Error('check failed'))) === null ? 1 : 0) } })
   const finished = new Counter({ name: name('tasks_finished_total'), help: 'Tasks that reached Completed or Failed (once durable), by status', labelNames: ['status'], registers })
   for (const status of ['Completed', 'Failed']) finished.inc({ status }, 0)
   const onFinished = (event: TaskFinishedEvent): void => { finished.inc({ status: event.status }) }

@@ -118,6 +118,20 @@ export class FileSessionStore implements SessionStore {
     return this.files.corruptDir
   }
 
+  /**
+   * Whether the storage folder is still there (/ready): a folder deleted, or a volume gone from
+   * under the server, fails every save, and the lock alone does not notice.
+   */
+  async check (): Promise<TaskvaultError | null> {
+    try {
+      const stat = await this.fs.lstat(this.dir)
+      if (!stat.isDirectory()) throw Object.assign(new Error(`${this.dir} is not a folder`), { code: 'ENOTDIR' })
+      return null
+    } catch (err) {
+      return new StorageError('checking the storage folder', err as NodeJS.ErrnoException)
+    }
+  }
+
   /** Why nothing may be written any more (the lock was lost to another writer), or null. */
   unwritable (): TaskvaultError | null {
     return this.lock?.lost ?? null

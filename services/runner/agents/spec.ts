@@ -155,6 +155,20 @@ function checkSpec (key: string, value: unknown, env: NodeJS.ProcessEnv): AgentS
     const bad = Object.keys(checked.env ?? {}).find((name) => !ENV_NAME.test(name))
     if (bad !== undefined) throw new InvalidAgentConfigError(`TASK_AGENTS.${key}.env: '${bad}' is not an environment variable name`)
   }
+  // A password in an agent's URL would go out in clear in every error about it (fetch refuses
+  // such a URL, naming it whole): credentials belong in headers_env or api_key_env.
+  if (checked.kind === 'webhook' || checked.kind === 'openai') {
+    const field = checked.kind === 'webhook' ? 'url' : 'base_url'
+    let url: URL
+    try {
+      url = new URL(checked.kind === 'webhook' ? checked.url : checked.base_url)
+    } catch {
+      throw new InvalidAgentConfigError(`TASK_AGENTS.${key}.${field}: not a valid URL`)
+    }
+    if (url.username !== '' || url.password !== '') {
+      throw new InvalidAgentConfigError(`TASK_AGENTS.${key}.${field}: must not hold a user name or password; put credentials in ${checked.kind === 'webhook' ? 'headers_env' : 'api_key_env'}`)
+    }
+  }
   for (const field of ['api_key_env', 'headers_env'] as const) {
     const name = (checked as Record<string, unknown>)[field]
     if (typeof name === 'string' && (env[name] === undefined || env[name] === '')) {
