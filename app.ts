@@ -86,8 +86,11 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   app.setValidatorCompiler(createValidatorCompiler())
   app.setErrorHandler(errorHandler)
   const connections = guardConnections(app.server, app.log, {
-    // Event streams hold their sockets for long: their own cap comes on top, so they never take the slots of requests.
-    maxConnections: settings.TASK_MAX_CONNECTIONS + settings.TASK_EVENTS_MAX_CLIENTS,
+    // Event streams hold their sockets for long: their own cap comes on top, so they never take
+    // the slots of requests, and requests never take theirs.
+    maxConnections: settings.TASK_MAX_CONNECTIONS,
+    maxStreams: settings.TASK_EVENTS_MAX_CLIENTS,
+    streamPath: '/api/v1/tasks/events',
     // A request still arriving at shutdown gets its timeout, but never more than the grace period.
     stalledCloseMs: Math.min(settings.TASK_REQUEST_TIMEOUT_MS, settings.TASK_SHUTDOWN_GRACE_MS)
   })

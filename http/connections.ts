@@ -4,17 +4,22 @@
  *
  * Event streams: Node's request timeout covers receiving the request only, never the answer
  * (test/events.test.ts checks a stream outliving it), so a stream needs no exemption from it.
- * Their own cap (TASK_EVENTS_MAX_CLIENTS) is checked by their route and added to
- * `maxConnections` by app.ts; their sockets are ended by the stream code at shutdown (the sweep
- * below leaves a socket alone while its answer is being written).
+ * Their own cap (TASK_EVENTS_MAX_CLIENTS) is checked by their route; their sockets come on top
+ * of `maxConnections` and are ended by the stream code at shutdown (the sweep below leaves a
+ * socket alone while its answer is being written). Other sockets never take the streams' share:
+ * with the usual 1,024 file descriptors, a thousand idle sockets would otherwise leave storage none.
  */
 import type { Server, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyBaseLogger } from 'fastify'
 
 export interface ConnectionLimits {
-  /** Open sockets at most; Node closes the ones past it as soon as they are accepted. */
+  /** Open sockets at most, streams aside; the ones past it are closed as soon as they are accepted. */
   maxConnections: number
+  /** Sockets carrying an event stream at most, on top (TASK_EVENTS_MAX_CLIENTS). */
+  maxStreams: number
+  /** The event stream's path: a socket that asks for it carries a stream from then on. */
+  streamPath: string
   /** How long, after shutdown begins, a request still arriving may take before its socket is closed. */
   stalledCloseMs: number
 }
@@ -28,26 +33,40 @@ export interface ConnectionGuard {
 }
 
 export function guardConnections (server: Server, log: FastifyBaseLogger, limits: ConnectionLimits): ConnectionGuard {
-  server.maxConnections = limits.maxConnections
+  server.maxConnections = limits.maxConnections + limits.maxStreams
   let dropped = 0
   let lastDropLog = -Infinity
-  server.on('drop', () => {
+  const refused = (): void => {
     dropped++
     const now = Date.now()
     if (now - lastDropLog < DROP_LOG_INTERVAL_MS) return
     lastDropLog = now
     log.warn({ dropped, max_connections: limits.maxConnections }, 'Connection refused: TASK_MAX_CONNECTIONS sockets are open')
     dropped = 0
-  })
+  }
+  server.on('drop', refused)
 
   const sockets = new Set<Socket>()
+  /** Sockets that asked for an event stream: counted against the streams' share, not the others'. */
+  const streams = new Set<Socket>()
   // The latest answer on each socket: one WeakMap write per request, read only at shutdown.
   const answers = new WeakMap<Socket, ServerResponse>()
   server.on('connection', (socket: Socket) => {
+    if (sockets.size - streams.size >= limits.maxConnections) {
+      socket.destroy()
+      refused()
+      return
+    }
     sockets.add(socket)
-    socket.once('close', () => sockets.delete(socket))
+    socket.once('close', () => {
+      sockets.delete(socket)
+      streams.delete(socket)
+    })
   })
-  server.on('request', (req, res: ServerResponse) => { answers.set(req.socket, res) })
+  server.on('request', (req, res: ServerResponse) => {
+    answers.set(req.socket, res)
+    if (req.method === 'GET' && (req.url === limits.streamPath || req.url?.startsWith(`${limits.streamPath}?`) === true) && sockets.has(req.socket)) streams.add(req.socket)
+  })
 
   // A socket is busy while the request it sent in full is being answered (a running execute);
   // otherwise it is idle, or sending a request (partly or not at all) that may never arrive.

@@ -135,6 +135,27 @@ t.test('TASK_MAX_CONNECTIONS: sockets past the cap are closed at once; creates w
   t.same(listed.body.sessions.map((s: { session_id: string }) => s.session_id).sort(), ['after-idle', 'within-cap'])
 })
 
+t.test('idle sockets never take the event streams\' share: past TASK_MAX_CONNECTIONS they are closed, while streams still open on top', async (t) => {
+  const { start } = await scratch(t)
+  const cap = 3
+  const server = await start({ TASK_MAX_CONNECTIONS: String(cap), TASK_EVENTS_MAX_CLIENTS: '50', TASK_REQUEST_TIMEOUT_MS: '10000' })
+  const stream = await connect(t, server, `GET ${API}/events HTTP/1.1\r\nHost: localhost\r\n\r\n`)
+  await waitFor('the stream to open', () => stream.received().includes(': connected'))
+  const idle: Raw[] = []
+  for (let i = 0; i < 10; i++) idle.push(await connect(t, server))
+  // This process may hold one more keep-alive socket to the server (from the readiness polls).
+  await waitFor('the idle sockets past the cap to be closed', async () => (await Promise.all(idle.map(async (raw) => await within(raw.closed, 0) === null))).filter(Boolean).length <= cap, 5000).catch(() => {})
+  const open = (await Promise.all(idle.map(async (raw) => await within(raw.closed, 0) === null))).filter(Boolean).length
+  t.ok(open <= cap, `at most ${cap} idle sockets stay open, not ${cap} + the streams' 50 (${open})`, { output: describe(server) })
+  t.equal(await within(stream.closed, 0), null, 'the stream stays open')
+  t.ok(logLines(server.stdout()).some((line) => String(line.msg).startsWith('Connection refused: TASK_MAX_CONNECTIONS')), 'the refusal is logged')
+  for (const raw of idle) raw.socket.destroy()
+  await waitFor('the idle sockets to be gone', async () => (await Promise.all(idle.map(async (raw) => await within(raw.closed, 0) !== null))).every(Boolean), 5000)
+  const second = await connect(t, server, `GET ${API}/events HTTP/1.1\r\nHost: localhost\r\n\r\n`)
+  await waitFor('a second stream to open beside the first', () => second.received().includes(': connected'))
+  t.pass('streams open on top of the others')
+})
+
 t.test('an answer slower than TASK_REQUEST_TIMEOUT_MS is not cut: the timeout covers receiving the request only', async (t) => {
   const { start } = await scratch(t)
   const agents = { default: { kind: 'command', argv: ['sh', '-c', 'sleep 1.5; echo slow result'] } }
