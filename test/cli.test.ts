@@ -271,6 +271,10 @@ t.test('restore refuses an archived copy that an older one with a later stamp in
   t.equal(refused.code, 1, refused.stdout)
   t.match(refused.stdout, /archive\/x\.json: the folder's archive\/x\.1700000000000\.json would be shown instead of the restored copy/u)
   t.notOk(existsSync(join(dir, 'archive', 'x.json')), 'nothing written')
+  const forced = await taskvault(['restore', out, dir, '--force'])
+  t.equal(forced.code, 1, 'refused even with --force, which would not change what the server shows')
+  t.match(forced.stdout, /--force does not touch; move those copies out first/u)
+  t.notOk(existsSync(join(dir, 'archive', 'x.json')), 'nothing written')
 })
 
 t.test('restore refuses a damaged or foreign archive', async (t) => {

@@ -22,6 +22,8 @@ interface Planned {
 interface Conflict {
   file: string
   reason: string
+  /** Another copy in the folder, which the restore does not write, would be shown instead. */
+  hidden?: true
 }
 
 export const restoreCommand: Command = {
@@ -58,6 +60,13 @@ ${COMMON_HELP}`,
     if ((await lstat(backup).catch(() => null))?.isFile() !== true) throw new CommandFailedError(`${backup} is not a file`)
     return withWriteLock(dir, settings, keyring, true, async () => {
       const { planned, conflicts } = await plan(backup, dir, keyring)
+      // --force overwrites what the backup names; a copy elsewhere that would hide the restored one stays, so it cannot help.
+      const hiding = conflicts.filter((conflict) => conflict.hidden === true)
+      if (hiding.length > 0 && force) {
+        const lines = hiding.map(({ file, reason }) => `❌ ${file}: ${reason}`)
+        lines.push(`Refused: ${hiding.length} restored files would be hidden by other copies in ${dir}, which --force does not touch; move those copies out first. Nothing was written`)
+        return { code: 1, json: { backup, dir, restored: 0, unchanged: 0, conflicts }, lines }
+      }
       if (conflicts.length > 0 && !force) {
         const lines = conflicts.map(({ file, reason }) => `❌ ${file}: ${reason}`)
         lines.push(`Refused: ${conflicts.length} files in ${dir} would be overwritten; nothing was written (give --force to overwrite them)`)
@@ -115,10 +124,10 @@ async function plan (backup: string, dir: string, keyring: Keyring | null): Prom
       else if (copy.ok === true && Date.parse(copy.file.updated_at) > Date.parse(updatedAt)) {
         conflicts.push({ file: rel, reason: `the folder's ${other} holds a newer copy of session '${sessionId}' (updated_at ${copy.file.updated_at}, backup ${updatedAt})` })
       } else if (copy.ok === true && archived && !other.startsWith('archive/')) {
-        conflicts.push({ file: rel, reason: `the folder's active ${other} would hide the restored archive of session '${sessionId}'` })
+        conflicts.push({ file: rel, reason: `the folder's active ${other} would hide the restored archive of session '${sessionId}'`, hidden: true })
       } else if (copy.ok === true && archived && archiveStamp(other) > archiveStamp(rel)) {
         // The server shows the archived copy with the latest stamp in its name, whatever its times say.
-        conflicts.push({ file: rel, reason: `the folder's ${other} would be shown instead of the restored copy of session '${sessionId}' (a later stamp in its name)` })
+        conflicts.push({ file: rel, reason: `the folder's ${other} would be shown instead of the restored copy of session '${sessionId}' (a later stamp in its name)`, hidden: true })
       }
     }
   }
