@@ -218,6 +218,26 @@ t.test('archived files a keyring cannot open (a wrong or a dropped key) stay whe
   t.notOk((await readdir(dir)).includes('corrupt'), 'nothing set aside')
 })
 
+t.test('an archived file that does not open under a key proven right at the restore is set aside as damaged', async (t) => {
+  const dir = await tempDir(t)
+  let app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  for (const id of ['active', 'arch']) t.equal((await post(app, '/create', { session_id: id, instructions: 'x' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'arch' })).statusCode, 200)
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['arch'])
+  await app.close()
+  const [name] = await readdir(join(dir, 'archive'))
+  const doc = await readJson(join(dir, 'archive', name as string))
+  const data = Buffer.from(doc.sealed.data, 'base64')
+  data[0] = (data[0] as number) ^ 1
+  await writeFile(join(dir, 'archive', name as string), JSON.stringify({ ...doc, sealed: { ...doc.sealed, data: data.toString('base64') } }))
+  // 'active' opens under k1 at the restore: the key is right, so the archived file is damaged.
+  app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.equal((await get(app, '/progress?session_id=arch')).statusCode, 404, 'the damaged copy is not served')
+  t.same(await readdir(join(dir, 'archive')), [], 'it left archive/')
+  t.equal((await readdir(join(dir, 'corrupt'))).length, 1, 'into corrupt/')
+  t.equal((await post(app, '/create', { session_id: 'arch', instructions: 'again' })).statusCode, 200, 'the id can be used again')
+})
+
 t.test('validate --fix sets aside what a right key does not open, and nothing when the key under a kid opens none', async (t) => {
   const dir = await tempDir(t)
   const app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })

@@ -182,6 +182,16 @@ t.test('an archived row sealed under a key this replica lacks: lists, archive pa
   const names: string[] = []
   for await (const entry of readTarGz(Readable.from([backup.rawPayload]))) names.push(entry.name)
   t.same(names.sort(), ['archive/finished.json', 'live.json'], 'holding the row as it is stored, under a name restore takes')
+  await second.close()
+  // The old key back, but mistyped: no active row opens under it, so the key is the suspect, not the row.
+  const third = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: `new:${randomBytes(32).toString('base64')},old:${randomBytes(32).toString('base64')}` })
+  const wrong = await third.inject({ method: 'GET', url: `${API}/progress?session_id=finished` })
+  t.equal(wrong.statusCode, 503, 'a wrong key answers 503, not 404')
+  t.match(wrong.json(), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /does not open under key 'old'/ })
+  const again = await third.inject({ method: 'GET', url: `${API}/backup` })
+  const carried: string[] = []
+  for await (const entry of readTarGz(Readable.from([again.rawPayload]))) carried.push(entry.name)
+  t.ok(carried.includes('archive/finished.json'), 'and a backup still carries it')
 })
 
 t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => {

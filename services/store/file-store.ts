@@ -80,6 +80,11 @@ export class FileSessionStore implements SessionStore {
   /** The kid each active session is stored under ('' for plaintext), and how many per kid. */
   private readonly kidOf = new Map<string, string>()
   private readonly kidCounts = new Map<string, number>()
+  /**
+   * Kids under which the restore opened a file (before this process sealed anything): their key
+   * is right, so an archived file under one that does not open is damaged, and is set aside.
+   */
+  private readonly provenKids = new Set<string>()
   private readonly dirSync: CoalescedRun
   private readonly lock: StorageLock | null
   private readonly files: FolderFiles
@@ -95,7 +100,7 @@ export class FileSessionStore implements SessionStore {
     this.keyring = options.keyring ?? null
     this.dirSync = new CoalescedRun(() => fsyncDir(this.fs, this.dir))
     this.lock = options.lock ? new StorageLock(this.dir, this.fs, options.lock, (event) => this.events.emit('lock', event)) : null
-    this.files = new FolderFiles({ fs: this.fs, dir: this.dir, keyring: this.keyring, unwritable: () => this.unwritable() !== null })
+    this.files = new FolderFiles({ fs: this.fs, dir: this.dir, keyring: this.keyring, unwritable: () => this.unwritable() !== null, keyProven: (kid) => this.provenKids.has(kid) })
     this.archived = new FileArchive({
       fs: this.fs,
       dir: join(this.dir, 'archive'),
@@ -245,6 +250,7 @@ export class FileSessionStore implements SessionStore {
   async loadAll ({ concurrency }: { concurrency: number }): Promise<LoadResult> {
     const { names, removedTempFiles } = await this.listSessionFiles()
     const { sessions, failures } = await this.readSessionFiles(names, concurrency)
+    for (const [kid, count] of this.kidCounts) if (kid !== '' && count > 0) this.provenKids.add(kid)
     if (removedTempFiles > 0 || failures.length > 0) await this.syncDir('restoring sessions')
     return { sessions, failures, removedTempFiles }
   }

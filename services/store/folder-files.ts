@@ -5,6 +5,7 @@ import type { FsSeam } from './fs-seam.js'
 import type { Keyring } from './keyring.js'
 import { DIR_MODE, fsyncDir, parseSessionFile, readWhole } from './session-files.js'
 import type { LoadFailure, LoadedSession } from './store.js'
+import { noop } from '../noop.js'
 
 export interface FolderFilesOptions {
   fs: FsSeam
@@ -13,6 +14,8 @@ export interface FolderFilesOptions {
   keyring: Keyring | null
   /** True once nothing may be moved any more (another server holds the folder). */
   unwritable: () => boolean
+  /** True when a file under this kid has opened with its key: one that does not open is damaged, not the key wrong. */
+  keyProven?: (kid: string) => boolean
 }
 
 /**
@@ -51,9 +54,9 @@ export class FolderFiles {
       // Sealed under a key we lack: never set aside, never overwritten.
       if (err instanceof KeyUnavailableError) throw err
       // One file that does not open cannot tell a changed file from a wrong key under its kid:
-      // left in place like a file whose key is missing (the restore and validate, which see every
-      // file of the kid, set aside the ones a right key does not open).
-      if (err instanceof SealNotOpenedError) {
+      // unless a file under that kid opened at the restore, it is left in place like a file whose
+      // key is missing (the restore and validate, which see every file of the kid, judge the rest).
+      if (err instanceof SealNotOpenedError && this.options.keyProven?.(err.kid) !== true) {
         throw new KeyUnavailableError(err.kid, `${shownAs} does not open under key '${err.kid}': TASK_ENCRYPTION_KEYS holds a different key under that kid, or the file was changed. It was left in place; taskvault validate tells the two apart`)
       }
       if (!(err instanceof CorruptSessionFileError)) throw new StorageError(`reading ${name}`, err as NodeJS.ErrnoException)
@@ -71,10 +74,11 @@ export class FolderFiles {
       const target = join(this.corruptDir, `${name}.${Date.now()}.${process.pid}.${++this.seq}`)
       await this.options.fs.rename(join(dir, name), target)
       // Durable on both sides: the file's new entry, the old one gone (`archive/` read on demand
-      // has no later fsync of its own), and `corrupt/` itself when this made it.
-      await fsyncDir(this.options.fs, this.corruptDir)
-      await fsyncDir(this.options.fs, dir)
-      if (dir !== this.options.dir) await fsyncDir(this.options.fs, this.options.dir)
+      // has no later fsync of its own), and `corrupt/` itself when this made it. Moved already,
+      // the file is reported where it is even if one of these fails.
+      await fsyncDir(this.options.fs, this.corruptDir).catch(noop)
+      await fsyncDir(this.options.fs, dir).catch(noop)
+      if (dir !== this.options.dir) await fsyncDir(this.options.fs, this.options.dir).catch(noop)
       return target
     } catch {
       return null

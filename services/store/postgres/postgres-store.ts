@@ -4,7 +4,7 @@ import { SessionFile, SESSION_ID_PATTERN } from '../../../schemas/session.js'
 import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from '../../archive/archive-index.js'
 import {
   CorruptSessionFileError, DatabaseUnavailableError, InvalidDatabaseSettingError, InvalidSessionIdError, KeyUnavailableError,
-  LeaseLostError, StorageError, TaskvaultError, VersionConflictError
+  LeaseLostError, SealNotOpenedError, StorageError, TaskvaultError, VersionConflictError
 } from '../../errors.js'
 import { noop } from '../../noop.js'
 import type { Keyring } from '../keyring.js'
@@ -153,6 +153,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   private readonly index = new ArchiveIndex()
   /** Archived copies sealed under a key this process lacks: left out of lists, reported once. */
   private readonly unopened = new Set<string>()
+  /** Kids under which the restore opened a row: an archived row under one that does not open is damaged, not the key wrong. */
+  private readonly provenKids = new Set<string>()
   private readonly batcher: SaveBatcher<RowVersion | null, QueuedSave>
   private readonly refresher: SaveBatcher<FreshRow | null, QueuedRefresh>
   /** Connections that have had SYNCHRONOUS_COMMIT_ON (see query()). */
@@ -266,6 +268,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
           const { file, kid } = readSessionDocument(name, row.document, row.session_id, this.keyring)
           sessions.push({ file, bytes: row.bytes })
           this.known(row.session_id, { row: row.row_id, version: row.version, kid: kid ?? '' })
+          if (kid !== null && kid !== undefined) this.provenKids.add(kid)
         } catch (err) {
           if (err instanceof KeyUnavailableError) {
             missingKeys.set(err.kid, (missingKeys.get(err.kid) ?? 0) + 1)
@@ -477,6 +480,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
         return { session: { file, bytes: row.bytes, name }, failures }
       } catch (err) {
         if (!(err instanceof CorruptSessionFileError)) throw err
+        // One row that does not open, under a kid no row opened under at the restore: the key is
+        // more likely wrong than the row damaged, so the session answers so (and a backup carries it).
+        if (err instanceof SealNotOpenedError && !this.provenKids.has(err.kid)) {
+          throw new KeyUnavailableError(err.kid, `${name} does not open under key '${err.kid}': TASK_ENCRYPTION_KEYS holds a different key under that kid, or the row was changed. It was left as it is; taskvault validate tells the two apart`)
+        }
         failures.push({ name, reason: err.message, movedTo: null })
         before = row.row_id
       }
