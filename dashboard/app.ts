@@ -152,9 +152,10 @@ async function follow (): Promise<void> {
       }
       if (!res.ok || res.body === null) throw new Error(`stream: ${res.status}`)
       setLive(true)
-      delay = 500
       // The first connection (and any that did not resume) starts from a fresh snapshot.
       if (lastId === null) await loadSnapshot()
+      // Backing off ends once the page is whole again, not when the stream merely answers.
+      delay = 500
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader()
       let buffer = ''
       for (;;) {

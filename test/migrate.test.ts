@@ -197,7 +197,7 @@ t.test('a connection lost while migrate waits for another server\'s lock fails t
   const heard: Error[] = []
   db.on('error', (err) => { heard.push(err) })
   const migrating = migrate(db, { schema: SCHEMA }).then(() => null, (err: Error) => err)
-  await waitFor('migrate to wait for the lock', async () => (await holder.query("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%pg_advisory_lock%' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
+  await waitFor('migrate to wait for the lock', async () => (await holder.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%pg_advisory_lock%' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
   // Unheard, the checked-out client's 'error' would end this process (and fail this file).
   proxy.drop()
   const err = await migrating
