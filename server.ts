@@ -1,16 +1,38 @@
 import closeWithGrace from 'close-with-grace'
+import type { FastifyInstance } from 'fastify'
 import { buildApp } from './app.js'
 import { loadConfig } from './plugins/config.js'
 import { loggerOptions } from './http/logger-options.js'
 
 /** Loads config, restores sessions, listens, and drains on SIGTERM/SIGINT. */
 async function main (): Promise<void> {
-  let app
+  let app: FastifyInstance | undefined
+  // SIGTERM or SIGINT while starting (a long restore, a database not up yet): the start is
+  // finished or given up, then the server closes (releasing its storage lock) and exits 0,
+  // within TASK_SHUTDOWN_GRACE_MS; nothing runs yet that needs more.
+  let stopped: NodeJS.Signals | null = null
+  const early = (signal: NodeJS.Signals): void => {
+    if (stopped !== null) return
+    stopped = signal
+    if (app === undefined) {
+      // Still loading (a database not up yet): nothing to close but the process.
+      console.error(`taskvault: ${signal} while starting; exiting`)
+      process.exit(0)
+    }
+    app.log.info({ signal }, 'Shutting down while starting')
+    setTimeout(() => process.exit(0), app.config.TASK_SHUTDOWN_GRACE_MS).unref()
+  }
+  process.on('SIGTERM', early)
+  process.on('SIGINT', early)
   try {
     const config = await loadConfig()
     app = await buildApp({ config, readEnvironment: false, logger: loggerOptions(config), processMetrics: true })
     await app.ready()
   } catch (err) {
+    if (stopped !== null) {
+      await app?.close().catch(() => {})
+      process.exit(0)
+    }
     // Bad settings or an unusable storage folder: say which, and exit 1.
     console.error(`taskvault: cannot start: ${(err as Error).message}`)
     if (app !== undefined) {
@@ -20,6 +42,12 @@ async function main (): Promise<void> {
       await app.close().catch(() => {})
     }
     process.exit(1)
+  }
+  process.off('SIGTERM', early)
+  process.off('SIGINT', early)
+  if (stopped !== null) {
+    await app.close().catch(() => {})
+    process.exit(0)
   }
   const { PORT, HOST, TASK_SHUTDOWN_GRACE_MS } = app.config
   // A rejection nobody observed is a bug, logged loudly with its stack. It does not take the

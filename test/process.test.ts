@@ -9,6 +9,8 @@ import { mkdir, readFile, readdir, realpath, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
+import { markAsTaskvault } from './helper.js'
+import { daysAgo, storedSession } from './session-fixtures.js'
 import { baseEnv, call, describe, EXIT_TIMEOUT_MS, exitWithin, freePort, logMessages, scratch, type ServerProcess, type TaskView } from './server-process.js'
 
 const API = '/api/v1/tasks'
@@ -226,6 +228,29 @@ for (const autoSave of [true, false]) {
     t.same(temps, [], 'no temp files left behind')
   })
 }
+
+t.test('SIGTERM while starting exits 0: during the wait for a database, and during a restore (which then ends, and the lock is released)', async (t) => {
+  const { spawnRaw, dir } = await scratch(t)
+  const waiting = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORE: 'postgres', DATABASE_URL: 'postgres://127.0.0.1:1/none', TASK_DB_CONNECT_TIMEOUT_MS: '60000' }))
+  t.ok(await waiting.waitForLine((line) => line.includes('The database cannot be reached yet'), 20_000), 'waiting for the database', { output: describe(waiting) })
+  waiting.child.kill('SIGTERM')
+  t.same(await exitWithin(waiting, 10_000), { code: 0, signal: null }, 'exit 0 at once, not after TASK_DB_CONNECT_TIMEOUT_MS', { output: describe(waiting) })
+  t.match(waiting.stderr(), /SIGTERM while starting; exiting/)
+
+  // Enough sessions that the restore is still going when the signal comes.
+  const data = join(dir, 'big')
+  await mkdir(data, { recursive: true })
+  await markAsTaskvault(data)
+  for (let i = 0; i < 20_000; i += 500) {
+    await Promise.all(Array.from({ length: 500 }, async (_, j) => writeFile(join(data, `s${i + j}.json`), storedSession(`s${i + j}`, ['Pending', 'Pending'], daysAgo(1)))))
+  }
+  const restoring = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORAGE_DIR: data, TASK_SHUTDOWN_GRACE_MS: '60000' }))
+  t.ok(await restoring.waitForLine((line) => line.includes('Agents by task type'), 20_000), 'starting', { output: describe(restoring) })
+  restoring.child.kill('SIGTERM')
+  t.same(await exitWithin(restoring, 60_000), { code: 0, signal: null }, 'exit 0', { output: describe(restoring) })
+  t.ok(logMessages(restoring.stdout()).includes('Shutting down while starting'), 'and says why')
+  t.notOk((await readdir(data)).includes('.taskvault.lock'), 'the storage lock is released')
+})
 
 t.test('SIGTERM with a request in flight (TASK_AUTO_SAVE=false) still exits 0 and keeps acknowledged work', async (t) => {
   const { dir, start } = await scratch(t)
