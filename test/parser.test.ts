@@ -45,6 +45,24 @@ t.test('parseInstructions: lists', async (t) => {
   })
 })
 
+t.test('parseInstructions: lists as people type or paste them', async (t) => {
+  t.strictSame(parseInstructions('1.Research\n2.Design\n3.Implement'), ['Research', 'Design', 'Implement'], 'no space after the number')
+  t.strictSame(parseInstructions('1)Research\n2)Design'), ['Research', 'Design'])
+  t.strictSame(parseInstructions('1.\u00a0Research\n2.\u00a0Design'), ['Research', 'Design'], 'a no-break space pasted from a word processor')
+  t.strictSame(parseInstructions('\u00a0- Research\n\u00a0- Design'), ['Research', 'Design'])
+  t.strictSame(parseInstructions('1. Research\r2. Design\r3. Implement'), ['Research', 'Design', 'Implement'], 'lone CR line ends')
+  t.strictSame(parseInstructions('It costs 1.5 million\nand takes 2.5 weeks'), ['It costs 1.5 million\nand takes 2.5 weeks'], 'a decimal number is not a list item')
+  t.strictSame(parseInstructions('-5 degrees tonight\n-3 tomorrow'), ['-5 degrees tonight\n-3 tomorrow'], 'a bullet still needs its space')
+})
+
+t.test('parseInstructions: only the heading line of a lead-in goes; what is written above it stays', async (t) => {
+  t.strictSame(parseInstructions('Our prod DB is Postgres 12 and must not go down.\nPlease do the following:\n1. Back up\n2. Upgrade'),
+    ['Our prod DB is Postgres 12 and must not go down.', 'Back up', 'Upgrade'])
+  t.strictSame(parseInstructions('Context: prod is on v2.\nSteps:\n1. a\n2. b'), ['Context: prod is on v2.', 'a', 'b'])
+  t.strictSame(parseInstructions('Steps:\n1. a\n2. b'), ['a', 'b'], 'a heading alone still goes')
+  t.strictSame(parseInstructions('Please do the following:\n\n1. a\n2. b'), ['a', 'b'], 'blank lines after it too')
+})
+
 t.test('parseInstructions: "Task N:" markers', async (t) => {
   t.test('inline on one line', async (t) => {
     t.strictSame(parseInstructions('Task 1: write code Task 2: explain it'), ['write code', 'explain it'])

@@ -2,7 +2,11 @@ import type { TaskType } from '../../schemas/session.js'
 import { InvalidInstructionsError } from '../errors.js'
 
 // Linear on any input: no nested quantifiers, and `.` with the s flag never backtracks.
-const LIST_ITEM = /^[ \t]*(?:\d{1,9}[.)]|[-*•])[ \t]+(.*)$/su
+// A number needs no space after its `.` or `)` ("1.Research"), unless a digit follows ("1.5 million" is prose);
+// a bullet needs one ("-5 degrees" is prose). A no-break space (pasted from a word processor) counts as one.
+const LIST_ITEM = /^[ \t\u00a0]*(?:\d{1,9}[.)](?!\d)[ \t\u00a0]*|[-*•][ \t\u00a0]+)(.*)$/su
+/** Line ends: CRLF, LF, and a lone CR (old Mac text). */
+const LINE_END = /\r\n|[\n\r]/u
 const TASK_MARKER = /\btask\s+\d{1,9}\s*[:.)-]\s*/giu
 const STARTS_WITH_FIRST = /^\s*first(?:ly)?\b[,:]?\s*/iu
 // "next" only counts after punctuation, so "read the next chapter" stays whole.
@@ -23,7 +27,7 @@ export function parseInstructions (text: string): string[] {
 }
 
 function listItems (text: string): string[] | undefined {
-  const lines = text.split(/\r?\n/u)
+  const lines = text.split(LINE_END)
   const items: string[] = []
   const preamble: string[] = []
   for (const line of lines) {
@@ -48,10 +52,16 @@ function taskMarkerItems (text: string): string[] | undefined {
 /**
  * A lead-in such as "Steps:" or "Please do the following:" introduces the items and is dropped;
  * one that asks for typed work itself ("Write a function that:") is kept as a task, so no
- * instruction is lost.
+ * instruction is lost. Only the heading line itself goes: text above it ("Our database must
+ * not go down.\nPlease do the following:") is kept as a task of its own.
  */
 function withLead (lead: string, items: string[]): string[] {
-  return lead.trim() === '' || isHeading(lead) ? items : [lead, ...items]
+  const lines = lead.split(LINE_END)
+  while (lines.length > 0 && (lines.at(-1) as string).trim() === '') lines.pop()
+  if (lines.length === 0) return items
+  if (isHeading(lines.at(-1) as string)) lines.pop()
+  const kept = lines.join('\n')
+  return kept.trim() === '' ? items : [kept, ...items]
 }
 
 function isHeading (text: string): boolean {
