@@ -6,6 +6,14 @@ import { ShuttingDownError } from '../services/errors.js'
 /** POST /archive: an archive and retention pass now, queued behind the scheduler's if one is running. */
 const archiveRoutes: FastifyPluginAsyncTypebox<{ bodyLimit?: number }> = async (app, options) => {
   app.addHook('onRequest', app.verifyApiKey)
+  // The body is optional: an empty one means the defaults, also under a JSON content type (which
+  // many clients send on every request). Anything else is parsed as everywhere else.
+  const json = app.getDefaultJsonParser('error', 'error')
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    if (body === '') done(null, {})
+    else json(request, body as string, done)
+  })
 
   app.post('/archive', {
     bodyLimit: options.bodyLimit ?? SETTING_DEFAULTS.BODY_LIMIT,

@@ -296,10 +296,11 @@ export const responses = {
   execute: { 200: ExecuteResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   executeAll: { 200: ExecuteAllResponse, 202: BackgroundRunResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   cancel: { 200: CancelResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
-  progress: { 200: ProgressResponse, ...errors(400, 401, 404) },
-  list: { 200: ListResponse, ...errors(400, 401, 404) },
-  stats: { 200: StatsResponse, ...errors(401) },
-  remove: { 204: Type.Null({ description: 'Deleted; no body' }), ...errors(400, 401, 404, 409, 503, 507) },
+  // 503: an archived copy sealed under a key this server lacks, a database that does not answer, shutdown.
+  progress: { 200: ProgressResponse, ...errors(400, 401, 404, 503) },
+  list: { 200: ListResponse, ...errors(400, 401, 404, 503) },
+  stats: { 200: StatsResponse, ...errors(401, 503) },
+  remove: { 204: Type.Null({ description: 'Deleted; no body' }), ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   archive: { 200: ArchiveResponse, ...errors(400, 401, 413, 415, 503, 507) },
   // A stream, never serialized: the schema only documents it.
   backup: {

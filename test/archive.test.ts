@@ -331,6 +331,11 @@ t.test('POST /archive: validation, defaults, auth', async (t) => {
   const send = (payload?: object) => app.inject({ method: 'POST', url: `${API}/archive`, headers: { authorization: 'Bearer k1' }, ...(payload === undefined ? {} : { payload }) })
   t.equal((await send()).statusCode, 200, 'no body means the defaults')
   t.equal((await send({})).statusCode, 200)
+  const empty = await app.inject({ method: 'POST', url: `${API}/archive`, headers: { authorization: 'Bearer k1', 'content-type': 'application/json' }, body: '' })
+  t.equal(empty.statusCode, 200, 'an empty body under a JSON content type means the defaults too')
+  const poisoned = await app.inject({ method: 'POST', url: `${API}/archive`, headers: { authorization: 'Bearer k1', 'content-type': 'application/json' }, body: '{"__proto__": {"x": 1}}' })
+  t.equal(poisoned.statusCode, 400, 'a body is parsed as everywhere else (prototype poisoning refused)')
+  t.equal((await app.inject({ method: 'POST', url: `${API}/archive`, headers: { authorization: 'Bearer k1', 'content-type': 'application/json' }, body: '{"older_than_days": 0}' })).statusCode, 200)
   for (const bad of [{ older_than_days: -1 }, { older_than_days: 'ten' }, { days: 3 }]) {
     const res = await send(bad)
     t.equal(res.statusCode, 400, JSON.stringify(bad))

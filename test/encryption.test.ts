@@ -197,6 +197,8 @@ t.test('archived files a keyring cannot open (a wrong or a dropped key) stay whe
   const one = await get(app, '/progress?session_id=aged')
   t.equal(one.statusCode, 503, 'the session itself answers that its key is wrong')
   t.match(one.json(), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /does not open under key 'old'.*left in place/ })
+  const documented = (await app.inject({ method: 'GET', url: '/documentation/json' })).json().paths
+  for (const path of ['/api/v1/tasks/progress', '/api/v1/tasks/list']) t.ok(documented[path].get.responses['503'] !== undefined, `the API document lists that 503 for ${path}`)
   t.same(await archived(), names, 'nothing left archive/')
   t.notOk((await readdir(dir)).includes('corrupt'), 'nothing set aside')
   t.equal((await post(app, '/create', { session_id: 'other', instructions: 'under the new key' })).statusCode, 200)
