@@ -72,6 +72,9 @@ export function serverOptions (settings: ServerSettings, logger: FastifyServerOp
   }
 }
 
+/** Where the taskvault plugin's routes live in the standalone server. */
+const API_PREFIX = '/api/v1/tasks'
+
 /** The longest path parameter the router takes: far past any valid id, so long ones get validation's 400. */
 const MAX_PARAM_LENGTH = 4096
 
@@ -90,7 +93,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     // the slots of requests, and requests never take theirs.
     maxConnections: settings.TASK_MAX_CONNECTIONS,
     maxStreams: settings.TASK_EVENTS_MAX_CLIENTS,
-    streamPath: '/api/v1/tasks/events',
+    streamPath: `${API_PREFIX}/events`,
     // A request still arriving at shutdown gets its timeout, but never more than the grace period.
     stalledCloseMs: Math.min(settings.TASK_REQUEST_TIMEOUT_MS, settings.TASK_SHUTDOWN_GRACE_MS)
   })
@@ -106,7 +109,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
 
     // Every other setting reaches the plugins through the config fallback (plugins/options.ts).
     await app.register(taskvault, {
-      prefix: '/api/v1/tasks',
+      prefix: API_PREFIX,
       executors: options.executors,
       agents: options.agents,
       env: options.env,

@@ -184,6 +184,11 @@ export class SealNotOpenedError extends CorruptSessionFileError {
   constructor (fileName: string, readonly kid: string, detail = 'authentication failed') {
     super(fileName, detail)
   }
+
+  /** The error for a copy read on its own, under a kid no other copy proved right: the key is the suspect, and the copy is left as it is. */
+  keySuspected (shownAs: string): KeyUnavailableError {
+    return new KeyUnavailableError(this.kid, `${shownAs} does not open under key '${this.kid}': TASK_ENCRYPTION_KEYS holds a different key under that kid, or the copy was changed. It was left in place; taskvault validate tells the two apart`)
+  }
 }
 
 /** TASK_AGENTS (or the `agents` option) is not a valid agent configuration. Stops the boot. */

@@ -38,7 +38,7 @@ export class Sweeper {
   constructor (private readonly options: SweeperOptions) {}
 
   /** Sessions left out of claims now, their takeover having failed lately. */
-  get backingOff (): string[] {
+  private backingOff (): string[] {
     const now = Date.now()
     return [...this.failed].filter(([, failure]) => failure.retryAt > now).map(([id]) => id)
   }
@@ -72,7 +72,7 @@ export class Sweeper {
     while (!this.stopped) {
       let swept: SweptSession[]
       try {
-        swept = await shared.sweep(batch, earlier, this.backingOff)
+        swept = await shared.sweep(batch, earlier, this.backingOff())
       } catch (err) {
         log.warn({ err }, 'Sweep for sessions whose lease ran out failed; the next one tries again')
         return

@@ -56,9 +56,7 @@ export class FolderFiles {
       // One file that does not open cannot tell a changed file from a wrong key under its kid:
       // unless a file under that kid opened at the restore, it is left in place like a file whose
       // key is missing (the restore and validate, which see every file of the kid, judge the rest).
-      if (err instanceof SealNotOpenedError && this.options.keyProven?.(err.kid) !== true) {
-        throw new KeyUnavailableError(err.kid, `${shownAs} does not open under key '${err.kid}': TASK_ENCRYPTION_KEYS holds a different key under that kid, or the file was changed. It was left in place; taskvault validate tells the two apart`)
-      }
+      if (err instanceof SealNotOpenedError && this.options.keyProven?.(err.kid) !== true) throw err.keySuspected(shownAs)
       if (!(err instanceof CorruptSessionFileError)) throw new StorageError(`reading ${name}`, err as NodeJS.ErrnoException)
       return { name: shownAs, reason: err.message, movedTo: await this.setAside(dir, name) }
     }

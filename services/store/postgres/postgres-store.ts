@@ -482,9 +482,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
         if (!(err instanceof CorruptSessionFileError)) throw err
         // One row that does not open, under a kid no row opened under at the restore: the key is
         // more likely wrong than the row damaged, so the session answers so (and a backup carries it).
-        if (err instanceof SealNotOpenedError && !this.provenKids.has(err.kid)) {
-          throw new KeyUnavailableError(err.kid, `${name} does not open under key '${err.kid}': TASK_ENCRYPTION_KEYS holds a different key under that kid, or the row was changed. It was left as it is; taskvault validate tells the two apart`)
-        }
+        if (err instanceof SealNotOpenedError && !this.provenKids.has(err.kid)) throw err.keySuspected(name)
         failures.push({ name, reason: err.message, movedTo: null })
         before = row.row_id
       }
