@@ -151,9 +151,16 @@ t.test('idle sockets never take the event streams\' share: past TASK_MAX_CONNECT
   t.ok(logLines(server.stdout()).some((line) => String(line.msg).startsWith('Connection refused: TASK_MAX_CONNECTIONS')), 'the refusal is logged')
   for (const raw of idle) raw.socket.destroy()
   await waitFor('the idle sockets to be gone', async () => (await Promise.all(idle.map(async (raw) => await within(raw.closed, 0) !== null))).every(Boolean), 5000)
-  const second = await connect(t, server, `GET ${API}/events HTTP/1.1\r\nHost: localhost\r\n\r\n`)
-  await waitFor('a second stream to open beside the first', () => second.received().includes(': connected'))
-  t.pass('streams open on top of the others')
+  // The server sees those sockets close a moment after this process does (on a loaded host, a
+  // while): until then a new socket may still be refused, so the stream is tried until it opens.
+  const opened = await waitFor('a second stream to open beside the first', async () => {
+    const second = await connect(t, server, `GET ${API}/events HTTP/1.1\r\nHost: localhost\r\n\r\n`)
+    const settled = await Promise.race([second.closed.then(() => false), waitFor('connected', () => second.received().includes(': connected'), 2000).then(() => true, () => false)])
+    if (!settled) second.socket.destroy()
+    return settled
+  }, 10_000).then(() => true, () => false)
+  t.ok(opened, 'streams open on top of the others', { output: describe(server) })
+  t.equal(await within(stream.closed, 0), null, 'the first stream is still open')
 })
 
 t.test('an answer slower than TASK_REQUEST_TIMEOUT_MS is not cut: the timeout covers receiving the request only', async (t) => {
