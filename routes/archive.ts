@@ -10,6 +10,7 @@ const archiveRoutes: FastifyPluginAsyncTypebox<{ bodyLimit?: number }> = async (
   // many clients send on every request). Anything else is parsed as everywhere else.
   const json = app.getDefaultJsonParser('error', 'error')
   app.removeContentTypeParser('application/json')
+  app.removeContentTypeParser('text/plain')
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
     if (body === '') done(null, {})
     else json(request, body as string, done)

@@ -16,6 +16,8 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
   const manager = app.taskManager
   const bodyLimit = options.bodyLimit ?? SETTING_DEFAULTS.BODY_LIMIT
   app.addHook('onRequest', app.verifyApiKey)
+  // Every body here is JSON: JSON sent as text gets the 415 that says so, not "body must be object".
+  app.removeContentTypeParser('text/plain')
 
   app.post('/create', { bodyLimit, schema: { body: CreateBody, response: responses.create } }, async (request) => {
     const { session_id: sessionId } = request.body

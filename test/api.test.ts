@@ -293,14 +293,16 @@ t.test('a body that is not JSON is refused with 415, and the answer says what to
   const dir = await tempDir(t)
   const app = await build(t, { dir })
   const body = '{"session_id": "form", "instructions": "1. Task A"}'
-  // What `curl -d` sends without -H, what a web form posts, and no type at all.
-  for (const type of ['application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', undefined]) {
+  // What `curl -d` sends without -H, what a web form posts, JSON sent as text, and no type at all.
+  for (const type of ['application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', 'text/plain', 'text/plain; charset=utf-8', undefined]) {
     const res = await app.inject({ method: 'POST', url: `${API}/create`, payload: body, headers: type === undefined ? { 'content-length': String(body.length) } : { 'content-type': type } })
     t.equal(res.statusCode, 415, `${type}: 415`)
     const error = res.json()
     t.match(error, { statusCode: 415, code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', error: 'Unsupported Media Type' }, `${type}: Fastify's error shape`)
     t.match(error.message, "send the body as JSON with the header Content-Type: application/json (curl: -H 'content-type: application/json')", `${type}: says what to send`)
   }
+  const archive = await app.inject({ method: 'POST', url: `${API}/archive`, payload: '{}', headers: { 'content-type': 'text/plain' } })
+  t.equal(archive.statusCode, 415, 'POST /archive: text is refused the same way')
   t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), [], 'nothing was created')
   t.equal((await post(app, '/create', JSON.parse(body))).statusCode, 200, 'the same body as JSON is accepted')
 })
