@@ -133,6 +133,13 @@ async function loadSnapshot (): Promise<void> {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
+/** The stream's first comment names the server's heartbeat period (TASK_EVENTS_HEARTBEAT_MS). */
+const HEARTBEAT = /^: connected, heartbeat every (\d+) ms/u
+/** Heartbeat periods without a byte after which the connection counts as dead. */
+const SILENT_BEATS = 3
+/** Until the server has named its period: three of the default heartbeats (a connection or answer that never comes). */
+const FIRST_SILENT_MS = 45_000
+
 /** Reads the stream for as long as the page lives, reconnecting with the last id it saw. */
 async function follow (): Promise<void> {
   let lastId: string | null = null
@@ -142,6 +149,16 @@ async function follow (): Promise<void> {
     // or each retry would hold another of the browser's six connections to the server, and a slot
     // of the server's TASK_EVENTS_MAX_CLIENTS, until the page froze.
     const connection = new AbortController()
+    // A connection that goes silent (a dropped NAT entry, a frozen proxy) never ends by itself:
+    // once the server has named its heartbeat, silence for a few of them closes it, and the page
+    // reconnects with its last id rather than showing "live" while nothing arrives.
+    let silentMs = FIRST_SILENT_MS
+    let watchdog: ReturnType<typeof setTimeout> | undefined
+    const heard = (): void => {
+      clearTimeout(watchdog)
+      watchdog = setTimeout(() => { connection.abort() }, silentMs)
+    }
+    heard()
     try {
       const headers = authHeaders()
       if (lastId !== null) headers['last-event-id'] = lastId
@@ -161,6 +178,7 @@ async function follow (): Promise<void> {
       for (;;) {
         const { value, done } = await reader.read()
         if (done) break
+        heard()
         buffer += value
         let end: number
         while ((end = buffer.indexOf('\n\n')) >= 0) {
@@ -169,7 +187,11 @@ async function follow (): Promise<void> {
           let name = ''
           let data = ''
           for (const line of frame.split('\n')) {
-            if (line.startsWith('id:')) lastId = line.slice(3).trim()
+            const beat = HEARTBEAT.exec(line)
+            if (beat !== null) {
+              silentMs = SILENT_BEATS * Number(beat[1])
+              heard()
+            } else if (line.startsWith('id:')) lastId = line.slice(3).trim()
             else if (line.startsWith('event:')) name = line.slice(6).trim()
             else if (line.startsWith('data:')) data += line.slice(5).trim()
           }
@@ -178,6 +200,7 @@ async function follow (): Promise<void> {
       }
     } catch {
     } finally {
+      clearTimeout(watchdog)
       connection.abort()
     }
     setLive(false)

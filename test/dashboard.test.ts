@@ -8,7 +8,7 @@
 import { existsSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import net, { type AddressInfo } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
@@ -62,6 +62,33 @@ async function open (t: TestContext, browser: Browser, url: string, options: Par
   page.setDefaultTimeout(30_000)
   await page.goto(url)
   return page
+}
+
+/**
+ * A TCP proxy in front of the server; `swallowStreams` makes its open event-stream connections
+ * drop whatever the server sends from then on while staying open (a dropped NAT entry or a
+ * frozen proxy, as the page sees it). Other connections go on working.
+ */
+async function blackHoleProxy (t: TestContext, target: number): Promise<{ port: number, swallowStreams: () => void }> {
+  const open = new Set<{ stream: boolean, swallow: boolean }>()
+  const server = net.createServer((client) => {
+    const state = { stream: false, swallow: false }
+    open.add(state)
+    const upstream = net.connect(target, '127.0.0.1')
+    client.on('data', (chunk: Buffer) => {
+      if (chunk.toString('latin1').startsWith('GET /api/v1/tasks/events')) state.stream = true
+      upstream.write(chunk)
+    })
+    upstream.on('data', (chunk: Buffer) => { if (!state.swallow) client.write(chunk) })
+    const end = (): void => { open.delete(state); client.destroy(); upstream.destroy() }
+    for (const socket of [client, upstream]) socket.on('error', end).on('close', end)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => { server.close(() => { resolve() }) }))
+  return {
+    port: (server.address() as AddressInfo).port,
+    swallowStreams: () => { for (const state of open) if (state.stream) state.swallow = true }
+  }
 }
 
 /** Runs `expression` in the page (as text: this file is compiled without the DOM's types). */
@@ -172,6 +199,27 @@ async function run (browser: Browser): Promise<void> {
     await createSession(app, 'after-failures', 'x')
     await page.locator('tr[data-session="after-failures"]').waitFor()
     t.ok(most <= 1, `at most one stream of this page open at once (${most})`)
+  })
+
+  t.test('a stream that goes silent without closing is dropped after three heartbeats; the page resumes from its last id', async (t) => {
+    const quiet = await serve(t, { config: { TASK_EVENTS_HEARTBEAT_MS: 200 } })
+    const proxy = await blackHoleProxy(t, Number(new URL(quiet.base).port))
+    // The stream requests the server sees, with the id each resumes from.
+    const resumes: Array<string | undefined> = []
+    const count = (req: IncomingMessage): void => {
+      if ((req.url ?? '').startsWith('/api/v1/tasks/events')) resumes.push(req.headers['last-event-id'] as string | undefined)
+    }
+    quiet.app.server.on('request', count)
+    const page = await open(t, browser, quiet.base.replace(/:\d+\//u, `:${proxy.port}/`))
+    await createSession(quiet.app, 'before-silence', 'x')
+    await page.locator('tr[data-session="before-silence"]').waitFor()
+    t.equal(resumes.length, 1, 'one stream so far')
+    // The connection stays open but nothing the server sends reaches the page any more.
+    proxy.swallowStreams()
+    await createSession(quiet.app, 'during-silence', 'x')
+    await page.locator('tr[data-session="during-silence"]').waitFor()
+    t.ok(resumes.length >= 2, `the page opened a new stream (${resumes.length})`)
+    t.type(resumes[1], 'string', 'resuming from the last id it had')
   })
 
   t.test('a reload mid-run catches up with the run', async (t) => {

@@ -154,8 +154,10 @@ export class EventStreamHub {
     res.useChunkedEncodingByDefault = false
     res.writeHead(200, STREAM_HEADERS)
     res.flushHeaders()
-    // The retry hint, and a first line so that clients see the headers at once.
-    let head = 'retry: 2000\n: connected\n\n'
+    // The retry hint, and a first line so that clients see the headers at once. It names the
+    // heartbeat's period: a client hearing nothing for a few of them knows the connection is dead
+    // (a dropped NAT entry or proxy leaves a socket open that never delivers again).
+    let head = `retry: 2000\n: connected, heartbeat every ${this.limits.heartbeatMs} ms\n\n`
     let missed: BufferedEvent[] = []
     if (lastEventId !== undefined) {
       const replay = this.buffer.since(lastEventId)
