@@ -141,6 +141,26 @@ t.test('boot (in process): a bad spec, an unset api_key_env or headers_env that 
   }
 })
 
+t.test('boot (in process): a header fetch could not send fails the build without showing its value, which would otherwise be in every task\'s error', async (t) => {
+  const secret = 'sk-secret-4711'
+  const attempts: Array<[Parameters<typeof buildApp>[0], RegExp]> = [
+    [{ agents: { default: { kind: 'webhook', url: 'http://x', headers_env: 'H' } }, env: { H: JSON.stringify({ authorization: `Bearer ${secret}\nx-injected: 1` }) } }, /TASK_AGENTS\.default\.headers_env: environment variable H: the value of header 'authorization' holds a character a header cannot carry/],
+    [{ agents: { default: { kind: 'webhook', url: 'http://x', headers_env: 'H' } }, env: { H: JSON.stringify({ [`x ${secret}`]: 'v' }) } }, /TASK_AGENTS\.default\.headers_env: environment variable H: a header name is not a valid token/],
+    [{ agents: { Coding: { kind: 'openai', base_url: 'http://x', model: 'm', api_key_env: 'K' } }, env: { K: `${secret}\r\nx-injected: 1` } }, /TASK_AGENTS\.Coding\.api_key_env: environment variable K holds a character a header cannot carry/],
+    [{ agents: { Coding: { kind: 'openai', base_url: 'http://x', model: 'm', api_key_env: 'K' } }, env: { K: `${secret}€` } }, /TASK_AGENTS\.Coding\.api_key_env: environment variable K holds/]
+  ]
+  for (const [options, message] of attempts) {
+    const dir = await tempDir(t)
+    const error = await buildApp({ readEnvironment: false, ...options, config: { TASK_STORAGE_DIR: dir } }).then(async (app) => { await app.close(); return null }, (err: Error) => err)
+    t.match(error?.message, message)
+    t.notMatch(error?.message, secret, 'the value is not shown')
+  }
+  // A value fetch accepts boots (Latin-1, tabs, and whitespace around it, which fetch trims: a key file's last newline).
+  const dir = await tempDir(t)
+  const app = await buildApp({ readEnvironment: false, agents: { default: { kind: 'webhook', url: 'http://x', headers_env: 'H' } }, env: { H: JSON.stringify({ 'x-team': ' caf\u00e9\tbar \n' }) }, config: { TASK_STORAGE_DIR: dir } })
+  await app.close()
+})
+
 t.test('boot (in process): after a refused agent config, the same folder can be used again in the same process', async (t) => {
   const dir = await tempDir(t)
   await t.rejects(buildApp({ readEnvironment: false, config: { TASK_STORAGE_DIR: dir }, agents: { default: { kind: 'nope' } } }), /TASK_AGENTS\.default\.kind/)

@@ -65,7 +65,7 @@ function fromSpec (key: AgentKey, spec: AgentSpec, env: NodeJS.ProcessEnv, comma
   switch (spec.kind) {
     case 'echo': return { key, kind: spec.kind, run: echoExecutor, policy }
     case 'webhook': return { key, kind: spec.kind, run: webhookAgent(key, spec, env), policy }
-    case 'openai': return { key, kind: spec.kind, run: openaiAgent(spec, env), policy }
+    case 'openai': return { key, kind: spec.kind, run: openaiAgent(key, spec, env), policy }
     case 'command': return { key, kind: spec.kind, run: commandAgent(spec, env, command), policy }
   }
 }

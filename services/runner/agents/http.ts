@@ -109,5 +109,29 @@ export function headersFromEnv (name: string | undefined, env: NodeJS.ProcessEnv
     !Object.values(parsed).every((v) => typeof v === 'string')) {
     throw new AgentError(`environment variable ${name} must hold a JSON object of string headers`)
   }
+  const bad = unsendableHeader(parsed as Record<string, string>)
+  if (bad !== null) throw new AgentError(`environment variable ${name}: ${bad}`)
   return parsed as Record<string, string>
+}
+
+/**
+ * Why one of `headers` cannot go on a request, or null. Checked at boot: fetch would refuse it at
+ * every call with the value in its message, which would put a secret in each task's error and the log.
+ */
+export function unsendableHeader (headers: Record<string, string>): string | null {
+  for (const [name, value] of Object.entries(headers)) {
+    try {
+      // eslint-disable-next-line no-new -- the check fetch makes, and only it
+      new Headers([[name, 'x']])
+    } catch {
+      return 'a header name is not a valid token'
+    }
+    try {
+      // eslint-disable-next-line no-new
+      new Headers([[name, value]])
+    } catch {
+      return `the value of header '${name}' holds a character a header cannot carry (a line break, NUL, or one past U+00FF)`
+    }
+  }
+  return null
 }

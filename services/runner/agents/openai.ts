@@ -1,6 +1,6 @@
-import { AgentError } from '../../errors.js'
+import { AgentError, InvalidAgentConfigError } from '../../errors.js'
 import type { Executor } from './types.js'
-import { postJson } from './http.js'
+import { postJson, unsendableHeader } from './http.js'
 import type { OpenAIAgentSpec } from './spec.js'
 
 /** The seed's two agents: Coding tasks go to a coding agent, the rest to a thinking agent. */
@@ -17,10 +17,13 @@ interface ChatCompletion {
 }
 
 /** An OpenAI-compatible chat completions endpoint: OpenAI, Ollama, vLLM, llama.cpp, LM Studio. */
-export function openaiAgent (spec: OpenAIAgentSpec, env: NodeJS.ProcessEnv): Executor {
+export function openaiAgent (key: string, spec: OpenAIAgentSpec, env: NodeJS.ProcessEnv): Executor {
   const url = `${spec.base_url.replace(/\/+$/, '')}/chat/completions`
   const apiKey = spec.api_key_env === undefined ? undefined : env[spec.api_key_env]
   const headers: Record<string, string> = apiKey === undefined ? {} : { authorization: `Bearer ${apiKey}` }
+  if (unsendableHeader(headers) !== null) {
+    throw new InvalidAgentConfigError(`TASK_AGENTS.${key}.api_key_env: environment variable ${spec.api_key_env as string} holds a character a header cannot carry (a line break, NUL, or one past U+00FF)`)
+  }
   const who = `openai ${new URL(url).host}`
   return async (task, context) => {
     const systemPrompt = spec.system_prompt ?? (task.task_type === 'Coding' ? CODING_SYSTEM_PROMPT : THINKING_SYSTEM_PROMPT)
