@@ -195,7 +195,10 @@ export class EventStreamHub {
     while (at < missed.length && piece.length < size) piece += this.buffer.frameOf(missed[at++] as BufferedEvent)
     const chunks: Buffer[] = piece === '' ? [] : [Buffer.from(piece, 'utf8')]
     let length = piece.length
-    while (at === missed.length && held.length > 0 && length < size) {
+    // Held chunks join the last piece only while the write stays within the piece's size: a
+    // held batch (up to the bound itself) on top of a piece would pass the bound in the socket's
+    // queue and cut a client that reads.
+    while (at === missed.length && held.length > 0 && (chunks.length === 0 || length + (held[0] as Buffer).length <= size)) {
       const chunk = held.shift() as Buffer
       client.heldBytes -= chunk.length
       chunks.push(chunk)
