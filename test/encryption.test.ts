@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { gunzipSync } from 'node:zlib'
@@ -156,6 +156,44 @@ t.test('tampered, swapped or wrongly keyed files are set aside with "authenticat
   await t.rejects(wrong.loadAll({ concurrency: 1 }), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /key 'k1' opens none of the 2 sessions sealed under it/ })
   t.equal(await readFile(join(other, 'good.json'), 'utf8'), copiedText, 'the files are left untouched')
   t.notOk((await readdir(other)).includes('corrupt'), 'nothing set aside')
+})
+
+t.test('sealed files laid out otherwise open alike (compact, fields reordered, escapes, line breaks in the data); a data string that is not all base64, or a second data key, does not', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  const ids = ['pretty', 'compact', 'reordered', 'escaped', 'wrapped', 'not-base64', 'two-data']
+  for (const id of ids) t.equal((await post(app, '/create', { session_id: id, instructions: `work for ${id}` })).statusCode, 200)
+  await app.close()
+  const rewrite = async (id: string, text: (doc: any) => string): Promise<void> => {
+    await writeFile(join(dir, `${id}.json`), text(await readJson(join(dir, `${id}.json`))))
+  }
+  await rewrite('compact', (doc) => JSON.stringify(doc))
+  await rewrite('reordered', ({ sealed, ...clear }) => JSON.stringify({ sealed: { data: sealed.data, tag: sealed.tag, iv: sealed.iv, kid: sealed.kid, alg: sealed.alg, v: sealed.v }, ...clear }, null, 4))
+  // JSON may escape any "/" as "\/", and base64 has them.
+  await rewrite('escaped', (doc) => {
+    t.ok(doc.sealed.data.includes('/'), 'the data has a / to escape')
+    return JSON.stringify(doc).replace(/"data":"([^"]*)"/u, (_, data: string) => `"data":"${data.replaceAll('/', '\\/')}"`)
+  })
+  // Base64 decoders skip line breaks (a tool that wraps at 76 columns).
+  await rewrite('wrapped', (doc) => JSON.stringify({ ...doc, sealed: { ...doc.sealed, data: doc.sealed.data.replace(/(.{76})/gu, '$1\n') } }))
+  await rewrite('not-base64', (doc) => JSON.stringify({ ...doc, sealed: { ...doc.sealed, data: `${doc.sealed.data.slice(0, 100)}!${doc.sealed.data.slice(101)}` } }))
+  // JSON.parse keeps the last of two keys: the empty one, which does not open.
+  await rewrite('two-data', (doc) => JSON.stringify(doc).replace(/\}\}$/u, ',"data":""}}'))
+  const expected = ['compact', 'escaped', 'pretty', 'reordered', 'wrapped']
+  for (const concurrency of [1, 2]) {
+    const store = new FileSessionStore({ dir, keyring: Keyring.parse(KEYS_1) })
+    const result = await store.loadAll({ concurrency })
+    t.strictSame(result.sessions.map((s) => s.file.session_id).sort(), expected, `${concurrency} reader(s): these open`)
+    for (const { file } of result.sessions) t.equal(file.session.tasks[0]?.instruction, `work for ${file.session_id}`, `${file.session_id}: its content`)
+    t.strictSame(Object.fromEntries(result.failures.map((f) => [f.name, /authentication failed/u.test(f.reason)])), { 'not-base64.json': true, 'two-data.json': true }, 'these are set aside as not authentic')
+    await store.close()
+    // Put back for the next round: the failures were moved to corrupt/.
+    for (const name of ['not-base64.json', 'two-data.json']) {
+      const [moved] = (await readdir(join(dir, 'corrupt'))).filter((entry) => entry.startsWith(name.replace('.json', '')))
+      await writeFile(join(dir, name), await readFile(join(dir, 'corrupt', moved as string)))
+    }
+    await rm(join(dir, 'corrupt'), { recursive: true })
+  }
 })
 
 t.test('a kid that is not configured stops the boot, names the kid and the count, and touches nothing', async (t) => {

@@ -182,7 +182,14 @@ export class Keyring {
    * KeyUnavailableError (the file must be left alone); a box that does not verify is corrupt.
    */
   open (name: string, document: SealedDocument): Buffer {
-    const box = document.sealed
+    return this.openBytes(name, document, document.sealed, () => Buffer.from(document.sealed.data, 'base64'))
+  }
+
+  /**
+   * `open` for a box whose data the caller decodes (`ciphertext`, called once the box's format,
+   * kid, iv and tag have passed): a reader thread decodes it straight from the file's bytes.
+   */
+  openBytes (name: string, clear: Clear, box: Omit<SealedBox, 'data'>, ciphertext: () => Buffer): Buffer {
     if (box.v !== SEAL_VERSION || box.alg !== SEAL_ALG) throw new CorruptSessionFileError(name, `sealed with an unknown format (v ${String(box.v)}, ${String(box.alg)})`)
     const key = this.keys.get(box.kid)
     if (key === undefined) throw new KeyUnavailableError(box.kid)
@@ -191,9 +198,9 @@ export class Keyring {
     if (iv.length !== IV_BYTES || tag.length !== TAG_BYTES) throw new SealNotOpenedError(name, box.kid, 'authentication failed (malformed iv or tag)')
     try {
       const decipher = createDecipheriv('aes-256-gcm', key, iv, { authTagLength: TAG_BYTES })
-      decipher.setAAD(associatedData(document))
+      decipher.setAAD(associatedData(clear))
       decipher.setAuthTag(tag)
-      const body = decipher.update(Buffer.from(box.data, 'base64'))
+      const body = decipher.update(ciphertext())
       const tail = decipher.final()
       return tail.length === 0 ? body : Buffer.concat([body, tail])
     } catch {

@@ -121,14 +121,16 @@ export function readBatch ({ id, dir, names }: ReadRequest, keyring: Keyring | n
         continue
       }
       const stored = out.length - offset
-      // The sealed bytes make way for what they hold.
+      // The sealed bytes make way for what they hold: the clear fields, then the box's fields.
       out.length = offset
       if ('sealed' in opened) {
         files.push(opened)
         continue
       }
-      out.append(opened.bytes)
-      files.push({ name, offset, length: opened.bytes.length, kid: opened.kid, stored })
+      const empty = opened.inner.length <= 2
+      out.append(Buffer.from(empty ? `${opened.clear}}` : `${opened.clear},`))
+      if (!empty) out.append(opened.inner.subarray(1))
+      files.push({ name, offset, length: out.length - offset, kid: opened.kid, stored })
     } catch (err) {
       out.length = offset
       files.push({ name, code: (err as NodeJS.ErrnoException).code ?? 'EIO' })
@@ -139,36 +141,88 @@ export function readBatch ({ id, dir, names }: ReadRequest, keyring: Keyring | n
   return { id, files, data: out.bytes.subarray(0, out.length) }
 }
 
+/** A sealed file opened: the clear fields as the start of a JSON object, what the box held (an object), its kid. */
+interface Opened {
+  clear: string
+  inner: Buffer
+  kid: string
+}
+
 /**
- * A sealed file opened: the stored document it holds, as the bytes of a plaintext session file
- * (the clear fields, then what the box holds); null when the file is not sealed (or not JSON:
- * the main thread reports that).
+ * A sealed file opened (`Opened`); null when the file is not sealed (or not JSON: the main
+ * thread reports that).
  */
-function openSealed (name: string, read: Buffer, keyring: Keyring): { bytes: Buffer, kid: string } | Extract<ReadFile, { sealed: string }> | null {
+function openSealed (name: string, read: Buffer, keyring: Keyring): Opened | Extract<ReadFile, { sealed: string }> | null {
   if (read.subarray(0, HEAD_BYTES).indexOf(SEALED_KEY) === -1) return null
   let document: SealedDocument
-  try {
-    document = JSON.parse(read.toString('utf8'))
-  } catch {
-    return null
-  }
-  const box = document?.sealed
-  if (typeof box !== 'object' || box === null || typeof box.kid !== 'string' || typeof box.iv !== 'string' || typeof box.tag !== 'string' ||
-    typeof box.data !== 'string' || typeof document.session_id !== 'string' || typeof document.created_at !== 'string' || typeof document.updated_at !== 'string') {
+  let ciphertext: Buffer | null = null
+  const quick = quickEnvelope(read)
+  if (quick !== null) ({ document, ciphertext } = quick)
+  else {
+    try {
+      document = JSON.parse(read.toString('utf8'))
+    } catch {
+      return null
+    }
     // Not the sealed format: the main thread's checks name the problem.
-    return null
+    if (!isSealedDocument(document)) return null
   }
+  const box = document.sealed
   try {
-    const inner = keyring.open(name, document)
+    const inner = ciphertext === null ? keyring.open(name, document) : keyring.openBytes(name, document, box, () => ciphertext)
     if (inner[0] !== 0x7b) return { name, sealed: 'corrupt', reason: 'sealed content is not an object' }
     const clear = `{"session_id":${JSON.stringify(document.session_id)},"created_at":${JSON.stringify(document.created_at)},"updated_at":${JSON.stringify(document.updated_at)}`
-    // The box holds a compact object: its fields follow the clear ones.
-    const rest = inner.length > 2 ? Buffer.concat([Buffer.from(clear + ','), inner.subarray(1)]) : Buffer.from(clear + '}')
-    return { bytes: rest, kid: box.kid }
+    return { clear, inner, kid: box.kid }
   } catch (err) {
     if (err instanceof KeyUnavailableError) return { name, sealed: 'key', kid: err.kid }
     // `kid` with a box that did not verify: the store tells a wrong key from a tampered file by it.
     if (err instanceof CorruptSessionFileError) return { name, sealed: 'corrupt', reason: err.message.replace(`${name}: `, ''), kid: box.kid }
     throw err
   }
+}
+
+function isSealedDocument (document: unknown): document is SealedDocument {
+  if (typeof document !== 'object' || document === null) return false
+  const { sealed: box, session_id: id, created_at: created, updated_at: updated } = document as SealedDocument
+  return typeof box === 'object' && box !== null && typeof box.kid === 'string' && typeof box.iv === 'string' && typeof box.tag === 'string' &&
+    typeof box.data === 'string' && typeof id === 'string' && typeof created === 'string' && typeof updated === 'string'
+}
+
+const DATA_KEY = Buffer.from('"data"')
+const QUOTE = 0x22
+const BACKSLASH = 0x5c
+const COLON = 0x3a
+const isSpace = (byte: number | undefined): boolean => byte === 0x20 || byte === 0x0a || byte === 0x0d || byte === 0x09
+
+/**
+ * The envelope read with its data string cut out, which is most of the file: the few hundred
+ * bytes around it are parsed, and the ciphertext is decoded straight from the file's bytes
+ * (some 5 µs a file less on Node 20). Null unless that reading is sure to be JSON.parse's: one
+ * `"data"` key after `"sealed"`, its string free of escapes and all of it base64; anything else
+ * takes the whole parse.
+ */
+function quickEnvelope (read: Buffer): { document: SealedDocument, ciphertext: Buffer } | null {
+  const key = read.indexOf(DATA_KEY, read.indexOf(SEALED_KEY))
+  if (key === -1) return null
+  let at = key + DATA_KEY.length
+  while (isSpace(read[at])) at++
+  if (read[at++] !== COLON) return null
+  while (isSpace(read[at])) at++
+  if (read[at] !== QUOTE) return null
+  const start = at + 1
+  const end = read.indexOf(QUOTE, start)
+  if (end === -1 || read.subarray(start, end).indexOf(BACKSLASH) !== -1 || read.indexOf(DATA_KEY, end) !== -1) return null
+  let document: unknown
+  try {
+    document = JSON.parse(read.toString('utf8', 0, start) + read.toString('utf8', end))
+  } catch {
+    return null
+  }
+  if (!isSealedDocument(document) || document.sealed.data !== '') return null
+  const text = read.toString('latin1', start, end)
+  const ciphertext = Buffer.from(text, 'base64')
+  // Each base64 character is 6 bits: fewer bytes than that means one was skipped as not base64.
+  const padding = text.endsWith('==') ? 2 : text.endsWith('=') ? 1 : 0
+  if (ciphertext.length !== Math.floor(text.length * 3 / 4) - padding) return null
+  return { document, ciphertext }
 }
