@@ -55,6 +55,16 @@ t.test('parseInstructions: lists as people type or paste them', async (t) => {
   t.strictSame(parseInstructions('-5 degrees tonight\n-3 tomorrow'), ['-5 degrees tonight\n-3 tomorrow'], 'a bullet still needs its space')
 })
 
+t.test('parseInstructions: items indented under an item are its details, not tasks of their own', async (t) => {
+  t.strictSame(parseInstructions('1. Research\n   - read the papers\n   - summarize them\n2. Design\n3. Implement'),
+    ['Research\n- read the papers\n- summarize them', 'Design', 'Implement'], 'bullets under a numbered item')
+  t.strictSame(parseInstructions('- Research\n  - sub one\n    - deeper\n- Design'), ['Research\n- sub one\n- deeper', 'Design'], 'bullets under bullets, at any depth')
+  t.strictSame(parseInstructions('1. Research\n\t1. inner one\n\t2. inner two\n2. Design'), ['Research\n1. inner one\n2. inner two', 'Design'], 'a tab indents too')
+  t.strictSame(parseInstructions('  1. Research\n  2. Design'), ['Research', 'Design'], 'a list indented as a whole is still a list')
+  t.strictSame(parseInstructions('1. Research\n 2. Design'), ['Research', 'Design'], 'one stray space does not nest')
+  t.strictSame(parseInstructions('Steps:\n   1. Research\n   2. Design\n1. Deploy'), ['Research', 'Design', 'Deploy'], 'an item less indented than the first is one of the list')
+})
+
 t.test('parseInstructions: only the heading line of a lead-in goes; what is written above it stays', async (t) => {
   t.strictSame(parseInstructions('Our prod DB is Postgres 12 and must not go down.\nPlease do the following:\n1. Back up\n2. Upgrade'),
     ['Our prod DB is Postgres 12 and must not go down.', 'Back up', 'Upgrade'])

@@ -30,14 +30,33 @@ function listItems (text: string): string[] | undefined {
   const lines = text.split(LINE_END)
   const items: string[] = []
   const preamble: string[] = []
+  // The first item's indent is the list's: an item indented further under one (by NESTED_INDENT
+  // or more, as Markdown nests) is a detail of it, kept in its text with its marker.
+  let base = 0
   for (const line of lines) {
     const match = LIST_ITEM.exec(line)
-    if (match) items.push(match[1] ?? '')
+    if (match !== null && items.length === 0) base = indentOf(line)
+    if (match !== null && (items.length === 0 || indentOf(line) < base + NESTED_INDENT)) items.push(match[1] ?? '')
     else if (items.length === 0) preamble.push(line)
     else if (line.trim() !== '') items[items.length - 1] += '\n' + line.trim()
   }
   if (items.length === 0) return undefined
   return withLead(preamble.join('\n'), items)
+}
+
+/** Columns of indent that make a list item a sub-item of the one above (`- x` then `  - y`). */
+const NESTED_INDENT = 2
+const TAB_COLUMNS = 4
+
+/** A line's indent in columns: a tab counts as four. */
+function indentOf (line: string): number {
+  let columns = 0
+  for (const char of line) {
+    if (char === '\t') columns += TAB_COLUMNS
+    else if (char === ' ' || char === '\u00a0') columns++
+    else break
+  }
+  return columns
 }
 
 function taskMarkerItems (text: string): string[] | undefined {
