@@ -15,7 +15,7 @@ const SEQUENCE_MARKER = /(?:(?:^|[\s,;.])(?:and\s+)?(?:then|after\s+that|afterwa
 /**
  * Splits free-text instructions into ordered task instructions.
  * Recognised shapes, tried in this order: numbered or bulleted lists (one item per line;
- * other non-blank lines continue the item above), two or more "Task 1: ... Task 2: ..."
+ * other non-blank lines, and items nested under one, continue the item above), two or more "Task 1: ... Task 2: ..."
  * markers, and "first, ... then ... finally ..." sequences. Anything else is one task.
  * Nothing the client wrote is dropped except a lead-in heading such as "Steps:".
  */
