@@ -284,7 +284,7 @@ export const EventsHeaders = Type.Object({
 })
 
 const EventStream = {
-  description: 'Server-Sent Events: `id: <lifetime>-<n>`, `event: <name>` (session.created, tasks.added, tasks.retried, task.started, task.completed, task.failed, task.retrying, run.started, run.finished, run.cancelled, session.archived, session.unarchived, session.deleted, progress, reset), `data: <JSON>` holding `session_id`; a `: heartbeat` comment every TASK_EVENTS_HEARTBEAT_MS',
+  description: 'Server-Sent Events: `id: <lifetime>-<n>`, `event: <name>` (session.created, tasks.added, tasks.retried, task.started, task.completed, task.failed, task.retrying, run.started, run.finished, run.cancelled, session.archived, session.unarchived, session.deleted, progress, reset), `data: <JSON>` holding `session_id`; first a `: connected, heartbeat every <ms> ms` comment, then a `: heartbeat` comment every TASK_EVENTS_HEARTBEAT_MS (silence for a few of them means the connection is dead)',
   content: { 'text/event-stream': { schema: Type.String({ examples: ['id: 9f86d081-42\nevent: task.completed\ndata: {"session_id":"important_work","task_id":"task_1_1730707200","status":"Completed"}\n\n'] }) } }
 }
 
