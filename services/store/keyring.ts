@@ -182,14 +182,11 @@ export class Keyring {
    * KeyUnavailableError (the file must be left alone); a box that does not verify is corrupt.
    */
   open (name: string, document: SealedDocument): Buffer {
-    return this.openBytes(name, document, document.sealed, () => Buffer.from(document.sealed.data, 'base64'))
+    return this.openBytes(name, document, document.sealed, Buffer.from(document.sealed.data, 'base64'))
   }
 
-  /**
-   * `open` for a box whose data the caller decodes (`ciphertext`, called once the box's format,
-   * kid, iv and tag have passed): a reader thread decodes it straight from the file's bytes.
-   */
-  openBytes (name: string, clear: Clear, box: Omit<SealedBox, 'data'>, ciphertext: () => Buffer): Buffer {
+  /** `open` for a box whose data the caller has decoded: a reader thread decodes it straight from the file's bytes. */
+  openBytes (name: string, clear: Clear, box: Omit<SealedBox, 'data'>, ciphertext: Buffer): Buffer {
     if (box.v !== SEAL_VERSION || box.alg !== SEAL_ALG) throw new CorruptSessionFileError(name, `sealed with an unknown format (v ${String(box.v)}, ${String(box.alg)})`)
     const key = this.keys.get(box.kid)
     if (key === undefined) throw new KeyUnavailableError(box.kid)
@@ -200,7 +197,7 @@ export class Keyring {
       const decipher = createDecipheriv('aes-256-gcm', key, iv, { authTagLength: TAG_BYTES })
       decipher.setAAD(associatedData(clear))
       decipher.setAuthTag(tag)
-      const body = decipher.update(ciphertext())
+      const body = decipher.update(ciphertext)
       const tail = decipher.final()
       return tail.length === 0 ? body : Buffer.concat([body, tail])
     } catch {

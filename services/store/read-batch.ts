@@ -169,7 +169,7 @@ function openSealed (name: string, read: Buffer, keyring: Keyring): Opened | Ext
   }
   const box = document.sealed
   try {
-    const inner = ciphertext === null ? keyring.open(name, document) : keyring.openBytes(name, document, box, () => ciphertext)
+    const inner = ciphertext === null ? keyring.open(name, document) : keyring.openBytes(name, document, box, ciphertext)
     if (inner[0] !== 0x7b) return { name, sealed: 'corrupt', reason: 'sealed content is not an object' }
     const clear = `{"session_id":${JSON.stringify(document.session_id)},"created_at":${JSON.stringify(document.created_at)},"updated_at":${JSON.stringify(document.updated_at)}`
     return { clear, inner, kid: box.kid }

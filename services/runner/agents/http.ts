@@ -114,6 +114,9 @@ export function headersFromEnv (name: string | undefined, env: NodeJS.ProcessEnv
   return parsed as Record<string, string>
 }
 
+/** What fetch refuses in a header value. */
+export const UNSENDABLE = 'a character a header cannot carry (a line break, NUL, or one past U+00FF)'
+
 /**
  * Why one of `headers` cannot go on a request, or null. Checked at boot: fetch would refuse it at
  * every call with the value in its message, which would put a secret in each task's error and the log.
@@ -130,7 +133,7 @@ export function unsendableHeader (headers: Record<string, string>): string | nul
       // eslint-disable-next-line no-new
       new Headers([[name, value]])
     } catch {
-      return `the value of header '${name}' holds a character a header cannot carry (a line break, NUL, or one past U+00FF)`
+      return `the value of header '${name}' holds ${UNSENDABLE}`
     }
   }
   return null

@@ -1,6 +1,6 @@
 import { AgentError, InvalidAgentConfigError } from '../../errors.js'
 import type { Executor } from './types.js'
-import { postJson, unsendableHeader } from './http.js'
+import { postJson, UNSENDABLE, unsendableHeader } from './http.js'
 import type { OpenAIAgentSpec } from './spec.js'
 
 /** The seed's two agents: Coding tasks go to a coding agent, the rest to a thinking agent. */
@@ -22,7 +22,7 @@ export function openaiAgent (key: string, spec: OpenAIAgentSpec, env: NodeJS.Pro
   const apiKey = spec.api_key_env === undefined ? undefined : env[spec.api_key_env]
   const headers: Record<string, string> = apiKey === undefined ? {} : { authorization: `Bearer ${apiKey}` }
   if (unsendableHeader(headers) !== null) {
-    throw new InvalidAgentConfigError(`TASK_AGENTS.${key}.api_key_env: environment variable ${spec.api_key_env as string} holds a character a header cannot carry (a line break, NUL, or one past U+00FF)`)
+    throw new InvalidAgentConfigError(`TASK_AGENTS.${key}.api_key_env: environment variable ${spec.api_key_env as string} holds ${UNSENDABLE}`)
   }
   const who = `openai ${new URL(url).host}`
   return async (task, context) => {
