@@ -202,7 +202,7 @@ async function run (browser: Browser): Promise<void> {
   })
 
   t.test('a stream that goes silent without closing is dropped after three heartbeats; the page resumes from its last id', async (t) => {
-    const quiet = await serve(t, { config: { TASK_EVENTS_HEARTBEAT_MS: 200 } })
+    const quiet = await serve(t, { config: { TASK_EVENTS_HEARTBEAT_MS: 500 } })
     const proxy = await blackHoleProxy(t, Number(new URL(quiet.base).port))
     // The stream requests the server sees, with the id each resumes from.
     const resumes: Array<string | undefined> = []
@@ -213,13 +213,16 @@ async function run (browser: Browser): Promise<void> {
     const page = await open(t, browser, quiet.base.replace(/:\d+\//u, `:${proxy.port}/`))
     await createSession(quiet.app, 'before-silence', 'x')
     await page.locator('tr[data-session="before-silence"]').waitFor()
-    t.equal(resumes.length, 1, 'one stream so far')
+    // The first row may come from the snapshot; once it is shown, the next can only come as an event, with an id.
+    await createSession(quiet.app, 'by-event', 'x')
+    await page.locator('tr[data-session="by-event"]').waitFor()
+    const before = resumes.length
     // The connection stays open but nothing the server sends reaches the page any more.
     proxy.swallowStreams()
     await createSession(quiet.app, 'during-silence', 'x')
     await page.locator('tr[data-session="during-silence"]').waitFor()
-    t.ok(resumes.length >= 2, `the page opened a new stream (${resumes.length})`)
-    t.type(resumes[1], 'string', 'resuming from the last id it had')
+    t.ok(resumes.length > before, `the page opened a new stream (${resumes.length - before})`)
+    t.type(resumes.at(-1), 'string', 'resuming from the last id it had')
   })
 
   t.test('a reload mid-run catches up with the run', async (t) => {
