@@ -184,7 +184,7 @@ export class TaskManager {
         for (const task of liveFile(draft).session.tasks) {
           if (task.status === 'InProgress') this.interrupted(file.session_id, task, draft.now)
         }
-      }).catch((err: Error) => this.log.error({ session_id: file.session_id, err }, 'Could not save the reset of interrupted tasks')))
+      }, { records: true }).catch((err: Error) => this.log.error({ session_id: file.session_id, err }, 'Could not save the reset of interrupted tasks')))
     }
     await Promise.all(resets)
     const archive = await this.store.openArchive({ concurrency: this.settings.restoreConcurrency })
@@ -245,7 +245,7 @@ export class TaskManager {
         for (const task of interrupted) this.interrupted(sessionId, task, draft.now)
         const run = file.background_run !== undefined
         return interrupted.length === 0 ? unchanged(run) : run
-      }, true)
+      }, { fresh: true, records: true })
       if (resume && !this.shuttingDown) {
         this.log.info({ session_id: sessionId }, 'Resuming background run of a replica that is gone')
         await this.runner.startBackgroundRun(sessionId)
@@ -263,7 +263,7 @@ export class TaskManager {
   async create (sessionId: string, specs: readonly TaskSpec[]): Promise<{ session_id: string, tasks: Task[] }> {
     if (sessionId === ALL_SESSIONS) throw new InvalidSessionIdError(`session id '${ALL_SESSIONS}' is reserved`)
     this.assertOpen()
-    const { maxInstructionBytes, maxTasksPerSession, maxSessions } = this.settings
+    const { maxInstructionBytes, maxTasksPerSession } = this.settings
     specs.forEach((spec, index) => {
       const bytes = Buffer.byteLength(spec.instruction, 'utf8')
       if (bytes > maxInstructionBytes) {
@@ -279,8 +279,7 @@ export class TaskManager {
         throw new LimitExceededError(`session '${sessionId}' would have ${total} tasks; the limit is ${maxTasksPerSession} (TASK_MAX_TASKS_PER_SESSION)`)
       }
       if (draft.file === null) {
-        // Sessions being created right now hold a slot too, so a burst cannot overshoot.
-        if (this.registry.slotCount > maxSessions) throw new SessionLimitError(maxSessions)
+        this.assertRoom()
         const back = this.archived.unarchive(draft, archivedCopy)
         origin = back ? 'unarchived' : 'created'
         if (!back) draft.file = newSessionFile(sessionId, draft.now)
@@ -292,6 +291,12 @@ export class TaskManager {
     if (origin !== null && this.events.listenerCount('task-event') > 0) this.events.emit('task-event', origin === 'created' ? 'session.created' : 'session.unarchived', { session_id: sessionId })
     this.runner.announce('tasks.added', { session_id: sessionId, task_ids: tasks.map((task) => task.id), count: tasks.length })
     return { session_id: sessionId, tasks }
+  }
+
+  /** Refuses one more active session past TASK_MAX_SESSIONS (429). */
+  private assertRoom (): void {
+    // Sessions being created right now hold a slot too, so a burst cannot overshoot.
+    if (this.registry.slotCount > this.settings.maxSessions) throw new SessionLimitError(this.settings.maxSessions)
   }
 
   get (sessionId: string): SessionFile {
@@ -537,6 +542,8 @@ export class TaskManager {
       if (chosen.length === 0) throw new TaskNotFailedError(sessionId, null, null)
       const ids = chosen.map((task) => task.id)
       if (draft.file === null) {
+        // Brought back from the archive: it counts against TASK_MAX_SESSIONS like a new one.
+        this.assertRoom()
         unarchived = this.archived.unarchive(draft, archivedCopy)
       }
       for (const task of liveFile(draft).session.tasks) {
@@ -545,7 +552,7 @@ export class TaskManager {
         delete task.result_truncated
       }
       return ids
-    }))
+    }, { records: true }))
     if (unarchived && this.events.listenerCount('task-event') > 0) this.events.emit('task-event', 'session.unarchived', { session_id: sessionId })
     this.runner.announce('tasks.retried', { session_id: sessionId, task_ids: taskIds, status: 'Pending' })
     return { task_ids: taskIds, progress: this.progress(sessionId) }

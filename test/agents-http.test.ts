@@ -371,7 +371,11 @@ t.test('no retry starts once shutdown begins, even when the backoff ends inside 
   await running
   t.equal(calls.length, 1, 'the first call was made and failed')
   t.equal(agent.requests.length, 1, 'no call after shutdown began (README: "no new task or retry starts")')
-  t.match((await storedTasks(dir, 'closing'))[0], { status: 'InProgress' }, 'left InProgress to run again after restart')
+  t.match((await storedTasks(dir, 'closing'))[0], { status: 'Pending', attempts: 1 }, 'put back to Pending: no call was in flight')
+  const again = await build(t, { dir, agents: { default: { kind: 'webhook', url: agent.base, max_attempts: 1 } } })
+  const restored = again.taskManager.get('closing').session.tasks[0]
+  t.match(restored, { status: 'Pending', attempts: 1 })
+  t.notOk(restored?.interruptions, 'a graceful shutdown between two calls is not an interruption')
 })
 
 t.test('a retry backoff longer than the grace period does not hold shutdown: close ends at once, the task runs after restart', async (t) => {
@@ -392,7 +396,8 @@ t.test('a retry backoff longer than the grace period does not hold shutdown: clo
   t.equal((await running).statusCode, 503, 'the execute answers that the service is shutting down')
   t.ok(closeMs < 4000, `close took ${closeMs} ms, not the 8 s grace period`)
   t.equal(agent.requests.length, 1, 'no call after shutdown began')
-  t.match((await storedTasks(dir, 'waiting'))[0], { status: 'InProgress' }, 'left InProgress to run again after restart')
+  t.match((await storedTasks(dir, 'waiting'))[0], { status: 'Pending', attempts: 1 }, 'put back to Pending, to run again after restart')
+  t.notOk((await storedTasks(dir, 'waiting'))[0]?.interruptions, 'not counted as an interruption')
 })
 
 t.test("'agent-call' events: ok, error, timeout, cancelled, with the routing key and attempt", async (t) => {

@@ -261,6 +261,29 @@ t.test('a run left recorded (TASK_RESUME_ON_START=false) ends with the next exec
   t.notOk('background_run' in await readSession(dir, 'kept'), 'the record is gone, so no later start resumes a finished run')
 })
 
+t.test('a cancelled execute-all ends a run left recorded (TASK_RESUME_ON_START=false): the next start does not run the session', async (t) => {
+  const dir = await tempDir(t)
+  const agent = await fakeAgent(t, () => 'hang')
+  const agents = { default: { kind: 'webhook', url: agent.base } }
+  const first = await build(t, { dir, agents, config: { TASK_SHUTDOWN_GRACE_MS: 50 } })
+  await createTasks(first, 'kept', [{ instruction: 'a' }, { instruction: 'b' }])
+  t.equal((await post(first, '/execute-all', { session_id: 'kept', wait: false })).statusCode, 202)
+  await agent.waitForRequests(1)
+  await first.close()
+
+  const paused = await build(t, { dir, agents, config: { TASK_RESUME_ON_START: false } })
+  const running = post(paused, '/execute-all', { session_id: 'kept' })
+  await agent.waitForRequests(2)
+  const cancelled = await post(paused, '/cancel', { session_id: 'kept' })
+  t.equal(cancelled.statusCode, 200, cancelled.body)
+  t.equal((await running).statusCode, 200)
+  t.notOk('background_run' in await readSession(dir, 'kept'), 'the cancel ended the recorded run')
+  await paused.close()
+  const later = await build(t, { dir, agents })
+  t.match((await get(later, '/progress?session_id=kept')).json(), { running: false, failed: 1, pending: 1 }, 'not resumed at the next start')
+  t.equal(agent.requests.length, 2, 'no call after the cancel')
+})
+
 t.test('cancel answers 503, not 200, when the cancelled task\'s failure cannot be saved', async (t) => {
   let failSaves = false
   const fs = {

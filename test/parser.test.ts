@@ -106,6 +106,8 @@ t.test('parseInstructions: "first ... then ... finally" sequences', async (t) =>
 
   t.test('without punctuation, and with the other joiners', async (t) => {
     t.strictSame(parseInstructions('first research X then analyze Y finally write code'), ['research X', 'analyze Y', 'write code'])
+    t.strictSame(parseInstructions('First research X, then, finally, write code'), ['research X', 'write code'], 'adjacent markers are one joint')
+    t.strictSame(parseInstructions('First a; and then, after that, b. Lastly: c'), ['a', 'b', 'c'])
     t.strictSame(parseInstructions('Firstly: a; next b; after that c; lastly d.'), ['a', 'b', 'c', 'd'])
     t.strictSame(parseInstructions('First, analyze the data. Then summarize it.'), ['analyze the data', 'summarize it'])
   })
@@ -132,7 +134,7 @@ t.test('parseInstructions: fallback, blank input, line endings', async (t) => {
   })
 
   t.test('blank or whitespace-only input throws InvalidInstructionsError', async (t) => {
-    for (const text of ['', '   ', '\n\t\n', '\r\n\r\n', '- \n* ', 'first, then']) {
+    for (const text of ['', '   ', '\n\t\n', '\r\n\r\n', '- \n* ', 'first, then', 'First, then, finally', 'first then and then lastly']) {
       t.throws(() => parseInstructions(text), InvalidInstructionsError, JSON.stringify(text))
       t.throws(() => parseInstructions(text), { code: 'INVALID_INSTRUCTIONS' })
     }

@@ -32,11 +32,11 @@ async function documentOf (db: pg.Pool, sessionId: string): Promise<string | nul
 
 const text = async (file: SessionFile, ring: Keyring | null = null): Promise<string> => (await serializeSessionFile(file, 2, Number.POSITIVE_INFINITY, ring)).toString('utf8')
 
-storeContract(t, 'PostgreSQL store', async (t, { keyring }) => {
+storeContract(t, 'PostgreSQL store', async (t, { keyring, maxSessionBytes }) => {
   const url = await testDatabase(t)
   if (url === null) return null
-  const store = await openStore(t, url, { keyring })
-  return { store, reopen: async () => openStore(t, url, { keyring }) }
+  const store = await openStore(t, url, { keyring, maxSessionBytes })
+  return { store, reopen: async () => openStore(t, url, { keyring, maxSessionBytes }) }
 }, { keyring })
 
 t.test('a lost update is refused: the second writer of a version gets VERSION_CONFLICT (409) and the row keeps the first', async (t) => {

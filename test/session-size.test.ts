@@ -103,6 +103,50 @@ t.test('a result that would pass TASK_MAX_SESSION_BYTES fails its task once, wit
   t.match(await storedTasks(dir, 'growing'), [{ id: huge, status: 'Failed', result: null }, { id: next, status: 'Completed' }])
 })
 
+/** Creates `sessionId` with a first task padded so the stored file is `slack` bytes short of `bound`. */
+async function fillTo (app: Awaited<ReturnType<typeof build>>, dir: string, sessionId: string, bound: number, slack: number): Promise<string[]> {
+  const probe = sessionId.replace(/./g, 'p')
+  await createTasks(app, probe, [{ instruction: 'x'.repeat(40_000) }, { instruction: 'second' }])
+  const size = (await readFile(join(dir, `${probe}.json`))).length
+  return createTasks(app, sessionId, [{ instruction: 'x'.repeat(40_000 + bound - slack - size) }, { instruction: 'second' }])
+}
+
+t.test('a session filled to TASK_MAX_SESSION_BYTES by its instructions still runs: each result that does not fit fails its task once, and retry and restart work', async (t) => {
+  const dir = await tempDir(t)
+  const bound = 64 * 1024
+  let calls = 0
+  const config = { TASK_MAX_SESSION_BYTES: bound }
+  const executors = { default: async () => { calls++; return { result: 'ok' } } }
+  const app = await build(t, { dir, config, executors })
+  const [first, second] = await fillTo(app, dir, 'full', bound, 8)
+  const size = (await readFile(join(dir, 'full.json'))).length
+  t.ok(size <= bound && size > bound - 16, `the file is ${size} bytes, just under the bound`)
+
+  // Marking the task InProgress needs room the instructions left no more of.
+  const one = await post(app, '/execute', { session_id: 'full' })
+  t.equal(one.statusCode, 200, one.body)
+  t.match(one.json(), { task_id: first, status: 'Failed', result: null, error: /^the agent's result \(2 bytes\) would make the session larger than TASK_MAX_SESSION_BYTES \(65536 bytes stored\)/ })
+  const two = await post(app, '/execute', { session_id: 'full' })
+  t.match(two.json(), { task_id: second, status: 'Failed' })
+  t.equal(calls, 2, 'the agent was called once per task')
+  t.equal((await post(app, '/execute', { session_id: 'full' })).statusCode, 409, 'nothing left to run')
+  t.match(await storedTasks(dir, 'full'), [{ id: first, status: 'Failed', attempts: 1 }, { id: second, status: 'Failed', attempts: 1 }])
+
+  const retried = await post(app, '/retry', { session_id: 'full' })
+  t.equal(retried.statusCode, 200, retried.body)
+  t.match(await storedTasks(dir, 'full'), [{ status: 'Pending' }, { status: 'Pending' }])
+  t.equal((await post(app, '/create', { session_id: 'full', tasks: [{ instruction: 'y'.repeat(200) }] })).statusCode, 400, 'new instructions are still held to the bound')
+
+  // A crash mid-task: restore sets it back to Pending and counts the interruption, past the bound if need be.
+  await app.close()
+  const stored = JSON.parse(await readFile(join(dir, 'full.json'), 'utf8')) as SessionFile
+  Object.assign(stored.session.tasks[0] as object, { status: 'InProgress', started_at: AT })
+  await writeFile(join(dir, 'full.json'), JSON.stringify(stored, null, 2) + '\n')
+  const again = await build(t, { dir, config, executors })
+  t.match(again.taskManager.get('full').session.tasks[0], { status: 'Pending', interruptions: 1 }, 'reset in memory')
+  t.match(await storedTasks(dir, 'full'), [{ status: 'Pending', interruptions: 1 }, { status: 'Pending' }], 'and on disk')
+})
+
 t.test('a change too large for the session fails alone: an agent result written in the same save still lands', async (t) => {
   const dir = await tempDir(t)
   let slow = false

@@ -6,10 +6,10 @@ import { Keyring } from '../services/store/keyring.js'
 import { tempDir } from './helper.js'
 import { storeContract } from './store-contract.js'
 
-storeContract(t, 'file store', async (t, { keyring }) => {
+storeContract(t, 'file store', async (t, { keyring, maxSessionBytes }) => {
   const dir = await tempDir(t)
   const open = async (): Promise<FileSessionStore> => {
-    const store = new FileSessionStore({ dir, keyring, lock: { refreshMs: 60_000, staleMs: 180_000 } })
+    const store = new FileSessionStore({ dir, keyring, maxSessionBytes, lock: { refreshMs: 60_000, staleMs: 180_000 } })
     await store.init()
     t.teardown(() => store.close())
     return store

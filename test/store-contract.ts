@@ -8,6 +8,7 @@ import type { Test } from 'tap'
 import type { SessionFile, Task } from '../schemas/session.js'
 import type { Keyring } from '../services/store/keyring.js'
 import type { SessionStore } from '../services/store/store.js'
+import { RECORD_ROOM_PER_TASK_BYTES } from '../services/store/save-rules.js'
 
 export interface ContractStorage {
   /** Initialised, on storage of the test's own. */
@@ -19,8 +20,11 @@ export interface ContractStorage {
   reopen(): Promise<SessionStore>
 }
 
-/** Opens a store on fresh storage (sealing with `keyring` when given); null when the test cannot run (it skipped itself). */
-export type OpenStorage = (t: Test, options: { keyring: Keyring | null }) => Promise<ContractStorage | null>
+/**
+ * Opens a store on fresh storage (sealing with `keyring` when given, bounding sessions at
+ * `maxSessionBytes` when given); null when the test cannot run (it skipped itself).
+ */
+export type OpenStorage = (t: Test, options: { keyring: Keyring | null, maxSessionBytes?: number }) => Promise<ContractStorage | null>
 
 export interface ContractOptions {
   /** A keyring for the encryption tests; they are left out without one. */
@@ -125,6 +129,27 @@ export function storeContract (t: Test, name: string, open: OpenStorage, options
     t.strictSame(await active(store), [third], 'one session, the last saved')
     await store.close()
     t.strictSame(await active(await storage.reopen()), [third], 'after a restart too')
+  })
+
+  t.test(`${name}: a save past maxSessionBytes is refused and stores nothing; one that records a run may use room per task past it`, async (t) => {
+    const bound = 64 * 1024
+    const storage = await open(t, { keyring: null, maxSessionBytes: bound })
+    if (storage === null) return
+    const { store } = storage
+    const file = contractSession('full', ['Pending', 'Pending'])
+    const fit = (await store.serialize(file)).length
+    ;(file.session.tasks[0] as Task).instruction += 'x'.repeat(bound - fit)
+    t.equal(await store.save(file), bound, 'exactly at the bound is stored')
+    const over = structuredClone(file)
+    Object.assign(over.session.tasks[0] as Task, { status: 'Failed', error: 'e'.repeat(100), started_at: AT, completed_at: AT })
+    await t.rejects(store.save(over), { code: 'LIMIT_EXCEEDED', message: /'full' would take more than 65536 bytes stored \(TASK_MAX_SESSION_BYTES\)/ })
+    t.strictSame(await active(store), [file], 'the stored session is as it was')
+    t.ok(await store.save(over, { records: true }) > bound, 'a save that records a run may pass the bound')
+    const far = structuredClone(over)
+    ;(far.session.tasks[1] as Task).error = 'e'.repeat(2 * RECORD_ROOM_PER_TASK_BYTES)
+    await t.rejects(store.save(far, { records: true }), { code: 'LIMIT_EXCEEDED' }, `by at most ${RECORD_ROOM_PER_TASK_BYTES} bytes per task`)
+    await store.close()
+    t.strictSame(await active(await storage.reopen()), [over], 'after a restart: the last save that was taken')
   })
 
   t.test(`${name}: remove deletes the session; removing a missing one is not an error`, async (t) => {

@@ -51,6 +51,20 @@ t.test('the manager emits live-view events only while someone listens', async (t
   t.same(names, ['session.created', 'tasks.added', 'progress', 'run.started', 'progress', 'task.started', 'progress', 'task.completed', 'progress', 'run.finished', 'progress'])
 })
 
+t.test('after a single execute the last progress event says the session is no longer running', async (t) => {
+  const store = new FileSessionStore({ dir: await tempDir(t) })
+  await store.init()
+  const manager = new TaskManager({ store })
+  t.teardown(async () => { await manager.close(); await store.close() })
+  await manager.restore()
+  await manager.create('one', [{ instruction: 'a', task_type: 'General' }, { instruction: 'b', task_type: 'General' }])
+  const events: Array<[string, Record<string, unknown>]> = []
+  manager.events.on('task-event', (name, data) => events.push([name, data as Record<string, unknown>]))
+  await manager.executeNext('one')
+  t.same(events.map(([name]) => name), ['task.started', 'progress', 'task.completed', 'progress', 'progress'])
+  t.match(events.at(-1), ['progress', { session_id: 'one', completed: 1, pending: 1, running: false }], 'what GET /progress says too')
+})
+
 t.test('a log event this version does not show is passed over without resetting resumes; a loss tells the gap listeners', async (t) => {
   const buffer = new TaskEventBuffer(10)
   buffer.adopt('log', 0)

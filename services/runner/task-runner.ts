@@ -86,8 +86,9 @@ export class TaskRunner {
       run.announced = true
       this.announce('run.started', { session_id: sessionId, background: false })
       const results = await this.runAll(sessionId, run)
-      // A run left recorded (not resumed at start) is finished by this one.
-      if (!this.closing && !run.signal.aborted) await this.endRecordedRun(sessionId)
+      // A run left recorded (not resumed at start) is finished by this one, or ended by its
+      // cancel; one stopped by shutdown, or lost to another replica, is not.
+      if (!stoppedElsewhere(run, this.closing)) await this.endRecordedRun(sessionId)
       return { results, progress: this.registry.existing(sessionId).progress }
     })
   }
@@ -107,7 +108,7 @@ export class TaskRunner {
           const file = liveFile(draft)
           if (file.background_run !== undefined) return unchanged(undefined)
           file.background_run = { started_at: isoNow(draft.now) }
-        })
+        }, { records: true })
       } catch (err) {
         failed(err)
         return
@@ -239,6 +240,7 @@ export class TaskRunner {
       waiting: null,
       unsaved: null,
       announced: false,
+      claimed: false,
       executed: 0,
       done: new Promise<void>((resolve) => { ended = resolve })
     }
@@ -261,6 +263,8 @@ export class TaskRunner {
       this.early.delete(sessionId)
       if (lease !== null) await this.giveBack(sessionId, lease.epoch)
       if (run.announced) this.announceEnd(sessionId, run)
+      // A single execute says no run.*: its last progress must still say it stopped running.
+      else if (run.claimed) this.announceProgress(sessionId)
       // Only now: whoever waits on `done` (cancel) must see the session free.
       ended()
     }
@@ -311,7 +315,7 @@ export class TaskRunner {
         const results = await this.runAll(sessionId, run)
         // Stopped by shutdown: the record stays, so the run resumes after restart (or on
         // another replica); lost to another replica: it goes on there.
-        if ((this.closing && !run.controller.signal.aborted) || lostLease(run)) return
+        if (stoppedElsewhere(run, this.closing)) return
         await this.endRecordedRun(sessionId)
         this.log.info({ session_id: sessionId, executed: results.length, cancelled: run.controller.signal.aborted }, 'Background run finished')
         return
@@ -339,7 +343,7 @@ export class TaskRunner {
     await this.registry.change(sessionId, (draft) => {
       if (draft.file === null || draft.file.background_run === undefined) return unchanged(undefined)
       delete draft.file.background_run
-    })
+    }, { records: true })
   }
 
   /** Resumes background runs that a restart interrupted; their sessions hold `background_run`. */
@@ -362,51 +366,67 @@ export class TaskRunner {
     if (unsaved !== null) {
       run.unsaved = null
       // Cancelled while waiting for storage: the task's ending is "cancelled" after all.
-      const outcome = run.signal.aborted ? this.stopped(sessionId, unsaved.taskId, run) : unsaved.outcome
-      return this.record(sessionId, run, unsaved.taskId, outcome)
+      return this.record(sessionId, run, run.signal.aborted ? this.stopped(sessionId, unsaved.taskId, run) : unsaved)
     }
     const ended = await this.callWithRetries(sessionId, run)
-    return ended === null ? null : this.record(sessionId, run, ended.taskId, ended.outcome)
+    return ended === null ? null : this.record(sessionId, run, ended)
   }
 
   /** Claims the next runnable task and calls its agent, retrying transient failures with backoff. */
-  private async callWithRetries (sessionId: string, run: Run): Promise<{ taskId: string, outcome: Outcome } | null> {
+  private async callWithRetries (sessionId: string, run: Run): Promise<Ending | null> {
     let taskId: string | null = null
     for (let call = 1; ; call++) {
-      if (run.signal.aborted) return taskId === null ? null : { taskId, outcome: this.stopped(sessionId, taskId, run) }
+      if (run.signal.aborted) return taskId === null ? null : this.stopped(sessionId, taskId, run)
       const started = await this.claimTask(sessionId, taskId)
       if (started === null) {
         if (taskId === null) return null
         throw new SessionNotFoundError(sessionId)
       }
       taskId = started.id
+      run.claimed = true
       this.announce('task.started', { session_id: sessionId, task_id: started.id, status: started.status, task_type: started.task_type, attempt: started.attempts })
       const agent = agentFor(this.agents, started.task_type)
       try {
         const value = await callAgent({ agent, task: started, sessionId, signal: run.signal, shutdownSignal: this.abort.signal }, (result, ms) => {
           this.events.emit('agent-call', { session_id: sessionId, task_id: started.id, task_type: started.task_type, agent: agent.key, attempt: started.attempts, outcome: result, ms })
         })
-        return { taskId, outcome: this.completed(sessionId, started.id, value) }
+        return { taskId, outcome: this.completed(sessionId, started.id, value), agents: true }
       } catch (err) {
-        if (run.signal.aborted) return { taskId, outcome: this.stopped(sessionId, started.id, run) }
+        if (run.signal.aborted) return this.stopped(sessionId, started.id, run)
         const message = errorMessage(err)
         if (err instanceof AgentError && err.transient && call < agent.policy.max_attempts) {
-          // No new call once shutdown begins: the task stays InProgress and runs again after restart.
-          if (this.closing) throw new ShuttingDownError(`task ${started.id} will be retried after restart`)
+          // No new call once shutdown begins: the task runs again after restart.
+          if (this.closing) return this.putBack(sessionId, started.id)
           const delay = retryDelay(agent.policy, call, err.retryAfterMs)
           this.log.warn({ session_id: sessionId, task_id: started.id, attempt: started.attempts, retry_in_ms: Math.round(delay), err: message }, 'Agent call failed; retrying')
           this.announce('task.retrying', { session_id: sessionId, task_id: started.id, status: started.status, attempt: started.attempts, retry_in_ms: Math.round(delay) })
           // Shutdown ends the wait too: no call starts after it, so waiting on only holds the close.
           await pause(delay, [run.signal, this.closingSignal.signal])
-          // Shutdown that began during the wait: the task stays InProgress and runs after restart.
-          if (this.closing && !run.signal.aborted) throw new ShuttingDownError(`task ${started.id} will be retried after restart`)
+          // Shutdown that began during the wait: the task runs again after restart.
+          if (this.closing && !run.signal.aborted) return this.putBack(sessionId, started.id)
           continue
         }
         const outcome: Outcome = { status: 'Failed', result: null, error: truncateUtf8(message, this.maxResultBytes).text, confidence: null }
         this.log.warn({ session_id: sessionId, task_id: started.id, attempt: started.attempts, err: outcome.error }, 'Task failed')
-        return { taskId, outcome }
+        return { taskId, outcome, agents: true }
       }
     }
+  }
+
+  /**
+   * Shutdown came between two calls of a task: no call is in flight, so it goes back to Pending
+   * as it is, not counted as an interruption at restart (a save that fails leaves it InProgress,
+   * counted). Then the run stops, as shutdown stops it.
+   */
+  private async putBack (sessionId: string, taskId: string): Promise<never> {
+    await this.registry.change(sessionId, (draft) => {
+      const task = liveFile(draft).session.tasks.find((t) => t.id === taskId)
+      if (task?.status !== 'InProgress') return unchanged(undefined)
+      task.status = 'Pending'
+    }, { records: true }).catch((err: Error) => {
+      this.log.warn({ session_id: sessionId, task_id: taskId, err }, 'Could not put the task back to Pending at shutdown; restart counts it as interrupted')
+    })
+    throw new ShuttingDownError(`task ${taskId} will be retried after restart`)
   }
 
   /**
@@ -425,41 +445,42 @@ export class TaskRunner {
       Object.assign(task, { status: 'InProgress', started_at: isoNow(draft.now), completed_at: null, result: null, error: null, confidence: null, attempts: task.attempts + 1 })
       delete task.result_truncated
       return { ...task }
-    })
+    }, { records: true })
   }
 
   /**
-   * Saves how the task ended. A result that does not fit the session fails the task instead; an
-   * ending that storage refused is kept on the run, so a background run that waits for storage
-   * saves it later rather than calling the agent again.
+   * Saves how the task ended. The agent's words (a result, an error) that do not fit the session
+   * fail the task instead, with a short error that fits (records room); an ending that storage
+   * refused is kept on the run, so a background run that waits for storage saves it later
+   * rather than calling the agent again.
    */
-  private async record (sessionId: string, run: Run, taskId: string, outcome: Outcome): Promise<ExecutedTask> {
+  private async record (sessionId: string, run: Run, ending: Ending): Promise<ExecutedTask> {
     try {
-      return await this.finish(sessionId, taskId, outcome)
+      return await this.finish(sessionId, ending)
     } catch (err) {
-      if (err instanceof StorageError) run.unsaved = { taskId, outcome }
-      if (!(err instanceof SessionTooLargeError)) throw err
-      // The result does not fit: the task fails, rather than running again and again.
-      const bytes = Buffer.byteLength(outcome.result ?? '')
-      this.log.warn({ session_id: sessionId, task_id: taskId, result_bytes: bytes, limit: err.maxBytes }, 'Result does not fit in the session; task failed')
-      return this.finish(sessionId, taskId, {
-        status: 'Failed',
-        result: null,
-        error: `the result (${bytes} bytes) would make the session larger than TASK_MAX_SESSION_BYTES (${err.maxBytes} bytes stored); it was not kept`,
-        confidence: null
-      })
+      if (!(err instanceof SessionTooLargeError) || !ending.agents) {
+        if (err instanceof StorageError) run.unsaved = ending
+        throw err
+      }
+      const { outcome, taskId } = ending
+      const what = outcome.status === 'Completed' ? 'result' : 'error'
+      const bytes = Buffer.byteLength((what === 'result' ? outcome.result : outcome.error) ?? '')
+      this.log.warn({ session_id: sessionId, task_id: taskId, [`${what}_bytes`]: bytes, limit: err.maxBytes }, `The agent's ${what} does not fit in the session; task failed`)
+      // Failed rather than run again and again.
+      const error = `the agent's ${what} (${bytes} bytes) would make the session larger than TASK_MAX_SESSION_BYTES (${err.maxBytes} bytes stored); it was not kept`
+      return this.record(sessionId, run, { taskId, outcome: { status: 'Failed', result: null, error, confidence: null }, agents: false })
     }
   }
 
   /** Records how the task's call ended: what the client is answered once it is durable. */
-  private async finish (sessionId: string, taskId: string, outcome: Outcome): Promise<ExecutedTask> {
+  private async finish (sessionId: string, { taskId, outcome, agents }: Ending): Promise<ExecutedTask> {
     const executed = await this.registry.change(sessionId, (draft) => {
       const task = liveFile(draft).session.tasks.find((t) => t.id === taskId)
       if (task === undefined) throw new SessionNotFoundError(sessionId)
       delete task.result_truncated
       Object.assign(task, outcome, { completed_at: isoNow(draft.now) })
       return { task_id: task.id, instruction: task.instruction, status: task.status, result: task.result, error: task.error, confidence: task.confidence, ...(task.result_truncated === true && { result_truncated: true }) }
-    })
+    }, { records: !agents })
     // Counted once durable, as the client is told (metrics: tasks finished per second).
     this.events.emit('task-finished', { session_id: sessionId, task_id: taskId, status: executed.status as 'Completed' | 'Failed' })
     this.announce(executed.status === 'Completed' ? 'task.completed' : 'task.failed', { session_id: sessionId, task_id: executed.task_id, status: executed.status })
@@ -474,14 +495,19 @@ export class TaskRunner {
   }
 
   /** The run was stopped mid-task: shutdown leaves the task InProgress on disk; cancel fails it. */
-  private stopped (sessionId: string, taskId: string, run: Run): Outcome {
+  private stopped (sessionId: string, taskId: string, run: Run): Ending {
     const reason: unknown = run.controller.signal.reason
     if (reason instanceof LeaseLostError) throw reason
     if (this.abort.signal.aborted) throw new ShuttingDownError(`task ${taskId} was interrupted by shutdown; it runs again after restart`)
     run.cancelledTaskId = taskId
     this.log.warn({ session_id: sessionId, task_id: taskId }, 'Task cancelled')
-    return { status: 'Failed', result: null, error: 'cancelled', confidence: null }
+    return { taskId, outcome: { status: 'Failed', result: null, error: 'cancelled', confidence: null }, agents: false }
   }
+}
+
+/** The run was stopped by shutdown (not cancelled) or lost to another replica: it goes on after restart, or there. */
+function stoppedElsewhere (run: Run, closing: boolean): boolean {
+  return (closing && !run.controller.signal.aborted) || lostLease(run)
 }
 
 /** The run stopped because this replica lost the session's lease. */
@@ -493,6 +519,13 @@ function lostLease (run: Run): boolean {
 export type Waiting = 'storage'
 
 type Outcome = Pick<Task, 'status' | 'result' | 'error' | 'confidence' | 'result_truncated'>
+
+/** How a task ended; `agents`: the outcome carries the agent's words (held to TASK_MAX_SESSION_BYTES), not only the run's. */
+interface Ending {
+  taskId: string
+  outcome: Outcome
+  agents: boolean
+}
 
 /** One execution holding a session: its cancel switch and how it ended. */
 interface Run {
@@ -506,9 +539,11 @@ interface Run {
   /** A background run waiting for storage to work again before it goes on. */
   waiting: Waiting | null
   /** How a task ended when storage refused to save it: saved first when the run goes on. */
-  unsaved: { taskId: string, outcome: Outcome } | null
+  unsaved: Ending | null
   /** It said run.started, so it says how it ended. */
   announced: boolean
+  /** It marked a task InProgress. */
+  claimed: boolean
   /** Tasks it ran to an end. */
   executed: number
   /** Resolves (never rejects) once the execution has ended and let go of the session. */

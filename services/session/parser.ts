@@ -94,7 +94,20 @@ function sequenceItems (text: string): string[] | undefined {
   const rest = text.slice(first[0].length)
   const parts = rest.split(new RegExp(SEQUENCE_MARKER.source, 'giu'))
   if (parts.length < 2) return undefined
-  return parts.map(stripTrailingJoiners)
+  return parts.map((part) => stripTrailingJoiners(stripLeadingMarkers(part)))
+}
+
+/** A marker at the very start of a part (sticky: never scans past it). */
+const LEADING_MARKER = new RegExp(SEQUENCE_MARKER.source, 'iuy')
+
+/** Drops markers right after the one split on ("then, finally, write" → "write"): the split took the space the next one needs. */
+function stripLeadingMarkers (part: string): string {
+  for (;;) {
+    LEADING_MARKER.lastIndex = 0
+    const marker = LEADING_MARKER.exec(part)
+    if (marker === null || marker[0].length === 0) return part
+    part = part.slice(marker[0].length)
+  }
 }
 
 /** Drops trailing separators and a dangling "and" ("research X, and" → "research X"). A loop, not a regex: linear on any input. */

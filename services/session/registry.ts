@@ -21,6 +21,8 @@ interface QueuedChange {
   fresh: boolean
   /** Only that: nothing to apply (sync), so no draft is made for it. */
   syncOnly: boolean
+  /** Only records how a run goes: see ChangeOptions.records. */
+  records: boolean
   /** Times it met a version conflict and was applied again to the stored state. */
   conflicts: number
   /**
@@ -47,6 +49,17 @@ export interface SessionSlot {
 
 /** An active session in a list: its ids, times and progress. */
 export type SessionSummary = Static<typeof SessionSummarySchema>
+
+export interface ChangeOptions {
+  /** Check the session against the stored one first (a shared store; see sync). */
+  fresh?: boolean
+  /**
+   * The change only records how a run goes (statuses, times, counters, a short error), adding
+   * no client or agent content: its save may use the room past TASK_MAX_SESSION_BYTES kept for
+   * that (SaveOptions.records), so a session at the bound still runs and fails its tasks.
+   */
+  records?: boolean
+}
 
 /** Times a change is applied again after version conflicts (another replica wrote in between) before it fails. */
 const MAX_CONFLICTS = 5
@@ -139,8 +152,8 @@ export class SessionRegistry {
   }
 
   /** Queues a change and resolves with its result once it is durable. */
-  change<R> (sessionId: string, apply: ChangeFn<R>, fresh = false): Promise<R> {
-    return this.enqueue(sessionId, apply, fresh, false) as Promise<R>
+  change<R> (sessionId: string, apply: ChangeFn<R>, options: ChangeOptions = {}): Promise<R> {
+    return this.enqueue(sessionId, apply, options, false) as Promise<R>
   }
 
   /**
@@ -151,13 +164,13 @@ export class SessionRegistry {
    */
   async sync (sessionId: string): Promise<void> {
     if (this.store.shared === undefined) return
-    await this.enqueue(sessionId, () => unchanged(undefined), true, true)
+    await this.enqueue(sessionId, () => unchanged(undefined), { fresh: true }, true)
   }
 
-  private enqueue (sessionId: string, apply: ChangeFn<unknown>, fresh: boolean, syncOnly: boolean): Promise<unknown> {
+  private enqueue (sessionId: string, apply: ChangeFn<unknown>, options: ChangeOptions, syncOnly: boolean): Promise<unknown> {
     const slot = this.slotFor(sessionId)
     return new Promise((resolve, reject) => {
-      slot.queue.push({ apply, resolve, reject, fresh, syncOnly, conflicts: 0 })
+      slot.queue.push({ apply, resolve, reject, fresh: options.fresh === true, records: options.records === true, syncOnly, conflicts: 0 })
       slot.flushing ??= this.flush(sessionId, slot)
     })
   }
@@ -295,11 +308,11 @@ export class SessionRegistry {
       draft.file.session.current_index = currentIndex(draft.file.session.tasks)
     }
     let bytes: number
+    const changed = applied.filter((outcome) => !outcome.unchanged).map((outcome) => outcome.change)
     try {
-      bytes = await this.persist(sessionId, slot, draft)
+      bytes = await this.persist(sessionId, slot, draft, changed.every((change) => change.records))
     } catch (err) {
       if (err instanceof StorageError && err.uncertain) await this.writeBack(sessionId, slot)
-      const changed = applied.filter((outcome) => !outcome.unchanged).map((outcome) => outcome.change)
       if (err instanceof VersionConflictError && this.store.shared !== undefined && changed.every((change) => change.conflicts < MAX_CONFLICTS)) {
         // Another replica wrote the session since this copy was read: the changes are applied
         // again, in order and ahead of later ones, to the stored state.
@@ -323,7 +336,7 @@ export class SessionRegistry {
     return false
   }
 
-  private async persist (sessionId: string, slot: SessionSlot, draft: Draft): Promise<number> {
+  private async persist (sessionId: string, slot: SessionSlot, draft: Draft, records: boolean): Promise<number> {
     // Also with auto-save off: memory must not hold changes that can never be saved.
     const refusal = this.store.unwritable?.() ?? null
     if (refusal !== null) throw refusal
@@ -342,7 +355,7 @@ export class SessionRegistry {
         return this.store.unarchive(draft.file as SessionFile, intent.from)
       case 'save':
         if (draft.file === null) return 0
-        return this.autoSave || intent.force ? this.store.save(draft.file) : slot.bytes
+        return this.autoSave || intent.force ? this.store.save(draft.file, { records }) : slot.bytes
     }
   }
 
@@ -362,7 +375,8 @@ export class SessionRegistry {
   private async writeBack (sessionId: string, slot: SessionSlot): Promise<void> {
     try {
       if (slot.file === null) await this.store.remove(sessionId)
-      else if (!slot.unsaved) await this.store.save(slot.file)
+      // It was acknowledged, so it fits; it may have used the records room.
+      else if (!slot.unsaved) await this.store.save(slot.file, { records: true })
     } catch {}
   }
 

@@ -14,11 +14,11 @@ import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, Key
 import { nodeFs, type FsSeam } from './fs-seam.js'
 import type { Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
-import { assertSavable, reportedSave } from './save-rules.js'
+import { assertSavable, reportedSave, sessionBound } from './save-rules.js'
 import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, fsyncDir, readSessionDocument, serializeSessionFile, writeAndRename } from './session-files.js'
 import { MARKER_FILE, firstForeignFile, readMarker, writeMarker } from './storage-folder.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
-import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SessionStore, SessionStoreEvents, StoredCopy } from './store.js'
+import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SaveOptions, SessionStore, SessionStoreEvents, StoredCopy } from './store.js'
 import { noop } from '../noop.js'
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
@@ -203,11 +203,11 @@ export class FileSessionStore implements SessionStore {
     return path
   }
 
-  async save (file: SessionFile): Promise<number> {
-    return reportedSave(this.events, async () => this.write(file))
+  async save (file: SessionFile, options?: SaveOptions): Promise<number> {
+    return reportedSave(this.events, async () => this.write(file, options))
   }
 
-  private async write (file: SessionFile): Promise<number> {
+  private async write (file: SessionFile, options?: SaveOptions): Promise<number> {
     this.assertWritable()
     assertSavable(file)
     const target = this.pathFor(file.session_id)
@@ -216,7 +216,7 @@ export class FileSessionStore implements SessionStore {
     let unserializable: unknown
     const serialize = async (): Promise<Buffer> => {
       try {
-        return (data = await serializeSessionFile(file, this.indent, this.maxSessionBytes, this.keyring))
+        return (data = await serializeSessionFile(file, this.indent, sessionBound(file, this.maxSessionBytes, options), this.keyring, this.maxSessionBytes))
       } catch (err) {
         unserializable = err
         throw err

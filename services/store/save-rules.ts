@@ -2,7 +2,7 @@ import { TypeCompiler } from '@sinclair/typebox/compiler'
 import type { EventEmitter } from 'node:events'
 import { SessionFile } from '../../schemas/session.js'
 import { TaskvaultError } from '../errors.js'
-import type { SessionStoreEvents } from './store.js'
+import type { SaveOptions, SessionStoreEvents } from './store.js'
 
 /** What every store does around a save, so both stores judge and report saves alike. */
 
@@ -14,6 +14,18 @@ export function assertSavable (file: SessionFile): void {
   if (checkSessionFile.Check(candidate)) return
   const first = checkSessionFile.Errors(candidate).First()
   throw new TaskvaultError('INVALID_SESSION_STATE', `refusing to save session '${file.session_id}': ${first?.path ?? ''} ${first?.message ?? ''}`)
+}
+
+/**
+ * Room per task that a save recording how a run goes may use past TASK_MAX_SESSION_BYTES: a
+ * task's times, counters and a short error take far less. Without it a session filled to the
+ * bound by its instructions could not even mark a task InProgress, or fail it, and stayed stuck.
+ */
+export const RECORD_ROOM_PER_TASK_BYTES = 1024
+
+/** The size a save of `file` may reach: the bound, plus room per task for a save that only records a run's course. */
+export function sessionBound (file: SessionFile, maxBytes: number, options: SaveOptions | undefined): number {
+  return options?.records === true ? maxBytes + file.session.tasks.length * RECORD_ROOM_PER_TASK_BYTES : maxBytes
 }
 
 /** Runs a save and reports it on `events` (how long, whether it became durable, its size), whatever its outcome. */

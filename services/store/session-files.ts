@@ -147,17 +147,18 @@ const SLICED_DEPTH = 3
  * `JSON.stringify(file, null, indent) + '\n'` as bytes. A large session is made piece by piece
  * (each task on its own), yielding to the event loop between slices, so it neither blocks the
  * server for seconds nor meets V8's string limit. Stops as soon as the bytes pass `maxBytes`
- * and throws SessionTooLargeError: nothing is written for a session over the bound.
+ * and throws SessionTooLargeError (naming `reportedMax`, the configured bound `maxBytes` is
+ * derived from): nothing is written for a session over the bound.
  */
-export async function serializeSessionFile (file: SessionFile, indent: number, maxBytes: number, keyring: Keyring | null = null): Promise<Buffer> {
-  if (keyring !== null) return sealSessionFile(file, indent, maxBytes, keyring)
+export async function serializeSessionFile (file: SessionFile, indent: number, maxBytes: number, keyring: Keyring | null = null, reportedMax = maxBytes): Promise<Buffer> {
+  if (keyring !== null) return sealSessionFile(file, indent, maxBytes, keyring, reportedMax)
   // The common case, a session of a few small tasks, is one stringify.
   if (textLength(file) < SERIALIZE_SLICE_BYTES) {
     const data = Buffer.from(JSON.stringify(file, null, indent) + '\n', 'utf8')
-    if (data.length > maxBytes) throw new SessionTooLargeError(file.session_id, maxBytes)
+    if (data.length > maxBytes) throw new SessionTooLargeError(file.session_id, reportedMax)
     return data
   }
-  const writer = new SlicedWriter(file.session_id, ' '.repeat(indent), maxBytes)
+  const writer = new SlicedWriter(file.session_id, ' '.repeat(indent), maxBytes, reportedMax)
   await writer.value(file, 0)
   writer.emit('\n')
   return Buffer.concat(writer.pieces(), writer.size)
@@ -170,22 +171,22 @@ const SEALED_OVERHEAD_BYTES = 1024
  * The sealed form: everything but the id and times is serialized compactly (nobody reads
  * ciphertext's layout), encrypted in slices, and carried base64 inside the envelope.
  */
-async function sealSessionFile (file: SessionFile, indent: number, maxBytes: number, keyring: Keyring): Promise<Buffer> {
+async function sealSessionFile (file: SessionFile, indent: number, maxBytes: number, keyring: Keyring, reportedMax: number): Promise<Buffer> {
   const { session_id: sessionId, created_at: createdAt, updated_at: updatedAt, ...content } = file
   // base64 takes 4 bytes for every 3.
   const plainMax = Math.floor(Math.max(0, maxBytes - SEALED_OVERHEAD_BYTES) * 3 / 4)
   let plaintext: Buffer[]
   if (textLength(file) < SERIALIZE_SLICE_BYTES) {
     const data = Buffer.from(JSON.stringify(content), 'utf8')
-    if (data.length > plainMax) throw new SessionTooLargeError(sessionId, maxBytes)
+    if (data.length > plainMax) throw new SessionTooLargeError(sessionId, reportedMax)
     plaintext = [data]
   } else {
-    const writer = new SlicedWriter(sessionId, '', plainMax, maxBytes)
+    const writer = new SlicedWriter(sessionId, '', plainMax, reportedMax)
     await writer.value(content, 0)
     plaintext = writer.pieces()
   }
   const data = await keyring.sealToBytes({ session_id: sessionId, created_at: createdAt, updated_at: updatedAt }, plaintext, indent)
-  if (data.length > maxBytes) throw new SessionTooLargeError(sessionId, maxBytes)
+  if (data.length > maxBytes) throw new SessionTooLargeError(sessionId, reportedMax)
   return data
 }
 

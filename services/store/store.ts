@@ -36,6 +36,14 @@ export interface LoadResult {
   removedTempFiles: number
 }
 
+export interface SaveOptions {
+  /**
+   * The save only records how a run goes (statuses, times, counters, a short error): it may take
+   * the session RECORD_ROOM_PER_TASK_BYTES per task past TASK_MAX_SESSION_BYTES (see sessionBound).
+   */
+  records?: boolean
+}
+
 /** One save, for observers such as metrics: how long it took, whether it became durable, its size. */
 export interface SaveEvent {
   ms: number
@@ -182,7 +190,7 @@ export interface SessionStore {
   /** Reads every stored session; unreadable ones are set aside and reported, never deleted. */
   loadAll(options: { concurrency: number }): Promise<LoadResult>
   /** Durably replaces the stored session; resolves with the stored size in bytes. */
-  save(file: SessionFile): Promise<number>
+  save(file: SessionFile, options?: SaveOptions): Promise<number>
   /** Durably removes the session; removing a missing session is not an error. */
   remove(sessionId: string): Promise<void>
   /** Durably moves the stored session (whose content is `file`) to the archive. */

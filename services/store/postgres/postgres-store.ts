@@ -12,12 +12,12 @@ import { readSessionDocument, serializeSessionFile } from '../session-files.js'
 import type { Static } from '@sinclair/typebox'
 import type { Progress as ProgressSchema } from '../../../schemas/api.js'
 import {
-  clearUpdatedAt, type ArchivedSession, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SessionStore,
+  clearUpdatedAt, type ArchivedSession, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
 import { ARCHIVED_ROWS, archiveSession, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
 import { migrate } from './migrate.js'
-import { assertSavable, reportedSave } from '../save-rules.js'
+import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { breaksConnection, errnoLike, storageError, uncertain } from './pg-errors.js'
 import { checkSchemaName, redactUrl } from './database-url.js'
 import { createPool, type PoolSettings } from './pool.js'
@@ -293,14 +293,14 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     return (await this.run<ActiveRow>('restoring sessions', activePage(after, this.pageRows))).rows
   }
 
-  async save (file: SessionFile): Promise<number> {
-    return reportedSave(this.events, async () => this.write(file))
+  async save (file: SessionFile, options?: SaveOptions): Promise<number> {
+    return reportedSave(this.events, async () => this.write(file, options))
   }
 
-  private async write (file: SessionFile): Promise<number> {
+  private async write (file: SessionFile, options?: SaveOptions): Promise<number> {
     const sessionId = this.checkId(file.session_id)
     assertSavable(file)
-    const data = await serializeSessionFile(file, this.indent, this.maxSessionBytes, this.keyring)
+    const data = await serializeSessionFile(file, this.indent, sessionBound(file, this.maxSessionBytes, options), this.keyring, this.maxSessionBytes)
     const derived = this.derive(file)
     const operation = `saving session '${sessionId}'`
     const outcome: QueuedSave['outcome'] = { kind: 'row', data, kid: derived.sealedKid ?? '' }
