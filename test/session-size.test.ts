@@ -132,6 +132,10 @@ t.test('a session filled to TASK_MAX_SESSION_BYTES by its instructions still run
   t.equal((await post(app, '/execute', { session_id: 'full' })).statusCode, 409, 'nothing left to run')
   t.match(await storedTasks(dir, 'full'), [{ id: first, status: 'Failed', attempts: 1 }, { id: second, status: 'Failed', attempts: 1 }])
 
+  // Archived past the bound by what its runs recorded, it still comes back for a retry of one task.
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['full'])
+  const back = await post(app, '/retry', { session_id: 'full', task_id: first })
+  t.equal(back.statusCode, 200, back.body)
   const retried = await post(app, '/retry', { session_id: 'full' })
   t.equal(retried.statusCode, 200, retried.body)
   t.match(await storedTasks(dir, 'full'), [{ status: 'Pending' }, { status: 'Pending' }])

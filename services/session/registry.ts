@@ -352,7 +352,7 @@ export class SessionRegistry {
         return 0
       case 'unarchive':
         // Written even with auto-save off: the archived copy is removed right after.
-        return this.store.unarchive(draft.file as SessionFile, intent.from)
+        return this.store.unarchive(draft.file as SessionFile, intent.from, { records })
       case 'save':
         if (draft.file === null) return 0
         return this.autoSave || intent.force ? this.store.save(draft.file, { records }) : slot.bytes

@@ -6,14 +6,14 @@ import { KeyUnavailableError, StorageError } from '../errors.js'
 import type { FolderFiles } from './folder-files.js'
 import type { FsSeam } from './fs-seam.js'
 import { ARCHIVED_FILE, TEMP_FILE, fsyncDir, readWhole } from './session-files.js'
-import { clearUpdatedAt, type ArchivedSession, type LoadFailure, type StoredCopy } from './store.js'
+import { clearUpdatedAt, type ArchivedSession, type LoadFailure, type SaveOptions, type StoredCopy } from './store.js'
 import { noop } from '../noop.js'
 
 /** What the archive needs from the active half of the file store. */
 export interface ActiveFolder {
   pathFor(sessionId: string): string
   assertWritable(): void
-  save(file: SessionFile): Promise<number>
+  save(file: SessionFile, options?: SaveOptions): Promise<number>
   /** The session's active file was renamed into the archive. */
   movedOut(sessionId: string): void
   /** Makes a change to the active folder's entries durable; a failure leaves the change uncertain. */
@@ -181,8 +181,8 @@ export class FileArchive {
    * removed. A crash in between leaves both (the active one is used), never neither. Resolves
    * with the active file's size.
    */
-  async unarchive (file: SessionFile, archivedName: string): Promise<number> {
-    const bytes = await this.active.save(file)
+  async unarchive (file: SessionFile, archivedName: string, options?: SaveOptions): Promise<number> {
+    const bytes = await this.active.save(file, options)
     const path = join(this.dir, archivedName)
     const removed = await this.fs.unlink(path).then(() => true, (err: NodeJS.ErrnoException) => err.code === 'ENOENT')
     // A file that could not be removed stays as an older copy behind the active session.

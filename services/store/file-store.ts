@@ -108,7 +108,7 @@ export class FileSessionStore implements SessionStore {
       active: {
         pathFor: (sessionId) => this.pathFor(sessionId),
         assertWritable: () => this.assertWritable(),
-        save: async (file) => this.save(file),
+        save: async (file, options) => this.save(file, options),
         movedOut: (sessionId) => this.stored(sessionId, null),
         syncChanged: async (operation) => this.syncDir(operation, true)
       }
@@ -393,8 +393,8 @@ export class FileSessionStore implements SessionStore {
     return this.archived.list()
   }
 
-  unarchive (file: SessionFile, archivedName: string): Promise<number> {
-    return this.archived.unarchive(file, archivedName)
+  unarchive (file: SessionFile, archivedName: string, options?: SaveOptions): Promise<number> {
+    return this.archived.unarchive(file, archivedName, options)
   }
 
   removeArchived (sessionId: string): Promise<number> {

@@ -219,7 +219,7 @@ export interface SessionStore {
    * Durably makes `file` the active session again and then removes the archived file it came
    * from (`archivedName`); a crash in between leaves both, never neither. Resolves with the stored size.
    */
-  unarchive(file: SessionFile, archivedName: string): Promise<number>
+  unarchive(file: SessionFile, archivedName: string, options?: SaveOptions): Promise<number>
   /** Durably deletes every archived file of the session; resolves with how many there were. */
   removeArchived(sessionId: string): Promise<number>
   /** Encryption at rest, when keys are set; null otherwise. */

@@ -401,12 +401,12 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     this.index.add(sessionId, { name, bytes: row.bytes, stamp: Number(row.row_id) }, summarize(file, name))
   }
 
-  async unarchive (file: SessionFile, archivedName: string): Promise<number> {
+  async unarchive (file: SessionFile, archivedName: string, options?: SaveOptions): Promise<number> {
     const started = performance.now()
     let bytes = 0
     let ok = false
     try {
-      bytes = await this.revive(file, archivedName)
+      bytes = await this.revive(file, archivedName, options)
       ok = true
       return bytes
     } finally {
@@ -414,12 +414,12 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     }
   }
 
-  private async revive (file: SessionFile, archivedName: string): Promise<number> {
+  private async revive (file: SessionFile, archivedName: string, options?: SaveOptions): Promise<number> {
     const sessionId = this.checkId(file.session_id)
     const match = ARCHIVED_NAME.exec(archivedName)
     if (match === null || match[1] !== sessionId) throw new TaskvaultError('INVALID_SESSION_STATE', `'${archivedName.slice(0, 160)}' names no archived copy of session '${sessionId}'`)
     const archivedRow = match[2] as string
-    const data = await serializeSessionFile(file, this.indent, this.maxSessionBytes, this.keyring)
+    const data = await serializeSessionFile(file, this.indent, sessionBound(file, this.maxSessionBytes, options), this.keyring, this.maxSessionBytes)
     const derived = this.derive(file)
     const operation = `bringing back archived session '${sessionId}'`
     const outcome: Outcome = { kind: 'row', data, kid: derived.sealedKid ?? '' }
