@@ -108,6 +108,11 @@ t.test('parseInstructions: "first ... then ... finally" sequences', async (t) =>
     t.strictSame(parseInstructions('first research X then analyze Y finally write code'), ['research X', 'analyze Y', 'write code'])
     t.strictSame(parseInstructions('First research X, then, finally, write code'), ['research X', 'write code'], 'adjacent markers are one joint')
     t.strictSame(parseInstructions('First a; and then, after that, b. Lastly: c'), ['a', 'b', 'c'])
+    // Only a marker a comma or colon ends is dropped after another: these are words of the task.
+    t.strictSame(parseInstructions('First install deps, then next.js config'), ['install deps', 'next.js config'])
+    t.strictSame(parseInstructions('First a, then next-gen tests'), ['a', 'next-gen tests'])
+    t.strictSame(parseInstructions('First a, then Next steps doc'), ['a', 'Next steps doc'])
+    t.strictSame(parseInstructions('First a, then lastly'), ['a'], 'a marker with nothing after it is no task')
     t.strictSame(parseInstructions('Firstly: a; next b; after that c; lastly d.'), ['a', 'b', 'c', 'd'])
     t.strictSame(parseInstructions('First, analyze the data. Then summarize it.'), ['analyze the data', 'summarize it'])
   })

@@ -3,6 +3,7 @@ import type { Config } from '../../schemas/config.js'
 import { CorruptSessionFileError, KeyUnavailableError, SessionTooLargeError } from '../../services/errors.js'
 import type { Keyring } from '../../services/store/keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../../services/store/session-files.js'
+import { sessionBound } from '../../services/store/save-rules.js'
 import { rowName, resealRow, sealState, unsealedPage, type UnsealedRow } from '../rows.js'
 
 /** Rows read per round trip. */
@@ -51,7 +52,8 @@ async function resealed (row: UnsealedRow, settings: Config, keyring: Keyring, p
     const { file, kid } = readSessionDocument(rowName(row), row.document, row.session_id, keyring)
     // The column disagreed with the document (written by hand, say): the document is right.
     if (kid === keyring.activeKid) return Buffer.from(row.document, 'utf8')
-    return await serializeSessionFile(file, 2, settings.TASK_MAX_SESSION_BYTES, keyring)
+    // The server's bound, with the room its runs' records may use (a session may be stored in it).
+    return await serializeSessionFile(file, 2, sessionBound(file, settings.TASK_MAX_SESSION_BYTES, { records: true }), keyring, settings.TASK_MAX_SESSION_BYTES)
   } catch (err) {
     if (err instanceof CorruptSessionFileError || err instanceof KeyUnavailableError) {
       problems.push({ file: rowName(row), reason: err.message })

@@ -2,6 +2,7 @@ import { dirname, join } from 'node:path'
 import { SessionTooLargeError } from '../../services/errors.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
 import { fsyncDir, serializeSessionFile, writeAndRename } from '../../services/store/session-files.js'
+import { sessionBound } from '../../services/store/save-rules.js'
 import { CommandFailedError, UsageError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase } from '../database.js'
@@ -83,7 +84,8 @@ ${COMMON_HELP}`,
         const folder = dirname(stored.path)
         let data: Buffer
         try {
-          data = await serializeSessionFile(checked.file, 2, settings.TASK_MAX_SESSION_BYTES, keyring)
+          // The server's bound, with the room its runs' records may use (a session may be stored in it).
+          data = await serializeSessionFile(checked.file, 2, sessionBound(checked.file, settings.TASK_MAX_SESSION_BYTES, { records: true }), keyring, settings.TASK_MAX_SESSION_BYTES)
         } catch (err) {
           // Sealed, it would pass the bound the server holds every save to: it stays as it is.
           if (!(err instanceof SessionTooLargeError)) throw err

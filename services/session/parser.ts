@@ -100,12 +100,16 @@ function sequenceItems (text: string): string[] | undefined {
 /** A marker at the very start of a part (sticky: never scans past it). */
 const LEADING_MARKER = new RegExp(SEQUENCE_MARKER.source, 'iuy')
 
-/** Drops markers right after the one split on ("then, finally, write" → "write"): the split took the space the next one needs. */
+/**
+ * Drops markers right after the one split on ("then, finally, write" → "write"): the split took
+ * the space the next one needs. Only a marker a comma or colon ends, or one with nothing after
+ * it: "then next.js config" keeps its words.
+ */
 function stripLeadingMarkers (part: string): string {
   for (;;) {
     LEADING_MARKER.lastIndex = 0
     const marker = LEADING_MARKER.exec(part)
-    if (marker === null || marker[0].length === 0) return part
+    if (marker === null || !(/[,:]\s*$/u.test(marker[0]) || marker[0].length === part.length)) return part
     part = part.slice(marker[0].length)
   }
 }

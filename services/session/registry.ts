@@ -218,7 +218,10 @@ export class SessionRegistry {
     }
   }
 
-  /** Writes every session committed while auto-save was off, through each session's queue. */
+  /**
+   * Writes every session committed while auto-save was off, through each session's queue. Each
+   * is written whatever becomes of the others; then the first failure, if any, is thrown.
+   */
   async saveUnsaved (): Promise<void> {
     const saves: Array<Promise<unknown>> = []
     for (const [sessionId, slot] of this.slots) {
@@ -228,7 +231,8 @@ export class SessionRegistry {
         draft.forceSave()
       }))
     }
-    await Promise.all(saves)
+    const failed = (await Promise.allSettled(saves)).find((outcome) => outcome.status === 'rejected')
+    if (failed !== undefined) throw failed.reason
   }
 
   /** Committed in memory but not yet saved (auto-save off). */
