@@ -3,6 +3,8 @@
  * process, exiting 1 with one `taskvault: cannot start: ...` line that names the setting to
  * change, never listening and never hanging.
  */
+import { existsSync } from 'node:fs'
+import { createServer, type AddressInfo, type Server } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
 import { baseEnv, describe, EXIT_TIMEOUT_MS, exitWithin, freePort, scratch, type ServerProcess } from './server-process.js'
@@ -19,6 +21,20 @@ async function failedStart (t: TapTest, server: ServerProcess, name: string): Pr
   t.match(lines[0], /^taskvault: cannot start: /u, `${name}: the boot error's line`)
   return lines
 }
+
+t.test('a port already taken: one line naming PORT, exit 1, the storage lock released', async (t) => {
+  const { dir, spawnRaw } = await scratch(t)
+  const taken: Server = createServer()
+  await new Promise<void>((resolve, reject) => taken.once('error', reject).listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { taken.close() })
+  const port = (taken.address() as AddressInfo).port
+  const storage = join(dir, 'tasks')
+  const server = spawnRaw(baseEnv({ PORT: String(port), TASK_STORAGE_DIR: storage }))
+  const [line] = await failedStart(t, server, 'EADDRINUSE')
+  t.match(line, new RegExp(`PORT ${port} on 127\\.0\\.0\\.1 is already in use`, 'u'), 'names PORT and its value')
+  t.notMatch(server.stdout(), /"level":60/u, 'no fatal JSON log line')
+  t.notOk(existsSync(join(storage, '.taskvault.lock')), 'the storage lock is not left behind')
+})
 
 t.test('a choice-list setting with a bad value: one line listing the allowed values', async (t) => {
   const { dir, spawnRaw } = await scratch(t)
