@@ -48,3 +48,10 @@ t.test('a choice-list setting with a bad value: one line listing the allowed val
     t.equal(line, `taskvault: cannot start: ${c.name} must be one of ${c.allowed}`)
   }
 })
+
+t.test('a storage folder that cannot be created (/proc/nope) fails at once, naming TASK_STORAGE_DIR', { skip: existsSync('/proc/self') ? false : 'needs /proc' }, async (t) => {
+  const { spawnRaw } = await scratch(t)
+  const server = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORAGE_DIR: '/proc/nope/tasks' }))
+  const [line] = await failedStart(t, server, 'TASK_STORAGE_DIR=/proc/nope/tasks')
+  t.match(line, /storage folder \/proc\/nope\/tasks \(TASK_STORAGE_DIR\) cannot be used: ENOENT/u)
+})
