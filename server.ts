@@ -2,6 +2,7 @@ import closeWithGrace from 'close-with-grace'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from './app.js'
 import { loadConfig } from './plugins/config.js'
+import { listenFailure } from './http/listen-error.js'
 import { loggerOptions } from './http/logger-options.js'
 
 /** Loads config, restores sessions, listens, and drains on SIGTERM/SIGINT. */
@@ -33,15 +34,7 @@ async function main (): Promise<void> {
       await app?.close().catch(() => {})
       process.exit(0)
     }
-    // Bad settings or an unusable storage folder: say which, and exit 1.
-    console.error(`taskvault: cannot start: ${(err as Error).message}`)
-    if (app !== undefined) {
-      // A start that failed after the storage lock was taken (a restore that hit EACCES) must
-      // not leave the lock behind; bounded like a shutdown.
-      setTimeout(() => process.exit(1), app.config.TASK_SHUTDOWN_GRACE_MS + 10_000).unref()
-      await app.close().catch(() => {})
-    }
-    process.exit(1)
+    return await cannotStart(app, (err as Error).message)
   }
   process.off('SIGTERM', early)
   process.off('SIGINT', early)
@@ -63,7 +56,23 @@ async function main (): Promise<void> {
     else app.log.info({ signal }, 'shutting down')
     await app.close()
   })
-  await app.listen({ port: PORT, host: HOST })
+  try {
+    await app.listen({ port: PORT, host: HOST })
+  } catch (err) {
+    await cannotStart(app, listenFailure(err as NodeJS.ErrnoException, PORT, HOST))
+  }
+}
+
+/** Bad settings, an unusable storage folder or a port that is taken: one line saying which, and exit 1. */
+async function cannotStart (app: FastifyInstance | undefined, reason: string): Promise<never> {
+  console.error(`taskvault: cannot start: ${reason}`)
+  if (app !== undefined) {
+    // A start that failed after the storage lock was taken (a restore that hit EACCES, a taken
+    // port) must not leave the lock behind; bounded like a shutdown.
+    setTimeout(() => process.exit(1), app.config.TASK_SHUTDOWN_GRACE_MS + 10_000).unref()
+    await app.close().catch(() => {})
+  }
+  process.exit(1)
 }
 
 await main()

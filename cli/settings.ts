@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import * as util from 'node:util'
 import { Ajv } from 'ajv'
-import { ConfigSchema, type Config } from '../schemas/config.js'
+import { ConfigSchema, describeSettingErrors, type Config } from '../schemas/config.js'
 import { UsageError } from './args.js'
 
 /**
@@ -19,12 +19,9 @@ export function loadSettings (env: NodeJS.ProcessEnv = process.env, cwd = proces
   }
   const ajv = new Ajv({ coerceTypes: true, useDefaults: true, allErrors: false })
   const validate = ajv.compile(structuredClone(ConfigSchema))
-  if (!validate(values)) {
-    const first = validate.errors?.[0]
-    throw new UsageError(`bad setting ${first?.instancePath.slice(1) ?? ''}: ${first?.message ?? 'invalid'}`)
-  }
+  if (!validate(values)) throw new UsageError(`bad setting ${describeSettingErrors(validate.errors ?? [])[0] ?? 'invalid'}`)
   for (const [name, value] of Object.entries(values)) {
-    if (typeof value === 'number' && !Number.isFinite(value)) throw new UsageError(`bad setting ${name}: must be a finite number`)
+    if (typeof value === 'number' && !Number.isFinite(value)) throw new UsageError(`bad setting ${name} must be a finite number`)
   }
   return values as Config
 }

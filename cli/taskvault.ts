@@ -4,7 +4,7 @@
  * backup, restore, seal) and a PostgreSQL database (migrate, export, import; validate, stats,
  * archive and prune with --database-url), built on the same services as the server.
  */
-import { StorageLockedError, TaskvaultError } from '../services/errors.js'
+import { InvalidEncryptionKeysError, StorageLockedError, TaskvaultError } from '../services/errors.js'
 import { Keyring } from '../services/store/keyring.js'
 import { UsageError, isGlobalHelp, parseCommand } from './args.js'
 import type { Command, CommandResult } from './command.js'
@@ -48,12 +48,22 @@ async function main (argv: string[]): Promise<number> {
       return EXIT.ok
     }
     const settings = loadSettings()
-    const keyring = Keyring.parse(settings.TASK_ENCRYPTION_KEYS)
+    const keyring = parseKeys(settings.TASK_ENCRYPTION_KEYS)
     const result = await command.run(args, { settings, keyring, warn: (line) => process.stderr.write(line + '\n') })
     print(result, args.json)
     return result.code
   } catch (err) {
     return fail(err, wantsJson, command)
+  }
+}
+
+/** TASK_ENCRYPTION_KEYS, parsed; a bad list is a bad setting (exit 2) like any other. */
+function parseKeys (value: string): Keyring | null {
+  try {
+    return Keyring.parse(value)
+  } catch (err) {
+    if (err instanceof InvalidEncryptionKeysError) throw new UsageError(`bad setting ${err.message}`)
+    throw err
   }
 }
 

@@ -1,7 +1,7 @@
 import fastifyEnv from '@fastify/env'
 import Fastify from 'fastify'
 import fp from 'fastify-plugin'
-import { ConfigSchema, type Config } from '../schemas/config.js'
+import { ConfigSchema, describeSettingErrors, type Config, type SettingError } from '../schemas/config.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -26,16 +26,23 @@ const configPlugin = fp<ConfigPluginOptions>(async function configPlugin (app, o
     return
   }
   const readEnvironment = options.readEnvironment ?? true
-  await app.register(fastifyEnv, {
-    confKey: 'config',
-    schema: structuredClone(ConfigSchema),
-    env: readEnvironment,
-    dotenv: readEnvironment,
-    data: { ...options.values }
-  })
+  try {
+    await app.register(fastifyEnv, {
+      confKey: 'config',
+      schema: structuredClone(ConfigSchema),
+      env: readEnvironment,
+      dotenv: readEnvironment,
+      data: { ...options.values }
+    })
+  } catch (err) {
+    // env-schema joins Ajv's errors as they come (a choice list gives one per choice): one line per setting instead.
+    const errors = (err as { errors?: SettingError[] }).errors
+    if (errors === undefined || errors.length === 0) throw err
+    throw new Error(describeSettingErrors(errors).join('; '), { cause: err })
+  }
   // Ajv lets "1e400" (Infinity) past minimum and maximum; a timer or bound of Infinity is never meant.
   for (const [name, value] of Object.entries(app.config)) {
-    if (typeof value === 'number' && !Number.isFinite(value)) throw new Error(`env/${name} must be a finite number`)
+    if (typeof value === 'number' && !Number.isFinite(value)) throw new Error(`${name} must be a finite number`)
   }
   app.log.level = app.config.LOG_LEVEL
 }, { name: 'taskvault-config', fastify: '5.x' })

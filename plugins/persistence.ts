@@ -5,7 +5,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type pg from 'pg'
 import { STORE_SETTINGS, resolveSettings, settingOptions, type StoreSettings } from '../schemas/options.js'
-import { DatabaseUnavailableError, InvalidDatabaseSettingError } from '../services/errors.js'
+import { DatabaseUnavailableError, InvalidDatabaseSettingError, StorageError } from '../services/errors.js'
 import { FileSessionStore } from '../services/store/file-store.js'
 import type { FsSeam } from '../services/store/fs-seam.js'
 import { Keyring } from '../services/store/keyring.js'
@@ -39,12 +39,12 @@ export default fp<PersistencePluginOptions>(async function persistencePlugin (ap
   const settings = resolveSettings(STORE_SETTINGS, options, appSettings(app))
   const store = settings.store === 'postgres' || options.pool !== undefined
     ? await openPostgresStore(app, settings, options.pool)
-    : await openFileStore(app, settings, options.fs)
+    : await openFileStore(app, settings, options.fs, options.storageDir !== undefined ? 'the storageDir option' : 'TASK_STORAGE_DIR')
   app.decorate('persistence', store)
   app.addHook('onClose', async () => store.close())
 }, { name: 'taskvault-persistence', fastify: '5.x' })
 
-async function openFileStore (app: FastifyInstance, settings: StoreSettings, fs: FsSeam | undefined): Promise<SessionStore> {
+async function openFileStore (app: FastifyInstance, settings: StoreSettings, fs: FsSeam | undefined, source: string): Promise<SessionStore> {
   const store = new FileSessionStore({
     dir: settings.storageDir,
     fs,
@@ -62,7 +62,11 @@ async function openFileStore (app: FastifyInstance, settings: StoreSettings, fs:
         'so this one refuses every write from now on (503 LOCK_LOST, /ready 503); reads still work. Stop one of them, then restart this one')
     }
   })
-  const { replaced, folder, openMode } = await store.init()
+  const { replaced, folder, openMode } = await store.init().catch((err: unknown) => {
+    // The boot stops here: say which setting to change, in the system's own words (mkdir's ENOENT, EACCES).
+    if (err instanceof StorageError && err.cause instanceof Error) err.message = `storage folder ${store.dir} (${source}) cannot be used: ${err.cause.message}`
+    throw err
+  })
   if (replaced !== null) app.log.warn({ holder: replaced }, 'Took over the storage lock of a server that is gone')
   if (folder === 'adopted') app.log.info({ dir: store.dir }, 'Storage folder had no .taskvault marker and holds only session files: adopted it and wrote the marker')
   if (openMode !== null) {

@@ -76,3 +76,33 @@ export const ConfigSchema = Type.Object({
   TASK_DASHBOARD: Type.Boolean({ default: true, description: 'The dashboard at /dashboard' })
 })
 export type Config = Static<typeof ConfigSchema>
+
+/** What Ajv reports of a bad setting (the fields used here). */
+export interface SettingError {
+  instancePath: string
+  keyword: string
+  message?: string
+}
+
+/**
+ * Ajv's errors as one line per bad setting, `NAME problem`. A choice list is an anyOf of
+ * constants, which Ajv reports as one "must be equal to constant" per choice plus an anyOf
+ * summary: that becomes "must be one of a, b, c", so the line says what would do.
+ */
+export function describeSettingErrors (errors: readonly SettingError[]): string[] {
+  const lines = new Map<string, string>()
+  for (const error of errors) {
+    const name = error.instancePath.replace(/^\//u, '')
+    if (lines.has(name)) continue
+    const choices = settingChoices(name)
+    lines.set(name, `${name} ${choices !== null ? `must be one of ${choices.join(', ')}` : error.message ?? 'is invalid'}`)
+  }
+  return [...lines.values()]
+}
+
+/** The values a choice-list setting allows; null for any other setting. */
+export function settingChoices (name: string): string[] | null {
+  const schema = (ConfigSchema.properties as Record<string, { anyOf?: Array<{ const?: unknown }> }>)[name]
+  const consts = schema?.anyOf?.map((branch) => branch.const)
+  return consts !== undefined && consts.every((value) => typeof value === 'string') ? consts as string[] : null
+}

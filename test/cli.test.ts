@@ -51,6 +51,30 @@ t.test('help and usage errors', async (t) => {
   })
 })
 
+t.test('a bad setting exits 2 in one line saying what would do; a folder that does not exist fails, and is not made', async (t) => {
+  const cwd = await tempDir(t, 'taskvault-cli-settings-')
+  const missing = join(cwd, 'no-such-folder')
+  const [level, keys, stats, validate, json] = await Promise.all([
+    taskvault(['stats', cwd], { cwd, env: { LOG_LEVEL: 'loud' } }),
+    taskvault(['stats', cwd], { cwd, env: { TASK_ENCRYPTION_KEYS: 'not-a-key' } }),
+    taskvault(['stats', missing], { cwd }),
+    taskvault(['validate', missing], { cwd }),
+    taskvault(['validate', missing, '--json'], { cwd })
+  ])
+  t.equal(level.code, 2, 'LOG_LEVEL=loud: exit 2')
+  t.match(level.stderr, /^taskvault: bad setting LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent\n/u, 'the allowed values, once')
+  t.equal(keys.code, 2, 'a malformed TASK_ENCRYPTION_KEYS is a bad setting like the others: exit 2')
+  t.match(keys.stderr, /^taskvault: bad setting TASK_ENCRYPTION_KEYS: entry 1: /u)
+  for (const [name, run] of [['stats', stats], ['validate', validate]] as const) {
+    t.equal(run.code, 1, `${name} on a missing folder: exit 1`)
+    t.equal(run.stdout, '', `${name}: no report`)
+    t.equal(run.stderr, `taskvault: ${missing} is not a storage folder (no such folder)\n`, `${name}: says so`)
+  }
+  t.equal(json.code, 1)
+  t.match(json.json(), { error: { message: /no such folder/u } })
+  t.notOk(existsSync(missing), 'the folder was not created')
+})
+
 t.test('validate: one line per file, exit 1 on a bad file, --fix moves it to corrupt/', async (t) => {
   const dir = await preparedFolder(t)
   await writeFile(join(dir, 'broken.json'), '{"session_id": "broken", ', { mode: 0o600 })

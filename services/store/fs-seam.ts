@@ -1,5 +1,5 @@
 import fsp from 'node:fs/promises'
-import fse from 'fs-extra'
+import { dirname } from 'node:path'
 
 /**
  * The file-system calls the file store makes, gathered so that tests can inject faults
@@ -29,5 +29,33 @@ export const nodeFs: FsSeam = {
   lstat: fsp.lstat,
   symlink: fsp.symlink,
   readlink: fsp.readlink,
-  ensureDir: (dir, mode) => fse.ensureDir(dir, { mode })
+  ensureDir: makeDirs
+}
+
+/**
+ * mkdir -p, one level at a time. Node's recursive mkdir (and fs-extra's ensureDir, built on
+ * it) never returns when a folder's parent exists but refuses it with ENOENT, as /proc does:
+ * it makes the parent again and retries, forever. Here a folder still refused once its parent
+ * exists is an error.
+ */
+async function makeDirs (dir: string, mode: number): Promise<void> {
+  try {
+    await fsp.mkdir(dir, { mode })
+    return
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'EEXIST' && await isDir(dir)) return
+    if (code !== 'ENOENT' || dirname(dir) === dir) throw err
+  }
+  await makeDirs(dirname(dir), mode)
+  try {
+    await fsp.mkdir(dir, { mode })
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST' && await isDir(dir)) return
+    throw err
+  }
+}
+
+async function isDir (path: string): Promise<boolean> {
+  return fsp.stat(path).then((stat) => stat.isDirectory(), () => false)
 }

@@ -1,0 +1,57 @@
+/**
+ * Boot failures as a person starting the server meets them: the compiled server in a child
+ * process, exiting 1 with one `taskvault: cannot start: ...` line that names the setting to
+ * change, never listening and never hanging.
+ */
+import { existsSync } from 'node:fs'
+import { createServer, type AddressInfo, type Server } from 'node:net'
+import { join } from 'node:path'
+import t from 'tap'
+import { baseEnv, describe, EXIT_TIMEOUT_MS, exitWithin, freePort, scratch, type ServerProcess } from './server-process.js'
+
+type TapTest = Parameters<Parameters<typeof t.test>[0]>[0]
+
+/** The server's exit and its stderr's lines, after a start that must fail. */
+async function failedStart (t: TapTest, server: ServerProcess, name: string): Promise<string[]> {
+  const exit = await exitWithin(server, EXIT_TIMEOUT_MS)
+  t.same(exit, { code: 1, signal: null }, `${name}: exits 1, like every boot failure`, { output: describe(server) })
+  t.notOk(server.stdout().includes('Server listening'), `${name}: never listened`)
+  const lines = server.stderr().split('\n').filter((line) => line !== '')
+  t.equal(lines.length, 1, `${name}: one line on stderr`, { stderr: server.stderr() })
+  t.match(lines[0], /^taskvault: cannot start: /u, `${name}: the boot error's line`)
+  return lines
+}
+
+t.test('a port already taken: one line naming PORT, exit 1, the storage lock released', async (t) => {
+  const { dir, spawnRaw } = await scratch(t)
+  const taken: Server = createServer()
+  await new Promise<void>((resolve, reject) => taken.once('error', reject).listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { taken.close() })
+  const port = (taken.address() as AddressInfo).port
+  const storage = join(dir, 'tasks')
+  const server = spawnRaw(baseEnv({ PORT: String(port), TASK_STORAGE_DIR: storage }))
+  const [line] = await failedStart(t, server, 'EADDRINUSE')
+  t.match(line, new RegExp(`PORT ${port} on 127\\.0\\.0\\.1 is already in use`, 'u'), 'names PORT and its value')
+  t.notMatch(server.stdout(), /"level":60/u, 'no fatal JSON log line')
+  t.notOk(existsSync(join(storage, '.taskvault.lock')), 'the storage lock is not left behind')
+})
+
+t.test('a choice-list setting with a bad value: one line listing the allowed values', async (t) => {
+  const { dir, spawnRaw } = await scratch(t)
+  const cases = [
+    { name: 'LOG_LEVEL', value: 'loud', allowed: 'fatal, error, warn, info, debug, trace, silent' },
+    { name: 'TASK_STORE', value: 'mysql', allowed: 'file, postgres' }
+  ]
+  for (const c of cases) {
+    const server = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORAGE_DIR: join(dir, 'tasks'), [c.name]: c.value }))
+    const [line] = await failedStart(t, server, `${c.name}=${c.value}`)
+    t.equal(line, `taskvault: cannot start: ${c.name} must be one of ${c.allowed}`)
+  }
+})
+
+t.test('a storage folder that cannot be created (/proc/nope) fails at once, naming TASK_STORAGE_DIR', { skip: existsSync('/proc/self') ? false : 'needs /proc' }, async (t) => {
+  const { spawnRaw } = await scratch(t)
+  const server = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORAGE_DIR: '/proc/nope/tasks' }))
+  const [line] = await failedStart(t, server, 'TASK_STORAGE_DIR=/proc/nope/tasks')
+  t.match(line, /storage folder \/proc\/nope\/tasks \(TASK_STORAGE_DIR\) cannot be used: ENOENT/u)
+})
