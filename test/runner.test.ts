@@ -181,7 +181,7 @@ t.test('shutdown does not wait for an executor that ignores its signal', async (
   t.equal(storedTasks(store, 's')[0]?.status, 'InProgress')
 })
 
-t.test('no retry starts once shutdown began: the task stays InProgress to run again after restart', async (t) => {
+t.test('no retry starts once shutdown began: the task goes back to Pending (no call in flight) to run again after restart', async (t) => {
   const failing = deferred()
   let calls = 0
   const run: Executor = async () => {
@@ -198,7 +198,7 @@ t.test('no retry starts once shutdown began: the task stays InProgress to run ag
   await t.rejects(running, ShuttingDownError)
   await closing
   t.equal(calls, 1, 'the agent was not called again')
-  t.match(storedTasks(store, 's')[0], { status: 'InProgress', attempts: 1 })
+  t.match(storedTasks(store, 's')[0], { status: 'Pending', attempts: 1 })
 })
 
 t.test('one execution per session: a second one on a busy session is refused with SessionBusyError', async (t) => {

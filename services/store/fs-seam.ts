@@ -1,5 +1,6 @@
 import fsp from 'node:fs/promises'
 import { dirname } from 'node:path'
+import fse from 'fs-extra'
 
 /**
  * The file-system calls the file store makes, gathered so that tests can inject faults
@@ -33,29 +34,31 @@ export const nodeFs: FsSeam = {
 }
 
 /**
- * mkdir -p, one level at a time. Node's recursive mkdir (and fs-extra's ensureDir, built on
- * it) never returns when a folder's parent exists but refuses it with ENOENT, as /proc does:
- * it makes the parent again and retries, forever. Here a folder still refused once its parent
- * exists is an error.
+ * mkdir -p with a mode. The topmost missing folder is made alone first: Node's recursive mkdir
+ * (which fs-extra's ensureDir is built on) never returns when a folder is refused with ENOENT
+ * although its parent exists, as /proc answers; it makes the parent again and retries, forever.
+ * Below a folder just made, fs-extra makes the rest.
  */
 async function makeDirs (dir: string, mode: number): Promise<void> {
-  try {
-    await fsp.mkdir(dir, { mode })
-    return
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    if (code === 'EEXIST' && await isDir(dir)) return
-    if (code !== 'ENOENT' || dirname(dir) === dir) throw err
+  const first = await topmostMissing(dir)
+  if (first !== null) {
+    await fsp.mkdir(first, { mode }).catch((err: NodeJS.ErrnoException) => {
+      // Made meanwhile by someone else: fine, ensureDir checks it is a folder.
+      if (err.code !== 'EEXIST') throw err
+    })
   }
-  await makeDirs(dirname(dir), mode)
-  try {
-    await fsp.mkdir(dir, { mode })
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST' && await isDir(dir)) return
-    throw err
-  }
+  await fse.ensureDir(dir, { mode })
 }
 
-async function isDir (path: string): Promise<boolean> {
-  return fsp.stat(path).then((stat) => stat.isDirectory(), () => false)
+/** The highest folder of `dir`'s path that does not exist, or null when `dir` itself exists. */
+async function topmostMissing (dir: string): Promise<string | null> {
+  let missing: string | null = null
+  for (let at = dir; ; at = dirname(at)) {
+    const exists = await fsp.lstat(at).then(() => true, (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return false
+      throw err
+    })
+    if (exists || dirname(at) === at) return missing
+    missing = at
+  }
 }
