@@ -69,6 +69,30 @@ t.test('embedded under a prefix, tasks run through the host\'s own executor and 
   t.same((await call(app, 'GET', '/')).body, { mine: true }, 'the host\'s own routes are untouched')
 })
 
+t.test('a host that parses forms: taskvault\'s routes still take JSON only (no cross-site form posts)', async (t) => {
+  const dir = await tempDir(t)
+  const app = host(t)
+  // What @fastify/formbody or a multipart plugin would add to the host.
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_request, body, done) => {
+    done(null, Object.fromEntries(new URLSearchParams(body as string)))
+  })
+  app.addContentTypeParser('multipart/form-data', (_request, _payload, done) => done(null, { session_id: 'multi', instructions: 'x' }))
+  app.post('/feedback', async (request) => ({ got: request.body }))
+  await app.register(taskvault, { prefix: '/tv', storageDir: dir })
+  await app.ready()
+
+  const form = 'session_id=form&instructions=1.+a%0A2.+b'
+  for (const [url, type] of [['/tv/create', 'application/x-www-form-urlencoded'], ['/tv/create', 'multipart/form-data; boundary=x'], ['/tv/archive', 'application/x-www-form-urlencoded']]) {
+    const res = await app.inject({ method: 'POST', url, payload: form, headers: { 'content-type': type } })
+    t.equal(res.statusCode, 415, `${url} ${type}: 415`)
+    t.match(res.json(), { statusCode: 415, code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', message: /send the body as JSON/ })
+  }
+  t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), [], 'nothing was created')
+  t.equal((await call(app, 'POST', '/tv/create', { session_id: 'json', instructions: 'x' })).status, 200, 'JSON still works')
+  const own = await app.inject({ method: 'POST', url: '/feedback', payload: 'a=1', headers: { 'content-type': 'application/x-www-form-urlencoded' } })
+  t.same(own.json(), { got: { a: '1' } }, 'the host\'s own form route still parses forms')
+})
+
 t.test('one registration: the host reaches taskManager, persistence and archiver', async (t) => {
   const dir = await tempDir(t)
   const app = host(t)
