@@ -7,7 +7,7 @@ import { readdir } from 'node:fs/promises'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { Registry } from 'prom-client'
 import t from 'tap'
-import taskvault, { InvalidOptionsError, type Executor, type TaskvaultOptions } from '../index.js'
+import taskvault, { AgentError, InvalidOptionsError, type Executor, type TaskvaultOptions } from '../index.js'
 import authPlugin from '../plugins/auth.js'
 import persistencePlugin from '../plugins/persistence.js'
 import taskManagerPlugin from '../plugins/task-manager.js'
@@ -91,6 +91,31 @@ t.test('a host that parses forms: taskvault\'s routes still take JSON only (no c
   t.equal((await call(app, 'POST', '/tv/create', { session_id: 'json', instructions: 'x' })).status, 200, 'JSON still works')
   const own = await app.inject({ method: 'POST', url: '/feedback', payload: 'a=1', headers: { 'content-type': 'application/x-www-form-urlencoded' } })
   t.same(own.json(), { got: { a: '1' } }, 'the host\'s own form route still parses forms')
+})
+
+t.test('an executor throws the root export\'s AgentError to be retried', async (t) => {
+  const app = host(t)
+  const attempts: number[] = []
+  await app.register(taskvault, {
+    storageDir: await tempDir(t),
+    executors: {
+      default: {
+        max_attempts: 3,
+        backoff_ms: 1,
+        run: async (_task, { attempt }) => {
+          attempts.push(attempt)
+          if (attempt === 1) throw new AgentError('overloaded', { transient: true })
+          return { result: `ok on ${attempt}` }
+        }
+      }
+    }
+  })
+  await app.ready()
+  await call(app, 'POST', '/create', { session_id: 'r', instructions: 'x' })
+  const executed = await call(app, 'POST', '/execute', { session_id: 'r' })
+  t.equal(executed.body.status, 'Completed')
+  t.equal(executed.body.result, 'ok on 2')
+  t.same(attempts, [1, 2], 'the transient failure was retried')
 })
 
 t.test('one registration: the host reaches taskManager, persistence and archiver', async (t) => {
