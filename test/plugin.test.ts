@@ -257,3 +257,14 @@ t.test('the building blocks alone: auth, persistence, task manager and routes re
   t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), ['b.json'])
   t.equal(app.taskManager.get('b').session.tasks[0]?.status, 'Completed', 'the decorators are the host\'s own')
 })
+
+t.test('the building blocks under the host\'s own routes: domain errors keep their status through Fastify\'s error handler', async (t) => {
+  const app = host(t)
+  await app.register(persistencePlugin, { storageDir: await tempDir(t) })
+  await app.register(taskManagerPlugin)
+  app.get('/mine/:id', async (request) => app.taskManager.get((request.params as { id: string }).id))
+  await app.ready()
+  const missing = await call(app, 'GET', '/mine/missing')
+  t.equal(missing.status, 404)
+  t.match(missing.body, { statusCode: 404, code: 'SESSION_NOT_FOUND', error: 'Not Found', message: "session 'missing' not found" })
+})
