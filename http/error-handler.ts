@@ -1,6 +1,7 @@
 import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { StorageError, TaskvaultError } from '../services/errors.js'
+import { redactUrl } from './log-redaction.js'
 
 /** Each domain error's status is its own (services/errors.ts); anything else's, if it is an error status. */
 export function statusFor (error: FastifyError | TaskvaultError): number {
@@ -32,4 +33,14 @@ function unsupportedMediaType (request: FastifyRequest): string {
   const sent = request.headers['content-type']
   const what = sent === undefined ? 'no Content-Type header' : `'${sent.slice(0, 100)}'`
   return `Unsupported Media Type (${what}): send the body as JSON with the header Content-Type: application/json (curl: -H 'content-type: application/json')`
+}
+
+/**
+ * An unknown route answers in the error shape, with a code like every other error. It replaces
+ * Fastify's 404 and so its log line too, which says the same with secrets in the query redacted.
+ */
+export async function notFoundHandler (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  const message = `Route ${request.method}:${redactUrl(request.url)} not found`
+  request.log.info(message)
+  await reply.code(404).send({ statusCode: 404, code: 'NOT_FOUND', error: 'Not Found', message })
 }
