@@ -62,7 +62,9 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
   checkOptions('taskvault', TaskvaultOptionsSchema, options)
   const decorate = options.decorate ?? true
   if (decorate) {
-    const taken = DECORATORS.find((name) => app.hasDecorator(name))
+    // Only the instance's own decorators clash (Fastify's decorate checks the same): one
+    // inherited from a parent, a taskvault registered outside this context, is shadowed here.
+    const taken = DECORATORS.find((name) => Object.hasOwn(app, name))
     if (taken !== undefined) {
       throw new InvalidOptionsError('taskvault', `this instance already has a '${taken}' decorator (a second taskvault?); ` +
         'register the second one with decorate: false, or inside its own encapsulated context')

@@ -172,6 +172,24 @@ t.test('two registrations, each in its own encapsulated context, each decorate t
   t.notOk(app.hasDecorator('taskManager'), 'nothing leaks to the root')
 })
 
+t.test('README\'s two forms of a second taskvault: decorate: false, or its own encapsulated context under a decorated root', async (t) => {
+  const [reviews, builds, more] = [await tempDir(t), await tempDir(t), await tempDir(t)]
+  const app = host(t)
+  await app.register(taskvault, { prefix: '/reviews', storageDir: reviews })
+  await app.register(taskvault, { prefix: '/builds', storageDir: builds, decorate: false })
+  await app.register(async (scope) => {
+    await scope.register(taskvault, { prefix: '/more', storageDir: more })
+    scope.get('/more-where', async () => ({ dir: scope.persistence.location }))
+  })
+  await app.ready()
+  t.equal(app.persistence.location, reviews, 'the root keeps its own')
+  t.same((await call(app, 'GET', '/more-where')).body, { dir: more }, 'the context sees its own')
+  for (const [prefix, dir] of [['/reviews', reviews], ['/builds', builds], ['/more', more]] as const) {
+    t.equal((await call(app, 'POST', `${prefix}/create`, { session_id: 's', instructions: 'x' })).status, 200, prefix)
+    t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), ['s.json'], `${prefix}: its own folder`)
+  }
+})
+
 t.test('a second decorating registration on the same instance fails with a clear error', async (t) => {
   const app = host(t)
   await app.register(taskvault, { prefix: '/a', storageDir: await tempDir(t) })
