@@ -283,8 +283,8 @@ export class TarFormatError extends TaskvaultError {
 
 /** A plugin was registered with an option it does not take or a value out of range. */
 export class InvalidOptionsError extends TaskvaultError {
-  constructor (plugin: string, message: string) {
-    super('INVALID_OPTIONS', `${plugin}: ${message}`)
+  constructor (plugin: string, message: string, options?: ErrorOptions) {
+    super('INVALID_OPTIONS', `${plugin}: ${message}`, options)
   }
 }
 

@@ -221,6 +221,22 @@ t.test('options are checked at register time, naming the bad one', async (t) => 
   t.match(blockError.message, /^taskvault-persistence: option 'lockStaleMs': expected integer/, 'the building blocks check their options too')
 })
 
+t.test('settings that do not fit together, found while registering, are named as options, not environment variables', async (t) => {
+  const dir = await tempDir(t)
+  const cases: Array<[string, object, RegExp]> = [
+    ['lock timings', { storageDir: dir, lockRefreshMs: 1000, lockStaleMs: 1500 }, /^taskvault-persistence: option 'lockStaleMs' \(1500\) must be at least twice option 'lockRefreshMs' \(1000\)$/],
+    ['encryption keys', { storageDir: dir, encryptionKeys: 'not-a-key' }, /^taskvault-persistence: option 'encryptionKeys': /],
+    ['postgres without a URL', { store: 'postgres' }, /^taskvault-persistence: option 'databaseUrl': is required with store: 'postgres'/],
+    ['agent specs', { storageDir: dir, agents: { default: { kind: 'magic' } } }, /^taskvault-task-manager: option 'agents\.default\.kind': must be one of/]
+  ]
+  for (const [name, options, message] of cases) {
+    const err = await registerError(options)
+    t.type(err, InvalidOptionsError, name)
+    t.match(err.message, message, name)
+    t.notMatch(err.message, /TASK_|DATABASE_URL/, `${name}: no environment variable named`)
+  }
+})
+
 t.test('embedded without options: the settings\' defaults, not the environment', async (t) => {
   const dir = await tempDir(t)
   const app = host(t)
