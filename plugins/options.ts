@@ -12,8 +12,12 @@ import { InvalidAgentConfigError, InvalidDatabaseSettingError, InvalidEncryption
  * Not a plugin: helpers shared by the plugins in this folder.
  */
 
-/** Keys Fastify itself reads from register options; any plugin may be given them. */
-const FASTIFY_KEYS = ['prefix', 'logLevel', 'logSerializers']
+/**
+ * A key Fastify itself reads from register options; any plugin may be given it. Fastify's
+ * logLevel and logSerializers are not: a fastify-plugin has no context of its own for them to
+ * apply to, so they would be ignored (the taskvault plugin declares and honours them).
+ */
+const FASTIFY_KEYS = ['prefix']
 
 /** A function-valued option (executors, clocks); only its type can be checked. */
 export const functionOption = <F extends (...args: never[]) => unknown>(): TUnsafe<F> => Type.Unsafe<F>({ typeof: 'function' })

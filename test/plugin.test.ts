@@ -250,6 +250,24 @@ t.test('embedded without options: the settings\' defaults, not the environment',
   t.equal(big.statusCode, 413, 'BODY_LIMIT default (1 MiB)')
 })
 
+t.test('logLevel and logSerializers apply to taskvault\'s routes; the building blocks refuse them', async (t) => {
+  const lines: Array<Record<string, any>> = []
+  const app = Fastify({ logger: { level: 'warn', stream: { write: (line: string) => { lines.push(JSON.parse(line)) } } } })
+  t.teardown(() => app.close())
+  app.get('/mine', async () => 'mine')
+  await app.register(taskvault, { prefix: '/tv', storageDir: await tempDir(t), logLevel: 'info', logSerializers: { req: (req: { url: string }) => `marked ${req.url}` } })
+  await app.ready()
+  await app.inject('/tv/stats')
+  await app.inject('/mine')
+  const incoming = lines.filter((line) => line.msg === 'incoming request').map((line) => line.req)
+  t.same(incoming, ['marked /tv/stats'], 'taskvault\'s route logs at info with the host\'s serializer; the host\'s stays at warn')
+
+  const err = await registerError({ storageDir: await tempDir(t), logLevel: 'loud' })
+  t.match(err.message, /^taskvault: option 'logLevel'/)
+  const block = await registerError({ storageDir: await tempDir(t), logLevel: 'info' }, persistencePlugin)
+  t.match(block.message, /^taskvault-persistence: unknown option 'logLevel'/, 'a building block has no routes of its own to apply it to')
+})
+
 t.test('apiKeys guard an embedded taskvault\'s routes only', async (t) => {
   const app = host(t)
   app.get('/open', async () => 'yes')
