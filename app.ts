@@ -7,11 +7,10 @@ import dashboardPlugin from './plugins/dashboard.js'
 import docsPlugin from './plugins/docs.js'
 import metricsPlugin from './plugins/metrics.js'
 import taskvault, { type TaskvaultOptions } from './plugins/taskvault.js'
-import { errorHandler } from './http/error-handler.js'
+import { errorHandler, notFoundHandler } from './http/error-handler.js'
 import healthRoutes from './routes/health.js'
 import { createValidatorCompiler } from './http/validation.js'
 import { guardConnections } from './http/connections.js'
-import { RedactingLogController } from './http/log-redaction.js'
 import type { Config } from './schemas/config.js'
 
 /** What code (not settings) gives the taskvault plugin: agents as functions, their environment, seams. */
@@ -35,7 +34,6 @@ export function serverOptions (settings: ServerSettings, logger: FastifyServerOp
   const requestTimeout = settings.TASK_REQUEST_TIMEOUT_MS
   return {
     logger,
-    logController: new RedactingLogController(),
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
     return503OnClosing: true,
@@ -88,6 +86,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   const app = Fastify(serverOptions(settings, options.logger)).withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(createValidatorCompiler())
   app.setErrorHandler(errorHandler)
+  app.setNotFoundHandler(notFoundHandler)
   const connections = guardConnections(app.server, app.log, {
     // Event streams hold their sockets for long: their own cap comes on top, so they never take
     // the slots of requests, and requests never take theirs.

@@ -8,7 +8,8 @@ export default taskvault
 export { taskvault }
 export type { TaskvaultOptions } from './plugins/taskvault.js'
 export type { ArchiveScheduler } from './services/archive/archive-scheduler.js'
-export { TaskvaultError, InvalidOptionsError } from './services/errors.js'
+// AgentError: what an executor throws to ask for a retry (`transient: true`).
+export { AgentError, TaskvaultError, InvalidOptionsError } from './services/errors.js'
 export type { ExecutionContext, ExecutionResult, Executor, ExecutorDefinition, Executors } from './services/runner/executors.js'
 export type { SessionStore } from './services/store/store.js'
 export type { AgentCallEvent, ExecutedTask, TaskManager } from './services/task-manager.js'

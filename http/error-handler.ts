@@ -1,52 +1,11 @@
 import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
-import { StorageError, TaskvaultError, type ErrorCode } from '../services/errors.js'
+import { StorageError, TaskvaultError } from '../services/errors.js'
+import { redactUrl } from './log-redaction.js'
 
-/**
- * The one place where domain errors become HTTP statuses; every code must be here. 500: the
- * error stops a boot or a CLI command, or is a bug, and never answers a client's request.
- */
-const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
-  SESSION_NOT_FOUND: 404,
-  NO_PENDING_TASK: 409,
-  SESSION_BUSY: 409,
-  NOT_RUNNING: 409,
-  TASK_NOT_FOUND: 404,
-  TASK_NOT_FAILED: 409,
-  TOO_MANY_STREAMS: 503,
-  INVALID_INSTRUCTIONS: 400,
-  INVALID_SESSION_ID: 400,
-  LIMIT_EXCEEDED: 400,
-  SESSION_LIMIT: 507,
-  SHUTTING_DOWN: 503,
-  NOT_READY: 503,
-  STORAGE_UNAVAILABLE: 503,
-  LOCK_LOST: 503,
-  STORAGE_FULL: 507,
-  ENCRYPTION_KEY_UNAVAILABLE: 503,
-  CANCELLED: 500,
-  STORAGE_LOCKED: 500,
-  INVALID_SESSION_STATE: 500,
-  CORRUPT_SESSION_FILE: 500,
-  FOREIGN_STORAGE_FOLDER: 500,
-  INVALID_ARCHIVE: 500,
-  AGENT_FAILED: 500,
-  INVALID_OPTIONS: 500,
-  INVALID_AGENT_CONFIG: 500,
-  INVALID_ENCRYPTION_KEYS: 500,
-  INVALID_LOCK_SETTINGS: 500,
-  USAGE: 500,
-  FAILED: 500,
-  INVALID_DATABASE_SETTING: 500,
-  DATABASE_TOO_NEW: 500,
-  MIGRATION_FAILED: 500,
-  DATABASE_UNAVAILABLE: 503,
-  VERSION_CONFLICT: 409,
-  LEASE_LOST: 503
-}
-
+/** Each domain error's status is its own (services/errors.ts); anything else's, if it is an error status. */
 export function statusFor (error: FastifyError | TaskvaultError): number {
-  if (error instanceof TaskvaultError) return STATUS_BY_CODE[error.code]
+  if (error instanceof TaskvaultError) return error.statusCode
   const status = error.statusCode
   return typeof status === 'number' && status >= 400 && status < 600 ? status : 500
 }
@@ -74,4 +33,14 @@ function unsupportedMediaType (request: FastifyRequest): string {
   const sent = request.headers['content-type']
   const what = sent === undefined ? 'no Content-Type header' : `'${sent.slice(0, 100)}'`
   return `Unsupported Media Type (${what}): send the body as JSON with the header Content-Type: application/json (curl: -H 'content-type: application/json')`
+}
+
+/**
+ * An unknown route answers in the error shape, with a code like every other error. It replaces
+ * Fastify's 404 and so its log line too, which says the same with secrets in the query redacted.
+ */
+export async function notFoundHandler (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  const message = `Route ${request.method}:${redactUrl(request.url)} not found`
+  request.log.info(message)
+  await reply.code(404).send({ statusCode: 404, code: 'NOT_FOUND', error: 'Not Found', message })
 }

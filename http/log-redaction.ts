@@ -3,7 +3,7 @@
  * the server, which takes keys from the Authorization header only, but a URL is logged whole:
  * their values are replaced before a URL reaches the log.
  */
-import { LogController, type FastifyReply, type FastifyRequest } from 'fastify'
+import type { FastifyRequest } from 'fastify'
 
 const SECRET_NAMES = new Set(['key', 'token', 'api_key'])
 export const REDACTED = '[REDACTED]'
@@ -45,13 +45,5 @@ export function serializeRequest (req: FastifyRequest): Record<string, unknown> 
     host: req.host,
     remoteAddress: req.ip,
     remotePort: req.socket?.remotePort
-  }
-}
-
-/** Fastify's own log lines, with the URL of a 404 ("Route GET:/x?key=... not found") redacted. */
-export class RedactingLogController extends LogController {
-  override routeNotFound (request: FastifyRequest, _reply: FastifyReply): void {
-    if (this.isLogDisabled(request)) return
-    request.log.info(`Route ${request.raw.method ?? ''}:${redactUrl(request.raw.url ?? '')} not found`)
   }
 }

@@ -5,11 +5,17 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { appSettings, checkOptions } from './options.js'
 
+/**
+ * onRequest hook: 401 unless the request carries `Authorization: Bearer <key>` with a configured
+ * key. Callback style: it runs on every request, so no promise is made. Named out here: inside
+ * the augmentation below, FastifyRequest would be fastify's own name, and the emitted types
+ * would lose their import of it (a host's tsc without skipLibCheck then fails).
+ */
+export type VerifyApiKey = (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => void
+
 declare module 'fastify' {
   interface FastifyInstance {
-    /** onRequest hook: 401 unless the request carries `Authorization: Bearer <key>` with a configured key. */
-    /** An onRequest hook (callback style: it runs on every request, so no promise is made). */
-    verifyApiKey: (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => void
+    verifyApiKey: VerifyApiKey
   }
 }
 

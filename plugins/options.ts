@@ -3,7 +3,7 @@ import { Value } from '@sinclair/typebox/value'
 import type { FastifyInstance } from 'fastify'
 import type { Config } from '../schemas/config.js'
 import { SETTING_DEFAULTS } from '../schemas/options.js'
-import { InvalidOptionsError } from '../services/errors.js'
+import { InvalidAgentConfigError, InvalidDatabaseSettingError, InvalidEncryptionKeysError, InvalidLockSettingsError, InvalidOptionsError } from '../services/errors.js'
 
 /**
  * Plugin options: what a plugin is told at register time comes first; a missing option falls
@@ -12,8 +12,12 @@ import { InvalidOptionsError } from '../services/errors.js'
  * Not a plugin: helpers shared by the plugins in this folder.
  */
 
-/** Keys Fastify itself reads from register options; any plugin may be given them. */
-const FASTIFY_KEYS = ['prefix', 'logLevel', 'logSerializers']
+/**
+ * A key Fastify itself reads from register options; any plugin may be given it. Fastify's
+ * logLevel and logSerializers are not: a fastify-plugin has no context of its own for them to
+ * apply to, so they would be ignored (the taskvault plugin declares and honours them).
+ */
+const FASTIFY_KEYS = ['prefix']
 
 /** A function-valued option (executors, clocks); only its type can be checked. */
 export const functionOption = <F extends (...args: never[]) => unknown>(): TUnsafe<F> => Type.Unsafe<F>({ typeof: 'function' })
@@ -22,6 +26,38 @@ export const FunctionOption = functionOption()
 /** What options fall back to: the app's settings when taskvault's config plugin is registered, else the defaults. */
 export function appSettings (app: FastifyInstance): Readonly<Config> {
   return app.hasPlugin('taskvault-config') ? app.config : SETTING_DEFAULTS
+}
+
+/** The errors a service throws for a bad setting, naming the setting. */
+const SETTING_ERRORS = [InvalidAgentConfigError, InvalidDatabaseSettingError, InvalidEncryptionKeysError, InvalidLockSettingsError]
+
+/**
+ * Runs a plugin's setup. Embedded (no taskvault config plugin), taskvault read no environment
+ * variable, so a bad setting found there is a bad option: it is thrown again as an
+ * InvalidOptionsError that names the options of `map` (option → setting) instead.
+ */
+export async function withOptionErrors<T> (app: FastifyInstance, plugin: string, map: Readonly<Record<string, keyof Config>>, setup: () => Promise<T>): Promise<T> {
+  try {
+    return await setup()
+  } catch (err) {
+    if (app.hasPlugin('taskvault-config') || !SETTING_ERRORS.some((type) => err instanceof type)) throw err
+    throw new InvalidOptionsError(plugin, inTermsOf(app, map, (err as Error).message), { cause: err })
+  }
+}
+
+/**
+ * `text` with the settings of `map` named as options when embedded: `TASK_AGENTS.x.url` reads
+ * `option 'agents.x.url'`, `TASK_STORE=postgres` reads `store: 'postgres'`. The standalone
+ * server's text is left as it is, since its settings are what its operator sets.
+ */
+export function inTermsOf (app: FastifyInstance, map: Readonly<Record<string, keyof Config>>, text: string): string {
+  if (app.hasPlugin('taskvault-config')) return text
+  const options = new Map<string, string>(Object.entries(map).map(([option, setting]) => [setting, option]))
+  return text.replace(/\b([A-Z][A-Z0-9_]*[A-Z0-9])((?:\.[\w-]+)*)(?:=(\w+))?/gu, (whole, setting: string, path: string, value: string | undefined) => {
+    const option = options.get(setting)
+    if (option === undefined) return whole
+    return value === undefined ? `option '${option}${path}'` : `${option}${path}: '${value}'`
+  })
 }
 
 /** The options of `schema` among `options`: how a composite plugin hands each part its own. */

@@ -11,7 +11,7 @@ import type { FsSeam } from '../services/store/fs-seam.js'
 import { Keyring } from '../services/store/keyring.js'
 import { redactUrl } from '../services/store/postgres/database-url.js'
 import type { SessionStore } from '../services/store/store.js'
-import { appSettings, checkOptions, FunctionOption } from './options.js'
+import { appSettings, checkOptions, FunctionOption, inTermsOf, withOptionErrors } from './options.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -37,9 +37,9 @@ const CONNECT_RETRY_MAX_MS = 5000
 export default fp<PersistencePluginOptions>(async function persistencePlugin (app, options) {
   checkOptions('taskvault-persistence', PersistenceOptionsSchema, options)
   const settings = resolveSettings(STORE_SETTINGS, options, appSettings(app))
-  const store = settings.store === 'postgres' || options.pool !== undefined
+  const store = await withOptionErrors(app, 'taskvault-persistence', STORE_SETTINGS, async () => settings.store === 'postgres' || options.pool !== undefined
     ? await openPostgresStore(app, settings, options.pool)
-    : await openFileStore(app, settings, options.fs, options.storageDir !== undefined ? 'the storageDir option' : 'TASK_STORAGE_DIR')
+    : await openFileStore(app, settings, options.fs, app.hasPlugin('taskvault-config') ? 'TASK_STORAGE_DIR' : 'the storageDir option'))
   app.decorate('persistence', store)
   app.addHook('onClose', async () => store.close())
 }, { name: 'taskvault-persistence', fastify: '5.x' })
@@ -113,7 +113,8 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
       if (!(err instanceof DatabaseUnavailableError) || left <= 0) {
         await store.close().catch(() => {})
         if (err instanceof DatabaseUnavailableError) {
-          throw new DatabaseUnavailableError(`could not reach the database ${pool === undefined ? redactUrl(settings.databaseUrl) : store.location} within TASK_DB_CONNECT_TIMEOUT_MS (${settings.dbConnectTimeoutMs} ms): ${err.message}`, { cause: err })
+          const bound = inTermsOf(app, STORE_SETTINGS, 'TASK_DB_CONNECT_TIMEOUT_MS')
+          throw new DatabaseUnavailableError(`could not reach the database ${pool === undefined ? redactUrl(settings.databaseUrl) : store.location} within ${bound} (${settings.dbConnectTimeoutMs} ms): ${err.message}`, { cause: err })
         }
         throw err
       }

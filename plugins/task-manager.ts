@@ -8,7 +8,7 @@ import { parseAgentsConfig, type AgentsConfig } from '../services/runner/agents/
 import type { Executors } from '../services/runner/executors.js'
 import { TaskManager } from '../services/task-manager.js'
 import { COMMAND_SETTINGS, MANAGER_SETTINGS, resolveSettings, settingOptions, type Resolved } from '../schemas/options.js'
-import { appSettings, checkOptions, functionOption, FunctionOption } from './options.js'
+import { appSettings, checkOptions, functionOption, FunctionOption, withOptionErrors } from './options.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -39,6 +39,9 @@ export const TaskManagerOptionsSchema = Type.Object({
 
 export type TaskManagerPluginOptions = Static<typeof TaskManagerOptionsSchema>
 
+/** Every option backed by a setting, for errors that name the setting. */
+const SETTINGS = { ...MANAGER_SETTINGS, ...COMMAND_SETTINGS, agents: 'TASK_AGENTS' } as const
+
 /**
  * The task manager. Sessions are restored before the server listens (onReady); on close it
  * lets running tasks finish within the grace period, then flushes every pending write.
@@ -48,17 +51,18 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
   checkOptions('taskvault-task-manager', TaskManagerOptionsSchema, options)
   const env = options.env ?? process.env
   const settings = appSettings(app)
-  const agents = agentsConfig(options.agents ?? settings.TASK_AGENTS, env)
-  const manager = new TaskManager({
+  const agents = await withOptionErrors(app, 'taskvault-task-manager', SETTINGS, async () => agentsConfig(options.agents ?? settings.TASK_AGENTS, env))
+  const command = await commandRuntime(app, resolveSettings(COMMAND_SETTINGS, options, settings), agents)
+  const manager = await withOptionErrors(app, 'taskvault-task-manager', SETTINGS, async () => new TaskManager({
     ...resolveSettings(MANAGER_SETTINGS, options, settings),
     store: app.persistence,
     executors: options.executors,
     agents,
     env,
-    command: await commandRuntime(app, resolveSettings(COMMAND_SETTINGS, options, settings), agents),
+    command,
     clock: options.clock,
     logger: app.log
-  })
+  }))
   app.decorate('taskManager', manager)
   const routing = Object.fromEntries(Object.entries(manager.agents).map(([key, agent]) => [key, agent.kind]))
   if (agents === undefined && options.executors === undefined) {

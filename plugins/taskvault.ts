@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, RegisterOptions, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Registry } from 'prom-client'
 import { errorHandler } from '../http/error-handler.js'
@@ -20,6 +20,8 @@ import { appSettings, checkOptions, FunctionOption, pick } from './options.js'
 import persistencePlugin, { PersistenceOptionsSchema } from './persistence.js'
 import taskManagerPlugin, { TaskManagerOptionsSchema } from './task-manager.js'
 
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
+
 export const TaskvaultOptionsSchema = Type.Object({
   /** Where the task routes are mounted, e.g. `/agents` gives `POST /agents/create`. Default: none (`/create`). */
   prefix: Type.Optional(Type.String({ pattern: '^(/[^/?#]+)*/?$' })),
@@ -30,6 +32,10 @@ export const TaskvaultOptionsSchema = Type.Object({
    * in its own encapsulated context): decorators of one instance cannot be there twice.
    */
   decorate: Type.Optional(Type.Boolean()),
+  /** The log level of taskvault's routes (their requests' log lines), as Fastify's register option gives a context's routes. */
+  logLevel: Type.Optional(Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)))),
+  /** Serializers for the log lines of taskvault's routes' requests, as Fastify's register option. */
+  logSerializers: Type.Optional(Type.Unsafe<NonNullable<RegisterOptions['logSerializers']>>(Type.Object({}, { additionalProperties: FunctionOption }))),
   /** A prom-client registry to add taskvault's metrics to (sessions, tasks, saves, restore, agent calls). */
   metricsRegistry: Type.Optional(Type.Unsafe<Registry>(Type.Object({ registerMetric: FunctionOption, getSingleMetric: FunctionOption, removeSingleMetric: FunctionOption }))),
   /** Prefix of those metric names (default `taskvault_`); two taskvaults sharing a registry need two prefixes. */
@@ -62,7 +68,9 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
   checkOptions('taskvault', TaskvaultOptionsSchema, options)
   const decorate = options.decorate ?? true
   if (decorate) {
-    const taken = DECORATORS.find((name) => app.hasDecorator(name))
+    // Only the instance's own decorators clash (Fastify's decorate checks the same): one
+    // inherited from a parent, a taskvault registered outside this context, is shadowed here.
+    const taken = DECORATORS.find((name) => Object.hasOwn(app, name))
     if (taken !== undefined) {
       throw new InvalidOptionsError('taskvault', `this instance already has a '${taken}' decorator (a second taskvault?); ` +
         'register the second one with decorate: false, or inside its own encapsulated context')
@@ -75,6 +83,8 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
   }
 
   let scope: FastifyInstance | undefined
+  // Fastify applies logLevel and logSerializers to an encapsulated context only, which this
+  // plugin is not (fastify-plugin): they are handed on to the context of the routes.
   await app.register(async function taskvaultScope (instance) {
     // The host's own validation and error handling may differ; taskvault's routes keep theirs
     // (unknown fields are a 400, domain errors get their status).
@@ -102,7 +112,7 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     await instance.register(backupRoutes)
     await instance.register(eventRoutes)
     scope = instance
-  }, { prefix })
+  }, { prefix, logLevel: options.logLevel, logSerializers: options.logSerializers })
 
   if (decorate && scope !== undefined) {
     app.decorate('persistence', scope.persistence)

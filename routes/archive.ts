@@ -7,10 +7,10 @@ import { ShuttingDownError } from '../services/errors.js'
 const archiveRoutes: FastifyPluginAsyncTypebox<{ bodyLimit?: number }> = async (app, options) => {
   app.addHook('onRequest', app.verifyApiKey)
   // The body is optional: an empty one means the defaults, also under a JSON content type (which
-  // many clients send on every request). Anything else is parsed as everywhere else.
+  // many clients send on every request). Only JSON, as in routes/tasks.ts: the host's form or
+  // multipart parsers are dropped here too (CSRF).
   const json = app.getDefaultJsonParser('error', 'error')
-  app.removeContentTypeParser('application/json')
-  app.removeContentTypeParser('text/plain')
+  app.removeAllContentTypeParsers()
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
     if (body === '') done(null, {})
     else json(request, body as string, done)

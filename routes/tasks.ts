@@ -16,8 +16,11 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
   const manager = app.taskManager
   const bodyLimit = options.bodyLimit ?? SETTING_DEFAULTS.BODY_LIMIT
   app.addHook('onRequest', app.verifyApiKey)
-  // Every body here is JSON: JSON sent as text gets the 415 that says so, not "body must be object".
-  app.removeContentTypeParser('text/plain')
+  // Every body here is JSON, whatever parsers the host registered: a form or multipart post
+  // (which a browser sends cross-site without a preflight) must get a 415, never reach a route
+  // (CSRF); JSON sent as text gets the 415 that says so, not "body must be object".
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, app.getDefaultJsonParser('error', 'error'))
 
   app.post('/create', { bodyLimit, schema: { body: CreateBody, response: responses.create } }, async (request) => {
     const { session_id: sessionId } = request.body

@@ -1,6 +1,8 @@
 /**
- * Domain errors. Services throw these; the HTTP layer maps each `code` to a status once
- * (http/error-handler.ts, whose map must name every code), so nothing here knows about HTTP.
+ * Domain errors. Services throw these; each `code` maps to an HTTP status once, in
+ * STATUS_BY_CODE below (which must name every code), and every error carries its status as
+ * `statusCode`: Fastify's own error handler then answers a host that calls the services from
+ * its own routes as taskvault's routes answer (http/error-handler.ts writes those).
  */
 export const ERROR_CODES = [
   'SESSION_NOT_FOUND', 'NO_PENDING_TASK', 'SESSION_BUSY', 'TASK_NOT_FOUND', 'TASK_NOT_FAILED', 'NOT_RUNNING', 'CANCELLED',
@@ -13,10 +15,55 @@ export const ERROR_CODES = [
 ] as const
 export type ErrorCode = (typeof ERROR_CODES)[number]
 
+/** 500: the error stops a boot or a CLI command, or is a bug, and never answers a client's request. */
+const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
+  SESSION_NOT_FOUND: 404,
+  NO_PENDING_TASK: 409,
+  SESSION_BUSY: 409,
+  NOT_RUNNING: 409,
+  TASK_NOT_FOUND: 404,
+  TASK_NOT_FAILED: 409,
+  TOO_MANY_STREAMS: 503,
+  INVALID_INSTRUCTIONS: 400,
+  INVALID_SESSION_ID: 400,
+  LIMIT_EXCEEDED: 400,
+  SESSION_LIMIT: 507,
+  SHUTTING_DOWN: 503,
+  NOT_READY: 503,
+  STORAGE_UNAVAILABLE: 503,
+  LOCK_LOST: 503,
+  STORAGE_FULL: 507,
+  ENCRYPTION_KEY_UNAVAILABLE: 503,
+  CANCELLED: 500,
+  STORAGE_LOCKED: 500,
+  INVALID_SESSION_STATE: 500,
+  CORRUPT_SESSION_FILE: 500,
+  FOREIGN_STORAGE_FOLDER: 500,
+  INVALID_ARCHIVE: 500,
+  AGENT_FAILED: 500,
+  INVALID_OPTIONS: 500,
+  INVALID_AGENT_CONFIG: 500,
+  INVALID_ENCRYPTION_KEYS: 500,
+  INVALID_LOCK_SETTINGS: 500,
+  USAGE: 500,
+  FAILED: 500,
+  INVALID_DATABASE_SETTING: 500,
+  DATABASE_TOO_NEW: 500,
+  MIGRATION_FAILED: 500,
+  DATABASE_UNAVAILABLE: 503,
+  VERSION_CONFLICT: 409,
+  LEASE_LOST: 503
+}
+
 export class TaskvaultError extends Error {
   constructor (readonly code: ErrorCode, message: string, options?: ErrorOptions) {
     super(message, options)
     this.name = new.target.name
+  }
+
+  /** The HTTP status this error answers with. */
+  get statusCode (): number {
+    return STATUS_BY_CODE[this.code]
   }
 }
 
@@ -236,8 +283,8 @@ export class TarFormatError extends TaskvaultError {
 
 /** A plugin was registered with an option it does not take or a value out of range. */
 export class InvalidOptionsError extends TaskvaultError {
-  constructor (plugin: string, message: string) {
-    super('INVALID_OPTIONS', `${plugin}: ${message}`)
+  constructor (plugin: string, message: string, options?: ErrorOptions) {
+    super('INVALID_OPTIONS', `${plugin}: ${message}`, options)
   }
 }
 

@@ -306,3 +306,14 @@ t.test('a body that is not JSON is refused with 415, and the answer says what to
   t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), [], 'nothing was created')
   t.equal((await post(app, '/create', JSON.parse(body))).statusCode, 200, 'the same body as JSON is accepted')
 })
+
+t.test('an unknown route answers 404 in the error shape, with a code like every other error', async (t) => {
+  const app = await build(t)
+  for (const url of [`${API}/nope/nope`, '/nope']) {
+    const res = await app.inject({ method: 'GET', url })
+    t.equal(res.statusCode, 404, url)
+    t.same(res.json(), { statusCode: 404, code: 'NOT_FOUND', error: 'Not Found', message: `Route GET:${url} not found` }, url)
+  }
+  const secret = await app.inject({ method: 'POST', url: '/nope?token=s3cret', payload: {} })
+  t.equal(secret.json().message, 'Route POST:/nope?token=[REDACTED] not found', 'a secret in the query is not echoed')
+})

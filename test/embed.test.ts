@@ -63,12 +63,14 @@ t.test('the packed package installs into another project and runs the embedding 
       "const { parseInstructions } = await import('taskvault/parser')",
       "const { FileSessionStore } = await import('taskvault/store')",
       "const { TaskManager } = await import('taskvault/manager')",
+      "const { connectionConfig } = await import('taskvault/postgres')",
       "const plugins = await Promise.all(['persistence', 'task-manager', 'archiver', 'auth', 'metrics', 'docs', 'routes'].map((name) => import('taskvault/' + name)))",
       "const root = await import('taskvault')",
-      'console.log(JSON.stringify({ parsed: parseInstructions("1. a\\n2. b"), store: typeof FileSessionStore, manager: typeof TaskManager, plugins: plugins.map((p) => typeof p.default), root: typeof root.default }))'
+      "const pool = connectionConfig({ url: 'postgres://u@db/x', schema: 'tv', max: 2, statementTimeoutMs: 0 })",
+      'console.log(JSON.stringify({ parsed: parseInstructions("1. a\\n2. b"), store: typeof FileSessionStore, manager: typeof TaskManager, plugins: plugins.map((p) => typeof p.default), root: typeof root.default, agentError: new root.AgentError("x", { transient: true }).transient, options: pool.options }))'
     ].join('\n')
     const { stdout } = await run(...node(['--input-type=module', '-e', script]), { cwd: project, timeout: 30_000 })
-    t.same(JSON.parse(stdout), { parsed: ['a', 'b'], store: 'function', manager: 'function', plugins: Array(7).fill('function'), root: 'function' })
+    t.match(JSON.parse(stdout), { parsed: ['a', 'b'], store: 'function', manager: 'function', plugins: Array(7).fill('function'), root: 'function', agentError: true, options: /search_path=tv/ })
   })
 
   t.test('the installed package serves its dashboard, with no network needed', async (t) => {
@@ -85,8 +87,25 @@ t.test('the packed package installs into another project and runs the embedding 
     t.same(JSON.parse(stdout), [200, 200, 200])
   })
 
-  t.test('the example type-checks against the emitted types, decorators included', async (t) => {
+  t.test('the example and every export type-check against the emitted types, which check too (no skipLibCheck)', async (t) => {
     await copyFile(join(ROOT, 'examples', 'embed.ts'), join(project, 'embed.ts'))
+    await writeFile(join(project, 'exports.ts'), [
+      "import Fastify from 'fastify'",
+      "import taskvault, { AgentError, TaskvaultError, type Executor } from 'taskvault'",
+      ...['persistence', 'task-manager', 'archiver', 'auth', 'routes', 'metrics', 'docs', 'config'].map((name, i) => `import plugin${i} from 'taskvault/${name}'`),
+      "import { buildApp } from 'taskvault/app'",
+      "import { FileSessionStore } from 'taskvault/store'",
+      "import { TaskManager } from 'taskvault/manager'",
+      "import { parseInstructions } from 'taskvault/parser'",
+      "import { connectionConfig } from 'taskvault/postgres'",
+      "const run: Executor = async (task) => { if (task.instruction === '') throw new AgentError('empty', { transient: true }); return { result: task.instruction } }",
+      'const app = Fastify()',
+      "await app.register(taskvault, { prefix: '/tv', executors: { default: run }, logLevel: 'warn' })",
+      'app.addHook(\'onRequest\', app.verifyApiKey)',
+      'const status: number = new TaskvaultError(\'SESSION_NOT_FOUND\', \'x\').statusCode',
+      'export const all = [status, plugin0, plugin1, plugin2, plugin3, plugin4, plugin5, plugin6, plugin7, buildApp, FileSessionStore, TaskManager, parseInstructions, connectionConfig]'
+    ].join('\n'))
+    // The host's own types are node's; everything else comes from the package and what it brings.
     const tsconfig = {
       compilerOptions: {
         module: 'NodeNext',
@@ -94,11 +113,11 @@ t.test('the packed package installs into another project and runs the embedding 
         target: 'ES2022',
         strict: true,
         noEmit: true,
-        skipLibCheck: true,
+        skipLibCheck: false,
         types: ['node'],
         typeRoots: [join(ROOT, 'node_modules', '@types')]
       },
-      files: ['embed.ts']
+      files: ['embed.ts', 'exports.ts']
     }
     await writeFile(join(project, 'tsconfig.json'), JSON.stringify(tsconfig))
     const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')

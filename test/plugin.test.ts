@@ -7,7 +7,7 @@ import { readdir } from 'node:fs/promises'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { Registry } from 'prom-client'
 import t from 'tap'
-import taskvault, { InvalidOptionsError, type Executor, type TaskvaultOptions } from '../index.js'
+import taskvault, { AgentError, InvalidOptionsError, type Executor, type TaskvaultOptions } from '../index.js'
 import authPlugin from '../plugins/auth.js'
 import persistencePlugin from '../plugins/persistence.js'
 import taskManagerPlugin from '../plugins/task-manager.js'
@@ -69,6 +69,55 @@ t.test('embedded under a prefix, tasks run through the host\'s own executor and 
   t.same((await call(app, 'GET', '/')).body, { mine: true }, 'the host\'s own routes are untouched')
 })
 
+t.test('a host that parses forms: taskvault\'s routes still take JSON only (no cross-site form posts)', async (t) => {
+  const dir = await tempDir(t)
+  const app = host(t)
+  // What @fastify/formbody or a multipart plugin would add to the host.
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_request, body, done) => {
+    done(null, Object.fromEntries(new URLSearchParams(body as string)))
+  })
+  app.addContentTypeParser('multipart/form-data', (_request, _payload, done) => done(null, { session_id: 'multi', instructions: 'x' }))
+  app.post('/feedback', async (request) => ({ got: request.body }))
+  await app.register(taskvault, { prefix: '/tv', storageDir: dir })
+  await app.ready()
+
+  const form = 'session_id=form&instructions=1.+a%0A2.+b'
+  for (const [url, type] of [['/tv/create', 'application/x-www-form-urlencoded'], ['/tv/create', 'multipart/form-data; boundary=x'], ['/tv/archive', 'application/x-www-form-urlencoded']]) {
+    const res = await app.inject({ method: 'POST', url, payload: form, headers: { 'content-type': type } })
+    t.equal(res.statusCode, 415, `${url} ${type}: 415`)
+    t.match(res.json(), { statusCode: 415, code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', message: /send the body as JSON/ })
+  }
+  t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), [], 'nothing was created')
+  t.equal((await call(app, 'POST', '/tv/create', { session_id: 'json', instructions: 'x' })).status, 200, 'JSON still works')
+  const own = await app.inject({ method: 'POST', url: '/feedback', payload: 'a=1', headers: { 'content-type': 'application/x-www-form-urlencoded' } })
+  t.same(own.json(), { got: { a: '1' } }, 'the host\'s own form route still parses forms')
+})
+
+t.test('an executor throws the root export\'s AgentError to be retried', async (t) => {
+  const app = host(t)
+  const attempts: number[] = []
+  await app.register(taskvault, {
+    storageDir: await tempDir(t),
+    executors: {
+      default: {
+        max_attempts: 3,
+        backoff_ms: 1,
+        run: async (_task, { attempt }) => {
+          attempts.push(attempt)
+          if (attempt === 1) throw new AgentError('overloaded', { transient: true })
+          return { result: `ok on ${attempt}` }
+        }
+      }
+    }
+  })
+  await app.ready()
+  await call(app, 'POST', '/create', { session_id: 'r', instructions: 'x' })
+  const executed = await call(app, 'POST', '/execute', { session_id: 'r' })
+  t.equal(executed.body.status, 'Completed')
+  t.equal(executed.body.result, 'ok on 2')
+  t.same(attempts, [1, 2], 'the transient failure was retried')
+})
+
 t.test('one registration: the host reaches taskManager, persistence and archiver', async (t) => {
   const dir = await tempDir(t)
   const app = host(t)
@@ -123,6 +172,24 @@ t.test('two registrations, each in its own encapsulated context, each decorate t
   t.notOk(app.hasDecorator('taskManager'), 'nothing leaks to the root')
 })
 
+t.test('README\'s two forms of a second taskvault: decorate: false, or its own encapsulated context under a decorated root', async (t) => {
+  const [reviews, builds, more] = [await tempDir(t), await tempDir(t), await tempDir(t)]
+  const app = host(t)
+  await app.register(taskvault, { prefix: '/reviews', storageDir: reviews })
+  await app.register(taskvault, { prefix: '/builds', storageDir: builds, decorate: false })
+  await app.register(async (scope) => {
+    await scope.register(taskvault, { prefix: '/more', storageDir: more })
+    scope.get('/more-where', async () => ({ dir: scope.persistence.location }))
+  })
+  await app.ready()
+  t.equal(app.persistence.location, reviews, 'the root keeps its own')
+  t.same((await call(app, 'GET', '/more-where')).body, { dir: more }, 'the context sees its own')
+  for (const [prefix, dir] of [['/reviews', reviews], ['/builds', builds], ['/more', more]] as const) {
+    t.equal((await call(app, 'POST', `${prefix}/create`, { session_id: 's', instructions: 'x' })).status, 200, prefix)
+    t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), ['s.json'], `${prefix}: its own folder`)
+  }
+})
+
 t.test('a second decorating registration on the same instance fails with a clear error', async (t) => {
   const app = host(t)
   await app.register(taskvault, { prefix: '/a', storageDir: await tempDir(t) })
@@ -154,6 +221,22 @@ t.test('options are checked at register time, naming the bad one', async (t) => 
   t.match(blockError.message, /^taskvault-persistence: option 'lockStaleMs': expected integer/, 'the building blocks check their options too')
 })
 
+t.test('settings that do not fit together, found while registering, are named as options, not environment variables', async (t) => {
+  const dir = await tempDir(t)
+  const cases: Array<[string, object, RegExp]> = [
+    ['lock timings', { storageDir: dir, lockRefreshMs: 1000, lockStaleMs: 1500 }, /^taskvault-persistence: option 'lockStaleMs' \(1500\) must be at least twice option 'lockRefreshMs' \(1000\)$/],
+    ['encryption keys', { storageDir: dir, encryptionKeys: 'not-a-key' }, /^taskvault-persistence: option 'encryptionKeys': /],
+    ['postgres without a URL', { store: 'postgres' }, /^taskvault-persistence: option 'databaseUrl': is required with store: 'postgres'/],
+    ['agent specs', { storageDir: dir, agents: { default: { kind: 'magic' } } }, /^taskvault-task-manager: option 'agents\.default\.kind': must be one of/]
+  ]
+  for (const [name, options, message] of cases) {
+    const err = await registerError(options)
+    t.type(err, InvalidOptionsError, name)
+    t.match(err.message, message, name)
+    t.notMatch(err.message, /TASK_|DATABASE_URL/, `${name}: no environment variable named`)
+  }
+})
+
 t.test('embedded without options: the settings\' defaults, not the environment', async (t) => {
   const dir = await tempDir(t)
   const app = host(t)
@@ -165,6 +248,24 @@ t.test('embedded without options: the settings\' defaults, not the environment',
   t.equal(res.status, 200, 'TASK_MAX_TASKS_PER_SESSION in the environment does not reach an embedded taskvault')
   const big = await app.inject({ method: 'POST', url: '/create', payload: { session_id: 's', instructions: 'x'.repeat(1024 * 1024 + 10) } })
   t.equal(big.statusCode, 413, 'BODY_LIMIT default (1 MiB)')
+})
+
+t.test('logLevel and logSerializers apply to taskvault\'s routes; the building blocks refuse them', async (t) => {
+  const lines: Array<Record<string, any>> = []
+  const app = Fastify({ logger: { level: 'warn', stream: { write: (line: string) => { lines.push(JSON.parse(line)) } } } })
+  t.teardown(() => app.close())
+  app.get('/mine', async () => 'mine')
+  await app.register(taskvault, { prefix: '/tv', storageDir: await tempDir(t), logLevel: 'info', logSerializers: { req: (req: { url: string }) => `marked ${req.url}` } })
+  await app.ready()
+  await app.inject('/tv/stats')
+  await app.inject('/mine')
+  const incoming = lines.filter((line) => line.msg === 'incoming request').map((line) => line.req)
+  t.same(incoming, ['marked /tv/stats'], 'taskvault\'s route logs at info with the host\'s serializer; the host\'s stays at warn')
+
+  const err = await registerError({ storageDir: await tempDir(t), logLevel: 'loud' })
+  t.match(err.message, /^taskvault: option 'logLevel'/)
+  const block = await registerError({ storageDir: await tempDir(t), logLevel: 'info' }, persistencePlugin)
+  t.match(block.message, /^taskvault-persistence: unknown option 'logLevel'/, 'a building block has no routes of its own to apply it to')
 })
 
 t.test('apiKeys guard an embedded taskvault\'s routes only', async (t) => {
@@ -207,4 +308,15 @@ t.test('the building blocks alone: auth, persistence, task manager and routes re
   t.equal((await call(app, 'POST', '/jobs/execute', { session_id: 'b' })).body.status, 'Completed')
   t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), ['b.json'])
   t.equal(app.taskManager.get('b').session.tasks[0]?.status, 'Completed', 'the decorators are the host\'s own')
+})
+
+t.test('the building blocks under the host\'s own routes: domain errors keep their status through Fastify\'s error handler', async (t) => {
+  const app = host(t)
+  await app.register(persistencePlugin, { storageDir: await tempDir(t) })
+  await app.register(taskManagerPlugin)
+  app.get('/mine/:id', async (request) => app.taskManager.get((request.params as { id: string }).id))
+  await app.ready()
+  const missing = await call(app, 'GET', '/mine/missing')
+  t.equal(missing.status, 404)
+  t.match(missing.body, { statusCode: 404, code: 'SESSION_NOT_FOUND', error: 'Not Found', message: "session 'missing' not found" })
 })

@@ -48,7 +48,7 @@ export interface PostgresSessionStoreOptions {
   settings?: PoolSettings
   /**
    * A host's pool instead (the `pool` plugin option), left open by close(). Its connections
-   * must have search_path set to `schema` (pool.ts's connectionConfig does); init checks it.
+   * must have search_path set to `schema` (pool.ts's connectionConfig, exported as taskvault/postgres, does); init checks it.
    */
   pool?: pg.Pool
   /** The schema of taskvault's tables; settings.schema when settings are given. */
@@ -239,7 +239,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     }
     if (settings?.schema !== this.schema) {
       throw new InvalidDatabaseSettingError('TASK_DB_SCHEMA', `the pool's connections resolve names in schema '${settings?.schema ?? '(none)'}', not '${this.schema}'; ` +
-        'build the pool with search_path set to it (connectionConfig in services/store/postgres/pool.ts does)')
+        'build the pool with search_path set to it (connectionConfig of taskvault/postgres does)')
     }
     // The heartbeat and lease renewal: now, then every third of TASK_LEASE_MS.
     await this.leases?.start()
