@@ -25,9 +25,12 @@ export type CheckedFile =
   /** `kid`: the key that sealed it, null for plaintext. */
   | { ok: true, file: SessionFile, data: Buffer, mtime: Date, kid: string | null }
   /** Sealed under a key not configured: whole and untouched, only unreadable here; never moved. */
-  | { ok: false, reason: string, keyMissing: true, data: Buffer, mtime: Date }
-  /** `unopenedKid`: sealed under that kid, and its box did not open under the key configured for it. */
-  | { ok: false, reason: string, keyMissing?: undefined, unopenedKid?: string }
+  | { ok: false, reason: string, keyMissing: true, kid: string, data: Buffer, mtime: Date }
+  /**
+   * `unopenedKid`: sealed under that kid, and its box did not open under the key configured for it.
+   * `denied`: the file system refused to read it (EACCES, say): nothing is known of its content, so it is never moved.
+   */
+  | { ok: false, reason: string, keyMissing?: undefined, unopenedKid?: string, denied?: true }
   /** Removed or moved (by a running server) since the listing. */
   | { ok: null }
 
@@ -74,26 +77,28 @@ export async function checkStoredFile (stored: StoredFile, keyring: Keyring | nu
   if (stored.sessionId === null) {
     return { ok: false, reason: stored.archived ? 'not named <id>.json or <id>.<ms>.json; the server ignores it' : 'not named <id>.json with a valid session id' }
   }
-  let handle
-  try {
-    handle = await open(stored.path, constants.O_RDONLY | constants.O_NOFOLLOW)
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { ok: null }
-    throw err
-  }
   let data: Buffer
   let mtime: Date
   try {
-    mtime = (await handle.stat()).mtime
-    data = await handle.readFile()
-  } finally {
-    await handle.close()
+    const handle = await open(stored.path, constants.O_RDONLY | constants.O_NOFOLLOW)
+    try {
+      mtime = (await handle.stat()).mtime
+      data = await handle.readFile()
+    } finally {
+      await handle.close()
+    }
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'ENOENT') return { ok: null }
+    // One file the folder's owner cannot read (a root-owned leftover) is reported; the rest is still checked.
+    if (code === 'EACCES' || code === 'EPERM' || code === 'EIO') return { ok: false, reason: `cannot be read (${code}); fix its owner or mode`, denied: true }
+    throw err
   }
   try {
     const read = readSessionDocument(stored.rel, data.toString('utf8'), stored.sessionId, keyring)
     return { ok: true, file: read.file, data, mtime, kid: read.kid }
   } catch (err) {
-    if (err instanceof KeyUnavailableError) return { ok: false, reason: err.message, keyMissing: true, data, mtime }
+    if (err instanceof KeyUnavailableError) return { ok: false, reason: err.message, keyMissing: true, kid: err.kid, data, mtime }
     // The store's message starts with the file name, which the caller prints already.
     const reason = (err as Error).message.replace(`${stored.rel}: `, '')
     return err instanceof SealNotOpenedError ? { ok: false, reason, unopenedKid: err.kid } : { ok: false, reason }

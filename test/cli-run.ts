@@ -18,8 +18,11 @@ export interface Run {
   json: () => any
 }
 
-export async function taskvault (args: string[], options: { cwd?: string, env?: Record<string, string> } = {}): Promise<Run> {
-  const child = spawn(...node([CLI, ...args]), {
+/** `unprivileged`: root runs it without the capabilities that let it read any file (a non-root user runs it as is). */
+export async function taskvault (args: string[], options: { cwd?: string, env?: Record<string, string>, unprivileged?: boolean } = {}): Promise<Run> {
+  const [file, argv] = node([CLI, ...args])
+  const command = options.unprivileged === true && process.getuid?.() === 0 ? ['setpriv', '--bounding-set=-dac_override,-dac_read_search', '--', file, ...argv] : [file, ...argv]
+  const child = spawn(command[0] as string, command.slice(1), {
     cwd: options.cwd ?? process.cwd(),
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe']

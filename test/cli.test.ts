@@ -4,7 +4,7 @@
  */
 import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { mkdir, readFile, readdir, stat, symlink, unlink, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, readFile, readdir, stat, symlink, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { taskvault, type Run } from './cli-run.js'
@@ -301,6 +301,33 @@ t.test('restore refuses an archived copy that an older one with a later stamp in
   t.notOk(existsSync(join(dir, 'archive', 'x.json')), 'nothing written')
 })
 
+t.test('validate and stats report a file they may not read and go on with the others; --fix leaves it', async (t) => {
+  const dir = await preparedFolder(t)
+  const names = (await readdir(dir)).filter((name) => name.endsWith('.json')).sort()
+  const locked = names[0] as string
+  await chmod(join(dir, locked), 0)
+  const validate = await taskvault(['validate', dir, '--fix'], { unprivileged: true })
+  t.equal(validate.code, 1, validate.stderr)
+  t.match(validate.stdout, new RegExp(`❌ ${locked.replace('.', '\\.')}: cannot be read \\(EACCES\\)`, 'u'))
+  for (const name of names.slice(1)) t.match(validate.stdout, `✅ ${name}`, `${name} still checked`)
+  t.ok(existsSync(join(dir, locked)), 'not moved: nothing is known of its content')
+  const stats = await taskvault(['stats', dir, '--json'], { unprivileged: true })
+  t.equal(stats.code, 0, stats.stderr)
+  t.equal(stats.json().storage.failed_loads, 1)
+})
+
+t.test('a file not named like a session is reported as ignored, as the server ignores it: validate and stats do not fail on it', async (t) => {
+  const dir = await preparedFolder(t)
+  await writeFile(join(dir, 'my notes.json'), '{"not": "a session"}')
+  const validate = await taskvault(['validate', dir, '--json'])
+  t.equal(validate.code, 0, validate.stdout)
+  t.match(validate.json(), { bad: 0 })
+  t.match(validate.json().files.find((f: { file: string }) => f.file === 'my notes.json'), { ok: false, ignored: true, reason: /not named <id>\.json/ })
+  t.match((await taskvault(['validate', dir])).stdout, /⚠️ my notes\.json: not named/u)
+  const stats = await taskvault(['stats', dir, '--json'])
+  t.equal(stats.json().storage.failed_loads, 0, 'as GET /stats counts')
+})
+
 t.test('restore refuses a damaged or foreign archive', async (t) => {
   const dir = await preparedFolder(t)
   const folder = await tempDir(t, 'taskvault-backup-')
@@ -312,10 +339,17 @@ t.test('restore refuses a damaged or foreign archive', async (t) => {
   const cut = await taskvault(['restore', join(folder, 'cut.tar.gz'), target, '--json'])
   t.equal(cut.code, 1)
   t.equal(cut.json().error.code, 'INVALID_ARCHIVE')
-  t.same(existsSync(target) ? (await readdir(target)).filter((name) => name.endsWith('.json')) : [], [], 'nothing restored')
+  t.notOk(existsSync(target), 'the folder is not even created')
   await writeFile(join(folder, 'plain.txt'), 'hello')
   t.equal((await taskvault(['restore', join(folder, 'plain.txt'), target])).code, 1)
   t.equal((await taskvault(['restore', join(folder, 'missing.tar.gz'), target])).code, 1)
+  // A wrong path given as the folder: a damaged backup leaves it as it was, unmarked.
+  const notes = join(folder, 'notes')
+  await mkdir(notes)
+  await writeFile(join(notes, 'README.md'), 'mine')
+  t.equal((await taskvault(['restore', join(folder, 'cut.tar.gz'), notes])).code, 1)
+  t.same(await readdir(notes), ['README.md'], 'no marker, no lock, nothing else')
+  t.notOk(existsSync(target), 'nor any other folder')
 })
 
 t.test('mutating commands refuse a folder a live server holds; reading ones work', async (t) => {

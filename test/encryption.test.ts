@@ -378,6 +378,9 @@ t.test('rotation: new key first, seal (kill -9 midway, then again), drop the old
   t.equal(JSON.parse(keylessRun.stdout).active, ids.length, 'a backup without the key still carries every sealed file as it is')
   const stats = await taskvault(['stats', '--json'], { env: newOnly })
   t.equal(JSON.parse(stats.stdout).total_sessions, ids.length)
+  const keylessStats = await taskvault(['stats'], { env: { TASK_STORAGE_DIR: dir } })
+  t.equal(keylessStats.code, 1, 'stats without the key fails, as the server would not start, rather than counting 0')
+  t.match(keylessStats.stderr, new RegExp(`${ids.length} sessions need key 'new', which TASK_ENCRYPTION_KEYS does not hold`))
 
   const backup = join(await tempDir(t), 'b.tar.gz')
   t.equal((await taskvault(['backup', '--out', backup], { env: newOnly })).code, 0)

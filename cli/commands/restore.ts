@@ -7,6 +7,7 @@ import { ARCHIVED_FILE, SESSION_FILE, fsyncDir, parseSessionFile, writeAndRename
 import { readTarGz, type TarEntry } from '../../services/backup/tar.js'
 import { CommandFailedError } from '../args.js'
 import type { Keyring } from '../../services/store/keyring.js'
+import type { SessionFile } from '../../schemas/session.js'
 import { checkStoredFile, storageDir, withWriteLock } from '../folder.js'
 import { COMMON_HELP, type Command } from '../command.js'
 
@@ -58,6 +59,8 @@ ${COMMON_HELP}`,
     const dir = storageDir(args.positionals[1], settings)
     const force = args.values.force === true
     if ((await lstat(backup).catch(() => null))?.isFile() !== true) throw new CommandFailedError(`${backup} is not a file`)
+    // A damaged backup (or not a backup at all) is told before the folder is created, marked or locked.
+    for await (const entry of checkedEntries(backup, keyring)) void entry
     return withWriteLock(dir, settings, keyring, true, async () => {
       const { planned, conflicts } = await plan(backup, dir, keyring)
       // --force overwrites what the backup names; a copy elsewhere that would hide the restored one stays, so it cannot help.
@@ -84,22 +87,9 @@ ${COMMON_HELP}`,
 async function plan (backup: string, dir: string, keyring: Keyring | null): Promise<{ planned: Planned[], conflicts: Conflict[] }> {
   const planned: Planned[] = []
   const conflicts: Conflict[] = []
-  const seen = new Set<string>()
   const copies = await copiesInFolder(dir)
   const restoredAt = new Map<string, string>()
-  const prefix = await commonPrefix(backup)
-  for await (const entry of readTarGz(createReadStream(backup))) {
-    const mapped = sessionPath(entry, prefix)
-    if (mapped === null) continue
-    const { rel, archived, sessionId } = mapped
-    if (seen.has(rel)) throw new CommandFailedError(`the backup holds ${rel} twice`)
-    seen.add(rel)
-    let file
-    try {
-      file = parseSessionFile(rel, entry.data.toString('utf8'), sessionId, keyring)
-    } catch (err) {
-      throw new CommandFailedError(`the backup's ${(err as Error).message}; nothing was written`)
-    }
+  for await (const { entry, rel, archived, sessionId, file } of checkedEntries(backup, keyring)) {
     const current = await checkStoredFile({ rel, path: join(dir, rel), archived, sessionId, regular: await isRegular(join(dir, rel)) }, keyring)
     let action: Planned['action'] = 'write'
     if (current.ok === false) conflicts.push({ file: rel, reason: `the file in the folder cannot be read (${current.reason})` })
@@ -132,6 +122,26 @@ async function plan (backup: string, dir: string, keyring: Keyring | null): Prom
     }
   }
   return { planned, conflicts }
+}
+
+/** The backup's session files, each checked as the server's restore would read it; throws at the first that is not. */
+async function * checkedEntries (backup: string, keyring: Keyring | null): AsyncGenerator<{ entry: TarEntry, rel: string, archived: boolean, sessionId: string, file: SessionFile }> {
+  const seen = new Set<string>()
+  const prefix = await commonPrefix(backup)
+  for await (const entry of readTarGz(createReadStream(backup))) {
+    const mapped = sessionPath(entry, prefix)
+    if (mapped === null) continue
+    const { rel, archived, sessionId } = mapped
+    if (seen.has(rel)) throw new CommandFailedError(`the backup holds ${rel} twice`)
+    seen.add(rel)
+    let file: SessionFile
+    try {
+      file = parseSessionFile(rel, entry.data.toString('utf8'), sessionId, keyring)
+    } catch (err) {
+      throw new CommandFailedError(`the backup's ${(err as Error).message}; nothing was written`)
+    }
+    yield { entry, rel, archived, sessionId, file }
+  }
 }
 
 /** The stamp in an archived file's name (`<id>.<ms>.json`; 0 for `<id>.json`): the newest is the copy the server shows. */

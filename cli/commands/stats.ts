@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { progressOf, type SessionFile } from '../../services/session/session.js'
 import { FileSessionStore } from '../../services/store/file-store.js'
 import { assertFolder, checkStoredFile, listStoredFiles, storageDir } from '../folder.js'
-import { UsageError, type ParsedCommand } from '../args.js'
+import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withStore } from '../database.js'
 
@@ -35,10 +35,14 @@ ${COMMON_HELP}`,
     const counts = zeroCounts()
     const storage = { dir, bytes: 0, files: 0, archive_bytes: 0, archive_files: 0, failed_loads: 0, corrupt_files: 0, used_bytes: 0 }
     const archivedIds = new Set<string>()
+    const missingKeys = new Map<string, number>()
     for (const stored of await listStoredFiles(dir)) {
       const checked = await checkStoredFile(stored, keyring)
       if (checked.ok === null) continue
+      if (checked.ok === false && checked.keyMissing === true) missingKeys.set(checked.kid, (missingKeys.get(checked.kid) ?? 0) + 1)
       if (!checked.ok) {
+        // A file not named like a session is not one the server fails to load: it ignores it.
+        if (stored.sessionId === null && stored.regular) continue
         storage.failed_loads++
         continue
       }
@@ -51,6 +55,11 @@ ${COMMON_HELP}`,
       count(counts, checked.file)
       storage.bytes += checked.data.length
       storage.files++
+    }
+    if (missingKeys.size > 0) {
+      // Counts without them would be wrong, as the server (which refuses to start) would say.
+      const counts = [...missingKeys].map(([kid, n]) => `${n} session${n === 1 ? '' : 's'} need key '${kid}'`).join(', ')
+      throw new CommandFailedError(`cannot count ${dir}: ${counts}, which TASK_ENCRYPTION_KEYS does not hold`)
     }
     storage.corrupt_files = (await readdir(join(dir, 'corrupt')).catch(() => [])).length
     storage.used_bytes = await usedBytes(dir)

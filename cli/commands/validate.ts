@@ -18,6 +18,8 @@ interface FileReport {
   kid?: string | null
   reason?: string
   moved_to?: string
+  /** Not named like a session file: the server ignores it, so it is reported but not bad. */
+  ignored?: true
 }
 
 export const validateCommand: Command = {
@@ -64,15 +66,15 @@ ${COMMON_HELP}`,
         if (checked.ok === null) continue
         if (checked.ok) reports.push({ file: stored.rel, ok: true, kid: checked.kid })
         else {
-          const report: FileReport = { file: stored.rel, ok: false, reason: checked.reason }
+          const report: FileReport = { file: stored.rel, ok: false, reason: checked.reason, ...(stored.sessionId === null && stored.regular && { ignored: true as const }) }
           reports.push(report)
           if (checked.keyMissing !== true && checked.unopenedKid !== undefined && stored.sessionId !== null) {
             unopened.set(checked.unopenedKid, [...(unopened.get(checked.unopenedKid) ?? []), { stored, report }])
             continue
           }
           // A file sealed under a missing key is fine, only unreadable here; a file not named like a
-          // session is not one gone bad: both are left where they are, as the server leaves them.
-          if (checked.keyMissing !== true && stored.sessionId !== null) bad.push(stored)
+          // session is not one gone bad; a file we may not read is unknown: all are left where they are.
+          if (checked.keyMissing !== true && checked.denied !== true && stored.sessionId !== null) bad.push(stored)
         }
       }
       // As the server's restore judges them: when no file under a kid opens, the key is wrong, not the files.
@@ -89,7 +91,7 @@ ${COMMON_HELP}`,
         return result
       })
       : await check()
-    const badCount = reports.filter((report) => !report.ok).length
+    const badCount = reports.filter((report) => !report.ok && report.ignored !== true).length
     const lines = reportLines(reports)
     lines.push(`${reports.length} files checked, ${badCount} bad`)
     return { code: badCount > 0 ? 1 : 0, json: { dir, checked: reports.length, bad: badCount, files: reports }, lines }
@@ -99,7 +101,7 @@ ${COMMON_HELP}`,
 function reportLines (reports: FileReport[]): string[] {
   return reports.map((report) => report.ok
     ? `✅ ${report.file}${typeof report.kid === 'string' ? ` (sealed, key ${report.kid})` : ''}`
-    : `❌ ${report.file}: ${report.reason ?? ''}${report.moved_to === undefined ? '' : ` (moved to ${report.moved_to})`}`)
+    : report.ignored === true ? `⚠️ ${report.file}: ${report.reason ?? ''}` : `❌ ${report.file}: ${report.reason ?? ''}${report.moved_to === undefined ? '' : ` (moved to ${report.moved_to})`}`)
 }
 
 /** Rows read per round trip. */
