@@ -42,7 +42,8 @@ export function storageDir (given: string | undefined, settings: Config): string
 /** Fails unless `dir` is an existing folder (a typo must not become a new, empty one). */
 export async function assertFolder (dir: string): Promise<void> {
   const stat = await lstat(dir).catch(() => null)
-  if (stat === null || !stat.isDirectory()) throw new CommandFailedError(`${dir} is not a storage folder (no such folder)`)
+  if (stat === null) throw new CommandFailedError(`${dir} is not a storage folder (no such folder)`)
+  if (!stat.isDirectory()) throw new CommandFailedError(`${dir} is not a storage folder (not a folder)`)
 }
 
 /** Every `*.json` of the folder and of `archive/` (when it is a real folder), sorted by relative path. */

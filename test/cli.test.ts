@@ -73,6 +73,10 @@ t.test('a bad setting exits 2 in one line saying what would do; a folder that do
   t.equal(json.code, 1)
   t.match(json.json(), { error: { message: /no such folder/u } })
   t.notOk(existsSync(missing), 'the folder was not created')
+  await writeFile(join(cwd, 'a-file'), 'x')
+  const onFile = await taskvault(['validate', join(cwd, 'a-file')], { cwd })
+  t.equal(onFile.code, 1)
+  t.equal(onFile.stderr, `taskvault: ${join(cwd, 'a-file')} is not a storage folder (not a folder)\n`, 'a file given as the folder: says so')
 })
 
 t.test('validate: one line per file, exit 1 on a bad file, --fix moves it to corrupt/', async (t) => {
@@ -343,6 +347,9 @@ t.test('restore refuses a damaged or foreign archive', async (t) => {
   await writeFile(join(folder, 'plain.txt'), 'hello')
   t.equal((await taskvault(['restore', join(folder, 'plain.txt'), target])).code, 1)
   t.equal((await taskvault(['restore', join(folder, 'missing.tar.gz'), target])).code, 1)
+  const onFile = await taskvault(['restore', out, join(folder, 'plain.txt')])
+  t.equal(onFile.code, 1)
+  t.equal(onFile.stderr, `taskvault: ${join(folder, 'plain.txt')} is not a folder; give the storage folder to restore into\n`)
   // A wrong path given as the folder: a damaged backup leaves it as it was, unmarked.
   const notes = join(folder, 'notes')
   await mkdir(notes)

@@ -74,7 +74,11 @@ ${COMMON_HELP}`,
     const where = `${target.where} (schema ${target.schema})`
     if (bad.length > 0) {
       const lines = bad.map(({ file, reason }) => `❌ ${file}: ${reason}`)
-      lines.push(`Refused: ${bad.length} files of ${dir} do not read; nothing was written (set them aside with 'taskvault validate ${dir} --fix')`)
+      // validate --fix sets bad files aside, never those sealed under a key that is only missing.
+      const advice = bad.every(({ reason }) => /TASK_ENCRYPTION_KEYS/u.test(reason))
+        ? 'add the keys they were sealed under to TASK_ENCRYPTION_KEYS'
+        : `set the bad ones aside with 'taskvault validate ${dir} --fix'`
+      lines.push(`Refused: ${bad.length} files of ${dir} do not read; nothing was written (${advice})`)
       return { code: 1, json: { dir, database: target.where, schema: target.schema, inserted: 0, replaced: 0, archived: 0, unchanged: 0, unreadable: bad, conflicts: [] }, lines }
     }
     return withDatabase(target, settings, keyring, false, async (client) => {

@@ -59,6 +59,7 @@ ${COMMON_HELP}`,
     const dir = storageDir(args.positionals[1], settings)
     const force = args.values.force === true
     if ((await lstat(backup).catch(() => null))?.isFile() !== true) throw new CommandFailedError(`${backup} is not a file`)
+    if ((await lstat(dir).catch(() => null))?.isDirectory() === false) throw new CommandFailedError(`${dir} is not a folder; give the storage folder to restore into`)
     // A damaged backup (or not a backup at all) is told before the folder is created, marked or locked.
     for await (const entry of checkedEntries(backup, keyring)) void entry
     return withWriteLock(dir, settings, keyring, true, async () => {
