@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import * as util from 'node:util'
 import { Ajv } from 'ajv'
 import { ConfigSchema, describeSettingErrors, type Config } from '../schemas/config.js'
-import { UsageError } from './args.js'
+import { BadSettingError } from '../services/errors.js'
 
 /**
  * The server's settings, read the way the server reads them (the environment, then `.env` in
@@ -19,9 +19,9 @@ export function loadSettings (env: NodeJS.ProcessEnv = process.env, cwd = proces
   }
   const ajv = new Ajv({ coerceTypes: true, useDefaults: true, allErrors: false })
   const validate = ajv.compile(structuredClone(ConfigSchema))
-  if (!validate(values)) throw new UsageError(`bad setting ${describeSettingErrors(validate.errors ?? [])[0] ?? 'invalid'}`)
+  if (!validate(values)) throw new BadSettingError(describeSettingErrors(validate.errors ?? [])[0] ?? 'invalid')
   for (const [name, value] of Object.entries(values)) {
-    if (typeof value === 'number' && !Number.isFinite(value)) throw new UsageError(`bad setting ${name} must be a finite number`)
+    if (typeof value === 'number' && !Number.isFinite(value)) throw new BadSettingError(`${name} must be a finite number`)
   }
   return values as Config
 }

@@ -4,7 +4,7 @@
  * backup, restore, seal) and a PostgreSQL database (migrate, export, import; validate, stats,
  * archive and prune with --database-url), built on the same services as the server.
  */
-import { InvalidEncryptionKeysError, StorageLockedError, TaskvaultError } from '../services/errors.js'
+import { BadSettingError, InvalidEncryptionKeysError, StorageLockedError, TaskvaultError } from '../services/errors.js'
 import { Keyring } from '../services/store/keyring.js'
 import { UsageError, isGlobalHelp, parseCommand } from './args.js'
 import type { Command, CommandResult } from './command.js'
@@ -62,7 +62,7 @@ function parseKeys (value: string): Keyring | null {
   try {
     return Keyring.parse(value)
   } catch (err) {
-    if (err instanceof InvalidEncryptionKeysError) throw new UsageError(`bad setting ${err.message}`)
+    if (err instanceof InvalidEncryptionKeysError) throw new BadSettingError(err.message)
     throw err
   }
 }
@@ -81,7 +81,7 @@ function fail (err: unknown, json: boolean, command: Command | undefined): numbe
   if (json) process.stdout.write(JSON.stringify({ error: { code, message } }, null, 2) + '\n')
   else {
     process.stderr.write(`taskvault: ${message}\n`)
-    if (usage) process.stderr.write(`Run 'taskvault ${command?.name ?? ''}${command === undefined ? '' : ' '}--help' for usage.\n`)
+    if (usage && !(err instanceof BadSettingError)) process.stderr.write(`Run 'taskvault ${command?.name ?? ''}${command === undefined ? '' : ' '}--help' for usage.\n`)
   }
   return usage ? EXIT.usage : EXIT.failed
 }

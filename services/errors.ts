@@ -310,6 +310,13 @@ export class UsageError extends TaskvaultError {
   }
 }
 
+/** A setting (environment variable or .env) that cannot be used: exit 2 as for usage, but the command's --help cannot help. */
+export class BadSettingError extends UsageError {
+  constructor (message: string) {
+    super(`bad setting ${message}`)
+  }
+}
+
 /** A CLI command that ran and failed (a bad file found, a refusal, an I/O error): it exits 1. */
 export class CommandFailedError extends TaskvaultError {
   constructor (message: string) {

@@ -65,6 +65,7 @@ t.test('a bad setting exits 2 in one line saying what would do; a folder that do
   t.match(level.stderr, /^taskvault: bad setting LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent\n/u, 'the allowed values, once')
   t.equal(keys.code, 2, 'a malformed TASK_ENCRYPTION_KEYS is a bad setting like the others: exit 2')
   t.match(keys.stderr, /^taskvault: bad setting TASK_ENCRYPTION_KEYS: entry 1: /u)
+  t.notMatch(level.stderr + keys.stderr, /--help/u, 'no pointer to --help, which says nothing of settings')
   for (const [name, run] of [['stats', stats], ['validate', validate]] as const) {
     t.equal(run.code, 1, `${name} on a missing folder: exit 1`)
     t.equal(run.stdout, '', `${name}: no report`)
