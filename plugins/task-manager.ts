@@ -8,7 +8,7 @@ import { parseAgentsConfig, type AgentsConfig } from '../services/runner/agents/
 import type { Executors } from '../services/runner/executors.js'
 import { TaskManager } from '../services/task-manager.js'
 import { COMMAND_SETTINGS, MANAGER_SETTINGS, resolveSettings, settingOptions, type Resolved } from '../schemas/options.js'
-import { appSettings, checkOptions, functionOption, FunctionOption, withOptionErrors } from './options.js'
+import { appSettings, checkOptions, functionOption, FunctionOption, inTermsOf, withOptionErrors } from './options.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -66,7 +66,7 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
   app.decorate('taskManager', manager)
   const routing = Object.fromEntries(Object.entries(manager.agents).map(([key, agent]) => [key, agent.kind]))
   if (agents === undefined && options.executors === undefined) {
-    app.log.warn('TASK_AGENTS is not set: every task goes to the echo demo agent, which returns the instruction as its result')
+    app.log.warn(inTermsOf(app, SETTINGS, 'TASK_AGENTS is not set: every task goes to the echo demo agent, which returns the instruction as its result'))
   }
   app.log.info({ agents: routing }, 'Agents by task type')
   app.addHook('onReady', async () => {

@@ -268,6 +268,15 @@ t.test('logLevel and logSerializers apply to taskvault\'s routes; the building b
   t.match(block.message, /^taskvault-persistence: unknown option 'logLevel'/, 'a building block has no routes of its own to apply it to')
 })
 
+t.test('an embedded taskvault without agents warns in terms of its option, not of an environment variable it never reads', async (t) => {
+  const lines: Array<Record<string, any>> = []
+  const app = Fastify({ logger: { level: 'warn', stream: { write: (line: string) => { lines.push(JSON.parse(line)) } } } })
+  t.teardown(() => app.close())
+  await app.register(taskvault, { storageDir: await tempDir(t) })
+  await app.ready()
+  t.match(lines.map((line) => line.msg), [/^option 'agents' is not set: every task goes to the echo demo agent/])
+})
+
 t.test('apiKeys guard an embedded taskvault\'s routes only', async (t) => {
   const app = host(t)
   app.get('/open', async () => 'yes')
