@@ -117,6 +117,15 @@ function valueProblem (schema: TSchema, value: unknown, path: string): string | 
       const unknown = Object.keys(record).find((key) => !(key in properties))
       if (unknown !== undefined) return `unknown key '${unknown}' in option '${path}' (known: ${Object.keys(properties).join(', ')})`
     }
+    // Keys of the caller's choosing (log serializers by name): each value held to the schema of all of them.
+    const rest = schema.additionalProperties
+    if (typeof rest === 'object' && rest !== null) {
+      for (const [key, item] of Object.entries(record)) {
+        if (key in properties || item === undefined) continue
+        const problem = valueProblem(rest as TSchema, item, `${path}.${key}`)
+        if (problem !== null) return problem
+      }
+    }
     return null
   }
   const error = Value.Errors(schema, value).First()

@@ -264,6 +264,8 @@ t.test('logLevel and logSerializers apply to taskvault\'s routes; the building b
 
   const err = await registerError({ storageDir: await tempDir(t), logLevel: 'loud' })
   t.match(err.message, /^taskvault: option 'logLevel'/)
+  const serializer = await registerError({ storageDir: await tempDir(t), logSerializers: { req: 'x' } as never })
+  t.match(serializer.message, /^taskvault: option 'logSerializers\.req' must be a function \(got/, 'a serializer that is not a function is refused at register, not at the first log line')
   const block = await registerError({ storageDir: await tempDir(t), logLevel: 'info' }, persistencePlugin)
   t.match(block.message, /^taskvault-persistence: unknown option 'logLevel'/, 'a building block has no routes of its own to apply it to')
 })

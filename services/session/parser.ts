@@ -102,14 +102,18 @@ const LEADING_MARKER = new RegExp(SEQUENCE_MARKER.source, 'iuy')
 
 /**
  * Drops markers right after the one split on ("then, finally, write" → "write"): the split took
- * the space the next one needs. Only a marker a comma or colon ends, or one with nothing after
- * it: "then next.js config" keeps its words.
+ * the space the next one needs. A marker word must end at a space, comma, colon or the end
+ * ("then next.js config" keeps its words); "next" followed by a space is a word of the task
+ * ("then next steps doc"), not a marker, unless a comma or colon ends it.
  */
 function stripLeadingMarkers (part: string): string {
   for (;;) {
     LEADING_MARKER.lastIndex = 0
     const marker = LEADING_MARKER.exec(part)
-    if (marker === null || !(/[,:]\s*$/u.test(marker[0]) || marker[0].length === part.length)) return part
+    if (marker === null) return part
+    const text = marker[0]
+    const ended = /[,:]\s*$/u.test(text) || text.length === part.length
+    if (!ended && !(/\s$/u.test(text) && !/next\s*$/iu.test(text))) return part
     part = part.slice(marker[0].length)
   }
 }
