@@ -19,8 +19,13 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
   // Every body here is JSON, whatever parsers the host registered: a form or multipart post
   // (which a browser sends cross-site without a preflight) must get a 415, never reach a route
   // (CSRF); JSON sent as text gets the 415 that says so, not "body must be object".
+  const json = app.getDefaultJsonParser('error', 'error')
   app.removeAllContentTypeParsers()
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, app.getDefaultJsonParser('error', 'error'))
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    // A DELETE takes no body; many clients name JSON on every request anyway.
+    if (body === '' && request.method === 'DELETE') done(null, undefined)
+    else json(request, body as string, done)
+  })
 
   app.post('/create', { bodyLimit, schema: { body: CreateBody, response: responses.create } }, async (request) => {
     const { session_id: sessionId } = request.body

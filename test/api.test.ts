@@ -253,6 +253,10 @@ t.test('DELETE /sessions/:id removes the session and its file', async (t) => {
   t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/..%2F..%2Fetc` })).statusCode, 400)
   // The id can be used again afterwards.
   t.equal((await post(app, '/create', { session_id: 'gone', instructions: 'again' })).json().task_ids.length, 1)
+  // Clients that name JSON on every request, a body-less DELETE included.
+  const named = await app.inject({ method: 'DELETE', url: `${API}/sessions/gone`, headers: { 'content-type': 'application/json' } })
+  t.equal(named.statusCode, 204, named.body)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/execute`, headers: { 'content-type': 'application/json' } })).statusCode, 400, 'a POST still needs its body')
 })
 
 t.test('GET /health and /ready', async (t) => {
