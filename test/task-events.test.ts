@@ -2,7 +2,7 @@
  * The live view's building blocks without HTTP: the numbered ring buffer (resume, reset, ids of
  * another lifetime, malformed ids) and the manager building no event at all when nobody listens.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { FileSessionStore } from '../services/store/file-store.js'
 import { TaskEventBuffer } from '../services/events/task-events.js'
 import { TaskManager } from '../services/task-manager.js'
@@ -31,12 +31,18 @@ t.test('the buffer keeps the latest events, numbered; older ids and foreign ids 
   t.throws(() => new TaskEventBuffer(0))
 })
 
-t.test('the manager emits live-view events only while someone listens', async (t) => {
+/** A manager on a file store of its own, restored, closed when the test ends. */
+async function restoredManager (t: Test): Promise<TaskManager> {
   const store = new FileSessionStore({ dir: await tempDir(t) })
   await store.init()
   const manager = new TaskManager({ store })
   t.teardown(async () => { await manager.close(); await store.close() })
   await manager.restore()
+  return manager
+}
+
+t.test('the manager emits live-view events only while someone listens', async (t) => {
+  const manager = await restoredManager(t)
   let emitted = 0
   const emit = manager.events.emit.bind(manager.events)
   manager.events.emit = ((name: string, ...args: unknown[]) => { if (name === 'task-event') emitted++; return (emit as (n: string, ...a: unknown[]) => boolean)(name, ...args) }) as typeof manager.events.emit
@@ -52,11 +58,7 @@ t.test('the manager emits live-view events only while someone listens', async (t
 })
 
 t.test('after a single execute the last progress event says the session is no longer running', async (t) => {
-  const store = new FileSessionStore({ dir: await tempDir(t) })
-  await store.init()
-  const manager = new TaskManager({ store })
-  t.teardown(async () => { await manager.close(); await store.close() })
-  await manager.restore()
+  const manager = await restoredManager(t)
   await manager.create('one', [{ instruction: 'a', task_type: 'General' }, { instruction: 'b', task_type: 'General' }])
   const events: Array<[string, Record<string, unknown>]> = []
   manager.events.on('task-event', (name, data) => events.push([name, data as Record<string, unknown>]))
