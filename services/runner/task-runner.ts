@@ -176,10 +176,10 @@ export class TaskRunner {
    * A live-view event, then the session's progress after it; called once the change is durable.
    * Nothing is built when nobody listens (no stream plugin), so the hot path stays as it was.
    */
-  announce (name: TaskEventName, data: TaskEventData): void {
+  announce (name: TaskEventName, data: TaskEventData, progress = true): void {
     if (this.events.listenerCount('task-event') === 0) return
     this.events.emit('task-event', name, data)
-    this.announceProgress(data.session_id)
+    if (progress) this.announceProgress(data.session_id)
   }
 
   /** The session's progress as a `progress` event, when anyone listens and the session is active. */
@@ -263,7 +263,7 @@ export class TaskRunner {
       this.early.delete(sessionId)
       if (lease !== null) await this.giveBack(sessionId, lease.epoch)
       if (run.announced) this.announceEnd(sessionId, run)
-      // A single execute says no run.*: its last progress must still say it stopped running.
+      // A single execute says no run.*: its last progress (its only one after the task ended) says it stopped running.
       else if (run.claimed) this.announceProgress(sessionId)
       // Only now: whoever waits on `done` (cancel) must see the session free.
       ended()
@@ -456,7 +456,7 @@ export class TaskRunner {
    */
   private async record (sessionId: string, run: Run, ending: Ending): Promise<ExecutedTask> {
     try {
-      return await this.finish(sessionId, ending)
+      return await this.finish(sessionId, ending, run.announced)
     } catch (err) {
       if (!(err instanceof SessionTooLargeError) || !ending.agents) {
         if (err instanceof StorageError) run.unsaved = ending
@@ -472,8 +472,11 @@ export class TaskRunner {
     }
   }
 
-  /** Records how the task's call ended: what the client is answered once it is durable. */
-  private async finish (sessionId: string, { taskId, outcome, agents }: Ending): Promise<ExecutedTask> {
+  /**
+   * Records how the task's call ended: what the client is answered once it is durable. `progress`
+   * false: a single execute, whose end announces the progress (no longer running) right after.
+   */
+  private async finish (sessionId: string, { taskId, outcome, agents }: Ending, progress: boolean): Promise<ExecutedTask> {
     const executed = await this.registry.change(sessionId, (draft) => {
       const task = liveFile(draft).session.tasks.find((t) => t.id === taskId)
       if (task === undefined) throw new SessionNotFoundError(sessionId)
@@ -483,7 +486,7 @@ export class TaskRunner {
     }, { records: !agents })
     // Counted once durable, as the client is told (metrics: tasks finished per second).
     this.events.emit('task-finished', { session_id: sessionId, task_id: taskId, status: executed.status as 'Completed' | 'Failed' })
-    this.announce(executed.status === 'Completed' ? 'task.completed' : 'task.failed', { session_id: sessionId, task_id: executed.task_id, status: executed.status })
+    this.announce(executed.status === 'Completed' ? 'task.completed' : 'task.failed', { session_id: sessionId, task_id: executed.task_id, status: executed.status }, progress)
     return executed
   }
 
