@@ -17,10 +17,12 @@ export async function errorHandler (error: FastifyError | TaskvaultError, reques
   // Storage faults and unexpected errors are the operator's business; the rest are expected answers.
   if (error instanceof StorageError || !known) request.log.error({ err: error }, known ? error.message : 'unexpected error')
   else request.log.info({ code: error.code, statusCode }, error.message)
+  const name = STATUS_CODES[statusCode] ?? 'Error'
   await reply.code(statusCode).send({
     statusCode,
-    code: error.code,
-    error: STATUS_CODES[statusCode] ?? 'Error',
+    // Every answer has a code, as clients branch on it: one a plugin's error lacks (@fastify/static's 403) is its status's name.
+    code: (error.code as string | undefined) ?? name.toUpperCase().replace(/[^A-Z0-9]+/gu, '_'),
+    error: name,
     message: !known ? 'Internal Server Error' : error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' ? unsupportedMediaType(request) : error.message
   })
 }

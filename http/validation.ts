@@ -20,7 +20,7 @@ export function createValidatorCompiler (): FastifySchemaCompiler<unknown> {
     // Ajv lets Infinity (from "1e400" or "Infinity") past minimum and maximum; no field here takes it.
     const check = (data: unknown): boolean => {
       if (!validate(data)) {
-        check.errors = validate.errors
+        check.errors = validate.errors?.map(namingValues)
         return false
       }
       const path = nonFiniteNumber(data, '')
@@ -31,6 +31,13 @@ export function createValidatorCompiler (): FastifySchemaCompiler<unknown> {
     check.errors = null as ErrorObject[] | null | undefined
     return check
   }
+}
+
+/** Ajv's "must be equal to one of the allowed values" names them, so a client can correct itself. */
+function namingValues (error: ErrorObject): ErrorObject {
+  if (error.keyword !== 'enum') return error
+  const values = (error.params as { allowedValues?: unknown[] }).allowedValues ?? []
+  return { ...error, message: `must be one of ${values.map((value) => JSON.stringify(value)).join(', ')}` }
 }
 
 /**

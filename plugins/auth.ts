@@ -3,7 +3,8 @@ import { isIP } from 'node:net'
 import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { appSettings, checkOptions } from './options.js'
+import { InvalidApiKeysError } from '../services/errors.js'
+import { appSettings, checkOptions, withOptionErrors } from './options.js'
 
 /**
  * onRequest hook: 401 unless the request carries `Authorization: Bearer <key>` with a configured
@@ -36,8 +37,10 @@ const digest = (value: string): Buffer => createHash('sha256').update(value, 'ut
  */
 export default fp<AuthPluginOptions>(async function authPlugin (app, options) {
   checkOptions('taskvault-auth', AuthOptionsSchema, options)
-  const configured = options.apiKeys ?? appSettings(app).TASK_API_KEYS.split(',')
-  const keys = configured.map((key) => key.trim()).filter((key) => key !== '').map(digest)
+  const setting = appSettings(app).TASK_API_KEYS
+  // Blank, or no entry given: the API is open, as documented.
+  const configured = options.apiKeys ?? (setting.trim() === '' ? [] : setting.split(','))
+  const keys = (await withOptionErrors(app, 'taskvault-auth', { apiKeys: 'TASK_API_KEYS' }, async () => usableKeys(configured))).map(digest)
   // Only the standalone server knows where it listens; an embedding host decides that itself.
   if (keys.length === 0 && app.hasPlugin('taskvault-config') && !isLoopback(app.config.HOST)) {
     app.log.warn({ host: app.config.HOST }, 'TASK_API_KEYS is empty and HOST is not loopback: anyone who can reach this port can read and change every session')
@@ -60,6 +63,22 @@ export default fp<AuthPluginOptions>(async function authPlugin (app, options) {
     })
   })
 }, { name: 'taskvault-auth', fastify: '5.x' })
+
+/** A key a client can send: a header value of printable ASCII, without spaces (the Bearer syntax ends a key there). */
+const SENDABLE = /^[\x21-\x7e]+$/u
+
+/**
+ * The keys of a list, trimmed. A list that is not blank but names no key, or a key no
+ * Authorization header can carry, stops the boot: either would leave the API other than the
+ * operator meant (open, or closed to that key).
+ */
+function usableKeys (configured: readonly string[]): string[] {
+  const keys = configured.map((key) => key.trim()).filter((key) => key !== '')
+  if (keys.length === 0 && configured.length > 0) throw new InvalidApiKeysError('names no key, only commas and spaces: set one or more keys, or leave it empty to keep the API open')
+  const unsendable = keys.findIndex((key) => !SENDABLE.test(key))
+  if (unsendable !== -1) throw new InvalidApiKeysError(`key ${unsendable + 1} holds a space, a control character or a character outside ASCII, which an Authorization header cannot carry`)
+  return keys
+}
 
 function isLoopback (host: string): boolean {
   if (host === 'localhost') return true

@@ -3,7 +3,7 @@ import { Value } from '@sinclair/typebox/value'
 import type { FastifyInstance } from 'fastify'
 import type { Config } from '../schemas/config.js'
 import { SETTING_DEFAULTS } from '../schemas/options.js'
-import { InvalidAgentConfigError, InvalidDatabaseSettingError, InvalidEncryptionKeysError, InvalidLockSettingsError, InvalidOptionsError } from '../services/errors.js'
+import { InvalidAgentConfigError, InvalidApiKeysError, InvalidDatabaseSettingError, InvalidEncryptionKeysError, InvalidLockSettingsError, InvalidOptionsError } from '../services/errors.js'
 
 /**
  * Plugin options: what a plugin is told at register time comes first; a missing option falls
@@ -29,7 +29,7 @@ export function appSettings (app: FastifyInstance): Readonly<Config> {
 }
 
 /** The errors a service throws for a bad setting, naming the setting. */
-const SETTING_ERRORS = [InvalidAgentConfigError, InvalidDatabaseSettingError, InvalidEncryptionKeysError, InvalidLockSettingsError]
+const SETTING_ERRORS = [InvalidAgentConfigError, InvalidApiKeysError, InvalidDatabaseSettingError, InvalidEncryptionKeysError, InvalidLockSettingsError]
 
 /**
  * Runs a plugin's setup. Embedded (no taskvault config plugin), taskvault read no environment

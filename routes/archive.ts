@@ -1,20 +1,15 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ArchiveBody, responses } from '../schemas/api.js'
 import { SETTING_DEFAULTS } from '../schemas/options.js'
+import { acceptJsonOnly } from '../http/json-body.js'
 import { ShuttingDownError } from '../services/errors.js'
 
 /** POST /archive: an archive and retention pass now, queued behind the scheduler's if one is running. */
 const archiveRoutes: FastifyPluginAsyncTypebox<{ bodyLimit?: number }> = async (app, options) => {
   app.addHook('onRequest', app.verifyApiKey)
   // The body is optional: an empty one means the defaults, also under a JSON content type (which
-  // many clients send on every request). Only JSON, as in routes/tasks.ts: the host's form or
-  // multipart parsers are dropped here too (CSRF).
-  const json = app.getDefaultJsonParser('error', 'error')
-  app.removeAllContentTypeParsers()
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
-    if (body === '') done(null, {})
-    else json(request, body as string, done)
-  })
+  // many clients send on every request).
+  acceptJsonOnly(app, () => ({ value: {} }))
 
   app.post('/archive', {
     bodyLimit: options.bodyLimit ?? SETTING_DEFAULTS.BODY_LIMIT,

@@ -1,3 +1,4 @@
+import { Readable } from 'node:stream'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { responses } from '../schemas/api.js'
 import { backupFileName, emptyCounts, liveSessionFiles } from '../services/backup/backup.js'
@@ -24,8 +25,9 @@ const backupRoutes: FastifyPluginAsyncTypebox = async (app) => {
     if (manager.shuttingDown) throw new ShuttingDownError()
     const name = backupFileName(new Date(), true)
     reply.type('application/gzip').header('content-disposition', `attachment; filename="${name}"`).header('cache-control', 'no-store')
-    // Fastify's automatic HEAD route would make the whole archive only to drop it.
-    if (request.method === 'HEAD') return reply.send(undefined as unknown as string)
+    // Fastify's automatic HEAD route would make the whole archive only to drop it. An empty
+    // stream, not an empty body: the headers are a GET's, with no `content-length: 0` saying the download is empty.
+    if (request.method === 'HEAD') return reply.send(Readable.from([]) as unknown as string)
     const started = performance.now()
     const counts = emptyCounts()
     const stream = tarGzStream(liveSessionFiles(manager, app.persistence, counts))

@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { CreateBody, ExecuteAllBody, LIST_DEFAULTS, ListQuery, RetryBody, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
 import { SETTING_DEFAULTS } from '../schemas/options.js'
+import { acceptJsonOnly } from '../http/json-body.js'
 import { InvalidInstructionsError } from '../services/errors.js'
 import { classifyTask, parseInstructions } from '../services/session/parser.js'
 import type { Progress, TaskSpec } from '../services/session/session.js'
@@ -16,16 +17,8 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
   const manager = app.taskManager
   const bodyLimit = options.bodyLimit ?? SETTING_DEFAULTS.BODY_LIMIT
   app.addHook('onRequest', app.verifyApiKey)
-  // Every body here is JSON, whatever parsers the host registered: a form or multipart post
-  // (which a browser sends cross-site without a preflight) must get a 415, never reach a route
-  // (CSRF); JSON sent as text gets the 415 that says so, not "body must be object".
-  const json = app.getDefaultJsonParser('error', 'error')
-  app.removeAllContentTypeParsers()
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
-    // A DELETE takes no body; many clients name JSON on every request anyway.
-    if (body === '' && request.method === 'DELETE') done(null, undefined)
-    else json(request, body as string, done)
-  })
+  // A DELETE takes no body; many clients name JSON on every request anyway.
+  acceptJsonOnly(app, (request) => request.method === 'DELETE' ? { value: undefined } : null)
 
   app.post('/create', { bodyLimit, schema: { body: CreateBody, response: responses.create } }, async (request) => {
     const { session_id: sessionId } = request.body

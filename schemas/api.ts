@@ -1,5 +1,5 @@
 import { Kind, Type, TypeRegistry, type SchemaOptions, type Static, type TSchema } from '@sinclair/typebox'
-import { SESSION_ID_PATTERN, SessionId, Task, TaskStatus, TaskType, Timestamp } from './session.js'
+import { SESSION_ID_PATTERN, SessionId, TASK_TYPES, Task, TaskStatus, Timestamp } from './session.js'
 
 const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
 
@@ -52,20 +52,19 @@ const errors = (...codes: number[]) => Object.fromEntries(codes.map((code) => {
   return [code, example === undefined ? ErrorResponse : { ...ErrorResponse, examples: [{ statusCode: code, ...example }] }]
 }))
 
-export const MAX_TASKS_PER_REQUEST = 1000
-
 export const SessionIdBody = Type.Object({ session_id: SessionId }, { additionalProperties: false, examples: [{ session_id: 'important_work' }] })
 export type SessionIdBody = Static<typeof SessionIdBody>
 
 export const TaskInput = Type.Object({
   instruction: Type.String({ minLength: 1 }),
-  task_type: Type.Optional(TaskType)
+  task_type: Type.Optional(StringEnum(TASK_TYPES, { description: 'Left out: classified from the instruction' }))
 }, { additionalProperties: false })
 
 export const CreateBody = Type.Object({
   session_id: SessionId,
   instructions: Type.Optional(Type.String({ description: 'Free text: numbered or bulleted lists, "Task 1: ...", "first ... then ...", or one task' })),
-  tasks: Type.Optional(Type.Array(TaskInput, { minItems: 1, maxItems: MAX_TASKS_PER_REQUEST }))
+  // Bounded by TASK_MAX_TASKS_PER_SESSION (checked with the session's tasks) and the body limit.
+  tasks: Type.Optional(Type.Array(TaskInput, { minItems: 1 }))
 }, {
   additionalProperties: false,
   // Exactly one of the two, for clients; the route checks it itself (see routes/validation.ts).
@@ -292,7 +291,8 @@ export const HealthResponse = Type.Object({ status: Type.Literal('ok'), uptime_s
 export const ReadyResponse = Type.Object({ status: Type.Literal('ready'), sessions: Type.Integer() }, { examples: [{ status: 'ready', sessions: 42 }] })
 
 export const responses = {
-  create: { 200: CreateResponse, ...errors(400, 401, 413, 415, 503, 507) },
+  // 409: the session is being archived at that moment (retried a few times first), or another replica changed it (PostgreSQL).
+  create: { 200: CreateResponse, ...errors(400, 401, 409, 413, 415, 503, 507) },
   execute: { 200: ExecuteResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   executeAll: { 200: ExecuteAllResponse, 202: BackgroundRunResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   cancel: { 200: CancelResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },

@@ -9,7 +9,7 @@ export const ERROR_CODES = [
   'INVALID_INSTRUCTIONS', 'INVALID_SESSION_ID', 'LIMIT_EXCEEDED', 'SESSION_LIMIT', 'TOO_MANY_STREAMS',
   'SHUTTING_DOWN', 'NOT_READY', 'STORAGE_UNAVAILABLE', 'STORAGE_FULL', 'LOCK_LOST', 'STORAGE_LOCKED', 'ENCRYPTION_KEY_UNAVAILABLE',
   'INVALID_SESSION_STATE', 'CORRUPT_SESSION_FILE', 'FOREIGN_STORAGE_FOLDER', 'INVALID_ARCHIVE', 'AGENT_FAILED',
-  'INVALID_OPTIONS', 'INVALID_AGENT_CONFIG', 'INVALID_ENCRYPTION_KEYS', 'INVALID_LOCK_SETTINGS', 'USAGE', 'FAILED',
+  'INVALID_OPTIONS', 'INVALID_AGENT_CONFIG', 'INVALID_ENCRYPTION_KEYS', 'INVALID_API_KEYS', 'INVALID_LOCK_SETTINGS', 'USAGE', 'FAILED',
   'INVALID_DATABASE_SETTING', 'DATABASE_TOO_NEW', 'MIGRATION_FAILED', 'DATABASE_UNAVAILABLE',
   'VERSION_CONFLICT', 'LEASE_LOST'
 ] as const
@@ -44,6 +44,7 @@ const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
   INVALID_OPTIONS: 500,
   INVALID_AGENT_CONFIG: 500,
   INVALID_ENCRYPTION_KEYS: 500,
+  INVALID_API_KEYS: 500,
   INVALID_LOCK_SETTINGS: 500,
   USAGE: 500,
   FAILED: 500,
@@ -186,6 +187,13 @@ export class StorageError extends TaskvaultError {
 export class InvalidEncryptionKeysError extends TaskvaultError {
   constructor (message: string) {
     super('INVALID_ENCRYPTION_KEYS', `TASK_ENCRYPTION_KEYS: ${message}`)
+  }
+}
+
+/** TASK_API_KEYS names no usable key. Stops the boot; the message never holds a key. */
+export class InvalidApiKeysError extends TaskvaultError {
+  constructor (message: string) {
+    super('INVALID_API_KEYS', `TASK_API_KEYS: ${message}`)
   }
 }
 

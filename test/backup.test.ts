@@ -193,6 +193,8 @@ t.test('HEAD /backup answers the headers without making a backup', async (t) => 
   t.equal(res.statusCode, 200)
   t.match(res.headers['content-disposition'], /^attachment; filename="tasks_\d{8}_\d{6}\.tar\.gz"$/u)
   t.equal(res.rawPayload.length, 0)
+  // A GET's length is unknown until the archive is made: a HEAD must not say 0 (an empty download).
+  t.equal(res.headers['content-length'], undefined, 'no content-length')
   t.notOk(log.messages().some((msg) => msg.startsWith('Backup')), 'no backup was made')
 })
 

@@ -187,6 +187,27 @@ t.test('auth: with no keys configured the API is open', async (t) => {
   t.equal((await app.inject({ method: 'GET', url: `${API}/stats`, headers: bearer('anything') })).statusCode, 200, 'any header is ignored')
 })
 
+t.test('auth: a TASK_API_KEYS that names no key, or a key no header can carry, stops the boot without printing it', async (t) => {
+  const dir = await tempDir(t)
+  for (const [value, why] of [[',', 'only a comma'], [' , ', 'commas and spaces']] as const) {
+    const err = await openError(dir, { TASK_API_KEYS: value })
+    t.match(err, { code: 'INVALID_API_KEYS', message: /^TASK_API_KEYS: names no key/ }, `${why}: not an open API`)
+  }
+  for (const [key, why] of [['two words', 'a space'], ['caf\u00e9-key', 'a character outside ASCII'], ['zero\u200bwidth', 'a zero-width space'], ['tab\tkey', 'a tab']] as const) {
+    const err = await openError(dir, { TASK_API_KEYS: `good-key,${key}` }) as Error | null
+    t.match(err, { code: 'INVALID_API_KEYS', message: /^TASK_API_KEYS: key 2 holds a space, a control character or a character outside ASCII/ }, why)
+    t.notOk(err?.message.includes(key), `${why}: the key is not in the message`)
+  }
+  t.equal(await openError(dir, { TASK_API_KEYS: ' k1 , k2 ' }), null, 'spaces around keys are trimmed')
+  t.equal(await openError(dir, { TASK_API_KEYS: '  ' }), null, 'a blank setting leaves the API open, as documented')
+  // Embedded, the option is named.
+  const { default: Fastify } = await import('fastify')
+  const { taskvault } = await import('../index.js')
+  const host = Fastify()
+  t.teardown(() => host.close())
+  await t.rejects(async () => { await host.register(taskvault, { storageDir: dir, apiKeys: [' '] }).ready() }, { code: 'INVALID_OPTIONS', message: /option 'apiKeys': names no key/ }, 'the apiKeys option')
+})
+
 t.test('auth: keys never appear in the log, even at trace level', async (t) => {
   const key = `sk-live-${Date.now().toString(36)}-secret`
   const wrong = `sk-wrong-${Date.now().toString(36)}-guess`
@@ -249,6 +270,21 @@ t.test('URLs the router refuses answer in the error shape, without echoing the U
   }
 })
 
+t.test('a path out of the dashboard\'s folder answers 403 with a code, like every other error', async (t) => {
+  const app = await build(t)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+  // Real HTTP: inject would resolve the dots before the router saw them.
+  const res = await new Promise<{ status: number, body: string }>((resolve, reject) => {
+    http.get({ host: '127.0.0.1', port, path: '/dashboard/../package.json' }, (response) => {
+      let body = ''
+      response.setEncoding('utf8').on('data', (chunk: string) => { body += chunk }).on('end', () => resolve({ status: response.statusCode ?? 0, body }))
+    }).on('error', reject)
+  })
+  t.equal(res.status, 403)
+  t.same(JSON.parse(res.body), { statusCode: 403, code: 'FORBIDDEN', error: 'Forbidden', message: 'Forbidden' }, 'the error shape with a code')
+})
+
 t.test('limits: TASK_MAX_INSTRUCTION_BYTES counts UTF-8 bytes', async (t) => {
   const dir = await tempDir(t)
   const app = await build(t, { dir, config: { TASK_MAX_INSTRUCTION_BYTES: 10 } })
@@ -288,6 +324,42 @@ t.test('limits: TASK_MAX_TASKS_PER_SESSION', async (t) => {
   t.equal((await post(app, '/create', { session_id: 'big', tasks: [{ instruction: 'a' }, { instruction: 'b' }, { instruction: 'c' }, { instruction: 'd' }] })).statusCode, 400, 'a new session over the limit')
   t.equal((await get(app, '/progress?session_id=big')).statusCode, 404, 'is not created')
   t.notOk(existsSync(join(dir, 'big.json')))
+})
+
+t.test('limits: a task list is held to TASK_MAX_TASKS_PER_SESSION like free text, past 1,000 when it is set higher', async (t) => {
+  const app = await build(t, { config: { TASK_MAX_TASKS_PER_SESSION: 1500 } })
+  const list = (n: number): Array<{ instruction: string }> => Array.from({ length: n }, (_, i) => ({ instruction: `step ${i}` }))
+  const res = await post(app, '/create', { session_id: 'long', tasks: list(1200) })
+  t.equal(res.statusCode, 200, '1,200 tasks as a list, as free text would be')
+  t.equal(res.json().total_tasks, 1200)
+  const over = errorShape(t, await post(app, '/create', { session_id: 'longer', tasks: list(1501) }), 400, 'one past the setting')
+  t.equal(over.code, 'LIMIT_EXCEEDED')
+  t.match(over.message, /the limit is 1500 \(TASK_MAX_TASKS_PER_SESSION\)/)
+})
+
+t.test('validation: a value outside a list of choices is answered with the choices', async (t) => {
+  const app = await build(t)
+  const type = errorShape(t, await post(app, '/create', { session_id: 'u', tasks: [{ instruction: 'a', task_type: 'coding' }] }), 400, 'a task type in the wrong case')
+  t.equal(type.message, 'body/tasks/0/task_type must be one of "Coding", "Analysis", "Research", "Reasoning", "General"')
+  const filter = errorShape(t, await get(app, '/list?session_id=all&archived=nope'), 400, 'an unknown archived filter')
+  t.equal(filter.message, 'querystring/archived must be one of "exclude", "include", "only"')
+  t.equal((await get(app, '/progress?session_id=u')).statusCode, 404, 'nothing was created')
+})
+
+t.test('validation: a body with a __proto__ or constructor.prototype key is refused by name, not called invalid JSON', async (t) => {
+  const app = await build(t)
+  for (const payload of ['{"__proto__":{"x":1},"session_id":"s1","instructions":"a"}', '{"session_id":"s1","instructions":"a","constructor":{"prototype":{"x":1}}}']) {
+    const res = await app.inject({ method: 'POST', url: `${API}/create`, headers: { 'content-type': 'application/json' }, payload })
+    const body = errorShape(t, res, 400, payload)
+    t.equal(body.code, 'FORBIDDEN_BODY_KEY')
+    t.match(body.message, /"__proto__" key, or a "constructor" key with "prototype"/)
+  }
+  const archive = await app.inject({ method: 'POST', url: `${API}/archive`, headers: { 'content-type': 'application/json' }, payload: '{"__proto__":{}}' })
+  t.equal(archive.json().code, 'FORBIDDEN_BODY_KEY', 'POST /archive too')
+  const broken = await app.inject({ method: 'POST', url: `${API}/create`, headers: { 'content-type': 'application/json' }, payload: '{"session_id":"s1",' })
+  t.equal(broken.json().code, 'FST_ERR_CTP_INVALID_JSON_BODY', 'broken JSON is still called so')
+  t.equal((await get(app, '/progress?session_id=s1')).statusCode, 404, 'nothing was created')
+  t.equal(({} as Record<string, unknown>).x, undefined, 'no prototype changed')
 })
 
 t.test('limits: TASK_MAX_SESSIONS answers 507, appends still work, a delete makes room', async (t) => {
