@@ -254,6 +254,42 @@ t.test('losing the database: requests fail fast with 503, /ready goes 503, and t
   t.same(rows, ['after', 'before'], 'and the database holds exactly the acknowledged sessions')
 })
 
+t.test('bringing an archived session back with an outcome unknown (the answer lost) never loses the session', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500 })
+  const inject = async (method: 'GET' | 'POST', path: string, payload?: object): Promise<{ status: number, body: any }> => {
+    const res = await app.inject({ method, url: `${API}${path}`, ...(payload === undefined ? {} : { payload }) })
+    return { status: res.statusCode, body: res.json() }
+  }
+  t.equal((await inject('POST', '/create', { session_id: 'kept', instructions: '1. a\n2. b' })).status, 200)
+  t.equal((await inject('POST', '/execute-all', { session_id: 'kept' })).status, 200)
+  t.equal((await inject('POST', '/archive', { older_than_days: 0 })).body.archived, 1)
+  const db = await connected(new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 0 })))
+  t.teardown(() => db.end())
+  // The statement that brings it back commits, but its answer never arrives.
+  await db.query('CREATE FUNCTION taskvault.slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
+  await db.query('CREATE TRIGGER slow BEFORE INSERT ON taskvault.sessions FOR EACH ROW EXECUTE FUNCTION taskvault.slow_insert()')
+  const appending = inject('POST', '/create', { session_id: 'kept', instructions: 'c' })
+  await waitFor('the statement to reach the server', async () => (await db.query(
+    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
+  proxy.stall()
+  await waitFor('the statement to commit', async () => (await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'kept' AND archived_at IS NULL")).rowCount === 1, 10_000)
+  await db.query('DROP TRIGGER slow ON taskvault.sessions')
+  // The connection breaks before the answer is read; what the service does next reaches the database.
+  proxy.drop()
+  proxy.pass()
+  t.equal((await appending).status, 503, 'the append fails, its outcome unknown')
+  const rows = (await db.query("SELECT archived_at IS NOT NULL AS archived, document::text AS document FROM taskvault.sessions WHERE session_id = 'kept'")).rows as Array<{ archived: boolean, document: string }>
+  t.equal(rows.length, 1, 'the database still holds the session')
+  t.match(rows[0]?.document, /"status": "Completed"/u, 'with its finished work')
+  const seen = await inject('GET', '/list?session_id=kept')
+  t.equal(seen.status, 200, 'and the service still serves it')
+  t.same(seen.body.tasks.slice(0, 2).map((task: { status: string }) => task.status), ['Completed', 'Completed'])
+  t.equal(seen.body.archived, undefined, 'as an active session')
+  t.equal((await inject('GET', '/stats')).body.archived_sessions, 0, 'no longer counted as archived')
+})
+
 t.test('shutdown with the database not answering ends the event streams after TASK_EVENTS_CLOSE_MS, not after the statement timeout', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

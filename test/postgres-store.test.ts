@@ -214,9 +214,9 @@ t.test('a statement over the statement timeout fails with a 503 StorageError nam
  * Saves `file` so that it commits but its answer never arrives: the update takes a while on the
  * server and the network stalls meanwhile, so the client gives up not knowing. The save's error.
  */
-async function landedUnknown (db: pg.Pool, proxy: TcpProxy, store: PostgresSessionStore, file: SessionFile): Promise<unknown> {
+async function landedUnknown (db: pg.Pool, proxy: TcpProxy, store: PostgresSessionStore, file: SessionFile, statement: 'INSERT' | 'UPDATE' = 'UPDATE'): Promise<unknown> {
   await db.query('CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
-  await db.query('CREATE TRIGGER slow BEFORE UPDATE ON sessions FOR EACH ROW EXECUTE FUNCTION slow_write()')
+  await db.query(`CREATE TRIGGER slow BEFORE ${statement} ON sessions FOR EACH ROW EXECUTE FUNCTION slow_write()`)
   const saving = store.save(file).catch((error: unknown) => error)
   // The network stalls once the update is in the server's hands (sleeping in the trigger), however slow this host.
   await waitFor('the update to reach the server', async () => (await db.query(
@@ -245,6 +245,35 @@ t.test('an unknown outcome that did land is recognised by the next write, not ta
   t.equal(await documentOf(db, 'landed'), await text(v1), 'the write-back lands: no conflict with our own write')
   await store.save(v2)
   t.equal(await documentOf(db, 'landed'), await text(v2), 'and later writes go on')
+})
+
+t.test('undoing a create whose outcome is unknown deletes the row it left, never another replica\'s session of that id', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  const { proxy, url: through } = await throughProxy(t, url)
+  const a = await openStore(t, through, { statementTimeoutMs: 1_500 })
+  const b = await openStore(t, url)
+
+  // It landed: the registry's write-back (remove) takes it away again.
+  const landed = contractSession('landed', ['Pending'])
+  t.match(await landedUnknown(db, proxy, a, landed, 'INSERT'), { code: 'STORAGE_UNAVAILABLE', uncertain: true }, 'the create fails, its outcome unknown')
+  t.equal(await documentOf(db, 'landed'), await text(landed), 'it did commit')
+  proxy.pass()
+  await a.remove('landed')
+  t.equal(await documentOf(db, 'landed'), null, 'the undo deletes the row the create left')
+
+  // It never reached the server, and another replica created the session meanwhile (acknowledged).
+  proxy.stall()
+  const lost = await a.save(contractSession('contested', ['Pending'])).catch((err: unknown) => err)
+  t.match(lost, { code: 'STORAGE_UNAVAILABLE', uncertain: true }, 'a create that never arrived fails, its outcome unknown to it')
+  const theirs = contractSession('contested', ['Completed'], '2024-11-01T00:00:00.000Z')
+  await b.save(theirs)
+  proxy.pass()
+  await a.remove('contested')
+  t.equal(await documentOf(db, 'contested'), await text(theirs), 'the other replica\'s session is left as it was')
+  await b.save(contractSession('contested', ['Failed'], '2024-11-02T00:00:00.000Z'))
+  t.pass('and its writer goes on with it')
 })
 
 t.test('an unknown outcome that did land and was re-sealed since (taskvault seal) is recognised by its content', async (t) => {

@@ -316,7 +316,7 @@ export class SessionRegistry {
     try {
       bytes = await this.persist(sessionId, slot, draft, changed.every((change) => change.records))
     } catch (err) {
-      if (err instanceof StorageError && err.uncertain) await this.writeBack(sessionId, slot)
+      if (err instanceof StorageError && err.uncertain) await this.writeBack(sessionId, slot, draft.intent)
       if (err instanceof VersionConflictError && this.store.shared !== undefined && changed.every((change) => change.conflicts < MAX_CONFLICTS)) {
         // Another replica wrote the session since this copy was read: the changes are applied
         // again, in order and ahead of later ones, to the stored state.
@@ -376,9 +376,13 @@ export class SessionRegistry {
    * a failed request leaves no trace, on disk or after a restart. Best effort: if this fails
    * too, the next successful write of the session settles it.
    */
-  private async writeBack (sessionId: string, slot: SessionSlot): Promise<void> {
+  private async writeBack (sessionId: string, slot: SessionSlot, intent: Draft['intent']): Promise<void> {
     try {
-      if (slot.file === null) await this.store.remove(sessionId)
+      // A shared store brings an archived session back in one statement, which removes the
+      // archived copy: removing the active row that may have landed would lose the session.
+      // What is stored is adopted instead (the error said the outcome is unknown).
+      if (intent.kind === 'unarchive' && this.store.shared !== undefined) await this.reload(sessionId, slot)
+      else if (slot.file === null) await this.store.remove(sessionId)
       // It was acknowledged, so it fits; it may have used the records room.
       else if (!slot.unsaved) await this.store.save(slot.file, { records: true })
     } catch {}

@@ -377,6 +377,13 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   async remove (sessionId: string): Promise<void> {
     this.checkId(sessionId)
     const operation = `deleting session '${sessionId}'`
+    // Known here only by an uncertain write of ours (the undo of a create that may have landed):
+    // a row is deleted only if it is what that write left, by its version. A row that differs
+    // is another replica's acknowledged session, and no row means nothing to undo.
+    if (!this.rows.has(sessionId) && this.unsure.has(sessionId) && (!(await this.reconcile(sessionId, operation)) || !this.rows.has(sessionId))) {
+      this.forget(sessionId)
+      return
+    }
     await this.attempt(sessionId, operation, async () => {
       const result = await this.run<{ found: string | null, deleted: number }>(operation, deleteSession(sessionId, this.rows.get(sessionId) ?? null, this.leases === null ? null : this.replicaId), [[sessionId, { kind: 'gone' }]])
       const { found, deleted } = result.rows[0] ?? { found: null, deleted: 0 }
