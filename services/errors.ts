@@ -264,7 +264,9 @@ export class AgentError extends TaskvaultError {
   constructor (message: string, options: { transient?: boolean, retryAfterMs?: number | null, cause?: unknown } = {}) {
     super('AGENT_FAILED', message, { cause: options.cause })
     this.transient = options.transient ?? false
-    this.retryAfterMs = options.retryAfterMs ?? null
+    // An executor's value is checked like a Retry-After header's: one that is no wait at all is none.
+    const after = options.retryAfterMs
+    this.retryAfterMs = typeof after === 'number' && Number.isFinite(after) && after >= 0 ? after : null
   }
 }
 

@@ -14,7 +14,18 @@ t.test('stdin is the instruction; TASK_ID, TASK_TYPE, SESSION_ID, TASK_ATTEMPT, 
   const app = await build(t, {
     dir,
     agents: { default: { kind: 'command', argv: fixture('report.js', '$HOME; echo injected', '*'), cwd: work, env: { EXTRA: 'from spec' } } },
-    env: { PATH: process.env.PATH, INHERITED: 'from server env', TASK_API_KEYS: 'must-not-leak', TASK_ENCRYPTION_KEYS: 'k:must-not-leak', DATABASE_URL: 'postgres://tv:must-not-leak@db/tv' }
+    env: {
+      PATH: process.env.PATH,
+      INHERITED: 'from server env',
+      TASK_API_KEYS: 'must-not-leak',
+      TASK_ENCRYPTION_KEYS: 'k:must-not-leak',
+      DATABASE_URL: 'postgres://tv:must-not-leak@db/tv',
+      // The PostgreSQL client's own: a password kept out of DATABASE_URL is here.
+      PGPASSWORD: 'must-not-leak',
+      PGPASSFILE: '/secrets/pgpass',
+      PGSSLKEY: '/secrets/client.key',
+      PGSSLPASSWORD: 'must-not-leak'
+    }
   })
   const instruction = 'Explain the "plan"\nline two — ünïcode $PATH `id`'
   const [id] = await createTasks(app, 'cmd-env', [{ instruction, task_type: 'Analysis' }])
@@ -34,7 +45,11 @@ t.test('stdin is the instruction; TASK_ID, TASK_TYPE, SESSION_ID, TASK_ATTEMPT, 
     INHERITED: 'from server env',
     TASK_API_KEYS: null,
     TASK_ENCRYPTION_KEYS: null,
-    DATABASE_URL: null
+    DATABASE_URL: null,
+    PGPASSWORD: null,
+    PGPASSFILE: null,
+    PGSSLKEY: null,
+    PGSSLPASSWORD: null
   })
   t.equal(seen.cwd, work, 'runs in the configured cwd')
   t.match((await storedTasks(dir, 'cmd-env'))[0], { status: 'Completed', attempts: 1, result: body.result })
@@ -70,6 +85,15 @@ t.test('output over max_output_bytes is cut and flagged result_truncated; exactl
   t.equal(defaultCap.result.length, 1024 * 1024, 'the default cap is 1 MiB')
   const stored = await storedTasks(dir, 'big')
   t.same(stored.map((task) => task.result_truncated === true), [true, false, true, true], 'the flag is on disk')
+})
+
+t.test('output that is not UTF-8 but within max_output_bytes is whole, not cut', async (t) => {
+  // 8 bytes, two of them Latin-1 (each decodes to a 3-byte U+FFFD), under a 9-byte cap.
+  const app = await build(t, { agents: { default: { kind: 'command', argv: fixture('output.js', '8', 'hex:636166e9206f6ce9'), max_output_bytes: 9 } } })
+  await createTasks(app, 'latin1', [{ instruction: 'a' }])
+  const res = (await post(app, '/execute', { session_id: 'latin1' })).json()
+  t.match(res, { status: 'Completed', result: 'caf\ufffd ol\ufffd' }, 'every byte there, the stray ones as U+FFFD')
+  t.notOk('result_truncated' in res, 'not flagged as cut')
 })
 
 t.test('a non-zero exit fails the task with the exit code and the tail of stderr; not retried', async (t) => {

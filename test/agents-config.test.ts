@@ -69,6 +69,9 @@ t.test('parseAgentsConfig: every bad spec is refused with the key (and field) na
     ['{"Coding": {"kind": "webhook"}}', /^TASK_AGENTS\.Coding\.url: /],
     ['{"Coding": {"kind": "webhook", "url": "ftp://x"}}', /^TASK_AGENTS\.Coding\.url: /],
     ['{"Coding": {"kind": "webhook", "url": "http://x", "max_response_bytes": 10}}', /^TASK_AGENTS\.Coding\.max_response_bytes: /],
+    // One string holds the answer: past 256 MiB it could not be made (V8's strings end near 512 M characters).
+    ['{"Coding": {"kind": "webhook", "url": "http://x", "max_response_bytes": 268435457}}', /^TASK_AGENTS\.Coding\.max_response_bytes: Expected integer to be less or equal to 268435456/],
+    ['{"default": {"kind": "command", "argv": ["x"], "max_output_bytes": 1073741824}}', /^TASK_AGENTS\.default\.max_output_bytes: Expected integer to be less or equal to 268435456/],
     ['{"Coding": {"kind": "webhook", "url": "http://x", "headers_env": "not a name"}}', /^TASK_AGENTS\.Coding\.headers_env: /],
     ['{"default": {"kind": "echo", "retries": 3}}', /^TASK_AGENTS\.default\.retries: Unexpected property/],
     ['{"default": {"kind": "echo", "timeout_ms": "5"}}', /^TASK_AGENTS\.default\.timeout_ms: Expected integer/],
@@ -285,6 +288,16 @@ t.test('retryDelay: doubling backoff with equal jitter, Retry-After when longer,
   t.equal(retryDelay(policy, 1, 10, () => 1), 1000, 'a shorter Retry-After does not shorten the backoff')
   t.equal(retryDelay({ ...policy, max_backoff_ms: 3000 }, 1, 3_600_000, () => 0), 3000, 'Retry-After capped too')
   t.equal(retryDelay({ ...policy, backoff_ms: 0 }, 1, null), 0)
+})
+
+t.test('AgentError: an executor\'s retryAfterMs that is no wait (NaN, Infinity, negative) is taken as none, so the backoff applies', async (t) => {
+  const policy = { timeout_ms: 1000, max_attempts: 5, backoff_ms: 1000, max_backoff_ms: 60_000 }
+  for (const value of [Number.NaN, Number.POSITIVE_INFINITY, -5]) {
+    const err = new AgentError('busy', { transient: true, retryAfterMs: value })
+    t.equal(err.retryAfterMs, null, String(value))
+    t.equal(retryDelay(policy, 1, err.retryAfterMs, () => 1), 1000, `${String(value)}: the backoff`)
+  }
+  t.equal(new AgentError('busy', { transient: true, retryAfterMs: 2500 }).retryAfterMs, 2500, 'a real wait is kept')
 })
 
 t.test('parseRetryAfter: seconds or an HTTP date; null when absent or unreadable', async (t) => {

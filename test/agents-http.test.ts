@@ -255,6 +255,23 @@ t.test('400 fails at once: one call only, error names the status and the first 2
   t.match((await storedTasks(dir, 'bad'))[0], { status: 'Failed', attempts: 1 })
 })
 
+t.test('what an agent\'s error answer quotes of the headers we sent (the key) is redacted in the task\'s error', async (t) => {
+  const dir = await tempDir(t)
+  // A gateway that echoes what it was sent, as some do in a 401.
+  const llm = await fakeAgent(t, (req) => ({ status: 401, body: JSON.stringify({ error: { message: `Invalid key ${String(req.headers.authorization)}; you sent ${String(req.headers['x-tenant'])}` } }) }))
+  const app = await build(t, {
+    dir,
+    agents: { default: { kind: 'openai', base_url: `${llm.base}/v1`, model: 'm', api_key_env: 'LLM_KEY', ...FAST } },
+    env: { LLM_KEY: 'sk-SUPERSECRET-123' }
+  })
+  await createTasks(app, 'echoed', [{ instruction: 'x' }])
+  const { status, error } = (await post(app, '/execute', { session_id: 'echoed' })).json()
+  t.equal(status, 'Failed')
+  t.match(error, /answered 401: .*Invalid key \[redacted\]/u, 'the answer is still quoted')
+  t.notOk(error.includes('SUPERSECRET'), 'without the key')
+  t.equal((await storedTasks(dir, 'echoed'))[0]?.error, error, 'nor on disk')
+})
+
 t.test('a redirect is an answer like any other non-2xx: named by its status, not retried', async (t) => {
   const agent = await fakeAgent(t, () => ({ status: 302, headers: { location: '/elsewhere' }, body: 'moved' }))
   const app = await build(t, { agents: { default: { kind: 'webhook', url: agent.base, max_attempts: 3, ...FAST } } })

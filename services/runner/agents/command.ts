@@ -10,8 +10,11 @@ import type { CommandAgentSpec } from './spec.js'
 const STDERR_TAIL_BYTES = 1000
 /** sysexits' EX_TEMPFAIL: the one exit code that asks to be retried. */
 const EX_TEMPFAIL = 75
-/** The server's own secrets, which the agent's program must never see. */
-const WITHHELD_ENV = ['TASK_API_KEYS', 'TASK_ENCRYPTION_KEYS', 'DATABASE_URL']
+/**
+ * The server's own secrets, which the agent's program must never see: its keys, and the
+ * database's (node-postgres reads the libpq variables too: a password kept out of DATABASE_URL is in PGPASSWORD).
+ */
+const WITHHELD_ENV = ['TASK_API_KEYS', 'TASK_ENCRYPTION_KEYS', 'DATABASE_URL', 'PGPASSWORD', 'PGPASSFILE', 'PGSSLKEY', 'PGSSLPASSWORD']
 
 /** What every command agent shares: the server's settings for them. */
 export interface CommandRuntime {
@@ -145,9 +148,11 @@ function answer (ending: Exclude<Ending, { kind: 'aborted' }>, output: Output, c
   const { code, signal } = ending
   const tail = output.stderrTail.subarray(-STDERR_TAIL_BYTES).toString('utf8').trim()
   if (code === 0) {
-    const cut = truncateUtf8(Buffer.concat(output.stdout).toString('utf8'), call.maxOutputBytes)
-    const truncated = output.stdoutBytes > call.maxOutputBytes || cut.truncated
-    return { result: cut.text, confidence: null, ...(truncated && { truncated: true }) }
+    const text = Buffer.concat(output.stdout).toString('utf8')
+    // Cut only output past the cap: bytes that are not UTF-8 decode to a 3-byte U+FFFD each, so
+    // the decoded text of output within the cap may be longer than the cap and is still whole.
+    if (output.stdoutBytes <= call.maxOutputBytes) return { result: text, confidence: null }
+    return { result: truncateUtf8(text, call.maxOutputBytes).text, confidence: null, truncated: true }
   }
   // The cgroup wrapper's exec failed: the program could not start (126 not executable, 127 not found).
   if (call.wrapped && (code === 126 || code === 127) && tail.startsWith(`${WRAPPER_NAME}:`)) {

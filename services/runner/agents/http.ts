@@ -34,9 +34,12 @@ export async function postJson (
     throw new AgentError(`${who} unreachable: ${describeNetworkError(err)}`, { transient: true, cause: err })
   }
   const text = await readText(who, response, options.maxBytes, options.signal)
+  // What is quoted of an answer goes into the task's error (every client reads it) and the log:
+  // never what we sent in a header (a gateway that echoes headers, a 401 naming the key).
+  const quoted = (body: string): string => excerpt(redacted(body, Object.values(options.headers)))
   if (response.status < 200 || response.status > 299) {
     const transient = response.status === 429 || response.status >= 500
-    throw new AgentError(`${who} answered ${response.status}${excerpt(text)}`, {
+    throw new AgentError(`${who} answered ${response.status}${quoted(text)}`, {
       transient,
       retryAfterMs: transient ? parseRetryAfter(response.headers.get('retry-after')) : null
     })
@@ -44,7 +47,7 @@ export async function postJson (
   try {
     return { status: response.status, body: JSON.parse(text) }
   } catch {
-    throw new AgentError(`${who} answered ${response.status} with a body that is not JSON${excerpt(text)}`)
+    throw new AgentError(`${who} answered ${response.status} with a body that is not JSON${quoted(text)}`)
   }
 }
 
@@ -69,6 +72,21 @@ async function readText (who: string, response: Response, maxBytes: number, sign
     throw new AgentError(`${who} connection lost while answering: ${describeNetworkError(err)}`, { transient: true, cause: err })
   }
   return Buffer.concat(chunks).toString('utf8')
+}
+
+/** Shortest header value (or token within one, as in `Bearer <key>`) worth hiding: shorter ones would blank out ordinary words. */
+const SECRET_MIN_CHARS = 8
+
+/** `text` with every header value we sent, and each long token of one, replaced by [redacted]. */
+export function redacted (text: string, values: readonly string[]): string {
+  const secrets = new Set<string>()
+  for (const value of values) {
+    for (const part of [value, ...value.split(/\s+/u)]) if (part.trim().length >= SECRET_MIN_CHARS) secrets.add(part.trim())
+  }
+  let out = text
+  // Longest first, so that a whole value goes before the token inside it.
+  for (const secret of [...secrets].sort((a, b) => b.length - a.length)) out = out.split(secret).join('[redacted]')
+  return out
 }
 
 function excerpt (text: string): string {

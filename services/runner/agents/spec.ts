@@ -12,6 +12,9 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
 const EnvName = Type.String({ pattern: ENV_NAME.source, description: 'Name of an environment variable' })
 
 /** What every agent takes: how long one call may run, and how failed calls are retried. */
+/** The most an answer may be: it is decoded into one string, and V8's strings end near 512 M characters. */
+const MAX_TEXT_BYTES = 256 * 1024 * 1024
+
 const Policy = {
   timeout_ms: Type.Integer({ minimum: 1, maximum: MAX_TIMER_MS, default: 120_000, description: 'One call; a call over it fails (and may be retried)' }),
   max_attempts: Type.Integer({ minimum: 1, maximum: 100, default: 1, description: 'Calls per execution of a task, the first included' }),
@@ -20,7 +23,7 @@ const Policy = {
 }
 
 const HttpLimits = {
-  max_response_bytes: Type.Integer({ minimum: 1024, maximum: 1024 ** 3, default: 4 * 1024 * 1024, description: 'A longer answer fails the call' })
+  max_response_bytes: Type.Integer({ minimum: 1024, maximum: MAX_TEXT_BYTES, default: 4 * 1024 * 1024, description: 'A longer answer fails the call' })
 }
 
 const spec = <K extends string, T extends Record<string, TSchema>>(kind: K, fields: T) =>
@@ -49,7 +52,7 @@ export const CommandAgentSpec = spec('command', {
   argv: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'Program and arguments; no shell' }),
   cwd: Type.Optional(Type.String({ minLength: 1 })),
   env: Type.Optional(Type.Record(Type.String({ pattern: ENV_NAME.source }), Type.String())),
-  max_output_bytes: Type.Integer({ minimum: 1, maximum: 1024 ** 3, default: 1024 * 1024, description: 'stdout beyond this is cut' }),
+  max_output_bytes: Type.Integer({ minimum: 1, maximum: MAX_TEXT_BYTES, default: 1024 * 1024, description: 'stdout beyond this is cut' }),
   drain_ms: Type.Optional(Type.Integer({ minimum: 0, maximum: 60_000, description: 'After the program exits, how long its output may take to end; unset: TASK_COMMAND_DRAIN_MS' }))
 })
 
