@@ -48,6 +48,7 @@ export const ConfigSchema = Type.Object({
   TASK_RUN_RETRY_MS: Type.Integer({ minimum: 10, maximum: HOUR_MS, default: 1000, description: 'A background run stopped by a storage fault tries again after this, doubling each time' }),
   TASK_RUN_RETRY_MAX_MS: Type.Integer({ minimum: 10, maximum: HOUR_MS, default: 60_000, description: 'The longest wait between those tries' }),
   TASK_RESUME_ON_START: Type.Boolean({ default: true, description: 'Resume background runs a restart interrupted' }),
+  TASK_MAX_AGENT_CALLS: Type.Integer({ minimum: 1, maximum: 100_000, default: 64, description: 'Agent calls in flight at once, over every session; more wait their turn (their tasks stay Pending meanwhile)' }),
   TASK_COMMAND_DRAIN_MS: Type.Integer({ minimum: 0, maximum: 60_000, default: 200, description: 'After a command agent\'s program exits, how long its output may take to end before what it left is killed' }),
   TASK_COMMAND_CGROUP: Type.Union([Type.Literal('auto'), Type.Literal('off')], { default: 'auto', description: 'auto: each command call runs in its own cgroup (v2) when the host allows, so setsid cannot escape; off: its process group only' }),
   LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' }),

@@ -63,6 +63,7 @@ export const MANAGER_SETTINGS = {
   resumeOnStart: 'TASK_RESUME_ON_START',
   runRetryMs: 'TASK_RUN_RETRY_MS',
   runRetryMaxMs: 'TASK_RUN_RETRY_MAX_MS',
+  maxAgentCalls: 'TASK_MAX_AGENT_CALLS',
   diskWarnRatio: 'TASK_DISK_WARN_RATIO',
   diskCheckIntervalMs: 'TASK_DISK_CHECK_INTERVAL_MS',
   diskMaxAgeMs: 'TASK_DISK_MAX_AGE_MS',

@@ -96,6 +96,7 @@ export class TaskManager {
       shutdownGraceMs: settings.shutdownGraceMs,
       runRetryMs: settings.runRetryMs,
       runRetryMaxMs: settings.runRetryMaxMs,
+      maxAgentCalls: settings.maxAgentCalls,
       shared: this.store.shared
     })
     this.shared = this.store.shared

@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { createTasks, fakeAgent, ok, readSession, recordCalls, storedTasks, waitFor } from './agents-fakes.js'
 import { nodeFs } from '../services/store/fs-seam.js'
+import { buildApp } from '../app.js'
 import { build, get, post, tempDir } from './helper.js'
 
 t.test('cancel during a synchronous execute-all: the call is aborted, the task Failed "cancelled", the run stops', async (t) => {
@@ -42,6 +43,64 @@ t.test('cancel during a synchronous execute-all: the call is aborted, the task F
   answering = true
   const rest = await post(app, '/execute-all', { session_id: 'cancel-sync' })
   t.match(rest.json(), { total_executed: 1, results: [{ task_id: second, status: 'Completed', result: 'second' }] }, 'the session carries on')
+})
+
+t.test('TASK_MAX_AGENT_CALLS: calls past it wait their turn with their tasks Pending; a cancel ends the wait', async (t) => {
+  const dir = await tempDir(t)
+  const answers: Array<() => void> = []
+  const agent = await fakeAgent(t, async (req) => {
+    await new Promise<void>((resolve) => answers.push(resolve))
+    return ok(`done ${String(req.json.task.instruction)}`)
+  })
+  const app = await build(t, { dir, config: { TASK_MAX_AGENT_CALLS: 2 }, agents: { default: { kind: 'webhook', url: agent.base, timeout_ms: 30_000 } } })
+  for (const id of ['s1', 's2', 's3', 's4']) await createTasks(app, id, [{ instruction: id }])
+  for (const id of ['s1', 's2', 's3', 's4']) t.equal((await post(app, '/execute-all', { session_id: id, wait: false })).statusCode, 202)
+  await agent.waitForRequests(2)
+  await sleep(300)
+  t.equal(agent.requests.length, 2, 'two calls in flight, no more')
+  const statuses = async (): Promise<string[]> => Promise.all(['s1', 's2', 's3', 's4'].map(async (id) => (await get(app, `/list?session_id=${id}`)).json().tasks[0].status as string))
+  t.same((await statuses()).filter((status) => status === 'InProgress').length, 2, 'two tasks InProgress')
+  t.same((await statuses()).filter((status) => status === 'Pending').length, 2, 'the others still Pending')
+  const waiting = ['s1', 's2', 's3', 's4'].filter((id) => !agent.requests.some((req) => req.json.session_id === id))
+  const cancelled = await post(app, '/cancel', { session_id: waiting[0] })
+  t.equal(cancelled.statusCode, 200, 'a run waiting for a slot is cancelled at once')
+  t.equal(cancelled.json().cancelled_task_id, null, 'no task was running')
+  t.match((await storedTasks(dir, waiting[0] as string))[0], { status: 'Pending', attempts: 0 }, 'its task never started')
+  for (const answer of answers.splice(0)) answer()
+  await agent.waitForRequests(3)
+  t.equal(agent.requests[2]?.json.session_id, waiting[1], 'the slot went to the run still waiting')
+  await waitFor('the last call', async () => answers.length === 1)
+  for (const answer of answers.splice(0)) answer()
+  await waitFor('every run to end', async () => (await get(app, '/stats')).json().completed_tasks === 3)
+  t.equal(agent.requests.length, 3, 'the cancelled session never called its agent')
+})
+
+t.test('TASK_MAX_AGENT_CALLS: a shutdown ends the wait for a slot; the waiting run carries on after restart', async (t) => {
+  const dir = await tempDir(t)
+  const agent = await fakeAgent(t, () => ok('unused'))
+  // The first call of 'first' holds the only slot until the test lets it go.
+  const hold: Array<() => void> = []
+  agent.handler = async (req, index) => {
+    if (index === 0) await new Promise<void>((resolve) => hold.push(resolve))
+    return ok(`done ${String(req.json.session_id)}`)
+  }
+  const agents = { default: { kind: 'webhook' as const, url: agent.base, timeout_ms: 30_000 } }
+  const first = await buildApp({ readEnvironment: false, agents, config: { TASK_STORAGE_DIR: dir, TASK_SHUTDOWN_GRACE_MS: 300, TASK_MAX_AGENT_CALLS: 1 } })
+  await createTasks(first, 'first', [{ instruction: 'a' }])
+  await createTasks(first, 'second', [{ instruction: 'b' }])
+  t.equal((await post(first, '/execute-all', { session_id: 'first', wait: false })).statusCode, 202)
+  await agent.waitForRequests(1)
+  t.equal((await post(first, '/execute-all', { session_id: 'second', wait: false })).statusCode, 202)
+  await sleep(100)
+  const started = Date.now()
+  await first.close()
+  t.ok(Date.now() - started < 5000, 'close does not wait on the slot')
+  t.match((await storedTasks(dir, 'second'))[0], { status: 'Pending', attempts: 0 }, 'the waiting task never started')
+  t.equal(agent.requests.filter((req) => req.json.session_id === 'second').length, 0)
+  hold.splice(0).forEach((answer) => answer())
+  const again = await build(t, { dir, agents })
+  await waitFor('both runs to finish after restart', async () => (await get(again, '/stats')).json().completed_tasks === 2)
+  t.match((await storedTasks(dir, 'second'))[0], { status: 'Completed', result: 'done second' })
 })
 
 t.test('cancel: 404 unknown session, 409 NOT_RUNNING when idle, 400 bad body; nothing changes', async (t) => {

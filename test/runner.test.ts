@@ -33,7 +33,8 @@ async function makeRunner (t: TestContext, executors: Executors, options: Runner
     maxResultBytes: 64 * 1024,
     shutdownGraceMs: options.shutdownGraceMs ?? 2000,
     runRetryMs: 10,
-    runRetryMaxMs: 50
+    runRetryMaxMs: 50,
+    maxAgentCalls: 64
   })
   t.teardown(() => runner.shutdown())
   return { runner, registry, store }

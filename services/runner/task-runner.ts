@@ -11,6 +11,7 @@ import type { SharedSessions } from '../store/store.js'
 import type { ExecutedTask, Logger, TaskManagerEvents } from '../types.js'
 import type { TaskEventData, TaskEventName } from '../events/task-events.js'
 import { anySignal, pause } from './signals.js'
+import { CallSlots } from './call-slots.js'
 
 export interface TaskRunnerOptions {
   registry: SessionRegistry
@@ -24,6 +25,8 @@ export interface TaskRunnerOptions {
   runRetryMs: number
   /** The longest of those waits (TASK_RUN_RETRY_MAX_MS). */
   runRetryMaxMs: number
+  /** Agent calls in flight at once, over every session (TASK_MAX_AGENT_CALLS). */
+  maxAgentCalls: number
   /** A store shared by replicas: each execution holds the session's lease while it runs. */
   shared?: SharedSessions
 }
@@ -42,6 +45,7 @@ export class TaskRunner {
   private readonly shutdownGraceMs: number
   private readonly runRetryMs: number
   private readonly runRetryMaxMs: number
+  private readonly slots: CallSlots
   private readonly shared: SharedSessions | undefined
   private readonly abort = new AbortController()
   /** Aborted when shutdown begins: ends waits that would otherwise outlast it. */
@@ -61,6 +65,7 @@ export class TaskRunner {
     this.shutdownGraceMs = options.shutdownGraceMs
     this.runRetryMs = options.runRetryMs
     this.runRetryMaxMs = options.runRetryMaxMs
+    this.slots = new CallSlots(options.maxAgentCalls)
     this.shared = options.shared
     // Every running execution listens on this one signal; many at once is normal, not a leak.
     setMaxListeners(0, this.abort.signal, this.closingSignal.signal)
@@ -377,8 +382,23 @@ export class TaskRunner {
     let taskId: string | null = null
     for (let call = 1; ; call++) {
       if (run.signal.aborted) return taskId === null ? null : this.stopped(sessionId, taskId, run)
-      const started = await this.claimTask(sessionId, taskId)
+      // A slot first (TASK_MAX_AGENT_CALLS): while waiting, the task is still Pending (or, when
+      // retried, as its last call left it), and a cancel or shutdown ends the wait.
+      const release = await this.slots.take([run.signal, this.closingSignal.signal]).catch(() => null)
+      if (release === null) {
+        if (run.signal.aborted) continue
+        if (taskId === null) throw new ShuttingDownError()
+        return this.putBack(sessionId, taskId)
+      }
+      let started: Task | null
+      try {
+        started = await this.claimTask(sessionId, taskId)
+      } catch (err) {
+        release()
+        throw err
+      }
       if (started === null) {
+        release()
         if (taskId === null) return null
         throw new SessionNotFoundError(sessionId)
       }
@@ -389,7 +409,7 @@ export class TaskRunner {
       try {
         const value = await callAgent({ agent, task: started, sessionId, signal: run.signal, shutdownSignal: this.abort.signal }, (result, ms) => {
           this.events.emit('agent-call', { session_id: sessionId, task_id: started.id, task_type: started.task_type, agent: agent.key, attempt: started.attempts, outcome: result, ms })
-        })
+        }).finally(release)
         return { taskId, outcome: this.completed(sessionId, started.id, value), agents: true }
       } catch (err) {
         if (run.signal.aborted) return this.stopped(sessionId, started.id, run)

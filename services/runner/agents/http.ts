@@ -1,4 +1,6 @@
+import { Agent, fetch } from 'undici'
 import { AgentError } from '../../errors.js'
+import { noop } from '../../noop.js'
 import { truncateUtf8 } from '../../session/session.js'
 
 /** How much of an unexpected answer goes into the task's error. */
@@ -19,6 +21,18 @@ export async function postJson (
   payload: unknown,
   options: { headers: Record<string, string>, signal: AbortSignal, maxBytes: number }
 ): Promise<JsonAnswer> {
+  // Node's own fetch gives up after 300 s without headers, or between two pieces of a body:
+  // a slow completion (a local model) would fail, and be retried from the start, before the
+  // agent's timeout_ms, which must be the only limit (the signal). The connection is this call's.
+  const dispatcher = new Agent({ headersTimeout: 0, bodyTimeout: 0 })
+  try {
+    return await exchange(who, url, payload, options, dispatcher)
+  } finally {
+    await dispatcher.destroy().catch(noop)
+  }
+}
+
+async function exchange (who: string, url: string, payload: unknown, options: { headers: Record<string, string>, signal: AbortSignal, maxBytes: number }, dispatcher: Agent): Promise<JsonAnswer> {
   let response: Response
   try {
     response = await fetch(url, {
@@ -27,7 +41,8 @@ export async function postJson (
       body: JSON.stringify(payload),
       signal: options.signal,
       // A redirect is answered like any other non-2xx: it names its status and is not followed.
-      redirect: 'manual'
+      redirect: 'manual',
+      dispatcher
     })
   } catch (err) {
     if (options.signal.aborted) throw options.signal.reason
