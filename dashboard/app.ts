@@ -1,14 +1,16 @@
 /**
- * The taskvault dashboard: plain DOM, no framework. Every piece of data is set with
- * textContent (never innerHTML), the API key travels only in the Authorization header, and the
- * event stream is read with fetch and a stream reader (EventSource cannot send headers).
+ * The taskvault dashboard: plain DOM, no framework. Every piece of data is set as text (dom.ts),
+ * the API key travels only in the Authorization header (api.ts), and the event stream is read
+ * with fetch and a stream reader (stream.ts).
  */
 import type { Static } from '@sinclair/typebox'
 import type { Progress as ProgressSchema, SessionSummary as SessionSummarySchema } from '../dist/schemas/api.js'
 import type { Task as TaskSchema } from '../dist/schemas/session.js'
+import { api, ApiError, onKeyWanted, saveKey } from './api.js'
+import { $, el } from './dom.js'
+import { bytes, duration, when } from './format.js'
+import { follow } from './stream.js'
 
-const API = '/api/v1/tasks'
-const KEY_STORAGE = 'taskvault.apiKey'
 const PAGE_SIZE = 20
 /** The newest sessions the overview loads (the list endpoint's largest page). */
 const SNAPSHOT_LIMIT = 1000
@@ -22,52 +24,11 @@ interface Detail extends Summary {
   tasks: Task[]
 }
 
-class ApiError extends Error {
-  constructor (readonly status: number, message: string) {
-    super(message)
-  }
-}
-
-const $ = <T extends HTMLElement = HTMLElement>(id: string): T => {
-  const element = document.getElementById(id)
-  if (element === null) throw new Error(`#${id} missing`)
-  return element as T
-}
-
-/** An element with text content and attributes: the only way data reaches the page. */
-function el<K extends keyof HTMLElementTagNameMap> (tag: K, attrs: Record<string, string> = {}, ...children: Array<Node | string>): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag)
-  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value)
-  for (const child of children) node.append(typeof child === 'string' ? document.createTextNode(child) : child)
-  return node
-}
-
 const state = {
   sessions: new Map<string, Summary>(),
   page: 0,
   detail: null as Detail | null,
   started: false
-}
-
-// ---- API ----
-
-function authHeaders (): Record<string, string> {
-  const key = sessionStorage.getItem(KEY_STORAGE)
-  return key === null ? {} : { authorization: `Bearer ${key}` }
-}
-
-async function api<T> (method: string, path: string, body?: unknown): Promise<T> {
-  const headers = authHeaders()
-  if (body !== undefined) headers['content-type'] = 'application/json'
-  const res = await fetch(API + path, { method, headers, ...(body !== undefined && { body: JSON.stringify(body) }) })
-  if (res.status === 204) return null as T
-  const data = await res.json().catch(() => null) as { message?: string } | null
-  if (res.status === 401) {
-    askForKey(data?.message ?? 'unauthorized')
-    throw new ApiError(401, data?.message ?? 'unauthorized')
-  }
-  if (!res.ok) throw new ApiError(res.status, `${res.status}: ${data?.message ?? res.statusText}`)
-  return data as T
 }
 
 // ---- messages ----
@@ -103,25 +64,25 @@ async function act (work: () => Promise<void>): Promise<void> {
 
 // ---- API key ----
 
-function askForKey (message: string): void {
-  const hadKey = sessionStorage.getItem(KEY_STORAGE) !== null
-  $('key-message').textContent = hadKey ? `That key was refused (${message}). Enter another.` : 'This server needs an API key.'
+function askForKey (text: string): void {
+  $('key-message').textContent = text
   $('key-form').hidden = false
   $('overview').hidden = true
   $('session').hidden = true
   $('key-input').focus()
 }
+onKeyWanted(askForKey)
 
 $('key-form').addEventListener('submit', (event) => {
   event.preventDefault()
   const input = $<HTMLInputElement>('key-input')
-  sessionStorage.setItem(KEY_STORAGE, input.value.trim())
+  saveKey(input.value.trim())
   input.value = ''
   $('key-form').hidden = true
   void start()
 })
 
-// ---- snapshot and stream ----
+// ---- snapshot and events ----
 
 async function loadSnapshot (): Promise<void> {
   const list = await api<{ sessions: Summary[] }>('GET', `/list?session_id=all&archived=include&limit=${SNAPSHOT_LIMIT}`)
@@ -129,84 +90,6 @@ async function loadSnapshot (): Promise<void> {
   renderSessions()
   scheduleStats()
   if (state.detail !== null) scheduleDetail()
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** The stream's first comment names the server's heartbeat period (TASK_EVENTS_HEARTBEAT_MS). */
-const HEARTBEAT = /^: connected, heartbeat every (\d+) ms/u
-/** Heartbeat periods without a byte after which the connection counts as dead. */
-const SILENT_BEATS = 3
-/** Until the server has named its period: three of the default heartbeats (a connection or answer that never comes). */
-const FIRST_SILENT_MS = 45_000
-
-/** Reads the stream for as long as the page lives, reconnecting with the last id it saw. */
-async function follow (): Promise<void> {
-  let lastId: string | null = null
-  let delay = 500
-  for (;;) {
-    // One connection at a time: whatever ends this one (a failed snapshot, a bad frame) closes it,
-    // or each retry would hold another of the browser's six connections to the server, and a slot
-    // of the server's TASK_EVENTS_MAX_CLIENTS, until the page froze.
-    const connection = new AbortController()
-    // A connection that goes silent (a dropped NAT entry, a frozen proxy) never ends by itself:
-    // once the server has named its heartbeat, silence for a few of them closes it, and the page
-    // reconnects with its last id rather than showing "live" while nothing arrives.
-    let silentMs = FIRST_SILENT_MS
-    let watchdog: ReturnType<typeof setTimeout> | undefined
-    const heard = (): void => {
-      clearTimeout(watchdog)
-      watchdog = setTimeout(() => { connection.abort() }, silentMs)
-    }
-    heard()
-    try {
-      const headers = authHeaders()
-      if (lastId !== null) headers['last-event-id'] = lastId
-      const res = await fetch(`${API}/events`, { headers, signal: connection.signal })
-      if (res.status === 401) {
-        askForKey('unauthorized')
-        return
-      }
-      if (!res.ok || res.body === null) throw new Error(`stream: ${res.status}`)
-      setLive(true)
-      // The first connection (and any that did not resume) starts from a fresh snapshot.
-      if (lastId === null) await loadSnapshot()
-      // Backing off ends once the page is whole again, not when the stream merely answers.
-      delay = 500
-      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader()
-      let buffer = ''
-      for (;;) {
-        const { value, done } = await reader.read()
-        if (done) break
-        heard()
-        buffer += value
-        let end: number
-        while ((end = buffer.indexOf('\n\n')) >= 0) {
-          const frame = buffer.slice(0, end)
-          buffer = buffer.slice(end + 2)
-          let name = ''
-          let data = ''
-          for (const line of frame.split('\n')) {
-            const beat = HEARTBEAT.exec(line)
-            if (beat !== null) {
-              silentMs = SILENT_BEATS * Number(beat[1])
-              heard()
-            } else if (line.startsWith('id:')) lastId = line.slice(3).trim()
-            else if (line.startsWith('event:')) name = line.slice(6).trim()
-            else if (line.startsWith('data:')) data += line.slice(5).trim()
-          }
-          if (name !== '') onEvent(name, data === '' ? {} : JSON.parse(data) as Record<string, unknown>)
-        }
-      }
-    } catch {
-    } finally {
-      clearTimeout(watchdog)
-      connection.abort()
-    }
-    setLive(false)
-    await sleep(delay)
-    delay = Math.min(delay * 2, 10_000)
-  }
 }
 
 function setLive (live: boolean): void {
@@ -485,31 +368,6 @@ function route (): void {
 }
 window.addEventListener('hashchange', route)
 
-// ---- formatting ----
-
-function bytes (n: number): string {
-  if (n < 1024) return `${n} B`
-  const units = ['KiB', 'MiB', 'GiB', 'TiB']
-  let value = n / 1024
-  let unit = 0
-  while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit++ }
-  return `${value.toFixed(1)} ${units[unit] ?? ''}`
-}
-
-function duration (ms: number): string {
-  if (ms < 1000) return `${Math.max(0, Math.round(ms))} ms`
-  const s = Math.floor(ms / 1000)
-  if (s < 60) return `${s} s`
-  const m = Math.floor(s / 60)
-  if (m < 60) return `${m} min ${s % 60} s`
-  const h = Math.floor(m / 60)
-  return h < 48 ? `${h} h ${m % 60} min` : `${Math.floor(h / 24)} d ${h % 24} h`
-}
-
-function when (iso: string): string {
-  return new Date(iso).toLocaleString()
-}
-
 // ---- start ----
 
 let following = false
@@ -528,7 +386,7 @@ async function start (): Promise<void> {
   scheduleStats()
   if (!following) {
     following = true
-    void follow().finally(() => { following = false })
+    void follow({ reload: loadSnapshot, event: onEvent, live: setLive }).finally(() => { following = false })
   }
 }
 
