@@ -14,6 +14,8 @@ import { follow } from './stream.js'
 const PAGE_SIZE = 20
 /** The newest sessions the overview loads (the list endpoint's largest page). */
 const SNAPSHOT_LIMIT = 1000
+/** A session id as the API accepts it: a link naming anything else names no session. */
+const SESSION_ID = /^[A-Za-z0-9_-]{1,128}$/u
 
 // The API's own shapes, from the server's schemas (type-only: nothing of them reaches the bundle).
 type Progress = Static<typeof ProgressSchema>
@@ -350,6 +352,16 @@ sessionAction('act-delete', async (id) => {
 
 // ---- routing ----
 
+/** The id a link names; a malformed one (`%E0`) stays as written, and names no session. */
+function linkedId (encoded: string): string {
+  try {
+    return decodeURIComponent(encoded)
+  } catch {
+    return encoded
+  }
+}
+
+/** Shows the page the address names. */
 function route (): void {
   if (!state.started) return
   const match = /^#\/session\/(.+)$/u.exec(location.hash)
@@ -360,11 +372,14 @@ function route (): void {
     drawSessions()
     return
   }
-  const id = decodeURIComponent(match[1] ?? '')
-  state.detail = { session_id: id } as Detail
+  const id = linkedId(match[1] ?? '')
+  const valid = SESSION_ID.test(id)
+  // An id the API would refuse is never asked for (nor reloaded on events and snapshots).
+  state.detail = valid ? { session_id: id } as Detail : null
   $('session-title').textContent = id
   $('tasks').replaceChildren()
-  void loadDetail(id).catch(showError)
+  if (valid) void loadDetail(id).catch(showError)
+  else $('session-summary').textContent = `session '${id}' not found`
 }
 window.addEventListener('hashchange', route)
 
@@ -382,12 +397,13 @@ async function start (): Promise<void> {
   state.started = true
   $('key-form').hidden = true
   await loadSnapshot().catch(showError)
-  route()
-  scheduleStats()
+  // Before the page is drawn, and whatever the address names: the live view never hangs on a link.
   if (!following) {
     following = true
     void follow({ reload: loadSnapshot, event: onEvent, live: setLive }).finally(() => { following = false })
   }
+  route()
+  scheduleStats()
 }
 
 void start()

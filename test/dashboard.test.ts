@@ -2,7 +2,8 @@
  * The dashboard end to end in real headless Chromium (Debian's package, driven by
  * playwright-core; never a browser download): create from the form, a background run whose
  * progress moves without a reload, cancel, retry, delete with confirmation, HTML in a result
- * shown as text, API keys, a reload mid-run, and the page at 375 px and in the dark scheme.
+ * shown as text, API keys, a reload mid-run, the page at 375 px and in the dark scheme, and a
+ * malformed session link.
  * With TASKVAULT_SCREENSHOTS=1 it also writes the README's screenshots under docs/.
  */
 import { existsSync } from 'node:fs'
@@ -289,6 +290,17 @@ async function run (browser: Browser): Promise<void> {
     await keyed.app.inject({ method: 'POST', url: '/api/v1/tasks/create', headers: { authorization: 'Bearer right-key' }, payload: { session_id: 'keyed-live', instructions: 'y' } })
     await page.locator('tr[data-session="keyed-live"]').waitFor()
     t.notOk(urls.some((url) => url.includes('key')), 'no key in any URL')
+  })
+
+  t.test('a malformed session link shows no session, and the page still follows the stream', async (t) => {
+    const page = await open(t, browser, `${base}#/session/%E0`)
+    await page.locator('#session').waitFor()
+    t.equal(await page.locator('#session-summary').innerText(), "session '%E0' not found")
+    await js(page, "location.hash = '#/'")
+    await page.locator('#overview').waitFor()
+    await createSession(app, 'after-bad-link', 'x')
+    await page.locator('tr[data-session="after-bad-link"]').waitFor()
+    t.pass('a session created since is shown')
   })
 }
 
