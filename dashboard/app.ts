@@ -101,10 +101,6 @@ function setLive (live: boolean): void {
 }
 
 function onEvent (name: string, data: Record<string, unknown>): void {
-  if (name === 'reset') {
-    void loadSnapshot().catch(showError)
-    return
-  }
   const id = data.session_id
   if (typeof id !== 'string') return
   const known = state.sessions.get(id)

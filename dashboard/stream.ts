@@ -70,7 +70,15 @@ export async function follow (on: StreamHandlers): Promise<void> {
             else if (line.startsWith('event:')) name = line.slice(6).trim()
             else if (line.startsWith('data:')) data += line.slice(5).trim()
           }
-          if (name !== '') on.event(name, data === '' ? {} : JSON.parse(data) as Record<string, unknown>)
+          if (name === 'reset') {
+            // Refetch, then carry on from the reset's id. A refetch that fails (a moment's 503)
+            // would leave the page stale while the stream went on: this connection ends instead,
+            // and the next one, after the backoff below, starts afresh with a snapshot.
+            const resetId: string | null = lastId
+            lastId = null
+            await on.reload()
+            lastId = resetId
+          } else if (name !== '') on.event(name, data === '' ? {} : JSON.parse(data) as Record<string, unknown>)
         }
       }
     } catch (err) {

@@ -2,8 +2,8 @@
  * The dashboard end to end in real headless Chromium (Debian's package, driven by
  * playwright-core; never a browser download): create from the form, a background run whose
  * progress moves without a reload, cancel, retry, delete with confirmation, HTML in a result
- * shown as text, API keys, a reload mid-run, the page at 375 px and in the dark scheme, and a
- * malformed session link.
+ * shown as text, API keys, a reload mid-run, and the page at 375 px and in the dark scheme;
+ * a malformed session link, and a reset whose reload fails.
  * With TASKVAULT_SCREENSHOTS=1 it also writes the README's screenshots under docs/.
  */
 import { existsSync } from 'node:fs'
@@ -54,15 +54,36 @@ async function serve (t: TestContext, options: TestAppOptions = {}): Promise<{ a
   return { app, base: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}/dashboard/` }
 }
 
-async function open (t: TestContext, browser: Browser, url: string, options: Parameters<Browser['newContext']>[0] = {}): Promise<Page> {
+/** A page in a context of its own at `url`; `prepare` runs first (routes, listeners, init scripts). */
+async function open (t: TestContext, browser: Browser, url: string, options: Parameters<Browser['newContext']>[0] = {}, prepare?: (page: Page) => unknown): Promise<Page> {
   // The page's CSP forbids eval, which the tests' waits use; the XSS test checks the CSP header itself.
   const context = await browser.newContext({ viewport: { width: 1100, height: 800 }, bypassCSP: true, ...options })
   t.teardown(() => context.close())
   const page = await context.newPage()
   // A bound on waiting, not a speed claim: a loaded CI host may take seconds to deliver an event.
   page.setDefaultTimeout(30_000)
+  await prepare?.(page)
   await page.goto(url)
   return page
+}
+
+/** The overview's snapshot request. */
+const LIST_ALL = '**/api/v1/tasks/list?session_id=all*'
+
+/** 503 answers (a busy server's) to a page's requests to `glob`, as many as `fail(n)` last said; `on(page)` sets them up. */
+function failing (glob: string): { on: (page: Page) => Promise<void>, fail: (times: number) => void, left: () => number } {
+  let left = 0
+  return {
+    on: async (page) => {
+      await page.route(glob, async (route) => {
+        if (left === 0) return route.continue()
+        left--
+        return route.fulfill({ status: 503, contentType: 'application/json', body: '{"statusCode":503,"error":"Service Unavailable","message":"busy"}' })
+      })
+    },
+    fail: (times) => { left = times },
+    left: () => left
+  }
 }
 
 /**
@@ -174,29 +195,21 @@ async function run (browser: Browser): Promise<void> {
   })
 
   t.test('a snapshot that fails leaves no stream behind: one stream at a time while the page retries, and it catches up', async (t) => {
-    const context = await browser.newContext({ bypassCSP: true })
-    t.teardown(() => context.close())
-    const page = await context.newPage()
-    page.setDefaultTimeout(30_000)
-    // The first snapshots fail after the stream has opened (as a busy server's 503 would).
-    let failures = 3
-    await page.route('**/api/v1/tasks/list?session_id=all*', async (route) => {
-      if (failures === 0) return route.continue()
-      failures--
-      return route.fulfill({ status: 503, contentType: 'application/json', body: '{"statusCode":503,"error":"Service Unavailable","message":"busy"}' })
-    })
     // This page's streams as the server sees them: requests for /events whose responses are open.
-    let open = 0
+    let streams = 0
     let most = 0
     const count = (req: IncomingMessage, res: ServerResponse): void => {
       if (!(req.url ?? '').startsWith('/api/v1/tasks/events')) return
-      most = Math.max(most, ++open)
-      res.once('close', () => { open-- })
+      most = Math.max(most, ++streams)
+      res.once('close', () => { streams-- })
     }
     app.server.on('request', count)
     t.teardown(() => { app.server.off('request', count) })
-    await page.goto(base)
-    await waitFor('the failing snapshots to be used up', () => failures === 0, 30_000)
+    // The first snapshots fail after the stream has opened (as a busy server's 503 would).
+    const lists = failing(LIST_ALL)
+    lists.fail(3)
+    const page = await open(t, browser, base, {}, lists.on)
+    await waitFor('the failing snapshots to be used up', () => lists.left() === 0, 30_000)
     await createSession(app, 'after-failures', 'x')
     await page.locator('tr[data-session="after-failures"]').waitFor()
     t.ok(most <= 1, `at most one stream of this page open at once (${most})`)
@@ -271,12 +284,7 @@ async function run (browser: Browser): Promise<void> {
     const keyed = await serve(t, { config: { TASK_API_KEYS: 'right-key' } })
     await createSession(keyed.app, 'secret-session', 'x').catch(() => {})
     const urls: string[] = []
-    const context = await browser.newContext({ bypassCSP: true })
-    t.teardown(() => context.close())
-    const page = await context.newPage()
-    page.setDefaultTimeout(30_000)
-    page.on('request', (request) => urls.push(request.url()))
-    await page.goto(keyed.base)
+    const page = await open(t, browser, keyed.base, {}, (page) => page.on('request', (request) => urls.push(request.url())))
     await page.locator('#key-form').waitFor()
     t.match(await page.locator('#key-message').innerText(), /needs an API key/)
     await page.getByLabel('API key').fill('wrong-key')
@@ -301,6 +309,30 @@ async function run (browser: Browser): Promise<void> {
     await createSession(app, 'after-bad-link', 'x')
     await page.locator('tr[data-session="after-bad-link"]').waitFor()
     t.pass('a session created since is shown')
+  })
+
+  t.test('a reset whose reload fails (a moment\'s 503) does not leave the overview stale', async (t) => {
+    const lists = failing(LIST_ALL)
+    let streams = 0
+    const page = await open(t, browser, base, {}, async (page) => {
+      await lists.on(page)
+      await page.route('**/api/v1/tasks/events', async (route) => {
+        streams++
+        // The first stream ends at once, its last id from another process lifetime: the page
+        // comes back with it and is sent a reset.
+        if (streams === 1) return route.fulfill({ status: 200, contentType: 'text/event-stream', body: 'id: gone-1\n\n' })
+        if (streams === 2) {
+          // Changed while the page was away (its events come before the reset), and the reload
+          // after the reset fails once.
+          await createSession(app, 'while-away', 'x')
+          lists.fail(1)
+        }
+        return route.continue()
+      })
+    })
+    await page.locator('tr[data-session="while-away"]').waitFor()
+    t.equal(lists.left(), 0, 'shown after the failed reload')
+    t.ok(streams >= 3, `by a stream opened afresh (${streams})`)
   })
 }
 
