@@ -5,6 +5,8 @@
 
 export const API = '/api/v1/tasks'
 const KEY_STORAGE = 'taskvault.apiKey'
+/** What a bearer key can be: printable ASCII without spaces (the server reads `Bearer (\S+)`). */
+const KEY_CHARS = /^[\x21-\x7e]+$/u
 
 export class ApiError extends Error {
   constructor (readonly status: number, message: string) {
@@ -18,9 +20,22 @@ export function onKeyWanted (ask: (text: string) => void): void {
   askForKey = ask
 }
 
-/** Keeps `key` for this tab. */
-export function saveKey (key: string): void {
-  sessionStorage.setItem(KEY_STORAGE, key)
+/** Why `key` cannot be sent as an API key, or null when it can. */
+function keyProblem (key: string): string | null {
+  if (KEY_CHARS.test(key)) return null
+  const at = [...key].findIndex((char) => !KEY_CHARS.test(char))
+  const char = [...key][at]
+  if (char === undefined) return 'An API key cannot be empty.'
+  const code = `U+${(char.codePointAt(0) ?? 0).toString(16).toUpperCase().padStart(4, '0')}`
+  return `An API key is printable ASCII without spaces, but character ${at + 1} of this one is ${code} ` +
+    '(a pasted curly quote or invisible space?). Type or paste it again.'
+}
+
+/** Keeps `key` for this tab, or says why it cannot be used (and keeps nothing). */
+export function saveKey (key: string): string | null {
+  const problem = keyProblem(key)
+  if (problem === null) sessionStorage.setItem(KEY_STORAGE, key)
+  return problem
 }
 
 /** The page asks for a key and the caller stops with a 401. */
@@ -29,10 +44,21 @@ function refused (message: string): ApiError {
   return new ApiError(401, message)
 }
 
-/** A request to the API with the saved key. */
+/**
+ * A request to the API with the saved key. A key no header can carry makes the browser throw
+ * before anything is sent, on every call and every reload; rather than stay stuck, the page
+ * forgets it and asks again.
+ */
 export function request (path: string, init: RequestInit & { headers?: Record<string, string> } = {}): Request {
   const key = sessionStorage.getItem(KEY_STORAGE)
-  return new Request(API + path, { ...init, headers: { ...init.headers, ...(key !== null && { authorization: `Bearer ${key}` }) } })
+  try {
+    return new Request(API + path, { ...init, headers: { ...init.headers, ...(key !== null && { authorization: `Bearer ${key}` }) } })
+  } catch (err) {
+    if (key === null) throw err
+    sessionStorage.removeItem(KEY_STORAGE)
+    askForKey(`The saved API key cannot be sent. ${keyProblem(key) ?? String(err)}`)
+    throw new ApiError(401, 'unusable API key')
+  }
 }
 
 export async function api<T> (method: string, path: string, body?: unknown): Promise<T> {

@@ -68,6 +68,7 @@ async function act (work: () => Promise<void>): Promise<void> {
 
 function askForKey (text: string): void {
   $('key-message').textContent = text
+  showKeyProblem(null)
   $('key-form').hidden = false
   $('overview').hidden = true
   $('session').hidden = true
@@ -75,10 +76,24 @@ function askForKey (text: string): void {
 }
 onKeyWanted(askForKey)
 
+function showKeyProblem (problem: string | null): void {
+  const box = $('key-error')
+  box.textContent = problem ?? ''
+  box.hidden = problem === null
+  $('key-input').setAttribute('aria-invalid', String(problem !== null))
+}
+
 $('key-form').addEventListener('submit', (event) => {
   event.preventDefault()
   const input = $<HTMLInputElement>('key-input')
-  saveKey(input.value.trim())
+  // Checked before it is kept: a key no header can carry would make every request fail.
+  const problem = saveKey(input.value.trim())
+  showKeyProblem(problem)
+  if (problem !== null) {
+    input.focus()
+    input.select()
+    return
+  }
   input.value = ''
   $('key-form').hidden = true
   void start()

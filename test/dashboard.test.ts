@@ -3,7 +3,7 @@
  * playwright-core; never a browser download): create from the form, a background run whose
  * progress moves without a reload, cancel, retry, delete with confirmation, HTML in a result
  * shown as text, API keys, a reload mid-run, and the page at 375 px and in the dark scheme;
- * a malformed session link, and a reset whose reload fails.
+ * an unsendable key, a malformed session link, and a reset whose reload fails.
  * With TASKVAULT_SCREENSHOTS=1 it also writes the README's screenshots under docs/.
  */
 import { existsSync } from 'node:fs'
@@ -118,6 +118,10 @@ const js = async <T>(page: Page, expression: string): Promise<T> => page.evaluat
 const progressValue = async (page: Page): Promise<number> => js<number>(page, "document.getElementById('session-progress').value")
 const BAR = "document.getElementById('session-progress').value"
 const sessionsShown = async (page: Page): Promise<string[]> => js<string[]>(page, "[...document.querySelectorAll('tbody tr')].map((row) => row.dataset.session)")
+async function useKey (page: Page, key: string): Promise<void> {
+  await page.getByLabel('API key').fill(key)
+  await page.getByRole('button', { name: 'Use this key' }).click()
+}
 
 async function run (browser: Browser): Promise<void> {
   const { app, base } = await serve(t)
@@ -287,17 +291,36 @@ async function run (browser: Browser): Promise<void> {
     const page = await open(t, browser, keyed.base, {}, (page) => page.on('request', (request) => urls.push(request.url())))
     await page.locator('#key-form').waitFor()
     t.match(await page.locator('#key-message').innerText(), /needs an API key/)
-    await page.getByLabel('API key').fill('wrong-key')
-    await page.getByRole('button', { name: 'Use this key' }).click()
+    await useKey(page, 'wrong-key')
     await page.locator('#key-message', { hasText: 'refused' }).waitFor()
     t.match(await page.locator('#key-message').innerText(), /invalid API key/)
-    await page.getByLabel('API key').fill('right-key')
-    await page.getByRole('button', { name: 'Use this key' }).click()
+    await useKey(page, 'right-key')
     await page.locator('#overview').waitFor()
     await page.locator('#live', { hasText: 'live' }).waitFor()
     await keyed.app.inject({ method: 'POST', url: '/api/v1/tasks/create', headers: { authorization: 'Bearer right-key' }, payload: { session_id: 'keyed-live', instructions: 'y' } })
     await page.locator('tr[data-session="keyed-live"]').waitFor()
     t.notOk(urls.some((url) => url.includes('key')), 'no key in any URL')
+  })
+
+  t.test('a key no header can carry is refused with the reason; one already saved brings the form back', async (t) => {
+    const keyed = await serve(t, { config: { TASK_API_KEYS: 'right-key' } })
+    // A zero-width space pasted with the key: fetch would throw on it before sending anything.
+    const page = await open(t, browser, keyed.base)
+    await page.locator('#key-form').waitFor()
+    await useKey(page, 'right\u200bkey')
+    await page.locator('#key-error', { hasText: 'U+200B' }).waitFor()
+    t.match(await page.locator('#key-error').innerText(), /character 6 of this one is U\+200B/)
+    t.equal(await js(page, "sessionStorage.getItem('taskvault.apiKey')"), null, 'not kept')
+    await useKey(page, 'right-key')
+    await page.locator('#overview').waitFor()
+    t.ok(await page.locator('#key-form').isHidden(), 'the form took the next key')
+    // A curly quote saved before this check existed: the page asks again rather than failing on every load.
+    const saved = await open(t, browser, keyed.base, {}, (page) => page.addInitScript(`sessionStorage.setItem('taskvault.apiKey', ${JSON.stringify('right\u2019key')})`))
+    await saved.locator('#key-form').waitFor()
+    t.match(await saved.locator('#key-message').innerText(), /saved API key cannot be sent.*U\+2019/)
+    await useKey(saved, 'right-key')
+    await saved.locator('#overview').waitFor()
+    t.pass('and takes a good key')
   })
 
   t.test('a malformed session link shows no session, and the page still follows the stream', async (t) => {
