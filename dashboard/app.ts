@@ -259,6 +259,8 @@ $('archive-form').addEventListener('submit', (event) => {
 
 // ---- session page ----
 
+const ACTIONS = ['act-execute', 'act-run', 'act-cancel', 'act-retry', 'act-delete']
+
 let detailTimer: number | undefined
 function scheduleDetail (): void {
   if (detailTimer !== undefined) return
@@ -268,14 +270,42 @@ function scheduleDetail (): void {
   }, 100)
 }
 
+// Loads are numbered: two that overlap can answer out of order, and an answer older than the
+// newest drawn (or than the last page change) is dropped, not drawn over a newer one.
+let loadsStarted = 0
+let newestDrawn = 0
+
 async function loadDetail (id: string): Promise<void> {
-  const [detail, progress] = await Promise.all([
-    api<Detail>('GET', `/list?session_id=${encodeURIComponent(id)}`),
-    api<Summary>('GET', `/progress?session_id=${encodeURIComponent(id)}`)
-  ])
-  if (location.hash !== `#/session/${encodeURIComponent(id)}`) return
+  const load = ++loadsStarted
+  let answers: [Detail, Summary]
+  try {
+    answers = await Promise.all([
+      api<Detail>('GET', `/list?session_id=${encodeURIComponent(id)}`),
+      api<Summary>('GET', `/progress?session_id=${encodeURIComponent(id)}`)
+    ])
+  } catch (err) {
+    if (load <= newestDrawn || state.detail?.session_id !== id) return
+    if (!(err instanceof ApiError && err.status === 404)) throw err
+    newestDrawn = load
+    clearDetail(id, `session '${id}' not found`)
+    return
+  }
+  if (load <= newestDrawn || state.detail?.session_id !== id) return
+  newestDrawn = load
+  const [detail, progress] = answers
   state.detail = { ...detail, ...progress, tasks: detail.tasks }
   drawDetail(state.detail)
+}
+
+/** An empty session page: nothing of the session shown before (its counts, its enabled buttons) stays. */
+function clearDetail (id: string, summary = ''): void {
+  $('session-title').textContent = id
+  $('session-summary').textContent = summary
+  const bar = $<HTMLProgressElement>('session-progress')
+  bar.value = 0
+  bar.textContent = ''
+  for (const button of ACTIONS) $<HTMLButtonElement>(button).disabled = true
+  $('tasks').replaceChildren()
 }
 
 function drawDetail (d: Detail): void {
@@ -291,6 +321,7 @@ function drawDetail (d: Detail): void {
   $<HTMLButtonElement>('act-retry').disabled = d.failed === 0 || d.running === true
   $<HTMLButtonElement>('act-run').disabled = d.running === true || d.pending === 0
   $<HTMLButtonElement>('act-execute').disabled = d.running === true || d.pending === 0
+  $<HTMLButtonElement>('act-delete').disabled = false
   $('tasks').replaceChildren(...d.tasks.map((task, index) => drawTask(d.session_id, task, index)))
 }
 
@@ -376,6 +407,8 @@ function linkedId (encoded: string): string {
 function route (): void {
   if (!state.started) return
   const match = /^#\/session\/(.+)$/u.exec(location.hash)
+  // Whatever a load still in flight answers, it is for the page before this one.
+  newestDrawn = loadsStarted
   $('overview').hidden = match !== null
   $('session').hidden = match === null
   if (match === null) {
@@ -387,10 +420,8 @@ function route (): void {
   const valid = SESSION_ID.test(id)
   // An id the API would refuse is never asked for (nor reloaded on events and snapshots).
   state.detail = valid ? { session_id: id } as Detail : null
-  $('session-title').textContent = id
-  $('tasks').replaceChildren()
+  clearDetail(id, valid ? '' : `session '${id}' not found`)
   if (valid) void loadDetail(id).catch(showError)
-  else $('session-summary').textContent = `session '${id}' not found`
 }
 window.addEventListener('hashchange', route)
 

@@ -3,7 +3,7 @@
  * playwright-core; never a browser download): create from the form, a background run whose
  * progress moves without a reload, cancel, retry, delete with confirmation, HTML in a result
  * shown as text, API keys, a reload mid-run, and the page at 375 px and in the dark scheme;
- * an unsendable key, a malformed session link, and a reset whose reload fails.
+ * an unsendable key, unknown and malformed session links, and a reset whose reload fails.
  * With TASKVAULT_SCREENSHOTS=1 it also writes the README's screenshots under docs/.
  */
 import { existsSync } from 'node:fs'
@@ -13,8 +13,8 @@ import net, { type AddressInfo } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { chromium, type Browser, type Page } from 'playwright-core'
-import { build, createSession, post, waitFor, type TestAppOptions, type TestContext } from './helper.js'
+import { chromium, type Browser, type Page, type Request as BrowserRequest } from 'playwright-core'
+import { build, createSession, deferred, post, waitFor, type TestAppOptions, type TestContext } from './helper.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
@@ -118,6 +118,8 @@ const js = async <T>(page: Page, expression: string): Promise<T> => page.evaluat
 const progressValue = async (page: Page): Promise<number> => js<number>(page, "document.getElementById('session-progress').value")
 const BAR = "document.getElementById('session-progress').value"
 const sessionsShown = async (page: Page): Promise<string[]> => js<string[]>(page, "[...document.querySelectorAll('tbody tr')].map((row) => row.dataset.session)")
+/** A moment for the page to draw what it has just received. */
+const settle = async (page: Page): Promise<void> => { await js(page, 'new Promise((resolve) => setTimeout(resolve, 100))') }
 async function useKey (page: Page, key: string): Promise<void> {
   await page.getByLabel('API key').fill(key)
   await page.getByRole('button', { name: 'Use this key' }).click()
@@ -321,6 +323,38 @@ async function run (browser: Browser): Promise<void> {
     await useKey(saved, 'right-key')
     await saved.locator('#overview').waitFor()
     t.pass('and takes a good key')
+  })
+
+  t.test('a session page shows its own session only: an unknown one none of the last one\'s figures, an older answer never over a newer', async (t) => {
+    await createSession(app, 'figures', '1. one\n2. bad two\n3. three')
+    const page = await open(t, browser, `${base}#/session/figures`)
+    await page.locator('#session-summary', { hasText: '0/3 done' }).waitFor()
+    // Two loads overlap: the first one's answer is taken from the server, then held back until a
+    // newer one has been drawn.
+    const held = deferred<BrowserRequest>()
+    const release = deferred()
+    await page.route('**/api/v1/tasks/list?session_id=figures', async (route) => {
+      const response = await route.fetch()
+      held.resolve(route.request())
+      await release.promise
+      await route.fulfill({ response })
+    }, { times: 1 })
+    await post(app, '/execute', { session_id: 'figures' })
+    const older = await held.promise
+    await post(app, '/execute', { session_id: 'figures' })
+    await page.locator('#session-summary', { hasText: '1/3 done · 1 failed' }).waitFor()
+    const answered = page.waitForEvent('requestfinished', (request) => request === older)
+    release.resolve()
+    await answered
+    await settle(page)
+    t.match(await page.locator('#session-summary').innerText(), /1\/3 done · 1 failed/, 'the older answer, come last, is not drawn')
+    // On to a session that does not exist.
+    await js(page, "location.hash = '#/session/typo'")
+    await page.getByText("session 'typo' not found").first().waitFor()
+    t.equal(await page.locator('#session-summary').innerText(), "session 'typo' not found", 'no counts of the last session')
+    t.equal(await progressValue(page), 0, 'its bar empty')
+    t.same(await js(page, "[...document.querySelectorAll('#session .actions button:enabled')].map((button) => button.id)"), [], 'every action disabled')
+    t.equal(await page.locator('li.task').count(), 0, 'no tasks')
   })
 
   t.test('a malformed session link shows no session, and the page still follows the stream', async (t) => {
