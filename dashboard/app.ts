@@ -1,13 +1,14 @@
 /**
  * The taskvault dashboard: plain DOM, no framework. Every piece of data is set as text (dom.ts),
  * the API key travels only in the Authorization header (api.ts), and the event stream is read
- * with fetch and a stream reader (stream.ts).
+ * with fetch and a stream reader (stream.ts). Live events update rows and tasks in place, so
+ * what the reader has opened or focused stays so.
  */
 import type { Static } from '@sinclair/typebox'
 import type { Progress as ProgressSchema, SessionSummary as SessionSummarySchema } from '../dist/schemas/api.js'
 import type { Task as TaskSchema } from '../dist/schemas/session.js'
 import { api, ApiError, onKeyWanted, saveKey } from './api.js'
-import { $, el } from './dom.js'
+import { $, arrange, el, keepFocus, setText } from './dom.js'
 import { bytes, duration, when } from './format.js'
 import { follow } from './stream.js'
 
@@ -200,6 +201,50 @@ function renderSessions (): void {
   })
 }
 
+/** A shown session's row, kept across redraws and changed in place. */
+interface Row {
+  tr: HTMLTableRowElement
+  head: HTMLTableCellElement
+  link: HTMLAnchorElement
+  running: HTMLElement
+  archived: HTMLElement
+  bar: HTMLProgressElement
+  pct: HTMLElement
+  counts: HTMLTableCellElement
+  time: HTMLTimeElement
+}
+let rows = new Map<string, Row>()
+
+function makeRow (id: string): Row {
+  const link = el('a', { href: `#/session/${encodeURIComponent(id)}` }, id)
+  const head = el('th', { scope: 'row' }, link)
+  const bar = el('progress', { max: '100', 'aria-label': `${id} progress` })
+  const pct = el('span', { class: 'pct' })
+  const counts = el('td')
+  const time = el('time')
+  return {
+    tr: el('tr', { 'data-session': id }, head, el('td', {}, bar, pct), counts, el('td', {}, time)),
+    head,
+    link,
+    running: el('span', { class: 'badge running' }, 'running'),
+    archived: el('span', { class: 'badge archived' }, 'archived'),
+    bar,
+    pct,
+    counts,
+    time
+  }
+}
+
+function updateRow (row: Row, s: Summary): Row {
+  arrange(row.head, [row.link, s.running === true && row.running, s.archived === true && row.archived])
+  row.bar.value = s.percentage
+  setText(row.pct, `${Math.round(s.percentage)}%`)
+  setText(row.counts, `${s.completed}/${s.total} done` + (s.failed > 0 ? ` · ${s.failed} failed` : '') + (s.pending > 0 ? ` · ${s.pending} pending` : ''))
+  row.time.dateTime = s.updated_at
+  setText(row.time, when(s.updated_at))
+  return row
+}
+
 function drawSessions (): void {
   const filter = $<HTMLSelectElement>('filter').value
   const prefix = $<HTMLInputElement>('search').value.trim()
@@ -208,24 +253,18 @@ function drawSessions (): void {
     .sort((a, b) => b.updated_at.localeCompare(a.updated_at))
   const pages = Math.max(1, Math.ceil(shown.length / PAGE_SIZE))
   state.page = Math.min(state.page, pages - 1)
-  const rows = shown.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE).map((s) => {
-    const link = el('a', { href: `#/session/${encodeURIComponent(s.session_id)}` }, s.session_id)
-    const marks: Node[] = [link]
-    if (s.running === true) marks.push(el('span', { class: 'badge running' }, 'running'))
-    if (s.archived === true) marks.push(el('span', { class: 'badge archived' }, 'archived'))
-    const bar = el('progress', { max: '100', value: String(s.percentage), 'aria-label': `${s.session_id} progress` })
-    const counts = `${s.completed}/${s.total} done` + (s.failed > 0 ? ` · ${s.failed} failed` : '') + (s.pending > 0 ? ` · ${s.pending} pending` : '')
-    return el('tr', { 'data-session': s.session_id },
-      el('th', { scope: 'row' }, ...marks),
-      el('td', {}, bar, el('span', { class: 'pct' }, `${Math.round(s.percentage)}%`)),
-      el('td', {}, counts),
-      el('td', {}, el('time', { datetime: s.updated_at }, when(s.updated_at))))
+  keepFocus($('overview'), () => {
+    const next = new Map<string, Row>()
+    for (const s of shown.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE)) {
+      next.set(s.session_id, updateRow(rows.get(s.session_id) ?? makeRow(s.session_id), s))
+    }
+    rows = next
+    arrange($('session-rows'), [...rows.values()].map((row) => row.tr))
+    $('empty').hidden = shown.length > 0
+    setText($('page-info'), `Page ${state.page + 1} of ${pages} (${shown.length} sessions)`)
+    $<HTMLButtonElement>('prev').disabled = state.page === 0
+    $<HTMLButtonElement>('next').disabled = state.page >= pages - 1
   })
-  $('sessions').querySelector('tbody')?.replaceChildren(...rows)
-  $('empty').hidden = shown.length > 0
-  $('page-info').textContent = `Page ${state.page + 1} of ${pages} (${shown.length} sessions)`
-  $<HTMLButtonElement>('prev').disabled = state.page === 0
-  $<HTMLButtonElement>('next').disabled = state.page >= pages - 1
 }
 
 $('filter').addEventListener('change', () => { state.page = 0; drawSessions() })
@@ -299,62 +338,108 @@ async function loadDetail (id: string): Promise<void> {
 
 /** An empty session page: nothing of the session shown before (its counts, its enabled buttons) stays. */
 function clearDetail (id: string, summary = ''): void {
-  $('session-title').textContent = id
-  $('session-summary').textContent = summary
+  setText($('session-title'), id)
+  setText($('session-summary'), summary)
   const bar = $<HTMLProgressElement>('session-progress')
   bar.value = 0
   bar.textContent = ''
   for (const button of ACTIONS) $<HTMLButtonElement>(button).disabled = true
+  tasks = new Map()
   $('tasks').replaceChildren()
 }
 
 function drawDetail (d: Detail): void {
-  $('session-title').textContent = d.session_id
-  const parts = [`${d.completed}/${d.total} done`, `${d.failed} failed`, `${d.pending} pending`]
-  if (d.running === true) parts.push('running')
-  if (d.archived === true) parts.push('archived')
-  $('session-summary').textContent = parts.join(' · ')
-  const bar = $<HTMLProgressElement>('session-progress')
-  bar.value = d.percentage
-  bar.textContent = `${Math.round(d.percentage)}%`
-  $<HTMLButtonElement>('act-cancel').disabled = d.running !== true
-  $<HTMLButtonElement>('act-retry').disabled = d.failed === 0 || d.running === true
-  $<HTMLButtonElement>('act-run').disabled = d.running === true || d.pending === 0
-  $<HTMLButtonElement>('act-execute').disabled = d.running === true || d.pending === 0
-  $<HTMLButtonElement>('act-delete').disabled = false
-  $('tasks').replaceChildren(...d.tasks.map((task, index) => drawTask(d.session_id, task, index)))
+  keepFocus($('session'), () => {
+    setText($('session-title'), d.session_id)
+    const parts = [`${d.completed}/${d.total} done`, `${d.failed} failed`, `${d.pending} pending`]
+    if (d.running === true) parts.push('running')
+    if (d.archived === true) parts.push('archived')
+    setText($('session-summary'), parts.join(' · '))
+    const bar = $<HTMLProgressElement>('session-progress')
+    bar.value = d.percentage
+    bar.textContent = `${Math.round(d.percentage)}%`
+    $<HTMLButtonElement>('act-cancel').disabled = d.running !== true
+    $<HTMLButtonElement>('act-retry').disabled = d.failed === 0 || d.running === true
+    $<HTMLButtonElement>('act-run').disabled = d.running === true || d.pending === 0
+    $<HTMLButtonElement>('act-execute').disabled = d.running === true || d.pending === 0
+    $<HTMLButtonElement>('act-delete').disabled = false
+    const next = new Map<string, TaskView>()
+    d.tasks.forEach((task, index) => next.set(task.id, updateTask(tasks.get(task.id) ?? makeTask(d.session_id, task, index), task)))
+    tasks = next
+    arrange($('tasks'), [...tasks.values()].map((view) => view.item))
+  })
 }
 
-function drawTask (sessionId: string, task: Task, index: number): HTMLElement {
-  const head = el('div', { class: 'task-head' },
-    el('span', { class: 'num' }, `#${index + 1}`),
-    el('span', { class: `badge type-${task.task_type.toLowerCase()}` }, task.task_type),
-    el('span', { class: `badge status-${task.status.toLowerCase()}`, 'data-status': task.status }, task.status),
-    el('span', { class: 'meta' }, `attempts ${task.attempts}` + ((task.interruptions ?? 0) > 0 ? ` · interrupted ${task.interruptions ?? 0}` : '')))
-  const times = el('div', { class: 'meta' },
-    `started ${task.started_at === null ? '—' : when(task.started_at)} · finished ${task.completed_at === null ? '—' : when(task.completed_at)}` +
-    (task.started_at !== null && task.completed_at !== null ? ` · took ${duration(Date.parse(task.completed_at) - Date.parse(task.started_at))}` : ''))
-  const item = el('li', { class: 'task', 'data-task': task.id }, head, times, expandable('Instruction', task.instruction))
-  if (task.result !== null) item.append(expandable('Result', task.result, 'result'))
-  if (task.error !== null) item.append(expandable('Error', task.error, 'error-text'))
-  if (task.status === 'Failed') {
-    const retry = el('button', { type: 'button', class: 'retry-one' }, `Retry task #${index + 1}`)
-    retry.addEventListener('click', () => {
-      void act(async () => {
-        await api('POST', '/retry', { session_id: sessionId, task_id: task.id })
-        notice(`Task #${index + 1} is pending again`)
-        await loadDetail(sessionId)
-      })
+/** A long text that folds away; it is always text, whatever it contains. */
+interface Section { box: HTMLDetailsElement, preview: HTMLElement, full: HTMLPreElement }
+
+function section (label: string, cls = ''): Section {
+  const preview = el('span', { class: 'preview' })
+  const full = el('pre')
+  return { box: el('details', { class: cls }, el('summary', {}, `${label}: `, preview), full), preview, full }
+}
+
+/** New text into a section, which stays open or shut as the reader left it. */
+function fill (part: Section, text: string): HTMLDetailsElement {
+  setText(part.preview, text.length > 80 ? `${text.slice(0, 80)}…` : text)
+  setText(part.full, text)
+  return part.box
+}
+
+/** A task on the session page, kept across redraws and changed in place. */
+interface TaskView {
+  item: HTMLLIElement
+  head: HTMLElement
+  status: HTMLElement
+  attempts: HTMLElement
+  times: HTMLElement
+  instruction: HTMLDetailsElement
+  result: Section
+  error: Section
+  retry: HTMLButtonElement
+}
+let tasks = new Map<string, TaskView>()
+
+function makeTask (sessionId: string, task: Task, index: number): TaskView {
+  const status = el('span')
+  const attempts = el('span', { class: 'meta' })
+  const retry = el('button', { type: 'button', class: 'retry-one' }, `Retry task #${index + 1}`)
+  retry.addEventListener('click', () => {
+    void act(async () => {
+      await api('POST', '/retry', { session_id: sessionId, task_id: task.id })
+      notice(`Task #${index + 1} is pending again`)
+      await loadDetail(sessionId)
     })
-    item.append(retry)
+  })
+  return {
+    item: el('li', { class: 'task', 'data-task': task.id }),
+    head: el('div', { class: 'task-head' }, el('span', { class: 'num' }, `#${index + 1}`), el('span', { class: `badge type-${task.task_type.toLowerCase()}` }, task.task_type), status, attempts),
+    status,
+    attempts,
+    times: el('div', { class: 'meta' }),
+    instruction: fill(section('Instruction'), task.instruction),
+    result: section('Result', 'result'),
+    error: section('Error', 'error-text'),
+    retry
   }
-  return item
 }
 
-/** Long text folds away; it is always text, whatever it contains. */
-function expandable (label: string, text: string, cls = ''): HTMLElement {
-  const preview = text.length > 80 ? `${text.slice(0, 80)}…` : text
-  return el('details', { class: cls }, el('summary', {}, `${label}: `, el('span', { class: 'preview' }, preview)), el('pre', {}, text))
+function updateTask (view: TaskView, task: Task): TaskView {
+  view.status.className = `badge status-${task.status.toLowerCase()}`
+  view.status.dataset.status = task.status
+  setText(view.status, task.status)
+  setText(view.attempts, `attempts ${task.attempts}` + ((task.interruptions ?? 0) > 0 ? ` · interrupted ${task.interruptions ?? 0}` : ''))
+  setText(view.times, `started ${task.started_at === null ? '—' : when(task.started_at)} · finished ${task.completed_at === null ? '—' : when(task.completed_at)}` +
+    (task.started_at !== null && task.completed_at !== null ? ` · took ${duration(Date.parse(task.completed_at) - Date.parse(task.started_at))}` : ''))
+  arrange(view.item, [
+    view.head,
+    view.times,
+    view.instruction,
+    task.result !== null && fill(view.result, task.result),
+    task.error !== null && fill(view.error, task.error),
+    task.status === 'Failed' && view.retry
+  ])
+  return view
 }
 
 function sessionAction (button: string, work: (id: string) => Promise<void>): void {

@@ -1,4 +1,7 @@
-/** DOM helpers. Data reaches the page only as text (textContent, attributes), never as HTML. */
+/**
+ * DOM helpers. Data reaches the page only as text (textContent, attributes), never as HTML, and
+ * live updates change nodes in place, so what the reader has open or focused stays so.
+ */
 
 export const $ = <T extends HTMLElement = HTMLElement>(id: string): T => {
   const element = document.getElementById(id)
@@ -12,4 +15,33 @@ export function el<K extends keyof HTMLElementTagNameMap> (tag: K, attrs: Record
   for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value)
   for (const child of children) node.append(typeof child === 'string' ? document.createTextNode(child) : child)
   return node
+}
+
+/** Sets a node's text only when it changed: an unchanged node is not redrawn or re-announced. */
+export function setText (node: Node, text: string): void {
+  if (node.textContent !== text) node.textContent = text
+}
+
+/**
+ * Makes `wanted` (less its false entries: parts not shown now) the children of `parent`, in that
+ * order, moving only the ones out of place and removing the rest: nodes kept keep their state
+ * (an open details element, a half-typed field).
+ */
+export function arrange (parent: Element, wanted: Array<Element | false>): void {
+  const nodes = wanted.filter((node) => node !== false)
+  nodes.forEach((node, index) => {
+    const there = parent.children[index] ?? null
+    if (there !== node) parent.insertBefore(node, there)
+  })
+  while (parent.children.length > nodes.length) parent.lastElementChild?.remove()
+}
+
+/**
+ * Runs `draw`, which changes what is inside `scope`, and keeps the keyboard's place there: an
+ * element that was only moved loses focus in the browser, and gets it back.
+ */
+export function keepFocus (scope: HTMLElement, draw: () => void): void {
+  const had = document.activeElement
+  draw()
+  if (had instanceof HTMLElement && had !== document.body && scope.contains(had) && document.activeElement !== had) had.focus({ preventScroll: true })
 }

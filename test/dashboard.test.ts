@@ -3,7 +3,7 @@
  * playwright-core; never a browser download): create from the form, a background run whose
  * progress moves without a reload, cancel, retry, delete with confirmation, HTML in a result
  * shown as text, API keys, a reload mid-run, and the page at 375 px and in the dark scheme;
- * an unsendable key, unknown and malformed session links, and a reset whose reload fails.
+ * live updates made in place (focus and opened sections kept), an unsendable key, unknown and malformed session links, and a reset whose reload fails.
  * With TASKVAULT_SCREENSHOTS=1 it also writes the README's screenshots under docs/.
  */
 import { existsSync } from 'node:fs'
@@ -118,6 +118,9 @@ const js = async <T>(page: Page, expression: string): Promise<T> => page.evaluat
 const progressValue = async (page: Page): Promise<number> => js<number>(page, "document.getElementById('session-progress').value")
 const BAR = "document.getElementById('session-progress').value"
 const sessionsShown = async (page: Page): Promise<string[]> => js<string[]>(page, "[...document.querySelectorAll('tbody tr')].map((row) => row.dataset.session)")
+/** Notes the focused element, for `focusKept` to compare with. */
+const markFocus = async (page: Page): Promise<void> => { await js(page, 'window.__focused = document.activeElement') }
+const focusKept = async (page: Page): Promise<boolean> => js<boolean>(page, 'document.activeElement === window.__focused && document.activeElement !== document.body')
 /** A moment for the page to draw what it has just received. */
 const settle = async (page: Page): Promise<void> => { await js(page, 'new Promise((resolve) => setTimeout(resolve, 100))') }
 async function useKey (page: Page, key: string): Promise<void> {
@@ -323,6 +326,35 @@ async function run (browser: Browser): Promise<void> {
     await useKey(saved, 'right-key')
     await saved.locator('#overview').waitFor()
     t.pass('and takes a good key')
+  })
+
+  t.test('live events change rows and tasks in place: focus stays put and an opened result stays open', async (t) => {
+    await createSession(app, 'in-place', '1. first\n2. gate second')
+    await post(app, '/execute', { session_id: 'in-place' })
+    const page = await open(t, browser, base)
+    // The overview: a keyboard user on a row's link while another session arrives above it, then
+    // that row's own session changes and it moves to the top.
+    await page.getByRole('link', { name: 'in-place', exact: true }).focus()
+    await markFocus(page)
+    await createSession(app, 'in-place-other', 'x')
+    await page.locator('tr[data-session="in-place-other"]').waitFor()
+    await createSession(app, 'in-place', '3. more')
+    await page.locator('tr[data-session="in-place"]', { hasText: '1/3 done' }).waitFor()
+    t.same((await sessionsShown(page)).slice(0, 2), ['in-place', 'in-place-other'], 'the row moved to the top')
+    t.ok(await focusKept(page), 'focus is still on its link')
+    // The session page: the first task's result opened (and focused), while the next task starts
+    // and another session changes.
+    await page.getByRole('link', { name: 'in-place', exact: true }).click()
+    const result = page.locator('li.task').first().locator('details.result')
+    await result.locator('summary').click()
+    await markFocus(page)
+    await post(app, '/execute-all', { session_id: 'in-place', wait: false })
+    await page.locator('[data-status="InProgress"]').waitFor()
+    await createSession(app, 'in-place-other', 'y')
+    await page.locator('tr[data-session="in-place-other"]', { hasText: '0/2 done' }).waitFor({ state: 'attached' })
+    t.ok(await result.evaluate((details) => (details as unknown as { open: boolean }).open), 'the result is still open')
+    t.ok(await focusKept(page), 'focus is still on its summary')
+    await post(app, '/cancel', { session_id: 'in-place' })
   })
 
   t.test('a session page shows its own session only: an unknown one none of the last one\'s figures, an older answer never over a newer', async (t) => {
