@@ -97,7 +97,7 @@ $('key-form').addEventListener('submit', (event) => {
   }
   input.value = ''
   $('key-form').hidden = true
-  void start()
+  void start(true)
 })
 
 // ---- snapshot and events ----
@@ -264,7 +264,7 @@ function drawSessions (): void {
     setText($('page-info'), `Page ${state.page + 1} of ${pages} (${shown.length} sessions)`)
     $<HTMLButtonElement>('prev').disabled = state.page === 0
     $<HTMLButtonElement>('next').disabled = state.page >= pages - 1
-  })
+  }, () => $('sessions-title'))
 }
 
 $('filter').addEventListener('change', () => { state.page = 0; drawSessions() })
@@ -326,7 +326,7 @@ async function loadDetail (id: string): Promise<void> {
     if (load <= newestDrawn || state.detail?.session_id !== id) return
     if (!(err instanceof ApiError && err.status === 404)) throw err
     newestDrawn = load
-    clearDetail(id, `session '${id}' not found`)
+    keepFocus($('session'), () => { clearDetail(id, `session '${id}' not found`) }, detailFallback)
     return
   }
   if (load <= newestDrawn || state.detail?.session_id !== id) return
@@ -348,6 +348,11 @@ function clearDetail (id: string, summary = ''): void {
   $('tasks').replaceChildren()
 }
 
+/** Where focus goes when its control went away: the action left to take (Cancel after Run all), else the heading. */
+function detailFallback (): HTMLElement {
+  return document.querySelector<HTMLElement>('#session .actions button:enabled:not(.danger)') ?? $('session-title')
+}
+
 function drawDetail (d: Detail): void {
   keepFocus($('session'), () => {
     setText($('session-title'), d.session_id)
@@ -367,7 +372,7 @@ function drawDetail (d: Detail): void {
     d.tasks.forEach((task, index) => next.set(task.id, updateTask(tasks.get(task.id) ?? makeTask(d.session_id, task, index), task)))
     tasks = next
     arrange($('tasks'), [...tasks.values()].map((view) => view.item))
-  })
+  }, detailFallback)
 }
 
 /** A long text that folds away; it is always text, whatever it contains. */
@@ -412,7 +417,8 @@ function makeTask (sessionId: string, task: Task, index: number): TaskView {
     })
   })
   return {
-    item: el('li', { class: 'task', 'data-task': task.id }),
+    // Focusable from script: where focus goes when the task's retry button goes away.
+    item: el('li', { class: 'task', 'data-task': task.id, tabindex: '-1' }),
     head: el('div', { class: 'task-head' }, el('span', { class: 'num' }, `#${index + 1}`), el('span', { class: `badge type-${task.task_type.toLowerCase()}` }, task.task_type), status, attempts),
     status,
     attempts,
@@ -488,10 +494,11 @@ function linkedId (encoded: string): string {
   }
 }
 
-/** Shows the page the address names. */
-function route (): void {
+/** Shows the page the address names; `moveFocus` (a page change, not the first load) puts focus on it. */
+function route (moveFocus = false): void {
   if (!state.started) return
   const match = /^#\/session\/(.+)$/u.exec(location.hash)
+  const left = state.detail?.session_id
   // Whatever a load still in flight answers, it is for the page before this one.
   newestDrawn = loadsStarted
   $('overview').hidden = match !== null
@@ -499,6 +506,8 @@ function route (): void {
   if (match === null) {
     state.detail = null
     drawSessions()
+    // Back on the overview, on the row of the session just left (gone once deleted: the list's heading).
+    if (moveFocus) (rows.get(left ?? '')?.link ?? $('sessions-title')).focus()
     return
   }
   const id = linkedId(match[1] ?? '')
@@ -506,14 +515,15 @@ function route (): void {
   // An id the API would refuse is never asked for (nor reloaded on events and snapshots).
   state.detail = valid ? { session_id: id } as Detail : null
   clearDetail(id, valid ? '' : `session '${id}' not found`)
+  if (moveFocus) $('session-title').focus()
   if (valid) void loadDetail(id).catch(showError)
 }
-window.addEventListener('hashchange', route)
+window.addEventListener('hashchange', () => { route(true) })
 
 // ---- start ----
 
 let following = false
-async function start (): Promise<void> {
+async function start (moveFocus = false): Promise<void> {
   try {
     // One authorised call first: a missing or wrong key asks for one before anything else.
     await api('GET', '/stats')
@@ -529,7 +539,7 @@ async function start (): Promise<void> {
     following = true
     void follow({ reload: loadSnapshot, event: onEvent, live: setLive }).finally(() => { following = false })
   }
-  route()
+  route(moveFocus)
   scheduleStats()
 }
 

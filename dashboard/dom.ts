@@ -36,12 +36,29 @@ export function arrange (parent: Element, wanted: Array<Element | false>): void 
   while (parent.children.length > nodes.length) parent.lastElementChild?.remove()
 }
 
+/** Whether the keyboard can still be on `node`: in the page, not hidden, not disabled. */
+function usable (node: HTMLElement): boolean {
+  return node.isConnected && node.closest('[hidden]') === null && !(node instanceof HTMLButtonElement && node.disabled)
+}
+
 /**
- * Runs `draw`, which changes what is inside `scope`, and keeps the keyboard's place there: an
- * element that was only moved loses focus in the browser, and gets it back.
+ * Runs `draw`, which changes what is inside `scope`, and keeps the keyboard's place there. An
+ * element that was only moved loses focus in the browser and gets it back; one removed, hidden
+ * or disabled hands it to the nearest container that takes focus (tabindex="-1", a task's item),
+ * or else to `fallback()`: never to nothing, where the next Tab starts from the top of the page.
  */
-export function keepFocus (scope: HTMLElement, draw: () => void): void {
+export function keepFocus (scope: HTMLElement, draw: () => void, fallback: () => HTMLElement): void {
   const had = document.activeElement
+  if (!(had instanceof HTMLElement) || had === document.body || !scope.contains(had)) {
+    draw()
+    return
+  }
+  // Found before drawing: once `had` is detached, its ancestors are out of reach.
+  const holder = had.parentElement?.closest<HTMLElement>('[tabindex="-1"]')
   draw()
-  if (had instanceof HTMLElement && had !== document.body && scope.contains(had) && document.activeElement !== had) had.focus({ preventScroll: true })
+  if (usable(had)) {
+    if (document.activeElement !== had) had.focus({ preventScroll: true })
+  } else {
+    (holder !== null && holder !== undefined && usable(holder) ? holder : fallback()).focus()
+  }
 }

@@ -3,7 +3,8 @@
  * playwright-core; never a browser download): create from the form, a background run whose
  * progress moves without a reload, cancel, retry, delete with confirmation, HTML in a result
  * shown as text, API keys, a reload mid-run, and the page at 375 px and in the dark scheme;
- * live updates made in place (focus and opened sections kept), an unsendable key, unknown and malformed session links, and a reset whose reload fails.
+ * live updates made in place (focus and opened sections kept), focus after page changes and
+ * actions, an unsendable key, unknown and malformed session links, and a reset whose reload fails.
  * With TASKVAULT_SCREENSHOTS=1 it also writes the README's screenshots under docs/.
  */
 import { existsSync } from 'node:fs'
@@ -118,6 +119,8 @@ const js = async <T>(page: Page, expression: string): Promise<T> => page.evaluat
 const progressValue = async (page: Page): Promise<number> => js<number>(page, "document.getElementById('session-progress').value")
 const BAR = "document.getElementById('session-progress').value"
 const sessionsShown = async (page: Page): Promise<string[]> => js<string[]>(page, "[...document.querySelectorAll('tbody tr')].map((row) => row.dataset.session)")
+/** Whether the focused element matches `selector` (never true of the body: focus on nothing). */
+const focusIs = async (page: Page, selector: string): Promise<boolean> => js<boolean>(page, `document.activeElement.matches(${JSON.stringify(selector)})`)
 /** Notes the focused element, for `focusKept` to compare with. */
 const markFocus = async (page: Page): Promise<void> => { await js(page, 'window.__focused = document.activeElement') }
 const focusKept = async (page: Page): Promise<boolean> => js<boolean>(page, 'document.activeElement === window.__focused && document.activeElement !== document.body')
@@ -355,6 +358,34 @@ async function run (browser: Browser): Promise<void> {
     t.ok(await result.evaluate((details) => (details as unknown as { open: boolean }).open), 'the result is still open')
     t.ok(await focusKept(page), 'focus is still on its summary')
     await post(app, '/cancel', { session_id: 'in-place' })
+  })
+
+  t.test('focus follows page changes and actions, never left on nothing', async (t) => {
+    await createSession(app, 'focus-moves', '1. bad one\n2. gate two')
+    await post(app, '/execute', { session_id: 'focus-moves' })
+    const page = await open(t, browser, base)
+    await page.getByRole('link', { name: 'focus-moves', exact: true }).press('Enter')
+    await page.locator('#session-title', { hasText: 'focus-moves' }).waitFor()
+    t.ok(await focusIs(page, '#session-title'), 'following a link: on the session\'s heading')
+    await page.locator('#act-run:enabled').press('Enter')
+    await page.locator('#act-cancel:enabled').waitFor()
+    t.ok(await focusIs(page, '#act-cancel'), 'Run all, disabled by its run, hands focus to Cancel')
+    await page.locator('#act-cancel').press('Enter')
+    await page.locator('#act-cancel:disabled').waitFor()
+    t.ok(await focusIs(page, '#session .actions button:enabled'), 'Cancel, disabled once done, hands focus to an action still open')
+    const first = page.locator('li.task').first()
+    await first.getByRole('button', { name: 'Retry task #1' }).press('Enter')
+    await first.locator('[data-status="Pending"]').waitFor()
+    t.ok(await focusIs(page, 'li.task:first-child'), 'retrying a task: on the task, its button gone')
+    await page.getByRole('link', { name: '← All sessions' }).press('Enter')
+    await page.locator('#overview').waitFor()
+    t.ok(await focusIs(page, 'tr[data-session="focus-moves"] a'), 'back on the overview: on the row of the session left')
+    await page.getByRole('link', { name: 'focus-moves', exact: true }).click()
+    await page.locator('#session-title', { hasText: 'focus-moves' }).waitFor()
+    page.once('dialog', (dialog) => { void dialog.accept() })
+    await page.locator('#act-delete:enabled').press('Enter')
+    await page.locator('#overview').waitFor()
+    t.ok(await focusIs(page, '#sessions-title'), 'after a delete: on the list\'s heading')
   })
 
   t.test('a session page shows its own session only: an unknown one none of the last one\'s figures, an older answer never over a newer', async (t) => {
