@@ -1,17 +1,22 @@
 /**
- * The taskvault dashboard: plain DOM, no framework. Every piece of data is set with
- * textContent (never innerHTML), the API key travels only in the Authorization header, and the
- * event stream is read with fetch and a stream reader (EventSource cannot send headers).
+ * The taskvault dashboard: plain DOM, no framework. Every piece of data is set as text (dom.ts),
+ * the API key travels only in the Authorization header (api.ts), and the event stream is read
+ * with fetch and a stream reader (stream.ts). Live events update rows and tasks in place, so
+ * what the reader has opened or focused stays so.
  */
 import type { Static } from '@sinclair/typebox'
 import type { Progress as ProgressSchema, SessionSummary as SessionSummarySchema } from '../dist/schemas/api.js'
 import type { Task as TaskSchema } from '../dist/schemas/session.js'
+import { api, ApiError, onKeyWanted, saveKey } from './api.js'
+import { $, arrange, el, keepFocus, setText } from './dom.js'
+import { bytes, duration, when } from './format.js'
+import { follow } from './stream.js'
 
-const API = '/api/v1/tasks'
-const KEY_STORAGE = 'taskvault.apiKey'
 const PAGE_SIZE = 20
 /** The newest sessions the overview loads (the list endpoint's largest page). */
 const SNAPSHOT_LIMIT = 1000
+/** A session id as the API accepts it: a link naming anything else names no session. */
+const SESSION_ID = /^[A-Za-z0-9_-]{1,128}$/u
 
 // The API's own shapes, from the server's schemas (type-only: nothing of them reaches the bundle).
 type Progress = Static<typeof ProgressSchema>
@@ -22,52 +27,11 @@ interface Detail extends Summary {
   tasks: Task[]
 }
 
-class ApiError extends Error {
-  constructor (readonly status: number, message: string) {
-    super(message)
-  }
-}
-
-const $ = <T extends HTMLElement = HTMLElement>(id: string): T => {
-  const element = document.getElementById(id)
-  if (element === null) throw new Error(`#${id} missing`)
-  return element as T
-}
-
-/** An element with text content and attributes: the only way data reaches the page. */
-function el<K extends keyof HTMLElementTagNameMap> (tag: K, attrs: Record<string, string> = {}, ...children: Array<Node | string>): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag)
-  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value)
-  for (const child of children) node.append(typeof child === 'string' ? document.createTextNode(child) : child)
-  return node
-}
-
 const state = {
   sessions: new Map<string, Summary>(),
   page: 0,
   detail: null as Detail | null,
   started: false
-}
-
-// ---- API ----
-
-function authHeaders (): Record<string, string> {
-  const key = sessionStorage.getItem(KEY_STORAGE)
-  return key === null ? {} : { authorization: `Bearer ${key}` }
-}
-
-async function api<T> (method: string, path: string, body?: unknown): Promise<T> {
-  const headers = authHeaders()
-  if (body !== undefined) headers['content-type'] = 'application/json'
-  const res = await fetch(API + path, { method, headers, ...(body !== undefined && { body: JSON.stringify(body) }) })
-  if (res.status === 204) return null as T
-  const data = await res.json().catch(() => null) as { message?: string } | null
-  if (res.status === 401) {
-    askForKey(data?.message ?? 'unauthorized')
-    throw new ApiError(401, data?.message ?? 'unauthorized')
-  }
-  if (!res.ok) throw new ApiError(res.status, `${res.status}: ${data?.message ?? res.statusText}`)
-  return data as T
 }
 
 // ---- messages ----
@@ -103,25 +67,40 @@ async function act (work: () => Promise<void>): Promise<void> {
 
 // ---- API key ----
 
-function askForKey (message: string): void {
-  const hadKey = sessionStorage.getItem(KEY_STORAGE) !== null
-  $('key-message').textContent = hadKey ? `That key was refused (${message}). Enter another.` : 'This server needs an API key.'
+function askForKey (text: string): void {
+  $('key-message').textContent = text
+  showKeyProblem(null)
   $('key-form').hidden = false
   $('overview').hidden = true
   $('session').hidden = true
   $('key-input').focus()
 }
+onKeyWanted(askForKey)
+
+function showKeyProblem (problem: string | null): void {
+  const box = $('key-error')
+  box.textContent = problem ?? ''
+  box.hidden = problem === null
+  $('key-input').setAttribute('aria-invalid', String(problem !== null))
+}
 
 $('key-form').addEventListener('submit', (event) => {
   event.preventDefault()
   const input = $<HTMLInputElement>('key-input')
-  sessionStorage.setItem(KEY_STORAGE, input.value.trim())
+  // Checked before it is kept: a key no header can carry would make every request fail.
+  const problem = saveKey(input.value.trim())
+  showKeyProblem(problem)
+  if (problem !== null) {
+    input.focus()
+    input.select()
+    return
+  }
   input.value = ''
   $('key-form').hidden = true
-  void start()
+  void start(true)
 })
 
-// ---- snapshot and stream ----
+// ---- snapshot and events ----
 
 async function loadSnapshot (): Promise<void> {
   const list = await api<{ sessions: Summary[] }>('GET', `/list?session_id=all&archived=include&limit=${SNAPSHOT_LIMIT}`)
@@ -131,84 +110,6 @@ async function loadSnapshot (): Promise<void> {
   if (state.detail !== null) scheduleDetail()
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** The stream's first comment names the server's heartbeat period (TASK_EVENTS_HEARTBEAT_MS). */
-const HEARTBEAT = /^: connected, heartbeat every (\d+) ms/u
-/** Heartbeat periods without a byte after which the connection counts as dead. */
-const SILENT_BEATS = 3
-/** Until the server has named its period: three of the default heartbeats (a connection or answer that never comes). */
-const FIRST_SILENT_MS = 45_000
-
-/** Reads the stream for as long as the page lives, reconnecting with the last id it saw. */
-async function follow (): Promise<void> {
-  let lastId: string | null = null
-  let delay = 500
-  for (;;) {
-    // One connection at a time: whatever ends this one (a failed snapshot, a bad frame) closes it,
-    // or each retry would hold another of the browser's six connections to the server, and a slot
-    // of the server's TASK_EVENTS_MAX_CLIENTS, until the page froze.
-    const connection = new AbortController()
-    // A connection that goes silent (a dropped NAT entry, a frozen proxy) never ends by itself:
-    // once the server has named its heartbeat, silence for a few of them closes it, and the page
-    // reconnects with its last id rather than showing "live" while nothing arrives.
-    let silentMs = FIRST_SILENT_MS
-    let watchdog: ReturnType<typeof setTimeout> | undefined
-    const heard = (): void => {
-      clearTimeout(watchdog)
-      watchdog = setTimeout(() => { connection.abort() }, silentMs)
-    }
-    heard()
-    try {
-      const headers = authHeaders()
-      if (lastId !== null) headers['last-event-id'] = lastId
-      const res = await fetch(`${API}/events`, { headers, signal: connection.signal })
-      if (res.status === 401) {
-        askForKey('unauthorized')
-        return
-      }
-      if (!res.ok || res.body === null) throw new Error(`stream: ${res.status}`)
-      setLive(true)
-      // The first connection (and any that did not resume) starts from a fresh snapshot.
-      if (lastId === null) await loadSnapshot()
-      // Backing off ends once the page is whole again, not when the stream merely answers.
-      delay = 500
-      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader()
-      let buffer = ''
-      for (;;) {
-        const { value, done } = await reader.read()
-        if (done) break
-        heard()
-        buffer += value
-        let end: number
-        while ((end = buffer.indexOf('\n\n')) >= 0) {
-          const frame = buffer.slice(0, end)
-          buffer = buffer.slice(end + 2)
-          let name = ''
-          let data = ''
-          for (const line of frame.split('\n')) {
-            const beat = HEARTBEAT.exec(line)
-            if (beat !== null) {
-              silentMs = SILENT_BEATS * Number(beat[1])
-              heard()
-            } else if (line.startsWith('id:')) lastId = line.slice(3).trim()
-            else if (line.startsWith('event:')) name = line.slice(6).trim()
-            else if (line.startsWith('data:')) data += line.slice(5).trim()
-          }
-          if (name !== '') onEvent(name, data === '' ? {} : JSON.parse(data) as Record<string, unknown>)
-        }
-      }
-    } catch {
-    } finally {
-      clearTimeout(watchdog)
-      connection.abort()
-    }
-    setLive(false)
-    await sleep(delay)
-    delay = Math.min(delay * 2, 10_000)
-  }
-}
-
 function setLive (live: boolean): void {
   const badge = $('live')
   badge.textContent = live ? 'live' : 'reconnecting…'
@@ -216,10 +117,6 @@ function setLive (live: boolean): void {
 }
 
 function onEvent (name: string, data: Record<string, unknown>): void {
-  if (name === 'reset') {
-    void loadSnapshot().catch(showError)
-    return
-  }
   const id = data.session_id
   if (typeof id !== 'string') return
   const known = state.sessions.get(id)
@@ -304,6 +201,50 @@ function renderSessions (): void {
   })
 }
 
+/** A shown session's row, kept across redraws and changed in place. */
+interface Row {
+  tr: HTMLTableRowElement
+  head: HTMLTableCellElement
+  link: HTMLAnchorElement
+  running: HTMLElement
+  archived: HTMLElement
+  bar: HTMLProgressElement
+  pct: HTMLElement
+  counts: HTMLTableCellElement
+  time: HTMLTimeElement
+}
+let rows = new Map<string, Row>()
+
+function makeRow (id: string): Row {
+  const link = el('a', { href: `#/session/${encodeURIComponent(id)}` }, id)
+  const head = el('th', { scope: 'row' }, link)
+  const bar = el('progress', { max: '100', 'aria-label': `${id} progress` })
+  const pct = el('span', { class: 'pct' })
+  const counts = el('td')
+  const time = el('time')
+  return {
+    tr: el('tr', { 'data-session': id }, head, el('td', {}, bar, pct), counts, el('td', {}, time)),
+    head,
+    link,
+    running: el('span', { class: 'badge running' }, 'running'),
+    archived: el('span', { class: 'badge archived' }, 'archived'),
+    bar,
+    pct,
+    counts,
+    time
+  }
+}
+
+function updateRow (row: Row, s: Summary): Row {
+  arrange(row.head, [row.link, s.running === true && row.running, s.archived === true && row.archived])
+  row.bar.value = s.percentage
+  setText(row.pct, `${Math.round(s.percentage)}%`)
+  setText(row.counts, `${s.completed}/${s.total} done` + (s.failed > 0 ? ` · ${s.failed} failed` : '') + (s.pending > 0 ? ` · ${s.pending} pending` : ''))
+  row.time.dateTime = s.updated_at
+  setText(row.time, when(s.updated_at))
+  return row
+}
+
 function drawSessions (): void {
   const filter = $<HTMLSelectElement>('filter').value
   const prefix = $<HTMLInputElement>('search').value.trim()
@@ -312,24 +253,18 @@ function drawSessions (): void {
     .sort((a, b) => b.updated_at.localeCompare(a.updated_at))
   const pages = Math.max(1, Math.ceil(shown.length / PAGE_SIZE))
   state.page = Math.min(state.page, pages - 1)
-  const rows = shown.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE).map((s) => {
-    const link = el('a', { href: `#/session/${encodeURIComponent(s.session_id)}` }, s.session_id)
-    const marks: Node[] = [link]
-    if (s.running === true) marks.push(el('span', { class: 'badge running' }, 'running'))
-    if (s.archived === true) marks.push(el('span', { class: 'badge archived' }, 'archived'))
-    const bar = el('progress', { max: '100', value: String(s.percentage), 'aria-label': `${s.session_id} progress` })
-    const counts = `${s.completed}/${s.total} done` + (s.failed > 0 ? ` · ${s.failed} failed` : '') + (s.pending > 0 ? ` · ${s.pending} pending` : '')
-    return el('tr', { 'data-session': s.session_id },
-      el('th', { scope: 'row' }, ...marks),
-      el('td', {}, bar, el('span', { class: 'pct' }, `${Math.round(s.percentage)}%`)),
-      el('td', {}, counts),
-      el('td', {}, el('time', { datetime: s.updated_at }, when(s.updated_at))))
-  })
-  $('sessions').querySelector('tbody')?.replaceChildren(...rows)
-  $('empty').hidden = shown.length > 0
-  $('page-info').textContent = `Page ${state.page + 1} of ${pages} (${shown.length} sessions)`
-  $<HTMLButtonElement>('prev').disabled = state.page === 0
-  $<HTMLButtonElement>('next').disabled = state.page >= pages - 1
+  keepFocus($('overview'), () => {
+    const next = new Map<string, Row>()
+    for (const s of shown.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE)) {
+      next.set(s.session_id, updateRow(rows.get(s.session_id) ?? makeRow(s.session_id), s))
+    }
+    rows = next
+    arrange($('session-rows'), [...rows.values()].map((row) => row.tr))
+    $('empty').hidden = shown.length > 0
+    setText($('page-info'), `Page ${state.page + 1} of ${pages} (${shown.length} sessions)`)
+    $<HTMLButtonElement>('prev').disabled = state.page === 0
+    $<HTMLButtonElement>('next').disabled = state.page >= pages - 1
+  }, () => $('sessions-title'))
 }
 
 $('filter').addEventListener('change', () => { state.page = 0; drawSessions() })
@@ -363,6 +298,8 @@ $('archive-form').addEventListener('submit', (event) => {
 
 // ---- session page ----
 
+const ACTIONS = ['act-execute', 'act-run', 'act-cancel', 'act-retry', 'act-delete']
+
 let detailTimer: number | undefined
 function scheduleDetail (): void {
   if (detailTimer !== undefined) return
@@ -372,62 +309,143 @@ function scheduleDetail (): void {
   }, 100)
 }
 
+// Loads are numbered: two that overlap can answer out of order, and an answer older than the
+// newest drawn (or than the last page change) is dropped, not drawn over a newer one.
+let loadsStarted = 0
+let newestDrawn = 0
+
 async function loadDetail (id: string): Promise<void> {
-  const [detail, progress] = await Promise.all([
-    api<Detail>('GET', `/list?session_id=${encodeURIComponent(id)}`),
-    api<Summary>('GET', `/progress?session_id=${encodeURIComponent(id)}`)
-  ])
-  if (location.hash !== `#/session/${encodeURIComponent(id)}`) return
+  const load = ++loadsStarted
+  let answers: [Detail, Summary]
+  try {
+    answers = await Promise.all([
+      api<Detail>('GET', `/list?session_id=${encodeURIComponent(id)}`),
+      api<Summary>('GET', `/progress?session_id=${encodeURIComponent(id)}`)
+    ])
+  } catch (err) {
+    if (load <= newestDrawn || state.detail?.session_id !== id) return
+    if (!(err instanceof ApiError && err.status === 404)) throw err
+    newestDrawn = load
+    keepFocus($('session'), () => { clearDetail(id, `session '${id}' not found`) }, detailFallback)
+    return
+  }
+  if (load <= newestDrawn || state.detail?.session_id !== id) return
+  newestDrawn = load
+  const [detail, progress] = answers
   state.detail = { ...detail, ...progress, tasks: detail.tasks }
   drawDetail(state.detail)
 }
 
-function drawDetail (d: Detail): void {
-  $('session-title').textContent = d.session_id
-  const parts = [`${d.completed}/${d.total} done`, `${d.failed} failed`, `${d.pending} pending`]
-  if (d.running === true) parts.push('running')
-  if (d.archived === true) parts.push('archived')
-  $('session-summary').textContent = parts.join(' · ')
+/** An empty session page: nothing of the session shown before (its counts, its enabled buttons) stays. */
+function clearDetail (id: string, summary = ''): void {
+  setText($('session-title'), id)
+  setText($('session-summary'), summary)
   const bar = $<HTMLProgressElement>('session-progress')
-  bar.value = d.percentage
-  bar.textContent = `${Math.round(d.percentage)}%`
-  $<HTMLButtonElement>('act-cancel').disabled = d.running !== true
-  $<HTMLButtonElement>('act-retry').disabled = d.failed === 0 || d.running === true
-  $<HTMLButtonElement>('act-run').disabled = d.running === true || d.pending === 0
-  $<HTMLButtonElement>('act-execute').disabled = d.running === true || d.pending === 0
-  $('tasks').replaceChildren(...d.tasks.map((task, index) => drawTask(d.session_id, task, index)))
+  bar.value = 0
+  bar.textContent = ''
+  for (const button of ACTIONS) $<HTMLButtonElement>(button).disabled = true
+  tasks = new Map()
+  $('tasks').replaceChildren()
 }
 
-function drawTask (sessionId: string, task: Task, index: number): HTMLElement {
-  const head = el('div', { class: 'task-head' },
-    el('span', { class: 'num' }, `#${index + 1}`),
-    el('span', { class: `badge type-${task.task_type.toLowerCase()}` }, task.task_type),
-    el('span', { class: `badge status-${task.status.toLowerCase()}`, 'data-status': task.status }, task.status),
-    el('span', { class: 'meta' }, `attempts ${task.attempts}` + ((task.interruptions ?? 0) > 0 ? ` · interrupted ${task.interruptions ?? 0}` : '')))
-  const times = el('div', { class: 'meta' },
-    `started ${task.started_at === null ? '—' : when(task.started_at)} · finished ${task.completed_at === null ? '—' : when(task.completed_at)}` +
-    (task.started_at !== null && task.completed_at !== null ? ` · took ${duration(Date.parse(task.completed_at) - Date.parse(task.started_at))}` : ''))
-  const item = el('li', { class: 'task', 'data-task': task.id }, head, times, expandable('Instruction', task.instruction))
-  if (task.result !== null) item.append(expandable('Result', task.result, 'result'))
-  if (task.error !== null) item.append(expandable('Error', task.error, 'error-text'))
-  if (task.status === 'Failed') {
-    const retry = el('button', { type: 'button', class: 'retry-one' }, `Retry task #${index + 1}`)
-    retry.addEventListener('click', () => {
-      void act(async () => {
-        await api('POST', '/retry', { session_id: sessionId, task_id: task.id })
-        notice(`Task #${index + 1} is pending again`)
-        await loadDetail(sessionId)
-      })
+/** Where focus goes when its control went away: the action left to take (Cancel after Run all), else the heading. */
+function detailFallback (): HTMLElement {
+  return document.querySelector<HTMLElement>('#session .actions button:enabled:not(.danger)') ?? $('session-title')
+}
+
+function drawDetail (d: Detail): void {
+  keepFocus($('session'), () => {
+    setText($('session-title'), d.session_id)
+    const parts = [`${d.completed}/${d.total} done`, `${d.failed} failed`, `${d.pending} pending`]
+    if (d.running === true) parts.push('running')
+    if (d.archived === true) parts.push('archived')
+    setText($('session-summary'), parts.join(' · '))
+    const bar = $<HTMLProgressElement>('session-progress')
+    bar.value = d.percentage
+    bar.textContent = `${Math.round(d.percentage)}%`
+    $<HTMLButtonElement>('act-cancel').disabled = d.running !== true
+    $<HTMLButtonElement>('act-retry').disabled = d.failed === 0 || d.running === true
+    $<HTMLButtonElement>('act-run').disabled = d.running === true || d.pending === 0
+    $<HTMLButtonElement>('act-execute').disabled = d.running === true || d.pending === 0
+    $<HTMLButtonElement>('act-delete').disabled = false
+    const next = new Map<string, TaskView>()
+    d.tasks.forEach((task, index) => next.set(task.id, updateTask(tasks.get(task.id) ?? makeTask(d.session_id, task, index), task)))
+    tasks = next
+    arrange($('tasks'), [...tasks.values()].map((view) => view.item))
+  }, detailFallback)
+}
+
+/** A long text that folds away; it is always text, whatever it contains. */
+interface Section { box: HTMLDetailsElement, preview: HTMLElement, full: HTMLPreElement }
+
+function section (label: string, cls = ''): Section {
+  const preview = el('span', { class: 'preview' })
+  const full = el('pre')
+  return { box: el('details', { class: cls }, el('summary', {}, `${label}: `, preview), full), preview, full }
+}
+
+/** New text into a section, which stays open or shut as the reader left it. */
+function fill (part: Section, text: string): HTMLDetailsElement {
+  setText(part.preview, text.length > 80 ? `${text.slice(0, 80)}…` : text)
+  setText(part.full, text)
+  return part.box
+}
+
+/** A task on the session page, kept across redraws and changed in place. */
+interface TaskView {
+  item: HTMLLIElement
+  head: HTMLElement
+  status: HTMLElement
+  attempts: HTMLElement
+  times: HTMLElement
+  instruction: HTMLDetailsElement
+  result: Section
+  error: Section
+  retry: HTMLButtonElement
+}
+let tasks = new Map<string, TaskView>()
+
+function makeTask (sessionId: string, task: Task, index: number): TaskView {
+  const status = el('span')
+  const attempts = el('span', { class: 'meta' })
+  const retry = el('button', { type: 'button', class: 'retry-one' }, `Retry task #${index + 1}`)
+  retry.addEventListener('click', () => {
+    void act(async () => {
+      await api('POST', '/retry', { session_id: sessionId, task_id: task.id })
+      notice(`Task #${index + 1} is pending again`)
+      await loadDetail(sessionId)
     })
-    item.append(retry)
+  })
+  return {
+    // Focusable from script: where focus goes when the task's retry button goes away.
+    item: el('li', { class: 'task', 'data-task': task.id, tabindex: '-1' }),
+    head: el('div', { class: 'task-head' }, el('span', { class: 'num' }, `#${index + 1}`), el('span', { class: `badge type-${task.task_type.toLowerCase()}` }, task.task_type), status, attempts),
+    status,
+    attempts,
+    times: el('div', { class: 'meta' }),
+    instruction: fill(section('Instruction'), task.instruction),
+    result: section('Result', 'result'),
+    error: section('Error', 'error-text'),
+    retry
   }
-  return item
 }
 
-/** Long text folds away; it is always text, whatever it contains. */
-function expandable (label: string, text: string, cls = ''): HTMLElement {
-  const preview = text.length > 80 ? `${text.slice(0, 80)}…` : text
-  return el('details', { class: cls }, el('summary', {}, `${label}: `, el('span', { class: 'preview' }, preview)), el('pre', {}, text))
+function updateTask (view: TaskView, task: Task): TaskView {
+  view.status.className = `badge status-${task.status.toLowerCase()}`
+  view.status.dataset.status = task.status
+  setText(view.status, task.status)
+  setText(view.attempts, `attempts ${task.attempts}` + ((task.interruptions ?? 0) > 0 ? ` · interrupted ${task.interruptions ?? 0}` : ''))
+  setText(view.times, `started ${task.started_at === null ? '—' : when(task.started_at)} · finished ${task.completed_at === null ? '—' : when(task.completed_at)}` +
+    (task.started_at !== null && task.completed_at !== null ? ` · took ${duration(Date.parse(task.completed_at) - Date.parse(task.started_at))}` : ''))
+  arrange(view.item, [
+    view.head,
+    view.times,
+    view.instruction,
+    task.result !== null && fill(view.result, task.result),
+    task.error !== null && fill(view.error, task.error),
+    task.status === 'Failed' && view.retry
+  ])
+  return view
 }
 
 function sessionAction (button: string, work: (id: string) => Promise<void>): void {
@@ -467,53 +485,45 @@ sessionAction('act-delete', async (id) => {
 
 // ---- routing ----
 
-function route (): void {
+/** The id a link names; a malformed one (`%E0`) stays as written, and names no session. */
+function linkedId (encoded: string): string {
+  try {
+    return decodeURIComponent(encoded)
+  } catch {
+    return encoded
+  }
+}
+
+/** Shows the page the address names; `moveFocus` (a page change, not the first load) puts focus on it. */
+function route (moveFocus = false): void {
   if (!state.started) return
   const match = /^#\/session\/(.+)$/u.exec(location.hash)
+  const left = state.detail?.session_id
+  // Whatever a load still in flight answers, it is for the page before this one.
+  newestDrawn = loadsStarted
   $('overview').hidden = match !== null
   $('session').hidden = match === null
   if (match === null) {
     state.detail = null
     drawSessions()
+    // Back on the overview, on the row of the session just left (gone once deleted: the list's heading).
+    if (moveFocus) (rows.get(left ?? '')?.link ?? $('sessions-title')).focus()
     return
   }
-  const id = decodeURIComponent(match[1] ?? '')
-  state.detail = { session_id: id } as Detail
-  $('session-title').textContent = id
-  $('tasks').replaceChildren()
-  void loadDetail(id).catch(showError)
+  const id = linkedId(match[1] ?? '')
+  const valid = SESSION_ID.test(id)
+  // An id the API would refuse is never asked for (nor reloaded on events and snapshots).
+  state.detail = valid ? { session_id: id } as Detail : null
+  clearDetail(id, valid ? '' : `session '${id}' not found`)
+  if (moveFocus) $('session-title').focus()
+  if (valid) void loadDetail(id).catch(showError)
 }
-window.addEventListener('hashchange', route)
-
-// ---- formatting ----
-
-function bytes (n: number): string {
-  if (n < 1024) return `${n} B`
-  const units = ['KiB', 'MiB', 'GiB', 'TiB']
-  let value = n / 1024
-  let unit = 0
-  while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit++ }
-  return `${value.toFixed(1)} ${units[unit] ?? ''}`
-}
-
-function duration (ms: number): string {
-  if (ms < 1000) return `${Math.max(0, Math.round(ms))} ms`
-  const s = Math.floor(ms / 1000)
-  if (s < 60) return `${s} s`
-  const m = Math.floor(s / 60)
-  if (m < 60) return `${m} min ${s % 60} s`
-  const h = Math.floor(m / 60)
-  return h < 48 ? `${h} h ${m % 60} min` : `${Math.floor(h / 24)} d ${h % 24} h`
-}
-
-function when (iso: string): string {
-  return new Date(iso).toLocaleString()
-}
+window.addEventListener('hashchange', () => { route(true) })
 
 // ---- start ----
 
 let following = false
-async function start (): Promise<void> {
+async function start (moveFocus = false): Promise<void> {
   try {
     // One authorised call first: a missing or wrong key asks for one before anything else.
     await api('GET', '/stats')
@@ -524,12 +534,13 @@ async function start (): Promise<void> {
   state.started = true
   $('key-form').hidden = true
   await loadSnapshot().catch(showError)
-  route()
-  scheduleStats()
+  // Before the page is drawn, and whatever the address names: the live view never hangs on a link.
   if (!following) {
     following = true
-    void follow().finally(() => { following = false })
+    void follow({ reload: loadSnapshot, event: onEvent, live: setLive }).finally(() => { following = false })
   }
+  route(moveFocus)
+  scheduleStats()
 }
 
 void start()

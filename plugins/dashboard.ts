@@ -5,7 +5,7 @@ import { Type } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
 import { checkOptions } from './options.js'
 
-/** The dashboard's files, shipped in the package (package.json "files"); app.js is built by `npm run build`. */
+/** The dashboard's files, shipped in the package (package.json "files"); app.js and the modules it imports are built by `npm run build`. */
 export const DASHBOARD_ROOT = fileURLToPath(new URL('../../dashboard/static/', import.meta.url))
 
 export interface DashboardPluginOptions {

@@ -2,7 +2,9 @@
  * The dashboard end to end in real headless Chromium (Debian's package, driven by
  * playwright-core; never a browser download): create from the form, a background run whose
  * progress moves without a reload, cancel, retry, delete with confirmation, HTML in a result
- * shown as text, API keys, a reload mid-run, and the page at 375 px and in the dark scheme.
+ * shown as text, API keys, a reload mid-run, and the page at 375 px and in the dark scheme;
+ * live updates made in place (focus and opened sections kept), focus after page changes and
+ * actions, an unsendable key, unknown and malformed session links, and a reset whose reload fails.
  * With TASKVAULT_SCREENSHOTS=1 it also writes the README's screenshots under docs/.
  */
 import { existsSync } from 'node:fs'
@@ -12,8 +14,8 @@ import net, { type AddressInfo } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { chromium, type Browser, type Page } from 'playwright-core'
-import { build, createSession, post, waitFor, type TestAppOptions, type TestContext } from './helper.js'
+import { chromium, type Browser, type Page, type Request as BrowserRequest } from 'playwright-core'
+import { build, createSession, deferred, post, waitFor, type TestAppOptions, type TestContext } from './helper.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
@@ -53,15 +55,36 @@ async function serve (t: TestContext, options: TestAppOptions = {}): Promise<{ a
   return { app, base: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}/dashboard/` }
 }
 
-async function open (t: TestContext, browser: Browser, url: string, options: Parameters<Browser['newContext']>[0] = {}): Promise<Page> {
+/** A page in a context of its own at `url`; `prepare` runs first (routes, listeners, init scripts). */
+async function open (t: TestContext, browser: Browser, url: string, options: Parameters<Browser['newContext']>[0] = {}, prepare?: (page: Page) => unknown): Promise<Page> {
   // The page's CSP forbids eval, which the tests' waits use; the XSS test checks the CSP header itself.
   const context = await browser.newContext({ viewport: { width: 1100, height: 800 }, bypassCSP: true, ...options })
   t.teardown(() => context.close())
   const page = await context.newPage()
   // A bound on waiting, not a speed claim: a loaded CI host may take seconds to deliver an event.
   page.setDefaultTimeout(30_000)
+  await prepare?.(page)
   await page.goto(url)
   return page
+}
+
+/** The overview's snapshot request. */
+const LIST_ALL = '**/api/v1/tasks/list?session_id=all*'
+
+/** 503 answers (a busy server's) to a page's requests to `glob`, as many as `fail(n)` last said; `on(page)` sets them up. */
+function failing (glob: string): { on: (page: Page) => Promise<void>, fail: (times: number) => void, left: () => number } {
+  let left = 0
+  return {
+    on: async (page) => {
+      await page.route(glob, async (route) => {
+        if (left === 0) return route.continue()
+        left--
+        return route.fulfill({ status: 503, contentType: 'application/json', body: '{"statusCode":503,"error":"Service Unavailable","message":"busy"}' })
+      })
+    },
+    fail: (times) => { left = times },
+    left: () => left
+  }
 }
 
 /**
@@ -96,6 +119,17 @@ const js = async <T>(page: Page, expression: string): Promise<T> => page.evaluat
 const progressValue = async (page: Page): Promise<number> => js<number>(page, "document.getElementById('session-progress').value")
 const BAR = "document.getElementById('session-progress').value"
 const sessionsShown = async (page: Page): Promise<string[]> => js<string[]>(page, "[...document.querySelectorAll('tbody tr')].map((row) => row.dataset.session)")
+/** Whether the focused element matches `selector` (never true of the body: focus on nothing). */
+const focusIs = async (page: Page, selector: string): Promise<boolean> => js<boolean>(page, `document.activeElement.matches(${JSON.stringify(selector)})`)
+/** Notes the focused element, for `focusKept` to compare with. */
+const markFocus = async (page: Page): Promise<void> => { await js(page, 'window.__focused = document.activeElement') }
+const focusKept = async (page: Page): Promise<boolean> => js<boolean>(page, 'document.activeElement === window.__focused && document.activeElement !== document.body')
+/** A moment for the page to draw what it has just received. */
+const settle = async (page: Page): Promise<void> => { await js(page, 'new Promise((resolve) => setTimeout(resolve, 100))') }
+async function useKey (page: Page, key: string): Promise<void> {
+  await page.getByLabel('API key').fill(key)
+  await page.getByRole('button', { name: 'Use this key' }).click()
+}
 
 async function run (browser: Browser): Promise<void> {
   const { app, base } = await serve(t)
@@ -173,29 +207,21 @@ async function run (browser: Browser): Promise<void> {
   })
 
   t.test('a snapshot that fails leaves no stream behind: one stream at a time while the page retries, and it catches up', async (t) => {
-    const context = await browser.newContext({ bypassCSP: true })
-    t.teardown(() => context.close())
-    const page = await context.newPage()
-    page.setDefaultTimeout(30_000)
-    // The first snapshots fail after the stream has opened (as a busy server's 503 would).
-    let failures = 3
-    await page.route('**/api/v1/tasks/list?session_id=all*', async (route) => {
-      if (failures === 0) return route.continue()
-      failures--
-      return route.fulfill({ status: 503, contentType: 'application/json', body: '{"statusCode":503,"error":"Service Unavailable","message":"busy"}' })
-    })
     // This page's streams as the server sees them: requests for /events whose responses are open.
-    let open = 0
+    let streams = 0
     let most = 0
     const count = (req: IncomingMessage, res: ServerResponse): void => {
       if (!(req.url ?? '').startsWith('/api/v1/tasks/events')) return
-      most = Math.max(most, ++open)
-      res.once('close', () => { open-- })
+      most = Math.max(most, ++streams)
+      res.once('close', () => { streams-- })
     }
     app.server.on('request', count)
     t.teardown(() => { app.server.off('request', count) })
-    await page.goto(base)
-    await waitFor('the failing snapshots to be used up', () => failures === 0, 30_000)
+    // The first snapshots fail after the stream has opened (as a busy server's 503 would).
+    const lists = failing(LIST_ALL)
+    lists.fail(3)
+    const page = await open(t, browser, base, {}, lists.on)
+    await waitFor('the failing snapshots to be used up', () => lists.left() === 0, 30_000)
     await createSession(app, 'after-failures', 'x')
     await page.locator('tr[data-session="after-failures"]').waitFor()
     t.ok(most <= 1, `at most one stream of this page open at once (${most})`)
@@ -270,25 +296,163 @@ async function run (browser: Browser): Promise<void> {
     const keyed = await serve(t, { config: { TASK_API_KEYS: 'right-key' } })
     await createSession(keyed.app, 'secret-session', 'x').catch(() => {})
     const urls: string[] = []
-    const context = await browser.newContext({ bypassCSP: true })
-    t.teardown(() => context.close())
-    const page = await context.newPage()
-    page.setDefaultTimeout(30_000)
-    page.on('request', (request) => urls.push(request.url()))
-    await page.goto(keyed.base)
+    const page = await open(t, browser, keyed.base, {}, (page) => page.on('request', (request) => urls.push(request.url())))
     await page.locator('#key-form').waitFor()
     t.match(await page.locator('#key-message').innerText(), /needs an API key/)
-    await page.getByLabel('API key').fill('wrong-key')
-    await page.getByRole('button', { name: 'Use this key' }).click()
+    await useKey(page, 'wrong-key')
     await page.locator('#key-message', { hasText: 'refused' }).waitFor()
     t.match(await page.locator('#key-message').innerText(), /invalid API key/)
-    await page.getByLabel('API key').fill('right-key')
-    await page.getByRole('button', { name: 'Use this key' }).click()
+    await useKey(page, 'right-key')
     await page.locator('#overview').waitFor()
     await page.locator('#live', { hasText: 'live' }).waitFor()
     await keyed.app.inject({ method: 'POST', url: '/api/v1/tasks/create', headers: { authorization: 'Bearer right-key' }, payload: { session_id: 'keyed-live', instructions: 'y' } })
     await page.locator('tr[data-session="keyed-live"]').waitFor()
     t.notOk(urls.some((url) => url.includes('key')), 'no key in any URL')
+  })
+
+  t.test('a key no header can carry is refused with the reason; one already saved brings the form back', async (t) => {
+    const keyed = await serve(t, { config: { TASK_API_KEYS: 'right-key' } })
+    // A zero-width space pasted with the key: fetch would throw on it before sending anything.
+    const page = await open(t, browser, keyed.base)
+    await page.locator('#key-form').waitFor()
+    await useKey(page, 'right\u200bkey')
+    await page.locator('#key-error', { hasText: 'U+200B' }).waitFor()
+    t.match(await page.locator('#key-error').innerText(), /character 6 of this one is U\+200B/)
+    t.equal(await js(page, "sessionStorage.getItem('taskvault.apiKey')"), null, 'not kept')
+    await useKey(page, 'right-key')
+    await page.locator('#overview').waitFor()
+    t.ok(await page.locator('#key-form').isHidden(), 'the form took the next key')
+    // A curly quote saved before this check existed: the page asks again rather than failing on every load.
+    const saved = await open(t, browser, keyed.base, {}, (page) => page.addInitScript(`sessionStorage.setItem('taskvault.apiKey', ${JSON.stringify('right\u2019key')})`))
+    await saved.locator('#key-form').waitFor()
+    t.match(await saved.locator('#key-message').innerText(), /saved API key cannot be sent.*U\+2019/)
+    await useKey(saved, 'right-key')
+    await saved.locator('#overview').waitFor()
+    t.pass('and takes a good key')
+  })
+
+  t.test('live events change rows and tasks in place: focus stays put and an opened result stays open', async (t) => {
+    await createSession(app, 'in-place', '1. first\n2. gate second')
+    await post(app, '/execute', { session_id: 'in-place' })
+    const page = await open(t, browser, base)
+    // The overview: a keyboard user on a row's link while another session arrives above it, then
+    // that row's own session changes and it moves to the top.
+    await page.getByRole('link', { name: 'in-place', exact: true }).focus()
+    await markFocus(page)
+    await createSession(app, 'in-place-other', 'x')
+    await page.locator('tr[data-session="in-place-other"]').waitFor()
+    await createSession(app, 'in-place', '3. more')
+    await page.locator('tr[data-session="in-place"]', { hasText: '1/3 done' }).waitFor()
+    t.same((await sessionsShown(page)).slice(0, 2), ['in-place', 'in-place-other'], 'the row moved to the top')
+    t.ok(await focusKept(page), 'focus is still on its link')
+    // The session page: the first task's result opened (and focused), while the next task starts
+    // and another session changes.
+    await page.getByRole('link', { name: 'in-place', exact: true }).click()
+    const result = page.locator('li.task').first().locator('details.result')
+    await result.locator('summary').click()
+    await markFocus(page)
+    await post(app, '/execute-all', { session_id: 'in-place', wait: false })
+    await page.locator('[data-status="InProgress"]').waitFor()
+    await createSession(app, 'in-place-other', 'y')
+    await page.locator('tr[data-session="in-place-other"]', { hasText: '0/2 done' }).waitFor({ state: 'attached' })
+    t.ok(await result.evaluate((details) => (details as unknown as { open: boolean }).open), 'the result is still open')
+    t.ok(await focusKept(page), 'focus is still on its summary')
+    await post(app, '/cancel', { session_id: 'in-place' })
+  })
+
+  t.test('focus follows page changes and actions, never left on nothing', async (t) => {
+    await createSession(app, 'focus-moves', '1. bad one\n2. gate two')
+    await post(app, '/execute', { session_id: 'focus-moves' })
+    const page = await open(t, browser, base)
+    await page.getByRole('link', { name: 'focus-moves', exact: true }).press('Enter')
+    await page.locator('#session-title', { hasText: 'focus-moves' }).waitFor()
+    t.ok(await focusIs(page, '#session-title'), 'following a link: on the session\'s heading')
+    await page.locator('#act-run:enabled').press('Enter')
+    await page.locator('#act-cancel:enabled').waitFor()
+    t.ok(await focusIs(page, '#act-cancel'), 'Run all, disabled by its run, hands focus to Cancel')
+    await page.locator('#act-cancel').press('Enter')
+    await page.locator('#act-cancel:disabled').waitFor()
+    t.ok(await focusIs(page, '#session .actions button:enabled'), 'Cancel, disabled once done, hands focus to an action still open')
+    const first = page.locator('li.task').first()
+    await first.getByRole('button', { name: 'Retry task #1' }).press('Enter')
+    await first.locator('[data-status="Pending"]').waitFor()
+    t.ok(await focusIs(page, 'li.task:first-child'), 'retrying a task: on the task, its button gone')
+    await page.getByRole('link', { name: '← All sessions' }).press('Enter')
+    await page.locator('#overview').waitFor()
+    t.ok(await focusIs(page, 'tr[data-session="focus-moves"] a'), 'back on the overview: on the row of the session left')
+    await page.getByRole('link', { name: 'focus-moves', exact: true }).click()
+    await page.locator('#session-title', { hasText: 'focus-moves' }).waitFor()
+    page.once('dialog', (dialog) => { void dialog.accept() })
+    await page.locator('#act-delete:enabled').press('Enter')
+    await page.locator('#overview').waitFor()
+    t.ok(await focusIs(page, '#sessions-title'), 'after a delete: on the list\'s heading')
+  })
+
+  t.test('a session page shows its own session only: an unknown one none of the last one\'s figures, an older answer never over a newer', async (t) => {
+    await createSession(app, 'figures', '1. one\n2. bad two\n3. three')
+    const page = await open(t, browser, `${base}#/session/figures`)
+    await page.locator('#session-summary', { hasText: '0/3 done' }).waitFor()
+    // Two loads overlap: the first one's answer is taken from the server, then held back until a
+    // newer one has been drawn.
+    const held = deferred<BrowserRequest>()
+    const release = deferred()
+    await page.route('**/api/v1/tasks/list?session_id=figures', async (route) => {
+      const response = await route.fetch()
+      held.resolve(route.request())
+      await release.promise
+      await route.fulfill({ response })
+    }, { times: 1 })
+    await post(app, '/execute', { session_id: 'figures' })
+    const older = await held.promise
+    await post(app, '/execute', { session_id: 'figures' })
+    await page.locator('#session-summary', { hasText: '1/3 done · 1 failed' }).waitFor()
+    const answered = page.waitForEvent('requestfinished', (request) => request === older)
+    release.resolve()
+    await answered
+    await settle(page)
+    t.match(await page.locator('#session-summary').innerText(), /1\/3 done · 1 failed/, 'the older answer, come last, is not drawn')
+    // On to a session that does not exist.
+    await js(page, "location.hash = '#/session/typo'")
+    await page.getByText("session 'typo' not found").first().waitFor()
+    t.equal(await page.locator('#session-summary').innerText(), "session 'typo' not found", 'no counts of the last session')
+    t.equal(await progressValue(page), 0, 'its bar empty')
+    t.same(await js(page, "[...document.querySelectorAll('#session .actions button:enabled')].map((button) => button.id)"), [], 'every action disabled')
+    t.equal(await page.locator('li.task').count(), 0, 'no tasks')
+  })
+
+  t.test('a malformed session link shows no session, and the page still follows the stream', async (t) => {
+    const page = await open(t, browser, `${base}#/session/%E0`)
+    await page.locator('#session').waitFor()
+    t.equal(await page.locator('#session-summary').innerText(), "session '%E0' not found")
+    await js(page, "location.hash = '#/'")
+    await page.locator('#overview').waitFor()
+    await createSession(app, 'after-bad-link', 'x')
+    await page.locator('tr[data-session="after-bad-link"]').waitFor()
+    t.pass('a session created since is shown')
+  })
+
+  t.test('a reset whose reload fails (a moment\'s 503) does not leave the overview stale', async (t) => {
+    const lists = failing(LIST_ALL)
+    let streams = 0
+    const page = await open(t, browser, base, {}, async (page) => {
+      await lists.on(page)
+      await page.route('**/api/v1/tasks/events', async (route) => {
+        streams++
+        // The first stream ends at once, its last id from another process lifetime: the page
+        // comes back with it and is sent a reset.
+        if (streams === 1) return route.fulfill({ status: 200, contentType: 'text/event-stream', body: 'id: gone-1\n\n' })
+        if (streams === 2) {
+          // Changed while the page was away (its events come before the reset), and the reload
+          // after the reset fails once.
+          await createSession(app, 'while-away', 'x')
+          lists.fail(1)
+        }
+        return route.continue()
+      })
+    })
+    await page.locator('tr[data-session="while-away"]').waitFor()
+    t.equal(lists.left(), 0, 'shown after the failed reload')
+    t.ok(streams >= 3, `by a stream opened afresh (${streams})`)
   })
 }
 
