@@ -182,3 +182,45 @@ t.test('refresh: the document only when it changed; a sweep claims expired and o
   t.same(claimed, ['expired', 'orphan'], 'each claimed by exactly one sweep')
   t.same(await a.sweep(10, false), [], 'nothing left to claim')
 })
+
+t.test('a lease given up is given back when its run lets go, and a cancel asked of it meanwhile stays for the next sweep', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const { proxy, url: proxied } = await throughProxy(t, url)
+  // No statement timeout: the renewal cut off with the rest is still on its way when the link
+  // comes back, and lands after the lease was given up.
+  const a = await open(t, proxied, 'alpha', { leaseMs: 6000, statementTimeoutMs: 0, connectTimeoutMs: 1000 })
+  const b = await open(t, url, 'beta')
+  await a.save(contractSession('g', ['Pending']))
+  const { epoch } = await a.acquire('g')
+  await a.save(contractSession('g', ['InProgress']))
+  const lost: string[] = []
+  a.events.on('lease-lost', (id) => lost.push(id))
+  proxy.stall()
+  await waitFor('the lease given up', () => lost.length > 0, 20_000)
+  t.equal(await b.requestCancel('g'), 'alpha', 'the row still names alpha: a cancel is asked of it')
+  proxy.pass()
+  // The run that had the lease lets go of it.
+  await a.release('g', epoch)
+  const after = (await db.query<{ owner: string | null, cancel_requested: boolean }>("SELECT owner, cancel_requested FROM sessions WHERE session_id = 'g'")).rows[0]
+  t.equal(after?.owner, null, 'given back: no replica named, so nobody gets SESSION_BUSY for it')
+  t.equal(after?.cancel_requested, true, 'the cancel alpha never recorded stays')
+  t.match(await b.sweep(10, false), [{ sessionId: 'g', cancelRequested: true }], 'the next sweep claims it at once, and applies the cancel')
+})
+
+t.test('a renewal that reaches a lease past its time does not bring it back', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const a = await open(t, url, 'alpha', { leaseMs: 3000 })
+  await a.save(contractSession('late', ['Pending']))
+  await a.acquire('late')
+  const lost: string[] = []
+  a.events.on('lease-lost', (id) => lost.push(id))
+  // As if alpha's renewals had not landed in time: the row's lease ran out, nobody claimed it yet.
+  await db.query("UPDATE sessions SET lease_until = now() - interval '1 second' WHERE session_id = 'late'")
+  await waitFor('the next renewal', () => lost.length > 0, 10_000)
+  const { rows } = await db.query<{ expired: boolean }>("SELECT lease_until < now() AS expired FROM sessions WHERE session_id = 'late'")
+  t.equal(rows[0]?.expired, true, 'still run out: a sweep may claim it')
+})

@@ -44,6 +44,20 @@ export function releaseLease (sessionId: string, replicaId: string, epoch: strin
 }
 
 /**
+ * Gives back a lease this replica gave up or lost (its run has let go): like releaseLease, but a
+ * pending cancel stays in the row, since the run it was asked of did not record it; the sweeper
+ * that claims the session next applies it. At another epoch (taken over) it changes nothing.
+ */
+export function abandonLease (sessionId: string, replicaId: string, epoch: string): pg.QueryConfig {
+  return {
+    name: 'taskvault_abandon_lease',
+    text: `UPDATE sessions SET owner = NULL, lease_until = NULL
+      WHERE session_id = $1 AND archived_at IS NULL AND owner = $2 AND epoch = $3`,
+    values: [sessionId, replicaId, epoch]
+  }
+}
+
+/**
  * One statement per renewal period, whatever the number of sessions held: the replica's
  * heartbeat row, and every lease it holds (at the epoch it holds it) pushed out. A session
  * that does not come back was lost (taken over after this replica fell silent); each one that
@@ -57,6 +71,9 @@ export function renewLeases (replicaId: string, leaseMs: number, held: ReadonlyA
       UPDATE sessions s SET lease_until = ${until('$2')}
         FROM unnest($3::text[], $4::bigint[]) AS h(session_id, epoch)
         WHERE s.session_id = h.session_id AND s.archived_at IS NULL AND s.owner = $1 AND s.epoch = h.epoch
+          -- A lease past its time stays run out: its holder gave it up already (a late renewal
+          -- would otherwise keep it live for a run that has stopped).
+          AND s.lease_until > now()
         RETURNING s.session_id, s.cancel_requested`,
     values: [replicaId, leaseMs, held.map(([id]) => id), held.map(([, epoch]) => epoch)]
   }

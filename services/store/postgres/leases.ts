@@ -3,7 +3,7 @@ import type pg from 'pg'
 import { LeaseLostError, SessionBusyError, SessionNotFoundError } from '../../errors.js'
 import { noop } from '../../noop.js'
 import type { SessionStoreEvents, SweptSession } from '../store.js'
-import { acquireLease, leaseHolder, releaseLease, renewLeases, requestCancel, sweepLeases } from './leases-sql.js'
+import { abandonLease, acquireLease, leaseHolder, releaseLease, renewLeases, requestCancel, sweepLeases } from './leases-sql.js'
 import type { Fence } from './sessions-sql.js'
 
 /** NOTIFY's channel for cancels; the payload is `<schema>.<session id>`, far below NOTIFY's 8,000 bytes. */
@@ -102,15 +102,16 @@ export class LeaseKeeper {
 
   /**
    * Gives back the lease taken at `epoch`. Only that one: a newer lease of the session (taken
-   * since by this process) stays, and its holder gives it back.
+   * since by this process) stays, and its holder gives it back. A lease given up or lost is given
+   * back too: given up, the row still names this replica (until it runs out, or longer after a
+   * renewal that was on its way), and the epoch keeps the statement off another replica's lease.
    */
   async release (sessionId: string, epoch: string): Promise<void> {
     const held = this.held.get(sessionId)
-    if (held !== undefined && held.epoch === epoch) {
-      this.held.delete(sessionId)
-      if (held.lost) return
-    }
-    await this.options.query(`giving back the lease of session '${sessionId}'`, releaseLease(sessionId, this.replicaId, epoch))
+    const lost = held !== undefined && held.epoch === epoch && held.lost
+    if (held !== undefined && held.epoch === epoch) this.held.delete(sessionId)
+    await this.options.query(`giving back the lease of session '${sessionId}'`,
+      lost ? abandonLease(sessionId, this.replicaId, epoch) : releaseLease(sessionId, this.replicaId, epoch))
   }
 
   /** The live holder of the lease now (a round trip). */
@@ -150,7 +151,8 @@ export class LeaseKeeper {
       // This process still has a lease of it (a run that lost it and has not let go yet): that
       // run's saves must stay refused, so the claim is given straight back for a later sweep.
       if (this.held.has(row.session_id)) {
-        await this.options.query(`giving back the lease of session '${row.session_id}'`, releaseLease(row.session_id, this.replicaId, row.epoch)).catch(noop)
+        // Its pending cancel stays for that later sweep: the run here never recorded it.
+        await this.options.query(`giving back the lease of session '${row.session_id}'`, abandonLease(row.session_id, this.replicaId, row.epoch)).catch(noop)
         continue
       }
       this.hold(row.session_id, row.epoch, sent)
