@@ -432,7 +432,10 @@ export class TaskManager {
 
   /** Stops the session's running execution (its task fails with "cancelled"). */
   async cancel (sessionId: string): Promise<{ cancelled_task_id: string | null, progress: Progress }> {
-    if (this.shared === undefined || this.runner.isRunning(sessionId)) return this.runner.cancel(sessionId)
+    if (this.shared === undefined) return this.runner.cancel(sessionId)
+    // An execution starting here is waited for: cancelElsewhere would take the lease it holds.
+    await this.runner.started(sessionId)
+    if (this.runner.isRunning(sessionId)) return this.runner.cancel(sessionId)
     return this.cancelElsewhere(this.shared, sessionId)
   }
 
@@ -448,6 +451,9 @@ export class TaskManager {
     const owner = await shared.requestCancel(sessionId)
     if (owner === null) {
       if (running.size === 0 && before.background_run === undefined) throw new NotRunningError(sessionId)
+      // An execution started here meanwhile: it is the one to cancel.
+      await this.runner.started(sessionId)
+      if (this.runner.isRunning(sessionId)) return this.runner.cancel(sessionId)
       // Left behind by a replica that is gone: claimed here and cancelled, as a sweep would.
       const { epoch } = await shared.acquire(sessionId)
       await this.takeOver({ sessionId, epoch, cancelRequested: true })

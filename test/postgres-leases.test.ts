@@ -224,3 +224,21 @@ t.test('a renewal that reaches a lease past its time does not bring it back', as
   const { rows } = await db.query<{ expired: boolean }>("SELECT lease_until < now() AS expired FROM sessions WHERE session_id = 'late'")
   t.equal(rows[0]?.expired, true, 'still run out: a sweep may claim it')
 })
+
+t.test('a replica holding a session for a run refuses itself a second lease of it (SESSION_BUSY naming itself): that run keeps its fence', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const a = await open(t, url, 'alpha')
+  await a.save(contractSession('twice', ['InProgress']))
+  const first = await a.acquire('twice')
+  await t.rejects(a.acquire('twice'), { code: 'SESSION_BUSY', owner: 'alpha' }, 'a second lease refused')
+  const held = await row(db, 'twice')
+  t.equal(held.epoch, first.epoch, 'the run\'s epoch stays')
+  await a.save(contractSession('twice', ['Completed']))
+  t.pass('and the run still saves under it')
+  await a.release('twice', first.epoch)
+  t.equal((await row(db, 'twice')).owner, null)
+  const again = await a.acquire('twice')
+  t.ok(BigInt(again.epoch) > BigInt(first.epoch), 'once given back it may be taken again')
+})

@@ -30,6 +30,8 @@ interface Held {
   validUntil: number
   /** Given up or taken over: kept (for its fence) until its run lets go of it. */
   lost: boolean
+  /** Taken by acquire (a run, or a cancel applied here), not by a sweep. */
+  run: boolean
 }
 
 /**
@@ -90,13 +92,18 @@ export class LeaseKeeper {
 
   /** Takes the lease; resolves with its epoch, and whether a cancel waits for it (this replica took it again). */
   async acquire (sessionId: string): Promise<{ epoch: string, cancelRequested: boolean }> {
+    // A run of this process holds it: a second lease would replace that run's, and giving the
+    // second back would leave the run unfenced and unrenewed while another replica claims it.
+    // (A lease this process's sweep holds is taken over by the run it resumes.)
+    const held = this.held.get(sessionId)
+    if (held !== undefined && held.run && !held.lost) throw new SessionBusyError(sessionId, this.replicaId)
     const sent = performance.now()
     const { rows } = await this.options.query<{ epoch: string | null, owner: string | null, found: boolean, cancel_requested: boolean | null }>(
       `taking the lease of session '${sessionId}'`, acquireLease(sessionId, this.replicaId, this.leaseMs))
     const row = rows[0]
     if (row === undefined || !row.found) throw new SessionNotFoundError(sessionId)
     if (row.epoch === null) throw new SessionBusyError(sessionId, row.owner)
-    this.hold(sessionId, row.epoch, sent)
+    this.hold(sessionId, row.epoch, sent, true)
     return { epoch: row.epoch, cancelRequested: row.cancel_requested === true }
   }
 
@@ -155,7 +162,7 @@ export class LeaseKeeper {
         await this.options.query(`giving back the lease of session '${row.session_id}'`, abandonLease(row.session_id, this.replicaId, row.epoch)).catch(noop)
         continue
       }
-      this.hold(row.session_id, row.epoch, sent)
+      this.hold(row.session_id, row.epoch, sent, false)
       swept.push({ sessionId: row.session_id, epoch: row.epoch, cancelRequested: row.cancel_requested })
     }
     return swept
@@ -177,11 +184,11 @@ export class LeaseKeeper {
     if (listener !== null) listener.release(true)
   }
 
-  /** Records a lease taken at `sent`, unless this process already holds a newer epoch of it. */
-  private hold (sessionId: string, epoch: string, sent: number): void {
+  /** Records a lease taken at `sent` (by a run: `run`), unless this process already holds a newer epoch of it. */
+  private hold (sessionId: string, epoch: string, sent: number, run: boolean): void {
     const before = this.held.get(sessionId)
     if (before !== undefined && !before.lost && BigInt(before.epoch) > BigInt(epoch)) return
-    this.held.set(sessionId, { epoch, validUntil: sent + this.leaseMs, lost: false })
+    this.held.set(sessionId, { epoch, validUntil: sent + this.leaseMs, lost: false, run })
   }
 
   private lose (sessionId: string, held: Held, why: string): void {
