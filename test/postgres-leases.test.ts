@@ -188,8 +188,7 @@ t.test('a lease given up is given back when its run lets go, and a cancel asked 
   if (url === null) return
   const db = inspectorOf(t, url, SCHEMA)
   const { proxy, url: proxied } = await throughProxy(t, url)
-  // No statement timeout: the renewal cut off with the rest is still on its way when the link
-  // comes back, and lands after the lease was given up.
+  // Given up while the row still names alpha, live (and longer if a renewal on its way lands late).
   const a = await open(t, proxied, 'alpha', { leaseMs: 6000, statementTimeoutMs: 0, connectTimeoutMs: 1000 })
   const b = await open(t, url, 'beta')
   await a.save(contractSession('g', ['Pending']))
@@ -241,4 +240,31 @@ t.test('a replica holding a session for a run refuses itself a second lease of i
   t.equal((await row(db, 'twice')).owner, null)
   const again = await a.acquire('twice')
   t.ok(BigInt(again.epoch) > BigInt(first.epoch), 'once given back it may be taken again')
+})
+
+t.test('a renewal stuck on a half-open listening connection is tried again on a pooled one before any lease is given up', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const { proxy, url: proxied } = await throughProxy(t, url)
+  // No statement timeout (TASK_DB_STATEMENT_TIMEOUT_MS=0): nothing but the renewal's own bound ends its wait.
+  const a = await open(t, proxied, 'alpha', { leaseMs: 6000, statementTimeoutMs: 0 })
+  const lost: string[] = []
+  a.events.on('lease-lost', (id) => lost.push(id))
+  // The listening connection renews the leases: found by its LISTEN, before any renewal runs on it.
+  let port: number | undefined
+  await waitFor('the listening connection', async () => {
+    port = (await db.query<{ client_port: number }>("SELECT client_port FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'")).rows[0]?.client_port
+    return port !== undefined
+  }, 5000)
+  await a.save(contractSession('h', ['Pending']))
+  await a.acquire('h')
+  t.ok(proxy.stallUpstream(port ?? 0), 'that connection alone goes half-open')
+  // Past the point where the lease is given up (five sixths of it) when renewals stop.
+  await new Promise((resolve) => setTimeout(resolve, 8000))
+  t.same(lost, [], 'no lease given up')
+  const { rows } = await db.query<{ left_ms: number }>("SELECT extract(epoch FROM lease_until - now()) * 1000 AS left_ms FROM sessions WHERE session_id = 'h'")
+  t.ok((rows[0]?.left_ms ?? 0) > 1000, `renewed meanwhile: ${Math.round(rows[0]?.left_ms ?? 0)} ms left`)
+  await a.save(contractSession('h', ['Completed']))
+  t.pass('and the run still saves')
 })

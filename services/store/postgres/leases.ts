@@ -208,27 +208,42 @@ export class LeaseKeeper {
     if (this.listener === null && this.listening === null) this.listen()
   }
 
-  /** One statement: the heartbeat, and every lease this process holds pushed out. */
+  /**
+   * One statement: the heartbeat, and every lease this process holds pushed out. Each attempt
+   * gives up after a sixth of the lease, whatever TASK_DB_STATEMENT_TIMEOUT_MS (0: none): a hung
+   * connection (a half-open one after a failover) must not hold renewals until the leases are given up.
+   */
   private async renew (): Promise<void> {
     if (this.renewing || this.closed) return
     this.renewing = true
     const live = [...this.held].filter(([, held]) => !held.lost)
-    const sent = performance.now()
     try {
-      const config = renewLeases(this.replicaId, this.leaseMs, live.map(([sessionId, held]) => [sessionId, held.epoch] as const))
+      // pg's Client.query honours a query's own query_timeout (its typings leave it out).
+      const config: pg.QueryConfig & { query_timeout: number } = {
+        ...renewLeases(this.replicaId, this.leaseMs, live.map(([sessionId, held]) => [sessionId, held.epoch] as const)),
+        query_timeout: this.renewalTimeoutMs()
+      }
+      type Renewed = { session_id: string, cancel_requested: boolean }
+      let sent = performance.now()
+      let rows: Renewed[] | null = null
       // On the listening connection when there is one: it is this keeper's own, so a renewal
       // never waits for a pooled connection behind a burst of saves (and loses leases for it).
       const listener = this.listener
-      const { rows } = listener !== null
-        ? await listener.query<{ session_id: string, cancel_requested: boolean }>(config).catch((err: unknown) => {
+      if (listener !== null) {
+        rows = await listener.query<Renewed>(config).then((result) => result.rows, () => {
           // Its state unknown (a timeout, a dropped link): a fresh one is opened at the next check.
           if (this.listener === listener) {
             this.listener = null
             listener.release(true)
           }
-          throw err
+          return null
         })
-        : await this.options.query<{ session_id: string, cancel_requested: boolean }>('renewing leases', config)
+      }
+      if (rows === null) {
+        // Tried again at once on a pooled connection: the listener's failure says nothing of the pool.
+        sent = performance.now()
+        rows = (await this.options.query<Renewed>('renewing leases', config)).rows
+      }
       this.lastRenewal = sent
       const renewed = new Map(rows.map((row) => [row.session_id, row.cancel_requested]))
       for (const [sessionId, held] of live) {
@@ -245,6 +260,14 @@ export class LeaseKeeper {
     } finally {
       this.renewing = false
     }
+  }
+
+  /**
+   * How long one renewal attempt may take: a sixth of the lease. Renewals start a third into it
+   * and leases are given up at five sixths, so a hung attempt still leaves time for two more.
+   */
+  private renewalTimeoutMs (): number {
+    return Math.max(1, Math.floor(this.leaseMs / 6))
   }
 
   /**
