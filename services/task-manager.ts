@@ -102,7 +102,7 @@ export class TaskManager {
     this.passive = options.passive === true
     this.sweeper = this.shared === undefined || this.passive
       ? null
-      : new Sweeper({ shared: this.shared, intervalMs: settings.sweepIntervalMs, batch: settings.sweepBatch, backoffMaxMs: settings.sweepBackoffMaxMs, takeOver: async (swept) => this.takeOver(swept), log: this.log })
+      : new Sweeper({ shared: this.shared, intervalMs: settings.sweepIntervalMs, batch: settings.sweepBatch, backoffMaxMs: settings.sweepBackoffMaxMs, takeOver: async (swept) => this.takeOver(swept), resumeRuns: settings.resumeOnStart, log: this.log })
     const leaseLost = (sessionId: string, why: string): void => { this.runner.leaseLost(sessionId, why) }
     const cancel = (sessionId: string): void => { this.runner.cancelRequested(sessionId) }
     this.store.events?.on('lease-lost', leaseLost)
@@ -246,7 +246,11 @@ export class TaskManager {
         const run = file.background_run !== undefined
         return interrupted.length === 0 ? unchanged(run) : run
       }, { fresh: true, records: true })
-      if (resume && !this.shuttingDown) {
+      // TASK_RESUME_ON_START=false: the run's record stays (and the lease goes back) until a
+      // replica started with true, or an execute-all, carries it on.
+      if (resume && !this.shuttingDown && !this.settings.resumeOnStart) {
+        this.log.warn({ session_id: sessionId }, 'Background run of a replica that is gone not resumed (TASK_RESUME_ON_START=false); it resumes on a replica started with it true, or ends with an execute-all')
+      } else if (resume && !this.shuttingDown) {
         this.log.info({ session_id: sessionId }, 'Resuming background run of a replica that is gone')
         await this.runner.startBackgroundRun(sessionId)
       }

@@ -150,8 +150,10 @@ export interface SharedSessions {
    * Claims sessions whose holder is gone (lease run out) or that nobody runs but should be run
    * on; with `earlier`, also those this replica id holds from an earlier process (only before
    * this process has run anything: later they may be its own runs). Never the sessions of `skip`.
+   * With `runs` false (TASK_RESUME_ON_START=false), not those unowned with only a background run's
+   * record: this replica would not resume it, so claiming it would only go round.
    */
-  sweep(limit: number, earlier: boolean, skip?: readonly string[]): Promise<SweptSession[]>
+  sweep(limit: number, earlier: boolean, skip?: readonly string[], runs?: boolean): Promise<SweptSession[]>
   /** Asks the live holder to cancel; resolves with its id, or null when nobody holds the lease. */
   requestCancel(sessionId: string): Promise<string | null>
   /** A page of the active sessions, newest updated first, and how many there are. */

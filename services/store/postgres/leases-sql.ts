@@ -84,16 +84,16 @@ export function renewLeases (replicaId: string, leaseMs: number, held: ReadonlyA
  * a background run or a task left InProgress (another replica shut down mid-run), and with
  * `mine` (the first sweep, before this process runs anything) those this replica id owns: an
  * earlier process of the same id died holding them; never those of `skip` (their takeover failed
- * here lately). Each is claimed by one sweeper only: rows another transaction has locked are skipped.
+ * here lately); those with only a background run's record only when `runs` (this replica resumes runs). Each is claimed by one sweeper only: rows another transaction has locked are skipped.
  */
-export function sweepLeases (replicaId: string, leaseMs: number, limit: number, mine: boolean, skip: readonly string[]): pg.QueryConfig {
+export function sweepLeases (replicaId: string, leaseMs: number, limit: number, mine: boolean, skip: readonly string[], runs = true): pg.QueryConfig {
   return {
     name: 'taskvault_sweep_leases',
     text: `WITH due AS (
         SELECT row_id FROM sessions
           WHERE archived_at IS NULL AND (
             (owner IS NOT NULL AND (lease_until < now() OR (owner = $1 AND $4::boolean)))
-            OR (owner IS NULL AND (has_background_run OR tasks_in_progress > 0)))
+            OR (owner IS NULL AND (($6::boolean AND has_background_run) OR tasks_in_progress > 0)))
             AND session_id <> ALL($5::text[])
           ORDER BY lease_until NULLS FIRST
           LIMIT $3
@@ -101,7 +101,7 @@ export function sweepLeases (replicaId: string, leaseMs: number, limit: number, 
       UPDATE sessions s SET owner = $1, epoch = s.epoch + 1, lease_until = ${until('$2')}
         FROM due WHERE s.row_id = due.row_id
         RETURNING s.session_id, s.epoch, s.cancel_requested`,
-    values: [replicaId, leaseMs, limit, mine, skip]
+    values: [replicaId, leaseMs, limit, mine, skip, runs]
   }
 }
 

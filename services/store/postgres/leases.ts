@@ -148,11 +148,11 @@ export class LeaseKeeper {
     return false
   }
 
-  async sweep (limit: number, earlier: boolean, skip: readonly string[] = []): Promise<SweptSession[]> {
+  async sweep (limit: number, earlier: boolean, skip: readonly string[] = [], runs = true): Promise<SweptSession[]> {
     const mine = earlier && this.held.size === 0
     const sent = performance.now()
     const { rows } = await this.options.query<{ session_id: string, epoch: string, cancel_requested: boolean }>(
-      'sweeping leases that ran out', sweepLeases(this.replicaId, this.leaseMs, limit, mine, skip))
+      'sweeping leases that ran out', sweepLeases(this.replicaId, this.leaseMs, limit, mine, skip, runs))
     const swept: SweptSession[] = []
     for (const row of rows) {
       // This process still has a lease of it (a run that lost it and has not let go yet): that

@@ -661,8 +661,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     return this.keeper().cancelPending(this.checkId(sessionId))
   }
 
-  async sweep (limit: number, earlier: boolean, skip: readonly string[] = []): Promise<SweptSession[]> {
-    return this.keeper().sweep(limit, earlier, skip)
+  async sweep (limit: number, earlier: boolean, skip: readonly string[] = [], runs = true): Promise<SweptSession[]> {
+    return this.keeper().sweep(limit, earlier, skip, runs)
   }
 
   async requestCancel (sessionId: string): Promise<string | null> {
