@@ -578,28 +578,36 @@ export class TaskManager {
     const shared = this.shared
     // One replica's pass at a time; candidates from the rows (sessions nobody runs), each
     // checked against its row before it moves.
-    const archived = await shared.exclusively('archive', async () => {
+    const archived = await shared.exclusively('archive', async (lock) => {
       const done: string[] = []
       const seen = new Set<string>()
+      // Its lock gone with its connection, another replica's pass may run: this one stops.
+      const lockLost = async (): Promise<boolean> => {
+        if (await lock.held()) return false
+        this.log.warn({ archived: done.length }, 'Archive pass stopped: its lock\'s connection to the database broke')
+        return true
+      }
       for (;;) {
+        if (await lockLost()) return done
         const batch = (await shared.archivable(cutoff, this.settings.sweepBatch)).filter((id) => !seen.has(id))
         if (batch.length === 0 || this.shuttingDown) return done
         for (const id of batch) {
           seen.add(id)
           await this.registry.sync(id).catch(noop)
         }
-        done.push(...await this.archiveEach(batch, cutoff))
+        done.push(...await this.archiveEach(batch, cutoff, lockLost))
       }
     })
     return archived ?? []
   }
 
-  private async archiveEach (sessionIds: string[], cutoff: Date): Promise<string[]> {
+  /** Archives those of `sessionIds` that are archivable; `stop` is asked before each (a pass that lost its lock). */
+  private async archiveEach (sessionIds: string[], cutoff: Date, stop: () => Promise<boolean> = async () => false): Promise<string[]> {
     const archived: string[] = []
     for (const sessionId of sessionIds) {
       const file = this.registry.find(sessionId)
       if (file === null || !isArchivable(file, cutoff)) continue
-      if (this.shuttingDown) break
+      if (this.shuttingDown || await stop()) break
       const moved = await this.registry.change(sessionId, (draft) => {
         // Unsaved changes (auto-save off) stay put: the archive must get the latest state.
         if (draft.file === null || this.registry.existing(sessionId).executing || this.registry.isUnsaved(sessionId) ||
@@ -624,10 +632,11 @@ export class TaskManager {
     const shared = this.shared
     const deleted = shared === undefined
       ? await prune()
-      : await shared.exclusively('retention', async () => {
+      : await shared.exclusively('retention', async (lock) => {
         // Other replicas archive too: the index is read again from the rows first.
         await this.store.openArchive({ concurrency: this.settings.restoreConcurrency })
-        return prune()
+        // Before each deletion: a pass whose lock went with its connection stops.
+        return this.archived.prune(cutoffs, async () => this.shuttingDown || !(await lock.held()))
       }) ?? []
     for (const sessionId of deleted) this.runner.announce('session.deleted', { session_id: sessionId, archived: true })
     return deleted

@@ -102,6 +102,15 @@ export function clearUpdatedAt (text: string): Date {
   }
 }
 
+/** The lock a maintenance pass holds (SharedSessions.exclusively). */
+export interface PassLock {
+  /**
+   * Whether the pass still holds it: a round trip on the lock's connection. False once that
+   * connection broke: the lock went with it, and another replica's pass may have started.
+   */
+  held(): Promise<boolean>
+}
+
 /** A session claimed by a sweep: its lease is now this replica's. */
 export interface SweptSession {
   sessionId: string
@@ -160,8 +169,11 @@ export interface SharedSessions {
   listActive(offset: number, limit: number): Promise<{ total: number, sessions: SharedSummary[] }>
   /** Active sessions nobody runs whose tasks all ended before `cutoff`. */
   archivable(cutoff: Date, limit: number): Promise<string[]>
-  /** Runs a maintenance pass unless another replica's pass of that name runs now (then null). */
-  exclusively<T>(pass: string, run: () => Promise<T>): Promise<T | null>
+  /**
+   * Runs a maintenance pass unless another replica's pass of that name runs now (then null).
+   * The pass asks `lock.held()` between its steps and stops once it says false.
+   */
+  exclusively<T>(pass: string, run: (lock: PassLock) => Promise<T>): Promise<T | null>
   /** The live view's shared event log: its identity (part of every event id) and its newest id. */
   eventLog(): Promise<{ token: string, latest: number }>
   /** Appends events (one statement), keeping the newest `keep`, and wakes every replica ('events'). */
