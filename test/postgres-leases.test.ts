@@ -268,3 +268,21 @@ t.test('a renewal stuck on a half-open listening connection is tried again on a 
   await a.save(contractSession('h', ['Completed']))
   t.pass('and the run still saves')
 })
+
+t.test('a sweep that gives back a session whose lease this process lost keeps the cancel pending on it for the next sweep', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const a = await open(t, url, 'alpha', { leaseMs: 3000 })
+  const b = await open(t, url, 'beta')
+  await a.save(contractSession('kc', ['Pending']))
+  await a.acquire('kc')
+  await a.save(contractSession('kc', ['InProgress']))
+  const lost: string[] = []
+  a.events.on('lease-lost', (id) => lost.push(id))
+  // A cancel was asked of alpha's run, then its lease ran out before the run recorded it.
+  await db.query("UPDATE sessions SET cancel_requested = true, lease_until = now() - interval '1 second' WHERE session_id = 'kc'")
+  await waitFor('the lease lost', () => lost.length > 0, 10_000)
+  t.same(await a.sweep(10, false), [], 'alpha\'s sweep gives it straight back (its run has not let go)')
+  t.match(await b.sweep(10, false), [{ sessionId: 'kc', cancelRequested: true }], 'the next sweep applies the cancel instead of resuming the run')
+})
