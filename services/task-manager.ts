@@ -103,7 +103,7 @@ export class TaskManager {
     this.passive = options.passive === true
     this.sweeper = this.shared === undefined || this.passive
       ? null
-      : new Sweeper({ shared: this.shared, intervalMs: settings.sweepIntervalMs, batch: settings.sweepBatch, backoffMaxMs: settings.sweepBackoffMaxMs, takeOver: async (swept) => this.takeOver(swept), log: this.log })
+      : new Sweeper({ shared: this.shared, intervalMs: settings.sweepIntervalMs, batch: settings.sweepBatch, backoffMaxMs: settings.sweepBackoffMaxMs, takeOver: async (swept) => this.takeOver(swept), resumeRuns: settings.resumeOnStart, log: this.log })
     const leaseLost = (sessionId: string, why: string): void => { this.runner.leaseLost(sessionId, why) }
     const cancel = (sessionId: string): void => { this.runner.cancelRequested(sessionId) }
     this.store.events?.on('lease-lost', leaseLost)
@@ -247,7 +247,11 @@ export class TaskManager {
         const run = file.background_run !== undefined
         return interrupted.length === 0 ? unchanged(run) : run
       }, { fresh: true, records: true })
-      if (resume && !this.shuttingDown) {
+      // TASK_RESUME_ON_START=false: the run's record stays (and the lease goes back) until a
+      // replica started with true, or an execute-all, carries it on.
+      if (resume && !this.shuttingDown && !this.settings.resumeOnStart) {
+        this.log.warn({ session_id: sessionId }, 'Background run of a replica that is gone not resumed (TASK_RESUME_ON_START=false); it resumes on a replica started with it true, or ends with an execute-all')
+      } else if (resume && !this.shuttingDown) {
         this.log.info({ session_id: sessionId }, 'Resuming background run of a replica that is gone')
         await this.runner.startBackgroundRun(sessionId)
       }
@@ -433,7 +437,10 @@ export class TaskManager {
 
   /** Stops the session's running execution (its task fails with "cancelled"). */
   async cancel (sessionId: string): Promise<{ cancelled_task_id: string | null, progress: Progress }> {
-    if (this.shared === undefined || this.runner.isRunning(sessionId)) return this.runner.cancel(sessionId)
+    if (this.shared === undefined) return this.runner.cancel(sessionId)
+    // An execution starting here is waited for: cancelElsewhere would take the lease it holds.
+    await this.runner.started(sessionId)
+    if (this.runner.isRunning(sessionId)) return this.runner.cancel(sessionId)
     return this.cancelElsewhere(this.shared, sessionId)
   }
 
@@ -449,6 +456,9 @@ export class TaskManager {
     const owner = await shared.requestCancel(sessionId)
     if (owner === null) {
       if (running.size === 0 && before.background_run === undefined) throw new NotRunningError(sessionId)
+      // An execution started here meanwhile: it is the one to cancel.
+      await this.runner.started(sessionId)
+      if (this.runner.isRunning(sessionId)) return this.runner.cancel(sessionId)
       // Left behind by a replica that is gone: claimed here and cancelled, as a sweep would.
       const { epoch } = await shared.acquire(sessionId)
       await this.takeOver({ sessionId, epoch, cancelRequested: true })
@@ -569,28 +579,36 @@ export class TaskManager {
     const shared = this.shared
     // One replica's pass at a time; candidates from the rows (sessions nobody runs), each
     // checked against its row before it moves.
-    const archived = await shared.exclusively('archive', async () => {
+    const archived = await shared.exclusively('archive', async (lock) => {
       const done: string[] = []
       const seen = new Set<string>()
+      // Its lock gone with its connection, another replica's pass may run: this one stops.
+      const lockLost = async (): Promise<boolean> => {
+        if (await lock.held()) return false
+        this.log.warn({ archived: done.length }, 'Archive pass stopped: its lock\'s connection to the database broke')
+        return true
+      }
       for (;;) {
+        if (await lockLost()) return done
         const batch = (await shared.archivable(cutoff, this.settings.sweepBatch)).filter((id) => !seen.has(id))
         if (batch.length === 0 || this.shuttingDown) return done
         for (const id of batch) {
           seen.add(id)
           await this.registry.sync(id).catch(noop)
         }
-        done.push(...await this.archiveEach(batch, cutoff))
+        done.push(...await this.archiveEach(batch, cutoff, lockLost))
       }
     })
     return archived ?? []
   }
 
-  private async archiveEach (sessionIds: string[], cutoff: Date): Promise<string[]> {
+  /** Archives those of `sessionIds` that are archivable; `stop` is asked before each (a pass that lost its lock). */
+  private async archiveEach (sessionIds: string[], cutoff: Date, stop: () => Promise<boolean> = async () => false): Promise<string[]> {
     const archived: string[] = []
     for (const sessionId of sessionIds) {
       const file = this.registry.find(sessionId)
       if (file === null || !isArchivable(file, cutoff)) continue
-      if (this.shuttingDown) break
+      if (this.shuttingDown || await stop()) break
       const moved = await this.registry.change(sessionId, (draft) => {
         // Unsaved changes (auto-save off) stay put: the archive must get the latest state.
         if (draft.file === null || this.registry.existing(sessionId).executing || this.registry.isUnsaved(sessionId) ||
@@ -615,10 +633,11 @@ export class TaskManager {
     const shared = this.shared
     const deleted = shared === undefined
       ? await prune()
-      : await shared.exclusively('retention', async () => {
+      : await shared.exclusively('retention', async (lock) => {
         // Other replicas archive too: the index is read again from the rows first.
         await this.store.openArchive({ concurrency: this.settings.restoreConcurrency })
-        return prune()
+        // Before each deletion: a pass whose lock went with its connection stops.
+        return this.archived.prune(cutoffs, async () => this.shuttingDown || !(await lock.held()))
       }) ?? []
     for (const sessionId of deleted) this.runner.announce('session.deleted', { session_id: sessionId, archived: true })
     return deleted

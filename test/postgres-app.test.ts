@@ -161,6 +161,31 @@ t.test('sessions a sweep cannot take over are left out of the next claims: the d
   t.equal((await second.inject({ method: 'GET', url: `${API}/progress?session_id=victim` })).statusCode, 200, 'the victim is served')
 })
 
+t.test('TASK_RESUME_ON_START=false on PostgreSQL: a dead replica\'s background run is not resumed, its record stays, and it is not claimed over and over', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const first = await postgresApp(t, url, { TASK_REPLICA_ID: 'a' })
+  t.equal((await first.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'bg', instructions: '1. a\n2. b' } })).statusCode, 200)
+  await first.close()
+  const db = await connected(new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 0 })))
+  t.teardown(() => db.end())
+  // A replica died running it in the background: its first task InProgress, its lease run out.
+  await db.query(`UPDATE sessions SET owner = 'dead', epoch = epoch + 1, lease_until = now() - interval '1 minute',
+      document = jsonb_set(jsonb_set(document::jsonb, '{background_run}', '{"started_at":"2026-01-01T00:00:00.000Z"}'), '{session,tasks,0,status}', '"InProgress"')::json,
+      has_background_run = true, tasks_in_progress = 1, tasks_pending = 1
+    WHERE session_id = 'bg'`)
+  const epoch = async (): Promise<number> => Number((await db.query("SELECT epoch FROM sessions WHERE session_id = 'bg'")).rows[0]?.epoch)
+  const before = await epoch()
+  const second = await postgresApp(t, url, { TASK_REPLICA_ID: 'b', TASK_RESUME_ON_START: false, TASK_SWEEP_INTERVAL_MS: 100 })
+  // Ten sweeps' time: a resumed run would have run both tasks by then.
+  await sleep(1000)
+  const progress = (await second.inject({ method: 'GET', url: `${API}/progress?session_id=bg` })).json()
+  t.match(progress, { total: 2, completed: 0, in_progress: 0, pending: 2 }, 'its interrupted task back to Pending, and nothing run')
+  const { rows } = await db.query<{ owner: string | null, run: boolean }>("SELECT owner, document::jsonb ? 'background_run' AS run FROM sessions WHERE session_id = 'bg'")
+  t.same(rows[0], { owner: null, run: true }, 'the run\'s record stays, and the lease was given back')
+  t.equal(await epoch() - before, 1, 'claimed once (the dead replica\'s lease), not by every sweep since')
+})
+
 t.test('an archived row sealed under a key this replica lacks: lists, archive passes and backups go on over it', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -182,3 +182,107 @@ t.test('refresh: the document only when it changed; a sweep claims expired and o
   t.same(claimed, ['expired', 'orphan'], 'each claimed by exactly one sweep')
   t.same(await a.sweep(10, false), [], 'nothing left to claim')
 })
+
+t.test('a lease given up is given back when its run lets go, and a cancel asked of it meanwhile stays for the next sweep', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const { proxy, url: proxied } = await throughProxy(t, url)
+  // Given up while the row still names alpha, live (and longer if a renewal on its way lands late).
+  const a = await open(t, proxied, 'alpha', { leaseMs: 6000, statementTimeoutMs: 0, connectTimeoutMs: 1000 })
+  const b = await open(t, url, 'beta')
+  await a.save(contractSession('g', ['Pending']))
+  const { epoch } = await a.acquire('g')
+  await a.save(contractSession('g', ['InProgress']))
+  const lost: string[] = []
+  a.events.on('lease-lost', (id) => lost.push(id))
+  proxy.stall()
+  await waitFor('the lease given up', () => lost.length > 0, 20_000)
+  t.equal(await b.requestCancel('g'), 'alpha', 'the row still names alpha: a cancel is asked of it')
+  proxy.pass()
+  // The run that had the lease lets go of it.
+  await a.release('g', epoch)
+  const after = (await db.query<{ owner: string | null, cancel_requested: boolean }>("SELECT owner, cancel_requested FROM sessions WHERE session_id = 'g'")).rows[0]
+  t.equal(after?.owner, null, 'given back: no replica named, so nobody gets SESSION_BUSY for it')
+  t.equal(after?.cancel_requested, true, 'the cancel alpha never recorded stays')
+  t.match(await b.sweep(10, false), [{ sessionId: 'g', cancelRequested: true }], 'the next sweep claims it at once, and applies the cancel')
+})
+
+t.test('a renewal that reaches a lease past its time does not bring it back', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const a = await open(t, url, 'alpha', { leaseMs: 3000 })
+  await a.save(contractSession('late', ['Pending']))
+  await a.acquire('late')
+  const lost: string[] = []
+  a.events.on('lease-lost', (id) => lost.push(id))
+  // As if alpha's renewals had not landed in time: the row's lease ran out, nobody claimed it yet.
+  await db.query("UPDATE sessions SET lease_until = now() - interval '1 second' WHERE session_id = 'late'")
+  await waitFor('the next renewal', () => lost.length > 0, 10_000)
+  const { rows } = await db.query<{ expired: boolean }>("SELECT lease_until < now() AS expired FROM sessions WHERE session_id = 'late'")
+  t.equal(rows[0]?.expired, true, 'still run out: a sweep may claim it')
+})
+
+t.test('a replica holding a session for a run refuses itself a second lease of it (SESSION_BUSY naming itself): that run keeps its fence', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const a = await open(t, url, 'alpha')
+  await a.save(contractSession('twice', ['InProgress']))
+  const first = await a.acquire('twice')
+  await t.rejects(a.acquire('twice'), { code: 'SESSION_BUSY', owner: 'alpha' }, 'a second lease refused')
+  const held = await row(db, 'twice')
+  t.equal(held.epoch, first.epoch, 'the run\'s epoch stays')
+  await a.save(contractSession('twice', ['Completed']))
+  t.pass('and the run still saves under it')
+  await a.release('twice', first.epoch)
+  t.equal((await row(db, 'twice')).owner, null)
+  const again = await a.acquire('twice')
+  t.ok(BigInt(again.epoch) > BigInt(first.epoch), 'once given back it may be taken again')
+})
+
+t.test('a renewal stuck on a half-open listening connection is tried again on a pooled one before any lease is given up', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const { proxy, url: proxied } = await throughProxy(t, url)
+  // No statement timeout (TASK_DB_STATEMENT_TIMEOUT_MS=0): nothing but the renewal's own bound ends its wait.
+  const a = await open(t, proxied, 'alpha', { leaseMs: 6000, statementTimeoutMs: 0 })
+  const lost: string[] = []
+  a.events.on('lease-lost', (id) => lost.push(id))
+  // The listening connection renews the leases: found by its LISTEN, before any renewal runs on it.
+  let port: number | undefined
+  await waitFor('the listening connection', async () => {
+    port = (await db.query<{ client_port: number }>("SELECT client_port FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'")).rows[0]?.client_port
+    return port !== undefined
+  }, 5000)
+  await a.save(contractSession('h', ['Pending']))
+  await a.acquire('h')
+  t.ok(proxy.stallUpstream(port ?? 0), 'that connection alone goes half-open')
+  // Past the point where the lease is given up (five sixths of it) when renewals stop.
+  await new Promise((resolve) => setTimeout(resolve, 8000))
+  t.same(lost, [], 'no lease given up')
+  const { rows } = await db.query<{ left_ms: number }>("SELECT extract(epoch FROM lease_until - now()) * 1000 AS left_ms FROM sessions WHERE session_id = 'h'")
+  t.ok((rows[0]?.left_ms ?? 0) > 1000, `renewed meanwhile: ${Math.round(rows[0]?.left_ms ?? 0)} ms left`)
+  await a.save(contractSession('h', ['Completed']))
+  t.pass('and the run still saves')
+})
+
+t.test('a sweep that gives back a session whose lease this process lost keeps the cancel pending on it for the next sweep', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const a = await open(t, url, 'alpha', { leaseMs: 3000 })
+  const b = await open(t, url, 'beta')
+  await a.save(contractSession('kc', ['Pending']))
+  await a.acquire('kc')
+  await a.save(contractSession('kc', ['InProgress']))
+  const lost: string[] = []
+  a.events.on('lease-lost', (id) => lost.push(id))
+  // A cancel was asked of alpha's run, then its lease ran out before the run recorded it.
+  await db.query("UPDATE sessions SET cancel_requested = true, lease_until = now() - interval '1 second' WHERE session_id = 'kc'")
+  await waitFor('the lease lost', () => lost.length > 0, 10_000)
+  t.same(await a.sweep(10, false), [], 'alpha\'s sweep gives it straight back (its run has not let go)')
+  t.match(await b.sweep(10, false), [{ sessionId: 'kc', cancelRequested: true }], 'the next sweep applies the cancel instead of resuming the run')
+})

@@ -7,7 +7,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { buildApp } from '../app.js'
-import { API, tempDir } from './helper.js'
+import { API, tempDir, waitFor } from './helper.js'
 import { inspector, openTestStore, testDatabase } from './postgres.js'
 
 const SCHEMA = 'tv_replicas'
@@ -104,4 +104,25 @@ t.test('archive passes: one replica\'s at a time (the other finds the lock taken
   const leased = await db.query('SELECT 1 FROM sessions WHERE session_id = \'leased\' AND archived_at IS NULL')
   t.equal(leased.rowCount, 1, 'the leased one stays active')
   t.equal((await b.inject({ method: 'GET', url: `${API}/list?session_id=all&archived=only` })).json().total, 30, 'b lists a\'s archived sessions too')
+})
+
+t.test('a maintenance pass whose lock connection breaks learns it between steps (lock.held() false), while another replica\'s pass may take the lock', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url, SCHEMA)
+  const a = await openTestStore(t, url, SCHEMA, { replicaId: 'pass-a' })
+  const b = await openTestStore(t, url, SCHEMA, { replicaId: 'pass-b' })
+  const steps: boolean[] = []
+  const result = await a.exclusively('archive', async (lock) => {
+    steps.push(await lock.held())
+    t.equal(await b.exclusively('archive', async () => 'b ran'), null, 'b finds the lock taken')
+    // The lock's connection dies (a failover, a server-side kill): the lock goes with it.
+    await db.query("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()")
+    await waitFor('the lock gone', async () => (await db.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted")).rowCount === 0, 5000)
+    t.equal(await b.exclusively('archive', async () => 'b ran'), 'b ran', 'b\'s pass may run now')
+    steps.push(await lock.held())
+    return 'a done'
+  }).catch((err: unknown) => err)
+  t.same(steps, [true, false], 'a\'s pass is told its lock is gone, and stops')
+  t.equal(result, 'a done', 'a stopping pass ends normally: what it did stays')
 })

@@ -13,6 +13,11 @@ export interface TcpProxy {
   drop(): void
   /** Stop forwarding on open connections, and accept new ones without forwarding: nothing arrives, nothing fails. */
   stall(): void
+  /**
+   * Stall one open connection only, the one whose link to the server leaves from `localPort`
+   * (pg_stat_activity's client_port): a connection gone half-open while the others work. False when there is none.
+   */
+  stallUpstream(localPort: number): boolean
   /** Open connections through the proxy. */
   connections(): number
   close(): Promise<void>
@@ -94,6 +99,15 @@ export async function startProxy (targetPort: number, targetHost = '127.0.0.1'):
         link.client.pause()
         link.upstream?.pause()
       }
+    },
+    stallUpstream (localPort) {
+      for (const link of links) {
+        if (link.upstream?.localPort !== localPort) continue
+        link.client.pause()
+        link.upstream.pause()
+        return true
+      }
+      return false
     },
     connections: () => links.size,
     async close () {

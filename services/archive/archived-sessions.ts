@@ -90,7 +90,7 @@ export class ArchivedSessions {
    * Deletes archived sessions that finished before their cutoff. Each is checked again inside
    * its change queue: one brought back or replaced since the listing stays.
    */
-  async prune (cutoffs: RetentionCutoffs, stop: () => boolean): Promise<string[]> {
+  async prune (cutoffs: RetentionCutoffs, stop: () => boolean | Promise<boolean>): Promise<string[]> {
     if (cutoffs.all === null && cutoffs.failed === null) return []
     const { sessions, failures } = await this.store.listArchived()
     this.report(failures)
@@ -98,7 +98,7 @@ export class ArchivedSessions {
     for (const summary of sessions) {
       const cutoff = summary.failed > 0 ? cutoffs.failed : cutoffs.all
       if (cutoff === null || !(Date.parse(summary.finished_at) < cutoff.getTime())) continue
-      if (stop()) break
+      if (await stop()) break
       const sessionId = summary.session_id
       const removed = await this.registry.change(sessionId, (draft) => {
         if (draft.file !== null || this.store.archivedName(sessionId) !== summary.file) return unchanged(false)

@@ -11,6 +11,8 @@ export interface SweeperOptions {
   backoffMaxMs: number
   /** Carries a claimed session on (its lease is this replica's now); false when that failed. Never rejects. */
   takeOver: (session: SweptSession) => Promise<boolean>
+  /** TASK_RESUME_ON_START: whether the sessions claimed for their background run alone are worth claiming. */
+  resumeRuns: boolean
   log: Logger
 }
 
@@ -72,7 +74,7 @@ export class Sweeper {
     while (!this.stopped) {
       let swept: SweptSession[]
       try {
-        swept = await shared.sweep(batch, earlier, this.backingOff())
+        swept = await shared.sweep(batch, earlier, this.backingOff(), this.options.resumeRuns)
       } catch (err) {
         log.warn({ err }, 'Sweep for sessions whose lease ran out failed; the next one tries again')
         return

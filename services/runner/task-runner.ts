@@ -54,6 +54,8 @@ export class TaskRunner {
   private readonly runs = new Map<string, Run>()
   /** Cancels asked (shared store) for sessions whose execution has its lease but is not running yet. */
   private readonly early = new Set<string>()
+  /** Executions claimed but not registered in `runs` yet (taking the lease, reading the session): settled once they are, or failed. */
+  private readonly starting = new Map<string, Promise<void>>()
   private closing = false
 
   constructor (options: TaskRunnerOptions) {
@@ -172,6 +174,11 @@ export class TaskRunner {
     return this.runs.has(sessionId)
   }
 
+  /** Once an execution starting on the session (taking its lease, reading it) runs or failed to start; at once when none is. */
+  async started (sessionId: string): Promise<void> {
+    await this.starting.get(sessionId)
+  }
+
   /** What a running background run is waiting for before it goes on, if anything. */
   waitingFor (sessionId: string): Waiting | null {
     return this.runs.get(sessionId)?.waiting ?? null
@@ -223,6 +230,8 @@ export class TaskRunner {
     this.early.delete(sessionId)
     let lease: { epoch: string, cancelRequested: boolean } | null = null
     if (this.shared !== undefined) {
+      let started!: () => void
+      this.starting.set(sessionId, new Promise<void>((resolve) => { started = resolve }))
       try {
         lease = await this.shared.acquire(sessionId)
         // What other replicas did to it before the lease was taken is what this run starts from.
@@ -231,6 +240,10 @@ export class TaskRunner {
         this.registry.release(sessionId)
         if (lease !== null) await this.giveBack(sessionId, lease.epoch)
         throw err
+      } finally {
+        // Before `runs` is set below, with no await between: a cancel waiting on it finds the run.
+        this.starting.delete(sessionId)
+        started()
       }
     }
     const controller = new AbortController()

@@ -102,6 +102,15 @@ export function clearUpdatedAt (text: string): Date {
   }
 }
 
+/** The lock a maintenance pass holds (SharedSessions.exclusively). */
+export interface PassLock {
+  /**
+   * Whether the pass still holds it: a round trip on the lock's connection. False once that
+   * connection broke: the lock went with it, and another replica's pass may have started.
+   */
+  held(): Promise<boolean>
+}
+
 /** A session claimed by a sweep: its lease is now this replica's. */
 export interface SweptSession {
   sessionId: string
@@ -150,16 +159,21 @@ export interface SharedSessions {
    * Claims sessions whose holder is gone (lease run out) or that nobody runs but should be run
    * on; with `earlier`, also those this replica id holds from an earlier process (only before
    * this process has run anything: later they may be its own runs). Never the sessions of `skip`.
+   * With `runs` false (TASK_RESUME_ON_START=false), not those unowned with only a background run's
+   * record: this replica would not resume it, so claiming it would only go round.
    */
-  sweep(limit: number, earlier: boolean, skip?: readonly string[]): Promise<SweptSession[]>
+  sweep(limit: number, earlier: boolean, skip?: readonly string[], runs?: boolean): Promise<SweptSession[]>
   /** Asks the live holder to cancel; resolves with its id, or null when nobody holds the lease. */
   requestCancel(sessionId: string): Promise<string | null>
   /** A page of the active sessions, newest updated first, and how many there are. */
   listActive(offset: number, limit: number): Promise<{ total: number, sessions: SharedSummary[] }>
   /** Active sessions nobody runs whose tasks all ended before `cutoff`. */
   archivable(cutoff: Date, limit: number): Promise<string[]>
-  /** Runs a maintenance pass unless another replica's pass of that name runs now (then null). */
-  exclusively<T>(pass: string, run: () => Promise<T>): Promise<T | null>
+  /**
+   * Runs a maintenance pass unless another replica's pass of that name runs now (then null).
+   * The pass asks `lock.held()` between its steps and stops once it says false.
+   */
+  exclusively<T>(pass: string, run: (lock: PassLock) => Promise<T>): Promise<T | null>
   /** The live view's shared event log: its identity (part of every event id) and its newest id. */
   eventLog(): Promise<{ token: string, latest: number }>
   /** Appends events (one statement), keeping the newest `keep`, and wakes every replica ('events'). */

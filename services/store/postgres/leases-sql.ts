@@ -44,6 +44,20 @@ export function releaseLease (sessionId: string, replicaId: string, epoch: strin
 }
 
 /**
+ * Gives back a lease this replica gave up or lost (its run has let go): like releaseLease, but a
+ * pending cancel stays in the row, since the run it was asked of did not record it; the sweeper
+ * that claims the session next applies it. At another epoch (taken over) it changes nothing.
+ */
+export function abandonLease (sessionId: string, replicaId: string, epoch: string): pg.QueryConfig {
+  return {
+    name: 'taskvault_abandon_lease',
+    text: `UPDATE sessions SET owner = NULL, lease_until = NULL
+      WHERE session_id = $1 AND archived_at IS NULL AND owner = $2 AND epoch = $3`,
+    values: [sessionId, replicaId, epoch]
+  }
+}
+
+/**
  * One statement per renewal period, whatever the number of sessions held: the replica's
  * heartbeat row, and every lease it holds (at the epoch it holds it) pushed out. A session
  * that does not come back was lost (taken over after this replica fell silent); each one that
@@ -57,6 +71,9 @@ export function renewLeases (replicaId: string, leaseMs: number, held: ReadonlyA
       UPDATE sessions s SET lease_until = ${until('$2')}
         FROM unnest($3::text[], $4::bigint[]) AS h(session_id, epoch)
         WHERE s.session_id = h.session_id AND s.archived_at IS NULL AND s.owner = $1 AND s.epoch = h.epoch
+          -- A lease past its time stays run out: its holder gave it up already (a late renewal
+          -- would otherwise keep it live for a run that has stopped).
+          AND s.lease_until > now()
         RETURNING s.session_id, s.cancel_requested`,
     values: [replicaId, leaseMs, held.map(([id]) => id), held.map(([, epoch]) => epoch)]
   }
@@ -67,16 +84,16 @@ export function renewLeases (replicaId: string, leaseMs: number, held: ReadonlyA
  * a background run or a task left InProgress (another replica shut down mid-run), and with
  * `mine` (the first sweep, before this process runs anything) those this replica id owns: an
  * earlier process of the same id died holding them; never those of `skip` (their takeover failed
- * here lately). Each is claimed by one sweeper only: rows another transaction has locked are skipped.
+ * here lately); those with only a background run's record only when `runs` (this replica resumes runs). Each is claimed by one sweeper only: rows another transaction has locked are skipped.
  */
-export function sweepLeases (replicaId: string, leaseMs: number, limit: number, mine: boolean, skip: readonly string[]): pg.QueryConfig {
+export function sweepLeases (replicaId: string, leaseMs: number, limit: number, mine: boolean, skip: readonly string[], runs = true): pg.QueryConfig {
   return {
     name: 'taskvault_sweep_leases',
     text: `WITH due AS (
         SELECT row_id FROM sessions
           WHERE archived_at IS NULL AND (
             (owner IS NOT NULL AND (lease_until < now() OR (owner = $1 AND $4::boolean)))
-            OR (owner IS NULL AND (has_background_run OR tasks_in_progress > 0)))
+            OR (owner IS NULL AND (($6::boolean AND has_background_run) OR tasks_in_progress > 0)))
             AND session_id <> ALL($5::text[])
           ORDER BY lease_until NULLS FIRST
           LIMIT $3
@@ -84,7 +101,7 @@ export function sweepLeases (replicaId: string, leaseMs: number, limit: number, 
       UPDATE sessions s SET owner = $1, epoch = s.epoch + 1, lease_until = ${until('$2')}
         FROM due WHERE s.row_id = due.row_id
         RETURNING s.session_id, s.epoch, s.cancel_requested`,
-    values: [replicaId, leaseMs, limit, mine, skip]
+    values: [replicaId, leaseMs, limit, mine, skip, runs]
   }
 }
 

@@ -3,7 +3,7 @@ import type pg from 'pg'
 import { LeaseLostError, SessionBusyError, SessionNotFoundError } from '../../errors.js'
 import { noop } from '../../noop.js'
 import type { SessionStoreEvents, SweptSession } from '../store.js'
-import { acquireLease, leaseHolder, releaseLease, renewLeases, requestCancel, sweepLeases } from './leases-sql.js'
+import { abandonLease, acquireLease, leaseHolder, releaseLease, renewLeases, requestCancel, sweepLeases } from './leases-sql.js'
 import type { Fence } from './sessions-sql.js'
 
 /** NOTIFY's channel for cancels; the payload is `<schema>.<session id>`, far below NOTIFY's 8,000 bytes. */
@@ -30,6 +30,8 @@ interface Held {
   validUntil: number
   /** Given up or taken over: kept (for its fence) until its run lets go of it. */
   lost: boolean
+  /** Taken by acquire (a run, or a cancel applied here), not by a sweep. */
+  run: boolean
 }
 
 /**
@@ -90,27 +92,33 @@ export class LeaseKeeper {
 
   /** Takes the lease; resolves with its epoch, and whether a cancel waits for it (this replica took it again). */
   async acquire (sessionId: string): Promise<{ epoch: string, cancelRequested: boolean }> {
+    // A run of this process holds it: a second lease would replace that run's, and giving the
+    // second back would leave the run unfenced and unrenewed while another replica claims it.
+    // (A lease this process's sweep holds is taken over by the run it resumes.)
+    const held = this.held.get(sessionId)
+    if (held !== undefined && held.run && !held.lost) throw new SessionBusyError(sessionId, this.replicaId)
     const sent = performance.now()
     const { rows } = await this.options.query<{ epoch: string | null, owner: string | null, found: boolean, cancel_requested: boolean | null }>(
       `taking the lease of session '${sessionId}'`, acquireLease(sessionId, this.replicaId, this.leaseMs))
     const row = rows[0]
     if (row === undefined || !row.found) throw new SessionNotFoundError(sessionId)
     if (row.epoch === null) throw new SessionBusyError(sessionId, row.owner)
-    this.hold(sessionId, row.epoch, sent)
+    this.hold(sessionId, row.epoch, sent, true)
     return { epoch: row.epoch, cancelRequested: row.cancel_requested === true }
   }
 
   /**
    * Gives back the lease taken at `epoch`. Only that one: a newer lease of the session (taken
-   * since by this process) stays, and its holder gives it back.
+   * since by this process) stays, and its holder gives it back. A lease given up or lost is given
+   * back too: given up, the row still names this replica (until it runs out, or longer after a
+   * renewal that was on its way), and the epoch keeps the statement off another replica's lease.
    */
   async release (sessionId: string, epoch: string): Promise<void> {
     const held = this.held.get(sessionId)
-    if (held !== undefined && held.epoch === epoch) {
-      this.held.delete(sessionId)
-      if (held.lost) return
-    }
-    await this.options.query(`giving back the lease of session '${sessionId}'`, releaseLease(sessionId, this.replicaId, epoch))
+    const lost = held !== undefined && held.epoch === epoch && held.lost
+    if (held !== undefined && held.epoch === epoch) this.held.delete(sessionId)
+    await this.options.query(`giving back the lease of session '${sessionId}'`,
+      lost ? abandonLease(sessionId, this.replicaId, epoch) : releaseLease(sessionId, this.replicaId, epoch))
   }
 
   /** The live holder of the lease now (a round trip). */
@@ -140,20 +148,21 @@ export class LeaseKeeper {
     return false
   }
 
-  async sweep (limit: number, earlier: boolean, skip: readonly string[] = []): Promise<SweptSession[]> {
+  async sweep (limit: number, earlier: boolean, skip: readonly string[] = [], runs = true): Promise<SweptSession[]> {
     const mine = earlier && this.held.size === 0
     const sent = performance.now()
     const { rows } = await this.options.query<{ session_id: string, epoch: string, cancel_requested: boolean }>(
-      'sweeping leases that ran out', sweepLeases(this.replicaId, this.leaseMs, limit, mine, skip))
+      'sweeping leases that ran out', sweepLeases(this.replicaId, this.leaseMs, limit, mine, skip, runs))
     const swept: SweptSession[] = []
     for (const row of rows) {
       // This process still has a lease of it (a run that lost it and has not let go yet): that
       // run's saves must stay refused, so the claim is given straight back for a later sweep.
       if (this.held.has(row.session_id)) {
-        await this.options.query(`giving back the lease of session '${row.session_id}'`, releaseLease(row.session_id, this.replicaId, row.epoch)).catch(noop)
+        // Its pending cancel stays for that later sweep: the run here never recorded it.
+        await this.options.query(`giving back the lease of session '${row.session_id}'`, abandonLease(row.session_id, this.replicaId, row.epoch)).catch(noop)
         continue
       }
-      this.hold(row.session_id, row.epoch, sent)
+      this.hold(row.session_id, row.epoch, sent, false)
       swept.push({ sessionId: row.session_id, epoch: row.epoch, cancelRequested: row.cancel_requested })
     }
     return swept
@@ -175,11 +184,11 @@ export class LeaseKeeper {
     if (listener !== null) listener.release(true)
   }
 
-  /** Records a lease taken at `sent`, unless this process already holds a newer epoch of it. */
-  private hold (sessionId: string, epoch: string, sent: number): void {
+  /** Records a lease taken at `sent` (by a run: `run`), unless this process already holds a newer epoch of it. */
+  private hold (sessionId: string, epoch: string, sent: number, run: boolean): void {
     const before = this.held.get(sessionId)
     if (before !== undefined && !before.lost && BigInt(before.epoch) > BigInt(epoch)) return
-    this.held.set(sessionId, { epoch, validUntil: sent + this.leaseMs, lost: false })
+    this.held.set(sessionId, { epoch, validUntil: sent + this.leaseMs, lost: false, run })
   }
 
   private lose (sessionId: string, held: Held, why: string): void {
@@ -199,27 +208,42 @@ export class LeaseKeeper {
     if (this.listener === null && this.listening === null) this.listen()
   }
 
-  /** One statement: the heartbeat, and every lease this process holds pushed out. */
+  /**
+   * One statement: the heartbeat, and every lease this process holds pushed out. Each attempt
+   * gives up after a sixth of the lease, whatever TASK_DB_STATEMENT_TIMEOUT_MS (0: none): a hung
+   * connection (a half-open one after a failover) must not hold renewals until the leases are given up.
+   */
   private async renew (): Promise<void> {
     if (this.renewing || this.closed) return
     this.renewing = true
     const live = [...this.held].filter(([, held]) => !held.lost)
-    const sent = performance.now()
     try {
-      const config = renewLeases(this.replicaId, this.leaseMs, live.map(([sessionId, held]) => [sessionId, held.epoch] as const))
+      // pg's Client.query honours a query's own query_timeout (its typings leave it out).
+      const config: pg.QueryConfig & { query_timeout: number } = {
+        ...renewLeases(this.replicaId, this.leaseMs, live.map(([sessionId, held]) => [sessionId, held.epoch] as const)),
+        query_timeout: this.renewalTimeoutMs()
+      }
+      type Renewed = { session_id: string, cancel_requested: boolean }
+      let sent = performance.now()
+      let rows: Renewed[] | null = null
       // On the listening connection when there is one: it is this keeper's own, so a renewal
       // never waits for a pooled connection behind a burst of saves (and loses leases for it).
       const listener = this.listener
-      const { rows } = listener !== null
-        ? await listener.query<{ session_id: string, cancel_requested: boolean }>(config).catch((err: unknown) => {
+      if (listener !== null) {
+        rows = await listener.query<Renewed>(config).then((result) => result.rows, () => {
           // Its state unknown (a timeout, a dropped link): a fresh one is opened at the next check.
           if (this.listener === listener) {
             this.listener = null
             listener.release(true)
           }
-          throw err
+          return null
         })
-        : await this.options.query<{ session_id: string, cancel_requested: boolean }>('renewing leases', config)
+      }
+      if (rows === null) {
+        // Tried again at once on a pooled connection: the listener's failure says nothing of the pool.
+        sent = performance.now()
+        rows = (await this.options.query<Renewed>('renewing leases', config)).rows
+      }
       this.lastRenewal = sent
       const renewed = new Map(rows.map((row) => [row.session_id, row.cancel_requested]))
       for (const [sessionId, held] of live) {
@@ -236,6 +260,14 @@ export class LeaseKeeper {
     } finally {
       this.renewing = false
     }
+  }
+
+  /**
+   * How long one renewal attempt may take: a sixth of the lease. Renewals start a third into it
+   * and leases are given up at five sixths, so a hung attempt still leaves time for two more.
+   */
+  private renewalTimeoutMs (): number {
+    return Math.max(1, Math.floor(this.leaseMs / 6))
   }
 
   /**

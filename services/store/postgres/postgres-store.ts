@@ -13,7 +13,7 @@ import type { Static } from '@sinclair/typebox'
 import type { Progress as ProgressSchema } from '../../../schemas/api.js'
 import {
   clearUpdatedAt, type ArchivedSession, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
-  type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
+  type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
 import { ARCHIVED_ROWS, archiveSession, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
 import { migrate } from './migrate.js'
@@ -661,8 +661,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     return this.keeper().cancelPending(this.checkId(sessionId))
   }
 
-  async sweep (limit: number, earlier: boolean, skip: readonly string[] = []): Promise<SweptSession[]> {
-    return this.keeper().sweep(limit, earlier, skip)
+  async sweep (limit: number, earlier: boolean, skip: readonly string[] = [], runs = true): Promise<SweptSession[]> {
+    return this.keeper().sweep(limit, earlier, skip, runs)
   }
 
   async requestCancel (sessionId: string): Promise<string | null> {
@@ -694,7 +694,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    * Holds a transaction-scoped advisory lock named after the pass and the schema for as long as
    * `run` takes: a replica whose connection dies lets go of it with the transaction.
    */
-  async exclusively<T> (pass: string, run: () => Promise<T>): Promise<T | null> {
+  async exclusively<T> (pass: string, run: (lock: PassLock) => Promise<T>): Promise<T | null> {
     let client: pg.PoolClient
     try {
       client = await this.pool.connect()
@@ -710,7 +710,18 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       await client.query('SET LOCAL idle_in_transaction_session_timeout = 0')
       const { rows } = await client.query<{ locked: boolean }>(passLock(passKey(`${this.schema}.${pass}`)))
       if (rows[0]?.locked !== true) return null
-      return await run()
+      const lock: PassLock = {
+        held: async () => {
+          if (broken !== undefined) return false
+          try {
+            await client.query('SELECT 1')
+          } catch (err) {
+            broken ??= err instanceof Error ? err : new Error(String(err))
+          }
+          return broken === undefined
+        }
+      }
+      return await run(lock)
     } catch (err) {
       if (err instanceof TaskvaultError) throw err
       broken ??= err instanceof Error ? err : new Error(String(err))
