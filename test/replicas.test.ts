@@ -183,7 +183,8 @@ t.test('many idle runs, sweeps every 100 ms: no sweep takes a live run, on its o
   if (url === null) return
   const agent = await recordingAgent(t)
   agent.behave(() => ({ hold: true }))
-  const set = await replicaSet(t, url, agent, { TASK_LEASE_MS: '6000', TASK_SWEEP_INTERVAL_MS: '100' })
+  // Every run's call in flight at once: room past TASK_MAX_AGENT_CALLS' default (64 a replica).
+  const set = await replicaSet(t, url, agent, { TASK_LEASE_MS: '6000', TASK_SWEEP_INTERVAL_MS: '100', TASK_MAX_AGENT_CALLS: '200' })
   const servers = await Promise.all(['i0', 'i1', 'i2'].map(async (name) => set.start(name)))
   const sessions = Array.from({ length: 200 }, (_, i) => `idle${i}`)
   await Promise.all(sessions.map(async (id, i) => {
