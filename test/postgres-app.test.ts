@@ -14,6 +14,13 @@ import { readTarGz } from '../services/backup/tar.js'
 
 const connected = async (client: pg.Client): Promise<pg.Client> => { await client.connect(); return client }
 
+/** A client of the test's own on the app's schema, ended when the test ends: what the tests look at or change behind the app. */
+async function inspector (t: { teardown: (fn: () => unknown) => void }, url: string): Promise<pg.Client> {
+  const client = await connected(new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 0 })))
+  t.teardown(() => client.end())
+  return client
+}
+
 /**
  * The whole service on PostgreSQL answers exactly what it answers on the file store: one
  * script of requests runs against both, and every status and body must match once the times
@@ -135,8 +142,7 @@ t.test('sessions a sweep cannot take over are left out of the next claims: the d
   const first = await postgresApp(t, url, { TASK_REPLICA_ID: 'a' })
   t.equal((await first.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'victim', instructions: 'say hi' } })).statusCode, 200)
   await first.close()
-  const db = await connected(new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 0 })))
-  t.teardown(() => db.end())
+  const db = await inspector(t, url)
   // A replica died holding the victim's lease.
   await db.query("UPDATE sessions SET owner = 'dead', epoch = epoch + 1, lease_until = now() - interval '1 minute' WHERE session_id = 'victim'")
   // A batch's worth of rows this version cannot read, with a background run and no owner: a
@@ -167,8 +173,7 @@ t.test('TASK_RESUME_ON_START=false on PostgreSQL: a dead replica\'s background r
   const first = await postgresApp(t, url, { TASK_REPLICA_ID: 'a' })
   t.equal((await first.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'bg', instructions: '1. a\n2. b' } })).statusCode, 200)
   await first.close()
-  const db = await connected(new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 0 })))
-  t.teardown(() => db.end())
+  const db = await inspector(t, url)
   // A replica died running it in the background: its first task InProgress, its lease run out.
   await db.query(`UPDATE sessions SET owner = 'dead', epoch = epoch + 1, lease_until = now() - interval '1 minute',
       document = jsonb_set(jsonb_set(document::jsonb, '{background_run}', '{"started_at":"2026-01-01T00:00:00.000Z"}'), '{session,tasks,0,status}', '"InProgress"')::json,
@@ -269,13 +274,8 @@ t.test('losing the database: requests fail fast with 503, /ready goes 503, and t
   t.equal(await readyGauge(), 'taskvault_ready 1')
   const list = (await app.inject({ method: 'GET', url: `${API}/list?session_id=all` })).json()
   t.same(list.sessions.map((s: { session_id: string }) => s.session_id).sort(), ['after', 'before'], 'nothing unacknowledged was kept')
-  const rows = await connected(new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 0 }))).then(async (client: pg.Client) => {
-    try {
-      return (await client.query('SELECT session_id FROM taskvault.sessions WHERE archived_at IS NULL ORDER BY session_id')).rows.map((row: { session_id: string }) => row.session_id)
-    } finally {
-      await client.end()
-    }
-  })
+  const db = await inspector(t, url)
+  const rows = (await db.query('SELECT session_id FROM taskvault.sessions WHERE archived_at IS NULL ORDER BY session_id')).rows.map((row: { session_id: string }) => row.session_id)
   t.same(rows, ['after', 'before'], 'and the database holds exactly the acknowledged sessions')
 })
 
@@ -290,8 +290,7 @@ t.test('bringing an archived session back with an outcome unknown (the answer lo
   t.equal((await inject('POST', '/create', { session_id: 'kept', instructions: '1. a\n2. b' })).status, 200)
   t.equal((await inject('POST', '/execute-all', { session_id: 'kept' })).status, 200)
   t.equal((await inject('POST', '/archive', { older_than_days: 0 })).body.archived, 1)
-  const db = await connected(new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 0 })))
-  t.teardown(() => db.end())
+  const db = await inspector(t, url)
   // The statement that brings it back commits, but its answer never arrives.
   await db.query('CREATE FUNCTION taskvault.slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
   await db.query('CREATE TRIGGER slow BEFORE INSERT ON taskvault.sessions FOR EACH ROW EXECUTE FUNCTION taskvault.slow_insert()')
@@ -347,8 +346,7 @@ t.test('live events the database could not take wait and go later, in order; pas
     t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: id, instructions: 'x' } })).statusCode, 200, `${id} created`)
   }
   // The event log locked by another client: publishing (and reading) it fails by the statement timeout, saves do not.
-  const locker = await connected(new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 0 })))
-  t.teardown(() => locker.end())
+  const locker = await inspector(t, url)
   const lockLog = async (): Promise<void> => { await locker.query('BEGIN'); await locker.query('LOCK TABLE events IN ACCESS EXCLUSIVE MODE') }
 
   await lockLog()
