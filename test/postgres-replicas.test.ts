@@ -106,6 +106,8 @@ t.test('archive passes: one replica\'s at a time (the other finds the lock taken
   t.equal((await b.inject({ method: 'GET', url: `${API}/list?session_id=all&archived=only` })).json().total, 30, 'b lists a\'s archived sessions too')
 })
 
+const OUR_ADVISORY_LOCKS = "locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+
 t.test('a maintenance pass whose lock connection breaks learns it between steps (lock.held() false), while another replica\'s pass may take the lock', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
@@ -117,8 +119,9 @@ t.test('a maintenance pass whose lock connection breaks learns it between steps 
     steps.push(await lock.held())
     t.equal(await b.exclusively('archive', async () => 'b ran'), null, 'b finds the lock taken')
     // The lock's connection dies (a failover, a server-side kill): the lock goes with it.
-    await db.query("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()")
-    await waitFor('the lock gone', async () => (await db.query("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted")).rowCount === 0, 5000)
+    // pg_locks spans the cluster: only this test's database, not tests running beside it.
+    await db.query(`SELECT pg_terminate_backend(pid) FROM pg_locks WHERE ${OUR_ADVISORY_LOCKS} AND pid <> pg_backend_pid()`)
+    await waitFor('the lock gone', async () => (await db.query(`SELECT 1 FROM pg_locks WHERE ${OUR_ADVISORY_LOCKS}`)).rowCount === 0, 5000)
     t.equal(await b.exclusively('archive', async () => 'b ran'), 'b ran', 'b\'s pass may run now')
     steps.push(await lock.held())
     return 'a done'
