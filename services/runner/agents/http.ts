@@ -6,6 +6,12 @@ import { truncateUtf8 } from '../../session/session.js'
 /** How much of an unexpected answer goes into the task's error. */
 const BODY_EXCERPT_BYTES = 200
 
+export interface PostOptions {
+  headers: Record<string, string>
+  signal: AbortSignal
+  maxBytes: number
+}
+
 export interface JsonAnswer {
   status: number
   body: unknown
@@ -15,12 +21,7 @@ export interface JsonAnswer {
  * POSTs JSON and reads the answer whole, up to `maxBytes`. A 2xx must be JSON; anything else
  * becomes an AgentError: transient for network errors, 5xx and 429 (with Retry-After), permanent otherwise.
  */
-export async function postJson (
-  who: string,
-  url: string,
-  payload: unknown,
-  options: { headers: Record<string, string>, signal: AbortSignal, maxBytes: number }
-): Promise<JsonAnswer> {
+export async function postJson (who: string, url: string, payload: unknown, options: PostOptions): Promise<JsonAnswer> {
   // Node's own fetch gives up after 300 s without headers, or between two pieces of a body:
   // a slow completion (a local model) would fail, and be retried from the start, before the
   // agent's timeout_ms, which must be the only limit (the signal). The connection is this call's.
@@ -32,7 +33,7 @@ export async function postJson (
   }
 }
 
-async function exchange (who: string, url: string, payload: unknown, options: { headers: Record<string, string>, signal: AbortSignal, maxBytes: number }, dispatcher: Agent): Promise<JsonAnswer> {
+async function exchange (who: string, url: string, payload: unknown, options: PostOptions, dispatcher: Agent): Promise<JsonAnswer> {
   let response: Response
   try {
     response = await fetch(url, {
@@ -93,7 +94,7 @@ async function readText (who: string, response: Response, maxBytes: number, sign
 const SECRET_MIN_CHARS = 8
 
 /** `text` with every header value we sent, and each long token of one, replaced by [redacted]. */
-export function redacted (text: string, values: readonly string[]): string {
+function redacted (text: string, values: readonly string[]): string {
   const secrets = new Set<string>()
   for (const value of values) {
     for (const part of [value, ...value.split(/\s+/u)]) if (part.trim().length >= SECRET_MIN_CHARS) secrets.add(part.trim())
