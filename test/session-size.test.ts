@@ -14,7 +14,8 @@ import { FileSessionStore } from '../services/store/file-store.js'
 import { serializeSessionFile } from '../services/store/session-files.js'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { createTasks, storedTasks } from './agents-fakes.js'
-import { build, get, post, tempDir } from './helper.js'
+import { faultFs, tempOf } from './faults.js'
+import { build, get, post, tempDir, waitFor } from './helper.js'
 
 const AT = '2024-01-15T10:30:00.000Z'
 
@@ -205,4 +206,28 @@ t.test('stored dates that do not exist are refused at restore (2025-02-30, 2025-
   t.strictSame(result.failures.map((f) => f.name).sort(), ['apr31.json', 'feb29.json', 'feb30.json', 'hour24.json', 'offset.json'])
   for (const failure of result.failures) t.match(failure.reason, /impossible date/)
   await store.close()
+})
+
+t.test('changes bringing an archived session back, too large together, are judged each on the archived content', async (t) => {
+  const dir = await tempDir(t)
+  const fs = faultFs()
+  const app = await build(t, { dir, fs, config: { TASK_MAX_SESSION_BYTES: 64 * 1024 }, executors: { default: async () => ({ result: 'done' }) } })
+  t.equal((await post(app, '/create', { session_id: 'x', tasks: [{ instruction: 'first' }, { instruction: 'second' }] })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'x' })).statusCode, 200)
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['x'])
+
+  // A first change's save is held, then fails on a full disk: the two after it queue and share one save.
+  const gate = fs.hold('open', { path: tempOf('x'), times: 1 })
+  fs.fail('open', 'ENOSPC', { path: tempOf('x'), times: 1 })
+  const first = post(app, '/create', { session_id: 'x', tasks: [{ instruction: 'held' }] })
+  await waitFor('the first save to be held', () => gate.held() > 0)
+  const small = post(app, '/create', { session_id: 'x', tasks: [{ instruction: 'small' }] })
+  const large = post(app, '/create', { session_id: 'x', tasks: [{ instruction: 'L'.repeat(64_000) }] })
+  await sleep(20)
+  gate.release()
+  t.equal((await first).statusCode, 507)
+  const smallAnswer = await small
+  t.equal(smallAnswer.statusCode, 200, `the small change, queued first, fits alone: ${smallAnswer.body}`)
+  t.equal((await large).statusCode, 400, 'the large one is refused')
+  t.same((await storedTasks(dir, 'x')).map((task) => task.instruction), ['first', 'second', 'small'], 'stored: the archived tasks and the small one, once')
 })

@@ -1,5 +1,5 @@
 import { SessionNotFoundError } from '../errors.js'
-import type { SessionFile } from './session.js'
+import { cloneSessionFile, type SessionFile } from './session.js'
 
 /**
  * What a write does with a session. `save` writes the draft's file (`force`: even with auto-save
@@ -45,9 +45,13 @@ export class Draft {
     if (this.#intent.kind === 'save') this.#intent = { kind: 'save', force: true }
   }
 
-  /** Makes `file`, read from the archived file `from`, the active session again. */
+  /**
+   * Makes `file`, read from the archived file `from`, the active session again. The draft edits
+   * a copy: a change applied again (its batch too large together, or a version conflict) must
+   * start from the archived content, not from what the failed batch made of it.
+   */
   unarchive (file: SessionFile, from: string): void {
-    this.#file = file
+    this.#file = cloneSessionFile(file)
     this.#intent = { kind: 'unarchive', from }
   }
 
