@@ -278,6 +278,38 @@ t.test('an archived file that does not open under a key proven right at the rest
   t.equal((await post(app, '/create', { session_id: 'arch', instructions: 'again' })).statusCode, 200, 'the id can be used again')
 })
 
+t.test('a tampered active file under a kid whose only file that opens is archived is set aside; the boot goes on', async (t) => {
+  const dir = await tempDir(t)
+  let app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  for (const id of ['arch', 'active']) t.equal((await post(app, '/create', { session_id: id, instructions: 'x' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'arch' })).statusCode, 200)
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['arch'])
+  await app.close()
+  const doc = await readJson(join(dir, 'active.json'))
+  const data = Buffer.from(doc.sealed.data, 'base64')
+  data[0] = (data[0] as number) ^ 1
+  await writeFile(join(dir, 'active.json'), JSON.stringify({ ...doc, sealed: { ...doc.sealed, data: data.toString('base64') } }))
+  // The archived file opens under k1: the key is right, so the active file is what changed.
+  app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.equal((await get(app, '/progress?session_id=active')).statusCode, 404, 'the tampered file is not served')
+  t.equal((await readdir(join(dir, 'corrupt'))).length, 1, 'it is in corrupt/')
+  t.equal((await get(app, '/progress?session_id=arch')).statusCode, 200, 'the archived session is served')
+  t.equal((await post(app, '/create', { session_id: 'active', instructions: 'again' })).statusCode, 200, 'the id can be used again')
+
+  // With only a tampered archived file under the kid, nothing proves the key: the boot stops, files untouched.
+  const other = await tempDir(t)
+  await mkdir(join(other, 'archive'))
+  const archivedName = (await readdir(join(dir, 'archive')))[0] as string
+  const archivedDoc = await readJson(join(dir, 'archive', archivedName))
+  const archivedData = Buffer.from(archivedDoc.sealed.data, 'base64')
+  archivedData[0] = (archivedData[0] as number) ^ 1
+  await writeFile(join(other, 'archive', archivedName), JSON.stringify({ ...archivedDoc, sealed: { ...archivedDoc.sealed, data: archivedData.toString('base64') } }))
+  await writeFile(join(other, 'active.json'), JSON.stringify({ ...doc, sealed: { ...doc.sealed, data: data.toString('base64') } }))
+  const wrong = new FileSessionStore({ dir: other, keyring: Keyring.parse(KEYS_1) })
+  await t.rejects(wrong.loadAll({ concurrency: 1 }), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /key 'k1' opens none of the 1 sessions sealed under it/ })
+  t.same(await readdir(other), ['active.json', 'archive'], 'nothing set aside')
+})
+
 t.test('validate --fix sets aside what a right key does not open, and nothing when the key under a kid opens none', async (t) => {
   const dir = await tempDir(t)
   const app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })

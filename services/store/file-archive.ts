@@ -88,6 +88,21 @@ export class FileArchive {
   }
 
   /**
+   * Whether an archived file sealed under `kid` opens: at a restore whose active files under
+   * that kid do not, proof that the key is right and those files are what changed. Read one by
+   * one until one opens; only a restore that found such files asks.
+   */
+  async opensUnder (kid: string): Promise<boolean> {
+    const entries = await this.files.list(this.dir).catch(() => [])
+    for (const entry of entries) {
+      const match = ARCHIVED_FILE.exec(entry.name)
+      if (!entry.isFile() || match === null) continue
+      if (await this.files.opensUnder(this.dir, entry.name, match[1] as string, kid)) return true
+    }
+    return false
+  }
+
+  /**
    * Durably moves the session's file into `archive/` by rename. An earlier archive of the
    * same id is never replaced: the later one is saved as `<id>.<ms>.json`.
    */

@@ -351,10 +351,13 @@ export class FileSessionStore implements SessionStore {
       throw new KeyUnavailableError([...read.missingKeys.keys()][0] as string, `cannot restore: ${counts}, which TASK_ENCRYPTION_KEYS does not hold. Add the key back; those files were left untouched`)
     }
     for (const [kid, files] of read.unopened) {
-      if ((this.kidCounts.get(kid) ?? 0) === 0) {
+      // Proven right by an active file that opened, or failing that an archived one (after a
+      // rotation, the old kid may hold a few active files, one of them tampered with).
+      if ((this.kidCounts.get(kid) ?? 0) === 0 && !(await this.archived.opensUnder(kid))) {
         throw new KeyUnavailableError(kid, `cannot restore: key '${kid}' opens none of the ${files.length} sessions sealed under it; ` +
           'TASK_ENCRYPTION_KEYS holds a different key under that kid. Put the right key back; those files were left untouched')
       }
+      this.provenKids.add(kid)
       for (const file of files) read.failures.push({ name: file.name, reason: `${file.name}: ${file.reason}`, movedTo: await this.files.setAside(this.dir, file.name) })
     }
   }

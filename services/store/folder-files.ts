@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { CorruptSessionFileError, KeyUnavailableError, SealNotOpenedError, StorageError } from '../errors.js'
 import type { FsSeam } from './fs-seam.js'
 import type { Keyring } from './keyring.js'
-import { DIR_MODE, fsyncDir, parseSessionFile, readWhole } from './session-files.js'
+import { DIR_MODE, fsyncDir, parseSessionFile, readSessionDocument, readWhole } from './session-files.js'
 import type { LoadFailure, LoadedSession } from './store.js'
 import { noop } from '../noop.js'
 
@@ -35,6 +35,16 @@ export class FolderFiles {
       return await this.options.fs.readdir(dir, { withFileTypes: true })
     } catch (err) {
       throw new StorageError(`listing storage folder ${dir}`, err as NodeJS.ErrnoException)
+    }
+  }
+
+  /** Whether the file opens, sealed under `kid`: nothing else is done with it, whatever it holds. */
+  async opensUnder (dir: string, name: string, sessionId: string, kid: string): Promise<boolean> {
+    try {
+      const data = await readWhole(this.options.fs, join(dir, name))
+      return readSessionDocument(name, data.toString('utf8'), sessionId, this.options.keyring).kid === kid
+    } catch {
+      return false
     }
   }
 
