@@ -224,6 +224,31 @@ t.test('an archived row sealed under a key this replica lacks: lists, archive pa
   t.ok(carried.includes('archive/finished.json'), 'and a backup still carries it')
 })
 
+t.test('a wrong key under a configured kid stops the boot, rows untouched; a damaged row under a kid an archived row proves is set aside', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const keys = `k1:${randomBytes(32).toString('base64')}`
+  const first = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: keys })
+  for (const id of ['done', 'live']) t.equal((await first.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: id, instructions: 'x' } })).statusCode, 200)
+  t.equal((await first.inject({ method: 'POST', url: `${API}/execute-all`, payload: { session_id: 'done' } })).statusCode, 200)
+  t.same((await first.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })).json().archived_ids, ['done'])
+  await first.close()
+  const db = await inspector(t, url)
+  const documents = async (): Promise<string[]> => (await db.query<{ d: string }>('SELECT document::text AS d FROM sessions ORDER BY row_id')).rows.map((row) => row.d)
+  const before = await documents()
+  // Mistyped: sessions created now would be sealed under a key the right one never opens.
+  await t.rejects(postgresApp(t, url, { TASK_ENCRYPTION_KEYS: `k1:${randomBytes(32).toString('base64')}` }),
+    { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /key 'k1' opens none of the 1 sessions sealed under it/ })
+  t.same(await documents(), before, 'no row changed')
+
+  // The active row damaged; the archived one opens under k1: the key is right, the row is what changed.
+  await db.query("UPDATE sessions SET document = jsonb_set(document::jsonb, '{sealed,tag}', to_jsonb('AAAAAAAAAAAAAAAAAAAAAA=='::text))::json WHERE session_id = 'live' AND archived_at IS NULL")
+  const second = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: keys })
+  t.equal((await second.inject({ method: 'GET', url: `${API}/progress?session_id=done` })).statusCode, 200, 'the archived session is served')
+  t.not((await second.inject({ method: 'GET', url: `${API}/progress?session_id=live` })).statusCode, 200, 'the damaged one is not')
+  t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 'live'")).rowCount, 1, 'and its row stays')
+})
+
 t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

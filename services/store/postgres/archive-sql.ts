@@ -88,6 +88,16 @@ export function newestArchived (sessionId: string, before: string | null): pg.Qu
   }
 }
 
+/** Archived copies sealed under `kid`, newest first, a page of `limit` before row id `before` (null: from the newest). */
+export function archivedUnderKid (kid: string, before: string | null, limit: number): pg.QueryConfig {
+  return {
+    text: `SELECT row_id, session_id, document::text AS document FROM sessions
+      WHERE archived_at IS NOT NULL AND sealed_kid = $1 AND ($2::bigint IS NULL OR row_id < $2)
+      ORDER BY row_id DESC LIMIT $3`,
+    values: [kid, before, limit]
+  }
+}
+
 /** Deletes every archived copy of a session; returns their row ids. */
 export function deleteArchived (sessionId: string): pg.QueryConfig {
   return {

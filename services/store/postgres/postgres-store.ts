@@ -15,7 +15,7 @@ import {
   clearUpdatedAt, type ArchivedSession, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
-import { ARCHIVED_ROWS, archiveSession, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
+import { ARCHIVED_ROWS, archiveSession, archivedUnderKid, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
 import { migrate } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { breaksConnection, errnoLike, storageError, uncertain } from './pg-errors.js'
@@ -255,6 +255,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     const sessions: LoadedSession[] = []
     const failures: LoadFailure[] = []
     const missingKeys = new Map<string, number>()
+    // Rows whose box did not open, by kid: damaged, unless no row under the kid opens (a wrong key).
+    const unopened = new Map<string, Array<{ sessionId: string, failure: LoadFailure }>>()
     let next: Promise<ActiveRow[]> | null = this.page('')
     while (next !== null) {
       const rows: ActiveRow[] = await next
@@ -275,10 +277,9 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
             continue
           }
           if (!(err instanceof CorruptSessionFileError)) throw err
-          // Left where it is: a row is never deleted because this version cannot read it. Its id
-          // stays taken, so nothing overwrites it unseen; an operator fixes or deletes it.
-          this.unreadable.add(row.session_id)
-          failures.push({ name, reason: err.message, movedTo: null })
+          const failure = { name, reason: err.message, movedTo: null }
+          if (err instanceof SealNotOpenedError) unopened.set(err.kid, [...(unopened.get(err.kid) ?? []), { sessionId: row.session_id, failure }])
+          else this.setUnreadable(row.session_id, failure, failures)
         }
       }
     }
@@ -286,7 +287,42 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       const counts = [...missingKeys].map(([kid, count]) => `${count} session${count === 1 ? '' : 's'} need key '${kid}'`).join(', ')
       throw new KeyUnavailableError([...missingKeys.keys()][0] as string, `cannot restore: ${counts}, which TASK_ENCRYPTION_KEYS does not hold. Add the key back; those rows were left untouched`)
     }
+    for (const [kid, rows] of unopened) {
+      // Booting on would seal new sessions under a wrong key, which the right one never opens.
+      if (!this.provenKids.has(kid) && !(await this.archivedOpensUnder(kid))) {
+        throw new KeyUnavailableError(kid, `cannot restore: key '${kid}' opens none of the ${rows.length} sessions sealed under it; ` +
+          'TASK_ENCRYPTION_KEYS holds a different key under that kid. Put the right key back; those rows were left untouched')
+      }
+      this.provenKids.add(kid)
+      for (const { sessionId, failure } of rows) this.setUnreadable(sessionId, failure, failures)
+    }
     return { sessions, failures, removedTempFiles: 0 }
+  }
+
+  /**
+   * A row left where it is: a row is never deleted because this version cannot read it. Its id
+   * stays taken, so nothing overwrites it unseen; an operator fixes or deletes it.
+   */
+  private setUnreadable (sessionId: string, failure: LoadFailure, failures: LoadFailure[]): void {
+    this.unreadable.add(sessionId)
+    failures.push(failure)
+  }
+
+  /** Whether an archived row sealed under `kid` opens: proof that the key is right. Read a page at a time until one does. */
+  private async archivedOpensUnder (kid: string): Promise<boolean> {
+    let before: string | null = null
+    for (;;) {
+      const rows: Array<{ row_id: string, session_id: string, document: string }> = (await this.run<{ row_id: string, session_id: string, document: string }>('restoring sessions', archivedUnderKid(kid, before, this.pageRows))).rows
+      for (const row of rows) {
+        try {
+          if (readSessionDocument(archivedLikeName(row.session_id, row.row_id), row.document, row.session_id, this.keyring).kid === kid) return true
+        } catch {
+          // Damaged, or not what it says: the next one may prove the key.
+        }
+      }
+      if (rows.length < this.pageRows) return false
+      before = rows[rows.length - 1]?.row_id ?? null
+    }
   }
 
   private async page (after: string): Promise<ActiveRow[]> {
