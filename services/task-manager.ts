@@ -298,10 +298,9 @@ export class TaskManager {
     return { session_id: sessionId, tasks }
   }
 
-  /** Refuses one more active session past TASK_MAX_SESSIONS (429). */
+  /** Refuses one more active session past TASK_MAX_SESSIONS (507). */
   private assertRoom (): void {
-    // Sessions being created right now hold a slot too, so a burst cannot overshoot.
-    if (this.registry.slotCount > this.settings.maxSessions) throw new SessionLimitError(this.settings.maxSessions)
+    if (this.registry.sessionsAndCreates >= this.settings.maxSessions) throw new SessionLimitError(this.settings.maxSessions)
   }
 
   get (sessionId: string): SessionFile {

@@ -9,7 +9,7 @@ import http from 'node:http'
 import { lstat, lutimes, mkdir, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
 import { hostname, tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { join, sep } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance, FastifyServerOptions, InjectOptions, LightMyRequestResponse } from 'fastify'
 import t from 'tap'
@@ -18,7 +18,8 @@ import { LOCK_FILE } from '../services/store/storage-lock.js'
 import { StorageLockedError } from '../services/errors.js'
 import type { SessionFile } from '../services/session/session.js'
 import { MARKER_FILE } from '../services/store/storage-folder.js'
-import { API, build, get, markAsTaskvault, memoryLog, post, tempDir, type LogLine, type TestContext } from './helper.js'
+import { API, build, get, markAsTaskvault, memoryLog, post, tempDir, waitFor, type LogLine, type TestContext } from './helper.js'
+import { faultFs } from './faults.js'
 import { exitWithin, freePort, spawnServer } from './server-process.js'
 
 // ---------------------------------------------------------------------------------------
@@ -387,6 +388,25 @@ t.test('limits: TASK_MAX_SESSIONS answers 507, appends still work, a delete make
   t.ok(burst.filter((res) => res.statusCode === 200).length <= 1, 'at most one of the burst got in')
   t.ok((await get(app, '/stats')).json().total_sessions <= 2, 'the cap holds')
   t.ok((await names(dir)).filter((name) => name.endsWith('.json')).length <= 2, 'and on disk')
+})
+
+t.test('limits: work on ids that hold no active session takes no room under TASK_MAX_SESSIONS', async (t) => {
+  const dir = await tempDir(t)
+  const fs = faultFs()
+  const app = await build(t, { dir, fs, config: { TASK_MAX_SESSIONS: 2 } })
+  t.equal((await post(app, '/create', { session_id: 'a', instructions: 'a' })).statusCode, 200)
+  t.equal((await post(app, '/create', { session_id: 'z', instructions: 'a' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'z' })).statusCode, 200)
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['z'])
+  // The archived session's delete is under way (its unlink held) while a new session is created.
+  const gate = fs.hold('unlink', { path: (path) => path.includes(`${sep}archive${sep}`) })
+  const deleting = app.inject({ method: 'DELETE', url: `${API}/sessions/z` })
+  await waitFor('the delete to be held', () => gate.held() > 0)
+  const created = await post(app, '/create', { session_id: 'b', instructions: 'a' })
+  t.equal(created.statusCode, 200, `one active session of two: room for another (${created.body})`)
+  t.equal(errorShape(t, await post(app, '/create', { session_id: 'c', instructions: 'a' }), 507, 'now full').code, 'SESSION_LIMIT')
+  gate.release()
+  t.equal((await deleting).statusCode, 204)
 })
 
 t.test('limits: TASK_MAX_RESULT_BYTES cuts a long agent result on a character boundary and flags it', async (t) => {

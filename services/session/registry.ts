@@ -85,6 +85,8 @@ export interface RegistryOptions {
  */
 export class SessionRegistry {
   private readonly slots = new Map<string, SessionSlot>()
+  /** Sessions whose first write is in flight (see sessionsAndCreates). */
+  private creating = 0
   private readonly store: SessionStore
   private readonly autoSave: boolean
   private readonly clock: () => Date
@@ -145,6 +147,15 @@ export class SessionRegistry {
   /** Sessions known, including ones whose first save is still under way. */
   get slotCount (): number {
     return this.slots.size
+  }
+
+  /**
+   * Active sessions plus those whose first write (a create, a bring-back from the archive) is
+   * under way, what TASK_MAX_SESSIONS bounds: a burst of creates cannot overshoot it, and work
+   * on ids that hold no session (deleting an archived one, reading a missing one) takes no room.
+   */
+  get sessionsAndCreates (): number {
+    return this.totals.total_sessions + this.creating
   }
 
   get size (): number {
@@ -313,9 +324,13 @@ export class SessionRegistry {
     }
     let bytes: number
     const changed = applied.filter((outcome) => !outcome.unchanged).map((outcome) => outcome.change)
+    // Counted from the change that made it (this turn) until it is a session or has failed.
+    const creates = slot.file === null && draft.file !== null
+    if (creates) this.creating++
     try {
       bytes = await this.persist(sessionId, slot, draft, changed.every((change) => change.records))
     } catch (err) {
+      if (creates) this.creating--
       if (err instanceof StorageError && err.uncertain) await this.writeBack(sessionId, slot, draft.intent)
       if (err instanceof VersionConflictError && this.store.shared !== undefined && changed.every((change) => change.conflicts < MAX_CONFLICTS)) {
         // Another replica wrote the session since this copy was read: the changes are applied
@@ -335,6 +350,7 @@ export class SessionRegistry {
       for (const change of changed) change.reject(err)
       return false
     }
+    if (creates) this.creating--
     this.commit(slot, draft.file, bytes, this.autoSave || draft.intent.kind !== 'save' || draft.intent.force)
     for (const { change, value, unchanged } of applied) if (!unchanged) change.resolve(value)
     return false
