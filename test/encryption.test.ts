@@ -310,6 +310,32 @@ t.test('a tampered active file under a kid whose only file that opens is archive
   t.same(await readdir(other), ['active.json', 'archive'], 'nothing set aside')
 })
 
+t.test('a key check per kid in the folder\'s marker: another key under a kid stops the boot, with or without sessions', async (t) => {
+  const dir = await tempDir(t)
+  const boot = async (keys: string): Promise<void> => {
+    const app = await buildApp({ readEnvironment: false, config: { TASK_STORAGE_DIR: dir, TASK_ENCRYPTION_KEYS: keys } })
+    await app.ready()
+    await app.close()
+  }
+  await boot(KEYS_1)
+  const marker = await readFile(join(dir, '.taskvault'), 'utf8')
+  t.match(JSON.parse(marker), { format: 1, key_checks: { k1: /^[A-Za-z0-9+/]{43}=$/ } }, 'the check is kept, with no session yet')
+  t.notOk(marker.includes(K1), 'not the key')
+  // A typo in the secret: no session to find it by, yet what it sealed the right key would never open.
+  await t.rejects(boot(`k1:${K2}`), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /key 'k1' is not the key storage folder .* was first given under that kid/ })
+  t.equal(await readFile(join(dir, '.taskvault'), 'utf8'), marker, 'the marker is unchanged')
+  t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), [], 'nothing written')
+  // Rotation: a new kid first, the old one kept: both checked, the new one added.
+  await boot(`k2:${K2},${KEYS_1}`)
+  t.same(Object.keys(JSON.parse(await readFile(join(dir, '.taskvault'), 'utf8')).key_checks).sort(), ['k1', 'k2'])
+  await t.rejects(boot(`k1:${K2}`), { code: 'ENCRYPTION_KEY_UNAVAILABLE' }, 'still refused after the rotation')
+  await boot(KEYS_1)
+  // A folder from before key checks (its marker has none) takes them at its next restore.
+  await writeFile(join(dir, '.taskvault'), '{"format":1}\n')
+  await boot(KEYS_1)
+  t.match(JSON.parse(await readFile(join(dir, '.taskvault'), 'utf8')), { key_checks: { k1: /./ } })
+})
+
 t.test('validate --fix sets aside what a right key does not open, and nothing when the key under a kid opens none', async (t) => {
   const dir = await tempDir(t)
   const app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })

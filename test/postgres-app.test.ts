@@ -249,6 +249,19 @@ t.test('a wrong key under a configured kid stops the boot, rows untouched; a dam
   t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 'live'")).rowCount, 1, 'and its row stays')
 })
 
+t.test('replicas given different keys under one kid: the one that comes second stops at boot, even with no session yet', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const right = `k1:${randomBytes(32).toString('base64')}`
+  await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: right, TASK_REPLICA_ID: 'a' })
+  await t.rejects(postgresApp(t, url, { TASK_ENCRYPTION_KEYS: `k1:${randomBytes(32).toString('base64')}`, TASK_REPLICA_ID: 'b' }),
+    { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /key 'k1' is not the key .* was first given under that kid/ })
+  const b = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: right, TASK_REPLICA_ID: 'b' })
+  t.equal((await b.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 's', instructions: 'x' } })).statusCode, 200, 'with the same key it serves')
+  const db = await inspector(t, url)
+  t.same((await db.query('SELECT kid FROM key_checks')).rows, [{ kid: 'k1' }], 'one check, for k1')
+})
+
 t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -85,6 +85,9 @@ export class FileSessionStore implements SessionStore {
    * is right, so an archived file under one that does not open is damaged, and is set aside.
    */
   private readonly provenKids = new Set<string>()
+  /** The marker's key checks (kid → Keyring.keyCheck), and those of configured kids it has none for yet. */
+  private keyChecks: Record<string, string> = {}
+  private newKeyChecks: Record<string, string> = {}
   private readonly dirSync: CoalescedRun
   private readonly lock: StorageLock | null
   private readonly files: FolderFiles
@@ -167,7 +170,11 @@ export class FileSessionStore implements SessionStore {
       // A folder created just now is durable only once its parent's entry is.
       if (!existed) await fsyncDir(this.fs, dirname(this.dir)).catch(noop)
       // Checked before the lock, so a folder that is not ours is left without a trace.
-      const marked = existed && await readMarker(this.fs, this.dir) !== null
+      const marker = existed ? await readMarker(this.fs, this.dir) : null
+      const marked = marker !== null
+      // A key other than the one a kid was first given here stops the boot, sessions or not.
+      this.keyChecks = marker?.keyChecks ?? {}
+      this.newKeyChecks = this.keyring?.verifyChecks(this.keyChecks, `storage folder ${this.dir}`) ?? {}
       if (existed && !marked) {
         const foreign = await firstForeignFile(this.fs, this.dir)
         if (foreign !== null) {
@@ -180,7 +187,7 @@ export class FileSessionStore implements SessionStore {
         locked = true
       }
       if (!existed) await this.fs.chmod(this.dir, DIR_MODE)
-      if (!marked) await writeMarker(this.fs, this.dir, `.taskvault.${process.pid}.${++this.tempSeq}.tmp`)
+      if (!marked) await writeMarker(this.fs, this.dir, `.taskvault.${process.pid}.${++this.tempSeq}.tmp`, this.keyChecks)
       // Prove the folder is writable now rather than on the first client's request.
       const probe = join(this.dir, `.probe.${process.pid}.${++this.tempSeq}.tmp`)
       const handle = await this.fs.open(probe, 'wx', FILE_MODE)
@@ -252,7 +259,24 @@ export class FileSessionStore implements SessionStore {
     const { sessions, failures } = await this.readSessionFiles(names, concurrency)
     for (const [kid, count] of this.kidCounts) if (kid !== '' && count > 0) this.provenKids.add(kid)
     if (removedTempFiles > 0 || failures.length > 0) await this.syncDir('restoring sessions')
+    await this.keepKeyChecks()
     return { sessions, failures, removedTempFiles }
+  }
+
+  /**
+   * Writes the checks of kids new to the folder into its marker, once the restore found every
+   * session under them opening: a wrong key is never made the one to compare with.
+   */
+  private async keepKeyChecks (): Promise<void> {
+    if (Object.keys(this.newKeyChecks).length === 0 || this.unwritable() !== null) return
+    const checks = { ...this.keyChecks, ...this.newKeyChecks }
+    try {
+      await writeMarker(this.fs, this.dir, `.taskvault.${process.pid}.${++this.tempSeq}.tmp`, checks)
+    } catch (err) {
+      throw new StorageError('keeping the encryption key checks', err as NodeJS.ErrnoException)
+    }
+    this.keyChecks = checks
+    this.newKeyChecks = {}
   }
 
   /** The session files of the folder, by name; temp files left by interrupted saves are removed. */

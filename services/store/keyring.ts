@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, createSecretKey, randomFillSync, type CipherGCM, type KeyObject } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createHmac, createSecretKey, randomFillSync, type CipherGCM, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { CorruptSessionFileError, InvalidEncryptionKeysError, KeyUnavailableError, SealNotOpenedError } from '../errors.js'
 
@@ -17,6 +17,8 @@ const IV_BYTES = 12
 const TAG_BYTES = 16
 /** How much is encrypted between two turns of the event loop. */
 const SLICE_BYTES = 1024 * 1024
+/** What a key check is the HMAC of (see keyCheck). */
+const KEY_CHECK_TEXT = 'taskvault key check 1'
 /** IVs drawn from the CSPRNG at once: one call per 256 seals rather than one each (about 4 µs a call). */
 const IV_POOL = 256
 
@@ -113,6 +115,35 @@ export class Keyring {
 
   get kids (): string[] {
     return [...this.keys.keys()]
+  }
+
+  /**
+   * What the store keeps per kid, to know a key given later under that kid for the same one:
+   * an HMAC of a fixed text under the key, which tells keys apart and says nothing of them.
+   */
+  keyCheck (kid: string): string {
+    const key = this.keys.get(kid)
+    if (key === undefined) throw new KeyUnavailableError(kid)
+    return createHmac('sha256', key).update(KEY_CHECK_TEXT).digest('base64')
+  }
+
+  /**
+   * Compares the configured keys with the checks a store kept (kid → keyCheck): throws
+   * KeyUnavailableError for a kid whose key is another than the one first used under it.
+   * Returns the checks to add, of kids the store has none for.
+   */
+  verifyChecks (stored: Readonly<Record<string, string>>, where: string): Record<string, string> {
+    const added: Record<string, string> = {}
+    for (const kid of this.kids) {
+      const check = this.keyCheck(kid)
+      const kept = stored[kid]
+      if (kept === undefined) added[kid] = check
+      else if (kept !== check) {
+        throw new KeyUnavailableError(kid, `key '${kid}' is not the key ${where} was first given under that kid (its key check differs): ` +
+          'TASK_ENCRYPTION_KEYS holds a different key under that kid, which would seal what the right key never opens. Put the right key back, or use a new kid for a new key; nothing was changed')
+      }
+    }
+    return added
   }
 
   /**

@@ -18,7 +18,7 @@ export const FORMAT_VERSION = 1
 const SCAN_CHUNK = 16
 
 /** The format the marker names; null when there is none. Throws ForeignFolderError when it is not one of ours. */
-export async function readMarker (fs: FsSeam, dir: string): Promise<number | null> {
+export async function readMarker (fs: FsSeam, dir: string): Promise<Marker | null> {
   const path = join(dir, MARKER_FILE)
   let text: string
   try {
@@ -30,22 +30,33 @@ export async function readMarker (fs: FsSeam, dir: string): Promise<number | nul
     if (code === 'ELOOP' || code === 'EISDIR') throw new ForeignFolderError(`${path} is not a taskvault marker (not a regular file); remove it if ${dir} is taskvault's`)
     throw err
   }
-  let format: unknown
+  let marker = null as { format?: unknown, key_checks?: unknown } | null
   try {
-    format = (JSON.parse(text) as { format?: unknown } | null)?.format
+    marker = JSON.parse(text) as typeof marker
   } catch {}
+  const format = marker?.format
   if (typeof format !== 'number' || !Number.isInteger(format) || format < 1) {
     throw new ForeignFolderError(`${path} is not a taskvault marker (expected {"format": ${FORMAT_VERSION}}); remove it if ${dir} is taskvault's`)
   }
   if (format > FORMAT_VERSION) {
     throw new ForeignFolderError(`${dir} holds files of taskvault format ${format}, written by a later taskvault; this one reads format ${FORMAT_VERSION}`)
   }
-  return format
+  const keyChecks: Record<string, string> = {}
+  const kept = marker?.key_checks
+  if (typeof kept === 'object' && kept !== null) for (const [kid, check] of Object.entries(kept)) if (typeof check === 'string') keyChecks[kid] = check
+  return { format, keyChecks }
+}
+
+/** What the marker holds: the folder's format, and a key check per kid ever configured on it (Keyring.keyCheck). */
+export interface Marker {
+  format: number
+  keyChecks: Record<string, string>
 }
 
 /** Writes the marker durably (temp file, fsync, rename, fsync the folder). `temp` is a name restore removes if left behind. */
-export async function writeMarker (fs: FsSeam, dir: string, temp: string): Promise<void> {
-  const data = Buffer.from(JSON.stringify({ format: FORMAT_VERSION }) + '\n', 'utf8')
+export async function writeMarker (fs: FsSeam, dir: string, temp: string, keyChecks: Record<string, string> = {}): Promise<void> {
+  const marker = Object.keys(keyChecks).length === 0 ? { format: FORMAT_VERSION } : { format: FORMAT_VERSION, key_checks: keyChecks }
+  const data = Buffer.from(JSON.stringify(marker) + '\n', 'utf8')
   await writeAndRename(fs, join(dir, temp), join(dir, MARKER_FILE), data)
   await fsyncDir(fs, dir)
 }

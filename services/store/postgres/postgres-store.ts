@@ -22,7 +22,7 @@ import { breaksConnection, errnoLike, storageError, uncertain } from './pg-error
 import { checkSchemaName, redactUrl } from './database-url.js'
 import { createPool, type PoolSettings } from './pool.js'
 import {
-  CONNECTION_SETTINGS, PING, ROW_TOTALS, SYNCHRONOUS_COMMIT_ON, activePage, deriveColumns, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
+  CONNECTION_SETTINGS, PING, ROW_TOTALS, SYNCHRONOUS_COMMIT_ON, activePage, addKeyChecks, deriveColumns, keyChecksOf, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
   updateSession, type ActiveRow, type DerivedColumns, type RowVersion
 } from './sessions-sql.js'
 import { SaveBatcher, type PendingSave } from './save-batcher.js'
@@ -155,6 +155,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   private readonly unopened = new Set<string>()
   /** Kids under which the restore opened a row: an archived row under one that does not open is damaged, not the key wrong. */
   private readonly provenKids = new Set<string>()
+  /** Key checks of configured kids the database has none for yet (written after the restore). */
+  private newKeyChecks: Record<string, string> = {}
   private readonly batcher: SaveBatcher<RowVersion | null, QueuedSave>
   private readonly refresher: SaveBatcher<FreshRow | null, QueuedRefresh>
   /** Connections that have had SYNCHRONOUS_COMMIT_ON (see query()). */
@@ -228,6 +230,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     try {
       result = await migrate(this.pool, { schema: this.schema })
       settings = (await this.query<{ synchronous_commit: string, schema: string | null }>({ text: CONNECTION_SETTINGS })).rows[0]
+      // A key other than the one a kid was first given here stops the boot, sessions or not.
+      if (this.keyring !== null) this.newKeyChecks = this.keyring.verifyChecks(await this.keyChecks(this.keyring.kids), this.location)
     } catch (err) {
       if (err instanceof TaskvaultError) throw err
       const cause = errnoLike(err instanceof QueryFailure ? err.cause : err)
@@ -296,7 +300,27 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       this.provenKids.add(kid)
       for (const { sessionId, failure } of rows) this.setUnreadable(sessionId, failure, failures)
     }
+    await this.keepKeyChecks()
     return { sessions, failures, removedTempFiles: 0 }
+  }
+
+  private async keyChecks (kids: string[]): Promise<Record<string, string>> {
+    const { rows } = await this.query<{ kid: string, key_check: string }>(keyChecksOf(kids))
+    return Object.fromEntries(rows.map((row) => [row.kid, row.key_check]))
+  }
+
+  /**
+   * Adds the checks of kids new to the database, once the restore found every session under
+   * them opening (a wrong key is never made the one to compare with), and compares again: a
+   * replica that added one first, with another key, wins, and this one stops.
+   */
+  private async keepKeyChecks (): Promise<void> {
+    const kids = Object.keys(this.newKeyChecks)
+    if (kids.length === 0 || this.keyring === null) return
+    await this.run('keeping the encryption key checks', addKeyChecks(this.newKeyChecks))
+    const { rows } = await this.run<{ kid: string, key_check: string }>('keeping the encryption key checks', keyChecksOf(kids))
+    this.keyring.verifyChecks(Object.fromEntries(rows.map((row) => [row.kid, row.key_check])), this.location)
+    this.newKeyChecks = {}
   }
 
   /**

@@ -246,3 +246,16 @@ export const ROW_TOTALS = `SELECT
 
 /** A round trip that proves the database answers (readiness). */
 export const PING = 'SELECT 1'
+
+/** The encryption key checks of these kids (migration 006). */
+export function keyChecksOf (kids: string[]): pg.QueryConfig {
+  return { text: 'SELECT kid, key_check FROM key_checks WHERE kid = ANY($1::text[])', values: [kids] }
+}
+
+/** Adds key checks for kids that have none; a kid another replica added meanwhile keeps its own. */
+export function addKeyChecks (checks: Record<string, string>): pg.QueryConfig {
+  return {
+    text: 'INSERT INTO key_checks (kid, key_check) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (kid) DO NOTHING',
+    values: [Object.keys(checks), Object.values(checks)]
+  }
+}
