@@ -228,6 +228,11 @@ t.test('archived files a keyring cannot open (a wrong or a dropped key) stay whe
   const agedName = names.find((name) => name.startsWith('aged.')) as string
   const agedBytes = await readFile(join(dir, 'archive', agedName))
   // A rotation without `seal`, and a typo in the old key: only archived files are under it.
+  // The key check the folder keeps for 'old' stops that boot.
+  await t.rejects((async () => { await (await buildApp({ readEnvironment: false, config: { TASK_STORAGE_DIR: dir, TASK_ENCRYPTION_KEYS: `new:${K2},old:${key()}` } })).ready() })(),
+    { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /key 'old' is not the key/ })
+  // A folder from before key checks has none: its archived files are judged one by one.
+  await writeFile(join(dir, '.taskvault'), '{"format":1}\n')
   app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: `new:${K2},old:${key()}` } })
   const listed = await get(app, '/list?session_id=all&archived=include')
   t.equal(listed.statusCode, 200, 'a list over the archive answers')
@@ -347,9 +352,13 @@ t.test('validate --fix sets aside what a right key does not open, and nothing wh
   await writeFile(join(dir, 'bad.json'), JSON.stringify({ ...doc, sealed: { ...doc.sealed, tag: tag.toString('base64') } }))
   const before = (await readdir(dir)).sort()
 
-  const wrong = await taskvault(['validate', dir, '--fix'], { env: { TASK_ENCRYPTION_KEYS: `k1:${K2}` } })
+  const wrong = await taskvault(['validate', dir], { env: { TASK_ENCRYPTION_KEYS: `k1:${K2}` } })
   t.equal(wrong.code, 1, 'both reported bad')
   t.match(wrong.stdout, /good\.json: .*authentication failed.*left in place: no file sealed under key 'k1' opens/)
+  // The folder's key check for k1 refuses the wrong key before any file is looked at.
+  const fixing = await taskvault(['validate', dir, '--fix'], { env: { TASK_ENCRYPTION_KEYS: `k1:${K2}` } })
+  t.equal(fixing.code, 1)
+  t.match(fixing.stdout + fixing.stderr, /key 'k1' is not the key storage folder .* was first given under that kid/)
   t.same((await readdir(dir)).sort(), before, 'with the wrong key nothing is moved')
 
   const right = await taskvault(['validate', dir, '--fix'], { env: { TASK_ENCRYPTION_KEYS: KEYS_1 } })

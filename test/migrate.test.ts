@@ -99,6 +99,7 @@ t.test('the tables land in the chosen schema, not public, and the pool finds the
   t.same(rows, [
     { table_schema: SCHEMA, table_name: 'event_stream' },
     { table_schema: SCHEMA, table_name: 'events' },
+    { table_schema: SCHEMA, table_name: 'key_checks' },
     { table_schema: SCHEMA, table_name: 'migrations' },
     { table_schema: SCHEMA, table_name: 'replicas' },
     { table_schema: SCHEMA, table_name: 'sessions' }

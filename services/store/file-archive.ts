@@ -3,7 +3,7 @@ import pLimit from 'p-limit'
 import type { SessionFile } from '../../schemas/session.js'
 import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from '../archive/archive-index.js'
 import { KeyUnavailableError, StorageError } from '../errors.js'
-import type { FolderFiles } from './folder-files.js'
+import type { FolderFiles, KidProof } from './folder-files.js'
 import type { FsSeam } from './fs-seam.js'
 import { ARCHIVED_FILE, TEMP_FILE, fsyncDir, readWhole } from './session-files.js'
 import { clearUpdatedAt, type ArchivedSession, type LoadFailure, type SaveOptions, type StoredCopy } from './store.js'
@@ -88,18 +88,20 @@ export class FileArchive {
   }
 
   /**
-   * Whether an archived file sealed under `kid` opens: at a restore whose active files under
-   * that kid do not, proof that the key is right and those files are what changed. Read one by
-   * one until one opens; only a restore that found such files asks.
+   * What the archived files say of the key under `kid` (KidProof): read one by one until one
+   * under it opens. Asked only at a restore, of a kid no active file proves.
    */
-  async opensUnder (kid: string): Promise<boolean> {
+  async proof (kid: string): Promise<KidProof> {
     const entries = await this.files.list(this.dir).catch(() => [])
+    let unopened = false
     for (const entry of entries) {
       const match = ARCHIVED_FILE.exec(entry.name)
       if (!entry.isFile() || match === null) continue
-      if (await this.files.opensUnder(this.dir, entry.name, match[1] as string, kid)) return true
+      const said = await this.files.sealedUnder(this.dir, entry.name, match[1] as string, kid)
+      if (said === 'opened') return said
+      unopened ||= said === 'unopened'
     }
-    return false
+    return unopened ? 'unopened' : 'none'
   }
 
   /**

@@ -264,12 +264,19 @@ export class FileSessionStore implements SessionStore {
   }
 
   /**
-   * Writes the checks of kids new to the folder into its marker, once the restore found every
-   * session under them opening: a wrong key is never made the one to compare with.
+   * Writes the checks of kids new to the folder into its marker, once the restore proved their
+   * keys: a wrong key is never made the one to compare with.
    */
   private async keepKeyChecks (): Promise<void> {
     if (Object.keys(this.newKeyChecks).length === 0 || this.unwritable() !== null) return
-    const checks = { ...this.keyChecks, ...this.newKeyChecks }
+    const checks = { ...this.keyChecks }
+    for (const [kid, check] of Object.entries(this.newKeyChecks)) {
+      // Proven by an active file, or the sealing kid with nothing stored that refuses its key;
+      // a kid that only opens cannot seal under a wrong key, so it waits for its proof.
+      const proven = (this.kidCounts.get(kid) ?? 0) > 0 || (kid === this.keyring?.activeKid && await this.archived.proof(kid) !== 'unopened')
+      if (proven) checks[kid] = check
+    }
+    if (Object.keys(checks).length === Object.keys(this.keyChecks).length) return
     try {
       await writeMarker(this.fs, this.dir, `.taskvault.${process.pid}.${++this.tempSeq}.tmp`, checks)
     } catch (err) {
@@ -377,7 +384,7 @@ export class FileSessionStore implements SessionStore {
     for (const [kid, files] of read.unopened) {
       // Proven right by an active file that opened, or failing that an archived one (after a
       // rotation, the old kid may hold a few active files, one of them tampered with).
-      if ((this.kidCounts.get(kid) ?? 0) === 0 && !(await this.archived.opensUnder(kid))) {
+      if ((this.kidCounts.get(kid) ?? 0) === 0 && !(await this.archived.proof(kid) === 'opened')) {
         throw new KeyUnavailableError(kid, `cannot restore: key '${kid}' opens none of the ${files.length} sessions sealed under it; ` +
           'TASK_ENCRYPTION_KEYS holds a different key under that kid. Put the right key back; those files were left untouched')
       }

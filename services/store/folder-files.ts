@@ -38,13 +38,13 @@ export class FolderFiles {
     }
   }
 
-  /** Whether the file opens, sealed under `kid`: nothing else is done with it, whatever it holds. */
-  async opensUnder (dir: string, name: string, sessionId: string, kid: string): Promise<boolean> {
+  /** Whether the file is sealed under `kid` and opens, is sealed under it and does not, or neither; nothing else is done with it. */
+  async sealedUnder (dir: string, name: string, sessionId: string, kid: string): Promise<KidProof> {
     try {
       const data = await readWhole(this.options.fs, join(dir, name))
-      return readSessionDocument(name, data.toString('utf8'), sessionId, this.options.keyring).kid === kid
-    } catch {
-      return false
+      return readSessionDocument(name, data.toString('utf8'), sessionId, this.options.keyring).kid === kid ? 'opened' : 'none'
+    } catch (err) {
+      return err instanceof SealNotOpenedError && err.kid === kid ? 'unopened' : 'none'
     }
   }
 
@@ -100,3 +100,6 @@ export class FolderFiles {
     if (!stat.isDirectory()) throw Object.assign(new Error(`${dir} is not a real folder (a symlink?); refusing to move files into it`), { code: 'ENOTDIR' })
   }
 }
+
+/** What stored copies say of the key under a kid: one opened; some are under it and none opened; none is under it. */
+export type KidProof = 'opened' | 'unopened' | 'none'

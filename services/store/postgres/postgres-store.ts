@@ -9,6 +9,7 @@ import {
 import { noop } from '../../noop.js'
 import type { Keyring } from '../keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../session-files.js'
+import type { KidProof } from '../folder-files.js'
 import type { Static } from '@sinclair/typebox'
 import type { Progress as ProgressSchema } from '../../../schemas/api.js'
 import {
@@ -293,7 +294,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     }
     for (const [kid, rows] of unopened) {
       // Booting on would seal new sessions under a wrong key, which the right one never opens.
-      if (!this.provenKids.has(kid) && !(await this.archivedOpensUnder(kid))) {
+      if (!this.provenKids.has(kid) && await this.archivedProof(kid) !== 'opened') {
         throw new KeyUnavailableError(kid, `cannot restore: key '${kid}' opens none of the ${rows.length} sessions sealed under it; ` +
           'TASK_ENCRYPTION_KEYS holds a different key under that kid. Put the right key back; those rows were left untouched')
       }
@@ -310,14 +311,21 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   }
 
   /**
-   * Adds the checks of kids new to the database, once the restore found every session under
-   * them opening (a wrong key is never made the one to compare with), and compares again: a
-   * replica that added one first, with another key, wins, and this one stops.
+   * Adds the checks of kids new to the database once the restore proved their keys (a wrong key
+   * is never made the one to compare with), and compares again: a replica that added one first,
+   * with another key, wins, and this one stops.
    */
   private async keepKeyChecks (): Promise<void> {
-    const kids = Object.keys(this.newKeyChecks)
-    if (kids.length === 0 || this.keyring === null) return
-    await this.run('keeping the encryption key checks', addKeyChecks(this.newKeyChecks))
+    if (this.keyring === null) return
+    const proven: Record<string, string> = {}
+    for (const [kid, check] of Object.entries(this.newKeyChecks)) {
+      // Proven by an active row, or the sealing kid with nothing stored that refuses its key;
+      // a kid that only opens cannot seal under a wrong key, so it waits for its proof.
+      if (this.provenKids.has(kid) || (kid === this.keyring.activeKid && await this.archivedProof(kid) !== 'unopened')) proven[kid] = check
+    }
+    const kids = Object.keys(proven)
+    if (kids.length === 0) return
+    await this.run('keeping the encryption key checks', addKeyChecks(proven))
     const { rows } = await this.run<{ kid: string, key_check: string }>('keeping the encryption key checks', keyChecksOf(kids))
     this.keyring.verifyChecks(Object.fromEntries(rows.map((row) => [row.kid, row.key_check])), this.location)
     this.newKeyChecks = {}
@@ -332,19 +340,21 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     failures.push(failure)
   }
 
-  /** Whether an archived row sealed under `kid` opens: proof that the key is right. Read a page at a time until one does. */
-  private async archivedOpensUnder (kid: string): Promise<boolean> {
+  /** What the archived rows say of the key under `kid` (KidProof), read a page at a time until one under it opens. */
+  private async archivedProof (kid: string): Promise<KidProof> {
     let before: string | null = null
+    let unopened = false
     for (;;) {
       const rows: Array<{ row_id: string, session_id: string, document: string }> = (await this.run<{ row_id: string, session_id: string, document: string }>('restoring sessions', archivedUnderKid(kid, before, this.pageRows))).rows
       for (const row of rows) {
         try {
-          if (readSessionDocument(archivedLikeName(row.session_id, row.row_id), row.document, row.session_id, this.keyring).kid === kid) return true
-        } catch {
+          if (readSessionDocument(archivedLikeName(row.session_id, row.row_id), row.document, row.session_id, this.keyring).kid === kid) return 'opened'
+        } catch (err) {
           // Damaged, or not what it says: the next one may prove the key.
+          unopened ||= err instanceof SealNotOpenedError
         }
       }
-      if (rows.length < this.pageRows) return false
+      if (rows.length < this.pageRows) return unopened ? 'unopened' : 'none'
       before = rows[rows.length - 1]?.row_id ?? null
     }
   }
