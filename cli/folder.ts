@@ -5,7 +5,7 @@ import type { Config } from '../schemas/config.js'
 import { FileSessionStore } from '../services/store/file-store.js'
 import type { SessionFile } from '../services/session/session.js'
 import { KeyUnavailableError, SealNotOpenedError } from '../services/errors.js'
-import type { Keyring } from '../services/store/keyring.js'
+import type { Clear, Keyring } from '../services/store/keyring.js'
 import { ARCHIVED_FILE, SESSION_FILE, readSessionDocument } from '../services/store/session-files.js'
 import { CommandFailedError } from './args.js'
 
@@ -24,8 +24,11 @@ export interface StoredFile {
 export type CheckedFile =
   /** `kid`: the key that sealed it, null for plaintext. */
   | { ok: true, file: SessionFile, data: Buffer, mtime: Date, kid: string | null }
-  /** Sealed under a key not configured: whole and untouched, only unreadable here; never moved. */
-  | { ok: false, reason: string, keyMissing: true, kid: string, data: Buffer, mtime: Date }
+  /**
+   * Sealed under a key not configured: whole and untouched, only unreadable here; never moved.
+   * `clear`: its id and times, which stay in clear (checked before the key was looked for).
+   */
+  | { ok: false, reason: string, keyMissing: true, kid: string, clear: Clear, data: Buffer, mtime: Date }
   /**
    * `unopenedKid`: sealed under that kid, and its box did not open under the key configured for it.
    * `denied`: the file system refused to read it (EACCES, say): nothing is known of its content, so it is never moved.
@@ -99,11 +102,48 @@ export async function checkStoredFile (stored: StoredFile, keyring: Keyring | nu
     const read = readSessionDocument(stored.rel, data.toString('utf8'), stored.sessionId, keyring)
     return { ok: true, file: read.file, data, mtime, kid: read.kid }
   } catch (err) {
-    if (err instanceof KeyUnavailableError) return { ok: false, reason: err.message, keyMissing: true, kid: err.kid, data, mtime }
+    if (err instanceof KeyUnavailableError) return { ok: false, reason: err.message, keyMissing: true, kid: err.kid, clear: clearOf(data), data, mtime }
     // The store's message starts with the file name, which the caller prints already.
     const reason = (err as Error).message.replace(`${stored.rel}: `, '')
     return err instanceof SealNotOpenedError ? { ok: false, reason, unopenedKid: err.kid } : { ok: false, reason }
   }
+}
+
+/**
+ * The clear fields of a sealed document whose format was checked already (a KeyUnavailableError
+ * is only thrown past that check): what is known of a session sealed under a missing key.
+ */
+export function clearOf (data: Buffer): Clear {
+  const { session_id: sessionId, created_at: createdAt, updated_at: updatedAt } = JSON.parse(data.toString('utf8')) as Clear
+  return { session_id: sessionId, created_at: createdAt, updated_at: updatedAt }
+}
+
+/**
+ * A checked file that is whole: one that reads, or one sealed under a missing key (its
+ * updated_at then from its clear fields); null for one that does not read, or is gone.
+ */
+export function wholeFile (checked: CheckedFile): { data: Buffer, updatedAt: string } | null {
+  if (checked.ok === true) return { data: checked.data, updatedAt: checked.file.updated_at }
+  return checked.ok === false && checked.keyMissing === true ? { data: checked.data, updatedAt: checked.clear.updated_at } : null
+}
+
+/** Files carried as they are though sealed under a key TASK_ENCRYPTION_KEYS does not hold, by kid. */
+export type KeysNeeded = Record<string, { active: number, archived: number }>
+
+export function needKey (needs: KeysNeeded, kid: string, archived: boolean): void {
+  const need = needs[kid] ??= { active: 0, archived: 0 }
+  need[archived ? 'archived' : 'active']++
+}
+
+/** One warning a kid: archived files wait for their key; active ones stop the server's start. */
+export function keyWarnings (needs: KeysNeeded, where: string): string[] {
+  return Object.entries(needs).map(([kid, { active, archived }]) => {
+    const parts = [
+      ...(archived > 0 ? [`${archived} archived file${archived === 1 ? '' : 's'} (served once the key is back)`] : []),
+      ...(active > 0 ? [`${active} active session${active === 1 ? '' : 's'}: the server will not start on ${where} until TASK_ENCRYPTION_KEYS holds key '${kid}' again`] : [])
+    ]
+    return `⚠️  sealed under key '${kid}', which TASK_ENCRYPTION_KEYS does not hold, carried as they are: ${parts.join('; ')}`
+  })
 }
 
 /**

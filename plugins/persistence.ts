@@ -16,6 +16,8 @@ import { appSettings, checkOptions, FunctionOption, inTermsOf, withOptionErrors 
 declare module 'fastify' {
   interface FastifyInstance {
     persistence: SessionStore
+    /** The kids of TASK_ENCRYPTION_KEYS, active first ([] without keys): /metrics shows each, sessions or not. */
+    encryptionKids: readonly string[]
   }
 }
 
@@ -37,19 +39,25 @@ const CONNECT_RETRY_MAX_MS = 5000
 export default fp<PersistencePluginOptions>(async function persistencePlugin (app, options) {
   checkOptions('taskvault-persistence', PersistenceOptionsSchema, options)
   const settings = resolveSettings(STORE_SETTINGS, options, appSettings(app))
-  const store = await withOptionErrors(app, 'taskvault-persistence', STORE_SETTINGS, async () => settings.store === 'postgres' || options.pool !== undefined
-    ? await openPostgresStore(app, settings, options.pool)
-    : await openFileStore(app, settings, options.fs, app.hasPlugin('taskvault-config') ? 'TASK_STORAGE_DIR' : 'the storageDir option'))
+  let keyring: Keyring | null = null
+  const store = await withOptionErrors(app, 'taskvault-persistence', STORE_SETTINGS, async () => {
+    // Parsed once (a key file is read once): the store seals with it, /metrics names its kids.
+    keyring = Keyring.parse(settings.encryptionKeys)
+    return settings.store === 'postgres' || options.pool !== undefined
+      ? await openPostgresStore(app, settings, keyring, options.pool)
+      : await openFileStore(app, settings, keyring, options.fs, app.hasPlugin('taskvault-config') ? 'TASK_STORAGE_DIR' : 'the storageDir option')
+  })
   app.decorate('persistence', store)
+  app.decorate('encryptionKids', (keyring as Keyring | null)?.kids ?? [])
   app.addHook('onClose', async () => store.close())
 }, { name: 'taskvault-persistence', fastify: '5.x' })
 
-async function openFileStore (app: FastifyInstance, settings: StoreSettings, fs: FsSeam | undefined, source: string): Promise<SessionStore> {
+async function openFileStore (app: FastifyInstance, settings: StoreSettings, keyring: Keyring | null, fs: FsSeam | undefined, source: string): Promise<SessionStore> {
   const store = new FileSessionStore({
     dir: settings.storageDir,
     fs,
     maxSessionBytes: settings.maxSessionBytes,
-    keyring: Keyring.parse(settings.encryptionKeys),
+    keyring,
     lock: { refreshMs: settings.lockRefreshMs, staleMs: settings.lockStaleMs }
   })
   // The heartbeat's findings; subscribed before init so none is missed.
@@ -80,13 +88,13 @@ async function openFileStore (app: FastifyInstance, settings: StoreSettings, fs:
  * The PostgreSQL store. A database that is down at boot is waited for, with backoff, for
  * TASK_DB_CONNECT_TIMEOUT_MS; then the boot fails with one line naming where it tried.
  */
-async function openPostgresStore (app: FastifyInstance, settings: StoreSettings, pool: pg.Pool | undefined): Promise<SessionStore> {
+async function openPostgresStore (app: FastifyInstance, settings: StoreSettings, keyring: Keyring | null, pool: pg.Pool | undefined): Promise<SessionStore> {
   if (pool === undefined && settings.databaseUrl.trim() === '') {
     throw new InvalidDatabaseSettingError('DATABASE_URL', 'is required with TASK_STORE=postgres (postgres://user:password@host:5432/database)')
   }
   const common = {
     maxSessionBytes: settings.maxSessionBytes,
-    keyring: Keyring.parse(settings.encryptionKeys),
+    keyring,
     saveBatch: settings.dbSaveBatch,
     saveBatchBytes: settings.dbSaveBatchBytes,
     replicaId: settings.replicaId === '' ? defaultReplicaId() : settings.replicaId,

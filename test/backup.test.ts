@@ -267,6 +267,33 @@ t.test('GET /backup carries an archived session sealed under a key this server l
   t.ok(files.get(`archive/${name as string}`)?.equals(stored), 'the archived file as it is stored, still sealed under the old key')
 })
 
+t.test('GET /backup carries archived files byte for byte, under the key that sealed them (or in clear), active ones under the active key', async (t) => {
+  const dir = await tempDir(t)
+  const oldKey = `old:${randomBytes(32).toString('base64')}`
+  let app = await build(t, { dir })
+  for (const id of ['plain', 'sealed']) {
+    if (id === 'sealed') {
+      await app.close()
+      app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: oldKey } })
+    }
+    t.equal((await post(app, '/create', { session_id: id, instructions: 'x' })).statusCode, 200)
+    t.equal((await post(app, '/execute-all', { session_id: id })).statusCode, 200)
+    t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, [id])
+  }
+  t.equal((await post(app, '/create', { session_id: 'live', instructions: 'y' })).statusCode, 200)
+  await app.close()
+  const stored = new Map<string, Buffer>()
+  for (const name of await readdir(join(dir, 'archive'))) stored.set(`archive/${name}`, await readFile(join(dir, 'archive', name)))
+  // Rotated: 'new' seals, 'old' still opens.
+  app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: `new:${randomBytes(32).toString('base64')},${oldKey}` } })
+  const res = await backup(app)
+  t.equal(res.status, 200)
+  const files = await entries(res.body)
+  t.same([...files.keys()].sort(), [...stored.keys(), 'live.json'].sort(), 'every session in it')
+  for (const [rel, data] of stored) t.ok(files.get(rel)?.equals(data), `${rel} byte for byte as stored`)
+  t.equal(JSON.parse(files.get('live.json')?.toString('utf8') ?? '{}').sealed?.kid, 'new', 'the active session as the store writes it now: under the active key')
+})
+
 t.test('GET /backup during shutdown answers 503', async (t) => {
   const app = await build(t)
   void app.taskManager.beginShutdown()

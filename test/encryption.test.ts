@@ -4,7 +4,7 @@
  * stops the boot and touches nothing; plaintext and sealed files live side by side; rotation
  * with `taskvault seal` survives kill -9; no key ever reaches what the service writes.
  */
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -382,6 +382,25 @@ t.test('plaintext and sealed sessions load side by side; a change seals a plaint
   const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body
   t.match(metrics, /taskvault_encryption_enabled 1/)
   t.match(metrics, /taskvault_sealed_sessions\{kid="k1"\} 2/)
+})
+
+t.test('/metrics names the active kid and counts every configured kid, 0 when no session is under it', async (t) => {
+  const dir = await tempDir(t)
+  let app = await build(t, { dir })
+  const scrape = async (): Promise<string> => (await app.inject({ method: 'GET', url: '/metrics' })).body
+  t.notMatch(await scrape(), /taskvault_encryption_active_kid\{/, 'no active kid without keys')
+  await app.close()
+  // Rotated: every session is under 'new' already, 'old' is still configured.
+  app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: `new:${K1},old:${K2}` } })
+  await post(app, '/create', { session_id: 's', instructions: 'x' })
+  const metrics = await scrape()
+  t.match(metrics, /^taskvault_encryption_active_kid\{kid="new"\} 1$/m)
+  t.notMatch(metrics, /taskvault_encryption_active_kid\{kid="old"\}/, 'only the active kid')
+  t.match(metrics, /^taskvault_sealed_sessions\{kid="new"\} 1$/m)
+  t.match(metrics, /^taskvault_sealed_sessions\{kid="old"\} 0$/m, 'the old key reads 0: the rotation is done, not unknown')
+  t.match(metrics, /^taskvault_sealed_sessions\{kid=""\} 0$/m)
+  const promtool = spawnSync('promtool', ['check', 'metrics'], { input: metrics, encoding: 'utf8' })
+  if (promtool.error === undefined) t.equal(promtool.status, 0, `promtool check metrics: ${promtool.stdout}${promtool.stderr}`)
 })
 
 t.test('rotation: new key first, seal (kill -9 midway, then again), drop the old key; CLI validate, stats, backup and restore on sealed folders', async (t) => {

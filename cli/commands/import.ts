@@ -2,12 +2,12 @@ import { resolve } from 'node:path'
 import type pg from 'pg'
 import { CommandFailedError } from '../../services/errors.js'
 import { noop } from '../../services/noop.js'
-import type { SessionFile } from '../../services/session/session.js'
 import { deriveColumns, insertSession, updateSession, type DerivedColumns } from '../../services/store/postgres/sessions-sql.js'
+import type { Clear } from '../../services/store/keyring.js'
 import { ARCHIVED_FILE } from '../../services/store/session-files.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase } from '../database.js'
-import { assertFolder, checkStoredFile, listStoredFiles, type StoredFile } from '../folder.js'
+import { assertFolder, checkStoredFile, keyWarnings, listStoredFiles, needKey, type KeysNeeded, type StoredFile } from '../folder.js'
 import { insertArchived, rowName, rowsOf, type ExistingRow } from '../rows.js'
 
 /** A session file of the folder that reads, with what the row needs. */
@@ -18,8 +18,11 @@ interface FolderFile {
   /** An archived copy's place among its session's copies: the number in `<id>.<n>.json`, 0 for `<id>.json`. */
   stamp: number
   data: Buffer
-  file: SessionFile
-  kid: string | null
+  updatedAt: string
+  /** The row's columns, derived from the file (or its clear fields, when `missingKid`). */
+  columns: DerivedColumns
+  /** The kid it is sealed under when TASK_ENCRYPTION_KEYS does not hold it: loaded as it is. */
+  missingKid: string | null
 }
 
 type Action = 'insert' | 'replace' | 'add-archived' | 'unchanged'
@@ -52,6 +55,10 @@ compared with the rows of its session, and only then is anything written, in one
   - an active file replaces the session's active row when that row is older (updated_at);
   - an archived file is added as an archived copy (oldest first, so the folder's newest copy is
     the newest row);
+  - a file sealed under a key TASK_ENCRYPTION_KEYS does not hold is loaded as it is, its row's
+    times and sealed_kid from its clear fields; its task counts, unknown here, are 0 (an active
+    row gets them at its next save, an archived copy keeps 0 in lists). A warning names the kid:
+    an active one stops the servers' start until they hold the key;
   - a row of the session that is newer than the file (later updated_at) is a conflict: each is
     reported and nothing is written, unless --force, which writes the folder's files anyway.
 A server on the database does not see rows written under it: stop the servers first.
@@ -65,7 +72,7 @@ Exit status 1 on a conflict (without --force), a file that does not read, or a f
 ${COMMON_HELP}`,
   options: { ...DATABASE_OPTIONS, force: { type: 'boolean', default: false } },
   positionals: { min: 1, max: 1, names: 'DIR' },
-  async run (args, { settings, keyring }) {
+  async run (args, { settings, keyring, warn }) {
     const target = requiredDatabase(args, settings)
     const dir = resolve(args.positionals[0] as string)
     const force = args.values.force === true
@@ -74,11 +81,7 @@ ${COMMON_HELP}`,
     const where = `${target.where} (schema ${target.schema})`
     if (bad.length > 0) {
       const lines = bad.map(({ file, reason }) => `❌ ${file}: ${reason}`)
-      // validate --fix sets bad files aside, never those sealed under a key that is only missing.
-      const advice = bad.every(({ reason }) => /TASK_ENCRYPTION_KEYS/u.test(reason))
-        ? 'add the keys they were sealed under to TASK_ENCRYPTION_KEYS'
-        : `set the bad ones aside with 'taskvault validate ${dir} --fix'`
-      lines.push(`Refused: ${bad.length} files of ${dir} do not read; nothing was written (${advice})`)
+      lines.push(`Refused: ${bad.length} files of ${dir} do not read; nothing was written (set the bad ones aside with 'taskvault validate ${dir} --fix')`)
       return { code: 1, json: { dir, database: target.where, schema: target.schema, inserted: 0, replaced: 0, archived: 0, unchanged: 0, unreadable: bad, conflicts: [] }, lines }
     }
     return withDatabase(target, settings, keyring, false, async (client) => {
@@ -95,9 +98,12 @@ ${COMMON_HELP}`,
         }
         for (const step of planned) await write(client, step, counts)
         await client.query('COMMIT')
+        const needsKeys: KeysNeeded = {}
+        for (const { item, action } of planned) if (item.missingKid !== null && action !== 'unchanged') needKey(needsKeys, item.missingKid, item.archived)
+        for (const line of keyWarnings(needsKeys, where)) warn(line)
         const lines = [`Imported ${dir} into ${where}: ${counts.inserted} new, ${counts.replaced} replaced, ${counts.archived} archived copies added, ${counts.unchanged} already identical` +
           (conflicts.length > 0 ? `; ${conflicts.length} newer rows overwritten (--force)` : '')]
-        return { code: 0, json: { dir, database: target.where, schema: target.schema, ...counts, conflicts, forced: conflicts.length > 0 }, lines }
+        return { code: 0, json: { dir, database: target.where, schema: target.schema, ...counts, conflicts, forced: conflicts.length > 0, needs_keys: needsKeys }, lines }
       } catch (err) {
         await client.query('ROLLBACK').catch(noop)
         throw err
@@ -114,11 +120,15 @@ async function readFolder (dir: string, keyring: Parameters<typeof checkStoredFi
     const checked = await checkStoredFile(stored, keyring)
     // Moved by a running server since the listing.
     if (checked.ok === null) continue
-    if (!checked.ok) {
+    const place = { rel: stored.rel, sessionId: stored.sessionId as string, archived: stored.archived, stamp: stampOf(stored) }
+    if (checked.ok) {
+      files.push({ ...place, data: checked.data, updatedAt: checked.file.updated_at, columns: deriveColumns(checked.file, checked.kid), missingKid: null })
+    } else if (checked.keyMissing === true) {
+      // Whole, only unopened here (the backups and exports of a folder carry such files): loaded as it is.
+      files.push({ ...place, data: checked.data, updatedAt: checked.clear.updated_at, columns: clearColumns(checked.clear, checked.kid), missingKid: checked.kid })
+    } else {
       bad.push({ file: stored.rel, reason: checked.reason })
-      continue
     }
-    files.push({ rel: stored.rel, sessionId: stored.sessionId as string, archived: stored.archived, stamp: stampOf(stored), data: checked.data, file: checked.file, kid: checked.kid })
   }
   files.sort((a, b) => (a.sessionId < b.sessionId ? -1 : a.sessionId > b.sessionId ? 1 : Number(a.archived) - Number(b.archived) || a.stamp - b.stamp))
   return { files, bad }
@@ -147,10 +157,10 @@ function plan (files: FolderFile[], existing: ExistingRow[]): { planned: Planned
       planned.push({ item, action: 'unchanged' })
       continue
     }
-    const updatedAt = Date.parse(item.file.updated_at)
+    const updatedAt = Date.parse(item.updatedAt)
     for (const row of mine) {
       if (row.updated_at.getTime() > updatedAt) {
-        conflicts.push({ file: item.rel, reason: `the database's ${rowName(row)} is newer (updated_at ${row.updated_at.toISOString()}, file ${item.file.updated_at})` })
+        conflicts.push({ file: item.rel, reason: `the database's ${rowName(row)} is newer (updated_at ${row.updated_at.toISOString()}, file ${item.updatedAt})` })
       }
     }
     planned.push(item.archived ? { item, action: 'add-archived' } : active === undefined ? { item, action: 'insert' } : { item, action: 'replace', row: active })
@@ -167,7 +177,7 @@ async function write (client: pg.Client, { item, action, row }: Planned, counts:
     counts.unchanged++
     return
   }
-  const derived = derive(item)
+  const derived = item.columns
   let result: pg.QueryResult
   try {
     if (action === 'insert') result = await client.query(insertSession(item.sessionId, item.data, derived))
@@ -185,7 +195,11 @@ async function write (client: pg.Client, { item, action, row }: Planned, counts:
   else counts.archived++
 }
 
-/** The columns the store derives from a document on every save, here from the file read. */
-function derive ({ file, kid }: FolderFile): DerivedColumns {
-  return deriveColumns(file, kid)
+/**
+ * The columns of a file sealed under a missing key: what its clear fields say (times, kid). Its
+ * task counts are unknown here, so 0, and it counts as unfinished: an active row is corrected by
+ * its next save (which needs the key anyway); an archived copy is never rewritten.
+ */
+function clearColumns (clear: Clear, kid: string): DerivedColumns {
+  return { sealedKid: kid, createdAt: clear.created_at, updatedAt: clear.updated_at, finishedAt: null, total: 0, completed: 0, failed: 0, pending: 0, inProgress: 0, hasBackgroundRun: false }
 }

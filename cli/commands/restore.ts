@@ -4,11 +4,11 @@ import { lstat, mkdir, readdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { nodeFs } from '../../services/store/fs-seam.js'
 import { ARCHIVED_FILE, SESSION_FILE, fsyncDir, parseSessionFile, writeAndRename } from '../../services/store/session-files.js'
+import { KeyUnavailableError } from '../../services/errors.js'
 import { readTarGz, type TarEntry } from '../../services/backup/tar.js'
 import { CommandFailedError } from '../args.js'
 import type { Keyring } from '../../services/store/keyring.js'
-import type { SessionFile } from '../../schemas/session.js'
-import { checkStoredFile, storageDir, withWriteLock } from '../folder.js'
+import { checkStoredFile, clearOf, keyWarnings, needKey, storageDir, wholeFile, withWriteLock, type KeysNeeded } from '../folder.js'
 import { COMMON_HELP, type Command } from '../command.js'
 
 /** One session file of the backup, checked, and what restoring it would do. */
@@ -18,6 +18,8 @@ interface Planned {
   archived: boolean
   digest: string
   action: 'write' | 'unchanged'
+  /** The kid it is sealed under when TASK_ENCRYPTION_KEYS does not hold it: carried as it is. */
+  missingKid: string | null
 }
 
 interface Conflict {
@@ -41,6 +43,11 @@ session elsewhere in the folder (archived since the backup, say): the restore is
 nothing, unless --force. Files identical to the backup's are left alone. The folder is created
 if missing. Refused while a server holds the folder.
 
+A file sealed under a key TASK_ENCRYPTION_KEYS does not hold (an archived file under a retired
+key, say) is restored as it is, judged by its clear id and updated_at, with a warning naming the
+kid: an archived one is served once the key is back; an active one stops the server's start
+until TASK_ENCRYPTION_KEYS holds its key again.
+
 Reads the backups of 'taskvault backup', of GET /api/v1/tasks/backup, and tars made by hand:
 when every entry sits under one common folder (tar -czf b.tar.gz data/tasks/*.json gives
 data/tasks/<id>.json), that folder is taken as the storage folder (and its archive/ as
@@ -54,7 +61,7 @@ Exit status 1 on conflicts (without --force) or a damaged backup.
 ${COMMON_HELP}`,
   options: { force: { type: 'boolean', default: false } },
   positionals: { min: 1, max: 2, names: 'FILE.tar.gz' },
-  async run (args, { settings, keyring }) {
+  async run (args, { settings, keyring, warn }) {
     const backup = resolve(args.positionals[0] as string)
     const dir = storageDir(args.positionals[1], settings)
     const force = args.values.force === true
@@ -78,8 +85,10 @@ ${COMMON_HELP}`,
       }
       const written = await write(backup, dir, planned)
       const unchanged = planned.length - written
+      const needsKeys = keysNeeded(planned)
       const lines = [`Restored ${written} files into ${dir} (${unchanged} already identical${force && conflicts.length > 0 ? `, ${conflicts.length} newer files overwritten` : ''})`]
-      return { code: 0, json: { backup, dir, restored: written, unchanged, conflicts, forced: force && conflicts.length > 0 }, lines }
+      for (const line of keyWarnings(needsKeys, dir)) warn(line)
+      return { code: 0, json: { backup, dir, restored: written, unchanged, conflicts, forced: force && conflicts.length > 0, needs_keys: needsKeys }, lines }
     })
   }
 }
@@ -90,18 +99,20 @@ async function plan (backup: string, dir: string, keyring: Keyring | null): Prom
   const conflicts: Conflict[] = []
   const copies = await copiesInFolder(dir)
   const restoredAt = new Map<string, string>()
-  for await (const { entry, rel, archived, sessionId, file } of checkedEntries(backup, keyring)) {
+  for await (const { entry, rel, archived, sessionId, updatedAt, missingKid } of checkedEntries(backup, keyring)) {
     const current = await checkStoredFile({ rel, path: join(dir, rel), archived, sessionId, regular: await isRegular(join(dir, rel)) }, keyring)
+    // One sealed under a missing key is whole: judged by its bytes and clear updated_at.
+    const whole = wholeFile(current)
     let action: Planned['action'] = 'write'
-    if (current.ok === false) conflicts.push({ file: rel, reason: `the file in the folder cannot be read (${current.reason})` })
-    else if (current.ok === true) {
-      if (current.data.equals(entry.data)) action = 'unchanged'
-      else if (Date.parse(current.file.updated_at) > Date.parse(file.updated_at)) {
-        conflicts.push({ file: rel, reason: `the folder's copy is newer (updated_at ${current.file.updated_at}, backup ${file.updated_at})` })
+    if (current.ok === false && whole === null) conflicts.push({ file: rel, reason: `the file in the folder cannot be read (${current.reason})` })
+    else if (whole !== null) {
+      if (whole.data.equals(entry.data)) action = 'unchanged'
+      else if (Date.parse(whole.updatedAt) > Date.parse(updatedAt)) {
+        conflicts.push({ file: rel, reason: `the folder's copy is newer (updated_at ${whole.updatedAt}, backup ${updatedAt})` })
       }
     }
-    planned.push({ rel, sessionId, archived, digest: digest(entry.data), action })
-    restoredAt.set(rel, file.updated_at)
+    planned.push({ rel, sessionId, archived, digest: digest(entry.data), action, missingKid })
+    restoredAt.set(rel, updatedAt)
   }
   // The same session may sit elsewhere in the folder (archived since the backup, or brought back):
   // a newer copy there, or an active one that would hide a restored archive, is a conflict too.
@@ -111,12 +122,14 @@ async function plan (backup: string, dir: string, keyring: Keyring | null): Prom
     for (const other of copies.get(sessionId) ?? []) {
       if (restoredAt.has(other)) continue
       const copy = await checkStoredFile({ rel: other, path: join(dir, other), archived: other.startsWith('archive/'), sessionId, regular: await isRegular(join(dir, other)) }, keyring)
-      if (copy.ok === false) conflicts.push({ file: rel, reason: `the folder's ${other}, another copy of session '${sessionId}', cannot be read (${copy.reason})` })
-      else if (copy.ok === true && Date.parse(copy.file.updated_at) > Date.parse(updatedAt)) {
-        conflicts.push({ file: rel, reason: `the folder's ${other} holds a newer copy of session '${sessionId}' (updated_at ${copy.file.updated_at}, backup ${updatedAt})` })
-      } else if (copy.ok === true && archived && !other.startsWith('archive/')) {
+      const whole = wholeFile(copy)
+      if (copy.ok === false && whole === null) conflicts.push({ file: rel, reason: `the folder's ${other}, another copy of session '${sessionId}', cannot be read (${copy.reason})` })
+      else if (whole === null) continue
+      else if (Date.parse(whole.updatedAt) > Date.parse(updatedAt)) {
+        conflicts.push({ file: rel, reason: `the folder's ${other} holds a newer copy of session '${sessionId}' (updated_at ${whole.updatedAt}, backup ${updatedAt})` })
+      } else if (archived && !other.startsWith('archive/')) {
         conflicts.push({ file: rel, reason: `the folder's active ${other} would hide the restored archive of session '${sessionId}'`, hidden: true })
-      } else if (copy.ok === true && archived && archiveStamp(other) > archiveStamp(rel)) {
+      } else if (archived && archiveStamp(other) > archiveStamp(rel)) {
         // The server shows the archived copy with the latest stamp in its name, whatever its times say.
         conflicts.push({ file: rel, reason: `the folder's ${other} would be shown instead of the restored copy of session '${sessionId}' (a later stamp in its name)`, hidden: true })
       }
@@ -125,8 +138,12 @@ async function plan (backup: string, dir: string, keyring: Keyring | null): Prom
   return { planned, conflicts }
 }
 
-/** The backup's session files, each checked as the server's restore would read it; throws at the first that is not. */
-async function * checkedEntries (backup: string, keyring: Keyring | null): AsyncGenerator<{ entry: TarEntry, rel: string, archived: boolean, sessionId: string, file: SessionFile }> {
+/**
+ * The backup's session files, each checked as the server's restore would read it; throws at the
+ * first that is not. One sealed under a key not configured is whole (its envelope checked), only
+ * unopened here: it comes with its clear updated_at and `missingKid`.
+ */
+async function * checkedEntries (backup: string, keyring: Keyring | null): AsyncGenerator<{ entry: TarEntry, rel: string, archived: boolean, sessionId: string, updatedAt: string, missingKid: string | null }> {
   const seen = new Set<string>()
   const prefix = await commonPrefix(backup)
   for await (const entry of readTarGz(createReadStream(backup))) {
@@ -135,14 +152,24 @@ async function * checkedEntries (backup: string, keyring: Keyring | null): Async
     const { rel, archived, sessionId } = mapped
     if (seen.has(rel)) throw new CommandFailedError(`the backup holds ${rel} twice`)
     seen.add(rel)
-    let file: SessionFile
+    let updatedAt: string
+    let missingKid: string | null = null
     try {
-      file = parseSessionFile(rel, entry.data.toString('utf8'), sessionId, keyring)
+      updatedAt = parseSessionFile(rel, entry.data.toString('utf8'), sessionId, keyring).updated_at
     } catch (err) {
-      throw new CommandFailedError(`the backup's ${(err as Error).message}; nothing was written`)
+      if (!(err instanceof KeyUnavailableError)) throw new CommandFailedError(`the backup's ${(err as Error).message}; nothing was written`)
+      updatedAt = clearOf(entry.data).updated_at
+      missingKid = err.kid
     }
-    yield { entry, rel, archived, sessionId, file }
+    yield { entry, rel, archived, sessionId, updatedAt, missingKid }
   }
+}
+
+/** The restored files sealed under keys TASK_ENCRYPTION_KEYS does not hold, by kid. */
+function keysNeeded (planned: Planned[]): KeysNeeded {
+  const needs: KeysNeeded = {}
+  for (const { missingKid, archived } of planned) if (missingKid !== null) needKey(needs, missingKid, archived)
+  return needs
 }
 
 /** The stamp in an archived file's name (`<id>.<ms>.json`; 0 for `<id>.json`): the newest is the copy the server shows. */

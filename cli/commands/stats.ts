@@ -16,6 +16,8 @@ Reads every session file and prints what GET /api/v1/tasks/stats would show for 
 session and task counts (active sessions; archived ones are counted apart), the bytes of
 active and archived files, how many files cannot be loaded, and the storage used by everything
 under the folder (corrupt/ included). Read-only; safe while a server runs.
+An active file sealed under a key TASK_ENCRYPTION_KEYS does not hold fails it (exit 1), as it
+stops the server's start; an archived one is counted as archived and listed as needing its key.
 
 With --database-url the same counts come from the PostgreSQL store, read through the store
 as a server reads it at start: active rows, archived copies, their bytes (a row's bytes are
@@ -35,11 +37,24 @@ ${COMMON_HELP}`,
     const counts = zeroCounts()
     const storage = { dir, bytes: 0, files: 0, archive_bytes: 0, archive_files: 0, failed_loads: 0, corrupt_files: 0, used_bytes: 0 }
     const archivedIds = new Set<string>()
-    const missingKeys = new Map<string, number>()
+    // Files sealed under a key TASK_ENCRYPTION_KEYS does not hold, by kid: active ones stop the
+    // server's start (so this fails too); archived ones are read on demand, so they only need listing.
+    const missingKeys = new Map<string, { active: number, archived: number }>()
     for (const stored of await listStoredFiles(dir)) {
       const checked = await checkStoredFile(stored, keyring)
       if (checked.ok === null) continue
-      if (checked.ok === false && checked.keyMissing === true) missingKeys.set(checked.kid, (missingKeys.get(checked.kid) ?? 0) + 1)
+      if (checked.ok === false && checked.keyMissing === true) {
+        const need = missingKeys.get(checked.kid) ?? { active: 0, archived: 0 }
+        need[stored.archived ? 'archived' : 'active']++
+        missingKeys.set(checked.kid, need)
+        if (stored.archived) {
+          // Whole, only unopened here: the server counts it in its archive as it is.
+          archivedIds.add(checked.clear.session_id)
+          storage.archive_bytes += checked.data.length
+          storage.archive_files++
+        }
+        continue
+      }
       if (!checked.ok) {
         // A file not named like a session is not one the server fails to load: it ignores it.
         if (stored.sessionId === null && stored.regular) continue
@@ -56,21 +71,24 @@ ${COMMON_HELP}`,
       storage.bytes += checked.data.length
       storage.files++
     }
-    if (missingKeys.size > 0) {
+    const stopping = [...missingKeys].filter(([, need]) => need.active > 0)
+    if (stopping.length > 0) {
       // Counts without them would be wrong, as the server (which refuses to start) would say.
-      const counts = [...missingKeys].map(([kid, n]) => `${n} session${n === 1 ? '' : 's'} need key '${kid}'`).join(', ')
+      const counts = stopping.map(([kid, { active: n }]) => `${n} session${n === 1 ? '' : 's'} need key '${kid}'`).join(', ')
       throw new CommandFailedError(`cannot count ${dir}: ${counts}, which TASK_ENCRYPTION_KEYS does not hold`)
     }
     storage.corrupt_files = (await readdir(join(dir, 'corrupt')).catch(() => [])).length
     storage.used_bytes = await usedBytes(dir)
     // The same free-space figures as GET /stats, from the same statfs.
     const space = await new FileSessionStore({ dir }).space()
-    const json = { ...counts, archived_sessions: archivedIds.size, storage: { ...storage, ...space } }
+    const needsKeys = Object.fromEntries([...missingKeys].map(([kid, need]) => [kid, need.archived]))
+    const json = { ...counts, archived_sessions: archivedIds.size, storage: { ...storage, ...space, archived_needing_keys: needsKeys } }
     const lines = [
       `storage folder      ${dir}`,
       ...countLines(counts, archivedIds.size, storage),
       `session files       ${storage.files} (${formatBytes(storage.bytes)})`,
       `unloadable files    ${storage.failed_loads}${storage.corrupt_files > 0 ? `; ${storage.corrupt_files} set aside in corrupt/` : ''}`,
+      ...[...missingKeys].map(([kid, { archived: n }]) => `needs a key         ${n} archived file${n === 1 ? '' : 's'} sealed under key '${kid}', which TASK_ENCRYPTION_KEYS does not hold (served only once it is back)`),
       `storage used        ${formatBytes(storage.used_bytes)}`,
       `filesystem free     ${formatBytes(space.free_bytes)} of ${formatBytes(space.total_bytes)} (${(space.free_ratio * 100).toFixed(1)}%)`
     ]

@@ -62,8 +62,9 @@ const MAX_LOOKUPS = 5
  * completed write left it: an active one is taken in its change queue (never half a change),
  * an archived one read from its file (archived files are never rewritten in place). A session
  * that moves between the two while the backup runs is taken from where it moved to; sessions
- * created after the backup started are not in it. Each is in the store's own form (sealed when
- * keys are set). Stops with ShuttingDownError at shutdown.
+ * created after the backup started are not in it. An active session is in the form the store
+ * writes now (sealed under the active key when keys are set: same content, a new IV); an archived
+ * one is its stored bytes exactly. Stops with ShuttingDownError at shutdown.
  */
 export async function * liveSessionFiles (manager: TaskManager, store: Pick<SessionStore, 'serialize' | 'readArchivedStored'>, counts: BackupCounts): AsyncGenerator<TarFile> {
   const ids = [...new Set([...manager.registry.sessionIds(), ...manager.archivedIds()])].sort()
@@ -88,8 +89,12 @@ export async function * liveSessionFiles (manager: TaskManager, store: Pick<Sess
         break
       }
       if (archived !== null) {
-        const data = await store.serialize(archived.file)
-        yield backupEntry(counts, archivedEntry(sessionId, archived.name), true, data, new Date(archived.file.updated_at))
+        // Read (so a damaged copy is set aside, an older one taken), then carried as stored, byte
+        // for byte: under the key that sealed it, in clear when it is plaintext.
+        const stored = await store.readArchivedStored(sessionId)
+        // Archived again (or removed) between the two reads: look again.
+        if (stored === null || stored.name !== archived.name) continue
+        yield backupEntry(counts, archivedEntry(sessionId, stored.name), true, stored.data, new Date(archived.file.updated_at))
         break
       }
       // Neither: deleted, or brought back between the two looks (then the next look finds it active).

@@ -8,6 +8,8 @@ export interface TaskvaultMetricsOptions {
   registry: Registry
   manager: TaskManager
   store: SessionStore
+  /** The configured kids (TASK_ENCRYPTION_KEYS): each has a sealed_sessions series, 0 when no session is under it. */
+  kids: readonly string[]
   /** Prefix of every metric name. */
   prefix: string
 }
@@ -22,7 +24,7 @@ const AGENT_BUCKETS = [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
  * from the manager at scrape time, so they are right whenever the registry was attached;
  * saves and agent calls are observed as events. Returns a function that detaches them all.
  */
-export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: TaskvaultMetricsOptions): () => void {
+export function registerTaskvaultMetrics ({ registry, manager, store, kids, prefix }: TaskvaultMetricsOptions): () => void {
   const registers = [registry]
   const names: string[] = []
   const name = (suffix: string): string => {
@@ -85,8 +87,21 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
       this.reset()
       const encryption = store.encryption()
       if (encryption === null) return
+      // A configured kid with no session reads 0, not absent: a rotation alert tells "done" from "no data".
+      for (const kid of kids) this.set({ kid }, encryption.sealed_sessions[kid] ?? 0)
       for (const [kid, count] of Object.entries(encryption.sealed_sessions)) this.set({ kid }, count)
       this.set({ kid: '' }, encryption.plaintext_sessions)
+    }
+  })
+  new Gauge({
+    name: name('encryption_active_kid'),
+    help: 'The key (kid) every write is sealed under: 1 for that kid; absent without encryption',
+    labelNames: ['kid'],
+    registers,
+    collect () {
+      this.reset()
+      const encryption = store.encryption()
+      if (encryption !== null) this.set({ kid: encryption.active_kid }, 1)
     }
   })
   new Gauge({ name: name('restore_failed_loads'), help: 'Session files set aside as unreadable at startup', registers, collect () { this.set(manager.stats().storage.failed_loads) } })

@@ -1,0 +1,108 @@
+/**
+ * The command-line tool on folders holding files sealed under a key it is not given (an archive
+ * under a retired key): restore, import and stats carry or count them as the server does,
+ * rather than refusing a folder the server starts on.
+ */
+import { randomBytes } from 'node:crypto'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import pg from 'pg'
+import t from 'tap'
+import type { SessionFile } from '../schemas/session.js'
+import { noop } from '../services/noop.js'
+import { Keyring } from '../services/store/keyring.js'
+import { connectionConfig } from '../services/store/postgres/pool.js'
+import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
+import { serializeSessionFile } from '../services/store/session-files.js'
+import { taskvault } from './cli-run.js'
+import { build, get, markAsTaskvault, tempDir, type TestContext } from './helper.js'
+import { testDatabase } from './postgres.js'
+import { daysAgo, storedSession } from './session-fixtures.js'
+
+const K1 = randomBytes(32).toString('base64')
+const K2 = randomBytes(32).toString('base64')
+/** The configuration now: k2 seals; k1, retired, is gone. */
+const K2_ONLY = { TASK_ENCRYPTION_KEYS: `k2:${K2}` }
+
+async function sealed (id: string, kid: 'k1' | 'k2', statuses = ['Completed', 'Pending']): Promise<Buffer> {
+  const file = JSON.parse(storedSession(id, statuses, daysAgo(3))) as SessionFile
+  return serializeSessionFile(file, 2, Number.POSITIVE_INFINITY, Keyring.parse(kid === 'k1' ? `k1:${K1}` : `k2:${K2}`))
+}
+
+/** A folder the server starts on with k2 only: active files under k2, an archived one under k1. `extra` adds files. */
+async function folder (t: TestContext, extra: Record<string, Buffer> = {}): Promise<{ dir: string, files: Record<string, Buffer> }> {
+  const dir = join(await tempDir(t, 'taskvault-cli-keys-'), 'tasks')
+  await mkdir(join(dir, 'archive'), { recursive: true, mode: 0o700 })
+  const files = { 'a.json': await sealed('a', 'k2'), 'b.json': await sealed('b', 'k2'), 'archive/x.json': await sealed('x', 'k1', ['Completed']), ...extra }
+  for (const [rel, data] of Object.entries(files)) await writeFile(join(dir, rel), data, { mode: 0o600 })
+  await markAsTaskvault(dir)
+  return { dir, files }
+}
+
+t.test('restore takes the backup of a folder with an archived file under a retired key, byte for byte, and says which key it needs', async (t) => {
+  const { dir, files } = await folder(t)
+  const backup = join(await tempDir(t), 'b.tar.gz')
+  const made = await taskvault(['backup', dir, '--out', backup], { env: K2_ONLY })
+  t.equal(made.code, 0, made.stderr)
+  const target = join(await tempDir(t), 'restored')
+  const restored = await taskvault(['restore', backup, target, '--json'], { env: K2_ONLY })
+  t.equal(restored.code, 0, restored.stderr)
+  t.match(restored.json(), { restored: 3, unchanged: 0, needs_keys: { k1: { active: 0, archived: 1 } } })
+  t.match(restored.stderr, /sealed under key 'k1', which TASK_ENCRYPTION_KEYS does not hold, carried as they are: 1 archived file/)
+  for (const [rel, data] of Object.entries(files)) t.ok((await readFile(join(target, rel))).equals(data), `${rel} restored byte for byte`)
+  // Again: the file under the missing key is judged by its bytes, so it is identical, not a conflict.
+  const again = await taskvault(['restore', backup, target, '--json'], { env: K2_ONLY })
+  t.equal(again.code, 0, again.stderr)
+  t.match(again.json(), { restored: 0, unchanged: 3, conflicts: [] })
+  const app = await build(t, { dir: target, config: K2_ONLY })
+  t.equal((await get(app, '/stats')).json().total_sessions, 2, 'the server starts on the restored folder')
+})
+
+t.test('restore carries an active session under a missing key too, warning that the server needs that key to start', async (t) => {
+  const { dir, files } = await folder(t, { 'old.json': await sealed('old', 'k1') })
+  const backup = join(await tempDir(t), 'b.tar.gz')
+  t.equal((await taskvault(['backup', dir, '--out', backup], { env: K2_ONLY })).code, 0)
+  const target = join(await tempDir(t), 'restored')
+  const restored = await taskvault(['restore', backup, target], { env: K2_ONLY })
+  t.equal(restored.code, 0, restored.stderr)
+  t.match(restored.stderr, new RegExp(`1 active session: the server will not start on ${target} until TASK_ENCRYPTION_KEYS holds key 'k1' again`))
+  t.ok((await readFile(join(target, 'old.json'))).equals(files['old.json'] as Buffer), 'carried as it is')
+})
+
+t.test('stats counts an archived file under a missing key as archived, lists its key, and fails only for active ones', async (t) => {
+  const { dir } = await folder(t)
+  const stats = await taskvault(['stats', dir, '--json'], { env: K2_ONLY })
+  t.equal(stats.code, 0, stats.stderr)
+  t.match(stats.json(), { total_sessions: 2, archived_sessions: 1, storage: { archive_files: 1, failed_loads: 0, archived_needing_keys: { k1: 1 } } })
+  const text = await taskvault(['stats', dir], { env: K2_ONLY })
+  t.match(text.stdout, /needs a key +1 archived file sealed under key 'k1', which TASK_ENCRYPTION_KEYS does not hold/)
+  await writeFile(join(dir, 'old.json'), await sealed('old', 'k1'), { mode: 0o600 })
+  const failing = await taskvault(['stats', dir], { env: K2_ONLY })
+  t.equal(failing.code, 1, 'an active file under a missing key stops the server, so stats fails')
+  t.match(failing.stderr, /1 session need key 'k1'/)
+})
+
+t.test('import loads a folder with an archived file under a retired key, its bytes as they are and sealed_kid from its envelope', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const { dir, files } = await folder(t)
+  const imported = await taskvault(['import', dir, '--database-url', url, '--json'], { env: K2_ONLY })
+  t.equal(imported.code, 0, imported.stderr)
+  t.match(imported.json(), { inserted: 2, archived: 1, needs_keys: { k1: { active: 0, archived: 1 } } })
+  t.match(imported.stderr, /sealed under key 'k1'.*1 archived file/)
+  const client = new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 10_000 }))
+  client.on('error', noop)
+  await client.connect()
+  t.teardown(async () => client.end().catch(noop))
+  const { rows } = await client.query<{ session_id: string, sealed_kid: string, document: string, updated_at: Date }>('SELECT session_id, sealed_kid, document::text AS document, updated_at FROM sessions WHERE archived_at IS NOT NULL')
+  t.equal(rows.length, 1)
+  t.equal(rows[0]?.sealed_kid, 'k1', 'sealed_kid from the envelope')
+  t.ok(Buffer.from(rows[0]?.document ?? '', 'utf8').equals(files['archive/x.json'] as Buffer), 'the row holds the file\'s bytes')
+  t.equal(rows[0]?.updated_at.toISOString(), JSON.parse((files['archive/x.json'] as Buffer).toString('utf8')).updated_at, 'updated_at from the clear fields')
+  const store = new PostgresSessionStore({ settings: { url, schema: 'taskvault', max: 2, statementTimeoutMs: 10_000 }, keyring: Keyring.parse(K2_ONLY.TASK_ENCRYPTION_KEYS) })
+  await store.init()
+  t.teardown(() => store.close())
+  t.equal((await store.loadAll({ concurrency: 1 })).sessions.length, 2, 'a server with k2 only starts on the database')
+  const again = await taskvault(['import', dir, '--database-url', url, '--json'], { env: K2_ONLY })
+  t.match(again.json(), { inserted: 0, archived: 0, unchanged: 3 }, 'running it again changes nothing')
+})
