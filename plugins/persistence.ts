@@ -16,8 +16,6 @@ import { appSettings, checkOptions, FunctionOption, inTermsOf, withOptionErrors 
 declare module 'fastify' {
   interface FastifyInstance {
     persistence: SessionStore
-    /** The kids of TASK_ENCRYPTION_KEYS, active first ([] without keys): /metrics shows each, sessions or not. */
-    encryptionKids: readonly string[]
   }
 }
 
@@ -39,16 +37,13 @@ const CONNECT_RETRY_MAX_MS = 5000
 export default fp<PersistencePluginOptions>(async function persistencePlugin (app, options) {
   checkOptions('taskvault-persistence', PersistenceOptionsSchema, options)
   const settings = resolveSettings(STORE_SETTINGS, options, appSettings(app))
-  let keyring: Keyring | null = null
   const store = await withOptionErrors(app, 'taskvault-persistence', STORE_SETTINGS, async () => {
-    // Parsed once (a key file is read once): the store seals with it, /metrics names its kids.
-    keyring = Keyring.parse(settings.encryptionKeys)
+    const keyring = Keyring.parse(settings.encryptionKeys)
     return settings.store === 'postgres' || options.pool !== undefined
       ? await openPostgresStore(app, settings, keyring, options.pool)
       : await openFileStore(app, settings, keyring, options.fs, app.hasPlugin('taskvault-config') ? 'TASK_STORAGE_DIR' : 'the storageDir option')
   })
   app.decorate('persistence', store)
-  app.decorate('encryptionKids', (keyring as Keyring | null)?.kids ?? [])
   app.addHook('onClose', async () => store.close())
 }, { name: 'taskvault-persistence', fastify: '5.x' })
 

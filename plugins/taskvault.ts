@@ -102,7 +102,7 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     await instance.register(archiverPlugin, pick(ArchiverOptionsSchema, options))
     if (options.metricsRegistry !== undefined) {
       // Subscribed now, before onReady, so the restore and every save are seen.
-      const unregister = registerTaskvaultMetrics({ registry: options.metricsRegistry, prefix: metricsPrefix, manager: instance.taskManager, store: instance.persistence, kids: instance.encryptionKids })
+      const unregister = registerTaskvaultMetrics({ registry: options.metricsRegistry, prefix: metricsPrefix, manager: instance.taskManager, store: instance.persistence })
       instance.addHook('onClose', async () => unregister())
     }
     await instance.register(eventsPlugin, pick(EventsOptionsSchema, options))

@@ -8,8 +8,6 @@ export interface TaskvaultMetricsOptions {
   registry: Registry
   manager: TaskManager
   store: SessionStore
-  /** The configured kids (TASK_ENCRYPTION_KEYS): each has a sealed_sessions series, 0 when no session is under it. */
-  kids: readonly string[]
   /** Prefix of every metric name. */
   prefix: string
 }
@@ -24,7 +22,7 @@ const AGENT_BUCKETS = [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
  * from the manager at scrape time, so they are right whenever the registry was attached;
  * saves and agent calls are observed as events. Returns a function that detaches them all.
  */
-export function registerTaskvaultMetrics ({ registry, manager, store, kids, prefix }: TaskvaultMetricsOptions): () => void {
+export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: TaskvaultMetricsOptions): () => void {
   const registers = [registry]
   const names: string[] = []
   const name = (suffix: string): string => {
@@ -87,8 +85,7 @@ export function registerTaskvaultMetrics ({ registry, manager, store, kids, pref
       this.reset()
       const encryption = store.encryption()
       if (encryption === null) return
-      // A configured kid with no session reads 0, not absent: a rotation alert tells "done" from "no data".
-      for (const kid of kids) this.set({ kid }, encryption.sealed_sessions[kid] ?? 0)
+      // Every configured kid is there, 0 when no session is under it: a rotation alert tells "done" from "no data".
       for (const [kid, count] of Object.entries(encryption.sealed_sessions)) this.set({ kid }, count)
       this.set({ kid: '' }, encryption.plaintext_sessions)
     }

@@ -649,6 +649,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   encryption (): EncryptionStats | null {
     if (this.keyring === null) return null
     const sealed: Record<string, number> = {}
+    // Every configured kid, 0 when nothing is under it: an operator sees when an old key can go.
+    for (const kid of this.keyring.kids) sealed[kid] = 0
     for (const [kid, count] of this.kidCounts) if (kid !== '' && count > 0) sealed[kid] = count
     return { active_kid: this.keyring.activeKid, sealed_sessions: sealed, plaintext_sessions: this.kidCounts.get('') ?? 0 }
   }
