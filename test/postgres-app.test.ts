@@ -199,7 +199,8 @@ t.test('an archived row sealed under a key this replica lacks: lists, archive pa
   t.equal((await first.inject({ method: 'POST', url: `${API}/execute-all`, payload: { session_id: 'finished' } })).statusCode, 200)
   t.same((await first.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })).json().archived_ids, ['finished'])
   await first.close()
-  const second = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: `new:${randomBytes(32).toString('base64')}` })
+  const newKey = `new:${randomBytes(32).toString('base64')}`
+  const second = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: newKey })
   t.equal((await second.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'live', instructions: 'y' } })).statusCode, 200)
   const listed = await second.inject({ method: 'GET', url: `${API}/list?session_id=all&archived=include` })
   t.equal(listed.statusCode, 200, 'a list over the archive answers')
@@ -213,8 +214,13 @@ t.test('an archived row sealed under a key this replica lacks: lists, archive pa
   for await (const entry of readTarGz(Readable.from([backup.rawPayload]))) names.push(entry.name)
   t.same(names.sort(), ['archive/finished.json', 'live.json'], 'holding the row as it is stored, under a name restore takes')
   await second.close()
-  // The old key back, but mistyped: no active row opens under it, so the key is the suspect, not the row.
-  const third = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: `new:${randomBytes(32).toString('base64')},old:${randomBytes(32).toString('base64')}` })
+  // The old key back, but mistyped: the key check kept for 'old' stops the boot.
+  const mistyped = `${newKey},old:${randomBytes(32).toString('base64')}`
+  await t.rejects(postgresApp(t, url, { TASK_ENCRYPTION_KEYS: mistyped }), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /key 'old' is not the key/ })
+  // In a database from before key checks, no active row opens under it, so the key is the suspect, not the row.
+  const db = await inspector(t, url)
+  await db.query("DELETE FROM key_checks WHERE kid = 'old'")
+  const third = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: mistyped })
   const wrong = await third.inject({ method: 'GET', url: `${API}/progress?session_id=finished` })
   t.equal(wrong.statusCode, 503, 'a wrong key answers 503, not 404')
   t.match(wrong.json(), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /does not open under key 'old'/ })
@@ -237,9 +243,14 @@ t.test('a wrong key under a configured kid stops the boot, rows untouched; a dam
   const documents = async (): Promise<string[]> => (await db.query<{ d: string }>('SELECT document::text AS d FROM sessions ORDER BY row_id')).rows.map((row) => row.d)
   const before = await documents()
   // Mistyped: sessions created now would be sealed under a key the right one never opens.
-  await t.rejects(postgresApp(t, url, { TASK_ENCRYPTION_KEYS: `k1:${randomBytes(32).toString('base64')}` }),
+  const mistyped = `k1:${randomBytes(32).toString('base64')}`
+  await t.rejects(postgresApp(t, url, { TASK_ENCRYPTION_KEYS: mistyped }), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /key 'k1' is not the key/ }, 'the key check refuses it')
+  // A database from before key checks: the rows tell.
+  await db.query('DELETE FROM key_checks')
+  await t.rejects(postgresApp(t, url, { TASK_ENCRYPTION_KEYS: mistyped }),
     { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /key 'k1' opens none of the 1 sessions sealed under it/ })
   t.same(await documents(), before, 'no row changed')
+  t.equal((await db.query('SELECT 1 FROM key_checks')).rowCount, 0, 'and the wrong key was not kept as the check')
 
   // The active row damaged; the archived one opens under k1: the key is right, the row is what changed.
   await db.query("UPDATE sessions SET document = jsonb_set(document::jsonb, '{sealed,tag}', to_jsonb('AAAAAAAAAAAAAAAAAAAAAA=='::text))::json WHERE session_id = 'live' AND archived_at IS NULL")
