@@ -85,12 +85,15 @@ export function unsealedPage (after: string, limit: number, kid: string): pg.Que
 /**
  * The same session re-stored sealed under `kid`, if the row is still at `version`. The version
  * is left as it is on purpose: the content does not change, only its form, so a server that read
- * the row before goes on saving it without a conflict (its save, newer, replaces this one).
+ * the row before goes on saving it without a conflict (its save, newer, replaces this one). The
+ * task counts are set from the content: a copy imported under a key that was missing then has 0s.
  */
-export function resealRow (rowId: string, version: string, document: Buffer, kid: string): pg.QueryConfig {
+export function resealRow (rowId: string, version: string, document: Buffer, c: DerivedColumns): pg.QueryConfig {
   return {
-    text: 'UPDATE sessions SET document = $3::json, sealed_kid = $4 WHERE row_id = $1 AND version = $2 RETURNING row_id',
-    values: [rowId, version, document, kid]
+    text: `UPDATE sessions SET document = $3::json, sealed_kid = $4, tasks_total = $5, tasks_completed = $6, tasks_failed = $7,
+        tasks_pending = $8, tasks_in_progress = $9
+      WHERE row_id = $1 AND version = $2 RETURNING row_id`,
+    values: [rowId, version, document, c.sealedKid, c.total, c.completed, c.failed, c.pending, c.inProgress]
   }
 }
 

@@ -105,4 +105,10 @@ t.test('import loads a folder with an archived file under a retired key, its byt
   t.equal((await store.loadAll({ concurrency: 1 })).sessions.length, 2, 'a server with k2 only starts on the database')
   const again = await taskvault(['import', dir, '--database-url', url, '--json'], { env: K2_ONLY })
   t.match(again.json(), { inserted: 0, archived: 0, unchanged: 3 }, 'running it again changes nothing')
+  const counts = async (): Promise<unknown> => (await client.query('SELECT tasks_total, tasks_completed FROM sessions WHERE archived_at IS NOT NULL')).rows[0]
+  t.same(await counts(), { tasks_total: 0, tasks_completed: 0 }, 'its tasks cannot be counted without its key')
+  // k1 back beside k2: seal opens it, seals it under k2, and counts its tasks.
+  const resealed = await taskvault(['seal', '--database-url', url], { env: { TASK_ENCRYPTION_KEYS: `k2:${K2},k1:${K1}` } })
+  t.equal(resealed.code, 0, resealed.stderr)
+  t.same(await counts(), { tasks_total: 1, tasks_completed: 1 }, 'seal sets the counts from the content')
 })

@@ -1,9 +1,11 @@
 import type pg from 'pg'
 import type { Config } from '../../schemas/config.js'
+import type { SessionFile } from '../../schemas/session.js'
 import { CorruptSessionFileError, KeyUnavailableError, SessionTooLargeError } from '../../services/errors.js'
 import type { Keyring } from '../../services/store/keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../../services/store/session-files.js'
 import { sessionBound } from '../../services/store/save-rules.js'
+import { deriveColumns } from '../../services/store/postgres/sessions-sql.js'
 import { rowName, resealRow, sealState, unsealedPage, type UnsealedRow } from '../rows.js'
 
 /** Rows read per round trip. */
@@ -29,12 +31,12 @@ export async function sealRows (client: pg.Client, settings: Config, keyring: Ke
   for (let after = '0'; ;) {
     const { rows } = await client.query<UnsealedRow>(unsealedPage(after, PAGE_ROWS, keyring.activeKid))
     for (const row of rows) {
-      const data = await resealed(row, settings, keyring, problems)
-      if (data === null) {
+      const sealed = await resealed(row, settings, keyring, problems)
+      if (sealed === null) {
         counts.unreadable++
         continue
       }
-      const { rowCount } = await client.query(resealRow(row.row_id, row.version, data, keyring.activeKid))
+      const { rowCount } = await client.query(resealRow(row.row_id, row.version, sealed.data, deriveColumns(sealed.file, keyring.activeKid)))
       if (rowCount === 1) counts.sealed++
       else counts.changed++
     }
@@ -47,13 +49,13 @@ export async function sealRows (client: pg.Client, settings: Config, keyring: Ke
 }
 
 /** The row's session sealed under the active key, or null (and a problem) when it cannot be. */
-async function resealed (row: UnsealedRow, settings: Config, keyring: Keyring, problems: Array<{ file: string, reason: string }>): Promise<Buffer | null> {
+async function resealed (row: UnsealedRow, settings: Config, keyring: Keyring, problems: Array<{ file: string, reason: string }>): Promise<{ data: Buffer, file: SessionFile } | null> {
   try {
     const { file, kid } = readSessionDocument(rowName(row), row.document, row.session_id, keyring)
     // The column disagreed with the document (written by hand, say): the document is right.
-    if (kid === keyring.activeKid) return Buffer.from(row.document, 'utf8')
+    if (kid === keyring.activeKid) return { data: Buffer.from(row.document, 'utf8'), file }
     // The server's bound, with the room its runs' records may use (a session may be stored in it).
-    return await serializeSessionFile(file, 2, sessionBound(file, settings.TASK_MAX_SESSION_BYTES, { records: true }), keyring, settings.TASK_MAX_SESSION_BYTES)
+    return { data: await serializeSessionFile(file, 2, sessionBound(file, settings.TASK_MAX_SESSION_BYTES, { records: true }), keyring, settings.TASK_MAX_SESSION_BYTES), file }
   } catch (err) {
     if (err instanceof CorruptSessionFileError || err instanceof KeyUnavailableError) {
       problems.push({ file: rowName(row), reason: err.message })
