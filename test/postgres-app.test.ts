@@ -273,6 +273,29 @@ t.test('replicas given different keys under one kid: the one that comes second s
   t.same((await db.query('SELECT kid FROM key_checks')).rows, [{ kid: 'k1' }], 'one check, for k1')
 })
 
+t.test('a backup carries the archived copy a read takes when the newest one is damaged, byte for byte', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const app = await postgresApp(t, url)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'arch', instructions: 'x' } })).statusCode, 200)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/execute-all`, payload: { session_id: 'arch' } })).statusCode, 200)
+  t.same((await app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })).json().archived_ids, ['arch'])
+  await app.close()
+  const db = await inspector(t, url)
+  const good = (await db.query<{ d: string }>("SELECT document::text AS d FROM sessions WHERE session_id = 'arch'")).rows[0]?.d
+  // A newer archived copy, damaged: reads take the one before it.
+  await db.query(`INSERT INTO sessions (session_id, document, created_at, updated_at, finished_at, archived_at, tasks_total, tasks_completed)
+    SELECT session_id, '{"not":"a session"}'::json, created_at, updated_at, finished_at, archived_at, tasks_total, tasks_completed FROM sessions WHERE session_id = 'arch'`)
+  const again = await postgresApp(t, url)
+  t.equal((await again.inject({ method: 'GET', url: `${API}/progress?session_id=arch` })).statusCode, 200, 'the session is read from the copy before')
+  const backup = await again.inject({ method: 'GET', url: `${API}/backup` })
+  t.equal(backup.statusCode, 200)
+  const entries = new Map<string, Buffer>()
+  for await (const entry of readTarGz(Readable.from([backup.rawPayload]))) entries.set(entry.name, entry.data)
+  t.same([...entries.keys()], ['archive/arch.json'], 'the session is in the backup')
+  t.equal(entries.get('archive/arch.json')?.toString('utf8'), good, 'as the readable copy is stored')
+})
+
 t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -91,9 +91,9 @@ export async function * liveSessionFiles (manager: TaskManager, store: Pick<Sess
       if (archived !== null) {
         // Read (so a damaged copy is set aside, an older one taken), then carried as stored, byte
         // for byte: under the key that sealed it, in clear when it is plaintext.
-        const stored = await store.readArchivedStored(sessionId)
-        // Archived again (or removed) between the two reads: look again.
-        if (stored === null || stored.name !== archived.name) continue
+        const stored = await store.readArchivedStored(sessionId, archived.name)
+        // Removed between the two reads: look again.
+        if (stored === null) continue
         yield backupEntry(counts, archivedEntry(sessionId, stored.name), true, stored.data, new Date(archived.file.updated_at))
         break
       }

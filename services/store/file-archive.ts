@@ -172,15 +172,16 @@ export class FileArchive {
   }
 
   /** The newest archived file of the session, as it is on disk; null when none is (left). */
-  async readStored (sessionId: string): Promise<StoredCopy | null> {
-    const newest = this.index.newest(sessionId)
-    if (newest === null) return null
+  async readStored (sessionId: string, name?: string): Promise<StoredCopy | null> {
+    const copy = name ?? this.index.newest(sessionId)?.name
+    // Only a name the index holds for this session: never a path made from a caller's string.
+    if (copy === undefined || !this.index.files(sessionId).some((file) => file.name === copy)) return null
     try {
-      const data = await readWhole(this.fs, join(this.dir, newest.name))
-      return { name: newest.name, data, updatedAt: clearUpdatedAt(data.toString('utf8')) }
+      const data = await readWhole(this.fs, join(this.dir, copy))
+      return { name: copy, data, updatedAt: clearUpdatedAt(data.toString('utf8')) }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
-      throw new StorageError(`reading archive/${newest.name}`, err as NodeJS.ErrnoException)
+      throw new StorageError(`reading archive/${copy}`, err as NodeJS.ErrnoException)
     }
   }
 

@@ -419,8 +419,8 @@ export class FileSessionStore implements SessionStore {
     return this.archived.read(sessionId)
   }
 
-  readArchivedStored (sessionId: string): Promise<StoredCopy | null> {
-    return this.archived.readStored(sessionId)
+  readArchivedStored (sessionId: string, name?: string): Promise<StoredCopy | null> {
+    return this.archived.readStored(sessionId, name)
   }
 
   listArchived (): Promise<{ sessions: ArchivedSummary[], failures: LoadFailure[] }> {

@@ -224,9 +224,10 @@ export interface SessionStore {
   readArchived(sessionId: string): Promise<{ session: ArchivedSession | null, failures: LoadFailure[] }>
   /**
    * The newest archived copy as stored, unopened (sealed under a key this process may lack), and
-   * its clear `updated_at`: what a backup carries when the copy cannot be read. Null when not archived.
+   * its clear `updated_at`: what a backup carries, byte for byte. With `name` (a copy readArchived
+   * read), that copy. Null when there is no such copy.
    */
-  readArchivedStored(sessionId: string): Promise<StoredCopy | null>
+  readArchivedStored(sessionId: string, name?: string): Promise<StoredCopy | null>
   /** A summary of every archived session (for lists and retention). */
   listArchived(): Promise<{ sessions: ArchivedSummary[], failures: LoadFailure[] }>
   /**

@@ -566,11 +566,14 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     }
   }
 
-  async readArchivedStored (sessionId: string): Promise<StoredCopy | null> {
+  async readArchivedStored (sessionId: string, name?: string): Promise<StoredCopy | null> {
     this.checkId(sessionId)
-    const { rows } = await this.run<{ row_id: string, document: string }>(`reading archived session '${sessionId}'`, newestArchived(sessionId, null))
+    // A copy readArchived read is `<id>@<row>`: the row, or the newest copy older than the next row id.
+    const rowId = name === undefined ? null : /^[A-Za-z0-9_-]+@(\d+)$/u.exec(name)?.[1]
+    if (rowId === undefined) return null
+    const { rows } = await this.run<{ row_id: string, document: string }>(`reading archived session '${sessionId}'`, newestArchived(sessionId, rowId === null ? null : String(BigInt(rowId) + 1n)))
     const row = rows[0]
-    if (row === undefined) return null
+    if (row === undefined || (rowId !== null && row.row_id !== rowId)) return null
     return { name: archivedLikeName(sessionId, row.row_id), data: Buffer.from(row.document, 'utf8'), updatedAt: clearUpdatedAt(row.document) }
   }
 
