@@ -53,6 +53,7 @@ async function openFileStore (app: FastifyInstance, settings: StoreSettings, key
     fs,
     maxSessionBytes: settings.maxSessionBytes,
     keyring,
+    keepKeyChecks: true,
     lock: { refreshMs: settings.lockRefreshMs, staleMs: settings.lockStaleMs }
   })
   // The heartbeat's findings; subscribed before init so none is missed.
@@ -90,6 +91,7 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
   const common = {
     maxSessionBytes: settings.maxSessionBytes,
     keyring,
+    keepKeyChecks: true,
     saveBatch: settings.dbSaveBatch,
     saveBatchBytes: settings.dbSaveBatchBytes,
     replicaId: settings.replicaId === '' ? defaultReplicaId() : settings.replicaId,

@@ -341,6 +341,34 @@ t.test('a key check per kid in the folder\'s marker: another key under a kid sto
   t.match(JSON.parse(await readFile(join(dir, '.taskvault'), 'utf8')), { key_checks: { k1: /./ } })
 })
 
+t.test('a mistyped sealing key over a folder whose sessions are all archived stops the boot; tools never pin a key', async (t) => {
+  const dir = await tempDir(t)
+  const boot = async (keys: string): Promise<void> => {
+    const app = await buildApp({ readEnvironment: false, config: { TASK_STORAGE_DIR: dir, TASK_ENCRYPTION_KEYS: keys } })
+    try {
+      await app.ready()
+    } finally {
+      // A boot that failed still lets the folder's lock go.
+      await app.close()
+    }
+  }
+  const app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.equal((await post(app, '/create', { session_id: 'old', instructions: 'x' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'old' })).statusCode, 200)
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['old'])
+  await app.close()
+  // From before key checks: nothing but the archived file can tell the key is wrong.
+  await writeFile(join(dir, '.taskvault'), '{"format":1}\n')
+  await t.rejects(boot(`k1:${K2}`), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /key 'k1', which seals every write, opens none of the archived sessions sealed under it/ })
+  t.equal(await readFile(join(dir, '.taskvault'), 'utf8'), '{"format":1}\n', 'no check kept for the wrong key')
+  // A tool run with a new key first, mistyped or not, compares checks but never adds one.
+  const archived = await taskvault(['archive', dir], { env: { TASK_ENCRYPTION_KEYS: `k2:${key()},${KEYS_1}` } })
+  t.equal(archived.code, 0, archived.stderr)
+  t.equal(await readFile(join(dir, '.taskvault'), 'utf8'), '{"format":1}\n', 'the tool kept no check')
+  await boot(KEYS_1)
+  t.same(Object.keys(JSON.parse(await readFile(join(dir, '.taskvault'), 'utf8')).key_checks), ['k1'], 'the server keeps the proven one')
+})
+
 t.test('validate --fix sets aside what a right key does not open, and nothing when the key under a kid opens none', async (t) => {
   const dir = await tempDir(t)
   const app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })

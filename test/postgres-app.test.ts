@@ -11,6 +11,7 @@ import { startProxy } from './tcp-proxy.js'
 import { openStream } from './sse-client.js'
 import { connectionConfig } from '../services/store/postgres/pool.js'
 import { readTarGz } from '../services/backup/tar.js'
+import { taskvault } from './cli-run.js'
 
 const connected = async (client: pg.Client): Promise<pg.Client> => { await client.connect(); return client }
 
@@ -294,6 +295,28 @@ t.test('a backup carries the archived copy a read takes when the newest one is d
   for await (const entry of readTarGz(Readable.from([backup.rawPayload]))) entries.set(entry.name, entry.data)
   t.same([...entries.keys()], ['archive/arch.json'], 'the session is in the backup')
   t.equal(entries.get('archive/arch.json')?.toString('utf8'), good, 'as the readable copy is stored')
+})
+
+t.test('a mistyped sealing key over a database whose sessions are all archived stops the boot; tools never pin a key', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const keys = `k1:${randomBytes(32).toString('base64')}`
+  const first = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: keys })
+  t.equal((await first.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'done', instructions: 'x' } })).statusCode, 200)
+  t.equal((await first.inject({ method: 'POST', url: `${API}/execute-all`, payload: { session_id: 'done' } })).statusCode, 200)
+  t.same((await first.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })).json().archived_ids, ['done'])
+  await first.close()
+  const db = await inspector(t, url)
+  // From before key checks: nothing but the archived row can tell the key is wrong.
+  await db.query('DELETE FROM key_checks')
+  await t.rejects(postgresApp(t, url, { TASK_ENCRYPTION_KEYS: `k1:${randomBytes(32).toString('base64')}` }),
+    { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /key 'k1', which seals every write, opens none of the archived sessions sealed under it/ })
+  t.equal((await db.query('SELECT 1 FROM key_checks')).rowCount, 0, 'no check kept for the wrong key')
+  const stats = await taskvault(['stats', '--database-url', url], { env: { TASK_ENCRYPTION_KEYS: `k2:${randomBytes(32).toString('base64')},${keys}` } })
+  t.equal(stats.code, 0, stats.stderr)
+  t.equal((await db.query('SELECT 1 FROM key_checks')).rowCount, 0, 'a tool kept no check')
+  await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: keys })
+  t.same((await db.query('SELECT kid FROM key_checks')).rows, [{ kid: 'k1' }], 'the server keeps the proven one')
 })
 
 t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => {

@@ -92,16 +92,22 @@ export class FileArchive {
    * under it opens. Asked only at a restore, of a kid no active file proves.
    */
   async proof (kid: string): Promise<KidProof> {
-    const entries = await this.files.list(this.dir).catch(() => [])
-    let unopened = false
+    const stat = await this.fs.lstat(this.dir).catch((err: NodeJS.ErrnoException) => err.code === 'ENOENT' ? null : err)
+    if (stat === null) return 'none'
+    if (stat instanceof Error || !stat.isDirectory()) return 'unknown'
+    const entries = await this.files.list(this.dir).catch(() => null)
+    if (entries === null) return 'unknown'
+    const said = new Set<KidProof>()
     for (const entry of entries) {
       const match = ARCHIVED_FILE.exec(entry.name)
       if (!entry.isFile() || match === null) continue
-      const said = await this.files.sealedUnder(this.dir, entry.name, match[1] as string, kid)
-      if (said === 'opened') return said
-      unopened ||= said === 'unopened'
+      const one = await this.files.sealedUnder(this.dir, entry.name, match[1] as string, kid)
+      if (one === 'opened') return one
+      said.add(one)
     }
-    return unopened ? 'unopened' : 'none'
+    // Files under the kid, none opening, are the key's fault more likely than all damaged: that
+    // stops a restore whatever else could not be read. Unread files alone allow no judgement.
+    return said.has('unopened') ? 'unopened' : said.has('unknown') ? 'unknown' : 'none'
   }
 
   /**

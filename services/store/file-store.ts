@@ -7,7 +7,7 @@ import { SETTING_DEFAULTS } from '../../schemas/options.js'
 import { SessionFile, SESSION_ID_PATTERN } from '../../schemas/session.js'
 import type { ArchiveTotals, ArchivedSummary } from '../archive/archive-index.js'
 import { FileArchive } from './file-archive.js'
-import { FolderFiles } from './folder-files.js'
+import { FolderFiles, type KidProof } from './folder-files.js'
 import { CoalescedRun } from './coalesce.js'
 import type { DiskSpace } from './disk-space.js'
 import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, StorageError, TaskvaultError } from '../errors.js'
@@ -50,6 +50,11 @@ export interface FileSessionStoreOptions {
   keyring?: Keyring | null
   /** Hold the folder's single-writer lock from init to close (the server does; tools reading a copy need not). */
   lock?: StorageLockOptions
+  /**
+   * Write the key checks of kids the restore proved into the marker (the server does). Without
+   * it the checks kept are only compared: a tool given a key at a shell never pins it.
+   */
+  keepKeyChecks?: boolean
 }
 
 /** What init found and did, for the caller to log. */
@@ -88,6 +93,7 @@ export class FileSessionStore implements SessionStore {
   /** The marker's key checks (kid → Keyring.keyCheck), and those of configured kids it has none for yet. */
   private keyChecks: Record<string, string> = {}
   private newKeyChecks: Record<string, string> = {}
+  private readonly keepChecks: boolean
   private readonly dirSync: CoalescedRun
   private readonly lock: StorageLock | null
   private readonly files: FolderFiles
@@ -101,6 +107,7 @@ export class FileSessionStore implements SessionStore {
     this.indent = Math.min(10, Math.max(0, Math.floor(options.indent ?? 2)))
     this.maxSessionBytes = options.maxSessionBytes ?? Number.POSITIVE_INFINITY
     this.keyring = options.keyring ?? null
+    this.keepChecks = options.keepKeyChecks ?? false
     this.dirSync = new CoalescedRun(() => fsyncDir(this.fs, this.dir))
     this.lock = options.lock ? new StorageLock(this.dir, this.fs, options.lock, (event) => this.events.emit('lock', event)) : null
     this.files = new FolderFiles({ fs: this.fs, dir: this.dir, keyring: this.keyring, unwritable: () => this.unwritable() !== null, keyProven: (kid) => this.provenKids.has(kid) })
@@ -170,11 +177,7 @@ export class FileSessionStore implements SessionStore {
       // A folder created just now is durable only once its parent's entry is.
       if (!existed) await fsyncDir(this.fs, dirname(this.dir)).catch(noop)
       // Checked before the lock, so a folder that is not ours is left without a trace.
-      const marker = existed ? await readMarker(this.fs, this.dir) : null
-      const marked = marker !== null
-      // A key other than the one a kid was first given here stops the boot, sessions or not.
-      this.keyChecks = marker?.keyChecks ?? {}
-      this.newKeyChecks = this.keyring?.verifyChecks(this.keyChecks, `storage folder ${this.dir}`) ?? {}
+      const marked = existed && await readMarker(this.fs, this.dir) !== null
       if (existed && !marked) {
         const foreign = await firstForeignFile(this.fs, this.dir)
         if (foreign !== null) {
@@ -186,6 +189,10 @@ export class FileSessionStore implements SessionStore {
         replaced = await this.lock.acquire()
         locked = true
       }
+      // Read under the lock, so no other writer changes the checks before the restore adds to them.
+      // A key other than the one a kid was first given here stops the boot, sessions or not.
+      this.keyChecks = marked ? (await readMarker(this.fs, this.dir))?.keyChecks ?? {} : {}
+      this.newKeyChecks = this.keyring?.verifyChecks(this.keyChecks, `storage folder ${this.dir}`) ?? {}
       if (!existed) await this.fs.chmod(this.dir, DIR_MODE)
       if (!marked) await writeMarker(this.fs, this.dir, `.taskvault.${process.pid}.${++this.tempSeq}.tmp`, this.keyChecks)
       // Prove the folder is writable now rather than on the first client's request.
@@ -259,22 +266,32 @@ export class FileSessionStore implements SessionStore {
     const { sessions, failures } = await this.readSessionFiles(names, concurrency)
     for (const [kid, count] of this.kidCounts) if (kid !== '' && count > 0) this.provenKids.add(kid)
     if (removedTempFiles > 0 || failures.length > 0) await this.syncDir('restoring sessions')
-    await this.keepKeyChecks()
+    await this.settleKeyChecks()
     return { sessions, failures, removedTempFiles }
   }
 
   /**
-   * Writes the checks of kids new to the folder into its marker, once the restore proved their
-   * keys: a wrong key is never made the one to compare with.
+   * The sealing kid, when no active file proves its key and the folder keeps no check of it, is
+   * judged by the archived files: if some are under it and none opens, the restore stops (new
+   * sessions would be sealed under a wrong key). Then, with keepKeyChecks, the checks of proven
+   * kids go into the marker: an active file under the kid opened, or, for the sealing kid,
+   * nothing stored under it refuses its key. A kid that only opens waits for its proof.
    */
-  private async keepKeyChecks (): Promise<void> {
-    if (Object.keys(this.newKeyChecks).length === 0 || this.unwritable() !== null) return
+  private async settleKeyChecks (): Promise<void> {
+    if (this.keyring === null) return
+    const sealing = this.keyring.activeKid
+    let proof: KidProof | null = null
+    if (this.newKeyChecks[sealing] !== undefined && (this.kidCounts.get(sealing) ?? 0) === 0) {
+      proof = await this.archived.proof(sealing)
+      if (proof === 'unopened') {
+        throw new KeyUnavailableError(sealing, `cannot restore: key '${sealing}', which seals every write, opens none of the archived sessions sealed under it; ` +
+          'TASK_ENCRYPTION_KEYS holds a different key under that kid. Put the right key back; those files were left untouched')
+      }
+    }
+    if (!this.keepChecks || this.unwritable() !== null) return
     const checks = { ...this.keyChecks }
     for (const [kid, check] of Object.entries(this.newKeyChecks)) {
-      // Proven by an active file, or the sealing kid with nothing stored that refuses its key;
-      // a kid that only opens cannot seal under a wrong key, so it waits for its proof.
-      const proven = (this.kidCounts.get(kid) ?? 0) > 0 || (kid === this.keyring?.activeKid && await this.archived.proof(kid) !== 'unopened')
-      if (proven) checks[kid] = check
+      if ((this.kidCounts.get(kid) ?? 0) > 0 || (kid === sealing && (proof === 'opened' || proof === 'none'))) checks[kid] = check
     }
     if (Object.keys(checks).length === Object.keys(this.keyChecks).length) return
     try {

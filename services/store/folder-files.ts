@@ -38,11 +38,22 @@ export class FolderFiles {
     }
   }
 
-  /** Whether the file is sealed under `kid` and opens, is sealed under it and does not, or neither; nothing else is done with it. */
+  /**
+   * Whether the file is sealed under `kid` and opens, is sealed under it and does not, or is
+   * not under it (KidProof); 'unknown' when it could not be read. Only a file under `kid` is
+   * opened; nothing else is done with it.
+   */
   async sealedUnder (dir: string, name: string, sessionId: string, kid: string): Promise<KidProof> {
+    let text: string
     try {
-      const data = await readWhole(this.options.fs, join(dir, name))
-      return readSessionDocument(name, data.toString('utf8'), sessionId, this.options.keyring).kid === kid ? 'opened' : 'none'
+      text = (await readWhole(this.options.fs, join(dir, name))).toString('utf8')
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'none' : 'unknown'
+    }
+    try {
+      if ((JSON.parse(text) as { sealed?: { kid?: unknown } } | null)?.sealed?.kid !== kid) return 'none'
+      readSessionDocument(name, text, sessionId, this.options.keyring)
+      return 'opened'
     } catch (err) {
       return err instanceof SealNotOpenedError && err.kid === kid ? 'unopened' : 'none'
     }
@@ -101,5 +112,8 @@ export class FolderFiles {
   }
 }
 
-/** What stored copies say of the key under a kid: one opened; some are under it and none opened; none is under it. */
-export type KidProof = 'opened' | 'unopened' | 'none'
+/**
+ * What stored copies say of the key under a kid: one opened; some are under it and none opened;
+ * none is under it; or some could not be read, and none under it opened.
+ */
+export type KidProof = 'opened' | 'unopened' | 'none' | 'unknown'

@@ -62,6 +62,11 @@ export interface PostgresSessionStoreOptions {
   maxSessionBytes?: number
   /** Seals every write and opens sealed documents (TASK_ENCRYPTION_KEYS). */
   keyring?: Keyring | null
+  /**
+   * Add the key checks of kids the restore proved (the server does). Without it the checks kept
+   * are only compared: a tool given a key at a shell never pins it.
+   */
+  keepKeyChecks?: boolean
   /** Errors of idle connections of the store's own pool (a dropped network, a restarted server). */
   onPoolError?: (err: Error) => void
   /** Rows per page at restore. */
@@ -158,6 +163,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   private readonly provenKids = new Set<string>()
   /** Key checks of configured kids the database has none for yet (written after the restore). */
   private newKeyChecks: Record<string, string> = {}
+  private readonly keepChecks: boolean
   private readonly batcher: SaveBatcher<RowVersion | null, QueuedSave>
   private readonly refresher: SaveBatcher<FreshRow | null, QueuedRefresh>
   /** Connections that have had SYNCHRONOUS_COMMIT_ON (see query()). */
@@ -189,6 +195,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     this.indent = options.indent ?? 2
     this.maxSessionBytes = options.maxSessionBytes ?? Number.POSITIVE_INFINITY
     this.keyring = options.keyring ?? null
+    this.keepChecks = options.keepKeyChecks ?? false
     this.pageRows = options.pageRows ?? DEFAULT_PAGE_ROWS
     this.replicaId = options.replicaId ?? ''
     this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS
@@ -301,7 +308,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       this.provenKids.add(kid)
       for (const { sessionId, failure } of rows) this.setUnreadable(sessionId, failure, failures)
     }
-    await this.keepKeyChecks()
+    await this.settleKeyChecks()
     return { sessions, failures, removedTempFiles: 0 }
   }
 
@@ -311,24 +318,33 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   }
 
   /**
-   * Adds the checks of kids new to the database once the restore proved their keys (a wrong key
-   * is never made the one to compare with), and compares again: a replica that added one first,
-   * with another key, wins, and this one stops.
+   * The sealing kid, when no active row proves its key and the database keeps no check of it,
+   * is judged by the archived rows: if some are under it and none opens, the restore stops (new
+   * sessions would be sealed under a wrong key). Then, with keepKeyChecks, the checks of proven
+   * kids are added (an active row under the kid opened, or, for the sealing kid, nothing stored
+   * under it refuses its key) and every configured kid compared again: a replica that added a
+   * check first, with another key, wins, and this one stops.
    */
-  private async keepKeyChecks (): Promise<void> {
+  private async settleKeyChecks (): Promise<void> {
     if (this.keyring === null) return
+    const sealing = this.keyring.activeKid
+    let proof: KidProof | null = null
+    if (this.newKeyChecks[sealing] !== undefined && !this.provenKids.has(sealing)) {
+      proof = await this.archivedProof(sealing)
+      if (proof === 'unopened') {
+        throw new KeyUnavailableError(sealing, `cannot restore: key '${sealing}', which seals every write, opens none of the archived sessions sealed under it; ` +
+          'TASK_ENCRYPTION_KEYS holds a different key under that kid. Put the right key back; those rows were left untouched')
+      }
+    }
+    if (!this.keepChecks) return
     const proven: Record<string, string> = {}
     for (const [kid, check] of Object.entries(this.newKeyChecks)) {
-      // Proven by an active row, or the sealing kid with nothing stored that refuses its key;
-      // a kid that only opens cannot seal under a wrong key, so it waits for its proof.
-      if (this.provenKids.has(kid) || (kid === this.keyring.activeKid && await this.archivedProof(kid) !== 'unopened')) proven[kid] = check
+      if (this.provenKids.has(kid) || (kid === sealing && (proof === 'opened' || proof === 'none'))) proven[kid] = check
     }
-    const kids = Object.keys(proven)
-    if (kids.length === 0) return
+    if (Object.keys(proven).length === 0) return
     await this.run('keeping the encryption key checks', addKeyChecks(proven))
-    const { rows } = await this.run<{ kid: string, key_check: string }>('keeping the encryption key checks', keyChecksOf(kids))
-    this.keyring.verifyChecks(Object.fromEntries(rows.map((row) => [row.kid, row.key_check])), this.location)
-    this.newKeyChecks = {}
+    const { rows } = await this.run<{ kid: string, key_check: string }>('keeping the encryption key checks', keyChecksOf(this.keyring.kids))
+    this.newKeyChecks = this.keyring.verifyChecks(Object.fromEntries(rows.map((row) => [row.kid, row.key_check])), this.location)
   }
 
   /**
