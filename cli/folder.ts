@@ -135,14 +135,19 @@ export function needKey (needs: KeysNeeded, kid: string, archived: boolean): voi
   need[archived ? 'archived' : 'active']++
 }
 
-/** One warning a kid: archived files wait for their key; active ones stop the server's start. */
+/**
+ * One warning a kid: archived files wait for their key; active ones stop the server's start.
+ * Where a key under that kid is in use already, only the one that sealed them opens them: under
+ * another, the server sets them aside as damaged (in corrupt/, never deleted).
+ */
 export function keyWarnings (needs: KeysNeeded, where: string): string[] {
   return Object.entries(needs).map(([kid, { active, archived }]) => {
     const parts = [
       ...(archived > 0 ? [`${archived} archived file${archived === 1 ? '' : 's'} (served once the key is back)`] : []),
       ...(active > 0 ? [`${active} active session${active === 1 ? '' : 's'}: the server will not start on ${where} until TASK_ENCRYPTION_KEYS holds key '${kid}' again`] : [])
     ]
-    return `⚠️  sealed under key '${kid}', which TASK_ENCRYPTION_KEYS does not hold, carried as they are: ${parts.join('; ')}`
+    return `⚠️  sealed under key '${kid}', which TASK_ENCRYPTION_KEYS does not hold, carried as they are: ${parts.join('; ')}. ` +
+      `Only the key that sealed them opens them: where another key is in use under '${kid}', the server sets them aside as damaged`
   })
 }
 
