@@ -48,7 +48,16 @@ export async function recordingAgent (t: TestContext): Promise<RecordingAgent> {
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     let body = ''
     req.setEncoding('utf8').on('data', (chunk: string) => { body += chunk }).on('end', () => {
-      const parsed = JSON.parse(body) as { session_id: string, task: { id: string, attempt: number } }
+      let parsed: { session_id: string, task: { id: string, attempt: number } }
+      try {
+        parsed = JSON.parse(body)
+        if (typeof parsed.session_id !== 'string' || typeof parsed.task?.id !== 'string') throw new Error('not an agent call')
+      } catch {
+        // Not a replica's call: another test's server once held this port (a readiness probe
+        // still asking it), so it is answered, never allowed to end this test's process.
+        res.writeHead(404).end()
+        return
+      }
       const replica = new URL(req.url ?? '/', 'http://agent').searchParams.get('replica') ?? '?'
       const call: AgentCall = { replica, session: parsed.session_id, task: parsed.task.id, attempt: parsed.task.attempt, at: Date.now(), answered: false }
       calls.push(call)
