@@ -7,7 +7,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { join, sep } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { gunzipSync } from 'node:zlib'
 import t from 'tap'
@@ -18,6 +18,7 @@ import { Keyring } from '../services/store/keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../services/store/session-files.js'
 import { build, get, memoryLog, post, tempDir } from './helper.js'
 import { CLI, taskvault } from './cli-run.js'
+import { faultFs } from './faults.js'
 import { node } from './node-child.js'
 
 const key = (): string => randomBytes(32).toString('base64')
@@ -335,8 +336,15 @@ t.test('a key check per kid in the folder\'s marker: another key under a kid sto
   t.same(Object.keys(JSON.parse(await readFile(join(dir, '.taskvault'), 'utf8')).key_checks).sort(), ['k1', 'k2'])
   await t.rejects(boot(`k1:${K2}`), { code: 'ENCRYPTION_KEY_UNAVAILABLE' }, 'still refused after the rotation')
   await boot(KEYS_1)
-  // A folder from before key checks (its marker has none) takes them at its next restore.
+  // A folder from before key checks (its marker has none) takes them at its next restore,
+  // unless the disk is full then: the boot goes on, and a later one keeps them.
   await writeFile(join(dir, '.taskvault'), '{"format":1}\n')
+  const fs = faultFs()
+  fs.fail('open', 'ENOSPC', { path: (path) => path.includes(`${sep}.taskvault.`) })
+  const full = await build(t, { dir, fs, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.equal((await get(full, '/stats')).statusCode, 200, 'a full disk does not stop the boot')
+  await full.close()
+  t.equal(await readFile(join(dir, '.taskvault'), 'utf8'), '{"format":1}\n')
   await boot(KEYS_1)
   t.match(JSON.parse(await readFile(join(dir, '.taskvault'), 'utf8')), { key_checks: { k1: /./ } })
 })

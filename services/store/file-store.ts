@@ -296,8 +296,9 @@ export class FileSessionStore implements SessionStore {
     if (Object.keys(checks).length === Object.keys(this.keyChecks).length) return
     try {
       await writeMarker(this.fs, this.dir, `.taskvault.${process.pid}.${++this.tempSeq}.tmp`, checks)
-    } catch (err) {
-      throw new StorageError('keeping the encryption key checks', err as NodeJS.ErrnoException)
+    } catch {
+      // A full disk must not stop a boot that only reads: the checks are kept at a later one.
+      return
     }
     this.keyChecks = checks
     this.newKeyChecks = {}
