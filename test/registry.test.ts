@@ -174,6 +174,20 @@ t.test('auto-save off: changes commit in memory, saveUnsaved() writes them, dele
   t.notOk(existsSync(join(store.archiveDir, session.name)), 'the archived copy is removed')
 })
 
+t.test('auto-save off: a delete whose outcome is uncertain puts the session back on disk, unsaved changes included', async (t) => {
+  const { fs, store, registry } = await setup(t, false)
+  await registry.change('lazy', addTask('one'))
+  await registry.saveUnsaved()
+  await registry.change('lazy', addTask('two'))
+  t.ok(registry.isUnsaved('lazy'))
+  // The file is unlinked, then the folder fsync fails: whether the unlink holds is unknown.
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  await t.rejects(registry.change('lazy', (draft) => { draft.delete({ archived: false }) }), StorageError)
+  t.same(instructions(registry.find('lazy')), ['one', 'two'], 'memory keeps the session')
+  t.same(instructions(onDisk(store, 'lazy')), ['one', 'two'], 'and the disk has it back, with the change not saved before')
+  t.notOk(registry.isUnsaved('lazy'), 'saved now')
+})
+
 t.test('a delete queued while a save is in flight: the save resolves, then the delete; a change after it finds no session', async (t) => {
   const { fs, store, registry } = await setup(t)
   await registry.change('s', addTask('one'))

@@ -399,8 +399,10 @@ export class SessionRegistry {
       // What is stored is adopted instead (the error said the outcome is unknown).
       if (intent.kind === 'unarchive' && this.store.shared !== undefined) await this.reload(sessionId, slot)
       else if (slot.file === null) await this.store.remove(sessionId)
-      // It was acknowledged, so it fits; it may have used the records room.
-      else if (!slot.unsaved) await this.store.save(slot.file, { records: true })
+      // It was acknowledged, so it fits; it may have used the records room. With auto-save off
+      // it may hold changes not saved yet: written too, since an uncertain delete may have
+      // removed the file, and a crash then would lose the whole session, not just those changes.
+      else this.commit(slot, slot.file, await this.store.save(slot.file, { records: true }), true)
     } catch {}
   }
 
