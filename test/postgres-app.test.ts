@@ -319,6 +319,35 @@ t.test('a mistyped sealing key over a database whose sessions are all archived s
   t.same((await db.query('SELECT kid FROM key_checks')).rows, [{ kid: 'k1' }], 'the server keeps the proven one')
 })
 
+t.test('retention never deletes an archived row it cannot open, and judges one it can by its content', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const old = `old:${randomBytes(32).toString('base64')}`
+  const fresh = `new:${randomBytes(32).toString('base64')}`
+  const first = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: old })
+  t.equal((await first.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'aged', instructions: 'x' } })).statusCode, 200)
+  t.equal((await first.inject({ method: 'POST', url: `${API}/execute-all`, payload: { session_id: 'aged' } })).statusCode, 200)
+  t.same((await first.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })).json().archived_ids, ['aged'])
+  await first.close()
+  const db = await inspector(t, url)
+  // As an import without its key leaves it: no task counted, no finish time.
+  await db.query("UPDATE sessions SET tasks_total = 0, tasks_completed = 0, finished_at = NULL WHERE session_id = 'aged'")
+  const later = (): Date => new Date(CLOCK_START + 200 * 86_400_000)
+  const boot = async (keys: string): Promise<FastifyInstance> => {
+    const app = await buildApp({ readEnvironment: false, clock: later, config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_ENCRYPTION_KEYS: keys, TASK_ARCHIVE_DAYS: 0, TASK_ARCHIVE_RETENTION_DAYS: 30 } })
+    t.teardown(() => app.close())
+    await app.ready()
+    return app
+  }
+  const without = await boot(fresh)
+  t.same((await without.inject({ method: 'POST', url: `${API}/archive`, payload: {} })).json().deleted_ids, [], 'under a key this replica lacks: kept')
+  t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 'aged'")).rowCount, 1)
+  await without.close()
+  const withKey = await boot(`${fresh},${old}`)
+  t.equal((await withKey.inject({ method: 'POST', url: `${API}/archive`, payload: {} })).statusCode, 200)
+  t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 'aged'")).rowCount, 0, 'opened: judged by its content (200 days old), deleted')
+})
+
 t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -1,5 +1,5 @@
-import type { ArchivedSummary } from './archive-index.js'
-import { StaleArchivedCopyError } from '../errors.js'
+import { summarize, type ArchivedSummary } from './archive-index.js'
+import { KeyUnavailableError, StaleArchivedCopyError } from '../errors.js'
 import { unchanged, type Draft } from '../session/draft.js'
 import type { SessionRegistry, SessionSummary } from '../session/registry.js'
 import type { ArchiveTotals, ArchivedSession, LoadFailure, SessionStore } from '../store/store.js'
@@ -96,10 +96,18 @@ export class ArchivedSessions {
     this.report(failures)
     const deleted: string[] = []
     for (const summary of sessions) {
-      const cutoff = summary.failed > 0 ? cutoffs.failed : cutoffs.all
-      if (cutoff === null || !(Date.parse(summary.finished_at) < cutoff.getTime())) continue
+      if (!pastRetention(summary, cutoffs)) continue
       if (await stop()) break
       const sessionId = summary.session_id
+      // Judged again on the copy itself: a summary may be a row's columns, which cannot tell a
+      // copy sealed under a key this process lacks (never deleted unread, as a lost key must not
+      // destroy data) nor one whose tasks were never counted (imported without its key).
+      const copy = await this.read(sessionId).catch((err: Error) => {
+        if (!(err instanceof KeyUnavailableError)) throw err
+        this.log.warn({ session_id: sessionId, err }, 'Retention passed over an archived session it cannot open')
+        return null
+      })
+      if (copy === null || copy.name !== summary.file || !pastRetention(summarize(copy.file, copy.name), cutoffs)) continue
       const removed = await this.registry.change(sessionId, (draft) => {
         if (draft.file !== null || this.store.archivedName(sessionId) !== summary.file) return unchanged(false)
         draft.delete({ archived: true })
@@ -136,4 +144,10 @@ function view (summary: ArchivedSummary): ArchivedSessionSummary {
     percentage: summary.percentage,
     archived: true
   }
+}
+
+/** Whether an archived session finished before its cutoff (the failed one when a task failed). */
+function pastRetention (summary: ArchivedSummary, cutoffs: RetentionCutoffs): boolean {
+  const cutoff = summary.failed > 0 ? cutoffs.failed : cutoffs.all
+  return cutoff !== null && Date.parse(summary.finished_at) < cutoff.getTime()
 }
