@@ -45,6 +45,11 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
     ? (name: TaskEventName, data: TaskEventData): void => { buffer.append(name, data) }
     : (name: TaskEventName, data: TaskEventData): void => { relay.publish(name, data) }
   app.taskManager.events.on('task-event', forward)
+  if (relay !== null && settings.eventsPublishWaitMs > 0) {
+    // A change's events are in the shared log before its answer leaves: a client that changes
+    // the session next through another replica cannot have that replica's events logged first.
+    app.addHook('onSend', async () => { await settledWithin(relay.settled(), settings.eventsPublishWaitMs) })
+  }
   app.decorate('taskEvents', buffer)
   app.decorate('eventStreams', hub)
   app.addHook('preClose', async () => {

@@ -73,6 +73,7 @@ export const ConfigSchema = Type.Object({
   TASK_EVENTS_FLUSH_MAX_MS: Type.Integer({ minimum: 0, maximum: 10_000, default: 250, description: 'When the rest of the server leaves the event loop no idle time, event writes spread out up to this far apart (never closer than TASK_EVENTS_FLUSH_MS)' }),
   TASK_EVENTS_FANOUT_SHARE: Type.Number({ minimum: 0.01, maximum: 1, default: 0.1, description: 'The share of a busy event loop that writing events to stream clients keeps; with idle time they take what is idle' }),
   TASK_EVENTS_POLL_MS: Type.Integer({ minimum: 50, maximum: HOUR_MS, default: 1000, description: 'PostgreSQL replicas: each reads the shared event log this often besides when notified (a notification is lost with its connection)' }),
+  TASK_EVENTS_PUBLISH_WAIT_MS: Type.Integer({ minimum: 0, maximum: 60_000, default: 1000, description: 'PostgreSQL replicas: how long an answer waits for its change\'s live-view events to reach the shared event log, so a session\'s events keep their order when the next change goes through another replica; 0: no wait' }),
   TASK_EVENTS_CLOSE_MS: Type.Integer({ minimum: 0, maximum: HOUR_MS, default: 2000, description: 'PostgreSQL replicas: at shutdown, how long the last live-view events may take to go through the shared event log before the streams end without them (a database that does not answer must not keep them open)' }),
   TASK_DASHBOARD: Type.Boolean({ default: true, description: 'The dashboard at /dashboard' })
 })

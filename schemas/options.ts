@@ -96,7 +96,8 @@ export const EVENTS_SETTINGS = {
   eventsFlushMaxMs: 'TASK_EVENTS_FLUSH_MAX_MS',
   eventsFanoutShare: 'TASK_EVENTS_FANOUT_SHARE',
   eventsPollMs: 'TASK_EVENTS_POLL_MS',
-  eventsCloseMs: 'TASK_EVENTS_CLOSE_MS'
+  eventsCloseMs: 'TASK_EVENTS_CLOSE_MS',
+  eventsPublishWaitMs: 'TASK_EVENTS_PUBLISH_WAIT_MS'
 } as const
 
 export type ManagerSettings = Resolved<typeof MANAGER_SETTINGS>

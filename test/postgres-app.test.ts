@@ -348,6 +348,23 @@ t.test('retention never deletes an archived row it cannot open, and judges one i
   t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 'aged'")).rowCount, 0, 'opened: judged by its content (200 days old), deleted')
 })
 
+t.test('replicas: a session\'s events keep their order when its next change goes through another replica', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  // a publishes its events late, if the answer does not wait for them.
+  const a = await postgresApp(t, url, { TASK_REPLICA_ID: 'a', TASK_EVENTS_FLUSH_MS: 1000 })
+  const b = await postgresApp(t, url, { TASK_REPLICA_ID: 'b' })
+  await b.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = b.server.address() as import('node:net').AddressInfo
+  const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events?session_id=ord`)
+  t.equal((await a.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'ord', instructions: 'x' } })).statusCode, 200)
+  t.equal((await b.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'ord' } })).statusCode, 200)
+  const events = await stream.until((seen) => seen.filter((event) => event.data.session_id === 'ord').length >= 6, 10_000)
+  const ord = events.filter((event) => event.data.session_id === 'ord')
+  t.same(ord.slice(0, 3).map((event) => event.event), ['session.created', 'tasks.added', 'progress'], 'the create\'s events first')
+  t.match(ord.at(-1), { event: 'progress', data: { completed: 1, all_done: true } }, 'the last event is the session as it is now')
+})
+
 t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -61,6 +61,22 @@ export class EventRelay {
     if (!this.retrying) this.schedule(this.options.flushMs)
   }
 
+  /**
+   * Resolves once every event published before the call is in the log: at once when none waits,
+   * else after a publish started now rather than at the next TASK_EVENTS_FLUSH_MS (requests
+   * waiting meanwhile share the one after it). While the log refuses events it resolves at once:
+   * they go with the retry.
+   */
+  async settled (): Promise<void> {
+    if (this.queue.length === 0 || this.retrying || this.closed) return
+    if (this.publishing !== null) clearTimeout(this.publishing)
+    this.publishing = null
+    this.flushed = this.flushed.then(async () => this.flush()).catch((err: unknown) => {
+      this.options.log.warn({ err }, 'Could not publish live-view events')
+    })
+    await this.flushed
+  }
+
   private schedule (ms: number): void {
     this.publishing ??= setTimeout(() => {
       this.publishing = null
