@@ -15,7 +15,7 @@ import { resolveAgents, type AgentRoutes, type Executors } from './runner/execut
 import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
 import { liveFile, unchanged } from './session/draft.js'
 import { SessionRegistry, type SessionSummary } from './session/registry.js'
-import type { ArchivedSession, SessionStore, SharedSessions, SweptSession } from './store/store.js'
+import type { ArchivableCursor, ArchivedSession, SessionStore, SharedSessions, SweptSession } from './store/store.js'
 import { Sweeper } from './replicas/sweeper.js'
 import { noop } from './noop.js'
 import { TaskRunner, type Waiting } from './runner/task-runner.js'
@@ -587,10 +587,14 @@ export class TaskManager {
         this.log.warn({ archived: done.length }, 'Archive pass stopped: its lock\'s connection to the database broke')
         return true
       }
+      // Page by page: sessions left active (unreadable ones, say) must not hide the ones after them.
+      let after: ArchivableCursor | null = null
       for (;;) {
         if (await lockLost()) return done
-        const batch = (await shared.archivable(cutoff, this.settings.sweepBatch)).filter((id) => !seen.has(id))
-        if (batch.length === 0 || this.shuttingDown) return done
+        const page: { ids: string[], next: ArchivableCursor | null } = await shared.archivable(cutoff, this.settings.sweepBatch, after)
+        after = page.next
+        if (page.ids.length === 0 || this.shuttingDown) return done
+        const batch = page.ids.filter((id) => !seen.has(id))
         for (const id of batch) {
           seen.add(id)
           await this.registry.sync(id).catch(noop)

@@ -365,6 +365,30 @@ t.test('replicas: a session\'s events keep their order when its next change goes
   t.match(ord.at(-1), { event: 'progress', data: { completed: 1, all_done: true } }, 'the last event is the session as it is now')
 })
 
+t.test('replicas: an archive pass goes past finished sessions it must leave (an unreadable one), page after page', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const first = await postgresApp(t, url, { TASK_REPLICA_ID: 'a' })
+  for (const id of ['broken', 'g', 'h']) {
+    t.equal((await first.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: id, instructions: 'x' } })).statusCode, 200)
+    t.equal((await first.inject({ method: 'POST', url: `${API}/execute-all`, payload: { session_id: id } })).statusCode, 200)
+  }
+  await first.close()
+  const db = await inspector(t, url)
+  // The oldest finished one does not read: it stays put, first in every page.
+  await db.query("UPDATE sessions SET document = '{\"not\":\"a session\"}'::json, finished_at = '2020-01-01' WHERE session_id = 'broken'")
+  const second = await buildApp({
+    readEnvironment: false,
+    clock: () => new Date(CLOCK_START + 86_400_000),
+    config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_ARCHIVE_DAYS: 0, TASK_REPLICA_ID: 'b', TASK_SWEEP_BATCH: 1 }
+  })
+  t.teardown(() => second.close())
+  await second.ready()
+  const pass = await second.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })
+  t.same(pass.json().archived_ids.sort(), ['g', 'h'], 'the two after it are archived')
+  t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 'broken' AND archived_at IS NULL")).rowCount, 1, 'the unreadable one stays where it is')
+})
+
 t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -123,6 +123,12 @@ export interface SweptSession {
 /** An active session in a list from a shared store: its summary, and whether a replica runs it. */
 export type SharedSummary = Static<typeof SessionSummary> & { running: boolean }
 
+/** Where a page of archivable sessions ended: its last session's finish time (as stored) and id. */
+export interface ArchivableCursor {
+  finishedAt: string
+  sessionId: string
+}
+
 /**
  * What a store shared by several replicas adds (PostgreSQL with TASK_REPLICA_ID): executing a
  * session takes a lease on it, so one replica at a time runs it; every save made while this
@@ -167,8 +173,11 @@ export interface SharedSessions {
   requestCancel(sessionId: string): Promise<string | null>
   /** A page of the active sessions, newest updated first, and how many there are. */
   listActive(offset: number, limit: number): Promise<{ total: number, sessions: SharedSummary[] }>
-  /** Active sessions nobody runs whose tasks all ended before `cutoff`. */
-  archivable(cutoff: Date, limit: number): Promise<string[]>
+  /**
+   * Active sessions nobody runs whose tasks all ended before `cutoff`, oldest first, a page of
+   * `limit` after `after` (the page before's `next`), so sessions a pass leaves never hide the rest.
+   */
+  archivable(cutoff: Date, limit: number, after?: ArchivableCursor | null): Promise<{ ids: string[], next: ArchivableCursor | null }>
   /**
    * Runs a maintenance pass unless another replica's pass of that name runs now (then null).
    * The pass asks `lock.held()` between its steps and stops once it says false.

@@ -173,12 +173,13 @@ export function activeSummaries (offset: number, limit: number): pg.QueryConfig 
 export const ACTIVE_COUNT = 'SELECT count(*)::int AS total FROM sessions WHERE archived_at IS NULL'
 
 /** Active sessions nobody runs whose every task ended before `cutoff`: an archive pass's candidates. */
-export function archivableSessions (cutoff: Date, limit: number): pg.QueryConfig {
+export function archivableSessions (cutoff: Date, limit: number, after: { finishedAt: string, sessionId: string } | null): pg.QueryConfig {
   return {
-    text: `SELECT session_id FROM sessions
+    text: `SELECT session_id, finished_at::text AS finished_at FROM sessions
       WHERE archived_at IS NULL AND finished_at IS NOT NULL AND finished_at < $1 AND owner IS NULL
-      ORDER BY finished_at LIMIT $2`,
-    values: [cutoff, limit]
+        AND ($3::timestamptz IS NULL OR (finished_at, session_id) > ($3::timestamptz, $4::text))
+      ORDER BY finished_at, session_id LIMIT $2`,
+    values: [cutoff, limit, after?.finishedAt ?? null, after?.sessionId ?? null]
   }
 }
 

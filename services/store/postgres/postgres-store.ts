@@ -13,7 +13,7 @@ import type { KidProof } from '../folder-files.js'
 import type { Static } from '@sinclair/typebox'
 import type { Progress as ProgressSchema } from '../../../schemas/api.js'
 import {
-  clearUpdatedAt, type ArchivedSession, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
+  clearUpdatedAt, type ArchivableCursor, type ArchivedSession, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
 import { ARCHIVED_ROWS, archiveSession, archivedUnderKid, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
@@ -776,9 +776,10 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     return { total: count.rows[0]?.total ?? 0, sessions }
   }
 
-  async archivable (cutoff: Date, limit: number): Promise<string[]> {
-    const { rows } = await this.run<{ session_id: string }>('finding sessions to archive', archivableSessions(cutoff, limit))
-    return rows.map((row) => row.session_id)
+  async archivable (cutoff: Date, limit: number, after: ArchivableCursor | null = null): Promise<{ ids: string[], next: ArchivableCursor | null }> {
+    const { rows } = await this.run<{ session_id: string, finished_at: string }>('finding sessions to archive', archivableSessions(cutoff, limit, after))
+    const last = rows.at(-1)
+    return { ids: rows.map((row) => row.session_id), next: last === undefined ? null : { finishedAt: last.finished_at, sessionId: last.session_id } }
   }
 
   /**
