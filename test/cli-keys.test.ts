@@ -69,6 +69,15 @@ t.test('restore carries an active session under a missing key too, warning that 
   t.ok((await readFile(join(target, 'old.json'))).equals(files['old.json'] as Buffer), 'carried as it is')
 })
 
+t.test('prune passes over an archived file under a missing key, keeps it, and does not fail for it', async (t) => {
+  const { dir, files } = await folder(t)
+  const pruned = await taskvault(['prune', dir, '--days', '1', '--json'], { env: K2_ONLY })
+  t.equal(pruned.code, 0, pruned.stderr)
+  t.match(pruned.json(), { deleted: 0, errors: 0 })
+  t.match(pruned.stderr, /waits for its key/)
+  t.ok((await readFile(join(dir, 'archive', 'x.json'))).equals(files['archive/x.json'] as Buffer), 'the file is untouched')
+})
+
 t.test('stats counts an archived file under a missing key as archived, lists its key, and fails only for active ones', async (t) => {
   const { dir } = await folder(t)
   const stats = await taskvault(['stats', dir, '--json'], { env: K2_ONLY })

@@ -249,7 +249,7 @@ export class FileArchive {
         // must not fail every list and retention pass over the rest.
         if (!(err instanceof KeyUnavailableError)) throw err
         this.unopened.add(name)
-        failures.push({ name: `archive/${name}`, reason: err.message, movedTo: null })
+        failures.push({ name: `archive/${name}`, reason: err.message, movedTo: null, kid: err.kid })
       }
     })))
     return failures

@@ -27,6 +27,8 @@ export interface LoadFailure {
   reason: string
   /** Where the unreadable file was set aside, if it could be moved. */
   movedTo: string | null
+  /** Set when it waits for the key under this kid (missing, or not proven right): not damaged. */
+  kid?: string
 }
 
 export interface LoadResult {

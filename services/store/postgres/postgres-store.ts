@@ -608,7 +608,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       } catch (err) {
         if (!(err instanceof KeyUnavailableError)) throw err
         this.unopened.add(name)
-        failures.push({ name, reason: err.message, movedTo: null })
+        failures.push({ name, reason: err.message, movedTo: null, kid: err.kid })
       }
     }
     return { sessions: this.index.summaries(), failures }
