@@ -232,7 +232,10 @@ export function storeContract (t: Test, name: string, open: OpenStorage, options
     const again = await storage.reopen()
     t.match(await again.openArchive({ concurrency: 2 }), { sessions: 1, files: 2 }, 'a restart finds both')
     t.strictSame((await again.readArchived('twice')).session?.file, second, 'and still reads the newest')
-    t.equal(await again.removeArchived('twice'), 2, 'removeArchived deletes both and says so')
+    // Judged on the older copy (a retention pass whose listing came before the second archive).
+    await t.rejects(again.removeArchived('twice', firstName as string), { code: 'SESSION_BUSY' }, 'a copy newer than the one judged: refused')
+    t.match(again.archiveTotals(), { sessions: 1, files: 2 }, 'nothing deleted')
+    t.equal(await again.removeArchived('twice', again.archivedName('twice') as string), 2, 'judged on the newest: removeArchived deletes both and says so')
     t.equal(again.archivedName('twice'), null)
     t.same(again.archiveTotals(), { sessions: 0, files: 0, bytes: 0 })
     t.same(await again.readArchived('twice'), { session: null, failures: [] })

@@ -110,9 +110,11 @@ export class ArchivedSessions {
       if (copy === null || copy.name !== summary.file || !pastRetention(summarize(copy.file, copy.name), cutoffs)) continue
       const removed = await this.registry.change(sessionId, (draft) => {
         if (draft.file !== null || this.store.archivedName(sessionId) !== summary.file) return unchanged(false)
-        draft.delete({ archived: true })
+        draft.delete({ archived: true, upTo: summary.file })
         return true
       }).catch((err: Error) => {
+        // Archived again meanwhile (by another replica): its new copy is judged by a later pass.
+        if (err instanceof StaleArchivedCopyError) return false
         this.log.error({ session_id: sessionId, err }, 'Could not delete archived session')
         return false
       })

@@ -11,7 +11,7 @@ export type Intent =
   | { kind: 'save', force: boolean }
   | { kind: 'unarchive', from: string }
   | { kind: 'archive' }
-  | { kind: 'delete', archived: boolean }
+  | { kind: 'delete', archived: boolean, upTo?: string }
 
 const SAVE: Intent = { kind: 'save', force: false }
 
@@ -61,10 +61,13 @@ export class Draft {
     this.#intent = { kind: 'archive' }
   }
 
-  /** Removes the stored session and, with `archived`, its archived files. */
-  delete (options: { archived: boolean }): void {
+  /**
+   * Removes the stored session and, with `archived`, its archived files; with `upTo` (an
+   * archived copy's name) only while no newer copy exists (retention judged that one).
+   */
+  delete (options: { archived: boolean, upTo?: string }): void {
     this.#file = null
-    this.#intent = { kind: 'delete', archived: options.archived }
+    this.#intent = { kind: 'delete', archived: options.archived, ...(options.upTo !== undefined && { upTo: options.upTo }) }
   }
 }
 

@@ -364,7 +364,7 @@ export class SessionRegistry {
     switch (intent.kind) {
       case 'delete':
         // Archived copies go first: if that fails, the active session is still intact.
-        if (intent.archived) await this.store.removeArchived(sessionId)
+        if (intent.archived) await this.store.removeArchived(sessionId, intent.upTo)
         if (slot.file !== null) await this.store.remove(sessionId)
         return 0
       case 'archive':

@@ -2,7 +2,7 @@ import { join } from 'node:path'
 import pLimit from 'p-limit'
 import type { SessionFile } from '../../schemas/session.js'
 import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from '../archive/archive-index.js'
-import { KeyUnavailableError, StorageError } from '../errors.js'
+import { KeyUnavailableError, StaleArchivedCopyError, StorageError } from '../errors.js'
 import type { FolderFiles, KidProof } from './folder-files.js'
 import type { FsSeam } from './fs-seam.js'
 import { ARCHIVED_FILE, TEMP_FILE, fsyncDir, readWhole } from './session-files.js'
@@ -218,9 +218,11 @@ export class FileArchive {
   }
 
   /** Durably deletes every archived file of the session; resolves with how many there were. */
-  async remove (sessionId: string): Promise<number> {
+  async remove (sessionId: string, upTo?: string): Promise<number> {
     const files = [...this.index.files(sessionId)]
     if (files.length === 0) return 0
+    // One writer per folder: the index holds every copy, so the newest is known here.
+    if (upTo !== undefined && this.index.newest(sessionId)?.name !== upTo) throw new StaleArchivedCopyError(sessionId)
     this.active.assertWritable()
     try {
       for (const { name } of files) {

@@ -449,8 +449,8 @@ export class FileSessionStore implements SessionStore {
     return this.archived.unarchive(file, archivedName, options)
   }
 
-  removeArchived (sessionId: string): Promise<number> {
-    return this.archived.remove(sessionId)
+  removeArchived (sessionId: string, upTo?: string): Promise<number> {
+    return this.archived.remove(sessionId, upTo)
   }
 
   /** The filesystem of the folder, by statfs: one syscall, cheap enough for every scrape. */

@@ -246,8 +246,12 @@ export interface SessionStore {
    * from (`archivedName`); a crash in between leaves both, never neither. Resolves with the stored size.
    */
   unarchive(file: SessionFile, archivedName: string, options?: SaveOptions): Promise<number>
-  /** Durably deletes every archived file of the session; resolves with how many there were. */
-  removeArchived(sessionId: string): Promise<number>
+  /**
+   * Durably deletes every archived file of the session; resolves with how many there were. With
+   * `upTo` (a copy's name), only while no newer copy exists: else StaleArchivedCopyError, nothing
+   * deleted (another replica archived the session again since that copy was judged).
+   */
+  removeArchived(sessionId: string, upTo?: string): Promise<number>
   /** Encryption at rest, when keys are set; null otherwise. */
   encryption(): EncryptionStats | null
   /** The bytes this store keeps for the session: what a backup holds (sealed when keys are set). */

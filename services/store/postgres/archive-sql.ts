@@ -98,10 +98,23 @@ export function archivedUnderKid (kid: string, before: string | null, limit: num
   }
 }
 
-/** Deletes every archived copy of a session; returns their row ids. */
-export function deleteArchived (sessionId: string): pg.QueryConfig {
+/**
+ * Deletes every archived copy of a session, or (with `upTo`, a row id) only while none is newer
+ * than that one; returns their row ids.
+ */
+export function deleteArchived (sessionId: string, upTo: string | null): pg.QueryConfig {
   return {
-    text: 'DELETE FROM sessions WHERE session_id = $1 AND archived_at IS NOT NULL RETURNING row_id',
-    values: [sessionId]
+    text: `DELETE FROM sessions WHERE session_id = $1 AND archived_at IS NOT NULL
+      AND ($2::bigint IS NULL OR NOT EXISTS (SELECT 1 FROM sessions n WHERE n.session_id = $1 AND n.archived_at IS NOT NULL AND n.row_id > $2))
+      RETURNING row_id`,
+    values: [sessionId, upTo]
+  }
+}
+
+/** Whether the session has an archived copy newer than row `rowId`. */
+export function newerArchived (sessionId: string, rowId: string): pg.QueryConfig {
+  return {
+    text: 'SELECT 1 FROM sessions WHERE session_id = $1 AND archived_at IS NOT NULL AND row_id > $2',
+    values: [sessionId, rowId]
   }
 }

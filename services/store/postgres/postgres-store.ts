@@ -4,7 +4,7 @@ import { SessionFile, SESSION_ID_PATTERN } from '../../../schemas/session.js'
 import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from '../../archive/archive-index.js'
 import {
   CorruptSessionFileError, DatabaseUnavailableError, InvalidDatabaseSettingError, InvalidSessionIdError, KeyUnavailableError,
-  LeaseLostError, SealNotOpenedError, StorageError, TaskvaultError, VersionConflictError
+  LeaseLostError, SealNotOpenedError, StaleArchivedCopyError, StorageError, TaskvaultError, VersionConflictError
 } from '../../errors.js'
 import { noop } from '../../noop.js'
 import type { Keyring } from '../keyring.js'
@@ -16,7 +16,7 @@ import {
   clearUpdatedAt, type ArchivableCursor, type ArchivedSession, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
-import { ARCHIVED_ROWS, archiveSession, archivedUnderKid, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
+import { ARCHIVED_ROWS, archiveSession, archivedUnderKid, deleteArchived, newerArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
 import { migrate } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { breaksConnection, errnoLike, storageError, uncertain } from './pg-errors.js'
@@ -585,7 +585,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   async readArchivedStored (sessionId: string, name?: string): Promise<StoredCopy | null> {
     this.checkId(sessionId)
     // A copy readArchived read is `<id>@<row>`: the row, or the newest copy older than the next row id.
-    const rowId = name === undefined ? null : /^[A-Za-z0-9_-]+@(\d+)$/u.exec(name)?.[1]
+    const rowId = name === undefined ? null : rowOf(name)
     if (rowId === undefined) return null
     const { rows } = await this.run<{ row_id: string, document: string }>(`reading archived session '${sessionId}'`, newestArchived(sessionId, rowId === null ? null : String(BigInt(rowId) + 1n)))
     const row = rows[0]
@@ -614,9 +614,14 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     return { sessions: this.index.summaries(), failures }
   }
 
-  async removeArchived (sessionId: string): Promise<number> {
+  async removeArchived (sessionId: string, upTo?: string): Promise<number> {
     this.checkId(sessionId)
-    const { rows } = await this.run<{ row_id: string }>(`deleting archived session '${sessionId}'`, deleteArchived(sessionId))
+    const operation = `deleting archived session '${sessionId}'`
+    const upToRow = upTo === undefined ? null : rowOf(upTo)
+    if (upToRow === undefined) throw new StaleArchivedCopyError(sessionId)
+    const { rows } = await this.run<{ row_id: string }>(operation, deleteArchived(sessionId, upToRow))
+    // Another replica archived it again since that copy was judged: its new copy stays.
+    if (rows.length === 0 && upToRow !== null && ((await this.run(operation, newerArchived(sessionId, upToRow))).rowCount ?? 0) > 0) throw new StaleArchivedCopyError(sessionId)
     this.dropIndexedAbove(sessionId, -1)
     return rows.length
   }
@@ -1013,6 +1018,11 @@ function passKey (name: string): number {
 /** The name of a stored copy in failures and the archive index: `<session id>@<row id>`. */
 function archivedLikeName (sessionId: string, rowId: string): string {
   return `${sessionId}@${rowId}`
+}
+
+/** The row id an archivedLikeName names; undefined for any other name. */
+function rowOf (name: string): string | undefined {
+  return /^[A-Za-z0-9_-]+@(\d+)$/u.exec(name)?.[1]
 }
 
 /** An archived row's summary, as summarize() would make it from the document. */
