@@ -279,7 +279,7 @@ export const EventsQuery = Type.Object({
 export type EventsQuery = Static<typeof EventsQuery>
 
 export const EventsHeaders = Type.Object({
-  'last-event-id': Type.Optional(Type.String({ maxLength: 200, description: 'The id of the last event received: the events after it are sent first, or `event: reset` when they are no longer held' }))
+  'last-event-id': Type.Optional(Type.String({ description: 'The id of the last event received: the events after it are sent first, or `event: reset` when they are no longer held (or it is no id this service gave)' }))
 })
 
 const EventStream = {

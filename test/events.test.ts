@@ -124,6 +124,9 @@ t.test('resume with Last-Event-ID: the missed events, in order; an id older than
 
   const foreign = await openStream(t, `${base}${EVENTS}`, { 'last-event-id': `00000000-${lastId.split('-')[1] as string}` })
   t.equal((await foreign.until((list) => list.length >= 1))[0]?.event, 'reset', 'an id from another process lifetime')
+  // Longer than any id the server gives: a reset too, never a 400 (EventSource stops on one).
+  const overlong = await openStream(t, `${base}${EVENTS}`, { 'last-event-id': 'x'.repeat(300) })
+  t.equal((await overlong.until((list) => list.length >= 1))[0]?.event, 'reset', 'an id of 300 characters')
 })
 
 t.test('a client that does not read is cut off with a reset once its queue passes the bound; memory does not grow', async (t) => {
