@@ -48,7 +48,11 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
   if (relay !== null && settings.eventsPublishWaitMs > 0) {
     // A change's events are in the shared log before its answer leaves: a client that changes
     // the session next through another replica cannot have that replica's events logged first.
-    app.addHook('onSend', async () => { await settledWithin(relay.settled(), settings.eventsPublishWaitMs) })
+    // Most answers (reads) find nothing waiting: they go on at once, without a timer or a promise.
+    app.addHook('onSend', (_request, _reply, _payload, done) => {
+      if (!relay.pending) return done()
+      settledWithin(relay.settled(), settings.eventsPublishWaitMs).then(() => { done() }, done)
+    })
   }
   app.decorate('taskEvents', buffer)
   app.decorate('eventStreams', hub)

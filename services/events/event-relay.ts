@@ -61,6 +61,11 @@ export class EventRelay {
     if (!this.retrying) this.schedule(this.options.flushMs)
   }
 
+  /** Whether events wait to be published that settled() would wait for. */
+  get pending (): boolean {
+    return this.queue.length > 0 && !this.retrying && !this.closed
+  }
+
   /**
    * Resolves once every event published before the call is in the log: at once when none waits,
    * else after a publish started now rather than at the next TASK_EVENTS_FLUSH_MS (requests
@@ -68,7 +73,7 @@ export class EventRelay {
    * they go with the retry.
    */
   async settled (): Promise<void> {
-    if (this.queue.length === 0 || this.retrying || this.closed) return
+    if (!this.pending) return
     if (this.publishing !== null) clearTimeout(this.publishing)
     this.publishing = null
     this.flushed = this.flushed.then(async () => this.flush()).catch((err: unknown) => {
