@@ -7,7 +7,8 @@ import { SETTING_DEFAULTS } from '../../schemas/options.js'
 import { SessionFile, SESSION_ID_PATTERN } from '../../schemas/session.js'
 import type { ArchiveTotals, ArchivedSummary } from '../archive/archive-index.js'
 import { FileArchive } from './file-archive.js'
-import { FolderFiles, type KidProof } from './folder-files.js'
+import { FolderFiles } from './folder-files.js'
+import { provenKeyChecks, wrongKeyError } from './key-checks.js'
 import { CoalescedRun } from './coalesce.js'
 import type { DiskSpace } from './disk-space.js'
 import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, StorageError, TaskvaultError } from '../errors.js'
@@ -270,30 +271,18 @@ export class FileSessionStore implements SessionStore {
     return { sessions, failures, removedTempFiles }
   }
 
-  /**
-   * The sealing kid, when no active file proves its key and the folder keeps no check of it, is
-   * judged by the archived files: if some are under it and none opens, the restore stops (new
-   * sessions would be sealed under a wrong key). Then, with keepKeyChecks, the checks of proven
-   * kids go into the marker: an active file under the kid opened, or, for the sealing kid,
-   * nothing stored under it refuses its key. A kid that only opens waits for its proof.
-   */
+  /** The key checks the restore proved (provenKeyChecks) go into the marker, with keepKeyChecks. */
   private async settleKeyChecks (): Promise<void> {
     if (this.keyring === null) return
-    const sealing = this.keyring.activeKid
-    let proof: KidProof | null = null
-    if (this.newKeyChecks[sealing] !== undefined && (this.kidCounts.get(sealing) ?? 0) === 0) {
-      proof = await this.archived.proof(sealing)
-      if (proof === 'unopened') {
-        throw new KeyUnavailableError(sealing, `cannot restore: key '${sealing}', which seals every write, opens none of the archived sessions sealed under it; ` +
-          'TASK_ENCRYPTION_KEYS holds a different key under that kid. Put the right key back; those files were left untouched')
-      }
-    }
-    if (!this.keepChecks || this.unwritable() !== null) return
-    const checks = { ...this.keyChecks }
-    for (const [kid, check] of Object.entries(this.newKeyChecks)) {
-      if ((this.kidCounts.get(kid) ?? 0) > 0 || (kid === sealing && (proof === 'opened' || proof === 'none'))) checks[kid] = check
-    }
-    if (Object.keys(checks).length === Object.keys(this.keyChecks).length) return
+    const keep = await provenKeyChecks({
+      keyring: this.keyring,
+      unkept: this.newKeyChecks,
+      proven: (kid) => this.provenKids.has(kid),
+      archivedProof: async (kid) => this.archived.proof(kid),
+      what: 'files'
+    })
+    if (!this.keepChecks || Object.keys(keep).length === 0 || this.unwritable() !== null) return
+    const checks = { ...this.keyChecks, ...keep }
     try {
       await writeMarker(this.fs, this.dir, `.taskvault.${process.pid}.${++this.tempSeq}.tmp`, checks)
     } catch {
@@ -402,10 +391,7 @@ export class FileSessionStore implements SessionStore {
     for (const [kid, files] of read.unopened) {
       // Proven right by an active file that opened, or failing that an archived one (after a
       // rotation, the old kid may hold a few active files, one of them tampered with).
-      if ((this.kidCounts.get(kid) ?? 0) === 0 && !(await this.archived.proof(kid) === 'opened')) {
-        throw new KeyUnavailableError(kid, `cannot restore: key '${kid}' opens none of the ${files.length} sessions sealed under it; ` +
-          'TASK_ENCRYPTION_KEYS holds a different key under that kid. Put the right key back; those files were left untouched')
-      }
+      if ((this.kidCounts.get(kid) ?? 0) === 0 && await this.archived.proof(kid) !== 'opened') throw wrongKeyError(kid, files.length, 'files')
       this.provenKids.add(kid)
       for (const file of files) read.failures.push({ name: file.name, reason: `${file.name}: ${file.reason}`, movedTo: await this.files.setAside(this.dir, file.name) })
     }

@@ -2,6 +2,7 @@ import type { Dirent } from 'node:fs'
 import { join } from 'node:path'
 import { CorruptSessionFileError, KeyUnavailableError, SealNotOpenedError, StorageError } from '../errors.js'
 import type { FsSeam } from './fs-seam.js'
+import type { KidProof } from './key-checks.js'
 import type { Keyring } from './keyring.js'
 import { DIR_MODE, fsyncDir, parseSessionFile, readSessionDocument, readWhole } from './session-files.js'
 import type { LoadFailure, LoadedSession } from './store.js'
@@ -111,9 +112,3 @@ export class FolderFiles {
     if (!stat.isDirectory()) throw Object.assign(new Error(`${dir} is not a real folder (a symlink?); refusing to move files into it`), { code: 'ENOTDIR' })
   }
 }
-
-/**
- * What stored copies say of the key under a kid: one opened; some are under it and none opened;
- * none is under it; or some could not be read, and none under it opened.
- */
-export type KidProof = 'opened' | 'unopened' | 'none' | 'unknown'

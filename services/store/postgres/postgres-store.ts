@@ -9,7 +9,7 @@ import {
 import { noop } from '../../noop.js'
 import type { Keyring } from '../keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../session-files.js'
-import type { KidProof } from '../folder-files.js'
+import { provenKeyChecks, wrongKeyError, type KidProof } from '../key-checks.js'
 import type { Static } from '@sinclair/typebox'
 import type { Progress as ProgressSchema } from '../../../schemas/api.js'
 import {
@@ -301,10 +301,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     }
     for (const [kid, rows] of unopened) {
       // Booting on would seal new sessions under a wrong key, which the right one never opens.
-      if (!this.provenKids.has(kid) && await this.archivedProof(kid) !== 'opened') {
-        throw new KeyUnavailableError(kid, `cannot restore: key '${kid}' opens none of the ${rows.length} sessions sealed under it; ` +
-          'TASK_ENCRYPTION_KEYS holds a different key under that kid. Put the right key back; those rows were left untouched')
-      }
+      if (!this.provenKids.has(kid) && await this.archivedProof(kid) !== 'opened') throw wrongKeyError(kid, rows.length, 'rows')
       this.provenKids.add(kid)
       for (const { sessionId, failure } of rows) this.setUnreadable(sessionId, failure, failures)
     }
@@ -313,38 +310,27 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   }
 
   private async keyChecks (kids: string[]): Promise<Record<string, string>> {
-    const { rows } = await this.query<{ kid: string, key_check: string }>(keyChecksOf(kids))
+    const { rows } = await this.run<{ kid: string, key_check: string }>('reading the encryption key checks', keyChecksOf(kids))
     return Object.fromEntries(rows.map((row) => [row.kid, row.key_check]))
   }
 
   /**
-   * The sealing kid, when no active row proves its key and the database keeps no check of it,
-   * is judged by the archived rows: if some are under it and none opens, the restore stops (new
-   * sessions would be sealed under a wrong key). Then, with keepKeyChecks, the checks of proven
-   * kids are added (an active row under the kid opened, or, for the sealing kid, nothing stored
-   * under it refuses its key) and every configured kid compared again: a replica that added a
-   * check first, with another key, wins, and this one stops.
+   * The key checks the restore proved (provenKeyChecks) are added, with keepKeyChecks, and every
+   * configured kid compared again: a replica that added a check first, with another key, wins,
+   * and this one stops.
    */
   private async settleKeyChecks (): Promise<void> {
     if (this.keyring === null) return
-    const sealing = this.keyring.activeKid
-    let proof: KidProof | null = null
-    if (this.newKeyChecks[sealing] !== undefined && !this.provenKids.has(sealing)) {
-      proof = await this.archivedProof(sealing)
-      if (proof === 'unopened') {
-        throw new KeyUnavailableError(sealing, `cannot restore: key '${sealing}', which seals every write, opens none of the archived sessions sealed under it; ` +
-          'TASK_ENCRYPTION_KEYS holds a different key under that kid. Put the right key back; those rows were left untouched')
-      }
-    }
-    if (!this.keepChecks) return
-    const proven: Record<string, string> = {}
-    for (const [kid, check] of Object.entries(this.newKeyChecks)) {
-      if (this.provenKids.has(kid) || (kid === sealing && (proof === 'opened' || proof === 'none'))) proven[kid] = check
-    }
-    if (Object.keys(proven).length === 0) return
-    await this.run('keeping the encryption key checks', addKeyChecks(proven))
-    const { rows } = await this.run<{ kid: string, key_check: string }>('keeping the encryption key checks', keyChecksOf(this.keyring.kids))
-    this.newKeyChecks = this.keyring.verifyChecks(Object.fromEntries(rows.map((row) => [row.kid, row.key_check])), this.location)
+    const keep = await provenKeyChecks({
+      keyring: this.keyring,
+      unkept: this.newKeyChecks,
+      proven: (kid) => this.provenKids.has(kid),
+      archivedProof: async (kid) => this.archivedProof(kid),
+      what: 'rows'
+    })
+    if (!this.keepChecks || Object.keys(keep).length === 0) return
+    await this.run('keeping the encryption key checks', addKeyChecks(keep))
+    this.newKeyChecks = this.keyring.verifyChecks(await this.keyChecks(this.keyring.kids), this.location)
   }
 
   /**
@@ -361,7 +347,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     let before: string | null = null
     let unopened = false
     for (;;) {
-      const rows: Array<{ row_id: string, session_id: string, document: string }> = (await this.run<{ row_id: string, session_id: string, document: string }>('restoring sessions', archivedUnderKid(kid, before, this.pageRows))).rows
+      const page: pg.QueryResult<StoredRow> = await this.run<StoredRow>('restoring sessions', archivedUnderKid(kid, before, this.pageRows))
+      const rows = page.rows
       for (const row of rows) {
         try {
           if (readSessionDocument(archivedLikeName(row.session_id, row.row_id), row.document, row.session_id, this.keyring).kid === kid) return 'opened'
@@ -1018,6 +1005,13 @@ function passKey (name: string): number {
 /** The name of a stored copy in failures and the archive index: `<session id>@<row id>`. */
 function archivedLikeName (sessionId: string, rowId: string): string {
   return `${sessionId}@${rowId}`
+}
+
+/** A stored copy as a page of archived rows gives it. */
+interface StoredRow {
+  row_id: string
+  session_id: string
+  document: string
 }
 
 /** The row id an archivedLikeName names; undefined for any other name. */
