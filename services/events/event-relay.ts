@@ -76,20 +76,22 @@ export class EventRelay {
     if (!this.pending) return
     if (this.publishing !== null) clearTimeout(this.publishing)
     this.publishing = null
-    this.flushed = this.flushed.then(async () => this.flush()).catch((err: unknown) => {
-      this.options.log.warn({ err }, 'Could not publish live-view events')
-    })
-    await this.flushed
+    await this.flushNext()
   }
 
   private schedule (ms: number): void {
     this.publishing ??= setTimeout(() => {
       this.publishing = null
-      // Caught here, so the chain goes on after any failure (flush handles the database's own).
-      this.flushed = this.flushed.then(async () => this.flush()).catch((err: unknown) => {
-        this.options.log.warn({ err }, 'Could not publish live-view events')
-      })
+      void this.flushNext()
     }, ms)
+  }
+
+  /** A flush after the one in flight, if any. Caught here, so the chain goes on after any failure (flush handles the database's own). */
+  private async flushNext (): Promise<void> {
+    this.flushed = this.flushed.then(async () => this.flush()).catch((err: unknown) => {
+      this.options.log.warn({ err }, 'Could not publish live-view events')
+    })
+    return this.flushed
   }
 
   /** Publishes what is queued and reads the log a last time, so the last events reach this replica's streams. */
