@@ -33,7 +33,8 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
     maxQueuedBytes: settings.eventsMaxQueuedBytes,
     flushMs: settings.eventsFlushMs,
     flushMaxMs: settings.eventsFlushMaxMs,
-    fanoutShare: settings.eventsFanoutShare
+    fanoutShare: settings.eventsFanoutShare,
+    fanoutSliceMs: settings.eventsFanoutSliceMs
   }, app.log)
   // Replicas on one database: events go through its event log, so every replica streams all of them.
   const store = app.persistence

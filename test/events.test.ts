@@ -172,7 +172,7 @@ t.test('a client that does not read is cut off with a reset once its queue passe
 })
 
 t.test('the pace: a flush may take the idle share of the loop, at least TASK_EVENTS_FANOUT_SHARE, between the two flush bounds', async (t) => {
-  const limits = { flushMs: 25, flushMaxMs: 250, fanoutShare: 0.1 }
+  const limits = { flushMs: 25, flushMaxMs: 250, fanoutShare: 0.1, fanoutSliceMs: 2 }
   t.equal(flushInterval(10, 0.2, limits), 25, 'idle time to spare: every TASK_EVENTS_FLUSH_MS')
   t.equal(flushInterval(10, 1, limits), 100, 'no idle time: the flush keeps a tenth of the loop')
   t.equal(flushInterval(10, 0.95, limits), 100, 'less idle than the share: the share')
@@ -185,7 +185,7 @@ t.test('a busy server spreads stream writes out; idle again, they come every TAS
   const flushMs = 10
   // The hub on a plain node:http server: its pace is not part of the app's decorators.
   const buffer = new TaskEventBuffer(100_000)
-  const hub = new EventStreamHub(buffer, { maxClients: 1000, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs, flushMaxMs: 200, fanoutShare: 0.01 }, { info: () => {}, warn: () => {} })
+  const hub = new EventStreamHub(buffer, { maxClients: 1000, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs, flushMaxMs: 200, fanoutShare: 0.01, fanoutSliceMs: 2 }, { info: () => {}, warn: () => {} })
   const server = createServer((_req, res) => { hub.open(res, null, undefined) })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => { hub.close(); server.close() })
@@ -243,6 +243,43 @@ t.test('a busy server spreads stream writes out; idle again, they come every TAS
   t.match(received[0]!.split('\r\n\r\n')[0], /connection: close/i)
 })
 
+t.test('a batch for many clients goes out in slices of TASK_EVENTS_FANOUT_SLICE_MS, the loop turning between them; each client gets each batch whole and in order, shutdown the rest first', async (t) => {
+  const buffer = new TaskEventBuffer(1000)
+  // A slice of 0 ms: the clock is read every 16 clients, so each turn writes to 16 of them.
+  const hub = new EventStreamHub(buffer, { maxClients: 100, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1, fanoutSliceMs: 0 }, { info: () => {}, warn: () => {} })
+  const server = createServer((_req, res) => { hub.open(res, null, undefined) })
+  const streams: net.Socket[] = []
+  server.on('connection', (socket) => { streams.push(socket) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { hub.close(); server.close() })
+  const port = (server.address() as net.AddressInfo).port
+  const clients = Array.from({ length: 64 }, () => rawClient(port, `GET ${EVENTS} HTTP/1.1\r\nHost: x\r\n\r\n`))
+  t.teardown(() => { for (const client of clients) client.socket.destroy() })
+  await waitFor('every stream open', () => hub.size === 64 && clients.every((client) => client.received().includes('connected')))
+  const before = streams.map((socket) => socket.bytesWritten)
+  const turn = async (): Promise<void> => { await new Promise((resolve) => setImmediate(resolve)) }
+
+  // The flush runs at the next turn; this check right after it, in the same turn.
+  const first = buffer.append('progress', { session_id: 's', n: 1 })
+  // Every event's frame has the same length here: bytes written tell how many each client got.
+  const frame = Buffer.byteLength(buffer.frameOf(first))
+  const got = (events: number): number => streams.filter((socket, i) => socket.bytesWritten - (before[i] as number) >= events * frame).length
+  await turn()
+  t.equal(got(1), 16, 'one slice in the first turn')
+  // A second batch while the first is under way: the first is written whole before any of it.
+  buffer.append('progress', { session_id: 's', n: 2 })
+  await turn()
+  t.equal(got(1), 64, 'the first batch reached every client')
+  t.equal(got(2), 16, 'the second batch, one slice so far')
+  // Shutdown mid-batch: every client gets the rest, then its stream ends.
+  buffer.append('progress', { session_id: 's', n: 3 })
+  await turn()
+  hub.close()
+  await waitFor('every stream ended', () => clients.every((client) => client.socket.readableEnded))
+  const orders = clients.map((client) => [...client.received().matchAll(/"n":(\d+)/g)].map((m) => Number(m[1])).join(','))
+  t.same(new Set(orders), new Set(['1,2,3']), 'every client got every event, in order')
+})
+
 /** Sends `request` raw on a new connection; collects what comes back. */
 function rawClient (port: number, request: string): { received: () => string, socket: net.Socket } {
   const socket = net.connect(port, '127.0.0.1')
@@ -259,7 +296,7 @@ function rawClient (port: number, request: string): { received: () => string, so
  * 'quiet' only, resuming from its Last-Event-ID. Writes at once (no pace); `maxQueuedBytes` 1 MiB unless given.
  */
 async function hubServer (t: TestContext, buffer: TaskEventBuffer, maxQueuedBytes = 1024 * 1024): Promise<{ hub: EventStreamHub, port: number }> {
-  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1 }, { info: () => {}, warn: () => {} })
+  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1, fanoutSliceMs: 2 }, { info: () => {}, warn: () => {} })
   const server = createServer((req, res) => { hub.open(res, req.url === '/quiet' ? 'quiet' : null, req.headers['last-event-id'] as string | undefined) })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => { hub.close(); server.close() })
@@ -280,7 +317,7 @@ t.test('HEAD on the stream gets its headers only, and no stream', async (t) => {
 
 t.test('a stream requested behind a slow response on the same connection (pipelined) starts once that one is sent', async (t) => {
   const buffer = new TaskEventBuffer(100)
-  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1 }, { info: () => {}, warn: () => {} })
+  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1, fanoutSliceMs: 2 }, { info: () => {}, warn: () => {} })
   const server = createServer((req, res) => {
     if (req.url === '/slow') setTimeout(() => res.end('slow done'), 300)
     else hub.open(res, null, undefined)

@@ -22,6 +22,8 @@ export interface StreamLimits {
   flushMaxMs: number
   /** The share of the event loop the writes keep when the rest of the server leaves none idle (TASK_EVENTS_FANOUT_SHARE). */
   fanoutShare: number
+  /** A batch's writes hold the event loop this long at most before the rest go on at the next turn (TASK_EVENTS_FANOUT_SLICE_MS). */
+  fanoutSliceMs: number
 }
 
 /**
@@ -74,6 +76,22 @@ const CUT_GRACE_MS = 5000
  */
 const REPLAY_PIECE_CHARS = 64 * 1024
 
+/** The clock is read once per this many clients of a batch (a power of two): reading it is not free either. */
+const SLICE_CHECK_CLIENTS = 16
+
+/** A batch being written, a slice of clients per turn of the event loop. */
+interface FanOut {
+  events: BufferedEvent[]
+  /** The clients when the batch was taken: one joining later gets its events another way (its resume, or not at all). */
+  clients: Client[]
+  at: number
+  /** The encoded events per kind of client, shared. */
+  chunks: Map<string, Buffer | null>
+  /** The batch's write time so far, for the pace. */
+  spent: number
+  next: NodeJS.Immediate | null
+}
+
 export class EventStreamHub {
   private readonly clients = new Set<Client>()
   /** Connections a stream was opened on: a stream never ends before its connection does. */
@@ -87,6 +105,8 @@ export class EventStreamHub {
   /** The flush scheduled is at the next turn (not at the pace's time). */
   private soon = false
   private lastFlush = -Infinity
+  /** The batch still being written, or null. */
+  private fanning: FanOut | null = null
   /** The pace: flushes start at least this far apart (flushInterval). */
   private interval: number
   /** Where the event loop's utilization was last read, and the flushes' own time since. */
@@ -221,7 +241,7 @@ export class EventStreamHub {
     this.unsubscribeGaps()
     this.stopHeartbeat()
     this.cancelFlush()
-    this.flush()
+    this.flush(true)
     for (const client of this.clients) endStream(client.res)
     this.clients.clear()
   }
@@ -232,7 +252,7 @@ export class EventStreamHub {
    */
   private missed (): void {
     this.cancelFlush()
-    this.flush()
+    this.flush(true)
     const frame = Buffer.from(this.resetFrame('missed-events'), 'utf8')
     // A copy: a send may cut its client, which leaves the set.
     for (const client of [...this.clients]) this.send(client, frame)
@@ -273,16 +293,19 @@ export class EventStreamHub {
     this.soon = false
   }
 
-  private flush (): void {
+  /** Writes the events since the last flush; `whole`: all of it now (shutdown, a reset behind it), not a slice per turn. */
+  private flush (whole = false): void {
     this.flushing = null
     this.soon = false
-    const start = this.lastFlush = performance.now()
+    // A batch's clients get all of it before any of the next: events stay in order.
+    if (this.fanning !== null) this.fanOut(Number.POSITIVE_INFINITY)
+    this.lastFlush = performance.now()
     const events = this.turn
     this.turn = []
     this.turnBytes = 0
     if (events.length === 0) return
-    this.fanOut(events)
-    this.adjustPace(performance.now() - start)
+    this.fanning = { events, clients: [...this.clients], at: 0, chunks: new Map(), spent: 0, next: null }
+    this.fanOut(whole ? Number.POSITIVE_INFINITY : this.limits.fanoutSliceMs)
   }
 
   /** Sets the interval before the next flush from this one's time and how busy the loop was since the last reading. */
@@ -302,11 +325,22 @@ export class EventStreamHub {
     this.spentSince = 0
   }
 
-  /** Each client's events, in one write. */
-  private fanOut (events: BufferedEvent[]): void {
-    const chunks = new Map<string, Buffer | null>()
-    // A copy: a write may cut its client, which leaves the set.
-    for (const client of [...this.clients]) {
+  /**
+   * Writes the batch under way to its clients, each its events in one write, for up to
+   * `sliceMs`; the rest at the next turn. Clients that want the same events (every session, or
+   * one session) share one encoded buffer.
+   */
+  private fanOut (sliceMs: number): void {
+    const batch = this.fanning as FanOut
+    if (batch.next !== null) clearImmediate(batch.next)
+    batch.next = null
+    const start = performance.now()
+    const events = batch.events
+    const chunks = batch.chunks
+    while (batch.at < batch.clients.length) {
+      const client = batch.clients[batch.at++] as Client
+      // Gone meanwhile (closed, or cut).
+      if (!this.clients.has(client)) continue
       const from = client.from
       const after = client.after
       client.from = 0
@@ -323,7 +357,15 @@ export class EventStreamHub {
         chunks.set(key, chunk)
       }
       if (chunk !== null) this.send(client, chunk)
+      if (batch.at % SLICE_CHECK_CLIENTS === 0 && performance.now() - start >= sliceMs) break
     }
+    batch.spent += performance.now() - start
+    if (batch.at < batch.clients.length) {
+      batch.next = setImmediate(() => { this.fanOut(this.limits.fanoutSliceMs) })
+      return
+    }
+    this.fanning = null
+    this.adjustPace(batch.spent)
   }
 
   /** A live chunk: written, or held behind a resume still being written (under the same bound as a socket's queue). */
