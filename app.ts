@@ -92,7 +92,6 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     // the slots of requests, and requests never take theirs.
     maxConnections: settings.TASK_MAX_CONNECTIONS,
     maxStreams: settings.TASK_EVENTS_MAX_CLIENTS,
-    streamPath: `${API_PREFIX}/events`,
     // A request still arriving at shutdown gets its timeout, but never more than the grace period.
     stalledCloseMs: Math.min(settings.TASK_REQUEST_TIMEOUT_MS, settings.TASK_SHUTDOWN_GRACE_MS)
   })
@@ -116,6 +115,9 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
       clock: options.clock,
       ...(config.TASK_METRICS && { metricsRegistry: app.metricsRegistry })
     })
+    // Sockets carrying a stream leave the requests' share once the stream is granted.
+    const unsubscribe = app.eventStreams.onOpen(connections.stream)
+    app.addHook('onClose', async () => { unsubscribe() })
     await app.register(healthRoutes)
     if (config.TASK_DASHBOARD) await app.register(dashboardPlugin)
   } catch (err) {

@@ -18,8 +18,6 @@ export interface ConnectionLimits {
   maxConnections: number
   /** Sockets carrying an event stream at most, on top (TASK_EVENTS_MAX_CLIENTS). */
   maxStreams: number
-  /** The event stream's path: a socket that asks for it carries a stream from then on. */
-  streamPath: string
   /** How long, after shutdown begins, a request still arriving may take before its socket is closed. */
   stalledCloseMs: number
 }
@@ -30,6 +28,13 @@ const DROP_LOG_INTERVAL_MS = 10_000
 export interface ConnectionGuard {
   /** Shutdown began: closes, after `stalledCloseMs`, every socket not busy with an answer. */
   closing: () => void
+  /**
+   * A stream was opened on `socket`: it counts against the streams' share from now on. Told by
+   * the stream code once the stream is granted (past auth and the streams' cap), never guessed
+   * from the URL: a refused request keeps its socket in the others' share, and a path the router
+   * decodes the same (`/%65vents`) is still a stream.
+   */
+  stream: (socket: Socket) => void
 }
 
 export function guardConnections (server: Server, log: FastifyBaseLogger, limits: ConnectionLimits): ConnectionGuard {
@@ -65,7 +70,6 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   })
   server.on('request', (req, res: ServerResponse) => {
     answers.set(req.socket, res)
-    if (req.method === 'GET' && (req.url === limits.streamPath || req.url?.startsWith(`${limits.streamPath}?`) === true) && sockets.has(req.socket)) streams.add(req.socket)
   })
 
   // A socket is busy while the request it sent in full is being answered (a running execute);
@@ -89,6 +93,9 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   }
 
   return {
+    stream: (socket) => {
+      if (sockets.has(socket)) streams.add(socket)
+    },
     closing: () => {
       // Node stops checking request timeouts once the server closes (Node 20 and 24 alike).
       if (sockets.size === 0) return

@@ -56,13 +56,13 @@ export type { EventsPluginOptions } from './events.js'
 export type { PersistencePluginOptions } from './persistence.js'
 export type { TaskManagerPluginOptions } from './task-manager.js'
 
-const DECORATORS = ['persistence', 'taskManager', 'archiver', 'taskEvents'] as const
+const DECORATORS = ['persistence', 'taskManager', 'archiver', 'taskEvents', 'eventStreams'] as const
 
 /**
  * taskvault as one plugin: persistence, task manager, archiver and the task routes, in an
  * encapsulated context of their own under `prefix`, so one process can hold several (each
  * with its own storage folder). This thin wrapper only validates the options and, with
- * `decorate`, hands the three services to the instance it is registered on.
+ * `decorate`, hands its services to the instance it is registered on.
  */
 export default fp<TaskvaultOptions>(async function taskvault (app, options) {
   checkOptions('taskvault', TaskvaultOptionsSchema, options)
@@ -119,6 +119,7 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     app.decorate('taskManager', scope.taskManager)
     app.decorate('archiver', scope.archiver)
     app.decorate('taskEvents', scope.taskEvents)
+    app.decorate('eventStreams', scope.eventStreams)
   }
 }, { name: 'taskvault', fastify: '5.x' })
 

@@ -29,7 +29,7 @@ export const ConfigSchema = Type.Object({
   TASK_ARCHIVE_DAYS: Type.Number({ minimum: 0, default: 30, description: '0 turns archiving off' }),
   TASK_ARCHIVE_RETENTION_DAYS: Type.Number({ minimum: 0, default: 0, description: 'archived sessions finished longer ago are deleted; 0 keeps them forever' }),
   TASK_ARCHIVE_FAILED_RETENTION_DAYS: Type.Number({ minimum: 0, default: 0, description: 'the same for sessions with a Failed task; 0 means TASK_ARCHIVE_RETENTION_DAYS' }),
-  TASK_ARCHIVE_INTERVAL_MINUTES: Type.Number({ exclusiveMinimum: 0, maximum: Math.floor(MAX_TIMER_MS / 60_000), default: 60 }),
+  TASK_ARCHIVE_INTERVAL_MINUTES: Type.Number({ minimum: 0.01, maximum: Math.floor(MAX_TIMER_MS / 60_000), default: 60, description: 'How often the archiver runs; at least 0.01 (0.6 s), so a pass over every session cannot start every millisecond' }),
   TASK_RESTORE_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 64, default: 2, description: 'Reader threads at startup; each reads batches of session files in turn' }),
   TASK_SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, maximum: HOUR_MS, default: 10_000 }),
   BODY_LIMIT: Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024, default: 1024 * 1024 }),

@@ -63,14 +63,14 @@ t.test('the scheduler runs once after restore, then on its interval', async (t) 
   await app.close()
 
   advance(31)
-  app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30, TASK_ARCHIVE_INTERVAL_MINUTES: 0.0005 } })
+  app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30, TASK_ARCHIVE_INTERVAL_MINUTES: 0.01 } })
   // A pass asked for now waits for the one started at restore.
   t.same((await app.archiver.runOnce()).archived, [], 'the pass at restore archived it already')
   t.same(await archived(dir), ['first.json'])
 
   await finishedSession(app, 'second')
   advance(31)
-  // The interval is 30 ms; wait (bounded) for a timer pass to pick the session up.
+  // The interval is 600 ms (the least allowed); wait (bounded) for a timer pass to pick the session up.
   await waitFor('a timer pass to move the second session', () => !existsSync(join(dir, 'second.json')))
   t.same(await archived(dir), ['first.json', 'second.json'], 'a timer pass archived the second session')
 })

@@ -42,7 +42,7 @@ async function connect (t: TestContext, server: ServerProcess, send?: string): P
 }
 
 /** A create on a connection of its own that is closed after the answer (so it holds no slot); status, or the error. */
-async function createOnce (server: ServerProcess, sessionId: string): Promise<number | string> {
+async function createOnce (server: ServerProcess, sessionId: string, key?: string): Promise<number | string> {
   const body = JSON.stringify({ session_id: sessionId, instructions: 'a' })
   return new Promise((resolve) => {
     const req = http.request({
@@ -52,7 +52,7 @@ async function createOnce (server: ServerProcess, sessionId: string): Promise<nu
       path: `${API}/create`,
       agent: false,
       timeout: 10_000,
-      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), connection: 'close' }
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), connection: 'close', ...(key !== undefined && { authorization: `Bearer ${key}` }) }
     }, (res) => {
       res.resume().on('end', () => resolve(res.statusCode ?? 0))
     })
@@ -161,6 +161,41 @@ t.test('idle sockets never take the event streams\' share: past TASK_MAX_CONNECT
   }, 10_000).then(() => true, () => false)
   t.ok(opened, 'streams open on top of the others', { output: describe(server) })
   t.equal(await within(stream.closed, 0), null, 'the first stream is still open')
+})
+
+t.test('a socket joins the streams\' share when a stream is granted, not by its URL: a refused stream request stays among the others, and a stream at an encoded path is still a stream', async (t) => {
+  const { start } = await scratch(t)
+  const cap = 2
+  const key = 'k'.repeat(32)
+  const server = await start({ TASK_MAX_CONNECTIONS: String(cap), TASK_EVENTS_MAX_CLIENTS: '50', TASK_API_KEYS: key })
+  const open = async (raws: Raw[]): Promise<number> => (await Promise.all(raws.map(async (raw) => await within(raw.closed, 0) === null))).filter(Boolean).length
+  // Refused (401), on keep-alive sockets: each stays one of the others, so past the cap new sockets are closed.
+  const refused: Raw[] = []
+  for (let i = 0; i < 6; i++) {
+    const raw = await connect(t, server, `GET ${API}/events HTTP/1.1\r\nHost: localhost\r\n\r\n`)
+    refused.push(raw)
+    await Promise.race([raw.closed, waitFor('the 401', () => raw.received().includes(' 401 '), 5000).catch(() => {})])
+  }
+  // This process may hold one more keep-alive socket to the server (from the readiness polls).
+  t.ok(await open(refused) <= cap, `at most ${cap} sockets of refused stream requests stay open (${await open(refused)})`, { output: describe(server) })
+  t.ok(refused.slice(0, cap - 1).every((raw) => raw.received().includes(' 401 ')), 'the first are answered 401')
+  for (const raw of refused) raw.socket.destroy()
+  await waitFor('the refused sockets to be gone', async () => await open(refused) === 0, 5000)
+
+  // Streams granted at a path the router decodes to the stream's: they leave the others' share.
+  const streams: Raw[] = []
+  for (let i = 0; i < cap + 1; i++) {
+    // The server sees the sockets above close a moment after this process does: tried until a stream opens.
+    await waitFor('an encoded-path stream to open', async () => {
+      const raw = await connect(t, server, `GET ${API}/%65vents HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${key}\r\n\r\n`)
+      const ok = await Promise.race([raw.closed.then(() => false), waitFor('connected', () => raw.received().includes(': connected'), 2000).then(() => true, () => false)])
+      if (ok) streams.push(raw)
+      else raw.socket.destroy()
+      return ok
+    }, 10_000)
+  }
+  t.equal(await open(streams), cap + 1, `${cap + 1} streams open, more than TASK_MAX_CONNECTIONS`)
+  t.equal(await createOnce(server, 'beside', key), 200, 'a request still gets a socket beside them')
 })
 
 t.test('an answer slower than TASK_REQUEST_TIMEOUT_MS is not cut: the timeout covers receiving the request only', async (t) => {

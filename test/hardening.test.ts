@@ -674,8 +674,8 @@ t.test('lock: a .taskvault.lock planted as a link to a real file is not written 
   t.equal((await readLock(dir)).pid, process.pid, 'the lock is our own')
 })
 
-t.test('lock: non-finite numeric settings are refused at boot', async (t) => {
-  for (const [name, value] of [['TASK_LOCK_STALE_MS', '1e400'], ['TASK_SHUTDOWN_GRACE_MS', '1e400'], ['TASK_ARCHIVE_INTERVAL_MINUTES', '1e400']] as const) {
+t.test('lock: non-finite numeric settings, and an archive interval that would start a pass every millisecond, are refused at boot', async (t) => {
+  for (const [name, value] of [['TASK_LOCK_STALE_MS', '1e400'], ['TASK_SHUTDOWN_GRACE_MS', '1e400'], ['TASK_ARCHIVE_INTERVAL_MINUTES', '1e400'], ['TASK_ARCHIVE_INTERVAL_MINUTES', '0.000001']] as const) {
     const dir = await tempDir(t)
     const err = await openError(dir, { [name]: value })
     t.ok(err instanceof Error, `${name}=${value}: boot fails`)

@@ -121,3 +121,28 @@ t.test('through the fs seam: EIO on saves; cancel during the wait ends the run; 
   failing = false
   t.ok((await readSession(dir, 'shut')).background_run !== undefined, 'the run is still recorded, so it resumes after restart')
 })
+
+t.test('TASK_RUN_RETRY_MAX_MS bounds the first wait too, when TASK_RUN_RETRY_MS is set above it', async (t) => {
+  let failing = false
+  const fs: FsSeam = {
+    ...nodeFs,
+    open: (async (...args: Parameters<typeof nodeFs.open>) => {
+      if (failing && args[1] === 'wx') throw Object.assign(new Error('EIO: injected fault'), { code: 'EIO' })
+      return nodeFs.open(...args)
+    }) as typeof nodeFs.open
+  }
+  const dir = await tempDir(t)
+  const app = await build(t, {
+    dir,
+    fs,
+    // A first wait of ten minutes, were the bound not applied to it.
+    config: { TASK_RUN_RETRY_MS: 600_000, TASK_RUN_RETRY_MAX_MS: 50 },
+    executors: { default: async (task) => { if (task.instruction === 'b') failing = true; return { result: task.instruction } } }
+  })
+  t.equal((await post(app, '/create', { session_id: 'capped', instructions: '1. a\n2. b' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'capped', wait: false })).statusCode, 202)
+  await waitFor('the run to wait for storage', async () => (await progressOf(app, 'capped')).waiting === 'storage')
+  failing = false
+  await waitFor('the run to finish within seconds', async () => (await progressOf(app, 'capped')).running === false, 10_000)
+  t.match(await progressOf(app, 'capped'), { all_done: true, completed: 2 })
+})

@@ -6,6 +6,7 @@
  * returns a promise per client per event.
  */
 import type { ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import type { BufferedEvent, TaskEventBuffer } from './task-events.js'
 import { noop } from '../noop.js'
 
@@ -96,6 +97,7 @@ export class EventStreamHub {
   private readonly clients = new Set<Client>()
   /** Connections a stream was opened on: a stream never ends before its connection does. */
   private readonly streamSockets = new WeakSet<object>()
+  private readonly openListeners = new Set<(socket: Socket) => void>()
   private heartbeat: NodeJS.Timeout | null = null
   /** Events since the last flush: written together at the end of this turn of the event loop. */
   private turn: BufferedEvent[] = []
@@ -145,6 +147,12 @@ export class EventStreamHub {
     return socket !== null && this.streamSockets.has(socket)
   }
 
+  /** Called with the connection of every stream opened from now on (not of a refused one); returns the unsubscribe function. */
+  onOpen (listener: (socket: Socket) => void): () => void {
+    this.openListeners.add(listener)
+    return () => { this.openListeners.delete(listener) }
+  }
+
   /** Shutdown began: no new stream. */
   get closing (): boolean {
     return this.closed
@@ -188,7 +196,10 @@ export class EventStreamHub {
       }
     }
     this.clients.add(client)
-    if (res.req.socket !== null) this.streamSockets.add(res.req.socket)
+    if (res.req.socket !== null) {
+      this.streamSockets.add(res.req.socket)
+      for (const listener of this.openListeners) listener(res.req.socket)
+    }
     const drop = (): void => { this.clients.delete(client) }
     res.once('close', drop)
     // A response queued behind another on its connection (pipelined) has no socket yet, and is

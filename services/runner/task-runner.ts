@@ -327,7 +327,8 @@ export class TaskRunner {
    * with backoff, and goes on by itself once saves succeed again.
    */
   private async backgroundRun (sessionId: string, run: Run): Promise<void> {
-    let delay = this.runRetryMs
+    // TASK_RUN_RETRY_MAX_MS is the longest wait, the first one included.
+    let delay = Math.min(this.runRetryMs, this.runRetryMaxMs)
     for (;;) {
       try {
         const results = await this.runAll(sessionId, run)
