@@ -21,6 +21,7 @@ const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
   NO_PENDING_TASK: 409,
   SESSION_BUSY: 409,
   NOT_RUNNING: 409,
+  CANCELLED: 409,
   TASK_NOT_FOUND: 404,
   TASK_NOT_FAILED: 409,
   TOO_MANY_STREAMS: 503,
@@ -34,7 +35,6 @@ const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
   LOCK_LOST: 503,
   STORAGE_FULL: 507,
   ENCRYPTION_KEY_UNAVAILABLE: 503,
-  CANCELLED: 500,
   STORAGE_LOCKED: 500,
   INVALID_SESSION_STATE: 500,
   CORRUPT_SESSION_FILE: 500,
@@ -270,10 +270,13 @@ export class AgentError extends TaskvaultError {
   }
 }
 
-/** A client stopped the session's execution (POST /cancel). */
+/**
+ * A client stopped the session's execution (POST /cancel): the reason its calls are aborted
+ * with, and the answer of an execute cancelled before it claimed a task (`sessionId` given).
+ */
 export class CancelledError extends TaskvaultError {
-  constructor () {
-    super('CANCELLED', 'cancelled')
+  constructor (sessionId?: string) {
+    super('CANCELLED', sessionId === undefined ? 'cancelled' : `session '${sessionId}' was cancelled before its next task started; that task is still Pending`)
   }
 }
 

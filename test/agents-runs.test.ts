@@ -75,6 +75,31 @@ t.test('TASK_MAX_AGENT_CALLS: calls past it wait their turn with their tasks Pen
   t.equal(agent.requests.length, 3, 'the cancelled session never called its agent')
 })
 
+t.test('TASK_MAX_AGENT_CALLS: a single execute waiting for a slot, cancelled: the cancel answers 200, the execute 409 CANCELLED, the task stays Pending', async (t) => {
+  const dir = await tempDir(t)
+  const answers: Array<() => void> = []
+  const agent = await fakeAgent(t, async () => {
+    await new Promise<void>((resolve) => answers.push(resolve))
+    return ok('done')
+  })
+  const app = await build(t, { dir, config: { TASK_MAX_AGENT_CALLS: 1 }, agents: { default: { kind: 'webhook', url: agent.base, timeout_ms: 30_000 } } })
+  for (const id of ['holder', 'waiter']) await createTasks(app, id, [{ instruction: id }])
+  const holding = post(app, '/execute', { session_id: 'holder' })
+  await agent.waitForRequests(1)
+  const waiting = post(app, '/execute', { session_id: 'waiter' })
+  await waitFor('the second execute to be running', async () => (await get(app, '/progress?session_id=waiter')).json().running === true)
+  const cancelled = await post(app, '/cancel', { session_id: 'waiter' })
+  t.equal(cancelled.statusCode, 200, cancelled.body)
+  t.equal(cancelled.json().cancelled_task_id, null, 'no task was running')
+  const answered = await waiting
+  t.equal(answered.statusCode, 409, answered.body)
+  t.match(answered.json(), { code: 'CANCELLED', message: /cancelled before its next task started/ })
+  t.match((await storedTasks(dir, 'waiter'))[0], { status: 'Pending', attempts: 0 }, 'its task never started')
+  for (const answer of answers.splice(0)) answer()
+  t.equal((await holding).statusCode, 200)
+  t.equal(agent.requests.length, 1, 'the cancelled execute never called its agent')
+})
+
 t.test('TASK_MAX_AGENT_CALLS: a shutdown ends the wait for a slot; the waiting run carries on after restart', async (t) => {
   const dir = await tempDir(t)
   const agent = await fakeAgent(t, () => ok('unused'))

@@ -82,7 +82,11 @@ export class TaskRunner {
   async executeNext (sessionId: string): Promise<{ task: ExecutedTask, progress: Progress }> {
     return this.exclusive(sessionId, false, async (run) => {
       const task = await this.runNext(sessionId, run)
-      if (task === null) throw new NoPendingTaskError(sessionId)
+      if (task === null) {
+        // Stopped before it claimed a task (a cancel that ended its wait for a slot): nothing ran.
+        if (run.signal.aborted) throw run.signal.reason instanceof CancelledError ? new CancelledError(sessionId) : run.signal.reason
+        throw new NoPendingTaskError(sessionId)
+      }
       return { task, progress: this.registry.existing(sessionId).progress }
     })
   }
@@ -141,7 +145,8 @@ export class TaskRunner {
     run.controller.abort(new CancelledError())
     await run.done
     // The cancelled task's failure did not reach the disk (or shutdown took over): say so, not 200.
-    if (run.error !== null) throw run.error
+    // An execute stopped before it claimed a task answers CancelledError: this cancel did that.
+    if (run.error !== null && !(run.error instanceof CancelledError)) throw run.error
     return { cancelled_task_id: run.cancelledTaskId, progress: this.registry.existing(sessionId).progress }
   }
 
