@@ -150,7 +150,10 @@ t.test('boot (in process): a header fetch could not send fails the build without
     [{ agents: { default: { kind: 'webhook', url: 'http://x', headers_env: 'H' } }, env: { H: JSON.stringify({ authorization: `Bearer ${secret}\nx-injected: 1` }) } }, /TASK_AGENTS\.default\.headers_env: environment variable H: the value of header 'authorization' holds a character a header cannot carry/],
     [{ agents: { default: { kind: 'webhook', url: 'http://x', headers_env: 'H' } }, env: { H: JSON.stringify({ [`x ${secret}`]: 'v' }) } }, /TASK_AGENTS\.default\.headers_env: environment variable H: a header name is not a valid token/],
     [{ agents: { Coding: { kind: 'openai', base_url: 'http://x', model: 'm', api_key_env: 'K' } }, env: { K: `${secret}\r\nx-injected: 1` } }, /TASK_AGENTS\.Coding\.api_key_env: environment variable K holds a character a header cannot carry/],
-    [{ agents: { Coding: { kind: 'openai', base_url: 'http://x', model: 'm', api_key_env: 'K' } }, env: { K: `${secret}€` } }, /TASK_AGENTS\.Coding\.api_key_env: environment variable K holds/]
+    [{ agents: { Coding: { kind: 'openai', base_url: 'http://x', model: 'm', api_key_env: 'K' } }, env: { K: `${secret}€` } }, /TASK_AGENTS\.Coding\.api_key_env: environment variable K holds/],
+    // Headers the client frames the request with: refused at every call, or (host) dropped, or (content-length) misframing the body.
+    ...['Keep-Alive', 'Expect', 'Upgrade', 'Transfer-Encoding', 'Connection', 'Content-Length', 'Host'].map((name): [Parameters<typeof buildApp>[0], RegExp] =>
+      [{ agents: { default: { kind: 'webhook', url: 'http://x', headers_env: 'H' } }, env: { H: JSON.stringify({ [name]: secret }) } }, new RegExp(`TASK_AGENTS\\.default\\.headers_env: environment variable H: header '${name}' is set by the HTTP client itself`)])
   ]
   for (const [options, message] of attempts) {
     const dir = await tempDir(t)

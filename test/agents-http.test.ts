@@ -53,7 +53,7 @@ t.test('webhook success: exact request body, Idempotency-Key, headers from heade
   const app = await build(t, {
     dir,
     agents: { default: { kind: 'webhook', url: `${agent.base}/hooks/run?team=blue`, headers_env: 'AGENT_HEADERS' } },
-    env: { AGENT_HEADERS: JSON.stringify({ authorization: 'Bearer hook-secret', 'x-team': 'blue' }) }
+    env: { AGENT_HEADERS: JSON.stringify({ Authorization: 'Bearer hook-secret', 'x-team': 'blue', Accept: 'application/json; v=2' }) }
   })
   const [id] = await createTasks(app, 'hook-ok', [{ instruction: 'Summarise the report', task_type: 'Analysis' }])
   const res = await post(app, '/execute', { session_id: 'hook-ok' })
@@ -69,6 +69,7 @@ t.test('webhook success: exact request body, Idempotency-Key, headers from heade
   t.equal(req.headers['idempotency-key'], `hook-ok:${id}:${Date.parse(created)}`, 'the session, the task and its creation time in ms')
   t.equal(req.headers.authorization, 'Bearer hook-secret', 'header from headers_env')
   t.equal(req.headers['x-team'], 'blue', 'header from headers_env')
+  t.equal(req.headers.accept, 'application/json; v=2', 'a header of ours given in any case is replaced, not joined')
   t.match(req.headers['content-type'], /^application\/json/)
 
   const [stored] = await storedTasks(dir, 'hook-ok')

@@ -3,6 +3,9 @@ import { AgentError } from '../../errors.js'
 import { noop } from '../../noop.js'
 import { truncateUtf8 } from '../../session/session.js'
 
+/** undici's codes for a request it will not send as given (not a network failure). */
+const REFUSED_REQUEST_CODES = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED'])
+
 /** How much of an unexpected answer goes into the task's error. */
 const BODY_EXCERPT_BYTES = 200
 
@@ -47,7 +50,9 @@ async function exchange (who: string, url: string, payload: unknown, options: Po
     })
   } catch (err) {
     if (options.signal.aborted) throw options.signal.reason
-    throw new AgentError(`${who} unreachable: ${describeNetworkError(err)}`, { transient: true, cause: err })
+    // A request the client refuses to send is refused again at every try.
+    const refused = REFUSED_REQUEST_CODES.has(String((err as { cause?: { code?: unknown } } | null)?.cause?.code))
+    throw new AgentError(`${who} ${refused ? 'request refused by the HTTP client' : 'unreachable'}: ${describeNetworkError(err)}`, { transient: !refused, cause: err })
   }
   const text = await readText(who, response, options.maxBytes, options.signal)
   // What is quoted of an answer goes into the task's error (every client reads it) and the log:
@@ -145,8 +150,16 @@ export function headersFromEnv (name: string | undefined, env: NodeJS.ProcessEnv
   }
   const bad = unsendableHeader(parsed as Record<string, string>)
   if (bad !== null) throw new AgentError(`environment variable ${name}: ${bad}`)
-  return parsed as Record<string, string>
+  // Names in lower case: one given as `Content-Type` replaces ours rather than joining it ("application/json, text/plain").
+  return Object.fromEntries(Object.entries(parsed as Record<string, string>).map(([header, value]) => [header.toLowerCase(), value]))
 }
+
+/**
+ * Headers the HTTP client frames the request with itself: it refuses most at every call (an
+ * error that retrying cannot mend), drops `host`, and a `content-length` of our own would
+ * misframe the body.
+ */
+const FRAMING_HEADERS = new Set(['connection', 'keep-alive', 'upgrade', 'transfer-encoding', 'expect', 'content-length', 'host', 'te', 'trailer'])
 
 /** What fetch refuses in a header value. */
 export const UNSENDABLE = 'a character a header cannot carry (a line break, NUL, or one past U+00FF)'
@@ -157,6 +170,7 @@ export const UNSENDABLE = 'a character a header cannot carry (a line break, NUL,
  */
 export function unsendableHeader (headers: Record<string, string>): string | null {
   for (const [name, value] of Object.entries(headers)) {
+    if (FRAMING_HEADERS.has(name.toLowerCase())) return `header '${name}' is set by the HTTP client itself and cannot be given`
     try {
       // eslint-disable-next-line no-new -- the check fetch makes, and only it
       new Headers([[name, 'x']])
