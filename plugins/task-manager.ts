@@ -31,7 +31,11 @@ export const TaskManagerOptionsSchema = Type.Object({
   executors: Type.Optional(ExecutorsOption),
   /** Agent specs (the TASK_AGENTS shape); used instead of the TASK_AGENTS setting when given. */
   agents: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
-  /** Where agent specs' `api_key_env` and `headers_env` are looked up (default process.env). */
+  /**
+   * The environment agents see (default process.env): where specs' `api_key_env` and
+   * `headers_env` are looked up, and what a command agent's program inherits (less the server's
+   * own secrets). Given, it is the whole of it: pass `{ ...process.env, ... }` to add to the host's.
+   */
   env: Type.Optional(Type.Record(Type.String(), Type.Union([Type.String(), Type.Undefined()]))),
   /** Time source for timestamps (tests). */
   clock: Type.Optional(functionOption<() => Date>())
