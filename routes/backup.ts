@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { responses } from '../schemas/api.js'
+import { NoQuery, responses } from '../schemas/api.js'
 import { backupFileName, emptyCounts, liveSessionFiles } from '../services/backup/backup.js'
 import { ShuttingDownError } from '../services/errors.js'
 import { errorHandler } from '../http/error-handler.js'
@@ -14,7 +14,7 @@ const backupRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.addHook('onRequest', app.verifyApiKey)
 
   app.get('/backup', {
-    schema: { response: responses.backup },
+    schema: { querystring: NoQuery, response: responses.backup },
     // A failure before the first byte is an ordinary error answer: not a gzip, not a download.
     errorHandler: async (error, request, reply) => {
       reply.removeHeader('content-type').removeHeader('content-disposition')

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { CreateBody, ExecuteAllBody, LIST_DEFAULTS, ListQuery, RetryBody, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
+import { CreateBody, ExecuteAllBody, LIST_DEFAULTS, ListQuery, NoQuery, RetryBody, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
 import { SETTING_DEFAULTS } from '../schemas/options.js'
 import { acceptJsonOnly } from '../http/json-body.js'
 import { InvalidInstructionsError } from '../services/errors.js'
@@ -93,7 +93,7 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     return { session_id: sessionId, created_at: file.created_at, updated_at: file.updated_at, current_index: file.session.current_index, total: tasks.length, tasks, ...(archived && { archived }) }
   })
 
-  app.get('/stats', { schema: { response: responses.stats } }, async () => manager.statsWithSpace())
+  app.get('/stats', { schema: { querystring: NoQuery, response: responses.stats } }, async () => manager.statsWithSpace())
 
   app.delete('/sessions/:session_id', { schema: { params: SessionParams, response: responses.remove } }, async (request, reply) => {
     await manager.delete(request.params.session_id)

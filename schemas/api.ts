@@ -148,6 +148,9 @@ const sessionIdParam = (description: string, examples: string[]) => Type.String(
 const SessionIdParam = sessionIdParam('Letters, digits, _ and -, 1 to 128 characters', ['important_work'])
 
 export const SessionQuery = Type.Object({ session_id: SessionIdParam }, { additionalProperties: false })
+
+/** The query of a route that takes none: a parameter given is a 400, as an unknown field anywhere. */
+export const NoQuery = Type.Object({}, { additionalProperties: false })
 export type SessionQuery = Static<typeof SessionQuery>
 
 export const ARCHIVED_FILTERS = ['exclude', 'include', 'only'] as const

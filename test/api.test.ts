@@ -220,6 +220,17 @@ t.test('GET /list?session_id=all lists sessions newest first with paging', async
   t.equal((await get(app, '/list?session_id=all&archived=all')).statusCode, 400, 'archived takes exclude, include or only')
 })
 
+t.test('GET /stats and GET /backup take no query: a parameter is a 400 in the error shape', async (t) => {
+  const app = await build(t, { dir: await tempDir(t) })
+  for (const url of [`${API}/stats?bogus=1`, `${API}/backup?session_id=x`]) {
+    const res = await app.inject({ method: 'GET', url })
+    t.equal(res.statusCode, 400, url)
+    t.match(res.json(), { statusCode: 400, error: 'Bad Request', message: /must NOT have additional properties|bogus|session_id/ }, url)
+  }
+  t.equal((await app.inject({ method: 'GET', url: `${API}/stats` })).statusCode, 200)
+  t.equal((await app.inject({ method: 'GET', url: `${API}/backup` })).statusCode, 200)
+})
+
 t.test('GET /stats counts sessions and tasks as they change', async (t) => {
   const dir = await tempDir(t)
   const app = await build(t, { dir })
