@@ -176,6 +176,14 @@ t.test('live events: a stream on any replica shows every replica\'s events, and 
   const ids = [...seen, ...replayed].map((e) => Number((e.id ?? '').split('-').at(-1)))
   t.ok(ids.every((id, i) => i === 0 || id > (ids[i - 1] as number)), 'ids grow across replicas')
   onA.close()
+
+  // A replica started after all of it (a rolling deploy) holds the log's latest events: the same id resumes there too.
+  const c = await set.start('ec')
+  const onC = await openStream(t, `${c.base}${API}/events?session_id=ev`, { 'last-event-id': resumeFrom })
+  const late = await onC.until((events) => events.filter((e) => e.event === 'task.completed').length >= 1 || events.some((e) => e.event === 'reset'), 10_000)
+  t.notOk(late.some((e) => e.event === 'reset'), 'no reset on a replica that started after the events')
+  t.same(late.filter((e) => e.event !== 'progress').map((e) => e.event), ['task.started', 'task.completed'], 'it replays what was missed')
+  onC.close()
 })
 
 t.test('many idle runs, sweeps every 100 ms: no sweep takes a live run, on its own replica or another (one call per task, no lost lease)', async (t) => {

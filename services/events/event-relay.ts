@@ -45,10 +45,17 @@ export class EventRelay {
     this.options = options
   }
 
-  /** Takes the log's numbering (events before now are not replayed), then follows it. */
+  /**
+   * Takes the log's numbering and reads its latest events, a buffer's worth, so that a client
+   * moving here from another replica (a rolling deploy) resumes rather than refetching; then
+   * follows the log. Should that first read fail, ids up to the log's latest still resume with
+   * no replay and no reset (the buffer's shared-log rule), and the next poll reads them.
+   */
   async start (): Promise<void> {
     const { token, latest } = await this.options.shared.eventLog()
-    this.options.buffer.adopt(token, latest)
+    this.options.buffer.adopt(token, Math.max(0, latest - this.options.buffer.capacity))
+    this.read()
+    await this.reading
     this.options.notices.on('events', this.wake)
     this.poll = setInterval(this.wake, this.options.pollMs)
     this.poll.unref()
