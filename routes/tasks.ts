@@ -95,7 +95,7 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
 
   app.get('/stats', { schema: { querystring: NoQuery, response: responses.stats } }, async () => manager.statsWithSpace())
 
-  app.delete('/sessions/:session_id', { schema: { params: SessionParams, response: responses.remove } }, async (request, reply) => {
+  app.delete('/sessions/:session_id', { bodyLimit, schema: { params: SessionParams, response: responses.remove } }, async (request, reply) => {
     await manager.delete(request.params.session_id)
     return reply.code(204).send(null)
   })

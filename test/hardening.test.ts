@@ -458,7 +458,7 @@ t.test('limits: TASK_MAX_RESULT_BYTES cuts a long agent result on a character bo
   for (const task of (await get(app, '/list?session_id=r')).json().tasks) check('after restart', task)
 })
 
-t.test('limits: BODY_LIMIT answers 413 on every POST route', async (t) => {
+t.test('limits: BODY_LIMIT answers 413 on every POST route, and on DELETE', async (t) => {
   const dir = await tempDir(t)
   const app = await build(t, { dir, config: { BODY_LIMIT: 1024 } })
   const padding = 'x'.repeat(1100)
@@ -467,6 +467,9 @@ t.test('limits: BODY_LIMIT answers 413 on every POST route', async (t) => {
     t.equal(errorShape(t, res, 413, `${path} over BODY_LIMIT`).code, 'FST_ERR_CTP_BODY_TOO_LARGE')
   }
   t.equal((await post(app, '/create', { session_id: 'b', instructions: 'x'.repeat(900) })).statusCode, 200, 'just under the limit is fine')
+  // DELETE takes no body, but one sent is bounded the same (not by Fastify's 1 MiB default).
+  const deleted = await app.inject({ method: 'DELETE', url: `${API}/sessions/b`, headers: { 'content-type': 'application/json' }, payload: JSON.stringify({ padding }) })
+  t.equal(errorShape(t, deleted, 413, 'DELETE over BODY_LIMIT').code, 'FST_ERR_CTP_BODY_TOO_LARGE')
   t.same((await names(dir)).filter((name) => name.endsWith('.json')), ['b.json'])
 })
 
