@@ -23,7 +23,7 @@ import { breaksConnection, errnoLike, storageError, uncertain } from './pg-error
 import { checkSchemaName, redactUrl } from './database-url.js'
 import { createPool, type PoolSettings } from './pool.js'
 import {
-  CONNECTION_SETTINGS, PING, ROW_TOTALS, SYNCHRONOUS_COMMIT_ON, activePage, addKeyChecks, deriveColumns, keyChecksOf, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
+  CONNECTION_SETTINGS, PING, ROW_TOTALS, activePage, addKeyChecks, deriveColumns, keyChecksOf, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
   updateSession, type ActiveRow, type DerivedColumns, type RowVersion
 } from './sessions-sql.js'
 import { SaveBatcher, type PendingSave } from './save-batcher.js'
@@ -166,8 +166,6 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   private readonly keepChecks: boolean
   private readonly batcher: SaveBatcher<RowVersion | null, QueuedSave>
   private readonly refresher: SaveBatcher<FreshRow | null, QueuedRefresh>
-  /** Connections that have had SYNCHRONOUS_COMMIT_ON (see query()). */
-  private readonly prepared = new WeakSet<pg.PoolClient>()
   readonly replicaId: string
   readonly shared: SharedSessions | undefined
   readonly leaseMs: number
@@ -878,21 +876,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     // dropped) would end the process.
     const onError = (err: Error): void => { broken ??= err }
     client.on('error', onError)
-    let sent = false
     try {
-      if (this.ownsPool && !this.prepared.has(client)) {
-        // Before anything else on a new connection of our own: our sessions commit durably even
-        // where the role or database turned synchronous_commit off. A host's pool is the host's
-        // to configure; init refuses one that has it off.
-        await client.query(SYNCHRONOUS_COMMIT_ON)
-        this.prepared.add(client)
-      }
-      sent = true
       return await client.query<R>(config)
     } catch (err) {
       if (breaksConnection(err)) broken ??= err instanceof Error ? err : new Error(String(err))
-      // A failure of the setting, before the statement went out, leaves nothing uncertain.
-      throw new QueryFailure(err, sent)
+      throw new QueryFailure(err, true)
     } finally {
       client.removeListener('error', onError)
       client.release(broken)
