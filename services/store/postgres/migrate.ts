@@ -72,8 +72,8 @@ export async function migrate (db: pg.Pool | pg.ClientBase, options: { schema: s
   const schema = checkSchemaName(options.schema)
   const files = await readMigrations(options.dir)
   const key = migrationLockKey(schema)
-  const pooled = db instanceof pg.Pool
-  const client = pooled ? await db.connect() : db as pg.ClientBase
+  const pooled = isPool(db)
+  const client = pooled ? await db.connect() : db
   // Set when the connection may hold the lock or a transaction still: a pooled one is then discarded.
   let broken: Error | undefined
   // A connection lost while checked out (a reset while waiting for another server's migration)
@@ -106,8 +106,17 @@ export async function migrate (db: pg.Pool | pg.ClientBase, options: { schema: s
   }
 }
 
+/**
+ * A pool is anything to check a connection out of: a host's pool may come from another copy
+ * of pg, or wrap one, so `instanceof pg.Pool` would take it for a connection. A connection is
+ * a pg.Client of ours or one checked out of a pool (it has release()).
+ */
+function isPool (db: pg.Pool | pg.ClientBase): db is pg.Pool {
+  return !(db instanceof pg.Client) && typeof (db as Partial<pg.PoolClient>).release !== 'function' && typeof db.connect === 'function'
+}
+
 async function migrateLocked (client: pg.ClientBase, schema: string, files: MigrationFile[]): Promise<MigrateResult> {
-  const schemaId = client.escapeIdentifier(schema)
+  const schemaId = pg.escapeIdentifier(schema)
   // CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege even when the schema exists;
   // a role given a schema made by an administrator has none.
   const found = await run(client, 'SELECT 1 FROM pg_namespace WHERE nspname = $1', [schema])

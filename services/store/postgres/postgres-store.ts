@@ -19,7 +19,7 @@ import {
 import { ARCHIVED_ROWS, archiveSession, archivedUnderKid, deleteArchived, newerArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
 import { migrate } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
-import { breaksConnection, errnoLike, storageError, uncertain } from './pg-errors.js'
+import { breaksConnection, errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
 import { checkSchemaName, redactUrl } from './database-url.js'
 import { createPool, type PoolSettings } from './pool.js'
 import {
@@ -240,7 +240,10 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       if (this.keyring !== null) this.newKeyChecks = this.keyring.verifyChecks(await this.keyChecks(this.keyring.kids), this.location)
     } catch (err) {
       if (err instanceof TaskvaultError) throw err
-      const cause = errnoLike(err instanceof QueryFailure ? err.cause : err)
+      const raw = err instanceof QueryFailure ? err.cause : err
+      // Not retried as a database that is down (persistence.ts): a bug, or a `pool` that is not one.
+      if (programmingError(raw)) throw raw
+      const cause = errnoLike(raw)
       throw new DatabaseUnavailableError(`preparing ${this.location} failed: ${cause.message} (${cause.code ?? 'EIO'})`, { cause })
     }
     if (settings?.synchronous_commit === 'off') {
