@@ -17,7 +17,7 @@ import {
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
 import { ARCHIVED_ROWS, archiveSession, archivedUnderKid, deleteArchived, newerArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
-import { migrate } from './migrate.js'
+import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { breaksConnection, errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
 import { checkSchemaName, redactUrl } from './database-url.js'
@@ -82,6 +82,8 @@ export interface PostgresSessionStoreOptions {
   replicaId?: string
   /** Execution leases last this long, renewed with the heartbeat every third of it (TASK_LEASE_MS). */
   leaseMs?: number
+  /** At init: a migration stepped back because another session holds a lock on its tables, and is tried again. */
+  onMigrationLockWait?: (wait: MigrationLockWait) => void
 }
 
 /** A save waiting for its statement (save-batcher.ts). */
@@ -173,8 +175,10 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   /** Sessions another replica held a live lease on when last read (refresh, list), by holder. */
   private readonly elsewhere = new Map<string, string>()
   private closed = false
+  private readonly onMigrationLockWait: ((wait: MigrationLockWait) => void) | undefined
 
   constructor (options: PostgresSessionStoreOptions) {
+    this.onMigrationLockWait = options.onMigrationLockWait
     if (options.pool !== undefined) {
       this.pool = options.pool
       this.ownsPool = false
@@ -228,13 +232,14 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   /**
    * Applies the migrations (under their advisory lock), then checks that commits are durable
-   * (synchronous_commit not off) and that unqualified names reach our schema.
+   * (synchronous_commit not off) and that unqualified names reach our schema. `deadline`
+   * (performance.now()): a migration whose tables another session keeps locked is tried again until then.
    */
-  async init (): Promise<{ applied: number[], version: number }> {
+  async init (options: { deadline?: number } = {}): Promise<{ applied: number[], version: number }> {
     let result: { applied: number[], version: number }
     let settings: { synchronous_commit: string, schema: string | null } | undefined
     try {
-      result = await migrate(this.pool, { schema: this.schema })
+      result = await migrate(this.pool, { schema: this.schema, deadline: options.deadline, onLockWait: this.onMigrationLockWait })
       settings = (await this.query<{ synchronous_commit: string, schema: string | null }>({ text: CONNECTION_SETTINGS })).rows[0]
       // A key other than the one a kid was first given here stops the boot, sessions or not.
       if (this.keyring !== null) this.newKeyChecks = this.keyring.verifyChecks(await this.keyChecks(this.keyring.kids), this.location)
