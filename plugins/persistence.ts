@@ -10,6 +10,7 @@ import { FileSessionStore } from '../services/store/file-store.js'
 import type { FsSeam } from '../services/store/fs-seam.js'
 import { Keyring } from '../services/store/keyring.js'
 import { redactUrl } from '../services/store/postgres/database-url.js'
+import type { MigrationLockWait } from '../services/store/postgres/migrate.js'
 import type { SessionStore } from '../services/store/store.js'
 import { appSettings, checkOptions, FunctionOption, inTermsOf, withOptionErrors } from './options.js'
 
@@ -95,7 +96,12 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
     saveBatch: settings.dbSaveBatch,
     saveBatchBytes: settings.dbSaveBatchBytes,
     replicaId: settings.replicaId === '' ? defaultReplicaId() : settings.replicaId,
-    leaseMs: settings.leaseMs
+    leaseMs: settings.leaseMs,
+    onMigrationLockWait: (wait: MigrationLockWait) => {
+      app.log.warn({ migration: wait.version, waited_ms: wait.waitedMs, retry_in_ms: wait.retryInMs },
+        `Migration ${wait.version} (${wait.name}) waits for a lock on its tables that another session holds (a pg_dump, a long transaction?); ` +
+        'it stepped back so the other replicas\' statements on them go on, and tries again')
+    }
   }
   // Loaded here: a server on the file store never loads the pg driver.
   const { PostgresSessionStore } = await import('../services/store/postgres/postgres-store.js')
@@ -110,7 +116,7 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
   const deadline = performance.now() + settings.dbConnectTimeoutMs
   for (let wait = CONNECT_RETRY_MS; ; wait = Math.min(wait * 2, CONNECT_RETRY_MAX_MS)) {
     try {
-      const { applied, version } = await store.init()
+      const { applied, version } = await store.init({ deadline })
       app.log.info({ database: store.location, migration: version, applied }, applied.length > 0 ? `Migrated the database to ${version}` : 'Database schema is current')
       return store
     } catch (err) {

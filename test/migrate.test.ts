@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto'
 import { copyFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import type { SessionFile, Task } from '../schemas/session.js'
@@ -14,6 +15,7 @@ import { DatabaseTooNewError, InvalidDatabaseSettingError, MigrationError } from
 import { MIGRATIONS_DIR, migrate, migrationLockKey, readMigrations } from '../services/store/postgres/migrate.js'
 import { redactUrl } from '../services/store/postgres/database-url.js'
 import { createPool } from '../services/store/postgres/pool.js'
+import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
 import { parseSessionFile, serializeSessionFile } from '../services/store/session-files.js'
 import { taskvault, type Run } from './cli-run.js'
 import { tempDir, waitFor } from './helper.js'
@@ -206,6 +208,66 @@ t.test('a connection lost while migrate waits for another server\'s lock fails t
   proxy.pass()
   await holder.query('SELECT pg_advisory_unlock($1::bigint)', [migrationLockKey(SCHEMA)])
   t.same((await migrate(db, { schema: SCHEMA })).applied, ALL, 'a later migrate on the same pool applies everything')
+})
+
+/** A session that read `sessions` in a REPEATABLE READ transaction and keeps it open (what pg_dump does for a whole dump): it holds a read lock on the table. */
+async function reader (t: Test, url: string): Promise<pg.PoolClient> {
+  const client = await pool(t, url).connect()
+  t.teardown(() => { client.release(true) })
+  await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ')
+  await client.query('SELECT count(*) FROM sessions')
+  return client
+}
+
+t.test('a migration whose table is locked (a pg_dump) steps back and tries again: other statements on the table go on, and the boot completes once the lock is gone', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const other = pool(t, url, SCHEMA, 5_000)
+  t.same((await migrate(other, { schema: SCHEMA, dir: await migrationsDir(t, {}, 4) })).version, 4)
+  const dump = await reader(t, url)
+  // A replica of the next version boots: migration 5 alters sessions, which needs the table to itself.
+  const waits: number[] = []
+  const store = new PostgresSessionStore({ settings: { url, schema: SCHEMA, max: 4, statementTimeoutMs: 5_000 }, replicaId: 'new', onMigrationLockWait: (wait) => { waits.push(wait.version) } })
+  t.teardown(() => store.close())
+  let booted = false
+  const booting = store.init({ deadline: performance.now() + 60_000 }).finally(() => { booted = true })
+  booting.catch(noop)
+  try {
+    // Its first try is under way, or has stepped back already.
+    await sleep(1_200)
+    // The other replicas keep serving meanwhile: their statements wait at most for one try's lock_timeout.
+    for (let i = 0; i < 6; i++) {
+      for (const sql of ['SELECT count(*) FROM sessions WHERE archived_at IS NULL', 'UPDATE sessions SET version = version + 1 WHERE session_id = \'x\'']) {
+        const started = performance.now()
+        const outcome = await other.query(sql).then(() => 'done', (err: Error) => err.message)
+        const ms = Math.round(performance.now() - started)
+        t.ok(outcome === 'done' && ms < 2_500, `${sql.split(' ')[0] ?? ''} #${i + 1}: ${outcome} in ${ms} ms`)
+      }
+      await sleep(400)
+    }
+    t.notOk(booted, 'the boot waits while the lock is held')
+    t.ok(waits.length >= 2 && waits.every((version) => version === 5), `each step back was told (${waits.length}), all for migration 5`)
+  } finally {
+    // Whatever failed above: the boot must not stay queued behind the reader.
+    await dump.query('COMMIT')
+  }
+  t.same(await booting, { applied: ALL.filter((version) => version > 4), version: NEWEST }, 'once the reader ends, the boot completes')
+  t.same(await recorded(other), ALL)
+})
+
+t.test('a migration whose table stays locked past the deadline is given up, applying nothing, and the advisory lock is free', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = pool(t, url)
+  await migrate(db, { schema: SCHEMA, dir: await migrationsDir(t, {}, 4) })
+  const dump = await reader(t, url)
+  // Bounded here too: a migrate that waited on would hold this test until tap's timeout.
+  const gaveUp = Promise.race([migrate(db, { schema: SCHEMA, deadline: performance.now() + 1_500 }), sleep(10_000).then(() => 'still waiting after 10 s')])
+  const ended = gaveUp.then(noop, noop).then(async () => dump.query('COMMIT'))
+  await t.rejects(gaveUp, { code: 'MIGRATION_FAILED', message: /^migration 5 \(cheaper_id_check\) could not lock its tables for \d+ ms: another session holds a lock on them/u })
+  await ended
+  t.same(await recorded(db), [1, 2, 3, 4], 'nothing applied')
+  t.same((await migrate(db, { schema: SCHEMA, deadline: performance.now() + 1_500 })).applied, ALL.filter((version) => version > 4), 'applied once the reader ended')
 })
 
 t.test('an applied migration that changed since is refused', async (t) => {

@@ -2,8 +2,9 @@ import { randomBytes } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import type { FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
 import { buildApp } from '../app.js'
+import taskvaultPlugin from '../index.js'
 import { API, build, tempDir, waitFor } from './helper.js'
 import pg from 'pg'
 import { testDatabase } from './postgres.js'
@@ -536,6 +537,39 @@ t.test('live events the database could not take wait and go later, in order; pas
   const after = await stream.until((events) => events.some((event) => event.data.session_id === 'lost2' && event.event === 'progress'), 10_000)
   t.same(names(after, 'lost2'), ['session.created', 'tasks.added', 'progress'], 'the newer events follow once the log takes them')
   t.equal(names(after, 'lost1').length, 2, 'of the first create\'s three, the oldest was dropped')
+})
+
+t.test('a host\'s pool that is not this copy\'s pg.Pool (another copy of pg, a wrapper) boots the plugin, which then serves from it', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const real = new pg.Pool(connectionConfig({ url, schema: 'taskvault', max: 4, statementTimeoutMs: 5_000 }))
+  t.teardown(() => real.end())
+  // What the \`pool\` option asks for, delegated: nothing of it is an instance of pg.Pool.
+  const pool = {
+    query: async (...args: unknown[]) => (real.query as (...a: unknown[]) => Promise<unknown>)(...args),
+    connect: async () => real.connect(),
+    end: async () => real.end(),
+    on: (...args: Parameters<pg.Pool['on']>) => real.on(...args)
+  }
+  const app = Fastify()
+  t.teardown(() => app.close())
+  // Short: without the fix the boot took the failure for a database that is down and waited this long.
+  await app.register(taskvaultPlugin, { prefix: '/tv', pool: pool as unknown as pg.Pool, dbConnectTimeoutMs: 2_000 })
+  await app.ready()
+  const created = await app.inject({ method: 'POST', url: '/tv/create', payload: { session_id: 'hosted', instructions: '1. a\n2. b' } })
+  t.equal(created.statusCode, 200, 'a session is created')
+  const { rows } = await real.query('SELECT session_id FROM sessions WHERE archived_at IS NULL')
+  t.same(rows, [{ session_id: 'hosted' }], 'stored through the host\'s pool')
+
+  // A pool that is not usable (connect() only takes a callback) is a fault of the host's code:
+  // the boot stops at once and says what failed, not after TASK_DB_CONNECT_TIMEOUT_MS as "could not reach the database".
+  const callbackOnly = { ...pool, connect: (callback?: Parameters<pg.Pool['connect']>[0]) => { if (callback !== undefined) real.connect(callback) } }
+  const other = Fastify()
+  t.teardown(() => other.close())
+  const started = performance.now()
+  const failed = await other.register(taskvaultPlugin, { prefix: '/tv', pool: callbackOnly as unknown as pg.Pool, dbConnectTimeoutMs: 5_000 }).ready().then(() => null, (err: Error) => err)
+  t.type(failed, TypeError, `the boot fails with the TypeError: ${String(failed)}`)
+  t.ok(performance.now() - started < 4_000, 'at once, not retried as a database that is down')
 })
 
 const names = (events: Array<{ event: string, data: Record<string, unknown> }>, sessionId: string): string[] =>

@@ -8,9 +8,10 @@ import pg from 'pg'
 import t, { type Test } from 'tap'
 import type { SessionFile } from '../schemas/session.js'
 import { StorageError, TaskvaultError } from '../services/errors.js'
+import { noop } from '../services/noop.js'
 import { statusFor } from '../http/error-handler.js'
 import { Keyring } from '../services/store/keyring.js'
-import { createPool } from '../services/store/postgres/pool.js'
+import { connectionConfig } from '../services/store/postgres/pool.js'
 import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
 import { serializeSessionFile } from '../services/store/session-files.js'
 import { waitFor } from './helper.js'
@@ -322,12 +323,42 @@ t.test('synchronous_commit: turned on for the store\'s own pool, refused when a 
   await own.save(contractSession('durable'))
   t.pass('the store\'s own pool starts: it turns synchronous_commit on for its connections')
 
-  const host = createPool({ url, schema: SCHEMA, max: 1, statementTimeoutMs: 5_000 })
+  // Built as a host builds one (createPool's connections turn it on; this one's are the host's to configure).
+  const host = new pg.Pool(connectionConfig({ url, schema: SCHEMA, max: 1, statementTimeoutMs: 5_000 }))
   t.teardown(() => host.end())
   const store = new PostgresSessionStore({ pool: host, schema: SCHEMA, url })
   await t.rejects(store.init(), { code: 'INVALID_DATABASE_SETTING', message: /^synchronous_commit: is off/u })
   await store.close()
   t.equal((await host.query('SELECT 1 AS one')).rows[0].one, 1, 'a host\'s pool stays open after close')
+})
+
+t.test('synchronous_commit is on for every connection of the store\'s own pool: the lease keeper\'s listener (which renews leases) too, and after reconnecting', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  const name = new URL(url).pathname.slice(1)
+  await db.query(`ALTER DATABASE ${pg.escapeIdentifier(name)} SET synchronous_commit = off`)
+  const store = await openStore(t, url, { replicaId: 'r1', leaseMs: 3_000, onPoolError: noop })
+  // The connections the store holds itself: nothing outside it sees them.
+  const inside = store as unknown as { pool: pg.Pool, leases: { listener: pg.PoolClient | null } }
+  const setting = async (client: pg.ClientBase): Promise<unknown> => (await client.query('SHOW synchronous_commit')).rows[0]?.synchronous_commit
+  const check = async (when: string, before: pg.PoolClient | null): Promise<pg.PoolClient> => {
+    const listener = await waitFor('a listening connection', () => inside.leases.listener !== before && (inside.leases.listener ?? undefined))
+    t.equal(await setting(listener), 'on', `the listener, ${when}`)
+    // Checked out straight from the pool (as migrations and a pass's lock are), not through a statement of the store's.
+    const pooled = await Promise.all([inside.pool.connect(), inside.pool.connect()])
+    try {
+      t.same(await Promise.all(pooled.map(setting)), ['on', 'on'], `pooled connections, ${when}`)
+    } finally {
+      for (const client of pooled) client.release()
+    }
+    return listener
+  }
+  const first = await check('at start', null)
+  // As a restart of the database looks to this one: every connection of it ends.
+  await db.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()', [name])
+  await check('after every connection was dropped and opened again', first)
+  await store.save(contractSession('durable'))
 })
 
 t.test('connection failures never show the password', async (t) => {

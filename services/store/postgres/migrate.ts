@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto'
 import { readFile, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { noop } from '../../noop.js'
@@ -24,6 +25,41 @@ export interface MigrationFile {
   name: string
   checksum: string
   sql: string
+}
+
+/**
+ * lock_timeout of each migration's transaction. A migration that waits for a table lock (held by
+ * a pg_dump, a long transaction) queues every later statement on that table behind it, the
+ * other replicas' too: this bounds how long they stall before it steps back and tries again.
+ */
+const MIGRATION_LOCK_TIMEOUT_MS = 1_000
+/** The first wait before trying a migration that found its table locked again; it doubles up to MAX. */
+const LOCK_RETRY_MS = 250
+const LOCK_RETRY_MAX_MS = 5_000
+/** How long a migration keeps trying for its table locks when the caller gives no deadline (TASK_DB_CONNECT_TIMEOUT_MS's default). */
+const DEFAULT_LOCK_WAIT_MS = 60_000
+/** lock_not_available: lock_timeout ran out. */
+const LOCK_NOT_AVAILABLE = '55P03'
+
+/** A migration that could not take its table locks in time, and is tried again after `retryInMs`. */
+export interface MigrationLockWait {
+  version: number
+  name: string
+  /** Since its first try. */
+  waitedMs: number
+  retryInMs: number
+}
+
+export interface MigrateOptions {
+  schema: string
+  dir?: string
+  /**
+   * performance.now() after which a migration that cannot take its table locks is given up
+   * (MigrationError); by default a minute from the call.
+   */
+  deadline?: number
+  /** Told each time a migration steps back because another session holds a lock on its tables. */
+  onLockWait?: (wait: MigrationLockWait) => void
 }
 
 export interface MigrateResult {
@@ -68,12 +104,13 @@ export function migrationLockKey (schema: string): string {
  * the schema and its `migrations` table first when they are missing. Refuses a database that
  * holds a migration newer than the newest file, or one whose applied file has changed.
  */
-export async function migrate (db: pg.Pool | pg.ClientBase, options: { schema: string, dir?: string }): Promise<MigrateResult> {
+export async function migrate (db: pg.Pool | pg.ClientBase, options: MigrateOptions): Promise<MigrateResult> {
+  const deadline = options.deadline ?? performance.now() + DEFAULT_LOCK_WAIT_MS
   const schema = checkSchemaName(options.schema)
   const files = await readMigrations(options.dir)
   const key = migrationLockKey(schema)
-  const pooled = db instanceof pg.Pool
-  const client = pooled ? await db.connect() : db as pg.ClientBase
+  const pooled = isPool(db)
+  const client = pooled ? await db.connect() : db
   // Set when the connection may hold the lock or a transaction still: a pooled one is then discarded.
   let broken: Error | undefined
   // A connection lost while checked out (a reset while waiting for another server's migration)
@@ -88,7 +125,7 @@ export async function migrate (db: pg.Pool | pg.ClientBase, options: { schema: s
     await run(client, 'SELECT pg_advisory_lock($1::bigint)', [key])
     let result: MigrateResult
     try {
-      result = await migrateLocked(client, schema, files)
+      result = await migrateLocked(client, schema, files, deadline, options.onLockWait)
     } finally {
       await run(client, 'SELECT pg_advisory_unlock($1::bigint)', [key]).catch((err: Error) => { broken ??= err })
     }
@@ -106,8 +143,17 @@ export async function migrate (db: pg.Pool | pg.ClientBase, options: { schema: s
   }
 }
 
-async function migrateLocked (client: pg.ClientBase, schema: string, files: MigrationFile[]): Promise<MigrateResult> {
-  const schemaId = client.escapeIdentifier(schema)
+/**
+ * A pool is anything to check a connection out of: a host's pool may come from another copy
+ * of pg, or wrap one, so `instanceof pg.Pool` would take it for a connection. A connection is
+ * a pg.Client of ours or one checked out of a pool (it has release()).
+ */
+function isPool (db: pg.Pool | pg.ClientBase): db is pg.Pool {
+  return !(db instanceof pg.Client) && typeof (db as Partial<pg.PoolClient>).release !== 'function' && typeof db.connect === 'function'
+}
+
+async function migrateLocked (client: pg.ClientBase, schema: string, files: MigrationFile[], deadline: number, onLockWait?: (wait: MigrationLockWait) => void): Promise<MigrateResult> {
+  const schemaId = pg.escapeIdentifier(schema)
   // CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege even when the schema exists;
   // a role given a schema made by an administrator has none.
   const found = await run(client, 'SELECT 1 FROM pg_namespace WHERE nspname = $1', [schema])
@@ -134,22 +180,38 @@ async function migrateLocked (client: pg.ClientBase, schema: string, files: Migr
   const applied: number[] = []
   for (const file of files) {
     if (done.has(file.version)) continue
-    await applyOne(client, schemaId, file)
+    // Tried again until the deadline while another session holds a lock on its tables; the
+    // advisory lock stays held, so no other server starts it meanwhile.
+    const first = performance.now()
+    for (let wait = LOCK_RETRY_MS; !await applyOne(client, schemaId, file); wait = Math.min(wait * 2, LOCK_RETRY_MAX_MS)) {
+      const waitedMs = Math.round(performance.now() - first)
+      const left = deadline - performance.now()
+      if (left <= 0) {
+        throw new MigrationError(`migration ${file.version} (${file.name}) could not lock its tables for ${waitedMs} ms: another session holds a lock on them ` +
+          '(a pg_dump, a long transaction; see pg_locks); nothing was applied, start again once it ends')
+      }
+      const retryInMs = Math.round(Math.min(wait, left))
+      onLockWait?.({ version: file.version, name: file.name, waitedMs, retryInMs })
+      await sleep(retryInMs)
+    }
     applied.push(file.version)
   }
   return { applied, version: files.at(-1)?.version ?? 0 }
 }
 
-async function applyOne (client: pg.ClientBase, schemaId: string, file: MigrationFile): Promise<void> {
+/** Applies one migration in a transaction; false, with nothing applied, when a lock it needs was not granted within MIGRATION_LOCK_TIMEOUT_MS. */
+async function applyOne (client: pg.ClientBase, schemaId: string, file: MigrationFile): Promise<boolean> {
   await run(client, 'BEGIN')
   try {
-    await run(client, 'SELECT set_config(\'search_path\', $1, true)', [schemaId])
+    await run(client, 'SELECT set_config(\'search_path\', $1, true), set_config(\'lock_timeout\', $2, true)', [schemaId, `${MIGRATION_LOCK_TIMEOUT_MS}ms`])
     // No parameters: sent as a simple query, so a file may hold many statements.
     await run(client, file.sql)
     await run(client, `INSERT INTO ${schemaId}.migrations (version, name, checksum) VALUES ($1, $2, $3)`, [file.version, file.name, file.checksum])
     await run(client, 'COMMIT')
+    return true
   } catch (err) {
     await run(client, 'ROLLBACK').catch(noop)
+    if ((err as { code?: unknown }).code === LOCK_NOT_AVAILABLE) return false
     throw new MigrationError(`migration ${file.version} (${file.name}) failed: ${(err as Error).message}`, { cause: err })
   }
 }

@@ -32,6 +32,14 @@ export function breaksConnection (err: unknown): boolean {
   return state === null || state.startsWith('08') || state.startsWith('57P')
 }
 
+/**
+ * A fault of the program, or of an object a host passed in, rather than of the database: trying
+ * again cannot help, and reporting it as an unreachable database would send one looking at the network.
+ */
+export function programmingError (err: unknown): boolean {
+  return err instanceof TypeError || err instanceof ReferenceError || err instanceof RangeError
+}
+
 /** `user:password@` in anything URL-like, for messages that quote a connection string. */
 const CREDENTIALS = /\/\/[^/@\s]*@/gu
 

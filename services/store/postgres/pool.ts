@@ -3,6 +3,7 @@ import pg from 'pg'
 import { noop } from '../../noop.js'
 import { InvalidDatabaseSettingError } from '../../errors.js'
 import { checkSchemaName, parseDatabaseUrl } from './database-url.js'
+import { SYNCHRONOUS_COMMIT_ON } from './sessions-sql.js'
 
 /**
  * Connection settings for the PostgreSQL store: one place that checks the settings and builds
@@ -69,9 +70,18 @@ function osUser (): string {
 /**
  * A pool for these settings. Errors of idle connections (the server restarted, the network
  * dropped) go to `onError`: unheard, the pool's 'error' event would end the process.
+ *
+ * Every connection turns synchronous_commit on (where the role or database has it off) before
+ * the pool hands it out, whoever takes it: statements, the lease keeper's listener and its
+ * renewals, migrations, a pass's lock. Not as a startup option: that would also override a
+ * stronger setting of the role's (remote_apply). A connection where it fails is never handed out.
  */
 export function createPool (settings: PoolSettings, onError: (err: Error) => void = noop): pg.Pool {
-  const pool = new pg.Pool(connectionConfig(settings))
+  const pool = new pg.Pool({ ...connectionConfig(settings), onConnect: durableCommits })
   pool.on('error', onError)
   return pool
+}
+
+async function durableCommits (client: pg.ClientBase): Promise<void> {
+  await client.query(SYNCHRONOUS_COMMIT_ON)
 }

@@ -17,13 +17,13 @@ import {
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
 import { ARCHIVED_ROWS, archiveSession, archivedUnderKid, deleteArchived, newerArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
-import { migrate } from './migrate.js'
+import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
-import { breaksConnection, errnoLike, storageError, uncertain } from './pg-errors.js'
+import { breaksConnection, errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
 import { checkSchemaName, redactUrl } from './database-url.js'
 import { createPool, type PoolSettings } from './pool.js'
 import {
-  CONNECTION_SETTINGS, PING, ROW_TOTALS, SYNCHRONOUS_COMMIT_ON, activePage, addKeyChecks, deriveColumns, keyChecksOf, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
+  CONNECTION_SETTINGS, PING, ROW_TOTALS, activePage, addKeyChecks, deriveColumns, keyChecksOf, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
   updateSession, type ActiveRow, type DerivedColumns, type RowVersion
 } from './sessions-sql.js'
 import { SaveBatcher, type PendingSave } from './save-batcher.js'
@@ -82,6 +82,8 @@ export interface PostgresSessionStoreOptions {
   replicaId?: string
   /** Execution leases last this long, renewed with the heartbeat every third of it (TASK_LEASE_MS). */
   leaseMs?: number
+  /** At init: a migration stepped back because another session holds a lock on its tables, and is tried again. */
+  onMigrationLockWait?: (wait: MigrationLockWait) => void
 }
 
 /** A save waiting for its statement (save-batcher.ts). */
@@ -166,8 +168,6 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   private readonly keepChecks: boolean
   private readonly batcher: SaveBatcher<RowVersion | null, QueuedSave>
   private readonly refresher: SaveBatcher<FreshRow | null, QueuedRefresh>
-  /** Connections that have had SYNCHRONOUS_COMMIT_ON (see query()). */
-  private readonly prepared = new WeakSet<pg.PoolClient>()
   readonly replicaId: string
   readonly shared: SharedSessions | undefined
   readonly leaseMs: number
@@ -175,8 +175,10 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   /** Sessions another replica held a live lease on when last read (refresh, list), by holder. */
   private readonly elsewhere = new Map<string, string>()
   private closed = false
+  private readonly onMigrationLockWait: ((wait: MigrationLockWait) => void) | undefined
 
   constructor (options: PostgresSessionStoreOptions) {
+    this.onMigrationLockWait = options.onMigrationLockWait
     if (options.pool !== undefined) {
       this.pool = options.pool
       this.ownsPool = false
@@ -230,19 +232,23 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   /**
    * Applies the migrations (under their advisory lock), then checks that commits are durable
-   * (synchronous_commit not off) and that unqualified names reach our schema.
+   * (synchronous_commit not off) and that unqualified names reach our schema. `deadline`
+   * (performance.now()): a migration whose tables another session keeps locked is tried again until then.
    */
-  async init (): Promise<{ applied: number[], version: number }> {
+  async init (options: { deadline?: number } = {}): Promise<{ applied: number[], version: number }> {
     let result: { applied: number[], version: number }
     let settings: { synchronous_commit: string, schema: string | null } | undefined
     try {
-      result = await migrate(this.pool, { schema: this.schema })
+      result = await migrate(this.pool, { schema: this.schema, deadline: options.deadline, onLockWait: this.onMigrationLockWait })
       settings = (await this.query<{ synchronous_commit: string, schema: string | null }>({ text: CONNECTION_SETTINGS })).rows[0]
       // A key other than the one a kid was first given here stops the boot, sessions or not.
       if (this.keyring !== null) this.newKeyChecks = this.keyring.verifyChecks(await this.keyChecks(this.keyring.kids), this.location)
     } catch (err) {
       if (err instanceof TaskvaultError) throw err
-      const cause = errnoLike(err instanceof QueryFailure ? err.cause : err)
+      const raw = err instanceof QueryFailure ? err.cause : err
+      // Not retried as a database that is down (persistence.ts): a bug, or a `pool` that is not one.
+      if (programmingError(raw)) throw raw
+      const cause = errnoLike(raw)
       throw new DatabaseUnavailableError(`preparing ${this.location} failed: ${cause.message} (${cause.code ?? 'EIO'})`, { cause })
     }
     if (settings?.synchronous_commit === 'off') {
@@ -878,21 +884,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     // dropped) would end the process.
     const onError = (err: Error): void => { broken ??= err }
     client.on('error', onError)
-    let sent = false
     try {
-      if (this.ownsPool && !this.prepared.has(client)) {
-        // Before anything else on a new connection of our own: our sessions commit durably even
-        // where the role or database turned synchronous_commit off. A host's pool is the host's
-        // to configure; init refuses one that has it off.
-        await client.query(SYNCHRONOUS_COMMIT_ON)
-        this.prepared.add(client)
-      }
-      sent = true
       return await client.query<R>(config)
     } catch (err) {
       if (breaksConnection(err)) broken ??= err instanceof Error ? err : new Error(String(err))
-      // A failure of the setting, before the statement went out, leaves nothing uncertain.
-      throw new QueryFailure(err, sent)
+      throw new QueryFailure(err, true)
     } finally {
       client.removeListener('error', onError)
       client.release(broken)
