@@ -45,23 +45,53 @@ function notice (text: string): void {
   noticeTimer = window.setTimeout(() => { box.hidden = true }, 4000)
 }
 
-function showError (err: unknown): void {
+/**
+ * Shows an error in the page's alert box. One from a background load (`background`) goes away
+ * once such a load succeeds again; one from the user's action stays until the next action.
+ */
+function showError (err: unknown, background = false): void {
   const box = $('error')
   box.textContent = err instanceof Error ? err.message : String(err)
+  box.dataset.source = background ? 'background' : 'action'
   box.hidden = false
 }
+
+const showBackgroundError = (err: unknown): void => { showError(err, true) }
 
 function clearError (): void {
   $('error').hidden = true
 }
 
-/** Runs a user action: its error (the server's message) is shown, never swallowed. */
-async function act (work: () => Promise<void>): Promise<void> {
+/** A background load succeeded: an error an earlier one showed is over. */
+function backgroundRecovered (): void {
+  if ($('error').dataset.source === 'background') clearError()
+}
+
+/** Controls whose action is in flight: a second click (or Enter) on one is ignored until it answers. */
+const inFlight = new WeakSet<HTMLElement>()
+
+/**
+ * Runs a user action: its error (the server's message) is shown, never swallowed. `control`
+ * (the button, or the form) is marked busy meanwhile, and a second press does nothing: a
+ * double-click on Create would add the tasks twice. Marked, not disabled: a disabled button
+ * loses the keyboard's focus.
+ */
+async function act (work: () => Promise<void>, control?: HTMLElement): Promise<void> {
+  if (control !== undefined) {
+    if (inFlight.has(control)) return
+    inFlight.add(control)
+    control.setAttribute('aria-busy', 'true')
+  }
   clearError()
   try {
     await work()
   } catch (err) {
     if (!(err instanceof ApiError && err.status === 401)) showError(err)
+  } finally {
+    if (control !== undefined) {
+      inFlight.delete(control)
+      control.removeAttribute('aria-busy')
+    }
   }
 }
 
@@ -284,7 +314,7 @@ $('create-form').addEventListener('submit', (event) => {
     const created = await api<{ total_tasks: number }>('POST', '/create', body)
     notice(`Added ${created.total_tasks} task(s) to ${id}`)
     $<HTMLFormElement>('create-form').reset()
-  })
+  }, $('create-form'))
 })
 
 $('archive-form').addEventListener('submit', (event) => {
@@ -293,20 +323,28 @@ $('archive-form').addEventListener('submit', (event) => {
     const days = $<HTMLInputElement>('archive-days').value
     const pass = await api<{ archived: number, deleted: number }>('POST', '/archive', days === '' ? {} : { older_than_days: Number(days) })
     notice(`Archived ${pass.archived} session(s), deleted ${pass.deleted}`)
-  })
+  }, $('archive-form'))
 })
 
 // ---- session page ----
 
 const ACTIONS = ['act-execute', 'act-run', 'act-cancel', 'act-retry', 'act-delete']
 
+/**
+ * While events come, the open session is fetched again at most this often: each fetch is the
+ * whole session, results included (a 200-task run would otherwise fetch it a hundred times).
+ */
+const DETAIL_REFRESH_MS = 1000
+
 let detailTimer: number | undefined
+let lastDetailLoad = -Infinity
 function scheduleDetail (): void {
   if (detailTimer !== undefined) return
   detailTimer = window.setTimeout(() => {
     detailTimer = undefined
-    if (state.detail !== null) void loadDetail(state.detail.session_id).catch(showError)
-  }, 100)
+    lastDetailLoad = performance.now()
+    if (state.detail !== null) void loadDetail(state.detail.session_id).then(backgroundRecovered, showBackgroundError)
+  }, Math.max(100, lastDetailLoad + DETAIL_REFRESH_MS - performance.now()))
 }
 
 // Loads are numbered: two that overlap can answer out of order, and an answer older than the
@@ -414,7 +452,7 @@ function makeTask (sessionId: string, task: Task, index: number): TaskView {
       await api('POST', '/retry', { session_id: sessionId, task_id: task.id })
       notice(`Task #${index + 1} is pending again`)
       await loadDetail(sessionId)
-    })
+    }, retry)
   })
   return {
     // Focusable from script: where focus goes when the task's retry button goes away.
@@ -449,13 +487,14 @@ function updateTask (view: TaskView, task: Task): TaskView {
 }
 
 function sessionAction (button: string, work: (id: string) => Promise<void>): void {
-  $(button).addEventListener('click', () => {
+  const control = $(button)
+  control.addEventListener('click', () => {
     const id = state.detail?.session_id
     if (id === undefined) return
     void act(async () => {
       await work(id)
       if (state.detail?.session_id === id && location.hash !== '#/') await loadDetail(id)
-    })
+    }, control)
   })
 }
 

@@ -290,6 +290,24 @@ async function run (browser: Browser): Promise<void> {
     t.not(await js(small, 'document.activeElement.tagName'), 'BODY')
     await small.locator('#uptime').waitFor()
     if (SCREENSHOTS) await small.screenshot({ path: `${DOCS}dashboard-mobile-dark.png`, fullPage: true })
+    // A session page with a long id (ids run to 128 characters, no space in them) and an error showing it.
+    const longId = `nightly_${'report_'.repeat(17)}x`
+    await createSession(app, longId, 'x')
+    await small.goto(`${base}#/session/${longId}`)
+    await small.locator('#session-title', { hasText: longId }).waitFor()
+    await small.getByRole('button', { name: 'Retry failed' }).evaluate((button) => { (button as unknown as { disabled: boolean }).disabled = false })
+    await small.getByRole('button', { name: 'Retry failed' }).click()
+    await small.locator('#error', { hasText: 'no failed task' }).waitFor()
+    t.ok(await js(small, 'document.documentElement.scrollWidth <= 375'), `no sideways scrolling on a ${longId.length}-character id's page, its error shown`)
+    // Text on the dark scheme's light buttons is dark: readable (WCAG AA, 4.5:1).
+    const contrast = await js<number[]>(small, `[...document.querySelectorAll('#act-execute, #act-delete')].map((button) => {
+      const rgb = (value) => value.match(/[0-9.]+/g).slice(0, 3).map(Number).map((c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4 })
+      const lum = ([r, g, b]) => 0.2126 * r + 0.7152 * g + 0.0722 * b
+      const style = getComputedStyle(button)
+      const [a, b] = [lum(rgb(style.color)), lum(rgb(style.backgroundColor))].sort((x, y) => y - x)
+      return (a + 0.05) / (b + 0.05)
+    })`)
+    t.ok(contrast.every((ratio) => ratio >= 4.5), `button text contrast in the dark scheme: ${contrast.map((ratio) => ratio.toFixed(2)).join(', ')} (at least 4.5)`)
   })
 
   t.test('with API keys: the page asks for one, refuses a wrong one, and never puts it in a URL', async (t) => {
@@ -429,6 +447,41 @@ async function run (browser: Browser): Promise<void> {
     await createSession(app, 'after-bad-link', 'x')
     await page.locator('tr[data-session="after-bad-link"]').waitFor()
     t.pass('a session created since is shown')
+  })
+
+  t.test('a double-click sends an action once; an error of a background load goes once loads succeed again, a user action\'s stays; no console error', async (t) => {
+    const errors: string[] = []
+    const detail = failing('**/api/v1/tasks/list?session_id=twice*')
+    const page = await open(t, browser, base, {}, async (page) => {
+      page.on('console', (message) => { if (message.type() === 'error') errors.push(message.text()) })
+      await detail.on(page)
+    })
+    await page.getByLabel('Session id').fill('twice')
+    await page.getByLabel('Instructions', { exact: true }).fill('1. one\n2. two')
+    await page.getByRole('button', { name: 'Create' }).dblclick()
+    await page.locator('tr[data-session="twice"]').waitFor()
+    await settle(page)
+    t.equal(app.taskManager.progress('twice').total, 2, 'the tasks were added once')
+
+    await page.getByRole('link', { name: 'twice', exact: true }).click()
+    await page.locator('#session-title', { hasText: 'twice' }).waitFor()
+    // A refresh after an event fails (a moment's 503): shown, then gone once the next one succeeds.
+    detail.fail(1)
+    await createSession(app, 'twice', '3. three')
+    await page.locator('#error', { hasText: 'busy' }).waitFor()
+    await createSession(app, 'twice', '4. four')
+    await page.locator('#error').waitFor({ state: 'hidden' })
+    t.pass('a background load\'s error went once a load succeeded')
+    // A user action's error stays while events come and the page refreshes.
+    await page.getByRole('button', { name: 'Retry failed' }).evaluate((button) => { (button as unknown as { disabled: boolean }).disabled = false })
+    await page.getByRole('button', { name: 'Retry failed' }).click()
+    await page.locator('#error', { hasText: 'no failed task' }).waitFor()
+    await createSession(app, 'twice', '5. five')
+    await page.locator('li.task').nth(4).waitFor()
+    await js(page, 'new Promise((resolve) => setTimeout(resolve, 1500))')
+    t.ok(await page.locator('#error', { hasText: 'no failed task' }).isVisible(), 'the action\'s error is still shown')
+    // The 503 and the 409 above are the browser's own lines for answers the test asked for.
+    t.same(errors.filter((text) => !/status of (409|503)\b/.test(text)), [], 'nothing else in the console (a missing icon would be a 404 there)')
   })
 
   t.test('a reset whose reload fails (a moment\'s 503) does not leave the overview stale', async (t) => {
