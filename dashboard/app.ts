@@ -67,8 +67,11 @@ function backgroundRecovered (): void {
   if ($('error').dataset.source === 'background') clearError()
 }
 
-/** Controls whose action is in flight: a second click (or Enter) on one is ignored until it answers. */
-const inFlight = new WeakSet<HTMLElement>()
+/**
+ * Actions in flight: a second click (or Enter) on one is ignored until it answers. Keyed by the
+ * control, or for the session page's buttons (one set for every session) by button and session.
+ */
+const inFlight = new Set<unknown>()
 
 /**
  * Runs a user action: its error (the server's message) is shown, never swallowed. `control`
@@ -76,10 +79,10 @@ const inFlight = new WeakSet<HTMLElement>()
  * double-click on Create would add the tasks twice. Marked, not disabled: a disabled button
  * loses the keyboard's focus.
  */
-async function act (work: () => Promise<void>, control?: HTMLElement): Promise<void> {
+async function act (work: () => Promise<void>, control?: HTMLElement, key: unknown = control): Promise<void> {
   if (control !== undefined) {
-    if (inFlight.has(control)) return
-    inFlight.add(control)
+    if (inFlight.has(key)) return
+    inFlight.add(key)
     control.setAttribute('aria-busy', 'true')
   }
   clearError()
@@ -89,11 +92,14 @@ async function act (work: () => Promise<void>, control?: HTMLElement): Promise<v
     if (!(err instanceof ApiError && err.status === 401)) showError(err)
   } finally {
     if (control !== undefined) {
-      inFlight.delete(control)
-      control.removeAttribute('aria-busy')
+      inFlight.delete(key)
+      // The session page may show another session by now: its own action on this button may be in flight.
+      if (key === control || !inFlight.has(actionKey(control.id, state.detail?.session_id))) control.removeAttribute('aria-busy')
     }
   }
 }
+
+const actionKey = (button: string, sessionId: string | undefined): string => `${button}:${sessionId ?? ''}`
 
 // ---- API key ----
 
@@ -494,8 +500,16 @@ function sessionAction (button: string, work: (id: string) => Promise<void>): vo
     void act(async () => {
       await work(id)
       if (state.detail?.session_id === id && location.hash !== '#/') await loadDetail(id)
-    }, control)
+    }, control, actionKey(button, id))
   })
+}
+
+/** The session page's buttons show busy for the session shown: another session's action in flight leaves them free. */
+function markBusyActions (sessionId: string | undefined): void {
+  for (const button of ACTIONS) {
+    if (inFlight.has(actionKey(button, sessionId))) $(button).setAttribute('aria-busy', 'true')
+    else $(button).removeAttribute('aria-busy')
+  }
 }
 
 sessionAction('act-execute', async (id) => {
@@ -553,6 +567,7 @@ function route (moveFocus = false): void {
   const valid = SESSION_ID.test(id)
   // An id the API would refuse is never asked for (nor reloaded on events and snapshots).
   state.detail = valid ? { session_id: id } as Detail : null
+  markBusyActions(state.detail?.session_id)
   clearDetail(id, valid ? '' : `session '${id}' not found`)
   if (moveFocus) $('session-title').focus()
   if (valid) void loadDetail(id).catch(showError)

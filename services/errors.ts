@@ -276,7 +276,7 @@ export class AgentError extends TaskvaultError {
  */
 export class CancelledError extends TaskvaultError {
   constructor (sessionId?: string) {
-    super('CANCELLED', sessionId === undefined ? 'cancelled' : `session '${sessionId}' was cancelled before its next task started; that task is still Pending`)
+    super('CANCELLED', sessionId === undefined ? 'cancelled' : `session '${sessionId}' was cancelled before it started a task; nothing ran`)
   }
 }
 

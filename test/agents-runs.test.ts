@@ -93,7 +93,7 @@ t.test('TASK_MAX_AGENT_CALLS: a single execute waiting for a slot, cancelled: th
   t.equal(cancelled.json().cancelled_task_id, null, 'no task was running')
   const answered = await waiting
   t.equal(answered.statusCode, 409, answered.body)
-  t.match(answered.json(), { code: 'CANCELLED', message: /cancelled before its next task started/ })
+  t.match(answered.json(), { code: 'CANCELLED', message: /cancelled before it started a task; nothing ran/ })
   t.match((await storedTasks(dir, 'waiter'))[0], { status: 'Pending', attempts: 0 }, 'its task never started')
   for (const answer of answers.splice(0)) answer()
   t.equal((await holding).statusCode, 200)

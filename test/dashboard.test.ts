@@ -484,6 +484,24 @@ async function run (browser: Browser): Promise<void> {
     t.same(errors.filter((text) => !/status of (409|503)\b/.test(text)), [], 'nothing else in the console (a missing icon would be a 404 there)')
   })
 
+  t.test('an action in flight on one session leaves the same button free on another session\'s page', async (t) => {
+    await createSession(app, 'busy-a', 'gate a')
+    await createSession(app, 'busy-b', 'quick b')
+    const page = await open(t, browser, `${base}#/session/busy-a`)
+    await page.locator('#session-title', { hasText: 'busy-a' }).waitFor()
+    await page.getByRole('button', { name: 'Execute next' }).click()
+    await page.locator('[data-status="InProgress"]').waitFor()
+    t.equal(await page.getByRole('button', { name: 'Execute next' }).getAttribute('aria-busy'), 'true', 'busy on its own session')
+    await page.goto(`${base}#/session/busy-b`)
+    await page.locator('#session-title', { hasText: 'busy-b' }).waitFor()
+    await page.locator('[data-status="Pending"]').waitFor()
+    t.equal(await page.getByRole('button', { name: 'Execute next' }).getAttribute('aria-busy'), null, 'free on another session')
+    await page.getByRole('button', { name: 'Execute next' }).click()
+    await page.locator('[data-status="Completed"]').waitFor()
+    t.pass('the other session\'s task ran')
+    for (const release of gates.splice(0)) release()
+  })
+
   t.test('a reset whose reload fails (a moment\'s 503) does not leave the overview stale', async (t) => {
     const lists = failing(LIST_ALL)
     let streams = 0
