@@ -219,10 +219,18 @@ t.test('changes bringing an archived session back, too large together, are judge
   // A first change's save is held, then fails on a full disk: the two after it queue and share one save.
   const gate = fs.hold('open', { path: tempOf('x'), times: 1 })
   fs.fail('open', 'ENOSPC', { path: tempOf('x'), times: 1 })
+  // Creates reaching the manager, counted (and passed on): the small one must queue before the
+  // large one, whose bigger body a loaded host may parse later than it sends the next request.
+  const manager = app.taskManager
+  const create = manager.create.bind(manager)
+  let creates = 0
+  manager.create = async (...args) => { creates++; return create(...args) }
   const first = post(app, '/create', { session_id: 'x', tasks: [{ instruction: 'held' }] })
   await waitFor('the first save to be held', () => gate.held() > 0)
   const small = post(app, '/create', { session_id: 'x', tasks: [{ instruction: 'small' }] })
+  await waitFor('the small change to reach the manager', () => creates === 2)
   const large = post(app, '/create', { session_id: 'x', tasks: [{ instruction: 'L'.repeat(64_000) }] })
+  await waitFor('the large change to reach the manager', () => creates === 3)
   await sleep(20)
   gate.release()
   t.equal((await first).statusCode, 507)
