@@ -298,15 +298,21 @@ t.test('a backup carries the archived copy a read takes when the newest one is d
   t.equal(entries.get('archive/arch.json')?.toString('utf8'), good, 'as the readable copy is stored')
 })
 
+type TapTest = Parameters<Parameters<typeof t.test>[0]>[0]
+
+/** Creates a one-task session on `app`, runs it, archives it, and closes the app. */
+async function archivedSession (t: TapTest, app: FastifyInstance, sessionId: string): Promise<void> {
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: sessionId, instructions: 'x' } })).statusCode, 200)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/execute-all`, payload: { session_id: sessionId } })).statusCode, 200)
+  t.same((await app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })).json().archived_ids, [sessionId])
+  await app.close()
+}
+
 t.test('a mistyped sealing key over a database whose sessions are all archived stops the boot; tools never pin a key', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
   const keys = `k1:${randomBytes(32).toString('base64')}`
-  const first = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: keys })
-  t.equal((await first.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'done', instructions: 'x' } })).statusCode, 200)
-  t.equal((await first.inject({ method: 'POST', url: `${API}/execute-all`, payload: { session_id: 'done' } })).statusCode, 200)
-  t.same((await first.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })).json().archived_ids, ['done'])
-  await first.close()
+  await archivedSession(t, await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: keys }), 'done')
   const db = await inspector(t, url)
   // From before key checks: nothing but the archived row can tell the key is wrong.
   await db.query('DELETE FROM key_checks')
@@ -325,11 +331,7 @@ t.test('retention never deletes an archived row it cannot open, and judges one i
   if (url === null) return
   const old = `old:${randomBytes(32).toString('base64')}`
   const fresh = `new:${randomBytes(32).toString('base64')}`
-  const first = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: old })
-  t.equal((await first.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'aged', instructions: 'x' } })).statusCode, 200)
-  t.equal((await first.inject({ method: 'POST', url: `${API}/execute-all`, payload: { session_id: 'aged' } })).statusCode, 200)
-  t.same((await first.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })).json().archived_ids, ['aged'])
-  await first.close()
+  await archivedSession(t, await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: old }), 'aged')
   const db = await inspector(t, url)
   // As an import without its key leaves it: no task counted, no finish time.
   await db.query("UPDATE sessions SET tasks_total = 0, tasks_completed = 0, finished_at = NULL WHERE session_id = 'aged'")
