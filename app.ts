@@ -115,9 +115,8 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
       clock: options.clock,
       ...(config.TASK_METRICS && { metricsRegistry: app.metricsRegistry })
     })
-    // Sockets carrying a stream leave the requests' share once the stream is granted.
-    const unsubscribe = app.eventStreams.onOpen(connections.stream)
-    app.addHook('onClose', async () => { unsubscribe() })
+    // Sockets carrying a stream leave the requests' share once the stream is granted (both end with the app).
+    app.eventStreams.onOpen(connections.stream)
     await app.register(healthRoutes)
     if (config.TASK_DASHBOARD) await app.register(dashboardPlugin)
   } catch (err) {

@@ -93,8 +93,9 @@ async function act (work: () => Promise<void>, control?: HTMLElement, key: unkno
   } finally {
     if (control !== undefined) {
       inFlight.delete(key)
-      // The session page may show another session by now: its own action on this button may be in flight.
-      if (key === control || !inFlight.has(actionKey(control.id, state.detail?.session_id))) control.removeAttribute('aria-busy')
+      // A session page's button shows the session on screen now, which may be another with its own action in flight.
+      if (key === control) control.removeAttribute('aria-busy')
+      else markBusyActions(state.detail?.session_id)
     }
   }
 }
