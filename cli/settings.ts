@@ -33,6 +33,6 @@ function readDotEnv (cwd: string): Record<string, string | undefined> {
   } catch {
     return {}
   }
-  // util.parseEnv arrived in Node 20.12; on older versions `.env` is not read.
-  return typeof util.parseEnv === 'function' ? util.parseEnv(text) : {}
+  // Node 20.12 or later (package.json's engines).
+  return util.parseEnv(text)
 }

@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
-import { isIP } from 'node:net'
+import { BlockList, isIP } from 'node:net'
 import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
@@ -80,8 +80,13 @@ function usableKeys (configured: readonly string[]): string[] {
   return keys
 }
 
+/** 127.0.0.0/8 and ::1; an IPv4-mapped form (`::ffff:127.0.0.1`) matches the IPv4 rule. */
 function isLoopback (host: string): boolean {
-  if (host === 'localhost') return true
-  if (isIP(host) === 4) return host.startsWith('127.')
-  return host === '::1'
+  if (host.toLowerCase() === 'localhost') return true
+  const family = isIP(host)
+  if (family === 0) return false
+  const loopback = new BlockList()
+  loopback.addSubnet('127.0.0.0', 8, 'ipv4')
+  loopback.addAddress('::1', 'ipv6')
+  return loopback.check(host, family === 6 ? 'ipv6' : 'ipv4')
 }

@@ -251,6 +251,9 @@ t.test('auth: a non-loopback HOST without keys logs a warning naming TASK_API_KE
   t.equal((await warnings({ HOST: '127.0.0.1' })).length, 0, 'HOST 127.0.0.1: no warning')
   t.equal((await warnings({ HOST: 'localhost' })).length, 0, 'HOST localhost: no warning')
   t.equal((await warnings({ HOST: '::1' })).length, 0, 'HOST ::1: no warning')
+  t.equal((await warnings({ HOST: '::ffff:127.0.0.1' })).length, 0, 'HOST ::ffff:127.0.0.1 (IPv4-mapped loopback): no warning')
+  t.equal((await warnings({ HOST: '0:0:0:0:0:0:0:1' })).length, 0, 'HOST ::1 written out: no warning')
+  t.equal((await warnings({ HOST: '::ffff:10.1.2.3' })).length, 1, 'an IPv4-mapped private address warns')
   t.equal((await warnings({ HOST: '0.0.0.0', TASK_API_KEYS: 'k1' })).length, 0, 'HOST 0.0.0.0 with a key: no warning')
 })
 
