@@ -147,9 +147,9 @@ async function loadSnapshot (): Promise<void> {
   if (state.detail !== null) scheduleDetail()
 }
 
-function setLive (live: boolean): void {
+function setLive (live: boolean, why?: string): void {
   const badge = $('live')
-  badge.textContent = live ? 'live' : 'reconnecting…'
+  badge.textContent = live ? 'live' : why === undefined ? 'reconnecting…' : `reconnecting… (${why})`
   badge.dataset.live = String(live)
 }
 

@@ -8,7 +8,8 @@ export interface StreamHandlers {
   /** Refetches everything the page shows; rejects when it could not. */
   reload: () => Promise<void>
   event: (name: string, data: Record<string, unknown>) => void
-  live: (live: boolean) => void
+  /** `why`: the server's message when it refused the stream (503 at TASK_EVENTS_MAX_CLIENTS). */
+  live: (live: boolean, why?: string) => void
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
@@ -25,6 +26,7 @@ export async function follow (on: StreamHandlers): Promise<void> {
   let lastId: string | null = null
   let delay = 500
   for (;;) {
+    let why: string | undefined
     // One connection at a time: whatever ends this one (a failed snapshot, a bad frame) closes it,
     // or each retry would hold another of the browser's six connections to the server, and a slot
     // of the server's TASK_EVENTS_MAX_CLIENTS, until the page froze.
@@ -42,7 +44,11 @@ export async function follow (on: StreamHandlers): Promise<void> {
     try {
       const res = await fetch(request('/events', { headers: lastId === null ? {} : { 'last-event-id': lastId }, signal: connection.signal }))
       if (res.status === 401) throw streamRefused()
-      if (!res.ok || res.body === null) throw new Error(`stream: ${res.status}`)
+      if (!res.ok) {
+        const data = await res.json().catch(() => null) as { message?: unknown } | null
+        throw new ApiError(res.status, `${res.status}: ${typeof data?.message === 'string' ? data.message : res.statusText}`)
+      }
+      if (res.body === null) throw new Error('stream: no body')
       on.live(true)
       // The first connection (and any that did not resume) starts from a fresh snapshot.
       if (lastId === null) await on.reload()
@@ -84,11 +90,12 @@ export async function follow (on: StreamHandlers): Promise<void> {
     } catch (err) {
       // Without a usable key there is nothing to follow: start() begins again once one is entered.
       if (err instanceof ApiError && err.status === 401) return
+      if (err instanceof ApiError) why = err.message
     } finally {
       clearTimeout(watchdog)
       connection.abort()
     }
-    on.live(false)
+    on.live(false, why)
     await sleep(delay)
     delay = Math.min(delay * 2, 10_000)
   }

@@ -525,6 +525,20 @@ async function run (browser: Browser): Promise<void> {
     t.equal(lists.left(), 0, 'shown after the failed reload')
     t.ok(streams >= 3, `by a stream opened afresh (${streams})`)
   })
+
+  t.test('a stream refused at TASK_EVENTS_MAX_CLIENTS shows the server\'s reason; the page goes live once a slot frees', async (t) => {
+    const capped = await serve(t, { config: { TASK_EVENTS_MAX_CLIENTS: 1 } })
+    // Another client holds the only stream.
+    const holder = new AbortController()
+    const held = await fetch(new URL('../api/v1/tasks/events', capped.base), { signal: holder.signal })
+    t.equal(held.status, 200)
+    t.teardown(() => { holder.abort() })
+    const page = await open(t, browser, capped.base)
+    await page.locator('#live', { hasText: 'TASK_EVENTS_MAX_CLIENTS' }).waitFor()
+    t.match(await page.locator('#live').textContent(), /^reconnecting… \(503: 1 event streams are open already/, 'the status and the server\'s message')
+    holder.abort()
+    await page.locator('#live', { hasText: /^live$/ }).waitFor()
+  })
 }
 
 // Last: everything above is initialised before the tests run.
