@@ -139,3 +139,36 @@ t.test('a cancel that lands while the task\'s InProgress save is in flight: the 
   await sleep(50)
   t.equal(unhandled.count(), 0, `no unhandled rejection: ${unhandled.reasons.map(String).join('; ')}`)
 })
+
+t.test('a cancel that lands after a background run\'s last task, while its record is being cleared, announces run.finished, not run.cancelled', async (t) => {
+  const fs = faultFs()
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, fs, executors: { default: async (task) => ({ result: `done ${task.id}` }) } })
+  const [only] = await createTasks(app, 'ending', [{ instruction: 'a' }])
+  const events: string[] = []
+  app.taskEvents.subscribe((event) => { if (event.data.session_id === 'ending') events.push(event.name) })
+  // Each save is held in turn and let through until the task is Completed on disk: the save
+  // held then is the run record's clearing, the run's last step.
+  const ending = (path: string): boolean => path.includes('ending')
+  let gate = fs.hold('rename', { path: ending, times: 1 })
+  const started = post(app, '/execute-all', { session_id: 'ending', wait: false })
+  for (;;) {
+    await gate.reached
+    const progress = (await app.inject({ method: 'GET', url: '/api/v1/tasks/progress?session_id=ending' })).json() as { completed: number }
+    if (progress.completed === 1) break
+    const held = gate
+    gate = fs.hold('rename', { path: ending, times: 1 })
+    held.release()
+  }
+  t.equal((await started).statusCode, 202)
+  const cancelling = post(app, '/cancel', { session_id: 'ending' })
+  await sleep(20)
+  gate.release()
+  const cancelled = await cancelling
+  t.equal(cancelled.statusCode, 200)
+  t.match(cancelled.json(), { cancelled_task_id: null })
+  await waitFor('the run to end', () => events.includes('run.finished') || events.includes('run.cancelled'))
+  t.ok(events.includes('run.finished'), `every task ran: run.finished (${events.join(', ')})`)
+  t.notOk(events.includes('run.cancelled'), 'no run.cancelled')
+  t.match(await storedTasks(dir, 'ending'), [{ id: only, status: 'Completed' }])
+})

@@ -265,6 +265,7 @@ export class TaskRunner {
       announced: false,
       claimed: false,
       executed: 0,
+      drained: false,
       done: new Promise<void>((resolve) => { ended = resolve })
     }
     // Set before the body starts, so what it announces first already reads as running.
@@ -304,7 +305,8 @@ export class TaskRunner {
   private announceEnd (sessionId: string, run: Run): void {
     // Lost to another replica: the run goes on there, which says how it ends.
     if (lostLease(run)) return
-    if (run.controller.signal.aborted) {
+    // A cancel after the last task ended (while the run's record was being cleared) stopped nothing.
+    if (run.controller.signal.aborted && !run.drained) {
       this.announce('run.cancelled', { session_id: sessionId, background: run.background, task_id: run.cancelledTaskId ?? undefined, executed: run.executed })
     } else if (!(this.closing && (run.background || run.error !== null))) {
       this.announce('run.finished', { session_id: sessionId, background: run.background, executed: run.executed, ...(run.error !== null && { error: run.error.message }) })
@@ -319,7 +321,10 @@ export class TaskRunner {
       const cancelledUnsaved = run.unsaved !== null && run.controller.signal.aborted && !this.closing
       if ((run.signal.aborted || this.closing) && !cancelledUnsaved) break
       const task = await this.runNext(sessionId, run)
-      if (task === null) break
+      if (task === null) {
+        run.drained = !run.signal.aborted
+        break
+      }
       results.push(task)
       run.executed++
     }
@@ -588,6 +593,8 @@ interface Run {
   claimed: boolean
   /** Tasks it ran to an end. */
   executed: number
+  /** It ran out of pending tasks before any cancel or shutdown. */
+  drained: boolean
   /** Resolves (never rejects) once the execution has ended and let go of the session. */
   done: Promise<void>
 }
