@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { EventsHeaders, EventsQuery, responses } from '../schemas/api.js'
 import { ShuttingDownError, TooManyStreamsError } from '../services/errors.js'
+import { ALL_SESSIONS } from '../services/task-manager.js'
 
 /** GET /events: the live event stream (services/event-stream.ts does the writing). */
 const eventRoutes: FastifyPluginAsyncTypebox = async (app) => {
@@ -13,7 +14,9 @@ const eventRoutes: FastifyPluginAsyncTypebox = async (app) => {
     if (hub.streamingOn(request.raw.socket)) throw new TooManyStreamsError(hub.maxClients, true)
     // The stream outlives this handler: Fastify lets go of the reply and the hub writes it.
     reply.hijack()
-    hub.open(reply.raw, request.query.session_id ?? null, request.headers['last-event-id'])
+    // `all` reads as in /list: every session (no session can have that id).
+    const only = request.query.session_id
+    hub.open(reply.raw, only === undefined || only === ALL_SESSIONS ? null : only, request.headers['last-event-id'])
   })
 }
 

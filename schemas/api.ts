@@ -277,7 +277,7 @@ export const RetryResponse = Type.Object({
 }, { examples: [{ session_id: 'important_work', task_ids: [exampleTask.id], progress: { ...exampleProgress, completed: 0, pending: 2 } }] })
 
 export const EventsQuery = Type.Object({
-  session_id: Type.Optional(sessionIdParam('Only this session\'s events; left out: every session\'s', ['important_work']))
+  session_id: Type.Optional(sessionIdParam('Only this session\'s events; left out, or `all`: every session\'s', ['important_work', 'all']))
 }, { additionalProperties: false })
 export type EventsQuery = Static<typeof EventsQuery>
 

@@ -73,6 +73,16 @@ t.test('a background run: every event in order, each sent once its change is on 
   t.match(events.find((e) => e.event === 'task.failed')?.data, { status: 'Failed', task_id: /^task_2_/ })
 })
 
+t.test('?session_id=all gets every session, as /list reads it', async (t) => {
+  const { app, base } = await listening(t)
+  const all = await openStream(t, `${base}${EVENTS}?session_id=all`)
+  t.equal(all.status, 200)
+  await createSession(app, 'first', 'x')
+  await createSession(app, 'second', 'y')
+  await all.until((list) => names(list, 'second').length === 3)
+  t.same(names(all.events, 'first'), ['session.created', 'tasks.added', 'progress'], 'the first session\'s events too')
+})
+
 t.test('?session_id= gets that session only; a client that disconnects mid-stream is let go', async (t) => {
   const { app, base } = await listening(t, { config: { TASK_EVENTS_MAX_CLIENTS: 2 } })
   const one = await openStream(t, `${base}${EVENTS}?session_id=one`)
