@@ -58,14 +58,17 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
   app.decorate('taskEvents', buffer)
   app.decorate('eventStreams', hub)
   app.addHook('preClose', async () => {
-    // The last events (the drain's) reach the streams before they end, unless the database
-    // keeps them longer than TASK_EVENTS_CLOSE_MS: then the streams end without them (clients
-    // resume or refetch). A statement still in flight is bounded by its own timeout.
+    // The last events (the drain's) reach the streams before they end, unless they take longer
+    // than TASK_EVENTS_CLOSE_MS: through the database's log, then out of the process to clients
+    // (a slow reader's queue). Past it the streams end without them (clients resume or
+    // refetch). A statement still in flight is bounded by its own timeout.
+    const deadline = performance.now() + settings.eventsCloseMs
     try {
       if (relay !== null) await settledWithin(relay.close(), settings.eventsCloseMs)
     } finally {
       hub.close()
     }
+    await hub.ended(Math.max(0, deadline - performance.now()))
   })
   app.addHook('onClose', async () => { app.taskManager.events.off('task-event', forward) })
 }, { name: 'taskvault-events', fastify: '5.x', dependencies: ['taskvault-task-manager'] })

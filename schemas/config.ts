@@ -75,7 +75,7 @@ export const ConfigSchema = Type.Object({
   TASK_EVENTS_FANOUT_SLICE_MS: Type.Number({ minimum: 0, maximum: 1000, default: 2, description: 'A batch of event writes holds the event loop this long at most before letting requests through, then goes on at the next turn; 0: 16 clients per turn' }),
   TASK_EVENTS_POLL_MS: Type.Integer({ minimum: 50, maximum: HOUR_MS, default: 1000, description: 'PostgreSQL replicas: each reads the shared event log this often besides when notified (a notification is lost with its connection)' }),
   TASK_EVENTS_PUBLISH_WAIT_MS: Type.Integer({ minimum: 0, maximum: 60_000, default: 1000, description: 'PostgreSQL replicas: how long an answer waits for its change\'s live-view events to reach the shared event log, so a session\'s events keep their order when the next change goes through another replica; 0: no wait' }),
-  TASK_EVENTS_CLOSE_MS: Type.Integer({ minimum: 0, maximum: HOUR_MS, default: 2000, description: 'PostgreSQL replicas: at shutdown, how long the last live-view events may take to go through the shared event log before the streams end without them (a database that does not answer must not keep them open)' }),
+  TASK_EVENTS_CLOSE_MS: Type.Integer({ minimum: 0, maximum: HOUR_MS, default: 2000, description: 'At shutdown, how long the last live-view events may take to reach stream clients, through the shared event log (PostgreSQL replicas) and out of the process (a slow reader), before the streams end without them' }),
   TASK_DASHBOARD: Type.Boolean({ default: true, description: 'The dashboard at /dashboard' })
 })
 export type Config = Static<typeof ConfigSchema>

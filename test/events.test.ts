@@ -539,3 +539,49 @@ t.test('retrying, cancel, retry, archive, unarchive and delete each say so', asy
     'tasks.retried', 'task.started', 'task.completed', 'session.archived', 'session.unarchived', 'tasks.added', 'session.deleted'
   ])
 })
+
+t.test('shutdown: a stream whose client reads slowly gets every queued byte before its socket closes; one that never reads is cut after TASK_EVENTS_CLOSE_MS', async (t) => {
+  for (const reads of [true, false]) {
+    const { app } = await listening(t, { config: { TASK_EVENTS_MAX_QUEUED_BYTES: 64 * 1024 * 1024, TASK_EVENTS_CLOSE_MS: 1500, TASK_EVENTS_FLUSH_MS: 0 } })
+    const port = (app.server.address() as net.AddressInfo).port
+    let serverSide: net.Socket | null = null
+    app.server.once('connection', (socket: net.Socket) => { serverSide = socket })
+    const client = rawClient(port, 'GET /api/v1/tasks/events HTTP/1.1\r\nHost: x\r\n\r\n')
+    await waitFor('the stream to open', () => client.received().includes(': connected'))
+    client.socket.pause()
+    let emitted = 0
+    app.taskEvents.subscribe(() => { emitted++ })
+    // Until the server holds over a MiB it could not hand to the kernel (whatever the kernel's buffers).
+    const tasks = Array.from({ length: 1000 }, () => ({ instruction: 'i', task_type: 'General' }))
+    for (let n = 0; ((serverSide as net.Socket | null)?.writableLength ?? 0) < 1024 * 1024; n++) {
+      const created = await post(app, '/create', { session_id: `queued_${n}`, tasks })
+      if (created.statusCode !== 200) throw new Error(created.body)
+      await sleep(0)
+    }
+    const closing = app.close()
+    let cut = false
+    if (reads) {
+      // It reads again after shutdown began, and is slow about it.
+      await sleep(100)
+      client.socket.resume()
+    }
+    const started = performance.now()
+    await closing
+    const took = performance.now() - started
+    if (!reads) {
+      cut = (serverSide as net.Socket | null)?.destroyed === true
+      client.socket.resume()
+    }
+    await waitFor('the stream to end', () => client.socket.readableEnded || client.socket.destroyed)
+    const text = client.received()
+    const ids = [...text.matchAll(/^id: \S+-(\d+)$/gm)].length
+    if (reads) {
+      t.equal(ids, emitted, `every event reached the client (${ids} of ${emitted})`)
+      t.ok(text.endsWith('\n\n'), 'the stream ends on a whole frame')
+    } else {
+      t.ok(cut, 'a client that never reads is cut')
+      t.ok(took >= 1400 && took < 5000, `after TASK_EVENTS_CLOSE_MS (${Math.round(took)} ms)`)
+      t.ok(ids < emitted, 'without what it never read')
+    }
+  }
+})

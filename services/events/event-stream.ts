@@ -95,6 +95,8 @@ interface FanOut {
 
 export class EventStreamHub {
   private readonly clients = new Set<Client>()
+  /** Streams close() ended whose last bytes are still queued in the process (see ended()). */
+  private readonly ending = new Set<ServerResponse>()
   /** Connections a stream was opened on: a stream never ends before its connection does. */
   private readonly streamSockets = new WeakSet<object>()
   private readonly openListeners = new Set<(socket: Socket) => void>()
@@ -253,8 +255,33 @@ export class EventStreamHub {
     this.stopHeartbeat()
     this.cancelFlush()
     this.flush(true)
-    for (const client of this.clients) endStream(client.res)
+    for (const client of this.clients) {
+      endStream(client.res)
+      if (!client.res.writableFinished) this.ending.add(client.res)
+    }
     this.clients.clear()
+  }
+
+  /**
+   * Resolves once every stream `close()` ended has handed its last bytes to the kernel, or after
+   * `ms`, when the sockets of the rest are destroyed. Until then the server must not close: it
+   * would destroy a finished response's socket with the tail of a slow client's queue unsent.
+   */
+  async ended (ms: number): Promise<void> {
+    const waiting = [...this.ending].map((res) => new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.ending.delete(res)
+        resolve()
+      }
+      if (res.writableFinished || res.destroyed) done()
+      else res.once('finish', done).once('close', done)
+    }))
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<void>((resolve) => { timer = setTimeout(resolve, ms) })
+    await Promise.race([Promise.all(waiting), late])
+    clearTimeout(timer)
+    for (const res of this.ending) res.socket?.destroy()
+    this.ending.clear()
   }
 
   /**
