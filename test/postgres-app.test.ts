@@ -576,3 +576,39 @@ t.test('a host\'s pool that is not this copy\'s pg.Pool (another copy of pg, a w
 
 const names = (events: Array<{ event: string, data: Record<string, unknown> }>, sessionId: string): string[] =>
   events.filter((event) => event.data.session_id === sessionId).map((event) => event.event)
+
+t.test('after the schema is restored from a pg_dump, a client resuming with an id from before gets a reset: restored ids are handed out again for other events', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const dump = `${await tempDir(t)}/taskvault.dump`
+  const create = async (app: FastifyInstance, id: string): Promise<void> => {
+    t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: id, instructions: 'x' } })).statusCode, 200, `${id} created`)
+  }
+  const first = await postgresApp(t, url)
+  await create(first, 'dumped')
+  const run = async (command: string, args: string[]): Promise<void> => {
+    const { execFile } = await import('node:child_process')
+    await new Promise<void>((resolve, reject) => { execFile(command, args, (err) => { if (err === null) resolve(); else reject(err) }) })
+  }
+  // The README's backup: the schema dumped while the service runs.
+  await run('pg_dump', ['-d', url, '-n', 'taskvault', '-Fc', '-f', dump])
+  const dumpedId = first.taskEvents.currentId()
+  for (const id of ['after_1', 'after_2']) await create(first, id)
+  const lastId = first.taskEvents.currentId()
+  await first.close()
+  // Restored: the schema as the dump has it.
+  const admin = await inspector(t, url)
+  await admin.query('DROP SCHEMA taskvault CASCADE')
+  await run('pg_restore', ['-d', url, dump])
+
+  const second = await postgresApp(t, url)
+  await second.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = second.server.address() as import('node:net').AddressInfo
+  for (const [id, what] of [[lastId, 'an id past the restored log'], [dumpedId, 'the id the dump ended at']] as const) {
+    const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events`, { 'last-event-id': id })
+    await create(second, `new_${what.length}`)
+    const events = await stream.until((list) => list.length > 0)
+    t.equal(events[0]?.event, 'reset', `${what} (${id}): a reset first`)
+    stream.close()
+  }
+})

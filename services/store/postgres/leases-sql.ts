@@ -188,8 +188,14 @@ export function passLock (key: number): pg.QueryConfig {
   return { text: 'SELECT pg_try_advisory_xact_lock($1::bigint) AS locked', values: [key] }
 }
 
-/** The event log's identity and its newest id (0 when empty). */
-export const EVENT_LOG = 'SELECT (SELECT token FROM event_stream LIMIT 1) AS token, coalesce((SELECT max(id) FROM events), 0)::bigint AS latest'
+/**
+ * The event log's identity and its newest id (0 when empty). The identity is the stored token
+ * and the log table's oid: a schema restored from a dump keeps the token but gets new tables,
+ * and its ids, gone back to the dump's, are handed out again for other events; a client
+ * resuming with one from before must get a reset, not those.
+ */
+export const EVENT_LOG = `SELECT (SELECT token FROM event_stream LIMIT 1) || '.' || 'events'::regclass::oid AS token,
+  coalesce((SELECT max(id) FROM events), 0)::bigint AS latest`
 
 /** Appends a batch of events (publish_events in migrations/004: in id order across replicas) and notifies. */
 export function publishEvents (names: string[], data: string[], keep: number, channel: string, schema: string): pg.QueryConfig {
