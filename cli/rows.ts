@@ -97,6 +97,15 @@ export function resealRow (rowId: string, version: string, document: Buffer, c: 
   }
 }
 
+/** Stored copies sealed under `kid` (by the sealed_kid column), a page at a time by row id. */
+export function sealedPage (after: string, limit: number, kid: string): pg.QueryConfig {
+  return {
+    text: `SELECT row_id, session_id, archived_at IS NOT NULL AS archived, document::text AS document FROM sessions
+      WHERE row_id > $1 AND sealed_kid = $3 ORDER BY row_id LIMIT $2`,
+    values: [after, limit, kid]
+  }
+}
+
 /** How many stored copies are sealed under `kid`, and how many are not (plaintext or another key). */
 export function sealState (kid: string): pg.QueryConfig {
   return {

@@ -377,6 +377,31 @@ t.test('a mistyped sealing key over a folder whose sessions are all archived sto
   t.same(Object.keys(JSON.parse(await readFile(join(dir, '.taskvault'), 'utf8')).key_checks), ['k1'], 'the server keeps the proven one')
 })
 
+t.test('seal with a mistyped key under the kid some files are sealed under writes nothing, key check or not; the right key then seals the rest', async (t) => {
+  const dir = await tempDir(t)
+  for (const [keys, ids] of [[null, ['plain_1', 'plain_2']], [KEYS_1, ['sealed_1', 'sealed_2']]] as const) {
+    const app = await build(t, { dir, config: keys === null ? {} : { TASK_ENCRYPTION_KEYS: keys } })
+    for (const id of ids) t.equal((await post(app, '/create', { session_id: id, instructions: `work for ${id}` })).statusCode, 200)
+    await app.close()
+  }
+  // A seal cut short before any server booted with the key keeps no check of it.
+  await writeFile(join(dir, '.taskvault'), '{"format":1}\n')
+  const bytes = async (): Promise<string[]> => Promise.all((await readdir(dir)).sort().map(async (name) => `${name}:${await readFile(join(dir, name), 'utf8')}`))
+  const before = await bytes()
+  const wrong = await taskvault(['seal', dir], { env: { TASK_ENCRYPTION_KEYS: `k1:${K2}` } })
+  t.equal(wrong.code, 1)
+  t.match(wrong.stdout + wrong.stderr, /cannot seal: key 'k1' opens none of the 2 files sealed under it; .*nothing was written/)
+  t.notMatch(wrong.stdout + wrong.stderr, K2, 'the key is not printed')
+  t.same(await bytes(), before, 'nothing was written')
+  const right = await taskvault(['seal', dir], { env: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.equal(right.code, 0, right.stderr)
+  t.match(right.stdout, /Sealed 2 files under key k1 \(2 already were\)/)
+  const keyring = Keyring.parse(KEYS_1)
+  for (const id of ['plain_1', 'plain_2', 'sealed_1', 'sealed_2']) {
+    t.equal(readSessionDocument(`${id}.json`, await readFile(join(dir, `${id}.json`), 'utf8'), id, keyring).kid, 'k1', `${id} opens under k1`)
+  }
+})
+
 t.test('validate --fix sets aside what a right key does not open, and nothing when the key under a kid opens none', async (t) => {
   const dir = await tempDir(t)
   const app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })

@@ -130,3 +130,29 @@ t.test('seal --database-url: no keys, an unreadable row, a folder and a URL toge
   const both = await taskvault(['seal', 'data/tasks', '--database-url', url], { env })
   t.equal(both.code, 2, 'a folder and a URL: a usage error')
 })
+
+t.test('seal --database-url with a mistyped key under the kid some rows are sealed under writes nothing; the right key seals the rest', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const sealedStore = await openStore(t, url, `k1:${OLD}`)
+  for (const id of ['sealed_a', 'sealed_b']) await sealedStore.save(contractSession(id))
+  const plain = await openStore(t, url, null)
+  await plain.save(contractSession('plain_a'))
+  const client = new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 10_000 }))
+  client.on('error', noop)
+  await client.connect()
+  t.teardown(() => client.end().catch(noop))
+  // No server booted with the key: the store keeps no check of it.
+  await client.query('DELETE FROM key_checks')
+  const rows = async (): Promise<string> => JSON.stringify((await client.query('SELECT row_id, sealed_kid, document::text AS document FROM sessions ORDER BY row_id')).rows)
+  const before = await rows()
+
+  const wrong = await taskvault(['seal', '--database-url', url], { env: { TASK_ENCRYPTION_KEYS: `k1:${NEW}` } })
+  t.equal(wrong.code, 1)
+  t.match(wrong.stderr, /cannot seal: key 'k1' opens none of the 2 rows sealed under it; .*nothing was written/)
+  t.equal(await rows(), before, 'no row changed')
+
+  const right = await taskvault(['seal', '--database-url', url, '--json'], { env: { TASK_ENCRYPTION_KEYS: `k1:${OLD}` } })
+  t.equal(right.code, 0, right.stderr)
+  t.match(right.json(), { sealed: 1, underKey: 3, other: 0 })
+})

@@ -1,12 +1,12 @@
 import type pg from 'pg'
 import type { Config } from '../../schemas/config.js'
 import type { SessionFile } from '../../schemas/session.js'
-import { CorruptSessionFileError, KeyUnavailableError, SessionTooLargeError } from '../../services/errors.js'
+import { CommandFailedError, CorruptSessionFileError, KeyUnavailableError, SealNotOpenedError, SessionTooLargeError } from '../../services/errors.js'
 import type { Keyring } from '../../services/store/keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../../services/store/session-files.js'
 import { sessionBound } from '../../services/store/save-rules.js'
-import { deriveColumns } from '../../services/store/postgres/sessions-sql.js'
-import { rowName, resealRow, sealState, unsealedPage, type UnsealedRow } from '../rows.js'
+import { deriveColumns, keyChecksOf } from '../../services/store/postgres/sessions-sql.js'
+import { rowName, resealRow, sealedPage, sealState, unsealedPage, type StoredRow, type UnsealedRow } from '../rows.js'
 
 /** Rows read per round trip. */
 const PAGE_ROWS = 200
@@ -27,6 +27,8 @@ export interface SealCounts {
  * and a rerun picks up the rest (unsealedPage). Safe beside running servers (see resealRow).
  */
 export async function sealRows (client: pg.Client, settings: Config, keyring: Keyring, problems: Array<{ file: string, reason: string }>): Promise<SealCounts> {
+  // The store's check was compared at its init (a differing key stopped there already).
+  if ((await client.query(keyChecksOf([keyring.activeKid]))).rowCount === 0) await proveKey(client, keyring)
   const counts: SealCounts = { sealed: 0, changed: 0, unreadable: 0, underKey: 0, other: 0 }
   for (let after = '0'; ;) {
     const { rows } = await client.query<UnsealedRow>(unsealedPage(after, PAGE_ROWS, keyring.activeKid))
@@ -67,4 +69,32 @@ async function resealed (row: UnsealedRow, settings: Config, keyring: Keyring, p
     }
     throw err
   }
+}
+
+/** `seal`'s stop when the copies under the active kid prove its key wrong: nothing was written. */
+export function wrongSealingKey (kid: string, unopened: number, what: 'files' | 'rows'): CommandFailedError {
+  return new CommandFailedError(`cannot seal: key '${kid}' opens none of the ${unopened} ${what} sealed under it; TASK_ENCRYPTION_KEYS holds a different key under that kid, ` +
+    'and sealing under it would leave everything where the right key cannot open it. Put the right key back; nothing was written')
+}
+
+/** As the folder's proveKey (seal.ts): rows under the active kid are read until one opens. */
+async function proveKey (client: pg.Client, keyring: Keyring): Promise<void> {
+  let unopened = 0
+  for (let after = '0'; ;) {
+    const { rows } = await client.query<StoredRow>(sealedPage(after, PAGE_ROWS, keyring.activeKid))
+    for (const row of rows) {
+      try {
+        readSessionDocument(rowName(row), row.document, row.session_id, keyring)
+        return
+      } catch (err) {
+        // A copy damaged otherwise says nothing of the key.
+        if (err instanceof SealNotOpenedError) unopened++
+        else if (!(err instanceof CorruptSessionFileError)) throw err
+      }
+    }
+    const last = rows.at(-1)
+    if (last === undefined || rows.length < PAGE_ROWS) break
+    after = last.row_id
+  }
+  if (unopened > 0) throw wrongSealingKey(keyring.activeKid, unopened, 'rows')
 }

@@ -3,11 +3,13 @@ import { SessionTooLargeError } from '../../services/errors.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
 import { fsyncDir, serializeSessionFile, writeAndRename } from '../../services/store/session-files.js'
 import { sessionBound } from '../../services/store/save-rules.js'
+import { readMarker } from '../../services/store/storage-folder.js'
+import type { Keyring } from '../../services/store/keyring.js'
 import { CommandFailedError, UsageError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase } from '../database.js'
-import { checkStoredFile, listStoredFiles, storageDir, withWriteLock } from '../folder.js'
-import { sealRows } from './seal-rows.js'
+import { checkStoredFile, listStoredFiles, storageDir, withWriteLock, type StoredFile } from '../folder.js'
+import { sealRows, wrongSealingKey } from './seal-rows.js'
 
 /** Folder fsyncs are shared by this many replaced files: an unsynced rename leaves the old, still readable, file. */
 const FILES_PER_FSYNC = 256
@@ -28,6 +30,10 @@ in its own commit; rows already under the active key are not even read, so a rer
 only does what is left. It can run while servers work on the database: a row a server changed
 meanwhile is left to that server (its own save seals it), and a server's next save of a row
 sealed here goes through as usual (the row's version is kept, the content being the same).
+
+Before writing anything, the active key is proven, unless the store keeps a key check of it
+(written by a server's boot): when copies are sealed under its kid already and none of them
+opens, the key is not the one they were sealed with, and nothing is written.
 
 Rotation: put the new key first and keep the old one second (on the servers too), run seal,
 then drop the old key.
@@ -69,7 +75,10 @@ ${COMMON_HELP}`,
         sinceFsync = 0
       }
       let seq = 0
-      for (const stored of await listStoredFiles(dir)) {
+      const files = await listStoredFiles(dir)
+      // The marker's check was compared at the lock (a differing key stopped there already).
+      if ((await readMarker(nodeFs, dir))?.keyChecks[keyring.activeKid] === undefined) await proveKey(files, keyring)
+      for (const stored of files) {
         const checked = await checkStoredFile(stored, keyring)
         if (checked.ok === null) continue
         if (!checked.ok) {
@@ -106,4 +115,20 @@ ${COMMON_HELP}`,
     const lines = [`Sealed ${counts.sealed} files under key ${keyring.activeKid} (${counts.already} already were${counts.unreadable > 0 ? `, ${counts.unreadable} could not be read` : ''})`]
     return { code: counts.unreadable > 0 ? 1 : 0, json: { dir, kid: keyring.activeKid, ...counts, problems }, lines }
   }
+}
+
+/**
+ * Without a key check, the copies under the active kid judge its key: some there and none
+ * opening means TASK_ENCRYPTION_KEYS holds another key under that kid (a mistyped secret), and
+ * sealing the rest under it would leave them where the right key cannot open them. Reads files
+ * until one under the kid opens (all of them when none does).
+ */
+async function proveKey (files: StoredFile[], keyring: Keyring): Promise<void> {
+  let unopened = 0
+  for (const stored of files) {
+    const checked = await checkStoredFile(stored, keyring)
+    if (checked.ok === true && checked.kid === keyring.activeKid) return
+    if (checked.ok === false && 'unopenedKid' in checked && checked.unopenedKid === keyring.activeKid) unopened++
+  }
+  if (unopened > 0) throw wrongSealingKey(keyring.activeKid, unopened, 'files')
 }
