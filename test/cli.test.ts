@@ -306,6 +306,25 @@ t.test('restore refuses an archived copy that an older one with a later stamp in
   t.notOk(existsSync(join(dir, 'archive', 'x.json')), 'nothing written')
 })
 
+t.test('restore --force refuses an archived copy that a newer active file would hide (brought back since the backup)', async (t) => {
+  const dir = await tempDir(t, 'taskvault-back-')
+  await mkdir(join(dir, 'archive'), { mode: 0o700 })
+  await writeFile(join(dir, 'archive', 'back.json'), storedSession('back', ['Completed'], daysAgo(3)))
+  const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')
+  t.equal((await taskvault(['backup', dir, '--out', out])).code, 0)
+  // Since the backup the session was brought back to active and changed.
+  const active = storedSession('back', ['Completed', 'Pending'], daysAgo(1))
+  await writeFile(join(dir, 'back.json'), active)
+  await unlink(join(dir, 'archive', 'back.json'))
+  for (const force of [false, true]) {
+    const refused = await taskvault(['restore', out, dir, ...(force ? ['--force'] : [])])
+    t.equal(refused.code, 1, `${force ? 'with' : 'without'} --force: refused`)
+    t.match(refused.stdout, /archive\/back\.json: the folder's active back\.json would hide the restored archive of session 'back'/u)
+    t.notOk(existsSync(join(dir, 'archive', 'back.json')), 'nothing written')
+    t.equal(await readFile(join(dir, 'back.json'), 'utf8'), active, 'the active file as it was')
+  }
+})
+
 t.test('validate and stats report a file they may not read and go on with the others; --fix leaves it', async (t) => {
   const dir = await preparedFolder(t)
   const names = (await readdir(dir)).filter((name) => name.endsWith('.json')).sort()

@@ -86,7 +86,7 @@ ${COMMON_HELP}`,
       const written = await write(backup, dir, planned)
       const unchanged = planned.length - written
       const needsKeys = keysNeeded(planned)
-      const lines = [`Restored ${written} files into ${dir} (${unchanged} already identical${force && conflicts.length > 0 ? `, ${conflicts.length} newer files overwritten` : ''})`]
+      const lines = [`Restored ${written} files into ${dir} (${unchanged} already identical${force && conflicts.length > 0 ? `, ${conflicts.length} newer or unreadable copies in the folder overridden` : ''})`]
       for (const line of keyWarnings(needsKeys, dir)) warn(line)
       return { code: 0, json: { backup, dir, restored: written, unchanged, conflicts, forced: force && conflicts.length > 0, needs_keys: needsKeys }, lines }
     })
@@ -125,13 +125,15 @@ async function plan (backup: string, dir: string, keyring: Keyring | null): Prom
       const whole = wholeFile(copy)
       if (copy.ok === false && whole === null) conflicts.push({ file: rel, reason: `the folder's ${other}, another copy of session '${sessionId}', cannot be read (${copy.reason})` })
       else if (whole === null) continue
-      else if (Date.parse(whole.updatedAt) > Date.parse(updatedAt)) {
-        conflicts.push({ file: rel, reason: `the folder's ${other} holds a newer copy of session '${sessionId}' (updated_at ${whole.updatedAt}, backup ${updatedAt})` })
-      } else if (archived && !other.startsWith('archive/')) {
+      // A copy that would hide the restored one is refused whether it is newer or not: --force
+      // does not touch it, so forcing would write a file the server never shows.
+      else if (archived && !other.startsWith('archive/')) {
         conflicts.push({ file: rel, reason: `the folder's active ${other} would hide the restored archive of session '${sessionId}'`, hidden: true })
       } else if (archived && archiveStamp(other) > archiveStamp(rel)) {
         // The server shows the archived copy with the latest stamp in its name, whatever its times say.
         conflicts.push({ file: rel, reason: `the folder's ${other} would be shown instead of the restored copy of session '${sessionId}' (a later stamp in its name)`, hidden: true })
+      } else if (Date.parse(whole.updatedAt) > Date.parse(updatedAt)) {
+        conflicts.push({ file: rel, reason: `the folder's ${other} holds a newer copy of session '${sessionId}' (updated_at ${whole.updatedAt}, backup ${updatedAt})` })
       }
     }
   }
