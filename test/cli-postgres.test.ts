@@ -4,7 +4,7 @@
  * --database-url answering as they do on the equivalent folder.
  */
 import { randomBytes } from 'node:crypto'
-import { cp, readFile, readdir, writeFile } from 'node:fs/promises'
+import { cp, mkdir, readFile, readdir, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import pg from 'pg'
 import t from 'tap'
@@ -118,6 +118,28 @@ t.test('import keeps a hand-written file\'s bytes, and running it again skips ev
   t.equal((await query(url, 'SELECT 1 FROM sessions')).length, 7, 'no row added')
   const text = await taskvault(['import', dir, '--database-url', url])
   t.match(text.stdout, /0 new, 0 replaced, 0 archived copies added, 7 already identical/u)
+})
+
+t.test('import again after a session was archived in the folder: its older active row is archived first, so the database shows it archived too', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const dir = await tempDir(t, 'taskvault-cli-pg-')
+  await writeFile(join(dir, 'moved.json'), storedSession('moved', ['Pending', 'Pending'], daysAgo(3)), { mode: 0o600 })
+  t.equal((await taskvault(['import', dir, '--database-url', url])).code, 0)
+  // Run and archived on the file store since: only archive/moved.json, newer.
+  await mkdir(join(dir, 'archive'), { mode: 0o700 })
+  const done = storedSession('moved', ['Completed', 'Completed'], daysAgo(1))
+  await writeFile(join(dir, 'archive', 'moved.json'), done, { mode: 0o600 })
+  await unlink(join(dir, 'moved.json'))
+
+  const again = await taskvault(['import', dir, '--database-url', url, '--json'])
+  t.equal(again.code, 0, again.stderr)
+  t.match(again.json(), { inserted: 0, replaced: 0, archived: 1, archivedRows: 1 })
+  t.same(await query(url, "SELECT 1 FROM sessions WHERE session_id = 'moved' AND archived_at IS NULL"), [], 'no active row left in front')
+  const store = await openStore(t, url)
+  t.equal(JSON.stringify((await store.readArchived('moved')).session?.file), JSON.stringify(JSON.parse(done)), 'the archived session is the folder\'s newest copy')
+  const third = await taskvault(['import', dir, '--database-url', url, '--json'])
+  t.match(third.json(), { inserted: 0, replaced: 0, archived: 0, archivedRows: 0, unchanged: 1 }, 'a third run has nothing to do')
 })
 
 t.test('import refuses to replace a newer row without --force, writing nothing, and replaces it with --force', async (t) => {

@@ -2,6 +2,7 @@ import { resolve } from 'node:path'
 import type pg from 'pg'
 import { CommandFailedError } from '../../services/errors.js'
 import { noop } from '../../services/noop.js'
+import { archiveSession } from '../../services/store/postgres/archive-sql.js'
 import { deriveColumns, insertSession, updateSession, type DerivedColumns } from '../../services/store/postgres/sessions-sql.js'
 import type { Clear } from '../../services/store/keyring.js'
 import { ARCHIVED_FILE } from '../../services/store/session-files.js'
@@ -25,12 +26,12 @@ interface FolderFile {
   missingKid: string | null
 }
 
-type Action = 'insert' | 'replace' | 'add-archived' | 'unchanged'
+type Action = 'insert' | 'replace' | 'add-archived' | 'archive-active' | 'unchanged'
 
 interface Planned {
   item: FolderFile
   action: Action
-  /** The active row a replace overwrites, at the version read. */
+  /** The active row a replace overwrites, or an archive-active archives first, at the version read. */
   row?: ExistingRow
 }
 
@@ -54,7 +55,9 @@ compared with the rows of its session, and only then is anything written, in one
   - a file identical to a row already there is skipped, so running the import again is safe;
   - an active file replaces the session's active row when that row is older (updated_at);
   - an archived file is added as an archived copy (oldest first, so the folder's newest copy is
-    the newest row);
+    the newest row); when the folder has no active file of the session, an active row no newer
+    than the file is archived first (the session was archived in the folder since an earlier
+    import: the folder shows it archived, and so does the database then);
   - a file sealed under a key TASK_ENCRYPTION_KEYS does not hold is loaded as it is, its row's
     times and sealed_kid from its clear fields; its task counts, unknown here, are 0 (an active
     row gets them at its next save, an archived copy keeps 0 in lists). A warning names the kid:
@@ -82,14 +85,14 @@ ${COMMON_HELP}`,
     if (bad.length > 0) {
       const lines = bad.map(({ file, reason }) => `❌ ${file}: ${reason}`)
       lines.push(`Refused: ${bad.length} files of ${dir} do not read; nothing was written (set the bad ones aside with 'taskvault validate ${dir} --fix')`)
-      return { code: 1, json: { dir, database: target.where, schema: target.schema, inserted: 0, replaced: 0, archived: 0, unchanged: 0, unreadable: bad, conflicts: [] }, lines }
+      return { code: 1, json: { dir, database: target.where, schema: target.schema, inserted: 0, replaced: 0, archived: 0, archivedRows: 0, unchanged: 0, unreadable: bad, conflicts: [] }, lines }
     }
     return withDatabase(target, settings, keyring, false, async (client) => {
       await client.query('BEGIN')
       try {
         const existing = (await client.query<ExistingRow>(rowsOf([...new Set(files.map((item) => item.sessionId))]))).rows
         const { planned, conflicts } = plan(files, existing)
-        const counts = { inserted: 0, replaced: 0, archived: 0, unchanged: 0 }
+        const counts = { inserted: 0, replaced: 0, archived: 0, archivedRows: 0, unchanged: 0 }
         if (conflicts.length > 0 && !force) {
           await client.query('ROLLBACK')
           const lines = conflicts.map(({ file, reason }) => `❌ ${file}: ${reason}`)
@@ -101,7 +104,7 @@ ${COMMON_HELP}`,
         const needsKeys: KeysNeeded = {}
         for (const { item, action } of planned) if (item.missingKid !== null && action !== 'unchanged') needKey(needsKeys, item.missingKid, item.archived)
         for (const line of keyWarnings(needsKeys, where)) warn(line)
-        const lines = [`Imported ${dir} into ${where}: ${counts.inserted} new, ${counts.replaced} replaced, ${counts.archived} archived copies added, ${counts.unchanged} already identical` +
+        const lines = [`Imported ${dir} into ${where}: ${counts.inserted} new, ${counts.replaced} replaced, ${counts.archived} archived copies added${counts.archivedRows > 0 ? ` (${counts.archivedRows} active rows archived first)` : ''}, ${counts.unchanged} already identical` +
           (conflicts.length > 0 ? `; ${conflicts.length} newer rows overwritten (--force)` : '')]
         return { code: 0, json: { dir, database: target.where, schema: target.schema, ...counts, conflicts, forced: conflicts.length > 0, needs_keys: needsKeys }, lines }
       } catch (err) {
@@ -147,6 +150,9 @@ function stampOf (stored: StoredFile): number {
 function plan (files: FolderFile[], existing: ExistingRow[]): { planned: Planned[], conflicts: Conflict[] } {
   const rows = new Map<string, ExistingRow[]>()
   for (const row of existing) rows.set(row.session_id, [...(rows.get(row.session_id) ?? []), row])
+  const activeInFolder = new Set(files.filter((item) => !item.archived).map((item) => item.sessionId))
+  /** Sessions whose active row an earlier step archives. */
+  const archiving = new Set<string>()
   const planned: Planned[] = []
   const conflicts: Conflict[] = []
   for (const item of files) {
@@ -163,6 +169,12 @@ function plan (files: FolderFile[], existing: ExistingRow[]): { planned: Planned
         conflicts.push({ file: item.rel, reason: `the database's ${rowName(row)} is newer (updated_at ${row.updated_at.toISOString()}, file ${item.updatedAt})` })
       }
     }
+    if (item.archived && active !== undefined && !activeInFolder.has(item.sessionId) && !archiving.has(item.sessionId) && active.updated_at.getTime() <= updatedAt) {
+      // Archived in the folder since the row was imported: left active, the row would hide this copy.
+      archiving.add(item.sessionId)
+      planned.push({ item, action: 'archive-active', row: active })
+      continue
+    }
     planned.push(item.archived ? { item, action: 'add-archived' } : active === undefined ? { item, action: 'insert' } : { item, action: 'replace', row: active })
   }
   return { planned, conflicts }
@@ -172,10 +184,16 @@ function plan (files: FolderFile[], existing: ExistingRow[]): { planned: Planned
  * Writes one planned file: its bytes exactly, as a Buffer (binary format: json's is its text).
  * A write that touches no row means someone changed the session since it was read.
  */
-async function write (client: pg.Client, { item, action, row }: Planned, counts: Record<'inserted' | 'replaced' | 'archived' | 'unchanged', number>): Promise<void> {
+async function write (client: pg.Client, { item, action, row }: Planned, counts: Record<'inserted' | 'replaced' | 'archived' | 'archivedRows' | 'unchanged', number>): Promise<void> {
   if (action === 'unchanged') {
     counts.unchanged++
     return
+  }
+  if (action === 'archive-active' && row !== undefined) {
+    if ((await client.query(archiveSession(item.sessionId, { row: row.row_id, version: row.version }))).rowCount !== 1) {
+      throw new CommandFailedError(`session '${item.sessionId}' changed in the database during the import (or a server runs it); nothing was written, run the import again`)
+    }
+    counts.archivedRows++
   }
   const derived = item.columns
   let result: pg.QueryResult
