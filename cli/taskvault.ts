@@ -86,4 +86,10 @@ function fail (err: unknown, json: boolean, command: Command | undefined): numbe
   return usage ? EXIT.usage : EXIT.failed
 }
 
+// A reader that stops early (`taskvault validate | head -1`) is no failure of the command: what
+// it would not read is dropped, and the command ends as it would have.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => { if (err.code !== 'EPIPE') throw err })
+}
+
 process.exitCode = await main(process.argv.slice(2))

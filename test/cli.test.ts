@@ -450,3 +450,12 @@ t.test('validate --fix leaves files not named like sessions where they are; back
   t.equal((await taskvault(['restore', out, target])).code, 0)
   t.same(JSON.parse(await readFile(join(target, '.taskvault'), 'utf8')), { format: 1 }, 'the restored folder is marked')
 })
+
+t.test('output to a reader that stops early (| head) is dropped quietly; the command ends as it would have', async (t) => {
+  const dir = await preparedFolder(t)
+  const { CLI } = await import('./cli-run.js')
+  // `true` exits without reading: every write of the command meets a closed pipe.
+  const run = spawnSync('bash', ['-c', `"${process.execPath}" "${CLI}" validate "${dir}" | true; exit "\${PIPESTATUS[0]}"`], { encoding: 'utf8' })
+  t.equal(run.status, 0, run.stderr)
+  t.notMatch(run.stderr, /EPIPE|Unhandled/u, 'no stack trace')
+})
