@@ -540,8 +540,10 @@ export class TaskManager {
     let unarchived = false
     const taskIds = await this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
       // Checked before the draft is touched: a refused change leaves it as it was.
+      // Archived (or brought back) since its copy was read: an archive pass ran first; read it again.
+      if (draft.file === null && this.store.archivedName(sessionId) !== (archivedCopy?.name ?? null)) throw new StaleArchivedCopyError(sessionId)
       const source = draft.file ?? archivedCopy?.file ?? null
-      if (source === null || (draft.file === null && this.store.archivedName(sessionId) === null)) throw new SessionNotFoundError(sessionId)
+      if (source === null) throw new SessionNotFoundError(sessionId)
       if (draft.file !== null && this.registry.existing(sessionId).executing) throw new SessionBusyError(sessionId)
       const chosen = taskId === undefined
         ? source.session.tasks.filter((task) => task.status === 'Failed')

@@ -165,3 +165,36 @@ t.test('a retry that brings a session back from the archive counts against TASK_
   t.equal((await app.inject({ method: 'DELETE', url: '/api/v1/tasks/sessions/new' })).statusCode, 204)
   t.equal((await post(app, '/retry', { session_id: 'old' })).statusCode, 200, 'once there is room')
 })
+
+t.test('a retry that arrives while an archive pass moves the session brings it back from the archive (not a 404)', async (t) => {
+  const agent = flaky()
+  let release: () => void = () => {}
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  let held = false
+  const fs: FsSeam = {
+    ...nodeFs,
+    rename: async (from, to) => {
+      if (String(to).includes('/archive/') && !held) {
+        held = true
+        await gate
+      }
+      return nodeFs.rename(from, to)
+    }
+  }
+  const app = await build(t, { dir: await tempDir(t), fs, executors: agent.executors })
+  const { task_ids: ids } = await createSession(app, 'moving', '1. bad one')
+  t.equal((await post(app, '/execute-all', { session_id: 'moving' })).statusCode, 200)
+  const pass = post(app, '/archive', { older_than_days: 0 })
+  await waitFor('the archive pass to be moving the session', () => held)
+  // Read while the session is still active; changed once the pass has archived it.
+  const retry = post(app, '/retry', { session_id: 'moving' })
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  release()
+  t.same((await pass).json().archived_ids, ['moving'], 'the pass archived it')
+  const retried = await retry
+  t.equal(retried.statusCode, 200, retried.body)
+  t.same(retried.json().task_ids, ids)
+  const progress = (await get(app, '/progress?session_id=moving')).json()
+  t.match(progress, { pending: 1, failed: 0 })
+  t.not(progress.archived, true, 'active again')
+})
