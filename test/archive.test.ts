@@ -413,3 +413,33 @@ t.test('an archive whose folder fsync fails keeps the session active and readabl
   t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/shaky` })).statusCode, 204)
   t.same(await archived(dir), [], 'delete removes every archived copy')
 })
+
+t.test('a DELETE of an archived session that storage refuses (the folder fsync, a rename) answers 503 and leaves it archived, on disk and after a restart', async (t) => {
+  const dir = await tempDir(t)
+  const archive = join(dir, 'archive')
+  await mkdir(archive, { recursive: true, mode: 0o700 })
+  await writeFile(join(archive, 'kept.json'), storedSession('kept', ['Completed'], '2026-01-01T00:00:00.000Z'))
+  // Archived twice: two copies; the rename of the second fails below.
+  await writeFile(join(archive, 'twice.json'), storedSession('twice', ['Completed'], '2026-01-01T00:00:00.000Z'))
+  await writeFile(join(archive, 'twice.1767225600000.json'), storedSession('twice', ['Completed', 'Failed'], '2026-01-02T00:00:00.000Z'))
+  const before = (await readdir(archive)).sort()
+  const fs = faultFs()
+  const app = await build(t, { dir, fs })
+
+  fs.fail('dirsync', 'EIO', { path: (path) => path === archive, times: 1 })
+  const refused = await app.inject({ method: 'DELETE', url: `${API}/sessions/kept` })
+  t.equal(refused.statusCode, 503, refused.body)
+  fs.fail('rename', 'EIO', { path: (path) => path === join(archive, 'twice.json') || path === join(archive, 'twice.1767225600000.json'), skip: 1, times: 1 })
+  const partly = await app.inject({ method: 'DELETE', url: `${API}/sessions/twice` })
+  t.equal(partly.statusCode, 503, partly.body)
+  fs.heal()
+  t.same((await readdir(archive)).sort(), before, 'every copy is where it was')
+  for (const id of ['kept', 'twice']) t.match((await get(app, `/progress?session_id=${id}`)).json(), { archived: true }, `${id} is still archived`)
+  await app.close()
+
+  const again = await build(t, { dir })
+  for (const id of ['kept', 'twice']) t.match((await get(again, `/progress?session_id=${id}`)).json(), { archived: true }, `${id} after a restart`)
+  t.equal((await again.inject({ method: 'DELETE', url: `${API}/sessions/twice` })).statusCode, 204)
+  t.equal((await get(again, '/progress?session_id=twice')).statusCode, 404)
+  t.same(await readdir(archive), ['kept.json'], 'deleted for good, no temp file left')
+})

@@ -43,6 +43,7 @@ export class FileArchive {
   /** Archived files the keyring cannot open (key missing or wrong): left in place, out of lists, reported once. */
   private readonly unopened = new Set<string>()
   private readConcurrency = 32
+  private tempSeq = 0
 
   constructor (options: FileArchiveOptions) {
     this.dir = options.dir
@@ -218,24 +219,39 @@ export class FileArchive {
     return bytes
   }
 
-  /** Durably deletes every archived file of the session; resolves with how many there were. */
+  /**
+   * Durably deletes every archived file of the session; resolves with how many there were. The
+   * copies are first renamed to temp names (which a restore removes) and the folder synced: only
+   * then are they gone for good. A failure before that puts back the names it changed, so a
+   * refused delete leaves the session archived, on disk and in the index.
+   */
   async remove (sessionId: string, upTo?: string): Promise<number> {
     const files = [...this.index.files(sessionId)]
     if (files.length === 0) return 0
     // One writer per folder: the index holds every copy, so the newest is known here.
     if (upTo !== undefined && this.index.newest(sessionId)?.name !== upTo) throw new StaleArchivedCopyError(sessionId)
     this.active.assertWritable()
+    const renamed: Array<{ name: string, temp: string }> = []
     try {
       for (const { name } of files) {
-        await this.fs.unlink(join(this.dir, name)).catch((err: NodeJS.ErrnoException) => {
+        const temp = join(this.dir, `.${sessionId}.${process.pid}.${++this.tempSeq}.tmp`)
+        const moved = await this.fs.rename(join(this.dir, name), temp).then(() => true, (err: NodeJS.ErrnoException) => {
           if (err.code !== 'ENOENT') throw err
+          return false
         })
-        this.index.remove(sessionId, name)
+        if (moved) renamed.push({ name, temp })
       }
       await fsyncDir(this.fs, this.dir)
     } catch (err) {
+      // Put back: the names the folder had (a crash meanwhile leaves either name, and a temp name
+      // only as a delete that happened).
+      for (const { name, temp } of renamed.reverse()) await this.fs.rename(temp, join(this.dir, name)).catch(noop)
+      await fsyncDir(this.fs, this.dir).catch(noop)
       throw new StorageError(`deleting archived session '${sessionId}'`, err as NodeJS.ErrnoException)
     }
+    for (const { name } of files) this.index.remove(sessionId, name)
+    // Durably gone already; a temp file left here is removed at the next start.
+    for (const { temp } of renamed) await this.fs.unlink(temp).catch(noop)
     return files.length
   }
 
