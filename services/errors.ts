@@ -183,6 +183,18 @@ export class StorageError extends TaskvaultError {
   }
 }
 
+/**
+ * A session file the restore could not read nor move into `corrupt/`: left in place, it is never
+ * overwritten, so a save of that id fails (503) until an operator moves it away.
+ */
+export class UnreadableFileInPlaceError extends StorageError {
+  constructor (sessionId: string, fileName: string) {
+    super(`saving session '${sessionId}'`, Object.assign(new Error('an unreadable file is in place'), { code: 'EEXIST' }))
+    this.message = `session '${sessionId}' cannot be saved: its file ${fileName} could not be read at restore nor moved to corrupt/, ` +
+      'and is never overwritten; move it out of the storage folder (or make corrupt/ writable) and try again'
+  }
+}
+
 /** TASK_ENCRYPTION_KEYS is malformed. Stops the boot; the message never holds a key. */
 export class InvalidEncryptionKeysError extends TaskvaultError {
   constructor (message: string) {

@@ -870,3 +870,28 @@ t.test('hostile ids: 400 on every route, and nothing is created outside the fold
   t.notOk(existsSync(join(tmpdir(), 'passwd.json')), 'nothing in the temp folder')
   t.equal((await get(app, '/stats')).json().total_sessions, 0)
 })
+
+t.test('an unreadable file that cannot be moved to corrupt/ is left in place and never overwritten: a save of its id answers 503 until it can be moved', async (t) => {
+  const dir = await tempDir(t)
+  const elsewhere = await tempDir(t)
+  await markAsTaskvault(dir)
+  const damaged = '{"session_id": "precious", "created_at": "2026-01-01T00:00:00.000Z" ... three tasks of work'
+  await writeFile(join(dir, 'precious.json'), damaged)
+  // corrupt/ on another volume through a symlink: the store never follows one out of the folder.
+  await symlink(elsewhere, join(dir, 'corrupt'))
+  const log = memoryLog()
+  const app = await build(t, { dir, logger: productionLogger(log.stream, 'info') })
+  const line = log.lines().find((entry) => entry.file === 'precious.json')
+  t.match(line, { moved_to: null, msg: /left where it is/ }, 'the log says it stayed')
+  const refused = await post(app, '/create', { session_id: 'precious', instructions: '1. new' })
+  t.equal(refused.statusCode, 503)
+  t.match(refused.json(), { code: 'STORAGE_UNAVAILABLE', message: /precious\.json could not be read at restore nor moved to corrupt\/, and is never overwritten/ })
+  t.equal(await readFile(join(dir, 'precious.json'), 'utf8'), damaged, 'the file is as it was')
+  t.equal((await get(app, '/progress?session_id=precious')).statusCode, 404, 'nothing in memory claims the session')
+  // The operator makes corrupt/ a real folder: the next save sets the file aside first.
+  await rm(join(dir, 'corrupt'))
+  t.equal((await post(app, '/create', { session_id: 'precious', instructions: '1. new' })).statusCode, 200)
+  const setAside = await readdir(join(dir, 'corrupt'))
+  t.equal(setAside.length, 1)
+  t.equal(await readFile(join(dir, 'corrupt', setAside[0] as string), 'utf8'), damaged, 'kept in corrupt/')
+})

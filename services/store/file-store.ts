@@ -11,7 +11,7 @@ import { FolderFiles } from './folder-files.js'
 import { provenKeyChecks, wrongKeyError } from './key-checks.js'
 import { CoalescedRun } from './coalesce.js'
 import type { DiskSpace } from './disk-space.js'
-import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, StorageError, TaskvaultError } from '../errors.js'
+import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, StorageError, TaskvaultError, UnreadableFileInPlaceError } from '../errors.js'
 import { nodeFs, type FsSeam } from './fs-seam.js'
 import type { Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
@@ -91,6 +91,8 @@ export class FileSessionStore implements SessionStore {
    * is right, so an archived file under one that does not open is damaged, and is set aside.
    */
   private readonly provenKids = new Set<string>()
+  /** Ids whose unreadable file could not be set aside: it stays where it is and no save replaces it. */
+  private readonly leftInPlace = new Set<string>()
   /** The marker's key checks (kid → Keyring.keyCheck), and those of configured kids it has none for yet. */
   private keyChecks: Record<string, string> = {}
   private newKeyChecks: Record<string, string> = {}
@@ -226,6 +228,7 @@ export class FileSessionStore implements SessionStore {
     this.assertWritable()
     assertSavable(file)
     const target = this.pathFor(file.session_id)
+    if (this.leftInPlace.has(file.session_id)) await this.clearLeftInPlace(file.session_id)
     let data: Buffer | undefined
     // A session that cannot be serialized (too large) is the caller's error, not storage's: thrown as it is.
     let unserializable: unknown
@@ -247,6 +250,21 @@ export class FileSessionStore implements SessionStore {
     this.stored(file.session_id, this.keyring?.activeKid ?? '')
     await this.syncDir(`saving session '${file.session_id}'`, true)
     return (data as Buffer).length
+  }
+
+  /** A restore's unreadable file that could not be moved: set aside now, or gone; else the save fails. */
+  private async clearLeftInPlace (sessionId: string): Promise<void> {
+    const name = `${sessionId}.json`
+    const gone = await this.fs.lstat(join(this.dir, name)).then(() => false, (err: NodeJS.ErrnoException) => err.code === 'ENOENT')
+    if (!gone && await this.files.setAside(this.dir, name) === null) throw new UnreadableFileInPlaceError(sessionId, name)
+    this.leftInPlace.delete(sessionId)
+  }
+
+  /** Moves a file the restore could not read into `corrupt/`; one that will not move is noted, and never overwritten. */
+  private async setAside (name: string): Promise<string | null> {
+    const movedTo = await this.files.setAside(this.dir, name)
+    if (movedTo === null) this.leftInPlace.add(name.slice(0, -'.json'.length))
+    return movedTo
   }
 
   async remove (sessionId: string): Promise<void> {
@@ -377,7 +395,7 @@ export class FileSessionStore implements SessionStore {
           continue
         }
         if (!(err instanceof CorruptSessionFileError)) throw err
-        out.failures.push({ name: file.name, reason: err.message, movedTo: await this.files.setAside(this.dir, file.name) })
+        out.failures.push({ name: file.name, reason: err.message, movedTo: await this.setAside(file.name) })
       }
     }
   }
@@ -393,7 +411,7 @@ export class FileSessionStore implements SessionStore {
       // rotation, the old kid may hold a few active files, one of them tampered with).
       if ((this.kidCounts.get(kid) ?? 0) === 0 && await this.archived.proof(kid) !== 'opened') throw wrongKeyError(kid, files.length, 'files')
       this.provenKids.add(kid)
-      for (const file of files) read.failures.push({ name: file.name, reason: `${file.name}: ${file.reason}`, movedTo: await this.files.setAside(this.dir, file.name) })
+      for (const file of files) read.failures.push({ name: file.name, reason: `${file.name}: ${file.reason}`, movedTo: await this.setAside(file.name) })
     }
   }
 
