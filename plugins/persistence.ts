@@ -61,7 +61,11 @@ async function openFileStore (app: FastifyInstance, settings: StoreSettings, key
   store.events.on('lock', (event) => {
     if (event.type === 'recreated') app.log.warn({ lock: event.path }, 'The storage lock file was missing (deleted by hand or a cleanup script?); re-created it')
     else if (event.type === 'check-failed') app.log.error({ lock: event.path, err: event.err }, 'Could not check the storage lock; another server could take the folder over once the lock looks stale')
-    else {
+    else if (event.type === 'replaced') {
+      app.log.error({ dir: event.error.dir },
+        `The storage folder ${event.error.dir} is no longer the folder this server opened (an unmounted volume, or a folder deleted and made again): ` +
+        'what is written there would be lost with it, so this server refuses every write from now on (503 LOCK_LOST, /ready 503); reads still work. Put the folder back, then restart this one')
+    } else {
       app.log.error({ dir: event.error.dir, holder: event.error.holder, found: event.found },
         `Lost the storage lock of ${event.error.dir}: it now names ${event.found}. Another server may be writing to the folder, ` +
         'so this one refuses every write from now on (503 LOCK_LOST, /ready 503); reads still work. Stop one of them, then restart this one')

@@ -222,9 +222,13 @@ export class KeyUnavailableError extends TaskvaultError {
  * restart, once only one server uses the folder, clears it. `holder` is who holds it now.
  */
 export class LockLostError extends TaskvaultError {
-  constructor (readonly dir: string, readonly holder: { pid: number, host: string, since: string } | null) {
-    super('LOCK_LOST', 'this server lost the storage lock of its folder to another writer and saves nothing more (reads still work); ' +
-      'restart it once only one server uses the folder')
+  /** `replaced`: the folder at the path is not the one this server locked (an unmounted volume, a folder made again). */
+  constructor (readonly dir: string, readonly holder: { pid: number, host: string, since: string } | null, readonly replaced = false) {
+    super('LOCK_LOST', replaced
+      ? 'the storage folder is no longer the folder this server opened and locked (an unmounted volume, or a folder deleted and made again), ' +
+        'so it saves nothing more (reads still work); put the folder back and restart it'
+      : 'this server lost the storage lock of its folder to another writer and saves nothing more (reads still work); ' +
+        'restart it once only one server uses the folder')
   }
 }
 

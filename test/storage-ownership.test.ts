@@ -392,3 +392,28 @@ t.test('a real server whose restore fails with EACCES exits 1 and leaves no lock
   t.notOk(await lockPresent(dir), 'no .taskvault.lock left behind')
   t.ok((await lstat(join(dir, 'secret.json'))).isFile(), 'the unreadable file is left where it is')
 })
+
+t.test('folder: another folder at the path (a volume unmounted from under its mount point) stops every write, at the next save or heartbeat; reads go on', async (t) => {
+  for (const first of ['save', 'heartbeat'] as const) {
+    const parent = await tempDir(t)
+    const dir = join(parent, 'tasks')
+    const log = memoryLog()
+    // `save`: a heartbeat too slow to see it first.
+    const app = await open(t, dir, first === 'save' ? { TASK_LOCK_REFRESH_MS: 60_000, TASK_LOCK_STALE_MS: 120_000 } : {}, log)
+    t.equal((await post(app, '/create', { session_id: 'kept', instructions: 'x' })).statusCode, 200)
+    // The volume goes: the empty folder beneath its mount point is at the path now.
+    await rename(dir, join(parent, 'volume'))
+    await mkdir(dir, { mode: 0o700 })
+    if (first === 'heartbeat') {
+      t.ok(await eventually(async () => (await app.inject({ method: 'GET', url: '/ready' })).statusCode === 503), `${first}: /ready goes 503`)
+      t.notOk(existsSync(join(dir, LOCK_FILE)), `${first}: no lock made in the other folder`)
+    }
+    const refused = await post(app, '/create', { session_id: 'new', instructions: 'y' })
+    t.equal(refused.statusCode, 503, `${first}: ${refused.body}`)
+    t.match(refused.json(), { code: 'LOCK_LOST', message: /no longer the folder this server opened/ })
+    t.equal((await get(app, '/progress?session_id=new')).statusCode, 404, `${first}: nothing in memory claims it`)
+    t.match((await app.inject({ method: 'GET', url: '/ready' })).json(), { statusCode: 503, code: 'LOCK_LOST' })
+    t.equal((await get(app, '/progress?session_id=kept')).statusCode, 200, `${first}: reads go on`)
+    t.ok(log.lines().some((line) => line.level === 50 && /is no longer the folder this server opened/.test(line.msg ?? '')), `${first}: logged`)
+  }
+})

@@ -11,12 +11,12 @@ import { FolderFiles } from './folder-files.js'
 import { provenKeyChecks, wrongKeyError } from './key-checks.js'
 import { CoalescedRun } from './coalesce.js'
 import type { DiskSpace } from './disk-space.js'
-import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, StorageError, TaskvaultError, UnreadableFileInPlaceError } from '../errors.js'
+import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, LockLostError, StorageError, TaskvaultError, UnreadableFileInPlaceError } from '../errors.js'
 import { nodeFs, type FsSeam } from './fs-seam.js'
 import type { Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
 import { assertSavable, reportedSave, sessionBound } from './save-rules.js'
-import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, fsyncDir, readSessionDocument, serializeSessionFile, writeAndRename } from './session-files.js'
+import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, FolderReplacedError, fsyncDir, readSessionDocument, serializeSessionFile, writeAndRename } from './session-files.js'
 import { MARKER_FILE, firstForeignFile, readMarker, writeMarker } from './storage-folder.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
 import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SaveOptions, SessionStore, SessionStoreEvents, StoredCopy } from './store.js'
@@ -111,7 +111,7 @@ export class FileSessionStore implements SessionStore {
     this.maxSessionBytes = options.maxSessionBytes ?? Number.POSITIVE_INFINITY
     this.keyring = options.keyring ?? null
     this.keepChecks = options.keepKeyChecks ?? false
-    this.dirSync = new CoalescedRun(() => fsyncDir(this.fs, this.dir))
+    this.dirSync = new CoalescedRun(() => fsyncDir(this.fs, this.dir, this.lock === null ? undefined : (stat) => (this.lock as StorageLock).holds(stat)))
     this.lock = options.lock ? new StorageLock(this.dir, this.fs, options.lock, (event) => this.events.emit('lock', event)) : null
     this.files = new FolderFiles({ fs: this.fs, dir: this.dir, keyring: this.keyring, unwritable: () => this.unwritable() !== null, keyProven: (kid) => this.provenKids.has(kid) })
     this.archived = new FileArchive({
@@ -514,6 +514,11 @@ export class FileSessionStore implements SessionStore {
     try {
       await this.dirSync.run()
     } catch (err) {
+      // Written into another folder at the path: not into ours, and nothing more will be.
+      if (err instanceof FolderReplacedError && this.lock !== null) {
+        this.lock.folderReplaced()
+        throw this.lock.lost ?? new LockLostError(this.dir, null, true)
+      }
       const error = new StorageError(operation, err as NodeJS.ErrnoException)
       error.uncertain = afterChange
       throw error

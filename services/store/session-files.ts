@@ -129,12 +129,21 @@ export async function writeAndRename (fs: FsSeam, temp: string, target: string, 
 }
 
 /** Makes a folder's entries (renames, creations, deletions) durable. */
-export async function fsyncDir (fs: FsSeam, dir: string): Promise<void> {
+export async function fsyncDir (fs: FsSeam, dir: string, expected?: (stat: { dev: number, ino: number }) => boolean): Promise<void> {
   const handle = await fs.open(dir, constants.O_RDONLY | constants.O_DIRECTORY)
   try {
     await handle.sync()
+    // The folder synced is the one expected (not another made at its path since): the change is in it.
+    if (expected !== undefined && !expected(await handle.stat())) throw new FolderReplacedError(dir)
   } finally {
     await handle.close()
+  }
+}
+
+/** fsyncDir found another folder at the path than the one expected. */
+export class FolderReplacedError extends Error {
+  constructor (dir: string) {
+    super(`${dir} is not the folder it was`)
   }
 }
 

@@ -22,6 +22,7 @@ export interface StorageLockOptions {
 /** What the heartbeat found, for the owner to log: the store knows no logger. */
 export type LockEvent =
   | { type: 'recreated', path: string }
+  | { type: 'replaced', error: LockLostError }
   | { type: 'lost', error: LockLostError, found: string }
   | { type: 'check-failed', path: string, err: unknown }
 
@@ -45,6 +46,8 @@ export class StorageLock {
   private beat: Promise<void> | null = null
   private released = false
   private lostTo: LockLostError | null = null
+  /** The folder the lock was taken in: another one at the path (an unmounted volume) is not ours. */
+  private folder: FolderIdentity | null = null
 
   constructor (private readonly dir: string, private readonly fs: FsSeam, private readonly options: StorageLockOptions,
     private readonly report: (event: LockEvent) => void = noop) {
@@ -66,6 +69,8 @@ export class StorageLock {
     let replaced: LockHolder | null = null
     for (let attempt = 0; attempt < 20; attempt++) {
       if (await this.tryCreate(this.path)) {
+        const { dev, ino } = await this.fs.lstat(this.dir)
+        this.folder = { dev, ino }
         this.startHeartbeat()
         return replaced
       }
@@ -119,6 +124,24 @@ export class StorageLock {
     } finally {
       await this.fs.unlink(reaper).catch(ignoreMissing)
     }
+  }
+
+  /** Whether `stat` is of the folder the lock was taken in (true before the lock is taken). */
+  holds (stat: FolderIdentity): boolean {
+    return this.folder === null || (stat.dev === this.folder.dev && stat.ino === this.folder.ino)
+  }
+
+  /**
+   * The folder at the path is not the one locked: whatever is written there is lost with it (a
+   * volume unmounted from under its mount point leaves the empty folder beneath). Nothing is
+   * written from now on, as when the lock is lost.
+   */
+  folderReplaced (): void {
+    if (this.lostTo !== null || this.released) return
+    if (this.timer !== null) clearInterval(this.timer)
+    this.timer = null
+    this.lostTo = new LockLostError(this.dir, null, true)
+    this.emit({ type: 'replaced', error: this.lostTo })
   }
 
   async release (): Promise<void> {
@@ -195,6 +218,13 @@ export class StorageLock {
    * server may be writing to the folder now: this one stops writing for good.
    */
   private async check (): Promise<void> {
+    // A folder gone from the path is the store's to report (/ready); another one there ends the lock.
+    const here = await this.fs.lstat(this.dir).catch(() => null)
+    if (this.released || here === null) return
+    if (!this.holds(here)) {
+      this.folderReplaced()
+      return
+    }
     let found = await this.readHolder(this.path)
     if (this.released) return
     if (found.missing) {
@@ -226,6 +256,12 @@ export class StorageLock {
       this.report(event)
     } catch {}
   }
+}
+
+/** A folder as the kernel names it: another folder at the same path has another device or inode. */
+export interface FolderIdentity {
+  dev: number
+  ino: number
 }
 
 function ignoreMissing (err: unknown): void {
