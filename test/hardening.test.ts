@@ -6,7 +6,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import http from 'node:http'
-import { lstat, lutimes, mkdir, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises'
+import { lstat, lutimes, mkdir, readFile, readdir, readlink, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
 import { hostname, tmpdir } from 'node:os'
 import { join, sep } from 'node:path'
@@ -18,6 +18,8 @@ import { LOCK_FILE } from '../services/store/storage-lock.js'
 import { StorageLockedError } from '../services/errors.js'
 import type { SessionFile } from '../services/session/session.js'
 import { MARKER_FILE } from '../services/store/storage-folder.js'
+import { MAX_SESSION_FILE_BYTES } from '../services/store/read-batch.js'
+import { storedSession } from './session-fixtures.js'
 import { API, build, get, markAsTaskvault, memoryLog, post, tempDir, waitFor, type LogLine, type TestContext } from './helper.js'
 import { faultFs } from './faults.js'
 import { exitWithin, freePort, spawnServer } from './server-process.js'
@@ -894,4 +896,27 @@ t.test('an unreadable file that cannot be moved to corrupt/ is left in place and
   const setAside = await readdir(join(dir, 'corrupt'))
   t.equal(setAside.length, 1)
   t.equal(await readFile(join(dir, 'corrupt', setAside[0] as string), 'utf8'), damaged, 'kept in corrupt/')
+})
+
+t.test('a session file too large to be read as text (a foreign one; taskvault writes none) is set aside unread, active or archived; the rest loads', async (t) => {
+  const dir = await tempDir(t)
+  await markAsTaskvault(dir)
+  await mkdir(join(dir, 'archive'), { mode: 0o700 })
+  await writeFile(join(dir, 'small.json'), storedSession('small', ['Pending'], '2026-01-01T00:00:00.000Z'))
+  // Sparse: no disk is used, and nothing of it is read.
+  const huge = MAX_SESSION_FILE_BYTES + 1
+  await writeFile(join(dir, 'huge.json'), '')
+  await truncate(join(dir, 'huge.json'), huge)
+  await writeFile(join(dir, 'archive', 'old.json'), '')
+  await truncate(join(dir, 'archive', 'old.json'), huge)
+  const log = memoryLog()
+  const app = await build(t, { dir, logger: productionLogger(log.stream, 'info') })
+  t.equal((await get(app, '/progress?session_id=small')).statusCode, 200, 'the rest loads')
+  t.match(log.lines().find((line) => line.file === 'huge.json'), { reason: /larger than any session file can be/ })
+  const list = await get(app, '/list?session_id=all&archived=include')
+  t.equal(list.statusCode, 200, list.body)
+  t.same(list.json().sessions.map((s: { session_id: string }) => s.session_id), ['small'])
+  const setAside = await readdir(join(dir, 'corrupt'))
+  t.equal(setAside.length, 2, 'both set aside')
+  t.equal((await get(app, '/stats')).json().storage.failed_loads, 2)
 })

@@ -15,6 +15,7 @@ import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, Key
 import { nodeFs, type FsSeam } from './fs-seam.js'
 import type { Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
+import { tooLargeReason } from './read-batch.js'
 import { assertSavable, reportedSave, sessionBound } from './save-rules.js'
 import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, FolderReplacedError, fsyncDir, readSessionDocument, serializeSessionFile, writeAndRename } from './session-files.js'
 import { MARKER_FILE, firstForeignFile, readMarker, writeMarker } from './storage-folder.js'
@@ -374,6 +375,7 @@ export class FileSessionStore implements SessionStore {
         throw new StorageError(`reading ${file.name}`, Object.assign(new Error(file.code), { code: file.code }))
       }
       try {
+        if ('tooLarge' in file) throw new CorruptSessionFileError(file.name, tooLargeReason(file.tooLarge))
         // A sealed file was opened by readBatch; what is left is a plaintext check.
         if ('sealed' in file) {
           if (file.sealed === 'key') throw new KeyUnavailableError(file.kid)

@@ -1,3 +1,4 @@
+import { constants as bufferConstants } from 'node:buffer'
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs'
 import { join } from 'node:path'
 import { CorruptSessionFileError, KeyUnavailableError } from '../errors.js'
@@ -23,14 +24,27 @@ export interface ReadResponse {
 /**
  * A file read: where its bytes are (a sealed file's bytes are its opened form, and `kid` and
  * `stored` say which key sealed it and how many bytes it takes on disk), or the errno code
- * that stopped its read, or why a sealed file did not open (`sealed`: 'corrupt' with `reason`,
+ * that stopped its read, or its size when it is too large to be a session (`tooLarge`), or why a sealed file did not open (`sealed`: 'corrupt' with `reason`,
  * or 'key' with the missing `kid`).
  */
 export type ReadFile =
   | { name: string, offset: number, length: number, kid?: string, stored?: number }
   | { name: string, code: string }
+  | { name: string, tooLarge: number }
   | { name: string, sealed: 'corrupt', reason: string, kid?: string }
   | { name: string, sealed: 'key', kid: string }
+
+/**
+ * The largest session file that can be read: its text must fit in one JavaScript string. The
+ * server never writes one this large (TASK_MAX_SESSION_BYTES is 256 MiB at most); a foreign one is
+ * set aside, not read.
+ */
+export const MAX_SESSION_FILE_BYTES = bufferConstants.MAX_STRING_LENGTH
+
+/** The reason a file over MAX_SESSION_FILE_BYTES is set aside. */
+export function tooLargeReason (bytes: number, max = MAX_SESSION_FILE_BYTES): string {
+  return `${bytes} bytes: larger than any session file can be (${max} bytes, the longest text JavaScript holds)`
+}
 
 /** What a reader thread posts once it can take batches (until one has, the pool reads on its own thread). */
 export const READY = 'ready'
@@ -112,6 +126,11 @@ export function readBatch ({ id, dir, names }: ReadRequest, keyring: Keyring | n
       const stat = fstatSync(fd)
       if (!stat.isFile()) {
         files.push({ name, code: 'ENOTREG' })
+        continue
+      }
+      // Not read: no session this large can be parsed (a foreign file; taskvault writes none).
+      if (stat.size > MAX_SESSION_FILE_BYTES) {
+        files.push({ name, tooLarge: stat.size })
         continue
       }
       readInto(fd, stat.size, out)

@@ -1,10 +1,12 @@
 import { constants } from 'node:fs'
+import { basename } from 'node:path'
 import type { FileHandle } from 'node:fs/promises'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { SealedSessionFile, StoredSessionFile, type SessionFile } from '../../schemas/session.js'
 import { CorruptSessionFileError, KeyUnavailableError, SessionTooLargeError } from '../errors.js'
 import type { Keyring } from './keyring.js'
 import type { FsSeam } from './fs-seam.js'
+import { tooLargeReason } from './read-batch.js'
 import { normalizeSessionFile } from '../session/session.js'
 import { noop } from '../noop.js'
 
@@ -85,9 +87,12 @@ function openSealed (name: string, raw: object, expectedId: string, keyring: Key
  * Reads a whole file without following a symlink (one swapped in after readdir is refused).
  * I/O errors are thrown as they are; they say nothing about the file's content.
  */
-export async function readWhole (fs: FsSeam, path: string): Promise<Buffer> {
+/** A file's bytes; one over `maxBytes` is not read (CorruptSessionFileError naming its size). */
+export async function readWhole (fs: FsSeam, path: string, maxBytes = Number.POSITIVE_INFINITY): Promise<Buffer> {
   const handle = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW)
   try {
+    const { size } = await handle.stat()
+    if (size > maxBytes) throw new CorruptSessionFileError(basename(path), tooLargeReason(size, maxBytes))
     return await handle.readFile()
   } finally {
     await handle.close()
