@@ -1,9 +1,10 @@
 import closeWithGrace from 'close-with-grace'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import { buildApp } from './app.js'
 import { loadConfig } from './plugins/config.js'
 import { listenFailure } from './http/listen-error.js'
 import { loggerOptions } from './http/logger-options.js'
+import { UnsavedChangesLostError } from './services/session/registry.js'
 
 /** Loads config, restores sessions, listens, and drains on SIGTERM/SIGINT. */
 async function main (): Promise<void> {
@@ -50,16 +51,45 @@ async function main (): Promise<void> {
   process.on('unhandledRejection', (reason) => {
     log.error({ err: reason }, 'unhandled promise rejection (a bug: please report it); the server keeps running')
   })
-  // The grace period covers running tasks; the extra time covers flushing writes.
-  closeWithGrace({ delay: TASK_SHUTDOWN_GRACE_MS + 10_000, skip: ['unhandledRejection'] }, async ({ signal, err }) => {
+  // The grace period covers running tasks; the extra time covers flushing writes. What
+  // close-with-grace reports itself (a timeout, a second signal) goes to the log, not to stderr.
+  closeWithGrace({ delay: TASK_SHUTDOWN_GRACE_MS + 10_000, skip: ['unhandledRejection'], logger: shutdownLogger(log) }, async ({ signal, err }) => {
     if (err !== undefined) app.log.error({ err }, 'fatal error; shutting down')
     else app.log.info({ signal }, 'shutting down')
-    await app.close()
+    if (!await closeReporting(app)) process.exit(1)
   })
   try {
     await app.listen({ port: PORT, host: HOST })
   } catch (err) {
     await cannotStart(app, listenFailure(err as NodeJS.ErrnoException, PORT, HOST))
+  }
+}
+
+/**
+ * Closes the app and logs what did not go well: every session whose unsaved changes
+ * (TASK_AUTO_SAVE=false) could not be written, once each with its cause, and any other
+ * failure of the close (releasing the storage lock). The sessions are read from the registry,
+ * not from the close's error, which names only the last hook that failed. False if anything failed.
+ */
+async function closeReporting (app: FastifyInstance): Promise<boolean> {
+  let failure: unknown = null
+  await app.close().catch((err: unknown) => { failure = err })
+  const lost = app.taskManager.registry.lostChanges()
+  for (const { sessionId, cause } of lost) {
+    app.log.error({ session_id: sessionId, ...(cause !== undefined && { err: cause }) }, 'Unsaved changes lost at shutdown')
+  }
+  // An UnsavedChangesLostError says no more than the lines above.
+  if (failure !== null && !(failure instanceof UnsavedChangesLostError)) app.log.error({ err: failure }, 'Shutdown did not finish cleanly')
+  return failure === null && lost.length === 0
+}
+
+/** close-with-grace's logger: its messages and errors as log lines. */
+function shutdownLogger (log: FastifyBaseLogger): { error: (what: unknown) => void } {
+  return {
+    error: (what) => {
+      if (typeof what === 'string') log.error(what)
+      else log.error({ err: what }, 'Shutdown did not finish cleanly')
+    }
   }
 }
 

@@ -10,7 +10,7 @@ import t from 'tap'
 import type { SessionFile, TaskStatus } from '../schemas/session.js'
 import { SessionNotFoundError, StorageError } from '../services/errors.js'
 import { liveFile, unchanged, type ChangeFn } from '../services/session/draft.js'
-import { SessionRegistry } from '../services/session/registry.js'
+import { SessionRegistry, UnsavedChangesLostError } from '../services/session/registry.js'
 import { appendTasks, newSessionFile } from '../services/session/session.js'
 import type { FileSessionStore } from '../services/store/file-store.js'
 import { faultFs, tempOf, type FaultFs } from './faults.js'
@@ -172,6 +172,25 @@ t.test('auto-save off: changes commit in memory, saveUnsaved() writes them, dele
   t.strictSame(onDisk(store, 'old'), registry.find('old'))
   t.notOk(registry.isUnsaved('old'))
   t.notOk(existsSync(join(store.archiveDir, session.name)), 'the archived copy is removed')
+})
+
+t.test('auto-save off: saveUnsaved() writes every session it can and names each one it cannot, with its cause', async (t) => {
+  const { fs, store, registry } = await setup(t, false)
+  for (const id of ['a', 'b', 'c']) await registry.change(id, addTask('one'))
+  fs.fail('rename', 'EIO', { path: (path) => tempOf('a')(path) || tempOf('c')(path) })
+  const err = await registry.saveUnsaved().then(() => null, (e: unknown) => e)
+  t.ok(err instanceof UnsavedChangesLostError, 'UnsavedChangesLostError, not only the first failure')
+  const lost = (err as UnsavedChangesLostError).sessions
+  t.same(lost.map((entry) => entry.sessionId).sort(), ['a', 'c'], 'it names both failed sessions')
+  for (const entry of lost) t.match(entry.cause, { name: 'StorageError', message: `saving session '${entry.sessionId}' failed` })
+  t.same((err as UnsavedChangesLostError).errors.length, 2)
+  t.same(registry.lostChanges().map((entry) => entry.sessionId).sort(), ['a', 'c'], 'the registry still knows them, with their causes')
+  t.ok(registry.lostChanges().every((entry) => entry.cause instanceof StorageError))
+  t.ok(onDisk(store, 'b') !== null, 'the session that could be written is written')
+  fs.heal()
+  await registry.saveUnsaved()
+  t.same(registry.lostChanges(), [], 'written on the next try: nothing lost')
+  t.ok(onDisk(store, 'a') !== null && onDisk(store, 'c') !== null)
 })
 
 t.test('auto-save off: a delete whose outcome is uncertain puts the session back on disk, unsaved changes included', async (t) => {

@@ -165,7 +165,8 @@ t.test('lock: with auto-save off, a lost lock refuses changes too (memory must n
   t.equal(res.json().code, 'LOCK_LOST')
   t.equal((await get(app, '/progress?session_id=a')).json().total, 1, 'memory unchanged')
   // What was held unsaved before the loss cannot be written over the other writer's folder: shutdown says so.
-  await t.rejects(app.close(), { code: 'LOCK_LOST' }, 'the shutdown flush is refused too')
+  await t.rejects(app.close(), { code: 'UNSAVED_CHANGES_LOST', sessions: [{ sessionId: 'a', cause: { code: 'LOCK_LOST' } }] }, 'the shutdown flush is refused too, naming the session')
+  t.match(app.taskManager.registry.lostChanges(), [{ sessionId: 'a', cause: { code: 'LOCK_LOST' } }], 'the registry reports it lost')
   t.notOk(existsSync(join(dir, 'a.json')), 'nothing written')
 })
 

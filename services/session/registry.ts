@@ -61,6 +61,24 @@ export interface ChangeOptions {
   records?: boolean
 }
 
+/** A session whose unsaved changes (auto-save off) could not be written, and why. */
+export interface LostChanges {
+  sessionId: string
+  cause: unknown
+}
+
+/** Unsaved changes (auto-save off) that saveUnsaved() could not write, for every session it failed. */
+export class UnsavedChangesLostError extends AggregateError {
+  readonly code = 'UNSAVED_CHANGES_LOST'
+  readonly sessions: LostChanges[]
+  constructor (sessions: LostChanges[]) {
+    const named = sessions.slice(0, 10).map((lost) => lost.sessionId).join(', ')
+    super(sessions.map((lost) => lost.cause), `unsaved changes of ${sessions.length} session(s) could not be written: ${named}${sessions.length > 10 ? ', ...' : ''}`)
+    this.name = 'UnsavedChangesLostError'
+    this.sessions = sessions
+  }
+}
+
 /** Times a change is applied again after version conflicts (another replica wrote in between) before it fails. */
 const MAX_CONFLICTS = 5
 
@@ -85,6 +103,8 @@ export interface RegistryOptions {
  */
 export class SessionRegistry {
   private readonly slots = new Map<string, SessionSlot>()
+  /** Why saveUnsaved() last failed to write a session (see lostChanges). */
+  private readonly saveFailures = new Map<string, unknown>()
   /** Sessions whose first write is in flight (see sessionsAndCreates). */
   private creating = 0
   private readonly store: SessionStore
@@ -231,19 +251,36 @@ export class SessionRegistry {
 
   /**
    * Writes every session committed while auto-save was off, through each session's queue. Each
-   * is written whatever becomes of the others; then the first failure, if any, is thrown.
+   * is written whatever becomes of the others; then, if any could not be, UnsavedChangesLostError
+   * names every one of them with its cause.
    */
   async saveUnsaved (): Promise<void> {
     const saves: Array<Promise<unknown>> = []
+    const failed: LostChanges[] = []
     for (const [sessionId, slot] of this.slots) {
       if (!slot.unsaved) continue
       saves.push(this.change(sessionId, (draft) => {
         if (draft.file === null) return unchanged(undefined)
         draft.forceSave()
+      }).then(() => { this.saveFailures.delete(sessionId) }, (cause: unknown) => {
+        this.saveFailures.set(sessionId, cause)
+        failed.push({ sessionId, cause })
       }))
     }
-    const failed = (await Promise.allSettled(saves)).find((outcome) => outcome.status === 'rejected')
-    if (failed !== undefined) throw failed.reason
+    await Promise.all(saves)
+    if (failed.length > 0) throw new UnsavedChangesLostError(failed)
+  }
+
+  /**
+   * Sessions holding changes that are not written (auto-save off), with why the last
+   * saveUnsaved() could not write them (undefined if it did not try): after a shutdown, the
+   * changes it lost. Kept here, not only in the error, so that a later failure of the shutdown
+   * (releasing the storage lock) cannot hide them.
+   */
+  lostChanges (): LostChanges[] {
+    const lost: LostChanges[] = []
+    for (const [sessionId, slot] of this.slots) if (slot.unsaved) lost.push({ sessionId, cause: this.saveFailures.get(sessionId) })
+    return lost
   }
 
   /** Committed in memory but not yet saved (auto-save off). */
