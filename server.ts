@@ -4,7 +4,7 @@ import { buildApp } from './app.js'
 import { loadConfig } from './plugins/config.js'
 import { listenFailure } from './http/listen-error.js'
 import { loggerOptions } from './http/logger-options.js'
-import { UnsavedChangesLostError } from './services/session/registry.js'
+import { UnsavedChangesLostError } from './services/errors.js'
 
 /** Loads config, restores sessions, listens, and drains on SIGTERM/SIGINT. */
 async function main (): Promise<void> {

@@ -404,3 +404,21 @@ export class VersionConflictError extends TaskvaultError {
     super('VERSION_CONFLICT', `${operation} refused: session '${sessionId}' ${reason}; nothing was written`)
   }
 }
+
+/** A session whose unsaved changes (auto-save off) could not be written, and why. */
+export interface LostChanges {
+  sessionId: string
+  cause: unknown
+}
+
+/** Unsaved changes (auto-save off) that saveUnsaved() could not write, for every session it failed. */
+export class UnsavedChangesLostError extends AggregateError {
+  readonly code = 'UNSAVED_CHANGES_LOST'
+  readonly sessions: LostChanges[]
+  constructor (sessions: LostChanges[]) {
+    const named = sessions.slice(0, 10).map((lost) => lost.sessionId).join(', ')
+    super(sessions.map((lost) => lost.cause), `unsaved changes of ${sessions.length} session(s) could not be written: ${named}${sessions.length > 10 ? ', ...' : ''}`)
+    this.name = 'UnsavedChangesLostError'
+    this.sessions = sessions
+  }
+}

@@ -1,6 +1,6 @@
 import type { Static } from '@sinclair/typebox'
 import type { SessionSummary as SessionSummarySchema } from '../../schemas/api.js'
-import { SessionNotFoundError, SessionTooLargeError, StorageError, VersionConflictError } from '../errors.js'
+import { SessionNotFoundError, SessionTooLargeError, StorageError, UnsavedChangesLostError, VersionConflictError, type LostChanges } from '../errors.js'
 import { Draft, Unchanged, unchanged, type ChangeFn } from './draft.js'
 import { cloneSessionFile, currentIndex, isoNow, progressOf, type Progress, type SessionFile } from './session.js'
 import type { SessionStore } from '../store/store.js'
@@ -59,24 +59,6 @@ export interface ChangeOptions {
    * that (SaveOptions.records), so a session at the bound still runs and fails its tasks.
    */
   records?: boolean
-}
-
-/** A session whose unsaved changes (auto-save off) could not be written, and why. */
-export interface LostChanges {
-  sessionId: string
-  cause: unknown
-}
-
-/** Unsaved changes (auto-save off) that saveUnsaved() could not write, for every session it failed. */
-export class UnsavedChangesLostError extends AggregateError {
-  readonly code = 'UNSAVED_CHANGES_LOST'
-  readonly sessions: LostChanges[]
-  constructor (sessions: LostChanges[]) {
-    const named = sessions.slice(0, 10).map((lost) => lost.sessionId).join(', ')
-    super(sessions.map((lost) => lost.cause), `unsaved changes of ${sessions.length} session(s) could not be written: ${named}${sessions.length > 10 ? ', ...' : ''}`)
-    this.name = 'UnsavedChangesLostError'
-    this.sessions = sessions
-  }
 }
 
 /** Times a change is applied again after version conflicts (another replica wrote in between) before it fails. */
