@@ -22,6 +22,7 @@ import { parseSessionFile } from '../services/store/session-files.js'
 import { nodeFs } from '../services/store/fs-seam.js'
 import { readTarGz, writeTarGz } from '../services/backup/tar.js'
 import { taskvault } from './cli-run.js'
+import { documents } from './manifests.js'
 import { API, build, get, memoryLog, post, tempDir, type TestContext } from './helper.js'
 import { scratch } from './server-process.js'
 import { storedSession } from './session-fixtures.js'
@@ -451,4 +452,28 @@ t.test('the backup CronJob\'s script, run as written against a real server, save
   const refused = await run('sh', ['-c', local], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', TASK_API_KEYS: 'wrong' } }).then(() => null, (err: Error & { code: number }) => err)
   t.ok(refused !== null && refused.code !== 0, 'a refused key fails the job')
   t.equal((await readdir(backups)).filter((name) => name.endsWith('.tar.gz')).length, 1, 'and saves nothing')
+})
+
+t.test('the backup CronJob reads a key Secret made from a file (a trailing newline) as the server does', async (t) => {
+  const docs = await documents('deploy/kubernetes/backup-cronjob.yaml')
+  const script = docs.find((doc) => doc.kind === 'CronJob')?.spec.jobTemplate.spec.template.spec.containers[0].args[0] as string
+  const work = await scratch(t, { prefix: 'taskvault-cron-key-' })
+  // kubectl create secret generic taskvault-api-keys --from-file=keys=./keyfile: the file's newline is in the value.
+  const secret = 'k1\n'
+  const server = await work.start({ TASK_STORAGE_DIR: join(work.dir, 'tasks'), TASK_API_KEYS: secret })
+  const created = await fetch(`${server.base}${API}/create`, { method: 'POST', headers: { authorization: 'Bearer k1', 'content-type': 'application/json' }, body: JSON.stringify({ session_id: 'one', instructions: 'do one' }) })
+  t.equal(created.status, 200, 'the server takes the key trimmed')
+  const backups = join(work.dir, 'backups')
+  await mkdir(backups)
+  const local = script.replaceAll('http://taskvault/', `${server.base}/`).replaceAll('/backups', backups)
+  // The same key with a blank entry and spaces around it: the server would read k1 from it too.
+  for (const keys of [secret, ' , k1 ,\n']) {
+    const job = await run('sh', ['-c', local], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', TASK_API_KEYS: keys } }).then((out) => out, (err: Error & { stderr?: string }) => ({ stdout: '', stderr: err.stderr ?? err.message }))
+    t.match(job.stdout, /^wrote .*tasks_\d{8}_\d{6}\.tar\.gz \(\d+ bytes\)/u, `TASK_API_KEYS=${JSON.stringify(keys)}: ${job.stderr}`)
+  }
+  const made = (await readdir(backups)).filter((name) => /^tasks_\d{8}_\d{6}\.tar\.gz$/u.test(name))
+  t.ok(made.length > 0, 'a backup is saved')
+  const restored = join(work.dir, 'restored')
+  t.equal((await taskvault(['restore', join(backups, made[0] as string), restored])).code, 0, 'it restores')
+  t.same(await jsonFiles(restored), ['one.json'])
 })
