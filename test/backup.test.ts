@@ -337,6 +337,36 @@ t.test("the seed's own tar (tar -czf ... data/tasks/*.json, from the parent fold
   t.match((await get(app, '/stats')).json(), { total_sessions: 3, archived_sessions: 1 }, 'the restored folder boots')
 })
 
+t.test('a tar of a whole storage folder restores; its marker, lock, temp files and corrupt/ are skipped and counted', async (t) => {
+  const parent = await seedFolder(t)
+  const dir = join(parent, 'data', 'tasks')
+  // What a folder a server has used holds besides sessions: its marker, its lock (a live
+  // server's), a temp file of a save cut short, in the folder and in archive/, and corrupt/.
+  const own = ['.taskvault', '.taskvault.lock', '.a.4242.7.tmp', 'archive/.old.4242.8.tmp', 'corrupt/broken.json.1767225600000.4242.1']
+  await mkdir(join(dir, 'corrupt'))
+  await writeFile(join(dir, '.taskvault'), '{"format":1,"key_checks":{"old":"x"}}\n')
+  await writeFile(join(dir, '.taskvault.lock'), '{"pid":4242,"host":"elsewhere"}\n')
+  await writeFile(join(dir, '.a.4242.7.tmp'), '{"half a')
+  await writeFile(join(dir, 'archive/.old.4242.8.tmp'), '')
+  await writeFile(join(dir, 'corrupt/broken.json.1767225600000.4242.1'), '{')
+  await run('sh', ['-c', 'tar -czf inside.tar.gz -C data/tasks . && tar -czf folder.tar.gz data/tasks'], { cwd: parent })
+  for (const [file, prefix] of [['inside.tar.gz', ''], ['folder.tar.gz', 'data/tasks/']] as const) {
+    const target = join(parent, `restored-${file}`)
+    const res = await taskvault(['restore', join(parent, file), target, '--json'])
+    t.equal(res.code, 0, `${file}: ${res.stderr}`)
+    t.match(res.json(), { restored: 4, conflicts: [] }, file)
+    t.same([...res.json().skipped].sort(), own.map((rel) => `${prefix}${rel}`).sort(), `${file}: the folder's own files are skipped, each named`)
+    t.same(await jsonFiles(target), ['a.json', 'archive/old.json', 'b.json', 'c-1.json'])
+    t.same((await readdir(target)).sort(), ['.taskvault', 'a.json', 'archive', 'b.json', 'c-1.json'], `${file}: no lock, temp file or corrupt/ restored`)
+    t.same(await readdir(join(target, 'archive')), ['old.json'])
+    t.same(JSON.parse(await readFile(join(target, '.taskvault'), 'utf8')), { format: 1 }, 'the folder is marked by the restore, not with the backup\'s marker')
+    const text = await taskvault(['restore', join(parent, file), join(parent, `again-${file}`)])
+    t.match(text.stdout, /Skipped 5 files of the backed-up folder that hold no session \(its \.taskvault marker or lock, temp files, corrupt\/\)/u, `${file}: the output says how many and why`)
+  }
+  const app = await build(t, { dir: join(parent, 'restored-folder.tar.gz'), config: { TASK_ARCHIVE_DAYS: 0 } })
+  t.match((await get(app, '/stats')).json(), { total_sessions: 3, archived_sessions: 1 }, 'the restored folder boots')
+})
+
 t.test('unsafe or foreign tars are still refused, and nothing is written', async (t) => {
   const parent = await seedFolder(t)
   const good = storedSession('x', ['Pending'], '2026-01-01T00:00:00.000Z')
@@ -356,7 +386,10 @@ t.test('unsafe or foreign tars are still refused, and nothing is written', async
     ['an absolute path', await make('abs.tar.gz', [absolute]), /unsafe path/u],
     ['two different folders', await make('mixed.tar.gz', ['data/tasks/a.json', 'other/b.json']), /not a taskvault backup/u],
     ['a file beside the sessions', await make('extra.tar.gz', ['data/tasks/a.json', 'data/tasks/notes.txt']), /not a taskvault backup/u],
-    ['a deeper folder', await make('deep.tar.gz', ['data/tasks/a.json', 'data/tasks/corrupt/b.json']), /not a taskvault backup/u]
+    ['a deeper folder', await make('deep.tar.gz', ['data/tasks/a.json', 'data/tasks/sub/b.json']), /not a taskvault backup/u],
+    // Only the server's own temp names are the folder's files; another *.tmp is not.
+    ['a temp file not named as the server names them', await make('tmp.tar.gz', ['data/tasks/a.json', 'data/tasks/notes.tmp']), /not a taskvault backup/u],
+    ['a marker outside the folder', await make('marker.tar.gz', ['data/tasks/a.json', 'data/.taskvault']), /not a taskvault backup/u]
   ]
   // Where an escaping entry could land; one that exists already (parent/.. may be the machine's /tmp) is left out.
   const outside = [join(parent, 'evil.json'), join(parent, 'x.json'), absolute, join(parent, '..', 'x.json'), join(parent, '..', 'evil.json')].filter((path) => !existsSync(path))
