@@ -444,6 +444,56 @@ t.test('backup --out-dir names tasks_YYYYMMDD[_HHMMSS].tar.gz; --keep-days delet
   t.equal((await taskvault(['backup', dir, '--out-dir', out, '--keep-days', '0'])).code, 2, '--keep-days is at least 1')
 })
 
+t.test('backup --out-dir in a second that has a backup already writes a name of its own, which --keep-days knows', async (t) => {
+  const parent = await seedFolder(t)
+  const dir = join(parent, 'data/tasks')
+  const out = join(parent, 'backups')
+  await mkdir(out)
+  // Today's name and this second's (and the next few, however slow the run) are taken, as by a
+  // backup in the same second: the next one neither fails nor replaces them.
+  const now = Date.now()
+  const taken = [backupFileName(new Date(now)), ...Array.from({ length: 16 }, (_, s) => backupFileName(new Date(now + s * 1000), true))]
+  for (const name of taken) await writeFile(join(out, name), 'an earlier backup')
+  const old = backupFileName(new Date(now - 10 * DAY), true)
+  const repeats = [old, old.replace('.tar.gz', '_2.tar.gz'), old.replace('.tar.gz', '_12.tar.gz')]
+  const foreign = [old.replace('.tar.gz', '_x.tar.gz'), old.replace('.tar.gz', '_1.tar.gz'), old.replace('.tar.gz', '_02.tar.gz'), backupFileName(new Date(now - 10 * DAY)).replace('.tar.gz', '_2.tar.gz')]
+  for (const name of [...repeats, ...foreign]) {
+    await writeFile(join(out, name), 'x')
+    await utimes(join(out, name), new Date(now - 60 * DAY), new Date(now - 60 * DAY))
+  }
+  const res = await taskvault(['backup', dir, '--out-dir', out, '--keep-days', '7', '--json'])
+  t.equal(res.code, 0, res.stderr)
+  const made = (res.json().out as string).slice(out.length + 1)
+  t.match(made, /^tasks_\d{8}_\d{6}_2\.tar\.gz$/u, `a name of its own: ${made}`)
+  for (const name of taken) t.equal(await readFile(join(out, name), 'utf8'), 'an earlier backup', `${name} is not replaced`)
+  t.same(res.json().deleted, [...repeats].sort(), 'its own old backups are deleted, repeats in one second too')
+  const left = await readdir(out)
+  for (const name of foreign) t.ok(left.includes(name), `${name}, not a name it gives, stays`)
+  const again = await taskvault(['backup', dir, '--out-dir', out, '--json'])
+  t.match(again.json().out, /_[23]\.tar\.gz$/u, 'and the next one another')
+  t.not(again.json().out, res.json().out)
+  t.equal((await taskvault(['restore', res.json().out, join(parent, 'restored')])).code, 0, 'it restores')
+})
+
+t.test('backup --out in a folder that does not exist says so, not which temp file it could not open', async (t) => {
+  const parent = await seedFolder(t)
+  const dir = join(parent, 'data/tasks')
+  const missing = join(parent, 'no-such-folder')
+  const res = await taskvault(['backup', dir, '--out', join(missing, 'b.tar.gz')])
+  t.equal(res.code, 1)
+  t.match(res.stderr, `the folder ${missing} does not exist`)
+  t.notMatch(res.stderr, /ENOENT|\.tmp/u, 'no raw error naming the temp file')
+  await writeFile(join(parent, 'a-file'), 'x')
+  const notFolder = await taskvault(['backup', dir, '--out', join(parent, 'a-file', 'b.tar.gz')])
+  t.equal(notFolder.code, 1)
+  t.match(notFolder.stderr, `${join(parent, 'a-file')} is not a folder`)
+  const onFolder = await taskvault(['backup', dir, '--out', parent, '--force'])
+  t.equal(onFolder.code, 1)
+  t.match(onFolder.stderr, `${parent} is a folder; give --out a file name`)
+  t.notMatch(onFolder.stderr, /EISDIR|\.tmp/u)
+  t.notOk(existsSync(missing), 'nothing created')
+})
+
 t.test('the backup CronJob\'s script, run as written against a real server, saves a backup that restores', async (t) => {
   const root = fileURLToPath(new URL('../../', import.meta.url))
   const docs = parseAllDocuments(await readFile(join(root, 'deploy/kubernetes/backup-cronjob.yaml'), 'utf8')).map((doc) => doc.toJS() as Record<string, any>)
