@@ -1,6 +1,6 @@
 import type pg from 'pg'
 import type { Config } from '../schemas/config.js'
-import { DatabaseUnavailableError, TaskvaultError } from '../services/errors.js'
+import { BadSettingError, DatabaseUnavailableError, InvalidDatabaseSettingError, TaskvaultError } from '../services/errors.js'
 import { noop } from '../services/noop.js'
 import type { Keyring } from '../services/store/keyring.js'
 import { errnoLike } from '../services/store/postgres/pg-errors.js'
@@ -59,9 +59,22 @@ export function databaseTarget (args: ParsedCommand, settings: Config, fallback 
     return null
   }
   if (url === '') throw new UsageError('--database-url is empty')
-  parseDatabaseUrl(url, flagUrl === undefined ? 'DATABASE_URL' : '--database-url')
-  const schema = checkSchemaName(flagSchema ?? settings.TASK_DB_SCHEMA, flagSchema === undefined ? 'TASK_DB_SCHEMA' : '--schema')
+  asUsage(flagUrl !== undefined, () => parseDatabaseUrl(url, flagUrl === undefined ? 'DATABASE_URL' : '--database-url'))
+  const schema = asUsage(flagSchema !== undefined, () => checkSchemaName(flagSchema ?? settings.TASK_DB_SCHEMA, flagSchema === undefined ? 'TASK_DB_SCHEMA' : '--schema'))
   return { url, schema, where: redactUrl(url) }
+}
+
+/**
+ * A malformed URL or schema name is a usage error (exit 2) like any other bad value: of a flag
+ * (with the pointer to --help), or of a setting (DATABASE_URL, TASK_DB_SCHEMA).
+ */
+function asUsage<T> (fromFlag: boolean, check: () => T): T {
+  try {
+    return check()
+  } catch (err) {
+    if (!(err instanceof InvalidDatabaseSettingError)) throw err
+    throw fromFlag ? new UsageError(err.message) : new BadSettingError(err.message)
+  }
 }
 
 function poolSettings (target: DatabaseTarget, settings: Config, max: number): PoolSettings {

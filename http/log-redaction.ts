@@ -1,11 +1,13 @@
 /**
- * Secrets a client puts in a query string (`?key=`, `?token=`, `?api_key=`) are never read by
- * the server, which takes keys from the Authorization header only, but a URL is logged whole:
- * their values are replaced before a URL reaches the log.
+ * Secrets a client puts in a query string (`?key=`, `?token=`, `?access_token=`, `?password=`...)
+ * are never read by the server, which takes keys from the Authorization header only, but a URL is
+ * logged whole: their values are replaced before a URL reaches the log. Names are matched
+ * case-insensitively, after percent-decoding.
  */
 import type { FastifyRequest } from 'fastify'
 
-const SECRET_NAMES = new Set(['key', 'token', 'api_key'])
+// access_token: RFC 6750's query name for a bearer token, what EventSource clients (no headers) send.
+const SECRET_NAMES = new Set(['key', 'token', 'access_token', 'api_key', 'apikey', 'api-key', 'password', 'secret'])
 export const REDACTED = '[REDACTED]'
 
 function isSecretName (name: string): boolean {

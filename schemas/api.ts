@@ -302,13 +302,13 @@ export const responses = {
   // 503: an archived copy sealed under a key this server lacks, a database that does not answer, shutdown.
   progress: { 200: ProgressResponse, ...errors(400, 401, 404, 503) },
   list: { 200: ListResponse, ...errors(400, 401, 404, 503) },
-  stats: { 200: StatsResponse, ...errors(401, 503) },
+  stats: { 200: StatsResponse, ...errors(400, 401, 503) },
   remove: { 204: Type.Null({ description: 'Deleted; no body' }), ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   archive: { 200: ArchiveResponse, ...errors(400, 401, 413, 415, 503, 507) },
   // A stream, never serialized: the schema only documents it.
   backup: {
     200: { description: 'A tar.gz of every session: `<id>.json` and `archive/<name>.json`', content: { 'application/gzip': { schema: Type.String({ format: 'binary' }) } } },
-    ...errors(401, 503)
+    ...errors(400, 401, 503)
   },
   retry: { 200: RetryResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   events: { 200: EventStream, ...errors(400, 401, 503) },

@@ -22,6 +22,7 @@ import { parseSessionFile } from '../services/store/session-files.js'
 import { nodeFs } from '../services/store/fs-seam.js'
 import { readTarGz, writeTarGz } from '../services/backup/tar.js'
 import { taskvault } from './cli-run.js'
+import { documents } from './manifests.js'
 import { API, build, get, memoryLog, post, tempDir, type TestContext } from './helper.js'
 import { scratch } from './server-process.js'
 import { storedSession } from './session-fixtures.js'
@@ -336,6 +337,36 @@ t.test("the seed's own tar (tar -czf ... data/tasks/*.json, from the parent fold
   t.match((await get(app, '/stats')).json(), { total_sessions: 3, archived_sessions: 1 }, 'the restored folder boots')
 })
 
+t.test('a tar of a whole storage folder restores; its marker, lock, temp files and corrupt/ are skipped and counted', async (t) => {
+  const parent = await seedFolder(t)
+  const dir = join(parent, 'data', 'tasks')
+  // What a folder a server has used holds besides sessions: its marker, its lock (a live
+  // server's), a temp file of a save cut short, in the folder and in archive/, and corrupt/.
+  const own = ['.taskvault', '.taskvault.lock', '.a.4242.7.tmp', 'archive/.old.4242.8.tmp', 'corrupt/broken.json.1767225600000.4242.1']
+  await mkdir(join(dir, 'corrupt'))
+  await writeFile(join(dir, '.taskvault'), '{"format":1,"key_checks":{"old":"x"}}\n')
+  await writeFile(join(dir, '.taskvault.lock'), '{"pid":4242,"host":"elsewhere"}\n')
+  await writeFile(join(dir, '.a.4242.7.tmp'), '{"half a')
+  await writeFile(join(dir, 'archive/.old.4242.8.tmp'), '')
+  await writeFile(join(dir, 'corrupt/broken.json.1767225600000.4242.1'), '{')
+  await run('sh', ['-c', 'tar -czf inside.tar.gz -C data/tasks . && tar -czf folder.tar.gz data/tasks'], { cwd: parent })
+  for (const [file, prefix] of [['inside.tar.gz', ''], ['folder.tar.gz', 'data/tasks/']] as const) {
+    const target = join(parent, `restored-${file}`)
+    const res = await taskvault(['restore', join(parent, file), target, '--json'])
+    t.equal(res.code, 0, `${file}: ${res.stderr}`)
+    t.match(res.json(), { restored: 4, conflicts: [] }, file)
+    t.same([...res.json().skipped].sort(), own.map((rel) => `${prefix}${rel}`).sort(), `${file}: the folder's own files are skipped, each named`)
+    t.same(await jsonFiles(target), ['a.json', 'archive/old.json', 'b.json', 'c-1.json'])
+    t.same((await readdir(target)).sort(), ['.taskvault', 'a.json', 'archive', 'b.json', 'c-1.json'], `${file}: no lock, temp file or corrupt/ restored`)
+    t.same(await readdir(join(target, 'archive')), ['old.json'])
+    t.same(JSON.parse(await readFile(join(target, '.taskvault'), 'utf8')), { format: 1 }, 'the folder is marked by the restore, not with the backup\'s marker')
+    const text = await taskvault(['restore', join(parent, file), join(parent, `again-${file}`)])
+    t.match(text.stdout, /Skipped 5 files of the backed-up folder that hold no session \(its \.taskvault marker or lock, temp files, corrupt\/\)/u, `${file}: the output says how many and why`)
+  }
+  const app = await build(t, { dir: join(parent, 'restored-folder.tar.gz'), config: { TASK_ARCHIVE_DAYS: 0 } })
+  t.match((await get(app, '/stats')).json(), { total_sessions: 3, archived_sessions: 1 }, 'the restored folder boots')
+})
+
 t.test('unsafe or foreign tars are still refused, and nothing is written', async (t) => {
   const parent = await seedFolder(t)
   const good = storedSession('x', ['Pending'], '2026-01-01T00:00:00.000Z')
@@ -355,7 +386,10 @@ t.test('unsafe or foreign tars are still refused, and nothing is written', async
     ['an absolute path', await make('abs.tar.gz', [absolute]), /unsafe path/u],
     ['two different folders', await make('mixed.tar.gz', ['data/tasks/a.json', 'other/b.json']), /not a taskvault backup/u],
     ['a file beside the sessions', await make('extra.tar.gz', ['data/tasks/a.json', 'data/tasks/notes.txt']), /not a taskvault backup/u],
-    ['a deeper folder', await make('deep.tar.gz', ['data/tasks/a.json', 'data/tasks/corrupt/b.json']), /not a taskvault backup/u]
+    ['a deeper folder', await make('deep.tar.gz', ['data/tasks/a.json', 'data/tasks/sub/b.json']), /not a taskvault backup/u],
+    // Only the server's own temp names are the folder's files; another *.tmp is not.
+    ['a temp file not named as the server names them', await make('tmp.tar.gz', ['data/tasks/a.json', 'data/tasks/notes.tmp']), /not a taskvault backup/u],
+    ['a marker outside the folder', await make('marker.tar.gz', ['data/tasks/a.json', 'data/.taskvault']), /not a taskvault backup/u]
   ]
   // Where an escaping entry could land; one that exists already (parent/.. may be the machine's /tmp) is left out.
   const outside = [join(parent, 'evil.json'), join(parent, 'x.json'), absolute, join(parent, '..', 'x.json'), join(parent, '..', 'evil.json')].filter((path) => !existsSync(path))
@@ -410,6 +444,56 @@ t.test('backup --out-dir names tasks_YYYYMMDD[_HHMMSS].tar.gz; --keep-days delet
   t.equal((await taskvault(['backup', dir, '--out-dir', out, '--keep-days', '0'])).code, 2, '--keep-days is at least 1')
 })
 
+t.test('backup --out-dir in a second that has a backup already writes a name of its own, which --keep-days knows', async (t) => {
+  const parent = await seedFolder(t)
+  const dir = join(parent, 'data/tasks')
+  const out = join(parent, 'backups')
+  await mkdir(out)
+  // Today's name and this second's (and the next few, however slow the run) are taken, as by a
+  // backup in the same second: the next one neither fails nor replaces them.
+  const now = Date.now()
+  const taken = [backupFileName(new Date(now)), ...Array.from({ length: 16 }, (_, s) => backupFileName(new Date(now + s * 1000), true))]
+  for (const name of taken) await writeFile(join(out, name), 'an earlier backup')
+  const old = backupFileName(new Date(now - 10 * DAY), true)
+  const repeats = [old, old.replace('.tar.gz', '_2.tar.gz'), old.replace('.tar.gz', '_12.tar.gz')]
+  const foreign = [old.replace('.tar.gz', '_x.tar.gz'), old.replace('.tar.gz', '_1.tar.gz'), old.replace('.tar.gz', '_02.tar.gz'), backupFileName(new Date(now - 10 * DAY)).replace('.tar.gz', '_2.tar.gz')]
+  for (const name of [...repeats, ...foreign]) {
+    await writeFile(join(out, name), 'x')
+    await utimes(join(out, name), new Date(now - 60 * DAY), new Date(now - 60 * DAY))
+  }
+  const res = await taskvault(['backup', dir, '--out-dir', out, '--keep-days', '7', '--json'])
+  t.equal(res.code, 0, res.stderr)
+  const made = (res.json().out as string).slice(out.length + 1)
+  t.match(made, /^tasks_\d{8}_\d{6}_2\.tar\.gz$/u, `a name of its own: ${made}`)
+  for (const name of taken) t.equal(await readFile(join(out, name), 'utf8'), 'an earlier backup', `${name} is not replaced`)
+  t.same(res.json().deleted, [...repeats].sort(), 'its own old backups are deleted, repeats in one second too')
+  const left = await readdir(out)
+  for (const name of foreign) t.ok(left.includes(name), `${name}, not a name it gives, stays`)
+  const again = await taskvault(['backup', dir, '--out-dir', out, '--json'])
+  t.match(again.json().out, /_[23]\.tar\.gz$/u, 'and the next one another')
+  t.not(again.json().out, res.json().out)
+  t.equal((await taskvault(['restore', res.json().out, join(parent, 'restored')])).code, 0, 'it restores')
+})
+
+t.test('backup --out in a folder that does not exist says so, not which temp file it could not open', async (t) => {
+  const parent = await seedFolder(t)
+  const dir = join(parent, 'data/tasks')
+  const missing = join(parent, 'no-such-folder')
+  const res = await taskvault(['backup', dir, '--out', join(missing, 'b.tar.gz')])
+  t.equal(res.code, 1)
+  t.match(res.stderr, `the folder ${missing} does not exist`)
+  t.notMatch(res.stderr, /ENOENT|\.tmp/u, 'no raw error naming the temp file')
+  await writeFile(join(parent, 'a-file'), 'x')
+  const notFolder = await taskvault(['backup', dir, '--out', join(parent, 'a-file', 'b.tar.gz')])
+  t.equal(notFolder.code, 1)
+  t.match(notFolder.stderr, `${join(parent, 'a-file')} is not a folder`)
+  const onFolder = await taskvault(['backup', dir, '--out', parent, '--force'])
+  t.equal(onFolder.code, 1)
+  t.match(onFolder.stderr, `${parent} is a folder; give --out a file name`)
+  t.notMatch(onFolder.stderr, /EISDIR|\.tmp/u)
+  t.notOk(existsSync(missing), 'nothing created')
+})
+
 t.test('the backup CronJob\'s script, run as written against a real server, saves a backup that restores', async (t) => {
   const root = fileURLToPath(new URL('../../', import.meta.url))
   const docs = parseAllDocuments(await readFile(join(root, 'deploy/kubernetes/backup-cronjob.yaml'), 'utf8')).map((doc) => doc.toJS() as Record<string, any>)
@@ -451,4 +535,28 @@ t.test('the backup CronJob\'s script, run as written against a real server, save
   const refused = await run('sh', ['-c', local], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', TASK_API_KEYS: 'wrong' } }).then(() => null, (err: Error & { code: number }) => err)
   t.ok(refused !== null && refused.code !== 0, 'a refused key fails the job')
   t.equal((await readdir(backups)).filter((name) => name.endsWith('.tar.gz')).length, 1, 'and saves nothing')
+})
+
+t.test('the backup CronJob reads a key Secret made from a file (a trailing newline) as the server does', async (t) => {
+  const docs = await documents('deploy/kubernetes/backup-cronjob.yaml')
+  const script = docs.find((doc) => doc.kind === 'CronJob')?.spec.jobTemplate.spec.template.spec.containers[0].args[0] as string
+  const work = await scratch(t, { prefix: 'taskvault-cron-key-' })
+  // kubectl create secret generic taskvault-api-keys --from-file=keys=./keyfile: the file's newline is in the value.
+  const secret = 'k1\n'
+  const server = await work.start({ TASK_STORAGE_DIR: join(work.dir, 'tasks'), TASK_API_KEYS: secret })
+  const created = await fetch(`${server.base}${API}/create`, { method: 'POST', headers: { authorization: 'Bearer k1', 'content-type': 'application/json' }, body: JSON.stringify({ session_id: 'one', instructions: 'do one' }) })
+  t.equal(created.status, 200, 'the server takes the key trimmed')
+  const backups = join(work.dir, 'backups')
+  await mkdir(backups)
+  const local = script.replaceAll('http://taskvault/', `${server.base}/`).replaceAll('/backups', backups)
+  // The same key with a blank entry and spaces around it: the server would read k1 from it too.
+  for (const keys of [secret, ' , k1 ,\n']) {
+    const job = await run('sh', ['-c', local], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', TASK_API_KEYS: keys } }).then((out) => out, (err: Error & { stderr?: string }) => ({ stdout: '', stderr: err.stderr ?? err.message }))
+    t.match(job.stdout, /^wrote .*tasks_\d{8}_\d{6}\.tar\.gz \(\d+ bytes\)/u, `TASK_API_KEYS=${JSON.stringify(keys)}: ${job.stderr}`)
+  }
+  const made = (await readdir(backups)).filter((name) => /^tasks_\d{8}_\d{6}\.tar\.gz$/u.test(name))
+  t.ok(made.length > 0, 'a backup is saved')
+  const restored = join(work.dir, 'restored')
+  t.equal((await taskvault(['restore', join(backups, made[0] as string), restored])).code, 0, 'it restores')
+  t.same(await jsonFiles(restored), ['one.json'])
 })

@@ -213,15 +213,9 @@ t.test('stats, validate, archive and prune with --database-url answer as on the 
   t.equal(fix.code, 2, '--fix on a database is a usage error')
 })
 
-t.test('a bad or unreachable database URL: exit 1, one line, no password', async (t) => {
+t.test('an unreachable database, or one without the schema: exit 1, one line, no password', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
-  const withPassword = (base: string): string => {
-    const parsed = new URL(base)
-    parsed.username = 'someone'
-    parsed.password = 'hunter2'
-    return parsed.toString()
-  }
   const unreachable = 'postgres://someone:hunter2@127.0.0.1:1/nowhere'
   const wrongSchema = new URL(url)
   wrongSchema.password = 'hunter2'
@@ -231,10 +225,7 @@ t.test('a bad or unreachable database URL: exit 1, one line, no password', async
     ['archive', '--database-url', unreachable, '--days', '1'],
     ['export', '--database-url', unreachable, join(await tempDir(t), 'out')],
     ['import', await preparedFolder(t, 'taskvault-cli-pg-'), '--database-url', unreachable],
-    ['stats', '--database-url', 'mysql://someone:hunter2@127.0.0.1/x'],
-    ['stats', '--database-url', wrongSchema.toString(), '--schema', 'not_there'],
-    // Not a URL at all (two ports): nothing of it is printed.
-    ['stats', '--database-url', withPassword(url).replace('127.0.0.1', '127.0.0.1:1')]
+    ['stats', '--database-url', wrongSchema.toString(), '--schema', 'not_there']
   ]
   const runs = await Promise.all(cases.map((args) => taskvault(args)))
   runs.forEach((run, i) => {
@@ -245,13 +236,43 @@ t.test('a bad or unreachable database URL: exit 1, one line, no password', async
     t.notMatch(run.stderr, 'hunter2', `${name}: no password`)
   })
   t.match(runs[0]?.stderr, 'someone:***@127.0.0.1:1')
-  t.match(runs[6]?.stderr, /no taskvault schema 'not_there'/u)
+  t.match(runs[5]?.stderr, /no taskvault schema 'not_there'/u)
   const json = await taskvault(['stats', '--database-url', unreachable, '--json'])
   t.equal(json.code, 1)
   t.equal(json.json().error.code, 'DATABASE_UNAVAILABLE')
   t.notMatch(json.stdout, 'hunter2')
   const both = await taskvault(['stats', '/tmp', '--database-url', url])
   t.equal(both.code, 2, 'a folder and a database is a usage error')
+})
+
+t.test('a malformed database URL or schema name is a usage error (exit 2) like any bad value, and prints no password', async (t) => {
+  const good = 'postgres://someone:hunter2@127.0.0.1:1/x'
+  const flags: Array<[string, string[], RegExp]> = [
+    ['an http:// URL', ['stats', '--database-url', 'http://someone:hunter2@127.0.0.1/x'], /--database-url: must be a postgres:\/\/ URL, not http:\/\//u],
+    ['a mysql:// URL', ['validate', '--database-url', 'mysql://someone:hunter2@127.0.0.1/x'], /--database-url: must be a postgres:\/\/ URL/u],
+    // Not a URL at all (two ports): nothing of it is printed.
+    ['not a URL', ['archive', '--database-url', 'postgres://someone:hunter2@127.0.0.1:1:2/x', '--days', '1'], /--database-url: is not a URL/u],
+    ['a bad --schema', ['stats', '--database-url', good, '--schema', 'Bad;name'], /--schema: 'Bad;name' is not a usable schema name/u],
+    ['a reserved --schema', ['export', '--database-url', good, '--schema', 'pg_x', '/tmp/taskvault-never-written'], /--schema: 'pg_x': names starting with pg_ are reserved/u]
+  ]
+  const settings: Array<[string, string[], Record<string, string>, RegExp]> = [
+    ['DATABASE_URL', ['export', '/tmp/taskvault-never-written'], { DATABASE_URL: 'http://someone:hunter2@127.0.0.1/x' }, /bad setting DATABASE_URL: must be a postgres:\/\/ URL/u],
+    ['TASK_DB_SCHEMA', ['stats', '--database-url', good], { TASK_DB_SCHEMA: 'Bad;name' }, /bad setting TASK_DB_SCHEMA/u]
+  ]
+  const runs = await Promise.all([...flags.map(([, args]) => taskvault(args)), ...settings.map(([, args, env]) => taskvault(args, { env }))])
+  for (const [i, [what, , reason]] of [...flags.map(([what, args, reason]) => [what, args, reason] as const), ...settings.map(([what, args, , reason]) => [what, args, reason] as const)].entries()) {
+    const run = runs[i]
+    t.equal(run?.code, 2, `${what}: exit 2, as any bad value`)
+    t.match(run?.stderr, reason, `${what}: says what is wrong`)
+    t.notMatch(run?.stderr, 'hunter2', `${what}: no password`)
+    t.equal(run?.stdout, '', `${what}: nothing on stdout`)
+    // A flag's --help can help; a setting's cannot.
+    if (i < flags.length) t.match(run?.stderr, /Run 'taskvault \w+ --help' for usage/u, `${what}: points to --help`)
+    else t.notMatch(run?.stderr, /--help/u, `${what}: no pointer to --help`)
+  }
+  const json = await taskvault(['stats', '--database-url', 'http://x@y/db', '--json'])
+  t.equal(json.code, 2)
+  t.equal(json.json().error.code, 'USAGE')
 })
 
 t.test('export refuses a non-empty folder that is not taskvault\'s unless --force', async (t) => {

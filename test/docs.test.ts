@@ -184,6 +184,25 @@ t.test('the document requires what the server requires, and no more', async (t) 
   t.same(create?.oneOf, [{ required: ['instructions'] }, { required: ['tasks'] }], 'create: exactly one of instructions or tasks')
 })
 
+t.test('a query parameter a GET route does not take is a 400, and the document lists 400 for that route', async (t) => {
+  const app = await build(t)
+  const doc = (await app.inject({ method: 'GET', url: '/documentation/json' })).json<OpenApi>()
+  const gets = Object.entries(doc.paths).filter(([path, item]) => path.startsWith('/api/v1/tasks/') && item.get !== undefined)
+  t.ok(gets.length >= 5, `${gets.length} GET routes`)
+  for (const [path, item] of gets) {
+    const operation = item.get as Operation
+    // The required parameters from their examples, so the unknown one is the only fault.
+    const query = new URLSearchParams({ not_a_parameter: '1' })
+    for (const p of (operation.parameters ?? []).filter((p) => p.in === 'query' && p.required === true)) {
+      query.set(p.name, String((p.schema?.examples as unknown[] | undefined)?.[0] ?? p.example))
+    }
+    const res = await app.inject({ method: 'GET', url: `${path}?${query.toString()}` })
+    t.equal(res.statusCode, 400, `${path}: ${res.body}`)
+    t.match(res.json(), { message: 'querystring must NOT have additional properties' }, path)
+    t.ok(Object.keys(operation.responses).includes('400'), `${path}: 400 is documented (${Object.keys(operation.responses).join(', ')})`)
+  }
+})
+
 t.test('create answers neither-or-both with its own error, as before the document said so', async (t) => {
   const app = await build(t)
   for (const body of [{ session_id: 'x' }, { session_id: 'x', instructions: 'a', tasks: [{ instruction: 'b' }] }]) {

@@ -59,14 +59,17 @@ t.test('LOG_PRETTY=true: the server logs through pino-pretty', async (t) => {
   t.notOk(lines.some((line) => line.startsWith('{')), 'no JSON lines')
 })
 
-t.test('secrets sent in a query string (key, token, api_key, any case) are redacted in logged URLs', async (t) => {
+t.test('secrets sent in a query string (key, token, access_token, api_key, apikey, api-key, password, secret, any case) are redacted in logged URLs', async (t) => {
   const { start } = await scratch(t)
   const server = await start()
   const urls = [
     '/api/v1/tasks/progress?session_id=nope&key=secret-1&TOKEN=secret-2',
     '/api/v1/tasks/list?Api_Key=secret-3&session_id=all',
     '/api/v1/tasks/stats?%6Bey=secret-4',
-    '/no-such-route?token=secret-5'
+    '/no-such-route?token=secret-5',
+    // What an EventSource client, which cannot set headers, sends (RFC 6750).
+    '/api/v1/tasks/events?access_token=secret-6',
+    '/api/v1/tasks/stats?password=secret-7&Secret=secret-8&APIKEY=secret-9&api-key=secret-10'
   ]
   for (const url of urls) await (await fetch(`${server.base}${url}`)).arrayBuffer()
   t.equal((await server.stop('SIGTERM')).code, 0)
@@ -77,4 +80,6 @@ t.test('secrets sent in a query string (key, token, api_key, any case) are redac
   t.ok(logged.includes('/api/v1/tasks/list?Api_Key=[REDACTED]&session_id=all'))
   t.ok(logged.includes('/api/v1/tasks/stats?%6Bey=[REDACTED]'), 'a percent-encoded name too')
   t.ok(logMessages(out).includes('Route GET:/no-such-route?token=[REDACTED] not found'), "Fastify's 404 line too")
+  t.ok(logged.includes('/api/v1/tasks/events?access_token=[REDACTED]'), 'an EventSource client\'s access_token')
+  t.ok(logged.includes('/api/v1/tasks/stats?password=[REDACTED]&Secret=[REDACTED]&APIKEY=[REDACTED]&api-key=[REDACTED]'), 'password, secret, apikey, api-key')
 })

@@ -60,6 +60,14 @@ function oneLine (t: Test, run: Run, pattern: RegExp): void {
   t.notMatch(run.stderr, /\n\s+at /u, 'no stack trace')
 }
 
+/** A bad flag value: exit 2, one line saying why, then the pointer to --help. */
+function usageLine (t: Test, run: Run, pattern: RegExp): void {
+  t.equal(run.code, 2, 'exits 2, as any bad flag value')
+  t.match(run.stderr, pattern)
+  t.same(run.stderr.trim().split('\n').slice(1), ["Run 'taskvault migrate --help' for usage."], `one line, then --help: ${run.stderr}`)
+  t.notMatch(run.stderr, /\n\s+at /u, 'no stack trace')
+}
+
 t.test('a fresh database migrates and records it; a second run applies nothing', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
@@ -326,14 +334,14 @@ t.test('a bad schema name is refused, naming TASK_DB_SCHEMA, before anything is 
     taskvault(['migrate', '--database-url', url, '--schema', 'Bad']),
     taskvault(['migrate', '--database-url', url], { env: { TASK_DB_SCHEMA: 'no-dashes' } })
   ])
-  oneLine(t, flag, /^taskvault: --schema: 'Bad' is not a usable schema name/u)
+  usageLine(t, flag, /^taskvault: --schema: 'Bad' is not a usable schema name/u)
   // From the environment it is a bad setting, refused with every other one before any command runs (exit 2).
   t.equal(env.code, 2, 'a bad TASK_DB_SCHEMA in the environment: exit 2, like every bad setting')
   t.match(env.stderr, /^taskvault: bad setting TASK_DB_SCHEMA/u, 'naming the setting')
   t.notMatch(env.stderr, /\n\s+at /u, 'no stack trace')
 })
 
-t.test('the tool refuses a bad URL and an unreachable database in one line, and never prints a password', async (t) => {
+t.test('the tool refuses a bad URL (a usage error) and an unreachable database in one line, and never prints a password', async (t) => {
   // Port 1: nothing listens there, whereas a port found free may be handed to another test file's server meanwhile.
   const port = 1
   const [notUrl, mysql, down, missing] = await Promise.all([
@@ -342,8 +350,8 @@ t.test('the tool refuses a bad URL and an unreachable database in one line, and 
     taskvault(['migrate', '--database-url', `postgres://me:hunter2@127.0.0.1:${port}/db`]),
     taskvault(['migrate'])
   ])
-  oneLine(t, notUrl, /^taskvault: --database-url: is not a URL/u)
-  oneLine(t, mysql, /^taskvault: --database-url: must be a postgres:\/\/ URL, not mysql:\/\//u)
+  usageLine(t, notUrl, /^taskvault: --database-url: is not a URL/u)
+  usageLine(t, mysql, /^taskvault: --database-url: must be a postgres:\/\/ URL, not mysql:\/\//u)
   oneLine(t, down, new RegExp(`^taskvault: cannot connect to the database at postgres://me:\\*\\*\\*@127\\.0\\.0\\.1:${port}/db \\(4 tries\\): connect ECONNREFUSED`, 'u'))
   for (const run of [notUrl, mysql, down]) t.notMatch(run.stderr, 'hunter2', 'no password')
   t.equal(missing.code, 2, 'no URL at all is a usage error')

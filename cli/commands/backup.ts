@@ -1,4 +1,4 @@
-import { lstat, open, readdir, rename, unlink } from 'node:fs/promises'
+import { lstat, open, readdir, rename, stat, unlink } from 'node:fs/promises'
 import { dirname, join, resolve } from 'node:path'
 import { backupEntry, backupFileName, backupTime, emptyCounts } from '../../services/backup/backup.js'
 import { Writable } from 'node:stream'
@@ -30,7 +30,7 @@ Options:
   -o, --out FILE    where to write the backup
   --force           replace FILE if it exists
   --out-dir DIR     write DIR/tasks_YYYYMMDD.tar.gz instead (UTC date; tasks_YYYYMMDD_HHMMSS.tar.gz
-                    when that exists), the seed's daily name
+                    when that exists, then tasks_YYYYMMDD_HHMMSS_2.tar.gz...), the seed's daily name
   --keep-days N     with --out-dir: then delete this command's backups in DIR made more than
                     N days ago (by the date in their name); no other file is touched
 
@@ -123,12 +123,38 @@ async function target (values: Record<string, string | boolean | undefined>): Pr
   if (typeof dir === 'string' && dir !== '') {
     const outDir = resolve(dir)
     if ((await lstat(outDir).catch(() => null))?.isDirectory() !== true) throw new CommandFailedError(`${outDir} is not a folder`)
-    const now = new Date()
-    const daily = join(outDir, backupFileName(now))
-    return { out: await exists(daily) ? join(outDir, backupFileName(now, true)) : daily, outDir, keepDays }
+    return { out: await freeName(outDir, new Date()), outDir, keepDays }
   }
   if (typeof file !== 'string' || file === '') throw new UsageError('--out FILE.tar.gz or --out-dir DIR is required')
-  return { out: resolve(file), outDir: null, keepDays }
+  const out = resolve(file)
+  // Said here: the write would fail naming its temp file (ENOENT, EISDIR) rather than what is wrong.
+  const folder = await stat(dirname(out)).catch(() => null)
+  if (folder === null) throw new CommandFailedError(`the folder ${dirname(out)} does not exist; create it, or give --out a file in a folder that exists`)
+  if (!folder.isDirectory()) throw new CommandFailedError(`${dirname(out)} is not a folder`)
+  if ((await stat(out).catch(() => null))?.isDirectory() === true) throw new CommandFailedError(`${out} is a folder; give --out a file name, or --out-dir ${out}`)
+  return { out, outDir: null, keepDays }
+}
+
+/** A repeat of a backup name within one second: `tasks_YYYYMMDD_HHMMSS_<n>.tar.gz`, n from 2. */
+const REPEATED_BACKUP = /^(tasks_\d{8}_\d{6})_([2-9]|[1-9]\d+)\.tar\.gz$/u
+
+/**
+ * The first of the seed's daily name, then the name with the time, then that time with _2, _3...
+ * that is not in `dir`: a second backup in the same second neither fails nor replaces the first.
+ */
+async function freeName (dir: string, now: Date): Promise<string> {
+  const daily = join(dir, backupFileName(now))
+  if (!await exists(daily)) return daily
+  const timed = backupFileName(now, true)
+  let name = join(dir, timed)
+  for (let n = 2; await exists(name); n++) name = join(dir, timed.replace(/\.tar\.gz$/u, `_${n}.tar.gz`))
+  return name
+}
+
+/** When a backup this command named was made (any of freeName's names); null for any other name. */
+function madeAt (name: string): Date | null {
+  const repeated = REPEATED_BACKUP.exec(name)
+  return backupTime(repeated === null ? name : `${repeated[1] as string}.tar.gz`)
 }
 
 /**
@@ -139,7 +165,7 @@ async function deleteOlderBackups (dir: string, days: number, keep: string): Pro
   const cutoff = Date.now() - days * 86_400_000
   const deleted: string[] = []
   for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const made = backupTime(entry.name)
+    const made = madeAt(entry.name)
     if (made === null || !entry.isFile() || join(dir, entry.name) === keep || made.getTime() >= cutoff) continue
     await unlink(join(dir, entry.name))
     deleted.push(entry.name)

@@ -3,7 +3,9 @@ import { createReadStream } from 'node:fs'
 import { lstat, mkdir, readdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { nodeFs } from '../../services/store/fs-seam.js'
-import { ARCHIVED_FILE, SESSION_FILE, fsyncDir, parseSessionFile, writeAndRename } from '../../services/store/session-files.js'
+import { ARCHIVED_FILE, SESSION_FILE, TEMP_FILE, fsyncDir, parseSessionFile, writeAndRename } from '../../services/store/session-files.js'
+import { MARKER_FILE } from '../../services/store/storage-folder.js'
+import { LOCK_FILE } from '../../services/store/storage-lock.js'
 import { KeyUnavailableError } from '../../services/errors.js'
 import { readTarGz, type TarEntry } from '../../services/backup/tar.js'
 import { CommandFailedError } from '../args.js'
@@ -51,7 +53,10 @@ until TASK_ENCRYPTION_KEYS holds its key again.
 Reads the backups of 'taskvault backup', of GET /api/v1/tasks/backup, and tars made by hand:
 when every entry sits under one common folder (tar -czf b.tar.gz data/tasks/*.json gives
 data/tasks/<id>.json), that folder is taken as the storage folder (and its archive/ as
-archive/). Absolute paths, '..', links and any other path are refused.
+archive/). A tar of a whole storage folder (tar -czf b.tar.gz data/tasks) also holds files that
+are no session: its .taskvault marker and .taskvault.lock, the server's temp files
+(.<id>.<pid>.<n>.tmp) and corrupt/. Those are skipped, and counted in the output; the restore
+marks the folder itself. Absolute paths, '..', links and any other path are refused.
 
 Options:
   --force     overwrite newer or unreadable files too
@@ -70,7 +75,7 @@ ${COMMON_HELP}`,
     // A damaged backup (or not a backup at all) is told before the folder is created, marked or locked.
     for await (const entry of checkedEntries(backup, keyring)) void entry
     return withWriteLock(dir, settings, keyring, true, async () => {
-      const { planned, conflicts } = await plan(backup, dir, keyring)
+      const { planned, conflicts, skipped } = await plan(backup, dir, keyring)
       // --force overwrites what the backup names; a copy elsewhere that would hide the restored one stays, so it cannot help.
       const hiding = conflicts.filter((conflict) => conflict.hidden === true)
       if (hiding.length > 0 && force) {
@@ -87,19 +92,21 @@ ${COMMON_HELP}`,
       const unchanged = planned.length - written
       const needsKeys = keysNeeded(planned)
       const lines = [`Restored ${written} files into ${dir} (${unchanged} already identical${force && conflicts.length > 0 ? `, ${conflicts.length} newer or unreadable copies in the folder overridden` : ''})`]
+      if (skipped.length > 0) lines.push(`Skipped ${skipped.length} files of the backed-up folder that hold no session (its .taskvault marker or lock, temp files, corrupt/); ${dir} has its own marker`)
       for (const line of keyWarnings(needsKeys, dir)) warn(line)
-      return { code: 0, json: { backup, dir, restored: written, unchanged, conflicts, forced: force && conflicts.length > 0, needs_keys: needsKeys }, lines }
+      return { code: 0, json: { backup, dir, restored: written, unchanged, conflicts, forced: force && conflicts.length > 0, needs_keys: needsKeys, skipped }, lines }
     })
   }
 }
 
 /** Reads the whole backup, checking every entry, and compares each with the folder. Writes nothing. */
-async function plan (backup: string, dir: string, keyring: Keyring | null): Promise<{ planned: Planned[], conflicts: Conflict[] }> {
+async function plan (backup: string, dir: string, keyring: Keyring | null): Promise<{ planned: Planned[], conflicts: Conflict[], skipped: string[] }> {
   const planned: Planned[] = []
   const conflicts: Conflict[] = []
+  const skipped: string[] = []
   const copies = await copiesInFolder(dir)
   const restoredAt = new Map<string, string>()
-  for await (const { entry, rel, archived, sessionId, updatedAt, missingKid } of checkedEntries(backup, keyring)) {
+  for await (const { entry, rel, archived, sessionId, updatedAt, missingKid } of checkedEntries(backup, keyring, skipped)) {
     const current = await checkStoredFile({ rel, path: join(dir, rel), archived, sessionId, regular: await isRegular(join(dir, rel)) }, keyring)
     // One sealed under a missing key is whole: judged by its bytes and clear updated_at.
     const whole = wholeFile(current)
@@ -137,20 +144,25 @@ async function plan (backup: string, dir: string, keyring: Keyring | null): Prom
       }
     }
   }
-  return { planned, conflicts }
+  return { planned, conflicts, skipped }
 }
 
 /**
  * The backup's session files, each checked as the server's restore would read it; throws at the
  * first that is not. One sealed under a key not configured is whole (its envelope checked), only
- * unopened here: it comes with its clear updated_at and `missingKid`.
+ * unopened here: it comes with its clear updated_at and `missingKid`. The folder's own files that
+ * hold no session are added to `skipped`.
  */
-async function * checkedEntries (backup: string, keyring: Keyring | null): AsyncGenerator<{ entry: TarEntry, rel: string, archived: boolean, sessionId: string, updatedAt: string, missingKid: string | null }> {
+async function * checkedEntries (backup: string, keyring: Keyring | null, skipped: string[] = []): AsyncGenerator<{ entry: TarEntry, rel: string, archived: boolean, sessionId: string, updatedAt: string, missingKid: string | null }> {
   const seen = new Set<string>()
   const prefix = await commonPrefix(backup)
   for await (const entry of readTarGz(createReadStream(backup))) {
     const mapped = sessionPath(entry, prefix)
     if (mapped === null) continue
+    if ('skipped' in mapped) {
+      if (entry.type === 'file') skipped.push(mapped.skipped)
+      continue
+    }
     const { rel, archived, sessionId } = mapped
     if (seen.has(rel)) throw new CommandFailedError(`the backup holds ${rel} twice`)
     seen.add(rel)
@@ -208,7 +220,7 @@ async function write (backup: string, dir: string, planned: Planned[]): Promise<
   const prefix = await commonPrefix(backup)
   for await (const entry of readTarGz(createReadStream(backup))) {
     const mapped = sessionPath(entry, prefix)
-    const item = mapped === null ? undefined : byPath.get(mapped.rel)
+    const item = mapped === null || 'skipped' in mapped ? undefined : byPath.get(mapped.rel)
     if (item === undefined || item.action === 'unchanged') continue
     if (digest(entry.data) !== item.digest) throw new CommandFailedError(`${backup} changed while it was being restored; run the restore again`)
     const target = join(dir, item.rel)
@@ -225,16 +237,32 @@ async function write (backup: string, dir: string, planned: Planned[]): Promise<
 
 /**
  * Where an entry goes, below the backup's common folder `prefix` ('' for taskvault's own
- * layout); null for the folders leading to it. Anything else (a link, an unsafe or another
- * path) makes the backup unusable.
+ * layout); null for the folders leading to it; `skipped` for a file of the storage folder that
+ * holds no session (ownFile). Anything else (a link, an unsafe or another path) makes the
+ * backup unusable.
  */
-function sessionPath (entry: TarEntry, prefix: string): { rel: string, archived: boolean, sessionId: string } | null {
+function sessionPath (entry: TarEntry, prefix: string): { rel: string, archived: boolean, sessionId: string } | { skipped: string } | null {
   const name = safePath(entry.name)
   if (entry.type === 'directory' && (prefix.startsWith(name) || `${prefix}archive/`.startsWith(name))) return null
+  const rel = name.startsWith(prefix) ? name.slice(prefix.length) : null
+  if (rel !== null && ownFile(rel, entry.type)) return { skipped: name }
   if (entry.type !== 'file') throw new CommandFailedError(`the backup holds ${name}, which is not a regular file; not a taskvault backup`)
-  const found = name.startsWith(prefix) ? nativePath(name.slice(prefix.length)) : null
+  const found = rel === null ? null : nativePath(rel)
   if (found === null) throw new CommandFailedError(`the backup holds ${name}, which is not ${prefix}<id>.json or ${prefix}archive/<name>.json; not a taskvault backup`)
   return found
+}
+
+/**
+ * A file (or folder) every storage folder may hold besides sessions, which a tar of the whole
+ * folder carries: the marker and lock, the server's temp files (it removes them at start), and
+ * corrupt/ with the files it set aside. None is restored: the restore marks the folder itself.
+ */
+function ownFile (rel: string, type: TarEntry['type']): boolean {
+  if (rel === 'corrupt/' || rel.startsWith('corrupt/')) return type === 'file' || type === 'directory'
+  if (type !== 'file') return false
+  // The lock, and the guards a server taking over a stale lock holds for a moment.
+  if (rel === MARKER_FILE || [LOCK_FILE, `${LOCK_FILE}.takeover`, `${LOCK_FILE}.takeover.reap`].includes(rel)) return true
+  return TEMP_FILE.test(rel.startsWith('archive/') ? rel.slice('archive/'.length) : rel)
 }
 
 /** `<id>.json` or `archive/<name>.json`, the storage folder's own layout; null for anything else. */
@@ -263,11 +291,12 @@ async function commonPrefix (backup: string): Promise<string> {
     const name = safePath(entry.name)
     if (entry.type === 'file') names.push(name)
   }
-  const fits = (prefix: string): boolean => names.every((name) => name.startsWith(prefix) && nativePath(name.slice(prefix.length)) !== null)
+  const fits = (prefix: string): boolean => names.every((name) => name.startsWith(prefix) && (nativePath(name.slice(prefix.length)) !== null || ownFile(name.slice(prefix.length), 'file')))
   const first = names[0]
   if (first === undefined || fits('')) return ''
-  const folder = first.slice(0, first.lastIndexOf('/') + 1)
-  const candidates = folder.endsWith('archive/') ? [folder.slice(0, -'archive/'.length), folder] : [folder]
+  // The folders holding the first file, outermost first: data/tasks/ before data/tasks/archive/
+  // (read as its archive), before data/tasks/corrupt/.
+  const candidates = first.split('/').slice(0, -1).map((_, i, parts) => `${parts.slice(0, i + 1).join('/')}/`)
   return candidates.find(fits) ?? ''
 }
 
