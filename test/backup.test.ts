@@ -345,7 +345,8 @@ t.test('a tar of a whole storage folder restores; its marker, lock, temp files a
   const own = ['.taskvault', '.taskvault.lock', '.a.4242.7.tmp', 'archive/.old.4242.8.tmp', 'corrupt/broken.json.1767225600000.4242.1']
   await mkdir(join(dir, 'corrupt'))
   await writeFile(join(dir, '.taskvault'), '{"format":1,"key_checks":{"old":"x"}}\n')
-  await writeFile(join(dir, '.taskvault.lock'), '{"pid":4242,"host":"elsewhere"}\n')
+  // The lock is a symlink whose target names its holder, as the server makes it.
+  await symlink('{"pid":4242,"host":"elsewhere","since":"2026-01-01T00:00:00.000Z"}', join(dir, '.taskvault.lock'))
   await writeFile(join(dir, '.a.4242.7.tmp'), '{"half a')
   await writeFile(join(dir, 'archive/.old.4242.8.tmp'), '')
   await writeFile(join(dir, 'corrupt/broken.json.1767225600000.4242.1'), '{')

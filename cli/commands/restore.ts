@@ -160,7 +160,7 @@ async function * checkedEntries (backup: string, keyring: Keyring | null, skippe
     const mapped = sessionPath(entry, prefix)
     if (mapped === null) continue
     if ('skipped' in mapped) {
-      if (entry.type === 'file') skipped.push(mapped.skipped)
+      if (entry.type !== 'directory') skipped.push(mapped.skipped)
       continue
     }
     const { rel, archived, sessionId } = mapped
@@ -259,9 +259,11 @@ function sessionPath (entry: TarEntry, prefix: string): { rel: string, archived:
  */
 function ownFile (rel: string, type: TarEntry['type']): boolean {
   if (rel === 'corrupt/' || rel.startsWith('corrupt/')) return type === 'file' || type === 'directory'
+  // The lock, and the guards a server taking over a stale lock holds for a moment: symlinks
+  // (tar's `other`) while a server holds the folder, or if one died holding it.
+  if ([LOCK_FILE, `${LOCK_FILE}.takeover`, `${LOCK_FILE}.takeover.reap`].includes(rel)) return type !== 'directory'
   if (type !== 'file') return false
-  // The lock, and the guards a server taking over a stale lock holds for a moment.
-  if (rel === MARKER_FILE || [LOCK_FILE, `${LOCK_FILE}.takeover`, `${LOCK_FILE}.takeover.reap`].includes(rel)) return true
+  if (rel === MARKER_FILE) return true
   return TEMP_FILE.test(rel.startsWith('archive/') ? rel.slice('archive/'.length) : rel)
 }
 
