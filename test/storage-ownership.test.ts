@@ -418,3 +418,17 @@ t.test('folder: another folder at the path (a volume unmounted from under its mo
     t.ok(log.lines().some((line) => line.level === 50 && /is no longer the folder this server opened/.test(line.msg ?? '')), `${first}: logged`)
   }
 })
+
+t.test('folder: a storage folder given as a symlink is the folder it leads to: saves, heartbeats and /ready work', async (t) => {
+  const parent = await tempDir(t)
+  await mkdir(join(parent, 'volume'), { mode: 0o700 })
+  await symlink(join(parent, 'volume'), join(parent, 'tasks'))
+  const app = await open(t, join(parent, 'tasks'))
+  t.equal((await post(app, '/create', { session_id: 'linked', instructions: 'x' })).statusCode, 200)
+  // A few heartbeats (every 100 ms here).
+  await sleep(400)
+  t.equal((await app.inject({ method: 'GET', url: '/ready' })).statusCode, 200, '/ready')
+  const again = await post(app, '/create', { session_id: 'linked', instructions: 'y' })
+  t.equal(again.statusCode, 200, again.body)
+  t.ok(existsSync(join(parent, 'volume', 'linked.json')), 'written in the folder the link leads to')
+})

@@ -143,7 +143,8 @@ export class FileSessionStore implements SessionStore {
    */
   async check (): Promise<TaskvaultError | null> {
     try {
-      const stat = await this.fs.lstat(this.dir)
+      // Followed: a storage folder given as a symlink is the folder it leads to.
+      const stat = await this.fs.stat(this.dir)
       if (!stat.isDirectory()) throw Object.assign(new Error(`${this.dir} is not a folder`), { code: 'ENOTDIR' })
       return null
     } catch (err) {

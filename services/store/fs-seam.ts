@@ -14,6 +14,8 @@ export interface FsSeam {
   chmod: typeof fsp.chmod
   lutimes: typeof fsp.lutimes
   lstat: typeof fsp.lstat
+  /** Follows a symlink: the storage folder may be one. */
+  stat: typeof fsp.stat
   symlink: typeof fsp.symlink
   readlink: typeof fsp.readlink
   /** mkdir -p with a mode. */
@@ -28,6 +30,7 @@ export const nodeFs: FsSeam = {
   chmod: fsp.chmod,
   lutimes: fsp.lutimes,
   lstat: fsp.lstat,
+  stat: fsp.stat,
   symlink: fsp.symlink,
   readlink: fsp.readlink,
   ensureDir: makeDirs

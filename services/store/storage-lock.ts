@@ -69,7 +69,8 @@ export class StorageLock {
     let replaced: LockHolder | null = null
     for (let attempt = 0; attempt < 20; attempt++) {
       if (await this.tryCreate(this.path)) {
-        const { dev, ino } = await this.fs.lstat(this.dir)
+        // The folder written to: the target when the path is a symlink (as fsyncDir's handle sees it).
+        const { dev, ino } = await this.fs.stat(this.dir)
         this.folder = { dev, ino }
         this.startHeartbeat()
         return replaced
@@ -219,7 +220,7 @@ export class StorageLock {
    */
   private async check (): Promise<void> {
     // A folder gone from the path is the store's to report (/ready); another one there ends the lock.
-    const here = await this.fs.lstat(this.dir).catch(() => null)
+    const here = await this.fs.stat(this.dir).catch(() => null)
     if (this.released || here === null) return
     if (!this.holds(here)) {
       this.folderReplaced()
