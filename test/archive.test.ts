@@ -443,3 +443,26 @@ t.test('a DELETE of an archived session that storage refuses (the folder fsync, 
   t.equal((await get(again, '/progress?session_id=twice')).statusCode, 404)
   t.same(await readdir(archive), ['kept.json'], 'deleted for good, no temp file left')
 })
+
+t.test('a read while a refused DELETE of an archived session waits on its folder fsync does not lose the session from the index', async (t) => {
+  const dir = await tempDir(t)
+  const archive = join(dir, 'archive')
+  await mkdir(archive, { recursive: true, mode: 0o700 })
+  await writeFile(join(archive, 'kept.json'), storedSession('kept', ['Completed'], '2026-01-01T00:00:00.000Z'))
+  const fs = faultFs()
+  const app = await build(t, { dir, fs })
+  // The delete's archive/ fsync is held, then fails.
+  const gate = fs.hold('dirsync', { path: (path) => path === archive, times: 1 })
+  fs.fail('dirsync', 'EIO', { path: (path) => path === archive, times: 1 })
+  const deleting = app.inject({ method: 'DELETE', url: `${API}/sessions/kept` })
+  await gate.reached
+  // Reads that do not wait for the session's queue: they find the copy gone from its name.
+  await get(app, '/list?session_id=all&archived=only')
+  const during = get(app, '/list?session_id=kept')
+  gate.release()
+  await during
+  t.equal((await deleting).statusCode, 503)
+  fs.heal()
+  t.equal((await get(app, '/list?session_id=kept')).statusCode, 200, 'still archived and readable')
+  t.match((await get(app, '/list?session_id=all&archived=include')).json(), { sessions: [{ session_id: 'kept' }] }, 'and listed')
+})

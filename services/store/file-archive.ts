@@ -247,6 +247,10 @@ export class FileArchive {
       // only as a delete that happened).
       for (const { name, temp } of renamed.reverse()) await this.fs.rename(temp, join(this.dir, name)).catch(noop)
       await fsyncDir(this.fs, this.dir).catch(noop)
+      // A read meanwhile found no file under the old name and dropped it from the index: back in.
+      for (const file of files) {
+        if (!this.index.files(sessionId).some((indexed) => indexed.name === file.name)) this.index.add(sessionId, file, null)
+      }
       throw new StorageError(`deleting archived session '${sessionId}'`, err as NodeJS.ErrnoException)
     }
     for (const { name } of files) this.index.remove(sessionId, name)
