@@ -142,6 +142,24 @@ t.test('import again after a session was archived in the folder: its older activ
   t.match(third.json(), { inserted: 0, replaced: 0, archived: 0, archivedRows: 0, unchanged: 1 }, 'a third run has nothing to do')
 })
 
+t.test('import again after a session was archived unchanged in the folder: its active row is archived in place, not copied', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const dir = await tempDir(t, 'taskvault-cli-pg-')
+  const done = storedSession('same', ['Completed'], daysAgo(2))
+  await writeFile(join(dir, 'same.json'), done, { mode: 0o600 })
+  t.equal((await taskvault(['import', dir, '--database-url', url])).code, 0)
+  // The folder's archive pass moved the file as it was.
+  await mkdir(join(dir, 'archive'), { mode: 0o700 })
+  await writeFile(join(dir, 'archive', 'same.json'), done, { mode: 0o600 })
+  await unlink(join(dir, 'same.json'))
+  const again = await taskvault(['import', dir, '--database-url', url, '--json'])
+  t.equal(again.code, 0, again.stderr)
+  t.match(again.json(), { archived: 0, archivedRows: 1 })
+  t.same(await query(url, "SELECT archived_at IS NOT NULL AS archived FROM sessions WHERE session_id = 'same'"), [{ archived: true }], 'one row, archived')
+  t.match((await taskvault(['import', dir, '--database-url', url, '--json'])).json(), { archivedRows: 0, unchanged: 1 }, 'a third run has nothing to do')
+})
+
 t.test('import refuses to replace a newer row without --force, writing nothing, and replaces it with --force', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

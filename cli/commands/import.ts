@@ -26,7 +26,7 @@ interface FolderFile {
   missingKid: string | null
 }
 
-type Action = 'insert' | 'replace' | 'add-archived' | 'archive-active' | 'unchanged'
+type Action = 'insert' | 'replace' | 'add-archived' | 'archive-active' | 'archive-row' | 'unchanged'
 
 interface Planned {
   item: FolderFile
@@ -57,7 +57,8 @@ compared with the rows of its session, and only then is anything written, in one
   - an archived file is added as an archived copy (oldest first, so the folder's newest copy is
     the newest row); when the folder has no active file of the session, an active row no newer
     than the file is archived first (the session was archived in the folder since an earlier
-    import: the folder shows it archived, and so does the database then);
+    import: the folder shows it archived, and so does the database then; a row holding the
+    file's very bytes is only archived);
   - a file sealed under a key TASK_ENCRYPTION_KEYS does not hold is loaded as it is, its row's
     times and sealed_kid from its clear fields; its task counts, unknown here, are 0 (an active
     row gets them at its next save, an archived copy keeps 0 in lists). A warning names the kid:
@@ -172,7 +173,8 @@ function plan (files: FolderFile[], existing: ExistingRow[]): { planned: Planned
     if (item.archived && active !== undefined && !activeInFolder.has(item.sessionId) && !archiving.has(item.sessionId) && active.updated_at.getTime() <= updatedAt) {
       // Archived in the folder since the row was imported: left active, the row would hide this copy.
       archiving.add(item.sessionId)
-      planned.push({ item, action: 'archive-active', row: active })
+      // Archived unchanged: the row, archived in place, is that copy.
+      planned.push({ item, action: same(active) ? 'archive-row' : 'archive-active', row: active })
       continue
     }
     planned.push(item.archived ? { item, action: 'add-archived' } : active === undefined ? { item, action: 'insert' } : { item, action: 'replace', row: active })
@@ -189,11 +191,12 @@ async function write (client: pg.Client, { item, action, row }: Planned, counts:
     counts.unchanged++
     return
   }
-  if (action === 'archive-active' && row !== undefined) {
+  if ((action === 'archive-active' || action === 'archive-row') && row !== undefined) {
     if ((await client.query(archiveSession(item.sessionId, { row: row.row_id, version: row.version }))).rowCount !== 1) {
       throw new CommandFailedError(`session '${item.sessionId}' changed in the database during the import (or a server runs it); nothing was written, run the import again`)
     }
     counts.archivedRows++
+    if (action === 'archive-row') return
   }
   const derived = item.columns
   let result: pg.QueryResult
