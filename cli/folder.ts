@@ -7,6 +7,7 @@ import type { SessionFile } from '../services/session/session.js'
 import { KeyUnavailableError, SealNotOpenedError } from '../services/errors.js'
 import type { Clear, Keyring } from '../services/store/keyring.js'
 import { ARCHIVED_FILE, SESSION_FILE, readSessionDocument } from '../services/store/session-files.js'
+import { MAX_SESSION_FILE_BYTES, tooLargeReason } from '../services/store/read-batch.js'
 import { CommandFailedError } from './args.js'
 
 /** A `*.json` entry of the storage folder or its `archive/`. */
@@ -86,7 +87,10 @@ export async function checkStoredFile (stored: StoredFile, keyring: Keyring | nu
   try {
     const handle = await open(stored.path, constants.O_RDONLY | constants.O_NOFOLLOW)
     try {
-      mtime = (await handle.stat()).mtime
+      const stat = await handle.stat()
+      // Not read: no session this large can be parsed (the server sets such a file aside too).
+      if (stat.size > MAX_SESSION_FILE_BYTES) return { ok: false, reason: tooLargeReason(stat.size) }
+      mtime = stat.mtime
       data = await handle.readFile()
     } finally {
       await handle.close()

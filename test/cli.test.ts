@@ -4,7 +4,7 @@
  */
 import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { chmod, mkdir, readFile, readdir, stat, symlink, unlink, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, readFile, readdir, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { taskvault, type Run } from './cli-run.js'
@@ -458,4 +458,19 @@ t.test('output to a reader that stops early (| head) is dropped quietly; the com
   const run = spawnSync('bash', ['-c', `"${process.execPath}" "${CLI}" validate "${dir}" | true; exit "\${PIPESTATUS[0]}"`], { encoding: 'utf8' })
   t.equal(run.status, 0, run.stderr)
   t.notMatch(run.stderr, /EPIPE|Unhandled/u, 'no stack trace')
+})
+
+t.test('validate names a session file too large to be read, without reading it; --fix sets it aside', async (t) => {
+  const dir = await preparedFolder(t)
+  // Sparse, over 2 GiB: nothing of it is read (readFile would refuse it, naming no file).
+  await writeFile(join(dir, 'huge.json'), '')
+  await truncate(join(dir, 'huge.json'), 2 ** 31 + 1)
+  const report = await taskvault(['validate', dir])
+  t.equal(report.code, 1, report.stderr)
+  t.match(report.stdout, /❌ huge\.json: 2147483649 bytes: larger than any session file can be/u)
+  t.match(report.stdout, /✅ /u, 'the other files are checked')
+  const fixed = await taskvault(['validate', dir, '--fix'])
+  t.equal(fixed.code, 1, fixed.stderr)
+  t.notOk(existsSync(join(dir, 'huge.json')), 'moved to corrupt/')
+  t.equal((await readdir(join(dir, 'corrupt'))).length, 1)
 })
