@@ -66,19 +66,15 @@ async function main (): Promise<void> {
 }
 
 /**
- * Closes the app and logs what did not go well: every session whose unsaved changes
- * (TASK_AUTO_SAVE=false) could not be written, once each with its cause, and any other
- * failure of the close (releasing the storage lock). The sessions are read from the registry,
- * not from the close's error, which names only the last hook that failed. False if anything failed.
+ * Closes the app and logs any failure of the close (releasing the storage lock) besides the
+ * sessions whose unsaved changes (TASK_AUTO_SAVE=false) could not be written, which the task
+ * manager's plugin logs, once each. False if anything failed.
  */
 async function closeReporting (app: FastifyInstance): Promise<boolean> {
   let failure: unknown = null
   await app.close().catch((err: unknown) => { failure = err })
   const lost = app.taskManager.registry.lostChanges()
-  for (const { sessionId, cause } of lost) {
-    app.log.error({ session_id: sessionId, ...(cause !== undefined && { err: cause }) }, 'Unsaved changes lost at shutdown')
-  }
-  // An UnsavedChangesLostError says no more than the lines above.
+  // An UnsavedChangesLostError says no more than the task manager logged already.
   if (failure !== null && !(failure instanceof UnsavedChangesLostError)) app.log.error({ err: failure }, 'Shutdown did not finish cleanly')
   return failure === null && lost.length === 0
 }

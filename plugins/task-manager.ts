@@ -84,7 +84,17 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
     if (app.server.listening) app.server.close()
     await manager.close()
   })
-  app.addHook('onClose', async () => manager.close())
+  app.addHook('onClose', async () => {
+    try {
+      await manager.close()
+    } finally {
+      // Logged here, once, for every host: app.close() rejects only with the last failing hook's
+      // error, which a later one (releasing the storage lock) would replace.
+      for (const { sessionId, cause } of manager.registry.lostChanges()) {
+        app.log.error({ session_id: sessionId, ...(cause !== undefined && { err: cause }) }, 'Unsaved changes lost at shutdown')
+      }
+    }
+  })
   // Once shutdown begins, answers close their connection so the server can stop promptly.
   app.addHook('onSend', (_request, reply, payload, done) => {
     if (manager.shuttingDown) reply.header('connection', 'close')

@@ -9,7 +9,8 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import t from 'tap'
-import { tempDir } from './helper.js'
+import { memoryLog, tempDir } from './helper.js'
+import { buildApp } from '../app.js'
 import { LOCK_FILE } from '../services/store/storage-lock.js'
 import { call, describe, logLines, scratch, type ServerProcess } from './server-process.js'
 import { mountTmpfs, unmount } from './tmpfs.js'
@@ -90,4 +91,17 @@ t.test('a lock lost to another server: the sessions whose changes are not writte
   for (const line of lost) t.match(line.err, { type: 'LockLostError', code: 'LOCK_LOST' }, `${String(line.session_id)}: because the lock was lost`)
   t.same((await readdir(storage)).filter((name) => name.endsWith('.json')), [], 'nothing written over the other server\'s folder')
   t.equal(server.stderr(), '', 'nothing on stderr')
+})
+
+t.test('embedded: a host whose app.close() rejects still gets a log line per session whose unsaved changes were lost', async (t) => {
+  const dir = await tempDir(t)
+  const log = memoryLog()
+  const app = await buildApp({ readEnvironment: false, logger: { level: 'info', stream: log.stream } as never, config: { TASK_STORAGE_DIR: dir, TASK_AUTO_SAVE: false, TASK_ARCHIVE_DAYS: 0 } })
+  await app.ready()
+  for (const id of ['kept', 'lost']) t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: id, instructions: 'a' } })).statusCode, 200)
+  await mkdir(join(dir, 'lost.json'))
+  await t.rejects(app.close(), { code: 'UNSAVED_CHANGES_LOST' })
+  const lines = log.lines().filter((line) => line.msg === LOST)
+  t.same(lines.map((line) => line.session_id), ['lost'], 'one line, for the lost session only')
+  t.match(lines[0], { level: 50, err: { code: 'STORAGE_UNAVAILABLE' } }, 'with its cause')
 })
