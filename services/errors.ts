@@ -405,6 +405,13 @@ export class VersionConflictError extends TaskvaultError {
   }
 }
 
+/** An execution asked for while the session's archive or delete is being written: it may be gone a moment later. */
+export class SessionLeavingError extends TaskvaultError {
+  constructor (sessionId: string) {
+    super('SESSION_BUSY', `session '${sessionId}' is being archived or deleted right now; try again`)
+  }
+}
+
 /** A session whose unsaved changes (auto-save off) could not be written, and why. */
 export interface LostChanges {
   sessionId: string

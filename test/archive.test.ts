@@ -466,3 +466,33 @@ t.test('a read while a refused DELETE of an archived session waits on its folder
   t.equal((await get(app, '/list?session_id=kept')).statusCode, 200, 'still archived and readable')
   t.match((await get(app, '/list?session_id=all&archived=include')).json(), { sessions: [{ session_id: 'kept' }] }, 'and listed')
 })
+
+t.test('an execute while an archive pass writes the session\'s move answers 409 and starts no run; the session is archived', async (t) => {
+  let release: () => void = () => {}
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  let held = false
+  const fs: FsSeam = {
+    ...nodeFs,
+    rename: async (from, to) => {
+      if (String(to).includes('/archive/') && !held) {
+        held = true
+        await gate
+      }
+      return nodeFs.rename(from, to)
+    }
+  }
+  const app = await build(t, { dir: await tempDir(t), fs })
+  await finishedSession(app, 'moving')
+  const events: string[] = []
+  app.taskEvents.subscribe((event) => { if (event.data.session_id === 'moving') events.push(event.name) })
+  const pass = post(app, '/archive', { older_than_days: 0 })
+  await waitFor('the archive pass to be moving the session', () => held)
+  for (const path of ['/execute-all', '/execute']) {
+    const refused = await post(app, path, { session_id: 'moving' })
+    t.equal(refused.statusCode, 409, `${path}: ${refused.body}`)
+    t.match(refused.json(), { code: 'SESSION_BUSY', message: /being archived or deleted right now/ })
+  }
+  release()
+  t.same((await pass).json().archived_ids, ['moving'])
+  t.same(events, ['session.archived'], 'no run started')
+})

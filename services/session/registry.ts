@@ -1,6 +1,6 @@
 import type { Static } from '@sinclair/typebox'
 import type { SessionSummary as SessionSummarySchema } from '../../schemas/api.js'
-import { SessionNotFoundError, SessionTooLargeError, StorageError, UnsavedChangesLostError, VersionConflictError, type LostChanges } from '../errors.js'
+import { SessionLeavingError, SessionNotFoundError, SessionTooLargeError, StorageError, UnsavedChangesLostError, VersionConflictError, type LostChanges } from '../errors.js'
 import { Draft, Unchanged, unchanged, type ChangeFn } from './draft.js'
 import { cloneSessionFile, currentIndex, isoNow, progressOf, type Progress, type SessionFile } from './session.js'
 import type { SessionStore } from '../store/store.js'
@@ -39,6 +39,8 @@ export interface SessionSlot {
   updatedMs: number
   bytes: number
   executing: boolean
+  /** Its archive or delete is being written: no execution may claim it meanwhile. */
+  leaving: boolean
   /** Committed but not yet saved (auto-save off). */
   unsaved: boolean
   queue: QueuedChange[]
@@ -188,9 +190,13 @@ export class SessionRegistry {
     })
   }
 
-  /** Marks a session as executing; false if it already was. */
+  /**
+   * Marks a session as executing; false if it already was. SessionLeavingError while its archive
+   * or delete is being written: claimed then, it would run a session that is gone a moment later.
+   */
   claim (sessionId: string): boolean {
     const slot = this.existing(sessionId)
+    if (slot.leaving) throw new SessionLeavingError(sessionId)
     if (slot.executing) return false
     slot.executing = true
     return true
@@ -273,7 +279,7 @@ export class SessionRegistry {
   private slotFor (sessionId: string): SessionSlot {
     let slot = this.slots.get(sessionId)
     if (slot === undefined) {
-      slot = { file: null, progress: null, updatedMs: 0, bytes: 0, executing: false, unsaved: false, queue: [], flushing: null, stale: false }
+      slot = { file: null, progress: null, updatedMs: 0, bytes: 0, executing: false, leaving: false, unsaved: false, queue: [], flushing: null, stale: false }
       this.slots.set(sessionId, slot)
     }
     return slot
@@ -299,7 +305,15 @@ export class SessionRegistry {
         }
       }
       const { draft, applied } = this.applyBatch(sessionId, slot)
-      const requeued = applied.some((outcome) => !outcome.unchanged) && await this.write(sessionId, slot, draft, applied)
+      let requeued = false
+      if (applied.some((outcome) => !outcome.unchanged)) {
+        slot.leaving = draft.intent.kind === 'archive' || draft.intent.kind === 'delete'
+        try {
+          requeued = await this.write(sessionId, slot, draft, applied)
+        } finally {
+          slot.leaving = false
+        }
+      }
       // Changes that changed nothing settle after the write before them, so a settle() or
       // snapshot() queued behind a change never resolves before that change is durable (when
       // the batch is applied again, they wait for that).
