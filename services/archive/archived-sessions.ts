@@ -34,6 +34,8 @@ export class ArchivedSessions {
   private readonly log: Logger
   /** Archived files found unreadable (and set aside) since start. */
   failedLoads = 0
+  /** Archived sessions that are active too, counted when the counts were `key` (see totals). */
+  private behindActive = { key: '', count: 0 }
 
   constructor (options: ArchivedSessionsOptions) {
     this.registry = options.registry
@@ -41,8 +43,20 @@ export class ArchivedSessions {
     this.log = options.logger
   }
 
+  /**
+   * The archive's files and bytes, and its sessions that are not active: a copy left behind an
+   * active session (a bring-back cut short by a crash, an archive whose folder fsync failed) is
+   * no archived session, as lists say too. Those are counted again only when a count changed.
+   */
   get totals (): Readonly<ArchiveTotals> {
-    return this.store.archiveTotals()
+    const all = this.store.archiveTotals()
+    const key = `${all.sessions}:${all.files}:${this.registry.size}`
+    if (key !== this.behindActive.key) {
+      let count = 0
+      for (const id of this.store.archivedIds()) if (this.registry.find(id) !== null) count++
+      this.behindActive = { key, count }
+    }
+    return { ...all, sessions: all.sessions - this.behindActive.count }
   }
 
   /** Archived, and not active. */
