@@ -1,4 +1,4 @@
-import { constants } from 'node:fs'
+import { constants, fstatSync } from 'node:fs'
 import { basename } from 'node:path'
 import type { FileHandle } from 'node:fs/promises'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
@@ -139,7 +139,8 @@ export async function fsyncDir (fs: FsSeam, dir: string, expected?: (stat: { dev
   try {
     await handle.sync()
     // The folder synced is the one expected (not another made at its path since): the change is in it.
-    if (expected !== undefined && !expected(await handle.stat())) throw new FolderReplacedError(dir)
+    // fstat of an open folder is a system call with no I/O: made here, not through the thread pool.
+    if (expected !== undefined && !expected(fstatSync(handle.fd))) throw new FolderReplacedError(dir)
   } finally {
     await handle.close()
   }
