@@ -5,7 +5,7 @@ import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promi
 import t from 'tap'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { API, build, createSession, get, post, tempDir, waitFor } from './helper.js'
-import { faultFs, tempOf } from './faults.js'
+import { faultFs, heldArchiveMove, tempOf } from './faults.js'
 import { storedSession } from './session-fixtures.js'
 
 const DAY = 86_400_000
@@ -468,25 +468,13 @@ t.test('a read while a refused DELETE of an archived session waits on its folder
 })
 
 t.test('an execute while an archive pass writes the session\'s move answers 409 and starts no run; the session is archived', async (t) => {
-  let release: () => void = () => {}
-  const gate = new Promise<void>((resolve) => { release = resolve })
-  let held = false
-  const fs: FsSeam = {
-    ...nodeFs,
-    rename: async (from, to) => {
-      if (String(to).includes('/archive/') && !held) {
-        held = true
-        await gate
-      }
-      return nodeFs.rename(from, to)
-    }
-  }
+  const { fs, held, release } = heldArchiveMove()
   const app = await build(t, { dir: await tempDir(t), fs })
   await finishedSession(app, 'moving')
   const events: string[] = []
   app.taskEvents.subscribe((event) => { if (event.data.session_id === 'moving') events.push(event.name) })
   const pass = post(app, '/archive', { older_than_days: 0 })
-  await waitFor('the archive pass to be moving the session', () => held)
+  await waitFor('the archive pass to be moving the session', held)
   for (const path of ['/execute-all', '/execute']) {
     const refused = await post(app, path, { session_id: 'moving' })
     t.equal(refused.statusCode, 409, `${path}: ${refused.body}`)

@@ -197,3 +197,21 @@ export function faultFs (base: FsSeam = nodeFs): FaultFs {
     }
   }
 }
+
+/** A real folder whose first move into `archive/` waits until `release()`: an archive pass caught mid-move. */
+export function heldArchiveMove (base: FsSeam = nodeFs): { fs: FsSeam, held: () => boolean, release: () => void } {
+  let release: () => void = () => {}
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  let held = false
+  const fs: FsSeam = {
+    ...base,
+    rename: async (from, to) => {
+      if (String(to).includes('/archive/') && !held) {
+        held = true
+        await gate
+      }
+      return base.rename(from, to)
+    }
+  }
+  return { fs, held: () => held, release }
+}

@@ -9,6 +9,7 @@ import t from 'tap'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { readSession, storedTasks, waitFor } from './agents-fakes.js'
 import { build, createSession, get, post, tempDir } from './helper.js'
+import { heldArchiveMove } from './faults.js'
 
 /** Fails tasks whose instruction starts with "bad" until `healed` is set. */
 function flaky () {
@@ -168,24 +169,12 @@ t.test('a retry that brings a session back from the archive counts against TASK_
 
 t.test('a retry that arrives while an archive pass moves the session brings it back from the archive (not a 404)', async (t) => {
   const agent = flaky()
-  let release: () => void = () => {}
-  const gate = new Promise<void>((resolve) => { release = resolve })
-  let held = false
-  const fs: FsSeam = {
-    ...nodeFs,
-    rename: async (from, to) => {
-      if (String(to).includes('/archive/') && !held) {
-        held = true
-        await gate
-      }
-      return nodeFs.rename(from, to)
-    }
-  }
+  const { fs, held, release } = heldArchiveMove()
   const app = await build(t, { dir: await tempDir(t), fs, executors: agent.executors })
   const { task_ids: ids } = await createSession(app, 'moving', '1. bad one')
   t.equal((await post(app, '/execute-all', { session_id: 'moving' })).statusCode, 200)
   const pass = post(app, '/archive', { older_than_days: 0 })
-  await waitFor('the archive pass to be moving the session', () => held)
+  await waitFor('the archive pass to be moving the session', held)
   // Read while the session is still active; changed once the pass has archived it.
   const retry = post(app, '/retry', { session_id: 'moving' })
   await new Promise((resolve) => setTimeout(resolve, 50))
