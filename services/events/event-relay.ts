@@ -1,6 +1,6 @@
 import type { EventEmitter } from 'node:events'
 import { noop } from '../noop.js'
-import type { SessionStoreEvents, SharedSessions } from '../store/store.js'
+import { LOG_GAP, type SessionStoreEvents, type SharedSessions } from '../store/store.js'
 import type { Logger } from '../types.js'
 import { TASK_EVENT_NAMES, type TaskEventBuffer, type TaskEventData, type TaskEventName } from './task-events.js'
 
@@ -38,8 +38,17 @@ export class EventRelay {
   private closed = false
   /** A publish failed: new events only queue until the retry's try, TASK_EVENTS_POLL_MS later. */
   private retrying = false
-  /** Events were dropped while the log could not take them: streams are told when it takes events again. */
-  private lost = false
+  /**
+   * A gap is owed to the log: a publish failed (the answers waiting for it went out, so a later
+   * change through another replica may be logged before these events), events were dropped, or
+   * a change answered as failed turned out to have landed. It goes after the next events
+   * published, so every replica's streams get them, then a reset, and refetch.
+   */
+  private owesGap = false
+  private readonly unannounced = (): void => {
+    this.owesGap = true
+    if (!this.retrying) this.schedule(this.options.flushMs)
+  }
 
   constructor (options: EventRelayOptions) {
     this.options = options
@@ -57,6 +66,7 @@ export class EventRelay {
     this.read()
     await this.reading
     this.options.notices.on('events', this.wake)
+    this.options.notices.on('unannounced', this.unannounced)
     this.poll = setInterval(this.wake, this.options.pollMs)
     this.poll.unref()
   }
@@ -108,6 +118,7 @@ export class EventRelay {
     this.publishing = null
     if (this.poll !== null) clearInterval(this.poll)
     this.options.notices.off('events', this.wake)
+    this.options.notices.off('unannounced', this.unannounced)
     await this.flushed
     await this.flush()
     await this.reading
@@ -118,19 +129,24 @@ export class EventRelay {
   /**
    * Publishes the queue, at most a read's worth per statement. While the database cannot take
    * them, events wait (before any newer) and are tried again every TASK_EVENTS_POLL_MS; no more
-   * than the log keeps wait, the oldest dropped past that, and this replica's streams are told
-   * to refetch (a gap) once the log takes events again. A batch that did commit unseen is sent
+   * than the log keeps wait, the oldest dropped past that. Once the log takes events again a gap
+   * follows them (LOG_GAP), so that every replica's streams refetch: the answers did not wait
+   * for these events, and other replicas' later ones may be logged before them. A batch that did commit unseen is sent
    * twice, which at-least-once delivery allows.
    */
   private async flush (): Promise<void> {
-    while (this.queue.length > 0) {
-      const batch = this.queue.slice(0, READ_BATCH)
+    while (this.queue.length > 0 || this.owesGap) {
+      const batch: Array<{ name: string, data: unknown }> = this.queue.slice(0, READ_BATCH)
+      const events = batch.length
+      // The gap goes after the last of the queue, in the same statement.
+      const gap = this.owesGap && events === this.queue.length
+      if (gap) batch.push({ name: LOG_GAP, data: { reason: 'late' } })
       try {
         await this.options.shared.publishEvents(batch, this.options.buffer.capacity)
       } catch (err) {
         const dropped = Math.max(0, this.queue.length - this.options.buffer.capacity)
         this.queue = this.queue.slice(dropped)
-        this.lost ||= dropped > 0
+        this.owesGap = true
         this.options.log.warn({ err, events: this.queue.length, dropped }, 'Could not publish live-view events; trying again')
         if (this.closed) return
         this.retrying = true
@@ -140,12 +156,9 @@ export class EventRelay {
         return
       }
       // Only publish() changes the queue meanwhile, and only at its end.
-      this.queue.splice(0, batch.length)
+      this.queue.splice(0, events)
       this.retrying = false
-      if (this.lost) {
-        this.lost = false
-        this.options.buffer.gap()
-      }
+      if (gap) this.owesGap = false
     }
   }
 
@@ -165,6 +178,11 @@ export class EventRelay {
           if (events.length > 0 && trimmed > buffer.latest) buffer.lostUpTo(trimmed)
           for (const event of events) {
             if (event.id <= buffer.latest) continue
+            // Events before it may be missing: clients following live reset, resumes from before it too.
+            if (event.name === LOG_GAP) {
+              buffer.lostUpTo(event.id)
+              continue
+            }
             // A name this version does not know (a newer replica's) is passed over, not stuck on.
             if (NAMES.has(event.name)) buffer.appendAt(event.id, event.name as TaskEventName, event.data as TaskEventData)
             else buffer.skipTo(event.id)

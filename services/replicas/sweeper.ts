@@ -71,6 +71,12 @@ export class Sweeper {
   private async pass (earlier: boolean): Promise<void> {
     const { shared, batch, takeOver, log } = this.options
     this.forgetOld()
+    try {
+      const lost = await shared.clearLostReplicas()
+      if (lost.length > 0) log.warn({ replicas: lost }, 'Replicas stopped without leaving; event streams are reset, as their last events may never have been published')
+    } catch (err) {
+      log.warn({ err }, 'Could not look for replicas that stopped without leaving; the next sweep tries again')
+    }
     while (!this.stopped) {
       let swept: SweptSession[]
       try {

@@ -77,7 +77,16 @@ export interface SessionStoreEvents {
   cancel: [string]
   /** A shared store: events were published to its event log (or may have been, unheard). */
   events: []
+  /** A shared store: a change of this replica's that was answered as failed turned out to have landed; its events never went out. */
+  unannounced: [string]
 }
+
+/**
+ * A shared event log's record of a gap: events before it may be missing (a replica stopped
+ * without publishing its last ones, or published them late). Not a task event: a reader resets
+ * its clients; a version that does not know the name passes it over.
+ */
+export const LOG_GAP = 'log.gap'
 
 /** A live-view event as a shared event log holds it: numbered in the order they were published. */
 export interface LoggedEvent {
@@ -172,6 +181,12 @@ export interface SharedSessions {
    */
   sweep(limit: number, earlier: boolean, skip?: readonly string[], runs?: boolean): Promise<SweptSession[]>
   /** Asks the live holder to cancel; resolves with its id, or null when nobody holds the lease. */
+  /**
+   * Clears the replicas silent past the lease (stopped without leaving: killed, or their node
+   * lost) and, when there were any, logs a gap in the event log, so every stream resets: their
+   * last changes' events may never have been published. Resolves with their ids.
+   */
+  clearLostReplicas(): Promise<string[]>
   requestCancel(sessionId: string): Promise<string | null>
   /** A page of the active sessions, newest updated first, and how many there are. */
   listActive(offset: number, limit: number): Promise<{ total: number, sessions: SharedSummary[] }>

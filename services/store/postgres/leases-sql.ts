@@ -1,4 +1,5 @@
 import type pg from 'pg'
+import { LOG_GAP } from '../store.js'
 
 /**
  * The SQL of execution leases (issue 14): which replica runs a session (`owner`), until when
@@ -196,6 +197,29 @@ export function passLock (key: number): pg.QueryConfig {
  */
 export const EVENT_LOG = `SELECT (SELECT token FROM event_stream LIMIT 1) || '.' || 'events'::regclass::oid AS token,
   coalesce((SELECT max(id) FROM events), 0)::bigint AS latest`
+
+/**
+ * Clears the rows of replicas silent past the lease (and, with `own`, this replica id's row: an
+ * earlier process of it that did not leave cleanly), and when it cleared any, logs a gap. A
+ * replica that stops without leaving (kill -9, a lost node) may have committed changes whose
+ * events it never published: readers of the log reset their clients at the gap, and they
+ * refetch. One statement, so a gap is logged exactly when rows were cleared.
+ */
+export function clearLostReplicas (replicaId: string, leaseMs: number, own: boolean, channel: string, schema: string): pg.QueryConfig {
+  return {
+    name: 'taskvault_clear_lost_replicas',
+    text: `WITH lost AS (
+        DELETE FROM replicas
+          WHERE (replica_id = $1 AND $3::boolean)
+            OR (replica_id <> $1 AND seen_at < now() - make_interval(secs => $2::float8 / 1000))
+          RETURNING replica_id)
+      SELECT array_agg(replica_id ORDER BY replica_id) AS lost,
+          -- No trimming here (the largest keep): the publishing replicas trim to their buffer.
+          publish_events(ARRAY['${LOG_GAP}'], ARRAY[json_build_object('replicas', array_agg(replica_id ORDER BY replica_id))], 9223372036854775807, $4, $5) AS newest
+        FROM lost HAVING count(*) > 0`,
+    values: [replicaId, leaseMs, own, channel, schema]
+  }
+}
 
 /** Appends a batch of events (publish_events in migrations/004: in id order across replicas) and notifies. */
 export function publishEvents (names: string[], data: string[], keep: number, channel: string, schema: string): pg.QueryConfig {

@@ -3,7 +3,7 @@ import type pg from 'pg'
 import { LeaseLostError, SessionBusyError, SessionNotFoundError } from '../../errors.js'
 import { noop } from '../../noop.js'
 import type { SessionStoreEvents, SweptSession } from '../store.js'
-import { abandonLease, acquireLease, leaseHolder, releaseLease, renewLeases, requestCancel, sweepLeases } from './leases-sql.js'
+import { abandonLease, acquireLease, clearLostReplicas, leaseHolder, releaseLease, renewLeases, requestCancel, sweepLeases } from './leases-sql.js'
 import type { Fence } from './sessions-sql.js'
 
 /** NOTIFY's channel for cancels; the payload is `<schema>.<session id>`, far below NOTIFY's 8,000 bytes. */
@@ -61,6 +61,10 @@ export class LeaseKeeper {
 
   /** Renews (and heartbeats) now, then on a timer; starts listening for cancels. */
   async start (): Promise<void> {
+    // Before the first beat: a row of this replica id still there is an earlier process's that
+    // never left (killed), whose last events may never have been published. Best effort: the
+    // sweeps after this one find the replicas silent past the lease, not that row (beaten anew).
+    await this.clearLost(true).catch(noop)
     // A first beat that fails (the database gone again since init) is only a missed beat.
     await this.renew().catch(noop)
     // Checked every twelfth of the lease: renewals every third, and a failed one tried again at
@@ -166,6 +170,16 @@ export class LeaseKeeper {
       swept.push({ sessionId: row.session_id, epoch: row.epoch, cancelRequested: row.cancel_requested })
     }
     return swept
+  }
+
+  /**
+   * Clears the replicas silent past the lease (with `own`, this replica id's row too) and logs a
+   * gap in the event log when there were any (clearLostReplicas). Resolves with their ids.
+   */
+  async clearLost (own = false): Promise<string[]> {
+    const { rows } = await this.options.query<{ lost: string[] }>('clearing replicas that stopped without leaving',
+      clearLostReplicas(this.replicaId, this.leaseMs, own, EVENTS_CHANNEL, this.options.schema))
+    return rows[0]?.lost ?? []
   }
 
   async requestCancel (sessionId: string): Promise<string | null> {

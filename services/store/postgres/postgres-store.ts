@@ -702,8 +702,9 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     if (row.document === null) return undefined
     const { file, kid } = readSessionDocument(archivedLikeName(sessionId, row.row_id), row.document, sessionId, this.keyring)
     this.known(sessionId, { row: row.row_id, version: row.version, kid: kid ?? '' })
-    // The stored state is adopted as it is: whatever an uncertain write of ours did is settled.
-    this.unsure.delete(sessionId)
+    // The stored state is adopted as it is: whatever an uncertain write of ours did is settled
+    // (and if it landed, its events never went out).
+    if (this.unsure.delete(sessionId)) this.events.emit('unannounced', sessionId)
     this.unreadable.delete(sessionId)
     return { file, bytes: row.bytes }
   }
@@ -752,6 +753,10 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   async sweep (limit: number, earlier: boolean, skip: readonly string[] = [], runs = true): Promise<SweptSession[]> {
     return this.keeper().sweep(limit, earlier, skip, runs)
+  }
+
+  async clearLostReplicas (): Promise<string[]> {
+    return this.keeper().clearLost()
   }
 
   async requestCancel (sessionId: string): Promise<string | null> {
@@ -925,10 +930,13 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     if (outcome.kind === 'gone') {
       if (row !== undefined) return false
       this.forget(sessionId)
+      this.events.emit('unannounced', sessionId)
       return true
     }
     if (row === undefined || !this.sameSession(sessionId, row.document, outcome.data.toString('utf8'))) return false
     this.known(sessionId, { row: row.row_id, version: row.version, kid: outcome.kid })
+    // Answered as failed, yet it landed: the change's events never went out.
+    this.events.emit('unannounced', sessionId)
     return true
   }
 

@@ -1,0 +1,91 @@
+/**
+ * Events a replica could not put in the shared log in time, as real processes on the real
+ * PostgreSQL: a replica killed after a change committed but before its events were published
+ * (found by the others' sweeps once its heartbeat is older than the lease, or by its own next
+ * boot), and a publish that failed (the database unreachable) and went late. In each case every
+ * stream gets a reset after what did arrive, and a resume from before it resets too: clients
+ * refetch rather than keep a stale view.
+ */
+import { setTimeout as sleep } from 'node:timers/promises'
+import t from 'tap'
+import { API } from './helper.js'
+import { testDatabase, throughProxy } from './postgres.js'
+import { recordingAgent, replicaSet } from './replicas.js'
+import { call, type ServerProcess } from './server-process.js'
+import { openStream, type SseEvent } from './sse-client.js'
+
+/** The writer's events wait this long before they are published, and its answers do not wait for them: a window to kill it in. */
+const SLOW_PUBLISH = { TASK_EVENTS_FLUSH_MS: '1000', TASK_EVENTS_PUBLISH_WAIT_MS: '0' }
+
+const created = (id: string) => (e: SseEvent): boolean => e.event === 'session.created' && e.data.session_id === id
+
+t.test('a replica killed before publishing a committed change\'s events: the others\' streams reset once its heartbeat is past the lease, and so do resumes from before', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const agent = await recordingAgent(t)
+  const set = await replicaSet(t, url, agent, { TASK_LEASE_MS: '2000', TASK_SWEEP_INTERVAL_MS: '300' })
+  const [a, b] = await Promise.all([set.start('ga', SLOW_PUBLISH), set.start('gb')]) as [ServerProcess, ServerProcess]
+  const stream = await openStream(t, `${b.base}${API}/events`)
+  t.equal((await call(b, 'POST', `${API}/create`, { session_id: 'before', instructions: 'one' })).status, 200)
+  const [first] = (await stream.until((events) => events.some(created('before')), 10_000)).filter(created('before'))
+  const resumeFrom = first?.id as string
+
+  t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'lost', instructions: 'two' })).status, 200, 'committed on ga')
+  a.child.kill('SIGKILL')
+  await a.exited
+  t.equal((await call(b, 'GET', `${API}/progress?session_id=lost`)).status, 200, 'the change is in the database')
+  const events = await stream.until((events) => events.some((e) => e.event === 'reset'), 15_000)
+  t.notOk(events.some(created('lost')), 'its events were never published (the case under test)')
+  t.match(events.find((e) => e.event === 'reset')?.data, { reason: 'missed-events' }, 'the stream on gb was told to refetch')
+
+  const resumed = await openStream(t, `${b.base}${API}/events`, { 'last-event-id': resumeFrom })
+  const replay = await resumed.until((events) => events.length > 0, 10_000)
+  t.equal(replay[0]?.event, 'reset', 'a resume from before the gap resets rather than replaying a log with a hole')
+})
+
+t.test('a replica restarted under the same id after a kill: its boot logs the gap, before the lease would have run out', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const agent = await recordingAgent(t)
+  // A lease far longer than the restart: the gap can only come from the boot.
+  const set = await replicaSet(t, url, agent, { TASK_LEASE_MS: '60000', TASK_SWEEP_INTERVAL_MS: '300' })
+  const [a, b] = await Promise.all([set.start('ra', SLOW_PUBLISH), set.start('rb')]) as [ServerProcess, ServerProcess]
+  const stream = await openStream(t, `${b.base}${API}/events`)
+  t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'lost', instructions: 'two' })).status, 200)
+  a.child.kill('SIGKILL')
+  await a.exited
+  await set.start('ra')
+  // Within 20 s, a third of the lease.
+  const events = await stream.until((events) => events.some((e) => e.event === 'reset'), 20_000)
+  t.notOk(events.some(created('lost')), 'the killed process never published the create')
+  // A clean stop leaves no row behind: the next boot logs no gap.
+  const clean = await set.start('rc')
+  await clean.stop('SIGTERM')
+  const count = stream.events.filter((e) => e.event === 'reset').length
+  await set.start('rc')
+  await sleep(1000)
+  t.equal(stream.events.filter((e) => e.event === 'reset').length, count, 'no reset after a clean stop and restart')
+})
+
+t.test('a publish that failed (the database unreachable) goes late, then a reset, on every replica', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const agent = await recordingAgent(t)
+  const { proxy, url: proxied } = await throughProxy(t, url)
+  const set = await replicaSet(t, url, agent, { TASK_LEASE_MS: '30000', TASK_SWEEP_INTERVAL_MS: '300' })
+  const [a, b] = await Promise.all([
+    set.start('pa', { ...SLOW_PUBLISH, DATABASE_URL: proxied, TASK_EVENTS_POLL_MS: '200' }),
+    set.start('pb')
+  ]) as [ServerProcess, ServerProcess]
+  const stream = await openStream(t, `${b.base}${API}/events`)
+  t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'late', instructions: 'one' })).status, 200, 'committed on pa')
+  // Cut before pa's publish (a second later), back after a few of its tries.
+  proxy.drop()
+  await sleep(2000)
+  proxy.pass()
+  const events = await stream.until((events) => events.some((e) => e.event === 'reset'), 20_000)
+  const createdAt = events.findIndex(created('late'))
+  const resetAt = events.findIndex((e) => e.event === 'reset')
+  t.ok(createdAt >= 0, 'the late events arrived')
+  t.ok(resetAt > createdAt, 'then a reset: other replicas\' later events may have been logged before them')
+})
