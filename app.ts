@@ -93,7 +93,11 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     maxConnections: settings.TASK_MAX_CONNECTIONS,
     maxStreams: settings.TASK_EVENTS_MAX_CLIENTS,
     // A request still arriving at shutdown gets its timeout, but never more than the grace period.
-    stalledCloseMs: Math.min(settings.TASK_REQUEST_TIMEOUT_MS, settings.TASK_SHUTDOWN_GRACE_MS)
+    stalledCloseMs: Math.min(settings.TASK_REQUEST_TIMEOUT_MS, settings.TASK_SHUTDOWN_GRACE_MS),
+    // The running tasks' grace, then the streams' time for their last bytes: an answer still
+    // unsent past both (a backup whose client stopped reading) is cut; with the default
+    // close time, well within the 10 s server.ts adds to the grace before it gives up on a clean exit.
+    answerCloseMs: settings.TASK_SHUTDOWN_GRACE_MS + settings.TASK_EVENTS_CLOSE_MS
   })
   app.addHook('preClose', async () => connections.closing())
 

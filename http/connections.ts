@@ -1,6 +1,7 @@
 /**
  * Client sockets of the standalone server: a cap on how many are open, and at shutdown the
- * closing of those still sending a request, so a stalled client cannot hold the exit up.
+ * closing of those still sending a request, then of those not taking their answer, so a
+ * stalled client cannot hold the exit up.
  *
  * Event streams: Node's request timeout covers receiving the request only, never the answer
  * (test/events.test.ts checks a stream outliving it), so a stream needs no exemption from it.
@@ -20,6 +21,11 @@ export interface ConnectionLimits {
   maxStreams: number
   /** How long, after shutdown begins, a request still arriving may take before its socket is closed. */
   stalledCloseMs: number
+  /**
+   * How long, after shutdown begins, an answer may take to be sent before its socket is
+   * destroyed: a client that stopped reading a large one (a backup) would hold the exit up.
+   */
+  answerCloseMs: number
 }
 
 /** Refusals are logged at most this often, so a flood of connections cannot flood the log. */
@@ -91,6 +97,17 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
     }
     if (closed > 0) log.info({ closed }, 'Closed connections still sending a request at shutdown')
   }
+  // Past answerCloseMs, an answer still unsent is a reader that stopped (the drain and the
+  // streams' last bytes had their time): its socket goes, as a slow stream reader's does.
+  const cut = (): void => {
+    let cutOff = 0
+    for (const socket of sockets) {
+      if (!busy(socket)) continue
+      socket.destroy()
+      cutOff++
+    }
+    if (cutOff > 0) log.warn({ closed: cutOff }, 'Closed connections whose answers were not taken at shutdown')
+  }
 
   return {
     stream: (socket) => {
@@ -99,9 +116,9 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
     closing: () => {
       // Node stops checking request timeouts once the server closes (Node 20 and 24 alike).
       if (sockets.size === 0) return
-      const timer = setTimeout(sweep, limits.stalledCloseMs)
-      timer.unref()
-      server.once('close', () => clearTimeout(timer))
+      const timers = [setTimeout(sweep, limits.stalledCloseMs), setTimeout(cut, limits.answerCloseMs)]
+      for (const timer of timers) timer.unref()
+      server.once('close', () => { for (const timer of timers) clearTimeout(timer) })
     }
   }
 }
