@@ -10,6 +10,7 @@ import taskvault, { type TaskvaultOptions } from './plugins/taskvault.js'
 import { errorHandler, notFoundHandler } from './http/error-handler.js'
 import healthRoutes from './routes/health.js'
 import { createValidatorCompiler } from './http/validation.js'
+import { clientErrorHandler } from './http/client-errors.js'
 import { guardConnections } from './http/connections.js'
 import type { Config } from './schemas/config.js'
 
@@ -36,6 +37,7 @@ export function serverOptions (settings: ServerSettings, logger: FastifyServerOp
     logger,
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
+    clientErrorHandler,
     return503OnClosing: true,
     // The restore runs in onReady and takes what the data takes (seconds for 100,000 sessions,
     // longer on a slow volume or a loaded host): Fastify's default 10 s would fail a healthy

@@ -209,3 +209,27 @@ t.test('an answer slower than TASK_REQUEST_TIMEOUT_MS is not cut: the timeout co
   t.equal(executed.status, 200, 'answered', { output: describe(server) })
   t.match(executed.body, { status: 'Completed', result: /slow result/ })
 })
+
+t.test('client errors are answered in the error shape with a code and logged; bytes that are no request, behind a stream, only close its socket', async (t) => {
+  const { start } = await scratch(t)
+  const server = await start({ TASK_REQUEST_TIMEOUT_MS: '500' })
+  const json = (raw: Raw): Record<string, unknown> => JSON.parse(raw.received().slice(raw.received().indexOf('\r\n\r\n') + 4)) as Record<string, unknown>
+  const timedOut = await connect(t, server, STALLED)
+  await timedOut.closed
+  t.match(timedOut.received(), /^HTTP\/1\.1 408 /)
+  t.same(json(timedOut), { statusCode: 408, code: 'REQUEST_TIMEOUT', error: 'Request Timeout', message: 'the request did not arrive in full within TASK_REQUEST_TIMEOUT_MS' })
+  const large = await connect(t, server, `GET ${API}/list?session_id=${'a'.repeat(100_000)} HTTP/1.1\r\nHost: x\r\n\r\n`)
+  await large.closed
+  t.match(json(large), { statusCode: 431, code: 'REQUEST_HEADER_FIELDS_TOO_LARGE' })
+  const garbage = await connect(t, server, 'NOT HTTP AT ALL\r\n\r\n')
+  await garbage.closed
+  t.match(json(garbage), { statusCode: 400, code: 'BAD_REQUEST', error: 'Bad Request' })
+  await waitFor('the log lines', () => logLines(server.stdout()).filter((line) => line.msg === 'Client error: the request was not answered by a route').length >= 3)
+
+  // Behind a stream: its body must not get an HTTP answer in the middle.
+  const stream = await connect(t, server, `GET ${API}/events HTTP/1.1\r\nHost: x\r\n\r\n`)
+  await waitFor('the stream to start', () => stream.received().includes('connected'))
+  stream.socket.write('NOT HTTP AT ALL\r\n\r\n')
+  await stream.closed
+  t.notMatch(stream.received(), /HTTP\/1\.1 400/, 'no answer written into the stream')
+})
