@@ -11,7 +11,7 @@ import { errorHandler, notFoundHandler } from './http/error-handler.js'
 import healthRoutes from './routes/health.js'
 import { createValidatorCompiler } from './http/validation.js'
 import { clientErrorHandler } from './http/client-errors.js'
-import { guardConnections } from './http/connections.js'
+import { ConnectionClosedError, guardConnections } from './http/connections.js'
 import type { Config } from './schemas/config.js'
 
 /** What code (not settings) gives the taskvault plugin: agents as functions, their environment, seams. */
@@ -72,6 +72,9 @@ export function serverOptions (settings: ServerSettings, logger: FastifyServerOp
   }
 }
 
+/** Methods that change nothing: pipelined ones run at once, side by side. */
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS'])
+
 /** Where the taskvault plugin's routes live in the standalone server. */
 const API_PREFIX = '/api/v1/tasks'
 
@@ -102,6 +105,14 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     answerCloseMs: settings.TASK_SHUTDOWN_GRACE_MS + settings.TASK_EVENTS_CLOSE_MS
   })
   app.addHook('preClose', async () => connections.closing())
+  // Pipelined changes run in the order sent (RFC 9112 lets a server run only safe methods side by side).
+  app.addHook('onRequest', (request, reply, done) => {
+    if (SAFE_METHODS.has(request.method)) {
+      done()
+      return
+    }
+    connections.inTurn(reply.raw, (open) => { done(open ? undefined : new ConnectionClosedError()) })
+  })
 
   try {
     await app.register(configPlugin, { loaded: settings })

@@ -31,7 +31,23 @@ export interface ConnectionLimits {
 /** Refusals are logged at most this often, so a flood of connections cannot flood the log. */
 const DROP_LOG_INTERVAL_MS = 10_000
 
+/** A request pipelined behind answers whose connection closed before they were sent: it is not run (nobody would get its answer). */
+export class ConnectionClosedError extends Error {
+  readonly statusCode = 400
+  readonly code = 'CONNECTION_CLOSED'
+  constructor () {
+    super('the connection closed before the answers to the requests sent before this one')
+  }
+}
+
 export interface ConnectionGuard {
+  /**
+   * Calls `go` once every answer before `res` on its connection is sent: requests pipelined on
+   * one connection are parsed, and would run, at once, so a create then an execute of the same
+   * session could run out of order. `go(false)` when the connection closed meanwhile (or can
+   * no longer carry an answer: behind an event stream, it never will).
+   */
+  inTurn: (res: ServerResponse, go: (open: boolean) => void) => void
   /** Shutdown began: closes, after `stalledCloseMs`, every socket not busy with an answer. */
   closing: () => void
   /**
@@ -60,8 +76,10 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   const sockets = new Set<Socket>()
   /** Sockets that asked for an event stream: counted against the streams' share, not the others'. */
   const streams = new Set<Socket>()
-  // The latest answer on each socket: one WeakMap write per request, read only at shutdown.
+  // The latest answer on each socket: one WeakMap write per request, read at shutdown.
   const answers = new WeakMap<Socket, ServerResponse>()
+  /** The answer still being sent on the connection when a request arrived behind it (pipelined). */
+  const before = new WeakMap<ServerResponse, ServerResponse>()
   server.on('connection', (socket: Socket) => {
     if (sockets.size - streams.size >= limits.maxConnections) {
       socket.destroy()
@@ -74,7 +92,10 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
       streams.delete(socket)
     })
   })
-  server.on('request', (req, res: ServerResponse) => {
+  // Ahead of Fastify's own listener, which may run the request's hooks at once.
+  server.prependListener('request', (req, res: ServerResponse) => {
+    const previous = answers.get(req.socket)
+    if (previous !== undefined && !previous.writableFinished) before.set(res, previous)
     answers.set(req.socket, res)
   })
 
@@ -110,6 +131,19 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   }
 
   return {
+    inTurn: (res, go) => {
+      const previous = before.get(res)
+      if (previous === undefined || previous.writableFinished) {
+        go(true)
+        return
+      }
+      const next = (): void => {
+        previous.off('finish', next).off('close', next)
+        const socket = res.req.socket
+        go(!socket.destroyed && socket.writable)
+      }
+      previous.once('finish', next).once('close', next)
+    },
     stream: (socket) => {
       if (sockets.has(socket)) streams.add(socket)
     },

@@ -233,3 +233,31 @@ t.test('client errors are answered in the error shape with a code and logged; by
   await stream.closed
   t.notMatch(stream.received(), /HTTP\/1\.1 400/, 'no answer written into the stream')
 })
+
+t.test('pipelined changes run in the order sent: a create, then an execute and a delete of the same session; a change pipelined behind a stream never runs', async (t) => {
+  const { start } = await scratch(t)
+  const server = await start()
+  const post = (path: string, body: unknown): string => {
+    const text = JSON.stringify(body)
+    return `POST ${API}${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\n\r\n${text}`
+  }
+  for (let round = 0; round < 3; round++) {
+    const id = `piped_${round}`
+    const raw = await connect(t, server, post('/create', { session_id: id, instructions: '1. a\n2. b' }) + post('/execute', { session_id: id }) + `DELETE ${API}/sessions/${id} HTTP/1.1\r\nHost: x\r\n\r\n`)
+    const statuses = await waitFor('three answers', () => {
+      const found = [...raw.received().matchAll(/HTTP\/1\.1 (\d{3})/gu)].map((m) => Number(m[1]))
+      return found.length >= 3 && found
+    })
+    raw.socket.destroy()
+    t.same(statuses, [200, 200, 204], `round ${round}: each ran after the one before`)
+  }
+
+  const stream = await connect(t, server, `GET ${API}/events HTTP/1.1\r\nHost: x\r\n\r\n`)
+  await waitFor('the stream to start', () => stream.received().includes('connected'))
+  stream.socket.write(post('/create', { session_id: 'behind', instructions: 'a' }))
+  await sleep(500)
+  t.equal((await call(server, 'GET', `${API}/progress?session_id=behind`)).status, 404, 'not created: its answer could never be sent')
+  stream.socket.destroy()
+  await sleep(200)
+  t.equal((await call(server, 'GET', `${API}/progress?session_id=behind`)).status, 404, 'nor once the connection closed')
+})
