@@ -157,10 +157,13 @@ function onEvent (name: string, data: Record<string, unknown>): void {
   const id = data.session_id
   if (typeof id !== 'string') return
   const known = state.sessions.get(id)
-  const now = new Date().toISOString()
   if (name === 'progress') {
     const { session_id: _id, waiting: _waiting, ...progress } = data
-    state.sessions.set(id, { ...(known ?? { session_id: id, created_at: now }), ...progress as unknown as Progress, updated_at: now, archived: undefined } as Summary)
+    // The server's time of the change: rows from the snapshot carry the server's times, and are
+    // sorted against these, whatever this browser's clock says. (The browser's clock only for a
+    // server too old to send it.)
+    const at = typeof data.updated_at === 'string' ? data.updated_at : new Date().toISOString()
+    state.sessions.set(id, { ...(known ?? { session_id: id, created_at: at }), ...progress as unknown as Progress, updated_at: at, archived: undefined } as Summary)
   } else if (name === 'session.deleted') {
     state.sessions.delete(id)
   } else if (name === 'session.archived' && known !== undefined) {

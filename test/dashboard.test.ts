@@ -4,7 +4,8 @@
  * progress moves without a reload, cancel, retry, delete with confirmation, HTML in a result
  * shown as text, API keys, a reload mid-run, and the page at 375 px and in the dark scheme;
  * live updates made in place (focus and opened sections kept), focus after page changes and
- * actions, an unsendable key, unknown and malformed session links, and a reset whose reload fails.
+ * actions, an unsendable key, unknown and malformed session links, a reset whose reload fails, and
+ * a browser clock that is off.
  * With TASKVAULT_SCREENSHOTS=1 it also writes the README's screenshots under docs/.
  */
 import { existsSync } from 'node:fs'
@@ -524,6 +525,20 @@ async function run (browser: Browser): Promise<void> {
     await page.locator('tr[data-session="while-away"]').waitFor()
     t.equal(lists.left(), 0, 'shown after the failed reload')
     t.ok(streams >= 3, `by a stream opened afresh (${streams})`)
+  })
+
+  t.test('live updates carry the server\'s time: with the browser\'s clock 10 minutes behind, a session just changed sorts first and shows when it changed', async (t) => {
+    const timed = await serve(t)
+    await createSession(timed.app, 'older', '1. one\n2. two')
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    await createSession(timed.app, 'newer', 'x')
+    const page = await open(t, browser, timed.base, {}, (page) => page.clock.setSystemTime(new Date(Date.now() - 10 * 60_000)))
+    await page.locator('tr[data-session="older"]').waitFor()
+    t.same(await sessionsShown(page), ['newer', 'older'])
+    await post(timed.app, '/execute', { session_id: 'older' })
+    await page.locator('tr[data-session="older"]', { hasText: '1/2 done' }).waitFor()
+    t.same(await sessionsShown(page), ['older', 'newer'], 'newest first, as the server lists them')
+    t.equal(await page.locator('tr[data-session="older"] time').getAttribute('datetime'), timed.app.taskManager.get('older').updated_at, 'the time of its change, the server\'s')
   })
 
   t.test('a stream refused at TASK_EVENTS_MAX_CLIENTS shows the server\'s reason; the page goes live once a slot frees', async (t) => {
