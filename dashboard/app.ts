@@ -10,7 +10,7 @@ import type { Task as TaskSchema } from '../dist/schemas/session.js'
 import { api, ApiError, onKeyWanted, saveKey } from './api.js'
 import { $, arrange, el, keepFocus, setText } from './dom.js'
 import { bytes, duration, when } from './format.js'
-import { follow } from './stream.js'
+import { follow, RETRY_FIRST_MS, RETRY_MAX_MS, sleep } from './stream.js'
 
 const PAGE_SIZE = 20
 /** The newest sessions the overview loads (the list endpoint's largest page). */
@@ -582,13 +582,20 @@ window.addEventListener('hashchange', () => { route(true) })
 
 let following = false
 async function start (moveFocus = false): Promise<void> {
-  try {
-    // One authorised call first: a missing or wrong key asks for one before anything else.
-    await api('GET', '/stats')
-  } catch (err) {
-    if (!(err instanceof ApiError && err.status === 401)) showError(err)
-    return
+  // One authorised call first: a missing or wrong key asks for one before anything else. Any
+  // other failure (a 503 while the database is down, a proxy's 502) is shown and tried again,
+  // backing off as the stream does: the page starts by itself once the server answers.
+  for (let delay = RETRY_FIRST_MS; ; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
+    try {
+      await api('GET', '/stats')
+      break
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) return
+      showBackgroundError(`${err instanceof Error ? err.message : String(err)} (trying again)`)
+      await sleep(delay)
+    }
   }
+  backgroundRecovered()
   state.started = true
   $('key-form').hidden = true
   await loadSnapshot().catch(showError)

@@ -12,7 +12,12 @@ export interface StreamHandlers {
   live: (live: boolean, why?: string) => void
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Retries (a connection, a refetch, the first call) back off from this... */
+export const RETRY_FIRST_MS = 500
+/** ...to this, doubling each time. */
+export const RETRY_MAX_MS = 10_000
 
 /** The stream's first comment names the server's heartbeat period (TASK_EVENTS_HEARTBEAT_MS). */
 const HEARTBEAT = /^: connected, heartbeat every (\d+) ms/u
@@ -24,7 +29,7 @@ const FIRST_SILENT_MS = 45_000
 /** Reads the stream for as long as the page lives, reconnecting with the last id it saw. */
 export async function follow (on: StreamHandlers): Promise<void> {
   let lastId: string | null = null
-  let delay = 500
+  let delay = RETRY_FIRST_MS
   for (;;) {
     let why: string | undefined
     // One connection at a time: whatever ends this one (a failed snapshot, a bad frame) closes it,
@@ -53,7 +58,7 @@ export async function follow (on: StreamHandlers): Promise<void> {
       // The first connection (and any that did not resume) starts from a fresh snapshot.
       if (lastId === null) await on.reload()
       // Backing off ends once the page is whole again, not when the stream merely answers.
-      delay = 500
+      delay = RETRY_FIRST_MS
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader()
       let buffer = ''
       for (;;) {
@@ -97,6 +102,6 @@ export async function follow (on: StreamHandlers): Promise<void> {
     }
     on.live(false, why)
     await sleep(delay)
-    delay = Math.min(delay * 2, 10_000)
+    delay = Math.min(delay * 2, RETRY_MAX_MS)
   }
 }

@@ -4,8 +4,8 @@
  * progress moves without a reload, cancel, retry, delete with confirmation, HTML in a result
  * shown as text, API keys, a reload mid-run, and the page at 375 px and in the dark scheme;
  * live updates made in place (focus and opened sections kept), focus after page changes and
- * actions, an unsendable key, unknown and malformed session links, a reset whose reload fails, and
- * a browser clock that is off.
+ * actions, an unsendable key, unknown and malformed session links, a reset whose reload fails, a
+ * first call that fails, and a browser clock that is off.
  * With TASKVAULT_SCREENSHOTS=1 it also writes the README's screenshots under docs/.
  */
 import { existsSync } from 'node:fs'
@@ -525,6 +525,20 @@ async function run (browser: Browser): Promise<void> {
     await page.locator('tr[data-session="while-away"]').waitFor()
     t.equal(lists.left(), 0, 'shown after the failed reload')
     t.ok(streams >= 3, `by a stream opened afresh (${streams})`)
+  })
+
+  t.test('a page whose first call fails (a 503 while the database is down, a proxy\'s 502) says why, tries again, and starts once the server answers', async (t) => {
+    const stats = failing('**/api/v1/tasks/stats')
+    stats.fail(3)
+    const page = await open(t, browser, base, {}, stats.on)
+    await page.locator('#error', { hasText: '503: busy (trying again)' }).waitFor()
+    await page.locator('#overview').waitFor()
+    await page.locator('#live', { hasText: /^live$/ }).waitFor()
+    t.equal(stats.left(), 0, 'after the failures')
+    t.ok(await page.locator('#error').isHidden(), 'the error went once the server answered')
+    await createSession(app, 'after-first-failures', 'x')
+    await page.locator('tr[data-session="after-first-failures"]').waitFor()
+    t.pass('and it follows the stream')
   })
 
   t.test('live updates carry the server\'s time: with the browser\'s clock 10 minutes behind, a session just changed sorts first and shows when it changed', async (t) => {
