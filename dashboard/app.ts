@@ -1,7 +1,7 @@
 /**
  * The taskvault dashboard: plain DOM, no framework. Every piece of data is set as text (dom.ts),
  * the API key travels only in the Authorization header (api.ts), and the event stream is read
- * with fetch and a stream reader (stream.ts). Live events update rows and tasks in place, so
+ * with fetch and a stream reader (stream.ts), by one tab for all of the browser's (tabs.ts). Live events update rows and tasks in place, so
  * what the reader has opened or focused stays so.
  */
 import type { Static } from '@sinclair/typebox'
@@ -10,7 +10,8 @@ import type { Task as TaskSchema } from '../dist/schemas/session.js'
 import { api, ApiError, onKeyWanted, saveKey } from './api.js'
 import { $, arrange, el, keepFocus, setText } from './dom.js'
 import { bytes, duration, when } from './format.js'
-import { follow } from './stream.js'
+import { RETRY_FIRST_MS, RETRY_MAX_MS, sleep } from './stream.js'
+import { followTabs } from './tabs.js'
 
 const PAGE_SIZE = 20
 /** The newest sessions the overview loads (the list endpoint's largest page). */
@@ -143,6 +144,7 @@ async function loadSnapshot (): Promise<void> {
   const list = await api<{ sessions: Summary[] }>('GET', `/list?session_id=all&archived=include&limit=${SNAPSHOT_LIMIT}`)
   state.sessions = new Map(list.sessions.map((s) => [s.session_id, s]))
   renderSessions()
+  backgroundRecovered()
   scheduleStats()
   if (state.detail !== null) scheduleDetail()
 }
@@ -157,10 +159,13 @@ function onEvent (name: string, data: Record<string, unknown>): void {
   const id = data.session_id
   if (typeof id !== 'string') return
   const known = state.sessions.get(id)
-  const now = new Date().toISOString()
   if (name === 'progress') {
     const { session_id: _id, waiting: _waiting, ...progress } = data
-    state.sessions.set(id, { ...(known ?? { session_id: id, created_at: now }), ...progress as unknown as Progress, updated_at: now, archived: undefined } as Summary)
+    // The server's time of the change: rows from the snapshot carry the server's times, and are
+    // sorted against these, whatever this browser's clock says. (The browser's clock only for a
+    // server too old to send it.)
+    const at = typeof data.updated_at === 'string' ? data.updated_at : new Date().toISOString()
+    state.sessions.set(id, { ...(known ?? { session_id: id, created_at: at }), ...progress as unknown as Progress, updated_at: at, archived: undefined } as Summary)
   } else if (name === 'session.deleted') {
     state.sessions.delete(id)
   } else if (name === 'session.archived' && known !== undefined) {
@@ -577,23 +582,25 @@ window.addEventListener('hashchange', () => { route(true) })
 
 // ---- start ----
 
-let following = false
 async function start (moveFocus = false): Promise<void> {
-  try {
-    // One authorised call first: a missing or wrong key asks for one before anything else.
-    await api('GET', '/stats')
-  } catch (err) {
-    if (!(err instanceof ApiError && err.status === 401)) showError(err)
-    return
+  // One authorised call first: a missing or wrong key asks for one before anything else. Any
+  // other failure (a 503 while the database is down, a proxy's 502) is shown and tried again,
+  // backing off as the stream does: the page starts by itself once the server answers.
+  for (let delay = RETRY_FIRST_MS; ; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
+    try {
+      await api('GET', '/stats')
+      break
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) return
+      showBackgroundError(`${err instanceof Error ? err.message : String(err)} (trying again)`)
+      await sleep(delay)
+    }
   }
+  backgroundRecovered()
   state.started = true
   $('key-form').hidden = true
-  await loadSnapshot().catch(showError)
   // Before the page is drawn, and whatever the address names: the live view never hangs on a link.
-  if (!following) {
-    following = true
-    void follow({ reload: loadSnapshot, event: onEvent, live: setLive }).finally(() => { following = false })
-  }
+  await followTabs({ reload: loadSnapshot, event: onEvent, live: setLive, failed: showBackgroundError })
   route(moveFocus)
   scheduleStats()
 }

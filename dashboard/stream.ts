@@ -7,12 +7,47 @@ import { ApiError, request, streamRefused } from './api.js'
 export interface StreamHandlers {
   /** Refetches everything the page shows; rejects when it could not. */
   reload: () => Promise<void>
-  event: (name: string, data: Record<string, unknown>) => void
+  /** `id`: the event's own, to resume from (null when the server sent none). */
+  event: (name: string, data: Record<string, unknown>, id: string | null) => void
+  /** The stream is at this id with no event to show for it (a reset, once its refetch is done). */
+  seen?: (id: string) => void
   /** `why`: the server's message when it refused the stream (503 at TASK_EVENTS_MAX_CLIENTS). */
   live: (live: boolean, why?: string) => void
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+export interface FollowOptions {
+  /** Where to resume from: the last event another tab's stream passed on to this one. */
+  lastId?: string | null
+  /** Close the stream while the page is hidden (see HIDDEN_GRACE_MS), resuming from the last id once it is shown. */
+  pauseWhenHidden?: boolean
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Retries (a connection, a refetch, the first call) back off from this... */
+export const RETRY_FIRST_MS = 500
+/** ...to this, doubling each time. */
+export const RETRY_MAX_MS = 10_000
+
+/**
+ * A tab with a stream of its own closes it once hidden this long (and reconnects, from its last
+ * id, when shown again): a browser gives each server six HTTP/1.1 connections, and a stream holds
+ * one for as long as it is open. Long enough that switching tabs back and forth costs nothing.
+ */
+export const HIDDEN_GRACE_MS = 5_000
+
+/** Once the page is shown (at once when it is). */
+function shown (): Promise<void> {
+  return new Promise((resolve) => {
+    const check = (): void => {
+      if (document.hidden) return
+      document.removeEventListener('visibilitychange', check)
+      resolve()
+    }
+    document.addEventListener('visibilitychange', check)
+    check()
+  })
+}
 
 /** The stream's first comment names the server's heartbeat period (TASK_EVENTS_HEARTBEAT_MS). */
 const HEARTBEAT = /^: connected, heartbeat every (\d+) ms/u
@@ -21,12 +56,20 @@ const SILENT_BEATS = 3
 /** Until the server has named its period: three of the default heartbeats (a connection or answer that never comes). */
 const FIRST_SILENT_MS = 45_000
 
-/** Reads the stream for as long as the page lives, reconnecting with the last id it saw. */
-export async function follow (on: StreamHandlers): Promise<void> {
-  let lastId: string | null = null
-  let delay = 500
+/**
+ * Reads the stream for as long as the page lives, reconnecting with the last id it saw; returns
+ * only when the server refuses the key (401).
+ */
+export async function follow (on: StreamHandlers, options: FollowOptions = {}): Promise<void> {
+  let lastId: string | null = options.lastId ?? null
+  let delay = RETRY_FIRST_MS
   for (;;) {
+    if (options.pauseWhenHidden === true && document.hidden) {
+      on.live(false)
+      await shown()
+    }
     let why: string | undefined
+    let hidden = false
     // One connection at a time: whatever ends this one (a failed snapshot, a bad frame) closes it,
     // or each retry would hold another of the browser's six connections to the server, and a slot
     // of the server's TASK_EVENTS_MAX_CLIENTS, until the page froze.
@@ -41,6 +84,16 @@ export async function follow (on: StreamHandlers): Promise<void> {
       watchdog = setTimeout(() => { connection.abort() }, silentMs)
     }
     heard()
+    // Hidden for HIDDEN_GRACE_MS: the connection goes back to the browser for the tabs in view.
+    let hiding: ReturnType<typeof setTimeout> | undefined
+    const visibility = (): void => {
+      clearTimeout(hiding)
+      if (document.hidden) hiding = setTimeout(() => { hidden = true; connection.abort() }, HIDDEN_GRACE_MS)
+    }
+    if (options.pauseWhenHidden === true) {
+      document.addEventListener('visibilitychange', visibility)
+      visibility()
+    }
     try {
       const res = await fetch(request('/events', { headers: lastId === null ? {} : { 'last-event-id': lastId }, signal: connection.signal }))
       if (res.status === 401) throw streamRefused()
@@ -53,7 +106,7 @@ export async function follow (on: StreamHandlers): Promise<void> {
       // The first connection (and any that did not resume) starts from a fresh snapshot.
       if (lastId === null) await on.reload()
       // Backing off ends once the page is whole again, not when the stream merely answers.
-      delay = 500
+      delay = RETRY_FIRST_MS
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader()
       let buffer = ''
       for (;;) {
@@ -84,7 +137,8 @@ export async function follow (on: StreamHandlers): Promise<void> {
             lastId = null
             await on.reload()
             lastId = resetId
-          } else if (name !== '') on.event(name, data === '' ? {} : JSON.parse(data) as Record<string, unknown>)
+            if (resetId !== null) on.seen?.(resetId)
+          } else if (name !== '') on.event(name, data === '' ? {} : JSON.parse(data) as Record<string, unknown>, lastId)
         }
       }
     } catch (err) {
@@ -93,10 +147,17 @@ export async function follow (on: StreamHandlers): Promise<void> {
       if (err instanceof ApiError) why = err.message
     } finally {
       clearTimeout(watchdog)
+      clearTimeout(hiding)
+      document.removeEventListener('visibilitychange', visibility)
       connection.abort()
     }
     on.live(false, why)
+    // Closed because hidden: back as soon as shown (the loop's top waits), with no backoff.
+    if (hidden) {
+      delay = RETRY_FIRST_MS
+      continue
+    }
     await sleep(delay)
-    delay = Math.min(delay * 2, 10_000)
+    delay = Math.min(delay * 2, RETRY_MAX_MS)
   }
 }

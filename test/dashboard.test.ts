@@ -4,7 +4,9 @@
  * progress moves without a reload, cancel, retry, delete with confirmation, HTML in a result
  * shown as text, API keys, a reload mid-run, and the page at 375 px and in the dark scheme;
  * live updates made in place (focus and opened sections kept), focus after page changes and
- * actions, an unsendable key, unknown and malformed session links, and a reset whose reload fails.
+ * actions, an unsendable key, unknown and malformed session links, and a reset whose reload fails;
+ * more than six tabs (one stream shared, or without Web Locks closed while hidden), a first call
+ * that fails, and a browser clock that is off.
  * With TASKVAULT_SCREENSHOTS=1 it also writes the README's screenshots under docs/.
  */
 import { existsSync } from 'node:fs'
@@ -113,6 +115,34 @@ async function blackHoleProxy (t: TestContext, target: number): Promise<{ port: 
     swallowStreams: () => { for (const state of open) if (state.stream) state.swallow = true }
   }
 }
+
+/** The event streams a server has open (`now`, the `most` at once), and the Last-Event-ID each one asked to resume from. */
+function watchStreams (t: TestContext, app: FastifyInstance): { now: () => number, most: () => number, resumes: Array<string | undefined> } {
+  let now = 0
+  let most = 0
+  const resumes: Array<string | undefined> = []
+  const count = (req: IncomingMessage, res: ServerResponse): void => {
+    if (!(req.url ?? '').startsWith('/api/v1/tasks/events')) return
+    resumes.push(req.headers['last-event-id'] as string | undefined)
+    most = Math.max(most, ++now)
+    res.once('close', () => { now-- })
+  }
+  app.server.on('request', count)
+  t.teardown(() => { app.server.off('request', count) })
+  return { now: () => now, most: () => most, resumes }
+}
+
+/**
+ * A page script taking Web Locks away (as plain HTTP to a host other than localhost does: not a
+ * secure context), and showing the page as hidden or not; `window.__setHidden(hidden)` changes it
+ * as switching tabs would. Headless Chromium shows every page as visible, whatever is in front.
+ */
+const withoutLocks = (hidden: boolean): string => `
+  delete Navigator.prototype.locks
+  window.__hidden = ${String(hidden)}
+  Object.defineProperty(Document.prototype, 'hidden', { configurable: true, get: () => window.__hidden })
+  Object.defineProperty(Document.prototype, 'visibilityState', { configurable: true, get: () => window.__hidden ? 'hidden' : 'visible' })
+  window.__setHidden = (hidden) => { window.__hidden = hidden; document.dispatchEvent(new Event('visibilitychange')) }`
 
 /** Runs `expression` in the page (as text: this file is compiled without the DOM's types). */
 const js = async <T>(page: Page, expression: string): Promise<T> => page.evaluate(expression) as Promise<T>
@@ -524,6 +554,104 @@ async function run (browser: Browser): Promise<void> {
     await page.locator('tr[data-session="while-away"]').waitFor()
     t.equal(lists.left(), 0, 'shown after the failed reload')
     t.ok(streams >= 3, `by a stream opened afresh (${streams})`)
+  })
+
+  t.test('more than six tabs of one browser share one event stream: every tab loads, actions answer in each, and a tab that takes the stream over resumes from the last id', async (t) => {
+    const tabbed = await serve(t)
+    const streams = watchStreams(t, tabbed.app)
+    await createSession(tabbed.app, 'tabs', '1. one\n2. two\n3. three')
+    // One browser profile: six HTTP/1.1 connections to the server for all of its tabs.
+    const context = await browser.newContext({ viewport: { width: 1100, height: 800 }, bypassCSP: true })
+    t.teardown(() => context.close())
+    const pages: Page[] = []
+    for (let i = 0; i < 8; i++) {
+      const page = await context.newPage()
+      page.setDefaultTimeout(30_000)
+      await page.goto(`${tabbed.base}#/session/tabs`)
+      await page.locator('#session-summary', { hasText: '0/3 done' }).waitFor()
+      pages.push(page)
+    }
+    t.pass('eight tabs loaded')
+    const [first, ...others] = pages as [Page, ...Page[]]
+    await others.at(-1)?.getByRole('button', { name: 'Execute next' }).click()
+    for (const page of pages) await page.locator('#session-summary', { hasText: '1/3 done' }).waitFor()
+    t.pass('an action in the eighth tab answered, and every tab shows it live')
+    t.equal(streams.most(), 1, 'one stream for all of them')
+    // The tab reading the stream closes: another takes it over, from the last event passed on.
+    const before = streams.resumes.length
+    await first.close()
+    await waitFor('another tab to open the stream', () => streams.resumes.length > before)
+    t.type(streams.resumes.at(-1), 'string', 'resuming from the last id')
+    await post(tabbed.app, '/execute', { session_id: 'tabs' })
+    for (const page of others) await page.locator('#session-summary', { hasText: '2/3 done' }).waitFor()
+    t.pass('and every tab left follows it')
+    t.ok(streams.most() <= 1, `still one stream at a time (${streams.most()})`)
+  })
+
+  t.test('without Web Locks each tab reads its own stream and closes it while hidden: eight tabs, most hidden, all answer; one shown again catches up from its last id', async (t) => {
+    const tabbed = await serve(t)
+    const streams = watchStreams(t, tabbed.app)
+    await createSession(tabbed.app, 'hidden-tabs', '1. one\n2. two\n3. three\n4. four')
+    const context = await browser.newContext({ viewport: { width: 1100, height: 800 }, bypassCSP: true })
+    t.teardown(() => context.close())
+    const tab = async (hidden: boolean): Promise<Page> => {
+      const page = await context.newPage()
+      page.setDefaultTimeout(30_000)
+      await page.addInitScript(withoutLocks(hidden))
+      await page.goto(`${tabbed.base}#/session/hidden-tabs`)
+      await page.locator('#session-summary', { hasText: /\d\/4 done/ }).waitFor()
+      return page
+    }
+    const shown = await tab(false)
+    const later = await tab(false)
+    await waitFor('both tabs\' streams', () => streams.now() === 2)
+    await post(tabbed.app, '/execute', { session_id: 'hidden-tabs' })
+    await later.locator('#session-summary', { hasText: '1/4 done' }).waitFor()
+    // Switched away from: after a short grace, its connection goes back to the browser.
+    await js(later, 'window.__setHidden(true)')
+    await waitFor('the hidden tab to close its stream', () => streams.now() === 1, 15_000)
+    const hidden: Page[] = []
+    for (let i = 0; i < 6; i++) hidden.push(await tab(true))
+    t.equal(streams.now(), 1, 'tabs opened hidden open no stream')
+    await shown.getByRole('button', { name: 'Execute next' }).click()
+    await shown.locator('#session-summary', { hasText: '2/4 done' }).waitFor()
+    const last = hidden.at(-1) as Page
+    await last.getByRole('button', { name: 'Execute next' }).click()
+    await last.locator('#session-summary', { hasText: '3/4 done' }).waitFor()
+    t.pass('actions answer in a tab shown and in the eighth, hidden')
+    t.match(await later.locator('#session-summary').innerText(), /^1\/4 done/, 'the hidden tab heard nothing meanwhile')
+    const before = streams.resumes.length
+    await js(later, 'window.__setHidden(false)')
+    await later.locator('#session-summary', { hasText: '3/4 done' }).waitFor()
+    t.type(streams.resumes[before], 'string', 'shown again, it resumed from its last id and caught up')
+  })
+
+  t.test('a page whose first call fails (a 503 while the database is down, a proxy\'s 502) says why, tries again, and starts once the server answers', async (t) => {
+    const stats = failing('**/api/v1/tasks/stats')
+    stats.fail(3)
+    const page = await open(t, browser, base, {}, stats.on)
+    await page.locator('#error', { hasText: '503: busy (trying again)' }).waitFor()
+    await page.locator('#overview').waitFor()
+    await page.locator('#live', { hasText: /^live$/ }).waitFor()
+    t.equal(stats.left(), 0, 'after the failures')
+    t.ok(await page.locator('#error').isHidden(), 'the error went once the server answered')
+    await createSession(app, 'after-first-failures', 'x')
+    await page.locator('tr[data-session="after-first-failures"]').waitFor()
+    t.pass('and it follows the stream')
+  })
+
+  t.test('live updates carry the server\'s time: with the browser\'s clock 10 minutes behind, a session just changed sorts first and shows when it changed', async (t) => {
+    const timed = await serve(t)
+    await createSession(timed.app, 'older', '1. one\n2. two')
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    await createSession(timed.app, 'newer', 'x')
+    const page = await open(t, browser, timed.base, {}, (page) => page.clock.setSystemTime(new Date(Date.now() - 10 * 60_000)))
+    await page.locator('tr[data-session="older"]').waitFor()
+    t.same(await sessionsShown(page), ['newer', 'older'])
+    await post(timed.app, '/execute', { session_id: 'older' })
+    await page.locator('tr[data-session="older"]', { hasText: '1/2 done' }).waitFor()
+    t.same(await sessionsShown(page), ['older', 'newer'], 'newest first, as the server lists them')
+    t.equal(await page.locator('tr[data-session="older"] time').getAttribute('datetime'), timed.app.taskManager.get('older').updated_at, 'the time of its change, the server\'s')
   })
 
   t.test('a stream refused at TASK_EVENTS_MAX_CLIENTS shows the server\'s reason; the page goes live once a slot frees', async (t) => {

@@ -67,6 +67,9 @@ t.test('after a single execute its one progress event after the task ended says 
   t.same(events.map(([name]) => name), ['task.started', 'progress', 'task.completed', 'progress'])
   t.match(events[1], ['progress', { session_id: 'one', completed: 0, in_progress: 1, running: true }])
   t.match(events.at(-1), ['progress', { session_id: 'one', completed: 1, pending: 1, running: false }], 'what GET /progress says too')
+  // The server's time of the change, as the session's updated_at (a client's clock may be off).
+  t.equal(events.at(-1)?.[1].updated_at, manager.get('one').updated_at, 'updated_at: the session\'s, as saved')
+  t.ok(Date.parse(String(events[1]?.[1].updated_at)) <= Date.parse(String(events.at(-1)?.[1].updated_at)), 'and later with each change')
 })
 
 t.test('a log event this version does not show is passed over without resetting resumes; a loss tells the gap listeners', async (t) => {

@@ -202,11 +202,12 @@ export class TaskRunner {
   /** The session's progress as a `progress` event, when anyone listens and the session is active. */
   announceProgress (sessionId: string): void {
     if (this.events.listenerCount('task-event') === 0 || this.registry.find(sessionId) === null) return
-    const p = this.registry.existing(sessionId).progress
+    const { progress: p, file } = this.registry.existing(sessionId)
     const running = this.runs.has(sessionId)
     const waiting = this.waitingFor(sessionId)
+    // The server's time of the change (updated_at): a client sorting by it need not trust its own clock.
     this.events.emit('task-event', 'progress', {
-      session_id: sessionId, total: p.total, completed: p.completed, failed: p.failed, pending: p.pending, in_progress: p.in_progress, all_done: p.all_done, percentage: p.percentage, running, ...(waiting !== null && { waiting })
+      session_id: sessionId, total: p.total, completed: p.completed, failed: p.failed, pending: p.pending, in_progress: p.in_progress, all_done: p.all_done, percentage: p.percentage, running, updated_at: file.updated_at, ...(waiting !== null && { waiting })
     })
   }
 
