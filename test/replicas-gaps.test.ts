@@ -67,7 +67,7 @@ t.test('a replica restarted under the same id after a kill: its boot logs the ga
   t.equal(stream.events.filter((e) => e.event === 'reset').length, count, 'no reset after a clean stop and restart')
 })
 
-t.test('a publish that failed (the database unreachable) goes late, then a reset, on every replica', async (t) => {
+t.test('a publish that failed (the database unreachable) goes late; with other replicas\' events logged meanwhile, a reset follows on every replica', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
   const agent = await recordingAgent(t)
@@ -78,14 +78,18 @@ t.test('a publish that failed (the database unreachable) goes late, then a reset
     set.start('pb')
   ]) as [ServerProcess, ServerProcess]
   const stream = await openStream(t, `${b.base}${API}/events`)
+  t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'early', instructions: 'one' })).status, 200)
+  await stream.until((events) => events.some(created('early')), 10_000)
   t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'late', instructions: 'one' })).status, 200, 'committed on pa')
-  // Cut before pa's publish (a second later), back after a few of its tries.
+  // Cut before pa's publish (a second later), back after a few of its tries; meanwhile pb logs events.
   proxy.drop()
+  t.equal((await call(b, 'POST', `${API}/create`, { session_id: 'meanwhile', instructions: 'one' })).status, 200)
   await sleep(2000)
   proxy.pass()
   const events = await stream.until((events) => events.some((e) => e.event === 'reset'), 20_000)
   const createdAt = events.findIndex(created('late'))
   const resetAt = events.findIndex((e) => e.event === 'reset')
+  t.ok(events.findIndex(created('meanwhile')) < createdAt, 'pb\'s later change was logged first')
   t.ok(createdAt >= 0, 'the late events arrived')
-  t.ok(resetAt > createdAt, 'then a reset: other replicas\' later events may have been logged before them')
+  t.ok(resetAt > createdAt, 'then a reset')
 })

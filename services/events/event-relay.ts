@@ -39,12 +39,16 @@ export class EventRelay {
   /** A publish failed: new events only queue until the retry's try, TASK_EVENTS_POLL_MS later. */
   private retrying = false
   /**
-   * A gap is owed to the log: a publish failed (the answers waiting for it went out, so a later
-   * change through another replica may be logged before these events), events were dropped, or
-   * a change answered as failed turned out to have landed. It goes after the next events
-   * published, so every replica's streams get them, then a reset, and refetch.
+   * A gap is owed to the log: events went late and another replica's were logged meanwhile (the
+   * answers did not wait for ours, so a later change through it may be logged before them),
+   * events were dropped, or a change answered as failed turned out to have landed. It goes after
+   * the next events published, so every replica's streams get them, then a reset, and refetch.
    */
   private owesGap = false
+  /** A publish failed since the last one that went through: the events are late. */
+  private late = false
+  /** The log's newest id after this replica's last batch (at start, the log's newest). */
+  private newest = 0
   private readonly unannounced = (): void => {
     this.owesGap = true
     if (!this.retrying) this.schedule(this.options.flushMs)
@@ -62,6 +66,7 @@ export class EventRelay {
    */
   async start (): Promise<void> {
     const { token, latest } = await this.options.shared.eventLog()
+    this.newest = latest
     this.options.buffer.adopt(token, Math.max(0, latest - this.options.buffer.capacity))
     this.read()
     await this.reading
@@ -130,8 +135,9 @@ export class EventRelay {
    * Publishes the queue, at most a read's worth per statement. While the database cannot take
    * them, events wait (before any newer) and are tried again every TASK_EVENTS_POLL_MS; no more
    * than the log keeps wait, the oldest dropped past that. Once the log takes events again a gap
-   * follows them (LOG_GAP), so that every replica's streams refetch: the answers did not wait
-   * for these events, and other replicas' later ones may be logged before them. A batch that did commit unseen is sent
+   * follows them (LOG_GAP) when some were dropped, or when other replicas logged events
+   * meanwhile (the answers did not wait for these, so later changes may be logged before them),
+   * so that every replica's streams refetch. A batch that did commit unseen is sent
    * twice, which at-least-once delivery allows.
    */
   private async flush (): Promise<void> {
@@ -141,12 +147,14 @@ export class EventRelay {
       // The gap goes after the last of the queue, in the same statement.
       const gap = this.owesGap && events === this.queue.length
       if (gap) batch.push({ name: LOG_GAP, data: { reason: 'late' } })
+      let newest: number
       try {
-        await this.options.shared.publishEvents(batch, this.options.buffer.capacity)
+        newest = await this.options.shared.publishEvents(batch, this.options.buffer.capacity)
       } catch (err) {
         const dropped = Math.max(0, this.queue.length - this.options.buffer.capacity)
         this.queue = this.queue.slice(dropped)
-        this.owesGap = true
+        this.late = true
+        if (dropped > 0) this.owesGap = true
         this.options.log.warn({ err, events: this.queue.length, dropped }, 'Could not publish live-view events; trying again')
         if (this.closed) return
         this.retrying = true
@@ -159,6 +167,11 @@ export class EventRelay {
       this.queue.splice(0, events)
       this.retrying = false
       if (gap) this.owesGap = false
+      // Late, with other events logged since this replica's last batch (ids it did not take):
+      // the order may be broken, a gap follows at once.
+      if (this.late && newest - batch.length !== this.newest) this.owesGap = true
+      this.late = false
+      this.newest = newest
     }
   }
 

@@ -202,8 +202,8 @@ export interface SharedSessions {
   exclusively<T>(pass: string, run: (lock: PassLock) => Promise<T>): Promise<T | null>
   /** The live view's shared event log: its identity (part of every event id) and its newest id. */
   eventLog(): Promise<{ token: string, latest: number }>
-  /** Appends events (one statement), keeping the newest `keep`, and wakes every replica ('events'). */
-  publishEvents(events: ReadonlyArray<{ name: string, data: unknown }>, keep: number): Promise<void>
+  /** Appends events (one statement), keeping the newest `keep`, and wakes every replica ('events'); resolves with the batch's last id. */
+  publishEvents(events: ReadonlyArray<{ name: string, data: unknown }>, keep: number): Promise<number>
   /** Up to `limit` events after `id`, oldest first, and the id up to which the log was trimmed. */
   eventsAfter(id: number, limit: number): Promise<{ events: LoggedEvent[], trimmed: number }>
 }

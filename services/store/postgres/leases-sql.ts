@@ -221,11 +221,11 @@ export function clearLostReplicas (replicaId: string, leaseMs: number, own: bool
   }
 }
 
-/** Appends a batch of events (publish_events in migrations/004: in id order across replicas) and notifies. */
+/** Appends a batch of events (publish_events in migrations/004: in id order across replicas) and notifies; `newest`: the batch's last id. */
 export function publishEvents (names: string[], data: string[], keep: number, channel: string, schema: string): pg.QueryConfig {
   return {
     name: 'taskvault_publish_events',
-    text: 'SELECT publish_events($1::text[], $2::json[], $3::bigint, $4, $5)',
+    text: 'SELECT publish_events($1::text[], $2::json[], $3::bigint, $4, $5) AS newest',
     values: [names, data, keep, channel, schema]
   }
 }

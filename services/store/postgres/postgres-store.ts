@@ -833,9 +833,10 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     return { token: rows[0]?.token ?? '', latest: Number(rows[0]?.latest ?? 0) }
   }
 
-  async publishEvents (events: ReadonlyArray<{ name: string, data: unknown }>, keep: number): Promise<void> {
-    if (events.length === 0) return
-    await this.run('publishing events', publishEvents(events.map((event) => event.name), events.map((event) => JSON.stringify(event.data)), keep, EVENTS_CHANNEL, this.schema))
+  async publishEvents (events: ReadonlyArray<{ name: string, data: unknown }>, keep: number): Promise<number> {
+    if (events.length === 0) return 0
+    const { rows } = await this.run<{ newest: string }>('publishing events', publishEvents(events.map((event) => event.name), events.map((event) => JSON.stringify(event.data)), keep, EVENTS_CHANNEL, this.schema))
+    return Number(rows[0]?.newest ?? 0)
   }
 
   async eventsAfter (id: number, limit: number): Promise<{ events: LoggedEvent[], trimmed: number }> {
