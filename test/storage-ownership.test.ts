@@ -204,6 +204,26 @@ t.test('lock: a server paused (SIGSTOP) past TASK_LOCK_STALE_MS while another to
   t.notOk(existsSync(join(dir, 'y.json')))
 })
 
+t.test('lock: saves while the heartbeat keeps the lock confirmed make no extra system call to check it', async (t) => {
+  const dir = await tempDir(t)
+  let lockReads = 0
+  const fs: FsSeam = {
+    ...nodeFs,
+    readlink: (async (...args: Parameters<typeof nodeFs.readlink>) => {
+      if (basename(String(args[0])) === LOCK_FILE) lockReads++
+      return nodeFs.readlink(...args)
+    }) as typeof nodeFs.readlink
+  }
+  // No heartbeat within the test: only a save could read the lock.
+  const app = await buildApp({ readEnvironment: false, fs, config: { TASK_STORAGE_DIR: dir, TASK_LOCK_REFRESH_MS: 60_000, TASK_LOCK_STALE_MS: 120_000 } })
+  t.teardown(() => app.close())
+  await app.ready()
+  const before = lockReads
+  for (let i = 0; i < 20; i++) t.equal((await post(app, '/create', { session_id: `s${i % 3}`, instructions: `n${i}` })).statusCode, 200)
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/s0` })).statusCode, 204)
+  t.equal(lockReads, before, 'the lock was not read for any of them')
+})
+
 t.test('lock: a save in flight when the lock is lost (its process paused mid-write) does not rename over the other server\'s file', async (t) => {
   const dir = await tempDir(t)
   const fs = faultFs()
