@@ -76,7 +76,12 @@ async function openFileStore (app: FastifyInstance, settings: StoreSettings, key
     if (err instanceof StorageError && err.cause instanceof Error) err.message = `storage folder ${store.dir} (${source}) cannot be used: ${err.cause.message}`
     throw err
   })
-  if (replaced !== null) app.log.warn({ holder: replaced }, 'Took over the storage lock of a server that is gone')
+  if (replaced?.why === 'dead') app.log.warn({ holder: replaced.holder }, 'Took over the storage lock of a server that is gone')
+  else if (replaced !== null) {
+    // Its server may be alive (on another host, or paused): if it comes back, it finds the lock taken and writes nothing more.
+    app.log.warn({ holder: replaced.holder },
+      'Took over a stale storage lock (not touched for TASK_LOCK_STALE_MS); its server may still be running on another host or be paused: if it resumes it refuses every write (503 LOCK_LOST)')
+  }
   if (folder === 'adopted') app.log.info({ dir: store.dir }, 'Storage folder had no .taskvault marker and holds only session files: adopted it and wrote the marker')
   if (openMode !== null) {
     app.log.warn({ dir: store.dir, mode: openMode.toString(8) },

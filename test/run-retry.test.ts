@@ -146,3 +146,64 @@ t.test('TASK_RUN_RETRY_MAX_MS bounds the first wait too, when TASK_RUN_RETRY_MS 
   await waitFor('the run to finish within seconds', async () => (await progressOf(app, 'capped')).running === false, 10_000)
   t.match(await progressOf(app, 'capped'), { all_done: true, completed: 2 })
 })
+
+t.test('on a real full disk: a cancel that answers 507 changes nothing; the run stays, cancellable, and goes on once space is freed', async (t) => {
+  const dir = await mountedFolder(t, '256k', 'the fs-seam tests of the runner cover a cancel that storage refuses')
+  if (dir === null) return
+  const filler = join(dir, 'filler')
+  const calls = new Map<string, number>()
+  let fillNow: (() => Promise<void>) | null = null
+  const app = await build(t, {
+    dir,
+    config: { TASK_RUN_RETRY_MS: 50, TASK_RUN_RETRY_MAX_MS: 200 },
+    executors: {
+      default: async (task, { signal }) => {
+        calls.set(task.instruction, (calls.get(task.instruction) ?? 0) + 1)
+        // 'second' fills the disk: its result cannot be saved.
+        if (task.instruction === 'second' && fillNow !== null) { await fillNow(); fillNow = null }
+        // 'held' runs until cancelled, the first time.
+        if (task.instruction === 'held' && calls.get('held') === 1) {
+          await new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true }))
+        }
+        return { result: `${task.instruction} done` }
+      }
+    }
+  })
+  const refusedCancel = async (sessionId: string, what: string): Promise<void> => {
+    const res = await post(app, '/cancel', { session_id: sessionId })
+    t.equal(res.statusCode, 507, `${what}: ${res.body}`)
+    t.equal(res.json().code, 'STORAGE_FULL')
+    const progress = await progressOf(app, sessionId)
+    t.match(progress, { running: true, waiting: 'storage', in_progress: 1 }, `${what}: the run is still there, waiting for storage`)
+    const stored = await readSession(dir, sessionId)
+    t.ok(stored.background_run !== undefined, `${what}: and recorded on disk`)
+    t.equal(stored.session.tasks.filter((task) => task.status === 'InProgress').length, progress.in_progress, `${what}: memory agrees with the disk`)
+  }
+
+  // Cancelled while its run waits for storage: the task's result, waiting to be saved, is kept.
+  fillNow = async () => { await fill(filler) }
+  t.equal((await post(app, '/create', { session_id: 'waits', instructions: '1. first\n2. second\n3. third' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'waits', wait: false })).statusCode, 202)
+  await waitFor('the run to wait for storage', async () => (await progressOf(app, 'waits')).waiting === 'storage')
+  await refusedCancel('waits', 'a cancel while the run waits')
+  await refusedCancel('waits', 'a second cancel (not 409: the run is still cancellable)')
+  await unlink(filler)
+  await waitFor('the run to go on by itself', async () => (await progressOf(app, 'waits')).running === false)
+  t.match(await progressOf(app, 'waits'), { all_done: true, completed: 3, failed: 0 }, 'the refused cancels cancelled nothing')
+  t.match(await storedTasks(dir, 'waits'), [{ status: 'Completed' }, { status: 'Completed', result: 'second done', attempts: 1 }, { status: 'Completed' }])
+  t.equal(calls.get('second'), 1, 'the result that waited for storage was saved, not asked again')
+  t.equal((await readSession(dir, 'waits')).background_run, undefined)
+
+  // Cancelled mid-call with the disk full: the call is stopped, but the task is not cancelled; it runs again.
+  t.equal((await post(app, '/create', { session_id: 'calls', instructions: '1. held\n2. after' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'calls', wait: false })).statusCode, 202)
+  await waitFor('the call to start', () => calls.get('held') === 1)
+  await fill(filler)
+  await refusedCancel('calls', 'a cancel mid-call')
+  await unlink(filler)
+  await waitFor('the run to go on by itself', async () => (await progressOf(app, 'calls')).running === false)
+  t.match(await storedTasks(dir, 'calls'), [{ status: 'Completed', result: 'held done', attempts: 2 }, { status: 'Completed' }], 'the task whose call the refused cancel stopped ran again')
+  const cancelled = await post(app, '/cancel', { session_id: 'calls' })
+  t.equal(cancelled.statusCode, 409, 'and once it has ended, nothing runs')
+  await app.close()
+})

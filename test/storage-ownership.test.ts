@@ -20,7 +20,8 @@ import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { FORMAT_VERSION, MARKER_FILE } from '../services/store/storage-folder.js'
 import { LOCK_FILE } from '../services/store/storage-lock.js'
 import { API, get, markAsTaskvault, memoryLog, post, tempDir, type TestContext } from './helper.js'
-import { SERVER, baseEnv, freePort, within } from './server-process.js'
+import { SERVER, baseEnv, call, freePort, logLines, scratch, within } from './server-process.js'
+import { faultFs, tempOf } from './faults.js'
 import { storedSession } from './session-fixtures.js'
 
 /** A heartbeat every 100 ms, so that tests wait little. */
@@ -168,6 +169,82 @@ t.test('lock: with auto-save off, a lost lock refuses changes too (memory must n
   await t.rejects(app.close(), { code: 'UNSAVED_CHANGES_LOST', sessions: [{ sessionId: 'a', cause: { code: 'LOCK_LOST' } }] }, 'the shutdown flush is refused too, naming the session')
   t.match(app.taskManager.registry.lostChanges(), [{ sessionId: 'a', cause: { code: 'LOCK_LOST' } }], 'the registry reports it lost')
   t.notOk(existsSync(join(dir, 'a.json')), 'nothing written')
+})
+
+t.test('lock: a server paused (SIGSTOP) past TASK_LOCK_STALE_MS while another took its lock over writes nothing on resume, not even a request queued meanwhile', async (t) => {
+  const { dir: root, start } = await scratch(t)
+  const dir = join(root, 'tasks')
+  // Stale after 2 s, touched every 0.5 s: the pause below is longer than that.
+  const env = { TASK_STORAGE_DIR: dir, TASK_LOCK_STALE_MS: '2000', TASK_LOCK_REFRESH_MS: '500' }
+  const a = await start(env)
+  t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'x', instructions: 'first' })).status, 200)
+  a.child.kill('SIGSTOP')
+  t.teardown(() => { a.child.kill('SIGCONT') })
+  // A client's request reaches the paused server: the kernel takes it, and it waits in the backlog.
+  const queued = call(a, 'POST', `${API}/create`, { session_id: 'x', instructions: 'from A' })
+  queued.catch(() => {})
+  t.ok(await eventually(async () => Date.now() - (await lstat(join(dir, LOCK_FILE))).mtimeMs > 2500), 'the paused server\'s lock goes stale')
+  const b = await start(env)
+  const takeover = logLines(b.stdout()).find((line) => /Took over/u.test(String(line.msg)))
+  t.match(takeover?.msg, /stale storage lock.*may still be running/u, 'the takeover says the holder may be alive, not that it is gone')
+  t.equal((takeover?.holder as { pid?: number } | undefined)?.pid, a.child.pid, 'naming it')
+  t.equal((await call(b, 'POST', `${API}/create`, { session_id: 'x', instructions: 'from B' })).status, 200, 'the new holder acknowledges a change')
+  const acknowledged = await readFile(join(dir, 'x.json'), 'utf8')
+
+  a.child.kill('SIGCONT')
+  const refused = await queued
+  t.equal(refused.status, 503, 'the queued request is refused')
+  t.match(refused.body, { code: 'LOCK_LOST' })
+  t.equal(await readFile(join(dir, 'x.json'), 'utf8'), acknowledged, 'the acknowledged change is still on disk, untouched')
+  t.same((await call(b, 'GET', `${API}/list?session_id=x`)).body.tasks.map((task: { instruction: string }) => task.instruction), ['first', 'from B'])
+  t.same((await call(a, 'GET', `${API}/list?session_id=x`)).body.tasks.map((task: { instruction: string }) => task.instruction), ['first'], 'the paused server\'s memory holds no refused change')
+  t.match((await call(a, 'GET', '/ready')).body, { code: 'LOCK_LOST' }, 'it is unready')
+  t.ok(logLines(a.stdout()).some((line) => line.level === 50 && /Lost the storage lock/u.test(String(line.msg))), 'and logs who holds the lock now')
+  t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'y', instructions: 'later' })).status, 503, 'nor does it write anything later')
+  t.notOk(existsSync(join(dir, 'y.json')))
+})
+
+t.test('lock: saves while the heartbeat keeps the lock confirmed make no extra system call to check it', async (t) => {
+  const dir = await tempDir(t)
+  let lockReads = 0
+  const fs: FsSeam = {
+    ...nodeFs,
+    readlink: (async (...args: Parameters<typeof nodeFs.readlink>) => {
+      if (basename(String(args[0])) === LOCK_FILE) lockReads++
+      return nodeFs.readlink(...args)
+    }) as typeof nodeFs.readlink
+  }
+  // No heartbeat within the test: only a save could read the lock.
+  const app = await buildApp({ readEnvironment: false, fs, config: { TASK_STORAGE_DIR: dir, TASK_LOCK_REFRESH_MS: 60_000, TASK_LOCK_STALE_MS: 120_000 } })
+  t.teardown(() => app.close())
+  await app.ready()
+  const before = lockReads
+  for (let i = 0; i < 20; i++) t.equal((await post(app, '/create', { session_id: `s${i % 3}`, instructions: `n${i}` })).statusCode, 200)
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/s0` })).statusCode, 204)
+  t.equal(lockReads, before, 'the lock was not read for any of them')
+})
+
+t.test('lock: a save in flight when the lock is lost (its process paused mid-write) does not rename over the other server\'s file', async (t) => {
+  const dir = await tempDir(t)
+  const fs = faultFs()
+  const app = await buildApp({ readEnvironment: false, fs, config: { TASK_STORAGE_DIR: dir, TASK_SHUTDOWN_GRACE_MS: 2000, ...FAST_LOCK } })
+  t.teardown(() => app.close())
+  await app.ready()
+  t.equal((await post(app, '/create', { session_id: 'x', instructions: 'one' })).statusCode, 200)
+  // The next save of x stops at its temp file's fsync, as a process stopped there would.
+  const gate = fs.hold('sync', { path: tempOf('x') })
+  const saving = post(app, '/create', { session_id: 'x', instructions: 'two' })
+  await gate.reached
+  await takeLock(dir, OTHER)
+  const theirs = storedSession('x', ['Completed'], '2026-06-01T00:00:00.000Z')
+  await writeFile(join(dir, 'x.json'), theirs)
+  t.ok(await eventually(async () => (await app.inject({ method: 'GET', url: '/ready' })).statusCode === 503), 'the heartbeat finds the lock lost')
+  gate.release()
+  const res = await saving
+  t.equal(res.statusCode, 503, res.body)
+  t.equal(res.json().code, 'LOCK_LOST')
+  t.equal(await readFile(join(dir, 'x.json'), 'utf8'), theirs, 'the other server\'s file is not replaced')
+  t.equal((await get(app, '/progress?session_id=x')).json().total, 1, 'memory holds no refused change')
 })
 
 // ---------------------------------------------------------------------------------------

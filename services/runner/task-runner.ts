@@ -136,14 +136,19 @@ export class TaskRunner {
 
   /**
    * Stops the session's running execution: the agent call is aborted and its task failed with
-   * "cancelled"; a background run ends. Resolves once that is on disk.
+   * "cancelled"; a background run ends. Resolves once that is on disk. A background run whose
+   * cancel storage refuses takes the cancel back and goes on waiting for storage (takeBackCancel).
    */
   async cancel (sessionId: string): Promise<{ cancelled_task_id: string | null, progress: Progress }> {
     this.registry.existing(sessionId)
     const run = this.runs.get(sessionId)
     if (run === undefined) throw new NotRunningError(sessionId)
+    // Shared by cancels asked together: they all get the one outcome.
+    run.cancelling ??= refusal()
+    const refused = run.cancelling.promise
     run.controller.abort(new CancelledError())
-    await run.done
+    const error = await Promise.race([refused, run.done.then(() => null)])
+    if (error !== null) throw error
     // The cancelled task's failure did not reach the disk (or shutdown took over): say so, not 200.
     // An execute stopped before it claimed a task answers CancelledError: this cancel did that.
     if (run.error !== null && !(run.error instanceof CancelledError)) throw run.error
@@ -171,6 +176,8 @@ export class TaskRunner {
     }
     if (run.controller.signal.aborted) return
     this.log.info({ session_id: sessionId }, 'Cancel asked on another replica')
+    // Nobody here waits to be told it failed: it is never taken back.
+    run.remoteCancel = true
     run.controller.abort(new CancelledError())
   }
 
@@ -258,6 +265,9 @@ export class TaskRunner {
     const run: Run = {
       controller,
       signal: joined.signal,
+      releaseSignal: joined.release,
+      cancelling: null,
+      remoteCancel: false,
       background,
       cancelledTaskId: null,
       error: null,
@@ -281,7 +291,7 @@ export class TaskRunner {
       run.error = err as Error
       throw err
     } finally {
-      joined.release()
+      run.releaseSignal()
       this.running.delete(execution)
       this.runs.delete(sessionId)
       this.registry.release(sessionId)
@@ -352,7 +362,8 @@ export class TaskRunner {
       } catch (err) {
         run.error = err as Error
         if (err instanceof ShuttingDownError || err instanceof LeaseLostError) return
-        if (!(err instanceof StorageError) || run.signal.aborted || this.closing) {
+        const refusedCancel = err instanceof StorageError && this.takeBackCancel(sessionId, run, err)
+        if (!refusedCancel && (!(err instanceof StorageError) || run.signal.aborted || this.closing)) {
           this.log.error({ session_id: sessionId, err }, 'Background run stopped')
           return
         }
@@ -367,6 +378,30 @@ export class TaskRunner {
         if (this.closing && !run.controller.signal.aborted) return
       }
     }
+  }
+
+  /**
+   * A cancel asked here whose save storage refused (a full disk: 507) changes nothing: the run
+   * takes it back and stays registered, waiting for storage as before, so it goes on by itself
+   * once saves succeed and can be cancelled again; memory then agrees with the disk (the task
+   * InProgress, the run recorded). A task whose ending waited for storage keeps that ending; a
+   * task whose agent call the cancel aborted runs again, as after a restart. False when the run
+   * was not stopped by such a cancel (another replica's, or shutdown).
+   */
+  private takeBackCancel (sessionId: string, run: Run, err: StorageError): boolean {
+    const cancelling = run.cancelling
+    if (cancelling === null || run.remoteCancel || !(run.controller.signal.reason instanceof CancelledError) || this.abort.signal.aborted || this.closing) return false
+    run.cancelling = null
+    run.releaseSignal()
+    run.controller = new AbortController()
+    const joined = anySignal([this.abort.signal, run.controller.signal])
+    run.signal = joined.signal
+    run.releaseSignal = joined.release
+    run.cancelledTaskId = null
+    if (run.unsaved?.cancelled !== undefined) run.unsaved = run.unsaved.cancelled.before
+    this.log.warn({ session_id: sessionId, err }, 'Cancel not saved; the background run was not cancelled and goes on once saves succeed')
+    cancelling.settle(err)
+    return true
   }
 
   private async endRecordedRun (sessionId: string): Promise<void> {
@@ -396,7 +431,7 @@ export class TaskRunner {
     if (unsaved !== null) {
       run.unsaved = null
       // Cancelled while waiting for storage: the task's ending is "cancelled" after all.
-      return this.record(sessionId, run, run.signal.aborted ? this.stopped(sessionId, unsaved.taskId, run) : unsaved)
+      return this.record(sessionId, run, run.signal.aborted ? this.stopped(sessionId, unsaved.taskId, run, unsaved) : unsaved)
     }
     const ended = await this.callWithRetries(sessionId, run)
     return ended === null ? null : this.record(sessionId, run, ended)
@@ -542,15 +577,25 @@ export class TaskRunner {
     return { status: 'Completed', result: cut.text, error: null, confidence: value.confidence ?? null, ...(truncated && { result_truncated: true }) }
   }
 
-  /** The run was stopped mid-task: shutdown leaves the task InProgress on disk; cancel fails it. */
-  private stopped (sessionId: string, taskId: string, run: Run): Ending {
+  /**
+   * The run was stopped mid-task: shutdown leaves the task InProgress on disk; cancel fails it.
+   * `before`: the task's ending that was waiting for storage when the cancel came.
+   */
+  private stopped (sessionId: string, taskId: string, run: Run, before: Ending | null = null): Ending {
     const reason: unknown = run.controller.signal.reason
     if (reason instanceof LeaseLostError) throw reason
     if (this.abort.signal.aborted) throw new ShuttingDownError(`task ${taskId} was interrupted by shutdown; it runs again after restart`)
     run.cancelledTaskId = taskId
     this.log.warn({ session_id: sessionId, task_id: taskId }, 'Task cancelled')
-    return { taskId, outcome: { status: 'Failed', result: null, error: 'cancelled', confidence: null }, agents: false }
+    return { taskId, outcome: { status: 'Failed', result: null, error: 'cancelled', confidence: null }, agents: false, cancelled: { before } }
   }
+}
+
+/** What cancel() waits on besides the run's end: a refusal that settles with the error of a cancel taken back. */
+function refusal (): { promise: Promise<Error | null>, settle: (err: Error | null) => void } {
+  let settle!: (err: Error | null) => void
+  const promise = new Promise<Error | null>((resolve) => { settle = resolve })
+  return { promise, settle }
 }
 
 /** The run was stopped by shutdown (not cancelled) or lost to another replica: it goes on after restart, or there. */
@@ -573,6 +618,8 @@ interface Ending {
   taskId: string
   outcome: Outcome
   agents: boolean
+  /** A cancel's ending, and the one it replaced (null: the task's call was aborted): kept if the cancel is taken back. */
+  cancelled?: { before: Ending | null }
 }
 
 /** One execution holding a session: its cancel switch and how it ended. */
@@ -580,6 +627,12 @@ interface Run {
   controller: AbortController
   /** Aborted by cancel or by shutdown after the grace period. */
   signal: AbortSignal
+  /** Stops `signal` listening to its sources. */
+  releaseSignal: () => void
+  /** Set by cancel() while it waits: settled with the error of a cancel the run took back (takeBackCancel). */
+  cancelling: { promise: Promise<Error | null>, settle: (err: Error | null) => void } | null
+  /** Cancelled by another replica's request (cancelRequested). */
+  remoteCancel: boolean
   background: boolean
   cancelledTaskId: string | null
   /** Why the execution failed, if it did (a failed save, shutdown). */

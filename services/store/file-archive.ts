@@ -14,6 +14,8 @@ import { noop } from '../noop.js'
 export interface ActiveFolder {
   pathFor(sessionId: string): string
   assertWritable(): void
+  /** Rejects (LockLostError) when the lock, read again if it was not confirmed lately, names another server. */
+  confirmHeld(): Promise<void>
   save(file: SessionFile, options?: SaveOptions): Promise<number>
   /** The session's active file was renamed into the archive. */
   movedOut(sessionId: string): void
@@ -133,6 +135,11 @@ export class FileArchive {
         stamp = Math.max(stamp + 1, Date.now())
         name = `${sessionId}.${stamp}.json`
       }
+    } catch (err) {
+      throw new StorageError(operation, err as NodeJS.ErrnoException)
+    }
+    await this.active.confirmHeld()
+    try {
       await this.fs.rename(source, join(this.dir, name))
     } catch (err) {
       throw new StorageError(operation, err as NodeJS.ErrnoException)
@@ -231,6 +238,7 @@ export class FileArchive {
     // One writer per folder: the index holds every copy, so the newest is known here.
     if (upTo !== undefined && this.index.newest(sessionId)?.name !== upTo) throw new StaleArchivedCopyError(sessionId)
     this.active.assertWritable()
+    await this.active.confirmHeld()
     const renamed: Array<{ name: string, temp: string }> = []
     try {
       for (const { name } of files) {

@@ -61,8 +61,8 @@ export interface FileSessionStoreOptions {
 
 /** What init found and did, for the caller to log. */
 export interface StorageInitReport {
-  /** A stale holder whose lock was taken over. */
-  replaced: LockHolder | null
+  /** A holder whose lock was taken over: `dead` (its pid is gone from this host) or only `stale` (it may be alive elsewhere, or paused). */
+  replaced: { holder: LockHolder, why: 'dead' | 'stale' } | null
   /** `created` now (0700), `adopted` now (it had no marker; every *.json was a session file), or already `marked`. */
   folder: 'created' | 'adopted' | 'marked'
   /** The folder's permission bits when group or others may use it (left as they are: init did not create it); else null. */
@@ -122,6 +122,7 @@ export class FileSessionStore implements SessionStore {
       active: {
         pathFor: (sessionId) => this.pathFor(sessionId),
         assertWritable: () => this.assertWritable(),
+        confirmHeld: async () => { await this.confirmHeld() },
         save: async (file, options) => this.save(file, options),
         movedOut: (sessionId) => this.stored(sessionId, null),
         syncChanged: async (operation) => this.syncDir(operation, true)
@@ -162,6 +163,15 @@ export class FileSessionStore implements SessionStore {
     if (refusal !== null) throw refusal
   }
 
+  /**
+   * Just before a change reaches the folder: the lock still names this server. Null at once (no
+   * system call) while it was confirmed lately; else it is read again (StorageLock.confirm), so a
+   * server paused past TASK_LOCK_STALE_MS writes nothing over the server that took the folder.
+   */
+  private confirmHeld (): Promise<void> | null {
+    return this.lock?.confirm() ?? null
+  }
+
   get location (): string {
     return this.dir
   }
@@ -171,7 +181,7 @@ export class FileSessionStore implements SessionStore {
    * alone), takes the single-writer lock, marks the folder, and proves it writable.
    */
   async init (): Promise<StorageInitReport> {
-    let replaced: LockHolder | null = null
+    let replaced: StorageInitReport['replaced'] = null
     let locked = false
     try {
       const existed = await this.fs.lstat(this.dir).then(() => true, (err: NodeJS.ErrnoException) => {
@@ -230,6 +240,8 @@ export class FileSessionStore implements SessionStore {
     this.assertWritable()
     assertSavable(file)
     const target = this.pathFor(file.session_id)
+    const confirming = this.confirmHeld()
+    if (confirming !== null) await confirming
     if (this.leftInPlace.has(file.session_id)) await this.clearLeftInPlace(file.session_id)
     let data: Buffer | undefined
     // A session that cannot be serialized (too large) is the caller's error, not storage's: thrown as it is.
@@ -243,9 +255,10 @@ export class FileSessionStore implements SessionStore {
       }
     }
     try {
-      await writeAndRename(this.fs, this.tempPath(file.session_id), target, serialize)
+      // Checked again before the rename: the process may have been paused since.
+      await writeAndRename(this.fs, this.tempPath(file.session_id), target, serialize, undefined, () => this.confirmHeld())
     } catch (err) {
-      if (err === unserializable) throw err
+      if (err === unserializable || err instanceof LockLostError || err instanceof StorageError) throw err
       throw new StorageError(`saving session '${file.session_id}'`, err as NodeJS.ErrnoException)
     }
     // Past the rename the file holds the new form, whether or not the folder fsync holds.
@@ -272,6 +285,8 @@ export class FileSessionStore implements SessionStore {
   async remove (sessionId: string): Promise<void> {
     const target = this.pathFor(sessionId)
     this.assertWritable()
+    const confirming = this.confirmHeld()
+    if (confirming !== null) await confirming
     try {
       await this.fs.unlink(target)
     } catch (err) {

@@ -104,9 +104,10 @@ export async function readWhole (fs: FsSeam, path: string, maxBytes = Number.POS
  * over `target`. The caller fsyncs the folder. On failure the temp file is removed and the
  * error is rethrown as it is. `data` may be a function making the bytes: it runs while the
  * thread pool creates the temp file, so serializing (and sealing) costs no extra latency; its
- * error wins over the file system's.
+ * error wins over the file system's. `beforeRename` may refuse the rename (its error is thrown as it is).
  */
-export async function writeAndRename (fs: FsSeam, temp: string, target: string, data: Uint8Array | (() => Promise<Uint8Array>), mtime?: Date): Promise<void> {
+export async function writeAndRename (fs: FsSeam, temp: string, target: string, data: Uint8Array | (() => Promise<Uint8Array>), mtime?: Date,
+  beforeRename?: () => Promise<void> | null): Promise<void> {
   let handle: FileHandle | undefined
   try {
     const opening = fs.open(temp, 'wx', FILE_MODE)
@@ -125,6 +126,8 @@ export async function writeAndRename (fs: FsSeam, temp: string, target: string, 
     await handle.sync()
     await handle.close()
     handle = undefined
+    const ready = beforeRename?.()
+    if (ready != null) await ready
     await fs.rename(temp, target)
   } catch (err) {
     await handle?.close().catch(noop)

@@ -1,7 +1,7 @@
 import { hostname } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { join } from 'node:path'
-import { InvalidLockSettingsError, LockLostError, StorageLockedError } from '../errors.js'
+import { InvalidLockSettingsError, LockLostError, StorageError, StorageLockedError } from '../errors.js'
 import type { FsSeam } from './fs-seam.js'
 import { pidAlive } from '../pid.js'
 import { noop } from '../noop.js'
@@ -42,8 +42,15 @@ export class StorageLock {
   /** The lock's content when this process holds it. */
   private readonly mine: string
   private timer: NodeJS.Timeout | null = null
-  /** The heartbeat's check in flight, if any (release waits for it). */
-  private beat: Promise<void> | null = null
+  /** The check in flight (the heartbeat's, or one a write asked for), if any: checks never overlap, and release waits for it. */
+  private checking: Promise<void> | null = null
+  /**
+   * Until when (performance.now(), which runs on through a SIGSTOP) no other server can judge the
+   * lock stale: TASK_LOCK_STALE_MS after the lock's time as last read or touched by this process.
+   */
+  private safeUntil = Number.NEGATIVE_INFINITY
+  /** Why the last check found no folder at the path, if it did not. */
+  private folderMissing: NodeJS.ErrnoException | null = null
   private released = false
   private lostTo: LockLostError | null = null
   /** The folder the lock was taken in: another one at the path (an unmounted volume) is not ours. */
@@ -64,11 +71,17 @@ export class StorageLock {
     return this.lostTo
   }
 
-  /** Takes the lock or throws StorageLockedError naming the holder. Returns a holder it replaced. */
-  async acquire (): Promise<LockHolder | null> {
-    let replaced: LockHolder | null = null
+  /**
+   * Takes the lock or throws StorageLockedError naming the holder. Returns a holder it replaced,
+   * and why it could: `dead` (its pid is gone from this host) or `stale` (not touched for
+   * TASK_LOCK_STALE_MS: its server may still be alive, paused or on another host).
+   */
+  async acquire (): Promise<{ holder: LockHolder, why: 'dead' | 'stale' } | null> {
+    let replaced: { holder: LockHolder, why: 'dead' | 'stale' } | null = null
     for (let attempt = 0; attempt < 20; attempt++) {
+      const at = performance.now()
       if (await this.tryCreate(this.path)) {
+        this.safeUntil = at + this.options.staleMs
         // The folder written to: the target when the path is a symlink (as fsyncDir's handle sees it).
         const { dev, ino } = await this.fs.stat(this.dir)
         this.folder = { dev, ino }
@@ -78,7 +91,7 @@ export class StorageLock {
       const { holder, ageMs, raw } = await this.readHolder(this.path)
       // Anything at the lock's path that names no holder is not a live server's lock.
       if (holder !== null && !this.isStale(holder, ageMs)) throw new StorageLockedError(this.dir, holder)
-      replaced = holder
+      replaced = holder === null ? null : { holder, why: this.goneFromHere(holder) ? 'dead' : 'stale' }
       if (!await this.removeStale(raw)) await sleep(25 + Math.random() * 50)
     }
     const { holder } = await this.readHolder(this.path)
@@ -97,7 +110,9 @@ export class StorageLock {
       return false
     }
     try {
-      if ((await this.readHolder(this.path)).raw === raw) await this.fs.unlink(this.path).catch(ignoreMissing)
+      // Judged again under the guard: a holder that touched its lock since (it was only paused) keeps it.
+      const now = await this.readHolder(this.path)
+      if (now.raw === raw && (now.holder === null || this.isStale(now.holder, now.ageMs))) await this.fs.unlink(this.path).catch(ignoreMissing)
     } finally {
       await this.fs.unlink(guard).catch(ignoreMissing)
     }
@@ -145,12 +160,58 @@ export class StorageLock {
     this.emit({ type: 'replaced', error: this.lostTo })
   }
 
+  /**
+   * Before a write: null (no system call) while no other server can have judged the lock stale
+   * for a while yet; otherwise the lock is checked again, and the promise rejects with
+   * LockLostError if it names someone else (as the heartbeat would find), or with StorageError if
+   * it cannot be confirmed. This closes the window of a server paused (SIGSTOP, a frozen VM) past
+   * TASK_LOCK_STALE_MS: on resume it serves requests queued meanwhile before its heartbeat runs.
+   *
+   * The margin is one TASK_LOCK_REFRESH_MS: the heartbeat's touches keep the time left near
+   * TASK_LOCK_STALE_MS - TASK_LOCK_REFRESH_MS (at least one refresh, since stale >= 2 x refresh),
+   * so the common path never checks; and a write found safe has that long (seconds by default)
+   * for its rename to land, which also absorbs a clock skew with another host of that much.
+   */
+  confirm (): Promise<void> | null {
+    if (this.lostTo !== null) return Promise.reject(this.lostTo)
+    if (this.released || this.fresh()) return null
+    return this.reconfirm()
+  }
+
+  private fresh (): boolean {
+    return this.safeUntil - performance.now() > this.options.refreshMs
+  }
+
+  /**
+   * A check in flight may have read the lock before a pause (then it confirms nothing); a lock
+   * read as ours but old is touched, then read again. Three checks settle every case.
+   */
+  private async reconfirm (): Promise<void> {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await this.shared()
+      } catch (err) {
+        if (this.lostTo !== null) throw this.lostTo
+        throw new StorageError('checking the storage lock', err as NodeJS.ErrnoException)
+      }
+      if (this.lostTo !== null) throw this.lostTo
+      if (this.released || this.fresh()) return
+    }
+    throw new StorageError('checking the storage lock', this.folderMissing ?? Object.assign(new Error(`${this.path} could not be confirmed`), { code: 'ENOLCK' }))
+  }
+
+  /** The check in flight, or a new one: they never overlap. Rejects with the check's error. */
+  private shared (): Promise<void> {
+    this.checking ??= this.check().finally(() => { this.checking = null })
+    return this.checking
+  }
+
   async release (): Promise<void> {
     this.released = true
     if (this.timer !== null) clearInterval(this.timer)
     this.timer = null
     // A check in flight could re-create the lock after it was removed here.
-    await this.beat
+    await this.checking?.catch(noop)
     const { holder } = await this.readHolder(this.path)
     if (holder !== null && holder.pid === this.me.pid && holder.host === this.me.host && holder.since === this.me.since) {
       await this.fs.unlink(this.path).catch(ignoreMissing)
@@ -194,7 +255,11 @@ export class StorageLock {
   }
 
   private isStale (holder: LockHolder, ageMs: number): boolean {
-    if (ageMs > this.options.staleMs) return true
+    return ageMs > this.options.staleMs || this.goneFromHere(holder)
+  }
+
+  /** The holder is a process of this host that is no longer running. */
+  private goneFromHere (holder: LockHolder): boolean {
     if (holder.host !== this.me.host) return false
     // Our own pid: a lock from an earlier life of this container (same host name, pid 1 again)
     // if it predates this process; otherwise another instance in this process holds it.
@@ -205,10 +270,8 @@ export class StorageLock {
   /** Every `refreshMs`: checks the lock still names this process, then touches it. Checks never overlap. */
   private startHeartbeat (): void {
     this.timer = setInterval(() => {
-      if (this.beat !== null) return
-      this.beat = this.check()
-        .catch((err: unknown) => this.emit({ type: 'check-failed', path: this.path, err }))
-        .finally(() => { this.beat = null })
+      if (this.checking !== null) return
+      this.shared().catch((err: unknown) => this.emit({ type: 'check-failed', path: this.path, err }))
     }, this.options.refreshMs)
     this.timer.unref()
   }
@@ -220,26 +283,43 @@ export class StorageLock {
    */
   private async check (): Promise<void> {
     // A folder gone from the path is the store's to report (/ready); another one there ends the lock.
-    const here = await this.fs.stat(this.dir).catch(() => null)
-    if (this.released || here === null) return
+    const here = await this.fs.stat(this.dir).catch((err: NodeJS.ErrnoException) => err)
+    if (this.released) return
+    if (here instanceof Error) {
+      this.folderMissing = here
+      return
+    }
+    this.folderMissing = null
     if (!this.holds(here)) {
       this.folderReplaced()
       return
     }
+    // Taken before the read: a read that a pause delayed confirms the lock only up to then.
+    let readAt = performance.now()
     let found = await this.readHolder(this.path)
     if (this.released) return
     if (found.missing) {
+      readAt = performance.now()
       if (await this.tryCreate(this.path)) {
+        this.safeUntil = readAt + this.options.staleMs
         this.emit({ type: 'recreated', path: this.path })
         return
       }
+      readAt = performance.now()
       found = await this.readHolder(this.path)
       // Gone again already: the next beat looks again.
       if (found.missing) return
     }
     if (found.raw === this.mine) {
+      // Ours when read, and nobody could take it before it is staleMs old.
+      const readSafeUntil = readAt + this.options.staleMs - Math.max(0, found.ageMs)
+      this.safeUntil = Math.max(this.safeUntil, readSafeUntil)
+      const touchedAt = performance.now()
       const now = new Date()
       await this.fs.lutimes(this.path, now, now)
+      // The touch renews the lock only if nobody could have taken it over before the touch landed
+      // (else it may have touched another server's lock: the next read tells).
+      if (performance.now() < readSafeUntil) this.safeUntil = touchedAt + this.options.staleMs
       return
     }
     if (this.timer !== null) clearInterval(this.timer)
