@@ -121,3 +121,21 @@ t.test('import loads a folder with an archived file under a retired key, its byt
   t.equal(resealed.code, 0, resealed.stderr)
   t.same(await counts(), { tasks_total: 1, tasks_completed: 1 }, 'seal sets the counts from the content')
 })
+
+t.test('seal reports a file not named like a session as ignored, leaves it alone and does not fail for it, as validate does', async (t) => {
+  const notes = Buffer.from('operator notes\n')
+  const { dir } = await folder(t, { 'my notes.json': notes })
+  const both = { TASK_ENCRYPTION_KEYS: `k2:${K2},k1:${K1}` }
+  const sealing = await taskvault(['seal', dir, '--json'], { env: both })
+  t.equal(sealing.code, 0, sealing.stderr)
+  t.match(sealing.json(), { sealed: 1, already: 2, unreadable: 0, ignored: 1, problems: [{ file: 'my notes.json', ignored: true }] })
+  t.match(sealing.stderr, /⚠️ my notes\.json: not named <id>\.json/)
+  t.notMatch(sealing.stderr, /❌/)
+  t.ok((await readFile(join(dir, 'my notes.json'))).equals(notes), 'the file is untouched')
+  t.equal((await taskvault(['validate', dir], { env: both })).code, 0, 'validate agrees')
+  // A damaged session file still fails it.
+  await writeFile(join(dir, 'broken.json'), '{"session_id":', { mode: 0o600 })
+  const failing = await taskvault(['seal', dir, '--json'], { env: both })
+  t.equal(failing.code, 1)
+  t.match(failing.json(), { unreadable: 1, ignored: 1 })
+})
