@@ -3,6 +3,7 @@ import { noop } from '../noop.js'
 import type { TarFile } from './tar.js'
 import type { SessionStore } from '../store/store.js'
 import { ARCHIVED_FILE } from '../store/session-files.js'
+import type { SessionFile } from '../session/session.js'
 import type { TaskManager } from '../task-manager.js'
 
 /**
@@ -58,6 +59,18 @@ function archivedEntry (sessionId: string, name: string): string {
 /** How often one session is looked for again when it moves between the archive and memory mid-backup. */
 const MAX_LOOKUPS = 5
 
+/**
+ * Active sessions of a shared store read ahead of the one being written: their reads then go to
+ * the database together (the store batches concurrent reads into one statement) rather than one
+ * round trip each. Bounds the copies held at once besides the one streamed.
+ */
+const READ_AHEAD = 32
+
+/** A read's outcome, so that one read ahead and never used still has its failure observed. */
+type Outcome<T> = { ok: true, value: T } | { ok: false, error: unknown }
+
+const outcome = async <T>(promise: Promise<T>): Promise<Outcome<T>> => promise.then((value) => ({ ok: true as const, value }), (error: unknown) => ({ ok: false as const, error }))
+
 type BackupStore = Pick<SessionStore, 'serialize' | 'readArchivedStored' | 'readArchived' | 'openArchive' | 'archivedName' | 'shared'>
 
 /**
@@ -76,18 +89,24 @@ type BackupStore = Pick<SessionStore, 'serialize' | 'readArchivedStored' | 'read
  */
 export async function * liveSessionFiles (manager: TaskManager, store: BackupStore, counts: BackupCounts, leftOut: (sessionId: string, err: TaskvaultError) => void = noop): AsyncGenerator<TarFile> {
   const ids = await sessionIds(manager, store)
-  for (const sessionId of ids) {
+  const ahead = new Map<string, Promise<Outcome<SessionFile | null>>>()
+  for (const [index, sessionId] of ids.entries()) {
     if (manager.shuttingDown) throw new ShuttingDownError('the service is shutting down; the backup was cut short')
+    if (store.shared !== undefined) {
+      for (const next of ids.slice(index, index + READ_AHEAD)) if (!ahead.has(next)) ahead.set(next, outcome(manager.registry.snapshot(next)))
+    }
     for (let lookup = 1; lookup <= MAX_LOOKUPS; lookup++) {
-      let active
-      try {
-        active = await manager.registry.snapshot(sessionId)
-      } catch (err) {
+      const read = (lookup === 1 ? ahead.get(sessionId) : undefined) ?? outcome(manager.registry.snapshot(sessionId))
+      ahead.delete(sessionId)
+      const settled = await read
+      if (!settled.ok) {
+        const err = settled.error
         // Only a shared store reads rows here; the file store's restore set such files aside.
         if (!(err instanceof CorruptSessionFileError || err instanceof KeyUnavailableError)) throw err
         leftOut(sessionId, err)
         break
       }
+      const active = settled.value
       if (active !== null) {
         const data = await store.serialize(active)
         yield backupEntry(counts, `${sessionId}.json`, false, data, new Date(active.updated_at))
