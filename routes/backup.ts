@@ -30,14 +30,18 @@ const backupRoutes: FastifyPluginAsyncTypebox = async (app) => {
     if (request.method === 'HEAD') return reply.send(Readable.from([]) as unknown as string)
     const started = performance.now()
     const counts = emptyCounts()
-    const stream = tarGzStream(liveSessionFiles(manager, app.persistence, counts))
+    let leftOut = 0
+    const stream = tarGzStream(liveSessionFiles(manager, app.persistence, counts, (sessionId, err) => {
+      leftOut++
+      request.log.warn({ session_id: sessionId, err }, 'Backup left out a session whose stored copy does not read here')
+    }))
     // A failure mid-stream (after the headers) cuts the response short: tar readers, restore
     // included, then see a truncated archive, never a silently partial one.
     let ended = false
     stream.once('error', (err) => request.log.error({ err, ...counts }, 'Backup cut short'))
     stream.once('end', () => {
       ended = true
-      request.log.info({ ...counts, ms: Math.round(performance.now() - started) }, `Backup streamed: ${counts.active + counts.archived} sessions`)
+      request.log.info({ ...counts, left_out: leftOut, ms: Math.round(performance.now() - started) }, `Backup streamed: ${counts.active + counts.archived} sessions${leftOut > 0 ? `, ${leftOut} left out (unreadable)` : ''}`)
     })
     // The client went away: Fastify destroys the stream, which stops the session walk.
     stream.once('close', () => { if (!ended) request.log.warn({ ...counts }, 'Backup stopped before its end') })

@@ -15,6 +15,7 @@ import { connectionConfig } from '../services/store/postgres/pool.js'
 import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
 import { serializeSessionFile } from '../services/store/session-files.js'
 import { taskvault } from './cli-run.js'
+import { buildApp } from '../app.js'
 import { build, get, markAsTaskvault, tempDir, type TestContext } from './helper.js'
 import { testDatabase } from './postgres.js'
 import { daysAgo, storedSession } from './session-fixtures.js'
@@ -120,4 +121,51 @@ t.test('import loads a folder with an archived file under a retired key, its byt
   const resealed = await taskvault(['seal', '--database-url', url], { env: { TASK_ENCRYPTION_KEYS: `k2:${K2},k1:${K1}` } })
   t.equal(resealed.code, 0, resealed.stderr)
   t.same(await counts(), { tasks_total: 1, tasks_completed: 1 }, 'seal sets the counts from the content')
+})
+
+t.test('seal reports a file not named like a session as ignored, leaves it alone and does not fail for it, as validate does', async (t) => {
+  const notes = Buffer.from('operator notes\n')
+  const { dir } = await folder(t, { 'my notes.json': notes })
+  const both = { TASK_ENCRYPTION_KEYS: `k2:${K2},k1:${K1}` }
+  const sealing = await taskvault(['seal', dir, '--json'], { env: both })
+  t.equal(sealing.code, 0, sealing.stderr)
+  t.match(sealing.json(), { sealed: 1, already: 2, unreadable: 0, ignored: 1, problems: [{ file: 'my notes.json', ignored: true }] })
+  t.match(sealing.stderr, /⚠️ my notes\.json: not named <id>\.json/)
+  t.notMatch(sealing.stderr, /❌/)
+  t.ok((await readFile(join(dir, 'my notes.json'))).equals(notes), 'the file is untouched')
+  t.equal((await taskvault(['validate', dir], { env: both })).code, 0, 'validate agrees')
+  // A damaged session file still fails it.
+  await writeFile(join(dir, 'broken.json'), '{"session_id":', { mode: 0o600 })
+  const failing = await taskvault(['seal', dir, '--json'], { env: both })
+  t.equal(failing.code, 1)
+  t.match(failing.json(), { unreadable: 1, ignored: 1 })
+})
+
+t.test('stats --json has GET /stats\'s encryption object: active sessions by key, every configured kid, plaintext ones', async (t) => {
+  const { dir } = await folder(t, { 'plain.json': Buffer.from(storedSession('plain', ['Pending'], daysAgo(1))) })
+  const both = { TASK_ENCRYPTION_KEYS: `k2:${K2},k1:${K1}` }
+  const stats = await taskvault(['stats', dir, '--json'], { env: both })
+  t.equal(stats.code, 0, stats.stderr)
+  const expected = { enabled: true, active_kid: 'k2', sealed_sessions: { k2: 2, k1: 0 }, plaintext_sessions: 1 }
+  t.same(stats.json().encryption, expected, 'the archived file under k1 is not an active session')
+  const text = await taskvault(['stats', dir], { env: both })
+  t.match(text.stdout, /encryption +active key k2; active sessions: 2 under k2, 0 under k1, 1 plaintext/)
+  const plain = await tempDir(t)
+  await writeFile(join(plain, 'plain.json'), storedSession('plain', ['Pending'], daysAgo(1)), { mode: 0o600 })
+  await markAsTaskvault(plain)
+  t.same((await taskvault(['stats', plain, '--json'], { env: {} })).json().encryption, { enabled: false }, 'without keys')
+  const app = await build(t, { dir, config: both })
+  t.same((await get(app, '/stats')).json().encryption, expected, 'what GET /stats shows')
+
+  const url = await testDatabase(t)
+  if (url === null) return
+  await app.close()
+  t.equal((await taskvault(['import', dir, '--database-url', url], { env: both })).code, 0)
+  const rows = await taskvault(['stats', '--database-url', url, '--json'], { env: both })
+  t.equal(rows.code, 0, rows.stderr)
+  t.same(rows.json().encryption, expected, 'the same from the database')
+  const server = await buildApp({ readEnvironment: false, config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_ENCRYPTION_KEYS: both.TASK_ENCRYPTION_KEYS } })
+  t.teardown(() => server.close())
+  await server.ready()
+  t.same((await get(server, '/stats')).json().encryption, expected, 'what GET /stats shows on the database')
 })

@@ -39,7 +39,8 @@ Rotation: put the new key first and keep the old one second (on the servers too)
 then drop the old key.
 
 Exit status 1 when a file could not be read (unreadable, or sealed under a key not configured)
-or would pass TASK_MAX_SESSION_BYTES once sealed (it is left as it is).
+or would pass TASK_MAX_SESSION_BYTES once sealed (it is left as it is). A file whose name is not
+<session id>.json holds no session: it is reported as ignored (as validate does) and left alone.
 
 Options:
 ${DATABASE_HELP}
@@ -64,8 +65,8 @@ ${COMMON_HELP}`,
       return { code: counts.unreadable > 0 ? 1 : 0, json: { database: where, kid: keyring.activeKid, ...counts, problems }, lines }
     }
     const dir = storageDir(args.positionals[0], settings)
-    const counts = { sealed: 0, already: 0, unreadable: 0 }
-    const problems: Array<{ file: string, reason: string }> = []
+    const counts = { sealed: 0, already: 0, unreadable: 0, ignored: 0 }
+    const problems: Array<{ file: string, reason: string, ignored?: true }> = []
     await withWriteLock(dir, settings, keyring, false, async () => {
       const touched = new Set<string>()
       let sinceFsync = 0
@@ -82,6 +83,13 @@ ${COMMON_HELP}`,
         const checked = await checkStoredFile(stored, keyring)
         if (checked.ok === null) continue
         if (!checked.ok) {
+          // Not named like a session (\`my notes.json\`): no session file, which the server and
+          // validate ignore; it must not fail a rotation script (validate's rule).
+          if (stored.sessionId === null && stored.regular) {
+            counts.ignored++
+            problems.push({ file: stored.rel, reason: checked.reason, ignored: true })
+            continue
+          }
           counts.unreadable++
           problems.push({ file: stored.rel, reason: checked.reason })
           continue
@@ -111,8 +119,9 @@ ${COMMON_HELP}`,
       }
       await syncTouched()
     })
-    for (const problem of problems) warn(`❌ ${problem.file}: ${problem.reason}`)
-    const lines = [`Sealed ${counts.sealed} files under key ${keyring.activeKid} (${counts.already} already were${counts.unreadable > 0 ? `, ${counts.unreadable} could not be read` : ''})`]
+    for (const problem of problems) warn(`${problem.ignored === true ? '⚠️' : '❌'} ${problem.file}: ${problem.reason}`)
+    const ignored = counts.ignored > 0 ? `, ${counts.ignored} ignored: not named like a session` : ''
+    const lines = [`Sealed ${counts.sealed} files under key ${keyring.activeKid} (${counts.already} already were${counts.unreadable > 0 ? `, ${counts.unreadable} could not be read` : ''}${ignored})`]
     return { code: counts.unreadable > 0 ? 1 : 0, json: { dir, kid: keyring.activeKid, ...counts, problems }, lines }
   }
 }

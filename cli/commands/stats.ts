@@ -2,6 +2,8 @@ import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { progressOf, type SessionFile } from '../../services/session/session.js'
 import { FileSessionStore } from '../../services/store/file-store.js'
+import type { Keyring } from '../../services/store/keyring.js'
+import type { EncryptionStats } from '../../services/store/store.js'
 import { assertFolder, checkStoredFile, listStoredFiles, storageDir } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
@@ -15,7 +17,8 @@ export const statsCommand: Command = {
 Reads every session file and prints what GET /api/v1/tasks/stats would show for the folder:
 session and task counts (active sessions; archived ones are counted apart), the bytes of
 active and archived files, how many files cannot be loaded, and the storage used by everything
-under the folder (corrupt/ included). Read-only; safe while a server runs.
+under the folder (corrupt/ included), and with TASK_ENCRYPTION_KEYS set the active sessions
+by the key that sealed them (active key, per kid, plaintext). Read-only; safe while a server runs.
 An active file sealed under a key TASK_ENCRYPTION_KEYS does not hold fails it (exit 1), as it
 stops the server's start; an archived one is counted as archived and listed as needing its key.
 
@@ -40,6 +43,8 @@ ${COMMON_HELP}`,
     // Files sealed under a key TASK_ENCRYPTION_KEYS does not hold, by kid: active ones stop the
     // server's start (so this fails too); archived ones are read on demand, so they only need listing.
     const missingKeys = new Map<string, { active: number, archived: number }>()
+    /** Active files by the key that sealed them ('' plaintext): GET /stats's `encryption`. */
+    const kids = new Map<string, number>()
     for (const stored of await listStoredFiles(dir)) {
       const checked = await checkStoredFile(stored, keyring)
       if (checked.ok === null) continue
@@ -68,6 +73,7 @@ ${COMMON_HELP}`,
         continue
       }
       count(counts, checked.file)
+      kids.set(checked.kid ?? '', (kids.get(checked.kid ?? '') ?? 0) + 1)
       storage.bytes += checked.data.length
       storage.files++
     }
@@ -82,11 +88,13 @@ ${COMMON_HELP}`,
     // The same free-space figures as GET /stats, from the same statfs.
     const space = await new FileSessionStore({ dir }).space()
     const needsKeys = Object.fromEntries([...missingKeys].map(([kid, need]) => [kid, need.archived]))
-    const json = { ...counts, archived_sessions: archivedIds.size, storage: { ...storage, ...space, archived_needing_keys: needsKeys } }
+    const encryption = encryptionOf(keyring === null ? null : kidStats(keyring, kids))
+    const json = { ...counts, archived_sessions: archivedIds.size, storage: { ...storage, ...space, archived_needing_keys: needsKeys }, encryption }
     const lines = [
       `storage folder      ${dir}`,
       ...countLines(counts, archivedIds.size, storage),
       `session files       ${storage.files} (${formatBytes(storage.bytes)})`,
+      ...encryptionLines(encryption),
       `unloadable files    ${storage.failed_loads}${storage.corrupt_files > 0 ? `; ${storage.corrupt_files} set aside in corrupt/` : ''}`,
       ...[...missingKeys].map(([kid, { archived: n }]) => `needs a key         ${n} archived file${n === 1 ? '' : 's'} sealed under key '${kid}', which TASK_ENCRYPTION_KEYS does not hold (served only once it is back)`),
       `storage used        ${formatBytes(storage.used_bytes)}`,
@@ -139,14 +147,41 @@ async function databaseStats (args: ParsedCommand, context: CommandContext): Pro
       bytes += session.bytes
     }
     const storage = { kind: 'postgres', database: target?.where, schema: target?.schema, bytes, files: loaded.sessions.length, archive_bytes: archive.bytes, archive_files: archive.files, failed_loads: loaded.failures.length }
+    // The store counted the active rows by key as it loaded them, as a server's does for GET /stats.
+    const encryption = encryptionOf(store.encryption())
     const lines = [
       `database            ${where}`,
       ...countLines(counts, archive.sessions, storage),
       `session rows        ${storage.files} (${formatBytes(bytes)})`,
+      ...encryptionLines(encryption),
       `unloadable rows     ${storage.failed_loads}`
     ]
-    return { code: 0, json: { ...counts, archived_sessions: archive.sessions, storage }, lines }
+    return { code: 0, json: { ...counts, archived_sessions: archive.sessions, storage, encryption }, lines }
   })
+}
+
+type Encryption = { enabled: false } | ({ enabled: true } & EncryptionStats)
+
+/** GET /stats's `encryption` object. */
+function encryptionOf (stats: EncryptionStats | null): Encryption {
+  return stats === null ? { enabled: false } : { enabled: true, ...stats }
+}
+
+/**
+ * Active sessions by the key that sealed them, as the stores count them for GET /stats: every
+ * configured kid (0 when nothing is under it, so an operator sees when an old key can go).
+ */
+function kidStats (keyring: Keyring, kids: ReadonlyMap<string, number>): EncryptionStats {
+  const sealed: Record<string, number> = {}
+  for (const kid of keyring.kids) sealed[kid] = 0
+  for (const [kid, n] of kids) if (kid !== '') sealed[kid] = n
+  return { active_kid: keyring.activeKid, sealed_sessions: sealed, plaintext_sessions: kids.get('') ?? 0 }
+}
+
+function encryptionLines (encryption: Encryption): string[] {
+  if (!encryption.enabled) return ['encryption          off (TASK_ENCRYPTION_KEYS not set)']
+  const sealed = Object.entries(encryption.sealed_sessions).map(([kid, n]) => `${n} under ${kid}`).join(', ')
+  return [`encryption          active key ${encryption.active_kid}; active sessions: ${sealed}, ${encryption.plaintext_sessions} plaintext`]
 }
 
 /** Bytes of every regular file under `dir`, without following symlinks. */

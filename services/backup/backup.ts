@@ -1,7 +1,9 @@
-import { KeyUnavailableError, ShuttingDownError } from '../errors.js'
+import { CorruptSessionFileError, KeyUnavailableError, ShuttingDownError, type TaskvaultError } from '../errors.js'
+import { noop } from '../noop.js'
 import type { TarFile } from './tar.js'
 import type { SessionStore } from '../store/store.js'
 import { ARCHIVED_FILE } from '../store/session-files.js'
+import type { SessionFile } from '../session/session.js'
 import type { TaskManager } from '../task-manager.js'
 
 /**
@@ -58,6 +60,20 @@ function archivedEntry (sessionId: string, name: string): string {
 const MAX_LOOKUPS = 5
 
 /**
+ * Active sessions of a shared store read ahead of the one being written: their reads then go to
+ * the database together (the store batches concurrent reads into one statement) rather than one
+ * round trip each. Bounds the copies held at once besides the one streamed.
+ */
+const READ_AHEAD = 32
+
+/** A read's outcome, so that one read ahead and never used still has its failure observed. */
+type Outcome<T> = { ok: true, value: T } | { ok: false, error: unknown }
+
+const outcome = async <T>(promise: Promise<T>): Promise<Outcome<T>> => promise.then((value) => ({ ok: true as const, value }), (error: unknown) => ({ ok: false as const, error }))
+
+type BackupStore = Pick<SessionStore, 'serialize' | 'readArchivedStored' | 'readArchived' | 'openArchive' | 'archivedName' | 'shared'>
+
+/**
  * Every session of a running service, active and archived, each exactly once as its last
  * completed write left it: an active one is taken in its change queue (never half a change),
  * an archived one read from its file (archived files are never rewritten in place). A session
@@ -65,13 +81,32 @@ const MAX_LOOKUPS = 5
  * created after the backup started are not in it. An active session is in the form the store
  * writes now (sealed under the active key when keys are set: same content, a new IV); an archived
  * one is its stored bytes exactly. Stops with ShuttingDownError at shutdown.
+ *
+ * A store shared by several replicas (PostgreSQL) is backed up from its rows, not from this
+ * replica's memory: other replicas create, change and archive sessions too. An active row that
+ * does not read here (damaged, or sealed under a key this replica lacks) is left out and passed
+ * to `leftOut`, as a file store's restore sets such a file aside.
  */
-export async function * liveSessionFiles (manager: TaskManager, store: Pick<SessionStore, 'serialize' | 'readArchivedStored'>, counts: BackupCounts): AsyncGenerator<TarFile> {
-  const ids = [...new Set([...manager.registry.sessionIds(), ...manager.archivedIds()])].sort()
-  for (const sessionId of ids) {
+export async function * liveSessionFiles (manager: TaskManager, store: BackupStore, counts: BackupCounts, leftOut: (sessionId: string, err: TaskvaultError) => void = noop): AsyncGenerator<TarFile> {
+  const ids = await sessionIds(manager, store)
+  const ahead = new Map<string, Promise<Outcome<SessionFile | null>>>()
+  for (const [index, sessionId] of ids.entries()) {
     if (manager.shuttingDown) throw new ShuttingDownError('the service is shutting down; the backup was cut short')
+    if (store.shared !== undefined) {
+      for (const next of ids.slice(index, index + READ_AHEAD)) if (!ahead.has(next)) ahead.set(next, outcome(manager.registry.snapshot(next)))
+    }
     for (let lookup = 1; lookup <= MAX_LOOKUPS; lookup++) {
-      const active = await manager.registry.snapshot(sessionId)
+      const read = (lookup === 1 ? ahead.get(sessionId) : undefined) ?? outcome(manager.registry.snapshot(sessionId))
+      ahead.delete(sessionId)
+      const settled = await read
+      if (!settled.ok) {
+        const err = settled.error
+        // Only a shared store reads rows here; the file store's restore set such files aside.
+        if (!(err instanceof CorruptSessionFileError || err instanceof KeyUnavailableError)) throw err
+        leftOut(sessionId, err)
+        break
+      }
+      const active = settled.value
       if (active !== null) {
         const data = await store.serialize(active)
         yield backupEntry(counts, `${sessionId}.json`, false, data, new Date(active.updated_at))
@@ -79,6 +114,8 @@ export async function * liveSessionFiles (manager: TaskManager, store: Pick<Sess
       }
       let archived
       try {
+        // Archived by another replica since the archive was listed: reading the rows adds it to the index.
+        if (store.shared !== undefined && store.archivedName(sessionId) === null) await store.readArchived(sessionId)
         archived = await manager.archived.read(sessionId)
       } catch (err) {
         // Sealed under a key this server lacks (or whose box does not open): carried as stored.
@@ -101,4 +138,19 @@ export async function * liveSessionFiles (manager: TaskManager, store: Pick<Sess
       if (!manager.archived.has(sessionId) && manager.registry.find(sessionId) === null) break
     }
   }
+}
+
+/**
+ * The ids to back up, sorted. The file store's are this process's (it is the folder's only
+ * writer). A shared store's come from its rows: the active ones, the archive read again (as
+ * lists do), then the active ones again, so that a session brought back from the archive
+ * between the first two looks is still in one of them.
+ */
+async function sessionIds (manager: TaskManager, store: BackupStore): Promise<string[]> {
+  if (store.shared === undefined) return [...new Set([...manager.registry.sessionIds(), ...manager.archivedIds()])].sort()
+  const active = async (): Promise<string[]> => (await manager.list(0, Number.MAX_SAFE_INTEGER)).sessions.map((session) => session.session_id)
+  const before = await active()
+  await store.openArchive({ concurrency: 1 })
+  const archived = manager.archivedIds()
+  return [...new Set([...before, ...archived, ...await active()])].sort()
 }

@@ -141,11 +141,13 @@ export class SessionRegistry {
 
   /**
    * The session as its last completed write left it, taken in its change queue: never half of
-   * a change. null when it does not exist (deleted or archived by then).
+   * a change. null when it does not exist (deleted or archived by then). With a shared store,
+   * checked against the stored session first in the same turn (see sync): another replica's
+   * last write, and sessions this replica never held.
    */
   async snapshot (sessionId: string): Promise<SessionFile | null> {
     // Committed files are never edited in place (changes edit a clone), so no copy is needed.
-    return this.change(sessionId, () => unchanged(this.slots.get(sessionId)?.file ?? null))
+    return this.change(sessionId, () => unchanged(this.slots.get(sessionId)?.file ?? null), { fresh: this.store.shared !== undefined })
   }
 
   /** Sessions known, including ones whose first save is still under way. */
