@@ -5,7 +5,7 @@ import { EventEmitter } from 'node:events'
 import type { CommandRuntime } from './runner/agents/command.js'
 import type { AgentsConfig } from './runner/agents/spec.js'
 import { DiskWatch } from './store/disk-space.js'
-import { ArchivedSessions, type ArchivedSessionSummary, type RetentionCutoffs } from './archive/archived-sessions.js'
+import { ArchivedSessions, type ArchivedCopy, type ArchivedSessionSummary, type RetentionCutoffs } from './archive/archived-sessions.js'
 import {
   InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
   TaskNotFailedError, TaskNotFoundError, type TaskvaultError
@@ -15,7 +15,7 @@ import { resolveAgents, type AgentRoutes, type Executors } from './runner/execut
 import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
 import { liveFile, unchanged } from './session/draft.js'
 import { SessionRegistry, type SessionSummary } from './session/registry.js'
-import type { ArchivableCursor, ArchivedSession, SessionStore, SharedSessions, SweptSession } from './store/store.js'
+import type { ArchivableCursor, SessionStore, SharedSessions, SweptSession } from './store/store.js'
 import { Sweeper } from './replicas/sweeper.js'
 import { noop } from './noop.js'
 import { TaskRunner, type Waiting } from './runner/task-runner.js'
@@ -543,7 +543,8 @@ export class TaskManager {
     const taskIds = await this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
       // Checked before the draft is touched: a refused change leaves it as it was.
       // Archived (or brought back) since its copy was read: an archive pass ran first; read it again.
-      if (draft.file === null && this.store.archivedName(sessionId) !== (archivedCopy?.name ?? null)) throw new StaleArchivedCopyError(sessionId)
+      // So too when it was active then (no copy was looked for) and is gone now.
+      if (draft.file === null && (archivedCopy === undefined || this.store.archivedName(sessionId) !== (archivedCopy?.name ?? null))) throw new StaleArchivedCopyError(sessionId)
       const source = draft.file ?? archivedCopy?.file ?? null
       if (source === null) throw new SessionNotFoundError(sessionId)
       if (draft.file !== null && this.registry.existing(sessionId).executing) throw new SessionBusyError(sessionId)
@@ -673,13 +674,13 @@ export class TaskManager {
   }
 
   /**
-   * Runs `change` with the session's archived copy (null when it is active or not archived),
-   * read beforehand because changes cannot wait for I/O. If the archive changed in between,
-   * the copy is read again.
+   * Runs `change` with the session's archived copy (ArchivedSessions.before: null when it is not
+   * archived, undefined when it is active here), read beforehand because changes cannot wait
+   * for I/O. If the archive changed in between, the copy is read again.
    */
-  private async withArchivedCopy<R> (sessionId: string, change: (copy: ArchivedSession | null) => Promise<R>): Promise<R> {
+  private async withArchivedCopy<R> (sessionId: string, change: (copy: ArchivedCopy) => Promise<R>): Promise<R> {
     for (let attempt = 1; ; attempt++) {
-      const copy = await this.archived.read(sessionId)
+      const copy = await this.archived.before(sessionId)
       try {
         return await change(copy)
       } catch (err) {

@@ -7,6 +7,9 @@ import type { Logger } from '../types.js'
 
 export type ArchivedSessionSummary = SessionSummary & { archived: true }
 
+/** What ArchivedSessions.before() read: the archived copy, null (none), or undefined (the session was active, none looked for). */
+export type ArchivedCopy = ArchivedSession | null | undefined
+
 /** Retention cutoffs: archived sessions that finished before theirs are deleted; null keeps them. */
 export interface RetentionCutoffs {
   all: Date | null
@@ -59,17 +62,31 @@ export class ArchivedSessions {
     return { ...all, sessions: all.sessions - this.behindActive.count }
   }
 
-  /** Archived, and not active. */
+  /** Archived, and not active (a shared store: as far as this replica knows; read() asks the rows). */
   has (sessionId: string): boolean {
     return this.registry.find(sessionId) === null && this.store.archivedName(sessionId) !== null
   }
 
-  /** The archived session read from its file, or null when it is not archived (or active). */
+  /**
+   * The archived session read from its file, or null when it is not archived (or active). A
+   * shared store is asked whenever the session is not active here: another replica may have
+   * archived it, which this replica's index does not know (the store's read corrects it).
+   */
   async read (sessionId: string): Promise<ArchivedSession | null> {
-    if (!this.has(sessionId)) return null
+    if (this.store.shared === undefined ? !this.has(sessionId) : this.registry.find(sessionId) !== null) return null
     const { session, failures } = await this.store.readArchived(sessionId)
     this.report(failures)
     return session
+  }
+
+  /**
+   * The copy a change that may bring the session back needs, read beforehand (changes cannot
+   * wait for I/O): as read(), but `undefined` when the session was active here, so none was
+   * looked for (see unarchive).
+   */
+  async before (sessionId: string): Promise<ArchivedCopy> {
+    if (this.registry.find(sessionId) !== null) return undefined
+    return this.read(sessionId)
   }
 
   /**
@@ -88,11 +105,14 @@ export class ArchivedSessions {
 
   /**
    * Inside a change on a session that is not in memory: when it is archived, unarchives it
-   * into the draft, with `copy` (read beforehand) as its content, and returns true; false when
-   * it is not archived. Throws StaleArchivedCopyError, before touching the draft, when `copy`
-   * is no longer the archived file.
+   * into the draft, with `copy` (read beforehand by before()) as its content, and returns true;
+   * false when it is not archived. Throws StaleArchivedCopyError, before touching the draft,
+   * when `copy` is no longer the archived file, or was never looked for.
    */
-  unarchive (draft: Draft, copy: ArchivedSession | null): boolean {
+  unarchive (draft: Draft, copy: ArchivedCopy): boolean {
+    // Active when the copy was read, gone now: perhaps archived by another replica, which this
+    // replica's index cannot tell. Read again, from the rows.
+    if (copy === undefined) throw new StaleArchivedCopyError(draft.sessionId)
     const name = this.store.archivedName(draft.sessionId)
     if (name === null) return false
     if (copy === null || copy.name !== name) throw new StaleArchivedCopyError(draft.sessionId)

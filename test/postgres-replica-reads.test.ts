@@ -1,0 +1,88 @@
+/**
+ * Replicas on one PostgreSQL schema answer from the rows, not from what each saw itself: a
+ * session archived by one is archived on every other (read, listed, brought back, retried,
+ * deleted there), TASK_MAX_SESSIONS bounds the sessions of all of them together, and /stats and
+ * /metrics count sealed sessions by key the same on each, `taskvault seal --database-url` included.
+ * Two servers in this process (buildApp), each its own replica, as behind a load balancer.
+ */
+import type { FastifyInstance } from 'fastify'
+import t from 'tap'
+import { buildApp } from '../app.js'
+import { API, tempDir, type TestContext } from './helper.js'
+import { inspector, testDatabase } from './postgres.js'
+
+const SCHEMA = 'taskvault'
+
+async function replica (t: TestContext, url: string, name: string, extra: Record<string, unknown> = {}): Promise<FastifyInstance> {
+  const app = await buildApp({
+    readEnvironment: false,
+    config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_DB_SCHEMA: SCHEMA, TASK_STORAGE_DIR: await tempDir(t), TASK_ARCHIVE_DAYS: 0, TASK_REPLICA_ID: name, ...extra }
+  })
+  t.teardown(() => app.close())
+  await app.ready()
+  return app
+}
+
+const post = async (app: FastifyInstance, path: string, payload: Record<string, unknown>): Promise<{ status: number, body: any }> => {
+  const res = await app.inject({ method: 'POST', url: `${API}/${path}`, payload })
+  return { status: res.statusCode, body: res.json() }
+}
+const get = async (app: FastifyInstance, path: string): Promise<{ status: number, body: any }> => {
+  const res = await app.inject({ method: 'GET', url: `${API}/${path}` })
+  return { status: res.statusCode, body: res.json() }
+}
+const instructions = (file: any): string[] => (file.tasks as Array<{ instruction: string }>).map((task) => task.instruction)
+
+t.test('a session archived by one replica is archived on the others: read, listed, brought back by a create or a retry, deleted', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url, SCHEMA)
+  // Tasks whose instruction says "fail" fail: a retry has something to put back.
+  const agents = JSON.stringify({ default: { kind: 'command', argv: ['/bin/sh', '-c', 'grep -q fail && exit 3; echo done'], max_attempts: 1 } })
+  const a = await replica(t, url, 'reads-a', { TASK_AGENTS: agents })
+  const b = await replica(t, url, 'reads-b', { TASK_AGENTS: agents })
+  const ids = ['read', 'append', 'failing', 'gone']
+  for (const id of ids) {
+    t.equal((await post(a, 'create', { session_id: id, instructions: id === 'failing' ? 'fail please' : 'first task' })).status, 200)
+    t.equal((await post(a, 'execute', { session_id: id })).status, 200)
+  }
+  t.equal((await get(a, 'progress?session_id=failing')).body.failed, 1, 'one failed task')
+  // A knows them as active; B archives them. Each is then used once on A, before anything there
+  // (a list of archived sessions) reads the archive afresh.
+  t.same((await post(b, 'archive', { older_than_days: 0 })).body.archived_ids.sort(), [...ids].sort())
+
+  // A create on the replica that did not archive it brings the archived session back, with its tasks.
+  const appended = await post(a, 'create', { session_id: 'append', instructions: 'second task' })
+  t.equal(appended.status, 200)
+  t.match(appended.body.task_ids, [/^task_2_/u], 'numbered after the archived task')
+  for (const app of [a, b]) {
+    const session = await get(app, 'list?session_id=append')
+    t.same(instructions(session.body), ['first task', 'second task'], 'one session, both tasks')
+    t.notOk(session.body.archived, 'active again')
+  }
+  const rows = await db.query<{ archived: boolean, tasks_total: number }>("SELECT archived_at IS NOT NULL AS archived, tasks_total FROM sessions WHERE session_id = 'append'")
+  t.same(rows.rows, [{ archived: false, tasks_total: 2 }], 'one active row, no archived copy left behind')
+
+  // A retry there brings back the archived session whose task failed.
+  const retried = await post(a, 'retry', { session_id: 'failing' })
+  t.equal(retried.status, 200)
+  t.match(retried.body, { progress: { total: 1, pending: 1 } })
+  t.match((await get(b, 'list?session_id=failing')).body, { tasks: [{ instruction: 'fail please', status: 'Pending' }] })
+
+  // A delete there deletes the archived copy.
+  t.equal((await a.inject({ method: 'DELETE', url: `${API}/sessions/gone` })).statusCode, 204)
+  t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 'gone'")).rowCount, 0, 'no row left')
+
+  for (const [name, app] of [['a', a], ['b', b]] as const) {
+    const progress = await get(app, 'progress?session_id=read')
+    t.equal(progress.status, 200, `${name}: progress 200`)
+    t.match(progress.body, { total: 1, completed: 1, archived: true }, `${name}: archived`)
+    const session = await get(app, 'list?session_id=read')
+    t.equal(session.status, 200, `${name}: the session 200`)
+    t.match(session.body, { archived: true }, `${name}: the session, archived`)
+    t.equal((await get(app, 'progress?session_id=gone')).status, 404, `${name}: the deleted one is gone`)
+    t.same((await get(app, 'list?session_id=all&archived=only')).body.sessions.map((s: { session_id: string }) => s.session_id), ['read'], `${name}: listed as archived`)
+    t.same((await get(app, 'list?session_id=all')).body.sessions.map((s: { session_id: string }) => s.session_id).sort(), ['append', 'failing'], `${name}: listed as active`)
+    t.equal((await get(app, 'stats')).body.archived_sessions, 1, `${name}: counted as archived`)
+  }
+})
