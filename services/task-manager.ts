@@ -402,8 +402,9 @@ export class TaskManager {
     // A shared store counts its rows itself: every replica on it answers the same.
     const counted = await this.store.totals?.()
     if (counted !== undefined) {
-      const { storage, ...counts } = counted
+      const { storage, encryption, ...counts } = counted
       Object.assign(stats, counts)
+      stats.encryption = encryption === null ? { enabled: false } : { enabled: true, ...encryption }
       stats.storage = { ...storage, failed_loads: stats.storage.failed_loads, restore_ms: stats.storage.restore_ms }
     }
     const space = await this.disk.read()

@@ -1,13 +1,15 @@
 /**
  * Replicas on one PostgreSQL schema answer from the rows, not from what each saw itself: a
  * session archived by one is archived on every other (read, listed, brought back, retried,
- * deleted there), TASK_MAX_SESSIONS bounds the sessions of all of them together, and /stats and
- * /metrics count sealed sessions by key the same on each, `taskvault seal --database-url` included.
+ * deleted there), and /stats and /metrics count sealed sessions by key the same on each,
+ * `taskvault seal --database-url` included.
  * Two servers in this process (buildApp), each its own replica, as behind a load balancer.
  */
+import { randomBytes } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { buildApp } from '../app.js'
+import { taskvault } from './cli-run.js'
 import { API, tempDir, type TestContext } from './helper.js'
 import { inspector, testDatabase } from './postgres.js'
 
@@ -84,5 +86,34 @@ t.test('a session archived by one replica is archived on the others: read, liste
     t.same((await get(app, 'list?session_id=all&archived=only')).body.sessions.map((s: { session_id: string }) => s.session_id), ['read'], `${name}: listed as archived`)
     t.same((await get(app, 'list?session_id=all')).body.sessions.map((s: { session_id: string }) => s.session_id).sort(), ['append', 'failing'], `${name}: listed as active`)
     t.equal((await get(app, 'stats')).body.archived_sessions, 1, `${name}: counted as archived`)
+  }
+})
+
+t.test('/stats and /metrics count sealed sessions from the rows: every replica the same, `taskvault seal --database-url` included', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const keys = `k1:${randomBytes(32).toString('base64')}`
+  // Written in clear first.
+  const clear = await replica(t, url, 'enc-clear')
+  for (const id of ['s1', 's2', 's3']) t.equal((await post(clear, 'create', { session_id: id, instructions: 'x' })).status, 200)
+  await clear.close()
+
+  const a = await replica(t, url, 'enc-a', { TASK_ENCRYPTION_KEYS: keys })
+  const b = await replica(t, url, 'enc-b', { TASK_ENCRYPTION_KEYS: keys })
+  // A seals what it writes; B has not seen it.
+  t.equal((await post(a, 'create', { session_id: 's1', instructions: 'y' })).status, 200)
+  t.equal((await post(a, 'create', { session_id: 's4', instructions: 'x' })).status, 200)
+  const sealedGauge = async (app: FastifyInstance): Promise<string[]> =>
+    (await app.inject({ method: 'GET', url: '/metrics' })).body.split('\n').filter((line) => line.startsWith('taskvault_sealed_sessions{')).sort()
+  for (const [name, app] of [['a', a], ['b', b]] as const) {
+    t.match((await get(app, 'stats')).body.encryption, { enabled: true, active_kid: 'k1', sealed_sessions: { k1: 2 }, plaintext_sessions: 2 }, `${name}: from the rows`)
+    t.same(await sealedGauge(app), ['taskvault_sealed_sessions{kid=""} 2', 'taskvault_sealed_sessions{kid="k1"} 2'], `${name}: /metrics the same`)
+  }
+
+  const sealed = await taskvault(['seal', '--database-url', url], { env: { TASK_ENCRYPTION_KEYS: keys } })
+  t.equal(sealed.code, 0, sealed.stderr)
+  for (const [name, app] of [['a', a], ['b', b]] as const) {
+    t.same((await get(app, 'stats')).body.encryption, { enabled: true, active_kid: 'k1', sealed_sessions: { k1: 4 }, plaintext_sessions: 0 }, `${name}: every row sealed, as the seal left them`)
+    t.same(await sealedGauge(app), ['taskvault_sealed_sessions{kid=""} 0', 'taskvault_sealed_sessions{kid="k1"} 4'], `${name}: /metrics the same`)
   }
 })

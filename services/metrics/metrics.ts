@@ -81,9 +81,11 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
     help: 'Active sessions by the key (kid) that sealed them; kid="" counts plaintext ones',
     labelNames: ['kid'],
     registers,
-    collect () {
+    async collect () {
       this.reset()
-      const encryption = store.encryption()
+      // A shared store counts its rows (every replica's, and `taskvault seal`'s): every replica
+      // reports the same. While the database does not answer, absent rather than this replica's guess.
+      const encryption = store.totals === undefined ? store.encryption() : await store.totals().then((totals) => totals.encryption, () => null)
       if (encryption === null) return
       // Every configured kid is there, 0 when no session is under it: a rotation alert tells "done" from "no data".
       for (const [kid, count] of Object.entries(encryption.sealed_sessions)) this.set({ kid }, count)

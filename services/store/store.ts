@@ -63,6 +63,8 @@ export interface EncryptionStats {
 /** What a shared store counts itself: the active sessions and tasks, and its own storage figures. */
 export interface StoreTotals extends SessionCounts {
   archived_sessions: number
+  /** As encryption(), counted over the stored rows (what `taskvault seal` changed too); null without keys. */
+  encryption: EncryptionStats | null
   /** What /stats shows as `storage`, besides the restore figures. */
   storage: { kind: 'postgres', database: string, schema: string, rows: number, bytes: number, document_bytes: number, archive_bytes: number, replicas: string[] }
 }

@@ -639,6 +639,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       pending_tasks: n('pending_tasks'),
       in_progress_tasks: n('in_progress_tasks'),
       archived_sessions: n('archived_rows'),
+      encryption: this.keyring === null ? null : this.encryptionStats(new Map(Object.entries(JSON.parse(String(row.kids ?? '{}')) as Record<string, number>))),
       storage: {
         kind: 'postgres',
         database: this.database,
@@ -663,13 +664,19 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     }
   }
 
+  /** From the rows this process read or wrote; totals() counts every row (other replicas', `taskvault seal`'s). */
   encryption (): EncryptionStats | null {
-    if (this.keyring === null) return null
+    return this.keyring === null ? null : this.encryptionStats(this.kidCounts)
+  }
+
+  /** Encryption stats from active sessions counted by kid ('' for plaintext). */
+  private encryptionStats (counts: ReadonlyMap<string, number>): EncryptionStats {
+    const keyring = this.keyring as Keyring
     const sealed: Record<string, number> = {}
     // Every configured kid, 0 when nothing is under it: an operator sees when an old key can go.
-    for (const kid of this.keyring.kids) sealed[kid] = 0
-    for (const [kid, count] of this.kidCounts) if (kid !== '' && count > 0) sealed[kid] = count
-    return { active_kid: this.keyring.activeKid, sealed_sessions: sealed, plaintext_sessions: this.kidCounts.get('') ?? 0 }
+    for (const kid of keyring.kids) sealed[kid] = 0
+    for (const [kid, count] of counts) if (kid !== '' && count > 0) sealed[kid] = count
+    return { active_kid: keyring.activeKid, sealed_sessions: sealed, plaintext_sessions: counts.get('') ?? 0 }
   }
 
   serialize (file: SessionFile): Promise<Buffer> {

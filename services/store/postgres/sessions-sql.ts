@@ -227,22 +227,38 @@ export const CONNECTION_SETTINGS = "SELECT current_setting('synchronous_commit')
 
 /**
  * The counts /stats serves, from the rows (active ones; archived ones separately): one scan of
- * the table's narrow columns, never of the documents. `bytes` is the table's size on disk.
+ * the table's narrow columns, never of the documents, grouped by the key a row is sealed under
+ * so that `kids` counts the active rows per kid ('' for plaintext) in the same pass. `bytes` is
+ * the table's size on disk.
  */
-export const ROW_TOTALS = `SELECT
-    count(*) FILTER (WHERE archived_at IS NULL)::int AS total_sessions,
-    count(*) FILTER (WHERE archived_at IS NULL AND finished_at IS NULL)::int AS active_sessions,
-    count(*) FILTER (WHERE archived_at IS NULL AND finished_at IS NOT NULL)::int AS completed_sessions,
-    coalesce(sum(tasks_total) FILTER (WHERE archived_at IS NULL), 0)::bigint AS total_tasks,
-    coalesce(sum(tasks_completed) FILTER (WHERE archived_at IS NULL), 0)::bigint AS completed_tasks,
-    coalesce(sum(tasks_failed) FILTER (WHERE archived_at IS NULL), 0)::bigint AS failed_tasks,
-    coalesce(sum(tasks_pending) FILTER (WHERE archived_at IS NULL), 0)::bigint AS pending_tasks,
-    coalesce(sum(tasks_in_progress) FILTER (WHERE archived_at IS NULL), 0)::bigint AS in_progress_tasks,
-    coalesce(sum(bytes) FILTER (WHERE archived_at IS NULL), 0)::bigint AS document_bytes,
-    count(*) FILTER (WHERE archived_at IS NOT NULL)::int AS archived_rows,
-    coalesce(sum(bytes) FILTER (WHERE archived_at IS NOT NULL), 0)::bigint AS archive_bytes,
+export const ROW_TOTALS = `WITH by_kid AS (SELECT coalesce(sealed_kid, '') AS kid,
+      count(*) FILTER (WHERE archived_at IS NULL) AS total_sessions,
+      count(*) FILTER (WHERE archived_at IS NULL AND finished_at IS NULL) AS active_sessions,
+      count(*) FILTER (WHERE archived_at IS NULL AND finished_at IS NOT NULL) AS completed_sessions,
+      sum(tasks_total) FILTER (WHERE archived_at IS NULL) AS total_tasks,
+      sum(tasks_completed) FILTER (WHERE archived_at IS NULL) AS completed_tasks,
+      sum(tasks_failed) FILTER (WHERE archived_at IS NULL) AS failed_tasks,
+      sum(tasks_pending) FILTER (WHERE archived_at IS NULL) AS pending_tasks,
+      sum(tasks_in_progress) FILTER (WHERE archived_at IS NULL) AS in_progress_tasks,
+      sum(bytes) FILTER (WHERE archived_at IS NULL) AS document_bytes,
+      count(*) FILTER (WHERE archived_at IS NOT NULL) AS archived_rows,
+      sum(bytes) FILTER (WHERE archived_at IS NOT NULL) AS archive_bytes
+    FROM sessions GROUP BY 1)
+  SELECT
+    coalesce(sum(total_sessions), 0)::int AS total_sessions,
+    coalesce(sum(active_sessions), 0)::int AS active_sessions,
+    coalesce(sum(completed_sessions), 0)::int AS completed_sessions,
+    coalesce(sum(total_tasks), 0)::bigint AS total_tasks,
+    coalesce(sum(completed_tasks), 0)::bigint AS completed_tasks,
+    coalesce(sum(failed_tasks), 0)::bigint AS failed_tasks,
+    coalesce(sum(pending_tasks), 0)::bigint AS pending_tasks,
+    coalesce(sum(in_progress_tasks), 0)::bigint AS in_progress_tasks,
+    coalesce(sum(document_bytes), 0)::bigint AS document_bytes,
+    coalesce(sum(archived_rows), 0)::int AS archived_rows,
+    coalesce(sum(archive_bytes), 0)::bigint AS archive_bytes,
+    coalesce(json_object_agg(kid, total_sessions) FILTER (WHERE total_sessions > 0), '{}')::text AS kids,
     pg_total_relation_size('sessions')::bigint AS table_bytes
-  FROM sessions`
+  FROM by_kid`
 
 /** A round trip that proves the database answers (readiness). */
 export const PING = 'SELECT 1'
