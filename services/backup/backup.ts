@@ -71,7 +71,7 @@ type Outcome<T> = { ok: true, value: T } | { ok: false, error: unknown }
 
 const outcome = async <T>(promise: Promise<T>): Promise<Outcome<T>> => promise.then((value) => ({ ok: true as const, value }), (error: unknown) => ({ ok: false as const, error }))
 
-type BackupStore = Pick<SessionStore, 'serialize' | 'readArchivedStored' | 'readArchived' | 'openArchive' | 'archivedName' | 'shared'>
+type BackupStore = Pick<SessionStore, 'serialize' | 'readArchivedStored' | 'openArchive' | 'shared'>
 
 /**
  * Every session of a running service, active and archived, each exactly once as its last
@@ -114,8 +114,6 @@ export async function * liveSessionFiles (manager: TaskManager, store: BackupSto
       }
       let archived
       try {
-        // Archived by another replica since the archive was listed: reading the rows adds it to the index.
-        if (store.shared !== undefined && store.archivedName(sessionId) === null) await store.readArchived(sessionId)
         archived = await manager.archived.read(sessionId)
       } catch (err) {
         // Sealed under a key this server lacks (or whose box does not open): carried as stored.
