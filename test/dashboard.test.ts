@@ -269,7 +269,8 @@ async function run (browser: Browser): Promise<void> {
     const page = await open(t, browser, quiet.base.replace(/:\d+\//u, `:${proxy.port}/`))
     await createSession(quiet.app, 'before-silence', 'x')
     await page.locator('tr[data-session="before-silence"]').waitFor()
-    // The first row may come from the snapshot; once it is shown, the next can only come as an event, with an id.
+    // The first row may come from the snapshot; once it is shown and the stream is open, the next can only come as an event, with an id.
+    await waitFor('the page\'s stream', () => resumes.length > 0)
     await createSession(quiet.app, 'by-event', 'x')
     await page.locator('tr[data-session="by-event"]').waitFor()
     const before = resumes.length
