@@ -337,6 +337,29 @@ t.test("the seed's own tar (tar -czf ... data/tasks/*.json, from the parent fold
   t.match((await get(app, '/stats')).json(), { total_sessions: 3, archived_sessions: 1 }, 'the restored folder boots')
 })
 
+t.test('a stray my notes.json beside the sessions, which the server never reads: backup ignores it and succeeds; the seed\'s tar, which takes it too, restores the sessions', async (t) => {
+  const parent = await seedFolder(t)
+  const dir = join(parent, 'data', 'tasks')
+  await writeFile(join(dir, 'my notes.json'), '{"not": "a session"}')
+  await writeFile(join(dir, 'archive', 'notes.v2.json'), 'not json either')
+  const out = join(parent, 'b.tar.gz')
+  const backed = await taskvault(['backup', dir, '--out', out, '--json'])
+  t.equal(backed.code, 0, 'a file no session is named by fails nothing (a daily cron job stays green)')
+  t.match(backed.json(), { active: 3, archived: 1, skipped: [], ignored: [{ file: 'archive/notes.v2.json', reason: /not named/u }, { file: 'my notes.json', reason: /not named <id>\.json/u }] })
+  t.match((await taskvault(['backup', dir, '--out', out, '--force'])).stdout, /⚠️ ignored my notes\.json/u)
+  t.equal((await taskvault(['backup', join(parent, 'nowhere'), '--out', join(parent, 'x.tar.gz')])).code, 1, 'a real failure still exits 1')
+
+  await run('sh', ['-c', 'tar -czf seed.tar.gz data/tasks/*.json'], { cwd: parent })
+  const target = join(parent, 'restored')
+  const restored = await taskvault(['restore', join(parent, 'seed.tar.gz'), target, '--json'])
+  t.equal(restored.code, 0, restored.stderr)
+  t.match(restored.json(), { restored: 3, skipped: ['data/tasks/my notes.json'] })
+  t.same(await jsonFiles(target), ['a.json', 'b.json', 'c-1.json'], 'the sessions, not the notes')
+  await writeFile(join(parent, 'data', 'elsewhere.json'), '{}')
+  await run('sh', ['-c', 'tar -czf other.tar.gz data/tasks/*.json data/elsewhere.json'], { cwd: parent })
+  t.equal((await taskvault(['restore', join(parent, 'other.tar.gz'), join(parent, 'restored-2')])).code, 1, 'a file in another folder is still refused')
+})
+
 t.test('a tar of a whole storage folder restores; its marker, lock, temp files and corrupt/ are skipped and counted', async (t) => {
   const parent = await seedFolder(t)
   const dir = join(parent, 'data', 'tasks')
@@ -362,7 +385,7 @@ t.test('a tar of a whole storage folder restores; its marker, lock, temp files a
     t.same(await readdir(join(target, 'archive')), ['old.json'])
     t.same(JSON.parse(await readFile(join(target, '.taskvault'), 'utf8')), { format: 1 }, 'the folder is marked by the restore, not with the backup\'s marker')
     const text = await taskvault(['restore', join(parent, file), join(parent, `again-${file}`)])
-    t.match(text.stdout, /Skipped 5 files of the backed-up folder that hold no session \(its \.taskvault marker or lock, temp files, corrupt\/\)/u, `${file}: the output says how many and why`)
+    t.match(text.stdout, /Skipped 5 files of the backed-up folder that hold no session \(its \.taskvault marker or lock, temp files, corrupt\/, \.json files not named like a session\)/u, `${file}: the output says how many and why`)
   }
   const app = await build(t, { dir: join(parent, 'restored-folder.tar.gz'), config: { TASK_ARCHIVE_DAYS: 0 } })
   t.match((await get(app, '/stats')).json(), { total_sessions: 3, archived_sessions: 1 }, 'the restored folder boots')

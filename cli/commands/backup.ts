@@ -48,6 +48,8 @@ ${COMMON_HELP}`,
     }
     const counts = emptyCounts()
     const skipped: Array<{ file: string, reason: string }> = []
+    /** Files not named like a session (`my notes.json`): no session, so none is missing (as validate and seal judge them). */
+    const ignored: Array<{ file: string, reason: string }> = []
     async function * files (): AsyncGenerator<TarFile> {
       const taken = new Set<string>()
       for (let round = 1; round <= MAX_ROUNDS; round++) {
@@ -62,7 +64,7 @@ ${COMMON_HELP}`,
           taken.add(stored.rel)
           // A file sealed under a key this tool lacks is still a whole session: carried as it is.
           if (!checked.ok && checked.keyMissing !== true) {
-            skipped.push({ file: stored.rel, reason: checked.reason })
+            (stored.sessionId === null && stored.regular ? ignored : skipped).push({ file: stored.rel, reason: checked.reason })
             continue
           }
           yield backupEntry(counts, stored.rel, stored.archived, checked.data, checked.mtime)
@@ -91,11 +93,12 @@ ${COMMON_HELP}`,
     const deleted = outDir !== null && keepDays !== undefined ? await deleteOlderBackups(outDir, keepDays, out) : []
     const total = counts.active + counts.archived
     const lines = [`Backed up ${total} sessions (${counts.active} active, ${counts.archived} archived; ${formatBytes(counts.bytes)}) to ${out} (${formatBytes(compressed)})`]
+    for (const { file, reason } of ignored) lines.push(`⚠️ ignored ${file}: ${reason}`)
     for (const { file, reason } of skipped) lines.push(`❌ left out ${file}: ${reason}`)
     if (keepDays !== undefined) lines.push(`Deleted ${deleted.length} backups older than ${keepDays} days${deleted.length > 0 ? `: ${deleted.join(', ')}` : ''}`)
     return {
       code: skipped.length > 0 ? 1 : 0,
-      json: { dir, out, files: total, active: counts.active, archived: counts.archived, bytes: counts.bytes, compressed_bytes: compressed, skipped, ...(keepDays !== undefined && { deleted }) },
+      json: { dir, out, files: total, active: counts.active, archived: counts.archived, bytes: counts.bytes, compressed_bytes: compressed, skipped, ignored, ...(keepDays !== undefined && { deleted }) },
       lines
     }
   }

@@ -55,7 +55,8 @@ when every entry sits under one common folder (tar -czf b.tar.gz data/tasks/*.js
 data/tasks/<id>.json), that folder is taken as the storage folder (and its archive/ as
 archive/). A tar of a whole storage folder (tar -czf b.tar.gz data/tasks) also holds files that
 are no session: its .taskvault marker and .taskvault.lock, the server's temp files
-(.<id>.<pid>.<n>.tmp) and corrupt/. Those are skipped, and counted in the output; the restore
+(.<id>.<pid>.<n>.tmp) and corrupt/. Those are skipped, and counted in the output, as is a .json
+file whose name is not a session id (my notes.json), which the server never reads; the restore
 marks the folder itself. Absolute paths, '..', links and any other path are refused.
 
 Options:
@@ -92,7 +93,7 @@ ${COMMON_HELP}`,
       const unchanged = planned.length - written
       const needsKeys = keysNeeded(planned)
       const lines = [`Restored ${written} files into ${dir} (${unchanged} already identical${force && conflicts.length > 0 ? `, ${conflicts.length} newer or unreadable copies in the folder overridden` : ''})`]
-      if (skipped.length > 0) lines.push(`Skipped ${skipped.length} files of the backed-up folder that hold no session (its .taskvault marker or lock, temp files, corrupt/); ${dir} has its own marker`)
+      if (skipped.length > 0) lines.push(`Skipped ${skipped.length} files of the backed-up folder that hold no session (its .taskvault marker or lock, temp files, corrupt/, .json files not named like a session); ${dir} has its own marker`)
       for (const line of keyWarnings(needsKeys, dir)) warn(line)
       return { code: 0, json: { backup, dir, restored: written, unchanged, conflicts, forced: force && conflicts.length > 0, needs_keys: needsKeys, skipped }, lines }
     })
@@ -248,6 +249,8 @@ function sessionPath (entry: TarEntry, prefix: string): { rel: string, archived:
   if (rel !== null && ownFile(rel, entry.type)) return { skipped: name }
   if (entry.type !== 'file') throw new CommandFailedError(`the backup holds ${name}, which is not a regular file; not a taskvault backup`)
   const found = rel === null ? null : nativePath(rel)
+  // A stray `my notes.json` beside the sessions, which `data/tasks/*.json` takes too: the server never reads it.
+  if (found === null && rel !== null && strayJson(rel)) return { skipped: name }
   if (found === null) throw new CommandFailedError(`the backup holds ${name}, which is not ${prefix}<id>.json or ${prefix}archive/<name>.json; not a taskvault backup`)
   return found
 }
@@ -265,6 +268,12 @@ function ownFile (rel: string, type: TarEntry['type']): boolean {
   if (type !== 'file') return false
   if (rel === MARKER_FILE) return true
   return TEMP_FILE.test(rel.startsWith('archive/') ? rel.slice('archive/'.length) : rel)
+}
+
+/** A `.json` file in the folder or archive/ not named like a session: no session file, never read by the server. */
+function strayJson (rel: string): boolean {
+  const name = rel.startsWith('archive/') ? rel.slice('archive/'.length) : rel
+  return name.endsWith('.json') && !name.includes('/')
 }
 
 /** `<id>.json` or `archive/<name>.json`, the storage folder's own layout; null for anything else. */
@@ -293,7 +302,10 @@ async function commonPrefix (backup: string): Promise<string> {
     const name = safePath(entry.name)
     if (entry.type === 'file') names.push(name)
   }
-  const fits = (prefix: string): boolean => names.every((name) => name.startsWith(prefix) && (nativePath(name.slice(prefix.length)) !== null || ownFile(name.slice(prefix.length), 'file')))
+  const native = (prefix: string, name: string): boolean => name.startsWith(prefix) && nativePath(name.slice(prefix.length)) !== null
+  const other = (prefix: string, name: string): boolean => name.startsWith(prefix) && (ownFile(name.slice(prefix.length), 'file') || strayJson(name.slice(prefix.length)))
+  // Files that hold no session may sit beside the sessions, but not make up the backup.
+  const fits = (prefix: string): boolean => names.every((name) => native(prefix, name) || other(prefix, name)) && names.some((name) => native(prefix, name))
   const first = names[0]
   if (first === undefined || fits('')) return ''
   // The folders holding the first file, outermost first: data/tasks/ before data/tasks/archive/
