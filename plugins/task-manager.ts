@@ -5,7 +5,7 @@ import { TASK_TYPES } from '../schemas/session.js'
 import { probeCgroups } from '../services/runner/agents/cgroup.js'
 import type { CommandRuntime } from '../services/runner/agents/command.js'
 import { parseAgentsConfig, type AgentsConfig } from '../services/runner/agents/spec.js'
-import type { Executors } from '../services/runner/executors.js'
+import { unroutedTypes, type Executors } from '../services/runner/executors.js'
 import { TaskManager } from '../services/task-manager.js'
 import { COMMAND_SETTINGS, MANAGER_SETTINGS, resolveSettings, settingOptions, type Resolved } from '../schemas/options.js'
 import { appSettings, checkOptions, functionOption, FunctionOption, inTermsOf, withOptionErrors } from './options.js'
@@ -73,6 +73,8 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
     app.log.warn(inTermsOf(app, SETTINGS, 'TASK_AGENTS is not set: every task goes to the echo demo agent, which returns the instruction as its result'))
   }
   app.log.info({ agents: routing }, 'Agents by task type')
+  const unrouted = unroutedTypes(manager.agents)
+  if (unrouted.length > 0) app.log.warn({ task_types: unrouted }, inTermsOf(app, SETTINGS, 'TASK_AGENTS has no "default" entry and none for these task types: their tasks fail, naming the agent missing'))
   app.addHook('onReady', async () => {
     await manager.restore()
   })

@@ -198,6 +198,19 @@ t.test('boot (real process): a bad TASK_AGENTS or an unset api_key_env exits 1 n
   t.match((await call(plain, 'POST', `${API}/execute`, { session_id: 'echoed' })).body, { status: 'Completed', result: 'repeat me' })
 })
 
+t.test('boot (real process): TASK_AGENTS without a "default" warns, and a task of a type it leaves out fails naming the missing agent (never echoed as done)', async (t) => {
+  const { dir, start } = await scratch(t)
+  const server = await start({ TASK_STORAGE_DIR: join(dir, 'tasks'), TASK_AGENTS: JSON.stringify({ Coding: { kind: 'command', argv: fixture('report.js') } }) })
+  const warning = logLines(server.stdout()).find((line) => /TASK_AGENTS has no "default"/.test(String(line.msg)))
+  t.match(warning, { level: 40, task_types: ['Analysis', 'Research', 'Reasoning', 'General'] }, 'a startup warning names the types sent nowhere')
+  t.match(logLines(server.stdout()).find((line) => line.msg === 'Agents by task type'), { agents: { Coding: 'command', default: 'none' } })
+  await call(server, 'POST', `${API}/create`, { session_id: 'unrouted', tasks: [{ instruction: 'write code', task_type: 'Coding' }, { instruction: 'look it up', task_type: 'Research' }] })
+  t.equal((await call(server, 'POST', `${API}/execute`, { session_id: 'unrouted' })).body.status, 'Completed', 'the configured type runs')
+  t.match((await call(server, 'POST', `${API}/execute`, { session_id: 'unrouted' })).body, {
+    status: 'Failed', error: 'no agent for Research tasks: TASK_AGENTS has no "Research" and no "default" entry'
+  })
+})
+
 t.test('boot (real process): TASK_AGENTS=@agents.json is read relative to the working folder', async (t) => {
   const { dir, start } = await scratch(t)
   await writeFile(join(dir, 'agents.json'), JSON.stringify({ default: { kind: 'command', argv: fixture('report.js') } }))

@@ -27,7 +27,7 @@ async function makeRunner (t: TestContext, executors: Executors, options: Runner
   const registry = new SessionRegistry({ store, autoSave: true, clock: () => new Date() })
   const runner = new TaskRunner({
     registry,
-    agents: resolveAgents(executors, {}),
+    agents: resolveAgents(executors),
     events: new EventEmitter<TaskManagerEvents>(),
     log: { info: noop, warn: noop, error: noop },
     maxResultBytes: 64 * 1024,

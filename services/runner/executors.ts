@@ -1,4 +1,5 @@
-import type { TaskType } from '../../schemas/session.js'
+import { TASK_TYPES, type TaskType } from '../../schemas/session.js'
+import { AgentError } from '../errors.js'
 import { commandAgent, DEFAULT_COMMAND_RUNTIME, type CommandRuntime } from './agents/command.js'
 import { openaiAgent } from './agents/openai.js'
 import { AGENT_KEYS, DEFAULT_AGENTS, DEFAULT_POLICY, checkPolicy, type AgentKey, type AgentPolicy, type AgentSpec, type AgentsConfig } from './agents/spec.js'
@@ -35,18 +36,35 @@ export const echoExecutor: Executor = async (task) => ({ result: task.instructio
 
 /**
  * Builds the routing table: per key, a programmatic executor if one is given, else the
- * configured agent. `default` falls back to the echo agent.
+ * configured agent. Without TASK_AGENTS (`config` undefined), `default` falls back to the echo
+ * demo agent; with it, a type it leaves out and no `default` fails its tasks (`unrouted`):
+ * echoing instructions back as results would pass for work done.
  */
-export function resolveAgents (executors: Executors = {}, config: AgentsConfig = DEFAULT_AGENTS, env: NodeJS.ProcessEnv = process.env, command: CommandRuntime = DEFAULT_COMMAND_RUNTIME): AgentRoutes {
+export function resolveAgents (executors: Executors = {}, config: AgentsConfig | undefined = undefined, env: NodeJS.ProcessEnv = process.env, command: CommandRuntime = DEFAULT_COMMAND_RUNTIME): AgentRoutes {
   const routes: Partial<Record<AgentKey, Agent>> = {}
   for (const key of AGENT_KEYS) {
     const given = executors[key]
-    const spec = config[key]
+    const spec = (config ?? DEFAULT_AGENTS)[key]
     if (given !== undefined) routes[key] = programmatic(key, given)
     else if (spec !== undefined) routes[key] = fromSpec(key, spec, env, command)
   }
-  routes.default ??= { key: 'default', kind: 'echo', run: echoExecutor, policy: DEFAULT_POLICY }
+  routes.default ??= config === undefined ? { key: 'default', kind: 'echo', run: echoExecutor, policy: DEFAULT_POLICY } : unrouted
   return routes as AgentRoutes
+}
+
+/** The task types `routes` sends nowhere (TASK_AGENTS without a `default`, nor an agent for them). */
+export function unroutedTypes (routes: AgentRoutes): TaskType[] {
+  return routes.default === unrouted ? TASK_TYPES.filter((type) => routes[type] === undefined) : []
+}
+
+/** What runs a task TASK_AGENTS gave no agent: it fails at once, naming the fix. */
+const unrouted: Agent = {
+  key: 'default',
+  kind: 'none',
+  run: async (task) => {
+    throw new AgentError(`no agent for ${task.task_type} tasks: TASK_AGENTS has no "${task.task_type}" and no "default" entry`)
+  },
+  policy: { ...DEFAULT_POLICY, max_attempts: 1 }
 }
 
 export function agentFor (routes: AgentRoutes, type: TaskType): Agent {
