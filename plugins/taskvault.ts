@@ -3,6 +3,7 @@ import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, 
 import fp from 'fastify-plugin'
 import type { Registry } from 'prom-client'
 import { errorHandler } from '../http/error-handler.js'
+import { errorShape } from '../http/error-shape.js'
 import archiveRoutes from '../routes/archive.js'
 import backupRoutes from '../routes/backup.js'
 import eventRoutes from '../routes/events.js'
@@ -83,6 +84,7 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
   }
 
   let scope: FastifyInstance | undefined
+  let ownAuth = false
   // Fastify applies logLevel and logSerializers to an encapsulated context only, which this
   // plugin is not (fastify-plugin): they are handed on to the context of the routes.
   await app.register(async function taskvaultScope (instance) {
@@ -92,11 +94,11 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     instance.setErrorHandler(errorHandler)
     instance.addHook('onRoute', documentRoute)
     instance.addHook('preHandler', bindSessionLogger)
+    instance.addHook('preSerialization', errorShape)
     // The host's own taskvault-auth (the standalone server registers one) guards these routes
     // too, unless this registration is given keys of its own.
-    if (options.apiKeys !== undefined || !instance.hasPlugin('taskvault-auth')) {
-      await instance.register(authPlugin, { apiKeys: options.apiKeys })
-    }
+    ownAuth = options.apiKeys !== undefined || !instance.hasPlugin('taskvault-auth')
+    if (ownAuth) await instance.register(authPlugin, { apiKeys: options.apiKeys })
     await instance.register(persistencePlugin, pick(PersistenceOptionsSchema, options))
     await instance.register(taskManagerPlugin, pick(TaskManagerOptionsSchema, options))
     await instance.register(archiverPlugin, pick(ArchiverOptionsSchema, options))
@@ -120,6 +122,9 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     app.decorate('archiver', scope.archiver)
     app.decorate('taskEvents', scope.taskEvents)
     app.decorate('eventStreams', scope.eventStreams)
+    // The key check guarding these routes, for the host's own (`{ onRequest: app.verifyApiKey }`),
+    // unless the host has one of its own already.
+    if (ownAuth && !app.hasDecorator('verifyApiKey')) app.decorate('verifyApiKey', scope.verifyApiKey)
   }
 }, { name: 'taskvault', fastify: '5.x' })
 

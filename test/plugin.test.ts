@@ -289,6 +289,41 @@ t.test('apiKeys guard an embedded taskvault\'s routes only', async (t) => {
   t.equal((await app.inject({ method: 'GET', url: '/open' })).statusCode, 200)
 })
 
+t.test('the host reaches the key check guarding an embedded taskvault (app.verifyApiKey) for routes of its own', async (t) => {
+  const app = host(t)
+  await app.register(taskvault, { prefix: '/tv', storageDir: await tempDir(t), apiKeys: ['secret'] })
+  app.get('/mine', { onRequest: app.verifyApiKey }, async () => 'mine')
+  await app.ready()
+  t.equal(typeof app.verifyApiKey, 'function', 'what the types promise is there')
+  t.equal((await app.inject({ method: 'GET', url: '/mine' })).statusCode, 401, 'the host\'s route is guarded, not silently open')
+  t.equal((await app.inject({ method: 'GET', url: '/mine', headers: { authorization: 'Bearer secret' } })).statusCode, 200)
+
+  const second = host(t)
+  await second.register(authPlugin, { apiKeys: ['host-key'] })
+  await second.register(taskvault, { prefix: '/tv', storageDir: await tempDir(t), apiKeys: ['tv-key'] })
+  second.get('/mine', { onRequest: second.verifyApiKey }, async () => 'mine')
+  t.equal((await second.inject({ method: 'GET', url: '/mine', headers: { authorization: 'Bearer host-key' } })).statusCode, 200, 'a host with its own key check keeps it')
+  t.equal((await second.inject({ method: 'GET', url: '/tv/stats', headers: { authorization: 'Bearer tv-key' } })).statusCode, 200)
+})
+
+t.test('a host hook answering an error in a shape of its own (its auth\'s 401, a maintenance 503) reaches the client with that status in the documented error shape, not as a 500', async (t) => {
+  const app = host(t)
+  app.addHook('onRequest', async (request, reply) => {
+    if (request.headers['x-maintenance'] === '1') return reply.code(503).send({ maintenance: true })
+    if (request.headers.authorization !== 'Bearer ok') return reply.code(401).send({ error: 'missing authorization header', code: 'HOST_AUTH' })
+  })
+  await app.register(taskvault, { prefix: '/tv', storageDir: await tempDir(t) })
+  await app.ready()
+  const denied = await app.inject({ method: 'GET', url: '/tv/stats' })
+  t.equal(denied.statusCode, 401)
+  t.same(denied.json(), { statusCode: 401, code: 'HOST_AUTH', error: 'Unauthorized', message: 'missing authorization header' })
+  const down = await app.inject({ method: 'POST', url: '/tv/create', headers: { authorization: 'Bearer ok', 'x-maintenance': '1' }, payload: { session_id: 'x', instructions: 'a' } })
+  t.equal(down.statusCode, 503)
+  t.same(down.json(), { statusCode: 503, error: 'Service Unavailable', message: 'Service Unavailable' })
+  const own = await app.inject({ method: 'GET', url: '/tv/progress?session_id=nope', headers: { authorization: 'Bearer ok' } })
+  t.same(own.json(), { statusCode: 404, code: 'SESSION_NOT_FOUND', error: 'Not Found', message: "session 'nope' not found" }, 'taskvault\'s own errors as they were')
+})
+
 t.test('two taskvaults report into one metrics registry under two prefixes; the same prefix is refused', async (t) => {
   const registry = new Registry()
   const app = host(t)
