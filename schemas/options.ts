@@ -69,6 +69,7 @@ export const MANAGER_SETTINGS = {
   diskMaxAgeMs: 'TASK_DISK_MAX_AGE_MS',
   sweepIntervalMs: 'TASK_SWEEP_INTERVAL_MS',
   sweepBatch: 'TASK_SWEEP_BATCH',
+  sweepRecheck: 'TASK_SWEEP_RECHECK',
   sweepBackoffMaxMs: 'TASK_SWEEP_BACKOFF_MAX_MS'
 } as const
 

@@ -103,7 +103,7 @@ export class TaskManager {
     this.passive = options.passive === true
     this.sweeper = this.shared === undefined || this.passive
       ? null
-      : new Sweeper({ shared: this.shared, intervalMs: settings.sweepIntervalMs, batch: settings.sweepBatch, backoffMaxMs: settings.sweepBackoffMaxMs, takeOver: async (swept) => this.takeOver(swept), resumeRuns: settings.resumeOnStart, log: this.log })
+      : new Sweeper({ shared: this.shared, intervalMs: settings.sweepIntervalMs, batch: settings.sweepBatch, backoffMaxMs: settings.sweepBackoffMaxMs, takeOver: async (swept) => this.takeOver(swept), resumeRuns: settings.resumeOnStart, recheck: async () => this.recheck(), log: this.log })
     const leaseLost = (sessionId: string, why: string): void => { this.runner.leaseLost(sessionId, why) }
     const cancel = (sessionId: string): void => { this.runner.cancelRequested(sessionId) }
     this.store.events?.on('lease-lost', leaseLost)
@@ -219,6 +219,17 @@ export class TaskManager {
       task.status = 'Pending'
       this.log.warn({ session_id: sessionId, task_id: task.id, interruptions: count }, 'Task was interrupted; set back to Pending')
     }
+  }
+
+  /**
+   * The next TASK_SWEEP_RECHECK sessions held here, brought up to their rows: another replica
+   * may have deleted or archived one (its copy here would hold memory, count against
+   * TASK_MAX_SESSIONS and show in /metrics until a request named it) or changed it. The store
+   * reads them in batches, and a document only when its version moved. Never rejects.
+   */
+  private async recheck (): Promise<void> {
+    const ids = this.registry.nextIdle(this.settings.sweepRecheck)
+    await Promise.all(ids.map(async (id) => this.registry.sync(id).catch(noop)))
   }
 
   /**

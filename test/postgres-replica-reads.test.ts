@@ -117,3 +117,29 @@ t.test('/stats and /metrics count sealed sessions from the rows: every replica t
     t.same(await sealedGauge(app), ['taskvault_sealed_sessions{kid=""} 0', 'taskvault_sealed_sessions{kid="k1"} 4'], `${name}: /metrics the same`)
   }
 })
+
+t.test('a replica lets go of its copies of sessions another replica deleted or archived: no memory held, no room taken under TASK_MAX_SESSIONS, nothing in /metrics', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const settings = { TASK_MAX_SESSIONS: 5, TASK_SWEEP_INTERVAL_MS: 200, TASK_SWEEP_RECHECK: 3 }
+  const a = await replica(t, url, 'held-a', settings)
+  const b = await replica(t, url, 'held-b', settings)
+  const ids = ['d1', 'd2', 'd3', 'r1', 'r2']
+  for (const id of ids) t.equal((await post(b, 'create', { session_id: id, instructions: '1. one\n2. two' })).status, 200)
+  // A reads each: it now holds a copy of all five, as many as TASK_MAX_SESSIONS allows.
+  for (const id of ids) t.equal((await get(a, `progress?session_id=${id}`)).status, 200)
+  t.equal(a.taskManager.registry.size, 5)
+  for (const id of ['d1', 'd2', 'd3']) t.equal((await b.inject({ method: 'DELETE', url: `${API}/sessions/${id}` })).statusCode, 204)
+  for (const id of ['r1', 'r2']) {
+    t.equal((await post(b, 'execute-all', { session_id: id })).status, 200)
+  }
+  t.same((await post(b, 'archive', { older_than_days: 0 })).body.archived_ids.sort(), ['r1', 'r2'])
+
+  // Three a sweep: within two sweeps every copy is checked and dropped.
+  const deadline = Date.now() + 10_000
+  while (a.taskManager.registry.size > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100))
+  t.equal(a.taskManager.registry.size, 0, 'A holds no copy of what is gone')
+  const metrics = (await a.inject({ method: 'GET', url: '/metrics' })).body
+  t.match(metrics, /^taskvault_sessions\{state="active"\} 0$/mu, 'and reports none in /metrics')
+  t.equal((await post(a, 'create', { session_id: 'room', instructions: 'x' })).status, 200, 'a create on A finds room: the database holds no active session')
+})

@@ -13,6 +13,8 @@ export interface SweeperOptions {
   takeOver: (session: SweptSession) => Promise<boolean>
   /** TASK_RESUME_ON_START: whether the sessions claimed for their background run alone are worth claiming. */
   resumeRuns: boolean
+  /** After each sweep: checks sessions this replica holds against their rows (TASK_SWEEP_RECHECK). Never rejects. */
+  recheck: () => Promise<void>
   log: Logger
 }
 
@@ -88,8 +90,9 @@ export class Sweeper {
       if (swept.length > 0) log.info({ sessions: swept.length }, 'Claimed sessions whose runs stopped elsewhere')
       const taken = await Promise.all(swept.map(takeOver))
       swept.forEach((session, i) => { this.settle(session.sessionId, taken[i] === true) })
-      if (swept.length < batch) return
+      if (swept.length < batch) break
     }
+    if (!this.stopped) await this.options.recheck()
   }
 
   private settle (sessionId: string, taken: boolean): void {

@@ -87,6 +87,8 @@ export interface RegistryOptions {
  */
 export class SessionRegistry {
   private readonly slots = new Map<string, SessionSlot>()
+  /** The ids nextIdle has still to hand out this turn. */
+  private turn: string[] = []
   /** Why saveUnsaved() last failed to write a session (see lostChanges). */
   private readonly saveFailures = new Map<string, unknown>()
   /** Sessions whose first write is in flight (see sessionsAndCreates). */
@@ -219,6 +221,24 @@ export class SessionRegistry {
       const file = slot.file as SessionFile
       return { session_id: file.session_id, created_at: file.created_at, updated_at: file.updated_at, ...(slot.progress as Progress) }
     })
+  }
+
+  /**
+   * The next `count` sessions held here and idle (no run, nothing queued or unsaved), in turn
+   * over every call: what a replica checks against the shared store now and then.
+   */
+  nextIdle (count: number): string[] {
+    const ids: string[] = []
+    for (let seen = 0; ids.length < count && seen < this.slots.size; seen++) {
+      if (this.turn.length === 0) {
+        this.turn = [...this.slots.keys()]
+        if (this.turn.length === 0) break
+      }
+      const id = this.turn.pop() as string
+      const slot = this.slots.get(id)
+      if (slot !== undefined && slot.file !== null && !slot.executing && !slot.unsaved && slot.flushing === null && slot.queue.length === 0) ids.push(id)
+    }
+    return ids
   }
 
   sessionIds (): string[] {
