@@ -110,6 +110,12 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
 async function commandRuntime (app: FastifyInstance, settings: Resolved<typeof COMMAND_SETTINGS>, agents: AgentsConfig | undefined): Promise<CommandRuntime> {
   const drainMs = settings.commandDrainMs
   if (!Object.values(agents ?? {}).some((spec) => spec.kind === 'command')) return { drainMs, cgroups: null }
+  // A process that exits with calls still running (a second signal, a shutdown past its time)
+  // kills their programs on the way out: none outlives the server to run beside the task's retry.
+  const running = new Set<() => void>()
+  const killRunning = (): void => { for (const kill of running) kill() }
+  process.on('exit', killRunning)
+  app.addHook('onClose', async () => { process.off('exit', killRunning) })
   const mode = settings.commandCgroup
   const probe = mode === 'off' ? { cgroups: null, reason: 'TASK_COMMAND_CGROUP=off' } : await probeCgroups({ logger: app.log })
   if (probe.cgroups !== null) {
@@ -117,7 +123,7 @@ async function commandRuntime (app: FastifyInstance, settings: Resolved<typeof C
   } else {
     app.log.warn({ reason: probe.reason }, 'Command agents are contained by their process group only: a process a command starts that calls setsid (or joins another group) is not killed with it and can outlive its call')
   }
-  return { drainMs, cgroups: probe.cgroups }
+  return { drainMs, cgroups: probe.cgroups, running }
 }
 
 /** The `agents` option or the TASK_AGENTS setting, validated; undefined when neither names agents. */

@@ -3,10 +3,11 @@
  * this test over a real socket: a background run SIGKILLed half way resumes by itself after a
  * restart, and a task that kills the server every time ends Failed "interrupted 3 times".
  */
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import type { SessionFile } from '../schemas/session.js'
-import { fakeAgent, ok, readSession, waitFor, type Received } from './agents-fakes.js'
+import { alive, fakeAgent, ok, readSession, waitFor, type Received } from './agents-fakes.js'
 import { baseEnv, call, describe, exitWithin, freePort, logLines, scratch, type ServerProcess } from './server-process.js'
 
 const API = '/api/v1/tasks'
@@ -112,4 +113,24 @@ t.test('a task that kills the server every time: Failed "interrupted 3 times" af
     return answer.body.running === false && answer
   })
   t.match(progress.body, { failed: 1, completed: 1, all_done: true, running: false })
+})
+
+t.test('a second signal during shutdown exits at once (status 1), and the command agent\'s program is killed on the way out, not left running beside the task\'s retry', async (t) => {
+  const { dir, start } = await scratch(t)
+  const storage = join(dir, 'tasks')
+  const pidfile = join(dir, 'agent.pid')
+  // The program records its pid, then runs far past the test; its task stays InProgress.
+  const argv = ['/bin/sh', '-c', 'echo $$ > "$0.tmp" && mv "$0.tmp" "$0" && exec sleep 300', pidfile]
+  const server = await start({ TASK_STORAGE_DIR: storage, TASK_COMMAND_CGROUP: 'off', TASK_SHUTDOWN_GRACE_MS: '30000', TASK_AGENTS: JSON.stringify({ default: { kind: 'command', argv, timeout_ms: 600_000 } }) })
+  t.equal((await call(server, 'POST', `${API}/create`, { session_id: 'slow', instructions: 'wait' })).status, 200)
+  t.equal((await call(server, 'POST', `${API}/execute-all`, { session_id: 'slow', wait: false })).status, 202)
+  const pid = await waitFor('the program\'s pid', async () => Number((await readFile(pidfile, 'utf8').catch(() => '')).trim()) || undefined, 10_000)
+  t.teardown(() => { if (alive(pid)) process.kill(pid, 'SIGKILL') })
+  server.child.kill('SIGTERM')
+  await server.waitForLine((line) => /shutting down/u.test(line), 10_000)
+  server.child.kill('SIGINT')
+  t.same(await exitWithin(server, 10_000), { code: 1, signal: null }, 'the second signal ends the wait for the running task: exit 1')
+  await waitFor('the program to be gone', () => !alive(pid), 5000)
+  t.pass('no program outlives the server')
+  t.match((await readSession(storage, 'slow')).session.tasks, [{ status: 'InProgress' }], 'its task runs again after a restart')
 })

@@ -22,6 +22,12 @@ export interface CommandRuntime {
   drainMs: number
   /** Per-call cgroups when the host allows them (TASK_COMMAND_CGROUP); null: the process group only. */
   cgroups: CallCgroups | null
+  /**
+   * The kills of the calls running now (synchronous): run when the process exits without the
+   * calls having ended (a second signal during shutdown, a shutdown past its time), so that no
+   * program outlives the server.
+   */
+  running?: Set<() => void>
 }
 
 export const DEFAULT_COMMAND_RUNTIME: CommandRuntime = { drainMs: 200, cgroups: null }
@@ -39,6 +45,7 @@ interface Output {
 }
 
 interface ProcessCall {
+  running: Set<() => void> | undefined
   argv: string[]
   cwd: string | undefined
   env: NodeJS.ProcessEnv
@@ -81,7 +88,8 @@ export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv
           signal: context.signal,
           drainMs,
           maxOutputBytes: spec.max_output_bytes,
-          killCgroup: () => { if (cgroup !== null) cgroups?.kill(cgroup) }
+          killCgroup: () => { if (cgroup !== null) cgroups?.kill(cgroup) },
+          running: runtime.running
         }, output)
     } finally {
       if (cgroup !== null) await cgroups?.destroy(cgroup)
@@ -97,11 +105,7 @@ function runProcess (call: ProcessCall, output: Output): Promise<Ending> {
     const child = spawn(call.argv[0] as string, call.argv.slice(1), { cwd: call.cwd, env: call.env, stdio: ['pipe', 'pipe', 'pipe'], detached: true })
     let ended = false
     let drain: NodeJS.Timeout | undefined
-    const end = (how: Ending): void => {
-      if (ended) return
-      ended = true
-      clearTimeout(drain)
-      call.signal.removeEventListener('abort', onAbort)
+    const kill = (): void => {
       // The group outlives its leader while anything it started still runs, so kill it even after exit.
       if (child.pid !== undefined) {
         try {
@@ -109,6 +113,15 @@ function runProcess (call: ProcessCall, output: Output): Promise<Ending> {
         } catch {}
       }
       call.killCgroup()
+    }
+    call.running?.add(kill)
+    const end = (how: Ending): void => {
+      if (ended) return
+      ended = true
+      clearTimeout(drain)
+      call.signal.removeEventListener('abort', onAbort)
+      call.running?.delete(kill)
+      kill()
       // Our ends of the pipes close too: a leftover that holds them must not hold the call.
       child.stdin.destroy()
       child.stdout.destroy()
