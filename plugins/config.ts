@@ -1,5 +1,5 @@
 import fastifyEnv from '@fastify/env'
-import Fastify from 'fastify'
+import { fastify } from 'fastify'
 import fp from 'fastify-plugin'
 import { ConfigSchema, describeSettingErrors, type Config, type SettingError } from '../schemas/config.js'
 
@@ -54,7 +54,7 @@ export default configPlugin
  * server needs some of them (LOG_PRETTY, LOG_LEVEL) to build its logger.
  */
 export async function loadConfig (options: ConfigPluginOptions = {}): Promise<Config> {
-  const probe = Fastify({ logger: false })
+  const probe = fastify({ logger: false })
   try {
     await probe.register(configPlugin, options)
     await probe.ready()

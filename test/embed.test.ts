@@ -102,6 +102,7 @@ t.test('the packed package installs into another project and runs the embedding 
       'const app = Fastify()',
       "await app.register(taskvault, { prefix: '/tv', executors: { default: run }, logLevel: 'warn' })",
       'app.addHook(\'onRequest\', app.verifyApiKey)',
+      "app.get('/mine', { onRequest: app.verifyApiKey }, async () => 'mine')",
       'const status: number = new TaskvaultError(\'SESSION_NOT_FOUND\', \'x\').statusCode',
       'export const all = [status, plugin0, plugin1, plugin2, plugin3, plugin4, plugin5, plugin6, plugin7, buildApp, FileSessionStore, TaskManager, parseInstructions, connectionConfig]'
     ].join('\n'))
@@ -120,10 +121,14 @@ t.test('the packed package installs into another project and runs the embedding 
       files: ['embed.ts', 'exports.ts']
     }
     await writeFile(join(project, 'tsconfig.json'), JSON.stringify(tsconfig))
+    // A bundler's resolution too (Vite, esbuild, tsx users), where a default import of fastify is no namespace.
+    await writeFile(join(project, 'tsconfig.bundler.json'), JSON.stringify({ ...tsconfig, compilerOptions: { ...tsconfig.compilerOptions, module: 'ESNext', moduleResolution: 'Bundler' } }))
     const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
-    const report = await run(...node([tsc, '-p', join(project, 'tsconfig.json')]), { cwd: project, timeout: 60_000 })
-      .then(() => '', (err: { stdout?: string }) => err.stdout ?? String(err))
-    t.equal(report, '', 'tsc reports nothing')
+    for (const config of ['tsconfig.json', 'tsconfig.bundler.json']) {
+      const report = await run(...node([tsc, '-p', join(project, config)]), { cwd: project, timeout: 60_000 })
+        .then(() => '', (err: { stdout?: string }) => err.stdout ?? String(err))
+      t.equal(report, '', `tsc reports nothing (${config})`)
+    }
   })
 
   t.test('create and execute over HTTP, with the host\'s executor, saved in its folder', async (t) => {
