@@ -111,7 +111,10 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     const bodyLimit = options.bodyLimit ?? appSettings(instance).BODY_LIMIT
     await instance.register(taskRoutes, { bodyLimit })
     await instance.register(archiveRoutes, { bodyLimit })
-    await instance.register(backupRoutes)
+    // A backup whose client stopped reading is cut once the running tasks' grace and the
+    // streams' time for their last bytes are over, as the standalone server cuts any answer.
+    const cutAfterMs = (options.shutdownGraceMs ?? appSettings(instance).TASK_SHUTDOWN_GRACE_MS) + (options.eventsCloseMs ?? appSettings(instance).TASK_EVENTS_CLOSE_MS)
+    await instance.register(backupRoutes, { cutAfterMs })
     await instance.register(eventRoutes)
     scope = instance
   }, { prefix, logLevel: options.logLevel, logSerializers: options.logSerializers })

@@ -1,3 +1,4 @@
+import type { ServerResponse } from 'node:http'
 import { Readable } from 'node:stream'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { NoQuery, responses } from '../schemas/api.js'
@@ -6,12 +7,34 @@ import { ShuttingDownError } from '../services/errors.js'
 import { errorHandler } from '../http/error-handler.js'
 import { tarGzStream } from '../services/backup/tar.js'
 
+export interface BackupRoutesOptions {
+  /**
+   * Once the app is closing, how long a backup still being sent may take before its connection
+   * is cut (a client that stopped reading would otherwise hold the close forever). Default: never.
+   */
+  cutAfterMs?: number
+}
+
 /**
  * GET /backup: a tar.gz of every session, streamed as it is made (memory stays bounded
  * whatever the number of sessions), in the layout `taskvault restore` reads.
  */
-const backupRoutes: FastifyPluginAsyncTypebox = async (app) => {
+const backupRoutes: FastifyPluginAsyncTypebox<BackupRoutesOptions> = async (app, options) => {
   app.addHook('onRequest', app.verifyApiKey)
+  // The answers being sent, for the cut at close.
+  const sending = new Set<ServerResponse>()
+  let cut: NodeJS.Timeout | undefined
+  if (options.cutAfterMs !== undefined) {
+    const after = options.cutAfterMs
+    app.addHook('preClose', (done) => {
+      cut = setTimeout(() => { for (const res of sending) res.destroy() }, after)
+      done()
+    })
+    app.addHook('onClose', (_instance, done) => {
+      clearTimeout(cut)
+      done()
+    })
+  }
 
   app.get('/backup', {
     schema: { querystring: NoQuery, response: responses.backup },
@@ -45,6 +68,8 @@ const backupRoutes: FastifyPluginAsyncTypebox = async (app) => {
     })
     // The client went away: Fastify destroys the stream, which stops the session walk.
     stream.once('close', () => { if (!ended) request.log.warn({ ...counts }, 'Backup stopped before its end') })
+    sending.add(reply.raw)
+    reply.raw.once('close', () => { sending.delete(reply.raw) })
     // The schema types the body as the binary string it documents; a stream is sent as is.
     return reply.send(stream as unknown as string)
   })

@@ -3,7 +3,10 @@
  * the prefix, the host's own executor, one registration reachable from the host, several
  * registrations independent of each other, and the building blocks used on their own.
  */
+import { randomBytes } from 'node:crypto'
 import { readdir } from 'node:fs/promises'
+import net, { type AddressInfo } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { Registry } from 'prom-client'
 import t from 'tap'
@@ -365,4 +368,28 @@ t.test('the building blocks under the host\'s own routes: domain errors keep the
   const missing = await call(app, 'GET', '/mine/missing')
   t.equal(missing.status, 404)
   t.match(missing.body, { statusCode: 404, code: 'SESSION_NOT_FOUND', error: 'Not Found', message: "session 'missing' not found" })
+})
+
+t.test('embedded, a backup download nobody reads is cut once closing has waited shutdownGraceMs + eventsCloseMs: the host\'s close() ends', async (t) => {
+  const app = host(t)
+  const storageDir = await tempDir(t)
+  await app.register(taskvault, { prefix: '/tv', storageDir, shutdownGraceMs: 300, eventsCloseMs: 200, maxInstructionBytes: 1_000_000, bodyLimit: 2_000_000 })
+  // 24 MB that does not compress: more than the socket's buffers on both sides take.
+  for (let i = 0; i < 40; i++) {
+    const res = await app.inject({ method: 'POST', url: '/tv/create', payload: { session_id: `big_${i}`, tasks: [{ instruction: randomBytes(450_000).toString('base64') }] } })
+    t.equal(res.statusCode, 200)
+  }
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+  const socket = net.connect(port, '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  socket.on('error', () => {})
+  socket.write('GET /tv/backup HTTP/1.1\r\nHost: x\r\n\r\n')
+  await new Promise<void>((resolve) => socket.once('data', () => { socket.pause(); resolve() }))
+  // Time for the backup to fill every buffer on the way and stop, waiting for a reader.
+  await sleep(2000)
+  const started = Date.now()
+  const closed = await Promise.race([app.close().then(() => true), sleep(15_000, false)])
+  t.ok(closed, `close() ended (${Date.now() - started} ms)`)
+  t.ok(Date.now() - started >= 450, 'after the wait, not at once')
 })
