@@ -177,7 +177,7 @@ t.test('timeout: a call over timeout_ms fails with a timeout error; retried up t
   await createTasks(app, 'slow', [{ instruction: 'never answered' }, { instruction: 'next one' }])
   const res = await post(app, '/execute', { session_id: 'slow' })
   t.equal(res.statusCode, 200)
-  t.match(res.json(), { status: 'Failed', result: null, error: /timed out after 300 ms/ })
+  t.match(res.json(), { status: 'Failed', result: null, error: "webhook agent 'default' timed out after 300 ms" })
   t.equal(agent.requests.length, 2, 'a timeout is transient: called max_attempts times')
   await Promise.all(agent.requests.map((r) => r.closed))
   t.ok(agent.requests.every((r) => r.abandoned()), 'each timed-out request was aborted (connection closed by the client)')

@@ -24,6 +24,7 @@ t.test('request logs carry the session_id the request names; task failures carry
   const failed = log.lines().find((line) => line.msg === 'Task failed')
   t.equal(failed?.session_id, 'logged')
   t.match(failed?.task_id, /^task_1_/)
+  t.equal(failed?.agent, 'default', 'and the agent that failed, by its routing key')
   const notFound = log.lines().find((line) => line.code === 'SESSION_NOT_FOUND')
   t.equal(notFound?.session_id, 'gone', 'error logs of the request carry it too')
 })

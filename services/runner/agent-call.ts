@@ -26,7 +26,8 @@ export async function callAgent (call: AgentCall, report: (outcome: CallOutcome,
   call.signal.throwIfAborted()
   const timeout = new AbortController()
   const timer = setTimeout(() => {
-    timeout.abort(new AgentError(`${agent.kind} agent timed out after ${agent.policy.timeout_ms} ms`, { transient: true }))
+    // Named by its routing key: two agents of one kind (Coding's webhook, default's) are told apart.
+    timeout.abort(new AgentError(`${agent.kind} agent '${agent.key}' timed out after ${agent.policy.timeout_ms} ms`, { transient: true }))
   }, agent.policy.timeout_ms)
   const { signal, release } = anySignal([call.signal, timeout.signal])
   const started = performance.now()

@@ -478,7 +478,7 @@ export class TaskRunner {
           // No new call once shutdown begins: the task runs again after restart.
           if (this.closing) return this.putBack(sessionId, started.id)
           const delay = retryDelay(agent.policy, call, err.retryAfterMs)
-          this.log.warn({ session_id: sessionId, task_id: started.id, attempt: started.attempts, retry_in_ms: Math.round(delay), err: message }, 'Agent call failed; retrying')
+          this.log.warn({ session_id: sessionId, task_id: started.id, agent: agent.key, attempt: started.attempts, retry_in_ms: Math.round(delay), err: message }, 'Agent call failed; retrying')
           this.announce('task.retrying', { session_id: sessionId, task_id: started.id, status: started.status, attempt: started.attempts, retry_in_ms: Math.round(delay) })
           // Shutdown ends the wait too: no call starts after it, so waiting on only holds the close.
           await pause(delay, [run.signal, this.closingSignal.signal])
@@ -487,7 +487,7 @@ export class TaskRunner {
           continue
         }
         const outcome: Outcome = { status: 'Failed', result: null, error: truncateUtf8(message, this.maxResultBytes).text, confidence: null }
-        this.log.warn({ session_id: sessionId, task_id: started.id, attempt: started.attempts, err: outcome.error }, 'Task failed')
+        this.log.warn({ session_id: sessionId, task_id: started.id, agent: agent.key, attempt: started.attempts, err: outcome.error }, 'Task failed')
         return { taskId, outcome, agents: true }
       }
     }
