@@ -2,7 +2,7 @@
  * The command agent with real child processes (node scripts in test/fixtures/agents/): stdin,
  * environment, output cap, exit codes, and killing the whole process group.
  */
-import { readFile, realpath } from 'node:fs/promises'
+import { readFile, realpath, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { alive, createTasks, fixture, recordCalls, storedTasks, waitFor } from './agents-fakes.js'
@@ -131,8 +131,16 @@ t.test('exit 75 (EX_TEMPFAIL) is transient: retried up to max_attempts', async (
   t.same(stored.map((task) => task.attempts), [3, 2])
 })
 
-t.test('a program that cannot start fails the task', async (t) => {
-  const app = await build(t, { agents: { default: { kind: 'command', argv: ['/nonexistent/agent-binary'] } } })
+t.test('a missing program or folder stops the boot, naming the field; a program gone since fails the task', async (t) => {
+  const refused = async (spec: object): Promise<string> => build(t, { agents: { default: { kind: 'command', ...spec } as never } }).then(() => 'started', (err: Error) => err.message)
+  t.match(await refused({ argv: ['/nonexistent/agent-binary'] }), /TASK_AGENTS\.default\.argv: \/nonexistent\/agent-binary is not an executable file/u)
+  t.match(await refused({ argv: ['no-such-agent-program'] }), /TASK_AGENTS\.default\.argv: no-such-agent-program is not an executable file on PATH/u)
+  t.match(await refused({ argv: ['sh', '-c', 'true'], cwd: '/nonexistent/folder' }), /TASK_AGENTS\.default\.cwd: \/nonexistent\/folder is not a folder/u)
+  const scratch = await tempDir(t, 'taskvault-gone-')
+  const program = join(scratch, 'agent.sh')
+  await writeFile(program, '#!/bin/sh\ncat\n', { mode: 0o755 })
+  const app = await build(t, { agents: { default: { kind: 'command', argv: [program] } } })
+  await rm(program)
   await createTasks(app, 'nostart', [{ instruction: 'x' }])
   const res = await post(app, '/execute', { session_id: 'nostart' })
   t.match(res.json(), { status: 'Failed', error: /could not start: ENOENT/ })

@@ -32,11 +32,11 @@ function rejects (t: Test, source: string | object, message: RegExp, env: NodeJS
 }
 
 t.test('parseAgentsConfig: defaults filled in; inline JSON or an object', async (t) => {
-  const parsed = parseAgentsConfig('{"default": {"kind": "webhook", "url": "http://127.0.0.1:9/run"}, "Coding": {"kind": "command", "argv": ["coder"], "max_attempts": 4}}', {})
+  const parsed = parseAgentsConfig('{"default": {"kind": "webhook", "url": "http://127.0.0.1:9/run"}, "Coding": {"kind": "command", "argv": ["sh"], "max_attempts": 4}}', { PATH: '/usr/bin:/bin' })
   t.same(parsed.default, {
     kind: 'webhook', url: 'http://127.0.0.1:9/run', timeout_ms: 120_000, max_attempts: 1, backoff_ms: 1000, max_backoff_ms: 60_000, max_response_bytes: 4 * 1024 * 1024
   })
-  t.match(parsed.Coding, { kind: 'command', argv: ['coder'], timeout_ms: 120_000, max_attempts: 4, backoff_ms: 1000, max_output_bytes: 1024 * 1024 })
+  t.match(parsed.Coding, { kind: 'command', argv: ['sh'], timeout_ms: 120_000, max_attempts: 4, backoff_ms: 1000, max_output_bytes: 1024 * 1024 })
   const openai = parseAgentsConfig({ Research: { kind: 'openai', base_url: 'https://api.example/v1', model: 'm' } }, {})
   t.match(openai.Research, { kind: 'openai', logprobs: true, timeout_ms: 120_000 })
   t.same(Object.keys(parseAgentsConfig({ General: { kind: 'echo' } }, {})), ['General'])

@@ -1,5 +1,5 @@
-import { readFileSync } from 'node:fs'
-import { resolve } from 'node:path'
+import { accessSync, constants, readFileSync, statSync } from 'node:fs'
+import { join, resolve } from 'node:path'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { Value } from '@sinclair/typebox/value'
@@ -137,6 +137,30 @@ export function parseAgentsConfig (source: string | object, env: NodeJS.ProcessE
   return config
 }
 
+/**
+ * A command agent's folder and program exist, so a typo stops the boot rather than failing
+ * every task (and a missing `cwd` is not reported as the program not starting, which is how
+ * spawn tells it). The program: a path (taken from `cwd`), or a name found on PATH, executable.
+ */
+function checkProgram (key: string, argv: readonly string[], cwd: string | undefined, path: string | undefined): void {
+  if (cwd !== undefined && statSync(cwd, { throwIfNoEntry: false })?.isDirectory() !== true) {
+    throw new InvalidAgentConfigError(`TASK_AGENTS.${key}.cwd: ${cwd} is not a folder`)
+  }
+  const program = argv[0] as string
+  const candidates = program.includes('/')
+    ? [resolve(cwd ?? '.', program)]
+    : (path ?? '').split(':').filter((dir) => dir !== '').map((dir) => join(resolve(cwd ?? '.', dir), program))
+  const runnable = candidates.some((file) => {
+    try {
+      accessSync(file, constants.X_OK)
+      return statSync(file).isFile()
+    } catch {
+      return false
+    }
+  })
+  if (!runnable) throw new InvalidAgentConfigError(`TASK_AGENTS.${key}.argv: ${program} ${program.includes('/') ? 'is not an executable file' : 'is not an executable file on PATH'}`)
+}
+
 function checkSpec (key: string, value: unknown, env: NodeJS.ProcessEnv): AgentSpec {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw new InvalidAgentConfigError(`TASK_AGENTS.${key}: must be an object with a "kind"`)
@@ -157,6 +181,7 @@ function checkSpec (key: string, value: unknown, env: NodeJS.ProcessEnv): AgentS
   if (checked.kind === 'command') {
     const bad = Object.keys(checked.env ?? {}).find((name) => !ENV_NAME.test(name))
     if (bad !== undefined) throw new InvalidAgentConfigError(`TASK_AGENTS.${key}.env: '${bad}' is not an environment variable name`)
+    checkProgram(key, checked.argv, checked.cwd, checked.env?.PATH ?? env.PATH)
   }
   // A password in an agent's URL would go out in clear in every error about it (fetch refuses
   // such a URL, naming it whole): credentials belong in headers_env or api_key_env.
