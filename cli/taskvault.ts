@@ -4,6 +4,7 @@
  * backup, restore, seal) and a PostgreSQL database (migrate, export, import; validate, stats,
  * archive and prune with --database-url), built on the same services as the server.
  */
+import { readFile } from 'node:fs/promises'
 import { BadSettingError, InvalidEncryptionKeysError, StorageLockedError, TaskvaultError } from '../services/errors.js'
 import { Keyring } from '../services/store/keyring.js'
 import { UsageError, isGlobalHelp, parseCommand } from './args.js'
@@ -27,11 +28,16 @@ Commands:
 ${COMMANDS.map((command) => `  ${command.name.padEnd(9)} ${command.summary}`).join('\n')}
 
 Run 'taskvault <command> --help' for a command's options. Every command takes --json.
+'taskvault --version' prints the version.
 Exit status: 0 done, 1 failed or found a problem, 2 usage error.`
 
 const EXIT = { ok: 0, failed: 1, usage: 2 } as const
 
 async function main (argv: string[]): Promise<number> {
+  if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-v')) {
+    process.stdout.write(`${await packageVersion()}\n`)
+    return EXIT.ok
+  }
   const wantsJson = argv.includes('--json')
   if (isGlobalHelp(argv)) {
     const asked = argv.length > 0
@@ -55,6 +61,12 @@ async function main (argv: string[]): Promise<number> {
   } catch (err) {
     return fail(err, wantsJson, command)
   }
+}
+
+/** The version of the package this tool came with. */
+async function packageVersion (): Promise<string> {
+  const { version } = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
+  return version
 }
 
 /** TASK_ENCRYPTION_KEYS, parsed; a bad list is a bad setting (exit 2) like any other. */

@@ -27,6 +27,8 @@ t.test('help and usage errors', async (t) => {
   const [help, none, ...own] = await Promise.all([taskvault(['--help']), taskvault([]), ...names.map((name) => taskvault([name, '--help']))])
   t.equal(help.code, 0)
   t.equal(none.code, 2, 'no command')
+  const version = await taskvault(['--version'])
+  t.same([version.code, version.stdout], [0, `${(JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version}\n`], '--version prints the package\'s version')
   names.forEach((name, i) => {
     t.match(help.stdout, new RegExp(`\\n  ${name} `), `lists ${name}`)
     t.equal(own[i]?.code, 0, `${name} --help exits 0`)

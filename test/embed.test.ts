@@ -51,6 +51,7 @@ t.test('the packed package installs into another project and runs the embedding 
   t.ok(files.includes('dist/index.js') && files.includes('dist/index.d.ts'), 'the root export and its types are packed')
   t.notOk(files.some((file) => file.startsWith('dist/test/') || file.endsWith('.map')), 'no tests or source maps')
   t.ok(['index.html', 'app.js', 'dashboard.css'].every((name) => files.includes(`dashboard/static/${name}`)), 'the dashboard\'s files are packed')
+  t.ok(files.includes('LICENSE'), 'the license travels with the package')
 
   const project = join(scratch, 'host')
   await mkdir(project)
