@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, RegisterOptions, RouteOptions } from 'fastify'
+import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyReply, FastifyRequest, RegisterOptions, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import type { Registry } from 'prom-client'
 import { errorHandler } from '../http/error-handler.js'
@@ -11,13 +11,13 @@ import taskRoutes from '../routes/tasks.js'
 import { createValidatorCompiler } from '../http/validation.js'
 import { ROUTE_DOCS } from '../schemas/route-docs.js'
 import { SESSION_ID_PATTERN } from '../schemas/session.js'
-import { InvalidOptionsError } from '../services/errors.js'
+import { InvalidOptionsError, TaskvaultError } from '../services/errors.js'
 import { registerTaskvaultMetrics } from '../services/metrics/metrics.js'
 import archiverPlugin, { ArchiverOptionsSchema } from './archiver.js'
 import authPlugin, { AuthOptionsSchema } from './auth.js'
 import eventsPlugin, { EventsOptionsSchema } from './events.js'
-import { settingOptions } from '../schemas/options.js'
-import { appSettings, checkOptions, FunctionOption, pick } from './options.js'
+import { ARCHIVER_SETTINGS, COMMAND_SETTINGS, EVENTS_SETTINGS, MANAGER_SETTINGS, STORE_SETTINGS, settingOptions } from '../schemas/options.js'
+import { appSettings, checkOptions, FunctionOption, inTermsOf, pick } from './options.js'
 import persistencePlugin, { PersistenceOptionsSchema } from './persistence.js'
 import taskManagerPlugin, { TaskManagerOptionsSchema } from './task-manager.js'
 
@@ -57,6 +57,9 @@ export type { EventsPluginOptions } from './events.js'
 export type { PersistencePluginOptions } from './persistence.js'
 export type { TaskManagerPluginOptions } from './task-manager.js'
 
+/** Every option that stands for a setting, for errors told in terms of options (inTermsOf). */
+const OPTION_SETTINGS = { ...STORE_SETTINGS, ...MANAGER_SETTINGS, ...COMMAND_SETTINGS, ...ARCHIVER_SETTINGS, ...EVENTS_SETTINGS, bodyLimit: 'BODY_LIMIT' } as const
+
 const DECORATORS = ['persistence', 'taskManager', 'archiver', 'taskEvents', 'eventStreams'] as const
 
 /**
@@ -91,7 +94,11 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     // The host's own validation and error handling may differ; taskvault's routes keep theirs
     // (unknown fields are a 400, domain errors get their status).
     instance.setValidatorCompiler(createValidatorCompiler())
-    instance.setErrorHandler(errorHandler)
+    instance.setErrorHandler(async (error: FastifyError | TaskvaultError, request, reply) => {
+      // Embedded, a limit is an option the host set, not a variable it never read (TASK_MAX_SESSIONS → option 'maxSessions').
+      if (error instanceof TaskvaultError) error.message = inTermsOf(instance, OPTION_SETTINGS, error.message)
+      await errorHandler(error, request, reply)
+    })
     instance.addHook('onRoute', documentRoute)
     instance.addHook('preHandler', bindSessionLogger)
     instance.addHook('preSerialization', errorShape)

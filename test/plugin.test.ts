@@ -240,6 +240,16 @@ t.test('settings that do not fit together, found while registering, are named as
   }
 })
 
+t.test('limits met at run time are named as the options the host set, not environment variables it never read', async (t) => {
+  const app = host(t)
+  await app.register(taskvault, { prefix: '/tv', storageDir: await tempDir(t), maxSessions: 1, maxTasksPerSession: 2, maxInstructionBytes: 10 })
+  const create = async (payload: object): Promise<{ status: number, body: any }> => call(app, 'POST', '/tv/create', payload)
+  t.match(await create({ session_id: 'a', instructions: 'far more than ten bytes' }), { status: 400, body: { message: "task 1 is 23 bytes; the limit is 10 (option 'maxInstructionBytes')" } })
+  t.equal((await create({ session_id: 'a', instructions: '1. x\n2. y' })).status, 200)
+  t.match(await create({ session_id: 'a', instructions: 'z' }), { status: 400, body: { message: "session 'a' would have 3 tasks; the limit is 2 (option 'maxTasksPerSession')" } })
+  t.match(await create({ session_id: 'b', instructions: 'z' }), { status: 507, body: { message: /its maximum of 1 sessions \(option 'maxSessions'\)/u } })
+})
+
 t.test('embedded without options: the settings\' defaults, not the environment', async (t) => {
   const dir = await tempDir(t)
   const app = host(t)
