@@ -33,6 +33,7 @@ const ERROR_EXAMPLES: Readonly<Record<number, { code: string, error: string, mes
   404: { code: 'SESSION_NOT_FOUND', error: 'Not Found', message: "session 'important_work' not found" },
   409: { code: 'NO_PENDING_TASK', error: 'Conflict', message: "session 'important_work' has no pending task" },
   413: { code: 'FST_ERR_CTP_BODY_TOO_LARGE', error: 'Payload Too Large', message: 'Request body is too large' },
+  414: { code: 'FST_ERR_MAX_PARAM_LENGTH', error: 'URI Too Long', message: 'a part of the path is longer than 4096 characters' },
   415: { code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', error: 'Unsupported Media Type', message: "Unsupported Media Type ('application/x-www-form-urlencoded'): send the body as JSON with the header Content-Type: application/json (curl: -H 'content-type: application/json')" },
   503: { code: 'STORAGE_UNAVAILABLE', error: 'Service Unavailable', message: "saving session 'important_work' failed: storage is unavailable (EIO)" },
   507: { code: 'STORAGE_FULL', error: 'Insufficient Storage', message: "saving session 'important_work' failed: storage is full (ENOSPC)" }
@@ -303,7 +304,8 @@ export const responses = {
   progress: { 200: ProgressResponse, ...errors(400, 401, 404, 503) },
   list: { 200: ListResponse, ...errors(400, 401, 404, 503) },
   stats: { 200: StatsResponse, ...errors(400, 401, 503) },
-  remove: { 204: Type.Null({ description: 'Deleted; no body' }), ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
+  // 414: the id in the path is longer than the router takes (ids are 128 characters at most).
+  remove: { 204: Type.Null({ description: 'Deleted; no body' }), ...errors(400, 401, 404, 409, 413, 414, 415, 503, 507) },
   archive: { 200: ArchiveResponse, ...errors(400, 401, 413, 415, 503, 507) },
   // A stream, never serialized: the schema only documents it.
   backup: {

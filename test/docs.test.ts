@@ -203,6 +203,18 @@ t.test('a query parameter a GET route does not take is a 400, and the document l
   }
 })
 
+t.test('a path parameter longer than the router takes is a 414, and the document lists 414 for each route with one', async (t) => {
+  const app = await build(t)
+  const doc = (await app.inject({ method: 'GET', url: '/documentation/json' })).json<OpenApi>()
+  const withParams = Object.entries(doc.paths).flatMap(([path, item]) => Object.entries(item).filter(([, operation]) => (operation as Operation).parameters?.some((p) => p.in === 'path') === true).map(([method, operation]) => ({ path, method, operation: operation as Operation })))
+  t.ok(withParams.length >= 1, `${withParams.length} routes with a path parameter`)
+  for (const { path, method, operation } of withParams) {
+    const res = await app.inject({ method: method.toUpperCase() as 'DELETE', url: path.replace(/\{[^}]+\}/u, 'a'.repeat(5000)) })
+    t.equal(res.statusCode, 414, `${method} ${path}`)
+    t.ok(Object.keys(operation.responses).includes('414'), `${method} ${path}: 414 is documented`)
+  }
+})
+
 t.test('create answers neither-or-both with its own error, as before the document said so', async (t) => {
   const app = await build(t)
   for (const body of [{ session_id: 'x' }, { session_id: 'x', instructions: 'a', tasks: [{ instruction: 'b' }] }]) {
