@@ -2,7 +2,7 @@ import { Type, type Static } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { TASK_TYPES } from '../schemas/session.js'
-import { probeCgroups } from '../services/runner/agents/cgroup.js'
+import { probeCgroups, removeLeftoverCgroups } from '../services/runner/agents/cgroup.js'
 import type { CommandRuntime } from '../services/runner/agents/command.js'
 import { parseAgentsConfig, type AgentsConfig } from '../services/runner/agents/spec.js'
 import { unroutedTypes, type Executors } from '../services/runner/executors.js'
@@ -109,7 +109,10 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
  */
 async function commandRuntime (app: FastifyInstance, settings: Resolved<typeof COMMAND_SETTINGS>, agents: AgentsConfig | undefined): Promise<CommandRuntime> {
   const drainMs = settings.commandDrainMs
-  if (!Object.values(agents ?? {}).some((spec) => spec.kind === 'command')) return { drainMs, cgroups: null }
+  if (!Object.values(agents ?? {}).some((spec) => spec.kind === 'command')) {
+    if (settings.commandCgroup !== 'off') await removeLeftoverCgroups({ logger: app.log })
+    return { drainMs, cgroups: null }
+  }
   // A process that exits with calls still running (a second signal, a shutdown past its time)
   // kills their programs on the way out: none outlives the server to run beside the task's retry.
   const running = new Set<() => void>()

@@ -159,4 +159,13 @@ t.test('a per-call cgroup left by a server that is gone is removed at the next s
   await t.rejects(lstat(leftover), { code: 'ENOENT' }, 'the leftover cgroup is gone')
   await waitFor('the process it held to be killed', () => sleeper.exitCode !== null || sleeper.signalCode !== null)
   t.ok(log.lines().some((line) => line.msg === 'Removing a command call\'s cgroup left by a server that is gone'), 'and the log says so')
+
+  // A start with no command agent at all clears them too (the agents may have changed since).
+  const again = join(parent, 'taskvault-4194998-0badcafe')
+  await mkdir(again)
+  const held = spawn('/bin/sh', ['-c', `echo $$ > ${again}/cgroup.procs && exec sleep 300`], { stdio: 'ignore' })
+  await waitFor('the process to be in the leftover cgroup', async () => (await readFile(join(again, 'cgroup.procs'), 'utf8')).trim() !== '')
+  await build(t, { agents: { default: { kind: 'webhook', url: 'http://127.0.0.1:9/run' } } })
+  await t.rejects(lstat(again), { code: 'ENOENT' }, 'gone after a start with webhook agents only')
+  await waitFor('the process it held to be killed', () => held.exitCode !== null || held.signalCode !== null)
 })

@@ -75,6 +75,16 @@ export async function probeCgroups (options: CgroupProbeOptions = {}): Promise<C
   }
 }
 
+/**
+ * Removes the per-call cgroups a server gone without cleaning up left beside this process (what
+ * they hold is killed), without probing: a server started with no command agent after one that
+ * had some still clears what that one left running. Never throws.
+ */
+export async function removeLeftoverCgroups (options: CgroupProbeOptions = {}): Promise<void> {
+  const parent = await ownCgroupDir().catch(() => null)
+  if (parent !== null) await new CallCgroups(parent, options.shell ?? '/bin/sh', options.logger).removeLeftovers().catch(() => {})
+}
+
 /** This process's cgroup2 directory, from /proc/self/mountinfo and /proc/self/cgroup. */
 async function ownCgroupDir (): Promise<string> {
   const mountinfo = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '')
