@@ -3,7 +3,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { TASK_TYPES } from '../schemas/session.js'
 import { probeCgroups, removeLeftoverCgroups } from '../services/runner/agents/cgroup.js'
-import type { CommandRuntime } from '../services/runner/agents/command.js'
+import { RunningCalls, type CommandRuntime } from '../services/runner/agents/command.js'
 import { parseAgentsConfig, type AgentsConfig } from '../services/runner/agents/spec.js'
 import { unroutedTypes, type Executors } from '../services/runner/executors.js'
 import { TaskManager } from '../services/task-manager.js'
@@ -113,12 +113,6 @@ async function commandRuntime (app: FastifyInstance, settings: Resolved<typeof C
     if (settings.commandCgroup !== 'off') await removeLeftoverCgroups({ logger: app.log })
     return { drainMs, cgroups: null }
   }
-  // A process that exits with calls still running (a second signal, a shutdown past its time)
-  // kills their programs on the way out: none outlives the server to run beside the task's retry.
-  const running = new Set<() => void>()
-  const killRunning = (): void => { for (const kill of running) kill() }
-  process.on('exit', killRunning)
-  app.addHook('onClose', async () => { process.off('exit', killRunning) })
   const mode = settings.commandCgroup
   const probe = mode === 'off' ? { cgroups: null, reason: 'TASK_COMMAND_CGROUP=off' } : await probeCgroups({ logger: app.log })
   if (probe.cgroups !== null) {
@@ -126,7 +120,9 @@ async function commandRuntime (app: FastifyInstance, settings: Resolved<typeof C
   } else {
     app.log.warn({ reason: probe.reason }, 'Command agents are contained by their process group only: a process a command starts that calls setsid (or joins another group) is not killed with it and can outlive its call')
   }
-  return { drainMs, cgroups: probe.cgroups, running }
+  // A process that exits with calls still running (a second signal, a shutdown past its time)
+  // kills their programs on the way out: none outlives the server to run beside the task's retry.
+  return { drainMs, cgroups: probe.cgroups, running: new RunningCalls() }
 }
 
 /** The `agents` option or the TASK_AGENTS setting, validated; undefined when neither names agents. */

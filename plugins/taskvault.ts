@@ -87,7 +87,6 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
   }
 
   let scope: FastifyInstance | undefined
-  let ownAuth = false
   // Fastify applies logLevel and logSerializers to an encapsulated context only, which this
   // plugin is not (fastify-plugin): they are handed on to the context of the routes.
   await app.register(async function taskvaultScope (instance) {
@@ -104,8 +103,7 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     instance.addHook('preSerialization', errorShape)
     // The host's own taskvault-auth (the standalone server registers one) guards these routes
     // too, unless this registration is given keys of its own.
-    ownAuth = options.apiKeys !== undefined || !instance.hasPlugin('taskvault-auth')
-    if (ownAuth) await instance.register(authPlugin, { apiKeys: options.apiKeys })
+    if (options.apiKeys !== undefined || !instance.hasPlugin('taskvault-auth')) await instance.register(authPlugin, { apiKeys: options.apiKeys })
     await instance.register(persistencePlugin, pick(PersistenceOptionsSchema, options))
     await instance.register(taskManagerPlugin, pick(TaskManagerOptionsSchema, options))
     await instance.register(archiverPlugin, pick(ArchiverOptionsSchema, options))
@@ -132,9 +130,10 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     app.decorate('archiver', scope.archiver)
     app.decorate('taskEvents', scope.taskEvents)
     app.decorate('eventStreams', scope.eventStreams)
-    // The key check guarding these routes, for the host's own (`{ onRequest: app.verifyApiKey }`),
-    // unless the host has one of its own already.
-    if (ownAuth && !app.hasDecorator('verifyApiKey')) app.decorate('verifyApiKey', scope.verifyApiKey)
+    // The check of this registration's apiKeys, for the host's routes too (`{ onRequest: app.verifyApiKey }`),
+    // unless the host has one of its own already. Without apiKeys there is no check of taskvault's
+    // to share, and the host stays free to register taskvault/auth itself afterwards.
+    if (options.apiKeys !== undefined && !app.hasDecorator('verifyApiKey')) app.decorate('verifyApiKey', scope.verifyApiKey)
   }
 }, { name: 'taskvault', fastify: '5.x' })
 

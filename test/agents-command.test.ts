@@ -146,6 +146,17 @@ t.test('a missing program or folder stops the boot, naming the field; a program 
   t.match(res.json(), { status: 'Failed', error: /could not start: ENOENT/ })
 })
 
+t.test('the process\'s exit listener that kills running programs is there only while a call runs (no listener per app: many apps in one process warn of none)', async (t) => {
+  const apps = await Promise.all(Array.from({ length: 12 }, async () => build(t, { agents: { default: { kind: 'command', argv: ['/bin/sh', '-c', 'sleep 0.5; cat'] } } })))
+  const baseline = process.listenerCount('exit')
+  const app = apps[0]!
+  await createTasks(app, 'listened', [{ instruction: 'x' }])
+  const running = post(app, '/execute', { session_id: 'listened' })
+  await waitFor('the call to run', () => process.listenerCount('exit') === baseline + 1, 5000)
+  t.match((await running).json(), { status: 'Completed', result: 'x' })
+  t.equal(process.listenerCount('exit'), baseline, 'gone once the call ended')
+})
+
 t.test('timeout kills the whole process group: the grandchild it started is gone too', async (t) => {
   const dir = await tempDir(t)
   const scratch = await tempDir(t, 'taskvault-pids-')

@@ -32,7 +32,7 @@ function rejects (t: Test, source: string | object, message: RegExp, env: NodeJS
 }
 
 t.test('parseAgentsConfig: defaults filled in; inline JSON or an object', async (t) => {
-  const parsed = parseAgentsConfig('{"default": {"kind": "webhook", "url": "http://127.0.0.1:9/run"}, "Coding": {"kind": "command", "argv": ["sh"], "max_attempts": 4}}', { PATH: '/usr/bin:/bin' })
+  const parsed = parseAgentsConfig('{"default": {"kind": "webhook", "url": "http://127.0.0.1:9/run"}, "Coding": {"kind": "command", "argv": ["sh"], "max_attempts": 4}}', {})
   t.same(parsed.default, {
     kind: 'webhook', url: 'http://127.0.0.1:9/run', timeout_ms: 120_000, max_attempts: 1, backoff_ms: 1000, max_backoff_ms: 60_000, max_response_bytes: 4 * 1024 * 1024
   })

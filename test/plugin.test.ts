@@ -317,6 +317,14 @@ t.test('the host reaches the key check guarding an embedded taskvault (app.verif
   second.get('/mine', { onRequest: second.verifyApiKey }, async () => 'mine')
   t.equal((await second.inject({ method: 'GET', url: '/mine', headers: { authorization: 'Bearer host-key' } })).statusCode, 200, 'a host with its own key check keeps it')
   t.equal((await second.inject({ method: 'GET', url: '/tv/stats', headers: { authorization: 'Bearer tv-key' } })).statusCode, 200)
+
+  // Without apiKeys of its own there is no check to share: a host registering taskvault/auth afterwards starts.
+  const third = host(t)
+  await third.register(taskvault, { prefix: '/tv', storageDir: await tempDir(t) })
+  await third.register(authPlugin, { apiKeys: ['late'] })
+  third.get('/mine', { onRequest: third.verifyApiKey }, async () => 'mine')
+  await third.ready()
+  t.equal((await third.inject({ method: 'GET', url: '/mine' })).statusCode, 401, 'the host\'s own check, registered after')
 })
 
 t.test('a host hook answering an error in a shape of its own (its auth\'s 401, a maintenance 503) reaches the client with that status in the documented error shape, not as a 500', async (t) => {

@@ -22,12 +22,27 @@ export interface CommandRuntime {
   drainMs: number
   /** Per-call cgroups when the host allows them (TASK_COMMAND_CGROUP); null: the process group only. */
   cgroups: CallCgroups | null
-  /**
-   * The kills of the calls running now (synchronous): run when the process exits without the
-   * calls having ended (a second signal during shutdown, a shutdown past its time), so that no
-   * program outlives the server.
-   */
-  running?: Set<() => void>
+  /** The calls running now, killed if the process exits before they end. */
+  running?: RunningCalls
+}
+
+/**
+ * The kills (synchronous) of the command calls running now, run when the process exits before
+ * they end (a second signal during shutdown, a shutdown past its time), so that no program
+ * outlives the server. The process's exit listener is there only while a call runs.
+ */
+export class RunningCalls {
+  private readonly kills = new Set<() => void>()
+  private readonly onExit = (): void => { for (const kill of this.kills) kill() }
+
+  add (kill: () => void): void {
+    if (this.kills.size === 0) process.on('exit', this.onExit)
+    this.kills.add(kill)
+  }
+
+  delete (kill: () => void): void {
+    if (this.kills.delete(kill) && this.kills.size === 0) process.off('exit', this.onExit)
+  }
 }
 
 export const DEFAULT_COMMAND_RUNTIME: CommandRuntime = { drainMs: 200, cgroups: null }
@@ -45,7 +60,7 @@ interface Output {
 }
 
 interface ProcessCall {
-  running: Set<() => void> | undefined
+  running: RunningCalls | undefined
   argv: string[]
   cwd: string | undefined
   env: NodeJS.ProcessEnv

@@ -142,14 +142,14 @@ export function parseAgentsConfig (source: string | object, env: NodeJS.ProcessE
  * every task (and a missing `cwd` is not reported as the program not starting, which is how
  * spawn tells it). The program: a path (taken from `cwd`), or a name found on PATH, executable.
  */
-function checkProgram (key: string, argv: readonly string[], cwd: string | undefined, path: string | undefined): void {
+function checkProgram (key: string, argv: readonly string[], cwd: string | undefined, path: string): void {
   if (cwd !== undefined && statSync(cwd, { throwIfNoEntry: false })?.isDirectory() !== true) {
     throw new InvalidAgentConfigError(`TASK_AGENTS.${key}.cwd: ${cwd} is not a folder`)
   }
   const program = argv[0] as string
   const candidates = program.includes('/')
     ? [resolve(cwd ?? '.', program)]
-    : (path ?? '').split(':').filter((dir) => dir !== '').map((dir) => join(resolve(cwd ?? '.', dir), program))
+    : path.split(':').filter((dir) => dir !== '').map((dir) => join(resolve(cwd ?? '.', dir), program))
   const runnable = candidates.some((file) => {
     try {
       accessSync(file, constants.X_OK)
@@ -181,7 +181,8 @@ function checkSpec (key: string, value: unknown, env: NodeJS.ProcessEnv): AgentS
   if (checked.kind === 'command') {
     const bad = Object.keys(checked.env ?? {}).find((name) => !ENV_NAME.test(name))
     if (bad !== undefined) throw new InvalidAgentConfigError(`TASK_AGENTS.${key}.env: '${bad}' is not an environment variable name`)
-    checkProgram(key, checked.argv, checked.cwd, checked.env?.PATH ?? env.PATH)
+    // With no PATH, spawn looks in /usr/bin and /bin (libuv's default), and so does this check.
+    checkProgram(key, checked.argv, checked.cwd, checked.env?.PATH ?? env.PATH ?? '/usr/bin:/bin')
   }
   // A password in an agent's URL would go out in clear in every error about it (fetch refuses
   // such a URL, naming it whole): credentials belong in headers_env or api_key_env.
