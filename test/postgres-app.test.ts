@@ -482,36 +482,6 @@ t.test('bringing an archived session back with an outcome unknown (the answer lo
   t.equal((await inject('GET', '/stats')).body.archived_sessions, 0, 'no longer counted as archived')
 })
 
-t.test('a change answered 503 that landed all the same is undone, and the event streams get a reset (its events never went out)', async (t) => {
-  const url = await testDatabase(t)
-  if (url === null) return
-  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500 })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const { port } = app.server.address() as import('node:net').AddressInfo
-  const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events`)
-  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'one' } })).statusCode, 200)
-  const created = (await stream.until((events) => events.some((event) => event.event === 'progress'))).length
-  const db = await inspector(t, url)
-  // The append's statement commits, but its answer never arrives.
-  await db.query('CREATE FUNCTION taskvault.slow_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
-  await db.query('CREATE TRIGGER slow BEFORE UPDATE ON taskvault.sessions FOR EACH ROW EXECUTE FUNCTION taskvault.slow_update()')
-  const appending = app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'two' } })
-  await waitFor('the statement to reach the server', async () => (await db.query(
-    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
-  proxy.stall()
-  await waitFor('the statement to commit', async () => (await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text LIKE '%\"two\"%'")).rowCount === 1, 10_000)
-  await db.query('DROP TRIGGER slow ON taskvault.sessions')
-  await db.query('DROP FUNCTION taskvault.slow_update()')
-  proxy.drop()
-  proxy.pass()
-  t.equal((await appending).statusCode, 503, 'the append fails, its outcome unknown')
-  const events = await stream.until((events) => events.some((event) => event.event === 'reset'), 10_000)
-  t.notOk(events.slice(created).some((event) => event.event === 'tasks.added'), 'the append\'s own events never went out')
-  await waitFor('the acknowledged state to be written back', async () => (await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text NOT LIKE '%\"two\"%'")).rowCount === 1, 10_000)
-  const progress = (await app.inject({ method: 'GET', url: `${API}/progress?session_id=landed` })).json()
-  t.equal(progress.total, 1, 'the service serves the acknowledged session: one task')
-})
-
 t.test('shutdown with the database not answering ends the event streams after TASK_EVENTS_CLOSE_MS, not after the statement timeout', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
