@@ -16,7 +16,7 @@ import { registerTaskvaultMetrics } from '../services/metrics/metrics.js'
 import archiverPlugin, { ArchiverOptionsSchema } from './archiver.js'
 import authPlugin, { AuthOptionsSchema } from './auth.js'
 import eventsPlugin, { EventsOptionsSchema } from './events.js'
-import { ARCHIVER_SETTINGS, COMMAND_SETTINGS, EVENTS_SETTINGS, MANAGER_SETTINGS, STORE_SETTINGS, settingOptions } from '../schemas/options.js'
+import { ARCHIVER_SETTINGS, COMMAND_SETTINGS, EVENTS_SETTINGS, MANAGER_SETTINGS, STORE_SETTINGS, resolveSettings, settingOptions } from '../schemas/options.js'
 import { appSettings, checkOptions, FunctionOption, inTermsOf, pick } from './options.js'
 import persistencePlugin, { PersistenceOptionsSchema } from './persistence.js'
 import taskManagerPlugin, { TaskManagerOptionsSchema } from './task-manager.js'
@@ -118,8 +118,8 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     await instance.register(archiveRoutes, { bodyLimit })
     // A backup whose client stopped reading is cut once the running tasks' grace and the
     // streams' time for their last bytes are over, as the standalone server cuts any answer.
-    const cutAfterMs = (options.shutdownGraceMs ?? appSettings(instance).TASK_SHUTDOWN_GRACE_MS) + (options.eventsCloseMs ?? appSettings(instance).TASK_EVENTS_CLOSE_MS)
-    await instance.register(backupRoutes, { cutAfterMs })
+    const { shutdownGraceMs, eventsCloseMs } = resolveSettings({ shutdownGraceMs: 'TASK_SHUTDOWN_GRACE_MS', eventsCloseMs: 'TASK_EVENTS_CLOSE_MS' }, options, appSettings(instance))
+    await instance.register(backupRoutes, { cutAfterMs: shutdownGraceMs + eventsCloseMs })
     await instance.register(eventRoutes)
     scope = instance
   }, { prefix, logLevel: options.logLevel, logSerializers: options.logSerializers })

@@ -64,7 +64,7 @@ const unrouted: Agent = {
   run: async (task) => {
     throw new AgentError(`no agent for ${task.task_type} tasks: TASK_AGENTS has no "${task.task_type}" and no "default" entry`)
   },
-  policy: { ...DEFAULT_POLICY, max_attempts: 1 }
+  policy: DEFAULT_POLICY
 }
 
 export function agentFor (routes: AgentRoutes, type: TaskType): Agent {
