@@ -46,7 +46,7 @@ export const ConfigSchema = Type.Object({
   TASK_LOCK_STALE_MS: Type.Integer({ minimum: 1000, maximum: MAX_TIMER_MS, default: 60_000 }),
   TASK_AGENTS: Type.String({ default: '', description: 'JSON (or @file.json) mapping a task type or "default" to an agent spec; empty: the echo demo agent' }),
   TASK_MAX_INTERRUPTIONS: Type.Integer({ minimum: 1, maximum: 1000, default: 3, description: 'Restarts that may find a task running before it is failed' }),
-  TASK_RUN_RETRY_MS: Type.Integer({ minimum: 10, maximum: HOUR_MS, default: 1000, description: 'A background run stopped by a storage fault tries again after this, doubling each time' }),
+  TASK_RUN_RETRY_MS: Type.Integer({ minimum: 10, maximum: HOUR_MS, default: 1000, description: 'A background run stopped by a storage fault, and a failed change\'s write-back of the acknowledged state, try again after this, doubling each time' }),
   TASK_RUN_RETRY_MAX_MS: Type.Integer({ minimum: 10, maximum: HOUR_MS, default: 60_000, description: 'The longest wait between those tries' }),
   TASK_RESUME_ON_START: Type.Boolean({ default: true, description: 'Resume background runs a restart interrupted' }),
   TASK_MAX_AGENT_CALLS: Type.Integer({ minimum: 1, maximum: 100_000, default: 64, description: 'Agent calls in flight at once, over every session; more wait their turn (their tasks stay Pending meanwhile)' }),

@@ -15,6 +15,7 @@ import { resolveAgents, type AgentRoutes, type Executors } from './runner/execut
 import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
 import { liveFile, unchanged } from './session/draft.js'
 import { SessionRegistry, type SessionSummary } from './session/registry.js'
+import { WriteBackRetries } from './session/write-back-retries.js'
 import type { ArchivableCursor, SessionStore, SharedSessions, SweptSession } from './store/store.js'
 import { Sweeper } from './replicas/sweeper.js'
 import { noop } from './noop.js'
@@ -78,6 +79,7 @@ export class TaskManager {
   /** A store shared by several replicas (PostgreSQL): leases, sweeps, and reads checked against the rows. */
   private readonly shared: SharedSessions | undefined
   private readonly sweeper: Sweeper | null
+  private readonly writeBacks: WriteBackRetries
   private readonly unsubscribe: () => void
 
   constructor (options: TaskManagerOptions) {
@@ -86,7 +88,8 @@ export class TaskManager {
     const settings = this.settings = resolveSettings(MANAGER_SETTINGS, options)
     this.clock = options.clock ?? (() => new Date())
     this.log = options.logger ?? silent
-    this.registry = new SessionRegistry({ store: this.store, autoSave: settings.autoSave, clock: this.clock })
+    this.writeBacks = new WriteBackRetries({ retry: async () => this.registry.retryWriteBacks(), retryMs: settings.runRetryMs, retryMaxMs: settings.runRetryMaxMs, log: this.log })
+    this.registry = new SessionRegistry({ store: this.store, autoSave: settings.autoSave, clock: this.clock, writeBackFailed: this.writeBacks.failed })
     this.runner = new TaskRunner({
       registry: this.registry,
       agents: this.agents,
@@ -682,6 +685,7 @@ export class TaskManager {
   async close (): Promise<void> {
     await this.beginShutdown()
     await this.registry.drain()
+    await this.writeBacks.close()
     if (!this.settings.autoSave) await this.registry.saveUnsaved()
   }
 

@@ -18,7 +18,8 @@ import t, { type Test } from 'tap'
 import { buildApp } from '../app.js'
 import { SessionFile } from '../schemas/session.js'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
-import { API, build, get, post, tempDir, withoutFreeSpace, type TestContext } from './helper.js'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { API, build, get, memoryLog, post, tempDir, waitFor, withoutFreeSpace, type TestContext } from './helper.js'
 import { fill, mountedFolder } from './tmpfs.js'
 import { faultFs, type Where } from './faults.js'
 
@@ -410,4 +411,38 @@ t.test('fs seam: EIO on the folder fsync after the rename → 503, and the faile
   app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
   const tasks = (await tasksOf(app, 'keep')).map((task) => task.instruction)
   t.same(tasks, ['keep one'], 'restart: the change answered 503 is not there')
+})
+
+t.test('fs seam: the folder fsync fails after the rename and the write-back fails too → the acknowledged state is put back once the disk works, by a retry or at shutdown', async (t) => {
+  const dir = await tempDir(t)
+  const fs = faultFs()
+  const logs = memoryLog()
+  let app = await build(t, { dir, fs, logger: logs.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_RUN_RETRY_MS: 100 } })
+  const model = new Model()
+  await model.create(app, 'keep', ['keep one'])
+  const keepBytes = await readFile(join(dir, 'keep.json'))
+
+  // The append lands and its folder fsync fails; the write-back then fails before its rename.
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  fs.fail('write', 'EIO', { skip: 1 })
+  storageError(t, await model.create(app, 'keep', ['appended during the fault']), 503, 'create whose folder fsync fails')
+  t.match(await readFile(join(dir, 'keep.json'), 'utf8'), /appended during the fault/u, 'the disk holds the change answered 503, for now')
+  t.ok(logs.lines().some((line) => line.msg === 'Could not put back the acknowledged state after a failed save; trying again' && line.session_id === 'keep' && line.level === 40), 'the failed write-back is logged')
+  await sleep(300)
+  t.match(await readFile(join(dir, 'keep.json'), 'utf8'), /appended during the fault/u, 'still, while the disk fails')
+  fs.heal()
+  await waitFor('the acknowledged state to be put back', async () => (await readFile(join(dir, 'keep.json'))).equals(keepBytes), 5000)
+  t.ok(logs.messages().includes('Storage holds the acknowledged states again after failed saves'), 'and that is logged')
+
+  // Failing until the shutdown begins: the shutdown tries once more.
+  await app.close()
+  app = await build(t, { dir, fs, config: { TASK_ARCHIVE_DAYS: 0, TASK_RUN_RETRY_MS: 3_600_000 } })
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  fs.fail('write', 'EIO', { skip: 1 })
+  storageError(t, await model.create(app, 'keep', ['appended before the shutdown']), 503, 'create whose folder fsync fails')
+  fs.heal()
+  await app.close()
+  t.ok((await readFile(join(dir, 'keep.json'))).equals(keepBytes), 'the shutdown put the acknowledged state back')
+  app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
+  t.same((await tasksOf(app, 'keep')).map((task) => task.instruction), ['keep one'], 'restart: neither change answered 503 is there')
 })

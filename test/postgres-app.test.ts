@@ -2,10 +2,10 @@ import { randomBytes } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { buildApp } from '../app.js'
 import taskvaultPlugin from '../index.js'
-import { API, build, tempDir, waitFor } from './helper.js'
+import { API, build, memoryLog, tempDir, waitFor } from './helper.js'
 import pg from 'pg'
 import { testDatabase } from './postgres.js'
 import { startProxy } from './tcp-proxy.js'
@@ -37,9 +37,10 @@ function steppingClock (): () => Date {
   return () => new Date(ms++)
 }
 
-async function postgresApp (t: Parameters<typeof testDatabase>[0] & { teardown: (fn: () => unknown) => void }, url: string, extra: Record<string, string | number | boolean> = {}): Promise<FastifyInstance> {
+async function postgresApp (t: Parameters<typeof testDatabase>[0] & { teardown: (fn: () => unknown) => void }, url: string, extra: Record<string, string | number | boolean> = {}, logger?: FastifyServerOptions['logger']): Promise<FastifyInstance> {
   const app = await buildApp({
     readEnvironment: false,
+    logger,
     clock: steppingClock(),
     config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_SHUTDOWN_GRACE_MS: 2000, TASK_ARCHIVE_DAYS: 0, ...extra }
   })
@@ -49,13 +50,13 @@ async function postgresApp (t: Parameters<typeof testDatabase>[0] & { teardown: 
 }
 
 /** postgresApp reaching the database through a TCP proxy the test can stall or cut. */
-async function postgresAppThroughProxy (t: Parameters<typeof postgresApp>[0], url: string, extra: Record<string, string | number | boolean>): Promise<{ app: FastifyInstance, proxy: Awaited<ReturnType<typeof startProxy>> }> {
+async function postgresAppThroughProxy (t: Parameters<typeof postgresApp>[0], url: string, extra: Record<string, string | number | boolean>, logger?: FastifyServerOptions['logger']): Promise<{ app: FastifyInstance, proxy: Awaited<ReturnType<typeof startProxy>> }> {
   const target = new URL(url)
   const proxy = await startProxy(Number(target.port || 5432), target.hostname)
   t.teardown(() => proxy.close())
   const viaProxy = new URL(url)
   viaProxy.port = String(proxy.port)
-  return { app: await postgresApp(t, viaProxy.toString(), extra), proxy }
+  return { app: await postgresApp(t, viaProxy.toString(), extra, logger), proxy }
 }
 
 type Step = [method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown]
@@ -480,6 +481,71 @@ t.test('bringing an archived session back with an outcome unknown (the answer lo
   t.same(seen.body.tasks.slice(0, 2).map((task: { status: string }) => task.status), ['Completed', 'Completed'])
   t.equal(seen.body.archived, undefined, 'as an active session')
   t.equal((await inject('GET', '/stats')).body.archived_sessions, 0, 'no longer counted as archived')
+})
+
+t.test('a change answered 503 that landed all the same is undone (its write-back tried again while it fails), and the event streams get a reset (its events never went out)', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500 })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as import('node:net').AddressInfo
+  const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events`)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'one' } })).statusCode, 200)
+  const created = (await stream.until((events) => events.some((event) => event.event === 'progress'))).length
+  const db = await inspector(t, url)
+  // The append's statement commits, but its answer never arrives.
+  await db.query('CREATE FUNCTION taskvault.slow_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
+  await db.query('CREATE TRIGGER slow BEFORE UPDATE ON taskvault.sessions FOR EACH ROW EXECUTE FUNCTION taskvault.slow_update()')
+  const appending = app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'two' } })
+  await waitFor('the statement to reach the server', async () => (await db.query(
+    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
+  proxy.stall()
+  await waitFor('the statement to commit', async () => (await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text LIKE '%\"two\"%'")).rowCount === 1, 10_000)
+  await db.query('DROP TRIGGER slow ON taskvault.sessions')
+  await db.query('DROP FUNCTION taskvault.slow_update()')
+  proxy.drop()
+  proxy.pass()
+  t.equal((await appending).statusCode, 503, 'the append fails, its outcome unknown')
+  const events = await stream.until((events) => events.some((event) => event.event === 'reset'), 10_000)
+  t.notOk(events.slice(created).some((event) => event.event === 'tasks.added'), 'the append\'s own events never went out')
+  await waitFor('the acknowledged state to be written back', async () => (await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text NOT LIKE '%\"two\"%'")).rowCount === 1, 10_000)
+  const progress = (await app.inject({ method: 'GET', url: `${API}/progress?session_id=landed` })).json()
+  t.equal(progress.total, 1, 'the service serves the acknowledged session: one task')
+})
+
+t.test('a write-back owed while the database was out of reach, when another replica wrote the session meanwhile: that state is adopted, with a reset', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const logs = memoryLog()
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_REPLICA_ID: 'a', TASK_DB_STATEMENT_TIMEOUT_MS: 1500, TASK_RUN_RETRY_MS: 200, TASK_RUN_RETRY_MAX_MS: 400 }, logs.logger)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as import('node:net').AddressInfo
+  const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events`)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'one' } })).statusCode, 200)
+  await stream.until((events) => events.some((event) => event.event === 'progress'))
+  const db = await inspector(t, url)
+  await db.query('CREATE FUNCTION taskvault.slow_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
+  await db.query('CREATE TRIGGER slow BEFORE UPDATE ON taskvault.sessions FOR EACH ROW EXECUTE FUNCTION taskvault.slow_update()')
+  const appending = app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'two' } })
+  await waitFor('the statement to reach the server', async () => (await db.query(
+    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
+  proxy.stall()
+  await waitFor('the statement to commit', async () => (await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text LIKE '%\"two\"%'")).rowCount === 1, 10_000)
+  await db.query('DROP TRIGGER slow ON taskvault.sessions')
+  await db.query('DROP FUNCTION taskvault.slow_update()')
+  // Out of reach: the answer is lost, and the write-back fails too.
+  proxy.drop()
+  t.equal((await appending).statusCode, 503, 'the append fails, its outcome unknown')
+  const other = await postgresApp(t, url, { TASK_REPLICA_ID: 'b' })
+  t.equal((await other.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'three' } })).statusCode, 200, 'another replica appends to what is stored')
+  const seen = (await stream.until(() => true)).length
+  proxy.pass()
+  // Before any request reads the session: the retry itself settles it.
+  await waitFor('the retry to settle what was owed', () => logs.messages().includes('Storage holds the acknowledged states again after failed saves'), 10_000)
+  await stream.until((events) => events.slice(seen).some((event) => event.event === 'reset'), 10_000)
+  const progress = (await app.inject({ method: 'GET', url: `${API}/progress?session_id=landed` })).json()
+  t.equal(progress.total, 3, 'the stored session is served: the other replica\'s write stands')
+  t.equal((await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text LIKE '%\"three\"%'")).rowCount, 1, 'and nothing undid it')
 })
 
 t.test('shutdown with the database not answering ends the event streams after TASK_EVENTS_CLOSE_MS, not after the statement timeout', async (t) => {

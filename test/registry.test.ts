@@ -133,6 +133,73 @@ t.test('a save whose outcome is uncertain (the folder fsync failed after the ren
   t.strictSame(onDisk(store, 's'), acknowledged)
 })
 
+t.test('a write-back that fails too is owed: tried again until it lands, or until a later write of the session does', async (t) => {
+  const fs = faultFs()
+  const store = await openStore(t, fs)
+  const failed: string[] = []
+  const registry = new SessionRegistry({ store, autoSave: true, clock: () => NOW, writeBackFailed: (sessionId) => { failed.push(sessionId) } })
+  await registry.change('s', addTask('one'))
+  const acknowledged = registry.find('s')
+
+  // The save lands but its folder fsync fails; the write-back then fails before its rename.
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  fs.fail('write', 'EIO', { skip: 1 })
+  t.match(await registry.change('s', addTask('uncertain')).catch((e: unknown) => e), { uncertain: true })
+  t.same(failed, ['s'], 'the failed write-back is reported')
+  t.equal(registry.find('s'), acknowledged, 'memory keeps the acknowledged state')
+  t.same(instructions(onDisk(store, 's')), ['one', 'uncertain'], 'the disk holds the change answered as failed, for now')
+  t.same(registry.nextIdle(10), [], 'not handed out to be checked against storage (that would adopt the change)')
+
+  t.equal(await registry.retryWriteBacks(), 1, 'still owed while the disk fails')
+  t.same(failed, ['s', 's'])
+  fs.heal()
+  t.equal(await registry.retryWriteBacks(), 0, 'nothing owed once it lands')
+  t.strictSame(onDisk(store, 's'), acknowledged, 'the disk holds the acknowledged state again')
+  const renames = fs.calls.rename
+  t.equal(await registry.retryWriteBacks(), 0)
+  t.equal(fs.calls.rename, renames, 'nothing written when nothing is owed')
+
+  // A new session whose create landed and whose removal failed: the slot stays until the file is gone.
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  fs.fail('unlink', 'EIO', { path: (path) => path.endsWith('fresh.json') })
+  t.match(await registry.change('fresh', addTask('new')).catch((e: unknown) => e), { uncertain: true })
+  t.equal(registry.find('fresh'), null, 'a session never acknowledged does not exist')
+  t.ok(existsSync(store.pathFor('fresh')), 'its file is still there')
+  fs.heal()
+  t.equal(await registry.retryWriteBacks(), 0)
+  t.notOk(existsSync(store.pathFor('fresh')), 'the retry removed it')
+  t.same(registry.sessionIds(), ['s'])
+
+  // A later change's write holds the whole acknowledged state: it settles what was owed.
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  fs.fail('write', 'EIO', { skip: 1, times: 1 })
+  t.match(await registry.change('s', addTask('uncertain again')).catch((e: unknown) => e), { uncertain: true })
+  await registry.change('s', addTask('two'))
+  t.same(instructions(onDisk(store, 's')), ['one', 'two'], 'the next write leaves out the failed change')
+  const before = fs.calls.rename
+  t.equal(await registry.retryWriteBacks(), 0, 'nothing left owed')
+  t.equal(fs.calls.rename, before, 'and nothing written again')
+})
+
+t.test('a change queued while an owed write-back is tried again waits for it, then is written', async (t) => {
+  const fs = faultFs()
+  const store = await openStore(t, fs)
+  const registry = new SessionRegistry({ store, autoSave: true, clock: () => NOW })
+  await registry.change('s', addTask('one'))
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  fs.fail('write', 'EIO', { skip: 1, times: 1 })
+  t.match(await registry.change('s', addTask('uncertain')).catch((e: unknown) => e), { uncertain: true })
+  const gate = fs.hold('rename', { path: tempOf('s'), times: 1 })
+  const retry = registry.retryWriteBacks()
+  await gate.reached
+  const queued = registry.change('s', addTask('two'))
+  gate.release()
+  t.equal(await retry, 0)
+  await queued
+  t.same(instructions(onDisk(store, 's')), ['one', 'two'])
+  t.strictSame(onDisk(store, 's'), registry.find('s'), 'memory and disk agree')
+})
+
 t.test('auto-save off: changes commit in memory, saveUnsaved() writes them, delete and unarchive still write at once', async (t) => {
   const { fs, store, registry } = await setup(t, false)
   const renames = fs.calls.rename

@@ -47,6 +47,12 @@ export interface SessionSlot {
   flushing: Promise<void> | null
   /** A write met a version conflict: the stored session is read before the next change is applied. */
   stale: boolean
+  /**
+   * A write whose outcome was unknown failed, and so did putting the acknowledged state back
+   * (writeBack): storage may hold a change answered as failed. The write-back it owes (its
+   * intent) is tried again (retryWriteBacks) until it, or any later write of the session, lands.
+   */
+  owed: Draft['intent'] | null
 }
 
 /** An active session in a list: its ids, times and progress. */
@@ -76,6 +82,8 @@ export interface RegistryOptions {
   store: SessionStore
   autoSave: boolean
   clock: () => Date
+  /** A write-back failed (see SessionSlot.owed): someone is to call retryWriteBacks() later. */
+  writeBackFailed?: (sessionId: string, error: unknown) => void
 }
 
 /**
@@ -96,6 +104,7 @@ export class SessionRegistry {
   private readonly store: SessionStore
   private readonly autoSave: boolean
   private readonly clock: () => Date
+  private readonly writeBackFailed: (sessionId: string, error: unknown) => void
   private readonly totals: Totals = {
     total_sessions: 0,
     active_sessions: 0,
@@ -113,6 +122,7 @@ export class SessionRegistry {
     this.store = options.store
     this.autoSave = options.autoSave
     this.clock = options.clock
+    this.writeBackFailed = options.writeBackFailed ?? (() => {})
   }
 
   /** Adds a session read from storage (restore); it must not be known yet. */
@@ -236,7 +246,8 @@ export class SessionRegistry {
       }
       const id = this.turn.pop() as string
       const slot = this.slots.get(id)
-      if (slot !== undefined && slot.file !== null && !slot.executing && !slot.unsaved && slot.flushing === null && slot.queue.length === 0) ids.push(id)
+      // One owing a write-back is not checked: reading the stored state would adopt the change it is to undo.
+      if (slot !== undefined && slot.file !== null && !slot.executing && !slot.unsaved && slot.owed === null && slot.flushing === null && slot.queue.length === 0) ids.push(id)
     }
     return ids
   }
@@ -301,7 +312,7 @@ export class SessionRegistry {
   private slotFor (sessionId: string): SessionSlot {
     let slot = this.slots.get(sessionId)
     if (slot === undefined) {
-      slot = { file: null, progress: null, updatedMs: 0, bytes: 0, executing: false, leaving: false, unsaved: false, queue: [], flushing: null, stale: false }
+      slot = { file: null, progress: null, updatedMs: 0, bytes: 0, executing: false, leaving: false, unsaved: false, queue: [], flushing: null, stale: false, owed: null }
       this.slots.set(sessionId, slot)
     }
     return slot
@@ -421,31 +432,44 @@ export class SessionRegistry {
         // Archived copies go first: if that fails, the active session is still intact.
         if (intent.archived) await this.store.removeArchived(sessionId, intent.upTo)
         if (slot.file !== null) await this.store.remove(sessionId)
-        return 0
+        break
       case 'archive':
         if (slot.file !== null) await this.store.archive(slot.file)
-        return 0
-      case 'unarchive':
+        break
+      case 'unarchive': {
         // Written even with auto-save off: the archived copy is removed right after.
-        return this.store.unarchive(draft.file as SessionFile, intent.from, { records })
-      case 'save':
+        const bytes = await this.store.unarchive(draft.file as SessionFile, intent.from, { records })
+        slot.owed = null
+        return bytes
+      }
+      case 'save': {
         if (draft.file === null) return 0
-        return this.autoSave || intent.force ? this.store.save(draft.file, { records }) : slot.bytes
+        if (!this.autoSave && !intent.force) return slot.bytes
+        const bytes = await this.store.save(draft.file, { records })
+        slot.owed = null
+        return bytes
+      }
     }
+    // The active copy was written (removed, archived): whatever a failed write left there is gone.
+    if (slot.file !== null) slot.owed = null
+    return 0
   }
 
   /** Replaces this copy with the stored session when they differ (a shared store's refresh). */
   private async reload (sessionId: string, slot: SessionSlot): Promise<void> {
     const stored = await this.store.shared?.refresh(sessionId)
     slot.stale = false
+    // This copy is the stored state now: there is nothing left to put back.
+    if (this.store.shared !== undefined) slot.owed = null
     if (stored === undefined) return
     this.commit(slot, stored?.file ?? null, stored?.bytes ?? 0, true)
   }
 
   /**
    * After a write whose outcome is uncertain, puts the last acknowledged state back so that
-   * a failed request leaves no trace, on disk or after a restart. Best effort: if this fails
-   * too, the next successful write of the session settles it.
+   * a failed request leaves no trace, on disk or after a restart. If this fails too, the
+   * session owes it (SessionSlot.owed): retryWriteBacks() tries again, and any later write of
+   * the session that lands settles it.
    */
   private async writeBack (sessionId: string, slot: SessionSlot, intent: Draft['intent']): Promise<void> {
     try {
@@ -458,7 +482,39 @@ export class SessionRegistry {
       // it may hold changes not saved yet: written too, since an uncertain delete may have
       // removed the file, and a crash then would lose the whole session, not just those changes.
       else this.commit(slot, slot.file, await this.store.save(slot.file, { records: true }), true)
-    } catch {}
+      slot.owed = null
+    } catch (err) {
+      // Another replica wrote the session since (or the row is in no state our writes left):
+      // storage holds an acknowledged state, adopted here.
+      if (err instanceof VersionConflictError && this.store.shared !== undefined && await this.reload(sessionId, slot).then(() => true, () => false)) return
+      slot.owed = intent
+      this.writeBackFailed(sessionId, err)
+    }
+  }
+
+  /**
+   * Tries again every write-back owed (see SessionSlot.owed) of a session with nothing queued
+   * or being written (one being written settles it, or fails and owes it again), each in its
+   * change queue's turn. Resolves with how many are still owed; never rejects.
+   */
+  async retryWriteBacks (): Promise<number> {
+    const tries: Array<Promise<void>> = []
+    for (const [sessionId, slot] of this.slots) {
+      const intent = slot.owed
+      if (intent === null || slot.flushing !== null) continue
+      const retry = (async () => {
+        await this.writeBack(sessionId, slot, intent)
+        // Changes queued meanwhile waited for this turn: their write starts now.
+        slot.flushing = slot.queue.length > 0 ? this.flush(sessionId, slot) : null
+        this.forgetIfGone(sessionId, slot)
+      })()
+      slot.flushing = retry
+      tries.push(retry)
+    }
+    await Promise.all(tries)
+    let owed = 0
+    for (const slot of this.slots.values()) if (slot.owed !== null) owed++
+    return owed
   }
 
   private commit (slot: SessionSlot, file: SessionFile | null, bytes: number, saved: boolean): void {
@@ -488,6 +544,6 @@ export class SessionRegistry {
   }
 
   private forgetIfGone (sessionId: string, slot: SessionSlot): void {
-    if (slot.file === null && !slot.executing && slot.flushing === null && slot.queue.length === 0) this.slots.delete(sessionId)
+    if (slot.file === null && !slot.executing && slot.flushing === null && slot.queue.length === 0 && slot.owed === null) this.slots.delete(sessionId)
   }
 }

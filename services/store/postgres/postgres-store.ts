@@ -122,6 +122,9 @@ interface KnownRow extends RowVersion {
  */
 type Outcome = { kind: 'row', data: Buffer, kid: string } | { kind: 'gone' }
 
+/** Uncertain writes of one session remembered at most (each failed write-back adds one). */
+const MAX_UNSURE = 8
+
 /**
  * Sessions in PostgreSQL: one row per stored copy of a session (migrations/001 and 002), the
  * document in the exact bytes the file store writes, the columns lists and stats need
@@ -155,7 +158,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   private readonly pageRows: number
   private readonly rows = new Map<string, KnownRow>()
   private readonly kidCounts = new Map<string, number>()
-  private readonly unsure = new Map<string, Outcome>()
+  /**
+   * Writes of a session whose outcome is unknown, oldest first, since the last one known to
+   * land: any of them may be what the row holds (a failed write, then its failed write-back).
+   */
+  private readonly unsure = new Map<string, Outcome[]>()
   /** Active rows restore could not read: left in place, so their ids are not free (see conflict()). */
   private readonly unreadable = new Set<string>()
   private readonly index = new ArchiveIndex()
@@ -434,7 +441,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
         return
       }
       for (const save of batch) {
-        this.unsure.set(save.sessionId, save.outcome)
+        this.remember(save.sessionId, save.outcome)
         save.reject(storageError(save.operation, failure.cause, failure.sent))
       }
       return
@@ -460,6 +467,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     // a row is deleted only if it is what that write left, by its version. A row that differs
     // is another replica's acknowledged session, and no row means nothing to undo.
     if (!this.rows.has(sessionId) && this.unsure.has(sessionId) && (!(await this.reconcile(sessionId, operation)) || !this.rows.has(sessionId))) {
+      this.unsure.delete(sessionId)
       this.forget(sessionId)
       return
     }
@@ -876,7 +884,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     } catch (err) {
       const failure = err instanceof QueryFailure ? err : new QueryFailure(err, true)
       const error = storageError(operation, failure.cause, failure.sent)
-      if (error instanceof StorageError && error.uncertain) for (const [sessionId, outcome] of outcomes) this.unsure.set(sessionId, outcome)
+      if (error instanceof StorageError && error.uncertain) for (const [sessionId, outcome] of outcomes) this.remember(sessionId, outcome)
       throw error
     }
   }
@@ -928,21 +936,34 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     throw await this.conflict(sessionId, operation)
   }
 
-  /** After an uncertain write: is the active row in the state that write would have left? Then adopt it. */
+  /** A write's outcome is unknown: one more state the row may be in (the oldest dropped past MAX_UNSURE). */
+  private remember (sessionId: string, outcome: Outcome): void {
+    const outcomes = this.unsure.get(sessionId) ?? []
+    outcomes.push(outcome)
+    if (outcomes.length > MAX_UNSURE) outcomes.shift()
+    this.unsure.set(sessionId, outcomes)
+  }
+
+  /** After uncertain writes: is the active row in the state one of them would have left? Then adopt it. */
   private async reconcile (sessionId: string, operation: string): Promise<boolean> {
-    const outcome = this.unsure.get(sessionId)
-    if (outcome === undefined) return false
-    this.unsure.delete(sessionId)
+    const outcomes = this.unsure.get(sessionId)
+    if (outcomes === undefined) return false
+    // Kept until one is found to have landed: otherwise another writer changed the row since,
+    // and the refresh that follows the conflict adopts it, with a reset (ours may have landed
+    // first, its events never sent).
     const { rows } = await this.run<{ row_id: string, version: string, document: string }>(operation, currentSession(sessionId))
     const row = rows[0]
-    if (outcome.kind === 'gone') {
-      if (row !== undefined) return false
+    if (row === undefined) {
+      if (!outcomes.some((outcome) => outcome.kind === 'gone')) return false
+      this.unsure.delete(sessionId)
       this.forget(sessionId)
       this.events.emit('unannounced', sessionId)
       return true
     }
-    if (row === undefined || !this.sameSession(sessionId, row.document, outcome.data.toString('utf8'))) return false
-    this.known(sessionId, { row: row.row_id, version: row.version, kid: outcome.kid })
+    const landed = outcomes.find((outcome) => outcome.kind === 'row' && this.sameSession(sessionId, row.document, outcome.data.toString('utf8')))
+    if (landed?.kind !== 'row') return false
+    this.unsure.delete(sessionId)
+    this.known(sessionId, { row: row.row_id, version: row.version, kid: landed.kid })
     // Answered as failed, yet it landed: the change's events never went out.
     this.events.emit('unannounced', sessionId)
     return true

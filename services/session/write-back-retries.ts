@@ -1,0 +1,67 @@
+import type { Logger } from '../types.js'
+
+export interface WriteBackRetriesOptions {
+  /** Tries every owed write-back once; resolves with how many are still owed (SessionRegistry.retryWriteBacks). */
+  retry: () => Promise<number>
+  /** The first wait after a failure, doubled after each try that leaves some owed (TASK_RUN_RETRY_MS). */
+  retryMs: number
+  /** The longest wait (TASK_RUN_RETRY_MAX_MS). */
+  retryMaxMs: number
+  log: Logger
+}
+
+/**
+ * Paces the write-backs a storage fault left owed (SessionSlot.owed): after an uncertain write
+ * and a failed write-back, storage may hold a change its client was told failed, until the
+ * acknowledged state is put back. Tried again after TASK_RUN_RETRY_MS, doubling up to
+ * TASK_RUN_RETRY_MAX_MS while storage keeps failing, and once more at shutdown.
+ */
+export class WriteBackRetries {
+  private readonly options: WriteBackRetriesOptions
+  private timer: NodeJS.Timeout | null = null
+  private delay: number
+  private running: Promise<void> | null = null
+  private closed = false
+
+  constructor (options: WriteBackRetriesOptions) {
+    this.options = options
+    this.delay = Math.min(options.retryMs, options.retryMaxMs)
+  }
+
+  /** A write-back failed: warns, and makes sure a try is scheduled. */
+  readonly failed = (sessionId: string, err: unknown): void => {
+    this.options.log.warn({ session_id: sessionId, err, retry_ms: this.delay }, 'Could not put back the acknowledged state after a failed save; trying again')
+    this.schedule()
+  }
+
+  /** Stops the timer and tries once more; warns about what is still owed (after a restart those sessions may show a change answered as failed). */
+  async close (): Promise<void> {
+    this.closed = true
+    if (this.timer !== null) clearTimeout(this.timer)
+    this.timer = null
+    await this.running
+    const owed = await this.options.retry()
+    if (owed > 0) this.options.log.warn({ sessions: owed }, 'Stopping with acknowledged states not put back: these sessions may show a change answered as failed')
+  }
+
+  private schedule (): void {
+    if (this.closed || this.timer !== null || this.running !== null) return
+    this.timer = setTimeout(() => {
+      this.timer = null
+      this.running = this.options.retry().then((owed) => {
+        this.running = null
+        if (owed === 0) {
+          this.delay = Math.min(this.options.retryMs, this.options.retryMaxMs)
+          this.options.log.info({}, 'Storage holds the acknowledged states again after failed saves')
+          return
+        }
+        this.delay = Math.min(this.delay * 2, this.options.retryMaxMs)
+        this.schedule()
+      }, (err: unknown) => {
+        this.running = null
+        this.options.log.error({ err }, 'Could not try the owed write-backs again')
+      })
+    }, this.delay)
+    this.timer.unref()
+  }
+}
