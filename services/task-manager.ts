@@ -686,6 +686,8 @@ export class TaskManager {
     await this.beginShutdown()
     await this.registry.drain()
     await this.writeBacks.close()
+    // Changes that waited for the last write-back are written by now too.
+    await this.registry.drain()
     if (!this.settings.autoSave) await this.registry.saveUnsaved()
   }
 

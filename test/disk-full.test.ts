@@ -417,7 +417,7 @@ t.test('fs seam: the folder fsync fails after the rename and the write-back fail
   const dir = await tempDir(t)
   const fs = faultFs()
   const logs = memoryLog()
-  let app = await build(t, { dir, fs, logger: logs.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_RUN_RETRY_MS: 100 } })
+  let app = await build(t, { dir, fs, logger: logs.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_RUN_RETRY_MS: 100, TASK_RUN_RETRY_MAX_MS: 400 } })
   const model = new Model()
   await model.create(app, 'keep', ['keep one'])
   const keepBytes = await readFile(join(dir, 'keep.json'))

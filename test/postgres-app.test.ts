@@ -483,10 +483,11 @@ t.test('bringing an archived session back with an outcome unknown (the answer lo
   t.equal((await inject('GET', '/stats')).body.archived_sessions, 0, 'no longer counted as archived')
 })
 
-t.test('a change answered 503 that landed all the same is undone (its write-back tried again while it fails), and the event streams get a reset (its events never went out)', async (t) => {
+t.test('a change answered 503 that landed all the same is undone, by a write-back tried again until the database is back; meanwhile reads serve the acknowledged state; the event streams get a reset (its events never went out)', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
-  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500 })
+  const logs = memoryLog()
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500, TASK_RUN_RETRY_MS: 200, TASK_RUN_RETRY_MAX_MS: 400 }, logs.logger)
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as import('node:net').AddressInfo
   const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events`)
@@ -503,14 +504,24 @@ t.test('a change answered 503 that landed all the same is undone (its write-back
   await waitFor('the statement to commit', async () => (await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text LIKE '%\"two\"%'")).rowCount === 1, 10_000)
   await db.query('DROP TRIGGER slow ON taskvault.sessions')
   await db.query('DROP FUNCTION taskvault.slow_update()')
+  // Out of reach: the answer is lost, and the write-back fails too, then its retries.
   proxy.drop()
-  proxy.pass()
   t.equal((await appending).statusCode, 503, 'the append fails, its outcome unknown')
+  const failures = (): number => logs.messages().filter((msg) => msg === 'Could not put back the acknowledged state after a failed save; trying again').length
+  await waitFor('a retry of the write-back to fail', () => failures() >= 2, 10_000)
+  // No read adopts the stored change meanwhile (that would keep it for good): reads are served
+  // from the acknowledged state, while the database is out of reach and once it is back.
+  const unreachable = await app.inject({ method: 'GET', url: `${API}/progress?session_id=landed` })
+  t.match([unreachable.statusCode, unreachable.json().total], [200, 1], 'a read meanwhile serves the acknowledged session: one task')
+  proxy.pass()
+  const back = (await app.inject({ method: 'GET', url: `${API}/progress?session_id=landed` })).json()
+  t.equal(back.total, 1, 'and so does one as the database is back')
   const events = await stream.until((events) => events.some((event) => event.event === 'reset'), 10_000)
   t.notOk(events.slice(created).some((event) => event.event === 'tasks.added'), 'the append\'s own events never went out')
   await waitFor('the acknowledged state to be written back', async () => (await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text NOT LIKE '%\"two\"%'")).rowCount === 1, 10_000)
   const progress = (await app.inject({ method: 'GET', url: `${API}/progress?session_id=landed` })).json()
   t.equal(progress.total, 1, 'the service serves the acknowledged session: one task')
+  t.ok(logs.messages().includes('Storage holds the acknowledged states again after failed saves'))
 })
 
 t.test('a write-back owed while the database was out of reach, when another replica wrote the session meanwhile: that state is adopted, with a reset', async (t) => {

@@ -181,6 +181,23 @@ t.test('a write-back that fails too is owed: tried again until it lands, or unti
   t.equal(fs.calls.rename, before, 'and nothing written again')
 })
 
+t.test('archiving a session that owes a write-back archives its acknowledged state, not the change answered as failed', async (t) => {
+  const fs = faultFs()
+  const store = await openStore(t, fs)
+  const registry = new SessionRegistry({ store, autoSave: true, clock: () => NOW })
+  await registry.change('s', addTask('one'))
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  fs.fail('write', 'EIO', { skip: 1, times: 1 })
+  t.match(await registry.change('s', addTask('answered 503')).catch((e: unknown) => e), { uncertain: true })
+  t.same(instructions(onDisk(store, 's')), ['one', 'answered 503'], 'owed: the disk holds the failed change')
+  // The disk works again, and the session is archived before any retry.
+  await registry.change('s', (draft) => { draft.archive() })
+  t.notOk(existsSync(store.pathFor('s')), 'no longer active')
+  const archived = (await store.readArchived('s')).session?.file as SessionFile
+  t.same(instructions(archived), ['one'], 'the archived copy holds the acknowledged state')
+  t.equal(await registry.retryWriteBacks(), 0, 'nothing owed')
+})
+
 t.test('a change queued while an owed write-back is tried again waits for it, then is written', async (t) => {
   const fs = faultFs()
   const store = await openStore(t, fs)

@@ -323,7 +323,11 @@ export class SessionRegistry {
     // same tick share the first write.
     await Promise.resolve()
     while (slot.queue.length > 0) {
-      if (slot.stale || slot.queue.some((change) => change.fresh)) {
+      // Owing a write-back, this copy is the acknowledged state and the stored one may hold the
+      // change to undo: reads are served from here until it lands (a conflict still reloads).
+      // A bring-back's write-back is this very reload (see writeBack).
+      const readsStored = slot.owed === null || slot.owed.kind === 'unarchive'
+      if (slot.stale || (readsStored && slot.queue.some((change) => change.fresh))) {
         try {
           await this.reload(sessionId, slot)
         } catch (err) {
@@ -434,7 +438,13 @@ export class SessionRegistry {
         if (slot.file !== null) await this.store.remove(sessionId)
         break
       case 'archive':
-        if (slot.file !== null) await this.store.archive(slot.file)
+        if (slot.file === null) break
+        // An archive moves the stored copy: one owing a write-back may hold a change answered as failed.
+        if (slot.owed !== null) {
+          await this.store.save(slot.file, { records: true })
+          slot.owed = null
+        }
+        await this.store.archive(slot.file)
         break
       case 'unarchive': {
         // Written even with auto-save off: the archived copy is removed right after.
@@ -450,8 +460,8 @@ export class SessionRegistry {
         return bytes
       }
     }
-    // The active copy was written (removed, archived): whatever a failed write left there is gone.
-    if (slot.file !== null) slot.owed = null
+    // The active copy was removed: whatever a failed write left there is gone.
+    if (intent.kind === 'delete' && slot.file !== null) slot.owed = null
     return 0
   }
 

@@ -21,7 +21,9 @@ export class WriteBackRetries {
   private timer: NodeJS.Timeout | null = null
   private delay: number
   private running: Promise<void> | null = null
-  private closed = false
+  /** A write-back failed while a round ran: its count may predate that, so another round follows. */
+  private again = false
+  private closing: Promise<void> | null = null
 
   constructor (options: WriteBackRetriesOptions) {
     this.options = options
@@ -34,28 +36,39 @@ export class WriteBackRetries {
     this.schedule()
   }
 
-  /** Stops the timer and tries once more; warns about what is still owed (after a restart those sessions may show a change answered as failed). */
+  /**
+   * Stops the timer and tries once more (once, however often it is called); warns about what is
+   * still owed (after a restart those sessions may show a change answered as failed).
+   */
   async close (): Promise<void> {
-    this.closed = true
-    if (this.timer !== null) clearTimeout(this.timer)
-    this.timer = null
-    await this.running
-    const owed = await this.options.retry()
-    if (owed > 0) this.options.log.warn({ sessions: owed }, 'Stopping with acknowledged states not put back: these sessions may show a change answered as failed')
+    this.closing ??= (async () => {
+      if (this.timer !== null) clearTimeout(this.timer)
+      this.timer = null
+      await this.running
+      const owed = await this.options.retry()
+      if (owed > 0) this.options.log.warn({ sessions: owed }, 'Stopping with acknowledged states not put back: these sessions may show a change answered as failed')
+    })()
+    return this.closing
   }
 
   private schedule (): void {
-    if (this.closed || this.timer !== null || this.running !== null) return
+    if (this.closing !== null || this.timer !== null) return
+    if (this.running !== null) {
+      this.again = true
+      return
+    }
     this.timer = setTimeout(() => {
       this.timer = null
+      this.again = false
       this.running = this.options.retry().then((owed) => {
         this.running = null
-        if (owed === 0) {
+        if (owed === 0 && !this.again) {
           this.delay = Math.min(this.options.retryMs, this.options.retryMaxMs)
           this.options.log.info({}, 'Storage holds the acknowledged states again after failed saves')
           return
         }
-        this.delay = Math.min(this.delay * 2, this.options.retryMaxMs)
+        // Still failing: wait longer. None left by the count, but one failed after it: a fresh start.
+        this.delay = owed > 0 ? Math.min(this.delay * 2, this.options.retryMaxMs) : Math.min(this.options.retryMs, this.options.retryMaxMs)
         this.schedule()
       }, (err: unknown) => {
         this.running = null

@@ -936,11 +936,17 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     throw await this.conflict(sessionId, operation)
   }
 
-  /** A write's outcome is unknown: one more state the row may be in (the oldest dropped past MAX_UNSURE). */
+  /**
+   * A write's outcome is unknown: one more state the row may be in. The first (the change
+   * answered as failed) is kept; past MAX_UNSURE the oldest of the later ones (write-backs of
+   * one acknowledged state) goes, and one the same as the last is not added twice.
+   */
   private remember (sessionId: string, outcome: Outcome): void {
     const outcomes = this.unsure.get(sessionId) ?? []
+    const last = outcomes.at(-1)
+    if (last !== undefined && (last.kind === 'gone' ? outcome.kind === 'gone' : outcome.kind === 'row' && outcome.data.equals(last.data))) return
     outcomes.push(outcome)
-    if (outcomes.length > MAX_UNSURE) outcomes.shift()
+    if (outcomes.length > MAX_UNSURE) outcomes.splice(1, 1)
     this.unsure.set(sessionId, outcomes)
   }
 
