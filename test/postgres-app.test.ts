@@ -8,7 +8,7 @@ import taskvaultPlugin from '../index.js'
 import { API, build, memoryLog, tempDir, waitFor } from './helper.js'
 import pg from 'pg'
 import { testDatabase } from './postgres.js'
-import { startProxy } from './tcp-proxy.js'
+import { startProxy, type TcpProxy } from './tcp-proxy.js'
 import { openStream } from './sse-client.js'
 import { connectionConfig } from '../services/store/postgres/pool.js'
 import { readTarGz } from '../services/backup/tar.js'
@@ -483,6 +483,25 @@ t.test('bringing an archived session back with an outcome unknown (the answer lo
   t.equal((await inject('GET', '/stats')).body.archived_sessions, 0, 'no longer counted as archived')
 })
 
+/**
+ * Appends a task "two" to session 'landed' so that its statement commits while the proxy holds
+ * the answer back, then drops every connection and keeps refusing new ones: the change landed,
+ * unanswered. Resolves with the append's status.
+ */
+async function appendLandedUnanswered (app: FastifyInstance, db: pg.Client, proxy: TcpProxy): Promise<number> {
+  await db.query('CREATE FUNCTION taskvault.slow_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
+  await db.query('CREATE TRIGGER slow BEFORE UPDATE ON taskvault.sessions FOR EACH ROW EXECUTE FUNCTION taskvault.slow_update()')
+  const appending = app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'two' } })
+  await waitFor('the statement to reach the server', async () => (await db.query(
+    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
+  proxy.stall()
+  await waitFor('the statement to commit', async () => (await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text LIKE '%\"two\"%'")).rowCount === 1, 10_000)
+  await db.query('DROP TRIGGER slow ON taskvault.sessions')
+  await db.query('DROP FUNCTION taskvault.slow_update()')
+  proxy.drop()
+  return (await appending).statusCode
+}
+
 t.test('a change answered 503 that landed all the same is undone, by a write-back tried again until the database is back; meanwhile reads serve the acknowledged state; the event streams get a reset (its events never went out)', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
@@ -494,19 +513,8 @@ t.test('a change answered 503 that landed all the same is undone, by a write-bac
   t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'one' } })).statusCode, 200)
   const created = (await stream.until((events) => events.some((event) => event.event === 'progress'))).length
   const db = await inspector(t, url)
-  // The append's statement commits, but its answer never arrives.
-  await db.query('CREATE FUNCTION taskvault.slow_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
-  await db.query('CREATE TRIGGER slow BEFORE UPDATE ON taskvault.sessions FOR EACH ROW EXECUTE FUNCTION taskvault.slow_update()')
-  const appending = app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'two' } })
-  await waitFor('the statement to reach the server', async () => (await db.query(
-    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
-  proxy.stall()
-  await waitFor('the statement to commit', async () => (await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text LIKE '%\"two\"%'")).rowCount === 1, 10_000)
-  await db.query('DROP TRIGGER slow ON taskvault.sessions')
-  await db.query('DROP FUNCTION taskvault.slow_update()')
   // Out of reach: the answer is lost, and the write-back fails too, then its retries.
-  proxy.drop()
-  t.equal((await appending).statusCode, 503, 'the append fails, its outcome unknown')
+  t.equal(await appendLandedUnanswered(app, db, proxy), 503, 'the append fails, its outcome unknown')
   const failures = (): number => logs.messages().filter((msg) => msg === 'Could not put back the acknowledged state after a failed save; trying again').length
   await waitFor('a retry of the write-back to fail', () => failures() >= 2, 10_000)
   // No read adopts the stored change meanwhile (that would keep it for good): reads are served
@@ -535,18 +543,8 @@ t.test('a write-back owed while the database was out of reach, when another repl
   t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'one' } })).statusCode, 200)
   await stream.until((events) => events.some((event) => event.event === 'progress'))
   const db = await inspector(t, url)
-  await db.query('CREATE FUNCTION taskvault.slow_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
-  await db.query('CREATE TRIGGER slow BEFORE UPDATE ON taskvault.sessions FOR EACH ROW EXECUTE FUNCTION taskvault.slow_update()')
-  const appending = app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'two' } })
-  await waitFor('the statement to reach the server', async () => (await db.query(
-    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
-  proxy.stall()
-  await waitFor('the statement to commit', async () => (await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text LIKE '%\"two\"%'")).rowCount === 1, 10_000)
-  await db.query('DROP TRIGGER slow ON taskvault.sessions')
-  await db.query('DROP FUNCTION taskvault.slow_update()')
   // Out of reach: the answer is lost, and the write-back fails too.
-  proxy.drop()
-  t.equal((await appending).statusCode, 503, 'the append fails, its outcome unknown')
+  t.equal(await appendLandedUnanswered(app, db, proxy), 503, 'the append fails, its outcome unknown')
   const other = await postgresApp(t, url, { TASK_REPLICA_ID: 'b' })
   t.equal((await other.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'three' } })).statusCode, 200, 'another replica appends to what is stored')
   const seen = (await stream.until(() => true)).length

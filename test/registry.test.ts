@@ -133,6 +133,20 @@ t.test('a save whose outcome is uncertain (the folder fsync failed after the ren
   t.strictSame(onDisk(store, 's'), acknowledged)
 })
 
+/**
+ * Session 's' with task 'one', whose next change (a task `instruction`) landed and was answered
+ * as failed (the folder fsync failed), its write-back failing once: it owes one.
+ */
+async function owingWriteBack (t: TestContext, instruction: string): Promise<{ fs: FaultFs, store: FileSessionStore, registry: SessionRegistry }> {
+  const { fs, store, registry } = await setup(t)
+  await registry.change('s', addTask('one'))
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  fs.fail('write', 'EIO', { skip: 1, times: 1 })
+  const err = await registry.change('s', addTask(instruction)).then(() => null, (e: unknown) => e)
+  if (!(err instanceof StorageError && err.uncertain)) throw new Error(`expected a failure of unknown outcome, got ${String(err)}`)
+  return { fs, store, registry }
+}
+
 t.test('a write-back that fails too is owed: tried again until it lands, or until a later write of the session does', async (t) => {
   const fs = faultFs()
   const store = await openStore(t, fs)
@@ -182,13 +196,7 @@ t.test('a write-back that fails too is owed: tried again until it lands, or unti
 })
 
 t.test('archiving a session that owes a write-back archives its acknowledged state, not the change answered as failed', async (t) => {
-  const fs = faultFs()
-  const store = await openStore(t, fs)
-  const registry = new SessionRegistry({ store, autoSave: true, clock: () => NOW })
-  await registry.change('s', addTask('one'))
-  fs.fail('dirsync', 'EIO', { times: 1 })
-  fs.fail('write', 'EIO', { skip: 1, times: 1 })
-  t.match(await registry.change('s', addTask('answered 503')).catch((e: unknown) => e), { uncertain: true })
+  const { store, registry } = await owingWriteBack(t, 'answered 503')
   t.same(instructions(onDisk(store, 's')), ['one', 'answered 503'], 'owed: the disk holds the failed change')
   // The disk works again, and the session is archived before any retry.
   await registry.change('s', (draft) => { draft.archive() })
@@ -199,13 +207,7 @@ t.test('archiving a session that owes a write-back archives its acknowledged sta
 })
 
 t.test('a change queued while an owed write-back is tried again waits for it, then is written', async (t) => {
-  const fs = faultFs()
-  const store = await openStore(t, fs)
-  const registry = new SessionRegistry({ store, autoSave: true, clock: () => NOW })
-  await registry.change('s', addTask('one'))
-  fs.fail('dirsync', 'EIO', { times: 1 })
-  fs.fail('write', 'EIO', { skip: 1, times: 1 })
-  t.match(await registry.change('s', addTask('uncertain')).catch((e: unknown) => e), { uncertain: true })
+  const { fs, store, registry } = await owingWriteBack(t, 'uncertain')
   const gate = fs.hold('rename', { path: tempOf('s'), times: 1 })
   const retry = registry.retryWriteBacks()
   await gate.reached
