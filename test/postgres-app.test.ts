@@ -484,22 +484,28 @@ t.test('bringing an archived session back with an outcome unknown (the answer lo
 })
 
 /**
- * Appends a task "two" to session 'landed' so that its statement commits while the proxy holds
- * the answer back, then drops every connection and keeps refusing new ones: the change landed,
- * unanswered. Resolves with the append's status.
+ * Sends a request whose UPDATE of the sessions table commits while the proxy holds the answer
+ * back (`landed`: a query that finds a row once it has), then drops every connection and keeps
+ * refusing new ones: the change landed, unanswered. Resolves with the request's status.
  */
-async function appendLandedUnanswered (app: FastifyInstance, db: pg.Client, proxy: TcpProxy): Promise<number> {
+async function landUnanswered (db: pg.Client, proxy: TcpProxy, send: () => Promise<{ statusCode: number }>, landed: string): Promise<number> {
   await db.query('CREATE FUNCTION taskvault.slow_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
   await db.query('CREATE TRIGGER slow BEFORE UPDATE ON taskvault.sessions FOR EACH ROW EXECUTE FUNCTION taskvault.slow_update()')
-  const appending = app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'two' } })
+  const sending = send()
   await waitFor('the statement to reach the server', async () => (await db.query(
     "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
   proxy.stall()
-  await waitFor('the statement to commit', async () => (await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text LIKE '%\"two\"%'")).rowCount === 1, 10_000)
+  await waitFor('the statement to commit', async () => (await db.query(landed)).rowCount === 1, 10_000)
   await db.query('DROP TRIGGER slow ON taskvault.sessions')
   await db.query('DROP FUNCTION taskvault.slow_update()')
   proxy.drop()
-  return (await appending).statusCode
+  return (await sending).statusCode
+}
+
+/** Appends a task "two" to session 'landed': it lands, unanswered (landUnanswered). */
+async function appendLandedUnanswered (app: FastifyInstance, db: pg.Client, proxy: TcpProxy): Promise<number> {
+  return await landUnanswered(db, proxy, async () => await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'two' } }),
+    "SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text LIKE '%\"two\"%'")
 }
 
 t.test('a change answered 503 that landed all the same is undone, by a write-back tried again until the database is back; meanwhile reads serve the acknowledged state; the event streams get a reset (its events never went out)', async (t) => {
@@ -555,6 +561,26 @@ t.test('a write-back owed while the database was out of reach, when another repl
   const progress = (await app.inject({ method: 'GET', url: `${API}/progress?session_id=landed` })).json()
   t.equal(progress.total, 3, 'the stored session is served: the other replica\'s write stands')
   t.equal((await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text LIKE '%\"three\"%'")).rowCount, 1, 'and nothing undid it')
+})
+
+t.test('an archive that landed unanswered is undone once the database is back: the session is active, with no archived row', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const logs = memoryLog()
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500, TASK_RUN_RETRY_MS: 200, TASK_RUN_RETRY_MAX_MS: 400 }, logs.logger)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'done', instructions: 'one' } })).statusCode, 200)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'done' } })).statusCode, 200)
+  const db = await inspector(t, url)
+  await landUnanswered(db, proxy, async () => await app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } }),
+    "SELECT 1 FROM taskvault.sessions WHERE session_id = 'done' AND archived_at IS NOT NULL")
+  t.ok(logs.messages().includes('Could not archive session'), 'the archive failed, its outcome unknown')
+  proxy.pass()
+  await waitFor('the undo to land', () => logs.messages().includes('Storage holds the acknowledged states again after failed saves'), 10_000)
+  const { rows } = await db.query<{ archived: boolean }>("SELECT archived_at IS NOT NULL AS archived FROM taskvault.sessions WHERE session_id = 'done'")
+  t.same(rows, [{ archived: false }], 'one row, active: no archived copy beside it')
+  const progress = await app.inject({ method: 'GET', url: `${API}/progress?session_id=done` })
+  t.match([progress.statusCode, progress.json().archived], [200, undefined], 'served as active')
+  t.same((await app.inject({ method: 'GET', url: `${API}/list?session_id=all&archived=only` })).json().sessions, [], 'the archive lists nothing')
 })
 
 t.test('shutdown with the database not answering ends the event streams after TASK_EVENTS_CLOSE_MS, not after the statement timeout', async (t) => {

@@ -13,7 +13,7 @@ import { liveFile, unchanged, type ChangeFn } from '../services/session/draft.js
 import { SessionRegistry } from '../services/session/registry.js'
 import { UnsavedChangesLostError } from '../services/errors.js'
 import { appendTasks, newSessionFile } from '../services/session/session.js'
-import type { FileSessionStore } from '../services/store/file-store.js'
+import { FileSessionStore } from '../services/store/file-store.js'
 import { faultFs, tempOf, type FaultFs } from './faults.js'
 import { openStore, type TestContext } from './helper.js'
 
@@ -204,6 +204,55 @@ t.test('archiving a session that owes a write-back archives its acknowledged sta
   const archived = (await store.readArchived('s')).session?.file as SessionFile
   t.same(instructions(archived), ['one'], 'the archived copy holds the acknowledged state')
   t.equal(await registry.retryWriteBacks(), 0, 'nothing owed')
+})
+
+/** Archives session 's' so that the rename lands and the archive folder's fsync fails: an archive in doubt. */
+async function archiveInDoubt (fs: FaultFs, registry: SessionRegistry): Promise<unknown> {
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  return await registry.change('s', (draft) => { draft.archive() }).then(() => null, (e: unknown) => e)
+}
+
+/** What a restarted server finds: the active session (its tasks' instructions) and the archived ids. */
+async function afterRestart (t: TestContext, store: FileSessionStore): Promise<{ active: string[][], archived: string[] }> {
+  await store.close()
+  const again = new FileSessionStore({ dir: store.dir })
+  await again.init()
+  t.teardown(() => again.close())
+  const { sessions } = await again.loadAll({ concurrency: 4 })
+  await again.openArchive({ concurrency: 4 })
+  return { active: sessions.map((loaded) => instructions(loaded.file)), archived: again.archivedIds() }
+}
+
+t.test('an archive whose outcome is unknown (the archive folder fsync failed after the rename) is undone: the session is active again, with no archived copy', async (t) => {
+  const { fs, store, registry } = await setup(t)
+  await registry.change('s', addTask('one'))
+  const acknowledged = registry.find('s')
+  t.match(await archiveInDoubt(fs, registry), { code: 'STORAGE_UNAVAILABLE', uncertain: true })
+  t.equal(registry.find('s'), acknowledged, 'memory keeps the active session')
+  t.strictSame(onDisk(store, 's'), acknowledged, 'its file is back')
+  t.same(await readdir(store.archiveDir), [], 'the archived copy is gone')
+  t.equal(store.archivedName('s'), null, 'and the archive does not list it')
+  t.same(await afterRestart(t, store), { active: [['one']], archived: [] }, 'a restart finds it active only')
+})
+
+t.test('the undo of an archive in doubt that fails too is owed: a retry, or the next write of the session, removes the archived copy', async (t) => {
+  for (const settle of ['retry', 'next write'] as const) {
+    await t.test(settle, async (t) => {
+      const { fs, store, registry } = await setup(t)
+      await registry.change('s', addTask('one'))
+      fs.fail('write', 'EIO', { times: 1 })
+      t.match(await archiveInDoubt(fs, registry), { uncertain: true })
+      t.equal(onDisk(store, 's'), null, 'the undo failed: no active file yet')
+      t.equal(store.archivedName('s'), 's.json', 'the archived copy is there')
+      if (settle === 'retry') t.equal(await registry.retryWriteBacks(), 0, 'the retry lands')
+      else await registry.change('s', addTask('two'))
+      const expected = settle === 'retry' ? ['one'] : ['one', 'two']
+      t.same(instructions(onDisk(store, 's')), expected, 'the session is active')
+      t.same(await readdir(store.archiveDir), [], 'and no archived copy is left')
+      t.equal(await registry.retryWriteBacks(), 0, 'nothing owed')
+      t.same(await afterRestart(t, store), { active: [expected], archived: [] }, 'a restart finds it active only')
+    })
+  }
 })
 
 t.test('a change queued while an owed write-back is tried again waits for it, then is written', async (t) => {

@@ -263,6 +263,27 @@ export function storeContract (t: Test, name: string, open: OpenStorage, options
     t.strictSame(await active(again), [revived])
   })
 
+  t.test(`${name}: undoArchive with no archive in doubt is a save, and leaves archived copies alone`, async (t) => {
+    const storage = await open(t, plain)
+    if (storage === null) return
+    const { store } = storage
+    await store.openArchive({ concurrency: 2 })
+    const old = contractSession('kept', ['Completed'])
+    await store.save(old)
+    await store.archive(old)
+    const name = store.archivedName('kept')
+    const current = contractSession('kept', ['Pending'], '2024-05-01T00:00:00.000Z')
+    await store.save(current)
+    const changed = contractSession('kept', ['Completed'], '2024-05-02T00:00:00.000Z')
+    t.equal(await store.undoArchive(changed), (await store.serialize(changed)).length, 'resolves with the stored size')
+    t.strictSame(await active(store), [changed], 'written as given')
+    t.equal(store.archivedName('kept'), name, 'the older archived copy stays')
+    await store.close()
+    const again = await storage.reopen()
+    t.equal((await again.openArchive({ concurrency: 2 })).files, 1)
+    t.strictSame(await active(again), [changed])
+  })
+
   t.test(`${name}: removeArchived deletes only archived copies`, async (t) => {
     const storage = await open(t, plain)
     if (storage === null) return

@@ -431,6 +431,12 @@ export class SessionRegistry {
     const refusal = this.store.unwritable?.() ?? null
     if (refusal !== null) throw refusal
     const intent = draft.intent
+    // An archive in doubt may have left an archived copy beside the active one: undone first, so
+    // that what follows starts from one stored session (a later save would leave that copy behind).
+    if (slot.owed?.kind === 'archive' && slot.file !== null) {
+      await this.store.undoArchive(slot.file, { records: true })
+      slot.owed = null
+    }
     switch (intent.kind) {
       case 'delete':
         // Archived copies go first: if that fails, the active session is still intact.
@@ -441,7 +447,7 @@ export class SessionRegistry {
         if (slot.file === null) break
         // An archive moves the stored copy: one owing a write-back may hold a change answered as failed.
         if (slot.owed !== null) {
-          await this.store.save(slot.file, { records: true })
+          await this.putBack(slot.file, slot.owed)
           slot.owed = null
         }
         await this.store.archive(slot.file)
@@ -491,7 +497,8 @@ export class SessionRegistry {
       // It was acknowledged, so it fits; it may have used the records room. With auto-save off
       // it may hold changes not saved yet: written too, since an uncertain delete may have
       // removed the file, and a crash then would lose the whole session, not just those changes.
-      else this.commit(slot, slot.file, await this.store.save(slot.file, { records: true }), true)
+      // An archive may have made an archived copy too: the undo removes it.
+      else this.commit(slot, slot.file, await this.putBack(slot.file, intent), true)
       slot.owed = null
     } catch (err) {
       // Another replica wrote the session since (or the row is in no state our writes left):
@@ -500,6 +507,11 @@ export class SessionRegistry {
       slot.owed = intent
       this.writeBackFailed(sessionId, err)
     }
+  }
+
+  /** Writes the acknowledged state back after a write of `intent` whose outcome is unknown. */
+  private async putBack (file: SessionFile, intent: Draft['intent']): Promise<number> {
+    return intent.kind === 'archive' ? await this.store.undoArchive(file, { records: true }) : await this.store.save(file, { records: true })
   }
 
   /**

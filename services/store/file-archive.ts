@@ -46,6 +46,8 @@ export class FileArchive {
   private readonly unopened = new Set<string>()
   private readConcurrency = 32
   private tempSeq = 0
+  /** The copy an archive renamed into `archive/` before failing with its outcome unknown, by session (see undoArchive). */
+  private readonly doubtful = new Map<string, string>()
 
   constructor (options: FileArchiveOptions) {
     this.dir = options.dir
@@ -145,6 +147,7 @@ export class FileArchive {
       throw new StorageError(operation, err as NodeJS.ErrnoException)
     }
     // The file is in archive/ now, whatever fails next: the index says so.
+    this.doubtful.set(sessionId, name)
     this.active.movedOut(sessionId)
     const size = await this.fs.lstat(join(this.dir, name)).then((stat) => stat.size, () => 0)
     this.index.add(sessionId, { name, bytes: size, stamp }, summarize(file, name))
@@ -156,6 +159,30 @@ export class FileArchive {
       throw error
     }
     await this.active.syncChanged(operation)
+    this.doubtful.delete(sessionId)
+  }
+
+  /**
+   * After an archive that failed with its outcome unknown: the active file is written durably,
+   * then the copy that archive renamed is removed, durably too (else this fails, to be called
+   * again). A crash in between leaves both, never neither. A plain save when no archive is in doubt.
+   */
+  async undoArchive (file: SessionFile, options?: SaveOptions): Promise<number> {
+    const sessionId = file.session_id
+    const bytes = await this.active.save(file, options)
+    const name = this.doubtful.get(sessionId)
+    if (name === undefined) return bytes
+    try {
+      await this.fs.unlink(join(this.dir, name)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err
+      })
+      this.index.remove(sessionId, name)
+      await fsyncDir(this.fs, this.dir)
+    } catch (err) {
+      throw new StorageError(`putting back session '${sessionId}' after a failed archive`, err as NodeJS.ErrnoException)
+    }
+    this.doubtful.delete(sessionId)
+    return bytes
   }
 
   newestName (sessionId: string): string | null {

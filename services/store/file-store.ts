@@ -471,6 +471,10 @@ export class FileSessionStore implements SessionStore {
     return this.archived.unarchive(file, archivedName, options)
   }
 
+  undoArchive (file: SessionFile, options?: SaveOptions): Promise<number> {
+    return this.archived.undoArchive(file, options)
+  }
+
   removeArchived (sessionId: string, upTo?: string): Promise<number> {
     return this.archived.remove(sessionId, upTo)
   }

@@ -264,6 +264,13 @@ export interface SessionStore {
    */
   unarchive(file: SessionFile, archivedName: string, options?: SaveOptions): Promise<number>
   /**
+   * After archive(file) failed with its outcome unknown (StorageError.uncertain): durably makes
+   * `file` the active session again and removes the archived copy that archive may have made.
+   * Resolves with the stored size once both are done; may be called again after a failure. A
+   * plain save when no archive of the session is in doubt.
+   */
+  undoArchive(file: SessionFile, options?: SaveOptions): Promise<number>
+  /**
    * Durably deletes every archived file of the session; resolves with how many there were. With
    * `upTo` (a copy's name), only while no newer copy exists: else StaleArchivedCopyError, nothing
    * deleted (another replica archived the session again since that copy was judged).

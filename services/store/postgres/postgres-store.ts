@@ -163,6 +163,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    * land: any of them may be what the row holds (a failed write, then its failed write-back).
    */
   private readonly unsure = new Map<string, Outcome[]>()
+  /** The row an archive was moving when it failed with its outcome unknown, by session (see undoArchive). */
+  private readonly doubtful = new Map<string, string>()
   /** Active rows restore could not read: left in place, so their ids are not free (see conflict()). */
   private readonly unreadable = new Set<string>()
   private readonly index = new ArchiveIndex()
@@ -486,10 +488,16 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   async archive (file: SessionFile): Promise<void> {
     const sessionId = this.checkId(file.session_id)
     const operation = `archiving session '${sessionId}'`
+    // Archived, the row keeps its id: the copy an archive in doubt may have made is known by it.
+    const moving = this.rows.get(sessionId)?.row
     const row = await this.attempt(sessionId, operation, async () => {
       const result = await this.run<{ row_id: string, bytes: number }>(operation, archiveSession(sessionId, this.rows.get(sessionId) ?? null), [[sessionId, { kind: 'gone' }]])
       return result.rows[0] ?? null
+    }).catch((err: unknown) => {
+      if (err instanceof StorageError && err.uncertain && moving !== undefined) this.doubtful.set(sessionId, moving)
+      throw err
     })
+    this.doubtful.delete(sessionId)
     this.forget(sessionId)
     const name = archivedLikeName(sessionId, row.row_id)
     this.index.add(sessionId, { name, bytes: row.bytes, stamp: Number(row.row_id) }, summarize(file, name))
@@ -525,6 +533,19 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     // Deleted now, or gone before: either way the database no longer holds that copy.
     this.index.remove(sessionId, archivedName)
     return data.length
+  }
+
+  /**
+   * After an archive in doubt: the active row is written again and, in the same statement, the
+   * archived copy that archive made (its row) deleted if it landed (see revive). A plain save
+   * when no archive is in doubt.
+   */
+  async undoArchive (file: SessionFile, options?: SaveOptions): Promise<number> {
+    const row = this.doubtful.get(file.session_id)
+    if (row === undefined) return this.save(file, options)
+    const bytes = await this.unarchive(file, archivedLikeName(file.session_id, row), options)
+    this.doubtful.delete(file.session_id)
+    return bytes
   }
 
   async openArchive (_options: { concurrency: number }): Promise<ArchiveTotals> {
