@@ -11,6 +11,7 @@ import type { SessionFile, TaskStatus } from '../schemas/session.js'
 import { SessionNotFoundError, StorageError } from '../services/errors.js'
 import { liveFile, unchanged, type ChangeFn } from '../services/session/draft.js'
 import { SessionRegistry } from '../services/session/registry.js'
+import { WriteBackRetries } from '../services/session/write-back-retries.js'
 import { UnsavedChangesLostError } from '../services/errors.js'
 import { appendTasks, newSessionFile } from '../services/session/session.js'
 import { FileSessionStore } from '../services/store/file-store.js'
@@ -253,6 +254,30 @@ t.test('the undo of an archive in doubt that fails too is owed: a retry, or the 
       t.same(await afterRestart(t, store), { active: [expected], archived: [] }, 'a restart finds it active only')
     })
   }
+})
+
+t.test('a shutdown while a retry round is under way takes that round as its last try, not one more (each would wait on storage)', async (t) => {
+  const fs = faultFs()
+  const store = await openStore(t, fs)
+  const warnings: string[] = []
+  const log = { info: () => {}, error: () => {}, warn: (_obj: object, msg?: string) => { warnings.push(msg ?? '') } }
+  // Wired as the task manager wires them: a failed write-back is reported to the retries.
+  const retries: WriteBackRetries = new WriteBackRetries({ retry: async () => await registry.retryWriteBacks(), retryMs: 1, retryMaxMs: 1, log })
+  const registry: SessionRegistry = new SessionRegistry({ store, autoSave: true, clock: () => NOW, writeBackFailed: retries.failed })
+  await registry.change('s', addTask('one'))
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  fs.fail('write', 'EIO', { skip: 1 })
+  t.match(await registry.change('s', addTask('uncertain')).catch((e: unknown) => e), { uncertain: true })
+  // The first retry round's write-back waits in its open; the shutdown begins meanwhile.
+  const gate = fs.hold('open', { path: tempOf('s'), times: 1 })
+  await gate.reached
+  const opens = fs.calls.open
+  const closing = retries.close()
+  gate.release()
+  await closing
+  t.equal(fs.calls.open, opens, 'no write-back tried after the round under way')
+  t.ok(warnings.includes('Stopping with acknowledged states not put back: these sessions may show a change answered as failed'), 'what is still owed is reported')
+  t.equal(await registry.retryWriteBacks(), 1, 'still owed: the disk still fails')
 })
 
 t.test('a change queued while an owed write-back is tried again waits for it, then is written', async (t) => {

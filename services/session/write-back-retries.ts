@@ -21,6 +21,8 @@ export class WriteBackRetries {
   private timer: NodeJS.Timeout | null = null
   private delay: number
   private running: Promise<void> | null = null
+  /** The round under way (running's own retry), whose count close() takes as its try. */
+  private round: Promise<number> | null = null
   /** A write-back failed while a round ran: its count may predate that, so another round follows. */
   private again = false
   private closing: Promise<void> | null = null
@@ -38,14 +40,17 @@ export class WriteBackRetries {
 
   /**
    * Stops the timer and tries once more (once, however often it is called); warns about what is
-   * still owed (after a restart those sessions may show a change answered as failed).
+   * still owed (after a restart those sessions may show a change answered as failed). A round
+   * under way is that try: what it leaves owed failed just now, and another round would double
+   * the wait on storage that does not answer (a statement timeout each).
    */
   async close (): Promise<void> {
     this.closing ??= (async () => {
       if (this.timer !== null) clearTimeout(this.timer)
       this.timer = null
-      await this.running
-      const owed = await this.options.retry()
+      const round = this.round
+      let owed = round === null ? null : await round.catch(() => null)
+      owed ??= await this.options.retry()
       if (owed > 0) this.options.log.warn({ sessions: owed }, 'Stopping with acknowledged states not put back: these sessions may show a change answered as failed')
     })()
     return this.closing
@@ -60,8 +65,10 @@ export class WriteBackRetries {
     this.timer = setTimeout(() => {
       this.timer = null
       this.again = false
-      this.running = this.options.retry().then((owed) => {
+      this.round = this.options.retry()
+      this.running = this.round.then((owed) => {
         this.running = null
+        this.round = null
         if (owed === 0 && !this.again) {
           this.delay = Math.min(this.options.retryMs, this.options.retryMaxMs)
           this.options.log.info({}, 'Storage holds the acknowledged states again after failed saves')
@@ -72,6 +79,7 @@ export class WriteBackRetries {
         this.schedule()
       }, (err: unknown) => {
         this.running = null
+        this.round = null
         this.options.log.error({ err }, 'Could not try the owed write-backs again')
       })
     }, this.delay)
