@@ -583,6 +583,40 @@ t.test('an archive that landed unanswered is undone once the database is back: t
   t.same((await app.inject({ method: 'GET', url: `${API}/list?session_id=all&archived=only` })).json().sessions, [], 'the archive lists nothing')
 })
 
+t.test('an archive in doubt that never landed, whose row another replica then changed and archived: the undo leaves that replica\'s archived copy alone', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const logs = memoryLog()
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_REPLICA_ID: 'a', TASK_DB_STATEMENT_TIMEOUT_MS: 1500, TASK_RUN_RETRY_MS: 200, TASK_RUN_RETRY_MAX_MS: 400 }, logs.logger)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'done', instructions: 'one' } })).statusCode, 200)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'done' } })).statusCode, 200)
+  const db = await inspector(t, url)
+  // The archive waits on a row lock; cancelled there (rolled back) while its answer cannot get
+  // through, then its connection cut: a failure of unknown outcome, of a statement that did not land.
+  const locker = await inspector(t, url)
+  await locker.query('BEGIN')
+  await locker.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'done' FOR UPDATE")
+  const archiving = app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })
+  const pid = await waitFor('the archive to wait on the lock', async () => (await db.query<{ pid: number }>(
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'UPDATE sessions SET archived_at%'")).rows[0]?.pid, 10_000)
+  proxy.stall()
+  await db.query('SELECT pg_cancel_backend($1)', [pid])
+  await locker.query('ROLLBACK')
+  proxy.drop()
+  await archiving
+  t.ok(logs.messages().includes('Could not archive session'), 'the archive failed, its outcome unknown')
+  // Meanwhile another replica appends to the session, runs it and archives it.
+  const other = await postgresApp(t, url, { TASK_REPLICA_ID: 'b' })
+  t.equal((await other.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'done', instructions: 'two' } })).statusCode, 200)
+  t.equal((await other.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'done' } })).statusCode, 200)
+  t.same((await other.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })).json().archived_ids, ['done'])
+  proxy.pass()
+  await waitFor('the undo to be settled', () => logs.messages().includes('Storage holds the acknowledged states again after failed saves'), 10_000)
+  const { rows } = await db.query<{ archived: boolean, tasks: number }>("SELECT archived_at IS NOT NULL AS archived, tasks_total AS tasks FROM taskvault.sessions WHERE session_id = 'done'")
+  t.same(rows, [{ archived: true, tasks: 2 }], 'the other replica\'s archived copy stands, and nothing active beside it')
+  t.equal((await app.inject({ method: 'GET', url: `${API}/progress?session_id=done` })).json().archived, true, 'served as archived')
+})
+
 t.test('shutdown with the database not answering ends the event streams after TASK_EVENTS_CLOSE_MS, not after the statement timeout', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -256,6 +256,40 @@ t.test('the undo of an archive in doubt that fails too is owed: a retry, or the 
   }
 })
 
+/** Session 's' (task 'one') archived in doubt, its undo failed too (the write of the active file): the undo is owed. */
+async function owingArchiveUndo (t: TestContext): Promise<{ fs: FaultFs, store: FileSessionStore, registry: SessionRegistry }> {
+  const { fs, store, registry } = await setup(t)
+  await registry.change('s', addTask('one'))
+  fs.fail('write', 'EIO', { times: 1 })
+  const err = await archiveInDoubt(fs, registry)
+  if (!(err instanceof StorageError && err.uncertain)) throw new Error(`expected a failure of unknown outcome, got ${String(err)}`)
+  return { fs, store, registry }
+}
+
+t.test('an owed archive undo that fails again, uncertain, before the next write is still owed as an archive undo (not settled by a plain save)', async (t) => {
+  const { fs, store, registry } = await owingArchiveUndo(t)
+  // The undo done before this change lands its active file, then the active folder's fsync fails.
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  t.match(await registry.change('s', addTask('two')).catch((e: unknown) => e), { uncertain: true }, 'the change fails, its outcome unknown')
+  t.same(instructions(onDisk(store, 's')), ['one'], 'the acknowledged state is active')
+  t.same(await readdir(store.archiveDir), [], 'and the archived copy is gone: the write-back undid the archive')
+  t.equal(await registry.retryWriteBacks(), 0, 'nothing owed')
+  t.same(await afterRestart(t, store), { active: [['one']], archived: [] })
+})
+
+t.test('a session owing an archive undo is deleted on a full disk: the delete needs no room, and removes the archived copy too', async (t) => {
+  const { fs, store, registry } = await owingArchiveUndo(t)
+  fs.fail('write', 'ENOSPC')
+  fs.fail('open', 'ENOSPC')
+  await registry.change('s', (draft) => { draft.delete({ archived: store.archivedName('s') !== null }) })
+  t.equal(registry.find('s'), null, 'deleted')
+  t.equal(onDisk(store, 's'), null)
+  t.same(await readdir(store.archiveDir), [], 'no archived copy left')
+  t.equal(await registry.retryWriteBacks(), 0, 'nothing owed')
+  fs.heal()
+  t.same(await afterRestart(t, store), { active: [], archived: [] }, 'a restart finds nothing')
+})
+
 t.test('a shutdown while a retry round is under way takes that round as its last try, not one more (each would wait on storage)', async (t) => {
   const fs = faultFs()
   const store = await openStore(t, fs)
@@ -268,7 +302,10 @@ t.test('a shutdown while a retry round is under way takes that round as its last
   fs.fail('dirsync', 'EIO', { times: 1 })
   fs.fail('write', 'EIO', { skip: 1 })
   t.match(await registry.change('s', addTask('uncertain')).catch((e: unknown) => e), { uncertain: true })
-  // The first retry round's write-back waits in its open; the shutdown begins meanwhile.
+  // The first retry round's write-back waits in its open; the shutdown begins meanwhile. (The
+  // retry timer does not hold the process open, as a server's sockets would: this does.)
+  const alive = setInterval(() => {}, 60_000)
+  t.teardown(() => { clearInterval(alive) })
   const gate = fs.hold('open', { path: tempOf('s'), times: 1 })
   await gate.reached
   const opens = fs.calls.open

@@ -401,7 +401,8 @@ export class SessionRegistry {
       bytes = await this.persist(sessionId, slot, draft, changed.every((change) => change.records))
     } catch (err) {
       if (creates) this.creating--
-      if (err instanceof StorageError && err.uncertain) await this.writeBack(sessionId, slot, draft.intent)
+      // Still owing an archive's undo, the write failed in that undo (persist): that is what to put back.
+      if (err instanceof StorageError && err.uncertain) await this.writeBack(sessionId, slot, slot.owed?.kind === 'archive' ? slot.owed : draft.intent)
       if (err instanceof VersionConflictError && this.store.shared !== undefined && changed.every((change) => change.conflicts < MAX_CONFLICTS)) {
         // Another replica wrote the session since this copy was read: the changes are applied
         // again, in order and ahead of later ones, to the stored state.
@@ -431,10 +432,12 @@ export class SessionRegistry {
     const refusal = this.store.unwritable?.() ?? null
     if (refusal !== null) throw refusal
     const intent = draft.intent
-    // An archive in doubt may have left an archived copy beside the active one: undone first, so
-    // that what follows starts from one stored session (a later save would leave that copy behind).
+    // An archive in doubt may have left an archived copy beside the active one (a later save
+    // would leave it behind): a delete removes it with the rest, needing no room on a full disk;
+    // any other write undoes the archive first, to start from one stored session.
     if (slot.owed?.kind === 'archive' && slot.file !== null) {
-      await this.store.undoArchive(slot.file, { records: true })
+      if (intent.kind === 'delete') await this.store.removeArchived(sessionId)
+      else await this.store.undoArchive(slot.file, { records: true })
       slot.owed = null
     }
     switch (intent.kind) {

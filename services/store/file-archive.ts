@@ -261,7 +261,10 @@ export class FileArchive {
    */
   async remove (sessionId: string, upTo?: string): Promise<number> {
     const files = [...this.index.files(sessionId)]
-    if (files.length === 0) return 0
+    if (files.length === 0) {
+      this.doubtful.delete(sessionId)
+      return 0
+    }
     // One writer per folder: the index holds every copy, so the newest is known here.
     if (upTo !== undefined && this.index.newest(sessionId)?.name !== upTo) throw new StaleArchivedCopyError(sessionId)
     this.active.assertWritable()
@@ -289,6 +292,7 @@ export class FileArchive {
       throw new StorageError(`deleting archived session '${sessionId}'`, err as NodeJS.ErrnoException)
     }
     for (const { name } of files) this.index.remove(sessionId, name)
+    if (upTo === undefined) this.doubtful.delete(sessionId)
     // Durably gone already; a temp file left here is removed at the next start.
     for (const { temp } of renamed) await this.fs.unlink(temp).catch(noop)
     return files.length

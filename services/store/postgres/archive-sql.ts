@@ -53,6 +53,27 @@ export function unarchiveSession (sessionId: string, document: Buffer, c: Derive
   }
 }
 
+/**
+ * Undoes an archive of ours whose outcome was unknown: the row it archived is made active again,
+ * holding `document`, only if it is archived at the version that archive left (`archivedVersion`;
+ * any other means another replica changed it since) and the session has no active row. Returns
+ * the row's id and new version; no row when it is not so.
+ */
+export function reviveArchived (sessionId: string, document: Buffer, c: DerivedColumns, row: string, archivedVersion: string): pg.QueryConfig {
+  return {
+    text: `UPDATE sessions SET archived_at = NULL, document = $2::json, sealed_kid = $3, created_at = $4::timestamptz, updated_at = $5::timestamptz,
+        finished_at = $6::timestamptz, tasks_total = $7, tasks_completed = $8, tasks_failed = $9, tasks_pending = $10,
+        tasks_in_progress = $11, has_background_run = $12, version = version + 1
+      WHERE row_id = $13 AND session_id = $1 AND version = $14 AND archived_at IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM sessions WHERE session_id = $1 AND archived_at IS NULL)
+      RETURNING row_id, version`,
+    values: [
+      sessionId, document, c.sealedKid, c.createdAt, c.updatedAt, c.finishedAt,
+      c.total, c.completed, c.failed, c.pending, c.inProgress, c.hasBackgroundRun, row, archivedVersion
+    ]
+  }
+}
+
 export interface ArchivedRow {
   row_id: string
   session_id: string

@@ -16,7 +16,7 @@ import {
   clearUpdatedAt, type ArchivableCursor, type ArchivedSession, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
-import { ARCHIVED_ROWS, archiveSession, archivedUnderKid, deleteArchived, newerArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
+import { ARCHIVED_ROWS, archiveSession, archivedUnderKid, reviveArchived, deleteArchived, newerArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
 import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { breaksConnection, errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
@@ -163,8 +163,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    * land: any of them may be what the row holds (a failed write, then its failed write-back).
    */
   private readonly unsure = new Map<string, Outcome[]>()
-  /** The row an archive was moving when it failed with its outcome unknown, by session (see undoArchive). */
-  private readonly doubtful = new Map<string, string>()
+  /** The row an archive was moving when it failed with its outcome unknown, and its version then, by session (see undoArchive). */
+  private readonly doubtful = new Map<string, KnownRow>()
   /** Active rows restore could not read: left in place, so their ids are not free (see conflict()). */
   private readonly unreadable = new Set<string>()
   private readonly index = new ArchiveIndex()
@@ -481,6 +481,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     })
     this.forget(sessionId)
     this.unreadable.delete(sessionId)
+    this.doubtful.delete(sessionId)
   }
 
   // --- The archive (archive-sql.ts) ---
@@ -489,7 +490,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     const sessionId = this.checkId(file.session_id)
     const operation = `archiving session '${sessionId}'`
     // Archived, the row keeps its id: the copy an archive in doubt may have made is known by it.
-    const moving = this.rows.get(sessionId)?.row
+    const moving = this.rows.get(sessionId)
     const row = await this.attempt(sessionId, operation, async () => {
       const result = await this.run<{ row_id: string, bytes: number }>(operation, archiveSession(sessionId, this.rows.get(sessionId) ?? null), [[sessionId, { kind: 'gone' }]])
       return result.rows[0] ?? null
@@ -536,15 +537,37 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   }
 
   /**
-   * After an archive in doubt: the active row is written again and, in the same statement, the
-   * archived copy that archive made (its row) deleted if it landed (see revive). A plain save
-   * when no archive is in doubt.
+   * After an archive in doubt: if it landed (the row archived at the version it would have left,
+   * no active row beside it), that row is made active again holding `file`, in one statement;
+   * otherwise the archive did not land (or another replica has moved the row on since, which the
+   * save's version check tells): `file` is saved. A plain save when no archive is in doubt.
    */
   async undoArchive (file: SessionFile, options?: SaveOptions): Promise<number> {
-    const row = this.doubtful.get(file.session_id)
-    if (row === undefined) return this.save(file, options)
-    const bytes = await this.unarchive(file, archivedLikeName(file.session_id, row), options)
-    this.doubtful.delete(file.session_id)
+    const sessionId = this.checkId(file.session_id)
+    const doubt = this.doubtful.get(sessionId)
+    if (doubt === undefined) return await this.save(file, options)
+    const data = await serializeSessionFile(file, this.indent, sessionBound(file, this.maxSessionBytes, options), this.keyring, this.maxSessionBytes)
+    const derived = this.derive(file)
+    const outcome: Outcome = { kind: 'row', data, kid: derived.sealedKid ?? '' }
+    // An archive bumps the version as an update does.
+    const archivedVersion = nextVersion(doubt).version
+    const operation = `putting back session '${sessionId}' after a failed archive`
+    const { rows } = await this.run<{ row_id: string, version: string }>(operation, reviveArchived(sessionId, data, derived, doubt.row, archivedVersion), [[sessionId, outcome]])
+    const row = rows[0]
+    if (row !== undefined) {
+      this.doubtful.delete(sessionId)
+      this.unsure.delete(sessionId)
+      this.known(sessionId, { row: row.row_id, version: row.version, kid: outcome.kid })
+      this.index.remove(sessionId, archivedLikeName(sessionId, doubt.row))
+      return data.length
+    }
+    // Not archived by it: no active row now would be another replica's doing (an archive or a
+    // delete since), never ours to write over, so that outcome is no longer one to adopt.
+    const outcomes = this.unsure.get(sessionId)?.filter((one) => one.kind !== 'gone') ?? []
+    if (outcomes.length > 0) this.unsure.set(sessionId, outcomes)
+    else this.unsure.delete(sessionId)
+    const bytes = await this.save(file, options)
+    this.doubtful.delete(sessionId)
     return bytes
   }
 
@@ -645,6 +668,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     // Another replica archived it again since that copy was judged: its new copy stays.
     if (rows.length === 0 && upToRow !== null && ((await this.run(operation, newerArchived(sessionId, upToRow))).rowCount ?? 0) > 0) throw new StaleArchivedCopyError(sessionId)
     this.dropIndexedAbove(sessionId, -1)
+    if (upToRow === null) this.doubtful.delete(sessionId)
     return rows.length
   }
 
