@@ -543,9 +543,13 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    * save's version check tells): `file` is saved. A plain save when no archive is in doubt.
    */
   async undoArchive (file: SessionFile, options?: SaveOptions): Promise<number> {
+    return await reportedSave(this.events, async () => await this.undo(file, options))
+  }
+
+  private async undo (file: SessionFile, options?: SaveOptions): Promise<number> {
     const sessionId = this.checkId(file.session_id)
     const doubt = this.doubtful.get(sessionId)
-    if (doubt === undefined) return await this.save(file, options)
+    if (doubt === undefined) return await this.write(file, options)
     const data = await serializeSessionFile(file, this.indent, sessionBound(file, this.maxSessionBytes, options), this.keyring, this.maxSessionBytes)
     const derived = this.derive(file)
     const outcome: Outcome = { kind: 'row', data, kid: derived.sealedKid ?? '' }
@@ -566,7 +570,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     const outcomes = this.unsure.get(sessionId)?.filter((one) => one.kind !== 'gone') ?? []
     if (outcomes.length > 0) this.unsure.set(sessionId, outcomes)
     else this.unsure.delete(sessionId)
-    const bytes = await this.save(file, options)
+    const bytes = await this.write(file, options)
     this.doubtful.delete(sessionId)
     return bytes
   }
