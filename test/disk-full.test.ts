@@ -21,7 +21,9 @@ import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { API, build, get, memoryLog, post, tempDir, waitFor, withoutFreeSpace, type TestContext } from './helper.js'
 import { fill, mountedFolder } from './tmpfs.js'
-import { faultFs, type Where } from './faults.js'
+import { faultFs, tempOf, type Where } from './faults.js'
+import { liveFile } from '../services/session/draft.js'
+import { appendTasks } from '../services/session/session.js'
 
 const checkFile = TypeCompiler.Compile(SessionFile)
 const TEMP_FILE = /^\..*\.tmp$/u
@@ -445,4 +447,32 @@ t.test('fs seam: the folder fsync fails after the rename and the write-back fail
   t.ok((await readFile(join(dir, 'keep.json'))).equals(keepBytes), 'the shutdown put the acknowledged state back')
   app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
   t.same((await tasksOf(app, 'keep')).map((task) => task.instruction), ['keep one'], 'restart: neither change answered 503 is there')
+})
+
+t.test('fs seam: a shutdown while a write-back retry round is under way, with a change queued behind it, tries no write-back after that round', async (t) => {
+  const dir = await tempDir(t)
+  const fs = faultFs()
+  const logs = memoryLog()
+  const app = await build(t, { dir, fs, logger: logs.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_RUN_RETRY_MS: 10, TASK_RUN_RETRY_MAX_MS: 10 } })
+  const model = new Model()
+  await model.create(app, 'keep', ['keep one'])
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  fs.fail('write', 'EIO', { skip: 1 })
+  storageError(t, await model.create(app, 'keep', ['appended during the fault']), 503, 'create whose folder fsync fails')
+  const tries = (): number => logs.messages().filter((msg) => msg === 'Could not put back the acknowledged state after a failed save; trying again').length
+  // A retry round's write-back waits in its open; a change queued behind it; then the shutdown.
+  // (The retry timer does not hold the process open, as a listening server would: this does.)
+  const alive = setInterval(() => {}, 60_000)
+  t.teardown(() => { clearInterval(alive) })
+  const gate = fs.hold('open', { path: tempOf('keep'), times: 1 })
+  await gate.reached
+  const queued = app.taskManager.registry.change('keep', (draft) => { appendTasks(liveFile(draft), [{ instruction: 'queued', task_type: 'General' }], draft.now) }).catch((err: unknown) => err)
+  const before = tries()
+  const closing = app.close()
+  await sleep(50)
+  gate.release()
+  await closing
+  t.match(await queued, { code: 'STORAGE_UNAVAILABLE' }, 'the queued change was written after the round, and failed')
+  t.equal(tries() - before, 1, 'one failed write-back after the shutdown began: the round under way, no round after it')
+  t.ok(logs.messages().includes('Stopping with acknowledged states not put back: these sessions may show a change answered as failed'))
 })

@@ -484,13 +484,13 @@ t.test('bringing an archived session back with an outcome unknown (the answer lo
 })
 
 /**
- * Sends a request whose UPDATE of the sessions table commits while the proxy holds the answer
- * back (`landed`: a query that finds a row once it has), then drops every connection and keeps
- * refusing new ones: the change landed, unanswered. Resolves with the request's status.
+ * Sends a request whose UPDATE (or DELETE) of the sessions table commits while the proxy holds
+ * the answer back (`landed`: a query that finds a row once it has), then drops every connection
+ * and keeps refusing new ones: the change landed, unanswered. Resolves with the request's status.
  */
-async function landUnanswered (db: pg.Client, proxy: TcpProxy, send: () => Promise<{ statusCode: number }>, landed: string): Promise<number> {
-  await db.query('CREATE FUNCTION taskvault.slow_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
-  await db.query('CREATE TRIGGER slow BEFORE UPDATE ON taskvault.sessions FOR EACH ROW EXECUTE FUNCTION taskvault.slow_update()')
+async function landUnanswered (db: pg.Client, proxy: TcpProxy, send: () => Promise<{ statusCode: number }>, landed: string, statement: 'UPDATE' | 'DELETE' = 'UPDATE'): Promise<number> {
+  await db.query("CREATE FUNCTION taskvault.slow_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END; END $$")
+  await db.query(`CREATE TRIGGER slow BEFORE ${statement} ON taskvault.sessions FOR EACH ROW EXECUTE FUNCTION taskvault.slow_update()`)
   const sending = send()
   await waitFor('the statement to reach the server', async () => (await db.query(
     "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
@@ -581,6 +581,28 @@ t.test('an archive that landed unanswered is undone once the database is back: t
   const progress = await app.inject({ method: 'GET', url: `${API}/progress?session_id=done` })
   t.match([progress.statusCode, progress.json().archived], [200, undefined], 'served as active')
   t.same((await app.inject({ method: 'GET', url: `${API}/list?session_id=all&archived=only` })).json().sessions, [], 'the archive lists nothing')
+})
+
+t.test('a DELETE answered 503 that landed while an archive undo was owed: the session is put back, as after any delete answered 503', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const logs = memoryLog()
+  // Retries far apart: the DELETE comes while the undo is still owed.
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500, TASK_RUN_RETRY_MS: 4000, TASK_RUN_RETRY_MAX_MS: 4000 }, logs.logger)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'done', instructions: 'one' } })).statusCode, 200)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'done' } })).statusCode, 200)
+  const db = await inspector(t, url)
+  await landUnanswered(db, proxy, async () => await app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } }),
+    "SELECT 1 FROM taskvault.sessions WHERE session_id = 'done' AND archived_at IS NOT NULL")
+  t.ok(logs.messages().includes('Could not put back the acknowledged state after a failed save; trying again'), 'the archive landed unanswered, its undo owed')
+  proxy.pass()
+  const deleting = async (): Promise<{ statusCode: number }> => await app.inject({ method: 'DELETE', url: `${API}/sessions/done` })
+  t.equal(await landUnanswered(db, proxy, deleting, "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM taskvault.sessions WHERE session_id = 'done')", 'DELETE'), 503, 'the delete removed the archived row, unanswered')
+  proxy.pass()
+  await waitFor('the write-back to settle', () => logs.messages().includes('Storage holds the acknowledged states again after failed saves'), 20_000)
+  const { rows } = await db.query<{ archived: boolean }>("SELECT archived_at IS NOT NULL AS archived FROM taskvault.sessions WHERE session_id = 'done'")
+  t.same(rows, [{ archived: false }], 'the session is stored again, active')
+  t.equal((await app.inject({ method: 'GET', url: `${API}/progress?session_id=done` })).statusCode, 200, 'and served')
 })
 
 t.test('an archive in doubt that never landed, whose row another replica then changed and archived: the undo leaves that replica\'s archived copy alone', async (t) => {

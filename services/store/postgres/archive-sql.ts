@@ -74,6 +74,11 @@ export function reviveArchived (sessionId: string, document: Buffer, c: DerivedC
   }
 }
 
+/** Whether row `row` of the session is archived now (no row: it is gone). */
+export function rowArchived (sessionId: string, row: string): pg.QueryConfig {
+  return { text: 'SELECT archived_at IS NOT NULL AS archived FROM sessions WHERE row_id = $1 AND session_id = $2', values: [row, sessionId] }
+}
+
 export interface ArchivedRow {
   row_id: string
   session_id: string

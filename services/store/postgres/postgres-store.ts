@@ -16,7 +16,7 @@ import {
   clearUpdatedAt, type ArchivableCursor, type ArchivedSession, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
-import { ARCHIVED_ROWS, archiveSession, archivedUnderKid, reviveArchived, deleteArchived, newerArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
+import { ARCHIVED_ROWS, archiveSession, archivedUnderKid, reviveArchived, rowArchived, deleteArchived, newerArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
 import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { breaksConnection, errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
@@ -565,14 +565,18 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       this.index.remove(sessionId, archivedLikeName(sessionId, doubt.row))
       return data.length
     }
-    // Not archived by it: no active row now would be another replica's doing (an archive or a
-    // delete since), never ours to write over, so that outcome is no longer one to adopt.
-    const outcomes = this.unsure.get(sessionId)?.filter((one) => one.kind !== 'gone') ?? []
-    if (outcomes.length > 0) this.unsure.set(sessionId, outcomes)
-    else this.unsure.delete(sessionId)
-    const bytes = await this.write(file, options)
+    // Not as our archive left it. Archived still, at another version: another replica changed
+    // and archived it since (or archived it as it was, which this cannot tell from ours: then it
+    // was revived above, the same content); that copy stands, so no active row is not ours to
+    // fill. Active, or gone (a delete's, ours among them): the save's version check settles it.
+    const { rows: [now] } = await this.run<{ archived: boolean }>(operation, rowArchived(sessionId, doubt.row))
     this.doubtful.delete(sessionId)
-    return bytes
+    if (now?.archived === true) {
+      const outcomes = this.unsure.get(sessionId)?.filter((one) => one.kind !== 'gone') ?? []
+      if (outcomes.length > 0) this.unsure.set(sessionId, outcomes)
+      else this.unsure.delete(sessionId)
+    }
+    return await this.write(file, options)
   }
 
   async openArchive (_options: { concurrency: number }): Promise<ArchiveTotals> {
