@@ -489,10 +489,12 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   async archive (file: SessionFile): Promise<void> {
     const sessionId = this.checkId(file.session_id)
     const operation = `archiving session '${sessionId}'`
-    // Archived, the row keeps its id: the copy an archive in doubt may have made is known by it.
-    const moving = this.rows.get(sessionId)
+    // Archived, the row keeps its id: the copy an archive in doubt may have made is known by it
+    // (and by the version it had, which attempt() may move on before trying again).
+    let moving: KnownRow | undefined
     const row = await this.attempt(sessionId, operation, async () => {
-      const result = await this.run<{ row_id: string, bytes: number }>(operation, archiveSession(sessionId, this.rows.get(sessionId) ?? null), [[sessionId, { kind: 'gone' }]])
+      moving = this.rows.get(sessionId)
+      const result = await this.run<{ row_id: string, bytes: number }>(operation, archiveSession(sessionId, moving ?? null), [[sessionId, { kind: 'gone' }]])
       return result.rows[0] ?? null
     }).catch((err: unknown) => {
       if (err instanceof StorageError && err.uncertain && moving !== undefined) this.doubtful.set(sessionId, moving)
@@ -758,6 +760,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   async refresh (sessionId: string): Promise<LoadedSession | null | undefined> {
     this.checkId(sessionId)
+    // The registry adopts what is stored: no undo of an archive in doubt follows.
+    this.doubtful.delete(sessionId)
     const known = this.rows.get(sessionId) ?? null
     const row = await this.refresher.submit({ sessionId, bytes: 0 })
     this.noteHolder(sessionId, row?.live === true ? row.owner : null)
