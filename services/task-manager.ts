@@ -684,9 +684,11 @@ export class TaskManager {
   /** Shuts down, then waits for every queued write (and, with auto-save off, saves everything). */
   async close (): Promise<void> {
     await this.beginShutdown()
-    // The last try of the owed write-backs (the round under way, or one now) starts before the
-    // drain, so no retry round begins while it waits: each may wait a statement timeout.
-    await Promise.all([this.writeBacks.close(), this.registry.drain()])
+    // No retry round begins while the queued writes finish (each may wait a statement timeout);
+    // then the last try: the round under way, or one now.
+    this.writeBacks.stop()
+    await this.registry.drain()
+    await this.writeBacks.close()
     // Changes that waited for the last write-back are written by now too.
     await this.registry.drain()
     if (!this.settings.autoSave) await this.registry.saveUnsaved()

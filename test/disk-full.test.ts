@@ -449,6 +449,28 @@ t.test('fs seam: the folder fsync fails after the rename and the write-back fail
   t.same((await tasksOf(app, 'keep')).map((task) => task.instruction), ['keep one'], 'restart: neither change answered 503 is there')
 })
 
+t.test('fs seam: a write in flight at shutdown whose outcome is unknown and whose write-back fails is tried once more before the process stops', async (t) => {
+  const dir = await tempDir(t)
+  const fs = faultFs()
+  const app = await build(t, { dir, fs, config: { TASK_ARCHIVE_DAYS: 0, TASK_RUN_RETRY_MS: 3_600_000 } })
+  const model = new Model()
+  await model.create(app, 'keep', ['keep one'])
+  const keepBytes = await readFile(join(dir, 'keep.json'))
+  // A change being written as the shutdown begins (a background run's last save, say).
+  const gate = fs.hold('rename', { path: tempOf('keep'), times: 1 })
+  const inFlight = app.taskManager.registry.change('keep', (draft) => { appendTasks(liveFile(draft), [{ instruction: 'answered 503', task_type: 'General' }], draft.now) }).catch((err: unknown) => err)
+  await gate.reached
+  // Its folder fsync fails (outcome unknown) and its write-back's write fails once; then the disk works.
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  fs.fail('write', 'EIO', { times: 1 })
+  const closing = app.close()
+  await sleep(20)
+  gate.release()
+  await closing
+  t.match(await inFlight, { uncertain: true }, 'the change failed, its outcome unknown')
+  t.ok((await readFile(join(dir, 'keep.json'))).equals(keepBytes), 'the shutdown put the acknowledged state back')
+})
+
 t.test('fs seam: a shutdown while a write-back retry round is under way, with a change queued behind it, tries no write-back after that round', async (t) => {
   const dir = await tempDir(t)
   const fs = faultFs()

@@ -605,6 +605,34 @@ t.test('a DELETE answered 503 that landed while an archive undo was owed: the se
   t.equal((await app.inject({ method: 'GET', url: `${API}/progress?session_id=done` })).statusCode, 200, 'and served')
 })
 
+t.test('a DELETE refused after it removed the archived copy of a session owing an archive undo: the undo stays owed, and puts the session back', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const logs = memoryLog()
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500, TASK_RUN_RETRY_MS: 3000, TASK_RUN_RETRY_MAX_MS: 3000 }, logs.logger)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'done', instructions: 'one' } })).statusCode, 200)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'done' } })).statusCode, 200)
+  const db = await inspector(t, url)
+  await landUnanswered(db, proxy, async () => await app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } }),
+    "SELECT 1 FROM taskvault.sessions WHERE session_id = 'done' AND archived_at IS NOT NULL")
+  t.ok(logs.messages().includes('Could not put back the acknowledged state after a failed save; trying again'), 'the archive landed unanswered, its undo owed')
+  proxy.pass()
+  // Any DELETE on the table once the archived copy is gone fails: the delete's own step after it.
+  await db.query(`CREATE FUNCTION taskvault.refuse_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM taskvault.sessions WHERE session_id = 'done' AND archived_at IS NOT NULL) THEN RAISE EXCEPTION 'refused by the test'; END IF;
+    RETURN NULL; END $$`)
+  await db.query('CREATE TRIGGER refuse BEFORE DELETE ON taskvault.sessions FOR EACH STATEMENT EXECUTE FUNCTION taskvault.refuse_delete()')
+  const deleted = await app.inject({ method: 'DELETE', url: `${API}/sessions/done` })
+  await db.query('DROP TRIGGER refuse ON taskvault.sessions')
+  await db.query('DROP FUNCTION taskvault.refuse_delete()')
+  t.ok(deleted.statusCode >= 500, `the delete fails (${deleted.statusCode})`)
+  t.equal((await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'done'")).rowCount, 0, 'having removed the only stored copy')
+  await waitFor('the owed undo to land', () => logs.messages().includes('Storage holds the acknowledged states again after failed saves'), 15_000)
+  const { rows } = await db.query<{ archived: boolean }>("SELECT archived_at IS NOT NULL AS archived FROM taskvault.sessions WHERE session_id = 'done'")
+  t.same(rows, [{ archived: false }], 'the session is stored again, active')
+  t.equal((await app.inject({ method: 'GET', url: `${API}/progress?session_id=done` })).statusCode, 200, 'and served')
+})
+
 t.test('an archive in doubt that never landed, whose row another replica then changed and archived: the undo leaves that replica\'s archived copy alone', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

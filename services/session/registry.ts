@@ -82,8 +82,11 @@ export interface RegistryOptions {
   store: SessionStore
   autoSave: boolean
   clock: () => Date
-  /** A write-back failed (see SessionSlot.owed): someone is to call retryWriteBacks() later. */
-  writeBackFailed?: (sessionId: string, error: unknown) => void
+  /**
+   * A write-back failed (see SessionSlot.owed): someone is to call retryWriteBacks() later.
+   * `retried`: it was one of retryWriteBacks()'s tries, not the first after a failed write.
+   */
+  writeBackFailed?: (sessionId: string, error: unknown, retried: boolean) => void
 }
 
 /**
@@ -104,7 +107,7 @@ export class SessionRegistry {
   private readonly store: SessionStore
   private readonly autoSave: boolean
   private readonly clock: () => Date
-  private readonly writeBackFailed: (sessionId: string, error: unknown) => void
+  private readonly writeBackFailed: (sessionId: string, error: unknown, retried: boolean) => void
   private readonly totals: Totals = {
     total_sessions: 0,
     active_sessions: 0,
@@ -436,9 +439,12 @@ export class SessionRegistry {
     // would leave it behind): a delete removes it with the rest, needing no room on a full disk;
     // any other write undoes the archive first, to start from one stored session.
     if (slot.owed?.kind === 'archive' && slot.file !== null) {
+      // Owed until the delete is done: if it fails after this, the undo puts the session back.
       if (intent.kind === 'delete') await this.store.removeArchived(sessionId)
-      else await this.store.undoArchive(slot.file, { records: true })
-      slot.owed = null
+      else {
+        await this.store.undoArchive(slot.file, { records: true })
+        slot.owed = null
+      }
     }
     switch (intent.kind) {
       case 'delete':
@@ -490,7 +496,7 @@ export class SessionRegistry {
    * session owes it (SessionSlot.owed): retryWriteBacks() tries again, and any later write of
    * the session that lands settles it.
    */
-  private async writeBack (sessionId: string, slot: SessionSlot, intent: Draft['intent']): Promise<void> {
+  private async writeBack (sessionId: string, slot: SessionSlot, intent: Draft['intent'], retried = false): Promise<void> {
     try {
       // A shared store brings an archived session back in one statement, which removes the
       // archived copy: removing the active row that may have landed would lose the session.
@@ -508,7 +514,7 @@ export class SessionRegistry {
       // storage holds an acknowledged state, adopted here.
       if (err instanceof VersionConflictError && this.store.shared !== undefined && await this.reload(sessionId, slot).then(() => true, () => false)) return
       slot.owed = intent
-      this.writeBackFailed(sessionId, err)
+      this.writeBackFailed(sessionId, err, retried)
     }
   }
 
@@ -528,7 +534,7 @@ export class SessionRegistry {
       const intent = slot.owed
       if (intent === null || slot.flushing !== null) continue
       const retry = (async () => {
-        await this.writeBack(sessionId, slot, intent)
+        await this.writeBack(sessionId, slot, intent, true)
         // Changes queued meanwhile waited for this turn: their write starts now.
         slot.flushing = slot.queue.length > 0 ? this.flush(sessionId, slot) : null
         this.forgetIfGone(sessionId, slot)

@@ -21,10 +21,14 @@ export class WriteBackRetries {
   private timer: NodeJS.Timeout | null = null
   private delay: number
   private running: Promise<void> | null = null
-  /** The round under way (running's own retry), whose count close() takes as its try. */
+  /** The round under way (running's own retry). */
   private round: Promise<number> | null = null
   /** A write-back failed while a round ran: its count may predate that, so another round follows. */
   private again = false
+  /** Set by stop(): the round under way then, which close() takes as its last try. */
+  private stopped: { round: Promise<number> | null } | null = null
+  /** A write-back failed after stop() other than in that round (a write that was in flight): close() tries again. */
+  private failedSinceStop = false
   private closing: Promise<void> | null = null
 
   constructor (options: WriteBackRetriesOptions) {
@@ -32,32 +36,47 @@ export class WriteBackRetries {
     this.delay = Math.min(options.retryMs, options.retryMaxMs)
   }
 
-  /** A write-back failed: warns, and makes sure a try is scheduled. */
-  readonly failed = (sessionId: string, err: unknown): void => {
+  /**
+   * A write-back failed: warns, and makes sure a try is scheduled. `retried`: it was a round's
+   * try (SessionRegistry's writeBackFailed).
+   */
+  readonly failed = (sessionId: string, err: unknown, retried = false): void => {
     this.options.log.warn({ session_id: sessionId, err, retry_ms: this.delay }, 'Could not put back the acknowledged state after a failed save; trying again')
+    if (this.stopped !== null && !retried) this.failedSinceStop = true
     this.schedule()
   }
 
   /**
-   * Stops the timer and tries once more (once, however often it is called); warns about what is
-   * still owed (after a restart those sessions may show a change answered as failed). A round
-   * under way is that try: what it leaves owed failed just now, and another round would double
-   * the wait on storage that does not answer (a statement timeout each).
+   * Starts no more rounds (a shutdown: the writes still queued are left to finish, then
+   * close()). The round under way, if any, will be the last try.
+   */
+  stop (): void {
+    if (this.stopped !== null) return
+    if (this.timer !== null) clearTimeout(this.timer)
+    this.timer = null
+    this.stopped = { round: this.round }
+  }
+
+  /**
+   * Stops (see stop()) and makes the last try (once, however often it is called); warns about
+   * what is still owed (after a restart those sessions may show a change answered as failed).
+   * The round under way at stop() is that try: what it leaves owed failed just now, and another
+   * round would double the wait on storage that does not answer (a statement timeout each).
+   * A round follows it only for write-backs that failed outside it since (writes in flight).
    */
   async close (): Promise<void> {
+    this.stop()
+    const round = this.stopped?.round ?? null
     this.closing ??= (async () => {
-      if (this.timer !== null) clearTimeout(this.timer)
-      this.timer = null
-      const round = this.round
       let owed = round === null ? null : await round.catch(() => null)
-      owed ??= await this.options.retry()
+      if (owed === null || this.failedSinceStop) owed = await this.options.retry()
       if (owed > 0) this.options.log.warn({ sessions: owed }, 'Stopping with acknowledged states not put back: these sessions may show a change answered as failed')
     })()
     return this.closing
   }
 
   private schedule (): void {
-    if (this.closing !== null || this.timer !== null) return
+    if (this.stopped !== null || this.timer !== null) return
     if (this.running !== null) {
       this.again = true
       return
