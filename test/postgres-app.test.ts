@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import { buildApp } from '../app.js'
 import taskvaultPlugin from '../index.js'
@@ -508,6 +508,21 @@ async function appendLandedUnanswered (app: FastifyInstance, db: pg.Client, prox
     "SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text LIKE '%\"two\"%'")
 }
 
+/**
+ * Session 'done' (one task, run) archived through a proxy so that the archive lands unanswered
+ * (landUnanswered): its outcome unknown, the database then out of reach. Retries of the undo
+ * after `retryMs`, up to `retryMaxMs`.
+ */
+async function archiveLandedUnanswered (t: Test, url: string, logs: ReturnType<typeof memoryLog>, retryMs: number, retryMaxMs: number): Promise<{ app: FastifyInstance, proxy: TcpProxy, db: pg.Client }> {
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500, TASK_RUN_RETRY_MS: retryMs, TASK_RUN_RETRY_MAX_MS: retryMaxMs }, logs.logger)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'done', instructions: 'one' } })).statusCode, 200)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'done' } })).statusCode, 200)
+  const db = await inspector(t, url)
+  await landUnanswered(db, proxy, async () => await app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } }),
+    "SELECT 1 FROM taskvault.sessions WHERE session_id = 'done' AND archived_at IS NOT NULL")
+  return { app, proxy, db }
+}
+
 t.test('a change answered 503 that landed all the same is undone, by a write-back tried again until the database is back; meanwhile reads serve the acknowledged state; the event streams get a reset (its events never went out)', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
@@ -567,12 +582,7 @@ t.test('an archive that landed unanswered is undone once the database is back: t
   const url = await testDatabase(t)
   if (url === null) return
   const logs = memoryLog()
-  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500, TASK_RUN_RETRY_MS: 200, TASK_RUN_RETRY_MAX_MS: 400 }, logs.logger)
-  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'done', instructions: 'one' } })).statusCode, 200)
-  t.equal((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'done' } })).statusCode, 200)
-  const db = await inspector(t, url)
-  await landUnanswered(db, proxy, async () => await app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } }),
-    "SELECT 1 FROM taskvault.sessions WHERE session_id = 'done' AND archived_at IS NOT NULL")
+  const { app, proxy, db } = await archiveLandedUnanswered(t, url, logs, 200, 400)
   t.ok(logs.messages().includes('Could not archive session'), 'the archive failed, its outcome unknown')
   proxy.pass()
   await waitFor('the undo to land', () => logs.messages().includes('Storage holds the acknowledged states again after failed saves'), 10_000)
@@ -588,12 +598,7 @@ t.test('a DELETE answered 503 that landed while an archive undo was owed: the se
   if (url === null) return
   const logs = memoryLog()
   // Retries far apart: the DELETE comes while the undo is still owed.
-  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500, TASK_RUN_RETRY_MS: 4000, TASK_RUN_RETRY_MAX_MS: 4000 }, logs.logger)
-  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'done', instructions: 'one' } })).statusCode, 200)
-  t.equal((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'done' } })).statusCode, 200)
-  const db = await inspector(t, url)
-  await landUnanswered(db, proxy, async () => await app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } }),
-    "SELECT 1 FROM taskvault.sessions WHERE session_id = 'done' AND archived_at IS NOT NULL")
+  const { app, proxy, db } = await archiveLandedUnanswered(t, url, logs, 4000, 4000)
   t.ok(logs.messages().includes('Could not put back the acknowledged state after a failed save; trying again'), 'the archive landed unanswered, its undo owed')
   proxy.pass()
   const deleting = async (): Promise<{ statusCode: number }> => await app.inject({ method: 'DELETE', url: `${API}/sessions/done` })
@@ -609,12 +614,7 @@ t.test('a DELETE refused after it removed the archived copy of a session owing a
   const url = await testDatabase(t)
   if (url === null) return
   const logs = memoryLog()
-  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500, TASK_RUN_RETRY_MS: 3000, TASK_RUN_RETRY_MAX_MS: 3000 }, logs.logger)
-  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'done', instructions: 'one' } })).statusCode, 200)
-  t.equal((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'done' } })).statusCode, 200)
-  const db = await inspector(t, url)
-  await landUnanswered(db, proxy, async () => await app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } }),
-    "SELECT 1 FROM taskvault.sessions WHERE session_id = 'done' AND archived_at IS NOT NULL")
+  const { app, proxy, db } = await archiveLandedUnanswered(t, url, logs, 3000, 3000)
   t.ok(logs.messages().includes('Could not put back the acknowledged state after a failed save; trying again'), 'the archive landed unanswered, its undo owed')
   proxy.pass()
   // Any DELETE on the table once the archived copy is gone fails: the delete's own step after it.
