@@ -20,8 +20,7 @@ export class WriteBackRetries {
   private readonly options: WriteBackRetriesOptions
   private timer: NodeJS.Timeout | null = null
   private delay: number
-  private running: Promise<void> | null = null
-  /** The round under way (running's own retry). */
+  /** The round under way: its retry(). */
   private round: Promise<number> | null = null
   /** A write-back failed while a round ran: its count may predate that, so another round follows. */
   private again = false
@@ -77,7 +76,7 @@ export class WriteBackRetries {
 
   private schedule (): void {
     if (this.stopped !== null || this.timer !== null) return
-    if (this.running !== null) {
+    if (this.round !== null) {
       this.again = true
       return
     }
@@ -85,8 +84,8 @@ export class WriteBackRetries {
       this.timer = null
       this.again = false
       this.round = this.options.retry()
-      this.running = this.round.then((owed) => {
-        this.running = null
+      // Neither callback throws: the chain ends here.
+      void this.round.then((owed) => {
         this.round = null
         if (owed === 0 && !this.again) {
           this.delay = Math.min(this.options.retryMs, this.options.retryMaxMs)
@@ -97,7 +96,6 @@ export class WriteBackRetries {
         this.delay = owed > 0 ? Math.min(this.delay * 2, this.options.retryMaxMs) : Math.min(this.options.retryMs, this.options.retryMaxMs)
         this.schedule()
       }, (err: unknown) => {
-        this.running = null
         this.round = null
         this.options.log.error({ err }, 'Could not try the owed write-backs again')
       })
