@@ -10,8 +10,8 @@ import { collect, now, round } from './stats.mjs'
  * rounds, no 100,000-session or tasks-per-session runs. Quick figures are for a first look; the
  * recorded ones come from the full run.
  */
-const QUICK_PARAMS = { rounds: 1, saveN: 100, concurrentBatches: 3, updates: 250, restoreSizes: [100, 10_000], createSeconds: 0.4, getSeconds: 0.2, warmSeconds: 0.15, freshCreateServer: false, autosaveSessions: 20, executeSessions: 50, executeTasks: 10, memoryRounds: 1, bigRestore: null, taskSweep: null, fanoutClients: 1000, fanoutTasksPerS: 100, fanoutSeconds: 1, fanoutThroughputSeconds: 0.4, sealedRestore: 2_000 }
-const FULL_PARAMS = { rounds: 5, saveN: 500, concurrentBatches: 10, updates: 1000, restoreSizes: [100, 1000, 10_000], createSeconds: 5, getSeconds: 3, warmSeconds: 1, freshCreateServer: true, autosaveSessions: 100, executeSessions: 100, executeTasks: 10, memoryRounds: 3, bigRestore: 100_000, taskSweep: { sessions: 1000, tasks: [1, 10, 100] }, fanoutClients: 1000, fanoutTasksPerS: 100, fanoutSeconds: 10, fanoutThroughputSeconds: 3, sealedRestore: 10_000 }
+const QUICK_PARAMS = { rounds: 1, saveN: 100, concurrentBatches: 3, updates: 250, restoreSizes: [100, 10_000], createSeconds: 0.4, getSeconds: 0.2, warmSeconds: 0.15, freshCreateServer: false, autosaveSessions: 20, executeSessions: 50, executeTasks: 10, memoryRounds: 1, bigRestore: null, taskSweep: null, fanoutClients: 1000, fanoutTasksPerS: 100, fanoutSeconds: 1, fanoutThroughputSeconds: 0.4, fanoutBlocks: 1, sealedRestore: 2_000 }
+const FULL_PARAMS = { rounds: 5, saveN: 500, concurrentBatches: 10, updates: 1000, restoreSizes: [100, 1000, 10_000], createSeconds: 5, getSeconds: 3, warmSeconds: 1, freshCreateServer: true, autosaveSessions: 100, executeSessions: 100, executeTasks: 10, memoryRounds: 3, bigRestore: 100_000, taskSweep: { sessions: 1000, tasks: [1, 10, 100] }, fanoutClients: 1000, fanoutTasksPerS: 100, fanoutSeconds: 10, fanoutThroughputSeconds: 3, fanoutBlocks: 3, sealedRestore: 10_000 }
 
 export function createContext ({ quick }) {
   const P = structuredClone(quick ? QUICK_PARAMS : FULL_PARAMS)
