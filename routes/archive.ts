@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { ArchiveBody, responses } from '../schemas/api.js'
+import { ArchiveBody, NoQuery, responses } from '../schemas/api.js'
 import { SETTING_DEFAULTS } from '../schemas/options.js'
 import { acceptJsonOnly } from '../http/json-body.js'
 import { ShuttingDownError } from '../services/errors.js'
@@ -13,9 +13,9 @@ const archiveRoutes: FastifyPluginAsyncTypebox<{ bodyLimit?: number }> = async (
 
   app.post('/archive', {
     bodyLimit: options.bodyLimit ?? SETTING_DEFAULTS.BODY_LIMIT,
-    // A bare `POST /archive` (no body) means the defaults, like `{}`.
-    preValidation: async (request) => { request.body ??= {} },
-    schema: { body: ArchiveBody, response: responses.archive }
+    // A bare `POST /archive` (no body) means the defaults, like `{}`; a body of `null` is not an object (400).
+    preValidation: async (request) => { if ((request.body as ArchiveBody | undefined) === undefined) request.body = {} },
+    schema: { querystring: NoQuery, body: ArchiveBody, response: responses.archive }
   }, async (request) => {
     if (app.taskManager.shuttingDown) throw new ShuttingDownError()
     const days = request.body.older_than_days

@@ -20,7 +20,7 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
   // A DELETE takes no body; many clients name JSON on every request anyway.
   acceptJsonOnly(app, (request) => request.method === 'DELETE' ? { value: undefined } : null)
 
-  app.post('/create', { bodyLimit, schema: { body: CreateBody, response: responses.create } }, async (request) => {
+  app.post('/create', { bodyLimit, schema: { querystring: NoQuery, body: CreateBody, response: responses.create } }, async (request) => {
     const { session_id: sessionId } = request.body
     const created = await manager.create(sessionId, taskSpecs(request.body))
     return {
@@ -31,12 +31,12 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     }
   })
 
-  app.post('/execute', { bodyLimit, schema: { body: SessionIdBody, response: responses.execute } }, async (request) => {
+  app.post('/execute', { bodyLimit, schema: { querystring: NoQuery, body: SessionIdBody, response: responses.execute } }, async (request) => {
     const { task, progress } = await manager.executeNext(request.body.session_id)
     return { ...task, progress }
   })
 
-  app.post('/execute-all', { bodyLimit, schema: { body: ExecuteAllBody, response: responses.executeAll } }, async (request, reply) => {
+  app.post('/execute-all', { bodyLimit, schema: { querystring: NoQuery, body: ExecuteAllBody, response: responses.executeAll } }, async (request, reply) => {
     const { session_id: sessionId, wait } = request.body
     if (wait === false) {
       const progress = await manager.startBackgroundRun(sessionId)
@@ -46,13 +46,13 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     return { session_id: sessionId, total_executed: results.length, results, progress }
   })
 
-  app.post('/cancel', { bodyLimit, schema: { body: SessionIdBody, response: responses.cancel } }, async (request) => {
+  app.post('/cancel', { bodyLimit, schema: { querystring: NoQuery, body: SessionIdBody, response: responses.cancel } }, async (request) => {
     const sessionId = request.body.session_id
     const { cancelled_task_id: cancelledTaskId, progress } = await manager.cancel(sessionId)
     return { session_id: sessionId, cancelled_task_id: cancelledTaskId, progress }
   })
 
-  app.post('/retry', { bodyLimit, schema: { body: RetryBody, response: responses.retry } }, async (request) => {
+  app.post('/retry', { bodyLimit, schema: { querystring: NoQuery, body: RetryBody, response: responses.retry } }, async (request) => {
     const { session_id: sessionId, task_id: taskId } = request.body
     const { task_ids: taskIds, progress } = await manager.retry(sessionId, taskId)
     return { session_id: sessionId, task_ids: taskIds, progress }
@@ -95,7 +95,7 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
 
   app.get('/stats', { schema: { querystring: NoQuery, response: responses.stats } }, async () => manager.statsWithSpace())
 
-  app.delete('/sessions/:session_id', { bodyLimit, schema: { params: SessionParams, response: responses.remove } }, async (request, reply) => {
+  app.delete('/sessions/:session_id', { bodyLimit, schema: { querystring: NoQuery, params: SessionParams, response: responses.remove } }, async (request, reply) => {
     await manager.delete(request.params.session_id)
     return reply.code(204).send(null)
   })

@@ -184,23 +184,33 @@ t.test('the document requires what the server requires, and no more', async (t) 
   t.same(create?.oneOf, [{ required: ['instructions'] }, { required: ['tasks'] }], 'create: exactly one of instructions or tasks')
 })
 
-t.test('a query parameter a GET route does not take is a 400, and the document lists 400 for that route', async (t) => {
+t.test('a query parameter a route does not take is a 400 that changes nothing, and the document lists 400 for that route', async (t) => {
   const app = await build(t)
   const doc = (await app.inject({ method: 'GET', url: '/documentation/json' })).json<OpenApi>()
-  const gets = Object.entries(doc.paths).filter(([path, item]) => path.startsWith('/api/v1/tasks/') && item.get !== undefined)
-  t.ok(gets.length >= 5, `${gets.length} GET routes`)
-  for (const [path, item] of gets) {
-    const operation = item.get as Operation
-    // The required parameters from their examples, so the unknown one is the only fault.
+  const operations = Object.entries(doc.paths).filter(([path]) => path.startsWith('/api/v1/tasks/'))
+    .flatMap(([path, item]) => Object.entries(item).map(([method, operation]) => ({ path, method: method.toUpperCase() as 'GET', operation })))
+  t.ok(operations.filter((o) => o.method === 'GET').length >= 5, 'the GET routes')
+  t.ok(operations.filter((o) => o.method !== 'GET').length >= 7, 'the POST and DELETE routes')
+  for (const { path, method, operation } of operations) {
+    // The required parameters and the body from their examples, so the unknown one is the only fault.
     const query = new URLSearchParams({ not_a_parameter: '1' })
     for (const p of (operation.parameters ?? []).filter((p) => p.in === 'query' && p.required === true)) {
       query.set(p.name, String((p.schema?.examples as unknown[] | undefined)?.[0] ?? p.example))
     }
-    const res = await app.inject({ method: 'GET', url: `${path}?${query.toString()}` })
-    t.equal(res.statusCode, 400, `${path}: ${res.body}`)
-    t.match(res.json(), { message: 'querystring must NOT have additional properties' }, path)
-    t.ok(Object.keys(operation.responses).includes('400'), `${path}: 400 is documented (${Object.keys(operation.responses).join(', ')})`)
+    const content = operation.requestBody?.content['application/json']
+    const body = content?.example ?? Object.values((content?.examples ?? {}) as Record<string, { value: unknown }>)[0]?.value
+    const url = `${path.replace(/\{[^}]+\}/u, 'kept')}?${query.toString()}`
+    const res = await app.inject({ method, url, ...(body !== undefined && { payload: body as object }) })
+    t.equal(res.statusCode, 400, `${method} ${path}: ${res.body}`)
+    t.match(res.json(), { message: 'querystring must NOT have additional properties' }, `${method} ${path}`)
+    t.ok(Object.keys(operation.responses).includes('400'), `${method} ${path}: 400 is documented (${Object.keys(operation.responses).join(', ')})`)
   }
+  // Nothing was created, and a session the DELETE named is still there.
+  t.equal((await app.inject({ method: 'GET', url: '/api/v1/tasks/stats' })).json().total_sessions, 0, 'no session was created')
+  await app.inject({ method: 'POST', url: '/api/v1/tasks/create', payload: { session_id: 'kept', instructions: '1. one' } })
+  const remove = await app.inject({ method: 'DELETE', url: '/api/v1/tasks/sessions/kept?x=1' })
+  t.equal(remove.statusCode, 400, remove.body)
+  t.equal((await app.inject({ method: 'GET', url: '/api/v1/tasks/progress?session_id=kept' })).statusCode, 200, 'the session is still there')
 })
 
 t.test('a path parameter longer than the router takes is a 414, and the document lists 414 for each route with one', async (t) => {

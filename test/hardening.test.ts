@@ -920,3 +920,17 @@ t.test('a session file too large to be read as text (a foreign one; taskvault wr
   t.equal(setAside.length, 2, 'both set aside')
   t.equal((await get(app, '/stats')).json().storage.failed_loads, 2)
 })
+
+t.test('validation: POST /archive takes no body or an object; a JSON null is a 400 and runs no pass', async (t) => {
+  const dir = await tempDir(t)
+  // Finished sessions are archived 0.1 s after they finish: a pass with the defaults would take this one.
+  const app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0.1 / 86_400 } })
+  await post(app, '/create', { session_id: 'done', instructions: '1. one' })
+  await post(app, '/execute', { session_id: 'done' })
+  await sleep(300)
+  const refused = await app.inject({ method: 'POST', url: `${API}/archive`, headers: { 'content-type': 'application/json' }, payload: 'null' })
+  t.equal(errorShape(t, refused, 400, 'null').message, 'body must be object')
+  t.equal((await get(app, '/progress?session_id=done')).json().archived, undefined, 'no pass ran: the finished session is still active')
+  const bare = await app.inject({ method: 'POST', url: `${API}/archive` })
+  t.same(bare.json().archived_ids, ['done'], 'no body: a pass with the defaults')
+})
