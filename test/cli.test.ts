@@ -5,7 +5,7 @@
 import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { chmod, mkdir, readFile, readdir, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import t from 'tap'
 import { taskvault, type Run } from './cli-run.js'
 import { build, get, tempDir } from './helper.js'
@@ -214,6 +214,15 @@ t.test('backup then restore round-trips every byte', async (t) => {
   t.same(await snapshot(dir), before, 'the folder is untouched')
   t.equal((await taskvault(['backup', dir, '--out', out])).code, 1, 'an existing backup is not replaced')
   t.equal((await taskvault(['backup', dir, '--out', out, '--force'])).code, 0, 'unless --force')
+  // Never into the storage folder, not even with --force, by any path to it.
+  for (const inside of [join(dir, 'old.json'), join(dir, 'archive', 'b.tar.gz'), join(dir, '..', basename(dir), 'b.tar.gz')]) {
+    const refused = await taskvault(['backup', dir, '--out', inside, '--force'])
+    t.equal(refused.code, 1, inside)
+    t.match(refused.stderr, /inside the storage folder/u)
+  }
+  const outDir = await taskvault(['backup', dir, '--out-dir', join(dir, 'archive')])
+  t.equal(outDir.code, 1, '--out-dir inside the folder too')
+  t.same(await snapshot(dir), before, 'the folder is untouched')
 
   const target = join(await tempDir(t, 'taskvault-restored-'), 'fresh')
   const restore = await taskvault(['restore', out, target, '--json'])

@@ -1,5 +1,5 @@
-import { lstat, open, readdir, rename, stat, unlink } from 'node:fs/promises'
-import { dirname, join, resolve } from 'node:path'
+import { lstat, open, readdir, realpath, rename, stat, unlink } from 'node:fs/promises'
+import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path'
 import { backupEntry, backupFileName, backupTime, emptyCounts } from '../../services/backup/backup.js'
 import { Writable } from 'node:stream'
 import { nodeFs } from '../../services/store/fs-seam.js'
@@ -43,6 +43,7 @@ ${COMMON_HELP}`,
     const dir = storageDir(args.positionals[0], settings)
     const { out, outDir, keepDays } = await target(args.values)
     await assertFolder(dir)
+    await refuseInside(dir, dirname(out))
     if (args.values.force !== true && await exists(out)) {
       throw new CommandFailedError(`${out} exists; give --force to replace it`)
     }
@@ -136,6 +137,19 @@ async function target (values: Record<string, string | boolean | undefined>): Pr
   if (!folder.isDirectory()) throw new CommandFailedError(`${dirname(out)} is not a folder`)
   if ((await stat(out).catch(() => null))?.isDirectory() === true) throw new CommandFailedError(`${out} is a folder; give --out a file name, or --out-dir ${out}`)
   return { out, outDir: null, keepDays }
+}
+
+/**
+ * A backup is never written inside the storage folder it copies: there it would replace a session
+ * file (`--out DIR/s1.json --force`), and the server would set the archive aside as one that does
+ * not read. Compared by real paths, so no link or `..` gets round it.
+ */
+async function refuseInside (dir: string, outFolder: string): Promise<void> {
+  const [root, folder] = await Promise.all([realpath(dir), realpath(outFolder)])
+  const rel = relative(root, folder)
+  if (rel === '' || (rel !== '..' && !rel.startsWith(`..${sep}`) && !isAbsolute(rel))) {
+    throw new CommandFailedError(`the backup would be written inside the storage folder ${dir}; write it somewhere else`)
+  }
 }
 
 /** A repeat of a backup name within one second: `tasks_YYYYMMDD_HHMMSS_<n>.tar.gz`, n from 2. */
