@@ -4,7 +4,7 @@ import { join, resolve } from 'node:path'
 import type { Config } from '../schemas/config.js'
 import { FileSessionStore } from '../services/store/file-store.js'
 import type { SessionFile } from '../services/session/session.js'
-import { KeyUnavailableError, SealNotOpenedError } from '../services/errors.js'
+import { KeyUnavailableError, LockLostError, SealNotOpenedError } from '../services/errors.js'
 import type { Clear, Keyring } from '../services/store/keyring.js'
 import { ARCHIVED_FILE, SESSION_FILE, readSessionDocument } from '../services/store/session-files.js'
 import { MAX_SESSION_FILE_BYTES, tooLargeReason } from '../services/store/read-batch.js'
@@ -166,6 +166,9 @@ export async function withWriteLock<R> (dir: string, settings: Config, keyring: 
   await store.init()
   try {
     return await work(store)
+  } catch (err) {
+    if (!(err instanceof LockLostError)) throw err
+    throw new CommandFailedError(`lost the lock of ${dir} to another writer, so stopped: every file written is whole; run again once nothing else writes the folder`)
   } finally {
     await store.close()
   }

@@ -6,7 +6,8 @@
  */
 import { spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, readdir, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises'
+import { hostname } from 'node:os'
 import { join, sep } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { gunzipSync } from 'node:zlib'
@@ -16,7 +17,9 @@ import type { SessionFile } from '../schemas/session.js'
 import { FileSessionStore } from '../services/store/file-store.js'
 import { Keyring } from '../services/store/keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../services/store/session-files.js'
-import { build, get, memoryLog, post, tempDir } from './helper.js'
+import { build, get, markAsTaskvault, memoryLog, post, tempDir, waitFor } from './helper.js'
+import { daysAgo, storedSession } from './session-fixtures.js'
+import { LOCK_FILE } from '../services/store/storage-lock.js'
 import { CLI, taskvault } from './cli-run.js'
 import { faultFs } from './faults.js'
 import { node } from './node-child.js'
@@ -400,6 +403,29 @@ t.test('seal with a mistyped key under the kid some files are sealed under write
   for (const id of ['plain_1', 'plain_2', 'sealed_1', 'sealed_2']) {
     t.equal(readSessionDocument(`${id}.json`, await readFile(join(dir, `${id}.json`), 'utf8'), id, keyring).kid, 'k1', `${id} opens under k1`)
   }
+})
+
+t.test('seal stops once another writer takes the folder: exit 1 naming the lost lock, the other writer\'s lock left in place', async (t) => {
+  const dir = await tempDir(t)
+  await markAsTaskvault(dir)
+  const count = 3000
+  for (let i = 0; i < count; i++) await writeFile(join(dir, `p_${i}.json`), storedSession(`p_${i}`, ['Pending'], daysAgo(1)), { mode: 0o600 })
+  // The lock is checked every 400 ms (the least stale time allows): the seal of 3,000 files takes seconds.
+  const running = taskvault(['seal', dir], { env: { TASK_ENCRYPTION_KEYS: KEYS_1, TASK_LOCK_REFRESH_MS: '400', TASK_LOCK_STALE_MS: '1000' } })
+  const lock = join(dir, LOCK_FILE)
+  await waitFor('the seal holds the lock', async () => readlink(lock).then((target) => JSON.parse(target).pid !== process.pid, () => false))
+  await sleep(300)
+  // Another writer's lock, put in place the way a lock is taken: a new link renamed over the old.
+  const other = JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString() })
+  await symlink(other, `${lock}.other`)
+  await rename(`${lock}.other`, lock)
+  const sealing = await running
+  t.equal(sealing.code, 1, sealing.stdout)
+  t.match(sealing.stderr, /lost the lock of .* to another writer, so stopped: every file written is whole/)
+  t.equal(await readlink(lock), other, 'the other writer\'s lock is still there')
+  let sealed = 0
+  for (let i = 0; i < count; i++) if ((await readFile(join(dir, `p_${i}.json`), 'utf8')).includes('"sealed"')) sealed++
+  t.ok(sealed < count, `stopped before the end: ${sealed} of ${count} sealed`)
 })
 
 t.test('validate --fix sets aside what a right key does not open, and nothing when the key under a kid opens none', async (t) => {

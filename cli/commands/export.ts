@@ -52,7 +52,7 @@ ${COMMON_HELP}`,
     let active = 0
     let archived = 0
     const leftOut: LeftOut[] = []
-    await withWriteLock(dir, settings, keyring, true, async () => {
+    await withWriteLock(dir, settings, keyring, true, async (store) => {
       await withDatabase(target, settings, keyring, true, async (client) => {
         // One snapshot: the names and the rows agree, and a server working meanwhile is seen at one instant.
         await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
@@ -73,7 +73,7 @@ ${COMMON_HELP}`,
             const folder = row.archived ? archiveDir : dir
             // The store's temp-file name: an export cut short leaves only files a server removes at start.
             const temp = join(folder, `.${row.session_id}.${process.pid}.${++seq}.tmp`)
-            await writeAndRename(nodeFs, temp, join(folder, name), Buffer.from(row.document, 'utf8'))
+            await writeAndRename(nodeFs, temp, join(folder, name), Buffer.from(row.document, 'utf8'), undefined, () => store.confirmLock())
             if (row.archived) archived++
             else active++
           }

@@ -75,7 +75,7 @@ ${COMMON_HELP}`,
     if ((await lstat(dir).catch(() => null))?.isDirectory() === false) throw new CommandFailedError(`${dir} is not a folder; give the storage folder to restore into`)
     // A damaged backup (or not a backup at all) is told before the folder is created, marked or locked.
     for await (const entry of checkedEntries(backup, keyring)) void entry
-    return withWriteLock(dir, settings, keyring, true, async () => {
+    return withWriteLock(dir, settings, keyring, true, async (store) => {
       const { planned, conflicts, skipped } = await plan(backup, dir, keyring)
       // --force overwrites what the backup names; a copy elsewhere that would hide the restored one stays, so it cannot help.
       const hiding = conflicts.filter((conflict) => conflict.hidden === true)
@@ -89,7 +89,7 @@ ${COMMON_HELP}`,
         lines.push(`Refused: ${conflicts.length} files in ${dir} would be overwritten; nothing was written (give --force to overwrite them)`)
         return { code: 1, json: { backup, dir, restored: 0, unchanged: 0, conflicts }, lines }
       }
-      const written = await write(backup, dir, planned)
+      const written = await write(backup, dir, planned, () => store.confirmLock())
       const unchanged = planned.length - written
       const needsKeys = keysNeeded(planned)
       const lines = [`Restored ${written} files into ${dir} (${unchanged} already identical${force && conflicts.length > 0 ? `, ${conflicts.length} newer or unreadable copies in the folder overridden` : ''})`]
@@ -207,8 +207,11 @@ async function copiesInFolder (dir: string): Promise<Map<string, string[]>> {
   return copies
 }
 
-/** Reads the backup again and writes each planned file durably; the backup must not have changed. */
-async function write (backup: string, dir: string, planned: Planned[]): Promise<number> {
+/**
+ * Reads the backup again and writes each planned file durably; the backup must not have changed.
+ * `confirmLock` runs before each rename: the folder's lock still names this process.
+ */
+async function write (backup: string, dir: string, planned: Planned[], confirmLock: () => Promise<void> | null): Promise<number> {
   const byPath = new Map(planned.map((item) => [item.rel, item]))
   const archiveDir = join(dir, 'archive')
   if (planned.some((item) => item.archived && item.action === 'write')) {
@@ -228,7 +231,7 @@ async function write (backup: string, dir: string, planned: Planned[]): Promise<
     const folder = item.archived ? archiveDir : dir
     // The store's temp-file name: a restore cut short leaves only files the server removes at start.
     const temp = join(folder, `.${item.sessionId}.${process.pid}.${++seq}.tmp`)
-    await writeAndRename(nodeFs, temp, target, entry.data, entry.mtime)
+    await writeAndRename(nodeFs, temp, target, entry.data, entry.mtime, confirmLock)
     written++
   }
   await fsyncDir(nodeFs, dir)

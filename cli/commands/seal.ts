@@ -67,7 +67,7 @@ ${COMMON_HELP}`,
     const dir = storageDir(args.positionals[0], settings)
     const counts = { sealed: 0, already: 0, unreadable: 0, ignored: 0 }
     const problems: Array<{ file: string, reason: string, ignored?: true }> = []
-    await withWriteLock(dir, settings, keyring, false, async () => {
+    await withWriteLock(dir, settings, keyring, false, async (store) => {
       const touched = new Set<string>()
       let sinceFsync = 0
       const syncTouched = async (): Promise<void> => {
@@ -112,7 +112,7 @@ ${COMMON_HELP}`,
         }
         // Named like the server's temp files, so an interrupted run leaves nothing a restore keeps.
         const temp = join(folder, `.${checked.file.session_id}.${process.pid}.${++seq}.tmp`)
-        await writeAndRename(nodeFs, temp, stored.path, data, checked.mtime)
+        await writeAndRename(nodeFs, temp, stored.path, data, checked.mtime, () => store.confirmLock())
         counts.sealed++
         touched.add(folder)
         if (++sinceFsync >= FILES_PER_FSYNC) await syncTouched()

@@ -172,6 +172,15 @@ export class FileSessionStore implements SessionStore {
     return this.lock?.confirm() ?? null
   }
 
+  /**
+   * For a writer beside the store holding its lock (the CLI's seal, restore and export): called
+   * just before each rename, as the store's own saves do; rejects with LockLostError once
+   * another writer has the folder.
+   */
+  confirmLock (): Promise<void> | null {
+    return this.confirmHeld()
+  }
+
   get location (): string {
     return this.dir
   }
