@@ -18,10 +18,14 @@ export interface Run {
   json: () => any
 }
 
-/** `unprivileged`: root runs it without the capabilities that let it read any file (a non-root user runs it as is). */
-export async function taskvault (args: string[], options: { cwd?: string, env?: Record<string, string>, unprivileged?: boolean } = {}): Promise<Run> {
+/**
+ * `unprivileged`: root runs it without the capabilities that let it read any file (a non-root user runs it as is).
+ * `pid1`: as pid 1 of a new pid namespace, as in a container (root only: `unshare`).
+ */
+export async function taskvault (args: string[], options: { cwd?: string, env?: Record<string, string>, unprivileged?: boolean, pid1?: boolean } = {}): Promise<Run> {
   const [file, argv] = node([CLI, ...args])
-  const command = options.unprivileged === true && process.getuid?.() === 0 ? ['setpriv', '--bounding-set=-dac_override,-dac_read_search', '--', file, ...argv] : [file, ...argv]
+  let command = options.unprivileged === true && process.getuid?.() === 0 ? ['setpriv', '--bounding-set=-dac_override,-dac_read_search', '--', file, ...argv] : [file, ...argv]
+  if (options.pid1 === true) command = ['unshare', '--pid', '--fork', '--mount-proc', '--', ...command]
   const child = spawn(command[0] as string, command.slice(1), {
     cwd: options.cwd ?? process.cwd(),
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...options.env },

@@ -428,6 +428,22 @@ t.test('seal stops once another writer takes the folder: exit 1 naming the lost 
   t.ok(sealed < count, `stopped before the end: ${sealed} of ${count} sealed`)
 })
 
+t.test('seal run again as pid 1 (a container) after a kill -9 left the first run\'s temp files: it finishes', { skip: process.getuid?.() !== 0 && process.env.CI !== 'true' ? 'pid 1 needs root (unshare)' : false }, async (t) => {
+  const dir = await tempDir(t)
+  await markAsTaskvault(dir)
+  await mkdir(join(dir, 'archive'))
+  await writeFile(join(dir, 'a.json'), storedSession('a', ['Pending'], daysAgo(1)), { mode: 0o600 })
+  await writeFile(join(dir, 'archive', 'b.json'), storedSession('b', ['Completed'], daysAgo(40)), { mode: 0o600 })
+  // What a first run as pid 1 leaves when killed mid-write: its temp files, numbered from 1.
+  for (const name of ['.a.1.1.tmp', '.a.1.2.tmp', 'archive/.b.1.1.tmp', 'archive/.b.1.2.tmp']) await writeFile(join(dir, name), '{"half')
+  const sealing = await taskvault(['seal', dir], { env: { TASK_ENCRYPTION_KEYS: KEYS_1 }, pid1: true })
+  t.equal(sealing.code, 0, sealing.stderr)
+  t.match(sealing.stdout, /Sealed 2 files under key k1/)
+  const keyring = Keyring.parse(KEYS_1)
+  t.equal(readSessionDocument('a.json', await readFile(join(dir, 'a.json'), 'utf8'), 'a', keyring).kid, 'k1')
+  t.equal(readSessionDocument('b.json', await readFile(join(dir, 'archive', 'b.json'), 'utf8'), 'b', keyring).kid, 'k1')
+})
+
 t.test('validate --fix sets aside what a right key does not open, and nothing when the key under a kid opens none', async (t) => {
   const dir = await tempDir(t)
   const app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })

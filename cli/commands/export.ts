@@ -2,7 +2,7 @@ import { lstat, mkdir, readdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { CorruptSessionFileError } from '../../services/errors.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
-import { fsyncDir, readSessionDocument, writeAndRename } from '../../services/store/session-files.js'
+import { firstTempSeq, fsyncDir, readSessionDocument, writeAndRename } from '../../services/store/session-files.js'
 import { readMarker, writeMarker } from '../../services/store/storage-folder.js'
 import { CommandFailedError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
@@ -59,7 +59,7 @@ ${COMMON_HELP}`,
         const names = archivedNames((await client.query<{ row_id: string, session_id: string }>(ARCHIVED_COPIES)).rows)
         const archiveDir = join(dir, 'archive')
         if (names.size > 0) await realFolder(dir, archiveDir)
-        let seq = 0
+        let seq = firstTempSeq()
         for (let after = '0'; ;) {
           const { rows } = await client.query<StoredRow>(rowsPage(after, PAGE_ROWS))
           for (const row of rows) {
@@ -137,7 +137,7 @@ async function claimFolder (dir: string, force: boolean): Promise<void> {
   const entries = await readdir(dir)
   if (entries.length === 0) return
   if (!force) throw new CommandFailedError(`${dir} is not empty and not a taskvault folder (no .taskvault marker); export into a new or empty folder, or give --force`)
-  await writeMarker(nodeFs, dir, `.taskvault.${process.pid}.0.tmp`)
+  await writeMarker(nodeFs, dir, `.taskvault.${process.pid}.${firstTempSeq()}.tmp`)
 }
 
 async function realFolder (parent: string, dir: string): Promise<void> {

@@ -3,7 +3,7 @@ import { createReadStream } from 'node:fs'
 import { lstat, mkdir, readdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { nodeFs } from '../../services/store/fs-seam.js'
-import { ARCHIVED_FILE, SESSION_FILE, TEMP_FILE, fsyncDir, parseSessionFile, writeAndRename } from '../../services/store/session-files.js'
+import { ARCHIVED_FILE, SESSION_FILE, TEMP_FILE, firstTempSeq, fsyncDir, parseSessionFile, writeAndRename } from '../../services/store/session-files.js'
 import { MARKER_FILE } from '../../services/store/storage-folder.js'
 import { LOCK_FILE } from '../../services/store/storage-lock.js'
 import { KeyUnavailableError } from '../../services/errors.js'
@@ -220,7 +220,7 @@ async function write (backup: string, dir: string, planned: Planned[], confirmLo
     await fsyncDir(nodeFs, dir)
   }
   let written = 0
-  let seq = 0
+  let seq = firstTempSeq()
   const prefix = await commonPrefix(backup)
   for await (const entry of readTarGz(createReadStream(backup))) {
     const mapped = sessionPath(entry, prefix)

@@ -1,7 +1,7 @@
 import { dirname, join } from 'node:path'
 import { SessionTooLargeError } from '../../services/errors.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
-import { fsyncDir, serializeSessionFile, writeAndRename } from '../../services/store/session-files.js'
+import { firstTempSeq, fsyncDir, serializeSessionFile, writeAndRename } from '../../services/store/session-files.js'
 import { sessionBound } from '../../services/store/save-rules.js'
 import { readMarker } from '../../services/store/storage-folder.js'
 import type { Keyring } from '../../services/store/keyring.js'
@@ -75,7 +75,7 @@ ${COMMON_HELP}`,
         touched.clear()
         sinceFsync = 0
       }
-      let seq = 0
+      let seq = firstTempSeq()
       const files = await listStoredFiles(dir)
       // The marker's check was compared at the lock (a differing key stopped there already).
       if ((await readMarker(nodeFs, dir))?.keyChecks[keyring.activeKid] === undefined) await proveKey(files, keyring)

@@ -17,7 +17,7 @@ import type { Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
 import { tooLargeReason } from './read-batch.js'
 import { assertSavable, reportedSave, sessionBound } from './save-rules.js'
-import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, FolderReplacedError, fsyncDir, readSessionDocument, serializeSessionFile, writeAndRename } from './session-files.js'
+import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, FolderReplacedError, firstTempSeq, fsyncDir, readSessionDocument, serializeSessionFile, writeAndRename } from './session-files.js'
 import { MARKER_FILE, firstForeignFile, readMarker, writeMarker } from './storage-folder.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
 import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SaveOptions, SessionStore, SessionStoreEvents, StoredCopy } from './store.js'
@@ -102,7 +102,7 @@ export class FileSessionStore implements SessionStore {
   private readonly lock: StorageLock | null
   private readonly files: FolderFiles
   private readonly archived: FileArchive
-  private tempSeq = 0
+  private tempSeq = firstTempSeq()
 
   constructor (options: FileSessionStoreOptions) {
     this.dir = resolve(options.dir)

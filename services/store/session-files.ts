@@ -25,6 +25,15 @@ export const ARCHIVED_FILE = /^([A-Za-z0-9_-]{1,128})(?:\.(\d{1,16}))?\.json$/u
 /** `.<id>.<pid>.<seq>.tmp`: hidden, never matches `*.json`, unique per process and save. */
 export const TEMP_FILE = /^\.[A-Za-z0-9_-]{1,128}\.\d+\.\d+\.tmp$/u
 
+/**
+ * Where a writer's temp-file numbers start: the time it started, so a writer that has an earlier
+ * one's pid (pid 1 in a container, run again after a kill -9) never meets that one's leftover
+ * temp files, which a create-exclusive open would refuse (EEXIST) until a server start removed them.
+ */
+export function firstTempSeq (): number {
+  return Date.now() * 1000
+}
+
 const checkStoredFile = TypeCompiler.Compile(StoredSessionFile)
 const checkSealedFile = TypeCompiler.Compile(SealedSessionFile)
 
