@@ -562,6 +562,21 @@ t.test('lock: a lock left by a dead pid on this host is taken over', async (t) =
   t.equal((await post(app, '/create', { session_id: 'x', instructions: 'a' })).statusCode, 200)
 })
 
+t.test('lock: a lock left by a killed process its parent has not reaped (a zombie) is taken over', { skip: process.platform !== 'linux' ? 'zombies are read from /proc' : false }, async (t) => {
+  // The shell starts a sleep, prints its pid and becomes another sleep, which never reaps the
+  // first: killed, the first stays a zombie until the shell's sleep ends.
+  const shell = spawn('/bin/sh', ['-c', 'sleep 600 & echo $!; exec sleep 600'], { stdio: ['ignore', 'pipe', 'ignore'] })
+  t.teardown(() => { shell.kill('SIGKILL') })
+  const pid = Number(await new Promise<string>((resolve) => shell.stdout.once('data', (chunk: Buffer) => { resolve(chunk.toString()) })))
+  process.kill(pid, 'SIGKILL')
+  await waitFor('the sleep is a zombie', async () => (await readFile(`/proc/${pid}/stat`, 'latin1')).split(') ')[1]?.startsWith('Z') === true)
+  const dir = await tempDir(t)
+  await writeLock(dir, { pid, host: hostname(), since: new Date().toISOString() })
+  const app = await open(dir, {})
+  t.teardown(() => app.close())
+  t.equal((await readLock(dir)).pid, process.pid, 'the lock is ours')
+})
+
 const FAST_LOCK = { TASK_LOCK_STALE_MS: 1000, TASK_LOCK_REFRESH_MS: 400 }
 /** Stale after 30 s: a lock written by the test is still fresh when a slow boot reaches it. */
 const SHORT_LOCK = { TASK_LOCK_STALE_MS: 30_000, TASK_LOCK_REFRESH_MS: 400 }
