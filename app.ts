@@ -10,8 +10,8 @@ import taskvault, { type TaskvaultOptions } from './plugins/taskvault.js'
 import { errorHandler, notFoundHandler } from './http/error-handler.js'
 import healthRoutes from './routes/health.js'
 import { createValidatorCompiler } from './http/validation.js'
-import { clientErrorHandler } from './http/client-errors.js'
-import { ConnectionClosedError, guardConnections } from './http/connections.js'
+import { clientErrors } from './http/client-errors.js'
+import { guardConnections, type ConnectionGuard } from './http/connections.js'
 import type { Config } from './schemas/config.js'
 
 /** What code (not settings) gives the taskvault plugin: agents as functions, their environment, seams. */
@@ -30,14 +30,17 @@ export interface BuildAppOptions extends CodeOptions {
 /** The settings the HTTP server itself takes. */
 export type ServerSettings = Pick<Config, 'TASK_REQUEST_TIMEOUT_MS' | 'TASK_KEEP_ALIVE_TIMEOUT_MS'>
 
-/** Server options shared by production and tests, so both validate and time requests the same way. */
-export function serverOptions (settings: ServerSettings, logger: FastifyServerOptions['logger'] = false): FastifyHttpOptions<Server> {
+/**
+ * Server options shared by production and tests, so both validate and time requests the same way.
+ * `connections`: the guard of the server's sockets, once made (client errors wait for the answers it knows owed).
+ */
+export function serverOptions (settings: ServerSettings, logger: FastifyServerOptions['logger'] = false, connections: () => ConnectionGuard | null = () => null): FastifyHttpOptions<Server> {
   const requestTimeout = settings.TASK_REQUEST_TIMEOUT_MS
   return {
     logger,
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
-    clientErrorHandler,
+    clientErrorHandler: clientErrors(connections),
     return503OnClosing: true,
     // The restore runs in onReady and takes what the data takes (seconds for 100,000 sessions,
     // longer on a slow volume or a loaded host): Fastify's default 10 s would fail a healthy
@@ -88,7 +91,8 @@ const MAX_PARAM_LENGTH = 4096
 export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyInstance> {
   // Read first: the server's own options come from the settings.
   const settings = await loadConfig({ values: options.config, readEnvironment: options.readEnvironment })
-  const app = Fastify(serverOptions(settings, options.logger)).withTypeProvider<TypeBoxTypeProvider>()
+  let guard: ConnectionGuard | null = null
+  const app = Fastify(serverOptions(settings, options.logger, () => guard)).withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(createValidatorCompiler())
   app.setErrorHandler(errorHandler)
   app.setNotFoundHandler(notFoundHandler)
@@ -104,6 +108,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     // close time, well within the 10 s server.ts adds to the grace before it gives up on a clean exit.
     answerCloseMs: settings.TASK_SHUTDOWN_GRACE_MS + settings.TASK_EVENTS_CLOSE_MS
   })
+  guard = connections
   app.addHook('preClose', async () => connections.closing())
   // Pipelined changes run in the order sent (RFC 9112 lets a server run only safe methods side by side).
   app.addHook('onRequest', (request, reply, done) => {
@@ -111,7 +116,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
       done()
       return
     }
-    connections.inTurn(reply.raw, (open) => { done(open ? undefined : new ConnectionClosedError()) })
+    connections.inTurn(reply.raw, (refusal) => { done(refusal ?? undefined) })
   })
 
   try {

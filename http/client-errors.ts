@@ -1,6 +1,7 @@
 import { STATUS_CODES, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyInstance } from 'fastify'
+import type { ConnectionGuard } from './connections.js'
 
 /** What a client error (no request Fastify could route) is answered with: the status, and the `code` every error answer carries. */
 function answerFor (code: string | undefined): { statusCode: number, code: string, message: string } {
@@ -9,19 +10,59 @@ function answerFor (code: string | undefined): { statusCode: number, code: strin
   return { statusCode: 400, code: 'BAD_REQUEST', message: 'the request is not valid HTTP' }
 }
 
+/** A pipelined request that did not arrive in time, answered in its turn (ConnectionGuard.refuse). */
+class ClientRequestError extends Error {
+  constructor (readonly statusCode: number, readonly code: string, message: string) {
+    super(message)
+  }
+}
+
 /**
  * Node's clientError (bytes that are no valid request, a request that did not arrive in time,
  * headers too large): answered in the error shape with a code, and logged, then the socket is
- * closed. When an answer has already started on the socket (an event stream, a backup), another
- * written into its body would corrupt it: the socket is only closed, as Node itself does.
+ * closed. Answers still owed on the connection go first, in order: an error written ahead of
+ * them would be taken by the client as the answer to its earlier request, which still runs.
+ * - A request waiting its turn that timed out is answered 408 in that turn, without running.
+ * - Bytes that are no request, behind answers being worked on, are answered once those are sent.
+ * - When an answer has already started on the socket (an event stream, a backup), another
+ *   written into its body would corrupt it: the socket is only closed, as Node itself does.
+ * `connections`: the server's guard, once made (null before: nothing is owed yet).
  */
-export function clientErrorHandler (this: FastifyInstance, err: NodeJS.ErrnoException, socket: Socket): void {
-  if (err.code === 'ECONNRESET' || socket.destroyed) return
-  const answer = answerFor(err.code)
-  this.log.info({ code: answer.code, statusCode: answer.statusCode, err: err.message }, 'Client error: the request was not answered by a route')
-  // Node's own check: the response it is writing on this socket, if any (not a public field).
-  const started = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent === true
-  if (socket.writable && !started) {
+export function clientErrors (connections: () => ConnectionGuard | null) {
+  const settling = new WeakSet<Socket>()
+  return function clientErrorHandler (this: FastifyInstance, err: NodeJS.ErrnoException, socket: Socket): void {
+    if (err.code === 'ECONNRESET' || socket.destroyed || settling.has(socket)) return
+    const answer = answerFor(err.code)
+    this.log.info({ code: answer.code, statusCode: answer.statusCode, err: err.message }, 'Client error: the request was not answered by a route')
+    // Node's own check: the response it is writing on this socket, if any (not a public field).
+    const started = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent === true
+    let owed = started ? null : connections()?.owed(socket) ?? null
+    // The latest request did not arrive in full: it is the one in error.
+    if (owed !== null && !owed.res.req.complete) {
+      if (owed.waiting) {
+        connections()?.refuse(owed.res, new ClientRequestError(answer.statusCode, answer.code, answer.message))
+        return
+      }
+      owed = null
+    }
+    if (owed !== null) {
+      // No more bytes are read; the answers owed go out, then this one.
+      settling.add(socket)
+      socket.pause()
+      const close = (): void => { socket.destroy() }
+      owed.res.once('finish', () => {
+        owed.res.off('close', close)
+        answerAndClose(socket, answer)
+      }).once('close', close)
+      return
+    }
+    if (!started) answerAndClose(socket, answer)
+    else socket.destroy()
+  }
+}
+
+function answerAndClose (socket: Socket, answer: { statusCode: number, code: string, message: string }): void {
+  if (socket.writable) {
     const name = STATUS_CODES[answer.statusCode] ?? 'Error'
     const body = JSON.stringify({ statusCode: answer.statusCode, code: answer.code, error: name, message: answer.message })
     socket.write(`HTTP/1.1 ${answer.statusCode} ${name}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json; charset=utf-8\r\nConnection: close\r\n\r\n${body}`)

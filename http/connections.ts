@@ -40,14 +40,28 @@ export class ConnectionClosedError extends Error {
   }
 }
 
+/** The answer still owed on a connection (the latest request's), and whether it waits for those before it (inTurn). */
+export interface OwedAnswer {
+  res: ServerResponse
+  waiting: boolean
+}
+
 export interface ConnectionGuard {
   /**
    * Calls `go` once every answer before `res` on its connection is sent: requests pipelined on
    * one connection are parsed, and would run, at once, so a create then an execute of the same
-   * session could run out of order. `go(false)` when the connection closed meanwhile (or can
-   * no longer carry an answer: behind an event stream, it never will).
+   * session could run out of order. `go(error)` when the request must not run: the connection
+   * closed meanwhile (or can no longer carry an answer: behind an event stream, it never will;
+   * ConnectionClosedError), or `refuse` named an error for it.
    */
-  inTurn: (res: ServerResponse, go: (open: boolean) => void) => void
+  inTurn: (res: ServerResponse, go: (refusal: Error | null) => void) => void
+  /** The answer owed on `socket` (unfinished), or null. */
+  owed: (socket: Socket) => OwedAnswer | null
+  /**
+   * A request waiting its turn failed to arrive (its request timeout ran out): when its turn
+   * comes it is answered `error` instead of running, and the connection closes after.
+   */
+  refuse: (res: ServerResponse, error: Error) => void
   /** Shutdown began: closes, after `stalledCloseMs`, every socket not busy with an answer. */
   closing: () => void
   /**
@@ -80,6 +94,19 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   const answers = new WeakMap<Socket, ServerResponse>()
   /** The answer still being sent on the connection when a request arrived behind it (pipelined). */
   const before = new WeakMap<ServerResponse, ServerResponse>()
+  /** Requests waiting in inTurn for the answers before theirs. */
+  const waiting = new WeakSet<ServerResponse>()
+  /** Requests answered with an error instead of running, once their turn comes (refuse). */
+  const refusals = new WeakMap<ServerResponse, Error>()
+  const refusal = (res: ServerResponse): Error | null => {
+    const error = refusals.get(res)
+    if (error !== undefined) {
+      res.shouldKeepAlive = false
+      return error
+    }
+    const socket = res.req.socket
+    return socket.destroyed || !socket.writable ? new ConnectionClosedError() : null
+  }
   server.on('connection', (socket: Socket) => {
     if (sockets.size - streams.size >= limits.maxConnections) {
       socket.destroy()
@@ -134,16 +161,23 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
     inTurn: (res, go) => {
       const previous = before.get(res)
       if (previous === undefined || previous.writableFinished) {
-        go(true)
+        go(null)
         return
       }
       const next = (): void => {
         previous.off('finish', next).off('close', next)
-        const socket = res.req.socket
-        go(!socket.destroyed && socket.writable)
+        waiting.delete(res)
+        go(refusal(res))
       }
+      waiting.add(res)
       previous.once('finish', next).once('close', next)
     },
+    owed: (socket) => {
+      const res = answers.get(socket)
+      if (res === undefined || res.writableFinished) return null
+      return { res, waiting: waiting.has(res) }
+    },
+    refuse: (res, error) => { refusals.set(res, error) },
     stream: (socket) => {
       if (sockets.has(socket)) streams.add(socket)
     },

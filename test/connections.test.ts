@@ -261,3 +261,31 @@ t.test('pipelined changes run in the order sent: a create, then an execute and a
   await sleep(200)
   t.equal((await call(server, 'GET', `${API}/progress?session_id=behind`)).status, 404, 'nor once the connection closed')
 })
+
+t.test('a client error behind a change still running waits for its answer: the change is answered 200 first, then the error, in order', async (t) => {
+  const { start } = await scratch(t)
+  // Each task takes 1.5 s; a request arrives in full within 0.5 s.
+  const server = await start({ TASK_REQUEST_TIMEOUT_MS: '500', TASK_AGENTS: JSON.stringify({ default: { kind: 'command', argv: ['/bin/sh', '-c', 'sleep 1.5; cat'] } }) })
+  const post = (path: string, body: unknown, length?: number): string => {
+    const text = JSON.stringify(body)
+    return `POST ${API}${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${length ?? Buffer.byteLength(text)}\r\n\r\n${text}`
+  }
+  const statuses = (raw: Raw): number[] => [...raw.received().matchAll(/HTTP\/1\.1 (\d{3})/gu)].map((m) => Number(m[1]))
+  for (const id of ['garbage', 'stalled']) t.equal((await call(server, 'POST', `${API}/create`, { session_id: id, instructions: '1. a\n2. b' })).status, 200)
+
+  // Bytes that are no request, behind an execute: the execute's answer, then the 400.
+  const garbage = await connect(t, server, post('/execute', { session_id: 'garbage' }) + 'NOT HTTP AT ALL\r\n\r\n')
+  t.ok(await within(garbage.closed, 15_000) !== null, 'closed after the answers')
+  t.same(statuses(garbage), [200, 400], garbage.received())
+  t.match(garbage.received(), /"status":"Completed"[^]*"code":"BAD_REQUEST"/u, 'the execute\'s own answer first')
+
+  // A create whose body stops arriving, behind an execute: the execute's answer, then a 408 for the create, which never ran.
+  const stalled = await connect(t, server, post('/execute', { session_id: 'stalled' }) + post('/create', { session_id: 'never', instructions: 'a' }, 1000))
+  t.ok(await within(stalled.closed, 15_000) !== null, 'closed after the answers')
+  t.same(statuses(stalled), [200, 408], stalled.received())
+  t.match(stalled.received(), /"status":"Completed"[^]*"code":"REQUEST_TIMEOUT"/u)
+  for (const id of ['garbage', 'stalled']) {
+    t.equal((await call(server, 'GET', `${API}/progress?session_id=${id}`)).body.completed, 1, `${id}: the execute that was answered 200 is stored`)
+  }
+  t.equal((await call(server, 'GET', `${API}/progress?session_id=never`)).status, 404, 'the create answered 408 did not run')
+})
