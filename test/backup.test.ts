@@ -337,6 +337,22 @@ t.test("the seed's own tar (tar -czf ... data/tasks/*.json, from the parent fold
   t.match((await get(app, '/stats')).json(), { total_sessions: 3, archived_sessions: 1 }, 'the restored folder boots')
 })
 
+t.test('restore into a folder whose archive/ is a symlink refuses, reading nothing through it and writing nothing', async (t) => {
+  const parent = await seedFolder(t)
+  await run('sh', ['-c', 'tar -czf with-archive.tar.gz data/tasks/*.json data/tasks/archive/*.json'], { cwd: parent })
+  // The same files outside the folder, behind the link: a restore reading through it would find them identical.
+  const target = join(parent, 'target')
+  const outside = join(parent, 'outside')
+  await mkdir(target)
+  await run('cp', ['-a', join(parent, 'data/tasks/archive'), outside])
+  await symlink(outside, join(target, 'archive'))
+  const refused = await taskvault(['restore', join(parent, 'with-archive.tar.gz'), target])
+  t.equal(refused.code, 1, refused.stdout)
+  t.match(refused.stderr, /archive is not a real folder \(a symlink\?\)/u)
+  t.same(await jsonFiles(target), ['archive/old.json'], 'nothing was written (the link\'s target is listed through it here)')
+  t.same((await readdir(target)).filter((name) => name.endsWith('.json')), [], 'no session restored')
+})
+
 t.test('a stray my notes.json beside the sessions, which the server never reads: backup ignores it and succeeds; the seed\'s tar, which takes it too, restores the sessions', async (t) => {
   const parent = await seedFolder(t)
   const dir = join(parent, 'data', 'tasks')

@@ -76,6 +76,9 @@ ${COMMON_HELP}`,
     // A damaged backup (or not a backup at all) is told before the folder is created, marked or locked.
     for await (const entry of checkedEntries(backup, keyring)) void entry
     return withWriteLock(dir, settings, keyring, true, async (store) => {
+      // Never read or written through: the server ignores an archive/ that is not a real folder.
+      const archive = await lstat(join(dir, 'archive')).catch(() => null)
+      if (archive !== null && !archive.isDirectory()) throw new CommandFailedError(`${join(dir, 'archive')} is not a real folder (a symlink?), so the server reads no archived session from it; make it a folder of the storage folder, then restore`)
       const { planned, conflicts, skipped } = await plan(backup, dir, keyring)
       // --force overwrites what the backup names; a copy elsewhere that would hide the restored one stays, so it cannot help.
       const hiding = conflicts.filter((conflict) => conflict.hidden === true)
