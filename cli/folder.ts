@@ -1,5 +1,5 @@
 import { constants, type Dirent } from 'node:fs'
-import { lstat, open, readdir } from 'node:fs/promises'
+import { lstat, open, readdir, stat as statFollowing } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import type { Config } from '../schemas/config.js'
 import { FileSessionStore } from '../services/store/file-store.js'
@@ -43,9 +43,13 @@ export function storageDir (given: string | undefined, settings: Config): string
   return resolve(given ?? settings.TASK_STORAGE_DIR)
 }
 
-/** Fails unless `dir` is an existing folder (a typo must not become a new, empty one). */
+/**
+ * Fails unless `dir` is an existing folder (a typo must not become a new, empty one). A symlink
+ * to a folder is one, as the server takes it (TASK_STORAGE_DIR on a mounted volume's link);
+ * links inside the folder are never followed.
+ */
 export async function assertFolder (dir: string): Promise<void> {
-  const stat = await lstat(dir).catch(() => null)
+  const stat = await statFollowing(dir).catch(() => null)
   if (stat === null) throw new CommandFailedError(`${dir} is not a storage folder (no such folder)`)
   if (!stat.isDirectory()) throw new CommandFailedError(`${dir} is not a storage folder (not a folder)`)
 }

@@ -4,7 +4,7 @@
  */
 import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { chmod, mkdir, readFile, readdir, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
+import { chmod, lstat, mkdir, readFile, readdir, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import t from 'tap'
 import { taskvault, type Run } from './cli-run.js'
@@ -80,6 +80,27 @@ t.test('a bad setting exits 2 in one line saying what would do; a folder that do
   const onFile = await taskvault(['validate', join(cwd, 'a-file')], { cwd })
   t.equal(onFile.code, 1)
   t.equal(onFile.stderr, `taskvault: ${join(cwd, 'a-file')} is not a storage folder (not a folder)\n`, 'a file given as the folder: says so')
+})
+
+t.test('a storage folder given as a symlink to one (a mounted volume\'s link), as the server takes it: every command works on it', async (t) => {
+  const dir = await preparedFolder(t)
+  const link = join(await tempDir(t, 'taskvault-link-'), 'tasks')
+  await symlink(dir, link)
+  const before = await snapshot(dir)
+  const stats = await taskvault(['stats', link, '--json'])
+  t.equal(stats.code, 0, stats.stderr)
+  const direct = (await taskvault(['stats', dir, '--json'])).json()
+  t.same({ ...stats.json(), storage: { ...stats.json().storage, dir } }, direct, 'the same figures as for the folder itself')
+  const validate = await taskvault(['validate', link])
+  t.equal(validate.code, 0, validate.stderr)
+  const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')
+  const backup = await taskvault(['backup', link, '--out', out, '--json'])
+  t.equal(backup.code, 0, backup.stderr)
+  const restore = await taskvault(['restore', out, link, '--json'])
+  t.equal(restore.code, 0, restore.stderr)
+  t.match(restore.json(), { restored: 0, unchanged: backup.json().files })
+  t.same(await snapshot(dir), before, 'the folder is as it was')
+  t.ok((await lstat(link)).isSymbolicLink(), 'the link is still a link')
 })
 
 t.test('validate: one line per file, exit 1 on a bad file, --fix moves it to corrupt/', async (t) => {

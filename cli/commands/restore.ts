@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { lstat, mkdir, readdir } from 'node:fs/promises'
+import { lstat, mkdir, readdir, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { nodeFs } from '../../services/store/fs-seam.js'
 import { ARCHIVED_FILE, SESSION_FILE, TEMP_FILE, firstTempSeq, fsyncDir, parseSessionFile, writeAndRename } from '../../services/store/session-files.js'
@@ -72,7 +72,9 @@ ${COMMON_HELP}`,
     const dir = storageDir(args.positionals[1], settings)
     const force = args.values.force === true
     if ((await lstat(backup).catch(() => null))?.isFile() !== true) throw new CommandFailedError(`${backup} is not a file`)
-    if ((await lstat(dir).catch(() => null))?.isDirectory() === false) throw new CommandFailedError(`${dir} is not a folder; give the storage folder to restore into`)
+    // A symlink to a folder is one, as the server takes it; a link to nothing is not (nor is it made).
+    const folder = await stat(dir).catch(async () => (await lstat(dir).catch(() => null)) === null ? null : 'dangling' as const)
+    if (folder === 'dangling' || (folder !== null && !folder.isDirectory())) throw new CommandFailedError(`${dir} is not a folder; give the storage folder to restore into`)
     // A damaged backup (or not a backup at all) is told before the folder is created, marked or locked.
     for await (const entry of checkedEntries(backup, keyring)) void entry
     return withWriteLock(dir, settings, keyring, true, async (store) => {
