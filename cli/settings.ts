@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import * as util from 'node:util'
 import { Ajv } from 'ajv'
 import { ConfigSchema, describeSettingErrors, type Config } from '../schemas/config.js'
-import { BadSettingError } from '../services/errors.js'
+import { BadSettingError, InvalidLockSettingsError } from '../services/errors.js'
 
 /**
  * The server's settings, read the way the server reads them (the environment, then `.env` in
@@ -23,7 +23,12 @@ export function loadSettings (env: NodeJS.ProcessEnv = process.env, cwd = proces
   for (const [name, value] of Object.entries(values)) {
     if (typeof value === 'number' && !Number.isFinite(value)) throw new BadSettingError(`${name} must be a finite number`)
   }
-  return values as Config
+  const settings = values as Config
+  // The pair the lock checks when a command takes it: a bad setting like the others (exit 2), for every command.
+  if (settings.TASK_LOCK_REFRESH_MS * 2 > settings.TASK_LOCK_STALE_MS) {
+    throw new BadSettingError(new InvalidLockSettingsError(settings.TASK_LOCK_REFRESH_MS, settings.TASK_LOCK_STALE_MS).message)
+  }
+  return settings
 }
 
 function readDotEnv (cwd: string): Record<string, string | undefined> {

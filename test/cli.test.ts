@@ -217,6 +217,9 @@ t.test('archive and prune default to the settings, from the environment or ./.en
   const pruned = await taskvault(['prune', '--json'], { cwd, env: { TASK_ARCHIVE_RETENTION_DAYS: '300' } })
   t.same(pruned.json().deleted_ids, ['gone'], 'the environment wins over .env and defaults')
   t.equal((await taskvault(['stats'], { cwd, env: { TASK_ARCHIVE_DAYS: 'lots' } })).code, 2, 'a bad setting is a usage error')
+  const lock = await taskvault(['stats'], { cwd, env: { TASK_LOCK_REFRESH_MS: '60000' } })
+  t.equal(lock.code, 2, 'so is a lock refresh not under half the stale time')
+  t.match(lock.stderr, /^taskvault: bad setting TASK_LOCK_STALE_MS \(60000\) must be at least twice TASK_LOCK_REFRESH_MS \(60000\)/u)
 })
 
 t.test('backup then restore round-trips every byte', async (t) => {
