@@ -4,6 +4,7 @@
  * --database-url answering as they do on the equivalent folder.
  */
 import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { cp, mkdir, readFile, readdir, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import pg from 'pg'
@@ -237,11 +238,12 @@ t.test('an unreachable database, or one without the schema: exit 1, one line, no
   const unreachable = 'postgres://someone:hunter2@127.0.0.1:1/nowhere'
   const wrongSchema = new URL(url)
   wrongSchema.password = 'hunter2'
+  const exportDir = join(await tempDir(t), 'out')
   const cases = [
     ['stats', '--database-url', unreachable],
     ['validate', '--database-url', unreachable],
     ['archive', '--database-url', unreachable, '--days', '1'],
-    ['export', '--database-url', unreachable, join(await tempDir(t), 'out')],
+    ['export', '--database-url', unreachable, exportDir],
     ['import', await preparedFolder(t, 'taskvault-cli-pg-'), '--database-url', unreachable],
     ['stats', '--database-url', wrongSchema.toString(), '--schema', 'not_there']
   ]
@@ -255,6 +257,7 @@ t.test('an unreachable database, or one without the schema: exit 1, one line, no
   })
   t.match(runs[0]?.stderr, 'someone:***@127.0.0.1:1')
   t.match(runs[5]?.stderr, /no taskvault schema 'not_there'/u)
+  t.notOk(existsSync(exportDir), 'export made no folder')
   const json = await taskvault(['stats', '--database-url', unreachable, '--json'])
   t.equal(json.code, 1)
   t.equal(json.json().error.code, 'DATABASE_UNAVAILABLE')

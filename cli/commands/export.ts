@@ -48,12 +48,13 @@ ${COMMON_HELP}`,
   async run (args, { settings, keyring }) {
     const target = requiredDatabase(args, settings)
     const dir = resolve(args.positionals[0] as string)
-    await claimFolder(dir, args.values.force === true)
     let active = 0
     let archived = 0
     const leftOut: LeftOut[] = []
-    await withWriteLock(dir, settings, keyring, true, async (store) => {
-      await withDatabase(target, settings, keyring, true, async (client) => {
+    await withDatabase(target, settings, keyring, true, async (client) => {
+      // The database answers first: an export that cannot read it makes no folder.
+      await claimFolder(dir, args.values.force === true)
+      await withWriteLock(dir, settings, keyring, true, async (store) => {
         // One snapshot: the names and the rows agree, and a server working meanwhile is seen at one instant.
         await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
         const names = archivedNames((await client.query<{ row_id: string, session_id: string }>(ARCHIVED_COPIES)).rows)
