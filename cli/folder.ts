@@ -44,6 +44,15 @@ export function storageDir (given: string | undefined, settings: Config): string
 }
 
 /**
+ * A `*.json` entry the server never reads, so never judges: a name that is not a session id
+ * (`my notes.json`), or not a regular file (a symlink, a folder, a FIFO). Reported as ignored,
+ * never failing a command, never set aside.
+ */
+export function ignoredByServer (stored: StoredFile): boolean {
+  return stored.sessionId === null || !stored.regular
+}
+
+/**
  * Fails unless `dir` is an existing folder (a typo must not become a new, empty one). A symlink
  * to a folder is one, as the server takes it (TASK_STORAGE_DIR on a mounted volume's link);
  * links inside the folder are never followed.

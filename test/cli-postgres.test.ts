@@ -107,6 +107,9 @@ t.test('import keeps a hand-written file\'s bytes, and running it again skips ev
   // Not the server's layout: compact, escaped unicode, a number spelt oddly. Stored as it is.
   const compact = JSON.stringify(session('compact', ['Completed'], daysAgo(1), 'caf\u00e9')).replace('café', '\\u0063af\\u00e9').replace('"attempts":1', '"attempts":1.0e0')
   await writeFile(join(dir, 'compact.json'), compact, { mode: 0o600 })
+  // Entries the server never reads: skipped, as validate reports them, not refusing the import.
+  await writeFile(join(dir, 'my notes.json'), '{"note":"hi"}')
+  await mkdir(join(dir, 'a-folder.json'))
   const once = await taskvault(['import', dir, '--database-url', url, '--json'])
   t.equal(once.code, 0, once.stderr)
   t.match(once.json(), { inserted: 5, archived: 2, unchanged: 0 })

@@ -103,6 +103,35 @@ t.test('a storage folder given as a symlink to one (a mounted volume\'s link), a
   t.ok((await lstat(link)).isSymbolicLink(), 'the link is still a link')
 })
 
+t.test('*.json entries the server never reads (a symlink, a folder, a FIFO, a name that is no id) are reported as ignored by every command, never bad, never moved', async (t) => {
+  const dir = await preparedFolder(t)
+  const outside = join(await tempDir(t, 'taskvault-outside-'), 'o.json')
+  const kept = storedSession('s9', ['Pending'], daysAgo(1))
+  await writeFile(outside, kept)
+  await symlink(outside, join(dir, 's9.json'))
+  await symlink(outside, join(dir, 'archive', 's8.json'))
+  await mkdir(join(dir, 's6.json'))
+  spawnSync('mkfifo', [join(dir, 's5.json')])
+  await writeFile(join(dir, 'my notes.json'), '{"note":"hi"}')
+  const strays = ['archive/s8.json', 'my notes.json', 's5.json', 's6.json', 's9.json']
+  const before = (await readdir(dir)).sort()
+  const direct = await taskvault(['stats', dir, '--json'])
+  t.equal(direct.code, 0, direct.stderr)
+  t.equal(direct.json().storage.failed_loads, 0, 'stats: none is a file the server fails to load')
+  for (const args of [['validate', dir, '--json'], ['validate', dir, '--fix', '--json']]) {
+    const run = await taskvault(args)
+    t.equal(run.code, 0, `${args.join(' ')}: ${run.stdout}`)
+    const ignored = run.json().files.filter((f: { ignored?: boolean }) => f.ignored === true).map((f: { file: string }) => f.file).sort()
+    t.same(ignored, strays, `${args.join(' ')}: each reported as ignored`)
+  }
+  t.same((await readdir(dir)).sort(), before, 'nothing moved (no corrupt/)')
+  const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')
+  const backup = await taskvault(['backup', dir, '--out', out, '--json'])
+  t.equal(backup.code, 0, backup.stderr)
+  t.same(backup.json().ignored.map((f: { file: string }) => f.file).sort(), strays)
+  t.equal(await readFile(outside, 'utf8'), kept, 'the link\'s target is untouched')
+})
+
 t.test('validate: one line per file, exit 1 on a bad file, --fix moves it to corrupt/', async (t) => {
   const dir = await preparedFolder(t)
   await writeFile(join(dir, 'broken.json'), '{"session_id": "broken", ', { mode: 0o600 })

@@ -6,7 +6,7 @@ import { nodeFs } from '../../services/store/fs-seam.js'
 import { firstTempSeq, fsyncDir } from '../../services/store/session-files.js'
 import { writeTarGz, type TarFile } from '../../services/backup/tar.js'
 import { CommandFailedError, UsageError, daysOption } from '../args.js'
-import { assertFolder, checkStoredFile, listStoredFiles, storageDir, type StoredFile } from '../folder.js'
+import { assertFolder, checkStoredFile, ignoredByServer, listStoredFiles, storageDir, type StoredFile } from '../folder.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { formatBytes } from './stats.js'
 
@@ -65,7 +65,7 @@ ${COMMON_HELP}`,
           taken.add(stored.rel)
           // A file sealed under a key this tool lacks is still a whole session: carried as it is.
           if (!checked.ok && checked.keyMissing !== true) {
-            (stored.sessionId === null && stored.regular ? ignored : skipped).push({ file: stored.rel, reason: checked.reason })
+            (ignoredByServer(stored) ? ignored : skipped).push({ file: stored.rel, reason: checked.reason })
             continue
           }
           yield backupEntry(counts, stored.rel, stored.archived, checked.data, checked.mtime)

@@ -8,7 +8,7 @@ import type { Clear } from '../../services/store/keyring.js'
 import { ARCHIVED_FILE } from '../../services/store/session-files.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase } from '../database.js'
-import { assertFolder, checkStoredFile, keyWarnings, listStoredFiles, needKey, type KeysNeeded, type StoredFile } from '../folder.js'
+import { assertFolder, checkStoredFile, ignoredByServer, keyWarnings, listStoredFiles, needKey, type KeysNeeded, type StoredFile } from '../folder.js'
 import { insertArchived, rowName, rowsOf, type ExistingRow } from '../rows.js'
 
 /** A session file of the folder that reads, with what the row needs. */
@@ -122,8 +122,8 @@ async function readFolder (dir: string, keyring: Parameters<typeof checkStoredFi
   const bad: Conflict[] = []
   for (const stored of await listStoredFiles(dir)) {
     const checked = await checkStoredFile(stored, keyring)
-    // Moved by a running server since the listing.
-    if (checked.ok === null) continue
+    // Moved by a running server since the listing; or a file the server never reads (it holds no session).
+    if (checked.ok === null || ignoredByServer(stored)) continue
     const place = { rel: stored.rel, sessionId: stored.sessionId as string, archived: stored.archived, stamp: stampOf(stored) }
     if (checked.ok) {
       files.push({ ...place, data: checked.data, updatedAt: checked.file.updated_at, columns: deriveColumns(checked.file, checked.kid), missingKid: null })

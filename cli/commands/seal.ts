@@ -8,7 +8,7 @@ import type { Keyring } from '../../services/store/keyring.js'
 import { CommandFailedError, UsageError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase } from '../database.js'
-import { checkStoredFile, listStoredFiles, storageDir, withWriteLock, type StoredFile } from '../folder.js'
+import { checkStoredFile, ignoredByServer, listStoredFiles, storageDir, withWriteLock, type StoredFile } from '../folder.js'
 import { sealRows, wrongSealingKey } from './seal-rows.js'
 
 /** Folder fsyncs are shared by this many replaced files: an unsynced rename leaves the old, still readable, file. */
@@ -83,9 +83,9 @@ ${COMMON_HELP}`,
         const checked = await checkStoredFile(stored, keyring)
         if (checked.ok === null) continue
         if (!checked.ok) {
-          // Not named like a session (\`my notes.json\`): no session file, which the server and
-          // validate ignore; it must not fail a rotation script (validate's rule).
-          if (stored.sessionId === null && stored.regular) {
+          // Not named like a session (\`my notes.json\`) or not a regular file: no session file,
+          // which the server and validate ignore; it must not fail a rotation script (validate's rule).
+          if (ignoredByServer(stored)) {
             counts.ignored++
             problems.push({ file: stored.rel, reason: checked.reason, ignored: true })
             continue

@@ -4,7 +4,7 @@ import { progressOf, type SessionFile } from '../../services/session/session.js'
 import { FileSessionStore } from '../../services/store/file-store.js'
 import type { Keyring } from '../../services/store/keyring.js'
 import type { EncryptionStats } from '../../services/store/store.js'
-import { assertFolder, checkStoredFile, listStoredFiles, storageDir } from '../folder.js'
+import { assertFolder, checkStoredFile, ignoredByServer, listStoredFiles, storageDir } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withStore } from '../database.js'
@@ -61,8 +61,8 @@ ${COMMON_HELP}`,
         continue
       }
       if (!checked.ok) {
-        // A file not named like a session is not one the server fails to load: it ignores it.
-        if (stored.sessionId === null && stored.regular) continue
+        // A file not named like a session, or not a regular file, is not one the server fails to load: it ignores it.
+        if (ignoredByServer(stored)) continue
         storage.failed_loads++
         continue
       }

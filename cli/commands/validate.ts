@@ -2,7 +2,7 @@ import { lstat, mkdir, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fsyncDir } from '../../services/store/session-files.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
-import { assertFolder, checkStoredFile, listStoredFiles, storageDir, withWriteLock, type StoredFile } from '../folder.js'
+import { assertFolder, checkStoredFile, ignoredByServer, listStoredFiles, storageDir, withWriteLock, type StoredFile } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase, type DatabaseTarget } from '../database.js'
@@ -66,15 +66,15 @@ ${COMMON_HELP}`,
         if (checked.ok === null) continue
         if (checked.ok) reports.push({ file: stored.rel, ok: true, kid: checked.kid })
         else {
-          const report: FileReport = { file: stored.rel, ok: false, reason: checked.reason, ...(stored.sessionId === null && stored.regular && { ignored: true as const }) }
+          const report: FileReport = { file: stored.rel, ok: false, reason: checked.reason, ...(ignoredByServer(stored) && { ignored: true as const }) }
           reports.push(report)
-          if (checked.keyMissing !== true && checked.unopenedKid !== undefined && stored.sessionId !== null) {
+          if (checked.keyMissing !== true && checked.unopenedKid !== undefined && !ignoredByServer(stored)) {
             unopened.set(checked.unopenedKid, [...(unopened.get(checked.unopenedKid) ?? []), { stored, report }])
             continue
           }
-          // A file sealed under a missing key is fine, only unreadable here; a file not named like a
-          // session is not one gone bad; a file we may not read is unknown: all are left where they are.
-          if (checked.keyMissing !== true && checked.denied !== true && stored.sessionId !== null) bad.push(stored)
+          // A file sealed under a missing key is fine, only unreadable here; a file the server never
+          // reads is not one gone bad; a file we may not read is unknown: all are left where they are.
+          if (checked.keyMissing !== true && checked.denied !== true && !ignoredByServer(stored)) bad.push(stored)
         }
       }
       // As the server's restore judges them: when no file under a kid opens, the key is wrong, not the files.
