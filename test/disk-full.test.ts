@@ -433,8 +433,9 @@ t.test('fs seam: the folder fsync fails after the rename and the write-back fail
   await sleep(300)
   t.match(await readFile(join(dir, 'keep.json'), 'utf8'), /appended during the fault/u, 'still, while the disk fails')
   fs.heal()
-  await waitFor('the acknowledged state to be put back', async () => (await readFile(join(dir, 'keep.json'))).equals(keepBytes), 5000)
-  t.ok(logs.messages().includes('Storage holds the acknowledged states again after failed saves'), 'and that is logged')
+  // The message is logged once the write-back's folder fsync is done, a moment after its rename.
+  await waitFor('the put-back to be logged', () => logs.messages().includes('Storage holds the acknowledged states again after failed saves'), 5000)
+  t.ok((await readFile(join(dir, 'keep.json'))).equals(keepBytes), 'the acknowledged state is put back')
 
   // Failing until the shutdown begins: the shutdown tries once more.
   await app.close()

@@ -550,7 +550,8 @@ t.test('a change answered 503 that landed all the same is undone, by a write-bac
   await waitFor('the acknowledged state to be written back', async () => (await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text NOT LIKE '%\"two\"%'")).rowCount === 1, 10_000)
   const progress = (await app.inject({ method: 'GET', url: `${API}/progress?session_id=landed` })).json()
   t.equal(progress.total, 1, 'the service serves the acknowledged session: one task')
-  t.ok(logs.messages().includes('Storage holds the acknowledged states again after failed saves'))
+  // Logged as the retry round ends, a moment after its commit.
+  await waitFor('the put-back to be logged', () => logs.messages().includes('Storage holds the acknowledged states again after failed saves'), 10_000)
 })
 
 t.test('a write-back owed while the database was out of reach, when another replica wrote the session meanwhile: that state is adopted, with a reset', async (t) => {
