@@ -36,11 +36,12 @@ export function clientErrors (connections: () => ConnectionGuard | null) {
     this.log.info({ code: answer.code, statusCode: answer.statusCode, err: err.message }, 'Client error: the request was not answered by a route')
     // Node's own check: the response it is writing on this socket, if any (not a public field).
     const started = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent === true
-    let owed = started ? null : connections()?.owed(socket) ?? null
+    const guard = connections()
+    let owed = started ? null : guard?.owed(socket) ?? null
     // The latest request did not arrive in full: it is the one in error.
     if (owed !== null && !owed.res.req.complete) {
       if (owed.waiting) {
-        connections()?.refuse(owed.res, new ClientRequestError(answer.statusCode, answer.code, answer.message))
+        guard?.refuse(owed.res, new ClientRequestError(answer.statusCode, answer.code, answer.message))
         return
       }
       owed = null

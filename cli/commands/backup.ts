@@ -3,7 +3,7 @@ import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path'
 import { backupEntry, backupFileName, backupTime, emptyCounts } from '../../services/backup/backup.js'
 import { Writable } from 'node:stream'
 import { nodeFs } from '../../services/store/fs-seam.js'
-import { firstTempSeq, fsyncDir } from '../../services/store/session-files.js'
+import { fsyncDir } from '../../services/store/session-files.js'
 import { writeTarGz, type TarFile } from '../../services/backup/tar.js'
 import { CommandFailedError, UsageError, daysOption } from '../args.js'
 import { assertFolder, checkStoredFile, ignoredByServer, listStoredFiles, storageDir, type StoredFile } from '../folder.js'
@@ -73,7 +73,8 @@ ${COMMON_HELP}`,
         if (moved === 0) return
       }
     }
-    const temp = `${out}.${process.pid}.${firstTempSeq()}.tmp`
+    // With the time: a run with a killed one's pid (pid 1 in a container) never meets its leftover.
+    const temp = `${out}.${process.pid}.${Date.now()}.tmp`
     const handle = await open(temp, 'wx', 0o600)
     try {
       await writeTarGz(files(), new Writable({

@@ -2,7 +2,7 @@ import { lstat, mkdir, readdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { CorruptSessionFileError } from '../../services/errors.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
-import { firstTempSeq, fsyncDir, readSessionDocument, writeAndRename } from '../../services/store/session-files.js'
+import { fsyncDir, readSessionDocument, tempNames, writeAndRename } from '../../services/store/session-files.js'
 import { readMarker, writeMarker } from '../../services/store/storage-folder.js'
 import { CommandFailedError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
@@ -60,7 +60,7 @@ ${COMMON_HELP}`,
         const names = archivedNames((await client.query<{ row_id: string, session_id: string }>(ARCHIVED_COPIES)).rows)
         const archiveDir = join(dir, 'archive')
         if (names.size > 0) await realFolder(dir, archiveDir)
-        let seq = firstTempSeq()
+        const tempName = tempNames()
         for (let after = '0'; ;) {
           const { rows } = await client.query<StoredRow>(rowsPage(after, PAGE_ROWS))
           for (const row of rows) {
@@ -73,7 +73,7 @@ ${COMMON_HELP}`,
             if (name === undefined) throw new CommandFailedError(`${rowName(row)}: not among the archived copies of the same snapshot`)
             const folder = row.archived ? archiveDir : dir
             // The store's temp-file name: an export cut short leaves only files a server removes at start.
-            const temp = join(folder, `.${row.session_id}.${process.pid}.${++seq}.tmp`)
+            const temp = join(folder, tempName(row.session_id))
             await writeAndRename(nodeFs, temp, join(folder, name), Buffer.from(row.document, 'utf8'), undefined, () => store.confirmLock())
             if (row.archived) archived++
             else active++
@@ -138,7 +138,7 @@ async function claimFolder (dir: string, force: boolean): Promise<void> {
   const entries = await readdir(dir)
   if (entries.length === 0) return
   if (!force) throw new CommandFailedError(`${dir} is not empty and not a taskvault folder (no .taskvault marker); export into a new or empty folder, or give --force`)
-  await writeMarker(nodeFs, dir, `.taskvault.${process.pid}.${firstTempSeq()}.tmp`)
+  await writeMarker(nodeFs, dir, tempNames()('taskvault'))
 }
 
 async function realFolder (parent: string, dir: string): Promise<void> {

@@ -3,7 +3,7 @@ import { createReadStream } from 'node:fs'
 import { lstat, mkdir, readdir, stat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { nodeFs } from '../../services/store/fs-seam.js'
-import { ARCHIVED_FILE, SESSION_FILE, TEMP_FILE, firstTempSeq, fsyncDir, parseSessionFile, writeAndRename } from '../../services/store/session-files.js'
+import { ARCHIVED_FILE, SESSION_FILE, TEMP_FILE, fsyncDir, parseSessionFile, tempNames, writeAndRename } from '../../services/store/session-files.js'
 import { MARKER_FILE } from '../../services/store/storage-folder.js'
 import { LOCK_FILE } from '../../services/store/storage-lock.js'
 import { KeyUnavailableError } from '../../services/errors.js'
@@ -73,8 +73,8 @@ ${COMMON_HELP}`,
     const force = args.values.force === true
     if ((await lstat(backup).catch(() => null))?.isFile() !== true) throw new CommandFailedError(`${backup} is not a file`)
     // A symlink to a folder is one, as the server takes it; a link to nothing is not (nor is it made).
-    const folder = await stat(dir).catch(async () => (await lstat(dir).catch(() => null)) === null ? null : 'dangling' as const)
-    if (folder === 'dangling' || (folder !== null && !folder.isDirectory())) throw new CommandFailedError(`${dir} is not a folder; give the storage folder to restore into`)
+    const folder = await stat(dir).catch(() => null)
+    if (folder !== null ? !folder.isDirectory() : await lstat(dir).then(() => true, () => false)) throw new CommandFailedError(`${dir} is not a folder; give the storage folder to restore into`)
     // A damaged backup (or not a backup at all) is told before the folder is created, marked or locked.
     for await (const entry of checkedEntries(backup, keyring)) void entry
     return withWriteLock(dir, settings, keyring, true, async (store) => {
@@ -225,7 +225,7 @@ async function write (backup: string, dir: string, planned: Planned[], confirmLo
     await fsyncDir(nodeFs, dir)
   }
   let written = 0
-  let seq = firstTempSeq()
+  const tempName = tempNames()
   const prefix = await commonPrefix(backup)
   for await (const entry of readTarGz(createReadStream(backup))) {
     const mapped = sessionPath(entry, prefix)
@@ -235,7 +235,7 @@ async function write (backup: string, dir: string, planned: Planned[], confirmLo
     const target = join(dir, item.rel)
     const folder = item.archived ? archiveDir : dir
     // The store's temp-file name: a restore cut short leaves only files the server removes at start.
-    const temp = join(folder, `.${item.sessionId}.${process.pid}.${++seq}.tmp`)
+    const temp = join(folder, tempName(item.sessionId))
     await writeAndRename(nodeFs, temp, target, entry.data, entry.mtime, confirmLock)
     written++
   }

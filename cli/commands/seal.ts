@@ -1,7 +1,7 @@
 import { dirname, join } from 'node:path'
 import { SessionTooLargeError } from '../../services/errors.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
-import { firstTempSeq, fsyncDir, serializeSessionFile, writeAndRename } from '../../services/store/session-files.js'
+import { fsyncDir, serializeSessionFile, tempNames, writeAndRename } from '../../services/store/session-files.js'
 import { sessionBound } from '../../services/store/save-rules.js'
 import { readMarker } from '../../services/store/storage-folder.js'
 import type { Keyring } from '../../services/store/keyring.js'
@@ -75,7 +75,7 @@ ${COMMON_HELP}`,
         touched.clear()
         sinceFsync = 0
       }
-      let seq = firstTempSeq()
+      const tempName = tempNames()
       const files = await listStoredFiles(dir)
       // The marker's check was compared at the lock (a differing key stopped there already).
       if ((await readMarker(nodeFs, dir))?.keyChecks[keyring.activeKid] === undefined) await proveKey(files, keyring)
@@ -111,7 +111,7 @@ ${COMMON_HELP}`,
           continue
         }
         // Named like the server's temp files, so an interrupted run leaves nothing a restore keeps.
-        const temp = join(folder, `.${checked.file.session_id}.${process.pid}.${++seq}.tmp`)
+        const temp = join(folder, tempName(checked.file.session_id))
         await writeAndRename(nodeFs, temp, stored.path, data, checked.mtime, () => store.confirmLock())
         counts.sealed++
         touched.add(folder)

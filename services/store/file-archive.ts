@@ -6,7 +6,7 @@ import { KeyUnavailableError, StaleArchivedCopyError, StorageError } from '../er
 import type { FolderFiles } from './folder-files.js'
 import type { KidProof } from './key-checks.js'
 import type { FsSeam } from './fs-seam.js'
-import { ARCHIVED_FILE, TEMP_FILE, fsyncDir, readWhole } from './session-files.js'
+import { ARCHIVED_FILE, TEMP_FILE, fsyncDir, readWhole, tempNames } from './session-files.js'
 import { clearUpdatedAt, type ArchivedSession, type LoadFailure, type SaveOptions, type StoredCopy } from './store.js'
 import { noop } from '../noop.js'
 
@@ -45,7 +45,7 @@ export class FileArchive {
   /** Archived files the keyring cannot open (key missing or wrong): left in place, out of lists, reported once. */
   private readonly unopened = new Set<string>()
   private readConcurrency = 32
-  private tempSeq = 0
+  private readonly tempName = tempNames()
   /** The copy an archive renamed into `archive/` before failing with its outcome unknown, by session (see undoArchive). */
   private readonly doubtful = new Map<string, string>()
 
@@ -272,7 +272,7 @@ export class FileArchive {
     const renamed: Array<{ name: string, temp: string }> = []
     try {
       for (const { name } of files) {
-        const temp = join(this.dir, `.${sessionId}.${process.pid}.${++this.tempSeq}.tmp`)
+        const temp = join(this.dir, this.tempName(sessionId))
         const moved = await this.fs.rename(join(this.dir, name), temp).then(() => true, (err: NodeJS.ErrnoException) => {
           if (err.code !== 'ENOENT') throw err
           return false

@@ -17,7 +17,7 @@ import type { Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
 import { tooLargeReason } from './read-batch.js'
 import { assertSavable, reportedSave, sessionBound } from './save-rules.js'
-import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, FolderReplacedError, firstTempSeq, fsyncDir, readSessionDocument, serializeSessionFile, writeAndRename } from './session-files.js'
+import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, FolderReplacedError, fsyncDir, readSessionDocument, serializeSessionFile, tempNames, writeAndRename } from './session-files.js'
 import { MARKER_FILE, firstForeignFile, readMarker, writeMarker } from './storage-folder.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
 import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SaveOptions, SessionStore, SessionStoreEvents, StoredCopy } from './store.js'
@@ -102,7 +102,7 @@ export class FileSessionStore implements SessionStore {
   private readonly lock: StorageLock | null
   private readonly files: FolderFiles
   private readonly archived: FileArchive
-  private tempSeq = firstTempSeq()
+  private readonly tempName = tempNames()
 
   constructor (options: FileSessionStoreOptions) {
     this.dir = resolve(options.dir)
@@ -218,9 +218,9 @@ export class FileSessionStore implements SessionStore {
       this.keyChecks = marked ? (await readMarker(this.fs, this.dir))?.keyChecks ?? {} : {}
       this.newKeyChecks = this.keyring?.verifyChecks(this.keyChecks, `storage folder ${this.dir}`) ?? {}
       if (!existed) await this.fs.chmod(this.dir, DIR_MODE)
-      if (!marked) await writeMarker(this.fs, this.dir, `.taskvault.${process.pid}.${++this.tempSeq}.tmp`, this.keyChecks)
+      if (!marked) await writeMarker(this.fs, this.dir, this.tempName('taskvault'), this.keyChecks)
       // Prove the folder is writable now rather than on the first client's request.
-      const probe = join(this.dir, `.probe.${process.pid}.${++this.tempSeq}.tmp`)
+      const probe = join(this.dir, this.tempName('probe'))
       const handle = await this.fs.open(probe, 'wx', FILE_MODE)
       await handle.close()
       await this.fs.unlink(probe)
@@ -328,7 +328,7 @@ export class FileSessionStore implements SessionStore {
     if (!this.keepChecks || Object.keys(keep).length === 0 || this.unwritable() !== null) return
     const checks = { ...this.keyChecks, ...keep }
     try {
-      await writeMarker(this.fs, this.dir, `.taskvault.${process.pid}.${++this.tempSeq}.tmp`, checks)
+      await writeMarker(this.fs, this.dir, this.tempName('taskvault'), checks)
     } catch {
       // A full disk must not stop a boot that only reads: the checks are kept at a later one.
       return
@@ -527,7 +527,7 @@ export class FileSessionStore implements SessionStore {
   }
 
   private tempPath (sessionId: string): string {
-    return join(this.dir, `.${sessionId}.${process.pid}.${++this.tempSeq}.tmp`)
+    return join(this.dir, this.tempName(sessionId))
   }
 
   /** A folder's mode, following a symlink to it: the folder that is actually written to. */

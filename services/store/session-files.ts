@@ -26,12 +26,14 @@ export const ARCHIVED_FILE = /^([A-Za-z0-9_-]{1,128})(?:\.(\d{1,16}))?\.json$/u
 export const TEMP_FILE = /^\.[A-Za-z0-9_-]{1,128}\.\d+\.\d+\.tmp$/u
 
 /**
- * Where a writer's temp-file numbers start: the time it started, so a writer that has an earlier
- * one's pid (pid 1 in a container, run again after a kill -9) never meets that one's leftover
- * temp files, which a create-exclusive open would refuse (EEXIST) until a server start removed them.
+ * A writer's temp-file names, `.<stem>.<pid>.<n>.tmp` (TEMP_FILE for a session id), n counting
+ * up from the time the namer was made: a writer that has an earlier one's pid (pid 1 in a
+ * container, run again after a kill -9) never meets that one's leftover temp files, which a
+ * create-exclusive open would refuse (EEXIST) until a server start removed them.
  */
-export function firstTempSeq (): number {
-  return Date.now() * 1000
+export function tempNames (): (stem: string) => string {
+  let seq = Date.now() * 1000
+  return (stem) => `.${stem}.${process.pid}.${++seq}.tmp`
 }
 
 const checkStoredFile = TypeCompiler.Compile(StoredSessionFile)
