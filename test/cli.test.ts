@@ -90,7 +90,9 @@ t.test('a storage folder given as a symlink to one (a mounted volume\'s link), a
   const stats = await taskvault(['stats', link, '--json'])
   t.equal(stats.code, 0, stats.stderr)
   const direct = (await taskvault(['stats', dir, '--json'])).json()
-  t.same({ ...stats.json(), storage: { ...stats.json().storage, dir } }, direct, 'the same figures as for the folder itself')
+  // The disk's free space moves with every other writer on it (tests run in parallel): not compared.
+  const figures = (json: { storage: object }): object => ({ ...json, storage: { ...json.storage, dir, free_bytes: 0, free_ratio: 0 } })
+  t.same(figures(stats.json()), figures(direct), 'the same figures as for the folder itself')
   const validate = await taskvault(['validate', link])
   t.equal(validate.code, 0, validate.stderr)
   const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')
