@@ -8,12 +8,26 @@ export type EmptyBody = (request: FastifyRequest) => { value: unknown } | null
  * multipart post (which a browser sends cross-site without a preflight) gets a 415 and never
  * reaches a route (CSRF); JSON sent as text gets the 415 that says so, not "body must be object".
  * Keys that would poison prototypes (`__proto__`, `constructor.prototype`) are refused by name.
+ * Bodies are UTF-8: other bytes get a 400 and another charset a 415, rather than being changed.
  */
 export function acceptJsonOnly (app: FastifyInstance, empty: EmptyBody): void {
   const json = app.getDefaultJsonParser('error', 'error')
+  // Fatal: bytes that are no UTF-8 are refused, where a lenient decoder stores U+FFFD in their place.
+  const utf8 = new TextDecoder('utf-8', { fatal: true })
   app.removeAllContentTypeParsers()
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
-    const text = body as string
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
+    const charset = charsetOf(request.headers['content-type'])
+    if (charset !== null && !/^utf-?8$/iu.test(charset)) {
+      done(unsupportedCharset(charset), undefined)
+      return
+    }
+    let text: string
+    try {
+      text = utf8.decode(body as Buffer)
+    } catch {
+      done(notUtf8(), undefined)
+      return
+    }
     const meant = text === '' ? empty(request) : null
     if (meant !== null) {
       done(null, meant.value)
@@ -22,6 +36,26 @@ export function acceptJsonOnly (app: FastifyInstance, empty: EmptyBody): void {
     json(request, text, (err, value) => {
       done(err !== null && parses(text) ? poisonedBody() : err, value)
     })
+  })
+}
+
+/** The charset parameter of a Content-Type, unquoted; null when there is none. */
+function charsetOf (type: string | undefined): string | null {
+  const match = /;\s*charset\s*=\s*(?:"([^"]*)"|([^;\s]*))/iu.exec(type ?? '')
+  return match === null ? null : (match[1] ?? match[2] ?? '')
+}
+
+function unsupportedCharset (charset: string): Error {
+  return Object.assign(new Error(`Unsupported Media Type (charset '${charset.slice(0, 40)}'): JSON bodies are UTF-8 (RFC 8259); send UTF-8 with the header Content-Type: application/json`), {
+    statusCode: 415,
+    code: 'UNSUPPORTED_CHARSET'
+  })
+}
+
+function notUtf8 (): Error {
+  return Object.assign(new Error('Body is not valid UTF-8: JSON bodies are UTF-8 (RFC 8259), and bytes that are not would be stored as U+FFFD in their place'), {
+    statusCode: 400,
+    code: 'BODY_NOT_UTF8'
   })
 }
 

@@ -322,6 +322,33 @@ t.test('a body that is not JSON is refused with 415, and the answer says what to
   t.equal((await post(app, '/create', JSON.parse(body))).statusCode, 200, 'the same body as JSON is accepted')
 })
 
+t.test('a body is UTF-8: bytes that are not are a 400 and another charset a 415, and nothing changes', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir })
+  const text = (instruction: Buffer): Buffer => Buffer.concat([Buffer.from('{"session_id":"bytes","instructions":"1. '), instruction, Buffer.from('"}')])
+  // A Latin-1 é, a lone continuation byte, an overlong slash, a UTF-16 surrogate encoded in UTF-8, a cut sequence.
+  for (const bad of [[0xe9], [0x80], [0xc0, 0xaf], [0xed, 0xa0, 0x80], [0xe2, 0x82]]) {
+    const res = await app.inject({ method: 'POST', url: `${API}/create`, payload: text(Buffer.from(bad)), headers: { 'content-type': 'application/json' } })
+    t.equal(res.statusCode, 400, `${Buffer.from(bad).toString('hex')}: 400`)
+    t.match(res.json(), { statusCode: 400, code: 'BODY_NOT_UTF8', error: 'Bad Request', message: /not valid UTF-8/u }, `${Buffer.from(bad).toString('hex')}: says why`)
+  }
+  for (const type of ['application/json; charset=latin1', 'application/json; charset="ISO-8859-1"', 'application/json;charset=utf-16']) {
+    const res = await app.inject({ method: 'POST', url: `${API}/create`, payload: text(Buffer.from('plain')), headers: { 'content-type': type } })
+    t.equal(res.statusCode, 415, `${type}: 415`)
+    t.match(res.json(), { statusCode: 415, code: 'UNSUPPORTED_CHARSET', error: 'Unsupported Media Type', message: /JSON bodies are UTF-8/u }, `${type}: says why`)
+  }
+  const archive = await app.inject({ method: 'POST', url: `${API}/archive`, payload: Buffer.from('{"older_than_days":"\xff"}', 'latin1'), headers: { 'content-type': 'application/json' } })
+  t.match(archive.json(), { statusCode: 400, code: 'BODY_NOT_UTF8' }, 'POST /archive: refused the same way')
+  t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), [], 'nothing was created')
+  for (const type of ['application/json; charset=utf-8', 'application/json; charset="UTF-8"', 'application/json; charset=utf8']) {
+    const res = await app.inject({ method: 'POST', url: `${API}/create`, payload: text(Buffer.from('café ✅')), headers: { 'content-type': type } })
+    t.equal(res.statusCode, 200, `${type}: UTF-8 is taken`)
+  }
+  t.same((await get(app, '/list?session_id=bytes')).json().tasks.map((task: { instruction: string }) => task.instruction), ['café ✅', 'café ✅', 'café ✅'], 'stored as sent')
+  const bom = await app.inject({ method: 'POST', url: `${API}/create`, payload: Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"session_id":"bom","instructions":"1. a"}')]), headers: { 'content-type': 'application/json' } })
+  t.equal(bom.statusCode, 200, 'a UTF-8 byte order mark is taken, as before')
+})
+
 t.test('an unknown route answers 404 in the error shape, with a code like every other error', async (t) => {
   const app = await build(t)
   for (const url of [`${API}/nope/nope`, '/nope']) {
