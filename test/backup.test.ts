@@ -4,8 +4,9 @@
  * unsafe ones), and `taskvault backup --out-dir --keep-days` keeps the seed's naming and deletes
  * only its own old backups.
  */
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { once } from 'node:events'
 import { createWriteStream, existsSync } from 'node:fs'
 import { mkdir, readFile, readdir, symlink, utimes, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
@@ -513,6 +514,46 @@ t.test('backup --out-dir in a second that has a backup already writes a name of 
   t.match(again.json().out, /_[23]\.tar\.gz$/u, 'and the next one another')
   t.not(again.json().out, res.json().out)
   t.equal((await taskvault(['restore', res.json().out, join(parent, 'restored')])).code, 0, 'it restores')
+})
+
+t.test('a backup deletes the temp files its killed predecessors left, and no one else\'s', async (t) => {
+  const parent = await seedFolder(t)
+  const dir = join(parent, 'data/tasks')
+  const out = join(parent, 'backups')
+  await mkdir(out)
+  const exited = spawn(process.execPath, ['-e', ''])
+  await once(exited, 'exit')
+  const dead = exited.pid as number
+  const hourAgo = new Date(Date.now() - 3_600_000)
+  const daily = backupFileName(new Date(Date.now() - DAY))
+  const temp = (name: string, pid: number): string => `${name}.${pid}.${Date.now() * 1000}.tmp`
+  const killed = [temp(daily, dead), temp(backupFileName(new Date(), true), dead), temp('b.tar.gz', dead)]
+  const kept = [
+    temp(daily.replace('.tar.gz', '.tgz'), dead), // not a name backup gives
+    temp(daily, process.pid), // its writer runs
+    temp('notes.txt', dead)
+  ]
+  // Its writer may run on another host, where the pid means nothing here: it was written just now.
+  const fresh = `${daily}.${dead}.1.tmp`
+  for (const name of [...killed, ...kept]) {
+    await writeFile(join(out, name), 'part of a backup')
+    await utimes(join(out, name), hourAgo, hourAgo)
+  }
+  await writeFile(join(out, fresh), 'being written')
+  const byDir = await taskvault(['backup', dir, '--out-dir', out, '--json'])
+  t.equal(byDir.code, 0, byDir.stderr)
+  t.same(byDir.json().leftovers, killed.slice(0, 2).sort(), 'with --out-dir: the temps of its names whose writer is gone')
+  let left = await readdir(out)
+  for (const name of killed.slice(0, 2)) t.notOk(left.includes(name), `${name} is gone`)
+  for (const name of [...kept, killed[2] as string]) t.ok(left.includes(name), `${name} stays`)
+  t.ok(left.includes(fresh), 'a temp written to just now stays')
+
+  const byFile = await taskvault(['backup', dir, '--out', join(out, 'b.tar.gz')])
+  t.equal(byFile.code, 0, byFile.stderr)
+  t.match(byFile.stdout, `Deleted 1 temp files left by killed backups: ${killed[2] as string}`, 'with --out: the temp of that name, said so')
+  left = await readdir(out)
+  t.notOk(left.includes(killed[2] as string))
+  for (const name of kept) t.ok(left.includes(name), `${name} still stays`)
 })
 
 t.test('backup --out in a folder that does not exist says so, not which temp file it could not open', async (t) => {

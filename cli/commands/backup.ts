@@ -1,8 +1,9 @@
 import { lstat, open, readdir, realpath, rename, stat, unlink } from 'node:fs/promises'
-import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path'
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path'
 import { backupEntry, backupFileName, backupTime, emptyCounts } from '../../services/backup/backup.js'
 import { Writable } from 'node:stream'
 import { nodeFs } from '../../services/store/fs-seam.js'
+import { pidAlive } from '../../services/pid.js'
 import { fsyncDir } from '../../services/store/session-files.js'
 import { writeTarGz, type TarFile } from '../../services/backup/tar.js'
 import { CommandFailedError, UsageError, daysOption } from '../args.js'
@@ -33,6 +34,10 @@ Options:
                     when that exists, then tasks_YYYYMMDD_HHMMSS_2.tar.gz...), the seed's daily name
   --keep-days N     with --out-dir: then delete this command's backups in DIR made more than
                     N days ago (by the date in their name); no other file is touched
+
+A temp file left by an earlier backup to the same name (or, with --out-dir, to any of its
+names) that was killed is deleted once this one is written: one whose process is gone from
+this host and which nobody has written to for TASK_LOCK_STALE_MS.
 
 Exit status 1 when a file was left out.
 
@@ -91,6 +96,7 @@ ${COMMON_HELP}`,
     }
     await fsyncDir(nodeFs, dirname(out))
     const compressed = (await lstat(out)).size
+    const leftovers = await deleteLeftovers(dirname(out), outDir === null ? (name) => name === basename(out) : (name) => madeAt(name) !== null, settings.TASK_LOCK_STALE_MS)
     // Only once this backup is durable may older ones go.
     const deleted = outDir !== null && keepDays !== undefined ? await deleteOlderBackups(outDir, keepDays, out) : []
     const total = counts.active + counts.archived
@@ -98,9 +104,10 @@ ${COMMON_HELP}`,
     for (const { file, reason } of ignored) lines.push(`⚠️ ignored ${file}: ${reason}`)
     for (const { file, reason } of skipped) lines.push(`❌ left out ${file}: ${reason}`)
     if (keepDays !== undefined) lines.push(`Deleted ${deleted.length} backups older than ${keepDays} days${deleted.length > 0 ? `: ${deleted.join(', ')}` : ''}`)
+    if (leftovers.length > 0) lines.push(`Deleted ${leftovers.length} temp files left by killed backups: ${leftovers.join(', ')}`)
     return {
       code: skipped.length > 0 ? 1 : 0,
-      json: { dir, out, files: total, active: counts.active, archived: counts.archived, bytes: counts.bytes, compressed_bytes: compressed, skipped, ignored, ...(keepDays !== undefined && { deleted }) },
+      json: { dir, out, files: total, active: counts.active, archived: counts.archived, bytes: counts.bytes, compressed_bytes: compressed, skipped, ignored, ...(keepDays !== undefined && { deleted }), leftovers },
       lines
     }
   }
@@ -186,6 +193,30 @@ async function deleteOlderBackups (dir: string, days: number, keep: string): Pro
     const made = madeAt(entry.name)
     if (made === null || !entry.isFile() || join(dir, entry.name) === keep || made.getTime() >= cutoff) continue
     await unlink(join(dir, entry.name))
+    deleted.push(entry.name)
+  }
+  if (deleted.length > 0) await fsyncDir(nodeFs, dir)
+  return deleted.sort()
+}
+
+/** A backup's temp file: `<backup name>.<pid>.<ms>.tmp` (see run). */
+const TEMP = /^(.+)\.(\d+)\.\d+\.tmp$/u
+
+/**
+ * Deletes the temp files in `dir` of backups to names `ours` accepts whose writer was killed: its
+ * pid runs no more on this host, and nobody wrote to the file for `staleMs` (a backup on another
+ * host sharing the folder, whose pid means nothing here, is still writing to its own).
+ */
+async function deleteLeftovers (dir: string, ours: (name: string) => boolean, staleMs: number): Promise<string[]> {
+  const deleted: string[] = []
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const temp = TEMP.exec(entry.name)
+    if (temp === null || !entry.isFile() || !ours(temp[1] as string)) continue
+    const pid = Number(temp[2])
+    if (pid === process.pid || pidAlive(pid)) continue
+    const written = await lstat(join(dir, entry.name)).then((stats) => stats.mtimeMs, () => null)
+    if (written === null || Date.now() - written < staleMs) continue
+    await unlink(join(dir, entry.name)).catch((err: NodeJS.ErrnoException) => { if (err.code !== 'ENOENT') throw err })
     deleted.push(entry.name)
   }
   if (deleted.length > 0) await fsyncDir(nodeFs, dir)
