@@ -470,6 +470,21 @@ t.test('validate --fix sets aside what a right key does not open, and nothing wh
   t.ok((await readdir(dir)).includes('good.json') && !(await readdir(dir)).includes('bad.json'), 'with the right key the tampered file is set aside, the good one stays')
 })
 
+t.test('stats with another key under a kid the folder knows fails, as the server refuses to start', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.equal((await post(app, '/create', { session_id: 'a', instructions: 'work' })).statusCode, 200)
+  await app.close()
+  const wrong = await taskvault(['stats', dir, '--json'], { env: { TASK_ENCRYPTION_KEYS: `k1:${K2}` } })
+  t.equal(wrong.code, 1, 'exit 1')
+  t.match(wrong.json(), { error: { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /key 'k1' is not the key storage folder .* was first given under that kid/ } }, 'says which key')
+  const right = await taskvault(['stats', dir, '--json'], { env: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.equal(right.code, 0, right.stderr)
+  t.match(right.json(), { total_sessions: 1, storage: { failed_loads: 0 } })
+  const added = await taskvault(['stats', dir], { env: { TASK_ENCRYPTION_KEYS: `k9:${K2},${KEYS_1}` } })
+  t.equal(added.code, 0, 'a new kid is no mismatch')
+})
+
 t.test('plaintext and sealed sessions load side by side; a change seals a plaintext session', async (t) => {
   const dir = await tempDir(t)
   let app = await build(t, { dir })

@@ -2,6 +2,8 @@ import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { progressOf, type SessionFile } from '../../services/session/session.js'
 import { FileSessionStore } from '../../services/store/file-store.js'
+import { nodeFs } from '../../services/store/fs-seam.js'
+import { readMarker } from '../../services/store/storage-folder.js'
 import type { Keyring } from '../../services/store/keyring.js'
 import type { EncryptionStats } from '../../services/store/store.js'
 import { assertFolder, checkStoredFile, ignoredByServer, listStoredFiles, storageDir } from '../folder.js'
@@ -20,7 +22,7 @@ active and archived files, how many files cannot be loaded, and the storage used
 under the folder (corrupt/ included), and with TASK_ENCRYPTION_KEYS set the active sessions
 by the key that sealed them (active key, per kid, plaintext). Read-only; safe while a server runs.
 An active file sealed under a key TASK_ENCRYPTION_KEYS does not hold fails it (exit 1), as it
-stops the server's start; an archived one is counted as archived and listed as needing its key.
+stops the server's start, and so does a key given under a kid the folder first had another for; an archived one is counted as archived and listed as needing its key.
 
 With --database-url the same counts come from the PostgreSQL store, read through the store
 as a server reads it at start: active rows, archived copies, their bytes (a row's bytes are
@@ -37,6 +39,8 @@ ${COMMON_HELP}`,
     if (databaseTarget(args, settings) !== null) return databaseStats(args, context)
     const dir = storageDir(args.positionals[0], settings)
     await assertFolder(dir)
+    // A key under a kid other than the one the folder first had refuses the server's start: stats fails as it does.
+    if (keyring !== null) keyring.verifyChecks((await readMarker(nodeFs, dir))?.keyChecks ?? {}, `storage folder ${dir}`)
     const counts = zeroCounts()
     const storage = { dir, bytes: 0, files: 0, archive_bytes: 0, archive_files: 0, failed_loads: 0, corrupt_files: 0, used_bytes: 0 }
     const archivedIds = new Set<string>()
