@@ -4,7 +4,7 @@ import { join, resolve } from 'node:path'
 import type { Config } from '../schemas/config.js'
 import { FileSessionStore } from '../services/store/file-store.js'
 import type { SessionFile } from '../services/session/session.js'
-import { KeyUnavailableError, LockLostError, SealNotOpenedError } from '../services/errors.js'
+import { KeyUnavailableError, LockLostError, SealNotOpenedError, StorageError } from '../services/errors.js'
 import type { Clear, Keyring } from '../services/store/keyring.js'
 import { ARCHIVED_FILE, SESSION_FILE, readSessionDocument } from '../services/store/session-files.js'
 import { MAX_SESSION_FILE_BYTES, tooLargeReason } from '../services/store/read-batch.js'
@@ -184,5 +184,22 @@ export async function withWriteLock<R> (dir: string, settings: Config, keyring: 
     throw new CommandFailedError(`lost the lock of ${dir} to another writer, so stopped: every file written is whole; run again once nothing else writes the folder`)
   } finally {
     await store.close()
+  }
+}
+
+/**
+ * Runs a step that writes `what` (a file, a folder's fsync); an I/O error there (ENOSPC, EIO)
+ * becomes a StorageError naming it and saying what was done before: `done`, as in "3 of 10 files
+ * sealed before it". Other errors pass as they are.
+ */
+export async function writing<R> (what: string, done: () => string, step: () => Promise<R>): Promise<R> {
+  try {
+    return await step()
+  } catch (err) {
+    const io = err as NodeJS.ErrnoException
+    if (!(err instanceof Error) || typeof io.code !== 'string' || typeof io.syscall !== 'string') throw err
+    const failure = new StorageError(`writing ${what}`, io)
+    failure.message += `; ${done()}`
+    throw failure
   }
 }

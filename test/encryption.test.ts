@@ -6,7 +6,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdir, readFile, readdir, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, readdir, readlink, rename, rm, symlink, truncate, writeFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { join, sep } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -23,6 +23,7 @@ import { LOCK_FILE } from '../services/store/storage-lock.js'
 import { CLI, taskvault } from './cli-run.js'
 import { faultFs } from './faults.js'
 import { node } from './node-child.js'
+import { fill, mountedFolder } from './tmpfs.js'
 
 const key = (): string => randomBytes(32).toString('base64')
 const K1 = key()
@@ -483,6 +484,32 @@ t.test('stats with another key under a kid the folder knows fails, as the server
   t.match(right.json(), { total_sessions: 1, storage: { failed_loads: 0 } })
   const added = await taskvault(['stats', dir], { env: { TASK_ENCRYPTION_KEYS: `k9:${K2},${KEYS_1}` } })
   t.equal(added.code, 0, 'a new kid is no mismatch')
+})
+
+t.test('seal on a disk that fills says which file it was writing and how far it got; every file stays whole, and a rerun finishes', async (t) => {
+  const dir = await mountedFolder(t, '256k', 'nothing else covers the CLI on a full disk')
+  if (dir === null) return
+  const ids = Array.from({ length: 16 }, (_, i) => `s${i}`)
+  for (const id of ids) await writeFile(join(dir, `${id}.json`), storedSession(id, ['Pending'], daysAgo(1), 'x'.repeat(3000)), { mode: 0o600 })
+  await markAsTaskvault(dir)
+  // Room for a few sealed copies (each written beside the file it replaces), not for all.
+  const filler = join(dir, 'corrupt')
+  await mkdir(filler)
+  const size = await fill(join(filler, 'filler'))
+  await truncate(join(filler, 'filler'), size - 24 * 1024)
+  const full = await taskvault(['seal', dir], { env: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.equal(full.code, 1, 'exit 1')
+  const said = /^taskvault: writing .*\/(s\d+)\.json failed: storage is full \(ENOSPC\); (\d+) files were sealed before it, the rest are as they were: run seal again once storage works\n$/u.exec(full.stderr)
+  t.ok(said !== null, `names the file and the count: ${full.stderr}`)
+  const sealedBefore = Number(said?.[2])
+  const keyring = Keyring.parse(KEYS_1)
+  const kids = await Promise.all(ids.map(async (id) => readSessionDocument(`${id}.json`, await readFile(join(dir, `${id}.json`), 'utf8'), id, keyring).kid))
+  t.equal(kids.filter((kid) => kid === 'k1').length, sealedBefore, 'as many files are sealed as it says')
+  t.same((await readdir(dir)).filter((name) => name.endsWith('.tmp')), [], 'no temp file is left')
+  await rm(filler, { recursive: true })
+  const rerun = await taskvault(['seal', dir, '--json'], { env: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.equal(rerun.code, 0, rerun.stderr)
+  t.match(rerun.json(), { sealed: ids.length - sealedBefore, already: sealedBefore }, 'the rerun seals the rest')
 })
 
 t.test('plaintext and sealed sessions load side by side; a change seals a plaintext session', async (t) => {

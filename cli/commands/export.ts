@@ -7,7 +7,7 @@ import { readMarker, writeMarker } from '../../services/store/storage-folder.js'
 import { CommandFailedError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase } from '../database.js'
-import { withWriteLock } from '../folder.js'
+import { withWriteLock, writing } from '../folder.js'
 import { ARCHIVED_COPIES, rowName, rowsPage, type StoredRow } from '../rows.js'
 
 /** Rows read per round trip. */
@@ -61,6 +61,7 @@ ${COMMON_HELP}`,
         const archiveDir = join(dir, 'archive')
         if (names.size > 0) await realFolder(dir, archiveDir)
         const tempName = tempNames()
+        const left = (): string => `${active + archived} sessions were exported before it, each whole; run the export again once storage works`
         for (let after = '0'; ;) {
           const { rows } = await client.query<StoredRow>(rowsPage(after, PAGE_ROWS))
           for (const row of rows) {
@@ -74,7 +75,7 @@ ${COMMON_HELP}`,
             const folder = row.archived ? archiveDir : dir
             // The store's temp-file name: an export cut short leaves only files a server removes at start.
             const temp = join(folder, tempName(row.session_id))
-            await writeAndRename(nodeFs, temp, join(folder, name), Buffer.from(row.document, 'utf8'), undefined, () => store.confirmLock())
+            await writing(join(folder, name), left, () => writeAndRename(nodeFs, temp, join(folder, name), Buffer.from(row.document, 'utf8'), undefined, () => store.confirmLock()))
             if (row.archived) archived++
             else active++
           }
@@ -83,8 +84,8 @@ ${COMMON_HELP}`,
           after = last.row_id
         }
         await client.query('COMMIT')
-        await fsyncDir(nodeFs, dir)
-        if (names.size > 0) await fsyncDir(nodeFs, archiveDir)
+        await writing(dir, left, () => fsyncDir(nodeFs, dir))
+        if (names.size > 0) await writing(archiveDir, left, () => fsyncDir(nodeFs, archiveDir))
       })
     })
     const lines = [`Exported ${active} active and ${archived} archived sessions from ${target.where} (schema ${target.schema}) into ${dir}`]

@@ -10,7 +10,7 @@ import { KeyUnavailableError } from '../../services/errors.js'
 import { readTarGz, type TarEntry } from '../../services/backup/tar.js'
 import { CommandFailedError } from '../args.js'
 import type { Keyring } from '../../services/store/keyring.js'
-import { checkStoredFile, clearOf, keyWarnings, needKey, storageDir, wholeFile, withWriteLock, type KeysNeeded } from '../folder.js'
+import { checkStoredFile, clearOf, keyWarnings, needKey, storageDir, wholeFile, withWriteLock, writing, type KeysNeeded } from '../folder.js'
 import { COMMON_HELP, type Command } from '../command.js'
 
 /** One session file of the backup, checked, and what restoring it would do. */
@@ -225,6 +225,7 @@ async function write (backup: string, dir: string, planned: Planned[], confirmLo
     await fsyncDir(nodeFs, dir)
   }
   let written = 0
+  const left = (): string => `${written} of ${planned.filter((item) => item.action === 'write').length} files were restored before it, each whole; run the restore again once storage works`
   const tempName = tempNames()
   const prefix = await commonPrefix(backup)
   for await (const entry of readTarGz(createReadStream(backup))) {
@@ -236,11 +237,11 @@ async function write (backup: string, dir: string, planned: Planned[], confirmLo
     const folder = item.archived ? archiveDir : dir
     // The store's temp-file name: a restore cut short leaves only files the server removes at start.
     const temp = join(folder, tempName(item.sessionId))
-    await writeAndRename(nodeFs, temp, target, entry.data, entry.mtime, confirmLock)
+    await writing(target, left, () => writeAndRename(nodeFs, temp, target, entry.data, entry.mtime, confirmLock))
     written++
   }
-  await fsyncDir(nodeFs, dir)
-  if (planned.some((item) => item.archived)) await fsyncDir(nodeFs, archiveDir)
+  await writing(dir, left, () => fsyncDir(nodeFs, dir))
+  if (planned.some((item) => item.archived)) await writing(archiveDir, left, () => fsyncDir(nodeFs, archiveDir))
   return written
 }
 

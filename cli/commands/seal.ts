@@ -8,7 +8,7 @@ import type { Keyring } from '../../services/store/keyring.js'
 import { CommandFailedError, UsageError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase } from '../database.js'
-import { checkStoredFile, ignoredByServer, listStoredFiles, storageDir, withWriteLock, type StoredFile } from '../folder.js'
+import { checkStoredFile, ignoredByServer, listStoredFiles, storageDir, withWriteLock, writing, type StoredFile } from '../folder.js'
 import { sealRows, wrongSealingKey } from './seal-rows.js'
 
 /** Folder fsyncs are shared by this many replaced files: an unsynced rename leaves the old, still readable, file. */
@@ -70,8 +70,9 @@ ${COMMON_HELP}`,
     await withWriteLock(dir, settings, keyring, false, async (store) => {
       const touched = new Set<string>()
       let sinceFsync = 0
+      const left = (): string => `${counts.sealed} files were sealed before it, the rest are as they were: run seal again once storage works`
       const syncTouched = async (): Promise<void> => {
-        for (const folder of touched) await fsyncDir(nodeFs, folder)
+        for (const folder of touched) await writing(folder, left, () => fsyncDir(nodeFs, folder))
         touched.clear()
         sinceFsync = 0
       }
@@ -112,7 +113,7 @@ ${COMMON_HELP}`,
         }
         // Named like the server's temp files, so an interrupted run leaves nothing a restore keeps.
         const temp = join(folder, tempName(checked.file.session_id))
-        await writeAndRename(nodeFs, temp, stored.path, data, checked.mtime, () => store.confirmLock())
+        await writing(stored.path, left, () => writeAndRename(nodeFs, temp, stored.path, data, checked.mtime, () => store.confirmLock()))
         counts.sealed++
         touched.add(folder)
         if (++sinceFsync >= FILES_PER_FSYNC) await syncTouched()
