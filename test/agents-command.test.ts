@@ -2,11 +2,15 @@
  * The command agent with real child processes (node scripts in test/fixtures/agents/): stdin,
  * environment, output cap, exit codes, and killing the whole process group.
  */
+import { execFile } from 'node:child_process'
 import { readFile, realpath, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
 import t from 'tap'
 import { alive, createTasks, fixture, recordCalls, storedTasks, waitFor } from './agents-fakes.js'
 import { build, post, tempDir } from './helper.js'
+
+const run = promisify(execFile)
 
 t.test('stdin is the instruction; TASK_ID, TASK_TYPE, SESSION_ID, TASK_ATTEMPT, spec env and cwd; no shell; the server\'s secrets withheld', async (t) => {
   const dir = await tempDir(t)
@@ -202,4 +206,48 @@ t.test('cancel kills the process group of the running command', async (t) => {
   t.match((await running).json(), { task_id: id, status: 'Failed', error: 'cancelled' })
   await waitFor('the grandchild to die', () => !alive(pids!.grandchild) && !alive(pids!.self), 5000)
   t.pass('the command and its grandchild are gone')
+})
+
+t.test('a program that cannot start for want of file descriptors (EMFILE) fails its task after its attempts; the process lives on, and the next call runs', async (t) => {
+  const dir = await tempDir(t)
+  // In a process of its own, whose file descriptors it uses up to the last few.
+  const script = `
+    import { closeSync, openSync } from 'node:fs'
+    const { buildApp } = await import(process.env.APP_URL)
+    const app = await buildApp({ readEnvironment: false, logger: false, config: { TASK_STORAGE_DIR: process.env.DIR },
+      agents: { default: { kind: 'command', argv: ['/bin/echo', 'hi'], max_attempts: 2, backoff_ms: 10 } } })
+    await app.ready()
+    const post = async (path, body) => { const res = await app.inject({ method: 'POST', url: '/api/v1/tasks' + path, payload: body }); return [res.statusCode, res.json()] }
+    await post('/create', { session_id: 's', instructions: '1. a\\n2. b' })
+    const held = []
+    try { for (;;) held.push(openSync('/dev/null', 'r')) } catch (err) { if (err.code !== 'EMFILE') throw err }
+    // Room for a save (a temp file and its folder), none for three pipes.
+    for (let i = 0; i < 3; i++) closeSync(held.pop())
+    const starved = await post('/execute', { session_id: 's' })
+    for (const fd of held) closeSync(fd)
+    const fed = await post('/execute', { session_id: 's' })
+    await app.close()
+    console.log('RESULT ' + JSON.stringify({ starved, fed }))
+  `
+  // Without tap's preload (NODE_OPTIONS), which a bare node child needs not.
+  const { NODE_OPTIONS: _preload, ...inherited } = process.env
+  const env = { ...inherited, APP_URL: new URL('../app.js', import.meta.url).href, DIR: dir }
+  const { stdout } = await run('bash', ['-c', 'ulimit -n 256 && exec "$0" --input-type=module -e "$1"', process.execPath, script], { env })
+  const line = stdout.split('\n').find((text) => text.startsWith('RESULT '))
+  t.ok(line !== undefined, 'the process lived to report')
+  const { starved, fed } = JSON.parse((line ?? 'RESULT {}').slice(7))
+  t.match(starved, [200, { status: 'Failed', error: /could not start: EMFILE/ }], 'the starved call fails its task, saying why')
+  t.match(fed, [200, { status: 'Completed', result: 'hi\n' }], 'with descriptors back, the next task runs')
+  t.same((await storedTasks(dir, 's')).map((task) => [task.status, task.attempts]), [['Failed', 2], ['Completed', 1]], 'EMFILE is worth another attempt: both were made')
+})
+
+t.test('the tail of stderr in a failed task\'s error starts on a whole character, never U+FFFD', async (t) => {
+  const dir = await tempDir(t)
+  // 2,100 bytes of three-byte characters: the last 1,000 bytes start inside one.
+  const app = await build(t, { dir, agents: { default: { kind: 'command', argv: [process.execPath, '-e', "process.stderr.write('€'.repeat(700)); process.exit(3)"] } } })
+  await createTasks(app, 'euro', [{ instruction: 'x' }])
+  const { status, error } = (await post(app, '/execute', { session_id: 'euro' })).json()
+  t.equal(status, 'Failed')
+  t.notOk(error.includes('\ufffd'), 'no replacement character')
+  t.match(error, /exited with code 3: (€){333}$/u, 'the whole characters of the last 1,000 bytes')
 })

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process'
+import type { Readable } from 'node:stream'
 import { randomUUID } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { access, mkdir, readFile, readdir, rmdir } from 'node:fs/promises'
@@ -60,9 +61,10 @@ export async function probeCgroups (options: CgroupProbeOptions = {}): Promise<C
     const [program, ...args] = cgroups.wrap(probe, [shell, '-c', ':'])
     const failure = await new Promise<string | null>((resolve) => {
       const child = spawn(program as string, args, { stdio: ['ignore', 'ignore', 'pipe'] })
-      let stderr = ''
-      child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString('utf8') })
+      // First: a spawn out of file descriptors (EMFILE) emits 'error' on the next tick and has no pipes.
       child.on('error', (err: NodeJS.ErrnoException) => resolve(`${shell}: ${err.code ?? err.message}`))
+      let stderr = ''
+      ;(child.stderr as Readable | null)?.on('data', (chunk: Buffer) => { stderr += chunk.toString('utf8') })
       child.on('close', (code) => resolve(code === 0 ? null : (stderr.trim() || `the wrapper exited with ${String(code)}`)))
     })
     if (failure !== null) return { cgroups: null, reason: `cannot move a process into a cgroup: ${failure}` }

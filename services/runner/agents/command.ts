@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process'
 import { basename } from 'node:path'
+import type { Readable, Writable } from 'node:stream'
 import { AgentError } from '../../errors.js'
 import type { ExecutionResult, Executor } from './types.js'
 import { truncateUtf8 } from '../../session/session.js'
@@ -8,6 +9,8 @@ import type { CommandAgentSpec } from './spec.js'
 
 /** How much of stderr's end goes into the task's error. */
 const STDERR_TAIL_BYTES = 1000
+/** Why a spawn may fail for now and work on a later attempt. */
+const TRANSIENT_START_ERRORS = new Set(['EAGAIN', 'ENOMEM', 'EMFILE', 'ENFILE'])
 /** sysexits' EX_TEMPFAIL: the one exit code that asks to be retried. */
 const EX_TEMPFAIL = 75
 /**
@@ -118,6 +121,10 @@ export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv
 function runProcess (call: ProcessCall, output: Output): Promise<Ending> {
   return new Promise<Ending>((resolve) => {
     const child = spawn(call.argv[0] as string, call.argv.slice(1), { cwd: call.cwd, env: call.env, stdio: ['pipe', 'pipe', 'pipe'], detached: true })
+    // First: a spawn out of file descriptors (EMFILE, ENFILE) emits 'error' on the next tick and
+    // has no pipes; unheard, that error would be an uncaught exception.
+    child.on('error', (err: NodeJS.ErrnoException) => end({ kind: 'error', err }))
+    const { stdin, stdout, stderr } = child as { stdin?: Writable | null, stdout?: Readable | null, stderr?: Readable | null }
     let ended = false
     let drain: NodeJS.Timeout | undefined
     const kill = (): void => {
@@ -138,27 +145,28 @@ function runProcess (call: ProcessCall, output: Output): Promise<Ending> {
       call.running?.delete(kill)
       kill()
       // Our ends of the pipes close too: a leftover that holds them must not hold the call.
-      child.stdin.destroy()
-      child.stdout.destroy()
-      child.stderr.destroy()
+      stdin?.destroy()
+      stdout?.destroy()
+      stderr?.destroy()
       resolve(how)
     }
     const onAbort = (): void => end({ kind: 'aborted' })
     call.signal.addEventListener('abort', onAbort, { once: true })
-    child.stdout.on('data', (chunk: Buffer) => {
+    // No pipes: the spawn failed, and its 'error' ends the call.
+    if (stdin == null || stdout == null || stderr == null) return
+    stdout.on('data', (chunk: Buffer) => {
       // Keep reading past the cap (a blocked pipe would stall the program), but keep nothing more.
       const room = call.maxOutputBytes + 3 - output.stdoutBytes
       if (room > 0) output.stdout.push(room >= chunk.length ? chunk : chunk.subarray(0, room))
       output.stdoutBytes += chunk.length
     })
-    child.stderr.on('data', (chunk: Buffer) => {
+    stderr.on('data', (chunk: Buffer) => {
       output.stderrTail = Buffer.concat([output.stderrTail, chunk])
-      if (output.stderrTail.length > STDERR_TAIL_BYTES * 2) output.stderrTail = output.stderrTail.subarray(-STDERR_TAIL_BYTES)
+      if (output.stderrTail.length > STDERR_TAIL_BYTES * 2) output.stderrTail = stderrTail(output.stderrTail)
     })
     // A program that exits without reading stdin makes the write fail with EPIPE; its exit code tells.
-    child.stdin.on('error', () => {})
-    child.stdin.end(call.input)
-    child.on('error', (err: NodeJS.ErrnoException) => end({ kind: 'error', err }))
+    stdin.on('error', () => {})
+    stdin.end(call.input)
     // The program's exit ends the call: what it started may keep the pipes open forever.
     child.on('exit', (code, signal) => {
       if (ended) return
@@ -172,9 +180,13 @@ function runProcess (call: ProcessCall, output: Output): Promise<Ending> {
 /** The call's answer: stdout on exit 0, else an AgentError (retried on EX_TEMPFAIL) ending with stderr's tail. */
 function answer (ending: Exclude<Ending, { kind: 'aborted' }>, output: Output, call: { who: string, maxOutputBytes: number, wrapped: boolean }): ExecutionResult {
   const { who } = call
-  if (ending.kind === 'error') throw new AgentError(`${who} could not start: ${ending.err.code ?? ending.err.message}`, { cause: ending.err })
+  if (ending.kind === 'error') {
+    // Out of processes, memory or file descriptors for now: worth another attempt, as a failed cgroup is.
+    const transient = TRANSIENT_START_ERRORS.has(ending.err.code ?? '')
+    throw new AgentError(`${who} could not start: ${ending.err.code ?? ending.err.message}`, { cause: ending.err, transient })
+  }
   const { code, signal } = ending
-  const tail = output.stderrTail.subarray(-STDERR_TAIL_BYTES).toString('utf8').trim()
+  const tail = stderrTail(output.stderrTail).toString('utf8').trim()
   if (code === 0) {
     const text = Buffer.concat(output.stdout).toString('utf8')
     // Cut only output past the cap: bytes that are not UTF-8 decode to a 3-byte U+FFFD each, so
@@ -188,4 +200,13 @@ function answer (ending: Exclude<Ending, { kind: 'aborted' }>, output: Output, c
   }
   const how = code === null ? `was killed by ${signal ?? 'a signal'}` : `exited with code ${code}`
   throw new AgentError(`${who} ${how}${tail === '' ? '' : `: ${tail}`}`, { transient: code === EX_TEMPFAIL })
+}
+
+/** stderr's last STDERR_TAIL_BYTES, starting on a character: a cut inside one would show U+FFFD. */
+function stderrTail (bytes: Buffer): Buffer {
+  if (bytes.length <= STDERR_TAIL_BYTES) return bytes
+  let start = bytes.length - STDERR_TAIL_BYTES
+  // UTF-8 continuation bytes are 10xxxxxx; a character has at most three of them.
+  for (let skipped = 0; skipped < 3 && ((bytes[start] as number) & 0xc0) === 0x80; skipped++) start++
+  return bytes.subarray(start)
 }
