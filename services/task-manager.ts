@@ -238,15 +238,30 @@ export class TaskManager {
   /**
    * A session a sweep claimed (its holder is gone): its interrupted task goes back to Pending,
    * counted once (or is failed as cancelled, when a cancel was asked); then its background run
-   * goes on here. The sweep's lease is given back in every case: a run that goes on holds one
-   * of its own (taken again, a newer epoch). False when it failed (a later sweep tries again); never rejects.
+   * goes on here. False when it failed (a later sweep tries again); never rejects.
    */
-  private async takeOver ({ sessionId, epoch, cancelRequested }: SweptSession): Promise<boolean> {
+  private async takeOver (swept: SweptSession): Promise<boolean> {
+    return this.claim(swept).then(() => true, (err: unknown) => {
+      if (!(err instanceof SessionBusyError)) this.log.error({ session_id: swept.sessionId, err }, 'Could not take over a session whose replica is gone; a later sweep tries again')
+      return false
+    })
+  }
+
+  /**
+   * takeOver's work; rejects with what failed. The lease is given back in every case (a run that
+   * goes on holds one of its own, taken again, a newer epoch); a cancel it failed to apply stays
+   * asked in the row, for the next claim.
+   */
+  private async claim ({ sessionId, epoch, cancelRequested }: SweptSession): Promise<void> {
     const shared = this.shared as SharedSessions
     // This process runs it already (it took the lease after the sweep did): nothing to take over.
     const runningHere = (): boolean => this.registry.find(sessionId) !== null && this.registry.existing(sessionId).executing
+    let applied = false
     try {
-      if (runningHere()) return true
+      if (runningHere()) {
+        applied = true
+        return
+      }
       const resume = await this.registry.change(sessionId, (draft) => {
         const file = draft.file
         if (file === null || runningHere()) return unchanged(false)
@@ -263,6 +278,7 @@ export class TaskManager {
         const run = file.background_run !== undefined
         return interrupted.length === 0 ? unchanged(run) : run
       }, { fresh: true, records: true })
+      applied = true
       // TASK_RESUME_ON_START=false: the run's record stays (and the lease goes back) until a
       // replica started with true, or an execute-all, carries it on.
       if (resume && !this.shuttingDown && !this.settings.resumeOnStart) {
@@ -271,12 +287,8 @@ export class TaskManager {
         this.log.info({ session_id: sessionId }, 'Resuming background run of a replica that is gone')
         await this.runner.startBackgroundRun(sessionId)
       }
-      return true
-    } catch (err) {
-      if (!(err instanceof SessionBusyError)) this.log.error({ session_id: sessionId, err }, 'Could not take over a session whose replica is gone; a later sweep tries again')
-      return false
     } finally {
-      await shared.release(sessionId, epoch).catch((err: Error) => { this.log.warn({ session_id: sessionId, err }, 'Could not give the lease back; it runs out by itself') })
+      await shared.release(sessionId, epoch, applied).catch((err: Error) => { this.log.warn({ session_id: sessionId, err }, 'Could not give the lease back; it runs out by itself') })
     }
   }
 
@@ -477,7 +489,8 @@ export class TaskManager {
       if (this.runner.isRunning(sessionId)) return this.runner.cancel(sessionId)
       // Left behind by a replica that is gone: claimed here and cancelled, as a sweep would.
       const { epoch } = await shared.acquire(sessionId)
-      await this.takeOver({ sessionId, epoch, cancelRequested: true })
+      // Its failure is the cancel's (503, the cancel still asked in the row): never a 200 for a cancel not applied.
+      await this.claim({ sessionId, epoch, cancelRequested: true })
     } else {
       // The holder sees it by NOTIFY (or its next renewal) and lets go; if it died, the replica
       // whose sweep claims the session applies it. Either way the request is cleared then.

@@ -7,7 +7,9 @@
  * invariants: nothing acknowledged lost or duplicated.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
+import pg from 'pg'
 import t from 'tap'
+import { connectionConfig } from '../services/store/postgres/pool.js'
 import { API, waitFor } from './helper.js'
 import { testDatabase, throughProxy } from './postgres.js'
 import { recordingAgent, replicaSet, storedRows, type StoredRow } from './replicas.js'
@@ -241,4 +243,38 @@ t.test('a cancel asked while the replica running the session is dead is applied 
   t.equal(row.owner, null, 'no lease held')
   t.equal(agent.calls.filter((c) => c.session === 'orphan').length, 1, 'no agent called again')
   t.match(row.tasks[0], { status: 'Failed', error: 'cancelled' })
+})
+
+t.test('a cancel whose save fails is not answered 200 and stays asked: once saves work, the claiming replica applies it rather than resuming the run', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const agent = await recordingAgent(t)
+  agent.behave((c) => (c.replica === 'f0' ? { hold: true } : {}))
+  const set = await replicaSet(t, url, agent, SETTINGS)
+  const f0 = await set.start('f0')
+  const f1 = await set.start('f1')
+  t.equal((await call(f1, 'POST', `${API}/create`, { session_id: 'orphan', instructions: '1. a\n2. b\n3. c' })).status, 200)
+  t.equal((await call(f0, 'POST', `${API}/execute-all`, { session_id: 'orphan', wait: false })).status, 202)
+  const held = await agent.waitForCall((c) => c.session === 'orphan', 10_000)
+  // Every save of the session's document is refused from now on (its lease still changes).
+  const db = new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 0 }))
+  await db.connect()
+  t.teardown(() => db.end())
+  await db.query(`CREATE FUNCTION taskvault.refuse_save() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refusing this save'; END $$;
+    CREATE TRIGGER refuse_save BEFORE UPDATE ON taskvault.sessions FOR EACH ROW
+      WHEN (NEW.session_id = 'orphan' AND NEW.version IS DISTINCT FROM OLD.version) EXECUTE FUNCTION taskvault.refuse_save()`)
+  f0.child.kill('SIGKILL')
+  await f0.exited
+  const cancelled = await call(f1, 'POST', `${API}/cancel`, { session_id: 'orphan' })
+  t.not(cancelled.status, 200, `the cancel was not applied, and is not answered as if it were: ${cancelled.status} ${JSON.stringify(cancelled.body)}`)
+  t.ok(cancelled.status === 503 || cancelled.status === 409, 'a 503 (its save failed) or a 409 (still asked, not yet applied)')
+  await sleep(LEASE_MS + SWEEP_MS)
+  t.equal((await db.query<{ asked: boolean }>("SELECT cancel_requested AS asked FROM taskvault.sessions WHERE session_id = 'orphan' AND archived_at IS NULL")).rows[0]?.asked, true, 'the cancel stays asked in the row while saves fail')
+  await db.query('DROP TRIGGER refuse_save ON taskvault.sessions')
+  await waitFor('the cancel to be applied', async () => ((await storedRows(url)).get('orphan') as StoredRow).tasks[0]?.status === 'Failed', 15_000)
+  await sleep(LEASE_MS)
+  const row = (await storedRows(url)).get('orphan') as StoredRow
+  t.match(row.tasks[0], { id: held.task, status: 'Failed', error: 'cancelled' }, 'the task it ran is cancelled')
+  t.equal(row.background, false, 'the background run ended rather than resumed')
+  t.equal(agent.calls.filter((c) => c.session === 'orphan').length, 1, 'no agent called again')
 })

@@ -167,9 +167,10 @@ export interface SharedSessions {
   acquire(sessionId: string): Promise<{ epoch: string, cancelRequested: boolean }>
   /**
    * Gives back the lease taken at `epoch` (a newer one of the session stays). Every lease taken
-   * must be given back: this process renews what it holds for as long as it holds it.
+   * must be given back: this process renews what it holds for as long as it holds it. A pending
+   * cancel is done with, unless `applied` is false (what was to apply it failed): it stays asked.
    */
-  release(sessionId: string, epoch: string): Promise<void>
+  release(sessionId: string, epoch: string, applied?: boolean): Promise<void>
   /** The live holder of the session's lease (this replica included), or null. */
   holder(sessionId: string): Promise<string | null>
   /** Whether a cancel asked for the session (requestCancel) still waits to be applied. */

@@ -117,12 +117,12 @@ export class LeaseKeeper {
    * back too: given up, the row still names this replica (until it runs out, or longer after a
    * renewal that was on its way), and the epoch keeps the statement off another replica's lease.
    */
-  async release (sessionId: string, epoch: string): Promise<void> {
+  async release (sessionId: string, epoch: string, applied = true): Promise<void> {
     const held = this.held.get(sessionId)
     const lost = held !== undefined && held.epoch === epoch && held.lost
     if (held !== undefined && held.epoch === epoch) this.held.delete(sessionId)
     await this.options.query(`giving back the lease of session '${sessionId}'`,
-      lost ? abandonLease(sessionId, this.replicaId, epoch) : releaseLease(sessionId, this.replicaId, epoch))
+      lost || !applied ? abandonLease(sessionId, this.replicaId, epoch) : releaseLease(sessionId, this.replicaId, epoch))
   }
 
   /** The live holder of the lease now (a round trip). */

@@ -809,8 +809,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     return this.keeper().acquire(this.checkId(sessionId))
   }
 
-  async release (sessionId: string, epoch: string): Promise<void> {
-    await this.keeper().release(sessionId, epoch)
+  async release (sessionId: string, epoch: string, applied = true): Promise<void> {
+    await this.keeper().release(sessionId, epoch, applied)
   }
 
   async holder (sessionId: string): Promise<string | null> {
