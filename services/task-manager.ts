@@ -304,7 +304,8 @@ export class TaskManager {
       }
     })
     let origin: 'created' | 'unarchived' | null = null
-    const tasks = await this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
+    // Shared: judged on this replica's copy first (no round trip); a refusal only on the stored one.
+    const change = async (fresh: boolean): Promise<Task[]> => this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
       // Every check before the draft is touched: a refused change must leave it as it was.
       const existing = draft.file?.session.tasks.length ?? archivedCopy?.file.session.tasks.length ?? 0
       const total = existing + specs.length
@@ -320,7 +321,12 @@ export class TaskManager {
         origin = null
       }
       return appendTasks(liveFile(draft), specs, draft.now).map((task) => ({ ...task }))
-    }))
+    }, { fresh }))
+    const tasks = await change(false).catch(async (err: unknown) => {
+      // Another replica may have deleted or shortened the session since this copy was read.
+      if (!(err instanceof LimitExceededError) || this.shared === undefined) throw err
+      return change(true)
+    })
     if (origin !== null && this.events.listenerCount('task-event') > 0) this.events.emit('task-event', origin === 'created' ? 'session.created' : 'session.unarchived', { session_id: sessionId })
     this.runner.announce('tasks.added', { session_id: sessionId, task_ids: tasks.map((task) => task.id), count: tasks.length })
     return { session_id: sessionId, tasks }

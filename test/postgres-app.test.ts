@@ -369,6 +369,21 @@ t.test('replicas: a session\'s events keep their order when its next change goes
   t.match(ord.at(-1), { event: 'progress', data: { completed: 1, all_done: true } }, 'the last event is the session as it is now')
 })
 
+t.test('replicas: a create refused for the task limit on this replica\'s copy is judged again on the stored session, which another replica deleted or shortened', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const a = await postgresApp(t, url, { TASK_REPLICA_ID: 'a', TASK_MAX_TASKS_PER_SESSION: 3 })
+  const b = await postgresApp(t, url, { TASK_REPLICA_ID: 'b', TASK_MAX_TASKS_PER_SESSION: 3 })
+  const create = async (app: FastifyInstance, instructions: string): Promise<{ statusCode: number, json: () => { total_tasks?: number, code?: string } }> =>
+    app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'full', instructions } })
+  t.equal((await create(a, '1. a\n2. b\n3. c')).statusCode, 200, 'a fills the session to the limit')
+  t.equal((await b.inject({ method: 'DELETE', url: `${API}/sessions/full` })).statusCode, 204, 'b deletes it')
+  const again = await create(a, '1. fresh start')
+  t.equal(again.statusCode, 200, `a creates it afresh: ${JSON.stringify(again.json())}`)
+  t.equal((await b.inject({ method: 'GET', url: `${API}/progress?session_id=full` })).json().total, 1, 'one task, as b sees it')
+  t.equal((await create(a, '1. x\n2. y\n3. z')).json().code, 'LIMIT_EXCEEDED', 'and past the limit on the stored session, still refused')
+})
+
 t.test('replicas: an archive pass goes past finished sessions it must leave (an unreadable one), page after page', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
