@@ -208,6 +208,24 @@ t.test('a lease given up is given back when its run lets go, and a cancel asked 
   t.match(await b.sweep(10, false), [{ sessionId: 'g', cancelRequested: true }], 'the next sweep claims it at once, and applies the cancel')
 })
 
+t.test('two acquires of one session at once in one process (a cancel and an execute): one gets it, the other SESSION_BUSY naming this replica', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const a = await open(t, url, 'alpha')
+  await a.save(contractSession('both', ['InProgress']))
+  const [first, second] = await Promise.allSettled([a.acquire('both'), a.acquire('both')])
+  const taken = [first, second].filter((outcome) => outcome.status === 'fulfilled')
+  t.equal(taken.length, 1, 'one acquire takes the lease')
+  t.match([first, second].find((outcome) => outcome.status === 'rejected'), { reason: { code: 'SESSION_BUSY', owner: 'alpha' } }, 'the other is refused')
+  const { epoch } = (taken[0] as PromiseFulfilledResult<{ epoch: string }>).value
+  t.equal((await row(db, 'both')).epoch, epoch, 'the row holds the epoch the winner was given')
+  await a.release('both', epoch)
+  t.equal((await row(db, 'both')).owner, null)
+  await a.acquire('both')
+  t.pass('taken again once given back')
+})
+
 t.test('a renewal that reaches a lease past its time does not bring it back', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

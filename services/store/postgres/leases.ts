@@ -43,6 +43,8 @@ interface Held {
  */
 export class LeaseKeeper {
   private readonly held = new Map<string, Held>()
+  /** Sessions whose acquire is on its way to the database. */
+  private readonly acquiring = new Set<string>()
   private readonly replicaId: string
   private readonly leaseMs: number
   private readonly options: LeaseKeeperOptions
@@ -99,16 +101,23 @@ export class LeaseKeeper {
     // A run of this process holds it: a second lease would replace that run's, and giving the
     // second back would leave the run unfenced and unrenewed while another replica claims it.
     // (A lease this process's sweep holds is taken over by the run it resumes.)
+    // So would a second acquire while one is on its way (a cancel and an execute at once): both
+    // would succeed, the row naming this replica, and the first given back would free the other's.
     const held = this.held.get(sessionId)
-    if (held !== undefined && held.run && !held.lost) throw new SessionBusyError(sessionId, this.replicaId)
+    if ((held !== undefined && held.run && !held.lost) || this.acquiring.has(sessionId)) throw new SessionBusyError(sessionId, this.replicaId)
     const sent = performance.now()
-    const { rows } = await this.options.query<{ epoch: string | null, owner: string | null, found: boolean, cancel_requested: boolean | null }>(
-      `taking the lease of session '${sessionId}'`, acquireLease(sessionId, this.replicaId, this.leaseMs))
-    const row = rows[0]
-    if (row === undefined || !row.found) throw new SessionNotFoundError(sessionId)
-    if (row.epoch === null) throw new SessionBusyError(sessionId, row.owner)
-    this.hold(sessionId, row.epoch, sent, true)
-    return { epoch: row.epoch, cancelRequested: row.cancel_requested === true }
+    this.acquiring.add(sessionId)
+    try {
+      const { rows } = await this.options.query<{ epoch: string | null, owner: string | null, found: boolean, cancel_requested: boolean | null }>(
+        `taking the lease of session '${sessionId}'`, acquireLease(sessionId, this.replicaId, this.leaseMs))
+      const row = rows[0]
+      if (row === undefined || !row.found) throw new SessionNotFoundError(sessionId)
+      if (row.epoch === null) throw new SessionBusyError(sessionId, row.owner)
+      this.hold(sessionId, row.epoch, sent, true)
+      return { epoch: row.epoch, cancelRequested: row.cancel_requested === true }
+    } finally {
+      this.acquiring.delete(sessionId)
+    }
   }
 
   /**
