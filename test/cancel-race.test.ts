@@ -173,3 +173,23 @@ t.test('a cancel that lands after a background run\'s last task, while its recor
   t.notOk(events.includes('run.cancelled'), 'no run.cancelled')
   t.match(await storedTasks(dir, 'ending'), [{ id: only, status: 'Completed' }])
 })
+
+t.test('shutdown that begins while a task\'s claim is being saved starts no agent call: the task goes back to Pending for the restart', async (t) => {
+  const fs = faultFs()
+  const dir = await tempDir(t)
+  let calls = 0
+  const app = await build(t, { dir, fs, executors: { default: async () => { calls++; return { result: 'ran' } } } })
+  const [only] = await createTasks(app, 'late', [{ instruction: 'a' }])
+  const gate = fs.hold('rename', { path: (path: string) => path.includes('late'), times: 1 })
+  const executing = post(app, '/execute', { session_id: 'late' })
+  await gate.reached
+  const closing = app.close()
+  // Time for the shutdown to begin (a bound on a loaded host, not a speed claim).
+  await sleep(200)
+  gate.release()
+  const answer = await executing
+  await closing
+  t.equal(answer.statusCode, 503, `the execute is refused: ${answer.body}`)
+  t.equal(calls, 0, 'no agent call started after shutdown began')
+  t.match(await storedTasks(dir, 'late'), [{ id: only, status: 'Pending' }], 'the task is Pending again, for the restart')
+})

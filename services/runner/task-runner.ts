@@ -464,6 +464,11 @@ export class TaskRunner {
       }
       taskId = started.id
       run.claimed = true
+      // Shutdown that began while the claim was being saved: no call starts (the task runs after restart).
+      if (this.closing && !run.signal.aborted) {
+        release()
+        return this.putBack(sessionId, started.id)
+      }
       this.announce('task.started', { session_id: sessionId, task_id: started.id, status: started.status, task_type: started.task_type, attempt: started.attempts })
       const agent = agentFor(this.agents, started.task_type)
       try {
