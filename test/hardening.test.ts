@@ -568,6 +568,8 @@ t.test('lock: a lock left by a killed process its parent has not reaped (a zombi
   const shell = spawn('/bin/sh', ['-c', 'sleep 600 & echo $!; exec sleep 600'], { stdio: ['ignore', 'pipe', 'ignore'] })
   t.teardown(() => { shell.kill('SIGKILL') })
   const pid = Number(await new Promise<string>((resolve) => shell.stdout.once('data', (chunk: Buffer) => { resolve(chunk.toString()) })))
+  // Killed while the shell is still a shell, the first sleep would be reaped by it: wait for the exec.
+  await waitFor('the shell to become a sleep', async () => (await readFile(`/proc/${shell.pid ?? 0}/comm`, 'latin1')).trim() === 'sleep')
   process.kill(pid, 'SIGKILL')
   await waitFor('the sleep is a zombie', async () => (await readFile(`/proc/${pid}/stat`, 'latin1')).split(') ')[1]?.startsWith('Z') === true)
   const dir = await tempDir(t)
