@@ -82,7 +82,7 @@ t.test('the fence: a save by a holder whose lease was taken over is refused (LEA
   await a.release('f', before.epoch)
   await a.release('f', String(BigInt(before.epoch) - 1n))
   t.equal((await row(db, 'f')).owner, 'beta', 'releasing a lost lease leaves the holder alone')
-  await t.rejects(a.remove('f'), { code: 'VERSION_CONFLICT' }, 'nor can alpha delete a session beta holds')
+  await t.rejects(a.remove('f'), { code: 'SESSION_BUSY', owner: 'beta' }, 'nor can alpha delete a session beta holds: busy, naming beta')
 })
 
 t.test('renewal: one statement renews every lease a replica holds and its heartbeat, every third of TASK_LEASE_MS', async (t) => {
@@ -224,6 +224,19 @@ t.test('two acquires of one session at once in one process (a cancel and an exec
   t.equal((await row(db, 'both')).owner, null)
   await a.acquire('both')
   t.pass('taken again once given back')
+})
+
+t.test('a delete of a session another replica took the lease of meanwhile is refused SESSION_BUSY naming it, and deletes nothing', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const a = await open(t, url, 'alpha')
+  const b = await open(t, url, 'beta')
+  await a.save(contractSession('taken', ['Pending']))
+  // Beta takes the lease after alpha's holder check (the delete's own check before it queues).
+  await b.acquire('taken')
+  await t.rejects(a.remove('taken'), { code: 'SESSION_BUSY', owner: 'beta' }, 'busy, naming the holder')
+  t.equal((await row(db, 'taken')).owner, 'beta', 'the session is still there, held by beta')
 })
 
 t.test('a renewal that reaches a lease past its time does not bring it back', async (t) => {

@@ -4,7 +4,7 @@ import { SessionFile, SESSION_ID_PATTERN } from '../../../schemas/session.js'
 import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from '../../archive/archive-index.js'
 import {
   CorruptSessionFileError, DatabaseUnavailableError, InvalidDatabaseSettingError, InvalidSessionIdError, KeyUnavailableError,
-  LeaseLostError, SealNotOpenedError, StaleArchivedCopyError, StorageError, TaskvaultError, VersionConflictError
+  LeaseLostError, SealNotOpenedError, SessionBusyError, StaleArchivedCopyError, StorageError, TaskvaultError, VersionConflictError
 } from '../../errors.js'
 import { noop } from '../../noop.js'
 import type { Keyring } from '../keyring.js'
@@ -474,8 +474,10 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       return
     }
     await this.attempt(sessionId, operation, async () => {
-      const result = await this.run<{ found: string | null, deleted: number }>(operation, deleteSession(sessionId, this.rows.get(sessionId) ?? null, this.leases === null ? null : this.replicaId), [[sessionId, { kind: 'gone' }]])
-      const { found, deleted } = result.rows[0] ?? { found: null, deleted: 0 }
+      const result = await this.run<{ found: string | null, deleted: number, busy: string | null }>(operation, deleteSession(sessionId, this.rows.get(sessionId) ?? null, this.leases === null ? null : this.replicaId), [[sessionId, { kind: 'gone' }]])
+      const { found, deleted, busy } = result.rows[0] ?? { found: null, deleted: 0, busy: null }
+      // Another replica took the lease since the holder was checked: busy, not a version to reload.
+      if (deleted === 0 && busy !== null) throw new SessionBusyError(sessionId, busy)
       // Missing is not an error; found but left alone means it was at another version.
       return deleted > 0 || found === null ? true : null
     })

@@ -179,11 +179,12 @@ export function saveBatch (saves: readonly BatchedSave[]): pg.QueryConfig {
  */
 export function deleteSession (sessionId: string, expected: RowVersion | null, replicaId: string | null): pg.QueryConfig {
   return {
-    text: `WITH before AS (SELECT row_id, version FROM sessions WHERE session_id = $1 AND archived_at IS NULL),
+    text: `WITH before AS (SELECT row_id, version, owner, lease_until FROM sessions WHERE session_id = $1 AND archived_at IS NULL),
         gone AS (DELETE FROM sessions WHERE session_id = $1 AND archived_at IS NULL
           AND ($2::bigint IS NULL OR (row_id = $2 AND version = $3))
           AND (owner IS NULL OR lease_until < now() OR owner = $4) RETURNING row_id)
-      SELECT (SELECT version FROM before) AS found, (SELECT count(*) FROM gone)::int AS deleted`,
+      SELECT (SELECT version FROM before) AS found, (SELECT count(*) FROM gone)::int AS deleted,
+        (SELECT owner FROM before WHERE lease_until >= now() AND owner IS DISTINCT FROM $4) AS busy`,
     values: [sessionId, expected?.row ?? null, expected?.version ?? null, replicaId]
   }
 }
