@@ -496,6 +496,9 @@ async function run (browser: Browser): Promise<void> {
 
     await page.getByRole('link', { name: 'twice', exact: true }).click()
     await page.locator('#session-title', { hasText: 'twice' }).waitFor()
+    // The opening's own load done first: failed, it would be the user's action's error, which stays.
+    await page.locator('li.task').nth(1).waitFor()
+    await settle(page)
     // A refresh after an event fails (a moment's 503): shown, then gone once the next one succeeds.
     detail.fail(1)
     await createSession(app, 'twice', '3. three')
