@@ -22,7 +22,8 @@ active and archived files, how many files cannot be loaded, and the storage used
 under the folder (corrupt/ included), and with TASK_ENCRYPTION_KEYS set the active sessions
 by the key that sealed them (active key, per kid, plaintext). Read-only; safe while a server runs.
 An active file sealed under a key TASK_ENCRYPTION_KEYS does not hold fails it (exit 1), as it
-stops the server's start, and so does a key given under a kid the folder first had another for; an archived one is counted as archived and listed as needing its key.
+stops the server's start, and so does a key given under a kid the folder first had another key
+for; an archived one is counted as archived and listed as needing its key.
 
 With --database-url the same counts come from the PostgreSQL store, read through the store
 as a server reads it at start: active rows, archived copies, their bytes (a row's bytes are
