@@ -207,3 +207,49 @@ t.test('on a real full disk: a cancel that answers 507 changes nothing; the run 
   t.equal(cancelled.statusCode, 409, 'and once it has ended, nothing runs')
   await app.close()
 })
+
+t.test('a background run\'s cancel is one save: with storage failing right after it, the cancel answers 200, the record is gone and no further task runs', async (t) => {
+  // Once armed, the next write goes through and every later one fails (EIO).
+  let armed = false
+  let broken = false
+  const fs: FsSeam = {
+    ...nodeFs,
+    open: (async (...args: Parameters<typeof nodeFs.open>) => {
+      if (args[1] === 'wx') {
+        if (broken) throw Object.assign(new Error('EIO: injected fault'), { code: 'EIO' })
+        if (armed) broken = true
+      }
+      return nodeFs.open(...args)
+    }) as typeof nodeFs.open
+  }
+  const calls: string[] = []
+  const dir = await tempDir(t)
+  const app = await build(t, {
+    dir,
+    fs,
+    config: { TASK_RUN_RETRY_MS: 20, TASK_RUN_RETRY_MAX_MS: 50 },
+    executors: {
+      default: async (task, { signal }) => {
+        calls.push(task.instruction)
+        if (task.instruction === 'held') await new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true }))
+        return { result: `${task.instruction} done` }
+      }
+    }
+  })
+  t.equal((await post(app, '/create', { session_id: 'one', instructions: '1. held\n2. next' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'one', wait: false })).statusCode, 202)
+  await waitFor('the call to start', () => calls.includes('held'))
+  armed = true
+  const cancelled = await post(app, '/cancel', { session_id: 'one' })
+  t.equal(cancelled.statusCode, 200, cancelled.body)
+  t.ok(broken, 'the cancel\'s save was the last write storage took')
+  const stored = await readSession(dir, 'one')
+  t.equal(stored.background_run, undefined, 'the run\'s record went in the cancel\'s save: a restart does not resume it')
+  t.match(stored.session.tasks, [{ status: 'Failed', error: 'cancelled' }, { status: 'Pending' }])
+  t.match(await progressOf(app, 'one'), { running: false, in_progress: 0 })
+  broken = false
+  armed = false
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  t.same(calls, ['held'], 'no further task ran, with storage back')
+  t.match(await storedTasks(dir, 'one'), [{ status: 'Failed' }, { status: 'Pending' }])
+})

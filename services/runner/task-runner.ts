@@ -541,7 +541,9 @@ export class TaskRunner {
    */
   private async record (sessionId: string, run: Run, ending: Ending): Promise<ExecutedTask> {
     try {
-      return await this.finish(sessionId, ending, run.announced)
+      // A background run's cancel ends the run in the same save: both land or neither does, so a
+      // cancel is never half done (the task cancelled on disk, the run's record left to resume it).
+      return await this.finish(sessionId, ending, run.announced, run.background && ending.cancelled !== undefined)
     } catch (err) {
       if (!(err instanceof SessionTooLargeError) || !ending.agents) {
         if (err instanceof StorageError) run.unsaved = ending
@@ -560,11 +562,14 @@ export class TaskRunner {
   /**
    * Records how the task's call ended: what the client is answered once it is durable. `progress`
    * false: a single execute, whose end announces the progress (no longer running) right after.
+   * `endsRun`: the background run's record is cleared in the same save.
    */
-  private async finish (sessionId: string, { taskId, outcome, agents }: Ending, progress: boolean): Promise<ExecutedTask> {
+  private async finish (sessionId: string, { taskId, outcome, agents }: Ending, progress: boolean, endsRun = false): Promise<ExecutedTask> {
     const executed = await this.registry.change(sessionId, (draft) => {
-      const task = liveFile(draft).session.tasks.find((t) => t.id === taskId)
+      const file = liveFile(draft)
+      const task = file.session.tasks.find((t) => t.id === taskId)
       if (task === undefined) throw new SessionNotFoundError(sessionId)
+      if (endsRun) delete file.background_run
       delete task.result_truncated
       Object.assign(task, outcome, { completed_at: isoNow(draft.now) })
       return { task_id: task.id, instruction: task.instruction, status: task.status, result: task.result, error: task.error, confidence: task.confidence, ...(task.result_truncated === true && { result_truncated: true }) }
