@@ -122,6 +122,21 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
       settings: { url: settings.databaseUrl, schema: settings.dbSchema, max: settings.dbPoolMax, statementTimeoutMs: settings.dbStatementTimeoutMs, connectTimeoutMs: settings.dbStatementTimeoutMs },
       onPoolError: (err) => app.log.warn({ err: { message: err.message } }, 'A PostgreSQL connection of the pool failed; it is replaced on the next query')
     })
+  // What claiming the replica id found; subscribed before init so none is missed.
+  store.events.on('replica-id', (event) => {
+    if (event.type === 'waiting') {
+      app.log.warn({ replica_id: store.replicaId, holder: event.holder, silent_ms: event.silentMs, wait_ms: event.waitMs },
+        `TASK_REPLICA_ID '${store.replicaId}' was heard from ${event.silentMs} ms ago by another process; waiting up to ${event.waitMs} ms to see whether it still runs ` +
+        '(the start is refused if it does: each replica needs an id of its own)')
+    } else if (event.type === 'cleared') {
+      app.log.warn({ replica_id: store.replicaId, holder: event.holder, silent_ms: event.silentMs },
+        event.why === 'gone' ? 'Took over this replica id from an earlier process of this host that is gone (killed)' : 'Took over this replica id from a process silent past TASK_LEASE_MS')
+    } else {
+      app.log.error({ replica_id: store.replicaId },
+        `Another server claimed this server's TASK_REPLICA_ID '${store.replicaId}' after finding it silent past TASK_LEASE_MS (paused, or cut off from the database), ` +
+        'and took its sessions over: this one refuses every write from now on (503 REPLICA_ID_TAKEN, /ready 503); reads still work. Restart it once only one server uses the id')
+    }
+  })
   const deadline = performance.now() + settings.dbConnectTimeoutMs
   for (let wait = CONNECT_RETRY_MS; ; wait = Math.min(wait * 2, CONNECT_RETRY_MAX_MS)) {
     try {

@@ -11,7 +11,7 @@ export const ERROR_CODES = [
   'INVALID_SESSION_STATE', 'CORRUPT_SESSION_FILE', 'FOREIGN_STORAGE_FOLDER', 'INVALID_ARCHIVE', 'AGENT_FAILED',
   'INVALID_OPTIONS', 'INVALID_AGENT_CONFIG', 'INVALID_ENCRYPTION_KEYS', 'INVALID_API_KEYS', 'INVALID_LOCK_SETTINGS', 'USAGE', 'FAILED',
   'INVALID_DATABASE_SETTING', 'DATABASE_TOO_NEW', 'MIGRATION_FAILED', 'DATABASE_UNAVAILABLE',
-  'VERSION_CONFLICT', 'LEASE_LOST'
+  'VERSION_CONFLICT', 'LEASE_LOST', 'REPLICA_ID_IN_USE', 'REPLICA_ID_TAKEN'
 ] as const
 export type ErrorCode = (typeof ERROR_CODES)[number]
 
@@ -53,7 +53,9 @@ const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
   MIGRATION_FAILED: 500,
   DATABASE_UNAVAILABLE: 503,
   VERSION_CONFLICT: 409,
-  LEASE_LOST: 503
+  LEASE_LOST: 503,
+  REPLICA_ID_IN_USE: 500,
+  REPLICA_ID_TAKEN: 503
 }
 
 export class TaskvaultError extends Error {
@@ -396,6 +398,38 @@ export class DatabaseUnavailableError extends TaskvaultError {
 export class LeaseLostError extends TaskvaultError {
   constructor (readonly sessionId: string, detail: string) {
     super('LEASE_LOST', `session '${sessionId}': ${detail}; nothing more was written by this replica`)
+  }
+}
+
+/** Who holds a replica id, as its heartbeat row says (null where an older server wrote it). */
+export interface ReplicaHolder {
+  host: string | null
+  pid: number | null
+  startedAt: string | null
+}
+
+const holderText = (holder: ReplicaHolder): string =>
+  holder.pid === null ? 'a server of an older version' : `pid ${holder.pid} on host ${holder.host ?? '?'}, started ${holder.startedAt ?? '?'}`
+
+/**
+ * Another live server beats under this server's TASK_REPLICA_ID: both would renew each other's
+ * leases and run the same sessions. Stops the boot, before anything is taken over.
+ */
+export class ReplicaIdInUseError extends TaskvaultError {
+  constructor (readonly replicaId: string, readonly holder: ReplicaHolder) {
+    super('REPLICA_ID_IN_USE', `TASK_REPLICA_ID '${replicaId}' is in use by another running server (${holderText(holder)}), whose heartbeat goes on: ` +
+      'each replica needs an id of its own (a Kubernetes pod name is ideal); nothing was changed')
+  }
+}
+
+/**
+ * Another server claimed this server's TASK_REPLICA_ID after finding it silent past TASK_LEASE_MS
+ * (paused, or cut off from the database) and took its sessions over: this one writes nothing more.
+ */
+export class ReplicaIdTakenError extends TaskvaultError {
+  constructor (readonly replicaId: string) {
+    super('REPLICA_ID_TAKEN', `another server claimed this server's TASK_REPLICA_ID '${replicaId}' after it fell silent for longer than TASK_LEASE_MS ` +
+      '(paused, or cut off from the database) and took its sessions over, so this one saves nothing more (reads still work); restart it once only one server uses the id')
   }
 }
 

@@ -1,5 +1,8 @@
 import { readFileSync } from 'node:fs'
 
+/** When this process started (ms since the epoch): a record of this pid older than that is an earlier life of it (a container's pid 1 again). */
+export const PROCESS_STARTED_MS = Date.now() - process.uptime() * 1000
+
 /**
  * Whether a process with this pid runs on this host (EPERM: it runs, as another user). A process
  * killed but not yet reaped by its parent (a zombie) keeps its pid and answers signal 0, yet runs

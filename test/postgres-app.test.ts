@@ -45,7 +45,13 @@ async function postgresApp (t: Parameters<typeof testDatabase>[0] & { teardown: 
     config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_SHUTDOWN_GRACE_MS: 2000, TASK_ARCHIVE_DAYS: 0, ...extra }
   })
   t.teardown(() => app.close())
-  await app.ready()
+  // A boot that fails is closed at once, as the server does: its store must not beat on under its replica id beside the next boot's.
+  try {
+    await app.ready()
+  } catch (err) {
+    await app.close().catch(() => {})
+    throw err
+  }
   return app
 }
 

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { join } from 'node:path'
 import { InvalidLockSettingsError, LockLostError, StorageError, StorageLockedError } from '../errors.js'
 import type { FsSeam } from './fs-seam.js'
-import { pidAlive } from '../pid.js'
+import { PROCESS_STARTED_MS, pidAlive } from '../pid.js'
 import { noop } from '../noop.js'
 
 export interface LockHolder {
@@ -27,8 +27,6 @@ export type LockEvent =
   | { type: 'check-failed', path: string, err: unknown }
 
 export const LOCK_FILE = '.taskvault.lock'
-
-const PROCESS_STARTED_MS = Date.now() - process.uptime() * 1000
 
 /**
  * The single-writer lock of a storage folder: a file created exclusively, holding who owns

@@ -1,7 +1,7 @@
 import type { EventEmitter } from 'node:events'
 import type { SessionFile } from '../../schemas/session.js'
 import type { ArchiveTotals, ArchivedSummary } from '../archive/archive-index.js'
-import type { TaskvaultError } from '../errors.js'
+import type { ReplicaHolder, ReplicaIdTakenError, TaskvaultError } from '../errors.js'
 import type { LockEvent } from './storage-lock.js'
 import type { DiskSpace } from './disk-space.js'
 import type { SessionCounts } from '../types.js'
@@ -81,7 +81,15 @@ export interface SessionStoreEvents {
   events: []
   /** A shared store: a change of this replica's that was answered as failed turned out to have landed; its events never went out. */
   unannounced: [string]
+  /** A shared store: what claiming this server's replica id found (at boot), or that another server claimed it since. */
+  'replica-id': [ReplicaIdEvent]
 }
+
+/** What the claim of a replica id found, for the owner to log: the store knows no logger. */
+export type ReplicaIdEvent =
+  | { type: 'waiting', holder: ReplicaHolder, silentMs: number, waitMs: number }
+  | { type: 'cleared', holder: ReplicaHolder, silentMs: number, why: 'silent' | 'gone' }
+  | { type: 'taken', error: ReplicaIdTakenError }
 
 /**
  * A shared event log's record of a gap: events before it may be missing (a replica stopped

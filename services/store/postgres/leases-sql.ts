@@ -58,25 +58,44 @@ export function abandonLease (sessionId: string, replicaId: string, epoch: strin
   }
 }
 
+/** The process that holds a replica id (migrations/007), as its heartbeat row names it. */
+export interface ReplicaProcess {
+  /** Random per process: only the process that claimed the id beats under it. */
+  instance: string
+  host: string
+  pid: number
+  /** When the process started (ISO time). */
+  startedAt: string
+}
+
 /**
  * One statement per renewal period, whatever the number of sessions held: the replica's
  * heartbeat row, and every lease it holds (at the epoch it holds it) pushed out. A session
  * that does not come back was lost (taken over after this replica fell silent); each one that
- * does says whether a cancel is waiting for it (the polling fallback of NOTIFY).
+ * does says whether a cancel is waiting for it (the polling fallback of NOTIFY). The beat only
+ * counts while the row names this process: when another process has claimed the id since (it
+ * found this one silent past the lease), nothing is renewed and the one row back has a null
+ * `session_id` (`taken`). A row cleared meanwhile (this replica was judged lost) is written anew.
  */
-export function renewLeases (replicaId: string, leaseMs: number, held: ReadonlyArray<readonly [string, string]>): pg.QueryConfig {
+export function renewLeases (replicaId: string, leaseMs: number, held: ReadonlyArray<readonly [string, string]>, me: ReplicaProcess): pg.QueryConfig {
   return {
     name: 'taskvault_renew_leases',
     text: `WITH beat AS (
-        INSERT INTO replicas (replica_id, seen_at) VALUES ($1, now()) ON CONFLICT (replica_id) DO UPDATE SET seen_at = now())
-      UPDATE sessions s SET lease_until = ${until('$2')}
-        FROM unnest($3::text[], $4::bigint[]) AS h(session_id, epoch)
-        WHERE s.session_id = h.session_id AND s.archived_at IS NULL AND s.owner = $1 AND s.epoch = h.epoch
-          -- A lease past its time stays run out: its holder gave it up already (a late renewal
-          -- would otherwise keep it live for a run that has stopped).
-          AND s.lease_until > now()
-        RETURNING s.session_id, s.cancel_requested`,
-    values: [replicaId, leaseMs, held.map(([id]) => id), held.map(([, epoch]) => epoch)]
+        INSERT INTO replicas (replica_id, seen_at, instance, host, pid, started_at) VALUES ($1, now(), $5, $6, $7, $8)
+          ON CONFLICT (replica_id) DO UPDATE SET seen_at = now() WHERE replicas.instance = $5
+          RETURNING 1),
+      renewed AS (
+        UPDATE sessions s SET lease_until = ${until('$2')}
+          FROM unnest($3::text[], $4::bigint[]) AS h(session_id, epoch)
+          WHERE s.session_id = h.session_id AND s.archived_at IS NULL AND s.owner = $1 AND s.epoch = h.epoch
+            -- A lease past its time stays run out: its holder gave it up already (a late renewal
+            -- would otherwise keep it live for a run that has stopped).
+            AND s.lease_until > now()
+            AND EXISTS (SELECT 1 FROM beat)
+          RETURNING s.session_id, s.cancel_requested)
+      SELECT session_id, cancel_requested FROM renewed
+      UNION ALL SELECT NULL::text, NULL::boolean WHERE NOT EXISTS (SELECT 1 FROM beat)`,
+    values: [replicaId, leaseMs, held.map(([id]) => id), held.map(([, epoch]) => epoch), me.instance, me.host, me.pid, me.startedAt]
   }
 }
 
@@ -199,25 +218,25 @@ export const EVENT_LOG = `SELECT (SELECT token FROM event_stream LIMIT 1) || '.'
   coalesce((SELECT max(id) FROM events), 0)::bigint AS latest`
 
 /**
- * Clears the rows of replicas silent past the lease (and, with `own`, this replica id's row: an
- * earlier process of it that did not leave cleanly), and when it cleared any, logs a gap. A
- * replica that stops without leaving (kill -9, a lost node) may have committed changes whose
- * events it never published: readers of the log reset their clients at the gap, and they
- * refetch. One statement, so a gap is logged exactly when rows were cleared.
+ * Clears the rows of replicas silent past the lease (and, with `ownSeenAt`, this replica id's
+ * row as last read at that beat: an earlier process of it that did not leave cleanly), and when
+ * it cleared any, logs a gap. A replica that stops without leaving (kill -9, a lost node) may
+ * have committed changes whose events it never published: readers of the log reset their
+ * clients at the gap, and they refetch. One statement, so a gap is logged exactly when rows were cleared.
  */
-export function clearLostReplicas (replicaId: string, leaseMs: number, own: boolean, channel: string, schema: string): pg.QueryConfig {
+export function clearLostReplicas (replicaId: string, leaseMs: number, ownSeenAt: string | null, channel: string, schema: string): pg.QueryConfig {
   return {
     name: 'taskvault_clear_lost_replicas',
     text: `WITH lost AS (
         DELETE FROM replicas
-          WHERE (replica_id = $1 AND $3::boolean)
+          WHERE (replica_id = $1 AND seen_at = $3::timestamptz)
             OR (replica_id <> $1 AND seen_at < now() - make_interval(secs => $2::float8 / 1000))
           RETURNING replica_id)
       SELECT array_agg(replica_id ORDER BY replica_id) AS lost,
           -- No trimming here (the largest keep): the publishing replicas trim to their buffer.
           publish_events(ARRAY['${LOG_GAP}'], ARRAY[json_build_object('replicas', array_agg(replica_id ORDER BY replica_id))], 9223372036854775807, $4, $5) AS newest
         FROM lost HAVING count(*) > 0`,
-    values: [replicaId, leaseMs, own, channel, schema]
+    values: [replicaId, leaseMs, ownSeenAt, channel, schema]
   }
 }
 

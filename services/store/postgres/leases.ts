@@ -1,9 +1,13 @@
+import { randomUUID } from 'node:crypto'
 import type { EventEmitter } from 'node:events'
+import { hostname } from 'node:os'
 import type pg from 'pg'
-import { LeaseLostError, SessionBusyError, SessionNotFoundError } from '../../errors.js'
+import { LeaseLostError, ReplicaIdTakenError, SessionBusyError, SessionNotFoundError } from '../../errors.js'
 import { noop } from '../../noop.js'
+import { PROCESS_STARTED_MS } from '../../pid.js'
 import type { SessionStoreEvents, SweptSession } from '../store.js'
-import { abandonLease, acquireLease, clearLostReplicas, leaseHolder, releaseLease, renewLeases, requestCancel, sweepLeases } from './leases-sql.js'
+import { abandonLease, acquireLease, clearLostReplicas, leaseHolder, releaseLease, renewLeases, requestCancel, sweepLeases, type ReplicaProcess } from './leases-sql.js'
+import { claimReplicaId } from './replica-claim.js'
 import type { Fence } from './sessions-sql.js'
 
 /** NOTIFY's channel for cancels; the payload is `<schema>.<session id>`, far below NOTIFY's 8,000 bytes. */
@@ -54,6 +58,10 @@ export class LeaseKeeper {
   private listener: pg.PoolClient | null = null
   private listening: Promise<void> | null = null
   private closed = false
+  /** This process, as the replica id's row names the one that claimed it. */
+  readonly me: ReplicaProcess = { instance: randomUUID(), host: hostname(), pid: process.pid, startedAt: new Date(PROCESS_STARTED_MS).toISOString() }
+  /** Set once another process claimed the replica id: from then on this one holds no lease and writes nothing. */
+  private takenBy: ReplicaIdTakenError | null = null
 
   constructor (options: LeaseKeeperOptions) {
     this.options = options
@@ -61,12 +69,22 @@ export class LeaseKeeper {
     this.leaseMs = options.leaseMs
   }
 
+  /** Why this process may write nothing more (another process claimed its replica id), or null. */
+  get taken (): ReplicaIdTakenError | null {
+    return this.takenBy
+  }
+
   /** Renews (and heartbeats) now, then on a timer; starts listening for cancels. */
   async start (): Promise<void> {
-    // Before the first beat: a row of this replica id still there is an earlier process's that
-    // never left (killed), whose last events may never have been published. Best effort: the
-    // sweeps after this one find the replicas silent past the lease, not that row (beaten anew).
-    await this.clearLost(true).catch(noop)
+    // Before anything is taken over: the id must be this process's alone.
+    await claimReplicaId({
+      replicaId: this.replicaId,
+      leaseMs: this.leaseMs,
+      me: this.me,
+      query: this.options.query,
+      clearLost: async (beat) => this.clearLost(beat),
+      report: (event) => { this.options.events.emit('replica-id', event) }
+    })
     // A first beat that fails (the database gone again since init) is only a missed beat.
     await this.renew().catch(noop)
     // Checked every twelfth of the lease: renewals every third, and a failed one tried again at
@@ -103,6 +121,7 @@ export class LeaseKeeper {
     // (A lease this process's sweep holds is taken over by the run it resumes.)
     // So would a second acquire while one is on its way (a cancel and an execute at once): both
     // would succeed, the row naming this replica, and the first given back would free the other's.
+    if (this.takenBy !== null) throw this.takenBy
     const held = this.held.get(sessionId)
     if ((held !== undefined && held.run && !held.lost) || this.acquiring.has(sessionId)) throw new SessionBusyError(sessionId, this.replicaId)
     const sent = performance.now()
@@ -162,6 +181,7 @@ export class LeaseKeeper {
   }
 
   async sweep (limit: number, earlier: boolean, skip: readonly string[] = [], runs = true): Promise<SweptSession[]> {
+    if (this.takenBy !== null) return []
     const mine = earlier && this.held.size === 0
     const sent = performance.now()
     const { rows } = await this.options.query<{ session_id: string, epoch: string, cancel_requested: boolean }>(
@@ -182,12 +202,13 @@ export class LeaseKeeper {
   }
 
   /**
-   * Clears the replicas silent past the lease (with `own`, this replica id's row too) and logs a
-   * gap in the event log when there were any (clearLostReplicas). Resolves with their ids.
+   * Clears the replicas silent past the lease (with `ownBeat`, this replica id's row as read at
+   * that beat too) and logs a gap in the event log when there were any (clearLostReplicas).
+   * Resolves with their ids.
    */
-  async clearLost (own = false): Promise<string[]> {
+  async clearLost (ownBeat: string | null = null): Promise<string[]> {
     const { rows } = await this.options.query<{ lost: string[] }>('clearing replicas that stopped without leaving',
-      clearLostReplicas(this.replicaId, this.leaseMs, own, EVENTS_CHANNEL, this.options.schema))
+      clearLostReplicas(this.replicaId, this.leaseMs, ownBeat, EVENTS_CHANNEL, this.options.schema))
     return rows[0]?.lost ?? []
   }
 
@@ -237,16 +258,16 @@ export class LeaseKeeper {
    * connection (a half-open one after a failover) must not hold renewals until the leases are given up.
    */
   private async renew (): Promise<void> {
-    if (this.renewing || this.closed) return
+    if (this.renewing || this.closed || this.takenBy !== null) return
     this.renewing = true
     const live = [...this.held].filter(([, held]) => !held.lost)
     try {
       // pg's Client.query honours a query's own query_timeout (its typings leave it out).
       const config: pg.QueryConfig & { query_timeout: number } = {
-        ...renewLeases(this.replicaId, this.leaseMs, live.map(([sessionId, held]) => [sessionId, held.epoch] as const)),
+        ...renewLeases(this.replicaId, this.leaseMs, live.map(([sessionId, held]) => [sessionId, held.epoch] as const), this.me),
         query_timeout: this.renewalTimeoutMs()
       }
-      type Renewed = { session_id: string, cancel_requested: boolean }
+      type Renewed = { session_id: string | null, cancel_requested: boolean | null }
       let sent = performance.now()
       let rows: Renewed[] | null = null
       // On the listening connection when there is one: it is this keeper's own, so a renewal
@@ -268,7 +289,11 @@ export class LeaseKeeper {
         rows = (await this.options.query<Renewed>('renewing leases', config)).rows
       }
       this.lastRenewal = sent
-      const renewed = new Map(rows.map((row) => [row.session_id, row.cancel_requested]))
+      if (rows.some((row) => row.session_id === null)) {
+        this.idTaken()
+        return
+      }
+      const renewed = new Map(rows.map((row) => [row.session_id, row.cancel_requested === true]))
       for (const [sessionId, held] of live) {
         // Released, or taken again at another epoch, while this was on its way.
         if (this.held.get(sessionId) !== held) continue
@@ -283,6 +308,14 @@ export class LeaseKeeper {
     } finally {
       this.renewing = false
     }
+  }
+
+  /** Another process claimed the replica id (it found this one silent past the lease): every lease is lost, and nothing more is renewed or written. */
+  private idTaken (): void {
+    if (this.takenBy !== null) return
+    this.takenBy = new ReplicaIdTakenError(this.replicaId)
+    for (const [sessionId, held] of this.held) this.lose(sessionId, held, `another server claimed this replica id ('${this.replicaId}')`)
+    this.options.events.emit('replica-id', { type: 'taken', error: this.takenBy })
   }
 
   /**

@@ -268,8 +268,12 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       throw new InvalidDatabaseSettingError('TASK_DB_SCHEMA', `the pool's connections resolve names in schema '${settings?.schema ?? '(none)'}', not '${this.schema}'; ` +
         'build the pool with search_path set to it (connectionConfig of taskvault/postgres does)')
     }
-    // The heartbeat and lease renewal: now, then every third of TASK_LEASE_MS.
-    await this.leases?.start()
+    // The replica id claimed, then the heartbeat and lease renewal: now, then every third of TASK_LEASE_MS.
+    await this.leases?.start().catch((err: unknown) => {
+      // The database went away again since the migrations: tried again like a database not up yet.
+      if (err instanceof StorageError) throw new DatabaseUnavailableError(`preparing ${this.location} failed: ${err.message}`, { cause: err })
+      throw err
+    })
     return result
   }
 
@@ -718,6 +722,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     }
   }
 
+  /** Why nothing may be written any more (another server claimed this replica id), or null. */
+  unwritable (): TaskvaultError | null {
+    return this.leases?.taken ?? null
+  }
+
   /** One round trip: null when the database answers, the StorageError (503) when it does not. */
   async check (): Promise<TaskvaultError | null> {
     try {
@@ -754,7 +763,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     this.closed = true
     await this.leases?.close()
     // Leaving cleanly: gone from /stats at once, not after TASK_LEASE_MS.
-    if (this.leases !== null) await this.query(leave(this.replicaId)).catch(noop)
+    if (this.leases !== null) await this.query(leave(this.replicaId, this.leases.me.instance)).catch(noop)
     if (this.ownsPool) await this.pool.end()
   }
 
