@@ -9,6 +9,7 @@ import t from 'tap'
 import { buildApp } from '../app.js'
 import { API, tempDir, waitFor } from './helper.js'
 import { inspector, openTestStore, testDatabase } from './postgres.js'
+import { contractSession } from './store-contract.js'
 
 const SCHEMA = 'tv_replicas'
 
@@ -128,4 +129,31 @@ t.test('a maintenance pass whose lock connection breaks learns it between steps 
   }).catch((err: unknown) => err)
   t.same(steps, [true, false], 'a\'s pass is told its lock is gone, and stops')
   t.equal(result, 'a done', 'a stopping pass ends normally: what it did stays')
+})
+
+t.test('a delete that follows another replica\'s archive of the session it read deletes the archived row: no 2xx with the session left behind', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url, SCHEMA)
+  const a = await openTestStore(t, url, SCHEMA, { replicaId: 'del-a' })
+  const b = await openTestStore(t, url, SCHEMA, { replicaId: 'del-b' })
+  const done = contractSession('raced', ['Completed'])
+  // An older lifetime's archived copy, and the session made again: both are the session.
+  await a.save(contractSession('raced', ['Completed']))
+  await a.archive(contractSession('raced', ['Completed']))
+  await a.save(done)
+  t.ok(await b.refresh('raced'), 'b reads the session as a does')
+  // b's archive pass lands between a's read of the session and a's delete.
+  await b.archive(done)
+  await a.remove('raced')
+  t.same((await db.query("SELECT row_id FROM sessions WHERE session_id = 'raced'")).rows, [], 'no copy of the session is left')
+
+  // A copy archived after the one a knew (the session made again and archived once more) is left alone: that is not what a deleted.
+  await a.save(contractSession('later', ['Completed']))
+  t.ok(await b.refresh('later'))
+  await b.archive(contractSession('later', ['Completed']))
+  await b.unarchive(contractSession('later', ['Completed']), b.archivedName('later') as string)
+  await b.archive(contractSession('later', ['Completed']))
+  await a.remove('later')
+  t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 'later' AND archived_at IS NOT NULL")).rowCount, 1, 'the newer archived copy stays')
 })

@@ -478,10 +478,12 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       return
     }
     await this.attempt(sessionId, operation, async () => {
-      const result = await this.run<{ found: string | null, deleted: number, busy: string | null }>(operation, deleteSession(sessionId, this.rows.get(sessionId) ?? null, this.leases === null ? null : this.replicaId), [[sessionId, { kind: 'gone' }]])
-      const { found, deleted, busy } = result.rows[0] ?? { found: null, deleted: 0, busy: null }
+      const result = await this.run<{ found: string | null, deleted: number, busy: string | null, archived: number }>(operation, deleteSession(sessionId, this.rows.get(sessionId) ?? null, this.leases === null ? null : this.replicaId), [[sessionId, { kind: 'gone' }]])
+      const { found, deleted, busy, archived } = result.rows[0] ?? { found: null, deleted: 0, busy: null, archived: 0 }
       // Another replica took the lease since the holder was checked: busy, not a version to reload.
       if (deleted === 0 && busy !== null) throw new SessionBusyError(sessionId, busy)
+      // Archived by another replica since this one read it: deleted from the archive instead.
+      if (archived > 0) this.dropIndexedAbove(sessionId, -1)
       // Missing is not an error; found but left alone means it was at another version.
       return deleted > 0 || found === null ? true : null
     })
