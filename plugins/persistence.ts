@@ -133,8 +133,9 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
         event.why === 'gone' ? 'Took over this replica id from an earlier process of this host that is gone (killed)' : 'Took over this replica id from a process silent past TASK_LEASE_MS')
     } else {
       app.log.error({ replica_id: store.replicaId },
-        `Another server claimed this server's TASK_REPLICA_ID '${store.replicaId}' after finding it silent past TASK_LEASE_MS (paused, or cut off from the database), ` +
-        'and took its sessions over: this one refuses every write from now on (503 REPLICA_ID_TAKEN, /ready 503); reads still work. Restart it once only one server uses the id')
+        `Another process claimed this server's TASK_REPLICA_ID '${store.replicaId}', judging this one gone (silent past TASK_LEASE_MS: paused, or cut off from the database; ` +
+        'or a second server uses the same id), and took its sessions over: this one refuses every write from now on (503 REPLICA_ID_TAKEN, /ready 503); reads still work. ' +
+        'Restart it once only one server uses the id')
     }
   })
   const deadline = performance.now() + settings.dbConnectTimeoutMs

@@ -423,13 +423,14 @@ export class ReplicaIdInUseError extends TaskvaultError {
 }
 
 /**
- * Another server claimed this server's TASK_REPLICA_ID after finding it silent past TASK_LEASE_MS
- * (paused, or cut off from the database) and took its sessions over: this one writes nothing more.
+ * Another process claimed this server's TASK_REPLICA_ID (it judged this one gone) and took its
+ * sessions over: this one writes nothing more.
  */
 export class ReplicaIdTakenError extends TaskvaultError {
   constructor (readonly replicaId: string) {
-    super('REPLICA_ID_TAKEN', `another server claimed this server's TASK_REPLICA_ID '${replicaId}' after it fell silent for longer than TASK_LEASE_MS ` +
-      '(paused, or cut off from the database) and took its sessions over, so this one saves nothing more (reads still work); restart it once only one server uses the id')
+    super('REPLICA_ID_TAKEN', `another process claimed this server's TASK_REPLICA_ID '${replicaId}', judging this one gone (it was silent past TASK_LEASE_MS: ` +
+      'paused, or cut off from the database; or a second server uses the same id), and took its sessions over, so this one saves nothing more (reads still work); ' +
+      'restart it once only one server uses the id')
   }
 }
 

@@ -1,4 +1,20 @@
-import { readFileSync } from 'node:fs'
+import { readFileSync, readlinkSync } from 'node:fs'
+
+/**
+ * This machine's boot and this process's pid namespace (Linux; '' elsewhere): a pid recorded with
+ * the same two names the same process slot here, so whether it runs can be asked; under any other
+ * (another machine of the same host name, another container), a pid says nothing.
+ */
+export function processPlace (): { boot: string, pidNamespace: string } {
+  const read = (fn: () => string): string => {
+    try {
+      return fn().trim()
+    } catch {
+      return ''
+    }
+  }
+  return { boot: read(() => readFileSync('/proc/sys/kernel/random/boot_id', 'latin1')), pidNamespace: read(() => readlinkSync('/proc/self/ns/pid')) }
+}
 
 /** When this process started (ms since the epoch): a record of this pid older than that is an earlier life of it (a container's pid 1 again). */
 export const PROCESS_STARTED_MS = Date.now() - process.uptime() * 1000

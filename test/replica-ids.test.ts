@@ -14,6 +14,7 @@ import { statusFor } from '../http/error-handler.js'
 import { ReplicaIdInUseError, type TaskvaultError } from '../services/errors.js'
 import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
 import { LOG_GAP, type ReplicaIdEvent } from '../services/store/store.js'
+import { processPlace } from '../services/pid.js'
 import { API, waitFor } from './helper.js'
 import { inspector, testDatabase } from './postgres.js'
 import { recordingAgent, replicaSet } from './replicas.js'
@@ -83,13 +84,13 @@ t.test('the row of an earlier process of this host that is gone is claimed at on
     ['a pid that no longer runs', await deadPid(), new Date().toISOString()],
     ['this very pid, started before this process (a restarted container)', process.pid, new Date(Date.now() - 3_600_000).toISOString()]
   ]
-  // Its last beat came before this process started, as a killed process's does.
-  const beforeThisProcess = process.uptime() + 1
-  t.ok(beforeThisProcess < 30, 'and well within the lease')
+  // Of this machine's boot and this pid namespace, where a pid can be asked whether it runs.
+  const { boot, pidNamespace } = processPlace()
+  t.not(boot, '', 'this machine tells its boot')
   for (const [what, pid, startedAt] of cases) {
     const id = `gone-${pid}`
-    await db.query('INSERT INTO replicas (replica_id, seen_at, instance, host, pid, started_at) VALUES ($1, now() - make_interval(secs => $6), $2, $3, $4, $5)',
-      [id, 'earlier', hostname(), pid, startedAt, beforeThisProcess])
+    await db.query('INSERT INTO replicas (replica_id, seen_at, instance, host, pid, started_at, boot, pid_ns) VALUES ($1, now(), $2, $3, $4, $5, $6, $7)',
+      [id, 'earlier', hostname(), pid, startedAt, boot, pidNamespace])
     const gapsBefore = await gaps()
     const claim = replica(url, id)
     const started = performance.now()
@@ -103,13 +104,14 @@ t.test('the row of an earlier process of this host that is gone is claimed at on
   }
 })
 
-t.test('a row of this host\'s name that beat after this process started is another process (a pod of the same name elsewhere): watched, and refused when it beats', async (t) => {
+t.test('a row of this host name whose pid does not run here, from another pid namespace or machine (a container or pod of the same name): watched, and refused when it beats', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
   const db = inspector(t, url, SCHEMA)
   await (await replica(url, 'warmup').open()).close()
   const pid = await deadPid()
-  await db.query("INSERT INTO replicas (replica_id, seen_at, instance, host, pid, started_at) VALUES ('twin', now(), 'other', $1, $2, now())", [hostname(), pid])
+  const { boot } = processPlace()
+  await db.query("INSERT INTO replicas (replica_id, seen_at, instance, host, pid, started_at, boot, pid_ns) VALUES ('twin', now(), 'other', $1, $2, now(), $3, 'pid:[1]')", [hostname(), pid, boot])
   const claim = replica(url, 'twin', 3_000)
   const opening = claim.open()
   await waitFor('the wait', () => claim.seen.length > 0)
@@ -146,7 +148,7 @@ t.test('a server whose id another process claimed loses its leases, refuses writ
   // What a process started meanwhile does once this one was silent past the lease: it claims the id.
   await db.query("UPDATE replicas SET instance = 'newer', pid = 1, host = 'elsewhere' WHERE replica_id = 'paused'")
   const refusal = await waitFor('the refusal', () => store.unwritable() ?? false, 5_000)
-  t.match(refusal, { code: 'REPLICA_ID_TAKEN', message: /another server claimed this server's TASK_REPLICA_ID 'paused'/u })
+  t.match(refusal, { code: 'REPLICA_ID_TAKEN', message: /another process claimed this server's TASK_REPLICA_ID 'paused'/u })
   t.equal(statusFor(refusal), 503)
   t.same(lost, ['s'], 'its lease is lost: the run stops')
   t.match(claim.seen, [{ type: 'taken' }])
@@ -154,6 +156,23 @@ t.test('a server whose id another process claimed loses its leases, refuses writ
   t.same(await store.sweep(10, false), [], 'nor swept')
   await store.close()
   t.same((await db.query("SELECT instance FROM replicas WHERE replica_id = 'paused'")).rows, [{ instance: 'newer' }], 'its close left the other\'s row')
+})
+
+t.test('a server whose id another process claimed learns it at its next acquire, before its renewal would tell: no lease is taken from under the other', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url, SCHEMA)
+  const store = await replica(url, 'resumed').open()
+  await store.save(contractSession('s', ['Pending']))
+  // Claimed by a process started while this one was paused (a renewal is 20 s away), which took the session.
+  await db.query("UPDATE replicas SET instance = 'newer' WHERE replica_id = 'resumed'")
+  await db.query("UPDATE sessions SET owner = 'resumed', epoch = epoch + 1, lease_until = now() + interval '60 seconds' WHERE session_id = 's'")
+  const before = (await db.query("SELECT epoch::text AS epoch FROM sessions WHERE session_id = 's'")).rows[0]?.epoch as string
+  await t.rejects(store.acquire('s'), { code: 'REPLICA_ID_TAKEN' })
+  t.match(store.unwritable(), { code: 'REPLICA_ID_TAKEN' }, 'and it writes nothing more')
+  t.equal((await db.query("SELECT epoch::text AS epoch FROM sessions WHERE session_id = 's'")).rows[0]?.epoch, before, 'the other\'s lease is untouched')
+  t.same(await store.sweep(10, true), [], 'nor is anything swept')
+  await t.rejects(store.requestCancel('s'), { code: 'REPLICA_ID_TAKEN' })
 })
 
 t.test('real servers: a second under the same TASK_REPLICA_ID exits at boot; one paused past the lease is taken over, and once resumed it answers 503 and /ready 503', async (t) => {

@@ -253,3 +253,47 @@ t.test('a background run\'s cancel is one save: with storage failing right after
   t.same(calls, ['held'], 'no further task ran, with storage back')
   t.match(await storedTasks(dir, 'one'), [{ status: 'Failed' }, { status: 'Pending' }])
 })
+
+t.test('an execute-all\'s cancel on a session with a recorded run (TASK_RESUME_ON_START=false) is one save too: storage failing after it leaves no record to resume', async (t) => {
+  let armed = false
+  let broken = false
+  const fs: FsSeam = {
+    ...nodeFs,
+    open: (async (...args: Parameters<typeof nodeFs.open>) => {
+      if (args[1] === 'wx') {
+        if (broken) throw Object.assign(new Error('EIO: injected fault'), { code: 'EIO' })
+        if (armed) broken = true
+      }
+      return nodeFs.open(...args)
+    }) as typeof nodeFs.open
+  }
+  const calls: string[] = []
+  const executors = {
+    default: async (task: { instruction: string }, { signal }: { signal: AbortSignal }) => {
+      calls.push(task.instruction)
+      if (task.instruction === 'held') await new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true }))
+      return { result: `${task.instruction} done` }
+    }
+  }
+  const dir = await tempDir(t)
+  // A background run recorded, then the server stopped before it began: the record stays.
+  const first = await build(t, { dir, fs, config: { TASK_RESUME_ON_START: false }, executors })
+  t.equal((await post(first, '/create', { session_id: 'rec', instructions: '1. held\n2. next' })).statusCode, 200)
+  t.equal((await post(first, '/execute-all', { session_id: 'rec', wait: false })).statusCode, 202)
+  await waitFor('the call to start', () => calls.includes('held'))
+  await first.close()
+  t.ok((await readSession(dir, 'rec')).background_run !== undefined, 'recorded')
+  calls.length = 0
+
+  const app = await build(t, { dir, fs, config: { TASK_RESUME_ON_START: false }, executors })
+  const running = post(app, '/execute-all', { session_id: 'rec' })
+  await waitFor('the call to start', () => calls.includes('held'))
+  armed = true
+  const cancelled = await post(app, '/cancel', { session_id: 'rec' })
+  t.equal(cancelled.statusCode, 200, cancelled.body)
+  t.equal((await running).statusCode, 200, 'the execute-all answers with what ran')
+  const stored = await readSession(dir, 'rec')
+  t.equal(stored.background_run, undefined, 'the record went in the cancel\'s save')
+  t.match(stored.session.tasks, [{ status: 'Failed', error: 'cancelled' }, { status: 'Pending' }])
+  t.same(calls, ['held'], 'nothing else ran')
+})

@@ -541,9 +541,10 @@ export class TaskRunner {
    */
   private async record (sessionId: string, run: Run, ending: Ending): Promise<ExecutedTask> {
     try {
-      // A background run's cancel ends the run in the same save: both land or neither does, so a
-      // cancel is never half done (the task cancelled on disk, the run's record left to resume it).
-      return await this.finish(sessionId, ending, run.announced, run.background && ending.cancelled !== undefined)
+      // A run's cancel (background or execute-all: either ends a recorded run) ends the run in the
+      // same save: both land or neither does, so a cancel is never half done (the task cancelled
+      // on disk, the run's record left to resume it).
+      return await this.finish(sessionId, ending, run.announced, run.announced && ending.cancelled !== undefined)
     } catch (err) {
       if (!(err instanceof SessionTooLargeError) || !ending.agents) {
         if (err instanceof StorageError) run.unsaved = ending

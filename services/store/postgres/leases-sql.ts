@@ -11,6 +11,9 @@ import { LOG_GAP } from '../store.js'
 const LEASE_UNTIL = 'now() + make_interval(secs => $LEASE::float8 / 1000)'
 const until = (param: string): string => LEASE_UNTIL.replace('$LEASE', param)
 
+/** A heartbeat's time as a whole number of microseconds, which text of a timestamp is not under every DateStyle: a beat read is matched exactly. */
+export const BEAT = '(extract(epoch FROM seen_at) * 1000000)::bigint'
+
 /**
  * Takes the session's lease in one statement: free, run out, or already this replica's (a
  * restarted process keeping its TASK_REPLICA_ID, or a run taking over from this replica's
@@ -19,18 +22,22 @@ const until = (param: string): string => LEASE_UNTIL.replace('$LEASE', param)
  * `cancel_requested`). `epoch` is null when the lease is held elsewhere (`owner` names the
  * holder); `found` is false when there is no active row.
  */
-export function acquireLease (sessionId: string, replicaId: string, leaseMs: number): pg.QueryConfig {
+export function acquireLease (sessionId: string, replicaId: string, leaseMs: number, instance: string): pg.QueryConfig {
   return {
     name: 'taskvault_acquire_lease',
+    // Never while another process has claimed the replica id: this one would take that one's
+    // live lease (the row names the id, not the process) before its next renewal tells it.
     text: `WITH taken AS (
         UPDATE sessions SET owner = $2, epoch = epoch + 1, lease_until = ${until('$3')},
             cancel_requested = (cancel_requested AND owner = $2 AND lease_until >= now())
           WHERE session_id = $1 AND archived_at IS NULL AND (owner IS NULL OR lease_until < now() OR owner = $2)
+            AND NOT ${idTakenBy('$2', '$4')}
           RETURNING epoch, cancel_requested)
       SELECT (SELECT epoch FROM taken) AS epoch, (SELECT cancel_requested FROM taken) AS cancel_requested,
         (SELECT owner FROM sessions WHERE session_id = $1 AND archived_at IS NULL) AS owner,
-        EXISTS (SELECT 1 FROM sessions WHERE session_id = $1 AND archived_at IS NULL) AS found`,
-    values: [sessionId, replicaId, leaseMs]
+        EXISTS (SELECT 1 FROM sessions WHERE session_id = $1 AND archived_at IS NULL) AS found,
+        ${idTakenBy('$2', '$4')} AS id_taken`,
+    values: [sessionId, replicaId, leaseMs, instance]
   }
 }
 
@@ -66,7 +73,14 @@ export interface ReplicaProcess {
   pid: number
   /** When the process started (ISO time). */
   startedAt: string
+  /** The machine's boot id and the pid namespace ('' where unknown): where `pid` means this process. */
+  boot: string
+  pidNamespace: string
 }
+
+/** The replica id's row names another process (one that claimed the id since), as SQL of `$id` and `$instance`. */
+const idTakenBy = (id: string, instance: string): string =>
+  `EXISTS (SELECT 1 FROM replicas WHERE replica_id = ${id} AND instance IS DISTINCT FROM ${instance})`
 
 /**
  * One statement per renewal period, whatever the number of sessions held: the replica's
@@ -81,7 +95,7 @@ export function renewLeases (replicaId: string, leaseMs: number, held: ReadonlyA
   return {
     name: 'taskvault_renew_leases',
     text: `WITH beat AS (
-        INSERT INTO replicas (replica_id, seen_at, instance, host, pid, started_at) VALUES ($1, now(), $5, $6, $7, $8)
+        INSERT INTO replicas (replica_id, seen_at, instance, host, pid, started_at, boot, pid_ns) VALUES ($1, now(), $5, $6, $7, $8, $9, $10)
           ON CONFLICT (replica_id) DO UPDATE SET seen_at = now() WHERE replicas.instance = $5
           RETURNING 1),
       renewed AS (
@@ -95,7 +109,7 @@ export function renewLeases (replicaId: string, leaseMs: number, held: ReadonlyA
           RETURNING s.session_id, s.cancel_requested)
       SELECT session_id, cancel_requested FROM renewed
       UNION ALL SELECT NULL::text, NULL::boolean WHERE NOT EXISTS (SELECT 1 FROM beat)`,
-    values: [replicaId, leaseMs, held.map(([id]) => id), held.map(([, epoch]) => epoch), me.instance, me.host, me.pid, me.startedAt]
+    values: [replicaId, leaseMs, held.map(([id]) => id), held.map(([, epoch]) => epoch), me.instance, me.host, me.pid, me.startedAt, me.boot, me.pidNamespace]
   }
 }
 
@@ -106,12 +120,12 @@ export function renewLeases (replicaId: string, leaseMs: number, held: ReadonlyA
  * earlier process of the same id died holding them; never those of `skip` (their takeover failed
  * here lately); those with only a background run's record only when `runs` (this replica resumes runs). Each is claimed by one sweeper only: rows another transaction has locked are skipped.
  */
-export function sweepLeases (replicaId: string, leaseMs: number, limit: number, mine: boolean, skip: readonly string[], runs = true): pg.QueryConfig {
+export function sweepLeases (replicaId: string, leaseMs: number, limit: number, mine: boolean, skip: readonly string[], runs: boolean, instance: string): pg.QueryConfig {
   return {
     name: 'taskvault_sweep_leases',
     text: `WITH due AS (
         SELECT row_id FROM sessions
-          WHERE archived_at IS NULL AND (
+          WHERE NOT ${idTakenBy('$1', '$7')} AND archived_at IS NULL AND (
             (owner IS NOT NULL AND (lease_until < now() OR (owner = $1 AND $4::boolean)))
             OR (owner IS NULL AND (($6::boolean AND has_background_run) OR tasks_in_progress > 0)))
             AND session_id <> ALL($5::text[])
@@ -121,7 +135,7 @@ export function sweepLeases (replicaId: string, leaseMs: number, limit: number, 
       UPDATE sessions s SET owner = $1, epoch = s.epoch + 1, lease_until = ${until('$2')}
         FROM due WHERE s.row_id = due.row_id
         RETURNING s.session_id, s.epoch, s.cancel_requested`,
-    values: [replicaId, leaseMs, limit, mine, skip, runs]
+    values: [replicaId, leaseMs, limit, mine, skip, runs, instance]
   }
 }
 
@@ -218,25 +232,25 @@ export const EVENT_LOG = `SELECT (SELECT token FROM event_stream LIMIT 1) || '.'
   coalesce((SELECT max(id) FROM events), 0)::bigint AS latest`
 
 /**
- * Clears the rows of replicas silent past the lease (and, with `ownSeenAt`, this replica id's
- * row as last read at that beat: an earlier process of it that did not leave cleanly), and when
+ * Clears the rows of replicas silent past the lease (and, with `ownBeat`, this replica id's
+ * row as last read at that beat (BEAT): an earlier process of it that did not leave cleanly), and when
  * it cleared any, logs a gap. A replica that stops without leaving (kill -9, a lost node) may
  * have committed changes whose events it never published: readers of the log reset their
  * clients at the gap, and they refetch. One statement, so a gap is logged exactly when rows were cleared.
  */
-export function clearLostReplicas (replicaId: string, leaseMs: number, ownSeenAt: string | null, channel: string, schema: string): pg.QueryConfig {
+export function clearLostReplicas (replicaId: string, leaseMs: number, ownBeat: string | null, channel: string, schema: string): pg.QueryConfig {
   return {
     name: 'taskvault_clear_lost_replicas',
     text: `WITH lost AS (
         DELETE FROM replicas
-          WHERE (replica_id = $1 AND seen_at = $3::timestamptz)
+          WHERE (replica_id = $1 AND ${BEAT} = $3::bigint)
             OR (replica_id <> $1 AND seen_at < now() - make_interval(secs => $2::float8 / 1000))
           RETURNING replica_id)
       SELECT array_agg(replica_id ORDER BY replica_id) AS lost,
           -- No trimming here (the largest keep): the publishing replicas trim to their buffer.
           publish_events(ARRAY['${LOG_GAP}'], ARRAY[json_build_object('replicas', array_agg(replica_id ORDER BY replica_id))], 9223372036854775807, $4, $5) AS newest
         FROM lost HAVING count(*) > 0`,
-    values: [replicaId, leaseMs, ownSeenAt, channel, schema]
+    values: [replicaId, leaseMs, ownBeat, channel, schema]
   }
 }
 

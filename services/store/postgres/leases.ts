@@ -4,7 +4,7 @@ import { hostname } from 'node:os'
 import type pg from 'pg'
 import { LeaseLostError, ReplicaIdTakenError, SessionBusyError, SessionNotFoundError } from '../../errors.js'
 import { noop } from '../../noop.js'
-import { PROCESS_STARTED_MS } from '../../pid.js'
+import { PROCESS_STARTED_MS, processPlace } from '../../pid.js'
 import type { SessionStoreEvents, SweptSession } from '../store.js'
 import { abandonLease, acquireLease, clearLostReplicas, leaseHolder, releaseLease, renewLeases, requestCancel, sweepLeases, type ReplicaProcess } from './leases-sql.js'
 import { claimReplicaId } from './replica-claim.js'
@@ -59,7 +59,7 @@ export class LeaseKeeper {
   private listening: Promise<void> | null = null
   private closed = false
   /** This process, as the replica id's row names the one that claimed it. */
-  readonly me: ReplicaProcess = { instance: randomUUID(), host: hostname(), pid: process.pid, startedAt: new Date(PROCESS_STARTED_MS).toISOString() }
+  readonly me: ReplicaProcess = { instance: randomUUID(), host: hostname(), pid: process.pid, startedAt: new Date(PROCESS_STARTED_MS).toISOString(), ...placeOf() }
   /** Set once another process claimed the replica id: from then on this one holds no lease and writes nothing. */
   private takenBy: ReplicaIdTakenError | null = null
 
@@ -83,7 +83,8 @@ export class LeaseKeeper {
       me: this.me,
       query: this.options.query,
       clearLost: async (beat) => this.clearLost(beat),
-      report: (event) => { this.options.events.emit('replica-id', event) }
+      report: (event) => { this.options.events.emit('replica-id', event) },
+      stopped: () => this.closed
     })
     // A first beat that fails (the database gone again since init) is only a missed beat.
     await this.renew().catch(noop)
@@ -127,9 +128,11 @@ export class LeaseKeeper {
     const sent = performance.now()
     this.acquiring.add(sessionId)
     try {
-      const { rows } = await this.options.query<{ epoch: string | null, owner: string | null, found: boolean, cancel_requested: boolean | null }>(
-        `taking the lease of session '${sessionId}'`, acquireLease(sessionId, this.replicaId, this.leaseMs))
+      const { rows } = await this.options.query<{ epoch: string | null, owner: string | null, found: boolean, cancel_requested: boolean | null, id_taken: boolean }>(
+        `taking the lease of session '${sessionId}'`, acquireLease(sessionId, this.replicaId, this.leaseMs, this.me.instance))
       const row = rows[0]
+      // Known before the next renewal would tell: nothing more is taken or written.
+      if (row?.id_taken === true) throw this.idTaken()
       if (row === undefined || !row.found) throw new SessionNotFoundError(sessionId)
       if (row.epoch === null) throw new SessionBusyError(sessionId, row.owner)
       this.hold(sessionId, row.epoch, sent, true)
@@ -185,7 +188,7 @@ export class LeaseKeeper {
     const mine = earlier && this.held.size === 0
     const sent = performance.now()
     const { rows } = await this.options.query<{ session_id: string, epoch: string, cancel_requested: boolean }>(
-      'sweeping leases that ran out', sweepLeases(this.replicaId, this.leaseMs, limit, mine, skip, runs))
+      'sweeping leases that ran out', sweepLeases(this.replicaId, this.leaseMs, limit, mine, skip, runs, this.me.instance))
     const swept: SweptSession[] = []
     for (const row of rows) {
       // This process still has a lease of it (a run that lost it and has not let go yet): that
@@ -207,12 +210,14 @@ export class LeaseKeeper {
    * Resolves with their ids.
    */
   async clearLost (ownBeat: string | null = null): Promise<string[]> {
+    if (this.takenBy !== null) return []
     const { rows } = await this.options.query<{ lost: string[] }>('clearing replicas that stopped without leaving',
       clearLostReplicas(this.replicaId, this.leaseMs, ownBeat, EVENTS_CHANNEL, this.options.schema))
     return rows[0]?.lost ?? []
   }
 
   async requestCancel (sessionId: string): Promise<string | null> {
+    if (this.takenBy !== null) throw this.takenBy
     const { rows } = await this.options.query<{ owner: string }>(`asking to cancel session '${sessionId}'`,
       requestCancel(sessionId, CANCEL_CHANNEL, `${this.options.schema}.${sessionId}`))
     return rows[0]?.owner ?? null
@@ -311,11 +316,13 @@ export class LeaseKeeper {
   }
 
   /** Another process claimed the replica id (it found this one silent past the lease): every lease is lost, and nothing more is renewed or written. */
-  private idTaken (): void {
-    if (this.takenBy !== null) return
-    this.takenBy = new ReplicaIdTakenError(this.replicaId)
-    for (const [sessionId, held] of this.held) this.lose(sessionId, held, `another server claimed this replica id ('${this.replicaId}')`)
-    this.options.events.emit('replica-id', { type: 'taken', error: this.takenBy })
+  private idTaken (): ReplicaIdTakenError {
+    if (this.takenBy !== null) return this.takenBy
+    const error = new ReplicaIdTakenError(this.replicaId)
+    this.takenBy = error
+    for (const [sessionId, held] of this.held) this.lose(sessionId, held, `another process claimed this replica id ('${this.replicaId}')`)
+    this.options.events.emit('replica-id', { type: 'taken', error })
+    return error
   }
 
   /**
@@ -364,4 +371,10 @@ export class LeaseKeeper {
       this.options.events.emit('events')
     })().catch(noop).finally(() => { this.listening = null })
   }
+}
+
+/** processPlace() under the names the row keeps. */
+function placeOf (): Pick<ReplicaProcess, 'boot' | 'pidNamespace'> {
+  const { boot, pidNamespace } = processPlace()
+  return { boot, pidNamespace }
 }

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import type pg from 'pg'
-import { ReplicaIdInUseError, type ReplicaHolder } from '../../errors.js'
+import { ReplicaIdInUseError, ShuttingDownError, type ReplicaHolder } from '../../errors.js'
 import { PROCESS_STARTED_MS, pidAlive } from '../../pid.js'
 import type { ReplicaIdEvent } from '../store.js'
 import type { ReplicaProcess } from './leases-sql.js'
@@ -15,6 +15,8 @@ interface ReplicaRow {
   host: string | null
   pid: number | null
   started_at: Date | null
+  boot: string | null
+  pid_ns: string | null
   beat: string
   age_ms: string | number
 }
@@ -28,13 +30,15 @@ export interface ReplicaClaim {
   /** Clears the id's row as read at `beat` (and logs a gap); resolves with the ids cleared. */
   clearLost: (beat: string) => Promise<string[]>
   report: (event: ReplicaIdEvent) => void
+  /** The store closed meanwhile: the claim stops. */
+  stopped: () => boolean
 }
 
 /**
  * Claims a replica id for this process, before it takes anything over. A row another process
- * keeps beating under stops the boot (ReplicaIdInUseError). A row silent past the lease, or
- * silent since before this process started and of a process of this host that no longer runs (an
- * earlier life of this container, killed), is an earlier process that never left, whose last events may never have been published: it is
+ * keeps beating under stops the boot (ReplicaIdInUseError). A row silent past the lease, or of a
+ * process that no longer runs in this machine's boot and pid namespace (killed: a dead pid, or
+ * this very pid in an earlier life), is an earlier process that never left, whose last events may never have been published: it is
  * cleared with a gap logged, then the id claimed. A row that cannot be judged at once (another
  * host's, not silent yet) is watched until it beats again or runs out: a lease at most.
  */
@@ -42,6 +46,7 @@ export async function claimReplicaId (claim: ReplicaClaim): Promise<void> {
   const { replicaId, leaseMs, me } = claim
   let watched: string | null = null
   for (;;) {
+    if (claim.stopped()) throw new ShuttingDownError(`the store closed while claiming replica id '${replicaId}'`)
     const { rows } = await claim.query<ReplicaRow>(`reading replica '${replicaId}'`, readReplica(replicaId))
     const row = rows[0]
     if (row === undefined) {
@@ -56,13 +61,13 @@ export async function claimReplicaId (claim: ReplicaClaim): Promise<void> {
     // It beat again since it was first read, or another process claimed it meanwhile: alive.
     if (watched !== null && row.beat !== watched) throw new ReplicaIdInUseError(replicaId, holder)
     const silentMs = Math.round(Number(row.age_ms))
-    // Only a row silent since before this process started can be an earlier life of it: one that
-    // beat since is another process (say a pod of the same name, on a node cut off from the cluster).
-    const gone = silentMs > process.uptime() * 1000 && earlierLife(row, me)
+    const gone = earlierLife(row, me)
     if (silentMs > leaseMs || gone) {
       const lost = await claim.clearLost(row.beat)
-      if (lost.includes(replicaId)) claim.report({ type: 'cleared', holder, silentMs, why: gone ? 'gone' : 'silent' })
       watched = null
+      if (lost.includes(replicaId)) claim.report({ type: 'cleared', holder, silentMs, why: gone ? 'gone' : 'silent' })
+      // It beat (or was cleared) meanwhile: read again, after a pause so a row that never matches cannot spin.
+      else await sleep(Math.min(CLAIM_POLL_MS, Math.max(1, Math.floor(leaseMs / 12))))
       continue
     }
     const waitMs = leaseMs - silentMs + 1
@@ -72,9 +77,14 @@ export async function claimReplicaId (claim: ReplicaClaim): Promise<void> {
   }
 }
 
-/** The row was written by a process of this host that runs no more: this very pid in an earlier life (a restarted container), or a pid that is gone. */
+/**
+ * The row was written by a process that runs no more, as this process can tell: in this very
+ * machine boot and pid namespace (where a pid names one process), this pid in an earlier life (its
+ * holder must be gone, this process has it now), or a pid that is gone. Anywhere else (another
+ * machine of the same host name, another container) its pid says nothing: the row is watched.
+ */
 function earlierLife (row: ReplicaRow, me: ReplicaProcess): boolean {
-  if (row.host !== me.host || row.pid === null) return false
+  if (me.boot === '' || me.pidNamespace === '' || row.boot !== me.boot || row.pid_ns !== me.pidNamespace || row.pid === null) return false
   if (row.pid === me.pid) return row.started_at !== null && row.started_at.getTime() < PROCESS_STARTED_MS - 1
   return !pidAlive(row.pid)
 }

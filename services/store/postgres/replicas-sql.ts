@@ -1,5 +1,5 @@
 import type pg from 'pg'
-import type { ReplicaProcess } from './leases-sql.js'
+import { BEAT, type ReplicaProcess } from './leases-sql.js'
 
 /**
  * The replicas table (migrations/001, 007): each server on the schema keeps a row of its own
@@ -12,10 +12,10 @@ export function leave (replicaId: string, instance: string): pg.QueryConfig {
   return { text: 'DELETE FROM replicas WHERE replica_id = $1 AND instance = $2', values: [replicaId, instance] }
 }
 
-/** The row of a replica id as it stands: who beat under it, at which beat (the exact time, as text), and how long ago by the database's clock. */
+/** The row of a replica id as it stands: who beat under it, at which beat (BEAT, as text), and how long ago by the database's clock. */
 export function readReplica (replicaId: string): pg.QueryConfig {
   return {
-    text: `SELECT instance, host, pid, started_at, seen_at::text AS beat, extract(epoch FROM now() - seen_at) * 1000 AS age_ms
+    text: `SELECT instance, host, pid, started_at, boot, pid_ns, ${BEAT}::text AS beat, extract(epoch FROM now() - seen_at) * 1000 AS age_ms
       FROM replicas WHERE replica_id = $1`,
     values: [replicaId]
   }
@@ -24,9 +24,9 @@ export function readReplica (replicaId: string): pg.QueryConfig {
 /** Claims a replica id nobody's row names: a row comes back only when this statement wrote it. */
 export function claimReplica (replicaId: string, me: ReplicaProcess): pg.QueryConfig {
   return {
-    text: `INSERT INTO replicas (replica_id, seen_at, instance, host, pid, started_at) VALUES ($1, now(), $2, $3, $4, $5)
+    text: `INSERT INTO replicas (replica_id, seen_at, instance, host, pid, started_at, boot, pid_ns) VALUES ($1, now(), $2, $3, $4, $5, $6, $7)
       ON CONFLICT (replica_id) DO NOTHING RETURNING replica_id`,
-    values: [replicaId, me.instance, me.host, me.pid, me.startedAt]
+    values: [replicaId, me.instance, me.host, me.pid, me.startedAt, me.boot, me.pidNamespace]
   }
 }
 
