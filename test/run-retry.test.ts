@@ -12,6 +12,23 @@ import { readSession, storedTasks, waitFor } from './agents-fakes.js'
 import { build, get, memoryLog, post, tempDir } from './helper.js'
 import { fill, mountedFolder } from './tmpfs.js'
 
+/** An fs seam whose storage, once armed, takes one more write and fails every later one (EIO) until mended. */
+function lastWrite (): { fs: FsSeam, arm: () => void, broken: () => boolean, mend: () => void } {
+  let armed = false
+  let broken = false
+  const fs: FsSeam = {
+    ...nodeFs,
+    open: (async (...args: Parameters<typeof nodeFs.open>) => {
+      if (args[1] === 'wx') {
+        if (broken) throw Object.assign(new Error('EIO: injected fault'), { code: 'EIO' })
+        if (armed) broken = true
+      }
+      return nodeFs.open(...args)
+    }) as typeof nodeFs.open
+  }
+  return { fs, arm: () => { armed = true }, broken: () => broken, mend: () => { armed = false; broken = false } }
+}
+
 const progressOf = async (app: Awaited<ReturnType<typeof build>>, sessionId: string): Promise<Record<string, unknown>> =>
   (await get(app, `/progress?session_id=${sessionId}`)).json()
 
@@ -209,24 +226,12 @@ t.test('on a real full disk: a cancel that answers 507 changes nothing; the run 
 })
 
 t.test('a background run\'s cancel is one save: with storage failing right after it, the cancel answers 200, the record is gone and no further task runs', async (t) => {
-  // Once armed, the next write goes through and every later one fails (EIO).
-  let armed = false
-  let broken = false
-  const fs: FsSeam = {
-    ...nodeFs,
-    open: (async (...args: Parameters<typeof nodeFs.open>) => {
-      if (args[1] === 'wx') {
-        if (broken) throw Object.assign(new Error('EIO: injected fault'), { code: 'EIO' })
-        if (armed) broken = true
-      }
-      return nodeFs.open(...args)
-    }) as typeof nodeFs.open
-  }
+  const disk = lastWrite()
   const calls: string[] = []
   const dir = await tempDir(t)
   const app = await build(t, {
     dir,
-    fs,
+    fs: disk.fs,
     config: { TASK_RUN_RETRY_MS: 20, TASK_RUN_RETRY_MAX_MS: 50 },
     executors: {
       default: async (task, { signal }) => {
@@ -239,34 +244,22 @@ t.test('a background run\'s cancel is one save: with storage failing right after
   t.equal((await post(app, '/create', { session_id: 'one', instructions: '1. held\n2. next' })).statusCode, 200)
   t.equal((await post(app, '/execute-all', { session_id: 'one', wait: false })).statusCode, 202)
   await waitFor('the call to start', () => calls.includes('held'))
-  armed = true
+  disk.arm()
   const cancelled = await post(app, '/cancel', { session_id: 'one' })
   t.equal(cancelled.statusCode, 200, cancelled.body)
-  t.ok(broken, 'the cancel\'s save was the last write storage took')
+  t.ok(disk.broken(), 'the cancel\'s save was the last write storage took')
   const stored = await readSession(dir, 'one')
   t.equal(stored.background_run, undefined, 'the run\'s record went in the cancel\'s save: a restart does not resume it')
   t.match(stored.session.tasks, [{ status: 'Failed', error: 'cancelled' }, { status: 'Pending' }])
   t.match(await progressOf(app, 'one'), { running: false, in_progress: 0 })
-  broken = false
-  armed = false
+  disk.mend()
   await new Promise((resolve) => setTimeout(resolve, 200))
   t.same(calls, ['held'], 'no further task ran, with storage back')
   t.match(await storedTasks(dir, 'one'), [{ status: 'Failed' }, { status: 'Pending' }])
 })
 
 t.test('an execute-all\'s cancel on a session with a recorded run (TASK_RESUME_ON_START=false) is one save too: storage failing after it leaves no record to resume', async (t) => {
-  let armed = false
-  let broken = false
-  const fs: FsSeam = {
-    ...nodeFs,
-    open: (async (...args: Parameters<typeof nodeFs.open>) => {
-      if (args[1] === 'wx') {
-        if (broken) throw Object.assign(new Error('EIO: injected fault'), { code: 'EIO' })
-        if (armed) broken = true
-      }
-      return nodeFs.open(...args)
-    }) as typeof nodeFs.open
-  }
+  const disk = lastWrite()
   const calls: string[] = []
   const executors = {
     default: async (task: { instruction: string }, { signal }: { signal: AbortSignal }) => {
@@ -277,7 +270,7 @@ t.test('an execute-all\'s cancel on a session with a recorded run (TASK_RESUME_O
   }
   const dir = await tempDir(t)
   // A background run recorded, then the server stopped before it began: the record stays.
-  const first = await build(t, { dir, fs, config: { TASK_RESUME_ON_START: false }, executors })
+  const first = await build(t, { dir, fs: disk.fs, config: { TASK_RESUME_ON_START: false }, executors })
   t.equal((await post(first, '/create', { session_id: 'rec', instructions: '1. held\n2. next' })).statusCode, 200)
   t.equal((await post(first, '/execute-all', { session_id: 'rec', wait: false })).statusCode, 202)
   await waitFor('the call to start', () => calls.includes('held'))
@@ -285,10 +278,10 @@ t.test('an execute-all\'s cancel on a session with a recorded run (TASK_RESUME_O
   t.ok((await readSession(dir, 'rec')).background_run !== undefined, 'recorded')
   calls.length = 0
 
-  const app = await build(t, { dir, fs, config: { TASK_RESUME_ON_START: false }, executors })
+  const app = await build(t, { dir, fs: disk.fs, config: { TASK_RESUME_ON_START: false }, executors })
   const running = post(app, '/execute-all', { session_id: 'rec' })
   await waitFor('the call to start', () => calls.includes('held'))
-  armed = true
+  disk.arm()
   const cancelled = await post(app, '/cancel', { session_id: 'rec' })
   t.equal(cancelled.statusCode, 200, cancelled.body)
   t.equal((await running).statusCode, 200, 'the execute-all answers with what ran')
