@@ -563,7 +563,7 @@ export class TaskRunner {
   /**
    * Records how the task's call ended: what the client is answered once it is durable. `progress`
    * false: a single execute, whose end announces the progress (no longer running) right after.
-   * `endsRun`: the background run's record is cleared in the same save.
+   * `endsRun`: the run's record (`background_run`) is cleared in the same save.
    */
   private async finish (sessionId: string, { taskId, outcome, agents }: Ending, progress: boolean, endsRun = false): Promise<ExecutedTask> {
     const executed = await this.registry.change(sessionId, (draft) => {

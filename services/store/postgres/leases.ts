@@ -59,7 +59,7 @@ export class LeaseKeeper {
   private listening: Promise<void> | null = null
   private closed = false
   /** This process, as the replica id's row names the one that claimed it. */
-  readonly me: ReplicaProcess = { instance: randomUUID(), host: hostname(), pid: process.pid, startedAt: new Date(PROCESS_STARTED_MS).toISOString(), ...placeOf() }
+  readonly me: ReplicaProcess = { instance: randomUUID(), host: hostname(), pid: process.pid, startedAt: new Date(PROCESS_STARTED_MS).toISOString(), ...processPlace() }
   /** Set once another process claimed the replica id: from then on this one holds no lease and writes nothing. */
   private takenBy: ReplicaIdTakenError | null = null
 
@@ -315,7 +315,7 @@ export class LeaseKeeper {
     }
   }
 
-  /** Another process claimed the replica id (it found this one silent past the lease): every lease is lost, and nothing more is renewed or written. */
+  /** Another process claimed the replica id (it judged this one gone): every lease is lost, and nothing more is renewed or written. */
   private idTaken (): ReplicaIdTakenError {
     if (this.takenBy !== null) return this.takenBy
     const error = new ReplicaIdTakenError(this.replicaId)
@@ -371,10 +371,4 @@ export class LeaseKeeper {
       this.options.events.emit('events')
     })().catch(noop).finally(() => { this.listening = null })
   }
-}
-
-/** processPlace() under the names the row keeps. */
-function placeOf (): Pick<ReplicaProcess, 'boot' | 'pidNamespace'> {
-  const { boot, pidNamespace } = processPlace()
-  return { boot, pidNamespace }
 }

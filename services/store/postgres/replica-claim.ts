@@ -38,12 +38,14 @@ export interface ReplicaClaim {
  * Claims a replica id for this process, before it takes anything over. A row another process
  * keeps beating under stops the boot (ReplicaIdInUseError). A row silent past the lease, or of a
  * process that no longer runs in this machine's boot and pid namespace (killed: a dead pid, or
- * this very pid in an earlier life), is an earlier process that never left, whose last events may never have been published: it is
- * cleared with a gap logged, then the id claimed. A row that cannot be judged at once (another
- * host's, not silent yet) is watched until it beats again or runs out: a lease at most.
+ * this very pid in an earlier life), is an earlier process that never left, whose last events
+ * may never have been published: it is cleared with a gap logged, then the id claimed. A row that
+ * cannot be judged at once (another machine's or container's, not silent yet) is watched until it
+ * beats again or runs out: a lease at most.
  */
 export async function claimReplicaId (claim: ReplicaClaim): Promise<void> {
   const { replicaId, leaseMs, me } = claim
+  const pollMs = Math.min(CLAIM_POLL_MS, Math.max(1, Math.floor(leaseMs / 12)))
   let watched: string | null = null
   for (;;) {
     if (claim.stopped()) throw new ShuttingDownError(`the store closed while claiming replica id '${replicaId}'`)
@@ -67,13 +69,13 @@ export async function claimReplicaId (claim: ReplicaClaim): Promise<void> {
       watched = null
       if (lost.includes(replicaId)) claim.report({ type: 'cleared', holder, silentMs, why: gone ? 'gone' : 'silent' })
       // It beat (or was cleared) meanwhile: read again, after a pause so a row that never matches cannot spin.
-      else await sleep(Math.min(CLAIM_POLL_MS, Math.max(1, Math.floor(leaseMs / 12))))
+      else await sleep(pollMs)
       continue
     }
     const waitMs = leaseMs - silentMs + 1
     if (watched === null) claim.report({ type: 'waiting', holder, silentMs, waitMs })
     watched = row.beat
-    await sleep(Math.min(CLAIM_POLL_MS, Math.max(1, Math.floor(leaseMs / 12)), waitMs))
+    await sleep(Math.min(pollMs, waitMs))
   }
 }
 
