@@ -2,7 +2,7 @@
 // Every figure is the median of several rounds, measured next to a floor or peer on the same
 // bytes in the same run; ratios make the goals of issue 6 machine-independent.
 // Optional: `--only=save,restore,...` runs a subset (sections: save, concurrent, updates,
-// restore, cold, memory, create, get, autosave, execute, encryption, fanout, peers, postgres, replicas; cold drops the page
+// restore, cold, memory, create, get, autosave, execute, encryption, fanout, peers, postgres, lists, replicas; cold drops the page
 // cache before each timed run, so it needs root on Linux and is skipped with one line elsewhere); `--out=FILE` writes the JSON elsewhere
 // (default bench/results.json for a full run, bench/results.quick.json for --quick, and
 // bench/results.partial.json for --only, so a subset never overwrites the recorded full run).
@@ -26,6 +26,7 @@ import { benchGet } from './sections/get.mjs'
 import { benchMemory } from './sections/memory.mjs'
 import { benchPeers } from './sections/peers.mjs'
 import { benchPostgres } from './sections/postgres.mjs'
+import { benchPostgresLists } from './sections/postgres-lists.mjs'
 import { benchReplicas } from './sections/replicas.mjs'
 import { benchRestore } from './sections/restore.mjs'
 import { benchSave } from './sections/save.mjs'
@@ -45,6 +46,8 @@ const SECTIONS = [
   ['peers', benchPeers],
   // Last: skipped with one line when no PostgreSQL answers (TASK_BENCH_DATABASE_URL, default 127.0.0.1:5432).
   ['postgres', benchPostgres],
+  // Lists with archived sessions at 100,000 sessions on PostgreSQL; skipped like postgres.
+  ['lists', benchPostgresLists],
   // Several server processes on one PostgreSQL (issue 14); skipped like postgres.
   ['replicas', benchReplicas]
 ]

@@ -381,10 +381,10 @@ export class TaskManager {
 
   /** Every session, newest first, with archived ones (`include`) or only those (`only`). */
   async listWithArchived (offset: number, limit: number, filter: Exclude<ArchivedFilter, 'exclude'>): Promise<{ total: number, sessions: Array<SessionSummary | ArchivedSessionSummary> }> {
-    // Shared: other replicas archive too, so the index is read again from the rows first.
-    if (this.shared !== undefined) await this.store.openArchive({ concurrency: this.settings.restoreConcurrency })
-    const active = filter === 'only' && this.shared === undefined ? [] : await this.activeSummaries()
-    const archived = await this.archived.summaries(this.shared === undefined ? undefined : new Set(active.map((s) => s.session_id)))
+    // Shared: from the rows, as other replicas archive too.
+    if (this.shared !== undefined) return this.shared.listWithArchived(offset, limit, filter)
+    const active = filter === 'only' ? [] : await this.activeSummaries()
+    const archived = await this.archived.summaries()
     const all = filter === 'only' ? archived : mergeNewestFirst(active, archived)
     return { total: all.length, sessions: all.slice(offset, offset + limit) }
   }

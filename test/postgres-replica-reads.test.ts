@@ -11,7 +11,8 @@ import t from 'tap'
 import { buildApp } from '../app.js'
 import { taskvault } from './cli-run.js'
 import { API, tempDir, type TestContext } from './helper.js'
-import { inspector, testDatabase } from './postgres.js'
+import { TaskManager } from '../services/task-manager.js'
+import { inspector, openTestStore, testDatabase } from './postgres.js'
 
 const SCHEMA = 'taskvault'
 
@@ -142,4 +143,78 @@ t.test('a replica lets go of its copies of sessions another replica deleted or a
   const metrics = (await a.inject({ method: 'GET', url: '/metrics' })).body
   t.match(metrics, /^taskvault_sessions\{state="active"\} 0$/mu, 'and reports none in /metrics')
   t.equal((await post(a, 'create', { session_id: 'room', instructions: 'x' })).status, 200, 'a create on A finds room: the database holds no active session')
+})
+
+t.test('replicas list archived sessions from the rows a page at a time: each session once, newest first, as a store of one process lists them', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url, SCHEMA)
+  const a = await replica(t, url, 'pages-a')
+  const b = await replica(t, url, 'pages-b')
+  const pause = async (): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, 5)) }
+  // Seven finished sessions (archived below), then three left pending; a few milliseconds apart, so no two share a time.
+  const finished = ['f1', 'f2', 'f3', 'f4', 'f5', 'f6', 'f7']
+  for (const id of finished) {
+    t.equal((await post(a, 'create', { session_id: id, instructions: 'one task' })).status, 200)
+    await pause()
+    t.equal((await post(a, 'execute', { session_id: id })).status, 200)
+    await pause()
+  }
+  for (const id of ['p1', 'p2', 'p3']) {
+    t.equal((await post(a, 'create', { session_id: id, instructions: '1. one\n2. two' })).status, 200)
+    await pause()
+  }
+  // B archives them (A has read none of its archive since).
+  t.same((await post(b, 'archive', { older_than_days: 0 })).body.archived_ids.sort(), finished)
+  // f2 comes back, on A.
+  t.equal((await post(a, 'create', { session_id: 'f2', instructions: 'another task' })).status, 200)
+  // Copies a list must pass over: an older archived copy of f3 (archived twice; its counts are
+  // not the list's), and an archived copy of the active p1 (a bring-back cut short).
+  // Older copies have lower row ids.
+  await db.query(`INSERT INTO sessions (row_id, session_id, document, created_at, updated_at, archived_at, tasks_total, tasks_pending)
+    OVERRIDING SYSTEM VALUE
+    SELECT -row_id, session_id, document, created_at, updated_at - interval '1 hour', now(), 5, 5 FROM sessions WHERE session_id IN ('f3', 'p1')`)
+
+  const page = async (app: FastifyInstance, filter: string, offset: number, limit: number): Promise<{ total: number, sessions: any[] }> => {
+    const res = await get(app, `list?session_id=all&archived=${filter}&offset=${offset}&limit=${limit}`)
+    t.equal(res.status, 200, JSON.stringify(res.body))
+    return res.body
+  }
+  const walk = async (app: FastifyInstance, filter: string): Promise<any[]> => {
+    const seen: any[] = []
+    for (let offset = 0; ; offset += 3) {
+      const body = await page(app, filter, offset, 3)
+      t.equal(body.total, filter === 'only' ? 6 : 10, `${filter}: the total on every page`)
+      if (body.sessions.length === 0) break
+      seen.push(...body.sessions)
+    }
+    return seen
+  }
+  const archivedIds = ['f1', 'f3', 'f4', 'f5', 'f6', 'f7']
+  for (const [name, app] of [['a', a], ['b', b]] as const) {
+    const all = await walk(app, 'include')
+    const ids = all.map((s) => s.session_id)
+    t.same([...ids].sort(), ['f1', 'f2', 'f3', 'f4', 'f5', 'f6', 'f7', 'p1', 'p2', 'p3'], `${name}: each session once over the pages`)
+    const times = all.map((s) => Date.parse(s.updated_at))
+    t.same(times, [...times].sort((x, y) => y - x), `${name}: newest updated first`)
+    t.equal(ids[0], 'f2', `${name}: the session brought back is the newest`)
+    for (const s of all) {
+      t.equal(s.archived === true, archivedIds.includes(s.session_id), `${name}: ${s.session_id} ${archivedIds.includes(s.session_id) ? 'archived' : 'active'}`)
+      t.equal(s.running, false, `${name}: ${s.session_id} not running`)
+    }
+    t.match(all.find((s) => s.session_id === 'f3'), { total: 1, completed: 1, pending: 0, all_done: true, percentage: 100 }, `${name}: an archived session's counts are its newest copy's`)
+    t.match(all.find((s) => s.session_id === 'p1'), { total: 2, pending: 2, archived: undefined }, `${name}: an active session hides its archived copy`)
+    const only = await walk(app, 'only')
+    t.same(only.map((s) => s.session_id), ids.filter((id) => archivedIds.includes(id)), `${name}: archived only, in the same order`)
+    t.same(await page(app, 'include', 100, 3), { total: 10, sessions: [], offset: 100, limit: 3 }, `${name}: past the end, an empty page`)
+  }
+  const listed = (await walk(a, 'include')).map(({ running, ...summary }) => summary)
+
+  // A store of this process alone (no replica id, as a host embedding the store may open it)
+  // lists from memory and its archive index: the same sessions in the same order.
+  const store = await openTestStore(t, url, SCHEMA)
+  const manager = new TaskManager({ store })
+  t.teardown(() => manager.close())
+  await manager.restore()
+  t.same((await manager.listWithArchived(0, 100, 'include')).sessions.map(({ running, ...summary }: { running?: boolean }) => summary), listed, 'a store of one process lists the same')
 })

@@ -118,3 +118,25 @@ export async function fillSessions (url, schema, count, tasks = 10) {
   }
   return { count, bytes }
 }
+
+/**
+ * Half of a filled schema's sessions archived (every even row), and older archived copies that
+ * a list must pass over: one behind each twentieth active session (a bring-back cut short) and
+ * one behind each twentieth archived one (archived twice).
+ */
+export async function archiveHalf (url, schema) {
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  // Older copies, so lower row ids (negative: clear of the identity's).
+  const copy = `INSERT INTO ${schema}.sessions (row_id, session_id, document, created_at, updated_at, finished_at, archived_at,
+      tasks_total, tasks_completed, tasks_failed, tasks_pending, tasks_in_progress) OVERRIDING SYSTEM VALUE
+    SELECT -row_id, session_id, document, created_at, updated_at - interval '1 day', finished_at, now(), 0, 0, 0, 0, 0 FROM ${schema}.sessions`
+  try {
+    await client.query(`UPDATE ${schema}.sessions SET archived_at = now() WHERE row_id % 2 = 0`)
+    await client.query(`${copy} WHERE row_id % 20 IN (1, 2)`)
+    // As autovacuum leaves a table at rest: counts may read the indexes alone.
+    await client.query(`VACUUM ANALYZE ${schema}.sessions`)
+  } finally {
+    await client.end()
+  }
+}

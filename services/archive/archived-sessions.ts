@@ -89,15 +89,11 @@ export class ArchivedSessions {
     return this.read(sessionId)
   }
 
-  /**
-   * Every archived session that is not active, newest `updated_at` first. Active ones are those
-   * in memory, or `active` when given (a shared store's rows: memory may be behind them).
-   */
-  async summaries (active?: ReadonlySet<string>): Promise<ArchivedSessionSummary[]> {
+  /** Every archived session that is not active in memory, newest `updated_at` first (a store of this process alone: a shared one lists from its rows). */
+  async summaries (): Promise<ArchivedSessionSummary[]> {
     const { sessions, failures } = await this.store.listArchived()
     this.report(failures)
-    const isActive = active === undefined ? (id: string) => this.registry.find(id) !== null : (id: string) => active.has(id)
-    const shown = sessions.filter((summary) => !isActive(summary.session_id))
+    const shown = sessions.filter((summary) => this.registry.find(summary.session_id) === null)
     const keyed = shown.map((summary) => ({ ms: Date.parse(summary.updated_at), summary }))
     keyed.sort((a, b) => b.ms - a.ms)
     return keyed.map(({ summary }) => view(summary))

@@ -191,16 +191,22 @@ export interface SharedSessions {
    * record: this replica would not resume it, so claiming it would only go round.
    */
   sweep(limit: number, earlier: boolean, skip?: readonly string[], runs?: boolean): Promise<SweptSession[]>
-  /** Asks the live holder to cancel; resolves with its id, or null when nobody holds the lease. */
   /**
    * Clears the replicas silent past the lease (stopped without leaving: killed, or their node
    * lost) and, when there were any, logs a gap in the event log, so every stream resets: their
    * last changes' events may never have been published. Resolves with their ids.
    */
   clearLostReplicas(): Promise<string[]>
+  /** Asks the live holder to cancel; resolves with its id, or null when nobody holds the lease. */
   requestCancel(sessionId: string): Promise<string | null>
   /** A page of the active sessions, newest updated first, and how many there are. */
   listActive(offset: number, limit: number): Promise<{ total: number, sessions: SharedSummary[] }>
+  /**
+   * As listActive, with the archived sessions too (`include`) or only those (`only`), marked
+   * `archived` (never running). A session is listed once: active, or else its newest archived copy.
+   * Read from the rows a page at a time, as other replicas archive too.
+   */
+  listWithArchived(offset: number, limit: number, filter: 'include' | 'only'): Promise<{ total: number, sessions: SharedSummary[] }>
   /**
    * Active sessions nobody runs whose tasks all ended before `cutoff`, oldest first, a page of
    * `limit` after `after` (the page before's `next`), so sessions a pass leaves never hide the rest.

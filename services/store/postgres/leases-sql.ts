@@ -206,6 +206,47 @@ export function activeSummaries (offset: number, limit: number): pg.QueryConfig 
 /** How many active sessions there are (the list's total). */
 export const ACTIVE_COUNT = 'SELECT count(*)::int AS total FROM sessions WHERE archived_at IS NULL'
 
+/**
+ * Archived copies a list shows: a session's newest (highest row id), and none of a session that
+ * is active again (a copy left behind by a bring-back, or an archive in doubt).
+ */
+const SHOWN_ARCHIVED = `sessions a WHERE a.archived_at IS NOT NULL
+  AND NOT EXISTS (SELECT FROM sessions n WHERE n.session_id = a.session_id AND n.archived_at IS NOT NULL AND n.row_id > a.row_id)
+  AND NOT EXISTS (SELECT FROM sessions s WHERE s.session_id = a.session_id AND s.archived_at IS NULL)`
+
+/**
+ * A page of the sessions a list with archived ones shows (`include`: active and archived; `only`:
+ * archived), newest updated first, active before archived at the same time. Each side is read in
+ * its list index's order, so the statement reads offset + limit entries of each at most, never the
+ * whole archive; the documents are read for the page's archived rows only (their times as written).
+ */
+export function listedSummaries (offset: number, limit: number, filter: 'include' | 'only'): pg.QueryConfig {
+  const archived = `SELECT a.row_id, a.updated_at, a.session_id, true AS archived FROM ${SHOWN_ARCHIVED} ORDER BY a.updated_at DESC, a.session_id`
+  const listed = filter === 'only'
+    ? `${archived} LIMIT $1 OFFSET $2`
+    : `SELECT row_id, archived FROM (
+        (SELECT row_id, updated_at, session_id, false AS archived FROM sessions WHERE archived_at IS NULL ORDER BY updated_at DESC, session_id LIMIT $1::int + $2::int)
+        UNION ALL (${archived} LIMIT $1::int + $2::int)
+      ) listed ORDER BY updated_at DESC, archived, session_id LIMIT $1 OFFSET $2`
+  return {
+    name: `taskvault_listed_summaries_${filter}`,
+    text: `WITH page AS (${listed})
+      SELECT s.session_id, s.created_at, s.updated_at, s.tasks_total, s.tasks_completed, s.tasks_failed, s.tasks_pending, s.tasks_in_progress,
+        page.archived, NOT page.archived AND s.owner IS NOT NULL AND s.lease_until > now() AS running,
+        CASE WHEN page.archived THEN s.document->>'created_at' END AS written_created_at,
+        CASE WHEN page.archived THEN s.document->>'updated_at' END AS written_updated_at
+      FROM page JOIN sessions s USING (row_id) ORDER BY s.updated_at DESC, page.archived, s.session_id`,
+    values: [limit, offset]
+  }
+}
+
+/** How many sessions a list with archived ones shows (listedSummaries's total). */
+export function listedCount (filter: 'include' | 'only'): string {
+  const archived = `SELECT count(DISTINCT a.session_id)::int FROM sessions a WHERE a.archived_at IS NOT NULL
+    AND NOT EXISTS (SELECT FROM sessions s WHERE s.session_id = a.session_id AND s.archived_at IS NULL)`
+  return filter === 'only' ? `SELECT (${archived}) AS total` : `SELECT (${archived}) + (SELECT count(*)::int FROM sessions WHERE archived_at IS NULL) AS total`
+}
+
 /** Active sessions nobody runs whose every task ended before `cutoff`: an archive pass's candidates. */
 export function archivableSessions (cutoff: Date, limit: number, after: { finishedAt: string, sessionId: string } | null): pg.QueryConfig {
   return {

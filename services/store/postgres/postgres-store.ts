@@ -29,7 +29,7 @@ import {
 import { SaveBatcher, type PendingSave } from './save-batcher.js'
 import { leave, liveReplicas } from './replicas-sql.js'
 import { EVENTS_CHANNEL, LeaseKeeper } from './leases.js'
-import { ACTIVE_COUNT, EVENT_LOG, activeSummaries, archivableSessions, eventsAfter, passLock, publishEvents, refreshSession, refreshSessions } from './leases-sql.js'
+import { ACTIVE_COUNT, EVENT_LOG, activeSummaries, archivableSessions, eventsAfter, listedCount, listedSummaries, passLock, publishEvents, refreshSession, refreshSessions } from './leases-sql.js'
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 /** `<session id>@<row id>`: how an archived copy is named (archivedName, summaries, failures). */
@@ -849,19 +849,31 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   }
 
   async listActive (offset: number, limit: number): Promise<{ total: number, sessions: SharedSummary[] }> {
-    type SummaryRow = { session_id: string, created_at: Date, updated_at: Date, running: boolean } & Record<'tasks_total' | 'tasks_completed' | 'tasks_failed' | 'tasks_pending' | 'tasks_in_progress', number>
-    const [page, count] = await Promise.all([
-      this.run<SummaryRow>('listing sessions', activeSummaries(offset, limit)),
-      this.run<{ total: number }>('counting sessions', { text: ACTIVE_COUNT })
+    return this.listPage(activeSummaries(offset, limit), ACTIVE_COUNT)
+  }
+
+  async listWithArchived (offset: number, limit: number, filter: 'include' | 'only'): Promise<{ total: number, sessions: SharedSummary[] }> {
+    return this.listPage(listedSummaries(offset, limit, filter), listedCount(filter))
+  }
+
+  /** A list's page and its total, read at once; archived entries with the times their documents hold. */
+  private async listPage (page: pg.QueryConfig, count: string): Promise<{ total: number, sessions: SharedSummary[] }> {
+    type SummaryRow = TaskCounts & { session_id: string, created_at: Date, updated_at: Date, running: boolean, archived?: boolean, written_created_at?: string | null, written_updated_at?: string | null }
+    const [{ rows }, counted] = await Promise.all([
+      this.run<SummaryRow>('listing sessions', page),
+      this.run<{ total: number }>('counting sessions', { text: count })
     ])
-    const sessions = page.rows.map((row): SharedSummary => ({
-      session_id: row.session_id,
-      created_at: row.created_at.toISOString(),
-      updated_at: row.updated_at.toISOString(),
-      ...progressOfRow(row),
-      running: row.running
-    }))
-    return { total: count.rows[0]?.total ?? 0, sessions }
+    const sessions = rows.map((row): SharedSummary => row.archived === true
+      ? {
+          session_id: row.session_id,
+          created_at: row.written_created_at ?? row.created_at.toISOString(),
+          updated_at: row.written_updated_at ?? row.updated_at.toISOString(),
+          ...progressOfRow(row),
+          archived: true,
+          running: false
+        }
+      : { session_id: row.session_id, created_at: row.created_at.toISOString(), updated_at: row.updated_at.toISOString(), ...progressOfRow(row), running: row.running })
+    return { total: counted.rows[0]?.total ?? 0, sessions }
   }
 
   async archivable (cutoff: Date, limit: number, after: ArchivableCursor | null = null): Promise<{ ids: string[], next: ArchivableCursor | null }> {
