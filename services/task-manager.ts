@@ -5,7 +5,8 @@ import { EventEmitter } from 'node:events'
 import type { CommandRuntime } from './runner/agents/command.js'
 import type { AgentsConfig } from './runner/agents/spec.js'
 import { DiskWatch } from './store/disk-space.js'
-import { ArchivedSessions, type ArchivedCopy, type ArchivedSessionSummary, type RetentionCutoffs } from './archive/archived-sessions.js'
+import type { ArchivedSummary } from './archive/archive-index.js'
+import { ArchivedSessions, archivedView, type ArchivedCopy, type ArchivedSessionSummary, type RetentionCutoffs } from './archive/archived-sessions.js'
 import {
   InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
   TaskNotFailedError, TaskNotFoundError, type TaskvaultError
@@ -14,7 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { resolveAgents, type AgentRoutes, type Executors } from './runner/executors.js'
 import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
 import { liveFile, unchanged } from './session/draft.js'
-import { SessionRegistry, type SessionSummary } from './session/registry.js'
+import { SessionRegistry, type NewestFirst, type SessionSummary } from './session/registry.js'
 import { WriteBackRetries } from './session/write-back-retries.js'
 import type { ArchivableCursor, SessionStore, SharedSessions, SweptSession } from './store/store.js'
 import { Sweeper } from './replicas/sweeper.js'
@@ -349,8 +350,7 @@ export class TaskManager {
   async list (offset: number, limit: number): Promise<{ total: number, sessions: Array<SessionSummary & { running: boolean }> }> {
     // Shared: from the rows, so every replica lists the same.
     if (this.shared !== undefined) return this.shared.listActive(offset, limit)
-    const all = this.registry.summaries()
-    return { total: all.length, sessions: all.slice(offset, offset + limit).map((s) => ({ ...s, running: this.runner.isRunning(s.session_id) })) }
+    return { total: this.registry.newestFirst().length, sessions: this.registry.summaries(offset, limit).map((s) => ({ ...s, running: this.runner.isRunning(s.session_id) })) }
   }
 
   /** A session, active or archived (then read from its file). */
@@ -383,15 +383,20 @@ export class TaskManager {
   async listWithArchived (offset: number, limit: number, filter: Exclude<ArchivedFilter, 'exclude'>): Promise<{ total: number, sessions: Array<SessionSummary | ArchivedSessionSummary> }> {
     // Shared: from the rows, as other replicas archive too.
     if (this.shared !== undefined) return this.shared.listWithArchived(offset, limit, filter)
-    const active = filter === 'only' ? [] : await this.activeSummaries()
     const archived = await this.archived.summaries()
-    const all = filter === 'only' ? archived : mergeNewestFirst(active, archived)
-    return { total: all.length, sessions: all.slice(offset, offset + limit) }
-  }
-
-  /** Every active session's summary, newest first (with whether it runs). */
-  private async activeSummaries (): Promise<Array<SessionSummary & { running: boolean }>> {
-    return (await this.list(0, Number.MAX_SAFE_INTEGER)).sessions
+    const active = filter === 'only' ? null : this.registry.newestFirst()
+    // Both newest first: merged as far as the page goes (an active session first at the same time).
+    const sessions: Array<SessionSummary | ArchivedSessionSummary> = []
+    let i = 0
+    for (let j = 0, at = 0; at < offset + limit; at++) {
+      const right = archived[j]
+      const takeActive = active !== null && i < active.length && (right === undefined || active.updatedMs(i) >= Date.parse(right.updated_at))
+      if (!takeActive && right === undefined) break
+      if (at >= offset) sessions.push(takeActive ? (active as NewestFirst).summary(i) : archivedView(right as ArchivedSummary))
+      if (takeActive) i++
+      else j++
+    }
+    return { total: (active?.length ?? 0) + archived.length, sessions }
   }
 
   /** Named fields, not spreads: spreads build slow dictionary-mode objects on this hot path. */
@@ -738,24 +743,6 @@ export class TaskManager {
 const CANCEL_POLL_MS = 50
 
 /** Merges two lists sorted newest `updated_at` first. */
-function mergeNewestFirst<A extends { updated_at: string }, B extends { updated_at: string }> (a: A[], b: B[]): Array<A | B> {
-  const merged: Array<A | B> = []
-  let i = 0
-  let j = 0
-  while (i < a.length || j < b.length) {
-    const left = a[i]
-    const right = b[j]
-    if (right === undefined || (left !== undefined && Date.parse(left.updated_at) >= Date.parse(right.updated_at))) {
-      merged.push(left as A)
-      i++
-    } else {
-      merged.push(right)
-      j++
-    }
-  }
-  return merged
-}
-
 function isArchivable (file: SessionFile, cutoff: Date): boolean {
   const finished = finishedAt(file)
   return finished !== null && Date.parse(finished) < cutoff.getTime()

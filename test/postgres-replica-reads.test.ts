@@ -216,5 +216,12 @@ t.test('replicas list archived sessions from the rows a page at a time: each ses
   const manager = new TaskManager({ store })
   t.teardown(() => manager.close())
   await manager.restore()
-  t.same((await manager.listWithArchived(0, 100, 'include')).sessions.map(({ running, ...summary }: { running?: boolean }) => summary), listed, 'a store of one process lists the same')
+  const pages: unknown[] = []
+  for (let offset = 0; offset < 12; offset += 3) {
+    const { total, sessions } = await manager.listWithArchived(offset, 3, 'include')
+    t.equal(total, 10)
+    pages.push(...sessions.map(({ running, ...summary }: { running?: boolean }) => summary))
+  }
+  t.same(pages, listed, 'a store of one process lists the same, page by page')
+  t.same((await manager.listWithArchived(2, 3, 'only')).sessions, listed.filter((s) => s.archived === true).slice(2, 5), 'and archived only')
 })

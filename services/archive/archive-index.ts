@@ -55,6 +55,8 @@ interface Entry {
 export class ArchiveIndex {
   private readonly entries = new Map<string, Entry>()
   private readonly totals: ArchiveTotals = { sessions: 0, files: 0, bytes: 0 }
+  /** summaries() as last sorted; null once a summary changed. Lists read it far more often than archives change it. */
+  private sorted: readonly ArchivedSummary[] | null = null
 
   add (sessionId: string, file: ArchivedFile, summary: ArchivedSummary | null): void {
     let entry = this.entries.get(sessionId)
@@ -68,7 +70,7 @@ export class ArchiveIndex {
     files.splice(at === -1 ? files.length : at, 0, file)
     this.totals.files++
     this.totals.bytes += file.bytes
-    if (files.at(-1) === file) entry.summary = summary
+    if (files.at(-1) === file) this.summarize(entry, summary)
   }
 
   /** The file the API shows for `sessionId`, or null when it is not archived. */
@@ -83,7 +85,7 @@ export class ArchiveIndex {
   /** Records the summary read from `name`, if that file is still the newest of its id. */
   setSummary (sessionId: string, name: string, summary: ArchivedSummary): void {
     const entry = this.entries.get(sessionId)
-    if (entry !== undefined && entry.files.at(-1)?.name === name) entry.summary = summary
+    if (entry !== undefined && entry.files.at(-1)?.name === name) this.summarize(entry, summary)
   }
 
   /** Forgets one file; the next older one (if any) becomes the session, its summary unknown. */
@@ -96,10 +98,11 @@ export class ArchiveIndex {
     this.totals.files--
     this.totals.bytes -= file?.bytes ?? 0
     if (entry.files.length === 0) {
+      this.summarize(entry, null)
       this.entries.delete(sessionId)
       this.totals.sessions--
     } else if (wasNewest) {
-      entry.summary = null
+      this.summarize(entry, null)
     }
   }
 
@@ -115,10 +118,14 @@ export class ArchiveIndex {
     return ids
   }
 
-  summaries (): ArchivedSummary[] {
-    const all: ArchivedSummary[] = []
-    for (const entry of this.entries.values()) if (entry.summary !== null) all.push(entry.summary)
-    return all
+  /** The summaries known, newest `updated_at` first (sorted again only after a change). */
+  summaries (): readonly ArchivedSummary[] {
+    if (this.sorted !== null) return this.sorted
+    const keyed: Array<{ ms: number, summary: ArchivedSummary }> = []
+    for (const entry of this.entries.values()) if (entry.summary !== null) keyed.push({ ms: Date.parse(entry.summary.updated_at), summary: entry.summary })
+    keyed.sort((a, b) => b.ms - a.ms)
+    this.sorted = keyed.map(({ summary }) => summary)
+    return this.sorted
   }
 
   stats (): Readonly<ArchiveTotals> {
@@ -126,7 +133,14 @@ export class ArchiveIndex {
   }
 
   clear (): void {
+    this.sorted = null
     this.entries.clear()
     Object.assign(this.totals, { sessions: 0, files: 0, bytes: 0 })
+  }
+
+  private summarize (entry: Entry, summary: ArchivedSummary | null): void {
+    if (entry.summary === summary) return
+    entry.summary = summary
+    this.sorted = null
   }
 }

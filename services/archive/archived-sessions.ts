@@ -39,6 +39,8 @@ export class ArchivedSessions {
   failedLoads = 0
   /** Archived sessions that are active too, counted when the counts were `key` (see totals). */
   private behindActive = { key: '', count: 0 }
+  /** What summaries() last answered, and from what. */
+  private shown: { from: readonly ArchivedSummary[], membership: number, shown: readonly ArchivedSummary[] } | null = null
 
   constructor (options: ArchivedSessionsOptions) {
     this.registry = options.registry
@@ -89,14 +91,19 @@ export class ArchivedSessions {
     return this.read(sessionId)
   }
 
-  /** Every archived session that is not active in memory, newest `updated_at` first (a store of this process alone: a shared one lists from its rows). */
-  async summaries (): Promise<ArchivedSessionSummary[]> {
+  /**
+   * Every archived session that is not active in memory, newest `updated_at` first (a store of
+   * this process alone: a shared one lists from its rows). archivedView() gives a list's entry.
+   */
+  async summaries (): Promise<readonly ArchivedSummary[]> {
     const { sessions, failures } = await this.store.listArchived()
     this.report(failures)
+    // Kept while neither the archive's summaries nor the registry's sessions change: lists come far more often.
+    const last = this.shown
+    if (last !== null && last.from === sessions && last.membership === this.registry.membership) return last.shown
     const shown = sessions.filter((summary) => this.registry.find(summary.session_id) === null)
-    const keyed = shown.map((summary) => ({ ms: Date.parse(summary.updated_at), summary }))
-    keyed.sort((a, b) => b.ms - a.ms)
-    return keyed.map(({ summary }) => view(summary))
+    this.shown = { from: sessions, membership: this.registry.membership, shown }
+    return shown
   }
 
   /**
@@ -165,7 +172,8 @@ export class ArchivedSessions {
 }
 
 /** The list view of an archived session (named fields: the summary carries more). */
-function view (summary: ArchivedSummary): ArchivedSessionSummary {
+/** An archived session as a list shows it. */
+export function archivedView (summary: ArchivedSummary): ArchivedSessionSummary {
   return {
     session_id: summary.session_id,
     created_at: summary.created_at,

@@ -53,10 +53,19 @@ export interface SessionSlot {
    * intent) is tried again (retryWriteBacks) until it, or any later write of the session, lands.
    */
   owed: Draft['intent'] | null
+  /** In the registry's list order (`ordered` or `joined`). */
+  listed: boolean
 }
 
 /** An active session in a list: its ids, times and progress. */
 export type SessionSummary = Static<typeof SessionSummarySchema>
+
+/** The sessions held, newest updated first, read by position: only what a page shows is built. */
+export interface NewestFirst {
+  readonly length: number
+  updatedMs(at: number): number
+  summary(at: number): SessionSummary
+}
 
 export interface ChangeOptions {
   /** Check the session against the stored one first (a shared store; see sync). */
@@ -100,6 +109,18 @@ export class SessionRegistry {
   private readonly slots = new Map<string, SessionSlot>()
   /** The ids nextIdle has still to hand out this turn. */
   private turn: string[] = []
+  /**
+   * The slots holding a session, newest updated first, as last sorted; `joined` those given one
+   * since. Sorted again only after a commit, from the last order: nearly in order, which costs the
+   * sort a pass rather than a full sort, so a list of 100,000 sessions does not build them all.
+   */
+  private ordered: SessionSlot[] = []
+  private joined: SessionSlot[] = []
+  private orderStale = false
+  /** Slots that joined or left the order since it was sorted: past as many as it holds, it is sorted anyway, so memory stays bounded without lists. */
+  private orderChurn = 0
+  /** Counts sessions given to or taken from this registry: what a copy of its membership is checked against. */
+  private joinsAndLeaves = 0
   /** Why saveUnsaved() last failed to write a session (see lostChanges). */
   private readonly saveFailures = new Map<string, unknown>()
   /** Sessions whose first write is in flight (see sessionsAndCreates). */
@@ -183,6 +204,11 @@ export class SessionRegistry {
     return this.totals.total_sessions
   }
 
+  /** Changes whenever a session joins or leaves the registry (not when one changes). */
+  get membership (): number {
+    return this.joinsAndLeaves
+  }
+
   /** Queues a change and resolves with its result once it is durable. */
   change<R> (sessionId: string, apply: ChangeFn<R>, options: ChangeOptions = {}): Promise<R> {
     return this.enqueue(sessionId, apply, options, false) as Promise<R>
@@ -226,14 +252,45 @@ export class SessionRegistry {
     this.forgetIfGone(sessionId, slot)
   }
 
-  summaries (): SessionSummary[] {
-    const live: SessionSlot[] = []
-    for (const slot of this.slots.values()) if (slot.file !== null) live.push(slot)
-    live.sort((a, b) => b.updatedMs - a.updatedMs)
-    return live.map((slot) => {
-      const file = slot.file as SessionFile
-      return { session_id: file.session_id, created_at: file.created_at, updated_at: file.updated_at, ...(slot.progress as Progress) }
-    })
+  /** The sessions held, newest updated first (see NewestFirst). */
+  newestFirst (): NewestFirst {
+    const ordered = this.order()
+    return {
+      length: ordered.length,
+      updatedMs: (at) => (ordered[at] as SessionSlot).updatedMs,
+      summary: (at) => {
+        const slot = ordered[at] as SessionSlot
+        const file = slot.file as SessionFile
+        return { session_id: file.session_id, created_at: file.created_at, updated_at: file.updated_at, ...(slot.progress as Progress) }
+      }
+    }
+  }
+
+  /** A page of the sessions held, newest updated first. */
+  summaries (offset = 0, limit = Number.MAX_SAFE_INTEGER): SessionSummary[] {
+    const all = this.newestFirst()
+    const page: SessionSummary[] = []
+    for (let at = offset; at < Math.min(all.length, offset + limit); at++) page.push(all.summary(at))
+    return page
+  }
+
+  private order (): SessionSlot[] {
+    if (!this.orderStale) return this.ordered
+    const next: SessionSlot[] = []
+    for (const slot of this.ordered) {
+      if (slot.file !== null) next.push(slot)
+      else slot.listed = false
+    }
+    for (const slot of this.joined) {
+      if (slot.file !== null) next.push(slot)
+      else slot.listed = false
+    }
+    next.sort((a, b) => b.updatedMs - a.updatedMs)
+    this.ordered = next
+    this.joined = []
+    this.orderStale = false
+    this.orderChurn = 0
+    return next
   }
 
   /**
@@ -315,7 +372,7 @@ export class SessionRegistry {
   private slotFor (sessionId: string): SessionSlot {
     let slot = this.slots.get(sessionId)
     if (slot === undefined) {
-      slot = { file: null, progress: null, updatedMs: 0, bytes: 0, executing: false, leaving: false, unsaved: false, queue: [], flushing: null, stale: false, owed: null }
+      slot = { file: null, progress: null, updatedMs: 0, bytes: 0, executing: false, leaving: false, unsaved: false, queue: [], flushing: null, stale: false, owed: null, listed: false }
       this.slots.set(sessionId, slot)
     }
     return slot
@@ -549,6 +606,7 @@ export class SessionRegistry {
   }
 
   private commit (slot: SessionSlot, file: SessionFile | null, bytes: number, saved: boolean): void {
+    if ((slot.file === null) !== (file === null)) this.joinsAndLeaves++
     this.count(slot, -1)
     slot.file = file
     slot.progress = file && progressOf(file.session.tasks)
@@ -556,6 +614,15 @@ export class SessionRegistry {
     slot.bytes = file ? bytes : 0
     slot.unsaved = file !== null && !saved
     this.count(slot, 1)
+    this.orderStale = true
+    if (file !== null && !slot.listed) {
+      slot.listed = true
+      this.joined.push(slot)
+      this.orderChurn++
+    } else if (file === null && slot.listed) {
+      this.orderChurn++
+    }
+    if (this.orderChurn > Math.max(1024, this.ordered.length)) this.order()
   }
 
   private count (slot: SessionSlot, sign: 1 | -1): void {

@@ -228,7 +228,7 @@ export class FileArchive {
   }
 
   /** Every archived session's summary; files not read yet are read now, in parallel. */
-  async list (): Promise<{ sessions: ArchivedSummary[], failures: LoadFailure[] }> {
+  async list (): Promise<{ sessions: readonly ArchivedSummary[], failures: LoadFailure[] }> {
     // Concurrent callers share one pass over the unread files; its failures are reported once.
     const started = this.summaryFill === null
     this.summaryFill ??= this.fillSummaries().finally(() => { this.summaryFill = null })

@@ -472,7 +472,7 @@ export class FileSessionStore implements SessionStore {
     return this.archived.readStored(sessionId, name)
   }
 
-  listArchived (): Promise<{ sessions: ArchivedSummary[], failures: LoadFailure[] }> {
+  listArchived (): Promise<{ sessions: readonly ArchivedSummary[], failures: LoadFailure[] }> {
     return this.archived.list()
   }
 

@@ -271,8 +271,8 @@ export interface SessionStore {
    * read), that copy. Null when there is no such copy.
    */
   readArchivedStored(sessionId: string, name?: string): Promise<StoredCopy | null>
-  /** A summary of every archived session (for lists and retention). */
-  listArchived(): Promise<{ sessions: ArchivedSummary[], failures: LoadFailure[] }>
+  /** A summary of every archived session, newest `updated_at` first (for lists and retention). */
+  listArchived(): Promise<{ sessions: readonly ArchivedSummary[], failures: LoadFailure[] }>
   /**
    * Durably makes `file` the active session again and then removes the archived file it came
    * from (`archivedName`); a crash in between leaves both, never neither. Resolves with the stored size.

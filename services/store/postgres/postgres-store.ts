@@ -661,7 +661,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    * has none yet. One sealed under a key this process lacks is reported once and left out: it
    * must not fail every list and retention pass.
    */
-  async listArchived (): Promise<{ sessions: ArchivedSummary[], failures: LoadFailure[] }> {
+  async listArchived (): Promise<{ sessions: readonly ArchivedSummary[], failures: LoadFailure[] }> {
     const failures: LoadFailure[] = []
     for (const sessionId of this.index.unsummarized()) {
       const name = this.index.newest(sessionId)?.name ?? ''
