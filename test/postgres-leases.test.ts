@@ -18,6 +18,9 @@ const SCHEMA = 'tv_leases'
 const open = async (t: Test, url: string, replicaId: string, options: TestStoreOptions = {}): Promise<PostgresSessionStore> =>
   openTestStore(t, url, SCHEMA, { replicaId, leaseMs: 60_000, ...options })
 
+/** The lease keeper's listening connection: by its name, or by its last statement (its LISTEN) when it came from the pool. */
+const LISTENER = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND (application_name = 'taskvault-leases' OR query LIKE 'LISTEN%')"
+
 async function row (db: pg.Pool, sessionId: string): Promise<{ owner: string | null, epoch: string, version: string, document: string, xmin: string, lease_ms: number | null }> {
   const { rows } = await db.query(`SELECT owner, epoch, version, document::text AS document, xmin::text AS xmin,
       extract(epoch FROM lease_until - now()) * 1000 AS lease_ms FROM sessions WHERE session_id = $1 AND archived_at IS NULL`, [sessionId])
@@ -273,7 +276,7 @@ t.test('a replica holding a session for a run refuses itself a second lease of i
   t.ok(BigInt(again.epoch) > BigInt(first.epoch), 'once given back it may be taken again')
 })
 
-t.test('a renewal stuck on a half-open listening connection is tried again on a pooled one before any lease is given up', async (t) => {
+t.test('a renewal stuck on a half-open listening connection is tried again on a fresh one before any lease is given up', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
   const db = inspectorOf(t, url, SCHEMA)
@@ -285,7 +288,7 @@ t.test('a renewal stuck on a half-open listening connection is tried again on a 
   // The listening connection renews the leases: found by its LISTEN, before any renewal runs on it.
   let port: number | undefined
   await waitFor('the listening connection', async () => {
-    port = (await db.query<{ client_port: number }>("SELECT client_port FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'")).rows[0]?.client_port
+    port = (await db.query<{ client_port: number }>(LISTENER.replace('pid', 'client_port'))).rows[0]?.client_port
     return port !== undefined
   }, 5000)
   await a.save(contractSession('h', ['Pending']))
@@ -298,6 +301,42 @@ t.test('a renewal stuck on a half-open listening connection is tried again on a 
   t.ok((rows[0]?.left_ms ?? 0) > 1000, `renewed meanwhile: ${Math.round(rows[0]?.left_ms ?? 0)} ms left`)
   await a.save(contractSession('h', ['Completed']))
   t.pass('and the run still saves')
+})
+
+t.test('when the listening connection breaks while every pooled connection waits, the next renewal goes on a fresh connection of the keeper\'s own: no lease is given up', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  // The smallest pool replicas allow, and no statement timeout: pooled statements wait as long as a lock is held.
+  const a = await open(t, url, 'alpha', { leaseMs: 6000, statementTimeoutMs: 0, max: 3 })
+  const lost: string[] = []
+  a.events.on('lease-lost', (id) => lost.push(id))
+  let listener: number | undefined
+  await waitFor('the listening connection', async () => {
+    listener = (await db.query<{ pid: number }>(LISTENER)).rows[0]?.pid
+    return listener !== undefined
+  }, 5000)
+  for (const id of ['h', 'l1', 'l2', 'l3']) await a.save(contractSession(id, ['Pending']))
+  await a.acquire('h')
+  // Three statements of the store's wait on rows another transaction holds: the pool has no connection free.
+  const locker = await db.connect()
+  t.teardown(() => { locker.release() })
+  await locker.query("BEGIN; SELECT 1 FROM tv_leases.sessions WHERE session_id IN ('l1', 'l2', 'l3') FOR UPDATE")
+  const waiting = ['l1', 'l2', 'l3'].map(async (id) => a.acquire(id))
+  await waitFor('the statements waiting on the locks', async () =>
+    ((await db.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")).rowCount ?? 0) >= 2, 5000)
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  // The listening connection is cut (its backend ended, as a failover or a network fault would).
+  await db.query('SELECT pg_terminate_backend($1)', [listener])
+  // Past the point where the lease is given up (five sixths of it) when renewals stop.
+  await new Promise((resolve) => setTimeout(resolve, 7000))
+  t.same(lost, [], 'no lease given up')
+  const { rows } = await db.query<{ left_ms: number }>("SELECT extract(epoch FROM lease_until - now()) * 1000 AS left_ms FROM sessions WHERE session_id = 'h'")
+  t.ok((rows[0]?.left_ms ?? 0) > 2000, `renewed meanwhile: ${Math.round(rows[0]?.left_ms ?? 0)} ms left`)
+  t.equal((await db.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'taskvault-leases'")).rowCount, 1,
+    'the keeper listens again, on a connection of its own (named so in pg_stat_activity)')
+  await locker.query('ROLLBACK')
+  t.equal((await Promise.all(waiting)).length, 3, 'the waiting statements go on once the locks are gone')
 })
 
 t.test('a sweep that gives back a session whose lease this process lost keeps the cancel pending on it for the next sweep', async (t) => {

@@ -22,10 +22,18 @@ export interface LeaseKeeperOptions {
   schema: string
   /** Runs a statement; rejects when it fails (the store's query, as a StorageError). */
   query: <R extends pg.QueryResultRow>(operation: string, config: pg.QueryConfig) => Promise<pg.QueryResult<R>>
-  /** A connection of its own to LISTEN on, held until close (the store's pool). */
-  connect: () => Promise<pg.PoolClient>
+  /**
+   * A connection of its own to LISTEN and renew on, held until it fails or the keeper closes;
+   * opening it gives up after `timeoutMs` (a fresh connection; a host's pool may wait longer).
+   */
+  connect: (timeoutMs: number) => Promise<KeeperConnection>
+  /** connect() draws from the pool the store's statements use (a host's pool) rather than opening a connection of its own. */
+  pooled: boolean
   events: EventEmitter<SessionStoreEvents>
 }
+
+/** The keeper's own connection: released (destroyed, never reused) once it fails or the keeper closes. */
+export type KeeperConnection = pg.ClientBase & { release: (destroy?: boolean) => void | Promise<void> }
 
 /** A lease this process holds: at which epoch, and until when at the latest (this process's clock). */
 interface Held {
@@ -55,7 +63,7 @@ export class LeaseKeeper {
   private timer: NodeJS.Timeout | null = null
   private lastRenewal = -Infinity
   private renewing = false
-  private listener: pg.PoolClient | null = null
+  private listener: KeeperConnection | null = null
   private listening: Promise<void> | null = null
   private closed = false
   /** This process, as the replica id's row names the one that claimed it. */
@@ -230,7 +238,7 @@ export class LeaseKeeper {
     const listener = this.listener
     this.listener = null
     await this.listening?.catch(noop)
-    if (listener !== null) listener.release(true)
+    if (listener !== null) await listener.release(true)
   }
 
   /** Records a lease taken at `sent` (by a run: `run`), unless this process already holds a newer epoch of it. */
@@ -254,7 +262,7 @@ export class LeaseKeeper {
       if (!held.lost && held.validUntil - now <= this.leaseMs / 6 + 50) this.lose(sessionId, held, `its lease could not be renewed for ${Math.round(now - (held.validUntil - this.leaseMs))} ms`)
     }
     if (now - this.lastRenewal >= this.leaseMs / 3 - 50) this.renew().catch(noop)
-    if (this.listener === null && this.listening === null) this.listen()
+    this.listen()
   }
 
   /**
@@ -262,6 +270,23 @@ export class LeaseKeeper {
    * gives up after a sixth of the lease, whatever TASK_DB_STATEMENT_TIMEOUT_MS (0: none): a hung
    * connection (a half-open one after a failover) must not hold renewals until the leases are given up.
    */
+  /** Listens anew now (unless it is on its way) and resolves with the connection, or null when none is up within a renewal's time. */
+  private async relisten (): Promise<KeeperConnection | null> {
+    this.listen()
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([this.listening, new Promise((resolve) => { timer = setTimeout(resolve, this.renewalTimeoutMs()) })])
+    clearTimeout(timer)
+    return this.listener
+  }
+
+  /** Lets go of the listening connection once it failed (its state unknown): the next check or renewal opens another. */
+  private drop (client: KeeperConnection): void {
+    // Once only: a pooled client released twice throws.
+    if (this.listener !== client) return
+    this.listener = null
+    void client.release(true)
+  }
+
   private async renew (): Promise<void> {
     if (this.renewing || this.closed || this.takenBy !== null) return
     this.renewing = true
@@ -275,21 +300,22 @@ export class LeaseKeeper {
       type Renewed = { session_id: string | null, cancel_requested: boolean | null }
       let sent = performance.now()
       let rows: Renewed[] | null = null
-      // On the listening connection when there is one: it is this keeper's own, so a renewal
-      // never waits for a pooled connection behind a burst of saves (and loses leases for it).
-      const listener = this.listener
-      if (listener !== null) {
-        rows = await listener.query<Renewed>(config).then((result) => result.rows, () => {
-          // Its state unknown (a timeout, a dropped link): a fresh one is opened at the next check.
-          if (this.listener === listener) {
-            this.listener = null
-            listener.release(true)
-          }
+      // On the listening connection: it is this keeper's own, so a renewal never waits for a
+      // pooled connection behind a burst of saves or slow statements (and loses leases for it).
+      const renewOn = async (listener: KeeperConnection | null): Promise<Renewed[] | null> => {
+        if (listener === null) return null
+        sent = performance.now()
+        return listener.query<Renewed>(config).then((result) => result.rows, () => {
+          // Its state unknown (a timeout, a dropped link): never used again.
+          this.drop(listener)
           return null
         })
       }
+      rows = await renewOn(this.listener)
+      // Tried again at once on a fresh connection of its own (outside the pool, which may be all
+      // busy), then on a pooled one: the listener's failure says nothing of the others.
+      if (rows === null && !this.options.pooled) rows = await renewOn(await this.relisten())
       if (rows === null) {
-        // Tried again at once on a pooled connection: the listener's failure says nothing of the pool.
         sent = performance.now()
         rows = (await this.options.query<Renewed>('renewing leases', config)).rows
       }
@@ -338,15 +364,12 @@ export class LeaseKeeper {
    * cancels still arrive through the renewal's answer.
    */
   private listen (): void {
-    if (this.closed) return
+    // One listening connection at a time: a second would replace the first and leave it open.
+    if (this.closed || this.listener !== null || this.listening !== null) return
     this.listening = (async () => {
-      const client = await this.options.connect()
+      const client = await this.options.connect(this.renewalTimeoutMs())
       const prefix = `${this.options.schema}.`
-      const dropped = (): void => {
-        if (this.listener !== client) return
-        this.listener = null
-        client.release(true)
-      }
+      const dropped = (): void => { this.drop(client) }
       client.on('error', dropped)
       client.on('end', dropped)
       client.on('notification', (message) => {

@@ -72,14 +72,35 @@ function osUser (): string {
  * dropped) go to `onError`: unheard, the pool's 'error' event would end the process.
  *
  * Every connection turns synchronous_commit on (where the role or database has it off) before
- * the pool hands it out, whoever takes it: statements, the lease keeper's listener and its
- * renewals, migrations, a pass's lock. Not as a startup option: that would also override a
+ * the pool hands it out, whoever takes it: statements, migrations, a pass's lock (and the lease
+ * keeper's connection, which openConnection sets up the same way). Not as a startup option: that would also override a
  * stronger setting of the role's (remote_apply). A connection where it fails is never handed out.
  */
 export function createPool (settings: PoolSettings, onError: (err: Error) => void = noop): pg.Pool {
   const pool = new pg.Pool({ ...connectionConfig(settings), onConnect: durableCommits })
   pool.on('error', onError)
   return pool
+}
+
+/**
+ * One connection outside any pool, set up as the pool's are (durable commits), for a holder that
+ * must never wait behind the pool's statements: the lease keeper. `timeoutMs` bounds opening it;
+ * `applicationName` tells it apart in pg_stat_activity.
+ * Errors before the holder listens for them show as a rejection, never as an unheard 'error'.
+ */
+export async function openConnection (settings: PoolSettings, timeoutMs: number, applicationName: string): Promise<pg.Client> {
+  const { max: _max, ...config } = connectionConfig(settings)
+  const connectionTimeoutMillis = Math.max(1, Math.min(timeoutMs, config.connectionTimeoutMillis ?? timeoutMs))
+  const client = new pg.Client({ ...config, connectionTimeoutMillis, application_name: applicationName })
+  client.on('error', noop)
+  try {
+    await client.connect()
+    await durableCommits(client)
+  } catch (err) {
+    client.end().catch(noop)
+    throw err
+  }
+  return client
 }
 
 async function durableCommits (client: pg.ClientBase): Promise<void> {

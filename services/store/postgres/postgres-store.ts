@@ -21,7 +21,7 @@ import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { breaksConnection, errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
 import { checkSchemaName, redactUrl } from './database-url.js'
-import { createPool, type PoolSettings } from './pool.js'
+import { createPool, openConnection, type PoolSettings } from './pool.js'
 import {
   CONNECTION_SETTINGS, PING, ROW_TOTALS, activePage, addKeyChecks, deriveColumns, keyChecksOf, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
   updateSession, type ActiveRow, type DerivedColumns, type RowVersion
@@ -217,12 +217,20 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
         leaseMs: this.leaseMs,
         schema: this.schema,
         query: async (operation, config) => this.run(operation, config),
-        connect: async () => this.pool.connect(),
+        // Outside the pool when the store has its settings: renewals never queue behind statements.
+        connect: async (timeoutMs) => {
+          const settings = options.settings
+          if (settings === undefined || options.pool !== undefined) return this.pool.connect()
+          const client = await openConnection(settings, timeoutMs, 'taskvault-leases')
+          return Object.assign(client, { release: async () => { await client.end().catch(noop) } })
+        },
+        pooled: options.settings === undefined || options.pool !== undefined,
         events: this.events
       })
     this.shared = this.leases === null ? undefined : this
     // As many saves in flight as the pool has connections: more would only wait in the pool,
-    // where they could not be batched. One connection listens for cancels when shared.
+    // where they could not be batched. Shared, one is kept from them: for a host's pool, the lease
+    // keeper's; for the store's own, reads and a maintenance pass's lock.
     const max = options.settings?.max ?? (this.pool as pg.Pool & { options?: { max?: number } }).options?.max ?? 10
     const lanes = Math.max(1, this.leases === null ? max : max - 1)
     if (this.leases !== null && max < MIN_SHARED_POOL) {
