@@ -140,3 +140,16 @@ export async function archiveHalf (url, schema) {
     await client.end()
   }
 }
+
+/** A throwaway database for the section `name`; null (logged, the section marked skipped) when no PostgreSQL answers. */
+export async function sectionDatabase ({ sections, log }, name) {
+  const why = await unreachable()
+  if (why !== null) {
+    log(`  SKIPPED: no PostgreSQL at ${ADMIN_URL.replace(/:[^:@/]*@/, ':***@')} (${why}); the ${name} section measured nothing`)
+    sections[name] = { skipped: why }
+    return null
+  }
+  const db = await throwawayDatabase()
+  log(`  database ${db.name}`)
+  return db
+}

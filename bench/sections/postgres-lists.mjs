@@ -5,7 +5,7 @@
 // sessions, against its p99 on the idle server.
 import { join } from 'node:path'
 import { startServer } from '../lib/http.mjs'
-import { ADMIN_URL, archiveHalf, fillSessions, openStore, throwawayDatabase, unreachable } from '../lib/postgres.mjs'
+import { archiveHalf, fillSessions, openStore, sectionDatabase } from '../lib/postgres.mjs'
 import { median, now, percentile } from '../lib/stats.mjs'
 
 const LIST = '/api/v1/tasks/list?session_id=all&limit=50'
@@ -83,14 +83,9 @@ async function listFigures ({ quick, row, log, trackedDir }, db, res) {
 }
 
 export async function benchPostgresLists (ctx) {
-  const { sections, log } = ctx
-  const why = await unreachable()
-  if (why !== null) {
-    log(`  SKIPPED: no PostgreSQL at ${ADMIN_URL.replace(/:[^:@/]*@/, ':***@')} (${why}); the lists section measured nothing`)
-    sections.lists = { skipped: why }
-    return
-  }
-  const db = await throwawayDatabase()
+  const { sections } = ctx
+  const db = await sectionDatabase(ctx, 'lists')
+  if (db === null) return
   const res = { database: db.name }
   sections.lists = res
   try {

@@ -21,7 +21,7 @@ import { withSave } from '../lib/counting-store.mjs'
 import { THREE_TASK_TEXT, serialize, sessionOfBytes } from '../lib/fixtures.mjs'
 import { load, startServer, startServers } from '../lib/http.mjs'
 import { runPgBoss, runTaskvault } from '../lib/peers.mjs'
-import { ADMIN_URL, commitsOf, fillSessions, openStore, throwawayDatabase, unreachable } from '../lib/postgres.mjs'
+import { ADMIN_URL, commitsOf, fillSessions, openStore, sectionDatabase } from '../lib/postgres.mjs'
 import { collect, interleaved, median, now, percentile } from '../lib/stats.mjs'
 
 const RAW_UPDATE = 'UPDATE tv_save.sessions SET document = $2::json WHERE session_id = $1 AND archived_at IS NULL'
@@ -322,14 +322,8 @@ async function peerFigures ({ P, quick, row, log, alternate }, db, res) {
 
 export async function benchPostgres (ctx) {
   const { quick, sections, log } = ctx
-  const why = await unreachable()
-  if (why !== null) {
-    log(`  SKIPPED: no PostgreSQL at ${ADMIN_URL.replace(/:[^:@/]*@/, ':***@')} (${why}); the PostgreSQL section measured nothing`)
-    sections.postgres = { skipped: why }
-    return
-  }
-  const db = await throwawayDatabase()
-  log(`  database ${db.name}`)
+  const db = await sectionDatabase(ctx, 'postgres')
+  if (db === null) return
   const res = { database: db.name, admin_url: ADMIN_URL }
   sections.postgres = res
   try {

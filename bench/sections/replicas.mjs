@@ -21,7 +21,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
 import { THREE_TASK_TEXT } from '../lib/fixtures.mjs'
 import { cannon } from '../lib/http.mjs'
-import { ADMIN_URL, throwawayDatabase, unreachable } from '../lib/postgres.mjs'
+import { ADMIN_URL, sectionDatabase } from '../lib/postgres.mjs'
 import { databasePids, eachLimit, installCounters, postJson, sampleStatements, postgresCpu, postgresCpuDelta, startAgent, startReplica, startReplicas, statCounters } from '../lib/replicas.mjs'
 import { median, now } from '../lib/stats.mjs'
 
@@ -333,15 +333,9 @@ async function failover ({ quick, log, trackedDir }, db, res, logs) {
 }
 
 export async function benchReplicas (ctx) {
-  const { sections, log, row, trackedDir } = ctx
-  const why = await unreachable()
-  if (why !== null) {
-    log(`  SKIPPED: no PostgreSQL at ${ADMIN_URL.replace(/:[^:@/]*@/, ':***@')} (${why}); the replicas section measured nothing`)
-    sections.replicas = { skipped: why }
-    return
-  }
-  const db = await throwawayDatabase()
-  log(`  database ${db.name}`)
+  const { sections, row, trackedDir } = ctx
+  const db = await sectionDatabase(ctx, 'replicas')
+  if (db === null) return
   const logs = trackedDir('replicas-logs')
   mkdirSync(logs, { recursive: true })
   const res = { database: db.name, admin_url: ADMIN_URL, logs, logging: 'node dist/server.js, LOG_LEVEL=info (pino JSON) to a file per replica on the temp disk', cores: os.cpus().length }
