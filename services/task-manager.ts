@@ -742,7 +742,6 @@ export class TaskManager {
 /** How often a cancel asked of another replica checks whether it let go of the session. */
 const CANCEL_POLL_MS = 50
 
-/** Merges two lists sorted newest `updated_at` first. */
 function isArchivable (file: SessionFile, cutoff: Date): boolean {
   const finished = finishedAt(file)
   return finished !== null && Date.parse(finished) < cutoff.getTime()

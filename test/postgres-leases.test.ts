@@ -301,6 +301,15 @@ t.test('a renewal stuck on a half-open listening connection is tried again on a 
   t.ok((rows[0]?.left_ms ?? 0) > 1000, `renewed meanwhile: ${Math.round(rows[0]?.left_ms ?? 0)} ms left`)
   await a.save(contractSession('h', ['Completed']))
   t.pass('and the run still saves')
+  // The keeper's new connection goes half-open too: closing the store does not wait on it.
+  await waitFor('the new listening connection', async () => {
+    const ports = (await db.query<{ client_port: number }>(LISTENER.replace('pid', 'client_port'))).rows.map((row) => row.client_port)
+    const now = ports.find((other) => other !== port)
+    return now !== undefined && proxy.stallUpstream(now)
+  }, 5000)
+  const closing = performance.now()
+  await a.close()
+  t.ok(performance.now() - closing < 3000, `closed in ${Math.round(performance.now() - closing)} ms`)
 })
 
 t.test('when the listening connection breaks while every pooled connection waits, the next renewal goes on a fresh connection of the keeper\'s own: no lease is given up', async (t) => {
@@ -323,9 +332,8 @@ t.test('when the listening connection breaks while every pooled connection waits
   t.teardown(() => { locker.release() })
   await locker.query("BEGIN; SELECT 1 FROM tv_leases.sessions WHERE session_id IN ('l1', 'l2', 'l3') FOR UPDATE")
   const waiting = ['l1', 'l2', 'l3'].map(async (id) => a.acquire(id))
-  await waitFor('the statements waiting on the locks', async () =>
-    ((await db.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")).rowCount ?? 0) >= 2, 5000)
-  await new Promise((resolve) => setTimeout(resolve, 300))
+  await waitFor('three statements waiting on the locks', async () =>
+    (await db.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")).rowCount === 3, 5000)
   // The listening connection is cut (its backend ended, as a failover or a network fault would).
   await db.query('SELECT pg_terminate_backend($1)', [listener])
   // Past the point where the lease is given up (five sixths of it) when renewals stop.

@@ -170,10 +170,10 @@ t.test('replicas list archived sessions from the rows a page at a time: each ses
   t.equal((await post(a, 'create', { session_id: 'f2', instructions: 'another task' })).status, 200)
   // Copies a list must pass over: an older archived copy of f3 (archived twice; its counts are
   // not the list's), and an archived copy of the active p1 (a bring-back cut short).
-  // Older copies have lower row ids.
+  // Older copies have lower row ids (whatever time they say: the newest copy is the last written).
   await db.query(`INSERT INTO sessions (row_id, session_id, document, created_at, updated_at, archived_at, tasks_total, tasks_pending)
     OVERRIDING SYSTEM VALUE
-    SELECT -row_id, session_id, document, created_at, updated_at - interval '1 hour', now(), 5, 5 FROM sessions WHERE session_id IN ('f3', 'p1')`)
+    SELECT -row_id, session_id, document, created_at, updated_at + interval '1 hour', now(), 5, 5 FROM sessions WHERE session_id IN ('f3', 'p1')`)
 
   const page = async (app: FastifyInstance, filter: string, offset: number, limit: number): Promise<{ total: number, sessions: any[] }> => {
     const res = await get(app, `list?session_id=all&archived=${filter}&offset=${offset}&limit=${limit}`)
@@ -224,4 +224,11 @@ t.test('replicas list archived sessions from the rows a page at a time: each ses
   }
   t.same(pages, listed, 'a store of one process lists the same, page by page')
   t.same((await manager.listWithArchived(2, 3, 'only')).sessions, listed.filter((s) => s.archived === true).slice(2, 5), 'and archived only')
+  // A change between two lists: f4 comes back, the newest now.
+  await manager.create('f4', [{ instruction: 'more', task_type: 'General' }])
+  const after = await manager.listWithArchived(0, 100, 'include')
+  t.equal(after.total, 10)
+  t.match(after.sessions[0], { session_id: 'f4', total: 2, archived: undefined }, 'brought back: first, and active')
+  t.same(after.sessions.slice(1).map((s) => s.session_id), listed.map((s) => s.session_id).filter((id) => id !== 'f4'), 'the others as before')
+  t.equal((await manager.listWithArchived(0, 100, 'only')).total, 5)
 })

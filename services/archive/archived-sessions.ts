@@ -171,8 +171,7 @@ export class ArchivedSessions {
   }
 }
 
-/** The list view of an archived session (named fields: the summary carries more). */
-/** An archived session as a list shows it. */
+/** An archived session as a list shows it (named fields: the summary carries more). */
 export function archivedView (summary: ArchivedSummary): ArchivedSessionSummary {
   return {
     session_id: summary.session_id,

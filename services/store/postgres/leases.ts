@@ -265,11 +265,6 @@ export class LeaseKeeper {
     this.listen()
   }
 
-  /**
-   * One statement: the heartbeat, and every lease this process holds pushed out. Each attempt
-   * gives up after a sixth of the lease, whatever TASK_DB_STATEMENT_TIMEOUT_MS (0: none): a hung
-   * connection (a half-open one after a failover) must not hold renewals until the leases are given up.
-   */
   /** Listens anew now (unless it is on its way) and resolves with the connection, or null when none is up within a renewal's time. */
   private async relisten (): Promise<KeeperConnection | null> {
     this.listen()
@@ -287,6 +282,11 @@ export class LeaseKeeper {
     void client.release(true)
   }
 
+  /**
+   * One statement: the heartbeat, and every lease this process holds pushed out. Each attempt
+   * gives up after a sixth of the lease, whatever TASK_DB_STATEMENT_TIMEOUT_MS (0: none): a hung
+   * connection (a half-open one after a failover) must not hold renewals until the leases are given up.
+   */
   private async renew (): Promise<void> {
     if (this.renewing || this.closed || this.takenBy !== null) return
     this.renewing = true
@@ -298,27 +298,30 @@ export class LeaseKeeper {
         query_timeout: this.renewalTimeoutMs()
       }
       type Renewed = { session_id: string | null, cancel_requested: boolean | null }
-      let sent = performance.now()
-      let rows: Renewed[] | null = null
-      // On the listening connection: it is this keeper's own, so a renewal never waits for a
-      // pooled connection behind a burst of saves or slow statements (and loses leases for it).
-      const renewOn = async (listener: KeeperConnection | null): Promise<Renewed[] | null> => {
-        if (listener === null) return null
-        sent = performance.now()
-        return listener.query<Renewed>(config).then((result) => result.rows, () => {
+      // Each attempt with the time it was sent: a lease holds until then plus the lease, at the latest.
+      type Answer = { rows: Renewed[], sent: number }
+      const renewOn = async (listener: KeeperConnection | null): Promise<Answer> => {
+        if (listener === null) throw new Error('no listening connection')
+        const sent = performance.now()
+        return listener.query<Renewed>(config).then((result) => ({ rows: result.rows, sent }), (err: unknown) => {
           // Its state unknown (a timeout, a dropped link): never used again.
           this.drop(listener)
-          return null
+          throw err
         })
       }
-      rows = await renewOn(this.listener)
-      // Tried again at once on a fresh connection of its own (outside the pool, which may be all
-      // busy), then on a pooled one: the listener's failure says nothing of the others.
-      if (rows === null && !this.options.pooled) rows = await renewOn(await this.relisten())
-      if (rows === null) {
-        sent = performance.now()
-        rows = (await this.options.query<Renewed>('renewing leases', config)).rows
+      // On the listening connection: it is this keeper's own, so a renewal never waits for a
+      // pooled connection behind a burst of saves or slow statements (and loses leases for it).
+      let answer = await renewOn(this.listener).catch(() => null)
+      if (answer === null) {
+        // Tried again at once, on a pooled connection and on a fresh one of its own together: the
+        // pool's may all be busy, and a new connection may not open. The first answer counts.
+        const sent = performance.now()
+        const pooled = this.options.query<Renewed>('renewing leases', config).then((result) => ({ rows: result.rows, sent }))
+        answer = this.options.pooled
+          ? await pooled
+          : await Promise.any([pooled, this.relisten().then(renewOn)]).catch((err: AggregateError) => { throw err.errors[0] })
       }
+      const { rows, sent } = answer
       this.lastRenewal = sent
       if (rows.some((row) => row.session_id === null)) {
         this.idTaken()
@@ -380,7 +383,9 @@ export class LeaseKeeper {
         if (this.holds(sessionId)) this.options.events.emit('cancel', sessionId)
       })
       try {
-        await client.query(`LISTEN ${CANCEL_CHANNEL}; LISTEN ${EVENTS_CHANNEL}`)
+        // Bounded as a renewal is, whatever TASK_DB_STATEMENT_TIMEOUT_MS: a hung LISTEN would hold `listening` forever.
+        const listen: pg.QueryConfig & { query_timeout: number } = { text: `LISTEN ${CANCEL_CHANNEL}; LISTEN ${EVENTS_CHANNEL}`, query_timeout: this.renewalTimeoutMs() }
+        await client.query(listen)
       } catch (err) {
         client.release(true)
         throw err

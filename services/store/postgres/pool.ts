@@ -95,14 +95,29 @@ export async function openConnection (settings: PoolSettings, timeoutMs: number,
   client.on('error', noop)
   try {
     await client.connect()
-    await durableCommits(client)
+    await durableCommits(client, connectionTimeoutMillis)
   } catch (err) {
-    client.end().catch(noop)
+    await endConnection(client, connectionTimeoutMillis)
     throw err
   }
   return client
 }
 
-async function durableCommits (client: pg.ClientBase): Promise<void> {
-  await client.query(SYNCHRONOUS_COMMIT_ON)
+/**
+ * Ends a connection of openConnection's; when the server does not answer within `timeoutMs` (a
+ * half-open link would hold end() for minutes), its socket is destroyed.
+ */
+export async function endConnection (client: pg.Client, timeoutMs: number): Promise<void> {
+  const timer = setTimeout(() => { client.connection.stream.destroy() }, timeoutMs)
+  try {
+    await client.end().catch(noop)
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+async function durableCommits (client: pg.ClientBase, timeoutMs?: number): Promise<void> {
+  // pg's Client.query honours a query's own query_timeout (its typings leave it out).
+  const query: pg.QueryConfig & { query_timeout?: number } = { text: SYNCHRONOUS_COMMIT_ON, query_timeout: timeoutMs }
+  await client.query(query)
 }

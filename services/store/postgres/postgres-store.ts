@@ -21,7 +21,7 @@ import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { breaksConnection, errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
 import { checkSchemaName, redactUrl } from './database-url.js'
-import { createPool, openConnection, type PoolSettings } from './pool.js'
+import { createPool, endConnection, openConnection, type PoolSettings } from './pool.js'
 import {
   CONNECTION_SETTINGS, PING, ROW_TOTALS, activePage, addKeyChecks, deriveColumns, keyChecksOf, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
   updateSession, type ActiveRow, type DerivedColumns, type RowVersion
@@ -222,7 +222,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
           const settings = options.settings
           if (settings === undefined || options.pool !== undefined) return this.pool.connect()
           const client = await openConnection(settings, timeoutMs, 'taskvault-leases')
-          return Object.assign(client, { release: async () => { await client.end().catch(noop) } })
+          return Object.assign(client, { release: async () => { await endConnection(client, timeoutMs) } })
         },
         pooled: options.settings === undefined || options.pool !== undefined,
         events: this.events
