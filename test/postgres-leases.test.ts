@@ -347,6 +347,37 @@ t.test('when the listening connection breaks while every pooled connection waits
   t.equal((await Promise.all(waiting)).length, 3, 'the waiting statements go on once the locks are gone')
 })
 
+t.test('a renewal stuck on a half-open listening connection while every pooled connection waits is sent again on a fresh connection of the keeper\'s own: no lease is given up', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const { proxy, url: proxied } = await throughProxy(t, url)
+  const a = await open(t, proxied, 'alpha', { leaseMs: 6000, statementTimeoutMs: 0, max: 3 })
+  const lost: string[] = []
+  a.events.on('lease-lost', (id) => lost.push(id))
+  let port: number | undefined
+  await waitFor('the listening connection', async () => {
+    port = (await db.query<{ client_port: number }>(LISTENER.replace('pid', 'client_port'))).rows[0]?.client_port
+    return port !== undefined
+  }, 5000)
+  for (const id of ['h', 'l1', 'l2', 'l3']) await a.save(contractSession(id, ['Pending']))
+  await a.acquire('h')
+  const locker = await db.connect()
+  t.teardown(() => { locker.release() })
+  await locker.query("BEGIN; SELECT 1 FROM tv_leases.sessions WHERE session_id IN ('l1', 'l2', 'l3') FOR UPDATE")
+  const waiting = ['l1', 'l2', 'l3'].map(async (id) => a.acquire(id))
+  await waitFor('three statements waiting on the locks', async () =>
+    (await db.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")).rowCount === 3, 5000)
+  t.ok(proxy.stallUpstream(port ?? 0), 'the listening connection goes half-open')
+  // Past the point where the lease is given up (five sixths of it) when renewals stop.
+  await new Promise((resolve) => setTimeout(resolve, 7000))
+  t.same(lost, [], 'no lease given up')
+  const { rows } = await db.query<{ left_ms: number }>("SELECT extract(epoch FROM lease_until - now()) * 1000 AS left_ms FROM sessions WHERE session_id = 'h'")
+  t.ok((rows[0]?.left_ms ?? 0) > 2000, `renewed meanwhile: ${Math.round(rows[0]?.left_ms ?? 0)} ms left`)
+  await locker.query('ROLLBACK')
+  t.equal((await Promise.all(waiting)).length, 3, 'the waiting statements go on once the locks are gone')
+})
+
 t.test('a sweep that gives back a session whose lease this process lost keeps the cancel pending on it for the next sweep', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

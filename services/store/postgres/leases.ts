@@ -94,6 +94,8 @@ export class LeaseKeeper {
       report: (event) => { this.options.events.emit('replica-id', event) },
       stopped: () => this.closed
     })
+    // The first beat on the keeper's own connection when it opens in time, as every later one.
+    await this.relisten()
     // A first beat that fails (the database gone again since init) is only a missed beat.
     await this.renew().catch(noop)
     // Checked every twelfth of the lease: renewals every third, and a failed one tried again at

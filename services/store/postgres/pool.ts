@@ -90,7 +90,9 @@ export function createPool (settings: PoolSettings, onError: (err: Error) => voi
  */
 export async function openConnection (settings: PoolSettings, timeoutMs: number, applicationName: string): Promise<pg.Client> {
   const { max: _max, ...config } = connectionConfig(settings)
-  const connectionTimeoutMillis = Math.max(1, Math.min(timeoutMs, config.connectionTimeoutMillis ?? timeoutMs))
+  // The settings' bound when tighter; 0 there means none (pg's meaning), so `timeoutMs` alone.
+  const configured = config.connectionTimeoutMillis ?? 0
+  const connectionTimeoutMillis = Math.max(1, configured > 0 ? Math.min(timeoutMs, configured) : timeoutMs)
   const client = new pg.Client({ ...config, connectionTimeoutMillis, application_name: applicationName })
   client.on('error', noop)
   try {
