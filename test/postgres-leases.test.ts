@@ -21,6 +21,38 @@ const open = async (t: Test, url: string, replicaId: string, options: TestStoreO
 /** The lease keeper's listening connection: by its name, or by its last statement (its LISTEN) when it came from the pool. */
 const LISTENER = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND (application_name = 'taskvault-leases' OR query LIKE 'LISTEN%')"
 
+/** The keeper's listening connection's backend pid or client port, once it is up. */
+async function listening (db: pg.Pool, column: 'pid' | 'client_port'): Promise<number> {
+  let found: number | undefined
+  await waitFor('the listening connection', async () => {
+    found = (await db.query<Record<string, number>>(LISTENER.replace('pid', column))).rows[0]?.[column]
+    return found !== undefined
+  }, 5000)
+  return found as number
+}
+
+/**
+ * Three statements of the store's (lease acquires) left waiting on rows another transaction
+ * holds: a pool of three has no connection free. free() ends that transaction and resolves once
+ * they went through.
+ */
+async function fillPool (t: Test, db: pg.Pool, store: PostgresSessionStore): Promise<{ free: () => Promise<number> }> {
+  const ids = ['l1', 'l2', 'l3']
+  for (const id of ids) await store.save(contractSession(id, ['Pending']))
+  const locker = await db.connect()
+  t.teardown(() => { locker.release() })
+  await locker.query(`BEGIN; SELECT 1 FROM ${SCHEMA}.sessions WHERE session_id IN ('l1', 'l2', 'l3') FOR UPDATE`)
+  const waiting = ids.map(async (id) => store.acquire(id))
+  await waitFor('three statements waiting on the locks', async () =>
+    (await db.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")).rowCount === 3, 5000)
+  return {
+    free: async () => {
+      await locker.query('ROLLBACK')
+      return (await Promise.all(waiting)).length
+    }
+  }
+}
+
 async function row (db: pg.Pool, sessionId: string): Promise<{ owner: string | null, epoch: string, version: string, document: string, xmin: string, lease_ms: number | null }> {
   const { rows } = await db.query(`SELECT owner, epoch, version, document::text AS document, xmin::text AS xmin,
       extract(epoch FROM lease_until - now()) * 1000 AS lease_ms FROM sessions WHERE session_id = $1 AND archived_at IS NULL`, [sessionId])
@@ -285,15 +317,11 @@ t.test('a renewal stuck on a half-open listening connection is tried again on a 
   const a = await open(t, proxied, 'alpha', { leaseMs: 6000, statementTimeoutMs: 0 })
   const lost: string[] = []
   a.events.on('lease-lost', (id) => lost.push(id))
-  // The listening connection renews the leases: found by its LISTEN, before any renewal runs on it.
-  let port: number | undefined
-  await waitFor('the listening connection', async () => {
-    port = (await db.query<{ client_port: number }>(LISTENER.replace('pid', 'client_port'))).rows[0]?.client_port
-    return port !== undefined
-  }, 5000)
+  // The keeper's connection listens and renews the leases.
+  const port = await listening(db, 'client_port')
   await a.save(contractSession('h', ['Pending']))
   await a.acquire('h')
-  t.ok(proxy.stallUpstream(port ?? 0), 'that connection alone goes half-open')
+  t.ok(proxy.stallUpstream(port), 'that connection alone goes half-open')
   // Past the point where the lease is given up (five sixths of it) when renewals stop.
   await new Promise((resolve) => setTimeout(resolve, 8000))
   t.same(lost, [], 'no lease given up')
@@ -320,20 +348,10 @@ t.test('when the listening connection breaks while every pooled connection waits
   const a = await open(t, url, 'alpha', { leaseMs: 6000, statementTimeoutMs: 0, max: 3 })
   const lost: string[] = []
   a.events.on('lease-lost', (id) => lost.push(id))
-  let listener: number | undefined
-  await waitFor('the listening connection', async () => {
-    listener = (await db.query<{ pid: number }>(LISTENER)).rows[0]?.pid
-    return listener !== undefined
-  }, 5000)
-  for (const id of ['h', 'l1', 'l2', 'l3']) await a.save(contractSession(id, ['Pending']))
+  const listener = await listening(db, 'pid')
+  await a.save(contractSession('h', ['Pending']))
   await a.acquire('h')
-  // Three statements of the store's wait on rows another transaction holds: the pool has no connection free.
-  const locker = await db.connect()
-  t.teardown(() => { locker.release() })
-  await locker.query("BEGIN; SELECT 1 FROM tv_leases.sessions WHERE session_id IN ('l1', 'l2', 'l3') FOR UPDATE")
-  const waiting = ['l1', 'l2', 'l3'].map(async (id) => a.acquire(id))
-  await waitFor('three statements waiting on the locks', async () =>
-    (await db.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")).rowCount === 3, 5000)
+  const pool = await fillPool(t, db, a)
   // The listening connection is cut (its backend ended, as a failover or a network fault would).
   await db.query('SELECT pg_terminate_backend($1)', [listener])
   // Past the point where the lease is given up (five sixths of it) when renewals stop.
@@ -343,8 +361,7 @@ t.test('when the listening connection breaks while every pooled connection waits
   t.ok((rows[0]?.left_ms ?? 0) > 2000, `renewed meanwhile: ${Math.round(rows[0]?.left_ms ?? 0)} ms left`)
   t.equal((await db.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'taskvault-leases'")).rowCount, 1,
     'the keeper listens again, on a connection of its own (named so in pg_stat_activity)')
-  await locker.query('ROLLBACK')
-  t.equal((await Promise.all(waiting)).length, 3, 'the waiting statements go on once the locks are gone')
+  t.equal(await pool.free(), 3, 'the waiting statements go on once the locks are gone')
 })
 
 t.test('a renewal stuck on a half-open listening connection while every pooled connection waits is sent again on a fresh connection of the keeper\'s own: no lease is given up', async (t) => {
@@ -355,27 +372,17 @@ t.test('a renewal stuck on a half-open listening connection while every pooled c
   const a = await open(t, proxied, 'alpha', { leaseMs: 6000, statementTimeoutMs: 0, max: 3 })
   const lost: string[] = []
   a.events.on('lease-lost', (id) => lost.push(id))
-  let port: number | undefined
-  await waitFor('the listening connection', async () => {
-    port = (await db.query<{ client_port: number }>(LISTENER.replace('pid', 'client_port'))).rows[0]?.client_port
-    return port !== undefined
-  }, 5000)
-  for (const id of ['h', 'l1', 'l2', 'l3']) await a.save(contractSession(id, ['Pending']))
+  const port = await listening(db, 'client_port')
+  await a.save(contractSession('h', ['Pending']))
   await a.acquire('h')
-  const locker = await db.connect()
-  t.teardown(() => { locker.release() })
-  await locker.query("BEGIN; SELECT 1 FROM tv_leases.sessions WHERE session_id IN ('l1', 'l2', 'l3') FOR UPDATE")
-  const waiting = ['l1', 'l2', 'l3'].map(async (id) => a.acquire(id))
-  await waitFor('three statements waiting on the locks', async () =>
-    (await db.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")).rowCount === 3, 5000)
-  t.ok(proxy.stallUpstream(port ?? 0), 'the listening connection goes half-open')
+  const pool = await fillPool(t, db, a)
+  t.ok(proxy.stallUpstream(port), 'the listening connection goes half-open')
   // Past the point where the lease is given up (five sixths of it) when renewals stop.
   await new Promise((resolve) => setTimeout(resolve, 7000))
   t.same(lost, [], 'no lease given up')
   const { rows } = await db.query<{ left_ms: number }>("SELECT extract(epoch FROM lease_until - now()) * 1000 AS left_ms FROM sessions WHERE session_id = 'h'")
   t.ok((rows[0]?.left_ms ?? 0) > 2000, `renewed meanwhile: ${Math.round(rows[0]?.left_ms ?? 0)} ms left`)
-  await locker.query('ROLLBACK')
-  t.equal((await Promise.all(waiting)).length, 3, 'the waiting statements go on once the locks are gone')
+  t.equal(await pool.free(), 3, 'the waiting statements go on once the locks are gone')
 })
 
 t.test('a sweep that gives back a session whose lease this process lost keeps the cancel pending on it for the next sweep', async (t) => {
