@@ -350,7 +350,7 @@ export class TaskManager {
   async list (offset: number, limit: number): Promise<{ total: number, sessions: Array<SessionSummary & { running: boolean }> }> {
     // Shared: from the rows, so every replica lists the same.
     if (this.shared !== undefined) return this.shared.listActive(offset, limit)
-    return { total: this.registry.newestFirst().length, sessions: this.registry.summaries(offset, limit).map((s) => ({ ...s, running: this.runner.isRunning(s.session_id) })) }
+    return { total: this.registry.size, sessions: this.registry.summaries(offset, limit).map((s) => ({ ...s, running: this.runner.isRunning(s.session_id) })) }
   }
 
   /** A session, active or archived (then read from its file). */

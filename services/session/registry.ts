@@ -117,10 +117,10 @@ export class SessionRegistry {
   private ordered: SessionSlot[] = []
   private joined: SessionSlot[] = []
   private orderStale = false
-  /** Slots that joined or left the order since it was sorted: past as many as it holds, it is sorted anyway, so memory stays bounded without lists. */
-  private orderChurn = 0
   /** Counts sessions given to or taken from this registry: what a copy of its membership is checked against. */
   private joinsAndLeaves = 0
+  /** joinsAndLeaves when the order was last sorted: past as many changes as it holds, it is sorted anyway, so memory stays bounded without lists. */
+  private sortedAt = 0
   /** Why saveUnsaved() last failed to write a session (see lostChanges). */
   private readonly saveFailures = new Map<string, unknown>()
   /** Sessions whose first write is in flight (see sessionsAndCreates). */
@@ -289,7 +289,7 @@ export class SessionRegistry {
     this.ordered = next
     this.joined = []
     this.orderStale = false
-    this.orderChurn = 0
+    this.sortedAt = this.joinsAndLeaves
     return next
   }
 
@@ -618,11 +618,8 @@ export class SessionRegistry {
     if (file !== null && !slot.listed) {
       slot.listed = true
       this.joined.push(slot)
-      this.orderChurn++
-    } else if (file === null && slot.listed) {
-      this.orderChurn++
     }
-    if (this.orderChurn > Math.max(1024, this.ordered.length)) this.order()
+    if (this.joinsAndLeaves - this.sortedAt > Math.max(1024, this.ordered.length)) this.order()
   }
 
   private count (slot: SessionSlot, sign: 1 | -1): void {

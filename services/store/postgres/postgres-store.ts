@@ -210,6 +210,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     this.pageRows = options.pageRows ?? DEFAULT_PAGE_ROWS
     this.replicaId = options.replicaId ?? ''
     this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS
+    // A host's pool comes without settings of ours (or they are not its).
+    const ownSettings = options.pool === undefined ? options.settings : undefined
     this.leases = options.replicaId === undefined
       ? null
       : new LeaseKeeper({
@@ -217,14 +219,13 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
         leaseMs: this.leaseMs,
         schema: this.schema,
         query: async (operation, config) => this.run(operation, config),
-        // Outside the pool when the store has its settings: renewals never queue behind statements.
+        // Outside the pool when the store has its own settings: renewals never queue behind statements.
         connect: async (timeoutMs) => {
-          const settings = options.settings
-          if (settings === undefined || options.pool !== undefined) return this.pool.connect()
-          const client = await openConnection(settings, timeoutMs, 'taskvault-leases')
+          if (ownSettings === undefined) return this.pool.connect()
+          const client = await openConnection(ownSettings, timeoutMs, 'taskvault-leases')
           return Object.assign(client, { release: async () => { await endConnection(client, timeoutMs) } })
         },
-        pooled: options.settings === undefined || options.pool !== undefined,
+        pooled: ownSettings === undefined,
         events: this.events
       })
     this.shared = this.leases === null ? undefined : this
@@ -871,16 +872,15 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       this.run<SummaryRow>('listing sessions', page),
       this.run<{ total: number }>('counting sessions', { text: count })
     ])
-    const sessions = rows.map((row): SharedSummary => row.archived === true
-      ? {
-          session_id: row.session_id,
-          created_at: row.written_created_at ?? row.created_at.toISOString(),
-          updated_at: row.written_updated_at ?? row.updated_at.toISOString(),
-          ...progressOfRow(row),
-          archived: true,
-          running: false
-        }
-      : { session_id: row.session_id, created_at: row.created_at.toISOString(), updated_at: row.updated_at.toISOString(), ...progressOfRow(row), running: row.running })
+    // An archived row is never running (the statement says so).
+    const sessions = rows.map((row): SharedSummary => ({
+      session_id: row.session_id,
+      created_at: row.written_created_at ?? row.created_at.toISOString(),
+      updated_at: row.written_updated_at ?? row.updated_at.toISOString(),
+      ...progressOfRow(row),
+      ...(row.archived === true && { archived: true }),
+      running: row.running
+    }))
     return { total: counted.rows[0]?.total ?? 0, sessions }
   }
 
