@@ -7,7 +7,9 @@ import { buildApp } from '../app.js'
 import taskvaultPlugin from '../index.js'
 import { API, build, memoryLog, tempDir, waitFor } from './helper.js'
 import pg from 'pg'
-import { testDatabase } from './postgres.js'
+import { openTestStore, testDatabase } from './postgres.js'
+import { storedSession } from './session-fixtures.js'
+import type { SessionFile } from '../schemas/session.js'
 import { startProxy, type TcpProxy } from './tcp-proxy.js'
 import { openStream } from './sse-client.js'
 import { connectionConfig } from '../services/store/postgres/pool.js'
@@ -356,6 +358,56 @@ t.test('retention never deletes an archived row it cannot open, and judges one i
   const withKey = await boot(`${fresh},${old}`)
   t.equal((await withKey.inject({ method: 'POST', url: `${API}/archive`, payload: {} })).statusCode, 200)
   t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 'aged'")).rowCount, 0, 'opened: judged by its content (200 days old), deleted')
+})
+
+t.test('replicas: retention pages its candidates from the rows and deletes only sessions whose newest copy is past its cutoff, archived by any replica', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const DAY = 86_400_000
+  const at = (days: number): string => new Date(CLOCK_START - days * DAY).toISOString()
+  const session = (id: string, statuses: string[], days: number): SessionFile => JSON.parse(storedSession(id, statuses, at(days)))
+  // What other replicas left: archived copies, written through a store of the test's own.
+  const other = await openTestStore(t, url, 'taskvault')
+  const archived = async (file: SessionFile): Promise<void> => { await other.save(file); await other.archive(file) }
+  const old = ['old-1', 'old-2', 'old-3', 'old-4', 'old-5']
+  for (const id of old) await archived(session(id, ['Completed', 'Completed'], 100))
+  await archived(session('young', ['Completed'], 10))
+  await archived(session('old-failed', ['Completed', 'Failed'], 100))
+  await archived(session('ancient-failed', ['Failed'], 200))
+  // Archived long ago, then brought back, changed and archived again lately: its newest copy decides.
+  await archived(session('rearchived', ['Completed'], 200))
+  await archived(session('rearchived', ['Completed', 'Completed'], 10))
+  // An old archived copy behind an active session (a bring-back cut short): retention never touches active sessions.
+  await other.save(session('behind-active', ['Completed'], 300))
+  const db = await inspector(t, url)
+  await db.query(`INSERT INTO sessions (session_id, document, created_at, updated_at, finished_at, archived_at, tasks_total, tasks_completed)
+    SELECT session_id, document, created_at, updated_at, finished_at, now(), tasks_total, tasks_completed FROM sessions WHERE session_id = 'behind-active'`)
+  // Nothing is past retention at boot (the pass the scheduler runs then); the test moves the clock on.
+  let now = CLOCK_START - 400 * DAY
+  const app = await buildApp({
+    readEnvironment: false,
+    clock: () => new Date(now),
+    // Two candidates a page: the pass must go on past pages of sessions it keeps.
+    config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_REPLICA_ID: 'a', TASK_ARCHIVE_DAYS: 0, TASK_ARCHIVE_RETENTION_DAYS: 90, TASK_ARCHIVE_FAILED_RETENTION_DAYS: 180, TASK_SWEEP_BATCH: 2 }
+  })
+  t.teardown(() => app.close())
+  await app.ready()
+  // Archived by another replica after this one read its archive at boot.
+  await archived(session('late', ['Completed'], 120))
+  now = CLOCK_START
+  const pass = (await app.inject({ method: 'POST', url: `${API}/archive`, payload: {} })).json()
+  t.same(pass.deleted_ids.sort(), ['ancient-failed', 'late', ...old].sort(), 'past retention: 90 days, 180 for sessions with a failed task')
+  const left = await db.query('SELECT session_id, archived_at IS NOT NULL AS archived FROM sessions ORDER BY session_id, row_id')
+  t.same(left.rows, [
+    { session_id: 'behind-active', archived: false },
+    { session_id: 'behind-active', archived: true },
+    { session_id: 'old-failed', archived: true },
+    { session_id: 'rearchived', archived: true },
+    { session_id: 'rearchived', archived: true },
+    { session_id: 'young', archived: true }
+  ], 'the rest kept, every copy')
+  t.same((await app.inject({ method: 'POST', url: `${API}/archive`, payload: {} })).json().deleted_ids, [], 'a second pass finds nothing')
+  t.equal((await app.inject({ method: 'GET', url: `${API}/list?session_id=late` })).statusCode, 404, 'deleted for every replica')
 })
 
 t.test('replicas: a session\'s events keep their order when its next change goes through another replica', async (t) => {

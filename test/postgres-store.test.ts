@@ -112,6 +112,38 @@ t.test('unarchive is all or nothing, and archived reads go by the rows, not by m
   t.equal(await a.removeArchived('moved'), 0)
 })
 
+t.test('the archive index reads each copy\'s times as its document holds them: from its first bytes, or from the whole document when laid out otherwise', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  const plain = await openStore(t, url)
+  const sealed = await openStore(t, url, { keyring })
+  const archived = async (store: PostgresSessionStore, file: SessionFile): Promise<void> => { await store.save(file); await store.archive(file) }
+  // Times as no column renders them (no milliseconds, an offset): only the document has them so.
+  await archived(plain, contractSession('plain', ['Completed'], '2024-02-01T00:00:00Z'))
+  await archived(sealed, contractSession('sealed', ['Completed'], '2024-02-02T00:00:00+00:00'))
+  await archived(plain, contractSession('reordered', ['Completed']))
+  await archived(plain, contractSession('escaped', ['Completed']))
+  // Keys in another order, and a time with an escape in it: the first bytes cannot tell, the whole document is read.
+  await db.query(`UPDATE sessions SET document = json_build_object('created_at', '2024-01-03T00:00:00+01:00', 'session_id', session_id,
+    'updated_at', '2024-02-03T00:00:00Z', 'session', document->'session') WHERE session_id = 'reordered'`)
+  await db.query(`UPDATE sessions SET document = ('{"session_id": "escaped", "created_at": "2024-01-04T00:00:00.000\\u005a", "updated_at": "2024-02-04T00:00:00Z", "session": ' ||
+    (document->'session')::text || '}')::json WHERE session_id = 'escaped'`)
+  const fresh = await openStore(t, url, { keyring })
+  t.match(await fresh.openArchive({ concurrency: 1 }), { sessions: 4, files: 4 })
+  const { sessions, failures } = await fresh.listArchived()
+  t.same(failures, [])
+  const times = Object.fromEntries(sessions.map((summary) => [summary.session_id, [summary.created_at, summary.updated_at]]))
+  t.same(times, {
+    plain: ['2024-01-15T10:30:00.000Z', '2024-02-01T00:00:00Z'],
+    sealed: ['2024-01-15T10:30:00.000Z', '2024-02-02T00:00:00+00:00'],
+    reordered: ['2024-01-03T00:00:00+01:00', '2024-02-03T00:00:00Z'],
+    escaped: ['2024-01-04T00:00:00.000Z', '2024-02-04T00:00:00Z']
+  })
+  const readBack = (await fresh.readArchived('escaped')).session?.file
+  t.same([readBack?.created_at, readBack?.updated_at], times.escaped, 'as reading the copy gives them')
+})
+
 t.test('the document column holds exactly serializeSessionFile\'s bytes; the columns are derived from the file', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -11,6 +11,13 @@ export interface ArchivedSummary extends Progress {
   file: string
 }
 
+/** Retention cutoffs: archived sessions that finished before theirs are deleted; null keeps them. */
+export interface RetentionCutoffs {
+  all: Date | null
+  /** For sessions with at least one Failed task. */
+  failed: Date | null
+}
+
 export function summarize (file: SessionFile, name: string): ArchivedSummary {
   return {
     session_id: file.session_id,

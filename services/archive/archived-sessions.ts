@@ -1,21 +1,16 @@
-import { summarize, type ArchivedSummary } from './archive-index.js'
+import { summarize, type ArchivedSummary, type RetentionCutoffs } from './archive-index.js'
 import { KeyUnavailableError, StaleArchivedCopyError } from '../errors.js'
 import { unchanged, type Draft } from '../session/draft.js'
 import type { SessionRegistry, SessionSummary } from '../session/registry.js'
 import type { ArchiveTotals, ArchivedSession, LoadFailure, SessionStore } from '../store/store.js'
 import type { Logger } from '../types.js'
 
+export type { RetentionCutoffs }
+
 export type ArchivedSessionSummary = SessionSummary & { archived: true }
 
 /** What ArchivedSessions.before() read: the archived copy, null (none), or undefined (the session was active, none looked for). */
 export type ArchivedCopy = ArchivedSession | null | undefined
-
-/** Retention cutoffs: archived sessions that finished before theirs are deleted; null keeps them. */
-export interface RetentionCutoffs {
-  all: Date | null
-  /** For sessions with at least one Failed task. */
-  failed: Date | null
-}
 
 export interface ArchivedSessionsOptions {
   registry: SessionRegistry
@@ -124,15 +119,23 @@ export class ArchivedSessions {
   }
 
   /**
-   * Deletes archived sessions that finished before their cutoff. Each is checked again inside
-   * its change queue: one brought back or replaced since the listing stays.
+   * Deletes archived sessions that finished before their cutoff, found in the store's index (a
+   * store of this process alone: a shared one pages its candidates from the rows, see pruneEach).
    */
   async prune (cutoffs: RetentionCutoffs, stop: () => boolean | Promise<boolean>): Promise<string[]> {
     if (cutoffs.all === null && cutoffs.failed === null) return []
     const { sessions, failures } = await this.store.listArchived()
     this.report(failures)
+    return await this.pruneEach(sessions, cutoffs, stop)
+  }
+
+  /**
+   * Deletes those of `candidates` that finished before their cutoff. Each is checked again inside
+   * its change queue: one brought back or replaced since the listing stays.
+   */
+  async pruneEach (candidates: readonly ArchivedSummary[], cutoffs: RetentionCutoffs, stop: () => boolean | Promise<boolean>): Promise<string[]> {
     const deleted: string[] = []
-    for (const summary of sessions) {
+    for (const summary of candidates) {
       if (!pastRetention(summary, cutoffs)) continue
       if (await stop()) break
       const sessionId = summary.session_id

@@ -1,6 +1,6 @@
 import type { EventEmitter } from 'node:events'
 import type { SessionFile } from '../../schemas/session.js'
-import type { ArchiveTotals, ArchivedSummary } from '../archive/archive-index.js'
+import type { ArchiveTotals, ArchivedSummary, RetentionCutoffs } from '../archive/archive-index.js'
 import type { ReplicaHolder, ReplicaIdTakenError, TaskvaultError } from '../errors.js'
 import type { LockEvent } from './storage-lock.js'
 import type { DiskSpace } from './disk-space.js'
@@ -212,6 +212,13 @@ export interface SharedSessions {
    * `limit` after `after` (the page before's `next`), so sessions a pass leaves never hide the rest.
    */
   archivable(cutoff: Date, limit: number, after?: ArchivableCursor | null): Promise<{ ids: string[], next: ArchivableCursor | null }>
+  /**
+   * Archived sessions that are not active whose newest copy finished before its retention
+   * cutoff, as the rows' columns tell (the copy is judged again when read), oldest copy first:
+   * a page of `limit` after the copy `after` (the page before's `next`), so those a pass leaves
+   * never hide the rest.
+   */
+  pastRetention(cutoffs: RetentionCutoffs, limit: number, after?: string | null): Promise<{ sessions: ArchivedSummary[], next: string | null }>
   /**
    * Runs a maintenance pass unless another replica's pass of that name runs now (then null).
    * The pass asks `lock.held()` between its steps and stops once it says false.

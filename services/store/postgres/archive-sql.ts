@@ -81,6 +81,8 @@ export function rowArchived (sessionId: string, row: string): pg.QueryConfig {
 
 export interface ArchivedRow {
   row_id: string
+  /** ARCHIVED_ROWS only: the document's first bytes. */
+  head?: string
   session_id: string
   bytes: number
   created_at: string
@@ -93,16 +95,64 @@ export interface ArchivedRow {
   tasks_in_progress: number
 }
 
+/** How much of a document ARCHIVED_ROWS reads: enough for an id of 128 characters and two ISO times at an indent of 2. */
+const HEAD_CHARS = 256
+
 /**
  * What the archive index needs of every archived copy, without the documents: sizes and the
- * summary columns. The times are the document's own strings (clear in sealed envelopes too),
- * so summaries read the same as the file store's.
+ * summary columns, and the document's first bytes, where its times stand as written (clear in
+ * sealed envelopes too), so summaries read the same as the file store's (see documentTimes).
+ * Parsing each document for them (`document->>`) took the database a second per 60,000 rows.
  */
-export const ARCHIVED_ROWS = `SELECT row_id, session_id, bytes,
-    coalesce(document->>'created_at', to_json(created_at)#>>'{}') AS created_at,
-    coalesce(document->>'updated_at', to_json(updated_at)#>>'{}') AS updated_at,
+export const ARCHIVED_ROWS = `SELECT row_id, session_id, bytes, left(document::text, ${HEAD_CHARS}) AS head,
+    to_json(created_at)#>>'{}' AS created_at, to_json(updated_at)#>>'{}' AS updated_at,
     finished_at, tasks_total, tasks_completed, tasks_failed, tasks_pending, tasks_in_progress
   FROM sessions WHERE archived_at IS NOT NULL ORDER BY row_id`
+
+/** The times of the copies whose first bytes did not give them (documentTimes: null), from the documents. */
+export function archivedTimes (rowIds: string[]): pg.QueryConfig {
+  return {
+    text: `SELECT row_id, coalesce(document->>'created_at', to_json(created_at)#>>'{}') AS created_at,
+        coalesce(document->>'updated_at', to_json(updated_at)#>>'{}') AS updated_at
+      FROM sessions WHERE row_id = ANY($1::bigint[])`,
+    values: [rowIds]
+  }
+}
+
+/**
+ * A document's `created_at` and `updated_at` from its first bytes, when they are its first keys
+ * after the id, as every document taskvault writes has them (plain or sealed, any indent), and
+ * free of escapes; null for any other layout (the whole document is read for them).
+ */
+export function documentTimes (head: string): { created_at: string, updated_at: string } | null {
+  const found = HEAD_TIMES.exec(head)
+  return found === null ? null : { created_at: found[1] as string, updated_at: found[2] as string }
+}
+
+const HEAD_TIMES = /^\{\s*"session_id"\s*:\s*"[A-Za-z0-9_-]+"\s*,\s*"created_at"\s*:\s*"([^"\\]*)"\s*,\s*"updated_at"\s*:\s*"([^"\\]*)"/u
+
+/**
+ * Retention's candidates: archived copies that are their session's newest, of a session not
+ * active, finished (or, with no finish, last updated) before their cutoff: `failed` for a
+ * session with a failed task, `all` for the others (null: never). In row order, a page of
+ * `limit` after row `after`, so a pass walks the table once whatever it leaves. The times are
+ * the columns' (the document's instants), which retention needs; the copy itself is judged again.
+ */
+export function retentionCandidates (all: Date | null, failed: Date | null, limit: number, after: string | null): pg.QueryConfig {
+  return {
+    text: `SELECT a.row_id, a.session_id, a.bytes, to_json(a.created_at)#>>'{}' AS created_at, to_json(a.updated_at)#>>'{}' AS updated_at,
+        a.finished_at, a.tasks_total, a.tasks_completed, a.tasks_failed, a.tasks_pending, a.tasks_in_progress
+      FROM sessions a
+      WHERE a.archived_at IS NOT NULL AND ($4::bigint IS NULL OR a.row_id > $4)
+        -- The later cutoff bounds both retention indexes' scans (greatest() passes over a null).
+        AND (a.finished_at < greatest($1::timestamptz, $2::timestamptz) OR (a.finished_at IS NULL AND a.updated_at < greatest($1::timestamptz, $2::timestamptz)))
+        AND coalesce(a.finished_at, a.updated_at) < CASE WHEN a.tasks_failed > 0 THEN $2::timestamptz ELSE $1::timestamptz END
+        AND NOT EXISTS (SELECT FROM sessions n WHERE n.session_id = a.session_id AND n.archived_at IS NOT NULL AND n.row_id > a.row_id)
+        AND NOT EXISTS (SELECT FROM sessions s WHERE s.session_id = a.session_id AND s.archived_at IS NULL)
+      ORDER BY a.row_id LIMIT $3`,
+    values: [all, failed, limit, after]
+  }
+}
 
 /** The newest archived copy of a session older than `before` (a row id; null for the newest of all). */
 export function newestArchived (sessionId: string, before: string | null): pg.QueryConfig {

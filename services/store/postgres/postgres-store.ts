@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import type pg from 'pg'
 import { SessionFile, SESSION_ID_PATTERN } from '../../../schemas/session.js'
-import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from '../../archive/archive-index.js'
+import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary, type RetentionCutoffs } from '../../archive/archive-index.js'
 import {
   CorruptSessionFileError, DatabaseUnavailableError, InvalidDatabaseSettingError, InvalidSessionIdError, KeyUnavailableError,
   LeaseLostError, SealNotOpenedError, SessionBusyError, StaleArchivedCopyError, StorageError, TaskvaultError, VersionConflictError
@@ -16,7 +16,7 @@ import {
   clearUpdatedAt, type ArchivableCursor, type ArchivedSession, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
-import { ARCHIVED_ROWS, archiveSession, archivedUnderKid, reviveArchived, rowArchived, deleteArchived, newerArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
+import { ARCHIVED_ROWS, archiveSession, archivedTimes, archivedUnderKid, documentTimes, retentionCandidates, reviveArchived, rowArchived, deleteArchived, newerArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
 import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { breaksConnection, errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
@@ -138,10 +138,11 @@ const MAX_UNSURE = 8
  * (many replicas) builds on that: leases and epochs go into the same WHERE clauses.
  *
  * The archive's synchronous answers (archivedName, archivedIds, archiveTotals) come from an
- * in-memory index filled by openArchive and kept current by this store's own writes. With
- * several replicas another one's archive, unarchive or retention is not seen there until the
- * next openArchive; issue 14 must validate these against the rows (or invalidate them through
- * LISTEN/NOTIFY). readArchived and removeArchived already go by the rows and correct the index.
+ * in-memory index filled by openArchive (at boot, and by tools) and kept current by this store's
+ * own writes. With several replicas another one's archive, unarchive or retention is not seen
+ * there until a read of that session: readArchived and removeArchived go by the rows and correct
+ * the index, and what replicas answer from the archive (lists, /stats, retention's candidates)
+ * is read from the rows.
  */
 export class PostgresSessionStore implements SessionStore, SharedSessions {
   readonly kind = 'postgres'
@@ -600,6 +601,17 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   async openArchive (_options: { concurrency: number }): Promise<ArchiveTotals> {
     const { rows } = await this.run<ArchivedRow>('reading the archive', { text: ARCHIVED_ROWS })
+    // The times as the documents hold them: from their first bytes, or else from the whole documents.
+    const unread = new Map<string, ArchivedRow>()
+    for (const row of rows) {
+      const times = documentTimes(row.head ?? '')
+      if (times === null) unread.set(row.row_id, row)
+      else Object.assign(row, times)
+    }
+    if (unread.size > 0) {
+      const { rows: times } = await this.run<{ row_id: string, created_at: string, updated_at: string }>('reading the archive', archivedTimes([...unread.keys()]))
+      for (const { row_id: rowId, ...time } of times) Object.assign(unread.get(rowId) ?? {}, time)
+    }
     this.index.clear()
     // Oldest first: each copy added is the newest of its session so far and takes the summary.
     for (const row of rows) {
@@ -888,6 +900,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     const { rows } = await this.run<{ session_id: string, finished_at: string }>('finding sessions to archive', archivableSessions(cutoff, limit, after))
     const last = rows.at(-1)
     return { ids: rows.map((row) => row.session_id), next: last === undefined ? null : { finishedAt: last.finished_at, sessionId: last.session_id } }
+  }
+
+  async pastRetention (cutoffs: RetentionCutoffs, limit: number, after: string | null = null): Promise<{ sessions: ArchivedSummary[], next: string | null }> {
+    const { rows } = await this.run<ArchivedRow>('finding archived sessions past retention', retentionCandidates(cutoffs.all, cutoffs.failed, limit, after))
+    return { sessions: rows.map((row) => summaryOf(row, archivedLikeName(row.session_id, row.row_id))), next: rows.at(-1)?.row_id ?? null }
   }
 
   /**
