@@ -17,7 +17,7 @@ import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, type Progr
 import { liveFile, unchanged } from './session/draft.js'
 import { SessionRegistry, type NewestFirst, type SessionSummary } from './session/registry.js'
 import { WriteBackRetries } from './session/write-back-retries.js'
-import type { ArchivableCursor, PassLock, SessionStore, SharedSessions, SweptSession } from './store/store.js'
+import type { ArchivableCursor, PassLock, RetentionCursor, SessionStore, SharedSessions, SweptSession } from './store/store.js'
 import { Sweeper } from './replicas/sweeper.js'
 import { noop } from './noop.js'
 import { TaskRunner, type Waiting } from './runner/task-runner.js'
@@ -677,30 +677,32 @@ export class TaskManager {
   /** Deletes archived sessions that finished before their retention cutoff. */
   async pruneArchivedBefore (cutoffs: RetentionCutoffs): Promise<string[]> {
     const shared = this.shared
-    const deleted = shared === undefined
-      ? await this.archived.prune(cutoffs, () => this.shuttingDown)
-      : await shared.exclusively('retention', async (lock) => await this.pruneShared(shared, cutoffs, lock)) ?? []
-    for (const sessionId of deleted) this.runner.announce('session.deleted', { session_id: sessionId, archived: true })
+    const deleted: string[] = []
+    try {
+      if (shared === undefined) await this.archived.prune(cutoffs, () => this.shuttingDown, deleted)
+      else await shared.exclusively('retention', async (lock) => { await this.pruneShared(shared, cutoffs, lock, deleted) })
+    } finally {
+      // Those deleted before a page failed too: they are gone.
+      for (const sessionId of deleted) this.runner.announce('session.deleted', { session_id: sessionId, archived: true })
+    }
     return deleted
   }
 
   /**
    * Retention on a shared store: candidates a page at a time from the rows (other replicas
-   * archive too, and the whole archive is never read), each judged again on its copy.
+   * archive too, and the whole archive is never read), each judged again on its copy; those
+   * deleted go into `deleted` as they go.
    */
-  private async pruneShared (shared: SharedSessions, cutoffs: RetentionCutoffs, lock: PassLock): Promise<string[]> {
-    const deleted: string[] = []
-    if (cutoffs.all === null && cutoffs.failed === null) return deleted
+  private async pruneShared (shared: SharedSessions, cutoffs: RetentionCutoffs, lock: PassLock, deleted: string[]): Promise<void> {
     // Before each page and each deletion: a pass whose lock went with its connection stops.
     const stop = async (): Promise<boolean> => this.shuttingDown || !(await lock.held())
-    let after: string | null = null
+    let after: RetentionCursor | null = null
     while (!(await stop())) {
-      const page: { sessions: ArchivedSummary[], next: string | null } = await shared.pastRetention(cutoffs, this.settings.sweepBatch, after)
-      if (page.sessions.length === 0) break
+      const page: { sessions: ArchivedSummary[], next: RetentionCursor | null } = await shared.pastRetention(cutoffs, this.settings.sweepBatch, after)
+      if (page.sessions.length === 0) return
       after = page.next
-      deleted.push(...await this.archived.pruneEach(page.sessions, cutoffs, stop))
+      await this.archived.pruneEach(page.sessions, cutoffs, stop, deleted)
     }
-    return deleted
   }
 
   /** The session's progress as a live-view event (when anyone listens). */

@@ -372,6 +372,8 @@ t.test('replicas: retention pages its candidates from the rows and deletes only 
   const old = ['old-1', 'old-2', 'old-3', 'old-4', 'old-5']
   for (const id of old) await archived(session(id, ['Completed', 'Completed'], 100))
   await archived(session('young', ['Completed'], 10))
+  // Never finished (a task left Pending): judged by its last update.
+  await archived(session('unfinished', ['Completed', 'Pending'], 150))
   await archived(session('old-failed', ['Completed', 'Failed'], 100))
   await archived(session('ancient-failed', ['Failed'], 200))
   // Archived long ago, then brought back, changed and archived again lately: its newest copy decides.
@@ -380,6 +382,11 @@ t.test('replicas: retention pages its candidates from the rows and deletes only 
   // An old archived copy behind an active session (a bring-back cut short): retention never touches active sessions.
   await other.save(session('behind-active', ['Completed'], 300))
   const db = await inspector(t, url)
+  // More than a page of candidates the check on their copies keeps, first in the pass's order:
+  // their columns say finished long ago, their documents 10 days ago. The pass must go on past them.
+  const misdated = ['misdated-1', 'misdated-2', 'misdated-3']
+  for (const id of misdated) await archived(session(id, ['Completed'], 10))
+  await db.query('UPDATE sessions SET finished_at = $1 WHERE session_id = ANY($2)', [at(1000), misdated])
   await db.query(`INSERT INTO sessions (session_id, document, created_at, updated_at, finished_at, archived_at, tasks_total, tasks_completed)
     SELECT session_id, document, created_at, updated_at, finished_at, now(), tasks_total, tasks_completed FROM sessions WHERE session_id = 'behind-active'`)
   // Nothing is past retention at boot (the pass the scheduler runs then); the test moves the clock on.
@@ -396,11 +403,12 @@ t.test('replicas: retention pages its candidates from the rows and deletes only 
   await archived(session('late', ['Completed'], 120))
   now = CLOCK_START
   const pass = (await app.inject({ method: 'POST', url: `${API}/archive`, payload: {} })).json()
-  t.same(pass.deleted_ids.sort(), ['ancient-failed', 'late', ...old].sort(), 'past retention: 90 days, 180 for sessions with a failed task')
+  t.same(pass.deleted_ids.sort(), ['ancient-failed', 'late', ...old, 'unfinished'].sort(), 'past retention: 90 days, 180 for sessions with a failed task')
   const left = await db.query('SELECT session_id, archived_at IS NOT NULL AS archived FROM sessions ORDER BY session_id, row_id')
   t.same(left.rows, [
     { session_id: 'behind-active', archived: false },
     { session_id: 'behind-active', archived: true },
+    ...misdated.map((id) => ({ session_id: id, archived: true })),
     { session_id: 'old-failed', archived: true },
     { session_id: 'rearchived', archived: true },
     { session_id: 'rearchived', archived: true },
@@ -408,6 +416,9 @@ t.test('replicas: retention pages its candidates from the rows and deletes only 
   ], 'the rest kept, every copy')
   t.same((await app.inject({ method: 'POST', url: `${API}/archive`, payload: {} })).json().deleted_ids, [], 'a second pass finds nothing')
   t.equal((await app.inject({ method: 'GET', url: `${API}/list?session_id=late` })).statusCode, 404, 'deleted for every replica')
+  // Retention for sessions with a failed task only (TASK_ARCHIVE_RETENTION_DAYS 0): the others stay, however old.
+  t.same(await app.taskManager.pruneArchivedBefore({ all: null, failed: new Date(CLOCK_START - 50 * DAY) }), ['old-failed'])
+  t.equal((await db.query('SELECT 1 FROM sessions WHERE archived_at IS NOT NULL')).rowCount, 7, 'the rest stay')
 })
 
 t.test('replicas: a session\'s events keep their order when its next change goes through another replica', async (t) => {

@@ -124,13 +124,17 @@ t.test('the archive index reads each copy\'s times as its document holds them: f
   await archived(sealed, contractSession('sealed', ['Completed'], '2024-02-02T00:00:00+00:00'))
   await archived(plain, contractSession('reordered', ['Completed']))
   await archived(plain, contractSession('escaped', ['Completed']))
+  await archived(plain, contractSession('twice-keyed', ['Completed']))
   // Keys in another order, and a time with an escape in it: the first bytes cannot tell, the whole document is read.
   await db.query(`UPDATE sessions SET document = json_build_object('created_at', '2024-01-03T00:00:00+01:00', 'session_id', session_id,
     'updated_at', '2024-02-03T00:00:00Z', 'session', document->'session') WHERE session_id = 'reordered'`)
   await db.query(`UPDATE sessions SET document = ('{"session_id": "escaped", "created_at": "2024-01-04T00:00:00.000\\u005a", "updated_at": "2024-02-04T00:00:00Z", "session": ' ||
     (document->'session')::text || '}')::json WHERE session_id = 'escaped'`)
+  // A key given twice (an import keeps the file's bytes): the last counts, as in JSON.parse and in the columns derived from it.
+  await db.query(`UPDATE sessions SET updated_at = '2024-02-05T00:00:00Z', document = ('{"session_id": "twice-keyed", "created_at": "2024-01-15T10:30:00.000Z", "updated_at": "2030-01-01T00:00:00Z", "session": ' ||
+    (document->'session')::text || ', "updated_at": "2024-02-05T00:00:00Z"}')::json WHERE session_id = 'twice-keyed'`)
   const fresh = await openStore(t, url, { keyring })
-  t.match(await fresh.openArchive({ concurrency: 1 }), { sessions: 4, files: 4 })
+  t.match(await fresh.openArchive({ concurrency: 1 }), { sessions: 5, files: 5 })
   const { sessions, failures } = await fresh.listArchived()
   t.same(failures, [])
   const times = Object.fromEntries(sessions.map((summary) => [summary.session_id, [summary.created_at, summary.updated_at]]))
@@ -138,7 +142,8 @@ t.test('the archive index reads each copy\'s times as its document holds them: f
     plain: ['2024-01-15T10:30:00.000Z', '2024-02-01T00:00:00Z'],
     sealed: ['2024-01-15T10:30:00.000Z', '2024-02-02T00:00:00+00:00'],
     reordered: ['2024-01-03T00:00:00+01:00', '2024-02-03T00:00:00Z'],
-    escaped: ['2024-01-04T00:00:00.000Z', '2024-02-04T00:00:00Z']
+    escaped: ['2024-01-04T00:00:00.000Z', '2024-02-04T00:00:00Z'],
+    'twice-keyed': ['2024-01-15T10:30:00.000Z', '2024-02-05T00:00:00Z']
   })
   const readBack = (await fresh.readArchived('escaped')).session?.file
   t.same([readBack?.created_at, readBack?.updated_at], times.escaped, 'as reading the copy gives them')

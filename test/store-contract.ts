@@ -237,6 +237,7 @@ export function storeContract (t: Test, name: string, open: OpenStorage, options
     t.match(again.archiveTotals(), { sessions: 1, files: 2 }, 'nothing deleted')
     t.equal(await again.removeArchived('twice', again.archivedName('twice') as string), 2, 'judged on the newest: removeArchived deletes both and says so')
     t.equal(again.archivedName('twice'), null)
+    await t.rejects(again.removeArchived('twice', firstName as string), { code: 'SESSION_BUSY' }, 'a copy gone since it was judged (brought back, or deleted elsewhere): refused, not counted as deleted')
     t.same(again.archiveTotals(), { sessions: 0, files: 0, bytes: 0 })
     t.same(await again.readArchived('twice'), { session: null, failures: [] })
   })

@@ -1,7 +1,8 @@
 // node bench/profile/pg-retention.mjs [sessions=100000] [rounds=5]: a retention pass on PostgreSQL
 // at N sessions, half archived (bench/lib/postgres.mjs's fill), on a server as `npm start` runs
 // it (one of the replicas). Times a pass that finds nothing to delete (what every hourly pass
-// costs once the archive is past its first one), then one that deletes about 1 % of the archive.
+// costs once the archive is past its first one), the same with a retention for failed sessions
+// only, then one that deletes about 1 % of the archive.
 // Also the boot's reading of the archive (openArchive).
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
@@ -37,6 +38,14 @@ try {
     if (deleted.length !== 0) throw new Error('deleted some')
   }
   console.log(`pass deleting none: p50 ${median(times).toFixed(1)} ms (${times.map((x) => x.toFixed(0)).join(', ')})`)
+  // Retention for sessions with a failed task only (TASK_ARCHIVE_RETENTION_DAYS 0): the others are never read.
+  const failedOnly = []
+  for (let r = 0; r < rounds; r++) {
+    t = performance.now()
+    await manager.pruneArchivedBefore({ all: null, failed: none })
+    failedOnly.push(performance.now() - t)
+  }
+  console.log(`pass for failed sessions only, deleting none: p50 ${median(failedOnly).toFixed(1)} ms`)
   const some = new Date('2025-11-04T08:10:00Z')
   t = performance.now()
   const deleted = await manager.pruneArchivedBefore({ all: some, failed: some })

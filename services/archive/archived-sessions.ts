@@ -120,23 +120,23 @@ export class ArchivedSessions {
 
   /**
    * Deletes archived sessions that finished before their cutoff, found in the store's index (a
-   * store of this process alone: a shared one pages its candidates from the rows, see pruneEach).
+   * store of this process alone: a shared one pages its candidates from the rows). Each one
+   * deleted goes into `deleted` at once, so a pass that fails later still reports it.
    */
-  async prune (cutoffs: RetentionCutoffs, stop: () => boolean | Promise<boolean>): Promise<string[]> {
-    if (cutoffs.all === null && cutoffs.failed === null) return []
+  async prune (cutoffs: RetentionCutoffs, stop: () => boolean | Promise<boolean>, deleted: string[]): Promise<void> {
+    if (cutoffs.all === null && cutoffs.failed === null) return
     const { sessions, failures } = await this.store.listArchived()
     this.report(failures)
-    return await this.pruneEach(sessions, cutoffs, stop)
+    await this.pruneEach(sessions, cutoffs, stop, deleted)
   }
 
   /**
-   * Deletes those of `candidates` that finished before their cutoff. Each is checked again inside
-   * its change queue: one brought back or replaced since the listing stays.
+   * Deletes those of `candidates` that finished before their cutoff, into `deleted`. Each is
+   * checked again inside its change queue: one brought back or replaced since the listing stays.
    */
-  async pruneEach (candidates: readonly ArchivedSummary[], cutoffs: RetentionCutoffs, stop: () => boolean | Promise<boolean>): Promise<string[]> {
-    const deleted: string[] = []
+  async pruneEach (candidates: readonly ArchivedSummary[], cutoffs: RetentionCutoffs, stop: () => boolean | Promise<boolean>, deleted: string[]): Promise<void> {
     for (const summary of candidates) {
-      if (!pastRetention(summary, cutoffs)) continue
+      if (!expired(summary, cutoffs)) continue
       if (await stop()) break
       const sessionId = summary.session_id
       // Judged again on the copy itself: a summary may be a row's columns, which cannot tell a
@@ -147,7 +147,7 @@ export class ArchivedSessions {
         this.log.warn({ session_id: sessionId, err }, 'Retention passed over an archived session it cannot open')
         return null
       })
-      if (copy === null || copy.name !== summary.file || !pastRetention(summarize(copy.file, copy.name), cutoffs)) continue
+      if (copy === null || copy.name !== summary.file || !expired(summarize(copy.file, copy.name), cutoffs)) continue
       const removed = await this.registry.change(sessionId, (draft) => {
         if (draft.file !== null || this.store.archivedName(sessionId) !== summary.file) return unchanged(false)
         draft.delete({ archived: true, upTo: summary.file })
@@ -160,7 +160,6 @@ export class ArchivedSessions {
       })
       if (removed) deleted.push(sessionId)
     }
-    return deleted
   }
 
   private report (failures: LoadFailure[]): void {
@@ -192,7 +191,7 @@ export function archivedView (summary: ArchivedSummary): ArchivedSessionSummary 
 }
 
 /** Whether an archived session finished before its cutoff (the failed one when a task failed). */
-function pastRetention (summary: ArchivedSummary, cutoffs: RetentionCutoffs): boolean {
+function expired (summary: ArchivedSummary, cutoffs: RetentionCutoffs): boolean {
   const cutoff = summary.failed > 0 ? cutoffs.failed : cutoffs.all
   return cutoff !== null && Date.parse(summary.finished_at) < cutoff.getTime()
 }

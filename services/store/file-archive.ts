@@ -260,13 +260,13 @@ export class FileArchive {
    * refused delete leaves the session archived, on disk and in the index.
    */
   async remove (sessionId: string, upTo?: string): Promise<number> {
+    // One writer per folder: the index holds every copy, so the newest is known here.
+    if (upTo !== undefined && this.index.newest(sessionId)?.name !== upTo) throw new StaleArchivedCopyError(sessionId)
     const files = [...this.index.files(sessionId)]
     if (files.length === 0) {
       this.doubtful.delete(sessionId)
       return 0
     }
-    // One writer per folder: the index holds every copy, so the newest is known here.
-    if (upTo !== undefined && this.index.newest(sessionId)?.name !== upTo) throw new StaleArchivedCopyError(sessionId)
     this.active.assertWritable()
     await this.active.confirmHeld()
     const renamed: Array<{ name: string, temp: string }> = []

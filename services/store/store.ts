@@ -145,6 +145,13 @@ export interface SweptSession {
 export type SharedSummary = Static<typeof SessionSummary> & { running: boolean }
 
 /** Where a page of archivable sessions ended: its last session's finish time (as stored) and id. */
+/** Where a page of retention's candidates ended (SharedSessions.pastRetention): the store's own. */
+export interface RetentionCursor {
+  part: number
+  at: string
+  rowId: string
+}
+
 export interface ArchivableCursor {
   finishedAt: string
   sessionId: string
@@ -214,11 +221,11 @@ export interface SharedSessions {
   archivable(cutoff: Date, limit: number, after?: ArchivableCursor | null): Promise<{ ids: string[], next: ArchivableCursor | null }>
   /**
    * Archived sessions that are not active whose newest copy finished before its retention
-   * cutoff, as the rows' columns tell (the copy is judged again when read), oldest copy first:
-   * a page of `limit` after the copy `after` (the page before's `next`), so those a pass leaves
+   * cutoff, as the rows' columns tell (each copy is judged again when read): a page of `limit`
+   * after `after` (the page before's `next`; null when there is no more), so those a pass keeps
    * never hide the rest.
    */
-  pastRetention(cutoffs: RetentionCutoffs, limit: number, after?: string | null): Promise<{ sessions: ArchivedSummary[], next: string | null }>
+  pastRetention(cutoffs: RetentionCutoffs, limit: number, after?: RetentionCursor | null): Promise<{ sessions: ArchivedSummary[], next: RetentionCursor | null }>
   /**
    * Runs a maintenance pass unless another replica's pass of that name runs now (then null).
    * The pass asks `lock.held()` between its steps and stops once it says false.
@@ -294,8 +301,9 @@ export interface SessionStore {
   undoArchive(file: SessionFile, options?: SaveOptions): Promise<number>
   /**
    * Durably deletes every archived file of the session; resolves with how many there were. With
-   * `upTo` (a copy's name), only while no newer copy exists: else StaleArchivedCopyError, nothing
-   * deleted (another replica archived the session again since that copy was judged).
+   * `upTo` (a copy's name), only while that copy is the newest: else StaleArchivedCopyError,
+   * nothing deleted (another replica archived the session again since that copy was judged, or
+   * brought it back, or deleted it).
    */
   removeArchived(sessionId: string, upTo?: string): Promise<number>
   /** Encryption at rest, when keys are set; null otherwise. */

@@ -1,4 +1,5 @@
 import type pg from 'pg'
+import { SHOWN_ARCHIVED } from './leases-sql.js'
 import type { DerivedColumns, RowVersion } from './sessions-sql.js'
 
 /**
@@ -114,7 +115,7 @@ export function archivedTimes (rowIds: string[]): pg.QueryConfig {
   return {
     text: `SELECT row_id, coalesce(document->>'created_at', to_json(created_at)#>>'{}') AS created_at,
         coalesce(document->>'updated_at', to_json(updated_at)#>>'{}') AS updated_at
-      FROM sessions WHERE row_id = ANY($1::bigint[])`,
+      FROM sessions WHERE row_id = ANY($1::bigint[]) AND archived_at IS NOT NULL`,
     values: [rowIds]
   }
 }
@@ -132,25 +133,40 @@ export function documentTimes (head: string): { created_at: string, updated_at: 
 const HEAD_TIMES = /^\{\s*"session_id"\s*:\s*"[A-Za-z0-9_-]+"\s*,\s*"created_at"\s*:\s*"([^"\\]*)"\s*,\s*"updated_at"\s*:\s*"([^"\\]*)"/u
 
 /**
- * Retention's candidates: archived copies that are their session's newest, of a session not
- * active, finished (or, with no finish, last updated) before their cutoff: `failed` for a
- * session with a failed task, `all` for the others (null: never). In row order, a page of
- * `limit` after row `after`, so a pass walks the table once whatever it leaves. The times are
- * the columns' (the document's instants), which retention needs; the copy itself is judged again.
+ * Retention's candidates fall in four parts, each read in the order of an index that bounds it,
+ * so a pass reads the rows it judges and no others: sessions with a failed task or without,
+ * finished (by finish time) or not (by last update, as the copy's summary has it).
  */
-export function retentionCandidates (all: Date | null, failed: Date | null, limit: number, after: string | null): pg.QueryConfig {
+export interface RetentionPart {
+  failed: boolean
+  finished: boolean
+}
+
+export const RETENTION_PARTS: readonly RetentionPart[] = [
+  { failed: false, finished: true },
+  { failed: true, finished: true },
+  { failed: false, finished: false },
+  { failed: true, finished: false }
+]
+
+/**
+ * A page of one part's candidates: archived sessions that are not active whose newest copy
+ * finished (or, unfinished, was last updated) before `cutoff`, in that time's order, after the
+ * copy `after` (its time, as this gives it, and row id). The times come from the columns (the
+ * documents' instants), in UTC, which retention needs; each copy is judged again when read.
+ */
+export function retentionCandidates (part: RetentionPart, cutoff: Date, limit: number, after: { at: string, rowId: string } | null): pg.QueryConfig {
+  // Each part's conditions match its index's (001's two, 008's): literal, so the planner sees them.
+  const time = part.finished ? 'a.finished_at' : 'a.updated_at'
+  const utc = (column: string): string => `to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`
   return {
-    text: `SELECT a.row_id, a.session_id, a.bytes, to_json(a.created_at)#>>'{}' AS created_at, to_json(a.updated_at)#>>'{}' AS updated_at,
-        a.finished_at, a.tasks_total, a.tasks_completed, a.tasks_failed, a.tasks_pending, a.tasks_in_progress
-      FROM sessions a
-      WHERE a.archived_at IS NOT NULL AND ($4::bigint IS NULL OR a.row_id > $4)
-        -- The later cutoff bounds both retention indexes' scans (greatest() passes over a null).
-        AND (a.finished_at < greatest($1::timestamptz, $2::timestamptz) OR (a.finished_at IS NULL AND a.updated_at < greatest($1::timestamptz, $2::timestamptz)))
-        AND coalesce(a.finished_at, a.updated_at) < CASE WHEN a.tasks_failed > 0 THEN $2::timestamptz ELSE $1::timestamptz END
-        AND NOT EXISTS (SELECT FROM sessions n WHERE n.session_id = a.session_id AND n.archived_at IS NOT NULL AND n.row_id > a.row_id)
-        AND NOT EXISTS (SELECT FROM sessions s WHERE s.session_id = a.session_id AND s.archived_at IS NULL)
-      ORDER BY a.row_id LIMIT $3`,
-    values: [all, failed, limit, after]
+    text: `SELECT a.row_id, a.session_id, a.bytes, ${utc('a.created_at')} AS created_at, ${utc('a.updated_at')} AS updated_at,
+        a.finished_at, a.tasks_total, a.tasks_completed, a.tasks_failed, a.tasks_pending, a.tasks_in_progress, ${time}::text AS at
+      FROM ${SHOWN_ARCHIVED}
+        AND a.finished_at IS ${part.finished ? 'NOT NULL' : 'NULL'} AND a.tasks_failed ${part.failed ? '> 0' : '= 0'}
+        AND ${time} < $1 AND ($3::timestamptz IS NULL OR (${time}, a.row_id) > ($3::timestamptz, $4::bigint))
+      ORDER BY ${time}, a.row_id LIMIT $2`,
+    values: [cutoff, limit, after?.at ?? null, after?.rowId ?? null]
   }
 }
 
@@ -184,13 +200,5 @@ export function deleteArchived (sessionId: string, upTo: string | null): pg.Quer
       AND ($2::bigint IS NULL OR NOT EXISTS (SELECT 1 FROM sessions n WHERE n.session_id = $1 AND n.archived_at IS NOT NULL AND n.row_id > $2))
       RETURNING row_id`,
     values: [sessionId, upTo]
-  }
-}
-
-/** Whether the session has an archived copy newer than row `rowId`. */
-export function newerArchived (sessionId: string, rowId: string): pg.QueryConfig {
-  return {
-    text: 'SELECT 1 FROM sessions WHERE session_id = $1 AND archived_at IS NOT NULL AND row_id > $2',
-    values: [sessionId, rowId]
   }
 }

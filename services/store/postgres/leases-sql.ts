@@ -210,7 +210,8 @@ export const ACTIVE_COUNT = 'SELECT count(*)::int AS total FROM sessions WHERE a
  * Archived copies a list shows: a session's newest (highest row id), and none of a session that
  * is active again (a copy left behind by a bring-back, or an archive in doubt).
  */
-const SHOWN_ARCHIVED = `sessions a WHERE a.archived_at IS NOT NULL
+/** Archived copies that are their session's newest, of sessions not active: the archived sessions lists show and retention judges. */
+export const SHOWN_ARCHIVED = `sessions a WHERE a.archived_at IS NOT NULL
   AND NOT EXISTS (SELECT FROM sessions n WHERE n.session_id = a.session_id AND n.archived_at IS NOT NULL AND n.row_id > a.row_id)
   AND NOT EXISTS (SELECT FROM sessions s WHERE s.session_id = a.session_id AND s.archived_at IS NULL)`
 

@@ -13,10 +13,10 @@ import { provenKeyChecks, wrongKeyError, type KidProof } from '../key-checks.js'
 import type { Static } from '@sinclair/typebox'
 import type { Progress as ProgressSchema } from '../../../schemas/api.js'
 import {
-  clearUpdatedAt, type ArchivableCursor, type ArchivedSession, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
+  clearUpdatedAt, type ArchivableCursor, type ArchivedSession, type RetentionCursor, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
-import { ARCHIVED_ROWS, archiveSession, archivedTimes, archivedUnderKid, documentTimes, retentionCandidates, reviveArchived, rowArchived, deleteArchived, newerArchived, newestArchived, unarchiveSession, type ArchivedRow } from './archive-sql.js'
+import { ARCHIVED_ROWS, archiveSession, archivedTimes, archivedUnderKid, documentTimes, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
 import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { breaksConnection, errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
@@ -605,7 +605,9 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     const unread = new Map<string, ArchivedRow>()
     for (const row of rows) {
       const times = documentTimes(row.head ?? '')
-      if (times === null) unread.set(row.row_id, row)
+      // The columns hold the times the whole document gives (the last of a key given twice): a
+      // head that says otherwise is not to be trusted.
+      if (times === null || Date.parse(times.created_at) !== Date.parse(row.created_at) || Date.parse(times.updated_at) !== Date.parse(row.updated_at)) unread.set(row.row_id, row)
       else Object.assign(row, times)
     }
     if (unread.size > 0) {
@@ -704,8 +706,9 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     const upToRow = upTo === undefined ? null : rowOf(upTo)
     if (upToRow === undefined) throw new StaleArchivedCopyError(sessionId)
     const { rows } = await this.run<{ row_id: string }>(operation, deleteArchived(sessionId, upToRow))
-    // Another replica archived it again since that copy was judged: its new copy stays.
-    if (rows.length === 0 && upToRow !== null && ((await this.run(operation, newerArchived(sessionId, upToRow))).rowCount ?? 0) > 0) throw new StaleArchivedCopyError(sessionId)
+    // Nothing deleted up to that copy: another replica archived the session again since it was
+    // judged (its new copy stays), or brought it back or deleted it. Either way, not this pass's.
+    if (rows.length === 0 && upToRow !== null) throw new StaleArchivedCopyError(sessionId)
     this.dropIndexedAbove(sessionId, -1)
     if (upToRow === null) this.doubtful.delete(sessionId)
     return rows.length
@@ -902,9 +905,18 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     return { ids: rows.map((row) => row.session_id), next: last === undefined ? null : { finishedAt: last.finished_at, sessionId: last.session_id } }
   }
 
-  async pastRetention (cutoffs: RetentionCutoffs, limit: number, after: string | null = null): Promise<{ sessions: ArchivedSummary[], next: string | null }> {
-    const { rows } = await this.run<ArchivedRow>('finding archived sessions past retention', retentionCandidates(cutoffs.all, cutoffs.failed, limit, after))
-    return { sessions: rows.map((row) => summaryOf(row, archivedLikeName(row.session_id, row.row_id))), next: rows.at(-1)?.row_id ?? null }
+  async pastRetention (cutoffs: RetentionCutoffs, limit: number, after: RetentionCursor | null = null): Promise<{ sessions: ArchivedSummary[], next: RetentionCursor | null }> {
+    for (let part = after?.part ?? 0; part < RETENTION_PARTS.length; part++) {
+      const kind = RETENTION_PARTS[part] as RetentionPart
+      const cutoff = kind.failed ? cutoffs.failed : cutoffs.all
+      if (cutoff === null) continue
+      const from = after !== null && after.part === part ? after : null
+      const { rows } = await this.run<ArchivedRow & { at: string }>('finding archived sessions past retention', retentionCandidates(kind, cutoff, limit, from))
+      const last = rows.at(-1)
+      if (last === undefined) continue
+      return { sessions: rows.map((row) => summaryOf(row, archivedLikeName(row.session_id, row.row_id))), next: { part, at: last.at, rowId: last.row_id } }
+    }
+    return { sessions: [], next: null }
   }
 
   /**
