@@ -1,3 +1,4 @@
+import { isDeepStrictEqual } from 'node:util'
 import type { Static } from '@sinclair/typebox'
 import type { StatsResponse } from '../schemas/api.js'
 import { MANAGER_SETTINGS, resolveSettings, type ManagerSettings } from '../schemas/options.js'
@@ -639,6 +640,8 @@ export class TaskManager {
         after = page.next
         if (page.ids.length === 0 || this.shuttingDown) return done
         const batch = page.ids.filter((id) => !seen.has(id))
+        // A page of sessions seen already: the cursor did not move (it always should); stop rather than loop.
+        if (batch.length === 0) return done
         for (const id of batch) {
           seen.add(id)
           await this.registry.sync(id).catch(noop)
@@ -699,7 +702,8 @@ export class TaskManager {
     let after: RetentionCursor | null = null
     while (!(await stop())) {
       const page: { sessions: ArchivedSummary[], next: RetentionCursor | null } = await shared.pastRetention(cutoffs, this.settings.sweepBatch, after)
-      if (page.sessions.length === 0) return
+      // No more, or a cursor that did not move (it always should): the pass ends rather than loop holding its lock.
+      if (page.sessions.length === 0 || (after !== null && page.next !== null && isDeepStrictEqual(page.next, after))) return
       after = page.next
       await this.archived.pruneEach(page.sessions, cutoffs, stop, deleted)
     }

@@ -149,6 +149,64 @@ t.test('the archive index reads each copy\'s times as its document holds them: f
   t.same([readBack?.created_at, readBack?.updated_at], times.escaped, 'as reading the copy gives them')
 })
 
+t.test('retention deletes a judged copy only while it is still the session\'s newest and the session is not active again', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  const a = await openStore(t, url)
+  const b = await openStore(t, url)
+  const first = contractSession('back', ['Completed'], '2024-02-01T00:00:00.000Z')
+  await a.save(first)
+  await a.archive(first)
+  const second = contractSession('back', ['Completed', 'Completed'], '2024-03-01T00:00:00.000Z')
+  await a.save(second)
+  await a.archive(second)
+  const judged = a.archivedName('back') as string
+  // B brings the session back (its newest copy) after A judged that copy past retention.
+  const copy = (await b.readArchived('back')).session
+  t.equal(copy?.name, judged)
+  await b.unarchive(second, judged)
+  await t.rejects(a.removeArchived('back', judged), { code: 'SESSION_BUSY' }, 'refused: not counted as deleted')
+  const rows = await db.query('SELECT archived_at IS NOT NULL AS archived FROM sessions WHERE session_id = $1 ORDER BY row_id', ['back'])
+  t.same(rows.rows, [{ archived: true }, { archived: false }], 'the older copy and the active session stay')
+  t.not(a.archivedName('back'), judged, 'A\'s index follows the rows: the judged copy is gone from it')
+})
+
+t.test('retention and archive passes page with cursors that read back as the same instant under any DateStyle and TimeZone', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  // A zone whose abbreviation (IST) PostgreSQL reads back as another zone's, in a DateStyle that prints abbreviations.
+  await db.query(`DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET DateStyle = %L', current_database(), 'SQL, DMY');
+    EXECUTE format('ALTER DATABASE %I SET TimeZone = %L', current_database(), 'Asia/Kolkata'); END $$`)
+  const store = await openStore(t, url)
+  const hour = (i: number): string => new Date(Date.parse('2024-01-10T00:00:00.000Z') + i * 3_600_000).toISOString()
+  const ids = ['h0', 'h1', 'h2', 'h3', 'h4']
+  for (const [i, id] of ids.entries()) {
+    const file = contractSession(id, ['Completed'])
+    Object.assign(file.session.tasks[0] ?? {}, { completed_at: hour(i) })
+    file.updated_at = hour(i)
+    await store.save(file)
+  }
+  const archivable: string[] = []
+  for (let after = null, n = 0; n < 10; n++) {
+    const page = await store.archivable(new Date('2025-01-01'), 2, after)
+    if (page.ids.length === 0) break
+    archivable.push(...page.ids)
+    after = page.next
+  }
+  t.same(archivable, ids, 'the archive pass\'s pages: every session once, in finish order')
+  for (const id of ids) await store.archive((await store.loadAll({ concurrency: 1 })).sessions.find(({ file }) => file.session_id === id)?.file as SessionFile)
+  const found: string[] = []
+  for (let after = null, n = 0; n < 10; n++) {
+    const page = await store.pastRetention({ all: new Date('2025-01-01'), failed: null }, 2, after)
+    if (page.sessions.length === 0) break
+    found.push(...page.sessions.map((summary) => summary.session_id))
+    after = page.next
+  }
+  t.same(found, ids, 'retention\'s pages: every session once, in finish order')
+})
+
 t.test('the document column holds exactly serializeSessionFile\'s bytes; the columns are derived from the file', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
 import { TASK_STATUSES } from '../../schemas/session.js'
-import type { SaveEvent, SessionStore, StoreTotals } from '../store/store.js'
+import type { SaveEvent, SessionStore } from '../store/store.js'
 import type { TaskManager } from '../task-manager.js'
 import type { AgentCallEvent, TaskFinishedEvent } from '../types.js'
 
@@ -45,29 +45,18 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
     if (event.outcome !== 'ok') agentFailures.inc(labels)
   }
 
-  // A shared store counts its rows once per scrape: the gauges that need the count share the call in flight.
-  let counting: Promise<StoreTotals | null> | null = null
-  const counted = (): Promise<StoreTotals | null> => {
-    const totals = store.totals
-    if (totals === undefined) return Promise.resolve(null)
-    counting ??= totals.call(store).catch(() => null).finally(() => { counting = null })
-    return counting
-  }
-
   new Gauge({
     name: name('sessions'),
     help: 'Sessions by state: active (work left), completed (all tasks done), archived (moved to archive/)',
     labelNames: ['state'],
     registers,
-    async collect () {
-      this.reset()
-      // A shared store: its rows' counts, every replica's sessions and archives, as /stats gives
-      // them; absent while the database does not answer, rather than this replica's guess.
-      const stats = store.totals === undefined ? manager.stats() : await counted()
-      if (stats === null) return
+    collect () {
+      const stats = manager.stats()
       this.set({ state: 'active' }, stats.active_sessions)
       this.set({ state: 'completed' }, stats.completed_sessions)
-      this.set({ state: 'archived' }, stats.archived_sessions)
+      // Counted by the archive once it keeps a count; absent until then.
+      const archived = (stats as { archived_sessions?: unknown }).archived_sessions
+      if (typeof archived === 'number') this.set({ state: 'archived' }, archived)
     }
   })
   new Gauge({
@@ -96,7 +85,7 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
       this.reset()
       // A shared store counts its rows (every replica's, and `taskvault seal`'s): every replica
       // reports the same. While the database does not answer, absent rather than this replica's guess.
-      const encryption = store.totals === undefined ? store.encryption() : (await counted())?.encryption ?? null
+      const encryption = store.totals === undefined ? store.encryption() : await store.totals().then((totals) => totals.encryption, () => null)
       if (encryption === null) return
       // Every configured kid is there, 0 when no session is under it: a rotation alert tells "done" from "no data".
       for (const [kid, count] of Object.entries(encryption.sealed_sessions)) this.set({ kid }, count)

@@ -144,7 +144,6 @@ export interface SweptSession {
 /** An active session in a list from a shared store: its summary, and whether a replica runs it. */
 export type SharedSummary = Static<typeof SessionSummary> & { running: boolean }
 
-/** Where a page of archivable sessions ended: its last session's finish time (as stored) and id. */
 /** Where a page of retention's candidates ended (SharedSessions.pastRetention): the store's own. */
 export interface RetentionCursor {
   part: number
@@ -152,6 +151,7 @@ export interface RetentionCursor {
   rowId: string
 }
 
+/** Where a page of archivable sessions ended: its last session's finish time (as stored) and id. */
 export interface ArchivableCursor {
   finishedAt: string
   sessionId: string

@@ -133,9 +133,10 @@ export function documentTimes (head: string): { created_at: string, updated_at: 
 const HEAD_TIMES = /^\{\s*"session_id"\s*:\s*"[A-Za-z0-9_-]+"\s*,\s*"created_at"\s*:\s*"([^"\\]*)"\s*,\s*"updated_at"\s*:\s*"([^"\\]*)"/u
 
 /**
- * Retention's candidates fall in four parts, each read in the order of an index that bounds it,
- * so a pass reads the rows it judges and no others: sessions with a failed task or without,
- * finished (by finish time) or not (by last update, as the copy's summary has it).
+ * Retention's candidates fall in four parts, each read in the order of its own index (migration
+ * 008: time, then row), so a pass reads the archived copies past a cutoff and no others:
+ * sessions with a failed task or without, finished (by finish time) or not (by last update, as
+ * the copy's summary has it).
  */
 export interface RetentionPart {
   failed: boolean
@@ -156,12 +157,14 @@ export const RETENTION_PARTS: readonly RetentionPart[] = [
  * documents' instants), in UTC, which retention needs; each copy is judged again when read.
  */
 export function retentionCandidates (part: RetentionPart, cutoff: Date, limit: number, after: { at: string, rowId: string } | null): pg.QueryConfig {
-  // Each part's conditions match its index's (001's two, 008's): literal, so the planner sees them.
+  // Each part's conditions are its index's (migration 008), literal, so the planner sees them.
+  // The cursor's time as JSON gives it (ISO 8601, numeric offset): `::text` follows DateStyle,
+  // whose zone abbreviations do not all read back as the same instant.
   const time = part.finished ? 'a.finished_at' : 'a.updated_at'
   const utc = (column: string): string => `to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`
   return {
     text: `SELECT a.row_id, a.session_id, a.bytes, ${utc('a.created_at')} AS created_at, ${utc('a.updated_at')} AS updated_at,
-        a.finished_at, a.tasks_total, a.tasks_completed, a.tasks_failed, a.tasks_pending, a.tasks_in_progress, ${time}::text AS at
+        a.finished_at, a.tasks_total, a.tasks_completed, a.tasks_failed, a.tasks_pending, a.tasks_in_progress, to_json(${time})#>>'{}' AS at
       FROM ${SHOWN_ARCHIVED}
         AND a.finished_at IS ${part.finished ? 'NOT NULL' : 'NULL'} AND a.tasks_failed ${part.failed ? '> 0' : '= 0'}
         AND ${time} < $1 AND ($3::timestamptz IS NULL OR (${time}, a.row_id) > ($3::timestamptz, $4::bigint))
@@ -191,13 +194,16 @@ export function archivedUnderKid (kid: string, before: string | null, limit: num
 }
 
 /**
- * Deletes every archived copy of a session, or (with `upTo`, a row id) only while none is newer
- * than that one; returns their row ids.
+ * Deletes every archived copy of a session, or (with `upTo`, a row id) only while that copy is
+ * still archived, the newest, and the session not active again; returns their row ids.
  */
 export function deleteArchived (sessionId: string, upTo: string | null): pg.QueryConfig {
   return {
     text: `DELETE FROM sessions WHERE session_id = $1 AND archived_at IS NOT NULL
-      AND ($2::bigint IS NULL OR NOT EXISTS (SELECT 1 FROM sessions n WHERE n.session_id = $1 AND n.archived_at IS NOT NULL AND n.row_id > $2))
+      AND ($2::bigint IS NULL OR (
+        EXISTS (SELECT 1 FROM sessions u WHERE u.row_id = $2 AND u.session_id = $1 AND u.archived_at IS NOT NULL)
+        AND NOT EXISTS (SELECT 1 FROM sessions n WHERE n.session_id = $1 AND n.archived_at IS NOT NULL AND n.row_id > $2)
+        AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = $1 AND s.archived_at IS NULL)))
       RETURNING row_id`,
     values: [sessionId, upTo]
   }

@@ -207,10 +207,9 @@ export function activeSummaries (offset: number, limit: number): pg.QueryConfig 
 export const ACTIVE_COUNT = 'SELECT count(*)::int AS total FROM sessions WHERE archived_at IS NULL'
 
 /**
- * Archived copies a list shows: a session's newest (highest row id), and none of a session that
- * is active again (a copy left behind by a bring-back, or an archive in doubt).
+ * Archived copies a list shows and retention judges: a session's newest (highest row id), and
+ * none of a session that is active again (a copy left behind by a bring-back, or an archive in doubt).
  */
-/** Archived copies that are their session's newest, of sessions not active: the archived sessions lists show and retention judges. */
 export const SHOWN_ARCHIVED = `sessions a WHERE a.archived_at IS NOT NULL
   AND NOT EXISTS (SELECT FROM sessions n WHERE n.session_id = a.session_id AND n.archived_at IS NOT NULL AND n.row_id > a.row_id)
   AND NOT EXISTS (SELECT FROM sessions s WHERE s.session_id = a.session_id AND s.archived_at IS NULL)`
@@ -251,7 +250,8 @@ export function listedCount (filter: 'include' | 'only'): string {
 /** Active sessions nobody runs whose every task ended before `cutoff`: an archive pass's candidates. */
 export function archivableSessions (cutoff: Date, limit: number, after: { finishedAt: string, sessionId: string } | null): pg.QueryConfig {
   return {
-    text: `SELECT session_id, finished_at::text AS finished_at FROM sessions
+    // The cursor's time as JSON gives it: `::text` follows DateStyle, whose zone abbreviations may read back otherwise.
+    text: `SELECT session_id, to_json(finished_at)#>>'{}' AS finished_at FROM sessions
       WHERE archived_at IS NULL AND finished_at IS NOT NULL AND finished_at < $1 AND owner IS NULL
         AND ($3::timestamptz IS NULL OR (finished_at, session_id) > ($3::timestamptz, $4::text))
       ORDER BY finished_at, session_id LIMIT $2`,

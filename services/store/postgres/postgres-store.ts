@@ -707,8 +707,12 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     if (upToRow === undefined) throw new StaleArchivedCopyError(sessionId)
     const { rows } = await this.run<{ row_id: string }>(operation, deleteArchived(sessionId, upToRow))
     // Nothing deleted up to that copy: another replica archived the session again since it was
-    // judged (its new copy stays), or brought it back or deleted it. Either way, not this pass's.
-    if (rows.length === 0 && upToRow !== null) throw new StaleArchivedCopyError(sessionId)
+    // judged (its new copy stays), or brought it back or deleted it. Either way, not this pass's;
+    // the index learns what the rows hold now.
+    if (rows.length === 0 && upToRow !== null) {
+      await this.readArchived(sessionId).catch(noop)
+      throw new StaleArchivedCopyError(sessionId)
+    }
     this.dropIndexedAbove(sessionId, -1)
     if (upToRow === null) this.doubtful.delete(sessionId)
     return rows.length
