@@ -53,6 +53,29 @@ async function fillPool (t: Test, db: pg.Pool, store: PostgresSessionStore): Pro
   }
 }
 
+/**
+ * A replica (the smallest pool replicas allow, 6 s leases, no statement timeout: pooled
+ * statements wait as long as a lock is held) holding session 'h', every pooled connection
+ * waiting on row locks (fillPool), and its keeper's listening connection (`column`, see listening()).
+ */
+async function saturatedHolder (t: Test, db: pg.Pool, url: string, column: 'pid' | 'client_port'): Promise<{ lost: string[], listener: number, pool: { free: () => Promise<number> } }> {
+  const a = await open(t, url, 'alpha', { leaseMs: 6000, statementTimeoutMs: 0, max: 3 })
+  const lost: string[] = []
+  a.events.on('lease-lost', (id) => lost.push(id))
+  const listener = await listening(db, column)
+  await a.save(contractSession('h', ['Pending']))
+  await a.acquire('h')
+  return { lost, listener, pool: await fillPool(t, db, a) }
+}
+
+/** Waits past the point where the lease on 'h' is given up (five sixths of it) when renewals stop: none was, and it was renewed meanwhile. */
+async function leaseKept (t: Test, db: pg.Pool, lost: string[]): Promise<void> {
+  await new Promise((resolve) => setTimeout(resolve, 7000))
+  t.same(lost, [], 'no lease given up')
+  const { rows } = await db.query<{ left_ms: number }>("SELECT extract(epoch FROM lease_until - now()) * 1000 AS left_ms FROM sessions WHERE session_id = 'h'")
+  t.ok((rows[0]?.left_ms ?? 0) > 2000, `renewed meanwhile: ${Math.round(rows[0]?.left_ms ?? 0)} ms left`)
+}
+
 async function row (db: pg.Pool, sessionId: string): Promise<{ owner: string | null, epoch: string, version: string, document: string, xmin: string, lease_ms: number | null }> {
   const { rows } = await db.query(`SELECT owner, epoch, version, document::text AS document, xmin::text AS xmin,
       extract(epoch FROM lease_until - now()) * 1000 AS lease_ms FROM sessions WHERE session_id = $1 AND archived_at IS NULL`, [sessionId])
@@ -344,21 +367,10 @@ t.test('when the listening connection breaks while every pooled connection waits
   const url = await testDatabase(t)
   if (url === null) return
   const db = inspectorOf(t, url, SCHEMA)
-  // The smallest pool replicas allow, and no statement timeout: pooled statements wait as long as a lock is held.
-  const a = await open(t, url, 'alpha', { leaseMs: 6000, statementTimeoutMs: 0, max: 3 })
-  const lost: string[] = []
-  a.events.on('lease-lost', (id) => lost.push(id))
-  const listener = await listening(db, 'pid')
-  await a.save(contractSession('h', ['Pending']))
-  await a.acquire('h')
-  const pool = await fillPool(t, db, a)
+  const { lost, listener, pool } = await saturatedHolder(t, db, url, 'pid')
   // The listening connection is cut (its backend ended, as a failover or a network fault would).
   await db.query('SELECT pg_terminate_backend($1)', [listener])
-  // Past the point where the lease is given up (five sixths of it) when renewals stop.
-  await new Promise((resolve) => setTimeout(resolve, 7000))
-  t.same(lost, [], 'no lease given up')
-  const { rows } = await db.query<{ left_ms: number }>("SELECT extract(epoch FROM lease_until - now()) * 1000 AS left_ms FROM sessions WHERE session_id = 'h'")
-  t.ok((rows[0]?.left_ms ?? 0) > 2000, `renewed meanwhile: ${Math.round(rows[0]?.left_ms ?? 0)} ms left`)
+  await leaseKept(t, db, lost)
   t.equal((await db.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'taskvault-leases'")).rowCount, 1,
     'the keeper listens again, on a connection of its own (named so in pg_stat_activity)')
   t.equal(await pool.free(), 3, 'the waiting statements go on once the locks are gone')
@@ -369,19 +381,9 @@ t.test('a renewal stuck on a half-open listening connection while every pooled c
   if (url === null) return
   const db = inspectorOf(t, url, SCHEMA)
   const { proxy, url: proxied } = await throughProxy(t, url)
-  const a = await open(t, proxied, 'alpha', { leaseMs: 6000, statementTimeoutMs: 0, max: 3 })
-  const lost: string[] = []
-  a.events.on('lease-lost', (id) => lost.push(id))
-  const port = await listening(db, 'client_port')
-  await a.save(contractSession('h', ['Pending']))
-  await a.acquire('h')
-  const pool = await fillPool(t, db, a)
+  const { lost, listener: port, pool } = await saturatedHolder(t, db, proxied, 'client_port')
   t.ok(proxy.stallUpstream(port), 'the listening connection goes half-open')
-  // Past the point where the lease is given up (five sixths of it) when renewals stop.
-  await new Promise((resolve) => setTimeout(resolve, 7000))
-  t.same(lost, [], 'no lease given up')
-  const { rows } = await db.query<{ left_ms: number }>("SELECT extract(epoch FROM lease_until - now()) * 1000 AS left_ms FROM sessions WHERE session_id = 'h'")
-  t.ok((rows[0]?.left_ms ?? 0) > 2000, `renewed meanwhile: ${Math.round(rows[0]?.left_ms ?? 0)} ms left`)
+  await leaseKept(t, db, lost)
   t.equal(await pool.free(), 3, 'the waiting statements go on once the locks are gone')
 })
 
