@@ -163,6 +163,26 @@ t.test('renewal: one statement renews every lease a replica holds and its heartb
   t.ok((rows[0]?.min_ms ?? 0) > 1000, `renewed: ${Math.round(rows[0]?.min_ms ?? 0)} ms left after 2.5 s of a 3 s lease`)
 })
 
+t.test('a clean shutdown leaves no replica row behind, even with a heartbeat on its way when it began', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspectorOf(t, url, SCHEMA)
+  const a = await open(t, url, 'alpha', { leaseMs: 3000 })
+  // The row deleted by a transaction not yet committed: the next heartbeat's upsert waits on it.
+  const locker = await db.connect()
+  t.teardown(() => { locker.release() })
+  await locker.query("BEGIN; DELETE FROM replicas WHERE replica_id = 'alpha'")
+  await waitFor('a heartbeat waiting on the row', async () =>
+    (await db.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO replicas%'")).rowCount === 1, 5000)
+  const closing = a.close()
+  // Well within the heartbeat's own time limit (a sixth of the lease): it lands after close() began.
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  await locker.query('COMMIT')
+  await closing
+  const { rows } = await db.query("SELECT replica_id, instance FROM replicas WHERE replica_id = 'alpha'")
+  t.same(rows, [], 'the row is gone: the heartbeat was answered before the replica left')
+})
+
 t.test('cut off from the database, a holder gives its leases up (lease-lost) before they run out', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

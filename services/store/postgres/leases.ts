@@ -63,6 +63,11 @@ export class LeaseKeeper {
   private timer: NodeJS.Timeout | null = null
   private lastRenewal = -Infinity
   private renewing = false
+  /**
+   * Renewal statements sent and not answered yet, the loser of a retry's race among them: close()
+   * waits for them, so that no heartbeat lands after the row is deleted and brings it back.
+   */
+  private readonly unanswered = new Set<Promise<unknown>>()
   private listener: KeeperConnection | null = null
   private listening: Promise<void> | null = null
   private closed = false
@@ -237,6 +242,9 @@ export class LeaseKeeper {
     this.closed = true
     if (this.timer !== null) clearInterval(this.timer)
     this.timer = null
+    // A heartbeat landing after leave() would bring the row back: the next process under this
+    // id (a StatefulSet's pod, rescheduled) would wait on it, then clear it with a gap logged.
+    while (this.unanswered.size > 0) await Promise.allSettled([...this.unanswered])
     const listener = this.listener
     this.listener = null
     await this.listening?.catch(noop)
@@ -305,7 +313,7 @@ export class LeaseKeeper {
       const renewOn = async (listener: KeeperConnection | null): Promise<Answer> => {
         if (listener === null) throw new Error('no listening connection')
         const sent = performance.now()
-        return listener.query<Renewed>(config).then((result) => ({ rows: result.rows, sent }), (err: unknown) => {
+        return this.tracked(listener.query<Renewed>(config)).then((result) => ({ rows: result.rows, sent }), (err: unknown) => {
           // Its state unknown (a timeout, a dropped link): never used again.
           this.drop(listener)
           throw err
@@ -314,11 +322,13 @@ export class LeaseKeeper {
       // On the listening connection: it is this keeper's own, so a renewal never waits for a
       // pooled connection behind a burst of saves or slow statements (and loses leases for it).
       let answer = await renewOn(this.listener).catch(() => null)
+      // Closing: no second try (close() waits for the first to be answered, or to time out).
+      if (answer === null && this.closed) return
       if (answer === null) {
         // Tried again at once, on a pooled connection and on a fresh one of its own together: the
         // pool's may all be busy, and a new connection may not open. The first answer counts.
         const sent = performance.now()
-        const pooled = this.options.query<Renewed>('renewing leases', config).then((result) => ({ rows: result.rows, sent }))
+        const pooled = this.tracked(this.options.query<Renewed>('renewing leases', config)).then((result) => ({ rows: result.rows, sent }))
         answer = this.options.pooled
           ? await pooled
           : await Promise.any([pooled, this.relisten().then(renewOn)]).catch((err: AggregateError) => { throw err.errors[0] })
@@ -344,6 +354,14 @@ export class LeaseKeeper {
     } finally {
       this.renewing = false
     }
+  }
+
+  /** `statement`, held in `unanswered` until it settles. */
+  private tracked<T> (statement: Promise<T>): Promise<T> {
+    this.unanswered.add(statement)
+    const settled = (): void => { this.unanswered.delete(statement) }
+    statement.then(settled, settled)
+    return statement
   }
 
   /** Another process claimed the replica id (it judged this one gone): every lease is lost, and nothing more is renewed or written. */
