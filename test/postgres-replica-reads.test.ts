@@ -88,6 +88,14 @@ t.test('a session archived by one replica is archived on the others: read, liste
     t.same((await get(app, 'list?session_id=all')).body.sessions.map((s: { session_id: string }) => s.session_id).sort(), ['append', 'failing'], `${name}: listed as active`)
     t.equal((await get(app, 'stats')).body.archived_sessions, 1, `${name}: counted as archived`)
   }
+  // /metrics counts the rows as /stats does, on each replica the same, under one store label:
+  // a dashboard takes one per store. What each replica holds itself differs (A read 'read' back).
+  const storedGauges = async (app: FastifyInstance): Promise<string[]> =>
+    (await app.inject({ method: 'GET', url: '/metrics' })).body.split('\n').filter((line) => /^taskvault_stored_(sessions|tasks)\{/u.test(line)).sort()
+  const onA = await storedGauges(a)
+  t.same(onA.filter((line) => line.includes('state="archived"')).map((line) => line.replace(/store="[^"]+"/u, 'store')), ['taskvault_stored_sessions{state="archived",store} 1'], 'the session B archived, on A')
+  t.match(onA[0], /store="postgres:[0-9a-f]{12}"/u)
+  t.same(await storedGauges(b), onA, 'B reports the same')
 })
 
 t.test('/stats and /metrics count sealed sessions from the rows: every replica the same, `taskvault seal --database-url` included', async (t) => {

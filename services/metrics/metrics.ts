@@ -1,6 +1,8 @@
+import { createHash } from 'node:crypto'
+import { hostname } from 'node:os'
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
 import { TASK_STATUSES } from '../../schemas/session.js'
-import type { SaveEvent, SessionStore } from '../store/store.js'
+import type { SaveEvent, SessionStore, StoreTotals } from '../store/store.js'
 import type { TaskManager } from '../task-manager.js'
 import type { AgentCallEvent, TaskFinishedEvent } from '../types.js'
 
@@ -72,6 +74,51 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
       for (const status of TASK_STATUSES) this.set({ status }, counts[status])
     }
   })
+  // What the store holds, where taskvault_sessions and _tasks are what this process holds: on
+  // replicas of one database each holds copies of what it served, so summed over replicas they
+  // count a session once per copy. These read the rows (every replica the same, as /stats), and
+  // `store` names the store, so a dashboard takes one per store and adds the stores up.
+  const storeLabel = storeName(store)
+  let counting: Promise<StoreTotals | null> | null = null
+  // One count of the rows per scrape, whichever gauge asks first (a scrape collects them at once).
+  const storedTotals = async (): Promise<StoreTotals | null> => {
+    if (store.totals === undefined) return null
+    counting ??= store.totals().catch(() => null).finally(() => { counting = null })
+    return counting
+  }
+  /** The counts over the store: the rows of a shared one (null while it does not answer), else this process's, which hold everything. */
+  const storedCounts = async (): Promise<Omit<StoreTotals, 'encryption' | 'storage'> | null> =>
+    store.totals === undefined ? manager.stats() : storedTotals()
+  new Gauge({
+    name: name('stored_sessions'),
+    help: 'Sessions in the store by state (active, completed, archived), the same on every replica sharing it; store names the store',
+    labelNames: ['state', 'store'],
+    registers,
+    async collect () {
+      this.reset()
+      const counts = await storedCounts()
+      // Absent while a database does not answer, rather than this replica's guess.
+      if (counts === null) return
+      this.set({ state: 'active', store: storeLabel }, counts.active_sessions)
+      this.set({ state: 'completed', store: storeLabel }, counts.completed_sessions)
+      this.set({ state: 'archived', store: storeLabel }, counts.archived_sessions)
+    }
+  })
+  new Gauge({
+    name: name('stored_tasks'),
+    help: 'Tasks of the active sessions in the store by status, the same on every replica sharing it; store names the store',
+    labelNames: ['status', 'store'],
+    registers,
+    async collect () {
+      this.reset()
+      const counts = await storedCounts()
+      if (counts === null) return
+      const byStatus: Record<(typeof TASK_STATUSES)[number], number> = {
+        Pending: counts.pending_tasks, InProgress: counts.in_progress_tasks, Completed: counts.completed_tasks, Failed: counts.failed_tasks
+      }
+      for (const status of TASK_STATUSES) this.set({ status, store: storeLabel }, byStatus[status])
+    }
+  })
   new Gauge({ name: name('executions_in_flight'), help: 'Executions (execute, execute-all) running now', registers, collect () { this.set(manager.runningCount) } })
   new Gauge({ name: name('storage_bytes'), help: 'Bytes of the live session files', registers, collect () { this.set(manager.stats().storage.bytes) } })
   new Gauge({ name: name('restore_duration_seconds'), help: 'How long the restore at startup took', registers, collect () { this.set(manager.stats().storage.restore_ms / 1000) } })
@@ -85,7 +132,7 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
       this.reset()
       // A shared store counts its rows (every replica's, and `taskvault seal`'s): every replica
       // reports the same. While the database does not answer, absent rather than this replica's guess.
-      const encryption = store.totals === undefined ? store.encryption() : await store.totals().then((totals) => totals.encryption, () => null)
+      const encryption = store.totals === undefined ? store.encryption() : (await storedTotals())?.encryption ?? null
       if (encryption === null) return
       // Every configured kid is there, 0 when no session is under it: a rotation alert tells "done" from "no data".
       for (const [kid, count] of Object.entries(encryption.sealed_sessions)) this.set({ kid }, count)
@@ -126,4 +173,14 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
     manager.events.off('task-finished', onFinished)
     for (const metric of names) registry.removeSingleMetric(metric)
   }
+}
+
+/**
+ * The store's name in `store` labels: its kind and a digest of where it is (a database and
+ * schema; a folder on this host), so replicas of one database share it and nothing of the
+ * address (host, user) shows in an unauthenticated /metrics.
+ */
+function storeName (store: SessionStore): string {
+  const where = store.totals === undefined ? `${hostname()}:${store.location}` : store.location
+  return `${store.kind}:${createHash('sha256').update(where).digest('hex').slice(0, 12)}`
 }
