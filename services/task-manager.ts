@@ -198,7 +198,7 @@ export class TaskManager {
     const archive = await this.store.openArchive({ concurrency: this.settings.restoreConcurrency })
     const ms = Math.round((performance.now() - started) * 100) / 100
     this.restored = { sessions: sessions.length, archivedSessions: archive.sessions, failedLoads: failures.length, resetTasks, ms }
-    this.log.info({ sessions: sessions.length, archived: archive.sessions, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from disk`)
+    this.log.info({ sessions: sessions.length, archived: archive.sessions, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from ${this.store.kind === 'file' ? 'disk' : 'the database'}`)
     this.events.emit('restore', this.restored)
     this.disk.start()
     // Shared: what restore leaves to the sweeper (a restarted replica's own sessions, under the

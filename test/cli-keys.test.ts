@@ -89,7 +89,7 @@ t.test('stats counts an archived file under a missing key as archived, lists its
   await writeFile(join(dir, 'old.json'), await sealed('old', 'k1'), { mode: 0o600 })
   const failing = await taskvault(['stats', dir], { env: K2_ONLY })
   t.equal(failing.code, 1, 'an active file under a missing key stops the server, so stats fails')
-  t.match(failing.stderr, /1 session need key 'k1'/)
+  t.match(failing.stderr, /1 session needs key 'k1'/)
 })
 
 t.test('import loads a folder with an archived file under a retired key, its bytes as they are and sealed_kid from its envelope', async (t) => {

@@ -43,7 +43,7 @@ ${COMMON_HELP}`,
     // A key under a kid other than the one the folder first had refuses the server's start: stats fails as it does.
     if (keyring !== null) keyring.verifyChecks((await readMarker(nodeFs, dir))?.keyChecks ?? {}, `storage folder ${dir}`)
     const counts = zeroCounts()
-    const storage = { dir, bytes: 0, files: 0, archive_bytes: 0, archive_files: 0, failed_loads: 0, corrupt_files: 0, used_bytes: 0 }
+    const storage = { kind: 'file' as const, dir, bytes: 0, files: 0, archive_bytes: 0, archive_files: 0, failed_loads: 0, corrupt_files: 0, used_bytes: 0 }
     const archivedIds = new Set<string>()
     // Files sealed under a key TASK_ENCRYPTION_KEYS does not hold, by kid: active ones stop the
     // server's start (so this fails too); archived ones are read on demand, so they only need listing.
@@ -85,7 +85,7 @@ ${COMMON_HELP}`,
     const stopping = [...missingKeys].filter(([, need]) => need.active > 0)
     if (stopping.length > 0) {
       // Counts without them would be wrong, as the server (which refuses to start) would say.
-      const counts = stopping.map(([kid, { active: n }]) => `${n} session${n === 1 ? '' : 's'} need key '${kid}'`).join(', ')
+      const counts = stopping.map(([kid, { active: n }]) => `${n} session${n === 1 ? ' needs' : 's need'} key '${kid}'`).join(', ')
       throw new CommandFailedError(`cannot count ${dir}: ${counts}, which TASK_ENCRYPTION_KEYS does not hold`)
     }
     storage.corrupt_files = (await readdir(join(dir, 'corrupt')).catch(() => [])).length

@@ -430,7 +430,7 @@ export class FileSessionStore implements SessionStore {
   /** Stops the restore when keys are missing or wrong; files one right key could not open are set aside. */
   private async checkKeys (read: BatchOutcome): Promise<void> {
     if (read.missingKeys.size > 0) {
-      const counts = [...read.missingKeys].map(([kid, count]) => `${count} session${count === 1 ? '' : 's'} need key '${kid}'`).join(', ')
+      const counts = [...read.missingKeys].map(([kid, count]) => `${count} session${count === 1 ? ' needs' : 's need'} key '${kid}'`).join(', ')
       throw new KeyUnavailableError([...read.missingKeys.keys()][0] as string, `cannot restore: ${counts}, which TASK_ENCRYPTION_KEYS does not hold. Add the key back; those files were left untouched`)
     }
     for (const [kid, files] of read.unopened) {

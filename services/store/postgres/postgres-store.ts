@@ -325,7 +325,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       }
     }
     if (missingKeys.size > 0) {
-      const counts = [...missingKeys].map(([kid, count]) => `${count} session${count === 1 ? '' : 's'} need key '${kid}'`).join(', ')
+      const counts = [...missingKeys].map(([kid, count]) => `${count} session${count === 1 ? ' needs' : 's need'} key '${kid}'`).join(', ')
       throw new KeyUnavailableError([...missingKeys.keys()][0] as string, `cannot restore: ${counts}, which TASK_ENCRYPTION_KEYS does not hold. Add the key back; those rows were left untouched`)
     }
     for (const [kid, rows] of unopened) {
