@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import t, { type Test } from 'tap'
-import type { SessionFile } from '../schemas/session.js'
+import type { SessionFile, Task } from '../schemas/session.js'
 import { StorageError, TaskvaultError } from '../services/errors.js'
 import { noop } from '../services/noop.js'
 import { statusFor } from '../http/error-handler.js'
@@ -125,6 +125,15 @@ t.test('the archive index reads each copy\'s times as its document holds them: f
   await archived(plain, contractSession('reordered', ['Completed']))
   await archived(plain, contractSession('escaped', ['Completed']))
   await archived(plain, contractSession('twice-keyed', ['Completed']))
+  // Text the json type stores but cannot turn into text (a NUL, a lone surrogate: any instruction
+  // or result may hold one), in the usual layout and in another: the database never parses it out.
+  for (const id of ['nul', 'nul-reordered']) {
+    const file = contractSession(id, ['Completed'], '2024-02-06T00:00:00Z')
+    const [only] = file.session.tasks as [Task]
+    only.instruction = 'a\u0000b'
+    only.result = 'half a pair: \ud800'
+    await archived(plain, file)
+  }
   // Keys in another order, and a time with an escape in it: the first bytes cannot tell, the whole document is read.
   await db.query(`UPDATE sessions SET document = json_build_object('created_at', '2024-01-03T00:00:00+01:00', 'session_id', session_id,
     'updated_at', '2024-02-03T00:00:00Z', 'session', document->'session') WHERE session_id = 'reordered'`)
@@ -133,8 +142,10 @@ t.test('the archive index reads each copy\'s times as its document holds them: f
   // A key given twice (an import keeps the file's bytes): the last counts, as in JSON.parse and in the columns derived from it.
   await db.query(`UPDATE sessions SET updated_at = '2024-02-05T00:00:00Z', document = ('{"session_id": "twice-keyed", "created_at": "2024-01-15T10:30:00.000Z", "updated_at": "2030-01-01T00:00:00Z", "session": ' ||
     (document->'session')::text || ', "updated_at": "2024-02-05T00:00:00Z"}')::json WHERE session_id = 'twice-keyed'`)
+  await db.query(`UPDATE sessions SET document = ('{"updated_at": "2024-02-07T00:00:00Z", "session_id": "nul-reordered", "created_at": "2024-01-07T00:00:00Z", "session": ' ||
+    substring(document::text from '"session": (.*)}\\s*$') || '}')::json WHERE session_id = 'nul-reordered'`)
   const fresh = await openStore(t, url, { keyring })
-  t.match(await fresh.openArchive({ concurrency: 1 }), { sessions: 5, files: 5 })
+  t.match(await fresh.openArchive({ concurrency: 1 }), { sessions: 7, files: 7 })
   const { sessions, failures } = await fresh.listArchived()
   t.same(failures, [])
   const times = Object.fromEntries(sessions.map((summary) => [summary.session_id, [summary.created_at, summary.updated_at]]))
@@ -143,8 +154,16 @@ t.test('the archive index reads each copy\'s times as its document holds them: f
     sealed: ['2024-01-15T10:30:00.000Z', '2024-02-02T00:00:00+00:00'],
     reordered: ['2024-01-03T00:00:00+01:00', '2024-02-03T00:00:00Z'],
     escaped: ['2024-01-04T00:00:00.000Z', '2024-02-04T00:00:00Z'],
-    'twice-keyed': ['2024-01-15T10:30:00.000Z', '2024-02-05T00:00:00Z']
+    'twice-keyed': ['2024-01-15T10:30:00.000Z', '2024-02-05T00:00:00Z'],
+    nul: ['2024-01-15T10:30:00.000Z', '2024-02-06T00:00:00Z'],
+    'nul-reordered': ['2024-01-07T00:00:00Z', '2024-02-07T00:00:00Z']
   })
+  // A list with archived sessions (every replica's) reads the same times from the rows.
+  for (const filter of ['only', 'include'] as const) {
+    const listed = await fresh.listWithArchived(0, 20, filter)
+    t.same(Object.fromEntries(listed.sessions.map((summary) => [summary.session_id, [summary.created_at, summary.updated_at]])), times, `archived=${filter}`)
+  }
+  t.equal((await fresh.readArchived('nul-reordered')).session?.file.session.tasks[0]?.instruction, 'a\u0000b', 'the text as written')
   const readBack = (await fresh.readArchived('escaped')).session?.file
   t.same([readBack?.created_at, readBack?.updated_at], times.escaped, 'as reading the copy gives them')
 })

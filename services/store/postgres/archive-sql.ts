@@ -1,4 +1,5 @@
 import type pg from 'pg'
+import { documentHead } from './document-times.js'
 import { SHOWN_ARCHIVED } from './leases-sql.js'
 import type { DerivedColumns, RowVersion } from './sessions-sql.js'
 
@@ -96,41 +97,15 @@ export interface ArchivedRow {
   tasks_in_progress: number
 }
 
-/** How much of a document ARCHIVED_ROWS reads: enough for an id of 128 characters and two ISO times at an indent of 2. */
-const HEAD_CHARS = 256
-
 /**
  * What the archive index needs of every archived copy, without the documents: sizes and the
  * summary columns, and the document's first bytes, where its times stand as written (clear in
- * sealed envelopes too), so summaries read the same as the file store's (see documentTimes).
- * Parsing each document for them (`document->>`) took the database a second per 60,000 rows.
+ * sealed envelopes too), so summaries read the same as the file store's (see document-times.ts).
  */
-export const ARCHIVED_ROWS = `SELECT row_id, session_id, bytes, left(document::text, ${HEAD_CHARS}) AS head,
+export const ARCHIVED_ROWS = `SELECT row_id, session_id, bytes, ${documentHead('document')} AS head,
     to_json(created_at)#>>'{}' AS created_at, to_json(updated_at)#>>'{}' AS updated_at,
     finished_at, tasks_total, tasks_completed, tasks_failed, tasks_pending, tasks_in_progress
   FROM sessions WHERE archived_at IS NOT NULL ORDER BY row_id`
-
-/** The times of the copies whose first bytes did not give them (documentTimes: null), from the documents. */
-export function archivedTimes (rowIds: string[]): pg.QueryConfig {
-  return {
-    text: `SELECT row_id, coalesce(document->>'created_at', to_json(created_at)#>>'{}') AS created_at,
-        coalesce(document->>'updated_at', to_json(updated_at)#>>'{}') AS updated_at
-      FROM sessions WHERE row_id = ANY($1::bigint[]) AND archived_at IS NOT NULL`,
-    values: [rowIds]
-  }
-}
-
-/**
- * A document's `created_at` and `updated_at` from its first bytes, when they are its first keys
- * after the id, as every document taskvault writes has them (plain or sealed, any indent), and
- * free of escapes; null for any other layout (the whole document is read for them).
- */
-export function documentTimes (head: string): { created_at: string, updated_at: string } | null {
-  const found = HEAD_TIMES.exec(head)
-  return found === null ? null : { created_at: found[1] as string, updated_at: found[2] as string }
-}
-
-const HEAD_TIMES = /^\{\s*"session_id"\s*:\s*"[A-Za-z0-9_-]+"\s*,\s*"created_at"\s*:\s*"([^"\\]*)"\s*,\s*"updated_at"\s*:\s*"([^"\\]*)"/u
 
 /**
  * Retention's candidates fall in four parts, each read in the order of its own index (migration

@@ -1,5 +1,6 @@
 import type pg from 'pg'
 import { LOG_GAP } from '../store.js'
+import { documentHead } from './document-times.js'
 
 /**
  * The SQL of execution leases (issue 14): which replica runs a session (`owner`), until when
@@ -218,7 +219,7 @@ export const SHOWN_ARCHIVED = `sessions a WHERE a.archived_at IS NOT NULL
  * A page of the sessions a list with archived ones shows (`include`: active and archived; `only`:
  * archived), newest updated first, active before archived at the same time. Each side is read in
  * its list index's order, so the statement reads offset + limit entries of each at most, never the
- * whole archive; the documents are read for the page's archived rows only (their times as written).
+ * whole archive; the first bytes of the page's archived documents are read (their times as written: document-times.ts).
  */
 export function listedSummaries (offset: number, limit: number, filter: 'include' | 'only'): pg.QueryConfig {
   const archived = `SELECT a.row_id, a.updated_at, a.session_id, true AS archived FROM ${SHOWN_ARCHIVED} ORDER BY a.updated_at DESC, a.session_id`
@@ -233,8 +234,7 @@ export function listedSummaries (offset: number, limit: number, filter: 'include
     text: `WITH page AS (${listed})
       SELECT s.session_id, s.created_at, s.updated_at, s.tasks_total, s.tasks_completed, s.tasks_failed, s.tasks_pending, s.tasks_in_progress,
         page.archived, NOT page.archived AND s.owner IS NOT NULL AND s.lease_until > now() AS running,
-        CASE WHEN page.archived THEN s.document->>'created_at' END AS written_created_at,
-        CASE WHEN page.archived THEN s.document->>'updated_at' END AS written_updated_at
+        CASE WHEN page.archived THEN s.row_id END AS row_id, CASE WHEN page.archived THEN ${documentHead('s.document')} END AS head
       FROM page JOIN sessions s USING (row_id) ORDER BY s.updated_at DESC, page.archived, s.session_id`,
     values: [limit, offset]
   }

@@ -16,7 +16,8 @@ import {
   clearUpdatedAt, type ArchivableCursor, type ArchivedSession, type RetentionCursor, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
-import { ARCHIVED_ROWS, archiveSession, archivedTimes, archivedUnderKid, documentTimes, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
+import { ARCHIVED_ROWS, archiveSession, archivedUnderKid, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
+import { archivedDocuments, headTimes, wholeTimes, type WrittenTimes } from './document-times.js'
 import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { breaksConnection, errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
@@ -601,19 +602,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   async openArchive (_options: { concurrency: number }): Promise<ArchiveTotals> {
     const { rows } = await this.run<ArchivedRow>('reading the archive', { text: ARCHIVED_ROWS })
-    // The times as the documents hold them: from their first bytes, or else from the whole documents.
-    const unread = new Map<string, ArchivedRow>()
-    for (const row of rows) {
-      const times = documentTimes(row.head ?? '')
-      // The columns hold the times the whole document gives (the last of a key given twice): a
-      // head that says otherwise is not to be trusted.
-      if (times === null || Date.parse(times.created_at) !== Date.parse(row.created_at) || Date.parse(times.updated_at) !== Date.parse(row.updated_at)) unread.set(row.row_id, row)
-      else Object.assign(row, times)
-    }
-    if (unread.size > 0) {
-      const { rows: times } = await this.run<{ row_id: string, created_at: string, updated_at: string }>('reading the archive', archivedTimes([...unread.keys()]))
-      for (const { row_id: rowId, ...time } of times) Object.assign(unread.get(rowId) ?? {}, time)
-    }
+    const times = await this.writtenTimes('reading the archive', rows)
+    for (const row of rows) Object.assign(row, times.get(row.row_id))
     this.index.clear()
     // Oldest first: each copy added is the newest of its session so far and takes the summary.
     for (const row of rows) {
@@ -884,18 +874,40 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     return this.listPage(listedSummaries(offset, limit, filter), listedCount(filter))
   }
 
+  /**
+   * The times archived copies' documents hold (see document-times.ts), by row: from their first
+   * bytes, else from the whole documents, read in one statement and parsed here; a time a
+   * document does not hold as text is left out (its column stands).
+   */
+  private async writtenTimes (operation: string, rows: ReadonlyArray<{ row_id: string, head?: string | null, created_at: Date | string, updated_at: Date | string }>): Promise<Map<string, Partial<WrittenTimes>>> {
+    const times = new Map<string, Partial<WrittenTimes>>()
+    const unread: string[] = []
+    for (const row of rows) {
+      const head = headTimes(row.head ?? null, row.created_at, row.updated_at)
+      if (head === null) unread.push(row.row_id)
+      else times.set(row.row_id, head)
+    }
+    if (unread.length > 0) {
+      const { rows: documents } = await this.run<{ row_id: string, document: string }>(operation, archivedDocuments(unread))
+      for (const { row_id: rowId, document } of documents) times.set(rowId, wholeTimes(document))
+    }
+    return times
+  }
+
   /** A list's page and its total, read at once; archived entries with the times their documents hold. */
   private async listPage (page: pg.QueryConfig, count: string): Promise<{ total: number, sessions: SharedSummary[] }> {
-    type SummaryRow = TaskCounts & { session_id: string, created_at: Date, updated_at: Date, running: boolean, archived?: boolean, written_created_at?: string | null, written_updated_at?: string | null }
+    type SummaryRow = TaskCounts & { session_id: string, created_at: Date, updated_at: Date, running: boolean, archived?: boolean, row_id?: string | null, head?: string | null }
     const [{ rows }, counted] = await Promise.all([
       this.run<SummaryRow>('listing sessions', page),
       this.run<{ total: number }>('counting sessions', { text: count })
     ])
+    const archived = rows.filter((row): row is SummaryRow & { row_id: string } => row.archived === true && typeof row.row_id === 'string')
+    const times = await this.writtenTimes('listing sessions', archived)
     // An archived row is never running (the statement says so).
     const sessions = rows.map((row): SharedSummary => ({
       session_id: row.session_id,
-      created_at: row.written_created_at ?? row.created_at.toISOString(),
-      updated_at: row.written_updated_at ?? row.updated_at.toISOString(),
+      created_at: (row.row_id == null ? undefined : times.get(row.row_id)?.created_at) ?? row.created_at.toISOString(),
+      updated_at: (row.row_id == null ? undefined : times.get(row.row_id)?.updated_at) ?? row.updated_at.toISOString(),
       ...progressOfRow(row),
       ...(row.archived === true && { archived: true }),
       running: row.running
