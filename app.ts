@@ -10,7 +10,7 @@ import taskvault, { type TaskvaultOptions } from './plugins/taskvault.js'
 import { errorHandler, notFoundHandler } from './http/error-handler.js'
 import healthRoutes from './routes/health.js'
 import { createValidatorCompiler } from './http/validation.js'
-import { clientErrors } from './http/client-errors.js'
+import { answerUnrouted, clientErrors, missingHost } from './http/client-errors.js'
 import { guardConnections, type ConnectionGuard } from './http/connections.js'
 import type { Config } from './schemas/config.js'
 
@@ -69,6 +69,8 @@ export function serverOptions (settings: ServerSettings, logger: FastifyServerOp
     http: {
       requestTimeout,
       headersTimeout: Math.min(60_000, requestTimeout),
+      // Answered by the onRequest hook instead, in the error shape (missingHost).
+      requireHostHeader: false,
       connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.floor(requestTimeout / 4)))
     },
     keepAliveTimeout: settings.TASK_KEEP_ALIVE_TIMEOUT_MS
@@ -109,9 +111,15 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     answerCloseMs: settings.TASK_SHUTDOWN_GRACE_MS + settings.TASK_EVENTS_CLOSE_MS
   })
   guard = connections
+  answerUnrouted(app.server)
   app.addHook('preClose', async () => connections.closing())
   // Pipelined changes run in the order sent (RFC 9112 lets a server run only safe methods side by side).
   app.addHook('onRequest', (request, reply, done) => {
+    const hostless = missingHost(request.raw)
+    if (hostless !== null) {
+      done(hostless)
+      return
+    }
     if (SAFE_METHODS.has(request.method)) {
       done()
       return

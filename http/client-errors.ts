@@ -1,4 +1,4 @@
-import { STATUS_CODES, type ServerResponse } from 'node:http'
+import { STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import type { ConnectionGuard } from './connections.js'
@@ -62,10 +62,40 @@ export function clientErrors (connections: () => ConnectionGuard | null) {
   }
 }
 
+/**
+ * What Node would answer itself, before any route, with an empty body or none: an Expect it does
+ * not know (417), and CONNECT (the socket closed unanswered; nothing here tunnels). Answered in the
+ * error shape with a code, as every other refusal. (A request without Host: see missingHost.)
+ */
+export function answerUnrouted (server: Server): void {
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    const body = errorBody(417, 'EXPECTATION_FAILED', `Expect '${String(req.headers.expect).slice(0, 40)}' is not supported (only 100-continue is)`)
+    res.writeHead(417, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), connection: 'close' })
+    res.end(body)
+  })
+  server.on('connect', (_req: IncomingMessage, socket: Socket) => {
+    answerAndClose(socket, { statusCode: 405, code: 'METHOD_NOT_ALLOWED', message: 'CONNECT is not served: this is no proxy' })
+  })
+}
+
+/**
+ * An HTTP/1.1 request without Host, which RFC 9112 asks a server to refuse with 400: Node's own
+ * check answers it with no body, so the server lets such requests through to this one (an
+ * onRequest hook's), which answers in the error shape. Null when the request is fine.
+ */
+export function missingHost (req: IncomingMessage): Error | null {
+  if (req.headers.host !== undefined || req.httpVersion !== '1.1') return null
+  return Object.assign(new Error('an HTTP/1.1 request must carry a Host header'), { statusCode: 400, code: 'MISSING_HOST' })
+}
+
+function errorBody (statusCode: number, code: string, message: string): string {
+  return JSON.stringify({ statusCode, code, error: STATUS_CODES[statusCode] ?? 'Error', message })
+}
+
 function answerAndClose (socket: Socket, answer: { statusCode: number, code: string, message: string }): void {
   if (socket.writable) {
     const name = STATUS_CODES[answer.statusCode] ?? 'Error'
-    const body = JSON.stringify({ statusCode: answer.statusCode, code: answer.code, error: name, message: answer.message })
+    const body = errorBody(answer.statusCode, answer.code, answer.message)
     socket.write(`HTTP/1.1 ${answer.statusCode} ${name}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json; charset=utf-8\r\nConnection: close\r\n\r\n${body}`)
   }
   socket.destroy()

@@ -8,7 +8,9 @@ export type EmptyBody = (request: FastifyRequest) => { value: unknown } | null
  * multipart post (which a browser sends cross-site without a preflight) gets a 415 and never
  * reaches a route (CSRF); JSON sent as text gets the 415 that says so, not "body must be object".
  * Keys that would poison prototypes (`__proto__`, `constructor.prototype`) are refused by name.
- * Bodies are UTF-8: other bytes get a 400 and another charset a 415, rather than being changed.
+ * Bodies are UTF-8: other bytes get a 400 and another charset a 415, rather than being changed;
+ * a body compressed or otherwise encoded (Content-Encoding) is a 415 too, as RFC 9110 asks of a
+ * server that does not decode it, rather than being read as it came.
  */
 export function acceptJsonOnly (app: FastifyInstance, empty: EmptyBody): void {
   const json = app.getDefaultJsonParser('error', 'error')
@@ -16,6 +18,11 @@ export function acceptJsonOnly (app: FastifyInstance, empty: EmptyBody): void {
   const utf8 = new TextDecoder('utf-8', { fatal: true })
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
+    const encoding = request.headers['content-encoding']
+    if (encoding !== undefined && !/^\s*identity\s*$/iu.test(encoding)) {
+      done(unsupportedEncoding(encoding), undefined)
+      return
+    }
     const charset = charsetOf(request.headers['content-type'])
     if (charset !== null && !/^utf-?8$/iu.test(charset)) {
       done(unsupportedCharset(charset), undefined)
@@ -39,10 +46,17 @@ export function acceptJsonOnly (app: FastifyInstance, empty: EmptyBody): void {
   })
 }
 
-/** The charset parameter of a Content-Type, unquoted; null when there is none. */
+/** The charset parameter of a Content-Type, unquoted (those given more than once, comma-joined); null when there is none. */
 function charsetOf (type: string | undefined): string | null {
-  const match = /;\s*charset\s*=\s*(?:"([^"]*)"|([^;\s]*))/iu.exec(type ?? '')
-  return match === null ? null : (match[1] ?? match[2] ?? '')
+  const given = [...(type ?? '').matchAll(/;\s*charset\s*=\s*(?:"([^"]*)"|([^;\s]*))/giu)].map((match) => match[1] ?? match[2] ?? '')
+  return given.length === 0 ? null : given.join(', ')
+}
+
+function unsupportedEncoding (encoding: string): Error {
+  return Object.assign(new Error(`Unsupported Media Type (Content-Encoding '${encoding.slice(0, 40)}'): bodies are taken as sent, not decoded; send plain JSON without Content-Encoding`), {
+    statusCode: 415,
+    code: 'UNSUPPORTED_CONTENT_ENCODING'
+  })
 }
 
 function unsupportedCharset (charset: string): Error {

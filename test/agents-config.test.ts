@@ -50,6 +50,8 @@ t.test('parseAgentsConfig: `@path` reads the specs from a file', async (t) => {
   await writeFile(file, '{"Analysis": {"kind": "echo", "timeout_ms": -5}}')
   rejects(t, `@${file}`, /^TASK_AGENTS\.Analysis\.timeout_ms: /)
   rejects(t, `@${join(dir, 'missing.json')}`, /^TASK_AGENTS: cannot read .*missing\.json/)
+  // Something endless is refused past a bound, not read until memory runs out (the process aborted).
+  rejects(t, '@/dev/zero', /^TASK_AGENTS: cannot read \/dev\/zero: more than 1048576 bytes/)
 })
 
 t.test('parseAgentsConfig: every bad spec is refused with the key (and field) named', async (t) => {

@@ -228,6 +228,23 @@ t.test('client errors are answered in the error shape with a code and logged; by
   t.match(json(garbage), { statusCode: 400, code: 'BAD_REQUEST', error: 'Bad Request' })
   await waitFor('the log lines', () => logLines(server.stdout()).filter((line) => line.msg === 'Client error: the request was not answered by a route').length >= 3)
 
+  // What Node answers itself unless told otherwise: no Host (400), an Expect it does not know (417), CONNECT (closed unanswered).
+  const hostless = await connect(t, server, 'GET /health HTTP/1.1\r\n\r\n')
+  await waitFor('the hostless answer', () => hostless.received().includes('}'))
+  t.match(hostless.received(), /^HTTP\/1\.1 400 /)
+  t.same(json(hostless), { statusCode: 400, code: 'MISSING_HOST', error: 'Bad Request', message: 'an HTTP/1.1 request must carry a Host header' })
+  const old = await connect(t, server, 'GET /health HTTP/1.0\r\n\r\n')
+  await old.closed
+  t.match(old.received(), /^HTTP\/1\.1 200 /, 'HTTP/1.0 needs no Host')
+  const expecting = await connect(t, server, `POST ${API}/create HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}`)
+  await expecting.closed
+  t.match(expecting.received(), /^HTTP\/1\.1 417 /)
+  t.match(json(expecting), { statusCode: 417, code: 'EXPECTATION_FAILED', error: 'Expectation Failed' })
+  const tunnel = await connect(t, server, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n')
+  await tunnel.closed
+  t.match(tunnel.received(), /^HTTP\/1\.1 405 /)
+  t.match(json(tunnel), { statusCode: 405, code: 'METHOD_NOT_ALLOWED', error: 'Method Not Allowed' })
+
   // Behind a stream: its body must not get an HTTP answer in the middle.
   const stream = await connect(t, server, `GET ${API}/events HTTP/1.1\r\nHost: x\r\n\r\n`)
   await waitFor('the stream to start', () => stream.received().includes('connected'))

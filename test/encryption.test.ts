@@ -50,7 +50,8 @@ t.test('keys: the list and @file forms; a malformed list names the entry, never 
     [`bad kid!:${K1}`, /entry 1: expected kid:base64key/],
     [K1, /entry 1: expected kid:base64key/],
     [`k1:${K1.slice(0, -4)}!!!!`, /entry 1 \(kid 'k1'\): the key is not base64/],
-    [`@${join(dir, 'missing')}`, /cannot read the key file/]
+    [`@${join(dir, 'missing')}`, /cannot read the key file/],
+    ['@/dev/zero', /cannot read the key file \/dev\/zero \(more than 1048576 bytes/]
   ]
   for (const [value, message] of bad) {
     t.throws(() => Keyring.parse(value), { code: 'INVALID_ENCRYPTION_KEYS', message }, message.source)

@@ -1,6 +1,6 @@
 import { createCipheriv, createDecipheriv, createHmac, createSecretKey, randomFillSync, type CipherGCM, type KeyObject } from 'node:crypto'
-import { readFileSync } from 'node:fs'
 import { CorruptSessionFileError, InvalidEncryptionKeysError, KeyUnavailableError, SealNotOpenedError } from '../errors.js'
+import { readSettingFile } from '../setting-file.js'
 
 /**
  * Encryption at rest: AES-256-GCM under keys named by id (kid). The first key seals every
@@ -71,7 +71,7 @@ export class Keyring {
    * TASK_ENCRYPTION_KEYS: `kid:base64key,...`, or `@/path` to a file holding the same (commas or
    * newlines between entries). Empty: null, no encryption. Errors name the entry, never a key.
    */
-  static parse (value: string, readFile: (path: string) => string = (path) => readFileSync(path, 'utf8')): Keyring | null {
+  static parse (value: string, readFile: (path: string) => string = (path) => readSettingFile(path)): Keyring | null {
     let text = value.trim()
     if (text === '') return null
     if (text.startsWith('@')) {

@@ -1,10 +1,11 @@
-import { accessSync, constants, readFileSync, statSync } from 'node:fs'
+import { accessSync, constants, statSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { Value } from '@sinclair/typebox/value'
 import { TASK_TYPES } from '../../../schemas/session.js'
 import { InvalidAgentConfigError } from '../../errors.js'
+import { readSettingFile } from '../../setting-file.js'
 
 // Node timers hold at most 2^31-1 ms; larger values would fire at once.
 const MAX_TIMER_MS = 2_147_483_647
@@ -112,7 +113,7 @@ export function parseAgentsConfig (source: string | object, env: NodeJS.ProcessE
     if (text.startsWith('@')) {
       const path = resolve(text.slice(1))
       try {
-        json = readFileSync(path, 'utf8')
+        json = readSettingFile(path)
       } catch (err) {
         throw new InvalidAgentConfigError(`TASK_AGENTS: cannot read ${path}: ${(err as Error).message}`)
       }
