@@ -904,14 +904,17 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     const archived = rows.filter((row): row is SummaryRow & { row_id: string } => row.archived === true && typeof row.row_id === 'string')
     const times = await this.writtenTimes('listing sessions', archived)
     // An archived row is never running (the statement says so).
-    const sessions = rows.map((row): SharedSummary => ({
-      session_id: row.session_id,
-      created_at: (row.row_id == null ? undefined : times.get(row.row_id)?.created_at) ?? row.created_at.toISOString(),
-      updated_at: (row.row_id == null ? undefined : times.get(row.row_id)?.updated_at) ?? row.updated_at.toISOString(),
-      ...progressOfRow(row),
-      ...(row.archived === true && { archived: true }),
-      running: row.running
-    }))
+    const sessions = rows.map((row): SharedSummary => {
+      const written = typeof row.row_id === 'string' ? times.get(row.row_id) : undefined
+      return {
+        session_id: row.session_id,
+        created_at: written?.created_at ?? row.created_at.toISOString(),
+        updated_at: written?.updated_at ?? row.updated_at.toISOString(),
+        ...progressOfRow(row),
+        ...(row.archived === true && { archived: true }),
+        running: row.running
+      }
+    })
     return { total: counted.rows[0]?.total ?? 0, sessions }
   }
 
