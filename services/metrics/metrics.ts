@@ -67,11 +67,8 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
     labelNames: ['status'],
     registers,
     collect () {
-      const stats = manager.stats()
-      const counts: Record<(typeof TASK_STATUSES)[number], number> = {
-        Pending: stats.pending_tasks, InProgress: stats.in_progress_tasks, Completed: stats.completed_tasks, Failed: stats.failed_tasks
-      }
-      for (const status of TASK_STATUSES) this.set({ status }, counts[status])
+      const tasks = byStatus(manager.stats())
+      for (const status of TASK_STATUSES) this.set({ status }, tasks[status])
     }
   })
   // What the store holds, where taskvault_sessions and _tasks are what this process holds: on
@@ -113,10 +110,8 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
       this.reset()
       const counts = await storedCounts()
       if (counts === null) return
-      const byStatus: Record<(typeof TASK_STATUSES)[number], number> = {
-        Pending: counts.pending_tasks, InProgress: counts.in_progress_tasks, Completed: counts.completed_tasks, Failed: counts.failed_tasks
-      }
-      for (const status of TASK_STATUSES) this.set({ status, store: storeLabel }, byStatus[status])
+      const tasks = byStatus(counts)
+      for (const status of TASK_STATUSES) this.set({ status, store: storeLabel }, tasks[status])
     }
   })
   new Gauge({ name: name('executions_in_flight'), help: 'Executions (execute, execute-all) running now', registers, collect () { this.set(manager.runningCount) } })
@@ -173,6 +168,11 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
     manager.events.off('task-finished', onFinished)
     for (const metric of names) registry.removeSingleMetric(metric)
   }
+}
+
+/** Task counts by status, from counts named as /stats names them. */
+function byStatus (counts: Pick<StoreTotals, 'pending_tasks' | 'in_progress_tasks' | 'completed_tasks' | 'failed_tasks'>): Record<(typeof TASK_STATUSES)[number], number> {
+  return { Pending: counts.pending_tasks, InProgress: counts.in_progress_tasks, Completed: counts.completed_tasks, Failed: counts.failed_tasks }
 }
 
 /**
