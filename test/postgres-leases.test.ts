@@ -18,8 +18,8 @@ const SCHEMA = 'tv_leases'
 const open = async (t: Test, url: string, replicaId: string, options: TestStoreOptions = {}): Promise<PostgresSessionStore> =>
   openTestStore(t, url, SCHEMA, { replicaId, leaseMs: 60_000, ...options })
 
-/** The lease keeper's listening connection: by its name, or by its last statement (its LISTEN) when it came from the pool. */
-const LISTENER = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND (application_name = 'taskvault-leases' OR query LIKE 'LISTEN%')"
+/** The lease keeper's listening connection: by its name, or by its last statement (the SET and LISTEN it opens with) when it came from the pool. */
+const LISTENER = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND (application_name = 'taskvault-leases' OR query LIKE 'SET statement_timeout%LISTEN%')"
 
 /** The keeper's listening connection's backend pid or client port, once it is up. */
 async function listening (db: pg.Pool, column: 'pid' | 'client_port'): Promise<number> {
@@ -163,24 +163,30 @@ t.test('renewal: one statement renews every lease a replica holds and its heartb
   t.ok((rows[0]?.min_ms ?? 0) > 1000, `renewed: ${Math.round(rows[0]?.min_ms ?? 0)} ms left after 2.5 s of a 3 s lease`)
 })
 
-t.test('a clean shutdown leaves no replica row behind, even with a heartbeat on its way when it began', async (t) => {
+t.test('a clean shutdown leaves no replica row behind, even with a heartbeat on its way when it began, answered or timed out', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
   const db = inspectorOf(t, url, SCHEMA)
-  const a = await open(t, url, 'alpha', { leaseMs: 3000 })
-  // The row deleted by a transaction not yet committed: the next heartbeat's upsert waits on it.
-  const locker = await db.connect()
-  t.teardown(() => { locker.release() })
-  await locker.query("BEGIN; DELETE FROM replicas WHERE replica_id = 'alpha'")
-  await waitFor('a heartbeat waiting on the row', async () =>
-    (await db.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO replicas%'")).rowCount === 1, 5000)
-  const closing = a.close()
-  // Well within the heartbeat's own time limit (a sixth of the lease): it lands after close() began.
-  await new Promise((resolve) => setTimeout(resolve, 200))
-  await locker.query('COMMIT')
-  await closing
-  const { rows } = await db.query("SELECT replica_id, instance FROM replicas WHERE replica_id = 'alpha'")
-  t.same(rows, [], 'the row is gone: the heartbeat was answered before the replica left')
+  // 6 s leases: a renewal attempt is given a second. The row is let go of well within it (the
+  // heartbeat lands, then close() deletes the row), or well after it (the database must have
+  // cancelled the heartbeat, or it would land after the delete).
+  for (const [name, heldMs] of [['answered', 200], ['timed out', 2500]] as const) {
+    const a = await open(t, url, 'alpha', { leaseMs: 6000 })
+    // The row deleted by a transaction not yet committed: the next heartbeat's upsert waits on it.
+    const locker = await db.connect()
+    await locker.query("BEGIN; DELETE FROM replicas WHERE replica_id = 'alpha'")
+    await waitFor('a heartbeat waiting on the row', async () =>
+      (await db.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO replicas%'")).rowCount === 1, 5000)
+    const closing = a.close()
+    await new Promise((resolve) => setTimeout(resolve, heldMs))
+    await locker.query('COMMIT')
+    locker.release()
+    await closing
+    // Time for a heartbeat that was not cancelled to land.
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    const { rows } = await db.query("SELECT replica_id, instance FROM replicas WHERE replica_id = 'alpha'")
+    t.same(rows, [], `${name}: the row is gone`)
+  }
 })
 
 t.test('cut off from the database, a holder gives its leases up (lease-lost) before they run out', async (t) => {

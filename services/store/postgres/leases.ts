@@ -244,7 +244,14 @@ export class LeaseKeeper {
     this.timer = null
     // A heartbeat landing after leave() would bring the row back: the next process under this
     // id (a StatefulSet's pod, rescheduled) would wait on it, then clear it with a gap logged.
-    while (this.unanswered.size > 0) await Promise.allSettled([...this.unanswered])
+    // Each is answered within a renewal's time: on the keeper's connections the database cancels
+    // it first (statement_timeout, see listen()), so one that timed out cannot land later.
+    const deadline = performance.now() + this.renewalTimeoutMs()
+    while (this.unanswered.size > 0 && performance.now() < deadline) {
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([Promise.allSettled([...this.unanswered]), new Promise((resolve) => { timer = setTimeout(resolve, deadline - performance.now()) })])
+      clearTimeout(timer)
+    }
     const listener = this.listener
     this.listener = null
     await this.listening?.catch(noop)
@@ -403,8 +410,12 @@ export class LeaseKeeper {
         if (this.holds(sessionId)) this.options.events.emit('cancel', sessionId)
       })
       try {
-        // Bounded as a renewal is, whatever TASK_DB_STATEMENT_TIMEOUT_MS: a hung LISTEN would hold `listening` forever.
-        const listen: pg.QueryConfig & { query_timeout: number } = { text: `LISTEN ${CANCEL_CHANNEL}; LISTEN ${EVENTS_CHANNEL}`, query_timeout: this.renewalTimeoutMs() }
+        // Bounded as a renewal is, whatever TASK_DB_STATEMENT_TIMEOUT_MS: a hung LISTEN would hold
+        // `listening` forever. The database cancels a statement of this connection a little
+        // before the client gives up on it: a renewal that timed out (waiting on a lock) must
+        // not commit later, after close() deleted the replica's row, and bring the row back.
+        const statementMs = Math.max(1, Math.floor(this.renewalTimeoutMs() * 3 / 4))
+        const listen: pg.QueryConfig & { query_timeout: number } = { text: `SET statement_timeout = ${statementMs}; LISTEN ${CANCEL_CHANNEL}; LISTEN ${EVENTS_CHANNEL}`, query_timeout: this.renewalTimeoutMs() }
         await client.query(listen)
       } catch (err) {
         client.release(true)
