@@ -7,6 +7,7 @@ import type { ConnectionGuard } from './connections.js'
 function answerFor (code: string | undefined): { statusCode: number, code: string, message: string } {
   if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return { statusCode: 408, code: 'REQUEST_TIMEOUT', message: 'the request did not arrive in full within TASK_REQUEST_TIMEOUT_MS' }
   if (code === 'HPE_HEADER_OVERFLOW') return { statusCode: 431, code: 'REQUEST_HEADER_FIELDS_TOO_LARGE', message: 'the request line and headers are larger than the server takes (a query string too long?)' }
+  if (code === CONNECT_REFUSED) return { statusCode: 405, code: 'METHOD_NOT_ALLOWED', message: 'CONNECT is not served: this is no proxy' }
   return { statusCode: 400, code: 'BAD_REQUEST', message: 'the request is not valid HTTP' }
 }
 
@@ -62,6 +63,9 @@ export function clientErrors (connections: () => ConnectionGuard | null) {
   }
 }
 
+/** The code a CONNECT is handed to the client-error path with. */
+const CONNECT_REFUSED = 'TASKVAULT_CONNECT_REFUSED'
+
 /**
  * What Node would answer itself, before any route, with an empty body or none: an Expect it does
  * not know (417), and CONNECT (the socket closed unanswered; nothing here tunnels). Answered in the
@@ -69,12 +73,16 @@ export function clientErrors (connections: () => ConnectionGuard | null) {
  */
 export function answerUnrouted (server: Server): void {
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    // The connection stays open, as with Node's own 417: a request pipelined behind this one
+    // (already read, and run) is answered on it in its turn.
     const body = errorBody(417, 'EXPECTATION_FAILED', `Expect '${String(req.headers.expect).slice(0, 40)}' is not supported (only 100-continue is)`)
-    res.writeHead(417, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), connection: 'close' })
+    res.writeHead(417, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) })
     res.end(body)
   })
+  // As a client error: answered after the answers still owed on the connection, never inside a
+  // stream's body, then the socket is closed (clientErrors).
   server.on('connect', (_req: IncomingMessage, socket: Socket) => {
-    answerAndClose(socket, { statusCode: 405, code: 'METHOD_NOT_ALLOWED', message: 'CONNECT is not served: this is no proxy' })
+    server.emit('clientError', Object.assign(new Error('CONNECT'), { code: CONNECT_REFUSED }), socket)
   })
 }
 
@@ -96,7 +104,16 @@ function answerAndClose (socket: Socket, answer: { statusCode: number, code: str
   if (socket.writable) {
     const name = STATUS_CODES[answer.statusCode] ?? 'Error'
     const body = errorBody(answer.statusCode, answer.code, answer.message)
-    socket.write(`HTTP/1.1 ${answer.statusCode} ${name}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json; charset=utf-8\r\nConnection: close\r\n\r\n${body}`)
+    // Ended, not destroyed at once: a close with unread bytes resets the connection, and a reset
+    // can drop the answer at the client before it is read. Destroyed if the client lingers.
+    socket.end(`HTTP/1.1 ${answer.statusCode} ${name}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json; charset=utf-8\r\nConnection: close\r\n\r\n${body}`)
+    const timer = setTimeout(() => { socket.destroy() }, LINGER_MS)
+    timer.unref()
+    socket.once('close', () => { clearTimeout(timer) })
+    return
   }
   socket.destroy()
 }
+
+/** How long a refused client has to read its answer and close before its socket is destroyed. */
+const LINGER_MS = 1000

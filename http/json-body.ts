@@ -17,12 +17,14 @@ export function acceptJsonOnly (app: FastifyInstance, empty: EmptyBody): void {
   // Fatal: bytes that are no UTF-8 are refused, where a lenient decoder stores U+FFFD in their place.
   const utf8 = new TextDecoder('utf-8', { fatal: true })
   app.removeAllContentTypeParsers()
-  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
+  // A host that decodes bodies (@fastify/compress, in its own preParsing hook, before this
+  // context's) hands on another stream than the request: only a body nobody decoded is refused.
+  app.addHook('preParsing', (request, _reply, payload, done) => {
     const encoding = request.headers['content-encoding']
-    if (encoding !== undefined && !/^\s*identity\s*$/iu.test(encoding)) {
-      done(unsupportedEncoding(encoding), undefined)
-      return
-    }
+    if (encoding !== undefined && payload === request.raw && !/^\s*identity\s*$/iu.test(encoding)) done(unsupportedEncoding(encoding))
+    else done(null, payload)
+  })
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
     const charset = charsetOf(request.headers['content-type'])
     if (charset !== null && !/^utf-?8$/iu.test(charset)) {
       done(unsupportedCharset(charset), undefined)

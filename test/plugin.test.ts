@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto'
 import { readdir } from 'node:fs/promises'
 import net, { type AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { createGunzip, gzipSync } from 'node:zlib'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { Registry } from 'prom-client'
 import t from 'tap'
@@ -70,6 +71,25 @@ t.test('embedded under a prefix, tasks run through the host\'s own executor and 
   t.equal(unknownField.body.statusCode, 400)
   t.equal((await call(app, 'GET', '/agents/progress?session_id=nope')).body.code, 'SESSION_NOT_FOUND', 'domain errors keep their status and code')
   t.same((await call(app, 'GET', '/')).body, { mine: true }, 'the host\'s own routes are untouched')
+})
+
+t.test('a host that decodes compressed bodies (as @fastify/compress does, in a preParsing hook): taskvault takes them; a body nobody decoded is a 415', async (t) => {
+  const dir = await tempDir(t)
+  const app = host(t)
+  app.addHook('preParsing', async (request, _reply, payload) => {
+    if (request.headers['content-encoding'] !== 'gzip') return payload
+    // Fastify checks Content-Length against the bytes received: a decoder tells it how many came in encoded.
+    const gunzip = Object.assign(createGunzip(), { receivedEncodedLength: 0 })
+    payload.on('data', (chunk: Buffer) => { gunzip.receivedEncodedLength += chunk.length })
+    return payload.pipe(gunzip)
+  })
+  await app.register(taskvault, { prefix: '/agents', storageDir: dir, executors: { default: async () => ({ result: 'ok' }) } })
+  await app.ready()
+  const body = gzipSync(JSON.stringify({ session_id: 'zipped', instructions: '1. read' }))
+  const created = await app.inject({ method: 'POST', url: '/agents/create', payload: body, headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' } })
+  t.equal(created.statusCode, 200, created.body)
+  const undecoded = await app.inject({ method: 'POST', url: '/agents/create', payload: body, headers: { 'content-type': 'application/json', 'content-encoding': 'br' } })
+  t.match(undecoded.json(), { statusCode: 415, code: 'UNSUPPORTED_CONTENT_ENCODING' }, 'an encoding the host does not decode')
 })
 
 t.test('a host that parses forms: taskvault\'s routes still take JSON only (no cross-site form posts)', async (t) => {

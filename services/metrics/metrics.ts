@@ -75,7 +75,14 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
   // replicas of one database each holds copies of what it served, so summed over replicas they
   // count a session once per copy. These read the rows (every replica the same, as /stats), and
   // `store` names the store, so a dashboard takes one per store and adds the stores up.
-  const storeLabel = storeName(store)
+  // A shared store is named by its event log's identity (a token made with the schema, and the
+  // log table's oid), the same on every replica whatever URL each was given; null until read.
+  const shared = store.shared
+  let storeLabel: string | null = shared === undefined ? digestName(store.kind, `${hostname()}:${store.location}`) : null
+  const storeName = async (): Promise<string | null> => {
+    if (storeLabel === null && shared !== undefined) storeLabel = await shared.eventLog().then(({ token }) => digestName(store.kind, token), () => null)
+    return storeLabel
+  }
   let counting: Promise<StoreTotals | null> | null = null
   // One count of the rows per scrape, whichever gauge asks first (a scrape collects them at once).
   const storedTotals = async (): Promise<StoreTotals | null> => {
@@ -93,12 +100,12 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
     registers,
     async collect () {
       this.reset()
-      const counts = await storedCounts()
+      const [counts, name] = await Promise.all([storedCounts(), storeName()])
       // Absent while a database does not answer, rather than this replica's guess.
-      if (counts === null) return
-      this.set({ state: 'active', store: storeLabel }, counts.active_sessions)
-      this.set({ state: 'completed', store: storeLabel }, counts.completed_sessions)
-      this.set({ state: 'archived', store: storeLabel }, counts.archived_sessions)
+      if (counts === null || name === null) return
+      this.set({ state: 'active', store: name }, counts.active_sessions)
+      this.set({ state: 'completed', store: name }, counts.completed_sessions)
+      this.set({ state: 'archived', store: name }, counts.archived_sessions)
     }
   })
   new Gauge({
@@ -108,10 +115,10 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
     registers,
     async collect () {
       this.reset()
-      const counts = await storedCounts()
-      if (counts === null) return
+      const [counts, name] = await Promise.all([storedCounts(), storeName()])
+      if (counts === null || name === null) return
       const tasks = byStatus(counts)
-      for (const status of TASK_STATUSES) this.set({ status, store: storeLabel }, tasks[status])
+      for (const status of TASK_STATUSES) this.set({ status, store: name }, tasks[status])
     }
   })
   new Gauge({ name: name('executions_in_flight'), help: 'Executions (execute, execute-all) running now', registers, collect () { this.set(manager.runningCount) } })
@@ -176,11 +183,10 @@ function byStatus (counts: Pick<StoreTotals, 'pending_tasks' | 'in_progress_task
 }
 
 /**
- * The store's name in `store` labels: its kind and a digest of where it is (a database and
- * schema; a folder on this host), so replicas of one database share it and nothing of the
- * address (host, user) shows in an unauthenticated /metrics.
+ * A store's name in `store` labels: its kind and a digest of what tells it apart (a database's
+ * event log identity; a folder on this host), so nothing of an address shows in an
+ * unauthenticated /metrics.
  */
-function storeName (store: SessionStore): string {
-  const where = store.totals === undefined ? `${hostname()}:${store.location}` : store.location
-  return `${store.kind}:${createHash('sha256').update(where).digest('hex').slice(0, 12)}`
+function digestName (kind: string, identity: string): string {
+  return `${kind}:${createHash('sha256').update(identity).digest('hex').slice(0, 12)}`
 }

@@ -887,8 +887,9 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       if (head === null) unread.push(row.row_id)
       else times.set(row.row_id, head)
     }
-    if (unread.length > 0) {
-      const { rows: documents } = await this.run<{ row_id: string, document: string }>(operation, archivedDocuments(unread))
+    // A page of documents at a time: a foreign archive's copies could be many, and large.
+    for (let from = 0; from < unread.length; from += this.pageRows) {
+      const { rows: documents } = await this.run<{ row_id: string, document: string }>(operation, archivedDocuments(unread.slice(from, from + this.pageRows)))
       for (const { row_id: rowId, document } of documents) times.set(rowId, wholeTimes(document))
     }
     return times
