@@ -1,6 +1,7 @@
 import { STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyInstance } from 'fastify'
+import { noop } from '../services/noop.js'
 import type { ConnectionGuard } from './connections.js'
 
 /** What a client error (no request Fastify could route) is answered with: the status, and the `code` every error answer carries. */
@@ -82,6 +83,9 @@ export function answerUnrouted (server: Server): void {
   // As a client error: answered after the answers still owed on the connection, never inside a
   // stream's body, then the socket is closed (clientErrors).
   server.on('connect', (_req: IncomingMessage, socket: Socket) => {
+    // Node takes its own error listener off a socket it hands over: a reset from the client
+    // would otherwise be an 'error' nobody handles, which ends the process.
+    socket.on('error', noop)
     server.emit('clientError', Object.assign(new Error('CONNECT'), { code: CONNECT_REFUSED }), socket)
   })
 }

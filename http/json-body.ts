@@ -8,22 +8,15 @@ export type EmptyBody = (request: FastifyRequest) => { value: unknown } | null
  * multipart post (which a browser sends cross-site without a preflight) gets a 415 and never
  * reaches a route (CSRF); JSON sent as text gets the 415 that says so, not "body must be object".
  * Keys that would poison prototypes (`__proto__`, `constructor.prototype`) are refused by name.
- * Bodies are UTF-8: other bytes get a 400 and another charset a 415, rather than being changed;
- * a body compressed or otherwise encoded (Content-Encoding) is a 415 too, as RFC 9110 asks of a
- * server that does not decode it, rather than being read as it came.
+ * Bodies are UTF-8: other bytes get a 400 and another charset a 415, rather than being changed.
+ * (A Content-Encoding is left to the host: one that decodes bodies, as @fastify/compress does in
+ * a route's own hook, does so before this parser; an encoded body nobody decoded is no UTF-8 JSON.)
  */
 export function acceptJsonOnly (app: FastifyInstance, empty: EmptyBody): void {
   const json = app.getDefaultJsonParser('error', 'error')
   // Fatal: bytes that are no UTF-8 are refused, where a lenient decoder stores U+FFFD in their place.
   const utf8 = new TextDecoder('utf-8', { fatal: true })
   app.removeAllContentTypeParsers()
-  // A host that decodes bodies (@fastify/compress, in its own preParsing hook, before this
-  // context's) hands on another stream than the request: only a body nobody decoded is refused.
-  app.addHook('preParsing', (request, _reply, payload, done) => {
-    const encoding = request.headers['content-encoding']
-    if (encoding !== undefined && payload === request.raw && !/^\s*identity\s*$/iu.test(encoding)) done(unsupportedEncoding(encoding))
-    else done(null, payload)
-  })
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
     const charset = charsetOf(request.headers['content-type'])
     if (charset !== null && !/^utf-?8$/iu.test(charset)) {
@@ -52,13 +45,6 @@ export function acceptJsonOnly (app: FastifyInstance, empty: EmptyBody): void {
 function charsetOf (type: string | undefined): string | null {
   const given = [...(type ?? '').matchAll(/;\s*charset\s*=\s*(?:"([^"]*)"|([^;\s]*))/giu)].map((match) => match[1] ?? match[2] ?? '')
   return given.length === 0 ? null : given.join(', ')
-}
-
-function unsupportedEncoding (encoding: string): Error {
-  return Object.assign(new Error(`Unsupported Media Type (Content-Encoding '${encoding.slice(0, 40)}'): bodies are taken as sent, not decoded; send plain JSON without Content-Encoding`), {
-    statusCode: 415,
-    code: 'UNSUPPORTED_CONTENT_ENCODING'
-  })
 }
 
 function unsupportedCharset (charset: string): Error {

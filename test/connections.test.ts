@@ -254,6 +254,14 @@ t.test('client errors are answered in the error shape with a code and logged; by
   const behind = await connect(t, server, create('before-connect') + 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n')
   await behind.closed
   t.match(behind.received(), /^HTTP\/1\.1 200 [^]*"session_id":"before-connect"[^]*HTTP\/1\.1 405 /u, 'the create answered first, then the refusal')
+  // A CONNECT whose client resets the connection (alone, or while an answer before it is owed) takes nothing down.
+  for (const send of ['CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', create('before-reset') + 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n']) {
+    const reset = await connect(t, server, send)
+    reset.socket.resetAndDestroy()
+    await reset.closed
+  }
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  t.equal((await call(server, 'GET', '/health')).status, 200, 'the server serves on after CONNECTs that were reset')
 
   // Behind a stream: its body must not get an HTTP answer in the middle.
   const stream = await connect(t, server, `GET ${API}/events HTTP/1.1\r\nHost: x\r\n\r\n`)

@@ -77,11 +77,15 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
   // `store` names the store, so a dashboard takes one per store and adds the stores up.
   // A shared store is named by its event log's identity (a token made with the schema, and the
   // log table's oid), the same on every replica whatever URL each was given; null until read.
+  // A store of one process (the file store, or PostgreSQL without replicas) by where it is.
   const shared = store.shared
-  let storeLabel: string | null = shared === undefined ? digestName(store.kind, `${hostname()}:${store.location}`) : null
+  let storeLabel: string | null = shared !== undefined ? null : digestName(store.kind, store.totals === undefined ? `${hostname()}:${store.location}` : store.location)
+  let naming: Promise<string | null> | null = null
   const storeName = async (): Promise<string | null> => {
-    if (storeLabel === null && shared !== undefined) storeLabel = await shared.eventLog().then(({ token }) => digestName(store.kind, token), () => null)
-    return storeLabel
+    if (storeLabel !== null || shared === undefined) return storeLabel
+    // One read at a time (a scrape's gauges ask at once); a failed one is tried again at the next scrape.
+    naming ??= shared.eventLog().then(({ token }) => (storeLabel = digestName(store.kind, token)), () => null).finally(() => { naming = null })
+    return naming
   }
   let counting: Promise<StoreTotals | null> | null = null
   // One count of the rows per scrape, whichever gauge asks first (a scrape collects them at once).
