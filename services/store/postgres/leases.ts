@@ -23,6 +23,11 @@ export interface LeaseKeeperOptions {
   /** Runs a statement; rejects when it fails (the store's query, as a StorageError). */
   query: <R extends pg.QueryResultRow>(operation: string, config: pg.QueryConfig) => Promise<pg.QueryResult<R>>
   /**
+   * Runs a renewal on a pooled connection, in a transaction the database cancels past
+   * `statementMs`, and not at all unless `wanted()` once a connection is free.
+   */
+  renewPooled: <R extends pg.QueryResultRow>(config: pg.QueryConfig, statementMs: number, wanted: () => boolean) => Promise<pg.QueryResult<R>>
+  /**
    * A connection of its own to LISTEN and renew on, held until it fails or the keeper closes;
    * opening it gives up after `timeoutMs` (a fresh connection; a host's pool may wait longer).
    */
@@ -335,7 +340,9 @@ export class LeaseKeeper {
         // Tried again at once, on a pooled connection and on a fresh one of its own together: the
         // pool's may all be busy, and a new connection may not open. The first answer counts.
         const sent = performance.now()
-        const pooled = this.tracked(this.options.query<Renewed>('renewing leases', config)).then((result) => ({ rows: result.rows, sent }))
+        // Bounded by the database as on the keeper's connections, and never sent once the keeper
+        // closed: one landing after close() deleted the replica's row would bring the row back.
+        const pooled = this.tracked(this.options.renewPooled<Renewed>(config, this.statementMs(), () => !this.closed)).then((result) => ({ rows: result.rows, sent }))
         answer = this.options.pooled
           ? await pooled
           : await Promise.any([pooled, this.relisten().then(renewOn)]).catch((err: AggregateError) => { throw err.errors[0] })
@@ -389,6 +396,11 @@ export class LeaseKeeper {
     return Math.max(1, Math.floor(this.leaseMs / 6))
   }
 
+  /** The database's own bound on a renewal: a little under the client's (renewalTimeoutMs), so it gives up first. */
+  private statementMs (): number {
+    return Math.max(1, Math.floor(this.renewalTimeoutMs() * 3 / 4))
+  }
+
   /**
    * LISTEN on a connection of its own. When it fails, the next check opens another; meanwhile
    * cancels still arrive through the renewal's answer.
@@ -414,8 +426,7 @@ export class LeaseKeeper {
         // `listening` forever. The database cancels a statement of this connection a little
         // before the client gives up on it: a renewal that timed out (waiting on a lock) must
         // not commit later, after close() deleted the replica's row, and bring the row back.
-        const statementMs = Math.max(1, Math.floor(this.renewalTimeoutMs() * 3 / 4))
-        const listen: pg.QueryConfig & { query_timeout: number } = { text: `SET statement_timeout = ${statementMs}; LISTEN ${CANCEL_CHANNEL}; LISTEN ${EVENTS_CHANNEL}`, query_timeout: this.renewalTimeoutMs() }
+        const listen: pg.QueryConfig & { query_timeout: number } = { text: `SET statement_timeout = ${this.statementMs()}; LISTEN ${CANCEL_CHANNEL}; LISTEN ${EVENTS_CHANNEL}`, query_timeout: this.renewalTimeoutMs() }
         await client.query(listen)
       } catch (err) {
         client.release(true)

@@ -33,6 +33,12 @@ import { EVENTS_CHANNEL, LeaseKeeper } from './leases.js'
 import { ACTIVE_COUNT, EVENT_LOG, activeSummaries, archivableSessions, eventsAfter, listedCount, listedSummaries, passLock, publishEvents, refreshSession, refreshSessions } from './leases-sql.js'
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
+/** A statement's bounds on a pooled connection (see query()). */
+interface Bound {
+  statementMs: number
+  wanted: () => boolean
+}
+
 /** `<session id>@<row id>`: how an archived copy is named (archivedName, summaries, failures). */
 const ARCHIVED_NAME = /^([A-Za-z0-9_-]{1,128})@(\d{1,19})$/u
 /** Active rows per page at restore: big enough to amortise a round trip, small enough to keep memory flat. */
@@ -221,6 +227,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
         leaseMs: this.leaseMs,
         schema: this.schema,
         query: async (operation, config) => this.run(operation, config),
+        renewPooled: async (config, statementMs, wanted) => this.run('renewing leases', config, [], { statementMs, wanted }),
         // Outside the pool when the store has its own settings: renewals never queue behind statements.
         connect: async (timeoutMs) => {
           if (ownSettings === undefined) return this.pool.connect()
@@ -1017,9 +1024,9 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    * Runs a statement (query()), as a StorageError naming `operation` when it fails. The saves
    * in `outcomes` are remembered as unsure when the failure leaves the outcome unknown.
    */
-  private async run<R extends pg.QueryResultRow> (operation: string, config: pg.QueryConfig, outcomes: ReadonlyArray<readonly [string, Outcome]> = []): Promise<pg.QueryResult<R>> {
+  private async run<R extends pg.QueryResultRow> (operation: string, config: pg.QueryConfig, outcomes: ReadonlyArray<readonly [string, Outcome]> = [], bound?: Bound): Promise<pg.QueryResult<R>> {
     try {
-      return await this.query<R>(config)
+      return await this.query<R>(config, bound)
     } catch (err) {
       const failure = err instanceof QueryFailure ? err : new QueryFailure(err, true)
       const error = storageError(operation, failure.cause, failure.sent)
@@ -1030,14 +1037,20 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   /**
    * Runs a statement on a pooled connection; fails with a QueryFailure. A connection that
-   * failed (or whose state is unknown) is destroyed rather than returned to the pool.
+   * failed (or whose state is unknown) is destroyed rather than returned to the pool. `bound`:
+   * not sent unless still wanted once a connection is free, and cancelled by the database past
+   * its time (a transaction with its own statement_timeout, which a host's pool never keeps).
    */
-  private async query<R extends pg.QueryResultRow> (config: pg.QueryConfig): Promise<pg.QueryResult<R>> {
+  private async query<R extends pg.QueryResultRow> (config: pg.QueryConfig, bound?: Bound): Promise<pg.QueryResult<R>> {
     let client: pg.PoolClient
     try {
       client = await this.pool.connect()
     } catch (err) {
       throw new QueryFailure(err, false)
+    }
+    if (bound !== undefined && !bound.wanted()) {
+      client.release()
+      throw new QueryFailure(new Error('no longer wanted'), false)
     }
     let broken: Error | undefined
     // A checked-out client has no listener of the pool's: unheard, its 'error' (the connection
@@ -1045,7 +1058,17 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     const onError = (err: Error): void => { broken ??= err }
     client.on('error', onError)
     try {
-      return await client.query<R>(config)
+      if (bound === undefined) return await client.query<R>(config)
+      await client.query(`BEGIN; SET LOCAL statement_timeout = ${Math.max(1, Math.floor(bound.statementMs))}`)
+      try {
+        const result = await client.query<R>(config)
+        await client.query('COMMIT')
+        return result
+      } catch (err) {
+        // A connection in an unknown state is destroyed (its transaction dies with it), never asked for more.
+        if (!breaksConnection(err)) await client.query('ROLLBACK').catch((failure: Error) => { broken ??= failure })
+        throw err
+      }
     } catch (err) {
       if (breaksConnection(err)) broken ??= err instanceof Error ? err : new Error(String(err))
       throw new QueryFailure(err, true)
