@@ -249,8 +249,9 @@ export class LeaseKeeper {
     this.timer = null
     // A heartbeat landing after leave() would bring the row back: the next process under this
     // id (a StatefulSet's pod, rescheduled) would wait on it, then clear it with a gap logged.
-    // Each is answered within a renewal's time: on the keeper's connections the database cancels
-    // it first (statement_timeout, see listen()), so one that timed out cannot land later.
+    // Each is answered within a renewal's time: the database cancels it first (the keeper's
+    // connections' statement_timeout, see listen(); a pooled retry's, in its transaction), so
+    // one that timed out cannot land later.
     const deadline = performance.now() + this.renewalTimeoutMs()
     while (this.unanswered.size > 0 && performance.now() < deadline) {
       let timer: NodeJS.Timeout | undefined
