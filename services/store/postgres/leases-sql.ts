@@ -234,7 +234,8 @@ export function listedSummaries (offset: number, limit: number, filter: 'include
     text: `WITH page AS (${listed})
       SELECT s.session_id, s.created_at, s.updated_at, s.tasks_total, s.tasks_completed, s.tasks_failed, s.tasks_pending, s.tasks_in_progress,
         page.archived, NOT page.archived AND s.owner IS NOT NULL AND s.lease_until > now() AS running,
-        CASE WHEN page.archived THEN s.row_id END AS row_id, CASE WHEN page.archived THEN ${documentHead('s.document')} END AS head
+        CASE WHEN page.archived THEN s.row_id END AS row_id, CASE WHEN page.archived THEN s.bytes END AS bytes,
+        CASE WHEN page.archived THEN ${documentHead('s.document')} END AS head
       FROM page JOIN sessions s USING (row_id) ORDER BY s.updated_at DESC, page.archived, s.session_id`,
     values: [limit, offset]
   }

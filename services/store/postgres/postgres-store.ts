@@ -43,6 +43,8 @@ interface Bound {
 const ARCHIVED_NAME = /^([A-Za-z0-9_-]{1,128})@(\d{1,19})$/u
 /** Active rows per page at restore: big enough to amortise a round trip, small enough to keep memory flat. */
 const DEFAULT_PAGE_ROWS = 500
+/** Whole documents read at once at most, in bytes, when an archived copy's times must come from all of it (document-times.ts). */
+const DOCUMENT_PAGE_BYTES = 32 * 1024 * 1024
 /** TASK_DB_SAVE_BATCH and TASK_DB_SAVE_BATCH_BYTES's defaults (schemas/config.ts), for a store built by hand. */
 const DEFAULT_SAVE_BATCH = 50
 const DEFAULT_SAVE_BATCH_BYTES = 4 * 1024 * 1024
@@ -886,17 +888,29 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    * bytes, else from the whole documents, read in one statement and parsed here; a time a
    * document does not hold as text is left out (its column stands).
    */
-  private async writtenTimes (operation: string, rows: ReadonlyArray<{ row_id: string, head?: string | null, created_at: Date | string, updated_at: Date | string }>): Promise<Map<string, Partial<WrittenTimes>>> {
+  private async writtenTimes (operation: string, rows: ReadonlyArray<{ row_id: string, bytes?: number | null, head?: string | null, created_at: Date | string, updated_at: Date | string }>): Promise<Map<string, Partial<WrittenTimes>>> {
     const times = new Map<string, Partial<WrittenTimes>>()
-    const unread: string[] = []
+    // A page of documents at a time, by rows and by bytes: a foreign archive's copies could be many, and large.
+    const pages: string[][] = []
+    let page: string[] = []
+    let bytes = 0
     for (const row of rows) {
       const head = headTimes(row.head ?? null, row.created_at, row.updated_at)
-      if (head === null) unread.push(row.row_id)
-      else times.set(row.row_id, head)
+      if (head !== null) {
+        times.set(row.row_id, head)
+        continue
+      }
+      if (page.length >= this.pageRows || (page.length > 0 && bytes + (row.bytes ?? 0) > DOCUMENT_PAGE_BYTES)) {
+        pages.push(page)
+        page = []
+        bytes = 0
+      }
+      page.push(row.row_id)
+      bytes += row.bytes ?? 0
     }
-    // A page of documents at a time: a foreign archive's copies could be many, and large.
-    for (let from = 0; from < unread.length; from += this.pageRows) {
-      const { rows: documents } = await this.run<{ row_id: string, document: string }>(operation, archivedDocuments(unread.slice(from, from + this.pageRows)))
+    if (page.length > 0) pages.push(page)
+    for (const ids of pages) {
+      const { rows: documents } = await this.run<{ row_id: string, document: string }>(operation, archivedDocuments(ids))
       for (const { row_id: rowId, document } of documents) times.set(rowId, wholeTimes(document))
     }
     return times
@@ -904,7 +918,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   /** A list's page and its total, read at once; archived entries with the times their documents hold. */
   private async listPage (page: pg.QueryConfig, count: string): Promise<{ total: number, sessions: SharedSummary[] }> {
-    type SummaryRow = TaskCounts & { session_id: string, created_at: Date, updated_at: Date, running: boolean, archived?: boolean, row_id?: string | null, head?: string | null }
+    type SummaryRow = TaskCounts & { session_id: string, created_at: Date, updated_at: Date, running: boolean, archived?: boolean, row_id?: string | null, bytes?: number | null, head?: string | null }
     const [{ rows }, counted] = await Promise.all([
       this.run<SummaryRow>('listing sessions', page),
       this.run<{ total: number }>('counting sessions', { text: count })
