@@ -53,12 +53,19 @@ t.test('agent calls under one long-lived signal: memory does not grow with the n
   const calls = async (n: number): Promise<void> => {
     for (let i = 0; i < n; i++) await callAgent({ agent, task, sessionId: 's', signal: lifetime.signal, shutdownSignal: lifetime.signal }, () => {})
   }
+  // Collected twice with a turn between: what a first collection finds dead may only be freed after finalizers run.
+  const settled = async (): Promise<number> => {
+    gc()
+    await new Promise((resolve) => setImmediate(resolve))
+    gc()
+    return process.memoryUsage().heapUsed
+  }
   await calls(20_000)
-  gc()
-  const before = process.memoryUsage().heapUsed
-  // With AbortSignal.any, Node 20 kept some 2 KB a call alive through the long-lived signal (about 100 MB here).
+  const before = await settled()
+  // With AbortSignal.any, Node 20 kept some 2 KB a call alive through the long-lived signal
+  // (about 100 MB here). Without a leak the figure is the collector's noise: -1.6 to 2.6 MB
+  // alone, once 4.4 MB on Node 26 beside other test files; a tenth of the leak is the bound.
   await calls(50_000)
-  gc()
-  const grown = process.memoryUsage().heapUsed - before
-  t.ok(grown < 3 * 1024 * 1024, `the heap grew ${(grown / 1024 / 1024).toFixed(2)} MB over 50,000 calls`)
+  const grown = await settled() - before
+  t.ok(grown < 10 * 1024 * 1024, `the heap grew ${(grown / 1024 / 1024).toFixed(2)} MB over 50,000 calls`)
 })
