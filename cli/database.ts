@@ -11,7 +11,7 @@ import { SYNCHRONOUS_COMMIT_ON } from '../services/store/postgres/sessions-sql.j
 import type { SessionStore } from '../services/store/store.js'
 import { CommandFailedError, UsageError, type OptionSpecs, type ParsedCommand } from './args.js'
 import type { CommandContext } from './command.js'
-import { storageDir, withWriteLock } from './folder.js'
+import { archiveFolder, storageDir, withWriteLock } from './folder.js'
 
 /**
  * Which store a command works on: the storage folder, or with `--database-url` the PostgreSQL
@@ -146,6 +146,7 @@ export async function withStore<R> (args: ParsedCommand, { settings, keyring }: 
   const target = databaseTarget(args, settings)
   if (target === null) {
     const dir = storageDir(args.positionals[0], settings)
+    await archiveFolder(dir)
     return withWriteLock(dir, settings, keyring, false, async (store) => work(store, dir, null))
   }
   if (args.positionals.length > 0) throw new UsageError(`give a folder or --database-url, not both (got '${args.positionals[0] ?? ''}')`)

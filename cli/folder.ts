@@ -63,14 +63,31 @@ export async function assertFolder (dir: string): Promise<void> {
   if (!stat.isDirectory()) throw new CommandFailedError(`${dir} is not a storage folder (not a folder)`)
 }
 
-/** Every `*.json` of the folder and of `archive/` (when it is a real folder), sorted by relative path. */
+/**
+ * True when `archive/` is a real folder, false when there is none; fails the command when it is
+ * something else (a symlink to a folder elsewhere, say): the server never reads or archives
+ * through it, so a backup, a count, a seal or an archive pass would leave the archive out.
+ */
+export async function archiveFolder (dir: string): Promise<boolean> {
+  const archiveDir = join(dir, 'archive')
+  const archive = await lstat(archiveDir).catch(() => null)
+  if (archive === null) return false
+  if (archive.isDirectory()) return true
+  throw new CommandFailedError(`${archiveDir} is not a real folder (a symlink or a file): the server reads no archived session through it, so neither does this tool; make it a folder of the storage folder (move the files in), then run this again`)
+}
+
+/**
+ * Every `*.json` of the folder and of `archive/`, sorted by relative path. An `archive` that is
+ * not a real folder (a symlink to one elsewhere, say) fails the command: the server never reads
+ * through it, so a backup, a count or a seal would silently leave every archived session out.
+ */
 export async function listStoredFiles (dir: string): Promise<StoredFile[]> {
   const files: StoredFile[] = []
   for (const entry of await readdir(dir, { withFileTypes: true })) {
     if (entry.name.endsWith('.json')) files.push(stored(dir, entry, false))
   }
   const archiveDir = join(dir, 'archive')
-  if ((await lstat(archiveDir).catch(() => null))?.isDirectory() === true) {
+  if (await archiveFolder(dir)) {
     for (const entry of await readdir(archiveDir, { withFileTypes: true })) {
       if (entry.name.endsWith('.json')) files.push(stored(archiveDir, entry, true))
     }

@@ -540,3 +540,110 @@ t.test('validate names a session file too large to be read, without reading it; 
   t.notOk(existsSync(join(dir, 'huge.json')), 'moved to corrupt/')
   t.equal((await readdir(join(dir, 'corrupt'))).length, 1)
 })
+
+t.test('backup --out refuses a path that is not a regular file (a FIFO, a link), even with --force, and leaves it as it was', async (t) => {
+  const dir = await preparedFolder(t)
+  const outs = await tempDir(t, 'taskvault-outs-')
+  const fifo = join(outs, 'pipe.tar.gz')
+  spawnSync('mkfifo', [fifo])
+  const target = join(outs, 'elsewhere.tar.gz')
+  await writeFile(target, 'not a backup')
+  const link = join(outs, 'link.tar.gz')
+  await symlink(target, link)
+  for (const out of [fifo, link]) {
+    const refused = await taskvault(['backup', dir, '--out', out, '--force'])
+    t.equal(refused.code, 1, `${basename(out)}: refused`)
+    t.match(refused.stderr, /is not a regular file \(a link, a device or a pipe\)/u)
+  }
+  t.ok((await lstat(fifo)).isFIFO(), 'the FIFO is still one')
+  t.ok((await lstat(link)).isSymbolicLink(), 'the link is still one')
+  t.equal(await readFile(target, 'utf8'), 'not a backup', 'its target untouched')
+  t.same((await readdir(outs)).sort(), ['elsewhere.tar.gz', 'link.tar.gz', 'pipe.tar.gz'], 'no temp file left')
+})
+
+t.test('an archive/ that is a symlink fails every command that reads the folder, rather than leaving the archived sessions out', async (t) => {
+  const dir = await preparedFolder(t)
+  const moved = join(await tempDir(t, 'taskvault-archive-elsewhere-'), 'archive')
+  spawnSync('mv', [join(dir, 'archive'), moved])
+  await symlink(moved, join(dir, 'archive'))
+  const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')
+  for (const args of [['backup', dir, '--out', out], ['stats', dir], ['validate', dir], ['archive', dir, '--days', '30']]) {
+    const run = await taskvault(args)
+    t.equal(run.code, 1, `${args[0] as string}: exit 1`)
+    t.match(run.stderr, /archive is not a real folder \(a symlink or a file\)/u, `${args[0] as string}: says why`)
+  }
+  t.notOk(existsSync(out), 'no backup written')
+  t.same((await readdir(moved)).sort(), ['gone.json', 'kept.json'], 'the archived files untouched')
+})
+
+t.test('stats and backup take a session with an active file and an archived copy behind it as active only, as the server does', async (t) => {
+  const dir = await preparedFolder(t)
+  await writeFile(join(dir, 'kept.json'), storedSession('kept', ['Completed', 'Pending'], daysAgo(1)), { mode: 0o600 })
+  const run = await taskvault(['stats', dir, '--json'])
+  t.equal(run.code, 0, run.stderr)
+  const app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
+  const served = (await get(app, '/stats')).json()
+  t.equal(served.archived_sessions, 1, 'the server: gone only')
+  t.equal(run.json().archived_sessions, served.archived_sessions, 'stats: the same')
+  t.equal(run.json().total_sessions, served.total_sessions)
+  t.match((await taskvault(['stats', dir])).stdout, /archived sessions\s+1 \(2 files/u, 'both archived files still counted as files')
+  const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')
+  const backup = await taskvault(['backup', dir, '--out', out, '--json'])
+  t.equal(backup.code, 0, backup.stderr)
+  t.match(backup.json(), { active: 5, archived: 1, ignored: [{ file: 'archive/kept.json', reason: /hidden by the active session file/u }] }, 'backup: the hidden copy left out, and said')
+})
+
+t.test('restore --force refuses a folder (or link) where the backup puts a session file, before writing anything', async (t) => {
+  const dir = await preparedFolder(t)
+  const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')
+  t.equal((await taskvault(['backup', dir, '--out', out])).code, 0)
+  const target = await tempDir(t, 'taskvault-restore-into-')
+  await mkdir(join(target, 'old.json'))
+  const refused = await taskvault(['restore', out, target, '--force'])
+  t.equal(refused.code, 1, refused.stdout)
+  t.match(refused.stderr, /old\.json is not a regular file \(a folder, a link or a device\).*nothing was written/u)
+  t.same((await readdir(target)).filter((name) => name !== '.taskvault'), ['old.json'], 'no file written beside it')
+})
+
+t.test('backup while a server keeps archiving sessions and bringing them back holds each session once', async (t) => {
+  const dir = await tempDir(t, 'taskvault-churn-')
+  const app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
+  const ids = Array.from({ length: 150 }, (_, i) => `c${i}`)
+  for (const id of ids) {
+    t.equal((await app.inject({ method: 'POST', url: '/api/v1/tasks/create', payload: { session_id: id, instructions: '1. a' } })).statusCode, 200)
+    t.equal((await app.inject({ method: 'POST', url: '/api/v1/tasks/execute-all', payload: { session_id: id } })).statusCode, 200)
+  }
+  let stop = false
+  let rounds = 0
+  const churn = (async () => {
+    while (!stop) {
+      await app.inject({ method: 'POST', url: '/api/v1/tasks/archive', payload: { older_than_days: 0 } })
+      // Adding a task to an archived session brings it back (then it finishes again).
+      await Promise.all(ids.map(async (id) => {
+        await app.inject({ method: 'POST', url: '/api/v1/tasks/create', payload: { session_id: id, instructions: '1. b' } })
+        await app.inject({ method: 'POST', url: '/api/v1/tasks/execute-all', payload: { session_id: id } })
+      }))
+      rounds++
+    }
+  })()
+  const outs = await tempDir(t, 'taskvault-backups-')
+  try {
+    // Each backup meets the move it must not take twice some of the time (two in three before the fix, with four).
+    for (let i = 0; i < 8; i++) {
+      const out = join(outs, `b${i}.tar.gz`)
+      const run = await taskvault(['backup', dir, '--out', out, '--json'])
+      t.equal(run.code, 0, run.stderr)
+      const names = spawnSync('tar', ['-tzf', out], { encoding: 'utf8' }).stdout.split('\n').filter((name) => name.endsWith('.json'))
+      const perSession = new Map<string, number>()
+      for (const name of names) {
+        const id = basename(name).split('.')[0] as string
+        perSession.set(id, (perSession.get(id) ?? 0) + 1)
+      }
+      t.same([...perSession].filter(([, n]) => n > 1), [], `backup ${i}: no session twice (${names.length} files)`)
+    }
+  } finally {
+    stop = true
+    await churn
+  }
+  t.ok(rounds > 0, `the server churned (${rounds} rounds)`)
+})

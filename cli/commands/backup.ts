@@ -58,16 +58,30 @@ ${COMMON_HELP}`,
     const ignored: Array<{ file: string, reason: string }> = []
     async function * files (): AsyncGenerator<TarFile> {
       const taken = new Set<string>()
+      /** Sessions taken, and whether from their active file. */
+      const takenActive = new Map<string, boolean>()
       for (let round = 1; round <= MAX_ROUNDS; round++) {
         let moved = 0
+        // Active files first: an archived copy read after its session's active file is either
+        // hidden by it (the server shows the active one), or that file archived since it was read.
         for (const stored of await listTwice(dir)) {
           if (taken.has(stored.rel)) continue
+          const before = stored.sessionId === null ? undefined : takenActive.get(stored.sessionId)
+          // A session is in the backup once, as it was when read: not again from where it moved
+          // to (archived, or brought back) while the backup ran. Several archived copies of a
+          // session with no active file are all in the folder, and all taken.
+          if (before === true && stored.archived) {
+            if (await exists(join(dir, `${stored.sessionId as string}.json`))) ignored.push({ file: stored.rel, reason: 'an older archived copy, hidden by the active session file (the server never shows it)' })
+            continue
+          }
+          if (before === false && !stored.archived) continue
           const checked = await checkStoredFile(stored, keyring)
           if (checked.ok === null) {
             moved++
             continue
           }
           taken.add(stored.rel)
+          if (stored.sessionId !== null && before === undefined) takenActive.set(stored.sessionId, !stored.archived)
           // A file sealed under a key this tool lacks is still a whole session: carried as it is.
           if (!checked.ok && checked.keyMissing !== true) {
             (ignoredByServer(stored) ? ignored : skipped).push({ file: stored.rel, reason: checked.reason })
@@ -100,6 +114,8 @@ ${COMMON_HELP}`,
     // Only once this backup is durable may older ones go.
     const deleted = outDir !== null && keepDays !== undefined ? await deleteOlderBackups(outDir, keepDays, out) : []
     const total = counts.active + counts.archived
+    // Reported by path, as the folder lists them (files were read active ones first).
+    for (const list of [ignored, skipped]) list.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0))
     const lines = [`Backed up ${total} sessions (${counts.active} active, ${counts.archived} archived; ${formatBytes(counts.bytes)}) to ${out} (${formatBytes(compressed)})`]
     for (const { file, reason } of ignored) lines.push(`⚠️ ignored ${file}: ${reason}`)
     for (const { file, reason } of skipped) lines.push(`❌ left out ${file}: ${reason}`)
@@ -115,14 +131,14 @@ ${COMMON_HELP}`,
 
 /**
  * The folder and archive/ listed, then listed again: a session moving between them (archived,
- * or brought back) between two listings is then in at least one of them.
+ * or brought back) between two listings is then in at least one of them. Active files first.
  */
 async function listTwice (dir: string): Promise<StoredFile[]> {
   const first = await listStoredFiles(dir)
   const second = await listStoredFiles(dir)
   const byPath = new Map(first.map((stored) => [stored.rel, stored]))
   for (const stored of second) if (!byPath.has(stored.rel)) byPath.set(stored.rel, stored)
-  return [...byPath.values()].sort((a, b) => (a.rel < b.rel ? -1 : a.rel > b.rel ? 1 : 0))
+  return [...byPath.values()].sort((a, b) => (a.archived !== b.archived ? (a.archived ? 1 : -1) : a.rel < b.rel ? -1 : a.rel > b.rel ? 1 : 0))
 }
 
 /** Where the backup goes: --out FILE, or a seed-style name in --out-dir (with --keep-days). */
@@ -143,7 +159,11 @@ async function target (values: Record<string, string | boolean | undefined>): Pr
   const folder = await stat(dirname(out)).catch(() => null)
   if (folder === null) throw new CommandFailedError(`the folder ${dirname(out)} does not exist; create it, or give --out a file in a folder that exists`)
   if (!folder.isDirectory()) throw new CommandFailedError(`${dirname(out)} is not a folder`)
+  const existing = await lstat(out).catch(() => null)
   if ((await stat(out).catch(() => null))?.isDirectory() === true) throw new CommandFailedError(`${out} is a folder; give --out a file name, or --out-dir ${out}`)
+  // The backup is renamed into place: over a device, a FIFO or a link, that would replace the
+  // node itself (`--out /dev/stdout --force` would delete the device) instead of writing to it.
+  if (existing !== null && !existing.isFile()) throw new CommandFailedError(`${out} is not a regular file (a link, a device or a pipe); give --out the path of a new or existing regular file`)
   return { out, outDir: null, keepDays }
 }
 

@@ -29,7 +29,9 @@ ${COMMON_HELP}`,
     const days = daysOption(args.values, 'days', 0) ?? context.settings.TASK_ARCHIVE_DAYS
     if (days === 0 && args.values.days === undefined) throw new UsageError('archiving is off (TASK_ARCHIVE_DAYS=0); give --days N')
     const { pass, errors, dir } = await runPass(args, context, { archiveOlderThanDays: days, retention: null })
-    const lines = [pass.archived.length === 0 ? `No session finished more than ${days} days ago; nothing archived` : `Archived ${pass.archived.length} sessions: ${pass.archived.join(', ')}`]
+    // With errors, "none finished" may be untrue: a session the pass failed on is not counted.
+    const none = errors > 0 ? 'Nothing archived' : `No session finished more than ${days} days ago; nothing archived`
+    const lines = [pass.archived.length === 0 ? none : `Archived ${pass.archived.length} sessions: ${pass.archived.join(', ')}`]
     return result(errors, { dir, days, archived: pass.archived.length, archived_ids: pass.archived }, lines)
   }
 }
@@ -60,7 +62,8 @@ ${COMMON_HELP}`,
     }
     if (retention.days === 0 && retention.failedDays === 0) throw new UsageError('retention is off (TASK_ARCHIVE_RETENTION_DAYS=0); give --days N')
     const { pass, errors, dir } = await runPass(args, context, { archiveOlderThanDays: null, retention })
-    const lines = [pass.deleted.length === 0 ? 'No archived session is past retention; nothing deleted' : `Deleted ${pass.deleted.length} archived sessions: ${pass.deleted.join(', ')}`]
+    const none = errors > 0 ? 'Nothing deleted' : 'No archived session is past retention; nothing deleted'
+    const lines = [pass.deleted.length === 0 ? none : `Deleted ${pass.deleted.length} archived sessions: ${pass.deleted.join(', ')}`]
     return result(errors, { dir, days: retention.days, failed_days: retention.failedDays, deleted: pass.deleted.length, deleted_ids: pass.deleted }, lines)
   }
 }

@@ -113,7 +113,11 @@ async function plan (backup: string, dir: string, keyring: Keyring | null): Prom
   const copies = await copiesInFolder(dir)
   const restoredAt = new Map<string, string>()
   for await (const { entry, rel, archived, sessionId, updatedAt, missingKid } of checkedEntries(backup, keyring, skipped)) {
-    const current = await checkStoredFile({ rel, path: join(dir, rel), archived, sessionId, regular: await isRegular(join(dir, rel)) }, keyring)
+    const path = join(dir, rel)
+    // Not a conflict --force settles: the rename would fail on it (a folder) or replace what is not
+    // a session (a link, a FIFO) midway through the restore, after other files were written.
+    if (!await isRegular(path)) throw new CommandFailedError(`${path} is not a regular file (a folder, a link or a device) where the backup restores ${rel}; move it away, then restore again; nothing was written`)
+    const current = await checkStoredFile({ rel, path, archived, sessionId, regular: true }, keyring)
     // One sealed under a missing key is whole: judged by its bytes and clear updated_at.
     const whole = wholeFile(current)
     let action: Planned['action'] = 'write'

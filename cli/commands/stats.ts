@@ -45,6 +45,7 @@ ${COMMON_HELP}`,
     const counts = zeroCounts()
     const storage = { kind: 'file' as const, dir, bytes: 0, files: 0, archive_bytes: 0, archive_files: 0, failed_loads: 0, corrupt_files: 0, used_bytes: 0 }
     const archivedIds = new Set<string>()
+    const activeIds = new Set<string>()
     // Files sealed under a key TASK_ENCRYPTION_KEYS does not hold, by kid: active ones stop the
     // server's start (so this fails too); archived ones are read on demand, so they only need listing.
     const missingKeys = new Map<string, { active: number, archived: number }>()
@@ -77,6 +78,7 @@ ${COMMON_HELP}`,
         storage.archive_files++
         continue
       }
+      activeIds.add(checked.file.session_id)
       count(counts, checked.file)
       kids.set(checked.kid ?? '', (kids.get(checked.kid ?? '') ?? 0) + 1)
       storage.bytes += checked.data.length
@@ -92,6 +94,9 @@ ${COMMON_HELP}`,
     storage.used_bytes = await usedBytes(dir)
     // The same free-space figures as GET /stats, from the same statfs.
     const space = await new FileSessionStore({ dir }).space()
+    // An archived copy behind an active session is hidden by it (the server shows the active one):
+    // the session counts as active only, as GET /stats counts it.
+    for (const sessionId of activeIds) archivedIds.delete(sessionId)
     const needsKeys = Object.fromEntries([...missingKeys].map(([kid, need]) => [kid, need.archived]))
     const encryption = encryptionOf(keyring === null ? null : kidStats(keyring, kids))
     const json = { ...counts, archived_sessions: archivedIds.size, storage: { ...storage, ...space, archived_needing_keys: needsKeys }, encryption }
