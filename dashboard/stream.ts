@@ -63,6 +63,10 @@ const FIRST_SILENT_MS = 45_000
 export async function follow (on: StreamHandlers, options: FollowOptions = {}): Promise<void> {
   let lastId: string | null = options.lastId ?? null
   let delay = RETRY_FIRST_MS
+  // The period the server last named, kept across attempts: an attempt over a connection that
+  // answers nothing (every route dropped, the browser reusing a dead pooled connection) is given
+  // up after a few of them, not after FIRST_SILENT_MS each time.
+  let silentMs = FIRST_SILENT_MS
   for (;;) {
     if (options.pauseWhenHidden === true && document.hidden) {
       on.live(false)
@@ -77,7 +81,6 @@ export async function follow (on: StreamHandlers, options: FollowOptions = {}): 
     // A connection that goes silent (a dropped NAT entry, a frozen proxy) never ends by itself:
     // once the server has named its heartbeat, silence for a few of them closes it, and the page
     // reconnects with its last id rather than showing "live" while nothing arrives.
-    let silentMs = FIRST_SILENT_MS
     let watchdog: ReturnType<typeof setTimeout> | undefined
     const heard = (): void => {
       clearTimeout(watchdog)
