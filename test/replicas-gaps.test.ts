@@ -93,3 +93,43 @@ t.test('a publish that failed (the database unreachable) goes late; with other r
   t.ok(createdAt >= 0, 'the late events arrived')
   t.ok(resetAt > createdAt, 'then a reset')
 })
+
+/** The events of one session, each after the resets: a later one must never show an older state without a reset between. */
+function sessionEvents (events: SseEvent[], id: string): SseEvent[] {
+  return events.filter((e) => e.event === 'reset' || e.data.session_id === id)
+}
+
+t.test('two replicas change one session at once and the first publishes last: no stream shows its older state after the later one; they reset instead', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const agent = await recordingAgent(t)
+  const set = await replicaSet(t, url, agent, { TASK_LEASE_MS: '30000' })
+  const [a, b] = await Promise.all([set.start('pa', SLOW_PUBLISH), set.start('pb')]) as [ServerProcess, ServerProcess]
+  const streams = await Promise.all([openStream(t, `${a.base}${API}/events`), openStream(t, `${b.base}${API}/events`)])
+  // Appended through pb while pa's events for the session's creation still wait to be published.
+  t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'raced', instructions: 'one' })).status, 200)
+  t.equal((await call(b, 'POST', `${API}/create`, { session_id: 'raced', instructions: '1. two\n2. three' })).status, 200)
+  // Deleted through pb while pa's events for its creation wait.
+  t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'gone', instructions: 'one' })).status, 200)
+  t.equal((await call(b, 'DELETE', `${API}/sessions/gone`)).status, 204)
+  t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'after', instructions: 'one' })).status, 200)
+  for (const [n, stream] of streams.entries()) {
+    const events = await stream.until((events) => events.some(created('after')), 10_000)
+    const raced = sessionEvents(events, 'raced')
+    let total = 0
+    for (const e of raced) {
+      if (e.event === 'reset') total = 0
+      else if (e.event === 'progress') {
+        t.ok(e.data.total as number >= total, `stream ${n}: progress ${String(e.data.total)} after ${total} without a reset between`)
+        total = e.data.total as number
+      }
+    }
+    t.ok(raced.some((e) => e.event === 'progress' && e.data.total === 3), `stream ${n}: pb's append shown`)
+    const gone = sessionEvents(events, 'gone')
+    const deleted = gone.findIndex((e) => e.event === 'session.deleted')
+    t.ok(deleted >= 0, `stream ${n}: the delete shown`)
+    const after = gone.slice(deleted + 1)
+    t.ok(after.length === 0 || after[0]?.event === 'reset', `stream ${n}: after the delete, a reset before anything of the session (${after.map((e) => e.event).join(', ')})`)
+    t.equal(events.filter((e) => e.data._order !== undefined).length, 0, `stream ${n}: the order field never reaches clients`)
+  }
+})

@@ -19,6 +19,21 @@ export interface EventRelayOptions {
 /** Events read from the log per statement. */
 const READ_BATCH = 1000
 const NAMES = new Set<string>(TASK_EVENT_NAMES)
+/**
+ * The field of a logged event's data that says where its session's row stood when it was
+ * published (SharedSessions.orderOf); taken out before the event reaches the buffer.
+ */
+export const ORDER_FIELD = '_order'
+const ORDER = /^(\d{1,19})\.(\d{1,19})$/u
+/** Events that leave the session's row behind: later events of that row are older than they. */
+const CLOSING = new Set<string>(['session.archived', 'session.deleted'])
+
+/** Where a session's row stood at the newest of its events read, and whether that row was closed since. */
+interface SessionOrder {
+  row: bigint
+  version: bigint
+  closed: boolean
+}
 
 /**
  * The live view across replicas: this replica's events go to the shared event log (batched, one
@@ -49,6 +64,8 @@ export class EventRelay {
   private late = false
   /** The log's newest id after this replica's last batch (at start, the log's newest). */
   private newest = 0
+  /** Per session, the newest order read from the log (its most recently logged sessions, up to the buffer's size). */
+  private readonly orders = new Map<string, SessionOrder>()
   private readonly unannounced = (): void => {
     this.owesGap = true
     if (!this.retrying) this.schedule(this.options.flushMs)
@@ -79,7 +96,8 @@ export class EventRelay {
   /** A durable change's event: published with the next batch (while a failed publish waits to be tried again, with that try). */
   publish (name: TaskEventName, data: TaskEventData): void {
     if (this.closed) return
-    this.queue.push({ name, data })
+    const order = this.options.shared.orderOf(data.session_id)
+    this.queue.push({ name, data: order === null ? data : { ...data, [ORDER_FIELD]: order } })
     if (!this.retrying) this.schedule(this.options.flushMs)
   }
 
@@ -175,6 +193,36 @@ export class EventRelay {
     }
   }
 
+  /**
+   * The event's data without its order, or null when its session's row was seen further on (or
+   * closed) in an event logged before it. Ordered as (row, version): a session archived and
+   * brought back, or deleted and created again, gets a new row with a higher id.
+   */
+  private inOrder (name: string, data: TaskEventData): TaskEventData | null {
+    const { [ORDER_FIELD]: tag, ...rest } = data
+    const sessionId = data.session_id
+    const known = this.orders.get(sessionId)
+    // No order (a store that had no row for it, an older replica's event), or one not written by taskvault.
+    const parts = typeof tag === 'string' ? ORDER.exec(tag) : null
+    if (parts === null) {
+      if (known !== undefined && CLOSING.has(name)) known.closed = true
+      return tag === undefined ? data : rest as TaskEventData
+    }
+    const row = BigInt(parts[1] as string)
+    const version = BigInt(parts[2] as string)
+    if (known !== undefined) {
+      // A closing event of the row already closed (a delete after an archive) is no later change.
+      if (known.closed && CLOSING.has(name) && row === known.row) return rest as TaskEventData
+      if (row < known.row || (row === known.row && (known.closed || version < known.version))) return null
+      if (row === known.row && version === known.version && !CLOSING.has(name)) return rest as TaskEventData
+    }
+    // Most recently logged last, so the oldest goes first past the bound.
+    this.orders.delete(sessionId)
+    this.orders.set(sessionId, { row, version, closed: CLOSING.has(name) })
+    if (this.orders.size > this.options.buffer.capacity) this.orders.delete(this.orders.keys().next().value as string)
+    return rest as TaskEventData
+  }
+
   /** Reads the log after the newest event held, until nothing is left; never two reads at once. */
   private read (): void {
     if (this.reading !== null) {
@@ -189,17 +237,30 @@ export class EventRelay {
           const { events, trimmed } = await this.options.shared.eventsAfter(buffer.latest, READ_BATCH)
           // Behind the log's trimming (reads failed for a long while): what was lost resets resumes.
           if (events.length > 0 && trimmed > buffer.latest) buffer.lostUpTo(trimmed)
+          // Events logged out of order, not shown: one reset for a run of them, before what follows.
+          let stale = 0
           for (const event of events) {
             if (event.id <= buffer.latest) continue
             // Events before it may be missing: clients following live reset, resumes from before it too.
             if (event.name === LOG_GAP) {
-              buffer.lostUpTo(event.id)
+              stale = event.id
               continue
             }
+            const data = NAMES.has(event.name) ? this.inOrder(event.name, event.data as TaskEventData) : undefined
+            // Logged after a later change of its session (two replicas changed it at once, and
+            // the first published last): shown, it would leave clients on the older state.
+            // Clients reset and refetch instead, as after any gap.
+            if (data === null) {
+              stale = event.id
+              continue
+            }
+            if (stale !== 0) buffer.lostUpTo(stale)
+            stale = 0
             // A name this version does not know (a newer replica's) is passed over, not stuck on.
-            if (NAMES.has(event.name)) buffer.appendAt(event.id, event.name as TaskEventName, event.data as TaskEventData)
-            else buffer.skipTo(event.id)
+            if (data === undefined) buffer.skipTo(event.id)
+            else buffer.appendAt(event.id, event.name as TaskEventName, data)
           }
+          if (stale !== 0) buffer.lostUpTo(stale)
           if (events.length < READ_BATCH) break
         }
       } while (this.again)

@@ -176,6 +176,12 @@ export interface SharedSessions {
   /** Which other replica holds a live lease on the session, as of its last refresh or list; null: none. */
   runningElsewhere(sessionId: string): string | null
   /**
+   * Where the session's active row stands as this store last read or wrote it, `<row>.<version>`
+   * (both only grow over a session's life: row ids are never reused); null when none is known.
+   * Events carry it through the shared log, so a reader can tell one logged late (EventRelay).
+   */
+  orderOf(sessionId: string): string | null
+  /**
    * Takes the session's lease; SessionBusyError naming the holder when another replica has it.
    * Resolves with its epoch, and whether a cancel already waits for the run that takes it.
    */
