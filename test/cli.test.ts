@@ -11,6 +11,7 @@ import { taskvault, type Run } from './cli-run.js'
 import { build, get, tempDir } from './helper.js'
 import { scratch } from './server-process.js'
 import { daysAgo, preparedFolder, storedSession } from './session-fixtures.js'
+import { fill, mountedFolder } from './tmpfs.js'
 
 /** Every file under `dir` (relative path -> bytes), without following links. */
 async function snapshot (dir: string, files = new Map<string, Buffer>(), prefix = ''): Promise<Map<string, Buffer>> {
@@ -646,4 +647,18 @@ t.test('backup while a server keeps archiving sessions and bringing them back ho
     await churn
   }
   t.ok(rounds > 0, `the server churned (${rounds} rounds)`)
+})
+
+t.test('backup onto a full disk says so of the backup, removes its temp file and leaves the old backup as it was', async (t) => {
+  const outs = await mountedFolder(t, '256k', 'nothing else covers the backup on a full disk')
+  if (outs === null) return
+  const dir = await preparedFolder(t)
+  const out = join(outs, 'b.tar.gz')
+  await writeFile(out, 'the old backup')
+  await fill(join(outs, 'filler'))
+  const run = await taskvault(['backup', dir, '--out', out, '--force'])
+  t.equal(run.code, 1)
+  t.match(run.stderr, /^taskvault: no space left to write the backup .*b\.tar\.gz \((ENOSPC|EDQUOT)\); its temp file was removed/u)
+  t.equal(await readFile(out, 'utf8'), 'the old backup')
+  t.same((await readdir(outs)).sort(), ['b.tar.gz', 'filler'], 'no temp file left')
 })

@@ -106,6 +106,9 @@ ${COMMON_HELP}`,
     } catch (err) {
       await handle.close().catch(() => {})
       await unlink(temp).catch(() => {})
+      // Said of the backup: the bare errno names neither the file nor that nothing was left.
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'ENOSPC' || code === 'EDQUOT') throw new CommandFailedError(`no space left to write the backup ${out} (${code}); its temp file was removed, and ${out} is as it was`)
       throw err
     }
     await fsyncDir(nodeFs, dirname(out))
