@@ -406,6 +406,12 @@ t.test('a tar of a whole storage folder restores; its marker, lock, temp files a
   }
   const app = await build(t, { dir: join(parent, 'restored-folder.tar.gz'), config: { TASK_ARCHIVE_DAYS: 0 } })
   t.match((await get(app, '/stats')).json(), { total_sessions: 3, archived_sessions: 1 }, 'the restored folder boots')
+  // An editor's backup file beside the sessions: refused, naming it (not the folder's own entry).
+  await writeFile(join(dir, 'a.json~'), '{}')
+  await run('sh', ['-c', 'tar -czf stray.tar.gz data/tasks'], { cwd: parent })
+  const stray = await taskvault(['restore', join(parent, 'stray.tar.gz'), join(parent, 'restored-stray')])
+  t.equal(stray.code, 1)
+  t.match(stray.stderr, /the backup holds data\/tasks\/a\.json~, which is not data\/tasks\/<id>\.json/u, 'the stray file named')
 })
 
 t.test('unsafe or foreign tars are still refused, and nothing is written', async (t) => {

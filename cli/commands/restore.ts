@@ -324,7 +324,9 @@ async function commonPrefix (backup: string): Promise<string> {
   // The folders holding the first file, outermost first: data/tasks/ before data/tasks/archive/
   // (read as its archive), before data/tasks/corrupt/.
   const candidates = first.split('/').slice(0, -1).map((_, i, parts) => `${parts.slice(0, i + 1).join('/')}/`)
-  return candidates.find(fits) ?? ''
+  // None fits: the folder holding sessions all the same, so that the refusal names the file in
+  // the way (`data/tasks/s1.json~`), not the folder's own entry.
+  return candidates.find(fits) ?? candidates.find((prefix) => names.some((name) => native(prefix, name))) ?? ''
 }
 
 async function isRegular (path: string): Promise<boolean> {
