@@ -87,6 +87,15 @@ export async function follow (on: StreamHandlers, options: FollowOptions = {}): 
       watchdog = setTimeout(() => { connection.abort() }, silentMs)
     }
     heard()
+    // A snapshot being fetched is no silence of the stream: the watchdog waits for it.
+    const reload = async (): Promise<void> => {
+      clearTimeout(watchdog)
+      try {
+        await on.reload()
+      } finally {
+        heard()
+      }
+    }
     // Hidden for HIDDEN_GRACE_MS: the connection goes back to the browser for the tabs in view.
     let hiding: ReturnType<typeof setTimeout> | undefined
     const visibility = (): void => {
@@ -107,7 +116,7 @@ export async function follow (on: StreamHandlers, options: FollowOptions = {}): 
       if (res.body === null) throw new Error('stream: no body')
       on.live(true)
       // The first connection (and any that did not resume) starts from a fresh snapshot.
-      if (lastId === null) await on.reload()
+      if (lastId === null) await reload()
       // Backing off ends once the page is whole again, not when the stream merely answers.
       delay = RETRY_FIRST_MS
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader()
@@ -138,7 +147,7 @@ export async function follow (on: StreamHandlers, options: FollowOptions = {}): 
             // and the next one, after the backoff below, starts afresh with a snapshot.
             const resetId: string | null = lastId
             lastId = null
-            await on.reload()
+            await reload()
             lastId = resetId
             if (resetId !== null) on.seen?.(resetId)
           } else if (name !== '') on.event(name, data === '' ? {} : JSON.parse(data) as Record<string, unknown>, lastId)

@@ -662,3 +662,18 @@ t.test('backup onto a full disk says so of the backup, removes its temp file and
   t.equal(await readFile(out, 'utf8'), 'the old backup')
   t.same((await readdir(outs)).sort(), ['b.tar.gz', 'filler'], 'no temp file left')
 })
+
+t.test('backup carries an archived copy when the active file of its session is left out (a symlink, a folder, a corrupt file): the server shows that copy', async (t) => {
+  for (const active of ['symlink', 'folder', 'corrupt'] as const) {
+    const dir = await preparedFolder(t)
+    const path = join(dir, 'kept.json')
+    if (active === 'symlink') await symlink(join(dir, 'archive', 'kept.json'), path)
+    else if (active === 'folder') await mkdir(path)
+    else await writeFile(path, '{ not json')
+    const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')
+    const run = await taskvault(['backup', dir, '--out', out, '--json'])
+    t.equal(run.code, active === 'corrupt' ? 1 : 0, `${active}: ${run.stderr}`)
+    const names = spawnSync('tar', ['-tzf', out], { encoding: 'utf8' }).stdout.split('\n')
+    t.ok(names.includes('archive/kept.json'), `${active}: the archived copy is carried`)
+  }
+})

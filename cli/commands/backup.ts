@@ -23,8 +23,9 @@ export const backupCommand: Command = {
 Writes every session file of the folder and of its archive/ into FILE.tar.gz (paths relative
 to the folder: <id>.json and archive/<name>.json). Each file is read once, whole, so every
 session in the backup is a complete saved state; a session that moves while the backup runs is
-taken from where it moved to. Files that do not load are left out and reported. Safe while a
-server runs. The backup is written to a temp file, fsynced, then renamed into place.
+in it once: as it was read, or from where it moved to when it moved before it was read. An
+archived copy that an active file of its session hides (the server never shows it) is left out
+and reported. Files that do not load are left out and reported. Safe while a server runs. The backup is written to a temp file, fsynced, then renamed into place.
 Any tar reads it: tar -tzvf FILE.tar.gz
 
 Options:
@@ -81,12 +82,13 @@ ${COMMON_HELP}`,
             continue
           }
           taken.add(stored.rel)
-          if (stored.sessionId !== null && before === undefined) takenActive.set(stored.sessionId, !stored.archived)
           // A file sealed under a key this tool lacks is still a whole session: carried as it is.
           if (!checked.ok && checked.keyMissing !== true) {
             (ignoredByServer(stored) ? ignored : skipped).push({ file: stored.rel, reason: checked.reason })
             continue
           }
+          // Only a file carried takes its session: one left out (a symlink, a corrupt file) hides nothing.
+          if (stored.sessionId !== null && before === undefined) takenActive.set(stored.sessionId, !stored.archived)
           yield backupEntry(counts, stored.rel, stored.archived, checked.data, checked.mtime)
         }
         if (moved === 0) return

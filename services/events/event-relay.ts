@@ -25,14 +25,11 @@ const NAMES = new Set<string>(TASK_EVENT_NAMES)
  */
 export const ORDER_FIELD = '_order'
 const ORDER = /^(\d{1,19})\.(\d{1,19})$/u
-/** Events that leave the session's row behind: later events of that row are older than they. */
-const CLOSING = new Set<string>(['session.archived', 'session.deleted'])
 
-/** Where a session's row stood at the newest of its events read, and whether that row was closed since. */
+/** Where a session's active row stood at the newest of its events read. */
 interface SessionOrder {
   row: bigint
   version: bigint
-  closed: boolean
 }
 
 /**
@@ -194,31 +191,28 @@ export class EventRelay {
   }
 
   /**
-   * The event's data without its order, or null when its session's row was seen further on (or
-   * closed) in an event logged before it. Ordered as (row, version): a session archived and
-   * brought back, or deleted and created again, gets a new row with a higher id.
+   * The event's data without its order; null when an event of its session logged before it
+   * stood further on (row, then version: a session brought back from the archive, or deleted and
+   * created again, gets a new row with a higher id); undefined when it is not an event's data
+   * (a row not written by taskvault), passed over like an unknown name.
    */
-  private inOrder (name: string, data: TaskEventData): TaskEventData | null {
-    const { [ORDER_FIELD]: tag, ...rest } = data
-    const sessionId = data.session_id
-    const known = this.orders.get(sessionId)
-    // No order (a store that had no row for it, an older replica's event), or one not written by taskvault.
+  private inOrder (data: unknown): TaskEventData | null | undefined {
+    if (typeof data !== 'object' || data === null || typeof (data as TaskEventData).session_id !== 'string') return undefined
+    const { [ORDER_FIELD]: tag, ...rest } = data as TaskEventData
+    // No order: the store had no active row for it (an archive, a delete), or an older replica published it.
     const parts = typeof tag === 'string' ? ORDER.exec(tag) : null
-    if (parts === null) {
-      if (known !== undefined && CLOSING.has(name)) known.closed = true
-      return tag === undefined ? data : rest as TaskEventData
-    }
+    if (parts === null) return tag === undefined ? data as TaskEventData : rest as TaskEventData
+    const sessionId = rest.session_id
     const row = BigInt(parts[1] as string)
     const version = BigInt(parts[2] as string)
+    const known = this.orders.get(sessionId)
     if (known !== undefined) {
-      // A closing event of the row already closed (a delete after an archive) is no later change.
-      if (known.closed && CLOSING.has(name) && row === known.row) return rest as TaskEventData
-      if (row < known.row || (row === known.row && (known.closed || version < known.version))) return null
-      if (row === known.row && version === known.version && !CLOSING.has(name)) return rest as TaskEventData
+      if (row < known.row || (row === known.row && version < known.version)) return null
+      if (row === known.row && version === known.version) return rest as TaskEventData
     }
     // Most recently logged last, so the oldest goes first past the bound.
     this.orders.delete(sessionId)
-    this.orders.set(sessionId, { row, version, closed: CLOSING.has(name) })
+    this.orders.set(sessionId, { row, version })
     if (this.orders.size > this.options.buffer.capacity) this.orders.delete(this.orders.keys().next().value as string)
     return rest as TaskEventData
   }
@@ -246,7 +240,7 @@ export class EventRelay {
               stale = event.id
               continue
             }
-            const data = NAMES.has(event.name) ? this.inOrder(event.name, event.data as TaskEventData) : undefined
+            const data = NAMES.has(event.name) ? this.inOrder(event.data) : undefined
             // Logged after a later change of its session (two replicas changed it at once, and
             // the first published last): shown, it would leave clients on the older state.
             // Clients reset and refetch instead, as after any gap.
@@ -256,7 +250,7 @@ export class EventRelay {
             }
             if (stale !== 0) buffer.lostUpTo(stale)
             stale = 0
-            // A name this version does not know (a newer replica's) is passed over, not stuck on.
+            // A name this version does not know (a newer replica's), or data that is no event's, is passed over, not stuck on.
             if (data === undefined) buffer.skipTo(event.id)
             else buffer.appendAt(event.id, event.name as TaskEventName, data)
           }

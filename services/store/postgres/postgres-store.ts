@@ -50,11 +50,6 @@ const DEFAULT_SAVE_BATCH = 50
 const DEFAULT_SAVE_BATCH_BYTES = 4 * 1024 * 1024
 /** Connections a shared store needs at least: the listener, a pass's lock, and one for everything else. */
 const MIN_SHARED_POOL = 3
-/**
- * Closed rows remembered for orderOf: only events published right after a row closed need
- * them, so a few thousand recent ones are plenty, in a bounded memory.
- */
-const CLOSED_ROWS = 4096
 /** TASK_LEASE_MS's default. */
 const DEFAULT_LEASE_MS = 30_000
 
@@ -172,8 +167,6 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   private readonly keyring: Keyring | null
   private readonly pageRows: number
   private readonly rows = new Map<string, KnownRow>()
-  /** Sessions whose active row this store saw go (archived, deleted), with where it stood then; the most recent CLOSED_ROWS. */
-  private readonly closedRows = new Map<string, string>()
   private readonly kidCounts = new Map<string, number>()
   /**
    * Writes of a session whose outcome is unknown, oldest first, since the last one known to
@@ -854,7 +847,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   orderOf (sessionId: string): string | null {
     const row = this.rows.get(sessionId)
-    return row === undefined ? this.closedRows.get(sessionId) ?? null : `${row.row}.${row.version}`
+    return row === undefined ? null : `${row.row}.${row.version}`
   }
 
   async acquire (sessionId: string): Promise<{ epoch: string, cancelRequested: boolean }> {
@@ -1199,7 +1192,6 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   /** Records the active row of a session, and its key for the encryption stats. */
   private known (sessionId: string, row: KnownRow): void {
     this.forget(sessionId)
-    this.closedRows.delete(sessionId)
     this.rows.set(sessionId, row)
     this.kidCounts.set(row.kid, (this.kidCounts.get(row.kid) ?? 0) + 1)
   }
@@ -1210,9 +1202,6 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     if (before === undefined) return
     this.rows.delete(sessionId)
     this.kidCounts.set(before.kid, (this.kidCounts.get(before.kid) ?? 1) - 1)
-    // The order the archive's or delete's events carry (orderOf); the oldest go past the bound.
-    this.closedRows.set(sessionId, `${before.row}.${before.version}`)
-    if (this.closedRows.size > CLOSED_ROWS) this.closedRows.delete(this.closedRows.keys().next().value as string)
   }
 
   /** Drops the index's copies of a session newer than row `stamp` (all of them for -1): the rows say they are gone. */
