@@ -76,11 +76,7 @@ export async function archiveFolder (dir: string): Promise<boolean> {
   throw new CommandFailedError(`${archiveDir} is not a real folder (a symlink or a file): the server reads no archived session through it, so neither does this tool; make it a folder of the storage folder (move the files in), then run this again`)
 }
 
-/**
- * Every `*.json` of the folder and of `archive/`, sorted by relative path. An `archive` that is
- * not a real folder (a symlink to one elsewhere, say) fails the command: the server never reads
- * through it, so a backup, a count or a seal would silently leave every archived session out.
- */
+/** Every `*.json` of the folder and of `archive/` (see archiveFolder), sorted by relative path. */
 export async function listStoredFiles (dir: string): Promise<StoredFile[]> {
   const files: StoredFile[] = []
   for (const entry of await readdir(dir, { withFileTypes: true })) {

@@ -25,7 +25,8 @@ to the folder: <id>.json and archive/<name>.json). Each file is read once, whole
 session in the backup is a complete saved state; a session that moves while the backup runs is
 in it once: as it was read, or from where it moved to when it moved before it was read. An
 archived copy that an active file of its session hides (the server never shows it) is left out
-and reported. Files that do not load are left out and reported. Safe while a server runs. The backup is written to a temp file, fsynced, then renamed into place.
+and reported. Files that do not load are left out and reported. Safe while a server runs. The
+backup is written to a temp file, fsynced, then renamed into place.
 Any tar reads it: tar -tzvf FILE.tar.gz
 
 Options:

@@ -23,7 +23,7 @@ const NAMES = new Set<string>(TASK_EVENT_NAMES)
  * The field of a logged event's data that says where its session's row stood when it was
  * published (SharedSessions.orderOf); taken out before the event reaches the buffer.
  */
-export const ORDER_FIELD = '_order'
+const ORDER_FIELD = '_order'
 const ORDER = /^(\d{1,19})\.(\d{1,19})$/u
 
 /** Where a session's active row stood at the newest of its events read. */
