@@ -7,7 +7,7 @@
 import type { Static } from '@sinclair/typebox'
 import type { Progress as ProgressSchema, SessionSummary as SessionSummarySchema } from '../dist/schemas/api.js'
 import type { Task as TaskSchema } from '../dist/schemas/session.js'
-import { api, ApiError, onKeyWanted, saveKey } from './api.js'
+import { answered, ANSWER_TIMEOUT_MS, api, ApiError, onKeyWanted, saveKey } from './api.js'
 import { $, arrange, el, keepFocus, setText } from './dom.js'
 import { bytes, duration, when } from './format.js'
 import { RETRY_FIRST_MS, RETRY_MAX_MS, sleep } from './stream.js'
@@ -199,7 +199,7 @@ let uptime = { seconds: 0, at: Date.now() }
 async function renderStats (): Promise<void> {
   const [stats, health] = await Promise.all([
     api<Record<string, number> & { storage: Record<string, number> }>('GET', '/stats'),
-    fetch('/health').then(async (res) => res.json() as Promise<{ uptime_s: number }>)
+    answered(ANSWER_TIMEOUT_MS, async (signal) => fetch('/health', { signal }).then(async (res) => res.json() as Promise<{ uptime_s: number }>))
   ])
   uptime = { seconds: health.uptime_s, at: Date.now() }
   const items: Array<[string, string]> = [
@@ -333,7 +333,7 @@ $('archive-form').addEventListener('submit', (event) => {
   event.preventDefault()
   void act(async () => {
     const days = $<HTMLInputElement>('archive-days').value
-    const pass = await api<{ archived: number, deleted: number }>('POST', '/archive', days === '' ? {} : { older_than_days: Number(days) })
+    const pass = await api<{ archived: number, deleted: number }>('POST', '/archive', days === '' ? {} : { older_than_days: Number(days) }, null)
     notice(`Archived ${pass.archived} session(s), deleted ${pass.deleted}`)
   }, $('archive-form'))
 })
@@ -519,7 +519,7 @@ function markBusyActions (sessionId: string | undefined): void {
 }
 
 sessionAction('act-execute', async (id) => {
-  const done = await api<{ status: string }>('POST', '/execute', { session_id: id })
+  const done = await api<{ status: string }>('POST', '/execute', { session_id: id }, null)
   notice(`Task ${done.status}`)
 })
 sessionAction('act-run', async (id) => {

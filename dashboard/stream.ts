@@ -53,8 +53,19 @@ function shown (): Promise<void> {
 const HEARTBEAT = /^: connected, heartbeat every (\d+) ms/u
 /** Heartbeat periods without a byte after which the connection counts as dead. */
 const SILENT_BEATS = 3
-/** Until the server has named its period: three of the default heartbeats (a connection or answer that never comes). */
+/** Until the server has named its period: three of the default heartbeats (an answer that stops coming). */
 const FIRST_SILENT_MS = 45_000
+/**
+ * The server answers a stream at once (its headers and the comment naming the heartbeat): an
+ * attempt with no answer this long is given up, whatever the heartbeat.
+ */
+export const ANSWER_WAIT_MS = 5_000
+/**
+ * Unanswered attempts retried at once before backing off. After a network drop the browser sends
+ * each attempt over one of its pooled connections to the server (up to six), any of which may be
+ * dead; each such attempt costs ANSWER_WAIT_MS, not a growing backoff on top.
+ */
+export const POOLED_CONNECTIONS = 6
 
 /**
  * Reads the stream for as long as the page lives, reconnecting with the last id it saw; returns
@@ -67,6 +78,8 @@ export async function follow (on: StreamHandlers, options: FollowOptions = {}): 
   // answers nothing (every route dropped, the browser reusing a dead pooled connection) is given
   // up after a few of them, not after FIRST_SILENT_MS each time.
   let silentMs = FIRST_SILENT_MS
+  // Attempts in a row that got no answer at all (see POOLED_CONNECTIONS).
+  let unanswered = 0
   for (;;) {
     if (options.pauseWhenHidden === true && document.hidden) {
       on.live(false)
@@ -74,6 +87,9 @@ export async function follow (on: StreamHandlers, options: FollowOptions = {}): 
     }
     let why: string | undefined
     let hidden = false
+    // Whether the server answered this attempt; whether the watchdog ended it.
+    let answer = false
+    let silent = false
     // One connection at a time: whatever ends this one (a failed snapshot, a bad frame) closes it,
     // or each retry would hold another of the browser's six connections to the server, and a slot
     // of the server's TASK_EVENTS_MAX_CLIENTS, until the page froze.
@@ -84,7 +100,7 @@ export async function follow (on: StreamHandlers, options: FollowOptions = {}): 
     let watchdog: ReturnType<typeof setTimeout> | undefined
     const heard = (): void => {
       clearTimeout(watchdog)
-      watchdog = setTimeout(() => { connection.abort() }, silentMs)
+      watchdog = setTimeout(() => { silent = true; connection.abort() }, answer ? silentMs : Math.min(silentMs, ANSWER_WAIT_MS))
     }
     heard()
     // A snapshot being fetched is no silence of the stream: the watchdog waits for it.
@@ -108,6 +124,9 @@ export async function follow (on: StreamHandlers, options: FollowOptions = {}): 
     }
     try {
       const res = await fetch(request('/events', { headers: lastId === null ? {} : { 'last-event-id': lastId }, signal: connection.signal }))
+      answer = true
+      unanswered = 0
+      heard()
       if (res.status === 401) throw streamRefused()
       if (!res.ok) {
         const data = await res.json().catch(() => null) as { message?: unknown } | null
@@ -167,6 +186,10 @@ export async function follow (on: StreamHandlers, options: FollowOptions = {}): 
     // Closed because hidden: back as soon as shown (the loop's top waits), with no backoff.
     if (hidden) {
       delay = RETRY_FIRST_MS
+      continue
+    }
+    if (silent && !answer && ++unanswered <= POOLED_CONNECTIONS) {
+      await sleep(RETRY_FIRST_MS)
       continue
     }
     await sleep(delay)

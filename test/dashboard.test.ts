@@ -94,10 +94,12 @@ function failing (glob: string): { on: (page: Page) => Promise<void>, fail: (tim
  * drop whatever the server sends from then on while staying open (a dropped NAT entry or a
  * frozen proxy, as the page sees it). Other connections go on working.
  */
-async function blackHoleProxy (t: TestContext, target: number): Promise<{ port: number, swallowStreams: () => void }> {
+async function blackHoleProxy (t: TestContext, target: number): Promise<{ port: number, swallowStreams: () => void, swallowAll: () => void, heal: () => void }> {
   const open = new Set<{ stream: boolean, swallow: boolean }>()
+  // Every connection, open or new, delivers nothing back (a dropped route); healed, new ones work again.
+  let frozen = false
   const server = net.createServer((client) => {
-    const state = { stream: false, swallow: false }
+    const state = { stream: false, swallow: frozen }
     open.add(state)
     const upstream = net.connect(target, '127.0.0.1')
     client.on('data', (chunk: Buffer) => {
@@ -112,7 +114,12 @@ async function blackHoleProxy (t: TestContext, target: number): Promise<{ port: 
   t.teardown(() => new Promise<void>((resolve) => { server.close(() => { resolve() }) }))
   return {
     port: (server.address() as AddressInfo).port,
-    swallowStreams: () => { for (const state of open) if (state.stream) state.swallow = true }
+    swallowStreams: () => { for (const state of open) if (state.stream) state.swallow = true },
+    swallowAll: () => {
+      frozen = true
+      for (const state of open) state.swallow = true
+    },
+    heal: () => { frozen = false }
   }
 }
 
@@ -280,6 +287,37 @@ async function run (browser: Browser): Promise<void> {
     await page.locator('tr[data-session="during-silence"]').waitFor()
     t.ok(resumes.length > before, `the page opened a new stream (${resumes.length - before})`)
     t.type(resumes.at(-1), 'string', 'resuming from the last id it had')
+  })
+
+  t.test('after a network drop, each dead connection the browser kept costs one short wait, not a growing backoff: the page is live again soon after the network heals', async (t) => {
+    const quiet = await serve(t, { config: { TASK_EVENTS_HEARTBEAT_MS: 500 } })
+    const proxy = await blackHoleProxy(t, Number(new URL(quiet.base).port))
+    const streams = watchStreams(t, quiet.app)
+    const page = await open(t, browser, quiet.base.replace(/:\d+\//u, `:${proxy.port}/`))
+    await createSession(quiet.app, 'before-drop', 'x')
+    await page.locator('tr[data-session="before-drop"]').waitFor()
+    await waitFor('the page\'s stream', () => streams.resumes.length > 0)
+    // Every connection the browser holds to the server (up to six, opened to load the page) now
+    // answers nothing, and stays so once the network heals: the browser sends attempts over them.
+    proxy.swallowAll()
+    // The page notices the silence (three heartbeats) and tries again, on a connection that answers nothing either.
+    const before = streams.resumes.length
+    await waitFor('an attempt to resume while the network is down', () => streams.resumes.length > before, 10_000)
+    const attempts: number[] = []
+    const attempt = (req: IncomingMessage): void => { if ((req.url ?? '').startsWith('/api/v1/tasks/events')) attempts.push(Date.now()) }
+    quiet.app.server.on('request', attempt)
+    t.teardown(() => { quiet.app.server.off('request', attempt) })
+    await createSession(quiet.app, 'after-drop', 'x')
+    proxy.heal()
+    const healed = Date.now()
+    await page.locator('tr[data-session="after-drop"]').waitFor({ timeout: 60_000 })
+    t.ok(Date.now() - healed < 20_000, `live again ${Date.now() - healed} ms after the network healed`)
+    t.equal(await page.locator('#live').textContent(), 'live')
+    // Each dead connection costs three heartbeats (1.5 s) and RETRY_FIRST_MS, some 2 s; backing
+    // off as for a refusal would add 1, 2, 4, 8 s.
+    const gaps = attempts.slice(1).map((at, i) => at - (attempts[i] ?? at))
+    t.ok(attempts.length >= 2, `${attempts.length} attempts once healed`)
+    t.ok(gaps.every((gap) => gap < 3_000), `between attempts: ${gaps.join(', ')} ms`)
   })
 
   t.test('a reload mid-run catches up with the run', async (t) => {
