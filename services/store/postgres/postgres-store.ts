@@ -10,17 +10,14 @@ import { noop } from '../../noop.js'
 import type { Keyring } from '../keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../session-files.js'
 import { provenKeyChecks, wrongKeyError, type KidProof } from '../key-checks.js'
-import type { Static } from '@sinclair/typebox'
-import type { Progress as ProgressSchema } from '../../../schemas/api.js'
 import {
   clearUpdatedAt, type ArchivableCursor, type ArchivedSession, type RetentionCursor, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
 import { ARCHIVED_ROWS, archiveSession, archivedUnderKid, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
-import { archivedDocuments, headTimes, wholeTimes, type WrittenTimes } from './document-times.js'
 import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
-import { breaksConnection, errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
+import { errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
 import { checkSchemaName, redactUrl } from './database-url.js'
 import { createPool, endConnection, openConnection, type PoolSettings } from './pool.js'
 import {
@@ -28,23 +25,18 @@ import {
   updateSession, type ActiveRow, type DerivedColumns, type RowVersion
 } from './sessions-sql.js'
 import { SaveBatcher, type PendingSave } from './save-batcher.js'
+import { exclusively } from './pass-lock.js'
+import { pooledQuery, QueryFailure, type Bound } from './pooled-query.js'
+import { archivedLikeName, listPage, rowOf, summaryOf, writtenTimes } from './row-summaries.js'
 import { leave, liveReplicas } from './replicas-sql.js'
 import { EVENTS_CHANNEL, LeaseKeeper } from './leases.js'
-import { ACTIVE_COUNT, EVENT_LOG, activeSummaries, archivableSessions, eventsAfter, listedCount, listedSummaries, passLock, publishEvents, refreshSession, refreshSessions } from './leases-sql.js'
+import { ACTIVE_COUNT, EVENT_LOG, activeSummaries, archivableSessions, eventsAfter, listedCount, listedSummaries, publishEvents, refreshSession, refreshSessions } from './leases-sql.js'
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
-/** A statement's bounds on a pooled connection (see query()). */
-interface Bound {
-  statementMs: number
-  wanted: () => boolean
-}
-
 /** `<session id>@<row id>`: how an archived copy is named (archivedName, summaries, failures). */
 const ARCHIVED_NAME = /^([A-Za-z0-9_-]{1,128})@(\d{1,19})$/u
 /** Active rows per page at restore: big enough to amortise a round trip, small enough to keep memory flat. */
 const DEFAULT_PAGE_ROWS = 500
-/** Whole documents read at once at most, in bytes, when an archived copy's times must come from all of it (document-times.ts). */
-const DOCUMENT_PAGE_BYTES = 32 * 1024 * 1024
 /** TASK_DB_SAVE_BATCH and TASK_DB_SAVE_BATCH_BYTES's defaults (schemas/config.ts), for a store built by hand. */
 const DEFAULT_SAVE_BATCH = 50
 const DEFAULT_SAVE_BATCH_BYTES = 4 * 1024 * 1024
@@ -269,7 +261,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     let settings: { synchronous_commit: string, schema: string | null } | undefined
     try {
       result = await migrate(this.pool, { schema: this.schema, deadline: options.deadline, onLockWait: this.onMigrationLockWait })
-      settings = (await this.query<{ synchronous_commit: string, schema: string | null }>({ text: CONNECTION_SETTINGS })).rows[0]
+      settings = (await pooledQuery<{ synchronous_commit: string, schema: string | null }>(this.pool, { text: CONNECTION_SETTINGS })).rows[0]
       // A key other than the one a kid was first given here stops the boot, sessions or not.
       if (this.keyring !== null) this.newKeyChecks = this.keyring.verifyChecks(await this.keyChecks(this.keyring.kids), this.location)
     } catch (err) {
@@ -457,7 +449,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     })))
     let rows: Array<{ session_id: string, row_id: string, version: string }>
     try {
-      rows = (await this.query<{ session_id: string, row_id: string, version: string }>(config)).rows
+      rows = (await pooledQuery<{ session_id: string, row_id: string, version: string }>(this.pool, config)).rows
     } catch (err) {
       const failure = err instanceof QueryFailure ? err : new QueryFailure(err, true)
       if (!uncertain(failure.cause, failure.sent)) {
@@ -611,7 +603,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   async openArchive (_options: { concurrency: number }): Promise<ArchiveTotals> {
     const { rows } = await this.run<ArchivedRow>('reading the archive', { text: ARCHIVED_ROWS })
-    const times = await this.writtenTimes('reading the archive', rows)
+    const times = await writtenTimes(this.run.bind(this), this.pageRows, 'reading the archive', rows)
     for (const row of rows) Object.assign(row, times.get(row.row_id))
     this.index.clear()
     // Oldest first: each copy added is the newest of its session so far and takes the summary.
@@ -792,7 +784,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     this.closed = true
     await this.leases?.close()
     // Leaving cleanly: gone from /stats at once, not after TASK_LEASE_MS.
-    if (this.leases !== null) await this.query(leave(this.replicaId, this.leases.me.instance)).catch(noop)
+    if (this.leases !== null) await pooledQuery(this.pool, leave(this.replicaId, this.leases.me.instance)).catch(noop)
     if (this.ownsPool) await this.pool.end()
   }
 
@@ -881,68 +873,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   }
 
   async listActive (offset: number, limit: number): Promise<{ total: number, sessions: SharedSummary[] }> {
-    return this.listPage(activeSummaries(offset, limit), ACTIVE_COUNT)
+    return listPage(this.run.bind(this), this.pageRows, activeSummaries(offset, limit), ACTIVE_COUNT)
   }
 
   async listWithArchived (offset: number, limit: number, filter: 'include' | 'only'): Promise<{ total: number, sessions: SharedSummary[] }> {
-    return this.listPage(listedSummaries(offset, limit, filter), listedCount(filter))
-  }
-
-  /**
-   * The times archived copies' documents hold (see document-times.ts), by row: from their first
-   * bytes, else from the whole documents, read in one statement and parsed here; a time a
-   * document does not hold as text is left out (its column stands).
-   */
-  private async writtenTimes (operation: string, rows: ReadonlyArray<{ row_id: string, bytes?: number | null, head?: string | null, created_at: Date | string, updated_at: Date | string }>): Promise<Map<string, Partial<WrittenTimes>>> {
-    const times = new Map<string, Partial<WrittenTimes>>()
-    // A page of documents at a time, by rows and by bytes: a foreign archive's copies could be many, and large.
-    const pages: string[][] = []
-    let page: string[] = []
-    let bytes = 0
-    for (const row of rows) {
-      const head = headTimes(row.head ?? null, row.created_at, row.updated_at)
-      if (head !== null) {
-        times.set(row.row_id, head)
-        continue
-      }
-      if (page.length >= this.pageRows || (page.length > 0 && bytes + (row.bytes ?? 0) > DOCUMENT_PAGE_BYTES)) {
-        pages.push(page)
-        page = []
-        bytes = 0
-      }
-      page.push(row.row_id)
-      bytes += row.bytes ?? 0
-    }
-    if (page.length > 0) pages.push(page)
-    for (const ids of pages) {
-      const { rows: documents } = await this.run<{ row_id: string, document: string }>(operation, archivedDocuments(ids))
-      for (const { row_id: rowId, document } of documents) times.set(rowId, wholeTimes(document))
-    }
-    return times
-  }
-
-  /** A list's page and its total, read at once; archived entries with the times their documents hold. */
-  private async listPage (page: pg.QueryConfig, count: string): Promise<{ total: number, sessions: SharedSummary[] }> {
-    type SummaryRow = TaskCounts & { session_id: string, created_at: Date, updated_at: Date, running: boolean, archived?: boolean, row_id?: string | null, bytes?: number | null, head?: string | null }
-    const [{ rows }, counted] = await Promise.all([
-      this.run<SummaryRow>('listing sessions', page),
-      this.run<{ total: number }>('counting sessions', { text: count })
-    ])
-    const archived = rows.filter((row): row is SummaryRow & { row_id: string } => row.archived === true && typeof row.row_id === 'string')
-    const times = await this.writtenTimes('listing sessions', archived)
-    // An archived row is never running (the statement says so).
-    const sessions = rows.map((row): SharedSummary => {
-      const written = typeof row.row_id === 'string' ? times.get(row.row_id) : undefined
-      return {
-        session_id: row.session_id,
-        created_at: written?.created_at ?? row.created_at.toISOString(),
-        updated_at: written?.updated_at ?? row.updated_at.toISOString(),
-        ...progressOfRow(row),
-        ...(row.archived === true && { archived: true }),
-        running: row.running
-      }
-    })
-    return { total: counted.rows[0]?.total ?? 0, sessions }
+    return listPage(this.run.bind(this), this.pageRows, listedSummaries(offset, limit, filter), listedCount(filter))
   }
 
   async archivable (cutoff: Date, limit: number, after: ArchivableCursor | null = null): Promise<{ ids: string[], next: ArchivableCursor | null }> {
@@ -967,45 +902,10 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   /**
    * Holds a transaction-scoped advisory lock named after the pass and the schema for as long as
-   * `run` takes: a replica whose connection dies lets go of it with the transaction.
+   * `run` takes (see pass-lock.ts).
    */
   async exclusively<T> (pass: string, run: (lock: PassLock) => Promise<T>): Promise<T | null> {
-    let client: pg.PoolClient
-    try {
-      client = await this.pool.connect()
-    } catch (err) {
-      throw storageError(`starting the ${pass} pass`, err, false)
-    }
-    let broken: Error | undefined
-    const onError = (err: Error): void => { broken ??= err }
-    client.on('error', onError)
-    try {
-      await client.query('BEGIN')
-      // Idle for the whole pass: a server-side idle timeout must not end it (and free the lock) midway.
-      await client.query('SET LOCAL idle_in_transaction_session_timeout = 0')
-      const { rows } = await client.query<{ locked: boolean }>(passLock(passKey(`${this.schema}.${pass}`)))
-      if (rows[0]?.locked !== true) return null
-      const lock: PassLock = {
-        held: async () => {
-          if (broken !== undefined) return false
-          try {
-            await client.query('SELECT 1')
-          } catch (err) {
-            broken ??= err instanceof Error ? err : new Error(String(err))
-          }
-          return broken === undefined
-        }
-      }
-      return await run(lock)
-    } catch (err) {
-      if (err instanceof TaskvaultError) throw err
-      broken ??= err instanceof Error ? err : new Error(String(err))
-      throw storageError(`running the ${pass} pass`, err, false)
-    } finally {
-      await client.query('ROLLBACK').catch((err: Error) => { broken ??= err })
-      client.removeListener('error', onError)
-      client.release(broken)
-    }
+    return exclusively(this.pool, this.schema, pass, run)
   }
 
   async eventLog (): Promise<{ token: string, latest: number }> {
@@ -1045,55 +945,12 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    */
   private async run<R extends pg.QueryResultRow> (operation: string, config: pg.QueryConfig, outcomes: ReadonlyArray<readonly [string, Outcome]> = [], bound?: Bound): Promise<pg.QueryResult<R>> {
     try {
-      return await this.query<R>(config, bound)
+      return await pooledQuery<R>(this.pool, config, bound)
     } catch (err) {
       const failure = err instanceof QueryFailure ? err : new QueryFailure(err, true)
       const error = storageError(operation, failure.cause, failure.sent)
       if (error instanceof StorageError && error.uncertain) for (const [sessionId, outcome] of outcomes) this.remember(sessionId, outcome)
       throw error
-    }
-  }
-
-  /**
-   * Runs a statement on a pooled connection; fails with a QueryFailure. A connection that
-   * failed (or whose state is unknown) is destroyed rather than returned to the pool. `bound`:
-   * not sent unless still wanted once a connection is free, and cancelled by the database past
-   * its time (a transaction with its own statement_timeout, which a host's pool never keeps).
-   */
-  private async query<R extends pg.QueryResultRow> (config: pg.QueryConfig, bound?: Bound): Promise<pg.QueryResult<R>> {
-    let client: pg.PoolClient
-    try {
-      client = await this.pool.connect()
-    } catch (err) {
-      throw new QueryFailure(err, false)
-    }
-    if (bound !== undefined && !bound.wanted()) {
-      client.release()
-      throw new QueryFailure(new Error('no longer wanted'), false)
-    }
-    let broken: Error | undefined
-    // A checked-out client has no listener of the pool's: unheard, its 'error' (the connection
-    // dropped) would end the process.
-    const onError = (err: Error): void => { broken ??= err }
-    client.on('error', onError)
-    try {
-      if (bound === undefined) return await client.query<R>(config)
-      await client.query(`BEGIN; SET LOCAL statement_timeout = ${Math.max(1, Math.floor(bound.statementMs))}`)
-      try {
-        const result = await client.query<R>(config)
-        await client.query('COMMIT')
-        return result
-      } catch (err) {
-        // A connection in an unknown state is destroyed (its transaction dies with it), never asked for more.
-        if (!breaksConnection(err)) await client.query('ROLLBACK').catch((failure: Error) => { broken ??= failure })
-        throw err
-      }
-    } catch (err) {
-      if (breaksConnection(err)) broken ??= err instanceof Error ? err : new Error(String(err))
-      throw new QueryFailure(err, true)
-    } finally {
-      client.removeListener('error', onError)
-      client.release(broken)
     }
   }
 
@@ -1210,59 +1067,9 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   }
 }
 
-/** How a statement failed: `sent` when it may have reached the server (see storageError). */
-class QueryFailure {
-  constructor (readonly cause: unknown, readonly sent: boolean) {}
-}
-
-/** A pass's advisory lock key: a 31-bit hash of its name (FNV-1a). */
-function passKey (name: string): number {
-  let hash = 0x811c9dc5
-  for (let i = 0; i < name.length; i++) hash = Math.imul(hash ^ name.charCodeAt(i), 0x01000193)
-  return (hash >>> 1)
-}
-
-/** The name of a stored copy in failures and the archive index: `<session id>@<row id>`. */
-function archivedLikeName (sessionId: string, rowId: string): string {
-  return `${sessionId}@${rowId}`
-}
-
 /** A stored copy as a page of archived rows gives it. */
 interface StoredRow {
   row_id: string
   session_id: string
   document: string
-}
-
-/** The row id an archivedLikeName names; undefined for any other name. */
-function rowOf (name: string): string | undefined {
-  return /^[A-Za-z0-9_-]+@(\d+)$/u.exec(name)?.[1]
-}
-
-/** An archived row's summary, as summarize() would make it from the document. */
-function summaryOf (row: ArchivedRow, name: string): ArchivedSummary {
-  return {
-    session_id: row.session_id,
-    created_at: row.created_at,
-    updated_at: row.updated_at,
-    ...progressOfRow(row),
-    finished_at: row.finished_at?.toISOString() ?? row.updated_at,
-    file: name
-  }
-}
-
-type TaskCounts = Record<'tasks_total' | 'tasks_completed' | 'tasks_failed' | 'tasks_pending' | 'tasks_in_progress', number>
-
-/** A row's progress from its task counts, as progressOf() gives it from the tasks. */
-function progressOfRow (row: TaskCounts): Static<typeof ProgressSchema> {
-  const done = row.tasks_completed + row.tasks_failed
-  return {
-    total: row.tasks_total,
-    completed: row.tasks_completed,
-    failed: row.tasks_failed,
-    pending: row.tasks_pending,
-    in_progress: row.tasks_in_progress,
-    all_done: row.tasks_total > 0 && done === row.tasks_total,
-    percentage: row.tasks_total === 0 ? 0 : Math.round((done / row.tasks_total) * 10000) / 100
-  }
 }
