@@ -64,37 +64,39 @@ export function request (path: string, init: RequestInit & { headers?: Record<st
 /**
  * A call that has had no answer this long is given up. After a network drop the browser may send
  * a call over a pooled connection that is dead: without a bound it would wait forever, holding
- * one of the six connections the browser gives a server, until the event stream found none.
+ * one of the six connections the browser gives a server, and its button busy.
  */
 export const ANSWER_TIMEOUT_MS = 30_000
+/** The same for a call whose answer waits for its work (running a task: as long as its agent takes; an archive pass). */
+export const WORK_TIMEOUT_MS = 300_000
 
-/** Runs `call` with a signal that aborts after `ms` (none when null); a call so ended says so. */
-export async function answered<T> (ms: number | null, call: (signal?: AbortSignal) => Promise<T>): Promise<T> {
-  if (ms === null) return call()
+/**
+ * Runs `call` with a signal that aborts after `ms`; a call so ended says so. `change`: the call
+ * changes something, which may have been done all the same.
+ */
+export async function answered<T> (ms: number, call: (signal: AbortSignal) => Promise<T>, change = false): Promise<T> {
   const signal = AbortSignal.timeout(ms)
   try {
     return await call(signal)
   } catch (err) {
-    if (signal.aborted) throw new ApiError(0, `no answer within ${ms / 1000} s (is the network down?)`)
-    throw err
+    if (!signal.aborted) throw err
+    throw new ApiError(0, change
+      ? `no answer within ${ms / 1000} s: it may have been done all the same (the page shows it once it is); check before trying again`
+      : `no answer within ${ms / 1000} s (is the network down?)`)
   }
 }
 
-/**
- * `answerMs`: null for a call that lasts as long as its work does (POST /execute waits for the
- * task; an archive pass, for the whole store).
- */
-export async function api<T> (method: string, path: string, body?: unknown, answerMs: number | null = ANSWER_TIMEOUT_MS): Promise<T> {
+export async function api<T> (method: string, path: string, body?: unknown, answerMs = ANSWER_TIMEOUT_MS): Promise<T> {
   return answered(answerMs, async (signal) => {
     const res = await fetch(request(path, { method, signal, ...(body !== undefined && { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }) }))
     if (res.status === 204) return null as T
     const data = await res.json().catch(() => null) as { message?: string } | null
     // A body cut off by the timeout is no answer, whatever the status said.
-    signal?.throwIfAborted()
+    signal.throwIfAborted()
     if (res.status === 401) throw refused(data?.message ?? 'unauthorized')
     if (!res.ok) throw new ApiError(res.status, `${res.status}: ${data?.message ?? res.statusText}`)
     return data as T
-  })
+  }, method !== 'GET')
 }
 
 /** For the event stream, which reads its own answer: a 401 asks for a key. */

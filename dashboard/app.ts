@@ -7,7 +7,7 @@
 import type { Static } from '@sinclair/typebox'
 import type { Progress as ProgressSchema, SessionSummary as SessionSummarySchema } from '../dist/schemas/api.js'
 import type { Task as TaskSchema } from '../dist/schemas/session.js'
-import { answered, ANSWER_TIMEOUT_MS, api, ApiError, onKeyWanted, saveKey } from './api.js'
+import { answered, ANSWER_TIMEOUT_MS, api, ApiError, onKeyWanted, saveKey, WORK_TIMEOUT_MS } from './api.js'
 import { $, arrange, el, keepFocus, setText } from './dom.js'
 import { bytes, duration, when } from './format.js'
 import { RETRY_FIRST_MS, RETRY_MAX_MS, sleep } from './stream.js'
@@ -333,7 +333,7 @@ $('archive-form').addEventListener('submit', (event) => {
   event.preventDefault()
   void act(async () => {
     const days = $<HTMLInputElement>('archive-days').value
-    const pass = await api<{ archived: number, deleted: number }>('POST', '/archive', days === '' ? {} : { older_than_days: Number(days) }, null)
+    const pass = await api<{ archived: number, deleted: number }>('POST', '/archive', days === '' ? {} : { older_than_days: Number(days) }, WORK_TIMEOUT_MS)
     notice(`Archived ${pass.archived} session(s), deleted ${pass.deleted}`)
   }, $('archive-form'))
 })
@@ -519,7 +519,7 @@ function markBusyActions (sessionId: string | undefined): void {
 }
 
 sessionAction('act-execute', async (id) => {
-  const done = await api<{ status: string }>('POST', '/execute', { session_id: id }, null)
+  const done = await api<{ status: string }>('POST', '/execute', { session_id: id }, WORK_TIMEOUT_MS)
   notice(`Task ${done.status}`)
 })
 sessionAction('act-run', async (id) => {
@@ -576,7 +576,8 @@ function route (moveFocus = false): void {
   markBusyActions(state.detail?.session_id)
   clearDetail(id, valid ? '' : `session '${id}' not found`)
   if (moveFocus) $('session-title').focus()
-  if (valid) void loadDetail(id).catch(showError)
+  // A page's load is a background one: its error goes once a later load succeeds.
+  if (valid) void loadDetail(id).then(backgroundRecovered, showBackgroundError)
 }
 window.addEventListener('hashchange', () => { route(true) })
 

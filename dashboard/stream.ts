@@ -56,16 +56,18 @@ const SILENT_BEATS = 3
 /** Until the server has named its period: three of the default heartbeats (an answer that stops coming). */
 const FIRST_SILENT_MS = 45_000
 /**
- * The server answers a stream at once (its headers and the comment naming the heartbeat): an
- * attempt with no answer this long is given up, whatever the heartbeat.
+ * After a connection went silent, the network may have dropped every connection the browser kept
+ * to the server (up to six), and the browser sends the next attempts over them. The server
+ * answers a stream at once (headers, then the comment naming the heartbeat), so an attempt
+ * unanswered this long is given up and the next one sent soon after: each dead connection costs
+ * this once. Past POOLED_CONNECTIONS such attempts the wait doubles (up to three heartbeats), so
+ * a server merely slow to answer is reached all the same.
  */
 export const ANSWER_WAIT_MS = 5_000
-/**
- * Unanswered attempts retried at once before backing off. After a network drop the browser sends
- * each attempt over one of its pooled connections to the server (up to six), any of which may be
- * dead; each such attempt costs ANSWER_WAIT_MS, not a growing backoff on top.
- */
 export const POOLED_CONNECTIONS = 6
+
+/** A retry's wait, spread by a quarter either way: pages cut off together do not come back in step. */
+const jittered = (ms: number): number => ms * (0.75 + Math.random() / 2)
 
 /**
  * Reads the stream for as long as the page lives, reconnecting with the last id it saw; returns
@@ -78,7 +80,8 @@ export async function follow (on: StreamHandlers, options: FollowOptions = {}): 
   // answers nothing (every route dropped, the browser reusing a dead pooled connection) is given
   // up after a few of them, not after FIRST_SILENT_MS each time.
   let silentMs = FIRST_SILENT_MS
-  // Attempts in a row that got no answer at all (see POOLED_CONNECTIONS).
+  // Since a connection went silent, the attempts in a row that got no answer (see ANSWER_WAIT_MS).
+  let suspect = false
   let unanswered = 0
   for (;;) {
     if (options.pauseWhenHidden === true && document.hidden) {
@@ -98,9 +101,10 @@ export async function follow (on: StreamHandlers, options: FollowOptions = {}): 
     // once the server has named its heartbeat, silence for a few of them closes it, and the page
     // reconnects with its last id rather than showing "live" while nothing arrives.
     let watchdog: ReturnType<typeof setTimeout> | undefined
+    const answerWait = suspect ? Math.min(silentMs, ANSWER_WAIT_MS * 2 ** Math.max(0, unanswered - POOLED_CONNECTIONS + 1)) : silentMs
     const heard = (): void => {
       clearTimeout(watchdog)
-      watchdog = setTimeout(() => { silent = true; connection.abort() }, answer ? silentMs : Math.min(silentMs, ANSWER_WAIT_MS))
+      watchdog = setTimeout(() => { silent = true; connection.abort() }, answer ? silentMs : answerWait)
     }
     heard()
     // A snapshot being fetched is no silence of the stream: the watchdog waits for it.
@@ -125,6 +129,7 @@ export async function follow (on: StreamHandlers, options: FollowOptions = {}): 
     try {
       const res = await fetch(request('/events', { headers: lastId === null ? {} : { 'last-event-id': lastId }, signal: connection.signal }))
       answer = true
+      suspect = false
       unanswered = 0
       heard()
       if (res.status === 401) throw streamRefused()
@@ -188,11 +193,12 @@ export async function follow (on: StreamHandlers, options: FollowOptions = {}): 
       delay = RETRY_FIRST_MS
       continue
     }
+    if (silent) suspect = true
     if (silent && !answer && ++unanswered <= POOLED_CONNECTIONS) {
-      await sleep(RETRY_FIRST_MS)
+      await sleep(jittered(RETRY_FIRST_MS))
       continue
     }
-    await sleep(delay)
+    await sleep(jittered(delay))
     delay = Math.min(delay * 2, RETRY_MAX_MS)
   }
 }

@@ -534,7 +534,7 @@ async function run (browser: Browser): Promise<void> {
 
     await page.getByRole('link', { name: 'twice', exact: true }).click()
     await page.locator('#session-title', { hasText: 'twice' }).waitFor()
-    // The opening's own load done first: failed, it would be the user's action's error, which stays.
+    // The opening's own load done first.
     await page.locator('li.task').nth(1).waitFor()
     await settle(page)
     // A refresh after an event fails (a moment's 503): shown, then gone once the next one succeeds.
@@ -553,6 +553,21 @@ async function run (browser: Browser): Promise<void> {
     t.ok(await page.locator('#error', { hasText: 'no failed task' }).isVisible(), 'the action\'s error is still shown')
     // The 503 and the 409 above are the browser's own lines for answers the test asked for.
     t.same(errors.filter((text) => !/status of (409|503)\b/.test(text)), [], 'nothing else in the console (a missing icon would be a 404 there)')
+  })
+
+  t.test('a session page whose opening load fails says why, and the error goes once a later load succeeds', async (t) => {
+    await createSession(app, 'opening', '1. one')
+    const detail = failing('**/api/v1/tasks/progress?session_id=opening')
+    const page = await open(t, browser, `${base}#/session/opening`, {}, async (page) => {
+      await detail.on(page)
+      detail.fail(1)
+    })
+    await waitFor('the opening load refused', () => detail.left() === 0)
+    // Drawn by a later load (the one after the snapshot, or after an event).
+    await createSession(app, 'opening', '2. two')
+    await page.locator('li.task').nth(1).waitFor()
+    await page.locator('#error').waitFor({ state: 'hidden' })
+    t.equal(await page.locator('#error').textContent(), '503: busy', 'the refusal was shown')
   })
 
   t.test('an action in flight on one session leaves the same button free on another session\'s page', async (t) => {
