@@ -72,12 +72,13 @@ export interface UnsealedRow extends StoredRow {
 /**
  * Stored copies, active and archived, not sealed under `kid` (by the sealed_kid column every
  * write keeps), a page at a time by row id: what `seal` has left to do, so a rerun after an
- * interruption only reads the rest.
+ * interruption only reads the rest. With them, copies sealed under it with no task counted:
+ * what `import` wrote without the key (see resealRow).
  */
 export function unsealedPage (after: string, limit: number, kid: string): pg.QueryConfig {
   return {
     text: `SELECT row_id, session_id, version, archived_at IS NOT NULL AS archived, document::text AS document FROM sessions
-      WHERE row_id > $1 AND sealed_kid IS DISTINCT FROM $3 ORDER BY row_id LIMIT $2`,
+      WHERE row_id > $1 AND (sealed_kid IS DISTINCT FROM $3 OR tasks_total = 0) ORDER BY row_id LIMIT $2`,
     values: [after, limit, kid]
   }
 }
@@ -86,14 +87,15 @@ export function unsealedPage (after: string, limit: number, kid: string): pg.Que
  * The same session re-stored sealed under `kid`, if the row is still at `version`. The version
  * is left as it is on purpose: the content does not change, only its form, so a server that read
  * the row before goes on saving it without a conflict (its save, newer, replaces this one). The
- * task counts are set from the content: a copy imported under a key that was missing then has 0s.
+ * task counts, finish time and run are set from the content: a copy imported under a key that
+ * was missing then has 0s, no finish and no run.
  */
 export function resealRow (rowId: string, version: string, document: Buffer, c: DerivedColumns): pg.QueryConfig {
   return {
     text: `UPDATE sessions SET document = $3::json, sealed_kid = $4, tasks_total = $5, tasks_completed = $6, tasks_failed = $7,
-        tasks_pending = $8, tasks_in_progress = $9
+        tasks_pending = $8, tasks_in_progress = $9, finished_at = $10::timestamptz, has_background_run = $11
       WHERE row_id = $1 AND version = $2 RETURNING row_id`,
-    values: [rowId, version, document, c.sealedKid, c.total, c.completed, c.failed, c.pending, c.inProgress]
+    values: [rowId, version, document, c.sealedKid, c.total, c.completed, c.failed, c.pending, c.inProgress, c.finishedAt, c.hasBackgroundRun]
   }
 }
 

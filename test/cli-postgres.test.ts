@@ -100,6 +100,45 @@ t.test('export, import into a fresh database, export again: the same bytes, acti
   t.same((await reopened.readArchived('twice')).session?.file.session.tasks[0]?.status, 'Completed', 'the newest archived copy is still the newest')
 })
 
+t.test('sealed files imported without their key get their task counts from a server with the key at its restore, and archived copies from seal', async (t) => {
+  const first = await testDatabase(t)
+  const second = await testDatabase(t)
+  if (first === null || second === null) return
+  const keyring = Keyring.fromEntries([['k1', KEY]])
+  const source = await openStore(t, first, keyring)
+  await source.save(session('done', ['Completed', 'Completed'], daysAgo(30)))
+  // Interrupted midway: the sweep that resumes runs finds it by its count of tasks in progress.
+  await source.save(session('interrupted', ['Completed', 'InProgress', 'Pending'], daysAgo(1)))
+  await source.save(session('old', ['Completed'], daysAgo(60)))
+  await source.archive(session('old', ['Completed'], daysAgo(60)))
+  const folder = join(await tempDir(t, 'taskvault-cli-pg-'), 'out')
+  const exported = await taskvault(['export', '--database-url', first, folder], { env: KEYS_ENV })
+  t.equal(exported.code, 0, exported.stderr)
+  const imported = await taskvault(['import', folder, '--database-url', second], { env: {} })
+  t.equal(imported.code, 0, imported.stderr)
+  type Counts = { session_id: string, archived: boolean, tasks_total: number, tasks_in_progress: number, finished: boolean }
+  const counts = async (): Promise<Counts[]> => query<Counts>(second, `SELECT session_id, archived_at IS NOT NULL AS archived, tasks_total, tasks_in_progress,
+    finished_at IS NOT NULL AS finished FROM sessions ORDER BY session_id`)
+  t.same((await counts()).map((row) => row.tasks_total), [0, 0, 0], 'without the key, the import counts no task')
+
+  const server = await openStore(t, second, keyring)
+  const loaded = await server.loadAll({ concurrency: 1 })
+  t.equal(loaded.sessions.length, 2)
+  t.same(await counts(), [
+    { session_id: 'done', archived: false, tasks_total: 2, tasks_in_progress: 0, finished: true },
+    { session_id: 'interrupted', archived: false, tasks_total: 3, tasks_in_progress: 1, finished: false },
+    { session_id: 'old', archived: true, tasks_total: 0, tasks_in_progress: 0, finished: false }
+  ], 'a restore with the key sets the active rows\' columns: the finished one can be archived, the interrupted one resumed')
+  t.equal((await server.totals()).total_tasks, 5, '/stats counts their tasks')
+
+  const sealed = await taskvault(['seal', '--database-url', second, '--json'], { env: KEYS_ENV })
+  t.equal(sealed.code, 0, sealed.stderr)
+  t.match(sealed.json(), { sealed: 1 }, 'seal rewrites the archived copy under the key it is sealed under already')
+  t.same((await counts()).find((row) => row.session_id === 'old'), { session_id: 'old', archived: true, tasks_total: 1, tasks_in_progress: 0, finished: true }, 'and sets its columns')
+  const again = await taskvault(['seal', '--database-url', second, '--json'], { env: KEYS_ENV })
+  t.match(again.json(), { sealed: 0 }, 'a second run has nothing left to do')
+})
+
 t.test('import keeps a hand-written file\'s bytes, and running it again skips everything', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -392,6 +392,60 @@ t.test('undoing a create whose outcome is unknown deletes the row it left, never
   t.pass('and its writer goes on with it')
 })
 
+/**
+ * Saves (or archives) so that the connection breaks while the server is still running the
+ * statement (sleeping in a trigger for 1 s), and the error comes at once. The save's error.
+ */
+async function brokenMidStatement (db: pg.Pool, proxy: TcpProxy, write: () => Promise<unknown>, trigger: string): Promise<unknown> {
+  await db.query('CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$')
+  await db.query(`CREATE TRIGGER slow BEFORE ${trigger} ON sessions FOR EACH ROW EXECUTE FUNCTION slow_write()`)
+  const writing = write().catch((error: unknown) => error)
+  await waitFor('the statement to reach the server', async () => (await db.query(
+    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
+  // Both sides of every connection closed: the server's process does not notice while it runs the statement.
+  proxy.drop()
+  const err = await writing
+  proxy.pass()
+  return err
+}
+
+async function dropSlowWrite (db: pg.Pool): Promise<void> {
+  await db.query('DROP TRIGGER slow ON sessions')
+  await db.query('DROP FUNCTION slow_write()')
+}
+
+t.test('a write whose connection broke while the server still ran it is ended before the store reads: an undone create or archive never lands later', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  const { proxy, url: through } = await throughProxy(t, url)
+  const store = await openStore(t, through, { statementTimeoutMs: 5_000 })
+
+  const created = contractSession('late', ['Pending'])
+  t.match(await brokenMidStatement(db, proxy, async () => store.save(created), 'INSERT'), { code: 'STORAGE_UNAVAILABLE', uncertain: true }, 'the create fails at once, its outcome unknown')
+  // What the registry does after a failed create: undo it.
+  await store.remove('late')
+  const undone = performance.now()
+  t.equal(await documentOf(db, 'late'), null, 'no row')
+  // Past the trigger's sleep: a statement still running would have committed by now.
+  await new Promise((resolve) => setTimeout(resolve, 1_500 - (performance.now() - undone)))
+  t.equal(await documentOf(db, 'late'), null, 'and none lands later')
+  t.equal((await db.query("SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'")).rowCount, 0, 'the statement was ended, not left to run')
+  await dropSlowWrite(db)
+
+  const finished = contractSession('archived', ['Completed'])
+  await store.save(finished)
+  t.match(await brokenMidStatement(db, proxy, async () => store.archive(finished), 'UPDATE'), { code: 'STORAGE_UNAVAILABLE', uncertain: true }, 'the archive fails at once, its outcome unknown')
+  // What the archiver does after a failed archive: undo it, the session staying active.
+  await store.undoArchive(finished)
+  await new Promise((resolve) => setTimeout(resolve, 1_500))
+  const { rows } = await db.query<{ archived: boolean }>('SELECT archived_at IS NOT NULL AS archived FROM sessions WHERE session_id = $1', ['archived'])
+  t.same(rows, [{ archived: false }], 'one row, active: the archive did not land after the undo')
+  await dropSlowWrite(db)
+  await store.remove('archived')
+  t.equal((await db.query('SELECT 1 FROM sessions WHERE session_id = $1', ['archived'])).rowCount, 0, 'and a delete leaves nothing')
+})
+
 t.test('an unknown outcome that did land and was re-sealed since (taskvault seal) is recognised by its content', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -8,9 +8,12 @@ export interface Bound {
   wanted: () => boolean
 }
 
-/** How a statement failed: `sent` when it may have reached the server (see storageError). */
+/**
+ * How a statement failed: `sent` when it may have reached the server (see storageError);
+ * `backend`, the server process of a connection that broke meanwhile (see orphans.ts).
+ */
 export class QueryFailure {
-  constructor (readonly cause: unknown, readonly sent: boolean) {}
+  constructor (readonly cause: unknown, readonly sent: boolean, readonly backend: number | null = null) {}
 }
 
 /**
@@ -48,10 +51,17 @@ export async function pooledQuery<R extends pg.QueryResultRow> (pool: pg.Pool, c
       throw err
     }
   } catch (err) {
-    if (breaksConnection(err)) broken ??= err instanceof Error ? err : new Error(String(err))
-    throw new QueryFailure(err, true)
+    if (!breaksConnection(err)) throw new QueryFailure(err, true)
+    broken ??= err instanceof Error ? err : new Error(String(err))
+    throw new QueryFailure(err, true, backendOf(client))
   } finally {
     client.removeListener('error', onError)
     client.release(broken)
   }
+}
+
+/** The server process a connection talks to (from its BackendKeyData), null when unknown. */
+function backendOf (client: pg.PoolClient): number | null {
+  const pid = (client as { processID?: unknown }).processID
+  return typeof pid === 'number' && Number.isInteger(pid) && pid > 0 ? pid : null
 }

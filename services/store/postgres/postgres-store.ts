@@ -21,12 +21,13 @@ import { errnoLike, programmingError, storageError, uncertain } from './pg-error
 import { checkSchemaName, redactUrl } from './database-url.js'
 import { createPool, endConnection, openConnection, type PoolSettings } from './pool.js'
 import {
-  CONNECTION_SETTINGS, PING, ROW_TOTALS, activePage, addKeyChecks, deriveColumns, keyChecksOf, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
+  CONNECTION_SETTINGS, PING, ROW_TOTALS, activePage, addKeyChecks, correctColumns, deriveColumns, keyChecksOf, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
   updateSession, type ActiveRow, type DerivedColumns, type RowVersion
 } from './sessions-sql.js'
 import { SaveBatcher, type PendingSave } from './save-batcher.js'
 import { exclusively } from './pass-lock.js'
 import { pooledQuery, QueryFailure, type Bound } from './pooled-query.js'
+import { Orphans } from './orphans.js'
 import { archivedLikeName, listPage, rowOf, summaryOf, writtenTimes } from './row-summaries.js'
 import { leave, liveReplicas } from './replicas-sql.js'
 import { EVENTS_CHANNEL, LeaseKeeper } from './leases.js'
@@ -42,6 +43,8 @@ const DEFAULT_SAVE_BATCH = 50
 const DEFAULT_SAVE_BATCH_BYTES = 4 * 1024 * 1024
 /** Connections a shared store needs at least: the listener, a pass's lock, and one for everything else. */
 const MIN_SHARED_POOL = 3
+/** How long statements of broken connections may take to end, for a host's pool (ours: the statement timeout). */
+const DEFAULT_ORPHAN_WAIT_MS = 10_000
 /** TASK_LEASE_MS's default. */
 const DEFAULT_LEASE_MS = 30_000
 
@@ -186,6 +189,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   /** Sessions another replica held a live lease on when last read (refresh, list), by holder. */
   private readonly elsewhere = new Map<string, string>()
   private closed = false
+  /** Statements of ours that may still be running on the server, ended before the next one (orphans.ts). */
+  private readonly orphans: Orphans
   private readonly onMigrationLockWait: ((wait: MigrationLockWait) => void) | undefined
 
   constructor (options: PostgresSessionStoreOptions) {
@@ -205,6 +210,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     } else {
       throw new InvalidDatabaseSettingError('DATABASE_URL', 'the PostgreSQL store needs connection settings or a pool')
     }
+    this.orphans = new Orphans(this.pool, options.settings?.statementTimeoutMs || DEFAULT_ORPHAN_WAIT_MS)
     this.indent = options.indent ?? 2
     this.maxSessionBytes = options.maxSessionBytes ?? Number.POSITIVE_INFINITY
     this.keyring = options.keyring ?? null
@@ -300,6 +306,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     const missingKeys = new Map<string, number>()
     // Rows whose box did not open, by kid: damaged, unless no row under the kid opens (a wrong key).
     const unopened = new Map<string, Array<{ sessionId: string, failure: LoadFailure }>>()
+    // Rows whose columns are not their documents' (see correctColumns).
+    const astray: Array<{ known: RowVersion, columns: DerivedColumns }> = []
     let next: Promise<ActiveRow[]> | null = this.page('')
     while (next !== null) {
       const rows: ActiveRow[] = await next
@@ -313,6 +321,10 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
           const { file, kid } = readSessionDocument(name, row.document, row.session_id, this.keyring)
           sessions.push({ file, bytes: row.bytes })
           this.known(row.session_id, { row: row.row_id, version: row.version, kid: kid ?? '' })
+          const columns = deriveColumns(file, kid ?? null)
+          if (columns.total !== row.tasks_total || columns.inProgress !== row.tasks_in_progress || columns.hasBackgroundRun !== row.has_background_run || (columns.finishedAt !== null) !== row.finished) {
+            astray.push({ known: { row: row.row_id, version: row.version }, columns })
+          }
           if (kid !== null && kid !== undefined) this.provenKids.add(kid)
         } catch (err) {
           if (err instanceof KeyUnavailableError) {
@@ -337,6 +349,9 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       for (const { sessionId, failure } of rows) this.setUnreadable(sessionId, failure, failures)
     }
     await this.settleKeyChecks()
+    // Lists, /stats, archiving and the sweep that resumes runs go by the columns: they are set
+    // now rather than at the session's next save, which a finished session or a stuck run never makes.
+    for (const { known, columns } of astray) await this.run('correcting the task counts of imported sessions', correctColumns(known, columns))
     return { sessions, failures, removedTempFiles: 0 }
   }
 
@@ -449,9 +464,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     })))
     let rows: Array<{ session_id: string, row_id: string, version: string }>
     try {
+      await this.orphans.settled()
       rows = (await pooledQuery<{ session_id: string, row_id: string, version: string }>(this.pool, config)).rows
     } catch (err) {
       const failure = err instanceof QueryFailure ? err : new QueryFailure(err, true)
+      this.orphans.add(failure)
       if (!uncertain(failure.cause, failure.sent)) {
         // Rolled back for certain (a statement timeout, a constraint): maybe one session's
         // doing. Each is tried again alone, so only the culprit fails.
@@ -945,9 +962,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    */
   private async run<R extends pg.QueryResultRow> (operation: string, config: pg.QueryConfig, outcomes: ReadonlyArray<readonly [string, Outcome]> = [], bound?: Bound): Promise<pg.QueryResult<R>> {
     try {
+      await this.orphans.settled()
       return await pooledQuery<R>(this.pool, config, bound)
     } catch (err) {
       const failure = err instanceof QueryFailure ? err : new QueryFailure(err, true)
+      this.orphans.add(failure)
       const error = storageError(operation, failure.cause, failure.sent)
       if (error instanceof StorageError && error.uncertain) for (const [sessionId, outcome] of outcomes) this.remember(sessionId, outcome)
       throw error

@@ -212,8 +212,28 @@ export interface ActiveRow {
   version: string
   sealed_kid: string | null
   bytes: number
+  /** The columns the restore checks against the document (see correctColumns). */
+  tasks_total: number
+  tasks_in_progress: number
+  has_background_run: boolean
+  finished: boolean
   /** As stored: `document::text`, or node-postgres would JSON.parse it. */
   document: string
+}
+
+/**
+ * A row's columns set from its document, if the row is still at `expected`. The version is
+ * kept: the document does not change. For rows whose columns are not the document's: those
+ * `taskvault import` wrote without the key they are sealed under (counts of 0, no run).
+ */
+export function correctColumns (expected: RowVersion, c: DerivedColumns): pg.QueryConfig {
+  return {
+    text: `UPDATE sessions SET sealed_kid = $3, created_at = $4::timestamptz, updated_at = $5::timestamptz,
+        finished_at = $6::timestamptz, tasks_total = $7, tasks_completed = $8, tasks_failed = $9, tasks_pending = $10,
+        tasks_in_progress = $11, has_background_run = $12
+      WHERE row_id = $1 AND version = $2 AND archived_at IS NULL`,
+    values: [expected.row, expected.version, ...derivedValues(c)]
+  }
 }
 
 /**
@@ -223,7 +243,8 @@ export interface ActiveRow {
 export function activePage (after: string, limit: number): pg.QueryConfig {
   return {
     name: 'taskvault_active_page',
-    text: `SELECT row_id, session_id, version, sealed_kid, bytes, document::text AS document FROM sessions
+    text: `SELECT row_id, session_id, version, sealed_kid, bytes, tasks_total, tasks_in_progress, has_background_run,
+        finished_at IS NOT NULL AS finished, document::text AS document FROM sessions
       WHERE archived_at IS NULL AND session_id > $1 ORDER BY session_id LIMIT $2`,
     values: [after, limit]
   }
