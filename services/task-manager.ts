@@ -170,9 +170,12 @@ export class TaskManager {
     const started = performance.now()
     const { sessions, failures, removedTempFiles } = await this.store.loadAll({ concurrency: this.settings.restoreConcurrency })
     for (const failure of failures) {
-      this.log.error({ file: failure.name, moved_to: failure.movedTo, reason: failure.reason }, failure.movedTo === null
-        ? 'Could not load a task session; it could not be moved to corrupt/ either, so it is left where it is and no save of that id replaces it'
-        : 'Could not load a task session; set aside')
+      this.log.error({ file: failure.name, moved_to: failure.movedTo, reason: failure.reason }, failure.movedTo !== null
+        ? 'Could not load a task session; set aside'
+        : this.store.kind === 'file'
+          ? 'Could not load a task session; it could not be moved to corrupt/ either, so it is left where it is and no save of that id replaces it'
+          // PostgreSQL sets no row aside: the row stays, and reads of that session fail until it is mended or deleted.
+          : 'Could not load a task session; its row is left as it is and no save of that id replaces it')
     }
     if (removedTempFiles > 0) this.log.warn({ count: removedTempFiles }, 'Removed temp files left by interrupted saves')
     let resetTasks = 0
