@@ -243,7 +243,7 @@ export class ForeignFolderError extends TaskvaultError {
 
 /** A session file that cannot be parsed or does not match the file schema. */
 export class CorruptSessionFileError extends TaskvaultError {
-  constructor (readonly fileName: string, reason: string) {
+  constructor (readonly fileName: string, readonly reason: string) {
     super('CORRUPT_SESSION_FILE', `${fileName}: ${reason}`)
   }
 }

@@ -125,6 +125,7 @@ t.test('seal --database-url: no keys, an unreadable row, a folder and a URL toge
   const run = await taskvault(['seal', '--database-url', url, '--json'], { env })
   t.equal(run.code, 1, 'exit 1: a row could not be read')
   t.match(run.json(), { sealed: 1, unreadable: 1, underKey: 1, other: 1, problems: [{ file: /^broken@\d+$/u }] })
+  t.notMatch((run.json() as { problems: Array<{ reason: string }> }).problems[0]?.reason, /broken@/u, 'the reason does not name the row again')
   t.equal((await client.query<{ document: string }>('SELECT document::text AS document FROM sessions WHERE session_id = \'broken\'')).rows[0]?.document, '{"session_id": "broken"}', 'the unreadable row is left as it was')
 
   const both = await taskvault(['seal', 'data/tasks', '--database-url', url], { env })

@@ -60,7 +60,8 @@ async function resealed (row: UnsealedRow, settings: Config, keyring: Keyring, p
     return { data: await serializeSessionFile(file, 2, sessionBound(file, settings.TASK_MAX_SESSION_BYTES, { records: true }), keyring, settings.TASK_MAX_SESSION_BYTES), file }
   } catch (err) {
     if (err instanceof CorruptSessionFileError || err instanceof KeyUnavailableError) {
-      problems.push({ file: rowName(row), reason: err.message })
+      // The report names the row already.
+      problems.push({ file: rowName(row), reason: err instanceof CorruptSessionFileError ? err.reason : err.message })
       return null
     }
     if (err instanceof SessionTooLargeError) {
