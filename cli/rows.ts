@@ -67,17 +67,23 @@ export function rowName (row: { session_id: string, row_id: string, archived: bo
 
 export interface UnsealedRow extends StoredRow {
   version: string
+  tasks_total: number
+  tasks_in_progress: number
+  has_background_run: boolean
+  finished: boolean
 }
 
 /**
  * Stored copies, active and archived, not sealed under `kid` (by the sealed_kid column every
  * write keeps), a page at a time by row id: what `seal` has left to do, so a rerun after an
  * interruption only reads the rest. With them, copies sealed under it with no task counted:
- * what `import` wrote without the key (see resealRow).
+ * what `import` wrote without the key (see resealRow), or sessions of no task, which seal
+ * passes over once it has read them.
  */
 export function unsealedPage (after: string, limit: number, kid: string): pg.QueryConfig {
   return {
-    text: `SELECT row_id, session_id, version, archived_at IS NOT NULL AS archived, document::text AS document FROM sessions
+    text: `SELECT row_id, session_id, version, archived_at IS NOT NULL AS archived, tasks_total, tasks_in_progress, has_background_run,
+        finished_at IS NOT NULL AS finished, document::text AS document FROM sessions
       WHERE row_id > $1 AND (sealed_kid IS DISTINCT FROM $3 OR tasks_total = 0) ORDER BY row_id LIMIT $2`,
     values: [after, limit, kid]
   }

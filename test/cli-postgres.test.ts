@@ -111,6 +111,8 @@ t.test('sealed files imported without their key get their task counts from a ser
   await source.save(session('interrupted', ['Completed', 'InProgress', 'Pending'], daysAgo(1)))
   await source.save(session('old', ['Completed'], daysAgo(60)))
   await source.archive(session('old', ['Completed'], daysAgo(60)))
+  // No task at all (a stored file may have none): its counts are right at 0, and seal passes it over.
+  await source.save(session('empty', [], daysAgo(2)))
   const folder = join(await tempDir(t, 'taskvault-cli-pg-'), 'out')
   const exported = await taskvault(['export', '--database-url', first, folder], { env: KEYS_ENV })
   t.equal(exported.code, 0, exported.stderr)
@@ -119,13 +121,14 @@ t.test('sealed files imported without their key get their task counts from a ser
   type Counts = { session_id: string, archived: boolean, tasks_total: number, tasks_in_progress: number, finished: boolean }
   const counts = async (): Promise<Counts[]> => query<Counts>(second, `SELECT session_id, archived_at IS NOT NULL AS archived, tasks_total, tasks_in_progress,
     finished_at IS NOT NULL AS finished FROM sessions ORDER BY session_id`)
-  t.same((await counts()).map((row) => row.tasks_total), [0, 0, 0], 'without the key, the import counts no task')
+  t.same((await counts()).map((row) => row.tasks_total), [0, 0, 0, 0], 'without the key, the import counts no task')
 
   const server = await openStore(t, second, keyring)
   const loaded = await server.loadAll({ concurrency: 1 })
-  t.equal(loaded.sessions.length, 2)
+  t.equal(loaded.sessions.length, 3)
   t.same(await counts(), [
     { session_id: 'done', archived: false, tasks_total: 2, tasks_in_progress: 0, finished: true },
+    { session_id: 'empty', archived: false, tasks_total: 0, tasks_in_progress: 0, finished: false },
     { session_id: 'interrupted', archived: false, tasks_total: 3, tasks_in_progress: 1, finished: false },
     { session_id: 'old', archived: true, tasks_total: 0, tasks_in_progress: 0, finished: false }
   ], 'a restore with the key sets the active rows\' columns: the finished one can be archived, the interrupted one resumed')

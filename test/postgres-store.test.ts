@@ -12,6 +12,8 @@ import { noop } from '../services/noop.js'
 import { statusFor } from '../http/error-handler.js'
 import { Keyring } from '../services/store/keyring.js'
 import { connectionConfig } from '../services/store/postgres/pool.js'
+import { Orphans } from '../services/store/postgres/orphans.js'
+import { QueryFailure } from '../services/store/postgres/pooled-query.js'
 import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
 import { serializeSessionFile } from '../services/store/session-files.js'
 import { waitFor } from './helper.js'
@@ -444,6 +446,39 @@ t.test('a write whose connection broke while the server still ran it is ended be
   await dropSlowWrite(db)
   await store.remove('archived')
   t.equal((await db.query('SELECT 1 FROM sessions WHERE session_id = $1', ['archived'])).rowCount, 0, 'and a delete leaves nothing')
+})
+
+t.test('ending the statements of broken connections ends only processes that started before the break, and waits for them', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  const pool = new pg.Pool({ ...connectionConfig({ url, schema: SCHEMA, max: 4, statementTimeoutMs: 10_000 }) })
+  pool.on('error', noop)
+  t.teardown(() => pool.end())
+  const orphans = new Orphans(pool, 5_000)
+  const pidOf = async (client: pg.PoolClient): Promise<number> => (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]?.pid ?? 0
+  const alive = async (pid: number): Promise<boolean> => (await db.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [pid])).rowCount === 1
+  // A connection still running what was sent before its break, and one opened since under an id a broken one had.
+  const running = await pool.connect()
+  const since = await pool.connect()
+  // A checked-out client's connection ending is an 'error' event on it.
+  running.on('error', noop)
+  const runningPid = await pidOf(running)
+  const sincePid = await pidOf(since)
+  const sleeping = running.query('SELECT pg_sleep(30)').catch((err: unknown) => err)
+  await waitFor('the statement to run', async () => (await db.query("SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep'", [runningPid])).rowCount === 1)
+  orphans.add(new QueryFailure(new Error('connection terminated'), true, runningPid))
+  // Broken a minute ago: the process now under that id started after, so it is another connection's.
+  orphans.add(new QueryFailure(new Error('connection terminated'), true, sincePid), performance.now() - 60_000)
+  // Never sent, or no process known: nothing to wait for.
+  orphans.add(new QueryFailure(new Error('refused'), false, 1))
+  await orphans.settled()
+  t.match(await sleeping, { code: '57P01' }, 'the statement still running was ended')
+  t.notOk(await alive(runningPid), 'and its process is gone once settled() resolves')
+  t.ok(await alive(sincePid), 'a process that started after the break is left alone')
+  t.same((await since.query<{ one: number }>('SELECT 1 AS one')).rows, [{ one: 1 }], 'and its connection works')
+  running.release(new Error('ended'))
+  since.release()
 })
 
 t.test('an unknown outcome that did land and was re-sealed since (taskvault seal) is recognised by its content', async (t) => {

@@ -5,7 +5,7 @@ import { CommandFailedError, CorruptSessionFileError, KeyUnavailableError, SealN
 import type { Keyring } from '../../services/store/keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../../services/store/session-files.js'
 import { sessionBound } from '../../services/store/save-rules.js'
-import { deriveColumns, keyChecksOf } from '../../services/store/postgres/sessions-sql.js'
+import { deriveColumns, keyChecksOf, type DerivedColumns } from '../../services/store/postgres/sessions-sql.js'
 import { rowName, resealRow, sealedPage, sealState, unsealedPage, type StoredRow, type UnsealedRow } from '../rows.js'
 
 /** Rows read per round trip. */
@@ -38,7 +38,10 @@ export async function sealRows (client: pg.Client, settings: Config, keyring: Ke
         counts.unreadable++
         continue
       }
-      const { rowCount } = await client.query(resealRow(row.row_id, row.version, sealed.data, deriveColumns(sealed.file, keyring.activeKid)))
+      const columns = deriveColumns(sealed.file, keyring.activeKid)
+      // Under the key already, its columns right (a session of no task): nothing to do.
+      if (sealed.kept && sameColumns(row, columns)) continue
+      const { rowCount } = await client.query(resealRow(row.row_id, row.version, sealed.data, columns))
       if (rowCount === 1) counts.sealed++
       else counts.changed++
     }
@@ -51,13 +54,13 @@ export async function sealRows (client: pg.Client, settings: Config, keyring: Ke
 }
 
 /** The row's session sealed under the active key, or null (and a problem) when it cannot be. */
-async function resealed (row: UnsealedRow, settings: Config, keyring: Keyring, problems: Array<{ file: string, reason: string }>): Promise<{ data: Buffer, file: SessionFile } | null> {
+async function resealed (row: UnsealedRow, settings: Config, keyring: Keyring, problems: Array<{ file: string, reason: string }>): Promise<{ data: Buffer, file: SessionFile, kept: boolean } | null> {
   try {
     const { file, kid } = readSessionDocument(rowName(row), row.document, row.session_id, keyring)
-    // The column disagreed with the document (written by hand, say): the document is right.
-    if (kid === keyring.activeKid) return { data: Buffer.from(row.document, 'utf8'), file }
+    // The column disagreed with the document (written by hand, or imported without the key): the document is right.
+    if (kid === keyring.activeKid) return { data: Buffer.from(row.document, 'utf8'), file, kept: true }
     // The server's bound, with the room its runs' records may use (a session may be stored in it).
-    return { data: await serializeSessionFile(file, 2, sessionBound(file, settings.TASK_MAX_SESSION_BYTES, { records: true }), keyring, settings.TASK_MAX_SESSION_BYTES), file }
+    return { data: await serializeSessionFile(file, 2, sessionBound(file, settings.TASK_MAX_SESSION_BYTES, { records: true }), keyring, settings.TASK_MAX_SESSION_BYTES), file, kept: false }
   } catch (err) {
     if (err instanceof CorruptSessionFileError || err instanceof KeyUnavailableError) {
       // The report names the row already.
@@ -98,4 +101,9 @@ async function proveKey (client: pg.Client, keyring: Keyring): Promise<void> {
     after = last.row_id
   }
   if (unopened > 0) throw wrongSealingKey(keyring.activeKid, unopened, 'rows')
+}
+
+/** Whether a row's columns are those of its document (the ones `import` without the key leaves wrong). */
+function sameColumns (row: UnsealedRow, c: DerivedColumns): boolean {
+  return row.tasks_total === c.total && row.tasks_in_progress === c.inProgress && row.has_background_run === c.hasBackgroundRun && row.finished === (c.finishedAt !== null)
 }

@@ -7,43 +7,48 @@
  * not yet committed rolls back) and waits until they are gone; only then do reads tell what landed.
  */
 import type pg from 'pg'
+import { noop } from '../../noop.js'
 import { pooledQuery, QueryFailure } from './pooled-query.js'
 
 /** How often to look again for processes told to end. */
 const POLL_MS = 10
+/** insufficient_privilege: the role we act as may not end the role we log in as (SET ROLE). */
+const NOT_PERMITTED = '42501'
 
 /**
- * The server processes among `pids` still there, each told to end. Only ones of our own role
- * and pool (its application_name), never this connection's: a process id another program's
- * connection took over since is left alone.
+ * The processes among `pids` still there, each started before its connection broke `agoMs`
+ * ago (by the server's clock: a process that took the id over since is never one); `end`: each
+ * told to end as well.
  */
-function endProcesses (pids: number[]): pg.QueryConfig {
+function orphanProcesses (pids: number[], agoMs: number[], end: boolean): pg.QueryConfig {
   return {
-    text: `SELECT pid, pg_terminate_backend(pid) AS told FROM pg_stat_activity
-      WHERE pid = ANY($1::int[]) AND pid <> pg_backend_pid() AND usename = current_user
-        AND application_name = current_setting('application_name')`,
-    values: [pids]
+    text: `SELECT a.pid${end ? ', pg_terminate_backend(a.pid) AS told' : ''}
+      FROM pg_stat_activity a JOIN unnest($1::int[], $2::float8[]) AS o(pid, ago_ms) ON o.pid = a.pid
+      WHERE a.pid <> pg_backend_pid() AND a.backend_start < statement_timestamp() - make_interval(secs => o.ago_ms / 1000)`,
+    values: [pids, agoMs]
   }
 }
 
 export class Orphans {
-  private readonly pids = new Set<number>()
+  /** Server process id -> when its connection broke (performance.now()). */
+  private readonly broken = new Map<number, number>()
   private settling: Promise<void> | null = null
+  private mayEnd = true
 
-  /** `waitMs`: how long processes told to end may take before the statement waiting on them fails. */
+  /** `waitMs`: how long settling may take before the statement waiting on it fails. */
   constructor (private readonly pool: pg.Pool, private readonly waitMs: number) {}
 
-  /** A statement's connection broke after it was sent: its process may still be running it. */
-  add (failure: QueryFailure): void {
-    if (failure.sent && failure.backend !== null) this.pids.add(failure.backend)
+  /** A statement's connection broke after it was sent (`at`, performance.now()): its process may still be running it. */
+  add (failure: QueryFailure, at = performance.now()): void {
+    if (failure.sent && failure.backend !== null) this.broken.set(failure.backend, at)
   }
 
   /**
    * Resolves once no statement of ours whose connection broke can still be running; rejects
-   * with a QueryFailure (nothing sent) when the database cannot tell or they outlast `waitMs`.
+   * with a QueryFailure (nothing sent) when the database cannot tell within `waitMs`.
    */
   async settled (): Promise<void> {
-    if (this.pids.size === 0) return
+    if (this.broken.size === 0) return
     this.settling ??= this.settle().finally(() => { this.settling = null })
     return this.settling
   }
@@ -51,21 +56,43 @@ export class Orphans {
   private async settle (): Promise<void> {
     const deadline = performance.now() + this.waitMs
     for (;;) {
-      const asked = [...this.pids]
+      const asked = [...this.broken]
+      const now = performance.now()
+      const left = deadline - now
+      if (left <= 0) {
+        throw new QueryFailure(new Error(`statements of connections that broke are still running (server processes ${asked.map(([pid]) => pid).join(', ')})`), false)
+      }
       let rows: Array<{ pid: number }>
       try {
-        rows = (await pooledQuery<{ pid: number }>(this.pool, endProcesses(asked))).rows
+        rows = (await within(pooledQuery<{ pid: number }>(this.pool, orphanProcesses(asked.map(([pid]) => pid), asked.map(([, at]) => now - at), this.mayEnd)), left)).rows
       } catch (err) {
-        // Ending processes changes no data: whatever became of this statement, nothing of ours waits on it.
-        throw new QueryFailure(err instanceof QueryFailure ? err.cause : err, false)
+        const cause = err instanceof QueryFailure ? err.cause : err
+        if ((cause as { code?: unknown } | null)?.code === NOT_PERMITTED && this.mayEnd) {
+          // Not ours to end: wait for them to end by themselves (within the statement timeout).
+          this.mayEnd = false
+          continue
+        }
+        // Looking changes no data: whatever became of this statement, nothing of ours waits on it.
+        throw new QueryFailure(cause, false)
       }
       const running = new Set(rows.map((row) => row.pid))
-      for (const pid of asked) if (!running.has(pid)) this.pids.delete(pid)
-      if (this.pids.size === 0) return
-      if (performance.now() > deadline) {
-        throw new QueryFailure(new Error(`statements of connections that broke are still running (server processes ${[...this.pids].join(', ')})`), false)
-      }
+      for (const [pid] of asked) if (!running.has(pid)) this.broken.delete(pid)
+      if (this.broken.size === 0) return
       await new Promise((resolve) => setTimeout(resolve, POLL_MS))
     }
+  }
+}
+
+/** `work`, or a QueryFailure (nothing sent) once `ms` have passed; `work` left to end by itself, observed. */
+async function within<T> (work: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const late = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => { reject(new QueryFailure(new Error(`no answer within ${Math.ceil(ms)} ms`), false)) }, ms)
+  })
+  work.catch(noop)
+  try {
+    return await Promise.race([work, late])
+  } finally {
+    clearTimeout(timer)
   }
 }

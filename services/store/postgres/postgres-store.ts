@@ -307,7 +307,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     // Rows whose box did not open, by kid: damaged, unless no row under the kid opens (a wrong key).
     const unopened = new Map<string, Array<{ sessionId: string, failure: LoadFailure }>>()
     // Rows whose columns are not their documents' (see correctColumns).
-    const astray: Array<{ known: RowVersion, columns: DerivedColumns }> = []
+    const astray: Array<{ expected: RowVersion, columns: DerivedColumns }> = []
     let next: Promise<ActiveRow[]> | null = this.page('')
     while (next !== null) {
       const rows: ActiveRow[] = await next
@@ -321,10 +321,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
           const { file, kid } = readSessionDocument(name, row.document, row.session_id, this.keyring)
           sessions.push({ file, bytes: row.bytes })
           this.known(row.session_id, { row: row.row_id, version: row.version, kid: kid ?? '' })
-          const columns = deriveColumns(file, kid ?? null)
-          if (columns.total !== row.tasks_total || columns.inProgress !== row.tasks_in_progress || columns.hasBackgroundRun !== row.has_background_run || (columns.finishedAt !== null) !== row.finished) {
-            astray.push({ known: { row: row.row_id, version: row.version }, columns })
-          }
+          const columns = astrayColumns(file, kid ?? null, row)
+          if (columns !== null) astray.push({ expected: { row: row.row_id, version: row.version }, columns })
           if (kid !== null && kid !== undefined) this.provenKids.add(kid)
         } catch (err) {
           if (err instanceof KeyUnavailableError) {
@@ -351,7 +349,10 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     await this.settleKeyChecks()
     // Lists, /stats, archiving and the sweep that resumes runs go by the columns: they are set
     // now rather than at the session's next save, which a finished session or a stuck run never makes.
-    for (const { known, columns } of astray) await this.run('correcting the task counts of imported sessions', correctColumns(known, columns))
+    // Best effort, a page at a time: a row not corrected now is at its next save or the next restore.
+    for (let at = 0; at < astray.length; at += this.pageRows) {
+      await this.run('correcting the task counts of imported sessions', correctColumns(astray.slice(at, at + this.pageRows))).catch(noop)
+    }
     return { sessions, failures, removedTempFiles: 0 }
   }
 
@@ -957,12 +958,14 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   // --- Helpers ---
 
   /**
-   * Runs a statement (query()), as a StorageError naming `operation` when it fails. The saves
-   * in `outcomes` are remembered as unsure when the failure leaves the outcome unknown.
+   * Runs a statement (pooledQuery()), as a StorageError naming `operation` when it fails. The
+   * saves in `outcomes` are remembered as unsure when the failure leaves the outcome unknown. It
+   * waits for statements of broken connections to end first (orphans.ts), unless `bound`: the
+   * lease renewal, which reads no session and must not wait.
    */
   private async run<R extends pg.QueryResultRow> (operation: string, config: pg.QueryConfig, outcomes: ReadonlyArray<readonly [string, Outcome]> = [], bound?: Bound): Promise<pg.QueryResult<R>> {
     try {
-      await this.orphans.settled()
+      if (bound === undefined) await this.orphans.settled()
       return await pooledQuery<R>(this.pool, config, bound)
     } catch (err) {
       const failure = err instanceof QueryFailure ? err : new QueryFailure(err, true)
@@ -1091,4 +1094,18 @@ interface StoredRow {
   row_id: string
   session_id: string
   document: string
+}
+
+/** A restored row's columns from its document when they differ from the row's (see correctColumns), else null. */
+function astrayColumns (file: SessionFile, kid: string | null, row: ActiveRow): DerivedColumns | null {
+  let columns: DerivedColumns
+  try {
+    columns = deriveColumns(file, kid)
+  } catch {
+    // A time the schema lets through but no date has (month 13): the session loads; its save will say.
+    return null
+  }
+  const same = columns.total === row.tasks_total && columns.inProgress === row.tasks_in_progress &&
+    columns.hasBackgroundRun === row.has_background_run && (columns.finishedAt !== null) === row.finished
+  return same ? null : columns
 }

@@ -222,17 +222,27 @@ export interface ActiveRow {
 }
 
 /**
- * A row's columns set from its document, if the row is still at `expected`. The version is
- * kept: the document does not change. For rows whose columns are not the document's: those
- * `taskvault import` wrote without the key they are sealed under (counts of 0, no run).
+ * Rows' columns set from their documents, each if the row is still at its version, in one
+ * statement. The version is kept: the document does not change. For rows whose columns are not
+ * their document's: those `taskvault import` wrote without the key they are sealed under
+ * (counts of 0, no finish, no run).
  */
-export function correctColumns (expected: RowVersion, c: DerivedColumns): pg.QueryConfig {
+export function correctColumns (rows: ReadonlyArray<{ expected: RowVersion, columns: DerivedColumns }>): pg.QueryConfig {
+  const column = <T>(pick: (row: { expected: RowVersion, columns: DerivedColumns }) => T): T[] => rows.map(pick)
   return {
-    text: `UPDATE sessions SET sealed_kid = $3, created_at = $4::timestamptz, updated_at = $5::timestamptz,
-        finished_at = $6::timestamptz, tasks_total = $7, tasks_completed = $8, tasks_failed = $9, tasks_pending = $10,
-        tasks_in_progress = $11, has_background_run = $12
-      WHERE row_id = $1 AND version = $2 AND archived_at IS NULL`,
-    values: [expected.row, expected.version, ...derivedValues(c)]
+    text: `UPDATE sessions s SET sealed_kid = v.sealed_kid, created_at = v.created_at, updated_at = v.updated_at, finished_at = v.finished_at,
+        tasks_total = v.total, tasks_completed = v.completed, tasks_failed = v.failed, tasks_pending = v.pending,
+        tasks_in_progress = v.in_progress, has_background_run = v.has_run
+      FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::timestamptz[],
+        $7::int[], $8::int[], $9::int[], $10::int[], $11::int[], $12::boolean[])
+        AS v(row_id, version, sealed_kid, created_at, updated_at, finished_at, total, completed, failed, pending, in_progress, has_run)
+      WHERE s.row_id = v.row_id AND s.version = v.version AND s.archived_at IS NULL`,
+    values: [
+      column((row) => row.expected.row), column((row) => row.expected.version), column((row) => row.columns.sealedKid),
+      column((row) => row.columns.createdAt), column((row) => row.columns.updatedAt), column((row) => row.columns.finishedAt),
+      column((row) => row.columns.total), column((row) => row.columns.completed), column((row) => row.columns.failed),
+      column((row) => row.columns.pending), column((row) => row.columns.inProgress), column((row) => row.columns.hasBackgroundRun)
+    ]
   }
 }
 
