@@ -341,9 +341,13 @@ async function landedUnknown (db: pg.Pool, proxy: TcpProxy, store: PostgresSessi
     "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
   proxy.stall()
   const err = await saving
+  await dropSlowWrite(db)
+  return err
+}
+
+async function dropSlowWrite (db: pg.Pool): Promise<void> {
   await db.query('DROP TRIGGER slow ON sessions')
   await db.query('DROP FUNCTION slow_write()')
-  return err
 }
 
 t.test('an unknown outcome that did land is recognised by the next write, not taken for a conflict', async (t) => {
@@ -409,11 +413,6 @@ async function brokenMidStatement (db: pg.Pool, proxy: TcpProxy, write: () => Pr
   const err = await writing
   proxy.pass()
   return err
-}
-
-async function dropSlowWrite (db: pg.Pool): Promise<void> {
-  await db.query('DROP TRIGGER slow ON sessions')
-  await db.query('DROP FUNCTION slow_write()')
 }
 
 t.test('a write whose connection broke while the server still ran it is ended before the store reads: an undone create or archive never lands later', async (t) => {
