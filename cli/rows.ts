@@ -1,5 +1,5 @@
 import type pg from 'pg'
-import type { DerivedColumns } from '../services/store/postgres/sessions-sql.js'
+import { STORED_COLUMNS, type DerivedColumns, type StoredColumns } from '../services/store/postgres/sessions-sql.js'
 
 /**
  * The SQL the command-line tool runs on the PostgreSQL store's rows itself, where the store
@@ -65,12 +65,8 @@ export function rowName (row: { session_id: string, row_id: string, archived: bo
   return `${row.archived ? 'archive/' : ''}${row.session_id}@${row.row_id}`
 }
 
-export interface UnsealedRow extends StoredRow {
+export interface UnsealedRow extends StoredRow, StoredColumns {
   version: string
-  tasks_total: number
-  tasks_in_progress: number
-  has_background_run: boolean
-  finished: boolean
 }
 
 /**
@@ -82,8 +78,7 @@ export interface UnsealedRow extends StoredRow {
  */
 export function unsealedPage (after: string, limit: number, kid: string): pg.QueryConfig {
   return {
-    text: `SELECT row_id, session_id, version, archived_at IS NOT NULL AS archived, tasks_total, tasks_in_progress, has_background_run,
-        finished_at IS NOT NULL AS finished, document::text AS document FROM sessions
+    text: `SELECT row_id, session_id, version, archived_at IS NOT NULL AS archived, ${STORED_COLUMNS}, document::text AS document FROM sessions
       WHERE row_id > $1 AND (sealed_kid IS DISTINCT FROM $3 OR tasks_total = 0) ORDER BY row_id LIMIT $2`,
     values: [after, limit, kid]
   }

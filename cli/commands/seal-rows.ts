@@ -5,7 +5,7 @@ import { CommandFailedError, CorruptSessionFileError, KeyUnavailableError, SealN
 import type { Keyring } from '../../services/store/keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../../services/store/session-files.js'
 import { sessionBound } from '../../services/store/save-rules.js'
-import { deriveColumns, keyChecksOf, type DerivedColumns } from '../../services/store/postgres/sessions-sql.js'
+import { columnsHold, deriveColumns, keyChecksOf } from '../../services/store/postgres/sessions-sql.js'
 import { rowName, resealRow, sealedPage, sealState, unsealedPage, type StoredRow, type UnsealedRow } from '../rows.js'
 
 /** Rows read per round trip. */
@@ -40,7 +40,7 @@ export async function sealRows (client: pg.Client, settings: Config, keyring: Ke
       }
       const columns = deriveColumns(sealed.file, keyring.activeKid)
       // Under the key already, its columns right (a session of no task): nothing to do.
-      if (sealed.kept && sameColumns(row, columns)) continue
+      if (sealed.kept && columnsHold(row, columns)) continue
       const { rowCount } = await client.query(resealRow(row.row_id, row.version, sealed.data, columns))
       if (rowCount === 1) counts.sealed++
       else counts.changed++
@@ -101,9 +101,4 @@ async function proveKey (client: pg.Client, keyring: Keyring): Promise<void> {
     after = last.row_id
   }
   if (unopened > 0) throw wrongSealingKey(keyring.activeKid, unopened, 'rows')
-}
-
-/** Whether a row's columns are those of its document (the ones `import` without the key leaves wrong). */
-function sameColumns (row: UnsealedRow, c: DerivedColumns): boolean {
-  return row.tasks_total === c.total && row.tasks_in_progress === c.inProgress && row.has_background_run === c.hasBackgroundRun && row.finished === (c.finishedAt !== null)
 }

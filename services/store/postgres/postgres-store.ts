@@ -21,7 +21,7 @@ import { errnoLike, programmingError, storageError, uncertain } from './pg-error
 import { checkSchemaName, redactUrl } from './database-url.js'
 import { createPool, endConnection, openConnection, type PoolSettings } from './pool.js'
 import {
-  CONNECTION_SETTINGS, PING, ROW_TOTALS, activePage, addKeyChecks, correctColumns, deriveColumns, keyChecksOf, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
+  CONNECTION_SETTINGS, PING, ROW_TOTALS, activePage, addKeyChecks, columnsHold, correctColumns, deriveColumns, keyChecksOf, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
   updateSession, type ActiveRow, type DerivedColumns, type RowVersion
 } from './sessions-sql.js'
 import { SaveBatcher, type PendingSave } from './save-batcher.js'
@@ -1105,7 +1105,5 @@ function astrayColumns (file: SessionFile, kid: string | null, row: ActiveRow): 
     // A time the schema lets through but no date has (month 13): the session loads; its save will say.
     return null
   }
-  const same = columns.total === row.tasks_total && columns.inProgress === row.tasks_in_progress &&
-    columns.hasBackgroundRun === row.has_background_run && (columns.finishedAt !== null) === row.finished
-  return same ? null : columns
+  return columnsHold(row, columns) ? null : columns
 }

@@ -206,17 +206,29 @@ export function currentSession (sessionId: string): pg.QueryConfig {
   }
 }
 
-export interface ActiveRow {
+/** The columns a read checks against the row's document (see columnsHold): what `import` without the key leaves wrong. */
+export interface StoredColumns {
+  tasks_total: number
+  tasks_in_progress: number
+  has_background_run: boolean
+  finished: boolean
+}
+
+/** StoredColumns in a SELECT list. */
+export const STORED_COLUMNS = 'tasks_total, tasks_in_progress, has_background_run, finished_at IS NOT NULL AS finished'
+
+/** Whether a row's columns are those its document gives. */
+export function columnsHold (row: StoredColumns, c: DerivedColumns): boolean {
+  return row.tasks_total === c.total && row.tasks_in_progress === c.inProgress &&
+    row.has_background_run === c.hasBackgroundRun && row.finished === (c.finishedAt !== null)
+}
+
+export interface ActiveRow extends StoredColumns {
   row_id: string
   session_id: string
   version: string
   sealed_kid: string | null
   bytes: number
-  /** The columns the restore checks against the document (see correctColumns). */
-  tasks_total: number
-  tasks_in_progress: number
-  has_background_run: boolean
-  finished: boolean
   /** As stored: `document::text`, or node-postgres would JSON.parse it. */
   document: string
 }
@@ -253,8 +265,7 @@ export function correctColumns (rows: ReadonlyArray<{ expected: RowVersion, colu
 export function activePage (after: string, limit: number): pg.QueryConfig {
   return {
     name: 'taskvault_active_page',
-    text: `SELECT row_id, session_id, version, sealed_kid, bytes, tasks_total, tasks_in_progress, has_background_run,
-        finished_at IS NOT NULL AS finished, document::text AS document FROM sessions
+    text: `SELECT row_id, session_id, version, sealed_kid, bytes, ${STORED_COLUMNS}, document::text AS document FROM sessions
       WHERE archived_at IS NULL AND session_id > $1 ORDER BY session_id LIMIT $2`,
     values: [after, limit]
   }
