@@ -1,6 +1,7 @@
 import type { Static } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
 import { EventRelay } from '../services/events/event-relay.js'
+import { ChangeLoad } from '../services/events/change-load.js'
 import { EventStreamHub } from '../services/events/event-stream.js'
 import { TaskEventBuffer, type TaskEventData, type TaskEventName } from '../services/events/task-events.js'
 import { EVENTS_SETTINGS, resolveSettings, settingOptions } from '../schemas/options.js'
@@ -27,6 +28,7 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
   checkOptions('taskvault-events', EventsOptionsSchema, options)
   const settings = resolveSettings(EVENTS_SETTINGS, options, appSettings(app))
   const buffer = new TaskEventBuffer(settings.eventsBuffer)
+  const load = settings.eventsBusyChanges > 0 ? new ChangeLoad() : null
   const hub = new EventStreamHub(buffer, {
     maxClients: settings.eventsMaxClients,
     heartbeatMs: settings.eventsHeartbeatMs,
@@ -34,8 +36,19 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
     flushMs: settings.eventsFlushMs,
     flushMaxMs: settings.eventsFlushMaxMs,
     fanoutShare: settings.eventsFanoutShare,
-    fanoutSliceMs: settings.eventsFanoutSliceMs
-  }, app.log)
+    fanoutSliceMs: settings.eventsFanoutSliceMs,
+    busyChanges: settings.eventsBusyChanges
+  }, app.log, load)
+  if (load !== null) {
+    // Every change counts until its response closes: sent, failed, or its client gone.
+    app.addHook('onRequest', (request, reply, done) => {
+      if (request.method !== 'GET' && request.method !== 'HEAD') {
+        load.started()
+        reply.raw.once('close', () => { load.ended() })
+      }
+      done()
+    })
+  }
   // Replicas on one database: events go through its event log, so every replica streams all of them.
   const store = app.persistence
   const relay = store.shared === undefined || store.events === undefined

@@ -96,6 +96,7 @@ export const EVENTS_SETTINGS = {
   eventsFlushMs: 'TASK_EVENTS_FLUSH_MS',
   eventsFlushMaxMs: 'TASK_EVENTS_FLUSH_MAX_MS',
   eventsFanoutShare: 'TASK_EVENTS_FANOUT_SHARE',
+  eventsBusyChanges: 'TASK_EVENTS_BUSY_CHANGES',
   eventsFanoutSliceMs: 'TASK_EVENTS_FANOUT_SLICE_MS',
   eventsPollMs: 'TASK_EVENTS_POLL_MS',
   eventsCloseMs: 'TASK_EVENTS_CLOSE_MS',

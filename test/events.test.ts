@@ -20,6 +20,7 @@ import { openStream, type SseEvent } from './sse-client.js'
 import { createServer } from 'node:http'
 import { EventStreamHub, flushInterval } from '../services/events/event-stream.js'
 import { TaskEventBuffer } from '../services/events/task-events.js'
+import { ChangeLoad } from '../services/events/change-load.js'
 
 const EVENTS = '/api/v1/tasks/events'
 
@@ -251,6 +252,85 @@ t.test('a busy server spreads stream writes out; idle again, they come every TAS
   t.match(received[0], /^HTTP\/1\.1 200 OK\r\n/)
   t.notMatch(received[0]!.split('\r\n\r\n')[0], /transfer-encoding/i)
   t.match(received[0]!.split('\r\n\r\n')[0], /connection: close/i)
+})
+
+t.test('changes in progress make a busy server however idle its loop: writes spread out, and come back every TASK_EVENTS_FLUSH_MS once they end', async (t) => {
+  const flushMs = 10
+  const buffer = new TaskEventBuffer(100_000)
+  const load = new ChangeLoad()
+  const hub = new EventStreamHub(buffer, { maxClients: 1000, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs, flushMaxMs: 200, fanoutShare: 0.01, fanoutSliceMs: 2, busyChanges: 2 }, { info: () => {}, warn: () => {} }, load)
+  const server = createServer((_req, res) => { hub.open(res, null, undefined) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { hub.close(); server.close() })
+  const port = (server.address() as net.AddressInfo).port
+  // 200 streams: a flush is then a measurable time (about 200 system calls).
+  const sockets = await Promise.all(Array.from({ length: 200 }, async () => {
+    const socket = net.connect(Number(port), '127.0.0.1')
+    socket.resume()
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()))
+    socket.write(`GET ${EVENTS} HTTP/1.1\r\nHost: x\r\n\r\n`)
+    return socket
+  }))
+  t.teardown(() => { for (const socket of sockets) socket.destroy() })
+  await waitFor('every stream open', () => hub.size === 200)
+  // An event every 15 ms on an otherwise idle loop, for `ms`; the widest pace seen.
+  let sent = 0
+  const trickle = async (ms: number): Promise<number> => {
+    let widest = 0
+    const until = performance.now() + ms
+    while (performance.now() < until) {
+      buffer.append('progress', { session_id: 'load', n: ++sent })
+      await sleep(15)
+      widest = Math.max(widest, hub.pace)
+    }
+    return widest
+  }
+  // Opening 200 streams kept the loop busy a moment: the pace first settles.
+  await waitFor('the pace at TASK_EVENTS_FLUSH_MS', async () => {
+    buffer.append('progress', { session_id: 'load', n: ++sent })
+    await sleep(40)
+    return hub.pace === flushMs
+  }, 5000)
+  const idle = await trickle(800)
+  t.ok(idle < 2.5 * flushMs, `no change in progress, an idle loop: flushes stay TASK_EVENTS_FLUSH_MS apart (widest ${idle.toFixed(0)} ms)`)
+  for (let i = 0; i < 3; i++) load.started()
+  t.equal(hub.changes, 3)
+  const widest = await trickle(1500)
+  t.ok(widest >= 2.5 * flushMs, `three changes in progress (TASK_EVENTS_BUSY_CHANGES 2): flushes spread out to ${widest.toFixed(0)} ms apart`)
+  t.ok(widest <= 200, 'never more than TASK_EVENTS_FLUSH_MAX_MS')
+  for (let i = 0; i < 3; i++) load.ended()
+  await waitFor('the pace back at TASK_EVENTS_FLUSH_MS', async () => {
+    buffer.append('progress', { session_id: 'load', n: ++sent })
+    await sleep(40)
+    return hub.pace === flushMs
+  }, 5000)
+  t.pass('the changes ended: back to every TASK_EVENTS_FLUSH_MS')
+})
+
+t.test('the server counts each change until its response closes: answered, refused, or its client gone mid-run; reads and streams never count', async (t) => {
+  let release = (): void => {}
+  const { app, base } = await listening(t, {
+    executors: { default: async () => { await new Promise<void>((resolve) => { release = resolve }); return { result: 'done' } } }
+  })
+  t.teardown(() => { release() })
+  const stream = await openStream(t, `${base}${EVENTS}`)
+  await createSession(app, 'count', '1. slow\n2. slow')
+  t.equal(app.eventStreams.changes, 0, 'an open stream and a finished create: none in progress')
+  t.equal((await fetch(`${base}/api/v1/tasks/create`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"session_id":"bad id"}' })).status, 400)
+  t.equal((await fetch(`${base}/api/v1/tasks/progress?session_id=count`)).status, 200)
+  t.equal(app.eventStreams.changes, 0, 'a refused change and a read leave none in progress')
+  // An execute whose client goes away while the agent works.
+  const socket = net.connect(Number(new URL(base).port), '127.0.0.1')
+  socket.on('error', () => {})
+  const body = '{"session_id":"count"}'
+  socket.write(`POST /api/v1/tasks/execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`)
+  await stream.until((events) => events.some((e) => e.event === 'task.started'))
+  t.equal(app.eventStreams.changes, 1, 'the execute in progress counts')
+  socket.destroy()
+  await waitFor('the execute no longer counted once its client is gone', () => app.eventStreams.changes === 0)
+  release()
+  await stream.until((events) => events.some((e) => e.event === 'task.completed'))
+  t.equal(app.eventStreams.changes, 0)
 })
 
 t.test('a batch for many clients goes out in slices of TASK_EVENTS_FANOUT_SLICE_MS, the loop turning between them; each client gets each batch whole and in order, shutdown the rest first', async (t) => {

@@ -8,6 +8,7 @@
 import type { ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { BufferedEvent, TaskEventBuffer } from './task-events.js'
+import type { ChangeLoad } from './change-load.js'
 import { noop } from '../noop.js'
 
 export interface StreamLimits {
@@ -25,6 +26,8 @@ export interface StreamLimits {
   fanoutShare: number
   /** A batch's writes hold the event loop this long at most before the rest go on at the next turn (TASK_EVENTS_FANOUT_SLICE_MS). */
   fanoutSliceMs: number
+  /** With this many changes in progress on average, the server counts as busy whatever its loop shows (TASK_EVENTS_BUSY_CHANGES; 0: the loop alone). */
+  busyChanges?: number
 }
 
 /**
@@ -122,7 +125,8 @@ export class EventStreamHub {
   private readonly unsubscribeGaps: () => void
   private closed = false
 
-  constructor (private readonly buffer: TaskEventBuffer, private readonly limits: StreamLimits, private readonly log: StreamLogger) {
+  /** `load`: the server's changes in progress, read with `busyChanges` (none: the loop alone sets the pace). */
+  constructor (private readonly buffer: TaskEventBuffer, private readonly limits: StreamLimits, private readonly log: StreamLogger, private readonly load: ChangeLoad | null = null) {
     this.interval = limits.flushMs
     this.unsubscribe = buffer.subscribe((event) => { this.deliver(event) })
     this.unsubscribeGaps = buffer.onGap(() => { this.missed() })
@@ -134,6 +138,11 @@ export class EventStreamHub {
 
   get maxClients (): number {
     return this.limits.maxClients
+  }
+
+  /** Changes in progress on the server, as the pace reads them (0 when it reads the loop alone). */
+  get changes (): number {
+    return this.load?.size ?? 0
   }
 
   /** How far apart flushes start now, in ms: TASK_EVENTS_FLUSH_MS, more while the server is busy (flushInterval). */
@@ -354,7 +363,12 @@ export class EventStreamHub {
     // Too short a window says little; the time adds up until the next.
     if (window < this.limits.flushMs) return
     const rest = window - this.spentSince
-    const busy = rest <= 0 ? 1 : Math.min(1, Math.max(0, loop.active - this.spentSince) / rest)
+    let busy = rest <= 0 ? 1 : Math.min(1, Math.max(0, loop.active - this.spentSince) / rest)
+    // Clients waiting on changes (on the disk, mostly) are a busy server even when its loop idles:
+    // the writes then keep their share of it, and those clients' answers are not held up.
+    const changes = this.load?.take() ?? 0
+    const busyChanges = this.limits.busyChanges ?? 0
+    if (busyChanges > 0 && changes >= busyChanges) busy = 1
     // Smoothed over about BUSY_SMOOTHING_MS: one busy window (a collection, a burst of
     // requests) does not hold the next batch back; a loop that stays busy does.
     this.busy += (busy - this.busy) * (1 - Math.exp(-window / BUSY_SMOOTHING_MS))

@@ -1,0 +1,45 @@
+/**
+ * How many changes (requests other than reads) are in progress on the server, averaged over
+ * time. The event loop's utilization misses a server whose changes wait on the disk: its loop
+ * looks half idle while every client waits for an fsync, and stream writes that take that
+ * "idle" half lengthen every answer. The number of changes in progress sees that load.
+ */
+export class ChangeLoad {
+  private current = 0
+  /** Changes in progress times milliseconds, since the last reading. */
+  private area = 0
+  private since = performance.now()
+  private at = this.since
+
+  /** A change began; `ended` must follow exactly once. */
+  started (): void {
+    this.mark()
+    this.current++
+  }
+
+  ended (): void {
+    this.mark()
+    if (this.current > 0) this.current--
+  }
+
+  /** Changes in progress now. */
+  get size (): number {
+    return this.current
+  }
+
+  /** The average number in progress since the last reading (or since this meter began), and a new reading begins. */
+  take (): number {
+    this.mark()
+    const window = this.at - this.since
+    const average = window > 0 ? this.area / window : this.current
+    this.area = 0
+    this.since = this.at
+    return average
+  }
+
+  private mark (): void {
+    const now = performance.now()
+    this.area += this.current * (now - this.at)
+    this.at = now
+  }
+}
