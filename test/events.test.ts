@@ -19,7 +19,7 @@ import { call, scratch } from './server-process.js'
 import { openStream, type SseEvent } from './sse-client.js'
 import { createServer } from 'node:http'
 import { EventStreamHub, flushInterval } from '../services/events/event-stream.js'
-import { TaskEventBuffer } from '../services/events/task-events.js'
+import { TaskEventBuffer, type TaskEventData } from '../services/events/task-events.js'
 import { ChangeLoad } from '../services/events/change-load.js'
 
 const EVENTS = '/api/v1/tasks/events'
@@ -182,6 +182,15 @@ t.test('a client that does not read is cut off with a reset once its queue passe
   await ok.until((list) => list.length === 3)
 })
 
+/** Appends an event every 40 ms until the hub's pace is back at `flushMs`: its smoothed reading of the load has eased. */
+async function paceBackAt (hub: EventStreamHub, buffer: TaskEventBuffer, flushMs: number, event: () => TaskEventData): Promise<void> {
+  await waitFor('the pace back at TASK_EVENTS_FLUSH_MS', async () => {
+    buffer.append('progress', event())
+    await sleep(40)
+    return hub.pace === flushMs
+  }, 5000)
+}
+
 t.test('the pace: a flush may take the idle share of the loop, at least TASK_EVENTS_FANOUT_SHARE, between the two flush bounds', async (t) => {
   const limits = { flushMs: 25, flushMaxMs: 250, fanoutShare: 0.1, fanoutSliceMs: 2 }
   t.equal(flushInterval(10, 0.2, limits), 25, 'idle time to spare: every TASK_EVENTS_FLUSH_MS')
@@ -232,11 +241,7 @@ t.test('a busy server spreads stream writes out; idle again, they come every TAS
   t.ok(widest <= 200, 'never more than TASK_EVENTS_FLUSH_MAX_MS')
 
   // Idle again: events a while apart bring the pace back (the first reading still spans the busy time).
-  await waitFor('the pace back at TASK_EVENTS_FLUSH_MS', async () => {
-    buffer.append('progress', { session_id: 'busy', n: ++sent })
-    await sleep(40)
-    return hub.pace === flushMs
-  }, 5000)
+  await paceBackAt(hub, buffer, flushMs, () => ({ session_id: 'busy', n: ++sent }))
   t.pass('back to every TASK_EVENTS_FLUSH_MS')
   const expected = Array.from({ length: sent }, (_, i) => i + 1)
   await waitFor('every event on every stream', () => received.every((text) => (text.match(/\n\n/g) ?? []).length >= sent + 1))
@@ -286,11 +291,7 @@ t.test('changes in progress make a busy server however idle its loop: writes spr
     return widest
   }
   // Opening 200 streams kept the loop busy a moment: the pace first settles.
-  await waitFor('the pace at TASK_EVENTS_FLUSH_MS', async () => {
-    buffer.append('progress', { session_id: 'load', n: ++sent })
-    await sleep(40)
-    return hub.pace === flushMs
-  }, 5000)
+  await paceBackAt(hub, buffer, flushMs, () => ({ session_id: 'load', n: ++sent }))
   const idle = await trickle(800)
   t.ok(idle < 2.5 * flushMs, `no change in progress, an idle loop: flushes stay TASK_EVENTS_FLUSH_MS apart (widest ${idle.toFixed(0)} ms)`)
   for (let i = 0; i < 3; i++) load.started()
@@ -299,11 +300,7 @@ t.test('changes in progress make a busy server however idle its loop: writes spr
   t.ok(widest >= 2.5 * flushMs, `three changes in progress (TASK_EVENTS_BUSY_CHANGES 2): flushes spread out to ${widest.toFixed(0)} ms apart`)
   t.ok(widest <= 200, 'never more than TASK_EVENTS_FLUSH_MAX_MS')
   for (let i = 0; i < 3; i++) load.ended()
-  await waitFor('the pace back at TASK_EVENTS_FLUSH_MS', async () => {
-    buffer.append('progress', { session_id: 'load', n: ++sent })
-    await sleep(40)
-    return hub.pace === flushMs
-  }, 5000)
+  await paceBackAt(hub, buffer, flushMs, () => ({ session_id: 'load', n: ++sent }))
   t.pass('the changes ended: back to every TASK_EVENTS_FLUSH_MS')
 })
 
