@@ -47,6 +47,7 @@ t.test('keys: the list and @file forms; a malformed list names the entry, never 
   const bad: Array<[string, RegExp]> = [
     [`k1:${short}`, /entry 1 \(kid 'k1'\): the key must be 32 bytes, it is 31/],
     [`k1:${K1},k1:${K2}`, /entry 2: kid 'k1' appears twice/],
+    [`k1:${K1},k2:${K2}\nk3:${K1}`, /entry 3 \(kid 'k3'\): the same key as kid 'k1'; a new kid needs a new key/],
     [`bad kid!:${K1}`, /entry 1: expected kid:base64key/],
     [K1, /entry 1: expected kid:base64key/],
     [`k1:${K1.slice(0, -4)}!!!!`, /entry 1 \(kid 'k1'\): the key is not base64/],

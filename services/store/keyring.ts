@@ -98,6 +98,9 @@ export class Keyring {
         throw new InvalidEncryptionKeysError(`${where} (kid '${kid}'): the key is not base64`)
       }
       if (key.length !== KEY_BYTES) throw new InvalidEncryptionKeysError(`${where} (kid '${kid}'): the key must be ${KEY_BYTES} bytes, it is ${key.length} (make one with: openssl rand -base64 32)`)
+      // A new kid over an old key looks like a rotation and is none: what it seals, the old key opens.
+      const twin = [...keys].find(([, other]) => other.equals(key))
+      if (twin !== undefined) throw new InvalidEncryptionKeysError(`${where} (kid '${kid}'): the same key as kid '${twin[0]}'; a new kid needs a new key (make one with: openssl rand -base64 32)`)
       keys.set(kid, key)
     })
     return new Keyring(keys, [...keys.keys()][0] as string)
