@@ -16,6 +16,9 @@ declare module 'fastify' {
   }
 }
 
+/** Methods that change nothing (as RFC 9110's safe methods): never counted as changes in progress. */
+const READS = new Set(['GET', 'HEAD', 'OPTIONS'])
+
 export const EventsOptionsSchema = settingOptions(EVENTS_SETTINGS)
 export type EventsPluginOptions = Static<typeof EventsOptionsSchema>
 
@@ -42,7 +45,7 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
   if (load !== null) {
     // Every change counts until its response closes: sent, failed, or its client gone.
     app.addHook('onRequest', (request, reply, done) => {
-      if (request.method !== 'GET' && request.method !== 'HEAD') {
+      if (!READS.has(request.method)) {
         load.started()
         reply.raw.once('close', () => { load.ended() })
       }

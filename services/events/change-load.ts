@@ -1,5 +1,5 @@
 /**
- * How many changes (requests other than reads) are in progress on the server, averaged over
+ * How many changes (requests other than GET, HEAD and OPTIONS) are in progress on the server, averaged over
  * time. The event loop's utilization misses a server whose changes wait on the disk: its loop
  * looks half idle while every client waits for an fsync, and stream writes that take that
  * "idle" half lengthen every answer. The number of changes in progress sees that load.
