@@ -31,7 +31,7 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
   checkOptions('taskvault-events', EventsOptionsSchema, options)
   const settings = resolveSettings(EVENTS_SETTINGS, options, appSettings(app))
   const buffer = new TaskEventBuffer(settings.eventsBuffer)
-  const load = settings.eventsBusyChanges > 0 ? new ChangeLoad() : null
+  const load = settings.eventsBusyChanges > 0 ? new ChangeLoad(settings.eventsBusyChanges) : null
   const hub = new EventStreamHub(buffer, {
     maxClients: settings.eventsMaxClients,
     heartbeatMs: settings.eventsHeartbeatMs,
@@ -39,8 +39,7 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
     flushMs: settings.eventsFlushMs,
     flushMaxMs: settings.eventsFlushMaxMs,
     fanoutShare: settings.eventsFanoutShare,
-    fanoutSliceMs: settings.eventsFanoutSliceMs,
-    busyChanges: settings.eventsBusyChanges
+    fanoutSliceMs: settings.eventsFanoutSliceMs
   }, app.log, load)
   if (load !== null) {
     // Every change counts until its response closes: sent, failed, or its client gone.

@@ -262,9 +262,9 @@ t.test('a busy server spreads stream writes out; idle again, they come every TAS
 t.test('changes in progress make a busy server however idle its loop: writes spread out, and come back every TASK_EVENTS_FLUSH_MS once they end', async (t) => {
   const flushMs = 10
   const buffer = new TaskEventBuffer(100_000)
-  const load = new ChangeLoad()
+  const load = new ChangeLoad(2)
   const flushMaxMs = 1000
-  const hub = new EventStreamHub(buffer, { maxClients: 1000, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs, flushMaxMs, fanoutShare: 0.01, fanoutSliceMs: 2, busyChanges: 2 }, { info: () => {}, warn: () => {} }, load)
+  const hub = new EventStreamHub(buffer, { maxClients: 1000, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs, flushMaxMs, fanoutShare: 0.01, fanoutSliceMs: 2 }, { info: () => {}, warn: () => {} }, load)
   const server = createServer((_req, res) => { hub.open(res, null, undefined) })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => { hub.close(); server.close() })

@@ -1,8 +1,8 @@
 /**
- * How many changes (requests other than GET, HEAD and OPTIONS) are in progress on the server, averaged over
- * time. The event loop's utilization misses a server whose changes wait on the disk: its loop
- * looks half idle while every client waits for an fsync, and stream writes that take that
- * "idle" half lengthen every answer. The number of changes in progress sees that load.
+ * How many changes (requests other than GET, HEAD and OPTIONS) are in progress on the server,
+ * averaged over time. The event loop's utilization misses a server whose changes wait on the
+ * disk: its loop looks half idle while every client waits for an fsync, and stream writes that
+ * take that "idle" half lengthen every answer. The number of changes in progress sees that load.
  */
 export class ChangeLoad {
   private current = 0
@@ -10,6 +10,9 @@ export class ChangeLoad {
   private area = 0
   private since = performance.now()
   private at = this.since
+
+  /** `busyAt`: the average number in progress from which the server counts as busy (TASK_EVENTS_BUSY_CHANGES). */
+  constructor (private readonly busyAt: number) {}
 
   /** A change began; `ended` must follow exactly once. */
   started (): void {
@@ -27,14 +30,14 @@ export class ChangeLoad {
     return this.current
   }
 
-  /** The average number in progress since the last reading (or since this meter began), and a new reading begins. */
-  take (): number {
+  /** True when at least `busyAt` were in progress on average since the last reading (or since this meter began); a new reading begins. */
+  busy (): boolean {
     this.mark()
     const window = this.at - this.since
     const average = window > 0 ? this.area / window : this.current
     this.area = 0
     this.since = this.at
-    return average
+    return average >= this.busyAt
   }
 
   private mark (): void {

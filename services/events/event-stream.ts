@@ -26,8 +26,6 @@ export interface StreamLimits {
   fanoutShare: number
   /** A batch's writes hold the event loop this long at most before the rest go on at the next turn (TASK_EVENTS_FANOUT_SLICE_MS). */
   fanoutSliceMs: number
-  /** With this many changes in progress on average, the server counts as busy whatever its loop shows (TASK_EVENTS_BUSY_CHANGES; 0: the loop alone). */
-  busyChanges?: number
 }
 
 /**
@@ -125,7 +123,7 @@ export class EventStreamHub {
   private readonly unsubscribeGaps: () => void
   private closed = false
 
-  /** `load`: the server's changes in progress, read with `busyChanges` (none: the loop alone sets the pace). */
+  /** `load`: the server's changes in progress, busy past TASK_EVENTS_BUSY_CHANGES (none: the loop alone sets the pace). */
   constructor (private readonly buffer: TaskEventBuffer, private readonly limits: StreamLimits, private readonly log: StreamLogger, private readonly load: ChangeLoad | null = null) {
     this.interval = limits.flushMs
     this.unsubscribe = buffer.subscribe((event) => { this.deliver(event) })
@@ -366,9 +364,7 @@ export class EventStreamHub {
     let busy = rest <= 0 ? 1 : Math.min(1, Math.max(0, loop.active - this.spentSince) / rest)
     // Clients waiting on changes (on the disk, mostly) are a busy server even when its loop idles:
     // the writes then keep their share of it, and those clients' answers are not held up.
-    const changes = this.load?.take() ?? 0
-    const busyChanges = this.limits.busyChanges ?? 0
-    if (busyChanges > 0 && changes >= busyChanges) busy = 1
+    if (this.load?.busy() === true) busy = 1
     // Smoothed over about BUSY_SMOOTHING_MS: one busy window (a collection, a burst of
     // requests) does not hold the next batch back; a loop that stays busy does.
     this.busy += (busy - this.busy) * (1 - Math.exp(-window / BUSY_SMOOTHING_MS))
