@@ -531,6 +531,26 @@ t.test('plaintext and sealed sessions load side by side; a change seals a plaint
   t.match(metrics, /taskvault_sealed_sessions\{kid="k1"\} 2/)
 })
 
+t.test('turning keys on never strands a session saved in clear at TASK_MAX_SESSION_BYTES: its interrupted run resumes, its changes are saved sealed', async (t) => {
+  const dir = await tempDir(t)
+  const bound = 64 * 1024
+  const config = { TASK_MAX_SESSION_BYTES: bound }
+  await (await build(t, { dir, config })).close()
+  // A run a crash interrupted (the task InProgress), in a session a byte short of the bound in clear.
+  const stored = (instruction: string): string => storedSession('near', ['InProgress'], '2025-01-02T00:00:00.000Z', instruction)
+  await writeFile(join(dir, 'near.json'), stored('x'.repeat(bound - 1 - stored('').length)))
+  t.equal((await readFile(join(dir, 'near.json'))).length, bound - 1)
+  const executors = { default: async () => ({ result: 'done' }) }
+  let app = await build(t, { dir, executors, config: { ...config, TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.match((await get(app, '/progress?session_id=near')).json(), { pending: 1, in_progress: 0 }, 'the interrupted task is back to pending')
+  t.ok('sealed' in await readJson(join(dir, 'near.json')), 'and saved sealed')
+  t.match((await post(app, '/execute', { session_id: 'near' })).json(), { status: 'Completed', result: 'done' })
+  t.ok((await readFile(join(dir, 'near.json'))).length > bound, 'the sealed file takes more than the bound')
+  await app.close()
+  app = await build(t, { dir, config: { ...config, TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.match((await get(app, '/list?session_id=near')).json().tasks, [{ status: 'Completed', interruptions: 1 }], 'restored')
+})
+
 t.test('/metrics names the active kid and counts every configured kid, 0 when no session is under it', async (t) => {
   const dir = await tempDir(t)
   let app = await build(t, { dir })

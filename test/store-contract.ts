@@ -9,6 +9,7 @@ import type { SessionFile, Task } from '../schemas/session.js'
 import type { Keyring } from '../services/store/keyring.js'
 import type { SessionStore } from '../services/store/store.js'
 import { RECORD_ROOM_PER_TASK_BYTES } from '../services/store/save-rules.js'
+import { serializeSessionFile } from '../services/store/session-files.js'
 
 export interface ContractStorage {
   /** Initialised, on storage of the test's own. */
@@ -376,5 +377,25 @@ export function storeContract (t: Test, name: string, open: OpenStorage, options
     t.same(again.encryption(), { active_kid: keyring.activeKid, sealed_sessions: { [keyring.activeKid]: 1 }, plaintext_sessions: 0 }, 'counted after a restart')
     await again.openArchive({ concurrency: 2 })
     t.strictSame((await again.readArchived('sealed-archived')).session?.file, archived, 'archived copies open too')
+  })
+
+  t.test(`${name}: with keys the bound holds the content, not the sealed bytes: a session that fits in clear fits sealed`, async (t) => {
+    const bound = 64 * 1024
+    const storage = await open(t, { keyring, maxSessionBytes: bound })
+    if (storage === null) return
+    const { store } = storage
+    const file = contractSession('full', ['Pending', 'Pending'])
+    const clear = async (): Promise<number> => (await serializeSessionFile(file, 2, Number.POSITIVE_INFINITY)).length
+    ;(file.session.tasks[0] as Task).instruction += 'x'.repeat(bound - await clear())
+    t.equal(await clear(), bound, 'exactly at the bound in clear')
+    t.ok(await store.save(file) > bound, 'saved sealed, in more bytes than the bound')
+    const run = structuredClone(file)
+    Object.assign(run.session.tasks[0] as Task, { status: 'Failed', error: 'e'.repeat(100), started_at: AT, completed_at: AT })
+    await t.resolves(store.save(run, { records: true }), 'a run recorded in it is saved too')
+    const over = structuredClone(run)
+    ;(over.session.tasks[1] as Task).instruction += 'y'.repeat(bound)
+    await t.rejects(store.save(over), { code: 'LIMIT_EXCEEDED', message: /'full' would take more than 65536 bytes stored \(TASK_MAX_SESSION_BYTES\)/ }, 'content past the bound is refused')
+    await store.close()
+    t.strictSame(await active(await storage.reopen()), [run], 'after a restart: the last save that was taken')
   })
 }

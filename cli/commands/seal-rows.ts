@@ -68,7 +68,7 @@ async function resealed (row: UnsealedRow, settings: Config, keyring: Keyring, p
       return null
     }
     if (err instanceof SessionTooLargeError) {
-      problems.push({ file: rowName(row), reason: `${err.message} once sealed (base64 takes a third more); left as it is` })
+      problems.push({ file: rowName(row), reason: `its content passes TASK_MAX_SESSION_BYTES (${err.maxBytes} bytes), so no server could save it sealed; left as it is` })
       return null
     }
     throw err

@@ -39,8 +39,9 @@ Rotation: put the new key first and keep the old one second (on the servers too)
 then drop the old key.
 
 Exit status 1 when a file could not be read (unreadable, or sealed under a key not configured)
-or would pass TASK_MAX_SESSION_BYTES once sealed (it is left as it is). A file whose name is not
-<session id>.json holds no session: it is reported as ignored (as validate does) and left alone.
+or holds more content than TASK_MAX_SESSION_BYTES allows (written under a larger bound; it is
+left as it is). A file whose name is not <session id>.json holds no session: it is reported as
+ignored (as validate does) and left alone.
 
 Options:
 ${DATABASE_HELP}
@@ -105,10 +106,10 @@ ${COMMON_HELP}`,
           // The server's bound, with the room its runs' records may use (a session may be stored in it).
           data = await serializeSessionFile(checked.file, 2, sessionBound(checked.file, settings.TASK_MAX_SESSION_BYTES, { records: true }), keyring, settings.TASK_MAX_SESSION_BYTES)
         } catch (err) {
-          // Sealed, it would pass the bound the server holds every save to: it stays as it is.
+          // Past the bound the server holds every save to (set lower since it was written): it stays as it is.
           if (!(err instanceof SessionTooLargeError)) throw err
           counts.unreadable++
-          problems.push({ file: stored.rel, reason: `${err.message} once sealed (base64 takes a third more); left as it is` })
+          problems.push({ file: stored.rel, reason: `its content passes TASK_MAX_SESSION_BYTES (${err.maxBytes} bytes), so no server could save it sealed; left as it is` })
           continue
         }
         // Named like the server's temp files, so an interrupted run leaves nothing a restore keeps.
