@@ -4,6 +4,7 @@
  * lost updates, the document column's fidelity, a dropped or stalled connection, restore size.
  */
 import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import type { SessionFile, Task } from '../schemas/session.js'
@@ -598,4 +599,43 @@ t.test('1,000 sessions restore in one loadAll, every one as saved', async (t) =>
   // Every one is known at its version: saving them all again conflicts nowhere.
   await Promise.all(result.sessions.slice(0, 100).map((session) => again.save(session.file)))
   t.pass('saves after restore carry the versions read')
+})
+
+t.test('the event log keeps the newest events asked for, and a trim reads only what it deletes, not every event trimmed before (no vacuum)', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const store = await openStore(t, url)
+  const db = inspector(t, url)
+  // As on a server whose autovacuum is off or behind: the trimmed events' index entries stay.
+  await db.query('ALTER TABLE events SET (autovacuum_enabled = false)')
+  const keep = 100
+  const batch = (n: number): Array<{ name: string, data: unknown }> => Array.from({ length: n }, (_, i) => ({ name: 'progress', data: { session_id: `s${i}` } }))
+  let newest = 0
+  for (let i = 0; i < 300; i++) newest = await store.publishEvents(batch(64), keep)
+  const { rows: [log] } = await db.query<{ events: string, oldest: string, trimmed: string }>('SELECT count(*) AS events, min(id) AS oldest, (SELECT trimmed FROM event_stream) AS trimmed FROM events')
+  t.equal(Number(log?.trimmed), newest - keep, 'trimmed to the newest `keep` at the last batch')
+  t.equal(Number(log?.events), keep, 'and only those are left')
+  t.equal(Number(log?.oldest), newest - keep + 1)
+  // Pages of the log (its rows and its key) read, from the statistics (flushed when the client goes idle).
+  const client = await db.connect()
+  t.teardown(() => { client.release() })
+  const pagesRead = async (): Promise<number> => {
+    await client.query('SELECT pg_stat_force_next_flush()')
+    await sleep(100)
+    const { rows } = await db.query<{ pages: string }>("SELECT heap_blks_hit + heap_blks_read + idx_blks_hit + idx_blks_read AS pages FROM pg_statio_user_tables WHERE schemaname = $1 AND relname = 'events'", [SCHEMA])
+    return Number(rows[0]?.pages)
+  }
+  // One event at a time: the log trims at ids that are multiples of 64. The last batch ended on
+  // one; 62 more, then one that only appends, then one that trims.
+  const publishOne = async (): Promise<number> => {
+    const before = await pagesRead()
+    await client.query('SELECT publish_events($1::text[], $2::json[], $3::bigint, $4, $5)', [['progress'], ['{}'], keep, 'taskvault_test', ''])
+    return await pagesRead() - before
+  }
+  await client.query('SELECT publish_events($1::text[], $2::json[], $3::bigint, $4, $5)', [Array(62).fill('progress'), Array(62).fill('{}'), keep, 'taskvault_test', ''])
+  const appended = await publishOne()
+  const trimmed = await publishOne()
+  t.equal(Number((await db.query<{ trimmed: string }>('SELECT trimmed FROM event_stream')).rows[0]?.trimmed), newest + 64 - keep, 'the id that trims')
+  // It deletes 64 events (a page hit each, on 2 pages), past 19,200 trimmed before (some 250 pages, rows and key).
+  t.ok(trimmed - appended <= 64 + 16, `a trim read ${trimmed - appended} more pages of the log than an append alone (${appended})`)
 })
