@@ -497,6 +497,23 @@ t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => 
   await sleep(0)
 })
 
+t.test('/ready goes 503 while the sessions table is locked, as requests stall behind the lock, and 200 once it is released', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const app = await postgresApp(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 500 })
+  const ready = async (): Promise<number> => (await app.inject({ method: 'GET', url: '/ready' })).statusCode
+  t.equal(await ready(), 200)
+  const locker = await inspector(t, url)
+  await locker.query('BEGIN')
+  await locker.query('LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE')
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'locked', instructions: 'x' } })).statusCode, 503, 'a create: 503 at the statement timeout')
+  const res = await app.inject({ method: 'GET', url: '/ready' })
+  t.equal(res.statusCode, 503, '/ready: 503')
+  t.match(res.json(), { code: 'STORAGE_UNAVAILABLE' })
+  await locker.query('COMMIT')
+  t.equal(await ready(), 200, 'ready again once the lock is gone')
+})
+
 t.test('losing the database: requests fail fast with 503, /ready goes 503, and the service recovers by itself', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

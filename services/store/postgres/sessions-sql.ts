@@ -312,8 +312,13 @@ export const ROW_TOTALS = `WITH by_kid AS (SELECT coalesce(sealed_kid, '') AS ki
     pg_total_relation_size('sessions')::bigint AS table_bytes
   FROM by_kid`
 
-/** A round trip that proves the database answers (readiness). */
-export const PING = 'SELECT 1'
+/**
+ * A round trip that proves the database answers (readiness), and that the sessions table can be
+ * read: planning it takes the table's share lock, so a table another session holds locked (a
+ * `LOCK TABLE`, an `ALTER TABLE` waiting on a long transaction) answers with the statement
+ * timeout, as every request would. It reads no row.
+ */
+export const PING = 'SELECT 1 FROM sessions WHERE false'
 
 /** The encryption key checks of these kids (migration 006). */
 export function keyChecksOf (kids: string[]): pg.QueryConfig {
