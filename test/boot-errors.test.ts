@@ -3,9 +3,12 @@
  * process, exiting 1 with one `taskvault: cannot start: ...` line that names the setting to
  * change, never listening and never hanging.
  */
+import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
+import { writeFile } from 'node:fs/promises'
 import { createServer, type AddressInfo, type Server } from 'node:net'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { baseEnv, describe, EXIT_TIMEOUT_MS, exitWithin, freePort, scratch, type ServerProcess } from './server-process.js'
 
@@ -34,6 +37,23 @@ t.test('a port already taken: one line naming PORT, exit 1, the storage lock rel
   t.match(line, new RegExp(`PORT ${port} on 127\\.0\\.0\\.1 is already in use`, 'u'), 'names PORT and its value')
   t.notMatch(server.stdout(), /"level":60/u, 'no fatal JSON log line')
   t.notOk(existsSync(join(storage, '.taskvault.lock')), 'the storage lock is not left behind')
+})
+
+t.test('a settings file that is a pipe nobody writes to fails the boot in SETTING_FILE_WAIT_MS, naming the setting; one whose writer comes late is read', async (t) => {
+  const { dir, spawnRaw } = await scratch(t)
+  const fifo = join(dir, 'agents.fifo')
+  t.equal(spawnSync('mkfifo', [fifo]).status, 0, 'mkfifo')
+  const started = performance.now()
+  const server = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORAGE_DIR: join(dir, 'tasks'), TASK_AGENTS: `@${fifo}` }))
+  const [line] = await failedStart(t, server, 'TASK_AGENTS=@fifo')
+  t.match(line, /TASK_AGENTS: cannot read .*agents\.fifo: a pipe that gave nothing within 5000 ms/u)
+  t.ok(performance.now() - started < EXIT_TIMEOUT_MS, 'no hang')
+  // A writer that opens the pipe after the server did (a secrets helper): its text is the setting.
+  const late = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORAGE_DIR: join(dir, 'tasks'), TASK_AGENTS: `@${fifo}` }))
+  await sleep(500)
+  await writeFile(fifo, '{"default": {"kind": "nope"}}')
+  const [bad] = await failedStart(t, late, 'TASK_AGENTS=@fifo, written late')
+  t.match(bad, /TASK_AGENTS\.default/u, 'the text written was read and judged')
 })
 
 t.test('a choice-list setting with a bad value: one line listing the allowed values', async (t) => {
