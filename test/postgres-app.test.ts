@@ -497,6 +497,28 @@ t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => 
   await sleep(0)
 })
 
+t.test('a lease the row names this replica for, that none of its runs holds (its giving back failed), is nobody\'s here: retry and delete go through, not SESSION_BUSY naming itself', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const executors = { default: async () => { throw new Error('boom') } }
+  const app = await buildApp({ readEnvironment: false, executors, config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_ARCHIVE_DAYS: 0, TASK_REPLICA_ID: 'me' } })
+  t.teardown(() => app.close())
+  await app.ready()
+  const db = await inspector(t, url)
+  for (const id of ['kept', 'gone']) {
+    t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: id, instructions: '1. a\n2. b' } })).statusCode, 200)
+    t.match((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: id } })).json(), { status: 'Failed' })
+  }
+  // As a run's release leaves the row when the database was away at its end.
+  await db.query("UPDATE sessions SET owner = 'me', lease_until = now() + interval '60 seconds' WHERE session_id IN ('kept', 'gone') AND archived_at IS NULL")
+  const retried = await app.inject({ method: 'POST', url: `${API}/retry`, payload: { session_id: 'kept' } })
+  t.equal(retried.statusCode, 200, 'retry', { body: retried.body })
+  t.match((await app.inject({ method: 'GET', url: `${API}/progress?session_id=kept` })).json(), { pending: 2, running: false })
+  const deleted = await app.inject({ method: 'DELETE', url: `${API}/sessions/gone` })
+  t.ok(deleted.statusCode < 300, 'delete', { body: deleted.body })
+  t.match((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'kept' } })).json(), { status: 'Failed' }, 'and the next execute here takes the lease over')
+})
+
 t.test('/ready goes 503 while the sessions table is locked, as requests stall behind the lock, and 200 once it is released', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -192,7 +192,7 @@ export interface SharedSessions {
    * cancel is done with, unless `applied` is false (what was to apply it failed): it stays asked.
    */
   release(sessionId: string, epoch: string, applied?: boolean): Promise<void>
-  /** The live holder of the session's lease (this replica included), or null. */
+  /** The live holder of the session's lease (this replica included, unless nothing of this process holds the lease: one whose giving back failed), or null. */
   holder(sessionId: string): Promise<string | null>
   /** Whether a cancel asked for the session (requestCancel) still waits to be applied. */
   cancelPending(sessionId: string): Promise<boolean>

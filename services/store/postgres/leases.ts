@@ -130,6 +130,15 @@ export class LeaseKeeper {
     return this.held.get(sessionId)?.lost === true ? new LeaseLostError(sessionId, 'saving refused: this replica gave up or lost its lease') : null
   }
 
+  /**
+   * Whether a lease the row names this replica for is none of this process's: neither held (by a
+   * run or a sweep) nor being taken. It is one whose giving back failed (the database was away),
+   * or an earlier process's under this replica id: nothing runs the session.
+   */
+  strayed (sessionId: string): boolean {
+    return !this.held.has(sessionId) && !this.acquiring.has(sessionId)
+  }
+
   /** Whether this process holds the session's lease and has not lost it. */
   holds (sessionId: string): boolean {
     return this.held.get(sessionId)?.lost === false
