@@ -17,8 +17,14 @@ export function createValidatorCompiler (): FastifySchemaCompiler<unknown> {
   const textAjv = new Ajv({ ...shared, coerceTypes: 'array' })
   return ({ schema, httpPart }) => {
     const validate = httpPart === 'body' ? bodyAjv.compile(withoutFieldAlternatives(schema as object)) : textAjv.compile(schema as object)
+    const numeric = httpPart === 'body' ? [] : numericFields(schema as object)
     // Ajv lets Infinity (from "1e400" or "Infinity") past minimum and maximum; no field here takes it.
     const check = (data: unknown): boolean => {
+      const spelled = notDecimal(data, numeric)
+      if (spelled !== null) {
+        check.errors = [spelled]
+        return false
+      }
       if (!validate(data)) {
         check.errors = validate.errors?.map(namingValues)
         return false
@@ -58,6 +64,32 @@ export function nonFiniteNumber (value: unknown, path: string): string | null {
   for (const [key, item] of Object.entries(value)) {
     const found = nonFiniteNumber(item, `${path}/${key}`)
     if (found !== null) return found
+  }
+  return null
+}
+
+/** Decimal digits, and a fraction where the field is a number: all a number in a query string is written as. */
+const INTEGER_TEXT = /^-?[0-9]+$/u
+const NUMBER_TEXT = /^-?[0-9]+(\.[0-9]+)?$/u
+
+/** The top-level fields of a query string's (or params') schema that take a number, with the form their text must have. */
+function numericFields (schema: object): Array<[string, RegExp]> {
+  const properties = (schema as { properties?: Record<string, { type?: unknown }> }).properties ?? {}
+  return Object.entries(properties).flatMap(([name, field]): Array<[string, RegExp]> =>
+    field.type === 'integer' ? [[name, INTEGER_TEXT]] : field.type === 'number' ? [[name, NUMBER_TEXT]] : [])
+}
+
+/**
+ * Ajv coerces text as JavaScript's Number() does, so `0x10`, `1e1`, `0b11`, `+5` and a blank
+ * pass as numbers: a client's typo would be read as another value. Numbers must be decimal.
+ */
+function notDecimal (data: unknown, fields: ReadonlyArray<[string, RegExp]>): ErrorObject | null {
+  if (fields.length === 0 || typeof data !== 'object' || data === null) return null
+  for (const [name, form] of fields) {
+    const value = (data as Record<string, unknown>)[name]
+    if (typeof value === 'string' && !form.test(value)) {
+      return { instancePath: `/${name}`, schemaPath: '', keyword: 'type', params: {}, message: `must be ${form === INTEGER_TEXT ? 'an integer' : 'a number'} in decimal digits` }
+    }
   }
   return null
 }

@@ -434,7 +434,7 @@ t.test('random sequences of requests, any method, at every route', async (t) => 
   await assertHealthy(t, f)
 })
 
-t.test('GET /list with a non-finite limit or offset is a 400, not a 500', async (t) => {
+t.test('GET /list with a non-finite limit or offset, or one not in decimal digits, is a 400, not a 500', async (t) => {
   const f = await fixture(t)
   for (const query of ['offset=Infinity', 'offset=-Infinity', 'offset=1e400', 'offset=-1e400', 'limit=Infinity', 'limit=1e400']) {
     const res = await f.app.inject({ method: 'GET', url: `${API}/list?session_id=all&${query}` })
@@ -444,5 +444,11 @@ t.test('GET /list with a non-finite limit or offset is a 400, not a 500', async 
   for (const query of ['offset=1.5', 'offset=-1', 'limit=1001', 'limit=NaN']) {
     t.equal((await f.app.inject({ method: 'GET', url: `${API}/list?session_id=all&${query}` })).statusCode, 400, `${query} is a 400`)
   }
+  // Number() reads these as 16, 10, 3, 5, 1 and 0: a typo would page from another place.
+  for (const query of ['offset=0x10', 'offset=1e1', 'limit=0b11', 'limit=%2B5', 'offset=1.0', 'offset=%20', 'offset=']) {
+    const res = await f.app.inject({ method: 'GET', url: `${API}/list?session_id=all&${query}` })
+    t.match(res.json(), { statusCode: 400, code: 'FST_ERR_VALIDATION', message: /^querystring\/(offset|limit) must be an integer in decimal digits$/ }, query)
+  }
+  t.match((await f.app.inject({ method: 'GET', url: `${API}/list?session_id=all&offset=007&limit=10` })).json(), { offset: 7, limit: 10 }, 'decimal digits pass')
   await assertHealthy(t, f)
 })
