@@ -4,6 +4,7 @@ import * as util from 'node:util'
 import { Ajv } from 'ajv'
 import { ConfigSchema, describeSettingErrors, type Config } from '../schemas/config.js'
 import { BadSettingError, InvalidLockSettingsError } from '../services/errors.js'
+import { droppedEnvLines, droppedEnvMessage } from '../services/setting-file.js'
 
 /**
  * The server's settings, read the way the server reads them (the environment, then `.env` in
@@ -38,6 +39,8 @@ function readDotEnv (cwd: string): Record<string, string | undefined> {
   } catch {
     return {}
   }
+  const dropped = droppedEnvLines(text)
+  if (dropped.length > 0) throw new BadSettingError(droppedEnvMessage(dropped))
   // Node 20.12 or later (package.json's engines).
   return util.parseEnv(text)
 }

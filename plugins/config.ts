@@ -1,7 +1,9 @@
+import { readFileSync } from 'node:fs'
 import fastifyEnv from '@fastify/env'
 import { fastify } from 'fastify'
 import fp from 'fastify-plugin'
 import { ConfigSchema, describeSettingErrors, type Config, type SettingError } from '../schemas/config.js'
+import { droppedEnvLines, droppedEnvMessage } from '../services/setting-file.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -26,6 +28,7 @@ const configPlugin = fp<ConfigPluginOptions>(async function configPlugin (app, o
     return
   }
   const readEnvironment = options.readEnvironment ?? true
+  if (readEnvironment) checkDotEnv()
   try {
     await app.register(fastifyEnv, {
       confKey: 'config',
@@ -62,4 +65,17 @@ export async function loadConfig (options: ConfigPluginOptions = {}): Promise<Co
   } finally {
     await probe.close()
   }
+}
+
+/** `.env` in the working directory (where @fastify/env reads it), refused when the parser would drop a line of it. */
+function checkDotEnv (): void {
+  let text: string
+  try {
+    text = readFileSync('.env', 'utf8')
+  } catch {
+    // Missing or unreadable: @fastify/env reports what it cannot read.
+    return
+  }
+  const dropped = droppedEnvLines(text)
+  if (dropped.length > 0) throw new Error(droppedEnvMessage(dropped))
 }

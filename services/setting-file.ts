@@ -1,4 +1,5 @@
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs'
+import { parseEnv } from 'node:util'
 
 /**
  * The most a setting's file (`TASK_AGENTS=@path`, `TASK_ENCRYPTION_KEYS=@path`) is read of: such
@@ -49,4 +50,29 @@ export function readSettingFile (path: string, max = SETTING_FILE_MAX_BYTES, wai
   } finally {
     closeSync(fd)
   }
+}
+
+/**
+ * The numbers of the `.env` lines that Node's parser (util.parseEnv, which the server and the
+ * command-line tool read `.env` with) drops without a word: text that is not a comment, holds no
+ * `=`, and is no part of a value (a quoted one spans lines). `TASK_STORE postgres` would leave
+ * the server on the file store.
+ */
+export function droppedEnvLines (text: string): number[] {
+  const values = Object.values(parseEnv(text))
+  const dropped: number[] = []
+  text.split(/\r?\n/u).forEach((line, index) => {
+    const content = line.trim()
+    if (content === '' || content.startsWith('#') || content.includes('=')) return
+    // The first or last line of a quoted value carries its quote.
+    const text = content.replace(/^['"`]|['"`]$/gu, '')
+    if (values.some((value) => value?.includes(text) === true)) return
+    dropped.push(index + 1)
+  })
+  return dropped
+}
+
+/** The error for droppedEnvLines(): line numbers only, since a dropped line may hold a secret. */
+export function droppedEnvMessage (lines: readonly number[]): string {
+  return `.env line${lines.length === 1 ? '' : 's'} ${lines.join(', ')}: not NAME=value, so the parser drops ${lines.length === 1 ? 'it' : 'them'} and the setting would not apply; fix or comment out`
 }

@@ -4,12 +4,14 @@
  * They cover what in-process tests cannot: SIGKILL at arbitrary moments, SIGTERM and the
  * exit code, boot failures, `.env` loading and restore at startup.
  */
+import { spawnSync } from 'node:child_process'
 import http from 'node:http'
 import { mkdir, readFile, readdir, realpath, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { markAsTaskvault } from './helper.js'
+import { CLI } from './cli-run.js'
 import { daysAgo, storedSession } from './session-fixtures.js'
 import { baseEnv, call, describe, EXIT_TIMEOUT_MS, exitWithin, freePort, logMessages, scratch, type ServerProcess, type TaskView } from './server-process.js'
 
@@ -345,6 +347,25 @@ t.test('a .env file in the cwd is read, and the environment wins over it', async
   t.equal(stored.session_id, 'dotenv', 'the session file is written in the .env folder')
   const defaultFolder = await readdir(join(cwd, 'data')).then(() => true, () => false)
   t.notOk(defaultFolder, 'the default data/tasks folder was not used')
+})
+
+t.test('a .env line the parser would drop (no "=") stops the boot naming its line, never its text; a value quoted across lines is read', async (t) => {
+  const { dir, spawnRaw, start } = await scratch(t)
+  const cwd = await realpath(dir)
+  await writeFile(join(cwd, '.env'), '# taskvault\nTASK_STORE postgres\nTASK_ARCHIVE_DAYS=5\nhunter2secret\n')
+  const server = spawnRaw(baseEnv({ PORT: String(await freePort()) }), cwd)
+  const exit = await exitWithin(server, EXIT_TIMEOUT_MS)
+  t.same(exit, { code: 1, signal: null }, 'exit 1', { output: describe(server) })
+  t.equal(server.stderr().trim(), 'taskvault: cannot start: .env lines 2, 4: not NAME=value, so the parser drops them and the setting would not apply; fix or comment out')
+  t.notMatch(server.stdout() + server.stderr(), /hunter2secret|postgres/u, 'the lines themselves are never shown')
+  const cli = spawnSync(process.execPath, [CLI, 'stats', '--json'], { cwd, env: baseEnv(), encoding: 'utf8' })
+  t.equal(cli.status, 2, 'the command-line tool refuses it too (a bad setting)')
+  t.match(JSON.parse(cli.stdout), { error: { code: 'USAGE', message: /^bad setting \.env lines 2, 4: not NAME=value/u } })
+  t.notMatch(cli.stdout + cli.stderr, /hunter2secret/u)
+  // A quoted value may span lines, whose text holds no "=".
+  await writeFile(join(cwd, '.env'), ['TASK_STORAGE_DIR=quoted', "TASK_AGENTS='{", '  "default": {"kind": "echo"}', "}'", ''].join('\n'))
+  const booted = await start(baseEnv(), cwd)
+  t.equal((await call(booted, 'GET', `${API}/stats`)).body.storage.dir, join(cwd, 'quoted'))
 })
 
 t.test('an InProgress task found on disk at startup is reset to Pending', async (t) => {
