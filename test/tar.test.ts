@@ -115,4 +115,9 @@ t.test('an entry claiming more than MAX_ENTRY_BYTES is refused before anything i
   const hostile = gzipSync(Buffer.concat([ustarHeader({ name: 'huge.json', size: 8 * 1024 ** 3 - 1 }), Buffer.alloc(1024)]))
   await t.rejects(unpack(hostile), { name: 'TarFormatError', message: /claims 8589934591 bytes/u })
   t.ok(MAX_ENTRY_BYTES < 8 * 1024 ** 3)
+  // A session sealed at the largest TASK_MAX_SESSION_BYTES (256 MiB of content, and room for a
+  // run's records) takes a third more in base64: a backup of it must restore.
+  const sealed = Math.ceil((256 + 16) * 1024 ** 2 / 3) * 4 + 1024
+  const large = gzipSync(Buffer.concat([ustarHeader({ name: 'sealed.json', size: sealed }), Buffer.alloc(1024)]))
+  await t.rejects(unpack(large), { name: 'TarFormatError', message: /^(?!.*claims)/u }, `an entry of ${sealed} bytes is not refused for its size (only cut short here)`)
 })

@@ -1,10 +1,15 @@
+import { constants as bufferConstants } from 'node:buffer'
 import { Readable, pipeline as pipelineCallback, type Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { createGunzip, createGzip } from 'node:zlib'
 import { TarFormatError } from '../errors.js'
 
-/** The largest entry the reader accepts (a session file is a few KB to a few MB). */
-export const MAX_ENTRY_BYTES = 256 * 1024 * 1024
+/**
+ * The largest entry the reader accepts: the largest session file restore can read, one string
+ * (MAX_SESSION_FILE_BYTES). Not TASK_MAX_SESSION_BYTES's 256 MiB: a sealed file takes a third
+ * more than the content that bound holds.
+ */
+export const MAX_ENTRY_BYTES = bufferConstants.MAX_STRING_LENGTH
 
 /**
  * Gzipped tar archives (POSIX ustar, with pax headers for names over 100 bytes), written and
