@@ -52,27 +52,63 @@ export function readSettingFile (path: string, max = SETTING_FILE_MAX_BYTES, wai
   }
 }
 
+/** A line every Node's parser (util.parseEnv) reads as a setting: spaces, an optional `export `, a name, spaces, `=`. */
+const ASSIGNMENT = /^ *(?:export )?[\w.-]+ *=/u
+/** The same with tabs, more spaces or a byte-order mark in it: Node 20 misreads the name, later ones do not. */
+const LOOSE_ASSIGNMENT = /^[\s\uFEFF]*(?:export\s+)?[\w.-]+\s*=/u
+const COMMENT = /^ *#/u
+const LOOSE_COMMENT = /^[\s\uFEFF]*#/u
+/** A name as the settings have them: what the parser made of a line it misread is not one. */
+const NAME = /^[\w.-]+$/u
+const QUOTES = '\'"`'
+
 /**
  * The numbers of the `.env` lines that Node's parser (util.parseEnv, which the server and the
- * command-line tool read `.env` with) drops without a word: text that is not a comment, holds no
- * `=`, and is no part of a value (a quoted one spans lines). `TASK_STORE postgres` would leave
- * the server on the file store.
+ * command-line tool read `.env` with) drops or misreads without a word, so that a setting would
+ * not apply: `TASK_STORE postgres` would leave the server on the file store. A line must be empty,
+ * a comment, `NAME=value`, or part of a value quoted across lines (up to the line with its closing
+ * quote, when one comes). Tabs or a byte-order mark before a name or a comment, and a line of
+ * spaces or tabs before another line, make Node 20's parser join lines into one name; they count
+ * only where this Node's parser does that.
  */
 export function droppedEnvLines (text: string): number[] {
-  const values = Object.values(parseEnv(text))
+  const lines = text.split(/\r?\n/u)
   const dropped: number[] = []
-  text.split(/\r?\n/u).forEach((line, index) => {
-    const content = line.trim()
-    if (content === '' || content.startsWith('#') || content.includes('=')) return
-    // The first or last line of a quoted value carries its quote.
-    const text = content.replace(/^['"`]|['"`]$/gu, '')
-    if (values.some((value) => value?.includes(text) === true)) return
-    dropped.push(index + 1)
-  })
-  return dropped
+  const quirks: number[] = []
+  let blanks: number[] = []
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i] as string
+    if (line === '') continue
+    if (line.trim() === '') {
+      blanks.push(i + 1)
+      continue
+    }
+    quirks.push(...blanks)
+    blanks = []
+    if (COMMENT.test(line)) continue
+    if (LOOSE_COMMENT.test(line)) {
+      quirks.push(i + 1)
+      continue
+    }
+    const assignment = ASSIGNMENT.exec(line) ?? LOOSE_ASSIGNMENT.exec(line)
+    if (assignment === null) {
+      dropped.push(i + 1)
+      continue
+    }
+    if (!ASSIGNMENT.test(line)) quirks.push(i + 1)
+    const value = line.slice(assignment[0].length).replace(/^ +/u, '')
+    const quote = value[0]
+    if (quote === undefined || !QUOTES.includes(quote) || value.includes(quote, 1)) continue
+    // The value goes on to the line with its closing quote; with none, it is this line's text.
+    const close = lines.findIndex((later, j) => j > i && later.includes(quote))
+    if (close !== -1) i = close
+  }
+  if (quirks.length > 0 && Object.keys(parseEnv(text)).some((name) => !NAME.test(name))) dropped.push(...quirks)
+  return dropped.sort((a, b) => a - b)
 }
 
-/** The error for droppedEnvLines(): line numbers only, since a dropped line may hold a secret. */
+/** The error for droppedEnvLines(): line numbers only, since such a line may hold a secret. */
 export function droppedEnvMessage (lines: readonly number[]): string {
-  return `.env line${lines.length === 1 ? '' : 's'} ${lines.join(', ')}: not NAME=value, so the parser drops ${lines.length === 1 ? 'it' : 'them'} and the setting would not apply; fix or comment out`
+  const one = lines.length === 1
+  return `.env line${one ? '' : 's'} ${lines.join(', ')}: not NAME=value, a comment or an empty line, so the parser drops or misreads ${one ? 'it' : 'them'} and a setting would not apply; fix or remove ${one ? 'it' : 'them'}`
 }

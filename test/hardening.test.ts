@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net'
 import { hostname, tmpdir } from 'node:os'
 import { join, sep } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { parseEnv } from 'node:util'
 import type { FastifyInstance, FastifyServerOptions, InjectOptions, LightMyRequestResponse } from 'fastify'
 import t from 'tap'
 import { buildApp } from '../app.js'
@@ -19,6 +20,7 @@ import { StorageLockedError } from '../services/errors.js'
 import type { SessionFile } from '../services/session/session.js'
 import { MARKER_FILE } from '../services/store/storage-folder.js'
 import { MAX_SESSION_FILE_BYTES } from '../services/store/read-batch.js'
+import { droppedEnvLines } from '../services/setting-file.js'
 import { storedSession } from './session-fixtures.js'
 import { API, build, get, markAsTaskvault, memoryLog, post, tempDir, waitFor, type LogLine, type TestContext } from './helper.js'
 import { faultFs } from './faults.js'
@@ -950,4 +952,23 @@ t.test('validation: POST /archive takes no body or an object; a JSON null is a 4
   t.equal((await get(app, '/progress?session_id=done')).json().archived, undefined, 'no pass ran: the finished session is still active')
   const bare = await app.inject({ method: 'POST', url: `${API}/archive` })
   t.same(bare.json().archived_ids, ['done'], 'no body: a pass with the defaults')
+})
+
+t.test('.env lines the parser would drop or misread are found by number, on this Node as its parser reads them', async (t) => {
+  const valid = [
+    "TASK_AGENTS='{\n  \"default\": {\"kind\": \"echo\"}\n}' # the demo agent\nB=2", 'A="one\ntwo\\nthree\nfour"', "A='{\n inner\n}'\nA=plain",
+    'export FOO=1', 'A=x # c', 'A=1\r\nB=2\r\n', 'A = 1', 'A=', '  # c\nA=1', ' A=1', 'A=1\n \n', 'A="x\n# not a comment\ny"\nB=2', 'FOO="unterminated\nBAR=2'
+  ]
+  for (const text of valid) t.same(droppedEnvLines(text), [], JSON.stringify(text))
+  const dropped: Array<[string, number[]]> = [
+    ['TASK_STORE postgres\nTASK_ARCHIVE_DAYS=5', [1]], ['TASK_STORE postgres # was=file', [1]], ['TASK STORE=postgres', [1]], ['=postgres', [1]],
+    ['DATABASE_URL=postgres://x/y\npostgres', [2]], ['KEY: value', [1]], ['export FOO', [1]], ['\uFEFFTASK_STORE=postgres\nX=1', [1]]
+  ]
+  for (const [text, lines] of dropped) t.same(droppedEnvLines(text), lines, JSON.stringify(text))
+  // Node 20's parser joins these to the next line's name; later ones read them right.
+  const quirks: Array<[string, number[]]> = [['FOO=1\n   \nBAR=2', [2]], ['FOO=1\n\t\nBAR=2', [2]], ['\uFEFF# c\nA=1', [1]], ['export  FOO=1', [1]], ['\tA=1', [1]], ['\t# c\nA=1', [1]], ['A\t=1', [1]]]
+  for (const [text, lines] of quirks) {
+    const misread = Object.keys(parseEnv(text)).some((name) => !/^[\w.-]+$/u.test(name))
+    t.same(droppedEnvLines(text), misread ? lines : [], `${JSON.stringify(text)}: ${misread ? 'misread' : 'read right'} by this Node`)
+  }
 })

@@ -356,7 +356,7 @@ t.test('a .env line the parser would drop (no "=") stops the boot naming its lin
   const server = spawnRaw(baseEnv({ PORT: String(await freePort()) }), cwd)
   const exit = await exitWithin(server, EXIT_TIMEOUT_MS)
   t.same(exit, { code: 1, signal: null }, 'exit 1', { output: describe(server) })
-  t.equal(server.stderr().trim(), 'taskvault: cannot start: .env lines 2, 4: not NAME=value, so the parser drops them and the setting would not apply; fix or comment out')
+  t.equal(server.stderr().trim(), 'taskvault: cannot start: .env lines 2, 4: not NAME=value, a comment or an empty line, so the parser drops or misreads them and a setting would not apply; fix or remove them')
   t.notMatch(server.stdout() + server.stderr(), /hunter2secret|postgres/u, 'the lines themselves are never shown')
   const cli = spawnSync(process.execPath, [CLI, 'stats', '--json'], { cwd, env: baseEnv(), encoding: 'utf8' })
   t.equal(cli.status, 2, 'the command-line tool refuses it too (a bad setting)')
