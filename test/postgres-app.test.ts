@@ -497,7 +497,7 @@ t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => 
   await sleep(0)
 })
 
-t.test('a lease the row names this replica for, that none of its runs holds (its giving back failed), is nobody\'s here: retry and delete go through, not SESSION_BUSY naming itself', async (t) => {
+t.test('a lease the row names this replica for, that none of its runs holds (its giving back failed), is nobody\'s here: retry and delete go through, not SESSION_BUSY naming itself; cancel says NOT_RUNNING at once', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
   const executors = { default: async () => { throw new Error('boom') } }
@@ -517,6 +517,15 @@ t.test('a lease the row names this replica for, that none of its runs holds (its
   const deleted = await app.inject({ method: 'DELETE', url: `${API}/sessions/gone` })
   t.ok(deleted.statusCode < 300, 'delete', { body: deleted.body })
   t.match((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'kept' } })).json(), { status: 'Failed' }, 'and the next execute here takes the lease over')
+  // A cancel: nothing runs, so 409 NOT_RUNNING at once, not a wait for the lease to run out.
+  await db.query("UPDATE sessions SET owner = 'me', lease_until = now() + interval '60 seconds' WHERE session_id = 'kept' AND archived_at IS NULL")
+  const started = performance.now()
+  const cancel = await app.inject({ method: 'POST', url: `${API}/cancel`, payload: { session_id: 'kept' } })
+  t.match(cancel.json(), { statusCode: 409, code: 'NOT_RUNNING' }, 'cancel', { body: cancel.body })
+  t.ok(performance.now() - started < 2000, 'at once')
+  const { rows } = await db.query("SELECT cancel_requested FROM sessions WHERE session_id = 'kept' AND archived_at IS NULL")
+  t.equal(rows[0]?.cancel_requested, false, 'no cancel left in the row for the next execute to meet')
+  t.match((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'kept' } })).json(), { status: 'Failed', error: 'boom' }, 'which runs its task')
 })
 
 t.test('/ready goes 503 while the sessions table is locked, as requests stall behind the lock, and 200 once it is released', async (t) => {

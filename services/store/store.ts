@@ -210,7 +210,7 @@ export interface SharedSessions {
    * last changes' events may never have been published. Resolves with their ids.
    */
   clearLostReplicas(): Promise<string[]>
-  /** Asks the live holder to cancel; resolves with its id, or null when nobody holds the lease. */
+  /** Asks the live holder to cancel; resolves with its id, or null when nobody holds the lease (as for holder(): a lease of this replica's that nothing of this process holds is nobody's). */
   requestCancel(sessionId: string): Promise<string | null>
   /** A page of the active sessions, newest updated first, and how many there are. */
   listActive(offset: number, limit: number): Promise<{ total: number, sessions: SharedSummary[] }>

@@ -143,16 +143,18 @@ export function sweepLeases (replicaId: string, leaseMs: number, limit: number, 
 /**
  * Asks the live holder of the session's lease to cancel its run: the request is kept in the
  * row (the holder's next renewal sees it, and whoever claims the session if the holder died)
- * and notified at commit. No row back: nobody holds a live lease.
+ * and notified at commit. No row back: nobody holds a live lease, or only `strayOwner` (this
+ * replica, when nothing of its process holds the lease: one whose giving back failed).
  */
-export function requestCancel (sessionId: string, channel: string, payload: string): pg.QueryConfig {
+export function requestCancel (sessionId: string, channel: string, payload: string, strayOwner: string | null): pg.QueryConfig {
   return {
     text: `WITH asked AS (
         UPDATE sessions SET cancel_requested = true
           WHERE session_id = $1 AND archived_at IS NULL AND owner IS NOT NULL AND lease_until > now()
+            AND owner IS DISTINCT FROM $4
           RETURNING owner, epoch)
       SELECT owner, epoch, pg_notify($2, $3) FROM asked`,
-    values: [sessionId, channel, payload]
+    values: [sessionId, channel, payload, strayOwner]
   }
 }
 

@@ -247,8 +247,11 @@ export class LeaseKeeper {
 
   async requestCancel (sessionId: string): Promise<string | null> {
     if (this.takenBy !== null) throw this.takenBy
+    // A lease of this replica's that nothing here holds (strayed) is nobody's: not asked, so the
+    // cancel finds no holder (NOT_RUNNING, or a run left behind taken over and cancelled) rather
+    // than waiting for a lease nothing renews to run out.
     const { rows } = await this.options.query<{ owner: string }>(`asking to cancel session '${sessionId}'`,
-      requestCancel(sessionId, CANCEL_CHANNEL, `${this.options.schema}.${sessionId}`))
+      requestCancel(sessionId, CANCEL_CHANNEL, `${this.options.schema}.${sessionId}`, this.strayed(sessionId) ? this.replicaId : null))
     return rows[0]?.owner ?? null
   }
 
