@@ -90,12 +90,13 @@ export function droppedEnvLines (text: string): number[] {
       quirks.push(i + 1)
       continue
     }
-    const assignment = ASSIGNMENT.exec(line) ?? LOOSE_ASSIGNMENT.exec(line)
+    const strict = ASSIGNMENT.exec(line)
+    const assignment = strict ?? LOOSE_ASSIGNMENT.exec(line)
     if (assignment === null) {
       dropped.push(i + 1)
       continue
     }
-    if (!ASSIGNMENT.test(line)) quirks.push(i + 1)
+    if (strict === null) quirks.push(i + 1)
     const value = line.slice(assignment[0].length).replace(/^ +/u, '')
     const quote = value[0]
     if (quote === undefined || !QUOTES.includes(quote) || value.includes(quote, 1)) continue

@@ -135,7 +135,7 @@ export class LeaseKeeper {
    * run or a sweep) nor being taken. It is one whose giving back failed (the database was away),
    * or an earlier process's under this replica id: nothing runs the session.
    */
-  strayed (sessionId: string): boolean {
+  private strayed (sessionId: string): boolean {
     return !this.held.has(sessionId) && !this.acquiring.has(sessionId)
   }
 
@@ -186,10 +186,12 @@ export class LeaseKeeper {
   }
 
   /** The live holder of the lease now (a round trip). */
+  /** The live holder of the session's lease, or null; a lease of this replica's that nothing here holds (strayed) is nobody's. */
   async holder (sessionId: string): Promise<string | null> {
     const { rows } = await this.options.query<{ owner: string | null, live: boolean }>(`reading the lease of session '${sessionId}'`, leaseHolder(sessionId))
     const row = rows[0]
-    return row?.live === true ? row.owner : null
+    if (row?.live !== true) return null
+    return row.owner === this.replicaId && this.strayed(sessionId) ? null : row.owner
   }
 
   async cancelPending (sessionId: string): Promise<boolean> {

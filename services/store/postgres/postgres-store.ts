@@ -869,11 +869,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   }
 
   async holder (sessionId: string): Promise<string | null> {
-    const keeper = this.keeper()
-    const named = await keeper.holder(this.checkId(sessionId))
-    // A lease of this replica's that nothing here runs under (strayed): nobody runs the session,
-    // and the next execute here takes the lease over.
-    const holder = named === this.replicaId && keeper.strayed(sessionId) ? null : named
+    const holder = await this.keeper().holder(this.checkId(sessionId))
     this.noteHolder(sessionId, holder)
     return holder
   }
