@@ -529,6 +529,8 @@ t.test('synchronous_commit: turned on for the store\'s own pool, refused when a 
 
   // Built as a host builds one (createPool's connections turn it on; this one's are the host's to configure).
   const host = new pg.Pool(connectionConfig({ url, schema: SCHEMA, max: 1, statementTimeoutMs: 5_000 }))
+  // As a host's pool must: an idle connection the database's drop ends is its 'error'.
+  host.on('error', noop)
   t.teardown(() => host.end())
   const store = new PostgresSessionStore({ pool: host, schema: SCHEMA, url })
   await t.rejects(store.init(), { code: 'INVALID_DATABASE_SETTING', message: /^synchronous_commit: is off/u })
