@@ -106,6 +106,7 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
     saveBatchBytes: settings.dbSaveBatchBytes,
     replicaId: settings.replicaId === '' ? defaultReplicaId() : settings.replicaId,
     leaseMs: settings.leaseMs,
+    pingTimeoutMs: settings.dbPingTimeoutMs,
     onMigrationLockWait: (wait: MigrationLockWait) => {
       app.log.warn({ migration: wait.version, waited_ms: wait.waitedMs, retry_in_ms: wait.retryInMs },
         `Migration ${wait.version} (${wait.name}) waits for a lock on its tables that another session holds (a pg_dump, a long transaction?); ` +

@@ -17,6 +17,7 @@ export const ConfigSchema = Type.Object({
   TASK_DB_SCHEMA: Type.String({ pattern: '^[a-z_][a-z0-9_]{0,62}$', default: 'taskvault', description: 'The PostgreSQL schema holding taskvault\'s tables (lower case, created if missing)' }),
   TASK_DB_POOL_MAX: Type.Integer({ minimum: 1, maximum: 1000, default: 10, description: 'Connections in the pool' }),
   TASK_DB_STATEMENT_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: HOUR_MS, default: 15_000, description: 'A statement running longer is cancelled and its request fails with 503' }),
+  TASK_DB_PING_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: HOUR_MS, default: 2000, description: '/ready\'s database check answers 503 once it has waited this long (for a connection of the pool, or for a table lock), so probes never pile up on a stalled database; keep it under the probe\'s own timeout' }),
   TASK_DB_SAVE_BATCH: Type.Integer({ minimum: 1, maximum: 10_000, default: 50, description: 'Saves that queue while every connection is busy are written together, this many sessions per statement and commit; 1 writes each alone' }),
   TASK_DB_SAVE_BATCH_BYTES: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 4 * 1024 * 1024, description: 'Stored bytes in one such statement (a bigger session is written alone)' }),
   TASK_REPLICA_ID: Type.String({ pattern: '^([A-Za-z0-9_.-]{1,128})?$', default: '', description: 'This server\'s name among the replicas on one PostgreSQL schema (a Kubernetes pod name is ideal); empty: hostname-pid' }),

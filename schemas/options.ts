@@ -40,6 +40,7 @@ export const STORE_SETTINGS = {
   dbPoolMax: 'TASK_DB_POOL_MAX',
   dbStatementTimeoutMs: 'TASK_DB_STATEMENT_TIMEOUT_MS',
   dbConnectTimeoutMs: 'TASK_DB_CONNECT_TIMEOUT_MS',
+  dbPingTimeoutMs: 'TASK_DB_PING_TIMEOUT_MS',
   dbSaveBatch: 'TASK_DB_SAVE_BATCH',
   dbSaveBatchBytes: 'TASK_DB_SAVE_BATCH_BYTES',
   replicaId: 'TASK_REPLICA_ID',

@@ -546,6 +546,43 @@ t.test('/ready goes 503 while the sessions table is locked, as requests stall be
   t.equal(await ready(), 200, 'ready again once the lock is gone')
 })
 
+t.test('probes during a table lock: /ready answers 503 within TASK_DB_PING_TIMEOUT_MS, and they share one waiting connection, gone once they are answered', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const app = await postgresApp(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 20_000, TASK_DB_PING_TIMEOUT_MS: 400, TASK_DB_POOL_MAX: 3 })
+  t.equal((await app.inject({ method: 'GET', url: '/ready' })).statusCode, 200)
+  const locker = await inspector(t, url)
+  // Not the locker: inside its transaction, pg_stat_activity stays the snapshot its first read took.
+  const watcher = await inspector(t, url)
+  const waiting = async (): Promise<number> => Number((await watcher.query(
+    "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FROM sessions WHERE false%'")).rows[0].n)
+  await locker.query('BEGIN')
+  await locker.query('LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE')
+  const started = Date.now()
+  const probes = Array.from({ length: 5 }, async () => app.inject({ method: 'GET', url: '/ready' }))
+  await sleep(200)
+  t.equal(await waiting(), 1, 'five probes at once wait on one connection')
+  const answers = await Promise.all(probes)
+  const ms = Date.now() - started
+  t.same(answers.map((res) => res.statusCode), [503, 503, 503, 503, 503], 'each answers 503')
+  t.match(answers[0]?.json(), { code: 'STORAGE_UNAVAILABLE' })
+  t.ok(ms < 2000, `within the ping timeout, not the statement timeout (${ms} ms)`)
+  await waitFor('the database to cancel the probe\'s statement', async () => await waiting() === 0, 2000)
+
+  // The pool's connections held by its listener and two creates stalled behind the lock: the probe gives up waiting for one.
+  const stalled = ['first', 'second', 'third', 'fourth'].map(async (id) => app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: id, instructions: 'x' } }))
+  await sleep(300)
+  const before = Date.now()
+  const probe = await app.inject({ method: 'GET', url: '/ready' })
+  t.equal(probe.statusCode, 503, 'with every connection taken: 503')
+  t.ok(Date.now() - before < 2000, `within the ping timeout (${Date.now() - before} ms)`)
+  await locker.query('COMMIT')
+  t.same((await Promise.all(stalled)).map((res) => res.statusCode), [200, 200, 200, 200], 'the creates go through once the lock is gone')
+  t.equal((await app.inject({ method: 'GET', url: '/ready' })).statusCode, 200, 'ready again')
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'after', instructions: 'x' } })).statusCode, 200, 'and writes work')
+  t.equal(await waiting(), 0, 'no probe\'s statement was sent late')
+})
+
 t.test('losing the database: requests fail fast with 503, /ready goes 503, and the service recovers by itself', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -7,6 +7,7 @@ import {
   LeaseLostError, SealNotOpenedError, SessionBusyError, StaleArchivedCopyError, StorageError, TaskvaultError, VersionConflictError
 } from '../../errors.js'
 import { noop } from '../../noop.js'
+import { SETTING_DEFAULTS } from '../../../schemas/options.js'
 import type { Keyring } from '../keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../session-files.js'
 import { provenKeyChecks, wrongKeyError, type KidProof } from '../key-checks.js'
@@ -88,6 +89,8 @@ export interface PostgresSessionStoreOptions {
   leaseMs?: number
   /** At init: a migration stepped back because another session holds a lock on its tables, and is tried again. */
   onMigrationLockWait?: (wait: MigrationLockWait) => void
+  /** check() answers 503 past this, whatever the statement timeout (TASK_DB_PING_TIMEOUT_MS). */
+  pingTimeoutMs?: number
 }
 
 /** A save waiting for its statement (save-batcher.ts). */
@@ -192,9 +195,13 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   /** Statements of ours that may still be running on the server, ended before the next one (orphans.ts). */
   private readonly orphans: Orphans
   private readonly onMigrationLockWait: ((wait: MigrationLockWait) => void) | undefined
+  private readonly pingTimeoutMs: number
+  /** The check in flight: probes that arrive meanwhile share it rather than take more connections. */
+  private pinging: Promise<TaskvaultError | null> | null = null
 
   constructor (options: PostgresSessionStoreOptions) {
     this.onMigrationLockWait = options.onMigrationLockWait
+    this.pingTimeoutMs = options.pingTimeoutMs ?? SETTING_DEFAULTS.TASK_DB_PING_TIMEOUT_MS
     if (options.pool !== undefined) {
       this.pool = options.pool
       this.ownsPool = false
@@ -766,14 +773,39 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     return this.leases?.taken ?? null
   }
 
-  /** One round trip: null when the database answers, the StorageError (503) when it does not. */
+  /**
+   * Null when the database answers, the StorageError (503) when it does not within
+   * pingTimeoutMs: a probe that waited for a table lock up to the statement timeout would hold
+   * a connection long after the prober gave up, and the next probes would take more.
+   */
   async check (): Promise<TaskvaultError | null> {
+    this.pinging ??= this.ping().finally(() => { this.pinging = null })
+    return await this.pinging
+  }
+
+  private async ping (): Promise<TaskvaultError | null> {
+    const operation = 'checking the database'
+    let timer: NodeJS.Timeout | undefined
+    let late = false
+    // The statement is bounded by the database; the wait for a free connection, here.
+    const waited = new Promise<TaskvaultError>((resolve) => {
+      timer = setTimeout(() => {
+        late = true
+        resolve(new StorageError(operation, Object.assign(new Error(`no answer within ${this.pingTimeoutMs} ms`), { code: 'ETIMEDOUT' })))
+      }, this.pingTimeoutMs)
+    })
+    const answered = this.run(operation, { text: PING }, [], { statementMs: this.pingTimeoutMs, wanted: () => !late }).then(
+      () => null,
+      (err: unknown) => {
+        if (err instanceof TaskvaultError) return err
+        throw err
+      })
     try {
-      await this.run('checking the database', { text: PING })
-      return null
-    } catch (err) {
-      if (err instanceof TaskvaultError) return err
-      throw err
+      return await Promise.race([answered, waited])
+    } finally {
+      clearTimeout(timer)
+      // Lost the race: its connection, once it has one, goes back unused; its outcome is known above.
+      answered.catch(noop)
     }
   }
 
