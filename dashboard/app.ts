@@ -314,6 +314,17 @@ $('search').addEventListener('input', () => { state.page = 0; drawSessions() })
 $('prev').addEventListener('click', () => { state.page--; drawSessions() })
 $('next').addEventListener('click', () => { state.page++; drawSessions() })
 
+/**
+ * The Idempotency-Key of the last create that got no success, with the body it sent: the same
+ * form sent again (after a timeout, say) reuses it, so the server adds its tasks once at most.
+ */
+let unansweredCreate: { body: string, key: string } | null = null
+
+/** A fresh key: crypto.randomUUID needs a secure context, which a dashboard on a pod's plain HTTP is not. */
+function newRequestKey (): string {
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (byte) => byte.toString(16).padStart(2, '0')).join('')
+}
+
 $('create-form').addEventListener('submit', (event) => {
   event.preventDefault()
   void act(async () => {
@@ -323,7 +334,11 @@ $('create-form').addEventListener('submit', (event) => {
     const body = mode === 'tasks'
       ? { session_id: id, tasks: text.split('\n').map((line) => line.trim()).filter((line) => line !== '').map((instruction) => ({ instruction })) }
       : { session_id: id, instructions: text }
-    const created = await api<{ total_tasks: number }>('POST', '/create', body)
+    const sent = JSON.stringify(body)
+    const key = unansweredCreate?.body === sent ? unansweredCreate.key : newRequestKey()
+    unansweredCreate = { body: sent, key }
+    const created = await api<{ total_tasks: number }>('POST', '/create', body, undefined, { 'idempotency-key': key })
+    unansweredCreate = null
     notice(`Added ${created.total_tasks} task(s) to ${id}`)
     $<HTMLFormElement>('create-form').reset()
   }, $('create-form'))

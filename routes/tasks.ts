@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { CreateBody, ExecuteAllBody, LIST_DEFAULTS, ListQuery, NoQuery, RetryBody, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
+import { CreateBody, CreateHeaders, ExecuteAllBody, LIST_DEFAULTS, ListQuery, NoQuery, RetryBody, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
 import { SETTING_DEFAULTS } from '../schemas/options.js'
 import { acceptJsonOnly } from '../http/json-body.js'
 import { InvalidInstructionsError } from '../services/errors.js'
@@ -20,9 +20,10 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
   // A DELETE takes no body; many clients name JSON on every request anyway.
   acceptJsonOnly(app, (request) => request.method === 'DELETE' ? { value: undefined } : null)
 
-  app.post('/create', { bodyLimit, schema: { querystring: NoQuery, body: CreateBody, response: responses.create } }, async (request) => {
+  app.post('/create', { bodyLimit, schema: { querystring: NoQuery, headers: CreateHeaders, body: CreateBody, response: responses.create } }, async (request, reply) => {
     const { session_id: sessionId } = request.body
-    const created = await manager.create(sessionId, taskSpecs(request.body))
+    const created = await manager.create(sessionId, taskSpecs(request.body), request.headers['idempotency-key'])
+    if (created.replayed) void reply.header('idempotent-replayed', 'true')
     return {
       session_id: sessionId,
       task_ids: created.tasks.map((task) => task.id),

@@ -1,5 +1,5 @@
 import { Kind, Type, TypeRegistry, type SchemaOptions, type Static, type TSchema } from '@sinclair/typebox'
-import { SESSION_ID_PATTERN, SessionId, TASK_TYPES, Task, TaskStatus, Timestamp } from './session.js'
+import { IDEMPOTENCY_KEY_PATTERN, SESSION_ID_PATTERN, SessionId, TASK_TYPES, Task, TaskStatus, Timestamp } from './session.js'
 
 const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
 
@@ -35,6 +35,7 @@ const ERROR_EXAMPLES: Readonly<Record<number, { code: string, error: string, mes
   413: { code: 'FST_ERR_CTP_BODY_TOO_LARGE', error: 'Payload Too Large', message: 'Request body is too large' },
   414: { code: 'FST_ERR_MAX_PARAM_LENGTH', error: 'URI Too Long', message: 'a part of the path is longer than 4096 characters' },
   415: { code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', error: 'Unsupported Media Type', message: "Unsupported Media Type ('application/x-www-form-urlencoded'): send the body as JSON with the header Content-Type: application/json (curl: -H 'content-type: application/json')" },
+  422: { code: 'IDEMPOTENCY_KEY_REUSED', error: 'Unprocessable Entity', message: "session 'important_work' already answered a create under Idempotency-Key '4f1c2a' with other tasks; a new request needs a new key" },
   503: { code: 'STORAGE_UNAVAILABLE', error: 'Service Unavailable', message: "saving session 'important_work' failed: storage is unavailable (EIO)" },
   507: { code: 'STORAGE_FULL', error: 'Insufficient Storage', message: "saving session 'important_work' failed: storage is full (ENOSPC)" }
 }
@@ -76,6 +77,13 @@ export const CreateBody = Type.Object({
   ]
 })
 export type CreateBody = Static<typeof CreateBody>
+
+export const CreateHeaders = Type.Object({
+  'idempotency-key': Type.Optional(Type.String({
+    pattern: IDEMPOTENCY_KEY_PATTERN,
+    description: 'Makes a retried create safe: the same key with the same tasks, sent again to the same session, is answered as the first time (with `Idempotent-Replayed: true`) and adds nothing; with other tasks it is refused (422). 1 to 128 visible ASCII characters, a UUID for instance; each session remembers its newest TASK_IDEMPOTENCY_KEYS keys'
+  }))
+})
 
 export const CreateResponse = Type.Object({
   session_id: SessionId,
@@ -296,7 +304,7 @@ export const ReadyResponse = Type.Object({ status: Type.Literal('ready'), sessio
 
 export const responses = {
   // 409: the session is being archived at that moment (retried a few times first), or another replica changed it (PostgreSQL).
-  create: { 200: CreateResponse, ...errors(400, 401, 409, 413, 415, 503, 507) },
+  create: { 200: CreateResponse, ...errors(400, 401, 409, 413, 415, 422, 503, 507) },
   execute: { 200: ExecuteResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   executeAll: { 200: ExecuteAllResponse, 202: BackgroundRunResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   cancel: { 200: CancelResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },

@@ -61,6 +61,7 @@ export const MANAGER_SETTINGS = {
   maxInstructionBytes: 'TASK_MAX_INSTRUCTION_BYTES',
   maxResultBytes: 'TASK_MAX_RESULT_BYTES',
   maxInterruptions: 'TASK_MAX_INTERRUPTIONS',
+  idempotencyKeys: 'TASK_IDEMPOTENCY_KEYS',
   resumeOnStart: 'TASK_RESUME_ON_START',
   runRetryMs: 'TASK_RUN_RETRY_MS',
   runRetryMaxMs: 'TASK_RUN_RETRY_MAX_MS',

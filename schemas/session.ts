@@ -41,12 +41,28 @@ export type Task = Static<typeof Task>
 /** A background run (execute-all with wait:false) in progress; it resumes after a restart. */
 export const BackgroundRun = Type.Object({ started_at: Timestamp })
 
+/** Idempotency-Key values: visible ASCII, as clients make them (UUIDs, base64, ULIDs). */
+export const IDEMPOTENCY_KEY_PATTERN = '^[!-~]{1,128}$'
+
+/**
+ * A `POST /create` answered under an Idempotency-Key: the same key with the same tasks gets
+ * this answer again instead of adding them twice. `digest`: SHA-256 of the tasks asked for.
+ */
+export const KeyedCreate = Type.Object({
+  key: Type.String({ pattern: IDEMPOTENCY_KEY_PATTERN }),
+  digest: Type.String({ pattern: '^[0-9a-f]{64}$' }),
+  task_ids: Type.Array(Type.String({ minLength: 1, maxLength: 256 }))
+})
+export type KeyedCreate = Static<typeof KeyedCreate>
+
 /** The seed's "Session File Format": what every `<session_id>.json` holds. */
 export const SessionFile = Type.Object({
   session_id: SessionId,
   created_at: Timestamp,
   updated_at: Timestamp,
   background_run: Type.Optional(BackgroundRun),
+  /** Creates answered under an Idempotency-Key, oldest first, the newest TASK_IDEMPOTENCY_KEYS kept. */
+  keyed_creates: Type.Optional(Type.Array(KeyedCreate)),
   session: Type.Object({
     session_id: SessionId,
     tasks: Type.Array(Task),
@@ -80,6 +96,8 @@ export const StoredSessionFile = Type.Object({
   created_at: Timestamp,
   updated_at: Timestamp,
   background_run: Type.Optional(BackgroundRun),
+  /** Creates answered under an Idempotency-Key, oldest first, the newest TASK_IDEMPOTENCY_KEYS kept. */
+  keyed_creates: Type.Optional(Type.Array(KeyedCreate)),
   session: Type.Object({
     session_id: SessionId,
     tasks: Type.Array(StoredTask),

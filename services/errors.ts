@@ -6,7 +6,7 @@
  */
 export const ERROR_CODES = [
   'SESSION_NOT_FOUND', 'NO_PENDING_TASK', 'SESSION_BUSY', 'TASK_NOT_FOUND', 'TASK_NOT_FAILED', 'NOT_RUNNING', 'CANCELLED',
-  'INVALID_INSTRUCTIONS', 'INVALID_SESSION_ID', 'LIMIT_EXCEEDED', 'SESSION_LIMIT', 'TOO_MANY_STREAMS',
+  'IDEMPOTENCY_KEY_REUSED', 'INVALID_INSTRUCTIONS', 'INVALID_SESSION_ID', 'LIMIT_EXCEEDED', 'SESSION_LIMIT', 'TOO_MANY_STREAMS',
   'SHUTTING_DOWN', 'NOT_READY', 'STORAGE_UNAVAILABLE', 'STORAGE_FULL', 'LOCK_LOST', 'STORAGE_LOCKED', 'ENCRYPTION_KEY_UNAVAILABLE',
   'INVALID_SESSION_STATE', 'CORRUPT_SESSION_FILE', 'FOREIGN_STORAGE_FOLDER', 'INVALID_ARCHIVE', 'AGENT_FAILED',
   'INVALID_OPTIONS', 'INVALID_AGENT_CONFIG', 'INVALID_ENCRYPTION_KEYS', 'INVALID_API_KEYS', 'INVALID_LOCK_SETTINGS', 'USAGE', 'FAILED',
@@ -25,6 +25,7 @@ const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
   TASK_NOT_FOUND: 404,
   TASK_NOT_FAILED: 409,
   TOO_MANY_STREAMS: 503,
+  IDEMPOTENCY_KEY_REUSED: 422,
   INVALID_INSTRUCTIONS: 400,
   INVALID_SESSION_ID: 400,
   LIMIT_EXCEEDED: 400,
@@ -127,6 +128,13 @@ export class InvalidSessionIdError extends TaskvaultError {
 export class LimitExceededError extends TaskvaultError {
   constructor (message: string) {
     super('LIMIT_EXCEEDED', message)
+  }
+}
+
+/** An Idempotency-Key this session answered a create under, sent again with other tasks: nothing is added. */
+export class IdempotencyKeyReusedError extends TaskvaultError {
+  constructor (sessionId: string, key: string) {
+    super('IDEMPOTENCY_KEY_REUSED', `session '${sessionId}' already answered a create under Idempotency-Key '${key}' with other tasks; a new request needs a new key`)
   }
 }
 

@@ -9,12 +9,12 @@ import { DiskWatch } from './store/disk-space.js'
 import type { ArchivedSummary } from './archive/archive-index.js'
 import { ArchivedSessions, archivedView, type ArchivedCopy, type ArchivedSessionSummary, type RetentionCutoffs } from './archive/archived-sessions.js'
 import {
-  InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
+  IdempotencyKeyReusedError, InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
   TaskNotFailedError, TaskNotFoundError, type TaskvaultError
 } from './errors.js'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { resolveAgents, type AgentRoutes, type Executors } from './runner/executors.js'
-import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
+import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, specsDigest, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
 import { liveFile, unchanged } from './session/draft.js'
 import { SessionRegistry, type NewestFirst, type SessionSummary } from './session/registry.js'
 import { WriteBackRetries } from './session/write-back-retries.js'
@@ -298,9 +298,16 @@ export class TaskManager {
   }
 
   /** Appends tasks to a session, creating it (or bringing it back from the archive) if needed. Resolves once they are durable. */
-  async create (sessionId: string, specs: readonly TaskSpec[]): Promise<{ session_id: string, tasks: Task[] }> {
+  /**
+   * Appends tasks (a new session, or an archived one brought back). `key`: an Idempotency-Key;
+   * the same key with the same tasks is answered again from the session (`replayed`, nothing
+   * added), with other tasks refused (422).
+   */
+  async create (sessionId: string, specs: readonly TaskSpec[], key?: string): Promise<{ session_id: string, tasks: Task[], replayed: boolean }> {
     if (sessionId === ALL_SESSIONS) throw new InvalidSessionIdError(`session id '${ALL_SESSIONS}' is reserved`)
     this.assertOpen()
+    const keyed = key === undefined || this.settings.idempotencyKeys === 0 ? null : { key, digest: specsDigest(specs) }
+    let replayed = false
     const { maxInstructionBytes, maxTasksPerSession } = this.settings
     specs.forEach((spec, index) => {
       const bytes = Buffer.byteLength(spec.instruction, 'utf8')
@@ -312,6 +319,18 @@ export class TaskManager {
     // Shared: judged on this replica's copy first (no round trip); a refusal only on the stored one.
     const change = async (fresh: boolean): Promise<Task[]> => this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
       // Every check before the draft is touched: a refused change must leave it as it was.
+      const known = draft.file ?? archivedCopy?.file ?? null
+      if (keyed !== null && known !== null) {
+        const answered = known.keyed_creates?.find((entry) => entry.key === keyed.key)
+        if (answered !== undefined) {
+          if (answered.digest !== keyed.digest) throw new IdempotencyKeyReusedError(sessionId, keyed.key)
+          replayed = true
+          origin = null
+          const byId = new Map(known.session.tasks.map((task) => [task.id, task]))
+          return unchanged(answered.task_ids.flatMap((id) => { const task = byId.get(id); return task === undefined ? [] : [{ ...task }] }))
+        }
+      }
+      replayed = false
       const existing = draft.file?.session.tasks.length ?? archivedCopy?.file.session.tasks.length ?? 0
       const total = existing + specs.length
       if (total > maxTasksPerSession) {
@@ -325,16 +344,20 @@ export class TaskManager {
       } else {
         origin = null
       }
-      return appendTasks(liveFile(draft), specs, draft.now).map((task) => ({ ...task }))
+      const file = liveFile(draft)
+      const added = appendTasks(file, specs, draft.now)
+      if (keyed !== null) file.keyed_creates = [...(file.keyed_creates ?? []), { ...keyed, task_ids: added.map((task) => task.id) }].slice(-this.settings.idempotencyKeys)
+      return added.map((task) => ({ ...task }))
     }, { fresh }))
     const tasks = await change(false).catch(async (err: unknown) => {
       // Another replica may have deleted or shortened the session since this copy was read.
       if (!(err instanceof LimitExceededError) || this.shared === undefined) throw err
       return change(true)
     })
+    if (replayed) return { session_id: sessionId, tasks, replayed }
     if (origin !== null && this.events.listenerCount('task-event') > 0) this.events.emit('task-event', origin === 'created' ? 'session.created' : 'session.unarchived', { session_id: sessionId })
     this.runner.announce('tasks.added', { session_id: sessionId, task_ids: tasks.map((task) => task.id), count: tasks.length })
-    return { session_id: sessionId, tasks }
+    return { session_id: sessionId, tasks, replayed }
   }
 
   /** Refuses one more active session past TASK_MAX_SESSIONS (507). */

@@ -189,6 +189,42 @@ async function run (browser: Browser): Promise<void> {
     t.equal(await js<number>(page, "[...document.querySelectorAll('input, select, textarea')].filter((c) => c.labels.length === 0 && !c.hasAttribute('aria-label')).length"), 0)
   })
 
+  t.test('a create whose answer is lost, sent again from the same form, adds its tasks once (Idempotency-Key)', async (t) => {
+    const page = await open(t, browser, base)
+    const keys: string[] = []
+    let lose = true
+    // The first answer is lost on the way back: the server did the create, the page sees a network error.
+    await page.route('**/api/v1/tasks/create', async (route) => {
+      keys.push(route.request().headers()['idempotency-key'] ?? '')
+      const response = await route.fetch()
+      if (lose) {
+        lose = false
+        t.equal(response.status(), 200, 'the server created the session')
+        await route.abort('connectionreset')
+        return
+      }
+      await route.fulfill({ response })
+    })
+    await page.getByLabel('Session id').fill('lost-answer')
+    await page.getByLabel('Instructions', { exact: true }).fill('1. Research the API\n2. Write code for it')
+    await page.getByRole('button', { name: 'Create' }).click()
+    await page.locator('#error:not([hidden])').waitFor()
+    await page.getByRole('button', { name: 'Create' }).click()
+    await page.locator('#notice', { hasText: 'Added 2 task(s) to lost-answer' }).waitFor()
+    t.equal(keys.length, 2)
+    t.match(keys[0], /^[0-9a-f]{32}$/, 'sent with a key')
+    t.equal(keys[1], keys[0], 'the retry sent the same key')
+    t.equal((await app.inject({ method: 'GET', url: '/api/v1/tasks/progress?session_id=lost-answer' })).json().total, 2, 'the tasks were added once')
+    // The next create from the form is a new request: a new key.
+    await page.getByLabel('Session id').fill('lost-answer')
+    await page.getByLabel('Instructions', { exact: true }).fill('1. Research the API\n2. Write code for it')
+    await page.getByRole('button', { name: 'Create' }).click()
+    await page.locator('#notice', { hasText: 'Added 2 task(s) to lost-answer' }).waitFor({ state: 'attached' })
+    await waitFor('the third create', () => keys.length === 3)
+    t.not(keys[2], keys[0], 'a create after a success has a key of its own')
+    await waitFor('four tasks', async () => (await app.inject({ method: 'GET', url: '/api/v1/tasks/progress?session_id=lost-answer' })).json().total === 4)
+  })
+
   t.test('a background run moves the progress bar without a reload; cancel; retry the cancelled task; delete with confirmation', async (t) => {
     // Each task after the first waits for the test, so the run is still going when Cancel is
     // clicked, however late the browser sees its progress.

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import type { Static } from '@sinclair/typebox'
 import type { Progress as ProgressSchema } from '../../schemas/api.js'
 import type { SessionFile, StoredSessionFile, Task, TaskType } from '../../schemas/session.js'
@@ -38,6 +39,13 @@ export function normalizeSessionFile (stored: StoredSessionFile): SessionFile {
   const file = stored as SessionFile
   file.session.current_index ??= currentIndex(file.session.tasks)
   return file
+}
+
+/** What a keyed create asked for, as a hex SHA-256: the same tasks in the same order give the same digest. */
+export function specsDigest (specs: readonly TaskSpec[]): string {
+  const hash = createHash('sha256')
+  for (const spec of specs) hash.update(JSON.stringify([spec.task_type, spec.instruction]))
+  return hash.digest('hex')
 }
 
 /** Appends tasks with ids `task_<position>_<unix seconds>`, unique within the session. */
