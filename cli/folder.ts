@@ -38,6 +38,37 @@ export type CheckedFile =
   /** Removed or moved (by a running server) since the listing. */
   | { ok: null }
 
+/**
+ * Which kids' keys open their files, as a command checks them one by one: a kid with files
+ * whose box did not open and none that did has a wrong key, not damaged files (the server's
+ * restore judges them so, and stops).
+ */
+export class KidProofs {
+  private readonly opened = new Set<string>()
+  private readonly unopened = new Map<string, number>()
+
+  note (stored: StoredFile, checked: CheckedFile): void {
+    if (checked.ok === true && checked.kid !== null) this.opened.add(checked.kid)
+    else if (checked.ok === false && checked.keyMissing !== true && checked.unopenedKid !== undefined && !ignoredByServer(stored)) {
+      this.unopened.set(checked.unopenedKid, (this.unopened.get(checked.unopenedKid) ?? 0) + 1)
+    }
+  }
+
+  /** The first kid none of whose files opened, with how many did not; null when there is none. */
+  wrong (): { kid: string, count: number } | null {
+    for (const [kid, count] of this.unopened) if (!this.opened.has(kid)) return { kid, count }
+    return null
+  }
+
+  /** The failure for a wrong key, `then` saying what the command did (or did not do). */
+  failure (then: string): CommandFailedError | null {
+    const wrong = this.wrong()
+    return wrong === null
+      ? null
+      : new CommandFailedError(`key '${wrong.kid}' opens none of the ${wrong.count} files sealed under it: TASK_ENCRYPTION_KEYS likely holds a different key under that kid (the files are whole; the server would refuse to start). Put the right key back; ${then}`)
+  }
+}
+
 /** The storage folder named on the command line, or TASK_STORAGE_DIR. */
 export function storageDir (given: string | undefined, settings: Config): string {
   return resolve(given ?? settings.TASK_STORAGE_DIR)

@@ -4,7 +4,7 @@
  * rather than refusing a folder the server starts on.
  */
 import { randomBytes } from 'node:crypto'
-import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import pg from 'pg'
 import t from 'tap'
@@ -168,4 +168,67 @@ t.test('stats --json has GET /stats\'s encryption object: active sessions by key
   t.teardown(() => server.close())
   await server.ready()
   t.same((await get(server, '/stats')).json().encryption, expected, 'what GET /stats shows on the database')
+})
+
+/** k2 given a key it was never sealed with: every file under it fails to open. */
+const K2_WRONG = { TASK_ENCRYPTION_KEYS: `k2:${randomBytes(32).toString('base64')}` }
+
+t.test('backup with a wrong key under a kid writes nothing and deletes no older backup; one that left a file out deletes none either', async (t) => {
+  const { dir } = await folder(t)
+  const outDir = await tempDir(t)
+  const old = join(outDir, 'tasks_20200101.tar.gz')
+  t.equal((await taskvault(['backup', dir, '--out', old], { env: K2_ONLY })).code, 0)
+  const good = await readFile(old)
+
+  const wrong = await taskvault(['backup', dir, '--out-dir', outDir, '--keep-days', '7'], { env: K2_WRONG })
+  t.equal(wrong.code, 1)
+  t.match(wrong.stderr, /key 'k2' opens none of the 2 files sealed under it: TASK_ENCRYPTION_KEYS likely holds a different key under that kid/)
+  t.match(wrong.stderr, /no backup was written/)
+  t.same((await readdir(outDir)).sort(), ['tasks_20200101.tar.gz'], 'no backup written, the old one kept')
+  t.ok((await readFile(old)).equals(good), 'byte for byte')
+
+  // One damaged file under a key that opens the others: left out, reported, and then no older backup goes.
+  const damaged = Buffer.from(await readFile(join(dir, 'b.json')))
+  const at = damaged.indexOf('"data"') + 12
+  damaged[at] = (damaged[at] as number) ^ 1
+  await writeFile(join(dir, 'b.json'), damaged)
+  const partial = await taskvault(['backup', dir, '--out-dir', outDir, '--keep-days', '7'], { env: K2_ONLY })
+  t.equal(partial.code, 1, 'a file was left out')
+  t.match(partial.stdout, /left out b\.json/)
+  t.match(partial.stdout, /Deleted no older backup: this one left 1 file out/)
+  t.ok((await readdir(outDir)).includes('tasks_20200101.tar.gz'), 'the old backup is kept')
+})
+
+t.test('backup refuses a folder with no session and no marker (a volume that did not mount), and deletes nothing', async (t) => {
+  const outDir = await tempDir(t)
+  const old = join(outDir, 'tasks_20200101.tar.gz')
+  await writeFile(old, 'an older backup')
+  const empty = await tempDir(t)
+  const made = await taskvault(['backup', empty, '--out-dir', outDir, '--keep-days', '7'])
+  t.equal(made.code, 1)
+  t.match(made.stderr, /holds no session and no \.taskvault marker/)
+  t.same(await readdir(outDir), ['tasks_20200101.tar.gz'])
+  await markAsTaskvault(empty)
+  const marked = await taskvault(['backup', empty, '--out-dir', outDir, '--keep-days', '7', '--json'])
+  t.equal(marked.code, 0, 'an empty folder taskvault has used backs up (nothing), as before')
+  t.same(marked.json().deleted, ['tasks_20200101.tar.gz'])
+})
+
+t.test('stats with a wrong key under a kid fails as the server does, rather than count the sessions as unloadable', async (t) => {
+  const { dir } = await folder(t)
+  const stats = await taskvault(['stats', dir], { env: K2_WRONG })
+  t.equal(stats.code, 1)
+  t.match(stats.stderr, /key 'k2' opens none of the 2 files sealed under it/)
+  t.match(stats.stderr, /nothing was counted/)
+  const server = await buildApp({ readEnvironment: false, config: { TASK_STORAGE_DIR: dir, ...K2_WRONG } })
+  await t.rejects(async () => { await server.ready() }, /key 'k2' opens none/, 'the server refuses to start alike')
+  await server.close().catch(noop)
+})
+
+t.test('an archived session waiting for a retired key is no failed load: GET /stats and /metrics stay at 0 once it is read', async (t) => {
+  const { dir } = await folder(t)
+  const app = await build(t, { dir, config: { ...K2_ONLY, TASK_ARCHIVE_DAYS: 0 } })
+  t.equal((await app.inject({ method: 'GET', url: '/api/v1/tasks/list?session_id=all&archived=include' })).statusCode, 200)
+  t.equal((await get(app, '/stats')).json().storage.failed_loads, 0)
+  t.match((await app.inject({ method: 'GET', url: '/metrics' })).body, /\ntaskvault_restore_failed_loads 0\n/)
 })

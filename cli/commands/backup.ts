@@ -7,7 +7,8 @@ import { pidAlive } from '../../services/pid.js'
 import { fsyncDir } from '../../services/store/session-files.js'
 import { writeTarGz, type TarFile } from '../../services/backup/tar.js'
 import { CommandFailedError, UsageError, daysOption } from '../args.js'
-import { assertFolder, checkStoredFile, ignoredByServer, listStoredFiles, storageDir, type StoredFile } from '../folder.js'
+import { KidProofs, assertFolder, checkStoredFile, ignoredByServer, listStoredFiles, storageDir, type StoredFile } from '../folder.js'
+import { readMarker } from '../../services/store/storage-folder.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { formatBytes } from './stats.js'
 
@@ -35,11 +36,16 @@ Options:
   --out-dir DIR     write DIR/tasks_YYYYMMDD.tar.gz instead (UTC date; tasks_YYYYMMDD_HHMMSS.tar.gz
                     when that exists, then tasks_YYYYMMDD_HHMMSS_2.tar.gz...), the seed's daily name
   --keep-days N     with --out-dir: then delete this command's backups in DIR made more than
-                    N days ago (by the date in their name); no other file is touched
+                    N days ago (by the date in their name); no other file is touched, and
+                    none is deleted when this backup left a file out
 
 A temp file left by an earlier backup to the same name (or, with --out-dir, to any of its
 names) that was killed is deleted once this one is written: one whose process is gone from
 this host and which nobody has written to for TASK_LOCK_STALE_MS.
+
+Sealed files are carried as they are. When TASK_ENCRYPTION_KEYS's key under a kid opens none of
+the files sealed under it (a wrong key, not damaged files) nothing is written; a folder with no
+session and no .taskvault marker (a volume that did not mount) is refused too.
 
 Exit status 1 when a file was left out.
 
@@ -55,6 +61,7 @@ ${COMMON_HELP}`,
       throw new CommandFailedError(`${out} exists; give --force to replace it`)
     }
     const counts = emptyCounts()
+    const proofs = new KidProofs()
     const skipped: Array<{ file: string, reason: string }> = []
     /** Files not named like a session (`my notes.json`): no session, so none is missing (as validate and seal judge them). */
     const ignored: Array<{ file: string, reason: string }> = []
@@ -82,6 +89,7 @@ ${COMMON_HELP}`,
             moved++
             continue
           }
+          proofs.note(stored, checked)
           taken.add(stored.rel)
           // A file sealed under a key this tool lacks is still a whole session: carried as it is.
           if (!checked.ok && checked.keyMissing !== true) {
@@ -92,7 +100,14 @@ ${COMMON_HELP}`,
           if (stored.sessionId !== null && before === undefined) takenActive.set(stored.sessionId, !stored.archived)
           yield backupEntry(counts, stored.rel, stored.archived, checked.data, checked.mtime)
         }
-        if (moved === 0) return
+        if (moved === 0) break
+      }
+      // Thrown before the rename: no backup is written, and none is deleted.
+      const wrongKey = proofs.failure(`no backup was written, and ${outDir === null ? out : `the backups in ${outDir}`} ${outDir === null ? 'is' : 'are'} as before`)
+      if (wrongKey !== null) throw wrongKey
+      // No session and no marker: a volume that did not mount, a mistyped path; an empty backup would only replace good ones.
+      if (counts.active + counts.archived === 0 && skipped.length === 0 && await readMarker(nodeFs, dir) === null) {
+        throw new CommandFailedError(`${dir} holds no session and no .taskvault marker: it is not a storage folder taskvault has used (a volume that did not mount?); no backup was written`)
       }
     }
     // With the time: a run with a killed one's pid (pid 1 in a container) never meets its leftover.
@@ -117,15 +132,17 @@ ${COMMON_HELP}`,
     await fsyncDir(nodeFs, dirname(out))
     const compressed = (await lstat(out)).size
     const leftovers = await deleteLeftovers(dirname(out), outDir === null ? (name) => name === basename(out) : (name) => madeAt(name) !== null, settings.TASK_LOCK_STALE_MS)
-    // Only once this backup is durable may older ones go.
-    const deleted = outDir !== null && keepDays !== undefined ? await deleteOlderBackups(outDir, keepDays, out) : []
+    // Only once this backup is durable, and whole, may older ones go: one that left files out may lack what they hold.
+    const pruning = outDir !== null && keepDays !== undefined
+    const deleted = pruning && skipped.length === 0 ? await deleteOlderBackups(outDir, keepDays, out) : []
     const total = counts.active + counts.archived
     // Reported by path, as the folder lists them (files were read active ones first).
     for (const list of [ignored, skipped]) list.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0))
     const lines = [`Backed up ${total} sessions (${counts.active} active, ${counts.archived} archived; ${formatBytes(counts.bytes)}) to ${out} (${formatBytes(compressed)})`]
     for (const { file, reason } of ignored) lines.push(`⚠️ ignored ${file}: ${reason}`)
     for (const { file, reason } of skipped) lines.push(`❌ left out ${file}: ${reason}`)
-    if (keepDays !== undefined) lines.push(`Deleted ${deleted.length} backups older than ${keepDays} days${deleted.length > 0 ? `: ${deleted.join(', ')}` : ''}`)
+    if (pruning && skipped.length > 0) lines.push(`Deleted no older backup: this one left ${skipped.length} file${skipped.length === 1 ? '' : 's'} out`)
+    else if (keepDays !== undefined) lines.push(`Deleted ${deleted.length} backups older than ${keepDays} days${deleted.length > 0 ? `: ${deleted.join(', ')}` : ''}`)
     if (leftovers.length > 0) lines.push(`Deleted ${leftovers.length} temp files left by killed backups: ${leftovers.join(', ')}`)
     return {
       code: skipped.length > 0 ? 1 : 0,

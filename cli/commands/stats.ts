@@ -6,7 +6,7 @@ import { nodeFs } from '../../services/store/fs-seam.js'
 import { readMarker } from '../../services/store/storage-folder.js'
 import type { Keyring } from '../../services/store/keyring.js'
 import type { EncryptionStats } from '../../services/store/store.js'
-import { assertFolder, checkStoredFile, ignoredByServer, listStoredFiles, storageDir } from '../folder.js'
+import { KidProofs, assertFolder, checkStoredFile, ignoredByServer, listStoredFiles, storageDir } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withStore } from '../database.js'
@@ -51,9 +51,11 @@ ${COMMON_HELP}`,
     const missingKeys = new Map<string, { active: number, archived: number }>()
     /** Active files by the key that sealed them ('' plaintext): GET /stats's `encryption`. */
     const kids = new Map<string, number>()
+    const proofs = new KidProofs()
     for (const stored of await listStoredFiles(dir)) {
       const checked = await checkStoredFile(stored, keyring)
       if (checked.ok === null) continue
+      proofs.note(stored, checked)
       if (checked.ok === false && checked.keyMissing === true) {
         const need = missingKeys.get(checked.kid) ?? { active: 0, archived: 0 }
         need[stored.archived ? 'archived' : 'active']++
@@ -90,6 +92,9 @@ ${COMMON_HELP}`,
       const counts = stopping.map(([kid, { active: n }]) => `${n} session${n === 1 ? ' needs' : 's need'} key '${kid}'`).join(', ')
       throw new CommandFailedError(`cannot count ${dir}: ${counts}, which TASK_ENCRYPTION_KEYS does not hold`)
     }
+    // Counted as unloadable, they would look damaged: the server refuses to start instead.
+    const wrongKey = proofs.failure('nothing was counted')
+    if (wrongKey !== null) throw wrongKey
     storage.corrupt_files = (await readdir(join(dir, 'corrupt')).catch(() => [])).length
     storage.used_bytes = await usedBytes(dir)
     // The same free-space figures as GET /stats, from the same statfs.

@@ -163,12 +163,15 @@ export class ArchivedSessions {
   }
 
   private report (failures: LoadFailure[]): void {
-    this.failedLoads += failures.length
     for (const failure of failures) {
-      // One waiting for its key is not damaged: a warning, so that a pass over an archive that
-      // keeps a retired key's sessions does not read as failing.
+      // One waiting for its key is not damaged: a warning, and not a failed load (the alert on
+      // those sends an operator to corrupt/), so an archive that keeps a retired key's sessions
+      // does not read as failing.
       if (failure.kid !== undefined) this.log.warn({ file: failure.name, kid: failure.kid, reason: failure.reason }, 'An archived session waits for its key; left where it is')
-      else this.log.error({ file: failure.name, moved_to: failure.movedTo, reason: failure.reason }, failure.movedTo === null ? 'Could not read an archived session; left where it is' : 'Could not read an archived session; set aside')
+      else {
+        this.failedLoads++
+        this.log.error({ file: failure.name, moved_to: failure.movedTo, reason: failure.reason }, failure.movedTo === null ? 'Could not read an archived session; left where it is' : 'Could not read an archived session; set aside')
+      }
     }
   }
 }
