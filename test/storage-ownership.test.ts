@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { chmod, lstat, mkdir, readFile, readdir, readlink, rename, stat, symlink, unlink, writeFile } from 'node:fs/promises'
+import { chmod, lstat, mkdir, readFile, readdir, readlink, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
@@ -490,10 +490,28 @@ t.test('folder: another folder at the path (a volume unmounted from under its mo
     t.equal(refused.statusCode, 503, `${first}: ${refused.body}`)
     t.match(refused.json(), { code: 'LOCK_LOST', message: /no longer the folder this server opened/ })
     t.equal((await get(app, '/progress?session_id=new')).statusCode, 404, `${first}: nothing in memory claims it`)
+    t.notOk(existsSync(join(dir, 'new.json')), `${first}: nor anything in the other folder, for a restart there to bring back`)
     t.match((await app.inject({ method: 'GET', url: '/ready' })).json(), { statusCode: 503, code: 'LOCK_LOST' })
     t.equal((await get(app, '/progress?session_id=kept')).statusCode, 200, `${first}: reads go on`)
     t.ok(log.lines().some((line) => line.level === 50 && /is no longer the folder this server opened/.test(line.msg ?? '')), `${first}: logged`)
   }
+})
+
+t.test('folder: a folder emptied in place (deleted and made again under the same inode number): the lock and marker both gone stop every write', async (t) => {
+  const dir = await tempDir(t)
+  const log = memoryLog()
+  const app = await open(t, dir, {}, log)
+  t.equal((await post(app, '/create', { session_id: 'kept', instructions: 'x' })).statusCode, 200)
+  // What `rm -rf dir && mkdir dir` leaves when the file system hands the same inode number out again.
+  for (const name of await readdir(dir)) await rm(join(dir, name), { recursive: true, force: true })
+  t.ok(await eventually(async () => (await app.inject({ method: 'GET', url: '/ready' })).statusCode === 503), '/ready goes 503')
+  t.match((await app.inject({ method: 'GET', url: '/ready' })).json(), { code: 'LOCK_LOST' })
+  t.notOk(await lockPresent(dir), 'no lock made in the emptied folder')
+  const refused = await post(app, '/create', { session_id: 'new', instructions: 'y' })
+  t.equal(refused.statusCode, 503)
+  t.match(refused.json(), { code: 'LOCK_LOST', message: /no longer the folder this server opened/ })
+  t.same(await readdir(dir), [], 'nothing written there')
+  t.equal((await get(app, '/progress?session_id=kept')).statusCode, 200, 'reads go on')
 })
 
 t.test('folder: a storage folder given as a symlink is the folder it leads to: saves, heartbeats and /ready work', async (t) => {

@@ -17,7 +17,7 @@ import type { Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
 import { tooLargeReason } from './read-batch.js'
 import { assertSavable, reportedSave, sessionBound } from './save-rules.js'
-import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, FolderReplacedError, fsyncDir, readSessionDocument, serializeSessionFile, tempNames, writeAndRename } from './session-files.js'
+import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, FolderReplacedError, fsyncDir, type FileIdentity, readSessionDocument, serializeSessionFile, tempNames, writeAndRename } from './session-files.js'
 import { MARKER_FILE, firstForeignFile, readMarker, writeMarker } from './storage-folder.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
 import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SaveOptions, SessionStore, SessionStoreEvents, StoredCopy } from './store.js'
@@ -113,7 +113,7 @@ export class FileSessionStore implements SessionStore {
     this.keyring = options.keyring ?? null
     this.keepChecks = options.keepKeyChecks ?? false
     this.dirSync = new CoalescedRun(() => fsyncDir(this.fs, this.dir, this.lock === null ? undefined : (stat) => (this.lock as StorageLock).holds(stat)))
-    this.lock = options.lock ? new StorageLock(this.dir, this.fs, options.lock, (event) => this.events.emit('lock', event)) : null
+    this.lock = options.lock ? new StorageLock(this.dir, this.fs, { ...options.lock, marker: MARKER_FILE }, (event) => this.events.emit('lock', event)) : null
     this.files = new FolderFiles({ fs: this.fs, dir: this.dir, keyring: this.keyring, unwritable: () => this.unwritable() !== null, keyProven: (kid) => this.provenKids.has(kid) })
     this.archived = new FileArchive({
       fs: this.fs,
@@ -263,16 +263,17 @@ export class FileSessionStore implements SessionStore {
         throw err
       }
     }
+    let written: FileIdentity
     try {
       // Checked again before the rename: the process may have been paused since.
-      await writeAndRename(this.fs, this.tempPath(file.session_id), target, serialize, undefined, () => this.confirmHeld())
+      written = await writeAndRename(this.fs, this.tempPath(file.session_id), target, serialize, undefined, () => this.confirmHeld())
     } catch (err) {
       if (err === unserializable || err instanceof LockLostError || err instanceof StorageError) throw err
       throw new StorageError(`saving session '${file.session_id}'`, err as NodeJS.ErrnoException)
     }
     // Past the rename the file holds the new form, whether or not the folder fsync holds.
     this.stored(file.session_id, this.keyring?.activeKid ?? '')
-    await this.syncDir(`saving session '${file.session_id}'`, true)
+    await this.syncDir(`saving session '${file.session_id}'`, true, { path: target, ...written })
     return (data as Buffer).length
   }
 
@@ -540,13 +541,22 @@ export class FileSessionStore implements SessionStore {
     }
   }
 
-  /** `afterChange`: the folder entry was already changed, so a failure leaves the outcome uncertain. */
-  private async syncDir (operation: string, afterChange = false): Promise<void> {
+  /**
+   * `afterChange`: the folder entry was already changed, so a failure leaves the outcome uncertain.
+   * `landed`: the file a save renamed into place, removed again if that was another folder.
+   */
+  private async syncDir (operation: string, afterChange = false, landed?: FileIdentity & { path: string }): Promise<void> {
     try {
       await this.dirSync.run()
     } catch (err) {
       // Written into another folder at the path: not into ours, and nothing more will be.
       if (err instanceof FolderReplacedError && this.lock !== null) {
+        // The save is refused, so its file must not wait there for a restart to bring it back;
+        // only the very file written is removed (another may have replaced it since).
+        if (landed !== undefined) {
+          const there = await this.fs.lstat(landed.path).catch(() => null)
+          if (there !== null && there.dev === landed.dev && there.ino === landed.ino) await this.fs.unlink(landed.path).catch(noop)
+        }
         this.lock.folderReplaced()
         throw this.lock.lost ?? new LockLostError(this.dir, null, true)
       }

@@ -17,6 +17,12 @@ export interface StorageLockOptions {
   refreshMs: number
   /** A lock not touched for this long is taken over whatever host holds it. */
   staleMs: number
+  /**
+   * A file the folder always holds once taken (the store's `.taskvault` marker). A lock found
+   * missing with it gone too means the folder was deleted and made again, which an inode number
+   * reused at once hides from the identity check: not the lock deleted by hand.
+   */
+  marker?: string
 }
 
 /** What the heartbeat found, for the owner to log: the store knows no logger. */
@@ -296,6 +302,10 @@ export class StorageLock {
     let readAt = performance.now()
     let found = await this.readHolder(this.path)
     if (this.released) return
+    if (found.missing && this.options.marker !== undefined && await this.fs.lstat(join(this.dir, this.options.marker)).then(() => false, (err: NodeJS.ErrnoException) => err.code === 'ENOENT')) {
+      this.folderReplaced()
+      return
+    }
     if (found.missing) {
       readAt = performance.now()
       if (await this.tryCreate(this.path)) {
