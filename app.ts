@@ -12,6 +12,7 @@ import healthRoutes from './routes/health.js'
 import { createValidatorCompiler } from './http/validation.js'
 import { answerUnrouted, clientErrors, missingHost } from './http/client-errors.js'
 import { guardConnections, type ConnectionGuard } from './http/connections.js'
+import { hostCheck } from './http/allowed-hosts.js'
 import type { Config } from './schemas/config.js'
 
 /** What code (not settings) gives the taskvault plugin: agents as functions, their environment, seams. */
@@ -114,10 +115,11 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   answerUnrouted(app.server)
   app.addHook('preClose', async () => connections.closing())
   // Pipelined changes run in the order sent (RFC 9112 lets a server run only safe methods side by side).
+  const foreignHost = hostCheck(settings.HOST, settings.TASK_API_KEYS, settings.TASK_ALLOWED_HOSTS)
   app.addHook('onRequest', (request, reply, done) => {
-    const hostless = missingHost(request.raw)
-    if (hostless !== null) {
-      done(hostless)
+    const refusal = missingHost(request.raw) ?? foreignHost?.(request.raw) ?? null
+    if (refusal !== null) {
+      done(refusal)
       return
     }
     if (SAFE_METHODS.has(request.method)) {

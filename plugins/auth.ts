@@ -1,9 +1,9 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
-import { BlockList, isIP } from 'node:net'
 import { Type, type Static } from '@sinclair/typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { InvalidApiKeysError } from '../services/errors.js'
+import { isLoopback } from '../http/allowed-hosts.js'
 import { appSettings, checkOptions, withOptionErrors } from './options.js'
 
 /**
@@ -81,12 +81,3 @@ function usableKeys (configured: readonly string[]): string[] {
 }
 
 /** 127.0.0.0/8 and ::1; an IPv4-mapped form (`::ffff:127.0.0.1`) matches the IPv4 rule. */
-function isLoopback (host: string): boolean {
-  if (host.toLowerCase() === 'localhost') return true
-  const family = isIP(host)
-  if (family === 0) return false
-  const loopback = new BlockList()
-  loopback.addSubnet('127.0.0.0', 8, 'ipv4')
-  loopback.addAddress('::1', 'ipv6')
-  return loopback.check(host, family === 6 ? 'ipv6' : 'ipv4')
-}

@@ -220,7 +220,7 @@ t.test('client errors are answered in the error shape with a code and logged; by
   await timedOut.closed
   t.match(timedOut.received(), /^HTTP\/1\.1 408 /)
   t.same(json(timedOut), { statusCode: 408, code: 'REQUEST_TIMEOUT', error: 'Request Timeout', message: 'the request did not arrive in full within TASK_REQUEST_TIMEOUT_MS' })
-  const large = await connect(t, server, `GET ${API}/list?session_id=${'a'.repeat(100_000)} HTTP/1.1\r\nHost: x\r\n\r\n`)
+  const large = await connect(t, server, `GET ${API}/list?session_id=${'a'.repeat(100_000)} HTTP/1.1\r\nHost: localhost\r\n\r\n`)
   await large.closed
   t.match(json(large), { statusCode: 431, code: 'REQUEST_HEADER_FIELDS_TOO_LARGE' })
   const garbage = await connect(t, server, 'NOT HTTP AT ALL\r\n\r\n')
@@ -239,7 +239,7 @@ t.test('client errors are answered in the error shape with a code and logged; by
   // The 417 keeps the connection, as Node's own does: a change pipelined behind it is answered in its turn.
   const create = (id: string, extra = ''): string => {
     const body = JSON.stringify({ session_id: id, instructions: 'a' })
-    return `POST ${API}/create HTTP/1.1\r\nHost: x\r\n${extra}Content-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`
+    return `POST ${API}/create HTTP/1.1\r\nHost: localhost\r\n${extra}Content-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`
   }
   const expecting = await connect(t, server, create('expecting', 'Expect: something-else\r\n') + create('behind-expect'))
   await waitFor('both answers', () => (expecting.received().match(/HTTP\/1\.1 /gu) ?? []).length === 2)
@@ -264,12 +264,12 @@ t.test('client errors are answered in the error shape with a code and logged; by
   t.equal((await call(server, 'GET', '/health')).status, 200, 'the server serves on after CONNECTs that were reset')
 
   // Behind a stream: its body must not get an HTTP answer in the middle.
-  const stream = await connect(t, server, `GET ${API}/events HTTP/1.1\r\nHost: x\r\n\r\n`)
+  const stream = await connect(t, server, `GET ${API}/events HTTP/1.1\r\nHost: localhost\r\n\r\n`)
   await waitFor('the stream to start', () => stream.received().includes('connected'))
   stream.socket.write('NOT HTTP AT ALL\r\n\r\n')
   await stream.closed
   t.notMatch(stream.received(), /HTTP\/1\.1 400/, 'no answer written into the stream')
-  const tunnelling = await connect(t, server, `GET ${API}/events HTTP/1.1\r\nHost: x\r\n\r\n`)
+  const tunnelling = await connect(t, server, `GET ${API}/events HTTP/1.1\r\nHost: localhost\r\n\r\n`)
   await waitFor('the stream to start', () => tunnelling.received().includes('connected'))
   tunnelling.socket.write('CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n')
   await tunnelling.closed
@@ -281,11 +281,11 @@ t.test('pipelined changes run in the order sent: a create, then an execute and a
   const server = await start()
   const post = (path: string, body: unknown): string => {
     const text = JSON.stringify(body)
-    return `POST ${API}${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\n\r\n${text}`
+    return `POST ${API}${path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\n\r\n${text}`
   }
   for (let round = 0; round < 3; round++) {
     const id = `piped_${round}`
-    const raw = await connect(t, server, post('/create', { session_id: id, instructions: '1. a\n2. b' }) + post('/execute', { session_id: id }) + `DELETE ${API}/sessions/${id} HTTP/1.1\r\nHost: x\r\n\r\n`)
+    const raw = await connect(t, server, post('/create', { session_id: id, instructions: '1. a\n2. b' }) + post('/execute', { session_id: id }) + `DELETE ${API}/sessions/${id} HTTP/1.1\r\nHost: localhost\r\n\r\n`)
     const statuses = await waitFor('three answers', () => {
       const found = [...raw.received().matchAll(/HTTP\/1\.1 (\d{3})/gu)].map((m) => Number(m[1]))
       return found.length >= 3 && found
@@ -294,7 +294,7 @@ t.test('pipelined changes run in the order sent: a create, then an execute and a
     t.same(statuses, [200, 200, 204], `round ${round}: each ran after the one before`)
   }
 
-  const stream = await connect(t, server, `GET ${API}/events HTTP/1.1\r\nHost: x\r\n\r\n`)
+  const stream = await connect(t, server, `GET ${API}/events HTTP/1.1\r\nHost: localhost\r\n\r\n`)
   await waitFor('the stream to start', () => stream.received().includes('connected'))
   stream.socket.write(post('/create', { session_id: 'behind', instructions: 'a' }))
   await sleep(500)
@@ -310,7 +310,7 @@ t.test('a client error behind a change still running waits for its answer: the c
   const server = await start({ TASK_REQUEST_TIMEOUT_MS: '500', TASK_AGENTS: JSON.stringify({ default: { kind: 'command', argv: ['/bin/sh', '-c', 'sleep 1.5; cat'] } }) })
   const post = (path: string, body: unknown, length?: number): string => {
     const text = JSON.stringify(body)
-    return `POST ${API}${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${length ?? Buffer.byteLength(text)}\r\n\r\n${text}`
+    return `POST ${API}${path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${length ?? Buffer.byteLength(text)}\r\n\r\n${text}`
   }
   const statuses = (raw: Raw): number[] => [...raw.received().matchAll(/HTTP\/1\.1 (\d{3})/gu)].map((m) => Number(m[1]))
   for (const id of ['garbage', 'stalled']) t.equal((await call(server, 'POST', `${API}/create`, { session_id: id, instructions: '1. a\n2. b' })).status, 200)

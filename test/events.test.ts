@@ -151,7 +151,7 @@ t.test('a client that does not read is cut off with a reset once its queue passe
   socket.on('error', () => {})
   let received = ''
   await new Promise<void>((resolve) => {
-    socket.once('connect', () => socket.write(`GET ${EVENTS} HTTP/1.1\r\nHost: x\r\n\r\n`))
+    socket.once('connect', () => socket.write(`GET ${EVENTS} HTTP/1.1\r\nHost: localhost\r\n\r\n`))
     socket.once('data', (chunk) => { received += chunk.toString('utf8'); resolve() })
   })
   socket.pause() // reads nothing more: the kernel buffers fill, then the server's queue
@@ -218,7 +218,7 @@ t.test('a busy server spreads stream writes out; idle again, they come every TAS
     socket.setEncoding('utf8')
     socket.on('data', (chunk: string) => { received[i] += chunk })
     await new Promise<void>((resolve) => socket.once('connect', () => resolve()))
-    socket.write(`GET ${EVENTS} HTTP/1.1\r\nHost: x\r\n\r\n`)
+    socket.write(`GET ${EVENTS} HTTP/1.1\r\nHost: localhost\r\n\r\n`)
     return socket
   }))
   t.teardown(() => { for (const socket of sockets) socket.destroy() })
@@ -274,7 +274,7 @@ t.test('changes in progress make a busy server however idle its loop: writes spr
     const socket = net.connect(Number(port), '127.0.0.1')
     socket.resume()
     await new Promise<void>((resolve) => socket.once('connect', () => resolve()))
-    socket.write(`GET ${EVENTS} HTTP/1.1\r\nHost: x\r\n\r\n`)
+    socket.write(`GET ${EVENTS} HTTP/1.1\r\nHost: localhost\r\n\r\n`)
     return socket
   }))
   t.teardown(() => { for (const socket of sockets) socket.destroy() })
@@ -324,7 +324,7 @@ t.test('the server counts each change until its response closes: answered, refus
   const socket = net.connect(Number(new URL(base).port), '127.0.0.1')
   socket.on('error', () => {})
   const body = '{"session_id":"count"}'
-  socket.write(`POST /api/v1/tasks/execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`)
+  socket.write(`POST /api/v1/tasks/execute HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`)
   await stream.until((events) => events.some((e) => e.event === 'task.started'))
   t.equal(app.eventStreams.changes, 1, 'the execute in progress counts')
   socket.destroy()
@@ -344,7 +344,7 @@ t.test('a batch for many clients goes out in slices of TASK_EVENTS_FANOUT_SLICE_
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => { hub.close(); server.close() })
   const port = (server.address() as net.AddressInfo).port
-  const clients = Array.from({ length: 64 }, () => rawClient(port, `GET ${EVENTS} HTTP/1.1\r\nHost: x\r\n\r\n`))
+  const clients = Array.from({ length: 64 }, () => rawClient(port, `GET ${EVENTS} HTTP/1.1\r\nHost: localhost\r\n\r\n`))
   t.teardown(() => { for (const client of clients) client.socket.destroy() })
   await waitFor('every stream open', () => hub.size === 64 && clients.every((client) => client.received().includes('connected')))
   const before = streams.map((socket) => socket.bytesWritten)
@@ -396,7 +396,7 @@ async function hubServer (t: TestContext, buffer: TaskEventBuffer, maxQueuedByte
 
 t.test('HEAD on the stream gets its headers only, and no stream', async (t) => {
   const { base } = await listening(t)
-  const client = rawClient(Number(new URL(base).port), `HEAD ${EVENTS} HTTP/1.1\r\nHost: x\r\n\r\n`)
+  const client = rawClient(Number(new URL(base).port), `HEAD ${EVENTS} HTTP/1.1\r\nHost: localhost\r\n\r\n`)
   t.teardown(() => { client.socket.destroy() })
   await waitFor('the headers', () => client.received().includes('\r\n\r\n'))
   await sleep(200)
@@ -415,7 +415,7 @@ t.test('a stream requested behind a slow response on the same connection (pipeli
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => { hub.close(); server.close() })
-  const client = rawClient((server.address() as net.AddressInfo).port, 'GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /events HTTP/1.1\r\nHost: x\r\n\r\n')
+  const client = rawClient((server.address() as net.AddressInfo).port, 'GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\nGET /events HTTP/1.1\r\nHost: localhost\r\n\r\n')
   t.teardown(() => { client.socket.destroy() })
   await waitFor('the stream opened', () => hub.size === 1)
   buffer.append('progress', { session_id: 'early' })
@@ -429,7 +429,7 @@ t.test('a stream requested behind a slow response on the same connection (pipeli
 t.test('a stream queued behind another on a connection that dies is let go (it never counts against the cap)', async (t) => {
   const { hub, port } = await hubServer(t, new TaskEventBuffer(100))
   // The second stream waits for the first, which never ends: its response never gets the socket.
-  const client = rawClient(port, 'GET /events HTTP/1.1\r\nHost: x\r\n\r\nGET /quiet HTTP/1.1\r\nHost: x\r\n\r\n')
+  const client = rawClient(port, 'GET /events HTTP/1.1\r\nHost: localhost\r\n\r\nGET /quiet HTTP/1.1\r\nHost: localhost\r\n\r\n')
   await waitFor('both streams opened', () => hub.size === 2)
   client.socket.destroy()
   await waitFor('both streams let go', () => hub.size === 0, 5000)
@@ -465,7 +465,7 @@ t.test('a resume bigger than TASK_EVENTS_MAX_QUEUED_BYTES reaches a client that 
     // About 20 MB missed: more than the kernel's socket buffers take at once, and 300 times the bound.
     const missed = 19_999
     for (let n = 1; n <= missed; n++) buffer.append('progress', { session_id: 's', n, pad })
-    const client = throttledClient(port, `GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: ${buffer.idOf(first)}\r\n\r\n`)
+    const client = throttledClient(port, `GET /events HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: ${buffer.idOf(first)}\r\n\r\n`)
     t.teardown(() => { client.socket.destroy() })
     await waitFor('the stream opened', () => hub.size === 1)
     // Live events while the resume is being written, four fifths of the bound: they come after it.
@@ -489,7 +489,7 @@ t.test('a client that stops reading during a resume is cut off once the live eve
   const first = buffer.append('progress', { session_id: 's', pad })
   // About 20 MB missed: more than the kernel's socket buffers take, so the resume waits.
   for (let n = 1; n < 20_000; n++) buffer.append('progress', { session_id: 's', pad })
-  const client = rawClient(port, `GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: ${buffer.idOf(first)}\r\n\r\n`)
+  const client = rawClient(port, `GET /events HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: ${buffer.idOf(first)}\r\n\r\n`)
   client.socket.pause()
   t.teardown(() => { client.socket.destroy() })
   await waitFor('the stream opened', () => hub.size === 1)
@@ -508,7 +508,7 @@ t.test('a client resuming from a shared-log id this replica has not read yet get
   buffer.adopt('log', 10)
   const { hub, port } = await hubServer(t, buffer)
   // The client saw up to 12 on another replica; this one has read up to 10.
-  const client = rawClient(port, 'GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: log-12\r\n\r\n')
+  const client = rawClient(port, 'GET /events HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: log-12\r\n\r\n')
   t.teardown(() => { client.socket.destroy() })
   await waitFor('the stream opened', () => hub.size === 1)
   for (const seq of [11, 12, 13]) {
@@ -543,7 +543,7 @@ t.test('TASK_EVENTS_MAX_CLIENTS: the stream past the cap is a 503', async (t) =>
 t.test('one stream per connection: streams pipelined behind an open one are refused, and take no slot of the cap', async (t) => {
   const { base } = await listening(t, { config: { TASK_EVENTS_MAX_CLIENTS: 2 } })
   const port = Number(new URL(base).port)
-  const request = `GET ${EVENTS} HTTP/1.1\r\nHost: x\r\n\r\n`
+  const request = `GET ${EVENTS} HTTP/1.1\r\nHost: localhost\r\n\r\n`
   const greedy = rawClient(port, request.repeat(5))
   t.teardown(() => { greedy.socket.destroy() })
   await waitFor('the first stream', () => greedy.received().includes(': connected'))
@@ -627,7 +627,7 @@ t.test('shutdown: a stream whose client reads slowly gets every queued byte befo
     const port = (app.server.address() as net.AddressInfo).port
     let serverSide: net.Socket | null = null
     app.server.once('connection', (socket: net.Socket) => { serverSide = socket })
-    const client = rawClient(port, 'GET /api/v1/tasks/events HTTP/1.1\r\nHost: x\r\n\r\n')
+    const client = rawClient(port, 'GET /api/v1/tasks/events HTTP/1.1\r\nHost: localhost\r\n\r\n')
     await waitFor('the stream to open', () => client.received().includes(': connected'))
     client.socket.pause()
     let emitted = 0

@@ -423,7 +423,7 @@ t.test('embedded, a backup download nobody reads is cut once closing has waited 
   const socket = net.connect(port, '127.0.0.1')
   t.teardown(() => socket.destroy())
   socket.on('error', () => {})
-  socket.write('GET /tv/backup HTTP/1.1\r\nHost: x\r\n\r\n')
+  socket.write('GET /tv/backup HTTP/1.1\r\nHost: localhost\r\n\r\n')
   await new Promise<void>((resolve) => socket.once('data', () => { socket.pause(); resolve() }))
   // Time for the backup to fill every buffer on the way and stop, waiting for a reader.
   await sleep(2000)

@@ -25,7 +25,7 @@ t.test('SIGTERM with a backup download nobody reads: the socket is cut after the
   const socket = net.connect(server.port, '127.0.0.1')
   t.teardown(() => socket.destroy())
   socket.on('error', () => {})
-  socket.write(`GET ${API}/backup HTTP/1.1\r\nHost: x\r\n\r\n`)
+  socket.write(`GET ${API}/backup HTTP/1.1\r\nHost: localhost\r\n\r\n`)
   // The headers, then no more reading.
   await new Promise<void>((resolve) => socket.once('data', () => { socket.pause(); resolve() }))
   // Time for the backup to fill every buffer on the way and stop, waiting for a reader.

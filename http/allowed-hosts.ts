@@ -1,0 +1,47 @@
+import type { IncomingMessage } from 'node:http'
+import { BlockList, isIP } from 'node:net'
+
+/** Whether `host` (a name or an address, without port or brackets) can only mean this machine. */
+export function isLoopback (host: string): boolean {
+  const name = host.toLowerCase().replace(/\.$/u, '')
+  // RFC 6761: browsers resolve localhost and every *.localhost to loopback themselves, never through DNS.
+  if (name === 'localhost' || name.endsWith('.localhost')) return true
+  const family = isIP(name)
+  if (family === 0) return false
+  const loopback = new BlockList()
+  loopback.addSubnet('127.0.0.0', 8, 'ipv4')
+  loopback.addAddress('::1', 'ipv6')
+  return loopback.check(name, family === 6 ? 'ipv6' : 'ipv4')
+}
+
+/** The host name of a Host header value (`name:port`, `[v6]:port`), lower case; null when it has none. */
+export function hostName (header: string): string | null {
+  const value = header.trim().toLowerCase()
+  const bracketed = /^\[([^\]]+)\](?::\d*)?$/u.exec(value)
+  if (bracketed !== null) return bracketed[1] as string
+  const name = value.replace(/:\d*$/u, '').replace(/\.$/u, '')
+  return name === '' ? null : name
+}
+
+/**
+ * The check of a server that listens on loopback with no API key: a web page the user opens
+ * can reach it only through DNS rebinding (its own name made to point at 127.0.0.1, so the page
+ * is same-origin and may send JSON), and then its requests carry that name as their Host. Such
+ * requests are refused; loopback names and `allowed` (TASK_ALLOWED_HOSTS) are answered. Null
+ * when there is nothing to check: API keys stop such a page, and a server listening beyond
+ * loopback is reached under names nobody can list here (`*` turns the check off too).
+ */
+export function hostCheck (listenHost: string, apiKeys: string, allowed: string): ((req: IncomingMessage) => Error | null) | null {
+  const names = allowed.split(',').map((name) => name.trim().toLowerCase()).filter((name) => name !== '')
+  if (apiKeys.trim() !== '' || !isLoopback(listenHost) || names.includes('*')) return null
+  const extra = new Set(names)
+  return (req) => {
+    const header = req.headers.host
+    // No Host: an HTTP/1.0 client (1.1 ones are refused for it first), never a browser.
+    if (header === undefined) return null
+    const name = hostName(header)
+    if (name !== null && (isLoopback(name) || extra.has(name))) return null
+    return Object.assign(new Error(`this server listens on loopback with no API key and answers only to loopback host names, not '${header.slice(0, 100)}' ` +
+      '(a web page could reach it under its own name by DNS rebinding); add the name to TASK_ALLOWED_HOSTS, or set TASK_API_KEYS'), { statusCode: 403, code: 'HOST_NOT_ALLOWED' })
+  }
+}
