@@ -13,6 +13,7 @@ import { createValidatorCompiler } from './http/validation.js'
 import { answerUnrouted, clientErrors, missingHost } from './http/client-errors.js'
 import { guardConnections, type ConnectionGuard } from './http/connections.js'
 import { hostCheck } from './http/allowed-hosts.js'
+import { openFileLimit, socketBudget } from './http/file-limit.js'
 import type { Config } from './schemas/config.js'
 
 /** What code (not settings) gives the taskvault plugin: agents as functions, their environment, seams. */
@@ -26,6 +27,8 @@ export interface BuildAppOptions extends CodeOptions {
   logger?: FastifyServerOptions['logger']
   /** Node's process metrics on /metrics (process-wide observers: the server turns them on, tests do not). */
   processMetrics?: boolean
+  /** The open file descriptor limit (a test seam; default: the process's, see openFileLimit). */
+  fileLimit?: () => number | null
 }
 
 /** The settings the HTTP server itself takes. */
@@ -99,11 +102,19 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   app.setValidatorCompiler(createValidatorCompiler())
   app.setErrorHandler(errorHandler)
   app.setNotFoundHandler(notFoundHandler)
+  const limit = (options.fileLimit ?? openFileLimit)()
+  const budget = socketBudget(settings.TASK_MAX_CONNECTIONS, settings.TASK_EVENTS_MAX_CLIENTS, settings.TASK_RESERVED_FILES, limit)
+  if (budget.capped) {
+    app.log.warn({ open_file_limit: limit, max_connections: settings.TASK_MAX_CONNECTIONS, events_max_clients: settings.TASK_EVENTS_MAX_CLIENTS, reserved_files: settings.TASK_RESERVED_FILES, sockets: budget.sockets },
+      `The open file limit (ulimit -n ${String(limit)}) is below TASK_MAX_CONNECTIONS + TASK_EVENTS_MAX_CLIENTS + TASK_RESERVED_FILES: client sockets are capped at ${budget.sockets} ` +
+      'so saves keep their file descriptors; raise the limit, or lower those settings')
+  }
   const connections = guardConnections(app.server, app.log, {
     // Event streams hold their sockets for long: their own cap comes on top, so they never take
     // the slots of requests, and requests never take theirs.
     maxConnections: settings.TASK_MAX_CONNECTIONS,
     maxStreams: settings.TASK_EVENTS_MAX_CLIENTS,
+    maxSockets: budget.sockets,
     // A request still arriving at shutdown gets its timeout, but never more than the grace period.
     stalledCloseMs: Math.min(settings.TASK_REQUEST_TIMEOUT_MS, settings.TASK_SHUTDOWN_GRACE_MS),
     // The running tasks' grace, then the streams' time for their last bytes: an answer still

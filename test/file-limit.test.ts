@@ -1,0 +1,49 @@
+/**
+ * Client sockets never take the file descriptors saves need: on a host whose open file limit is
+ * below TASK_MAX_CONNECTIONS + TASK_EVENTS_MAX_CLIENTS + TASK_RESERVED_FILES, the server caps its
+ * sockets so that TASK_RESERVED_FILES stay free, and says so at boot.
+ */
+import { spawn } from 'node:child_process'
+import t from 'tap'
+import { buildApp } from '../app.js'
+import { openFileLimit, socketBudget } from '../http/file-limit.js'
+import { memoryLog, tempDir } from './helper.js'
+import { SERVER, baseEnv, freePort } from './server-process.js'
+
+t.test('the limit is read from /proc/self/limits', async (t) => {
+  const text = 'Limit                     Soft Limit           Hard Limit           Units\nMax open files            1024                 4096                 files\n'
+  t.equal(openFileLimit(() => text), 1024)
+  t.equal(openFileLimit(() => text.replace('1024 ', 'unlimited ')), null)
+  t.equal(openFileLimit(() => { throw new Error('ENOENT') }), null)
+  if (process.platform === 'linux') t.type(openFileLimit(), 'number', 'this process\'s, on Linux')
+  t.same(socketBudget(512, 1000, 256, 1024), { sockets: 768, capped: true })
+  t.same(socketBudget(512, 1000, 256, 65_536), { sockets: 1512, capped: false })
+  t.same(socketBudget(512, 1000, 256, null), { sockets: 1512, capped: false })
+  t.same(socketBudget(512, 1000, 256, 100), { sockets: 1, capped: true })
+})
+
+t.test('under a low limit the server caps its sockets and warns, naming the settings; under a high one it takes them as set', async (t) => {
+  const log = memoryLog()
+  const low = await buildApp({ readEnvironment: false, logger: log.logger, fileLimit: () => 1024, config: { TASK_STORAGE_DIR: await tempDir(t) } })
+  t.teardown(() => low.close())
+  t.equal(low.server.maxConnections, 1024 - 256)
+  t.ok(log.lines().some((line) => line.level === 40 && /ulimit -n 1024.*capped at 768/.test(line.msg ?? '')), 'a warning at boot')
+  const high = await buildApp({ readEnvironment: false, fileLimit: () => 1_000_000, config: { TASK_STORAGE_DIR: await tempDir(t), TASK_MAX_CONNECTIONS: 100, TASK_EVENTS_MAX_CLIENTS: 50 } })
+  t.teardown(() => high.close())
+  t.equal(high.server.maxConnections, 150)
+})
+
+t.test('a real server started under ulimit -n 1024 says so and serves', { skip: process.platform !== 'linux' && 'ulimit and /proc are Linux here' }, async (t) => {
+  const port = await freePort()
+  const child = spawn('/bin/sh', ['-c', `ulimit -n 1024 && exec "${process.execPath}" "${SERVER}"`], {
+    env: baseEnv({ PORT: String(port), TASK_STORAGE_DIR: await tempDir(t) }),
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let out = ''
+  child.stdout.on('data', (chunk: Buffer) => { out += chunk.toString() })
+  t.teardown(() => { child.kill('SIGKILL') })
+  const deadline = Date.now() + 30_000
+  while (!/listening/i.test(out) && Date.now() < deadline && child.exitCode === null) await new Promise((resolve) => setTimeout(resolve, 50))
+  t.match(out, /open file limit \(ulimit -n 1024\)[^\n]*capped at 768/, 'the warning')
+  t.equal((await fetch(`http://127.0.0.1:${port}/health`)).status, 200, 'and it serves')
+})
