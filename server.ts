@@ -22,6 +22,8 @@ async function main (): Promise<void> {
       process.exit(0)
     }
     app.log.info({ signal }, 'Shutting down while starting')
+    // The restore ends, but no archive pass starts after it: the server is only closing.
+    app.archiver.stop().catch(() => {})
     setTimeout(() => process.exit(0), app.config.TASK_SHUTDOWN_GRACE_MS).unref()
   }
   process.on('SIGTERM', early)

@@ -231,7 +231,7 @@ for (const autoSave of [true, false]) {
   })
 }
 
-t.test('SIGTERM while starting exits 0: during the wait for a database, and during a restore (which then ends, and the lock is released)', async (t) => {
+t.test('SIGTERM while starting exits 0: during the wait for a database, and during a restore (which then ends, and the lock is released; no archive pass runs)', async (t) => {
   const { spawnRaw, dir } = await scratch(t)
   const waiting = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORE: 'postgres', DATABASE_URL: 'postgres://127.0.0.1:1/none', TASK_DB_CONNECT_TIMEOUT_MS: '60000' }))
   t.ok(await waiting.waitForLine((line) => line.includes('The database cannot be reached yet'), 20_000), 'waiting for the database', { output: describe(waiting) })
@@ -246,12 +246,15 @@ t.test('SIGTERM while starting exits 0: during the wait for a database, and duri
   for (let i = 0; i < 20_000; i += 500) {
     await Promise.all(Array.from({ length: 500 }, async (_, j) => writeFile(join(data, `s${i + j}.json`), storedSession(`s${i + j}`, ['Pending', 'Pending'], daysAgo(1)))))
   }
+  // Finished past TASK_ARCHIVE_DAYS: the first archive pass would move them.
+  for (let i = 0; i < 50; i++) await writeFile(join(data, `old${i}.json`), storedSession(`old${i}`, ['Completed'], daysAgo(40)))
   const restoring = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORAGE_DIR: data, TASK_SHUTDOWN_GRACE_MS: '60000' }))
   t.ok(await restoring.waitForLine((line) => line.includes('Agents by task type'), 20_000), 'starting', { output: describe(restoring) })
   restoring.child.kill('SIGTERM')
   t.same(await exitWithin(restoring, 60_000), { code: 0, signal: null }, 'exit 0', { output: describe(restoring) })
   t.ok(logMessages(restoring.stdout()).includes('Shutting down while starting'), 'and says why')
   t.notOk((await readdir(data)).includes('.taskvault.lock'), 'the storage lock is released')
+  t.equal((await readdir(data)).filter((name) => name.startsWith('old')).length, 50, 'no archive pass ran on the way out: the finished sessions are where they were')
 })
 
 t.test('SIGTERM with a request in flight (TASK_AUTO_SAVE=false) still exits 0 and keeps acknowledged work', async (t) => {

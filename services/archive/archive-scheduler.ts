@@ -48,6 +48,8 @@ export class ArchiveScheduler {
   private readonly clock: () => Date
   private readonly log: Logger | undefined
   private timer: NodeJS.Timeout | null = null
+  /** stop() was called: a start() after it (a shutdown that began while the server started) schedules nothing. */
+  private stopped = false
   /** Settles when the last pass asked for has finished; null when none is running. */
   private tail: Promise<void> | null = null
   /** Passes asked for that have not started yet, by their options. */
@@ -68,7 +70,7 @@ export class ArchiveScheduler {
   }
 
   start (): void {
-    if (!this.enabled || this.timer !== null) return
+    if (!this.enabled || this.timer !== null || this.stopped) return
     this.tick()
     this.timer = setInterval(() => this.tick(), this.intervalMs)
     // The schedule must never keep the process alive on its own.
@@ -97,6 +99,7 @@ export class ArchiveScheduler {
   }
 
   async stop (): Promise<void> {
+    this.stopped = true
     if (this.timer !== null) clearInterval(this.timer)
     this.timer = null
     await this.tail
