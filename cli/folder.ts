@@ -201,14 +201,17 @@ export function needKey (needs: KeysNeeded, kid: string, archived: boolean): voi
  * Where a key under that kid is in use already, only the one that sealed them opens them: under
  * another, the server sets them aside as damaged (in corrupt/, never deleted).
  */
-export function keyWarnings (needs: KeysNeeded, where: string): string[] {
+export function keyWarnings (needs: KeysNeeded, where: string, store: 'folder' | 'database' = 'folder'): string[] {
+  const unit = store === 'folder' ? 'file' : 'row'
+  // A folder's file that does not open is moved to corrupt/; a database's row is left where it is, unread.
+  const damaged = store === 'folder' ? 'sets them aside as damaged' : 'leaves them unread, as damaged'
   return Object.entries(needs).map(([kid, { active, archived }]) => {
     const parts = [
-      ...(archived > 0 ? [`${archived} archived file${archived === 1 ? '' : 's'} (served once the key is back)`] : []),
+      ...(archived > 0 ? [`${archived} archived ${unit}${archived === 1 ? '' : 's'} (served once the key is back)`] : []),
       ...(active > 0 ? [`${active} active session${active === 1 ? '' : 's'}: the server will not start on ${where} until TASK_ENCRYPTION_KEYS holds key '${kid}' again`] : [])
     ]
     return `⚠️  sealed under key '${kid}', which TASK_ENCRYPTION_KEYS does not hold, carried as they are: ${parts.join('; ')}. ` +
-      `Only the key that sealed them opens them: where another key is in use under '${kid}', the server sets them aside as damaged`
+      `Only the key that sealed them opens them: where another key is in use under '${kid}', the server ${damaged}`
   })
 }
 

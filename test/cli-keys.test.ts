@@ -50,6 +50,7 @@ t.test('restore takes the backup of a folder with an archived file under a retir
   t.equal(restored.code, 0, restored.stderr)
   t.match(restored.json(), { restored: 3, unchanged: 0, needs_keys: { k1: { active: 0, archived: 1 } } })
   t.match(restored.stderr, /sealed under key 'k1', which TASK_ENCRYPTION_KEYS does not hold, carried as they are: 1 archived file/)
+  t.match(restored.stderr, /the server sets them aside as damaged/)
   for (const [rel, data] of Object.entries(files)) t.ok((await readFile(join(target, rel))).equals(data), `${rel} restored byte for byte`)
   // Again: the file under the missing key is judged by its bytes, so it is identical, not a conflict.
   const again = await taskvault(['restore', backup, target, '--json'], { env: K2_ONLY })
@@ -99,7 +100,9 @@ t.test('import loads a folder with an archived file under a retired key, its byt
   const imported = await taskvault(['import', dir, '--database-url', url, '--json'], { env: K2_ONLY })
   t.equal(imported.code, 0, imported.stderr)
   t.match(imported.json(), { inserted: 2, archived: 1, needs_keys: { k1: { active: 0, archived: 1 } } })
-  t.match(imported.stderr, /sealed under key 'k1'.*1 archived file/)
+  t.match(imported.stderr, /sealed under key 'k1'.*1 archived row \(served once the key is back\)/)
+  t.match(imported.stderr, /the server leaves them unread, as damaged/, 'said of a database, not a folder')
+  t.notMatch(imported.stderr, /sets them aside/)
   const client = new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 10_000 }))
   client.on('error', noop)
   await client.connect()

@@ -104,7 +104,7 @@ ${COMMON_HELP}`,
         await client.query('COMMIT')
         const needsKeys: KeysNeeded = {}
         for (const { item, action } of planned) if (item.missingKid !== null && action !== 'unchanged') needKey(needsKeys, item.missingKid, item.archived)
-        for (const line of keyWarnings(needsKeys, where)) warn(line)
+        for (const line of keyWarnings(needsKeys, where, 'database')) warn(line)
         const lines = [`Imported ${dir} into ${where}: ${counts.inserted} new, ${counts.replaced} replaced, ${counts.archived} archived copies added${counts.archivedRows > 0 ? ` (${counts.archivedRows} active rows archived first)` : ''}, ${counts.unchanged} already identical` +
           (conflicts.length > 0 ? `; ${conflicts.length} newer rows overwritten (--force)` : '')]
         return { code: 0, json: { dir, database: target.where, schema: target.schema, ...counts, conflicts, forced: conflicts.length > 0, needs_keys: needsKeys }, lines }
