@@ -47,11 +47,22 @@ export class KidProofs {
   private readonly opened = new Set<string>()
   private readonly unopened = new Map<string, number>()
 
+  constructor (private readonly unit: 'files' | 'rows' = 'files') {}
+
+  /** A file checked: opened, or sealed under a kid whose key did not open it (files the server ignores aside). */
   note (stored: StoredFile, checked: CheckedFile): void {
-    if (checked.ok === true && checked.kid !== null) this.opened.add(checked.kid)
-    else if (checked.ok === false && checked.keyMissing !== true && checked.unopenedKid !== undefined && !ignoredByServer(stored)) {
-      this.unopened.set(checked.unopenedKid, (this.unopened.get(checked.unopenedKid) ?? 0) + 1)
-    }
+    if (checked.ok === true) this.opens(checked.kid)
+    else if (checked.ok === false && checked.keyMissing !== true && checked.unopenedKid !== undefined && !ignoredByServer(stored)) this.failsUnder(checked.unopenedKid)
+  }
+
+  /** One opened: sealed under `kid`, or plaintext (null). */
+  opens (kid: string | null): void {
+    if (kid !== null) this.opened.add(kid)
+  }
+
+  /** One whose box did not open under the key configured for `kid`. */
+  failsUnder (kid: string): void {
+    this.unopened.set(kid, (this.unopened.get(kid) ?? 0) + 1)
   }
 
   /** The first kid none of whose files opened, with how many did not; null when there is none. */
@@ -65,7 +76,7 @@ export class KidProofs {
     const wrong = this.wrong()
     return wrong === null
       ? null
-      : new CommandFailedError(`key '${wrong.kid}' opens none of the ${wrong.count} files sealed under it: TASK_ENCRYPTION_KEYS likely holds a different key under that kid (the files are whole; the server would refuse to start). Put the right key back; ${then}`)
+      : new CommandFailedError(`key '${wrong.kid}' opens none of the ${wrong.count} ${this.unit} sealed under it: TASK_ENCRYPTION_KEYS likely holds a different key under that kid (the ${this.unit} are whole; the server would refuse to start). Put the right key back; ${then}`)
   }
 }
 

@@ -235,3 +235,17 @@ t.test('an archived session waiting for a retired key is no failed load: GET /st
   t.equal((await get(app, '/stats')).json().storage.failed_loads, 0)
   t.match((await app.inject({ method: 'GET', url: '/metrics' })).body, /\ntaskvault_restore_failed_loads 0\n/)
 })
+
+t.test('export with a wrong key under a kid says the key is wrong, not only that each row failed', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const { dir } = await folder(t)
+  t.equal((await taskvault(['import', dir, '--database-url', url], { env: K2_ONLY })).code, 0)
+  const out = join(await tempDir(t), 'exported')
+  const exported = await taskvault(['export', out, '--database-url', url], { env: K2_WRONG })
+  t.equal(exported.code, 1)
+  t.match(exported.stdout, /key 'k2' opens none of the 2 rows sealed under it: TASK_ENCRYPTION_KEYS likely holds a different key under that kid/)
+  const right = await taskvault(['export', join(await tempDir(t), 'again'), '--database-url', url], { env: K2_ONLY })
+  t.equal(right.code, 0, right.stderr)
+  t.notMatch(right.stdout, /opens none/)
+})

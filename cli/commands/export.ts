@@ -1,13 +1,13 @@
 import { lstat, mkdir, readdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import { CorruptSessionFileError } from '../../services/errors.js'
+import { CorruptSessionFileError, SealNotOpenedError } from '../../services/errors.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
 import { fsyncDir, readSessionDocument, tempNames, writeAndRename } from '../../services/store/session-files.js'
 import { readMarker, writeMarker } from '../../services/store/storage-folder.js'
 import { CommandFailedError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase } from '../database.js'
-import { withWriteLock, writing } from '../folder.js'
+import { KidProofs, withWriteLock, writing } from '../folder.js'
 import { ARCHIVED_COPIES, rowName, rowsPage, type StoredRow } from '../rows.js'
 
 /** Rows read per round trip. */
@@ -51,6 +51,7 @@ ${COMMON_HELP}`,
     let active = 0
     let archived = 0
     const leftOut: LeftOut[] = []
+    const proofs = new KidProofs('rows')
     await withDatabase(target, settings, keyring, true, async (client) => {
       // The database answers first: an export that cannot read it makes no folder.
       await claimFolder(dir, args.values.force === true)
@@ -65,7 +66,7 @@ ${COMMON_HELP}`,
         for (let after = '0'; ;) {
           const { rows } = await client.query<StoredRow>(rowsPage(after, PAGE_ROWS))
           for (const row of rows) {
-            const problem = unreadable(row, keyring)
+            const problem = unreadable(row, keyring, proofs)
             if (problem !== null) {
               leftOut.push({ row: rowName(row), reason: problem })
               continue
@@ -90,6 +91,9 @@ ${COMMON_HELP}`,
     })
     const lines = [`Exported ${active} active and ${archived} archived sessions from ${target.where} (schema ${target.schema}) into ${dir}`]
     for (const { row, reason } of leftOut) lines.push(`❌ ${row}: ${reason} (left out)`)
+    // Rows no key of theirs opens are whole: the key is wrong, which the rows' reasons alone do not say.
+    const wrongKey = proofs.failure('those rows were left out of the export; export again with the right key')
+    if (wrongKey !== null) lines.push(`❌ ${wrongKey.message}`)
     if (leftOut.length > 0) lines.push(`${leftOut.length} rows left out; see 'taskvault validate --database-url'`)
     return {
       code: leftOut.length > 0 ? 1 : 0,
@@ -115,13 +119,17 @@ function archivedNames (rows: Array<{ row_id: string, session_id: string }>): Ma
   return names
 }
 
-/** Why a row would not load in a server (left out), or null. A missing key is no reason: the row is whole. */
-function unreadable (row: StoredRow, keyring: Parameters<typeof readSessionDocument>[3]): string | null {
+/**
+ * Why a row would not load in a server (left out), or null. A missing key is no reason: the row
+ * is whole. `proofs` learns which kids' keys open their rows.
+ */
+function unreadable (row: StoredRow, keyring: Parameters<typeof readSessionDocument>[3], proofs: KidProofs): string | null {
   const name = rowName(row)
   try {
-    readSessionDocument(name, row.document, row.session_id, keyring)
+    proofs.opens(readSessionDocument(name, row.document, row.session_id, keyring).kid)
     return null
   } catch (err) {
+    if (err instanceof SealNotOpenedError) proofs.failsUnder(err.kid)
     if (err instanceof CorruptSessionFileError) return err.message.replace(`${name}: `, '')
     return null
   }
