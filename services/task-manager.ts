@@ -297,9 +297,9 @@ export class TaskManager {
     }
   }
 
-  /** Appends tasks to a session, creating it (or bringing it back from the archive) if needed. Resolves once they are durable. */
   /**
-   * Appends tasks (a new session, or an archived one brought back). `key`: an Idempotency-Key;
+   * Appends tasks to a session, creating it (or bringing it back from the archive) if needed.
+   * Resolves once they are durable. `key`: an Idempotency-Key;
    * the same key with the same tasks is answered again from the session (`replayed`, nothing
    * added), with other tasks refused (422).
    */
