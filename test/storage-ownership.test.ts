@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { chmod, lstat, mkdir, readFile, readdir, readlink, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises'
+import { chmod, cp, lstat, mkdir, readFile, readdir, readlink, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
@@ -495,6 +495,21 @@ t.test('folder: another folder at the path (a volume unmounted from under its mo
     t.equal((await get(app, '/progress?session_id=kept')).statusCode, 200, `${first}: reads go on`)
     t.ok(log.lines().some((line) => line.level === 50 && /is no longer the folder this server opened/.test(line.msg ?? '')), `${first}: logged`)
   }
+})
+
+t.test('folder: a copy of the folder put in its place keeps its sessions: a save refused there neither lands nor removes anything', async (t) => {
+  const parent = await tempDir(t)
+  const dir = join(parent, 'tasks')
+  // A heartbeat too slow to see it first: the save finds it.
+  const app = await open(t, dir, { TASK_LOCK_REFRESH_MS: 60_000, TASK_LOCK_STALE_MS: 120_000 })
+  t.equal((await post(app, '/create', { session_id: 'kept', instructions: '1. a\n2. b' })).statusCode, 200)
+  await rename(dir, join(parent, 'old'))
+  await cp(join(parent, 'old'), dir, { recursive: true, preserveTimestamps: true })
+  const copied = await readFile(join(dir, 'kept.json'), 'utf8')
+  const refused = await post(app, '/create', { session_id: 'kept', instructions: 'c' })
+  t.equal(refused.statusCode, 503)
+  t.match(refused.json(), { code: 'LOCK_LOST' })
+  t.equal(await readFile(join(dir, 'kept.json'), 'utf8'), copied, 'the copy\'s session is as it was: not replaced by the refused change, not removed')
 })
 
 t.test('folder: a folder emptied in place (deleted and made again under the same inode number): the lock and marker both gone stop every write', async (t) => {

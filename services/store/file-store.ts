@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events'
-import { constants } from 'node:fs'
+import { constants, statSync } from 'node:fs'
 import { statfs } from 'node:fs/promises'
 import { dirname, join, resolve, sep } from 'node:path'
 import pLimit from 'p-limit'
@@ -17,7 +17,7 @@ import type { Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
 import { tooLargeReason } from './read-batch.js'
 import { assertSavable, reportedSave, sessionBound } from './save-rules.js'
-import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, FolderReplacedError, fsyncDir, type FileIdentity, readSessionDocument, serializeSessionFile, tempNames, writeAndRename } from './session-files.js'
+import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, FolderReplacedError, fsyncDir, readSessionDocument, serializeSessionFile, tempNames, writeAndRename } from './session-files.js'
 import { MARKER_FILE, firstForeignFile, readMarker, writeMarker } from './storage-folder.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
 import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SaveOptions, SessionStore, SessionStoreEvents, StoredCopy } from './store.js'
@@ -173,6 +173,25 @@ export class FileSessionStore implements SessionStore {
   }
 
   /**
+   * Just before a save's rename: the lock confirmed, and the folder at the path still the one
+   * locked. A save into another folder there (a volume unmounted, a folder deleted and made
+   * again, or a copy put in its place) is refused before it lands: left there, a restart on that
+   * folder would bring the refused change back, and removing it after could remove the only copy
+   * of a session a restored folder holds. The folder fsync checks again after the rename.
+   */
+  private beforeRename (): Promise<void> | null {
+    if (this.lock !== null && this.lock.lost === null) {
+      // statSync: one system call with no I/O, not a thread-pool round trip per save.
+      const here = statSync(this.dir, { throwIfNoEntry: false })
+      if (here !== undefined && !this.lock.holds(here)) {
+        this.lock.folderReplaced()
+        return Promise.reject(this.lock.lost ?? new LockLostError(this.dir, null, true))
+      }
+    }
+    return this.confirmHeld()
+  }
+
+  /**
    * For a writer beside the store holding its lock (the CLI's seal, restore and export): called
    * just before each rename, as the store's own saves do; rejects with LockLostError once
    * another writer has the folder.
@@ -263,17 +282,16 @@ export class FileSessionStore implements SessionStore {
         throw err
       }
     }
-    let written: FileIdentity
     try {
-      // Checked again before the rename: the process may have been paused since.
-      written = await writeAndRename(this.fs, this.tempPath(file.session_id), target, serialize, undefined, () => this.confirmHeld())
+      // Checked again before the rename: the process may have been paused since, or the folder replaced.
+      await writeAndRename(this.fs, this.tempPath(file.session_id), target, serialize, undefined, () => this.beforeRename())
     } catch (err) {
       if (err === unserializable || err instanceof LockLostError || err instanceof StorageError) throw err
       throw new StorageError(`saving session '${file.session_id}'`, err as NodeJS.ErrnoException)
     }
     // Past the rename the file holds the new form, whether or not the folder fsync holds.
     this.stored(file.session_id, this.keyring?.activeKid ?? '')
-    await this.syncDir(`saving session '${file.session_id}'`, true, { path: target, ...written })
+    await this.syncDir(`saving session '${file.session_id}'`, true)
     return (data as Buffer).length
   }
 
@@ -541,22 +559,13 @@ export class FileSessionStore implements SessionStore {
     }
   }
 
-  /**
-   * `afterChange`: the folder entry was already changed, so a failure leaves the outcome uncertain.
-   * `landed`: the file a save renamed into place, removed again if that was another folder.
-   */
-  private async syncDir (operation: string, afterChange = false, landed?: FileIdentity & { path: string }): Promise<void> {
+  /** `afterChange`: the folder entry was already changed, so a failure leaves the outcome uncertain. */
+  private async syncDir (operation: string, afterChange = false): Promise<void> {
     try {
       await this.dirSync.run()
     } catch (err) {
       // Written into another folder at the path: not into ours, and nothing more will be.
       if (err instanceof FolderReplacedError && this.lock !== null) {
-        // The save is refused, so its file must not wait there for a restart to bring it back;
-        // only the very file written is removed (another may have replaced it since).
-        if (landed !== undefined) {
-          const there = await this.fs.lstat(landed.path).catch(() => null)
-          if (there !== null && there.dev === landed.dev && there.ino === landed.ino) await this.fs.unlink(landed.path).catch(noop)
-        }
         this.lock.folderReplaced()
         throw this.lock.lost ?? new LockLostError(this.dir, null, true)
       }

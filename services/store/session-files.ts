@@ -116,10 +116,9 @@ export async function readWhole (fs: FsSeam, path: string, maxBytes = Number.POS
  * error is rethrown as it is. `data` may be a function making the bytes: it runs while the
  * thread pool creates the temp file, so serializing (and sealing) costs no extra latency; its
  * error wins over the file system's. `beforeRename` may refuse the rename (its error is thrown as it is).
- * Resolves to the written file's identity, by which the caller can tell it from another file at `target` later.
  */
 export async function writeAndRename (fs: FsSeam, temp: string, target: string, data: Uint8Array | (() => Promise<Uint8Array>), mtime?: Date,
-  beforeRename?: () => Promise<void> | null): Promise<FileIdentity> {
+  beforeRename?: () => Promise<void> | null): Promise<void> {
   let handle: FileHandle | undefined
   try {
     const opening = fs.open(temp, 'wx', FILE_MODE)
@@ -136,25 +135,16 @@ export async function writeAndRename (fs: FsSeam, temp: string, target: string, 
     await handle.writeFile(bytes)
     if (mtime !== undefined) await handle.utimes(mtime, mtime)
     await handle.sync()
-    // A system call with no I/O: made here, not through the thread pool.
-    const { dev, ino } = fstatSync(handle.fd)
     await handle.close()
     handle = undefined
     const ready = beforeRename?.()
     if (ready != null) await ready
     await fs.rename(temp, target)
-    return { dev, ino }
   } catch (err) {
     await handle?.close().catch(noop)
     await fs.unlink(temp).catch(noop)
     throw err
   }
-}
-
-/** A file or folder, as fstat names it. */
-export interface FileIdentity {
-  dev: number
-  ino: number
 }
 
 /** Makes a folder's entries (renames, creations, deletions) durable. */
