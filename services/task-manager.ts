@@ -61,6 +61,9 @@ const silent: Logger = { info () {}, warn () {}, error () {} }
  * Owns the sessions: restores them, appends tasks, runs them one at a time per session
  * through executors chosen by task type, and shuts down without losing acknowledged work.
  */
+/** A keyed create met its key in this replica's copy: judged again on the stored session. */
+class StaleCopyError extends Error {}
+
 export class TaskManager {
   readonly registry: SessionRegistry
   readonly archived: ArchivedSessions
@@ -320,15 +323,18 @@ export class TaskManager {
     const change = async (fresh: boolean): Promise<Task[]> => this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
       // Every check before the draft is touched: a refused change must leave it as it was.
       const known = draft.file ?? archivedCopy?.file ?? null
-      if (keyed !== null && known !== null) {
-        const answered = known.keyed_creates?.find((entry) => entry.key === keyed.key)
-        if (answered !== undefined) {
-          if (answered.digest !== keyed.digest) throw new IdempotencyKeyReusedError(sessionId, keyed.key)
-          replayed = true
-          origin = null
-          const byId = new Map(known.session.tasks.map((task) => [task.id, task]))
-          return unchanged(answered.task_ids.flatMap((id) => { const task = byId.get(id); return task === undefined ? [] : [{ ...task }] }))
-        }
+      const answered = keyed === null ? undefined : known?.keyed_creates?.find((entry) => entry.key === keyed.key)
+      if (keyed !== null && known !== null && answered !== undefined) {
+        // Shared: another replica may have deleted the session, or answered the key, since this copy was read.
+        if (this.shared !== undefined && !fresh) throw new StaleCopyError()
+        if (answered.digest !== keyed.digest) throw new IdempotencyKeyReusedError(sessionId, keyed.key)
+        replayed = true
+        origin = null
+        const byId = new Map(known.session.tasks.map((task) => [task.id, task]))
+        const tasks = answered.task_ids.flatMap((id) => { const task = byId.get(id); return task === undefined ? [] : [{ ...task }] })
+        // Answered by a change in this very batch, not yet written: this answer stands or falls with that write.
+        const durable = draft.file === null || draft.before?.keyed_creates?.some((entry) => entry.key === keyed.key) === true
+        return durable ? unchanged(tasks) : tasks
       }
       replayed = false
       const existing = draft.file?.session.tasks.length ?? archivedCopy?.file.session.tasks.length ?? 0
@@ -350,8 +356,8 @@ export class TaskManager {
       return added.map((task) => ({ ...task }))
     }, { fresh }))
     const tasks = await change(false).catch(async (err: unknown) => {
-      // Another replica may have deleted or shortened the session since this copy was read.
-      if (!(err instanceof LimitExceededError) || this.shared === undefined) throw err
+      // Another replica may have deleted or shortened the session, or answered the key, since this copy was read.
+      if (!(err instanceof LimitExceededError || err instanceof StaleCopyError) || this.shared === undefined) throw err
       return change(true)
     })
     if (replayed) return { session_id: sessionId, tasks, replayed }

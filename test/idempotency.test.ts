@@ -7,6 +7,7 @@
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { buildApp } from '../app.js'
@@ -70,6 +71,27 @@ t.test('creates sent twice at once under one key (a double submit) add the tasks
   t.equal(answers.filter((answer) => !answer.replayed).length, 1, 'one added them, four were replays')
   t.equal(new Set(answers.map((answer) => JSON.stringify(answer.body.task_ids))).size, 1, 'all with the same task ids')
   t.equal(await taskCount(app, 'burst'), 3)
+})
+
+t.test('a replay of a key whose create is still being written stands or falls with that write', async (t) => {
+  const fs = faultFs()
+  const app = await build(t, { fs })
+  t.equal((await create(app, { session_id: 's', instructions: '1. a' })).status, 200)
+  // A create without a key is held at its rename: the keyed ones queue behind it, and go in one write.
+  const gate = fs.hold('rename', { times: 1 })
+  const first = create(app, { session_id: 's', instructions: '1. b' })
+  await gate.reached
+  fs.fail('rename', 'ENOSPC', { skip: 1 })
+  const keyed = [create(app, { session_id: 's', instructions: '1. keyed' }, 'K'), create(app, { session_id: 's', instructions: '1. keyed' }, 'K')]
+  await sleep(100)
+  gate.release()
+  t.equal((await first).status, 200)
+  const answers = await Promise.all(keyed)
+  t.same(answers.map((answer) => answer.status), [507, 507], 'both fail with the write that would have held the key: no replay of tasks never saved')
+  fs.heal()
+  const retry = await create(app, { session_id: 's', instructions: '1. keyed' }, 'K')
+  t.notOk(retry.replayed, 'the retry adds the task')
+  t.equal(await taskCount(app, 's'), 3)
 })
 
 t.test('a key outlives a restart; a create whose save failed recorded no key, so its retry adds the tasks', async (t) => {
@@ -161,4 +183,11 @@ t.test('PostgreSQL replicas: a create retried through another replica is a repla
   t.equal((await create(b, { session_id: 'shared', instructions: '1. d' }, 'k2')).status, 422, 'other tasks under that key: 422 on b too')
   t.equal(await taskCount(a, 'shared'), 3)
   t.equal(await taskCount(b, 'shared'), 3)
+
+  // Deleted through a, the session's keys go with it, though b's copy still holds them.
+  t.equal((await a.inject({ method: 'DELETE', url: `${API}/sessions/shared` })).statusCode, 204)
+  const after = await create(b, { session_id: 'shared', instructions: '1. a\n2. b' }, 'k1')
+  t.equal(after.status, 200)
+  t.notOk(after.replayed, 'not a replay of the deleted session')
+  t.equal(await taskCount(a, 'shared'), 2, 'made again, with its tasks')
 })

@@ -23,7 +23,11 @@ export class Draft {
   #file: SessionFile | null
   #intent: Intent = SAVE
 
-  constructor (readonly sessionId: string, file: SessionFile | null, readonly now: Date) {
+  /**
+   * `before`: the session as the batch found it, before any change of the batch (not to be
+   * edited). What only `file` holds is not durable until the batch's write is.
+   */
+  constructor (readonly sessionId: string, file: SessionFile | null, readonly now: Date, readonly before: Readonly<SessionFile> | null = null) {
     this.#file = file
   }
 

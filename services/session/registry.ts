@@ -423,7 +423,7 @@ export class SessionRegistry {
   /** Applies queued changes to one draft, up to a delete or archive (written on its own: what follows starts from its result). */
   private applyBatch (sessionId: string, slot: SessionSlot): { draft: Draft, applied: Applied[] } {
     const batch = slot.queue.splice(0)
-    const draft = new Draft(sessionId, slot.file && cloneSessionFile(slot.file), this.clock())
+    const draft = new Draft(sessionId, slot.file && cloneSessionFile(slot.file), this.clock(), slot.file)
     const applied: Applied[] = []
     while (batch.length > 0) {
       const change = batch.shift() as QueuedChange
