@@ -39,9 +39,10 @@ export type CheckedFile =
   | { ok: null }
 
 /**
- * Which kids' keys open their files, as a command checks them one by one: a kid with files
- * whose box did not open and none that did has a wrong key, not damaged files (the server's
- * restore judges them so, and stops).
+ * Which kids' keys open their files, as a command checks them one by one: a kid with active
+ * files whose box did not open and no file (active or archived) that did has a wrong key, not
+ * damaged files; the server's restore judges them so, and stops. Archived files that do not
+ * open never stop it (they are read on demand), so they prove nothing wrong here either.
  */
 export class KidProofs {
   private readonly opened = new Set<string>()
@@ -49,10 +50,10 @@ export class KidProofs {
 
   constructor (private readonly unit: 'files' | 'rows' = 'files') {}
 
-  /** A file checked: opened, or sealed under a kid whose key did not open it (files the server ignores aside). */
+  /** A file checked: opened, or an active one sealed under a kid whose key did not open it (files the server ignores aside). */
   note (stored: StoredFile, checked: CheckedFile): void {
     if (checked.ok === true) this.opens(checked.kid)
-    else if (checked.ok === false && checked.keyMissing !== true && checked.unopenedKid !== undefined && !ignoredByServer(stored)) this.failsUnder(checked.unopenedKid)
+    else if (checked.ok === false && checked.keyMissing !== true && checked.unopenedKid !== undefined && !stored.archived && !ignoredByServer(stored)) this.failsUnder(checked.unopenedKid)
   }
 
   /** One opened: sealed under `kid`, or plaintext (null). */
@@ -60,7 +61,7 @@ export class KidProofs {
     if (kid !== null) this.opened.add(kid)
   }
 
-  /** One whose box did not open under the key configured for `kid`. */
+  /** An active one whose box did not open under the key configured for `kid`. */
   failsUnder (kid: string): void {
     this.unopened.set(kid, (this.unopened.get(kid) ?? 0) + 1)
   }

@@ -249,3 +249,23 @@ t.test('export with a wrong key under a kid says the key is wrong, not only that
   t.equal(right.code, 0, right.stderr)
   t.notMatch(right.stdout, /opens none/)
 })
+
+t.test('an archived file that does not open, under a kid no other file proves, is left out as damaged: backup and stats go on, as the server starts', async (t) => {
+  const { dir } = await folder(t)
+  const both = { TASK_ENCRYPTION_KEYS: `k2:${K2},k1:${K1}` }
+  const damaged = Buffer.from(await readFile(join(dir, 'archive', 'x.json')))
+  const at = damaged.indexOf('"tag"') + 10
+  damaged[at] = damaged[at] === 0x41 ? 0x42 : 0x41
+  await writeFile(join(dir, 'archive', 'x.json'), damaged)
+  const backup = join(await tempDir(t), 'b.tar.gz')
+  const made = await taskvault(['backup', dir, '--out', backup], { env: both })
+  t.equal(made.code, 1, 'a file was left out')
+  t.match(made.stdout, /Backed up 2 sessions/)
+  t.match(made.stdout, /left out archive\/x\.json/)
+  t.notMatch(made.stderr, /opens none/)
+  const stats = await taskvault(['stats', dir, '--json'], { env: both })
+  t.equal(stats.code, 0, stats.stderr)
+  t.match(stats.json(), { total_sessions: 2 })
+  const app = await build(t, { dir, config: both })
+  t.equal((await get(app, '/stats')).json().total_sessions, 2, 'the server starts on it')
+})

@@ -129,7 +129,7 @@ function unreadable (row: StoredRow, keyring: Parameters<typeof readSessionDocum
     proofs.opens(readSessionDocument(name, row.document, row.session_id, keyring).kid)
     return null
   } catch (err) {
-    if (err instanceof SealNotOpenedError) proofs.failsUnder(err.kid)
+    if (err instanceof SealNotOpenedError && !row.archived) proofs.failsUnder(err.kid)
     if (err instanceof CorruptSessionFileError) return err.message.replace(`${name}: `, '')
     return null
   }
