@@ -96,25 +96,26 @@ const MAX_PARAM_LENGTH = 4096
  */
 export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyInstance> {
   // Read first: the server's own options come from the settings.
-  const settings = await loadConfig({ values: options.config, readEnvironment: options.readEnvironment })
+  const loaded = await loadConfig({ values: options.config, readEnvironment: options.readEnvironment })
+  const limit = (options.fileLimit ?? openFileLimit)()
+  const budget = socketBudget(loaded.TASK_MAX_CONNECTIONS, loaded.TASK_EVENTS_MAX_CLIENTS, loaded.TASK_RESERVED_FILES, limit)
+  // Under a low open file limit every part of the app (the guard, the streams' cap) works with the shrunk shares.
+  const settings = budget.capped ? { ...loaded, TASK_MAX_CONNECTIONS: budget.connections, TASK_EVENTS_MAX_CLIENTS: budget.streams } : loaded
   let guard: ConnectionGuard | null = null
   const app = Fastify(serverOptions(settings, options.logger, () => guard)).withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(createValidatorCompiler())
   app.setErrorHandler(errorHandler)
   app.setNotFoundHandler(notFoundHandler)
-  const limit = (options.fileLimit ?? openFileLimit)()
-  const budget = socketBudget(settings.TASK_MAX_CONNECTIONS, settings.TASK_EVENTS_MAX_CLIENTS, settings.TASK_RESERVED_FILES, limit)
   if (budget.capped) {
-    app.log.warn({ open_file_limit: limit, max_connections: settings.TASK_MAX_CONNECTIONS, events_max_clients: settings.TASK_EVENTS_MAX_CLIENTS, reserved_files: settings.TASK_RESERVED_FILES, sockets: budget.sockets },
-      `The open file limit (ulimit -n ${String(limit)}) is below TASK_MAX_CONNECTIONS + TASK_EVENTS_MAX_CLIENTS + TASK_RESERVED_FILES: client sockets are capped at ${budget.sockets} ` +
-      'so saves keep their file descriptors; raise the limit, or lower those settings')
+    app.log.warn({ open_file_limit: limit, reserved_files: loaded.TASK_RESERVED_FILES, max_connections: budget.connections, events_max_clients: budget.streams },
+      `The open file limit (ulimit -n ${String(limit)}) is below TASK_MAX_CONNECTIONS (${loaded.TASK_MAX_CONNECTIONS}) + TASK_EVENTS_MAX_CLIENTS (${loaded.TASK_EVENTS_MAX_CLIENTS}) + TASK_RESERVED_FILES: ` +
+      `they are lowered in proportion to ${budget.connections} and ${budget.streams}, so saves keep their file descriptors; raise the limit, or lower those settings`)
   }
   const connections = guardConnections(app.server, app.log, {
     // Event streams hold their sockets for long: their own cap comes on top, so they never take
     // the slots of requests, and requests never take theirs.
     maxConnections: settings.TASK_MAX_CONNECTIONS,
     maxStreams: settings.TASK_EVENTS_MAX_CLIENTS,
-    maxSockets: budget.sockets,
     // A request still arriving at shutdown gets its timeout, but never more than the grace period.
     stalledCloseMs: Math.min(settings.TASK_REQUEST_TIMEOUT_MS, settings.TASK_SHUTDOWN_GRACE_MS),
     // The running tasks' grace, then the streams' time for their last bytes: an answer still

@@ -19,8 +19,6 @@ export interface ConnectionLimits {
   maxConnections: number
   /** Sockets carrying an event stream at most, on top (TASK_EVENTS_MAX_CLIENTS). */
   maxStreams: number
-  /** Sockets of both kinds at most, when the file descriptor limit leaves fewer than their sum (see socketBudget). */
-  maxSockets?: number
   /** How long, after shutdown begins, a request still arriving may take before its socket is closed. */
   stalledCloseMs: number
   /**
@@ -76,7 +74,7 @@ export interface ConnectionGuard {
 }
 
 export function guardConnections (server: Server, log: FastifyBaseLogger, limits: ConnectionLimits): ConnectionGuard {
-  server.maxConnections = Math.min(limits.maxConnections + limits.maxStreams, limits.maxSockets ?? Number.POSITIVE_INFINITY)
+  server.maxConnections = limits.maxConnections + limits.maxStreams
   let dropped = 0
   let lastDropLog = -Infinity
   const refused = (): void => {

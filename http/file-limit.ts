@@ -18,12 +18,16 @@ export function openFileLimit (read: () => string = () => readFileSync('/proc/se
 }
 
 /**
- * Client sockets the server may hold at once: TASK_MAX_CONNECTIONS and TASK_EVENTS_MAX_CLIENTS
- * together, but never so many that fewer than `reserved` descriptors stay for session files, the
- * database pool and the process itself. `capped`: the settings allow more than the limit leaves.
+ * The sockets the server may hold at once: TASK_MAX_CONNECTIONS for requests and
+ * TASK_EVENTS_MAX_CLIENTS for event streams, unless the open file limit leaves fewer than their
+ * sum once `reserved` descriptors are kept for session files, the database pool and the process.
+ * Then both shares shrink in proportion, so that neither kind can take the other's (streams
+ * alone must not lock requests and probes out). `capped`: they were shrunk.
  */
-export function socketBudget (maxConnections: number, maxStreams: number, reserved: number, limit: number | null): { sockets: number, capped: boolean } {
+export function socketBudget (maxConnections: number, maxStreams: number, reserved: number, limit: number | null): { connections: number, streams: number, capped: boolean } {
   const wanted = maxConnections + maxStreams
-  if (limit === null || wanted <= limit - reserved) return { sockets: wanted, capped: false }
-  return { sockets: Math.max(1, limit - reserved), capped: true }
+  if (limit === null || wanted <= limit - reserved) return { connections: maxConnections, streams: maxStreams, capped: false }
+  const available = Math.max(2, limit - reserved)
+  const streams = Math.max(1, Math.floor(available * maxStreams / wanted))
+  return { connections: Math.max(1, available - streams), streams, capped: true }
 }

@@ -64,6 +64,7 @@ export const ConfigSchema = Type.Object({
   TASK_REQUEST_TIMEOUT_MS: Type.Integer({ minimum: 100, maximum: MAX_TIMER_MS, default: 30_000, description: 'Time to receive a whole request (headers and body); 408 and closed after it' }),
   TASK_KEEP_ALIVE_TIMEOUT_MS: Type.Integer({ minimum: 1, maximum: MAX_TIMER_MS, default: 65_000, description: 'An idle keep-alive socket is closed after this; above the 60 s idle timeout of common proxies' }),
   TASK_MAX_CONNECTIONS: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 512, description: 'Open client sockets; more are closed at once, so storage keeps its file descriptors' }),
+  TASK_RESERVED_FILES: Type.Integer({ minimum: 16, maximum: 1_000_000, default: 256, description: 'File descriptors kept for session files, the database pool and the process: when the open file limit (ulimit -n) is below TASK_MAX_CONNECTIONS + TASK_EVENTS_MAX_CLIENTS + this, those two are lowered in proportion' }),
   // Disk figures (issue 18): free space of the filesystem holding the storage folder.
   TASK_DISK_WARN_RATIO: Type.Number({ minimum: 0, maximum: 1, default: 0.1, description: 'The log warns once when the free share of the storage filesystem falls below this, and again when it recovers; 0 never warns' }),
   TASK_DISK_CHECK_INTERVAL_MS: Type.Integer({ minimum: 0, maximum: MAX_TIMER_MS, default: 60_000, description: 'How often free space is checked besides at /stats and /metrics; 0 checks only then' }),
@@ -71,7 +72,6 @@ export const ConfigSchema = Type.Object({
   // Live view: the event stream (GET /api/v1/tasks/events) and the dashboard.
   TASK_EVENTS_BUFFER: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 10_000, description: 'Latest events kept for clients resuming with Last-Event-ID; older ids get a reset' }),
   TASK_EVENTS_HEARTBEAT_MS: Type.Integer({ minimum: 10, maximum: HOUR_MS, default: 15_000, description: 'A heartbeat comment on every stream this often' }),
-  TASK_RESERVED_FILES: Type.Integer({ minimum: 16, maximum: 1_000_000, default: 256, description: 'File descriptors kept for session files, the database pool and the process: client sockets are capped so that this many stay free under the open file limit (ulimit -n)' }),
   TASK_EVENTS_MAX_CLIENTS: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 1000, description: 'Concurrent event streams; past it 503. Their sockets come on top of TASK_MAX_CONNECTIONS' }),
   TASK_EVENTS_MAX_QUEUED_BYTES: Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024, default: 1024 * 1024, description: 'A stream client with more bytes waiting to be sent is cut off with a reset' }),
   TASK_EVENTS_FLUSH_MS: Type.Integer({ minimum: 0, maximum: 1000, default: 25, description: 'Events are written to stream clients at most this often, batched; 0: once per event-loop turn' }),
