@@ -127,7 +127,12 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   answerUnrouted(app.server)
   app.addHook('preClose', async () => connections.closing())
   // Pipelined changes run in the order sent (RFC 9112 lets a server run only safe methods side by side).
-  const foreignHost = hostCheck(settings.HOST, settings.TASK_API_KEYS, settings.TASK_ALLOWED_HOSTS)
+  // The address listened on once listening (a host of buildApp may listen elsewhere than HOST); HOST before (inject).
+  const listening = (): string => {
+    const address = app.server.address()
+    return address !== null && typeof address === 'object' ? address.address : settings.HOST
+  }
+  const foreignHost = hostCheck(listening, settings.TASK_API_KEYS, settings.TASK_ALLOWED_HOSTS)
   app.addHook('onRequest', (request, reply, done) => {
     const refusal = missingHost(request.raw) ?? foreignHost?.(request.raw) ?? null
     if (refusal !== null) {

@@ -88,7 +88,7 @@ export async function answered<T> (ms: number, call: (signal: AbortSignal) => Pr
 
 export async function api<T> (method: string, path: string, body?: unknown, answerMs = ANSWER_TIMEOUT_MS, headers: Record<string, string> = {}): Promise<T> {
   return answered(answerMs, async (signal) => {
-    const res = await fetch(request(path, { method, signal, headers, ...(body !== undefined && { headers: { ...headers, 'content-type': 'application/json' }, body: JSON.stringify(body) }) }))
+    const res = await fetch(request(path, { method, signal, headers: body === undefined ? headers : { ...headers, 'content-type': 'application/json' }, ...(body !== undefined && { body: JSON.stringify(body) }) }))
     if (res.status === 204) return null as T
     const data = await res.json().catch(() => null) as { message?: string } | null
     // A body cut off by the timeout is no answer, whatever the status said.

@@ -1,17 +1,17 @@
 import type { IncomingMessage } from 'node:http'
 import { BlockList, isIP } from 'node:net'
 
+const LOOPBACK = new BlockList()
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4')
+LOOPBACK.addAddress('::1', 'ipv6')
+
 /** Whether `host` (a name or an address, without port or brackets) can only mean this machine. */
 export function isLoopback (host: string): boolean {
   const name = host.toLowerCase().replace(/\.$/u, '')
   // RFC 6761: browsers resolve localhost and every *.localhost to loopback themselves, never through DNS.
   if (name === 'localhost' || name.endsWith('.localhost')) return true
   const family = isIP(name)
-  if (family === 0) return false
-  const loopback = new BlockList()
-  loopback.addSubnet('127.0.0.0', 8, 'ipv4')
-  loopback.addAddress('::1', 'ipv6')
-  return loopback.check(name, family === 6 ? 'ipv6' : 'ipv4')
+  return family !== 0 && LOOPBACK.check(name, family === 6 ? 'ipv6' : 'ipv4')
 }
 
 /** The host name of a Host header value (`name:port`, `[v6]:port`), lower case; null when it has none. */
@@ -27,15 +27,18 @@ export function hostName (header: string): string | null {
  * The check of a server that listens on loopback with no API key: a web page the user opens
  * can reach it only through DNS rebinding (its own name made to point at 127.0.0.1, so the page
  * is same-origin and may send JSON), and then its requests carry that name as their Host. Such
- * requests are refused; loopback names and `allowed` (TASK_ALLOWED_HOSTS) are answered. Null
- * when there is nothing to check: API keys stop such a page, and a server listening beyond
- * loopback is reached under names nobody can list here (`*` turns the check off too).
+ * requests are refused; loopback names and `allowed` (TASK_ALLOWED_HOSTS, written as a Host
+ * header's name: a port or brackets are left out) are answered. Null when there is nothing to
+ * check: API keys stop such a page (`*` turns the check off too). `listening`: the address
+ * listened on (the one given to listen(), which a host of buildApp may choose), checked per
+ * request: a server listening beyond loopback is reached under names nobody can list here.
  */
-export function hostCheck (listenHost: string, apiKeys: string, allowed: string): ((req: IncomingMessage) => Error | null) | null {
-  const names = allowed.split(',').map((name) => name.trim().toLowerCase()).filter((name) => name !== '')
-  if (apiKeys.trim() !== '' || !isLoopback(listenHost) || names.includes('*')) return null
+export function hostCheck (listening: () => string, apiKeys: string, allowed: string): ((req: IncomingMessage) => Error | null) | null {
+  const names = allowed.split(',').map((name) => hostName(name)).filter((name) => name !== null)
+  if (apiKeys.trim() !== '' || names.includes('*')) return null
   const extra = new Set(names)
   return (req) => {
+    if (!isLoopback(listening())) return null
     const header = req.headers.host
     // No Host: an HTTP/1.0 client (1.1 ones are refused for it first), never a browser.
     if (header === undefined) return null

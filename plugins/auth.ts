@@ -79,5 +79,3 @@ function usableKeys (configured: readonly string[]): string[] {
   if (unsendable !== -1) throw new InvalidApiKeysError(`key ${unsendable + 1} holds a space, a control character or a character outside ASCII, which an Authorization header cannot carry`)
   return keys
 }
-
-/** 127.0.0.0/8 and ::1; an IPv4-mapped form (`::ffff:127.0.0.1`) matches the IPv4 rule. */

@@ -47,7 +47,7 @@ export const ConfigSchema = Type.Object({
   TASK_LOCK_REFRESH_MS: Type.Integer({ minimum: 100, maximum: HOUR_MS, default: 10_000 }),
   TASK_LOCK_STALE_MS: Type.Integer({ minimum: 1000, maximum: MAX_TIMER_MS, default: 60_000 }),
   TASK_AGENTS: Type.String({ default: '', description: 'JSON (or @file.json) mapping a task type or "default" to an agent spec; empty: the echo demo agent' }),
-  TASK_IDEMPOTENCY_KEYS: Type.Integer({ minimum: 0, maximum: 10_000, default: 100, description: 'Idempotency-Key values of POST /create each session remembers (the newest); 0 turns the header off' }),
+  TASK_IDEMPOTENCY_KEYS: Type.Integer({ minimum: 0, maximum: 10_000, default: 100, description: 'Idempotency-Key values of POST /create each session remembers (the newest); 0 keeps none, so every create adds its tasks' }),
   TASK_MAX_INTERRUPTIONS: Type.Integer({ minimum: 1, maximum: 1000, default: 3, description: 'Restarts that may find a task running before it is failed' }),
   TASK_RUN_RETRY_MS: Type.Integer({ minimum: 10, maximum: HOUR_MS, default: 1000, description: 'A background run stopped by a storage fault, and a failed change\'s write-back of the acknowledged state, try again after this, doubling each time' }),
   TASK_RUN_RETRY_MAX_MS: Type.Integer({ minimum: 10, maximum: HOUR_MS, default: 60_000, description: 'The longest wait between those tries' }),

@@ -37,6 +37,8 @@ t.test('TASK_ALLOWED_HOSTS adds names, * turns the check off; API keys or a HOST
   t.equal((await call(named, 'tv.internal:7000')).status, 200)
   t.equal((await call(named, 'other.example')).status, 200, 'names compare without case')
   t.equal((await call(named, 'third.example')).status, 403)
+  const written = await build(t, { config: { TASK_ALLOWED_HOSTS: 'tv.lan:7507,[fd00::5],box.example.' } })
+  for (const host of ['tv.lan:7507', 'tv.lan', '[fd00::5]:7507', 'box.example', 'box.example.:7507']) t.equal((await call(written, host)).status, 200, `listed as a Host header would carry it: ${host}`)
   const any = await build(t, { config: { TASK_ALLOWED_HOSTS: '*' } })
   t.equal((await call(any, 'whatever.example')).status, 200)
   const keyed = await build(t, { config: { TASK_API_KEYS: 'secret-key-1' } })
@@ -44,6 +46,18 @@ t.test('TASK_ALLOWED_HOSTS adds names, * turns the check off; API keys or a HOST
   t.equal((await keyed.inject({ method: 'GET', url: `${API}/list?session_id=all`, headers: { host: 'rebind.attacker.example', authorization: 'Bearer secret-key-1' } })).statusCode, 200)
   const wide = await build(t, { config: { HOST: '0.0.0.0' } })
   t.equal((await call(wide, 'pod-7.taskvault.svc:7000')).status, 200, 'listening beyond loopback: names it is reached under are answered')
+})
+
+t.test('the address listened on decides, not HOST: a host of buildApp listening on 0.0.0.0 answers every name', async (t) => {
+  const app = await build(t)
+  await app.listen({ host: '0.0.0.0', port: 0 })
+  const { port } = app.server.address() as AddressInfo
+  const status = await new Promise<number>((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path: '/health', headers: { host: `taskvault.internal:${port}` } }, (res) => { res.resume(); resolve(res.statusCode ?? 0) })
+    req.on('error', reject)
+    req.end()
+  })
+  t.equal(status, 200)
 })
 
 t.test('a real HTTP peer sending a rebinding page\'s Host is refused; one on 127.0.0.1 is answered', async (t) => {
