@@ -31,14 +31,16 @@ export function hostName (header: string): string | null {
  * header's name: a port or brackets are left out) are answered. Null when there is nothing to
  * check: API keys stop such a page (`*` turns the check off too). `listening`: the address
  * listened on (the one given to listen(), which a host of buildApp may choose), checked per
- * request: a server listening beyond loopback is reached under names nobody can list here.
+ * request: a server listening beyond loopback is reached under names nobody knows here, so it
+ * is checked only once names are listed (a container listening on 0.0.0.0 behind a port
+ * published on the host's loopback: `TASK_ALLOWED_HOSTS=localhost` turns the check on).
  */
 export function hostCheck (listening: () => string, apiKeys: string, allowed: string): ((req: IncomingMessage) => Error | null) | null {
   const names = allowed.split(',').map((name) => hostName(name)).filter((name) => name !== null)
   if (apiKeys.trim() !== '' || names.includes('*')) return null
   const extra = new Set(names)
   return (req) => {
-    if (!isLoopback(listening())) return null
+    if (extra.size === 0 && !isLoopback(listening())) return null
     const header = req.headers.host
     // No Host: an HTTP/1.0 client (1.1 ones are refused for it first), never a browser.
     if (header === undefined) return null

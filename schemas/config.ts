@@ -43,7 +43,7 @@ export const ConfigSchema = Type.Object({
   TASK_MAX_SESSION_BYTES: Type.Integer({ minimum: 64 * 1024, maximum: 256 * 1024 * 1024, default: 64 * 1024 * 1024, description: 'A session whose stored form would pass this is refused (400 LIMIT_EXCEEDED); a result that would pass it fails its task' }),
   TASK_ENCRYPTION_KEYS: Type.String({ default: '', description: 'kid:base64key,... (32-byte keys; the first seals every write, the others only open) or @/path/to/keys; empty: no encryption' }),
   TASK_API_KEYS: Type.String({ default: '', description: 'Comma-separated bearer keys; empty leaves the API open' }),
-  TASK_ALLOWED_HOSTS: Type.String({ default: '', description: 'While HOST is loopback and TASK_API_KEYS empty, requests whose Host header is not a loopback name are refused (403), so a web page cannot reach the server by DNS rebinding: comma-separated further names to answer to; * answers every name' }),
+  TASK_ALLOWED_HOSTS: Type.String({ default: '', description: 'While TASK_API_KEYS is empty and the server listens on loopback, requests whose Host header is not a loopback name are refused (403), so a web page cannot reach the server by DNS rebinding: comma-separated further names to answer to (listing any turns the check on wherever it listens); * answers every name' }),
   TASK_LOCK_REFRESH_MS: Type.Integer({ minimum: 100, maximum: HOUR_MS, default: 10_000 }),
   TASK_LOCK_STALE_MS: Type.Integer({ minimum: 1000, maximum: MAX_TIMER_MS, default: 60_000 }),
   TASK_AGENTS: Type.String({ default: '', description: 'JSON (or @file.json) mapping a task type or "default" to an agent spec; empty: the echo demo agent' }),

@@ -46,6 +46,11 @@ t.test('TASK_ALLOWED_HOSTS adds names, * turns the check off; API keys or a HOST
   t.equal((await keyed.inject({ method: 'GET', url: `${API}/list?session_id=all`, headers: { host: 'rebind.attacker.example', authorization: 'Bearer secret-key-1' } })).statusCode, 200)
   const wide = await build(t, { config: { HOST: '0.0.0.0' } })
   t.equal((await call(wide, 'pod-7.taskvault.svc:7000')).status, 200, 'listening beyond loopback: names it is reached under are answered')
+  // The compose files: a container on 0.0.0.0 behind a port published on the host's loopback.
+  const published = await build(t, { config: { HOST: '0.0.0.0', TASK_ALLOWED_HOSTS: 'localhost' } })
+  t.equal((await call(published, 'rebind.attacker.example:7000')).status, 403, 'listing names turns the check on wherever it listens')
+  t.equal((await call(published, 'localhost:7000')).status, 200)
+  t.equal((await call(published, '127.0.0.1:7000')).status, 200)
 })
 
 t.test('the address listened on decides, not HOST: a host of buildApp listening on 0.0.0.0 answers every name', async (t) => {

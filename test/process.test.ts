@@ -4,7 +4,9 @@
  * They cover what in-process tests cannot: SIGKILL at arbitrary moments, SIGTERM and the
  * exit code, boot failures, `.env` loading and restore at startup.
  */
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
+import { dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import http from 'node:http'
 import { mkdir, readFile, readdir, realpath, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -230,6 +232,27 @@ for (const autoSave of [true, false]) {
     t.same(temps, [], 'no temp files left behind')
   })
 }
+
+t.test('a SIGTERM sent to `npm start` reaches the server, which shuts down: no orphan keeps the port and the lock', async (t) => {
+  const { dir } = await scratch(t)
+  const port = await freePort()
+  const root = dirname(dirname(dirname(fileURLToPath(import.meta.url))))
+  // --ignore-scripts: the start script alone (its prestart build would rewrite dist/ under the other tests).
+  const npm = spawn('npm', ['start', '--ignore-scripts', '--silent'], { cwd: root, env: { ...baseEnv({ PORT: String(port), TASK_STORAGE_DIR: join(dir, 'tasks') }), HOME: process.env.HOME ?? '/root' }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  npm.stdout.on('data', (chunk: Buffer) => { out += chunk.toString() })
+  const exited = new Promise<void>((resolve) => npm.once('exit', () => resolve()))
+  t.teardown(() => { npm.kill('SIGKILL') })
+  const deadline = Date.now() + 30_000
+  while (!out.includes('Server listening') && Date.now() < deadline && npm.exitCode === null) await sleep(50)
+  t.match(out, /Server listening/, 'started', { output: out })
+  npm.kill('SIGTERM')
+  await exited
+  t.match(out, /"signal":"SIGTERM".*shutting down/, 'the server got the signal')
+  t.notOk((await readdir(join(dir, 'tasks'))).includes('.taskvault.lock'), 'and released its lock')
+  const refused = await fetch(`http://127.0.0.1:${port}/health`).then(() => false, () => true)
+  t.ok(refused, 'nothing listens on its port any more')
+})
 
 t.test('SIGTERM while starting exits 0: during the wait for a database, and during a restore (which then ends, and the lock is released; no archive pass runs)', async (t) => {
   const { spawnRaw, dir } = await scratch(t)
