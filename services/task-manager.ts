@@ -224,7 +224,7 @@ export class TaskManager {
     const count = (task.interruptions ?? 0) + 1
     task.interruptions = count
     if (count >= this.settings.maxInterruptions) {
-      Object.assign(task, { status: 'Failed', error: `interrupted ${count} times`, result: null, confidence: null, completed_at: isoNow(now) })
+      Object.assign(task, { status: 'Failed', error: `interrupted ${count} time${count === 1 ? '' : 's'}`, result: null, confidence: null, completed_at: isoNow(now) })
       this.log.error({ session_id: sessionId, task_id: task.id, interruptions: count }, 'Task interrupted too often; failed')
     } else {
       task.status = 'Pending'
