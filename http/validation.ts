@@ -39,8 +39,16 @@ export function createValidatorCompiler (): FastifySchemaCompiler<unknown> {
   }
 }
 
-/** Ajv's "must be equal to one of the allowed values" names them, so a client can correct itself. */
+/**
+ * Ajv's "must be equal to one of the allowed values" names them, and its "must NOT have
+ * additional properties" the field it did not know (`instruction` for `instructions`), so a
+ * client can correct itself.
+ */
 function namingValues (error: ErrorObject): ErrorObject {
+  if (error.keyword === 'additionalProperties') {
+    const name = (error.params as { additionalProperty?: unknown }).additionalProperty
+    return typeof name === 'string' ? { ...error, message: `must NOT have additional properties (${JSON.stringify(name.slice(0, 100))} is not one of its fields)` } : error
+  }
   if (error.keyword !== 'enum') return error
   const values = (error.params as { allowedValues?: unknown[] }).allowedValues ?? []
   return { ...error, message: `must be one of ${values.map((value) => JSON.stringify(value)).join(', ')}` }

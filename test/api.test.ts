@@ -359,3 +359,10 @@ t.test('an unknown route answers 404 in the error shape, with a code like every 
   const secret = await app.inject({ method: 'POST', url: '/nope?token=s3cret', payload: {} })
   t.equal(secret.json().message, 'Route POST:/nope?token=[REDACTED] not found', 'a secret in the query is not echoed')
 })
+
+t.test('an unknown field is named in the 400, so a typo can be corrected', async (t) => {
+  const app = await build(t)
+  const res = await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'typo', instruction: 'x' } })
+  t.equal(res.statusCode, 400)
+  t.match(res.json(), { code: 'FST_ERR_VALIDATION', message: 'body must NOT have additional properties ("instruction" is not one of its fields)' })
+})
