@@ -41,19 +41,20 @@ export type CheckedFile =
 /**
  * Which kids' keys open their files, as a command checks them one by one: a kid with active
  * files whose box did not open and no file (active or archived) that did has a wrong key, not
- * damaged files; the server's restore judges them so, and stops. Archived files that do not
- * open never stop it (they are read on demand), so they prove nothing wrong here either.
+ * damaged files; the server's restore judges them so, and stops. Archived files count only
+ * under `archivedToo` (the sealing kid when the store keeps no key check of it): the restore
+ * proves that key by them, and stops when none opens; other archived ones are read on demand.
  */
 export class KidProofs {
   private readonly opened = new Set<string>()
   private readonly unopened = new Map<string, number>()
 
-  constructor (private readonly unit: 'files' | 'rows' = 'files') {}
+  constructor (private readonly unit: 'files' | 'rows' = 'files', private readonly archivedToo: string | null = null) {}
 
   /** A file checked: opened, or an active one sealed under a kid whose key did not open it (files the server ignores aside). */
   note (stored: StoredFile, checked: CheckedFile): void {
     if (checked.ok === true) this.opens(checked.kid)
-    else if (checked.ok === false && checked.keyMissing !== true && checked.unopenedKid !== undefined && !stored.archived && !ignoredByServer(stored)) this.failsUnder(checked.unopenedKid)
+    else if (checked.ok === false && checked.keyMissing !== true && checked.unopenedKid !== undefined && !ignoredByServer(stored)) this.failsUnder(checked.unopenedKid, stored.archived)
   }
 
   /** One opened: sealed under `kid`, or plaintext (null). */
@@ -61,8 +62,9 @@ export class KidProofs {
     if (kid !== null) this.opened.add(kid)
   }
 
-  /** An active one whose box did not open under the key configured for `kid`. */
-  failsUnder (kid: string): void {
+  /** One whose box did not open under the key configured for `kid`; an archived one counts only under `archivedToo`. */
+  failsUnder (kid: string, archived: boolean): void {
+    if (archived && kid !== this.archivedToo) return
     this.unopened.set(kid, (this.unopened.get(kid) ?? 0) + 1)
   }
 

@@ -27,7 +27,7 @@ export function hostName (header: string): string | null {
  * The check of a server that listens on loopback with no API key: a web page the user opens
  * can reach it only through DNS rebinding (its own name made to point at 127.0.0.1, so the page
  * is same-origin and may send JSON), and then its requests carry that name as their Host. Such
- * requests are refused; loopback names and `allowed` (TASK_ALLOWED_HOSTS, written as a Host
+ * requests are refused; addresses, loopback names and `allowed` (TASK_ALLOWED_HOSTS, written as a Host
  * header's name: a port or brackets are left out) are answered. Null when there is nothing to
  * check: API keys stop such a page (`*` turns the check off too). `listening`: the address
  * listened on (the one given to listen(), which a host of buildApp may choose), checked per
@@ -45,8 +45,9 @@ export function hostCheck (listening: () => string, apiKeys: string, allowed: st
     // No Host: an HTTP/1.0 client (1.1 ones are refused for it first), never a browser.
     if (header === undefined) return null
     const name = hostName(header)
-    if (name !== null && (isLoopback(name) || extra.has(name))) return null
-    return Object.assign(new Error(`this server listens on loopback with no API key and answers only to loopback host names, not '${header.slice(0, 100)}' ` +
+    // An address is no rebinding page's Host (that is its own name): probes and scrapes by pod IP pass.
+    if (name !== null && (isIP(name) !== 0 || isLoopback(name) || extra.has(name))) return null
+    return Object.assign(new Error(`with no API key this server answers only to addresses, loopback names and TASK_ALLOWED_HOSTS, not '${header.slice(0, 100)}' ` +
       '(a web page could reach it under its own name by DNS rebinding); add the name to TASK_ALLOWED_HOSTS, or set TASK_API_KEYS'), { statusCode: 403, code: 'HOST_NOT_ALLOWED' })
   }
 }

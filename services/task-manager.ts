@@ -57,13 +57,13 @@ export const ALL_SESSIONS = 'all'
 
 const silent: Logger = { info () {}, warn () {}, error () {} }
 
+/** A keyed create met its key in this replica's copy: judged again on the stored session. */
+class StaleCopyError extends Error {}
+
 /**
  * Owns the sessions: restores them, appends tasks, runs them one at a time per session
  * through executors chosen by task type, and shuts down without losing acknowledged work.
  */
-/** A keyed create met its key in this replica's copy: judged again on the stored session. */
-class StaleCopyError extends Error {}
-
 export class TaskManager {
   readonly registry: SessionRegistry
   readonly archived: ArchivedSessions
@@ -327,6 +327,8 @@ export class TaskManager {
       if (keyed !== null && known !== null && answered !== undefined) {
         // Shared: another replica may have deleted the session, or answered the key, since this copy was read.
         if (this.shared !== undefined && !fresh) throw new StaleCopyError()
+        // An archived copy read before this change's turn may have been deleted or brought back since: read again.
+        if (draft.file === null && (archivedCopy === undefined || this.store.archivedName(sessionId) !== (archivedCopy?.name ?? null))) throw new StaleArchivedCopyError(sessionId)
         if (answered.digest !== keyed.digest) throw new IdempotencyKeyReusedError(sessionId, keyed.key)
         replayed = true
         origin = null

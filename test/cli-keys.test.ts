@@ -4,6 +4,7 @@
  * rather than refusing a folder the server starts on.
  */
 import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import pg from 'pg'
@@ -268,4 +269,26 @@ t.test('an archived file that does not open, under a kid no other file proves, i
   t.match(stats.json(), { total_sessions: 2 })
   const app = await build(t, { dir, config: both })
   t.equal((await get(app, '/stats')).json().total_sessions, 2, 'the server starts on it')
+})
+
+t.test('the sealing key wrong over a folder of archived files only, with no key check kept: stats and backup fail as the server does', async (t) => {
+  const dir = join(await tempDir(t, 'taskvault-cli-keys-'), 'tasks')
+  await mkdir(join(dir, 'archive'), { recursive: true, mode: 0o700 })
+  for (const id of ['x', 'y']) await writeFile(join(dir, 'archive', `${id}.json`), await sealed(id, 'k1', ['Completed']), { mode: 0o600 })
+  await markAsTaskvault(dir)
+  const wrong = { TASK_ENCRYPTION_KEYS: `k1:${randomBytes(32).toString('base64')}` }
+  const stats = await taskvault(['stats', dir], { env: wrong })
+  t.equal(stats.code, 1)
+  t.match(stats.stderr, /key 'k1' opens none of the 2 files sealed under it/)
+  const out = join(await tempDir(t), 'b.tar.gz')
+  const backup = await taskvault(['backup', dir, '--out', out], { env: wrong })
+  t.equal(backup.code, 1)
+  t.match(backup.stderr, /key 'k1' opens none/)
+  t.notOk(existsSync(out), 'no backup written')
+  const server = await buildApp({ readEnvironment: false, config: { TASK_STORAGE_DIR: dir, ...wrong } })
+  await t.rejects(async () => { await server.ready() }, /opens none of the archived sessions sealed under it/, 'the server refuses to start alike')
+  await server.close().catch(noop)
+  const right = await taskvault(['stats', dir, '--json'], { env: { TASK_ENCRYPTION_KEYS: `k1:${K1}` } })
+  t.equal(right.code, 0, right.stderr)
+  t.match(right.json(), { archived_sessions: 2 })
 })

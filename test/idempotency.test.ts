@@ -154,6 +154,25 @@ t.test('an archived session answers a replay from its archived copy, and stays a
   t.equal(await taskCount(app, 'old'), 2)
 })
 
+t.test('a replay judged on an archived copy that a delete removes meanwhile is judged again: the create makes the session anew', async (t) => {
+  const fs = faultFs()
+  const app = await build(t, { fs })
+  await create(app, { session_id: 'old', instructions: '1. a' }, 'k')
+  t.equal((await app.inject({ method: 'POST', url: `${API}/execute-all`, payload: { session_id: 'old' } })).statusCode, 200)
+  t.same((await app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })).json().archived_ids, ['old'])
+  const gate = fs.hold('rename', { path: (path) => path.includes('archive'), times: 1 })
+  const deleting = app.inject({ method: 'DELETE', url: `${API}/sessions/old` })
+  await gate.reached
+  const creating = create(app, { session_id: 'old', instructions: '1. a' }, 'k')
+  await sleep(200)
+  gate.release()
+  t.equal((await deleting).statusCode, 204)
+  const answer = await creating
+  t.equal(answer.status, 200)
+  t.notOk(answer.replayed, 'not a replay of the deleted session')
+  t.equal(await taskCount(app, 'old'), 1, 'made anew, with its task')
+})
+
 async function replica (t: TestContext, url: string, name: string): Promise<FastifyInstance> {
   const app = await buildApp({
     readEnvironment: false,

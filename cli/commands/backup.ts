@@ -61,7 +61,10 @@ ${COMMON_HELP}`,
       throw new CommandFailedError(`${out} exists; give --force to replace it`)
     }
     const counts = emptyCounts()
-    const proofs = new KidProofs()
+    // As the server's start: a key under a kid other than the one the folder first had refuses it.
+    const keyChecks = (await readMarker(nodeFs, dir))?.keyChecks ?? {}
+    if (keyring !== null) keyring.verifyChecks(keyChecks, `storage folder ${dir}`)
+    const proofs = new KidProofs('files', keyring !== null && keyChecks[keyring.activeKid] === undefined ? keyring.activeKid : null)
     const skipped: Array<{ file: string, reason: string }> = []
     /** Files not named like a session (`my notes.json`): no session, so none is missing (as validate and seal judge them). */
     const ignored: Array<{ file: string, reason: string }> = []

@@ -51,7 +51,7 @@ ${COMMON_HELP}`,
     let active = 0
     let archived = 0
     const leftOut: LeftOut[] = []
-    const proofs = new KidProofs('rows')
+    const proofs = new KidProofs('rows', keyring?.activeKid ?? null)
     await withDatabase(target, settings, keyring, true, async (client) => {
       // The database answers first: an export that cannot read it makes no folder.
       await claimFolder(dir, args.values.force === true)
@@ -129,7 +129,7 @@ function unreadable (row: StoredRow, keyring: Parameters<typeof readSessionDocum
     proofs.opens(readSessionDocument(name, row.document, row.session_id, keyring).kid)
     return null
   } catch (err) {
-    if (err instanceof SealNotOpenedError && !row.archived) proofs.failsUnder(err.kid)
+    if (err instanceof SealNotOpenedError) proofs.failsUnder(err.kid, row.archived)
     if (err instanceof CorruptSessionFileError) return err.message.replace(`${name}: `, '')
     return null
   }

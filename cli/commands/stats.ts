@@ -41,7 +41,8 @@ ${COMMON_HELP}`,
     const dir = storageDir(args.positionals[0], settings)
     await assertFolder(dir)
     // A key under a kid other than the one the folder first had refuses the server's start: stats fails as it does.
-    if (keyring !== null) keyring.verifyChecks((await readMarker(nodeFs, dir))?.keyChecks ?? {}, `storage folder ${dir}`)
+    const keyChecks = (await readMarker(nodeFs, dir))?.keyChecks ?? {}
+    if (keyring !== null) keyring.verifyChecks(keyChecks, `storage folder ${dir}`)
     const counts = zeroCounts()
     const storage = { kind: 'file' as const, dir, bytes: 0, files: 0, archive_bytes: 0, archive_files: 0, failed_loads: 0, corrupt_files: 0, used_bytes: 0 }
     const archivedIds = new Set<string>()
@@ -51,7 +52,7 @@ ${COMMON_HELP}`,
     const missingKeys = new Map<string, { active: number, archived: number }>()
     /** Active files by the key that sealed them ('' plaintext): GET /stats's `encryption`. */
     const kids = new Map<string, number>()
-    const proofs = new KidProofs()
+    const proofs = new KidProofs('files', keyring !== null && keyChecks[keyring.activeKid] === undefined ? keyring.activeKid : null)
     for (const stored of await listStoredFiles(dir)) {
       const checked = await checkStoredFile(stored, keyring)
       if (checked.ok === null) continue

@@ -194,10 +194,10 @@ export class FileSessionStore implements SessionStore {
   /**
    * For a writer beside the store holding its lock (the CLI's seal, restore and export): called
    * just before each rename, as the store's own saves do; rejects with LockLostError once
-   * another writer has the folder.
+   * another writer has the folder, or another folder is at the path.
    */
   confirmLock (): Promise<void> | null {
-    return this.confirmHeld()
+    return this.beforeRename()
   }
 
   get location (): string {
