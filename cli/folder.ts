@@ -9,6 +9,8 @@ import type { Clear, Keyring } from '../services/store/keyring.js'
 import { ARCHIVED_FILE, SESSION_FILE, readSessionDocument } from '../services/store/session-files.js'
 import { MAX_SESSION_FILE_BYTES, tooLargeReason } from '../services/store/read-batch.js'
 import { CommandFailedError } from './args.js'
+import { nodeFs } from '../services/store/fs-seam.js'
+import { readMarker } from '../services/store/storage-folder.js'
 
 /** A `*.json` entry of the storage folder or its `archive/`. */
 export interface StoredFile {
@@ -81,6 +83,19 @@ export class KidProofs {
       ? null
       : new CommandFailedError(`key '${wrong.kid}' opens none of the ${wrong.count} ${this.unit} sealed under it: TASK_ENCRYPTION_KEYS likely holds a different key under that kid (the ${this.unit} are whole; the server would refuse to start). Put the right key back; ${then}`)
   }
+}
+
+/**
+ * What a command reading a folder's files learns of its keys before it starts: the marker's key
+ * checks are verified (a key under a kid other than the one the folder first had refuses the
+ * server's start, so the command fails too), and the proofs to gather as files are checked.
+ * `marked`: the folder has a `.taskvault` marker.
+ */
+export async function folderKeys (dir: string, keyring: Keyring | null): Promise<{ proofs: KidProofs, marked: boolean }> {
+  const marker = await readMarker(nodeFs, dir)
+  const keyChecks = marker?.keyChecks ?? {}
+  if (keyring !== null) keyring.verifyChecks(keyChecks, `storage folder ${dir}`)
+  return { proofs: new KidProofs('files', keyring !== null && keyChecks[keyring.activeKid] === undefined ? keyring.activeKid : null), marked: marker !== null }
 }
 
 /** The storage folder named on the command line, or TASK_STORAGE_DIR. */

@@ -328,7 +328,7 @@ export class TaskManager {
         // Shared: another replica may have deleted the session, or answered the key, since this copy was read.
         if (this.shared !== undefined && !fresh) throw new StaleCopyError()
         // An archived copy read before this change's turn may have been deleted or brought back since: read again.
-        if (draft.file === null && (archivedCopy === undefined || this.store.archivedName(sessionId) !== (archivedCopy?.name ?? null))) throw new StaleArchivedCopyError(sessionId)
+        if (draft.file === null) this.archived.assertCurrent(draft, archivedCopy)
         if (answered.digest !== keyed.digest) throw new IdempotencyKeyReusedError(sessionId, keyed.key)
         replayed = true
         origin = null
@@ -618,7 +618,7 @@ export class TaskManager {
       // Checked before the draft is touched: a refused change leaves it as it was.
       // Archived (or brought back) since its copy was read: an archive pass ran first; read it again.
       // So too when it was active then (no copy was looked for) and is gone now.
-      if (draft.file === null && (archivedCopy === undefined || this.store.archivedName(sessionId) !== (archivedCopy?.name ?? null))) throw new StaleArchivedCopyError(sessionId)
+      if (draft.file === null) this.archived.assertCurrent(draft, archivedCopy)
       const source = draft.file ?? archivedCopy?.file ?? null
       if (source === null) throw new SessionNotFoundError(sessionId)
       if (draft.file !== null && this.registry.existing(sessionId).executing) throw new SessionBusyError(sessionId)

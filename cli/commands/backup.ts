@@ -7,8 +7,7 @@ import { pidAlive } from '../../services/pid.js'
 import { fsyncDir } from '../../services/store/session-files.js'
 import { writeTarGz, type TarFile } from '../../services/backup/tar.js'
 import { CommandFailedError, UsageError, daysOption } from '../args.js'
-import { KidProofs, assertFolder, checkStoredFile, ignoredByServer, listStoredFiles, storageDir, type StoredFile } from '../folder.js'
-import { readMarker } from '../../services/store/storage-folder.js'
+import { assertFolder, folderKeys, checkStoredFile, ignoredByServer, listStoredFiles, storageDir, type StoredFile } from '../folder.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { formatBytes } from './stats.js'
 
@@ -61,10 +60,7 @@ ${COMMON_HELP}`,
       throw new CommandFailedError(`${out} exists; give --force to replace it`)
     }
     const counts = emptyCounts()
-    // As the server's start: a key under a kid other than the one the folder first had refuses it.
-    const keyChecks = (await readMarker(nodeFs, dir))?.keyChecks ?? {}
-    if (keyring !== null) keyring.verifyChecks(keyChecks, `storage folder ${dir}`)
-    const proofs = new KidProofs('files', keyring !== null && keyChecks[keyring.activeKid] === undefined ? keyring.activeKid : null)
+    const { proofs, marked } = await folderKeys(dir, keyring)
     const skipped: Array<{ file: string, reason: string }> = []
     /** Files not named like a session (`my notes.json`): no session, so none is missing (as validate and seal judge them). */
     const ignored: Array<{ file: string, reason: string }> = []
@@ -109,7 +105,7 @@ ${COMMON_HELP}`,
       const wrongKey = proofs.failure(`no backup was written, and ${outDir === null ? out : `the backups in ${outDir}`} ${outDir === null ? 'is' : 'are'} as before`)
       if (wrongKey !== null) throw wrongKey
       // No session and no marker: a volume that did not mount, a mistyped path; an empty backup would only replace good ones.
-      if (counts.active + counts.archived === 0 && skipped.length === 0 && await readMarker(nodeFs, dir) === null) {
+      if (counts.active + counts.archived === 0 && skipped.length === 0 && !marked) {
         throw new CommandFailedError(`${dir} holds no session and no .taskvault marker: it is not a storage folder taskvault has used (a volume that did not mount?); no backup was written`)
       }
     }

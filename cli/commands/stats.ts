@@ -2,11 +2,9 @@ import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { progressOf, type SessionFile } from '../../services/session/session.js'
 import { FileSessionStore } from '../../services/store/file-store.js'
-import { nodeFs } from '../../services/store/fs-seam.js'
-import { readMarker } from '../../services/store/storage-folder.js'
 import type { Keyring } from '../../services/store/keyring.js'
 import type { EncryptionStats } from '../../services/store/store.js'
-import { KidProofs, assertFolder, checkStoredFile, ignoredByServer, listStoredFiles, storageDir } from '../folder.js'
+import { assertFolder, folderKeys, checkStoredFile, ignoredByServer, listStoredFiles, storageDir } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withStore } from '../database.js'
@@ -41,8 +39,7 @@ ${COMMON_HELP}`,
     const dir = storageDir(args.positionals[0], settings)
     await assertFolder(dir)
     // A key under a kid other than the one the folder first had refuses the server's start: stats fails as it does.
-    const keyChecks = (await readMarker(nodeFs, dir))?.keyChecks ?? {}
-    if (keyring !== null) keyring.verifyChecks(keyChecks, `storage folder ${dir}`)
+    const { proofs } = await folderKeys(dir, keyring)
     const counts = zeroCounts()
     const storage = { kind: 'file' as const, dir, bytes: 0, files: 0, archive_bytes: 0, archive_files: 0, failed_loads: 0, corrupt_files: 0, used_bytes: 0 }
     const archivedIds = new Set<string>()
@@ -52,7 +49,6 @@ ${COMMON_HELP}`,
     const missingKeys = new Map<string, { active: number, archived: number }>()
     /** Active files by the key that sealed them ('' plaintext): GET /stats's `encryption`. */
     const kids = new Map<string, number>()
-    const proofs = new KidProofs('files', keyring !== null && keyChecks[keyring.activeKid] === undefined ? keyring.activeKid : null)
     for (const stored of await listStoredFiles(dir)) {
       const checked = await checkStoredFile(stored, keyring)
       if (checked.ok === null) continue

@@ -119,6 +119,14 @@ export class ArchivedSessions {
   }
 
   /**
+   * Inside a change on a session that is not in memory: throws StaleArchivedCopyError unless
+   * `copy` (read beforehand by before()) is still what the archive holds (null: nothing).
+   */
+  assertCurrent (draft: Draft, copy: ArchivedCopy): void {
+    if (copy === undefined || this.store.archivedName(draft.sessionId) !== (copy?.name ?? null)) throw new StaleArchivedCopyError(draft.sessionId)
+  }
+
+  /**
    * Deletes archived sessions that finished before their cutoff, found in the store's index (a
    * store of this process alone: a shared one pages its candidates from the rows). Each one
    * deleted goes into `deleted` at once, so a pass that fails later still reports it.
