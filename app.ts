@@ -9,6 +9,7 @@ import metricsPlugin from './plugins/metrics.js'
 import taskvault, { type TaskvaultOptions } from './plugins/taskvault.js'
 import { errorHandler, notFoundHandler } from './http/error-handler.js'
 import healthRoutes from './routes/health.js'
+import rootRoutes from './routes/root.js'
 import { createValidatorCompiler } from './http/validation.js'
 import { answerUnrouted, clientErrors, missingHost } from './http/client-errors.js'
 import { guardConnections, type ConnectionGuard } from './http/connections.js'
@@ -168,6 +169,12 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     app.eventStreams.onOpen(connections.stream)
     await app.register(healthRoutes)
     if (config.TASK_DASHBOARD) await app.register(dashboardPlugin)
+    await app.register(rootRoutes, {
+      api: API_PREFIX,
+      dashboard: config.TASK_DASHBOARD ? '/dashboard/' : null,
+      documentation: config.TASK_DOCS ? '/documentation' : null,
+      metrics: config.TASK_METRICS ? '/metrics' : null
+    })
   } catch (err) {
     // A plugin that fails after persistence took the storage lock must not leave it held.
     await app.close().catch(() => {})

@@ -57,7 +57,7 @@ function streamClient (port, timed) {
       // A copy: the read buffer is reused by the next read.
       client.carry = Buffer.from(bytes.subarray(Math.max(from, bytes.length - 64)))
     }
-    socket.write('GET /api/v1/tasks/events HTTP/1.1\r\nHost: bench\r\n\r\n')
+    socket.write('GET /api/v1/tasks/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n')
   })
 }
 

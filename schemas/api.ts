@@ -1,4 +1,4 @@
-import { Kind, Type, TypeRegistry, type SchemaOptions, type Static, type TSchema } from '@sinclair/typebox'
+import { Kind, Type, TypeRegistry, type SchemaOptions, type Static, type TNull, type TSchema, type TString, type TUnion } from '@sinclair/typebox'
 import { IDEMPOTENCY_KEY_PATTERN, SESSION_ID_PATTERN, SessionId, TASK_TYPES, Task, TaskStatus, Timestamp } from './session.js'
 
 const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
@@ -300,6 +300,17 @@ const EventStream = {
 }
 
 export const HealthResponse = Type.Object({ status: Type.Literal('ok'), uptime_s: Type.Number() }, { examples: [{ status: 'ok', uptime_s: 3600 }] })
+const Path = (what: string): TUnion<[TString, TNull]> => Type.Union([Type.String(), Type.Null()], { description: `Where ${what} is served; null when turned off` })
+export const IndexResponse = Type.Object({
+  service: Type.Literal('taskvault'),
+  api: Type.String({ description: 'The API\'s prefix' }),
+  dashboard: Path('the dashboard'),
+  documentation: Path('the OpenAPI UI (its document at `<path>/json`)'),
+  metrics: Path('Prometheus metrics'),
+  health: Type.String(),
+  ready: Type.String()
+}, { examples: [{ service: 'taskvault', api: '/api/v1/tasks', dashboard: '/dashboard/', documentation: '/documentation', metrics: '/metrics', health: '/health', ready: '/ready' }] })
+export type IndexResponse = Static<typeof IndexResponse>
 export const ReadyResponse = Type.Object({ status: Type.Literal('ready'), sessions: Type.Integer() }, { examples: [{ status: 'ready', sessions: 42 }] })
 
 export const responses = {
@@ -322,6 +333,7 @@ export const responses = {
   },
   retry: { 200: RetryResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   events: { 200: EventStream, ...errors(400, 401, 503) },
+  index: { 200: IndexResponse, 302: { description: 'A browser (Accept: text/html) is sent to the dashboard' } },
   health: { 200: HealthResponse },
   ready: { 200: ReadyResponse, ...errors(503) }
 }

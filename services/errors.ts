@@ -72,8 +72,11 @@ export class TaskvaultError extends Error {
 }
 
 export class SessionNotFoundError extends TaskvaultError {
-  constructor (sessionId: string) {
-    super('SESSION_NOT_FOUND', `session '${sessionId}' not found`)
+  /** `archived`: it exists, archived, where only active sessions are taken (execute, cancel). */
+  constructor (sessionId: string, archived = false) {
+    super('SESSION_NOT_FOUND', archived
+      ? `session '${sessionId}' is archived: it runs nothing until POST /retry (its failed tasks) or POST /create (new tasks) brings it back`
+      : `session '${sessionId}' not found`)
   }
 }
 

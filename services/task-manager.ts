@@ -511,6 +511,7 @@ export class TaskManager {
 
   /** Stops the session's running execution (its task fails with "cancelled"). */
   async cancel (sessionId: string): Promise<{ cancelled_task_id: string | null, progress: Progress }> {
+    this.assertNotArchived(sessionId)
     if (this.shared === undefined) return this.runner.cancel(sessionId)
     // An execution starting here is waited for: cancelElsewhere would take the lease it holds.
     await this.runner.started(sessionId)
@@ -565,9 +566,15 @@ export class TaskManager {
     return this.runner.isRunning(sessionId) || (this.shared?.runningElsewhere(sessionId) ?? null) !== null
   }
 
-  /** Shared: reads a session this replica does not know yet (another one created it), so that it can run it. */
+  /** Shared: reads a session this replica does not know yet (another one created it), so that it can run it. An archived one is refused, named as such. */
   private async known (sessionId: string): Promise<void> {
     if (this.registry.find(sessionId) === null) await this.registry.sync(sessionId)
+    this.assertNotArchived(sessionId)
+  }
+
+  /** An archived session is not found where only active ones are taken, with a message that says why. */
+  private assertNotArchived (sessionId: string): void {
+    if (this.archived.has(sessionId)) throw new SessionNotFoundError(sessionId, true)
   }
 
   /** Shared: refuses to change a session another replica runs (SESSION_BUSY naming it). */

@@ -284,6 +284,22 @@ t.test('GET /health and /ready', async (t) => {
   t.equal(stopping.json().statusCode, 503)
 })
 
+t.test('GET / says where things are; a browser is sent to the dashboard', async (t) => {
+  const app = await build(t, { config: { TASK_API_KEYS: 'k1' } })
+  const curl = await app.inject({ method: 'GET', url: '/', headers: { accept: '*/*' } })
+  t.equal(curl.statusCode, 200, 'no API key needed')
+  t.same(curl.json(), { service: 'taskvault', api: '/api/v1/tasks', dashboard: '/dashboard/', documentation: '/documentation', metrics: '/metrics', health: '/health', ready: '/ready' })
+  const browser = await app.inject({ method: 'GET', url: '/', headers: { accept: 'text/html,application/xhtml+xml,*/*;q=0.8' } })
+  t.equal(browser.statusCode, 302)
+  t.equal(browser.headers.location, '/dashboard/')
+  t.equal((await app.inject({ method: 'GET', url: '/dashboard/' })).statusCode, 200, 'where it leads is the page')
+
+  const bare = await build(t, { config: { TASK_DASHBOARD: false, TASK_DOCS: false, TASK_METRICS: false } })
+  const plain = await bare.inject({ method: 'GET', url: '/', headers: { accept: 'text/html' } })
+  t.equal(plain.statusCode, 200, 'no dashboard: the index, to a browser too')
+  t.same(plain.json(), { service: 'taskvault', api: '/api/v1/tasks', dashboard: null, documentation: null, metrics: null, health: '/health', ready: '/ready' })
+})
+
 t.test('unknown routes answer 404 in the error shape', async (t) => {
   const app = await build(t)
   const res = await app.inject({ method: 'GET', url: `${API}/nothing` })

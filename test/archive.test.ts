@@ -53,6 +53,15 @@ t.test('a finished session is archived once its last completion is TASK_ARCHIVE_
   t.equal(stats.archived_sessions, 1)
   t.equal(stats.storage.archive_bytes, before.length)
   t.equal((await get(app, '/list?session_id=all')).json().total, 1, 'lists leave archived sessions out by default')
+
+  // Only active sessions run: the 404 says the session is archived, and how it comes back.
+  for (const path of ['/execute', '/execute-all', '/cancel']) {
+    const res = await post(app, path, { session_id: 'done' })
+    t.equal(res.statusCode, 404, path)
+    t.match(res.json(), { code: 'SESSION_NOT_FOUND', message: "session 'done' is archived: it runs nothing until POST /retry (its failed tasks) or POST /create (new tasks) brings it back" }, path)
+  }
+  t.match((await post(app, '/execute', { session_id: 'nobody' })).json(), { code: 'SESSION_NOT_FOUND', message: "session 'nobody' not found" })
+  t.same(await archived(dir), ['done.json'], 'still archived')
 })
 
 t.test('the scheduler runs once after restore, then on its interval', async (t) => {

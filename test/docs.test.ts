@@ -160,7 +160,8 @@ t.test('a generated client names its methods by operationId, one per route', asy
     'POST /api/v1/tasks/retry': 'retryFailed',
     'GET /api/v1/tasks/events': 'streamEvents',
     'GET /health': 'getHealth',
-    'GET /ready': 'getReadiness'
+    'GET /ready': 'getReadiness',
+    'GET /': 'getIndex'
   })
 })
 
@@ -243,7 +244,7 @@ t.test('servers, license and security are declared, with keys and without', asyn
   const keyed = await documentOf(t, { config: { TASK_API_KEYS: 'k1' } })
   t.same(keyed.security, [{ apiKey: [] }], 'with keys: a bearer key on every operation')
   t.match(keyed.components?.securitySchemes?.apiKey, { type: 'http', scheme: 'bearer' })
-  for (const path of ['/health', '/ready']) t.same(keyed.paths[path]?.get?.security, [], `${path} stays open`)
+  for (const path of ['/health', '/ready', '/']) t.same(keyed.paths[path]?.get?.security, [], `${path} stays open`)
 })
 
 t.test("Redocly's recommended rules pass, with keys and without", async (t) => {
@@ -252,10 +253,11 @@ t.test("Redocly's recommended rules pass, with keys and without", async (t) => {
     const doc = await documentOf(t, { config: { TASK_API_KEYS: keys } })
     const problems = await lintFromString({ source: JSON.stringify(doc), absoluteRef: 'openapi.json', config })
     const found = problems.map((problem) => `${problem.severity} ${problem.ruleId} ${problem.location[0]?.pointer ?? ''}`)
-    // The probes answer no 4xx, and the document does not pretend they do.
+    // The probes and the index answer no 4xx, and the document does not pretend they do.
     t.same(found, [
       'warn operation-4xx-response #/paths/~1health/get/responses',
-      'warn operation-4xx-response #/paths/~1ready/get/responses'
+      'warn operation-4xx-response #/paths/~1ready/get/responses',
+      'warn operation-4xx-response #/paths/~1/get/responses'
     ], `keys ${keys === '' ? 'off' : 'on'}: ${found.join('; ')}`)
   }
 })
