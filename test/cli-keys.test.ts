@@ -104,6 +104,12 @@ t.test('import loads a folder with an archived file under a retired key, its byt
   t.match(imported.stderr, /sealed under key 'k1'.*1 archived row \(served once the key is back\)/)
   t.match(imported.stderr, /the server leaves them unread, as damaged/, 'said of a database, not a folder')
   t.notMatch(imported.stderr, /sets them aside/)
+  // stats on the database lists the archived row's key as it does for the folder.
+  const stats = await taskvault(['stats', '--database-url', url, '--json'], { env: K2_ONLY })
+  t.equal(stats.code, 0, stats.stderr)
+  t.match(stats.json(), { total_sessions: 2, archived_sessions: 1, storage: { kind: 'postgres', archive_files: 1, archived_needing_keys: { k1: 1 } } })
+  t.match((await taskvault(['stats', '--database-url', url], { env: K2_ONLY })).stdout, /needs a key +1 archived row sealed under key 'k1', which TASK_ENCRYPTION_KEYS does not hold/)
+  t.same((await taskvault(['stats', '--database-url', url, '--json'], { env: { TASK_ENCRYPTION_KEYS: `k2:${K2},k1:${K1}` } })).json().storage.archived_needing_keys, {}, 'none once the key is back')
   const client = new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 10_000 }))
   client.on('error', noop)
   await client.connect()

@@ -7,7 +7,8 @@ import type { EncryptionStats } from '../../services/store/store.js'
 import { assertFolder, folderKeys, checkStoredFile, ignoredByServer, listStoredFiles, storageDir } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
-import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withStore } from '../database.js'
+import { ARCHIVED_BY_KID } from '../../services/store/postgres/archive-sql.js'
+import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase, withStore, type DatabaseTarget } from '../database.js'
 
 export const statsCommand: Command = {
   name: 'stats',
@@ -25,7 +26,8 @@ for; an archived one is counted as archived and listed as needing its key.
 
 With --database-url the same counts come from the PostgreSQL store, read through the store
 as a server reads it at start: active rows, archived copies, their bytes (a row's bytes are
-those of the file it would be), and rows that cannot be read. Nothing is written.
+those of the file it would be), rows that cannot be read, and archived rows sealed under a key
+TASK_ENCRYPTION_KEYS does not hold. Nothing is written.
 
 Options:
 ${DATABASE_HELP}
@@ -149,6 +151,10 @@ function countLines (counts: Counts, archived: number, storage: { archive_files:
  */
 async function databaseStats (args: ParsedCommand, context: CommandContext): Promise<CommandResult> {
   if (args.positionals.length > 0) throw new UsageError(`give a folder or --database-url, not both (got '${args.positionals[0] ?? ''}')`)
+  // Archived rows are read on demand: one sealed under a key TASK_ENCRYPTION_KEYS lacks waits for it, listed as in a folder.
+  const configured = new Set(context.keyring?.kids ?? [])
+  const needsKeys = await withDatabase(databaseTarget(args, context.settings) as DatabaseTarget, context.settings, context.keyring, true, async (client) =>
+    Object.fromEntries((await client.query<{ kid: string, count: number }>(ARCHIVED_BY_KID)).rows.filter((row) => !configured.has(row.kid)).map((row) => [row.kid, row.count])))
   return withStore(args, context, async (store, where, target) => {
     const loaded = await store.loadAll({ concurrency: 1 })
     const archive = await store.openArchive({ concurrency: 1 })
@@ -158,7 +164,7 @@ async function databaseStats (args: ParsedCommand, context: CommandContext): Pro
       count(counts, session.file)
       bytes += session.bytes
     }
-    const storage = { kind: 'postgres', database: target?.where, schema: target?.schema, bytes, files: loaded.sessions.length, archive_bytes: archive.bytes, archive_files: archive.files, failed_loads: loaded.failures.length }
+    const storage = { kind: 'postgres', database: target?.where, schema: target?.schema, bytes, files: loaded.sessions.length, archive_bytes: archive.bytes, archive_files: archive.files, failed_loads: loaded.failures.length, archived_needing_keys: needsKeys }
     // The store counted the active rows by key as it loaded them, as a server's does for GET /stats.
     const encryption = encryptionOf(store.encryption())
     const lines = [
@@ -166,7 +172,8 @@ async function databaseStats (args: ParsedCommand, context: CommandContext): Pro
       ...countLines(counts, archive.sessions, storage),
       `session rows        ${storage.files} (${formatBytes(bytes)})`,
       ...encryptionLines(encryption),
-      `unloadable rows     ${storage.failed_loads}`
+      `unloadable rows     ${storage.failed_loads}`,
+      ...Object.entries(needsKeys).map(([kid, n]) => `needs a key         ${n} archived row${n === 1 ? '' : 's'} sealed under key '${kid}', which TASK_ENCRYPTION_KEYS does not hold (served only once it is back)`)
     ]
     return { code: 0, json: { ...counts, archived_sessions: archive.sessions, storage, encryption }, lines }
   })

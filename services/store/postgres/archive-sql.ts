@@ -158,6 +158,10 @@ export function newestArchived (sessionId: string, before: string | null): pg.Qu
   }
 }
 
+/** Archived copies by the kid they are sealed under (plaintext ones left out): `taskvault stats` lists those whose key is missing. */
+export const ARCHIVED_BY_KID = `SELECT sealed_kid AS kid, count(*)::int AS count FROM sessions
+  WHERE archived_at IS NOT NULL AND sealed_kid IS NOT NULL AND sealed_kid <> '' GROUP BY sealed_kid ORDER BY sealed_kid`
+
 /** Archived copies sealed under `kid`, newest first, a page of `limit` before row id `before` (null: from the newest). */
 export function archivedUnderKid (kid: string, before: string | null, limit: number): pg.QueryConfig {
   return {
