@@ -4,7 +4,7 @@
  * registrations independent of each other, and the building blocks used on their own.
  */
 import { randomBytes } from 'node:crypto'
-import { readdir } from 'node:fs/promises'
+import { readFile, readdir } from 'node:fs/promises'
 import net, { type AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createGunzip, gzipSync } from 'node:zlib'
@@ -12,6 +12,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { Registry } from 'prom-client'
 import t from 'tap'
 import taskvault, { AgentError, InvalidOptionsError, type Executor, type TaskvaultOptions } from '../index.js'
+import { TaskvaultOptionsSchema } from '../plugins/taskvault.js'
 import authPlugin from '../plugins/auth.js'
 import persistencePlugin from '../plugins/persistence.js'
 import taskManagerPlugin from '../plugins/task-manager.js'
@@ -220,6 +221,14 @@ t.test('a second decorating registration on the same instance fails with a clear
   const err = await app.register(taskvault, { prefix: '/b', storageDir: await tempDir(t) }).then(() => null, (error: Error) => error)
   t.type(err, InvalidOptionsError)
   t.match(err?.message, /taskvault: this instance already has a 'persistence' decorator .*decorate: false/)
+})
+
+t.test('every option is in the README\'s table of options', async (t) => {
+  const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8')
+  const table = readme.slice(readme.indexOf('**Options.**'), readme.indexOf('**Encapsulation.**'))
+  t.not(table, '', 'the README has the Options paragraph')
+  const missing = Object.keys(TaskvaultOptionsSchema.properties).filter((option) => !table.includes(`\`${option}\``))
+  t.same(missing, [], 'none left out')
 })
 
 t.test('options are checked at register time, naming the bad one', async (t) => {
