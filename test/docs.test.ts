@@ -7,8 +7,10 @@ import { createConfig, lintFromString } from '@redocly/openapi-core'
 import type { TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import Fastify, { type RouteOptions } from 'fastify'
+import { readFile } from 'node:fs/promises'
 import t from 'tap'
 import taskvault from '../index.js'
+import { ConfigSchema } from '../schemas/config.js'
 import { build, tempDir, type TestContext } from './helper.js'
 
 interface Operation {
@@ -293,4 +295,18 @@ t.test('tags and summaries reach the routes under any prefix the host adds', asy
   await host.ready()
   const create = routes.find((route) => route.url === '/v2/agents/create')
   t.same((create?.schema as { tags?: string[] } | undefined)?.tags, ['tasks'])
+})
+
+t.test('the README\'s settings table has every setting, with the default the server uses', async (t) => {
+  const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8')
+  for (const [name, schema] of Object.entries(ConfigSchema.properties)) {
+    const shown = new RegExp(`^\\| \`${name}\` \\| ([^|]*) \\|`, 'mu').exec(readme)?.[1]?.trim()
+    if (shown === undefined) {
+      t.fail(`${name} has no row`)
+      continue
+    }
+    const value = (schema as { default: unknown }).default
+    // An empty default is described in words ("*(empty)*", "hostname-pid"); any other is shown as it is.
+    if (value !== '') t.equal(shown, `\`${String(value)}\``, name)
+  }
 })
