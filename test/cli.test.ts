@@ -304,7 +304,8 @@ t.test('backup leaves out files that do not load, and says so', async (t) => {
   const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')
   const run = await taskvault(['backup', dir, '-o', out])
   t.equal(run.code, 1)
-  t.match(run.stdout, /Backed up 6 sessions/u)
+  // Sizes in binary units, named as such (a KiB is 1,024 bytes).
+  t.match(run.stdout, /Backed up 6 sessions \(\d+ active, \d+ archived; [\d.]+ KiB\) to .* \([\d.]+ (B|KiB)\)/u)
   t.match(run.stdout, /❌ left out broken\.json: not valid JSON/u)
   t.ok(existsSync(out), 'the backup of the rest is written')
 })

@@ -216,12 +216,12 @@ async function usedBytes (dir: string): Promise<number> {
 
 export function formatBytes (bytes: number): string {
   if (bytes < 1024) return `${bytes} B`
-  const units = ['KB', 'MB', 'GB', 'TB']
+  const units = ['KiB', 'MiB', 'GiB', 'TiB']
   let value = bytes
   let unit = -1
   while (value >= 1024 && unit < units.length - 1) {
     value /= 1024
     unit++
   }
-  return `${value.toFixed(1)} ${units[unit] ?? 'TB'}`
+  return `${value.toFixed(1)} ${units[unit] ?? 'TiB'}`
 }
