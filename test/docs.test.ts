@@ -7,7 +7,8 @@ import { createConfig, lintFromString } from '@redocly/openapi-core'
 import type { TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import Fastify, { type RouteOptions } from 'fastify'
-import { readFile } from 'node:fs/promises'
+import { readFile, readdir } from 'node:fs/promises'
+import { gzipSync } from 'node:zlib'
 import t from 'tap'
 import taskvault from '../index.js'
 import { ConfigSchema } from '../schemas/config.js'
@@ -308,5 +309,21 @@ t.test('the README\'s settings table has every setting, with the default the ser
     const value = (schema as { default: unknown }).default
     // An empty default is described in words ("*(empty)*", "hostname-pid"); any other is shown as it is.
     if (value !== '') t.equal(shown, `\`${String(value)}\``, name)
+  }
+})
+
+t.test('the README\'s dashboard sizes are those of the built files, within a tenth', async (t) => {
+  const readme = await readFile(new URL('../../README.md', import.meta.url), 'utf8')
+  const figures = /`dashboard\/static\/`, (\d+) KB, (\d+) KB gzipped;\s+with the HTML, CSS and icon, (\d+) KB\)/u.exec(readme)
+  t.ok(figures, 'the README gives the sizes')
+  const folder = new URL('../../dashboard/static/', import.meta.url)
+  const files = await Promise.all((await readdir(folder)).map(async (name) => ({ name, data: await readFile(new URL(name, folder)) })))
+  const scripts = files.filter((file) => file.name.endsWith('.js'))
+  const sum = (sizes: number[]): number => sizes.reduce((a, b) => a + b, 0) / 1000
+  // Each file is served on its own, so each is gzipped alone.
+  const actual = [sum(scripts.map((file) => file.data.length)), sum(scripts.map((file) => gzipSync(file.data, { level: 9 }).length)), sum(files.map((file) => file.data.length))]
+  for (const [index, what] of ['scripts', 'scripts gzipped', 'everything'].entries()) {
+    const said = Number(figures?.[index + 1])
+    t.ok(Math.abs(said - (actual[index] as number)) <= (actual[index] as number) / 10, `${what}: the README says ${said} KB, the build is ${(actual[index] as number).toFixed(1)} KB`)
   }
 })
