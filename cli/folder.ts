@@ -1,6 +1,7 @@
 import { constants, type Dirent } from 'node:fs'
 import { lstat, open, readdir, stat as statFollowing } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
+import { isDeepStrictEqual } from 'node:util'
 import type { Config } from '../schemas/config.js'
 import { FileSessionStore } from '../services/store/file-store.js'
 import type { SessionFile } from '../services/session/session.js'
@@ -215,6 +216,24 @@ export function clearOf (data: Buffer): Clear {
 export function wholeFile (checked: CheckedFile): { data: Buffer, updatedAt: string } | null {
   if (checked.ok === true) return { data: checked.data, updatedAt: checked.file.updated_at }
   return checked.ok === false && checked.keyMissing === true ? { data: checked.data, updatedAt: checked.clear.updated_at } : null
+}
+
+/** Two copies of a session: their bytes, and what they hold when it could be opened here (null: sealed under a key not configured). */
+export interface Copy {
+  data: Buffer
+  file: SessionFile | null
+}
+
+/**
+ * Whether two copies of a session with the same updated_at hold the same state: the same bytes,
+ * or the same session once opened (one sealed since under another key by `taskvault seal`, or
+ * one in clear, is the same state in another form). Null when it cannot be told here: one of
+ * them is sealed under a key TASK_ENCRYPTION_KEYS does not hold.
+ */
+export function sameState (a: Copy, b: Copy): boolean | null {
+  if (a.data.equals(b.data)) return true
+  if (a.file === null || b.file === null) return null
+  return isDeepStrictEqual(a.file, b.file)
 }
 
 /** Files carried as they are though sealed under a key TASK_ENCRYPTION_KEYS does not hold, by kid. */

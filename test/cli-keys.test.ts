@@ -61,6 +61,43 @@ t.test('restore takes the backup of a folder with an archived file under a retir
   t.equal((await get(app, '/stats')).json().total_sessions, 2, 'the server starts on the restored folder')
 })
 
+t.test('a backup made before a rotation does not undo it: restore keeps the re-sealed files (the same sessions), and refuses what it cannot compare', async (t) => {
+  const BOTH = { TASK_ENCRYPTION_KEYS: `k2:${K2},k1:${K1}` }
+  const K1_ONLY = { TASK_ENCRYPTION_KEYS: `k1:${K1}` }
+  const plainB = storedSession('b', ['Completed', 'Pending'], daysAgo(3))
+  const { dir } = await folder(t, { 'a.json': await sealed('a', 'k1'), 'b.json': Buffer.from(plainB) })
+  const backup = join(await tempDir(t), 'before.tar.gz')
+  t.equal((await taskvault(['backup', dir, '--out', backup], { env: K1_ONLY })).code, 0)
+  const seal = await taskvault(['seal', dir], { env: BOTH })
+  t.equal(seal.code, 0, seal.stderr)
+  const rotated = Object.fromEntries(await Promise.all(['a.json', 'b.json', 'archive/x.json'].map(async (rel) => [rel, await readFile(join(dir, rel))] as const)))
+  for (const env of [BOTH, K2_ONLY]) {
+    const restored = await taskvault(['restore', backup, dir, '--json'], { env })
+    if (env === BOTH) {
+      t.equal(restored.code, 0, restored.stderr)
+      t.match(restored.json(), { restored: 0, unchanged: 3, conflicts: [] }, 'with both keys: the same sessions, kept as they are')
+    } else {
+      // The backup's copies are under k1, which is gone: they cannot be compared, so they are not written.
+      t.equal(restored.code, 1, 'with k2 only: a conflict, nothing written')
+      t.match(restored.json().conflicts, [{ file: 'a.json', reason: /^the folder's copy differs from the backup's under the same updated_at .*the backup's is sealed under key 'k1', which TASK_ENCRYPTION_KEYS does not hold, so they cannot be compared$/ }])
+    }
+    for (const [rel, data] of Object.entries(rotated)) t.ok((await readFile(join(dir, rel))).equals(data), `${rel} still sealed under k2`)
+  }
+  // A backup copy with other content under the same updated_at is a conflict, not a replacement.
+  const other = JSON.parse(plainB) as SessionFile
+  other.session.tasks[0]!.result = 'another result'
+  const changed = join(await tempDir(t), 'changed')
+  await mkdir(changed)
+  await writeFile(join(changed, 'b.json'), JSON.stringify(other, null, 2))
+  const tarred = join(await tempDir(t), 'changed.tar.gz')
+  const { execFileSync } = await import('node:child_process')
+  execFileSync('tar', ['-czf', tarred, '-C', changed, 'b.json'])
+  const refused = await taskvault(['restore', tarred, dir], { env: BOTH })
+  t.equal(refused.code, 1)
+  t.match(refused.stdout, /b\.json: the folder's copy holds other content under the same updated_at/)
+  t.ok((await readFile(join(dir, 'b.json'))).equals(rotated['b.json'] as Buffer), 'b.json untouched')
+})
+
 t.test('restore carries an active session under a missing key too, warning that the server needs that key to start', async (t) => {
   const { dir, files } = await folder(t, { 'old.json': await sealed('old', 'k1') })
   const backup = join(await tempDir(t), 'b.tar.gz')
@@ -131,6 +168,17 @@ t.test('import loads a folder with an archived file under a retired key, its byt
   const resealed = await taskvault(['seal', '--database-url', url], { env: { TASK_ENCRYPTION_KEYS: `k2:${K2},k1:${K1}` } })
   t.equal(resealed.code, 0, resealed.stderr)
   t.same(await counts(), { tasks_total: 1, tasks_completed: 1 }, 'seal sets the counts from the content')
+  // The folder imported again after the rotation: the same sessions, now under k2 in the rows, are
+  // left as they are; with k1 gone the archived copy under it cannot be compared, so it is refused.
+  const kids = async (): Promise<unknown> => (await client.query('SELECT session_id, sealed_kid FROM sessions ORDER BY session_id, row_id')).rows
+  const before = await kids()
+  const reimported = await taskvault(['import', dir, '--database-url', url, '--json'], { env: { TASK_ENCRYPTION_KEYS: `k2:${K2},k1:${K1}` } })
+  t.equal(reimported.code, 0, reimported.stderr)
+  t.match(reimported.json(), { inserted: 0, replaced: 0, archived: 0, unchanged: 3 }, 'the same sessions: nothing written')
+  const refused = await taskvault(['import', dir, '--database-url', url, '--json'], { env: K2_ONLY })
+  t.equal(refused.code, 1)
+  t.match(refused.json().conflicts, [{ file: 'archive/x.json', reason: /differs from the file under the same updated_at .*cannot be compared/ }])
+  t.same(await kids(), before, 'every row still under the key it was sealed under')
 })
 
 t.test('seal reports a file not named like a session as ignored, leaves it alone and does not fail for it, as validate does', async (t) => {

@@ -4,11 +4,12 @@ import { CommandFailedError } from '../../services/errors.js'
 import { noop } from '../../services/noop.js'
 import { archiveSession } from '../../services/store/postgres/archive-sql.js'
 import { deriveColumns, insertSession, updateSession, type DerivedColumns } from '../../services/store/postgres/sessions-sql.js'
-import type { Clear } from '../../services/store/keyring.js'
-import { ARCHIVED_FILE } from '../../services/store/session-files.js'
+import type { SessionFile } from '../../services/session/session.js'
+import type { Clear, Keyring } from '../../services/store/keyring.js'
+import { ARCHIVED_FILE, parseSessionFile } from '../../services/store/session-files.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase } from '../database.js'
-import { assertFolder, checkStoredFile, ignoredByServer, keyWarnings, listStoredFiles, needKey, type KeysNeeded, type StoredFile } from '../folder.js'
+import { assertFolder, checkStoredFile, ignoredByServer, keyWarnings, listStoredFiles, needKey, sameState, type KeysNeeded, type StoredFile } from '../folder.js'
 import { insertArchived, rowName, rowsOf, type ExistingRow } from '../rows.js'
 
 /** A session file of the folder that reads, with what the row needs. */
@@ -20,6 +21,8 @@ interface FolderFile {
   stamp: number
   data: Buffer
   updatedAt: string
+  /** What it holds; null when `missingKid`. */
+  file: SessionFile | null
   /** The row's columns, derived from the file (or its clear fields, when `missingKid`). */
   columns: DerivedColumns
   /** The kid it is sealed under when TASK_ENCRYPTION_KEYS does not hold it: loaded as it is. */
@@ -52,7 +55,10 @@ first (creating the schema when it is missing).
 Every file is read and judged first, as a server's restore would: a file that does not read
 stops the import before anything is written (see 'taskvault validate DIR'). Then each file is
 compared with the rows of its session, and only then is anything written, in one transaction:
-  - a file identical to a row already there is skipped, so running the import again is safe;
+  - a file identical to a row already there is skipped, so running the import again is safe; so
+    is one with the same updated_at that holds the same session in another form (sealed since
+    under a new key by 'taskvault seal'), and one with the same updated_at and other content, or
+    that cannot be compared (sealed under a key TASK_ENCRYPTION_KEYS does not hold), is a conflict;
   - an active file replaces the session's active row when that row is older (updated_at);
   - an archived file is added as an archived copy (oldest first, so the folder's newest copy is
     the newest row); when the folder has no active file of the session, an active row no newer
@@ -92,7 +98,7 @@ ${COMMON_HELP}`,
       await client.query('BEGIN')
       try {
         const existing = (await client.query<ExistingRow>(rowsOf([...new Set(files.map((item) => item.sessionId))]))).rows
-        const { planned, conflicts } = plan(files, existing)
+        const { planned, conflicts } = plan(files, existing, keyring)
         const counts = { inserted: 0, replaced: 0, archived: 0, archivedRows: 0, unchanged: 0 }
         if (conflicts.length > 0 && !force) {
           await client.query('ROLLBACK')
@@ -126,16 +132,25 @@ async function readFolder (dir: string, keyring: Parameters<typeof checkStoredFi
     if (checked.ok === null || ignoredByServer(stored)) continue
     const place = { rel: stored.rel, sessionId: stored.sessionId as string, archived: stored.archived, stamp: stampOf(stored) }
     if (checked.ok) {
-      files.push({ ...place, data: checked.data, updatedAt: checked.file.updated_at, columns: deriveColumns(checked.file, checked.kid), missingKid: null })
+      files.push({ ...place, data: checked.data, updatedAt: checked.file.updated_at, file: checked.file, columns: deriveColumns(checked.file, checked.kid), missingKid: null })
     } else if (checked.keyMissing === true) {
       // Whole, only unopened here (the backups and exports of a folder carry such files): loaded as it is.
-      files.push({ ...place, data: checked.data, updatedAt: checked.clear.updated_at, columns: clearColumns(checked.clear, checked.kid), missingKid: checked.kid })
+      files.push({ ...place, data: checked.data, updatedAt: checked.clear.updated_at, file: null, columns: clearColumns(checked.clear, checked.kid), missingKid: checked.kid })
     } else {
       bad.push({ file: stored.rel, reason: checked.reason })
     }
   }
   files.sort((a, b) => (a.sessionId < b.sessionId ? -1 : a.sessionId > b.sessionId ? 1 : Number(a.archived) - Number(b.archived) || a.stamp - b.stamp))
   return { files, bad }
+}
+
+/** What a row holds, when it opens here (null: sealed under a key not configured, or damaged). */
+function opened (row: ExistingRow, keyring: Keyring | null): SessionFile | null {
+  try {
+    return parseSessionFile(rowName(row), row.document, row.session_id, keyring)
+  } catch {
+    return null
+  }
 }
 
 function stampOf (stored: StoredFile): number {
@@ -148,7 +163,7 @@ function stampOf (stored: StoredFile): number {
  * kind is unchanged; anything else is written, and is a conflict when a row of the same
  * session (active or archived) is newer than it: writing it would put an older state in front.
  */
-function plan (files: FolderFile[], existing: ExistingRow[]): { planned: Planned[], conflicts: Conflict[] } {
+function plan (files: FolderFile[], existing: ExistingRow[], keyring: Keyring | null): { planned: Planned[], conflicts: Conflict[] } {
   const rows = new Map<string, ExistingRow[]>()
   for (const row of existing) rows.set(row.session_id, [...(rows.get(row.session_id) ?? []), row])
   const activeInFolder = new Set(files.filter((item) => !item.archived).map((item) => item.sessionId))
@@ -159,22 +174,37 @@ function plan (files: FolderFile[], existing: ExistingRow[]): { planned: Planned
   for (const item of files) {
     const mine = rows.get(item.sessionId) ?? []
     const active = mine.find((row) => !row.archived)
-    const same = (row: ExistingRow): boolean => Buffer.from(row.document, 'utf8').equals(item.data)
-    if (item.archived ? mine.some((row) => row.archived && same(row)) : active !== undefined && same(active)) {
+    const updatedAt = Date.parse(item.updatedAt)
+    // The same state: the same bytes, or with the same updated_at the same session in another form
+    // (sealed since under a new key by `taskvault seal`); null when that cannot be told here.
+    const same = (row: ExistingRow): boolean | null => {
+      const data = Buffer.from(row.document, 'utf8')
+      if (data.equals(item.data)) return true
+      if (row.updated_at.getTime() !== updatedAt) return false
+      return sameState({ data, file: opened(row, keyring) }, { data: item.data, file: item.file })
+    }
+    if (item.archived ? mine.some((row) => row.archived && same(row) === true) : active !== undefined && same(active) === true) {
       planned.push({ item, action: 'unchanged' })
       continue
     }
-    const updatedAt = Date.parse(item.updatedAt)
     for (const row of mine) {
       if (row.updated_at.getTime() > updatedAt) {
         conflicts.push({ file: item.rel, reason: `the database's ${rowName(row)} is newer (updated_at ${row.updated_at.toISOString()}, file ${item.updatedAt})` })
+      } else if (row.updated_at.getTime() === updatedAt && row.archived === item.archived) {
+        // Not the same state (that was skipped above): writing it would put other content under the same stamp.
+        conflicts.push({
+          file: item.rel,
+          reason: same(row) === false
+            ? `the database's ${rowName(row)} holds other content under the same updated_at (${item.updatedAt})`
+            : `the database's ${rowName(row)} differs from the file under the same updated_at (${item.updatedAt}), and one of them is sealed under a key TASK_ENCRYPTION_KEYS does not hold, so they cannot be compared`
+        })
       }
     }
     if (item.archived && active !== undefined && !activeInFolder.has(item.sessionId) && !archiving.has(item.sessionId) && active.updated_at.getTime() <= updatedAt) {
       // Archived in the folder since the row was imported: left active, the row would hide this copy.
       archiving.add(item.sessionId)
       // Archived unchanged: the row, archived in place, is that copy.
-      planned.push({ item, action: same(active) ? 'archive-row' : 'archive-active', row: active })
+      planned.push({ item, action: same(active) === true ? 'archive-row' : 'archive-active', row: active })
       continue
     }
     planned.push(item.archived ? { item, action: 'add-archived' } : active === undefined ? { item, action: 'insert' } : { item, action: 'replace', row: active })

@@ -10,7 +10,8 @@ import { KeyUnavailableError } from '../../services/errors.js'
 import { readTarGz, type TarEntry } from '../../services/backup/tar.js'
 import { CommandFailedError } from '../args.js'
 import type { Keyring } from '../../services/store/keyring.js'
-import { checkStoredFile, clearOf, keyWarnings, needKey, storageDir, wholeFile, withWriteLock, writing, type KeysNeeded } from '../folder.js'
+import { checkStoredFile, clearOf, keyWarnings, needKey, sameState, storageDir, wholeFile, withWriteLock, writing, type KeysNeeded } from '../folder.js'
+import type { SessionFile } from '../../services/session/session.js'
 import { COMMON_HELP, type Command } from '../command.js'
 
 /** One session file of the backup, checked, and what restoring it would do. */
@@ -42,8 +43,11 @@ sequence as the server's saves (temp file, fsync, rename, fsync the folder). Not
 unless the whole backup checks out. A file in the folder that is newer than the backup's copy
 (a later updated_at), or that cannot be read, is a conflict; so is a newer copy of the same
 session elsewhere in the folder (archived since the backup, say): the restore is refused, writing
-nothing, unless --force. Files identical to the backup's are left alone. The folder is created
-if missing. Refused while a server holds the folder.
+nothing, unless --force. Files identical to the backup's are left alone, and so are those with the
+same updated_at that hold the same session in another form (sealed since under a new key by
+'taskvault seal'); one with the same updated_at and other content, or that cannot be compared
+(one of the two sealed under a key TASK_ENCRYPTION_KEYS does not hold), is a conflict too. The
+folder is created if missing. Refused while a server holds the folder.
 
 A file sealed under a key TASK_ENCRYPTION_KEYS does not hold (an archived file under a retired
 key, say) is restored as it is, judged by its clear id and updated_at, with a warning naming the
@@ -97,7 +101,7 @@ ${COMMON_HELP}`,
       const written = await write(backup, dir, planned, () => store.confirmLock())
       const unchanged = planned.length - written
       const needsKeys = keysNeeded(planned)
-      const lines = [`Restored ${written} files into ${dir} (${unchanged} already identical${force && conflicts.length > 0 ? `, ${conflicts.length} newer or unreadable copies in the folder overridden` : ''})`]
+      const lines = [`Restored ${written} files into ${dir} (${unchanged} already there: the same bytes, or the same session under another key${force && conflicts.length > 0 ? `, ${conflicts.length} newer or unreadable copies in the folder overridden` : ''})`]
       if (skipped.length > 0) lines.push(`Skipped ${skipped.length} files of the backed-up folder that hold no session (its .taskvault marker or lock, temp files, corrupt/, .json files not named like a session); ${dir} has its own marker`)
       for (const line of keyWarnings(needsKeys, dir)) warn(line)
       return { code: 0, json: { backup, dir, restored: written, unchanged, conflicts, forced: force && conflicts.length > 0, needs_keys: needsKeys, skipped }, lines }
@@ -112,7 +116,7 @@ async function plan (backup: string, dir: string, keyring: Keyring | null): Prom
   const skipped: string[] = []
   const copies = await copiesInFolder(dir)
   const restoredAt = new Map<string, string>()
-  for await (const { entry, rel, archived, sessionId, updatedAt, missingKid } of checkedEntries(backup, keyring, skipped)) {
+  for await (const { entry, rel, archived, sessionId, updatedAt, file, missingKid } of checkedEntries(backup, keyring, skipped)) {
     const path = join(dir, rel)
     // Not a conflict --force settles: the rename would fail on it (a folder) or replace what is not
     // a session (a link, a FIFO) midway through the restore, after other files were written.
@@ -126,6 +130,19 @@ async function plan (backup: string, dir: string, keyring: Keyring | null): Prom
       if (whole.data.equals(entry.data)) action = 'unchanged'
       else if (Date.parse(whole.updatedAt) > Date.parse(updatedAt)) {
         conflicts.push({ file: rel, reason: `the folder's copy is newer (updated_at ${whole.updatedAt}, backup ${updatedAt})` })
+      } else if (Date.parse(whole.updatedAt) === Date.parse(updatedAt)) {
+        // The same stamp: the same state in another form (sealed since under a new key) is kept as it
+        // is; other content, or a copy that cannot be opened to tell, is not overwritten unasked.
+        const same = sameState({ data: whole.data, file: current.ok === true ? current.file : null }, { data: entry.data, file })
+        if (same === true) action = 'unchanged'
+        else {
+          conflicts.push({
+            file: rel,
+            reason: same === false
+              ? `the folder's copy holds other content under the same updated_at (${updatedAt})`
+              : `the folder's copy differs from the backup's under the same updated_at (${updatedAt}), and ${file === null ? `the backup's is sealed under key '${missingKid ?? ''}'` : `the folder's is sealed under key '${current.ok === false && current.keyMissing === true ? current.kid : ''}'`}, which TASK_ENCRYPTION_KEYS does not hold, so they cannot be compared`
+          })
+        }
       }
     }
     planned.push({ rel, sessionId, archived, digest: digest(entry.data), action, missingKid })
@@ -163,7 +180,7 @@ async function plan (backup: string, dir: string, keyring: Keyring | null): Prom
  * unopened here: it comes with its clear updated_at and `missingKid`. The folder's own files that
  * hold no session are added to `skipped`.
  */
-async function * checkedEntries (backup: string, keyring: Keyring | null, skipped: string[] = []): AsyncGenerator<{ entry: TarEntry, rel: string, archived: boolean, sessionId: string, updatedAt: string, missingKid: string | null }> {
+async function * checkedEntries (backup: string, keyring: Keyring | null, skipped: string[] = []): AsyncGenerator<{ entry: TarEntry, rel: string, archived: boolean, sessionId: string, updatedAt: string, file: SessionFile | null, missingKid: string | null }> {
   const seen = new Set<string>()
   const prefix = await commonPrefix(backup)
   for await (const entry of readTarGz(createReadStream(backup))) {
@@ -176,16 +193,15 @@ async function * checkedEntries (backup: string, keyring: Keyring | null, skippe
     const { rel, archived, sessionId } = mapped
     if (seen.has(rel)) throw new CommandFailedError(`the backup holds ${rel} twice`)
     seen.add(rel)
-    let updatedAt: string
+    let file: SessionFile | null = null
     let missingKid: string | null = null
     try {
-      updatedAt = parseSessionFile(rel, entry.data.toString('utf8'), sessionId, keyring).updated_at
+      file = parseSessionFile(rel, entry.data.toString('utf8'), sessionId, keyring)
     } catch (err) {
       if (!(err instanceof KeyUnavailableError)) throw new CommandFailedError(`the backup's ${(err as Error).message}; nothing was written`)
-      updatedAt = clearOf(entry.data).updated_at
       missingKid = err.kid
     }
-    yield { entry, rel, archived, sessionId, updatedAt, missingKid }
+    yield { entry, rel, archived, sessionId, updatedAt: file?.updated_at ?? clearOf(entry.data).updated_at, file, missingKid }
   }
 }
 
