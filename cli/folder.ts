@@ -269,7 +269,7 @@ export function keyWarnings (needs: KeysNeeded, where: string, store: 'folder' |
  * folder (restore); otherwise a missing folder is an error.
  */
 export async function withWriteLock<R> (dir: string, settings: Config, keyring: Keyring | null, create: boolean, work: (store: FileSessionStore) => Promise<R>): Promise<R> {
-  if (!create) await assertFolder(dir)
+  if (!create) await assertUsedFolder(dir, 'nothing was written')
   const store = new FileSessionStore({ dir, keyring, maxSessionBytes: settings.TASK_MAX_SESSION_BYTES, lock: { refreshMs: settings.TASK_LOCK_REFRESH_MS, staleMs: settings.TASK_LOCK_STALE_MS } })
   await store.init()
   try {
@@ -280,6 +280,19 @@ export async function withWriteLock<R> (dir: string, settings: Config, keyring: 
   } finally {
     await store.close()
   }
+}
+
+/**
+ * Refuses a folder with no .taskvault marker and no session file: not one taskvault has used (a
+ * volume that did not mount, a mistyped path). A check of it would pass on nothing, and a command
+ * that writes would mark it as a storage folder (which then turns off this check and backup's).
+ * `outcome`: what the message says of the command's work ("nothing was written").
+ */
+export async function assertUsedFolder (dir: string, outcome: string): Promise<void> {
+  await assertFolder(dir)
+  if (await readMarker(nodeFs, dir) !== null) return
+  if ((await listStoredFiles(dir)).some((stored) => stored.sessionId !== null)) return
+  throw new CommandFailedError(`${dir} holds no session and no .taskvault marker: it is not a storage folder taskvault has used (a volume that did not mount?); ${outcome}`)
 }
 
 /**

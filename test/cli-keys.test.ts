@@ -272,6 +272,20 @@ t.test('backup refuses a folder with no session and no marker (a volume that did
   t.same(marked.json().deleted, ['tasks_20200101.tar.gz'])
 })
 
+t.test('seal, validate, archive and prune refuse a folder with no session and no marker too, and do not mark it (which would let backup pass)', async (t) => {
+  const empty = await tempDir(t)
+  for (const command of [['seal'], ['validate'], ['validate', '--fix'], ['archive', '--days', '1'], ['prune', '--days', '1']]) {
+    const run = await taskvault([command[0] as string, empty, ...command.slice(1)], { env: K2_ONLY })
+    t.equal(run.code, 1, command.join(' '))
+    t.match(run.stderr, /holds no session and no \.taskvault marker: it is not a storage folder taskvault has used \(a volume that did not mount\?\); nothing was (written|checked)/, command.join(' '))
+  }
+  t.same(await readdir(empty), [], 'nothing written: no marker, no lock')
+  t.equal((await taskvault(['backup', empty, '--out-dir', await tempDir(t)])).code, 1, 'backup still refuses it')
+  await markAsTaskvault(empty)
+  t.equal((await taskvault(['seal', empty], { env: K2_ONLY })).code, 0, 'a marked empty folder is one taskvault used: sealed (nothing)')
+  t.equal((await taskvault(['validate', empty])).code, 0)
+})
+
 t.test('stats with a wrong key under a kid fails as the server does, rather than count the sessions as unloadable', async (t) => {
   const { dir } = await folder(t)
   const stats = await taskvault(['stats', dir], { env: K2_WRONG })

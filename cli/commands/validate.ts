@@ -2,7 +2,7 @@ import { lstat, mkdir, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fsyncDir } from '../../services/store/session-files.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
-import { assertFolder, checkStoredFile, ignoredByServer, listStoredFiles, storageDir, withWriteLock, type StoredFile } from '../folder.js'
+import { assertUsedFolder, checkStoredFile, ignoredByServer, listStoredFiles, storageDir, withWriteLock, type StoredFile } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase, type DatabaseTarget } from '../database.js'
@@ -55,7 +55,7 @@ ${COMMON_HELP}`,
     if (target !== null) return validateRows(args, context, target)
     const dir = storageDir(args.positionals[0], settings)
     const fix = args.values.fix === true
-    await assertFolder(dir)
+    await assertUsedFolder(dir, 'nothing was checked')
     const check = async (): Promise<{ reports: FileReport[], bad: StoredFile[] }> => {
       const reports: FileReport[] = []
       const bad: StoredFile[] = []
