@@ -73,9 +73,9 @@ export class TaskvaultError extends Error {
 
 export class SessionNotFoundError extends TaskvaultError {
   /** `archived`: it exists, archived, where only active sessions are taken (execute, cancel). */
-  constructor (sessionId: string, archived = false) {
+  constructor (sessionId: string, readonly archived = false) {
     super('SESSION_NOT_FOUND', archived
-      ? `session '${sessionId}' is archived: it runs nothing until POST /retry (its failed tasks) or POST /create (new tasks) brings it back`
+      ? `session '${sessionId}' is archived: it runs nothing until it is brought back, by a create that adds tasks to it or a retry of its failed tasks`
       : `session '${sessionId}' not found`)
   }
 }

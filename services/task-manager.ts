@@ -492,26 +492,29 @@ export class TaskManager {
   async executeNext (sessionId: string): Promise<{ task: ExecutedTask, progress: Progress }> {
     this.assertOpen()
     await this.known(sessionId)
-    return this.runner.executeNext(sessionId)
+    return this.runner.executeNext(sessionId).catch(async (err: unknown) => this.notFoundWhy(sessionId, err))
   }
 
   /** Runs every pending task in order; stops early on cancel or shutdown. */
   async executeAll (sessionId: string): Promise<{ results: ExecutedTask[], progress: Progress }> {
     this.assertOpen()
     await this.known(sessionId)
-    return this.runner.executeAll(sessionId)
+    return this.runner.executeAll(sessionId).catch(async (err: unknown) => this.notFoundWhy(sessionId, err))
   }
 
   /** Starts a background run; resolves once it is recorded in the session file. */
   async startBackgroundRun (sessionId: string): Promise<Progress> {
     this.assertOpen()
     await this.known(sessionId)
-    return this.runner.startBackgroundRun(sessionId)
+    return this.runner.startBackgroundRun(sessionId).catch(async (err: unknown) => this.notFoundWhy(sessionId, err))
   }
 
   /** Stops the session's running execution (its task fails with "cancelled"). */
   async cancel (sessionId: string): Promise<{ cancelled_task_id: string | null, progress: Progress }> {
-    this.assertNotArchived(sessionId)
+    return this.cancelHere(sessionId).catch(async (err: unknown) => this.notFoundWhy(sessionId, err))
+  }
+
+  private async cancelHere (sessionId: string): Promise<{ cancelled_task_id: string | null, progress: Progress }> {
     if (this.shared === undefined) return this.runner.cancel(sessionId)
     // An execution starting here is waited for: cancelElsewhere would take the lease it holds.
     await this.runner.started(sessionId)
@@ -566,15 +569,23 @@ export class TaskManager {
     return this.runner.isRunning(sessionId) || (this.shared?.runningElsewhere(sessionId) ?? null) !== null
   }
 
-  /** Shared: reads a session this replica does not know yet (another one created it), so that it can run it. An archived one is refused, named as such. */
+  /** Shared: reads a session this replica does not know yet (another one created it), so that it can run it. */
   private async known (sessionId: string): Promise<void> {
     if (this.registry.find(sessionId) === null) await this.registry.sync(sessionId)
-    this.assertNotArchived(sessionId)
   }
 
-  /** An archived session is not found where only active ones are taken, with a message that says why. */
-  private assertNotArchived (sessionId: string): void {
-    if (this.archived.has(sessionId)) throw new SessionNotFoundError(sessionId, true)
+  /**
+   * Rethrows `err`; a session not found where only active ones are taken (execute, cancel) that is
+   * archived is named as such. Asked once the session was not found, of the rows on a shared store
+   * (another replica may have archived it, or brought it back): this replica's index may be behind.
+   */
+  private async notFoundWhy (sessionId: string, err: unknown): Promise<never> {
+    if (!(err instanceof SessionNotFoundError) || err.archived) throw err
+    // Shared: the rows, even where this replica still holds a copy from before the archive.
+    const archived = this.shared === undefined
+      ? this.archived.has(sessionId)
+      : await this.store.readArchived(sessionId).then(({ session }) => session !== null, () => false)
+    throw archived ? new SessionNotFoundError(sessionId, true) : err
   }
 
   /** Shared: refuses to change a session another replica runs (SESSION_BUSY naming it). */

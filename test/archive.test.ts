@@ -58,7 +58,7 @@ t.test('a finished session is archived once its last completion is TASK_ARCHIVE_
   for (const path of ['/execute', '/execute-all', '/cancel']) {
     const res = await post(app, path, { session_id: 'done' })
     t.equal(res.statusCode, 404, path)
-    t.match(res.json(), { code: 'SESSION_NOT_FOUND', message: "session 'done' is archived: it runs nothing until POST /retry (its failed tasks) or POST /create (new tasks) brings it back" }, path)
+    t.match(res.json(), { code: 'SESSION_NOT_FOUND', message: "session 'done' is archived: it runs nothing until it is brought back, by a create that adds tasks to it or a retry of its failed tasks" }, path)
   }
   t.match((await post(app, '/execute', { session_id: 'nobody' })).json(), { code: 'SESSION_NOT_FOUND', message: "session 'nobody' not found" })
   t.same(await archived(dir), ['done.json'], 'still archived')

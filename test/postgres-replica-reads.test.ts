@@ -98,6 +98,34 @@ t.test('a session archived by one replica is archived on the others: read, liste
   t.same(await storedGauges(b), onA, 'B reports the same')
 })
 
+t.test('execute and cancel on a session another replica archived answer 404 saying so, on every replica; once it is brought back, a cancel through any replica reaches its run', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const agents = JSON.stringify({ default: { kind: 'command', argv: ['/bin/sh', '-c', 'grep -q slow && sleep 5; echo done'], max_attempts: 1 } })
+  const a = await replica(t, url, 'archived-a', { TASK_AGENTS: agents })
+  const b = await replica(t, url, 'archived-b', { TASK_AGENTS: agents })
+  const c = await replica(t, url, 'archived-c', { TASK_AGENTS: agents })
+  t.equal((await post(a, 'create', { session_id: 'shelved', instructions: 'first task' })).status, 200)
+  t.equal((await post(a, 'execute', { session_id: 'shelved' })).status, 200)
+  t.equal((await get(b, 'progress?session_id=shelved')).status, 200, 'B holds a copy of it, active')
+  t.same((await post(a, 'archive', { older_than_days: 0 })).body.archived_ids, ['shelved'])
+  const message = "session 'shelved' is archived: it runs nothing until it is brought back, by a create that adds tasks to it or a retry of its failed tasks"
+  for (const [name, app] of [['a (archived it)', a], ['b (held a copy)', b], ['c (never saw it)', c]] as const) {
+    for (const [path, payload] of [['execute', {}], ['execute-all', {}], ['execute-all', { wait: false }], ['cancel', {}]] as const) {
+      const res = await post(app, path, { session_id: 'shelved', ...payload })
+      t.same([res.status, res.body.message], [404, message], `${name}: ${path} ${JSON.stringify(payload)}`)
+    }
+  }
+  t.match((await get(b, 'progress?session_id=shelved')).body, { archived: true }, 'B reads it archived')
+  // Brought back and run on A: B, which last read it archived, cancels that run.
+  t.equal((await post(a, 'create', { session_id: 'shelved', instructions: 'slow task' })).status, 200)
+  t.equal((await post(a, 'execute-all', { session_id: 'shelved', wait: false })).status, 202)
+  const cancelled = await post(b, 'cancel', { session_id: 'shelved' })
+  t.equal(cancelled.status, 200, JSON.stringify(cancelled.body))
+  t.match(cancelled.body, { cancelled_task_id: /^task_2_/u })
+  t.equal((await post(c, 'execute', { session_id: 'nobody' })).body.message, "session 'nobody' not found", 'an unknown one is not found')
+})
+
 t.test('/stats and /metrics count sealed sessions from the rows: every replica the same, `taskvault seal --database-url` included', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
