@@ -28,9 +28,28 @@ const rootRoutes: FastifyPluginAsyncTypebox<RootRoutesOptions> = async (app, opt
   app.get('/', {
     schema: { operationId: 'getIndex', tags: ['health'], security: [], summary: 'Where the API, the dashboard, the documentation and the probes are; a browser is sent to the dashboard', response: responses.index }
   }, async (request, reply) => {
-    if (options.dashboard !== null && (request.headers.accept ?? '').includes('text/html')) return reply.redirect(options.dashboard, 302)
+    // The answer depends on Accept: a cache keyed on the URL alone would hand one client the other's.
+    void reply.header('vary', 'Accept')
+    if (options.dashboard !== null && prefersHtml(request.headers.accept ?? '')) return reply.redirect(options.dashboard, 302)
     return index
   })
+}
+
+/**
+ * Whether an Accept header asks for HTML over JSON: `text/html` listed with a quality above 0 and
+ * above `application/json`'s (a browser's `text/html,...,*\/*;q=0.8`). Wildcards choose nothing:
+ * `*\/*` (curl) gets JSON.
+ */
+function prefersHtml (accept: string): boolean {
+  const quality = new Map<string, number>()
+  for (const range of accept.split(',')) {
+    const [type = '', ...params] = range.split(';').map((part) => part.trim().toLowerCase())
+    const q = params.find((param) => param.startsWith('q='))
+    const value = q === undefined ? 1 : Number(q.slice(2))
+    quality.set(type, Number.isFinite(value) ? value : 0)
+  }
+  const html = quality.get('text/html') ?? 0
+  return html > 0 && html > (quality.get('application/json') ?? 0)
 }
 
 export default rootRoutes

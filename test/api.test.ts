@@ -292,6 +292,13 @@ t.test('GET / says where things are; a browser is sent to the dashboard', async 
   const browser = await app.inject({ method: 'GET', url: '/', headers: { accept: 'text/html,application/xhtml+xml,*/*;q=0.8' } })
   t.equal(browser.statusCode, 302)
   t.equal(browser.headers.location, '/dashboard/')
+  t.equal(browser.headers.vary, 'Accept', 'both answers vary on Accept')
+  t.equal(curl.headers.vary, 'Accept')
+  for (const [accept, redirected] of [['TEXT/HTML', true], ['text/html; q=0.5, application/json; q=0.4', true], ['text/html;q=0', false],
+    ['application/json, text/html;q=0.1', false], ['text/html, application/json', false], ['*/*', false], ['', false], ['text/html;q=oops', false]] as const) {
+    const res = await app.inject({ method: 'GET', url: '/', headers: { accept } })
+    t.equal(res.statusCode, redirected ? 302 : 200, `Accept: ${accept}`)
+  }
   t.equal((await app.inject({ method: 'GET', url: '/dashboard/' })).statusCode, 200, 'where it leads is the page')
 
   const bare = await build(t, { config: { TASK_DASHBOARD: false, TASK_DOCS: false, TASK_METRICS: false } })
