@@ -36,6 +36,7 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
     maxClients: settings.eventsMaxClients,
     heartbeatMs: settings.eventsHeartbeatMs,
     maxQueuedBytes: settings.eventsMaxQueuedBytes,
+    cutGraceMs: settings.eventsCutGraceMs,
     flushMs: settings.eventsFlushMs,
     flushMaxMs: settings.eventsFlushMaxMs,
     fanoutShare: settings.eventsFanoutShare,

@@ -95,6 +95,7 @@ export const EVENTS_SETTINGS = {
   eventsHeartbeatMs: 'TASK_EVENTS_HEARTBEAT_MS',
   eventsMaxClients: 'TASK_EVENTS_MAX_CLIENTS',
   eventsMaxQueuedBytes: 'TASK_EVENTS_MAX_QUEUED_BYTES',
+  eventsCutGraceMs: 'TASK_EVENTS_CUT_GRACE_MS',
   eventsFlushMs: 'TASK_EVENTS_FLUSH_MS',
   eventsFlushMaxMs: 'TASK_EVENTS_FLUSH_MAX_MS',
   eventsFanoutShare: 'TASK_EVENTS_FANOUT_SHARE',

@@ -182,6 +182,31 @@ t.test('a client that does not read is cut off with a reset once its queue passe
   await ok.until((list) => list.length === 3)
 })
 
+t.test('a cut-off client that still does not read loses its connection TASK_EVENTS_CUT_GRACE_MS later', async (t) => {
+  const { app, base } = await listening(t, { config: { TASK_EVENTS_MAX_QUEUED_BYTES: 64 * 1024, TASK_EVENTS_BUFFER: 100, TASK_EVENTS_CUT_GRACE_MS: 300 } })
+  const { port } = new URL(base)
+  const socket = net.connect(Number(port), '127.0.0.1')
+  t.teardown(() => { socket.destroy() })
+  socket.on('error', () => {})
+  await new Promise<void>((resolve) => {
+    socket.once('connect', () => socket.write(`GET ${EVENTS} HTTP/1.1\r\nHost: localhost\r\n\r\n`))
+    socket.once('data', () => resolve())
+  })
+  socket.pause()
+  const connections = async (): Promise<number> => new Promise((resolve, reject) => app.server.getConnections((err, count) => { if (err !== null) reject(err); else resolve(count) }))
+  t.equal(await connections(), 1)
+  const pad = 'x'.repeat(4096)
+  const start = Date.now()
+  // Until the server has cut it off (its stream gone), then until it closed the socket.
+  while (app.eventStreams.size > 0 && Date.now() - start < 10_000) {
+    for (let i = 0; i < 100; i++) app.taskEvents.append('progress', { session_id: 'slow', pad })
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  const cutAt = Date.now()
+  await waitFor('the socket closed by the server', async () => await connections() === 0, 3000)
+  t.ok(Date.now() - cutAt < 3000, `closed ${Date.now() - cutAt} ms after the cut (grace 300 ms, default 5000)`)
+})
+
 /** Appends an event every 40 ms until the hub's pace is back at `flushMs`: its smoothed reading of the load has eased. */
 async function paceBackAt (hub: EventStreamHub, buffer: TaskEventBuffer, flushMs: number, event: () => TaskEventData): Promise<void> {
   await waitFor('the pace back at TASK_EVENTS_FLUSH_MS', async () => {
@@ -205,7 +230,7 @@ t.test('a busy server spreads stream writes out; idle again, they come every TAS
   const flushMs = 10
   // The hub on a plain node:http server: its pace is not part of the app's decorators.
   const buffer = new TaskEventBuffer(100_000)
-  const hub = new EventStreamHub(buffer, { maxClients: 1000, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs, flushMaxMs: 200, fanoutShare: 0.01, fanoutSliceMs: 2 }, { info: () => {}, warn: () => {} })
+  const hub = new EventStreamHub(buffer, { maxClients: 1000, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, cutGraceMs: 5000, flushMs, flushMaxMs: 200, fanoutShare: 0.01, fanoutSliceMs: 2 }, { info: () => {}, warn: () => {} })
   const server = createServer((_req, res) => { hub.open(res, null, undefined) })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => { hub.close(); server.close() })
@@ -264,7 +289,7 @@ t.test('changes in progress make a busy server however idle its loop: writes spr
   const buffer = new TaskEventBuffer(100_000)
   const load = new ChangeLoad(2)
   const flushMaxMs = 1000
-  const hub = new EventStreamHub(buffer, { maxClients: 1000, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs, flushMaxMs, fanoutShare: 0.01, fanoutSliceMs: 2 }, { info: () => {}, warn: () => {} }, load)
+  const hub = new EventStreamHub(buffer, { maxClients: 1000, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, cutGraceMs: 5000, flushMs, flushMaxMs, fanoutShare: 0.01, fanoutSliceMs: 2 }, { info: () => {}, warn: () => {} }, load)
   const server = createServer((_req, res) => { hub.open(res, null, undefined) })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => { hub.close(); server.close() })
@@ -337,7 +362,7 @@ t.test('the server counts each change until its response closes: answered, refus
 t.test('a batch for many clients goes out in slices of TASK_EVENTS_FANOUT_SLICE_MS, the loop turning between them; each client gets each batch whole and in order, shutdown the rest first', async (t) => {
   const buffer = new TaskEventBuffer(1000)
   // A slice of 0 ms: the clock is read every 16 clients, so each turn writes to 16 of them.
-  const hub = new EventStreamHub(buffer, { maxClients: 100, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1, fanoutSliceMs: 0 }, { info: () => {}, warn: () => {} })
+  const hub = new EventStreamHub(buffer, { maxClients: 100, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, cutGraceMs: 5000, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1, fanoutSliceMs: 0 }, { info: () => {}, warn: () => {} })
   const server = createServer((_req, res) => { hub.open(res, null, undefined) })
   const streams: net.Socket[] = []
   server.on('connection', (socket) => { streams.push(socket) })
@@ -387,7 +412,7 @@ function rawClient (port: number, request: string): { received: () => string, so
  * 'quiet' only, resuming from its Last-Event-ID. Writes at once (no pace); `maxQueuedBytes` 1 MiB unless given.
  */
 async function hubServer (t: TestContext, buffer: TaskEventBuffer, maxQueuedBytes = 1024 * 1024): Promise<{ hub: EventStreamHub, port: number }> {
-  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1, fanoutSliceMs: 2 }, { info: () => {}, warn: () => {} })
+  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes, cutGraceMs: 5000, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1, fanoutSliceMs: 2 }, { info: () => {}, warn: () => {} })
   const server = createServer((req, res) => { hub.open(res, req.url === '/quiet' ? 'quiet' : null, req.headers['last-event-id'] as string | undefined) })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => { hub.close(); server.close() })
@@ -408,7 +433,7 @@ t.test('HEAD on the stream gets its headers only, and no stream', async (t) => {
 
 t.test('a stream requested behind a slow response on the same connection (pipelined) starts once that one is sent', async (t) => {
   const buffer = new TaskEventBuffer(100)
-  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1, fanoutSliceMs: 2 }, { info: () => {}, warn: () => {} })
+  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, cutGraceMs: 5000, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1, fanoutSliceMs: 2 }, { info: () => {}, warn: () => {} })
   const server = createServer((req, res) => {
     if (req.url === '/slow') setTimeout(() => res.end('slow done'), 300)
     else hub.open(res, null, undefined)

@@ -18,6 +18,8 @@ export interface StreamLimits {
   heartbeatMs: number
   /** A client with more bytes queued than this is sent a reset and cut off (TASK_EVENTS_MAX_QUEUED_BYTES). */
   maxQueuedBytes: number
+  /** A client cut off has this long to read its reset before its socket is destroyed (TASK_EVENTS_CUT_GRACE_MS). */
+  cutGraceMs: number
   /** Events are written to clients at most this often, batched (TASK_EVENTS_FLUSH_MS). */
   flushMs: number
   /** When the rest of the server keeps the event loop busy, writes spread out up to this far apart (TASK_EVENTS_FLUSH_MAX_MS). */
@@ -67,9 +69,6 @@ export const STREAM_HEADERS = {
 
 /** The time constant of the pace's reading of how busy the loop is. */
 const BUSY_SMOOTHING_MS = 500
-
-/** How long a cut-off client has to read its reset before its socket is destroyed. */
-const CUT_GRACE_MS = 5000
 
 /**
  * A resume is written in pieces of about this size, the next once the socket has taken the last:
@@ -458,7 +457,7 @@ export class EventStreamHub {
     const socket = res.socket
     endStream(res, this.resetFrame('slow-reader'))
     // Its queue is dropped with the socket if it still does not read.
-    const timer = setTimeout(() => socket?.destroy(), CUT_GRACE_MS)
+    const timer = setTimeout(() => socket?.destroy(), this.limits.cutGraceMs)
     timer.unref()
     socket?.once('close', () => clearTimeout(timer))
   }
