@@ -27,7 +27,8 @@ for; an archived one is counted as archived and listed as needing its key.
 With --database-url the same counts come from the PostgreSQL store, read through the store
 as a server reads it at start: active rows, archived copies, their bytes (a row's bytes are
 those of the file it would be), rows that cannot be read, and archived rows sealed under a key
-TASK_ENCRYPTION_KEYS does not hold. Nothing is written.
+TASK_ENCRYPTION_KEYS does not hold. Nothing is written but what a server's start writes too: a
+row's count and time columns that do not match its document are set from it.
 
 Options:
 ${DATABASE_HELP}
