@@ -286,6 +286,27 @@ t.test('seal, validate, archive and prune refuse a folder with no session and no
   t.equal((await taskvault(['validate', empty])).code, 0)
 })
 
+t.test('restore with another key under the sealing kid says the key may be the wrong one, not only that the file failed', async (t) => {
+  const { dir } = await folder(t)
+  const backup = join(await tempDir(t), 'b.tar.gz')
+  t.equal((await taskvault(['backup', dir, '--out', backup], { env: K2_ONLY })).code, 0)
+  const target = join(await tempDir(t), 'restored')
+  const restored = await taskvault(['restore', backup, target], { env: K2_WRONG })
+  t.equal(restored.code, 1)
+  t.match(restored.stderr, /the backup's [ab]\.json: authentication failed: it does not open under key 'k2' as TASK_ENCRYPTION_KEYS gives it, so either that is not the key that sealed it \(give that one\) or the file was changed; nothing was written/)
+  t.notOk(existsSync(target), 'the folder was not even made')
+})
+
+t.test('import with another key under the sealing kid says the key is likely wrong, rather than to set the files aside', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const { dir } = await folder(t)
+  const imported = await taskvault(['import', dir, '--database-url', url], { env: K2_WRONG })
+  t.equal(imported.code, 1)
+  t.match(imported.stdout, /Refused: 2 files of .* do not read; nothing was written \(no file sealed under key 'k2' opens: TASK_ENCRYPTION_KEYS likely holds another key under that kid than the one that sealed them; give that one\)/)
+  t.notMatch(imported.stdout, /validate .* --fix/)
+})
+
 t.test('stats with a wrong key under a kid fails as the server does, rather than count the sessions as unloadable', async (t) => {
   const { dir } = await folder(t)
   const stats = await taskvault(['stats', dir], { env: K2_WRONG })

@@ -87,11 +87,16 @@ ${COMMON_HELP}`,
     const dir = resolve(args.positionals[0] as string)
     const force = args.values.force === true
     await assertFolder(dir)
-    const { files, bad } = await readFolder(dir, keyring)
+    const { files, bad, unopened } = await readFolder(dir, keyring)
     const where = `${target.where} (schema ${target.schema})`
     if (bad.length > 0) {
       const lines = bad.map(({ file, reason }) => `❌ ${file}: ${reason}`)
-      lines.push(`Refused: ${bad.length} files of ${dir} do not read; nothing was written (set the bad ones aside with 'taskvault validate ${dir} --fix')`)
+      // A kid none of whose files opens: the key given under it is the suspect, not the files.
+      const opened = new Set(files.map((item) => item.columns.sealedKid))
+      const wrongKeys = [...new Set(unopened.filter((kid) => !opened.has(kid)))]
+      lines.push(`Refused: ${bad.length} files of ${dir} do not read; nothing was written (` + (wrongKeys.length > 0
+        ? `no file sealed under key ${wrongKeys.map((kid) => `'${kid}'`).join(', ')} opens: TASK_ENCRYPTION_KEYS likely holds another key under that kid than the one that sealed them; give that one`
+        : `set the bad ones aside with 'taskvault validate ${dir} --fix'`) + ')')
       return { code: 1, json: { dir, database: target.where, schema: target.schema, inserted: 0, replaced: 0, archived: 0, archivedRows: 0, unchanged: 0, unreadable: bad, conflicts: [] }, lines }
     }
     return withDatabase(target, settings, keyring, false, async (client) => {
@@ -123,9 +128,11 @@ ${COMMON_HELP}`,
 }
 
 /** Every session file of the folder, read once and judged as restore does; archived copies oldest first. */
-async function readFolder (dir: string, keyring: Parameters<typeof checkStoredFile>[1]): Promise<{ files: FolderFile[], bad: Conflict[] }> {
+async function readFolder (dir: string, keyring: Parameters<typeof checkStoredFile>[1]): Promise<{ files: FolderFile[], bad: Conflict[], unopened: string[] }> {
   const files: FolderFile[] = []
   const bad: Conflict[] = []
+  /** The kid of each file whose box did not open under the key given for it. */
+  const unopened: string[] = []
   for (const stored of await listStoredFiles(dir)) {
     const checked = await checkStoredFile(stored, keyring)
     // Moved by a running server since the listing; or a file the server never reads (it holds no session).
@@ -138,10 +145,11 @@ async function readFolder (dir: string, keyring: Parameters<typeof checkStoredFi
       files.push({ ...place, data: checked.data, updatedAt: checked.clear.updated_at, file: null, columns: clearColumns(checked.clear, checked.kid), missingKid: checked.kid })
     } else {
       bad.push({ file: stored.rel, reason: checked.reason })
+      if (checked.unopenedKid !== undefined) unopened.push(checked.unopenedKid)
     }
   }
   files.sort((a, b) => (a.sessionId < b.sessionId ? -1 : a.sessionId > b.sessionId ? 1 : Number(a.archived) - Number(b.archived) || a.stamp - b.stamp))
-  return { files, bad }
+  return { files, bad, unopened }
 }
 
 /** What a row holds, when it opens here (null: sealed under a key not configured, or damaged). */

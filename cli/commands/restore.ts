@@ -6,7 +6,7 @@ import { nodeFs } from '../../services/store/fs-seam.js'
 import { ARCHIVED_FILE, SESSION_FILE, TEMP_FILE, fsyncDir, parseSessionFile, tempNames, writeAndRename } from '../../services/store/session-files.js'
 import { MARKER_FILE } from '../../services/store/storage-folder.js'
 import { LOCK_FILE } from '../../services/store/storage-lock.js'
-import { KeyUnavailableError } from '../../services/errors.js'
+import { KeyUnavailableError, SealNotOpenedError } from '../../services/errors.js'
 import { readTarGz, type TarEntry } from '../../services/backup/tar.js'
 import { CommandFailedError } from '../args.js'
 import type { Keyring } from '../../services/store/keyring.js'
@@ -198,6 +198,8 @@ async function * checkedEntries (backup: string, keyring: Keyring | null, skippe
     try {
       file = parseSessionFile(rel, entry.data.toString('utf8'), sessionId, keyring)
     } catch (err) {
+      // One file cannot tell a changed file from a wrong key: both are said.
+      if (err instanceof SealNotOpenedError) throw new CommandFailedError(`the backup's ${err.message}: it does not open under key '${err.kid}' as TASK_ENCRYPTION_KEYS gives it, so either that is not the key that sealed it (give that one) or the file was changed; nothing was written`)
       if (!(err instanceof KeyUnavailableError)) throw new CommandFailedError(`the backup's ${(err as Error).message}; nothing was written`)
       missingKid = err.kid
     }

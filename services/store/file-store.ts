@@ -450,7 +450,7 @@ export class FileSessionStore implements SessionStore {
   private async checkKeys (read: BatchOutcome): Promise<void> {
     if (read.missingKeys.size > 0) {
       const counts = [...read.missingKeys].map(([kid, count]) => `${count} session${count === 1 ? ' needs' : 's need'} key '${kid}'`).join(', ')
-      throw new KeyUnavailableError([...read.missingKeys.keys()][0] as string, `cannot restore: ${counts}, which TASK_ENCRYPTION_KEYS does not hold. Add the key back; those files were left untouched`)
+      throw new KeyUnavailableError([...read.missingKeys.keys()][0] as string, `cannot load the sessions: ${counts}, which TASK_ENCRYPTION_KEYS does not hold. Add the key back; those files were left untouched`)
     }
     for (const [kid, files] of read.unopened) {
       // Proven right by an active file that opened, or failing that an archived one (after a

@@ -13,7 +13,7 @@ export type KidProof = 'opened' | 'unopened' | 'none' | 'unknown'
  */
 export function wrongKeyError (kid: string, count: number | null, what: 'files' | 'rows'): KeyUnavailableError {
   const which = count === null ? `key '${kid}', which seals every write, opens none of the archived sessions sealed under it` : `key '${kid}' opens none of the ${count} sessions sealed under it`
-  return new KeyUnavailableError(kid, `cannot restore: ${which}; TASK_ENCRYPTION_KEYS holds a different key under that kid. Put the right key back; those ${what} were left untouched`)
+  return new KeyUnavailableError(kid, `cannot load the sessions: ${which}; TASK_ENCRYPTION_KEYS holds a different key under that kid. Put the right key back; those ${what} were left untouched`)
 }
 
 export interface SettleOptions {

@@ -345,7 +345,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     }
     if (missingKeys.size > 0) {
       const counts = [...missingKeys].map(([kid, count]) => `${count} session${count === 1 ? ' needs' : 's need'} key '${kid}'`).join(', ')
-      throw new KeyUnavailableError([...missingKeys.keys()][0] as string, `cannot restore: ${counts}, which TASK_ENCRYPTION_KEYS does not hold. Add the key back; those rows were left untouched`)
+      throw new KeyUnavailableError([...missingKeys.keys()][0] as string, `cannot load the sessions: ${counts}, which TASK_ENCRYPTION_KEYS does not hold. Add the key back; those rows were left untouched`)
     }
     for (const [kid, rows] of unopened) {
       // Booting on would seal new sessions under a wrong key, which the right one never opens.
