@@ -60,7 +60,7 @@ ${COMMON_HELP}`,
       const where = `${target.where} (schema ${target.schema})`
       const changed = counts.changed > 0 ? `, ${counts.changed} changed by a server meanwhile and left to it` : ''
       const lines = [
-        `Sealed ${counts.sealed} rows of ${where} under key ${keyring.activeKid}${changed}${counts.unreadable > 0 ? `, ${counts.unreadable} could not be read` : ''}`,
+        `Sealed ${counts.sealed} rows of ${where} under key ${keyring.activeKid}${changed}${counts.unreadable > 0 ? `, ${counts.unreadable} could not be sealed (see above)` : ''}`,
         `Now ${counts.underKey} stored copies are sealed under ${keyring.activeKid} and ${counts.other} are not`
       ]
       return { code: counts.unreadable > 0 ? 1 : 0, json: { database: where, kid: keyring.activeKid, ...counts, problems }, lines }
@@ -123,7 +123,7 @@ ${COMMON_HELP}`,
     })
     for (const problem of problems) warn(`${problem.ignored === true ? '⚠️' : '❌'} ${problem.file}: ${problem.reason}`)
     const ignored = counts.ignored > 0 ? `, ${counts.ignored} ignored: not named like a session` : ''
-    const lines = [`Sealed ${counts.sealed} files under key ${keyring.activeKid} (${counts.already} already were${counts.unreadable > 0 ? `, ${counts.unreadable} could not be read` : ''}${ignored})`]
+    const lines = [`Sealed ${counts.sealed} files under key ${keyring.activeKid} (${counts.already} already were${counts.unreadable > 0 ? `, ${counts.unreadable} could not be sealed (see above)` : ''}${ignored})`]
     return { code: counts.unreadable > 0 ? 1 : 0, json: { dir, kid: keyring.activeKid, ...counts, problems }, lines }
   }
 }
