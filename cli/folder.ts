@@ -291,7 +291,8 @@ export async function withWriteLock<R> (dir: string, settings: Config, keyring: 
 export async function assertUsedFolder (dir: string, outcome: string): Promise<void> {
   await assertFolder(dir)
   if (await readMarker(nodeFs, dir) !== null) return
-  if ((await listStoredFiles(dir)).some((stored) => stored.sessionId !== null)) return
+  // A session file the server reads: not a folder, link or other entry that only takes the name.
+  if ((await listStoredFiles(dir)).some((stored) => !ignoredByServer(stored))) return
   throw new CommandFailedError(`${dir} holds no session and no .taskvault marker: it is not a storage folder taskvault has used (a volume that did not mount?); ${outcome}`)
 }
 

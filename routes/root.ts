@@ -37,8 +37,8 @@ const rootRoutes: FastifyPluginAsyncTypebox<RootRoutesOptions> = async (app, opt
 
 /**
  * Whether an Accept header asks for HTML over JSON: `text/html` listed with a quality above 0 and
- * above `application/json`'s (a browser's `text/html,...,*\/*;q=0.8`). Wildcards choose nothing:
- * `*\/*` (curl) gets JSON.
+ * above that of anything JSON matches (`application/json`, `application/*`, `*\/*`): a browser's
+ * `text/html,...,*\/*;q=0.8` does; curl's `*\/*` does not.
  */
 function prefersHtml (accept: string): boolean {
   const quality = new Map<string, number>()
@@ -46,10 +46,12 @@ function prefersHtml (accept: string): boolean {
     const [type = '', ...params] = range.split(';').map((part) => part.trim().toLowerCase())
     const q = params.find((param) => param.startsWith('q='))
     const value = q === undefined ? 1 : Number(q.slice(2))
-    quality.set(type, Number.isFinite(value) ? value : 0)
+    quality.set(type, Math.max(quality.get(type) ?? 0, Number.isFinite(value) ? value : 0))
   }
-  const html = quality.get('text/html') ?? 0
-  return html > 0 && html > (quality.get('application/json') ?? 0)
+  const of = (...types: string[]): number => Math.max(0, ...types.map((type) => quality.get(type) ?? 0))
+  const html = of('text/html')
+  // JSON is what the wildcards take: `*/*` at 1 outranks `text/html;q=0.5`.
+  return html > 0 && html > of('application/json', 'application/*', '*/*')
 }
 
 export default rootRoutes

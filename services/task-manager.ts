@@ -581,10 +581,11 @@ export class TaskManager {
    */
   private async notFoundWhy (sessionId: string, err: unknown): Promise<never> {
     if (!(err instanceof SessionNotFoundError) || err.archived) throw err
-    // Shared: the rows, even where this replica still holds a copy from before the archive.
+    // Shared: the rows, even where this replica still holds a copy from before the archive (a
+    // failure to ask leaves the answer as it was: not found).
     const archived = this.shared === undefined
       ? this.archived.has(sessionId)
-      : await this.store.readArchived(sessionId).then(({ session }) => session !== null, () => false)
+      : await this.shared.isArchived(sessionId).catch(() => false)
     throw archived ? new SessionNotFoundError(sessionId, true) : err
   }
 

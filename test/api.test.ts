@@ -295,7 +295,8 @@ t.test('GET / says where things are; a browser is sent to the dashboard', async 
   t.equal(browser.headers.vary, 'Accept', 'both answers vary on Accept')
   t.equal(curl.headers.vary, 'Accept')
   for (const [accept, redirected] of [['TEXT/HTML', true], ['text/html; q=0.5, application/json; q=0.4', true], ['text/html;q=0', false],
-    ['application/json, text/html;q=0.1', false], ['text/html, application/json', false], ['*/*', false], ['', false], ['text/html;q=oops', false]] as const) {
+    ['application/json, text/html;q=0.1', false], ['text/html, application/json', false], ['*/*', false], ['', false], ['text/html;q=oops', false],
+    ['text/html;q=0.5, */*', false], ['text/html;q=0.5, application/*', false], ['text/html;q=0.5, */*;q=0.4', true]] as const) {
     const res = await app.inject({ method: 'GET', url: '/', headers: { accept } })
     t.equal(res.statusCode, redirected ? 302 : 200, `Accept: ${accept}`)
   }

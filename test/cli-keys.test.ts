@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import pg from 'pg'
 import t from 'tap'
@@ -177,7 +177,7 @@ t.test('import loads a folder with an archived file under a retired key, its byt
   t.match(reimported.json(), { inserted: 0, replaced: 0, archived: 0, unchanged: 3 }, 'the same sessions: nothing written')
   const refused = await taskvault(['import', dir, '--database-url', url, '--json'], { env: K2_ONLY })
   t.equal(refused.code, 1)
-  t.match(refused.json().conflicts, [{ file: 'archive/x.json', reason: /differs from the file under the same updated_at .*cannot be compared/ }])
+  t.match(refused.json().conflicts, [{ file: 'archive/x.json', reason: /differs from the file under the same updated_at .*, and the file is sealed under key 'k1', which TASK_ENCRYPTION_KEYS does not hold, so they cannot be compared$/ }])
   t.same(await kids(), before, 'every row still under the key it was sealed under')
 })
 
@@ -281,6 +281,13 @@ t.test('seal, validate, archive and prune refuse a folder with no session and no
   }
   t.same(await readdir(empty), [], 'nothing written: no marker, no lock')
   t.equal((await taskvault(['backup', empty, '--out-dir', await tempDir(t)])).code, 1, 'backup still refuses it')
+  // Entries that only take a session's name are no session: a link to nothing, a folder.
+  await symlink('/nonexistent', join(empty, 'y.json'))
+  await mkdir(join(empty, 'z.json'))
+  t.equal((await taskvault(['validate', empty, '--fix'])).code, 1, 'a link and a folder named like sessions')
+  t.same((await readdir(empty)).sort(), ['y.json', 'z.json'], 'still unmarked')
+  await rm(join(empty, 'y.json'))
+  await rm(join(empty, 'z.json'), { recursive: true })
   await markAsTaskvault(empty)
   t.equal((await taskvault(['seal', empty], { env: K2_ONLY })).code, 0, 'a marked empty folder is one taskvault used: sealed (nothing)')
   t.equal((await taskvault(['validate', empty])).code, 0)
@@ -303,7 +310,7 @@ t.test('import with another key under the sealing kid says the key is likely wro
   const { dir } = await folder(t)
   const imported = await taskvault(['import', dir, '--database-url', url], { env: K2_WRONG })
   t.equal(imported.code, 1)
-  t.match(imported.stdout, /Refused: 2 files of .* do not read; nothing was written \(no file sealed under key 'k2' opens: TASK_ENCRYPTION_KEYS likely holds another key under that kid than the one that sealed them; give that one\)/)
+  t.match(imported.stdout, /key 'k2' opens none of the 2 files sealed under it: TASK_ENCRYPTION_KEYS likely holds a different key under that kid .*Put the right key back; nothing was written/)
   t.notMatch(imported.stdout, /validate .* --fix/)
 })
 

@@ -203,6 +203,7 @@ t.test('a cut-off client that still does not read loses its connection TASK_EVEN
     await new Promise((resolve) => setImmediate(resolve))
   }
   const cutAt = Date.now()
+  t.equal(await connections(), 1, 'still open right after the cut: it has the grace to read its reset')
   await waitFor('the socket closed by the server', async () => await connections() === 0, 3000)
   t.ok(Date.now() - cutAt < 3000, `closed ${Date.now() - cutAt} ms after the cut (grace 300 ms, default 5000)`)
 })

@@ -102,9 +102,10 @@ t.test('execute and cancel on a session another replica archived answer 404 sayi
   const url = await testDatabase(t)
   if (url === null) return
   const agents = JSON.stringify({ default: { kind: 'command', argv: ['/bin/sh', '-c', 'grep -q slow && sleep 5; echo done'], max_attempts: 1 } })
-  const a = await replica(t, url, 'archived-a', { TASK_AGENTS: agents })
-  const b = await replica(t, url, 'archived-b', { TASK_AGENTS: agents })
-  const c = await replica(t, url, 'archived-c', { TASK_AGENTS: agents })
+  const keys = { TASK_ENCRYPTION_KEYS: `k1:${randomBytes(32).toString('base64')}` }
+  const a = await replica(t, url, 'archived-a', { TASK_AGENTS: agents, ...keys })
+  const b = await replica(t, url, 'archived-b', { TASK_AGENTS: agents, ...keys })
+  const c = await replica(t, url, 'archived-c', { TASK_AGENTS: agents, ...keys })
   t.equal((await post(a, 'create', { session_id: 'shelved', instructions: 'first task' })).status, 200)
   t.equal((await post(a, 'execute', { session_id: 'shelved' })).status, 200)
   t.equal((await get(b, 'progress?session_id=shelved')).status, 200, 'B holds a copy of it, active')
@@ -124,6 +125,14 @@ t.test('execute and cancel on a session another replica archived answer 404 sayi
   t.equal(cancelled.status, 200, JSON.stringify(cancelled.body))
   t.match(cancelled.body, { cancelled_task_id: /^task_2_/u })
   t.equal((await post(c, 'execute', { session_id: 'nobody' })).body.message, "session 'nobody' not found", 'an unknown one is not found')
+  // Archived under a key a replica lacks: it is archived all the same (its document is not read to say so).
+  t.equal((await post(a, 'create', { session_id: 'locked', instructions: 'first task' })).status, 200)
+  t.equal((await post(a, 'execute', { session_id: 'locked' })).status, 200)
+  t.ok((await post(a, 'archive', { older_than_days: 0 })).body.archived_ids.includes('locked'))
+  const d = await replica(t, url, 'archived-d', { TASK_AGENTS: agents, TASK_ENCRYPTION_KEYS: `k2:${randomBytes(32).toString('base64')}` })
+  t.equal((await get(d, 'progress?session_id=locked')).status, 503, 'its copy does not open there')
+  const refused = await post(d, 'execute', { session_id: 'locked' })
+  t.same([refused.status, refused.body.message], [404, "session 'locked' is archived: it runs nothing until it is brought back, by a create that adds tasks to it or a retry of its failed tasks"])
 })
 
 t.test('/stats and /metrics count sealed sessions from the rows: every replica the same, `taskvault seal --database-url` included', async (t) => {

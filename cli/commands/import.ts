@@ -9,7 +9,7 @@ import type { Clear, Keyring } from '../../services/store/keyring.js'
 import { ARCHIVED_FILE, parseSessionFile } from '../../services/store/session-files.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase } from '../database.js'
-import { assertFolder, checkStoredFile, ignoredByServer, keyWarnings, listStoredFiles, needKey, sameState, type KeysNeeded, type StoredFile } from '../folder.js'
+import { assertFolder, checkStoredFile, folderKeys, ignoredByServer, KidProofs, keyWarnings, listStoredFiles, needKey, sameState, type KeysNeeded, type StoredFile } from '../folder.js'
 import { insertArchived, rowName, rowsOf, type ExistingRow } from '../rows.js'
 
 /** A session file of the folder that reads, with what the row needs. */
@@ -87,16 +87,15 @@ ${COMMON_HELP}`,
     const dir = resolve(args.positionals[0] as string)
     const force = args.values.force === true
     await assertFolder(dir)
-    const { files, bad, unopened } = await readFolder(dir, keyring)
+    // A key under a kid other than the one the folder first had is refused, as stats and backup refuse it.
+    const { proofs } = await folderKeys(dir, keyring)
+    const { files, bad } = await readFolder(dir, keyring, proofs)
     const where = `${target.where} (schema ${target.schema})`
     if (bad.length > 0) {
       const lines = bad.map(({ file, reason }) => `❌ ${file}: ${reason}`)
       // A kid none of whose files opens: the key given under it is the suspect, not the files.
-      const opened = new Set(files.map((item) => item.columns.sealedKid))
-      const wrongKeys = [...new Set(unopened.filter((kid) => !opened.has(kid)))]
-      lines.push(`Refused: ${bad.length} files of ${dir} do not read; nothing was written (` + (wrongKeys.length > 0
-        ? `no file sealed under key ${wrongKeys.map((kid) => `'${kid}'`).join(', ')} opens: TASK_ENCRYPTION_KEYS likely holds another key under that kid than the one that sealed them; give that one`
-        : `set the bad ones aside with 'taskvault validate ${dir} --fix'`) + ')')
+      const wrongKey = proofs.failure('nothing was written')
+      lines.push(wrongKey !== null ? wrongKey.message : `Refused: ${bad.length} files of ${dir} do not read; nothing was written (set the bad ones aside with 'taskvault validate ${dir} --fix')`)
       return { code: 1, json: { dir, database: target.where, schema: target.schema, inserted: 0, replaced: 0, archived: 0, archivedRows: 0, unchanged: 0, unreadable: bad, conflicts: [] }, lines }
     }
     return withDatabase(target, settings, keyring, false, async (client) => {
@@ -128,15 +127,14 @@ ${COMMON_HELP}`,
 }
 
 /** Every session file of the folder, read once and judged as restore does; archived copies oldest first. */
-async function readFolder (dir: string, keyring: Parameters<typeof checkStoredFile>[1]): Promise<{ files: FolderFile[], bad: Conflict[], unopened: string[] }> {
+async function readFolder (dir: string, keyring: Parameters<typeof checkStoredFile>[1], proofs: KidProofs): Promise<{ files: FolderFile[], bad: Conflict[] }> {
   const files: FolderFile[] = []
   const bad: Conflict[] = []
-  /** The kid of each file whose box did not open under the key given for it. */
-  const unopened: string[] = []
   for (const stored of await listStoredFiles(dir)) {
     const checked = await checkStoredFile(stored, keyring)
     // Moved by a running server since the listing; or a file the server never reads (it holds no session).
     if (checked.ok === null || ignoredByServer(stored)) continue
+    proofs.note(stored, checked)
     const place = { rel: stored.rel, sessionId: stored.sessionId as string, archived: stored.archived, stamp: stampOf(stored) }
     if (checked.ok) {
       files.push({ ...place, data: checked.data, updatedAt: checked.file.updated_at, file: checked.file, columns: deriveColumns(checked.file, checked.kid), missingKid: null })
@@ -145,19 +143,18 @@ async function readFolder (dir: string, keyring: Parameters<typeof checkStoredFi
       files.push({ ...place, data: checked.data, updatedAt: checked.clear.updated_at, file: null, columns: clearColumns(checked.clear, checked.kid), missingKid: checked.kid })
     } else {
       bad.push({ file: stored.rel, reason: checked.reason })
-      if (checked.unopenedKid !== undefined) unopened.push(checked.unopenedKid)
     }
   }
   files.sort((a, b) => (a.sessionId < b.sessionId ? -1 : a.sessionId > b.sessionId ? 1 : Number(a.archived) - Number(b.archived) || a.stamp - b.stamp))
-  return { files, bad, unopened }
+  return { files, bad }
 }
 
-/** What a row holds, when it opens here (null: sealed under a key not configured, or damaged). */
-function opened (row: ExistingRow, keyring: Keyring | null): SessionFile | null {
+/** What a row holds, or why it does not open here (sealed under a key not configured, damaged). */
+function opened (row: ExistingRow, keyring: Keyring | null): { file: SessionFile } | { why: string } {
   try {
-    return parseSessionFile(rowName(row), row.document, row.session_id, keyring)
-  } catch {
-    return null
+    return { file: parseSessionFile(rowName(row), row.document, row.session_id, keyring) }
+  } catch (err) {
+    return { why: (err as Error).message }
   }
 }
 
@@ -185,12 +182,23 @@ function plan (files: FolderFile[], existing: ExistingRow[], keyring: Keyring | 
     const updatedAt = Date.parse(item.updatedAt)
     // The same state: the same bytes, or with the same updated_at the same session in another form
     // (sealed since under a new key by `taskvault seal`); null when that cannot be told here.
-    const same = (row: ExistingRow): boolean | null => {
+    // Judged once per row: a row may be opened (and deciphered) to tell.
+    const judged = new Map<ExistingRow, { same: boolean | null, why?: string }>()
+    const judge = (row: ExistingRow): { same: boolean | null, why?: string } => {
+      let verdict = judged.get(row)
+      if (verdict !== undefined) return verdict
       const data = Buffer.from(row.document, 'utf8')
-      if (data.equals(item.data)) return true
-      if (row.updated_at.getTime() !== updatedAt) return false
-      return sameState({ data, file: opened(row, keyring) }, { data: item.data, file: item.file })
+      if (data.equals(item.data)) verdict = { same: true }
+      else if (row.updated_at.getTime() !== updatedAt) verdict = { same: false }
+      else {
+        const content = opened(row, keyring)
+        const why = 'why' in content ? `the database's copy does not open here (${content.why})` : item.file === null ? `the file is sealed under key '${item.missingKid ?? ''}', which TASK_ENCRYPTION_KEYS does not hold` : undefined
+        verdict = { same: sameState({ data, file: 'file' in content ? content.file : null }, { data: item.data, file: item.file }), ...(why !== undefined && { why }) }
+      }
+      judged.set(row, verdict)
+      return verdict
     }
+    const same = (row: ExistingRow): boolean | null => judge(row).same
     if (item.archived ? mine.some((row) => row.archived && same(row) === true) : active !== undefined && same(active) === true) {
       planned.push({ item, action: 'unchanged' })
       continue
@@ -204,7 +212,7 @@ function plan (files: FolderFile[], existing: ExistingRow[], keyring: Keyring | 
           file: item.rel,
           reason: same(row) === false
             ? `the database's ${rowName(row)} holds other content under the same updated_at (${item.updatedAt})`
-            : `the database's ${rowName(row)} differs from the file under the same updated_at (${item.updatedAt}), and one of them is sealed under a key TASK_ENCRYPTION_KEYS does not hold, so they cannot be compared`
+            : `the database's ${rowName(row)} differs from the file under the same updated_at (${item.updatedAt}), and ${judge(row).why ?? 'one of them does not open here'}, so they cannot be compared`
         })
       }
     }

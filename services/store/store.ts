@@ -210,6 +210,8 @@ export interface SharedSessions {
    * last changes' events may never have been published. Resolves with their ids.
    */
   clearLostReplicas(): Promise<string[]>
+  /** Whether the session is archived and not active, from the rows (no document is read). */
+  isArchived(sessionId: string): Promise<boolean>
   /** Asks the live holder to cancel; resolves with its id, or null when nobody holds the lease (as for holder(): a lease of this replica's that nothing of this process holds is nobody's). */
   requestCancel(sessionId: string): Promise<string | null>
   /** A page of the active sessions, newest updated first, and how many there are. */

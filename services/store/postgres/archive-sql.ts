@@ -158,6 +158,11 @@ export function newestArchived (sessionId: string, before: string | null): pg.Qu
   }
 }
 
+/** Whether a session has an archived copy and no active row (its documents are not read). */
+export function isArchived (sessionId: string): pg.QueryConfig {
+  return { text: `SELECT EXISTS (SELECT FROM ${SHOWN_ARCHIVED} AND a.session_id = $1) AS archived`, values: [sessionId] }
+}
+
 /** Archived copies by the kid they are sealed under (plaintext ones left out): `taskvault stats` lists those whose key is missing. */
 export const ARCHIVED_BY_KID = `SELECT sealed_kid AS kid, count(*)::int AS count FROM sessions
   WHERE archived_at IS NOT NULL AND sealed_kid IS NOT NULL AND sealed_kid <> '' GROUP BY sealed_kid ORDER BY sealed_kid`

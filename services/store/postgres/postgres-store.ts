@@ -15,7 +15,7 @@ import {
   clearUpdatedAt, type ArchivableCursor, type ArchivedSession, type RetentionCursor, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
-import { ARCHIVED_ROWS, archiveSession, archivedUnderKid, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
+import { ARCHIVED_ROWS, archiveSession, isArchived, archivedUnderKid, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
 import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
@@ -898,6 +898,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   async release (sessionId: string, epoch: string, applied = true): Promise<void> {
     await this.keeper().release(sessionId, epoch, applied)
+  }
+
+  async isArchived (sessionId: string): Promise<boolean> {
+    const { rows } = await this.run<{ archived: boolean }>(`reading whether session '${sessionId}' is archived`, isArchived(this.checkId(sessionId)))
+    return rows[0]?.archived === true
   }
 
   async holder (sessionId: string): Promise<string | null> {
