@@ -157,6 +157,10 @@ t.test('a server whose id another process claimed loses its leases, refuses writ
   t.match(claim.seen, [{ type: 'taken' }])
   await t.rejects(store.acquire('s'), { code: 'REPLICA_ID_TAKEN' }, 'no lease is taken any more')
   t.same(await store.sweep(10, false), [], 'nor swept')
+  // The other process takes the session under the same id: to this one it runs elsewhere (progress says running).
+  await db.query("UPDATE sessions SET owner = 'paused', epoch = epoch + 1, lease_until = now() + interval '60 seconds' WHERE session_id = 's'")
+  await store.refresh('s')
+  t.equal(store.runningElsewhere('s'), 'paused', 'the other process\'s lease under the same id')
   await store.close()
   t.same((await db.query("SELECT instance FROM replicas WHERE replica_id = 'paused'")).rows, [{ instance: 'newer' }], 'its close left the other\'s row')
 })

@@ -988,7 +988,10 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   }
 
   private noteHolder (sessionId: string, holder: string | null): void {
-    if (holder === null || holder === this.replicaId) this.elsewhere.delete(sessionId)
+    // Once another process claimed this replica id, a live lease under it that this process does
+    // not hold is that process's: it runs the session elsewhere.
+    const ours = holder === this.replicaId && (this.leases?.taken == null || this.leases.holds(sessionId))
+    if (holder === null || ours) this.elsewhere.delete(sessionId)
     else this.elsewhere.set(sessionId, holder)
   }
 
