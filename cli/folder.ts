@@ -48,10 +48,14 @@ export type CheckedFile =
  * under `archivedToo` (the sealing kid when the store keeps no key check of it): the restore
  * proves that key by them, and stops when none opens; other archived ones are read on demand.
  */
+/** KidProofs' `archivedToo` for a command that reads every archived copy (seal): each kid's count. */
+export const EVERY_KID = '*'
+
 export class KidProofs {
   private readonly opened = new Set<string>()
   private readonly unopened = new Map<string, number>()
 
+  /** `archivedToo`: the kid whose archived copies count too, or 'every' kid's (a command that reads them all, as seal does). */
   constructor (private readonly unit: 'files' | 'rows' = 'files', private readonly archivedToo: string | null = null) {}
 
   /** A file checked: opened, or an active one sealed under a kid whose key did not open it (files the server ignores aside). */
@@ -67,7 +71,7 @@ export class KidProofs {
 
   /** One whose box did not open under the key configured for `kid`; an archived one counts only under `archivedToo`. */
   failsUnder (kid: string, archived: boolean): void {
-    if (archived && kid !== this.archivedToo) return
+    if (archived && kid !== this.archivedToo && this.archivedToo !== EVERY_KID) return
     this.unopened.set(kid, (this.unopened.get(kid) ?? 0) + 1)
   }
 

@@ -314,6 +314,15 @@ t.test('import with another key under the sealing kid says the key is likely wro
   t.notMatch(imported.stdout, /validate .* --fix/)
 })
 
+t.test('seal with another key under a kid it only opens says the key is likely wrong, besides each file that did not open', async (t) => {
+  const { dir, files } = await folder(t)
+  const sealing = await taskvault(['seal', dir], { env: { TASK_ENCRYPTION_KEYS: `k2:${K2},k1:${randomBytes(32).toString('base64')}` } })
+  t.equal(sealing.code, 1)
+  t.match(sealing.stderr, /❌ archive\/x\.json: authentication failed/)
+  t.match(sealing.stderr, /❌ key 'k1' opens none of the 1 files sealed under it: TASK_ENCRYPTION_KEYS likely holds a different key under that kid .*those files were left as they are/)
+  t.ok((await readFile(join(dir, 'archive', 'x.json'))).equals(files['archive/x.json'] as Buffer), 'left as it is')
+})
+
 t.test('stats with a wrong key under a kid fails as the server does, rather than count the sessions as unloadable', async (t) => {
   const { dir } = await folder(t)
   const stats = await taskvault(['stats', dir], { env: K2_WRONG })

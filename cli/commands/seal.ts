@@ -8,7 +8,7 @@ import type { Keyring } from '../../services/store/keyring.js'
 import { CommandFailedError, UsageError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase } from '../database.js'
-import { checkStoredFile, ignoredByServer, listStoredFiles, storageDir, withWriteLock, writing, type StoredFile } from '../folder.js'
+import { checkStoredFile, EVERY_KID, ignoredByServer, KidProofs, listStoredFiles, storageDir, withWriteLock, writing, type StoredFile } from '../folder.js'
 import { sealRows, wrongSealingKey } from './seal-rows.js'
 
 /** Folder fsyncs are shared by this many replaced files: an unsynced rename leaves the old, still readable, file. */
@@ -68,6 +68,8 @@ ${COMMON_HELP}`,
     const dir = storageDir(args.positionals[0], settings)
     const counts = { sealed: 0, already: 0, unreadable: 0, ignored: 0 }
     const problems: Array<{ file: string, reason: string, ignored?: true }> = []
+    // A kid none of whose copies opens is said once, as the key's fault, beside each file's line.
+    const proofs = new KidProofs('files', EVERY_KID)
     await withWriteLock(dir, settings, keyring, false, async (store) => {
       const touched = new Set<string>()
       let sinceFsync = 0
@@ -84,6 +86,7 @@ ${COMMON_HELP}`,
       for (const stored of files) {
         const checked = await checkStoredFile(stored, keyring)
         if (checked.ok === null) continue
+        proofs.note(stored, checked)
         if (!checked.ok) {
           // Not named like a session (\`my notes.json\`) or not a regular file: no session file,
           // which the server and validate ignore; it must not fail a rotation script (validate's rule).
@@ -122,6 +125,8 @@ ${COMMON_HELP}`,
       await syncTouched()
     })
     for (const problem of problems) warn(`${problem.ignored === true ? '⚠️' : '❌'} ${problem.file}: ${problem.reason}`)
+    const wrongKey = proofs.failure('those files were left as they are')
+    if (wrongKey !== null) warn(`❌ ${wrongKey.message}`)
     const ignored = counts.ignored > 0 ? `, ${counts.ignored} ignored: not named like a session` : ''
     const lines = [`Sealed ${counts.sealed} files under key ${keyring.activeKid} (${counts.already} already were${counts.unreadable > 0 ? `, ${counts.unreadable} could not be sealed (see above)` : ''}${ignored})`]
     return { code: counts.unreadable > 0 ? 1 : 0, json: { dir, kid: keyring.activeKid, ...counts, problems }, lines }
