@@ -132,6 +132,20 @@ t.test('seal --database-url: no keys, an unreadable row, a folder and a URL toge
   t.equal(both.code, 2, 'a folder and a URL: a usage error')
 })
 
+t.test('seal --database-url with a mistyped key under a kid it only opens says the key is likely wrong, besides each row', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const store = await openStore(t, url, `old:${OLD}`)
+  await store.save(contractSession('one'))
+  await store.save(contractSession('two'))
+  await store.close()
+  const run = await taskvault(['seal', '--database-url', url], { env: { TASK_ENCRYPTION_KEYS: `new:${NEW},old:${randomBytes(32).toString('base64')}` } })
+  t.equal(run.code, 1, run.stderr)
+  t.match(run.stderr, /❌ one@\d+: authentication failed/u)
+  t.match(run.stderr, /❌ key 'old' opens none of the 2 rows sealed under it: TASK_ENCRYPTION_KEYS likely holds a different key under that kid .*those rows were left as they are/u)
+  t.same([...(await kids(url)).values()], ['old', 'old'], 'both rows as they were')
+})
+
 t.test('seal --database-url with a mistyped key under the kid some rows are sealed under writes nothing; the right key seals the rest', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

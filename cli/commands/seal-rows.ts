@@ -7,6 +7,7 @@ import { readSessionDocument, serializeSessionFile } from '../../services/store/
 import { sessionBound } from '../../services/store/save-rules.js'
 import { columnsHold, deriveColumns, keyChecksOf } from '../../services/store/postgres/sessions-sql.js'
 import { rowName, resealRow, sealedPage, sealState, unsealedPage, type StoredRow, type UnsealedRow } from '../rows.js'
+import type { KidProofs } from '../folder.js'
 
 /** Rows read per round trip. */
 const PAGE_ROWS = 200
@@ -26,14 +27,14 @@ export interface SealCounts {
  * (autocommit): a run cut short has sealed some rows entirely and left the rest as they were,
  * and a rerun picks up the rest (unsealedPage). Safe beside running servers (see resealRow).
  */
-export async function sealRows (client: pg.Client, settings: Config, keyring: Keyring, problems: Array<{ file: string, reason: string }>): Promise<SealCounts> {
+export async function sealRows (client: pg.Client, settings: Config, keyring: Keyring, problems: Array<{ file: string, reason: string }>, proofs: KidProofs): Promise<SealCounts> {
   // The store's check was compared at its init (a differing key stopped there already).
   if ((await client.query(keyChecksOf([keyring.activeKid]))).rowCount === 0) await proveKey(client, keyring)
   const counts: SealCounts = { sealed: 0, changed: 0, unreadable: 0, underKey: 0, other: 0 }
   for (let after = '0'; ;) {
     const { rows } = await client.query<UnsealedRow>(unsealedPage(after, PAGE_ROWS, keyring.activeKid))
     for (const row of rows) {
-      const sealed = await resealed(row, settings, keyring, problems)
+      const sealed = await resealed(row, settings, keyring, problems, proofs)
       if (sealed === null) {
         counts.unreadable++
         continue
@@ -54,15 +55,17 @@ export async function sealRows (client: pg.Client, settings: Config, keyring: Ke
 }
 
 /** The row's session sealed under the active key, or null (and a problem) when it cannot be. */
-async function resealed (row: UnsealedRow, settings: Config, keyring: Keyring, problems: Array<{ file: string, reason: string }>): Promise<{ data: Buffer, file: SessionFile, kept: boolean } | null> {
+async function resealed (row: UnsealedRow, settings: Config, keyring: Keyring, problems: Array<{ file: string, reason: string }>, proofs: KidProofs): Promise<{ data: Buffer, file: SessionFile, kept: boolean } | null> {
   try {
     const { file, kid } = readSessionDocument(rowName(row), row.document, row.session_id, keyring)
+    proofs.opens(kid)
     // The column disagreed with the document (written by hand, or imported without the key): the document is right.
     if (kid === keyring.activeKid) return { data: Buffer.from(row.document, 'utf8'), file, kept: true }
     // The server's bound, with the room its runs' records may use (a session may be stored in it).
     return { data: await serializeSessionFile(file, 2, sessionBound(file, settings.TASK_MAX_SESSION_BYTES, { records: true }), keyring, settings.TASK_MAX_SESSION_BYTES), file, kept: false }
   } catch (err) {
     if (err instanceof CorruptSessionFileError || err instanceof KeyUnavailableError) {
+      if (err instanceof SealNotOpenedError) proofs.failsUnder(err.kid, row.archived)
       // The report names the row already.
       problems.push({ file: rowName(row), reason: err instanceof CorruptSessionFileError ? err.reason : err.message })
       return null

@@ -55,8 +55,11 @@ ${COMMON_HELP}`,
     if (target !== null) {
       if (args.positionals.length > 0) throw new UsageError(`give a folder or --database-url, not both (got '${args.positionals[0] ?? ''}')`)
       const problems: Array<{ file: string, reason: string }> = []
-      const counts = await withDatabase(target, settings, keyring, true, async (client) => sealRows(client, settings, keyring, problems))
+      const proofs = new KidProofs('rows', EVERY_KID)
+      const counts = await withDatabase(target, settings, keyring, true, async (client) => sealRows(client, settings, keyring, problems, proofs))
       for (const problem of problems) warn(`❌ ${problem.file}: ${problem.reason}`)
+      const wrongKey = proofs.failure('those rows were left as they are')
+      if (wrongKey !== null) warn(`❌ ${wrongKey.message}`)
       const where = `${target.where} (schema ${target.schema})`
       const changed = counts.changed > 0 ? `, ${counts.changed} changed by a server meanwhile and left to it` : ''
       const lines = [
