@@ -79,6 +79,12 @@ export async function answered<T> (ms: number, call: (signal: AbortSignal) => Pr
   try {
     return await call(signal)
   } catch (err) {
+    // fetch's own failure (the browser says "Failed to fetch"): the connection dropped, or never was.
+    if (!signal.aborted && err instanceof TypeError) {
+      throw new ApiError(0, change
+        ? 'the connection to the server was lost before its answer: it may have been done all the same (the page shows it once it is); check before trying again'
+        : 'the server could not be reached (the page keeps trying)')
+    }
     if (!signal.aborted) throw err
     throw new ApiError(0, change
       ? `no answer within ${ms / 1000} s: it may have been done all the same (the page shows it once it is); check before trying again`

@@ -226,7 +226,7 @@ function matchesFilter (s: Summary, filter: string): boolean {
   switch (filter) {
     case 'running': return s.running === true
     case 'pending': return s.pending + s.in_progress > 0 && s.archived !== true
-    case 'failed': return s.failed > 0
+    case 'failed': return s.failed > 0 && s.archived !== true
     case 'done': return s.all_done && s.archived !== true
     case 'archived': return s.archived === true
     default: return s.archived !== true
@@ -281,7 +281,7 @@ function updateRow (row: Row, s: Summary): Row {
   arrange(row.head, [row.link, s.running === true && row.running, s.archived === true && row.archived])
   row.bar.value = s.percentage
   setText(row.pct, `${Math.round(s.percentage)}%`)
-  setText(row.counts, `${s.completed}/${s.total} done` + (s.failed > 0 ? ` · ${s.failed} failed` : '') + (s.pending > 0 ? ` · ${s.pending} pending` : ''))
+  setText(row.counts, `${s.completed}/${s.total} done` + (s.failed > 0 ? ` · ${s.failed} failed` : '') + (s.in_progress > 0 ? ` · ${s.in_progress} running` : '') + (s.pending > 0 ? ` · ${s.pending} pending` : ''))
   row.time.dateTime = s.updated_at
   setText(row.time, when(s.updated_at))
   return row
@@ -303,7 +303,7 @@ function drawSessions (): void {
     rows = next
     arrange($('session-rows'), [...rows.values()].map((row) => row.tr))
     $('empty').hidden = shown.length > 0
-    setText($('page-info'), `Page ${state.page + 1} of ${pages} (${shown.length} sessions)`)
+    setText($('page-info'), `Page ${state.page + 1} of ${pages} (${shown.length} session${shown.length === 1 ? '' : 's'})`)
     $<HTMLButtonElement>('prev').disabled = state.page === 0
     $<HTMLButtonElement>('next').disabled = state.page >= pages - 1
   }, () => $('sessions-title'))
@@ -311,8 +311,14 @@ function drawSessions (): void {
 
 $('filter').addEventListener('change', () => { state.page = 0; drawSessions() })
 $('search').addEventListener('input', () => { state.page = 0; drawSessions() })
-$('prev').addEventListener('click', () => { state.page--; drawSessions() })
-$('next').addEventListener('click', () => { state.page++; drawSessions() })
+// A pager button that the page change disables hands focus to the other, not to the list's heading.
+function turnPage (by: number, from: string, other: string): void {
+  state.page += by
+  drawSessions()
+  if ($<HTMLButtonElement>(from).disabled) $(other).focus()
+}
+$('prev').addEventListener('click', () => { turnPage(-1, 'prev', 'next') })
+$('next').addEventListener('click', () => { turnPage(1, 'next', 'prev') })
 
 /**
  * The Idempotency-Key of the last create that got no success, with the body it sent: the same
@@ -324,6 +330,9 @@ let unansweredCreate: { body: string, key: string } | null = null
 function newRequestKey (): string {
   return Array.from(crypto.getRandomValues(new Uint8Array(16)), (byte) => byte.toString(16).padStart(2, '0')).join('')
 }
+
+// The browser's own check of a field stops a submit before it starts: an action's error from before is stale then.
+$('create-form').addEventListener('invalid', () => { if ($('error').dataset.source === 'action') clearError() }, true)
 
 $('create-form').addEventListener('submit', (event) => {
   event.preventDefault()
@@ -421,7 +430,7 @@ function detailFallback (): HTMLElement {
 function drawDetail (d: Detail): void {
   keepFocus($('session'), () => {
     setText($('session-title'), d.session_id)
-    const parts = [`${d.completed}/${d.total} done`, `${d.failed} failed`, `${d.pending} pending`]
+    const parts = [`${d.completed}/${d.total} done`, `${d.failed} failed`, ...(d.in_progress > 0 ? [`${d.in_progress} in progress`] : []), `${d.pending} pending`]
     if (d.running === true) parts.push('running')
     if (d.archived === true) parts.push('archived')
     setText($('session-summary'), parts.join(' · '))
@@ -450,9 +459,11 @@ function section (label: string, cls = ''): Section {
 }
 
 /** New text into a section, which stays open or shut as the reader left it. */
-function fill (part: Section, text: string): HTMLDetailsElement {
-  setText(part.preview, text.length > 80 ? `${text.slice(0, 80)}…` : text)
-  setText(part.full, text)
+function fill (part: Section, text: string, note = ''): HTMLDetailsElement {
+  // Cut by code points, not UTF-16 units: an emoji is never split in two.
+  const points = [...text]
+  setText(part.preview, (points.length > 80 ? `${points.slice(0, 80).join('')}…` : text) + note)
+  setText(part.full, text + note)
   return part.box
 }
 
@@ -506,7 +517,7 @@ function updateTask (view: TaskView, task: Task): TaskView {
     view.head,
     view.times,
     view.instruction,
-    task.result !== null && fill(view.result, task.result),
+    task.result !== null && fill(view.result, task.result, task.result_truncated === true ? ' [cut at the server\'s TASK_MAX_RESULT_BYTES]' : ''),
     task.error !== null && fill(view.error, task.error),
     task.status === 'Failed' && view.retry
   ])
@@ -578,6 +589,7 @@ function route (moveFocus = false): void {
   $('overview').hidden = match !== null
   $('session').hidden = match === null
   if (match === null) {
+    document.title = 'taskvault'
     state.detail = null
     drawSessions()
     // Back on the overview, on the row of the session just left (gone once deleted: the list's heading).
@@ -586,6 +598,7 @@ function route (moveFocus = false): void {
   }
   const id = linkedId(match[1] ?? '')
   const valid = SESSION_ID.test(id)
+  document.title = `${id} · taskvault`
   // An id the API would refuse is never asked for (nor reloaded on events and snapshots).
   state.detail = valid ? { session_id: id } as Detail : null
   markBusyActions(state.detail?.session_id)

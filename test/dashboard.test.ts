@@ -209,6 +209,7 @@ async function run (browser: Browser): Promise<void> {
     await page.getByLabel('Instructions', { exact: true }).fill('1. Research the API\n2. Write code for it')
     await page.getByRole('button', { name: 'Create' }).click()
     await page.locator('#error:not([hidden])').waitFor()
+    t.equal(await page.locator('#error').textContent(), 'the connection to the server was lost before its answer: it may have been done all the same (the page shows it once it is); check before trying again', 'not the browser\'s "Failed to fetch"')
     await page.getByRole('button', { name: 'Create' }).click()
     await page.locator('#notice', { hasText: 'Added 2 task(s) to lost-answer' }).waitFor()
     t.equal(keys.length, 2)
@@ -264,6 +265,17 @@ async function run (browser: Browser): Promise<void> {
     await page.locator('#overview').waitFor()
     t.equal(await page.locator('tr[data-session="live-run"]').count(), 0, 'gone from the table')
     t.equal((await app.inject({ method: 'GET', url: '/api/v1/tasks/progress?session_id=live-run' })).statusCode, 404)
+  })
+
+  t.test('a session page names itself in the tab title; a preview never splits an emoji', async (t) => {
+    const instruction = `${'a'.repeat(79)}🙂 and more`
+    await post(app, '/create', { session_id: 'titled', tasks: [{ instruction }] })
+    const page = await open(t, browser, `${base}#/session/titled`)
+    await page.locator('li.task').waitFor()
+    t.equal(await page.title(), 'titled · taskvault')
+    t.equal(await page.locator('li.task details .preview').first().textContent(), `${'a'.repeat(79)}🙂…`)
+    await page.goto(`${base}#/`)
+    await waitFor('the overview\'s title', async () => await page.title() === 'taskvault')
   })
 
   t.test('a result holding HTML is shown as text and runs nothing', async (t) => {
