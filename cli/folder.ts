@@ -41,21 +41,21 @@ export type CheckedFile =
   /** Removed or moved (by a running server) since the listing. */
   | { ok: null }
 
+/** KidProofs' `archivedToo` for a command that reads every archived copy (seal): each kid's count. */
+export const EVERY_KID = '*'
+
 /**
  * Which kids' keys open their files, as a command checks them one by one: a kid with active
  * files whose box did not open and no file (active or archived) that did has a wrong key, not
  * damaged files; the server's restore judges them so, and stops. Archived files count only
  * under `archivedToo` (the sealing kid when the store keeps no key check of it): the restore
  * proves that key by them, and stops when none opens; other archived ones are read on demand.
+ * With EVERY_KID, every kid's archived files count (a command that reads them all, as seal does).
  */
-/** KidProofs' `archivedToo` for a command that reads every archived copy (seal): each kid's count. */
-export const EVERY_KID = '*'
-
 export class KidProofs {
   private readonly opened = new Set<string>()
   private readonly unopened = new Map<string, number>()
 
-  /** `archivedToo`: the kid whose archived copies count too, or 'every' kid's (a command that reads them all, as seal does). */
   constructor (private readonly unit: 'files' | 'rows' = 'files', private readonly archivedToo: string | null = null) {}
 
   /** A file checked: opened, or an active one sealed under a kid whose key did not open it (files the server ignores aside). */
