@@ -7,8 +7,8 @@ import type { EncryptionStats } from '../../services/store/store.js'
 import { assertFolder, folderKeys, checkStoredFile, ignoredByServer, listStoredFiles, storageDir } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
-import { ARCHIVED_BY_KID } from '../../services/store/postgres/archive-sql.js'
-import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase, withStore, type DatabaseTarget } from '../database.js'
+import { PostgresSessionStore } from '../../services/store/postgres/postgres-store.js'
+import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withStore } from '../database.js'
 
 export const statsCommand: Command = {
   name: 'stats',
@@ -152,13 +152,13 @@ function countLines (counts: Counts, archived: number, storage: { archive_files:
  */
 async function databaseStats (args: ParsedCommand, context: CommandContext): Promise<CommandResult> {
   if (args.positionals.length > 0) throw new UsageError(`give a folder or --database-url, not both (got '${args.positionals[0] ?? ''}')`)
-  // Archived rows are read on demand: one sealed under a key TASK_ENCRYPTION_KEYS lacks waits for it, listed as in a folder.
-  const configured = new Set(context.keyring?.kids ?? [])
-  const needsKeys = await withDatabase(databaseTarget(args, context.settings) as DatabaseTarget, context.settings, context.keyring, true, async (client) =>
-    Object.fromEntries((await client.query<{ kid: string, count: number }>(ARCHIVED_BY_KID)).rows.filter((row) => !configured.has(row.kid)).map((row) => [row.kid, row.count])))
   return withStore(args, context, async (store, where, target) => {
     const loaded = await store.loadAll({ concurrency: 1 })
     const archive = await store.openArchive({ concurrency: 1 })
+    // Archived rows are read on demand: one sealed under a key TASK_ENCRYPTION_KEYS lacks waits for it, listed as in a folder.
+    const configured = new Set(context.keyring?.kids ?? [])
+    const byKid = store instanceof PostgresSessionStore ? await store.archivedByKid() : new Map<string, number>()
+    const needsKeys = Object.fromEntries([...byKid].filter(([kid]) => !configured.has(kid)))
     const counts = zeroCounts()
     let bytes = 0
     for (const session of loaded.sessions) {

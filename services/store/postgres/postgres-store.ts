@@ -15,7 +15,7 @@ import {
   clearUpdatedAt, type ArchivableCursor, type ArchivedSession, type RetentionCursor, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
-import { ARCHIVED_ROWS, archiveSession, isArchived, archivedUnderKid, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
+import { ARCHIVED_BY_KID, ARCHIVED_ROWS, archiveSession, isArchived, archivedUnderKid, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
 import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
@@ -641,6 +641,12 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   archivedName (sessionId: string): string | null {
     return this.index.newest(sessionId)?.name ?? null
+  }
+
+  /** Archived copies per kid they are sealed under (plaintext ones left out), from the rows' clear column: `taskvault stats`. */
+  async archivedByKid (): Promise<Map<string, number>> {
+    const { rows } = await this.run<{ kid: string, count: number }>('counting archived copies by key', { text: ARCHIVED_BY_KID })
+    return new Map(rows.map((row) => [row.kid, row.count]))
   }
 
   archivedIds (): string[] {
