@@ -530,10 +530,11 @@ export class TaskManager {
   private async cancelElsewhere (shared: SharedSessions, sessionId: string): Promise<{ cancelled_task_id: string | null, progress: Progress }> {
     await this.registry.sync(sessionId)
     const before = this.registry.existing(sessionId).file
-    const running = new Set(before.session.tasks.filter((task) => task.status === 'InProgress').map((task) => task.id))
+    // The holder may claim a task after this read: the cancelled one is looked for among those not done yet.
+    const unfinished = new Set(before.session.tasks.filter((task) => task.status === 'InProgress' || task.status === 'Pending').map((task) => task.id))
     const owner = await shared.requestCancel(sessionId)
     if (owner === null) {
-      if (running.size === 0 && before.background_run === undefined) throw new NotRunningError(sessionId)
+      if (!before.session.tasks.some((task) => task.status === 'InProgress') && before.background_run === undefined) throw new NotRunningError(sessionId)
       // An execution started here meanwhile: it is the one to cancel.
       await this.runner.started(sessionId)
       if (this.runner.isRunning(sessionId)) return this.runner.cancel(sessionId)
@@ -552,7 +553,7 @@ export class TaskManager {
     }
     await this.registry.sync(sessionId)
     const after = this.registry.existing(sessionId)
-    const cancelled = after.file.session.tasks.find((task) => running.has(task.id) && task.status === 'Failed' && task.error === 'cancelled')
+    const cancelled = after.file.session.tasks.find((task) => unfinished.has(task.id) && task.status === 'Failed' && task.error === 'cancelled')
     return { cancelled_task_id: cancelled?.id ?? null, progress: after.progress }
   }
 

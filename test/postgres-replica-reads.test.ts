@@ -10,7 +10,7 @@ import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { buildApp } from '../app.js'
 import { taskvault } from './cli-run.js'
-import { API, tempDir, type TestContext } from './helper.js'
+import { API, tempDir, waitFor, type TestContext } from './helper.js'
 import { TaskManager } from '../services/task-manager.js'
 import { inspector, openTestStore, testDatabase } from './postgres.js'
 
@@ -123,7 +123,16 @@ t.test('execute and cancel on a session another replica archived answer 404 sayi
   t.equal((await post(a, 'execute-all', { session_id: 'shelved', wait: false })).status, 202)
   const cancelled = await post(b, 'cancel', { session_id: 'shelved' })
   t.equal(cancelled.status, 200, JSON.stringify(cancelled.body))
-  t.match(cancelled.body, { cancelled_task_id: /^task_2_/u })
+  // Asked before A claimed the task (it stays pending) or after (it failed, and the answer names it, whether or not B had read it in progress).
+  const second = (await get(b, 'list?session_id=shelved')).body.tasks[1]
+  t.same([second.status, cancelled.body.cancelled_task_id], second.status === 'Pending' ? ['Pending', null] : ['Failed', second.id], 'the answer names the task the cancel failed')
+  // Once B has read it in progress, the cancel fails that task.
+  t.equal((await post(a, 'create', { session_id: 'shelved', instructions: 'slow again' })).status, 200)
+  t.equal((await post(a, 'execute-all', { session_id: 'shelved', wait: false })).status, 202)
+  const third = await waitFor('B reads the third task in progress', async () => (await get(b, 'list?session_id=shelved')).body.tasks.find((task: { status: string }) => task.status === 'InProgress'))
+  const again = await post(b, 'cancel', { session_id: 'shelved' })
+  t.same([again.status, again.body.cancelled_task_id], [200, third.id])
+  t.match((await get(b, 'list?session_id=shelved')).body.tasks, [{}, {}, { id: third.id, status: 'Failed', error: 'cancelled' }])
   t.equal((await post(c, 'execute', { session_id: 'nobody' })).body.message, "session 'nobody' not found", 'an unknown one is not found')
   // Archived under a key a replica lacks: it is archived all the same (its document is not read to say so).
   t.equal((await post(a, 'create', { session_id: 'locked', instructions: 'first task' })).status, 200)
