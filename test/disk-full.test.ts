@@ -8,7 +8,7 @@
  * 2. Through the store's fs seam, always: faults injected at open, partway through the write
  *    (half the bytes written first), at fsync, at rename and at the folder fsync.
  */
-import { readFile, readdir, rm, statfs } from 'node:fs/promises'
+import { cp, readFile, readdir, rm, statfs } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { isDeepStrictEqual } from 'node:util'
@@ -448,6 +448,31 @@ t.test('fs seam: the folder fsync fails after the rename and the write-back fail
   t.ok((await readFile(join(dir, 'keep.json'))).equals(keepBytes), 'the shutdown put the acknowledged state back')
   app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
   t.same((await tasksOf(app, 'keep')).map((task) => task.instruction), ['keep one'], 'restart: neither change answered 503 is there')
+})
+
+t.test('fs seam: a DELETE whose folder fsync fails answers 503 and leaves the session where a restart finds it, with no room to write it again', async (t) => {
+  const dir = await tempDir(t)
+  const fs = faultFs()
+  const app = await build(t, { dir, fs, config: { TASK_ARCHIVE_DAYS: 0 } })
+  const model = new Model()
+  await model.create(app, 'kept', ['keep one', 'keep two'])
+  const bytes = await readFile(join(dir, 'kept.json'))
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  fs.fail('open', 'ENOSPC')
+  storageError(t, await model.delete(app, 'kept'), 503, 'a delete whose folder fsync fails')
+  t.same(await readFile(join(dir, 'kept.json')), bytes, 'the file is where it was, as it was')
+  t.same((await readFolder(dir)).temps, [], 'no temp file is left')
+  // What a kill -9 now leaves behind: the folder, started again.
+  const copy = await tempDir(t)
+  await cp(dir, copy, { recursive: true })
+  await rm(join(copy, '.taskvault.lock'))
+  const restarted = await build(t, { dir: copy, config: { TASK_ARCHIVE_DAYS: 0 } })
+  await model.check(t, restarted, 'a restart after the failed delete')
+  await restarted.close()
+  fs.heal()
+  t.equal((await model.delete(app, 'kept')).statusCode, 204, 'the delete works once the disk does')
+  t.same([...(await readFolder(dir)).files.keys(), ...(await readFolder(dir)).temps], [], 'gone, with no temp file left')
+  await model.check(t, app, 'after the delete')
 })
 
 t.test('fs seam: a write in flight at shutdown whose outcome is unknown and whose write-back fails is tried once more before the process stops', async (t) => {

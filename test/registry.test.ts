@@ -176,13 +176,24 @@ t.test('a write-back that fails too is owed: tried again until it lands, or unti
 
   // A new session whose create landed and whose removal failed: the slot stays until the file is gone.
   fs.fail('dirsync', 'EIO', { times: 1 })
-  fs.fail('unlink', 'EIO', { path: (path) => path.endsWith('fresh.json') })
+  fs.fail('rename', 'EIO', { path: (path) => path.endsWith('fresh.json') })
   t.match(await registry.change('fresh', addTask('new')).catch((e: unknown) => e), { uncertain: true })
   t.equal(registry.find('fresh'), null, 'a session never acknowledged does not exist')
   t.ok(existsSync(store.pathFor('fresh')), 'its file is still there')
   fs.heal()
   t.equal(await registry.retryWriteBacks(), 0)
   t.notOk(existsSync(store.pathFor('fresh')), 'the retry removed it')
+
+  // Unlinked by the write-back (no room to rename it), whose folder sync failed: the file may be
+  // back after a power loss until a folder sync says it is gone, so the retry that finds it gone syncs.
+  fs.fail('dirsync', 'EIO', { times: 2 })
+  fs.fail('rename', 'ENOSPC', { path: (path) => path.endsWith('unsynced.json') })
+  t.match(await registry.change('unsynced', addTask('new')).catch((e: unknown) => e), { uncertain: true })
+  t.notOk(existsSync(store.pathFor('unsynced')), 'unlinked by the write-back, whose folder sync failed')
+  fs.heal()
+  const syncs = fs.calls.dirsync
+  t.equal(await registry.retryWriteBacks(), 0, 'settled')
+  t.equal(fs.calls.dirsync, syncs + 1, 'by a folder sync, the file being gone already')
   t.same(registry.sessionIds(), ['s'])
 
   // A later change's write holds the whole acknowledged state: it settles what was owed.
@@ -397,8 +408,15 @@ t.test('auto-save off: a delete whose outcome is uncertain puts the session back
   await registry.saveUnsaved()
   await registry.change('lazy', addTask('two'))
   t.ok(registry.isUnsaved('lazy'))
-  // The file is unlinked, then the folder fsync fails: whether the unlink holds is unknown.
+  // The file is moved to a temp name and the folder fsync fails: it is moved back, and the delete did not happen.
   fs.fail('dirsync', 'EIO', { times: 1 })
+  await t.rejects(registry.change('lazy', (draft) => { draft.delete({ archived: false }) }), StorageError)
+  t.same(instructions(registry.find('lazy')), ['one', 'two'], 'memory keeps the session')
+  t.same(instructions(onDisk(store, 'lazy')), ['one'], 'the disk keeps the file as it was')
+  t.ok(registry.isUnsaved('lazy'), 'the change not saved before is still to be saved')
+  // Moving it back fails too: whether the delete holds is unknown.
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  fs.fail('rename', 'EIO', { times: 1 })
   await t.rejects(registry.change('lazy', (draft) => { draft.delete({ archived: false }) }), StorageError)
   t.same(instructions(registry.find('lazy')), ['one', 'two'], 'memory keeps the session')
   t.same(instructions(onDisk(store, 'lazy')), ['one', 'two'], 'and the disk has it back, with the change not saved before')

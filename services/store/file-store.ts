@@ -315,14 +315,46 @@ export class FileSessionStore implements SessionStore {
     this.assertWritable()
     const confirming = this.confirmHeld()
     if (confirming !== null) await confirming
+    const operation = `deleting session '${sessionId}'`
+    // Moved to a temp name first: if the folder sync fails, moving it back needs no room on a
+    // full disk, so a delete answered as failed leaves the session where a restart finds it. A
+    // crash meanwhile leaves the temp name, removed at the next start: a delete that happened.
+    const temp = this.tempPath(sessionId)
     try {
-      await this.fs.unlink(target)
+      await this.fs.rename(target, temp)
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
-      throw new StorageError(`deleting session '${sessionId}'`, err as NodeJS.ErrnoException)
+      const code = (err as NodeJS.ErrnoException).code
+      // A folder with no room for the new name: unlinked in place, which frees room, as a delete on a full disk must.
+      if (code === 'ENOSPC' || code === 'EDQUOT') return this.unlink(sessionId, operation)
+      if (code !== 'ENOENT') throw new StorageError(operation, err as NodeJS.ErrnoException)
+      // Gone already (a write-back after an uncertain write): that it is gone is made durable too.
+      await this.syncDir(operation, true)
+      return
+    }
+    try {
+      await this.syncDir(operation, true)
+    } catch (err) {
+      if (err instanceof StorageError && await this.fs.rename(temp, target).then(() => true, () => false)) {
+        await this.syncDir(operation).catch(noop)
+        // Back under its name: the delete did not happen.
+        err.uncertain = false
+      } else this.stored(sessionId, null)
+      throw err
     }
     this.stored(sessionId, null)
-    await this.syncDir(`deleting session '${sessionId}'`, true)
+    // Durably gone already; a temp file left here is removed at the next start.
+    await this.fs.unlink(temp).catch(noop)
+  }
+
+  /** `remove` where a rename found no room: a failed folder sync then leaves the outcome uncertain. */
+  private async unlink (sessionId: string, operation: string): Promise<void> {
+    try {
+      await this.fs.unlink(this.pathFor(sessionId))
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new StorageError(operation, err as NodeJS.ErrnoException)
+    }
+    this.stored(sessionId, null)
+    await this.syncDir(operation, true)
   }
 
   async loadAll ({ concurrency }: { concurrency: number }): Promise<LoadResult> {
