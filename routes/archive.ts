@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ArchiveBody, NoQuery, responses } from '../schemas/api.js'
 import { SETTING_DEFAULTS } from '../schemas/options.js'
 import { acceptJsonOnly } from '../http/json-body.js'
-import { ShuttingDownError } from '../services/errors.js'
+import { ArchivePassError, ShuttingDownError } from '../services/errors.js'
 
 /** POST /archive: an archive and retention pass now, queued behind the scheduler's if one is running. */
 const archiveRoutes: FastifyPluginAsyncTypebox<{ bodyLimit?: number }> = async (app, options) => {
@@ -20,6 +20,7 @@ const archiveRoutes: FastifyPluginAsyncTypebox<{ bodyLimit?: number }> = async (
     if (app.taskManager.shuttingDown) throw new ShuttingDownError()
     const days = request.body.older_than_days
     const pass = await app.archiver.runOnce(days === undefined ? {} : { archiveOlderThanDays: days })
+    if (pass.failures.length > 0) throw new ArchivePassError(pass.failures, pass.archived.length, pass.deleted.length)
     return { archived: pass.archived.length, deleted: pass.deleted.length, archived_ids: pass.archived, deleted_ids: pass.deleted }
   })
 }

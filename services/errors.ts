@@ -167,6 +167,32 @@ export class StaleArchivedCopyError extends TaskvaultError {
   }
 }
 
+/** A session a pass did not archive or delete because storage failed it. */
+export interface PassFailure {
+  sessionId: string
+  err: Error
+}
+
+/**
+ * An archive or retention pass that storage failed for some sessions: answered as a save that
+ * failed (507 when one failure was a full disk), naming what did happen, which is durable.
+ */
+export class ArchivePassError extends TaskvaultError {
+  constructor (readonly failures: readonly PassFailure[], archived: number, deleted: number) {
+    const [first] = failures as [PassFailure]
+    const full = failures.some(({ err }) => err instanceof StorageError && err.full)
+    const own = first.err instanceof TaskvaultError && first.err.statusCode >= 500 ? first.err.code : 'STORAGE_UNAVAILABLE'
+    super(full ? 'STORAGE_FULL' : own,
+      `the archive pass could not move or delete ${failures.length} session${failures.length === 1 ? '' : 's'} ('${first.sessionId}': ${first.err.message}); ` +
+      `${archived} archived and ${deleted} deleted meanwhile, durably`)
+  }
+}
+
+/** What a pass counts as a failure: storage or the database failing, not a session another replica changed meanwhile. */
+export function isPassFailure (err: unknown): boolean {
+  return !(err instanceof TaskvaultError) || err.statusCode >= 500
+}
+
 export class ShuttingDownError extends TaskvaultError {
   constructor (message = 'the service is shutting down') {
     super('SHUTTING_DOWN', message)

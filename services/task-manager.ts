@@ -10,7 +10,7 @@ import type { ArchivedSummary } from './archive/archive-index.js'
 import { ArchivedSessions, archivedView, type ArchivedCopy, type ArchivedSessionSummary, type RetentionCutoffs } from './archive/archived-sessions.js'
 import {
   IdempotencyKeyReusedError, InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
-  TaskNotFailedError, TaskNotFoundError, type TaskvaultError
+  TaskNotFailedError, TaskNotFoundError, isPassFailure, type PassFailure, type TaskvaultError
 } from './errors.js'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { resolveAgents, type AgentRoutes, type Executors } from './runner/executors.js'
@@ -670,10 +670,11 @@ export class TaskManager {
   /**
    * Moves to the archive every session whose tasks are all done and whose last completion
    * is before `cutoff`. The check is made again inside each session's change queue, so a
-   * session that starts running or gains tasks in the meantime stays.
+   * session that starts running or gains tasks in the meantime stays. Sessions storage failed go
+   * into `failures` (logged), and the pass goes on with the others.
    */
-  async archiveFinishedBefore (cutoff: Date): Promise<string[]> {
-    if (this.shared === undefined) return this.archiveEach(this.registry.sessionIds(), cutoff)
+  async archiveFinishedBefore (cutoff: Date, failures: PassFailure[] = []): Promise<string[]> {
+    if (this.shared === undefined) return this.archiveEach(this.registry.sessionIds(), cutoff, failures)
     const shared = this.shared
     // One replica's pass at a time; candidates from the rows (sessions nobody runs), each
     // checked against its row before it moves.
@@ -700,14 +701,14 @@ export class TaskManager {
           seen.add(id)
           await this.registry.sync(id).catch(noop)
         }
-        done.push(...await this.archiveEach(batch, cutoff, lockLost))
+        done.push(...await this.archiveEach(batch, cutoff, failures, lockLost))
       }
     })
     return archived ?? []
   }
 
   /** Archives those of `sessionIds` that are archivable; `stop` is asked before each (a pass that lost its lock). */
-  private async archiveEach (sessionIds: string[], cutoff: Date, stop: () => Promise<boolean> = async () => false): Promise<string[]> {
+  private async archiveEach (sessionIds: string[], cutoff: Date, failures: PassFailure[], stop: () => Promise<boolean> = async () => false): Promise<string[]> {
     const archived: string[] = []
     for (const sessionId of sessionIds) {
       const file = this.registry.find(sessionId)
@@ -721,6 +722,7 @@ export class TaskManager {
         return true
       }).catch((err: Error) => {
         this.log.error({ session_id: sessionId, err }, 'Could not archive session')
+        if (isPassFailure(err)) failures.push({ sessionId, err })
         return false
       })
       if (moved) {
@@ -731,13 +733,13 @@ export class TaskManager {
     return archived
   }
 
-  /** Deletes archived sessions that finished before their retention cutoff. */
-  async pruneArchivedBefore (cutoffs: RetentionCutoffs): Promise<string[]> {
+  /** Deletes archived sessions that finished before their retention cutoff; those storage failed go into `failures`. */
+  async pruneArchivedBefore (cutoffs: RetentionCutoffs, failures: PassFailure[] = []): Promise<string[]> {
     const shared = this.shared
     const deleted: string[] = []
     try {
-      if (shared === undefined) await this.archived.prune(cutoffs, () => this.shuttingDown, deleted)
-      else await shared.exclusively('retention', async (lock) => { await this.pruneShared(shared, cutoffs, lock, deleted) })
+      if (shared === undefined) await this.archived.prune(cutoffs, () => this.shuttingDown, deleted, failures)
+      else await shared.exclusively('retention', async (lock) => { await this.pruneShared(shared, cutoffs, lock, deleted, failures) })
     } finally {
       // Those deleted before a page failed too: they are gone.
       for (const sessionId of deleted) this.runner.announce('session.deleted', { session_id: sessionId, archived: true })
@@ -750,7 +752,7 @@ export class TaskManager {
    * archive too, and the whole archive is never read), each judged again on its copy; those
    * deleted go into `deleted` as they go.
    */
-  private async pruneShared (shared: SharedSessions, cutoffs: RetentionCutoffs, lock: PassLock, deleted: string[]): Promise<void> {
+  private async pruneShared (shared: SharedSessions, cutoffs: RetentionCutoffs, lock: PassLock, deleted: string[], failures: PassFailure[]): Promise<void> {
     // Before each page and each deletion: a pass whose lock went with its connection stops.
     const stop = async (): Promise<boolean> => this.shuttingDown || !(await lock.held())
     let after: RetentionCursor | null = null
@@ -759,7 +761,7 @@ export class TaskManager {
       // No more, or a cursor that did not move (it always should): the pass ends rather than loop holding its lock.
       if (page.sessions.length === 0 || (after !== null && page.next !== null && isDeepStrictEqual(page.next, after))) return
       after = page.next
-      await this.archived.pruneEach(page.sessions, cutoffs, stop, deleted)
+      await this.archived.pruneEach(page.sessions, cutoffs, stop, deleted, failures)
     }
   }
 

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs'
 import { mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises'
-import { join } from 'node:path'
+import { join, sep } from 'node:path'
 import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
@@ -420,6 +420,31 @@ t.test('an archive whose folder fsync fails keeps the session active and readabl
   t.equal((await get(app, '/list?session_id=shaky')).json().archived, true)
   t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/shaky` })).statusCode, 204)
   t.same(await archived(dir), [], 'delete removes every archived copy')
+})
+
+t.test('POST /archive answers 503, or 507 on a full disk, when storage fails a move or a deletion, naming what the pass did do', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  const fs = faultFs()
+  const app = await build(t, { dir, clock, fs, config: { TASK_ARCHIVE_DAYS: 30, TASK_ARCHIVE_RETENTION_DAYS: 60 } })
+  for (const id of ['full', 'fine']) await finishedSession(app, id)
+  advance(31)
+  fs.fail('rename', 'ENOSPC', { path: (path) => path.endsWith(`${sep}full.json`) })
+  const pass = await post(app, '/archive', {})
+  t.match([pass.statusCode, pass.json()], [507, { code: 'STORAGE_FULL', error: 'Insufficient Storage', message: "the archive pass could not move or delete 1 session ('full': archiving session 'full' failed: storage is full (ENOSPC)); 1 archived and 0 deleted meanwhile, durably" }])
+  t.same(await archived(dir), ['fine.json'], 'the one storage took is archived')
+  t.same(await jsonFiles(dir), ['full.json'], 'the other stays active')
+  fs.fail('rename', 'EIO', { path: (path) => path.endsWith(`${sep}full.json`) })
+  t.match((await post(app, '/archive', {})).json(), { statusCode: 503, code: 'STORAGE_UNAVAILABLE', message: /could not move or delete 1 session \('full': .*\(EIO\)\); 0 archived and 0 deleted/u })
+  fs.heal()
+  t.same((await post(app, '/archive', {})).json(), { archived: 1, deleted: 0, archived_ids: ['full'], deleted_ids: [] }, 'once storage works')
+  // Retention: a deletion storage refuses.
+  advance(61)
+  fs.fail('rename', 'EIO', { path: (path) => path.endsWith(`${sep}archive${sep}fine.json`) })
+  t.match((await post(app, '/archive', {})).json(), { statusCode: 503, message: /could not move or delete 1 session \('fine': .*\); 0 archived and 1 deleted meanwhile/u })
+  t.same(await archived(dir), ['fine.json'], 'kept')
+  fs.heal()
+  t.same((await post(app, '/archive', {})).json().deleted_ids, ['fine'])
 })
 
 t.test('a DELETE of an archived session that storage refuses (the folder fsync, a rename) answers 503 and leaves it archived, on disk and after a restart', async (t) => {

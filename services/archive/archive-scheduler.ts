@@ -1,4 +1,5 @@
 import type { RetentionCutoffs } from './archived-sessions.js'
+import type { PassFailure } from '../errors.js'
 import type { TaskManager } from '../task-manager.js'
 import type { Logger } from '../types.js'
 import { noop } from '../noop.js'
@@ -33,6 +34,8 @@ export interface ArchivePassOptions {
 export interface ArchivePass {
   archived: string[]
   deleted: string[]
+  /** Sessions storage failed (logged): a pass asked for over HTTP answers as a failed save. */
+  failures: PassFailure[]
 }
 
 /**
@@ -111,18 +114,19 @@ export class ArchiveScheduler {
   }
 
   private async pass (options: ArchivePassOptions): Promise<ArchivePass> {
-    if (this.manager.shuttingDown) return { archived: [], deleted: [] }
+    if (this.manager.shuttingDown) return { archived: [], deleted: [], failures: [] }
     // Every move would fail one by one; the pass fails once instead (503 LOCK_LOST for POST /archive).
     this.manager.assertWritable()
     const now = this.clock().getTime()
     const days = options.archiveOlderThanDays === undefined ? (this.archiveDays > 0 ? this.archiveDays : null) : options.archiveOlderThanDays
-    const archived = days === null ? [] : await this.manager.archiveFinishedBefore(daysBefore(now, days))
+    const failures: PassFailure[] = []
+    const archived = days === null ? [] : await this.manager.archiveFinishedBefore(daysBefore(now, days), failures)
     const retention = options.retention === undefined ? this.retention : options.retention
-    const deleted = retention === null ? [] : await this.manager.pruneArchivedBefore(retentionCutoffs(now, retention))
+    const deleted = retention === null ? [] : await this.manager.pruneArchivedBefore(retentionCutoffs(now, retention), failures)
     if (archived.length > 0 || deleted.length > 0) {
       this.log?.info({ archived: archived.length, deleted: deleted.length }, `Archived ${archived.length} finished sessions, deleted ${deleted.length} past retention`)
     }
-    return { archived, deleted }
+    return { archived, deleted, failures }
   }
 }
 

@@ -1,5 +1,5 @@
 import { summarize, type ArchivedSummary, type RetentionCutoffs } from './archive-index.js'
-import { KeyUnavailableError, StaleArchivedCopyError } from '../errors.js'
+import { KeyUnavailableError, StaleArchivedCopyError, isPassFailure, type PassFailure } from '../errors.js'
 import { unchanged, type Draft } from '../session/draft.js'
 import type { SessionRegistry, SessionSummary } from '../session/registry.js'
 import type { ArchiveTotals, ArchivedSession, LoadFailure, SessionStore } from '../store/store.js'
@@ -129,20 +129,21 @@ export class ArchivedSessions {
   /**
    * Deletes archived sessions that finished before their cutoff, found in the store's index (a
    * store of this process alone: a shared one pages its candidates from the rows). Each one
-   * deleted goes into `deleted` at once, so a pass that fails later still reports it.
+   * deleted goes into `deleted` at once, so a pass that fails later still reports it; one that
+   * storage failed goes into `failures`.
    */
-  async prune (cutoffs: RetentionCutoffs, stop: () => boolean | Promise<boolean>, deleted: string[]): Promise<void> {
+  async prune (cutoffs: RetentionCutoffs, stop: () => boolean | Promise<boolean>, deleted: string[], failures: PassFailure[]): Promise<void> {
     if (cutoffs.all === null && cutoffs.failed === null) return
-    const { sessions, failures } = await this.store.listArchived()
-    this.report(failures)
-    await this.pruneEach(sessions, cutoffs, stop, deleted)
+    const listed = await this.store.listArchived()
+    this.report(listed.failures)
+    await this.pruneEach(listed.sessions, cutoffs, stop, deleted, failures)
   }
 
   /**
    * Deletes those of `candidates` that finished before their cutoff, into `deleted`. Each is
    * checked again inside its change queue: one brought back or replaced since the listing stays.
    */
-  async pruneEach (candidates: readonly ArchivedSummary[], cutoffs: RetentionCutoffs, stop: () => boolean | Promise<boolean>, deleted: string[]): Promise<void> {
+  async pruneEach (candidates: readonly ArchivedSummary[], cutoffs: RetentionCutoffs, stop: () => boolean | Promise<boolean>, deleted: string[], failures: PassFailure[]): Promise<void> {
     for (const summary of candidates) {
       if (!expired(summary, cutoffs)) continue
       if (await stop()) break
@@ -164,6 +165,7 @@ export class ArchivedSessions {
         // Archived again meanwhile (by another replica): its new copy is judged by a later pass.
         if (err instanceof StaleArchivedCopyError) return false
         this.log.error({ session_id: sessionId, err }, 'Could not delete archived session')
+        if (isPassFailure(err)) failures.push({ sessionId, err })
         return false
       })
       if (removed) deleted.push(sessionId)
