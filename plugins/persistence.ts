@@ -53,6 +53,7 @@ async function openFileStore (app: FastifyInstance, settings: StoreSettings, key
     dir: settings.storageDir,
     fs,
     maxSessionBytes: settings.maxSessionBytes,
+    maxWrites: settings.maxWrites,
     keyring,
     keepKeyChecks: true,
     lock: { refreshMs: settings.lockRefreshMs, staleMs: settings.lockStaleMs }

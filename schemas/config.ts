@@ -65,6 +65,7 @@ export const ConfigSchema = Type.Object({
   TASK_KEEP_ALIVE_TIMEOUT_MS: Type.Integer({ minimum: 1, maximum: MAX_TIMER_MS, default: 65_000, description: 'An idle keep-alive socket is closed after this; above the 60 s idle timeout of common proxies' }),
   TASK_MAX_CONNECTIONS: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 512, description: 'Open client sockets; more are closed at once, so storage keeps its file descriptors' }),
   TASK_RESERVED_FILES: Type.Integer({ minimum: 16, maximum: 1_000_000, default: 256, description: 'File descriptors kept for session files, the database pool and the process: when the open file limit (ulimit -n) is below TASK_MAX_CONNECTIONS + TASK_EVENTS_MAX_CLIENTS + this, those two are lowered in proportion' }),
+  TASK_MAX_WRITES: Type.Integer({ minimum: 1, maximum: 100_000, default: 128, description: 'File store: session files written at once, each holding a file descriptor; more saves wait their turn, so a burst (a restart resetting thousands of interrupted tasks) stays within TASK_RESERVED_FILES' }),
   // Disk figures (issue 18): free space of the filesystem holding the storage folder.
   TASK_DISK_WARN_RATIO: Type.Number({ minimum: 0, maximum: 1, default: 0.1, description: 'The log warns once when the free share of the storage filesystem falls below this, and again when it recovers; 0 never warns' }),
   TASK_DISK_CHECK_INTERVAL_MS: Type.Integer({ minimum: 0, maximum: MAX_TIMER_MS, default: 60_000, description: 'How often free space is checked besides at /stats and /metrics; 0 checks only then' }),

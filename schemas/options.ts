@@ -48,6 +48,7 @@ export const STORE_SETTINGS = {
   lockRefreshMs: 'TASK_LOCK_REFRESH_MS',
   lockStaleMs: 'TASK_LOCK_STALE_MS',
   maxSessionBytes: 'TASK_MAX_SESSION_BYTES',
+  maxWrites: 'TASK_MAX_WRITES',
   encryptionKeys: 'TASK_ENCRYPTION_KEYS'
 } as const
 

@@ -465,6 +465,27 @@ t.test('limits: TASK_MAX_RESULT_BYTES cuts a long agent result on a character bo
   for (const task of (await get(app, '/list?session_id=r')).json().tasks) check('after restart', task)
 })
 
+t.test('limits: TASK_MAX_WRITES bounds the session files written at once: a restart resetting many interrupted sessions saves every reset, a few at a time', async (t) => {
+  const dir = await tempDir(t)
+  await markAsTaskvault(dir)
+  const ids = Array.from({ length: 40 }, (_, i) => `cut-${i}`)
+  for (const id of ids) await writeFile(join(dir, `${id}.json`), storedSession(id, ['Completed', 'InProgress', 'Pending'], '2025-01-02T00:00:00.000Z'))
+  const fs = faultFs()
+  // Each reset's temp file is held open at its fsync: how many are open at once is what the bound counts.
+  const gate = fs.hold('sync')
+  const starting = build(t, { dir, fs, config: { TASK_MAX_WRITES: 4, TASK_RESUME_ON_START: false } })
+  await gate.reached
+  await sleep(200)
+  t.equal(gate.held(), 4, 'four files open for writing, the others waiting their turn')
+  gate.release()
+  const app = await starting
+  for (const id of ids) {
+    const stored = JSON.parse(await readFile(join(dir, `${id}.json`), 'utf8')) as SessionFile
+    if (stored.session.tasks[1]?.status !== 'Pending' || stored.session.tasks[1].interruptions !== 1) t.fail(`${id}: the reset is not saved`)
+  }
+  t.match((await get(app, '/stats')).json(), { in_progress_tasks: 0, pending_tasks: 80 }, 'none left in progress')
+})
+
 t.test('limits: BODY_LIMIT answers 413 on every POST route, and on DELETE', async (t) => {
   const dir = await tempDir(t)
   const app = await build(t, { dir, config: { BODY_LIMIT: 1024 } })

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events'
 import { constants, statSync } from 'node:fs'
 import { statfs } from 'node:fs/promises'
 import { dirname, join, resolve, sep } from 'node:path'
-import pLimit from 'p-limit'
+import pLimit, { type LimitFunction } from 'p-limit'
 import { SETTING_DEFAULTS } from '../../schemas/options.js'
 import { SessionFile, SESSION_ID_PATTERN } from '../../schemas/session.js'
 import type { ArchiveTotals, ArchivedSummary } from '../archive/archive-index.js'
@@ -48,6 +48,8 @@ export interface FileSessionStoreOptions {
   indent?: number
   /** A session whose stored form would pass this many bytes is refused (TASK_MAX_SESSION_BYTES); unbounded when omitted. */
   maxSessionBytes?: number
+  /** Session files written at once (TASK_MAX_WRITES): each holds a file descriptor until its rename. */
+  maxWrites?: number
   /** Seals every write and opens sealed files (TASK_ENCRYPTION_KEYS); plaintext when omitted. */
   keyring?: Keyring | null
   /** Hold the folder's single-writer lock from init to close (the server does; tools reading a copy need not). */
@@ -99,6 +101,8 @@ export class FileSessionStore implements SessionStore {
   private newKeyChecks: Record<string, string> = {}
   private readonly keepChecks: boolean
   private readonly dirSync: CoalescedRun
+  /** Bounds the temp files open at once: saves of thousands of sessions together must not run out of file descriptors. */
+  private readonly writes: LimitFunction
   private readonly lock: StorageLock | null
   private readonly files: FolderFiles
   private readonly archived: FileArchive
@@ -110,6 +114,7 @@ export class FileSessionStore implements SessionStore {
     // As JSON.stringify reads an indent: whole spaces, at most 10 (the sealed layout is built to match it).
     this.indent = Math.min(10, Math.max(0, Math.floor(options.indent ?? 2)))
     this.maxSessionBytes = options.maxSessionBytes ?? Number.POSITIVE_INFINITY
+    this.writes = pLimit(options.maxWrites ?? SETTING_DEFAULTS.TASK_MAX_WRITES)
     this.keyring = options.keyring ?? null
     this.keepChecks = options.keepKeyChecks ?? false
     this.dirSync = new CoalescedRun(() => fsyncDir(this.fs, this.dir, this.lock === null ? undefined : (stat) => (this.lock as StorageLock).holds(stat)))
@@ -284,7 +289,7 @@ export class FileSessionStore implements SessionStore {
     }
     try {
       // Checked again before the rename: the process may have been paused since, or the folder replaced.
-      await writeAndRename(this.fs, this.tempPath(file.session_id), target, serialize, undefined, () => this.beforeRename())
+      await this.writes(async () => writeAndRename(this.fs, this.tempPath(file.session_id), target, serialize, undefined, () => this.beforeRename()))
     } catch (err) {
       if (err === unserializable || err instanceof LockLostError || err instanceof StorageError) throw err
       throw new StorageError(`saving session '${file.session_id}'`, err as NodeJS.ErrnoException)
