@@ -504,11 +504,15 @@ export class SessionRegistry {
       }
     }
     switch (intent.kind) {
-      case 'delete':
+      case 'delete': {
         // Archived copies go first: if that fails, the active session is still intact.
-        if (intent.archived) await this.store.removeArchived(sessionId, intent.upTo)
+        const removed = intent.archived ? await this.store.removeArchived(sessionId, intent.upTo) : 0
         if (slot.file !== null) await this.store.remove(sessionId)
+        // Nothing deleted: another replica brought the archived session back (or deleted it)
+        // since it was read here. The delete is decided again on what the rows hold now.
+        else if (removed === 0 && this.store.shared !== undefined) throw new VersionConflictError(sessionId, `deleting session '${sessionId}'`)
         break
+      }
       case 'archive':
         if (slot.file === null) break
         // An archive moves the stored copy: one owing a write-back may hold a change answered as failed.

@@ -26,15 +26,18 @@ export function archiveSession (sessionId: string, expected: RowVersion | null):
 /**
  * Makes `document` the active session and deletes the archived copy `archivedRow`, in one
  * statement, so both happen or neither: the copy is deleted only when the active row was
- * written (`EXISTS (SELECT 1 FROM revived)`). The active row is inserted, or, when the store
- * knows one (`expected`), updated at that version. Returns the active row's id and version
+ * written (`EXISTS (SELECT 1 FROM revived)`). The active row is inserted (only while the copy is
+ * there), or, when the store knows one (`expected`), updated at that version. Returns the active row's id and version
  * and how many copies were deleted (0 when the copy was gone already); no row on a conflict.
  */
 export function unarchiveSession (sessionId: string, document: Buffer, c: DerivedColumns, archivedRow: string, expected: RowVersion | null): pg.QueryConfig {
+  // A new active row only from a copy still archived, locked first: one another replica deleted
+  // meanwhile (or deletes now) is not brought back, and the create starts from the rows again.
   const write = expected === null
     ? `INSERT INTO sessions (session_id, document, sealed_kid, created_at, updated_at, finished_at,
           tasks_total, tasks_completed, tasks_failed, tasks_pending, tasks_in_progress, has_background_run)
-        VALUES ($1, $2::json, $3, $4::timestamptz, $5::timestamptz, $6::timestamptz, $7, $8, $9, $10, $11, $12)
+        SELECT $1, $2::json, $3::text, $4::timestamptz, $5::timestamptz, $6::timestamptz, $7::integer, $8::integer, $9::integer,
+          $10::integer, $11::integer, $12::boolean FROM source
         ON CONFLICT (session_id) WHERE archived_at IS NULL DO NOTHING
         RETURNING row_id, version`
     : `UPDATE sessions SET document = $2::json, sealed_kid = $3, created_at = $4::timestamptz, updated_at = $5::timestamptz,
@@ -43,7 +46,8 @@ export function unarchiveSession (sessionId: string, document: Buffer, c: Derive
         WHERE row_id = $14 AND version = $15 AND archived_at IS NULL
         RETURNING row_id, version`
   return {
-    text: `WITH revived AS (${write}),
+    text: `WITH source AS (SELECT row_id FROM sessions WHERE row_id = $13 AND session_id = $1 AND archived_at IS NOT NULL FOR UPDATE),
+        revived AS (${write}),
         gone AS (DELETE FROM sessions WHERE row_id = $13 AND session_id = $1 AND archived_at IS NOT NULL
           AND EXISTS (SELECT 1 FROM revived) RETURNING row_id)
       SELECT row_id, version, (SELECT count(*) FROM gone)::int AS removed FROM revived`,

@@ -576,6 +576,14 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     const row = await this.attempt(sessionId, operation, async () => {
       const config = unarchiveSession(sessionId, data, derived, archivedRow, this.rows.get(sessionId) ?? null)
       return (await this.run<{ row_id: string, version: string, removed: number }>(operation, config, [[sessionId, outcome]])).rows[0] ?? null
+    }).catch(async (err: unknown) => {
+      // The copy is gone (another replica deleted or brought it back): the index learns what the
+      // rows hold, and the change is made again from them (a create then starts a new session).
+      if (err instanceof VersionConflictError && this.rows.get(sessionId) === undefined) {
+        await this.readArchived(sessionId).catch(noop)
+        if (this.index.newest(sessionId)?.name !== archivedName) throw new StaleArchivedCopyError(sessionId)
+      }
+      throw err
     })
     this.known(sessionId, { row: row.row_id, version: row.version, kid: outcome.kid })
     // Deleted now, or gone before: either way the database no longer holds that copy.

@@ -1,0 +1,131 @@
+/**
+ * A DELETE and a bring-back of one archived session through two replicas at the same moment:
+ * whichever reaches the database first, a 204 leaves no trace of the deleted session. Each
+ * replica runs on a pool that can hold one statement until released, so that the order is the
+ * test's, not the scheduler's.
+ */
+import Fastify, { type FastifyInstance } from 'fastify'
+import pg from 'pg'
+import t, { type Test } from 'tap'
+import taskvaultPlugin from '../index.js'
+import { noop } from '../services/noop.js'
+import { connectionConfig } from '../services/store/postgres/pool.js'
+import { API } from './helper.js'
+import { testDatabase } from './postgres.js'
+
+const SCHEMA = 'taskvault'
+
+interface Held {
+  /** Resolves once a statement matching was sent, and is held. */
+  reached: Promise<void>
+  release: () => void
+}
+
+interface HoldingPool {
+  pool: pg.Pool
+  /** Holds the next statement whose text matches, once. */
+  hold: (match: RegExp) => Held
+}
+
+/** A host's pool (the plugin's `pool` option) that holds a statement on demand. */
+function holdingPool (t: Test, url: string): HoldingPool {
+  const real = new pg.Pool(connectionConfig({ url, schema: SCHEMA, max: 6, statementTimeoutMs: 10_000 }))
+  real.on('error', noop)
+  t.teardown(() => real.end())
+  let armed: { match: RegExp, gate: Promise<void>, reached: () => void } | null = null
+  const guard = async (config: unknown): Promise<void> => {
+    const text = typeof config === 'string' ? config : (config as { text?: string } | null)?.text ?? ''
+    const hold = armed
+    if (hold === null || !hold.match.test(text)) return
+    armed = null
+    hold.reached()
+    await hold.gate
+  }
+  const wrapped = new WeakSet<pg.PoolClient>()
+  const pool = {
+    query: async (...args: unknown[]) => {
+      await guard(args[0])
+      return (real.query as (...a: unknown[]) => Promise<unknown>)(...args)
+    },
+    connect: async () => {
+      const client = await real.connect()
+      if (!wrapped.has(client)) {
+        wrapped.add(client)
+        const query = client.query.bind(client) as (...a: unknown[]) => Promise<unknown>
+        Object.assign(client, { query: async (...args: unknown[]) => { await guard(args[0]); return query(...args) } })
+      }
+      return client
+    },
+    end: async () => real.end(),
+    on: (...args: Parameters<pg.Pool['on']>) => real.on(...args)
+  }
+  return {
+    pool: pool as unknown as pg.Pool,
+    hold: (match) => {
+      let reached!: () => void
+      let release!: () => void
+      const gate = new Promise<void>((resolve) => { release = resolve })
+      const held = new Promise<void>((resolve) => { reached = resolve })
+      armed = { match, gate, reached }
+      return { reached: held, release }
+    }
+  }
+}
+
+async function replica (t: Test, url: string, replicaId: string): Promise<{ app: FastifyInstance, hold: HoldingPool['hold'] }> {
+  const { pool, hold } = holdingPool(t, url)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(taskvaultPlugin, { prefix: API, pool, replicaId, archiveDays: 0 })
+  await app.ready()
+  return { app, hold }
+}
+
+const call = async (app: FastifyInstance, method: 'GET' | 'POST' | 'DELETE', path: string, payload?: object): Promise<{ status: number, body: any }> => {
+  const res = await app.inject({ method, url: `${API}/${path}`, ...(payload === undefined ? {} : { payload }) })
+  return { status: res.statusCode, body: res.body === '' ? null : res.json() }
+}
+
+/** An archived session 'alpha' (one task done), read as archived by both replicas. */
+async function archivedAlpha (t: Test, b: FastifyInstance, c: FastifyInstance): Promise<void> {
+  t.equal((await call(b, 'POST', 'create', { session_id: 'alpha', instructions: 'alpha' })).status, 200)
+  t.equal((await call(b, 'POST', 'execute', { session_id: 'alpha' })).status, 200)
+  t.same((await call(b, 'POST', 'archive', { older_than_days: 0 })).body.archived_ids, ['alpha'])
+  for (const app of [b, c]) t.match((await call(app, 'GET', 'progress?session_id=alpha')).body, { archived: true })
+}
+
+const instructions = async (app: FastifyInstance): Promise<string[] | number> => {
+  const res = await call(app, 'GET', 'list?session_id=alpha')
+  return res.status === 200 ? (res.body.tasks as Array<{ instruction: string }>).map((task) => task.instruction) : res.status
+}
+
+t.test('a DELETE decided on an archived copy that another replica brings back before the delete lands deletes the session brought back', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const { app: b } = await replica(t, url, 'races-b')
+  const { app: c, hold } = await replica(t, url, 'races-c')
+  await archivedAlpha(t, b, c)
+  const held = hold(/^DELETE FROM sessions WHERE session_id = \$1 AND archived_at IS NOT NULL/u)
+  const deleting = call(c, 'DELETE', 'sessions/alpha')
+  await held.reached
+  t.equal((await call(b, 'POST', 'create', { session_id: 'alpha', instructions: 'delta' })).status, 200, 'brought back, with a task added')
+  held.release()
+  t.equal((await deleting).status, 204)
+  t.same([await instructions(b), await instructions(c)], [404, 404], 'deleted after it came back: gone everywhere')
+})
+
+t.test('a bring-back that read the archived copy before another replica deleted it starts a new session: the deleted one does not come back', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const { app: b, hold } = await replica(t, url, 'races-b')
+  const { app: c } = await replica(t, url, 'races-c')
+  await archivedAlpha(t, b, c)
+  const held = hold(/revived AS \(/u)
+  const creating = call(b, 'POST', 'create', { session_id: 'alpha', instructions: 'delta' })
+  await held.reached
+  t.equal((await call(c, 'DELETE', 'sessions/alpha')).status, 204, 'deleted while the bring-back waits')
+  held.release()
+  const created = await creating
+  t.equal(created.status, 200, JSON.stringify(created.body))
+  t.same([await instructions(b), await instructions(c)], [['delta'], ['delta']], 'a new session holding only the new task')
+})
