@@ -96,10 +96,11 @@ export class TaskRunner {
     return this.exclusive(sessionId, false, async (run) => {
       run.announced = true
       this.announce('run.started', { session_id: sessionId, background: false })
-      const results = await this.runAll(sessionId, run)
+      const results: ExecutedTask[] = []
       // A run left recorded (not resumed at start) is finished by this one, or ended by its
       // cancel; one stopped by shutdown, or lost to another replica, is not.
-      if (!stoppedElsewhere(run, this.closing)) await this.endRecordedRun(sessionId)
+      do results.push(...await this.runAll(sessionId, run))
+      while (!stoppedElsewhere(run, this.closing) && !await this.endRecordedRun(sessionId, run))
       return { results, progress: this.registry.existing(sessionId).progress }
     })
   }
@@ -352,12 +353,12 @@ export class TaskRunner {
     let delay = Math.min(this.runRetryMs, this.runRetryMaxMs)
     for (;;) {
       try {
-        const results = await this.runAll(sessionId, run)
+        await this.runAll(sessionId, run)
         // Stopped by shutdown: the record stays, so the run resumes after restart (or on
         // another replica); lost to another replica: it goes on there.
         if (stoppedElsewhere(run, this.closing)) return
-        await this.endRecordedRun(sessionId)
-        this.log.info({ session_id: sessionId, executed: results.length, cancelled: run.controller.signal.aborted }, 'Background run finished')
+        if (!await this.endRecordedRun(sessionId, run)) continue
+        this.log.info({ session_id: sessionId, executed: run.executed, cancelled: run.controller.signal.aborted }, 'Background run finished')
         return
       } catch (err) {
         run.error = err as Error
@@ -404,10 +405,17 @@ export class TaskRunner {
     return true
   }
 
-  private async endRecordedRun (sessionId: string): Promise<void> {
-    await this.registry.change(sessionId, (draft) => {
-      if (draft.file === null || draft.file.background_run === undefined) return unchanged(undefined)
+  /**
+   * Clears the run's record; false (kept) when a run that found nothing left to run finds a task
+   * added since (on a shared store, through another replica before this copy learnt of it): it
+   * runs that too, as it would have had the task come a moment sooner.
+   */
+  private async endRecordedRun (sessionId: string, run: Run): Promise<boolean> {
+    return this.registry.change(sessionId, (draft) => {
+      if (draft.file === null || draft.file.background_run === undefined) return unchanged(true)
+      if (run.drained && !run.signal.aborted && !this.closing && draft.file.session.tasks.some((task) => task.status === 'Pending')) return unchanged(false)
       delete draft.file.background_run
+      return true
     }, { records: true })
   }
 

@@ -1,8 +1,9 @@
 /**
- * A DELETE and a bring-back of one archived session through two replicas at the same moment:
- * whichever reaches the database first, a 204 leaves no trace of the deleted session. Each
- * replica runs on a pool that can hold one statement until released, so that the order is the
- * test's, not the scheduler's.
+ * Changes through two replicas at the same moment, each ordered by the test: a DELETE and a
+ * bring-back of one archived session (whichever reaches the database first, a 204 leaves no
+ * trace of the deleted session); a task added while a background run ends (the run runs it).
+ * Each replica runs on a pool that can hold one statement until released, so that the order is
+ * the test's, not the scheduler's.
  */
 import Fastify, { type FastifyInstance } from 'fastify'
 import pg from 'pg'
@@ -10,7 +11,7 @@ import t, { type Test } from 'tap'
 import taskvaultPlugin from '../index.js'
 import { noop } from '../services/noop.js'
 import { connectionConfig } from '../services/store/postgres/pool.js'
-import { API } from './helper.js'
+import { API, waitFor } from './helper.js'
 import { testDatabase } from './postgres.js'
 
 const SCHEMA = 'taskvault'
@@ -23,8 +24,8 @@ interface Held {
 
 interface HoldingPool {
   pool: pg.Pool
-  /** Holds the next statement whose text matches, once. */
-  hold: (match: RegExp) => Held
+  /** Holds the next statement whose text matches (and whose values, when `values` is given), once. */
+  hold: (match: RegExp, values?: (values: string[]) => boolean) => Held
 }
 
 /** A host's pool (the plugin's `pool` option) that holds a statement on demand. */
@@ -32,11 +33,12 @@ function holdingPool (t: Test, url: string): HoldingPool {
   const real = new pg.Pool(connectionConfig({ url, schema: SCHEMA, max: 6, statementTimeoutMs: 10_000 }))
   real.on('error', noop)
   t.teardown(() => real.end())
-  let armed: { match: RegExp, gate: Promise<void>, reached: () => void } | null = null
+  let armed: { match: RegExp, values?: (values: string[]) => boolean, gate: Promise<void>, reached: () => void } | null = null
   const guard = async (config: unknown): Promise<void> => {
     const text = typeof config === 'string' ? config : (config as { text?: string } | null)?.text ?? ''
+    const values = ((config as { values?: unknown[] } | null)?.values ?? []).flat().map((value) => Buffer.isBuffer(value) ? value.toString('utf8') : String(value))
     const hold = armed
-    if (hold === null || !hold.match.test(text)) return
+    if (hold === null || !hold.match.test(text) || (hold.values !== undefined && !hold.values(values))) return
     armed = null
     hold.reached()
     await hold.gate
@@ -61,22 +63,22 @@ function holdingPool (t: Test, url: string): HoldingPool {
   }
   return {
     pool: pool as unknown as pg.Pool,
-    hold: (match) => {
+    hold: (match, values) => {
       let reached!: () => void
       let release!: () => void
       const gate = new Promise<void>((resolve) => { release = resolve })
       const held = new Promise<void>((resolve) => { reached = resolve })
-      armed = { match, gate, reached }
+      armed = { match, values, gate, reached }
       return { reached: held, release }
     }
   }
 }
 
-async function replica (t: Test, url: string, replicaId: string): Promise<{ app: FastifyInstance, hold: HoldingPool['hold'] }> {
+async function replica (t: Test, url: string, replicaId: string, options: { agents?: Record<string, unknown> } = {}): Promise<{ app: FastifyInstance, hold: HoldingPool['hold'] }> {
   const { pool, hold } = holdingPool(t, url)
   const app = Fastify()
   t.teardown(() => app.close())
-  await app.register(taskvaultPlugin, { prefix: API, pool, replicaId, archiveDays: 0 })
+  await app.register(taskvaultPlugin, { prefix: API, pool, replicaId, archiveDays: 0, ...options })
   await app.ready()
   return { app, hold }
 }
@@ -128,4 +130,25 @@ t.test('a bring-back that read the archived copy before another replica deleted 
   const created = await creating
   t.equal(created.status, 200, JSON.stringify(created.body))
   t.same([await instructions(b), await instructions(c)], [['delta'], ['delta']], 'a new session holding only the new task')
+})
+
+t.test('a task added through another replica while a background run ends, after it found nothing left to run, is run by it', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const agents = { default: { kind: 'command', argv: ['/bin/sh', '-c', 'cat >/dev/null; echo done'], max_attempts: 1 } }
+  const { app: a, hold } = await replica(t, url, 'races-a', { agents })
+  const { app: b } = await replica(t, url, 'races-b', { agents })
+  t.equal((await call(a, 'POST', 'create', { session_id: 'alpha', instructions: 'first' })).status, 200)
+  // The save that clears the run's record: the first task done, no background run left.
+  const held = hold(/^UPDATE sessions|save_batch|WITH v AS/u, (values) => values.some((value) => value.includes('"alpha"') && value.includes('Completed') && !value.includes('background_run')))
+  t.equal((await call(a, 'POST', 'execute-all', { session_id: 'alpha', wait: false })).status, 202)
+  await held.reached
+  t.equal((await call(b, 'POST', 'create', { session_id: 'alpha', instructions: 'late' })).status, 200, 'added while the run ends')
+  held.release()
+  const tasks = await waitFor('the run to end', async () => {
+    const res = await call(b, 'GET', 'list?session_id=alpha')
+    const progress = await call(b, 'GET', 'progress?session_id=alpha')
+    return progress.body.running === false && res.body.tasks.every((task: { status: string }) => task.status !== 'InProgress') ? res.body.tasks : undefined
+  })
+  t.same(tasks.map((task: { instruction: string, status: string }) => [task.instruction, task.status]), [['first', 'Completed'], ['late', 'Completed']], 'the late task ran too')
 })
