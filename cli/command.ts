@@ -35,5 +35,6 @@ export const COMMON_HELP = `Common options:
   --json      print one JSON document on stdout instead of text
   -h, --help  show this help
 
-The storage folder defaults to TASK_STORAGE_DIR (from the environment or ./.env), else data/tasks.
+The storage folder defaults to TASK_STORAGE_DIR (from the environment or ./.env), else data/tasks;
+with TASK_STORE=postgres there and no folder given, DATABASE_URL is used as --database-url.
 Exit status: 0 done, 1 failed or found a problem, 2 usage error.`

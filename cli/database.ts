@@ -48,14 +48,17 @@ export function requiredDatabase (args: ParsedCommand, settings: Config): Databa
 
 /**
  * The database the command line names: `--database-url`, else (when `fallback`) DATABASE_URL.
+ * By default that is when TASK_STORE=postgres and no folder is given: in a server's environment
+ * (a pod's shell) a command reads the store that server uses, not an empty folder beside it.
  * null: no database named, use the folder.
  */
-export function databaseTarget (args: ParsedCommand, settings: Config, fallback = false): DatabaseTarget | null {
+export function databaseTarget (args: ParsedCommand, settings: Config, fallback = settings.TASK_STORE === 'postgres' && args.positionals.length === 0): DatabaseTarget | null {
   const flagUrl = args.values['database-url'] as string | undefined
   const flagSchema = args.values.schema as string | undefined
   const url = flagUrl ?? (fallback && settings.DATABASE_URL !== '' ? settings.DATABASE_URL : undefined)
   if (url === undefined) {
     if (flagSchema !== undefined) throw new UsageError('--schema needs --database-url')
+    if (fallback && settings.TASK_STORE === 'postgres') throw new UsageError('TASK_STORE=postgres and DATABASE_URL is not set: give --database-url URL (or a folder)')
     return null
   }
   if (url === '') throw new UsageError('--database-url is empty')

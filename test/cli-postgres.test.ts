@@ -250,6 +250,12 @@ t.test('stats, validate, archive and prune with --database-url answer as on the 
   }
   const [before] = await stats()
   t.match(before, { total_sessions: 4, archived_sessions: 2 })
+  // In a server's environment (a pod's shell), no folder given: the database that server uses.
+  const inPod = await taskvault(['stats', '--json'], { env: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t) } })
+  t.equal(inPod.code, 0, inPod.stderr)
+  t.match(inPod.json(), { ...before, storage: { kind: 'postgres', database: url } }, 'TASK_STORE=postgres: DATABASE_URL, not the empty folder beside it')
+  const noUrl = await taskvault(['validate'], { env: { TASK_STORE: 'postgres' } })
+  t.same([noUrl.code, noUrl.stderr.trim().split('\n')[0]], [2, 'taskvault: TASK_STORE=postgres and DATABASE_URL is not set: give --database-url URL (or a folder)'])
 
   const archived = await Promise.all([taskvault(['archive', dir, '--days', '30', '--json']), taskvault(['archive', ...db, '--days', '30', '--json'])])
   t.equal(archived[1].code, 0, archived[1].stderr)

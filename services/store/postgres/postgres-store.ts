@@ -251,7 +251,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     const max = options.settings?.max ?? (this.pool as pg.Pool & { options?: { max?: number } }).options?.max ?? 10
     const lanes = Math.max(1, this.leases === null ? max : max - 1)
     if (this.leases !== null && max < MIN_SHARED_POOL) {
-      throw new InvalidDatabaseSettingError('TASK_DB_POOL_MAX', `must be at least ${MIN_SHARED_POOL} with TASK_STORE=postgres (every server is one of the replicas): one connection listens for cancels and events, and a maintenance pass holds one while saves and lease renewals need the rest (got ${max})`)
+      throw new InvalidDatabaseSettingError('TASK_DB_POOL_MAX', `must be at least ${MIN_SHARED_POOL} with TASK_STORE=postgres (every server is one of the replicas): an archive or retention pass holds one for its lock and one is kept from saves for reads (on a host's pool, for the lease keeper, which listens for cancels and events), while saves need the rest (got ${max})`)
     }
     this.batcher = new SaveBatcher({
       lanes,
