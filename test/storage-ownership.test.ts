@@ -471,13 +471,13 @@ t.test('a real server whose restore fails with EACCES exits 1 and leaves no lock
   t.ok((await lstat(join(dir, 'secret.json'))).isFile(), 'the unreadable file is left where it is')
 })
 
-t.test('folder: another folder at the path (a volume unmounted from under its mount point) stops every write, at the next save or heartbeat; reads go on', async (t) => {
-  for (const first of ['save', 'heartbeat'] as const) {
+t.test('folder: another folder at the path (a volume unmounted from under its mount point) stops every write, at the next save, /ready or heartbeat; reads go on', async (t) => {
+  for (const first of ['save', 'ready', 'heartbeat'] as const) {
     const parent = await tempDir(t)
     const dir = join(parent, 'tasks')
     const log = memoryLog()
-    // `save`: a heartbeat too slow to see it first.
-    const app = await open(t, dir, first === 'save' ? { TASK_LOCK_REFRESH_MS: 60_000, TASK_LOCK_STALE_MS: 120_000 } : {}, log)
+    // `save`, `ready`: a heartbeat too slow to see it first.
+    const app = await open(t, dir, first !== 'heartbeat' ? { TASK_LOCK_REFRESH_MS: 60_000, TASK_LOCK_STALE_MS: 120_000 } : {}, log)
     t.equal((await post(app, '/create', { session_id: 'kept', instructions: 'x' })).statusCode, 200)
     // The volume goes: the empty folder beneath its mount point is at the path now.
     await rename(dir, join(parent, 'volume'))
@@ -486,6 +486,7 @@ t.test('folder: another folder at the path (a volume unmounted from under its mo
       t.ok(await eventually(async () => (await app.inject({ method: 'GET', url: '/ready' })).statusCode === 503), `${first}: /ready goes 503`)
       t.notOk(existsSync(join(dir, LOCK_FILE)), `${first}: no lock made in the other folder`)
     }
+    if (first === 'ready') t.match((await app.inject({ method: 'GET', url: '/ready' })).json(), { statusCode: 503, code: 'LOCK_LOST' }, `${first}: /ready sees it at once`)
     const refused = await post(app, '/create', { session_id: 'new', instructions: 'y' })
     t.equal(refused.statusCode, 503, `${first}: ${refused.body}`)
     t.match(refused.json(), { code: 'LOCK_LOST', message: /no longer the folder this server opened/ })

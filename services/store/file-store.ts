@@ -152,6 +152,12 @@ export class FileSessionStore implements SessionStore {
       // Followed: a storage folder given as a symlink is the folder it leads to.
       const stat = await this.fs.stat(this.dir)
       if (!stat.isDirectory()) throw Object.assign(new Error(`${this.dir} is not a folder`), { code: 'ENOTDIR' })
+      // Another folder made at the path (a volume gone, the folder deleted and made again): what
+      // would be written there is lost with it, as the heartbeat finds; /ready need not wait for it.
+      if (this.lock !== null && !this.lock.holds(stat)) {
+        this.lock.folderReplaced()
+        return this.lock.lost ?? new LockLostError(this.dir, null, true)
+      }
       return null
     } catch (err) {
       return new StorageError('checking the storage folder', err as NodeJS.ErrnoException)
