@@ -634,13 +634,17 @@ export class TaskManager {
     await this.registry.sync(sessionId)
     await this.assertNotRunningElsewhere(sessionId)
     let unarchived = false
-    const taskIds = await this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
+    const change = async (fresh: boolean): Promise<string[]> => this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
       // Checked before the draft is touched: a refused change leaves it as it was.
       // Archived (or brought back) since its copy was read: an archive pass ran first; read it again.
       // So too when it was active then (no copy was looked for) and is gone now.
       if (draft.file === null) this.archived.assertCurrent(draft, archivedCopy)
       const source = draft.file ?? archivedCopy?.file ?? null
-      if (source === null) throw new SessionNotFoundError(sessionId)
+      if (source === null) {
+        // Shared: another replica may have brought it back since this copy was read: read the row.
+        if (this.shared !== undefined && !fresh) throw new StaleCopyError()
+        throw new SessionNotFoundError(sessionId)
+      }
       if (draft.file !== null && this.registry.existing(sessionId).executing) throw new SessionBusyError(sessionId)
       const chosen = taskId === undefined
         ? source.session.tasks.filter((task) => task.status === 'Failed')
@@ -661,7 +665,11 @@ export class TaskManager {
         delete task.result_truncated
       }
       return ids
-    }, { records: true }))
+    }, { records: true, fresh }))
+    const taskIds = await change(false).catch(async (err: unknown) => {
+      if (!(err instanceof StaleCopyError)) throw err
+      return change(true)
+    })
     if (unarchived && this.events.listenerCount('task-event') > 0) this.events.emit('task-event', 'session.unarchived', { session_id: sessionId })
     this.runner.announce('tasks.retried', { session_id: sessionId, task_ids: taskIds, status: 'Pending' })
     return { task_ids: taskIds, progress: this.progress(sessionId) }

@@ -152,3 +152,23 @@ t.test('a task added through another replica while a background run ends, after 
   })
   t.same(tasks.map((task: { instruction: string, status: string }) => [task.instruction, task.status]), [['first', 'Completed'], ['late', 'Completed']], 'the late task ran too')
 })
+
+t.test('a retry of an archived session whose bring-back another replica wins retries the session brought back (not a 404)', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const agents = { default: { kind: 'command', argv: ['/bin/sh', '-c', 'cat >/dev/null; exit 1'], max_attempts: 1 } }
+  const { app: b } = await replica(t, url, 'races-b', { agents })
+  const { app: c, hold } = await replica(t, url, 'races-c', { agents })
+  t.equal((await call(b, 'POST', 'create', { session_id: 'alpha', instructions: 'alpha' })).status, 200)
+  t.match((await call(b, 'POST', 'execute', { session_id: 'alpha' })).body, { status: 'Failed' })
+  t.same((await call(b, 'POST', 'archive', { older_than_days: 0 })).body.archived_ids, ['alpha'])
+  const held = hold(/revived AS \(/u)
+  const retrying = call(c, 'POST', 'retry', { session_id: 'alpha' })
+  await held.reached
+  t.equal((await call(b, 'POST', 'create', { session_id: 'alpha', instructions: 'delta' })).status, 200, 'brought back through the other replica')
+  held.release()
+  const retried = await retrying
+  t.equal(retried.status, 200, JSON.stringify(retried.body))
+  t.same(await instructions(b), ['alpha', 'delta'])
+  t.match((await call(b, 'GET', 'list?session_id=alpha')).body.tasks, [{ status: 'Pending' }, { status: 'Pending' }], 'its failed task retried')
+})
