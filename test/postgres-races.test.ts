@@ -74,7 +74,7 @@ function holdingPool (t: Test, url: string): HoldingPool {
   }
 }
 
-async function replica (t: Test, url: string, replicaId: string, options: { agents?: Record<string, unknown> } = {}): Promise<{ app: FastifyInstance, hold: HoldingPool['hold'] }> {
+async function replica (t: Test, url: string, replicaId: string, options: { agents?: Record<string, unknown>, sweepIntervalMs?: number } = {}): Promise<{ app: FastifyInstance, hold: HoldingPool['hold'] }> {
   const { pool, hold } = holdingPool(t, url)
   const app = Fastify()
   t.teardown(() => app.close())
@@ -132,25 +132,58 @@ t.test('a bring-back that read the archived copy before another replica deleted 
   t.same([await instructions(b), await instructions(c)], [['delta'], ['delta']], 'a new session holding only the new task')
 })
 
-t.test('a task added through another replica while a background run ends, after it found nothing left to run, is run by it', async (t) => {
+t.test('a task added through another replica while a background run ends, after it found nothing left to run, is run by it; a cancel then is the run\'s end', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const agents = { default: { kind: 'command', argv: ['/bin/sh', '-c', 'grep -q slow && sleep 5; echo done'], max_attempts: 1 } }
+  const { app: a, hold } = await replica(t, url, 'races-a', { agents })
+  const { app: b } = await replica(t, url, 'races-b', { agents })
+  const ends: string[] = []
+  a.taskManager.events.on('task-event', (name) => { if (name.startsWith('run.')) ends.push(name) })
+  for (const [late, status] of [['late', 'Completed'], ['slow late', 'Failed']] as const) {
+    t.equal((await call(a, 'POST', 'create', { session_id: 'alpha', instructions: 'first' })).status, 200)
+    // The save that clears the run's record: the tasks done, no background run left.
+    const held = hold(/^UPDATE sessions|save_batch|WITH v AS/u, (values) => values.some((value) => value.includes('"alpha"') && !value.includes('Pending') && !value.includes('InProgress') && !value.includes('background_run')))
+    ends.length = 0
+    t.equal((await call(a, 'POST', 'execute-all', { session_id: 'alpha', wait: false })).status, 202)
+    await held.reached
+    t.equal((await call(b, 'POST', 'create', { session_id: 'alpha', instructions: late })).status, 200, `${late}: added while the run ends`)
+    held.release()
+    if (status === 'Failed') {
+      await waitFor('the late task to run', async () => (await call(b, 'GET', 'list?session_id=alpha')).body.tasks.at(-1).status === 'InProgress')
+      t.match((await call(b, 'POST', 'cancel', { session_id: 'alpha' })).body, { cancelled_task_id: /^task_/u })
+    }
+    const tasks = await waitFor('the run to end', async () => {
+      const res = await call(b, 'GET', 'list?session_id=alpha')
+      const progress = await call(b, 'GET', 'progress?session_id=alpha')
+      return progress.body.running === false && res.body.tasks.every((task: { status: string }) => task.status !== 'InProgress') ? res.body.tasks : undefined
+    })
+    t.same(tasks.slice(-2).map((task: { instruction: string, status: string }) => [task.instruction, task.status]), [['first', 'Completed'], [late, status]], `${late}: the late task ran too`)
+    await waitFor('the run\'s end', () => ends.length >= 2)
+    t.same(ends, ['run.started', status === 'Failed' ? 'run.cancelled' : 'run.finished'], `${late}: announced as it ended`)
+  }
+})
+
+t.test('a shutdown while a background run ends, with a task added through another replica meanwhile, leaves the run recorded: another replica carries it on', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
   const agents = { default: { kind: 'command', argv: ['/bin/sh', '-c', 'cat >/dev/null; echo done'], max_attempts: 1 } }
   const { app: a, hold } = await replica(t, url, 'races-a', { agents })
-  const { app: b } = await replica(t, url, 'races-b', { agents })
+  const { app: b } = await replica(t, url, 'races-b', { agents, sweepIntervalMs: 200 })
   t.equal((await call(a, 'POST', 'create', { session_id: 'alpha', instructions: 'first' })).status, 200)
-  // The save that clears the run's record: the first task done, no background run left.
   const held = hold(/^UPDATE sessions|save_batch|WITH v AS/u, (values) => values.some((value) => value.includes('"alpha"') && value.includes('Completed') && !value.includes('background_run')))
   t.equal((await call(a, 'POST', 'execute-all', { session_id: 'alpha', wait: false })).status, 202)
   await held.reached
   t.equal((await call(b, 'POST', 'create', { session_id: 'alpha', instructions: 'late' })).status, 200, 'added while the run ends')
+  const closing = a.close()
+  await new Promise((resolve) => setTimeout(resolve, 100))
   held.release()
-  const tasks = await waitFor('the run to end', async () => {
+  await closing
+  const tasks = await waitFor('the other replica to run it', async () => {
     const res = await call(b, 'GET', 'list?session_id=alpha')
-    const progress = await call(b, 'GET', 'progress?session_id=alpha')
-    return progress.body.running === false && res.body.tasks.every((task: { status: string }) => task.status !== 'InProgress') ? res.body.tasks : undefined
+    return res.body.tasks.at(-1).status === 'Completed' ? res.body.tasks : undefined
   })
-  t.same(tasks.map((task: { instruction: string, status: string }) => [task.instruction, task.status]), [['first', 'Completed'], ['late', 'Completed']], 'the late task ran too')
+  t.same(tasks.map((task: { instruction: string, status: string }) => [task.instruction, task.status]), [['first', 'Completed'], ['late', 'Completed']])
 })
 
 t.test('a retry of an archived session whose bring-back another replica wins retries the session brought back (not a 404)', async (t) => {

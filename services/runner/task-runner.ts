@@ -327,6 +327,8 @@ export class TaskRunner {
 
   private async runAll (sessionId: string, run: Run): Promise<ExecutedTask[]> {
     const results: ExecutedTask[] = []
+    // A pass after one that found nothing left (a task added since): drained only if it is too.
+    run.drained = false
     for (;;) {
       // Once shutdown begins no new task starts; running ones get the grace period. A cancel
       // still records the task whose ending storage refused (as cancelled).
@@ -413,7 +415,8 @@ export class TaskRunner {
   private async endRecordedRun (sessionId: string, run: Run): Promise<boolean> {
     return this.registry.change(sessionId, (draft) => {
       if (draft.file === null || draft.file.background_run === undefined) return unchanged(true)
-      if (run.drained && !run.signal.aborted && !this.closing && draft.file.session.tasks.some((task) => task.status === 'Pending')) return unchanged(false)
+      // Shutdown meanwhile: kept too, and the next pass stops at once, leaving the record for the restart.
+      if (run.drained && !run.signal.aborted && draft.file.session.tasks.some((task) => task.status === 'Pending')) return unchanged(false)
       delete draft.file.background_run
       return true
     }, { records: true })

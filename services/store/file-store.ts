@@ -324,7 +324,8 @@ export class FileSessionStore implements SessionStore {
   async remove (sessionId: string): Promise<void> {
     const target = this.pathFor(sessionId)
     this.assertWritable()
-    const confirming = this.confirmHeld()
+    // As before a save's rename: not in another folder put at the path (a restored copy's session is not ours to delete).
+    const confirming = this.beforeRename()
     if (confirming !== null) await confirming
     const operation = `deleting session '${sessionId}'`
     // Moved to a temp name first: if the folder sync fails, moving it back needs no room on a
@@ -345,10 +346,11 @@ export class FileSessionStore implements SessionStore {
     try {
       await this.syncDir(operation, true)
     } catch (err) {
-      if (err instanceof StorageError && await this.fs.rename(temp, target).then(() => true, () => false)) {
+      // Back under its name whatever the failure (another folder found at the path, too: its file is not ours to take).
+      if ((err instanceof StorageError || err instanceof LockLostError) && await this.fs.rename(temp, target).then(() => true, () => false)) {
         await this.syncDir(operation).catch(noop)
         // Back under its name: the delete did not happen.
-        err.uncertain = false
+        if (err instanceof StorageError) err.uncertain = false
       } else this.stored(sessionId, null)
       throw err
     }
