@@ -167,9 +167,9 @@ export class StaleArchivedCopyError extends TaskvaultError {
   }
 }
 
-/** A session a pass did not archive or delete because storage failed it. */
+/** A session a pass did not archive or delete because storage failed it (null: the pass itself stopped). */
 export interface PassFailure {
-  sessionId: string
+  sessionId: string | null
   err: Error
 }
 
@@ -182,9 +182,13 @@ export class ArchivePassError extends TaskvaultError {
     const [first] = failures as [PassFailure]
     const full = failures.some(({ err }) => err instanceof StorageError && err.full)
     const own = first.err instanceof TaskvaultError && first.err.statusCode >= 500 ? first.err.code : 'STORAGE_UNAVAILABLE'
-    super(full ? 'STORAGE_FULL' : own,
-      `the archive pass could not move or delete ${failures.length} session${failures.length === 1 ? '' : 's'} ('${first.sessionId}': ${first.err.message}); ` +
-      `${archived} archived and ${deleted} deleted meanwhile, durably`)
+    const sessions = failures.filter((failure) => failure.sessionId !== null)
+    const stop = failures.find((failure) => failure.sessionId === null)
+    const what = [
+      ...sessions.slice(0, 1).map(({ sessionId, err }) => `could not move or delete ${sessions.length} session${sessions.length === 1 ? '' : 's'} ('${sessionId ?? ''}': ${err.message})`),
+      ...(stop === undefined ? [] : [`stopped early (${stop.err.message})`])
+    ]
+    super(full ? 'STORAGE_FULL' : own, `the archive pass ${what.join(' and ')}; ${archived} archived and ${deleted} deleted meanwhile, durably`)
   }
 }
 

@@ -9,7 +9,7 @@ import { DiskWatch } from './store/disk-space.js'
 import type { ArchivedSummary } from './archive/archive-index.js'
 import { ArchivedSessions, archivedView, type ArchivedCopy, type ArchivedSessionSummary, type RetentionCutoffs } from './archive/archived-sessions.js'
 import {
-  IdempotencyKeyReusedError, InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
+  DatabaseUnavailableError, IdempotencyKeyReusedError, InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
   TaskNotFailedError, TaskNotFoundError, isPassFailure, type PassFailure, type TaskvaultError
 } from './errors.js'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -690,9 +690,13 @@ export class TaskManager {
       const done: string[] = []
       const seen = new Set<string>()
       // Its lock gone with its connection, another replica's pass may run: this one stops.
+      let stopped = false
       const lockLost = async (): Promise<boolean> => {
+        if (stopped) return true
         if (await lock.held()) return false
+        stopped = true
         this.log.warn({ archived: done.length }, 'Archive pass stopped: its lock\'s connection to the database broke')
+        failures.push({ sessionId: null, err: new DatabaseUnavailableError('the archive pass stopped: its lock\'s connection to the database broke') })
         return true
       }
       // Page by page: sessions left active (unreadable ones, say) must not hide the ones after them.
@@ -762,7 +766,14 @@ export class TaskManager {
    */
   private async pruneShared (shared: SharedSessions, cutoffs: RetentionCutoffs, lock: PassLock, deleted: string[], failures: PassFailure[]): Promise<void> {
     // Before each page and each deletion: a pass whose lock went with its connection stops.
-    const stop = async (): Promise<boolean> => this.shuttingDown || !(await lock.held())
+    let stopped = false
+    const stop = async (): Promise<boolean> => {
+      if (stopped || this.shuttingDown) return true
+      if (await lock.held()) return false
+      stopped = true
+      failures.push({ sessionId: null, err: new DatabaseUnavailableError('the retention pass stopped: its lock\'s connection to the database broke') })
+      return true
+    }
     let after: RetentionCursor | null = null
     while (!(await stop())) {
       const page: { sessions: ArchivedSummary[], next: RetentionCursor | null } = await shared.pastRetention(cutoffs, this.settings.sweepBatch, after)

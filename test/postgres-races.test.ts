@@ -12,7 +12,7 @@ import taskvaultPlugin from '../index.js'
 import { noop } from '../services/noop.js'
 import { connectionConfig } from '../services/store/postgres/pool.js'
 import { API, waitFor } from './helper.js'
-import { testDatabase } from './postgres.js'
+import { inspector, testDatabase } from './postgres.js'
 
 const SCHEMA = 'taskvault'
 
@@ -204,4 +204,24 @@ t.test('a retry of an archived session whose bring-back another replica wins ret
   t.equal(retried.status, 200, JSON.stringify(retried.body))
   t.same(await instructions(b), ['alpha', 'delta'])
   t.match((await call(b, 'GET', 'list?session_id=alpha')).body.tasks, [{ status: 'Pending' }, { status: 'Pending' }], 'its failed task retried')
+})
+
+t.test('POST /archive whose pass loses its lock midway (the lock\'s connection broke) answers 503 saying so, with what it did', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const admin = inspector(t, url, SCHEMA)
+  const { app: a, hold } = await replica(t, url, 'races-a')
+  for (const id of ['one', 'two']) {
+    t.equal((await call(a, 'POST', 'create', { session_id: id, instructions: id })).status, 200)
+    t.equal((await call(a, 'POST', 'execute', { session_id: id })).status, 200)
+  }
+  const held = hold(/^UPDATE sessions SET archived_at = now\(\)/u)
+  const pass = call(a, 'POST', 'archive', { older_than_days: 0 })
+  await held.reached
+  // The pass's lock is an advisory lock held by a connection of its own: a failover ends it.
+  await admin.query("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND pid <> pg_backend_pid()")
+  held.release()
+  const answer = await pass
+  t.match([answer.status, answer.body], [503, { code: 'DATABASE_UNAVAILABLE', message: /^the archive pass stopped early \(the archive pass stopped: its lock's connection to the database broke\); 1 archived and 0 deleted meanwhile, durably$/u }])
+  t.same((await call(a, 'POST', 'archive', { older_than_days: 0 })).body.archived_ids, ['two'], 'the next pass goes on')
 })
