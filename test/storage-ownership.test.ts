@@ -498,31 +498,23 @@ t.test('folder: another folder at the path (a volume unmounted from under its mo
   }
 })
 
-t.test('folder: a copy of the folder put in its place keeps its sessions: a save refused there neither lands nor removes anything', async (t) => {
-  const parent = await tempDir(t)
-  const dir = join(parent, 'tasks')
-  // A heartbeat too slow to see it first: the save finds it.
-  const app = await open(t, dir, { TASK_LOCK_REFRESH_MS: 60_000, TASK_LOCK_STALE_MS: 120_000 })
-  t.equal((await post(app, '/create', { session_id: 'kept', instructions: '1. a\n2. b' })).statusCode, 200)
-  await rename(dir, join(parent, 'old'))
-  await cp(join(parent, 'old'), dir, { recursive: true, preserveTimestamps: true })
-  const copied = await readFile(join(dir, 'kept.json'), 'utf8')
-  const refused = await post(app, '/create', { session_id: 'kept', instructions: 'c' })
-  t.equal(refused.statusCode, 503)
-  t.match(refused.json(), { code: 'LOCK_LOST' })
-  t.equal(await readFile(join(dir, 'kept.json'), 'utf8'), copied, 'the copy\'s session is as it was: not replaced by the refused change, not removed')
-})
-
-t.test('folder: a copy of the folder put in its place keeps its sessions: a DELETE refused there leaves the file under its name', async (t) => {
-  const parent = await tempDir(t)
-  const dir = join(parent, 'tasks')
-  const app = await open(t, dir, { TASK_LOCK_REFRESH_MS: 60_000, TASK_LOCK_STALE_MS: 120_000 })
-  t.equal((await post(app, '/create', { session_id: 'kept', instructions: '1. a\n2. b' })).statusCode, 200)
-  await rename(dir, join(parent, 'old'))
-  await cp(join(parent, 'old'), dir, { recursive: true, preserveTimestamps: true })
-  const deleted = await app.inject({ method: 'DELETE', url: `${API}/sessions/kept` })
-  t.match([deleted.statusCode, deleted.json()], [503, { code: 'LOCK_LOST' }])
-  t.same((await readdir(dir)).filter((name) => name.includes('kept')), ['kept.json'], 'the copy\'s file is as it was, under its name')
+t.test('folder: a copy of the folder put in its place keeps its sessions: a save or a DELETE refused there neither lands nor removes anything', async (t) => {
+  for (const first of ['save', 'delete'] as const) {
+    const parent = await tempDir(t)
+    const dir = join(parent, 'tasks')
+    // A heartbeat too slow to see it first: the write finds it.
+    const app = await open(t, dir, { TASK_LOCK_REFRESH_MS: 60_000, TASK_LOCK_STALE_MS: 120_000 })
+    t.equal((await post(app, '/create', { session_id: 'kept', instructions: '1. a\n2. b' })).statusCode, 200)
+    await rename(dir, join(parent, 'old'))
+    await cp(join(parent, 'old'), dir, { recursive: true, preserveTimestamps: true })
+    const copied = await readFile(join(dir, 'kept.json'), 'utf8')
+    const refused = first === 'save'
+      ? await post(app, '/create', { session_id: 'kept', instructions: 'c' })
+      : await app.inject({ method: 'DELETE', url: `${API}/sessions/kept` })
+    t.match([refused.statusCode, refused.json()], [503, { code: 'LOCK_LOST' }], `${first}: refused`)
+    t.same((await readdir(dir)).filter((name) => name.includes('kept')), ['kept.json'], `${first}: the copy's file keeps its name`)
+    t.equal(await readFile(join(dir, 'kept.json'), 'utf8'), copied, `${first}: the copy's session is as it was: not replaced by the refused change, not removed`)
+  }
 })
 
 t.test('folder: a folder emptied in place (deleted and made again under the same inode number): the lock and marker both gone stop every write', async (t) => {
