@@ -35,6 +35,7 @@ export const COMMON_HELP = `Common options:
   --json      print one JSON document on stdout instead of text
   -h, --help  show this help
 
-The storage folder defaults to TASK_STORAGE_DIR (from the environment or ./.env), else data/tasks;
-with TASK_STORE=postgres there and no folder given, DATABASE_URL is used as --database-url.
+The storage folder defaults to TASK_STORAGE_DIR (from the environment or ./.env), else data/tasks.
+With TASK_STORE=postgres there and no folder given, stats, validate and seal use DATABASE_URL as
+--database-url; archive, prune, backup and restore need their target named.
 Exit status: 0 done, 1 failed or found a problem, 2 usage error.`

@@ -39,6 +39,31 @@ export interface DatabaseTarget {
   where: string
 }
 
+/** In a PostgreSQL server's environment (TASK_STORE=postgres, a pod's shell) with neither a folder nor --database-url given. */
+export function inDatabaseServer (args: ParsedCommand, settings: Config): boolean {
+  return settings.TASK_STORE === 'postgres' && args.positionals.length === 0 && args.values['database-url'] === undefined
+}
+
+/**
+ * For the commands that read (stats, validate) or are safe beside running servers (seal): the
+ * database a PostgreSQL server's environment names, as if given --database-url, rather than the
+ * empty folder beside that server; else what the command line names (databaseTarget).
+ */
+export function readTarget (args: ParsedCommand, settings: Config): DatabaseTarget | null {
+  if (!inDatabaseServer(args, settings)) return databaseTarget(args, settings)
+  if (settings.DATABASE_URL === '') throw new UsageError('TASK_STORE=postgres and DATABASE_URL is not set: give --database-url URL (or a folder)')
+  return databaseTarget(args, settings, true)
+}
+
+/**
+ * For the commands that work on a folder, or change a database without the servers' leases
+ * (archive, prune, restore, backup): refused in a PostgreSQL server's environment unless their
+ * target is `named`, rather than working on the empty folder beside that server, or on its live database.
+ */
+export function assertTargetNamed (settings: Config, named: boolean, instead: string): void {
+  if (settings.TASK_STORE === 'postgres' && !named) throw new UsageError(`TASK_STORE=postgres: the sessions are in the database, not in a folder here; ${instead}`)
+}
+
 /** The database a command that only works on one names: `--database-url`, else DATABASE_URL (export, import, migrate). */
 export function requiredDatabase (args: ParsedCommand, settings: Config): DatabaseTarget {
   const target = databaseTarget(args, settings, true)
@@ -48,17 +73,14 @@ export function requiredDatabase (args: ParsedCommand, settings: Config): Databa
 
 /**
  * The database the command line names: `--database-url`, else (when `fallback`) DATABASE_URL.
- * By default that is when TASK_STORE=postgres and no folder is given: in a server's environment
- * (a pod's shell) a command reads the store that server uses, not an empty folder beside it.
  * null: no database named, use the folder.
  */
-export function databaseTarget (args: ParsedCommand, settings: Config, fallback = settings.TASK_STORE === 'postgres' && args.positionals.length === 0): DatabaseTarget | null {
+export function databaseTarget (args: ParsedCommand, settings: Config, fallback = false): DatabaseTarget | null {
   const flagUrl = args.values['database-url'] as string | undefined
   const flagSchema = args.values.schema as string | undefined
   const url = flagUrl ?? (fallback && settings.DATABASE_URL !== '' ? settings.DATABASE_URL : undefined)
   if (url === undefined) {
     if (flagSchema !== undefined) throw new UsageError('--schema needs --database-url')
-    if (fallback && settings.TASK_STORE === 'postgres') throw new UsageError('TASK_STORE=postgres and DATABASE_URL is not set: give --database-url URL (or a folder)')
     return null
   }
   if (url === '') throw new UsageError('--database-url is empty')
@@ -141,12 +163,11 @@ export function unavailable (target: DatabaseTarget, err: unknown): DatabaseUnav
 }
 
 /**
- * Runs `work` on the store the command line names: the PostgreSQL store for `--database-url`
- * (no lock: stop servers on that database first), else the folder's file store holding its
- * single-writer lock. `where` is what the command prints for it.
+ * Runs `work` on the store `target` names (databaseTarget, readTarget): the PostgreSQL store
+ * (no lock: stop servers on that database first), else (null) the folder's file store holding
+ * its single-writer lock. `where` is what the command prints for it.
  */
-export async function withStore<R> (args: ParsedCommand, { settings, keyring }: CommandContext, work: (store: SessionStore, where: string, target: DatabaseTarget | null) => Promise<R>): Promise<R> {
-  const target = databaseTarget(args, settings)
+export async function withStore<R> (args: ParsedCommand, { settings, keyring }: CommandContext, target: DatabaseTarget | null, work: (store: SessionStore, where: string, target: DatabaseTarget | null) => Promise<R>): Promise<R> {
   if (target === null) {
     const dir = storageDir(args.positionals[0], settings)
     await archiveFolder(dir)

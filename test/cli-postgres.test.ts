@@ -256,6 +256,12 @@ t.test('stats, validate, archive and prune with --database-url answer as on the 
   t.match(inPod.json(), { ...before, storage: { kind: 'postgres', database: url } }, 'TASK_STORE=postgres: DATABASE_URL, not the empty folder beside it')
   const noUrl = await taskvault(['validate'], { env: { TASK_STORE: 'postgres' } })
   t.same([noUrl.code, noUrl.stderr.trim().split('\n')[0]], [2, 'taskvault: TASK_STORE=postgres and DATABASE_URL is not set: give --database-url URL (or a folder)'])
+  // Those that change the store without the servers' leases, or work on a folder, need their target named there.
+  for (const args of [['archive', '--days', '30'], ['prune', '--days', '300'], ['backup', '--out', join(dir, '..', 'b.tar.gz')], ['restore', join(dir, '..', 'b.tar.gz')]]) {
+    const refused = await taskvault(args, { env: { TASK_STORE: 'postgres', DATABASE_URL: url } })
+    t.match([refused.code, refused.stderr], [2, /^taskvault: TASK_STORE=postgres: the sessions are in the database, not in a folder here; /u], `${args[0] ?? ''}: refused`)
+  }
+  t.match(await taskvault(['stats', dir, '--json'], { env: { TASK_STORE: 'postgres', DATABASE_URL: url } }), { code: 0 }, 'a folder named is read as ever')
 
   const archived = await Promise.all([taskvault(['archive', dir, '--days', '30', '--json']), taskvault(['archive', ...db, '--days', '30', '--json'])])
   t.equal(archived[1].code, 0, archived[1].stderr)

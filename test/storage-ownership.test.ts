@@ -8,7 +8,7 @@
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { chmod, cp, lstat, mkdir, readFile, readdir, readlink, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises'
-import { basename, join } from 'node:path'
+import { basename, dirname, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
@@ -498,22 +498,25 @@ t.test('folder: another folder at the path (a volume unmounted from under its mo
   }
 })
 
-t.test('folder: a copy of the folder put in its place keeps its sessions: a save or a DELETE refused there neither lands nor removes anything', async (t) => {
-  for (const first of ['save', 'delete'] as const) {
+t.test('folder: a copy of the folder put in its place keeps its sessions: a save, DELETE or archive refused there neither lands nor removes anything', async (t) => {
+  for (const first of ['save', 'delete', 'archive', 'archived delete'] as const) {
     const parent = await tempDir(t)
     const dir = join(parent, 'tasks')
     // A heartbeat too slow to see it first: the write finds it.
     const app = await open(t, dir, { TASK_LOCK_REFRESH_MS: 60_000, TASK_LOCK_STALE_MS: 120_000 })
     t.equal((await post(app, '/create', { session_id: 'kept', instructions: '1. a\n2. b' })).statusCode, 200)
+    if (first.startsWith('archive')) t.equal((await post(app, '/execute-all', { session_id: 'kept' })).statusCode, 200)
+    if (first === 'archived delete') t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['kept'])
+    const file = first === 'archived delete' ? join('archive', 'kept.json') : 'kept.json'
     await rename(dir, join(parent, 'old'))
     await cp(join(parent, 'old'), dir, { recursive: true, preserveTimestamps: true })
-    const copied = await readFile(join(dir, 'kept.json'), 'utf8')
+    const copied = await readFile(join(dir, file), 'utf8')
     const refused = first === 'save'
       ? await post(app, '/create', { session_id: 'kept', instructions: 'c' })
-      : await app.inject({ method: 'DELETE', url: `${API}/sessions/kept` })
+      : first === 'archive' ? await post(app, '/archive', { older_than_days: 0 }) : await app.inject({ method: 'DELETE', url: `${API}/sessions/kept` })
     t.match([refused.statusCode, refused.json()], [503, { code: 'LOCK_LOST' }], `${first}: refused`)
-    t.same((await readdir(dir)).filter((name) => name.includes('kept')), ['kept.json'], `${first}: the copy's file keeps its name`)
-    t.equal(await readFile(join(dir, 'kept.json'), 'utf8'), copied, `${first}: the copy's session is as it was: not replaced by the refused change, not removed`)
+    t.same((await readdir(join(dir, dirname(file)))).filter((name) => name.includes('kept')), ['kept.json'], `${first}: the copy's file keeps its name`)
+    t.equal(await readFile(join(dir, file), 'utf8'), copied, `${first}: the copy's session is as it was: not replaced by the refused change, not moved, not removed`)
   }
 })
 

@@ -9,6 +9,7 @@ import { writeTarGz, type TarFile } from '../../services/backup/tar.js'
 import { CommandFailedError, UsageError, daysOption } from '../args.js'
 import { assertFolder, folderKeys, checkStoredFile, ignoredByServer, listStoredFiles, storageDir, type StoredFile } from '../folder.js'
 import { COMMON_HELP, type Command } from '../command.js'
+import { assertTargetNamed } from '../database.js'
 import { formatBytes } from './stats.js'
 
 /** Rounds of listing again when files moved during the backup (a live server archiving or bringing back). */
@@ -52,6 +53,7 @@ ${COMMON_HELP}`,
   options: { out: { type: 'string', short: 'o' }, force: { type: 'boolean', default: false }, 'out-dir': { type: 'string' }, 'keep-days': { type: 'string' } },
   positionals: { min: 0, max: 1, names: 'dir' },
   async run (args, { settings, keyring }) {
+    assertTargetNamed(settings, args.positionals.length > 0, 'back the database up with pg_dump, taskvault export or GET /api/v1/tasks/backup (or give a folder)')
     const dir = storageDir(args.positionals[0], settings)
     const { out, outDir, keepDays } = await target(args.values)
     await assertFolder(dir)

@@ -1,7 +1,7 @@
 import type { ArchivePassOptions } from '../../services/archive/archive-scheduler.js'
 import type { Logger } from '../../services/task-manager.js'
 import { UsageError, daysOption, type ParsedCommand } from '../args.js'
-import { DATABASE_HELP, DATABASE_OPTIONS, withStore } from '../database.js'
+import { DATABASE_HELP, DATABASE_OPTIONS, assertTargetNamed, databaseTarget, withStore } from '../database.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 
 export const archiveCommand: Command = {
@@ -86,7 +86,9 @@ async function runPass (args: ParsedCommand, context: CommandContext, options: A
   // The task manager (and all it runs on) is loaded by the two commands that need it only.
   const [{ TaskManager }, { ArchiveScheduler }] = await Promise.all([import('../../services/task-manager.js'), import('../../services/archive/archive-scheduler.js')])
   let dir = ''
-  const pass = await withStore(args, context, async (store, where) => {
+  // The servers on a database run these passes themselves; one from here needs its URL given, with them stopped.
+  assertTargetNamed(settings, args.positionals.length > 0 || args.values['database-url'] !== undefined, 'the servers archive and prune it themselves (POST /api/v1/tasks/archive); to run a pass from here, stop them and give --database-url')
+  const pass = await withStore(args, context, databaseTarget(args, settings), async (store, where) => {
     dir = where
     // Passive: a background run a server left behind keeps its record for the server to carry
     // on with its agents; this pass runs no task (it has no agents but the demo echo).

@@ -13,6 +13,7 @@ import type { Keyring } from '../../services/store/keyring.js'
 import { checkStoredFile, clearOf, keyWarnings, needKey, sameState, storageDir, wholeFile, withWriteLock, writing, type KeysNeeded } from '../folder.js'
 import type { SessionFile } from '../../services/session/session.js'
 import { COMMON_HELP, type Command } from '../command.js'
+import { assertTargetNamed } from '../database.js'
 
 /** One session file of the backup, checked, and what restoring it would do. */
 interface Planned {
@@ -72,6 +73,7 @@ ${COMMON_HELP}`,
   options: { force: { type: 'boolean', default: false } },
   positionals: { min: 1, max: 2, names: 'FILE.tar.gz' },
   async run (args, { settings, keyring, warn }) {
+    assertTargetNamed(settings, args.positionals.length > 1, 'restore into it with pg_restore, or taskvault import from a folder (or give a folder)')
     const backup = resolve(args.positionals[0] as string)
     const dir = storageDir(args.positionals[1], settings)
     const force = args.values.force === true

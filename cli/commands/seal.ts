@@ -7,7 +7,7 @@ import { readMarker } from '../../services/store/storage-folder.js'
 import type { Keyring } from '../../services/store/keyring.js'
 import { CommandFailedError, UsageError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
-import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase } from '../database.js'
+import { DATABASE_HELP, DATABASE_OPTIONS, readTarget, withDatabase } from '../database.js'
 import { checkStoredFile, EVERY_KID, ignoredByServer, KidProofs, listStoredFiles, storageDir, withWriteLock, writing, type StoredFile } from '../folder.js'
 import { sealRows, wrongSealingKey } from './seal-rows.js'
 
@@ -51,7 +51,7 @@ ${COMMON_HELP}`,
   positionals: { min: 0, max: 1, names: 'dir' },
   async run (args, { settings, keyring, warn }) {
     if (keyring === null) throw new CommandFailedError('TASK_ENCRYPTION_KEYS is not set: there is no key to seal with')
-    const target = databaseTarget(args, settings)
+    const target = readTarget(args, settings)
     if (target !== null) {
       if (args.positionals.length > 0) throw new UsageError(`give a folder or --database-url, not both (got '${args.positionals[0] ?? ''}')`)
       const problems: Array<{ file: string, reason: string }> = []

@@ -8,7 +8,7 @@ import { assertFolder, folderKeys, checkStoredFile, ignoredByServer, listStoredF
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import { PostgresSessionStore } from '../../services/store/postgres/postgres-store.js'
-import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withStore } from '../database.js'
+import { DATABASE_HELP, DATABASE_OPTIONS, readTarget, withStore } from '../database.js'
 
 export const statsCommand: Command = {
   name: 'stats',
@@ -38,7 +38,7 @@ ${COMMON_HELP}`,
   positionals: { min: 0, max: 1, names: 'dir' },
   async run (args, context) {
     const { settings, keyring } = context
-    if (databaseTarget(args, settings) !== null) return databaseStats(args, context)
+    if (readTarget(args, settings) !== null) return databaseStats(args, context)
     const dir = storageDir(args.positionals[0], settings)
     await assertFolder(dir)
     // A key under a kid other than the one the folder first had refuses the server's start: stats fails as it does.
@@ -152,7 +152,7 @@ function countLines (counts: Counts, archived: number, storage: { archive_files:
  */
 async function databaseStats (args: ParsedCommand, context: CommandContext): Promise<CommandResult> {
   if (args.positionals.length > 0) throw new UsageError(`give a folder or --database-url, not both (got '${args.positionals[0] ?? ''}')`)
-  return withStore(args, context, async (store, where, target) => {
+  return withStore(args, context, readTarget(args, context.settings), async (store, where, target) => {
     const loaded = await store.loadAll({ concurrency: 1 })
     const archive = await store.openArchive({ concurrency: 1 })
     // Archived rows are read on demand: one sealed under a key TASK_ENCRYPTION_KEYS lacks waits for it, listed as in a folder.

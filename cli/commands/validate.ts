@@ -5,7 +5,7 @@ import { nodeFs } from '../../services/store/fs-seam.js'
 import { assertUsedFolder, checkStoredFile, ignoredByServer, listStoredFiles, storageDir, withWriteLock, type StoredFile } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
-import { DATABASE_HELP, DATABASE_OPTIONS, databaseTarget, withDatabase, type DatabaseTarget } from '../database.js'
+import { DATABASE_HELP, DATABASE_OPTIONS, readTarget, withDatabase, type DatabaseTarget } from '../database.js'
 import { CorruptSessionFileError, KeyUnavailableError } from '../../services/errors.js'
 import type { Keyring } from '../../services/store/keyring.js'
 import { readSessionDocument } from '../../services/store/session-files.js'
@@ -51,7 +51,7 @@ ${COMMON_HELP}`,
   positionals: { min: 0, max: 1, names: 'dir' },
   async run (args, context) {
     const { settings, keyring } = context
-    const target = databaseTarget(args, settings)
+    const target = readTarget(args, settings)
     if (target !== null) return validateRows(args, context, target)
     const dir = storageDir(args.positionals[0], settings)
     const fix = args.values.fix === true

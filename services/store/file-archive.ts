@@ -14,7 +14,7 @@ import { noop } from '../noop.js'
 export interface ActiveFolder {
   pathFor(sessionId: string): string
   assertWritable(): void
-  /** Rejects (LockLostError) when the lock, read again if it was not confirmed lately, names another server. */
+  /** Rejects (LockLostError) when the lock, read again if it was not confirmed lately, names another server, or another folder is at the path. */
   confirmHeld(): Promise<void>
   save(file: SessionFile, options?: SaveOptions): Promise<number>
   /** The session's active file was renamed into the archive. */

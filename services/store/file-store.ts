@@ -127,7 +127,8 @@ export class FileSessionStore implements SessionStore {
       active: {
         pathFor: (sessionId) => this.pathFor(sessionId),
         assertWritable: () => this.assertWritable(),
-        confirmHeld: async () => { await this.confirmHeld() },
+        // As before a save's rename: the folder at the path is still the one locked, too.
+        confirmHeld: async () => { await this.beforeRename() },
         save: async (file, options) => this.save(file, options),
         movedOut: (sessionId) => this.stored(sessionId, null),
         syncChanged: async (operation) => this.syncDir(operation, true)
