@@ -533,28 +533,44 @@ export class TaskManager {
     // The holder may claim a task after this read: the cancelled one is looked for among those not done yet.
     const unfinished = new Set(before.session.tasks.filter((task) => task.status === 'InProgress' || task.status === 'Pending').map((task) => task.id))
     const owner = await shared.requestCancel(sessionId)
+    let busy: SessionBusyError | null = null
     if (owner === null) {
       if (!before.session.tasks.some((task) => task.status === 'InProgress') && before.background_run === undefined) throw new NotRunningError(sessionId)
       // An execution started here meanwhile: it is the one to cancel.
       await this.runner.started(sessionId)
       if (this.runner.isRunning(sessionId)) return this.runner.cancel(sessionId)
       // Left behind by a replica that is gone: claimed here and cancelled, as a sweep would.
-      const { epoch } = await shared.acquire(sessionId)
+      const lease = await shared.acquire(sessionId).catch((err: unknown) => {
+        // Taken a moment ago by another replica: by its own cancel applying it (or a sweep),
+        // whose outcome is read below, or by an execution started since.
+        if (err instanceof SessionBusyError) return err
+        throw err
+      })
       // Its failure is the cancel's (503, the cancel still asked in the row): never a 200 for a cancel not applied.
-      await this.claim({ sessionId, epoch, cancelRequested: true })
+      if (lease instanceof SessionBusyError) busy = lease
+      else await this.claim({ sessionId, epoch: lease.epoch, cancelRequested: true })
     } else {
-      // The holder sees it by NOTIFY (or its next renewal) and lets go; if it died, the replica
-      // whose sweep claims the session applies it. Either way the request is cleared then.
-      const deadline = performance.now() + this.cancelWaitMs(shared)
-      while (await shared.cancelPending(sessionId)) {
-        if (performance.now() > deadline) throw new SessionBusyError(sessionId, owner)
-        await sleep(CANCEL_POLL_MS)
-      }
+      await this.cancelApplied(shared, sessionId, owner)
     }
     await this.registry.sync(sessionId)
     const after = this.registry.existing(sessionId)
     const cancelled = after.file.session.tasks.find((task) => unfinished.has(task.id) && task.status === 'Failed' && task.error === 'cancelled')
+    // Taken by an execution that started since, with nothing cancelled: it runs there, as a 409 says.
+    if (busy !== null && cancelled === undefined) throw busy
     return { cancelled_task_id: cancelled?.id ?? null, progress: after.progress }
+  }
+
+  /**
+   * Waits for the cancel asked in the row to be applied: the holder sees it by NOTIFY (or its
+   * next renewal) and lets go; if it died, the replica whose sweep claims the session applies it.
+   * Either way the request is cleared then.
+   */
+  private async cancelApplied (shared: SharedSessions, sessionId: string, owner: string | null): Promise<void> {
+    const deadline = performance.now() + this.cancelWaitMs(shared)
+    while (await shared.cancelPending(sessionId)) {
+      if (performance.now() > deadline) throw new SessionBusyError(sessionId, owner)
+      await sleep(CANCEL_POLL_MS)
+    }
   }
 
   /**

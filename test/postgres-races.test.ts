@@ -12,6 +12,7 @@ import taskvaultPlugin from '../index.js'
 import { noop } from '../services/noop.js'
 import { connectionConfig } from '../services/store/postgres/pool.js'
 import { API, waitFor } from './helper.js'
+import { storedSession } from './session-fixtures.js'
 import { inspector, testDatabase } from './postgres.js'
 
 const SCHEMA = 'taskvault'
@@ -224,4 +225,30 @@ t.test('POST /archive whose pass loses its lock midway (the lock\'s connection b
   const answer = await pass
   t.match([answer.status, answer.body], [503, { code: 'DATABASE_UNAVAILABLE', message: /^the archive pass stopped early \(the archive pass stopped: its lock's connection to the database broke\); 1 archived and 0 deleted meanwhile, durably$/u }])
   t.same((await call(a, 'POST', 'archive', { older_than_days: 0 })).body.archived_ids, ['two'], 'the next pass goes on')
+})
+
+t.test('cancels of a run left behind through two replicas at once: the one whose claim finds the other\'s lease answers with the cancelled task too (not 409)', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const admin = inspector(t, url, SCHEMA)
+  const slow = { sweepIntervalMs: 3_600_000 }
+  const { app: b, hold: holdB } = await replica(t, url, 'races-b', slow)
+  const { app: c, hold: holdC } = await replica(t, url, 'races-c', slow)
+  // What a replica that died mid-task leaves once its lease ran out, before any sweep claims it.
+  await admin.query(`INSERT INTO sessions (session_id, document, created_at, updated_at, tasks_total, tasks_in_progress)
+    VALUES ('left', $1::json, now(), now(), 1, 1)`, [storedSession('left', ['InProgress'], new Date().toISOString())])
+  const acquiring = holdC(/^WITH taken AS \(\s+UPDATE sessions SET owner/u)
+  const fromC = call(c, 'POST', 'cancel', { session_id: 'left' })
+  await acquiring.reached
+  // B's cancel claims it and applies the cancel; its lease is still held when C's claim comes.
+  const releasing = holdB(/^UPDATE sessions SET owner = NULL, lease_until = NULL/u)
+  const fromB = call(b, 'POST', 'cancel', { session_id: 'left' })
+  await releasing.reached
+  acquiring.release()
+  const answerC = await fromC
+  releasing.release()
+  const answerB = await fromB
+  t.same([answerB.status, answerB.body.cancelled_task_id], [200, 'task_1'])
+  t.same([answerC.status, answerC.body.cancelled_task_id], [200, 'task_1'], JSON.stringify(answerC.body))
+  t.match(await call(b, 'GET', 'list?session_id=left'), { body: { tasks: [{ status: 'Failed', error: 'cancelled' }] } })
 })
