@@ -5,7 +5,7 @@
  * rules and the dashboard name exists on a real server's /metrics.
  */
 import { execFile } from 'node:child_process'
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
@@ -202,11 +202,17 @@ t.test('a storage folder gone from under the server: /ready 503 and taskvault_re
     (await app.inject({ method: 'GET', url: '/metrics' })).body.split('\n').find((line) => line.startsWith('taskvault_ready '))
   ]
   t.same(await ready(), [200, 'taskvault_ready 1'])
-  await rm(dir, { recursive: true, force: true })
-  t.same(await ready(), [503, 'taskvault_ready 0'], 'a deleted folder (an unmounted volume) is not ready')
+  // The volume goes (nothing at the path), then the same folder comes back (the volume mounted again).
+  t.teardown(async () => rm(`${dir}-away`, { recursive: true, force: true }))
+  await rename(dir, `${dir}-away`)
+  t.same(await ready(), [503, 'taskvault_ready 0'], 'a folder gone (an unmounted volume) is not ready')
   t.match((await app.inject({ method: 'GET', url: '/ready' })).json(), { code: 'STORAGE_UNAVAILABLE' })
-  await mkdir(dir, { recursive: true })
+  await rename(`${dir}-away`, dir)
   t.same(await ready(), [200, 'taskvault_ready 1'], 'ready again once it is back')
+  // Another folder made at the path is not it: what this server wrote is not there (storage-ownership.test.ts).
+  await rename(dir, `${dir}-away`)
+  await mkdir(dir)
+  t.match([...await ready(), (await app.inject({ method: 'GET', url: '/ready' })).json()], [503, 'taskvault_ready 0', { code: 'LOCK_LOST' }], 'a new empty folder there is not')
 })
 
 t.test('the series the rules add move: tasks finished by status, ready', async (t) => {
