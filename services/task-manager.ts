@@ -705,20 +705,10 @@ export class TaskManager {
     const archived = await shared.exclusively('archive', async (lock) => {
       const done: string[] = []
       const seen = new Set<string>()
-      // Its lock gone with its connection, another replica's pass may run: this one stops.
-      let stopped = false
-      const lockLost = async (): Promise<boolean> => {
-        if (stopped) return true
-        if (await lock.held()) return false
-        stopped = true
-        this.log.warn({ archived: done.length }, 'Archive pass stopped: its lock\'s connection to the database broke')
-        failures.push({ sessionId: null, err: new DatabaseUnavailableError('the archive pass stopped: its lock\'s connection to the database broke') })
-        return true
-      }
+      const stop = this.passStop('archive', lock, failures)
       // Page by page: sessions left active (unreadable ones, say) must not hide the ones after them.
       let after: ArchivableCursor | null = null
-      for (;;) {
-        if (await lockLost()) return done
+      while (!(await stop())) {
         const page: { ids: string[], next: ArchivableCursor | null } = await shared.archivable(cutoff, this.settings.sweepBatch, after)
         after = page.next
         if (page.ids.length === 0 || this.shuttingDown) return done
@@ -729,8 +719,9 @@ export class TaskManager {
           seen.add(id)
           await this.registry.sync(id).catch(noop)
         }
-        done.push(...await this.archiveEach(batch, cutoff, failures, lockLost))
+        done.push(...await this.archiveEach(batch, cutoff, failures, stop))
       }
+      return done
     })
     return archived ?? []
   }
@@ -781,15 +772,7 @@ export class TaskManager {
    * deleted go into `deleted` as they go.
    */
   private async pruneShared (shared: SharedSessions, cutoffs: RetentionCutoffs, lock: PassLock, deleted: string[], failures: PassFailure[]): Promise<void> {
-    // Before each page and each deletion: a pass whose lock went with its connection stops.
-    let stopped = false
-    const stop = async (): Promise<boolean> => {
-      if (stopped || this.shuttingDown) return true
-      if (await lock.held()) return false
-      stopped = true
-      failures.push({ sessionId: null, err: new DatabaseUnavailableError('the retention pass stopped: its lock\'s connection to the database broke') })
-      return true
-    }
+    const stop = this.passStop('retention', lock, failures)
     let after: RetentionCursor | null = null
     while (!(await stop())) {
       const page: { sessions: ArchivedSummary[], next: RetentionCursor | null } = await shared.pastRetention(cutoffs, this.settings.sweepBatch, after)
@@ -797,6 +780,24 @@ export class TaskManager {
       if (page.sessions.length === 0 || (after !== null && page.next !== null && isDeepStrictEqual(page.next, after))) return
       after = page.next
       await this.archived.pruneEach(page.sessions, cutoffs, stop, deleted, failures)
+    }
+  }
+
+  /**
+   * What a shared pass asks before each page and each session: true once it must stop, because
+   * the service is shutting down or the pass's lock went with its connection (another replica's
+   * pass may have started). A lost lock goes into `failures` once, so the pass answers 503.
+   */
+  private passStop (pass: 'archive' | 'retention', lock: PassLock, failures: PassFailure[]): () => Promise<boolean> {
+    let stopped = false
+    return async () => {
+      if (stopped || this.shuttingDown) return true
+      if (await lock.held()) return false
+      stopped = true
+      const reason = `the ${pass} pass stopped: its lock's connection to the database broke`
+      this.log.warn({ pass }, reason)
+      failures.push({ sessionId: null, err: new DatabaseUnavailableError(reason) })
+      return true
     }
   }
 

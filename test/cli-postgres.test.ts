@@ -180,12 +180,12 @@ t.test('import again after a session was archived in the folder: its older activ
 
   const again = await taskvault(['import', dir, '--database-url', url, '--json'])
   t.equal(again.code, 0, again.stderr)
-  t.match(again.json(), { inserted: 0, replaced: 0, archived: 1, archivedRows: 1 })
+  t.match(again.json(), { inserted: 0, replaced: 0, archived: 1, archived_rows: 1 })
   t.same(await query(url, "SELECT 1 FROM sessions WHERE session_id = 'moved' AND archived_at IS NULL"), [], 'no active row left in front')
   const store = await openStore(t, url)
   t.equal(JSON.stringify((await store.readArchived('moved')).session?.file), JSON.stringify(JSON.parse(done)), 'the archived session is the folder\'s newest copy')
   const third = await taskvault(['import', dir, '--database-url', url, '--json'])
-  t.match(third.json(), { inserted: 0, replaced: 0, archived: 0, archivedRows: 0, unchanged: 1 }, 'a third run has nothing to do')
+  t.match(third.json(), { inserted: 0, replaced: 0, archived: 0, archived_rows: 0, unchanged: 1 }, 'a third run has nothing to do')
 })
 
 t.test('import again after a session was archived unchanged in the folder: its active row is archived in place, not copied', async (t) => {
@@ -201,9 +201,9 @@ t.test('import again after a session was archived unchanged in the folder: its a
   await unlink(join(dir, 'same.json'))
   const again = await taskvault(['import', dir, '--database-url', url, '--json'])
   t.equal(again.code, 0, again.stderr)
-  t.match(again.json(), { archived: 0, archivedRows: 1 })
+  t.match(again.json(), { archived: 0, archived_rows: 1 })
   t.same(await query(url, "SELECT archived_at IS NOT NULL AS archived FROM sessions WHERE session_id = 'same'"), [{ archived: true }], 'one row, archived')
-  t.match((await taskvault(['import', dir, '--database-url', url, '--json'])).json(), { archivedRows: 0, unchanged: 1 }, 'a third run has nothing to do')
+  t.match((await taskvault(['import', dir, '--database-url', url, '--json'])).json(), { archived_rows: 0, unchanged: 1 }, 'a third run has nothing to do')
 })
 
 t.test('import refuses to replace a newer row without --force, writing nothing, and replaces it with --force', async (t) => {

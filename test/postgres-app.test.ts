@@ -960,7 +960,9 @@ t.test('after the schema is restored from a pg_dump, a client resuming with an i
   await admin.query('DROP SCHEMA taskvault CASCADE')
   await run('pg_restore', ['-d', url, dump])
 
-  const second = await postgresApp(t, url)
+  // Another replica id: the dump holds the first server's row, which names this very process,
+  // so under the same id the boot would wait out a lease (TASK_LEASE_MS) before claiming it.
+  const second = await postgresApp(t, url, { TASK_REPLICA_ID: 'after-restore' })
   await second.listen({ port: 0, host: '127.0.0.1' })
   const { port } = second.server.address() as import('node:net').AddressInfo
   for (const [id, what] of [[lastId, 'an id past the restored log'], [dumpedId, 'the id the dump ended at']] as const) {

@@ -96,14 +96,14 @@ ${COMMON_HELP}`,
       // A kid none of whose files opens: the key given under it is the suspect, not the files.
       const wrongKey = proofs.failure('nothing was written')
       lines.push(wrongKey !== null ? wrongKey.message : `Refused: ${bad.length} files of ${dir} do not read; nothing was written (set the bad ones aside with 'taskvault validate ${dir} --fix')`)
-      return { code: 1, json: { dir, database: target.where, schema: target.schema, inserted: 0, replaced: 0, archived: 0, archivedRows: 0, unchanged: 0, unreadable: bad, conflicts: [] }, lines }
+      return { code: 1, json: { dir, database: target.where, schema: target.schema, inserted: 0, replaced: 0, archived: 0, archived_rows: 0, unchanged: 0, unreadable: bad, conflicts: [] }, lines }
     }
     return withDatabase(target, settings, keyring, false, async (client) => {
       await client.query('BEGIN')
       try {
         const existing = (await client.query<ExistingRow>(rowsOf([...new Set(files.map((item) => item.sessionId))]))).rows
         const { planned, conflicts } = plan(files, existing, keyring)
-        const counts = { inserted: 0, replaced: 0, archived: 0, archivedRows: 0, unchanged: 0 }
+        const counts = { inserted: 0, replaced: 0, archived: 0, archived_rows: 0, unchanged: 0 }
         if (conflicts.length > 0 && !force) {
           await client.query('ROLLBACK')
           const lines = conflicts.map(({ file, reason }) => `❌ ${file}: ${reason}`)
@@ -115,7 +115,7 @@ ${COMMON_HELP}`,
         const needsKeys: KeysNeeded = {}
         for (const { item, action } of planned) if (item.missingKid !== null && action !== 'unchanged') needKey(needsKeys, item.missingKid, item.archived)
         for (const line of keyWarnings(needsKeys, where, 'database')) warn(line)
-        const lines = [`Imported ${dir} into ${where}: ${counts.inserted} new, ${counts.replaced} replaced, ${counts.archived} archived copies added${counts.archivedRows > 0 ? ` (${counts.archivedRows} active rows archived first)` : ''}, ${counts.unchanged} already identical` +
+        const lines = [`Imported ${dir} into ${where}: ${counts.inserted} new, ${counts.replaced} replaced, ${counts.archived} archived copies added${counts.archived_rows > 0 ? ` (${counts.archived_rows} active rows archived first)` : ''}, ${counts.unchanged} already identical` +
           (conflicts.length > 0 ? `; ${conflicts.length} newer rows overwritten (--force)` : '')]
         return { code: 0, json: { dir, database: target.where, schema: target.schema, ...counts, conflicts, forced: conflicts.length > 0, needs_keys: needsKeys }, lines }
       } catch (err) {
@@ -232,7 +232,7 @@ function plan (files: FolderFile[], existing: ExistingRow[], keyring: Keyring | 
  * Writes one planned file: its bytes exactly, as a Buffer (binary format: json's is its text).
  * A write that touches no row means someone changed the session since it was read.
  */
-async function write (client: pg.Client, { item, action, row }: Planned, counts: Record<'inserted' | 'replaced' | 'archived' | 'archivedRows' | 'unchanged', number>): Promise<void> {
+async function write (client: pg.Client, { item, action, row }: Planned, counts: Record<'inserted' | 'replaced' | 'archived' | 'archived_rows' | 'unchanged', number>): Promise<void> {
   if (action === 'unchanged') {
     counts.unchanged++
     return
@@ -241,7 +241,7 @@ async function write (client: pg.Client, { item, action, row }: Planned, counts:
     if ((await client.query(archiveSession(item.sessionId, { row: row.row_id, version: row.version }))).rowCount !== 1) {
       throw new CommandFailedError(`session '${item.sessionId}' changed in the database during the import (or a server runs it); nothing was written, run the import again`)
     }
-    counts.archivedRows++
+    counts.archived_rows++
     if (action === 'archive-row') return
   }
   const derived = item.columns
