@@ -711,7 +711,7 @@ export class TaskManager {
       while (!(await stop())) {
         const page: { ids: string[], next: ArchivableCursor | null } = await shared.archivable(cutoff, this.settings.sweepBatch, after)
         after = page.next
-        if (page.ids.length === 0 || this.shuttingDown) return done
+        if (page.ids.length === 0 || this.stoppedByShutdown(failures)) return done
         const batch = page.ids.filter((id) => !seen.has(id))
         // A page of sessions seen already: the cursor did not move (it always should); stop rather than loop.
         if (batch.length === 0) return done
@@ -732,7 +732,7 @@ export class TaskManager {
     for (const sessionId of sessionIds) {
       const file = this.registry.find(sessionId)
       if (file === null || !isArchivable(file, cutoff)) continue
-      if (this.shuttingDown || await stop()) break
+      if (this.stoppedByShutdown(failures) || await stop()) break
       const moved = await this.registry.change(sessionId, (draft) => {
         // Unsaved changes (auto-save off) stay put: the archive must get the latest state.
         if (draft.file === null || this.registry.existing(sessionId).executing || this.registry.isUnsaved(sessionId) ||
@@ -757,7 +757,7 @@ export class TaskManager {
     const shared = this.shared
     const deleted: string[] = []
     try {
-      if (shared === undefined) await this.archived.prune(cutoffs, () => this.shuttingDown, deleted, failures)
+      if (shared === undefined) await this.archived.prune(cutoffs, () => this.stoppedByShutdown(failures), deleted, failures)
       else await shared.exclusively('retention', async (lock) => { await this.pruneShared(shared, cutoffs, lock, deleted, failures) })
     } finally {
       // Those deleted before a page failed too: they are gone.
@@ -791,7 +791,7 @@ export class TaskManager {
   private passStop (pass: 'archive' | 'retention', lock: PassLock, failures: PassFailure[]): () => Promise<boolean> {
     let stopped = false
     return async () => {
-      if (stopped || this.shuttingDown) return true
+      if (stopped || this.stoppedByShutdown(failures)) return true
       if (await lock.held()) return false
       stopped = true
       const reason = `the ${pass} pass stopped: its lock's connection to the database broke`
@@ -799,6 +799,16 @@ export class TaskManager {
       failures.push({ sessionId: null, err: new DatabaseUnavailableError(reason) })
       return true
     }
+  }
+
+  /**
+   * Whether a pass must stop because the service is shutting down; if so, that goes into
+   * `failures` (once), so a POST /archive cut short answers 503 rather than 200 with a part.
+   */
+  private stoppedByShutdown (failures: PassFailure[]): boolean {
+    if (!this.shuttingDown) return false
+    if (!failures.some(({ err }) => err instanceof ShuttingDownError)) failures.push({ sessionId: null, err: new ShuttingDownError() })
+    return true
   }
 
   /** The session's progress as a live-view event (when anyone listens). */

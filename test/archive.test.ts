@@ -534,3 +534,28 @@ t.test('a copy left in archive/ behind an active session (a bring-back whose rem
   t.match(stats, { total_sessions: 1, archived_sessions: 1 }, 'one active, one archived: back counted once')
   t.same((await get(app, '/list?session_id=all&archived=only')).json().sessions.map((s: { session_id: string }) => s.session_id), ['gone'], 'as the list says')
 })
+
+t.test('a POST /archive that a shutdown cuts short answers 503 naming what it did, not 200 with a part; one queued behind it too', async (t) => {
+  const { fs, held, release } = heldArchiveMove()
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, fs })
+  for (const id of ['first', 'second']) await finishedSession(app, id)
+  const pass = post(app, '/archive', { older_than_days: 0 })
+  await waitFor('the archive pass to be moving a session', held)
+  // Another pass's arguments: queued behind the first, not sharing it.
+  const queued = post(app, '/archive', { older_than_days: 1 })
+  // Time for it to reach the handler (past its own check for a shutdown) and queue.
+  await sleep(200)
+  const closing = app.close()
+  await waitFor('the shutdown to begin', () => app.taskManager.shuttingDown)
+  release()
+  const cut = await pass
+  t.equal(cut.statusCode, 503, cut.body)
+  t.match(cut.json(), { code: 'SHUTTING_DOWN', message: /^the archive pass stopped early \(the service is shutting down\); 1 archived and 0 deleted meanwhile, durably$/u })
+  const late = await queued
+  t.equal(late.statusCode, 503, late.body)
+  t.match(late.json(), { code: 'SHUTTING_DOWN', message: /stopped early \(the service is shutting down\); 0 archived/u })
+  await closing
+  t.equal((await archived(dir)).length, 1, 'the one it answered as archived is in archive/')
+  t.equal((await jsonFiles(dir)).length, 1, 'the other is still active')
+})

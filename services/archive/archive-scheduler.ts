@@ -1,5 +1,5 @@
 import type { RetentionCutoffs } from './archived-sessions.js'
-import type { PassFailure } from '../errors.js'
+import { ShuttingDownError, type PassFailure } from '../errors.js'
 import type { TaskManager } from '../task-manager.js'
 import type { Logger } from '../types.js'
 import { noop } from '../noop.js'
@@ -114,7 +114,8 @@ export class ArchiveScheduler {
   }
 
   private async pass (options: ArchivePassOptions): Promise<ArchivePass> {
-    if (this.manager.shuttingDown) return { archived: [], deleted: [], failures: [] }
+    // Queued behind a pass when the shutdown began: it did not run, which POST /archive must not answer as done.
+    if (this.manager.shuttingDown) return { archived: [], deleted: [], failures: [{ sessionId: null, err: new ShuttingDownError() }] }
     // Every move would fail one by one; the pass fails once instead (503 LOCK_LOST for POST /archive).
     this.manager.assertWritable()
     const now = this.clock().getTime()
