@@ -28,9 +28,6 @@ import { API, build, get, memoryLog, post, tempDir, type TestContext } from './h
 import { scratch } from './server-process.js'
 import { storedSession } from './session-fixtures.js'
 
-// Each test has a folder of its own and mostly waits on the processes it runs: two run at once.
-t.jobs = 2
-
 const run = promisify(execFile)
 const DAY = 86_400_000
 

@@ -21,9 +21,6 @@ import { build, get, markAsTaskvault, tempDir, type TestContext } from './helper
 import { testDatabase } from './postgres.js'
 import { daysAgo, storedSession } from './session-fixtures.js'
 
-// Each test has a folder of its own and mostly waits on the processes it runs: two run at once.
-t.jobs = 2
-
 const K1 = randomBytes(32).toString('base64')
 const K2 = randomBytes(32).toString('base64')
 /** The configuration now: k2 seals; k1, retired, is gone. */

@@ -19,9 +19,6 @@ import { tempDir, type TestContext } from './helper.js'
 import { testDatabase } from './postgres.js'
 import { daysAgo, preparedFolder, storedSession } from './session-fixtures.js'
 
-// Each test has a database of its own and mostly waits on the processes it runs: two run at once.
-t.jobs = 2
-
 const KEY = randomBytes(32)
 const KEYS_ENV = { TASK_ENCRYPTION_KEYS: `k1:${KEY.toString('base64')}` }
 const session = (id: string, statuses: string[], finished: string, instruction?: string): SessionFile => JSON.parse(storedSession(id, statuses, finished, instruction)) as SessionFile

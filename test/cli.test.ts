@@ -13,9 +13,6 @@ import { scratch } from './server-process.js'
 import { daysAgo, preparedFolder, storedSession } from './session-fixtures.js'
 import { fill, mountedFolder } from './tmpfs.js'
 
-// Each test has a folder of its own and mostly waits on the processes it runs: two run at once.
-t.jobs = 2
-
 /** Every file under `dir` (relative path -> bytes), without following links. */
 async function snapshot (dir: string, files = new Map<string, Buffer>(), prefix = ''): Promise<Map<string, Buffer>> {
   for (const entry of await readdir(dir, { withFileTypes: true })) {

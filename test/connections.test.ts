@@ -12,9 +12,6 @@ import t from 'tap'
 import { waitFor, type TestContext } from './helper.js'
 import { call, caller, describe, EXIT_TIMEOUT_MS, logLines, scratch, within, type ServerProcess } from './server-process.js'
 
-// Each test starts a server of its own and mostly waits on its timeouts: several run at once.
-t.jobs = 2
-
 const API = '/api/v1/tasks'
 /** Headers of a create whose 1000-byte body never comes. */
 const STALLED = `POST ${API}/create HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n`

@@ -22,9 +22,6 @@ import { tempDir, waitFor } from './helper.js'
 import { ADMIN_URL, testDatabase, throughProxy } from './postgres.js'
 import { startProxy } from './tcp-proxy.js'
 
-// Each test has a database of its own and mostly waits on it: several run at once.
-t.jobs = 2
-
 const SCHEMA = 'tv_test'
 const files = await readMigrations()
 const NEWEST = files.at(-1)?.version ?? 0

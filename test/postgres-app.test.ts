@@ -17,9 +17,6 @@ import { readTarGz } from '../services/backup/tar.js'
 import { noop } from '../services/noop.js'
 import { taskvault } from './cli-run.js'
 
-// Each test has a database of its own and mostly waits on it: several run at once.
-t.jobs = 3
-
 const connected = async (client: pg.Client): Promise<pg.Client> => { await client.connect(); return client }
 
 /** A client of the test's own on the app's schema, ended when the test ends: what the tests look at or change behind the app. */

@@ -14,9 +14,6 @@ import { inspector as inspectorOf, openTestStore, testDatabase, throughProxy, ty
 import { contractSession } from './store-contract.js'
 import { waitFor } from './helper.js'
 
-// Each test has a database of its own and spends its time waiting out leases: several run at once.
-t.jobs = 4
-
 const SCHEMA = 'tv_leases'
 const open = async (t: Test, url: string, replicaId: string, options: TestStoreOptions = {}): Promise<PostgresSessionStore> =>
   openTestStore(t, url, SCHEMA, { replicaId, leaseMs: 60_000, ...options })

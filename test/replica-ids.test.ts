@@ -21,9 +21,6 @@ import { recordingAgent, replicaSet } from './replicas.js'
 import { baseEnv, call, freePort, scratch } from './server-process.js'
 import { contractSession } from './store-contract.js'
 
-// Each test has a database of its own and mostly waits on it: several run at once.
-t.jobs = 2
-
 const SCHEMA = 'tv_replica_ids'
 
 /** A store under `replicaId` to open, recording what its claim of the id found (closed when the test ends). */
