@@ -10,7 +10,7 @@ import type { ArchivedSummary } from './archive/archive-index.js'
 import { ArchivedSessions, archivedView, type ArchivedCopy, type ArchivedSessionSummary, type RetentionCutoffs } from './archive/archived-sessions.js'
 import {
   DatabaseUnavailableError, IdempotencyKeyReusedError, InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
-  TaskNotFailedError, TaskNotFoundError, isPassFailure, type PassFailure, type TaskvaultError
+  TaskNotFailedError, TaskNotFoundError, isPassFailure, type PassFailure, TaskvaultError
 } from './errors.js'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { resolveAgents, type AgentRoutes, type Executors } from './runner/executors.js'
@@ -695,15 +695,16 @@ export class TaskManager {
    * Moves to the archive every session whose tasks are all done and whose last completion
    * is before `cutoff`. The check is made again inside each session's change queue, so a
    * session that starts running or gains tasks in the meantime stays. Sessions storage failed go
-   * into `failures` (logged), and the pass goes on with the others.
+   * into `failures` (logged), and the pass goes on with the others; a failure that stops the
+   * whole pass (the database gone) goes there too, after the sessions archived before it.
    */
   async archiveFinishedBefore (cutoff: Date, failures: PassFailure[] = []): Promise<string[]> {
     if (this.shared === undefined) return this.archiveEach(this.registry.sessionIds(), cutoff, failures)
     const shared = this.shared
+    const done: string[] = []
     // One replica's pass at a time; candidates from the rows (sessions nobody runs), each
     // checked against its row before it moves.
-    const archived = await shared.exclusively('archive', async (lock) => {
-      const done: string[] = []
+    await shared.exclusively('archive', async (lock) => {
       const seen = new Set<string>()
       const stop = this.passStop('archive', lock, failures)
       // Page by page: sessions left active (unreadable ones, say) must not hide the ones after them.
@@ -721,9 +722,8 @@ export class TaskManager {
         }
         done.push(...await this.archiveEach(batch, cutoff, failures, stop))
       }
-      return done
-    })
-    return archived ?? []
+    }).catch((err: unknown) => { this.passStopped('archive', err, failures) })
+    return done
   }
 
   /** Archives those of `sessionIds` that are archivable; `stop` is asked before each (a pass that lost its lock). */
@@ -752,13 +752,15 @@ export class TaskManager {
     return archived
   }
 
-  /** Deletes archived sessions that finished before their retention cutoff; those storage failed go into `failures`. */
+  /** Deletes archived sessions that finished before their retention cutoff; those storage failed go into `failures`, and so does a failure that stops the pass. */
   async pruneArchivedBefore (cutoffs: RetentionCutoffs, failures: PassFailure[] = []): Promise<string[]> {
     const shared = this.shared
     const deleted: string[] = []
     try {
       if (shared === undefined) await this.archived.prune(cutoffs, () => this.stoppedByShutdown(failures), deleted, failures)
       else await shared.exclusively('retention', async (lock) => { await this.pruneShared(shared, cutoffs, lock, deleted, failures) })
+    } catch (err) {
+      this.passStopped('retention', err, failures)
     } finally {
       // Those deleted before a page failed too: they are gone.
       for (const sessionId of deleted) this.runner.announce('session.deleted', { session_id: sessionId, archived: true })
@@ -799,6 +801,17 @@ export class TaskManager {
       failures.push({ sessionId: null, err: new DatabaseUnavailableError(reason) })
       return true
     }
+  }
+
+  /**
+   * A pass stopped by a failure of storage or the database as a whole (a listing or a page that
+   * could not be read): into `failures`, so the pass answers 503 or 507 with what it did before.
+   * Anything else (a defect) is thrown on.
+   */
+  private passStopped (pass: 'archive' | 'retention', err: unknown, failures: PassFailure[]): void {
+    if (!(err instanceof TaskvaultError) || err.statusCode < 500) throw err
+    this.log.error({ err, pass }, `The ${pass} pass stopped: storage failed`)
+    failures.push({ sessionId: null, err })
   }
 
   /**

@@ -30,8 +30,8 @@ interface HoldingPool {
 }
 
 /** A host's pool (the plugin's `pool` option) that holds a statement on demand. */
-function holdingPool (t: Test, url: string): HoldingPool {
-  const real = new pg.Pool(connectionConfig({ url, schema: SCHEMA, max: 6, statementTimeoutMs: 10_000 }))
+function holdingPool (t: Test, url: string, statementTimeoutMs = 10_000): HoldingPool {
+  const real = new pg.Pool(connectionConfig({ url, schema: SCHEMA, max: 6, statementTimeoutMs }))
   real.on('error', noop)
   t.teardown(() => real.end())
   let armed: { match: RegExp, values?: (values: string[]) => boolean, gate: Promise<void>, reached: () => void } | null = null
@@ -75,11 +75,12 @@ function holdingPool (t: Test, url: string): HoldingPool {
   }
 }
 
-async function replica (t: Test, url: string, replicaId: string, options: { agents?: Record<string, unknown>, sweepIntervalMs?: number } = {}): Promise<{ app: FastifyInstance, hold: HoldingPool['hold'] }> {
-  const { pool, hold } = holdingPool(t, url)
+async function replica (t: Test, url: string, replicaId: string, options: { agents?: Record<string, unknown>, sweepIntervalMs?: number, sweepBatch?: number, statementTimeoutMs?: number } = {}): Promise<{ app: FastifyInstance, hold: HoldingPool['hold'] }> {
+  const { statementTimeoutMs, ...plugin } = options
+  const { pool, hold } = holdingPool(t, url, statementTimeoutMs)
   const app = Fastify()
   t.teardown(() => app.close())
-  await app.register(taskvaultPlugin, { prefix: API, pool, replicaId, archiveDays: 0, ...options })
+  await app.register(taskvaultPlugin, { prefix: API, pool, replicaId, archiveDays: 0, ...plugin })
   await app.ready()
   return { app, hold }
 }
@@ -224,6 +225,32 @@ t.test('POST /archive whose pass loses its lock midway (the lock\'s connection b
   held.release()
   const answer = await pass
   t.match([answer.status, answer.body], [503, { code: 'DATABASE_UNAVAILABLE', message: /^the archive pass stopped early \(the archive pass stopped: its lock's connection to the database broke\); 1 archived and 0 deleted meanwhile, durably$/u }])
+  t.same((await call(a, 'POST', 'archive', { older_than_days: 0 })).body.archived_ids, ['two'], 'the next pass goes on')
+})
+
+t.test('POST /archive whose next page of candidates the database fails answers 503 saying so, with what it archived before', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const admin = inspector(t, url, SCHEMA)
+  // A page is one session; statements give up after a second.
+  const { app: a, hold } = await replica(t, url, 'races-a', { sweepBatch: 1, statementTimeoutMs: 1000 })
+  for (const id of ['one', 'two']) {
+    t.equal((await call(a, 'POST', 'create', { session_id: id, instructions: id })).status, 200)
+    t.equal((await call(a, 'POST', 'execute', { session_id: id })).status, 200)
+  }
+  // The second page's read (it names a cursor) waits on a table lock past the statement timeout.
+  const held = hold(/^SELECT session_id, to_json\(finished_at\)/u, (values) => values[2] !== 'null')
+  const pass = call(a, 'POST', 'archive', { older_than_days: 0 })
+  await held.reached
+  const locker = await admin.connect()
+  t.teardown(() => { locker.release() })
+  await locker.query('BEGIN; LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE')
+  held.release()
+  const answer = await pass
+  await locker.query('ROLLBACK')
+  t.equal(answer.status, 503, JSON.stringify(answer.body))
+  t.match(answer.body, { code: 'STORAGE_UNAVAILABLE', message: /^the archive pass stopped early \(.*finding sessions to archive.*\); 1 archived and 0 deleted meanwhile, durably$/u })
+  t.match((await call(a, 'GET', 'progress?session_id=one')).body, { archived: true }, 'the one it counted is archived')
   t.same((await call(a, 'POST', 'archive', { older_than_days: 0 })).body.archived_ids, ['two'], 'the next pass goes on')
 })
 
