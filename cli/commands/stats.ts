@@ -7,7 +7,7 @@ import type { EncryptionStats } from '../../services/store/store.js'
 import { assertFolder, folderKeys, checkStoredFile, ignoredByServer, listStoredFiles, storageDir } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
-import { PostgresSessionStore } from '../../services/store/postgres/postgres-store.js'
+import type { PostgresSessionStore } from '../../services/store/postgres/postgres-store.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, readTarget, withStore } from '../database.js'
 
 export const statsCommand: Command = {
@@ -157,7 +157,8 @@ async function databaseStats (args: ParsedCommand, context: CommandContext): Pro
     const archive = await store.openArchive({ concurrency: 1 })
     // Archived rows are read on demand: one sealed under a key TASK_ENCRYPTION_KEYS lacks waits for it, listed as in a folder.
     const configured = new Set(context.keyring?.kids ?? [])
-    const byKid = store instanceof PostgresSessionStore ? await store.archivedByKid() : new Map<string, number>()
+    // By kind, not instanceof: a value import of the store would load pg into every command.
+    const byKid = store.kind === 'postgres' ? await (store as PostgresSessionStore).archivedByKid() : new Map<string, number>()
     const needsKeys = Object.fromEntries([...byKid].filter(([kid]) => !configured.has(kid)))
     const counts = zeroCounts()
     let bytes = 0
