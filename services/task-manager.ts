@@ -698,7 +698,7 @@ export class TaskManager {
    * into `failures` (logged), and the pass goes on with the others; a failure that stops the
    * whole pass (the database gone) goes there too, after the sessions archived before it.
    */
-  async archiveFinishedBefore (cutoff: Date, failures: PassFailure[] = []): Promise<string[]> {
+  async archiveFinishedBefore (cutoff: Date, failures: PassFailure[]): Promise<string[]> {
     if (this.shared === undefined) return this.archiveEach(this.registry.sessionIds(), cutoff, failures)
     const shared = this.shared
     const done: string[] = []
@@ -709,7 +709,7 @@ export class TaskManager {
       const stop = this.passStop('archive', lock, failures)
       // Page by page: sessions left active (unreadable ones, say) must not hide the ones after them.
       let after: ArchivableCursor | null = null
-      while (!(await stop())) {
+      while (!(await stop(false))) {
         const page: { ids: string[], next: ArchivableCursor | null } = await shared.archivable(cutoff, this.settings.sweepBatch, after)
         after = page.next
         if (page.ids.length === 0 || this.stoppedByShutdown(failures)) return done
@@ -753,7 +753,7 @@ export class TaskManager {
   }
 
   /** Deletes archived sessions that finished before their retention cutoff; those storage failed go into `failures`, and so does a failure that stops the pass. */
-  async pruneArchivedBefore (cutoffs: RetentionCutoffs, failures: PassFailure[] = []): Promise<string[]> {
+  async pruneArchivedBefore (cutoffs: RetentionCutoffs, failures: PassFailure[]): Promise<string[]> {
     const shared = this.shared
     const deleted: string[] = []
     try {
@@ -776,7 +776,7 @@ export class TaskManager {
   private async pruneShared (shared: SharedSessions, cutoffs: RetentionCutoffs, lock: PassLock, deleted: string[], failures: PassFailure[]): Promise<void> {
     const stop = this.passStop('retention', lock, failures)
     let after: RetentionCursor | null = null
-    while (!(await stop())) {
+    while (!(await stop(false))) {
       const page: { sessions: ArchivedSummary[], next: RetentionCursor | null } = await shared.pastRetention(cutoffs, this.settings.sweepBatch, after)
       // No more, or a cursor that did not move (it always should): the pass ends rather than loop holding its lock.
       if (page.sessions.length === 0 || (after !== null && page.next !== null && isDeepStrictEqual(page.next, after))) return
@@ -788,12 +788,14 @@ export class TaskManager {
   /**
    * What a shared pass asks before each page and each session: true once it must stop, because
    * the service is shutting down or the pass's lock went with its connection (another replica's
-   * pass may have started). A lost lock goes into `failures` once, so the pass answers 503.
+   * pass may have started). A lost lock goes into `failures` once, so the pass answers 503; so
+   * does a shutdown, when asked with work left (`workLeft`: before a session, not before a page
+   * that may turn out empty).
    */
-  private passStop (pass: 'archive' | 'retention', lock: PassLock, failures: PassFailure[]): () => Promise<boolean> {
+  private passStop (pass: 'archive' | 'retention', lock: PassLock, failures: PassFailure[]): (workLeft?: boolean) => Promise<boolean> {
     let stopped = false
-    return async () => {
-      if (stopped || this.stoppedByShutdown(failures)) return true
+    return async (workLeft = true) => {
+      if (stopped || (workLeft ? this.stoppedByShutdown(failures) : this.shuttingDown)) return true
       if (await lock.held()) return false
       stopped = true
       const reason = `the ${pass} pass stopped: its lock's connection to the database broke`

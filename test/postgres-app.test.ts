@@ -16,6 +16,7 @@ import { connectionConfig } from '../services/store/postgres/pool.js'
 import { readTarGz } from '../services/backup/tar.js'
 import { noop } from '../services/noop.js'
 import { taskvault } from './cli-run.js'
+import type { PassFailure } from '../services/errors.js'
 
 const connected = async (client: pg.Client): Promise<pg.Client> => { await client.connect(); return client }
 
@@ -418,7 +419,9 @@ t.test('replicas: retention pages its candidates from the rows and deletes only 
   t.same((await app.inject({ method: 'POST', url: `${API}/archive`, payload: {} })).json().deleted_ids, [], 'a second pass finds nothing')
   t.equal((await app.inject({ method: 'GET', url: `${API}/list?session_id=late` })).statusCode, 404, 'deleted for every replica')
   // Retention for sessions with a failed task only (TASK_ARCHIVE_RETENTION_DAYS 0): the others stay, however old.
-  t.same(await app.taskManager.pruneArchivedBefore({ all: null, failed: new Date(CLOCK_START - 50 * DAY) }), ['old-failed'])
+  const failures: PassFailure[] = []
+  t.same(await app.taskManager.pruneArchivedBefore({ all: null, failed: new Date(CLOCK_START - 50 * DAY) }, failures), ['old-failed'])
+  t.same(failures, [], 'nothing failed')
   t.equal((await db.query('SELECT 1 FROM sessions WHERE archived_at IS NOT NULL')).rowCount, 7, 'the rest stay')
 })
 

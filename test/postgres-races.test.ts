@@ -5,13 +5,14 @@
  * Each replica runs on a pool that can hold one statement until released, so that the order is
  * the test's, not the scheduler's.
  */
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import taskvaultPlugin from '../index.js'
 import { noop } from '../services/noop.js'
 import { connectionConfig } from '../services/store/postgres/pool.js'
-import { API, waitFor } from './helper.js'
+import { exclusively } from '../services/store/postgres/pass-lock.js'
+import { API, memoryLog, waitFor } from './helper.js'
 import { storedSession } from './session-fixtures.js'
 import { inspector, testDatabase } from './postgres.js'
 
@@ -75,10 +76,10 @@ function holdingPool (t: Test, url: string, statementTimeoutMs = 10_000): Holdin
   }
 }
 
-async function replica (t: Test, url: string, replicaId: string, options: { agents?: Record<string, unknown>, sweepIntervalMs?: number, sweepBatch?: number, statementTimeoutMs?: number } = {}): Promise<{ app: FastifyInstance, hold: HoldingPool['hold'] }> {
-  const { statementTimeoutMs, ...plugin } = options
+async function replica (t: Test, url: string, replicaId: string, options: { agents?: Record<string, unknown>, sweepIntervalMs?: number, sweepBatch?: number, archiveRetentionDays?: number, statementTimeoutMs?: number, logger?: FastifyServerOptions['logger'] } = {}): Promise<{ app: FastifyInstance, hold: HoldingPool['hold'] }> {
+  const { statementTimeoutMs, logger, ...plugin } = options
   const { pool, hold } = holdingPool(t, url, statementTimeoutMs)
-  const app = Fastify()
+  const app = Fastify({ logger })
   t.teardown(() => app.close())
   await app.register(taskvaultPlugin, { prefix: API, pool, replicaId, archiveDays: 0, ...plugin })
   await app.ready()
@@ -232,8 +233,9 @@ t.test('POST /archive whose next page of candidates the database fails answers 5
   const url = await testDatabase(t)
   if (url === null) return
   const admin = inspector(t, url, SCHEMA)
-  // A page is one session; statements give up after a second.
-  const { app: a, hold } = await replica(t, url, 'races-a', { sweepBatch: 1, statementTimeoutMs: 1000 })
+  // A page is one session; statements give up after a second. Retention is on: a pass whose archive part stopped skips it.
+  const log = memoryLog()
+  const { app: a, hold } = await replica(t, url, 'races-a', { sweepBatch: 1, statementTimeoutMs: 1000, archiveRetentionDays: 90, logger: log.logger })
   for (const id of ['one', 'two']) {
     t.equal((await call(a, 'POST', 'create', { session_id: id, instructions: id })).status, 200)
     t.equal((await call(a, 'POST', 'execute', { session_id: id })).status, 200)
@@ -250,8 +252,36 @@ t.test('POST /archive whose next page of candidates the database fails answers 5
   await locker.query('ROLLBACK')
   t.equal(answer.status, 503, JSON.stringify(answer.body))
   t.match(answer.body, { code: 'STORAGE_UNAVAILABLE', message: /^the archive pass stopped early \(.*finding sessions to archive.*\); 1 archived and 0 deleted meanwhile, durably$/u })
+  t.same(log.messages().filter((message) => message.endsWith('pass stopped: storage failed')), ['The archive pass stopped: storage failed'], 'retention did not run after it, to fail again')
   t.match((await call(a, 'GET', 'progress?session_id=one')).body, { archived: true }, 'the one it counted is archived')
   t.same((await call(a, 'POST', 'archive', { older_than_days: 0 })).body.archived_ids, ['two'], 'the next pass goes on')
+})
+
+t.test('POST /archive during which a shutdown begins once its last session moved answers 200: nothing was left to do', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const { app: a, hold } = await replica(t, url, 'races-a')
+  t.equal((await call(a, 'POST', 'create', { session_id: 'last', instructions: 'last' })).status, 200)
+  t.equal((await call(a, 'POST', 'execute', { session_id: 'last' })).status, 200)
+  const held = hold(/^UPDATE sessions SET archived_at = now\(\)/u)
+  const pass = call(a, 'POST', 'archive', { older_than_days: 0 })
+  await held.reached
+  const closing = a.close()
+  await waitFor('the shutdown to begin', () => a.taskManager.shuttingDown)
+  held.release()
+  const answer = await pass
+  t.match([answer.status, answer.body], [200, { archived: 1, archived_ids: ['last'] }])
+  await closing
+})
+
+t.test('a defect inside a pass holding its lock is thrown as it is, not taken for storage failing', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const pool = new pg.Pool(connectionConfig({ url, schema: SCHEMA, max: 2, statementTimeoutMs: 10_000 }))
+  t.teardown(() => pool.end())
+  const defect = new TypeError('a defect')
+  await t.rejects(exclusively(pool, SCHEMA, 'archive', async () => { throw defect }), defect)
+  t.equal(await exclusively(pool, SCHEMA, 'archive', async (lock) => lock.held()), true, 'the lock is free again')
 })
 
 t.test('cancels of a run left behind through two replicas at once: the one whose claim finds the other\'s lease answers with the cancelled task too (not 409)', async (t) => {

@@ -123,7 +123,9 @@ export class ArchiveScheduler {
     const failures: PassFailure[] = []
     const archived = days === null ? [] : await this.manager.archiveFinishedBefore(daysBefore(now, days), failures)
     const retention = options.retention === undefined ? this.retention : options.retention
-    const deleted = retention === null ? [] : await this.manager.pruneArchivedBefore(retentionCutoffs(now, retention), failures)
+    // The archive part stopped (storage or the database failing, a shutdown): retention would only fail or stop too.
+    const stopped = failures.some((failure) => failure.sessionId === null)
+    const deleted = retention === null || stopped ? [] : await this.manager.pruneArchivedBefore(retentionCutoffs(now, retention), failures)
     if (archived.length > 0 || deleted.length > 0) {
       this.log?.info({ archived: archived.length, deleted: deleted.length }, `Archived ${archived.length} finished sessions, deleted ${deleted.length} past retention`)
     }

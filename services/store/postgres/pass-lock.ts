@@ -19,6 +19,7 @@ export async function exclusively<T> (pool: pg.Pool, schema: string, pass: strin
   let broken: Error | undefined
   const onError = (err: Error): void => { broken ??= err }
   client.on('error', onError)
+  let running = false
   try {
     await client.query('BEGIN')
     // Idle for the whole pass: a server-side idle timeout must not end it (and free the lock) midway.
@@ -36,9 +37,12 @@ export async function exclusively<T> (pool: pg.Pool, schema: string, pass: strin
         return broken === undefined
       }
     }
+    running = true
     return await run(lock)
   } catch (err) {
-    if (err instanceof TaskvaultError) throw err
+    // What the pass threw goes on as it is (its statements fail typed; anything else is a
+    // defect, not storage): only the lock's own statements fail as storage here.
+    if (running || err instanceof TaskvaultError) throw err
     broken ??= err instanceof Error ? err : new Error(String(err))
     throw storageError(`running the ${pass} pass`, err, false)
   } finally {
