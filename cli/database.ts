@@ -40,7 +40,7 @@ export interface DatabaseTarget {
 }
 
 /** In a PostgreSQL server's environment (TASK_STORE=postgres, a pod's shell) with neither a folder nor --database-url given. */
-export function inDatabaseServer (args: ParsedCommand, settings: Config): boolean {
+function inDatabaseServer (args: ParsedCommand, settings: Config): boolean {
   return settings.TASK_STORE === 'postgres' && args.positionals.length === 0 && args.values['database-url'] === undefined
 }
 

@@ -726,13 +726,13 @@ export class TaskManager {
     return done
   }
 
-  /** Archives those of `sessionIds` that are archivable; `stop` is asked before each (a pass that lost its lock). */
-  private async archiveEach (sessionIds: string[], cutoff: Date, failures: PassFailure[], stop: () => Promise<boolean> = async () => false): Promise<string[]> {
+  /** Archives those of `sessionIds` that are archivable; `stop` is asked before each (a shutdown; on a shared store, a lost lock too: passStop). */
+  private async archiveEach (sessionIds: string[], cutoff: Date, failures: PassFailure[], stop: () => Promise<boolean> = async () => this.stoppedByShutdown(failures)): Promise<string[]> {
     const archived: string[] = []
     for (const sessionId of sessionIds) {
       const file = this.registry.find(sessionId)
       if (file === null || !isArchivable(file, cutoff)) continue
-      if (this.stoppedByShutdown(failures) || await stop()) break
+      if (await stop()) break
       const moved = await this.registry.change(sessionId, (draft) => {
         // Unsaved changes (auto-save off) stay put: the archive must get the latest state.
         if (draft.file === null || this.registry.existing(sessionId).executing || this.registry.isUnsaved(sessionId) ||
