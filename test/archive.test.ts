@@ -444,7 +444,10 @@ t.test('POST /archive answers 503, or 507 on a full disk, when storage fails a m
   t.match((await post(app, '/archive', {})).json(), { statusCode: 503, message: /could not move or delete 1 session \('fine': .*\); 0 archived and 1 deleted meanwhile/u })
   t.same(await archived(dir), ['fine.json'], 'kept')
   fs.heal()
+  // A full disk refusing the rename: retention unlinks the copy in place, which frees room.
+  fs.fail('rename', 'ENOSPC', { path: (path) => path.endsWith(`${sep}archive${sep}fine.json`) })
   t.same((await post(app, '/archive', {})).json().deleted_ids, ['fine'])
+  t.same(await archived(dir), [], 'deleted, no temp name left')
 })
 
 t.test('a DELETE of an archived session that storage refuses (the folder fsync, a rename) answers 503 and leaves it archived, on disk and after a restart', async (t) => {
@@ -475,6 +478,38 @@ t.test('a DELETE of an archived session that storage refuses (the folder fsync, 
   t.equal((await again.inject({ method: 'DELETE', url: `${API}/sessions/twice` })).statusCode, 204)
   t.equal((await get(again, '/progress?session_id=twice')).statusCode, 404)
   t.same(await readdir(archive), ['kept.json'], 'deleted for good, no temp file left')
+})
+
+t.test('a DELETE of an archived session on a disk with no room for a new name unlinks its copies in place (204), and a folder fsync failing after that answers 503; both stay gone after a restart', async (t) => {
+  const dir = await tempDir(t)
+  const archive = join(dir, 'archive')
+  await mkdir(archive, { recursive: true, mode: 0o700 })
+  for (const id of ['kept', 'other']) await writeFile(join(archive, `${id}.json`), storedSession(id, ['Completed'], '2026-01-01T00:00:00.000Z'))
+  await writeFile(join(archive, 'twice.json'), storedSession('twice', ['Completed'], '2026-01-01T00:00:00.000Z'))
+  await writeFile(join(archive, 'twice.1767225600000.json'), storedSession('twice', ['Completed', 'Failed'], '2026-01-02T00:00:00.000Z'))
+  const fs = faultFs()
+  const app = await build(t, { dir, fs })
+
+  // The first copy's rename lands; the second finds no room for its temp name.
+  fs.fail('rename', 'ENOSPC', { path: (path) => path.startsWith(archive + sep), skip: 1 })
+  const freed = await app.inject({ method: 'DELETE', url: `${API}/sessions/twice` })
+  t.equal(freed.statusCode, 204, freed.body)
+  t.same((await readdir(archive)).sort(), ['kept.json', 'other.json'], 'both copies gone, no temp name left')
+  t.equal((await get(app, '/progress?session_id=twice')).statusCode, 404)
+
+  fs.fail('rename', 'ENOSPC', { path: (path) => path.startsWith(archive + sep) })
+  fs.fail('dirsync', 'EIO', { path: (path) => path === archive, times: 1 })
+  const unsynced = await app.inject({ method: 'DELETE', url: `${API}/sessions/kept` })
+  t.match([unsynced.statusCode, unsynced.json()], [503, { code: 'STORAGE_UNAVAILABLE', message: "deleting archived session 'kept' failed: storage is unavailable (EIO)" }])
+  t.same((await readdir(archive)).sort(), ['other.json'], 'unlinked all the same: nothing could be put back')
+  t.equal((await get(app, '/progress?session_id=kept')).statusCode, 404, 'memory says what the folder holds')
+  fs.heal()
+  t.match((await get(app, '/progress?session_id=other')).json(), { archived: true }, 'the other session is untouched')
+  await app.close()
+
+  const again = await build(t, { dir })
+  for (const id of ['twice', 'kept']) t.equal((await get(again, `/progress?session_id=${id}`)).statusCode, 404, `${id} after a restart`)
+  t.match((await get(again, '/progress?session_id=other')).json(), { archived: true })
 })
 
 t.test('a read while a refused DELETE of an archived session waits on its folder fsync does not lose the session from the index', async (t) => {

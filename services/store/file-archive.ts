@@ -1,7 +1,7 @@
 import { join } from 'node:path'
 import pLimit from 'p-limit'
 import type { SessionFile } from '../../schemas/session.js'
-import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary } from '../archive/archive-index.js'
+import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedFile, type ArchivedSummary } from '../archive/archive-index.js'
 import { KeyUnavailableError, StaleArchivedCopyError, StorageError } from '../errors.js'
 import type { FolderFiles } from './folder-files.js'
 import type { KidProof } from './key-checks.js'
@@ -257,7 +257,8 @@ export class FileArchive {
    * Durably deletes every archived file of the session; resolves with how many there were. The
    * copies are first renamed to temp names (which a restore removes) and the folder synced: only
    * then are they gone for good. A failure before that puts back the names it changed, so a
-   * refused delete leaves the session archived, on disk and in the index.
+   * refused delete leaves the session archived, on disk and in the index. A folder with no room
+   * for a new name (a full disk) has the copies unlinked in place instead (unlinkInPlace).
    */
   async remove (sessionId: string, upTo?: string): Promise<number> {
     // One writer per folder: the index holds every copy, so the newest is known here.
@@ -270,17 +271,20 @@ export class FileArchive {
     this.active.assertWritable()
     await this.active.confirmHeld()
     const renamed: Array<{ name: string, temp: string }> = []
+    let noRoom = false
     try {
       for (const { name } of files) {
         const temp = join(this.dir, this.tempName(sessionId))
         const moved = await this.fs.rename(join(this.dir, name), temp).then(() => true, (err: NodeJS.ErrnoException) => {
-          if (err.code !== 'ENOENT') throw err
-          return false
+          if (err.code === 'ENOENT') return false
+          noRoom = err.code === 'ENOSPC' || err.code === 'EDQUOT'
+          throw err
         })
         if (moved) renamed.push({ name, temp })
       }
       await fsyncDir(this.fs, this.dir)
     } catch (err) {
+      if (noRoom) return this.unlinkInPlace(sessionId, files, renamed, upTo)
       // Put back: the names the folder had (a crash meanwhile leaves either name, and a temp name
       // only as a delete that happened).
       for (const { name, temp } of renamed.reverse()) await this.fs.rename(temp, join(this.dir, name)).catch(noop)
@@ -295,6 +299,42 @@ export class FileArchive {
     if (upTo === undefined) this.doubtful.delete(sessionId)
     // Durably gone already; a temp file left here is removed at the next start.
     for (const { temp } of renamed) await this.fs.unlink(temp).catch(noop)
+    return files.length
+  }
+
+  /**
+   * `remove` on a folder with no room for a new name: the copies renamed already and the rest
+   * are unlinked where they are, which frees room, as a delete on a full disk must (retention
+   * too). Nothing can be put back then, so a failure past the first unlink leaves the outcome
+   * uncertain; the index drops the copies no longer under their names either way.
+   */
+  private async unlinkInPlace (sessionId: string, files: readonly ArchivedFile[], renamed: ReadonlyArray<{ name: string, temp: string }>, upTo?: string): Promise<number> {
+    const operation = `deleting archived session '${sessionId}'`
+    const gone = (err: NodeJS.ErrnoException): void => {
+      if (err.code !== 'ENOENT') throw err
+    }
+    const moved = new Set(renamed.map(({ name }) => name))
+    // A renamed copy is deleted already (a restore removes temp names), so the folder has changed.
+    let changed = renamed.length > 0
+    try {
+      for (const { temp } of renamed) await this.fs.unlink(temp).catch(gone)
+      for (const { name } of files) {
+        if (moved.has(name)) continue
+        await this.fs.unlink(join(this.dir, name)).catch(gone)
+        changed = true
+      }
+      await fsyncDir(this.fs, this.dir)
+    } catch (err) {
+      for (const { name } of files) {
+        const there = moved.has(name) ? false : await this.fs.lstat(join(this.dir, name)).then(() => true, () => false)
+        if (!there) this.index.remove(sessionId, name)
+      }
+      const error = new StorageError(operation, err as NodeJS.ErrnoException)
+      error.uncertain = changed
+      throw error
+    }
+    for (const { name } of files) this.index.remove(sessionId, name)
+    if (upTo === undefined) this.doubtful.delete(sessionId)
     return files.length
   }
 
