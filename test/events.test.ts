@@ -17,7 +17,7 @@ import { waitFor } from './agents-fakes.js'
 import { build, createSession, post, tempDir, type TestAppOptions, type TestContext } from './helper.js'
 import { call, scratch } from './server-process.js'
 import { openStream, type SseEvent } from './sse-client.js'
-import { createServer } from 'node:http'
+import { createServer, type ServerResponse } from 'node:http'
 import { EventStreamHub, flushInterval } from '../services/events/event-stream.js'
 import { TaskEventBuffer, type TaskEventData } from '../services/events/task-events.js'
 import { ChangeLoad } from '../services/events/change-load.js'
@@ -450,6 +450,48 @@ t.test('a stream requested behind a slow response on the same connection (pipeli
   await waitFor('both events on the stream', () => client.received().includes('"late"'))
   const stream = client.received().slice(client.received().indexOf('slow done'))
   t.match(stream, /HTTP\/1\.1 200 OK[\s\S]*retry: 2000[\s\S]*"early"[\s\S]*"late"/, 'its headers, then the events in order')
+})
+
+t.test('a stream pipelined behind a slow response holds nothing while it waits, then resumes a piece at a time; not read, it is cut and its connection closed', async (t) => {
+  const buffer = new TaskEventBuffer(20_000)
+  const pad = 'x'.repeat(1000)
+  const first = buffer.append('progress', { session_id: 's', n: 0, pad })
+  // Some 20 MB to replay: far past the bound, and more than the kernel's socket buffers take.
+  for (let n = 1; n < 20_000; n++) buffer.append('progress', { session_id: 's', n, pad })
+  const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes: 256 * 1024, cutGraceMs: 200, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1, fanoutSliceMs: 2 }, { info: () => {}, warn: () => {} })
+  let stream: ServerResponse | null = null
+  let connection: net.Socket | null = null
+  let finishSlow = (): void => {}
+  const server = createServer((req, res) => {
+    if (req.url === '/slow') finishSlow = () => { res.end('slow done') }
+    else {
+      stream = res
+      connection = req.socket
+      hub.open(res, null, req.headers['last-event-id'] as string | undefined)
+    }
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { hub.close(); server.close() })
+  // A client that sends both requests and never reads.
+  const socket = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1')
+  socket.on('error', () => {})
+  socket.pause()
+  t.teardown(() => { socket.destroy() })
+  socket.write(`GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\nGET /events HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: ${buffer.idOf(first)}\r\n\r\n`)
+  await waitFor('the stream asked for', () => stream !== null)
+  await sleep(100)
+  t.equal(hub.size, 1, 'it counts against the cap while it waits')
+  t.equal((stream as ServerResponse | null)?.writableLength, 0, 'nothing is held for it while the slow response is not sent')
+  finishSlow()
+  await waitFor('the stream started', () => stream?.headersSent === true)
+  await sleep(300)
+  const queued = (stream as ServerResponse | null)?.socket?.writableLength ?? 0
+  t.ok(queued <= 256 * 1024, `its resume waits a piece at a time behind the socket (${queued} bytes queued)`)
+  // Live events past the bound, behind the resume it does not read: cut, and its connection closed.
+  for (let n = 0; n < 400; n++) buffer.append('progress', { session_id: 's', n, pad })
+  await waitFor('the client cut off', () => hub.size === 0, 10_000)
+  await waitFor('its connection closed', () => (connection as net.Socket | null)?.destroyed === true, 10_000)
+  t.pass('the server closed the connection of a client that did not read')
 })
 
 t.test('a stream queued behind another on a connection that dies is let go (it never counts against the cap)', async (t) => {

@@ -95,6 +95,11 @@ interface FanOut {
 
 export class EventStreamHub {
   private readonly clients = new Set<Client>()
+  /**
+   * Streams asked for behind an unfinished response on their connection (pipelined): started
+   * once they have the connection, holding nothing until then. They count against the cap.
+   */
+  private readonly waiting = new Set<ServerResponse>()
   /** Streams close() ended whose last bytes are still queued in the process (see ended()). */
   private readonly ending = new Set<ServerResponse>()
   /** Connections a stream was opened on: a stream never ends before its connection does. */
@@ -130,7 +135,7 @@ export class EventStreamHub {
   }
 
   get size (): number {
-    return this.clients.size
+    return this.clients.size + this.waiting.size
   }
 
   get maxClients (): number {
@@ -168,12 +173,15 @@ export class EventStreamHub {
 
   /** True when another stream would pass TASK_EVENTS_MAX_CLIENTS. */
   get full (): boolean {
-    return this.clients.size >= this.limits.maxClients
+    return this.size >= this.limits.maxClients
   }
 
   /**
    * Starts a stream on `res`: headers, then the events after `lastEventId` (or a reset when
    * they are no longer held), then every new event. Synchronous, so nothing falls in between.
+   * A response queued behind another on its connection (pipelined) starts once it has the
+   * connection, from the events after this moment (or after `lastEventId`): a response without
+   * its socket would hold whatever is written to it, with no bound.
    */
   open (res: ServerResponse, sessionId: string | null, lastEventId: string | undefined): void {
     res.on('error', noop)
@@ -183,6 +191,33 @@ export class EventStreamHub {
       res.end()
       return
     }
+    if (res.socket !== null) {
+      this.start(res, sessionId, lastEventId)
+      return
+    }
+    const from = lastEventId ?? this.buffer.currentId()
+    const connection = res.req.socket
+    this.waiting.add(res)
+    this.opened(connection)
+    // Let go with the connection: a response queued behind others is not told when it dies.
+    const forget = (): void => { this.waiting.delete(res) }
+    connection?.once('close', forget)
+    res.once('socket', () => {
+      connection?.off('close', forget)
+      // Not waiting any more: the connection died, or shutdown ended it (close()).
+      if (this.waiting.delete(res)) this.start(res, sessionId, from)
+    })
+  }
+
+  /** A stream was granted on `connection`: no stream behind it can ever send, and it takes the streams' share. */
+  private opened (connection: Socket | null): void {
+    if (connection === null || this.streamSockets.has(connection)) return
+    this.streamSockets.add(connection)
+    for (const listener of this.openListeners) listener(connection)
+  }
+
+  /** `open` on a response that has its connection. */
+  private start (res: ServerResponse, sessionId: string | null, lastEventId: string | undefined): void {
     const client: Client = { res, sessionId, from: this.turn.length, after: 0, held: null, heldBytes: 0 }
     // No chunked framing: the body ends with the connection, and events go straight to the
     // socket once the headers are out. A write is then one system call, made at once (and timed
@@ -204,15 +239,8 @@ export class EventStreamHub {
       }
     }
     this.clients.add(client)
-    if (res.req.socket !== null) {
-      this.streamSockets.add(res.req.socket)
-      for (const listener of this.openListeners) listener(res.req.socket)
-    }
-    const drop = (): void => { this.clients.delete(client) }
-    res.once('close', drop)
-    // A response queued behind another on its connection (pipelined) has no socket yet, and is
-    // not told when the connection dies: the connection's own close lets it go.
-    res.req.socket?.once('close', drop)
+    this.opened(res.req.socket)
+    res.once('close', () => { this.clients.delete(client) })
     this.write(client, head)
     if (missed.length > 0) this.replay(client, missed, 0)
     this.heartbeat ??= setInterval(() => { this.beat() }, this.limits.heartbeatMs).unref()
@@ -221,15 +249,13 @@ export class EventStreamHub {
   /**
    * Writes the events `missed` from `at` on, then the live ones that arrived meanwhile (`held`,
    * bounded like a socket's queue), a piece at a time: each once the socket has handed the last
-   * to the kernel, so its queue never holds more than one piece. A response still without its
-   * socket (pipelined) is given everything at once.
+   * to the kernel, so its queue never holds more than one piece.
    */
   private replay (client: Client, missed: readonly BufferedEvent[], at: number): void {
     if (!this.clients.has(client)) return
-    const socket = client.res.socket
     const held = client.held ??= []
     // Well under the bound a socket's queue is checked against (a small TASK_EVENTS_MAX_QUEUED_BYTES).
-    const size = socket === null ? Number.POSITIVE_INFINITY : Math.min(REPLAY_PIECE_CHARS, this.limits.maxQueuedBytes / 4)
+    const size = Math.min(REPLAY_PIECE_CHARS, this.limits.maxQueuedBytes / 4)
     let piece = ''
     while (at < missed.length && piece.length < size) piece += this.buffer.frameOf(missed[at++] as BufferedEvent)
     const chunks: Buffer[] = piece === '' ? [] : [Buffer.from(piece, 'utf8')]
@@ -266,6 +292,12 @@ export class EventStreamHub {
       if (!client.res.writableFinished) this.ending.add(client.res)
     }
     this.clients.clear()
+    // Not started: an empty stream, sent after the responses ahead of it (whose connection the server's shutdown sees to).
+    for (const res of this.waiting) {
+      res.writeHead(200, STREAM_HEADERS)
+      res.end()
+    }
+    this.waiting.clear()
   }
 
   /**
@@ -438,15 +470,13 @@ export class EventStreamHub {
   private write (client: Client, chunk: string | Buffer, written?: () => void): void {
     const res = client.res
     const socket = res.socket
-    if (res.writableEnded || res.destroyed || (socket !== null && !socket.writable) || res.req.socket?.destroyed === true) {
+    // A stream starts only with its socket (open): none now means the response let go of it.
+    if (res.writableEnded || res.destroyed || socket === null || !socket.writable) {
       this.clients.delete(client)
       return
     }
-    // No socket yet: a pipelined request's response waits for the one before it, and the
-    // response holds what is written until it gets the socket (then sends it first).
-    if (socket === null) res.write(chunk, written)
-    else socket.write(chunk, written)
-    if ((socket?.writableLength ?? res.writableLength) > this.limits.maxQueuedBytes) this.cut(client)
+    socket.write(chunk, written)
+    if (socket.writableLength > this.limits.maxQueuedBytes) this.cut(client)
   }
 
   /** A client that does not read: told to refetch (if it ever reads again), then let go. */
