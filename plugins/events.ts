@@ -30,7 +30,7 @@ export type EventsPluginOptions = Static<typeof EventsOptionsSchema>
 export default fp<EventsPluginOptions>(async function eventsPlugin (app, options) {
   checkOptions('taskvault-events', EventsOptionsSchema, options)
   const settings = resolveSettings(EVENTS_SETTINGS, options, appSettings(app))
-  const buffer = new TaskEventBuffer(settings.eventsBuffer)
+  const buffer = new TaskEventBuffer(settings.eventsBuffer, settings.eventsBufferBytes)
   const load = settings.eventsBusyChanges > 0 ? new ChangeLoad(settings.eventsBusyChanges) : null
   const hub = new EventStreamHub(buffer, {
     maxClients: settings.eventsMaxClients,

@@ -72,6 +72,7 @@ export const ConfigSchema = Type.Object({
   TASK_DISK_MAX_AGE_MS: Type.Integer({ minimum: 0, maximum: HOUR_MS, default: 1000, description: '/stats and /metrics reuse a free-space reading this recent instead of asking the filesystem again; 0: always ask' }),
   // Live view: the event stream (GET /api/v1/tasks/events) and the dashboard.
   TASK_EVENTS_BUFFER: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 10_000, description: 'Latest events kept for clients resuming with Last-Event-ID; older ids get a reset' }),
+  TASK_EVENTS_BUFFER_BYTES: Type.Integer({ minimum: 64 * 1024, maximum: 1024 * 1024 * 1024, default: 32 * 1024 * 1024, description: 'The kept events\' frames in bytes at most: past it the oldest go (fewer than TASK_EVENTS_BUFFER), so events naming many tasks hold bounded memory' }),
   TASK_EVENTS_HEARTBEAT_MS: Type.Integer({ minimum: 10, maximum: HOUR_MS, default: 15_000, description: 'A heartbeat comment on every stream this often' }),
   TASK_EVENTS_MAX_CLIENTS: Type.Integer({ minimum: 1, maximum: 1_000_000, default: 1000, description: 'Concurrent event streams; past it 503. Their sockets come on top of TASK_MAX_CONNECTIONS' }),
   TASK_EVENTS_MAX_QUEUED_BYTES: Type.Integer({ minimum: 1024, maximum: 1024 * 1024 * 1024, default: 1024 * 1024, description: 'A stream client with more bytes waiting to be sent is cut off with a reset' }),

@@ -93,6 +93,7 @@ export const ARCHIVER_SETTINGS = {
 /** The live view's event stream. */
 export const EVENTS_SETTINGS = {
   eventsBuffer: 'TASK_EVENTS_BUFFER',
+  eventsBufferBytes: 'TASK_EVENTS_BUFFER_BYTES',
   eventsHeartbeatMs: 'TASK_EVENTS_HEARTBEAT_MS',
   eventsMaxClients: 'TASK_EVENTS_MAX_CLIENTS',
   eventsMaxQueuedBytes: 'TASK_EVENTS_MAX_QUEUED_BYTES',

@@ -83,6 +83,6 @@ export const ROUTE_DOCS: Readonly<Record<string, RouteDoc>> = {
     operationId: 'streamEvents',
     tags: ['events'],
     summary: 'Live events of every session, or of one (Server-Sent Events)',
-    description: 'Each event is sent once its change is durable. Reconnect with `Last-Event-ID` to get the events after it (at least once, in order per session, within the last TASK_EVENTS_BUFFER events); `event: reset` means they are gone: refetch. 503 past TASK_EVENTS_MAX_CLIENTS streams.'
+    description: 'Each event is sent once its change is durable. Reconnect with `Last-Event-ID` to get the events after it (at least once, in order per session, within the last TASK_EVENTS_BUFFER events, fewer past TASK_EVENTS_BUFFER_BYTES); `event: reset` means they are gone: refetch. 503 past TASK_EVENTS_MAX_CLIENTS streams.'
   }
 }

@@ -6,7 +6,7 @@ import t, { type Test } from 'tap'
 import { FileSessionStore } from '../services/store/file-store.js'
 import { TaskEventBuffer } from '../services/events/task-events.js'
 import { TaskManager } from '../services/task-manager.js'
-import { tempDir } from './helper.js'
+import { build, post, tempDir } from './helper.js'
 
 t.test('the buffer keeps the latest events, numbered; older ids and foreign ids get a reset', async (t) => {
   const buffer = new TaskEventBuffer(3)
@@ -29,6 +29,36 @@ t.test('the buffer keeps the latest events, numbered; older ids and foreign ids 
   t.equal(buffer.frameOf(event), `id: ${buffer.lifetime}-6\nevent: task.completed\ndata: {"session_id":"a","task_id":"t","status":"Completed"}\n\n`)
   t.equal(buffer.frameOf(event), buffer.frameOf(event), 'serialized once')
   t.throws(() => new TaskEventBuffer(0))
+})
+
+t.test('the buffer also keeps its frames under a byte bound: events naming many tasks push the oldest out, whose ids then get a reset', async (t) => {
+  const ids = Array.from({ length: 1000 }, (_, i) => `task_${i + 1}_1767225600`)
+  const big = { session_id: 'many', task_ids: ids }
+  const one = Buffer.byteLength(new TaskEventBuffer(1).frameOf(new TaskEventBuffer(1).append('tasks.added', big)))
+  const buffer = new TaskEventBuffer(10_000, 5 * one + 100)
+  const first = buffer.append('progress', { session_id: 'small' })
+  for (let i = 0; i < 20; i++) buffer.append('tasks.added', big)
+  t.ok(buffer.bytes <= 5 * one + 100, `the frames held stay under the bound (${buffer.bytes} bytes, ${one} each)`)
+  t.equal(buffer.latest - buffer.oldest + 1, 5, 'five events fit')
+  t.equal(buffer.since(buffer.idOf(first)).reset, true, 'an id pushed out gets a reset')
+  const recent = buffer.since(`${buffer.lifetime}-${buffer.latest - 3}`)
+  t.same(recent.reset ? null : recent.events.length, 3, 'recent ids replay')
+  // One event larger than the bound is kept all the same: the newest always is.
+  const tiny = new TaskEventBuffer(10, 10)
+  tiny.append('progress', { session_id: 'a' })
+  tiny.append('progress', { session_id: 'b' })
+  t.equal(tiny.latest - tiny.oldest + 1, 1, 'the newest alone')
+  t.throws(() => new TaskEventBuffer(10, 0))
+})
+
+t.test('TASK_EVENTS_BUFFER_BYTES bounds the app\'s buffer', async (t) => {
+  const app = await build(t, { config: { TASK_EVENTS_BUFFER_BYTES: 64 * 1024 } })
+  // Events are built only while someone listens (a stream): listen as one does.
+  app.taskManager.events.on('task-event', () => {})
+  const tasks = Array.from({ length: 500 }, (_, i) => ({ instruction: `step ${i}` }))
+  for (let i = 0; i < 10; i++) t.equal((await post(app, '/create', { session_id: `s${i}`, tasks })).statusCode, 200)
+  t.ok(app.taskEvents.latest >= 20, `events were made (${app.taskEvents.latest})`)
+  t.ok(app.taskEvents.bytes <= 64 * 1024, `held: ${app.taskEvents.bytes} bytes of ${app.taskEvents.latest - app.taskEvents.oldest + 1} events`)
 })
 
 /** A manager on a file store of its own, restored, closed when the test ends. */

@@ -342,7 +342,7 @@ export class EventStreamHub {
   private deliver (event: BufferedEvent): void {
     if (this.clients.size === 0) return
     this.turn.push(event)
-    this.turnBytes += Buffer.byteLength(this.buffer.frameOf(event))
+    this.turnBytes += event.bytes
     // Events held past half a client's bound go out at the next turn whatever the pace: waiting
     // would only grow this batch, and each client's one write of it, toward the cut.
     if (this.turnBytes > this.limits.maxQueuedBytes / 2 && !this.soon) {

@@ -29,8 +29,10 @@ export interface BufferedEvent {
   readonly seq: number
   readonly name: TaskEventName
   readonly data: TaskEventData
-  /** The SSE frame, serialized once for every client, on first use. */
-  frame: string | null
+  /** The SSE frame, serialized once for every client. */
+  readonly frame: string
+  /** The frame's size in bytes: what the buffer's byte bound counts. */
+  readonly bytes: number
 }
 
 /**
@@ -42,7 +44,8 @@ export interface BufferedEvent {
 export type Replay = { reset: false, events: BufferedEvent[], after?: number } | { reset: true }
 
 /**
- * The latest `capacity` events, oldest first. Ids are `<lifetime>-<seq>`: seq grows with each
+ * The latest `capacity` events, oldest first, and fewer when their frames pass `maxBytes` (the
+ * newest is always held): a few events naming many tasks each must not hold much memory. Ids are `<lifetime>-<seq>`: seq grows with each
  * event, and the lifetime part tells an id from another run apart, which must get a reset
  * rather than a wrong replay. A lone process numbers its own events (random lifetime, seq 1, 2,
  * 3...); replicas sharing a database take both from its event log (adopt, appendAt), so an id
@@ -60,9 +63,17 @@ export class TaskEventBuffer {
   private readonly gapListeners = new Set<() => void>()
   /** The numbering is a shared log's (adopt): another replica may have read further in it. */
   private shared = false
+  /** The held events' frames, in bytes. */
+  private heldBytes = 0
 
-  constructor (readonly capacity: number) {
+  constructor (readonly capacity: number, readonly maxBytes = Number.POSITIVE_INFINITY) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError('capacity must be a positive integer')
+    if (!(maxBytes > 0)) throw new RangeError('maxBytes must be positive')
+  }
+
+  /** The held events' frames, in bytes. */
+  get bytes (): number {
+    return this.heldBytes
   }
 
   get lifetime (): string {
@@ -126,16 +137,20 @@ export class TaskEventBuffer {
   /** Adds an event numbered `seq` by an event log; seq must be above the latest. */
   appendAt (seq: number, name: TaskEventName, data: TaskEventData): BufferedEvent {
     if (!Number.isSafeInteger(seq) || seq <= this.last) throw new RangeError(`event ${seq} is not after ${this.last}`)
-    const event: BufferedEvent = { seq, name, data, frame: null }
+    const frame = `id: ${this.life}-${seq}\nevent: ${name}\ndata: ${JSON.stringify(data)}\n\n`
+    const event: BufferedEvent = { seq, name, data, frame, bytes: Buffer.byteLength(frame) }
     this.last = seq
     this.events.push(event)
-    if (this.events.length - this.head > this.capacity) {
-      this.dropped = (this.events[this.head] as BufferedEvent).seq
+    this.heldBytes += event.bytes
+    while (this.events.length - this.head > this.capacity || (this.heldBytes > this.maxBytes && this.events.length - this.head > 1)) {
+      const oldest = this.events[this.head] as BufferedEvent
+      this.dropped = oldest.seq
+      this.heldBytes -= oldest.bytes
       this.events[this.head++] = undefined as unknown as BufferedEvent
-      if (this.head >= this.capacity) {
-        this.events = this.events.slice(this.head)
-        this.head = 0
-      }
+    }
+    if (this.head >= this.capacity) {
+      this.events = this.events.slice(this.head)
+      this.head = 0
     }
     for (const listener of this.listeners) listener(event)
     return event
@@ -158,7 +173,6 @@ export class TaskEventBuffer {
   }
 
   frameOf (event: BufferedEvent): string {
-    event.frame ??= `id: ${this.idOf(event)}\nevent: ${event.name}\ndata: ${JSON.stringify(event.data)}\n\n`
     return event.frame
   }
 
