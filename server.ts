@@ -3,6 +3,7 @@ import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import { buildApp } from './app.js'
 import { loadConfig } from './plugins/config.js'
 import { listenFailure } from './http/listen-error.js'
+import { LogDestination } from './http/log-destination.js'
 import { loggerOptions } from './http/logger-options.js'
 import { UnsavedChangesLostError } from './services/errors.js'
 
@@ -30,7 +31,10 @@ async function main (): Promise<void> {
   process.on('SIGINT', early)
   try {
     const config = await loadConfig()
-    app = await buildApp({ config, readEnvironment: false, logger: loggerOptions(config), processMetrics: true })
+    const log = new LogDestination({ maxQueuedBytes: config.LOG_QUEUE_BYTES })
+    // Every exit (process.exit included) writes what is still queued, once: never waiting on a failing log.
+    process.once('exit', () => { log.flushSync() })
+    app = await buildApp({ config, readEnvironment: false, logger: loggerOptions(config, log), processMetrics: true })
     await app.ready()
   } catch (err) {
     if (stopped !== null) {

@@ -57,6 +57,7 @@ export const ConfigSchema = Type.Object({
   TASK_COMMAND_CGROUP: Type.Union([Type.Literal('auto'), Type.Literal('off')], { default: 'auto', description: 'auto: each command call runs in its own cgroup (v2) when the host allows, so setsid cannot escape; off: its process group only' }),
   LOG_LEVEL: Type.Union(LOG_LEVELS.map((level) => Type.Literal(level)), { default: 'info' }),
   LOG_PRETTY: Type.Boolean({ default: false, description: 'Human-readable logs through pino-pretty, for local use' }),
+  LOG_QUEUE_BYTES: Type.Integer({ minimum: 64 * 1024, maximum: 1024 * 1024 * 1024, default: 16 * 1024 * 1024, description: 'Log lines waiting to be written to stdout, in bytes at most: past it (a reader that does not keep up, a log that cannot be written) lines are dropped, and counted in a warning once writing works again' }),
   TASK_DOCS: Type.Boolean({ default: true, description: 'OpenAPI document at /documentation/json and its UI at /documentation' }),
   TASK_METRICS: Type.Boolean({ default: true, description: 'Prometheus metrics at /metrics' }),
   TASK_METRICS_AUTH: Type.Boolean({ default: false, description: '/metrics needs an API key too (when TASK_API_KEYS is set)' }),

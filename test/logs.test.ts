@@ -2,11 +2,15 @@
  * Logs: every line of a request that names a session carries its session_id, task failures
  * carry task_id too; LOG_PRETTY=true makes the real server print pino-pretty lines.
  */
+import { spawn } from 'node:child_process'
+import { closeSync, openSync } from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import t from 'tap'
 import taskvault from '../index.js'
 import { build, memoryLog, post, tempDir } from './helper.js'
-import { logLines, logMessages, scratch } from './server-process.js'
+import { SERVER, baseEnv, freePort, logLines, logMessages, scratch } from './server-process.js'
+import { node } from './node-child.js'
 
 t.test('request logs carry the session_id the request names; task failures carry task_id', async (t) => {
   const log = memoryLog()
@@ -58,6 +62,62 @@ t.test('LOG_PRETTY=true: the server logs through pino-pretty', async (t) => {
   t.ok(lines.some((line) => /INFO.*Server listening/u.test(line)), 'human-readable level and message')
   t.ok(lines.some((line) => /session_id: "pretty"/u.test(line)), 'bindings shown as fields')
   t.notOk(lines.some((line) => line.startsWith('{')), 'no JSON lines')
+})
+
+t.test('a log that cannot be written (stdout on a full disk: /dev/full) never stops the server: it serves, and SIGTERM exits 0', async (t) => {
+  const { dir } = await scratch(t)
+  const port = await freePort()
+  const stdout = openSync('/dev/full', 'w')
+  const child = spawn(...node([SERVER]), { cwd: dir, env: baseEnv({ PORT: String(port) }), stdio: ['ignore', stdout, 'pipe'] })
+  closeSync(stdout)
+  let stderr = ''
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => { resolve(code) }))
+  t.teardown(async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+    await exited
+  })
+  const base = `http://127.0.0.1:${port}`
+  let ready = 0
+  for (let i = 0; i < 300 && ready !== 200; i++) {
+    ready = await fetch(`${base}/ready`).then((res) => res.status, () => 0)
+    if (ready !== 200) await sleep(100)
+  }
+  t.equal(ready, 200, `ready with every log line failing ${stderr}`)
+  for (let i = 0; i < 20; i++) {
+    const res = await fetch(`${base}/api/v1/tasks/create`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ session_id: `s${i}`, instructions: 'a' }) })
+    t.equal(res.status, 200, `create ${i}`)
+  }
+  t.equal(((await fetch(`${base}/api/v1/tasks/list?session_id=all`).then(async (res) => res.json())) as { total: number }).total, 20, 'every create landed')
+  child.kill('SIGTERM')
+  t.equal(await Promise.race([exited, sleep(20_000).then(() => 'hung')]), 0, `SIGTERM exits 0 ${stderr}`)
+})
+
+t.test('a log reader that stops reading: lines past LOG_QUEUE_BYTES are dropped, the server serves on, and a warning counts them once it reads again', async (t) => {
+  const { start } = await scratch(t)
+  const server = await start({ LOG_QUEUE_BYTES: '65536' })
+  // The socket to this process fills (a few hundred KB), then the queue: 300 requests logging
+  // their 4 KB URLs make some 1.2 MB of lines.
+  server.child.stdout?.pause()
+  const pad = 'x'.repeat(4096)
+  let answered = 0
+  for (let i = 0; i < 300; i++) {
+    const res = await fetch(`${server.base}/api/v1/tasks/progress?session_id=s${i}&pad=${pad}`)
+    await res.arrayBuffer()
+    if (res.status === 400) answered++
+  }
+  t.equal(answered, 300, 'every request answered (400: an unknown query parameter)')
+  const res = await fetch(`${server.base}/api/v1/tasks/create`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ session_id: 'after', instructions: 'a' }) })
+  t.equal(res.status, 200, 'a create too')
+  server.child.stdout?.resume()
+  // The next line written after the pipe drained carries the report.
+  await fetch(`${server.base}/ready`)
+  t.ok(await server.waitForLine((line) => line.includes('"dropped_lines"'), 10_000), 'the drop is reported')
+  const report = logLines(server.stdout()).find((line) => 'dropped_lines' in line) as { level: number, dropped_lines: number, reason: string, msg: string }
+  t.match(report, { level: 40, reason: 'LOG_QUEUE_BYTES reached', msg: /^\d+ log lines were dropped \(LOG_QUEUE_BYTES reached\)$/u })
+  t.ok(report.dropped_lines > 0, `${report.dropped_lines} lines dropped`)
+  t.equal((await server.stop('SIGTERM')).code, 0)
+  t.ok(logLines(server.stdout()).some((line) => line.msg === 'shutting down'), 'lines after it are written')
 })
 
 t.test('secrets sent in a query string (key, token, access_token, api_key, apikey, api-key, password, secret, any case) are redacted in logged URLs', async (t) => {
