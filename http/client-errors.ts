@@ -34,11 +34,17 @@ export function clientErrors (connections: () => ConnectionGuard | null) {
   const settling = new WeakSet<Socket>()
   return function clientErrorHandler (this: FastifyInstance, err: NodeJS.ErrnoException, socket: Socket): void {
     if (err.code === 'ECONNRESET' || socket.destroyed || settling.has(socket)) return
+    const guard = connections()
+    // A second answer to one request would be read by the client as the answer to its next.
+    if (guard?.answeredEarly(socket) === true) {
+      this.log.info({ code: err.code, err: err.message }, 'Client error on a request answered before it arrived in full; the connection is closed')
+      endAndClose(socket)
+      return
+    }
     const answer = answerFor(err.code)
     this.log.info({ code: answer.code, statusCode: answer.statusCode, err: err.message }, 'Client error: the request was not answered by a route')
     // Node's own check: the response it is writing on this socket, if any (not a public field).
     const started = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent === true
-    const guard = connections()
     let owed = started ? null : guard?.owed(socket) ?? null
     // The latest request did not arrive in full: it is the one in error.
     if (owed !== null && !owed.res.req.complete) {
@@ -105,18 +111,26 @@ function errorBody (statusCode: number, code: string, message: string): string {
 }
 
 function answerAndClose (socket: Socket, answer: { statusCode: number, code: string, message: string }): void {
-  if (socket.writable) {
-    const name = STATUS_CODES[answer.statusCode] ?? 'Error'
-    const body = errorBody(answer.statusCode, answer.code, answer.message)
-    // Ended, not destroyed at once: a close with unread bytes resets the connection, and a reset
-    // can drop the answer at the client before it is read. Destroyed if the client lingers.
-    socket.end(`HTTP/1.1 ${answer.statusCode} ${name}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json; charset=utf-8\r\nConnection: close\r\n\r\n${body}`)
-    const timer = setTimeout(() => { socket.destroy() }, LINGER_MS)
-    timer.unref()
-    socket.once('close', () => { clearTimeout(timer) })
+  const name = STATUS_CODES[answer.statusCode] ?? 'Error'
+  const body = errorBody(answer.statusCode, answer.code, answer.message)
+  endAndClose(socket, `HTTP/1.1 ${answer.statusCode} ${name}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json; charset=utf-8\r\nConnection: close\r\n\r\n${body}`)
+}
+
+/**
+ * Ends the socket after `last`, if given. Ended, not destroyed at once: a close with unread bytes
+ * resets the connection, and a reset can drop an answer at the client before it is read.
+ * Destroyed if the client lingers.
+ */
+function endAndClose (socket: Socket, last?: string): void {
+  if (!socket.writable) {
+    socket.destroy()
     return
   }
-  socket.destroy()
+  if (last === undefined) socket.end()
+  else socket.end(last)
+  const timer = setTimeout(() => { socket.destroy() }, LINGER_MS)
+  timer.unref()
+  socket.once('close', () => { clearTimeout(timer) })
 }
 
 /** How long a refused client has to read its answer and close before its socket is destroyed. */

@@ -58,6 +58,11 @@ export interface ConnectionGuard {
   /** The answer owed on `socket` (unfinished), or null. */
   owed: (socket: Socket) => OwedAnswer | null
   /**
+   * True when the latest request on `socket` was answered before it arrived in full (a 415 on
+   * its headers while its body still comes): a client error now is that request's, answered already.
+   */
+  answeredEarly: (socket: Socket) => boolean
+  /**
    * A request waiting its turn failed to arrive (its request timeout ran out): when its turn
    * comes it is answered `error` instead of running, and the connection closes after.
    */
@@ -176,6 +181,10 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
       const res = answers.get(socket)
       if (res === undefined || res.writableFinished) return null
       return { res, waiting: waiting.has(res) }
+    },
+    answeredEarly: (socket) => {
+      const res = answers.get(socket)
+      return res !== undefined && res.writableFinished && !res.req.complete
     },
     refuse: (res, error) => { refusals.set(res, error) },
     stream: (socket) => {

@@ -77,6 +77,26 @@ t.test('a request whose body never arrives is answered 408 and closed after TASK
   t.equal((await call(server, 'POST', `${API}/create`, { session_id: 'after', instructions: 'a' })).status, 200, 'the server serves on')
 })
 
+t.test('a request answered before its body arrived (415, 403) whose body then trickles past TASK_REQUEST_TIMEOUT_MS gets no second answer: its connection is closed', async (t) => {
+  const { start } = await scratch(t)
+  const server = await start({ TASK_REQUEST_TIMEOUT_MS: '500' })
+  const heads = [
+    `POST ${API}/create HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n`,
+    `POST ${API}/create HTTP/1.1\r\nHost: elsewhere.example\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n`
+  ]
+  for (const head of heads) {
+    const raw = await connect(t, server, head)
+    // One body byte every 100 ms: the request stays incomplete past its timeout.
+    const drip = setInterval(() => { if (!raw.socket.destroyed) raw.socket.write('x') }, 100)
+    const ms = await within(raw.closed, 15_000)
+    clearInterval(drip)
+    t.ok(ms !== null, 'the connection is closed', { output: describe(server) })
+    const statuses = [...raw.received().matchAll(/HTTP\/1\.1 (\d{3}) /gu)].map((m) => m[1])
+    t.equal(statuses.length, 1, `one answer (${statuses.join(', ')})`)
+    t.match(statuses[0], /^4(15|03)$/u, 'the early one')
+  }
+})
+
 t.test('TASK_KEEP_ALIVE_TIMEOUT_MS: an idle keep-alive socket is closed after it', async (t) => {
   const { start } = await scratch(t)
   const server = await start({ TASK_KEEP_ALIVE_TIMEOUT_MS: '300' })
