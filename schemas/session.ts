@@ -51,7 +51,9 @@ export const IDEMPOTENCY_KEY_PATTERN = '^[!-~]{1,128}$'
 export const KeyedCreate = Type.Object({
   key: Type.String({ pattern: IDEMPOTENCY_KEY_PATTERN }),
   digest: Type.String({ pattern: '^[0-9a-f]{64}$' }),
-  task_ids: Type.Array(Type.String({ minLength: 1, maxLength: 256 }))
+  task_ids: Type.Array(Type.String({ minLength: 1, maxLength: 256 })),
+  /** Answered again by another replica (PostgreSQL): written so, the row is no longer the create's own write. */
+  replayed: Type.Optional(Type.Literal(true))
 })
 export type KeyedCreate = Static<typeof KeyedCreate>
 

@@ -336,6 +336,14 @@ export class TaskManager {
         const tasks = answered.task_ids.flatMap((id) => { const task = byId.get(id); return task === undefined ? [] : [{ ...task }] })
         // Answered by a change in this very batch, not yet written: this answer stands or falls with that write.
         const durable = draft.file === null || draft.before?.keyed_creates?.some((entry) => entry.key === keyed.key) === true
+        // Shared: the first replay is written, marking the key. The replica whose create this was
+        // may have lost its answer (a 503): it puts back the state before it unless the row is no
+        // longer its own write, and that would undo what this answer acknowledges.
+        if (durable && this.shared !== undefined && draft.file !== null && answered.replayed !== true) {
+          const file = liveFile(draft)
+          file.keyed_creates = file.keyed_creates?.map((entry) => entry.key === keyed.key ? { ...entry, replayed: true as const } : entry)
+          return tasks
+        }
         return durable ? unchanged(tasks) : tasks
       }
       replayed = false

@@ -752,6 +752,33 @@ t.test('a write-back owed while the database was out of reach, when another repl
   t.equal((await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text LIKE '%\"three\"%'")).rowCount, 1, 'and nothing undid it')
 })
 
+t.test('a keyed create that landed unanswered (503) and was answered by another replica\'s replay stays: the first replica adopts it instead of putting the state before it back', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const logs = memoryLog()
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_REPLICA_ID: 'a', TASK_DB_STATEMENT_TIMEOUT_MS: 1500, TASK_RUN_RETRY_MS: 200, TASK_RUN_RETRY_MAX_MS: 400 }, logs.logger)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'landed', instructions: 'one' } })).statusCode, 200)
+  const db = await inspector(t, url)
+  const keyed = { 'idempotency-key': 'k-two' }
+  // Out of reach: the keyed append lands, its answer lost; the write-back fails too.
+  t.equal(await landUnanswered(db, proxy, async () => await app.inject({ method: 'POST', url: `${API}/create`, headers: keyed, payload: { session_id: 'landed', instructions: 'two' } }),
+    "SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text LIKE '%\"two\"%'"), 503, 'the append fails, its outcome unknown')
+  // The client retries with its key through another replica: answered from what landed.
+  const other = await postgresApp(t, url, { TASK_REPLICA_ID: 'b' })
+  const replay = await other.inject({ method: 'POST', url: `${API}/create`, headers: keyed, payload: { session_id: 'landed', instructions: 'two' } })
+  t.match([replay.statusCode, replay.headers['idempotent-replayed']], [200, 'true'], 'replayed')
+  const acknowledged = (replay.json() as { task_ids: string[] }).task_ids
+  proxy.pass()
+  await waitFor('the first replica to settle what it owed', () => logs.messages().includes('Storage holds the acknowledged states again after failed saves'), 10_000)
+  for (const [name, replica] of [['a', app], ['b', other]] as const) {
+    const tasks = (await replica.inject({ method: 'GET', url: `${API}/list?session_id=landed` })).json().tasks as Array<{ id: string }>
+    t.same(tasks.map((task) => task.id).slice(1), acknowledged, `replica ${name} serves the task the replay acknowledged`)
+  }
+  t.equal((await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'landed' AND document::text LIKE '%\"two\"%'")).rowCount, 1, 'and the row holds it')
+  const again = await app.inject({ method: 'POST', url: `${API}/create`, headers: keyed, payload: { session_id: 'landed', instructions: 'two' } })
+  t.same([again.statusCode, (again.json() as { task_ids: string[] }).task_ids], [200, acknowledged], 'the key answers the same tasks on the first replica too')
+})
+
 t.test('an archive that landed unanswered is undone once the database is back: the session is active, with no archived row', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
