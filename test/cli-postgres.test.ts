@@ -373,3 +373,14 @@ t.test('export refuses a non-empty folder that is not taskvault\'s unless --forc
   await cp(dir, marked, { recursive: true })
   t.equal((await taskvault(['export', '--database-url', url, marked])).code, 0)
 })
+
+t.test('import refuses an empty folder with no marker (a volume that did not mount) rather than report 0 new, and writes nothing', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const empty = await tempDir(t)
+  const run = await taskvault(['import', empty, '--database-url', url])
+  t.equal(run.code, 1, run.stdout)
+  t.match(run.stderr, /holds no session and no \.taskvault marker: it is not a storage folder taskvault has used \(a volume that did not mount\?\); nothing was written/u)
+  t.same(await readdir(empty), [], 'the folder is left unmarked')
+  t.same(await query(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'taskvault'"), [], 'not even the schema was made')
+})

@@ -9,7 +9,7 @@ import type { Clear, Keyring } from '../../services/store/keyring.js'
 import { ARCHIVED_FILE, parseSessionFile } from '../../services/store/session-files.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase } from '../database.js'
-import { assertFolder, checkStoredFile, folderKeys, ignoredByServer, keyWarnings, listStoredFiles, needKey, sameState, type KeysNeeded, type KidProofs, type StoredFile } from '../folder.js'
+import { assertUsedFolder, checkStoredFile, folderKeys, ignoredByServer, keyWarnings, listStoredFiles, needKey, sameState, type KeysNeeded, type KidProofs, type StoredFile } from '../folder.js'
 import { insertArchived, rowName, rowsOf, type ExistingRow } from '../rows.js'
 
 /** A session file of the folder that reads, with what the row needs. */
@@ -86,7 +86,8 @@ ${COMMON_HELP}`,
     const target = requiredDatabase(args, settings)
     const dir = resolve(args.positionals[0] as string)
     const force = args.values.force === true
-    await assertFolder(dir)
+    // An empty folder without a marker (a volume that did not mount) would import as "0 new": refused, as validate and backup refuse it.
+    await assertUsedFolder(dir, 'nothing was written')
     // A key under a kid other than the one the folder first had is refused, as stats and backup refuse it.
     const { proofs } = await folderKeys(dir, keyring)
     const { files, bad } = await readFolder(dir, keyring, proofs)
