@@ -167,6 +167,54 @@ function stored (dir: string, entry: Dirent, archived: boolean): StoredFile {
   }
 }
 
+/** Rounds of listing again when files moved while read (a live server archiving or bringing back). */
+const MAX_ROUNDS = 5
+
+/** A file of the folder as readSettled read it: never one gone since the listing. */
+export interface SettledFile {
+  stored: StoredFile
+  checked: Exclude<CheckedFile, { ok: null }>
+}
+
+/**
+ * Every file of the folder and `archive/`, each read once, active ones first, for a command that
+ * reads while a server may run (validate, stats, backup). A file that moved between the listing
+ * and its read (archived, or brought back) is read where it went: the folder is listed again (up
+ * to MAX_ROUNDS) while files move, and the files not read yet are read. `skip` is asked before
+ * each read (`late`: listed only after a move); a file it skips is asked again in a later round.
+ */
+export async function * readSettled (dir: string, keyring: Keyring | null, skip: (stored: StoredFile, late: boolean) => boolean | Promise<boolean> = () => false): AsyncGenerator<SettledFile> {
+  const taken = new Set<string>()
+  const first = new Set<string>()
+  for (let round = 1; round <= MAX_ROUNDS; round++) {
+    let moved = 0
+    for (const stored of await listTwice(dir)) {
+      if (round === 1) first.add(stored.rel)
+      if (taken.has(stored.rel) || await skip(stored, !first.has(stored.rel))) continue
+      const checked = await checkStoredFile(stored, keyring)
+      if (checked.ok === null) {
+        moved++
+        continue
+      }
+      taken.add(stored.rel)
+      yield { stored, checked }
+    }
+    if (moved === 0) break
+  }
+}
+
+/**
+ * The folder and archive/ listed, then listed again: a session moving between them (archived,
+ * or brought back) between two listings is then in at least one of them. Active files first.
+ */
+async function listTwice (dir: string): Promise<StoredFile[]> {
+  const first = await listStoredFiles(dir)
+  const second = await listStoredFiles(dir)
+  const byPath = new Map(first.map((stored) => [stored.rel, stored]))
+  for (const stored of second) if (!byPath.has(stored.rel)) byPath.set(stored.rel, stored)
+  return [...byPath.values()].sort((a, b) => (a.archived !== b.archived ? (a.archived ? 1 : -1) : a.rel < b.rel ? -1 : a.rel > b.rel ? 1 : 0))
+}
+
 /** Reads a file once, whole, and checks it exactly as the server's restore does. */
 export async function checkStoredFile (stored: StoredFile, keyring: Keyring | null): Promise<CheckedFile> {
   if (!stored.regular) return { ok: false, reason: 'not a regular file (a symlink or folder); the server never reads it' }

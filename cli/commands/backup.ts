@@ -7,13 +7,10 @@ import { pidAlive } from '../../services/pid.js'
 import { fsyncDir } from '../../services/store/session-files.js'
 import { writeTarGz, type TarFile } from '../../services/backup/tar.js'
 import { CommandFailedError, UsageError, daysOption } from '../args.js'
-import { assertFolder, folderKeys, checkStoredFile, ignoredByServer, listStoredFiles, storageDir, type StoredFile } from '../folder.js'
+import { assertFolder, folderKeys, ignoredByServer, readSettled, storageDir, type StoredFile } from '../folder.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { assertTargetNamed } from '../database.js'
 import { formatBytes } from './stats.js'
-
-/** Rounds of listing again when files moved during the backup (a live server archiving or bringing back). */
-const MAX_ROUNDS = 5
 
 export const backupCommand: Command = {
   name: 'backup',
@@ -67,41 +64,31 @@ ${COMMON_HELP}`,
     /** Files not named like a session (`my notes.json`): no session, so none is missing (as validate and seal judge them). */
     const ignored: Array<{ file: string, reason: string }> = []
     async function * files (): AsyncGenerator<TarFile> {
-      const taken = new Set<string>()
       /** Sessions taken, and whether from their active file. */
       const takenActive = new Map<string, boolean>()
-      for (let round = 1; round <= MAX_ROUNDS; round++) {
-        let moved = 0
-        // Active files first: an archived copy read after its session's active file is either
-        // hidden by it (the server shows the active one), or that file archived since it was read.
-        for (const stored of await listTwice(dir)) {
-          if (taken.has(stored.rel)) continue
-          const before = stored.sessionId === null ? undefined : takenActive.get(stored.sessionId)
-          // A session is in the backup once, as it was when read: not again from where it moved
-          // to (archived, or brought back) while the backup ran. Several archived copies of a
-          // session with no active file are all in the folder, and all taken.
-          if (before === true && stored.archived) {
-            if (await exists(join(dir, `${stored.sessionId as string}.json`))) ignored.push({ file: stored.rel, reason: 'an older archived copy, hidden by the active session file (the server never shows it)' })
-            continue
-          }
-          if (before === false && !stored.archived) continue
-          const checked = await checkStoredFile(stored, keyring)
-          if (checked.ok === null) {
-            moved++
-            continue
-          }
-          proofs.note(stored, checked)
-          taken.add(stored.rel)
-          // A file sealed under a key this tool lacks is still a whole session: carried as it is.
-          if (!checked.ok && checked.keyMissing !== true) {
-            (ignoredByServer(stored) ? ignored : skipped).push({ file: stored.rel, reason: checked.reason })
-            continue
-          }
-          // Only a file carried takes its session: one left out (a symlink, a corrupt file) hides nothing.
-          if (stored.sessionId !== null && before === undefined) takenActive.set(stored.sessionId, !stored.archived)
-          yield backupEntry(counts, stored.rel, stored.archived, checked.data, checked.mtime)
+      // Active files first: an archived copy read after its session's active file is either
+      // hidden by it (the server shows the active one), or that file archived since it was read.
+      const skip = async (stored: StoredFile): Promise<boolean> => {
+        const before = stored.sessionId === null ? undefined : takenActive.get(stored.sessionId)
+        // A session is in the backup once, as it was when read: not again from where it moved
+        // to (archived, or brought back) while the backup ran. Several archived copies of a
+        // session with no active file are all in the folder, and all taken.
+        if (before === true && stored.archived) {
+          if (await exists(join(dir, `${stored.sessionId as string}.json`))) ignored.push({ file: stored.rel, reason: 'an older archived copy, hidden by the active session file (the server never shows it)' })
+          return true
         }
-        if (moved === 0) break
+        return before === false && !stored.archived
+      }
+      for await (const { stored, checked } of readSettled(dir, keyring, skip)) {
+        proofs.note(stored, checked)
+        // A file sealed under a key this tool lacks is still a whole session: carried as it is.
+        if (!checked.ok && checked.keyMissing !== true) {
+          (ignoredByServer(stored) ? ignored : skipped).push({ file: stored.rel, reason: checked.reason })
+          continue
+        }
+        // Only a file carried takes its session: one left out (a symlink, a corrupt file) hides nothing.
+        if (stored.sessionId !== null && !takenActive.has(stored.sessionId)) takenActive.set(stored.sessionId, !stored.archived)
+        yield backupEntry(counts, stored.rel, stored.archived, checked.data, checked.mtime)
       }
       // Thrown before the rename: no backup is written, and none is deleted.
       const wrongKey = proofs.failure(`no backup was written, and ${outDir === null ? out : `the backups in ${outDir}`} ${outDir === null ? 'is' : 'are'} as before`)
@@ -151,18 +138,6 @@ ${COMMON_HELP}`,
       lines
     }
   }
-}
-
-/**
- * The folder and archive/ listed, then listed again: a session moving between them (archived,
- * or brought back) between two listings is then in at least one of them. Active files first.
- */
-async function listTwice (dir: string): Promise<StoredFile[]> {
-  const first = await listStoredFiles(dir)
-  const second = await listStoredFiles(dir)
-  const byPath = new Map(first.map((stored) => [stored.rel, stored]))
-  for (const stored of second) if (!byPath.has(stored.rel)) byPath.set(stored.rel, stored)
-  return [...byPath.values()].sort((a, b) => (a.archived !== b.archived ? (a.archived ? 1 : -1) : a.rel < b.rel ? -1 : a.rel > b.rel ? 1 : 0))
 }
 
 /** Where the backup goes: --out FILE, or a seed-style name in --out-dir (with --keep-days). */

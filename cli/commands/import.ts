@@ -7,9 +7,9 @@ import { deriveColumns, insertSession, updateSession, type DerivedColumns } from
 import type { SessionFile } from '../../services/session/session.js'
 import type { Clear, Keyring } from '../../services/store/keyring.js'
 import { ARCHIVED_FILE, parseSessionFile } from '../../services/store/session-files.js'
-import { COMMON_HELP, type Command } from '../command.js'
-import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase } from '../database.js'
-import { assertUsedFolder, checkStoredFile, folderKeys, ignoredByServer, keyWarnings, listStoredFiles, needKey, sameState, type KeysNeeded, type KidProofs, type StoredFile } from '../folder.js'
+import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
+import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase, type DatabaseTarget } from '../database.js'
+import { checkStoredFile, folderKeys, ignoredByServer, keyWarnings, listStoredFiles, needKey, sameState, withWriteLock, type KeysNeeded, type KidProofs, type StoredFile } from '../folder.js'
 import { insertArchived, rowName, rowsOf, type ExistingRow } from '../rows.js'
 
 /** A session file of the folder that reads, with what the row needs. */
@@ -71,7 +71,9 @@ compared with the rows of its session, and only then is anything written, in one
     an active one stops the servers' start until they hold the key;
   - a row of the session that is newer than the file (later updated_at) is a conflict: each is
     reported and nothing is written, unless --force, which writes the folder's files anyway.
-A server on the database does not see rows written under it: stop the servers first.
+A server on the database does not see rows written under it: stop the servers first. The
+import holds the folder's lock while it runs, so it refuses a folder a live server holds (whose
+archive pass would move files while they are read).
 
 Options:
 ${DATABASE_HELP.replace('work on the PostgreSQL store at URL instead of a folder', 'the PostgreSQL store to load into (default: DATABASE_URL)')}
@@ -82,49 +84,56 @@ Exit status 1 on a conflict (without --force), a file that does not read, or a f
 ${COMMON_HELP}`,
   options: { ...DATABASE_OPTIONS, force: { type: 'boolean', default: false } },
   positionals: { min: 1, max: 1, names: 'DIR' },
-  async run (args, { settings, keyring, warn }) {
+  async run (args, context) {
+    const { settings, keyring } = context
     const target = requiredDatabase(args, settings)
     const dir = resolve(args.positionals[0] as string)
     const force = args.values.force === true
-    // An empty folder without a marker (a volume that did not mount) would import as "0 new": refused, as validate and backup refuse it.
-    await assertUsedFolder(dir, 'nothing was written')
-    // A key under a kid other than the one the folder first had is refused, as stats and backup refuse it.
-    const { proofs } = await folderKeys(dir, keyring)
-    const { files, bad } = await readFolder(dir, keyring, proofs)
-    const where = `${target.where} (schema ${target.schema})`
-    if (bad.length > 0) {
-      const lines = bad.map(({ file, reason }) => `❌ ${file}: ${reason}`)
-      // A kid none of whose files opens: the key given under it is the suspect, not the files.
-      const wrongKey = proofs.failure('nothing was written')
-      lines.push(wrongKey !== null ? wrongKey.message : `Refused: ${bad.length} files of ${dir} do not read; nothing was written (set the bad ones aside with 'taskvault validate ${dir} --fix')`)
-      return { code: 1, json: { dir, database: target.where, schema: target.schema, inserted: 0, replaced: 0, archived: 0, archived_rows: 0, unchanged: 0, unreadable: bad, conflicts: [] }, lines }
-    }
-    return withDatabase(target, settings, keyring, false, async (client) => {
-      await client.query('BEGIN')
-      try {
-        const existing = (await client.query<ExistingRow>(rowsOf([...new Set(files.map((item) => item.sessionId))]))).rows
-        const { planned, conflicts } = plan(files, existing, keyring)
-        const counts = { inserted: 0, replaced: 0, archived: 0, archived_rows: 0, unchanged: 0 }
-        if (conflicts.length > 0 && !force) {
-          await client.query('ROLLBACK')
-          const lines = conflicts.map(({ file, reason }) => `❌ ${file}: ${reason}`)
-          lines.push(`Refused: ${conflicts.length} files would replace newer rows in ${where}; nothing was written (give --force to write them anyway)`)
-          return { code: 1, json: { dir, database: target.where, schema: target.schema, ...counts, conflicts, forced: false }, lines }
-        }
-        for (const step of planned) await write(client, step, counts)
-        await client.query('COMMIT')
-        const needsKeys: KeysNeeded = {}
-        for (const { item, action } of planned) if (item.missingKid !== null && action !== 'unchanged') needKey(needsKeys, item.missingKid, item.archived)
-        for (const line of keyWarnings(needsKeys, where, 'database')) warn(line)
-        const lines = [`Imported ${dir} into ${where}: ${counts.inserted} new, ${counts.replaced} replaced, ${counts.archived} archived copies added${counts.archived_rows > 0 ? ` (${counts.archived_rows} active rows archived first)` : ''}, ${counts.unchanged} already identical` +
-          (conflicts.length > 0 ? `; ${conflicts.length} newer rows overwritten (--force)` : '')]
-        return { code: 0, json: { dir, database: target.where, schema: target.schema, ...counts, conflicts, forced: conflicts.length > 0, needs_keys: needsKeys }, lines }
-      } catch (err) {
-        await client.query('ROLLBACK').catch(noop)
-        throw err
-      }
-    })
+    // Under the folder's lock, as every command that writes takes it: a live server's archive pass
+    // moves files while they are read, and those would be left out. withWriteLock refuses an empty
+    // folder without a marker too (a volume that did not mount), which would import as "0 new".
+    return withWriteLock(dir, settings, keyring, false, async () => importFolder(dir, target, force, context))
   }
+}
+
+/** The import itself, run holding the folder's lock. */
+async function importFolder (dir: string, target: DatabaseTarget, force: boolean, { settings, keyring, warn }: CommandContext): Promise<CommandResult> {
+  // A key under a kid other than the one the folder first had is refused, as stats and backup refuse it.
+  const { proofs } = await folderKeys(dir, keyring)
+  const { files, bad } = await readFolder(dir, keyring, proofs)
+  const where = `${target.where} (schema ${target.schema})`
+  if (bad.length > 0) {
+    const lines = bad.map(({ file, reason }) => `❌ ${file}: ${reason}`)
+    // A kid none of whose files opens: the key given under it is the suspect, not the files.
+    const wrongKey = proofs.failure('nothing was written')
+    lines.push(wrongKey !== null ? wrongKey.message : `Refused: ${bad.length} files of ${dir} do not read; nothing was written (set the bad ones aside with 'taskvault validate ${dir} --fix')`)
+    return { code: 1, json: { dir, database: target.where, schema: target.schema, inserted: 0, replaced: 0, archived: 0, archived_rows: 0, unchanged: 0, unreadable: bad, conflicts: [] }, lines }
+  }
+  return withDatabase(target, settings, keyring, false, async (client) => {
+    await client.query('BEGIN')
+    try {
+      const existing = (await client.query<ExistingRow>(rowsOf([...new Set(files.map((item) => item.sessionId))]))).rows
+      const { planned, conflicts } = plan(files, existing, keyring)
+      const counts = { inserted: 0, replaced: 0, archived: 0, archived_rows: 0, unchanged: 0 }
+      if (conflicts.length > 0 && !force) {
+        await client.query('ROLLBACK')
+        const lines = conflicts.map(({ file, reason }) => `❌ ${file}: ${reason}`)
+        lines.push(`Refused: ${conflicts.length} files would replace newer rows in ${where}; nothing was written (give --force to write them anyway)`)
+        return { code: 1, json: { dir, database: target.where, schema: target.schema, ...counts, conflicts, forced: false }, lines }
+      }
+      for (const step of planned) await write(client, step, counts)
+      await client.query('COMMIT')
+      const needsKeys: KeysNeeded = {}
+      for (const { item, action } of planned) if (item.missingKid !== null && action !== 'unchanged') needKey(needsKeys, item.missingKid, item.archived)
+      for (const line of keyWarnings(needsKeys, where, 'database')) warn(line)
+      const lines = [`Imported ${dir} into ${where}: ${counts.inserted} new, ${counts.replaced} replaced, ${counts.archived} archived copies added${counts.archived_rows > 0 ? ` (${counts.archived_rows} active rows archived first)` : ''}, ${counts.unchanged} already identical` +
+        (conflicts.length > 0 ? `; ${conflicts.length} newer rows overwritten (--force)` : '')]
+      return { code: 0, json: { dir, database: target.where, schema: target.schema, ...counts, conflicts, forced: conflicts.length > 0, needs_keys: needsKeys }, lines }
+    } catch (err) {
+      await client.query('ROLLBACK').catch(noop)
+      throw err
+    }
+  })
 }
 
 /** Every session file of the folder, read once and judged as restore does; archived copies oldest first. */
@@ -133,7 +142,7 @@ async function readFolder (dir: string, keyring: Parameters<typeof checkStoredFi
   const bad: Conflict[] = []
   for (const stored of await listStoredFiles(dir)) {
     const checked = await checkStoredFile(stored, keyring)
-    // Moved by a running server since the listing; or a file the server never reads (it holds no session).
+    // Removed since the listing (by hand: the lock keeps servers out); or a file the server never reads (it holds no session).
     if (checked.ok === null || ignoredByServer(stored)) continue
     proofs.note(stored, checked)
     const place = { rel: stored.rel, sessionId: stored.sessionId as string, archived: stored.archived, stamp: stampOf(stored) }

@@ -2,7 +2,7 @@ import { lstat, mkdir, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fsyncDir } from '../../services/store/session-files.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
-import { assertUsedFolder, checkStoredFile, ignoredByServer, listStoredFiles, storageDir, withWriteLock, type StoredFile } from '../folder.js'
+import { assertUsedFolder, ignoredByServer, readSettled, storageDir, withWriteLock, type StoredFile } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, readTarget, withDatabase, type DatabaseTarget } from '../database.js'
@@ -61,9 +61,8 @@ ${COMMON_HELP}`,
       const bad: StoredFile[] = []
       /** Files whose box did not open, by kid: bad only if another file under that kid opened. */
       const unopened = new Map<string, Array<{ stored: StoredFile, report: FileReport }>>()
-      for (const stored of await listStoredFiles(dir)) {
-        const checked = await checkStoredFile(stored, keyring)
-        if (checked.ok === null) continue
+      // A file a running server moves (archives, brings back) before it is read is read where it went, not left out.
+      for await (const { stored, checked } of readSettled(dir, keyring)) {
         if (checked.ok) reports.push({ file: stored.rel, ok: true, kid: checked.kid })
         else {
           const report: FileReport = { file: stored.rel, ok: false, reason: checked.reason, ...(ignoredByServer(stored) && { ignored: true as const }) }
@@ -82,6 +81,8 @@ ${COMMON_HELP}`,
         if (reports.some((report) => report.ok && report.kid === kid)) bad.push(...files.map((file) => file.stored))
         else for (const { report } of files) report.reason += ` (left in place: no file sealed under key '${kid}' opens, so the key configured under that kid is likely wrong)`
       }
+      // By path, as the folder lists them (readSettled reads active files first).
+      reports.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0))
       return { reports, bad }
     }
     const { reports } = fix
