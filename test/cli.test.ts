@@ -298,6 +298,24 @@ t.test('backup then restore round-trips every byte', async (t) => {
   t.equal((await get(app, `/list?session_id=${longId}`)).json().tasks[0].instruction, 'ünïcödé ✓ "quoted"\n 1')
 })
 
+t.test('backups running at the same time into one --out-dir each get a name of their own; to one --out, the second is refused: none replaces another', async (t) => {
+  const dir = await preparedFolder(t)
+  // Enough sessions that both runs choose their name well before either puts its backup in place.
+  for (let i = 0; i < 3000; i++) await writeFile(join(dir, `m${i}.json`), storedSession(`m${i}`, ['Completed'], daysAgo(1)), { mode: 0o600 })
+  const outs = await tempDir(t, 'taskvault-backups-')
+  const named = await Promise.all([1, 2].map(async () => taskvault(['backup', dir, '--out-dir', outs, '--json'])))
+  for (const run of named) t.equal(run.code, 0, run.stderr)
+  const written = named.map((run) => basename(run.json().out as string)).sort()
+  t.not(written[0], written[1], `two names (${written.join(', ')})`)
+  t.same((await readdir(outs)).sort(), written, 'both backups are there, and no temp file')
+  const file = join(outs, 'b.tar.gz')
+  const same = await Promise.all([1, 2].map(async () => taskvault(['backup', dir, '--out', file])))
+  t.same(same.map((run) => run.code).sort(), [0, 1], 'one written, the other refused')
+  // Refused at the start when the other one was written by then; otherwise when putting it in place.
+  t.match(same.find((run) => run.code === 1)?.stderr, /b\.tar\.gz exists( \(written while this backup ran\))?; give --force to replace it/u)
+  t.same((await readdir(outs)).sort(), [...written, 'b.tar.gz'].sort(), 'its temp file was removed')
+})
+
 t.test('backup leaves out files that do not load, and says so', async (t) => {
   const dir = await preparedFolder(t)
   await writeFile(join(dir, 'broken.json'), '{', { mode: 0o600 })

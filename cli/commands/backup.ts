@@ -1,4 +1,4 @@
-import { lstat, open, readdir, realpath, rename, stat, unlink } from 'node:fs/promises'
+import { link, lstat, open, readdir, realpath, rename, stat, unlink } from 'node:fs/promises'
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path'
 import { backupEntry, backupFileName, backupTime, emptyCounts } from '../../services/backup/backup.js'
 import { Writable } from 'node:stream'
@@ -24,7 +24,8 @@ session in the backup is a complete saved state; a session that moves while the 
 in it once: as it was read, or from where it moved to when it moved before it was read. An
 archived copy that an active file of its session hides (the server never shows it) is left out
 and reported. Files that do not load are left out and reported. Safe while a server runs. The
-backup is written to a temp file, fsynced, then renamed into place.
+backup is written to a temp file, fsynced, then put in place, never over a file another backup
+wrote there while this one ran (--out then fails, unless --force; --out-dir takes the next name).
 Any tar reads it: tar -tzvf FILE.tar.gz
 
 Options:
@@ -52,11 +53,12 @@ ${COMMON_HELP}`,
   async run (args, { settings, keyring }) {
     assertTargetNamed(settings, args.positionals.length > 0, 'back the database up with pg_dump, taskvault export or GET /api/v1/tasks/backup (or give a folder)')
     const dir = storageDir(args.positionals[0], settings)
-    const { out, outDir, keepDays } = await target(args.values)
+    const { out: chosen, outDir, keepDays, made } = await target(args.values)
+    const force = args.values.force === true
     await assertFolder(dir)
-    await refuseInside(dir, dirname(out))
-    if (args.values.force !== true && await exists(out)) {
-      throw new CommandFailedError(`${out} exists; give --force to replace it`)
+    await refuseInside(dir, dirname(chosen))
+    if (!force && await exists(chosen)) {
+      throw new CommandFailedError(`${chosen} exists; give --force to replace it`)
     }
     const counts = emptyCounts()
     const { proofs, marked } = await folderKeys(dir, keyring)
@@ -91,7 +93,7 @@ ${COMMON_HELP}`,
         yield backupEntry(counts, stored.rel, stored.archived, checked.data, checked.mtime)
       }
       // Thrown before the rename: no backup is written, and none is deleted.
-      const wrongKey = proofs.failure(`no backup was written, and ${outDir === null ? out : `the backups in ${outDir}`} ${outDir === null ? 'is' : 'are'} as before`)
+      const wrongKey = proofs.failure(`no backup was written, and ${outDir === null ? chosen : `the backups in ${outDir}`} ${outDir === null ? 'is' : 'are'} as before`)
       if (wrongKey !== null) throw wrongKey
       // No session and no marker: a volume that did not mount, a mistyped path; an empty backup would only replace good ones.
       if (counts.active + counts.archived === 0 && skipped.length === 0 && !marked) {
@@ -99,7 +101,8 @@ ${COMMON_HELP}`,
       }
     }
     // With the time: a run with a killed one's pid (pid 1 in a container) never meets its leftover.
-    const temp = `${out}.${process.pid}.${Date.now()}.tmp`
+    const temp = `${chosen}.${process.pid}.${Date.now()}.tmp`
+    let out = chosen
     const handle = await open(temp, 'wx', 0o600)
     try {
       await writeTarGz(files(), new Writable({
@@ -108,13 +111,13 @@ ${COMMON_HELP}`,
         final: (done) => { handle.sync().then(() => done(), done) }
       }))
       await handle.close()
-      await rename(temp, out)
+      out = await place(temp, chosen, outDir === null ? null : { outDir, made }, force)
     } catch (err) {
       await handle.close().catch(() => {})
       await unlink(temp).catch(() => {})
       // Said of the backup: the bare errno names neither the file nor that nothing was left.
       const code = (err as NodeJS.ErrnoException).code
-      if (code === 'ENOSPC' || code === 'EDQUOT') throw new CommandFailedError(`no space left to write the backup ${out} (${code}); its temp file was removed, and ${out} is as it was`)
+      if (code === 'ENOSPC' || code === 'EDQUOT') throw new CommandFailedError(`no space left to write the backup ${chosen} (${code}); its temp file was removed, and ${chosen} is as it was`)
       throw err
     }
     await fsyncDir(nodeFs, dirname(out))
@@ -141,7 +144,8 @@ ${COMMON_HELP}`,
 }
 
 /** Where the backup goes: --out FILE, or a seed-style name in --out-dir (with --keep-days). */
-async function target (values: Record<string, string | boolean | undefined>): Promise<{ out: string, outDir: string | null, keepDays: number | undefined }> {
+async function target (values: Record<string, string | boolean | undefined>): Promise<{ out: string, outDir: string | null, keepDays: number | undefined, made: Date }> {
+  const made = new Date()
   const file = values.out
   const dir = values['out-dir']
   const keepDays = daysOption(values, 'keep-days', 1)
@@ -150,7 +154,7 @@ async function target (values: Record<string, string | boolean | undefined>): Pr
   if (typeof dir === 'string' && dir !== '') {
     const outDir = resolve(dir)
     if ((await lstat(outDir).catch(() => null))?.isDirectory() !== true) throw new CommandFailedError(`${outDir} is not a folder`)
-    return { out: await freeName(outDir, new Date()), outDir, keepDays }
+    return { out: await freeName(outDir, made), outDir, keepDays, made }
   }
   if (typeof file !== 'string' || file === '') throw new UsageError('--out FILE.tar.gz or --out-dir DIR is required')
   const out = resolve(file)
@@ -163,7 +167,7 @@ async function target (values: Record<string, string | boolean | undefined>): Pr
   // The backup is renamed into place: over a device, a FIFO or a link, that would replace the
   // node itself (`--out /dev/stdout --force` would delete the device) instead of writing to it.
   if (existing !== null && !existing.isFile()) throw new CommandFailedError(`${out} is not a regular file (a link, a device or a pipe); give --out the path of a new or existing regular file`)
-  return { out, outDir: null, keepDays }
+  return { out, outDir: null, keepDays, made }
 }
 
 /**
@@ -193,6 +197,50 @@ async function freeName (dir: string, now: Date): Promise<string> {
   let name = join(dir, timed)
   for (let n = 2; await exists(name); n++) name = join(dir, timed.replace(/\.tar\.gz$/u, `_${n}.tar.gz`))
   return name
+}
+
+/**
+ * Puts the finished backup `temp` at `out` without replacing a file put there since the name was
+ * chosen (another backup running at the same time): link, which fails where a name exists
+ * (rename would replace it), then unlink of the temp file. With --out-dir (`named`) the next free
+ * name is taken then; with --out the run is refused as if the file had been there at its start.
+ * `force` replaces, as asked. The caller fsyncs the folder. Returns where the backup is.
+ */
+async function place (temp: string, out: string, named: { outDir: string, made: Date } | null, force: boolean): Promise<string> {
+  if (force && named === null) {
+    await rename(temp, out)
+    return out
+  }
+  let name = out
+  for (;;) {
+    try {
+      await linkOrRename(temp, name)
+      return name
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      if (named === null) throw new CommandFailedError(`${out} exists (written while this backup ran); give --force to replace it`)
+      name = await freeName(named.outDir, named.made)
+    }
+  }
+}
+
+/** File systems without hard links (FAT, exFAT, some network shares) answer link with one of these. */
+const NO_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EXDEV'])
+
+/**
+ * Moves `temp` to `name`, failing with EEXIST where `name` exists: link then unlink. Where the
+ * file system has no hard links, a rename after a check of the name (a narrow window, as before).
+ */
+async function linkOrRename (temp: string, name: string): Promise<void> {
+  try {
+    await link(temp, name)
+  } catch (err) {
+    if (!NO_LINKS.has((err as NodeJS.ErrnoException).code ?? '')) throw err
+    if (await exists(name)) throw Object.assign(new Error(`${name} exists`), { code: 'EEXIST' })
+    await rename(temp, name)
+    return
+  }
+  await unlink(temp)
 }
 
 /** When a backup this command named was made (any of freeName's names); null for any other name. */
