@@ -98,10 +98,20 @@ function fail (err: unknown, json: boolean, command: Command | undefined): numbe
   return usage ? EXIT.usage : EXIT.failed
 }
 
+/** Set once output could not be written: the command then exits 1, whatever it did. */
+let outputFailed = false
+
 // A reader that stops early (`taskvault validate | head -1`) is no failure of the command: what
-// it would not read is dropped, and the command ends as it would have.
+// it would not read is dropped, and the command ends as it would have. Any other failure to write
+// (a full disk under `> file`) is one: said in one line on stderr (when that works), not as a stack.
 for (const stream of [process.stdout, process.stderr]) {
-  stream.on('error', (err: NodeJS.ErrnoException) => { if (err.code !== 'EPIPE') throw err })
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE' || outputFailed) return
+    outputFailed = true
+    process.exitCode = EXIT.failed
+    process.stderr.write(`taskvault: cannot write to ${stream === process.stdout ? 'stdout' : 'stderr'}: ${err.message}\n`)
+  })
 }
 
-process.exitCode = await main(process.argv.slice(2))
+const code = await main(process.argv.slice(2))
+process.exitCode = outputFailed ? EXIT.failed : code

@@ -3,7 +3,7 @@
  * process, on prepared temp folders, checking exit codes, output and the files left behind.
  */
 import { spawnSync } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { closeSync, existsSync, openSync } from 'node:fs'
 import { chmod, lstat, mkdir, readFile, readdir, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import t from 'tap'
@@ -546,6 +546,19 @@ t.test('output to a reader that stops early (| head) is dropped quietly; the com
   const run = spawnSync('bash', ['-c', `"${process.execPath}" "${CLI}" validate "${dir}" | true; exit "\${PIPESTATUS[0]}"`], { encoding: 'utf8' })
   t.equal(run.status, 0, run.stderr)
   t.notMatch(run.stderr, /EPIPE|Unhandled/u, 'no stack trace')
+})
+
+t.test('output onto a full disk (stdout on /dev/full): one line on stderr saying so, exit 1, no stack trace', async (t) => {
+  if (!existsSync('/dev/full')) return t.plan(0, 'skipped: no /dev/full here')
+  const dir = await preparedFolder(t)
+  const { CLI } = await import('./cli-run.js')
+  const full = openSync('/dev/full', 'w')
+  t.teardown(() => closeSync(full))
+  for (const args of [['stats', dir], ['validate', dir, '--json']]) {
+    const run = spawnSync(process.execPath, [CLI, ...args], { stdio: ['ignore', full, 'pipe'], encoding: 'utf8' })
+    t.equal(run.status, 1, `${args[0]}: exit 1`)
+    t.match(run.stderr, /^taskvault: cannot write to stdout: ENOSPC: no space left on device, write\n$/u, `${args[0]}: one line, no stack`)
+  }
 })
 
 t.test('validate names a session file too large to be read, without reading it; --fix sets it aside', async (t) => {
