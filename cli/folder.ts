@@ -325,6 +325,8 @@ export async function withWriteLock<R> (dir: string, settings: Config, keyring: 
   const store = new FileSessionStore({ dir, keyring, maxSessionBytes: settings.TASK_MAX_SESSION_BYTES, lock: { refreshMs: settings.TASK_LOCK_REFRESH_MS, staleMs: settings.TASK_LOCK_STALE_MS } })
   await store.init()
   try {
+    // A killed run's temp files (seal, restore, export): the server's start would remove them, so does any writer here.
+    await store.removeTempFiles()
     return await work(store)
   } catch (err) {
     if (!(err instanceof LockLostError)) throw err

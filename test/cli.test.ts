@@ -328,6 +328,21 @@ t.test('backup leaves out files that do not load, and says so', async (t) => {
   t.ok(existsSync(out), 'the backup of the rest is written')
 })
 
+t.test('restore and seal remove the temp files a run killed mid-write left in the folder and archive/, as the server\'s start does', async (t) => {
+  const dir = await preparedFolder(t)
+  const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')
+  t.equal((await taskvault(['backup', dir, '--out', out])).code, 0)
+  const keys = { TASK_ENCRYPTION_KEYS: `k1:${Buffer.alloc(32, 7).toString('base64')}` }
+  for (const args of [['restore', out, dir], ['seal', dir]]) {
+    // As a kill -9 leaves them: `.<id>.<pid>.<n>.tmp`, half written.
+    const leftovers = [join(dir, '.old.99999.1.tmp'), join(dir, 'archive', '.gone.99999.2.tmp')]
+    for (const path of leftovers) await writeFile(path, '{"half', { mode: 0o600 })
+    const run = await taskvault(args, { env: keys })
+    t.equal(run.code, 0, `${args[0]}: ${run.stderr}`)
+    t.same(leftovers.filter((path) => existsSync(path)), [], `${args[0]}: no temp file left`)
+  }
+})
+
 t.test('restore refuses to overwrite newer files unless --force, writing nothing', async (t) => {
   const dir = await preparedFolder(t)
   const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')

@@ -380,6 +380,17 @@ export class FileSessionStore implements SessionStore {
     return { sessions, failures, removedTempFiles }
   }
 
+  /**
+   * Removes the temp files that interrupted writes left in the folder and archive/, as a restore
+   * does (loadAll, openArchive): for a tool holding the lock that restores nothing (seal, restore,
+   * export, import), so a run after one killed mid-write leaves none behind.
+   */
+  async removeTempFiles (): Promise<void> {
+    const { removedTempFiles } = await this.listSessionFiles()
+    if (removedTempFiles > 0) await this.syncDir('removing temp files')
+    await this.archived.open({ concurrency: 1 })
+  }
+
   /** The key checks the restore proved (provenKeyChecks) go into the marker, with keepKeyChecks. */
   private async settleKeyChecks (): Promise<void> {
     if (this.keyring === null) return
