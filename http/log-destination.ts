@@ -1,17 +1,31 @@
-import { write, writeSync } from 'node:fs'
+import { closeSync, constants, fstatSync, openSync, write, writeSync } from 'node:fs'
 import { hostname } from 'node:os'
+
+/** The two calls that write (a test seam: faults are injected there). */
+export interface LogWrites {
+  write: typeof write
+  writeSync: typeof writeSync
+}
 
 export interface LogDestinationOptions {
   /** The file descriptor written to: stdout unless given. */
   fd?: number
   /** Lines waiting to be written, in bytes at most (LOG_QUEUE_BYTES): past it, new lines are dropped and counted. */
   maxQueuedBytes?: number
-  /** After a write that failed (or found a full pipe), the next is tried this much later. */
+  /** After a write that failed, the next is tried this much later. */
   retryMs?: number
+  /** node:fs's write and writeSync unless given (a test seam). */
+  io?: LogWrites
 }
 
 /** A write that can succeed later without anything lost: the pipe is full, the disk is not failing. */
 const BUSY = new Set(['EAGAIN', 'EBUSY', 'EINTR'])
+const NEWLINE = 0x0a
+/** At exit, a full pipe is tried this many times, this far apart, before what is queued is given up. */
+const EXIT_TRIES = 20
+const EXIT_WAIT_MS = 10
+/** A full pipe is tried again this soon: its reader may drain it at once. */
+const BUSY_RETRY_MS = 5
 
 /**
  * Where the server's log lines go (pino's destination): written in batches with one write in
@@ -21,106 +35,173 @@ const BUSY = new Set(['EAGAIN', 'EBUSY', 'EINTR'])
  * storage lock): with stdout redirected to a file on the full disk a client filled, that is the
  * whole service down. Here a batch that fails (ENOSPC, EIO) is dropped, lines past
  * `maxQueuedBytes` are dropped, both counted, and the count is written as a warning line once
- * writing works again.
+ * writing works again. A pipe is written without blocking (a reader that stops reading must not
+ * hold the exit either).
  */
 export class LogDestination {
   private readonly fd: number
+  /** The fd is ours (a pipe reopened without blocking): closed at exit. */
+  private readonly own: boolean
   private readonly maxQueuedBytes: number
   private readonly retryMs: number
+  private readonly io: LogWrites
   private queue: string[] = []
   private queuedBytes = 0
   /** A batch being written (or waiting to be tried again): the bytes not written yet. */
   private pending: Buffer | null = null
+  private inFlight = false
   private retry: NodeJS.Timeout | null = null
+  /** Lines lost since the last report that was written. */
   private dropped = 0
-  /** Why lines were dropped since the last report: the write's error code, or the full queue. */
+  /** Why lines were dropped since then: the write's error code, or the full queue. */
   private reason = ''
+  /** The report in `pending`: the lines it counts, and the bytes up to its end not written yet. */
+  private report: { lines: number, bytes: number } | null = null
+  /** The last byte written ended a line (a batch cut short after a partial write did not). */
+  private atLineStart = true
+  /** `pending` starts with a newline ending a cut line, not written yet: no line of its own. */
+  private mended = false
 
-  constructor ({ fd = 1, maxQueuedBytes = 16 * 1024 * 1024, retryMs = 100 }: LogDestinationOptions = {}) {
-    this.fd = fd
+  constructor ({ fd = 1, maxQueuedBytes = 16 * 1024 * 1024, retryMs = 100, io = { write, writeSync } }: LogDestinationOptions = {}) {
+    this.io = io
+    const nonBlocking = reopenPipe(fd)
+    this.fd = nonBlocking ?? fd
+    this.own = nonBlocking !== null
     this.maxQueuedBytes = maxQueuedBytes
     this.retryMs = retryMs
   }
 
-  /** Log lines dropped since the last report (a failing write, or a full queue). */
+  /** Log lines lost and not yet reported (a failing write, or a full queue). */
   get droppedLines (): number {
     return this.dropped
   }
 
   write (line: string): boolean {
-    // Lengths in UTF-16 units: a bound, not an exact byte count, and no encoding per line.
-    if (this.queuedBytes + line.length > this.maxQueuedBytes) {
+    const bytes = Buffer.byteLength(line)
+    const held = this.queuedBytes + (this.pending?.length ?? 0)
+    // One line is always taken, however long: the bound is on what waits behind it.
+    if (held > 0 && held + bytes > this.maxQueuedBytes) {
       this.dropped++
       this.reason ||= 'LOG_QUEUE_BYTES reached'
       return true
     }
     this.queue.push(line)
-    this.queuedBytes += line.length
+    this.queuedBytes += bytes
     if (this.pending === null && this.retry === null) this.next()
     return true
   }
 
   /**
-   * At exit: what is queued, written at once with blocking calls, each tried once (a busy pipe
-   * a few times); a failure gives the rest up. A batch still in flight is not written again.
+   * At exit: what is queued, written at once, each write tried once (a full pipe a few times); a
+   * failure gives the rest up. A batch in flight is left to its own write; one waiting to be tried
+   * again goes first. A descriptor that blocks (a file, a socket) with a write in flight is not
+   * written to: that write may be stuck, and so would the exit be.
    */
   flushSync (): void {
     if (this.retry !== null) clearTimeout(this.retry)
-    const rest = [...(this.pending !== null && this.retry !== null ? [this.pending] : []), Buffer.from(this.take(), 'utf8')]
+    this.retry = null
+    if (this.inFlight && !this.own) return
+    const rest: Buffer[] = []
+    if (this.pending !== null && !this.inFlight) rest.push(this.pending)
+    if (this.queue.length > 0 || this.dropped > 0) rest.push(Buffer.from(this.take(), 'utf8'))
     this.pending = null
-    let busy = 0
+    let tries = 0
     for (let data of rest) {
       while (data.length > 0) {
         try {
-          data = data.subarray(writeSync(this.fd, data))
+          data = data.subarray(this.io.writeSync(this.fd, data))
         } catch (err) {
-          if (!BUSY.has((err as NodeJS.ErrnoException).code ?? '') || ++busy > 20) return
-          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10)
+          if (!BUSY.has((err as NodeJS.ErrnoException).code ?? '') || ++tries > EXIT_TRIES) return
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, EXIT_WAIT_MS)
         }
       }
     }
+    if (this.own) closeSync(this.fd)
   }
 
-  /** The queued lines as one text, with the report of dropped ones first. */
+  /** The queued lines as one text: after a cut line a newline, then the report of lines lost, if any. */
   private take (): string {
     const text = this.queue.join('')
     this.queue = []
     this.queuedBytes = 0
-    if (this.dropped === 0) return text
+    this.mended = !this.atLineStart
+    const head = this.mended ? '\n' : ''
+    if (this.dropped === 0) return head + text
     // In pino's shape, at warn (40).
-    const report = JSON.stringify({ level: 40, time: Date.now(), pid: process.pid, hostname: hostname(), dropped_lines: this.dropped, reason: this.reason, msg: `${this.dropped} log line${this.dropped === 1 ? ' was' : 's were'} dropped (${this.reason})` })
-    this.dropped = 0
-    this.reason = ''
-    return `${report}\n${text}`
+    const report = JSON.stringify({ level: 40, time: Date.now(), pid: process.pid, hostname: hostname(), dropped_lines: this.dropped, reason: this.reason, msg: `${this.dropped} log line${this.dropped === 1 ? ' was' : 's were'} dropped (${this.reason})` }) + '\n'
+    this.report = { lines: this.dropped, bytes: head.length + Buffer.byteLength(report) }
+    return head + report + text
   }
 
   private next (): void {
     this.retry = null
     if (this.pending === null) {
-      if (this.queue.length === 0) return
+      if (this.queue.length === 0 && this.dropped === 0) return
       this.pending = Buffer.from(this.take(), 'utf8')
     }
     const data = this.pending
-    write(this.fd, data, 0, data.length, null, (err, written) => {
+    this.inFlight = true
+    this.io.write(this.fd, data, 0, data.length, null, (err, written) => {
+      this.inFlight = false
       if (err === null) {
+        this.wrote(data, written)
         this.pending = written < data.length ? data.subarray(written) : null
         this.next()
         return
       }
-      if (!BUSY.has(err.code ?? '')) {
-        // Lost, and counted (the lines it held, a report among them).
-        this.dropped += countLines(data)
-        this.reason = `writing failed: ${err.code ?? err.message}`
-        this.pending = null
-      }
-      this.retry = setTimeout(() => { this.next() }, this.retryMs)
+      const busy = BUSY.has(err.code ?? '')
+      if (!busy) this.lost(data, err)
+      this.retry = setTimeout(() => { this.next() }, busy ? BUSY_RETRY_MS : this.retryMs)
       this.retry.unref()
     })
+  }
+
+  /** `written` bytes of `data` are out: a report among them has done its job. */
+  private wrote (data: Buffer, written: number): void {
+    if (written === 0) return
+    this.atLineStart = data[written - 1] === NEWLINE
+    this.mended = false
+    if (this.report === null) return
+    this.report.bytes -= written
+    if (this.report.bytes > 0) return
+    this.dropped -= this.report.lines
+    if (this.dropped === 0) this.reason = ''
+    this.report = null
+  }
+
+  /** The batch `data` could not be written: its lines are lost, and counted. */
+  private lost (data: Buffer, err: NodeJS.ErrnoException): void {
+    let lines = countLines(data)
+    // A report not written stays counted as the lines it stood for, not as one line of its own;
+    // nor is the newline that ends a cut line one.
+    if (this.report !== null) {
+      lines--
+      this.report = null
+    }
+    if (this.mended) lines--
+    this.dropped += lines
+    this.reason = `writing failed: ${err.code ?? err.message}`
+    this.pending = null
   }
 }
 
 function countLines (data: Buffer): number {
   let lines = 0
-  for (let at = data.indexOf(10); at !== -1; at = data.indexOf(10, at + 1)) lines++
+  for (let at = data.indexOf(NEWLINE); at !== -1; at = data.indexOf(NEWLINE, at + 1)) lines++
   return lines
+}
+
+/**
+ * A pipe (a FIFO: `| tee`, a container runtime's log pipe) opened again without blocking: a
+ * reader that stops reading then gets EAGAIN (tried again later) instead of a write that never
+ * returns. Not for a file (opened again it would write from its start) nor a socket (it cannot
+ * be). Null when `fd` is not a pipe or cannot be opened so.
+ */
+function reopenPipe (fd: number): number | null {
+  try {
+    if (!fstatSync(fd).isFIFO()) return null
+    return openSync(`/proc/self/fd/${fd}`, constants.O_WRONLY | constants.O_NONBLOCK)
+  } catch {
+    return null
+  }
 }

@@ -2,8 +2,9 @@
  * Logs: every line of a request that names a session carries its session_id, task failures
  * carry task_id too; LOG_PRETTY=true makes the real server print pino-pretty lines.
  */
-import { spawn } from 'node:child_process'
-import { closeSync, openSync } from 'node:fs'
+import { execFileSync, spawn } from 'node:child_process'
+import { closeSync, constants, openSync } from 'node:fs'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
 import t from 'tap'
@@ -89,6 +90,42 @@ t.test('a log that cannot be written (stdout on a full disk: /dev/full) never st
     t.equal(res.status, 200, `create ${i}`)
   }
   t.equal(((await fetch(`${base}/api/v1/tasks/list?session_id=all`).then(async (res) => res.json())) as { total: number }).total, 20, 'every create landed')
+  child.kill('SIGTERM')
+  t.equal(await Promise.race([exited, sleep(20_000).then(() => 'hung')]), 0, `SIGTERM exits 0 ${stderr}`)
+})
+
+t.test('stdout a pipe whose reader stops reading: the server serves on, and SIGTERM exits 0 (the exit does not wait on the full pipe)', async (t) => {
+  const { dir } = await scratch(t)
+  const fifo = join(dir, 'stdout.fifo')
+  execFileSync('mkfifo', [fifo])
+  // Held open for reading and writing, never read: the pipe has a reader, and fills.
+  const pipe = openSync(fifo, constants.O_RDWR)
+  t.teardown(() => { closeSync(pipe) })
+  const port = await freePort()
+  const child = spawn(...node([SERVER]), { cwd: dir, env: baseEnv({ PORT: String(port) }), stdio: ['ignore', pipe, 'pipe'] })
+  let stderr = ''
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => { resolve(code) }))
+  t.teardown(async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+    await exited
+  })
+  const base = `http://127.0.0.1:${port}`
+  let ready = 0
+  for (let i = 0; i < 300 && ready !== 200; i++) {
+    ready = await fetch(`${base}/ready`).then((res) => res.status, () => 0)
+    if (ready !== 200) await sleep(100)
+  }
+  t.equal(ready, 200, `ready ${stderr}`)
+  // Some 1.2 MB of request lines: far past what the pipe holds (64 KiB).
+  const pad = 'x'.repeat(4096)
+  let answered = 0
+  for (let i = 0; i < 300; i++) {
+    const res = await fetch(`${base}/api/v1/tasks/progress?session_id=s${i}&pad=${pad}`)
+    await res.arrayBuffer()
+    if (res.status === 400) answered++
+  }
+  t.equal(answered, 300, 'every request answered')
   child.kill('SIGTERM')
   t.equal(await Promise.race([exited, sleep(20_000).then(() => 'hung')]), 0, `SIGTERM exits 0 ${stderr}`)
 })

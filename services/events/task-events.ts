@@ -140,7 +140,9 @@ export class TaskEventBuffer {
     const frame = `id: ${this.life}-${seq}\nevent: ${name}\ndata: ${JSON.stringify(data)}\n\n`
     const event: BufferedEvent = { seq, name, data, frame, bytes: Buffer.byteLength(frame) }
     this.last = seq
-    this.events.push(event)
+    // Held with its session only (what a stream filters on): the frame says the rest, and a
+    // thousand task ids would otherwise be held twice, as objects and as text.
+    this.events.push({ ...event, data: { session_id: data.session_id } })
     this.heldBytes += event.bytes
     while (this.events.length - this.head > this.capacity || (this.heldBytes > this.maxBytes && this.events.length - this.head > 1)) {
       const oldest = this.events[this.head] as BufferedEvent
