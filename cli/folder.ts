@@ -5,13 +5,14 @@ import { isDeepStrictEqual } from 'node:util'
 import type { Config } from '../schemas/config.js'
 import { FileSessionStore } from '../services/store/file-store.js'
 import type { SessionFile } from '../services/session/session.js'
-import { KeyUnavailableError, LockLostError, SealNotOpenedError, StorageError } from '../services/errors.js'
+import { KeyUnavailableError, LockLostError, SealNotOpenedError, StorageError, StorageLockedError } from '../services/errors.js'
 import type { Clear, Keyring } from '../services/store/keyring.js'
 import { ARCHIVED_FILE, SESSION_FILE, readSessionDocument } from '../services/store/session-files.js'
 import { MAX_SESSION_FILE_BYTES, tooLargeReason } from '../services/store/read-batch.js'
 import { CommandFailedError } from './args.js'
 import { nodeFs } from '../services/store/fs-seam.js'
 import { readMarker } from '../services/store/storage-folder.js'
+import { StorageLock } from '../services/store/storage-lock.js'
 
 /** A `*.json` entry of the storage folder or its `archive/`. */
 export interface StoredFile {
@@ -204,6 +205,22 @@ export async function * readSettled (dir: string, keyring: Keyring | null, skip:
 }
 
 /**
+ * readSettled's `skip` for a command that takes each session once: a file listed only after a
+ * move (archived, or brought back, since the session was read) is skipped. `seen` is told of each
+ * file read; files there from the first listing (an active file and its archived copies) are all read.
+ */
+export function readOnce (): { skip: (stored: StoredFile, late: boolean) => boolean, seen: (stored: StoredFile) => void } {
+  /** Sessions read, and whether from their active file. */
+  const read = new Map<string, boolean>()
+  return {
+    skip: (stored, late) => late && stored.sessionId !== null && read.has(stored.sessionId) && read.get(stored.sessionId) !== !stored.archived,
+    seen: (stored) => {
+      if (stored.sessionId !== null && !read.has(stored.sessionId)) read.set(stored.sessionId, !stored.archived)
+    }
+  }
+}
+
+/**
  * The folder and archive/ listed, then listed again: a session moving between them (archived,
  * or brought back) between two listings is then in at least one of them. Active files first.
  */
@@ -334,6 +351,17 @@ export async function withWriteLock<R> (dir: string, settings: Config, keyring: 
   } finally {
     await store.close()
   }
+}
+
+/**
+ * For a command that only reads but must not run beside a writer (import: a server's archive pass
+ * moves files while they are read): refused, naming the holder, while a live process holds the
+ * folder's lock. Writes nothing, so a read-only folder or snapshot is read as it is.
+ */
+export async function assertNoWriter (dir: string, settings: Config): Promise<void> {
+  const lock = new StorageLock(dir, nodeFs, { refreshMs: settings.TASK_LOCK_REFRESH_MS, staleMs: settings.TASK_LOCK_STALE_MS })
+  const holder = await lock.liveHolder()
+  if (holder !== null) throw new StorageLockedError(dir, holder)
 }
 
 /**

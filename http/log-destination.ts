@@ -21,8 +21,8 @@ export interface LogDestinationOptions {
 /** A write that can succeed later without anything lost: the pipe is full, the disk is not failing. */
 const BUSY = new Set(['EAGAIN', 'EBUSY', 'EINTR'])
 const NEWLINE = 0x0a
-/** At exit, a full pipe is tried this many times, this far apart, before what is queued is given up. */
-const EXIT_TRIES = 20
+/** At exit, a full pipe is waited for this long at most (its reader may be slow, or stopped), tried every EXIT_WAIT_MS. */
+const EXIT_MAX_MS = 2000
 const EXIT_WAIT_MS = 10
 /** A full pipe is tried again this soon: its reader may drain it at once. */
 const BUSY_RETRY_MS = 5
@@ -51,6 +51,8 @@ export class LogDestination {
   private pending: Buffer | null = null
   private inFlight = false
   private retry: NodeJS.Timeout | null = null
+  /** The next batch to a pipe of ours, at the end of this turn: the lines of one turn, one write. */
+  private soon: NodeJS.Immediate | null = null
   /** Lines lost since the last report that was written. */
   private dropped = 0
   /** Why lines were dropped since then: the write's error code, or the full queue. */
@@ -87,35 +89,49 @@ export class LogDestination {
     }
     this.queue.push(line)
     this.queuedBytes += bytes
-    if (this.pending === null && this.retry === null) this.next()
+    if (this.pending !== null || this.retry !== null || this.soon !== null) return true
+    if (this.own) this.soon = setImmediate(() => { this.next() })
+    else this.next()
     return true
   }
 
   /**
-   * At exit: what is queued, written at once, each write tried once (a full pipe a few times); a
-   * failure gives the rest up. A batch in flight is left to its own write; one waiting to be tried
-   * again goes first. A descriptor that blocks (a file, a socket) with a write in flight is not
-   * written to: that write may be stuck, and so would the exit be.
+   * At exit: what is queued, written at once. A pipe of ours (which never blocks) that is full is
+   * waited for up to EXIT_MAX_MS, its reader taking what it can; a write that fails gives the rest
+   * up. A descriptor that blocks (a file, a socket) with a write in flight is not written to: that
+   * write may be stuck, and so would the exit be. What is given up is said in one line on stderr.
    */
   flushSync (): void {
     if (this.retry !== null) clearTimeout(this.retry)
+    if (this.soon !== null) clearImmediate(this.soon)
     this.retry = null
-    if (this.inFlight && !this.own) return
+    this.soon = null
     const rest: Buffer[] = []
-    if (this.pending !== null && !this.inFlight) rest.push(this.pending)
+    if (this.pending !== null) rest.push(this.pending)
     if (this.queue.length > 0 || this.dropped > 0) rest.push(Buffer.from(this.take(), 'utf8'))
     this.pending = null
-    let tries = 0
-    for (let data of rest) {
+    let data = rest.length === 1 ? rest[0] as Buffer : Buffer.concat(rest)
+    let why = 'stdout did not take them'
+    if (!this.inFlight) {
+      const deadline = performance.now() + EXIT_MAX_MS
       while (data.length > 0) {
         try {
-          data = data.subarray(this.io.writeSync(this.fd, data))
+          const written = this.io.writeSync(this.fd, data)
+          this.wrote(data, written)
+          data = data.subarray(written)
         } catch (err) {
-          if (!BUSY.has((err as NodeJS.ErrnoException).code ?? '') || ++tries > EXIT_TRIES) return
+          const code = (err as NodeJS.ErrnoException).code ?? 'EIO'
+          if (!BUSY.has(code) || performance.now() > deadline) {
+            why = BUSY.has(code) ? `stdout's reader did not take them within ${EXIT_MAX_MS} ms` : `writing failed: ${code}`
+            break
+          }
           Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, EXIT_WAIT_MS)
         }
       }
     }
+    // The lines left, less a report among them (its lines are in `dropped`) and a newline ending a cut line.
+    const lost = data.length === 0 ? 0 : countLines(data) - (this.report !== null ? 1 : 0) - (this.mended ? 1 : 0) + this.dropped
+    if (lost > 0) notice(`taskvault: ${lost} log line${lost === 1 ? '' : 's'} not written at exit (${why})\n`)
     if (this.own) closeSync(this.fd)
   }
 
@@ -135,25 +151,45 @@ export class LogDestination {
 
   private next (): void {
     this.retry = null
+    this.soon = null
     if (this.pending === null) {
       if (this.queue.length === 0 && this.dropped === 0) return
       this.pending = Buffer.from(this.take(), 'utf8')
     }
     const data = this.pending
-    this.inFlight = true
-    this.io.write(this.fd, data, 0, data.length, null, (err, written) => {
-      this.inFlight = false
-      if (err === null) {
-        this.wrote(data, written)
-        this.pending = written < data.length ? data.subarray(written) : null
+    if (!this.own) {
+      this.inFlight = true
+      this.io.write(this.fd, data, 0, data.length, null, (err, written) => {
+        this.inFlight = false
+        this.settle(data, err, written)
+      })
+      return
+    }
+    // A pipe of ours never blocks: written here and now, so no write is ever in flight (an exit
+    // knows exactly what is left).
+    let written = 0
+    let error: NodeJS.ErrnoException | null = null
+    try {
+      written = this.io.writeSync(this.fd, data)
+    } catch (err) {
+      error = err as NodeJS.ErrnoException
+    }
+    this.settle(data, error, written)
+  }
+
+  /** A write of `data` ended: what is left goes next (a pipe that took part of it is full: a moment later), or the batch is lost. */
+  private settle (data: Buffer, err: NodeJS.ErrnoException | null, written: number): void {
+    this.soon = null
+    if (err === null) {
+      this.wrote(data, written)
+      this.pending = written < data.length ? data.subarray(written) : null
+      if (this.pending === null || !this.own) {
         this.next()
         return
       }
-      const busy = BUSY.has(err.code ?? '')
-      if (!busy) this.lost(data, err)
-      this.retry = setTimeout(() => { this.next() }, busy ? BUSY_RETRY_MS : this.retryMs)
-      this.retry.unref()
-    })
+    } else if (!BUSY.has(err.code ?? '')) this.lost(data, err)
+    this.retry = setTimeout(() => { this.next() }, err === null || BUSY.has(err.code ?? '') ? BUSY_RETRY_MS : this.retryMs)
+    this.retry.unref()
   }
 
   /** `written` bytes of `data` are out: a report among them has done its job. */
@@ -183,6 +219,18 @@ export class LogDestination {
     this.reason = `writing failed: ${err.code ?? err.message}`
     this.pending = null
   }
+}
+
+/** One line on stderr, if it takes it now: at exit, never waiting on a stuck descriptor. */
+function notice (text: string): void {
+  try {
+    const fd = reopenPipe(2)
+    try {
+      writeSync(fd ?? 2, text)
+    } finally {
+      if (fd !== null) closeSync(fd)
+    }
+  } catch {}
 }
 
 function countLines (data: Buffer): number {

@@ -52,6 +52,8 @@ export const KeyedCreate = Type.Object({
   key: Type.String({ pattern: IDEMPOTENCY_KEY_PATTERN }),
   digest: Type.String({ pattern: '^[0-9a-f]{64}$' }),
   task_ids: Type.Array(Type.String({ minLength: 1, maxLength: 256 })),
+  /** The replica whose create this was (PostgreSQL): a replay through another one is written (`replayed`). */
+  replica: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
   /** Answered again by another replica (PostgreSQL): written so, the row is no longer the create's own write. */
   replayed: Type.Optional(Type.Literal(true))
 })

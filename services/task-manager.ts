@@ -9,7 +9,7 @@ import { DiskWatch } from './store/disk-space.js'
 import type { ArchivedSummary } from './archive/archive-index.js'
 import { ArchivedSessions, archivedView, type ArchivedCopy, type ArchivedSessionSummary, type RetentionCutoffs } from './archive/archived-sessions.js'
 import {
-  DatabaseUnavailableError, IdempotencyKeyReusedError, InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
+  DatabaseUnavailableError, IdempotencyKeyReusedError, SessionTooLargeError, InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
   TaskNotFailedError, TaskNotFoundError, isPassFailure, type PassFailure, TaskvaultError
 } from './errors.js'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -311,6 +311,8 @@ export class TaskManager {
     this.assertOpen()
     const keyed = key === undefined || this.settings.idempotencyKeys === 0 ? null : { key, digest: specsDigest(specs) }
     let replayed = false
+    /** A replay's mark was being written (shared). */
+    let marking = false
     const { maxInstructionBytes, maxTasksPerSession } = this.settings
     specs.forEach((spec, index) => {
       const bytes = Buffer.byteLength(spec.instruction, 'utf8')
@@ -320,7 +322,8 @@ export class TaskManager {
     })
     let origin: 'created' | 'unarchived' | null = null
     // Shared: judged on this replica's copy first (no round trip); a refusal only on the stored one.
-    const change = async (fresh: boolean): Promise<Task[]> => this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
+    // `mark`: a replay through another replica may be written (see below).
+    const change = async (fresh: boolean, mark = true): Promise<Task[]> => this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
       // Every check before the draft is touched: a refused change must leave it as it was.
       const known = draft.file ?? archivedCopy?.file ?? null
       const answered = keyed === null ? undefined : known?.keyed_creates?.find((entry) => entry.key === keyed.key)
@@ -336,10 +339,11 @@ export class TaskManager {
         const tasks = answered.task_ids.flatMap((id) => { const task = byId.get(id); return task === undefined ? [] : [{ ...task }] })
         // Answered by a change in this very batch, not yet written: this answer stands or falls with that write.
         const durable = draft.file === null || draft.before?.keyed_creates?.some((entry) => entry.key === keyed.key) === true
-        // Shared: the first replay is written, marking the key. The replica whose create this was
-        // may have lost its answer (a 503): it puts back the state before it unless the row is no
-        // longer its own write, and that would undo what this answer acknowledges.
-        if (durable && this.shared !== undefined && draft.file !== null && answered.replayed !== true) {
+        // Shared: the first replay through another replica is written, marking the key. The replica
+        // whose create this was may have lost its answer (a 503): it puts back the state before it
+        // unless the row is no longer its own write, and that would undo what this answer acknowledges.
+        if (mark && durable && this.shared !== undefined && draft.file !== null && answered.replica !== undefined && answered.replica !== this.shared.replicaId && answered.replayed !== true) {
+          marking = true
           const file = liveFile(draft)
           file.keyed_creates = file.keyed_creates?.map((entry) => entry.key === keyed.key ? { ...entry, replayed: true as const } : entry)
           return tasks
@@ -362,13 +366,21 @@ export class TaskManager {
       }
       const file = liveFile(draft)
       const added = appendTasks(file, specs, draft.now)
-      if (keyed !== null) file.keyed_creates = [...(file.keyed_creates ?? []), { ...keyed, task_ids: added.map((task) => task.id) }].slice(-this.settings.idempotencyKeys)
+      if (keyed !== null) {
+        const entry = { ...keyed, task_ids: added.map((task) => task.id), ...(this.shared !== undefined && { replica: this.shared.replicaId }) }
+        file.keyed_creates = [...(file.keyed_creates ?? []), entry].slice(-this.settings.idempotencyKeys)
+      }
       return added.map((task) => ({ ...task }))
     }, { fresh }))
     const tasks = await change(false).catch(async (err: unknown) => {
       // Another replica may have deleted or shortened the session, or answered the key, since this copy was read.
       if (!(err instanceof LimitExceededError || err instanceof StaleCopyError) || this.shared === undefined) throw err
-      return change(true)
+      marking = false
+      return await change(true)
+    }).catch(async (err: unknown) => {
+      // A session at TASK_MAX_SESSION_BYTES has no room for the mark: answered all the same, unmarked.
+      if (!(err instanceof SessionTooLargeError) || !marking) throw err
+      return await change(true, false)
     })
     if (replayed) return { session_id: sessionId, tasks, replayed }
     if (origin !== null && this.events.listenerCount('task-event') > 0) this.events.emit('task-event', origin === 'created' ? 'session.created' : 'session.unarchived', { session_id: sessionId })

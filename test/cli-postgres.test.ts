@@ -374,6 +374,19 @@ t.test('export refuses a non-empty folder that is not taskvault\'s unless --forc
   t.equal((await taskvault(['export', '--database-url', url, marked])).code, 0)
 })
 
+t.test('import only reads its folder: a copy without a marker, with a killed run\'s temp file, is imported and left exactly as it was', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const dir = await tempDir(t)
+  await writeFile(join(dir, 'copied.json'), storedSession('copied', ['Completed'], daysAgo(1)), { mode: 0o600 })
+  await writeFile(join(dir, '.copied.123.456.tmp'), 'half a session', { mode: 0o600 })
+  const before = (await readdir(dir)).sort()
+  const run = await taskvault(['import', dir, '--database-url', url])
+  t.equal(run.code, 0, run.stderr)
+  t.match(run.stdout, /1 new/u)
+  t.same((await readdir(dir)).sort(), before, 'no marker written, nothing removed')
+})
+
 t.test('import refuses an empty folder with no marker (a volume that did not mount) rather than report 0 new, and writes nothing', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -3,7 +3,8 @@
  * to a failing disk are counted exactly and reported once writing works again, a line cut by a
  * partial write is ended so every line stays JSON, and the queue is bounded.
  */
-import { closeSync, openSync, readFileSync, write, writeSync } from 'node:fs'
+import { execFileSync, spawn } from 'node:child_process'
+import { closeSync, constants, openSync, readFileSync, write, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
@@ -96,14 +97,16 @@ t.test('the queue is bounded: past LOG_QUEUE_BYTES lines are dropped and counted
   io.fail('EAGAIN')
   const log = new LogDestination({ fd, io, maxQueuedBytes: 1000 })
   for (let i = 0; i < 40; i++) log.write(line(i))
-  t.ok(log.droppedLines > 0, `${log.droppedLines} of 40 lines dropped`)
+  const dropped = log.droppedLines
+  t.ok(dropped > 0, `${dropped} of 40 lines dropped`)
   io.heal()
   log.flushSync()
+  t.equal(log.droppedLines, 0, 'reported by the exit\'s write')
   const written = lines(path)
   const report = written.find((entry) => 'dropped_lines' in entry)
-  t.match(report, { level: 40, reason: 'LOG_QUEUE_BYTES reached', dropped_lines: log.droppedLines })
+  t.match(report, { level: 40, reason: 'LOG_QUEUE_BYTES reached', dropped_lines: dropped })
   const kept = written.filter((entry) => 'i' in entry)
-  t.equal(kept.length + log.droppedLines, 40, 'every line written at exit, or counted')
+  t.equal(kept.length + dropped, 40, 'every line written at exit, or counted')
   t.ok(kept.reduce((sum, entry) => sum + line(entry.i as number).length, 0) <= 1000, 'what was kept fits the bound')
   t.ok(kept.length + 1 > 1000 / line(10).length, 'and fills it')
 
@@ -113,4 +116,31 @@ t.test('the queue is bounded: past LOG_QUEUE_BYTES lines are dropped and counted
   alone.write(long)
   await waitFor('the long line', () => readFileSync(other, 'utf8') === long)
   t.equal(alone.droppedLines, 0, 'a line longer than the bound, with nothing queued, is written')
+})
+
+t.test('at exit a pipe whose reader is slow gets every line: the exit waits for it (up to 2 s), without ever blocking', async (t) => {
+  const dir = await tempDir(t)
+  const fifo = join(dir, 'log.fifo')
+  execFileSync('mkfifo', [fifo])
+  // A reader end held open and never read (so the pipe has one), and the end the log writes to.
+  const idle = openSync(fifo, constants.O_RDWR)
+  const end = openSync(fifo, constants.O_WRONLY)
+  const log = new LogDestination({ fd: end })
+  closeSync(end)
+  // Some 400 KB: far past what the pipe holds, queued because nothing reads.
+  for (let i = 0; i < 4000; i++) log.write(`${JSON.stringify({ level: 30, i, msg: 'x'.repeat(80) })}\n`)
+  await sleep(50)
+  // A reader that starts half a second into the exit's flush.
+  const out = join(dir, 'out.log')
+  const reader = spawn('/bin/sh', ['-c', `sleep 0.5; exec cat "${fifo}" > "${out}"`], { stdio: 'ignore' })
+  const done = new Promise<void>((resolve) => reader.once('close', () => { resolve() }))
+  t.teardown(() => { reader.kill('SIGKILL') })
+  log.flushSync()
+  closeSync(idle)
+  t.not(await Promise.race([done, sleep(20_000).then(() => 'stuck')]), 'stuck', 'the reader got to the end (every writer closed)')
+  const got = readFileSync(out, 'utf8').split('\n').filter((entry) => entry !== '').map((entry) => (JSON.parse(entry) as { i: number }).i)
+  const before = 4000 - got.length
+  t.ok(got.length > 0 && got.every((i, at) => at === 0 || i === (got[at - 1] as number) + 1), `in order, none missing from the reader's first (${got.length} lines)`)
+  t.equal(got.at(-1), 3999, 'the last line too')
+  t.comment(`${before} lines went into the pipe before the reader came (read by nobody)`)
 })

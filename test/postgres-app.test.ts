@@ -779,6 +779,33 @@ t.test('a keyed create that landed unanswered (503) and was answered by another 
   t.same([again.statusCode, (again.json() as { task_ids: string[] }).task_ids], [200, acknowledged], 'the key answers the same tasks on the first replica too')
 })
 
+t.test('a keyed create replayed: through the replica that made it nothing is written; through another, the key is marked once; with no room for the mark, answered all the same', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const a = await postgresApp(t, url, { TASK_REPLICA_ID: 'a' })
+  const b = await postgresApp(t, url, { TASK_REPLICA_ID: 'b' })
+  // c takes sessions only this small: this one has no room left for a mark there.
+  const c = await postgresApp(t, url, { TASK_REPLICA_ID: 'c', TASK_MAX_SESSION_BYTES: 65_536 })
+  const db = await inspector(t, url)
+  const row = async (): Promise<{ version: string, updated_at: string }> => (await db.query<{ version: string, updated_at: string }>("SELECT version::text, document->>'updated_at' AS updated_at FROM taskvault.sessions WHERE session_id = 'kept'")).rows[0] as { version: string, updated_at: string }
+  const create = async (app: FastifyInstance): Promise<{ status: number, replayed: unknown, ids: string[] }> => {
+    const res = await app.inject({ method: 'POST', url: `${API}/create`, headers: { 'idempotency-key': 'k1' }, payload: { session_id: 'kept', tasks: [{ instruction: 'x'.repeat(40_000) }, { instruction: 'y'.repeat(40_000) }] } })
+    return { status: res.statusCode, replayed: res.headers['idempotent-replayed'], ids: (res.json() as { task_ids?: string[] }).task_ids ?? [] }
+  }
+  const first = await create(a)
+  t.equal(first.status, 200)
+  const made = await row()
+  t.same(await create(a), { status: 200, replayed: 'true', ids: first.ids }, 'replayed through a')
+  t.same(await row(), made, 'nothing written: the replica that made it knows it was acknowledged')
+  t.same(await create(c), { status: 200, replayed: 'true', ids: first.ids }, 'through a replica where the session has no room for a mark')
+  t.same(await row(), made, 'answered unmarked')
+  t.same(await create(b), { status: 200, replayed: 'true', ids: first.ids }, 'replayed through b')
+  const marked = await row()
+  t.not(marked.version, made.version, 'the key marked once')
+  t.same(await create(b), { status: 200, replayed: 'true', ids: first.ids }, 'and again')
+  t.same(await row(), marked, 'not written twice')
+})
+
 t.test('an archive that landed unanswered is undone once the database is back: the session is active, with no archived row', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -57,7 +57,8 @@ ${COMMON_HELP}`,
     const force = args.values.force === true
     await assertFolder(dir)
     await refuseInside(dir, dirname(chosen))
-    if (!force && await exists(chosen)) {
+    // --out-dir chose a free name already (and takes the next one if another backup takes it first).
+    if (!force && outDir === null && await exists(chosen)) {
       throw new CommandFailedError(`${chosen} exists; give --force to replace it`)
     }
     const counts = emptyCounts()

@@ -9,7 +9,7 @@ import type { Clear, Keyring } from '../../services/store/keyring.js'
 import { ARCHIVED_FILE, parseSessionFile } from '../../services/store/session-files.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase, type DatabaseTarget } from '../database.js'
-import { checkStoredFile, folderKeys, ignoredByServer, keyWarnings, listStoredFiles, needKey, sameState, withWriteLock, type KeysNeeded, type KidProofs, type StoredFile } from '../folder.js'
+import { assertNoWriter, assertUsedFolder, checkStoredFile, folderKeys, ignoredByServer, keyWarnings, listStoredFiles, needKey, sameState, type KeysNeeded, type KidProofs, type StoredFile } from '../folder.js'
 import { insertArchived, rowName, rowsOf, type ExistingRow } from '../rows.js'
 
 /** A session file of the folder that reads, with what the row needs. */
@@ -72,8 +72,8 @@ compared with the rows of its session, and only then is anything written, in one
   - a row of the session that is newer than the file (later updated_at) is a conflict: each is
     reported and nothing is written, unless --force, which writes the folder's files anyway.
 A server on the database does not see rows written under it: stop the servers first. The
-import holds the folder's lock while it runs, so it refuses a folder a live server holds (whose
-archive pass would move files while they are read).
+import refuses a folder a live server holds (whose archive pass would move files while they are
+read); it only reads the folder, so a read-only mount or a snapshot imports as it is.
 
 Options:
 ${DATABASE_HELP.replace('work on the PostgreSQL store at URL instead of a folder', 'the PostgreSQL store to load into (default: DATABASE_URL)')}
@@ -85,14 +85,16 @@ ${COMMON_HELP}`,
   options: { ...DATABASE_OPTIONS, force: { type: 'boolean', default: false } },
   positionals: { min: 1, max: 1, names: 'DIR' },
   async run (args, context) {
-    const { settings, keyring } = context
+    const { settings } = context
     const target = requiredDatabase(args, settings)
     const dir = resolve(args.positionals[0] as string)
     const force = args.values.force === true
-    // Under the folder's lock, as every command that writes takes it: a live server's archive pass
-    // moves files while they are read, and those would be left out. withWriteLock refuses an empty
-    // folder without a marker too (a volume that did not mount), which would import as "0 new".
-    return withWriteLock(dir, settings, keyring, false, async () => importFolder(dir, target, force, context))
+    // Not beside a live server: its archive pass moves files while they are read, and those would
+    // be left out. The folder is only read (a read-only mount or a snapshot imports as it is). An
+    // empty folder without a marker (a volume that did not mount) would import as "0 new": refused.
+    await assertUsedFolder(dir, 'nothing was written')
+    await assertNoWriter(dir, settings)
+    return importFolder(dir, target, force, context)
   }
 }
 
@@ -142,7 +144,7 @@ async function readFolder (dir: string, keyring: Parameters<typeof checkStoredFi
   const bad: Conflict[] = []
   for (const stored of await listStoredFiles(dir)) {
     const checked = await checkStoredFile(stored, keyring)
-    // Removed since the listing (by hand: the lock keeps servers out); or a file the server never reads (it holds no session).
+    // Removed since the listing (by hand: no live server holds the folder); or a file the server never reads (it holds no session).
     if (checked.ok === null || ignoredByServer(stored)) continue
     proofs.note(stored, checked)
     const place = { rel: stored.rel, sessionId: stored.sessionId as string, archived: stored.archived, stamp: stampOf(stored) }

@@ -4,7 +4,7 @@ import { progressOf, type SessionFile } from '../../services/session/session.js'
 import { FileSessionStore } from '../../services/store/file-store.js'
 import type { Keyring } from '../../services/store/keyring.js'
 import type { EncryptionStats } from '../../services/store/store.js'
-import { assertFolder, folderKeys, ignoredByServer, readSettled, storageDir, type StoredFile } from '../folder.js'
+import { assertFolder, folderKeys, ignoredByServer, readOnce, readSettled, storageDir } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import type { PostgresSessionStore } from '../../services/store/postgres/postgres-store.js'
@@ -52,13 +52,11 @@ ${COMMON_HELP}`,
     const missingKeys = new Map<string, { active: number, archived: number }>()
     /** Active files by the key that sealed them ('' plaintext): GET /stats's `encryption`. */
     const kids = new Map<string, number>()
-    /** Sessions counted, and whether from their active file. */
-    const countedActive = new Map<string, boolean>()
-    // A file listed only after a move is a session counted already, archived (or brought back) since: not counted again.
-    const movedSince = (stored: StoredFile, late: boolean): boolean => late && stored.sessionId !== null && countedActive.has(stored.sessionId) && countedActive.get(stored.sessionId) !== !stored.archived
-    // An active file a running server archives before it is read is counted from archive/, not left out.
-    for await (const { stored, checked } of readSettled(dir, keyring, movedSince)) {
-      if (stored.sessionId !== null && !countedActive.has(stored.sessionId)) countedActive.set(stored.sessionId, !stored.archived)
+    // An active file a running server archives before it is read is counted from archive/, not
+    // left out; a session counted already is not counted again from where it moved.
+    const once = readOnce()
+    for await (const { stored, checked } of readSettled(dir, keyring, once.skip)) {
+      once.seen(stored)
       proofs.note(stored, checked)
       if (checked.ok === false && checked.keyMissing === true) {
         const need = missingKeys.get(checked.kid) ?? { active: 0, archived: 0 }

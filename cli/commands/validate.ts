@@ -2,7 +2,7 @@ import { lstat, mkdir, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fsyncDir } from '../../services/store/session-files.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
-import { assertUsedFolder, ignoredByServer, readSettled, storageDir, withWriteLock, type StoredFile } from '../folder.js'
+import { assertUsedFolder, ignoredByServer, readOnce, readSettled, storageDir, withWriteLock, type StoredFile } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, readTarget, withDatabase, type DatabaseTarget } from '../database.js'
@@ -61,8 +61,11 @@ ${COMMON_HELP}`,
       const bad: StoredFile[] = []
       /** Files whose box did not open, by kid: bad only if another file under that kid opened. */
       const unopened = new Map<string, Array<{ stored: StoredFile, report: FileReport }>>()
-      // A file a running server moves (archives, brings back) before it is read is read where it went, not left out.
-      for await (const { stored, checked } of readSettled(dir, keyring)) {
+      // A file a running server moves (archives, brings back) before it is read is read where it
+      // went, not left out; one read already is not read again from where it moved.
+      const once = readOnce()
+      for await (const { stored, checked } of readSettled(dir, keyring, once.skip)) {
+        once.seen(stored)
         if (checked.ok) reports.push({ file: stored.rel, ok: true, kid: checked.kid })
         else {
           const report: FileReport = { file: stored.rel, ok: false, reason: checked.reason, ...(ignoredByServer(stored) && { ignored: true as const }) }

@@ -102,6 +102,12 @@ export class StorageLock {
     throw new StorageLockedError(this.dir, holder ?? { pid: 0, host: 'unknown', since: 'unknown' })
   }
 
+  /** The live process holding the lock now, or null (none, or one gone or stale): read only, for a reader that must not run beside a writer. */
+  async liveHolder (): Promise<LockHolder | null> {
+    const { holder, ageMs } = await this.readHolder(this.path)
+    return holder !== null && !this.isStale(holder, ageMs) ? holder : null
+  }
+
   /**
    * Removes the stale lock `raw` under a second exclusive "takeover" lock, and only if it is
    * still the very lock judged stale: two servers starting at once on a stale lock can then
