@@ -182,16 +182,18 @@ export interface SettledFile {
  * reads while a server may run (validate, stats, backup). A file that moved between the listing
  * and its read (archived, or brought back) is read where it went: the folder is listed again (up
  * to MAX_ROUNDS) while files move, and the files not read yet are read. `skip` is asked before
- * each read (`late`: listed only after a move); a file it skips is asked again in a later round.
+ * each read (`late`: not in both of the first two listings, so moving); a file it skips is asked
+ * again in a later round.
  */
 export async function * readSettled (dir: string, keyring: Keyring | null, skip: (stored: StoredFile, late: boolean) => boolean | Promise<boolean> = () => false): AsyncGenerator<SettledFile> {
   const taken = new Set<string>()
-  const first = new Set<string>()
+  let settled: ReadonlySet<string> | null = null
   for (let round = 1; round <= MAX_ROUNDS; round++) {
     let moved = 0
-    for (const stored of await listTwice(dir)) {
-      if (round === 1) first.add(stored.rel)
-      if (taken.has(stored.rel) || await skip(stored, !first.has(stored.rel))) continue
+    const { files, both } = await listTwice(dir)
+    settled ??= both
+    for (const stored of files) {
+      if (taken.has(stored.rel) || await skip(stored, !settled.has(stored.rel))) continue
       const checked = await checkStoredFile(stored, keyring)
       if (checked.ok === null) {
         moved++
@@ -222,14 +224,20 @@ export function readOnce (): { skip: (stored: StoredFile, late: boolean) => bool
 
 /**
  * The folder and archive/ listed, then listed again: a session moving between them (archived,
- * or brought back) between two listings is then in at least one of them. Active files first.
+ * or brought back) between two listings is then in at least one of them. Active files first;
+ * `both`: the files in both listings (not moving then).
  */
-async function listTwice (dir: string): Promise<StoredFile[]> {
+async function listTwice (dir: string): Promise<{ files: StoredFile[], both: Set<string> }> {
   const first = await listStoredFiles(dir)
   const second = await listStoredFiles(dir)
   const byPath = new Map(first.map((stored) => [stored.rel, stored]))
-  for (const stored of second) if (!byPath.has(stored.rel)) byPath.set(stored.rel, stored)
-  return [...byPath.values()].sort((a, b) => (a.archived !== b.archived ? (a.archived ? 1 : -1) : a.rel < b.rel ? -1 : a.rel > b.rel ? 1 : 0))
+  const both = new Set<string>()
+  for (const stored of second) {
+    if (byPath.has(stored.rel)) both.add(stored.rel)
+    else byPath.set(stored.rel, stored)
+  }
+  const files = [...byPath.values()].sort((a, b) => (a.archived !== b.archived ? (a.archived ? 1 : -1) : a.rel < b.rel ? -1 : a.rel > b.rel ? 1 : 0))
+  return { files, both }
 }
 
 /** Reads a file once, whole, and checks it exactly as the server's restore does. */

@@ -50,6 +50,8 @@ export class LogDestination {
   /** A batch being written (or waiting to be tried again): the bytes not written yet. */
   private pending: Buffer | null = null
   private inFlight = false
+  /** When the write in flight started (performance.now()). */
+  private inFlightSince = 0
   private retry: NodeJS.Timeout | null = null
   /** The next batch to a pipe of ours, at the end of this turn: the lines of one turn, one write. */
   private soon: NodeJS.Immediate | null = null
@@ -98,8 +100,9 @@ export class LogDestination {
   /**
    * At exit: what is queued, written at once. A pipe of ours (which never blocks) that is full is
    * waited for up to EXIT_MAX_MS, its reader taking what it can; a write that fails gives the rest
-   * up. A descriptor that blocks (a file, a socket) with a write in flight is not written to: that
-   * write may be stuck, and so would the exit be. What is given up is said in one line on stderr.
+   * up. On a descriptor that blocks (a file, a socket), a write in flight is left to finish on its
+   * own and the queue written after it, unless it has been in flight for EXIT_MAX_MS: then it is
+   * stuck, and so would the exit be. What is given up is said in one line on stderr.
    */
   flushSync (): void {
     if (this.retry !== null) clearTimeout(this.retry)
@@ -107,12 +110,12 @@ export class LogDestination {
     this.retry = null
     this.soon = null
     const rest: Buffer[] = []
-    if (this.pending !== null) rest.push(this.pending)
+    if (this.pending !== null && !this.inFlight) rest.push(this.pending)
     if (this.queue.length > 0 || this.dropped > 0) rest.push(Buffer.from(this.take(), 'utf8'))
     this.pending = null
     let data = rest.length === 1 ? rest[0] as Buffer : Buffer.concat(rest)
-    let why = 'stdout did not take them'
-    if (!this.inFlight) {
+    let why = `stdout took no write for ${EXIT_MAX_MS} ms`
+    if (!this.inFlight || performance.now() - this.inFlightSince < EXIT_MAX_MS) {
       const deadline = performance.now() + EXIT_MAX_MS
       while (data.length > 0) {
         try {
@@ -159,6 +162,7 @@ export class LogDestination {
     const data = this.pending
     if (!this.own) {
       this.inFlight = true
+      this.inFlightSince = performance.now()
       this.io.write(this.fd, data, 0, data.length, null, (err, written) => {
         this.inFlight = false
         this.settle(data, err, written)
