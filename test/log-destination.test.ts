@@ -137,7 +137,7 @@ t.test('at exit a pipe whose reader is slow gets every line: the exit waits for 
   t.teardown(() => { reader.kill('SIGKILL') })
   log.flushSync()
   closeSync(idle)
-  t.not(await Promise.race([done, sleep(20_000).then(() => 'stuck')]), 'stuck', 'the reader got to the end (every writer closed)')
+  t.not(await Promise.race([done, sleep(20_000, 'stuck', { ref: false })]), 'stuck', 'the reader got to the end (every writer closed)')
   const got = readFileSync(out, 'utf8').split('\n').filter((entry) => entry !== '').map((entry) => (JSON.parse(entry) as { i: number }).i)
   const before = 4000 - got.length
   t.ok(got.length > 0 && got.every((i, at) => at === 0 || i === (got[at - 1] as number) + 1), `in order, none missing from the reader's first (${got.length} lines)`)

@@ -91,7 +91,7 @@ t.test('a log that cannot be written (stdout on a full disk: /dev/full) never st
   }
   t.equal(((await fetch(`${base}/api/v1/tasks/list?session_id=all`).then(async (res) => res.json())) as { total: number }).total, 20, 'every create landed')
   child.kill('SIGTERM')
-  t.equal(await Promise.race([exited, sleep(20_000).then(() => 'hung')]), 0, `SIGTERM exits 0 ${stderr}`)
+  t.equal(await Promise.race([exited, sleep(20_000, 'hung', { ref: false })]), 0, `SIGTERM exits 0 ${stderr}`)
 })
 
 t.test('stdout a pipe whose reader stops reading: the server serves on, and SIGTERM exits 0 (the exit does not wait on the full pipe)', async (t) => {
@@ -127,7 +127,7 @@ t.test('stdout a pipe whose reader stops reading: the server serves on, and SIGT
   }
   t.equal(answered, 300, 'every request answered')
   child.kill('SIGTERM')
-  t.equal(await Promise.race([exited, sleep(20_000).then(() => 'hung')]), 0, `SIGTERM exits 0 ${stderr}`)
+  t.equal(await Promise.race([exited, sleep(20_000, 'hung', { ref: false })]), 0, `SIGTERM exits 0 ${stderr}`)
 })
 
 t.test('a log reader that stops reading: lines past LOG_QUEUE_BYTES are dropped, the server serves on, and a warning counts them once it reads again', async (t) => {
