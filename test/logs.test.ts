@@ -2,12 +2,12 @@
  * Logs: every line of a request that names a session carries its session_id, task failures
  * carry task_id too; LOG_PRETTY=true makes the real server print pino-pretty lines.
  */
-import { execFileSync, spawn } from 'node:child_process'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, constants, openSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify from 'fastify'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import taskvault from '../index.js'
 import { build, memoryLog, post, tempDir } from './helper.js'
 import { SERVER, baseEnv, freePort, logLines, logMessages, scratch } from './server-process.js'
@@ -65,44 +65,10 @@ t.test('LOG_PRETTY=true: the server logs through pino-pretty', async (t) => {
   t.notOk(lines.some((line) => line.startsWith('{')), 'no JSON lines')
 })
 
-t.test('a log that cannot be written (stdout on a full disk: /dev/full) never stops the server: it serves, and SIGTERM exits 0', async (t) => {
-  const { dir } = await scratch(t)
+/** The server on a free port with its stdout on the descriptor `stdout`, ready (its /ready 200); killed at teardown. */
+async function serverWithStdout (t: Test, dir: string, stdout: number): Promise<{ child: ChildProcess, base: string, exited: Promise<number | null>, stderr: () => string }> {
   const port = await freePort()
-  const stdout = openSync('/dev/full', 'w')
   const child = spawn(...node([SERVER]), { cwd: dir, env: baseEnv({ PORT: String(port) }), stdio: ['ignore', stdout, 'pipe'] })
-  closeSync(stdout)
-  let stderr = ''
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
-  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => { resolve(code) }))
-  t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-    await exited
-  })
-  const base = `http://127.0.0.1:${port}`
-  let ready = 0
-  for (let i = 0; i < 300 && ready !== 200; i++) {
-    ready = await fetch(`${base}/ready`).then((res) => res.status, () => 0)
-    if (ready !== 200) await sleep(100)
-  }
-  t.equal(ready, 200, `ready with every log line failing ${stderr}`)
-  for (let i = 0; i < 20; i++) {
-    const res = await fetch(`${base}/api/v1/tasks/create`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ session_id: `s${i}`, instructions: 'a' }) })
-    t.equal(res.status, 200, `create ${i}`)
-  }
-  t.equal(((await fetch(`${base}/api/v1/tasks/list?session_id=all`).then(async (res) => res.json())) as { total: number }).total, 20, 'every create landed')
-  child.kill('SIGTERM')
-  t.equal(await Promise.race([exited, sleep(20_000, 'hung', { ref: false })]), 0, `SIGTERM exits 0 ${stderr}`)
-})
-
-t.test('stdout a pipe whose reader stops reading: the server serves on, and SIGTERM exits 0 (the exit does not wait on the full pipe)', async (t) => {
-  const { dir } = await scratch(t)
-  const fifo = join(dir, 'stdout.fifo')
-  execFileSync('mkfifo', [fifo])
-  // Held open for reading and writing, never read: the pipe has a reader, and fills.
-  const pipe = openSync(fifo, constants.O_RDWR)
-  t.teardown(() => { closeSync(pipe) })
-  const port = await freePort()
-  const child = spawn(...node([SERVER]), { cwd: dir, env: baseEnv({ PORT: String(port) }), stdio: ['ignore', pipe, 'pipe'] })
   let stderr = ''
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
   const exited = new Promise<number | null>((resolve) => child.once('close', (code) => { resolve(code) }))
@@ -117,6 +83,31 @@ t.test('stdout a pipe whose reader stops reading: the server serves on, and SIGT
     if (ready !== 200) await sleep(100)
   }
   t.equal(ready, 200, `ready ${stderr}`)
+  return { child, base, exited, stderr: () => stderr }
+}
+
+t.test('a log that cannot be written (stdout on a full disk: /dev/full) never stops the server: it serves, and SIGTERM exits 0', async (t) => {
+  const { dir } = await scratch(t)
+  const stdout = openSync('/dev/full', 'w')
+  const { child, base, exited, stderr } = await serverWithStdout(t, dir, stdout)
+  closeSync(stdout)
+  for (let i = 0; i < 20; i++) {
+    const res = await fetch(`${base}/api/v1/tasks/create`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ session_id: `s${i}`, instructions: 'a' }) })
+    t.equal(res.status, 200, `create ${i}`)
+  }
+  t.equal(((await fetch(`${base}/api/v1/tasks/list?session_id=all`).then(async (res) => res.json())) as { total: number }).total, 20, 'every create landed')
+  child.kill('SIGTERM')
+  t.equal(await Promise.race([exited, sleep(20_000, 'hung', { ref: false })]), 0, `SIGTERM exits 0 ${stderr()}`)
+})
+
+t.test('stdout a pipe whose reader stops reading: the server serves on, and SIGTERM exits 0 (the exit does not wait on the full pipe)', async (t) => {
+  const { dir } = await scratch(t)
+  const fifo = join(dir, 'stdout.fifo')
+  execFileSync('mkfifo', [fifo])
+  // Held open for reading and writing, never read: the pipe has a reader, and fills.
+  const pipe = openSync(fifo, constants.O_RDWR)
+  t.teardown(() => { closeSync(pipe) })
+  const { child, base, exited, stderr } = await serverWithStdout(t, dir, pipe)
   // Some 1.2 MB of request lines: far past what the pipe holds (64 KiB).
   const pad = 'x'.repeat(4096)
   let answered = 0
@@ -127,7 +118,7 @@ t.test('stdout a pipe whose reader stops reading: the server serves on, and SIGT
   }
   t.equal(answered, 300, 'every request answered')
   child.kill('SIGTERM')
-  t.equal(await Promise.race([exited, sleep(20_000, 'hung', { ref: false })]), 0, `SIGTERM exits 0 ${stderr}`)
+  t.equal(await Promise.race([exited, sleep(20_000, 'hung', { ref: false })]), 0, `SIGTERM exits 0 ${stderr()}`)
 })
 
 t.test('a log reader that stops reading: lines past LOG_QUEUE_BYTES are dropped, the server serves on, and a warning counts them once it reads again', async (t) => {
