@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process'
 import { closeSync, existsSync, openSync } from 'node:fs'
 import { chmod, lstat, mkdir, readFile, readdir, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
 import { basename, join } from 'node:path'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { taskvault, type Run } from './cli-run.js'
 import { build, get, tempDir } from './helper.js'
 import { scratch } from './server-process.js'
@@ -655,7 +655,11 @@ t.test('restore --force refuses a folder (or link) where the backup puts a sessi
   t.same((await readdir(target)).filter((name) => name !== '.taskvault'), ['old.json'], 'no file written beside it')
 })
 
-t.test('backup while a server keeps archiving sessions and bringing them back holds each session once', async (t) => {
+/**
+ * A folder of 150 finished sessions whose server keeps archiving them and bringing them back
+ * (adding a task brings one back; it then finishes again) until `stop()`, which resolves with the rounds made.
+ */
+async function churningFolder (t: Test): Promise<{ dir: string, ids: string[], stop: () => Promise<number> }> {
   const dir = await tempDir(t, 'taskvault-churn-')
   const app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
   const ids = Array.from({ length: 150 }, (_, i) => `c${i}`)
@@ -663,10 +667,10 @@ t.test('backup while a server keeps archiving sessions and bringing them back ho
     t.equal((await app.inject({ method: 'POST', url: '/api/v1/tasks/create', payload: { session_id: id, instructions: '1. a' } })).statusCode, 200)
     t.equal((await app.inject({ method: 'POST', url: '/api/v1/tasks/execute-all', payload: { session_id: id } })).statusCode, 200)
   }
-  let stop = false
+  let stopped = false
   let rounds = 0
   const churn = (async () => {
-    while (!stop) {
+    while (!stopped) {
       await app.inject({ method: 'POST', url: '/api/v1/tasks/archive', payload: { older_than_days: 0 } })
       // Adding a task to an archived session brings it back (then it finishes again).
       await Promise.all(ids.map(async (id) => {
@@ -676,6 +680,16 @@ t.test('backup while a server keeps archiving sessions and bringing them back ho
       rounds++
     }
   })()
+  const stop = async (): Promise<number> => {
+    stopped = true
+    await churn
+    return rounds
+  }
+  return { dir, ids, stop }
+}
+
+t.test('backup while a server keeps archiving sessions and bringing them back holds each session once', async (t) => {
+  const { dir, stop } = await churningFolder(t)
   const outs = await tempDir(t, 'taskvault-backups-')
   try {
     // Each backup meets the move it must not take twice some of the time (two in three before the fix, with four).
@@ -692,33 +706,13 @@ t.test('backup while a server keeps archiving sessions and bringing them back ho
       t.same([...perSession].filter(([, n]) => n > 1), [], `backup ${i}: no session twice (${names.length} files)`)
     }
   } finally {
-    stop = true
-    await churn
+    const rounds = await stop()
+    t.ok(rounds > 0, `the server churned (${rounds} rounds)`)
   }
-  t.ok(rounds > 0, `the server churned (${rounds} rounds)`)
 })
 
 t.test('validate and stats while a server keeps archiving sessions and bringing them back count every session: one archived before it was read is found in archive/', async (t) => {
-  const dir = await tempDir(t, 'taskvault-churn-')
-  const app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
-  const ids = Array.from({ length: 150 }, (_, i) => `c${i}`)
-  for (const id of ids) {
-    t.equal((await app.inject({ method: 'POST', url: '/api/v1/tasks/create', payload: { session_id: id, instructions: '1. a' } })).statusCode, 200)
-    t.equal((await app.inject({ method: 'POST', url: '/api/v1/tasks/execute-all', payload: { session_id: id } })).statusCode, 200)
-  }
-  let stop = false
-  let rounds = 0
-  const churn = (async () => {
-    while (!stop) {
-      await app.inject({ method: 'POST', url: '/api/v1/tasks/archive', payload: { older_than_days: 0 } })
-      // Adding a task to an archived session brings it back (then it finishes again).
-      await Promise.all(ids.map(async (id) => {
-        await app.inject({ method: 'POST', url: '/api/v1/tasks/create', payload: { session_id: id, instructions: '1. b' } })
-        await app.inject({ method: 'POST', url: '/api/v1/tasks/execute-all', payload: { session_id: id } })
-      }))
-      rounds++
-    }
-  })()
+  const { dir, ids, stop } = await churningFolder(t)
   try {
     // Each run meets a move some of the time: a file gone before it was read was left out before the fix.
     for (let i = 0; i < 8; i++) {
@@ -734,10 +728,9 @@ t.test('validate and stats while a server keeps archiving sessions and bringing 
       t.equal(files.length, ids.length, `validate ${i}: each once (not again from where it moved)`)
     }
   } finally {
-    stop = true
-    await churn
+    const rounds = await stop()
+    t.ok(rounds > 0, `the server churned (${rounds} rounds)`)
   }
-  t.ok(rounds > 0, `the server churned (${rounds} rounds)`)
 })
 
 t.test('backup onto a full disk says so of the backup, removes its temp file and leaves the old backup as it was', async (t) => {
