@@ -212,7 +212,7 @@ t.test('retention is off by default: archived sessions are kept forever', async 
   const app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 1 } })
   await finishedSession(app, 'kept')
   advance(2)
-  t.equal((await post(app, '/archive', {})).json().archived, 1)
+  t.equal((await post(app, '/archive', { older_than_days: 0 })).json().archived, 1)
   advance(3650)
   t.equal((await post(app, '/archive', {})).json().deleted, 0)
   t.same(await archived(dir), ['kept.json'])
@@ -224,7 +224,7 @@ t.test('create on an archived session brings it back with the new tasks, durably
   let app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30 } })
   await finishedSession(app, 'again')
   advance(31)
-  t.equal((await post(app, '/archive', {})).json().archived, 1)
+  t.equal((await post(app, '/archive', { older_than_days: 0 })).json().archived, 1)
 
   const res = await post(app, '/create', { session_id: 'again', instructions: '1. c\n2. d' })
   t.equal(res.statusCode, 200)
@@ -304,6 +304,31 @@ t.test('a leftover archived copy of an active session is shadowed, and deleted w
   t.same(await archived(dir), [], 'the archived copy went too, so nothing comes back')
 })
 
+t.test('archiving a session whose stale copy sits in archive/ under a stamped name makes the new copy the session, and a bring-back keeps every task', async (t) => {
+  // A bring-back that crashed before removing the archived copy, named <id>.<ms>.json (a second
+  // archive, or a backup restored), and the session changed since: the new archive must sort after it.
+  const dir = await tempDir(t)
+  const stale = Date.now() + 3_600_000
+  await mkdir(join(dir, 'archive'), { mode: 0o700 })
+  await writeFile(join(dir, 'archive', `twice.${stale}.json`), storedSession('twice', ['Completed'], '2025-06-01T00:00:00.000Z'), { mode: 0o600 })
+  await writeFile(join(dir, 'twice.json'), storedSession('twice', ['Completed', 'Completed'], '2025-06-02T00:00:00.000Z'), { mode: 0o600 })
+  let app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
+  t.equal((await post(app, '/archive', { older_than_days: 0 })).json().archived, 1)
+  const files = await archived(dir)
+  t.equal(files.length, 2, 'the stale copy is never replaced')
+  const newer = files.find((name) => name !== `twice.${stale}.json`) as string
+  t.ok(Number(/^twice\.(\d+)\.json$/.exec(newer)?.[1]) > stale, `the new copy (${newer}) is named after the stale one`)
+  let list = (await get(app, '/list?session_id=twice')).json()
+  t.equal(list.archived, true)
+  t.equal(list.total, 2, 'the archived session is the one just archived, not the stale copy')
+
+  await app.close()
+  app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
+  t.equal((await get(app, '/list?session_id=twice')).json().total, 2, 'and so after a restart')
+  t.equal((await post(app, '/create', { session_id: 'twice', instructions: 'third' })).statusCode, 200)
+  list = (await get(app, '/list?session_id=twice')).json()
+  t.same(list.tasks.map((task: { instruction: string }) => task.instruction), ['step 1', 'step 2', 'third'], 'brought back with every acknowledged task')
+})
 t.test('archived files are indexed at restore without being read; a bad one is set aside when first read', async (t) => {
   const dir = await tempDir(t)
   await mkdir(join(dir, 'archive'), { mode: 0o700 })

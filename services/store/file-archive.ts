@@ -118,15 +118,19 @@ export class FileArchive {
 
   /**
    * Durably moves the session's file into `archive/` by rename. An earlier archive of the
-   * same id is never replaced: the later one is saved as `<id>.<ms>.json`.
+   * same id is never replaced: the later one is saved as `<id>.<ms>.json`, stamped after every
+   * copy of the id already there.
    */
   async archive (file: SessionFile): Promise<void> {
     const sessionId = file.session_id
     const source = this.active.pathFor(sessionId)
     this.active.assertWritable()
     const operation = `archiving session '${sessionId}'`
-    let stamp = 0
-    let name = `${sessionId}.json`
+    // After every copy already there (a leftover of a crashed bring-back, a restored backup's):
+    // the newest copy is the session, so this one must sort last whatever the clock says.
+    const newest = this.index.newest(sessionId)
+    let stamp = newest === null ? 0 : Math.max(newest.stamp + 1, Date.now())
+    let name = stamp === 0 ? `${sessionId}.json` : `${sessionId}.${stamp}.json`
     try {
       await this.files.ensureRealDir(this.dir)
       // Only ENOENT means the name is free; any other lstat error stops the move rather than risk an overwrite.
