@@ -16,7 +16,7 @@ import { registerTaskvaultMetrics } from '../services/metrics/metrics.js'
 import archiverPlugin, { ArchiverOptionsSchema } from './archiver.js'
 import authPlugin, { AuthOptionsSchema } from './auth.js'
 import eventsPlugin, { EventsOptionsSchema } from './events.js'
-import { ARCHIVER_SETTINGS, COMMAND_SETTINGS, EVENTS_SETTINGS, MANAGER_SETTINGS, STORE_SETTINGS, resolveSettings, settingOptions } from '../schemas/options.js'
+import { ARCHIVER_SETTINGS, BACKUP_SETTINGS, COMMAND_SETTINGS, EVENTS_SETTINGS, MANAGER_SETTINGS, STORE_SETTINGS, resolveSettings, settingOptions } from '../schemas/options.js'
 import { appSettings, checkOptions, FunctionOption, inTermsOf, pick } from './options.js'
 import persistencePlugin, { PersistenceOptionsSchema } from './persistence.js'
 import taskManagerPlugin, { TaskManagerOptionsSchema } from './task-manager.js'
@@ -27,6 +27,7 @@ export const TaskvaultOptionsSchema = Type.Object({
   /** Where the task routes are mounted, e.g. `/agents` gives `POST /agents/create`. Default: none (`/create`). */
   prefix: Type.Optional(Type.String({ pattern: '^(/[^/?#]+)*/?$' })),
   ...settingOptions({ bodyLimit: 'BODY_LIMIT' }).properties,
+  ...settingOptions(BACKUP_SETTINGS).properties,
   /**
    * Put `taskManager`, `persistence` and `archiver` on the instance taskvault is registered on
    * (default true). A second taskvault on the same instance must say false (or be registered
@@ -58,7 +59,7 @@ export type { PersistencePluginOptions } from './persistence.js'
 export type { TaskManagerPluginOptions } from './task-manager.js'
 
 /** Every option that stands for a setting, for errors told in terms of options (inTermsOf). */
-const OPTION_SETTINGS = { ...STORE_SETTINGS, ...MANAGER_SETTINGS, ...COMMAND_SETTINGS, ...ARCHIVER_SETTINGS, ...EVENTS_SETTINGS, bodyLimit: 'BODY_LIMIT' } as const
+const OPTION_SETTINGS = { ...STORE_SETTINGS, ...MANAGER_SETTINGS, ...COMMAND_SETTINGS, ...ARCHIVER_SETTINGS, ...BACKUP_SETTINGS, ...EVENTS_SETTINGS, bodyLimit: 'BODY_LIMIT' } as const
 
 const DECORATORS = ['persistence', 'taskManager', 'archiver', 'taskEvents', 'eventStreams'] as const
 
@@ -119,7 +120,8 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     // A backup whose client stopped reading is cut once the running tasks' grace and the
     // streams' time for their last bytes are over, as the standalone server cuts any answer.
     const { shutdownGraceMs, eventsCloseMs } = resolveSettings({ shutdownGraceMs: 'TASK_SHUTDOWN_GRACE_MS', eventsCloseMs: 'TASK_EVENTS_CLOSE_MS' }, options, appSettings(instance))
-    await instance.register(backupRoutes, { cutAfterMs: shutdownGraceMs + eventsCloseMs })
+    const backup = resolveSettings(BACKUP_SETTINGS, options, appSettings(instance))
+    await instance.register(backupRoutes, { cutAfterMs: shutdownGraceMs + eventsCloseMs, maxClients: backup.backupMaxClients, stallMs: backup.backupStallMs, readAhead: backup.backupReadAhead })
     await instance.register(eventRoutes)
     scope = instance
   }, { prefix, logLevel: options.logLevel, logSerializers: options.logSerializers })

@@ -3,7 +3,7 @@ import { Readable } from 'node:stream'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { NoQuery, responses } from '../schemas/api.js'
 import { backupFileName, emptyCounts, liveSessionFiles } from '../services/backup/backup.js'
-import { ShuttingDownError } from '../services/errors.js'
+import { ShuttingDownError, TooManyBackupsError } from '../services/errors.js'
 import { errorHandler } from '../http/error-handler.js'
 import { tarGzStream } from '../services/backup/tar.js'
 
@@ -13,11 +13,38 @@ export interface BackupRoutesOptions {
    * is cut (a client that stopped reading would otherwise hold the close forever). Default: never.
    */
   cutAfterMs?: number
+  /** Backups being sent at once at most; one more answers 503 (TASK_BACKUP_MAX_CLIENTS). */
+  maxClients: number
+  /** A backup whose client takes no byte for this long is cut (TASK_BACKUP_STALL_MS). */
+  stallMs: number
+  /** PostgreSQL: active sessions read ahead of the one sent (TASK_BACKUP_READ_AHEAD). */
+  readAhead: number
+}
+
+/**
+ * Calls `cut` once `res` has had bytes waiting on its client, and the client has taken none, for
+ * `stallMs`. A backup slow to make (nothing waiting) is not stalled. Returns the watch's stop.
+ */
+function watchStall (res: ServerResponse, stallMs: number, cut: () => void): () => void {
+  let written = -1
+  let since = performance.now()
+  const timer = setInterval(() => {
+    const now = performance.now()
+    const bytes = res.socket?.bytesWritten ?? 0
+    if (bytes !== written || !res.writableNeedDrain) {
+      written = bytes
+      since = now
+    } else if (now - since >= stallMs) cut()
+  }, Math.max(50, Math.min(1000, stallMs / 4)))
+  timer.unref()
+  return () => { clearInterval(timer) }
 }
 
 /**
  * GET /backup: a tar.gz of every session, streamed as it is made (memory stays bounded
- * whatever the number of sessions), in the layout `taskvault restore` reads.
+ * whatever the number of sessions), in the layout `taskvault restore` reads. Each one being sent
+ * holds a session or more in memory: they are counted (maxClients), and one whose client stopped
+ * reading is cut (stallMs).
  */
 const backupRoutes: FastifyPluginAsyncTypebox<BackupRoutesOptions> = async (app, options) => {
   app.addHook('onRequest', app.verifyApiKey)
@@ -46,6 +73,7 @@ const backupRoutes: FastifyPluginAsyncTypebox<BackupRoutesOptions> = async (app,
   }, async (request, reply) => {
     const manager = app.taskManager
     if (manager.shuttingDown) throw new ShuttingDownError()
+    if (request.method !== 'HEAD' && sending.size >= options.maxClients) throw new TooManyBackupsError(options.maxClients)
     const name = backupFileName(new Date(), true)
     reply.type('application/gzip').header('content-disposition', `attachment; filename="${name}"`).header('cache-control', 'no-store')
     // Fastify's automatic HEAD route would make the whole archive only to drop it. An empty
@@ -57,7 +85,7 @@ const backupRoutes: FastifyPluginAsyncTypebox<BackupRoutesOptions> = async (app,
     const stream = tarGzStream(liveSessionFiles(manager, app.persistence, counts, (sessionId, err) => {
       leftOut++
       request.log.warn({ session_id: sessionId, err }, 'Backup left out a session whose stored copy does not read here')
-    }))
+    }, options.readAhead))
     // A failure mid-stream (after the headers) cuts the response short: tar readers, restore
     // included, then see a truncated archive, never a silently partial one.
     let ended = false
@@ -69,7 +97,14 @@ const backupRoutes: FastifyPluginAsyncTypebox<BackupRoutesOptions> = async (app,
     // The client went away: Fastify destroys the stream, which stops the session walk.
     stream.once('close', () => { if (!ended) request.log.warn({ ...counts }, 'Backup stopped before its end') })
     sending.add(reply.raw)
-    reply.raw.once('close', () => { sending.delete(reply.raw) })
+    const unwatch = watchStall(reply.raw, options.stallMs, () => {
+      request.log.warn({ ...counts, stall_ms: options.stallMs }, 'Backup cut: its client took nothing for TASK_BACKUP_STALL_MS')
+      reply.raw.destroy()
+    })
+    reply.raw.once('close', () => {
+      unwatch()
+      sending.delete(reply.raw)
+    })
     // The schema types the body as the binary string it documents; a stream is sent as is.
     return reply.send(stream as unknown as string)
   })

@@ -31,6 +31,10 @@ export const ConfigSchema = Type.Object({
   TASK_ARCHIVE_DAYS: Type.Number({ minimum: 0, default: 30, description: '0 turns archiving off' }),
   TASK_ARCHIVE_RETENTION_DAYS: Type.Number({ minimum: 0, default: 0, description: 'archived sessions finished longer ago are deleted; 0 keeps them forever' }),
   TASK_ARCHIVE_FAILED_RETENTION_DAYS: Type.Number({ minimum: 0, default: 0, description: 'the same for sessions with a Failed task; 0 means TASK_ARCHIVE_RETENTION_DAYS' }),
+  // GET /api/v1/tasks/backup: each one being sent holds a session or more in memory.
+  TASK_BACKUP_MAX_CLIENTS: Type.Integer({ minimum: 1, maximum: 10_000, default: 4, description: 'GET /backup answers being sent at once; one more answers 503' }),
+  TASK_BACKUP_STALL_MS: Type.Integer({ minimum: 100, maximum: MAX_TIMER_MS, default: 60_000, description: 'A GET /backup whose client takes no byte for this long is cut, so a client that stopped reading holds neither memory nor a TASK_BACKUP_MAX_CLIENTS place' }),
+  TASK_BACKUP_READ_AHEAD: Type.Integer({ minimum: 1, maximum: 1000, default: 32, description: 'PostgreSQL: active sessions a GET /backup reads ahead of the one it sends, in one statement, held in memory meanwhile' }),
   TASK_ARCHIVE_INTERVAL_MINUTES: Type.Number({ minimum: 0.01, maximum: Math.floor(MAX_TIMER_MS / 60_000), default: 60, description: 'How often the archiver runs; at least 0.01 (0.6 s), so a pass over every session cannot start every millisecond' }),
   TASK_RESTORE_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 64, default: 2, description: 'Reader threads at startup; each reads batches of session files in turn' }),
   TASK_SHUTDOWN_GRACE_MS: Type.Integer({ minimum: 0, maximum: HOUR_MS, default: 10_000 }),

@@ -90,6 +90,13 @@ export const ARCHIVER_SETTINGS = {
   archiveFailedRetentionDays: 'TASK_ARCHIVE_FAILED_RETENTION_DAYS'
 } as const
 
+/** GET /backup's bounds. */
+export const BACKUP_SETTINGS = {
+  backupMaxClients: 'TASK_BACKUP_MAX_CLIENTS',
+  backupStallMs: 'TASK_BACKUP_STALL_MS',
+  backupReadAhead: 'TASK_BACKUP_READ_AHEAD'
+} as const
+
 /** The live view's event stream. */
 export const EVENTS_SETTINGS = {
   eventsBuffer: 'TASK_EVENTS_BUFFER',

@@ -71,7 +71,7 @@ export const ROUTE_DOCS: Readonly<Record<string, RouteDoc>> = {
     operationId: 'downloadBackup',
     tags: ['backup'],
     summary: 'Download a consistent backup of every session (tar.gz)',
-    description: 'Streams a tar.gz of every active and archived session, each as its last completed write left it, named in Content-Disposition. `taskvault restore` reads it.'
+    description: 'Streams a tar.gz of every active and archived session, each as its last completed write left it, named in Content-Disposition. `taskvault restore` reads it. 503 past TASK_BACKUP_MAX_CLIENTS backups being sent; a client that takes nothing for TASK_BACKUP_STALL_MS is cut.'
   },
   'POST /retry': {
     operationId: 'retryFailed',

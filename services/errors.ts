@@ -6,7 +6,7 @@
  */
 export const ERROR_CODES = [
   'SESSION_NOT_FOUND', 'NO_PENDING_TASK', 'SESSION_BUSY', 'TASK_NOT_FOUND', 'TASK_NOT_FAILED', 'NOT_RUNNING', 'CANCELLED',
-  'IDEMPOTENCY_KEY_REUSED', 'INVALID_INSTRUCTIONS', 'INVALID_SESSION_ID', 'LIMIT_EXCEEDED', 'SESSION_LIMIT', 'TOO_MANY_STREAMS',
+  'IDEMPOTENCY_KEY_REUSED', 'INVALID_INSTRUCTIONS', 'INVALID_SESSION_ID', 'LIMIT_EXCEEDED', 'SESSION_LIMIT', 'TOO_MANY_STREAMS', 'TOO_MANY_BACKUPS',
   'SHUTTING_DOWN', 'NOT_READY', 'STORAGE_UNAVAILABLE', 'STORAGE_FULL', 'LOCK_LOST', 'STORAGE_LOCKED', 'ENCRYPTION_KEY_UNAVAILABLE',
   'INVALID_SESSION_STATE', 'CORRUPT_SESSION_FILE', 'FOREIGN_STORAGE_FOLDER', 'INVALID_ARCHIVE', 'AGENT_FAILED',
   'INVALID_OPTIONS', 'INVALID_AGENT_CONFIG', 'INVALID_ENCRYPTION_KEYS', 'INVALID_API_KEYS', 'INVALID_LOCK_SETTINGS', 'USAGE', 'FAILED',
@@ -25,6 +25,7 @@ const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
   TASK_NOT_FOUND: 404,
   TASK_NOT_FAILED: 409,
   TOO_MANY_STREAMS: 503,
+  TOO_MANY_BACKUPS: 503,
   IDEMPOTENCY_KEY_REUSED: 422,
   INVALID_INSTRUCTIONS: 400,
   INVALID_SESSION_ID: 400,
@@ -112,6 +113,13 @@ export class TooManyStreamsError extends TaskvaultError {
     super('TOO_MANY_STREAMS', onConnection
       ? 'an event stream is open on this connection already, and it never ends: open each stream on a connection of its own'
       : `${max} event streams are open already (TASK_EVENTS_MAX_CLIENTS); try again later`)
+  }
+}
+
+/** TASK_BACKUP_MAX_CLIENTS backups are being sent already. */
+export class TooManyBackupsError extends TaskvaultError {
+  constructor (max: number) {
+    super('TOO_MANY_BACKUPS', `${max} backup${max === 1 ? ' is' : 's are'} being sent already (TASK_BACKUP_MAX_CLIENTS); try again later`)
   }
 }
 

@@ -13,6 +13,7 @@ import { request } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import type { FastifyInstance } from 'fastify'
@@ -185,6 +186,84 @@ t.test('a client that goes away mid-backup: the walk stops, nothing leaks, the s
   t.equal((await app.inject({ method: 'GET', url: '/health' })).statusCode, 200, 'the server goes on')
   const whole = await backup(app)
   t.equal((await entries(whole.body)).size, SESSIONS, 'and the next backup is whole')
+})
+
+t.test('a client that stops reading holds a backup place until TASK_BACKUP_STALL_MS cuts it; past TASK_BACKUP_MAX_CLIENTS the answer is 503', async (t) => {
+  const dir = await tempDir(t, 'taskvault-backup-')
+  // Incompressible, so the archive is far larger than the socket buffers.
+  const SESSIONS = 200
+  for (let i = 0; i < SESSIONS; i++) {
+    await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(48_000).toString('base64')), { mode: 0o600 })
+  }
+  const log = memoryLog()
+  const app = await build(t, { dir, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_BACKUP_MAX_CLIENTS: 1, TASK_BACKUP_STALL_MS: 1500 } })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+  // A client that asks for a backup, takes its first bytes, then reads no more.
+  const stalled = await new Promise<{ destroy: () => void }>((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path: `${API}/backup` }, (res) => {
+      res.once('data', () => {
+        res.pause()
+        resolve({ destroy: () => req.destroy() })
+      })
+    })
+    req.on('error', (err) => { if (!req.destroyed) reject(err) })
+    req.end()
+  })
+  t.teardown(() => { stalled.destroy() })
+  const second = await backup(app)
+  t.equal(second.status, 503, 'one backup at a time: the second is refused while the first is sent')
+  t.match(JSON.parse(second.body.toString()), { statusCode: 503, code: 'TOO_MANY_BACKUPS', message: /TASK_BACKUP_MAX_CLIENTS/ })
+  t.equal((await app.inject({ method: 'HEAD', url: `${API}/backup` })).statusCode, 200, 'a HEAD makes no backup and takes no place')
+
+  const deadline = Date.now() + 15_000
+  while (!log.messages().some((msg) => msg.startsWith('Backup cut')) && Date.now() < deadline) await sleep(50, undefined, { ref: false })
+  t.ok(log.messages().some((msg) => msg.startsWith('Backup cut: its client took nothing')), 'the stalled backup is cut')
+  let whole = await backup(app)
+  for (let tries = 0; whole.status === 503 && tries < 40; tries++) {
+    await sleep(50, undefined, { ref: false })
+    whole = await backup(app)
+  }
+  t.equal(whole.status, 200, 'its place is free again')
+  t.equal((await entries(whole.body)).size, SESSIONS, 'and the next backup is whole')
+  t.equal((await backup(app)).status, 200, 'a finished backup gives its place back too')
+  t.equal(app.taskManager.registry.slotCount, SESSIONS, 'no session slot left behind by the cut walk')
+})
+
+t.test('a slow reader that keeps reading is never cut, however long the backup takes', async (t) => {
+  const dir = await tempDir(t, 'taskvault-backup-')
+  const SESSIONS = 40
+  for (let i = 0; i < SESSIONS; i++) {
+    await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(48_000).toString('base64')), { mode: 0o600 })
+  }
+  const log = memoryLog()
+  const app = await build(t, { dir, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_BACKUP_STALL_MS: 400 } })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+  // Some 96 KB every 120 ms: the backup takes seconds, many times TASK_BACKUP_STALL_MS, but never stalls that long.
+  const body = await new Promise<Buffer>((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path: `${API}/backup` }, (res) => {
+      const chunks: Buffer[] = []
+      res.pause()
+      const take = (): void => {
+        let got = 0
+        for (let chunk = res.read() as Buffer | null; chunk !== null; chunk = res.read() as Buffer | null) {
+          chunks.push(chunk)
+          got += chunk.length
+          if (got >= 98_304) break
+        }
+        if (res.readableEnded) return
+        setTimeout(take, 120)
+      }
+      res.once('end', () => { resolve(Buffer.concat(chunks)) })
+      res.once('error', reject)
+      take()
+    })
+    req.on('error', reject)
+    req.end()
+  })
+  t.notOk(log.messages().some((msg) => msg.startsWith('Backup cut')), 'not cut')
+  t.equal((await entries(body)).size, SESSIONS, 'the whole backup arrived')
 })
 
 t.test('HEAD /backup answers the headers without making a backup', async (t) => {

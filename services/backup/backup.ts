@@ -1,5 +1,6 @@
 import { CorruptSessionFileError, KeyUnavailableError, ShuttingDownError, type TaskvaultError } from '../errors.js'
 import { noop } from '../noop.js'
+import { SETTING_DEFAULTS } from '../../schemas/options.js'
 import type { TarFile } from './tar.js'
 import type { SessionStore } from '../store/store.js'
 import { ARCHIVED_FILE } from '../store/session-files.js'
@@ -59,13 +60,6 @@ function archivedEntry (sessionId: string, name: string): string {
 /** How often one session is looked for again when it moves between the archive and memory mid-backup. */
 const MAX_LOOKUPS = 5
 
-/**
- * Active sessions of a shared store read ahead of the one being written: their reads then go to
- * the database together (the store batches concurrent reads into one statement) rather than one
- * round trip each. Bounds the copies held at once besides the one streamed.
- */
-const READ_AHEAD = 32
-
 /** A read's outcome, so that one read ahead and never used still has its failure observed. */
 type Outcome<T> = { ok: true, value: T } | { ok: false, error: unknown }
 
@@ -85,15 +79,18 @@ type BackupStore = Pick<SessionStore, 'serialize' | 'readArchivedStored' | 'open
  * A store shared by several replicas (PostgreSQL) is backed up from its rows, not from this
  * replica's memory: other replicas create, change and archive sessions too. An active row that
  * does not read here (damaged, or sealed under a key this replica lacks) is left out and passed
- * to `leftOut`, as a file store's restore sets such a file aside.
+ * to `leftOut`, as a file store's restore sets such a file aside. Its active sessions are read
+ * `readAhead` (TASK_BACKUP_READ_AHEAD) ahead of the one being written: their reads then go to the
+ * database together (the store batches concurrent reads into one statement) rather than one round
+ * trip each; that bounds the copies held at once besides the one streamed.
  */
-export async function * liveSessionFiles (manager: TaskManager, store: BackupStore, counts: BackupCounts, leftOut: (sessionId: string, err: TaskvaultError) => void = noop): AsyncGenerator<TarFile> {
+export async function * liveSessionFiles (manager: TaskManager, store: BackupStore, counts: BackupCounts, leftOut: (sessionId: string, err: TaskvaultError) => void = noop, readAhead = SETTING_DEFAULTS.TASK_BACKUP_READ_AHEAD): AsyncGenerator<TarFile> {
   const ids = await sessionIds(manager, store)
   const ahead = new Map<string, Promise<Outcome<SessionFile | null>>>()
   for (const [index, sessionId] of ids.entries()) {
     if (manager.shuttingDown) throw new ShuttingDownError('the service is shutting down; the backup was cut short')
     if (store.shared !== undefined) {
-      for (const next of ids.slice(index, index + READ_AHEAD)) if (!ahead.has(next)) ahead.set(next, outcome(manager.registry.snapshot(next)))
+      for (const next of ids.slice(index, index + readAhead)) if (!ahead.has(next)) ahead.set(next, outcome(manager.registry.snapshot(next)))
     }
     for (let lookup = 1; lookup <= MAX_LOOKUPS; lookup++) {
       const read = (lookup === 1 ? ahead.get(sessionId) : undefined) ?? outcome(manager.registry.snapshot(sessionId))
