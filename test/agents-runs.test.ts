@@ -393,3 +393,24 @@ t.test('cancel answers 503, not 200, when the cancelled task\'s failure cannot b
   failSaves = false
   t.match((await get(app, '/progress?session_id=unsaved')).json(), { in_progress: 1, failed: 0, running: false }, 'memory says what disk says: still InProgress')
 })
+
+t.test('an executor that throws what is no Error (a null-prototype object, an Error whose message is a number) fails its task, and a background run goes on', async (t) => {
+  const thrown: Array<() => unknown> = [
+    () => Object.create(null),
+    () => Object.assign(new Error('x'), { message: 42 }),
+    () => { const err = new Error('x'); Object.defineProperty(err, 'message', { get () { throw new Error('no message') } }); return err }
+  ]
+  let call = 0
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, executors: { default: async () => { throw (thrown[call++ % thrown.length] as () => unknown)() } } })
+  await createTasks(app, 'odd', [{ instruction: 'one' }, { instruction: 'two' }, { instruction: 'three' }, { instruction: 'four' }])
+  const first = await post(app, '/execute', { session_id: 'odd' })
+  t.equal(first.statusCode, 200, first.body)
+  t.match(first.json(), { status: 'Failed', error: 'the agent failed with a value that has no text' })
+  t.equal((await post(app, '/execute-all', { session_id: 'odd', wait: false })).statusCode, 202)
+  await waitFor('the run to end', async () => (await get(app, '/progress?session_id=odd')).json().running === false)
+  const file = await readSession(dir, 'odd')
+  t.same(file.session.tasks.map((task) => task.status), ['Failed', 'Failed', 'Failed', 'Failed'], 'every task failed, none left InProgress')
+  t.same(file.session.tasks.map((task) => task.error), ['the agent failed with a value that has no text', '42', 'Error', 'the agent failed with a value that has no text'])
+  t.notOk('background_run' in file, 'the run ended')
+})

@@ -62,7 +62,31 @@ export function abortable<T> (promise: Promise<T>, signal: AbortSignal): Promise
   })
 }
 
+/** What an agent call that failed says, as text. */
+const NO_TEXT = 'the agent failed with a value that has no text'
+
+/**
+ * A failure as text, whatever was thrown: an executor can throw anything (a null-prototype
+ * object, an Error whose message is a number or a getter that throws), and the task must still
+ * be failed with something to say.
+ */
 export function errorMessage (err: unknown): string {
-  if (err instanceof Error) return err.message || err.name
-  return String(err)
+  try {
+    if (err instanceof Error) {
+      const message = readMessage(err)
+      return message !== '' ? message : typeof err.name === 'string' && err.name !== '' ? err.name : 'Error'
+    }
+    return String(err)
+  } catch {
+    return NO_TEXT
+  }
+}
+
+function readMessage (err: Error): string {
+  try {
+    const message: unknown = err.message
+    return message === undefined || message === null ? '' : String(message)
+  } catch {
+    return ''
+  }
 }
