@@ -54,10 +54,12 @@ async function exchange (who: string, url: string, payload: unknown, options: Po
     const refused = REFUSED_REQUEST_CODES.has(String((err as { cause?: { code?: unknown } } | null)?.cause?.code))
     throw new AgentError(`${who} ${refused ? 'request refused by the HTTP client' : 'unreachable'}: ${describeNetworkError(err)}`, { transient: !refused, cause: err })
   }
-  const text = await readText(who, response, options.maxBytes, options.signal)
+  const { text, cut } = await readText(who, response, options.maxBytes, options.signal)
   // What is quoted of an answer goes into the task's error (every client reads it) and the log:
-  // never what we sent in a header (a gateway that echoes headers, a 401 naming the key).
-  const quoted = (body: string): string => excerpt(redacted(body, Object.values(options.headers)))
+  // never what we sent in a header (a gateway that echoes headers, a 401 naming the key), nor
+  // the start of one that a cut body ends with.
+  const secrets = secretsOf(Object.values(options.headers))
+  const quoted = (body: string): string => excerpt(redacted(cut ? withoutTail(body, secrets) : body, secrets), cut)
   if (response.status < 200 || response.status > 299) {
     const transient = response.status === 429 || response.status >= 500
     throw new AgentError(`${who} answered ${response.status}${quoted(text)}`, {
@@ -72,8 +74,9 @@ async function exchange (who: string, url: string, payload: unknown, options: Po
   }
 }
 
-async function readText (who: string, response: Response, maxBytes: number, signal: AbortSignal): Promise<string> {
-  if (response.body === null) return ''
+/** An answer's body as text; `cut`: an error answer longer than max_response_bytes, of which only the start was kept. */
+async function readText (who: string, response: Response, maxBytes: number, signal: AbortSignal): Promise<{ text: string, cut: boolean }> {
+  if (response.body === null) return { text: '', cut: false }
   const chunks: Uint8Array[] = []
   let size = 0
   try {
@@ -82,7 +85,7 @@ async function readText (who: string, response: Response, maxBytes: number, sign
       if (size > maxBytes) {
         await response.body.cancel().catch(() => {})
         // An error answer is judged by its status (a 503 is still retried); only its start is kept.
-        if (!response.ok) return Buffer.concat(chunks).toString('utf8')
+        if (!response.ok) return { text: Buffer.concat(chunks).toString('utf8'), cut: true }
         throw new AgentError(`${who} answered ${response.status} with more than ${maxBytes} bytes (max_response_bytes)`)
       }
       chunks.push(chunk)
@@ -92,29 +95,44 @@ async function readText (who: string, response: Response, maxBytes: number, sign
     if (signal.aborted) throw signal.reason
     throw new AgentError(`${who} connection lost while answering: ${describeNetworkError(err)}`, { transient: true, cause: err })
   }
-  return Buffer.concat(chunks).toString('utf8')
+  return { text: Buffer.concat(chunks).toString('utf8'), cut: false }
 }
 
 /** Shortest header value (or token within one, as in `Bearer <key>`) worth hiding: shorter ones would blank out ordinary words. */
 const SECRET_MIN_CHARS = 8
 
-/** `text` with every header value we sent, and each long token of one, replaced by [redacted]. */
-function redacted (text: string, values: readonly string[]): string {
+/** Every header value we sent, and each long token of one (as in `Bearer <key>`), longest first. */
+function secretsOf (values: readonly string[]): string[] {
   const secrets = new Set<string>()
   for (const value of values) {
     for (const part of [value, ...value.split(/\s+/u)]) if (part.trim().length >= SECRET_MIN_CHARS) secrets.add(part.trim())
   }
-  let out = text
   // Longest first, so that a whole value goes before the token inside it.
-  for (const secret of [...secrets].sort((a, b) => b.length - a.length)) out = out.split(secret).join('[redacted]')
+  return [...secrets].sort((a, b) => b.length - a.length)
+}
+
+/** `text` with every secret replaced by [redacted]. */
+function redacted (text: string, secrets: readonly string[]): string {
+  let out = text
+  for (const secret of secrets) out = out.split(secret).join('[redacted]')
   return out
 }
 
-function excerpt (text: string): string {
+/**
+ * A cut body without its last characters, as many as the longest secret holds: a secret the cut
+ * went through ends the body with its start, which whole-secret redaction would not find.
+ */
+function withoutTail (text: string, secrets: readonly string[]): string {
+  const longest = secrets[0]?.length ?? 0
+  return longest === 0 ? text : text.slice(0, Math.max(0, text.length - longest))
+}
+
+/** The start of a body, for an error message; `cut` marks a body that was cut already. */
+function excerpt (text: string, cut = false): string {
   const trimmed = text.trim()
   if (trimmed === '') return ''
-  const cut = truncateUtf8(trimmed, BODY_EXCERPT_BYTES)
-  return `: ${cut.text}${cut.truncated ? '…' : ''}`
+  const short = truncateUtf8(trimmed, BODY_EXCERPT_BYTES)
+  return `: ${short.text}${short.truncated || cut ? '…' : ''}`
 }
 
 /** Retry-After as delay-seconds or an HTTP date; null when absent or unreadable. */
