@@ -355,6 +355,35 @@ t.test('a key check per kid in the folder\'s marker: another key under a kid sto
   t.match(JSON.parse(await readFile(join(dir, '.taskvault'), 'utf8')), { key_checks: { k1: /./ } })
 })
 
+t.test('kids named like what every object inherits (constructor, __proto__, toString) are kids like any other: boot, seal, count, check, rotate', async (t) => {
+  const dir = await tempDir(t)
+  const keys = `constructor:${K1},__proto__:${K2}`
+  let app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: keys } })
+  t.equal((await post(app, '/create', { session_id: 'odd', instructions: SECRET })).statusCode, 200)
+  t.equal((await readJson(join(dir, 'odd.json'))).sealed.kid, 'constructor')
+  const encryption = (await get(app, '/stats')).json().encryption
+  t.match(encryption, { enabled: true, active_kid: 'constructor', plaintext_sessions: 0 })
+  // Entries, not an object literal: `{ __proto__: 0 }` would set no key at all.
+  t.same(Object.entries(encryption.sealed_sessions).sort(), [['__proto__', 0], ['constructor', 1]], 'each kid counted under its own name')
+  await app.close()
+  t.same(Object.keys((await readJson(join(dir, '.taskvault'))).key_checks), ['constructor'], 'a key check for the sealing kid')
+  await t.rejects(buildApp({ readEnvironment: false, config: { TASK_STORAGE_DIR: dir, TASK_ENCRYPTION_KEYS: `constructor:${K2}` } }).then(async (other) => { await other.ready(); await other.close() }),
+    { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /key 'constructor' is not the key/ }, 'another key under it is refused')
+  // A rotation to a kid named __proto__: it seals, and its check is kept and checked like any.
+  const K3 = key()
+  app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: `__proto__:${K3},toString:${key()},constructor:${K1}` } })
+  t.equal((await get(app, '/list?session_id=odd')).json().tasks[0].instruction, SECRET)
+  t.equal((await post(app, '/create', { session_id: 'odd', instructions: 'more' })).statusCode, 200)
+  t.equal((await readJson(join(dir, 'odd.json'))).sealed.kid, '__proto__')
+  await app.close()
+  t.same(Object.keys((await readJson(join(dir, '.taskvault'))).key_checks).sort(), ['__proto__', 'constructor'])
+  await t.rejects(buildApp({ readEnvironment: false, config: { TASK_STORAGE_DIR: dir, TASK_ENCRYPTION_KEYS: `__proto__:${K1}` } }).then(async (other) => { await other.ready(); await other.close() }),
+    { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /key '__proto__' is not the key/ }, 'another key under __proto__ is refused')
+  app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: `__proto__:${K3}` } })
+  t.same((await get(app, '/list?session_id=odd')).json().tasks.map((task: { instruction: string }) => task.instruction), [SECRET, 'more'], 'the old key can go once all is sealed under the new one')
+  t.equal(({} as Record<string, unknown>).polluted, undefined, 'nothing reached Object.prototype')
+})
+
 t.test('a mistyped sealing key over a folder whose sessions are all archived stops the boot; tools never pin a key', async (t) => {
   const dir = await tempDir(t)
   const boot = async (keys: string): Promise<void> => {

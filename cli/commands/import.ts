@@ -5,7 +5,7 @@ import { noop } from '../../services/noop.js'
 import { archiveSession } from '../../services/store/postgres/archive-sql.js'
 import { deriveColumns, insertSession, updateSession, type DerivedColumns } from '../../services/store/postgres/sessions-sql.js'
 import type { SessionFile } from '../../services/session/session.js'
-import type { Clear, Keyring } from '../../services/store/keyring.js'
+import { kidRecord, type Clear, type Keyring } from '../../services/store/keyring.js'
 import { ARCHIVED_FILE, parseSessionFile } from '../../services/store/session-files.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase, type DatabaseTarget } from '../database.js'
@@ -125,7 +125,7 @@ async function importFolder (dir: string, target: DatabaseTarget, force: boolean
       }
       for (const step of planned) await write(client, step, counts)
       await client.query('COMMIT')
-      const needsKeys: KeysNeeded = {}
+      const needsKeys: KeysNeeded = kidRecord()
       for (const { item, action } of planned) if (item.missingKid !== null && action !== 'unchanged') needKey(needsKeys, item.missingKid, item.archived)
       for (const line of keyWarnings(needsKeys, where, 'database')) warn(line)
       const lines = [`Imported ${dir} into ${where}: ${counts.inserted} new, ${counts.replaced} replaced, ${counts.archived} archived copies added${counts.archived_rows > 0 ? ` (${counts.archived_rows} active rows archived first)` : ''}, ${counts.unchanged} already identical` +

@@ -9,7 +9,7 @@ import { LOCK_FILE } from '../../services/store/storage-lock.js'
 import { KeyUnavailableError, SealNotOpenedError } from '../../services/errors.js'
 import { readTarGz, type TarEntry } from '../../services/backup/tar.js'
 import { CommandFailedError } from '../args.js'
-import type { Keyring } from '../../services/store/keyring.js'
+import { kidRecord, type Keyring } from '../../services/store/keyring.js'
 import { checkStoredFile, clearOf, keyWarnings, needKey, sameState, storageDir, wholeFile, withWriteLock, writing, type KeysNeeded } from '../folder.js'
 import type { SessionFile } from '../../services/session/session.js'
 import { COMMON_HELP, type Command } from '../command.js'
@@ -211,7 +211,7 @@ async function * checkedEntries (backup: string, keyring: Keyring | null, skippe
 
 /** The restored files sealed under keys TASK_ENCRYPTION_KEYS does not hold, by kid. */
 function keysNeeded (planned: Planned[]): KeysNeeded {
-  const needs: KeysNeeded = {}
+  const needs: KeysNeeded = kidRecord()
   for (const { missingKid, archived } of planned) if (missingKid !== null) needKey(needs, missingKid, archived)
   return needs
 }

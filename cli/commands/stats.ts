@@ -2,7 +2,7 @@ import { lstat, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { progressOf, type SessionFile } from '../../services/session/session.js'
 import { FileSessionStore } from '../../services/store/file-store.js'
-import type { Keyring } from '../../services/store/keyring.js'
+import { kidRecord, type Keyring } from '../../services/store/keyring.js'
 import type { EncryptionStats } from '../../services/store/store.js'
 import { assertFolder, folderKeys, ignoredByServer, readOnce, readSettled, storageDir } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
@@ -161,7 +161,7 @@ async function databaseStats (args: ParsedCommand, context: CommandContext): Pro
     const configured = new Set(context.keyring?.kids ?? [])
     // By kind, not instanceof: a value import of the store would load pg into every command.
     const byKid = store.kind === 'postgres' ? await (store as PostgresSessionStore).archivedByKid() : new Map<string, number>()
-    const needsKeys = Object.fromEntries([...byKid].filter(([kid]) => !configured.has(kid)))
+    const needsKeys = kidRecord([...byKid].filter(([kid]) => !configured.has(kid)))
     const counts = zeroCounts()
     let bytes = 0
     for (const session of loaded.sessions) {
@@ -195,7 +195,7 @@ function encryptionOf (stats: EncryptionStats | null): Encryption {
  * configured kid (0 when nothing is under it, so an operator sees when an old key can go).
  */
 function kidStats (keyring: Keyring, kids: ReadonlyMap<string, number>): EncryptionStats {
-  const sealed: Record<string, number> = {}
+  const sealed = kidRecord<number>()
   for (const kid of keyring.kids) sealed[kid] = 0
   for (const [kid, n] of kids) if (kid !== '') sealed[kid] = n
   return { active_kid: keyring.activeKid, sealed_sessions: sealed, plaintext_sessions: kids.get('') ?? 0 }

@@ -13,7 +13,7 @@ import { CoalescedRun } from './coalesce.js'
 import type { DiskSpace } from './disk-space.js'
 import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, LockLostError, StorageError, TaskvaultError, UnreadableFileInPlaceError } from '../errors.js'
 import { nodeFs, type FsSeam } from './fs-seam.js'
-import type { Keyring } from './keyring.js'
+import { kidRecord, type Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
 import { tooLargeReason } from './read-batch.js'
 import { assertSavable, reportedSave, sessionBound } from './save-rules.js'
@@ -402,7 +402,7 @@ export class FileSessionStore implements SessionStore {
       what: 'files'
     })
     if (!this.keepChecks || Object.keys(keep).length === 0 || this.unwritable() !== null) return
-    const checks = { ...this.keyChecks, ...keep }
+    const checks = kidRecord([...Object.entries(this.keyChecks), ...Object.entries(keep)])
     try {
       await writeMarker(this.fs, this.dir, this.tempName('taskvault'), checks)
     } catch {
@@ -582,7 +582,7 @@ export class FileSessionStore implements SessionStore {
 
   encryption (): EncryptionStats | null {
     if (this.keyring === null) return null
-    const sealed: Record<string, number> = {}
+    const sealed = kidRecord<number>()
     // Every configured kid, 0 when nothing is under it: an operator sees when an old key can go.
     for (const kid of this.keyring.kids) sealed[kid] = 0
     for (const [kid, count] of this.kidCounts) if (kid !== '' && count > 0) sealed[kid] = count

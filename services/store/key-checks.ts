@@ -1,5 +1,5 @@
 import { KeyUnavailableError } from '../errors.js'
-import type { Keyring } from './keyring.js'
+import { kidRecord, type Keyring } from './keyring.js'
 
 /**
  * What stored copies say of the key under a kid: one opened; some are under it and none opened;
@@ -37,11 +37,11 @@ export interface SettleOptions {
 export async function provenKeyChecks ({ keyring, unkept, proven, archivedProof, what }: SettleOptions): Promise<Record<string, string>> {
   const sealing = keyring.activeKid
   let proof: KidProof | null = null
-  if (unkept[sealing] !== undefined && !proven(sealing)) {
+  if (Object.hasOwn(unkept, sealing) && !proven(sealing)) {
     proof = await archivedProof(sealing)
     if (proof === 'unopened') throw wrongKeyError(sealing, null, what)
   }
-  const keep: Record<string, string> = {}
+  const keep = kidRecord<string>()
   for (const [kid, check] of Object.entries(unkept)) {
     if (proven(kid) || (kid === sealing && (proof === 'opened' || proof === 'none'))) keep[kid] = check
   }

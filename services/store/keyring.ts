@@ -42,6 +42,16 @@ export interface SealedDocument extends Clear {
   sealed: SealedBox
 }
 
+/**
+ * A record keyed by kid. A kid is any name the pattern allows, `constructor` and `__proto__`
+ * included: the record has no prototype to inherit one from (or to set by one).
+ */
+export function kidRecord<T> (entries: Iterable<readonly [string, T]> = []): Record<string, T> {
+  const record = Object.create(null) as Record<string, T>
+  for (const [kid, value] of entries) record[kid] = value
+  return record
+}
+
 export class Keyring {
   /** The kid every write is sealed under. */
   readonly activeKid: string
@@ -136,10 +146,10 @@ export class Keyring {
    * Returns the checks to add, of kids the store has none for.
    */
   verifyChecks (stored: Readonly<Record<string, string>>, where: string): Record<string, string> {
-    const added: Record<string, string> = {}
+    const added = kidRecord<string>()
     for (const kid of this.kids) {
       const check = this.keyCheck(kid)
-      const kept = stored[kid]
+      const kept = Object.hasOwn(stored, kid) ? stored[kid] : undefined
       if (kept === undefined) added[kid] = check
       else if (kept !== check) {
         throw new KeyUnavailableError(kid, `key '${kid}' is not the key ${where} was first given under that kid (its key check differs): ` +

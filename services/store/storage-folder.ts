@@ -2,6 +2,7 @@ import type { Dirent } from 'node:fs'
 import { join } from 'node:path'
 import { ForeignFolderError } from '../errors.js'
 import type { FsSeam } from './fs-seam.js'
+import { kidRecord } from './keyring.js'
 import { ARCHIVED_FILE, SESSION_FILE, fsyncDir, readWhole, writeAndRename } from './session-files.js'
 
 /**
@@ -41,7 +42,7 @@ export async function readMarker (fs: FsSeam, dir: string): Promise<Marker | nul
   if (format > FORMAT_VERSION) {
     throw new ForeignFolderError(`${dir} holds files of taskvault format ${format}, written by a later taskvault; this one reads format ${FORMAT_VERSION}`)
   }
-  const keyChecks: Record<string, string> = {}
+  const keyChecks = kidRecord<string>()
   const kept = marker?.key_checks
   if (typeof kept === 'object' && kept !== null) for (const [kid, check] of Object.entries(kept)) if (typeof check === 'string') keyChecks[kid] = check
   return { format, keyChecks }

@@ -8,7 +8,7 @@ import {
 } from '../../errors.js'
 import { noop } from '../../noop.js'
 import { SETTING_DEFAULTS } from '../../../schemas/options.js'
-import type { Keyring } from '../keyring.js'
+import { kidRecord, type Keyring } from '../keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../session-files.js'
 import { provenKeyChecks, wrongKeyError, type KidProof } from '../key-checks.js'
 import {
@@ -365,7 +365,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   private async keyChecks (kids: string[]): Promise<Record<string, string>> {
     const { rows } = await this.run<{ kid: string, key_check: string }>('reading the encryption key checks', keyChecksOf(kids))
-    return Object.fromEntries(rows.map((row) => [row.kid, row.key_check]))
+    return kidRecord(rows.map((row) => [row.kid, row.key_check]))
   }
 
   /**
@@ -831,7 +831,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   /** Encryption stats from active sessions counted by kid ('' for plaintext). */
   private encryptionStats (counts: ReadonlyMap<string, number>): EncryptionStats {
     const keyring = this.keyring as Keyring
-    const sealed: Record<string, number> = {}
+    const sealed = kidRecord<number>()
     // Every configured kid, 0 when nothing is under it: an operator sees when an old key can go.
     for (const kid of keyring.kids) sealed[kid] = 0
     for (const [kid, count] of counts) if (kid !== '' && count > 0) sealed[kid] = count
