@@ -52,7 +52,10 @@ t.test('keys: the list and @file forms; a malformed list names the entry, never 
     [K1, /entry 1: expected kid:base64key/],
     [`k1:${K1.slice(0, -4)}!!!!`, /entry 1 \(kid 'k1'\): the key is not base64/],
     [`@${join(dir, 'missing')}`, /cannot read the key file/],
-    ['@/dev/zero', /cannot read the key file \/dev\/zero \(more than 1048576 bytes/]
+    ['@/dev/zero', /cannot read the key file \/dev\/zero \(more than 1048576 bytes/],
+    // An `@` typed before the list: read as a file's path, which must not be printed.
+    [`@k1:${K1}`, /cannot read the key file named after the '@' \(not shown: it is no absolute path, and may hold a key\) \(ENOENT\)/],
+    [`@${join(dir, 'keys')},k1:${K1}`, /cannot read the key file named after the '@'/]
   ]
   for (const [value, message] of bad) {
     t.throws(() => Keyring.parse(value), { code: 'INVALID_ENCRYPTION_KEYS', message }, message.source)

@@ -89,7 +89,9 @@ export class Keyring {
       try {
         text = readFile(path)
       } catch (err) {
-        throw new InvalidEncryptionKeysError(`cannot read the key file ${path} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`)
+        // Named only when it reads as a path: `@k1:<key>` (an `@` typed before the list) must not print the key.
+        const named = /^\/[^:,\s]*$/u.test(path) ? path : "named after the '@' (not shown: it is no absolute path, and may hold a key)"
+        throw new InvalidEncryptionKeysError(`cannot read the key file ${named} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`)
       }
     }
     const entries = text.split(/[,\n]/u).map((entry) => entry.trim()).filter((entry) => entry !== '')
