@@ -140,6 +140,10 @@ t.test('a missing program or folder stops the boot, naming the field; a program 
   t.match(await refused({ argv: ['/nonexistent/agent-binary'] }), /TASK_AGENTS\.default\.argv: \/nonexistent\/agent-binary is not an executable file/u)
   t.match(await refused({ argv: ['no-such-agent-program'] }), /TASK_AGENTS\.default\.argv: no-such-agent-program is not an executable file on PATH/u)
   t.match(await refused({ argv: ['sh', '-c', 'true'], cwd: '/nonexistent/folder' }), /TASK_AGENTS\.default\.cwd: \/nonexistent\/folder is not a folder/u)
+  // A NUL byte, which spawn would refuse at every task, quoting the value into each task's error.
+  t.match(await refused({ argv: ['cat', 'a\u0000b'] }), /^TASK_AGENTS\.default\.argv\.1: holds a NUL byte, which no program can be given$/u)
+  t.match(await refused({ argv: ['cat'], env: { X: 'sec\u0000ret' } }), /^TASK_AGENTS\.default\.env\.X: holds a NUL byte, which no program can be given$/u)
+  t.match(await refused({ argv: ['cat'], cwd: '/tmp\u0000' }), /^TASK_AGENTS\.default\.cwd: holds a NUL byte/u)
   const scratch = await tempDir(t, 'taskvault-gone-')
   const program = join(scratch, 'agent.sh')
   await writeFile(program, '#!/bin/sh\ncat\n', { mode: 0o755 })

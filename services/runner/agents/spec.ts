@@ -182,6 +182,13 @@ function checkSpec (key: string, value: unknown, env: NodeJS.ProcessEnv): AgentS
   if (checked.kind === 'command') {
     const bad = Object.keys(checked.env ?? {}).find((name) => !ENV_NAME.test(name))
     if (bad !== undefined) throw new InvalidAgentConfigError(`TASK_AGENTS.${key}.env: '${bad}' is not an environment variable name`)
+    // A NUL byte no program can be given (spawn refuses it, quoting the value into every task's error).
+    const nul = [
+      ...checked.argv.map((arg, index) => [`argv.${index}`, arg] as const),
+      ['cwd', checked.cwd ?? ''] as const,
+      ...Object.entries(checked.env ?? {}).map(([name, text]) => [`env.${name}`, text] as const)
+    ].find(([, text]) => text.includes('\u0000'))
+    if (nul !== undefined) throw new InvalidAgentConfigError(`TASK_AGENTS.${key}.${nul[0]}: holds a NUL byte, which no program can be given`)
     // With no PATH, spawn looks in /usr/bin and /bin (libuv's default), and so does this check.
     checkProgram(key, checked.argv, checked.cwd, checked.env?.PATH ?? env.PATH ?? '/usr/bin:/bin')
   }
