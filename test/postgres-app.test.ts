@@ -269,8 +269,17 @@ t.test('a wrong key under a configured kid stops the boot, rows untouched; a dam
   await db.query("UPDATE sessions SET document = jsonb_set(document::jsonb, '{sealed,tag}', to_jsonb('AAAAAAAAAAAAAAAAAAAAAA=='::text))::json WHERE session_id = 'live' AND archived_at IS NULL")
   const second = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: keys })
   t.equal((await second.inject({ method: 'GET', url: `${API}/progress?session_id=done` })).statusCode, 200, 'the archived session is served')
-  t.not((await second.inject({ method: 'GET', url: `${API}/progress?session_id=live` })).statusCode, 200, 'the damaged one is not')
+  // Not a 500: a 409 naming the row, for reads and writes alike; the id stays taken.
+  const damaged = { statusCode: 409, code: 'VERSION_CONFLICT', message: /session 'live' has a stored row that does not read \(live@\d+: authentication failed\); fix or delete that row first/ }
+  t.match((await second.inject({ method: 'GET', url: `${API}/progress?session_id=live` })).json(), damaged, 'the damaged one is not')
+  t.match((await second.inject({ method: 'GET', url: `${API}/list?session_id=live` })).json(), damaged)
+  t.match((await second.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'live', instructions: 'y' } })).json(), damaged, 'nor overwritten by a create')
   t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 'live'")).rowCount, 1, 'and its row stays')
+  // A plaintext row that does not parse, put there behind the running replica's back: the same.
+  await db.query('INSERT INTO sessions (session_id, document, created_at, updated_at) VALUES (\'broken\', \'{"session_id": "broken"}\', now(), now())')
+  t.match((await second.inject({ method: 'GET', url: `${API}/list?session_id=broken` })).json(), { statusCode: 409, code: 'VERSION_CONFLICT', message: /session 'broken' has a stored row that does not read \(broken@\d+: does not match the session file format/ })
+  t.match((await second.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'broken', instructions: 'y' } })).json(), { statusCode: 409, code: 'VERSION_CONFLICT' })
+  t.equal((await second.inject({ method: 'GET', url: `${API}/progress?session_id=done` })).statusCode, 200, 'the rest is served')
 })
 
 t.test('replicas given different keys under one kid: the one that comes second stops at boot, even with no session yet', async (t) => {

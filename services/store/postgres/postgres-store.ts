@@ -868,13 +868,30 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       return null
     }
     if (row.document === null) return undefined
-    const { file, kid } = readSessionDocument(archivedLikeName(sessionId, row.row_id), row.document, sessionId, this.keyring)
+    const { file, kid } = this.readRow(sessionId, row.row_id, row.document)
     this.known(sessionId, { row: row.row_id, version: row.version, kid: kid ?? '' })
     // The stored state is adopted as it is: whatever an uncertain write of ours did is settled
     // (and if it landed, its events never went out).
     if (this.unsure.delete(sessionId)) this.events.emit('unannounced', sessionId)
     this.unreadable.delete(sessionId)
     return { file, bytes: row.bytes }
+  }
+
+  /**
+   * An active row's session. One that does not read (damaged, or changed by hand) is left as it
+   * is and its id stays taken: requests on it answer 409 saying so, as a save of it does. One
+   * sealed under a kid no row opened under at the restore answers that the key is suspect (503).
+   */
+  private readRow (sessionId: string, rowId: string, document: string): { file: SessionFile, kid: string | null } {
+    const name = archivedLikeName(sessionId, rowId)
+    try {
+      return readSessionDocument(name, document, sessionId, this.keyring)
+    } catch (err) {
+      if (!(err instanceof CorruptSessionFileError)) throw err
+      if (err instanceof SealNotOpenedError && !this.provenKids.has(err.kid)) throw err.keySuspected(name)
+      this.unreadable.add(sessionId)
+      throw new VersionConflictError(sessionId, `reading session '${sessionId}'`, `has a stored row that does not read (${err.message}); fix or delete that row first`)
+    }
   }
 
   /** Reads the rows of queued refreshes: one alone by its own statement, several by one. */
