@@ -171,3 +171,29 @@ t.test('seal --database-url with a mistyped key under the kid some rows are seal
   t.equal(right.code, 0, right.stderr)
   t.match(right.json(), { sealed: 1, underKey: 3, other: 0 })
 })
+
+t.test('a sealed_kid column that disagrees with its document (edited by hand) is put right by seal, and by a restore', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const store = await openStore(t, url, `new:${NEW},old:${OLD}`)
+  for (const id of ['a', 'b', 'c']) await store.save(contractSession(id, ['Pending']))
+  await store.close()
+  const client = new pg.Client(connectionConfig({ url, schema: 'taskvault', max: 1, statementTimeoutMs: 10_000 }))
+  client.on('error', noop)
+  await client.connect()
+  t.teardown(() => client.end().catch(noop))
+  // Each document is under `new`; the column says `old`.
+  await client.query("UPDATE sessions SET sealed_kid = 'old'")
+  const env = { TASK_ENCRYPTION_KEYS: `new:${NEW},old:${OLD}` }
+  const run = await taskvault(['seal', '--database-url', url, '--json'], { env })
+  t.equal(run.code, 0, run.stderr)
+  t.match(run.json(), { sealed: 3, underKey: 3, other: 0 }, 'the columns put right: nothing left under the old key')
+  await kids(url)
+  t.match((await taskvault(['seal', '--database-url', url, '--json'], { env })).json(), { sealed: 0, underKey: 3, other: 0 }, 'and a second run finds nothing to do')
+
+  await client.query("UPDATE sessions SET sealed_kid = 'old' WHERE session_id = 'b'")
+  const restored = await openStore(t, url, `new:${NEW},old:${OLD}`)
+  await restored.loadAll({ concurrency: 1 })
+  await kids(url)
+  t.pass('a restore puts the column right too')
+})

@@ -212,15 +212,16 @@ export interface StoredColumns {
   tasks_in_progress: number
   has_background_run: boolean
   finished: boolean
+  sealed_kid: string | null
 }
 
 /** StoredColumns in a SELECT list. */
-export const STORED_COLUMNS = 'tasks_total, tasks_in_progress, has_background_run, finished_at IS NOT NULL AS finished'
+export const STORED_COLUMNS = 'tasks_total, tasks_in_progress, has_background_run, finished_at IS NOT NULL AS finished, sealed_kid'
 
 /** Whether a row's columns are those its document gives. */
 export function columnsHold (row: StoredColumns, c: DerivedColumns): boolean {
   return row.tasks_total === c.total && row.tasks_in_progress === c.inProgress &&
-    row.has_background_run === c.hasBackgroundRun && row.finished === (c.finishedAt !== null)
+    row.has_background_run === c.hasBackgroundRun && row.finished === (c.finishedAt !== null) && row.sealed_kid === c.sealedKid
 }
 
 export interface ActiveRow extends StoredColumns {
@@ -265,7 +266,7 @@ export function correctColumns (rows: ReadonlyArray<{ expected: RowVersion, colu
 export function activePage (after: string, limit: number): pg.QueryConfig {
   return {
     name: 'taskvault_active_page',
-    text: `SELECT row_id, session_id, version, sealed_kid, bytes, ${STORED_COLUMNS}, document::text AS document FROM sessions
+    text: `SELECT row_id, session_id, version, bytes, ${STORED_COLUMNS}, document::text AS document FROM sessions
       WHERE archived_at IS NULL AND session_id > $1 ORDER BY session_id LIMIT $2`,
     values: [after, limit]
   }
