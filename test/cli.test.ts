@@ -2,12 +2,14 @@
  * The command-line tool as operators run it: `node dist/cli/taskvault.js ...` in a child
  * process, on prepared temp folders, checking exit codes, output and the files left behind.
  */
-import { spawnSync } from 'node:child_process'
-import { closeSync, existsSync, openSync } from 'node:fs'
-import { chmod, lstat, mkdir, readFile, readdir, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
+import { spawn, spawnSync } from 'node:child_process'
+import { closeSync, existsSync, lstatSync, openSync } from 'node:fs'
+import { chmod, lstat, mkdir, readFile, readdir, rename, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { basename, join } from 'node:path'
 import t, { type Test } from 'tap'
-import { taskvault, type Run } from './cli-run.js'
+import { CLI, taskvault, type Run } from './cli-run.js'
+import { node } from './node-child.js'
 import { build, get, tempDir } from './helper.js'
 import { scratch } from './server-process.js'
 import { daysAgo, preparedFolder, storedSession } from './session-fixtures.js'
@@ -341,6 +343,40 @@ t.test('restore and seal remove the temp files a run killed mid-write left in th
     t.equal(run.code, 0, `${args[0]}: ${run.stderr}`)
     t.same(leftovers.filter((path) => existsSync(path)), [], `${args[0]}: no temp file left`)
   }
+})
+
+t.test('restore reads one backup from first pass to last: one put in its place while it runs (a backup made again with --force) is not taken', async (t) => {
+  const make = async (prefix: string, count: number): Promise<string> => {
+    const dir = await tempDir(t, 'taskvault-source-')
+    for (let i = 0; i < count; i++) await writeFile(join(dir, `${prefix}${i}.json`), storedSession(`${prefix}${i}`, ['Completed', 'Pending'], daysAgo(1)), { mode: 0o600 })
+    const out = join(await tempDir(t, 'taskvault-backup-'), `${prefix}.tar.gz`)
+    const made = await taskvault(['backup', dir, '--out', out])
+    if (made.code !== 0) throw new Error(made.stderr)
+    return out
+  }
+  const backup = await make('first', 1500)
+  const other = await make('second', 1500)
+  const target = join(await tempDir(t, 'taskvault-restored-'), 'fresh')
+  const [file, argv] = node([CLI, 'restore', backup, target, '--json'])
+  const child = spawn(file, argv, { env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
+  const closed = new Promise<number | null>((resolve) => child.once('close', resolve))
+  // The lock (a symlink naming its holder) is taken once the backup has been checked whole; the plan and the writes come after it.
+  const locked = (): boolean => lstatSync(join(target, '.taskvault.lock'), { throwIfNoEntry: false }) !== undefined
+  while (!locked() && child.exitCode === null) await sleep(2)
+  t.equal(child.exitCode, null, 'stopped while it runs')
+  child.kill('SIGSTOP')
+  await rename(other, backup)
+  child.kill('SIGCONT')
+  const code = await closed
+  t.equal(code, 0, `${String(code)} ${stderr} ${stdout}`)
+  t.match(JSON.parse(stdout), { restored: 1500 })
+  const names = (await readdir(target)).filter((name) => name.endsWith('.json')).sort()
+  t.equal(names.length, 1500)
+  t.ok(names.every((name) => name.startsWith('first')), 'every session is the first backup\'s, none the second\'s')
 })
 
 t.test('restore refuses to overwrite newer files unless --force, writing nothing', async (t) => {

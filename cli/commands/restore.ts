@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto'
-import { createReadStream } from 'node:fs'
-import { lstat, mkdir, readdir, stat } from 'node:fs/promises'
+import { constants } from 'node:fs'
+import { lstat, mkdir, open, readdir, stat, type FileHandle } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
+import { Readable } from 'node:stream'
 import { nodeFs } from '../../services/store/fs-seam.js'
 import { ARCHIVED_FILE, SESSION_FILE, TEMP_FILE, fsyncDir, parseSessionFile, tempNames, writeAndRename } from '../../services/store/session-files.js'
 import { MARKER_FILE } from '../../services/store/storage-folder.js'
@@ -12,8 +13,39 @@ import { CommandFailedError } from '../args.js'
 import { kidRecord, type Keyring } from '../../services/store/keyring.js'
 import { checkStoredFile, clearOf, keyWarnings, needKey, sameState, storageDir, wholeFile, withWriteLock, writing, type KeysNeeded } from '../folder.js'
 import type { SessionFile } from '../../services/session/session.js'
-import { COMMON_HELP, type Command } from '../command.js'
+import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import { assertTargetNamed } from '../database.js'
+
+/**
+ * The backup, opened once: every pass (check, plan, write) reads the same file from its start,
+ * so one put in its place meanwhile (a backup run again with --force) is never half taken.
+ */
+interface BackupFile {
+  path: string
+  read: () => Readable
+}
+
+async function openBackup (path: string): Promise<{ backup: BackupFile, handle: FileHandle }> {
+  const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW).catch(() => null)
+  if (handle === null || !(await handle.stat()).isFile()) {
+    await handle?.close()
+    throw new CommandFailedError(`${path} is not a file`)
+  }
+  return { backup: { path, read: () => Readable.from(chunks(handle), { objectMode: false }) }, handle }
+}
+
+const CHUNK_BYTES = 64 * 1024
+
+/** The file's bytes from its start, by position: each pass its own, the handle left open. */
+async function * chunks (handle: FileHandle): AsyncGenerator<Buffer> {
+  for (let position = 0; ;) {
+    const buffer = Buffer.allocUnsafe(CHUNK_BYTES)
+    const { bytesRead } = await handle.read(buffer, 0, CHUNK_BYTES, position)
+    if (bytesRead === 0) return
+    position += bytesRead
+    yield buffer.subarray(0, bytesRead)
+  }
+}
 
 /** One session file of the backup, checked, and what restoring it would do. */
 interface Planned {
@@ -72,47 +104,56 @@ Exit status 1 on conflicts (without --force) or a damaged backup.
 ${COMMON_HELP}`,
   options: { force: { type: 'boolean', default: false } },
   positionals: { min: 1, max: 2, names: 'FILE.tar.gz' },
-  async run (args, { settings, keyring, warn }) {
+  async run (args, context) {
+    const { settings } = context
     assertTargetNamed(settings, args.positionals.length > 1, 'restore into it with pg_restore, or taskvault import from a folder (or give a folder)')
-    const backup = resolve(args.positionals[0] as string)
+    const path = resolve(args.positionals[0] as string)
     const dir = storageDir(args.positionals[1], settings)
     const force = args.values.force === true
-    if ((await lstat(backup).catch(() => null))?.isFile() !== true) throw new CommandFailedError(`${backup} is not a file`)
-    // A symlink to a folder is one, as the server takes it; a link to nothing is not (nor is it made).
-    const folder = await stat(dir).catch(() => null)
-    if (folder !== null ? !folder.isDirectory() : await lstat(dir).then(() => true, () => false)) throw new CommandFailedError(`${dir} is not a folder; give the storage folder to restore into`)
-    // A damaged backup (or not a backup at all) is told before the folder is created, marked or locked.
-    for await (const entry of checkedEntries(backup, keyring)) void entry
-    return withWriteLock(dir, settings, keyring, true, async (store) => {
-      // Never read or written through: the server ignores an archive/ that is not a real folder.
-      const archive = await lstat(join(dir, 'archive')).catch(() => null)
-      if (archive !== null && !archive.isDirectory()) throw new CommandFailedError(`${join(dir, 'archive')} is not a real folder (a symlink?), so the server reads no archived session from it; make it a folder of the storage folder, then restore`)
-      const { planned, conflicts, skipped } = await plan(backup, dir, keyring)
-      // --force overwrites what the backup names; a copy elsewhere that would hide the restored one stays, so it cannot help.
-      const hiding = conflicts.filter((conflict) => conflict.hidden === true)
-      if (hiding.length > 0 && force) {
-        const lines = hiding.map(({ file, reason }) => `❌ ${file}: ${reason}`)
-        lines.push(`Refused: ${hiding.length} restored files would be hidden by other copies in ${dir}, which --force does not touch; move those copies out first. Nothing was written`)
-        return { code: 1, json: { backup, dir, restored: 0, unchanged: 0, conflicts }, lines }
-      }
-      if (conflicts.length > 0 && !force) {
-        const lines = conflicts.map(({ file, reason }) => `❌ ${file}: ${reason}`)
-        lines.push(`Refused: ${conflicts.length} files in ${dir} would be overwritten; nothing was written (give --force to overwrite them)`)
-        return { code: 1, json: { backup, dir, restored: 0, unchanged: 0, conflicts }, lines }
-      }
-      const written = await write(backup, dir, planned, () => store.confirmLock())
-      const unchanged = planned.length - written
-      const needsKeys = keysNeeded(planned)
-      const lines = [`Restored ${written} files into ${dir} (${unchanged} already there: the same bytes, or the same session under another key${force && conflicts.length > 0 ? `, ${conflicts.length} newer or unreadable copies in the folder overridden` : ''})`]
-      if (skipped.length > 0) lines.push(`Skipped ${skipped.length} files of the backed-up folder that hold no session (its .taskvault marker or lock, temp files, corrupt/, .json files not named like a session); ${dir} has its own marker`)
-      for (const line of keyWarnings(needsKeys, dir)) warn(line)
-      return { code: 0, json: { backup, dir, restored: written, unchanged, conflicts, forced: force && conflicts.length > 0, needs_keys: needsKeys, skipped }, lines }
-    })
+    const { backup, handle } = await openBackup(path)
+    try {
+      return await restoreFrom(backup, dir, force, context)
+    } finally {
+      await handle.close()
+    }
   }
 }
 
+async function restoreFrom (backup: BackupFile, dir: string, force: boolean, { settings, keyring, warn }: CommandContext): Promise<CommandResult> {
+  // A symlink to a folder is one, as the server takes it; a link to nothing is not (nor is it made).
+  const folder = await stat(dir).catch(() => null)
+  if (folder !== null ? !folder.isDirectory() : await lstat(dir).then(() => true, () => false)) throw new CommandFailedError(`${dir} is not a folder; give the storage folder to restore into`)
+  // A damaged backup (or not a backup at all) is told before the folder is created, marked or locked.
+  for await (const entry of checkedEntries(backup, keyring)) void entry
+  return withWriteLock(dir, settings, keyring, true, async (store) => {
+    // Never read or written through: the server ignores an archive/ that is not a real folder.
+    const archive = await lstat(join(dir, 'archive')).catch(() => null)
+    if (archive !== null && !archive.isDirectory()) throw new CommandFailedError(`${join(dir, 'archive')} is not a real folder (a symlink?), so the server reads no archived session from it; make it a folder of the storage folder, then restore`)
+    const { planned, conflicts, skipped } = await plan(backup, dir, keyring)
+    // --force overwrites what the backup names; a copy elsewhere that would hide the restored one stays, so it cannot help.
+    const hiding = conflicts.filter((conflict) => conflict.hidden === true)
+    if (hiding.length > 0 && force) {
+      const lines = hiding.map(({ file, reason }) => `❌ ${file}: ${reason}`)
+      lines.push(`Refused: ${hiding.length} restored files would be hidden by other copies in ${dir}, which --force does not touch; move those copies out first. Nothing was written`)
+      return { code: 1, json: { backup: backup.path, dir, restored: 0, unchanged: 0, conflicts }, lines }
+    }
+    if (conflicts.length > 0 && !force) {
+      const lines = conflicts.map(({ file, reason }) => `❌ ${file}: ${reason}`)
+      lines.push(`Refused: ${conflicts.length} files in ${dir} would be overwritten; nothing was written (give --force to overwrite them)`)
+      return { code: 1, json: { backup: backup.path, dir, restored: 0, unchanged: 0, conflicts }, lines }
+    }
+    const written = await write(backup, dir, planned, () => store.confirmLock())
+    const unchanged = planned.length - written
+    const needsKeys = keysNeeded(planned)
+    const lines = [`Restored ${written} files into ${dir} (${unchanged} already there: the same bytes, or the same session under another key${force && conflicts.length > 0 ? `, ${conflicts.length} newer or unreadable copies in the folder overridden` : ''})`]
+    if (skipped.length > 0) lines.push(`Skipped ${skipped.length} files of the backed-up folder that hold no session (its .taskvault marker or lock, temp files, corrupt/, .json files not named like a session); ${dir} has its own marker`)
+    for (const line of keyWarnings(needsKeys, dir)) warn(line)
+    return { code: 0, json: { backup: backup.path, dir, restored: written, unchanged, conflicts, forced: force && conflicts.length > 0, needs_keys: needsKeys, skipped }, lines }
+  })
+}
+
 /** Reads the whole backup, checking every entry, and compares each with the folder. Writes nothing. */
-async function plan (backup: string, dir: string, keyring: Keyring | null): Promise<{ planned: Planned[], conflicts: Conflict[], skipped: string[] }> {
+async function plan (backup: BackupFile, dir: string, keyring: Keyring | null): Promise<{ planned: Planned[], conflicts: Conflict[], skipped: string[] }> {
   const planned: Planned[] = []
   const conflicts: Conflict[] = []
   const skipped: string[] = []
@@ -182,10 +223,10 @@ async function plan (backup: string, dir: string, keyring: Keyring | null): Prom
  * unopened here: it comes with its clear updated_at and `missingKid`. The folder's own files that
  * hold no session are added to `skipped`.
  */
-async function * checkedEntries (backup: string, keyring: Keyring | null, skipped: string[] = []): AsyncGenerator<{ entry: TarEntry, rel: string, archived: boolean, sessionId: string, updatedAt: string, file: SessionFile | null, missingKid: string | null }> {
+async function * checkedEntries (backup: BackupFile, keyring: Keyring | null, skipped: string[] = []): AsyncGenerator<{ entry: TarEntry, rel: string, archived: boolean, sessionId: string, updatedAt: string, file: SessionFile | null, missingKid: string | null }> {
   const seen = new Set<string>()
   const prefix = await commonPrefix(backup)
-  for await (const entry of readTarGz(createReadStream(backup))) {
+  for await (const entry of readTarGz(backup.read())) {
     const mapped = sessionPath(entry, prefix)
     if (mapped === null) continue
     if ('skipped' in mapped) {
@@ -240,7 +281,7 @@ async function copiesInFolder (dir: string): Promise<Map<string, string[]>> {
  * Reads the backup again and writes each planned file durably; the backup must not have changed.
  * `confirmLock` runs before each rename: the folder's lock still names this process.
  */
-async function write (backup: string, dir: string, planned: Planned[], confirmLock: () => Promise<void> | null): Promise<number> {
+async function write (backup: BackupFile, dir: string, planned: Planned[], confirmLock: () => Promise<void> | null): Promise<number> {
   const byPath = new Map(planned.map((item) => [item.rel, item]))
   const archiveDir = join(dir, 'archive')
   if (planned.some((item) => item.archived && item.action === 'write')) {
@@ -252,18 +293,23 @@ async function write (backup: string, dir: string, planned: Planned[], confirmLo
   const left = (): string => `${written} of ${planned.filter((item) => item.action === 'write').length} files were restored before it, each whole; run the restore again once storage works`
   const tempName = tempNames()
   const prefix = await commonPrefix(backup)
-  for await (const entry of readTarGz(createReadStream(backup))) {
+  const taken = new Set<string>()
+  for await (const entry of readTarGz(backup.read())) {
     const mapped = sessionPath(entry, prefix)
     const item = mapped === null || 'skipped' in mapped ? undefined : byPath.get(mapped.rel)
     if (item === undefined || item.action === 'unchanged') continue
-    if (digest(entry.data) !== item.digest) throw new CommandFailedError(`${backup} changed while it was being restored; run the restore again`)
+    if (digest(entry.data) !== item.digest) throw new CommandFailedError(`${backup.path} changed while it was being restored; run the restore again`)
     const target = join(dir, item.rel)
     const folder = item.archived ? archiveDir : dir
     // The store's temp-file name: a restore cut short leaves only files the server removes at start.
     const temp = join(folder, tempName(item.sessionId))
     await writing(target, left, () => writeAndRename(nodeFs, temp, target, entry.data, entry.mtime, confirmLock))
     written++
+    taken.add(item.rel)
   }
+  // Changed in place since the plan (cut short, rewritten): what it no longer holds was not restored.
+  const missing = planned.filter((item) => item.action === 'write' && !taken.has(item.rel)).length
+  if (missing > 0) throw new CommandFailedError(`${backup.path} changed while it was being restored: ${missing} planned files are no longer in it; ${left()}`)
   await writing(dir, left, () => fsyncDir(nodeFs, dir))
   if (planned.some((item) => item.archived)) await writing(archiveDir, left, () => fsyncDir(nodeFs, archiveDir))
   return written
@@ -329,9 +375,9 @@ function safePath (name: string): string {
  * 'data/tasks/' for the seed's `tar -czf b.tar.gz data/tasks/*.json`. When a folder ending in
  * archive/ could be either, it is read as the archive of its parent.
  */
-async function commonPrefix (backup: string): Promise<string> {
+async function commonPrefix (backup: BackupFile): Promise<string> {
   const names: string[] = []
-  for await (const entry of readTarGz(createReadStream(backup))) {
+  for await (const entry of readTarGz(backup.read())) {
     const name = safePath(entry.name)
     if (entry.type === 'file') names.push(name)
   }
