@@ -6,7 +6,7 @@ import type { Config } from '../schemas/config.js'
 import { FileSessionStore } from '../services/store/file-store.js'
 import type { SessionFile } from '../services/session/session.js'
 import { KeyUnavailableError, LockLostError, SealNotOpenedError, StorageError, StorageLockedError } from '../services/errors.js'
-import type { Clear, Keyring } from '../services/store/keyring.js'
+import { kidRecord, type Clear, type Keyring } from '../services/store/keyring.js'
 import { ARCHIVED_FILE, SESSION_FILE, readSessionDocument } from '../services/store/session-files.js'
 import { MAX_SESSION_FILE_BYTES, tooLargeReason } from '../services/store/read-batch.js'
 import { CommandFailedError } from './args.js'
@@ -99,9 +99,9 @@ export class KidProofs {
  */
 export async function folderKeys (dir: string, keyring: Keyring | null): Promise<{ proofs: KidProofs, marked: boolean }> {
   const marker = await readMarker(nodeFs, dir)
-  const keyChecks = marker?.keyChecks ?? {}
+  const keyChecks = marker?.keyChecks ?? kidRecord<string>()
   if (keyring !== null) keyring.verifyChecks(keyChecks, `storage folder ${dir}`)
-  return { proofs: new KidProofs('files', keyring !== null && keyChecks[keyring.activeKid] === undefined ? keyring.activeKid : null), marked: marker !== null }
+  return { proofs: new KidProofs('files', keyring !== null && !Object.hasOwn(keyChecks, keyring.activeKid) ? keyring.activeKid : null), marked: marker !== null }
 }
 
 /** The storage folder named on the command line, or TASK_STORAGE_DIR. */

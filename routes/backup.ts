@@ -101,10 +101,15 @@ const backupRoutes: FastifyPluginAsyncTypebox<BackupRoutesOptions> = async (app,
       request.log.warn({ ...counts, stall_ms: options.stallMs }, 'Backup cut: its client took nothing for TASK_BACKUP_STALL_MS')
       reply.raw.destroy()
     })
-    reply.raw.once('close', () => {
+    // The place is given back when the answer ends, and when its connection goes: an answer
+    // queued behind another on that connection (pipelined) never had a socket, and never closes.
+    const release = (): void => {
       unwatch()
       sending.delete(reply.raw)
-    })
+      stream.destroy()
+    }
+    reply.raw.once('close', release)
+    request.raw.once('close', release)
     // The schema types the body as the binary string it documents; a stream is sent as is.
     return reply.send(stream as unknown as string)
   })

@@ -489,6 +489,16 @@ export class VersionConflictError extends TaskvaultError {
   }
 }
 
+/**
+ * A request on a session whose stored row does not read (PostgreSQL): 409, as a save of it is
+ * refused; `unread` says why, for a backup that leaves such a session out.
+ */
+export class UnreadableRowError extends VersionConflictError {
+  constructor (sessionId: string, readonly unread: CorruptSessionFileError) {
+    super(sessionId, `reading session '${sessionId}'`, `has a stored row that does not read (${unread.message}); fix or delete that row first`)
+  }
+}
+
 /** An execution asked for while the session's archive or delete is being written: it may be gone a moment later. */
 export class SessionLeavingError extends TaskvaultError {
   constructor (sessionId: string) {

@@ -275,37 +275,42 @@ t.test('what an agent\'s error answer quotes of the headers we sent (the key) is
   t.equal((await storedTasks(dir, 'echoed'))[0]?.error, error, 'nor on disk')
 })
 
-t.test('an error answer cut at max_response_bytes inside an echoed key quotes no part of the key', async (t) => {
-  const key = 'sk-SUPERSECRETKEY-0123456789'
-  // The body's first piece ends in the key but its last character; the second goes past the bound.
-  const echo = `Bearer ${key.slice(0, -1)}`
-  const peer = createServer((req, res) => {
-    req.resume()
-    req.on('end', () => {
-      res.writeHead(401, { 'content-type': 'text/plain' })
-      res.write(' '.repeat(1024 - echo.length) + echo)
-      setTimeout(() => { res.end(`${key.slice(-1)} was refused; ${'z'.repeat(2000)}`) }, 100).unref()
+const shapes: Array<[string, string, string]> = [
+  ['inside an echoed key', `Bearer ${'sk-SUPERSECRETKEY-0123456789'.slice(0, -1)}`, `9 was refused; ${'z'.repeat(2000)}`],
+  ['just after an echoed key', 'Bearer sk-SUPERSECRETKEY-0123456789 was refused', 'z'.repeat(2000)]
+]
+for (const [shape, first, rest] of shapes) {
+  t.test(`an error answer cut at max_response_bytes ${shape} quotes no part of the key`, async (t) => {
+    const key = 'sk-SUPERSECRETKEY-0123456789'
+    // The body's first piece ends as told; the second goes past the bound.
+    const peer = createServer((req, res) => {
+      req.resume()
+      req.on('end', () => {
+        res.writeHead(401, { 'content-type': 'text/plain' })
+        res.write(' '.repeat(1024 - first.length) + first)
+        setTimeout(() => { res.end(rest) }, 100).unref()
+      })
     })
+    await new Promise<void>((resolve) => peer.listen(0, '127.0.0.1', resolve))
+    t.teardown(async () => {
+      peer.closeAllConnections()
+      await new Promise((resolve) => peer.close(resolve))
+    })
+    const dir = await tempDir(t)
+    const app = await build(t, {
+      dir,
+      agents: { default: { kind: 'openai', base_url: `http://127.0.0.1:${(peer.address() as AddressInfo).port}/v1`, model: 'm', api_key_env: 'LLM_KEY', max_response_bytes: 1024, ...FAST } },
+      env: { LLM_KEY: key }
+    })
+    await createTasks(app, 'cut', [{ instruction: 'x' }])
+    const { status, error } = (await post(app, '/execute', { session_id: 'cut' })).json()
+    t.equal(status, 'Failed')
+    t.match(error, /answered 401/u, 'the status is named')
+    t.notOk(error.includes('SUPERSEC'), `no part of the key: ${String(error)}`)
+    t.notOk(error.includes('sk-'), 'not even its start')
+    t.equal((await storedTasks(dir, 'cut'))[0]?.error, error, 'nor on disk')
   })
-  await new Promise<void>((resolve) => peer.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => {
-    peer.closeAllConnections()
-    await new Promise((resolve) => peer.close(resolve))
-  })
-  const dir = await tempDir(t)
-  const app = await build(t, {
-    dir,
-    agents: { default: { kind: 'openai', base_url: `http://127.0.0.1:${(peer.address() as AddressInfo).port}/v1`, model: 'm', api_key_env: 'LLM_KEY', max_response_bytes: 1024, ...FAST } },
-    env: { LLM_KEY: key }
-  })
-  await createTasks(app, 'cut', [{ instruction: 'x' }])
-  const { status, error } = (await post(app, '/execute', { session_id: 'cut' })).json()
-  t.equal(status, 'Failed')
-  t.match(error, /answered 401/u, 'the status is named')
-  t.notOk(error.includes('SUPERSECRET'), `no part of the key: ${String(error)}`)
-  t.notOk(error.includes('sk-'), 'not even its start')
-  t.equal((await storedTasks(dir, 'cut'))[0]?.error, error, 'nor on disk')
-})
+}
 
 t.test('a redirect is an answer like any other non-2xx: named by its status, not retried', async (t) => {
   const agent = await fakeAgent(t, () => ({ status: 302, headers: { location: '/elsewhere' }, body: 'moved' }))

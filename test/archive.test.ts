@@ -329,6 +329,23 @@ t.test('archiving a session whose stale copy sits in archive/ under a stamped na
   list = (await get(app, '/list?session_id=twice')).json()
   t.same(list.tasks.map((task: { instruction: string }) => task.instruction), ['step 1', 'step 2', 'third'], 'brought back with every acknowledged task')
 })
+
+t.test('a copy in archive/ stamped by hand past 2^53 stops the archive of its session with a 503 naming it; the session stays active', async (t) => {
+  const dir = await tempDir(t)
+  await mkdir(join(dir, 'archive'), { mode: 0o700 })
+  await writeFile(join(dir, 'archive', 'far.9999999999999999.json'), storedSession('far', ['Completed'], '2025-06-01T00:00:00.000Z'), { mode: 0o600 })
+  await writeFile(join(dir, 'far.json'), storedSession('far', ['Completed', 'Completed'], '2025-06-02T00:00:00.000Z'), { mode: 0o600 })
+  let app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
+  const pass = await post(app, '/archive', { older_than_days: 0 })
+  t.equal(pass.statusCode, 503)
+  t.match(pass.json().message, /archive\/ holds far\.9999999999999999\.json, stamped past the last stamp taskvault can name a later copy by/)
+  t.same(await archived(dir), ['far.9999999999999999.json'], 'no copy under a name the server would not read')
+  await app.close()
+  app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
+  const list = (await get(app, '/list?session_id=far')).json()
+  t.equal(list.total, 2, 'the acknowledged state is still the session')
+  t.notOk('archived' in list)
+})
 t.test('archived files are indexed at restore without being read; a bad one is set aside when first read', async (t) => {
   const dir = await tempDir(t)
   await mkdir(join(dir, 'archive'), { mode: 0o700 })

@@ -10,7 +10,7 @@ import { once } from 'node:events'
 import { createWriteStream, existsSync } from 'node:fs'
 import { mkdir, readFile, readdir, symlink, utimes, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { connect, type AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -228,6 +228,36 @@ t.test('a client that stops reading holds a backup place until TASK_BACKUP_STALL
   t.equal((await entries(whole.body)).size, SESSIONS, 'and the next backup is whole')
   t.equal((await backup(app)).status, 200, 'a finished backup gives its place back too')
   t.equal(app.taskManager.registry.slotCount, SESSIONS, 'no session slot left behind by the cut walk')
+})
+
+t.test('a backup queued behind a stream on one connection gives its place back when the connection goes', async (t) => {
+  const dir = await tempDir(t, 'taskvault-backup-')
+  // Incompressible, so the queued answer cannot be made whole in memory while it waits for the socket.
+  const SESSIONS = 100
+  for (let i = 0; i < SESSIONS; i++) await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(48_000).toString('base64')), { mode: 0o600 })
+  const log = memoryLog()
+  const app = await build(t, { dir, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_BACKUP_MAX_CLIENTS: 1 } })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+  // A stream never ends: the backup pipelined behind it waits, with no socket of its own.
+  const socket = connect(port, '127.0.0.1')
+  socket.on('error', () => {})
+  socket.resume()
+  await once(socket, 'connect')
+  socket.write(`GET ${API}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET ${API}/backup HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`)
+  // Both requests taken in: the backup has its place before the next one asks.
+  while (log.messages().filter((msg) => msg === 'incoming request').length < 2) await sleep(10)
+  await sleep(100)
+  const held = await backup(app)
+  t.equal(held.status, 503, 'the queued backup holds the one place')
+  socket.destroy()
+  let after = await backup(app)
+  for (let tries = 0; after.status === 503 && tries < 40; tries++) {
+    await sleep(50, undefined, { ref: false })
+    after = await backup(app)
+  }
+  t.equal(after.status, 200, 'the place is free once its connection is gone')
+  t.equal((await entries(after.body)).size, SESSIONS)
 })
 
 t.test('a slow reader that keeps reading is never cut, however long the backup takes', async (t) => {

@@ -379,6 +379,15 @@ t.test('restore reads one backup from first pass to last: one put in its place w
   t.ok(names.every((name) => name.startsWith('first')), 'every session is the first backup\'s, none the second\'s')
 })
 
+t.test('restore of a FIFO (or anything not a regular file) says it is not a file, without waiting for a writer', async (t) => {
+  const scratchDir = await tempDir(t, 'taskvault-fifo-')
+  const fifo = join(scratchDir, 'b.tar.gz')
+  spawnSync('mkfifo', [fifo])
+  const run = await taskvault(['restore', fifo, join(scratchDir, 'target')])
+  t.equal(run.code, 1)
+  t.equal(run.stderr, `taskvault: ${fifo} is not a file\n`)
+})
+
 t.test('restore refuses to overwrite newer files unless --force, writing nothing', async (t) => {
   const dir = await preparedFolder(t)
   const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')

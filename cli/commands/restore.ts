@@ -26,7 +26,8 @@ interface BackupFile {
 }
 
 async function openBackup (path: string): Promise<{ backup: BackupFile, handle: FileHandle }> {
-  const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW).catch(() => null)
+  // Not blocking: opening a FIFO with no writer would wait for ever before it could be refused.
+  const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(() => null)
   if (handle === null || !(await handle.stat()).isFile()) {
     await handle?.close()
     throw new CommandFailedError(`${path} is not a file`)

@@ -1,4 +1,4 @@
-import { CorruptSessionFileError, KeyUnavailableError, ShuttingDownError, type TaskvaultError } from '../errors.js'
+import { CorruptSessionFileError, KeyUnavailableError, ShuttingDownError, UnreadableRowError, type TaskvaultError } from '../errors.js'
 import { noop } from '../noop.js'
 import { SETTING_DEFAULTS } from '../../schemas/options.js'
 import type { TarFile } from './tar.js'
@@ -97,9 +97,9 @@ export async function * liveSessionFiles (manager: TaskManager, store: BackupSto
       ahead.delete(sessionId)
       const settled = await read
       if (!settled.ok) {
-        const err = settled.error
         // Only a shared store reads rows here; the file store's restore set such files aside.
-        if (!(err instanceof CorruptSessionFileError || err instanceof KeyUnavailableError)) throw err
+        const err = settled.error instanceof UnreadableRowError ? settled.error.unread : settled.error
+        if (!(err instanceof CorruptSessionFileError || err instanceof KeyUnavailableError)) throw settled.error
         leftOut(sessionId, err)
         break
       }

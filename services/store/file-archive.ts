@@ -132,6 +132,8 @@ export class FileArchive {
     let stamp = newest === null ? 0 : Math.max(newest.stamp + 1, Date.now())
     let name = stamp === 0 ? `${sessionId}.json` : `${sessionId}.${stamp}.json`
     try {
+      // A copy named by hand past what a stamp can be counted to (2^53) has no name after it.
+      if (!Number.isSafeInteger(stamp)) throw new Error(`archive/ holds ${newest?.name ?? ''}, stamped past the last stamp taskvault can name a later copy by; rename or remove it`)
       await this.files.ensureRealDir(this.dir)
       // Only ENOENT means the name is free; any other lstat error stops the move rather than risk an overwrite.
       while (await this.fs.lstat(join(this.dir, name)).then(() => true, (err: NodeJS.ErrnoException) => {
@@ -139,6 +141,7 @@ export class FileArchive {
         throw err
       })) {
         stamp = Math.max(stamp + 1, Date.now())
+        if (!Number.isSafeInteger(stamp)) throw new Error(`no free name for a copy in archive/ after ${name}`)
         name = `${sessionId}.${stamp}.json`
       }
     } catch (err) {

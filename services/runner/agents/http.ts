@@ -59,7 +59,7 @@ async function exchange (who: string, url: string, payload: unknown, options: Po
   // never what we sent in a header (a gateway that echoes headers, a 401 naming the key), nor
   // the start of one that a cut body ends with.
   const secrets = secretsOf(Object.values(options.headers))
-  const quoted = (body: string): string => excerpt(redacted(cut ? withoutTail(body, secrets) : body, secrets), cut)
+  const quoted = (body: string): string => excerpt(cut ? withoutTail(redacted(body, secrets), secrets) : redacted(body, secrets), cut)
   if (response.status < 200 || response.status > 299) {
     const transient = response.status === 429 || response.status >= 500
     throw new AgentError(`${who} answered ${response.status}${quoted(text)}`, {
@@ -119,12 +119,13 @@ function redacted (text: string, secrets: readonly string[]): string {
 }
 
 /**
- * A cut body without its last characters, as many as the longest secret holds: a secret the cut
- * went through ends the body with its start, which whole-secret redaction would not find.
+ * A cut body, redacted already, without its last characters, one fewer than the longest secret
+ * holds: a secret the cut went through ends the body with its start, which redaction of whole
+ * secrets does not find.
  */
 function withoutTail (text: string, secrets: readonly string[]): string {
   const longest = secrets[0]?.length ?? 0
-  return longest === 0 ? text : text.slice(0, Math.max(0, text.length - longest))
+  return longest === 0 ? text : text.slice(0, Math.max(0, text.length - (longest - 1)))
 }
 
 /** The start of a body, for an error message; `cut` marks a body that was cut already. */

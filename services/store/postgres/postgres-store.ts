@@ -4,7 +4,7 @@ import { SessionFile, SESSION_ID_PATTERN } from '../../../schemas/session.js'
 import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary, type RetentionCutoffs } from '../../archive/archive-index.js'
 import {
   CorruptSessionFileError, DatabaseUnavailableError, InvalidDatabaseSettingError, InvalidSessionIdError, KeyUnavailableError,
-  LeaseLostError, SealNotOpenedError, SessionBusyError, StaleArchivedCopyError, StorageError, TaskvaultError, VersionConflictError
+  LeaseLostError, SealNotOpenedError, SessionBusyError, StaleArchivedCopyError, StorageError, TaskvaultError, UnreadableRowError, VersionConflictError
 } from '../../errors.js'
 import { noop } from '../../noop.js'
 import { SETTING_DEFAULTS } from '../../../schemas/options.js'
@@ -890,7 +890,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       if (!(err instanceof CorruptSessionFileError)) throw err
       if (err instanceof SealNotOpenedError && !this.provenKids.has(err.kid)) throw err.keySuspected(name)
       this.unreadable.add(sessionId)
-      throw new VersionConflictError(sessionId, `reading session '${sessionId}'`, `has a stored row that does not read (${err.message}); fix or delete that row first`)
+      throw new UnreadableRowError(sessionId, err)
     }
   }
 
