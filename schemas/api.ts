@@ -30,6 +30,7 @@ const executed = (task: typeof exampleTask) => ({ task_id: task.id, instruction:
 const ERROR_EXAMPLES: Readonly<Record<number, { code: string, error: string, message: string }>> = {
   400: { code: 'FST_ERR_VALIDATION', error: 'Bad Request', message: 'body/session_id must match pattern "^[A-Za-z0-9_-]{1,128}$"' },
   401: { code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'missing Authorization: Bearer <key> header' },
+  403: { code: 'HOST_NOT_ALLOWED', error: 'Forbidden', message: "with no API key this server answers only to addresses, loopback names and TASK_ALLOWED_HOSTS, not 'evil.example'" },
   404: { code: 'SESSION_NOT_FOUND', error: 'Not Found', message: "session 'important_work' not found" },
   409: { code: 'NO_PENDING_TASK', error: 'Conflict', message: "session 'important_work' has no pending task" },
   413: { code: 'FST_ERR_CTP_BODY_TOO_LARGE', error: 'Payload Too Large', message: 'Request body is too large' },
@@ -48,8 +49,12 @@ export const ErrorResponse = Type.Object({
   message: Type.String()
 }, { description: 'Fastify error shape' })
 
-/** The error answers of a route: Fastify's shape under each status, with that status's example. */
-const errors = (...codes: number[]) => Object.fromEntries(codes.map((code) => {
+/**
+ * The error answers of a route: Fastify's shape under each status, with that status's example.
+ * Every route may answer 403 HOST_NOT_ALLOWED (a Host name not allowed, without API keys: see
+ * TASK_ALLOWED_HOSTS) and 400 (MISSING_HOST, besides each route's own), before it runs.
+ */
+const errors = (...codes: number[]) => Object.fromEntries([...new Set([400, 403, ...codes])].sort((a, b) => a - b).map((code) => {
   const example = ERROR_EXAMPLES[code]
   return [code, example === undefined ? ErrorResponse : { ...ErrorResponse, examples: [{ statusCode: code, ...example }] }]
 }))
@@ -320,8 +325,9 @@ export const responses = {
   executeAll: { 200: ExecuteAllResponse, 202: BackgroundRunResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   cancel: { 200: CancelResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   // 503: an archived copy sealed under a key this server lacks, a database that does not answer, shutdown.
-  progress: { 200: ProgressResponse, ...errors(400, 401, 404, 503) },
-  list: { 200: ListResponse, ...errors(400, 401, 404, 503) },
+  // 409: the session's stored row does not read (PostgreSQL).
+  progress: { 200: ProgressResponse, ...errors(400, 401, 404, 409, 503) },
+  list: { 200: ListResponse, ...errors(400, 401, 404, 409, 503) },
   stats: { 200: StatsResponse, ...errors(400, 401, 503) },
   // 414: the id in the path is longer than the router takes (ids are 128 characters at most).
   remove: { 204: Type.Null({ description: 'Deleted; no body' }), ...errors(400, 401, 404, 409, 413, 414, 415, 503, 507) },
@@ -333,7 +339,7 @@ export const responses = {
   },
   retry: { 200: RetryResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   events: { 200: EventStream, ...errors(400, 401, 503) },
-  index: { 200: IndexResponse, 302: { description: 'A browser (Accept: text/html) is sent to the dashboard' } },
-  health: { 200: HealthResponse },
+  index: { 200: IndexResponse, 302: { description: 'A browser (Accept: text/html) is sent to the dashboard' }, ...errors() },
+  health: { 200: HealthResponse, ...errors() },
   ready: { 200: ReadyResponse, ...errors(503) }
 }
