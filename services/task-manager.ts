@@ -194,11 +194,13 @@ export class TaskManager {
       const interrupted = file.session.tasks.filter((task) => task.status === 'InProgress')
       if (interrupted.length === 0) continue
       resetTasks += interrupted.length
+      let failed: string[] = []
       resets.push(this.registry.change(file.session_id, (draft) => {
+        failed = []
         for (const task of liveFile(draft).session.tasks) {
-          if (task.status === 'InProgress') this.interrupted(file.session_id, task, draft.now)
+          if (task.status === 'InProgress' && this.interrupted(file.session_id, task, draft.now)) failed.push(task.id)
         }
-      }, { records: true }).catch((err: Error) => this.log.error({ session_id: file.session_id, err }, 'Could not save the reset of interrupted tasks')))
+      }, { records: true }).then(() => { this.failedHere(file.session_id, failed) }, (err: Error) => this.log.error({ session_id: file.session_id, err }, 'Could not save the reset of interrupted tasks')))
     }
     await Promise.all(resets)
     const archive = await this.store.openArchive({ concurrency: this.settings.restoreConcurrency })
@@ -218,18 +220,25 @@ export class TaskManager {
 
   /**
    * A task found running at restore was interrupted by a crash or shutdown. It runs again,
-   * unless that has happened TASK_MAX_INTERRUPTIONS times: a task that kills the process must not loop forever.
+   * unless that has happened TASK_MAX_INTERRUPTIONS times: a task that kills the process must not
+   * loop forever. True when it was failed so.
    */
-  private interrupted (sessionId: string, task: Task, now: Date): void {
+  private interrupted (sessionId: string, task: Task, now: Date): boolean {
     const count = (task.interruptions ?? 0) + 1
     task.interruptions = count
     if (count >= this.settings.maxInterruptions) {
       Object.assign(task, { status: 'Failed', error: `interrupted ${count} time${count === 1 ? '' : 's'}`, result: null, confidence: null, completed_at: isoNow(now) })
       this.log.error({ session_id: sessionId, task_id: task.id, interruptions: count }, 'Task interrupted too often; failed')
-    } else {
-      task.status = 'Pending'
-      this.log.warn({ session_id: sessionId, task_id: task.id, interruptions: count }, 'Task was interrupted; set back to Pending')
+      return true
     }
+    task.status = 'Pending'
+    this.log.warn({ session_id: sessionId, task_id: task.id, interruptions: count }, 'Task was interrupted; set back to Pending')
+    return false
+  }
+
+  /** Tasks failed here rather than by a run (interrupted too often, cancelled while their replica was gone), once durable: counted as finished, as a run's are. */
+  private failedHere (sessionId: string, taskIds: readonly string[]): void {
+    for (const taskId of taskIds) this.events.emit('task-finished', { session_id: sessionId, task_id: taskId, status: 'Failed' })
   }
 
   /**
@@ -270,7 +279,9 @@ export class TaskManager {
         applied = true
         return
       }
+      let failed: string[] = []
       const resume = await this.registry.change(sessionId, (draft) => {
+        failed = []
         const file = draft.file
         if (file === null || runningHere()) return unchanged(false)
         const interrupted = file.session.tasks.filter((task) => task.status === 'InProgress')
@@ -278,15 +289,17 @@ export class TaskManager {
           for (const task of interrupted) {
             Object.assign(task, { status: 'Failed', result: null, error: 'cancelled', confidence: null, completed_at: isoNow(draft.now) })
             this.log.warn({ session_id: sessionId, task_id: task.id }, 'Task cancelled (asked while its replica was gone)')
+            failed.push(task.id)
           }
           delete file.background_run
           return false
         }
-        for (const task of interrupted) this.interrupted(sessionId, task, draft.now)
+        for (const task of interrupted) if (this.interrupted(sessionId, task, draft.now)) failed.push(task.id)
         const run = file.background_run !== undefined
         return interrupted.length === 0 ? unchanged(run) : run
       }, { fresh: true, records: true })
       applied = true
+      this.failedHere(sessionId, failed)
       // TASK_RESUME_ON_START=false: the run's record stays (and the lease goes back) until a
       // replica started with true, or an execute-all, carries it on.
       if (resume && !this.shuttingDown && !this.settings.resumeOnStart) {

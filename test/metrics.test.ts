@@ -148,6 +148,19 @@ t.test('the restore: its duration and the files it set aside', async (t) => {
   t.equal(value(samples, 'taskvault_tasks', { status: 'Pending' }), 2)
 })
 
+t.test('a task the restore fails (interrupted TASK_MAX_INTERRUPTIONS times) is counted as finished, Failed; one set back to Pending is not', async (t) => {
+  const dir = await tempDir(t)
+  const task = (id: string, interruptions: number): object => ({ id, instruction: id, task_type: 'General', status: 'InProgress', result: null, error: null, confidence: null, created_at: '2026-01-01T00:00:00.000Z', started_at: '2026-01-01T00:00:01.000Z', completed_at: null, attempts: 1, interruptions })
+  const session = (id: string, interruptions: number): string => JSON.stringify({ session_id: id, created_at: '2026-01-01T00:00:00.000Z', updated_at: '2026-01-01T00:00:01.000Z', session: { session_id: id, tasks: [task(`${id}_1`, interruptions)], current_index: 0 } })
+  await writeFile(join(dir, 'looping.json'), session('looping', 2), { mode: 0o600 })
+  await writeFile(join(dir, 'once.json'), session('once', 0), { mode: 0o600 })
+  const app = await build(t, { dir, config: { TASK_MAX_INTERRUPTIONS: 3, TASK_RESUME_ON_START: false } })
+  const samples = await scrape(app)
+  t.equal(value(samples, 'taskvault_tasks_finished_total', { status: 'Failed' }), 1, 'the task failed at restore is counted')
+  t.equal(value(samples, 'taskvault_tasks', { status: 'Failed' }), 1)
+  t.equal(value(samples, 'taskvault_tasks', { status: 'Pending' }), 1, 'the other runs again, not counted as finished')
+})
+
 t.test('two apps in one process keep separate counts', async (t) => {
   const a = await build(t)
   const b = await build(t)
