@@ -126,7 +126,7 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
     }
   })
   new Gauge({ name: name('executions_in_flight'), help: 'Executions (execute, execute-all) running now', registers, collect () { this.set(manager.runningCount) } })
-  new Gauge({ name: name('storage_bytes'), help: 'Bytes of the live session files', registers, collect () { this.set(manager.stats().storage.bytes) } })
+  new Gauge({ name: name('storage_bytes'), help: 'Bytes of the live session files this process holds (PostgreSQL: of the sessions this replica holds copies of)', registers, collect () { this.set(manager.stats().storage.bytes) } })
   new Gauge({ name: name('restore_duration_seconds'), help: 'How long the restore at startup took', registers, collect () { this.set(manager.stats().storage.restore_ms / 1000) } })
   new Gauge({ name: name('encryption_enabled'), help: '1 when session content is sealed at rest (TASK_ENCRYPTION_KEYS)', registers, collect () { this.set(store.encryption() === null ? 0 : 1) } })
   new Gauge({
@@ -156,7 +156,7 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
       if (encryption !== null) this.set({ kid: encryption.active_kid }, 1)
     }
   })
-  new Gauge({ name: name('restore_failed_loads'), help: 'Session files set aside as unreadable at startup', registers, collect () { this.set(manager.stats().storage.failed_loads) } })
+  new Gauge({ name: name('restore_failed_loads'), help: 'Session files that did not load since the start: set aside by the restore, or archived ones found unreadable when first read', registers, collect () { this.set(manager.stats().storage.failed_loads) } })
   // Issue 18: readiness and free space, for the rules in deploy/prometheus/alerts.yml.
   // The same check as GET /ready, store round trip included: a database (or a storage folder) gone
   // while nothing is saved must still read 0.
