@@ -186,13 +186,35 @@ function onEvent (name: string, data: Record<string, unknown>): void {
 
 // ---- overview ----
 
+/** How long after a failed load of the totals the next is tried (the panel keeps its figures meanwhile). */
+const STATS_RETRY_MS = 3000
+
 let statsTimer: number | undefined
-function scheduleStats (): void {
+/** A load of the totals is under way; `statsAgain`: a change came meanwhile, so its answer may be older than it. */
+let statsLoading = false
+let statsAgain = false
+/**
+ * Loads the totals again soon. One load at a time: an answer that came back late would
+ * otherwise be drawn over a newer one, and stay there once the events stop.
+ */
+function scheduleStats (delay = 300): void {
+  if (statsLoading) {
+    statsAgain = true
+    return
+  }
   if (statsTimer !== undefined) return
   statsTimer = window.setTimeout(() => {
     statsTimer = undefined
-    void renderStats().catch(() => {})
-  }, 300)
+    statsLoading = true
+    statsAgain = false
+    renderStats().then(() => {
+      statsLoading = false
+      if (statsAgain) scheduleStats()
+    }, () => {
+      statsLoading = false
+      scheduleStats(STATS_RETRY_MS)
+    })
+  }, delay)
 }
 
 let uptime = { seconds: 0, at: Date.now() }

@@ -228,6 +228,32 @@ async function run (browser: Browser): Promise<void> {
     await page.unrouteAll({ behavior: 'wait' })
   })
 
+  t.test('the totals end on the server\'s figures when an older answer of /stats arrives after a newer one', async (t) => {
+    const page = await open(t, browser, base)
+    await page.locator('[data-stat="Pending"]').waitFor()
+    let delayNext = false
+    let delivered = 0
+    // One answer, made by the server at once, reaches the page 2.5 s late (a slow moment of the network).
+    await page.route('**/api/v1/tasks/stats', async (route) => {
+      if (!delayNext) return route.continue()
+      delayNext = false
+      const response = await route.fetch()
+      await new Promise((resolve) => setTimeout(resolve, 2500))
+      await route.fulfill({ response })
+      delivered++
+    })
+    delayNext = true
+    await createSession(app, 'late-stats', 'one')
+    await new Promise((resolve) => setTimeout(resolve, 700))
+    t.equal((await post(app, '/execute', { session_id: 'late-stats' })).statusCode, 200)
+    await waitFor('the late answer', () => delivered === 1)
+    const stats = (await app.inject({ method: 'GET', url: '/api/v1/tasks/stats' })).json()
+    const shows = `document.querySelector('[data-stat="Pending"]').textContent === '${String(stats.pending_tasks)}' && document.querySelector('[data-stat="Completed"]').textContent === '${String(stats.completed_tasks)}'`
+    await page.waitForFunction(shows, undefined, { timeout: 5000 })
+    t.pass('the panel shows what GET /stats says')
+    await page.unrouteAll({ behavior: 'wait' })
+  })
+
   t.test('a background run moves the progress bar without a reload; cancel; retry the cancelled task; delete with confirmation', async (t) => {
     // Each task after the first waits for the test, so the run is still going when Cancel is
     // clicked, however late the browser sees its progress.
