@@ -309,6 +309,11 @@ function updateRow (row: Row, s: Summary): Row {
   return row
 }
 
+/**
+ * Draws the page of sessions. A row with the keyboard's focus that a change elsewhere would push
+ * to another page stays on this one (after its rows, or before them) until focus leaves the
+ * table: a keyboard user keeps their place.
+ */
 function drawSessions (): void {
   const filter = $<HTMLSelectElement>('filter').value
   const prefix = $<HTMLInputElement>('search').value.trim()
@@ -317,9 +322,14 @@ function drawSessions (): void {
     .sort((a, b) => b.updated_at.localeCompare(a.updated_at))
   const pages = Math.max(1, Math.ceil(shown.length / PAGE_SIZE))
   state.page = Math.min(state.page, pages - 1)
+  const start = state.page * PAGE_SIZE
+  let page = shown.slice(start, start + PAGE_SIZE)
+  const focused = (document.activeElement?.closest('#session-rows tr') as HTMLElement | null)?.dataset.session
+  const at = focused === undefined ? -1 : shown.findIndex((s) => s.session_id === focused)
+  if (at !== -1 && (at < start || at >= start + PAGE_SIZE)) page = at < start ? [shown[at] as Summary, ...page] : [...page, shown[at] as Summary]
   keepFocus($('overview'), () => {
     const next = new Map<string, Row>()
-    for (const s of shown.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE)) {
+    for (const s of page) {
       next.set(s.session_id, updateRow(rows.get(s.session_id) ?? makeRow(s.session_id), s))
     }
     rows = next
@@ -332,6 +342,10 @@ function drawSessions (): void {
 }
 
 $('filter').addEventListener('change', () => { state.page = 0; drawSessions() })
+// A focused row kept on a page it no longer belongs to goes once focus leaves the table.
+$('session-rows').addEventListener('focusout', (event) => {
+  if (!$('session-rows').contains(event.relatedTarget as Node | null)) renderSessions()
+})
 $('search').addEventListener('input', () => { state.page = 0; drawSessions() })
 // A pager button that the page change disables hands focus to the other, not to the list's heading.
 function turnPage (by: number, from: string, other: string): void {

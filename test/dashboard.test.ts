@@ -254,6 +254,34 @@ async function run (browser: Browser): Promise<void> {
     await page.unrouteAll({ behavior: 'wait' })
   })
 
+  t.test('a keyboard user\'s row stays on the page when another session\'s change would push it to the next one, until focus leaves the table', async (t) => {
+    const { app: own, base: ownBase } = await serve(t)
+    // 21 sessions, each changed after the one before: f20 is the newest, f00 alone on page 2.
+    for (let i = 0; i < 21; i++) {
+      await createSession(own, `f${String(i).padStart(2, '0')}`, 'one')
+      await new Promise((resolve) => setTimeout(resolve, 5))
+    }
+    const page = await open(t, browser, ownBase)
+    await page.locator('tr[data-session="f01"]').waitFor()
+    t.equal((await sessionsShown(page)).at(-1), 'f01', 'f01 is the last row of page 1')
+    await page.locator('tr[data-session="f01"] a').focus()
+    await markFocus(page)
+    // f00 changes: it is now the newest, which would push f01 to page 2.
+    t.equal((await post(own, '/execute', { session_id: 'f00' })).statusCode, 200)
+    // The change has reached the page: the totals count it.
+    await page.waitForFunction("document.querySelector('[data-stat=\"Completed\"]')?.textContent === '1'")
+    await settle(page)
+    t.ok(await focusKept(page), 'focus stays on f01\'s link')
+    const shown = await sessionsShown(page)
+    t.equal(shown[0], 'f00', 'the changed session is first')
+    t.equal(shown.at(-1), 'f01', 'and the focused row stays on the page, last')
+    t.equal(shown.length, 21)
+    // Focus leaves the table: f01 goes to page 2, where it belongs.
+    await page.getByLabel('Id starts with').focus()
+    await page.waitForFunction("document.querySelectorAll('#session-rows tr').length === 20")
+    t.notOk((await sessionsShown(page)).includes('f01'), 'and f01 is on page 2 now')
+  })
+
   t.test('a background run moves the progress bar without a reload; cancel; retry the cancelled task; delete with confirmation', async (t) => {
     // Each task after the first waits for the test, so the run is still going when Cancel is
     // clicked, however late the browser sees its progress.
