@@ -210,9 +210,10 @@ function scheduleStats (delay = 300): void {
     renderStats().then(() => {
       statsLoading = false
       if (statsAgain) scheduleStats()
-    }, () => {
+    }, (err: unknown) => {
       statsLoading = false
-      scheduleStats(STATS_RETRY_MS)
+      // A refused key waits for a new one (which loads the totals again), not sent over and over.
+      if (!(err instanceof ApiError && err.status === 401)) scheduleStats(STATS_RETRY_MS)
     })
   }, delay)
 }

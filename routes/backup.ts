@@ -97,17 +97,19 @@ const backupRoutes: FastifyPluginAsyncTypebox<BackupRoutesOptions> = async (app,
     // The client went away: Fastify destroys the stream, which stops the session walk.
     stream.once('close', () => { if (!ended) request.log.warn({ ...counts }, 'Backup stopped before its end') })
     sending.add(reply.raw)
-    const unwatch = watchStall(reply.raw, options.stallMs, () => {
-      request.log.warn({ ...counts, stall_ms: options.stallMs }, 'Backup cut: its client took nothing for TASK_BACKUP_STALL_MS')
-      reply.raw.destroy()
-    })
-    // The place is given back when the answer ends, and when its connection goes: an answer
-    // queued behind another on that connection (pipelined) never had a socket, and never closes.
+    // The place is given back when the answer ends, when its connection goes, and when it is cut:
+    // an answer queued behind another on its connection (pipelined) has no socket yet, and closes
+    // only once it has one.
     const release = (): void => {
       unwatch()
       sending.delete(reply.raw)
       stream.destroy()
     }
+    const unwatch = watchStall(reply.raw, options.stallMs, () => {
+      request.log.warn({ ...counts, stall_ms: options.stallMs }, 'Backup cut: its client took nothing for TASK_BACKUP_STALL_MS')
+      release()
+      reply.raw.destroy()
+    })
     reply.raw.once('close', release)
     request.raw.once('close', release)
     // The schema types the body as the binary string it documents; a stream is sent as is.

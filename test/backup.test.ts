@@ -25,7 +25,7 @@ import { nodeFs } from '../services/store/fs-seam.js'
 import { readTarGz, writeTarGz } from '../services/backup/tar.js'
 import { taskvault } from './cli-run.js'
 import { documents } from './manifests.js'
-import { API, build, get, memoryLog, post, tempDir, type TestContext } from './helper.js'
+import { API, build, get, memoryLog, post, tempDir, waitFor, type TestContext } from './helper.js'
 import { scratch } from './server-process.js'
 import { storedSession } from './session-fixtures.js'
 
@@ -257,6 +257,27 @@ t.test('a backup queued behind a stream on one connection gives its place back w
     after = await backup(app)
   }
   t.equal(after.status, 200, 'the place is free once its connection is gone')
+  t.equal((await entries(after.body)).size, SESSIONS)
+})
+
+t.test('a backup queued behind a stream that the stall cut ends gives its place back, though its connection stays', async (t) => {
+  const dir = await tempDir(t, 'taskvault-backup-')
+  const SESSIONS = 100
+  for (let i = 0; i < SESSIONS; i++) await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(48_000).toString('base64')), { mode: 0o600 })
+  const log = memoryLog()
+  const app = await build(t, { dir, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_BACKUP_MAX_CLIENTS: 1, TASK_BACKUP_STALL_MS: 500 } })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+  // The client reads the stream, so the connection lives; the backup behind it never gets the socket.
+  const socket = connect(port, '127.0.0.1')
+  socket.on('error', () => {})
+  socket.resume()
+  t.teardown(() => { socket.destroy() })
+  await once(socket, 'connect')
+  socket.write(`GET ${API}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET ${API}/backup HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`)
+  await waitFor('the cut', () => log.messages().some((msg) => msg.startsWith('Backup cut: its client took nothing')))
+  const after = await backup(app)
+  t.equal(after.status, 200, 'the place is free once the queued backup is cut')
   t.equal((await entries(after.body)).size, SESSIONS)
 })
 

@@ -501,6 +501,28 @@ async function run (browser: Browser): Promise<void> {
     t.notOk(urls.some((url) => url.includes('key')), 'no key in any URL')
   })
 
+  t.test('a key revoked while the page is open: the totals ask for a new one once, not again and again, and the form keeps its message', async (t) => {
+    const keyed = await serve(t, { config: { TASK_API_KEYS: 'right-key' } })
+    const page = await open(t, browser, keyed.base)
+    await page.locator('#key-form').waitFor()
+    await useKey(page, 'right-key')
+    await page.locator('#overview').waitFor()
+    await page.locator('[data-stat="Pending"]').waitFor()
+    // From now on /stats refuses the key, as a server whose keys changed does.
+    let refusals = 0
+    await page.route('**/api/v1/tasks/stats', async (route) => {
+      refusals++
+      await route.fulfill({ status: 401, contentType: 'application/json', body: JSON.stringify({ statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'invalid API key' }) })
+    })
+    await keyed.app.inject({ method: 'POST', url: '/api/v1/tasks/create', headers: { authorization: 'Bearer right-key' }, payload: { session_id: 'revoked', instructions: 'y' } })
+    await page.locator('#key-message', { hasText: 'refused' }).waitFor()
+    // Past the retry of a failed load (STATS_RETRY_MS, 3 s).
+    await new Promise((resolve) => setTimeout(resolve, 3600))
+    t.equal(refusals, 1, 'the refused key was not sent again')
+    t.match(await page.locator('#key-message').innerText(), /refused/)
+    await page.unrouteAll({ behavior: 'wait' })
+  })
+
   t.test('a key no header can carry is refused with the reason; one already saved brings the form back', async (t) => {
     const keyed = await serve(t, { config: { TASK_API_KEYS: 'right-key' } })
     // A zero-width space pasted with the key: fetch would throw on it before sending anything.
