@@ -16,7 +16,7 @@ declare module 'fastify' {
   }
 }
 
-/** Methods that change nothing (as RFC 9110's safe methods): never counted as changes in progress. */
+/** Methods that change nothing (as RFC 9110's safe methods): never counted as changes in progress, and their answers have no events of their own to wait for. */
 const READS = new Set(['GET', 'HEAD', 'OPTIONS'])
 
 export const EventsOptionsSchema = settingOptions(EVENTS_SETTINGS)
@@ -65,9 +65,10 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
   if (relay !== null && settings.eventsPublishWaitMs > 0) {
     // A change's events are in the shared log before its answer leaves: a client that changes
     // the session next through another replica cannot have that replica's events logged first.
-    // Most answers (reads) find nothing waiting: they go on at once, without a timer or a promise.
-    app.addHook('onSend', (_request, _reply, _payload, done) => {
-      if (!relay.pending) return done()
+    // Reads change nothing, so they have no events to wait for: they go on at once, as do answers
+    // that find nothing waiting, without a timer or a promise.
+    app.addHook('onSend', (request, _reply, _payload, done) => {
+      if (!relay.pending || READS.has(request.method)) return done()
       settledWithin(relay.settled(), settings.eventsPublishWaitMs).then(() => { done() }, done)
     })
   }
@@ -80,7 +81,14 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
     // refetch). A statement still in flight is bounded by its own timeout.
     const deadline = performance.now() + settings.eventsCloseMs
     try {
-      if (relay !== null) await settledWithin(relay.close(), settings.eventsCloseMs)
+      if (relay !== null) {
+        await settledWithin(relay.close(), settings.eventsCloseMs)
+        // Events no other replica will see: the row is left to run out, and its clearing logs a gap (clients reset).
+        if (relay.unpublished) {
+          app.log.warn('Live-view events could not be published before shutdown: this replica\'s row is left to run out, so the replica that clears it logs a gap and every stream resets')
+          store.shared?.eventsUnpublished()
+        }
+      }
     } finally {
       hub.close()
     }

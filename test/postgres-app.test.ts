@@ -1039,3 +1039,31 @@ t.test('after the schema is restored from a pg_dump, a client resuming with an i
     stream.close()
   }
 })
+
+t.test('replicas: while the event log is held up, reads answer at once; a replica shutting down with events it could not publish leaves its row to run out, and the gap is logged', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const quick = { TASK_LEASE_MS: 1000, TASK_SWEEP_INTERVAL_MS: 200 }
+  const a = await postgresApp(t, url, { TASK_REPLICA_ID: 'a', ...quick })
+  const b = await postgresApp(t, url, { TASK_REPLICA_ID: 'b', ...quick, TASK_EVENTS_PUBLISH_WAIT_MS: 20_000, TASK_EVENTS_CLOSE_MS: 200, TASK_DB_STATEMENT_TIMEOUT_MS: 4000 })
+  t.equal((await b.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'read-me', instructions: 'x' } })).statusCode, 200)
+  // Publishing takes the log's lock: held here, b's events wait.
+  const locker = await inspector(t, url)
+  await locker.query("BEGIN; SELECT pg_advisory_xact_lock(hashtext('taskvault.events'))")
+  const creating = b.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'unpublished', instructions: 'y' } })
+  await waitFor('b\'s events to wait', async () => (await locker.query<{ n: string }>("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).rows[0]?.n !== '0')
+  const read = await Promise.race([
+    b.inject({ method: 'GET', url: `${API}/progress?session_id=read-me` }).then((res) => res.statusCode),
+    // Less than the publish's statement timeout, after which events go with a retry and nothing waits for them.
+    sleep(2000, 'still waiting', { ref: false })
+  ])
+  t.equal(read, 200, 'a read does not wait for events it did not make')
+  await b.close()
+  t.equal((await creating).statusCode, 200, 'the create committed (its events did not make it)')
+  const db = await inspector(t, url)
+  t.equal((await db.query("SELECT 1 FROM replicas WHERE replica_id = 'b'")).rowCount, 1, 'b did not leave: its row runs out')
+  await locker.query('COMMIT')
+  await waitFor('a to clear b\'s row and log a gap', async () => (await db.query("SELECT 1 FROM events WHERE name = 'log.gap' AND data::jsonb->'replicas' ? 'b'")).rowCount === 1, 10_000)
+  t.equal((await db.query("SELECT 1 FROM replicas WHERE replica_id = 'b'")).rowCount, 0)
+  t.equal((await a.inject({ method: 'GET', url: `${API}/progress?session_id=unpublished` })).statusCode, 200)
+})

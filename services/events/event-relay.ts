@@ -98,6 +98,11 @@ export class EventRelay {
     if (!this.retrying) this.schedule(this.options.flushMs)
   }
 
+  /** Events (or a gap) that were not published: after close(), ones that never will be. */
+  get unpublished (): boolean {
+    return this.queue.length > 0 || this.owesGap
+  }
+
   /** Whether events wait to be published that settled() would wait for. */
   get pending (): boolean {
     return this.queue.length > 0 && !this.retrying && !this.closed

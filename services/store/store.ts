@@ -245,6 +245,12 @@ export interface SharedSessions {
   publishEvents(events: ReadonlyArray<{ name: string, data: unknown }>, keep: number): Promise<number>
   /** Up to `limit` events after `id`, oldest first, and the id up to which the log was trimmed. */
   eventsAfter(id: number, limit: number): Promise<{ events: LoggedEvent[], trimmed: number }>
+  /**
+   * Events of this replica will never reach the log (a shutdown cut their publishing short): at
+   * close its replica row is left to run out rather than removed, so the replica that clears it
+   * (a sweep, or a restart under the same id) logs a gap, and every replica's streams reset.
+   */
+  eventsUnpublished(): void
 }
 
 /**

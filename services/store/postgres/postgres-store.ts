@@ -175,6 +175,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   private readonly doubtful = new Map<string, KnownRow>()
   /** Active rows restore could not read: left in place, so their ids are not free (see conflict()). */
   private readonly unreadable = new Set<string>()
+  /** Whether close() removes this replica's row (eventsUnpublished() says no). */
+  private leaveAtClose = true
   private readonly index = new ArchiveIndex()
   /** Archived copies sealed under a key this process lacks: left out of lists, reported once. */
   private readonly unopened = new Set<string>()
@@ -847,8 +849,9 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     if (this.closed) return
     this.closed = true
     await this.leases?.close()
-    // Leaving cleanly: gone from /stats at once, not after TASK_LEASE_MS.
-    if (this.leases !== null) await pooledQuery(this.pool, leave(this.replicaId, this.leases.me.instance)).catch(noop)
+    // Leaving cleanly: gone from /stats at once, not after TASK_LEASE_MS (unless events of ours were
+    // lost: the row then runs out, and the replica that clears it logs a gap).
+    if (this.leases !== null && this.leaveAtClose) await pooledQuery(this.pool, leave(this.replicaId, this.leases.me.instance)).catch(noop)
     if (this.ownsPool) await this.pool.end()
   }
 
@@ -1003,6 +1006,10 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     if (events.length === 0) return 0
     const { rows } = await this.run<{ newest: string }>('publishing events', publishEvents(events.map((event) => event.name), events.map((event) => JSON.stringify(event.data)), keep, EVENTS_CHANNEL, this.schema))
     return Number(rows[0]?.newest ?? 0)
+  }
+
+  eventsUnpublished (): void {
+    this.leaveAtClose = false
   }
 
   async eventsAfter (id: number, limit: number): Promise<{ events: LoggedEvent[], trimmed: number }> {
