@@ -132,7 +132,7 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
         '(the start is refused if it does: each replica needs an id of its own)')
     } else if (event.type === 'cleared') {
       app.log.warn({ replica_id: store.replicaId, holder: event.holder, silent_ms: event.silentMs },
-        event.why === 'gone' ? 'Took over this replica id from an earlier process of this host that is gone (killed)' : 'Took over this replica id from a process silent past TASK_LEASE_MS')
+        event.why === 'gone' ? 'Took over this replica id from an earlier process of this host that is gone (killed, or stopped with live-view events unpublished)' : 'Took over this replica id from a process silent past TASK_LEASE_MS')
     } else {
       app.log.error({ replica_id: store.replicaId },
         `Another process claimed this server's TASK_REPLICA_ID '${store.replicaId}', judging this one gone (silent past TASK_LEASE_MS: paused, or cut off from the database; ` +
