@@ -22,16 +22,18 @@ export interface BackupRoutesOptions {
 }
 
 /**
- * Calls `cut` once `res` has had bytes waiting on its client, and the client has taken none, for
- * `stallMs`. A backup slow to make (nothing waiting) is not stalled. Returns the watch's stop.
+ * Calls `cut` once `stream`, piped into `res`, has waited on the client (paused by backpressure)
+ * with nothing more taken by its socket for `stallMs`. A backup slow to make (the stream not
+ * paused) is not stalled, nor is an answer that takes all it is given (app.inject's). Returns
+ * the watch's stop.
  */
-function watchStall (res: ServerResponse, stallMs: number, cut: () => void): () => void {
+function watchStall (res: ServerResponse, stream: Readable, stallMs: number, cut: () => void): () => void {
   let written = -1
   let since = performance.now()
   const timer = setInterval(() => {
     const now = performance.now()
     const bytes = res.socket?.bytesWritten ?? 0
-    if (bytes !== written || !res.writableNeedDrain) {
+    if (bytes !== written || !stream.isPaused()) {
       written = bytes
       since = now
     } else if (now - since >= stallMs) cut()
@@ -105,7 +107,7 @@ const backupRoutes: FastifyPluginAsyncTypebox<BackupRoutesOptions> = async (app,
       sending.delete(reply.raw)
       stream.destroy()
     }
-    const unwatch = watchStall(reply.raw, options.stallMs, () => {
+    const unwatch = watchStall(reply.raw, stream, options.stallMs, () => {
       request.log.warn({ ...counts, stall_ms: options.stallMs }, 'Backup cut: its client took nothing for TASK_BACKUP_STALL_MS')
       release()
       reply.raw.destroy()

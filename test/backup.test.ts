@@ -281,6 +281,20 @@ t.test('a backup queued behind a stream that the stall cut ends gives its place 
   t.equal((await entries(after.body)).size, SESSIONS)
 })
 
+t.test('a backup whose answer takes all it is given (app.inject) is never cut, however long it takes to make', async (t) => {
+  const dir = await tempDir(t, 'taskvault-backup-')
+  const SESSIONS = 100
+  for (let i = 0; i < SESSIONS; i++) await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(48_000).toString('base64')), { mode: 0o600 })
+  const log = memoryLog()
+  const app = await build(t, { dir, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_BACKUP_STALL_MS: 100 } })
+  for (let round = 0; round < 3; round++) {
+    const whole = await backup(app)
+    t.equal(whole.status, 200)
+    t.equal((await entries(whole.body)).size, SESSIONS, `round ${round + 1}: whole`)
+  }
+  t.notOk(log.messages().some((msg) => msg.startsWith('Backup cut')), 'never cut')
+})
+
 t.test('a slow reader that keeps reading is never cut, however long the backup takes', async (t) => {
   const dir = await tempDir(t, 'taskvault-backup-')
   const SESSIONS = 40
