@@ -297,15 +297,15 @@ t.test('a backup whose answer takes all it is given (app.inject) is never cut, h
 
 t.test('a slow reader that keeps reading is never cut, however long the backup takes', async (t) => {
   const dir = await tempDir(t, 'taskvault-backup-')
-  const SESSIONS = 40
+  const SESSIONS = 30
   for (let i = 0; i < SESSIONS; i++) {
     await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(48_000).toString('base64')), { mode: 0o600 })
   }
   const log = memoryLog()
-  const app = await build(t, { dir, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_BACKUP_STALL_MS: 400 } })
+  const app = await build(t, { dir, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_BACKUP_STALL_MS: 1000 } })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as AddressInfo
-  // Some 96 KB every 120 ms: the backup takes seconds, many times TASK_BACKUP_STALL_MS, but never stalls that long.
+  // Some 48 KB every 100 ms: the backup takes seconds, several times TASK_BACKUP_STALL_MS, but never stalls that long.
   const body = await new Promise<Buffer>((resolve, reject) => {
     const req = request({ host: '127.0.0.1', port, path: `${API}/backup` }, (res) => {
       const chunks: Buffer[] = []
@@ -315,10 +315,10 @@ t.test('a slow reader that keeps reading is never cut, however long the backup t
         for (let chunk = res.read() as Buffer | null; chunk !== null; chunk = res.read() as Buffer | null) {
           chunks.push(chunk)
           got += chunk.length
-          if (got >= 98_304) break
+          if (got >= 49_152) break
         }
         if (res.readableEnded) return
-        setTimeout(take, 120)
+        setTimeout(take, 100)
       }
       res.once('end', () => { resolve(Buffer.concat(chunks)) })
       res.once('error', reject)
