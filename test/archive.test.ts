@@ -20,6 +20,16 @@ function movableClock (): { clock: () => Date, advance: (days: number) => void }
 const jsonFiles = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((name) => name.endsWith('.json')).sort()
 const archived = async (dir: string): Promise<string[]> => existsSync(join(dir, 'archive')) ? (await readdir(join(dir, 'archive'))).sort() : []
 
+/**
+ * A folder holding an older copy of `id` in archive/ (under `archivedName`) and a newer active file
+ * of it, one task more: what a bring-back that crashed before removing the archived copy leaves.
+ */
+async function copyLeftBehind (dir: string, id: string, archivedName: string, active: string[]): Promise<void> {
+  await mkdir(join(dir, 'archive'), { mode: 0o700 })
+  await writeFile(join(dir, 'archive', archivedName), storedSession(id, ['Completed'], '2025-06-01T00:00:00.000Z'), { mode: 0o600 })
+  await writeFile(join(dir, `${id}.json`), storedSession(id, active, '2025-06-02T00:00:00.000Z'), { mode: 0o600 })
+}
+
 async function finishedSession (app: Awaited<ReturnType<typeof build>>, id: string, instructions = '1. a\n2. b'): Promise<void> {
   await createSession(app, id, instructions)
   const res = await post(app, '/execute-all', { session_id: id })
@@ -291,9 +301,7 @@ t.test('DELETE removes an archived session; lists filter by archived', async (t)
 t.test('a leftover archived copy of an active session is shadowed, and deleted with it', async (t) => {
   // What a crash between writing the brought-back file and removing the archived one leaves.
   const dir = await tempDir(t)
-  await mkdir(join(dir, 'archive'), { mode: 0o700 })
-  await writeFile(join(dir, 'archive', 'both.json'), storedSession('both', ['Completed'], '2025-06-01T00:00:00.000Z'), { mode: 0o600 })
-  await writeFile(join(dir, 'both.json'), storedSession('both', ['Completed', 'Pending'], '2025-06-02T00:00:00.000Z'), { mode: 0o600 })
+  await copyLeftBehind(dir, 'both', 'both.json', ['Completed', 'Pending'])
   const app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
   const list = (await get(app, '/list?session_id=both')).json()
   t.equal(list.total, 2, 'the active copy is the session')
@@ -309,9 +317,7 @@ t.test('archiving a session whose stale copy sits in archive/ under a stamped na
   // archive, or a backup restored), and the session changed since: the new archive must sort after it.
   const dir = await tempDir(t)
   const stale = Date.now() + 3_600_000
-  await mkdir(join(dir, 'archive'), { mode: 0o700 })
-  await writeFile(join(dir, 'archive', `twice.${stale}.json`), storedSession('twice', ['Completed'], '2025-06-01T00:00:00.000Z'), { mode: 0o600 })
-  await writeFile(join(dir, 'twice.json'), storedSession('twice', ['Completed', 'Completed'], '2025-06-02T00:00:00.000Z'), { mode: 0o600 })
+  await copyLeftBehind(dir, 'twice', `twice.${stale}.json`, ['Completed', 'Completed'])
   let app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
   t.equal((await post(app, '/archive', { older_than_days: 0 })).json().archived, 1)
   const files = await archived(dir)
@@ -332,9 +338,7 @@ t.test('archiving a session whose stale copy sits in archive/ under a stamped na
 
 t.test('a copy in archive/ stamped by hand past 2^53 stops the archive of its session with a 503 naming it; the session stays active', async (t) => {
   const dir = await tempDir(t)
-  await mkdir(join(dir, 'archive'), { mode: 0o700 })
-  await writeFile(join(dir, 'archive', 'far.9999999999999999.json'), storedSession('far', ['Completed'], '2025-06-01T00:00:00.000Z'), { mode: 0o600 })
-  await writeFile(join(dir, 'far.json'), storedSession('far', ['Completed', 'Completed'], '2025-06-02T00:00:00.000Z'), { mode: 0o600 })
+  await copyLeftBehind(dir, 'far', 'far.9999999999999999.json', ['Completed', 'Completed'])
   let app = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
   const pass = await post(app, '/archive', { older_than_days: 0 })
   t.equal(pass.statusCode, 503)

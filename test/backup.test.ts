@@ -10,7 +10,7 @@ import { once } from 'node:events'
 import { createWriteStream, existsSync } from 'node:fs'
 import { mkdir, readFile, readdir, symlink, utimes, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
-import { connect, type AddressInfo } from 'node:net'
+import { connect, type AddressInfo, type Socket } from 'node:net'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -43,6 +43,40 @@ async function jsonFiles (dir: string): Promise<string[]> {
   const names = (await readdir(dir)).filter((name) => name.endsWith('.json'))
   if (existsSync(join(dir, 'archive'))) names.push(...(await readdir(join(dir, 'archive'))).map((name) => `archive/${name}`))
   return names.sort()
+}
+
+/**
+ * A storage folder of `count` sessions whose instructions are incompressible: their archive is
+ * far larger than the socket buffers, so a client that stops reading holds the answer back.
+ */
+async function bulkyFolder (t: TestContext, count: number): Promise<string> {
+  const dir = await tempDir(t, 'taskvault-backup-')
+  for (let i = 0; i < count; i++) {
+    await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(48_000).toString('base64')), { mode: 0o600 })
+  }
+  return dir
+}
+
+/** The app on a bulkyFolder of `count` sessions, logging to memory, with `config`. */
+async function bulkyApp (t: TestContext, count: number, config: Record<string, number>): Promise<{ app: FastifyInstance, log: ReturnType<typeof memoryLog> }> {
+  const log = memoryLog()
+  const app = await build(t, { dir: await bulkyFolder(t, count), logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0, ...config } })
+  return { app, log }
+}
+
+/**
+ * A connection (read on, so it lives) carrying an event stream, with a GET /backup pipelined
+ * behind it: the backup has no socket of its own while the stream lasts. Closed when the test ends.
+ */
+async function backupBehindStream (t: TestContext, app: FastifyInstance): Promise<Socket> {
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const socket = connect((app.server.address() as AddressInfo).port, '127.0.0.1')
+  socket.on('error', () => {})
+  socket.resume()
+  t.teardown(() => { socket.destroy() })
+  await once(socket, 'connect')
+  socket.write(`GET ${API}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET ${API}/backup HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`)
+  return socket
 }
 
 /** GET /backup through inject, whole. */
@@ -157,14 +191,8 @@ t.test('GET /backup while a background run and 16 writers change sessions: each 
 })
 
 t.test('a client that goes away mid-backup: the walk stops, nothing leaks, the server goes on', async (t) => {
-  const dir = await tempDir(t, 'taskvault-backup-')
-  // Incompressible instructions, so the archive is far larger than the socket buffers.
   const SESSIONS = 200
-  for (let i = 0; i < SESSIONS; i++) {
-    await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(48_000).toString('base64')), { mode: 0o600 })
-  }
-  const log = memoryLog()
-  const app = await build(t, { dir, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0 } })
+  const { app, log } = await bulkyApp(t, SESSIONS, {})
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as AddressInfo
   const received = await new Promise<number>((resolve, reject) => {
@@ -189,14 +217,8 @@ t.test('a client that goes away mid-backup: the walk stops, nothing leaks, the s
 })
 
 t.test('a client that stops reading holds a backup place until TASK_BACKUP_STALL_MS cuts it; past TASK_BACKUP_MAX_CLIENTS the answer is 503', async (t) => {
-  const dir = await tempDir(t, 'taskvault-backup-')
-  // Incompressible, so the archive is far larger than the socket buffers.
   const SESSIONS = 200
-  for (let i = 0; i < SESSIONS; i++) {
-    await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(48_000).toString('base64')), { mode: 0o600 })
-  }
-  const log = memoryLog()
-  const app = await build(t, { dir, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_BACKUP_MAX_CLIENTS: 1, TASK_BACKUP_STALL_MS: 1500 } })
+  const { app, log } = await bulkyApp(t, SESSIONS, { TASK_BACKUP_MAX_CLIENTS: 1, TASK_BACKUP_STALL_MS: 1500 })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as AddressInfo
   // A client that asks for a backup, takes its first bytes, then reads no more.
@@ -231,20 +253,10 @@ t.test('a client that stops reading holds a backup place until TASK_BACKUP_STALL
 })
 
 t.test('a backup queued behind a stream on one connection gives its place back when the connection goes', async (t) => {
-  const dir = await tempDir(t, 'taskvault-backup-')
-  // Incompressible, so the queued answer cannot be made whole in memory while it waits for the socket.
+  // Bulky, so the queued answer cannot be made whole in memory while it waits for the socket.
   const SESSIONS = 100
-  for (let i = 0; i < SESSIONS; i++) await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(48_000).toString('base64')), { mode: 0o600 })
-  const log = memoryLog()
-  const app = await build(t, { dir, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_BACKUP_MAX_CLIENTS: 1 } })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const { port } = app.server.address() as AddressInfo
-  // A stream never ends: the backup pipelined behind it waits, with no socket of its own.
-  const socket = connect(port, '127.0.0.1')
-  socket.on('error', () => {})
-  socket.resume()
-  await once(socket, 'connect')
-  socket.write(`GET ${API}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET ${API}/backup HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`)
+  const { app, log } = await bulkyApp(t, SESSIONS, { TASK_BACKUP_MAX_CLIENTS: 1 })
+  const socket = await backupBehindStream(t, app)
   // Both requests taken in: the backup has its place before the next one asks.
   while (log.messages().filter((msg) => msg === 'incoming request').length < 2) await sleep(10)
   await sleep(100)
@@ -261,20 +273,10 @@ t.test('a backup queued behind a stream on one connection gives its place back w
 })
 
 t.test('a backup queued behind a stream that the stall cut ends gives its place back, though its connection stays', async (t) => {
-  const dir = await tempDir(t, 'taskvault-backup-')
   const SESSIONS = 100
-  for (let i = 0; i < SESSIONS; i++) await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(48_000).toString('base64')), { mode: 0o600 })
-  const log = memoryLog()
-  const app = await build(t, { dir, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_BACKUP_MAX_CLIENTS: 1, TASK_BACKUP_STALL_MS: 500 } })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const { port } = app.server.address() as AddressInfo
-  // The client reads the stream, so the connection lives; the backup behind it never gets the socket.
-  const socket = connect(port, '127.0.0.1')
-  socket.on('error', () => {})
-  socket.resume()
-  t.teardown(() => { socket.destroy() })
-  await once(socket, 'connect')
-  socket.write(`GET ${API}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET ${API}/backup HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`)
+  const { app, log } = await bulkyApp(t, SESSIONS, { TASK_BACKUP_MAX_CLIENTS: 1, TASK_BACKUP_STALL_MS: 500 })
+  // The connection lives (its stream is read); the backup behind it never gets the socket.
+  await backupBehindStream(t, app)
   await waitFor('the cut', () => log.messages().some((msg) => msg.startsWith('Backup cut: its client took nothing')))
   const after = await backup(app)
   t.equal(after.status, 200, 'the place is free once the queued backup is cut')
@@ -282,11 +284,8 @@ t.test('a backup queued behind a stream that the stall cut ends gives its place 
 })
 
 t.test('a backup whose answer takes all it is given (app.inject) is never cut, however long it takes to make', async (t) => {
-  const dir = await tempDir(t, 'taskvault-backup-')
   const SESSIONS = 100
-  for (let i = 0; i < SESSIONS; i++) await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(48_000).toString('base64')), { mode: 0o600 })
-  const log = memoryLog()
-  const app = await build(t, { dir, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_BACKUP_STALL_MS: 100 } })
+  const { app, log } = await bulkyApp(t, SESSIONS, { TASK_BACKUP_STALL_MS: 100 })
   for (let round = 0; round < 3; round++) {
     const whole = await backup(app)
     t.equal(whole.status, 200)
@@ -296,13 +295,8 @@ t.test('a backup whose answer takes all it is given (app.inject) is never cut, h
 })
 
 t.test('a slow reader that keeps reading is never cut, however long the backup takes', async (t) => {
-  const dir = await tempDir(t, 'taskvault-backup-')
   const SESSIONS = 30
-  for (let i = 0; i < SESSIONS; i++) {
-    await writeFile(join(dir, `s${i}.json`), storedSession(`s${i}`, ['Pending'], '2026-01-01T00:00:00.000Z', randomBytes(48_000).toString('base64')), { mode: 0o600 })
-  }
-  const log = memoryLog()
-  const app = await build(t, { dir, logger: log.logger, config: { TASK_ARCHIVE_DAYS: 0, TASK_BACKUP_STALL_MS: 1000 } })
+  const { app, log } = await bulkyApp(t, SESSIONS, { TASK_BACKUP_STALL_MS: 1000 })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as AddressInfo
   // Some 48 KB every 100 ms: the backup takes seconds, several times TASK_BACKUP_STALL_MS, but never stalls that long.
