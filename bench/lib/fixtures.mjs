@@ -3,6 +3,8 @@ import { execFileSync } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { FileSessionStore } from '../../dist/services/store/file-store.js'
+import { serializeSessionFile } from '../../dist/services/store/session-files.js'
 import { FORMAT_VERSION, MARKER_FILE } from '../../dist/services/store/storage-folder.js'
 
 const BASE_MS = Date.parse('2025-11-04T08:00:00.000Z')
@@ -79,6 +81,20 @@ export function sessionOfBytes (id, bytes) {
   const last = file.session.tasks[file.session.tasks.length - 1]
   if (missing > 0) last.instruction += ' ' + 'x'.repeat(Math.max(0, missing - 1))
   return file
+}
+
+/**
+ * Writes every session of the storage folder `source` into the new folder `target`, sealed under
+ * `keyring`'s active key, as a store would write it (the folder marked); the files are written
+ * as the fixtures are (no fsync each, one sync at the end).
+ */
+export async function writeSealedCopy (source, target, keyring) {
+  const { sessions } = await new FileSessionStore({ dir: source }).loadAll({ concurrency: 2 })
+  const store = new FileSessionStore({ dir: target, keyring })
+  await store.init()
+  await store.close()
+  for (const { file } of sessions) writeFileSync(join(target, `${file.session_id}.json`), await serializeSessionFile(file, 2, Number.POSITIVE_INFINITY, keyring), { mode: 0o600 })
+  execFileSync('sync')
 }
 
 export function tempDir (label) {

@@ -9,13 +9,11 @@
 // Each reader thread is a new V8 isolate, which compiles its hot code again at every restore.
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { readFileSync, readdirSync } from 'node:fs'
 import { FileSessionStore } from '../../dist/services/store/file-store.js'
 import { Keyring } from '../../dist/services/store/keyring.js'
-import { serializeSessionFile } from '../../dist/services/store/session-files.js'
 import { TaskManager } from '../../dist/services/task-manager.js'
-import { removeDir, tempDir, writeSessions } from '../lib/fixtures.mjs'
+import { removeDir, tempDir, writeSealedCopy, writeSessions } from '../lib/fixtures.mjs'
 
 const [mode, ...rest] = process.argv.slice(2)
 
@@ -45,12 +43,7 @@ const plain = tempDir('restore-cpu-plain')
 const sealed = tempDir('restore-cpu-sealed')
 try {
   writeSessions(plain, sessions, 10)
-  const source = new FileSessionStore({ dir: plain })
-  const { sessions: loaded } = await source.loadAll({ concurrency: 2 })
-  const target = new FileSessionStore({ dir: sealed, keyring: Keyring.parse(KEYS) })
-  await target.init()
-  await target.close()
-  for (const { file } of loaded) writeFileSync(join(sealed, `${file.session_id}.json`), await serializeSessionFile(file, 2, Number.POSITIVE_INFINITY, Keyring.parse(KEYS)), { mode: 0o600 })
+  await writeSealedCopy(plain, sealed, Keyring.parse(KEYS))
   console.log(`${sessions.toLocaleString('en-US')} sessions x 10 tasks, ${rounds} restores each; CPU ms per restore (median wall ms)`)
   for (const [name, dir, keys] of [['plaintext', plain, '-'], ['sealed', sealed, KEYS]]) {
     const threads = await threadTimes(dir, keys)

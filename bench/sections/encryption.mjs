@@ -1,15 +1,12 @@
 // 10. Encryption at rest: the same work with TASK_ENCRYPTION_KEYS set against unset, in the same
 // run. Save p50 of a 3 KB session (goal <= 1.1x), restore of 10,000 sessions (<= 1.3x; 2,000 in
 // the quick run), and POST /create at 50 connections (>= 0.9x).
-import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { FileSessionStore } from '../../dist/services/store/file-store.js'
 import { Keyring } from '../../dist/services/store/keyring.js'
-import { serializeSessionFile } from '../../dist/services/store/session-files.js'
 import { TaskManager } from '../../dist/services/task-manager.js'
-import { THREE_TASK_TEXT, sessionOfBytes } from '../lib/fixtures.mjs'
+import { THREE_TASK_TEXT, sessionOfBytes, writeSealedCopy } from '../lib/fixtures.mjs'
 import { load, startServers } from '../lib/http.mjs'
 import { collect, interleaved, median, now, percentile } from '../lib/stats.mjs'
 
@@ -83,16 +80,7 @@ export async function benchEncryption ({ P, quick, row, sections, alternate, tra
   const runs = { plain: [], sealed: [] }
   try {
     const plain = fixture(count, 10)
-    {
-      const source = new FileSessionStore({ dir: plain.dir })
-      const { sessions } = await source.loadAll({ concurrency: 2 })
-      // The store marks the folder; the files are written as the fixtures are (no fsync each, one sync at the end).
-      const target = new FileSessionStore({ dir: sealedCopy, keyring })
-      await target.init()
-      await target.close()
-      for (const { file: session } of sessions) writeFileSync(join(sealedCopy, `${session.session_id}.json`), await serializeSessionFile(session, 2, Number.POSITIVE_INFINITY, keyring), { mode: 0o600 })
-      execFileSync('sync')
-    }
+    await writeSealedCopy(plain.dir, sealedCopy, keyring)
     if (early !== null) servers = await early
     await restoreMs(plain.dir, null)
     await restoreMs(sealedCopy, keyring)
