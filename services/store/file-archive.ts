@@ -130,19 +130,20 @@ export class FileArchive {
     // the newest copy is the session, so this one must sort last whatever the clock says.
     const newest = this.index.newest(sessionId)
     let stamp = newest === null ? 0 : Math.max(newest.stamp + 1, Date.now())
-    let name = stamp === 0 ? `${sessionId}.json` : `${sessionId}.${stamp}.json`
+    let name: string
     try {
-      // A copy named by hand past what a stamp can be counted to (2^53) has no name after it.
-      if (!Number.isSafeInteger(stamp)) throw new Error(`archive/ holds ${newest?.name ?? ''}, stamped past the last stamp taskvault can name a later copy by; rename or remove it`)
       await this.files.ensureRealDir(this.dir)
-      // Only ENOENT means the name is free; any other lstat error stops the move rather than risk an overwrite.
-      while (await this.fs.lstat(join(this.dir, name)).then(() => true, (err: NodeJS.ErrnoException) => {
-        if (err.code === 'ENOENT') return false
-        throw err
-      })) {
+      for (;;) {
+        // A copy named by hand past what a stamp can be counted to (2^53) has no name after it.
+        if (!Number.isSafeInteger(stamp)) throw new Error(`archive/ holds ${newest?.name ?? `copies of '${sessionId}'`}, stamped past the last stamp taskvault can name a later copy by; rename or remove it`)
+        name = stamp === 0 ? `${sessionId}.json` : `${sessionId}.${stamp}.json`
+        // Only ENOENT means the name is free; any other lstat error stops the move rather than risk an overwrite.
+        const taken = await this.fs.lstat(join(this.dir, name)).then(() => true, (err: NodeJS.ErrnoException) => {
+          if (err.code === 'ENOENT') return false
+          throw err
+        })
+        if (!taken) break
         stamp = Math.max(stamp + 1, Date.now())
-        if (!Number.isSafeInteger(stamp)) throw new Error(`no free name for a copy in archive/ after ${name}`)
-        name = `${sessionId}.${stamp}.json`
       }
     } catch (err) {
       throw new StorageError(operation, err as NodeJS.ErrnoException)
