@@ -561,11 +561,16 @@ function updateTask (view: TaskView, task: Task): TaskView {
   return view
 }
 
-function sessionAction (button: string, work: (id: string) => Promise<void>): void {
+/**
+ * `ask`: a question to confirm first. It is asked before the action starts: a dismissed one
+ * leaves nothing in flight, so the button answers the next click at once.
+ */
+function sessionAction (button: string, work: (id: string) => Promise<void>, ask?: (id: string) => string): void {
   const control = $(button)
   control.addEventListener('click', () => {
     const id = state.detail?.session_id
-    if (id === undefined) return
+    if (id === undefined || inFlight.has(actionKey(button, id))) return
+    if (ask !== undefined && !confirm(ask(id))) return
     void act(async () => {
       await work(id)
       if (state.detail?.session_id === id && location.hash !== '#/') await loadDetail(id)
@@ -598,12 +603,11 @@ sessionAction('act-retry', async (id) => {
   notice(`${retried.task_ids.length} task(s) pending again`)
 })
 sessionAction('act-delete', async (id) => {
-  if (!confirm(`Delete session ${id} and its file? This cannot be undone.`)) return
   await api('DELETE', `/sessions/${encodeURIComponent(id)}`)
   state.sessions.delete(id)
   notice(`Deleted ${id}`)
   location.hash = '#/'
-})
+}, (id) => `Delete session ${id} and its file? This cannot be undone.`)
 
 // ---- routing ----
 

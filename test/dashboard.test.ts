@@ -311,11 +311,18 @@ async function run (browser: Browser): Promise<void> {
     await page.waitForFunction("document.querySelectorAll('[data-status=Failed]').length === 0")
     t.pass('the cancelled task is Pending again')
 
+    // The session's reads are held from here on: a dismissed confirmation must leave nothing in
+    // flight (it once reloaded the session, and a click meanwhile was ignored as a second delete).
+    const held: Array<() => Promise<void>> = []
+    await page.route('**/api/v1/tasks/list?session_id=live-run', (route) => { held.push(() => route.continue()) })
+    t.teardown(() => Promise.all(held.map(async (release) => release().catch(() => {}))))
     page.once('dialog', (dialog) => { void dialog.dismiss() })
     await page.getByRole('button', { name: 'Delete…' }).click()
     t.ok(await page.locator('#session').isVisible(), 'dismissed: still there')
-    page.once('dialog', (dialog) => { void dialog.accept() })
+    t.equal(await page.getByRole('button', { name: 'Delete…' }).getAttribute('aria-busy'), null, 'and not busy')
+    const asked = new Promise<void>((resolve) => page.once('dialog', (dialog) => { void dialog.accept().then(resolve) }))
     await page.getByRole('button', { name: 'Delete…' }).click()
+    await asked
     await page.locator('#overview').waitFor()
     t.equal(await page.locator('tr[data-session="live-run"]').count(), 0, 'gone from the table')
     t.equal((await app.inject({ method: 'GET', url: '/api/v1/tasks/progress?session_id=live-run' })).statusCode, 404)
