@@ -142,6 +142,34 @@ t.test('two replicas change one session at once and the first publishes last: no
   t.same(calm.filter((e) => e.event === 'reset'), [], 'no reset for changes made one after another')
 })
 
+t.test('a change racing a delete or an archive through another replica, published after it: no stream shows it after the session.deleted or session.archived; they reset instead', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const agent = await recordingAgent(t)
+  const set = await replicaSet(t, url, agent, { TASK_LEASE_MS: '30000' })
+  const [a, b] = await Promise.all([set.start('pa', SLOW_PUBLISH), set.start('pb')]) as [ServerProcess, ServerProcess]
+  const streams = await Promise.all([openStream(t, `${a.base}${API}/events`), openStream(t, `${b.base}${API}/events`)])
+  t.equal((await call(b, 'POST', `${API}/create`, { session_id: 'doomed', instructions: 'one' })).status, 200)
+  t.equal((await call(b, 'POST', `${API}/create`, { session_id: 'shelved', instructions: 'one' })).status, 200)
+  // pa's changes commit first; their events wait to be published while pb's delete and archive are logged.
+  t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'doomed', instructions: 'two' })).status, 200)
+  t.equal((await call(b, 'DELETE', `${API}/sessions/doomed`)).status, 204)
+  t.equal((await call(a, 'POST', `${API}/execute-all`, { session_id: 'shelved' })).status, 200)
+  t.same((await call(b, 'POST', `${API}/archive`, { older_than_days: 0 })).body.archived_ids, ['shelved'])
+  t.equal((await call(b, 'POST', `${API}/create`, { session_id: 'after', instructions: 'one' })).status, 200)
+  for (const [n, stream] of streams.entries()) {
+    // pa's late events are in the log once its next batch is: after pb's `after`, at most a flush later.
+    const events = await stream.until((events) => events.some(created('after')) && events.some((e) => e.event === 'reset'), 10_000)
+    for (const [id, end] of [['doomed', 'session.deleted'], ['shelved', 'session.archived']] as const) {
+      const shown = sessionEvents(events, id)
+      const at = shown.findIndex((e) => e.event === end)
+      t.ok(at !== -1, `stream ${n}: ${id}'s ${end} shown`)
+      const next = shown.slice(at + 1).find((e) => e.event === 'reset' || e.data.session_id === id)
+      t.ok(next === undefined || next.event === 'reset', `stream ${n}: nothing of ${id} after its ${end} but a reset (${next?.event ?? 'none'})`)
+    }
+  }
+})
+
 t.test('a row in the events table that no replica wrote (its data null, not an object, or without a session id) is passed over; the live view goes on', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

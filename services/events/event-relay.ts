@@ -198,13 +198,14 @@ export class EventRelay {
   /**
    * The event's data without its order; null when an event of its session logged before it
    * stood further on (row, then version: a session brought back from the archive, or deleted and
-   * created again, gets a new row with a higher id); undefined when it is not an event's data
+   * created again, gets a new row with a higher id; a delete or an archive ends its row, past
+   * every version of it); undefined when it is not an event's data
    * (a row not written by taskvault), passed over like an unknown name.
    */
   private inOrder (data: unknown): TaskEventData | null | undefined {
     if (typeof data !== 'object' || data === null || typeof (data as TaskEventData).session_id !== 'string') return undefined
     const { [ORDER_FIELD]: tag, ...rest } = data as TaskEventData
-    // No order: the store had no active row for it (an archive, a delete), or an older replica published it.
+    // No order: the store had no active row for it (an archived copy's delete), or an older replica published it.
     const parts = typeof tag === 'string' ? ORDER.exec(tag) : null
     if (parts === null) return tag === undefined ? data as TaskEventData : rest as TaskEventData
     const sessionId = rest.session_id

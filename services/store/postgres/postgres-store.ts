@@ -129,6 +129,9 @@ interface KnownRow extends RowVersion {
  */
 type Outcome = { kind: 'row', data: Buffer, kid: string } | { kind: 'gone' }
 
+/** The version an ended row's order names (orderOf): the largest a bigint holds, past any the row had. */
+const ENDED_VERSION = '9223372036854775807'
+
 /** Uncertain writes of one session remembered at most (each failed write-back adds one). */
 const MAX_UNSURE = 8
 
@@ -191,6 +194,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   readonly shared: SharedSessions | undefined
   readonly leaseMs: number
   private readonly leases: LeaseKeeper | null
+  /**
+   * Rows a delete or an archive of ours ended, by session, until the event of that change takes
+   * its order (orderOf): a later-logged event of that row is then known to be older.
+   */
+  private readonly ended = new Map<string, string>()
   /** Sessions another replica held a live lease on when last read (refresh, list), by holder. */
   private readonly elsewhere = new Map<string, string>()
   private closed = false
@@ -526,7 +534,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       // Missing is not an error; found but left alone means it was at another version.
       return deleted > 0 || found === null ? true : null
     })
-    this.forget(sessionId)
+    this.end(sessionId)
     this.unreadable.delete(sessionId)
     this.doubtful.delete(sessionId)
   }
@@ -548,7 +556,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       throw err
     })
     this.doubtful.delete(sessionId)
-    this.forget(sessionId)
+    this.end(sessionId)
     const name = archivedLikeName(sessionId, row.row_id)
     this.index.add(sessionId, { name, bytes: row.bytes, stamp: Number(row.row_id) }, summarize(file, name))
   }
@@ -923,7 +931,12 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   orderOf (sessionId: string): string | null {
     const row = this.rows.get(sessionId)
-    return row === undefined ? null : `${row.row}.${row.version}`
+    if (row !== undefined) return `${row.row}.${row.version}`
+    const ended = this.ended.get(sessionId)
+    if (ended === undefined) return null
+    // Taken once, by the delete's or the archive's event: past every version of its row.
+    this.ended.delete(sessionId)
+    return `${ended}.${ENDED_VERSION}`
   }
 
   async acquire (sessionId: string): Promise<{ epoch: string, cancelRequested: boolean }> {
@@ -1149,8 +1162,16 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   /** Records the active row of a session, and its key for the encryption stats. */
   private known (sessionId: string, row: KnownRow): void {
     this.forget(sessionId)
+    this.ended.delete(sessionId)
     this.rows.set(sessionId, row)
     this.kidCounts.set(row.kid, (this.kidCounts.get(row.kid) ?? 0) + 1)
+  }
+
+  /** A delete or an archive of ours ended the session's active row: the event of that change is ordered after every change of the row (orderOf). */
+  private end (sessionId: string): void {
+    const row = this.rows.get(sessionId)
+    if (row !== undefined) this.ended.set(sessionId, row.row)
+    this.forget(sessionId)
   }
 
   /** The session has no active row (any more). */
