@@ -95,7 +95,11 @@ export const CreateResponse = Type.Object({
   task_ids: Type.Array(Type.String()),
   total_tasks: Type.Integer({ description: 'Tasks this call added' }),
   tasks: Type.Array(Task)
-}, { examples: [{ session_id: 'important_work', task_ids: [exampleTask.id, pendingTask.id], total_tasks: 2, tasks: [{ ...exampleTask, status: 'Pending', result: null, confidence: null, started_at: null, completed_at: null, attempts: 0 }, pendingTask] }] })
+}, {
+  // Documented for clients (OpenAPI response headers); the serializer ignores it.
+  headers: { 'idempotent-replayed': Type.Literal('true', { description: 'Sent only on a replay: the answer this Idempotency-Key had, and nothing added' }) },
+  examples: [{ session_id: 'important_work', task_ids: [exampleTask.id, pendingTask.id], total_tasks: 2, tasks: [{ ...exampleTask, status: 'Pending', result: null, confidence: null, started_at: null, completed_at: null, attempts: 0 }, pendingTask] }]
+})
 
 export const Progress = Type.Object({
   total: Type.Integer(),
@@ -320,7 +324,10 @@ export const ReadyResponse = Type.Object({ status: Type.Literal('ready'), sessio
 
 export const responses = {
   // 409: the session is being archived at that moment (retried a few times first), or another replica changed it (PostgreSQL).
-  create: { 200: CreateResponse, ...errors(400, 401, 409, 413, 415, 422, 503, 507) },
+  create: {
+    200: CreateResponse,
+    ...errors(400, 401, 409, 413, 415, 422, 503, 507)
+  },
   execute: { 200: ExecuteResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   executeAll: { 200: ExecuteAllResponse, 202: BackgroundRunResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   cancel: { 200: CancelResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
@@ -339,7 +346,8 @@ export const responses = {
   },
   retry: { 200: RetryResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   events: { 200: EventStream, ...errors(400, 401, 503) },
-  index: { 200: IndexResponse, 302: { description: 'A browser (Accept: text/html) is sent to the dashboard' }, ...errors() },
+  // No body: `Location` says where (Type.Null keeps the document from naming a JSON one).
+  index: { 200: IndexResponse, 302: Type.Null({ description: 'A browser (Accept: text/html) is sent to the dashboard, named by the Location header', headers: { location: Type.String({ description: '/dashboard/' }) } }), ...errors() },
   health: { 200: HealthResponse, ...errors() },
   ready: { 200: ReadyResponse, ...errors(503) }
 }

@@ -238,6 +238,22 @@ t.test('create answers neither-or-both with its own error, as before the documen
   }
 })
 
+t.test('headers an answer carries are in the document: a replayed create\'s Idempotent-Replayed, and the Location of the 302 from /, which has no body', async (t) => {
+  const app = await build(t)
+  const doc = (await app.inject({ method: 'GET', url: '/documentation/json' })).json<OpenApi>()
+  const send = async (): Promise<Awaited<ReturnType<typeof app.inject>>> => app.inject({ method: 'POST', url: '/api/v1/tasks/create', headers: { 'idempotency-key': 'k1' }, payload: { session_id: 'replayed', instructions: 'one' } })
+  t.equal((await send()).headers['idempotent-replayed'], undefined, 'not on a first create')
+  t.equal((await send()).headers['idempotent-replayed'], 'true')
+  const created = doc.paths['/api/v1/tasks/create']?.post?.responses['200'] as { headers?: Record<string, { schema: object }> }
+  t.same(created.headers?.['idempotent-replayed']?.schema, { const: 'true', type: 'string' })
+  const moved = await app.inject({ method: 'GET', url: '/', headers: { accept: 'text/html' } })
+  t.equal(moved.statusCode, 302)
+  t.equal(moved.body, '')
+  const redirect = doc.paths['/']?.get?.responses['302'] as { headers?: Record<string, unknown>, content?: unknown }
+  t.equal(redirect.content, undefined, 'no body documented')
+  t.ok(redirect.headers?.location !== undefined, `Location documented, as ${String(moved.headers.location)}`)
+})
+
 t.test('servers, license and security are declared, with keys and without', async (t) => {
   const open = await documentOf(t)
   t.same(open.servers, [{ url: '/', description: 'The server serving this document' }], 'relative: the API is where the document is')
