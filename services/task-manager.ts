@@ -60,6 +60,13 @@ const silent: Logger = { info () {}, warn () {}, error () {} }
 /** A keyed create met its key in this replica's copy: judged again on the stored session. */
 class StaleCopyError extends Error {}
 
+/** A task found running at restore or takeover: its interruptions now, and whether that failed it. */
+interface Interruption {
+  taskId: string
+  count: number
+  failed: boolean
+}
+
 /**
  * Owns the sessions: restores them, appends tasks, runs them one at a time per session
  * through executors chosen by task type, and shuts down without losing acknowledged work.
@@ -194,13 +201,11 @@ export class TaskManager {
       const interrupted = file.session.tasks.filter((task) => task.status === 'InProgress')
       if (interrupted.length === 0) continue
       resetTasks += interrupted.length
-      let failed: string[] = []
+      let noted: Interruption[] = []
       resets.push(this.registry.change(file.session_id, (draft) => {
-        failed = []
-        for (const task of liveFile(draft).session.tasks) {
-          if (task.status === 'InProgress' && this.interrupted(file.session_id, task, draft.now)) failed.push(task.id)
-        }
-      }, { records: true }).then(() => { this.failedHere(file.session_id, failed) }, (err: Error) => this.log.error({ session_id: file.session_id, err }, 'Could not save the reset of interrupted tasks')))
+        noted = []
+        for (const task of liveFile(draft).session.tasks) if (task.status === 'InProgress') this.interrupted(task, draft.now, noted)
+      }, { records: true }).then(() => { this.reportInterrupted(file.session_id, noted) }, (err: Error) => this.log.error({ session_id: file.session_id, err }, 'Could not save the reset of interrupted tasks')))
     }
     await Promise.all(resets)
     const archive = await this.store.openArchive({ concurrency: this.settings.restoreConcurrency })
@@ -223,17 +228,22 @@ export class TaskManager {
    * unless that has happened TASK_MAX_INTERRUPTIONS times: a task that kills the process must not
    * loop forever. True when it was failed so.
    */
-  private interrupted (sessionId: string, task: Task, now: Date): boolean {
+  private interrupted (task: Task, now: Date, noted: Interruption[]): void {
     const count = (task.interruptions ?? 0) + 1
     task.interruptions = count
-    if (count >= this.settings.maxInterruptions) {
-      Object.assign(task, { status: 'Failed', error: `interrupted ${count} time${count === 1 ? '' : 's'}`, result: null, confidence: null, completed_at: isoNow(now) })
-      this.log.error({ session_id: sessionId, task_id: task.id, interruptions: count }, 'Task interrupted too often; failed')
-      return true
+    const failed = count >= this.settings.maxInterruptions
+    if (failed) Object.assign(task, { status: 'Failed', error: `interrupted ${count} time${count === 1 ? '' : 's'}`, result: null, confidence: null, completed_at: isoNow(now) })
+    else task.status = 'Pending'
+    noted.push({ taskId: task.id, count, failed })
+  }
+
+  /** Logs interrupted tasks once their reset is durable (a reset that failed left them as they were); those failed count as finished. */
+  private reportInterrupted (sessionId: string, noted: readonly Interruption[]): void {
+    for (const { taskId, count, failed } of noted) {
+      if (failed) this.log.error({ session_id: sessionId, task_id: taskId, interruptions: count }, 'Task interrupted too often; failed')
+      else this.log.warn({ session_id: sessionId, task_id: taskId, interruptions: count }, 'Task was interrupted; set back to Pending')
     }
-    task.status = 'Pending'
-    this.log.warn({ session_id: sessionId, task_id: task.id, interruptions: count }, 'Task was interrupted; set back to Pending')
-    return false
+    this.failedHere(sessionId, noted.filter((note) => note.failed).map((note) => note.taskId))
   }
 
   /** Tasks failed here rather than by a run (interrupted too often, cancelled while their replica was gone), once durable: counted as finished, as a run's are. */
@@ -280,8 +290,10 @@ export class TaskManager {
         return
       }
       let failed: string[] = []
+      let noted: Interruption[] = []
       const resume = await this.registry.change(sessionId, (draft) => {
         failed = []
+        noted = []
         const file = draft.file
         if (file === null || runningHere()) return unchanged(false)
         const interrupted = file.session.tasks.filter((task) => task.status === 'InProgress')
@@ -294,12 +306,13 @@ export class TaskManager {
           delete file.background_run
           return false
         }
-        for (const task of interrupted) if (this.interrupted(sessionId, task, draft.now)) failed.push(task.id)
+        for (const task of interrupted) this.interrupted(task, draft.now, noted)
         const run = file.background_run !== undefined
         return interrupted.length === 0 ? unchanged(run) : run
       }, { fresh: true, records: true })
       applied = true
       this.failedHere(sessionId, failed)
+      this.reportInterrupted(sessionId, noted)
       // TASK_RESUME_ON_START=false: the run's record stays (and the lease goes back) until a
       // replica started with true, or an execute-all, carries it on.
       if (resume && !this.shuttingDown && !this.settings.resumeOnStart) {

@@ -152,6 +152,48 @@ t.test('a session filled to TASK_MAX_SESSION_BYTES by its instructions still run
   t.match(await storedTasks(dir, 'full'), [{ status: 'Pending', interruptions: 1 }, { status: 'Pending' }], 'and on disk')
 })
 
+t.test('a session stored past a TASK_MAX_SESSION_BYTES lowered since: an interrupted task is set back, logged once that is durable, and its tasks run (results past the bound fail them with the reason); new instructions are refused', async (t) => {
+  const dir = await tempDir(t)
+  const executors = { default: async () => ({ result: 'ok' }) }
+  const first = await build(t, { dir, executors })
+  t.equal((await post(first, '/create', { session_id: 'grown', tasks: [{ instruction: 'x'.repeat(40_000) }, { instruction: 'y'.repeat(40_000) }, { instruction: 'three' }] })).statusCode, 200)
+  await first.close()
+  const stored = JSON.parse(await readFile(join(dir, 'grown.json'), 'utf8')) as SessionFile
+  Object.assign(stored.session.tasks[0] as object, { status: 'InProgress', attempts: 1, started_at: AT })
+  await writeFile(join(dir, 'grown.json'), JSON.stringify(stored, null, 2) + '\n')
+
+  const logs: Array<{ msg: string, task_id?: string }> = []
+  const config = { TASK_MAX_SESSION_BYTES: 64 * 1024 }
+  const app = await build(t, { dir, config, executors, logger: { level: 'warn', stream: { write: (line: string) => { logs.push(JSON.parse(line)) } } } })
+  t.match(await storedTasks(dir, 'grown'), [{ status: 'Pending', interruptions: 1 }, { status: 'Pending' }, { status: 'Pending' }], 'set back, on disk')
+  t.equal(logs.filter((entry) => entry.msg === 'Task was interrupted; set back to Pending').length, 1)
+  // Each runs (it was refused with a 400 before any agent call); its result, content past the bound, fails it with the reason.
+  for (let n = 0; n < 3; n++) {
+    const res = await post(app, '/execute', { session_id: 'grown' })
+    t.equal(res.statusCode, 200, res.body.slice(0, 200))
+    t.match(res.json(), { status: 'Failed', error: /would make the session larger than TASK_MAX_SESSION_BYTES/ }, `task ${n + 1} ran`)
+  }
+  t.match(await storedTasks(dir, 'grown'), [{ status: 'Failed', attempts: 2 }, { status: 'Failed' }, { status: 'Failed' }])
+  t.equal((await post(app, '/create', { session_id: 'grown', instructions: 'four' })).statusCode, 400, 'new instructions are held to the bound')
+})
+
+t.test('a reset of an interrupted task that is not saved logs no "set back": the task stays as stored, and the log says why', async (t) => {
+  const dir = await tempDir(t)
+  const first = await build(t, { dir })
+  await post(first, '/create', { session_id: 'stuck', instructions: 'one' })
+  await first.close()
+  const stored = JSON.parse(await readFile(join(dir, 'stuck.json'), 'utf8')) as SessionFile
+  Object.assign(stored.session.tasks[0] as object, { status: 'InProgress', attempts: 1, started_at: AT })
+  await writeFile(join(dir, 'stuck.json'), JSON.stringify(stored, null, 2) + '\n')
+  const logs: Array<{ msg: string }> = []
+  const fs = faultFs()
+  fs.fail('write', 'ENOSPC')
+  await build(t, { dir, fs, logger: { level: 'warn', stream: { write: (line: string) => { logs.push(JSON.parse(line)) } } } })
+  t.equal(logs.filter((entry) => entry.msg === 'Task was interrupted; set back to Pending').length, 0)
+  t.equal(logs.filter((entry) => entry.msg === 'Could not save the reset of interrupted tasks').length, 1)
+  t.match(await storedTasks(dir, 'stuck'), [{ status: 'InProgress' }])
+})
+
 t.test('a change too large for the session fails alone: an agent result written in the same save still lands', async (t) => {
   const dir = await tempDir(t)
   let slow = false

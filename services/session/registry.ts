@@ -517,7 +517,7 @@ export class SessionRegistry {
         if (slot.file === null) break
         // An archive moves the stored copy: one owing a write-back may hold a change answered as failed.
         if (slot.owed !== null) {
-          await this.putBack(slot.file, slot.owed)
+          await this.putBack(slot.file, slot.owed, slot.bytes)
           slot.owed = null
         }
         await this.store.archive(slot.file)
@@ -531,7 +531,7 @@ export class SessionRegistry {
       case 'save': {
         if (draft.file === null) return 0
         if (!this.autoSave && !intent.force) return slot.bytes
-        const bytes = await this.store.save(draft.file, { records })
+        const bytes = await this.store.save(draft.file, { records, stored: slot.bytes })
         slot.owed = null
         return bytes
       }
@@ -568,7 +568,7 @@ export class SessionRegistry {
       // it may hold changes not saved yet: written too, since an uncertain delete may have
       // removed the file, and a crash then would lose the whole session, not just those changes.
       // An archive may have made an archived copy too: the undo removes it.
-      else this.commit(slot, slot.file, await this.putBack(slot.file, intent), true)
+      else this.commit(slot, slot.file, await this.putBack(slot.file, intent, slot.bytes), true)
       slot.owed = null
     } catch (err) {
       // Another replica wrote the session since (or the row is in no state our writes left):
@@ -580,8 +580,8 @@ export class SessionRegistry {
   }
 
   /** Writes the acknowledged state back after a write of `intent` whose outcome is unknown. */
-  private async putBack (file: SessionFile, intent: Draft['intent']): Promise<number> {
-    return intent.kind === 'archive' ? await this.store.undoArchive(file, { records: true }) : await this.store.save(file, { records: true })
+  private async putBack (file: SessionFile, intent: Draft['intent'], stored: number): Promise<number> {
+    return intent.kind === 'archive' ? await this.store.undoArchive(file, { records: true }) : await this.store.save(file, { records: true, stored })
   }
 
   /**

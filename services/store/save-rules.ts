@@ -23,9 +23,13 @@ export function assertSavable (file: SessionFile): void {
  */
 export const RECORD_ROOM_PER_TASK_BYTES = 1024
 
-/** The size a save of `file` may reach: the bound, plus room per task for a save that only records a run's course. */
+/**
+ * The size a save of `file` may reach: the bound, plus room per task for a save that only
+ * records a run's course, counted from the session's stored size when that is past the bound.
+ */
 export function sessionBound (file: SessionFile, maxBytes: number, options: SaveOptions | undefined): number {
-  return options?.records === true ? maxBytes + file.session.tasks.length * RECORD_ROOM_PER_TASK_BYTES : maxBytes
+  if (options?.records !== true) return maxBytes
+  return Math.max(maxBytes, options.stored ?? 0) + file.session.tasks.length * RECORD_ROOM_PER_TASK_BYTES
 }
 
 /** Runs a save and reports it on `events` (how long, whether it became durable, its size), whatever its outcome. */

@@ -44,6 +44,12 @@ export interface SaveOptions {
    * the session RECORD_ROOM_PER_TASK_BYTES per task past TASK_MAX_SESSION_BYTES (see sessionBound).
    */
   records?: boolean
+  /**
+   * With `records`: the session's size in storage now. One already past TASK_MAX_SESSION_BYTES
+   * (the bound lowered since it was saved) is bounded from there instead, so its run can still
+   * be recorded (an interrupted task set back, a task claimed or failed) rather than stay stuck.
+   */
+  stored?: number
 }
 
 /** One save, for observers such as metrics: how long it took, whether it became durable, its size. */
