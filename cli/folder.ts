@@ -7,7 +7,7 @@ import { FileSessionStore } from '../services/store/file-store.js'
 import type { SessionFile } from '../services/session/session.js'
 import { KeyUnavailableError, LockLostError, SealNotOpenedError, StorageError, StorageLockedError } from '../services/errors.js'
 import { kidRecord, type Clear, type Keyring } from '../services/store/keyring.js'
-import { ARCHIVED_FILE, SESSION_FILE, readSessionDocument } from '../services/store/session-files.js'
+import { ARCHIVED_FILE, SESSION_FILE, readSessionDocument, sessionText } from '../services/store/session-files.js'
 import { MAX_SESSION_FILE_BYTES, tooLargeReason } from '../services/store/read-batch.js'
 import { CommandFailedError } from './args.js'
 import { nodeFs } from '../services/store/fs-seam.js'
@@ -267,7 +267,7 @@ export async function checkStoredFile (stored: StoredFile, keyring: Keyring | nu
     throw err
   }
   try {
-    const read = readSessionDocument(stored.rel, data.toString('utf8'), stored.sessionId, keyring)
+    const read = readSessionDocument(stored.rel, sessionText(stored.rel, data), stored.sessionId, keyring)
     return { ok: true, file: read.file, data, mtime, kid: read.kid }
   } catch (err) {
     if (err instanceof KeyUnavailableError) return { ok: false, reason: err.message, keyMissing: true, kid: err.kid, clear: clearOf(data), data, mtime }

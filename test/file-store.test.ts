@@ -167,6 +167,26 @@ t.test('unreadable files are set aside in corrupt/, never deleted; valid ones st
   t.strictSame((await store.loadAll({ concurrency: 2 })).failures, [], 'nothing is reported twice')
 })
 
+t.test('a file holding bytes that are not UTF-8 is set aside as it is, not decoded to U+FFFD (which the next save would write for good); one holding U+FFFD itself loads', async (t) => {
+  const store = await openStore(t)
+  const latin = sessionFile('latin')
+  ;(latin.session.tasks[0] as { instruction: string }).instruction = 'caf\u00e9'
+  // The instruction in Latin-1, as an editor set to it would write: 0xE9, no UTF-8.
+  const bytes = Buffer.from(JSON.stringify(latin).replace('caf\u00e9', 'caf__'), 'utf8')
+  const at = bytes.indexOf('caf__') + 3
+  bytes[at] = 0xe9
+  bytes[at + 1] = 0x20
+  await writeFile(join(store.dir, 'latin.json'), bytes)
+  const own = sessionFile('own')
+  ;(own.session.tasks[0] as { instruction: string }).instruction = 'a \uFFFD kept'
+  await store.save(own)
+  const result = await store.loadAll({ concurrency: 2 })
+  t.strictSame(result.sessions.map((s) => s.file.session_id), ['own'])
+  t.equal(result.sessions[0]?.file.session.tasks[0]?.instruction, 'a \uFFFD kept')
+  t.match(result.failures, [{ name: 'latin.json', reason: /not UTF-8/ }])
+  t.same(await readFile(result.failures[0]?.movedTo as string), bytes, 'set aside byte for byte')
+})
+
 t.test('loadAll removes temp files of interrupted saves and leaves other files alone', async (t) => {
   const store = await openStore(t)
   await store.save(sessionFile('keep'))

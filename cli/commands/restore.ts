@@ -4,7 +4,7 @@ import { lstat, mkdir, open, readdir, stat, type FileHandle } from 'node:fs/prom
 import { join, resolve } from 'node:path'
 import { Readable } from 'node:stream'
 import { nodeFs } from '../../services/store/fs-seam.js'
-import { ARCHIVED_FILE, SESSION_FILE, TEMP_FILE, fsyncDir, parseSessionFile, tempNames, writeAndRename } from '../../services/store/session-files.js'
+import { ARCHIVED_FILE, SESSION_FILE, TEMP_FILE, fsyncDir, parseSessionFile, sessionText, tempNames, writeAndRename } from '../../services/store/session-files.js'
 import { MARKER_FILE } from '../../services/store/storage-folder.js'
 import { LOCK_FILE } from '../../services/store/storage-lock.js'
 import { KeyUnavailableError, SealNotOpenedError } from '../../services/errors.js'
@@ -240,7 +240,7 @@ async function * checkedEntries (backup: BackupFile, keyring: Keyring | null, sk
     let file: SessionFile | null = null
     let missingKid: string | null = null
     try {
-      file = parseSessionFile(rel, entry.data.toString('utf8'), sessionId, keyring)
+      file = parseSessionFile(rel, sessionText(rel, entry.data), sessionId, keyring)
     } catch (err) {
       // One file cannot tell a changed file from a wrong key: both are said.
       if (err instanceof SealNotOpenedError) throw new CommandFailedError(`the backup's ${err.message}: it does not open under key '${err.kid}' as TASK_ENCRYPTION_KEYS gives it, so either that is not the key that sealed it (give that one) or the file was changed; nothing was written`)

@@ -17,7 +17,7 @@ import { kidRecord, type Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
 import { tooLargeReason } from './read-batch.js'
 import { assertSavable, reportedSave, sessionBound } from './save-rules.js'
-import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, FolderReplacedError, fsyncDir, readSessionDocument, serializeSessionFile, tempNames, writeAndRename } from './session-files.js'
+import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, FolderReplacedError, fsyncDir, readSessionDocument, serializeSessionFile, sessionText, tempNames, writeAndRename } from './session-files.js'
 import { MARKER_FILE, firstForeignFile, readMarker, writeMarker } from './storage-folder.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
 import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SaveOptions, SessionStore, SessionStoreEvents, StoredCopy } from './store.js'
@@ -487,7 +487,7 @@ export class FileSessionStore implements SessionStore {
           }
           throw new CorruptSessionFileError(file.name, file.reason)
         }
-        const text = data.toString('utf8', file.offset, file.offset + file.length)
+        const text = sessionText(file.name, data.subarray(file.offset, file.offset + file.length))
         const parsed = readSessionDocument(file.name, text, file.name.slice(0, -'.json'.length), this.keyring)
         out.sessions.push({ file: parsed.file, bytes: file.stored ?? file.length })
         this.stored(parsed.file.session_id, file.kid ?? parsed.kid ?? '')

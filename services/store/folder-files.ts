@@ -4,7 +4,7 @@ import { CorruptSessionFileError, KeyUnavailableError, SealNotOpenedError, Stora
 import type { FsSeam } from './fs-seam.js'
 import type { KidProof } from './key-checks.js'
 import type { Keyring } from './keyring.js'
-import { DIR_MODE, fsyncDir, parseSessionFile, readSessionDocument, readWhole } from './session-files.js'
+import { DIR_MODE, fsyncDir, parseSessionFile, readSessionDocument, readWhole, sessionText } from './session-files.js'
 import { MAX_SESSION_FILE_BYTES } from './read-batch.js'
 import type { LoadFailure, LoadedSession } from './store.js'
 import { noop } from '../noop.js'
@@ -71,7 +71,7 @@ export class FolderFiles {
   async load (dir: string, name: string, sessionId: string, shownAs: string, missingOk: boolean): Promise<LoadedSession | LoadFailure | null> {
     try {
       const data = await readWhole(this.options.fs, join(dir, name), MAX_SESSION_FILE_BYTES)
-      return { file: parseSessionFile(name, data.toString('utf8'), sessionId, this.options.keyring), bytes: data.length }
+      return { file: parseSessionFile(name, sessionText(name, data), sessionId, this.options.keyring), bytes: data.length }
     } catch (err) {
       if (missingOk && (err as NodeJS.ErrnoException).code === 'ENOENT') return null
       // Sealed under a key we lack: never set aside, never overwritten.

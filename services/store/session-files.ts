@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer'
 import { constants, fstatSync } from 'node:fs'
 import { basename } from 'node:path'
 import type { FileHandle } from 'node:fs/promises'
@@ -38,6 +39,17 @@ export function tempNames (): (stem: string) => string {
 
 const checkStoredFile = TypeCompiler.Compile(StoredSessionFile)
 const checkSealedFile = TypeCompiler.Compile(SealedSessionFile)
+
+/**
+ * The text of a session file's bytes. Bytes that are not UTF-8 make the file corrupt: decoded,
+ * each would turn into U+FFFD, and the next save would write that in their place for good.
+ */
+export function sessionText (name: string, bytes: Buffer): string {
+  const text = bytes.toString('utf8')
+  // Only a text holding U+FFFD (the file's own, or the decoder's) needs its bytes checked.
+  if (text.includes('\uFFFD') && !isUtf8(bytes)) throw new CorruptSessionFileError(name, 'not UTF-8 text (session files are UTF-8 JSON)')
+  return text
+}
 
 /**
  * Parses and checks the text of a session file whose name says it holds `expectedId`, opening
