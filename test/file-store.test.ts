@@ -7,7 +7,7 @@ import { pathToFileURL } from 'node:url'
 import { promisify } from 'node:util'
 import { FileSessionStore } from '../services/store/file-store.js'
 import { ReaderPool } from '../services/store/reader-pool.js'
-import { readBatch } from '../services/store/read-batch.js'
+import { BATCH_BYTES, readBatch } from '../services/store/read-batch.js'
 import { Keyring } from '../services/store/keyring.js'
 import { serializeSessionFile } from '../services/store/session-files.js'
 import { MARKER_FILE } from '../services/store/storage-folder.js'
@@ -415,7 +415,8 @@ t.test('a batch holds each file byte for byte, whatever its size, beside files t
   const long = sessionFile('sealed', 'x'.repeat(200_000))
   await writeFile(join(dir, 'sealed.json'), await serializeSessionFile(long, 2, Number.POSITIVE_INFINITY, ring))
   const names = ['empty.json', 'big.json', 'folder.json', 'one.json', 'missing.json', 'huge.json', 'sealed.json', 'small.json']
-  const { files, data } = readBatch({ id: 1, dir, names }, ring)
+  const { files, data, deferred } = readBatch({ id: 1, dir, names, maxBytes: BATCH_BYTES }, ring)
+  t.same(deferred, [])
   const bytes = (name: string): Buffer => {
     const file = files.find((entry) => entry.name === name)
     if (file === undefined || !('length' in file)) throw new Error(`${name} not read`)
@@ -429,8 +430,31 @@ t.test('a batch holds each file byte for byte, whatever its size, beside files t
 
   // A file longer than fstat says (the kernel's files report 0 bytes) is read to its end.
   const version = readFileSync('/proc/version')
-  const proc = readBatch({ id: 2, dir: '/proc', names: ['version'] }, null)
+  const proc = readBatch({ id: 2, dir: '/proc', names: ['version'], maxBytes: BATCH_BYTES }, null)
   t.ok(version.length > 0 && Buffer.from(proc.data).equals(version), '/proc/version read whole, though fstat gives 0 bytes')
+})
+
+t.test('a batch stops before the file that would take it past its bytes, which go to another read: one file alone always fits; a restore of large sessions reads them all', async (t) => {
+  const dir = await tempDir(t)
+  const sizes: Record<string, number> = { 'a.json': 400, 'b.json': 500, 'c.json': 2_000, 'd.json': 10 }
+  for (const [name, size] of Object.entries(sizes)) await writeFile(join(dir, name), Buffer.alloc(size, 0x20))
+  const full = readBatch({ id: 1, dir, names: ['a.json', 'b.json', 'c.json', 'd.json'], maxBytes: 1_000 }, null)
+  t.same(full.files.map((file) => file.name), ['a.json', 'b.json'])
+  t.equal(full.data.length, 900)
+  t.same(full.deferred, ['c.json', 'd.json'])
+  const alone = readBatch({ id: 2, dir, names: full.deferred, maxBytes: 1_000 }, null)
+  t.same([alone.files.map((file) => file.name), alone.deferred], [['c.json'], ['d.json']], 'a file past the bound alone is read')
+
+  // 24 sessions of 3 MB and 20 small ones, one batch by count: more than one batch's bytes (BATCH_BYTES), every one restored.
+  const store = await openStore(t)
+  const big = 'y'.repeat(3 * 1024 * 1024)
+  t.ok(24 * big.length > BATCH_BYTES)
+  for (let n = 0; n < 24; n++) await store.save(sessionFile(`big${n}`, big))
+  for (let n = 0; n < 20; n++) await writeFile(join(store.dir, `small${n}.json`), JSON.stringify(sessionFile(`small${n}`)))
+  const { sessions, failures } = await store.loadAll({ concurrency: 2 })
+  t.equal(sessions.length, 44)
+  t.same(failures, [])
+  t.equal(sessions.filter((session) => session.file.session.tasks[0]?.instruction === big).length, 24)
 })
 
 t.test('a reader thread that does not start is reported once as a process warning, and the batches are read all the same', async (t) => {

@@ -448,11 +448,14 @@ export class FileSessionStore implements SessionStore {
     let failed = false
     try {
       await Promise.all(batches(names, RESTORE_BATCH_FILES).map((batch) => limit(async () => {
-        if (failed) return
-        const result = await pool.read(this.dir, batch).catch((err: Error) => {
-          throw new StorageError(`reading ${this.dir}`, Object.assign(err, { code: 'EIO' }))
-        })
-        await this.takeBatch(result, read)
+        // A batch past BATCH_BYTES leaves its last files to another read, in the same place in the limit.
+        for (let names = batch; names.length > 0 && !failed;) {
+          const result = await pool.read(this.dir, names).catch((err: Error) => {
+            throw new StorageError(`reading ${this.dir}`, Object.assign(err, { code: 'EIO' }))
+          })
+          await this.takeBatch(result, read)
+          names = result.deferred
+        }
       }).catch((err: unknown) => {
         failed = true
         throw err

@@ -9,6 +9,8 @@ export interface ReadRequest {
   id: number
   dir: string
   names: string[]
+  /** Bytes the batch holds at most: a file that would take it past them, after at least one, is left to the next batch (`deferred`). */
+  maxBytes: number
 }
 
 /**
@@ -19,6 +21,8 @@ export interface ReadResponse {
   id: number
   files: ReadFile[]
   data: Uint8Array
+  /** Names not read: the batch was full (`maxBytes`); the caller reads them as another batch. */
+  deferred: string[]
 }
 
 /**
@@ -45,6 +49,13 @@ export const MAX_SESSION_FILE_BYTES = bufferConstants.MAX_STRING_LENGTH
 export function tooLargeReason (bytes: number, max = MAX_SESSION_FILE_BYTES): string {
   return `${bytes} bytes: larger than any session file can be (${max} bytes, the longest text JavaScript holds)`
 }
+
+/**
+ * Bytes a batch holds at most (but one file, however large, is read alone): with four batches in
+ * flight per thread, sessions of tens of MB would otherwise take gigabytes, and past 4 GiB no
+ * buffer holds one batch. Files of a few KB never come near it (128 of them are a batch).
+ */
+export const BATCH_BYTES = 32 * 1024 * 1024
 
 /** What a reader thread posts once it can take batches (until one has, the pool reads on its own thread). */
 export const READY = 'ready'
@@ -85,6 +96,20 @@ class BatchBytes {
   }
 }
 
+/**
+ * A batch's room for one file's ciphertext at a time, decoded from base64 and deciphered at once:
+ * one buffer for the batch, not one for each file (each a new allocation the GC must free).
+ */
+class Scratch {
+  private bytes = Buffer.allocUnsafeSlow(START_BYTES_PER_FILE)
+
+  /** `length` bytes, valid until the next take. */
+  take (length: number): Buffer {
+    if (length > this.bytes.length) this.bytes = Buffer.allocUnsafeSlow(Math.max(length, this.bytes.length * 2))
+    return this.bytes.subarray(0, length)
+  }
+}
+
 /** What a batch's buffer starts with per file: a session file is a few KB; more is grown into. */
 const START_BYTES_PER_FILE = 8 * 1024
 /** How much a read asks for past the size fstat gave, when a file turns out longer. */
@@ -115,10 +140,12 @@ function readInto (fd: number, size: number, out: BatchBytes): void {
  * the batch before; the main thread runs it itself while no reader thread has started yet.
  * `keyring` opens sealed files.
  */
-export function readBatch ({ id, dir, names }: ReadRequest, keyring: Keyring | null): ReadResponse {
+export function readBatch ({ id, dir, names, maxBytes }: ReadRequest, keyring: Keyring | null): ReadResponse {
   const out = new BatchBytes(names.length * START_BYTES_PER_FILE)
+  const scratch = new Scratch()
   const files: ReadResponse['files'] = []
-  for (const name of names) {
+  let deferred: string[] = []
+  for (const [index, name] of names.entries()) {
     let fd: number | null = null
     const offset = out.length
     try {
@@ -133,8 +160,13 @@ export function readBatch ({ id, dir, names }: ReadRequest, keyring: Keyring | n
         files.push({ name, tooLarge: stat.size })
         continue
       }
+      // Full: this file and the rest go in a batch of their own (one file alone always fits).
+      if (offset > 0 && offset + stat.size > maxBytes) {
+        deferred = names.slice(index)
+        break
+      }
       readInto(fd, stat.size, out)
-      const opened = keyring === null ? null : openSealed(name, out.view(offset, out.length), keyring)
+      const opened = keyring === null ? null : openSealed(name, out.view(offset, out.length), keyring, scratch)
       if (opened === null) {
         files.push({ name, offset, length: out.length - offset })
         continue
@@ -157,7 +189,7 @@ export function readBatch ({ id, dir, names }: ReadRequest, keyring: Keyring | n
       if (fd !== null) closeSync(fd)
     }
   }
-  return { id, files, data: out.bytes.subarray(0, out.length) }
+  return { id, files, data: out.bytes.subarray(0, out.length), deferred }
 }
 
 /** A sealed file opened: the clear fields as the start of a JSON object, what the box held (an object), its kid. */
@@ -171,11 +203,11 @@ interface Opened {
  * A sealed file opened (`Opened`); null when the file is not sealed (or not JSON: the main
  * thread reports that).
  */
-function openSealed (name: string, read: Buffer, keyring: Keyring): Opened | Extract<ReadFile, { sealed: string }> | null {
+function openSealed (name: string, read: Buffer, keyring: Keyring, scratch: Scratch): Opened | Extract<ReadFile, { sealed: string }> | null {
   if (read.subarray(0, HEAD_BYTES).indexOf(SEALED_KEY) === -1) return null
   let document: SealedDocument
   let ciphertext: Buffer | null = null
-  const quick = quickEnvelope(read)
+  const quick = quickEnvelope(read, scratch)
   if (quick !== null) ({ document, ciphertext } = quick)
   else {
     try {
@@ -220,7 +252,7 @@ const isSpace = (byte: number | undefined): boolean => byte === 0x20 || byte ===
  * `"data"` key after `"sealed"`, its string free of escapes and all of it base64; anything else
  * takes the whole parse.
  */
-function quickEnvelope (read: Buffer): { document: SealedDocument, ciphertext: Buffer } | null {
+function quickEnvelope (read: Buffer, scratch: Scratch): { document: SealedDocument, ciphertext: Buffer } | null {
   const key = read.indexOf(DATA_KEY, read.indexOf(SEALED_KEY))
   if (key === -1) return null
   let at = key + DATA_KEY.length
@@ -239,9 +271,10 @@ function quickEnvelope (read: Buffer): { document: SealedDocument, ciphertext: B
   }
   if (!isSealedDocument(document) || document.sealed.data !== '') return null
   const text = read.toString('latin1', start, end)
-  const ciphertext = Buffer.from(text, 'base64')
   // Each base64 character is 6 bits: fewer bytes than that means one was skipped as not base64.
   const padding = text.endsWith('==') ? 2 : text.endsWith('=') ? 1 : 0
-  if (ciphertext.length !== Math.floor(text.length * 3 / 4) - padding) return null
+  const bytes = Math.floor(text.length * 3 / 4) - padding
+  const ciphertext = scratch.take(bytes)
+  if (ciphertext.write(text, 0, bytes, 'base64') !== bytes || ciphertext.length !== bytes) return null
   return { document, ciphertext }
 }

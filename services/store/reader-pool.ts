@@ -2,7 +2,7 @@ import { setImmediate as turn } from 'node:timers/promises'
 import { Worker } from 'node:worker_threads'
 import { noop } from '../noop.js'
 import type { Keyring } from './keyring.js'
-import { READY, readBatch, type ReadRequest, type ReadResponse } from './read-batch.js'
+import { BATCH_BYTES, READY, readBatch, type ReadRequest, type ReadResponse } from './read-batch.js'
 import type { ReaderData } from './restore-worker.js'
 
 export type { ReadResponse }
@@ -52,11 +52,12 @@ export class ReaderPool {
     return this.ready.size
   }
 
-  async read (dir: string, names: string[]): Promise<ReadResponse> {
+  /** Reads `names` in `dir`, those past `maxBytes` (after the first) deferred: see ReadResponse. */
+  async read (dir: string, names: string[], maxBytes = BATCH_BYTES): Promise<ReadResponse> {
     const worker = await this.acquire()
     if (worker === null) {
       try {
-        return readBatch({ id: 0, dir, names }, this.keyring)
+        return readBatch({ id: 0, dir, names, maxBytes }, this.keyring)
       } finally {
         this.inlineDone()
       }
@@ -65,7 +66,7 @@ export class ReaderPool {
     try {
       return await new Promise<ReadResponse>((resolve, reject) => {
         this.waiting.set(id, { resolve, reject, worker })
-        worker.postMessage({ id, dir, names } satisfies ReadRequest)
+        worker.postMessage({ id, dir, names, maxBytes } satisfies ReadRequest)
       })
     } finally {
       this.waiting.delete(id)
