@@ -544,6 +544,15 @@ t.test('a tar of a whole storage folder restores; its marker, lock, temp files a
   }
   const app = await build(t, { dir: join(parent, 'restored-folder.tar.gz'), config: { TASK_ARCHIVE_DAYS: 0 } })
   t.match((await get(app, '/stats')).json(), { total_sessions: 3, archived_sessions: 1 }, 'the restored folder boots')
+  // A storage folder with no session yet (a new deployment), tarred whole: nothing to restore, and the folder is marked.
+  const fresh = join(parent, 'fresh', 'tasks')
+  await mkdir(fresh, { recursive: true })
+  await writeFile(join(fresh, '.taskvault'), '{"format":1}\n')
+  await run('sh', ['-c', 'tar -czf empty.tar.gz fresh/tasks'], { cwd: parent })
+  const empty = await taskvault(['restore', join(parent, 'empty.tar.gz'), join(parent, 'restored-empty'), '--json'])
+  t.equal(empty.code, 0, empty.stderr)
+  t.match(empty.json(), { restored: 0, conflicts: [], skipped: ['fresh/tasks/.taskvault'] })
+  t.same(await readdir(join(parent, 'restored-empty')), ['.taskvault'], 'marked by the restore')
   // An editor's backup file beside the sessions: refused, naming it (not the folder's own entry).
   await writeFile(join(dir, 'a.json~'), '{}')
   await run('sh', ['-c', 'tar -czf stray.tar.gz data/tasks'], { cwd: parent })

@@ -392,8 +392,10 @@ async function commonPrefix (backup: BackupFile): Promise<string> {
   // (read as its archive), before data/tasks/corrupt/.
   const candidates = first.split('/').slice(0, -1).map((_, i, parts) => `${parts.slice(0, i + 1).join('/')}/`)
   // None fits: the folder holding sessions all the same, so that the refusal names the file in
-  // the way (`data/tasks/s1.json~`), not the folder's own entry.
-  return candidates.find(fits) ?? candidates.find((prefix) => names.some((name) => native(prefix, name))) ?? ''
+  // the way (`data/tasks/s1.json~`), not the folder's own entry; else a storage folder that holds
+  // no session yet (its marker, say: `tar -czf b.tar.gz data/tasks` of a new deployment).
+  return candidates.find(fits) ?? candidates.find((prefix) => names.some((name) => native(prefix, name))) ??
+    candidates.find((prefix) => names.every((name) => other(prefix, name))) ?? ''
 }
 
 async function isRegular (path: string): Promise<boolean> {
