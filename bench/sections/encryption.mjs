@@ -1,7 +1,10 @@
 // 10. Encryption at rest: the same work with TASK_ENCRYPTION_KEYS set against unset, in the same
 // run. Save p50 of a 3 KB session (goal <= 1.1x), restore of 10,000 sessions (<= 1.3x; 2,000 in
-// the quick run), and POST /create at 50 connections (>= 0.9x).
+// the quick run) both as a boot runs it, in a new process, and in this process after earlier
+// restores (the figure before stop 57), and POST /create at 50 connections (>= 0.9x).
+import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { promisify } from 'node:util'
 import { join } from 'node:path'
 import { FileSessionStore } from '../../dist/services/store/file-store.js'
 import { Keyring } from '../../dist/services/store/keyring.js'
@@ -10,6 +13,7 @@ import { THREE_TASK_TEXT, sessionOfBytes, writeSealedCopy } from '../lib/fixture
 import { load, startServers } from '../lib/http.mjs'
 import { collect, interleaved, median, now, percentile } from '../lib/stats.mjs'
 
+const run = promisify(execFile)
 const KEYS = `bench:${randomBytes(32).toString('base64')}`
 
 async function saveTimes (P, stores, file) {
@@ -33,6 +37,14 @@ async function restoreMs (dir, keyring) {
   await manager.close()
   await store.close()
   return { ms, sessions: report.sessions }
+}
+
+const RESTORE_CHILD = new URL('../restore-child.mjs', import.meta.url).pathname
+
+/** The same restore in a new process (restore-child.mjs), as a boot runs it. */
+async function bootRestoreMs (dir, keys) {
+  const { stdout } = await run(process.execPath, [RESTORE_CHILD, dir, keys ?? '-'], { maxBuffer: 1 << 20 })
+  return JSON.parse(stdout.trim().split('\n').pop())
 }
 
 export async function benchEncryption ({ P, quick, row, sections, alternate, trackedDir, dropDir, fixture }) {
@@ -82,19 +94,38 @@ export async function benchEncryption ({ P, quick, row, sections, alternate, tra
     const plain = fixture(count, 10)
     await writeSealedCopy(plain.dir, sealedCopy, keyring)
     if (early !== null) servers = await early
+    const counted = (variant) => (x) => {
+      if (x.sessions !== count) throw new Error(`${variant} restore miscounted`)
+      return x.ms
+    }
+    // As a boot restores: once, in a new process (restore-child.mjs).
+    const boot = { plain: [], sealed: [] }
+    for (let r = 0; r < P.rounds; r++) {
+      await alternate(r, [
+        async () => { boot.plain.push(counted('plain')(await bootRestoreMs(plain.dir, null))) },
+        async () => { boot.sealed.push(counted('sealed')(await bootRestoreMs(sealedCopy, KEYS))) }
+      ])
+    }
+    // In this process, after earlier restores: its main thread has compiled the parse, while each
+    // restore's reader threads (which open sealed files) start new. No boot runs so, but this is
+    // the figure stops before 57 gave: the goal holds for both.
     await restoreMs(plain.dir, null)
     await restoreMs(sealedCopy, keyring)
     const restore = { plain: [], sealed: [] }
     for (let r = 0; r < P.rounds; r++) {
       await alternate(r, [
-        async () => { const x = await restoreMs(plain.dir, null); if (x.sessions !== count) throw new Error('plain restore miscounted'); restore.plain.push(x.ms) },
-        async () => { const x = await restoreMs(sealedCopy, keyring); if (x.sessions !== count) throw new Error('sealed restore miscounted'); restore.sealed.push(x.ms) }
+        async () => { restore.plain.push(counted('plain')(await restoreMs(plain.dir, null))) },
+        async () => { restore.sealed.push(counted('sealed')(await restoreMs(sealedCopy, keyring))) }
       ])
     }
     dropDir(sealedCopy)
-    res.restore_ms = { sessions: count, plain: median(restore.plain), sealed: median(restore.sealed), rounds: restore }
+    res.restore_ms = { sessions: count, plain: median(boot.plain), sealed: median(boot.sealed), rounds: boot }
+    res.restore_warm_ms = { sessions: count, plain: median(restore.plain), sealed: median(restore.sealed), rounds: restore }
+    const quickNote = count === 10_000 ? '' : ' (quick: goal names 10,000)'
     const restoreRatio = res.restore_ms.sealed / res.restore_ms.plain
-    row(`encryption: restore ${count.toLocaleString('en-US')} sessions, sealed vs plaintext${count === 10_000 ? '' : ' (quick: goal names 10,000)'}`, { ours: res.restore_ms.sealed, floor: res.restore_ms.plain, floorLabel: 'the same restore in plaintext', unit: 'ms', ratio: restoreRatio, ratioOf: 'sealed/plain', goal: '<= 1.3', met: restoreRatio <= 1.3 })
+    row(`encryption: restore ${count.toLocaleString('en-US')} sessions at boot (each in a new process), sealed vs plaintext${quickNote}`, { ours: res.restore_ms.sealed, floor: res.restore_ms.plain, floorLabel: 'the same boot restore in plaintext', unit: 'ms', ratio: restoreRatio, ratioOf: 'sealed/plain', goal: '<= 1.3', met: restoreRatio <= 1.3 })
+    const warmRatio = res.restore_warm_ms.sealed / res.restore_warm_ms.plain
+    row(`encryption: restore ${count.toLocaleString('en-US')} sessions in the bench's process after earlier restores, sealed vs plaintext${quickNote}`, { ours: res.restore_warm_ms.sealed, floor: res.restore_warm_ms.plain, floorLabel: 'the same restore in plaintext', unit: 'ms', ratio: warmRatio, ratioOf: 'sealed/plain', goal: '<= 1.3', met: warmRatio <= 1.3 })
 
     servers ??= await startCreateServers()
     for (const name of ['plain', 'sealed']) await load(servers[name], { duration: P.warmSeconds, requests: requests('warm') })
