@@ -347,7 +347,7 @@ export const responses = {
   retry: { 200: RetryResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   events: { 200: EventStream, ...errors(400, 401, 503) },
   // No body: `Location` says where (Type.Null keeps the document from naming a JSON one).
-  index: { 200: IndexResponse, 302: Type.Null({ description: 'A browser (Accept: text/html) is sent to the dashboard, named by the Location header', headers: { location: Type.String({ description: '/dashboard/' }) } }), ...errors() },
+  index: { 200: IndexResponse, 302: Type.Null({ description: 'A browser (Accept: text/html) is sent to the dashboard, named by the Location header', headers: { location: Type.String({ description: "The dashboard's address (/dashboard/ under the server's own prefix)" }) } }), ...errors() },
   health: { 200: HealthResponse, ...errors() },
   ready: { 200: ReadyResponse, ...errors(503) }
 }
