@@ -457,6 +457,48 @@ t.test('a batch stops before the file that would take it past its bytes, which g
   t.equal(sessions.filter((session) => session.file.session.tasks[0]?.instruction === big).length, 24)
 })
 
+t.test('a sealed box whose data is not whole padded base64, or whose content is not UTF-8, is set aside like any file that does not open; the rest restore', async (t) => {
+  const ring = Keyring.parse(`k1:${Buffer.alloc(32, 7).toString('base64')}`) as Keyring
+  const store = new FileSessionStore({ dir: await tempDir(t), keyring: ring })
+  await store.init()
+  t.teardown(() => store.close())
+  await store.save(sessionFile('good'))
+  // A box whose base64 ends in `==` (its ciphertext a byte past a multiple of 3): the instruction grows until it does.
+  const sealed = async (id: string): Promise<{ sealed: { data: string } }> => {
+    for (let more = ''; ; more += 'x') {
+      const document = JSON.parse((await serializeSessionFile(sessionFile(id, `Write code${more}`), 2, Number.POSITIVE_INFINITY, ring)).toString('utf8'))
+      if (document.sealed.data.endsWith('==')) return document
+    }
+  }
+  const broken: Record<string, (data: string) => string> = {
+    padding: () => '==',
+    lone: () => '=',
+    empty: () => '',
+    // One character more before the padding: decoded whole, a byte longer than the box.
+    longer: (data) => `${data.slice(0, -2)}A==`
+  }
+  for (const [id, change] of Object.entries(broken)) {
+    const document = await sealed(id)
+    document.sealed.data = change(document.sealed.data)
+    await writeFile(join(store.dir, `${id}.json`), JSON.stringify(document))
+  }
+  // Sealed with the right key, but what it holds is not UTF-8 (only a key holder can make one).
+  const clear = { session_id: 'latin', created_at: AT, updated_at: AT }
+  const content = Buffer.from(JSON.stringify({ session: sessionFile('latin').session }).replace('Write code', 'Write c\u00f4de'), 'latin1')
+  await writeFile(join(store.dir, 'latin.json'), await ring.sealToBytes(clear, [content], 2))
+  const { sessions, failures } = await store.loadAll({ concurrency: 2 })
+  t.same(sessions.map((session) => session.file.session_id), ['good'])
+  t.same(failures.map((failure) => failure.name).sort(), [...Object.keys(broken), 'latin'].map((id) => `${id}.json`).sort())
+  t.match(failures.find((failure) => failure.name === 'latin.json'), { reason: /not UTF-8/ })
+  // The same files read whole (archive reads, validate, the CLI): the same verdicts.
+  const { readSessionDocument, sessionText } = await import('../services/store/session-files.js')
+  for (const failure of failures) {
+    const id = failure.name.slice(0, -'.json'.length)
+    const bytes = await readFile(failure.movedTo as string)
+    t.throws(() => readSessionDocument(failure.name, sessionText(failure.name, bytes), id, ring), { code: 'CORRUPT_SESSION_FILE' }, `${failure.name} read whole`)
+  }
+})
+
 t.test('a reader thread that does not start is reported once as a process warning, and the batches are read all the same', async (t) => {
   const dir = await tempDir(t)
   await writeFile(join(dir, 'a.json'), JSON.stringify(sessionFile('a')))

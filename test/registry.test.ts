@@ -376,7 +376,7 @@ t.test('auto-save off: changes commit in memory, saveUnsaved() writes them, dele
   const { session } = await store.readArchived('old')
   if (session === null) throw new Error('the archived copy is not readable')
   const beforeUnarchive = fs.calls.rename
-  await registry.change('old', (draft) => { draft.unarchive(session.file, session.name) })
+  await registry.change('old', (draft) => { draft.unarchive(session.file, session.name, session.bytes) })
   t.equal(fs.calls.rename - beforeUnarchive, 1, 'the unarchived session is written at once')
   t.strictSame(onDisk(store, 'old'), registry.find('old'))
   t.notOk(registry.isUnsaved('old'))

@@ -4,7 +4,8 @@
  * Also: the sliced serializer writes exactly what JSON.stringify would, and impossible dates
  * in stored files are refused.
  */
-import { readFile, writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
@@ -175,6 +176,44 @@ t.test('a session stored past a TASK_MAX_SESSION_BYTES lowered since: an interru
   }
   t.match(await storedTasks(dir, 'grown'), [{ status: 'Failed', attempts: 2 }, { status: 'Failed' }, { status: 'Failed' }])
   t.equal((await post(app, '/create', { session_id: 'grown', instructions: 'four' })).statusCode, 400, 'new instructions are held to the bound')
+})
+
+t.test('a session stored past a lowered TASK_MAX_SESSION_BYTES retries from the archive, and an archive of it in doubt is undone', async (t) => {
+  const dir = await tempDir(t)
+  const task = (n: number, status: 'Completed' | 'Failed', at: string): SessionFile['session']['tasks'][number] => ({
+    id: `task_${n}_1705314600`,
+    instruction: String(n).repeat(40_000),
+    task_type: 'Coding',
+    status,
+    result: status === 'Completed' ? 'ok' : null,
+    error: status === 'Failed' ? 'boom' : null,
+    confidence: null,
+    created_at: at,
+    started_at: at,
+    completed_at: at,
+    attempts: 1
+  })
+  const grown = (id: string, at = AT): SessionFile => ({ session_id: id, created_at: at, updated_at: at, session: { session_id: id, current_index: 2, tasks: [task(1, 'Completed', at), task(2, 'Failed', at)] } })
+  await (await build(t, { dir })).close()
+  await mkdir(join(dir, 'archive'))
+  await writeFile(join(dir, 'archive', 'shelved.json'), JSON.stringify(grown('shelved'), null, 2) + '\n')
+  // Changed just now: the archive pass at the start leaves it, the one below takes it.
+  await writeFile(join(dir, 'doubt.json'), JSON.stringify(grown('doubt', new Date().toISOString()), null, 2) + '\n')
+  const fs = faultFs()
+  const config = { TASK_MAX_SESSION_BYTES: 64 * 1024 }
+  const app = await build(t, { dir, fs, config })
+  const back = await post(app, '/retry', { session_id: 'shelved' })
+  t.equal(back.statusCode, 200, back.body.slice(0, 200))
+  t.match(await storedTasks(dir, 'shelved'), [{ status: 'Completed' }, { status: 'Pending' }], 'brought back, its failed task pending')
+
+  // The archive's folder sync fails: its outcome is in doubt, and the session is put back.
+  fs.fail('dirsync', 'EIO', { path: (path) => path === join(dir, 'archive'), times: 1 })
+  const pass = await app.archiver.runOnce({ archiveOlderThanDays: 0 }).catch((err: Error) => err)
+  t.match(pass, { archived: [] }, 'not archived')
+  t.ok(existsSync(join(dir, 'doubt.json')), 'put back in the folder')
+  const retried = await post(app, '/retry', { session_id: 'doubt' })
+  t.equal(retried.statusCode, 200, retried.body.slice(0, 200))
+  t.match(await storedTasks(dir, 'doubt'), [{ status: 'Completed' }, { status: 'Pending' }])
 })
 
 t.test('a reset of an interrupted task that is not saved logs no "set back": the task stays as stored, and the log says why', async (t) => {

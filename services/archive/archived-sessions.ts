@@ -114,7 +114,7 @@ export class ArchivedSessions {
     const name = this.store.archivedName(draft.sessionId)
     if (name === null) return false
     if (copy === null || copy.name !== name) throw new StaleArchivedCopyError(draft.sessionId)
-    draft.unarchive(copy.file, name)
+    draft.unarchive(copy.file, name, copy.bytes)
     return true
   }
 

@@ -9,7 +9,7 @@ import { cloneSessionFile, type SessionFile } from './session.js'
  */
 export type Intent =
   | { kind: 'save', force: boolean }
-  | { kind: 'unarchive', from: string }
+  | { kind: 'unarchive', from: string, bytes: number }
   | { kind: 'archive' }
   | { kind: 'delete', archived: boolean, upTo?: string }
 
@@ -54,9 +54,9 @@ export class Draft {
    * a copy: a change applied again (its batch too large together, or a version conflict) must
    * start from the archived content, not from what the failed batch made of it.
    */
-  unarchive (file: SessionFile, from: string): void {
+  unarchive (file: SessionFile, from: string, bytes: number): void {
     this.#file = cloneSessionFile(file)
-    this.#intent = { kind: 'unarchive', from }
+    this.#intent = { kind: 'unarchive', from, bytes }
   }
 
   /** Moves the stored session to the archive. */

@@ -499,7 +499,7 @@ export class SessionRegistry {
       // Owed until the delete is done: if it fails after this, the undo puts the session back.
       if (intent.kind === 'delete') await this.store.removeArchived(sessionId)
       else {
-        await this.store.undoArchive(slot.file, { records: true })
+        await this.store.undoArchive(slot.file, { records: true, stored: slot.bytes })
         slot.owed = null
       }
     }
@@ -524,7 +524,7 @@ export class SessionRegistry {
         break
       case 'unarchive': {
         // Written even with auto-save off: the archived copy is removed right after.
-        const bytes = await this.store.unarchive(draft.file as SessionFile, intent.from, { records })
+        const bytes = await this.store.unarchive(draft.file as SessionFile, intent.from, { records, stored: intent.bytes })
         slot.owed = null
         return bytes
       }
@@ -581,7 +581,7 @@ export class SessionRegistry {
 
   /** Writes the acknowledged state back after a write of `intent` whose outcome is unknown. */
   private async putBack (file: SessionFile, intent: Draft['intent'], stored: number): Promise<number> {
-    return intent.kind === 'archive' ? await this.store.undoArchive(file, { records: true }) : await this.store.save(file, { records: true, stored })
+    return intent.kind === 'archive' ? await this.store.undoArchive(file, { records: true, stored }) : await this.store.save(file, { records: true, stored })
   }
 
   /**

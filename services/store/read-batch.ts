@@ -271,6 +271,8 @@ function quickEnvelope (read: Buffer, scratch: Scratch): { document: SealedDocum
   }
   if (!isSealedDocument(document) || document.sealed.data !== '') return null
   const text = read.toString('latin1', start, end)
+  // Sealing writes padded base64: any other length takes the whole parse (and its checks).
+  if (text.length === 0 || text.length % 4 !== 0) return null
   // Each base64 character is 6 bits: fewer bytes than that means one was skipped as not base64.
   const padding = text.endsWith('==') ? 2 : text.endsWith('=') ? 1 : 0
   const bytes = Math.floor(text.length * 3 / 4) - padding

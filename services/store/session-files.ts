@@ -95,10 +95,10 @@ function openSealed (name: string, raw: object, expectedId: string, keyring: Key
   }
   if (raw.session_id !== expectedId) throw new CorruptSessionFileError(name, `holds session '${raw.session_id}', which does not match its file name`)
   if (keyring === null) throw new KeyUnavailableError(raw.sealed.kid, `a session is sealed under key '${raw.sealed.kid}', but TASK_ENCRYPTION_KEYS is not set`)
-  const plaintext = keyring.open(name, raw)
+  const text = sessionText(name, keyring.open(name, raw))
   let inner: unknown
   try {
-    inner = JSON.parse(plaintext.toString('utf8'))
+    inner = JSON.parse(text)
   } catch (err) {
     throw new CorruptSessionFileError(name, `sealed content is not valid JSON (${(err as Error).message})`)
   }
