@@ -129,14 +129,17 @@ t.test('two replicas change one session at once and the first publishes last: no
   }
   const shown = (events: SseEvent[]): string[] => events.map((e) => `${e.id ?? ''} ${e.event}`)
   t.same(shown(seen[0] ?? []), shown(seen[1] ?? []), 'both replicas show the same events under the same ids')
-  // A sequential client's changes through both replicas: every event shown, no reset.
+  // A sequential client's changes through two replicas: every event shown, no reset. Not through
+  // pa, whose answers do not wait for its events (a change through pb logged before them would
+  // rightly reset): through pc, whose answers wait for them however loaded the host is.
+  const c = await set.start('pc', { TASK_EVENTS_PUBLISH_WAIT_MS: '30000' })
   const before = (seen[1] ?? []).length
   t.equal((await call(b, 'POST', `${API}/create`, { session_id: 'calm', instructions: 'one' })).status, 200)
-  t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'calm', instructions: 'two' })).status, 200)
-  t.equal((await call(a, 'POST', `${API}/execute-all`, { session_id: 'calm' })).status, 200)
+  t.equal((await call(c, 'POST', `${API}/create`, { session_id: 'calm', instructions: 'two' })).status, 200)
+  t.equal((await call(c, 'POST', `${API}/execute-all`, { session_id: 'calm' })).status, 200)
   t.same((await call(b, 'POST', `${API}/archive`, { older_than_days: 0 })).body.archived_ids, ['calm'])
   // Brought back through the other replica: a new row.
-  t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'calm', instructions: 'three' })).status, 200)
+  t.equal((await call(c, 'POST', `${API}/create`, { session_id: 'calm', instructions: 'three' })).status, 200)
   t.equal((await call(b, 'DELETE', `${API}/sessions/calm`)).status, 204)
   const calm = (await streams[1].until((events) => events.some((e) => e.event === 'session.deleted' && e.data.session_id === 'calm'), 10_000)).slice(before)
   t.same(calm.filter((e) => e.event === 'reset'), [], 'no reset for changes made one after another')
