@@ -8,11 +8,11 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import { API } from './helper.js'
-import { inspector, testDatabase, throughProxy } from './postgres.js'
-import { recordingAgent, replicaSet } from './replicas.js'
+import { API, type TestContext } from './helper.js'
+import { inspector, testDatabase, throughProxy, type DatabaseTestContext } from './postgres.js'
+import { recordingAgent, replicaSet, type ReplicaSet } from './replicas.js'
 import { call, type ServerProcess } from './server-process.js'
-import { openStream, type SseEvent } from './sse-client.js'
+import { openStream, type SseClient, type SseEvent } from './sse-client.js'
 
 /** The writer's events wait this long before they are published, and its answers do not wait for them: a window to kill it in. */
 const SLOW_PUBLISH = { TASK_EVENTS_FLUSH_MS: '1000', TASK_EVENTS_PUBLISH_WAIT_MS: '0' }
@@ -94,21 +94,42 @@ t.test('a publish that failed (the database unreachable) goes late; with other r
   t.ok(resetAt > createdAt, 'then a reset')
 })
 
+/**
+ * Replicas pa (its events published a second late: SLOW_PUBLISH; its database through `proxy`)
+ * and pb on a database of their own, with a stream open on each; null without PostgreSQL.
+ * `meanwhile` runs work while pa's connections are stalled: pa's events, waiting to be published,
+ * are logged after what it does however loaded the host is.
+ */
+async function slowAndPrompt (t: TestContext & DatabaseTestContext): Promise<{ set: ReplicaSet, a: ServerProcess, b: ServerProcess, streams: [SseClient, SseClient], meanwhile: (work: () => Promise<void>) => Promise<void> } | null> {
+  const url = await testDatabase(t)
+  if (url === null) return null
+  const { proxy, url: proxied } = await throughProxy(t, url)
+  const set = await replicaSet(t, url, await recordingAgent(t), { TASK_LEASE_MS: '30000' })
+  const [a, b] = await Promise.all([set.start('pa', { ...SLOW_PUBLISH, DATABASE_URL: proxied }), set.start('pb')]) as [ServerProcess, ServerProcess]
+  const streams = await Promise.all([openStream(t, `${a.base}${API}/events`), openStream(t, `${b.base}${API}/events`)]) as [SseClient, SseClient]
+  const meanwhile = async (work: () => Promise<void>): Promise<void> => {
+    proxy.stall()
+    try {
+      await work()
+    } finally {
+      proxy.pass()
+    }
+  }
+  return { set, a, b, streams, meanwhile }
+}
+
 /** The events of one session, each after the resets: a later one must never show an older state without a reset between. */
 function sessionEvents (events: SseEvent[], id: string): SseEvent[] {
   return events.filter((e) => e.event === 'reset' || e.data.session_id === id)
 }
 
 t.test('two replicas change one session at once and the first publishes last: no stream shows its older state after the later one; they reset instead', async (t) => {
-  const url = await testDatabase(t)
-  if (url === null) return
-  const agent = await recordingAgent(t)
-  const set = await replicaSet(t, url, agent, { TASK_LEASE_MS: '30000' })
-  const [a, b] = await Promise.all([set.start('pa', SLOW_PUBLISH), set.start('pb')]) as [ServerProcess, ServerProcess]
-  const streams = await Promise.all([openStream(t, `${a.base}${API}/events`), openStream(t, `${b.base}${API}/events`)])
+  const pair = await slowAndPrompt(t)
+  if (pair === null) return
+  const { set, a, b, streams, meanwhile } = pair
   // Appended through pb while pa's events for the session's creation still wait to be published.
   t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'raced', instructions: 'one' })).status, 200)
-  t.equal((await call(b, 'POST', `${API}/create`, { session_id: 'raced', instructions: '1. two\n2. three' })).status, 200)
+  await meanwhile(async () => { t.equal((await call(b, 'POST', `${API}/create`, { session_id: 'raced', instructions: '1. two\n2. three' })).status, 200) })
   t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'after', instructions: 'one' })).status, 200)
   const seen: SseEvent[][] = []
   for (const [n, stream] of streams.entries()) {
@@ -146,19 +167,16 @@ t.test('two replicas change one session at once and the first publishes last: no
 })
 
 t.test('a change racing a delete or an archive through another replica, published after it: no stream shows it after the session.deleted or session.archived; they reset instead', async (t) => {
-  const url = await testDatabase(t)
-  if (url === null) return
-  const agent = await recordingAgent(t)
-  const set = await replicaSet(t, url, agent, { TASK_LEASE_MS: '30000' })
-  const [a, b] = await Promise.all([set.start('pa', SLOW_PUBLISH), set.start('pb')]) as [ServerProcess, ServerProcess]
-  const streams = await Promise.all([openStream(t, `${a.base}${API}/events`), openStream(t, `${b.base}${API}/events`)])
+  const pair = await slowAndPrompt(t)
+  if (pair === null) return
+  const { a, b, streams, meanwhile } = pair
   t.equal((await call(b, 'POST', `${API}/create`, { session_id: 'doomed', instructions: 'one' })).status, 200)
   t.equal((await call(b, 'POST', `${API}/create`, { session_id: 'shelved', instructions: 'one' })).status, 200)
   // pa's changes commit first; their events wait to be published while pb's delete and archive are logged.
   t.equal((await call(a, 'POST', `${API}/create`, { session_id: 'doomed', instructions: 'two' })).status, 200)
-  t.equal((await call(b, 'DELETE', `${API}/sessions/doomed`)).status, 204)
+  await meanwhile(async () => { t.equal((await call(b, 'DELETE', `${API}/sessions/doomed`)).status, 204) })
   t.equal((await call(a, 'POST', `${API}/execute-all`, { session_id: 'shelved' })).status, 200)
-  t.same((await call(b, 'POST', `${API}/archive`, { older_than_days: 0 })).body.archived_ids, ['shelved'])
+  await meanwhile(async () => { t.same((await call(b, 'POST', `${API}/archive`, { older_than_days: 0 })).body.archived_ids, ['shelved']) })
   t.equal((await call(b, 'POST', `${API}/create`, { session_id: 'after', instructions: 'one' })).status, 200)
   for (const [n, stream] of streams.entries()) {
     // pa's late events are in the log once its next batch is: after pb's `after`, at most a flush later.

@@ -277,6 +277,6 @@ function quickEnvelope (read: Buffer, scratch: Scratch): { document: SealedDocum
   const padding = text.endsWith('==') ? 2 : text.endsWith('=') ? 1 : 0
   const bytes = Math.floor(text.length * 3 / 4) - padding
   const ciphertext = scratch.take(bytes)
-  if (ciphertext.write(text, 0, bytes, 'base64') !== bytes || ciphertext.length !== bytes) return null
+  if (ciphertext.write(text, 0, bytes, 'base64') !== bytes) return null
   return { document, ciphertext }
 }
