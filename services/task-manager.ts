@@ -212,6 +212,10 @@ export class TaskManager {
     const ms = Math.round((performance.now() - started) * 100) / 100
     this.restored = { sessions: sessions.length, archivedSessions: archive.sessions, failedLoads: failures.length, resetTasks, ms }
     this.log.info({ sessions: sessions.length, archived: archive.sessions, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from ${this.store.kind === 'file' ? 'disk' : 'the database'}`)
+    // All are served; only new ones are refused, which an operator who lowered the bound should hear of now.
+    if (sessions.length >= this.settings.maxSessions) {
+      this.log.warn({ sessions: sessions.length, max_sessions: this.settings.maxSessions }, 'TASK_MAX_SESSIONS is reached by the sessions restored: creating a new one answers 507 until some are archived or deleted')
+    }
     this.events.emit('restore', this.restored)
     this.disk.start()
     // Shared: what restore leaves to the sweeper (a restarted replica's own sessions, under the

@@ -397,6 +397,22 @@ t.test('limits: TASK_MAX_SESSIONS answers 507, appends still work, a delete make
   t.ok((await names(dir)).filter((name) => name.endsWith('.json')).length <= 2, 'and on disk')
 })
 
+t.test('limits: a restore that reaches TASK_MAX_SESSIONS (the bound lowered since) serves every session and says so in the log; new ones answer 507', async (t) => {
+  const dir = await tempDir(t)
+  const first = await build(t, { dir })
+  for (const id of ['r1', 'r2', 'r3']) t.equal((await post(first, '/create', { session_id: id, instructions: 'a' })).statusCode, 200)
+  await first.close()
+  const log = memoryLog('warn')
+  const app = await build(t, { dir, logger: log.logger, config: { TASK_MAX_SESSIONS: 2 } })
+  t.match(log.lines().filter((line) => /TASK_MAX_SESSIONS is reached/.test(String(line.msg))), [{ sessions: 3, max_sessions: 2 }])
+  t.equal((await get(app, '/progress?session_id=r3')).statusCode, 200, 'every session served')
+  t.equal((await post(app, '/create', { session_id: 'r4', instructions: 'a' })).statusCode, 507)
+  await app.close()
+  const roomy = memoryLog('warn')
+  await build(t, { dir, logger: roomy.logger, config: { TASK_MAX_SESSIONS: 4 } })
+  t.same(roomy.lines().filter((line) => /TASK_MAX_SESSIONS/.test(String(line.msg))), [], 'no warning with room left')
+})
+
 t.test('limits: work on ids that hold no active session takes no room under TASK_MAX_SESSIONS', async (t) => {
   const dir = await tempDir(t)
   const fs = faultFs()
