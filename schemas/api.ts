@@ -324,10 +324,7 @@ export const ReadyResponse = Type.Object({ status: Type.Literal('ready'), sessio
 
 export const responses = {
   // 409: the session is being archived at that moment (retried a few times first), or another replica changed it (PostgreSQL).
-  create: {
-    200: CreateResponse,
-    ...errors(400, 401, 409, 413, 415, 422, 503, 507)
-  },
+  create: { 200: CreateResponse, ...errors(400, 401, 409, 413, 415, 422, 503, 507) },
   execute: { 200: ExecuteResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   executeAll: { 200: ExecuteAllResponse, 202: BackgroundRunResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
   cancel: { 200: CancelResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },

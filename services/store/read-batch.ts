@@ -96,20 +96,6 @@ class BatchBytes {
   }
 }
 
-/**
- * A batch's room for one file's ciphertext at a time, decoded from base64 and deciphered at once:
- * one buffer for the batch, not one for each file (each a new allocation the GC must free).
- */
-class Scratch {
-  private bytes = Buffer.allocUnsafeSlow(START_BYTES_PER_FILE)
-
-  /** `length` bytes, valid until the next take. */
-  take (length: number): Buffer {
-    if (length > this.bytes.length) this.bytes = Buffer.allocUnsafeSlow(Math.max(length, this.bytes.length * 2))
-    return this.bytes.subarray(0, length)
-  }
-}
-
 /** What a batch's buffer starts with per file: a session file is a few KB; more is grown into. */
 const START_BYTES_PER_FILE = 8 * 1024
 /** How much a read asks for past the size fstat gave, when a file turns out longer. */
@@ -142,7 +128,6 @@ function readInto (fd: number, size: number, out: BatchBytes): void {
  */
 export function readBatch ({ id, dir, names, maxBytes }: ReadRequest, keyring: Keyring | null): ReadResponse {
   const out = new BatchBytes(names.length * START_BYTES_PER_FILE)
-  const scratch = new Scratch()
   const files: ReadResponse['files'] = []
   let deferred: string[] = []
   for (const [index, name] of names.entries()) {
@@ -166,7 +151,7 @@ export function readBatch ({ id, dir, names, maxBytes }: ReadRequest, keyring: K
         break
       }
       readInto(fd, stat.size, out)
-      const opened = keyring === null ? null : openSealed(name, out.view(offset, out.length), keyring, scratch)
+      const opened = keyring === null ? null : openSealed(name, out.view(offset, out.length), keyring)
       if (opened === null) {
         files.push({ name, offset, length: out.length - offset })
         continue
@@ -203,11 +188,11 @@ interface Opened {
  * A sealed file opened (`Opened`); null when the file is not sealed (or not JSON: the main
  * thread reports that).
  */
-function openSealed (name: string, read: Buffer, keyring: Keyring, scratch: Scratch): Opened | Extract<ReadFile, { sealed: string }> | null {
+function openSealed (name: string, read: Buffer, keyring: Keyring): Opened | Extract<ReadFile, { sealed: string }> | null {
   if (read.subarray(0, HEAD_BYTES).indexOf(SEALED_KEY) === -1) return null
   let document: SealedDocument
   let ciphertext: Buffer | null = null
-  const quick = quickEnvelope(read, scratch)
+  const quick = quickEnvelope(read)
   if (quick !== null) ({ document, ciphertext } = quick)
   else {
     try {
@@ -252,7 +237,7 @@ const isSpace = (byte: number | undefined): boolean => byte === 0x20 || byte ===
  * `"data"` key after `"sealed"`, its string free of escapes and all of it base64; anything else
  * takes the whole parse.
  */
-function quickEnvelope (read: Buffer, scratch: Scratch): { document: SealedDocument, ciphertext: Buffer } | null {
+function quickEnvelope (read: Buffer): { document: SealedDocument, ciphertext: Buffer } | null {
   const key = read.indexOf(DATA_KEY, read.indexOf(SEALED_KEY))
   if (key === -1) return null
   let at = key + DATA_KEY.length
@@ -271,12 +256,9 @@ function quickEnvelope (read: Buffer, scratch: Scratch): { document: SealedDocum
   }
   if (!isSealedDocument(document) || document.sealed.data !== '') return null
   const text = read.toString('latin1', start, end)
-  // Sealing writes padded base64: any other length takes the whole parse (and its checks).
-  if (text.length === 0 || text.length % 4 !== 0) return null
+  const ciphertext = Buffer.from(text, 'base64')
   // Each base64 character is 6 bits: fewer bytes than that means one was skipped as not base64.
   const padding = text.endsWith('==') ? 2 : text.endsWith('=') ? 1 : 0
-  const bytes = Math.floor(text.length * 3 / 4) - padding
-  const ciphertext = scratch.take(bytes)
-  if (ciphertext.write(text, 0, bytes, 'base64') !== bytes) return null
+  if (ciphertext.length !== Math.floor(text.length * 3 / 4) - padding) return null
   return { document, ciphertext }
 }
