@@ -6,11 +6,12 @@
 import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
+import { createServer as createHttpServer } from 'node:http'
 import { createServer, type AddressInfo, type Server } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
-import { baseEnv, describe, EXIT_TIMEOUT_MS, exitWithin, freePort, scratch, type ServerProcess } from './server-process.js'
+import { baseEnv, describe, EXIT_TIMEOUT_MS, exitWithin, freePort, scratch, waitReady, type ServerProcess } from './server-process.js'
 
 type TapTest = Parameters<Parameters<typeof t.test>[0]>[0]
 
@@ -37,6 +38,19 @@ t.test('a port already taken: one line naming PORT, exit 1, the storage lock rel
   t.match(line, new RegExp(`PORT ${port} on 127\\.0\\.0\\.1 is already in use`, 'u'), 'names PORT and its value')
   t.notMatch(server.stdout(), /"level":60/u, 'no fatal JSON log line')
   t.notOk(existsSync(join(storage, '.taskvault.lock')), 'the storage lock is not left behind')
+})
+
+t.test('a port held by another HTTP server that answers /ready: waiting for readiness sees this server fail, not the other\'s 200', async (t) => {
+  // Parallel test files pick free ports: two may pick the same, and the loser must be retried.
+  const { dir, spawnRaw } = await scratch(t)
+  const other = createHttpServer((_req, res) => { res.end('{"status":"ready"}') })
+  await new Promise<void>((resolve, reject) => other.once('error', reject).listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { other.close() })
+  const port = (other.address() as AddressInfo).port
+  const server = spawnRaw(baseEnv({ PORT: String(port), TASK_STORAGE_DIR: join(dir, 'tasks') }))
+  const outcome = await waitReady(server).then(() => 'ready', (err: Error) => err.message)
+  t.match(outcome, /^server exited before it was ready/u, 'the wait ends with the exit', { output: describe(server) })
+  t.match(server.stderr(), /EADDRINUSE/u, 'which was the port in use')
 })
 
 t.test('a settings file that is a pipe nobody writes to fails the boot in SETTING_FILE_WAIT_MS, naming the setting; one whose writer comes late is read', async (t) => {

@@ -5,7 +5,7 @@
  * Not a *.test.ts file: tap does not run it, the test files import it.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, readdir, readlink, rm } from 'node:fs/promises'
 import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -152,7 +152,28 @@ export interface ReadyOptions {
   pollMs?: number
 }
 
-/** Polls GET /ready until it answers 200; throws, with the child's output, if the process exits first or past the timeout. */
+/**
+ * Whether process `pid` holds a socket listening on TCP `port`, read from Linux's /proc (where
+ * there is no /proc, assumed so).
+ */
+export async function listensOn (pid: number | undefined, port: number): Promise<boolean> {
+  if (pid === undefined) return false
+  const suffix = `:${port.toString(16).toUpperCase().padStart(4, '0')}`
+  const tables = await Promise.all(['/proc/net/tcp', '/proc/net/tcp6'].map(async (table) => await readFile(table, 'utf8').catch(() => null)))
+  if (tables.every((text) => text === null)) return true
+  const inodes = new Set<string>()
+  for (const line of tables.join('\n').split('\n')) {
+    // sl local_address rem_address st ... inode: state 0A is LISTEN.
+    const fields = line.trim().split(/\s+/)
+    if (fields[1]?.endsWith(suffix) === true && fields[3] === '0A') inodes.add(`socket:[${fields[9]}]`)
+  }
+  for (const fd of await readdir(`/proc/${pid}/fd`).catch(() => [])) {
+    if (inodes.has(await readlink(`/proc/${pid}/fd/${fd}`).catch(() => ''))) return true
+  }
+  return false
+}
+
+/** Polls GET /ready until this process answers 200; throws, with the child's output, if the process exits first or past the timeout. */
 export async function waitReady (server: ServerProcess, { timeoutMs = READY_TIMEOUT_MS, pollMs = 50 }: ReadyOptions = {}): Promise<void> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
@@ -160,7 +181,8 @@ export async function waitReady (server: ServerProcess, { timeoutMs = READY_TIME
     try {
       const res = await fetch(`${server.base}/ready`, { signal: AbortSignal.timeout(5000) })
       await res.arrayBuffer()
-      if (res.status === 200) return
+      // Another process may hold the port this one then fails to bind: its 200 is not ours.
+      if (res.status === 200 && await listensOn(server.child.pid, server.port)) return
     } catch {
       // Not listening yet.
     }
