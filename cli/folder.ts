@@ -101,7 +101,10 @@ export async function folderKeys (dir: string, keyring: Keyring | null): Promise
   const marker = await readMarker(nodeFs, dir)
   const keyChecks = marker?.keyChecks ?? kidRecord<string>()
   if (keyring !== null) keyring.verifyChecks(keyChecks, `storage folder ${dir}`)
-  return { proofs: new KidProofs('files', keyring !== null && !Object.hasOwn(keyChecks, keyring.activeKid) ? keyring.activeKid : null), marked: marker !== null }
+  const proofs = new KidProofs('files', keyring !== null && !Object.hasOwn(keyChecks, keyring.activeKid) ? keyring.activeKid : null)
+  // A kept check that matched proves its key, as the server's restore takes it: files under it that do not open are damaged.
+  for (const kid of keyring?.kids ?? []) if (Object.hasOwn(keyChecks, kid)) proofs.opens(kid)
+  return { proofs, marked: marker !== null }
 }
 
 /** The storage folder named on the command line, or TASK_STORAGE_DIR. */

@@ -327,6 +327,29 @@ t.test('a tampered active file under a kid whose only file that opens is archive
   t.same(await readdir(other), ['active.json', 'archive'], 'nothing set aside')
 })
 
+t.test('a tampered file under a kid whose key the marker\'s check proves is set aside, even as the only file under it: the boot goes on, and the CLI agrees', async (t) => {
+  const dir = await tempDir(t)
+  let app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.equal((await post(app, '/create', { session_id: 'only', instructions: 'x' })).statusCode, 200)
+  await app.close()
+  t.match(await readJson(join(dir, '.taskvault')), { key_checks: { k1: /./ } }, 'the check of k1 is kept')
+  const doc = await readJson(join(dir, 'only.json'))
+  const data = Buffer.from(doc.sealed.data, 'base64')
+  data[0] = (data[0] as number) ^ 1
+  await writeFile(join(dir, 'only.json'), JSON.stringify({ ...doc, sealed: { ...doc.sealed, data: data.toString('base64') } }))
+  // No file under k1 opens, yet the check says k1's key is the one the folder was given: the file changed.
+  const validate = await taskvault(['validate', dir], { env: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.equal(validate.code, 1, 'validate reports it bad')
+  t.match(validate.stdout, /only\.json: .*authentication failed/)
+  t.notMatch(validate.stdout, /left in place/, 'as damaged, not as a sign of a wrong key')
+  const stats = await taskvault(['stats', dir], { env: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.equal(stats.code, 0, `stats counts the rest (${stats.stderr.trim()})`)
+  app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  t.equal((await get(app, '/progress?session_id=only')).statusCode, 404, 'the boot goes on; the tampered file is not served')
+  t.equal((await readdir(join(dir, 'corrupt'))).length, 1, 'it is in corrupt/')
+  t.equal((await post(app, '/create', { session_id: 'only', instructions: 'again' })).statusCode, 200, 'the id can be used again')
+})
+
 t.test('a key check per kid in the folder\'s marker: another key under a kid stops the boot, with or without sessions', async (t) => {
   const dir = await tempDir(t)
   const boot = async (keys: string): Promise<void> => {

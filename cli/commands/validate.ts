@@ -2,6 +2,7 @@ import { lstat, mkdir, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fsyncDir } from '../../services/store/session-files.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
+import { readMarker } from '../../services/store/storage-folder.js'
 import { assertUsedFolder, ignoredByServer, readOnce, readSettled, storageDir, withWriteLock, type StoredFile } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
@@ -56,6 +57,9 @@ ${COMMON_HELP}`,
     const dir = storageDir(args.positionals[0], settings)
     const fix = args.values.fix === true
     await assertUsedFolder(dir, 'nothing was checked')
+    const checks = keyring === null ? null : (await readMarker(nodeFs, dir))?.keyChecks ?? null
+    /** The marker keeps the check of the key configured under `kid` (a key the folder had first). */
+    const checked = (kid: string): boolean => keyring !== null && checks !== null && keyring.kids.includes(kid) && Object.hasOwn(checks, kid) && checks[kid] === keyring.keyCheck(kid)
     const check = async (): Promise<{ reports: FileReport[], bad: StoredFile[] }> => {
       const reports: FileReport[] = []
       const bad: StoredFile[] = []
@@ -79,9 +83,10 @@ ${COMMON_HELP}`,
           if (checked.keyMissing !== true && checked.denied !== true && !ignoredByServer(stored)) bad.push(stored)
         }
       }
-      // As the server's restore judges them: when no file under a kid opens, the key is wrong, not the files.
+      // As the server's restore judges them: when no file under a kid opens and the marker keeps
+      // no check that proves its key, the key is wrong, not the files.
       for (const [kid, files] of unopened) {
-        if (reports.some((report) => report.ok && report.kid === kid)) bad.push(...files.map((file) => file.stored))
+        if (checked(kid) || reports.some((report) => report.ok && report.kid === kid)) bad.push(...files.map((file) => file.stored))
         else for (const { report } of files) report.reason += ` (left in place: no file sealed under key '${kid}' opens, so the key configured under that kid is likely wrong)`
       }
       // By path, as the folder lists them (readSettled reads active files first).

@@ -248,6 +248,7 @@ export class FileSessionStore implements SessionStore {
       // A key other than the one a kid was first given here stops the boot, sessions or not.
       this.keyChecks = marked ? (await readMarker(this.fs, this.dir))?.keyChecks ?? {} : {}
       this.newKeyChecks = this.keyring?.verifyChecks(this.keyChecks, `storage folder ${this.dir}`) ?? {}
+      this.proveChecked()
       if (!existed) await this.fs.chmod(this.dir, DIR_MODE)
       if (!marked) await writeMarker(this.fs, this.dir, this.tempName('taskvault'), this.keyChecks)
       // Prove the folder is writable now rather than on the first client's request.
@@ -391,6 +392,14 @@ export class FileSessionStore implements SessionStore {
     await this.archived.open({ concurrency: 1 })
   }
 
+  /**
+   * A kid whose kept check matched its key is proven before any file is read: a box under it
+   * that does not open is damaged (set aside), never a sign of a wrong key that stops the boot.
+   */
+  private proveChecked (): void {
+    for (const kid of this.keyring?.kids ?? []) if (!Object.hasOwn(this.newKeyChecks, kid)) this.provenKids.add(kid)
+  }
+
   /** The key checks the restore proved (provenKeyChecks) go into the marker, with keepKeyChecks. */
   private async settleKeyChecks (): Promise<void> {
     if (this.keyring === null) return
@@ -513,9 +522,9 @@ export class FileSessionStore implements SessionStore {
       throw new KeyUnavailableError([...read.missingKeys.keys()][0] as string, `cannot load the sessions: ${counts}, which TASK_ENCRYPTION_KEYS does not hold. Add the key back; those files were left untouched`)
     }
     for (const [kid, files] of read.unopened) {
-      // Proven right by an active file that opened, or failing that an archived one (after a
-      // rotation, the old kid may hold a few active files, one of them tampered with).
-      if ((this.kidCounts.get(kid) ?? 0) === 0 && await this.archived.proof(kid) !== 'opened') throw wrongKeyError(kid, files.length, 'files')
+      // Proven right by the marker's check, an active file that opened, or failing that an archived
+      // one (after a rotation, the old kid may hold a few active files, one of them tampered with).
+      if (!this.provenKids.has(kid) && (this.kidCounts.get(kid) ?? 0) === 0 && await this.archived.proof(kid) !== 'opened') throw wrongKeyError(kid, files.length, 'files')
       this.provenKids.add(kid)
       for (const file of files) read.failures.push({ name: file.name, reason: `${file.name}: ${file.reason}`, movedTo: await this.setAside(file.name) })
     }

@@ -286,7 +286,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       result = await migrate(this.pool, { schema: this.schema, deadline: options.deadline, onLockWait: this.onMigrationLockWait })
       settings = (await pooledQuery<{ synchronous_commit: string, schema: string | null }>(this.pool, { text: CONNECTION_SETTINGS })).rows[0]
       // A key other than the one a kid was first given here stops the boot, sessions or not.
-      if (this.keyring !== null) this.newKeyChecks = this.keyring.verifyChecks(await this.keyChecks(this.keyring.kids), this.location)
+      if (this.keyring !== null) {
+        this.newKeyChecks = this.keyring.verifyChecks(await this.keyChecks(this.keyring.kids), this.location)
+        // A kid whose kept check matched is proven: a row under it that does not open is damaged, not a sign of a wrong key.
+        for (const kid of this.keyring.kids) if (!Object.hasOwn(this.newKeyChecks, kid)) this.provenKids.add(kid)
+      }
     } catch (err) {
       if (err instanceof TaskvaultError) throw err
       const raw = err instanceof QueryFailure ? err.cause : err
