@@ -499,6 +499,17 @@ export class UnreadableRowError extends VersionConflictError {
   }
 }
 
+/**
+ * A session whose archived copies do not read, none of them, and stay where they are (rows of
+ * PostgreSQL): 409, as for an unreadable active row, so the id stays taken until they are fixed
+ * or deleted rather than answering 404 while lists show the session.
+ */
+export class UnreadableArchivedError extends VersionConflictError {
+  constructor (sessionId: string, reason: string) {
+    super(sessionId, `reading archived session '${sessionId}'`, `has an archived copy that does not read (${reason}), and no older one that does; fix or delete it first`)
+  }
+}
+
 /** An execution asked for while the session's archive or delete is being written: it may be gone a moment later. */
 export class SessionLeavingError extends TaskvaultError {
   constructor (sessionId: string) {

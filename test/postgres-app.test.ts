@@ -282,6 +282,38 @@ t.test('a wrong key under a configured kid stops the boot, rows untouched; a dam
   t.equal((await second.inject({ method: 'GET', url: `${API}/progress?session_id=done` })).statusCode, 200, 'the rest is served')
 })
 
+t.test('a damaged row under a kid whose kept key check proves its key does not stop the boot, even as the only row under it', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const keys = `k1:${randomBytes(32).toString('base64')}`
+  const first = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: keys })
+  t.equal((await first.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'only', instructions: 'x' } })).statusCode, 200)
+  await first.close()
+  const db = await inspector(t, url)
+  t.equal((await db.query("SELECT 1 FROM key_checks WHERE kid = 'k1'")).rowCount, 1, 'the check of k1 is kept')
+  await db.query("UPDATE sessions SET document = jsonb_set(document::jsonb, '{sealed,tag}', to_jsonb('AAAAAAAAAAAAAAAAAAAAAA=='::text))::json WHERE session_id = 'only'")
+  const second = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: keys })
+  t.match((await second.inject({ method: 'GET', url: `${API}/progress?session_id=only` })).json(),
+    { statusCode: 409, code: 'VERSION_CONFLICT', message: /session 'only' has a stored row that does not read \(only@\d+: authentication failed\)/ }, 'the row answers as damaged')
+  t.equal((await second.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'other', instructions: 'y' } })).statusCode, 200, 'new sessions are sealed and saved')
+})
+
+t.test('an archived session none of whose copies reads answers 409 naming the row, as an unreadable active row does, not 404 while lists show it', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  await archivedSession(t, await postgresApp(t, url), 'arch')
+  const db = await inspector(t, url)
+  await db.query('UPDATE sessions SET document = \'{"not":"a session"}\'::json WHERE session_id = \'arch\'')
+  const app = await postgresApp(t, url)
+  const listed = (await app.inject({ method: 'GET', url: `${API}/list?session_id=all&archived=only` })).json()
+  t.same(listed.sessions.map((s: { session_id: string }) => s.session_id), ['arch'], 'listed from its row\'s columns, as README says')
+  const damaged = { statusCode: 409, code: 'VERSION_CONFLICT', message: /session 'arch' has an archived copy that does not read \(arch@\d+: does not match the session file format/ }
+  t.match((await app.inject({ method: 'GET', url: `${API}/progress?session_id=arch` })).json(), damaged, 'a read says why')
+  t.match((await app.inject({ method: 'DELETE', url: `${API}/sessions/arch` })).json(), damaged, 'a delete too')
+  t.match((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'arch', instructions: 'y' } })).json(), damaged, 'and a create does not take the id over')
+  t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 'arch'")).rowCount, 1, 'the row stays')
+})
+
 t.test('replicas given different keys under one kid: the one that comes second stops at boot, even with no session yet', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

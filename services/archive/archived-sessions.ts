@@ -1,5 +1,5 @@
 import { summarize, type ArchivedSummary, type RetentionCutoffs } from './archive-index.js'
-import { KeyUnavailableError, StaleArchivedCopyError, isPassFailure, type PassFailure } from '../errors.js'
+import { KeyUnavailableError, StaleArchivedCopyError, UnreadableArchivedError, isPassFailure, type PassFailure } from '../errors.js'
 import { unchanged, type Draft } from '../session/draft.js'
 import type { SessionRegistry, SessionSummary } from '../session/registry.js'
 import type { ArchiveTotals, ArchivedSession, LoadFailure, SessionStore } from '../store/store.js'
@@ -73,6 +73,8 @@ export class ArchivedSessions {
     if (this.store.shared === undefined ? !this.has(sessionId) : this.registry.find(sessionId) !== null) return null
     const { session, failures } = await this.store.readArchived(sessionId)
     this.report(failures)
+    const kept = failures.find((failure) => failure.movedTo === null && failure.kid === undefined)
+    if (session === null && kept !== undefined) throw new UnreadableArchivedError(sessionId, kept.reason)
     return session
   }
 
