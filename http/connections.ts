@@ -13,6 +13,7 @@
 import type { Server, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyBaseLogger } from 'fastify'
+import { dropSocket } from '../services/sockets.js'
 
 export interface ConnectionLimits {
   /** Open sockets at most, streams aside; the ones past it are closed as soon as they are accepted. */
@@ -156,7 +157,7 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
     let cutOff = 0
     for (const socket of sockets) {
       if (!busy(socket)) continue
-      socket.destroy()
+      dropSocket(socket)
       cutOff++
     }
     if (cutOff > 0) log.warn({ closed: cutOff }, 'Closed connections whose answers were not taken at shutdown')

@@ -6,6 +6,7 @@ import { backupFileName, emptyCounts, liveSessionFiles } from '../services/backu
 import { ShuttingDownError, TooManyBackupsError } from '../services/errors.js'
 import { errorHandler } from '../http/error-handler.js'
 import { tarGzStream } from '../services/backup/tar.js'
+import { dropSocket } from '../services/sockets.js'
 
 export interface BackupRoutesOptions {
   /**
@@ -48,6 +49,12 @@ function watchStall (res: ServerResponse, stream: Readable, stallMs: number, cut
  * holds a session or more in memory: they are counted (maxClients), and one whose client stopped
  * reading is cut (stallMs).
  */
+/** Cuts an answer's connection with a reset (dropSocket); one with no connection yet (pipelined) is destroyed. */
+function cutAnswer (res: ServerResponse): void {
+  if (res.socket === null) res.destroy()
+  else dropSocket(res.socket)
+}
+
 const backupRoutes: FastifyPluginAsyncTypebox<BackupRoutesOptions> = async (app, options) => {
   app.addHook('onRequest', app.verifyApiKey)
   // The answers being sent, for the cut at close.
@@ -56,7 +63,7 @@ const backupRoutes: FastifyPluginAsyncTypebox<BackupRoutesOptions> = async (app,
   if (options.cutAfterMs !== undefined) {
     const after = options.cutAfterMs
     app.addHook('preClose', (done) => {
-      cut = setTimeout(() => { for (const res of sending) res.destroy() }, after)
+      cut = setTimeout(() => { for (const res of sending) cutAnswer(res) }, after)
       done()
     })
     app.addHook('onClose', (_instance, done) => {
@@ -110,7 +117,7 @@ const backupRoutes: FastifyPluginAsyncTypebox<BackupRoutesOptions> = async (app,
     const unwatch = watchStall(reply.raw, stream, options.stallMs, () => {
       request.log.warn({ ...counts, stall_ms: options.stallMs }, 'Backup cut: its client took nothing for TASK_BACKUP_STALL_MS')
       release()
-      reply.raw.destroy()
+      cutAnswer(reply.raw)
     })
     reply.raw.once('close', release)
     request.raw.once('close', release)

@@ -26,7 +26,7 @@ import { readTarGz, writeTarGz } from '../services/backup/tar.js'
 import { taskvault } from './cli-run.js'
 import { documents } from './manifests.js'
 import { API, build, get, memoryLog, post, tempDir, waitFor, type TestContext } from './helper.js'
-import { scratch } from './server-process.js'
+import { kernelConnection, scratch } from './server-process.js'
 import { storedSession } from './session-fixtures.js'
 
 const run = promisify(execFile)
@@ -222,11 +222,11 @@ t.test('a client that stops reading holds a backup place until TASK_BACKUP_STALL
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as AddressInfo
   // A client that asks for a backup, takes its first bytes, then reads no more.
-  const stalled = await new Promise<{ destroy: () => void }>((resolve, reject) => {
+  const stalled = await new Promise<{ destroy: () => void, localPort: number }>((resolve, reject) => {
     const req = request({ host: '127.0.0.1', port, path: `${API}/backup` }, (res) => {
       res.once('data', () => {
         res.pause()
-        resolve({ destroy: () => req.destroy() })
+        resolve({ destroy: () => req.destroy(), localPort: req.socket?.localPort as number })
       })
     })
     req.on('error', (err) => { if (!req.destroyed) reject(err) })
@@ -241,6 +241,10 @@ t.test('a client that stops reading holds a backup place until TASK_BACKUP_STALL
   const deadline = Date.now() + 15_000
   while (!log.messages().some((msg) => msg.startsWith('Backup cut')) && Date.now() < deadline) await sleep(50, undefined, { ref: false })
   t.ok(log.messages().some((msg) => msg.startsWith('Backup cut: its client took nothing')), 'the stalled backup is cut')
+  // With a reset: the kernel drops the megabytes it still held for the client, rather than
+  // keeping them (and the connection) until the client reads or the kernel gives up, minutes later.
+  const held = await waitFor('the kernel to let the connection go', async () => await kernelConnection(port, stalled.localPort) === null, 2000).then(() => null, async () => await kernelConnection(port, stalled.localPort))
+  t.equal(held, null, 'the kernel holds no connection to the stalled client (state, in /proc/net/tcp\'s hex)')
   let whole = await backup(app)
   for (let tries = 0; whole.status === 503 && tries < 40; tries++) {
     await sleep(50, undefined, { ref: false })

@@ -15,7 +15,7 @@ import type { FastifyInstance } from 'fastify'
 import { AgentError } from '../services/errors.js'
 import { waitFor } from './agents-fakes.js'
 import { build, createSession, post, tempDir, type TestAppOptions, type TestContext } from './helper.js'
-import { call, scratch } from './server-process.js'
+import { call, kernelConnection, scratch } from './server-process.js'
 import { openStream, type SseEvent } from './sse-client.js'
 import { createServer, type ServerResponse } from 'node:http'
 import { EventStreamHub, flushInterval } from '../services/events/event-stream.js'
@@ -206,6 +206,11 @@ t.test('a cut-off client that still does not read loses its connection TASK_EVEN
   t.equal(await connections(), 1, 'still open right after the cut: it has the grace to read its reset')
   await waitFor('the socket closed by the server', async () => await connections() === 0, 3000)
   t.ok(Date.now() - cutAt < 3000, `closed ${Date.now() - cutAt} ms after the cut (grace 300 ms, default 5000)`)
+  // With a reset: the server's kernel dropped what it still held for the client (megabytes for a
+  // slow reader) at once. Closed, it would keep that connection, queue and all, until the client
+  // reads it or the kernel gives up, minutes later.
+  const held = await waitFor('the server\'s kernel to let the connection go', async () => await kernelConnection(Number(port), socket.localPort as number) === null, 2000).then(() => null, async () => await kernelConnection(Number(port), socket.localPort as number))
+  t.equal(held, null, 'the server\'s kernel holds no connection to the client (state, in /proc/net/tcp\'s hex)')
 })
 
 /** Appends an event every 40 ms until the hub's pace is back at `flushMs`: its smoothed reading of the load has eased. */

@@ -173,6 +173,17 @@ export async function listensOn (pid: number | undefined, port: number): Promise
   return false
 }
 
+/** The state (hex, as /proc/net/tcp gives it) of the kernel's socket from local `port` to peer `peer` on 127.0.0.1, or null. */
+export async function kernelConnection (port: number, peer: number): Promise<string | null> {
+  const hex = (n: number): string => n.toString(16).toUpperCase().padStart(4, '0')
+  const table = await readFile('/proc/net/tcp', 'utf8')
+  for (const line of table.split('\n').slice(1)) {
+    const [, local, remote, state] = line.trim().split(/\s+/)
+    if (local?.endsWith(`:${hex(port)}`) === true && remote?.endsWith(`:${hex(peer)}`) === true) return state ?? null
+  }
+  return null
+}
+
 /** Polls GET /ready until this process answers 200; throws, with the child's output, if the process exits first or past the timeout. */
 export async function waitReady (server: ServerProcess, { timeoutMs = READY_TIMEOUT_MS, pollMs = 50 }: ReadyOptions = {}): Promise<void> {
   const deadline = Date.now() + timeoutMs

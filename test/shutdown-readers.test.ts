@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { API } from './helper.js'
-import { call, logMessages, scratch } from './server-process.js'
+import { call, kernelConnection, logMessages, scratch } from './server-process.js'
 
 t.test('SIGTERM with a backup download nobody reads: the socket is cut after the grace and the streams\' close time, the exit is 0 and the lock released', async (t) => {
   const { dir, start } = await scratch(t)
@@ -37,5 +37,8 @@ t.test('SIGTERM with a backup download nobody reads: the socket is cut after the
   t.same(exit, { code: 0, signal: null }, 'a clean exit')
   t.ok(took < 8000, `within the grace and the close time, well before the 10 s fallback (${took} ms)`)
   t.ok(logMessages(server.stdout()).includes('Closed connections whose answers were not taken at shutdown'), 'the reader was cut (the case under test)')
+  // Reset, not closed: a closed socket would outlive the process in the kernel, its megabytes
+  // queued, until the reader reads them or the kernel gives up, minutes later.
+  t.equal(await kernelConnection(server.port, socket.localPort as number), null, 'the kernel holds no connection to the reader')
   t.notOk(existsSync(join(dir, 'data', 'tasks', '.taskvault.lock')), 'the storage lock is released')
 })

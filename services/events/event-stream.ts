@@ -10,6 +10,7 @@ import type { Socket } from 'node:net'
 import type { BufferedEvent, TaskEventBuffer } from './task-events.js'
 import type { ChangeLoad } from './change-load.js'
 import { noop } from '../noop.js'
+import { dropSocket } from '../sockets.js'
 
 export interface StreamLimits {
   /** Concurrent streams at most (TASK_EVENTS_MAX_CLIENTS). */
@@ -318,7 +319,7 @@ export class EventStreamHub {
     const late = new Promise<void>((resolve) => { timer = setTimeout(resolve, ms) })
     await Promise.race([Promise.all(waiting), late])
     clearTimeout(timer)
-    for (const res of this.ending) res.socket?.destroy()
+    for (const res of this.ending) dropSocket(res.socket)
     this.ending.clear()
   }
 
@@ -487,7 +488,7 @@ export class EventStreamHub {
     const socket = res.socket
     endStream(res, this.resetFrame('slow-reader'))
     // Its queue is dropped with the socket if it still does not read.
-    const timer = setTimeout(() => socket?.destroy(), this.limits.cutGraceMs)
+    const timer = setTimeout(() => { dropSocket(socket) }, this.limits.cutGraceMs)
     timer.unref()
     socket?.once('close', () => clearTimeout(timer))
   }
