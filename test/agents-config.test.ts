@@ -47,6 +47,9 @@ t.test('parseAgentsConfig: `@path` reads the specs from a file', async (t) => {
   const file = join(dir, 'agents.json')
   await writeFile(file, JSON.stringify({ Analysis: { kind: 'echo', timeout_ms: 5 } }))
   t.match(parseAgentsConfig(`@${file}`, {}).Analysis, { kind: 'echo', timeout_ms: 5 })
+  // As a Windows editor saves UTF-8: a byte-order mark first.
+  await writeFile(file, '\uFEFF{"Analysis": {"kind": "echo", "timeout_ms": 7}}\r\n')
+  t.match(parseAgentsConfig(`@${file}`, {}).Analysis, { kind: 'echo', timeout_ms: 7 }, 'a byte-order mark is no part of the JSON')
   await writeFile(file, '{"Analysis": {"kind": "echo", "timeout_ms": -5}}')
   rejects(t, `@${file}`, /^TASK_AGENTS\.Analysis\.timeout_ms: /)
   rejects(t, `@${join(dir, 'missing.json')}`, /^TASK_AGENTS: cannot read .*missing\.json/)

@@ -113,7 +113,8 @@ export function parseAgentsConfig (source: string | object, env: NodeJS.ProcessE
     if (text.startsWith('@')) {
       const path = resolve(text.slice(1))
       try {
-        json = readSettingFile(path)
+        // A byte-order mark (a Windows editor's UTF-8) is no part of the JSON.
+        json = readSettingFile(path).replace(/^\uFEFF/u, '')
       } catch (err) {
         throw new InvalidAgentConfigError(`TASK_AGENTS: cannot read ${path}: ${(err as Error).message}`)
       }
