@@ -298,20 +298,35 @@ t.test('a damaged row under a kid whose kept key check proves its key does not s
   t.equal((await second.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'other', instructions: 'y' } })).statusCode, 200, 'new sessions are sealed and saved')
 })
 
-t.test('an archived session none of whose copies reads answers 409 naming the row, as an unreadable active row does, not 404 while lists show it', async (t) => {
+t.test('an archived session none of whose copies reads answers 409 naming the row, as an unreadable active row does, not 404 while lists show it; backups and retention go on over it', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
   await archivedSession(t, await postgresApp(t, url), 'arch')
+  await archivedSession(t, await postgresApp(t, url), 'good')
   const db = await inspector(t, url)
-  await db.query('UPDATE sessions SET document = \'{"not":"a session"}\'::json WHERE session_id = \'arch\'')
+  // Finished first: the first of the retention pass's candidates.
+  await db.query('UPDATE sessions SET document = \'{"not":"a session"}\'::json, finished_at = finished_at - interval \'1 day\' WHERE session_id = \'arch\'')
   const app = await postgresApp(t, url)
   const listed = (await app.inject({ method: 'GET', url: `${API}/list?session_id=all&archived=only` })).json()
-  t.same(listed.sessions.map((s: { session_id: string }) => s.session_id), ['arch'], 'listed from its row\'s columns, as README says')
+  t.same(listed.sessions.map((s: { session_id: string }) => s.session_id).sort(), ['arch', 'good'], 'listed from its row\'s columns, as README says')
   const damaged = { statusCode: 409, code: 'VERSION_CONFLICT', message: /session 'arch' has an archived copy that does not read \(arch@\d+: does not match the session file format/ }
   t.match((await app.inject({ method: 'GET', url: `${API}/progress?session_id=arch` })).json(), damaged, 'a read says why')
   t.match((await app.inject({ method: 'DELETE', url: `${API}/sessions/arch` })).json(), damaged, 'a delete too')
   t.match((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'arch', instructions: 'y' } })).json(), damaged, 'and a create does not take the id over')
   t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 'arch'")).rowCount, 1, 'the row stays')
+  const backup = await app.inject({ method: 'GET', url: `${API}/backup` })
+  t.equal(backup.statusCode, 200)
+  const names: string[] = []
+  for await (const entry of readTarGz(Readable.from([backup.rawPayload]))) names.push(entry.name)
+  t.same(names, ['archive/good.json'], 'a backup is whole, leaving the unreadable session out')
+  await app.close()
+  // Both past retention: the pass goes past the one it cannot read and deletes the other.
+  const later = (): Date => new Date(CLOCK_START + 200 * 86_400_000)
+  const aged = await buildApp({ readEnvironment: false, clock: later, config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_ARCHIVE_DAYS: 0, TASK_ARCHIVE_RETENTION_DAYS: 30 } })
+  t.teardown(() => aged.close())
+  await aged.ready()
+  t.equal((await aged.inject({ method: 'POST', url: `${API}/archive`, payload: {} })).statusCode, 200, 'a pass is not stopped by it')
+  t.same((await db.query<{ session_id: string }>('SELECT session_id FROM sessions ORDER BY session_id')).rows.map((row) => row.session_id), ['arch'], 'the readable one is deleted, the unreadable one kept')
 })
 
 t.test('replicas given different keys under one kid: the one that comes second stops at boot, even with no session yet', async (t) => {

@@ -50,7 +50,8 @@ export class ArchivedSessions {
    */
   get totals (): Readonly<ArchiveTotals> {
     const all = this.store.archiveTotals()
-    const key = `${all.sessions}:${all.files}:${this.registry.size}`
+    // Membership counts every session given to or taken from the registry: its size alone comes back.
+    const key = `${all.sessions}:${all.files}:${all.bytes}:${this.registry.membership}`
     if (key !== this.behindActive.key) {
       let count = 0
       for (const id of this.store.archivedIds()) if (this.registry.find(id) !== null) count++
@@ -73,8 +74,10 @@ export class ArchivedSessions {
     if (this.store.shared === undefined ? !this.has(sessionId) : this.registry.find(sessionId) !== null) return null
     const { session, failures } = await this.store.readArchived(sessionId)
     this.report(failures)
+    // A shared store's rows stay where they are (no corrupt/), keeping the id taken; a file that
+    // could not be set aside is left out of the file store's index, so the id is free there.
     const kept = failures.find((failure) => failure.movedTo === null && failure.kid === undefined)
-    if (session === null && kept !== undefined) throw new UnreadableArchivedError(sessionId, kept.reason)
+    if (session === null && kept !== undefined && this.store.shared !== undefined) throw new UnreadableArchivedError(sessionId, kept.reason)
     return session
   }
 
@@ -154,7 +157,7 @@ export class ArchivedSessions {
       // copy sealed under a key this process lacks (never deleted unread, as a lost key must not
       // destroy data) nor one whose tasks were never counted (imported without its key).
       const copy = await this.read(sessionId).catch((err: Error) => {
-        if (!(err instanceof KeyUnavailableError)) throw err
+        if (!(err instanceof KeyUnavailableError || err instanceof UnreadableArchivedError)) throw err
         this.log.warn({ session_id: sessionId, err }, 'Retention passed over an archived session it cannot open')
         return null
       })

@@ -1,4 +1,4 @@
-import { CorruptSessionFileError, KeyUnavailableError, ShuttingDownError, UnreadableRowError, type TaskvaultError } from '../errors.js'
+import { CorruptSessionFileError, KeyUnavailableError, ShuttingDownError, UnreadableArchivedError, UnreadableRowError, type TaskvaultError } from '../errors.js'
 import { noop } from '../noop.js'
 import { SETTING_DEFAULTS } from '../../schemas/options.js'
 import type { TarFile } from './tar.js'
@@ -113,6 +113,11 @@ export async function * liveSessionFiles (manager: TaskManager, store: BackupSto
       try {
         archived = await manager.archived.read(sessionId)
       } catch (err) {
+        // No archived row of it reads: left out, as an unreadable active row is.
+        if (err instanceof UnreadableArchivedError) {
+          leftOut(sessionId, err)
+          break
+        }
         // Sealed under a key this server lacks (or whose box does not open): carried as stored.
         if (!(err instanceof KeyUnavailableError)) throw err
         const stored = await store.readArchivedStored(sessionId)
