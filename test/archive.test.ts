@@ -2,7 +2,9 @@ import { existsSync } from 'node:fs'
 import { mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises'
 import { join, sep } from 'node:path'
 import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises'
+import { Readable } from 'node:stream'
 import t from 'tap'
+import { readTarGz } from '../services/backup/tar.js'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { API, build, createSession, get, post, tempDir, waitFor } from './helper.js'
 import { faultFs, heldArchiveMove, tempOf } from './faults.js'
@@ -444,6 +446,41 @@ t.test('bringing back is crash-safe: a failed save leaves it archived, a failed 
   const list = (await get(app, '/list?session_id=back')).json()
   t.equal(list.total, 3)
   t.notOk('archived' in list)
+})
+
+t.test('/stats counts a copy left behind an active session as no archived session, however the active sessions change after', async (t) => {
+  const dir = await tempDir(t)
+  const fs = faultFs()
+  const app = await build(t, { dir, fs })
+  await finishedSession(app, 'back')
+  t.equal((await post(app, '/create', { session_id: 'other', instructions: 'x' })).statusCode, 200)
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['back'])
+  t.equal((await get(app, '/stats')).json().archived_sessions, 1)
+  // Brought back, but its archived file cannot be removed: a copy behind an active session.
+  fs.fail('unlink', 'EIO', { path: (path) => path.endsWith('/archive/back.json') })
+  t.equal((await post(app, '/create', { session_id: 'back', instructions: 'more' })).statusCode, 200)
+  fs.heal()
+  // As many active sessions as when /stats last counted, the archive's files unchanged.
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/other` })).statusCode, 204)
+  t.equal((await get(app, '/list?session_id=all&archived=only')).json().total, 0, 'lists show none archived')
+  t.equal((await get(app, '/stats')).json().archived_sessions, 0, 'nor does /stats')
+  t.match((await app.inject({ method: 'GET', url: '/metrics' })).body, /taskvault_sessions\{state="archived"\} 0\n/u, 'nor /metrics')
+})
+
+t.test('a damaged archived file that cannot be set aside: the session answers 404 every time, as when it moves, and backups go on over it', async (t) => {
+  const dir = await tempDir(t)
+  const fs = faultFs()
+  const app = await build(t, { dir, fs })
+  for (const id of ['bad', 'good']) await finishedSession(app, id)
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids.sort(), ['bad', 'good'])
+  await writeFile(join(dir, 'archive', 'bad.json'), '{"not":"a session"}')
+  fs.fail('rename', 'EIO', { path: (path) => path.endsWith('/archive/bad.json') })
+  for (const n of [1, 2]) t.equal((await get(app, '/progress?session_id=bad')).statusCode, 404, `read ${n}: not found (the file store keeps no id of an unreadable file)`)
+  const backup = await app.inject({ method: 'GET', url: `${API}/backup` })
+  t.equal(backup.statusCode, 200)
+  const names: string[] = []
+  for await (const entry of readTarGz(Readable.from([backup.rawPayload]))) names.push(entry.name)
+  t.same(names, ['archive/good.json'], 'a whole backup, without the unreadable file')
 })
 
 t.test('an archive whose folder fsync fails keeps the session active and readable, then archives it later', async (t) => {
