@@ -218,13 +218,27 @@ function scheduleStats (delay = 300): void {
   }, delay)
 }
 
-let uptime = { seconds: 0, at: Date.now() }
+/** The server's uptime when last read, or null when /health did not answer (a proxy that passes only /api and /dashboard). */
+let uptime: { seconds: number, at: number } | null = null
+/** The uptime from /health, or null: the totals never wait on it. */
+async function readUptime (): Promise<number | null> {
+  try {
+    return await answered(ANSWER_TIMEOUT_MS, async (signal) => {
+      const res = await fetch('/health', { signal })
+      const body = res.ok ? await res.json() as { uptime_s?: unknown } : null
+      return typeof body?.uptime_s === 'number' ? body.uptime_s : null
+    })
+  } catch {
+    return null
+  }
+}
+const uptimeText = (): string => uptime === null ? '—' : duration(uptime.seconds * 1000 + Date.now() - uptime.at)
 async function renderStats (): Promise<void> {
-  const [stats, health] = await Promise.all([
+  const [stats, seconds] = await Promise.all([
     api<Record<string, number> & { storage: Record<string, number> }>('GET', '/stats'),
-    answered(ANSWER_TIMEOUT_MS, async (signal) => fetch('/health', { signal }).then(async (res) => res.json() as Promise<{ uptime_s: number }>))
+    readUptime()
   ])
-  uptime = { seconds: health.uptime_s, at: Date.now() }
+  uptime = seconds === null ? null : { seconds, at: Date.now() }
   const items: Array<[string, string]> = [
     ['Sessions', String(stats.total_sessions)],
     ['Running tasks', String(stats.in_progress_tasks)],
@@ -237,12 +251,12 @@ async function renderStats (): Promise<void> {
   ]
   const box = $('stats')
   box.replaceChildren(...items.map(([label, value]) => el('div', { class: 'stat' }, el('span', { class: 'label' }, label), el('span', { class: 'value', 'data-stat': label }, value))),
-    el('div', { class: 'stat' }, el('span', { class: 'label' }, 'Uptime'), el('span', { class: 'value', id: 'uptime' }, duration(uptime.seconds * 1000))))
+    el('div', { class: 'stat' }, el('span', { class: 'label' }, 'Uptime'), el('span', { class: 'value', id: 'uptime' }, uptimeText())))
 }
 
 setInterval(() => {
   const node = document.getElementById('uptime')
-  if (node !== null) node.textContent = duration(uptime.seconds * 1000 + Date.now() - uptime.at)
+  if (node !== null) node.textContent = uptimeText()
 }, 1000)
 
 function matchesFilter (s: Summary, filter: string): boolean {
@@ -499,8 +513,11 @@ function section (label: string, cls = ''): Section {
 function fill (part: Section, text: string, note = ''): HTMLDetailsElement {
   // Cut by code points, not UTF-16 units: an emoji is never split in two.
   const points = [...text]
-  setText(part.preview, (points.length > 80 ? `${points.slice(0, 80).join('')}…` : text) + note)
-  setText(part.full, text + note)
+  // A note after the text is set off from it (U+2068 … U+2069): the text's own direction marks
+  // (U+202E and the like) then stay inside it rather than turning the note around.
+  const isolated = (shown: string): string => note === '' ? shown : `\u2068${shown}\u2069${note}`
+  setText(part.preview, isolated(points.length > 80 ? `${points.slice(0, 80).join('')}…` : text))
+  setText(part.full, isolated(text))
   return part.box
 }
 
@@ -562,19 +579,39 @@ function updateTask (view: TaskView, task: Task): TaskView {
 }
 
 /**
+ * Asks `question` in the page's own dialog; true when confirmed. Not window.confirm: that stops
+ * this tab's script until answered, and with it the event stream it may read for every tab.
+ */
+async function confirmed (question: string): Promise<boolean> {
+  const dialog = $('confirm') as HTMLDialogElement
+  setText($('confirm-text'), question)
+  dialog.returnValue = ''
+  dialog.showModal()
+  return await new Promise((resolve) => {
+    dialog.addEventListener('close', () => { resolve(dialog.returnValue === 'ok') }, { once: true })
+  })
+}
+$('confirm-ok').addEventListener('click', () => { ($('confirm') as HTMLDialogElement).close('ok') })
+$('confirm-cancel').addEventListener('click', () => { ($('confirm') as HTMLDialogElement).close('cancel') })
+
+/**
  * `ask`: a question to confirm first. It is asked before the action starts: a dismissed one
  * leaves nothing in flight, so the button answers the next click at once.
  */
 function sessionAction (button: string, work: (id: string) => Promise<void>, ask?: (id: string) => string): void {
   const control = $(button)
-  control.addEventListener('click', () => {
-    const id = state.detail?.session_id
-    if (id === undefined || inFlight.has(actionKey(button, id))) return
-    if (ask !== undefined && !confirm(ask(id))) return
+  const run = (id: string): void => {
+    if (inFlight.has(actionKey(button, id))) return
     void act(async () => {
       await work(id)
       if (state.detail?.session_id === id && location.hash !== '#/') await loadDetail(id)
     }, control, actionKey(button, id))
+  }
+  control.addEventListener('click', () => {
+    const id = state.detail?.session_id
+    if (id === undefined || inFlight.has(actionKey(button, id))) return
+    if (ask === undefined) run(id)
+    else void confirmed(ask(id)).then((yes) => { if (yes) run(id) })
   })
 }
 

@@ -316,13 +316,20 @@ async function run (browser: Browser): Promise<void> {
     const held: Array<() => Promise<void>> = []
     await page.route('**/api/v1/tasks/list?session_id=live-run', (route) => { held.push(() => route.continue()) })
     t.teardown(() => Promise.all(held.map(async (release) => release().catch(() => {}))))
-    page.once('dialog', (dialog) => { void dialog.dismiss() })
     await page.getByRole('button', { name: 'Delete…' }).click()
+    const question = page.getByRole('dialog')
+    t.match(await question.innerText(), /Delete session live-run and its file\? This cannot be undone\./)
+    t.ok(await focusIs(page, '#confirm-cancel'), 'the question opens on Cancel')
+    await question.getByRole('button', { name: 'Cancel' }).click()
+    await question.waitFor({ state: 'hidden' })
     t.ok(await page.locator('#session').isVisible(), 'dismissed: still there')
     t.equal(await page.getByRole('button', { name: 'Delete…' }).getAttribute('aria-busy'), null, 'and not busy')
-    const asked = new Promise<void>((resolve) => page.once('dialog', (dialog) => { void dialog.accept().then(resolve) }))
     await page.getByRole('button', { name: 'Delete…' }).click()
-    await asked
+    await page.keyboard.press('Escape')
+    await question.waitFor({ state: 'hidden' })
+    t.ok(await page.locator('#session').isVisible(), 'Escape dismisses it too')
+    await page.getByRole('button', { name: 'Delete…' }).click()
+    await question.getByRole('button', { name: 'Delete' }).click()
     await page.locator('#overview').waitFor()
     t.equal(await page.locator('tr[data-session="live-run"]').count(), 0, 'gone from the table')
     t.equal((await app.inject({ method: 'GET', url: '/api/v1/tasks/progress?session_id=live-run' })).statusCode, 404)
@@ -602,8 +609,8 @@ async function run (browser: Browser): Promise<void> {
     t.ok(await focusIs(page, 'tr[data-session="focus-moves"] a'), 'back on the overview: on the row of the session left')
     await page.getByRole('link', { name: 'focus-moves', exact: true }).click()
     await page.locator('#session-title', { hasText: 'focus-moves' }).waitFor()
-    page.once('dialog', (dialog) => { void dialog.accept() })
     await page.locator('#act-delete:enabled').press('Enter')
+    await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click()
     await page.locator('#overview').waitFor()
     t.ok(await focusIs(page, '#sessions-title'), 'after a delete: on the list\'s heading')
   })
@@ -777,6 +784,62 @@ async function run (browser: Browser): Promise<void> {
     // The closed tab's connection may be seen closing just after the new stream opens: one once it has.
     await waitFor('one stream open', () => streams.now() === 1)
     t.equal(streams.now(), 1, 'one stream again after the takeover')
+  })
+
+  t.test('a Delete question open in the tab that reads the stream for all: the other tabs go on updating live', async (t) => {
+    const tabbed = await serve(t)
+    await createSession(tabbed.app, 'asked', 'one')
+    const context = await browser.newContext({ viewport: { width: 1100, height: 800 }, bypassCSP: true })
+    t.teardown(() => context.close())
+    // The first tab takes the stream (a Web Lock) and passes its events on to the others.
+    const asking = await context.newPage()
+    asking.setDefaultTimeout(30_000)
+    await asking.goto(`${tabbed.base}#/session/asked`)
+    await asking.locator('#session-summary', { hasText: '0/1 done' }).waitFor()
+    const watching = await context.newPage()
+    watching.setDefaultTimeout(30_000)
+    await watching.goto(tabbed.base)
+    await watching.locator('#live[data-live="true"]').waitFor()
+    await asking.getByRole('button', { name: 'Delete…' }).click()
+    await asking.getByRole('dialog').waitFor()
+    await createSession(tabbed.app, 'made-meanwhile', 'two')
+    // window.confirm would stop the first tab's script until answered, and every tab's events with it.
+    await watching.locator('tr[data-session="made-meanwhile"]').waitFor({ timeout: 10_000 })
+    t.pass('the new session shows in the other tab while the question is open')
+    await asking.getByRole('dialog').getByRole('button', { name: 'Cancel' }).click()
+    t.equal((await tabbed.app.inject({ method: 'GET', url: '/api/v1/tasks/progress?session_id=asked' })).statusCode, 200, 'and nothing was deleted')
+  })
+
+  t.test('totals show when /health does not answer (a proxy passing only /api and /dashboard): uptime is unknown', async (t) => {
+    const page = await open(t, browser, base, {}, async (page) => {
+      await page.route('**/health', (route) => route.fulfill({ status: 404, contentType: 'text/html', body: '<html>not here</html>' }))
+    })
+    await page.locator('[data-stat="Sessions"]').waitFor({ timeout: 10_000 })
+    t.equal(await page.locator('#uptime').innerText(), '—')
+  })
+
+  t.test('a result\'s direction marks stay inside it: the note after a cut result reads left to right', async (t) => {
+    const cut = await serve(t, { config: { TASK_MAX_RESULT_BYTES: 60 } })
+    // U+202E (right-to-left override) left open: without isolation it turns the note after it around.
+    await createSession(cut.app, 'bidi', '\u202Egnp.exe and more words to pass sixty bytes of result')
+    t.equal((await post(cut.app, '/execute', { session_id: 'bidi' })).statusCode, 200)
+    const page = await open(t, browser, `${cut.base}#/session/bidi`)
+    const result = page.locator('li.task details').filter({ has: page.locator('pre', { hasText: 'cut at' }) })
+    await result.locator('summary').click()
+    // Where the note's "[" and "]" are drawn: "[" first (left) when the note runs left to right.
+    const order = await page.evaluate(`(() => {
+      const node = [...document.querySelectorAll('li.task pre')].find((pre) => pre.textContent.includes('cut at')).firstChild
+      const text = node.data
+      const at = (index) => {
+        const range = document.createRange()
+        range.setStart(node, index)
+        range.setEnd(node, index + 1)
+        return range.getBoundingClientRect().left
+      }
+      return { open: at(text.lastIndexOf('[')), close: at(text.lastIndexOf(']')), text }
+    })()`) as { open: number, close: number, text: string }
+    t.match(order.text, /\[cut at the server's TASK_MAX_RESULT_BYTES\]$/u, 'the result was cut')
+    t.ok(order.open < order.close, `the note runs left to right ([ at ${order.open}, ] at ${order.close})`)
   })
 
   t.test('without Web Locks each tab reads its own stream and closes it while hidden: eight tabs, most hidden, all answer; one shown again catches up from its last id', async (t) => {
