@@ -32,7 +32,9 @@ const state = {
   sessions: new Map<string, Summary>(),
   page: 0,
   detail: null as Detail | null,
-  started: false
+  started: false,
+  /** The last snapshot held SNAPSHOT_LIMIT sessions: older ones may exist that the table does not show. */
+  capped: false
 }
 
 // ---- messages ----
@@ -143,6 +145,7 @@ $('key-form').addEventListener('submit', (event) => {
 async function loadSnapshot (): Promise<void> {
   const list = await api<{ sessions: Summary[] }>('GET', `/list?session_id=all&archived=include&limit=${SNAPSHOT_LIMIT}`)
   state.sessions = new Map(list.sessions.map((s) => [s.session_id, s]))
+  state.capped = list.sessions.length >= SNAPSHOT_LIMIT
   renderSessions()
   backgroundRecovered()
   scheduleStats()
@@ -350,6 +353,15 @@ function drawSessions (): void {
     rows = next
     arrange($('session-rows'), [...rows.values()].map((row) => row.tr))
     $('empty').hidden = shown.length > 0
+    // The table holds the newest sessions only: a whole id it does not hold may still be an older session.
+    const older = shown.length === 0 && state.capped && SESSION_ID.test(prefix)
+    setText($('empty-text'), older ? `No session among the ${SNAPSHOT_LIMIT.toLocaleString('en-US')} newest matches.` : 'No sessions match.')
+    const open = $<HTMLAnchorElement>('empty-open')
+    open.hidden = !older
+    if (older) {
+      open.href = `#/session/${encodeURIComponent(prefix)}`
+      setText(open, `Open session ${prefix}`)
+    }
     setText($('page-info'), `Page ${state.page + 1} of ${pages} (${shown.length} session${shown.length === 1 ? '' : 's'})`)
     $<HTMLButtonElement>('prev').disabled = state.page === 0
     $<HTMLButtonElement>('next').disabled = state.page >= pages - 1

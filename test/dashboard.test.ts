@@ -842,6 +842,23 @@ async function run (browser: Browser): Promise<void> {
     t.ok(order.open < order.close, `the note runs left to right ([ at ${order.open}, ] at ${order.close})`)
   })
 
+  t.test('a search for a whole id the table does not hold (older than the 1,000 newest it loads) offers to open that session', async (t) => {
+    const many = await serve(t, { config: { TASK_MAX_SESSIONS: 2000 } })
+    await createSession(many.app, 'oldest', 'one')
+    for (let i = 0; i < 1000; i += 50) {
+      await Promise.all(Array.from({ length: 50 }, async (_, j) => createSession(many.app, `s${String(i + j).padStart(4, '0')}`, 'one')))
+    }
+    const page = await open(t, browser, many.base)
+    await page.locator('#session-rows tr').first().waitFor()
+    await page.locator('#search').fill('oldest')
+    await page.locator('#empty-open').waitFor()
+    t.equal(await page.locator('#empty-text').innerText(), 'No session among the 1,000 newest matches.')
+    await page.getByRole('link', { name: 'Open session oldest' }).click()
+    await page.locator('#session-title', { hasText: 'oldest' }).waitFor()
+    await page.locator('#session-summary', { hasText: '0/1 done' }).waitFor()
+    t.pass('the session page opens on it')
+  })
+
   t.test('without Web Locks each tab reads its own stream and closes it while hidden: eight tabs, most hidden, all answer; one shown again catches up from its last id', async (t) => {
     const tabbed = await serve(t)
     const streams = watchStreams(t, tabbed.app)
