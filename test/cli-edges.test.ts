@@ -8,20 +8,11 @@ import { closeSync, existsSync, openSync } from 'node:fs'
 import { chmod, lstat, mkdir, readFile, readdir, symlink, truncate, writeFile } from 'node:fs/promises'
 import { basename, join } from 'node:path'
 import t, { type Test } from 'tap'
-import { taskvault } from './cli-run.js'
+import { taskvault, snapshot } from './cli-run.js'
 import { build, get, tempDir } from './helper.js'
 import { scratch } from './server-process.js'
 import { daysAgo, preparedFolder, storedSession } from './session-fixtures.js'
 import { fill, mountedFolder } from './tmpfs.js'
-
-/** Every file under `dir` (relative path -> bytes), without following links. */
-async function snapshot (dir: string, files = new Map<string, Buffer>(), prefix = ''): Promise<Map<string, Buffer>> {
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    if (entry.isDirectory()) await snapshot(join(dir, entry.name), files, `${prefix}${entry.name}/`)
-    else if (entry.isFile()) files.set(prefix + entry.name, await readFile(join(dir, entry.name)))
-  }
-  return files
-}
 
 t.test('validate and stats report a file they may not read and go on with the others; --fix leaves it', async (t) => {
   const dir = await preparedFolder(t)

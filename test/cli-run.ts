@@ -3,6 +3,8 @@
  * process with only PATH in its environment. Not a *.test.ts file: tap does not run it.
  */
 import { spawn } from 'node:child_process'
+import { readFile, readdir } from 'node:fs/promises'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { within } from './server-process.js'
 import { node } from './node-child.js'
@@ -41,4 +43,13 @@ export async function taskvault (args: string[], options: { cwd?: string, env?: 
     throw new Error(`taskvault ${args.join(' ')} did not finish within ${RUN_TIMEOUT_MS} ms\n${stderr}`)
   }
   return { code, stdout, stderr, json: () => JSON.parse(stdout) }
+}
+
+/** Every file under `dir` (relative path -> bytes), without following links. */
+export async function snapshot (dir: string, files = new Map<string, Buffer>(), prefix = ''): Promise<Map<string, Buffer>> {
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    if (entry.isDirectory()) await snapshot(join(dir, entry.name), files, `${prefix}${entry.name}/`)
+    else if (entry.isFile()) files.set(prefix + entry.name, await readFile(join(dir, entry.name)))
+  }
+  return files
 }

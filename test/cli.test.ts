@@ -8,19 +8,10 @@ import { lstat, mkdir, readFile, readdir, rename, stat, symlink, unlink, writeFi
 import { setTimeout as sleep } from 'node:timers/promises'
 import { basename, join } from 'node:path'
 import t from 'tap'
-import { CLI, taskvault, type Run } from './cli-run.js'
+import { CLI, taskvault, type Run, snapshot } from './cli-run.js'
 import { node } from './node-child.js'
 import { build, get, tempDir } from './helper.js'
 import { daysAgo, preparedFolder, storedSession } from './session-fixtures.js'
-
-/** Every file under `dir` (relative path -> bytes), without following links. */
-async function snapshot (dir: string, files = new Map<string, Buffer>(), prefix = ''): Promise<Map<string, Buffer>> {
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    if (entry.isDirectory()) await snapshot(join(dir, entry.name), files, `${prefix}${entry.name}/`)
-    else if (entry.isFile()) files.set(prefix + entry.name, await readFile(join(dir, entry.name)))
-  }
-  return files
-}
 
 t.test('help and usage errors', async (t) => {
   // Independent runs, started together to keep the file quick.
