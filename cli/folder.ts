@@ -12,6 +12,7 @@ import { MAX_SESSION_FILE_BYTES, tooLargeReason } from '../services/store/read-b
 import { CommandFailedError } from './args.js'
 import { nodeFs } from '../services/store/fs-seam.js'
 import { readMarker } from '../services/store/storage-folder.js'
+import { checkedKids } from '../services/store/key-checks.js'
 import { StorageLock } from '../services/store/storage-lock.js'
 
 /** A `*.json` entry of the storage folder or its `archive/`. */
@@ -100,10 +101,9 @@ export class KidProofs {
 export async function folderKeys (dir: string, keyring: Keyring | null): Promise<{ proofs: KidProofs, marked: boolean }> {
   const marker = await readMarker(nodeFs, dir)
   const keyChecks = marker?.keyChecks ?? kidRecord<string>()
-  if (keyring !== null) keyring.verifyChecks(keyChecks, `storage folder ${dir}`)
   const proofs = new KidProofs('files', keyring !== null && !Object.hasOwn(keyChecks, keyring.activeKid) ? keyring.activeKid : null)
-  // A kept check that matched proves its key, as the server's restore takes it: files under it that do not open are damaged.
-  for (const kid of keyring?.kids ?? []) if (Object.hasOwn(keyChecks, kid)) proofs.opens(kid)
+  // A kept check that matched proves its key, as the server's restore takes it.
+  if (keyring !== null) for (const kid of checkedKids(keyring, keyring.verifyChecks(keyChecks, `storage folder ${dir}`))) proofs.opens(kid)
   return { proofs, marked: marker !== null }
 }
 

@@ -590,21 +590,21 @@ function updateTask (view: TaskView, task: Task): TaskView {
   return view
 }
 
+const question = $<HTMLDialogElement>('confirm')
 /**
- * Asks `question` in the page's own dialog; true when confirmed. Not window.confirm: that stops
+ * Asks `text` in the page's own dialog; true when confirmed. Not window.confirm: that stops
  * this tab's script until answered, and with it the event stream it may read for every tab.
  */
-async function confirmed (question: string): Promise<boolean> {
-  const dialog = $('confirm') as HTMLDialogElement
-  setText($('confirm-text'), question)
-  dialog.returnValue = ''
-  dialog.showModal()
+async function confirmed (text: string): Promise<boolean> {
+  setText($('confirm-text'), text)
+  question.returnValue = ''
+  question.showModal()
   return await new Promise((resolve) => {
-    dialog.addEventListener('close', () => { resolve(dialog.returnValue === 'ok') }, { once: true })
+    question.addEventListener('close', () => { resolve(question.returnValue === 'ok') }, { once: true })
   })
 }
-$('confirm-ok').addEventListener('click', () => { ($('confirm') as HTMLDialogElement).close('ok') })
-$('confirm-cancel').addEventListener('click', () => { ($('confirm') as HTMLDialogElement).close('cancel') })
+$('confirm-ok').addEventListener('click', () => { question.close('ok') })
+$('confirm-cancel').addEventListener('click', () => { question.close('cancel') })
 
 /**
  * `ask`: a question to confirm first. It is asked before the action starts: a dismissed one

@@ -152,36 +152,53 @@ export interface ReadyOptions {
   pollMs?: number
 }
 
-/**
- * Whether process `pid` holds a socket listening on TCP `port`, read from Linux's /proc (where
- * there is no /proc, assumed so).
- */
+interface TcpSocket {
+  local: number
+  remote: number
+  /** In hex, as the kernel gives it: 0A is LISTEN. */
+  state: string
+  inode: string
+}
+
+/** The kernel's TCP sockets (IPv4 and IPv6), read from Linux's /proc; null where there is none. */
+async function tcpSockets (): Promise<TcpSocket[] | null> {
+  const tables = await Promise.all(['/proc/net/tcp', '/proc/net/tcp6'].map(async (table) => await readFile(table, 'utf8').catch(() => null)))
+  if (tables.every((text) => text === null)) return null
+  const port = (address: string): number => parseInt(address.slice(address.lastIndexOf(':') + 1), 16)
+  const sockets: TcpSocket[] = []
+  for (const text of tables) {
+    // Past the heading: sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode.
+    for (const line of (text ?? '').split('\n').slice(1)) {
+      const [, local, remote, state, , , , , , inode] = line.trim().split(/\s+/)
+      if (local !== undefined && remote !== undefined && state !== undefined && inode !== undefined) sockets.push({ local: port(local), remote: port(remote), state, inode })
+    }
+  }
+  return sockets
+}
+
+/** Whether process `pid` holds a socket listening on TCP `port` (where there is no /proc, assumed so). */
 export async function listensOn (pid: number | undefined, port: number): Promise<boolean> {
   if (pid === undefined) return false
-  const suffix = `:${port.toString(16).toUpperCase().padStart(4, '0')}`
-  const tables = await Promise.all(['/proc/net/tcp', '/proc/net/tcp6'].map(async (table) => await readFile(table, 'utf8').catch(() => null)))
-  if (tables.every((text) => text === null)) return true
-  const inodes = new Set<string>()
-  for (const line of tables.join('\n').split('\n')) {
-    // sl local_address rem_address st ... inode: state 0A is LISTEN.
-    const fields = line.trim().split(/\s+/)
-    if (fields[1]?.endsWith(suffix) === true && fields[3] === '0A') inodes.add(`socket:[${fields[9]}]`)
-  }
+  const sockets = await tcpSockets()
+  if (sockets === null) return true
+  const inodes = new Set(sockets.filter((socket) => socket.local === port && socket.state === '0A').map((socket) => `socket:[${socket.inode}]`))
   for (const fd of await readdir(`/proc/${pid}/fd`).catch(() => [])) {
     if (inodes.has(await readlink(`/proc/${pid}/fd/${fd}`).catch(() => ''))) return true
   }
   return false
 }
 
-/** The state (hex, as /proc/net/tcp gives it) of the kernel's socket from local `port` to peer `peer` on 127.0.0.1, or null. */
-export async function kernelConnection (port: number, peer: number): Promise<string | null> {
-  const hex = (n: number): string => n.toString(16).toUpperCase().padStart(4, '0')
-  const table = await readFile('/proc/net/tcp', 'utf8')
-  for (const line of table.split('\n').slice(1)) {
-    const [, local, remote, state] = line.trim().split(/\s+/)
-    if (local?.endsWith(`:${hex(port)}`) === true && remote?.endsWith(`:${hex(peer)}`) === true) return state ?? null
+/**
+ * The state (hex, as /proc/net/tcp gives it) of the kernel's socket from local `port` to peer
+ * `peer`, or null when there is none, waiting up to `waitMs` for it to go.
+ */
+export async function kernelConnection (port: number, peer: number, waitMs = 0): Promise<string | null> {
+  const deadline = Date.now() + waitMs
+  for (;;) {
+    const found = (await tcpSockets())?.find((socket) => socket.local === port && socket.remote === peer)
+    if (found === undefined || Date.now() >= deadline) return found?.state ?? null
+    await sleep(50)
   }
-  return null
 }
 
 /** Polls GET /ready until this process answers 200; throws, with the child's output, if the process exits first or past the timeout. */

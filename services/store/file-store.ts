@@ -8,7 +8,7 @@ import { SessionFile, SESSION_ID_PATTERN } from '../../schemas/session.js'
 import type { ArchiveTotals, ArchivedSummary } from '../archive/archive-index.js'
 import { FileArchive } from './file-archive.js'
 import { FolderFiles } from './folder-files.js'
-import { provenKeyChecks, wrongKeyError } from './key-checks.js'
+import { checkedKids, provenKeyChecks, wrongKeyError } from './key-checks.js'
 import { CoalescedRun } from './coalesce.js'
 import type { DiskSpace } from './disk-space.js'
 import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, LockLostError, StorageError, TaskvaultError, UnreadableFileInPlaceError } from '../errors.js'
@@ -248,7 +248,8 @@ export class FileSessionStore implements SessionStore {
       // A key other than the one a kid was first given here stops the boot, sessions or not.
       this.keyChecks = marked ? (await readMarker(this.fs, this.dir))?.keyChecks ?? {} : {}
       this.newKeyChecks = this.keyring?.verifyChecks(this.keyChecks, `storage folder ${this.dir}`) ?? {}
-      this.proveChecked()
+      // Proven before any file is read: a box under such a kid that does not open is set aside.
+      if (this.keyring !== null) for (const kid of checkedKids(this.keyring, this.newKeyChecks)) this.provenKids.add(kid)
       if (!existed) await this.fs.chmod(this.dir, DIR_MODE)
       if (!marked) await writeMarker(this.fs, this.dir, this.tempName('taskvault'), this.keyChecks)
       // Prove the folder is writable now rather than on the first client's request.
@@ -390,14 +391,6 @@ export class FileSessionStore implements SessionStore {
     const { removedTempFiles } = await this.listSessionFiles()
     if (removedTempFiles > 0) await this.syncDir('removing temp files')
     await this.archived.open({ concurrency: 1 })
-  }
-
-  /**
-   * A kid whose kept check matched its key is proven before any file is read: a box under it
-   * that does not open is damaged (set aside), never a sign of a wrong key that stops the boot.
-   */
-  private proveChecked (): void {
-    for (const kid of this.keyring?.kids ?? []) if (!Object.hasOwn(this.newKeyChecks, kid)) this.provenKids.add(kid)
   }
 
   /** The key checks the restore proved (provenKeyChecks) go into the marker, with keepKeyChecks. */

@@ -16,6 +16,15 @@ export function wrongKeyError (kid: string, count: number | null, what: 'files' 
   return new KeyUnavailableError(kid, `cannot load the sessions: ${which}; TASK_ENCRYPTION_KEYS holds a different key under that kid. Put the right key back; those ${what} were left untouched`)
 }
 
+/**
+ * The configured kids whose key a check the store kept has proven (those not in `unkept`, what
+ * Keyring.verifyChecks returned: the others matched, or it threw). A box under such a kid that
+ * does not open is damaged, never a sign of a wrong key.
+ */
+export function checkedKids (keyring: Keyring, unkept: Readonly<Record<string, string>>): string[] {
+  return keyring.kids.filter((kid) => !Object.hasOwn(unkept, kid))
+}
+
 export interface SettleOptions {
   keyring: Keyring
   /** Checks of configured kids the store has none for yet (Keyring.verifyChecks). */

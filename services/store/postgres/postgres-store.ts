@@ -10,7 +10,7 @@ import { noop } from '../../noop.js'
 import { SETTING_DEFAULTS } from '../../../schemas/options.js'
 import { kidRecord, type Keyring } from '../keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../session-files.js'
-import { provenKeyChecks, wrongKeyError, type KidProof } from '../key-checks.js'
+import { checkedKids, provenKeyChecks, wrongKeyError, type KidProof } from '../key-checks.js'
 import {
   clearUpdatedAt, type ArchivableCursor, type ArchivedSession, type RetentionCursor, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
@@ -288,8 +288,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       // A key other than the one a kid was first given here stops the boot, sessions or not.
       if (this.keyring !== null) {
         this.newKeyChecks = this.keyring.verifyChecks(await this.keyChecks(this.keyring.kids), this.location)
-        // A kid whose kept check matched is proven: a row under it that does not open is damaged, not a sign of a wrong key.
-        for (const kid of this.keyring.kids) if (!Object.hasOwn(this.newKeyChecks, kid)) this.provenKids.add(kid)
+        for (const kid of checkedKids(this.keyring, this.newKeyChecks)) this.provenKids.add(kid)
       }
     } catch (err) {
       if (err instanceof TaskvaultError) throw err
