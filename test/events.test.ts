@@ -309,30 +309,34 @@ t.test('changes in progress make a busy server however idle its loop: writes spr
   }))
   t.teardown(() => { for (const socket of sockets) socket.destroy() })
   await waitFor('every stream open', () => hub.size === 200)
-  // An event every 15 ms on an otherwise idle loop, for `ms`; the widest pace seen.
+  // An event every 15 ms on an otherwise idle loop, for `ms`; the pace seen after each, in order.
   let sent = 0
-  const trickle = async (ms: number): Promise<number> => {
-    let widest = 0
+  const trickle = async (ms: number): Promise<number[]> => {
+    const paces: number[] = []
     const until = performance.now() + ms
     while (performance.now() < until) {
       buffer.append('progress', { session_id: 'load', n: ++sent })
       await sleep(15)
-      widest = Math.max(widest, hub.pace)
+      paces.push(hub.pace)
     }
-    return widest
+    return paces
   }
+  // The middle reading: one flush slowed by the host (another process on the core) moves it not.
+  const median = (paces: number[]): number => [...paces].sort((x, y) => x - y)[Math.floor(paces.length / 2)] ?? 0
   // Opening 200 streams kept the loop busy a moment: the pace first settles.
   await paceBackAt(hub, buffer, flushMs, () => ({ session_id: 'load', n: ++sent }))
   // On a loaded machine a flush of 200 writes takes longer and the loop reads busier without
   // any change in progress: what the changes do is read against this.
-  const idle = await trickle(800)
-  t.comment(`no change in progress: flushes at most ${idle.toFixed(0)} ms apart`)
+  const idle = median(await trickle(800))
+  t.comment(`no change in progress: flushes typically ${idle.toFixed(0)} ms apart`)
   for (let i = 0; i < 3; i++) load.started()
   t.equal(hub.changes, 3)
-  // Long enough for the smoothed reading (about 500 ms) to near 1: the writes then keep a hundredth.
-  const widest = await trickle(3000)
-  t.ok(widest >= Math.max(10 * flushMs, 3 * idle), `three changes in progress (TASK_EVENTS_BUSY_CHANGES 2): flushes spread out to ${widest.toFixed(0)} ms apart, against ${idle.toFixed(0)} without`)
-  t.ok(widest <= flushMaxMs, 'never more than TASK_EVENTS_FLUSH_MAX_MS')
+  // Long enough for the smoothed reading (about 500 ms) to near 1: the writes then keep a
+  // hundredth. The second half is read, once the reading has settled.
+  const busy = await trickle(3000)
+  const spread = median(busy.slice(Math.floor(busy.length / 2)))
+  t.ok(spread >= Math.max(10 * flushMs, 3 * idle), `three changes in progress (TASK_EVENTS_BUSY_CHANGES 2): flushes typically spread out to ${spread.toFixed(0)} ms apart, against ${idle.toFixed(0)} without`)
+  t.ok(Math.max(...busy) <= flushMaxMs, 'never more than TASK_EVENTS_FLUSH_MAX_MS')
   for (let i = 0; i < 3; i++) load.ended()
   await paceBackAt(hub, buffer, flushMs, () => ({ session_id: 'load', n: ++sent }))
   t.pass('the changes ended: back to every TASK_EVENTS_FLUSH_MS')

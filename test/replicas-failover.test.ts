@@ -28,7 +28,9 @@ t.test('failover: kill -9 of the replica running the most: acknowledged work sur
   const url = await testDatabase(t)
   if (url === null) return
   const agent = await recordingAgent(t)
-  agent.behave(() => ({ delayMs: 40 }))
+  // Every first call is held until all runs are under way: on a slow host the first runs would
+  // otherwise end while the last are still being created, and the kill would find nothing in flight.
+  agent.behave(() => ({ hold: true }))
   const set = await replicaSet(t, url, agent, SETTINGS)
   const servers = await Promise.all(['f0', 'f1', 'f2'].map(async (name) => set.start(name)))
   const sessions = Array.from({ length: 24 }, (_, i) => `run${i}`)
@@ -39,6 +41,8 @@ t.test('failover: kill -9 of the replica running the most: acknowledged work sur
   // Creates keep coming while the replica dies: each acknowledged one must survive.
   const acked: Array<{ session: string, ids: string[] }> = []
   let stop = false
+  // A failed wait ends the test early: the writer stops with it rather than keep the file running until tap's timeout.
+  t.teardown(() => { stop = true })
   const writer = (async () => {
     for (let n = 0; !stop; n++) {
       const server = servers.filter((s) => s.exit() === null)[n % 2] as ServerProcess
@@ -48,12 +52,18 @@ t.test('failover: kill -9 of the replica running the most: acknowledged work sur
       await sleep(5)
     }
   })()
-  await waitFor('runs under way', () => agent.calls.length >= 30, 20_000)
+  await waitFor('every run under way', () => new Set(agent.calls.map((c) => c.session)).size === sessions.length, 30_000)
+  await waitFor('writes under way', () => acked.length >= 3, 10_000)
+  // One reading of the leases while every run waits on its first call: who runs what is exact.
+  const rows = await storedRows(url)
   const owners = new Map<string, number>()
-  for (const row of (await storedRows(url)).values()) if (row.owner !== null) owners.set(row.owner, (owners.get(row.owner) ?? 0) + 1)
+  for (const row of rows.values()) if (row.owner !== null) owners.set(row.owner, (owners.get(row.owner) ?? 0) + 1)
   const [victim] = [...owners].sort((x, y) => y[1] - x[1])[0] ?? ['f0']
   const dead = servers.find((_, i) => `f${i}` === victim) as ServerProcess
-  const theirs = new Set([...(await storedRows(url))].filter(([, row]) => row.owner === victim).map(([id]) => id))
+  const theirs = new Set([...rows].filter(([, row]) => row.owner === victim).map(([id]) => id))
+  // The runs go on, and the busiest replica dies as its answers arrive: results in flight at the kill.
+  agent.behave(() => ({ delayMs: 40 }))
+  agent.release()
   const killedAt = Date.now()
   dead.child.kill('SIGKILL')
   await dead.exited
