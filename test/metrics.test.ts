@@ -7,7 +7,8 @@ import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
-import { build, post, tempDir } from './helper.js'
+import { build, get, post, tempDir } from './helper.js'
+import { testDatabase } from './postgres.js'
 import { scratch } from './server-process.js'
 
 /** One sample of the text format: name, labels, value. */
@@ -132,6 +133,32 @@ t.test('a save that fails is counted as a failure', async (t) => {
   const samples = await scrape(app)
   t.equal(value(samples, 'taskvault_session_save_failures_total'), 1)
   t.equal(value(samples, 'taskvault_session_save_duration_seconds_count'), 2, 'failed saves are timed too')
+})
+
+t.test('a save refused by rule is no failure: a create past TASK_MAX_SESSION_BYTES (400) leaves the counter at 0', async (t) => {
+  const app = await build(t, { config: { TASK_MAX_SESSION_BYTES: 65_536 } })
+  t.equal((await post(app, '/create', { session_id: 'big', instructions: 'a' })).statusCode, 200)
+  t.equal((await post(app, '/create', { session_id: 'big', tasks: [{ instruction: 'b'.repeat(40_000) }, { instruction: 'c'.repeat(40_000) }] })).statusCode, 400)
+  t.equal(value(await scrape(app), 'taskvault_session_save_failures_total'), 0, 'nothing failed: the client was refused')
+})
+
+t.test('PostgreSQL: two replicas changing one session by turns (each save meets the other\'s version) count no save failure', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const replicas = [await build(t, { config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_REPLICA_ID: 'a', TASK_ARCHIVE_DAYS: 0 } })]
+  replicas.push(await build(t, { config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_REPLICA_ID: 'b', TASK_ARCHIVE_DAYS: 0 } }))
+  t.equal((await post(replicas[0] as FastifyInstance, '/create', { session_id: 'shared', instructions: 'first' })).statusCode, 200)
+  const rounds = 10
+  for (let i = 0; i < rounds; i++) {
+    const answers = await Promise.all(replicas.map(async (app, k) => post(app, '/create', { session_id: 'shared', instructions: `r${i}-${k}` })))
+    t.same(answers.map((res) => res.statusCode), [200, 200], `round ${i}: both creates answered 200`)
+  }
+  const stored = (await get(replicas[1] as FastifyInstance, '/list?session_id=shared')).json<{ tasks: unknown[] }>()
+  t.equal(stored.tasks.length, 1 + 2 * rounds, 'every task is there')
+  const counts = await Promise.all(replicas.map(async (app) => scrape(app)))
+  t.same(counts.map((samples) => value(samples, 'taskvault_session_save_failures_total')), [0, 0], 'no save failed on either replica')
+  // The other's version met at least once: what the count once took for a failure.
+  t.ok(counts.reduce((sum, samples) => sum + value(samples, 'taskvault_session_save_duration_seconds_count'), 0) > 1 + 2 * rounds, 'some saves were refused (another version stored) and made again')
 })
 
 t.test('the restore: its duration and the files it set aside', async (t) => {

@@ -344,10 +344,10 @@ export function storeContract (t: Test, name: string, open: OpenStorage, options
     t.ok(store.location.length > 0, 'a location to show')
     if (store.unwritable !== undefined) t.equal(store.unwritable(), null, 'a store that can tell says it is writable')
     if (store.events !== undefined) {
-      const seen: Array<{ ok: boolean, bytes: number }> = []
-      store.events.on('save', (event) => seen.push({ ok: event.ok, bytes: event.bytes }))
+      const seen: Array<{ outcome: string, bytes: number }> = []
+      store.events.on('save', (event) => seen.push({ outcome: event.outcome, bytes: event.bytes }))
       const bytes = await store.save(contractSession('observed'))
-      t.same(seen, [{ ok: true, bytes }], 'a save is reported to observers with its size')
+      t.same(seen, [{ outcome: 'durable', bytes }], 'a save is reported to observers with its size')
     }
     await t.resolves(store.close())
   })

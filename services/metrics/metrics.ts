@@ -33,10 +33,10 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
   }
 
   const saveDuration = new Histogram({ name: name('session_save_duration_seconds'), help: 'Durable session saves (write, fsync, rename, folder fsync), failed ones included', buckets: SAVE_BUCKETS, registers })
-  const saveFailures = new Counter({ name: name('session_save_failures_total'), help: 'Session saves that did not reach the disk', registers })
+  const saveFailures = new Counter({ name: name('session_save_failures_total'), help: 'Session saves storage failed (answered 503 or 507); saves refused by rule (a bound, another version stored) are not counted', registers })
   const onSave = (event: SaveEvent): void => {
     saveDuration.observe(event.ms / 1000)
-    if (!event.ok) saveFailures.inc()
+    if (event.outcome === 'failed') saveFailures.inc()
   }
 
   const agentDuration = new Histogram({ name: name('agent_call_duration_seconds'), help: 'Agent calls by agent (task type, or default) and outcome', labelNames: ['agent', 'outcome'], buckets: AGENT_BUCKETS, registers })

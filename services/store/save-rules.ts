@@ -1,8 +1,8 @@
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import type { EventEmitter } from 'node:events'
 import { SessionFile } from '../../schemas/session.js'
-import { TaskvaultError } from '../errors.js'
-import type { SaveOptions, SessionStoreEvents } from './store.js'
+import { StorageError, TaskvaultError } from '../errors.js'
+import type { SaveEvent, SaveOptions, SessionStoreEvents } from './store.js'
 
 /** What every store does around a save, so both stores judge and report saves alike. */
 
@@ -32,16 +32,24 @@ export function sessionBound (file: SessionFile, maxBytes: number, options: Save
   return Math.max(maxBytes, options.stored ?? 0) + file.session.tasks.length * RECORD_ROOM_PER_TASK_BYTES
 }
 
-/** Runs a save and reports it on `events` (how long, whether it became durable, its size), whatever its outcome. */
+/**
+ * Runs a save and reports it on `events` (how long, how it ended, its size), whatever its
+ * outcome. Only storage's own failure counts as failed: a save refused by rule (another
+ * version stored, a bound, a lost lease) is the registry's or the client's to handle, and
+ * the save-failures alert must not fire on replicas changing one session by turns.
+ */
 export async function reportedSave (events: EventEmitter<SessionStoreEvents>, write: () => Promise<number>): Promise<number> {
   const started = performance.now()
   let bytes = 0
-  let ok = false
+  let outcome: SaveEvent['outcome'] = 'refused'
   try {
     bytes = await write()
-    ok = true
+    outcome = 'durable'
     return bytes
+  } catch (err) {
+    if (err instanceof StorageError) outcome = 'failed'
+    throw err
   } finally {
-    events.emit('save', { ms: performance.now() - started, ok, bytes })
+    events.emit('save', { ms: performance.now() - started, outcome, bytes })
   }
 }

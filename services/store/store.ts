@@ -52,10 +52,14 @@ export interface SaveOptions {
   stored?: number
 }
 
-/** One save, for observers such as metrics: how long it took, whether it became durable, its size. */
+/**
+ * One save, for observers such as metrics: how long it took, how it ended, its size. `durable`:
+ * on disk (committed); `failed`: storage failed it (a StorageError, answered 503 or 507);
+ * `refused`: nothing was written, by rule (a bound, another version stored, a lost lease).
+ */
 export interface SaveEvent {
   ms: number
-  ok: boolean
+  outcome: 'durable' | 'failed' | 'refused'
   bytes: number
 }
 

@@ -565,16 +565,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   }
 
   async unarchive (file: SessionFile, archivedName: string, options?: SaveOptions): Promise<number> {
-    const started = performance.now()
-    let bytes = 0
-    let ok = false
-    try {
-      bytes = await this.revive(file, archivedName, options)
-      ok = true
-      return bytes
-    } finally {
-      this.events.emit('save', { ms: performance.now() - started, ok, bytes })
-    }
+    return await reportedSave(this.events, async () => await this.revive(file, archivedName, options))
   }
 
   private async revive (file: SessionFile, archivedName: string, options?: SaveOptions): Promise<number> {
