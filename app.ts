@@ -1,11 +1,12 @@
 import type { Server } from 'node:http'
 import Fastify, { type FastifyHttpOptions, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import type { Registry } from 'prom-client'
 import authPlugin from './plugins/auth.js'
 import configPlugin, { loadConfig, type ConfigPluginOptions } from './plugins/config.js'
 import dashboardPlugin from './plugins/dashboard.js'
 import docsPlugin from './plugins/docs.js'
-import metricsPlugin from './plugins/metrics.js'
+import metricsPlugin, { observeUnrouted } from './plugins/metrics.js'
 import taskvault, { type TaskvaultOptions } from './plugins/taskvault.js'
 import { errorHandler, notFoundHandler } from './http/error-handler.js'
 import healthRoutes from './routes/health.js'
@@ -35,11 +36,15 @@ export interface BuildAppOptions extends CodeOptions {
 /** The settings the HTTP server itself takes. */
 export type ServerSettings = Pick<Config, 'TASK_REQUEST_TIMEOUT_MS' | 'TASK_KEEP_ALIVE_TIMEOUT_MS'>
 
+/** Told of a request answered before any route (no hook times it): its method, status and duration. */
+export type UnroutedObserver = (method: string, statusCode: number, seconds: number) => void
+
 /**
  * Server options shared by production and tests, so both validate and time requests the same way.
  * `connections`: the guard of the server's sockets, once made (client errors wait for the answers it knows owed).
+ * `unrouted`: told of each URL the router refuses, once answered (the metrics count it).
  */
-export function serverOptions (settings: ServerSettings, logger: FastifyServerOptions['logger'] = false, connections: () => ConnectionGuard | null = () => null): FastifyHttpOptions<Server> {
+export function serverOptions (settings: ServerSettings, logger: FastifyServerOptions['logger'] = false, connections: () => ConnectionGuard | null = () => null, unrouted: UnroutedObserver = () => {}): FastifyHttpOptions<Server> {
   const requestTimeout = settings.TASK_REQUEST_TIMEOUT_MS
   return {
     logger,
@@ -54,10 +59,12 @@ export function serverOptions (settings: ServerSettings, logger: FastifyServerOp
     // Ids longer than 128 characters must reach validation (400), not die as 414.
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     // URLs the router refuses before any route: answered in the error shape, without echoing them.
-    frameworkErrors: (error, _request, routerReply) => {
+    frameworkErrors: (error, request, routerReply) => {
       const reply = routerReply as FastifyReply
       const long = error.code === 'FST_ERR_MAX_PARAM_LENGTH'
       const statusCode = long ? 414 : 400
+      const started = performance.now()
+      reply.raw.once('finish', () => { unrouted(request.method, statusCode, (performance.now() - started) / 1000) })
       void reply.code(statusCode).send({
         statusCode,
         error: long ? 'URI Too Long' : 'Bad Request',
@@ -103,7 +110,9 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   // Under a low open file limit every part of the app (the guard, the streams' cap) works with the shrunk shares.
   const settings = budget.capped ? { ...loaded, TASK_MAX_CONNECTIONS: budget.connections, TASK_EVENTS_MAX_CLIENTS: budget.streams } : loaded
   let guard: ConnectionGuard | null = null
-  const app = Fastify(serverOptions(settings, options.logger, () => guard)).withTypeProvider<TypeBoxTypeProvider>()
+  let metrics: Registry | null = null
+  const unrouted: UnroutedObserver = (method, statusCode, seconds) => { if (metrics !== null) observeUnrouted(metrics, method, statusCode, seconds) }
+  const app = Fastify(serverOptions(settings, options.logger, () => guard, unrouted)).withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(createValidatorCompiler())
   app.setErrorHandler(errorHandler)
   app.setNotFoundHandler(notFoundHandler)
@@ -125,7 +134,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     answerCloseMs: settings.TASK_SHUTDOWN_GRACE_MS + settings.TASK_EVENTS_CLOSE_MS
   })
   guard = connections
-  answerUnrouted(app.server)
+  answerUnrouted(app.server, unrouted)
   app.addHook('preClose', async () => connections.closing())
   // Pipelined changes run in the order sent (RFC 9112 lets a server run only safe methods side by side).
   // The address listened on once listening (a host of buildApp may listen elsewhere than HOST); HOST before (inject).
@@ -153,7 +162,10 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     await app.register(authPlugin)
     // Both collect routes as they are added, so they come before every route.
     if (config.TASK_DOCS) await app.register(docsPlugin, { bearerAuth: config.TASK_API_KEYS.trim() !== '' })
-    if (config.TASK_METRICS) await app.register(metricsPlugin, { requireApiKey: config.TASK_METRICS_AUTH, processMetrics: options.processMetrics })
+    if (config.TASK_METRICS) {
+      await app.register(metricsPlugin, { requireApiKey: config.TASK_METRICS_AUTH, processMetrics: options.processMetrics })
+      metrics = app.metricsRegistry
+    }
 
     // Every other setting reaches the plugins through the config fallback (plugins/options.ts).
     await app.register(taskvault, {

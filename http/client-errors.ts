@@ -76,10 +76,13 @@ const CONNECT_REFUSED = 'TASKVAULT_CONNECT_REFUSED'
 /**
  * What Node would answer itself, before any route, with an empty body or none: an Expect it does
  * not know (417), and CONNECT (the socket closed unanswered; nothing here tunnels). Answered in the
- * error shape with a code, as every other refusal. (A request without Host: see missingHost.)
+ * error shape with a code, as every other refusal, and each answer told to `observe` (the
+ * metrics; no hook sees these). (A request without Host: see missingHost.)
  */
-export function answerUnrouted (server: Server): void {
+export function answerUnrouted (server: Server, observe: (method: string, statusCode: number, seconds: number) => void): void {
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    const started = performance.now()
+    res.once('finish', () => { observe(req.method ?? '', 417, (performance.now() - started) / 1000) })
     // The connection stays open, as with Node's own 417: a request pipelined behind this one
     // (already read, and run) is answered on it in its turn.
     const body = errorBody(417, 'EXPECTATION_FAILED', `Expect '${String(req.headers.expect).slice(0, 40)}' is not supported (only 100-continue is)`)

@@ -30,6 +30,19 @@ export const MetricsOptionsSchema = Type.Object({
   processMetrics: Type.Optional(Type.Boolean())
 }, { additionalProperties: false })
 
+/** The request durations' metric, by its name in the registry. */
+const DURATION = 'http_request_duration_seconds'
+
+/**
+ * Counts in `registry`'s request durations (as `unmatched`) a request answered before any route,
+ * so without the hooks that time the rest: a URL the router refuses, an Expect not supported.
+ * The server's options call it (app.ts); a registry without the metric is left alone.
+ */
+export function observeUnrouted (registry: Registry, method: string, statusCode: number, seconds: number): void {
+  const duration = registry.getSingleMetric(DURATION) as unknown as RequestHistogram | undefined
+  duration?.observe(method, 'unmatched', statusCode, seconds)
+}
+
 /** Request durations are milliseconds for reads, up to minutes for execute-all. */
 const HTTP_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300]
 
@@ -50,7 +63,7 @@ export default fp<MetricsPluginOptions>(async function metricsPlugin (app, optio
     // each is the sum of the by-type gauge without the suffix, e.g. sum(nodejs_active_handles).
     for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name)
   }
-  const duration = new RequestHistogram('http_request_duration_seconds', 'HTTP requests by method, route pattern and status code', HTTP_BUCKETS)
+  const duration = new RequestHistogram(DURATION, 'HTTP requests by method, route pattern and status code', HTTP_BUCKETS)
   registry.registerMetric(duration as unknown as Metric)
   app.decorate('metricsRegistry', registry)
   app.addHook('onResponse', (request, reply, done) => {

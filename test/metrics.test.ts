@@ -3,6 +3,7 @@
  * in Prometheus text format; TASK_METRICS=false turns it off; each app has its own registry.
  */
 import { writeFile } from 'node:fs/promises'
+import net, { type AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
@@ -114,6 +115,36 @@ t.test('requests, saves and agent calls move their series', async (t) => {
   t.equal(value(after, 'taskvault_stored_tasks', { status: 'Failed' }), 1)
   t.equal(value(after, 'taskvault_executions_in_flight'), 0)
   t.ok(value(after, 'taskvault_storage_bytes') > 0)
+})
+
+t.test('requests answered before any route are counted as unmatched: a malformed URL (400), a path part too long (414), an Expect not supported (417)', async (t) => {
+  const app = await build(t)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const port = (app.server.address() as AddressInfo).port
+  // Raw requests: a client library would refuse or rewrite these URLs.
+  const send = async (head: string): Promise<number> => await new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1')
+    let answer = ''
+    socket.setEncoding('latin1').on('data', (chunk: string) => {
+      answer += chunk
+      const status = /^HTTP\/1\.1 (\d{3}) /u.exec(answer)
+      if (status !== null) {
+        socket.destroy()
+        resolve(Number(status[1]))
+      }
+    }).on('error', reject)
+    socket.write(`${head}\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`)
+  })
+  t.equal(await send('GET /api/v1/tasks/sessions/%E0%A4%A HTTP/1.1'), 400)
+  t.equal(await send('DELETE /api/v1/tasks/sessions/%FF HTTP/1.1'), 400)
+  t.equal(await send(`DELETE /api/v1/tasks/sessions/${'a'.repeat(5000)} HTTP/1.1`), 414)
+  t.equal(await send('POST /api/v1/tasks/create HTTP/1.1\r\nExpect: 200-ok\r\nContent-Length: 0'), 417)
+  const samples = await scrape(app)
+  const unmatched = (method: string, status: string): number => value(samples, 'http_request_duration_seconds_count', { method, route: 'unmatched', status_code: status })
+  t.equal(unmatched('GET', '400'), 1, 'the malformed URL')
+  t.equal(unmatched('DELETE', '400'), 1, 'the malformed id')
+  t.equal(unmatched('DELETE', '414'), 1, 'the long path part')
+  t.equal(unmatched('POST', '417'), 1, 'the Expect')
 })
 
 t.test('a save that fails is counted as a failure', async (t) => {
