@@ -73,14 +73,14 @@ export function pick<S extends TObject> (schema: S, options: object): Static<S> 
  */
 export function checkOptions (plugin: string, schema: TObject, options: object | undefined): void {
   const own: Record<string, unknown> = { ...options }
-  for (const key of FASTIFY_KEYS) if (!(key in schema.properties)) delete own[key]
+  for (const key of FASTIFY_KEYS) if (!Object.hasOwn(schema.properties, key)) delete own[key]
   const problem = firstProblem(schema, own)
   if (problem !== null) throw new InvalidOptionsError(plugin, problem)
 }
 
 function firstProblem (schema: TObject, options: Record<string, unknown>): string | null {
   for (const [key, value] of Object.entries(options)) {
-    if (!(key in schema.properties)) return `unknown option '${key}' (known: ${Object.keys(schema.properties).join(', ')})`
+    if (!Object.hasOwn(schema.properties, key)) return `unknown option '${key}' (known: ${Object.keys(schema.properties).join(', ')})`
     if (value === undefined) continue
     const problem = valueProblem(schema.properties[key] as TSchema, value, key)
     if (problem !== null) return problem
@@ -96,7 +96,10 @@ function valueProblem (schema: TSchema, value: unknown, path: string): string | 
   const branches = (schema as { anyOf?: TSchema[] }).anyOf
   if (branches !== undefined) {
     const problems = branches.map((branch) => valueProblem(branch, value, path))
-    return problems.includes(null) ? null : problems[0] ?? null
+    if (problems.includes(null)) return null
+    // The problem of the branch of the value's kind (an object's misspelt field, not "must be a function").
+    const kind = branches.findIndex((branch) => (branch as { typeof?: string }).typeof === 'function' ? typeof value === 'function' : branch.type === 'object' && typeof value === 'object' && value !== null)
+    return problems[kind] ?? problems[0] ?? null
   }
   const properties = schema.properties as Record<string, TSchema> | undefined
   if (schema.type === 'object' && properties !== undefined) {
@@ -114,14 +117,14 @@ function valueProblem (schema: TSchema, value: unknown, path: string): string | 
       if (problem !== null) return problem
     }
     if (schema.additionalProperties === false) {
-      const unknown = Object.keys(record).find((key) => !(key in properties))
+      const unknown = Object.keys(record).find((key) => !Object.hasOwn(properties, key))
       if (unknown !== undefined) return `unknown key '${unknown}' in option '${path}' (known: ${Object.keys(properties).join(', ')})`
     }
     // Keys of the caller's choosing (log serializers by name): each value held to the schema of all of them.
     const rest = schema.additionalProperties
     if (typeof rest === 'object' && rest !== null) {
       for (const [key, item] of Object.entries(record)) {
-        if (key in properties || item === undefined) continue
+        if (Object.hasOwn(properties, key) || item === undefined) continue
         const problem = valueProblem(rest as TSchema, item, `${path}.${key}`)
         if (problem !== null) return problem
       }

@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify'
 import { TASK_TYPES } from '../schemas/session.js'
 import { probeCgroups, removeLeftoverCgroups } from '../services/runner/agents/cgroup.js'
 import { RunningCalls, type CommandRuntime } from '../services/runner/agents/command.js'
-import { parseAgentsConfig, type AgentsConfig } from '../services/runner/agents/spec.js'
+import { parseAgentsConfig, PolicyOptions, type AgentsConfig } from '../services/runner/agents/spec.js'
 import { unroutedTypes, type Executors } from '../services/runner/executors.js'
 import { TaskManager } from '../services/task-manager.js'
 import { COMMAND_SETTINGS, MANAGER_SETTINGS, resolveSettings, settingOptions, type Resolved } from '../schemas/options.js'
@@ -16,8 +16,8 @@ declare module 'fastify' {
   }
 }
 
-/** Per key a function, or `{ run, ...policy }` (the policy is checked when the agents are resolved). */
-const ExecutorOption = Type.Union([FunctionOption, Type.Object({ run: FunctionOption })])
+/** Per key a function, or `{ run, ...policy }`: a misspelt policy field is refused at register, before any storage is opened. */
+const ExecutorOption = Type.Union([FunctionOption, Type.Object({ run: FunctionOption, ...PolicyOptions }, { additionalProperties: false })])
 
 /** Programmatic agents by task type or `default`; these take precedence over configured ones. */
 export const ExecutorsOption = Type.Unsafe<Executors>(Type.Object(

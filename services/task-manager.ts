@@ -670,6 +670,7 @@ export class TaskManager {
 
   /** Deletes a session and its file, or its archived files. Refused while it executes. */
   async delete (sessionId: string): Promise<void> {
+    this.assertRestored()
     if (this.shared !== undefined) {
       await this.registry.sync(sessionId)
       // Archived elsewhere since this replica read its index: the rows say.
@@ -922,6 +923,16 @@ export class TaskManager {
 
   private assertOpen (): void {
     if (this.shuttingDown) throw new ShuttingDownError()
+    this.assertRestored()
+  }
+
+  /**
+   * Before the restore has loaded what is stored (a host calling the decorator from its own
+   * onReady hook, which runs before ours, or before ready()), a change would not see a session
+   * on disk: a create would start it over and save over its file.
+   */
+  private assertRestored (): void {
+    if (this.restored === null) throw new NotReadyError()
   }
 }
 

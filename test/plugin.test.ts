@@ -231,6 +231,37 @@ t.test('every option is in the README\'s table of options', async (t) => {
   t.same(missing, [], 'none left out')
 })
 
+t.test('the decorators take changes once the restore has loaded what is stored: before it (a host\'s onReady hook runs before ours) they answer NotReadyError, and the stored session is kept', async (t) => {
+  const dir = await tempDir(t)
+  const boot = async (hook?: (app: FastifyInstance) => Promise<void>): Promise<FastifyInstance> => {
+    const app = Fastify({ logger: false })
+    await app.register(taskvault, { prefix: '/agents', storageDir: dir })
+    if (hook !== undefined) app.addHook('onReady', async () => { await hook(app) })
+    await app.ready()
+    return app
+  }
+  const first = await boot()
+  await first.taskManager.create('nightly', [{ instruction: 'kept', task_type: 'General' }])
+  await first.close()
+  const refusals: Array<string | undefined> = []
+  const second = await boot(async (app) => {
+    for (const change of [
+      async () => app.taskManager.create('nightly', [{ instruction: 'too early', task_type: 'General' }]),
+      async () => app.taskManager.executeNext('nightly'),
+      async () => app.taskManager.executeAll('nightly'),
+      async () => app.taskManager.startBackgroundRun('nightly'),
+      async () => app.taskManager.retry('nightly'),
+      async () => app.taskManager.delete('nightly')
+    ]) refusals.push(await change().then(() => undefined, (err: Error & { code?: string }) => err.code))
+  })
+  t.teardown(() => second.close())
+  t.same(refusals, Array(6).fill('NOT_READY'), 'every change refused, none applied over an empty view')
+  t.same(second.taskManager.get('nightly').session.tasks.map((task) => task.instruction), ['kept'], 'the stored session is as it was')
+  await second.taskManager.create('nightly', [{ instruction: 'after', task_type: 'General' }])
+  const stored = JSON.parse(await readFile(`${dir}/nightly.json`, 'utf8')) as { session: { tasks: Array<{ instruction: string }> } }
+  t.same(stored.session.tasks.map((task) => task.instruction), ['kept', 'after'], 'once ready, a create adds to it')
+})
+
 t.test('options are checked at register time, naming the bad one', async (t) => {
   const dir = await tempDir(t)
   const cases: Array<[string, object, RegExp]> = [
@@ -242,7 +273,13 @@ t.test('options are checked at register time, naming the bad one', async (t) => 
     ['unknown task type', { storageDir: dir, executors: { Magic: async () => ({ result: '' }) } }, /^taskvault: unknown key 'Magic' in option 'executors' \(known: default, Coding/],
     ['api keys not a list', { storageDir: dir, apiKeys: 'k1' }, /^taskvault: option 'apiKeys': expected array/],
     ['bad prefix', { storageDir: dir, prefix: 'agents' }, /^taskvault: option 'prefix'/],
-    ['not a registry', { storageDir: dir, metricsRegistry: {} }, /^taskvault: option 'metricsRegistry' has no 'registerMetric'/]
+    ['not a registry', { storageDir: dir, metricsRegistry: {} }, /^taskvault: option 'metricsRegistry' has no 'registerMetric'/],
+    // Names every object inherits are no option and no task type.
+    ['an inherited name', { storageDir: dir, toString: 1 }, /^taskvault: unknown option 'toString' \(known: /],
+    ['another inherited name', { storageDir: dir, constructor: 1 }, /^taskvault: unknown option 'constructor' \(known: /],
+    ['an inherited name as task type', { storageDir: dir, executors: { toString: async () => ({ result: '' }) } }, /^taskvault: unknown key 'toString' in option 'executors'/],
+    ['a misspelt executor policy field', { storageDir: dir, executors: { default: { run: async () => ({ result: '' }), max_attempt: 3 } } }, /^taskvault: unknown key 'max_attempt' in option 'executors\.default' \(known: run, timeout_ms, max_attempts/],
+    ['an executor policy out of range', { storageDir: dir, executors: { default: { run: async () => ({ result: '' }), max_attempts: 0 } } }, /^taskvault: option 'executors\.default\.max_attempts': expected integer to be greater or equal to 1/]
   ]
   for (const [name, options, message] of cases) {
     const err = await registerError(options)

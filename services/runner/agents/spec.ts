@@ -1,6 +1,6 @@
 import { accessSync, constants, statSync } from 'node:fs'
 import { join, resolve } from 'node:path'
-import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { Type, type Static, type TOptional, type TSchema } from '@sinclair/typebox'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
 import { Value } from '@sinclair/typebox/value'
 import { TASK_TYPES } from '../../../schemas/session.js'
@@ -22,6 +22,9 @@ const Policy = {
   backoff_ms: Type.Integer({ minimum: 0, maximum: MAX_TIMER_MS, default: 1000, description: 'Wait before the 2nd call; doubles each time, with jitter' }),
   max_backoff_ms: Type.Integer({ minimum: 0, maximum: MAX_TIMER_MS, default: 60_000, description: 'Cap on any wait, Retry-After included' })
 }
+
+/** The call policy as a programmatic executor gives it (`{ run, ...policy }`): every field optional, its default otherwise. */
+export const PolicyOptions = Object.fromEntries(Object.entries(Policy).map(([field, schema]) => [field, Type.Optional(schema)])) as { [F in keyof typeof Policy]: TOptional<(typeof Policy)[F]> }
 
 const HttpLimits = {
   max_response_bytes: Type.Integer({ minimum: 1024, maximum: MAX_TEXT_BYTES, default: 4 * 1024 * 1024, description: 'A longer answer fails the call' })
@@ -75,6 +78,9 @@ export const DEFAULT_POLICY = Value.Create(Type.Object(Policy)) as AgentPolicy
  * TASK_AGENTS specs: undefined fields take the defaults, anything else must be in range.
  */
 export function checkPolicy (key: string, given: Record<string, unknown>, defaults: AgentPolicy): AgentPolicy {
+  // A misspelt field (`max_attempt`) would otherwise leave the default in force without a word, as a TASK_AGENTS spec never does.
+  const unknown = Object.keys(given).find((field) => !Object.hasOwn(Policy, field))
+  if (unknown !== undefined) throw new InvalidAgentConfigError(`executors.${key}.${unknown}: unknown field (known: run, ${Object.keys(Policy).join(', ')})`)
   const merged: Record<string, unknown> = { ...defaults }
   for (const field of Object.keys(Policy)) if (given[field] !== undefined) merged[field] = given[field]
   const first = checkPolicyFields.Errors(merged).First()
