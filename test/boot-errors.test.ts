@@ -5,7 +5,7 @@
  */
 import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { writeFile } from 'node:fs/promises'
+import { mkdir, writeFile } from 'node:fs/promises'
 import { createServer as createHttpServer } from 'node:http'
 import { createServer, type AddressInfo, type Server } from 'node:net'
 import { join } from 'node:path'
@@ -68,6 +68,16 @@ t.test('a settings file that is a pipe nobody writes to fails the boot in SETTIN
   await writeFile(fifo, '{"default": {"kind": "nope"}}')
   const [bad] = await failedStart(t, late, 'TASK_AGENTS=@fifo, written late')
   t.match(bad, /TASK_AGENTS\.default/u, 'the text written was read and judged')
+})
+
+t.test('a FIFO named .taskvault in the storage folder is no marker: the boot fails at once, not waiting for a writer', async (t) => {
+  const { dir, spawnRaw } = await scratch(t)
+  const storage = join(dir, 'tasks')
+  await mkdir(storage)
+  t.equal(spawnSync('mkfifo', [join(storage, '.taskvault')]).status, 0, 'mkfifo')
+  const server = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORAGE_DIR: storage }))
+  const [line] = await failedStart(t, server, 'a FIFO marker')
+  t.match(line, /\.taskvault is not a taskvault marker \(not a regular file\)/u)
 })
 
 t.test('a choice-list setting with a bad value: one line listing the allowed values', async (t) => {

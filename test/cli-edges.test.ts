@@ -179,6 +179,16 @@ t.test('validate names a session file too large to be read, without reading it; 
   t.equal((await readdir(join(dir, 'corrupt'))).length, 1)
 })
 
+t.test('a FIFO named .taskvault is no marker: validate, stats and backup say so at once, not waiting for a writer', async (t) => {
+  const dir = await tempDir(t)
+  t.equal(spawnSync('mkfifo', [join(dir, '.taskvault')]).status, 0, 'mkfifo')
+  for (const args of [['validate', dir], ['stats', dir], ['backup', dir, '--out', join(await tempDir(t, 'taskvault-outs-'), 'b.tar.gz')]]) {
+    const refused = await taskvault(args)
+    t.equal(refused.code, 1, `${args[0] as string}: refused`)
+    t.match(refused.stderr, /\.taskvault is not a taskvault marker \(not a regular file\)/u, `${args[0] as string}: says why`)
+  }
+})
+
 t.test('backup --out refuses a path that is not a regular file (a FIFO, a link), even with --force, and leaves it as it was', async (t) => {
   const dir = await preparedFolder(t)
   const outs = await tempDir(t, 'taskvault-outs-')

@@ -64,8 +64,9 @@ const SEALED_KEY = Buffer.from('"sealed"')
 /** A sealed document names its box right after the id and times: the head is enough to tell. */
 const HEAD_BYTES = 512
 
-// O_NOFOLLOW: a symlink swapped in after readdir is refused, not followed.
-const FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW
+// O_NOFOLLOW: a symlink swapped in after readdir is refused, not followed. O_NONBLOCK: a FIFO
+// swapped in is opened at once (then refused as no regular file), not waited on for a writer.
+const FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK
 
 /** A batch's bytes, end to end, in one buffer that grows by doubling. */
 class BatchBytes {

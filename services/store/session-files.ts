@@ -107,14 +107,18 @@ function openSealed (name: string, raw: object, expectedId: string, keyring: Key
 }
 
 /**
- * Reads a whole file without following a symlink (one swapped in after readdir is refused).
- * I/O errors are thrown as they are; they say nothing about the file's content.
+ * A file's bytes, read without following a symlink (one swapped in after readdir is refused);
+ * one over `maxBytes` is not read (CorruptSessionFileError naming its size). I/O errors are
+ * thrown as they are; they say nothing about the file's content. Opened without blocking and
+ * refused unless a regular file (code ENOTREG, as the reader threads say): opening a FIFO
+ * would wait for a writer for ever, holding a thread of the pool and the process's exit.
  */
-/** A file's bytes; one over `maxBytes` is not read (CorruptSessionFileError naming its size). */
 export async function readWhole (fs: FsSeam, path: string, maxBytes = Number.POSITIVE_INFINITY): Promise<Buffer> {
-  const handle = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW)
+  const handle = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
   try {
-    const { size } = await handle.stat()
+    const stat = await handle.stat()
+    if (!stat.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: 'ENOTREG' })
+    const size = stat.size
     if (size > maxBytes) throw new CorruptSessionFileError(basename(path), tooLargeReason(size, maxBytes))
     return await handle.readFile()
   } finally {

@@ -27,8 +27,8 @@ export async function readMarker (fs: FsSeam, dir: string): Promise<Marker | nul
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
     if (code === 'ENOENT') return null
-    // ELOOP: a symlink (O_NOFOLLOW); EISDIR and the like: not a file we wrote.
-    if (code === 'ELOOP' || code === 'EISDIR') throw new ForeignFolderError(`${path} is not a taskvault marker (not a regular file); remove it if ${dir} is taskvault's`)
+    // ELOOP: a symlink (O_NOFOLLOW); EISDIR, ENOTREG (a FIFO, a device): not a file we wrote.
+    if (code === 'ELOOP' || code === 'EISDIR' || code === 'ENOTREG') throw new ForeignFolderError(`${path} is not a taskvault marker (not a regular file); remove it if ${dir} is taskvault's`)
     throw err
   }
   let marker = null as { format?: unknown, key_checks?: unknown } | null
