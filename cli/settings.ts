@@ -36,8 +36,11 @@ function readDotEnv (cwd: string): Record<string, string | undefined> {
   let text: string
   try {
     text = readFileSync(join(cwd, '.env'), 'utf8')
-  } catch {
-    return {}
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'ENOENT') return {}
+    // Read past, its settings (the folder, the keys, the store) would silently fall back to the defaults, where the server refuses to start.
+    throw new BadSettingError(`file ./.env: it cannot be read (${code ?? (err as Error).message}); fix or remove it`)
   }
   const dropped = droppedEnvLines(text)
   if (dropped.length > 0) throw new BadSettingError(droppedEnvMessage(dropped))

@@ -179,6 +179,15 @@ t.test('validate names a session file too large to be read, without reading it; 
   t.equal((await readdir(join(dir, 'corrupt'))).length, 1)
 })
 
+t.test('a ./.env that cannot be read (here a folder) stops every command with exit 2, as it stops the server, rather than run on the defaults', async (t) => {
+  const cwd = await tempDir(t)
+  await mkdir(join(cwd, '.env'))
+  const refused = await taskvault(['stats'], { cwd })
+  t.equal(refused.code, 2, refused.stdout)
+  t.match(refused.stderr, /^taskvault: bad setting file \.\/\.env: it cannot be read \(EISDIR\); fix or remove it/u)
+  t.equal(refused.stdout, '', 'no figures of a folder it was not asked about')
+})
+
 t.test('a FIFO named .taskvault is no marker: validate, stats and backup say so at once, not waiting for a writer', async (t) => {
   const dir = await tempDir(t)
   t.equal(spawnSync('mkfifo', [join(dir, '.taskvault')]).status, 0, 'mkfifo')
