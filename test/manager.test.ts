@@ -176,6 +176,23 @@ t.test('TASK_AUTO_SAVE=false keeps changes in memory and saves them at shutdown'
   t.same(stored.session.tasks.map((task: { status: string }) => task.status), ['Completed', 'Pending'])
 })
 
+t.test('TASK_AUTO_SAVE=false: the shutdown\'s save keeps each session\'s updated_at, the time of its last change; a restart answers the list as before it', async (t) => {
+  const dir = await tempDir(t)
+  let now = Date.parse('2026-03-01T10:00:00.000Z')
+  const clock = (): Date => new Date(now)
+  const app = await build(t, { dir, clock, config: { TASK_AUTO_SAVE: false } })
+  await createSession(app, 'older', 'a')
+  now += 60_000
+  await createSession(app, 'newer', 'b')
+  const before = (await get(app, '/list?session_id=all')).json()
+  t.same(before.sessions.map((s: { session_id: string, updated_at: string }) => `${s.session_id}@${s.updated_at}`), ['newer@2026-03-01T10:01:00.000Z', 'older@2026-03-01T10:00:00.000Z'])
+  now += 3_600_000
+  await app.close()
+  t.equal(JSON.parse(await readFile(join(dir, 'older.json'), 'utf8')).updated_at, '2026-03-01T10:00:00.000Z', 'stored with the time of its change, not of the shutdown')
+  const again = await build(t, { dir, clock, config: { TASK_AUTO_SAVE: false } })
+  t.same((await get(again, '/list?session_id=all')).json(), before, 'the restart answers what was served before it')
+})
+
 t.test('restore: a seed-format file loads, a corrupt one is set aside, InProgress resets', async (t) => {
   const dir = await tempDir(t)
   const seed = {

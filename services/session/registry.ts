@@ -1,3 +1,4 @@
+import { isDeepStrictEqual } from 'node:util'
 import type { Static } from '@sinclair/typebox'
 import type { SessionSummary as SessionSummarySchema } from '../../schemas/api.js'
 import { SessionLeavingError, SessionNotFoundError, SessionTooLargeError, StorageError, UnsavedChangesLostError, VersionConflictError, type LostChanges } from '../errors.js'
@@ -448,7 +449,8 @@ export class SessionRegistry {
   /** Writes a draft and settles the changes in it: resolved once durable, rejected (memory as before) if not. */
   /** Resolves true when the batch went back into the queue, to be applied again to the stored state. */
   private async write (sessionId: string, slot: SessionSlot, draft: Draft, applied: Applied[]): Promise<boolean> {
-    if (draft.file !== null) {
+    // The shutdown's save of what auto-save off kept in memory changes nothing: the time stays that of the last change.
+    if (draft.file !== null && !(draft.intent.kind === 'save' && draft.intent.force && isDeepStrictEqual(draft.file, slot.file))) {
       draft.file.updated_at = isoNow(draft.now)
       draft.file.session.current_index = currentIndex(draft.file.session.tasks)
     }
