@@ -1,10 +1,9 @@
-import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import * as util from 'node:util'
 import { Ajv } from 'ajv'
 import { ConfigSchema, describeSettingErrors, type Config } from '../schemas/config.js'
 import { BadSettingError, InvalidLockSettingsError } from '../services/errors.js'
-import { droppedEnvLines, droppedEnvMessage } from '../services/setting-file.js'
+import { droppedEnvLines, droppedEnvMessage, readDotEnvFile } from '../services/setting-file.js'
 
 /**
  * The server's settings, read the way the server reads them (the environment, then `.env` in
@@ -33,15 +32,14 @@ export function loadSettings (env: NodeJS.ProcessEnv = process.env, cwd = proces
 }
 
 function readDotEnv (cwd: string): Record<string, string | undefined> {
-  let text: string
+  let text: string | null
   try {
-    text = readFileSync(join(cwd, '.env'), 'utf8')
+    text = readDotEnvFile(join(cwd, '.env'))
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    if (code === 'ENOENT') return {}
     // Read past, its settings (the folder, the keys, the store) would silently fall back to the defaults, where the server refuses to start.
-    throw new BadSettingError(`file ./.env: it cannot be read (${code ?? (err as Error).message}); fix or remove it`)
+    throw new BadSettingError(`file ./.env: it cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); fix or remove it`)
   }
+  if (text === null) return {}
   const dropped = droppedEnvLines(text)
   if (dropped.length > 0) throw new BadSettingError(droppedEnvMessage(dropped))
   // Node 20.12 or later (package.json's engines).

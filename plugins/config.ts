@@ -1,9 +1,8 @@
-import { readFileSync } from 'node:fs'
 import fastifyEnv from '@fastify/env'
 import { fastify } from 'fastify'
 import fp from 'fastify-plugin'
 import { ConfigSchema, describeSettingErrors, type Config, type SettingError } from '../schemas/config.js'
-import { droppedEnvLines, droppedEnvMessage } from '../services/setting-file.js'
+import { droppedEnvLines, droppedEnvMessage, readDotEnvFile } from '../services/setting-file.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -69,13 +68,14 @@ export async function loadConfig (options: ConfigPluginOptions = {}): Promise<Co
 
 /** `.env` in the working directory (where @fastify/env reads it), refused when the parser would drop a line of it. */
 function checkDotEnv (): void {
-  let text: string
+  let text: string | null
   try {
-    text = readFileSync('.env', 'utf8')
-  } catch {
-    // Missing or unreadable: @fastify/env reports what it cannot read.
-    return
+    text = readDotEnvFile('.env')
+  } catch (err) {
+    // Said here, before @fastify/env opens it blocking (a FIFO would hold the start for ever).
+    throw new Error(`./.env cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); fix or remove it`)
   }
+  if (text === null) return
   const dropped = droppedEnvLines(text)
   if (dropped.length > 0) throw new Error(droppedEnvMessage(dropped))
 }

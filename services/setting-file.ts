@@ -1,4 +1,4 @@
-import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs'
+import { closeSync, constants, fstatSync, openSync, readFileSync, readSync } from 'node:fs'
 import { parseEnv } from 'node:util'
 
 /**
@@ -47,6 +47,28 @@ export function readSettingFile (path: string, max = SETTING_FILE_MAX_BYTES, wai
       if (length > max) throw new Error(`more than ${max} bytes (a settings file holds a few KB)`)
     }
     return buffer.toString('utf8', 0, length)
+  } finally {
+    closeSync(fd)
+  }
+}
+
+/**
+ * The text of a `.env` file, or null when there is none. Opened without blocking and refused
+ * unless a regular file (code EISDIR for a folder, ENOTREG otherwise): a FIFO opened blocking
+ * would hold the start, or a command, for ever, past any signal.
+ */
+export function readDotEnvFile (path: string): string | null {
+  let fd: number
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
+    throw err
+  }
+  try {
+    const stat = fstatSync(fd)
+    if (!stat.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: stat.isDirectory() ? 'EISDIR' : 'ENOTREG' })
+    return readFileSync(fd, 'utf8')
   } finally {
     closeSync(fd)
   }

@@ -561,6 +561,7 @@ export class TaskManager {
 
   /** Stops the session's running execution (its task fails with "cancelled"). */
   async cancel (sessionId: string): Promise<{ cancelled_task_id: string | null, progress: Progress }> {
+    this.assertRestored()
     return this.cancelHere(sessionId).catch(async (err: unknown) => this.notFoundWhy(sessionId, err))
   }
 

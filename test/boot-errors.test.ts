@@ -80,6 +80,14 @@ t.test('a FIFO named .taskvault in the storage folder is no marker: the boot fai
   t.match(line, /\.taskvault is not a taskvault marker \(not a regular file\)/u)
 })
 
+t.test('a FIFO named .env in the working directory fails the boot at once, naming it, not waiting for a writer', async (t) => {
+  const { dir, spawnRaw } = await scratch(t)
+  t.equal(spawnSync('mkfifo', [join(dir, '.env')]).status, 0, 'mkfifo')
+  const server = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORAGE_DIR: join(dir, 'tasks') }), dir)
+  const [line] = await failedStart(t, server, 'a FIFO .env')
+  t.match(line, /\.\/\.env cannot be read \(ENOTREG\); fix or remove it/u)
+})
+
 t.test('a choice-list setting with a bad value: one line listing the allowed values', async (t) => {
   const { dir, spawnRaw } = await scratch(t)
   const cases = [

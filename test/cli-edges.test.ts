@@ -179,13 +179,19 @@ t.test('validate names a session file too large to be read, without reading it; 
   t.equal((await readdir(join(dir, 'corrupt'))).length, 1)
 })
 
-t.test('a ./.env that cannot be read (here a folder) stops every command with exit 2, as it stops the server, rather than run on the defaults', async (t) => {
+t.test('a ./.env that cannot be read (a folder, a FIFO) stops every command with exit 2, as it stops the server, rather than run on the defaults', async (t) => {
   const cwd = await tempDir(t)
   await mkdir(join(cwd, '.env'))
   const refused = await taskvault(['stats'], { cwd })
   t.equal(refused.code, 2, refused.stdout)
   t.match(refused.stderr, /^taskvault: bad setting file \.\/\.env: it cannot be read \(EISDIR\); fix or remove it/u)
   t.equal(refused.stdout, '', 'no figures of a folder it was not asked about')
+  // A FIFO: said at once, not waited on for a writer.
+  const fifo = await tempDir(t)
+  t.equal(spawnSync('mkfifo', [join(fifo, '.env')]).status, 0, 'mkfifo')
+  const piped = await taskvault(['stats'], { cwd: fifo })
+  t.equal(piped.code, 2, piped.stdout)
+  t.match(piped.stderr, /^taskvault: bad setting file \.\/\.env: it cannot be read \(ENOTREG\)/u)
 })
 
 t.test('a FIFO named .taskvault is no marker: validate, stats and backup say so at once, not waiting for a writer', async (t) => {

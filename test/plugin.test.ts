@@ -251,11 +251,12 @@ t.test('the decorators take changes once the restore has loaded what is stored: 
       async () => app.taskManager.executeAll('nightly'),
       async () => app.taskManager.startBackgroundRun('nightly'),
       async () => app.taskManager.retry('nightly'),
+      async () => app.taskManager.cancel('nightly'),
       async () => app.taskManager.delete('nightly')
     ]) refusals.push(await change().then(() => undefined, (err: Error & { code?: string }) => err.code))
   })
   t.teardown(() => second.close())
-  t.same(refusals, Array(6).fill('NOT_READY'), 'every change refused, none applied over an empty view')
+  t.same(refusals, Array(7).fill('NOT_READY'), 'every change refused, none applied over an empty view')
   t.same(second.taskManager.get('nightly').session.tasks.map((task) => task.instruction), ['kept'], 'the stored session is as it was')
   await second.taskManager.create('nightly', [{ instruction: 'after', task_type: 'General' }])
   const stored = JSON.parse(await readFile(`${dir}/nightly.json`, 'utf8')) as { session: { tasks: Array<{ instruction: string }> } }
