@@ -160,6 +160,8 @@ t.test('validate: one line per file, exit 1 on a bad file, --fix moves it to cor
 t.test('stats: the figures the server reports for the same folder', async (t) => {
   const dir = await preparedFolder(t)
   await writeFile(join(dir, 'broken.json'), 'nope', { mode: 0o600 })
+  // A damaged archived file: the server reads one only when asked for it, and counts it in its archive until then.
+  await writeFile(join(dir, 'archive', 'cut.json'), (await readFile(join(dir, 'archive', 'kept.json'))).subarray(0, 100), { mode: 0o600 })
   const run = await taskvault(['stats', dir, '--json'])
   t.equal(run.code, 0)
   const fromFiles = run.json()
@@ -172,8 +174,8 @@ t.test('stats: the figures the server reports for the same folder', async (t) =>
     failed_tasks: 1,
     pending_tasks: 1,
     in_progress_tasks: 0,
-    archived_sessions: 2,
-    storage: { dir, files: 4, archive_files: 2, failed_loads: 1 }
+    archived_sessions: 3,
+    storage: { dir, files: 4, archive_files: 3, failed_loads: 1 }
   })
   t.ok(fromFiles.storage.used_bytes >= fromFiles.storage.bytes + fromFiles.storage.archive_bytes, 'storage used covers every file')
 
@@ -188,7 +190,7 @@ t.test('stats: the figures the server reports for the same folder', async (t) =>
 
   const text = await taskvault(['stats', dir])
   t.match(text.stdout, /sessions\s+4 \(1 active, 3 completed\)/u)
-  t.match(text.stdout, /archived sessions\s+2/u)
+  t.match(text.stdout, /archived sessions\s+3/u)
 })
 
 t.test('archive and prune run the scheduler\'s passes', async (t) => {

@@ -73,6 +73,13 @@ ${COMMON_HELP}`,
       if (!checked.ok) {
         // A file not named like a session, or not a regular file, is not one the server fails to load: it ignores it.
         if (ignoredByServer(stored)) continue
+        if (stored.archived) {
+          // The server reads an archived file only when asked for it: until then it counts it in its archive as it is.
+          archivedIds.add(stored.sessionId as string)
+          storage.archive_bytes += (await lstat(stored.path).catch(() => null))?.size ?? 0
+          storage.archive_files++
+          continue
+        }
         storage.failed_loads++
         continue
       }
