@@ -110,9 +110,15 @@ const actionKey = (button: string, sessionId: string | undefined): string => `${
 function askForKey (text: string): void {
   $('key-message').textContent = text
   showKeyProblem(null)
+  // Stopped until a key is taken (start() again): a link or Back must not bring a page back under the form.
+  state.started = false
+  if (question.open) question.close('cancel')
   $('key-form').hidden = false
   $('overview').hidden = true
   $('session').hidden = true
+  const badge = $('live')
+  badge.textContent = 'stopped: a key is needed'
+  badge.dataset.live = 'false'
   $('key-input').focus()
 }
 onKeyWanted(askForKey)
@@ -672,6 +678,8 @@ function linkedId (encoded: string): string {
 /** Shows the page the address names; `moveFocus` (a page change, not the first load) puts focus on it. */
 function route (moveFocus = false): void {
   if (!state.started) return
+  // A question asked on the page left (its session deleted meanwhile, or Back) is withdrawn, never answered for another.
+  if (question.open) question.close('cancel')
   const match = /^#\/session\/(.+)$/u.exec(location.hash)
   const left = state.detail?.session_id
   // Whatever a load still in flight answers, it is for the page before this one.

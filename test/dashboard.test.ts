@@ -537,6 +537,32 @@ async function run (browser: Browser): Promise<void> {
     await page.unrouteAll({ behavior: 'wait' })
   })
 
+  t.test('a key refused while a session page is open: a link or Back to the overview leaves only the key form, until a key is taken', async (t) => {
+    const keyed = await serve(t, { config: { TASK_API_KEYS: 'right-key' } })
+    await keyed.app.inject({ method: 'POST', url: '/api/v1/tasks/create', headers: { authorization: 'Bearer right-key' }, payload: { session_id: 'keyed', instructions: 'y' } })
+    const page = await open(t, browser, keyed.base)
+    await page.locator('#key-form').waitFor()
+    await useKey(page, 'right-key')
+    await page.locator('#overview').waitFor()
+    await page.evaluate("location.hash = '#/session/keyed'")
+    await page.locator('#session-summary', { hasText: '0/1 done' }).waitFor()
+    // From now on every call refuses the key, as a server whose keys changed does.
+    await page.route('**/api/v1/tasks/**', async (route) => {
+      await route.fulfill({ status: 401, contentType: 'application/json', body: JSON.stringify({ statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'invalid API key' }) })
+    })
+    await page.getByRole('button', { name: 'Delete…' }).click()
+    await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click()
+    await page.locator('#key-message', { hasText: 'refused' }).waitFor()
+    await page.evaluate("location.hash = '#/'")
+    await settle(page)
+    t.same(await js(page, "['key-form', 'overview', 'session'].map((id) => document.getElementById(id).hidden)"), [false, true, true], 'the key form alone')
+    t.match(await page.locator('#live').innerText(), /key/, 'the badge says what it waits for, not a reconnect')
+    await page.unrouteAll({ behavior: 'wait' })
+    await useKey(page, 'right-key')
+    await page.locator('#overview').waitFor()
+    t.equal(await js(page, "document.getElementById('key-form').hidden"), true, 'a key taken: the page the address names')
+  })
+
   t.test('a key no header can carry is refused with the reason; one already saved brings the form back', async (t) => {
     const keyed = await serve(t, { config: { TASK_API_KEYS: 'right-key' } })
     // A zero-width space pasted with the key: fetch would throw on it before sending anything.
@@ -808,6 +834,23 @@ async function run (browser: Browser): Promise<void> {
     t.pass('the new session shows in the other tab while the question is open')
     await asking.getByRole('dialog').getByRole('button', { name: 'Cancel' }).click()
     t.equal((await tabbed.app.inject({ method: 'GET', url: '/api/v1/tasks/progress?session_id=asked' })).statusCode, 200, 'and nothing was deleted')
+  })
+
+  t.test('a Delete question is withdrawn when its session is deleted elsewhere: nothing is sent, and it is never answered for another page', async (t) => {
+    const deleting = await serve(t)
+    await createSession(deleting.app, 'asked-away', 'one')
+    const page = await open(t, browser, `${deleting.base}#/session/asked-away`)
+    await page.locator('#session-summary', { hasText: '0/1 done' }).waitFor()
+    await page.getByRole('button', { name: 'Delete…' }).click()
+    await page.getByRole('dialog').waitFor()
+    const deletes: string[] = []
+    page.on('request', (request) => { if (request.method() === 'DELETE') deletes.push(request.url()) })
+    t.equal((await deleting.app.inject({ method: 'DELETE', url: '/api/v1/tasks/sessions/asked-away' })).statusCode, 204)
+    await page.locator('#overview').waitFor()
+    await page.getByRole('dialog').waitFor({ state: 'hidden' })
+    t.pass('the question went with its session')
+    await settle(page)
+    t.same(deletes, [], 'no delete sent')
   })
 
   t.test('totals show when /health does not answer (a proxy passing only /api and /dashboard): uptime is unknown', async (t) => {
