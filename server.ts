@@ -5,7 +5,9 @@ import { loadConfig } from './plugins/config.js'
 import { listenFailure } from './http/listen-error.js'
 import { LogDestination } from './http/log-destination.js'
 import { loggerOptions } from './http/logger-options.js'
+import type { Config } from './schemas/config.js'
 import { UnsavedChangesLostError } from './services/errors.js'
+import { releaseHeldSync } from './services/store/storage-lock.js'
 
 /** Loads config, restores sessions, listens, and drains on SIGTERM/SIGINT. */
 async function main (): Promise<void> {
@@ -14,27 +16,45 @@ async function main (): Promise<void> {
   // finished or given up, then the server closes (releasing its storage lock) and exits 0,
   // within TASK_SHUTDOWN_GRACE_MS; nothing runs yet that needs more.
   let stopped: NodeJS.Signals | null = null
+  /** The settings, once read; with the file store, the app being built may hold the folder's lock. */
+  let config: Config | undefined
+  // Past the grace period the process ends before its store could close: the folder's lock goes with it.
+  const exitNow = (): never => {
+    if (config?.TASK_STORE === 'file') releaseHeldSync(config.TASK_STORAGE_DIR)
+    process.exit(0)
+  }
   const early = (signal: NodeJS.Signals): void => {
     if (stopped !== null) return
     stopped = signal
     if (app === undefined) {
-      // Still loading (a database not up yet): nothing to close but the process.
-      console.error(`taskvault: ${signal} while starting; exiting`)
-      process.exit(0)
+      // Reading settings, or waiting for a database: nothing held, so the process just ends.
+      if (config?.TASK_STORE !== 'file') {
+        console.error(`taskvault: ${signal} while starting; exiting`)
+        process.exit(0)
+      }
+      // The folder is being opened (its lock taken): the app is closed once built (below).
+      console.error(`taskvault: ${signal} while starting; exiting once the storage folder is open`)
+      setTimeout(exitNow, config.TASK_SHUTDOWN_GRACE_MS).unref()
+      return
     }
     app.log.info({ signal }, 'Shutting down while starting')
     // The restore ends, but no archive pass starts after it: the server is only closing.
     app.archiver.stop().catch(() => {})
-    setTimeout(() => process.exit(0), app.config.TASK_SHUTDOWN_GRACE_MS).unref()
+    setTimeout(exitNow, app.config.TASK_SHUTDOWN_GRACE_MS).unref()
   }
   process.on('SIGTERM', early)
   process.on('SIGINT', early)
   try {
-    const config = await loadConfig()
+    config = await loadConfig()
     const log = new LogDestination({ maxQueuedBytes: config.LOG_QUEUE_BYTES })
     // Every exit (process.exit included) writes what is still queued, once: never waiting on a failing log.
     process.once('exit', () => { log.flushSync() })
     app = await buildApp({ config, readEnvironment: false, logger: loggerOptions(config, log), processMetrics: true })
+    // A signal while it was built: closed now (its lock released), no restore started.
+    if (stopped !== null) {
+      await app.close().catch(() => {})
+      process.exit(0)
+    }
     await app.ready()
   } catch (err) {
     if (stopped !== null) {

@@ -254,7 +254,7 @@ t.test('a SIGTERM sent to `npm start` reaches the server, which shuts down: no o
   t.ok(refused, 'nothing listens on its port any more')
 })
 
-t.test('SIGTERM while starting exits 0: during the wait for a database, and during a restore (which then ends, and the lock is released; no archive pass runs)', async (t) => {
+t.test('SIGTERM while starting exits 0: during the wait for a database, and during a restore (which then ends, and the lock is released; no archive pass runs; past a grace shorter than the restore, the lock is released too)', async (t) => {
   const { spawnRaw, dir } = await scratch(t)
   const waiting = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORE: 'postgres', DATABASE_URL: 'postgres://127.0.0.1:1/none', TASK_DB_CONNECT_TIMEOUT_MS: '60000' }))
   t.ok(await waiting.waitForLine((line) => line.includes('The database cannot be reached yet'), 20_000), 'waiting for the database', { output: describe(waiting) })
@@ -278,6 +278,14 @@ t.test('SIGTERM while starting exits 0: during the wait for a database, and duri
   t.ok(logMessages(restoring.stdout()).includes('Shutting down while starting'), 'and says why')
   t.notOk((await readdir(data)).includes('.taskvault.lock'), 'the storage lock is released')
   t.equal((await readdir(data)).filter((name) => name.startsWith('old')).length, 50, 'no archive pass ran on the way out: the finished sessions are where they were')
+
+  // A grace shorter than the restore: the process ends before its store could close, and its lock goes with it
+  // (left behind, a start on another host would wait TASK_LOCK_STALE_MS).
+  const hurried = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORAGE_DIR: data, TASK_SHUTDOWN_GRACE_MS: '0' }))
+  t.ok(await hurried.waitForLine((line) => line.includes('Agents by task type'), 20_000), 'starting again', { output: describe(hurried) })
+  hurried.child.kill('SIGTERM')
+  t.same(await exitWithin(hurried, 60_000), { code: 0, signal: null }, 'exit 0 within the grace', { output: describe(hurried) })
+  t.notOk((await readdir(data)).includes('.taskvault.lock'), 'the storage lock is released all the same')
 })
 
 t.test('SIGTERM with a request in flight (TASK_AUTO_SAVE=false) still exits 0 and keeps acknowledged work', async (t) => {

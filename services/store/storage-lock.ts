@@ -1,3 +1,4 @@
+import { readlinkSync, unlinkSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { join } from 'node:path'
@@ -33,6 +34,22 @@ export type LockEvent =
   | { type: 'check-failed', path: string, err: unknown }
 
 export const LOCK_FILE = '.taskvault.lock'
+
+/**
+ * Removes the lock of folder `dir` when this process holds it, synchronously: for a process that
+ * must exit before its store could close (a signal while it starts, past the grace period), so
+ * that the next start, on another host too, need not wait TASK_LOCK_STALE_MS. One process holds
+ * one folder's lock at most through its store, so its pid and host name it.
+ */
+export function releaseHeldSync (dir: string): void {
+  const path = join(dir, LOCK_FILE)
+  try {
+    const holder = JSON.parse(readlinkSync(path)) as Partial<LockHolder>
+    if (holder.pid === process.pid && holder.host === hostname()) unlinkSync(path)
+  } catch {
+    // None, not ours, or not readable: left as it is.
+  }
+}
 
 /**
  * The single-writer lock of a storage folder: a file created exclusively, holding who owns
