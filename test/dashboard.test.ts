@@ -550,8 +550,8 @@ async function run (browser: Browser): Promise<void> {
     await page.route('**/api/v1/tasks/**', async (route) => {
       await route.fulfill({ status: 401, contentType: 'application/json', body: JSON.stringify({ statusCode: 401, code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'invalid API key' }) })
     })
-    await page.getByRole('button', { name: 'Delete…' }).click()
-    await page.getByRole('dialog').getByRole('button', { name: 'Delete' }).click()
+    // A change elsewhere: the page's next loads are refused.
+    await keyed.app.inject({ method: 'POST', url: '/api/v1/tasks/create', headers: { authorization: 'Bearer right-key' }, payload: { session_id: 'keyed', instructions: 'z' } })
     await page.locator('#key-message', { hasText: 'refused' }).waitFor()
     await page.evaluate("location.hash = '#/'")
     await settle(page)
