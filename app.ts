@@ -12,7 +12,7 @@ import { errorHandler, notFoundHandler } from './http/error-handler.js'
 import healthRoutes from './routes/health.js'
 import rootRoutes from './routes/root.js'
 import { createValidatorCompiler } from './http/validation.js'
-import { answerUnrouted, clientErrors, missingHost } from './http/client-errors.js'
+import { answerUnrouted, clientErrors, missingHost, observeWhenSent, type UnroutedObserver } from './http/client-errors.js'
 import { guardConnections, type ConnectionGuard } from './http/connections.js'
 import { hostCheck } from './http/allowed-hosts.js'
 import { openFileLimit, socketBudget } from './http/file-limit.js'
@@ -35,9 +35,6 @@ export interface BuildAppOptions extends CodeOptions {
 
 /** The settings the HTTP server itself takes. */
 export type ServerSettings = Pick<Config, 'TASK_REQUEST_TIMEOUT_MS' | 'TASK_KEEP_ALIVE_TIMEOUT_MS'>
-
-/** Told of a request answered before any route (no hook times it): its method, status and duration. */
-export type UnroutedObserver = (method: string, statusCode: number, seconds: number) => void
 
 /**
  * Server options shared by production and tests, so both validate and time requests the same way.
@@ -63,8 +60,7 @@ export function serverOptions (settings: ServerSettings, logger: FastifyServerOp
       const reply = routerReply as FastifyReply
       const long = error.code === 'FST_ERR_MAX_PARAM_LENGTH'
       const statusCode = long ? 414 : 400
-      const started = performance.now()
-      reply.raw.once('finish', () => { unrouted(request.method, statusCode, (performance.now() - started) / 1000) })
+      observeWhenSent(reply.raw, request.method, statusCode, unrouted)
       void reply.code(statusCode).send({
         statusCode,
         error: long ? 'URI Too Long' : 'Bad Request',

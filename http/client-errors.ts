@@ -73,16 +73,24 @@ export function clientErrors (connections: () => ConnectionGuard | null) {
 /** The code a CONNECT is handed to the client-error path with. */
 const CONNECT_REFUSED = 'TASKVAULT_CONNECT_REFUSED'
 
+/** Told of a request answered before any route (no hook times it): its method, status and duration. */
+export type UnroutedObserver = (method: string, statusCode: number, seconds: number) => void
+
+/** Tells `observe` of the answer `res` once it is sent, timed from now. */
+export function observeWhenSent (res: ServerResponse, method: string, statusCode: number, observe: UnroutedObserver): void {
+  const started = performance.now()
+  res.once('finish', () => { observe(method, statusCode, (performance.now() - started) / 1000) })
+}
+
 /**
  * What Node would answer itself, before any route, with an empty body or none: an Expect it does
  * not know (417), and CONNECT (the socket closed unanswered; nothing here tunnels). Answered in the
  * error shape with a code, as every other refusal, and each answer told to `observe` (the
  * metrics; no hook sees these). (A request without Host: see missingHost.)
  */
-export function answerUnrouted (server: Server, observe: (method: string, statusCode: number, seconds: number) => void): void {
+export function answerUnrouted (server: Server, observe: UnroutedObserver): void {
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
-    const started = performance.now()
-    res.once('finish', () => { observe(req.method ?? '', 417, (performance.now() - started) / 1000) })
+    observeWhenSent(res, req.method ?? '', 417, observe)
     // The connection stays open, as with Node's own 417: a request pipelined behind this one
     // (already read, and run) is answered on it in its turn.
     const body = errorBody(417, 'EXPECTATION_FAILED', `Expect '${String(req.headers.expect).slice(0, 40)}' is not supported (only 100-continue is)`)

@@ -349,7 +349,9 @@ t.test('a programmatic executor\'s call policy is held to the same bounds as TAS
     [{ timeout_ms: Infinity }, /^executors\.default\.timeout_ms: Expected integer/u],
     [{ timeout_ms: 2 ** 31 }, /^executors\.default\.timeout_ms: Expected integer to be less or equal to 2147483647/u],
     [{ max_attempts: 0 }, /^executors\.default\.max_attempts: Expected integer to be greater or equal to 1/u],
-    [{ backoff_ms: -1 }, /^executors\.default\.backoff_ms/u]
+    [{ backoff_ms: -1 }, /^executors\.default\.backoff_ms/u],
+    // A misspelt field is refused, not passed over for the default.
+    [{ max_attempt: 3 }, /^executors\.default\.max_attempt: Unexpected property/u]
   ] as const) {
     t.throws(() => resolveAgents({ default: { run, ...policy } }, undefined, {}), { code: 'INVALID_AGENT_CONFIG', message }, JSON.stringify(policy))
   }

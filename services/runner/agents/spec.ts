@@ -68,7 +68,8 @@ export type OpenAIAgentSpec = Static<typeof OpenAIAgentSpec>
 export type CommandAgentSpec = Static<typeof CommandAgentSpec>
 export type AgentPolicy = Pick<AgentSpec, keyof typeof Policy>
 
-const checkPolicyFields = TypeCompiler.Compile(Type.Object(Policy))
+/** A programmatic executor's policy as given: each field optional, no other (a misspelt `max_attempt` would leave the default in force without a word). */
+const checkGivenPolicy = TypeCompiler.Compile(Type.Object(PolicyOptions, { additionalProperties: false }))
 
 /** The call policy of an agent that names none: the defaults above, in one place. */
 export const DEFAULT_POLICY = Value.Create(Type.Object(Policy)) as AgentPolicy
@@ -78,15 +79,12 @@ export const DEFAULT_POLICY = Value.Create(Type.Object(Policy)) as AgentPolicy
  * TASK_AGENTS specs: undefined fields take the defaults, anything else must be in range.
  */
 export function checkPolicy (key: string, given: Record<string, unknown>, defaults: AgentPolicy): AgentPolicy {
-  // A misspelt field (`max_attempt`) would otherwise leave the default in force without a word, as a TASK_AGENTS spec never does.
-  const unknown = Object.keys(given).find((field) => !Object.hasOwn(Policy, field))
-  if (unknown !== undefined) throw new InvalidAgentConfigError(`executors.${key}.${unknown}: unknown field (known: run, ${Object.keys(Policy).join(', ')})`)
-  const merged: Record<string, unknown> = { ...defaults }
-  for (const field of Object.keys(Policy)) if (given[field] !== undefined) merged[field] = given[field]
-  const first = checkPolicyFields.Errors(merged).First()
+  const first = checkGivenPolicy.Errors(given).First()
   if (first !== undefined) {
     throw new InvalidAgentConfigError(`executors.${key}${first.path.replaceAll('/', '.')}: ${first.message}`)
   }
+  const merged: Record<string, unknown> = { ...defaults }
+  for (const field of Object.keys(Policy)) if (given[field] !== undefined) merged[field] = given[field]
   return merged as AgentPolicy
 }
 
