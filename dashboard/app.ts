@@ -112,13 +112,11 @@ function askForKey (text: string): void {
   showKeyProblem(null)
   // Stopped until a key is taken (start() again): a link or Back must not bring a page back under the form.
   state.started = false
-  if (question.open) question.close('cancel')
+  withdrawQuestion()
   $('key-form').hidden = false
   $('overview').hidden = true
   $('session').hidden = true
-  const badge = $('live')
-  badge.textContent = 'stopped: a key is needed'
-  badge.dataset.live = 'false'
+  setBadge('stopped: a key is needed', false)
   $('key-input').focus()
 }
 onKeyWanted(askForKey)
@@ -159,8 +157,12 @@ async function loadSnapshot (): Promise<void> {
 }
 
 function setLive (live: boolean, why?: string): void {
+  setBadge(live ? 'live' : why === undefined ? 'reconnecting…' : `reconnecting… (${why})`, live)
+}
+
+function setBadge (text: string, live: boolean): void {
   const badge = $('live')
-  badge.textContent = live ? 'live' : why === undefined ? 'reconnecting…' : `reconnecting… (${why})`
+  badge.textContent = text
   badge.dataset.live = String(live)
 }
 
@@ -609,6 +611,10 @@ async function confirmed (text: string): Promise<boolean> {
     question.addEventListener('close', () => { resolve(question.returnValue === 'ok') }, { once: true })
   })
 }
+/** An open question goes unanswered (as Cancel): what it asked about is gone from the page. */
+function withdrawQuestion (): void {
+  if (question.open) question.close('cancel')
+}
 $('confirm-ok').addEventListener('click', () => { question.close('ok') })
 $('confirm-cancel').addEventListener('click', () => { question.close('cancel') })
 
@@ -679,7 +685,7 @@ function linkedId (encoded: string): string {
 function route (moveFocus = false): void {
   if (!state.started) return
   // A question asked on the page left (its session deleted meanwhile, or Back) is withdrawn, never answered for another.
-  if (question.open) question.close('cancel')
+  withdrawQuestion()
   const match = /^#\/session\/(.+)$/u.exec(location.hash)
   const left = state.detail?.session_id
   // Whatever a load still in flight answers, it is for the page before this one.
