@@ -1,4 +1,3 @@
-import { isDeepStrictEqual } from 'node:util'
 import type { Static } from '@sinclair/typebox'
 import type { StatsResponse } from '../schemas/api.js'
 import { MANAGER_SETTINGS, resolveSettings, type ManagerSettings } from '../schemas/options.js'
@@ -7,20 +6,22 @@ import type { CommandRuntime } from './runner/agents/command.js'
 import type { AgentsConfig } from './runner/agents/spec.js'
 import { DiskWatch } from './store/disk-space.js'
 import type { ArchivedSummary } from './archive/archive-index.js'
+import { ArchivePasses } from './archive/archive-passes.js'
 import { ArchivedSessions, archivedView, type ArchivedCopy, type ArchivedSessionSummary, type RetentionCutoffs } from './archive/archived-sessions.js'
 import {
-  DatabaseUnavailableError, IdempotencyKeyReusedError, SessionTooLargeError, InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
-  TaskNotFailedError, TaskNotFoundError, isPassFailure, type PassFailure, TaskvaultError
+  IdempotencyKeyReusedError, SessionTooLargeError, InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
+  TaskNotFailedError, TaskNotFoundError, type PassFailure, TaskvaultError
 } from './errors.js'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { resolveAgents, type AgentRoutes, type Executors } from './runner/executors.js'
-import { appendTasks, finishedAt, isoNow, newSessionFile, progressOf, specsDigest, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
+import { appendTasks, newSessionFile, progressOf, specsDigest, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
 import { liveFile, unchanged } from './session/draft.js'
 import { SessionRegistry, type NewestFirst, type SessionSummary } from './session/registry.js'
 import { WriteBackRetries } from './session/write-back-retries.js'
-import type { ArchivableCursor, PassLock, RetentionCursor, SessionStore, SharedSessions, SweptSession } from './store/store.js'
+import type { SessionStore, SharedSessions } from './store/store.js'
 import { Sweeper } from './replicas/sweeper.js'
 import { noop } from './noop.js'
+import { Interruptions, type Interruption } from './runner/interruptions.js'
 import { TaskRunner, type Waiting } from './runner/task-runner.js'
 import type { ExecutedTask, Logger, RestoreReport, TaskManagerEvents } from './types.js'
 
@@ -60,13 +61,6 @@ const silent: Logger = { info () {}, warn () {}, error () {} }
 /** A keyed create met its key in this replica's copy: judged again on the stored session. */
 class StaleCopyError extends Error {}
 
-/** A task found running at restore or takeover: its interruptions now, and whether that failed it. */
-interface Interruption {
-  taskId: string
-  count: number
-  failed: boolean
-}
-
 /**
  * Owns the sessions: restores them, appends tasks, runs them one at a time per session
  * through executors chosen by task type, and shuts down without losing acknowledged work.
@@ -92,6 +86,8 @@ export class TaskManager {
   private readonly shared: SharedSessions | undefined
   private readonly sweeper: Sweeper | null
   private readonly writeBacks: WriteBackRetries
+  private readonly passes: ArchivePasses
+  private readonly interruptions: Interruptions
   private readonly unsubscribe: () => void
 
   constructor (options: TaskManagerOptions) {
@@ -114,11 +110,20 @@ export class TaskManager {
       maxAgentCalls: settings.maxAgentCalls,
       shared: this.store.shared
     })
-    this.shared = this.store.shared
+    const shared = this.shared = this.store.shared
     this.passive = options.passive === true
-    this.sweeper = this.shared === undefined || this.passive
+    this.interruptions = new Interruptions({
+      registry: this.registry,
+      runner: this.runner,
+      events: this.events,
+      log: this.log,
+      maxInterruptions: settings.maxInterruptions,
+      resumeOnStart: settings.resumeOnStart,
+      shuttingDown: () => this.shuttingDown
+    })
+    this.sweeper = shared === undefined || this.passive
       ? null
-      : new Sweeper({ shared: this.shared, intervalMs: settings.sweepIntervalMs, batch: settings.sweepBatch, backoffMaxMs: settings.sweepBackoffMaxMs, takeOver: async (swept) => this.takeOver(swept), resumeRuns: settings.resumeOnStart, recheck: async () => this.recheck(), log: this.log })
+      : new Sweeper({ shared, intervalMs: settings.sweepIntervalMs, batch: settings.sweepBatch, backoffMaxMs: settings.sweepBackoffMaxMs, takeOver: async (swept) => this.interruptions.takeOver(shared, swept), resumeRuns: settings.resumeOnStart, recheck: async () => this.recheck(), log: this.log })
     const leaseLost = (sessionId: string, why: string): void => { this.runner.leaseLost(sessionId, why) }
     const cancel = (sessionId: string): void => { this.runner.cancelRequested(sessionId) }
     this.store.events?.on('lease-lost', leaseLost)
@@ -128,6 +133,15 @@ export class TaskManager {
       this.store.events?.off('cancel', cancel)
     }
     this.archived = new ArchivedSessions({ registry: this.registry, store: this.store, logger: this.log })
+    this.passes = new ArchivePasses({
+      registry: this.registry,
+      archived: this.archived,
+      shared: this.shared,
+      pageSize: settings.sweepBatch,
+      shuttingDown: () => this.shuttingDown,
+      announce: (name, data) => { this.runner.announce(name, data) },
+      log: this.log
+    })
     const store = this.store
     this.disk = new DiskWatch({
       read: async () => (store.space === undefined ? null : store.space()),
@@ -204,8 +218,8 @@ export class TaskManager {
       let noted: Interruption[] = []
       resets.push(this.registry.change(file.session_id, (draft) => {
         noted = []
-        for (const task of liveFile(draft).session.tasks) if (task.status === 'InProgress') this.interrupted(task, draft.now, noted)
-      }, { records: true }).then(() => { this.reportInterrupted(file.session_id, noted) }, (err: Error) => this.log.error({ session_id: file.session_id, err }, 'Could not save the reset of interrupted tasks')))
+        for (const task of liveFile(draft).session.tasks) if (task.status === 'InProgress') this.interruptions.mark(task, draft.now, noted)
+      }, { records: true }).then(() => { this.interruptions.report(file.session_id, noted) }, (err: Error) => this.log.error({ session_id: file.session_id, err }, 'Could not save the reset of interrupted tasks')))
     }
     await Promise.all(resets)
     const archive = await this.store.openArchive({ concurrency: this.settings.restoreConcurrency })
@@ -228,34 +242,6 @@ export class TaskManager {
   }
 
   /**
-   * A task found running at restore was interrupted by a crash or shutdown. It runs again,
-   * unless that has happened TASK_MAX_INTERRUPTIONS times: a task that kills the process must not
-   * loop forever. True when it was failed so.
-   */
-  private interrupted (task: Task, now: Date, noted: Interruption[]): void {
-    const count = (task.interruptions ?? 0) + 1
-    task.interruptions = count
-    const failed = count >= this.settings.maxInterruptions
-    if (failed) Object.assign(task, { status: 'Failed', error: `interrupted ${count} time${count === 1 ? '' : 's'}`, result: null, confidence: null, completed_at: isoNow(now) })
-    else task.status = 'Pending'
-    noted.push({ taskId: task.id, count, failed })
-  }
-
-  /** Logs interrupted tasks once their reset is durable (a reset that failed left them as they were); those failed count as finished. */
-  private reportInterrupted (sessionId: string, noted: readonly Interruption[]): void {
-    for (const { taskId, count, failed } of noted) {
-      if (failed) this.log.error({ session_id: sessionId, task_id: taskId, interruptions: count }, 'Task interrupted too often; failed')
-      else this.log.warn({ session_id: sessionId, task_id: taskId, interruptions: count }, 'Task was interrupted; set back to Pending')
-    }
-    this.failedHere(sessionId, noted.filter((note) => note.failed).map((note) => note.taskId))
-  }
-
-  /** Tasks failed here rather than by a run (interrupted too often, cancelled while their replica was gone), once durable: counted as finished, as a run's are. */
-  private failedHere (sessionId: string, taskIds: readonly string[]): void {
-    for (const taskId of taskIds) this.events.emit('task-finished', { session_id: sessionId, task_id: taskId, status: 'Failed' })
-  }
-
-  /**
    * The next TASK_SWEEP_RECHECK sessions held here, brought up to their rows: another replica
    * may have deleted or archived one (its copy here would hold memory, count against
    * TASK_MAX_SESSIONS and show in /metrics until a request named it) or changed it. The store
@@ -264,70 +250,6 @@ export class TaskManager {
   private async recheck (): Promise<void> {
     const ids = this.registry.nextIdle(this.settings.sweepRecheck)
     await Promise.all(ids.map(async (id) => this.registry.sync(id).catch(noop)))
-  }
-
-  /**
-   * A session a sweep claimed (its holder is gone): its interrupted task goes back to Pending,
-   * counted once (or is failed as cancelled, when a cancel was asked); then its background run
-   * goes on here. False when it failed (a later sweep tries again); never rejects.
-   */
-  private async takeOver (swept: SweptSession): Promise<boolean> {
-    return this.claim(swept).then(() => true, (err: unknown) => {
-      if (!(err instanceof SessionBusyError)) this.log.error({ session_id: swept.sessionId, err }, 'Could not take over a session whose replica is gone; a later sweep tries again')
-      return false
-    })
-  }
-
-  /**
-   * takeOver's work; rejects with what failed. The lease is given back in every case (a run that
-   * goes on holds one of its own, taken again, a newer epoch); a cancel it failed to apply stays
-   * asked in the row, for the next claim.
-   */
-  private async claim ({ sessionId, epoch, cancelRequested }: SweptSession): Promise<void> {
-    const shared = this.shared as SharedSessions
-    // This process runs it already (it took the lease after the sweep did): nothing to take over.
-    const runningHere = (): boolean => this.registry.find(sessionId) !== null && this.registry.existing(sessionId).executing
-    let applied = false
-    try {
-      if (runningHere()) {
-        applied = true
-        return
-      }
-      let failed: string[] = []
-      let noted: Interruption[] = []
-      const resume = await this.registry.change(sessionId, (draft) => {
-        failed = []
-        noted = []
-        const file = draft.file
-        if (file === null || runningHere()) return unchanged(false)
-        const interrupted = file.session.tasks.filter((task) => task.status === 'InProgress')
-        if (cancelRequested) {
-          for (const task of interrupted) {
-            Object.assign(task, { status: 'Failed', result: null, error: 'cancelled', confidence: null, completed_at: isoNow(draft.now) })
-            this.log.warn({ session_id: sessionId, task_id: task.id }, 'Task cancelled (asked while its replica was gone)')
-            failed.push(task.id)
-          }
-          delete file.background_run
-          return false
-        }
-        for (const task of interrupted) this.interrupted(task, draft.now, noted)
-        const run = file.background_run !== undefined
-        return interrupted.length === 0 ? unchanged(run) : run
-      }, { fresh: true, records: true })
-      applied = true
-      this.failedHere(sessionId, failed)
-      this.reportInterrupted(sessionId, noted)
-      // TASK_RESUME_ON_START=false: the run's record stays (and the lease goes back) until a
-      // replica started with true, or an execute-all, carries it on.
-      if (resume && !this.shuttingDown && !this.settings.resumeOnStart) {
-        this.log.warn({ session_id: sessionId }, 'Background run of a replica that is gone not resumed (TASK_RESUME_ON_START=false); it resumes on a replica started with it true, or ends with an execute-all')
-      } else if (resume && !this.shuttingDown) {
-        this.log.info({ session_id: sessionId }, 'Resuming background run of a replica that is gone')
-        await this.runner.startBackgroundRun(sessionId)
-      }
-    } finally {
-      await shared.release(sessionId, epoch, applied).catch((err: Error) => { this.log.warn({ session_id: sessionId, err }, 'Could not give the lease back; it runs out by itself') })
-    }
   }
 
   /**
@@ -599,7 +521,7 @@ export class TaskManager {
       })
       // Its failure is the cancel's (503, the cancel still asked in the row): never a 200 for a cancel not applied.
       if (lease instanceof SessionBusyError) busy = lease
-      else await this.claim({ sessionId, epoch: lease.epoch, cancelRequested: true })
+      else await this.interruptions.claim(shared, { sessionId, epoch: lease.epoch, cancelRequested: true })
     } else {
       await this.cancelApplied(shared, sessionId, owner)
     }
@@ -743,139 +665,14 @@ export class TaskManager {
     return { task_ids: taskIds, progress: this.progress(sessionId) }
   }
 
-  /**
-   * Moves to the archive every session whose tasks are all done and whose last completion
-   * is before `cutoff`. The check is made again inside each session's change queue, so a
-   * session that starts running or gains tasks in the meantime stays. Sessions storage failed go
-   * into `failures` (logged), and the pass goes on with the others; a failure that stops the
-   * whole pass (the database gone) goes there too, after the sessions archived before it.
-   */
+  /** Archives the sessions finished before `cutoff` (ArchivePasses.archiveFinishedBefore). */
   async archiveFinishedBefore (cutoff: Date, failures: PassFailure[]): Promise<string[]> {
-    if (this.shared === undefined) return this.archiveEach(this.registry.sessionIds(), cutoff, failures)
-    const shared = this.shared
-    const done: string[] = []
-    // One replica's pass at a time; candidates from the rows (sessions nobody runs), each
-    // checked against its row before it moves.
-    await shared.exclusively('archive', async (lock) => {
-      const seen = new Set<string>()
-      const stop = this.passStop('archive', lock, failures)
-      // Page by page: sessions left active (unreadable ones, say) must not hide the ones after them.
-      let after: ArchivableCursor | null = null
-      while (!(await stop(false))) {
-        const page: { ids: string[], next: ArchivableCursor | null } = await shared.archivable(cutoff, this.settings.sweepBatch, after)
-        after = page.next
-        if (page.ids.length === 0 || this.stoppedByShutdown(failures)) return done
-        const batch = page.ids.filter((id) => !seen.has(id))
-        // A page of sessions seen already: the cursor did not move (it always should); stop rather than loop.
-        if (batch.length === 0) return done
-        for (const id of batch) {
-          seen.add(id)
-          await this.registry.sync(id).catch(noop)
-        }
-        done.push(...await this.archiveEach(batch, cutoff, failures, stop))
-      }
-    }).catch((err: unknown) => { this.passStopped('archive', err, failures) })
-    return done
+    return this.passes.archiveFinishedBefore(cutoff, failures)
   }
 
-  /** Archives those of `sessionIds` that are archivable; `stop` is asked before each (a shutdown; on a shared store, a lost lock too: passStop). */
-  private async archiveEach (sessionIds: string[], cutoff: Date, failures: PassFailure[], stop: () => Promise<boolean> = async () => this.stoppedByShutdown(failures)): Promise<string[]> {
-    const archived: string[] = []
-    for (const sessionId of sessionIds) {
-      const file = this.registry.find(sessionId)
-      if (file === null || !isArchivable(file, cutoff)) continue
-      if (await stop()) break
-      const moved = await this.registry.change(sessionId, (draft) => {
-        // Unsaved changes (auto-save off) stay put: the archive must get the latest state.
-        if (draft.file === null || this.registry.existing(sessionId).executing || this.registry.isUnsaved(sessionId) ||
-          !isArchivable(draft.file, cutoff)) return unchanged(false)
-        draft.archive()
-        return true
-      }).catch((err: Error) => {
-        this.log.error({ session_id: sessionId, err }, 'Could not archive session')
-        if (isPassFailure(err)) failures.push({ sessionId, err })
-        return false
-      })
-      if (moved) {
-        archived.push(sessionId)
-        this.runner.announce('session.archived', { session_id: sessionId })
-      }
-    }
-    return archived
-  }
-
-  /** Deletes archived sessions that finished before their retention cutoff; those storage failed go into `failures`, and so does a failure that stops the pass. */
+  /** Deletes the archived sessions past their retention cutoff (ArchivePasses.pruneArchivedBefore). */
   async pruneArchivedBefore (cutoffs: RetentionCutoffs, failures: PassFailure[]): Promise<string[]> {
-    const shared = this.shared
-    const deleted: string[] = []
-    try {
-      if (shared === undefined) await this.archived.prune(cutoffs, () => this.stoppedByShutdown(failures), deleted, failures)
-      else await shared.exclusively('retention', async (lock) => { await this.pruneShared(shared, cutoffs, lock, deleted, failures) })
-    } catch (err) {
-      this.passStopped('retention', err, failures)
-    } finally {
-      // Those deleted before a page failed too: they are gone.
-      for (const sessionId of deleted) this.runner.announce('session.deleted', { session_id: sessionId, archived: true })
-    }
-    return deleted
-  }
-
-  /**
-   * Retention on a shared store: candidates a page at a time from the rows (other replicas
-   * archive too, and the whole archive is never read), each judged again on its copy; those
-   * deleted go into `deleted` as they go.
-   */
-  private async pruneShared (shared: SharedSessions, cutoffs: RetentionCutoffs, lock: PassLock, deleted: string[], failures: PassFailure[]): Promise<void> {
-    const stop = this.passStop('retention', lock, failures)
-    let after: RetentionCursor | null = null
-    while (!(await stop(false))) {
-      const page: { sessions: ArchivedSummary[], next: RetentionCursor | null } = await shared.pastRetention(cutoffs, this.settings.sweepBatch, after)
-      // No more, or a cursor that did not move (it always should): the pass ends rather than loop holding its lock.
-      if (page.sessions.length === 0 || (after !== null && page.next !== null && isDeepStrictEqual(page.next, after))) return
-      after = page.next
-      await this.archived.pruneEach(page.sessions, cutoffs, stop, deleted, failures)
-    }
-  }
-
-  /**
-   * What a shared pass asks before each page and each session: true once it must stop, because
-   * the service is shutting down or the pass's lock went with its connection (another replica's
-   * pass may have started). A lost lock goes into `failures` once, so the pass answers 503; so
-   * does a shutdown, when asked with work left (`workLeft`: before a session, not before a page
-   * that may turn out empty).
-   */
-  private passStop (pass: 'archive' | 'retention', lock: PassLock, failures: PassFailure[]): (workLeft?: boolean) => Promise<boolean> {
-    let stopped = false
-    return async (workLeft = true) => {
-      if (stopped || (workLeft ? this.stoppedByShutdown(failures) : this.shuttingDown)) return true
-      if (await lock.held()) return false
-      stopped = true
-      const reason = `the ${pass} pass stopped: its lock's connection to the database broke`
-      this.log.warn({ pass }, reason)
-      failures.push({ sessionId: null, err: new DatabaseUnavailableError(reason) })
-      return true
-    }
-  }
-
-  /**
-   * A pass stopped by a failure of storage or the database as a whole (a listing or a page that
-   * could not be read): into `failures`, so the pass answers 503 or 507 with what it did before.
-   * Anything else (a defect) is thrown on.
-   */
-  private passStopped (pass: 'archive' | 'retention', err: unknown, failures: PassFailure[]): void {
-    if (!(err instanceof TaskvaultError) || err.statusCode < 500) throw err
-    this.log.error({ err, pass }, `The ${pass} pass stopped: storage failed`)
-    failures.push({ sessionId: null, err })
-  }
-
-  /**
-   * Whether a pass must stop because the service is shutting down; if so, that goes into
-   * `failures` (once), so a POST /archive cut short answers 503 rather than 200 with a part.
-   */
-  private stoppedByShutdown (failures: PassFailure[]): boolean {
-    if (!this.shuttingDown) return false
-    if (!failures.some(({ err }) => err instanceof ShuttingDownError)) failures.push({ sessionId: null, err: new ShuttingDownError() })
-    return true
+    return this.passes.pruneArchivedBefore(cutoffs, failures)
   }
 
   /** The session's progress as a live-view event (when anyone listens). */
@@ -939,8 +736,3 @@ export class TaskManager {
 
 /** How often a cancel asked of another replica checks whether it let go of the session. */
 const CANCEL_POLL_MS = 50
-
-function isArchivable (file: SessionFile, cutoff: Date): boolean {
-  const finished = finishedAt(file)
-  return finished !== null && Date.parse(finished) < cutoff.getTime()
-}
