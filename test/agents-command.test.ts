@@ -3,9 +3,12 @@
  * environment, output cap, exit codes, and killing the whole process group.
  */
 import { execFile } from 'node:child_process'
+import { existsSync } from 'node:fs'
 import { readFile, realpath, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import v8 from 'node:v8'
+import vm from 'node:vm'
 import t from 'tap'
 import { alive, createTasks, fixture, recordCalls, storedTasks, waitFor } from './agents-fakes.js'
 import { build, post, tempDir } from './helper.js'
@@ -89,6 +92,31 @@ t.test('output over max_output_bytes is cut and flagged result_truncated; exactl
   t.equal(defaultCap.result.length, 1024 * 1024, 'the default cap is 1 MiB')
   const stored = await storedTasks(dir, 'big')
   t.same(stored.map((task) => task.result_truncated === true), [true, false, true, true], 'the flag is on disk')
+})
+
+t.test('output written a byte at a time costs about its size in memory while it comes, not an object per byte', async (t) => {
+  v8.setFlagsFromString('--expose-gc')
+  const gc = vm.runInNewContext('gc') as () => void
+  const held = (): number => {
+    gc()
+    const usage = process.memoryUsage()
+    return usage.heapUsed + usage.arrayBuffers
+  }
+  const dir = await tempDir(t)
+  const BYTES = 40_000
+  const [marker, go] = [join(dir, 'written'), join(dir, 'go')]
+  const app = await build(t, { agents: { default: { kind: 'command', argv: fixture('drip.js', String(BYTES), marker, go), timeout_ms: 120_000 } } })
+  await createTasks(app, 'drip', [{ instruction: 'x' }])
+  const before = held()
+  const executing = post(app, '/execute', { session_id: 'drip' })
+  await waitFor('the program to write all its output', () => existsSync(marker), 60_000)
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  const during = held() - before
+  await writeFile(go, '')
+  const res = await executing
+  t.match(res.json(), { status: 'Completed' })
+  t.equal(res.json().result.length, BYTES)
+  t.ok(during < 3 * 1024 * 1024, `${BYTES} bytes in up to as many reads held ${(during / 1024).toFixed(0)} KB while the output came (a chunk object each would be megabytes)`)
 })
 
 t.test('output that is not UTF-8 but within max_output_bytes is whole, not cut', async (t) => {

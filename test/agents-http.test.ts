@@ -4,6 +4,8 @@
  */
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import v8 from 'node:v8'
+import vm from 'node:vm'
 import t from 'tap'
 import { CODING_SYSTEM_PROMPT, THINKING_SYSTEM_PROMPT } from '../services/runner/agents/openai.js'
 import { completion, createTasks, fakeAgent, ok, recordCalls, storedTasks, waitFor } from './agents-fakes.js'
@@ -341,6 +343,55 @@ t.test('an answer over max_response_bytes fails the task', async (t) => {
   await createTasks(app, 'huge', [{ instruction: 'x' }])
   const res = await post(app, '/execute', { session_id: 'huge' })
   t.match(res.json(), { status: 'Failed', result: null, error: /more than 1024 bytes/ })
+})
+
+t.test('an answer sent a byte at a time costs about its size in memory while it comes, not an object per byte', async (t) => {
+  v8.setFlagsFromString('--expose-gc')
+  const gc = vm.runInNewContext('gc') as () => void
+  const held = (): number => {
+    gc()
+    const usage = process.memoryUsage()
+    return usage.heapUsed + usage.arrayBuffers
+  }
+  const BYTES = 40_000
+  let allSent = (): void => {}
+  const sent = new Promise<void>((resolve) => { allSent = resolve })
+  let finish = (): void => {}
+  const finished = new Promise<void>((resolve) => { finish = resolve })
+  // One byte a turn of the event loop: the agent reads each as a chunk of its own.
+  const peer = createServer((req, res) => {
+    req.resume()
+    req.on('end', () => {
+      res.socket?.setNoDelay(true)
+      res.writeHead(200, { 'content-type': 'application/json' })
+      res.write('{"result":"')
+      let left = BYTES
+      const next = (): void => {
+        if (left-- > 0) {
+          res.write('a')
+          setImmediate(next)
+          return
+        }
+        allSent()
+        void finished.then(() => res.end('"}'))
+      }
+      next()
+    })
+  })
+  await new Promise<void>((resolve) => peer.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { peer.closeAllConnections(); peer.close() })
+  const app = await build(t, { agents: { default: { kind: 'webhook', url: `http://127.0.0.1:${(peer.address() as AddressInfo).port}/`, timeout_ms: 120_000 } } })
+  await createTasks(app, 'drip', [{ instruction: 'x' }])
+  const before = held()
+  const executing = post(app, '/execute', { session_id: 'drip' })
+  await sent
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  const during = held() - before
+  finish()
+  const res = await executing
+  t.match(res.json(), { status: 'Completed' })
+  t.equal(res.json().result.length, BYTES)
+  t.ok(during < 6 * 1024 * 1024, `${BYTES} bytes in as many chunks held ${(during / 1024).toFixed(0)} KB while the answer came (a chunk object each would be megabytes)`)
 })
 
 t.test('an error answer over max_response_bytes is still judged by its status: a long 503 is retried', async (t) => {

@@ -2,6 +2,7 @@ import { constants as bufferConstants } from 'node:buffer'
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs'
 import { join } from 'node:path'
 import { CorruptSessionFileError, KeyUnavailableError } from '../errors.js'
+import { GrowableBytes } from '../growable-bytes.js'
 import type { Keyring, SealedDocument } from './keyring.js'
 
 /** A batch to read: file names in `dir`. */
@@ -68,35 +69,6 @@ const HEAD_BYTES = 512
 // swapped in is opened at once (then refused as no regular file), not waited on for a writer.
 const FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK
 
-/** A batch's bytes, end to end, in one buffer that grows by doubling. */
-class BatchBytes {
-  bytes: Uint8Array
-  length = 0
-
-  constructor (capacity: number) {
-    this.bytes = new Uint8Array(capacity)
-  }
-
-  /** Room for `more` bytes past `length`. */
-  reserve (more: number): void {
-    if (this.length + more <= this.bytes.length) return
-    const next = new Uint8Array(Math.max(this.length + more, this.bytes.length * 2))
-    next.set(this.bytes.subarray(0, this.length))
-    this.bytes = next
-  }
-
-  append (chunk: Uint8Array): void {
-    this.reserve(chunk.length)
-    this.bytes.set(chunk, this.length)
-    this.length += chunk.length
-  }
-
-  /** A Buffer over bytes already held (no copy; valid until the next reserve). */
-  view (from: number, to: number): Buffer {
-    return Buffer.from(this.bytes.buffer, this.bytes.byteOffset + from, to - from)
-  }
-}
-
 /** What a batch's buffer starts with per file: a session file is a few KB; more is grown into. */
 const START_BYTES_PER_FILE = 8 * 1024
 /** How much a read asks for past the size fstat gave, when a file turns out longer. */
@@ -107,7 +79,7 @@ const MORE_BYTES = 64 * 1024
  * size holds, as it does for our files, which change only by rename; a file that grew or a read
  * that came back short (some network file systems) is read on until the end.
  */
-function readInto (fd: number, size: number, out: BatchBytes): void {
+function readInto (fd: number, size: number, out: GrowableBytes): void {
   const start = out.length
   let want = size + 1
   for (;;) {
@@ -128,7 +100,7 @@ function readInto (fd: number, size: number, out: BatchBytes): void {
  * `keyring` opens sealed files.
  */
 export function readBatch ({ id, dir, names, maxBytes }: ReadRequest, keyring: Keyring | null): ReadResponse {
-  const out = new BatchBytes(names.length * START_BYTES_PER_FILE)
+  const out = new GrowableBytes(names.length * START_BYTES_PER_FILE)
   const files: ReadResponse['files'] = []
   let deferred: string[] = []
   for (const [index, name] of names.entries()) {

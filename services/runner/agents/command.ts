@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process'
 import { basename } from 'node:path'
 import type { Readable, Writable } from 'node:stream'
 import { AgentError } from '../../errors.js'
+import { GrowableBytes } from '../../growable-bytes.js'
 import type { ExecutionResult, Executor } from './types.js'
 import { truncateUtf8 } from '../../session/session.js'
 import { WRAPPER_NAME, type CallCgroups } from './cgroup.js'
@@ -9,6 +10,8 @@ import type { CommandAgentSpec } from './spec.js'
 
 /** How much of stderr's end goes into the task's error. */
 const STDERR_TAIL_BYTES = 1000
+/** stdout is read into this much at first, grown as it comes (up to the cap). */
+const FIRST_STDOUT_BYTES = 16 * 1024
 /** Why a spawn may fail for now and work on a later attempt. */
 const TRANSIENT_START_ERRORS = new Set(['EAGAIN', 'ENOMEM', 'EMFILE', 'ENFILE'])
 /** sysexits' EX_TEMPFAIL: the one exit code that asks to be retried. */
@@ -57,7 +60,7 @@ type Ending =
 
 /** What the program wrote: stdout up to the cap (and how much there was), the end of stderr. */
 interface Output {
-  stdout: Buffer[]
+  stdout: GrowableBytes
   stdoutBytes: number
   stderrTail: Buffer
 }
@@ -93,7 +96,7 @@ export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv
       : await cgroups.create().catch((err: NodeJS.ErrnoException) => {
         throw new AgentError(`${who} could not make its cgroup: ${err.code ?? err.message}`, { cause: err, transient: true })
       })
-    const output: Output = { stdout: [], stdoutBytes: 0, stderrTail: Buffer.alloc(0) }
+    const output: Output = { stdout: new GrowableBytes(Math.min(spec.max_output_bytes + 3, FIRST_STDOUT_BYTES), spec.max_output_bytes + 3), stdoutBytes: 0, stderrTail: Buffer.alloc(0) }
     let ending: Ending
     try {
       ending = context.signal.aborted
@@ -157,7 +160,7 @@ function runProcess (call: ProcessCall, output: Output): Promise<Ending> {
     stdout.on('data', (chunk: Buffer) => {
       // Keep reading past the cap (a blocked pipe would stall the program), but keep nothing more.
       const room = call.maxOutputBytes + 3 - output.stdoutBytes
-      if (room > 0) output.stdout.push(room >= chunk.length ? chunk : chunk.subarray(0, room))
+      if (room > 0) output.stdout.append(room >= chunk.length ? chunk : chunk.subarray(0, room))
       output.stdoutBytes += chunk.length
     })
     stderr.on('data', (chunk: Buffer) => {
@@ -188,7 +191,7 @@ function answer (ending: Exclude<Ending, { kind: 'aborted' }>, output: Output, c
   const { code, signal } = ending
   const tail = stderrTail(output.stderrTail).toString('utf8').trim()
   if (code === 0) {
-    const text = Buffer.concat(output.stdout).toString('utf8')
+    const text = output.stdout.view().toString('utf8')
     // Cut only output past the cap: bytes that are not UTF-8 decode to a 3-byte U+FFFD each, so
     // the decoded text of output within the cap may be longer than the cap and is still whole.
     if (output.stdoutBytes <= call.maxOutputBytes) return { result: text, confidence: null }

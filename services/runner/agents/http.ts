@@ -1,5 +1,6 @@
 import { Agent, fetch } from 'undici'
 import { AgentError } from '../../errors.js'
+import { GrowableBytes } from '../../growable-bytes.js'
 import { noop } from '../../noop.js'
 import { truncateUtf8 } from '../../session/session.js'
 
@@ -8,6 +9,8 @@ const REFUSED_REQUEST_CODES = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPO
 
 /** How much of an unexpected answer goes into the task's error. */
 const BODY_EXCERPT_BYTES = 200
+/** An answer's body is read into this much at first, grown as it comes. */
+const FIRST_BODY_BYTES = 16 * 1024
 
 export interface PostOptions {
   headers: Record<string, string>
@@ -77,25 +80,23 @@ async function exchange (who: string, url: string, payload: unknown, options: Po
 /** An answer's body as text; `cut`: an error answer longer than max_response_bytes, of which only the start was kept. */
 async function readText (who: string, response: Response, maxBytes: number, signal: AbortSignal): Promise<{ text: string, cut: boolean }> {
   if (response.body === null) return { text: '', cut: false }
-  const chunks: Uint8Array[] = []
-  let size = 0
+  const body = new GrowableBytes(Math.min(maxBytes, FIRST_BODY_BYTES), maxBytes)
   try {
     for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
-      size += chunk.byteLength
-      if (size > maxBytes) {
+      if (body.length + chunk.byteLength > maxBytes) {
         await response.body.cancel().catch(() => {})
         // An error answer is judged by its status (a 503 is still retried); only its start is kept.
-        if (!response.ok) return { text: Buffer.concat(chunks).toString('utf8'), cut: true }
+        if (!response.ok) return { text: body.view().toString('utf8'), cut: true }
         throw new AgentError(`${who} answered ${response.status} with more than ${maxBytes} bytes (max_response_bytes)`)
       }
-      chunks.push(chunk)
+      body.append(chunk)
     }
   } catch (err) {
     if (err instanceof AgentError) throw err
     if (signal.aborted) throw signal.reason
     throw new AgentError(`${who} connection lost while answering: ${describeNetworkError(err)}`, { transient: true, cause: err })
   }
-  return { text: Buffer.concat(chunks).toString('utf8'), cut: false }
+  return { text: body.view().toString('utf8'), cut: false }
 }
 
 /** Shortest header value (or token within one, as in `Bearer <key>`) worth hiding: shorter ones would blank out ordinary words. */
