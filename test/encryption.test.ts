@@ -127,10 +127,16 @@ t.test('a small session seals in one pass into the same document JSON would writ
 t.test('tampered, swapped or wrongly keyed files are set aside with "authentication failed"; the rest load', async (t) => {
   const dir = await tempDir(t)
   const app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
-  for (const id of ['good', 'data', 'tag', 'iv', 'swap-a', 'swap-b', 'relabel']) {
+  for (const id of ['good', 'data', 'tag', 'iv', 'swap-a', 'swap-b', 'relabel', 'badkid', 'nokid']) {
     t.equal((await post(app, '/create', { session_id: id, instructions: `work for ${id}` })).statusCode, 200)
   }
   await app.close()
+  // A kid no key can have (the pattern refuses it): damage, not a key to add back.
+  for (const [id, kid] of [['badkid', 'bad kid!'], ['nokid', '']]) {
+    const doc = await readJson(join(dir, `${id}.json`))
+    doc.sealed.kid = kid
+    await writeFile(join(dir, `${id}.json`), JSON.stringify(doc, null, 2) + '\n')
+  }
   const flip = async (id: string, field: 'data' | 'tag' | 'iv'): Promise<void> => {
     const doc = await readJson(join(dir, `${id}.json`))
     const bytes = Buffer.from(doc.sealed[field], 'base64')
@@ -155,7 +161,8 @@ t.test('tampered, swapped or wrongly keyed files are set aside with "authenticat
   const reasons = Object.fromEntries(result.failures.map((f) => [f.name, f.reason]))
   for (const name of ['data.json', 'tag.json', 'iv.json', 'relabel.json']) t.match(reasons[name], /authentication failed/, name)
   for (const name of ['swap-a.json', 'swap-b.json']) t.match(reasons[name], /does not match its file name/, name)
-  t.equal((await readdir(join(dir, 'corrupt'))).length, 6, 'each is kept in corrupt/')
+  for (const name of ['badkid.json', 'nokid.json']) t.match(reasons[name], /sealed file format at '\/sealed\/kid'/, name)
+  t.equal((await readdir(join(dir, 'corrupt'))).length, 8, 'each is kept in corrupt/')
 
   // The right kid with the wrong key: no file under it opens, so the key is wrong, not the files.
   const other = await tempDir(t)

@@ -22,6 +22,11 @@ const KEY_CHECK_TEXT = 'taskvault key check 1'
 /** IVs drawn from the CSPRNG at once: one call per 256 seals rather than one each (about 4 µs a call). */
 const IV_POOL = 256
 
+/** Whether `kid` is a name a key can have. */
+export function isKid (kid: unknown): kid is string {
+  return typeof kid === 'string' && KID.test(kid)
+}
+
 /** What stays in clear in a sealed document, beside the sealed box. */
 export interface Clear {
   session_id: string
