@@ -13,12 +13,13 @@ import { TaskRunner } from '../services/runner/task-runner.js'
 import { SessionRegistry } from '../services/session/registry.js'
 import { appendTasks, newSessionFile } from '../services/session/session.js'
 import type { FileSessionStore } from '../services/store/file-store.js'
-import type { TaskManagerEvents } from '../services/types.js'
+import type { Logger, TaskManagerEvents } from '../services/types.js'
 import { noop } from '../services/noop.js'
 import { deferred, openStore, waitFor, type TestContext } from './helper.js'
 
 interface RunnerOptions {
   shutdownGraceMs?: number
+  log?: Logger
 }
 
 /** The one place a runner is built: a real registry over a real store on a temp folder. */
@@ -29,7 +30,7 @@ async function makeRunner (t: TestContext, executors: Executors, options: Runner
     registry,
     agents: resolveAgents(executors),
     events: new EventEmitter<TaskManagerEvents>(),
-    log: { info: noop, warn: noop, error: noop },
+    log: options.log ?? { info: noop, warn: noop, error: noop },
     maxResultBytes: 64 * 1024,
     shutdownGraceMs: options.shutdownGraceMs ?? 2000,
     runRetryMs: 10,
@@ -90,6 +91,21 @@ t.test('a transient AgentError is retried with backoff: two failures then succes
   t.match((await budget.runner.executeNext('b')).task, { status: 'Failed', error: 'still down' })
   t.same(again, [1, 2])
   t.match(storedTasks(budget.store, 'b')[0], { status: 'Failed', attempts: 2, error: 'still down' })
+})
+
+t.test('a retry\'s log line carries the error cut as the task\'s error is (TASK_MAX_RESULT_BYTES), not a huge message whole', async (t) => {
+  const warnings: Array<{ obj: Record<string, unknown>, msg?: string }> = []
+  let calls = 0
+  const huge = 'upstream said: ' + 'x'.repeat(1024 * 1024)
+  const { runner, registry } = await makeRunner(t, {
+    default: { run: async () => { if (++calls === 1) throw new AgentError(huge, { transient: true }); return { result: 'done' } }, max_attempts: 2, backoff_ms: 1, max_backoff_ms: 5 }
+  }, { log: { info: noop, error: noop, warn: (obj: object, msg?: string) => { warnings.push({ obj: obj as Record<string, unknown>, msg }) } } })
+  await createSession(registry, 'r', ['work'])
+  t.match((await runner.executeNext('r')).task, { status: 'Completed', result: 'done' })
+  const retry = warnings.find((line) => line.msg === 'Agent call failed; retrying')
+  t.ok(retry !== undefined, 'the retry is logged')
+  const logged = String(retry?.obj.err)
+  t.ok(Buffer.byteLength(logged) <= 64 * 1024 && logged.startsWith('upstream said: x'), `the logged error is cut to 64 KB (${Buffer.byteLength(logged)} bytes)`)
 })
 
 t.test('a non-transient error fails the task at once, with the error recorded', async (t) => {

@@ -489,7 +489,8 @@ export class TaskRunner {
         return { taskId, outcome: this.completed(sessionId, started.id, value), agents: true }
       } catch (err) {
         if (run.signal.aborted) return this.stopped(sessionId, started.id, run)
-        const message = errorMessage(err)
+        // Cut as the task's error is: a retry's log line must not carry a huge message whole.
+        const message = truncateUtf8(errorMessage(err), this.maxResultBytes).text
         if (err instanceof AgentError && err.transient && call < agent.policy.max_attempts) {
           // No new call once shutdown begins: the task runs again after restart.
           if (this.closing) return this.putBack(sessionId, started.id)
@@ -502,7 +503,7 @@ export class TaskRunner {
           if (this.closing && !run.signal.aborted) return this.putBack(sessionId, started.id)
           continue
         }
-        const outcome: Outcome = { status: 'Failed', result: null, error: truncateUtf8(message, this.maxResultBytes).text, confidence: null }
+        const outcome: Outcome = { status: 'Failed', result: null, error: message, confidence: null }
         this.log.warn({ session_id: sessionId, task_id: started.id, agent: agent.key, attempt: started.attempts, err: outcome.error }, 'Task failed')
         return { taskId, outcome, agents: true }
       }
