@@ -58,6 +58,9 @@ const ctx = createContext({ quick: QUICK })
 // `--fanout-flush-ms=N`: the fanout section's TASK_EVENTS_FLUSH_MS (latency against CPU).
 const FLUSH = args.find((a) => a.startsWith('--fanout-flush-ms='))?.slice(18)
 if (FLUSH !== undefined) ctx.P.fanoutFlushMs = Number(FLUSH)
+// `--fanout-config=JSON`: more of the fanout server's settings, as in `{"TASK_EVENTS_FANOUT_SLICE_MS":2}`.
+const FANOUT_CONFIG = args.find((a) => a.startsWith('--fanout-config='))?.slice(16)
+if (FANOUT_CONFIG !== undefined) ctx.P.fanoutConfig = JSON.parse(FANOUT_CONFIG)
 const { P, rows, sections, log } = ctx
 const wanted = (name) => ONLY === null || ONLY.includes(name)
 

@@ -5,7 +5,13 @@
 //                       info, to stdout, with its redaction and request serializer) and turns on process metrics
 //   kind 'bare-create'  bare Fastify POST doing the raw durable save of the app's bytes
 //   kind 'bare-get'     bare Fastify GETs answering precomputed JSON
+//   kind 'bare-events'  the event stream's floor: a bare node:http server whose streams get frames like the
+//                       app's, written straight to each socket at a fixed pace, doing nothing else (no
+//                       saves, no requests, no logging); the message `emit` { rate, paceMs, seconds, frames }
+//                       makes `rate` events a second for `seconds`, the `frames` in turn, each with its id,
+//                       written every `paceMs`, and answers `emitted` once they are all written
 //   (the bare kinds take `logger: 'production'` too: the same pino options, to stdout)
+import http from 'node:http'
 import Fastify from 'fastify'
 import { rawDurableSave } from './lib/durable.mjs'
 
@@ -26,6 +32,9 @@ process.on('message', async (message) => {
       // After a full collection (the child runs with --expose-gc when the section asks), for per-client memory.
       globalThis.gc?.()
       process.send({ type: 'mem', usage: process.memoryUsage() })
+    } else if (message.type === 'emit') {
+      await app.emit(message)
+      process.send({ type: 'emitted' })
     } else if (message.type === 'event-times') {
       // When each live-view event was emitted (right after its durable save), as epoch ms, for delivery latency.
       process.send({ type: 'event-times', times: eventTimes.splice(0) })
@@ -39,6 +48,7 @@ process.on('message', async (message) => {
 })
 
 async function start ({ kind, dir, config = {}, logger = 'silent', template, templateId, responseTemplate, bodies, recordEventTimes = false }) {
+  if (kind === 'bare-events') return bareEvents()
   if (kind === 'app') {
     const { buildApp } = await import('../dist/app.js')
     const production = logger === 'production'
@@ -78,4 +88,58 @@ async function start ({ kind, dir, config = {}, logger = 'silent', template, tem
 async function shippedLogger (level) {
   const { loggerOptions } = await import('../dist/http/logger-options.js')
   return loggerOptions({ LOG_LEVEL: level, LOG_PRETTY: false })
+}
+
+/**
+ * The floor of the event stream: streams opened as the app opens them (headers, a first comment),
+ * then every batch of frames written to each socket with one write, at a fixed pace. `listen`
+ * and `close` as a Fastify instance has them, so the messages above work alike.
+ */
+function bareEvents () {
+  const sockets = new Set()
+  const server = http.createServer((req, res) => {
+    res.useChunkedEncodingByDefault = false
+    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' })
+    res.flushHeaders()
+    res.socket.write(': connected\n\n')
+    sockets.add(res.socket)
+    res.once('close', () => sockets.delete(res.socket))
+  })
+  let seq = 0
+  return {
+    async listen ({ host, port }) {
+      await new Promise((resolve) => server.listen(port, host, resolve))
+      return `http://${host}:${server.address().port}`
+    },
+    async close () {
+      server.closeAllConnections()
+      await new Promise((resolve) => server.close(resolve))
+    },
+    /** `rate` events a second for `seconds`, due on a 2 ms timer as the bench's executes are, written every `paceMs`. */
+    async emit ({ rate, paceMs, seconds, frames }) {
+      let queued = ''
+      const t0 = performance.now()
+      let made = 0
+      const make = setInterval(() => {
+        const due = Math.min(Math.floor(((performance.now() - t0) / 1000) * rate), Math.floor(rate * seconds))
+        while (made < due) {
+          made++
+          seq++
+          eventTimes.push([seq, performance.timeOrigin + performance.now()])
+          queued += `id: floor-${seq}\n${frames[seq % frames.length]}`
+        }
+      }, 2)
+      const write = () => {
+        if (queued === '') return
+        const chunk = Buffer.from(queued, 'utf8')
+        queued = ''
+        for (const socket of sockets) socket.write(chunk)
+      }
+      const pace = setInterval(write, paceMs)
+      await new Promise((resolve) => setTimeout(resolve, seconds * 1000 + 50))
+      clearInterval(make)
+      clearInterval(pace)
+      write()
+    }
+  }
 }
