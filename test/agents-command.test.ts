@@ -7,11 +7,9 @@ import { existsSync } from 'node:fs'
 import { readFile, realpath, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import v8 from 'node:v8'
-import vm from 'node:vm'
 import t from 'tap'
 import { alive, createTasks, fixture, recordCalls, storedTasks, waitFor } from './agents-fakes.js'
-import { build, post, tempDir } from './helper.js'
+import { build, heldBytes, post, tempDir } from './helper.js'
 
 const run = promisify(execFile)
 
@@ -95,23 +93,16 @@ t.test('output over max_output_bytes is cut and flagged result_truncated; exactl
 })
 
 t.test('output written a byte at a time costs about its size in memory while it comes, not an object per byte', async (t) => {
-  v8.setFlagsFromString('--expose-gc')
-  const gc = vm.runInNewContext('gc') as () => void
-  const held = (): number => {
-    gc()
-    const usage = process.memoryUsage()
-    return usage.heapUsed + usage.arrayBuffers
-  }
   const dir = await tempDir(t)
   const BYTES = 40_000
   const [marker, go] = [join(dir, 'written'), join(dir, 'go')]
   const app = await build(t, { agents: { default: { kind: 'command', argv: fixture('drip.js', String(BYTES), marker, go), timeout_ms: 120_000 } } })
   await createTasks(app, 'drip', [{ instruction: 'x' }])
-  const before = held()
+  const before = heldBytes()
   const executing = post(app, '/execute', { session_id: 'drip' })
   await waitFor('the program to write all its output', () => existsSync(marker), 60_000)
   await new Promise((resolve) => setTimeout(resolve, 100))
-  const during = held() - before
+  const during = heldBytes() - before
   await writeFile(go, '')
   const res = await executing
   t.match(res.json(), { status: 'Completed' })

@@ -4,12 +4,10 @@
  */
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import v8 from 'node:v8'
-import vm from 'node:vm'
 import t from 'tap'
 import { CODING_SYSTEM_PROMPT, THINKING_SYSTEM_PROMPT } from '../services/runner/agents/openai.js'
 import { completion, createTasks, fakeAgent, ok, recordCalls, storedTasks, waitFor } from './agents-fakes.js'
-import { build, get, post, tempDir } from './helper.js'
+import { build, get, heldBytes, post, tempDir } from './helper.js'
 import { freePort } from './server-process.js'
 
 /** Small bounds so failures and retries take milliseconds. */
@@ -346,13 +344,6 @@ t.test('an answer over max_response_bytes fails the task', async (t) => {
 })
 
 t.test('an answer sent a byte at a time costs about its size in memory while it comes, not an object per byte', async (t) => {
-  v8.setFlagsFromString('--expose-gc')
-  const gc = vm.runInNewContext('gc') as () => void
-  const held = (): number => {
-    gc()
-    const usage = process.memoryUsage()
-    return usage.heapUsed + usage.arrayBuffers
-  }
   const BYTES = 40_000
   let allSent = (): void => {}
   const sent = new Promise<void>((resolve) => { allSent = resolve })
@@ -382,11 +373,11 @@ t.test('an answer sent a byte at a time costs about its size in memory while it 
   t.teardown(() => { peer.closeAllConnections(); peer.close() })
   const app = await build(t, { agents: { default: { kind: 'webhook', url: `http://127.0.0.1:${(peer.address() as AddressInfo).port}/`, timeout_ms: 120_000 } } })
   await createTasks(app, 'drip', [{ instruction: 'x' }])
-  const before = held()
+  const before = heldBytes()
   const executing = post(app, '/execute', { session_id: 'drip' })
   await sent
   await new Promise((resolve) => setTimeout(resolve, 100))
-  const during = held() - before
+  const during = heldBytes() - before
   finish()
   const res = await executing
   t.match(res.json(), { status: 'Completed' })

@@ -2,6 +2,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import v8 from 'node:v8'
+import vm from 'node:vm'
 import type { FastifyInstance, FastifyServerOptions, LightMyRequestResponse } from 'fastify'
 import { buildApp, type BuildAppOptions } from '../app.js'
 import { FileSessionStore } from '../services/store/file-store.js'
@@ -115,4 +117,13 @@ export function memoryLog (level = 'info'): { raw: string[], stream: { write: (c
   const stream = { write: (chunk: string) => { raw.push(chunk) } }
   const lines = (): LogLine[] => raw.join('').split('\n').filter((line) => line.trim() !== '').map((line) => JSON.parse(line) as LogLine)
   return { raw, stream, logger: { level, stream } as FastifyServerOptions['logger'], lines, messages: () => lines().map((line) => String(line.msg)) }
+}
+
+/** The heap and array buffers in use after a full collection (the collector is exposed to this process for it). */
+export function heldBytes (): number {
+  v8.setFlagsFromString('--expose-gc')
+  const gc = vm.runInNewContext('gc') as () => void
+  gc()
+  const usage = process.memoryUsage()
+  return usage.heapUsed + usage.arrayBuffers
 }
