@@ -114,7 +114,7 @@ export async function benchFanout ({ P, row, sections, trackedDir, dropDir, log 
     const executeWith = rps(loaded)
     const executeWithout = rps(none)
     const { measured, times, cpuShare, elapsed, sent } = latency
-    const floor = await floorPhase(clients, N, times.length / elapsed, P.fanoutFlushMs ?? 25, seconds)
+    const floor = await floorPhase(clients, N, times.length / elapsed, P.fanoutFlushMs ?? P.fanoutConfig?.TASK_EVENTS_FLUSH_MS ?? 25, seconds)
     log(`  floor (a bare server writing the same events to ${N} clients every ${floor.pace_ms} ms, nothing else): p50 ${floor.p50.toFixed(2)} ms, p99 ${floor.p99.toFixed(2)} ms over ${floor.deliveries} timed deliveries; its CPU ${(floor.cpuShare * 100).toFixed(0)}% of a core, the clients' process ${(floor.clientsCpuShare * 100).toFixed(0)}%`)
     const expected = times.length * measured.timed_clients
     const result = {
@@ -214,8 +214,13 @@ async function floorPhase (clients, n, rate, paceMs, seconds) {
     await eventTimes(server)
     const cpu0 = await server.cpu()
     const t0 = now()
-    await new Promise((resolve) => {
-      const onMessage = (m) => { if (m.type === 'emitted') { server.child.off('message', onMessage); resolve() } }
+    await new Promise((resolve, reject) => {
+      const onMessage = (m) => {
+        if (m.type !== 'emitted' && m.type !== 'error') return
+        server.child.off('message', onMessage)
+        if (m.type === 'error') reject(new Error(`floor server failed: ${m.message}`))
+        else resolve()
+      }
       server.child.on('message', onMessage)
       server.child.send({ type: 'emit', rate, paceMs, seconds, frames: FLOOR_FRAMES })
     })

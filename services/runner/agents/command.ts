@@ -10,8 +10,8 @@ import type { CommandAgentSpec } from './spec.js'
 
 /** How much of stderr's end goes into the task's error. */
 const STDERR_TAIL_BYTES = 1000
-/** stdout is read into this much at first, grown as it comes (up to the cap). */
-const FIRST_STDOUT_BYTES = 16 * 1024
+/** stdout is read into this much at first, grown as it comes (up to the cap): small, as it is held for the whole call. */
+const FIRST_STDOUT_BYTES = 1024
 /** Why a spawn may fail for now and work on a later attempt. */
 const TRANSIENT_START_ERRORS = new Set(['EAGAIN', 'ENOMEM', 'EMFILE', 'ENFILE'])
 /** sysexits' EX_TEMPFAIL: the one exit code that asks to be retried. */
