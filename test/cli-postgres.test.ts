@@ -257,7 +257,8 @@ t.test('stats, validate, archive and prune with --database-url answer as on the 
   const noUrl = await taskvault(['validate'], { env: { TASK_STORE: 'postgres' } })
   t.same([noUrl.code, noUrl.stderr.trim().split('\n')[0]], [2, 'taskvault: TASK_STORE=postgres and DATABASE_URL is not set: give --database-url URL (or a folder)'])
   // Those that change the store without the servers' leases, or work on a folder, need their target named there.
-  for (const args of [['archive', '--days', '30'], ['prune', '--days', '300'], ['backup', '--out', join(dir, '..', 'b.tar.gz')], ['restore', join(dir, '..', 'b.tar.gz')]]) {
+  // `prune` without --days (retention is off by default): the target is what to fix first, not the days.
+  for (const args of [['archive', '--days', '30'], ['prune', '--days', '300'], ['prune'], ['backup', '--out', join(dir, '..', 'b.tar.gz')], ['restore', join(dir, '..', 'b.tar.gz')]]) {
     const refused = await taskvault(args, { env: { TASK_STORE: 'postgres', DATABASE_URL: url } })
     t.match([refused.code, refused.stderr], [2, /^taskvault: TASK_STORE=postgres: the sessions are in the database, not in a folder here; /u], `${args[0] ?? ''}: refused`)
   }

@@ -26,6 +26,7 @@ ${COMMON_HELP}`,
   options: { days: { type: 'string' }, ...DATABASE_OPTIONS },
   positionals: { min: 0, max: 1, names: 'dir' },
   async run (args, context) {
+    assertPassTarget(args, context)
     const days = daysOption(args.values, 'days', 0) ?? context.settings.TASK_ARCHIVE_DAYS
     if (days === 0 && args.values.days === undefined) throw new UsageError('archiving is off (TASK_ARCHIVE_DAYS=0); give --days N')
     const { pass, errors, dir } = await runPass(args, context, { archiveOlderThanDays: days, retention: null })
@@ -56,6 +57,7 @@ ${COMMON_HELP}`,
   options: { days: { type: 'string' }, 'failed-days': { type: 'string' }, ...DATABASE_OPTIONS },
   positionals: { min: 0, max: 1, names: 'dir' },
   async run (args, context) {
+    assertPassTarget(args, context)
     const retention = {
       days: daysOption(args.values, 'days', 1) ?? context.settings.TASK_ARCHIVE_RETENTION_DAYS,
       failedDays: daysOption(args.values, 'failed-days', 0) ?? context.settings.TASK_ARCHIVE_FAILED_RETENTION_DAYS
@@ -86,8 +88,6 @@ async function runPass (args: ParsedCommand, context: CommandContext, options: A
   // The task manager (and all it runs on) is loaded by the two commands that need it only.
   const [{ TaskManager }, { ArchiveScheduler }] = await Promise.all([import('../../services/task-manager.js'), import('../../services/archive/archive-scheduler.js')])
   let dir = ''
-  // The servers on a database run these passes themselves; one from here needs its URL given, with them stopped.
-  assertTargetNamed(settings, args.positionals.length > 0 || args.values['database-url'] !== undefined, 'the servers archive and prune it themselves (POST /api/v1/tasks/archive); to run a pass from here, stop them and give --database-url')
   const pass = await withStore(args, context, databaseTarget(args, settings), async (store, where) => {
     dir = where
     // Passive: a background run a server left behind keeps its record for the server to carry
@@ -101,6 +101,11 @@ async function runPass (args: ParsedCommand, context: CommandContext, options: A
     }
   })
   return { pass, errors, dir }
+}
+
+/** The servers on a database run these passes themselves; one from here needs its target named (before any other check: that is what to fix first). */
+function assertPassTarget (args: ParsedCommand, context: CommandContext): void {
+  assertTargetNamed(context.settings, args.positionals.length > 0 || args.values['database-url'] !== undefined, 'the servers archive and prune it themselves (POST /api/v1/tasks/archive); to run a pass from here, stop them and give --database-url')
 }
 
 function result (errors: number, json: Record<string, unknown>, lines: string[]): CommandResult {
