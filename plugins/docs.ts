@@ -38,12 +38,17 @@ export default fp<DocsPluginOptions>(async function docsPlugin (app, options) {
         ? { components: { securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'One of TASK_API_KEYS' } } }, security: [{ apiKey: [] }] }
         : { security: [] })
     },
-    transformObject: (document) => 'openapiObject' in document ? markOptionalBodies(document.openapiObject as OpenApiDocument) : document.swaggerObject
+    transformObject: (document) => {
+      if (!('openapiObject' in document)) return document.swaggerObject
+      const openapi = markOptionalBodies(document.openapiObject as OpenApiDocument)
+      // Without keys no route answers 401: a client generated from the document should not expect one.
+      return options.bearerAuth === true ? openapi : withoutUnauthorized(openapi)
+    }
   })
   await app.register(swaggerUi, { routePrefix: options.routePrefix ?? '/documentation' })
 }, { name: 'taskvault-docs', fastify: '5.x' })
 
-interface OpenApiDocument { paths?: Record<string, Record<string, { [BODY_OPTIONAL]?: boolean, requestBody?: { required?: boolean } }>> }
+interface OpenApiDocument { paths?: Record<string, Record<string, { [BODY_OPTIONAL]?: boolean, requestBody?: { required?: boolean }, responses?: Record<string, unknown> }>> }
 
 /** @fastify/swagger marks every declared body required; a route that takes none says so with BODY_OPTIONAL. */
 function markOptionalBodies (document: OpenApiDocument): OpenApiDocument {
@@ -52,6 +57,16 @@ function markOptionalBodies (document: OpenApiDocument): OpenApiDocument {
       if (typeof operation !== 'object' || operation === null || !(BODY_OPTIONAL in operation)) continue
       if (operation[BODY_OPTIONAL] === true && operation.requestBody !== undefined) operation.requestBody.required = false
       delete operation[BODY_OPTIONAL]
+    }
+  }
+  return document
+}
+
+/** The document without its 401 answers (the routes declare them for when keys are set). */
+function withoutUnauthorized (document: OpenApiDocument): OpenApiDocument {
+  for (const item of Object.values(document.paths ?? {})) {
+    for (const operation of Object.values(item)) {
+      if (typeof operation === 'object' && operation !== null) delete operation.responses?.['401']
     }
   }
   return document

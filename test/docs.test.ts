@@ -57,7 +57,8 @@ const keys = (schema: TSchema | undefined): string[] => Object.keys((schema?.pro
 t.test('every task route is in the document with tags, summary, request schemas and every response status', async (t) => {
   const routes = await taskRoutes(t)
   t.ok(routes.length >= 7, `found ${routes.length} task routes`)
-  const app = await build(t)
+  // With keys, so that the 401 every route declares is in the document too.
+  const app = await build(t, { config: { TASK_API_KEYS: 'k1' } })
   const res = await app.inject({ method: 'GET', url: '/documentation/json' })
   t.equal(res.statusCode, 200)
   const doc = res.json<OpenApi>()
@@ -260,7 +261,11 @@ t.test('servers, license and security are declared, with keys and without', asyn
   t.same(open.info.license, { name: 'MIT', identifier: 'MIT' })
   t.same(open.security, [], 'without keys: no security, said explicitly')
   t.notOk(open.components?.securitySchemes, 'and no scheme to offer')
+  const operations = (document: OpenApi): Array<[string, Operation]> => Object.entries(document.paths).flatMap(([path, item]) => Object.entries(item).map(([method, operation]) => [`${method} ${path}`, operation] as [string, Operation]))
+  t.same(operations(open).filter(([, operation]) => '401' in operation.responses).map(([name]) => name), [], 'without keys: no operation answers 401')
   const keyed = await documentOf(t, { config: { TASK_API_KEYS: 'k1' } })
+  const guarded = operations(keyed).filter(([name]) => name.includes(' /api/'))
+  t.ok(guarded.length > 10 && guarded.every(([, operation]) => '401' in operation.responses), `with keys: every /api operation (${guarded.length}) answers 401`)
   t.same(keyed.security, [{ apiKey: [] }], 'with keys: a bearer key on every operation')
   t.match(keyed.components?.securitySchemes?.apiKey, { type: 'http', scheme: 'bearer' })
   for (const path of ['/health', '/ready', '/']) t.same(keyed.paths[path]?.get?.security, [], `${path} stays open`)
