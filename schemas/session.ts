@@ -1,4 +1,5 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { KID_PATTERN } from './patterns.js'
 
 /** Session ids become file names, so this pattern is the only gate to the storage folder. */
 export const SESSION_ID_PATTERN = '^[A-Za-z0-9_-]{1,128}$'
@@ -121,7 +122,7 @@ export const SealedSessionFile = Type.Object({
   sealed: Type.Object({
     v: Type.Integer(),
     alg: Type.String(),
-    kid: Type.String({ pattern: '^[A-Za-z0-9_-]{1,32}$' }),
+    kid: Type.String({ pattern: KID_PATTERN }),
     iv: Type.String(),
     tag: Type.String(),
     data: Type.String()

@@ -1,5 +1,6 @@
 import { createCipheriv, createDecipheriv, createHmac, createSecretKey, randomFillSync, type CipherGCM, type KeyObject } from 'node:crypto'
 import { CorruptSessionFileError, InvalidEncryptionKeysError, KeyUnavailableError, SealNotOpenedError } from '../errors.js'
+import { KID_PATTERN } from '../../schemas/patterns.js'
 import { readSettingFile } from '../setting-file.js'
 
 /**
@@ -11,7 +12,7 @@ import { readSettingFile } from '../setting-file.js'
 
 export const SEAL_VERSION = 1
 export const SEAL_ALG = 'A256GCM'
-const KID = /^[A-Za-z0-9_-]{1,32}$/u
+const KID = new RegExp(KID_PATTERN, 'u')
 const KEY_BYTES = 32
 const IV_BYTES = 12
 const TAG_BYTES = 16
@@ -106,7 +107,7 @@ export class Keyring {
       const at = entry.indexOf(':')
       const kid = at === -1 ? '' : entry.slice(0, at)
       const where = `entry ${index + 1}`
-      if (!KID.test(kid)) throw new InvalidEncryptionKeysError(`${where}: expected kid:base64key with a kid of 1 to 32 letters, digits, _ or -`)
+      if (!isKid(kid)) throw new InvalidEncryptionKeysError(`${where}: expected kid:base64key with a kid of 1 to 32 letters, digits, _ or -`)
       if (keys.has(kid)) throw new InvalidEncryptionKeysError(`${where}: kid '${kid}' appears twice`)
       const encoded = entry.slice(at + 1).trim()
       const key = Buffer.from(encoded, 'base64')
