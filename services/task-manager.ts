@@ -382,6 +382,8 @@ export class TaskManager {
   async findProgress (sessionId: string): Promise<{ progress: Progress, archived: boolean }> {
     await this.registry.sync(sessionId)
     if (this.registry.find(sessionId) !== null) return { progress: this.progress(sessionId), archived: false }
+    const known = this.archived.knownProgress(sessionId)
+    if (known !== null) return { progress: known, archived: true }
     const { file, archived } = await this.find(sessionId)
     return { progress: archived ? progressOf(file.session.tasks) : this.progress(sessionId), archived }
   }

@@ -150,6 +150,40 @@ t.test('a session that changes between the scan and the move stays active', asyn
   t.equal((await get(app, '/list?session_id=busy')).json().total, 3, 'the new task is there')
 })
 
+t.test('progress of an archived session comes from its summary: its file is read once, not on every call', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  const opened: string[] = []
+  const fs: FsSeam = {
+    ...nodeFs,
+    open: async (path, ...rest) => {
+      if (String(path).includes(`${sep}archive${sep}`)) opened.push(String(path).split(sep).pop() as string)
+      return nodeFs.open(path, ...rest)
+    }
+  }
+  const expected = { session_id: 'done', total: 3, completed: 2, failed: 1, pending: 0, in_progress: 0, all_done: true, percentage: 100, running: false, archived: true }
+  const app = await build(t, { dir, clock, fs, config: { TASK_ARCHIVE_DAYS: 30 }, executors: { default: async (task) => { if (task.instruction === 'bad') throw new Error('no'); return { result: 'ok' } } } })
+  await createSession(app, 'done', '1. a\n2. bad\n3. c')
+  t.equal((await post(app, '/execute-all', { session_id: 'done' })).statusCode, 200)
+  advance(31)
+  t.same((await post(app, '/archive', {})).json().archived_ids, ['done'])
+  for (let i = 0; i < 3; i++) t.same((await get(app, '/progress?session_id=done')).json(), expected, `call ${i + 1}`)
+  t.same(opened, [], 'archived just now: its summary was known, nothing read')
+  await app.close()
+
+  // After a restart the archive is indexed by name: the first call reads the file, later calls none.
+  const again = await build(t, { dir, clock, fs, config: { TASK_ARCHIVE_DAYS: 30 } })
+  opened.length = 0
+  for (let i = 0; i < 3; i++) t.same((await get(again, '/progress?session_id=done')).json(), expected, `after a restart, call ${i + 1}`)
+  t.same(opened, ['done.json'], 'read once')
+  // The tasks themselves still come from the file, and a bring-back is seen at once.
+  t.equal((await get(again, '/list?session_id=done')).json().tasks.length, 3)
+  t.equal(opened.length, 2, '/list reads the file')
+  await createSession(again, 'done', 'd')
+  const { archived: _, ...active } = expected
+  t.same((await get(again, '/progress?session_id=done')).json(), { ...active, total: 4, pending: 1, all_done: false, percentage: 75 }, 'brought back: its active progress')
+})
+
 t.test('passes never overlap: one asked for while another runs waits for it', async (t) => {
   const dir = await tempDir(t)
   const { clock, advance } = movableClock()
@@ -475,7 +509,9 @@ t.test('a damaged archived file that cannot be set aside: the session answers 40
   t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids.sort(), ['bad', 'good'])
   await writeFile(join(dir, 'archive', 'bad.json'), '{"not":"a session"}')
   fs.fail('rename', 'EIO', { path: (path) => path.endsWith('/archive/bad.json') })
-  for (const n of [1, 2]) t.equal((await get(app, '/progress?session_id=bad')).statusCode, 404, `read ${n}: not found (the file store keeps no id of an unreadable file)`)
+  // Read through its tasks: progress alone answers from the summary taken when it was archived.
+  for (const n of [1, 2]) t.equal((await get(app, '/list?session_id=bad')).statusCode, 404, `read ${n}: not found (the file store keeps no id of an unreadable file)`)
+  t.equal((await get(app, '/progress?session_id=bad')).statusCode, 404, 'nor its progress')
   const backup = await app.inject({ method: 'GET', url: `${API}/backup` })
   t.equal(backup.statusCode, 200)
   const names: string[] = []

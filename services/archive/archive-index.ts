@@ -85,6 +85,11 @@ export class ArchiveIndex {
     return this.entries.get(sessionId)?.files.at(-1) ?? null
   }
 
+  /** The summary of the session's newest file, once that file has been read; else null. */
+  summary (sessionId: string): ArchivedSummary | null {
+    return this.entries.get(sessionId)?.summary ?? null
+  }
+
   files (sessionId: string): readonly ArchivedFile[] {
     return this.entries.get(sessionId)?.files ?? []
   }

@@ -2,6 +2,7 @@ import { summarize, type ArchivedSummary, type RetentionCutoffs } from './archiv
 import { KeyUnavailableError, StaleArchivedCopyError, UnreadableArchivedError, isPassFailure, type PassFailure } from '../errors.js'
 import { unchanged, type Draft } from '../session/draft.js'
 import type { SessionRegistry, SessionSummary } from '../session/registry.js'
+import type { Progress } from '../session/session.js'
 import type { ArchiveTotals, ArchivedSession, LoadFailure, SessionStore } from '../store/store.js'
 import type { Logger } from '../types.js'
 
@@ -79,6 +80,18 @@ export class ArchivedSessions {
     const kept = failures.find((failure) => failure.movedTo === null && failure.kid === undefined)
     if (session === null && kept !== undefined && this.store.shared !== undefined) throw new UnreadableArchivedError(sessionId, kept.reason)
     return session
+  }
+
+  /**
+   * An archived session's progress from the summary its newest copy was read into, or null (not
+   * archived, that copy not read yet, or a shared store, whose rows other replicas change). So
+   * `/progress` polled on an archived session reads its file once, not a whole parse of a
+   * session of many megabytes on every call.
+   */
+  knownProgress (sessionId: string): Progress | null {
+    if (this.store.shared !== undefined || !this.has(sessionId)) return null
+    const summary = this.store.archivedSummary?.(sessionId) ?? null
+    return summary !== null && summary.file === this.store.archivedName(sessionId) ? summary : null
   }
 
   /**

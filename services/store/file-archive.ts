@@ -197,6 +197,10 @@ export class FileArchive {
     return this.index.newest(sessionId)?.name ?? null
   }
 
+  summary (sessionId: string): ArchivedSummary | null {
+    return this.index.summary(sessionId)
+  }
+
   ids (): string[] {
     return this.index.ids()
   }

@@ -537,6 +537,10 @@ export class FileSessionStore implements SessionStore {
     return this.archived.newestName(sessionId)
   }
 
+  archivedSummary (sessionId: string): ArchivedSummary | null {
+    return this.archived.summary(sessionId)
+  }
+
   archivedIds (): string[] {
     return this.archived.ids()
   }

@@ -299,6 +299,11 @@ export interface SessionStore {
   openArchive(options: { concurrency: number }): Promise<ArchiveTotals>
   /** Which archived file holds the session, or null when it is not archived (from memory). */
   archivedName(sessionId: string): string | null
+  /**
+   * The summary of the archived session's newest copy, from memory, once that copy has been read
+   * (by a list or a read); else null. Absent in a shared store: other replicas change its archive.
+   */
+  archivedSummary?(sessionId: string): ArchivedSummary | null
   /** Every archived session's id (from memory). */
   archivedIds(): string[]
   /** Counts and sizes of the archive (from memory). */
