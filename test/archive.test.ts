@@ -184,6 +184,41 @@ t.test('progress of an archived session comes from its summary: its file is read
   t.same((await get(again, '/progress?session_id=done')).json(), { ...active, total: 4, pending: 1, all_done: false, percentage: 75 }, 'brought back: its active progress')
 })
 
+t.test('a slow read of an archived copy that was brought back and archived again under the same name meanwhile leaves the new copy\'s summary and entry alone', async (t) => {
+  const dir = await tempDir(t)
+  let gate: Promise<void> | null = null
+  let release: () => void = () => {}
+  let held = false
+  const fs: FsSeam = {
+    ...nodeFs,
+    open: async (path, ...rest) => {
+      const handle = await nodeFs.open(path, ...rest)
+      // Held once it has the old file open: what it reads is the copy of that moment.
+      if (gate !== null && String(path).endsWith(`${sep}archive${sep}a.json`)) {
+        held = true
+        await gate
+      }
+      return handle
+    }
+  }
+  const app = await build(t, { dir, fs })
+  await finishedSession(app, 'a', 'one')
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['a'])
+  gate = new Promise((resolve) => { release = resolve })
+  const slow = get(app, '/list?session_id=a')
+  await waitFor('the read to hold the old file open', () => held)
+  gate = null
+  // Brought back, two tasks more, finished and archived again: `a.json` once more, a new copy.
+  await finishedSession(app, 'a', '1. two\n2. three')
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['a'])
+  t.equal((await get(app, '/progress?session_id=a')).json().total, 3, 'the new copy')
+  release()
+  t.equal((await slow).json().total, 1, 'the slow read answers with the copy it read')
+  t.equal((await get(app, '/progress?session_id=a')).json().total, 3, 'the new copy\'s summary stays')
+  t.equal((await get(app, '/list?session_id=a')).json().total, 3)
+  t.equal((await get(app, '/list?session_id=all&archived=only')).json().sessions[0].total, 3, 'lists agree')
+})
+
 t.test('passes never overlap: one asked for while another runs waits for it', async (t) => {
   const dir = await tempDir(t)
   const { clock, advance } = movableClock()

@@ -100,10 +100,29 @@ export class ArchiveIndex {
     if (entry !== undefined && entry.files.at(-1)?.name === name) this.summarize(entry, summary)
   }
 
+  /**
+   * Records the summary read from `file` (an entry newest() gave), if that very entry is still
+   * the newest: a read that took long may have read a file since removed and archived again
+   * under the same name, whose summary it must not replace.
+   */
+  setSummaryOf (sessionId: string, file: ArchivedFile, summary: ArchivedSummary): void {
+    const entry = this.entries.get(sessionId)
+    if (entry !== undefined && entry.files.at(-1) === file) this.summarize(entry, summary)
+  }
+
   /** Forgets one file; the next older one (if any) becomes the session, its summary unknown. */
   remove (sessionId: string, name: string): void {
+    this.removeWhere(sessionId, (file) => file.name === name)
+  }
+
+  /** `remove` for that very entry (from newest()): a later file of the same name stays. */
+  forget (sessionId: string, file: ArchivedFile): void {
+    this.removeWhere(sessionId, (indexed) => indexed === file)
+  }
+
+  private removeWhere (sessionId: string, which: (file: ArchivedFile) => boolean): void {
     const entry = this.entries.get(sessionId)
-    const at = entry?.files.findIndex((file) => file.name === name) ?? -1
+    const at = entry?.files.findIndex(which) ?? -1
     if (entry === undefined || at === -1) return
     const wasNewest = at === entry.files.length - 1
     const [file] = entry.files.splice(at, 1)

@@ -217,10 +217,11 @@ export class FileArchive {
       const loaded = await this.files.load(this.dir, newest.name, sessionId, `archive/${newest.name}`, true)
       if (loaded !== null && 'reason' in loaded) failures.push(loaded)
       if (loaded !== null && 'file' in loaded) {
-        this.index.setSummary(sessionId, newest.name, summarize(loaded.file, newest.name))
+        // By the entry, not its name: the file may have been removed and archived again meanwhile.
+        this.index.setSummaryOf(sessionId, newest, summarize(loaded.file, newest.name))
         return { session: { ...loaded, name: newest.name }, failures }
       }
-      this.index.remove(sessionId, newest.name)
+      this.index.forget(sessionId, newest)
     }
     return { session: null, failures }
   }
