@@ -177,6 +177,13 @@ function onEvent (name: string, data: Record<string, unknown>): void {
     // server too old to send it.)
     const at = typeof data.updated_at === 'string' ? data.updated_at : new Date().toISOString()
     state.sessions.set(id, { ...(known ?? { session_id: id, created_at: at }), ...progress as unknown as Progress, updated_at: at, archived: undefined } as Summary)
+    if (state.detail?.session_id === id) {
+      live = { sessionId: id, progress: progress as unknown as LiveProgress, at: Date.parse(at) }
+      const drawn = state.detail
+      state.detail = withLive(drawn)
+      const d = state.detail
+      if (d !== drawn) keepFocus($('session'), () => { drawSummary(d) }, detailFallback)
+    }
   } else if (name === 'session.deleted') {
     state.sessions.delete(id)
   } else if (name === 'session.archived' && known !== undefined) {
@@ -442,6 +449,27 @@ const ACTIONS = ['act-execute', 'act-run', 'act-cancel', 'act-retry', 'act-delet
  * whole session, results included (a 200-task run would otherwise fetch it a hundred times).
  */
 const DETAIL_REFRESH_MS = 1000
+/**
+ * A larger session is fetched less often while events come: one DETAIL_REFRESH_MS more per this
+ * many tasks (1,000 tasks, TASK_MAX_TASKS_PER_SESSION's default: every 4 s). Its counts and bar
+ * follow each `progress` event meanwhile.
+ */
+const DETAIL_TASKS_PER_REFRESH = 250
+
+type LiveProgress = Progress & { running?: boolean }
+/** The open session's newest `progress` event: drawn at once, and over a load that read the session before it. */
+let live: { sessionId: string, progress: LiveProgress, at: number } | null = null
+
+/** `d` with the counts of the newest progress event, when that event is newer than what `d` was read from. */
+function withLive (d: Detail): Detail {
+  if (live === null || live.sessionId !== d.session_id || !(live.at > Date.parse(d.updated_at))) return d
+  const p = live.progress
+  return { ...d, total: p.total, completed: p.completed, failed: p.failed, pending: p.pending, in_progress: p.in_progress, all_done: p.all_done, percentage: p.percentage, running: p.running ?? d.running, updated_at: new Date(live.at).toISOString() }
+}
+
+function detailRefreshMs (): number {
+  return DETAIL_REFRESH_MS * Math.max(1, Math.ceil((state.detail?.tasks.length ?? 0) / DETAIL_TASKS_PER_REFRESH))
+}
 
 let detailTimer: number | undefined
 let lastDetailLoad = -Infinity
@@ -451,7 +479,7 @@ function scheduleDetail (): void {
     detailTimer = undefined
     lastDetailLoad = performance.now()
     if (state.detail !== null) void loadDetail(state.detail.session_id).then(backgroundRecovered, showBackgroundError)
-  }, Math.max(100, lastDetailLoad + DETAIL_REFRESH_MS - performance.now()))
+  }, Math.max(100, lastDetailLoad + detailRefreshMs() - performance.now()))
 }
 
 // Loads are numbered: two that overlap can answer out of order, and an answer older than the
@@ -477,7 +505,7 @@ async function loadDetail (id: string): Promise<void> {
   if (load <= newestDrawn || state.detail?.session_id !== id) return
   newestDrawn = load
   const [detail, progress] = answers
-  state.detail = { ...detail, ...progress, tasks: detail.tasks }
+  state.detail = withLive({ ...detail, ...progress, tasks: detail.tasks })
   drawDetail(state.detail)
 }
 
@@ -500,24 +528,29 @@ function detailFallback (): HTMLElement {
 
 function drawDetail (d: Detail): void {
   keepFocus($('session'), () => {
-    setText($('session-title'), d.session_id)
-    const parts = [`${d.completed}/${d.total} done`, `${d.failed} failed`, ...(d.in_progress > 0 ? [`${d.in_progress} in progress`] : []), `${d.pending} pending`]
-    if (d.running === true) parts.push('running')
-    if (d.archived === true) parts.push('archived')
-    setText($('session-summary'), parts.join(' · '))
-    const bar = $<HTMLProgressElement>('session-progress')
-    bar.value = d.percentage
-    bar.textContent = `${Math.round(d.percentage)}%`
-    $<HTMLButtonElement>('act-cancel').disabled = d.running !== true
-    $<HTMLButtonElement>('act-retry').disabled = d.failed === 0 || d.running === true
-    $<HTMLButtonElement>('act-run').disabled = d.running === true || d.pending === 0
-    $<HTMLButtonElement>('act-execute').disabled = d.running === true || d.pending === 0
-    $<HTMLButtonElement>('act-delete').disabled = false
+    drawSummary(d)
     const next = new Map<string, TaskView>()
     d.tasks.forEach((task, index) => next.set(task.id, updateTask(tasks.get(task.id) ?? makeTask(d.session_id, task, index), task)))
     tasks = next
     arrange($('tasks'), [...tasks.values()].map((view) => view.item))
   }, detailFallback)
+}
+
+/** The session page's title, counts, bar and buttons (not its tasks). */
+function drawSummary (d: Detail): void {
+  setText($('session-title'), d.session_id)
+  const parts = [`${d.completed}/${d.total} done`, `${d.failed} failed`, ...(d.in_progress > 0 ? [`${d.in_progress} in progress`] : []), `${d.pending} pending`]
+  if (d.running === true) parts.push('running')
+  if (d.archived === true) parts.push('archived')
+  setText($('session-summary'), parts.join(' · '))
+  const bar = $<HTMLProgressElement>('session-progress')
+  bar.value = d.percentage
+  bar.textContent = `${Math.round(d.percentage)}%`
+  $<HTMLButtonElement>('act-cancel').disabled = d.running !== true
+  $<HTMLButtonElement>('act-retry').disabled = d.failed === 0 || d.running === true
+  $<HTMLButtonElement>('act-run').disabled = d.running === true || d.pending === 0
+  $<HTMLButtonElement>('act-execute').disabled = d.running === true || d.pending === 0
+  $<HTMLButtonElement>('act-delete').disabled = false
 }
 
 /** A long text that folds away; it is always text, whatever it contains. */

@@ -13,6 +13,7 @@ import { existsSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import net, { type AddressInfo } from 'node:net'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
@@ -333,6 +334,36 @@ async function run (browser: Browser): Promise<void> {
     await page.locator('#overview').waitFor()
     t.equal(await page.locator('tr[data-session="live-run"]').count(), 0, 'gone from the table')
     t.equal((await app.inject({ method: 'GET', url: '/api/v1/tasks/progress?session_id=live-run' })).statusCode, 404)
+  })
+
+  t.test('a large session\'s page follows each progress event at once, and fetches the whole session less often', async (t) => {
+    const tasks = Array.from({ length: 1000 }, (_, i) => ({ instruction: `gate ${i + 1}` }))
+    t.equal((await post(app, '/create', { session_id: 'big', tasks })).statusCode, 200)
+    t.teardown(async () => {
+      await post(app, '/cancel', { session_id: 'big' })
+      await app.inject({ method: 'DELETE', url: '/api/v1/tasks/sessions/big' })
+    })
+    const page = await open(t, browser, `${base}#/session/big`)
+    await page.locator('li.task').nth(999).waitFor({ state: 'attached' })
+    // From here the session's reads are held: only the events can move the bar.
+    const held: Array<() => Promise<void>> = []
+    await page.route('**/api/v1/tasks/list?session_id=big', (route) => { held.push(() => route.continue()) })
+    t.teardown(() => Promise.all(held.map(async (release) => release().catch(() => {}))))
+    t.equal((await post(app, '/execute-all', { session_id: 'big', wait: false })).statusCode, 202)
+    const started = Date.now()
+    let last = 0
+    for (let i = 0; i < 8; i++) {
+      await waitFor(`task ${i + 1} at its gate`, () => gates.length > 0)
+      gates.shift()?.()
+      await page.waitForFunction(`${BAR} > ${last}`)
+      last = await progressValue(page)
+      await sleep(400)
+    }
+    const seconds = (Date.now() - started) / 1000
+    t.equal(last, 0.8, 'the bar followed each completion (8 of 1,000 tasks)')
+    t.match(await page.locator('#session-summary').innerText(), /^8\/1000 done · 0 failed · 1 in progress · 991 pending · running$/u, 'and the counts')
+    // A fetch of 1,000 tasks at most every 4 s (one per second for 250 tasks or fewer).
+    t.ok(held.length <= 1 + Math.floor(seconds / 4), `the whole session was fetched ${held.length} times in ${seconds.toFixed(1)} s of events`)
   })
 
   t.test('a session page names itself in the tab title; a preview never splits an emoji', async (t) => {
