@@ -468,7 +468,9 @@ function withLive (d: Detail): Detail {
 }
 
 function detailRefreshMs (): number {
-  return DETAIL_REFRESH_MS * Math.max(1, Math.ceil((state.detail?.tasks.length ?? 0) / DETAIL_TASKS_PER_REFRESH))
+  // A page whose first load has not answered holds only the session's id (no tasks yet).
+  const count = (state.detail?.tasks as Task[] | undefined)?.length ?? 0
+  return DETAIL_REFRESH_MS * Math.max(1, Math.ceil(count / DETAIL_TASKS_PER_REFRESH))
 }
 
 let detailTimer: number | undefined
