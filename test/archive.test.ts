@@ -219,6 +219,40 @@ t.test('a slow read of an archived copy that was brought back and archived again
   t.equal((await get(app, '/list?session_id=all&archived=only')).json().sessions[0].total, 3, 'lists agree')
 })
 
+t.test('a bring-back whose archived copy was read before the session was brought back and archived again under the same name reads the new copy: no task is lost', async (t) => {
+  const dir = await tempDir(t)
+  let gate: Promise<void> | null = null
+  let release: () => void = () => {}
+  let held = false
+  const fs: FsSeam = {
+    ...nodeFs,
+    open: async (path, ...rest) => {
+      const handle = await nodeFs.open(path, ...rest)
+      if (gate !== null && String(path).endsWith(`${sep}archive${sep}a.json`)) {
+        const wait = gate
+        gate = null
+        held = true
+        await wait
+      }
+      return handle
+    }
+  }
+  const app = await build(t, { dir, fs })
+  await finishedSession(app, 'a', 'one')
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['a'])
+  gate = new Promise((resolve) => { release = resolve })
+  // This create reads the archived copy first, outside the session's queue; it is held there.
+  const slow = post(app, '/create', { session_id: 'a', instructions: 'four' })
+  await waitFor('the create to hold the old copy open', () => held)
+  await finishedSession(app, 'a', '1. two\n2. three')
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['a'])
+  t.same(await archived(dir), ['a.json'], 'the new copy has the old one\'s name')
+  release()
+  t.equal((await slow).statusCode, 200)
+  t.same((await get(app, '/list?session_id=a')).json().tasks.map((task: { instruction: string }) => task.instruction), ['one', 'two', 'three', 'four'], 'brought back from the new copy, with the task added')
+  t.same(await archived(dir), [], 'and that copy left the archive')
+})
+
 t.test('passes never overlap: one asked for while another runs waits for it', async (t) => {
   const dir = await tempDir(t)
   const { clock, advance } = movableClock()

@@ -131,7 +131,7 @@ export class ArchivedSessions {
     if (copy === undefined) throw new StaleArchivedCopyError(draft.sessionId)
     const name = this.store.archivedName(draft.sessionId)
     if (name === null) return false
-    if (copy === null || copy.name !== name) throw new StaleArchivedCopyError(draft.sessionId)
+    if (copy === null || !this.current(draft.sessionId, copy, name)) throw new StaleArchivedCopyError(draft.sessionId)
     draft.unarchive(copy.file, name, copy.bytes)
     return true
   }
@@ -141,7 +141,17 @@ export class ArchivedSessions {
    * `copy` (read beforehand by before()) is still what the archive holds (null: nothing).
    */
   assertCurrent (draft: Draft, copy: ArchivedCopy): void {
-    if (copy === undefined || this.store.archivedName(draft.sessionId) !== (copy?.name ?? null)) throw new StaleArchivedCopyError(draft.sessionId)
+    const name = this.store.archivedName(draft.sessionId)
+    if (copy === undefined || (copy === null ? name !== null : !this.current(draft.sessionId, copy, name))) throw new StaleArchivedCopyError(draft.sessionId)
+  }
+
+  /**
+   * Whether `copy`, read earlier, is still the session's newest archived copy: the same name and,
+   * where a name comes back for a later copy (brought back or deleted, then archived again while
+   * this copy waited for its change), the same index entry.
+   */
+  private current (sessionId: string, copy: ArchivedSession, name: string | null): boolean {
+    return copy.name === name && (copy.entry === undefined || copy.entry === this.store.archivedEntry?.(sessionId))
   }
 
   /**

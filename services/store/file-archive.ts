@@ -193,6 +193,10 @@ export class FileArchive {
     return bytes
   }
 
+  newestEntry (sessionId: string): ArchivedFile | null {
+    return this.index.newest(sessionId)
+  }
+
   newestName (sessionId: string): string | null {
     return this.index.newest(sessionId)?.name ?? null
   }
@@ -219,7 +223,7 @@ export class FileArchive {
       if (loaded !== null && 'file' in loaded) {
         // By the entry, not its name: the file may have been removed and archived again meanwhile.
         this.index.setSummaryOf(sessionId, newest, summarize(loaded.file, newest.name))
-        return { session: { ...loaded, name: newest.name }, failures }
+        return { session: { ...loaded, name: newest.name, entry: newest }, failures }
       }
       this.index.forget(sessionId, newest)
     }

@@ -537,6 +537,10 @@ export class FileSessionStore implements SessionStore {
     return this.archived.newestName(sessionId)
   }
 
+  archivedEntry (sessionId: string): object | null {
+    return this.archived.newestEntry(sessionId)
+  }
+
   archivedSummary (sessionId: string): ArchivedSummary | null {
     return this.archived.summary(sessionId)
   }

@@ -20,6 +20,12 @@ export interface LoadedSession {
 export interface ArchivedSession extends LoadedSession {
   /** Which archived file it was read from (see unarchive). */
   name: string
+  /**
+   * The index entry it was read from, where a name comes back for a later copy (the file store:
+   * `<id>.json` again once the first copy was brought back or deleted): the copy is current only
+   * while this is still the newest entry (archivedEntry). Absent where names are never reused.
+   */
+  entry?: object
 }
 
 export interface LoadFailure {
@@ -299,6 +305,8 @@ export interface SessionStore {
   openArchive(options: { concurrency: number }): Promise<ArchiveTotals>
   /** Which archived file holds the session, or null when it is not archived (from memory). */
   archivedName(sessionId: string): string | null
+  /** The index entry of that file (see ArchivedSession.entry), or null; absent where names are never reused. */
+  archivedEntry?(sessionId: string): object | null
   /**
    * The summary of the archived session's newest copy, from memory, once that copy has been read
    * (by a list or a read); else null. Absent in a shared store: other replicas change its archive.
