@@ -253,6 +253,41 @@ t.test('a bring-back whose archived copy was read before the session was brought
   t.same(await archived(dir), [], 'and that copy left the archive')
 })
 
+t.test('a slow read of a damaged archived copy leaves alone a good copy archived under the same name meanwhile', async (t) => {
+  const dir = await tempDir(t)
+  let gate: Promise<void> | null = null
+  let release: () => void = () => {}
+  let held = false
+  const fs: FsSeam = {
+    ...nodeFs,
+    open: async (path, ...rest) => {
+      const handle = await nodeFs.open(path, ...rest)
+      if (gate !== null && String(path).endsWith(`${sep}archive${sep}a.json`)) {
+        const wait = gate
+        gate = null
+        held = true
+        await wait
+      }
+      return handle
+    }
+  }
+  const app = await build(t, { dir, fs })
+  await finishedSession(app, 'a', 'one')
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['a'])
+  await writeFile(join(dir, 'archive', 'a.json'), '{"not":"a session"}')
+  gate = new Promise((resolve) => { release = resolve })
+  const slow = get(app, '/list?session_id=a')
+  await waitFor('the read to hold the damaged copy open', () => held)
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/a` })).statusCode, 204)
+  await finishedSession(app, 'a', '1. two\n2. three')
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['a'])
+  release()
+  t.equal((await slow).json().total, 2, 'the slow read finds the damaged copy gone and reads the new one')
+  t.same(await archived(dir), ['a.json'], 'the new copy stays in the archive')
+  t.notOk(existsSync(join(dir, 'corrupt')), 'nothing set aside')
+  t.equal((await get(app, '/list?session_id=a')).json().total, 2)
+})
+
 t.test('passes never overlap: one asked for while another runs waits for it', async (t) => {
   const dir = await tempDir(t)
   const { clock, advance } = movableClock()

@@ -218,7 +218,9 @@ export class FileArchive {
     const failures: LoadFailure[] = []
     for (let newest = this.index.newest(sessionId); newest !== null; newest = this.index.newest(sessionId)) {
       // An archived file removed by hand since it was indexed is simply gone.
-      const loaded = await this.files.load(this.dir, newest.name, sessionId, `archive/${newest.name}`, true)
+      const entry = newest
+      // Judged by the entry: a name removed meanwhile and used by a later copy is that copy's.
+      const loaded = await this.files.load(this.dir, newest.name, sessionId, `archive/${newest.name}`, true, () => this.index.newest(sessionId) === entry)
       if (loaded !== null && 'reason' in loaded) failures.push(loaded)
       if (loaded !== null && 'file' in loaded) {
         // By the entry, not its name: the file may have been removed and archived again meanwhile.

@@ -66,9 +66,11 @@ export class FolderFiles {
    * and reported as `shownAs`; a sealed one this keyring cannot open throws KeyUnavailableError
    * and stays where it is; an I/O error (EMFILE, EIO, EACCES) says nothing about the file
    * and is thrown instead, leaving the file where it is. With `missingOk`, a file gone since
-   * it was listed gives null.
+   * it was listed gives null. `current` says whether the name still holds the copy that was read
+   * (an archived name comes back for a later copy): a file that no longer does is not set aside,
+   * and gives null as one gone.
    */
-  async load (dir: string, name: string, sessionId: string, shownAs: string, missingOk: boolean): Promise<LoadedSession | LoadFailure | null> {
+  async load (dir: string, name: string, sessionId: string, shownAs: string, missingOk: boolean, current?: () => boolean): Promise<LoadedSession | LoadFailure | null> {
     try {
       const data = await readWhole(this.options.fs, join(dir, name), MAX_SESSION_FILE_BYTES)
       return { file: parseSessionFile(name, sessionText(name, data), sessionId, this.options.keyring), bytes: data.length }
@@ -81,16 +83,21 @@ export class FolderFiles {
       // key is missing (the restore and validate, which see every file of the kid, judge the rest).
       if (err instanceof SealNotOpenedError && this.options.keyProven?.(err.kid) !== true) throw err.keySuspected(shownAs)
       if (!(err instanceof CorruptSessionFileError)) throw new StorageError(`reading ${name}`, err as NodeJS.ErrnoException)
-      return { name: shownAs, reason: err.message, movedTo: await this.setAside(dir, name) }
+      if (current?.() === false) return null
+      return { name: shownAs, reason: err.message, movedTo: await this.setAside(dir, name, current) }
     }
   }
 
-  /** Moves an unreadable file into `corrupt/`, never deleting it; null if it could not be moved. */
-  async setAside (dir: string, name: string): Promise<string | null> {
+  /**
+   * Moves an unreadable file into `corrupt/`, never deleting it; null if it could not be moved,
+   * or if `current` says the name no longer holds the file found unreadable.
+   */
+  async setAside (dir: string, name: string, current?: () => boolean): Promise<string | null> {
     // Once another server holds the folder, even a read must move nothing.
     if (this.options.unwritable()) return null
     try {
       await this.ensureRealDir(this.corruptDir)
+      if (current?.() === false) return null
       // Unique per process and call, so two set-asides of one name never overwrite each other.
       const target = join(this.corruptDir, `${name}.${Date.now()}.${process.pid}.${++this.seq}`)
       await this.options.fs.rename(join(dir, name), target)
