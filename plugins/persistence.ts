@@ -140,6 +140,9 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
         'Restart it once only one server uses the id')
     }
   })
+  store.events.on('restore-retry', ({ reason, waitMs }) => {
+    app.log.warn({ database: store.location, retry_in_ms: waitMs, reason }, 'The database went away during the restore; trying again')
+  })
   const deadline = performance.now() + settings.dbConnectTimeoutMs
   for (let wait = CONNECT_RETRY_MS; ; wait = Math.min(wait * 2, CONNECT_RETRY_MAX_MS)) {
     try {

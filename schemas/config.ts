@@ -26,7 +26,7 @@ export const ConfigSchema = Type.Object({
   TASK_SWEEP_BATCH: Type.Integer({ minimum: 1, maximum: 10_000, default: 100, description: 'PostgreSQL: sessions one sweep claims at most; also the page an archive or retention pass reads its candidates in' }),
   TASK_SWEEP_RECHECK: Type.Integer({ minimum: 0, maximum: 100_000, default: 1000, description: 'PostgreSQL: sessions this replica holds that each sweep checks against the database, in turn: a copy of one another replica deleted or archived is dropped, one it changed is brought up to date; 0: never' }),
   TASK_SWEEP_BACKOFF_MAX_MS: Type.Integer({ minimum: 100, maximum: 24 * HOUR_MS, default: 300_000, description: 'PostgreSQL: a session a sweep could not take over (unreadable, or its save fails) is claimed again after one interval, then twice as long each time, up to this' }),
-  TASK_DB_CONNECT_TIMEOUT_MS: Type.Integer({ minimum: 0, maximum: HOUR_MS, default: 60_000, description: 'At boot, how long to wait (retrying with backoff) for an unreachable database, or for a migration\'s table lock another session holds, before exiting 1' }),
+  TASK_DB_CONNECT_TIMEOUT_MS: Type.Integer({ minimum: 0, maximum: HOUR_MS, default: 60_000, description: 'At boot, how long to wait (retrying with backoff) for an unreachable database, for a migration\'s table lock another session holds, or for the database to answer again when it goes away during the restore, before exiting 1' }),
   TASK_AUTO_SAVE: Type.Boolean({ default: true }),
   TASK_ARCHIVE_DAYS: Type.Number({ minimum: 0, default: 30, description: '0 turns archiving off' }),
   TASK_ARCHIVE_RETENTION_DAYS: Type.Number({ minimum: 0, default: 0, description: 'archived sessions finished longer ago are deleted; 0 keeps them forever' }),

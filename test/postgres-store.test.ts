@@ -641,3 +641,35 @@ t.test('the event log keeps the newest events asked for, and a trim reads only w
   // It deletes 64 events (a page hit each, on 2 pages), past 19,200 trimmed before (some 250 pages, rows and key).
   t.ok(trimmed - appended <= 64 + 16, `a trim read ${trimmed - appended} more pages of the log than an append alone (${appended})`)
 })
+
+t.test('at boot, a restore whose connection drops is read again until the connect deadline; past it, or without one, it fails', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const seeded = await openStore(t, url)
+  await seeded.save(contractSession('kept', ['Completed']))
+  await seeded.save(contractSession('gone-by', ['Completed']))
+  await seeded.archive(contractSession('gone-by', ['Completed']))
+  await seeded.close()
+  const { proxy, url: through } = await throughProxy(t, url)
+  const store = new PostgresSessionStore({ settings: { url: through, schema: SCHEMA, max: 4, statementTimeoutMs: 5_000, connectTimeoutMs: 5_000 } })
+  t.teardown(() => store.close())
+  await store.init({ deadline: performance.now() + 20_000 })
+  const retries: number[] = []
+  store.events.on('restore-retry', ({ waitMs }) => { retries.push(waitMs) })
+  proxy.drop()
+  setTimeout(() => { proxy.pass() }, 400).unref()
+  const { sessions } = await store.loadAll({ concurrency: 1 })
+  t.same(sessions.map(({ file }) => file.session_id), ['kept'], 'restored once the database answered again')
+  t.ok(retries.length > 0, `tried again (${retries.length} times)`)
+  proxy.drop()
+  setTimeout(() => { proxy.pass() }, 400).unref()
+  t.equal((await store.openArchive({ concurrency: 1 })).sessions, 1, 'the archive too')
+
+  // A store given no deadline (one opened after the boot, the CLI's) fails at once, as before.
+  const later = new PostgresSessionStore({ settings: { url: through, schema: SCHEMA, max: 4, statementTimeoutMs: 5_000, connectTimeoutMs: 5_000 } })
+  t.teardown(() => later.close())
+  await later.init()
+  proxy.drop()
+  await t.rejects(later.loadAll({ concurrency: 1 }), StorageError)
+  proxy.pass()
+})

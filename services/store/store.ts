@@ -99,6 +99,8 @@ export interface SessionStoreEvents {
   unannounced: [string]
   /** A shared store: what claiming this server's replica id found (at boot), or that another server claimed it since. */
   'replica-id': [ReplicaIdEvent]
+  /** A shared store at boot: a read of the restore failed as the database went away, and is tried again in `waitMs`. */
+  'restore-retry': [{ reason: string, waitMs: number }]
 }
 
 /** What the claim of a replica id found, for the owner to log: the store knows no logger. */

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type pg from 'pg'
 import { SessionFile, SESSION_ID_PATTERN } from '../../../schemas/session.js'
 import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary, type RetentionCutoffs } from '../../archive/archive-index.js'
@@ -48,6 +49,9 @@ const MIN_SHARED_POOL = 3
 const DEFAULT_ORPHAN_WAIT_MS = 10_000
 /** TASK_LEASE_MS's default. */
 const DEFAULT_LEASE_MS = 30_000
+/** The first wait before a read of the restore is tried again at boot, doubling up to the second (the whole bounded by TASK_DB_CONNECT_TIMEOUT_MS). */
+const BOOT_RETRY_MS = 100
+const BOOT_RETRY_MAX_MS = 2_000
 
 export interface PostgresSessionStoreOptions {
   /** Settings of the store's own pool, ended by close(). */
@@ -180,6 +184,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   private readonly unreadable = new Set<string>()
   /** Whether close() removes this replica's row (eventsUnpublished() says no). */
   private leaveAtClose = true
+  /** Until when (performance.now()) the restore's reads are tried again (see atBoot); 0: not at all. */
+  private bootDeadline = 0
   private readonly index = new ArchiveIndex()
   /** Archived copies sealed under a key this process lacks: left out of lists, reported once. */
   private readonly unopened = new Set<string>()
@@ -280,6 +286,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    * (performance.now()): a migration whose tables another session keeps locked is tried again until then.
    */
   async init (options: { deadline?: number } = {}): Promise<{ applied: number[], version: number }> {
+    this.bootDeadline = options.deadline ?? 0
     let result: { applied: number[], version: number }
     let settings: { synchronous_commit: string, schema: string | null } | undefined
     try {
@@ -318,6 +325,29 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   // --- Active sessions (sessions-sql.ts) ---
 
   async loadAll (_options: { concurrency: number }): Promise<LoadResult> {
+    return await this.atBoot(async () => await this.readActive())
+  }
+
+  /**
+   * A read of the restore, tried again while the database is away until the deadline init was
+   * given (TASK_DB_CONNECT_TIMEOUT_MS from the start), as init tries a database not up yet: a
+   * connection that drops during the restore does not end the boot. Each read starts over.
+   */
+  private async atBoot<T> (read: () => Promise<T>): Promise<T> {
+    for (let wait = BOOT_RETRY_MS; ; wait = Math.min(wait * 2, BOOT_RETRY_MAX_MS)) {
+      try {
+        return await read()
+      } catch (err) {
+        const left = this.bootDeadline - performance.now()
+        if (!(err instanceof StorageError) || err.full || left <= 0) throw err
+        const waitMs = Math.round(Math.min(wait, left))
+        this.events.emit('restore-retry', { reason: err.message, waitMs })
+        await sleep(waitMs)
+      }
+    }
+  }
+
+  private async readActive (): Promise<LoadResult> {
     this.rows.clear()
     this.kidCounts.clear()
     this.unreadable.clear()
@@ -639,6 +669,10 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   }
 
   async openArchive (_options: { concurrency: number }): Promise<ArchiveTotals> {
+    return await this.atBoot(async () => await this.readArchiveIndex())
+  }
+
+  private async readArchiveIndex (): Promise<ArchiveTotals> {
     const { rows } = await this.run<ArchivedRow>('reading the archive', { text: ARCHIVED_ROWS })
     const times = await writtenTimes(this.run.bind(this), this.pageRows, 'reading the archive', rows)
     for (const row of rows) Object.assign(row, times.get(row.row_id))
