@@ -3,7 +3,7 @@ import { mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises'
 import { join, sep } from 'node:path'
 import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises'
 import { Readable } from 'node:stream'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { readTarGz } from '../services/backup/tar.js'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { API, build, createSession, get, post, tempDir, waitFor } from './helper.js'
@@ -32,10 +32,44 @@ async function copyLeftBehind (dir: string, id: string, archivedName: string, ac
   await writeFile(join(dir, `${id}.json`), storedSession(id, active, '2025-06-02T00:00:00.000Z'), { mode: 0o600 })
 }
 
+/**
+ * An fs seam that holds the first open of `archive/<name>` made once armed, after the file is
+ * open: the read gets the copy of that moment, however the name changes hands meanwhile.
+ */
+function heldOpen (name: string): { fs: FsSeam, arm: () => void, held: () => boolean, release: () => void } {
+  let gate: Promise<void> | null = null
+  let release: () => void = () => {}
+  let held = false
+  const fs: FsSeam = {
+    ...nodeFs,
+    open: async (path, ...rest) => {
+      const handle = await nodeFs.open(path, ...rest)
+      if (gate !== null && String(path).endsWith(`${sep}archive${sep}${name}`)) {
+        const wait = gate
+        gate = null
+        held = true
+        await wait
+      }
+      return handle
+    }
+  }
+  return { fs, arm: () => { gate = new Promise((resolve) => { release = resolve }) }, held: () => held, release: () => { release() } }
+}
+
 async function finishedSession (app: Awaited<ReturnType<typeof build>>, id: string, instructions = '1. a\n2. b'): Promise<void> {
   await createSession(app, id, instructions)
   const res = await post(app, '/execute-all', { session_id: id })
   if (res.statusCode !== 200) throw new Error(`execute-all failed: ${res.body}`)
+}
+
+/** A server whose session `a` (one task, "one") is archived as `a.json`, and heldOpen's controls on that name. */
+async function archivedHeld (t: Test): Promise<{ app: Awaited<ReturnType<typeof build>>, dir: string } & Omit<ReturnType<typeof heldOpen>, 'fs'>> {
+  const dir = await tempDir(t)
+  const { fs, ...controls } = heldOpen('a.json')
+  const app = await build(t, { dir, fs })
+  await finishedSession(app, 'a', 'one')
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['a'])
+  return { app, dir, ...controls }
 }
 
 t.test('a finished session is archived once its last completion is TASK_ARCHIVE_DAYS old, and stays readable', async (t) => {
@@ -185,29 +219,10 @@ t.test('progress of an archived session comes from its summary: its file is read
 })
 
 t.test('a slow read of an archived copy that was brought back and archived again under the same name meanwhile leaves the new copy\'s summary and entry alone', async (t) => {
-  const dir = await tempDir(t)
-  let gate: Promise<void> | null = null
-  let release: () => void = () => {}
-  let held = false
-  const fs: FsSeam = {
-    ...nodeFs,
-    open: async (path, ...rest) => {
-      const handle = await nodeFs.open(path, ...rest)
-      // Held once it has the old file open: what it reads is the copy of that moment.
-      if (gate !== null && String(path).endsWith(`${sep}archive${sep}a.json`)) {
-        held = true
-        await gate
-      }
-      return handle
-    }
-  }
-  const app = await build(t, { dir, fs })
-  await finishedSession(app, 'a', 'one')
-  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['a'])
-  gate = new Promise((resolve) => { release = resolve })
+  const { app, arm, held, release } = await archivedHeld(t)
+  arm()
   const slow = get(app, '/list?session_id=a')
-  await waitFor('the read to hold the old file open', () => held)
-  gate = null
+  await waitFor('the read to hold the old file open', held)
   // Brought back, two tasks more, finished and archived again: `a.json` once more, a new copy.
   await finishedSession(app, 'a', '1. two\n2. three')
   t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['a'])
@@ -220,30 +235,11 @@ t.test('a slow read of an archived copy that was brought back and archived again
 })
 
 t.test('a bring-back whose archived copy was read before the session was brought back and archived again under the same name reads the new copy: no task is lost', async (t) => {
-  const dir = await tempDir(t)
-  let gate: Promise<void> | null = null
-  let release: () => void = () => {}
-  let held = false
-  const fs: FsSeam = {
-    ...nodeFs,
-    open: async (path, ...rest) => {
-      const handle = await nodeFs.open(path, ...rest)
-      if (gate !== null && String(path).endsWith(`${sep}archive${sep}a.json`)) {
-        const wait = gate
-        gate = null
-        held = true
-        await wait
-      }
-      return handle
-    }
-  }
-  const app = await build(t, { dir, fs })
-  await finishedSession(app, 'a', 'one')
-  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['a'])
-  gate = new Promise((resolve) => { release = resolve })
+  const { app, dir, arm, held, release } = await archivedHeld(t)
+  arm()
   // This create reads the archived copy first, outside the session's queue; it is held there.
   const slow = post(app, '/create', { session_id: 'a', instructions: 'four' })
-  await waitFor('the create to hold the old copy open', () => held)
+  await waitFor('the create to hold the old copy open', held)
   await finishedSession(app, 'a', '1. two\n2. three')
   t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['a'])
   t.same(await archived(dir), ['a.json'], 'the new copy has the old one\'s name')
@@ -254,30 +250,11 @@ t.test('a bring-back whose archived copy was read before the session was brought
 })
 
 t.test('a slow read of a damaged archived copy leaves alone a good copy archived under the same name meanwhile', async (t) => {
-  const dir = await tempDir(t)
-  let gate: Promise<void> | null = null
-  let release: () => void = () => {}
-  let held = false
-  const fs: FsSeam = {
-    ...nodeFs,
-    open: async (path, ...rest) => {
-      const handle = await nodeFs.open(path, ...rest)
-      if (gate !== null && String(path).endsWith(`${sep}archive${sep}a.json`)) {
-        const wait = gate
-        gate = null
-        held = true
-        await wait
-      }
-      return handle
-    }
-  }
-  const app = await build(t, { dir, fs })
-  await finishedSession(app, 'a', 'one')
-  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['a'])
+  const { app, dir, arm, held, release } = await archivedHeld(t)
   await writeFile(join(dir, 'archive', 'a.json'), '{"not":"a session"}')
-  gate = new Promise((resolve) => { release = resolve })
+  arm()
   const slow = get(app, '/list?session_id=a')
-  await waitFor('the read to hold the damaged copy open', () => held)
+  await waitFor('the read to hold the damaged copy open', held)
   t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/a` })).statusCode, 204)
   await finishedSession(app, 'a', '1. two\n2. three')
   t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['a'])
