@@ -460,11 +460,30 @@ type LiveProgress = Progress & { running?: boolean }
 /** The open session's newest `progress` event: drawn at once, and over a load that read the session before it. */
 let live: { sessionId: string, progress: LiveProgress, at: number } | null = null
 
-/** `d` with the counts of the newest progress event, when that event is newer than what `d` was read from. */
+/**
+ * `d` with the counts of the newest progress event, when that event is not older than what `d`
+ * was read from: events come in order, and one change can send two (a cancel's task.failed and
+ * run.cancelled share its time), the later being the state. A progress event is of an active session.
+ */
 function withLive (d: Detail): Detail {
-  if (live === null || live.sessionId !== d.session_id || !(live.at > Date.parse(d.updated_at))) return d
+  if (live === null || live.sessionId !== d.session_id || !(live.at >= Date.parse(d.updated_at))) return d
   const p = live.progress
-  return { ...d, total: p.total, completed: p.completed, failed: p.failed, pending: p.pending, in_progress: p.in_progress, all_done: p.all_done, percentage: p.percentage, running: p.running ?? d.running, updated_at: new Date(live.at).toISOString() }
+  return { ...d, total: p.total, completed: p.completed, failed: p.failed, pending: p.pending, in_progress: p.in_progress, all_done: p.all_done, percentage: p.percentage, running: p.running ?? d.running, archived: undefined, updated_at: new Date(live.at).toISOString() }
+}
+
+/** A session's counts from its tasks, as the server's progress gives them. */
+function countsOf (tasks: readonly Task[]): Progress {
+  let completed = 0
+  let failed = 0
+  let pending = 0
+  for (const task of tasks) {
+    if (task.status === 'Completed') completed++
+    else if (task.status === 'Failed') failed++
+    else if (task.status === 'Pending') pending++
+  }
+  const total = tasks.length
+  const done = completed + failed
+  return { total, completed, failed, pending, in_progress: total - done - pending, all_done: total > 0 && done === total, percentage: total === 0 ? 0 : Math.round((done / total) * 10000) / 100 }
 }
 
 function detailRefreshMs (): number {
@@ -507,7 +526,9 @@ async function loadDetail (id: string): Promise<void> {
   if (load <= newestDrawn || state.detail?.session_id !== id) return
   newestDrawn = load
   const [detail, progress] = answers
-  state.detail = withLive({ ...detail, ...progress, tasks: detail.tasks })
+  // The counts from the tasks, the same read as its updated_at (withLive compares them); running
+  // and the like from /progress, a read of its own.
+  state.detail = withLive({ ...progress, ...detail, ...countsOf(detail.tasks) })
   drawDetail(state.detail)
 }
 

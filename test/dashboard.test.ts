@@ -364,6 +364,19 @@ async function run (browser: Browser): Promise<void> {
     t.match(await page.locator('#session-summary').innerText(), /^8\/1000 done · 0 failed · 1 in progress · 991 pending · running$/u, 'and the counts')
     // A fetch of 1,000 tasks at most every 4 s (one per second for 250 tasks or fewer).
     t.ok(held.length <= 1 + Math.floor(seconds / 4), `the whole session was fetched ${held.length} times in ${seconds.toFixed(1)} s of events`)
+
+    // A load due by now: its /progress answers (running, 8 done), its /list is held.
+    await waitFor('a load of the session, held', () => held.length > 0)
+    // Cancelled elsewhere (here through the API), its reads still held: the page says so at once.
+    t.equal((await post(app, '/cancel', { session_id: 'big' })).statusCode, 200)
+    await page.waitForFunction("!document.getElementById('session-summary').textContent.includes('running')")
+    t.ok(await page.getByRole('button', { name: 'Cancel' }).isDisabled(), 'Cancel is off')
+    // The held loads answer now: each read its /progress long ago, its tasks now. The page keeps the newest state.
+    const answered = page.waitForResponse('**/api/v1/tasks/list?session_id=big')
+    for (const release of held.splice(0)) await release()
+    await answered
+    await sleep(500)
+    t.equal(await page.locator('#session-summary').innerText(), '8/1000 done · 1 failed · 991 pending', 'the counts of the tasks read, not of an older /progress')
   })
 
   t.test('a session page names itself in the tab title; a preview never splits an emoji', async (t) => {
