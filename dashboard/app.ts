@@ -471,16 +471,11 @@ function withLive (d: Detail): Detail {
   return { ...d, total: p.total, completed: p.completed, failed: p.failed, pending: p.pending, in_progress: p.in_progress, all_done: p.all_done, percentage: p.percentage, running: p.running ?? d.running, archived: undefined, updated_at: new Date(live.at).toISOString() }
 }
 
-/** A session's counts from its tasks, as the server's progress gives them. */
+/** A session's counts from its tasks, as the server's progress gives them (a status not counted here is in progress). */
 function countsOf (tasks: readonly Task[]): Progress {
-  let completed = 0
-  let failed = 0
-  let pending = 0
-  for (const task of tasks) {
-    if (task.status === 'Completed') completed++
-    else if (task.status === 'Failed') failed++
-    else if (task.status === 'Pending') pending++
-  }
+  const by = new Map<string, number>()
+  for (const task of tasks) by.set(task.status, (by.get(task.status) ?? 0) + 1)
+  const [completed, failed, pending] = (['Completed', 'Failed', 'Pending'] as const).map((status) => by.get(status) ?? 0) as [number, number, number]
   const total = tasks.length
   const done = completed + failed
   return { total, completed, failed, pending, in_progress: total - done - pending, all_done: total > 0 && done === total, percentage: total === 0 ? 0 : Math.round((done / total) * 10000) / 100 }
