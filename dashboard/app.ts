@@ -179,10 +179,11 @@ function onEvent (name: string, data: Record<string, unknown>): void {
     state.sessions.set(id, { ...(known ?? { session_id: id, created_at: at }), ...progress as unknown as Progress, updated_at: at, archived: undefined } as Summary)
     if (state.detail?.session_id === id) {
       live = { sessionId: id, progress: progress as unknown as LiveProgress, at: Date.parse(at) }
-      const drawn = state.detail
-      state.detail = withLive(drawn)
-      const d = state.detail
-      if (d !== drawn) keepFocus($('session'), () => { drawSummary(d) }, detailFallback)
+      const d = withLive(state.detail)
+      if (d !== state.detail) {
+        state.detail = d
+        keepFocus($('session'), () => { drawSummary(d) }, detailFallback)
+      }
     }
   } else if (name === 'session.deleted') {
     state.sessions.delete(id)

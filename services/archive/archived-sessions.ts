@@ -90,8 +90,8 @@ export class ArchivedSessions {
    */
   knownProgress (sessionId: string): Progress | null {
     if (this.store.shared !== undefined || !this.has(sessionId)) return null
-    const summary = this.store.archivedSummary?.(sessionId) ?? null
-    return summary !== null && summary.file === this.store.archivedName(sessionId) ? summary : null
+    // The index keeps the summary of the newest copy only: that copy's, or none.
+    return this.store.archivedSummary?.(sessionId) ?? null
   }
 
   /**

@@ -216,11 +216,12 @@ export class FileArchive {
   /** The archived session, read from its file; an unreadable file is set aside and the next older one (if any) is tried. */
   async read (sessionId: string): Promise<{ session: ArchivedSession | null, failures: LoadFailure[] }> {
     const failures: LoadFailure[] = []
-    for (let newest = this.index.newest(sessionId); newest !== null; newest = this.index.newest(sessionId)) {
-      // An archived file removed by hand since it was indexed is simply gone.
-      const entry = newest
-      // Judged by the entry: a name removed meanwhile and used by a later copy is that copy's.
-      const loaded = await this.files.load(this.dir, newest.name, sessionId, `archive/${newest.name}`, true, () => this.index.newest(sessionId) === entry)
+    for (;;) {
+      const newest = this.index.newest(sessionId)
+      if (newest === null) break
+      // An archived file removed by hand since it was indexed is simply gone. Judged by the
+      // entry: a name removed meanwhile and used by a later copy is that copy's.
+      const loaded = await this.files.load(this.dir, newest.name, sessionId, `archive/${newest.name}`, true, () => this.index.newest(sessionId) === newest)
       if (loaded !== null && 'reason' in loaded) failures.push(loaded)
       if (loaded !== null && 'file' in loaded) {
         // By the entry, not its name: the file may have been removed and archived again meanwhile.
