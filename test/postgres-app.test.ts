@@ -677,10 +677,10 @@ t.test('losing the database: requests fail fast with 503, /ready goes 503, and t
   t.same(rows, ['after', 'before'], 'and the database holds exactly the acknowledged sessions')
 })
 
-t.test('bringing an archived session back with an outcome unknown (the answer lost) never loses the session', async (t) => {
+t.test('a bring-back answered 503 that landed all the same is undone: the session is archived again as it was, never lost, also when the database is out of reach for a while', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
-  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500 })
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500, TASK_RUN_RETRY_MS: 200, TASK_RUN_RETRY_MAX_MS: 400 })
   const inject = async (method: 'GET' | 'POST', path: string, payload?: object): Promise<{ status: number, body: any }> => {
     const res = await app.inject({ method, url: `${API}${path}`, ...(payload === undefined ? {} : { payload }) })
     return { status: res.statusCode, body: res.json() }
@@ -689,35 +689,39 @@ t.test('bringing an archived session back with an outcome unknown (the answer lo
   t.equal((await inject('POST', '/execute-all', { session_id: 'kept' })).status, 200)
   t.equal((await inject('POST', '/archive', { older_than_days: 0 })).body.archived, 1)
   const db = await inspector(t, url)
-  // The statement that brings it back commits, but its answer never arrives.
-  await db.query('CREATE FUNCTION taskvault.slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NEW; END $$')
-  await db.query('CREATE TRIGGER slow BEFORE INSERT ON taskvault.sessions FOR EACH ROW EXECUTE FUNCTION taskvault.slow_insert()')
-  const appending = inject('POST', '/create', { session_id: 'kept', instructions: 'c' })
-  await waitFor('the statement to reach the server', async () => (await db.query(
-    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
-  proxy.stall()
-  await waitFor('the statement to commit', async () => (await db.query("SELECT 1 FROM taskvault.sessions WHERE session_id = 'kept' AND archived_at IS NULL")).rowCount === 1, 10_000)
-  await db.query('DROP TRIGGER slow ON taskvault.sessions')
-  // The connection breaks before the answer is read; what the service does next reaches the database.
-  proxy.drop()
+  // The statement that brings it back (with task c) commits, its answer never arrives, and the
+  // database stays out of reach for a while.
+  const status = await landUnanswered(db, proxy, async () => await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'kept', instructions: 'c' } }),
+    "SELECT 1 FROM taskvault.sessions WHERE session_id = 'kept' AND archived_at IS NULL", 'INSERT')
+  t.equal(status, 503, 'the append fails, its outcome unknown')
+  t.not((await inject('GET', '/list?session_id=kept')).status, 200, 'meanwhile nothing claims the session brought back')
   proxy.pass()
-  t.equal((await appending).status, 503, 'the append fails, its outcome unknown')
-  const rows = (await db.query("SELECT archived_at IS NOT NULL AS archived, document::text AS document FROM taskvault.sessions WHERE session_id = 'kept'")).rows as Array<{ archived: boolean, document: string }>
-  t.equal(rows.length, 1, 'the database still holds the session')
+  const stored = async (): Promise<Array<{ archived: boolean, document: string }>> =>
+    (await db.query("SELECT archived_at IS NOT NULL AS archived, document::text AS document FROM taskvault.sessions WHERE session_id = 'kept'")).rows
+  await waitFor('the bring-back to be undone', async () => (await stored()).every((row) => row.archived), 15_000)
+  const rows = await stored()
+  t.equal(rows.length, 1, 'the database holds one copy of the session')
   t.match(rows[0]?.document, /"status": "Completed"/u, 'with its finished work')
+  t.notMatch(rows[0]?.document, /"instruction": "c"/u, 'and not the task answered as failed')
   const seen = await inject('GET', '/list?session_id=kept')
-  t.equal(seen.status, 200, 'and the service still serves it')
-  t.same(seen.body.tasks.slice(0, 2).map((task: { status: string }) => task.status), ['Completed', 'Completed'])
-  t.equal(seen.body.archived, undefined, 'as an active session')
-  t.equal((await inject('GET', '/stats')).body.archived_sessions, 0, 'no longer counted as archived')
+  t.equal(seen.status, 200, 'the service serves it')
+  t.equal(seen.body.archived, true, 'as archived')
+  t.same(seen.body.tasks.map((task: { status: string }) => task.status), ['Completed', 'Completed'])
+  t.equal((await inject('GET', '/stats')).body.archived_sessions, 1, 'counted as archived')
+  // The client tries again: the session comes back once, with the task once.
+  t.equal((await inject('POST', '/create', { session_id: 'kept', instructions: 'c' })).status, 200)
+  const back = await inject('GET', '/list?session_id=kept')
+  t.equal(back.body.archived, undefined, 'brought back')
+  t.same(back.body.tasks.map((task: { instruction: string }) => task.instruction), ['a', 'b', 'c'])
+  t.same((await stored()).map((row) => row.archived), [false], 'one active row, no archived copy left')
 })
 
 /**
- * Sends a request whose UPDATE (or DELETE) of the sessions table commits while the proxy holds
+ * Sends a request whose UPDATE (INSERT, DELETE) of the sessions table commits while the proxy holds
  * the answer back (`landed`: a query that finds a row once it has), then drops every connection
  * and keeps refusing new ones: the change landed, unanswered. Resolves with the request's status.
  */
-async function landUnanswered (db: pg.Client, proxy: TcpProxy, send: () => Promise<{ statusCode: number }>, landed: string, statement: 'UPDATE' | 'DELETE' = 'UPDATE'): Promise<number> {
+async function landUnanswered (db: pg.Client, proxy: TcpProxy, send: () => Promise<{ statusCode: number }>, landed: string, statement: 'INSERT' | 'UPDATE' | 'DELETE' = 'UPDATE'): Promise<number> {
   await db.query("CREATE FUNCTION taskvault.slow_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END; END $$")
   await db.query(`CREATE TRIGGER slow BEFORE ${statement} ON taskvault.sessions FOR EACH ROW EXECUTE FUNCTION taskvault.slow_update()`)
   const sending = send()

@@ -4,12 +4,13 @@ import { cloneSessionFile, type SessionFile } from './session.js'
 /**
  * What a write does with a session. `save` writes the draft's file (`force`: even with auto-save
  * off, as the shutdown flush does); `unarchive` writes it and then removes the archived file it
- * came from; `archive` moves the stored file to the archive; `delete` removes the stored file and,
- * with `archived`, the session's archived files.
+ * came from (`archived`: that file's content, archived again if the write's outcome is unknown);
+ * `archive` moves the stored file to the archive; `delete` removes the stored file and, with
+ * `archived`, the session's archived files.
  */
 export type Intent =
   | { kind: 'save', force: boolean }
-  | { kind: 'unarchive', from: string, bytes: number }
+  | { kind: 'unarchive', from: string, bytes: number, archived: Readonly<SessionFile> }
   | { kind: 'archive' }
   | { kind: 'delete', archived: boolean, upTo?: string }
 
@@ -56,7 +57,7 @@ export class Draft {
    */
   unarchive (file: SessionFile, from: string, bytes: number): void {
     this.#file = cloneSessionFile(file)
-    this.#intent = { kind: 'unarchive', from, bytes }
+    this.#intent = { kind: 'unarchive', from, bytes, archived: file }
   }
 
   /** Moves the stored session to the archive. */

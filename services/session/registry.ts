@@ -384,11 +384,18 @@ export class SessionRegistry {
     // same tick share the first write.
     await Promise.resolve()
     while (slot.queue.length > 0) {
+      // A bring-back in doubt is undone first (on a shared store it changes what is stored).
+      if (slot.owed?.kind === 'unarchive' && this.store.shared !== undefined) {
+        try {
+          await this.undoBringBack(sessionId, slot, slot.owed)
+        } catch (err) {
+          for (const change of slot.queue.splice(0)) change.reject(err)
+          break
+        }
+      }
       // Owing a write-back, this copy is the acknowledged state and the stored one may hold the
       // change to undo: reads are served from here until it lands (a conflict still reloads).
-      // A bring-back's write-back is this very reload (see writeBack).
-      const readsStored = slot.owed === null || slot.owed.kind === 'unarchive'
-      if (slot.stale || (readsStored && slot.queue.some((change) => change.fresh))) {
+      if (slot.stale || (slot.owed === null && slot.queue.some((change) => change.fresh))) {
         try {
           await this.reload(sessionId, slot)
         } catch (err) {
@@ -561,10 +568,7 @@ export class SessionRegistry {
    */
   private async writeBack (sessionId: string, slot: SessionSlot, intent: Draft['intent'], retried = false): Promise<void> {
     try {
-      // A shared store brings an archived session back in one statement, which removes the
-      // archived copy: removing the active row that may have landed would lose the session.
-      // What is stored is adopted instead (the error said the outcome is unknown).
-      if (intent.kind === 'unarchive' && this.store.shared !== undefined) await this.reload(sessionId, slot)
+      if (intent.kind === 'unarchive' && this.store.shared !== undefined) await this.undoBringBack(sessionId, slot, intent)
       else if (slot.file === null) await this.store.remove(sessionId)
       // It was acknowledged, so it fits; it may have used the records room. With auto-save off
       // it may hold changes not saved yet: written too, since an uncertain delete may have
@@ -579,6 +583,16 @@ export class SessionRegistry {
       slot.owed = intent
       this.writeBackFailed(sessionId, err, retried)
     }
+  }
+
+  /**
+   * A shared store brings an archived session back in one statement, which removes the archived
+   * copy: removing the active row that may have landed would lose the session. The store
+   * archives it again instead (undoUnarchive), and this copy then follows what is stored.
+   */
+  private async undoBringBack (sessionId: string, slot: SessionSlot, intent: Extract<Draft['intent'], { kind: 'unarchive' }>): Promise<void> {
+    await this.store.shared?.undoUnarchive(intent.archived, intent.from)
+    await this.reload(sessionId, slot)
   }
 
   /** Writes the acknowledged state back after a write of `intent` whose outcome is unknown. */

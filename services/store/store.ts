@@ -232,6 +232,13 @@ export interface SharedSessions {
   clearLostReplicas(): Promise<string[]>
   /** Whether the session is archived and not active, from the rows (no document is read). */
   isArchived(sessionId: string): Promise<boolean>
+  /**
+   * After unarchive() failed with its outcome unknown: when it landed (the active row holds what
+   * it wrote, changed by nobody since), archives the session again holding `archived`, the copy
+   * it came from (`archivedName`), in one statement. Otherwise leaves the rows as they are (not
+   * landed, or changed since: that state is adopted). The archive's index follows the rows.
+   */
+  undoUnarchive(archived: Readonly<SessionFile>, archivedName: string): Promise<void>
   /** Asks the live holder to cancel; resolves with its id, or null when nobody holds the lease (as for holder(): a lease of this replica's that nothing of this process holds is nobody's). */
   requestCancel(sessionId: string): Promise<string | null>
   /** A page of the active sessions, newest updated first, and how many there are. */

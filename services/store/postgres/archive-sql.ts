@@ -80,6 +80,26 @@ export function reviveArchived (sessionId: string, document: Buffer, c: DerivedC
   }
 }
 
+/**
+ * Undoes a bring-back of ours whose outcome was unknown and which landed: the active row it made
+ * (`expected`, at the version it left) is archived again holding `document`, the copy it came
+ * from, only while nobody has changed or leased it since. Returns the row's id and size; no row
+ * when it is not so.
+ */
+export function rearchiveSession (sessionId: string, document: Buffer, c: DerivedColumns, expected: RowVersion): pg.QueryConfig {
+  return {
+    text: `UPDATE sessions SET archived_at = now(), document = $2::json, sealed_kid = $3, created_at = $4::timestamptz, updated_at = $5::timestamptz,
+        finished_at = $6::timestamptz, tasks_total = $7, tasks_completed = $8, tasks_failed = $9, tasks_pending = $10,
+        tasks_in_progress = $11, has_background_run = $12, version = version + 1
+      WHERE row_id = $13 AND session_id = $1 AND version = $14 AND archived_at IS NULL AND owner IS NULL
+      RETURNING row_id, bytes`,
+    values: [
+      sessionId, document, c.sealedKid, c.createdAt, c.updatedAt, c.finishedAt,
+      c.total, c.completed, c.failed, c.pending, c.inProgress, c.hasBackgroundRun, expected.row, expected.version
+    ]
+  }
+}
+
 /** Whether row `row` of the session is archived now (no row: it is gone). */
 export function rowArchived (sessionId: string, row: string): pg.QueryConfig {
   return { text: 'SELECT archived_at IS NOT NULL AS archived FROM sessions WHERE row_id = $1 AND session_id = $2', values: [row, sessionId] }

@@ -16,7 +16,7 @@ import {
   clearUpdatedAt, type ArchivableCursor, type ArchivedSession, type RetentionCursor, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
-import { ARCHIVED_BY_KID, ARCHIVED_ROWS, archiveSession, isArchived, archivedUnderKid, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, deleteArchived, newestArchived, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
+import { ARCHIVED_BY_KID, ARCHIVED_ROWS, archiveSession, isArchived, archivedUnderKid, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, deleteArchived, newestArchived, rearchiveSession, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
 import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
@@ -623,6 +623,29 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     // Deleted now, or gone before: either way the database no longer holds that copy.
     this.index.remove(sessionId, archivedName)
     return data.length
+  }
+
+  async undoUnarchive (archived: Readonly<SessionFile>, archivedName: string): Promise<void> {
+    const sessionId = this.checkId(archived.session_id)
+    const operation = `archiving session '${sessionId}' again after a failed bring-back`
+    // Not landed (the copy is still archived), or changed since: the refresh that follows adopts the rows.
+    if (!(await this.reconcile(sessionId, operation))) return
+    // Landed: the copy it came from is gone, deleted by the same statement.
+    this.index.remove(sessionId, archivedName)
+    const known = this.rows.get(sessionId)
+    if (known === undefined) {
+      // No active row, as an earlier try of this undo, in doubt, would leave it: it landed. The
+      // index learns that copy from the rows.
+      await this.readArchived(sessionId)
+      return
+    }
+    const data = await serializeSessionFile(archived, this.indent, Number.POSITIVE_INFINITY, this.keyring)
+    const { rows } = await this.run<{ row_id: string, bytes: number }>(operation, rearchiveSession(sessionId, data, this.derive(archived), known), [[sessionId, { kind: 'gone' }]])
+    const row = rows[0]
+    if (row === undefined) return
+    this.end(sessionId)
+    const name = archivedLikeName(sessionId, row.row_id)
+    this.index.add(sessionId, { name, bytes: row.bytes, stamp: Number(row.row_id) }, summarize(archived, name))
   }
 
   /**
