@@ -35,7 +35,9 @@ export const Task = Type.Object({
   /** Set when the agent's result was longer than TASK_MAX_RESULT_BYTES and was cut. */
   result_truncated: Type.Optional(Type.Boolean()),
   /** Restarts that found this task running; at TASK_MAX_INTERRUPTIONS it is failed instead of run again. */
-  interruptions: Type.Optional(Type.Integer({ minimum: 0 }))
+  interruptions: Type.Optional(Type.Integer({ minimum: 0 })),
+  /** Times POST /retry put this task back to Pending after it failed: each is a new run, under a new webhook Idempotency-Key. */
+  retries: Type.Optional(Type.Integer({ minimum: 1 }))
 })
 export type Task = Static<typeof Task>
 
@@ -93,7 +95,8 @@ const StoredTask = Type.Object({
   completed_at: Type.Optional(Nullable(Timestamp)),
   attempts: Type.Optional(Type.Integer({ minimum: 0 })),
   result_truncated: Type.Optional(Type.Boolean()),
-  interruptions: Type.Optional(Type.Integer({ minimum: 0 }))
+  interruptions: Type.Optional(Type.Integer({ minimum: 0 })),
+  retries: Type.Optional(Type.Integer({ minimum: 1 }))
 })
 
 export const StoredSessionFile = Type.Object({

@@ -653,7 +653,7 @@ export class TaskManager {
       }
       for (const task of liveFile(draft).session.tasks) {
         if (!ids.includes(task.id)) continue
-        Object.assign(task, { status: 'Pending', result: null, error: null, confidence: null, started_at: null, completed_at: null })
+        Object.assign(task, { status: 'Pending', result: null, error: null, confidence: null, started_at: null, completed_at: null, retries: (task.retries ?? 0) + 1 })
         delete task.result_truncated
       }
       return ids

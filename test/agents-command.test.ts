@@ -13,7 +13,7 @@ import { build, heldBytes, post, tempDir } from './helper.js'
 
 const run = promisify(execFile)
 
-t.test('stdin is the instruction; TASK_ID, TASK_TYPE, SESSION_ID, TASK_ATTEMPT, spec env and cwd; no shell; the server\'s secrets withheld', async (t) => {
+t.test('stdin is the instruction; TASK_ID, TASK_TYPE, SESSION_ID, TASK_ATTEMPT, TASK_RETRIES, spec env and cwd; no shell; the server\'s secrets withheld', async (t) => {
   const dir = await tempDir(t)
   const work = await realpath(await tempDir(t, 'taskvault-cwd-'))
   const app = await build(t, {
@@ -46,6 +46,7 @@ t.test('stdin is the instruction; TASK_ID, TASK_TYPE, SESSION_ID, TASK_ATTEMPT, 
     TASK_TYPE: 'Analysis',
     SESSION_ID: 'cmd-env',
     TASK_ATTEMPT: '1',
+    TASK_RETRIES: '0',
     EXTRA: 'from spec',
     INHERITED: 'from server env',
     TASK_API_KEYS: null,

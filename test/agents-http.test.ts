@@ -49,6 +49,33 @@ t.test('webhook: a session deleted and made again within the second (same task i
   t.not(keys[0], keys[1], 'a receiver that dedupes on the key does not answer the new task with the old one\'s result')
 })
 
+t.test('webhook: a failed task put back by POST /retry is run again under a new Idempotency-Key, which a restart keeps', async (t) => {
+  const dir = await tempDir(t)
+  // A receiver that keeps each answer by key, as idempotent APIs do: the first run fails for good.
+  const kept = new Map<string, ReturnType<typeof ok> | { status: number, body: string }>()
+  let broken = true
+  const agent = await fakeAgent(t, (req) => {
+    const key = String(req.headers['idempotency-key'])
+    const answer = kept.get(key) ?? (broken ? { status: 422, body: 'bad input upstream' } : ok('done at last'))
+    kept.set(key, answer)
+    return answer
+  })
+  const agents = { default: { kind: 'webhook' as const, url: agent.base, max_attempts: 1 } }
+  let app = await build(t, { dir, agents })
+  const [id] = await createTasks(app, 'again', [{ instruction: 'sync the ledger' }])
+  t.match((await post(app, '/execute', { session_id: 'again' })).json(), { task_id: id, status: 'Failed' })
+  broken = false
+  t.equal((await post(app, '/retry', { session_id: 'again' })).statusCode, 200)
+  const created = Date.parse((await storedTasks(dir, 'again'))[0]?.created_at as string)
+  t.match(await storedTasks(dir, 'again'), [{ status: 'Pending', retries: 1 }], 'the retry is counted on disk')
+  // A restart between the retry and the run changes nothing: the count is stored.
+  await app.close()
+  app = await build(t, { dir, agents })
+  t.match((await post(app, '/execute', { session_id: 'again' })).json(), { task_id: id, status: 'Completed', result: 'done at last' }, 'run again, not answered with the kept failure')
+  t.same(agent.requests.map((r) => r.headers['idempotency-key']), [`again:${id}:${created}`, `again:${id}:${created}:1`])
+  t.equal((await get(app, '/list?session_id=again')).json().tasks[0].retries, 1, 'the count is served')
+})
+
 t.test('webhook success: exact request body, Idempotency-Key, headers from headers_env; result and confidence stored', async (t) => {
   const dir = await tempDir(t)
   const agent = await fakeAgent(t, () => ok('the answer', 0.75))

@@ -384,10 +384,10 @@ t.test('README: Running several replicas says how, what is guaranteed and what i
 
   // The Idempotency-Key is cited as the webhook agent sends it and as the Agents section says.
   const webhook = await read('services/runner/agents/webhook.ts')
-  t.match(webhook, /'idempotency-key': `\$\{context\.session_id\}:\$\{task\.id\}:\$\{Date\.parse\(task\.created_at\)\}`/u, 'the webhook agent sends <session_id>:<task_id>:<created_ms>')
+  t.match(webhook, /'idempotency-key': `\$\{context\.session_id\}:\$\{task\.id\}:\$\{Date\.parse\(task\.created_at\)\}\$\{task\.retries === undefined \? '' : `:\$\{task\.retries\}`\}`/u, 'the webhook agent sends <session_id>:<task_id>:<created_ms>[:<retries>]')
   const agents = readme.slice(readme.indexOf('\n## Agents\n'), readme.indexOf('\n## ', readme.indexOf('\n## Agents\n') + 1))
-  t.match(agents, /`Idempotency-Key: <session_id>:<task_id>:<created_ms>`/u, 'as the Agents section says')
-  t.match(replicas, /`Idempotency-Key: <session_id>:<task_id>:<created_ms>`/u, 'and this subsection')
+  t.match(agents, /`Idempotency-Key: <session_id>:<task_id>:<created_ms>\[:<retries>\]`/u, 'as the Agents section says')
+  t.match(replicas, /`Idempotency-Key: <session_id>:<task_id>:<created_ms>\[:<retries>\]`/u, 'and this subsection')
 
   t.notMatch(section, /run exactly one per schema/u, 'no longer says to run one server per schema')
   t.notMatch(section, /Recreate/u, 'nor that the Deployment is recreated')

@@ -104,7 +104,7 @@ export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv
         : await runProcess({
           argv: cgroups === null || cgroup === null ? spec.argv : cgroups.wrap(cgroup, spec.argv),
           cwd: spec.cwd,
-          env: { ...inherited, ...spec.env, TASK_ID: task.id, TASK_TYPE: task.task_type, SESSION_ID: context.session_id, TASK_ATTEMPT: String(context.attempt) },
+          env: { ...inherited, ...spec.env, TASK_ID: task.id, TASK_TYPE: task.task_type, SESSION_ID: context.session_id, TASK_ATTEMPT: String(context.attempt), TASK_RETRIES: String(task.retries ?? 0) },
           input: task.instruction,
           signal: context.signal,
           drainMs,

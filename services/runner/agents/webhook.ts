@@ -8,6 +8,8 @@ import type { WebhookAgentSpec } from './spec.js'
  * retry (or a run resumed after a crash) from a new task. Task ids alone repeat (`task_<n>_<unix
  * seconds>`: a session deleted and made again within the second has the same ones), so the key
  * also carries the task's creation time in ms: the same on every call of one task, new for a new one.
+ * A failed task put back by POST /retry is asked for a new run, not the answer the receiver may
+ * have kept: the key then ends with the count of those retries.
  */
 export function webhookAgent (key: string, spec: WebhookAgentSpec, env: NodeJS.ProcessEnv): Executor {
   let headers: Record<string, string>
@@ -22,7 +24,7 @@ export function webhookAgent (key: string, spec: WebhookAgentSpec, env: NodeJS.P
       session_id: context.session_id,
       task: { id: task.id, instruction: task.instruction, task_type: task.task_type, attempt: context.attempt }
     }, {
-      headers: { ...headers, 'idempotency-key': `${context.session_id}:${task.id}:${Date.parse(task.created_at)}` },
+      headers: { ...headers, 'idempotency-key': `${context.session_id}:${task.id}:${Date.parse(task.created_at)}${task.retries === undefined ? '' : `:${task.retries}`}` },
       signal: context.signal,
       maxBytes: spec.max_response_bytes
     })
