@@ -23,11 +23,13 @@ export interface Run {
 /**
  * `unprivileged`: root runs it without the capabilities that let it read any file (a non-root user runs it as is).
  * `pid1`: as pid 1 of a new pid namespace, as in a container (root only: `unshare`).
+ * `strace`: run under `strace` with these options (to see, or fail, its system calls).
  */
-export async function taskvault (args: string[], options: { cwd?: string, env?: Record<string, string>, unprivileged?: boolean, pid1?: boolean } = {}): Promise<Run> {
+export async function taskvault (args: string[], options: { cwd?: string, env?: Record<string, string>, unprivileged?: boolean, pid1?: boolean, strace?: string[] } = {}): Promise<Run> {
   const [file, argv] = node([CLI, ...args])
   let command = options.unprivileged === true && process.getuid?.() === 0 ? ['setpriv', '--bounding-set=-dac_override,-dac_read_search', '--', file, ...argv] : [file, ...argv]
   if (options.pid1 === true) command = ['unshare', '--pid', '--fork', '--mount-proc', '--', ...command]
+  if (options.strace !== undefined) command = ['strace', '-f', '-qq', ...options.strace, '--', ...command]
   const child = spawn(command[0] as string, command.slice(1), {
     cwd: options.cwd ?? process.cwd(),
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...options.env },
@@ -37,12 +39,13 @@ export async function taskvault (args: string[], options: { cwd?: string, env?: 
   let stderr = ''
   child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
-  const code = await within(new Promise<number | null>((resolve) => child.once('close', resolve)), RUN_TIMEOUT_MS)
-  if (code === null && child.exitCode === null) {
+  // Closed: its exit code, null when a signal ended it.
+  const closed = await within(new Promise<{ code: number | null }>((resolve) => child.once('close', (code) => resolve({ code }))), RUN_TIMEOUT_MS)
+  if (closed === null) {
     child.kill('SIGKILL')
     throw new Error(`taskvault ${args.join(' ')} did not finish within ${RUN_TIMEOUT_MS} ms\n${stderr}`)
   }
-  return { code, stdout, stderr, json: () => JSON.parse(stdout) }
+  return { code: closed.code, stdout, stderr, json: () => JSON.parse(stdout) }
 }
 
 /** Every file under `dir` (relative path -> bytes), without following links. */

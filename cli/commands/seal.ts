@@ -104,6 +104,8 @@ ${COMMON_HELP}`,
         }
         if (checked.kid === keyring.activeKid) {
           counts.already++
+          // Perhaps sealed by a run killed before its folder sync: the rename is made durable now.
+          touched.add(dirname(stored.path))
           continue
         }
         const folder = dirname(stored.path)
