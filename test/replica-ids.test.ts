@@ -182,6 +182,19 @@ t.test('a server whose id another process claimed learns it at its next acquire,
   await t.rejects(store.requestCancel('s'), { code: 'REPLICA_ID_TAKEN' })
 })
 
+t.test('a server whose id another process claimed, deleting a session that process runs before its renewal would tell: SESSION_BUSY, nothing deleted', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url, SCHEMA)
+  const store = await replica(url, 'woken').open()
+  await store.save(contractSession('s', ['Pending']))
+  // Claimed by a process started while this one was paused (a renewal is 20 s away), which took the session.
+  await db.query("UPDATE replicas SET instance = 'newer' WHERE replica_id = 'woken'")
+  await db.query("UPDATE sessions SET owner = 'woken', epoch = epoch + 1, lease_until = now() + interval '60 seconds' WHERE session_id = 's'")
+  await t.rejects(store.remove('s'), { code: 'SESSION_BUSY' }, 'the lease under its id is the other process\'s')
+  t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 's'")).rowCount, 1, 'the session stays')
+})
+
 t.test('real servers: a second under the same TASK_REPLICA_ID exits at boot; one paused past the lease is taken over, and once resumed it answers 503 and /ready 503', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

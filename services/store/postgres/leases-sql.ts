@@ -80,7 +80,7 @@ export interface ReplicaProcess {
 }
 
 /** The replica id's row names another process (one that claimed the id since), as SQL of `$id` and `$instance`. */
-const idTakenBy = (id: string, instance: string): string =>
+export const idTakenBy = (id: string, instance: string): string =>
   `EXISTS (SELECT 1 FROM replicas WHERE replica_id = ${id} AND instance IS DISTINCT FROM ${instance})`
 
 /**

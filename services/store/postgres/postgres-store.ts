@@ -558,7 +558,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       return
     }
     await this.attempt(sessionId, operation, async () => {
-      const result = await this.run<{ found: string | null, deleted: number, busy: string | null, archived: number }>(operation, deleteSession(sessionId, this.rows.get(sessionId) ?? null, this.leases === null ? null : this.replicaId), [[sessionId, { kind: 'gone' }]])
+      const result = await this.run<{ found: string | null, deleted: number, busy: string | null, archived: number }>(operation, deleteSession(sessionId, this.rows.get(sessionId) ?? null, this.leases === null ? null : this.replicaId, this.leases?.me.instance ?? null), [[sessionId, { kind: 'gone' }]])
       const { found, deleted, busy, archived } = result.rows[0] ?? { found: null, deleted: 0, busy: null, archived: 0 }
       // Another replica took the lease since the holder was checked: busy, not a version to reload.
       if (deleted === 0 && busy !== null) throw new SessionBusyError(sessionId, busy)

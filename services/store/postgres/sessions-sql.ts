@@ -1,5 +1,6 @@
 import type pg from 'pg'
 import { finishedAt, progressOf, type SessionFile } from '../../session/session.js'
+import { idTakenBy } from './leases-sql.js'
 
 /**
  * The SQL of active session rows (`archived_at IS NULL`; at most one per session id, see
@@ -175,26 +176,28 @@ export function saveBatch (saves: readonly BatchedSave[]): pg.QueryConfig {
  * Deletes the session's active row: the one at `expected` when given, else whatever is there.
  * Answers one row: `found`, the version of the active row before (null: there was none), and
  * `deleted`. A row found but not deleted was at another version, or leased by another replica
- * (`replicaId` may delete what it holds itself, or what nobody holds any more). When there is no
+ * (`replicaId` may delete what it holds itself, or what nobody holds any more; not once another
+ * process claimed that id, `instance` being this one's: the lease is then that process's). When there is no
  * active row and the row at `expected` was archived since (by another replica), the session is
  * deleted from the archive instead, as a delete of an archived session is: its copies up to that
  * row, unless a newer one exists (`archived`: how many).
  */
-export function deleteSession (sessionId: string, expected: RowVersion | null, replicaId: string | null): pg.QueryConfig {
+export function deleteSession (sessionId: string, expected: RowVersion | null, replicaId: string | null, instance: string | null): pg.QueryConfig {
+  const ours = `(owner = $4 AND NOT ${idTakenBy('$4', '$5::text')})`
   return {
     text: `WITH before AS (SELECT row_id, version, owner, lease_until FROM sessions WHERE session_id = $1 AND archived_at IS NULL),
         gone AS (DELETE FROM sessions WHERE session_id = $1 AND archived_at IS NULL
           AND ($2::bigint IS NULL OR (row_id = $2 AND version = $3))
-          AND (owner IS NULL OR lease_until < now() OR owner = $4) RETURNING row_id),
+          AND (owner IS NULL OR lease_until < now() OR ${ours}) RETURNING row_id),
         archived AS (DELETE FROM sessions WHERE session_id = $1 AND archived_at IS NOT NULL AND $2::bigint IS NOT NULL
           AND NOT EXISTS (SELECT 1 FROM before)
           AND EXISTS (SELECT 1 FROM sessions r WHERE r.session_id = $1 AND r.row_id = $2 AND r.archived_at IS NOT NULL)
           AND NOT EXISTS (SELECT 1 FROM sessions n WHERE n.session_id = $1 AND n.archived_at IS NOT NULL AND n.row_id > $2)
           RETURNING row_id)
       SELECT (SELECT version FROM before) AS found, (SELECT count(*) FROM gone)::int AS deleted,
-        (SELECT owner FROM before WHERE lease_until >= now() AND owner IS DISTINCT FROM $4) AS busy,
+        (SELECT owner FROM before WHERE lease_until >= now() AND NOT coalesce(${ours}, false)) AS busy,
         (SELECT count(*) FROM archived)::int AS archived`,
-    values: [sessionId, expected?.row ?? null, expected?.version ?? null, replicaId]
+    values: [sessionId, expected?.row ?? null, expected?.version ?? null, replicaId, instance]
   }
 }
 
