@@ -1,7 +1,7 @@
 import t from 'tap'
 import { chmod, lstat, mkdir, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises'
 import { execFile } from 'node:child_process'
-import { existsSync, readFileSync } from 'node:fs'
+import { constants, existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { promisify } from 'node:util'
@@ -97,6 +97,21 @@ t.test('permissions: a folder init creates is 0700, files 0600; a folder it did 
   t.match(await nested.init(), { folder: 'created', openMode: null })
   t.equal(await mode(nested.dir), 0o700, 'a folder created by init')
   t.strictSame(await names(nested.dir), [], 'the writability probe is removed')
+})
+
+t.test('a folder init creates several levels deep is durable: each new level\'s parent is synced', async (t) => {
+  const dir = await tempDir(t)
+  const synced: string[] = []
+  // Every folder opened for reading is opened to be synced (fsyncDir).
+  const open = (async (path: string, flags: number, mode?: number) => {
+    if ((flags & constants.O_DIRECTORY) !== 0) synced.push(path)
+    return nodeFs.open(path, flags, mode)
+  }) as FsSeam['open']
+  const fs: FsSeam = { ...nodeFs, open }
+  const store = new FileSessionStore({ dir: join(dir, 'a', 'b', 'tasks'), fs })
+  t.teardown(() => store.close())
+  t.match(await store.init(), { folder: 'created' })
+  for (const parent of [dir, join(dir, 'a'), join(dir, 'a', 'b')]) t.ok(synced.includes(parent), `${parent} holds a new entry: synced`)
 })
 
 t.test('a file in the seed example format loads with the missing fields filled', async (t) => {

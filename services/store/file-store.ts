@@ -224,13 +224,11 @@ export class FileSessionStore implements SessionStore {
     let replaced: StorageInitReport['replaced'] = null
     let locked = false
     try {
-      const existed = await this.fs.lstat(this.dir).then(() => true, (err: NodeJS.ErrnoException) => {
-        if (err.code === 'ENOENT') return false
-        throw err
-      })
+      const created = await missingFolders(this.fs, this.dir)
+      const existed = created.length === 0
       await this.fs.ensureDir(this.dir, DIR_MODE)
-      // A folder created just now is durable only once its parent's entry is.
-      if (!existed) await fsyncDir(this.fs, dirname(this.dir)).catch(noop)
+      // A folder created just now is durable only once its parent's entry is: each level's.
+      for (const folder of created) await fsyncDir(this.fs, dirname(folder)).catch(noop)
       // Checked before the lock, so a folder that is not ours is left without a trace.
       const marked = existed && await readMarker(this.fs, this.dir) !== null
       if (existed && !marked) {
@@ -657,6 +655,19 @@ interface BatchOutcome {
 }
 
 type BatchResult = Awaited<ReturnType<ReaderPool['read']>>
+
+/** The folders of `dir`'s path that do not exist yet, `dir` first: what ensureDir makes. */
+async function missingFolders (fs: FsSeam, dir: string): Promise<string[]> {
+  const missing: string[] = []
+  for (let at = resolve(dir); ; at = dirname(at)) {
+    const exists = await fs.lstat(at).then(() => true, (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return false
+      throw err
+    })
+    if (exists || dirname(at) === at) return missing
+    missing.push(at)
+  }
+}
 
 function batches<T> (items: T[], size: number): T[][] {
   const out: T[][] = []
