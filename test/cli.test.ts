@@ -379,6 +379,20 @@ t.test('restore of a FIFO (or anything not a regular file) says it is not a file
   t.equal(run.stderr, `taskvault: ${fifo} is not a file\n`)
 })
 
+t.test('restore of a backup that is missing, or that it may not read, says so (not that it is not a file)', async (t) => {
+  const scratchDir = await tempDir(t, 'taskvault-unread-')
+  const missing = join(scratchDir, 'gone.tar.gz')
+  const run = await taskvault(['restore', missing, join(scratchDir, 'target')])
+  t.equal(run.code, 1)
+  t.equal(run.stderr, `taskvault: ${missing}: no such file\n`)
+  const locked = join(scratchDir, 'b.tar.gz')
+  await writeFile(locked, 'not read', { mode: 0o000 })
+  const denied = await taskvault(['restore', locked, join(scratchDir, 'target')], { unprivileged: true })
+  t.equal(denied.code, 1)
+  t.equal(denied.stderr, `taskvault: ${locked} cannot be read (EACCES)\n`)
+  t.notOk(existsSync(join(scratchDir, 'target')), 'no folder made')
+})
+
 t.test('restore refuses to overwrite newer files unless --force, writing nothing', async (t) => {
   const dir = await preparedFolder(t)
   const out = join(await tempDir(t, 'taskvault-backup-'), 'b.tar.gz')

@@ -27,7 +27,13 @@ interface BackupFile {
 
 async function openBackup (path: string): Promise<{ backup: BackupFile, handle: FileHandle }> {
   // Not blocking: opening a FIFO with no writer would wait for ever before it could be refused.
-  const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(() => null)
+  const handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch((err: NodeJS.ErrnoException) => {
+    // ELOOP: a symlink, which O_NOFOLLOW refuses; the rest say what is wrong as they are.
+    if (err.code === 'ENOENT') throw new CommandFailedError(`${path}: no such file`)
+    if (err.code === 'EACCES' || err.code === 'EPERM') throw new CommandFailedError(`${path} cannot be read (${err.code})`)
+    if (err.code !== 'ELOOP') throw new CommandFailedError(`${path} cannot be opened (${err.code ?? err.message})`)
+    return null
+  })
   if (handle === null || !(await handle.stat()).isFile()) {
     await handle?.close()
     throw new CommandFailedError(`${path} is not a file`)
