@@ -13,7 +13,7 @@ import healthRoutes from './routes/health.js'
 import rootRoutes from './routes/root.js'
 import { createValidatorCompiler } from './http/validation.js'
 import { answerUnrouted, clientErrors, missingHost, observeWhenSent, type UnroutedObserver } from './http/client-errors.js'
-import { guardConnections, type ConnectionGuard } from './http/connections.js'
+import { SAFE_METHODS, guardConnections, type ConnectionGuard } from './http/connections.js'
 import { hostCheck } from './http/allowed-hosts.js'
 import { openFileLimit, socketBudget } from './http/file-limit.js'
 import type { Config } from './schemas/config.js'
@@ -85,9 +85,6 @@ export function serverOptions (settings: ServerSettings, logger: FastifyServerOp
   }
 }
 
-/** Methods that change nothing: pipelined ones run at once, side by side. */
-const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS'])
-
 /** Where the taskvault plugin's routes live in the standalone server. */
 const API_PREFIX = '/api/v1/tasks'
 
@@ -132,7 +129,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   guard = connections
   answerUnrouted(app.server, unrouted)
   app.addHook('preClose', async () => connections.closing())
-  // Pipelined changes run in the order sent (RFC 9112 lets a server run only safe methods side by side).
+  // Pipelined changes run in the order sent (RFC 9112 lets a server run only safe requests side by side).
   // The address listened on once listening (a host of buildApp may listen elsewhere than HOST); HOST before (inject).
   const listening = (): string => {
     const address = app.server.address()
@@ -145,7 +142,8 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
       done(refusal)
       return
     }
-    if (SAFE_METHODS.has(request.method)) {
+    // Reads run at once, unless a change sent before them is unanswered (then in turn, to see it).
+    if (SAFE_METHODS.has(request.method) && (request.routeOptions.config.ownTurn === true || !connections.changeAhead(reply.raw))) {
       done()
       return
     }

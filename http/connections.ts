@@ -29,6 +29,16 @@ export interface ConnectionLimits {
   answerCloseMs: number
 }
 
+/** Methods that change nothing: pipelined one behind another, they run at once, side by side. */
+export const SAFE_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS'])
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** The route keeps its own turn behind earlier answers on its connection (an event stream): onRequest does not hold it. */
+    ownTurn?: boolean
+  }
+}
+
 /** Refusals are logged at most this often, so a flood of connections cannot flood the log. */
 const DROP_LOG_INTERVAL_MS = 10_000
 
@@ -56,6 +66,12 @@ export interface ConnectionGuard {
    * ConnectionClosedError), or `refuse` named an error for it.
    */
   inTurn: (res: ServerResponse, go: (refusal: Error | null) => void) => void
+  /**
+   * True when a change (not a SAFE_METHODS request) sent before `res` on its connection, or a read
+   * waiting behind one, was unanswered when `res` arrived: a read then waits its turn too, so
+   * that it sees the change its client sent first (RFC 9112 lets only safe requests run side by side).
+   */
+  changeAhead: (res: ServerResponse) => boolean
   /** The answer owed on `socket` (unfinished), or null. */
   owed: (socket: Socket) => OwedAnswer | null
   /**
@@ -100,6 +116,8 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   const answers = new WeakMap<Socket, ServerResponse>()
   /** The answer still being sent on the connection when a request arrived behind it (pipelined). */
   const before = new WeakMap<ServerResponse, ServerResponse>()
+  /** Answers that arrived behind an unanswered change (changeAhead). */
+  const afterChange = new WeakSet<ServerResponse>()
   /** Requests waiting in inTurn for the answers before theirs. */
   const waiting = new WeakSet<ServerResponse>()
   /** Requests answered with an error instead of running, once their turn comes (refuse). */
@@ -128,7 +146,10 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   // Ahead of Fastify's own listener, which may run the request's hooks at once.
   server.prependListener('request', (req, res: ServerResponse) => {
     const previous = answers.get(req.socket)
-    if (previous !== undefined && !previous.writableFinished) before.set(res, previous)
+    if (previous !== undefined && !previous.writableFinished) {
+      before.set(res, previous)
+      if (!SAFE_METHODS.has(previous.req.method ?? '') || afterChange.has(previous)) afterChange.add(res)
+    }
     answers.set(req.socket, res)
   })
 
@@ -164,6 +185,7 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   }
 
   return {
+    changeAhead: (res) => afterChange.has(res),
     inTurn: (res, go) => {
       const previous = before.get(res)
       if (previous === undefined || previous.writableFinished) {

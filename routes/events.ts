@@ -7,7 +7,8 @@ import { ALL_SESSIONS } from '../services/task-manager.js'
 const eventRoutes: FastifyPluginAsyncTypebox = async (app) => {
   app.addHook('onRequest', app.verifyApiKey)
 
-  app.get('/events', { schema: { querystring: EventsQuery, headers: EventsHeaders, response: responses.events } }, async (request, reply) => {
+  // A stream pipelined behind other answers waits for them itself, taking its slot and its events from when it was asked for.
+  app.get('/events', { config: { ownTurn: true }, schema: { querystring: EventsQuery, headers: EventsHeaders, response: responses.events } }, async (request, reply) => {
     const hub = app.eventStreams
     if (hub.closing || app.taskManager.shuttingDown) throw new ShuttingDownError()
     if (hub.full) throw new TooManyStreamsError(hub.maxClients)

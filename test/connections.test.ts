@@ -324,6 +324,26 @@ t.test('pipelined changes run in the order sent: a create, then an execute and a
   t.equal((await call(server, 'GET', `${API}/progress?session_id=behind`)).status, 404, 'nor once the connection closed')
 })
 
+t.test('reads pipelined behind a change see it: an execute, then its progress and its list, then a read behind those reads', async (t) => {
+  const { start } = await scratch(t)
+  // Each task takes 0.5 s: long enough for a read not held back to run before it.
+  const server = await start({ TASK_AGENTS: JSON.stringify({ default: { kind: 'command', argv: ['/bin/sh', '-c', 'sleep 0.5; cat'] } }) })
+  t.equal((await call(server, 'POST', `${API}/create`, { session_id: 'seen', instructions: '1. a\n2. b' })).status, 200)
+  const body = JSON.stringify({ session_id: 'seen' })
+  const get = (path: string): string => `GET ${API}${path} HTTP/1.1\r\nHost: localhost\r\n\r\n`
+  const raw = await connect(t, server, `POST ${API}/execute HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}` +
+    get('/progress?session_id=seen') + get('/list?session_id=seen') + get('/progress?session_id=seen'))
+  const bodies = await waitFor('four answers', () => {
+    const found = [...raw.received().matchAll(/\r\n\r\n(\{.*?\})(?=HTTP\/1\.1|$)/gsu)].map((m) => JSON.parse(m[1] as string))
+    return found.length >= 4 && found
+  })
+  raw.socket.destroy()
+  t.match(bodies[0], { status: 'Completed' }, 'the execute ran the first task')
+  t.match(bodies[1], { completed: 1, pending: 1 }, 'the progress behind it counts it')
+  t.match(bodies[2], { tasks: [{ status: 'Completed' }, { status: 'Pending' }] }, 'so does the list')
+  t.match(bodies[3], { completed: 1, pending: 1 }, 'and a read behind those reads')
+})
+
 t.test('a client error behind a change still running waits for its answer: the change is answered 200 first, then the error, in order', async (t) => {
   const { start } = await scratch(t)
   // Each task takes 1.5 s; a request arrives in full within 0.5 s.
