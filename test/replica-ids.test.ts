@@ -10,13 +10,14 @@ import { once } from 'node:events'
 import { hostname } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
+import type pg from 'pg'
 import { statusFor } from '../http/error-handler.js'
 import { ReplicaIdInUseError, type TaskvaultError } from '../services/errors.js'
 import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
 import { LOG_GAP, type ReplicaIdEvent } from '../services/store/store.js'
 import { processPlace } from '../services/pid.js'
 import { API, waitFor } from './helper.js'
-import { inspector, testDatabase } from './postgres.js'
+import { inspector, testDatabase, type DatabaseTestContext } from './postgres.js'
 import { recordingAgent, replicaSet } from './replicas.js'
 import { baseEnv, call, freePort, scratch } from './server-process.js'
 import { contractSession } from './store-contract.js'
@@ -36,6 +37,19 @@ function replica (url: string, replicaId: string, leaseMs = 60_000): { open: () 
       return store
     }
   }
+}
+
+/**
+ * A store under `replicaId` with session 's', then what a process started while it was paused
+ * (its renewal 20 s away) does: it claims the id and takes the session's lease.
+ */
+async function claimedWhilePaused (t: DatabaseTestContext, url: string, replicaId: string): Promise<{ db: pg.Pool, store: PostgresSessionStore }> {
+  const db = inspector(t, url, SCHEMA)
+  const store = await replica(url, replicaId).open()
+  await store.save(contractSession('s', ['Pending']))
+  await db.query('UPDATE replicas SET instance = \'newer\' WHERE replica_id = $1', [replicaId])
+  await db.query('UPDATE sessions SET owner = $1, epoch = epoch + 1, lease_until = now() + interval \'60 seconds\' WHERE session_id = \'s\'', [replicaId])
+  return { db, store }
 }
 
 /** The pid of a process of this host that has exited (and been reaped). */
@@ -168,12 +182,7 @@ t.test('a server whose id another process claimed loses its leases, refuses writ
 t.test('a server whose id another process claimed learns it at its next acquire, before its renewal would tell: no lease is taken from under the other', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
-  const db = inspector(t, url, SCHEMA)
-  const store = await replica(url, 'resumed').open()
-  await store.save(contractSession('s', ['Pending']))
-  // Claimed by a process started while this one was paused (a renewal is 20 s away), which took the session.
-  await db.query("UPDATE replicas SET instance = 'newer' WHERE replica_id = 'resumed'")
-  await db.query("UPDATE sessions SET owner = 'resumed', epoch = epoch + 1, lease_until = now() + interval '60 seconds' WHERE session_id = 's'")
+  const { db, store } = await claimedWhilePaused(t, url, 'resumed')
   const before = (await db.query("SELECT epoch::text AS epoch FROM sessions WHERE session_id = 's'")).rows[0]?.epoch as string
   await t.rejects(store.acquire('s'), { code: 'REPLICA_ID_TAKEN' })
   t.match(store.unwritable(), { code: 'REPLICA_ID_TAKEN' }, 'and it writes nothing more')
@@ -185,12 +194,7 @@ t.test('a server whose id another process claimed learns it at its next acquire,
 t.test('a server whose id another process claimed, deleting a session that process runs before its renewal would tell: SESSION_BUSY, nothing deleted', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
-  const db = inspector(t, url, SCHEMA)
-  const store = await replica(url, 'woken').open()
-  await store.save(contractSession('s', ['Pending']))
-  // Claimed by a process started while this one was paused (a renewal is 20 s away), which took the session.
-  await db.query("UPDATE replicas SET instance = 'newer' WHERE replica_id = 'woken'")
-  await db.query("UPDATE sessions SET owner = 'woken', epoch = epoch + 1, lease_until = now() + interval '60 seconds' WHERE session_id = 's'")
+  const { db, store } = await claimedWhilePaused(t, url, 'woken')
   await t.rejects(store.remove('s'), { code: 'SESSION_BUSY' }, 'the lease under its id is the other process\'s')
   t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 's'")).rowCount, 1, 'the session stays')
 })
