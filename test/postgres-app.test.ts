@@ -677,7 +677,7 @@ t.test('losing the database: requests fail fast with 503, /ready goes 503, and t
   t.same(rows, ['after', 'before'], 'and the database holds exactly the acknowledged sessions')
 })
 
-t.test('a bring-back answered 503 that landed all the same is undone: the session is archived again as it was, never lost, also when the database is out of reach for a while', async (t) => {
+t.test('a bring-back answered 503 that landed all the same is undone: the session is archived again as it was, never lost, also when the database is out of reach for a while and the first archiving again fails', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
   const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500, TASK_RUN_RETRY_MS: 200, TASK_RUN_RETRY_MAX_MS: 400 })
@@ -695,7 +695,13 @@ t.test('a bring-back answered 503 that landed all the same is undone: the sessio
     "SELECT 1 FROM taskvault.sessions WHERE session_id = 'kept' AND archived_at IS NULL", 'INSERT')
   t.equal(status, 503, 'the append fails, its outcome unknown')
   t.not((await inject('GET', '/list?session_id=kept')).status, 200, 'meanwhile nothing claims the session brought back')
+  // Its first archiving again runs past the statement timeout, and rolls back.
+  await db.query('CREATE FUNCTION taskvault.slow_rearchive() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(3); RETURN NEW; END $$')
+  await db.query('CREATE TRIGGER slow BEFORE UPDATE ON taskvault.sessions FOR EACH ROW EXECUTE FUNCTION taskvault.slow_rearchive()')
   proxy.pass()
+  await waitFor('the archiving again to reach the server', async () => (await db.query(
+    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
+  await db.query('DROP TRIGGER slow ON taskvault.sessions')
   const stored = async (): Promise<Array<{ archived: boolean, document: string }>> =>
     (await db.query("SELECT archived_at IS NOT NULL AS archived, document::text AS document FROM taskvault.sessions WHERE session_id = 'kept'")).rows
   await waitFor('the bring-back to be undone', async () => (await stored()).every((row) => row.archived), 15_000)

@@ -178,6 +178,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    * land: any of them may be what the row holds (a failed write, then its failed write-back).
    */
   private readonly unsure = new Map<string, Outcome[]>()
+  /** The active row a bring-back in doubt was found to have left, until it is archived again (see undoUnarchive). */
+  private readonly rearchiving = new Map<string, KnownRow>()
   /** The row an archive was moving when it failed with its outcome unknown, and its version then, by session (see undoArchive). */
   private readonly doubtful = new Map<string, KnownRow>()
   /** Active rows restore could not read: left in place, so their ids are not free (see conflict()). */
@@ -628,21 +630,33 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   async undoUnarchive (archived: Readonly<SessionFile>, archivedName: string): Promise<void> {
     const sessionId = this.checkId(archived.session_id)
     const operation = `archiving session '${sessionId}' again after a failed bring-back`
+    // Found landed by an earlier try whose archiving again failed (kept until settled): still the
+    // row known (nobody's read since), it goes on.
+    const found = this.rearchiving.get(sessionId)
+    const landed = await this.reconcile(sessionId, operation)
     // Not landed (the copy is still archived), or changed since: the refresh that follows adopts the rows.
-    if (!(await this.reconcile(sessionId, operation))) return
+    if (!landed && (found === undefined || this.rows.get(sessionId) !== found)) {
+      this.rearchiving.delete(sessionId)
+      return
+    }
     // Landed: the copy it came from is gone, deleted by the same statement.
     this.index.remove(sessionId, archivedName)
     const known = this.rows.get(sessionId)
     if (known === undefined) {
+      this.rearchiving.delete(sessionId)
       // No active row, as an earlier try of this undo, in doubt, would leave it: it landed. The
       // index learns that copy from the rows.
       await this.readArchived(sessionId)
       return
     }
     const data = await serializeSessionFile(archived, this.indent, Number.POSITIVE_INFINITY, this.keyring)
+    this.rearchiving.set(sessionId, known)
     const { rows } = await this.run<{ row_id: string, bytes: number }>(operation, rearchiveSession(sessionId, data, this.derive(archived), known), [[sessionId, { kind: 'gone' }]])
+    this.rearchiving.delete(sessionId)
     const row = rows[0]
     if (row === undefined) return
+    // What an earlier try in doubt may have done is settled too.
+    this.unsure.delete(sessionId)
     this.end(sessionId)
     const name = archivedLikeName(sessionId, row.row_id)
     this.index.add(sessionId, { name, bytes: row.bytes, stamp: Number(row.row_id) }, summarize(archived, name))
