@@ -394,11 +394,13 @@ t.test('cancel answers 503, not 200, when the cancelled task\'s failure cannot b
   t.match((await get(app, '/progress?session_id=unsaved')).json(), { in_progress: 1, failed: 0, running: false }, 'memory says what disk says: still InProgress')
 })
 
-t.test('an executor that throws what is no Error (a null-prototype object, an Error whose message is a number) fails its task, and a background run goes on', async (t) => {
+t.test('an executor that throws what is no Error (a null-prototype object, an Error whose message is a number, a revoked Proxy) fails its task, and a background run goes on', async (t) => {
   const thrown: Array<() => unknown> = [
     () => Object.create(null),
     () => Object.assign(new Error('x'), { message: 42 }),
-    () => { const err = new Error('x'); Object.defineProperty(err, 'message', { get () { throw new Error('no message') } }); return err }
+    () => { const err = new Error('x'); Object.defineProperty(err, 'message', { get () { throw new Error('no message') } }); return err },
+    // instanceof throws on it.
+    () => { const revocable = Proxy.revocable({}, {}); revocable.revoke(); return revocable.proxy }
   ]
   let call = 0
   const dir = await tempDir(t)

@@ -62,6 +62,18 @@ export function abortable<T> (promise: Promise<T>, signal: AbortSignal): Promise
   })
 }
 
+/**
+ * The failure when it is worth another call (a transient AgentError), else null; never throws,
+ * whatever was thrown (`instanceof` itself throws on a revoked Proxy).
+ */
+export function transientFailure (err: unknown): AgentError | null {
+  try {
+    return err instanceof AgentError && err.transient ? err : null
+  } catch {
+    return null
+  }
+}
+
 /** What an agent call that failed says, as text. */
 const NO_TEXT = 'the agent failed with a value that has no text'
 

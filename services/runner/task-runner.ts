@@ -1,8 +1,8 @@
 import type { EventEmitter } from 'node:events'
 import { setMaxListeners } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { callAgent, errorMessage } from './agent-call.js'
-import { AgentError, CancelledError, LeaseLostError, NoPendingTaskError, NotRunningError, SessionBusyError, SessionNotFoundError, SessionTooLargeError, ShuttingDownError, StorageError } from '../errors.js'
+import { callAgent, errorMessage, transientFailure } from './agent-call.js'
+import { CancelledError, LeaseLostError, NoPendingTaskError, NotRunningError, SessionBusyError, SessionNotFoundError, SessionTooLargeError, ShuttingDownError, StorageError } from '../errors.js'
 import { agentFor, retryDelay, type AgentRoutes, type ExecutionResult } from './executors.js'
 import { isoNow, truncateUtf8, type Progress, type Task } from '../session/session.js'
 import { liveFile, unchanged } from '../session/draft.js'
@@ -491,10 +491,11 @@ export class TaskRunner {
         if (run.signal.aborted) return this.stopped(sessionId, started.id, run)
         // Cut as the task's error is: a retry's log line must not carry a huge message whole.
         const message = truncateUtf8(errorMessage(err), this.maxResultBytes).text
-        if (err instanceof AgentError && err.transient && call < agent.policy.max_attempts) {
+        const transient = transientFailure(err)
+        if (transient !== null && call < agent.policy.max_attempts) {
           // No new call once shutdown begins: the task runs again after restart.
           if (this.closing) return this.putBack(sessionId, started.id)
-          const delay = retryDelay(agent.policy, call, err.retryAfterMs)
+          const delay = retryDelay(agent.policy, call, transient.retryAfterMs)
           this.log.warn({ session_id: sessionId, task_id: started.id, agent: agent.key, attempt: started.attempts, retry_in_ms: Math.round(delay), err: message }, 'Agent call failed; retrying')
           this.announce('task.retrying', { session_id: sessionId, task_id: started.id, status: started.status, attempt: started.attempts, retry_in_ms: Math.round(delay) })
           // Shutdown ends the wait too: no call starts after it, so waiting on only holds the close.
