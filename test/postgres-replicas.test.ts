@@ -7,6 +7,8 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { buildApp } from '../app.js'
+import { EventRelay } from '../services/events/event-relay.js'
+import { TaskEventBuffer } from '../services/events/task-events.js'
 import { API, tempDir, waitFor } from './helper.js'
 import { inspector, openTestStore, testDatabase } from './postgres.js'
 import { contractSession } from './store-contract.js'
@@ -37,6 +39,24 @@ t.test('each store on the schema is listed while it beats, and leaves the list w
 
   await b.close()
   t.same(await listed(a), ['pod-a'], 'a clean close leaves the list at once')
+})
+
+t.test('an event published after the live view closed (a change that landed late in a shutdown) leaves the replica\'s row to run out, so a gap is logged for it', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url, SCHEMA)
+  const store = await openTestStore(t, url, SCHEMA, { replicaId: 'pod-late', leaseMs: 3_000 })
+  const warnings: string[] = []
+  const log = { info: () => {}, error: () => {}, warn: (_fields: object, message?: string) => { warnings.push(message ?? '') } }
+  const relay = new EventRelay({ shared: store, notices: store.events, buffer: new TaskEventBuffer(100), flushMs: 5, pollMs: 1_000, log })
+  await relay.start()
+  await relay.close()
+  t.notOk(relay.unpublished, 'nothing was left at close')
+  relay.publish('session.created', { session_id: 'late' })
+  relay.publish('tasks.added', { session_id: 'late' })
+  t.equal(warnings.length, 1, 'said once')
+  await store.close()
+  t.equal((await db.query("SELECT 1 FROM replicas WHERE replica_id = 'pod-late'")).rowCount, 1, 'the row stays, for the replica that clears it to log a gap')
 })
 
 t.test('a store without a replica id (the command-line tool) writes no heartbeat', async (t) => {

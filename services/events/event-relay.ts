@@ -48,6 +48,8 @@ export class EventRelay {
   private poll: NodeJS.Timeout | null = null
   private readonly wake = (): void => { this.read() }
   private closed = false
+  /** An event came after close() and was dropped (said once). */
+  private droppedAfterClose = false
   /** A publish failed: new events only queue until the retry's try, TASK_EVENTS_POLL_MS later. */
   private retrying = false
   /**
@@ -92,7 +94,17 @@ export class EventRelay {
 
   /** A durable change's event: published with the next batch (while a failed publish waits to be tried again, with that try). */
   publish (name: TaskEventName, data: TaskEventData): void {
-    if (this.closed) return
+    if (this.closed) {
+      // A change that landed during shutdown, after the last publish: its events never will be.
+      // Once said, the store leaves its row to run out, and the replica that clears it logs a
+      // gap, so every stream resets (the plugin says so for those left queued at close).
+      if (!this.droppedAfterClose) {
+        this.droppedAfterClose = true
+        this.options.log.warn({ session_id: data.session_id, event: name }, 'A change landed after the live view stopped publishing: this replica\'s row is left to run out, so the replica that clears it logs a gap and every stream resets')
+        this.options.shared.eventsUnpublished()
+      }
+      return
+    }
     const order = this.options.shared.orderOf(data.session_id)
     this.queue.push({ name, data: order === null ? data : { ...data, [ORDER_FIELD]: order } })
     if (!this.retrying) this.schedule(this.options.flushMs)
