@@ -10,6 +10,7 @@ import { buildApp } from '../app.js'
 import { EventRelay } from '../services/events/event-relay.js'
 import { TaskEventBuffer } from '../services/events/task-events.js'
 import { API, tempDir, waitFor } from './helper.js'
+import { LOG_GAP } from '../services/store/store.js'
 import { inspector, openTestStore, testDatabase } from './postgres.js'
 import { contractSession } from './store-contract.js'
 
@@ -57,6 +58,34 @@ t.test('an event published after the live view closed (a change that landed late
   t.equal(warnings.length, 1, 'said once')
   await store.close()
   t.equal((await db.query("SELECT 1 FROM replicas WHERE replica_id = 'pod-late'")).rowCount, 1, 'the row stays, for the replica that clears it to log a gap')
+})
+
+t.test('events that waited while a buffer\'s worth of other events were logged (a paused replica, no failure to tell) are followed by a gap; a few do not make one', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url, SCHEMA)
+  const log = { info: () => {}, warn: () => {}, error: () => {} }
+  const relay = async (replicaId: string, flushMs: number): Promise<EventRelay> => {
+    const store = await openTestStore(t, url, SCHEMA, { replicaId, leaseMs: 60_000 })
+    const relay = new EventRelay({ shared: store, notices: store.events, buffer: new TaskEventBuffer(20), flushMs, pollMs: 60_000, log })
+    await relay.start()
+    t.teardown(() => relay.close())
+    return relay
+  }
+  // The slow one's events wait (a minute's flush) until settled(): its pause.
+  const slow = await relay('pod-slow', 60_000)
+  const busy = await relay('pod-busy', 1)
+  const gaps = async (): Promise<number> => (await db.query('SELECT 1 FROM events WHERE name = $1', [LOG_GAP])).rowCount ?? 0
+  const round = async (others: number): Promise<void> => {
+    slow.publish('tasks.added', { session_id: 's' })
+    for (let i = 0; i < others; i++) busy.publish('session.created', { session_id: `other${i}` })
+    await busy.settled()
+    await slow.settled()
+  }
+  await round(5)
+  t.equal(await gaps(), 0, 'a few others\' events in between: no gap')
+  await round(25)
+  t.equal(await gaps(), 1, 'past the buffer: a gap follows, so every stream resets')
 })
 
 t.test('a store without a replica id (the command-line tool) writes no heartbeat', async (t) => {

@@ -40,7 +40,8 @@ interface SessionOrder {
  */
 export class EventRelay {
   private readonly options: EventRelayOptions
-  private queue: Array<{ name: TaskEventName, data: TaskEventData }> = []
+  /** Events to publish, each with the newest id of the log known here when it came (`seen`: read, or its own last batch's). */
+  private queue: Array<{ name: TaskEventName, data: TaskEventData, seen: number }> = []
   private publishing: NodeJS.Timeout | null = null
   private flushed: Promise<void> = Promise.resolve()
   private reading: Promise<void> | null = null
@@ -106,7 +107,7 @@ export class EventRelay {
       return
     }
     const order = this.options.shared.orderOf(data.session_id)
-    this.queue.push({ name, data: order === null ? data : { ...data, [ORDER_FIELD]: order } })
+    this.queue.push({ name, data: order === null ? data : { ...data, [ORDER_FIELD]: order }, seen: Math.max(this.options.buffer.latest, this.newest) })
     if (!this.retrying) this.schedule(this.options.flushMs)
   }
 
@@ -174,8 +175,9 @@ export class EventRelay {
    */
   private async flush (): Promise<void> {
     while (this.queue.length > 0 || this.owesGap) {
-      const batch: Array<{ name: string, data: unknown }> = this.queue.slice(0, READ_BATCH)
+      const batch: Array<{ name: string, data: unknown }> = this.queue.slice(0, READ_BATCH).map(({ name, data }) => ({ name, data }))
       const events = batch.length
+      const seen = this.queue[0]?.seen ?? this.newest
       // The gap goes after the last of the queue, in the same statement.
       const gap = this.owesGap && events === this.queue.length
       if (gap) batch.push({ name: LOG_GAP, data: { reason: 'late' } })
@@ -202,6 +204,11 @@ export class EventRelay {
       // Late, with other events logged since this replica's last batch (ids it did not take):
       // the order may be broken, a gap follows at once.
       if (this.late && newest - batch.length !== this.newest) this.owesGap = true
+      // Other events logged since the first of the batch came, a buffer's worth with the batch (a
+      // pause, or a slow statement, with no failure to tell): the readers' per-session order
+      // (inOrder, a buffer's worth of sessions) may have let go of its sessions, and a stale event
+      // of the batch would pass as new.
+      if (newest - batch.length > seen && newest - seen >= this.options.buffer.capacity) this.owesGap = true
       this.late = false
       this.newest = newest
     }
