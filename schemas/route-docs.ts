@@ -77,7 +77,7 @@ export const ROUTE_DOCS: Readonly<Record<string, RouteDoc>> = {
     operationId: 'retryFailed',
     tags: ['tasks'],
     summary: 'Put one failed task, or every failed task, back to Pending',
-    description: '`attempts` and `interruptions` are kept; the tasks run next. 404 for an unknown session or task, 409 while the session executes or when the task is not Failed.'
+    description: '`attempts` and `interruptions` are kept, `retries` counts it (a webhook agent\'s next call has a new Idempotency-Key); the tasks run next. 404 for an unknown session or task, 409 while the session executes or when the task is not Failed.'
   },
   'GET /events': {
     operationId: 'streamEvents',
