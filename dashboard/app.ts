@@ -636,7 +636,8 @@ function updateTask (view: TaskView, task: Task): TaskView {
   view.status.className = `badge status-${task.status.toLowerCase()}`
   view.status.dataset.status = task.status
   setText(view.status, task.status)
-  setText(view.attempts, `attempts ${task.attempts}` + ((task.interruptions ?? 0) > 0 ? ` · interrupted ${task.interruptions ?? 0}` : ''))
+  setText(view.attempts, `attempts ${task.attempts}` + ((task.interruptions ?? 0) > 0 ? ` · interrupted ${task.interruptions ?? 0}` : '') +
+    ((task.retries ?? 0) > 0 ? ` · retried ${task.retries ?? 0}` : ''))
   setText(view.times, `started ${task.started_at === null ? '—' : when(task.started_at)} · finished ${task.completed_at === null ? '—' : when(task.completed_at)}` +
     (task.started_at !== null && task.completed_at !== null ? ` · took ${duration(Date.parse(task.completed_at) - Date.parse(task.started_at))}` : ''))
   arrange(view.item, [

@@ -311,6 +311,8 @@ async function run (browser: Browser): Promise<void> {
     await page.locator('#notice', { hasText: /pending again/ }).waitFor()
     await page.waitForFunction("document.querySelectorAll('[data-status=Failed]').length === 0")
     t.pass('the cancelled task is Pending again')
+    await page.locator('li.task', { hasText: 'retried 1' }).waitFor()
+    t.pass('and says it was retried')
 
     // The session's reads are held from here on: a dismissed confirmation must leave nothing in
     // flight (it once reloaded the session, and a click meanwhile was ignored as a second delete).
