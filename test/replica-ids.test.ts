@@ -40,15 +40,15 @@ function replica (url: string, replicaId: string, leaseMs = 60_000): { open: () 
 }
 
 /**
- * A store under `replicaId` with session 's', then what a process started while it was paused
- * (its renewal 20 s away) does: it claims the id and takes the session's lease.
+ * A store under `replicaId` with session `sessionId`, then what a process started while it was
+ * paused (its renewal 20 s away) does: it claims the id and takes the session's lease.
  */
-async function claimedWhilePaused (t: DatabaseTestContext, url: string, replicaId: string): Promise<{ db: pg.Pool, store: PostgresSessionStore }> {
+async function claimedWhilePaused (t: DatabaseTestContext, url: string, replicaId: string, sessionId = 's'): Promise<{ db: pg.Pool, store: PostgresSessionStore }> {
   const db = inspector(t, url, SCHEMA)
   const store = await replica(url, replicaId).open()
-  await store.save(contractSession('s', ['Pending']))
+  await store.save(contractSession(sessionId, ['Pending']))
   await db.query('UPDATE replicas SET instance = \'newer\' WHERE replica_id = $1', [replicaId])
-  await db.query('UPDATE sessions SET owner = $1, epoch = epoch + 1, lease_until = now() + interval \'60 seconds\' WHERE session_id = \'s\'', [replicaId])
+  await db.query('UPDATE sessions SET owner = $1, epoch = epoch + 1, lease_until = now() + interval \'60 seconds\' WHERE session_id = $2', [replicaId, sessionId])
   return { db, store }
 }
 
@@ -197,6 +197,16 @@ t.test('a server whose id another process claimed, deleting a session that proce
   const { db, store } = await claimedWhilePaused(t, url, 'woken')
   await t.rejects(store.remove('s'), { code: 'SESSION_BUSY' }, 'the lease under its id is the other process\'s')
   t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 's'")).rowCount, 1, 'the session stays')
+})
+
+t.test('a server whose id another process claimed, asked who runs a session that process runs (a retry\'s check) or to cancel it, before its renewal would tell: REPLICA_ID_TAKEN, not nobody', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const { store } = await claimedWhilePaused(t, url, 'asked')
+  await t.rejects(store.holder('s'), { code: 'REPLICA_ID_TAKEN' }, 'the lease under its id is the other process\'s, not a stray of its own')
+  t.match(store.unwritable(), { code: 'REPLICA_ID_TAKEN' }, 'and it writes nothing more')
+  const cancelling = await claimedWhilePaused(t, url, 'cancelling', 'c')
+  await t.rejects(cancelling.store.requestCancel('c'), { code: 'REPLICA_ID_TAKEN' }, 'nor is its cancel taken for one of nobody\'s')
 })
 
 t.test('real servers: a second under the same TASK_REPLICA_ID exits at boot; one paused past the lease is taken over, and once resumed it answers 503 and /ready 503', async (t) => {

@@ -158,6 +158,11 @@ export function requestCancel (sessionId: string, channel: string, payload: stri
   }
 }
 
+/** Whether another process claimed the replica id since this one did (`instance`: this process's). */
+export function replicaIdTaken (replicaId: string, instance: string): pg.QueryConfig {
+  return { text: `SELECT ${idTakenBy('$1', '$2::text')} AS id_taken`, values: [replicaId, instance] }
+}
+
 /** Who holds the session's lease now: owner, epoch, and whether it is still live. */
 export function leaseHolder (sessionId: string): pg.QueryConfig {
   return {

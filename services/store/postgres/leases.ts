@@ -6,7 +6,7 @@ import { LeaseLostError, ReplicaIdTakenError, SessionBusyError, SessionNotFoundE
 import { noop } from '../../noop.js'
 import { PROCESS_STARTED_MS, processPlace } from '../../pid.js'
 import type { SessionStoreEvents, SweptSession } from '../store.js'
-import { abandonLease, acquireLease, clearLostReplicas, leaseHolder, releaseLease, renewLeases, requestCancel, sweepLeases, type ReplicaProcess } from './leases-sql.js'
+import { abandonLease, acquireLease, clearLostReplicas, leaseHolder, releaseLease, renewLeases, replicaIdTaken, requestCancel, sweepLeases, type ReplicaProcess } from './leases-sql.js'
 import { claimReplicaId } from './replica-claim.js'
 import type { Fence } from './sessions-sql.js'
 
@@ -191,7 +191,20 @@ export class LeaseKeeper {
     const { rows } = await this.options.query<{ owner: string | null, live: boolean }>(`reading the lease of session '${sessionId}'`, leaseHolder(sessionId))
     const row = rows[0]
     if (row?.live !== true) return null
-    return row.owner === this.replicaId && this.strayed(sessionId) ? null : row.owner
+    if (row.owner !== this.replicaId || !this.strayed(sessionId)) return row.owner
+    await this.assertIdOwn(`reading the lease of session '${sessionId}'`)
+    return null
+  }
+
+  /**
+   * Before a lease under this replica id that this process does not hold is taken for nobody's:
+   * it is the lease of a process that claimed the id since (this one was paused past the lease),
+   * which this one learns here, before its renewal would tell (REPLICA_ID_TAKEN).
+   */
+  private async assertIdOwn (operation: string): Promise<void> {
+    if (this.takenBy !== null) throw this.takenBy
+    const { rows } = await this.options.query<{ id_taken: boolean }>(operation, replicaIdTaken(this.replicaId, this.me.instance))
+    if (rows[0]?.id_taken === true) throw this.idTaken()
   }
 
   async cancelPending (sessionId: string): Promise<boolean> {
@@ -252,8 +265,10 @@ export class LeaseKeeper {
     // A lease of this replica's that nothing here holds (strayed) is nobody's: not asked, so the
     // cancel finds no holder (NOT_RUNNING, or a run left behind taken over and cancelled) rather
     // than waiting for a lease nothing renews to run out.
+    const strayed = this.strayed(sessionId)
+    if (strayed) await this.assertIdOwn(`asking to cancel session '${sessionId}'`)
     const { rows } = await this.options.query<{ owner: string }>(`asking to cancel session '${sessionId}'`,
-      requestCancel(sessionId, CANCEL_CHANNEL, `${this.options.schema}.${sessionId}`, this.strayed(sessionId) ? this.replicaId : null))
+      requestCancel(sessionId, CANCEL_CHANNEL, `${this.options.schema}.${sessionId}`, strayed ? this.replicaId : null))
     return rows[0]?.owner ?? null
   }
 
