@@ -28,6 +28,7 @@ import { documents } from './manifests.js'
 import { API, build, get, memoryLog, post, tempDir, waitFor, type TestContext } from './helper.js'
 import { kernelConnection, scratch } from './server-process.js'
 import { storedSession } from './session-fixtures.js'
+import { faultFs } from './faults.js'
 
 const run = promisify(execFile)
 const DAY = 86_400_000
@@ -188,6 +189,28 @@ t.test('GET /backup while a background run and 16 writers change sessions: each 
   t.equal(restore.code, 0, restore.stderr)
   const again = await build(t, { dir: join(folder, 'tasks'), config: { TASK_RESUME_ON_START: false } })
   t.equal((await get(again, '/stats')).json().total_sessions, WRITERS + 1, 'the restored folder boots with every session')
+})
+
+t.test('GET /backup while a session is being brought back from the archive carries it: the session is in neither the archive nor the active ones until that write ends', async (t) => {
+  const fs = faultFs()
+  const app = await build(t, { fs, config: { TASK_ARCHIVE_DAYS: 0 } })
+  t.equal((await post(app, '/create', { session_id: 'keep', instructions: 'first' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'keep' })).statusCode, 200)
+  t.equal((await post(app, '/archive', { older_than_days: 0 })).json().archived, 1)
+  // The bring-back is held at its last step: the archive folder's sync, after its copy went.
+  const gate = fs.hold('dirsync', { path: (path) => path.endsWith('/archive') })
+  const back = post(app, '/create', { session_id: 'keep', instructions: 'more' })
+  await gate.reached
+  const taking = backup(app)
+  await sleep(200)
+  gate.release()
+  const [res, created] = await Promise.all([taking, back])
+  t.equal(created.statusCode, 200)
+  t.equal(res.status, 200)
+  const entries: Array<{ name: string, data: Buffer }> = []
+  for await (const entry of readTarGz(Readable.from([res.body]))) entries.push(entry)
+  t.same(entries.map((entry) => entry.name), ['keep.json'], 'the session is in the backup, once')
+  t.same(parseSessionFile('keep.json', entries[0]?.data.toString('utf8') ?? '', 'keep').session.tasks.map((task) => task.instruction), ['first', 'more'], 'as brought back')
 })
 
 t.test('a client that goes away mid-backup: the walk stops, nothing leaks, the server goes on', async (t) => {

@@ -134,7 +134,9 @@ export async function * liveSessionFiles (manager: TaskManager, store: BackupSto
         yield backupEntry(counts, archivedEntry(sessionId, stored.name), true, stored.data, new Date(archived.file.updated_at))
         break
       }
-      // Neither: deleted, or brought back between the two looks (then the next look finds it active).
+      // Neither: deleted, or brought back between the two looks (then the next look finds it
+      // active); a change still being written (a bring-back) is waited for before that is judged.
+      await manager.registry.settle(sessionId)
       if (!manager.archived.has(sessionId) && manager.registry.find(sessionId) === null) break
     }
   }
@@ -142,12 +144,12 @@ export async function * liveSessionFiles (manager: TaskManager, store: BackupSto
 
 /**
  * The ids to back up, sorted. The file store's are this process's (it is the folder's only
- * writer). A shared store's come from its rows: the active ones, the archive read again (as
+ * writer), those with a change under way included. A shared store's come from its rows: the active ones, the archive read again (as
  * lists do), then the active ones again, so that a session brought back from the archive
  * between the first two looks is still in one of them.
  */
 async function sessionIds (manager: TaskManager, store: BackupStore): Promise<string[]> {
-  if (store.shared === undefined) return [...new Set([...manager.registry.sessionIds(), ...manager.archivedIds()])].sort()
+  if (store.shared === undefined) return [...new Set([...manager.registry.sessionIdsWithChanges(), ...manager.archivedIds()])].sort()
   const active = async (): Promise<string[]> => (await manager.list(0, Number.MAX_SAFE_INTEGER)).sessions.map((session) => session.session_id)
   const before = await active()
   await store.openArchive({ concurrency: 1 })

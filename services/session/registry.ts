@@ -317,6 +317,15 @@ export class SessionRegistry {
     return [...this.slots.entries()].filter(([, slot]) => slot.file !== null).map(([id]) => id)
   }
 
+  /**
+   * The active sessions and those with a change queued or being written: a session being
+   * brought back from the archive is in neither the archive's index nor the active ones until
+   * its write ends, so a pass over every session (a backup) looks for it here too.
+   */
+  sessionIdsWithChanges (): string[] {
+    return [...this.slots.entries()].filter(([, slot]) => slot.file !== null || slot.flushing !== null || slot.queue.length > 0).map(([id]) => id)
+  }
+
   /** The live totals; callers copy what they keep. */
   stats (): Readonly<Totals> {
     return this.totals
