@@ -4,6 +4,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
+import { AgentError } from '../services/errors.js'
 import { createTasks, fakeAgent, ok, readSession, recordCalls, storedTasks, waitFor } from './agents-fakes.js'
 import { nodeFs } from '../services/store/fs-seam.js'
 import { buildApp } from '../app.js'
@@ -392,6 +393,26 @@ t.test('cancel answers 503, not 200, when the cancelled task\'s failure cannot b
   t.equal((await running).statusCode, 503, 'the execute fails the same way')
   failSaves = false
   t.match((await get(app, '/progress?session_id=unsaved')).json(), { in_progress: 1, failed: 0, running: false }, 'memory says what disk says: still InProgress')
+})
+
+t.test('an executor that throws a transient failure whose wait cannot be read is tried again without one, then fails its task; a background run goes on', async (t) => {
+  let calls = 0
+  const dir = await tempDir(t)
+  const run = async (): Promise<never> => {
+    calls++
+    throw Object.defineProperty(new AgentError('flaky', { transient: true }), 'retryAfterMs', { get () { throw new Error('no wait') } })
+  }
+  const app = await build(t, { dir, executors: { default: { max_attempts: 2, backoff_ms: 10, run } } })
+  await createTasks(app, 'wait', [{ instruction: 'one' }, { instruction: 'two' }])
+  const first = await post(app, '/execute', { session_id: 'wait' })
+  t.equal(first.statusCode, 200, first.body)
+  t.match(first.json(), { status: 'Failed', error: 'flaky' })
+  t.equal(calls, 2, 'tried again, as a transient failure is')
+  t.equal((await post(app, '/execute-all', { session_id: 'wait', wait: false })).statusCode, 202)
+  await waitFor('the run to end', async () => (await get(app, '/progress?session_id=wait')).json().running === false)
+  const file = await readSession(dir, 'wait')
+  t.same(file.session.tasks.map((task) => task.status), ['Failed', 'Failed'], 'none left InProgress')
+  t.notOk('background_run' in file, 'the run ended')
 })
 
 t.test('an executor that throws what is no Error (a null-prototype object, an Error whose message is a number, a revoked Proxy) fails its task, and a background run goes on', async (t) => {

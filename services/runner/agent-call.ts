@@ -63,12 +63,24 @@ export function abortable<T> (promise: Promise<T>, signal: AbortSignal): Promise
 }
 
 /**
- * The failure when it is worth another call (a transient AgentError), else null; never throws,
- * whatever was thrown (`instanceof` itself throws on a revoked Proxy).
+ * When the failure is worth another call (a transient AgentError), what it asks of the wait;
+ * else null. Never throws, whatever was thrown: every read of it is made here (`instanceof`
+ * throws on a revoked Proxy, and an executor may make any property a getter that throws).
  */
-export function transientFailure (err: unknown): AgentError | null {
+export function transientFailure (err: unknown): { retryAfterMs: number | null } | null {
   try {
-    return err instanceof AgentError && err.transient ? err : null
+    if (!(err instanceof AgentError) || err.transient !== true) return null
+  } catch {
+    return null
+  }
+  return { retryAfterMs: waitAsked(err) }
+}
+
+/** The wait a transient failure asks for (Retry-After), or null: none, or none that reads as one. */
+function waitAsked (err: AgentError): number | null {
+  try {
+    const after: unknown = err.retryAfterMs
+    return typeof after === 'number' && Number.isFinite(after) && after >= 0 ? after : null
   } catch {
     return null
   }
