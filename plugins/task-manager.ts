@@ -88,7 +88,7 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
   })
   app.addHook('onClose', async () => {
     try {
-      await manager.close()
+      await manager.close({ last: true })
     } finally {
       // Logged here, once, for every host: app.close() rejects only with the last failing hook's
       // error, which a later one (releasing the storage lock) would replace.

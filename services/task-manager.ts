@@ -692,8 +692,12 @@ export class TaskManager {
     return this.stopping
   }
 
-  /** Shuts down, then waits for every queued write (and, with auto-save off, saves everything). */
-  async close (): Promise<void> {
+  /**
+   * Shuts down, then waits for every queued write (and, with auto-save off, saves everything).
+   * With `last` (the host's final close, after which storage closes): changes that come later
+   * are refused.
+   */
+  async close (options: { last?: boolean } = {}): Promise<void> {
     await this.beginShutdown()
     // No retry round begins while the queued writes finish (each may wait a statement timeout);
     // then the last try: the round under way, or one now.
@@ -703,6 +707,7 @@ export class TaskManager {
     // Changes that waited for the last write-back are written by now too.
     await this.registry.drain()
     if (!this.settings.autoSave) await this.registry.saveUnsaved()
+    if (options.last === true) this.registry.refuseChanges()
   }
 
   /**

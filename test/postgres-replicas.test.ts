@@ -42,7 +42,7 @@ t.test('each store on the schema is listed while it beats, and leaves the list w
   t.same(await listed(a), ['pod-a'], 'a clean close leaves the list at once')
 })
 
-t.test('an event published after the live view closed (a change that landed late in a shutdown) leaves the replica\'s row to run out, so a gap is logged for it', async (t) => {
+t.test('an event published after the live view closed (a change that landed late in a shutdown), or a change found landed then, leaves the replica\'s row to run out, so a gap is logged for it', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
   const db = inspector(t, url, SCHEMA)
@@ -58,6 +58,15 @@ t.test('an event published after the live view closed (a change that landed late
   t.equal(warnings.length, 1, 'said once')
   await store.close()
   t.equal((await db.query("SELECT 1 FROM replicas WHERE replica_id = 'pod-late'")).rowCount, 1, 'the row stays, for the replica that clears it to log a gap')
+
+  // So too for a change answered as failed found to have landed after the close: its events never went out.
+  const other = await openTestStore(t, url, SCHEMA, { replicaId: 'pod-unannounced', leaseMs: 3_000 })
+  const otherRelay = new EventRelay({ shared: other, notices: other.events, buffer: new TaskEventBuffer(100), flushMs: 5, pollMs: 1_000, log })
+  await otherRelay.start()
+  await otherRelay.close()
+  other.events.emit('unannounced', 'late')
+  await other.close()
+  t.equal((await db.query("SELECT 1 FROM replicas WHERE replica_id = 'pod-unannounced'")).rowCount, 1, 'an unannounced change after the close keeps the row too')
 })
 
 t.test('events that waited while a buffer\'s worth of other events were logged (a paused replica, no failure to tell) are followed by a gap; a few do not make one', async (t) => {

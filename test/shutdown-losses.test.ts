@@ -5,11 +5,13 @@
  */
 import { execFile } from 'node:child_process'
 import { mkdir, readdir, rename, symlink } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import t from 'tap'
-import { memoryLog, tempDir } from './helper.js'
+import { build, memoryLog, post, tempDir } from './helper.js'
+import { faultFs } from './faults.js'
 import { buildApp } from '../app.js'
 import { LOCK_FILE } from '../services/store/storage-lock.js'
 import { call, describe, logLines, scratch, type ServerProcess } from './server-process.js'
@@ -104,4 +106,24 @@ t.test('embedded: a host whose app.close() rejects still gets a log line per ses
   const lines = log.lines().filter((line) => line.msg === LOST)
   t.same(lines.map((line) => line.session_id), ['lost'], 'one line, for the lost session only')
   t.match(lines[0], { level: 50, err: { code: 'STORAGE_UNAVAILABLE' } }, 'with its cause')
+})
+
+t.test('a change that reaches the queue after shutdown\'s last drain (its archived copy still being read) is refused 503, and writes nothing', async (t) => {
+  const fs = faultFs()
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, fs, config: { TASK_ARCHIVE_DAYS: 0 } })
+  t.equal((await post(app, '/create', { session_id: 'keep', instructions: 'first' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'keep' })).statusCode, 200)
+  t.equal((await post(app, '/archive', { older_than_days: 0 })).json().archived, 1)
+  // The bring-back reads the archived copy before it takes its turn: held there through the close.
+  const gate = fs.hold('open', { path: (path) => path.endsWith('/archive/keep.json') })
+  const back = post(app, '/create', { session_id: 'keep', instructions: 'more' })
+  await gate.reached
+  await app.close()
+  gate.release()
+  const res = await back
+  t.equal(res.statusCode, 503, res.body)
+  t.match(res.json(), { code: 'SHUTTING_DOWN' })
+  t.notOk(existsSync(join(dir, 'keep.json')), 'nothing was written after the storage closed')
+  t.ok(existsSync(join(dir, 'archive', 'keep.json')), 'the session is archived as it was')
 })

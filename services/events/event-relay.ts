@@ -66,7 +66,11 @@ export class EventRelay {
   private newest = 0
   /** Per session, the newest order read from the log (its most recently logged sessions, up to the buffer's size). */
   private readonly orders = new Map<string, SessionOrder>()
-  private readonly unannounced = (): void => {
+  private readonly unannounced = (sessionId: string): void => {
+    if (this.closed) {
+      this.unpublishedAfterClose(sessionId, 'unannounced')
+      return
+    }
     this.owesGap = true
     if (!this.retrying) this.schedule(this.options.flushMs)
   }
@@ -96,19 +100,25 @@ export class EventRelay {
   /** A durable change's event: published with the next batch (while a failed publish waits to be tried again, with that try). */
   publish (name: TaskEventName, data: TaskEventData): void {
     if (this.closed) {
-      // A change that landed during shutdown, after the last publish: its events never will be.
-      // Once said, the store leaves its row to run out, and the replica that clears it logs a
-      // gap, so every stream resets (the plugin says so for those left queued at close).
-      if (!this.droppedAfterClose) {
-        this.droppedAfterClose = true
-        this.options.log.warn({ session_id: data.session_id, event: name }, 'A change landed after the live view stopped publishing: this replica\'s row is left to run out, so the replica that clears it logs a gap and every stream resets')
-        this.options.shared.eventsUnpublished()
-      }
+      this.unpublishedAfterClose(data.session_id, name)
       return
     }
     const order = this.options.shared.orderOf(data.session_id)
     this.queue.push({ name, data: order === null ? data : { ...data, [ORDER_FIELD]: order }, seen: Math.max(this.options.buffer.latest, this.newest) })
     if (!this.retrying) this.schedule(this.options.flushMs)
+  }
+
+  /**
+   * A change landed during shutdown, after the last publish (or one answered as failed turned out
+   * to have landed): its events never will be published. Once said, the store leaves its row to
+   * run out, and the replica that clears it logs a gap, so every stream resets (the plugin says
+   * so for those left queued at close).
+   */
+  private unpublishedAfterClose (sessionId: string, event: string): void {
+    if (this.droppedAfterClose) return
+    this.droppedAfterClose = true
+    this.options.log.warn({ session_id: sessionId, event }, 'A change landed after the live view stopped publishing: this replica\'s row is left to run out, so the replica that clears it logs a gap and every stream resets')
+    this.options.shared.eventsUnpublished()
   }
 
   /** Events (or a gap) that were not published: after close(), ones that never will be. */
@@ -156,7 +166,7 @@ export class EventRelay {
     this.publishing = null
     if (this.poll !== null) clearInterval(this.poll)
     this.options.notices.off('events', this.wake)
-    this.options.notices.off('unannounced', this.unannounced)
+    // 'unannounced' is still listened to: from now on it leaves the row to run out.
     await this.flushed
     await this.flush()
     await this.reading

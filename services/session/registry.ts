@@ -1,7 +1,7 @@
 import { isDeepStrictEqual } from 'node:util'
 import type { Static } from '@sinclair/typebox'
 import type { SessionSummary as SessionSummarySchema } from '../../schemas/api.js'
-import { SessionLeavingError, SessionNotFoundError, SessionTooLargeError, StorageError, UnsavedChangesLostError, VersionConflictError, type LostChanges } from '../errors.js'
+import { SessionLeavingError, SessionNotFoundError, SessionTooLargeError, ShuttingDownError, StorageError, UnsavedChangesLostError, VersionConflictError, type LostChanges } from '../errors.js'
 import { Draft, Unchanged, unchanged, type ChangeFn } from './draft.js'
 import { cloneSessionFile, currentIndex, isoNow, progressOf, type Progress, type SessionFile } from './session.js'
 import type { SessionStore } from '../store/store.js'
@@ -130,6 +130,8 @@ export class SessionRegistry {
   private readonly autoSave: boolean
   private readonly clock: () => Date
   private readonly writeBackFailed: (sessionId: string, error: unknown, retried: boolean) => void
+  /** Shutdown's last drain is done (refuseChanges). */
+  private refusing = false
   private readonly totals: Totals = {
     total_sessions: 0,
     active_sessions: 0,
@@ -226,7 +228,16 @@ export class SessionRegistry {
     await this.enqueue(sessionId, () => unchanged(undefined), { fresh: true }, true)
   }
 
+  /**
+   * After the last drain at shutdown: changes from now on are refused (ShuttingDownError).
+   * Nothing would publish their events, and the storage is about to close.
+   */
+  refuseChanges (): void {
+    this.refusing = true
+  }
+
   private enqueue (sessionId: string, apply: ChangeFn<unknown>, options: ChangeOptions, syncOnly: boolean): Promise<unknown> {
+    if (this.refusing) return Promise.reject(new ShuttingDownError())
     const slot = this.slotFor(sessionId)
     return new Promise((resolve, reject) => {
       slot.queue.push({ apply, resolve, reject, fresh: options.fresh === true, records: options.records === true, syncOnly, conflicts: 0 })
