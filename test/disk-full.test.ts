@@ -475,6 +475,29 @@ t.test('fs seam: a DELETE whose folder fsync fails answers 503 and leaves the se
   await model.check(t, app, 'after the delete')
 })
 
+t.test('fs seam: a bring-back answered 503 whose undo failed, then a DELETE answered 204: nothing of the session is left, also after a kill -9', async (t) => {
+  const dir = await tempDir(t)
+  const fs = faultFs()
+  // The write-back is not tried again before the delete (an hour away).
+  const app = await build(t, { dir, fs, config: { TASK_ARCHIVE_DAYS: 0, TASK_RUN_RETRY_MS: 3_600_000 } })
+  t.equal((await post(app, '/create', { session_id: 'back', instructions: '1. a\n2. b' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'back' })).statusCode, 200)
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['back'])
+  // The bring-back's file lands, its folder sync fails; the undo (its removal) fails too.
+  fs.fail('dirsync', 'EIO', { times: 1 })
+  fs.fail('rename', 'EIO', { path: (path) => path === join(dir, 'back.json') })
+  storageError(t, await post(app, '/create', { session_id: 'back', instructions: 'answered 503' }), 503, 'the bring-back')
+  fs.heal()
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/back` })).statusCode, 204)
+  t.notOk((await readdir(dir)).includes('back.json'), 'the active file the failed bring-back left is gone too')
+  // A kill -9 now: a server on a copy of the folder (without the lock) finds no session.
+  const copy = await tempDir(t)
+  await cp(dir, copy, { recursive: true })
+  await rm(join(copy, '.taskvault.lock'), { force: true })
+  const again = await build(t, { dir: copy })
+  t.equal((await get(again, '/list?session_id=back')).statusCode, 404, 'deleted, as answered')
+})
+
 t.test('fs seam: a write in flight at shutdown whose outcome is unknown and whose write-back fails is tried once more before the process stops', async (t) => {
   const dir = await tempDir(t)
   const fs = faultFs()

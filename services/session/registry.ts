@@ -536,7 +536,9 @@ export class SessionRegistry {
       case 'delete': {
         // Archived copies go first: if that fails, the active session is still intact.
         const removed = intent.archived ? await this.store.removeArchived(sessionId, intent.upTo) : 0
-        if (slot.file !== null) await this.store.remove(sessionId)
+        // Owing a write-back, an active copy may be stored though none is acknowledged (a
+        // bring-back or create answered as failed): it goes too.
+        if (slot.file !== null || slot.owed !== null) await this.store.remove(sessionId)
         // Nothing deleted: another replica brought the archived session back (or deleted it)
         // since it was read here. The delete is decided again on what the rows hold now.
         else if (removed === 0 && this.store.shared !== undefined) throw new VersionConflictError(sessionId, `deleting session '${sessionId}'`)
@@ -566,7 +568,7 @@ export class SessionRegistry {
       }
     }
     // The active copy was removed: whatever a failed write left there is gone.
-    if (intent.kind === 'delete' && slot.file !== null) slot.owed = null
+    if (intent.kind === 'delete') slot.owed = null
     return 0
   }
 
