@@ -498,6 +498,22 @@ t.test('folder: another folder at the path (a volume unmounted from under its mo
   }
 })
 
+t.test('folder: an archive pass while the storage folder is gone (a volume unmounted from under a subfolder) does not make it anew: writes work again once it is back', async (t) => {
+  const parent = await tempDir(t)
+  const dir = join(parent, 'tasks')
+  const app = await open(t, dir, { TASK_LOCK_REFRESH_MS: 60_000, TASK_LOCK_STALE_MS: 120_000 })
+  t.equal((await post(app, '/create', { session_id: 'done', instructions: 'one' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'done' })).statusCode, 200)
+  t.equal((await post(app, '/create', { session_id: 'open', instructions: 'two' })).statusCode, 200)
+  await rename(dir, join(parent, 'away'))
+  const pass = await post(app, '/archive', { older_than_days: 0 })
+  t.equal(pass.statusCode, 503, pass.body)
+  t.notOk(existsSync(dir), 'no storage folder made where the real one was')
+  await rename(join(parent, 'away'), dir)
+  t.equal((await post(app, '/create', { session_id: 'open', instructions: 'three' })).statusCode, 200, 'the folder back, writes work')
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['done'], 'and so does the archive pass')
+})
+
 t.test('folder: a copy of the folder put in its place keeps its sessions: a save, DELETE or archive refused there neither lands nor removes anything', async (t) => {
   for (const first of ['save', 'delete', 'archive', 'archived delete'] as const) {
     const parent = await tempDir(t)

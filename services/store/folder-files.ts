@@ -113,9 +113,16 @@ export class FolderFiles {
     }
   }
 
-  /** Creates a subfolder, refusing one that is a symlink (it could lead out of the storage folder). */
+  /**
+   * Creates a subfolder of the storage folder, refusing one that is a symlink (it could lead out
+   * of the storage folder). Never its parent: a storage folder gone from under the server (a
+   * volume unmounted) is not made anew on what lies beneath, which would look like the folder
+   * replaced for good; the write fails, and works again once the folder is back.
+   */
   async ensureRealDir (dir: string): Promise<void> {
-    await this.options.fs.ensureDir(dir, DIR_MODE)
+    await this.options.fs.mkdir(dir, { mode: DIR_MODE }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err
+    })
     const stat = await this.options.fs.lstat(dir)
     if (!stat.isDirectory()) throw Object.assign(new Error(`${dir} is not a real folder (a symlink?); refusing to move files into it`), { code: 'ENOTDIR' })
   }

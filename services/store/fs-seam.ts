@@ -20,6 +20,8 @@ export interface FsSeam {
   readlink: typeof fsp.readlink
   /** mkdir -p with a mode. */
   ensureDir: (dir: string, mode: number) => Promise<void>
+  /** One folder, its parent there already. */
+  mkdir: typeof fsp.mkdir
 }
 
 export const nodeFs: FsSeam = {
@@ -33,7 +35,8 @@ export const nodeFs: FsSeam = {
   stat: fsp.stat,
   symlink: fsp.symlink,
   readlink: fsp.readlink,
-  ensureDir: makeDirs
+  ensureDir: makeDirs,
+  mkdir: fsp.mkdir
 }
 
 /**
