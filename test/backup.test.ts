@@ -25,7 +25,7 @@ import { nodeFs } from '../services/store/fs-seam.js'
 import { readTarGz, writeTarGz } from '../services/backup/tar.js'
 import { taskvault } from './cli-run.js'
 import { documents } from './manifests.js'
-import { API, build, get, memoryLog, post, tempDir, waitFor, type TestContext } from './helper.js'
+import { API, archivedSession, build, get, memoryLog, post, tempDir, waitFor, type TestContext } from './helper.js'
 import { kernelConnection, scratch } from './server-process.js'
 import { storedSession } from './session-fixtures.js'
 import { faultFs } from './faults.js'
@@ -194,9 +194,7 @@ t.test('GET /backup while a background run and 16 writers change sessions: each 
 t.test('GET /backup while a session is being brought back from the archive carries it: the session is in neither the archive nor the active ones until that write ends', async (t) => {
   const fs = faultFs()
   const app = await build(t, { fs, config: { TASK_ARCHIVE_DAYS: 0 } })
-  t.equal((await post(app, '/create', { session_id: 'keep', instructions: 'first' })).statusCode, 200)
-  t.equal((await post(app, '/execute-all', { session_id: 'keep' })).statusCode, 200)
-  t.equal((await post(app, '/archive', { older_than_days: 0 })).json().archived, 1)
+  await archivedSession(app, 'keep', 'first')
   // The bring-back is held at its last step: the archive folder's sync, after its copy went.
   const gate = fs.hold('dirsync', { path: (path) => path.endsWith('/archive') })
   const back = post(app, '/create', { session_id: 'keep', instructions: 'more' })

@@ -19,7 +19,7 @@ import { buildApp } from '../app.js'
 import { SessionFile } from '../schemas/session.js'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { API, build, get, memoryLog, post, tempDir, waitFor, withoutFreeSpace, type TestContext } from './helper.js'
+import { API, archivedSession, build, get, memoryLog, post, tempDir, waitFor, withoutFreeSpace, type TestContext } from './helper.js'
 import { fill, mountedFolder } from './tmpfs.js'
 import { faultFs, tempOf, type Where } from './faults.js'
 import { liveFile } from '../services/session/draft.js'
@@ -480,9 +480,7 @@ t.test('fs seam: a bring-back answered 503 whose undo failed, then a DELETE answ
   const fs = faultFs()
   // The write-back is not tried again before the delete (an hour away).
   const app = await build(t, { dir, fs, config: { TASK_ARCHIVE_DAYS: 0, TASK_RUN_RETRY_MS: 3_600_000 } })
-  t.equal((await post(app, '/create', { session_id: 'back', instructions: '1. a\n2. b' })).statusCode, 200)
-  t.equal((await post(app, '/execute-all', { session_id: 'back' })).statusCode, 200)
-  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['back'])
+  await archivedSession(app, 'back', '1. a\n2. b')
   // The bring-back's file lands, its folder sync fails; the undo (its removal) fails too.
   fs.fail('dirsync', 'EIO', { times: 1 })
   fs.fail('rename', 'EIO', { path: (path) => path === join(dir, 'back.json') })

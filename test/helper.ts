@@ -87,6 +87,15 @@ export async function createSession (app: FastifyInstance, sessionId: string, in
   return res.json()
 }
 
+/** Creates a session from free-text instructions, runs it to the end and archives it (an archive pass of everything finished). */
+export async function archivedSession (app: FastifyInstance, sessionId: string, instructions: string): Promise<void> {
+  await createSession(app, sessionId, instructions)
+  const run = await post(app, '/execute-all', { session_id: sessionId })
+  if (run.statusCode !== 200) throw new Error(`execute-all failed: ${run.statusCode} ${run.body}`)
+  const pass = await post(app, '/archive', { older_than_days: 0 })
+  if (pass.statusCode !== 200 || !(pass.json().archived_ids as string[]).includes(sessionId)) throw new Error(`archive failed: ${pass.statusCode} ${pass.body}`)
+}
+
 /**
  * Marks `dir` as a taskvault folder, as a server's first start does: fixtures that plant files
  * restore must set aside (corrupt JSON) need it, since an unmarked folder holding them is refused.

@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import t from 'tap'
-import { build, memoryLog, post, tempDir } from './helper.js'
+import { archivedSession, build, memoryLog, post, tempDir } from './helper.js'
 import { faultFs } from './faults.js'
 import { buildApp } from '../app.js'
 import { LOCK_FILE } from '../services/store/storage-lock.js'
@@ -112,9 +112,7 @@ t.test('a change that reaches the queue after shutdown\'s last drain (its archiv
   const fs = faultFs()
   const dir = await tempDir(t)
   const app = await build(t, { dir, fs, config: { TASK_ARCHIVE_DAYS: 0 } })
-  t.equal((await post(app, '/create', { session_id: 'keep', instructions: 'first' })).statusCode, 200)
-  t.equal((await post(app, '/execute-all', { session_id: 'keep' })).statusCode, 200)
-  t.equal((await post(app, '/archive', { older_than_days: 0 })).json().archived, 1)
+  await archivedSession(app, 'keep', 'first')
   // The bring-back reads the archived copy before it takes its turn: held there through the close.
   const gate = fs.hold('open', { path: (path) => path.endsWith('/archive/keep.json') })
   const back = post(app, '/create', { session_id: 'keep', instructions: 'more' })
