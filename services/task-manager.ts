@@ -706,8 +706,16 @@ export class TaskManager {
     await this.writeBacks.close()
     // Changes that waited for the last write-back are written by now too.
     await this.registry.drain()
-    if (!this.settings.autoSave) await this.registry.saveUnsaved()
-    if (options.last === true) this.registry.refuseChanges()
+    try {
+      if (!this.settings.autoSave) await this.registry.saveUnsaved()
+    } finally {
+      if (options.last === true) {
+        this.registry.refuseChanges()
+        // Changes queued while the last saves were written (auto-save off) are written too,
+        // before the storage closes, whether those saves failed or not.
+        await this.registry.drain()
+      }
+    }
   }
 
   /**

@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { archivedSession, build, memoryLog, post, tempDir } from './helper.js'
-import { faultFs } from './faults.js'
+import { faultFs, tempOf } from './faults.js'
 import { buildApp } from '../app.js'
 import { LOCK_FILE } from '../services/store/storage-lock.js'
 import { call, describe, logLines, scratch, type ServerProcess } from './server-process.js'
@@ -124,4 +124,36 @@ t.test('a change that reaches the queue after shutdown\'s last drain (its archiv
   t.match(res.json(), { code: 'SHUTTING_DOWN' })
   t.notOk(existsSync(join(dir, 'keep.json')), 'nothing was written after the storage closed')
   t.ok(existsSync(join(dir, 'archive', 'keep.json')), 'the session is archived as it was')
+})
+
+t.test('auto-save off: a change queued while shutdown\'s last saves are written is written before the storage closes, even when those saves fail', async (t) => {
+  const dir = await tempDir(t)
+  const first = await build(t, { dir, config: { TASK_ARCHIVE_DAYS: 0 } })
+  await archivedSession(first, 'keep', 'first')
+  await first.close()
+  const fs = faultFs()
+  const app = await build(t, { dir, fs, config: { TASK_ARCHIVE_DAYS: 0, TASK_AUTO_SAVE: false } })
+  t.equal((await post(app, '/create', { session_id: 'unsaved', instructions: 'x' })).statusCode, 200)
+  // A bring-back reading its archived copy through the close.
+  const reading = fs.hold('open', { path: (path) => path.endsWith('/archive/keep.json') })
+  const back = post(app, '/create', { session_id: 'keep', instructions: 'more' })
+  await reading.reached
+  // The first close's save of 'unsaved' fails; the last one's is held while the bring-back queues.
+  fs.fail('open', 'EIO', { path: tempOf('unsaved'), times: 1 })
+  const lastSave = fs.hold('open', { path: tempOf('unsaved'), skip: 1 })
+  const closing = app.close().then(() => null, (err: { code?: string }) => err.code)
+  await lastSave.reached
+  const writing = fs.hold('open', { path: tempOf('keep') })
+  reading.release()
+  await writing.reached
+  lastSave.release()
+  // Its write held: the close waits for it rather than close the storage under it.
+  t.equal(await Promise.race([closing.then(() => 'closed'), sleep(500).then(() => 'waiting')]), 'waiting', 'the close waits for the change queued meanwhile')
+  writing.release()
+  await closing
+  const writtenAtClose = existsSync(join(dir, 'keep.json'))
+  const res = await back
+  t.equal(res.statusCode, 200, 'queued before the refusal, it is written')
+  t.ok(writtenAtClose, 'before the close returned')
+  t.same(await readdir(join(dir, 'archive')), [], 'its archived copy gone, as a bring-back does')
 })
