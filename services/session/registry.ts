@@ -541,7 +541,7 @@ export class SessionRegistry {
         if (slot.file !== null || slot.owed !== null) await this.store.remove(sessionId)
         // Nothing deleted: another replica brought the archived session back (or deleted it)
         // since it was read here. The delete is decided again on what the rows hold now.
-        else if (removed === 0 && this.store.shared !== undefined) throw new VersionConflictError(sessionId, `deleting session '${sessionId}'`)
+        if (slot.file === null && removed === 0 && this.store.shared !== undefined) throw new VersionConflictError(sessionId, `deleting session '${sessionId}'`)
         break
       }
       case 'archive':
