@@ -185,7 +185,8 @@ export class EventRelay {
    */
   private async flush (): Promise<void> {
     while (this.queue.length > 0 || this.owesGap) {
-      const batch: Array<{ name: string, data: unknown }> = this.queue.slice(0, READ_BATCH).map(({ name, data }) => ({ name, data }))
+      // The store publishes each entry's name and data (`seen` stays here).
+      const batch: Array<{ name: string, data: unknown }> = this.queue.slice(0, READ_BATCH)
       const events = batch.length
       const seen = this.queue[0]?.seen ?? this.newest
       // The gap goes after the last of the queue, in the same statement.

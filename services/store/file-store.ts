@@ -12,7 +12,7 @@ import { checkedKids, provenKeyChecks, wrongKeyError } from './key-checks.js'
 import { CoalescedRun } from './coalesce.js'
 import type { DiskSpace } from './disk-space.js'
 import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, LockLostError, StorageError, TaskvaultError, UnreadableFileInPlaceError } from '../errors.js'
-import { nodeFs, type FsSeam } from './fs-seam.js'
+import { missingFolders, nodeFs, type FsSeam } from './fs-seam.js'
 import { kidRecord, type Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
 import { tooLargeReason } from './read-batch.js'
@@ -224,7 +224,7 @@ export class FileSessionStore implements SessionStore {
     let replaced: StorageInitReport['replaced'] = null
     let locked = false
     try {
-      const created = await missingFolders(this.fs, this.dir)
+      const created = await missingFolders(this.dir, this.fs.lstat)
       const existed = created.length === 0
       await this.fs.ensureDir(this.dir, DIR_MODE)
       // A folder created just now is durable only once its parent's entry is: each level's.
@@ -655,19 +655,6 @@ interface BatchOutcome {
 }
 
 type BatchResult = Awaited<ReturnType<ReaderPool['read']>>
-
-/** The folders of `dir`'s path that do not exist yet, `dir` first: what ensureDir makes. */
-async function missingFolders (fs: FsSeam, dir: string): Promise<string[]> {
-  const missing: string[] = []
-  for (let at = resolve(dir); ; at = dirname(at)) {
-    const exists = await fs.lstat(at).then(() => true, (err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT') return false
-      throw err
-    })
-    if (exists || dirname(at) === at) return missing
-    missing.push(at)
-  }
-}
 
 function batches<T> (items: T[], size: number): T[][] {
   const out: T[][] = []

@@ -1,5 +1,5 @@
 import fsp from 'node:fs/promises'
-import { dirname } from 'node:path'
+import { dirname, resolve } from 'node:path'
 import fse from 'fs-extra'
 
 /**
@@ -46,8 +46,8 @@ export const nodeFs: FsSeam = {
  * Below a folder just made, fs-extra makes the rest.
  */
 async function makeDirs (dir: string, mode: number): Promise<void> {
-  const first = await topmostMissing(dir)
-  if (first !== null) {
+  const first = (await missingFolders(dir, fsp.lstat)).at(-1)
+  if (first !== undefined) {
     await fsp.mkdir(first, { mode }).catch((err: NodeJS.ErrnoException) => {
       // Made meanwhile by someone else: fine, ensureDir checks it is a folder.
       if (err.code !== 'EEXIST') throw err
@@ -56,15 +56,15 @@ async function makeDirs (dir: string, mode: number): Promise<void> {
   await fse.ensureDir(dir, { mode })
 }
 
-/** The highest folder of `dir`'s path that does not exist, or null when `dir` itself exists. */
-async function topmostMissing (dir: string): Promise<string | null> {
-  let missing: string | null = null
-  for (let at = dir; ; at = dirname(at)) {
-    const exists = await fsp.lstat(at).then(() => true, (err: NodeJS.ErrnoException) => {
+/** The folders of `dir`'s path that do not exist, `dir` first, the topmost last: what makeDirs makes. */
+export async function missingFolders (dir: string, lstat: FsSeam['lstat']): Promise<string[]> {
+  const missing: string[] = []
+  for (let at = resolve(dir); ; at = dirname(at)) {
+    const exists = await lstat(at).then(() => true, (err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') return false
       throw err
     })
     if (exists || dirname(at) === at) return missing
-    missing = at
+    missing.push(at)
   }
 }
