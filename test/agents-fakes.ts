@@ -3,6 +3,7 @@
  * 127.0.0.1 that records every request and answers as the test says), the fixtures' paths,
  * and small readers of what is on disk. Not a *.test.ts file: tap does not run it.
  */
+import { randomUUID } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { createServer, type IncomingHttpHeaders, type ServerResponse } from 'node:http'
@@ -39,7 +40,7 @@ export type Answer = { status?: number, headers?: Record<string, string>, body?:
 export type Handler = (request: Received, index: number) => Answer | Promise<Answer>
 
 export interface FakeAgent {
-  /** http://127.0.0.1:<port> */
+  /** http://127.0.0.1:<port>/<this fake's own prefix> */
   base: string
   requests: Received[]
   handler: Handler
@@ -47,8 +48,14 @@ export interface FakeAgent {
   waitForRequests: (n: number, ms?: number) => Promise<Received[]>
 }
 
-/** A fake agent server on 127.0.0.1; closed (connections cut) at teardown. */
+/**
+ * A fake agent server on 127.0.0.1; closed (connections cut) at teardown. It answers only
+ * under a prefix of its own (404 elsewhere, not recorded): its port may be one another test
+ * process used a moment ago, whose clients (a browser's EventSource, a retrying agent call)
+ * still knock, and their requests must not count as this test's.
+ */
 export async function fakeAgent (t: TestContext, handler: Handler): Promise<FakeAgent> {
+  const prefix = `/fake-${randomUUID()}`
   const requests: Received[] = []
   const waiters = new Set<() => void>()
   const fake: FakeAgent = {
@@ -69,6 +76,12 @@ export async function fakeAgent (t: TestContext, handler: Handler): Promise<Fake
     }
   }
   const server = createServer((req, res) => {
+    const url = req.url ?? ''
+    if (url !== prefix && !url.startsWith(`${prefix}/`) && !url.startsWith(`${prefix}?`)) {
+      req.resume()
+      send(res, { status: 404, body: 'not this fake agent' })
+      return
+    }
     const chunks: Buffer[] = []
     req.on('data', (chunk: Buffer) => chunks.push(chunk))
     req.on('end', () => {
@@ -81,7 +94,7 @@ export async function fakeAgent (t: TestContext, handler: Handler): Promise<Fake
       res.on('close', () => resolveClosed())
       const received: Received = {
         method: req.method ?? '',
-        path: req.url ?? '',
+        path: url.slice(prefix.length) === '' ? '/' : url.slice(prefix.length),
         headers: req.headers,
         body,
         json,
@@ -102,7 +115,7 @@ export async function fakeAgent (t: TestContext, handler: Handler): Promise<Fake
     })
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  fake.base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  fake.base = `http://127.0.0.1:${(server.address() as AddressInfo).port}${prefix}`
   t.teardown(async () => {
     server.closeAllConnections()
     await new Promise((resolve) => server.close(resolve))
