@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type pg from 'pg'
 import { SessionFile, SESSION_ID_PATTERN } from '../../../schemas/session.js'
-import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedSummary, type RetentionCutoffs } from '../../archive/archive-index.js'
+import { type ArchiveTotals, type ArchivedSummary, type RetentionCutoffs } from '../../archive/archive-index.js'
 import {
   CorruptSessionFileError, DatabaseUnavailableError, InvalidDatabaseSettingError, InvalidSessionIdError, KeyUnavailableError,
   LeaseLostError, SealNotOpenedError, SessionBusyError, StaleArchivedCopyError, StorageError, TaskvaultError, UnreadableRowError, VersionConflictError
@@ -13,10 +13,10 @@ import { kidRecord, type Keyring } from '../keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../session-files.js'
 import { checkedKids, provenKeyChecks, wrongKeyError, type KidProof } from '../key-checks.js'
 import {
-  clearUpdatedAt, type ArchivableCursor, type ArchivedSession, type RetentionCursor, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
+  type ArchivableCursor, type ArchivedSession, type RetentionCursor, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
-import { ARCHIVED_BY_KID, ARCHIVED_ROWS, archiveSession, isArchived, archivedUnderKid, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, deleteArchived, newestArchived, rearchiveSession, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
+import { archiveSession, isArchived, archivedUnderKid, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, rearchiveSession, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
 import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
@@ -30,7 +30,8 @@ import { SaveBatcher, type PendingSave } from './save-batcher.js'
 import { exclusively } from './pass-lock.js'
 import { pooledQuery, QueryFailure, type Bound } from './pooled-query.js'
 import { Orphans } from './orphans.js'
-import { archivedLikeName, listPage, rowOf, summaryOf, writtenTimes } from './row-summaries.js'
+import { archivedLikeName, listPage, summaryOf } from './row-summaries.js'
+import { ArchivedRows } from './archived-rows.js'
 import { leave, liveReplicas } from './replicas-sql.js'
 import { EVENTS_CHANNEL, LeaseKeeper } from './leases.js'
 import { ACTIVE_COUNT, EVENT_LOG, activeSummaries, archivableSessions, eventsAfter, listedCount, listedSummaries, publishEvents, refreshSession, refreshSessions } from './leases-sql.js'
@@ -188,9 +189,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   private leaveAtClose = true
   /** Until when (performance.now()) the restore's reads are tried again (see atBoot); 0: not at all. */
   private bootDeadline = 0
-  private readonly index = new ArchiveIndex()
-  /** Archived copies sealed under a key this process lacks: left out of lists, reported once. */
-  private readonly unopened = new Set<string>()
+  private readonly archived: ArchivedRows
   /** Kids under which the restore opened a row: an archived row under one that does not open is damaged, not the key wrong. */
   private readonly provenKids = new Set<string>()
   /** Key checks of configured kids the database has none for yet (written after the restore). */
@@ -241,6 +240,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     this.keyring = options.keyring ?? null
     this.keepChecks = options.keepKeyChecks ?? false
     this.pageRows = options.pageRows ?? DEFAULT_PAGE_ROWS
+    this.archived = new ArchivedRows({ run: this.run.bind(this), keyring: this.keyring, pageRows: this.pageRows, provenKids: this.provenKids })
     this.replicaId = options.replicaId ?? ''
     this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS
     // A host's pool comes without settings of ours (or they are not its).
@@ -565,7 +565,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       // Another replica took the lease since the holder was checked: busy, not a version to reload.
       if (deleted === 0 && busy !== null) throw new SessionBusyError(sessionId, busy)
       // Archived by another replica since this one read it: deleted from the archive instead.
-      if (archived > 0) this.dropIndexedAbove(sessionId, -1)
+      if (archived > 0) this.archived.dropAbove(sessionId, -1)
       // Missing is not an error; found but left alone means it was at another version.
       return deleted > 0 || found === null ? true : null
     })
@@ -592,8 +592,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     })
     this.doubtful.delete(sessionId)
     this.end(sessionId)
-    const name = archivedLikeName(sessionId, row.row_id)
-    this.index.add(sessionId, { name, bytes: row.bytes, stamp: Number(row.row_id) }, summarize(file, name))
+    this.archived.added(sessionId, row, file)
   }
 
   async unarchive (file: SessionFile, archivedName: string, options?: SaveOptions): Promise<number> {
@@ -617,13 +616,13 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       // rows hold, and the change is made again from them (a create then starts a new session).
       if (err instanceof VersionConflictError && this.rows.get(sessionId) === undefined) {
         await this.readArchived(sessionId).catch(noop)
-        if (this.index.newest(sessionId)?.name !== archivedName) throw new StaleArchivedCopyError(sessionId)
+        if (this.archived.newestName(sessionId) !== archivedName) throw new StaleArchivedCopyError(sessionId)
       }
       throw err
     })
     this.known(sessionId, { row: row.row_id, version: row.version, kid: outcome.kid })
     // Deleted now, or gone before: either way the database no longer holds that copy.
-    this.index.remove(sessionId, archivedName)
+    this.archived.removed(sessionId, archivedName)
     return data.length
   }
 
@@ -640,7 +639,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       return
     }
     // Landed: the copy it came from is gone, deleted by the same statement.
-    this.index.remove(sessionId, archivedName)
+    this.archived.removed(sessionId, archivedName)
     const known = this.rows.get(sessionId)
     if (known === undefined) {
       this.rearchiving.delete(sessionId)
@@ -658,8 +657,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     // What an earlier try in doubt may have done is settled too.
     this.unsure.delete(sessionId)
     this.end(sessionId)
-    const name = archivedLikeName(sessionId, row.row_id)
-    this.index.add(sessionId, { name, bytes: row.bytes, stamp: Number(row.row_id) }, summarize(archived, name))
+    this.archived.added(sessionId, row, archived)
   }
 
   /**
@@ -688,7 +686,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       this.doubtful.delete(sessionId)
       this.unsure.delete(sessionId)
       this.known(sessionId, { row: row.row_id, version: row.version, kid: outcome.kid })
-      this.index.remove(sessionId, archivedLikeName(sessionId, doubt.row))
+      this.archived.removed(sessionId, archivedLikeName(sessionId, doubt.row))
       return data.length
     }
     // Not as our archive left it. Archived still, at another version: another replica changed
@@ -706,121 +704,43 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   }
 
   async openArchive (_options: { concurrency: number }): Promise<ArchiveTotals> {
-    return await this.atBoot(async () => await this.readArchiveIndex())
-  }
-
-  private async readArchiveIndex (): Promise<ArchiveTotals> {
-    const { rows } = await this.run<ArchivedRow>('reading the archive', { text: ARCHIVED_ROWS })
-    const times = await writtenTimes(this.run.bind(this), this.pageRows, 'reading the archive', rows)
-    for (const row of rows) Object.assign(row, times.get(row.row_id))
-    this.index.clear()
-    // Oldest first: each copy added is the newest of its session so far and takes the summary.
-    for (const row of rows) {
-      const name = archivedLikeName(row.session_id, row.row_id)
-      this.index.add(row.session_id, { name, bytes: row.bytes, stamp: Number(row.row_id) }, summaryOf(row, name))
-    }
-    return { ...this.index.stats() }
+    return await this.atBoot(async () => await this.archived.open())
   }
 
   archivedName (sessionId: string): string | null {
-    return this.index.newest(sessionId)?.name ?? null
+    return this.archived.newestName(sessionId)
   }
 
-  /** Archived copies per kid they are sealed under (plaintext ones left out), from the rows' clear column: `taskvault stats`. */
+  /** Archived copies per kid they are sealed under (plaintext ones left out): `taskvault stats`. */
   async archivedByKid (): Promise<Map<string, number>> {
-    const { rows } = await this.run<{ kid: string, count: number }>('counting archived copies by key', { text: ARCHIVED_BY_KID })
-    return new Map(rows.map((row) => [row.kid, row.count]))
+    return await this.archived.byKid()
   }
 
   archivedIds (): string[] {
-    return this.index.ids()
+    return this.archived.ids()
   }
 
   archiveTotals (): Readonly<ArchiveTotals> {
-    return this.index.stats()
+    return this.archived.totals()
   }
 
-  /**
-   * The newest archived copy that reads, from the rows (not the index, which is corrected on
-   * the way: copies deleted elsewhere are dropped, one archived elsewhere is added). A copy
-   * that does not read is reported and skipped, never deleted; the next older one is tried.
-   */
   async readArchived (sessionId: string): Promise<{ session: ArchivedSession | null, failures: LoadFailure[] }> {
-    this.checkId(sessionId)
-    const failures: LoadFailure[] = []
-    let before: string | null = null
-    for (;;) {
-      const result: pg.QueryResult<{ row_id: string, bytes: number, document: string }> =
-        await this.run(`reading archived session '${sessionId}'`, newestArchived(sessionId, before))
-      const row = result.rows[0]
-      this.dropIndexedAbove(sessionId, row === undefined ? -1 : Number(row.row_id))
-      if (row === undefined) return { session: null, failures }
-      const name = archivedLikeName(sessionId, row.row_id)
-      try {
-        const { file } = readSessionDocument(name, row.document, sessionId, this.keyring)
-        const summary = summarize(file, name)
-        if (this.index.newest(sessionId)?.name === name) this.index.setSummary(sessionId, name, summary)
-        else this.index.add(sessionId, { name, bytes: row.bytes, stamp: Number(row.row_id) }, summary)
-        return { session: { file, bytes: row.bytes, name }, failures }
-      } catch (err) {
-        if (!(err instanceof CorruptSessionFileError)) throw err
-        // One row that does not open, under a kid no row opened under at the restore: the key is
-        // more likely wrong than the row damaged, so the session answers so (and a backup carries it).
-        if (err instanceof SealNotOpenedError && !this.provenKids.has(err.kid)) throw err.keySuspected(name)
-        failures.push({ name, reason: err.message, movedTo: null })
-        before = row.row_id
-      }
-    }
+    return await this.archived.read(this.checkId(sessionId))
   }
 
   async readArchivedStored (sessionId: string, name?: string): Promise<StoredCopy | null> {
-    this.checkId(sessionId)
-    // A copy readArchived read is `<id>@<row>`: the row, or the newest copy older than the next row id.
-    const rowId = name === undefined ? null : rowOf(name)
-    if (rowId === undefined) return null
-    const { rows } = await this.run<{ row_id: string, document: string }>(`reading archived session '${sessionId}'`, newestArchived(sessionId, rowId === null ? null : String(BigInt(rowId) + 1n)))
-    const row = rows[0]
-    if (row === undefined || (rowId !== null && row.row_id !== rowId)) return null
-    return { name: archivedLikeName(sessionId, row.row_id), data: Buffer.from(row.document, 'utf8'), updatedAt: clearUpdatedAt(row.document) }
+    return await this.archived.readStored(this.checkId(sessionId), name)
   }
 
-  /**
-   * Every archived session's summary: the index's, after reading the sessions whose newest copy
-   * has none yet. One sealed under a key this process lacks is reported once and left out: it
-   * must not fail every list and retention pass.
-   */
   async listArchived (): Promise<{ sessions: readonly ArchivedSummary[], failures: LoadFailure[] }> {
-    const failures: LoadFailure[] = []
-    for (const sessionId of this.index.unsummarized()) {
-      const name = this.index.newest(sessionId)?.name ?? ''
-      if (this.unopened.has(name)) continue
-      try {
-        failures.push(...(await this.readArchived(sessionId)).failures)
-      } catch (err) {
-        if (!(err instanceof KeyUnavailableError)) throw err
-        this.unopened.add(name)
-        failures.push({ name, reason: err.message, movedTo: null, kid: err.kid })
-      }
-    }
-    return { sessions: this.index.summaries(), failures }
+    return await this.archived.list()
   }
 
   async removeArchived (sessionId: string, upTo?: string): Promise<number> {
-    this.checkId(sessionId)
-    const operation = `deleting archived session '${sessionId}'`
-    const upToRow = upTo === undefined ? null : rowOf(upTo)
-    if (upToRow === undefined) throw new StaleArchivedCopyError(sessionId)
-    const { rows } = await this.run<{ row_id: string }>(operation, deleteArchived(sessionId, upToRow))
-    // Nothing deleted up to that copy: another replica archived the session again since it was
-    // judged (its new copy stays), or brought it back or deleted it. Either way, not this pass's;
-    // the index learns what the rows hold now.
-    if (rows.length === 0 && upToRow !== null) {
-      await this.readArchived(sessionId).catch(noop)
-      throw new StaleArchivedCopyError(sessionId)
-    }
-    this.dropIndexedAbove(sessionId, -1)
-    if (upToRow === null) this.doubtful.delete(sessionId)
-    return rows.length
+    const removed = await this.archived.remove(this.checkId(sessionId), upTo)
+    // Every copy gone: no archive of ours is in doubt any more.
+    if (upTo === undefined) this.doubtful.delete(sessionId)
+    return removed
   }
 
   // --- The rest of the contract ---
@@ -1245,11 +1165,6 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     if (before === undefined) return
     this.rows.delete(sessionId)
     this.kidCounts.set(before.kid, (this.kidCounts.get(before.kid) ?? 1) - 1)
-  }
-
-  /** Drops the index's copies of a session newer than row `stamp` (all of them for -1): the rows say they are gone. */
-  private dropIndexedAbove (sessionId: string, stamp: number): void {
-    for (const copy of [...this.index.files(sessionId)]) if (copy.stamp > stamp) this.index.remove(sessionId, copy.name)
   }
 }
 
