@@ -96,6 +96,13 @@ t.test('parseInstructions: "Task N:" markers', async (t) => {
     t.strictSame(parseInstructions('Review task 1: the login flow'), ['Review task 1: the login flow'])
     t.strictSame(parseInstructions('Please finish task 3. Also document it.'), ['Please finish task 3. Also document it.'])
   })
+
+  t.test('only markers numbered in sequence split: a task may name an earlier one', async (t) => {
+    t.strictSame(parseInstructions('Task 1: Read the logs. Task 2: Fix the bug found in task 1. Task 3: Deploy the fix'),
+      ['Read the logs.', 'Fix the bug found in task 1.', 'Deploy the fix'])
+    t.strictSame(parseInstructions('Task 1: Build it Task 2: Ship it (see task 1)'), ['Build it', 'Ship it (see task 1)'])
+    t.strictSame(parseInstructions('Task 4: a Task 5: b'), ['a', 'b'], 'the first marker sets the start')
+  })
 })
 
 t.test('parseInstructions: "first ... then ... finally" sequences', async (t) => {
@@ -133,6 +140,14 @@ t.test('parseInstructions: "first ... then ... finally" sequences', async (t) =>
 
   t.test('"next" used as an ordinary word is not a joiner', async (t) => {
     t.strictSame(parseInstructions('First, read the next chapter, then summarize it'), ['read the next chapter', 'summarize it'])
+    t.strictSame(parseInstructions('First, read the docs. Next.js is what we use, so build the app with it'),
+      ['First, read the docs. Next.js is what we use, so build the app with it'], 'no word is lost')
+  })
+
+  t.test('"First of all" and "First off" are the marker whole; "First-time" is a word', async (t) => {
+    t.strictSame(parseInstructions('First of all, back up the database, then run the migration'), ['back up the database', 'run the migration'])
+    t.strictSame(parseInstructions('First off, write code for login, then add tests'), ['write code for login', 'add tests'])
+    t.strictSame(parseInstructions('First-time setup: install the dependencies, then run the tests'), ['First-time setup: install the dependencies, then run the tests'])
   })
 })
 
@@ -151,6 +166,10 @@ t.test('parseInstructions: fallback, blank input, line endings', async (t) => {
     t.type(err, TaskvaultError)
   })
 
+  t.test('a byte-order mark before the text is not part of the first task', async (t) => {
+    t.strictSame(parseInstructions('\ufeff1. A\n2. B'), ['A', 'B'])
+  })
+
   t.test('Windows line endings leave no \\r in any task', async (t) => {
     t.strictSame(parseInstructions('Steps:\r\n1) a\r\n   more a\r\n2) b\r\n'), ['a\nmore a', 'b'])
     t.strictSame(parseInstructions('Task 1: a\r\nTask 2: b\r\n'), ['a', 'b'])
@@ -160,7 +179,7 @@ t.test('parseInstructions: fallback, blank input, line endings', async (t) => {
 
 t.test('classifyTask', async (t) => {
   const families: Record<string, string[]> = {
-    Coding: ['Write code for a parser', 'Write some code', 'Implement a cache', 'implemented the API', 'Write a function to sort',
+    Coding: ['Write binary search', 'Implement a linear search', 'Write code for a parser', 'Write some code', 'Implement a cache', 'implemented the API', 'Write a function to sort',
       'Create a class for users', 'Fix bug in login', 'Fix the bugs in login', 'debug the server', 'Refactor this module'],
     Analysis: ['Analyze the logs', 'Analyse the data', 'Analysis of results', 'Explain recursion', 'What is a monad?', 'Describe the system'],
     Research: ['Research quantum dots', 'Find the best library', 'Look up the docs', 'Search for papers'],

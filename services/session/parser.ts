@@ -8,9 +8,10 @@ const LIST_ITEM = /^[ \t\u00a0]*(?:\d{1,9}[.)](?!\d)[ \t\u00a0]*|[-*•][ \t\u00
 /** Line ends: CRLF, LF, and a lone CR (old Mac text). */
 const LINE_END = /\r\n|[\n\r]/u
 const TASK_MARKER = /\btask\s+\d{1,9}\s*[:.)-]\s*/giu
-const STARTS_WITH_FIRST = /^\s*first(?:ly)?\b[,:]?\s*/iu
+// "First of all" / "First off" are the marker whole; "First-time" or "First's" are words, not a marker.
+const STARTS_WITH_FIRST = /^\s*(?:first\s+of\s+all|first\s+off|first(?:ly)?)(?=[\s,:]|$)[,:]?\s*/iu
 // "next" only counts after punctuation, so "read the next chapter" stays whole.
-const SEQUENCE_MARKER = /(?:(?:^|[\s,;.])(?:and\s+)?(?:then|after\s+that|afterwards|finally|lastly)|(?:^|[,;.])\s*(?:and\s+)?next)\b[,:]?\s*/iu
+const SEQUENCE_MARKER = /(?:(?:^|[\s,;.])(?:and\s+)?(?:then|after\s+that|afterwards|finally|lastly)|(?:^|[,;.])\s*(?:and\s+)?next(?=[\s,:]|$))\b[,:]?\s*/iu
 
 /**
  * Splits free-text instructions into ordered task instructions.
@@ -19,7 +20,9 @@ const SEQUENCE_MARKER = /(?:(?:^|[\s,;.])(?:and\s+)?(?:then|after\s+that|afterwa
  * markers, and "first, ... then ... finally ..." sequences. Anything else is one task.
  * Nothing the client wrote is dropped except a lead-in heading such as "Steps:".
  */
-export function parseInstructions (text: string): string[] {
+export function parseInstructions (given: string): string[] {
+  // A byte-order mark (text pasted from a file saved as UTF-8 with BOM) is not part of the first item.
+  const text = given.startsWith('\ufeff') ? given.slice(1) : given
   const items = listItems(text) ?? taskMarkerItems(text) ?? sequenceItems(text) ?? [text.trim()]
   const tasks = items.map((item) => item.trim()).filter((item) => item.length > 0)
   if (tasks.length === 0) throw new InvalidInstructionsError('instructions must contain at least one non-blank task')
@@ -60,7 +63,19 @@ function indentOf (line: string): number {
 }
 
 function taskMarkerItems (text: string): string[] | undefined {
-  const parts = text.split(TASK_MARKER)
+  // Only markers numbered in sequence split ("Task 2: fix what task 1. found" keeps its reference);
+  // the first one sets the start (lists may start at any number).
+  const parts: string[] = []
+  let last = 0
+  let expected: number | undefined
+  for (const match of text.matchAll(TASK_MARKER)) {
+    const number = Number(/\d+/u.exec(match[0])?.[0])
+    if (expected !== undefined && number !== expected) continue
+    parts.push(text.slice(last, match.index))
+    last = match.index + match[0].length
+    expected = number + 1
+  }
+  parts.push(text.slice(last))
   // One "task 3:" inside a sentence is prose, not a list; markers must also lead the text.
   if (parts.length < 3) return undefined
   const lead = parts.shift() ?? ''
@@ -130,7 +145,7 @@ function stripTrailingJoiners (part: string): string {
 
 // Checked in this order; the first family with a match decides the type.
 const TYPE_KEYWORDS: ReadonlyArray<readonly [TaskType, RegExp]> = [
-  ['Coding', /\b(?:write\s+(?:some\s+|the\s+|a\s+)?code|code|coding|implement(?:s|ed|ing|ation)?|functions?|class(?:es)?|fix(?:es|ed|ing)?\s+(?:a\s+|the\s+)?bugs?|debug(?:s|ged|ging)?|refactor(?:s|ed|ing)?)\b/iu],
+  ['Coding', /\b(?:write\s+(?:some\s+|the\s+|a\s+)?code|code|coding|implement(?:s|ed|ing|ation)?|functions?|class(?:es)?|fix(?:es|ed|ing)?\s+(?:a\s+|the\s+)?bugs?|debug(?:s|ged|ging)?|refactor(?:s|ed|ing)?|(?:binary|linear)\s+search)\b/iu],
   ['Analysis', /\b(?:analy[sz](?:e|es|ed|ing|is)|explain(?:s|ed|ing)?|explanation|what\s+is|describ(?:e|es|ed|ing)|description)\b/iu],
   ['Research', /\b(?:research(?:es|ed|ing)?|find(?:s|ing)?|look\s+up|search(?:es|ed|ing)?)\b/iu],
   ['Reasoning', /\b(?:think(?:s|ing)?|reason(?:s|ing)?|solv(?:e|es|ed|ing)|plan(?:s|ned|ning)?)\b/iu]
