@@ -69,14 +69,17 @@ t.test('an event published after the live view closed (a change that landed late
   t.equal((await db.query("SELECT 1 FROM replicas WHERE replica_id = 'pod-unannounced'")).rowCount, 1, 'an unannounced change after the close keeps the row too')
 })
 
-t.test('events that waited while a buffer\'s worth of other events were logged (a paused replica, no failure to tell) are followed by a gap; a few do not make one', async (t) => {
+t.test('events that waited while a buffer\'s worth of other events were logged (a paused replica, no failure to tell) are followed by a gap; a few do not make one, nor its own', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
   const db = inspector(t, url, SCHEMA)
   const log = { info: () => {}, warn: () => {}, error: () => {} }
+  const buffers: TaskEventBuffer[] = []
   const relay = async (replicaId: string, flushMs: number): Promise<EventRelay> => {
     const store = await openTestStore(t, url, SCHEMA, { replicaId, leaseMs: 60_000 })
-    const relay = new EventRelay({ shared: store, notices: store.events, buffer: new TaskEventBuffer(20), flushMs, pollMs: 60_000, log })
+    const buffer = new TaskEventBuffer(20)
+    buffers.push(buffer)
+    const relay = new EventRelay({ shared: store, notices: store.events, buffer, flushMs, pollMs: 60_000, log })
     await relay.start()
     t.teardown(() => relay.close())
     return relay
@@ -85,6 +88,17 @@ t.test('events that waited while a buffer\'s worth of other events were logged (
   const slow = await relay('pod-slow', 60_000)
   const busy = await relay('pod-busy', 1)
   const gaps = async (): Promise<number> => (await db.query('SELECT 1 FROM events WHERE name = $1', [LOG_GAP])).rowCount ?? 0
+  // Both have read the whole log: what each publishes next comes after all of it.
+  const caughtUp = async (): Promise<void> => {
+    const newest = Number((await db.query('SELECT max(id) AS id FROM events')).rows[0]?.id ?? 0)
+    await waitFor('both replicas read the log', () => buffers.every((buffer) => buffer.latest >= newest))
+  }
+  // Only its own events in between make none: a queue longer than a statement takes (1,000)
+  // logs its first 1,000 before the rest, which all came before any of them was logged.
+  for (let i = 0; i < 1_015; i++) busy.publish('session.created', { session_id: `own${i}` })
+  await busy.settled()
+  t.equal(await gaps(), 0, 'a buffer\'s worth of the replica\'s own events before its batch: no gap')
+  await caughtUp()
   const round = async (others: number): Promise<void> => {
     slow.publish('tasks.added', { session_id: 's' })
     // In batches of 5, well within the buffer (20), as changes come in normal use.

@@ -40,8 +40,13 @@ interface SessionOrder {
  */
 export class EventRelay {
   private readonly options: EventRelayOptions
-  /** Events to publish, each with the newest id of the log known here when it came (`seen`: read, or its own last batch's). */
-  private queue: Array<{ name: TaskEventName, data: TaskEventData, seen: number }> = []
+  /**
+   * Events to publish, each with the newest id of the log known here when it came (`seen`: read,
+   * or its own last batch's) and how many events this replica had logged by then (`own`).
+   */
+  private queue: Array<{ name: TaskEventName, data: TaskEventData, seen: number, own: number }> = []
+  /** Events this replica has logged, gaps included. */
+  private logged = 0
   private publishing: NodeJS.Timeout | null = null
   private flushed: Promise<void> = Promise.resolve()
   private reading: Promise<void> | null = null
@@ -104,7 +109,7 @@ export class EventRelay {
       return
     }
     const order = this.options.shared.orderOf(data.session_id)
-    this.queue.push({ name, data: order === null ? data : { ...data, [ORDER_FIELD]: order }, seen: Math.max(this.options.buffer.latest, this.newest) })
+    this.queue.push({ name, data: order === null ? data : { ...data, [ORDER_FIELD]: order }, seen: Math.max(this.options.buffer.latest, this.newest), own: this.logged })
     if (!this.retrying) this.schedule(this.options.flushMs)
   }
 
@@ -189,6 +194,8 @@ export class EventRelay {
       const batch: Array<{ name: string, data: unknown }> = this.queue.slice(0, READ_BATCH)
       const events = batch.length
       const seen = this.queue[0]?.seen ?? this.newest
+      // This replica's own events logged since the first of the batch came (the batches before it).
+      const ownSince = this.logged - (this.queue[0]?.own ?? this.logged)
       // The gap goes after the last of the queue, in the same statement.
       const gap = this.owesGap && events === this.queue.length
       if (gap) batch.push({ name: LOG_GAP, data: { reason: 'late' } })
@@ -210,16 +217,18 @@ export class EventRelay {
       }
       // Only publish() changes the queue meanwhile, and only at its end.
       this.queue.splice(0, events)
+      this.logged += batch.length
       this.retrying = false
       if (gap) this.owesGap = false
       // Late, with other events logged since this replica's last batch (ids it did not take):
       // the order may be broken, a gap follows at once.
       if (this.late && newest - batch.length !== this.newest) this.owesGap = true
-      // Other events logged since the first of the batch came, a buffer's worth with the batch (a
-      // pause, or a slow statement, with no failure to tell): the readers' per-session order
-      // (inOrder, a buffer's worth of sessions) may have let go of its sessions, and a stale event
-      // of the batch would pass as new.
-      if (newest - batch.length > seen && newest - seen >= this.options.buffer.capacity) this.owesGap = true
+      // Other replicas' events logged since the first of the batch came, and a buffer's worth in
+      // all with the batch (a pause, or a slow statement, with no failure to tell): the readers'
+      // per-session order (inOrder, a buffer's worth of sessions) may have let go of its sessions,
+      // and a stale event of the batch would pass as new. Only this replica's own (older) events
+      // in between make no gap: none of them can be newer than the batch's.
+      if (newest - batch.length - ownSince > seen && newest - seen >= this.options.buffer.capacity) this.owesGap = true
       this.late = false
       this.newest = newest
     }
