@@ -102,6 +102,9 @@ t.test('parseInstructions: "Task N:" markers', async (t) => {
       ['Read the logs.', 'Fix the bug found in task 1.', 'Deploy the fix'])
     t.strictSame(parseInstructions('Task 1: Build it Task 2: Ship it (see task 1)'), ['Build it', 'Ship it (see task 1)'])
     t.strictSame(parseInstructions('Task 4: a Task 5: b'), ['a', 'b'], 'the first marker sets the start')
+    t.strictSame(parseInstructions('Task 1: Collect the logs needed for task 2. Task 2: Analyze them'), ['Collect the logs needed for task 2.', 'Analyze them'],
+      'a task naming the next: the marker that starts a sentence splits')
+    t.strictSame(parseInstructions('Task 1: Build it Task 2: Ship it (see task 2)'), ['Build it', 'Ship it (see task 2)'])
   })
 })
 
@@ -148,6 +151,8 @@ t.test('parseInstructions: "first ... then ... finally" sequences', async (t) =>
     t.strictSame(parseInstructions('First of all, back up the database, then run the migration'), ['back up the database', 'run the migration'])
     t.strictSame(parseInstructions('First off, write code for login, then add tests'), ['write code for login', 'add tests'])
     t.strictSame(parseInstructions('First-time setup: install the dependencies, then run the tests'), ['First-time setup: install the dependencies, then run the tests'])
+    t.strictSame(parseInstructions('First\u2014read the docs, then write code'), ['read the docs', 'write code'], 'a dash after "First"')
+    t.strictSame(parseInstructions('First. Read the docs. Then write code.'), ['Read the docs', 'write code'])
   })
 })
 
@@ -179,10 +184,10 @@ t.test('parseInstructions: fallback, blank input, line endings', async (t) => {
 
 t.test('classifyTask', async (t) => {
   const families: Record<string, string[]> = {
-    Coding: ['Write binary search', 'Implement a linear search', 'Write code for a parser', 'Write some code', 'Implement a cache', 'implemented the API', 'Write a function to sort',
+    Coding: ['Write binary search', 'Write a linear search', 'Implement a linear search', 'Write code for a parser', 'Write some code', 'Implement a cache', 'implemented the API', 'Write a function to sort',
       'Create a class for users', 'Fix bug in login', 'Fix the bugs in login', 'debug the server', 'Refactor this module'],
-    Analysis: ['Analyze the logs', 'Analyse the data', 'Analysis of results', 'Explain recursion', 'What is a monad?', 'Describe the system'],
-    Research: ['Research quantum dots', 'Find the best library', 'Look up the docs', 'Search for papers'],
+    Analysis: ['Explain binary search', 'What is binary search?', 'Analyze the logs', 'Analyse the data', 'Analysis of results', 'Explain recursion', 'What is a monad?', 'Describe the system'],
+    Research: ['Research binary search variants', 'Research quantum dots', 'Find the best library', 'Look up the docs', 'Search for papers'],
     Reasoning: ['Think about it', 'Reason about this', 'Solve x^2 = 4', 'Plan the sprint', 'Planning poker'],
     General: ['Say hello', 'Write a poem', 'Summarize this article']
   }

@@ -9,9 +9,9 @@ const LIST_ITEM = /^[ \t\u00a0]*(?:\d{1,9}[.)](?!\d)[ \t\u00a0]*|[-*•][ \t\u00
 const LINE_END = /\r\n|[\n\r]/u
 const TASK_MARKER = /\btask\s+\d{1,9}\s*[:.)-]\s*/giu
 // "First of all" / "First off" are the marker whole; "First-time" or "First's" are words, not a marker.
-const STARTS_WITH_FIRST = /^\s*(?:first\s+of\s+all|first\s+off|first(?:ly)?)(?=[\s,:]|$)[,:]?\s*/iu
+const STARTS_WITH_FIRST = /^\s*(?:first\s+of\s+all|first\s+off|first(?:ly)?)(?![\p{L}\p{N}_'\u2019-])[,:;.\u2013\u2014]?\s*/iu
 // "next" only counts after punctuation, so "read the next chapter" stays whole.
-const SEQUENCE_MARKER = /(?:(?:^|[\s,;.])(?:and\s+)?(?:then|after\s+that|afterwards|finally|lastly)|(?:^|[,;.])\s*(?:and\s+)?next(?=[\s,:]|$))\b[,:]?\s*/iu
+const SEQUENCE_MARKER = /(?:(?:^|[\s,;.])(?:and\s+)?(?:then|after\s+that|afterwards|finally|lastly)|(?:^|[,;.])\s*(?:and\s+)?next(?![\p{L}\p{N}_'\u2019.-]))\b[,:]?\s*/iu
 
 /**
  * Splits free-text instructions into ordered task instructions.
@@ -62,25 +62,35 @@ function indentOf (line: string): number {
   return columns
 }
 
+/** A "Task N:" marker: where it starts and ends, its number, and whether it starts a line or sentence. */
+interface TaskMarker { start: number, end: number, number: number, leads: boolean }
+
 function taskMarkerItems (text: string): string[] | undefined {
-  // Only markers numbered in sequence split ("Task 2: fix what task 1. found" keeps its reference);
-  // the first one sets the start (lists may start at any number).
-  const parts: string[] = []
-  let last = 0
-  let expected: number | undefined
+  // Only markers numbered in sequence split, the first setting the start (lists may start at any
+  // number): a task naming an earlier one ("fix what task 1. found") keeps its words. One naming
+  // the next ("logs for task 2. Task 2: ...") gives way to the next marker of that number that
+  // starts a line or sentence, when it did not.
+  const markers: TaskMarker[] = []
   for (const match of text.matchAll(TASK_MARKER)) {
-    const number = Number(/\d+/u.exec(match[0])?.[0])
-    if (expected !== undefined && number !== expected) continue
-    parts.push(text.slice(last, match.index))
-    last = match.index + match[0].length
-    expected = number + 1
+    const marker = { start: match.index, end: match.index + match[0].length, number: Number(/\d+/u.exec(match[0])?.[0]), leads: startsSentence(text, match.index) }
+    const last = markers.at(-1)
+    if (last !== undefined && markers.length > 1 && marker.number === last.number && marker.leads && !last.leads) markers[markers.length - 1] = marker
+    else if (last === undefined || marker.number === last.number + 1) markers.push(marker)
   }
-  parts.push(text.slice(last))
   // One "task 3:" inside a sentence is prose, not a list; markers must also lead the text.
-  if (parts.length < 3) return undefined
-  const lead = parts.shift() ?? ''
+  const first = markers[0]
+  if (first === undefined || markers.length < 2) return undefined
+  const lead = text.slice(0, first.start)
   if (lead.trim() !== '' && !isHeading(lead)) return undefined
-  return parts
+  return markers.map((marker, i) => text.slice(marker.end, markers[i + 1]?.start ?? text.length))
+}
+
+/** Whether the text at `at` starts a line or sentence (blanks before it skipped back over). */
+function startsSentence (text: string, at: number): boolean {
+  let i = at
+  // Markers end with their blanks, so this walks back over the text since the last marker at most: linear in all.
+  while (i > 0 && /[ \t\u00a0]/u.test(text[i - 1] ?? '')) i--
+  return i === 0 || /[\n\r.!?;]/u.test(text[i - 1] ?? '')
 }
 
 /**
@@ -145,7 +155,7 @@ function stripTrailingJoiners (part: string): string {
 
 // Checked in this order; the first family with a match decides the type.
 const TYPE_KEYWORDS: ReadonlyArray<readonly [TaskType, RegExp]> = [
-  ['Coding', /\b(?:write\s+(?:some\s+|the\s+|a\s+)?code|code|coding|implement(?:s|ed|ing|ation)?|functions?|class(?:es)?|fix(?:es|ed|ing)?\s+(?:a\s+|the\s+)?bugs?|debug(?:s|ged|ging)?|refactor(?:s|ed|ing)?|(?:binary|linear)\s+search)\b/iu],
+  ['Coding', /\b(?:write\s+(?:some\s+|the\s+|a\s+)?code|code|coding|implement(?:s|ed|ing|ation)?|functions?|class(?:es)?|fix(?:es|ed|ing)?\s+(?:a\s+|the\s+)?bugs?|debug(?:s|ged|ging)?|refactor(?:s|ed|ing)?|write\s+(?:a\s+|an\s+|the\s+)?(?:binary|linear)\s+search)\b/iu],
   ['Analysis', /\b(?:analy[sz](?:e|es|ed|ing|is)|explain(?:s|ed|ing)?|explanation|what\s+is|describ(?:e|es|ed|ing)|description)\b/iu],
   ['Research', /\b(?:research(?:es|ed|ing)?|find(?:s|ing)?|look\s+up|search(?:es|ed|ing)?)\b/iu],
   ['Reasoning', /\b(?:think(?:s|ing)?|reason(?:s|ing)?|solv(?:e|es|ed|ing)|plan(?:s|ned|ning)?)\b/iu]
