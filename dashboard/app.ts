@@ -191,6 +191,8 @@ function onEvent (name: string, data: Record<string, unknown>): void {
     known.archived = true
     known.running = false
   }
+  // Archived (or gone) is newer than any progress event: the last one must not be drawn over it.
+  if (name === 'session.archived' && live?.sessionId === id) live = null
   renderSessions()
   scheduleStats()
   if (state.detail?.session_id === id) {
@@ -743,6 +745,8 @@ function route (moveFocus = false): void {
   const left = state.detail?.session_id
   // Whatever a load still in flight answers, it is for the page before this one.
   newestDrawn = loadsStarted
+  // The events seen on a page left are stale: this page's loads are not compared with them.
+  live = null
   $('overview').hidden = match !== null
   $('session').hidden = match === null
   if (match === null) {
