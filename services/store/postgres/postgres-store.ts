@@ -11,19 +11,20 @@ import { noop } from '../../noop.js'
 import { SETTING_DEFAULTS } from '../../../schemas/options.js'
 import { kidRecord, type Keyring } from '../keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../session-files.js'
-import { checkedKids, provenKeyChecks, wrongKeyError, type KidProof } from '../key-checks.js'
+import { wrongKeyError } from '../key-checks.js'
+import { KeyProofs } from './key-proofs.js'
 import {
   type ArchivableCursor, type ArchivedSession, type RetentionCursor, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
-import { archiveSession, isArchived, archivedUnderKid, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, rearchiveSession, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
+import { archiveSession, isArchived, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, rearchiveSession, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
 import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
 import { errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
 import { checkSchemaName, redactUrl } from './database-url.js'
 import { createPool, endConnection, openConnection, type PoolSettings } from './pool.js'
 import {
-  CONNECTION_SETTINGS, PING, ROW_TOTALS, activePage, addKeyChecks, columnsHold, correctColumns, deriveColumns, keyChecksOf, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
+  CONNECTION_SETTINGS, PING, ROW_TOTALS, activePage, columnsHold, correctColumns, deriveColumns, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
   updateSession, type ActiveRow, type DerivedColumns, type RowVersion
 } from './sessions-sql.js'
 import { SaveBatcher, type PendingSave } from './save-batcher.js'
@@ -190,11 +191,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   /** Until when (performance.now()) the restore's reads are tried again (see atBoot); 0: not at all. */
   private bootDeadline = 0
   private readonly archived: ArchivedRows
-  /** Kids under which the restore opened a row: an archived row under one that does not open is damaged, not the key wrong. */
-  private readonly provenKids = new Set<string>()
-  /** Key checks of configured kids the database has none for yet (written after the restore). */
-  private newKeyChecks: Record<string, string> = {}
-  private readonly keepChecks: boolean
+  /** Which kids are proven, and the key checks to keep (null without encryption). */
+  private readonly keys: KeyProofs | null
   private readonly batcher: SaveBatcher<RowVersion | null, QueuedSave>
   private readonly refresher: SaveBatcher<FreshRow | null, QueuedRefresh>
   readonly replicaId: string
@@ -238,9 +236,9 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     this.indent = options.indent ?? 2
     this.maxSessionBytes = options.maxSessionBytes ?? Number.POSITIVE_INFINITY
     this.keyring = options.keyring ?? null
-    this.keepChecks = options.keepKeyChecks ?? false
     this.pageRows = options.pageRows ?? DEFAULT_PAGE_ROWS
-    this.archived = new ArchivedRows({ run: this.run.bind(this), keyring: this.keyring, pageRows: this.pageRows, provenKids: this.provenKids })
+    this.keys = this.keyring === null ? null : new KeyProofs({ keyring: this.keyring, run: this.run.bind(this), pageRows: this.pageRows, keep: options.keepKeyChecks ?? false, location: this.location })
+    this.archived = new ArchivedRows({ run: this.run.bind(this), keyring: this.keyring, pageRows: this.pageRows, provenKids: this.keys?.proven ?? new Set() })
     this.replicaId = options.replicaId ?? ''
     this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS
     // A host's pool comes without settings of ours (or they are not its).
@@ -295,10 +293,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       result = await migrate(this.pool, { schema: this.schema, deadline: options.deadline, onLockWait: this.onMigrationLockWait })
       settings = (await pooledQuery<{ synchronous_commit: string, schema: string | null }>(this.pool, { text: CONNECTION_SETTINGS })).rows[0]
       // A key other than the one a kid was first given here stops the boot, sessions or not.
-      if (this.keyring !== null) {
-        this.newKeyChecks = this.keyring.verifyChecks(await this.keyChecks(this.keyring.kids), this.location)
-        for (const kid of checkedKids(this.keyring, this.newKeyChecks)) this.provenKids.add(kid)
-      }
+      await this.keys?.verify()
     } catch (err) {
       if (err instanceof TaskvaultError) throw err
       const raw = err instanceof QueryFailure ? err.cause : err
@@ -375,7 +370,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
           this.known(row.session_id, { row: row.row_id, version: row.version, kid: kid ?? '' })
           const columns = astrayColumns(file, kid ?? null, row)
           if (columns !== null) astray.push({ expected: { row: row.row_id, version: row.version }, columns })
-          if (kid !== null && kid !== undefined) this.provenKids.add(kid)
+          if (kid !== null && kid !== undefined) this.keys?.proven.add(kid)
         } catch (err) {
           if (err instanceof KeyUnavailableError) {
             missingKeys.set(err.kid, (missingKeys.get(err.kid) ?? 0) + 1)
@@ -394,11 +389,13 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     }
     for (const [kid, rows] of unopened) {
       // Booting on would seal new sessions under a wrong key, which the right one never opens.
-      if (!this.provenKids.has(kid) && await this.archivedProof(kid) !== 'opened') throw wrongKeyError(kid, rows.length, 'rows')
-      this.provenKids.add(kid)
+      // Only sealed rows fail to open, so the keys are there.
+      const keys = this.keys as KeyProofs
+      if (!keys.proven.has(kid) && await keys.archivedProof(kid) !== 'opened') throw wrongKeyError(kid, rows.length, 'rows')
+      keys.proven.add(kid)
       for (const { sessionId, failure } of rows) this.setUnreadable(sessionId, failure, failures)
     }
-    await this.settleKeyChecks()
+    await this.keys?.settle()
     // Lists, /stats, archiving and the sweep that resumes runs go by the columns: they are set
     // now rather than at the session's next save, which a finished session or a stuck run never makes.
     // Best effort, a page at a time: a row not corrected now is at its next save or the next restore.
@@ -408,30 +405,6 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     return { sessions, failures, removedTempFiles: 0 }
   }
 
-  private async keyChecks (kids: string[]): Promise<Record<string, string>> {
-    const { rows } = await this.run<{ kid: string, key_check: string }>('reading the encryption key checks', keyChecksOf(kids))
-    return kidRecord(rows.map((row) => [row.kid, row.key_check]))
-  }
-
-  /**
-   * The key checks the restore proved (provenKeyChecks) are added, with keepKeyChecks, and every
-   * configured kid compared again: a replica that added a check first, with another key, wins,
-   * and this one stops.
-   */
-  private async settleKeyChecks (): Promise<void> {
-    if (this.keyring === null) return
-    const keep = await provenKeyChecks({
-      keyring: this.keyring,
-      unkept: this.newKeyChecks,
-      proven: (kid) => this.provenKids.has(kid),
-      archivedProof: async (kid) => this.archivedProof(kid),
-      what: 'rows'
-    })
-    if (!this.keepChecks || Object.keys(keep).length === 0) return
-    await this.run('keeping the encryption key checks', addKeyChecks(keep))
-    this.newKeyChecks = this.keyring.verifyChecks(await this.keyChecks(this.keyring.kids), this.location)
-  }
-
   /**
    * A row left where it is: a row is never deleted because this version cannot read it. Its id
    * stays taken, so nothing overwrites it unseen; an operator fixes or deletes it.
@@ -439,26 +412,6 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   private setUnreadable (sessionId: string, failure: LoadFailure, failures: LoadFailure[]): void {
     this.unreadable.add(sessionId)
     failures.push(failure)
-  }
-
-  /** What the archived rows say of the key under `kid` (KidProof), read a page at a time until one under it opens. */
-  private async archivedProof (kid: string): Promise<KidProof> {
-    let before: string | null = null
-    let unopened = false
-    for (;;) {
-      const page: pg.QueryResult<StoredRow> = await this.run<StoredRow>('restoring sessions', archivedUnderKid(kid, before, this.pageRows))
-      const rows = page.rows
-      for (const row of rows) {
-        try {
-          if (readSessionDocument(archivedLikeName(row.session_id, row.row_id), row.document, row.session_id, this.keyring).kid === kid) return 'opened'
-        } catch (err) {
-          // Damaged, or not what it says: the next one may prove the key.
-          unopened ||= err instanceof SealNotOpenedError
-        }
-      }
-      if (rows.length < this.pageRows) return unopened ? 'unopened' : 'none'
-      before = rows[rows.length - 1]?.row_id ?? null
-    }
   }
 
   private async page (after: string): Promise<ActiveRow[]> {
@@ -884,7 +837,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       return readSessionDocument(name, document, sessionId, this.keyring)
     } catch (err) {
       if (!(err instanceof CorruptSessionFileError)) throw err
-      if (err instanceof SealNotOpenedError && !this.provenKids.has(err.kid)) throw err.keySuspected(name)
+      if (err instanceof SealNotOpenedError && this.keys?.proven.has(err.kid) !== true) throw err.keySuspected(name)
       this.unreadable.add(sessionId)
       throw new UnreadableRowError(sessionId, err)
     }
@@ -1166,13 +1119,6 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     this.rows.delete(sessionId)
     this.kidCounts.set(before.kid, (this.kidCounts.get(before.kid) ?? 1) - 1)
   }
-}
-
-/** A stored copy as a page of archived rows gives it. */
-interface StoredRow {
-  row_id: string
-  session_id: string
-  document: string
 }
 
 /** A restored row's columns from its document when they differ from the row's (see correctColumns), else null. */
