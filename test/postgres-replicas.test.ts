@@ -115,6 +115,68 @@ t.test('events that waited while a buffer\'s worth of other events were logged (
   t.equal(await gaps(), 1, 'past the buffer: a gap follows, so every stream resets')
 })
 
+t.test('an own batch read back before its reply came (a slow answer) is not taken for events logged after: another replica\'s newer change in between still makes a gap', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url, SCHEMA)
+  const log = { info: () => {}, warn: () => {}, error: () => {} }
+  const open = async (replicaId: string, flushMs: number): Promise<{ store: Awaited<ReturnType<typeof openTestStore>>, buffer: TaskEventBuffer, relay: EventRelay }> => {
+    const store = await openTestStore(t, url, SCHEMA, { replicaId, leaseMs: 60_000 })
+    const buffer = new TaskEventBuffer(20)
+    const relay = new EventRelay({ shared: store, notices: store.events, buffer, flushMs, pollMs: 60_000, log })
+    await relay.start()
+    t.teardown(() => relay.close())
+    return { store, buffer, relay }
+  }
+  const p = await open('pod-p', 60_000)
+  const q = await open('pod-q', 1)
+  const newestId = async (): Promise<number> => Number((await db.query('SELECT max(id) AS id FROM events')).rows[0]?.id ?? 0)
+
+  // P's statement commits, and its answer is held until released (a slow network).
+  const publish = p.store.publishEvents.bind(p.store)
+  let hold = false
+  let committed!: () => void
+  let release!: () => void
+  const landed = new Promise<void>((resolve) => { committed = resolve })
+  const released = new Promise<void>((resolve) => { release = resolve })
+  p.store.publishEvents = async (events, keep) => {
+    const newest = await publish(events, keep)
+    if (hold) {
+      hold = false
+      committed()
+      await released
+    }
+    return newest
+  }
+  await p.store.save(contractSession('s', ['Pending', 'Pending']))
+  await q.store.refresh('s')
+
+  // P's own batch lands, and P reads it back (NOTIFY) while the answer is still on its way.
+  hold = true
+  for (let i = 0; i < 30; i++) p.relay.publish('session.created', { session_id: `own${i}` })
+  const flushing = p.relay.settled()
+  await landed
+  const own = await newestId()
+  await waitFor('P read its own batch back', () => p.buffer.latest >= own)
+  // P changes s and its event waits behind the answer; Q changes s after it, then 24 other sessions.
+  await p.store.save(contractSession('s', ['Completed', 'Pending'], '2024-06-01T00:00:01.000Z'))
+  p.relay.publish('task.completed', { session_id: 's', task_id: 'older' })
+  await q.store.refresh('s')
+  await q.store.save(contractSession('s', ['Completed', 'Completed'], '2024-06-01T00:00:02.000Z'))
+  q.relay.publish('task.completed', { session_id: 's', task_id: 'newer' })
+  for (let i = 0; i < 24; i++) {
+    await q.store.save(contractSession(`other${i}`))
+    q.relay.publish('session.created', { session_id: `other${i}` })
+    if (i % 5 === 4) await q.relay.settled()
+  }
+  await q.relay.settled()
+  release()
+  await flushing
+  await p.relay.settled()
+  const rows = (await db.query("SELECT id, name, data->>'task_id' AS task FROM events WHERE data->>'session_id' = 's' OR name = $1 ORDER BY id", [LOG_GAP])).rows
+  t.same(rows.map((row) => row.task ?? row.name), ['newer', 'older', LOG_GAP], 's\'s older change is logged after its newer one, and a gap follows it, so every stream resets')
+})
+
 t.test('a store without a replica id (the command-line tool) writes no heartbeat', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -40,13 +40,10 @@ interface SessionOrder {
  */
 export class EventRelay {
   private readonly options: EventRelayOptions
-  /**
-   * Events to publish, each with the newest id of the log known here when it came (`seen`: read,
-   * or its own last batch's) and how many events this replica had logged by then (`own`).
-   */
-  private queue: Array<{ name: TaskEventName, data: TaskEventData, seen: number, own: number }> = []
-  /** Events this replica has logged, gaps included. */
-  private logged = 0
+  /** Events to publish, each with the newest id of the log known here when it came (`seen`: read, or its own last batch's). */
+  private queue: Array<{ name: TaskEventName, data: TaskEventData, seen: number }> = []
+  /** The ids of this replica's own batches (gaps included) that may lie after a queued event's `seen`: first and last. */
+  private ownBatches: Array<{ from: number, to: number }> = []
   private publishing: NodeJS.Timeout | null = null
   private flushed: Promise<void> = Promise.resolve()
   private reading: Promise<void> | null = null
@@ -109,7 +106,7 @@ export class EventRelay {
       return
     }
     const order = this.options.shared.orderOf(data.session_id)
-    this.queue.push({ name, data: order === null ? data : { ...data, [ORDER_FIELD]: order }, seen: Math.max(this.options.buffer.latest, this.newest), own: this.logged })
+    this.queue.push({ name, data: order === null ? data : { ...data, [ORDER_FIELD]: order }, seen: Math.max(this.options.buffer.latest, this.newest) })
     if (!this.retrying) this.schedule(this.options.flushMs)
   }
 
@@ -194,8 +191,10 @@ export class EventRelay {
       const batch: Array<{ name: string, data: unknown }> = this.queue.slice(0, READ_BATCH)
       const events = batch.length
       const seen = this.queue[0]?.seen ?? this.newest
-      // This replica's own events logged since the first of the batch came (the batches before it).
-      const ownSince = this.logged - (this.queue[0]?.own ?? this.logged)
+      // This replica's own events logged after `seen`, by id: a batch in flight when the first
+      // of this one came may have been read (seen) already, or not.
+      this.ownBatches = this.ownBatches.filter((own) => own.to > seen)
+      const ownSince = this.ownBatches.reduce((sum, own) => sum + own.to - Math.max(own.from - 1, seen), 0)
       // The gap goes after the last of the queue, in the same statement.
       const gap = this.owesGap && events === this.queue.length
       if (gap) batch.push({ name: LOG_GAP, data: { reason: 'late' } })
@@ -217,7 +216,7 @@ export class EventRelay {
       }
       // Only publish() changes the queue meanwhile, and only at its end.
       this.queue.splice(0, events)
-      this.logged += batch.length
+      this.ownBatches.push({ from: newest - batch.length + 1, to: newest })
       this.retrying = false
       if (gap) this.owesGap = false
       // Late, with other events logged since this replica's last batch (ids it did not take):
