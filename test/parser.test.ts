@@ -105,6 +105,8 @@ t.test('parseInstructions: "Task N:" markers', async (t) => {
     t.strictSame(parseInstructions('Task 1: Collect the logs needed for task 2. Task 2: Analyze them'), ['Collect the logs needed for task 2.', 'Analyze them'],
       'a task naming the next: the marker that starts a sentence splits')
     t.strictSame(parseInstructions('Task 1: Build it Task 2: Ship it (see task 2)'), ['Build it', 'Ship it (see task 2)'])
+    t.strictSame(parseInstructions('Task 1: plan\nTask 2: design the schema\nTask 2: implement it\nTask 4: test it'), ['plan', 'design the schema', 'implement it', 'test it'],
+      'a marker starting a line splits whatever its number, as a list item does')
   })
 })
 
@@ -153,6 +155,7 @@ t.test('parseInstructions: "first ... then ... finally" sequences', async (t) =>
     t.strictSame(parseInstructions('First-time setup: install the dependencies, then run the tests'), ['First-time setup: install the dependencies, then run the tests'])
     t.strictSame(parseInstructions('First\u2014read the docs, then write code'), ['read the docs', 'write code'], 'a dash after "First"')
     t.strictSame(parseInstructions('First. Read the docs. Then write code.'), ['Read the docs', 'write code'])
+    t.strictSame(parseInstructions('First install node, next... configure eslint, finally run the tests'), ['install node', '... configure eslint', 'run the tests'])
   })
 })
 
@@ -186,7 +189,7 @@ t.test('classifyTask', async (t) => {
   const families: Record<string, string[]> = {
     Coding: ['Write binary search', 'Write a linear search', 'Implement a linear search', 'Write code for a parser', 'Write some code', 'Implement a cache', 'implemented the API', 'Write a function to sort',
       'Create a class for users', 'Fix bug in login', 'Fix the bugs in login', 'debug the server', 'Refactor this module'],
-    Analysis: ['Explain binary search', 'What is binary search?', 'Analyze the logs', 'Analyse the data', 'Analysis of results', 'Explain recursion', 'What is a monad?', 'Describe the system'],
+    Analysis: ['Explain binary search', 'What is binary search?', 'Write a binary search explanation for the blog', 'Analyze the logs', 'Analyse the data', 'Analysis of results', 'Explain recursion', 'What is a monad?', 'Describe the system'],
     Research: ['Research binary search variants', 'Research quantum dots', 'Find the best library', 'Look up the docs', 'Search for papers'],
     Reasoning: ['Think about it', 'Reason about this', 'Solve x^2 = 4', 'Plan the sprint', 'Planning poker'],
     General: ['Say hello', 'Write a poem', 'Summarize this article']

@@ -11,7 +11,7 @@ const TASK_MARKER = /\btask\s+\d{1,9}\s*[:.)-]\s*/giu
 // "First of all" / "First off" are the marker whole; "First-time" or "First's" are words, not a marker.
 const STARTS_WITH_FIRST = /^\s*(?:first\s+of\s+all|first\s+off|first(?:ly)?)(?![\p{L}\p{N}_'\u2019-])[,:;.\u2013\u2014]?\s*/iu
 // "next" only counts after punctuation, so "read the next chapter" stays whole.
-const SEQUENCE_MARKER = /(?:(?:^|[\s,;.])(?:and\s+)?(?:then|after\s+that|afterwards|finally|lastly)|(?:^|[,;.])\s*(?:and\s+)?next(?![\p{L}\p{N}_'\u2019.-]))\b[,:]?\s*/iu
+const SEQUENCE_MARKER = /(?:(?:^|[\s,;.])(?:and\s+)?(?:then|after\s+that|afterwards|finally|lastly)|(?:^|[,;.])\s*(?:and\s+)?next(?![\p{L}\p{N}_'\u2019-])(?!\.\p{L}))\b[,:]?\s*/iu
 
 /**
  * Splits free-text instructions into ordered task instructions.
@@ -62,20 +62,20 @@ function indentOf (line: string): number {
   return columns
 }
 
-/** A "Task N:" marker: where it starts and ends, its number, and whether it starts a line or sentence. */
-interface TaskMarker { start: number, end: number, number: number, leads: boolean }
+/** A "Task N:" marker: where it starts and ends, its number, and what it starts. */
+interface TaskMarker { start: number, end: number, number: number, opens: Opening }
 
 function taskMarkerItems (text: string): string[] | undefined {
-  // Only markers numbered in sequence split, the first setting the start (lists may start at any
-  // number): a task naming an earlier one ("fix what task 1. found") keeps its words. One naming
-  // the next ("logs for task 2. Task 2: ...") gives way to the next marker of that number that
-  // starts a line or sentence, when it did not.
+  // Markers split where numbered in sequence, the first setting the start (lists may start at
+  // any number), or where they start a line, as list items do: a task naming an earlier one
+  // ("fix what task 1. found") keeps its words. One naming the next ("logs for task 2. Task 2:
+  // ...") gives way to the next marker of that number that starts a line or sentence, when it did not.
   const markers: TaskMarker[] = []
   for (const match of text.matchAll(TASK_MARKER)) {
-    const marker = { start: match.index, end: match.index + match[0].length, number: Number(/\d+/u.exec(match[0])?.[0]), leads: startsSentence(text, match.index) }
+    const marker = { start: match.index, end: match.index + match[0].length, number: Number(/\d+/u.exec(match[0])?.[0]), opens: openingAt(text, match.index) }
     const last = markers.at(-1)
-    if (last !== undefined && markers.length > 1 && marker.number === last.number && marker.leads && !last.leads) markers[markers.length - 1] = marker
-    else if (last === undefined || marker.number === last.number + 1) markers.push(marker)
+    if (last !== undefined && markers.length > 1 && marker.number === last.number && marker.opens !== 'none' && last.opens === 'none') markers[markers.length - 1] = marker
+    else if (last === undefined || marker.number === last.number + 1 || marker.opens === 'line') markers.push(marker)
   }
   // One "task 3:" inside a sentence is prose, not a list; markers must also lead the text.
   const first = markers[0]
@@ -85,12 +85,15 @@ function taskMarkerItems (text: string): string[] | undefined {
   return markers.map((marker, i) => text.slice(marker.end, markers[i + 1]?.start ?? text.length))
 }
 
-/** Whether the text at `at` starts a line or sentence (blanks before it skipped back over). */
-function startsSentence (text: string, at: number): boolean {
+type Opening = 'line' | 'sentence' | 'none'
+
+/** What the text at `at` starts: a line, a sentence, or neither (blanks before it skipped back over). */
+function openingAt (text: string, at: number): Opening {
   let i = at
   // Markers end with their blanks, so this walks back over the text since the last marker at most: linear in all.
   while (i > 0 && /[ \t\u00a0]/u.test(text[i - 1] ?? '')) i--
-  return i === 0 || /[\n\r.!?;]/u.test(text[i - 1] ?? '')
+  if (i === 0 || /[\n\r]/u.test(text[i - 1] ?? '')) return 'line'
+  return /[.!?;]/u.test(text[i - 1] ?? '') ? 'sentence' : 'none'
 }
 
 /**
@@ -155,8 +158,10 @@ function stripTrailingJoiners (part: string): string {
 
 // Checked in this order; the first family with a match decides the type.
 const TYPE_KEYWORDS: ReadonlyArray<readonly [TaskType, RegExp]> = [
-  ['Coding', /\b(?:write\s+(?:some\s+|the\s+|a\s+)?code|code|coding|implement(?:s|ed|ing|ation)?|functions?|class(?:es)?|fix(?:es|ed|ing)?\s+(?:a\s+|the\s+)?bugs?|debug(?:s|ged|ging)?|refactor(?:s|ed|ing)?|write\s+(?:a\s+|an\s+|the\s+)?(?:binary|linear)\s+search)\b/iu],
+  ['Coding', /\b(?:write\s+(?:some\s+|the\s+|a\s+)?code|code|coding|implement(?:s|ed|ing|ation)?|functions?|class(?:es)?|fix(?:es|ed|ing)?\s+(?:a\s+|the\s+)?bugs?|debug(?:s|ged|ging)?|refactor(?:s|ed|ing)?)\b/iu],
   ['Analysis', /\b(?:analy[sz](?:e|es|ed|ing|is)|explain(?:s|ed|ing)?|explanation|what\s+is|describ(?:e|es|ed|ing)|description)\b/iu],
+  // Before Research's "search": writing one is code (the design document's example), explaining one is not.
+  ['Coding', /\bwrite\s+(?:a\s+|an\s+|the\s+)?(?:binary|linear)\s+search\b/iu],
   ['Research', /\b(?:research(?:es|ed|ing)?|find(?:s|ing)?|look\s+up|search(?:es|ed|ing)?)\b/iu],
   ['Reasoning', /\b(?:think(?:s|ing)?|reason(?:s|ing)?|solv(?:e|es|ed|ing)|plan(?:s|ned|ning)?)\b/iu]
 ]
