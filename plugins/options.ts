@@ -97,6 +97,9 @@ function valueProblem (schema: TSchema, value: unknown, path: string): string | 
   if (branches !== undefined) {
     const problems = branches.map((branch) => valueProblem(branch, value, path))
     if (problems.includes(null)) return null
+    // A choice list (store, logLevel, commandCgroup): every choice, not the first one alone.
+    const choices = branches.map((branch) => (branch as { const?: unknown }).const)
+    if (choices.every((choice) => typeof choice === 'string')) return `option '${path}' must be one of ${choices.map((choice) => `'${String(choice)}'`).join(', ')} (got ${describe(value)})`
     // The problem of the branch of the value's kind (an object's misspelt field, not "must be a function").
     const kind = branches.findIndex((branch) => (branch as { typeof?: string }).typeof === 'function' ? typeof value === 'function' : branch.type === 'object' && typeof value === 'object' && value !== null)
     return problems[kind] ?? problems[0] ?? null

@@ -5,7 +5,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type pg from 'pg'
 import { STORE_SETTINGS, resolveSettings, settingOptions, type StoreSettings } from '../schemas/options.js'
-import { DatabaseUnavailableError, InvalidDatabaseSettingError, StorageError } from '../services/errors.js'
+import { DatabaseUnavailableError, InvalidDatabaseSettingError, InvalidOptionsError, StorageError } from '../services/errors.js'
 import { FileSessionStore } from '../services/store/file-store.js'
 import type { FsSeam } from '../services/store/fs-seam.js'
 import { Keyring } from '../services/store/keyring.js'
@@ -38,10 +38,17 @@ const CONNECT_RETRY_MAX_MS = 5000
 export default fp<PersistencePluginOptions>(async function persistencePlugin (app, options) {
   checkOptions('taskvault-persistence', PersistenceOptionsSchema, options)
   const settings = resolveSettings(STORE_SETTINGS, options, appSettings(app))
+  // Options that name one store while another is chosen are a mistake, not a preference.
+  if (options.pool !== undefined && options.store === 'file') throw new InvalidOptionsError('taskvault-persistence', "option 'pool' is given with store: 'file'; a pool is for store: 'postgres'")
+  if (options.databaseUrl !== undefined && options.pool === undefined && settings.store !== 'postgres') throw new InvalidOptionsError('taskvault-persistence', "option 'databaseUrl' is given but store is 'file': add store: 'postgres' (or drop databaseUrl)")
+  // A host that gives up on the boot (its pluginTimeout) and closes stops the wait for the database:
+  // a store opened after that would hold connections and the replica id with nobody to close it.
+  const abandoned = new AbortController()
+  app.addHook('onClose', async () => { abandoned.abort() })
   const store = await withOptionErrors(app, 'taskvault-persistence', STORE_SETTINGS, async () => {
     const keyring = Keyring.parse(settings.encryptionKeys)
     return settings.store === 'postgres' || options.pool !== undefined
-      ? await openPostgresStore(app, settings, keyring, options.pool)
+      ? await openPostgresStore(app, settings, keyring, options.pool, abandoned.signal)
       : await openFileStore(app, settings, keyring, options.fs, app.hasPlugin('taskvault-config') ? 'TASK_STORAGE_DIR' : 'the storageDir option')
   })
   app.decorate('persistence', store)
@@ -95,7 +102,7 @@ async function openFileStore (app: FastifyInstance, settings: StoreSettings, key
  * The PostgreSQL store. A database that is down at boot is waited for, with backoff, for
  * TASK_DB_CONNECT_TIMEOUT_MS; then the boot fails with one line naming where it tried.
  */
-async function openPostgresStore (app: FastifyInstance, settings: StoreSettings, keyring: Keyring | null, pool: pg.Pool | undefined): Promise<SessionStore> {
+async function openPostgresStore (app: FastifyInstance, settings: StoreSettings, keyring: Keyring | null, pool: pg.Pool | undefined, abandoned: AbortSignal): Promise<SessionStore> {
   if (pool === undefined && settings.databaseUrl.trim() === '') {
     throw new InvalidDatabaseSettingError('DATABASE_URL', 'is required with TASK_STORE=postgres (postgres://user:password@host:5432/database)')
   }
@@ -143,24 +150,32 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
   store.events.on('restore-retry', ({ reason, waitMs }) => {
     app.log.warn({ database: store.location, retry_in_ms: waitMs, reason }, 'The database went away during the restore; trying again')
   })
-  const deadline = performance.now() + settings.dbConnectTimeoutMs
+  // Within the host's own pluginTimeout (Fastify's default is 10 s; the standalone server has none),
+  // so the host hears why (DATABASE_UNAVAILABLE) rather than that a plugin did not start in time.
+  const hostTimeout = Number(app.initialConfig.pluginTimeout ?? 0)
+  const waitMs = hostTimeout > 0 ? Math.min(settings.dbConnectTimeoutMs, Math.max(0, hostTimeout - 1000)) : settings.dbConnectTimeoutMs
+  const deadline = performance.now() + waitMs
   for (let wait = CONNECT_RETRY_MS; ; wait = Math.min(wait * 2, CONNECT_RETRY_MAX_MS)) {
     try {
       const { applied, version } = await store.init({ deadline })
+      if (abandoned.aborted) {
+        await store.close().catch(() => {})
+        throw new DatabaseUnavailableError('the host closed before the database could be reached')
+      }
       app.log.info({ database: store.location, migration: version, applied }, applied.length > 0 ? `Migrated the database to ${version}` : 'Database schema is current')
       return store
     } catch (err) {
       const left = deadline - performance.now()
-      if (!(err instanceof DatabaseUnavailableError) || left <= 0) {
+      if (!(err instanceof DatabaseUnavailableError) || left <= 0 || abandoned.aborted) {
         await store.close().catch(() => {})
         if (err instanceof DatabaseUnavailableError) {
           const bound = inTermsOf(app, STORE_SETTINGS, 'TASK_DB_CONNECT_TIMEOUT_MS')
-          throw new DatabaseUnavailableError(`could not reach the database ${pool === undefined ? redactUrl(settings.databaseUrl) : store.location} within ${bound} (${settings.dbConnectTimeoutMs} ms): ${err.message}`, { cause: err })
+          throw new DatabaseUnavailableError(`could not reach the database ${pool === undefined ? redactUrl(settings.databaseUrl) : store.location} within ${waitMs < settings.dbConnectTimeoutMs ? `the host's pluginTimeout (${waitMs} ms of ${bound})` : `${bound} (${settings.dbConnectTimeoutMs} ms)`}: ${err.message}`, { cause: err })
         }
         throw err
       }
       app.log.warn({ database: store.location, retry_in_ms: Math.round(Math.min(wait, left)), reason: err.message }, 'The database cannot be reached yet; trying again')
-      await sleep(Math.min(wait, left))
+      await sleep(Math.min(wait, left), undefined, { signal: abandoned }).catch(() => {})
     }
   }
 }

@@ -2,7 +2,8 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { CreateBody, CreateHeaders, ExecuteAllBody, LIST_DEFAULTS, ListQuery, NoQuery, RetryBody, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
 import { SETTING_DEFAULTS } from '../schemas/options.js'
 import { acceptJsonOnly } from '../http/json-body.js'
-import { InvalidInstructionsError } from '../services/errors.js'
+import { InvalidInstructionsError, InvalidOptionsError } from '../services/errors.js'
+import { createValidatorCompiler } from '../http/validation.js'
 import { classifyTask, parseInstructions } from '../services/session/parser.js'
 import type { Progress, TaskSpec } from '../services/session/session.js'
 import { ALL_SESSIONS } from '../services/task-manager.js'
@@ -14,6 +15,11 @@ export interface TaskRoutesOptions {
 
 /** The seed's task API, mounted under /api/v1/tasks. Handlers stay thin: the manager does the work. */
 const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, options) => {
+  // Registered alone (a building block), it needs its services first and keeps its own validation (unknown fields are a 400).
+  for (const [decorator, plugin] of [['taskManager', 'taskvault/task-manager'], ['verifyApiKey', 'taskvault/auth']] as const) {
+    if (!app.hasDecorator(decorator)) throw new InvalidOptionsError('taskvault-routes', `register ${plugin} before taskvault/routes (no '${decorator}' decorator)`)
+  }
+  app.setValidatorCompiler(createValidatorCompiler())
   const manager = app.taskManager
   const bodyLimit = options.bodyLimit ?? SETTING_DEFAULTS.BODY_LIMIT
   app.addHook('onRequest', app.verifyApiKey)

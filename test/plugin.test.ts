@@ -9,15 +9,19 @@ import net, { type AddressInfo } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createGunzip, gzipSync } from 'node:zlib'
 import Fastify, { type FastifyInstance } from 'fastify'
+import pg from 'pg'
 import { Registry } from 'prom-client'
 import t from 'tap'
 import taskvault, { AgentError, InvalidOptionsError, type Executor, type TaskvaultOptions } from '../index.js'
+import { DatabaseUnavailableError } from '../services/errors.js'
 import { TaskvaultOptionsSchema } from '../plugins/taskvault.js'
 import authPlugin from '../plugins/auth.js'
 import persistencePlugin from '../plugins/persistence.js'
 import taskManagerPlugin from '../plugins/task-manager.js'
 import taskRoutes from '../routes/tasks.js'
 import { tempDir, type TestContext } from './helper.js'
+import { inspector, testDatabase } from './postgres.js'
+import { startProxy } from './tcp-proxy.js'
 
 /** A host service, closed at teardown. */
 function host (t: TestContext): FastifyInstance {
@@ -280,6 +284,7 @@ t.test('options are checked at register time, naming the bad one', async (t) => 
     ['another inherited name', { storageDir: dir, constructor: 1 }, /^taskvault: unknown option 'constructor' \(known: /],
     ['an inherited name as task type', { storageDir: dir, executors: { toString: async () => ({ result: '' }) } }, /^taskvault: unknown key 'toString' in option 'executors'/],
     ['a misspelt executor policy field', { storageDir: dir, executors: { default: { run: async () => ({ result: '' }), max_attempt: 3 } } }, /^taskvault: unknown key 'max_attempt' in option 'executors\.default' \(known: run, timeout_ms, max_attempts/],
+    ['a choice', { storageDir: dir, store: 'mysql' }, /^taskvault: option 'store' must be one of 'file', 'postgres' \(got "mysql"\)/],
     ['an executor policy out of range', { storageDir: dir, executors: { default: { run: async () => ({ result: '' }), max_attempts: 0 } } }, /^taskvault: option 'executors\.default\.max_attempts': expected integer to be greater or equal to 1/]
   ]
   for (const [name, options, message] of cases) {
@@ -294,10 +299,15 @@ t.test('options are checked at register time, naming the bad one', async (t) => 
 
 t.test('settings that do not fit together, found while registering, are named as options, not environment variables', async (t) => {
   const dir = await tempDir(t)
+  // Never connects: a pool opens connections only when asked for one.
+  const pool = new pg.Pool({ connectionString: 'postgres://127.0.0.1:1/none' })
+  t.teardown(() => pool.end())
   const cases: Array<[string, object, RegExp]> = [
     ['lock timings', { storageDir: dir, lockRefreshMs: 1000, lockStaleMs: 1500 }, /^taskvault-persistence: option 'lockStaleMs' \(1500\) must be at least twice option 'lockRefreshMs' \(1000\)$/],
     ['encryption keys', { storageDir: dir, encryptionKeys: 'not-a-key' }, /^taskvault-persistence: option 'encryptionKeys': /],
     ['postgres without a URL', { store: 'postgres' }, /^taskvault-persistence: option 'databaseUrl': is required with store: 'postgres'/],
+    ['a database URL without the postgres store', { storageDir: dir, databaseUrl: 'postgres://127.0.0.1:1/none' }, /^taskvault-persistence: option 'databaseUrl' is given but store is 'file'/],
+    ['a pool with the file store', { storageDir: dir, store: 'file', pool }, /^taskvault-persistence: option 'pool' is given with store: 'file'/],
     ['agent specs', { storageDir: dir, agents: { default: { kind: 'magic' } } }, /^taskvault-task-manager: option 'agents\.default\.kind': must be one of/]
   ]
   for (const [name, options, message] of cases) {
@@ -443,6 +453,22 @@ t.test('the building blocks alone: auth, persistence, task manager and routes re
   t.equal((await call(app, 'POST', '/jobs/execute', { session_id: 'b' })).body.status, 'Completed')
   t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), ['b.json'])
   t.equal(app.taskManager.get('b').session.tasks[0]?.status, 'Completed', 'the decorators are the host\'s own')
+  const unknown = await call(app, 'POST', '/jobs/create', { session_id: 'c', instructions: 'go', extra: 1 })
+  t.equal(unknown.status, 400, 'an unknown field is refused, whatever the host\'s own validator does with it')
+  t.match(unknown.body.message, /must NOT have additional properties/)
+})
+
+t.test('the task routes registered without the task manager (or auth) before them: a clear error at registration', async (t) => {
+  const app = Fastify({ logger: false })
+  t.teardown(() => app.close())
+  const dir = await tempDir(t)
+  const err = await (async () => {
+    await app.register(authPlugin, { apiKeys: [] })
+    await app.register(persistencePlugin, { storageDir: dir })
+    await app.register(taskRoutes)
+  })().then(() => null, (e: Error) => e)
+  t.type(err, InvalidOptionsError)
+  t.match(err?.message, /^taskvault-routes: register taskvault\/task-manager before taskvault\/routes/)
 })
 
 t.test('the building blocks under the host\'s own routes: domain errors keep their status through Fastify\'s error handler', async (t) => {
@@ -478,4 +504,29 @@ t.test('embedded, a backup download nobody reads is cut once closing has waited 
   const closed = await Promise.race([app.close().then(() => true), sleep(15_000, false)])
   t.ok(closed, `close() ended (${Date.now() - started} ms)`)
   t.ok(Date.now() - started >= 450, 'after the wait, not at once')
+})
+
+t.test('a database down at boot, in a host with Fastify\'s pluginTimeout: the host hears DATABASE_UNAVAILABLE within it, and once it closed nothing connects later', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const target = new URL(url)
+  const proxy = await startProxy(Number(target.port || 5432), target.hostname)
+  t.teardown(() => proxy.close())
+  proxy.drop()
+  const through = new URL(url)
+  through.port = String(proxy.port)
+  const app = Fastify({ logger: false, pluginTimeout: 2000 })
+  const started = performance.now()
+  const err = await app.register(persistencePlugin, { store: 'postgres', databaseUrl: through.toString(), dbSchema: 'tv_embedded_down', replicaId: 'embedded-gone' }).then(() => null, (e: Error) => e)
+  t.type(err, DatabaseUnavailableError, String(err))
+  t.match(err?.message, /within the host's pluginTimeout/)
+  t.ok(performance.now() - started < 2000, 'before Fastify gave up on the plugin')
+  await app.close()
+  // The database is back: a boot given up on must not open its store behind the host's back.
+  proxy.pass()
+  await sleep(1500)
+  t.equal(proxy.connections(), 0, 'no connection to the database')
+  const db = inspector(t, url, 'tv_embedded_down')
+  const replicas = await db.query("SELECT to_regclass('tv_embedded_down.replicas') AS table").then(async ({ rows }) => rows[0]?.table === null ? 0 : (await db.query('SELECT 1 FROM replicas')).rowCount)
+  t.equal(replicas, 0, 'no replica row claimed')
 })
