@@ -218,6 +218,34 @@ t.test('a connection lost while migrate waits for another server\'s lock fails t
   t.same((await migrate(db, { schema: SCHEMA })).applied, ALL, 'a later migrate on the same pool applies everything')
 })
 
+t.test('a server gone silent holding the migration lock (a network black hole, then killed) hangs neither its own boot past the deadline nor every later boot', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const direct = pool(t, url)
+  await migrate(direct, { schema: SCHEMA })
+  // Another session locks the migrations table, so the migrate through the proxy is caught holding the advisory lock.
+  const locker = await direct.connect()
+  t.teardown(() => { locker.release(true) })
+  await locker.query(`BEGIN; LOCK TABLE ${SCHEMA}.migrations IN ACCESS EXCLUSIVE MODE`)
+  const { proxy, url: proxied } = await throughProxy(t, url)
+  const silent = pool(t, proxied)
+  silent.on('error', noop)
+  const started = performance.now()
+  const migrating = migrate(silent, { schema: SCHEMA, deadline: started + 3_000 }).then(() => null, (err: Error) => err)
+  await waitFor('migrate to wait on the table', async () => (await direct.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%FROM%migrations%' AND pid <> pg_backend_pid()")).rowCount === 1, 10_000)
+  // Its answer is lost in the black hole: the statement ends, the session holds the lock, idle.
+  proxy.stall()
+  await locker.query('COMMIT')
+  const outcome = await Promise.race([migrating, sleep(10_000, 'still waiting')])
+  t.type(outcome, Error, 'the silent server\'s migrate fails')
+  t.ok(performance.now() - started < 8_000, 'soon after its deadline')
+  // The next server (direct, with no proxy) gets the lock once the silent one's session has ended itself.
+  const next = performance.now()
+  const later = await Promise.race([migrate(pool(t, url), { schema: SCHEMA }).then(() => 'migrated', (err: Error) => err), sleep(15_000, 'still waiting')])
+  t.equal(later, 'migrated', 'a later boot migrates')
+  t.ok(performance.now() - next < 10_000, 'within the dead session\'s idle bound, not TCP keepalive\'s hours')
+})
+
 /** A session that read `sessions` in a REPEATABLE READ transaction and keeps it open (what pg_dump does for a whole dump): it holds a read lock on the table. */
 async function reader (t: Test, url: string): Promise<pg.PoolClient> {
   const client = await pool(t, url).connect()

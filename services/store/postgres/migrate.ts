@@ -121,15 +121,16 @@ export async function migrate (db: pg.Pool | pg.ClientBase, options: MigrateOpti
   try {
     // A migration may take long (an index on many rows), and waiting for another server's
     // turn is not a fault: neither is bound by the pool's statement timeouts.
-    await run(client, 'SET statement_timeout = 0')
+    await run(client, 'SET statement_timeout = 0', [], deadline)
+    await releaseIfGone(client, deadline)
     await run(client, 'SELECT pg_advisory_lock($1::bigint)', [key])
     let result: MigrateResult
     try {
       result = await migrateLocked(client, schema, files, deadline, options.onLockWait)
     } finally {
-      await run(client, 'SELECT pg_advisory_unlock($1::bigint)', [key]).catch((err: Error) => { broken ??= err })
+      await run(client, 'SELECT pg_advisory_unlock($1::bigint)', [key], deadline).catch((err: Error) => { broken ??= err })
     }
-    await run(client, 'RESET statement_timeout')
+    await run(client, 'RESET statement_timeout; RESET idle_in_transaction_session_timeout; RESET idle_session_timeout', undefined, deadline)
     if (broken !== undefined) throw broken
     return result
   } catch (err) {
@@ -139,7 +140,7 @@ export async function migrate (db: pg.Pool | pg.ClientBase, options: MigrateOpti
     client.removeListener('error', lost)
     // Destroying the connection ends its session, which frees the lock whatever happened.
     if (pooled) (client as pg.PoolClient).release(broken)
-    else if (broken !== undefined) await run(client, 'RESET statement_timeout').catch(noop)
+    else if (broken !== undefined) await run(client, 'RESET statement_timeout; RESET idle_in_transaction_session_timeout; RESET idle_session_timeout', undefined, deadline).catch(noop)
   }
 }
 
@@ -156,15 +157,15 @@ async function migrateLocked (client: pg.ClientBase, schema: string, files: Migr
   const schemaId = pg.escapeIdentifier(schema)
   // CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege even when the schema exists;
   // a role given a schema made by an administrator has none.
-  const found = await run(client, 'SELECT 1 FROM pg_namespace WHERE nspname = $1', [schema])
-  if (found.rowCount === 0) await run(client, `CREATE SCHEMA ${schemaId}`)
+  const found = await run(client, 'SELECT 1 FROM pg_namespace WHERE nspname = $1', [schema], deadline)
+  if (found.rowCount === 0) await run(client, `CREATE SCHEMA ${schemaId}`, [], deadline)
   await run(client, `CREATE TABLE IF NOT EXISTS ${schemaId}.migrations (
     version integer PRIMARY KEY,
     name text NOT NULL,
     checksum text NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
-  )`)
-  const rows = (await run(client, `SELECT version, name, checksum FROM ${schemaId}.migrations ORDER BY version`)).rows as Array<{ version: number, name: string, checksum: string }>
+  )`, [], deadline)
+  const rows = (await run(client, `SELECT version, name, checksum FROM ${schemaId}.migrations ORDER BY version`, [], deadline)).rows as Array<{ version: number, name: string, checksum: string }>
   const known = files.at(-1)?.version ?? 0
   const newest = rows.at(-1)?.version ?? 0
   if (newest > known) throw new DatabaseTooNewError(newest, known)
@@ -183,7 +184,7 @@ async function migrateLocked (client: pg.ClientBase, schema: string, files: Migr
     // Tried again until the deadline while another session holds a lock on its tables; the
     // advisory lock stays held, so no other server starts it meanwhile.
     const first = performance.now()
-    for (let wait = LOCK_RETRY_MS; !await applyOne(client, schemaId, file); wait = Math.min(wait * 2, LOCK_RETRY_MAX_MS)) {
+    for (let wait = LOCK_RETRY_MS; !await applyOne(client, schemaId, file, deadline); wait = Math.min(wait * 2, LOCK_RETRY_MAX_MS)) {
       const waitedMs = Math.round(performance.now() - first)
       const left = deadline - performance.now()
       if (left <= 0) {
@@ -200,14 +201,14 @@ async function migrateLocked (client: pg.ClientBase, schema: string, files: Migr
 }
 
 /** Applies one migration in a transaction; false, with nothing applied, when a lock it needs was not granted within MIGRATION_LOCK_TIMEOUT_MS. */
-async function applyOne (client: pg.ClientBase, schemaId: string, file: MigrationFile): Promise<boolean> {
-  await run(client, 'BEGIN')
+async function applyOne (client: pg.ClientBase, schemaId: string, file: MigrationFile, deadline: number): Promise<boolean> {
+  await run(client, 'BEGIN', [], deadline)
   try {
-    await run(client, 'SELECT set_config(\'search_path\', $1, true), set_config(\'lock_timeout\', $2, true)', [schemaId, `${MIGRATION_LOCK_TIMEOUT_MS}ms`])
-    // No parameters: sent as a simple query, so a file may hold many statements.
+    await run(client, 'SELECT set_config(\'search_path\', $1, true), set_config(\'lock_timeout\', $2, true)', [schemaId, `${MIGRATION_LOCK_TIMEOUT_MS}ms`], deadline)
+    // No parameters: sent as a simple query, so a file may hold many statements. Not bounded: an index on many rows takes its time.
     await run(client, file.sql)
-    await run(client, `INSERT INTO ${schemaId}.migrations (version, name, checksum) VALUES ($1, $2, $3)`, [file.version, file.name, file.checksum])
-    await run(client, 'COMMIT')
+    await run(client, `INSERT INTO ${schemaId}.migrations (version, name, checksum) VALUES ($1, $2, $3)`, [file.version, file.name, file.checksum], deadline)
+    await run(client, 'COMMIT', [], deadline)
     return true
   } catch (err) {
     await run(client, 'ROLLBACK').catch(noop)
@@ -216,11 +217,39 @@ async function applyOne (client: pg.ClientBase, schemaId: string, file: Migratio
   }
 }
 
+/** PostgreSQL's code for a setting it does not know (idle_session_timeout before 14). */
+const UNDEFINED_SETTING = '42704'
+
 /** setTimeout's largest delay: node-postgres reads a 0 query_timeout as "the client's default". */
 const NO_CLIENT_TIMEOUT = 2 ** 31 - 1
 
-/** A query without the pool's client-side timeout. */
-async function run (client: pg.ClientBase, text: string, values?: unknown[]): Promise<pg.QueryResult> {
-  const config: pg.QueryConfig & { query_timeout: number } = { text, values, query_timeout: NO_CLIENT_TIMEOUT }
+/** The shortest client-side wait for a statement of the migrations' own bookkeeping, however near the deadline. */
+const MIN_STATEMENT_WAIT_MS = 1000
+
+/**
+ * A query without the pool's client-side timeout. With `deadline` (performance.now()), one of
+ * the bookkeeping statements: bounded by what is left of the boot's wait, so a connection gone
+ * silent (a network black hole) fails the boot rather than hanging it; the lock's wait and a
+ * migration's own SQL are not.
+ */
+async function run (client: pg.ClientBase, text: string, values?: unknown[], deadline?: number): Promise<pg.QueryResult> {
+  const wait = deadline === undefined ? NO_CLIENT_TIMEOUT : Math.min(NO_CLIENT_TIMEOUT, Math.max(MIN_STATEMENT_WAIT_MS, Math.round(deadline - performance.now())))
+  const config: pg.QueryConfig & { query_timeout: number } = { text, values: values?.length === 0 ? undefined : values, query_timeout: wait }
   return client.query(config)
+}
+
+/**
+ * The session holding the migration lock must not outlive its server: a server gone without
+ * closing its connection (killed behind a network black hole) would leave the lock held, and
+ * every later boot waiting on it, until the database noticed (hours, with TCP keepalive's
+ * defaults). So the session ends itself once idle for as long as the boot may wait: a migrating
+ * server is never idle that long between two statements. Before PostgreSQL 14 only the
+ * in-transaction bound exists.
+ */
+async function releaseIfGone (client: pg.ClientBase, deadline: number): Promise<void> {
+  const idleMs = Math.max(MIN_STATEMENT_WAIT_MS, Math.round(deadline - performance.now()))
+  await run(client, `SET idle_in_transaction_session_timeout = ${idleMs}`, [], deadline)
+  await run(client, `SET idle_session_timeout = ${idleMs}`, [], deadline).catch((err: { code?: unknown }) => {
+    if (err.code !== UNDEFINED_SETTING) throw err
+  })
 }
