@@ -793,6 +793,26 @@ t.test('a change answered 503 that landed all the same is undone, by a write-bac
   await waitFor('the put-back to be logged', () => logs.messages().includes('Storage holds the acknowledged states again after failed saves'), 10_000)
 })
 
+t.test('a DELETE of an archived session answered 503 that landed all the same: the session is gone (its copies were only in those rows), and the event streams get a reset', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: 1500, TASK_RUN_RETRY_MS: 200, TASK_RUN_RETRY_MAX_MS: 400 })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as import('node:net').AddressInfo
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'gone', instructions: 'one' } })).statusCode, 200)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'gone' } })).statusCode, 200)
+  t.match((await app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })).json(), { archived_ids: ['gone'] })
+  const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events`)
+  const db = await inspector(t, url)
+  const status = await landUnanswered(db, proxy, async () => await app.inject({ method: 'DELETE', url: `${API}/sessions/gone` }),
+    "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM taskvault.sessions WHERE session_id = 'gone')", 'DELETE')
+  t.equal(status, 503, 'the delete fails, its outcome unknown')
+  proxy.pass()
+  const events = await stream.until((events) => events.some((event) => event.event === 'reset'), 10_000)
+  t.notOk(events.some((event) => event.event === 'session.deleted'), 'no session.deleted went out: a reset says to refetch')
+  await waitFor('the service to serve what is stored', async () => (await app.inject({ method: 'GET', url: `${API}/progress?session_id=gone` })).statusCode === 404, 10_000)
+})
+
 t.test('a write-back owed while the database was out of reach, when another replica wrote the session meanwhile: that state is adopted, with a reset', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -690,7 +690,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   }
 
   async removeArchived (sessionId: string, upTo?: string): Promise<number> {
-    const removed = await this.archived.remove(this.checkId(sessionId), upTo)
+    const removed = await this.archived.remove(this.checkId(sessionId), upTo).catch((err: unknown) => {
+      // Its outcome unknown, the delete may have landed, with no event to say so: streams reset and refetch what is stored.
+      if (err instanceof StorageError && err.uncertain) this.events.emit('unannounced', sessionId)
+      throw err
+    })
     // Every copy gone: no archive of ours is in doubt any more.
     if (upTo === undefined) this.doubtful.delete(sessionId)
     return removed
