@@ -25,7 +25,7 @@ export const PersistenceOptionsSchema = Type.Object({
   /** File-system seam, for fault injection in tests. */
   fs: Type.Optional(Type.Unsafe<FsSeam>(Type.Object({}))),
   /** A host's pg.Pool for the PostgreSQL store (its connections' search_path must be the schema); used instead of DATABASE_URL. */
-  pool: Type.Optional(Type.Unsafe<pg.Pool>(Type.Object({ query: FunctionOption, connect: FunctionOption })))
+  pool: Type.Optional(Type.Unsafe<pg.Pool>(Type.Object({ query: FunctionOption, connect: FunctionOption, on: FunctionOption })))
 }, { additionalProperties: false })
 
 export type PersistencePluginOptions = Static<typeof PersistenceOptionsSchema>

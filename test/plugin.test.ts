@@ -284,6 +284,7 @@ t.test('options are checked at register time, naming the bad one', async (t) => 
     ['another inherited name', { storageDir: dir, constructor: 1 }, /^taskvault: unknown option 'constructor' \(known: /],
     ['an inherited name as task type', { storageDir: dir, executors: { toString: async () => ({ result: '' }) } }, /^taskvault: unknown key 'toString' in option 'executors'/],
     ['a misspelt executor policy field', { storageDir: dir, executors: { default: { run: async () => ({ result: '' }), max_attempt: 3 } } }, /^taskvault: unknown key 'max_attempt' in option 'executors\.default' \(known: run, timeout_ms, max_attempts/],
+    ['not a pool', { store: 'postgres', pool: { query: async () => ({}), connect: async () => ({}) } }, /^taskvault: option 'pool' has no 'on'/],
     ['a choice', { storageDir: dir, store: 'mysql' }, /^taskvault: option 'store' must be one of 'file', 'postgres' \(got "mysql"\)/],
     ['an executor policy out of range', { storageDir: dir, executors: { default: { run: async () => ({ result: '' }), max_attempts: 0 } } }, /^taskvault: option 'executors\.default\.max_attempts': expected integer to be greater or equal to 1/]
   ]
