@@ -14,7 +14,7 @@ import { Keyring } from '../services/store/keyring.js'
 import { DatabaseTooNewError, InvalidDatabaseSettingError, MigrationError } from '../services/errors.js'
 import { MIGRATIONS_DIR, migrate, migrationLockKey, readMigrations } from '../services/store/postgres/migrate.js'
 import { redactUrl } from '../services/store/postgres/database-url.js'
-import { createPool } from '../services/store/postgres/pool.js'
+import { connectionConfig, createPool } from '../services/store/postgres/pool.js'
 import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
 import { parseSessionFile, serializeSessionFile } from '../services/store/session-files.js'
 import { taskvault, type Run } from './cli-run.js'
@@ -244,6 +244,25 @@ t.test('a server gone silent holding the migration lock (a network black hole, t
   const later = await Promise.race([migrate(pool(t, url), { schema: SCHEMA }).then(() => 'migrated', (err: Error) => err), sleep(15_000, 'still waiting')])
   t.equal(later, 'migrated', 'a later boot migrates')
   t.ok(performance.now() - next < 10_000, 'within the dead session\'s idle bound, not TCP keepalive\'s hours')
+})
+
+t.test('on a PostgreSQL without idle_session_timeout (before 14) the migrations apply and the connection is reset as it was', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  // This server has the setting: a client that names one no server has stands in for an older one (42704 on SET and RESET alike).
+  const client = new pg.Client(connectionConfig({ url, schema: SCHEMA, max: 1, statementTimeoutMs: 10_000 }))
+  const query = client.query.bind(client) as (...args: unknown[]) => unknown
+  const rename = (config: unknown): unknown => typeof config === 'object' && config !== null && typeof (config as { text?: unknown }).text === 'string'
+    ? { ...config, text: (config as { text: string }).text.replaceAll('idle_session_timeout', 'idle_session_timeout_before_14') }
+    : config
+  client.query = ((config: unknown, ...rest: unknown[]) => query(rename(config), ...rest)) as typeof client.query
+  await client.connect()
+  t.teardown(() => client.end())
+  const settings = async (): Promise<unknown> => (await client.query("SELECT current_setting('idle_in_transaction_session_timeout') AS idle, current_setting('statement_timeout') AS statement")).rows
+  const before = await settings()
+  t.same((await migrate(client, { schema: SCHEMA })).applied, ALL, 'applied')
+  t.same((await migrate(client, { schema: SCHEMA })).applied, [], 'and again: nothing left')
+  t.same(await settings(), before, 'the connection\'s settings as they were')
 })
 
 /** A session that read `sessions` in a REPEATABLE READ transaction and keeps it open (what pg_dump does for a whole dump): it holds a read lock on the table. */

@@ -113,6 +113,8 @@ export async function migrate (db: pg.Pool | pg.ClientBase, options: MigrateOpti
   const client = pooled ? await db.connect() : db
   // Set when the connection may hold the lock or a transaction still: a pooled one is then discarded.
   let broken: Error | undefined
+  // What the end puts back: idle_session_timeout only where it exists (PostgreSQL 14 and later).
+  let resets = 'RESET statement_timeout; RESET idle_in_transaction_session_timeout'
   // A connection lost while checked out (a reset while waiting for another server's migration)
   // emits 'error' on the client, which nobody else hears: unheard, it would end the process. The
   // statement under way fails with it.
@@ -122,7 +124,7 @@ export async function migrate (db: pg.Pool | pg.ClientBase, options: MigrateOpti
     // A migration may take long (an index on many rows), and waiting for another server's
     // turn is not a fault: neither is bound by the pool's statement timeouts.
     await run(client, 'SET statement_timeout = 0', [], deadline)
-    await releaseIfGone(client, deadline)
+    resets = await releaseIfGone(client, deadline)
     await run(client, 'SELECT pg_advisory_lock($1::bigint)', [key])
     let result: MigrateResult
     try {
@@ -130,7 +132,7 @@ export async function migrate (db: pg.Pool | pg.ClientBase, options: MigrateOpti
     } finally {
       await run(client, 'SELECT pg_advisory_unlock($1::bigint)', [key], deadline).catch((err: Error) => { broken ??= err })
     }
-    await run(client, 'RESET statement_timeout; RESET idle_in_transaction_session_timeout; RESET idle_session_timeout', undefined, deadline)
+    await run(client, resets, undefined, deadline)
     if (broken !== undefined) throw broken
     return result
   } catch (err) {
@@ -140,7 +142,7 @@ export async function migrate (db: pg.Pool | pg.ClientBase, options: MigrateOpti
     client.removeListener('error', lost)
     // Destroying the connection ends its session, which frees the lock whatever happened.
     if (pooled) (client as pg.PoolClient).release(broken)
-    else if (broken !== undefined) await run(client, 'RESET statement_timeout; RESET idle_in_transaction_session_timeout; RESET idle_session_timeout', undefined, deadline).catch(noop)
+    else if (broken !== undefined) await run(client, resets, undefined, deadline).catch(noop)
   }
 }
 
@@ -244,12 +246,15 @@ async function run (client: pg.ClientBase, text: string, values?: unknown[], dea
  * every later boot waiting on it, until the database noticed (hours, with TCP keepalive's
  * defaults). So the session ends itself once idle for as long as the boot may wait: a migrating
  * server is never idle that long between two statements. Before PostgreSQL 14 only the
- * in-transaction bound exists.
+ * in-transaction bound exists. Resolves with the statement that resets what was set.
  */
-async function releaseIfGone (client: pg.ClientBase, deadline: number): Promise<void> {
+async function releaseIfGone (client: pg.ClientBase, deadline: number): Promise<string> {
   const idleMs = Math.max(MIN_STATEMENT_WAIT_MS, Math.round(deadline - performance.now()))
   await run(client, `SET idle_in_transaction_session_timeout = ${idleMs}`, [], deadline)
-  await run(client, `SET idle_session_timeout = ${idleMs}`, [], deadline).catch((err: { code?: unknown }) => {
+  const known = await run(client, `SET idle_session_timeout = ${idleMs}`, [], deadline).then(() => true, (err: { code?: unknown }) => {
     if (err.code !== UNDEFINED_SETTING) throw err
+    return false
   })
+  // What the end puts back: only what was set (RESET of a setting this server lacks fails too).
+  return `RESET statement_timeout; RESET idle_in_transaction_session_timeout${known ? '; RESET idle_session_timeout' : ''}`
 }
