@@ -20,6 +20,9 @@ async function main (): Promise<void> {
   let config: Config | undefined
   // Past the grace period the process ends before its store could close: the folder's lock goes with it.
   const exitNow = (): never => {
+    const what = `taskvault: the start did not finish within TASK_SHUTDOWN_GRACE_MS (${config?.TASK_SHUTDOWN_GRACE_MS} ms) after ${stopped}; exiting without closing (interrupted saves leave temp files, removed at the next start)`
+    if (app !== undefined) app.log.warn(what)
+    else console.error(what)
     if (config?.TASK_STORE === 'file') releaseHeldSync(config.TASK_STORAGE_DIR)
     process.exit(0)
   }
@@ -69,7 +72,7 @@ async function main (): Promise<void> {
     await app.close().catch(() => {})
     process.exit(0)
   }
-  const { PORT, HOST, TASK_SHUTDOWN_GRACE_MS } = app.config
+  const { PORT, HOST, TASK_SHUTDOWN_GRACE_MS, TASK_EVENTS_CLOSE_MS } = app.config
   // A rejection nobody observed is a bug, logged loudly with its stack. It does not take the
   // server down: every acknowledged change is already on disk, and exiting would interrupt every
   // other session's running task. A thrown exception still does (synchronous state is unknown).
@@ -79,7 +82,7 @@ async function main (): Promise<void> {
   })
   // The grace period covers running tasks; the extra time covers flushing writes. What
   // close-with-grace reports itself (a timeout, a second signal) goes to the log, not to stderr.
-  closeWithGrace({ delay: TASK_SHUTDOWN_GRACE_MS + 10_000, skip: ['unhandledRejection'], logger: shutdownLogger(log) }, async ({ signal, err }) => {
+  closeWithGrace({ delay: TASK_SHUTDOWN_GRACE_MS + TASK_EVENTS_CLOSE_MS + 10_000, skip: ['unhandledRejection'], logger: shutdownLogger(log) }, async ({ signal, err }) => {
     if (err !== undefined) app.log.error({ err }, 'fatal error; shutting down')
     else app.log.info({ signal }, 'shutting down')
     if (!await closeReporting(app)) process.exit(1)
