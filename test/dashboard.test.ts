@@ -498,14 +498,16 @@ async function run (browser: Browser): Promise<void> {
   })
 
   t.test('a session archived while its page is open, after a run it watched, says so without a reload', async (t) => {
-    await createSession(app, 'archived-live', '1. slow a\n2. slow b')
-    const page = await open(t, browser, `${base}#/session/archived-live`)
+    // A server of its own: an archive pass takes every finished session, and the other tests' stay active.
+    const own = await serve(t)
+    await createSession(own.app, 'archived-live', '1. slow a\n2. slow b')
+    const page = await open(t, browser, `${own.base}#/session/archived-live`)
     await page.locator('#session-title', { hasText: 'archived-live' }).waitFor()
     await js(page, 'window.marker = 1')
-    t.equal((await post(app, '/execute-all', { session_id: 'archived-live', wait: false })).statusCode, 202)
+    t.equal((await post(own.app, '/execute-all', { session_id: 'archived-live', wait: false })).statusCode, 202)
     await page.locator('#session-summary', { hasText: '2/2 done' }).waitFor()
     // Archiving changes no time of the session: the run's last progress event must not be drawn over it.
-    t.match((await post(app, '/archive', { older_than_days: 0 })).json(), { archived_ids: ['archived-live'] })
+    t.match((await post(own.app, '/archive', { older_than_days: 0 })).json(), { archived_ids: ['archived-live'] })
     await page.locator('#session-summary', { hasText: 'archived' }).waitFor()
     t.equal(await js(page, 'window.marker'), 1, 'without a reload')
   })
