@@ -79,7 +79,7 @@ async function openFileStore (app: FastifyInstance, settings: StoreSettings, key
         'so this one refuses every write from now on (503 LOCK_LOST, /ready 503); reads still work. Stop one of them, then restart this one')
     }
   })
-  const { replaced, folder, openMode } = await store.init().catch((err: unknown) => {
+  const { replaced, folder, openMode, caseless } = await store.init().catch((err: unknown) => {
     // The boot stops here: say which setting to change, in the system's own words (mkdir's ENOENT, EACCES).
     if (err instanceof StorageError && err.cause instanceof Error) err.message = `storage folder ${store.dir} (${source}) cannot be used: ${err.cause.message}`
     throw err
@@ -94,6 +94,10 @@ async function openFileStore (app: FastifyInstance, settings: StoreSettings, key
   if (openMode !== null) {
     app.log.warn({ dir: store.dir, mode: openMode.toString(8) },
       `Storage folder ${store.dir} is accessible to its group or others (mode ${openMode.toString(8)}); taskvault leaves the mode of a folder it did not just create alone: chmod 700 it if only taskvault should read the sessions`)
+  }
+  if (caseless) {
+    app.log.info({ dir: store.dir },
+      `Storage folder ${store.dir} does not tell upper from lower case in file names: a new session whose id differs from an active one's only in case is refused (409 SESSION_ID_CASE_CONFLICT)`)
   }
   return store
 }

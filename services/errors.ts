@@ -11,7 +11,7 @@ export const ERROR_CODES = [
   'INVALID_SESSION_STATE', 'CORRUPT_SESSION_FILE', 'FOREIGN_STORAGE_FOLDER', 'INVALID_ARCHIVE', 'AGENT_FAILED',
   'INVALID_OPTIONS', 'INVALID_AGENT_CONFIG', 'INVALID_ENCRYPTION_KEYS', 'INVALID_API_KEYS', 'INVALID_LOCK_SETTINGS', 'USAGE', 'FAILED',
   'INVALID_DATABASE_SETTING', 'DATABASE_TOO_NEW', 'MIGRATION_FAILED', 'DATABASE_UNAVAILABLE',
-  'VERSION_CONFLICT', 'LEASE_LOST', 'REPLICA_ID_IN_USE', 'REPLICA_ID_TAKEN'
+  'VERSION_CONFLICT', 'SESSION_ID_CASE_CONFLICT', 'LEASE_LOST', 'REPLICA_ID_IN_USE', 'REPLICA_ID_TAKEN'
 ] as const
 export type ErrorCode = (typeof ERROR_CODES)[number]
 
@@ -55,6 +55,7 @@ const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
   MIGRATION_FAILED: 500,
   DATABASE_UNAVAILABLE: 503,
   VERSION_CONFLICT: 409,
+  SESSION_ID_CASE_CONFLICT: 409,
   LEASE_LOST: 503,
   REPLICA_ID_IN_USE: 500,
   REPLICA_ID_TAKEN: 503
@@ -486,6 +487,16 @@ export class ReplicaIdTakenError extends TaskvaultError {
 export class VersionConflictError extends TaskvaultError {
   constructor (readonly sessionId: string, operation: string, reason = 'was changed or removed by another writer since this server read it') {
     super('VERSION_CONFLICT', `${operation} refused: session '${sessionId}' ${reason}; nothing was written`)
+  }
+}
+
+/**
+ * A new session whose file would be another session's: the storage folder ignores case (macOS
+ * and Windows by default), so `Task1.json` and `task1.json` are one file.
+ */
+export class SessionIdCaseConflictError extends TaskvaultError {
+  constructor (readonly sessionId: string) {
+    super('SESSION_ID_CASE_CONFLICT', `session id '${sessionId}' names the file of another session whose id differs only in case: the storage folder does not tell upper from lower case; nothing was written`)
   }
 }
 

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import { constants, statSync } from 'node:fs'
 import { statfs } from 'node:fs/promises'
-import { dirname, join, resolve, sep } from 'node:path'
+import { basename, dirname, join, resolve, sep } from 'node:path'
 import pLimit, { type LimitFunction } from 'p-limit'
 import { SETTING_DEFAULTS } from '../../schemas/options.js'
 import { SessionFile, SESSION_ID_PATTERN } from '../../schemas/session.js'
@@ -11,7 +11,7 @@ import { FolderFiles } from './folder-files.js'
 import { checkedKids, provenKeyChecks, wrongKeyError } from './key-checks.js'
 import { CoalescedRun } from './coalesce.js'
 import type { DiskSpace } from './disk-space.js'
-import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, LockLostError, StorageError, TaskvaultError, UnreadableFileInPlaceError } from '../errors.js'
+import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, LockLostError, SessionIdCaseConflictError, StorageError, TaskvaultError, UnreadableFileInPlaceError } from '../errors.js'
 import { missingFolders, nodeFs, type FsSeam } from './fs-seam.js'
 import { kidRecord, type Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
@@ -69,6 +69,8 @@ export interface StorageInitReport {
   folder: 'created' | 'adopted' | 'marked'
   /** The folder's permission bits when group or others may use it (left as they are: init did not create it); else null. */
   openMode: number | null
+  /** The folder does not tell upper from lower case in names (macOS and Windows by default): ids differing only in case are refused. */
+  caseless: boolean
 }
 
 /**
@@ -96,6 +98,10 @@ export class FileSessionStore implements SessionStore {
   private readonly provenKids = new Set<string>()
   /** Ids whose unreadable file could not be set aside: it stays where it is and no save replaces it. */
   private readonly leftInPlace = new Set<string>()
+  /** The folder does not tell case in names: a new session's file may be another's (see claimName). */
+  private caseless = false
+  /** New sessions being saved for the first time on a caseless folder, by lower-case id. */
+  private readonly firstSaves = new Set<string>()
   /** The marker's key checks (kid → Keyring.keyCheck), and those of configured kids it has none for yet. */
   private keyChecks: Record<string, string> = {}
   private newKeyChecks: Record<string, string> = {}
@@ -254,9 +260,15 @@ export class FileSessionStore implements SessionStore {
       const probe = join(this.dir, this.tempName('probe'))
       const handle = await this.fs.open(probe, 'wx', FILE_MODE)
       await handle.close()
-      await this.fs.unlink(probe)
+      try {
+        // The probe found under its name in upper case: one file answers to both.
+        const [own, upper] = await Promise.all([this.fs.lstat(probe), this.fs.lstat(join(this.dir, basename(probe).toUpperCase())).catch(() => null)])
+        this.caseless = upper !== null && upper.ino === own.ino && upper.dev === own.dev
+      } finally {
+        await this.fs.unlink(probe)
+      }
       const dirMode = existed ? await this.modeOf(this.dir) : DIR_MODE
-      return { replaced, folder: !existed ? 'created' : marked ? 'marked' : 'adopted', openMode: (dirMode & 0o077) !== 0 ? dirMode & 0o7777 : null }
+      return { replaced, folder: !existed ? 'created' : marked ? 'marked' : 'adopted', openMode: (dirMode & 0o077) !== 0 ? dirMode & 0o7777 : null, caseless: this.caseless }
     } catch (err) {
       if (locked) await this.lock?.release().catch(noop)
       if (err instanceof TaskvaultError) throw err
@@ -283,6 +295,36 @@ export class FileSessionStore implements SessionStore {
     const confirming = this.confirmHeld()
     if (confirming !== null) await confirming
     if (this.leftInPlace.has(file.session_id)) await this.clearLeftInPlace(file.session_id)
+    const claimed = this.caseless && !this.kidOf.has(file.session_id) ? await this.claimName(file.session_id, target) : null
+    try {
+      return await this.writeFile(file, target, options)
+    } finally {
+      if (claimed !== null) this.firstSaves.delete(claimed)
+    }
+  }
+
+  /**
+   * A new session's first save on a caseless folder: its name must not be another session's
+   * (an active file whose id differs only in case, or such a first save under way), or the
+   * rename would replace that session. Resolves to the claim to drop once the save ends.
+   */
+  private async claimName (sessionId: string, target: string): Promise<string> {
+    const folded = sessionId.toLowerCase()
+    if (this.firstSaves.has(folded)) throw new SessionIdCaseConflictError(sessionId)
+    this.firstSaves.add(folded)
+    const taken = await this.fs.lstat(target).then(() => true, (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return false
+      this.firstSaves.delete(folded)
+      throw new StorageError(`saving session '${sessionId}'`, err)
+    })
+    if (taken) {
+      this.firstSaves.delete(folded)
+      throw new SessionIdCaseConflictError(sessionId)
+    }
+    return folded
+  }
+
+  private async writeFile (file: SessionFile, target: string, options?: SaveOptions): Promise<number> {
     let data: Buffer | undefined
     // A session that cannot be serialized (too large) is the caller's error, not storage's: thrown as it is.
     let unserializable: unknown
