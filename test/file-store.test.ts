@@ -66,6 +66,27 @@ t.test('save then loadAll round-trips every value', async (t) => {
   t.strictSame(await names(store.dir), ['alpha.json', 'beta-2_x.json'], 'only the session files, no temp files')
 })
 
+t.test('a session file removed between the listing and its read is skipped, and the rest restore', async (t) => {
+  let dir = ''
+  const fs: FsSeam = {
+    ...nodeFs,
+    readdir: (async (path: string, options: object) => {
+      const entries = await nodeFs.readdir(path, options as { withFileTypes: true })
+      // Listed, then removed before the reader opens it (an operator's rm during the boot).
+      if (path === dir) await nodeFs.unlink(join(dir, 'ghost.json')).catch(() => undefined)
+      return entries
+    }) as FsSeam['readdir']
+  }
+  const store = await openStore(t, fs)
+  dir = store.dir
+  for (let i = 0; i < 300; i++) await store.save(sessionFile(`s${i}`))
+  await store.save(sessionFile('ghost'))
+  const result = await store.loadAll({ concurrency: 2 })
+  t.strictSame(result.failures, [])
+  t.equal(result.sessions.length, 300, 'every other session restores')
+  t.notOk(result.sessions.some((s) => s.file.session_id === 'ghost'))
+})
+
 t.test('the file is pretty JSON in the seed format, replaced whole on each save', async (t) => {
   const store = await openStore(t)
   const long = sessionFile('s1', 'x'.repeat(5000))

@@ -517,7 +517,8 @@ export class FileSessionStore implements SessionStore {
       // An I/O error (EMFILE, EIO, EACCES) says nothing about the file: it fails the restore
       // rather than setting a healthy file aside.
       if ('code' in file) {
-        if (file.code === 'ENOTREG') continue
+        // Not a regular file, or gone since the listing (removed by hand): no session to restore.
+        if (file.code === 'ENOTREG' || file.code === 'ENOENT') continue
         throw new StorageError(`reading ${file.name}`, Object.assign(new Error(file.code), { code: file.code }))
       }
       try {
