@@ -1,7 +1,8 @@
+import * as util from 'node:util'
 import fastifyEnv from '@fastify/env'
 import { fastify } from 'fastify'
 import fp from 'fastify-plugin'
-import { ConfigSchema, describeSettingErrors, type Config, type SettingError } from '../schemas/config.js'
+import { blankSettingErrors, ConfigSchema, describeSettingErrors, type Config, type SettingError } from '../schemas/config.js'
 import { droppedEnvLines, droppedEnvMessage, readDotEnvFile } from '../services/setting-file.js'
 
 declare module 'fastify' {
@@ -27,7 +28,10 @@ const configPlugin = fp<ConfigPluginOptions>(async function configPlugin (app, o
     return
   }
   const readEnvironment = options.readEnvironment ?? true
-  if (readEnvironment) checkDotEnv()
+  const dotEnv = readEnvironment ? checkDotEnv() : {}
+  // Every source @fastify/env reads, the winning value checked (the environment over .env, `values` over both).
+  const blank = blankSettingErrors({ ...dotEnv, ...(readEnvironment ? process.env : {}), ...options.values })
+  if (blank.length > 0) throw new Error(blank.join('; '))
   try {
     await app.register(fastifyEnv, {
       confKey: 'config',
@@ -66,8 +70,8 @@ export async function loadConfig (options: ConfigPluginOptions = {}): Promise<Co
   }
 }
 
-/** `.env` in the working directory (where @fastify/env reads it), refused when the parser would drop a line of it. */
-function checkDotEnv (): void {
+/** `.env` in the working directory (where @fastify/env reads it), parsed; refused when the parser would drop a line of it. */
+function checkDotEnv (): Record<string, string> {
   let text: string | null
   try {
     text = readDotEnvFile('.env')
@@ -75,7 +79,9 @@ function checkDotEnv (): void {
     // Said here, before @fastify/env opens it blocking (a FIFO would hold the start for ever).
     throw new Error(`./.env cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); fix or remove it`)
   }
-  if (text === null) return
+  if (text === null) return {}
   const dropped = droppedEnvLines(text)
   if (dropped.length > 0) throw new Error(droppedEnvMessage(dropped))
+  // Node 20.12 or later (package.json's engines).
+  return util.parseEnv(text) as Record<string, string>
 }

@@ -117,6 +117,19 @@ export function describeSettingErrors (errors: readonly SettingError[]): string[
   return [...lines.values()]
 }
 
+/**
+ * Number and boolean settings given as blank text ("  "), one line each: Ajv's coercion reads
+ * such a value as 0 where an empty one is refused, and a templated `PORT=" $P"` with P unset
+ * would start the server on a random port, or turn a bound off, without a word.
+ */
+export function blankSettingErrors (values: Readonly<Record<string, unknown>>): string[] {
+  return Object.entries(ConfigSchema.properties as Record<string, { type?: string }>).flatMap(([name, schema]) => {
+    const value = values[name]
+    const typed = schema.type === 'integer' || schema.type === 'number' || schema.type === 'boolean'
+    return typed && typeof value === 'string' && value !== '' && value.trim() === '' ? [`${name} must be ${schema.type ?? ''}, not blank`] : []
+  })
+}
+
 /** The values a choice-list setting allows; null for any other setting. */
 export function settingChoices (name: string): string[] | null {
   const schema = (ConfigSchema.properties as Record<string, { anyOf?: Array<{ const?: unknown }> }>)[name]

@@ -194,6 +194,17 @@ t.test('a ./.env that cannot be read (a folder, a FIFO) stops every command with
   t.match(piped.stderr, /^taskvault: bad setting file \.\/\.env: it cannot be read \(ENOTREG\)/u)
 })
 
+t.test('a number setting given as blank text stops every command with exit 2, as it stops the server, rather than read as 0', async (t) => {
+  const cwd = await tempDir(t)
+  const fromEnv = await taskvault(['stats'], { cwd, env: { TASK_ARCHIVE_DAYS: ' ' } })
+  t.equal(fromEnv.code, 2, fromEnv.stdout)
+  t.match(fromEnv.stderr, /^taskvault: bad setting TASK_ARCHIVE_DAYS must be number, not blank/u)
+  await writeFile(join(cwd, '.env'), 'TASK_IDEMPOTENCY_KEYS="\t"\n')
+  const fromFile = await taskvault(['stats'], { cwd })
+  t.equal(fromFile.code, 2, fromFile.stdout)
+  t.match(fromFile.stderr, /TASK_IDEMPOTENCY_KEYS must be integer, not blank/u)
+})
+
 t.test('a FIFO named .taskvault is no marker: validate, stats and backup say so at once, not waiting for a writer', async (t) => {
   const dir = await tempDir(t)
   t.equal(spawnSync('mkfifo', [join(dir, '.taskvault')]).status, 0, 'mkfifo')

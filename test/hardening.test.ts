@@ -754,6 +754,25 @@ t.test('lock: non-finite numeric settings, and an archive interval that would st
   t.notOk(err instanceof StorageLockedError, 'a year-old lock is not held against us')
 })
 
+t.test('settings: a number or boolean given as blank text is refused at boot, not read as 0', async (t) => {
+  for (const [name, value] of [['PORT', ' '], ['TASK_IDEMPOTENCY_KEYS', '\t'], ['TASK_ARCHIVE_DAYS', '  '], ['TASK_SHUTDOWN_GRACE_MS', ' '], ['TASK_DISK_WARN_RATIO', ' '], ['TASK_AUTO_SAVE', ' ']] as const) {
+    const err = await openError(await tempDir(t), { [name]: value })
+    t.match(String((err as Error | null)?.message), new RegExp(`^${name} must be (integer|number|boolean), not blank$`), `${name}=${JSON.stringify(value)}: boot fails naming it`)
+  }
+  t.equal(await openError(await tempDir(t), { PORT: ' 0 ' }), null, 'a number padded with spaces still reads')
+
+  // From the environment and from .env, as a real server reads them: exit 1, one line naming it.
+  const root = await tempDir(t)
+  const base = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOST: '127.0.0.1', TASK_STORAGE_DIR: join(root, 'tasks'), LOG_LEVEL: 'info' }
+  const fromEnv = spawnServer({ ...base, PORT: ' ' }, root)
+  t.equal((await exitWithin(fromEnv, EXIT_TIMEOUT_MS))?.code, 1, `PORT=" " in the environment: exit 1 (${fromEnv.stderr()})`)
+  t.match(fromEnv.stderr(), 'PORT must be integer, not blank')
+  await writeFile(join(root, '.env'), 'TASK_IDEMPOTENCY_KEYS=" "\n')
+  const fromFile = spawnServer({ ...base, PORT: String(await freePort()) }, root)
+  t.equal((await exitWithin(fromFile, EXIT_TIMEOUT_MS))?.code, 1, `TASK_IDEMPOTENCY_KEYS=" " in .env: exit 1 (${fromFile.stderr()})`)
+  t.match(fromFile.stderr(), 'TASK_IDEMPOTENCY_KEYS must be integer, not blank')
+})
+
 t.test('lock: a real second server on a held folder exits 1 at once naming the holder', async (t) => {
   const root = await tempDir(t)
   const dir = join(root, 'tasks')
