@@ -11,7 +11,7 @@ export const ERROR_CODES = [
   'INVALID_SESSION_STATE', 'CORRUPT_SESSION_FILE', 'FOREIGN_STORAGE_FOLDER', 'INVALID_ARCHIVE', 'AGENT_FAILED',
   'INVALID_OPTIONS', 'INVALID_AGENT_CONFIG', 'INVALID_ENCRYPTION_KEYS', 'INVALID_API_KEYS', 'INVALID_LOCK_SETTINGS', 'USAGE', 'FAILED',
   'INVALID_DATABASE_SETTING', 'DATABASE_TOO_NEW', 'MIGRATION_FAILED', 'DATABASE_UNAVAILABLE',
-  'VERSION_CONFLICT', 'SESSION_ID_CASE_CONFLICT', 'LEASE_LOST', 'REPLICA_ID_IN_USE', 'REPLICA_ID_TAKEN'
+  'VERSION_CONFLICT', 'SESSION_ID_CASE_CONFLICT', 'PASS_BUSY', 'LEASE_LOST', 'REPLICA_ID_IN_USE', 'REPLICA_ID_TAKEN'
 ] as const
 export type ErrorCode = (typeof ERROR_CODES)[number]
 
@@ -56,6 +56,7 @@ const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
   DATABASE_UNAVAILABLE: 503,
   VERSION_CONFLICT: 409,
   SESSION_ID_CASE_CONFLICT: 409,
+  PASS_BUSY: 503,
   LEASE_LOST: 503,
   REPLICA_ID_IN_USE: 500,
   REPLICA_ID_TAKEN: 503
@@ -487,6 +488,16 @@ export class ReplicaIdTakenError extends TaskvaultError {
 export class VersionConflictError extends TaskvaultError {
   constructor (readonly sessionId: string, operation: string, reason = 'was changed or removed by another writer since this server read it') {
     super('VERSION_CONFLICT', `${operation} refused: session '${sessionId}' ${reason}; nothing was written`)
+  }
+}
+
+/**
+ * A pass asked for while another replica's pass of its kind held the lock for as long as it
+ * was waited for (PostgreSQL): nothing was done, and it may be asked for again.
+ */
+export class PassBusyError extends TaskvaultError {
+  constructor (pass: string, waitedMs: number) {
+    super('PASS_BUSY', `the ${pass} pass of another replica held its lock for the ${waitedMs} ms this one waited; nothing was done by this one, try again`)
   }
 }
 

@@ -668,13 +668,13 @@ export class TaskManager {
   }
 
   /** Archives the sessions finished before `cutoff` (ArchivePasses.archiveFinishedBefore). */
-  async archiveFinishedBefore (cutoff: Date, failures: PassFailure[]): Promise<string[]> {
-    return this.passes.archiveFinishedBefore(cutoff, failures)
+  async archiveFinishedBefore (cutoff: Date, failures: PassFailure[], wait = true): Promise<string[]> {
+    return this.passes.archiveFinishedBefore(cutoff, failures, wait)
   }
 
   /** Deletes the archived sessions past their retention cutoff (ArchivePasses.pruneArchivedBefore). */
-  async pruneArchivedBefore (cutoffs: RetentionCutoffs, failures: PassFailure[]): Promise<string[]> {
-    return this.passes.pruneArchivedBefore(cutoffs, failures)
+  async pruneArchivedBefore (cutoffs: RetentionCutoffs, failures: PassFailure[], wait = true): Promise<string[]> {
+    return this.passes.pruneArchivedBefore(cutoffs, failures, wait)
   }
 
   /** The session's progress as a live-view event (when anyone listens). */

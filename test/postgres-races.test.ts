@@ -280,8 +280,8 @@ t.test('a defect inside a pass holding its lock is thrown as it is, not taken fo
   const pool = new pg.Pool(connectionConfig({ url, schema: SCHEMA, max: 2, statementTimeoutMs: 10_000 }))
   t.teardown(() => pool.end())
   const defect = new TypeError('a defect')
-  await t.rejects(exclusively(pool, SCHEMA, 'archive', async () => { throw defect }), defect)
-  t.equal(await exclusively(pool, SCHEMA, 'archive', async (lock) => lock.held()), true, 'the lock is free again')
+  await t.rejects(exclusively(pool, SCHEMA, 'archive', { idleMs: 30_000, waitMs: 0 }, async () => { throw defect }), defect)
+  t.equal(await exclusively(pool, SCHEMA, 'archive', { idleMs: 30_000, waitMs: 0 }, async (lock) => lock.held()), true, 'the lock is free again')
 })
 
 t.test('cancels of a run left behind through two replicas at once: the one whose claim finds the other\'s lease answers with the cancelled task too (not 409)', async (t) => {

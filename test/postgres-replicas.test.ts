@@ -11,7 +11,7 @@ import { EventRelay } from '../services/events/event-relay.js'
 import { TaskEventBuffer } from '../services/events/task-events.js'
 import { API, tempDir, waitFor } from './helper.js'
 import { LOG_GAP } from '../services/store/store.js'
-import { inspector, openTestStore, testDatabase } from './postgres.js'
+import { inspector, openTestStore, testDatabase, throughProxy } from './postgres.js'
 import { contractSession } from './store-contract.js'
 
 const SCHEMA = 'tv_replicas'
@@ -245,6 +245,25 @@ t.test('archive passes: one replica\'s at a time (the other finds the lock taken
   t.equal((await b.inject({ method: 'GET', url: `${API}/list?session_id=all&archived=only` })).json().total, 30, 'b lists a\'s archived sessions too')
 })
 
+t.test('POST /archive while another replica\'s pass holds the lock past the wait answers 503 PASS_BUSY, archiving nothing; once it ends, the pass runs', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const app = await buildApp({ readEnvironment: false, config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_DB_SCHEMA: SCHEMA, TASK_STORAGE_DIR: await tempDir(t), TASK_ARCHIVE_DAYS: 0, TASK_REPLICA_ID: 'busy-b', TASK_LEASE_MS: 1000 } })
+  t.teardown(() => app.close())
+  await app.ready()
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'finished', instructions: 'only step' } })).statusCode, 200)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'finished' } })).statusCode, 200)
+  const other = await openTestStore(t, url, SCHEMA, { replicaId: 'busy-a', leaseMs: 1000 })
+  const started = Date.now()
+  const busy = await other.exclusively('archive', 0, async () => app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } }))
+  const waited = Date.now() - started
+  t.match(busy?.json(), { statusCode: 503, code: 'PASS_BUSY', message: /the archive pass of another replica held its lock for the 6000 ms this one waited; nothing was done by this one, try again/ })
+  t.ok(waited >= 6000 && waited < 9000, `waited TASK_LEASE_MS and 5 s (${waited} ms)`)
+  t.match((await app.inject({ method: 'GET', url: `${API}/list?session_id=finished` })).json(), { session_id: 'finished' })
+  t.notOk((await app.inject({ method: 'GET', url: `${API}/list?session_id=finished` })).json().archived, 'still active')
+  t.same((await app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })).json().archived_ids, ['finished'], 'the lock free, the pass runs')
+})
+
 const OUR_ADVISORY_LOCKS = "locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 
 t.test('a maintenance pass whose lock connection breaks learns it between steps (lock.held() false), while another replica\'s pass may take the lock', async (t) => {
@@ -254,19 +273,43 @@ t.test('a maintenance pass whose lock connection breaks learns it between steps 
   const a = await openTestStore(t, url, SCHEMA, { replicaId: 'pass-a' })
   const b = await openTestStore(t, url, SCHEMA, { replicaId: 'pass-b' })
   const steps: boolean[] = []
-  const result = await a.exclusively('archive', async (lock) => {
+  const result = await a.exclusively('archive', 0, async (lock) => {
     steps.push(await lock.held())
-    t.equal(await b.exclusively('archive', async () => 'b ran'), null, 'b finds the lock taken')
+    t.equal(await b.exclusively('archive', 0, async () => 'b ran'), null, 'b finds the lock taken')
     // The lock's connection dies (a failover, a server-side kill): the lock goes with it.
     // pg_locks spans the cluster: only this test's database, not tests running beside it.
     await db.query(`SELECT pg_terminate_backend(pid) FROM pg_locks WHERE ${OUR_ADVISORY_LOCKS} AND pid <> pg_backend_pid()`)
     await waitFor('the lock gone', async () => (await db.query(`SELECT 1 FROM pg_locks WHERE ${OUR_ADVISORY_LOCKS}`)).rowCount === 0, 5000)
-    t.equal(await b.exclusively('archive', async () => 'b ran'), 'b ran', 'b\'s pass may run now')
+    t.equal(await b.exclusively('archive', 0, async () => 'b ran'), 'b ran', 'b\'s pass may run now')
     steps.push(await lock.held())
     return 'a done'
   }).catch((err: unknown) => err)
   t.same(steps, [true, false], 'a\'s pass is told its lock is gone, and stops')
   t.equal(result, 'a done', 'a stopping pass ends normally: what it did stays')
+})
+
+t.test('a pass lock held by a replica gone silent (paused, frozen, cut off) is freed within TASK_LEASE_MS, and a pass asked for on another replica waits for it and runs', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const { proxy, url: proxied } = await throughProxy(t, url)
+  const a = await openTestStore(t, proxied, SCHEMA, { replicaId: 'silent-a', leaseMs: 1500 })
+  const b = await openTestStore(t, url, SCHEMA, { replicaId: 'silent-b', leaseMs: 1500 })
+  const result = await a.exclusively('archive', 0, async (lock) => {
+    t.equal(await lock.held(), true)
+    // A live holder keeps the lock however long a step takes: its beat says something every third of the lease.
+    await sleep(4000)
+    t.equal(await lock.held(), true, 'held after a 4 s step with a 1.5 s lease')
+    t.equal(await b.exclusively('archive', 800, async () => 'b ran'), null, 'b waited 800 ms: a\'s pass still runs')
+    // a falls silent, as a stopped process's connection does: nothing more reaches the database.
+    proxy.stall()
+    const started = Date.now()
+    t.equal(await b.exclusively('archive', b.passWaitMs, async () => 'b ran'), 'b ran', 'b\'s pass runs once the database ended a\'s idle transaction')
+    t.ok(Date.now() - started < 1500 + 2000, `within the lease and a margin (${Date.now() - started} ms)`)
+    proxy.pass()
+    t.equal(await lock.held(), false, 'a, awake again, learns the lock is gone, and stops')
+    return 'a done'
+  }).catch((err: unknown) => err)
+  t.equal(result, 'a done')
 })
 
 t.test('a delete that follows another replica\'s archive of the session it read deletes the archived row: no 2xx with the session left behind', async (t) => {

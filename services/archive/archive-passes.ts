@@ -1,7 +1,7 @@
 import { isDeepStrictEqual } from 'node:util'
 import type { ArchivedSummary } from './archive-index.js'
 import type { ArchivedSessions, RetentionCutoffs } from './archived-sessions.js'
-import { DatabaseUnavailableError, ShuttingDownError, TaskvaultError, isPassFailure, type PassFailure } from '../errors.js'
+import { DatabaseUnavailableError, PassBusyError, ShuttingDownError, TaskvaultError, isPassFailure, type PassFailure } from '../errors.js'
 import type { TaskEventData } from '../events/task-events.js'
 import { noop } from '../noop.js'
 import { unchanged } from '../session/draft.js'
@@ -37,14 +37,16 @@ export class ArchivePasses {
    * session that starts running or gains tasks in the meantime stays. Sessions storage failed go
    * into `failures` (logged), and the pass goes on with the others; a failure that stops the
    * whole pass (the database gone) goes there too, after the sessions archived before it.
+   * `wait`: another replica's pass is waited for (SharedSessions.passWaitMs), and one still
+   * running then is a failure (PASS_BUSY); else this pass is skipped at once.
    */
-  async archiveFinishedBefore (cutoff: Date, failures: PassFailure[]): Promise<string[]> {
+  async archiveFinishedBefore (cutoff: Date, failures: PassFailure[], wait = true): Promise<string[]> {
     const { shared, registry } = this.options
     if (shared === undefined) return this.archiveEach(registry.sessionIds(), cutoff, failures)
     const done: string[] = []
     // One replica's pass at a time; candidates from the rows (sessions nobody runs), each
     // checked against its row before it moves.
-    await shared.exclusively('archive', async (lock) => {
+    const ran = await shared.exclusively('archive', wait ? shared.passWaitMs : 0, async (lock) => {
       const seen = new Set<string>()
       const stop = this.passStop('archive', lock, failures)
       // Page by page: sessions left active (unreadable ones, say) must not hide the ones after them.
@@ -62,7 +64,9 @@ export class ArchivePasses {
         }
         done.push(...await this.archiveEach(batch, cutoff, failures, stop))
       }
+      return done
     }).catch((err: unknown) => { this.passStopped('archive', err, failures) })
+    if (ran === null && wait) failures.push({ sessionId: null, err: new PassBusyError('archive', shared.passWaitMs) })
     return done
   }
 
@@ -94,12 +98,15 @@ export class ArchivePasses {
   }
 
   /** Deletes archived sessions that finished before their retention cutoff; those storage failed go into `failures`, and so does a failure that stops the pass. */
-  async pruneArchivedBefore (cutoffs: RetentionCutoffs, failures: PassFailure[]): Promise<string[]> {
+  async pruneArchivedBefore (cutoffs: RetentionCutoffs, failures: PassFailure[], wait = true): Promise<string[]> {
     const shared = this.options.shared
     const deleted: string[] = []
     try {
       if (shared === undefined) await this.options.archived.prune(cutoffs, () => this.stoppedByShutdown(failures), deleted, failures)
-      else await shared.exclusively('retention', async (lock) => { await this.pruneShared(shared, cutoffs, lock, deleted, failures) })
+      else {
+        const ran = await shared.exclusively('retention', wait ? shared.passWaitMs : 0, async (lock) => { await this.pruneShared(shared, cutoffs, lock, deleted, failures) })
+        if (ran === null && wait) failures.push({ sessionId: null, err: new PassBusyError('retention', shared.passWaitMs) })
+      }
     } catch (err) {
       this.passStopped('retention', err, failures)
     } finally {

@@ -29,6 +29,11 @@ export interface ArchivePassOptions {
   archiveOlderThanDays?: number | null
   /** null deletes nothing. */
   retention?: Retention | null
+  /**
+   * A pass of the schedule's own: on a shared store it is skipped while another replica's runs.
+   * One asked for (false, the default) waits for that pass, and fails (PASS_BUSY) if it still runs.
+   */
+  scheduled?: boolean
 }
 
 export interface ArchivePass {
@@ -86,7 +91,7 @@ export class ArchiveScheduler {
    * POST /archive costs one pass, not one each.
    */
   runOnce (options: ArchivePassOptions = {}): Promise<ArchivePass> {
-    const key = JSON.stringify([options.archiveOlderThanDays, options.retention])
+    const key = JSON.stringify([options.archiveOlderThanDays, options.retention, options.scheduled])
     const waiting = this.waiting.get(key)
     if (waiting !== undefined) return waiting
     const pass = (this.tail ?? Promise.resolve()).then(() => {
@@ -110,7 +115,7 @@ export class ArchiveScheduler {
 
   private tick (): void {
     if (this.tail !== null) return
-    this.runOnce().catch((err: unknown) => this.log?.error({ err }, 'Archive pass failed'))
+    this.runOnce({ scheduled: true }).catch((err: unknown) => this.log?.error({ err }, 'Archive pass failed'))
   }
 
   private async pass (options: ArchivePassOptions): Promise<ArchivePass> {
@@ -121,11 +126,12 @@ export class ArchiveScheduler {
     const now = this.clock().getTime()
     const days = options.archiveOlderThanDays === undefined ? (this.archiveDays > 0 ? this.archiveDays : null) : options.archiveOlderThanDays
     const failures: PassFailure[] = []
-    const archived = days === null ? [] : await this.manager.archiveFinishedBefore(daysBefore(now, days), failures)
+    const wait = options.scheduled !== true
+    const archived = days === null ? [] : await this.manager.archiveFinishedBefore(daysBefore(now, days), failures, wait)
     const retention = options.retention === undefined ? this.retention : options.retention
     // The archive part stopped (storage or the database failing, a shutdown): retention would only fail or stop too.
     const stopped = failures.some((failure) => failure.sessionId === null)
-    const deleted = retention === null || stopped ? [] : await this.manager.pruneArchivedBefore(retentionCutoffs(now, retention), failures)
+    const deleted = retention === null || stopped ? [] : await this.manager.pruneArchivedBefore(retentionCutoffs(now, retention), failures, wait)
     if (archived.length > 0 || deleted.length > 0) {
       this.log?.info({ archived: archived.length, deleted: deleted.length }, `Archived ${archived.length} finished sessions, deleted ${deleted.length} past retention`)
     }

@@ -262,10 +262,13 @@ export interface SharedSessions {
    */
   pastRetention(cutoffs: RetentionCutoffs, limit: number, after?: RetentionCursor | null): Promise<{ sessions: ArchivedSummary[], next: RetentionCursor | null }>
   /**
-   * Runs a maintenance pass unless another replica's pass of that name runs now (then null).
-   * The pass asks `lock.held()` between its steps and stops once it says false.
+   * Runs a maintenance pass once no other replica's pass of that name runs; null when one still
+   * does after `waitMs` (0: not waited for at all). The pass asks `lock.held()` between its
+   * steps and stops once it says false.
    */
-  exclusively<T>(pass: string, run: (lock: PassLock) => Promise<T>): Promise<T | null>
+  exclusively<T>(pass: string, waitMs: number, run: (lock: PassLock) => Promise<T>): Promise<T | null>
+  /** How long a pass asked for waits for another replica's (see exclusively). */
+  readonly passWaitMs: number
   /** The live view's shared event log: its identity (part of every event id) and its newest id. */
   eventLog(): Promise<{ token: string, latest: number }>
   /** Appends events (one statement), keeping the newest `keep`, and wakes every replica ('events'); resolves with the batch's last id. */

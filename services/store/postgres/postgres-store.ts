@@ -948,8 +948,13 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    * Holds a transaction-scoped advisory lock named after the pass and the schema for as long as
    * `run` takes (see pass-lock.ts).
    */
-  async exclusively<T> (pass: string, run: (lock: PassLock) => Promise<T>): Promise<T | null> {
-    return exclusively(this.pool, this.schema, pass, run)
+  async exclusively<T> (pass: string, waitMs: number, run: (lock: PassLock) => Promise<T>): Promise<T | null> {
+    return exclusively(this.pool, this.schema, pass, { idleMs: this.leaseMs, waitMs }, run)
+  }
+
+  /** A frozen holder frees the lock within TASK_LEASE_MS (see exclusively): waited for that long and 5 s more. */
+  get passWaitMs (): number {
+    return this.leaseMs + 5000
   }
 
   async eventLog (): Promise<{ token: string, latest: number }> {
