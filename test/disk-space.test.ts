@@ -3,13 +3,13 @@
  * it as sessions are written, and the log warns once when it crosses TASK_DISK_WARN_RATIO, and
  * once when it recovers, however often it is read.
  */
-import { statfs, writeFile } from 'node:fs/promises'
+import { rename, statfs, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { taskvault } from './cli-run.js'
-import { build, get, memoryLog, post } from './helper.js'
+import { build, get, memoryLog, post, tempDir } from './helper.js'
 import { mountedFolder } from './tmpfs.js'
 
 interface Storage { free_bytes: number, total_bytes: number, free_ratio: number }
@@ -73,6 +73,22 @@ t.test('a 2 MiB tmpfs: the ratio falls as sessions are written; one warning per 
   for (let i = 0; i < 5; i++) await storage(app)
   t.equal(warnings().length, 2, 'one more line for the recovery')
   t.match(warnings()[1], /^Storage has room again: \d+\.\d% free/u)
+})
+
+t.test('a storage folder gone: /metrics leaves the free-space gauges out, as /stats does, rather than the last reading or 0', async (t) => {
+  const root = await tempDir(t)
+  const dir = join(root, 'a', 'data')
+  const app = await build(t, { dir, config: { TASK_DISK_MAX_AGE_MS: 0, TASK_DISK_CHECK_INTERVAL_MS: 0, TASK_ARCHIVE_DAYS: 0 } })
+  t.ok((await scraped(app, 'taskvault_storage_free_bytes') ?? 0) > 0, 'a reading first')
+  await rename(join(root, 'a'), join(root, 'b'))
+  t.teardown(async () => rename(join(root, 'b'), join(root, 'a')).catch(() => undefined))
+  t.notOk('free_bytes' in (await get(app, '/stats')).json().storage, '/stats leaves it out')
+  const text = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  t.notMatch(text, /^taskvault_storage_(free|capacity)_bytes /mu, 'no sample of either gauge')
+  t.match(text, /^# TYPE taskvault_storage_free_bytes gauge$/mu, 'the gauge is still declared')
+  t.match(text, /^taskvault_ready 0$/mu)
+  await rename(join(root, 'b'), join(root, 'a'))
+  t.ok((await scraped(app, 'taskvault_storage_capacity_bytes') ?? 0) > 0, 'back with the folder')
 })
 
 t.test('the timer checks without anyone asking (TASK_DISK_CHECK_INTERVAL_MS)', async (t) => {

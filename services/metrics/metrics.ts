@@ -1,9 +1,10 @@
 import { createHash } from 'node:crypto'
 import { hostname } from 'node:os'
-import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
+import { Counter, Gauge, Histogram, type Metric, type Registry } from 'prom-client'
 import { TASK_STATUSES } from '../../schemas/session.js'
 import type { SaveEvent, SessionStore, StoreTotals } from '../store/store.js'
 import type { TaskManager } from '../task-manager.js'
+import { ReadingGauge } from './reading-gauge.js'
 import type { AgentCallEvent, TaskFinishedEvent } from '../types.js'
 
 export interface TaskvaultMetricsOptions {
@@ -166,9 +167,10 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
   const onFinished = (event: TaskFinishedEvent): void => { finished.inc({ status: event.status }) }
   manager.events.on('task-finished', onFinished)
   if (store.space !== undefined) {
-    // Left out for a store that reports no space: a 0 would look like a full disk.
-    new Gauge({ name: name('storage_free_bytes'), help: 'Bytes still free on the filesystem holding the storage folder', registers, async collect () { const space = await manager.disk.read(); if (space !== null) this.set(space.free_bytes) } })
-    new Gauge({ name: name('storage_capacity_bytes'), help: 'Size of the filesystem holding the storage folder', registers, async collect () { const space = await manager.disk.read(); if (space !== null) this.set(space.total_bytes) } })
+    // Left out for a store that reports no space, and on a scrape whose reading failed (the
+    // folder gone, as /stats leaves them out): a 0, or the last reading, would look like a fact.
+    registry.registerMetric(new ReadingGauge(name('storage_free_bytes'), 'Bytes still free on the filesystem holding the storage folder', async () => (await manager.disk.read())?.free_bytes ?? null) as unknown as Metric)
+    registry.registerMetric(new ReadingGauge(name('storage_capacity_bytes'), 'Size of the filesystem holding the storage folder', async () => (await manager.disk.read())?.total_bytes ?? null) as unknown as Metric)
   }
 
   store.events?.on('save', onSave)
