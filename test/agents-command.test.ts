@@ -172,6 +172,10 @@ t.test('a missing program or folder stops the boot, naming the field; a program 
   await createTasks(app, 'nostart', [{ instruction: 'x' }])
   const res = await post(app, '/execute', { session_id: 'nostart' })
   t.match(res.json(), { status: 'Failed', error: /could not start: ENOENT/ })
+  // An environment larger than the kernel takes (E2BIG): spawn throws rather than emits; the task says so.
+  const big = await build(t, { agents: { default: { kind: 'command', argv: ['cat'], env: { HUGE: 'x'.repeat(3 * 1024 * 1024) } } } })
+  await createTasks(big, 'toobig', [{ instruction: 'x' }])
+  t.match((await post(big, '/execute', { session_id: 'toobig' })).json(), { status: 'Failed', error: /^command cat could not start: E2BIG$/ })
 })
 
 t.test('the process\'s exit listener that kills running programs is there only while a call runs (no listener per app: many apps in one process warn of none)', async (t) => {

@@ -330,6 +330,7 @@ t.test('parseRetryAfter: seconds or an HTTP date; null when absent or unreadable
   t.equal(parseRetryAfter(null, now), null)
   t.equal(parseRetryAfter('', now), null)
   t.equal(parseRetryAfter('soon', now), null)
+  t.equal(parseRetryAfter('9'.repeat(400), now), Number.MAX_SAFE_INTEGER, 'more seconds than a number holds: the longest wait, not none')
 })
 
 t.test('confidenceFrom: exp(mean logprob); null without usable logprobs', async (t) => {

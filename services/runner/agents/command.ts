@@ -123,7 +123,14 @@ export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv
 /** Spawns the program and resolves with how its call ended; `output` fills as it writes. */
 function runProcess (call: ProcessCall, output: Output): Promise<Ending> {
   return new Promise<Ending>((resolve) => {
-    const child = spawn(call.argv[0] as string, call.argv.slice(1), { cwd: call.cwd, env: call.env, stdio: ['pipe', 'pipe', 'pipe'], detached: true })
+    let child: ReturnType<typeof spawn>
+    try {
+      child = spawn(call.argv[0] as string, call.argv.slice(1), { cwd: call.cwd, env: call.env, stdio: ['pipe', 'pipe', 'pipe'], detached: true })
+    } catch (err) {
+      // Refused before any process: arguments and environment too large for the kernel (E2BIG).
+      resolve({ kind: 'error', err: err as NodeJS.ErrnoException })
+      return
+    }
     // First: a spawn out of file descriptors (EMFILE, ENFILE) emits 'error' on the next tick and
     // has no pipes; unheard, that error would be an uncaught exception.
     child.on('error', (err: NodeJS.ErrnoException) => end({ kind: 'error', err }))

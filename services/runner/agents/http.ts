@@ -141,7 +141,8 @@ function excerpt (text: string, cut = false): string {
 export function parseRetryAfter (value: string | null, now = Date.now()): number | null {
   if (value === null || value.trim() === '') return null
   const text = value.trim()
-  if (/^\d+$/.test(text)) return Number(text) * 1000
+  // Past 308 digits Number() is Infinity: capped, so a huge wait is still a wait (bounded by max_backoff_ms), not none.
+  if (/^\d+$/.test(text)) return Math.min(Number(text) * 1000, Number.MAX_SAFE_INTEGER)
   const at = Date.parse(text)
   return Number.isNaN(at) ? null : Math.max(0, at - now)
 }
