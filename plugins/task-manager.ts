@@ -3,7 +3,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { TASK_TYPES } from '../schemas/session.js'
 import { probeCgroups, removeLeftoverCgroups } from '../services/runner/agents/cgroup.js'
-import { RunningCalls, type CommandRuntime } from '../services/runner/agents/command.js'
+import { CALL_CLEANUP_WAIT_MS, RunningCalls, type CommandRuntime } from '../services/runner/agents/command.js'
 import { parseAgentsConfig, PolicyOptions, type AgentsConfig } from '../services/runner/agents/spec.js'
 import { unroutedTypes, type Executors } from '../services/runner/executors.js'
 import { TaskManager } from '../services/task-manager.js'
@@ -89,6 +89,8 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
   app.addHook('onClose', async () => {
     try {
       await manager.close({ last: true })
+      // Calls abandoned past the grace period were killed; their cgroups go before the process does.
+      await command.running?.ended(CALL_CLEANUP_WAIT_MS + command.drainMs)
     } finally {
       // Logged here, once, for every host: app.close() rejects only with the last failing hook's
       // error, which a later one (releasing the storage lock) would replace.

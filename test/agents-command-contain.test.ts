@@ -130,6 +130,17 @@ t.test('per-call cgroups are removed when their calls end', { skip: contained ? 
   t.same(await mine(), [], 'no cgroup of this process is left')
 })
 
+t.test('a shutdown past its grace period removes the cgroups of the calls it abandoned before it ends', { skip: contained ? false : 'no per-call cgroup on this host' }, async (t) => {
+  const { cgroups } = await probeCgroups()
+  const app = await build(t, { config: { TASK_SHUTDOWN_GRACE_MS: 100 }, agents: { default: { kind: 'command', argv: ['/bin/sh', '-c', "trap '' TERM; sleep 300"], timeout_ms: 60_000 } } })
+  const mine = async (): Promise<string[]> => readdir(cgroups!.parent).then((names) => names.filter((name) => name.startsWith(`taskvault-${process.pid}-`)))
+  await createTasks(app, 'abandoned', [{ instruction: 'x' }])
+  t.equal((await post(app, '/execute-all', { session_id: 'abandoned', wait: false })).statusCode, 202)
+  await waitFor('the call\'s cgroup', async () => (await mine()).length === 1)
+  await app.close()
+  t.same(await mine(), [], 'gone when close() resolves, not left to the next start')
+})
+
 /**
  * Moves this test process into a cgroup of its own under `parent` until the test ends. Every
  * server with command agents removes the leftovers it finds beside it at start: test files

@@ -40,6 +40,8 @@ export interface CommandRuntime {
 export class RunningCalls {
   private readonly kills = new Set<() => void>()
   private readonly onExit = (): void => { for (const kill of this.kills) kill() }
+  /** Calls not yet ended, cleanup included: one abandoned at shutdown still removes its cgroup. */
+  private readonly calls = new Set<Promise<unknown>>()
 
   add (kill: () => void): void {
     if (this.kills.size === 0) process.on('exit', this.onExit)
@@ -49,7 +51,28 @@ export class RunningCalls {
   delete (kill: () => void): void {
     if (this.kills.delete(kill) && this.kills.size === 0) process.off('exit', this.onExit)
   }
+
+  track (call: Promise<unknown>): void {
+    this.calls.add(call)
+    const done = (): void => { this.calls.delete(call) }
+    call.then(done, done)
+  }
+
+  /**
+   * Resolves once every call has ended, its cleanup done, or after `ms`: at shutdown, a call
+   * the manager abandoned (past the grace period) is killed already and only removes its cgroup.
+   */
+  async ended (ms: number): Promise<void> {
+    if (this.calls.size === 0) return
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<void>((resolve) => { timer = setTimeout(resolve, ms) })
+    await Promise.race([Promise.allSettled([...this.calls]), late])
+    clearTimeout(timer)
+  }
 }
+
+/** How long a shutdown waits for abandoned calls' cleanup: their cgroup emptying (2 s at most) and its removal. */
+export const CALL_CLEANUP_WAIT_MS = 3000
 
 export const DEFAULT_COMMAND_RUNTIME: CommandRuntime = { drainMs: 200, cgroups: null }
 
@@ -88,7 +111,7 @@ export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv
   const drainMs = spec.drain_ms ?? runtime.drainMs
   const inherited = { ...baseEnv }
   for (const name of WITHHELD_ENV) delete inherited[name]
-  return async (task, context) => {
+  const call: Executor = async (task, context) => {
     context.signal.throwIfAborted()
     const { cgroups } = runtime
     const cgroup = cgroups === null
@@ -117,6 +140,11 @@ export function commandAgent (spec: CommandAgentSpec, baseEnv: NodeJS.ProcessEnv
     }
     if (ending.kind === 'aborted') throw context.signal.reason
     return answer(ending, output, { who, maxOutputBytes: spec.max_output_bytes, wrapped: cgroup !== null })
+  }
+  return (task, context) => {
+    const running = call(task, context)
+    runtime.running?.track(running)
+    return running
   }
 }
 
