@@ -1,5 +1,6 @@
 import type { Static } from '@sinclair/typebox'
 import type { StatsResponse } from '../schemas/api.js'
+import { ALL_SESSIONS } from '../schemas/session.js'
 import { MANAGER_SETTINGS, resolveSettings, type ManagerSettings } from '../schemas/options.js'
 import { EventEmitter } from 'node:events'
 import type { CommandRuntime } from './runner/agents/command.js'
@@ -53,8 +54,7 @@ export type ManagerStats = Static<typeof StatsResponse>
 /** Which sessions a list of every session shows. */
 export type ArchivedFilter = 'exclude' | 'include' | 'only'
 
-/** The reserved id that the list endpoint reads as "every session". */
-export const ALL_SESSIONS = 'all'
+export { ALL_SESSIONS }
 
 const silent: Logger = { info () {}, warn () {}, error () {} }
 

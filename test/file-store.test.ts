@@ -185,7 +185,9 @@ t.test('unreadable files are set aside in corrupt/, never deleted; valid ones st
       const f = sessionFile('dupes')
       f.session.tasks.push({ ...f.session.tasks[0]! })
       return f
-    })())
+    })()),
+    // The id the list reads as every session: a hand-made or foreign file (create refuses it).
+    'all.json': JSON.stringify(sessionFile('all'))
   }
   for (const [name, text] of Object.entries(bad)) await writeFile(join(store.dir, name), text)
 
@@ -194,6 +196,7 @@ t.test('unreadable files are set aside in corrupt/, never deleted; valid ones st
   t.strictSame(result.failures.map((f) => f.name).sort(), Object.keys(bad).sort())
   t.match(result.failures.find((f) => f.name === 'badjson.json')?.reason, /badjson\.json.*JSON/)
   t.match(result.failures.find((f) => f.name === 'wrongname.json')?.reason, /othername/)
+  t.match(result.failures.find((f) => f.name === 'all.json')?.reason, /^all\.json: holds session 'all', an id reserved for every session/)
   for (const failure of result.failures) {
     t.ok(failure.movedTo?.startsWith(join(store.corruptDir, failure.name) + '.'), `${failure.name} moved into corrupt/`)
     t.equal(await readFile(failure.movedTo!, 'utf8'), bad[failure.name as keyof typeof bad], 'content kept as it was')

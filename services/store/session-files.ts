@@ -3,7 +3,7 @@ import { constants, fstatSync } from 'node:fs'
 import { basename } from 'node:path'
 import type { FileHandle } from 'node:fs/promises'
 import { TypeCompiler } from '@sinclair/typebox/compiler'
-import { SealedSessionFile, StoredSessionFile, type SessionFile } from '../../schemas/session.js'
+import { ALL_SESSIONS, SealedSessionFile, StoredSessionFile, type SessionFile } from '../../schemas/session.js'
 import { CorruptSessionFileError, KeyUnavailableError, SessionTooLargeError } from '../errors.js'
 import type { Keyring } from './keyring.js'
 import type { FsSeam } from './fs-seam.js'
@@ -80,6 +80,8 @@ export function readSessionDocument (name: string, text: string, expectedId: str
   if (raw.session_id !== expectedId || raw.session.session_id !== raw.session_id) {
     throw new CorruptSessionFileError(name, `holds session '${raw.session_id}', which does not match its file name`)
   }
+  // No request could reach it (GET /list?session_id=all lists every session), yet others would act on it.
+  if (raw.session_id === ALL_SESSIONS) throw new CorruptSessionFileError(name, `holds session '${ALL_SESSIONS}', an id reserved for every session; rename the file and the ids in it to keep it`)
   const ids = new Set(raw.session.tasks.map((task) => task.id))
   if (ids.size !== raw.session.tasks.length) throw new CorruptSessionFileError(name, 'has duplicate task ids')
   const badTime = invalidTimestamp(raw)
