@@ -255,13 +255,32 @@ t.test('POST /archive while another replica\'s pass holds the lock past the wait
   t.equal((await app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'finished' } })).statusCode, 200)
   const other = await openTestStore(t, url, SCHEMA, { replicaId: 'busy-a', leaseMs: 1000 })
   const started = Date.now()
-  const busy = await other.exclusively('archive', 0, async () => app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } }))
+  const busy = await other.exclusively('archive', { ms: 0 }, async () => app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } }))
   const waited = Date.now() - started
   t.match(busy?.json(), { statusCode: 503, code: 'PASS_BUSY', message: /the archive pass of another replica held its lock for the 6000 ms this one waited; nothing was done by this one, try again/ })
   t.ok(waited >= 6000 && waited < 9000, `waited TASK_LEASE_MS and 5 s (${waited} ms)`)
   t.match((await app.inject({ method: 'GET', url: `${API}/list?session_id=finished` })).json(), { session_id: 'finished' })
   t.notOk((await app.inject({ method: 'GET', url: `${API}/list?session_id=finished` })).json().archived, 'still active')
   t.same((await app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })).json().archived_ids, ['finished'], 'the lock free, the pass runs')
+})
+
+t.test('a shutdown ends a POST /archive waiting for another replica\'s pass at once: 503 SHUTTING_DOWN, and the close is not held', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const app = await buildApp({ readEnvironment: false, config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_DB_SCHEMA: SCHEMA, TASK_STORAGE_DIR: await tempDir(t), TASK_ARCHIVE_DAYS: 0, TASK_REPLICA_ID: 'wait-b', TASK_LEASE_MS: 30_000 } })
+  await app.ready()
+  const other = await openTestStore(t, url, SCHEMA, { replicaId: 'wait-a' })
+  let closedIn = -1
+  const answer = await other.exclusively('archive', { ms: 0 }, async () => {
+    const asked = app.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 0 } })
+    await sleep(500)
+    const started = Date.now()
+    await app.close()
+    closedIn = Date.now() - started
+    return asked
+  })
+  t.match(answer?.json(), { statusCode: 503, code: 'SHUTTING_DOWN' })
+  t.ok(closedIn >= 0 && closedIn < 3000, `closed in ${closedIn} ms, not after the 35 s wait`)
 })
 
 const OUR_ADVISORY_LOCKS = "locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
@@ -273,14 +292,14 @@ t.test('a maintenance pass whose lock connection breaks learns it between steps 
   const a = await openTestStore(t, url, SCHEMA, { replicaId: 'pass-a' })
   const b = await openTestStore(t, url, SCHEMA, { replicaId: 'pass-b' })
   const steps: boolean[] = []
-  const result = await a.exclusively('archive', 0, async (lock) => {
+  const result = await a.exclusively('archive', { ms: 0 }, async (lock) => {
     steps.push(await lock.held())
-    t.equal(await b.exclusively('archive', 0, async () => 'b ran'), null, 'b finds the lock taken')
+    t.equal(await b.exclusively('archive', { ms: 0 }, async () => 'b ran'), null, 'b finds the lock taken')
     // The lock's connection dies (a failover, a server-side kill): the lock goes with it.
     // pg_locks spans the cluster: only this test's database, not tests running beside it.
     await db.query(`SELECT pg_terminate_backend(pid) FROM pg_locks WHERE ${OUR_ADVISORY_LOCKS} AND pid <> pg_backend_pid()`)
     await waitFor('the lock gone', async () => (await db.query(`SELECT 1 FROM pg_locks WHERE ${OUR_ADVISORY_LOCKS}`)).rowCount === 0, 5000)
-    t.equal(await b.exclusively('archive', 0, async () => 'b ran'), 'b ran', 'b\'s pass may run now')
+    t.equal(await b.exclusively('archive', { ms: 0 }, async () => 'b ran'), 'b ran', 'b\'s pass may run now')
     steps.push(await lock.held())
     return 'a done'
   }).catch((err: unknown) => err)
@@ -294,16 +313,16 @@ t.test('a pass lock held by a replica gone silent (paused, frozen, cut off) is f
   const { proxy, url: proxied } = await throughProxy(t, url)
   const a = await openTestStore(t, proxied, SCHEMA, { replicaId: 'silent-a', leaseMs: 1500 })
   const b = await openTestStore(t, url, SCHEMA, { replicaId: 'silent-b', leaseMs: 1500 })
-  const result = await a.exclusively('archive', 0, async (lock) => {
+  const result = await a.exclusively('archive', { ms: 0 }, async (lock) => {
     t.equal(await lock.held(), true)
     // A live holder keeps the lock however long a step takes: its beat says something every third of the lease.
     await sleep(4000)
     t.equal(await lock.held(), true, 'held after a 4 s step with a 1.5 s lease')
-    t.equal(await b.exclusively('archive', 800, async () => 'b ran'), null, 'b waited 800 ms: a\'s pass still runs')
+    t.equal(await b.exclusively('archive', { ms: 800 }, async () => 'b ran'), null, 'b waited 800 ms: a\'s pass still runs')
     // a falls silent, as a stopped process's connection does: nothing more reaches the database.
     proxy.stall()
     const started = Date.now()
-    t.equal(await b.exclusively('archive', b.passWaitMs, async () => 'b ran'), 'b ran', 'b\'s pass runs once the database ended a\'s idle transaction')
+    t.equal(await b.exclusively('archive', { ms: b.passWaitMs }, async () => 'b ran'), 'b ran', 'b\'s pass runs once the database ended a\'s idle transaction')
     t.ok(Date.now() - started < 1500 + 2000, `within the lease and a margin (${Date.now() - started} ms)`)
     proxy.pass()
     t.equal(await lock.held(), false, 'a, awake again, learns the lock is gone, and stops')

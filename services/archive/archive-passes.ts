@@ -7,7 +7,7 @@ import { noop } from '../noop.js'
 import { unchanged } from '../session/draft.js'
 import type { SessionRegistry } from '../session/registry.js'
 import { finishedAt, type SessionFile } from '../session/session.js'
-import type { ArchivableCursor, PassLock, RetentionCursor, SharedSessions } from '../store/store.js'
+import type { ArchivableCursor, PassLock, PassWait, RetentionCursor, SharedSessions } from '../store/store.js'
 import type { Logger } from '../types.js'
 
 export interface ArchivePassesOptions {
@@ -46,7 +46,7 @@ export class ArchivePasses {
     const done: string[] = []
     // One replica's pass at a time; candidates from the rows (sessions nobody runs), each
     // checked against its row before it moves.
-    const ran = await shared.exclusively('archive', wait ? shared.passWaitMs : 0, async (lock) => {
+    const ran = await shared.exclusively('archive', this.passWait(wait), async (lock) => {
       const seen = new Set<string>()
       const stop = this.passStop('archive', lock, failures)
       // Page by page: sessions left active (unreadable ones, say) must not hide the ones after them.
@@ -66,7 +66,7 @@ export class ArchivePasses {
       }
       return done
     }).catch((err: unknown) => { this.passStopped('archive', err, failures) })
-    if (ran === null && wait) failures.push({ sessionId: null, err: new PassBusyError('archive', shared.passWaitMs) })
+    if (ran === null && wait && !this.stoppedByShutdown(failures)) failures.push({ sessionId: null, err: new PassBusyError('archive', shared.passWaitMs) })
     return done
   }
 
@@ -104,8 +104,8 @@ export class ArchivePasses {
     try {
       if (shared === undefined) await this.options.archived.prune(cutoffs, () => this.stoppedByShutdown(failures), deleted, failures)
       else {
-        const ran = await shared.exclusively('retention', wait ? shared.passWaitMs : 0, async (lock) => { await this.pruneShared(shared, cutoffs, lock, deleted, failures) })
-        if (ran === null && wait) failures.push({ sessionId: null, err: new PassBusyError('retention', shared.passWaitMs) })
+        const ran = await shared.exclusively('retention', this.passWait(wait), async (lock) => { await this.pruneShared(shared, cutoffs, lock, deleted, failures) })
+        if (ran === null && wait && !this.stoppedByShutdown(failures)) failures.push({ sessionId: null, err: new PassBusyError('retention', shared.passWaitMs) })
       }
     } catch (err) {
       this.passStopped('retention', err, failures)
@@ -140,6 +140,11 @@ export class ArchivePasses {
    * does a shutdown, when asked with work left (`workLeft`: before a session, not before a page
    * that may turn out empty).
    */
+  /** A pass asked for waits for another replica's (passWaitMs) unless a shutdown begins; a scheduled one does not wait. */
+  private passWait (wait: boolean): PassWait {
+    return { ms: wait ? this.options.shared?.passWaitMs ?? 0 : 0, stopped: this.options.shuttingDown }
+  }
+
   private passStop (pass: 'archive' | 'retention', lock: PassLock, failures: PassFailure[]): (workLeft?: boolean) => Promise<boolean> {
     let stopped = false
     return async (workLeft = true) => {

@@ -141,6 +141,13 @@ export function clearUpdatedAt (text: string): Date {
   }
 }
 
+/** How a maintenance pass waits for another replica's (SharedSessions.exclusively). */
+export interface PassWait {
+  ms: number
+  /** Ends the wait at once (a shutdown). */
+  stopped?: () => boolean
+}
+
 /** The lock a maintenance pass holds (SharedSessions.exclusively). */
 export interface PassLock {
   /**
@@ -263,10 +270,10 @@ export interface SharedSessions {
   pastRetention(cutoffs: RetentionCutoffs, limit: number, after?: RetentionCursor | null): Promise<{ sessions: ArchivedSummary[], next: RetentionCursor | null }>
   /**
    * Runs a maintenance pass once no other replica's pass of that name runs; null when one still
-   * does after `waitMs` (0: not waited for at all). The pass asks `lock.held()` between its
-   * steps and stops once it says false.
+   * does after `wait.ms` (0: not waited for at all), or when `wait.stopped` ends the wait. The
+   * pass asks `lock.held()` between its steps and stops once it says false.
    */
-  exclusively<T>(pass: string, waitMs: number, run: (lock: PassLock) => Promise<T>): Promise<T | null>
+  exclusively<T>(pass: string, wait: PassWait, run: (lock: PassLock) => Promise<T>): Promise<T | null>
   /** How long a pass asked for waits for another replica's (see exclusively). */
   readonly passWaitMs: number
   /** The live view's shared event log: its identity (part of every event id) and its newest id. */

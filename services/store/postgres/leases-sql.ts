@@ -272,11 +272,6 @@ export function passLock (key: number): pg.QueryConfig {
   return { text: 'SELECT pg_try_advisory_xact_lock($1::bigint) AS locked', values: [key] }
 }
 
-/** The same lock, waited for (bounded by the transaction's lock_timeout). */
-export function passWait (key: number): pg.QueryConfig {
-  return { text: 'SELECT pg_advisory_xact_lock($1::bigint)', values: [key] }
-}
-
 /**
  * The event log's identity and its newest id (0 when empty). The identity is the stored token
  * and the log table's oid: a schema restored from a dump keeps the token but gets new tables,

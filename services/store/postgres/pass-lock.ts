@@ -1,9 +1,10 @@
 /** A pass (archiving, retention) run by one replica at a time. */
+import { setTimeout as sleep } from 'node:timers/promises'
 import type pg from 'pg'
 import { TaskvaultError } from '../../errors.js'
 import type { PassLock } from '../store.js'
 import { noop } from '../../noop.js'
-import { passLock, passWait } from './leases-sql.js'
+import { passLock } from './leases-sql.js'
 import { storageError } from './pg-errors.js'
 
 /** How a pass's lock is held and waited for. */
@@ -15,6 +16,8 @@ export interface PassLockTiming {
   idleMs: number
   /** How long to wait for another replica's pass to end; 0: not at all (null at once). */
   waitMs: number
+  /** Ends the wait at once (a shutdown): null, as when the wait ran out. */
+  stopped?: () => boolean
 }
 
 /**
@@ -49,7 +52,7 @@ export async function exclusively<T> (pool: pg.Pool, schema: string, pass: strin
     // Idle between the pass's statements (they go on other connections): bounded, so a holder
     // that stops answering frees the lock, while the beat below keeps a live one's.
     await client.query(`SET LOCAL idle_in_transaction_session_timeout = ${Math.max(1, Math.ceil(timing.idleMs))}`)
-    if (!await acquire(client, passKey(`${schema}.${pass}`), timing.waitMs)) return null
+    if (!await acquire(client, passKey(`${schema}.${pass}`), timing)) return null
     beat = setInterval(() => { ping().catch(noop) }, Math.max(1, Math.floor(timing.idleMs / 3)))
     beat.unref()
     running = true
@@ -68,29 +71,24 @@ export async function exclusively<T> (pool: pg.Pool, schema: string, pass: strin
   }
 }
 
-/** Takes the lock, waiting up to `waitMs` for its holder; false when it is still held then. */
-async function acquire (client: pg.PoolClient, key: number, waitMs: number): Promise<boolean> {
-  if (waitMs <= 0) {
+/**
+ * Takes the lock, asking again every PASS_POLL_MS for up to `waitMs` while another holds it;
+ * false when it is still held then, or once `stopped` says so. A poll rather than a blocking
+ * wait: a shutdown ends it between two polls, and no statement outlives its bounds.
+ */
+async function acquire (client: pg.PoolClient, key: number, { waitMs, stopped }: PassLockTiming): Promise<boolean> {
+  const deadline = Date.now() + waitMs
+  for (;;) {
     const { rows } = await client.query<{ locked: boolean }>(passLock(key))
-    return rows[0]?.locked === true
-  }
-  const wait = Math.ceil(waitMs)
-  // The wait is the lock's own timeout; the statement's bounds (server and client) sit past it.
-  await client.query(`SET LOCAL lock_timeout = ${wait}`)
-  await client.query(`SET LOCAL statement_timeout = ${wait + WAIT_MARGIN_MS}`)
-  try {
-    await client.query({ ...passWait(key), query_timeout: wait + 2 * WAIT_MARGIN_MS } as pg.QueryConfig)
-    return true
-  } catch (err) {
-    if ((err as { code?: string }).code === LOCK_NOT_AVAILABLE) return false
-    throw err
+    if (rows[0]?.locked === true) return true
+    if (Date.now() >= deadline || stopped?.() === true) return false
+    await sleep(Math.min(PASS_POLL_MS, Math.max(1, deadline - Date.now())))
+    if (stopped?.() === true) return false
   }
 }
 
-/** SQLSTATE of a lock wait past lock_timeout. */
-const LOCK_NOT_AVAILABLE = '55P03'
-/** Between the lock's wait and the statement's bounds. */
-const WAIT_MARGIN_MS = 5000
+/** How often a pass waiting for another replica's asks for the lock again. */
+const PASS_POLL_MS = 200
 
 /** A pass's advisory lock key: a 31-bit hash of its name (FNV-1a). */
 function passKey (name: string): number {

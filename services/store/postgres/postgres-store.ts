@@ -15,7 +15,7 @@ import { wrongKeyError } from '../key-checks.js'
 import { KeyProofs } from './key-proofs.js'
 import {
   type ArchivableCursor, type ArchivedSession, type RetentionCursor, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
-  type PassLock, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
+  type PassLock, type PassWait, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
 import { archiveSession, isArchived, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, rearchiveSession, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
 import { migrate, type MigrationLockWait } from './migrate.js'
@@ -948,8 +948,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    * Holds a transaction-scoped advisory lock named after the pass and the schema for as long as
    * `run` takes (see pass-lock.ts).
    */
-  async exclusively<T> (pass: string, waitMs: number, run: (lock: PassLock) => Promise<T>): Promise<T | null> {
-    return exclusively(this.pool, this.schema, pass, { idleMs: this.leaseMs, waitMs }, run)
+  async exclusively<T> (pass: string, wait: PassWait, run: (lock: PassLock) => Promise<T>): Promise<T | null> {
+    return exclusively(this.pool, this.schema, pass, { idleMs: this.leaseMs, waitMs: wait.ms, stopped: wait.stopped }, run)
   }
 
   /** A frozen holder frees the lock within TASK_LEASE_MS (see exclusively): waited for that long and 5 s more. */
