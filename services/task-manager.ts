@@ -10,7 +10,7 @@ import type { ArchivedSummary } from './archive/archive-index.js'
 import { ArchivePasses } from './archive/archive-passes.js'
 import { ArchivedSessions, archivedView, type ArchivedCopy, type ArchivedSessionSummary, type RetentionCutoffs } from './archive/archived-sessions.js'
 import {
-  IdempotencyKeyReusedError, SessionTooLargeError, InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
+  IdempotencyKeyReusedError, SessionIdCaseConflictError, SessionTooLargeError, InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
   TaskNotFailedError, TaskNotFoundError, type PassFailure, TaskvaultError
 } from './errors.js'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -310,6 +310,8 @@ export class TaskManager {
       }
       if (draft.file === null) {
         this.assertRoom()
+        // Checked here too, not only when written: with auto-save off the write comes at shutdown.
+        if (this.store.caseless === true) this.assertCaseFree(sessionId)
         const back = this.archived.unarchive(draft, archivedCopy)
         origin = back ? 'unarchived' : 'created'
         if (!back) draft.file = newSessionFile(sessionId, draft.now)
@@ -341,6 +343,12 @@ export class TaskManager {
   }
 
   /** Refuses one more active session past TASK_MAX_SESSIONS (507). */
+  /** A new id on a caseless store: no active session's id may differ from it only in case (their files would be one). */
+  private assertCaseFree (sessionId: string): void {
+    const folded = sessionId.toLowerCase()
+    if (this.registry.sessionIds().some((id) => id !== sessionId && id.toLowerCase() === folded)) throw new SessionIdCaseConflictError(sessionId)
+  }
+
   private assertRoom (): void {
     if (this.registry.sessionsAndCreates >= this.settings.maxSessions) throw new SessionLimitError(this.settings.maxSessions)
   }
@@ -649,6 +657,7 @@ export class TaskManager {
       if (draft.file === null) {
         // Brought back from the archive: it counts against TASK_MAX_SESSIONS like a new one.
         this.assertRoom()
+        if (this.store.caseless === true) this.assertCaseFree(sessionId)
         unarchived = this.archived.unarchive(draft, archivedCopy)
       }
       for (const task of liveFile(draft).session.tasks) {

@@ -26,13 +26,19 @@ function found (path: string): string {
   return match === undefined ? path : join(dirname(path), match)
 }
 
-function caselessFs (): FsSeam {
+/** `distinctInodes`: each name of a file reports its own inode number, as some FUSE and SMB mounts do. */
+function caselessFs ({ distinctInodes = false } = {}): FsSeam {
+  const renumbered = async <S extends { ino: number | bigint }>(path: string, stat: Promise<S>): Promise<S> => {
+    const found_ = found(path)
+    const own = await stat
+    return distinctInodes && found_ !== path ? Object.assign(Object.create(Object.getPrototypeOf(own)) as S, own, { ino: Number(own.ino) + 1_000_000 }) : own
+  }
   return {
     ...nodeFs,
     open: async (path, ...rest) => nodeFs.open(found(String(path)), ...rest),
     rename: async (from, to) => nodeFs.rename(found(String(from)), found(String(to))),
     unlink: async (path) => nodeFs.unlink(found(String(path))),
-    lstat: (async (path: string, options?: object) => nodeFs.lstat(found(path), options)) as FsSeam['lstat'],
+    lstat: (async (path: string, options?: object) => renumbered(path, nodeFs.lstat(found(path), options))) as FsSeam['lstat'],
     stat: (async (path: string, options?: object) => nodeFs.stat(found(path), options)) as FsSeam['stat'],
     chmod: async (path, mode) => nodeFs.chmod(found(String(path)), mode),
     lutimes: async (path, atime, mtime) => nodeFs.lutimes(found(String(path)), atime, mtime)
@@ -96,6 +102,32 @@ t.test('a caseless folder: bringing an archived session back over an active one 
   const again = await build(t, { dir, fs })
   t.equal(await taskCount(again, 'notes'), 2)
   t.match((await get(again, '/list?session_id=Notes')).json(), { archived: true, tasks: [{ status: 'Completed' }] })
+})
+
+t.test('a caseless folder whose names each report an inode number of their own is told too', async (t) => {
+  const dir = await tempDir(t)
+  const fs = caselessFs({ distinctInodes: true })
+  const probeA = join(dir, 'probe.txt')
+  await (await fs.open(probeA, 'wx')).close()
+  t.not((await fs.lstat(probeA)).ino, (await fs.lstat(join(dir, 'PROBE.TXT'))).ino, 'the emulation: two inode numbers for one file')
+  await nodeFs.unlink(probeA)
+  const app = await build(t, { dir, fs })
+  await createSession(app, 'Task1', '1. a\n2. b')
+  t.match((await post(app, '/create', { session_id: 'task1', instructions: 'c' })).json(), { statusCode: 409, code: 'SESSION_ID_CASE_CONFLICT' })
+  t.same(await sessionFiles(dir), ['Task1.json'])
+})
+
+t.test('a caseless folder with auto-save off: the id is refused at create, not found out at shutdown when one of the two is lost', async (t) => {
+  const dir = await tempDir(t)
+  const fs = caselessFs()
+  const app = await build(t, { dir, fs, config: { TASK_AUTO_SAVE: false } })
+  await createSession(app, 'Task1', '1. a\n2. b')
+  t.match((await post(app, '/create', { session_id: 'task1', instructions: 'c' })).json(), { statusCode: 409, code: 'SESSION_ID_CASE_CONFLICT' })
+  t.equal(await taskCount(app, 'task1'), null)
+  await app.close()
+  t.same(await sessionFiles(dir), ['Task1.json'], 'written at shutdown, alone')
+  const again = await build(t, { dir, fs })
+  t.equal(await taskCount(again, 'Task1'), 2)
 })
 
 t.test('a folder that tells case (this machine\'s): ids differing only in case are two sessions, and nothing is logged', async (t) => {

@@ -99,7 +99,7 @@ export class FileSessionStore implements SessionStore {
   /** Ids whose unreadable file could not be set aside: it stays where it is and no save replaces it. */
   private readonly leftInPlace = new Set<string>()
   /** The folder does not tell case in names: a new session's file may be another's (see claimName). */
-  private caseless = false
+  caseless = false
   /** New sessions being saved for the first time on a caseless folder, by lower-case id. */
   private readonly firstSaves = new Set<string>()
   /** The marker's key checks (kid → Keyring.keyCheck), and those of configured kids it has none for yet. */
@@ -261,9 +261,9 @@ export class FileSessionStore implements SessionStore {
       const handle = await this.fs.open(probe, 'wx', FILE_MODE)
       await handle.close()
       try {
-        // The probe found under its name in upper case: one file answers to both.
-        const [own, upper] = await Promise.all([this.fs.lstat(probe), this.fs.lstat(join(this.dir, basename(probe).toUpperCase())).catch(() => null)])
-        this.caseless = upper !== null && upper.ino === own.ino && upper.dev === own.dev
+        // The probe found under its name in upper case: no such file was made, so one answers to
+        // both (inode numbers are no proof: some file systems give each name its own).
+        this.caseless = await this.fs.lstat(join(this.dir, basename(probe).toUpperCase())).then(() => true, () => false)
       } finally {
         await this.fs.unlink(probe)
       }

@@ -375,6 +375,8 @@ export interface SessionStore {
   totals?(): Promise<StoreTotals>
   /** Set when several replicas may share the store (see SharedSessions). */
   readonly shared?: SharedSessions
+  /** Ids differing only in case name one place (a file store on a folder that ignores case): such a new id is refused. */
+  readonly caseless?: boolean
   /** Whether the storage answers now (a database round trip); /ready answers 503 with the error. */
   check?(): Promise<TaskvaultError | null>
   /**
