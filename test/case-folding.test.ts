@@ -9,6 +9,7 @@ import { readdirSync } from 'node:fs'
 import { readdir } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import t from 'tap'
+import { assertNoCaseTwins } from '../cli/folder.js'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { API, build, createSession, get, memoryLog, post, tempDir } from './helper.js'
 
@@ -140,4 +141,10 @@ t.test('a folder that tells case (this machine\'s): ids differing only in case a
   t.same(await sessionFiles(dir), ['Task1.json', 'task1.json'])
   t.equal(await taskCount(app, 'Task1'), 2)
   t.equal(await taskCount(app, 'task1'), 1)
+})
+
+t.test('the command-line tool on a caseless folder (restore, export): ids to write that differ only in case, from each other or from the folder\'s, are refused before anything is written', async (t) => {
+  t.doesNotThrow(() => assertNoCaseTwins('/d', ['Task1', 'Task1', 'other'], ['Task1', 'more'], 'the backup'), 'the same id twice (active and archived copies), or already there, is no twin')
+  t.throws(() => assertNoCaseTwins('/d', ['Task1', 'task1'], [], 'the backup'), { message: "/d does not tell upper from lower case in file names, and the backup holds sessions 'Task1' and 'task1': their files would be one, and one session would be written over the other; nothing was written" })
+  t.throws(() => assertNoCaseTwins('/d', ['task1'], ['TASK1'], 'the database'), { message: /the database's session 'task1' and the folder's 'TASK1' differ only in case/ })
 })

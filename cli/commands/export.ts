@@ -7,7 +7,7 @@ import { readMarker, writeMarker } from '../../services/store/storage-folder.js'
 import { CommandFailedError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase } from '../database.js'
-import { KidProofs, withWriteLock, writing } from '../folder.js'
+import { KidProofs, assertNoCaseTwins, folderSessionIds, withWriteLock, writing } from '../folder.js'
 import { ARCHIVED_COPIES, rowName, rowsPage, type StoredRow } from '../rows.js'
 
 /** Rows read per round trip. */
@@ -59,6 +59,10 @@ ${COMMON_HELP}`,
         // One snapshot: the names and the rows agree, and a server working meanwhile is seen at one instant.
         await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
         const names = archivedNames((await client.query<{ row_id: string, session_id: string }>(ARCHIVED_COPIES)).rows)
+        if (store.caseless) {
+          const ids = (await client.query<{ session_id: string }>('SELECT DISTINCT session_id FROM sessions')).rows.map((row) => row.session_id)
+          assertNoCaseTwins(dir, ids, await folderSessionIds(dir), 'the database')
+        }
         const archiveDir = join(dir, 'archive')
         if (names.size > 0) await realFolder(dir, archiveDir)
         const tempName = tempNames()
