@@ -16,14 +16,21 @@ export interface StoredRow {
   document: string
 }
 
-/** Every stored copy, active and archived, a page at a time by row id (after `after`). */
-export function rowsPage (after: string, limit: number): pg.QueryConfig {
+/** Every stored copy, active and archived, a page at a time by row id (after `after`), bounded in rows and in bytes. */
+export function rowsPage (after: string, limit: number, maxBytes = PAGE_BYTES): pg.QueryConfig {
+  // The rows after `after`, up to `limit`, while the documents before each stay under `maxBytes`
+  // (so at least one): rows of megabytes are not read 500 at a time.
   return {
-    text: `SELECT row_id, session_id, archived_at IS NOT NULL AS archived, document::text AS document FROM sessions
-      WHERE row_id > $1 ORDER BY row_id LIMIT $2`,
-    values: [after, limit]
+    text: `SELECT s.row_id, s.session_id, s.archived_at IS NOT NULL AS archived, s.document::text AS document
+      FROM (SELECT row_id, sum(bytes) OVER (ORDER BY row_id) - bytes AS before
+        FROM (SELECT row_id, bytes FROM sessions WHERE row_id > $1 ORDER BY row_id LIMIT $2) AS next) AS page
+      JOIN sessions s USING (row_id) WHERE page.before < $3 ORDER BY s.row_id`,
+    values: [after, limit, maxBytes]
   }
 }
+
+/** The documents' bytes a page of rowsPage holds at most, past its first row. */
+export const PAGE_BYTES = 16 * 1024 * 1024
 
 /** Every archived copy's id and session, without documents: the order of each session's copies. */
 export const ARCHIVED_COPIES = 'SELECT row_id, session_id FROM sessions WHERE archived_at IS NOT NULL ORDER BY session_id, row_id'

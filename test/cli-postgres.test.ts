@@ -14,6 +14,7 @@ import { noop } from '../services/noop.js'
 import { Keyring } from '../services/store/keyring.js'
 import { connectionConfig } from '../services/store/postgres/pool.js'
 import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
+import { rowsPage } from '../cli/rows.js'
 import { taskvault } from './cli-run.js'
 import { tempDir, type TestContext } from './helper.js'
 import { testDatabase } from './postgres.js'
@@ -98,6 +99,23 @@ t.test('export, import into a fresh database, export again: the same bytes, acti
   t.same(loaded.sessions.map((s) => s.file.session_id).sort(), ['pending', 'sealed', 'unicode'])
   await reopened.openArchive({ concurrency: 1 })
   t.same((await reopened.readArchived('twice')).session?.file.session.tasks[0]?.status, 'Completed', 'the newest archived copy is still the newest')
+})
+
+t.test('export and validate read rows a page at a time bounded in bytes too: a page holds rows while those before stay under the bound', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const store = await openStore(t, url)
+  for (const id of ['a', 'b', 'c', 'd']) await store.save(session(id, ['Completed'], daysAgo(1), `${id} ${'x'.repeat(5000)}`))
+  const sizes = await query<{ row_id: string, bytes: number }>(url, 'SELECT row_id, bytes FROM sessions ORDER BY row_id')
+  const page = async (after: string, limit: number, maxBytes: number): Promise<string[]> => {
+    const { text, values } = rowsPage(after, limit, maxBytes)
+    return (await query<{ session_id: string }>(url, text, values as unknown[])).map((row) => row.session_id)
+  }
+  t.same(await page('0', 500, 1), ['a'], 'one row, however large, past a tiny bound')
+  t.same(await page('0', 500, (sizes[0]?.bytes ?? 0) + 1), ['a', 'b'], 'the rows while those before are under the bound')
+  t.same(await page('0', 3, 1e9), ['a', 'b', 'c'], 'and never more than the limit')
+  t.same(await page(sizes[1]?.row_id ?? '', 500, 1e9), ['c', 'd'], 'after a row id')
+  t.same(await page(sizes[3]?.row_id ?? '', 500, 1e9), [], 'past the last: empty, the end')
 })
 
 t.test('sealed files imported without their key get their task counts from a server with the key at its restore, and archived copies from seal', async (t) => {

@@ -85,7 +85,8 @@ ${COMMON_HELP}`,
             else active++
           }
           const last = rows.at(-1)
-          if (last === undefined || rows.length < PAGE_ROWS) break
+          // A page may end early at its bytes: only an empty one is the end.
+          if (last === undefined) break
           after = last.row_id
         }
         await client.query('COMMIT')

@@ -130,7 +130,8 @@ async function validateRows (args: ParsedCommand, { settings, keyring }: Command
       const { rows } = await client.query<StoredRow>(rowsPage(after, PAGE_ROWS))
       for (const row of rows) reports.push(judgeRow(row, keyring))
       const last = rows.at(-1)
-      if (last === undefined || rows.length < PAGE_ROWS) break
+      // A page may end early at its bytes: only an empty one is the end.
+      if (last === undefined) break
       after = last.row_id
     }
   })
