@@ -160,6 +160,21 @@ t.test('sealed files imported without their key get their task counts from a ser
   t.match(again.json(), { sealed: 0 }, 'a second run has nothing left to do')
 })
 
+t.test('import holds a few sessions at a time, not the folder: 100 MB of archived sessions import with a 40 MB heap', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const dir = join(await tempDir(t, 'taskvault-cli-pg-'), 'tasks')
+  await mkdir(join(dir, 'archive'), { recursive: true, mode: 0o700 })
+  const big = 'y'.repeat(400 * 1024)
+  for (let i = 0; i < 250; i++) await writeFile(join(dir, 'archive', `big${i}.json`), storedSession(`big${i}`, ['Completed'], daysAgo(50), `${i} ${big}`), { mode: 0o600 })
+  const imported = await taskvault(['import', dir, '--database-url', url, '--json'], { nodeArgs: ['--max-old-space-size=40'] })
+  t.equal(imported.code, 0, imported.stderr.slice(0, 2000))
+  t.match(imported.json(), { inserted: 0, archived: 250, conflicts: [] })
+  const [row] = await query<{ n: string, bytes: string }>(url, 'SELECT count(*) AS n, sum(bytes) AS bytes FROM sessions WHERE archived_at IS NOT NULL')
+  t.equal(Number(row?.n), 250)
+  t.ok(Number(row?.bytes) > 100e6, `every byte (${row?.bytes})`)
+})
+
 t.test('import keeps a hand-written file\'s bytes, and running it again skips everything', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -25,8 +25,8 @@ export interface Run {
  * `pid1`: as pid 1 of a new pid namespace, as in a container (root only: `unshare`).
  * `strace`: run under `strace` with these options (to see, or fail, its system calls).
  */
-export async function taskvault (args: string[], options: { cwd?: string, env?: Record<string, string>, unprivileged?: boolean, pid1?: boolean, strace?: string[] } = {}): Promise<Run> {
-  const [file, argv] = node([CLI, ...args])
+export async function taskvault (args: string[], options: { cwd?: string, env?: Record<string, string>, unprivileged?: boolean, pid1?: boolean, strace?: string[], nodeArgs?: string[] } = {}): Promise<Run> {
+  const [file, argv] = node([...(options.nodeArgs ?? []), CLI, ...args])
   let command = options.unprivileged === true && process.getuid?.() === 0 ? ['setpriv', '--bounding-set=-dac_override,-dac_read_search', '--', file, ...argv] : [file, ...argv]
   if (options.pid1 === true) command = ['unshare', '--pid', '--fork', '--mount-proc', '--', ...command]
   if (options.strace !== undefined) command = ['strace', '-f', '-qq', ...options.strace, '--', ...command]

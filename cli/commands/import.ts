@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { resolve } from 'node:path'
 import type pg from 'pg'
 import { CommandFailedError } from '../../services/errors.js'
@@ -12,31 +13,45 @@ import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase, type D
 import { assertNoWriter, assertUsedFolder, checkStoredFile, folderKeys, ignoredByServer, keyWarnings, listStoredFiles, needKey, sameState, type KeysNeeded, type KidProofs, type StoredFile } from '../folder.js'
 import { insertArchived, rowName, rowsOf, type ExistingRow } from '../rows.js'
 
-/** A session file of the folder that reads, with what the row needs. */
+/**
+ * A session file of the folder that reads, with what the row needs; its bytes are read again
+ * when needed (and must not have changed: `digest`), so the import holds a few at a time.
+ */
 interface FolderFile {
+  stored: StoredFile
   rel: string
   sessionId: string
   archived: boolean
   /** An archived copy's place among its session's copies: the number in `<id>.<n>.json`, 0 for `<id>.json`. */
   stamp: number
-  data: Buffer
+  bytes: number
+  /** SHA-256 of its bytes when first read. */
+  digest: string
   updatedAt: string
-  /** What it holds; null when `missingKid`. */
-  file: SessionFile | null
   /** The row's columns, derived from the file (or its clear fields, when `missingKid`). */
   columns: DerivedColumns
   /** The kid it is sealed under when TASK_ENCRYPTION_KEYS does not hold it: loaded as it is. */
   missingKid: string | null
 }
 
+/** A file read again: its bytes and what it holds (null when `missingKid`). */
+interface LoadedFile extends FolderFile {
+  data: Buffer
+  file: SessionFile | null
+}
+
 type Action = 'insert' | 'replace' | 'add-archived' | 'archive-active' | 'archive-row' | 'unchanged'
 
-interface Planned {
-  item: FolderFile
+interface Planned<F extends FolderFile = FolderFile, R extends Pick<ExistingRow, 'row_id' | 'version'> = Pick<ExistingRow, 'row_id' | 'version'>> {
+  item: F
   action: Action
   /** The active row a replace overwrites, or an archive-active archives first, at the version read. */
-  row?: ExistingRow
+  row?: R
 }
+
+/** Sessions judged against their rows together: their files up to this many, or bytes (a session's files are never split). */
+const CHUNK_FILES = 256
+const CHUNK_BYTES = 8 * 1024 * 1024
 
 interface Conflict {
   file: string
@@ -102,7 +117,7 @@ ${COMMON_HELP}`,
 async function importFolder (dir: string, target: DatabaseTarget, force: boolean, { settings, keyring, warn }: CommandContext): Promise<CommandResult> {
   // A key under a kid other than the one the folder first had is refused, as stats and backup refuse it.
   const { proofs } = await folderKeys(dir, keyring)
-  const { files, bad } = await readFolder(dir, keyring, proofs)
+  const { files, bad } = await checkFolder(dir, keyring, proofs)
   const where = `${target.where} (schema ${target.schema})`
   if (bad.length > 0) {
     const lines = bad.map(({ file, reason }) => `❌ ${file}: ${reason}`)
@@ -114,8 +129,19 @@ async function importFolder (dir: string, target: DatabaseTarget, force: boolean
   return withDatabase(target, settings, keyring, false, async (client) => {
     await client.query('BEGIN')
     try {
-      const existing = (await client.query<ExistingRow>(rowsOf([...new Set(files.map((item) => item.sessionId))]))).rows
-      const { planned, conflicts } = plan(files, existing, keyring)
+      // A chunk of sessions at a time: their files read again, their rows read (and locked), judged, let go.
+      const planned: Planned[] = []
+      const conflicts: Conflict[] = []
+      for (const chunk of sessionChunks(files)) {
+        const loaded: LoadedFile[] = []
+        for (const item of chunk) loaded.push(await load(item, keyring))
+        const existing = (await client.query<ExistingRow>(rowsOf([...new Set(chunk.map((item) => item.sessionId))]))).rows
+        const judged = plan(loaded, existing, keyring)
+        conflicts.push(...judged.conflicts)
+        for (const { item: { data: _data, file: _file, ...item }, action, row } of judged.planned) {
+          planned.push({ item, action, ...(row !== undefined && { row: { row_id: row.row_id, version: row.version } }) })
+        }
+      }
       const counts = { inserted: 0, replaced: 0, archived: 0, archived_rows: 0, unchanged: 0 }
       if (conflicts.length > 0 && !force) {
         await client.query('ROLLBACK')
@@ -123,7 +149,7 @@ async function importFolder (dir: string, target: DatabaseTarget, force: boolean
         lines.push(`Refused: ${conflicts.length} files would replace newer rows in ${where}; nothing was written (give --force to write them anyway)`)
         return { code: 1, json: { dir, database: target.where, schema: target.schema, ...counts, conflicts, forced: false }, lines }
       }
-      for (const step of planned) await write(client, step, counts)
+      for (const step of planned) await write(client, step, counts, keyring)
       await client.query('COMMIT')
       const needsKeys: KeysNeeded = kidRecord()
       for (const { item, action } of planned) if (item.missingKid !== null && action !== 'unchanged') needKey(needsKeys, item.missingKid, item.archived)
@@ -138,8 +164,11 @@ async function importFolder (dir: string, target: DatabaseTarget, force: boolean
   })
 }
 
-/** Every session file of the folder, read once and judged as restore does; archived copies oldest first. */
-async function readFolder (dir: string, keyring: Parameters<typeof checkStoredFile>[1], proofs: KidProofs): Promise<{ files: FolderFile[], bad: Conflict[] }> {
+/**
+ * Every session file of the folder, read and judged as restore does, kept without its bytes;
+ * archived copies oldest first, a session's files together.
+ */
+async function checkFolder (dir: string, keyring: Keyring | null, proofs: KidProofs): Promise<{ files: FolderFile[], bad: Conflict[] }> {
   const files: FolderFile[] = []
   const bad: Conflict[] = []
   for (const stored of await listStoredFiles(dir)) {
@@ -147,18 +176,47 @@ async function readFolder (dir: string, keyring: Parameters<typeof checkStoredFi
     // Removed since the listing (by hand: no live server holds the folder); or a file the server never reads (it holds no session).
     if (checked.ok === null || ignoredByServer(stored)) continue
     proofs.note(stored, checked)
-    const place = { rel: stored.rel, sessionId: stored.sessionId as string, archived: stored.archived, stamp: stampOf(stored) }
+    const place = { stored, rel: stored.rel, sessionId: stored.sessionId as string, archived: stored.archived, stamp: stampOf(stored) }
     if (checked.ok) {
-      files.push({ ...place, data: checked.data, updatedAt: checked.file.updated_at, file: checked.file, columns: deriveColumns(checked.file, checked.kid), missingKid: null })
+      files.push({ ...place, bytes: checked.data.length, digest: digestOf(checked.data), updatedAt: checked.file.updated_at, columns: deriveColumns(checked.file, checked.kid), missingKid: null })
     } else if (checked.keyMissing === true) {
       // Whole, only unopened here (the backups and exports of a folder carry such files): loaded as it is.
-      files.push({ ...place, data: checked.data, updatedAt: checked.clear.updated_at, file: null, columns: clearColumns(checked.clear, checked.kid), missingKid: checked.kid })
+      files.push({ ...place, bytes: checked.data.length, digest: digestOf(checked.data), updatedAt: checked.clear.updated_at, columns: clearColumns(checked.clear, checked.kid), missingKid: checked.kid })
     } else {
       bad.push({ file: stored.rel, reason: checked.reason })
     }
   }
   files.sort((a, b) => (a.sessionId < b.sessionId ? -1 : a.sessionId > b.sessionId ? 1 : Number(a.archived) - Number(b.archived) || a.stamp - b.stamp))
   return { files, bad }
+}
+
+/** The files in chunks of whole sessions, CHUNK_FILES or CHUNK_BYTES each (one session alone may pass them). */
+function * sessionChunks (files: FolderFile[]): Generator<FolderFile[]> {
+  let chunk: FolderFile[] = []
+  let bytes = 0
+  for (const [index, item] of files.entries()) {
+    chunk.push(item)
+    bytes += item.bytes
+    const sessionEnds = files[index + 1]?.sessionId !== item.sessionId
+    if (sessionEnds && (chunk.length >= CHUNK_FILES || bytes >= CHUNK_BYTES)) {
+      yield chunk
+      chunk = []
+      bytes = 0
+    }
+  }
+  if (chunk.length > 0) yield chunk
+}
+
+/** A file read again, as it was when checked; one changed since stops the import (nothing is written). */
+async function load (item: FolderFile, keyring: Keyring | null): Promise<LoadedFile> {
+  const checked = await checkStoredFile(item.stored, keyring)
+  const data = checked.ok === true || (checked.ok === false && checked.keyMissing === true) ? checked.data : null
+  if (data === null || digestOf(data) !== item.digest) throw new CommandFailedError(`${item.rel} changed while the import read the folder; nothing was written, run the import again`)
+  return { ...item, data, file: checked.ok === true ? checked.file : null }
+}
+
+function digestOf (data: Buffer): string {
+  return createHash('sha256').update(data).digest('base64')
 }
 
 /** What a row holds, or why it does not open here (sealed under a key not configured, damaged). */
@@ -180,13 +238,13 @@ function stampOf (stored: StoredFile): number {
  * kind is unchanged; anything else is written, and is a conflict when a row of the same
  * session (active or archived) is newer than it: writing it would put an older state in front.
  */
-function plan (files: FolderFile[], existing: ExistingRow[], keyring: Keyring | null): { planned: Planned[], conflicts: Conflict[] } {
+function plan (files: LoadedFile[], existing: ExistingRow[], keyring: Keyring | null): { planned: Array<Planned<LoadedFile, ExistingRow>>, conflicts: Conflict[] } {
   const rows = new Map<string, ExistingRow[]>()
   for (const row of existing) rows.set(row.session_id, [...(rows.get(row.session_id) ?? []), row])
   const activeInFolder = new Set(files.filter((item) => !item.archived).map((item) => item.sessionId))
   /** Sessions whose active row an earlier step archives. */
   const archiving = new Set<string>()
-  const planned: Planned[] = []
+  const planned: Array<Planned<LoadedFile, ExistingRow>> = []
   const conflicts: Conflict[] = []
   for (const item of files) {
     const mine = rows.get(item.sessionId) ?? []
@@ -244,7 +302,7 @@ function plan (files: FolderFile[], existing: ExistingRow[], keyring: Keyring | 
  * Writes one planned file: its bytes exactly, as a Buffer (binary format: json's is its text).
  * A write that touches no row means someone changed the session since it was read.
  */
-async function write (client: pg.Client, { item, action, row }: Planned, counts: Record<'inserted' | 'replaced' | 'archived' | 'archived_rows' | 'unchanged', number>): Promise<void> {
+async function write (client: pg.Client, { item, action, row }: Planned, counts: Record<'inserted' | 'replaced' | 'archived' | 'archived_rows' | 'unchanged', number>, keyring: Keyring | null): Promise<void> {
   if (action === 'unchanged') {
     counts.unchanged++
     return
@@ -257,11 +315,12 @@ async function write (client: pg.Client, { item, action, row }: Planned, counts:
     if (action === 'archive-row') return
   }
   const derived = item.columns
+  const { data } = await load(item, keyring)
   let result: pg.QueryResult
   try {
-    if (action === 'insert') result = await client.query(insertSession(item.sessionId, item.data, derived))
-    else if (action === 'replace' && row !== undefined) result = await client.query(updateSession({ row: row.row_id, version: row.version }, item.data, derived, null))
-    else result = await client.query(insertArchived(item.sessionId, item.data, derived))
+    if (action === 'insert') result = await client.query(insertSession(item.sessionId, data, derived))
+    else if (action === 'replace' && row !== undefined) result = await client.query(updateSession({ row: row.row_id, version: row.version }, data, derived, null))
+    else result = await client.query(insertArchived(item.sessionId, data, derived))
   } catch (err) {
     const code = (err as { code?: unknown }).code
     // Class 22 (data exception): the json type refuses the text as it is, which is never rewritten.
