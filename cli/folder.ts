@@ -406,41 +406,33 @@ export async function writing<R> (what: string, done: () => string, step: () => 
   }
 }
 
-/**
- * The session ids of a folder's files, active and archived (`<id>.json`, `archive/<id>[.<n>].json`).
- */
-export async function folderSessionIds (dir: string): Promise<Set<string>> {
-  const ids = new Set<string>()
-  for (const name of await readdir(dir).catch(() => [])) {
-    const match = SESSION_FILE.exec(name)
-    if (match !== null) ids.add(match[1] as string)
-  }
-  for (const name of await readdir(join(dir, 'archive')).catch(() => [])) {
-    const match = ARCHIVED_FILE.exec(name)
-    if (match !== null) ids.add(match[1] as string)
-  }
-  return ids
+/** The session files of a folder, relative to it: `<id>.json` and `archive/<name>`. */
+export async function folderSessionFiles (dir: string): Promise<string[]> {
+  const rels: string[] = []
+  for (const name of await readdir(dir).catch(() => [])) if (SESSION_FILE.test(name)) rels.push(name)
+  for (const name of await readdir(join(dir, 'archive')).catch(() => [])) if (ARCHIVED_FILE.test(name)) rels.push(`archive/${name}`)
+  return rels
 }
 
 /**
  * For a folder that does not tell upper from lower case (FileSessionStore.caseless): refuses
- * session ids to write that differ only in case from each other, or from a session's in the
- * folder, as their files would be one and a write would replace another session.
- * `source`: what the ids come from ("the backup", "the database").
+ * files to write (relative paths) whose names differ only in case, from each other or from a
+ * file the folder holds, as each pair would be one file and one session written over another.
+ * `source`: what the files come from ("the backup", "the database").
  */
 export function assertNoCaseTwins (dir: string, incoming: Iterable<string>, present: Iterable<string>, source: string): void {
   const folded = new Map<string, string>()
-  for (const id of incoming) {
-    const twin = folded.get(id.toLowerCase())
-    if (twin !== undefined && twin !== id) throw caseTwinsError(dir, `${source} holds sessions '${twin}' and '${id}'`)
-    folded.set(id.toLowerCase(), id)
+  for (const rel of incoming) {
+    const twin = folded.get(rel.toLowerCase())
+    if (twin !== undefined && twin !== rel) throw caseTwinsError(dir, `${source} holds ${twin} and ${rel}`)
+    folded.set(rel.toLowerCase(), rel)
   }
-  for (const id of present) {
-    const twin = folded.get(id.toLowerCase())
-    if (twin !== undefined && twin !== id) throw caseTwinsError(dir, `${source}'s session '${twin}' and the folder's '${id}' differ only in case`)
+  for (const rel of present) {
+    const twin = folded.get(rel.toLowerCase())
+    if (twin !== undefined && twin !== rel) throw caseTwinsError(dir, `${source}'s ${twin} and the folder's ${rel} differ only in case`)
   }
 }
 
 function caseTwinsError (dir: string, what: string): CommandFailedError {
-  return new CommandFailedError(`${dir} does not tell upper from lower case in file names, and ${what}: their files would be one, and one session would be written over the other; nothing was written`)
+  return new CommandFailedError(`${dir} does not tell upper from lower case in file names, and ${what}: they would be one file, and one session would be written over another; nothing was written`)
 }

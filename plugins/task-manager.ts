@@ -89,9 +89,9 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
   app.addHook('onClose', async () => {
     try {
       await manager.close({ last: true })
+    } finally {
       // Calls abandoned past the grace period were killed; their cgroups go before the process does.
       await command.running?.ended(CALL_CLEANUP_WAIT_MS + command.drainMs)
-    } finally {
       // Logged here, once, for every host: app.close() rejects only with the last failing hook's
       // error, which a later one (releasing the storage lock) would replace.
       for (const { sessionId, cause } of manager.registry.lostChanges()) {

@@ -143,8 +143,9 @@ t.test('a folder that tells case (this machine\'s): ids differing only in case a
   t.equal(await taskCount(app, 'task1'), 1)
 })
 
-t.test('the command-line tool on a caseless folder (restore, export): ids to write that differ only in case, from each other or from the folder\'s, are refused before anything is written', async (t) => {
-  t.doesNotThrow(() => assertNoCaseTwins('/d', ['Task1', 'Task1', 'other'], ['Task1', 'more'], 'the backup'), 'the same id twice (active and archived copies), or already there, is no twin')
-  t.throws(() => assertNoCaseTwins('/d', ['Task1', 'task1'], [], 'the backup'), { message: "/d does not tell upper from lower case in file names, and the backup holds sessions 'Task1' and 'task1': their files would be one, and one session would be written over the other; nothing was written" })
-  t.throws(() => assertNoCaseTwins('/d', ['task1'], ['TASK1'], 'the database'), { message: /the database's session 'task1' and the folder's 'TASK1' differ only in case/ })
+t.test('the command-line tool on a caseless folder (restore, export): files to write whose names differ only in case, from each other or from the folder\'s, are refused before anything is written', async (t) => {
+  t.doesNotThrow(() => assertNoCaseTwins('/d', ['Task1.json', 'archive/task1.json', 'other.json'], ['Task1.json', 'archive/TASK1.123.json', 'more.json'], 'the backup'),
+    'an active file and an archived one are two files, whatever their case; a file already there of the very name is replaced, as on any folder')
+  t.throws(() => assertNoCaseTwins('/d', ['Task1.json', 'task1.json'], [], 'the backup'), { message: '/d does not tell upper from lower case in file names, and the backup holds Task1.json and task1.json: they would be one file, and one session would be written over another; nothing was written' })
+  t.throws(() => assertNoCaseTwins('/d', ['archive/task1.json'], ['archive/TASK1.json'], 'the database'), { message: /the database's archive\/task1\.json and the folder's archive\/TASK1\.json differ only in case/ })
 })

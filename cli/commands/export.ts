@@ -7,7 +7,7 @@ import { readMarker, writeMarker } from '../../services/store/storage-folder.js'
 import { CommandFailedError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase } from '../database.js'
-import { KidProofs, assertNoCaseTwins, folderSessionIds, withWriteLock, writing } from '../folder.js'
+import { KidProofs, assertNoCaseTwins, folderSessionFiles, withWriteLock, writing } from '../folder.js'
 import { ARCHIVED_COPIES, rowName, rowsPage, type StoredRow } from '../rows.js'
 
 /** Rows read per round trip. */
@@ -60,8 +60,8 @@ ${COMMON_HELP}`,
         await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
         const names = archivedNames((await client.query<{ row_id: string, session_id: string }>(ARCHIVED_COPIES)).rows)
         if (store.caseless) {
-          const ids = (await client.query<{ session_id: string }>('SELECT DISTINCT session_id FROM sessions')).rows.map((row) => row.session_id)
-          assertNoCaseTwins(dir, ids, await folderSessionIds(dir), 'the database')
+          const active = (await client.query<{ session_id: string }>('SELECT session_id FROM sessions WHERE archived_at IS NULL')).rows.map((row) => `${row.session_id}.json`)
+          assertNoCaseTwins(dir, [...active, ...[...names.values()].map((name) => `archive/${name}`)], await folderSessionFiles(dir), 'the database')
         }
         const archiveDir = join(dir, 'archive')
         if (names.size > 0) await realFolder(dir, archiveDir)

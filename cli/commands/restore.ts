@@ -11,7 +11,7 @@ import { KeyUnavailableError, SealNotOpenedError } from '../../services/errors.j
 import { readTarGz, type TarEntry } from '../../services/backup/tar.js'
 import { CommandFailedError } from '../args.js'
 import { kidRecord, type Keyring } from '../../services/store/keyring.js'
-import { assertNoCaseTwins, checkStoredFile, folderSessionIds, clearOf, keyWarnings, needKey, sameState, storageDir, wholeFile, withWriteLock, writing, type KeysNeeded } from '../folder.js'
+import { assertNoCaseTwins, checkStoredFile, folderSessionFiles, clearOf, keyWarnings, needKey, sameState, storageDir, wholeFile, withWriteLock, writing, type KeysNeeded } from '../folder.js'
 import type { SessionFile } from '../../services/session/session.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import { assertTargetNamed } from '../database.js'
@@ -137,7 +137,7 @@ async function restoreFrom (backup: BackupFile, dir: string, force: boolean, { s
     const archive = await lstat(join(dir, 'archive')).catch(() => null)
     if (archive !== null && !archive.isDirectory()) throw new CommandFailedError(`${join(dir, 'archive')} is not a real folder (a symlink?), so the server reads no archived session from it; make it a folder of the storage folder, then restore`)
     const { planned, conflicts, skipped } = await plan(backup, dir, keyring)
-    if (store.caseless) assertNoCaseTwins(dir, planned.map((item) => item.sessionId), await folderSessionIds(dir), 'the backup')
+    if (store.caseless) assertNoCaseTwins(dir, planned.map((item) => item.rel), await folderSessionFiles(dir), 'the backup')
     // --force overwrites what the backup names; a copy elsewhere that would hide the restored one stays, so it cannot help.
     const hiding = conflicts.filter((conflict) => conflict.hidden === true)
     if (hiding.length > 0 && force) {
