@@ -345,8 +345,7 @@ export class TaskManager {
   /** Refuses one more active session past TASK_MAX_SESSIONS (507). */
   /** A new id on a caseless store: no active session's id may differ from it only in case (their files would be one). */
   private assertCaseFree (sessionId: string): void {
-    const folded = sessionId.toLowerCase()
-    if (this.registry.sessionIds().some((id) => id !== sessionId && id.toLowerCase() === folded)) throw new SessionIdCaseConflictError(sessionId)
+    if (this.registry.caseTwinOf(sessionId) !== null) throw new SessionIdCaseConflictError(sessionId)
   }
 
   private assertRoom (): void {

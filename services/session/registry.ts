@@ -108,6 +108,8 @@ export interface RegistryOptions {
  */
 export class SessionRegistry {
   private readonly slots = new Map<string, SessionSlot>()
+  /** Lower-cased id → id of every session held, on a caseless store (caseTwinOf); null on others. */
+  private readonly folded: Map<string, string> | null
   /** The ids nextIdle has still to hand out this turn. */
   private turn: string[] = []
   /**
@@ -150,6 +152,16 @@ export class SessionRegistry {
     this.autoSave = options.autoSave
     this.clock = options.clock
     this.writeBackFailed = options.writeBackFailed ?? (() => {})
+    this.folded = options.store.caseless === true ? new Map() : null
+  }
+
+  /**
+   * On a store whose ids differing only in case name one place (caseless): the session held
+   * here whose id is `sessionId` in another case, else null.
+   */
+  caseTwinOf (sessionId: string): string | null {
+    const twin = this.folded?.get(sessionId.toLowerCase())
+    return twin === undefined || twin === sessionId ? null : twin
   }
 
   /** Adds a session read from storage (restore); it must not be known yet. */
@@ -648,7 +660,12 @@ export class SessionRegistry {
   }
 
   private commit (slot: SessionSlot, file: SessionFile | null, bytes: number, saved: boolean): void {
-    if ((slot.file === null) !== (file === null)) this.joinsAndLeaves++
+    if ((slot.file === null) !== (file === null)) {
+      this.joinsAndLeaves++
+      const id = (file ?? slot.file as SessionFile).session_id
+      if (file !== null) this.folded?.set(id.toLowerCase(), id)
+      else if (this.folded?.get(id.toLowerCase()) === id) this.folded.delete(id.toLowerCase())
+    }
     this.count(slot, -1)
     slot.file = file
     slot.progress = file && progressOf(file.session.tasks)
