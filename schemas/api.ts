@@ -26,8 +26,10 @@ const pendingTask = { ...exampleTask, id: 'task_2_1730707200', instruction: 'Exp
 const exampleProgress = { total: 2, completed: 1, failed: 0, pending: 1, in_progress: 0, all_done: false, percentage: 50 }
 const executed = (task: typeof exampleTask) => ({ task_id: task.id, instruction: task.instruction, status: task.status, result: task.result, error: task.error, confidence: task.confidence })
 
-/** What each error status typically says; the shape is always Fastify's. */
-const ERROR_EXAMPLES: Readonly<Record<number, { code: string, error: string, message: string }>> = {
+interface ErrorExample { code: string, error: string, message: string }
+
+/** What each error status typically says; the shape is always Fastify's. A route whose own answer differs says so (ROUTE_ERRORS). */
+const ERROR_EXAMPLES: Readonly<Record<number, ErrorExample>> = {
   400: { code: 'FST_ERR_VALIDATION', error: 'Bad Request', message: 'body/session_id must match pattern "^[A-Za-z0-9_-]{1,128}$"' },
   401: { code: 'UNAUTHORIZED', error: 'Unauthorized', message: 'missing Authorization: Bearer <key> header' },
   403: { code: 'HOST_NOT_ALLOWED', error: 'Forbidden', message: "with no API key this server answers only to addresses, loopback names and TASK_ALLOWED_HOSTS, not 'evil.example'" },
@@ -40,6 +42,20 @@ const ERROR_EXAMPLES: Readonly<Record<number, { code: string, error: string, mes
   503: { code: 'STORAGE_UNAVAILABLE', error: 'Service Unavailable', message: "saving session 'important_work' failed: storage is unavailable (EIO)" },
   507: { code: 'STORAGE_FULL', error: 'Insufficient Storage', message: "saving session 'important_work' failed: storage is full (ENOSPC)" }
 }
+
+/** The examples of routes whose answer under a status is not the usual one (ERROR_EXAMPLES). */
+const ROUTE_ERRORS = {
+  query400: { code: 'FST_ERR_VALIDATION', error: 'Bad Request', message: 'querystring/session_id must match pattern "^[A-Za-z0-9_-]{1,128}$"' },
+  noQuery400: { code: 'FST_ERR_VALIDATION', error: 'Bad Request', message: 'querystring must NOT have additional properties ("session_id" is not one of its fields)' },
+  host400: { code: 'MISSING_HOST', error: 'Bad Request', message: 'an HTTP/1.1 request must carry a Host header' },
+  busy409: { code: 'SESSION_BUSY', error: 'Conflict', message: "session 'important_work' is already executing" },
+  unreadable409: { code: 'VERSION_CONFLICT', error: 'Conflict', message: "reading session 'important_work' refused: session 'important_work' has a stored row that does not read (important_work@7: does not match the session file format at '/session/tasks'); fix or delete that row first; nothing was written" },
+  notRunning409: { code: 'NOT_RUNNING', error: 'Conflict', message: "session 'important_work' has no execution running" },
+  notFailed409: { code: 'TASK_NOT_FAILED', error: 'Conflict', message: "session 'important_work' has no failed task" },
+  notReady503: { code: 'NOT_READY', error: 'Service Unavailable', message: 'sessions are still being restored' },
+  streams503: { code: 'TOO_MANY_STREAMS', error: 'Service Unavailable', message: '1000 event streams are open already (TASK_EVENTS_MAX_CLIENTS); try again later' },
+  backups503: { code: 'TOO_MANY_BACKUPS', error: 'Service Unavailable', message: '4 backups are being sent already (TASK_BACKUP_MAX_CLIENTS); try again later' }
+} satisfies Record<string, ErrorExample>
 
 /** Fastify's error shape, used for every 4xx and 5xx. */
 export const ErrorResponse = Type.Object({
@@ -54,8 +70,8 @@ export const ErrorResponse = Type.Object({
  * Every route may answer 403 HOST_NOT_ALLOWED (a Host name not allowed, without API keys: see
  * TASK_ALLOWED_HOSTS) and 400 (MISSING_HOST, besides each route's own), before it runs.
  */
-const errors = (...codes: number[]) => Object.fromEntries([...new Set([400, 403, ...codes])].sort((a, b) => a - b).map((code) => {
-  const example = ERROR_EXAMPLES[code]
+const errors = (codes: number[], own: Readonly<Record<number, ErrorExample>> = {}) => Object.fromEntries([...new Set([400, 403, ...codes])].sort((a, b) => a - b).map((code) => {
+  const example = own[code] ?? ERROR_EXAMPLES[code]
   return [code, example === undefined ? ErrorResponse : { ...ErrorResponse, examples: [{ statusCode: code, ...example }] }]
 }))
 
@@ -324,27 +340,27 @@ export const ReadyResponse = Type.Object({ status: Type.Literal('ready'), sessio
 
 export const responses = {
   // 409: the session is being archived at that moment (retried a few times first), or another replica changed it (PostgreSQL).
-  create: { 200: CreateResponse, ...errors(400, 401, 409, 413, 415, 422, 503, 507) },
-  execute: { 200: ExecuteResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
-  executeAll: { 200: ExecuteAllResponse, 202: BackgroundRunResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
-  cancel: { 200: CancelResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
+  create: { 200: CreateResponse, ...errors([400, 401, 409, 413, 415, 422, 503, 507], { 409: { code: 'SESSION_BUSY', error: 'Conflict', message: "session 'important_work' is being archived or brought back right now; try again" } }) },
+  execute: { 200: ExecuteResponse, ...errors([400, 401, 404, 409, 413, 415, 503, 507]) },
+  executeAll: { 200: ExecuteAllResponse, 202: BackgroundRunResponse, ...errors([400, 401, 404, 409, 413, 415, 503, 507], { 409: ROUTE_ERRORS.busy409 }) },
+  cancel: { 200: CancelResponse, ...errors([400, 401, 404, 409, 413, 415, 503, 507], { 409: ROUTE_ERRORS.notRunning409 }) },
   // 503: an archived copy sealed under a key this server lacks, a database that does not answer, shutdown.
   // 409: the session's stored row does not read (PostgreSQL).
-  progress: { 200: ProgressResponse, ...errors(400, 401, 404, 409, 503) },
-  list: { 200: ListResponse, ...errors(400, 401, 404, 409, 503) },
-  stats: { 200: StatsResponse, ...errors(400, 401, 503) },
+  progress: { 200: ProgressResponse, ...errors([400, 401, 404, 409, 503], { 400: ROUTE_ERRORS.query400, 409: ROUTE_ERRORS.unreadable409, 503: ROUTE_ERRORS.notReady503 }) },
+  list: { 200: ListResponse, ...errors([400, 401, 404, 409, 503], { 400: ROUTE_ERRORS.query400, 409: ROUTE_ERRORS.unreadable409, 503: ROUTE_ERRORS.notReady503 }) },
+  stats: { 200: StatsResponse, ...errors([400, 401, 503], { 400: ROUTE_ERRORS.noQuery400, 503: ROUTE_ERRORS.notReady503 }) },
   // 414: the id in the path is longer than the router takes (ids are 128 characters at most).
-  remove: { 204: Type.Null({ description: 'Deleted; no body' }), ...errors(400, 401, 404, 409, 413, 414, 415, 503, 507) },
-  archive: { 200: ArchiveResponse, ...errors(400, 401, 413, 415, 503, 507) },
+  remove: { 204: Type.Null({ description: 'Deleted; no body' }), ...errors([400, 401, 404, 409, 413, 414, 415, 503, 507], { 400: { code: 'FST_ERR_VALIDATION', error: 'Bad Request', message: 'params/session_id must match pattern "^[A-Za-z0-9_-]{1,128}$"' }, 409: ROUTE_ERRORS.busy409 }) },
+  archive: { 200: ArchiveResponse, ...errors([400, 401, 413, 415, 503, 507]) },
   // A stream, never serialized: the schema only documents it.
   backup: {
     200: { description: 'A tar.gz of every session: `<id>.json` and `archive/<name>.json`', content: { 'application/gzip': { schema: Type.String({ format: 'binary' }) } } },
-    ...errors(400, 401, 503)
+    ...errors([400, 401, 503], { 400: ROUTE_ERRORS.noQuery400, 503: ROUTE_ERRORS.backups503 })
   },
-  retry: { 200: RetryResponse, ...errors(400, 401, 404, 409, 413, 415, 503, 507) },
-  events: { 200: EventStream, ...errors(400, 401, 503) },
+  retry: { 200: RetryResponse, ...errors([400, 401, 404, 409, 413, 415, 503, 507], { 409: ROUTE_ERRORS.notFailed409 }) },
+  events: { 200: EventStream, ...errors([400, 401, 503], { 400: ROUTE_ERRORS.query400, 503: ROUTE_ERRORS.streams503 }) },
   // No body: `Location` says where (Type.Null keeps the document from naming a JSON one).
-  index: { 200: IndexResponse, 302: Type.Null({ description: 'A browser (Accept: text/html) is sent to the dashboard, named by the Location header', headers: { location: Type.String({ description: "The dashboard's address (/dashboard/ under the server's own prefix)" }) } }), ...errors() },
-  health: { 200: HealthResponse, ...errors() },
-  ready: { 200: ReadyResponse, ...errors(503) }
+  index: { 200: IndexResponse, 302: Type.Null({ description: 'A browser (Accept: text/html) is sent to the dashboard, named by the Location header', headers: { location: Type.String({ description: "The dashboard's address (/dashboard/ under the server's own prefix)" }) } }), ...errors([], { 400: ROUTE_ERRORS.host400 }) },
+  health: { 200: HealthResponse, ...errors([], { 400: ROUTE_ERRORS.host400 }) },
+  ready: { 200: ReadyResponse, ...errors([503], { 400: ROUTE_ERRORS.host400, 503: ROUTE_ERRORS.notReady503 }) }
 }

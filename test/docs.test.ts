@@ -6,7 +6,7 @@
 import { createConfig, lintFromString } from '@redocly/openapi-core'
 import type { TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
-import Fastify, { type RouteOptions } from 'fastify'
+import Fastify, { type InjectOptions, type RouteOptions } from 'fastify'
 import { readFile, readdir } from 'node:fs/promises'
 import { gzipSync } from 'node:zlib'
 import t from 'tap'
@@ -216,6 +216,33 @@ t.test('a query parameter a route does not take is a 400 that changes nothing, a
   const remove = await app.inject({ method: 'DELETE', url: '/api/v1/tasks/sessions/kept?x=1' })
   t.equal(remove.statusCode, 400, remove.body)
   t.equal((await app.inject({ method: 'GET', url: '/api/v1/tasks/progress?session_id=kept' })).statusCode, 200, 'the session is still there')
+})
+
+t.test('a route\'s documented error example is what the route answers under that status', async (t) => {
+  const app = await build(t)
+  const doc = (await app.inject({ method: 'GET', url: '/documentation/json' })).json<OpenApi>()
+  const example = (path: string, method: string, status: number): { code?: string, message?: string } | undefined => {
+    const content = doc.paths[path]?.[method]?.responses[String(status)]?.content?.['application/json']
+    const schema = content?.schema as { examples?: unknown[] } | undefined
+    return (content?.example ?? Object.values((content?.examples ?? {}) as Record<string, { value: unknown }>)[0]?.value ?? schema?.examples?.[0]) as { code?: string, message?: string } | undefined
+  }
+  await app.inject({ method: 'POST', url: '/api/v1/tasks/create', payload: { session_id: 'important_work', instructions: '1. one' } })
+  const cases: Array<[string, string, number, InjectOptions]> = [
+    ['/api/v1/tasks/progress', 'get', 400, { method: 'GET', url: '/api/v1/tasks/progress?session_id=no!' }],
+    ['/api/v1/tasks/list', 'get', 400, { method: 'GET', url: '/api/v1/tasks/list?session_id=no!' }],
+    ['/api/v1/tasks/stats', 'get', 400, { method: 'GET', url: '/api/v1/tasks/stats?session_id=x' }],
+    ['/api/v1/tasks/sessions/{session_id}', 'delete', 400, { method: 'DELETE', url: '/api/v1/tasks/sessions/no!' }],
+    ['/api/v1/tasks/cancel', 'post', 409, { method: 'POST', url: '/api/v1/tasks/cancel', payload: { session_id: 'important_work' } }],
+    ['/api/v1/tasks/retry', 'post', 409, { method: 'POST', url: '/api/v1/tasks/retry', payload: { session_id: 'important_work' } }],
+    ['/api/v1/tasks/progress', 'get', 404, { method: 'GET', url: '/api/v1/tasks/progress?session_id=important_work_2' }]
+  ]
+  for (const [path, method, status, request] of cases) {
+    const res = await app.inject(request)
+    t.equal(res.statusCode, status, `${method} ${path}: ${res.body}`)
+    const documented = example(path, method, status)
+    t.ok(documented !== undefined, `${method} ${path} ${status}: an example`)
+    t.same({ code: res.json().code, message: res.json().message.replace('important_work_2', 'important_work') }, { code: documented?.code, message: documented?.message }, `${method} ${path} ${status}: as documented`)
+  }
 })
 
 t.test('a path parameter longer than the router takes is a 414, and the document lists 414 for each route with one', async (t) => {
