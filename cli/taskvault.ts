@@ -27,18 +27,26 @@ const USAGE = `Usage: taskvault <command> [dir] [options]
 Commands:
 ${COMMANDS.map((command) => `  ${command.name.padEnd(9)} ${command.summary}`).join('\n')}
 
-Run 'taskvault <command> --help' for a command's options. Every command takes --json.
+Run 'taskvault <command> --help' (or 'taskvault help <command>') for a command's options. Every command takes --json.
 'taskvault --version' prints the version.
 Exit status: 0 done, 1 failed or found a problem, 2 usage error.`
 
 const EXIT = { ok: 0, failed: 1, usage: 2 } as const
 
 async function main (argv: string[]): Promise<number> {
-  if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-v')) {
-    process.stdout.write(`${await packageVersion()}\n`)
+  const wantsJson = argv.includes('--json')
+  const bare = argv.filter((arg) => arg !== '--json')
+  if (bare.length === 1 && (bare[0] === '--version' || bare[0] === '-v')) {
+    const version = await packageVersion()
+    process.stdout.write(wantsJson ? `${JSON.stringify({ version })}\n` : `${version}\n`)
     return EXIT.ok
   }
-  const wantsJson = argv.includes('--json')
+  // `help <command>`: that command's help, as `<command> --help` gives it.
+  const asked = argv[0] === 'help' && argv.length === 2 ? COMMANDS.find((candidate) => candidate.name === argv[1]) : undefined
+  if (asked !== undefined) {
+    process.stdout.write(asked.help + '\n')
+    return EXIT.ok
+  }
   if (isGlobalHelp(argv)) {
     const asked = argv.length > 0
     ;(asked ? process.stdout : process.stderr).write(USAGE + '\n')

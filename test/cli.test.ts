@@ -20,7 +20,12 @@ t.test('help and usage errors', async (t) => {
   t.equal(help.code, 0)
   t.equal(none.code, 2, 'no command')
   const version = await taskvault(['--version'])
-  t.same([version.code, version.stdout], [0, `${(JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version}\n`], '--version prints the package\'s version')
+  const packageVersion = (JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
+  t.same([version.code, version.stdout], [0, `${packageVersion}\n`], '--version prints the package\'s version')
+  const versionJson = await taskvault(['--version', '--json'])
+  t.same([versionJson.code, versionJson.json()], [0, { version: packageVersion }], 'and with --json, as JSON')
+  const helpOf = await taskvault(['help', 'validate'])
+  t.same([helpOf.code, helpOf.stdout], [0, own[0]?.stdout], 'help <command> is <command> --help')
   names.forEach((name, i) => {
     t.match(help.stdout, new RegExp(`\\n  ${name} `), `lists ${name}`)
     t.equal(own[i]?.code, 0, `${name} --help exits 0`)
