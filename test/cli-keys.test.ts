@@ -41,6 +41,14 @@ async function folder (t: TestContext, extra: Record<string, Buffer> = {}): Prom
   return { dir, files }
 }
 
+t.test('seal without TASK_ENCRYPTION_KEYS is a bad setting: exit 2, saying so, nothing written', async (t) => {
+  const dir = await tempDir(t)
+  const run = await taskvault(['seal', dir])
+  t.equal(run.code, 2, run.stderr)
+  t.match(run.stderr, /^taskvault: bad setting TASK_ENCRYPTION_KEYS is not set: there is no key to seal with/u)
+  t.same(await readdir(dir), [], 'the folder untouched')
+})
+
 t.test('restore takes the backup of a folder with an archived file under a retired key, byte for byte, and says which key it needs', async (t) => {
   const { dir, files } = await folder(t)
   const backup = join(await tempDir(t), 'b.tar.gz')

@@ -1,11 +1,11 @@
 import { dirname, join } from 'node:path'
-import { SessionTooLargeError } from '../../services/errors.js'
+import { BadSettingError, SessionTooLargeError } from '../../services/errors.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
 import { fsyncDir, serializeSessionFile, tempNames, writeAndRename } from '../../services/store/session-files.js'
 import { sessionBound } from '../../services/store/save-rules.js'
 import { readMarker } from '../../services/store/storage-folder.js'
 import type { Keyring } from '../../services/store/keyring.js'
-import { CommandFailedError, UsageError } from '../args.js'
+import { UsageError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, readTarget, withDatabase } from '../database.js'
 import { checkStoredFile, EVERY_KID, ignoredByServer, KidProofs, listStoredFiles, storageDir, withWriteLock, writing, type StoredFile } from '../folder.js'
@@ -50,7 +50,8 @@ ${COMMON_HELP}`,
   options: DATABASE_OPTIONS,
   positionals: { min: 0, max: 1, names: 'dir' },
   async run (args, { settings, keyring, warn }) {
-    if (keyring === null) throw new CommandFailedError('TASK_ENCRYPTION_KEYS is not set: there is no key to seal with')
+    // A setting missing, as a bad one is: exit 2.
+    if (keyring === null) throw new BadSettingError('TASK_ENCRYPTION_KEYS is not set: there is no key to seal with')
     const target = readTarget(args, settings)
     if (target !== null) {
       if (args.positionals.length > 0) throw new UsageError(`give a folder or --database-url, not both (got '${args.positionals[0] ?? ''}')`)
