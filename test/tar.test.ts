@@ -3,7 +3,7 @@ import { Readable, Writable } from 'node:stream'
 import { gzipSync } from 'node:zlib'
 import t from 'tap'
 import { TarFormatError } from '../services/errors.js'
-import { MAX_ENTRY_BYTES, readTarGz, writeTarGz, type TarEntry, type TarFile } from '../services/backup/tar.js'
+import { MAX_ENTRY_BYTES, MAX_HEADER_ENTRY_BYTES, readTarGz, writeTarGz, type TarEntry, type TarFile } from '../services/backup/tar.js'
 
 /** The bytes `writeTarGz` produces for `files`. */
 async function pack (files: TarFile[]): Promise<Buffer> {
@@ -120,4 +120,30 @@ t.test('an entry claiming more than MAX_ENTRY_BYTES is refused before anything i
   const sealed = Math.ceil((256 + 16) * 1024 ** 2 / 3) * 4 + 1024
   const large = gzipSync(Buffer.concat([ustarHeader({ name: 'sealed.json', size: sealed }), Buffer.alloc(1024)]))
   await t.rejects(unpack(large), { name: 'TarFormatError', message: /^(?!.*claims)/u }, `an entry of ${sealed} bytes is not refused for its size (only cut short here)`)
+})
+
+t.test('a folder\'s or a link\'s body is passed over, not buffered, and a pax header past MAX_HEADER_ENTRY_BYTES is refused', async (t) => {
+  // A link claiming 64 MiB of body (zeros: 64 KiB gzipped): nothing of it is held.
+  const body = 64 * 1024 * 1024
+  const tar = Buffer.concat([
+    ustarHeader({ name: 'evil.json', size: body, type: '2' }), Buffer.alloc(body),
+    ustarHeader({ name: 'dir/', size: body, type: '5' }), Buffer.alloc(body),
+    ustarHeader({ name: 'after.json', size: 2 }), pad(Buffer.from('{}')),
+    Buffer.alloc(1024)
+  ])
+  const entries = await unpack(gzipSync(tar))
+  t.same(entries.map((entry) => [entry.name, entry.type, entry.data.length]), [['evil.json', 'other', 0], ['dir/', 'directory', 0], ['after.json', 'file', 2]], 'their bodies skipped, the next entry read')
+  const pax = gzipSync(Buffer.concat([ustarHeader({ name: 'PaxHeader', size: MAX_HEADER_ENTRY_BYTES + 1, type: 'x' }), Buffer.alloc(1024)]))
+  await t.rejects(unpack(pax), { name: 'TarFormatError', message: /a pax or long-name header claims 65537 bytes/u })
+})
+
+t.test('a file of megabytes read in small pieces comes whole, byte for byte', async (t) => {
+  const big = randomBytes(3 * 1024 * 1024 + 17)
+  const gz = await pack([{ name: 'small.json', data: Buffer.from('{}') }, { name: 'big.json', data: big }, { name: 'last.json', data: Buffer.from('[]') }])
+  for (const chunkSize of [1000, 65_536, gz.length]) {
+    const entries = await unpack(gz, chunkSize)
+    t.same(entries.map((entry) => entry.name), ['small.json', 'big.json', 'last.json'], `in pieces of ${chunkSize}`)
+    t.ok(entries[1]?.data.equals(big), 'the big one whole')
+    t.equal(entries[2]?.data.toString(), '[]', 'and the one after it')
+  }
 })

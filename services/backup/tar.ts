@@ -11,6 +11,9 @@ import { TarFormatError } from '../errors.js'
  */
 export const MAX_ENTRY_BYTES = bufferConstants.MAX_STRING_LENGTH
 
+/** The largest pax or GNU long-name header: it holds a path, and a path of more is damage or hostility. */
+export const MAX_HEADER_ENTRY_BYTES = 64 * 1024
+
 /**
  * Gzipped tar archives (POSIX ustar, with pax headers for names over 100 bytes), written and
  * read as streams: what `taskvault backup` and `restore` use. Readable by any `tar`.
@@ -152,6 +155,17 @@ export async function * readTarGz (source: Readable): AsyncGenerator<TarEntry> {
       // Session files are small: a huge size is a damaged or hostile archive, never buffered.
       if (size > MAX_ENTRY_BYTES) throw new TarFormatError(`an entry claims ${size} bytes, more than the ${MAX_ENTRY_BYTES} a session file may have`)
       const type = block[156] === 0 ? '0' : String.fromCharCode(block[156] as number)
+      const header = type === 'x' || type === 'L' || type === 'g'
+      if (header && size > MAX_HEADER_ENTRY_BYTES) throw new TarFormatError(`a pax or long-name header claims ${size} bytes, more than the ${MAX_HEADER_ENTRY_BYTES} a path needs`)
+      const kind = type === '0' || type === '7' ? 'file' : type === '5' ? 'directory' : 'other'
+      if (!header && kind !== 'file') {
+        // A folder's or a link's body is never used: passed over, not buffered (a hostile size costs no memory).
+        if (!await bytes.skip(Math.ceil(size / BLOCK) * BLOCK).catch(gzipError)) throw new TarFormatError('the archive ends inside an entry (truncated?)')
+        const name = longName ?? ustarName(block)
+        longName = null
+        yield { name, type: kind, data: Buffer.alloc(0), mode: readOctal(block, 100, 8), mtime: new Date(readOctal(block, 136, 12) * 1000) }
+        continue
+      }
       const body = await bytes.take(Math.ceil(size / BLOCK) * BLOCK).catch(gzipError)
       if (body === null) throw new TarFormatError('the archive ends inside an entry (truncated?)')
       const data = body.subarray(0, size)
@@ -168,7 +182,7 @@ export async function * readTarGz (source: Readable): AsyncGenerator<TarEntry> {
       longName = null
       yield {
         name,
-        type: type === '0' || type === '7' ? 'file' : type === '5' ? 'directory' : 'other',
+        type: kind,
         data,
         mode: readOctal(block, 100, 8),
         mtime: new Date(readOctal(block, 136, 12) * 1000)
@@ -215,6 +229,9 @@ function readOctal (block: Buffer, offset: number, length: number): number {
   return text === '' ? 0 : parseInt(text, 8)
 }
 
+/** Past this, take() copies into a buffer of its own rather than queue chunks and join them. */
+const TAKE_IN_PLACE_BYTES = 1024 * 1024
+
 /** Bytes from an async iterator of chunks, taken in exact amounts. */
 class ByteQueue {
   private chunks: Buffer[] = []
@@ -222,8 +239,12 @@ class ByteQueue {
 
   constructor (private readonly source: AsyncIterator<Buffer>) {}
 
-  /** Exactly `n` bytes, or null if the source ends first. */
+  /**
+   * Exactly `n` bytes, or null if the source ends first. Past what is queued, they are copied
+   * into one buffer of `n` as they come, so an entry costs its size once, not twice.
+   */
   async take (n: number): Promise<Buffer | null> {
+    if (this.length < n && n > TAKE_IN_PLACE_BYTES) return this.takeInto(n)
     while (this.length < n) {
       const next = await this.source.next()
       if (next.done === true) return null
@@ -236,6 +257,45 @@ class ByteQueue {
     this.chunks = rest.length > 0 ? [rest] : []
     this.length = rest.length
     return taken
+  }
+
+  private async takeInto (n: number): Promise<Buffer | null> {
+    const out = Buffer.allocUnsafe(n)
+    let filled = 0
+    for (const chunk of this.chunks) filled += chunk.copy(out, filled)
+    this.chunks = []
+    this.length = 0
+    while (filled < n) {
+      const next = await this.source.next()
+      if (next.done === true) return null
+      const used = next.value.copy(out, filled, 0, Math.min(next.value.length, n - filled))
+      filled += used
+      if (used < next.value.length) {
+        this.chunks = [next.value.subarray(used)]
+        this.length = next.value.length - used
+      }
+    }
+    return out
+  }
+
+  /** Passes over `n` bytes, holding none of them; false if the source ends first. */
+  async skip (n: number): Promise<boolean> {
+    let left = n
+    while (left > 0) {
+      if (this.length === 0) {
+        const next = await this.source.next()
+        if (next.done === true) return false
+        this.chunks = [next.value]
+        this.length = next.value.length
+      }
+      const head = this.chunks[0] as Buffer
+      const used = Math.min(head.length, left)
+      left -= used
+      this.length -= used
+      if (used === head.length) this.chunks.shift()
+      else this.chunks[0] = head.subarray(used)
+    }
+    return true
   }
 
   /** Reads the source to its end, discarding what is left. */
