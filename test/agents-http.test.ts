@@ -5,6 +5,7 @@
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
+import { MAX_ANSWER_DEPTH } from '../services/runner/agents/http.js'
 import { CODING_SYSTEM_PROMPT, THINKING_SYSTEM_PROMPT } from '../services/runner/agents/openai.js'
 import { completion, createTasks, fakeAgent, ok, recordCalls, storedTasks, waitFor } from './agents-fakes.js'
 import { build, get, heldBytes, post, tempDir } from './helper.js'
@@ -360,6 +361,20 @@ t.test('malformed answers fail at once: not JSON, no string result', async (t) =
   t.match(noResult, { status: 'Failed', error: /without a string "result"/ })
   t.match(numeric, { status: 'Failed', error: /without a string "result"/ })
   t.equal(agent.requests.length, 3, 'one call per task: none retried')
+})
+
+t.test('an answer nested deeper than MAX_ANSWER_DEPTH fails at once, unparsed; brackets inside strings do not count', async (t) => {
+  // The object is one level: with its arrays, MAX_ANSWER_DEPTH in all.
+  const deep = `{"result": "ok", "x": ${'['.repeat(MAX_ANSWER_DEPTH - 1)}${']'.repeat(MAX_ANSWER_DEPTH - 1)}}`
+  const answers = [{ body: `{"result": "ok", "x": ${'['.repeat(200_000)}${']'.repeat(200_000)}}` }, { body: deep }, { body: { result: `[{"${'['.repeat(5000)}` } }]
+  const agent = await fakeAgent(t, (req) => answers[Number(req.json.task.instruction)]!)
+  const app = await build(t, { agents: { default: { kind: 'webhook', url: agent.base, max_attempts: 3, ...FAST } } })
+  await createTasks(app, 'deep', [{ instruction: '0' }, { instruction: '1' }, { instruction: '2' }])
+  const [tooDeep, deepest, inString] = (await post(app, '/execute-all', { session_id: 'deep' })).json().results
+  t.match(tooDeep, { status: 'Failed', error: new RegExp(`^webhook \\S+ answered 200 with JSON nested more than ${MAX_ANSWER_DEPTH} levels deep$`) })
+  t.match(deepest, { status: 'Completed', result: 'ok' }, `${MAX_ANSWER_DEPTH} levels is the most taken`)
+  t.match(inString, { status: 'Completed', result: `[{"${'['.repeat(5000)}` })
+  t.equal(agent.requests.length, 3, 'not retried')
 })
 
 t.test('an answer over max_response_bytes fails the task', async (t) => {

@@ -70,11 +70,33 @@ async function exchange (who: string, url: string, payload: unknown, options: Po
       retryAfterMs: transient ? parseRetryAfter(response.headers.get('retry-after')) : null
     })
   }
+  // Parsing JSON nested a million deep blocks the process for a second or more: refused unparsed.
+  if (nestedPast(text, MAX_ANSWER_DEPTH)) throw new AgentError(`${who} answered ${response.status} with JSON nested more than ${MAX_ANSWER_DEPTH} levels deep`)
   try {
     return { status: response.status, body: JSON.parse(text) }
   } catch {
     throw new AgentError(`${who} answered ${response.status} with a body that is not JSON${quoted(text)}`)
   }
+}
+
+/** How deep an agent's JSON answer may nest: far past any API's, far short of a stall. */
+export const MAX_ANSWER_DEPTH = 256
+
+/** Whether `text`'s arrays and objects nest deeper than `max` (brackets inside strings not counted). */
+function nestedPast (text: string, max: number): boolean {
+  let depth = 0
+  let inString = false
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (inString) {
+      if (c === 0x5c) i++
+      else if (c === 0x22) inString = false
+    } else if (c === 0x22) inString = true
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > max) return true
+    } else if (c === 0x5d || c === 0x7d) depth--
+  }
+  return false
 }
 
 /** An answer's body as text; `cut`: an error answer longer than max_response_bytes, of which only the start was kept. */
