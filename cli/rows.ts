@@ -41,16 +41,24 @@ export interface ExistingRow {
   version: string
   archived: boolean
   updated_at: Date
-  document: string
+  /** MD5 of the stored text, hex (md5(document::text)): compared with a file's bytes without reading the row. */
+  digest: string
+  /** The stored text, read only when a file must be compared with it in content (rowDocuments). */
+  document?: string
 }
 
 /** The rows of these sessions, oldest copy first; FOR UPDATE: an import holds them until it commits. */
 export function rowsOf (sessionIds: string[]): pg.QueryConfig {
   return {
-    text: `SELECT row_id, session_id, version, archived_at IS NOT NULL AS archived, updated_at, document::text AS document
+    text: `SELECT row_id, session_id, version, archived_at IS NOT NULL AS archived, updated_at, md5(document::text) AS digest
       FROM sessions WHERE session_id = ANY($1::text[]) ORDER BY session_id, row_id FOR UPDATE`,
     values: [sessionIds]
   }
+}
+
+/** The documents of rows by id (`document::text`: the exact text stored). */
+export function rowDocuments (rowIds: string[]): pg.QueryConfig {
+  return { text: 'SELECT row_id, document::text AS document FROM sessions WHERE row_id = ANY($1::bigint[])', values: [rowIds] }
 }
 
 /**

@@ -41,9 +41,10 @@ async function main (argv: string[]): Promise<number> {
     process.stdout.write(wantsJson ? `${JSON.stringify({ version })}\n` : `${version}\n`)
     return EXIT.ok
   }
-  // `help <command>`: that command's help, as `<command> --help` gives it.
-  const asked = argv[0] === 'help' && argv.length === 2 ? COMMANDS.find((candidate) => candidate.name === argv[1]) : undefined
-  if (asked !== undefined) {
+  // `help <command>`: that command's help, as `<command> --help` gives it (an unknown one is a usage error as there).
+  if (bare[0] === 'help' && bare.length >= 2) {
+    const asked = COMMANDS.find((candidate) => candidate.name === bare[1])
+    if (asked === undefined) return fail(new UsageError(`unknown command '${bare[1] ?? ''}'; commands: ${COMMANDS.map((c) => c.name).join(', ')}`), wantsJson, undefined)
     process.stdout.write(asked.help + '\n')
     return EXIT.ok
   }

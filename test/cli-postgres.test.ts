@@ -173,6 +173,14 @@ t.test('import holds a few sessions at a time, not the folder: 100 MB of archive
   const [row] = await query<{ n: string, bytes: string }>(url, 'SELECT count(*) AS n, sum(bytes) AS bytes FROM sessions WHERE archived_at IS NOT NULL')
   t.equal(Number(row?.n), 250)
   t.ok(Number(row?.bytes) > 100e6, `every byte (${row?.bytes})`)
+  // The rows' side too: a folder of small active files of those sessions is judged against the
+  // 100 MB of rows without reading their documents (only a row of the same updated_at would be).
+  const small = join(await tempDir(t, 'taskvault-cli-pg-'), 'tasks')
+  await mkdir(small, { recursive: true, mode: 0o700 })
+  for (let i = 0; i < 250; i++) await writeFile(join(small, `big${i}.json`), storedSession(`big${i}`, ['Completed', 'Pending'], daysAgo(1)), { mode: 0o600 })
+  const again = await taskvault(['import', small, '--database-url', url, '--json'], { nodeArgs: ['--max-old-space-size=40'] })
+  t.equal(again.code, 0, again.stderr.slice(0, 2000))
+  t.match(again.json(), { inserted: 250, archived: 0, conflicts: [] })
 })
 
 t.test('import keeps a hand-written file\'s bytes, and running it again skips everything', async (t) => {

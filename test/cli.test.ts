@@ -26,6 +26,10 @@ t.test('help and usage errors', async (t) => {
   t.same([versionJson.code, versionJson.json()], [0, { version: packageVersion }], 'and with --json, as JSON')
   const helpOf = await taskvault(['help', 'validate'])
   t.same([helpOf.code, helpOf.stdout], [0, own[0]?.stdout], 'help <command> is <command> --help')
+  t.same((await taskvault(['help', 'validate', '--json'])).stdout, own[0]?.stdout, 'with --json too')
+  const helpUnknown = await taskvault(['help', 'nosuch'])
+  t.same([helpUnknown.code, helpUnknown.stdout], [2, ''], 'help of an unknown command: a usage error, as nosuch --help is')
+  t.match(helpUnknown.stderr, /unknown command 'nosuch'/)
   names.forEach((name, i) => {
     t.match(help.stdout, new RegExp(`\\n  ${name} `), `lists ${name}`)
     t.equal(own[i]?.code, 0, `${name} --help exits 0`)

@@ -118,7 +118,7 @@ t.test('seal --database-url: no keys, an unreadable row, a folder and a URL toge
   await client.query('UPDATE sessions SET document = \'{"session_id": "broken"}\' WHERE session_id = \'broken\'')
 
   const keyless = await taskvault(['seal', '--database-url', url], { env: {} })
-  t.equal(keyless.code, 1)
+  t.equal(keyless.code, 2, 'a bad setting')
   t.match(keyless.stderr, /TASK_ENCRYPTION_KEYS is not set/u)
 
   const env = { TASK_ENCRYPTION_KEYS: `new:${NEW}` }

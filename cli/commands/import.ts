@@ -1,5 +1,8 @@
 import { createHash } from 'node:crypto'
+import { constants } from 'node:fs'
+import { open } from 'node:fs/promises'
 import { resolve } from 'node:path'
+import pLimit from 'p-limit'
 import type pg from 'pg'
 import { CommandFailedError } from '../../services/errors.js'
 import { noop } from '../../services/noop.js'
@@ -7,11 +10,11 @@ import { archiveSession } from '../../services/store/postgres/archive-sql.js'
 import { deriveColumns, insertSession, updateSession, type DerivedColumns } from '../../services/store/postgres/sessions-sql.js'
 import type { SessionFile } from '../../services/session/session.js'
 import { kidRecord, type Clear, type Keyring } from '../../services/store/keyring.js'
-import { ARCHIVED_FILE, parseSessionFile } from '../../services/store/session-files.js'
+import { ARCHIVED_FILE, parseSessionFile, sessionText } from '../../services/store/session-files.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase, type DatabaseTarget } from '../database.js'
 import { assertNoWriter, assertUsedFolder, checkStoredFile, folderKeys, ignoredByServer, keyWarnings, listStoredFiles, needKey, sameState, type KeysNeeded, type KidProofs, type StoredFile } from '../folder.js'
-import { insertArchived, rowName, rowsOf, type ExistingRow } from '../rows.js'
+import { insertArchived, rowDocuments, rowName, rowsOf, type ExistingRow } from '../rows.js'
 
 /**
  * A session file of the folder that reads, with what the row needs; its bytes are read again
@@ -34,9 +37,10 @@ interface FolderFile {
   missingKid: string | null
 }
 
-/** A file read again: its bytes and what it holds (null when `missingKid`). */
+/** A file read again: its bytes, their MD5 (as PostgreSQL's md5() gives a row's), and what it holds when a row must be compared with it (else null). */
 interface LoadedFile extends FolderFile {
   data: Buffer
+  md5: string
   file: SessionFile | null
 }
 
@@ -52,6 +56,8 @@ interface Planned<F extends FolderFile = FolderFile, R extends Pick<ExistingRow,
 /** Sessions judged against their rows together: their files up to this many, or bytes (a session's files are never split). */
 const CHUNK_FILES = 256
 const CHUNK_BYTES = 8 * 1024 * 1024
+/** Files of a chunk read at once. */
+const READS_AT_ONCE = 16
 
 interface Conflict {
   file: string
@@ -129,30 +135,32 @@ async function importFolder (dir: string, target: DatabaseTarget, force: boolean
   return withDatabase(target, settings, keyring, false, async (client) => {
     await client.query('BEGIN')
     try {
-      // A chunk of sessions at a time: their files read again, their rows read (and locked), judged, let go.
-      const planned: Planned[] = []
+      // A chunk of sessions at a time: their files read again, their rows read (and locked), judged
+      // and written, then let go. A conflict (without --force) stops the writing, not the judging,
+      // and the end rolls everything back: nothing is written.
       const conflicts: Conflict[] = []
+      const counts = { inserted: 0, replaced: 0, archived: 0, archived_rows: 0, unchanged: 0 }
+      const needsKeys: KeysNeeded = kidRecord()
+      const reads = pLimit(READS_AT_ONCE)
       for (const chunk of sessionChunks(files)) {
-        const loaded: LoadedFile[] = []
-        for (const item of chunk) loaded.push(await load(item, keyring))
-        const existing = (await client.query<ExistingRow>(rowsOf([...new Set(chunk.map((item) => item.sessionId))]))).rows
+        const loaded = await Promise.all(chunk.map(async (item) => reads(async () => load(item))))
+        const existing = await rowsToJudge(client, loaded, keyring)
         const judged = plan(loaded, existing, keyring)
         conflicts.push(...judged.conflicts)
-        for (const { item: { data: _data, file: _file, ...item }, action, row } of judged.planned) {
-          planned.push({ item, action, ...(row !== undefined && { row: { row_id: row.row_id, version: row.version } }) })
+        if (conflicts.length > 0 && !force) continue
+        for (const step of judged.planned) {
+          await write(client, step, counts)
+          if (step.item.missingKid !== null && step.action !== 'unchanged') needKey(needsKeys, step.item.missingKid, step.item.archived)
         }
       }
-      const counts = { inserted: 0, replaced: 0, archived: 0, archived_rows: 0, unchanged: 0 }
       if (conflicts.length > 0 && !force) {
+        for (const key of Object.keys(counts) as Array<keyof typeof counts>) counts[key] = 0
         await client.query('ROLLBACK')
         const lines = conflicts.map(({ file, reason }) => `❌ ${file}: ${reason}`)
         lines.push(`Refused: ${conflicts.length} files would replace newer rows in ${where}; nothing was written (give --force to write them anyway)`)
         return { code: 1, json: { dir, database: target.where, schema: target.schema, ...counts, conflicts, forced: false }, lines }
       }
-      for (const step of planned) await write(client, step, counts, keyring)
       await client.query('COMMIT')
-      const needsKeys: KeysNeeded = kidRecord()
-      for (const { item, action } of planned) if (item.missingKid !== null && action !== 'unchanged') needKey(needsKeys, item.missingKid, item.archived)
       for (const line of keyWarnings(needsKeys, where, 'database')) warn(line)
       const lines = [`Imported ${dir} into ${where}: ${counts.inserted} new, ${counts.replaced} replaced, ${counts.archived} archived copies added${counts.archived_rows > 0 ? ` (${counts.archived_rows} active rows archived first)` : ''}, ${counts.unchanged} already identical` +
         (conflicts.length > 0 ? `; ${conflicts.length} newer rows overwritten (--force)` : '')]
@@ -207,12 +215,46 @@ function * sessionChunks (files: FolderFile[]): Generator<FolderFile[]> {
   if (chunk.length > 0) yield chunk
 }
 
-/** A file read again, as it was when checked; one changed since stops the import (nothing is written). */
-async function load (item: FolderFile, keyring: Keyring | null): Promise<LoadedFile> {
-  const checked = await checkStoredFile(item.stored, keyring)
-  const data = checked.ok === true || (checked.ok === false && checked.keyMissing === true) ? checked.data : null
+/**
+ * A file's bytes read again, as they were when checked (its content is parsed only where a row
+ * must be compared with it: rowsToJudge); one changed since stops the import, nothing written.
+ */
+async function load (item: FolderFile): Promise<LoadedFile> {
+  let data: Buffer | null = null
+  try {
+    const handle = await open(item.stored.path, constants.O_RDONLY | constants.O_NOFOLLOW)
+    try {
+      data = await handle.readFile()
+    } finally {
+      await handle.close()
+    }
+  } catch {}
   if (data === null || digestOf(data) !== item.digest) throw new CommandFailedError(`${item.rel} changed while the import read the folder; nothing was written, run the import again`)
-  return { ...item, data, file: checked.ok === true ? checked.file : null }
+  return { ...item, data, md5: createHash('md5').update(data).digest('hex'), file: null }
+}
+
+/**
+ * The rows of the chunk's sessions (locked for the transaction), with the document only of
+ * those a file must be compared with in content (the same updated_at, other bytes); those
+ * files are parsed then too. A row whose bytes a file holds needs neither.
+ */
+async function rowsToJudge (client: pg.Client, loaded: LoadedFile[], keyring: Keyring | null): Promise<ExistingRow[]> {
+  const rows = (await client.query<ExistingRow>(rowsOf([...new Set(loaded.map((item) => item.sessionId))]))).rows
+  const bySession = new Map<string, LoadedFile[]>()
+  for (const item of loaded) bySession.set(item.sessionId, [...(bySession.get(item.sessionId) ?? []), item])
+  const compared = (row: ExistingRow, item: LoadedFile): boolean => row.digest !== item.md5 && row.updated_at.getTime() === Date.parse(item.updatedAt)
+  const wanted = rows.filter((row) => bySession.get(row.session_id)?.some((item) => compared(row, item)) === true)
+  if (wanted.length > 0) {
+    const documents = await client.query<{ row_id: string, document: string }>(rowDocuments(wanted.map((row) => row.row_id)))
+    const byRow = new Map(documents.rows.map((row) => [row.row_id, row.document]))
+    for (const row of wanted) row.document = byRow.get(row.row_id)
+    for (const item of loaded) {
+      if (item.missingKid === null && wanted.some((row) => row.session_id === item.sessionId && compared(row, item))) {
+        item.file = parseSessionFile(item.rel, sessionText(item.rel, item.data), item.sessionId, keyring)
+      }
+    }
+  }
+  return rows
 }
 
 function digestOf (data: Buffer): string {
@@ -222,7 +264,7 @@ function digestOf (data: Buffer): string {
 /** What a row holds, or why it does not open here (sealed under a key not configured, damaged). */
 function opened (row: ExistingRow, keyring: Keyring | null): { file: SessionFile } | { why: string } {
   try {
-    return { file: parseSessionFile(rowName(row), row.document, row.session_id, keyring) }
+    return { file: parseSessionFile(rowName(row), row.document ?? '', row.session_id, keyring) }
   } catch (err) {
     return { why: (err as Error).message }
   }
@@ -257,10 +299,11 @@ function plan (files: LoadedFile[], existing: ExistingRow[], keyring: Keyring | 
     const judge = (row: ExistingRow): { same: boolean | null, why?: string } => {
       let verdict = judged.get(row)
       if (verdict !== undefined) return verdict
-      const data = Buffer.from(row.document, 'utf8')
-      if (data.equals(item.data)) verdict = { same: true }
-      else if (row.updated_at.getTime() !== updatedAt) verdict = { same: false }
+      if (row.digest === item.md5) verdict = { same: true }
+      else if (row.updated_at.getTime() !== updatedAt || row.document === undefined) verdict = { same: false }
       else {
+        // Its document was read for this (rowsToJudge), and the file parsed.
+        const data = Buffer.from(row.document, 'utf8')
         const content = opened(row, keyring)
         const why = 'why' in content ? `the database's copy does not open here (${content.why})` : item.file === null ? `the file is sealed under key '${item.missingKid ?? ''}', which TASK_ENCRYPTION_KEYS does not hold` : undefined
         verdict = { same: sameState({ data, file: 'file' in content ? content.file : null }, { data: item.data, file: item.file }), ...(why !== undefined && { why }) }
@@ -302,7 +345,7 @@ function plan (files: LoadedFile[], existing: ExistingRow[], keyring: Keyring | 
  * Writes one planned file: its bytes exactly, as a Buffer (binary format: json's is its text).
  * A write that touches no row means someone changed the session since it was read.
  */
-async function write (client: pg.Client, { item, action, row }: Planned, counts: Record<'inserted' | 'replaced' | 'archived' | 'archived_rows' | 'unchanged', number>, keyring: Keyring | null): Promise<void> {
+async function write (client: pg.Client, { item, action, row }: Planned<LoadedFile>, counts: Record<'inserted' | 'replaced' | 'archived' | 'archived_rows' | 'unchanged', number>): Promise<void> {
   if (action === 'unchanged') {
     counts.unchanged++
     return
@@ -315,7 +358,7 @@ async function write (client: pg.Client, { item, action, row }: Planned, counts:
     if (action === 'archive-row') return
   }
   const derived = item.columns
-  const { data } = await load(item, keyring)
+  const data = item.data
   let result: pg.QueryResult
   try {
     if (action === 'insert') result = await client.query(insertSession(item.sessionId, data, derived))
