@@ -41,7 +41,7 @@ export interface ExistingRow {
   version: string
   archived: boolean
   updated_at: Date
-  /** MD5 of the stored text, hex (md5(document::text)): compared with a file's bytes without reading the row. */
+  /** SHA-256 of the stored text's UTF-8 bytes, hex: compared with a file's without reading the row (sha256, not md5, which a FIPS server refuses). */
   digest: string
   /** The stored text, read only when a file must be compared with it in content (rowDocuments). */
   document?: string
@@ -50,7 +50,8 @@ export interface ExistingRow {
 /** The rows of these sessions, oldest copy first; FOR UPDATE: an import holds them until it commits. */
 export function rowsOf (sessionIds: string[]): pg.QueryConfig {
   return {
-    text: `SELECT row_id, session_id, version, archived_at IS NOT NULL AS archived, updated_at, md5(document::text) AS digest
+    text: `SELECT row_id, session_id, version, archived_at IS NOT NULL AS archived, updated_at,
+      encode(sha256(convert_to(document::text, 'UTF8')), 'hex') AS digest
       FROM sessions WHERE session_id = ANY($1::text[]) ORDER BY session_id, row_id FOR UPDATE`,
     values: [sessionIds]
   }

@@ -28,7 +28,7 @@ interface FolderFile {
   /** An archived copy's place among its session's copies: the number in `<id>.<n>.json`, 0 for `<id>.json`. */
   stamp: number
   bytes: number
-  /** SHA-256 of its bytes when first read. */
+  /** SHA-256 of its bytes when first read, hex: as the row's digest (rowsOf) gives a stored text's. */
   digest: string
   updatedAt: string
   /** The row's columns, derived from the file (or its clear fields, when `missingKid`). */
@@ -37,10 +37,9 @@ interface FolderFile {
   missingKid: string | null
 }
 
-/** A file read again: its bytes, their MD5 (as PostgreSQL's md5() gives a row's), and what it holds when a row must be compared with it (else null). */
+/** A file read again: its bytes, and what it holds when a row must be compared with it (else null). */
 interface LoadedFile extends FolderFile {
   data: Buffer
-  md5: string
   file: SessionFile | null
 }
 
@@ -220,7 +219,7 @@ function * sessionChunks (files: FolderFile[]): Generator<FolderFile[]> {
  * must be compared with it: rowsToJudge); one changed since stops the import, nothing written.
  */
 async function load (item: FolderFile): Promise<LoadedFile> {
-  let data: Buffer | null = null
+  let data: Buffer
   try {
     const handle = await open(item.stored.path, constants.O_RDONLY | constants.O_NOFOLLOW)
     try {
@@ -228,9 +227,12 @@ async function load (item: FolderFile): Promise<LoadedFile> {
     } finally {
       await handle.close()
     }
-  } catch {}
-  if (data === null || digestOf(data) !== item.digest) throw new CommandFailedError(`${item.rel} changed while the import read the folder; nothing was written, run the import again`)
-  return { ...item, data, md5: createHash('md5').update(data).digest('hex'), file: null }
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    throw new CommandFailedError(`${item.rel} ${code === 'ENOENT' ? 'was removed' : `could not be read again (${code ?? (err as Error).message})`} while the import read the folder; nothing was written, run the import again`)
+  }
+  if (digestOf(data) !== item.digest) throw new CommandFailedError(`${item.rel} changed while the import read the folder; nothing was written, run the import again`)
+  return { ...item, data, file: null }
 }
 
 /**
@@ -242,7 +244,7 @@ async function rowsToJudge (client: pg.Client, loaded: LoadedFile[], keyring: Ke
   const rows = (await client.query<ExistingRow>(rowsOf([...new Set(loaded.map((item) => item.sessionId))]))).rows
   const bySession = new Map<string, LoadedFile[]>()
   for (const item of loaded) bySession.set(item.sessionId, [...(bySession.get(item.sessionId) ?? []), item])
-  const compared = (row: ExistingRow, item: LoadedFile): boolean => row.digest !== item.md5 && row.updated_at.getTime() === Date.parse(item.updatedAt)
+  const compared = (row: ExistingRow, item: LoadedFile): boolean => row.digest !== item.digest && row.updated_at.getTime() === Date.parse(item.updatedAt)
   const wanted = rows.filter((row) => bySession.get(row.session_id)?.some((item) => compared(row, item)) === true)
   if (wanted.length > 0) {
     const documents = await client.query<{ row_id: string, document: string }>(rowDocuments(wanted.map((row) => row.row_id)))
@@ -258,7 +260,7 @@ async function rowsToJudge (client: pg.Client, loaded: LoadedFile[], keyring: Ke
 }
 
 function digestOf (data: Buffer): string {
-  return createHash('sha256').update(data).digest('base64')
+  return createHash('sha256').update(data).digest('hex')
 }
 
 /** What a row holds, or why it does not open here (sealed under a key not configured, damaged). */
@@ -299,7 +301,7 @@ function plan (files: LoadedFile[], existing: ExistingRow[], keyring: Keyring | 
     const judge = (row: ExistingRow): { same: boolean | null, why?: string } => {
       let verdict = judged.get(row)
       if (verdict !== undefined) return verdict
-      if (row.digest === item.md5) verdict = { same: true }
+      if (row.digest === item.digest) verdict = { same: true }
       else if (row.updated_at.getTime() !== updatedAt || row.document === undefined) verdict = { same: false }
       else {
         // Its document was read for this (rowsToJudge), and the file parsed.
