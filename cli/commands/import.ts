@@ -45,11 +45,11 @@ interface LoadedFile extends FolderFile {
 
 type Action = 'insert' | 'replace' | 'add-archived' | 'archive-active' | 'archive-row' | 'unchanged'
 
-interface Planned<F extends FolderFile = FolderFile, R extends Pick<ExistingRow, 'row_id' | 'version'> = Pick<ExistingRow, 'row_id' | 'version'>> {
-  item: F
+interface Planned {
+  item: LoadedFile
   action: Action
   /** The active row a replace overwrites, or an archive-active archives first, at the version read. */
-  row?: R
+  row?: ExistingRow
 }
 
 /** Sessions judged against their rows together: their files up to this many, or bytes (a session's files are never split). */
@@ -243,7 +243,11 @@ async function load (item: FolderFile): Promise<LoadedFile> {
 async function rowsToJudge (client: pg.Client, loaded: LoadedFile[], keyring: Keyring | null): Promise<ExistingRow[]> {
   const rows = (await client.query<ExistingRow>(rowsOf([...new Set(loaded.map((item) => item.sessionId))]))).rows
   const bySession = new Map<string, LoadedFile[]>()
-  for (const item of loaded) bySession.set(item.sessionId, [...(bySession.get(item.sessionId) ?? []), item])
+  for (const item of loaded) {
+    const mine = bySession.get(item.sessionId)
+    if (mine === undefined) bySession.set(item.sessionId, [item])
+    else mine.push(item)
+  }
   const compared = (row: ExistingRow, item: LoadedFile): boolean => row.digest !== item.digest && row.updated_at.getTime() === Date.parse(item.updatedAt)
   const wanted = rows.filter((row) => bySession.get(row.session_id)?.some((item) => compared(row, item)) === true)
   if (wanted.length > 0) {
@@ -282,13 +286,13 @@ function stampOf (stored: StoredFile): number {
  * kind is unchanged; anything else is written, and is a conflict when a row of the same
  * session (active or archived) is newer than it: writing it would put an older state in front.
  */
-function plan (files: LoadedFile[], existing: ExistingRow[], keyring: Keyring | null): { planned: Array<Planned<LoadedFile, ExistingRow>>, conflicts: Conflict[] } {
+function plan (files: LoadedFile[], existing: ExistingRow[], keyring: Keyring | null): { planned: Planned[], conflicts: Conflict[] } {
   const rows = new Map<string, ExistingRow[]>()
   for (const row of existing) rows.set(row.session_id, [...(rows.get(row.session_id) ?? []), row])
   const activeInFolder = new Set(files.filter((item) => !item.archived).map((item) => item.sessionId))
   /** Sessions whose active row an earlier step archives. */
   const archiving = new Set<string>()
-  const planned: Array<Planned<LoadedFile, ExistingRow>> = []
+  const planned: Planned[] = []
   const conflicts: Conflict[] = []
   for (const item of files) {
     const mine = rows.get(item.sessionId) ?? []
@@ -347,7 +351,7 @@ function plan (files: LoadedFile[], existing: ExistingRow[], keyring: Keyring | 
  * Writes one planned file: its bytes exactly, as a Buffer (binary format: json's is its text).
  * A write that touches no row means someone changed the session since it was read.
  */
-async function write (client: pg.Client, { item, action, row }: Planned<LoadedFile>, counts: Record<'inserted' | 'replaced' | 'archived' | 'archived_rows' | 'unchanged', number>): Promise<void> {
+async function write (client: pg.Client, { item, action, row }: Planned, counts: Record<'inserted' | 'replaced' | 'archived' | 'archived_rows' | 'unchanged', number>): Promise<void> {
   if (action === 'unchanged') {
     counts.unchanged++
     return

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import { constants } from 'node:fs'
-import { lstat, mkdir, open, readdir, stat, type FileHandle } from 'node:fs/promises'
+import { lstat, mkdir, open, stat, type FileHandle } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { Readable } from 'node:stream'
 import { nodeFs } from '../../services/store/fs-seam.js'
@@ -136,8 +136,9 @@ async function restoreFrom (backup: BackupFile, dir: string, force: boolean, { s
     // Never read or written through: the server ignores an archive/ that is not a real folder.
     const archive = await lstat(join(dir, 'archive')).catch(() => null)
     if (archive !== null && !archive.isDirectory()) throw new CommandFailedError(`${join(dir, 'archive')} is not a real folder (a symlink?), so the server reads no archived session from it; make it a folder of the storage folder, then restore`)
-    const { planned, conflicts, skipped } = await plan(backup, dir, keyring)
-    if (store.caseless) assertNoCaseTwins(dir, planned.map((item) => item.rel), await folderSessionFiles(dir), 'the backup')
+    const present = await folderSessionFiles(dir)
+    const { planned, conflicts, skipped } = await plan(backup, dir, present, keyring)
+    if (store.caseless) assertNoCaseTwins(dir, planned.map((item) => item.rel), present, 'the backup')
     // --force overwrites what the backup names; a copy elsewhere that would hide the restored one stays, so it cannot help.
     const hiding = conflicts.filter((conflict) => conflict.hidden === true)
     if (hiding.length > 0 && force) {
@@ -161,11 +162,11 @@ async function restoreFrom (backup: BackupFile, dir: string, force: boolean, { s
 }
 
 /** Reads the whole backup, checking every entry, and compares each with the folder. Writes nothing. */
-async function plan (backup: BackupFile, dir: string, keyring: Keyring | null): Promise<{ planned: Planned[], conflicts: Conflict[], skipped: string[] }> {
+async function plan (backup: BackupFile, dir: string, present: string[], keyring: Keyring | null): Promise<{ planned: Planned[], conflicts: Conflict[], skipped: string[] }> {
   const planned: Planned[] = []
   const conflicts: Conflict[] = []
   const skipped: string[] = []
-  const copies = await copiesInFolder(dir)
+  const copies = copiesBySession(present)
   const restoredAt = new Map<string, string>()
   for await (const { entry, rel, archived, sessionId, updatedAt, file, missingKid } of checkedEntries(backup, keyring, skipped)) {
     const path = join(dir, rel)
@@ -270,17 +271,13 @@ function archiveStamp (rel: string): number {
   return Number(ARCHIVED_FILE.exec(rel.slice('archive/'.length))?.[2] ?? 0)
 }
 
-/** Every session file already in the folder (active and archived), by session id. */
-async function copiesInFolder (dir: string): Promise<Map<string, string[]>> {
+/** The session files already in the folder (folderSessionFiles), active and archived, by session id. */
+function copiesBySession (rels: string[]): Map<string, string[]> {
   const copies = new Map<string, string[]>()
-  const add = (sessionId: string, rel: string): void => { copies.set(sessionId, [...(copies.get(sessionId) ?? []), rel]) }
-  for (const name of await readdir(dir).catch(() => [])) {
-    const match = SESSION_FILE.exec(name)
-    if (match !== null) add(match[1] as string, name)
-  }
-  for (const name of await readdir(join(dir, 'archive')).catch(() => [])) {
-    const match = ARCHIVED_FILE.exec(name)
-    if (match !== null) add(match[1] as string, `archive/${name}`)
+  for (const rel of rels) {
+    const archived = rel.startsWith('archive/')
+    const sessionId = (archived ? ARCHIVED_FILE : SESSION_FILE).exec(archived ? rel.slice('archive/'.length) : rel)?.[1] as string
+    copies.set(sessionId, [...(copies.get(sessionId) ?? []), rel])
   }
   return copies
 }
