@@ -16,20 +16,27 @@ export interface StoredRow {
   document: string
 }
 
-/** Every stored copy, active and archived, a page at a time by row id (after `after`), bounded in rows and in bytes. */
-export function rowsPage (after: string, limit: number, maxBytes = PAGE_BYTES): pg.QueryConfig {
-  // The rows after `after`, up to `limit`, while the documents before each stay under `maxBytes`
-  // (so at least one): rows of megabytes are not read 500 at a time.
+/**
+ * The rows of `filter` after row id `after`, up to `limit`, while the documents before each stay
+ * under `maxBytes` (so at least one): rows of megabytes are not read hundreds at a time. `columns`
+ * are read from each row (as `s`); `values` fill the filter's $4 on.
+ */
+function boundedPage (columns: string, filter: string, after: string, limit: number, maxBytes: number, values: unknown[] = []): pg.QueryConfig {
   return {
-    text: `SELECT s.row_id, s.session_id, s.archived_at IS NOT NULL AS archived, s.document::text AS document
+    text: `SELECT ${columns}
       FROM (SELECT row_id, sum(bytes) OVER (ORDER BY row_id) - bytes AS before
-        FROM (SELECT row_id, bytes FROM sessions WHERE row_id > $1 ORDER BY row_id LIMIT $2) AS next) AS page
+        FROM (SELECT row_id, bytes FROM sessions WHERE row_id > $1 AND ${filter} ORDER BY row_id LIMIT $2) AS next) AS page
       JOIN sessions s USING (row_id) WHERE page.before < $3 ORDER BY s.row_id`,
-    values: [after, limit, maxBytes]
+    values: [after, limit, maxBytes, ...values]
   }
 }
 
-/** The documents' bytes a page of rowsPage holds at most, past its first row. */
+/** Every stored copy, active and archived, a page at a time by row id (after `after`), bounded in rows and in bytes (boundedPage). */
+export function rowsPage (after: string, limit: number, maxBytes = PAGE_BYTES): pg.QueryConfig {
+  return boundedPage('s.row_id, s.session_id, s.archived_at IS NOT NULL AS archived, s.document::text AS document', 'true', after, limit, maxBytes)
+}
+
+/** The documents' bytes a page holds at most, past its first row. */
 export const PAGE_BYTES = 16 * 1024 * 1024
 
 /** Every archived copy's id and session, without documents: the order of each session's copies. */
@@ -87,17 +94,14 @@ export interface UnsealedRow extends StoredRow, StoredColumns {
 
 /**
  * Stored copies, active and archived, not sealed under `kid` (by the sealed_kid column every
- * write keeps), a page at a time by row id: what `seal` has left to do, so a rerun after an
+ * write keeps), a page at a time by row id (boundedPage): what `seal` has left to do, so a rerun after an
  * interruption only reads the rest. With them, copies sealed under it with no task counted:
  * what `import` wrote without the key (see resealRow), or sessions of no task, which seal
  * passes over once it has read them.
  */
-export function unsealedPage (after: string, limit: number, kid: string): pg.QueryConfig {
-  return {
-    text: `SELECT row_id, session_id, version, archived_at IS NOT NULL AS archived, ${STORED_COLUMNS}, document::text AS document FROM sessions
-      WHERE row_id > $1 AND (sealed_kid IS DISTINCT FROM $3 OR tasks_total = 0) ORDER BY row_id LIMIT $2`,
-    values: [after, limit, kid]
-  }
+export function unsealedPage (after: string, limit: number, kid: string, maxBytes = PAGE_BYTES): pg.QueryConfig {
+  return boundedPage(`s.row_id, s.session_id, s.version, s.archived_at IS NOT NULL AS archived, ${STORED_COLUMNS}, s.document::text AS document`,
+    '(sealed_kid IS DISTINCT FROM $4 OR tasks_total = 0)', after, limit, maxBytes, [kid])
 }
 
 /**
@@ -116,13 +120,9 @@ export function resealRow (rowId: string, version: string, document: Buffer, c: 
   }
 }
 
-/** Stored copies sealed under `kid` (by the sealed_kid column), a page at a time by row id. */
-export function sealedPage (after: string, limit: number, kid: string): pg.QueryConfig {
-  return {
-    text: `SELECT row_id, session_id, archived_at IS NOT NULL AS archived, document::text AS document FROM sessions
-      WHERE row_id > $1 AND sealed_kid = $3 ORDER BY row_id LIMIT $2`,
-    values: [after, limit, kid]
-  }
+/** Stored copies sealed under `kid` (by the sealed_kid column), a page at a time by row id (boundedPage). */
+export function sealedPage (after: string, limit: number, kid: string, maxBytes = PAGE_BYTES): pg.QueryConfig {
+  return boundedPage('s.row_id, s.session_id, s.archived_at IS NOT NULL AS archived, s.document::text AS document', 'sealed_kid = $4', after, limit, maxBytes, [kid])
 }
 
 /** How many stored copies are sealed under `kid`, and how many are not (plaintext or another key). */

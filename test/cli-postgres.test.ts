@@ -14,7 +14,7 @@ import { noop } from '../services/noop.js'
 import { Keyring } from '../services/store/keyring.js'
 import { connectionConfig } from '../services/store/postgres/pool.js'
 import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
-import { rowsPage } from '../cli/rows.js'
+import { rowsPage, sealedPage, unsealedPage } from '../cli/rows.js'
 import { taskvault } from './cli-run.js'
 import { tempDir, type TestContext } from './helper.js'
 import { testDatabase } from './postgres.js'
@@ -116,6 +116,17 @@ t.test('export and validate read rows a page at a time bounded in bytes too: a p
   t.same(await page('0', 3, 1e9), ['a', 'b', 'c'], 'and never more than the limit')
   t.same(await page(sizes[1]?.row_id ?? '', 500, 1e9), ['c', 'd'], 'after a row id')
   t.same(await page(sizes[3]?.row_id ?? '', 500, 1e9), [], 'past the last: empty, the end')
+  // seal's pages (rows not under the key, rows under it) are bounded the same way.
+  const unsealed = async (after: string, maxBytes: number): Promise<string[]> => {
+    const { text, values } = unsealedPage(after, 500, 'k1', maxBytes)
+    return (await query<{ session_id: string }>(url, text, values as unknown[])).map((row) => row.session_id)
+  }
+  t.same(await unsealed('0', 1), ['a'], 'seal: one unsealed row past a tiny bound')
+  t.same(await unsealed(sizes[0]?.row_id ?? '', (sizes[1]?.bytes ?? 0) + 1), ['b', 'c'], 'seal: the unsealed rows while those before are under the bound')
+  await query(url, "UPDATE sessions SET sealed_kid = 'k1'")
+  const { text, values } = sealedPage('0', 500, 'k1', 1)
+  t.same((await query<{ session_id: string }>(url, text, values as unknown[])).map((row) => row.session_id), ['a'], 'seal: one sealed row past a tiny bound')
+  t.same(await unsealed('0', 1e9), [], 'seal: none left unsealed')
 })
 
 t.test('sealed files imported without their key get their task counts from a server with the key at its restore, and archived copies from seal', async (t) => {

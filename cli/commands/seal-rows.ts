@@ -9,7 +9,7 @@ import { columnsHold, deriveColumns, keyChecksOf } from '../../services/store/po
 import { rowName, resealRow, sealedPage, sealState, unsealedPage, type StoredRow, type UnsealedRow } from '../rows.js'
 import type { KidProofs } from '../folder.js'
 
-/** Rows read per round trip. */
+/** Rows read per round trip at most (and PAGE_BYTES of documents, past the first). */
 const PAGE_ROWS = 200
 
 export interface SealCounts {
@@ -47,7 +47,8 @@ export async function sealRows (client: pg.Client, settings: Config, keyring: Ke
       else counts.changed++
     }
     const last = rows.at(-1)
-    if (last === undefined || rows.length < PAGE_ROWS) break
+    // Pages are bounded in bytes too (PAGE_BYTES): only an empty one is the end.
+    if (last === undefined) break
     after = last.row_id
   }
   const state = (await client.query<{ under_key: number, other: number }>(sealState(keyring.activeKid))).rows[0]
@@ -100,7 +101,8 @@ async function proveKey (client: pg.Client, keyring: Keyring): Promise<void> {
       }
     }
     const last = rows.at(-1)
-    if (last === undefined || rows.length < PAGE_ROWS) break
+    // Pages are bounded in bytes too (PAGE_BYTES): only an empty one is the end.
+    if (last === undefined) break
     after = last.row_id
   }
   if (unopened > 0) throw wrongSealingKey(keyring.activeKid, unopened, 'rows')
