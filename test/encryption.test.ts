@@ -257,6 +257,10 @@ t.test('archived files a keyring cannot open (a wrong or a dropped key) stay whe
   const one = await get(app, '/progress?session_id=aged')
   t.equal(one.statusCode, 503, 'the session itself answers that its key is wrong')
   t.match(one.json(), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /does not open under key 'old'.*left in place/ })
+  // A delete would destroy what the right key may yet open: refused as the read is, the file kept.
+  const removal = await app.inject({ method: 'DELETE', url: '/api/v1/tasks/sessions/aged' })
+  t.equal(removal.statusCode, 503, 'a delete of the session under a wrong key is refused')
+  t.match(removal.json(), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /does not open under key 'old'/ })
   const documented = (await app.inject({ method: 'GET', url: '/documentation/json' })).json().paths
   for (const path of ['/api/v1/tasks/progress', '/api/v1/tasks/list']) t.ok(documented[path].get.responses['503'] !== undefined, `the API document lists that 503 for ${path}`)
   t.same(await archived(), names, 'nothing left archive/')
@@ -278,6 +282,9 @@ t.test('archived files a keyring cannot open (a wrong or a dropped key) stay whe
   t.equal(pass.statusCode, 200, 'an archive and retention pass answers')
   t.same(pass.json().archived_ids, ['later'])
   t.same((await get(app, '/list?session_id=all&archived=include')).statusCode, 200)
+  const refused = await app.inject({ method: 'DELETE', url: '/api/v1/tasks/sessions/aged' })
+  t.equal(refused.statusCode, 503, 'a delete of the session under the missing key is refused')
+  t.match(refused.json(), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /'old'/ })
   t.ok((await readFile(join(dir, 'archive', agedName))).equals(agedBytes), 'the file under the missing key is untouched')
   t.notOk((await readdir(dir)).includes('corrupt'), 'nothing set aside')
 })
