@@ -124,7 +124,8 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
     // The running tasks' grace, then the streams' time for their last bytes: an answer still
     // unsent past both (a backup whose client stopped reading) is cut; with the default
     // close time, well within the 10 s server.ts adds to the grace before it gives up on a clean exit.
-    answerCloseMs: settings.TASK_SHUTDOWN_GRACE_MS + settings.TASK_EVENTS_CLOSE_MS
+    answerCloseMs: settings.TASK_SHUTDOWN_GRACE_MS + settings.TASK_EVENTS_CLOSE_MS,
+    maxWaiting: settings.TASK_MAX_PIPELINED
   })
   guard = connections
   answerUnrouted(app.server, unrouted)

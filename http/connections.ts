@@ -27,6 +27,13 @@ export interface ConnectionLimits {
    * destroyed: a client that stopped reading a large one (a backup) would hold the exit up.
    */
   answerCloseMs: number
+  /**
+   * Requests waiting their turn on one connection at most (TASK_MAX_PIPELINED): Node parses a
+   * connection's requests ahead of their turn and, with no answer written yet, never stops
+   * reading them, so a client pipelining behind a slow change would grow memory without end.
+   * Past it the connection is dropped (its requests could only be answered in order anyway).
+   */
+  maxWaiting: number
 }
 
 /** Methods that change nothing: pipelined one behind another, they run at once, side by side. */
@@ -108,6 +115,17 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
     dropped = 0
   }
   server.on('drop', refused)
+  let overflowed = 0
+  let lastOverflowLog = -Infinity
+  const overflow = (socket: Socket): void => {
+    dropSocket(socket)
+    overflowed++
+    const now = Date.now()
+    if (now - lastOverflowLog < DROP_LOG_INTERVAL_MS) return
+    lastOverflowLog = now
+    log.warn({ closed: overflowed, max_pipelined: limits.maxWaiting }, 'Connection closed: more than TASK_MAX_PIPELINED requests waited on it behind an unanswered one')
+    overflowed = 0
+  }
 
   const sockets = new Set<Socket>()
   /** Sockets that asked for an event stream: counted against the streams' share, not the others'. */
@@ -120,6 +138,8 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   const afterChange = new WeakSet<ServerResponse>()
   /** Requests waiting in inTurn for the answers before theirs. */
   const waiting = new WeakSet<ServerResponse>()
+  /** How many wait on each socket (bounded by maxWaiting). */
+  const waitingOn = new WeakMap<Socket, number>()
   /** Requests answered with an error instead of running, once their turn comes (refuse). */
   const refusals = new WeakMap<ServerResponse, Error>()
   const refusal = (res: ServerResponse): Error | null => {
@@ -192,12 +212,22 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
         go(null)
         return
       }
+      const socket = res.req.socket
+      const count = waitingOn.get(socket) ?? 0
+      // Parsed from a connection dropped already (its previous answer will never end), or one too many.
+      if (socket.destroyed || count >= limits.maxWaiting) {
+        if (!socket.destroyed) overflow(socket)
+        go(new ConnectionClosedError())
+        return
+      }
       const next = (): void => {
         previous.off('finish', next).off('close', next)
         waiting.delete(res)
+        waitingOn.set(socket, (waitingOn.get(socket) ?? 1) - 1)
         go(refusal(res))
       }
       waiting.add(res)
+      waitingOn.set(socket, count + 1)
       previous.once('finish', next).once('close', next)
     },
     owed: (socket) => {

@@ -6,6 +6,7 @@
  * receiving the request only, which live-view streams will rely on).
  */
 import http from 'node:http'
+import { readFile } from 'node:fs/promises'
 import net from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
@@ -370,4 +371,39 @@ t.test('a client error behind a change still running waits for its answer: the c
     t.equal((await call(server, 'GET', `${API}/progress?session_id=${id}`)).body.completed, 1, `${id}: the execute that was answered 200 is stored`)
   }
   t.equal((await call(server, 'GET', `${API}/progress?session_id=never`)).status, 404, 'the create answered 408 did not run')
+})
+
+t.test('TASK_MAX_PIPELINED: requests pipelined behind a slow change wait their turn up to the bound; past it the connection is closed, and memory does not grow with a flood of them', async (t) => {
+  const { start } = await scratch(t)
+  const server = await start({ TASK_MAX_PIPELINED: '4', TASK_AGENTS: JSON.stringify({ default: { kind: 'command', argv: ['/bin/sh', '-c', 'sleep 1; cat'] } }) })
+  const body = JSON.stringify({ session_id: 'slow' })
+  const execute = `POST ${API}/execute HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
+  const health = 'GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n'
+  t.equal((await call(server, 'POST', `${API}/create`, { session_id: 'slow', instructions: '1. a\n2. b\n3. c' })).status, 200)
+
+  const within4 = await connect(t, server, execute + health.repeat(4))
+  const statuses = await waitFor('five answers', () => {
+    const found = [...within4.received().matchAll(/HTTP\/1\.1 (\d{3})/gu)].map((m) => Number(m[1]))
+    return found.length >= 5 && found
+  })
+  within4.socket.destroy()
+  t.same(statuses, [200, 200, 200, 200, 200], 'four waiting behind the change: all answered, in order')
+
+  const rss = async (): Promise<number> => Number(/VmRSS:\s+(\d+)/u.exec(await readFile(`/proc/${server.child.pid}/status`, 'utf8'))?.[1]) * 1024
+  const before = await rss()
+  const flood = await connect(t, server)
+  // 100,000 requests (3.6 MB): before the bound, each was parsed and held (some 3 KB each) until the change was answered.
+  const chunk = health.repeat(1000)
+  flood.socket.write(execute)
+  for (let i = 0; i < 100 && !flood.socket.destroyed; i++) {
+    if (!flood.socket.write(chunk)) await Promise.race([new Promise((resolve) => flood.socket.once('drain', resolve)), flood.closed])
+  }
+  t.ok(await within(flood.closed, 5000) !== null, 'the connection is closed, before the change is answered', { output: describe(server) })
+  t.notMatch(flood.received(), /HTTP\/1\.1 200/u, 'no answer was sent on it')
+  const grown = await rss() - before
+  t.ok(grown < 40 * 1024 * 1024, `the server's memory grew by ${Math.round(grown / 1024 / 1024)} MB`)
+  t.ok(await server.waitForLine((line) => line.includes('"msg":"Connection closed: more than TASK_MAX_PIPELINED requests'), 5000), 'the closing is logged')
+  // The change sent first still runs to its end: only the requests behind it were dropped.
+  await waitFor('the change to be stored', async () => (await call(server, 'GET', `${API}/progress?session_id=slow`)).body.completed === 2)
+  t.equal((await call(server, 'GET', '/health')).status, 200, 'the server serves on')
 })
