@@ -1,11 +1,23 @@
+import { SerializerSelector } from '@fastify/fast-json-stringify-compiler'
 import { Ajv, type ErrorObject, type Options } from 'ajv'
-import type { FastifySchemaCompiler } from 'fastify'
+import type { FastifySchemaCompiler, FastifySerializerCompiler } from 'fastify'
 
 const shared: Options = {
   // Unknown fields are a 400, never silently dropped.
   removeAdditional: false,
   useDefaults: true,
   allErrors: false
+}
+
+/**
+ * Response serialization from the routes' JSON Schemas, as Fastify's own default: taskvault's
+ * routes set it in their context, so a host's serializer compiler for schemas of another kind
+ * (a zod type provider's) is not handed theirs.
+ */
+export function createSerializerCompiler (): FastifySerializerCompiler<unknown> {
+  const compile = SerializerSelector()({}, {})
+  // Fastify names a status for every response schema; its type leaves room for none.
+  return (route) => compile({ ...route, httpStatus: route.httpStatus ?? 'default' })
 }
 
 /**

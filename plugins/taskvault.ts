@@ -8,7 +8,7 @@ import archiveRoutes from '../routes/archive.js'
 import backupRoutes from '../routes/backup.js'
 import eventRoutes from '../routes/events.js'
 import taskRoutes from '../routes/tasks.js'
-import { createValidatorCompiler } from '../http/validation.js'
+import { createSerializerCompiler, createValidatorCompiler } from '../http/validation.js'
 import { ROUTE_DOCS } from '../schemas/route-docs.js'
 import { SESSION_ID_PATTERN } from '../schemas/session.js'
 import { InvalidOptionsError, TaskvaultError } from '../services/errors.js'
@@ -91,9 +91,10 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
   // Fastify applies logLevel and logSerializers to an encapsulated context only, which this
   // plugin is not (fastify-plugin): they are handed on to the context of the routes.
   await app.register(async function taskvaultScope (instance) {
-    // The host's own validation and error handling may differ; taskvault's routes keep theirs
-    // (unknown fields are a 400, domain errors get their status).
+    // The host's own validation, serialization and error handling may differ; taskvault's routes
+    // keep theirs (unknown fields are a 400, answers follow their schemas, domain errors get their status).
     instance.setValidatorCompiler(createValidatorCompiler())
+    instance.setSerializerCompiler(createSerializerCompiler())
     instance.setErrorHandler(async (error: FastifyError | TaskvaultError, request, reply) => {
       // Embedded, a limit is an option the host set, not a variable it never read (TASK_MAX_SESSIONS → option 'maxSessions').
       if (error instanceof TaskvaultError) error.message = inTermsOf(instance, OPTION_SETTINGS, error.message)

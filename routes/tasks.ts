@@ -3,7 +3,7 @@ import { CreateBody, CreateHeaders, ExecuteAllBody, LIST_DEFAULTS, ListQuery, No
 import { SETTING_DEFAULTS } from '../schemas/options.js'
 import { acceptJsonOnly } from '../http/json-body.js'
 import { InvalidInstructionsError, InvalidOptionsError } from '../services/errors.js'
-import { createValidatorCompiler } from '../http/validation.js'
+import { createSerializerCompiler, createValidatorCompiler } from '../http/validation.js'
 import { classifyTask, parseInstructions } from '../services/session/parser.js'
 import type { Progress, TaskSpec } from '../services/session/session.js'
 import { ALL_SESSIONS } from '../services/task-manager.js'
@@ -20,6 +20,7 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     if (!app.hasDecorator(decorator)) throw new InvalidOptionsError('taskvault-routes', `register ${plugin} before taskvault/routes (no '${decorator}' decorator)`)
   }
   app.setValidatorCompiler(createValidatorCompiler())
+  app.setSerializerCompiler(createSerializerCompiler())
   const manager = app.taskManager
   const bodyLimit = options.bodyLimit ?? SETTING_DEFAULTS.BODY_LIMIT
   app.addHook('onRequest', app.verifyApiKey)

@@ -459,6 +459,32 @@ t.test('the building blocks alone: auth, persistence, task manager and routes re
   t.match(unknown.body.message, /must NOT have additional properties/)
 })
 
+t.test('a host whose serializer compiler reads schemas of another kind (as a zod type provider\'s does): taskvault\'s routes keep their own, composite or building block', async (t) => {
+  const marked = Symbol('host schema')
+  // Like fastify-type-provider-zod's: it refuses any schema not of its own kind.
+  const hostSerializer = ({ schema }: { schema: unknown }): ((data: unknown) => string) => {
+    if (typeof schema !== 'object' || schema === null || !(marked in schema)) throw new Error('Invalid schema passed')
+    return (data) => JSON.stringify({ host: data })
+  }
+  for (const blocks of [false, true]) {
+    const app = host(t)
+    app.setSerializerCompiler(hostSerializer)
+    app.get('/mine', { schema: { response: { 200: { [marked]: true } } } }, async () => ({ mine: true }))
+    const dir = await tempDir(t)
+    if (blocks) {
+      await app.register(authPlugin, { apiKeys: [] })
+      await app.register(persistencePlugin, { storageDir: dir })
+      await app.register(taskManagerPlugin)
+      await app.register(taskRoutes, { prefix: '/jobs' })
+    } else await app.register(taskvault, { prefix: '/jobs', storageDir: dir })
+    await app.ready()
+    const created = await call(app, 'POST', '/jobs/create', { session_id: 'z', instructions: '1. a\n2. b' })
+    t.equal(created.status, 200, `${blocks ? 'building blocks' : 'composite'}: boots and answers`)
+    t.match(created.body, { session_id: 'z', total_tasks: 2 }, 'in its own schema\'s shape')
+    t.same((await call(app, 'GET', '/mine')).body, { host: { mine: true } }, 'the host\'s routes keep the host\'s serializer')
+  }
+})
+
 t.test('the task routes registered without the task manager (or auth) before them: a clear error at registration', async (t) => {
   const app = Fastify({ logger: false })
   t.teardown(() => app.close())
