@@ -364,6 +364,28 @@ t.test('folder: a marker that is not ours, or names a later format, stops the bo
   }
 })
 
+t.test('folder: a storage folder inside another\'s archive/ or corrupt/, or holding one there, is refused either way round, and nothing is written', async (t) => {
+  for (const inner of ['archive', 'corrupt']) {
+    const outer = await tempDir(t)
+    const app = await open(t, outer)
+    t.equal((await post(app, '/create', { session_id: 'mine', instructions: 'a' })).statusCode, 200)
+    await app.close()
+    await mkdir(join(outer, inner), { recursive: true })
+    const err = await openError(join(outer, inner))
+    t.ok(err instanceof ForeignFolderError, `${inner}/ of a storage folder: refused`)
+    t.match(String((err as Error | null)?.message), new RegExp(`is the ${inner}/ folder of the taskvault storage folder`, 'u'))
+    t.notOk(existsSync(join(outer, inner, MARKER_FILE)), 'no marker written there')
+    t.notOk(await lockPresent(join(outer, inner)), 'no lock left there')
+    // The other way round: the inner one was a storage folder first.
+    const first = await tempDir(t)
+    await open(t, join(first, inner)).then(async (inside) => inside.close())
+    const refused = await openError(first)
+    t.ok(refused instanceof ForeignFolderError, `a folder whose ${inner}/ is a storage folder: refused`)
+    t.match(String((refused as Error | null)?.message), new RegExp(`holds another taskvault storage folder as its ${inner}/`, 'u'))
+    t.notOk(await lockPresent(first), 'no lock left')
+  }
+})
+
 t.test('folder: files not named like sessions are never moved to corrupt/, nor taken for foreign in archive/', async (t) => {
   const dir = await tempDir(t)
   await markAsTaskvault(dir)

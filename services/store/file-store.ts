@@ -18,7 +18,7 @@ import { ReaderPool } from './reader-pool.js'
 import { tooLargeReason } from './read-batch.js'
 import { assertSavable, reportedSave, sessionBound } from './save-rules.js'
 import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, FolderReplacedError, fsyncDir, readSessionDocument, serializeSessionFile, sessionText, tempNames, writeAndRename } from './session-files.js'
-import { MARKER_FILE, firstForeignFile, readMarker, writeMarker } from './storage-folder.js'
+import { MARKER_FILE, firstForeignFile, nestedStorageFolder, readMarker, writeMarker } from './storage-folder.js'
 import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
 import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SaveOptions, SessionStore, SessionStoreEvents, StoredCopy } from './store.js'
 import { noop } from '../noop.js'
@@ -236,6 +236,8 @@ export class FileSessionStore implements SessionStore {
       // A folder created just now is durable only once its parent's entry is: each level's.
       for (const folder of created) await fsyncDir(this.fs, dirname(folder)).catch(noop)
       // Checked before the lock, so a folder that is not ours is left without a trace.
+      const nested = existed ? await nestedStorageFolder(this.fs, this.dir) : null
+      if (nested !== null) throw new ForeignFolderError(nested)
       const marked = existed && await readMarker(this.fs, this.dir) !== null
       if (existed && !marked) {
         const foreign = await firstForeignFile(this.fs, this.dir)

@@ -1,5 +1,5 @@
 import type { Dirent } from 'node:fs'
-import { join } from 'node:path'
+import { basename, dirname, join } from 'node:path'
 import { ForeignFolderError } from '../errors.js'
 import type { FsSeam } from './fs-seam.js'
 import { kidRecord } from './keyring.js'
@@ -17,6 +17,29 @@ export const MARKER_FILE = '.taskvault'
 export const FORMAT_VERSION = 1
 /** Files read at once while judging a folder with no marker (the thread pool runs four at a time). */
 const SCAN_CHUNK = 16
+
+/** The folders a storage folder keeps inside it: archived copies, and files set aside. */
+export const INNER_FOLDERS = ['archive', 'corrupt'] as const
+
+/**
+ * Why `dir` cannot be a storage folder although it may look like one, or null: it is the
+ * archive/ or corrupt/ of another storage folder, or its own archive/ or corrupt/ is one. Two
+ * stores nested so would read each other's files as their own (retention deleting the other's
+ * active sessions).
+ */
+export async function nestedStorageFolder (fs: FsSeam, dir: string): Promise<string | null> {
+  const marked = async (folder: string): Promise<boolean> => fs.lstat(join(folder, MARKER_FILE)).then(() => true, () => false)
+  const name = basename(dir)
+  if ((INNER_FOLDERS as readonly string[]).includes(name) && await marked(dirname(dir))) {
+    return `storage folder ${dir} is the ${name}/ folder of the taskvault storage folder ${dirname(dir)}; give each taskvault a folder of its own, outside the other's`
+  }
+  for (const inner of INNER_FOLDERS) {
+    if (await marked(join(dir, inner))) {
+      return `storage folder ${dir} holds another taskvault storage folder as its ${inner}/ (${join(dir, inner, MARKER_FILE)}); give each taskvault a folder of its own, outside the other's`
+    }
+  }
+  return null
+}
 
 /** The format the marker names; null when there is none. Throws ForeignFolderError when it is not one of ours. */
 export async function readMarker (fs: FsSeam, dir: string): Promise<Marker | null> {
