@@ -370,6 +370,9 @@ t.test('folder: a storage folder inside another\'s archive/ or corrupt/, or hold
     const app = await open(t, outer)
     t.equal((await post(app, '/create', { session_id: 'mine', instructions: 'a' })).statusCode, 200)
     await app.close()
+    // Not made yet (nothing was archived or set aside), then made and empty.
+    t.ok(await openError(join(outer, inner)) instanceof ForeignFolderError, `${inner}/ not made yet: refused`)
+    t.notOk(existsSync(join(outer, inner)), 'and not made')
     await mkdir(join(outer, inner), { recursive: true })
     const err = await openError(join(outer, inner))
     t.ok(err instanceof ForeignFolderError, `${inner}/ of a storage folder: refused`)

@@ -230,14 +230,15 @@ export class FileSessionStore implements SessionStore {
     let replaced: StorageInitReport['replaced'] = null
     let locked = false
     try {
+      // Before anything is made: a folder not made yet may still be inside another's.
+      const nested = await nestedStorageFolder(this.fs, this.dir)
+      if (nested !== null) throw new ForeignFolderError(nested)
       const created = await missingFolders(this.dir, this.fs.lstat)
       const existed = created.length === 0
       await this.fs.ensureDir(this.dir, DIR_MODE)
       // A folder created just now is durable only once its parent's entry is: each level's.
       for (const folder of created) await fsyncDir(this.fs, dirname(folder)).catch(noop)
       // Checked before the lock, so a folder that is not ours is left without a trace.
-      const nested = existed ? await nestedStorageFolder(this.fs, this.dir) : null
-      if (nested !== null) throw new ForeignFolderError(nested)
       const marked = existed && await readMarker(this.fs, this.dir) !== null
       if (existed && !marked) {
         const foreign = await firstForeignFile(this.fs, this.dir)
