@@ -35,13 +35,27 @@ export function pidAlive (pid: number): boolean {
 
 /** Linux's /proc says the process has exited (state Z or X); false where there is no /proc. */
 function exited (pid: number): boolean {
+  const state = statFields(pid)?.[0]
+  return state === 'Z' || state === 'X'
+}
+
+/**
+ * When the process with this pid started, in clock ticks since this machine booted (Linux's
+ * /proc/<pid>/stat field 22), as text; null where there is no /proc or no such process. No clock
+ * is involved: two processes given the same pid in one boot and pid namespace always differ in it.
+ */
+export function processStart (pid: number): string | null {
+  return statFields(pid)?.[19] ?? null
+}
+
+/** The fields of /proc/<pid>/stat from the state (field 3) on; null when it cannot be read. */
+function statFields (pid: number): string[] | null {
   let stat: string
   try {
     stat = readFileSync(`/proc/${pid}/stat`, 'latin1')
   } catch {
-    return false
+    return null
   }
-  // `pid (comm) state ...`: comm may hold spaces and parentheses, so the state follows the last ')'.
-  const state = stat.charAt(stat.lastIndexOf(')') + 2)
-  return state === 'Z' || state === 'X'
+  // `pid (comm) state ...`: comm may hold spaces and parentheses, so the fields follow the last ')'.
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')
 }

@@ -17,6 +17,7 @@ import t from 'tap'
 import { buildApp } from '../app.js'
 import { LOCK_FILE } from '../services/store/storage-lock.js'
 import { StorageLockedError } from '../services/errors.js'
+import { processPlace, processStart } from '../services/pid.js'
 import type { SessionFile } from '../services/session/session.js'
 import { MARKER_FILE } from '../services/store/storage-folder.js'
 import { MAX_SESSION_FILE_BYTES } from '../services/store/read-batch.js'
@@ -582,6 +583,29 @@ t.test('lock: held by another live process on this host is refused', async (t) =
   t.ok(err instanceof StorageLockedError, 'StorageLockedError')
   t.match(String((err as Error | null)?.message), `pid ${pid} on host ${hostname()} since ${holder.since}`, 'names pid, host and since')
   t.same(await readLock(dir), holder, 'the lock is left as it was')
+})
+
+t.test('lock: a lock whose pid another process took since its holder died is taken over; the holder\'s own process keeps it', { skip: process.platform !== 'linux' ? 'process start times are read from /proc' : false }, async (t) => {
+  const dir = await tempDir(t)
+  const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)'], { stdio: 'ignore' })
+  t.teardown(() => { child.kill('SIGKILL') })
+  const pid = child.pid!
+  const place = { ...processPlace(), start: processStart(pid) ?? '' }
+  t.not(place.start, '', 'the child\'s start is known')
+  // The child is the holder: its start matches.
+  const holder = { pid, host: hostname(), since: new Date().toISOString(), ...place }
+  await writeLock(dir, holder)
+  t.ok(await openError(dir) instanceof StorageLockedError, 'the holder\'s own live process: refused')
+  t.same(await readLock(dir), holder, 'the lock is left as it was')
+  // The holder died and the child took its pid: another start.
+  const reused = { ...holder, start: String(Number(place.start) - 1) }
+  await rm(join(dir, LOCK_FILE))
+  await writeLock(dir, reused)
+  const app = await open(dir)
+  t.teardown(() => app.close())
+  const now = await readLock(dir)
+  t.equal(now.pid, process.pid, 'a pid taken by another process: the lock is ours at once')
+  t.equal((now as Holder & { start?: string }).start, processStart(process.pid), 'and records our own start')
 })
 
 t.test('lock: a lock left by a dead pid on this host is taken over', async (t) => {

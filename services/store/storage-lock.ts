@@ -4,13 +4,21 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { join } from 'node:path'
 import { InvalidLockSettingsError, LockLostError, StorageError, StorageLockedError } from '../errors.js'
 import type { FsSeam } from './fs-seam.js'
-import { PROCESS_STARTED_MS, pidAlive } from '../pid.js'
+import { PROCESS_STARTED_MS, pidAlive, processPlace, processStart } from '../pid.js'
 import { noop } from '../noop.js'
 
 export interface LockHolder {
   pid: number
   host: string
   since: string
+  /**
+   * Where the pid is meaningful and which process had it (Linux; absent from locks of earlier
+   * versions): the boot, the pid namespace and the process's start (processStart). A dead
+   * holder's pid taken since by another process is told from the holder by the start.
+   */
+  boot?: string
+  pidNamespace?: string
+  start?: string
 }
 
 export interface StorageLockOptions {
@@ -83,7 +91,9 @@ export class StorageLock {
       throw new InvalidLockSettingsError(options.refreshMs, options.staleMs)
     }
     this.path = join(dir, LOCK_FILE)
-    this.me = { pid: process.pid, host: hostname(), since: new Date().toISOString() }
+    const start = processStart(process.pid)
+    const { boot, pidNamespace } = processPlace()
+    this.me = { pid: process.pid, host: hostname(), since: new Date().toISOString(), ...(start !== null && boot !== '' && pidNamespace !== '' && { boot, pidNamespace, start }) }
     this.mine = JSON.stringify(this.me)
   }
 
@@ -275,7 +285,9 @@ export class StorageLock {
     try {
       const parsed = JSON.parse(raw) as Partial<LockHolder>
       if (typeof parsed.pid === 'number' && typeof parsed.host === 'string' && typeof parsed.since === 'string') {
-        return { holder: { pid: parsed.pid, host: parsed.host, since: parsed.since }, ageMs, raw, missing: false }
+        const { pid, host, since, boot, pidNamespace, start } = parsed
+        const place = typeof boot === 'string' && typeof pidNamespace === 'string' && typeof start === 'string' ? { boot, pidNamespace, start } : {}
+        return { holder: { pid, host, since, ...place }, ageMs, raw, missing: false }
       }
     } catch {}
     return { holder: null, ageMs, raw, missing: false }
@@ -291,7 +303,12 @@ export class StorageLock {
     // Our own pid: a lock from an earlier life of this container (same host name, pid 1 again)
     // if it predates this process; otherwise another instance in this process holds it.
     if (holder.pid === this.me.pid) return Date.parse(holder.since) < PROCESS_STARTED_MS
-    return !pidAlive(holder.pid)
+    if (!pidAlive(holder.pid)) return true
+    // Its pid runs: the holder's own process, unless one started since took that pid over (known
+    // only for a lock made in this boot and pid namespace, which name the same process slots).
+    if (holder.start === undefined || holder.boot !== this.me.boot || holder.pidNamespace !== this.me.pidNamespace) return false
+    const start = processStart(holder.pid)
+    return start !== null && start !== holder.start
   }
 
   /** Every `refreshMs`: checks the lock still names this process, then touches it. Checks never overlap. */
