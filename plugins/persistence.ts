@@ -161,7 +161,9 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
   const deadline = performance.now() + waitMs
   for (let wait = CONNECT_RETRY_MS; ; wait = Math.min(wait * 2, CONNECT_RETRY_MAX_MS)) {
     try {
-      const { applied, version } = await store.init({ deadline })
+      // Bounded by what is left: an attempt on a database that takes connections and never
+      // answers would otherwise run a whole connect or statement timeout past the deadline.
+      const { applied, version } = await beforeDeadline(store.init({ deadline }), deadline, store.location)
       if (abandoned.aborted) {
         await store.close().catch(() => {})
         throw new DatabaseUnavailableError('the host closed before the database could be reached')
@@ -171,7 +173,10 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
     } catch (err) {
       const left = deadline - performance.now()
       if (!(err instanceof DatabaseUnavailableError) || left <= 0 || abandoned.aborted) {
-        await store.close().catch(() => {})
+        // An attempt cut off at the deadline may hold a connection that is still opening: the
+        // store closes once it gives up (its own timeout), not holding the failure back.
+        if (err instanceof AttemptOverdueError) store.close().catch(() => {})
+        else await store.close().catch(() => {})
         if (err instanceof DatabaseUnavailableError) {
           const bound = inTermsOf(app, STORE_SETTINGS, 'TASK_DB_CONNECT_TIMEOUT_MS')
           throw new DatabaseUnavailableError(`could not reach the database ${pool === undefined ? redactUrl(settings.databaseUrl) : store.location} within ${waitMs < settings.dbConnectTimeoutMs ? `the host's pluginTimeout (${waitMs} ms of ${bound})` : `${bound} (${settings.dbConnectTimeoutMs} ms)`}: ${err.message}`, { cause: err })
@@ -181,6 +186,23 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
       app.log.warn({ database: store.location, retry_in_ms: Math.round(Math.min(wait, left)), reason: err.message }, 'The database cannot be reached yet; trying again')
       await sleep(Math.min(wait, left), undefined, { signal: abandoned }).catch(() => {})
     }
+  }
+}
+
+/** An attempt to open the store still running at the boot's deadline. */
+class AttemptOverdueError extends DatabaseUnavailableError {}
+
+/** `attempt`'s outcome, or AttemptOverdueError once `deadline` (performance.now()) passes first; `attempt` is observed either way. */
+async function beforeDeadline<T> (attempt: Promise<T>, deadline: number, location: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const overdue = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => { reject(new AttemptOverdueError(`${location} did not answer`)) }, Math.max(0, deadline - performance.now()))
+  })
+  attempt.catch(() => {})
+  try {
+    return await Promise.race([attempt, overdue])
+  } finally {
+    clearTimeout(timer)
   }
 }
 

@@ -554,6 +554,17 @@ t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => 
   t.ok(Date.now() - started < 15_000, 'and within a few seconds of it')
   t.notMatch(message, /secret/, 'no password')
   t.match(await boot({ DATABASE_URL: 'postgres://u:secret@127.0.0.1:9/nowhere', TASK_DB_CONNECT_TIMEOUT_MS: 0 }), /^(?!.*secret)/, 'the password is never in the message')
+  // A database that takes connections and never answers (a frozen host): the bound holds too,
+  // though each attempt's connection waits up to the statement timeout.
+  const proxy = await startProxy(Number(new URL(url).port || 5432))
+  t.teardown(() => proxy.close())
+  proxy.stall()
+  const stalled = new URL(url)
+  stalled.port = String(proxy.port)
+  const from = Date.now()
+  const silent = await boot({ DATABASE_URL: stalled.href, TASK_DB_CONNECT_TIMEOUT_MS: 1500, TASK_DB_STATEMENT_TIMEOUT_MS: 6000 })
+  t.match(silent, /TASK_DB_CONNECT_TIMEOUT_MS \(1500 ms\)/, 'a database that never answers: waited, then failed naming the bound')
+  t.ok(Date.now() - from < 4000, `within a little of it, not a statement timeout or two later (${Date.now() - from} ms)`)
   await sleep(0)
 })
 

@@ -188,6 +188,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   private readonly unreadable = new Set<string>()
   /** Whether close() removes this replica's row (eventsUnpublished() says no). */
   private leaveAtClose = true
+  /** init went on to claim the replica id (a row this store leaves at close). */
+  private joined = false
   /** Until when (performance.now()) the restore's reads are tried again (see atBoot); 0: not at all. */
   private bootDeadline = 0
   private readonly archived: ArchivedRows
@@ -311,11 +313,15 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
         'build the pool with search_path set to it (connectionConfig of taskvault/postgres does)')
     }
     // The replica id claimed, then the heartbeat and lease renewal: now, then every third of TASK_LEASE_MS.
+    // From here on the id may be claimed (a row to leave), even if the start fails midway.
+    this.joined = this.leases !== null
     await this.leases?.start().catch((err: unknown) => {
       // The database went away again since the migrations: tried again like a database not up yet.
       if (err instanceof StorageError) throw new DatabaseUnavailableError(`preparing ${this.location} failed: ${err.message}`, { cause: err })
       throw err
     })
+    // Closed meanwhile (the boot gave up on this attempt at its deadline): nothing of it may go on.
+    if (this.closed) await this.leases?.close()
     return result
   }
 
@@ -801,7 +807,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     await this.leases?.close()
     // Leaving cleanly: gone from /stats at once, not after TASK_LEASE_MS (unless events of ours were
     // lost: the row then runs out, and the replica that clears it logs a gap).
-    if (this.leases !== null && this.leaveAtClose) await pooledQuery(this.pool, leave(this.replicaId, this.leases.me.instance)).catch(noop)
+    // Only once it joined (init claimed the id): a boot that never reached the database has no row to leave.
+    if (this.leases !== null && this.leaveAtClose && this.joined) await pooledQuery(this.pool, leave(this.replicaId, this.leases.me.instance)).catch(noop)
     if (this.ownsPool) await this.pool.end()
   }
 
