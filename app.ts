@@ -106,6 +106,8 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   let metrics: Registry | null = null
   const unrouted: UnroutedObserver = (method, statusCode, seconds) => { if (metrics !== null) observeUnrouted(metrics, method, statusCode, seconds) }
   const app = Fastify(serverOptions(settings, options.logger, () => guard, unrouted)).withTypeProvider<TypeBoxTypeProvider>()
+  // Whatever logger the caller gave (tests give their own), the server logs at LOG_LEVEL.
+  app.log.level = settings.LOG_LEVEL
   app.setValidatorCompiler(createValidatorCompiler())
   app.setErrorHandler(errorHandler)
   app.setNotFoundHandler(notFoundHandler)

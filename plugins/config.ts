@@ -2,6 +2,9 @@ import * as util from 'node:util'
 import fastifyEnv from '@fastify/env'
 import { fastify } from 'fastify'
 import fp from 'fastify-plugin'
+import { Type, type Static } from '@sinclair/typebox'
+import { InvalidOptionsError } from '../services/errors.js'
+import { checkOptions } from './options.js'
 import { blankSettingErrors, ConfigSchema, describeSettingErrors, type Config, type SettingError } from '../schemas/config.js'
 import { droppedEnvLines, droppedEnvMessage, readDotEnvFile } from '../services/setting-file.js'
 
@@ -11,20 +14,25 @@ declare module 'fastify' {
   }
 }
 
-export interface ConfigPluginOptions {
-  /** Values that override the environment (tests, embedding). */
-  values?: Partial<Record<keyof Config, string | number | boolean>>
+export const ConfigPluginOptionsSchema = Type.Object({
+  /** Values that override the environment (tests, embedding), by setting name. */
+  values: Type.Optional(Type.Unsafe<Partial<Record<keyof Config, string | number | boolean>>>(Type.Object({}, { additionalProperties: Type.Union([Type.String(), Type.Number(), Type.Boolean()]) }))),
   /** Read `process.env` and `.env` (default true). Tests turn this off for isolation. */
-  readEnvironment?: boolean
+  readEnvironment: Type.Optional(Type.Boolean()),
   /** Settings loadConfig() already read and validated: used as they are, not read again. */
-  loaded?: Config
-}
+  loaded: Type.Optional(Type.Unsafe<Config>(Type.Object({})))
+}, { additionalProperties: false })
+
+export type ConfigPluginOptions = Static<typeof ConfigPluginOptionsSchema>
 
 /** Validates every setting at boot; a bad value fails `ready()` with a message naming it. */
 const configPlugin = fp<ConfigPluginOptions>(async function configPlugin (app, options) {
+  checkOptions('taskvault-config', ConfigPluginOptionsSchema, options)
+  // A misspelt setting would otherwise be dropped, the setting left at its default.
+  const unknown = Object.keys(options.values ?? {}).find((name) => !Object.hasOwn(ConfigSchema.properties, name))
+  if (unknown !== undefined) throw new InvalidOptionsError('taskvault-config', `values names no setting '${unknown}'`)
   if (options.loaded !== undefined) {
     app.decorate('config', { ...options.loaded })
-    app.log.level = app.config.LOG_LEVEL
     return
   }
   const readEnvironment = options.readEnvironment ?? true
@@ -50,7 +58,7 @@ const configPlugin = fp<ConfigPluginOptions>(async function configPlugin (app, o
   for (const [name, value] of Object.entries(app.config)) {
     if (typeof value === 'number' && !Number.isFinite(value)) throw new Error(`${name} must be a finite number`)
   }
-  app.log.level = app.config.LOG_LEVEL
+  // LOG_LEVEL is the standalone server's (buildApp applies it): a host's logger keeps its own level.
 }, { name: 'taskvault-config', fastify: '5.x' })
 
 export default configPlugin

@@ -5,6 +5,7 @@ import { Type } from '@sinclair/typebox'
 import fp from 'fastify-plugin'
 import { BODY_OPTIONAL, TAGS } from '../schemas/route-docs.js'
 import { checkOptions } from './options.js'
+import { InvalidOptionsError } from '../services/errors.js'
 
 export interface DocsPluginOptions {
   /** Where the UI is served; the document is at `<routePrefix>/json` (default `/documentation`). */
@@ -25,6 +26,10 @@ export const DocsOptionsSchema = Type.Object({
  */
 export default fp<DocsPluginOptions>(async function docsPlugin (app, options) {
   checkOptions('taskvault-docs', DocsOptionsSchema, options)
+  // A second @fastify/swagger fails outside register's promise (the process's uncaught error).
+  if (app.hasDecorator('swagger')) {
+    throw new InvalidOptionsError('taskvault-docs', 'this instance has an OpenAPI document already (@fastify/swagger): it lists taskvault\'s routes too, so leave taskvault/docs out')
+  }
   const { version, description, license } = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string, description: string, license: string }
   await app.register(swagger, {
     openapi: {

@@ -24,8 +24,8 @@ import taskManagerPlugin, { TaskManagerOptionsSchema } from './task-manager.js'
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
 
 export const TaskvaultOptionsSchema = Type.Object({
-  /** Where the task routes are mounted, e.g. `/agents` gives `POST /agents/create`. Default: none (`/create`). */
-  prefix: Type.Optional(Type.String({ pattern: '^(/[^/?#]+)*/?$' })),
+  /** Where the task routes are mounted, e.g. `/agents` gives `POST /agents/create`. Default: none (`/create`). Plain segments only: a parameter (`/:tenant`) or wildcard would reach the routes' strict params. */
+  prefix: Type.Optional(Type.String({ pattern: '^(/[^/?#:*]+)*/?$' })),
   ...settingOptions({ bodyLimit: 'BODY_LIMIT' }).properties,
   ...settingOptions(BACKUP_SETTINGS).properties,
   /**

@@ -1,6 +1,8 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { CreateBody, CreateHeaders, ExecuteAllBody, LIST_DEFAULTS, ListQuery, NoQuery, RetryBody, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
-import { SETTING_DEFAULTS } from '../schemas/options.js'
+import type { Static } from '@sinclair/typebox'
+import { SETTING_DEFAULTS, settingOptions } from '../schemas/options.js'
+import { checkOptions } from '../plugins/options.js'
 import { acceptJsonOnly } from '../http/json-body.js'
 import { InvalidInstructionsError, InvalidOptionsError } from '../services/errors.js'
 import { createSerializerCompiler, createValidatorCompiler } from '../http/validation.js'
@@ -8,13 +10,14 @@ import { classifyTask, parseInstructions } from '../services/session/parser.js'
 import type { Progress, TaskSpec } from '../services/session/session.js'
 import { ALL_SESSIONS } from '../services/task-manager.js'
 
-export interface TaskRoutesOptions {
-  /** Largest request body in bytes (default: BODY_LIMIT's default; the taskvault plugin passes the setting). */
-  bodyLimit?: number
-}
+/** Largest request body in bytes (default: BODY_LIMIT's default; the taskvault plugin passes the setting). */
+export const TaskRoutesOptionsSchema = settingOptions({ bodyLimit: 'BODY_LIMIT' })
+
+export type TaskRoutesOptions = Static<typeof TaskRoutesOptionsSchema>
 
 /** The seed's task API, mounted under /api/v1/tasks. Handlers stay thin: the manager does the work. */
 const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, options) => {
+  checkOptions('taskvault-routes', TaskRoutesOptionsSchema, options)
   // Registered alone (a building block), it needs its services first and keeps its own validation (unknown fields are a 400).
   for (const [decorator, plugin] of [['taskManager', 'taskvault/task-manager'], ['verifyApiKey', 'taskvault/auth']] as const) {
     if (!app.hasDecorator(decorator)) throw new InvalidOptionsError('taskvault-routes', `register ${plugin} before taskvault/routes (no '${decorator}' decorator)`)

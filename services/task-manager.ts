@@ -15,7 +15,7 @@ import {
 } from './errors.js'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { resolveAgents, type AgentRoutes, type Executors } from './runner/executors.js'
-import { appendTasks, newSessionFile, progressOf, specsDigest, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
+import { appendTasks, checkCreate, newSessionFile, progressOf, specsDigest, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
 import { liveFile, unchanged } from './session/draft.js'
 import { SessionRegistry, type NewestFirst, type SessionSummary } from './session/registry.js'
 import { WriteBackRetries } from './session/write-back-retries.js'
@@ -259,6 +259,7 @@ export class TaskManager {
    * added), with other tasks refused (422).
    */
   async create (sessionId: string, specs: readonly TaskSpec[], key?: string): Promise<{ session_id: string, tasks: Task[], replayed: boolean }> {
+    checkCreate(sessionId, specs)
     if (sessionId === ALL_SESSIONS) throw new InvalidSessionIdError(`session id '${ALL_SESSIONS}' is reserved`)
     this.assertOpen()
     const keyed = key === undefined || this.settings.idempotencyKeys === 0 ? null : { key, digest: specsDigest(specs) }

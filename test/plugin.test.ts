@@ -19,6 +19,9 @@ import authPlugin from '../plugins/auth.js'
 import persistencePlugin from '../plugins/persistence.js'
 import taskManagerPlugin from '../plugins/task-manager.js'
 import taskRoutes from '../routes/tasks.js'
+import configPlugin from '../plugins/config.js'
+import docsPlugin from '../plugins/docs.js'
+import swagger from '@fastify/swagger'
 import { tempDir, type TestContext } from './helper.js'
 import { inspector, testDatabase } from './postgres.js'
 import { startProxy } from './tcp-proxy.js'
@@ -483,6 +486,57 @@ t.test('a host whose serializer compiler reads schemas of another kind (as a zod
     t.match(created.body, { session_id: 'z', total_tasks: 2 }, 'in its own schema\'s shape')
     t.same((await call(app, 'GET', '/mine')).body, { host: { mine: true } }, 'the host\'s routes keep the host\'s serializer')
   }
+})
+
+t.test('the building blocks a host may misuse: config and routes check their options, config leaves the host\'s log level, a prefix with a parameter and a second OpenAPI document are refused at registration', async (t) => {
+  const app = Fastify({ logger: { level: 'debug' } })
+  t.teardown(() => app.close())
+  await app.register(configPlugin, { readEnvironment: false, values: { TASK_STORAGE_DIR: await tempDir(t), LOG_LEVEL: 'error' } })
+  await app.ready()
+  t.equal(app.log.level, 'debug', 'the host\'s logger keeps its level')
+  for (const [options, message] of [
+    [{ value: { TASK_STORAGE_DIR: '/srv/x' }, readEnvironment: false }, /unknown option 'value'/],
+    [{ values: { NOPE: 1 }, readEnvironment: false }, /values names no setting 'NOPE'/],
+    [{ readEnvironment: 'no' }, /readEnvironment/]
+  ] as const) {
+    const err = await registerError(options, configPlugin)
+    t.type(err, InvalidOptionsError, JSON.stringify(options))
+    t.match(err.message, message)
+  }
+  const routes = Fastify({ logger: false })
+  t.teardown(() => routes.close())
+  await routes.register(authPlugin, { apiKeys: [] })
+  await routes.register(persistencePlugin, { storageDir: await tempDir(t) })
+  await routes.register(taskManagerPlugin)
+  for (const [options, message] of [[{ nope: 1 }, /unknown option 'nope'/], [{ bodyLimit: 'x' }, /bodyLimit/]] as const) {
+    const err = await routes.register(taskRoutes, options as never).then(() => null, (e: Error) => e)
+    t.type(err, InvalidOptionsError, JSON.stringify(options))
+    t.match(err?.message, message)
+  }
+  t.type(await registerError({ prefix: '/:tenant', storageDir: await tempDir(t) }), InvalidOptionsError, 'a prefix with a parameter')
+  const documented = Fastify({ logger: false })
+  t.teardown(() => documented.close())
+  await documented.register(swagger, { openapi: { info: { title: 'host', version: '1' } } })
+  const docsError = await documented.register(docsPlugin, {}).then(() => null, (e: Error) => e)
+  t.type(docsError, InvalidOptionsError, 'taskvault/docs where the host has its own OpenAPI document: an error register can catch')
+  t.match(docsError?.message, /OpenAPI document already/)
+})
+
+t.test('the task manager called by a host\'s own code refuses a bad session id or task with a 400, changing nothing', async (t) => {
+  const app = host(t)
+  const dir = await tempDir(t)
+  await app.register(taskvault, { prefix: '/t', storageDir: dir })
+  app.post('/mine/:id', async (request) => app.taskManager.create((request.params as { id: string }).id, (request.body as { tasks: never }).tasks))
+  await app.ready()
+  const escape = await call(app, 'POST', '/mine/..%2Fescape', { tasks: [{ instruction: 'hi', task_type: 'General' }] })
+  t.equal(escape.status, 400)
+  t.match(escape.body, { code: 'INVALID_SESSION_ID' })
+  for (const tasks of [[{}], [{ instruction: 'hi', task_type: 'Cooking' }], 'hi']) {
+    const bad = await call(app, 'POST', '/mine/ok', { tasks })
+    t.equal(bad.status, 400, JSON.stringify(tasks))
+    t.match(bad.body, { code: 'INVALID_INSTRUCTIONS' })
+  }
+  t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), [], 'nothing was saved')
 })
 
 t.test('the task routes registered without the task manager (or auth) before them: a clear error at registration', async (t) => {

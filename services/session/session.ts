@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto'
 import type { Static } from '@sinclair/typebox'
 import type { Progress as ProgressSchema } from '../../schemas/api.js'
-import type { SessionFile, StoredSessionFile, Task, TaskType } from '../../schemas/session.js'
+import { SESSION_ID_PATTERN, TASK_TYPES, type SessionFile, type StoredSessionFile, type Task, type TaskType } from '../../schemas/session.js'
+import { InvalidInstructionsError, InvalidSessionIdError } from '../errors.js'
 
 export type { SessionFile, Task, TaskType }
 
@@ -132,4 +133,22 @@ export function truncateUtf8 (text: string, maxBytes: number): { text: string, t
   // Step back over continuation bytes (10xxxxxx) to the start of a character.
   while (end > 0 && ((bytes[end] ?? 0) & 0xc0) === 0x80) end--
   return { text: bytes.subarray(0, end).toString('utf8'), truncated: true }
+}
+
+const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
+
+/**
+ * A create's id and tasks as any caller of the manager may pass them (a host's own route, plain
+ * JavaScript: not only the HTTP body the schema checked): refused with a 400 error naming what is
+ * wrong, before anything is changed, rather than failing at the save as a state the server cannot write.
+ */
+export function checkCreate (sessionId: unknown, specs: unknown): void {
+  if (typeof sessionId !== 'string' || !SESSION_ID.test(sessionId)) {
+    throw new InvalidSessionIdError(`invalid session id ${JSON.stringify(String(sessionId).slice(0, 140))}: expected 1 to 128 letters, digits, _ or -`)
+  }
+  if (!Array.isArray(specs)) throw new InvalidInstructionsError('tasks must be a list of { instruction, task_type }')
+  specs.forEach((spec: Partial<TaskSpec> | null, index) => {
+    if (typeof spec?.instruction !== 'string') throw new InvalidInstructionsError(`task ${index + 1} has no instruction text`)
+    if (!(TASK_TYPES as readonly unknown[]).includes(spec.task_type)) throw new InvalidInstructionsError(`task ${index + 1} has task_type ${JSON.stringify(spec.task_type)}; expected one of ${TASK_TYPES.join(', ')}`)
+  })
 }
