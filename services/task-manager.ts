@@ -604,20 +604,12 @@ export class TaskManager {
   /** Deletes a session and its file, or its archived files. Refused while it executes. */
   async delete (sessionId: string): Promise<void> {
     this.assertRestored()
-    if (this.shared !== undefined) await this.registry.sync(sessionId)
-    if (this.registry.find(sessionId) === null) {
-      const archived = this.archived.has(sessionId)
-      // Read first, as retention does: a copy sealed under a key this process lacks (or a wrong
-      // one) answers 503 and stays, since a lost key must not destroy data. On a shared store this
-      // also finds a session archived elsewhere since this replica read its index (the rows say).
-      const copy = await this.archived.read(sessionId)
-      // File store: its copies were all damaged, and that read set them aside (corrupt/): the archive holds it no more.
-      if (this.shared === undefined && copy === null && archived && !this.archived.has(sessionId) && this.registry.find(sessionId) === null) {
-        this.runner.announce('session.deleted', { session_id: sessionId })
-        return
-      }
+    if (this.shared !== undefined) {
+      await this.registry.sync(sessionId)
+      // Archived elsewhere since this replica read its index: the rows say.
+      if (this.registry.find(sessionId) === null) await this.archived.read(sessionId)
+      await this.assertNotRunningElsewhere(sessionId)
     }
-    await this.assertNotRunningElsewhere(sessionId)
     if (!this.archived.has(sessionId) && this.registry.find(sessionId) === null) {
       // Perhaps being brought back from the archive right now: settle behind its change first.
       await this.registry.settle(sessionId)

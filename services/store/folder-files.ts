@@ -1,4 +1,4 @@
-import type { Dirent } from 'node:fs'
+import { constants, type Dirent } from 'node:fs'
 import { join } from 'node:path'
 import { CorruptSessionFileError, KeyUnavailableError, SealNotOpenedError, StorageError } from '../errors.js'
 import type { FsSeam } from './fs-seam.js'
@@ -8,6 +8,9 @@ import { DIR_MODE, fsyncDir, parseSessionFile, readSessionDocument, readWhole, s
 import { MAX_SESSION_FILE_BYTES } from './read-batch.js'
 import type { LoadFailure, LoadedSession } from './store.js'
 import { noop } from '../noop.js'
+
+/** A sealed file names its box in its first bytes (the clear id and times come before it). */
+const HEAD_BYTES = 512
 
 export interface FolderFilesOptions {
   fs: FsSeam
@@ -59,6 +62,35 @@ export class FolderFiles {
     } catch (err) {
       return err instanceof SealNotOpenedError && err.kid === kid ? 'unopened' : 'none'
     }
+  }
+
+  /**
+   * The kid a sealed file is under, else null (plaintext, or a file that cannot be read or parsed:
+   * damage). Only a file whose head names a box is read whole. A delete asks it first: what a
+   * lost key may yet open must stay.
+   */
+  async sealedKid (dir: string, name: string): Promise<string | null> {
+    const path = join(dir, name)
+    try {
+      const handle = await this.options.fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+      let head: Buffer
+      try {
+        const { buffer, bytesRead } = await handle.read(Buffer.alloc(HEAD_BYTES), 0, HEAD_BYTES, 0)
+        head = buffer.subarray(0, bytesRead)
+      } finally {
+        await handle.close()
+      }
+      if (!head.includes('"sealed"')) return null
+      const kid = (JSON.parse((await readWhole(this.options.fs, path, MAX_SESSION_FILE_BYTES)).toString('utf8')) as { sealed?: { kid?: unknown } } | null)?.sealed?.kid
+      return typeof kid === 'string' ? kid : null
+    } catch {
+      return null
+    }
+  }
+
+  /** Whether the keyring holds a key under `kid`. */
+  holdsKey (kid: string): boolean {
+    return this.options.keyring?.kids.includes(kid) === true
   }
 
   /**
