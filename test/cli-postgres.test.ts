@@ -425,6 +425,14 @@ t.test('export refuses a non-empty folder that is not taskvault\'s unless --forc
   const marked = join(await tempDir(t), 'marked')
   await cp(dir, marked, { recursive: true })
   t.equal((await taskvault(['export', '--database-url', url, marked])).code, 0)
+  // --force never marks another storage folder's archive/: its server would no longer start.
+  const inner = join(marked, 'archive')
+  await mkdir(inner, { recursive: true })
+  await writeFile(join(inner, 'notes.txt'), 'x')
+  const nested = await taskvault(['export', '--database-url', url, inner, '--force'])
+  t.equal(nested.code, 1, nested.stderr)
+  t.match(nested.stderr, /is the archive\/ folder of the taskvault storage folder/u)
+  t.same(await readdir(inner), ['notes.txt'], 'no marker written there')
 })
 
 t.test('import only reads its folder: a copy without a marker, with a killed run\'s temp file, is imported and left exactly as it was', async (t) => {

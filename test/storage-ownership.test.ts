@@ -379,6 +379,11 @@ t.test('folder: a storage folder inside another\'s archive/ or corrupt/, or hold
     t.match(String((err as Error | null)?.message), new RegExp(`is the ${inner}/ folder of the taskvault storage folder`, 'u'))
     t.notOk(existsSync(join(outer, inner, MARKER_FILE)), 'no marker written there')
     t.notOk(await lockPresent(join(outer, inner)), 'no lock left there')
+    // Reached through a symlink of another name: judged on the folder it leads to.
+    const link = join(await tempDir(t), 'elsewhere')
+    await symlink(join(outer, inner), link)
+    t.ok(await openError(link) instanceof ForeignFolderError, `${inner}/ through a symlink: refused`)
+    t.notOk(existsSync(join(outer, inner, MARKER_FILE)), 'no marker written there')
     // The other way round: the inner one was a storage folder first.
     const first = await tempDir(t)
     await open(t, join(first, inner)).then(async (inside) => inside.close())

@@ -3,7 +3,7 @@ import { join, resolve } from 'node:path'
 import { CorruptSessionFileError, SealNotOpenedError } from '../../services/errors.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
 import { fsyncDir, readSessionDocument, tempNames, writeAndRename } from '../../services/store/session-files.js'
-import { readMarker, writeMarker } from '../../services/store/storage-folder.js'
+import { nestedStorageFolder, readMarker, writeMarker } from '../../services/store/storage-folder.js'
 import { CommandFailedError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, requiredDatabase, withDatabase } from '../database.js'
@@ -152,6 +152,9 @@ async function claimFolder (dir: string, force: boolean): Promise<void> {
   const entries = await readdir(dir)
   if (entries.length === 0) return
   if (!force) throw new CommandFailedError(`${dir} is not empty and not a taskvault folder (no .taskvault marker); export into a new or empty folder, or give --force`)
+  // Marked only where the store will open it: never another storage folder's archive/ or corrupt/.
+  const nested = await nestedStorageFolder(nodeFs, dir)
+  if (nested !== null) throw new CommandFailedError(nested)
   await writeMarker(nodeFs, dir, tempNames()('taskvault'))
 }
 

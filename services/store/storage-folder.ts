@@ -1,5 +1,6 @@
 import type { Dirent } from 'node:fs'
-import { basename, dirname, join } from 'node:path'
+import { realpath } from 'node:fs/promises'
+import { basename, dirname, join, resolve } from 'node:path'
 import { ForeignFolderError } from '../errors.js'
 import type { FsSeam } from './fs-seam.js'
 import { kidRecord } from './keyring.js'
@@ -27,8 +28,10 @@ export const INNER_FOLDERS = ['archive', 'corrupt'] as const
  * stores nested so would read each other's files as their own (retention deleting the other's
  * active sessions).
  */
-export async function nestedStorageFolder (fs: FsSeam, dir: string): Promise<string | null> {
+export async function nestedStorageFolder (fs: FsSeam, given: string): Promise<string | null> {
   const marked = async (folder: string): Promise<boolean> => fs.lstat(join(folder, MARKER_FILE)).then(() => true, () => false)
+  // Judged on the real folder: a symlink named otherwise may lead into another's archive/.
+  const dir = await realFolder(given)
   const name = basename(dir)
   if ((INNER_FOLDERS as readonly string[]).includes(name) && await marked(dirname(dir))) {
     return `storage folder ${dir} is the ${name}/ folder of the taskvault storage folder ${dirname(dir)}; give each taskvault a folder of its own, outside the other's`
@@ -39,6 +42,17 @@ export async function nestedStorageFolder (fs: FsSeam, dir: string): Promise<str
     }
   }
   return null
+}
+
+/** `dir` with every symlink resolved, as far as it exists (the rest, not made yet, as given). */
+async function realFolder (dir: string): Promise<string> {
+  const rest: string[] = []
+  for (let at = resolve(dir); ; at = dirname(at)) {
+    const real = await realpath(at).catch(() => null)
+    if (real !== null) return join(real, ...rest.reverse())
+    if (dirname(at) === at) return resolve(dir)
+    rest.push(basename(at))
+  }
 }
 
 /** The format the marker names; null when there is none. Throws ForeignFolderError when it is not one of ours. */
