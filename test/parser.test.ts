@@ -241,3 +241,49 @@ t.test('pathological inputs parse in linear time', async (t) => {
   t.strictSame(parseInstructions('- ' + ' '.repeat(1 << 20) + 'a\u2028b'), ['a\u2028b'])
   t.equal(parseInstructions('first ' + 'x, and '.repeat(50_000) + 'then y').length, 2)
 })
+
+t.test('parseInstructions: what review found dropped or split (stop 65)', async (t) => {
+  t.test('a lead-in that is an instruction is kept as a task, whatever its type; only a short heading goes', async (t) => {
+    t.strictSame(parseInstructions('Translate these sentences into French:\n- Good morning\n- See you tomorrow'),
+      ['Translate these sentences into French:', 'Good morning', 'See you tomorrow'])
+    t.strictSame(parseInstructions('Do not modify the production database, and keep every change behind the flag:\n1. Migrate the schema\n2. Deploy'),
+      ['Do not modify the production database, and keep every change behind the flag:', 'Migrate the schema', 'Deploy'])
+    t.strictSame(parseInstructions('Only use the staging cluster, never prod: Task 1: migrate Task 2: deploy'),
+      ['Only use the staging cluster, never prod: Task 1: migrate Task 2: deploy'], 'markers behind an instruction are prose: nothing is lost')
+    for (const heading of ['Implementation plan:', 'Research tasks:', 'Plan:', 'Next steps:', 'Here is what to do:', 'To do:', 'TODO:', 'Two things:']) {
+      t.strictSame(parseInstructions(`${heading}\n1. Write the parser\n2. Test it`), ['Write the parser', 'Test it'], heading)
+    }
+  })
+
+  t.test('a fenced code block is part of its item, as written: never split, its lines and indent kept', async (t) => {
+    const yaml = 'Fix this workflow so the tests run on Node 22:\n```yaml\nsteps:\n  - uses: actions/checkout@v4\n  - run: npm test\n```'
+    t.strictSame(parseInstructions(yaml), [yaml], 'a lead and a block: one task, whole')
+    t.strictSame(parseInstructions('1. Write code:\n```\n1. foo\n2. bar\n```\n2. Test it'), ['Write code:\n```\n1. foo\n2. bar\n```', 'Test it'])
+    t.strictSame(parseInstructions('1. Fix this function:\n   ```python\n   def f(x):\n       if x:\n           return 1\n\n       return 2\n   ```\n2. Add a test'),
+      ['Fix this function:\n```python\ndef f(x):\n    if x:\n        return 1\n\n    return 2\n```', 'Add a test'], 'indent past the item\'s own, and blank lines, kept')
+    t.strictSame(parseInstructions('Task 1: run this\n```\nTask 2: not a marker\n```\nTask 2: deploy'), ['run this\n```\nTask 2: not a marker\n```', 'deploy'])
+    const code = 'First, add this handler:\n```js\nfetch(url).then(r => r.json())\n```\nthen deploy it'
+    t.strictSame(parseInstructions(code), [code], 'no sequence is read across code')
+  })
+
+  t.test('sequences: a method call or a condition\'s "then" joins nothing; a dot that is part of the task stays', async (t) => {
+    t.strictSame(parseInstructions('First, explain when to use then() in promises'), ['First, explain when to use then() in promises'])
+    t.strictSame(parseInstructions('First, replace the callbacks with .then chains, then test'), ['replace the callbacks with .then chains', 'test'])
+    t.strictSame(parseInstructions('First, run the tests and if they fail then revert the commit'), ['First, run the tests and if they fail then revert the commit'])
+    t.strictSame(parseInstructions('First, run the tests, then if they fail then revert, finally report'), ['run the tests', 'if they fail then revert', 'report'])
+    t.strictSame(parseInstructions('First, back up, and if it fails, then stop'), ['First, back up, and if it fails, then stop'], 'a comma before the condition\'s "then" too')
+    t.strictSame(parseInstructions('First, git add . then git commit'), ['git add .', 'git commit'])
+    t.strictSame(parseInstructions('First, cd .. then run make.'), ['cd ..', 'run make'])
+  })
+
+  t.test('a date written "2024. 1. 5." is no list item', async (t) => {
+    t.strictSame(parseInstructions('2024. 1. 5. 회의록 정리'), ['2024. 1. 5. 회의록 정리'])
+  })
+
+  t.test('"fix" with words between it and "bug", and "bugfix", are Coding', async (t) => {
+    for (const text of ['Fix the login bug', 'Fix this bug', 'Fix these bugs', 'Fix all the bugs', 'Fixing a memory-leak bug', 'Bugfix for login', 'bug fix in the parser']) {
+      t.equal(classifyTask(text), 'Coding', text)
+    }
+    t.equal(classifyTask('Report the bug to the vendor'), 'General', 'a bug alone is not code')
+  })
+})

@@ -4,7 +4,10 @@ import { InvalidInstructionsError } from '../errors.js'
 // Linear on any input: no nested quantifiers, and `.` with the s flag never backtracks.
 // A number needs no space after its `.` or `)` ("1.Research"), unless a digit follows ("1.5 million" is prose);
 // a bullet needs one ("-5 degrees" is prose). A no-break space (pasted from a word processor) counts as one.
-const LIST_ITEM = /^[ \t\u00a0]*(?:\d{1,9}[.)](?!\d)[ \t\u00a0]*|[-*•][ \t\u00a0]+)(.*)$/su
+// A number followed by another ("2024. 1. 5.", a date as Korean writes it) is no item either.
+const LIST_ITEM = /^[ \t\u00a0]*(?:\d{1,9}[.)](?!\d)(?![ \t\u00a0]*\d{1,9}[.)])[ \t\u00a0]*|[-*•][ \t\u00a0]+)(.*)$/su
+/** A line that opens or closes a fenced code block (Markdown's ``` or ~~~). */
+const FENCE = /^[ \t\u00a0]*(?:```|~~~)/u
 /** Line ends: CRLF, LF, and a lone CR (old Mac text). */
 const LINE_END = /\r\n|[\n\r]/u
 const TASK_MARKER = /\btask\s+\d{1,9}\s*[:.)-]\s*/giu
@@ -36,16 +39,66 @@ function listItems (text: string): string[] | undefined {
   // The first item's indent is the list's: an item indented further under one (by NESTED_INDENT
   // or more, as Markdown nests) is a detail of it, kept in its text with its marker.
   let base = 0
+  // Where the current item's text starts: a code block under it loses that much indent, no more
+  // (its own indent is the code's).
+  let content = 0
+  // Inside a fenced code block every line is the item's (or the lead's) as written: never an item.
+  let fenced = false
   for (const line of lines) {
-    const match = LIST_ITEM.exec(line)
+    const fence = FENCE.test(line)
+    const match = fenced || fence ? null : LIST_ITEM.exec(line)
     if (match !== null && items.length === 0) base = indentOf(line)
-    if (match !== null && (items.length === 0 || indentOf(line) < base + NESTED_INDENT)) items.push(match[1] ?? '')
-    else if (items.length === 0) preamble.push(line)
+    if (match !== null && (items.length === 0 || indentOf(line) < base + NESTED_INDENT)) {
+      items.push(match[1] ?? '')
+      content = columnsOf(line.slice(0, line.length - (match[1] ?? '').length))
+    } else if (items.length === 0) preamble.push(line)
+    else if (fenced || fence) items[items.length - 1] += '\n' + dedent(line, content).trimEnd()
     else if (line.trim() !== '') items[items.length - 1] += '\n' + line.trim()
+    if (fence) fenced = !fenced
   }
   if (items.length === 0) return undefined
   return withLead(preamble.join('\n'), items)
 }
+
+/** The columns `text` takes: a tab four. */
+function columnsOf (text: string): number {
+  let columns = 0
+  for (const char of text) columns += char === '\t' ? TAB_COLUMNS : 1
+  return columns
+}
+
+/** `line` without up to `columns` of its indent. */
+function dedent (line: string, columns: number): string {
+  let at = 0
+  for (let taken = 0; at < line.length && taken < columns; at++) {
+    const char = line[at]
+    if (char === '\t') taken += TAB_COLUMNS
+    else if (char === ' ' || char === '\u00a0') taken++
+    else break
+  }
+  return line.slice(at)
+}
+
+/** Where the text's fenced code blocks lie ([start, end) offsets): markers inside them split nothing. */
+function fencedSpans (text: string): Array<[number, number]> {
+  const spans: Array<[number, number]> = []
+  let open: number | null = null
+  let at = 0
+  for (const line of text.split(/(?<=\r\n|[\n\r])/u)) {
+    if (FENCE.test(line)) {
+      if (open === null) open = at
+      else {
+        spans.push([open, at + line.length])
+        open = null
+      }
+    }
+    at += line.length
+  }
+  if (open !== null) spans.push([open, text.length])
+  return spans
+}
+
+const inSpans = (spans: ReadonlyArray<[number, number]>, at: number): boolean => spans.some(([start, end]) => at >= start && at < end)
 
 /** Columns of indent that make a list item a sub-item of the one above (`- x` then `  - y`). */
 const NESTED_INDENT = 2
@@ -71,7 +124,9 @@ function taskMarkerItems (text: string): string[] | undefined {
   // ("fix what task 1. found") keeps its words. One naming the next ("logs for task 2. Task 2:
   // ...") gives way to the next marker of that number that starts a line or sentence, when it did not.
   const markers: TaskMarker[] = []
+  const fences = fencedSpans(text)
   for (const match of text.matchAll(TASK_MARKER)) {
+    if (inSpans(fences, match.index)) continue
     const marker = { start: match.index, end: match.index + match[0].length, number: Number(/\d+/u.exec(match[0])?.[0]), opens: openingAt(text, match.index) }
     const last = markers.at(-1)
     if (last !== undefined && markers.length > 1 && marker.number === last.number && marker.opens !== 'none' && last.opens === 'none') markers[markers.length - 1] = marker
@@ -111,18 +166,49 @@ function withLead (lead: string, items: string[]): string[] {
   return kept.trim() === '' ? items : [kept, ...items]
 }
 
+/**
+ * A short heading that only names what follows: "Steps:", "Next steps:", "Implementation plan:",
+ * "Please do the following:", "Here is what to do:". Anything else ending in ":" ("Translate these
+ * into French:", a constraint) is an instruction, kept as a task. Bounded repeats: linear.
+ */
+const HEADING = /^(?:(?:[\p{L}-]+\s+){0,2}(?:steps?|tasks?|to-?dos?|to\s+do|plan|instructions|checklist|action\s+items|items|requirements|goals)|(?:please\s+)?(?:do|complete|follow|handle|work\s+through)\s+(?:the\s+following|these)(?:\s+[\p{L}-]+){0,2}|here(?:'s|\u2019s|\s+is|\s+are)(?:\s+[\p{L}'\u2019-]+){0,4}|(?:[\p{L}-]+\s+)?things)\s*:$/iu
+
 function isHeading (text: string): boolean {
-  const trimmed = text.trim()
-  return trimmed.endsWith(':') && classifyTask(trimmed) === 'General'
+  return HEADING.test(text.trim())
 }
 
 function sequenceItems (text: string): string[] | undefined {
   const first = STARTS_WITH_FIRST.exec(text)
-  if (!first) return undefined
+  // Code is not prose: `.then(...)` in a pasted block is no joiner.
+  if (!first || fencedSpans(text).length > 0) return undefined
   const rest = text.slice(first[0].length)
-  const parts = rest.split(new RegExp(SEQUENCE_MARKER.source, 'giu'))
-  if (parts.length < 2) return undefined
+  const parts: string[] = []
+  let from = 0
+  for (const match of rest.matchAll(new RegExp(SEQUENCE_MARKER.source, 'giu'))) {
+    if (!joins(rest, from, match.index, match[0])) continue
+    parts.push(rest.slice(from, match.index))
+    from = match.index + match[0].length
+  }
+  if (parts.length === 0) return undefined
+  parts.push(rest.slice(from))
   return parts.map((part) => stripTrailingJoiners(stripLeadingMarkers(part)))
+}
+
+/**
+ * Whether a marker found at `at` joins two tasks. Not a method call (`.then(`, `then()`), nor
+ * the "then" of a condition ("if they fail then revert": its clause, since the last split or
+ * punctuation, opens with if, when, unless or once), which stays in its task.
+ */
+function joins (text: string, from: number, at: number, marker: string): boolean {
+  const end = at + marker.length
+  if (/^\.then/iu.test(marker) || /^\s*\(/u.test(text.slice(end, end + 8))) return false
+  // After a full stop a new sentence starts: no condition runs on into it.
+  if (!/\bthen\b/iu.test(marker) || marker.startsWith('.')) return true
+  // The clause the marker ends: back over the punctuation right before it ("if it fails, then").
+  let stop = at
+  while (stop > from && /[\s,;]/u.test(text[stop - 1] ?? '')) stop--
+  const clause = text.slice(from, stop).split(/[,;.\n]/u).at(-1) ?? ''
+  return !/\b(?:if|when|whenever|unless|once)\b/iu.test(clause)
 }
 
 /** A marker at the very start of a part (sticky: never scans past it). */
@@ -150,7 +236,12 @@ function stripLeadingMarkers (part: string): string {
 function stripTrailingJoiners (part: string): string {
   let end = part.length
   for (;;) {
-    while (end > 0 && /[\s,;.]/u.test(part[end - 1] ?? '')) end--
+    while (end > 0 && /[\s,;]/u.test(part[end - 1] ?? '')) end--
+    // One full stop ending a sentence goes; a dot that is part of the task stays (`git add .`, `cd ..`).
+    if (part[end - 1] === '.' && /[\p{L}\p{N})\]"'\u2019]/u.test(part[end - 2] ?? '')) {
+      end--
+      continue
+    }
     if (end >= 3 && part.slice(end - 3, end).toLowerCase() === 'and' && (end === 3 || /\s/u.test(part[end - 4] ?? ''))) end -= 3
     else return part.slice(0, end)
   }
@@ -158,7 +249,7 @@ function stripTrailingJoiners (part: string): string {
 
 // Checked in this order; the first family with a match decides the type.
 const TYPE_KEYWORDS: ReadonlyArray<readonly [TaskType, RegExp]> = [
-  ['Coding', /\b(?:write\s+(?:some\s+|the\s+|a\s+)?code|code|coding|implement(?:s|ed|ing|ation)?|functions?|class(?:es)?|fix(?:es|ed|ing)?\s+(?:a\s+|the\s+)?bugs?|debug(?:s|ged|ging)?|refactor(?:s|ed|ing)?)\b/iu],
+  ['Coding', /\b(?:write\s+(?:some\s+|the\s+|a\s+)?code|code|coding|implement(?:s|ed|ing|ation)?|functions?|class(?:es)?|fix(?:es|ed|ing)?\s+(?:[\p{L}-]+\s+){0,3}bugs?|bug\s*fix(?:es)?|debug(?:s|ged|ging)?|refactor(?:s|ed|ing)?)\b/iu],
   ['Analysis', /\b(?:analy[sz](?:e|es|ed|ing|is)|explain(?:s|ed|ing)?|explanation|what\s+is|describ(?:e|es|ed|ing)|description)\b/iu],
   // Before Research's "search": writing one is code (the design document's example), explaining one is not.
   ['Coding', /\bwrite\s+(?:a\s+|an\s+|the\s+)?(?:binary|linear)\s+search\b/iu],
