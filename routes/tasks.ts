@@ -1,8 +1,8 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { CreateBody, CreateHeaders, ExecuteAllBody, LIST_DEFAULTS, ListQuery, NoQuery, RetryBody, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
-import type { Static } from '@sinclair/typebox'
+import { Type, type Static } from '@sinclair/typebox'
 import { SETTING_DEFAULTS, settingOptions } from '../schemas/options.js'
-import { checkOptions } from '../plugins/options.js'
+import { checkOptions, FunctionOption } from '../plugins/options.js'
 import { acceptJsonOnly } from '../http/json-body.js'
 import { InvalidInstructionsError, InvalidOptionsError } from '../services/errors.js'
 import { createSerializerCompiler, createValidatorCompiler } from '../http/validation.js'
@@ -11,7 +11,12 @@ import type { Progress, TaskSpec } from '../services/session/session.js'
 import { ALL_SESSIONS } from '../services/task-manager.js'
 
 /** Largest request body in bytes (default: BODY_LIMIT's default; the taskvault plugin passes the setting). */
-export const TaskRoutesOptionsSchema = settingOptions({ bodyLimit: 'BODY_LIMIT' })
+export const TaskRoutesOptionsSchema = Type.Object({
+  ...settingOptions({ bodyLimit: 'BODY_LIMIT' }).properties,
+  // Fastify's own register options: this plugin is a context of its own, so they apply to its routes.
+  logLevel: Type.Optional(Type.String()),
+  logSerializers: Type.Optional(Type.Object({}, { additionalProperties: FunctionOption }))
+}, { additionalProperties: false })
 
 export type TaskRoutesOptions = Static<typeof TaskRoutesOptionsSchema>
 

@@ -547,8 +547,9 @@ t.test('a tar of a whole storage folder restores; its marker, lock, temp files a
   const own = ['.taskvault', '.taskvault.lock', '.a.4242.7.tmp', 'archive/.old.4242.8.tmp', 'corrupt/broken.json.1767225600000.4242.1']
   await mkdir(join(dir, 'corrupt'))
   await writeFile(join(dir, '.taskvault'), '{"format":1,"key_checks":{"old":"x"}}\n')
-  // The lock is a symlink whose target names its holder, as the server makes it.
-  await symlink('{"pid":4242,"host":"elsewhere","since":"2026-01-01T00:00:00.000Z"}', join(dir, '.taskvault.lock'))
+  // The lock is a symlink whose target names its holder, as the server makes it: past 100 bytes,
+  // which GNU tar stores in a long-link entry of its own.
+  await symlink('{"pid":4242,"host":"elsewhere","since":"2026-01-01T00:00:00.000Z","boot":"19c4054b-7853-420a-81c9-5b9888c5cdcb","pidNamespace":"pid:[4026531836]","start":"373041"}', join(dir, '.taskvault.lock'))
   await writeFile(join(dir, '.a.4242.7.tmp'), '{"half a')
   await writeFile(join(dir, 'archive/.old.4242.8.tmp'), '')
   await writeFile(join(dir, 'corrupt/broken.json.1767225600000.4242.1'), '{')

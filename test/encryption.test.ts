@@ -261,6 +261,18 @@ t.test('archived files a keyring cannot open (a wrong or a dropped key) stay whe
   const removal = await app.inject({ method: 'DELETE', url: '/api/v1/tasks/sessions/aged' })
   t.equal(removal.statusCode, 503, 'a delete of the session under a wrong key is refused')
   t.match(removal.json(), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /does not open under key 'old'/ })
+  await app.close()
+  // So too as the first request after a start (no list or read has tried the file yet), and while
+  // the file cannot be read at all (EMFILE): unknown is not deletable.
+  const faults = faultFs()
+  app = await build(t, { dir, fs: faults, config: { TASK_ENCRYPTION_KEYS: `new:${K2},old:${key()}` } })
+  const first = await app.inject({ method: 'DELETE', url: '/api/v1/tasks/sessions/aged' })
+  t.equal(first.statusCode, 503, 'a delete as the first request is refused too')
+  t.match(first.json(), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /does not open under key 'old'/ })
+  faults.fail('open', 'EMFILE', { path: (path) => path.endsWith(`archive/${agedName}`) })
+  const unreadable = await app.inject({ method: 'DELETE', url: '/api/v1/tasks/sessions/aged' })
+  t.equal(unreadable.statusCode, 503, 'a delete while the file cannot be read is refused')
+  faults.heal()
   const documented = (await app.inject({ method: 'GET', url: '/documentation/json' })).json().paths
   for (const path of ['/api/v1/tasks/progress', '/api/v1/tasks/list']) t.ok(documented[path].get.responses['503'] !== undefined, `the API document lists that 503 for ${path}`)
   t.same(await archived(), names, 'nothing left archive/')
@@ -287,6 +299,32 @@ t.test('archived files a keyring cannot open (a wrong or a dropped key) stay whe
   t.match(refused.json(), { code: 'ENCRYPTION_KEY_UNAVAILABLE', message: /'old'/ })
   t.ok((await readFile(join(dir, 'archive', agedName))).equals(agedBytes), 'the file under the missing key is untouched')
   t.notOk((await readdir(dir)).includes('corrupt'), 'nothing set aside')
+})
+
+t.test('retention over a session whose older archived copy is under a dropped key: the session waits for its key, whole, and the pass does not fail', async (t) => {
+  const dir = await tempDir(t)
+  const DAY = 86_400_000
+  let app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: `old:${K1}` } })
+  t.equal((await post(app, '/create', { session_id: 'multi', instructions: 'one' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'multi' })).statusCode, 200)
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['multi'])
+  await app.close()
+  // Brought back under a new key while the old copy could not be removed (it stays, older), then archived again.
+  const faults = faultFs()
+  faults.fail('unlink', 'EIO', { path: (path) => path.endsWith('archive/multi.json'), times: 1 })
+  app = await build(t, { dir, fs: faults, config: { TASK_ENCRYPTION_KEYS: `new:${K2},old:${K1}` } })
+  t.equal((await post(app, '/create', { session_id: 'multi', instructions: 'two' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'multi' })).statusCode, 200)
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['multi'])
+  await app.close()
+  const copies = (await readdir(join(dir, 'archive'))).filter((name) => name.startsWith('multi')).sort()
+  t.equal(copies.length, 2, `two copies: ${copies.join(', ')}`)
+  // The old key dropped (a folder from before key checks), 100 days later, a retention of 30.
+  await writeFile(join(dir, '.taskvault'), '{"format":1}\n')
+  app = await build(t, { dir, clock: () => new Date(Date.now() + 100 * DAY), config: { TASK_ENCRYPTION_KEYS: `new:${K2}`, TASK_ARCHIVE_RETENTION_DAYS: 30, TASK_ARCHIVE_DAYS: 0 } })
+  const pass = await post(app, '/archive', { older_than_days: 0 })
+  t.equal(pass.statusCode, 200, 'the pass answers 200, not a failure for the copy waiting for its key')
+  t.same((await readdir(join(dir, 'archive'))).filter((name) => name.startsWith('multi')).sort(), copies, 'both copies stay: the one under the dropped key is not destroyed')
 })
 
 t.test('an archived file that does not open under a key proven right at the restore is set aside as damaged', async (t) => {

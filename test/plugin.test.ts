@@ -513,6 +513,15 @@ t.test('the building blocks a host may misuse: config and routes check their opt
     t.type(err, InvalidOptionsError, JSON.stringify(options))
     t.match(err?.message, message)
   }
+  // Fastify's own register options apply to the routes' context, and are taken.
+  const logged = Fastify({ logger: false })
+  t.teardown(() => logged.close())
+  await logged.register(authPlugin, { apiKeys: [] })
+  await logged.register(persistencePlugin, { storageDir: await tempDir(t) })
+  await logged.register(taskManagerPlugin)
+  await logged.register(taskRoutes, { prefix: '/t', logLevel: 'warn', logSerializers: { req: () => ({}) } } as never)
+  await logged.ready()
+  t.equal((await call(logged, 'POST', '/t/create', { session_id: 'l', instructions: 'a' })).status, 200, 'logLevel and logSerializers given to the routes')
   t.type(await registerError({ prefix: '/:tenant', storageDir: await tempDir(t) }), InvalidOptionsError, 'a prefix with a parameter')
   const documented = Fastify({ logger: false })
   t.teardown(() => documented.close())

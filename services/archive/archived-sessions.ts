@@ -192,6 +192,11 @@ export class ArchivedSessions {
       }).catch((err: Error) => {
         // Archived again meanwhile (by another replica): its new copy is judged by a later pass.
         if (err instanceof StaleArchivedCopyError) return false
+        // An older copy under a key this process lacks: waits for its key, as an unread one does.
+        if (err instanceof KeyUnavailableError) {
+          this.log.warn({ session_id: sessionId, err }, 'Retention passed over an archived session it cannot open')
+          return false
+        }
         this.log.error({ session_id: sessionId, err }, 'Could not delete archived session')
         if (isPassFailure(err)) failures.push({ sessionId, err })
         return false

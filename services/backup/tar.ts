@@ -155,7 +155,8 @@ export async function * readTarGz (source: Readable): AsyncGenerator<TarEntry> {
       // Session files are small: a huge size is a damaged or hostile archive, never buffered.
       if (size > MAX_ENTRY_BYTES) throw new TarFormatError(`an entry claims ${size} bytes, more than the ${MAX_ENTRY_BYTES} a session file may have`)
       const type = block[156] === 0 ? '0' : String.fromCharCode(block[156] as number)
-      const header = type === 'x' || type === 'L' || type === 'g'
+      // x: pax; L and K: GNU's long name and long link target (a lock's target runs past 100 bytes); g: pax global.
+      const header = type === 'x' || type === 'L' || type === 'K' || type === 'g'
       if (header && size > MAX_HEADER_ENTRY_BYTES) throw new TarFormatError(`a pax or long-name header claims ${size} bytes, more than the ${MAX_HEADER_ENTRY_BYTES} a path needs`)
       const kind = type === '0' || type === '7' ? 'file' : type === '5' ? 'directory' : 'other'
       if (!header && kind !== 'file') {
@@ -177,7 +178,8 @@ export async function * readTarGz (source: Readable): AsyncGenerator<TarEntry> {
         longName = data.toString('utf8').replace(/\0.*$/su, '')
         continue
       }
-      if (type === 'g') continue
+      // A link's target is never used (links are refused or skipped by name).
+      if (type === 'g' || type === 'K') continue
       const name = longName ?? ustarName(block)
       longName = null
       yield {

@@ -290,14 +290,11 @@ export class FileArchive {
     }
     this.active.assertWritable()
     await this.active.confirmHeld()
-    // A copy sealed under a key this process lacks, or that did not open under the one it has,
+    // A copy sealed under a key this process lacks, or that does not open under the one it has,
     // stays (503), as retention leaves it: a lost or mistyped key must not destroy data.
     for (const { name } of files) {
-      const kid = await this.files.sealedKid(this.dir, name)
-      if (kid !== null && (!this.files.holdsKey(kid) || this.unopened.has(name))) {
-        throw new KeyUnavailableError(kid, `archive/${name} ${this.files.holdsKey(kid) ? `does not open under key '${kid}'` : `is sealed under key '${kid}', which TASK_ENCRYPTION_KEYS does not hold`}; ` +
-          'it was left in place, as a lost key must not destroy data. Add the key back to delete it')
-      }
+      const refusal = await this.files.keyRefusal(this.dir, name, sessionId, `archive/${name}`)
+      if (refusal !== null) throw refusal
     }
     const renamed: Array<{ name: string, temp: string }> = []
     let noRoom = false

@@ -65,12 +65,14 @@ export class FolderFiles {
   }
 
   /**
-   * The kid a sealed file is under, else null (plaintext, or a file that cannot be read or parsed:
-   * damage). Only a file whose head names a box is read whole. A delete asks it first: what a
-   * lost key may yet open must stay.
+   * Why a delete must leave this file where it is, or null: it is sealed under a key this process
+   * lacks, or one that does not open it while nothing proved that key right (a mistyped key; under
+   * a proven key such a box is damage, and goes). Only a file whose head names a box is read whole.
+   * A file gone is null; one that cannot be read is a StorageError: unknown, so not deleted.
    */
-  async sealedKid (dir: string, name: string): Promise<string | null> {
+  async keyRefusal (dir: string, name: string, sessionId: string, shownAs: string): Promise<KeyUnavailableError | null> {
     const path = join(dir, name)
+    let text: string
     try {
       const handle = await this.options.fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
       let head: Buffer
@@ -81,16 +83,31 @@ export class FolderFiles {
         await handle.close()
       }
       if (!head.includes('"sealed"')) return null
-      const kid = (JSON.parse((await readWhole(this.options.fs, path, MAX_SESSION_FILE_BYTES)).toString('utf8')) as { sealed?: { kid?: unknown } } | null)?.sealed?.kid
-      return typeof kid === 'string' ? kid : null
+      text = (await readWhole(this.options.fs, path, MAX_SESSION_FILE_BYTES)).toString('utf8')
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      // Gone, or too large (or not a regular file) to be a session at all: nothing a key opens.
+      if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTREG' || err instanceof CorruptSessionFileError) return null
+      throw new StorageError(`reading ${shownAs}`, err as NodeJS.ErrnoException)
+    }
+    let kid: unknown
+    try {
+      kid = (JSON.parse(text) as { sealed?: { kid?: unknown } } | null)?.sealed?.kid
     } catch {
       return null
     }
-  }
-
-  /** Whether the keyring holds a key under `kid`. */
-  holdsKey (kid: string): boolean {
-    return this.options.keyring?.kids.includes(kid) === true
+    if (typeof kid !== 'string') return null
+    if (this.options.keyring?.kids.includes(kid) !== true) {
+      return new KeyUnavailableError(kid, `${shownAs} is sealed under key '${kid}', which TASK_ENCRYPTION_KEYS does not hold; it was left in place, as a lost key must not destroy data. Add the key back to delete it`)
+    }
+    if (this.options.keyProven?.(kid) === true) return null
+    try {
+      readSessionDocument(name, text, sessionId, this.options.keyring)
+      return null
+    } catch (err) {
+      if (!(err instanceof SealNotOpenedError)) return null
+      return new KeyUnavailableError(kid, `${shownAs} does not open under key '${kid}'; it was left in place, as a mistyped key must not destroy data. Put the right key under '${kid}' to delete it`)
+    }
   }
 
   /**
