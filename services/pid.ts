@@ -48,6 +48,17 @@ export function processStart (pid: number): string | null {
   return statFields(pid)?.[19] ?? null
 }
 
+/**
+ * The process with this pid as `<pid namespace>.<start>` (processStart; the namespace as its
+ * inode number), or null where /proc cannot tell: equal for one process, different once another
+ * has taken the pid.
+ */
+export function processSlot (pid: number): string | null {
+  const start = processStart(pid)
+  const namespace = /\d+/u.exec(processPlace().pidNamespace)?.[0]
+  return start === null || namespace === undefined ? null : `${namespace}.${start}`
+}
+
 /** The fields of /proc/<pid>/stat from the state (field 3) on; null when it cannot be read. */
 function statFields (pid: number): string[] | null {
   let stat: string

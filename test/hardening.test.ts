@@ -17,7 +17,7 @@ import t from 'tap'
 import { buildApp } from '../app.js'
 import { LOCK_FILE } from '../services/store/storage-lock.js'
 import { StorageLockedError } from '../services/errors.js'
-import { processPlace, processStart } from '../services/pid.js'
+import { processSlot } from '../services/pid.js'
 import type { SessionFile } from '../services/session/session.js'
 import { MARKER_FILE } from '../services/store/storage-folder.js'
 import { MAX_SESSION_FILE_BYTES } from '../services/store/read-batch.js'
@@ -590,22 +590,24 @@ t.test('lock: a lock whose pid another process took since its holder died is tak
   const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)'], { stdio: 'ignore' })
   t.teardown(() => { child.kill('SIGKILL') })
   const pid = child.pid!
-  const place = { ...processPlace(), start: processStart(pid) ?? '' }
-  t.not(place.start, '', 'the child\'s start is known')
+  const proc = processSlot(pid) ?? ''
+  t.not(proc, '', 'the child\'s process slot is known')
   // The child is the holder: its start matches.
-  const holder = { pid, host: hostname(), since: new Date().toISOString(), ...place }
+  const holder = { pid, host: hostname(), since: new Date().toISOString(), proc }
   await writeLock(dir, holder)
   t.ok(await openError(dir) instanceof StorageLockedError, 'the holder\'s own live process: refused')
   t.same(await readLock(dir), holder, 'the lock is left as it was')
   // The holder died and the child took its pid: another start.
-  const reused = { ...holder, start: String(Number(place.start) - 1) }
+  const [namespace, start] = proc.split('.')
+  const reused = { ...holder, proc: `${namespace}.${Number(start) - 1}` }
   await rm(join(dir, LOCK_FILE))
   await writeLock(dir, reused)
   const app = await open(dir)
   t.teardown(() => app.close())
   const now = await readLock(dir)
   t.equal(now.pid, process.pid, 'a pid taken by another process: the lock is ours at once')
-  t.equal((now as Holder & { start?: string }).start, processStart(process.pid), 'and records our own start')
+  t.equal((now as Holder & { proc?: string }).proc, processSlot(process.pid), 'and records our own process slot')
+  t.ok(JSON.stringify(now).length < 128 - 40, 'short enough for a tmpfs inode with a long host name')
 })
 
 t.test('lock: a lock left by a dead pid on this host is taken over', async (t) => {

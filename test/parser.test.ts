@@ -249,7 +249,8 @@ t.test('parseInstructions: what review found dropped or split (stop 65)', async 
     t.strictSame(parseInstructions('Do not modify the production database, and keep every change behind the flag:\n1. Migrate the schema\n2. Deploy'),
       ['Do not modify the production database, and keep every change behind the flag:', 'Migrate the schema', 'Deploy'])
     t.strictSame(parseInstructions('Only use the staging cluster, never prod: Task 1: migrate Task 2: deploy'),
-      ['Only use the staging cluster, never prod: Task 1: migrate Task 2: deploy'], 'markers behind an instruction are prose: nothing is lost')
+      ['Only use the staging cluster, never prod:', 'migrate', 'deploy'], 'markers behind an instruction: it is a task of its own')
+    t.strictSame(parseInstructions('Tasks for today:\nTask 1: analyze the logs\nTask 2: fix the bug'), ['analyze the logs', 'fix the bug'], 'a heading with a qualifier')
     for (const heading of ['Implementation plan:', 'Research tasks:', 'Plan:', 'Next steps:', 'Here is what to do:', 'To do:', 'TODO:', 'Two things:']) {
       t.strictSame(parseInstructions(`${heading}\n1. Write the parser\n2. Test it`), ['Write the parser', 'Test it'], heading)
     }
@@ -276,14 +277,49 @@ t.test('parseInstructions: what review found dropped or split (stop 65)', async 
     t.strictSame(parseInstructions('First, cd .. then run make.'), ['cd ..', 'run make'])
   })
 
-  t.test('a date written "2024. 1. 5." is no list item', async (t) => {
+  t.test('a date written "2024. 1. 5." is no list item; an item starting with a decimal or a time is', async (t) => {
     t.strictSame(parseInstructions('2024. 1. 5. 회의록 정리'), ['2024. 1. 5. 회의록 정리'])
+    t.strictSame(parseInstructions('1. 10.30 standup\n2. 14.00 review'), ['10.30 standup', '14.00 review'])
+    t.strictSame(parseInstructions('1. Upgrade to 3.x\n2. 4.0 release notes'), ['Upgrade to 3.x', '4.0 release notes'])
+  })
+
+  t.test('(second review) inline ``` is no fence; a fence closes only with its own kind; headings with a verb or pointer are instructions', async (t) => {
+    t.strictSame(parseInstructions('1. Run the tests\n```npm test```\n2. Deploy'), ['Run the tests\n```npm test```', 'Deploy'])
+    t.strictSame(parseInstructions('Task 1: run\n```npm test```\nTask 2: deploy'), ['run\n```npm test```', 'deploy'])
+    t.strictSame(parseInstructions('1. Write\n```\ncode\n~~~\n2. not an item\n```\n3. c'), ['Write\n```\ncode\n~~~\n2. not an item\n```', 'c'])
+    for (const lead of ['Explain these steps:', 'Implement these steps:', 'Here is the code to refactor:', 'Here is what not to do:', 'Skip these steps:', 'Do the following in code:']) {
+      t.strictSame(parseInstructions(`${lead}\n1. git fetch\n2. git rebase`), [lead, 'git fetch', 'git rebase'], lead)
+    }
+    for (const heading of ['Steps to reproduce:', 'Notes:', 'Agenda:', 'Please do the following, in order:', 'Tasks (in order):']) {
+      t.strictSame(parseInstructions(`${heading}\n1. a\n2. b`), ['a', 'b'], heading)
+    }
+  })
+
+  t.test('(second review) conditions and calls: "check if ..., then" splits; a condition is judged in its own clause; "then (optionally)" joins', async (t) => {
+    t.strictSame(parseInstructions('First, check if the tests pass, then deploy'), ['check if the tests pass', 'deploy'])
+    t.strictSame(parseInstructions('First, run the migration once, then deploy'), ['run the migration once', 'deploy'])
+    t.strictSame(parseInstructions('First, if the tests fail then revert, then report'), ['if the tests fail then revert', 'report'])
+    t.strictSame(parseInstructions('First, build, then (optionally) lint it'), ['build', '(optionally) lint it'])
+    t.strictSame(parseInstructions('First, build.Then test'), ['build', 'test'])
+    t.strictSame(parseInstructions('First, run `npm install`, then run `npm test`.'), ['run `npm install`', 'run `npm test`'])
+  })
+
+  t.test('(second review) linear on conditions repeated and on many fences before many markers', async (t) => {
+    let started = performance.now()
+    parseInstructions('First, ' + 'when a, then b, '.repeat(25_000))
+    t.ok(performance.now() - started < 2000, `conditions: ${Math.round(performance.now() - started)} ms for 400 KB`)
+    started = performance.now()
+    parseInstructions('```\n```\n'.repeat(20_000) + 'task 3: x '.repeat(20_000))
+    t.ok(performance.now() - started < 2000, `fences then markers: ${Math.round(performance.now() - started)} ms`)
   })
 
   t.test('"fix" with words between it and "bug", and "bugfix", are Coding', async (t) => {
-    for (const text of ['Fix the login bug', 'Fix this bug', 'Fix these bugs', 'Fix all the bugs', 'Fixing a memory-leak bug', 'Bugfix for login', 'bug fix in the parser']) {
+    for (const text of ['Fix the login bug', 'Fix this bug', 'Fix these bugs', 'Fix all the bugs', 'Fixing a memory-leak bug', 'Bugfix for login']) {
       t.equal(classifyTask(text), 'Coding', text)
     }
     t.equal(classifyTask('Report the bug to the vendor'), 'General', 'a bug alone is not code')
+    for (const [text, type] of [['Research the fixes for the Spectre bug', 'Research'], ['Explain why the fix for the bug works', 'Analysis'], ['Fix a time to bug the landlord', 'General']]) {
+      t.equal(classifyTask(text as string), type, `${text}: not Coding`)
+    }
   })
 })

@@ -4,10 +4,37 @@ import { InvalidInstructionsError } from '../errors.js'
 // Linear on any input: no nested quantifiers, and `.` with the s flag never backtracks.
 // A number needs no space after its `.` or `)` ("1.Research"), unless a digit follows ("1.5 million" is prose);
 // a bullet needs one ("-5 degrees" is prose). A no-break space (pasted from a word processor) counts as one.
-// A number followed by another ("2024. 1. 5.", a date as Korean writes it) is no item either.
-const LIST_ITEM = /^[ \t\u00a0]*(?:\d{1,9}[.)](?!\d)(?![ \t\u00a0]*\d{1,9}[.)])[ \t\u00a0]*|[-*•][ \t\u00a0]+)(.*)$/su
-/** A line that opens or closes a fenced code block (Markdown's ``` or ~~~). */
-const FENCE = /^[ \t\u00a0]*(?:```|~~~)/u
+// A number followed by another marker ("2024. 1. 5.", a date as Korean writes it) is no item either;
+// one followed by a decimal or a time ("1. 10.30 standup") is.
+const LIST_ITEM = /^[ \t\u00a0]*(?:\d{1,9}[.)](?!\d)(?![ \t\u00a0]*\d{1,9}[.)](?:[ \t\u00a0]|$))[ \t\u00a0]*|[-*•][ \t\u00a0]+)(.*)$/su
+/**
+ * A fence line (Markdown's, as CommonMark reads it): three or more backticks with no backtick
+ * after them on the line (```npm test``` is inline code, not a fence), or three or more tildes.
+ */
+const FENCE = /^[ \t\u00a0]*(`{3,}(?!.*`)|~{3,})(.*)$/u
+
+/** Follows fences line by line: which fence is open (its character and length), if any. */
+class Fences {
+  private open: string | null = null
+  get inside (): boolean {
+    return this.open !== null
+  }
+
+  /** Reads the next line; true when it is a fence line (opening or closing) itself. */
+  read (line: string): boolean {
+    const match = FENCE.exec(line)
+    if (match === null) return false
+    const run = match[1] as string
+    if (this.open === null) {
+      this.open = run
+      return true
+    }
+    // Closed only by the same character, as long or longer, with nothing after it.
+    if (run[0] !== this.open[0] || run.length < this.open.length || (match[2] ?? '').trim() !== '') return false
+    this.open = null
+    return true
+  }
+}
 /** Line ends: CRLF, LF, and a lone CR (old Mac text). */
 const LINE_END = /\r\n|[\n\r]/u
 const TASK_MARKER = /\btask\s+\d{1,9}\s*[:.)-]\s*/giu
@@ -43,9 +70,10 @@ function listItems (text: string): string[] | undefined {
   // (its own indent is the code's).
   let content = 0
   // Inside a fenced code block every line is the item's (or the lead's) as written: never an item.
-  let fenced = false
+  const fences = new Fences()
   for (const line of lines) {
-    const fence = FENCE.test(line)
+    const fenced = fences.inside
+    const fence = fences.read(line)
     const match = fenced || fence ? null : LIST_ITEM.exec(line)
     if (match !== null && items.length === 0) base = indentOf(line)
     if (match !== null && (items.length === 0 || indentOf(line) < base + NESTED_INDENT)) {
@@ -54,7 +82,6 @@ function listItems (text: string): string[] | undefined {
     } else if (items.length === 0) preamble.push(line)
     else if (fenced || fence) items[items.length - 1] += '\n' + dedent(line, content).trimEnd()
     else if (line.trim() !== '') items[items.length - 1] += '\n' + line.trim()
-    if (fence) fenced = !fenced
   }
   if (items.length === 0) return undefined
   return withLead(preamble.join('\n'), items)
@@ -82,23 +109,20 @@ function dedent (line: string, columns: number): string {
 /** Where the text's fenced code blocks lie ([start, end) offsets): markers inside them split nothing. */
 function fencedSpans (text: string): Array<[number, number]> {
   const spans: Array<[number, number]> = []
-  let open: number | null = null
+  const fences = new Fences()
+  let open = 0
   let at = 0
   for (const line of text.split(/(?<=\r\n|[\n\r])/u)) {
-    if (FENCE.test(line)) {
-      if (open === null) open = at
-      else {
-        spans.push([open, at + line.length])
-        open = null
-      }
+    const inside = fences.inside
+    if (fences.read(line.replace(/[\r\n]+$/u, ''))) {
+      if (!inside) open = at
+      else spans.push([open, at + line.length])
     }
     at += line.length
   }
-  if (open !== null) spans.push([open, text.length])
+  if (fences.inside) spans.push([open, text.length])
   return spans
 }
-
-const inSpans = (spans: ReadonlyArray<[number, number]>, at: number): boolean => spans.some(([start, end]) => at >= start && at < end)
 
 /** Columns of indent that make a list item a sub-item of the one above (`- x` then `  - y`). */
 const NESTED_INDENT = 2
@@ -125,8 +149,11 @@ function taskMarkerItems (text: string): string[] | undefined {
   // ...") gives way to the next marker of that number that starts a line or sentence, when it did not.
   const markers: TaskMarker[] = []
   const fences = fencedSpans(text)
+  // Markers come in order, and so do the spans: one walk over both.
+  let span = 0
   for (const match of text.matchAll(TASK_MARKER)) {
-    if (inSpans(fences, match.index)) continue
+    while (span < fences.length && (fences[span] as [number, number])[1] <= match.index) span++
+    if (span < fences.length && match.index >= (fences[span] as [number, number])[0]) continue
     const marker = { start: match.index, end: match.index + match[0].length, number: Number(/\d+/u.exec(match[0])?.[0]), opens: openingAt(text, match.index) }
     const last = markers.at(-1)
     if (last !== undefined && markers.length > 1 && marker.number === last.number && marker.opens !== 'none' && last.opens === 'none') markers[markers.length - 1] = marker
@@ -136,8 +163,10 @@ function taskMarkerItems (text: string): string[] | undefined {
   const first = markers[0]
   if (first === undefined || markers.length < 2) return undefined
   const lead = text.slice(0, first.start)
-  if (lead.trim() !== '' && !isHeading(lead)) return undefined
-  return markers.map((marker, i) => text.slice(marker.end, markers[i + 1]?.start ?? text.length))
+  const items = markers.map((marker, i) => text.slice(marker.end, markers[i + 1]?.start ?? text.length))
+  if (lead.trim() === '' || isHeading(lead)) return items
+  // An instruction introducing the markers ("Only use staging: Task 1: ...") is a task of its own; other text before them makes them prose.
+  return lead.trim().endsWith(':') ? [lead, ...items] : undefined
 }
 
 type Opening = 'line' | 'sentence' | 'none'
@@ -171,7 +200,14 @@ function withLead (lead: string, items: string[]): string[] {
  * "Please do the following:", "Here is what to do:". Anything else ending in ":" ("Translate these
  * into French:", a constraint) is an instruction, kept as a task. Bounded repeats: linear.
  */
-const HEADING = /^(?:(?:[\p{L}-]+\s+){0,2}(?:steps?|tasks?|to-?dos?|to\s+do|plan|instructions|checklist|action\s+items|items|requirements|goals)|(?:please\s+)?(?:do|complete|follow|handle|work\s+through)\s+(?:the\s+following|these)(?:\s+[\p{L}-]+){0,2}|here(?:'s|\u2019s|\s+is|\s+are)(?:\s+[\p{L}'\u2019-]+){0,4}|(?:[\p{L}-]+\s+)?things)\s*:$/iu
+const HEADING = new RegExp('^(?:' + [
+  // A heading noun, after at most one qualifier that is no verb or pointer ("Next steps", "Implementation plan"), and
+  // before a short qualifier ("for today", "to reproduce", "(in order)").
+  '(?:(?:next|main|my|our|your|the|project|implementation|research|coding|design|testing|remaining|open|today\'s|daily|weekly|sprint|release)\\s+)?(?:steps?|tasks?|sub-?tasks|to-?dos?|to-?do\\s+list|to\\s+do|plan|instructions|checklist|action\\s+items|requirements|goals|objectives|agenda|notes|acceptance\\s+criteria)(?:\\s+for\\s+(?:today|tomorrow|this\\s+week)|\\s+to\\s+reproduce|\\s*\\(in\\s+order\\)|,?\\s+in\\s+order)?',
+  '(?:please\\s+)?(?:do|complete|follow)\\s+the\\s+following(?:,?\\s+in\\s+order)?',
+  'here(?:\'s|\u2019s|\\s+is|\\s+are)\\s+(?:what\\s+(?:to|you\\s+should|i\\s+need\\s+you\\s+to)\\s+do|the\\s+(?:plan|steps|tasks|list))',
+  '(?:two|three|four|five|a\\s+few|some)\\s+things'
+].join('|') + ')\\s*:$', 'iu')
 
 function isHeading (text: string): boolean {
   return HEADING.test(text.trim())
@@ -184,10 +220,14 @@ function sequenceItems (text: string): string[] | undefined {
   const rest = text.slice(first[0].length)
   const parts: string[] = []
   let from = 0
+  // Where the last marker, split on or not, ended: a condition is judged in the text since (linear).
+  let since = 0
   for (const match of rest.matchAll(new RegExp(SEQUENCE_MARKER.source, 'giu'))) {
-    if (!joins(rest, from, match.index, match[0])) continue
+    const joined = joins(rest, Math.max(from, since), match.index, match[0])
+    since = match.index + match[0].length
+    if (!joined) continue
     parts.push(rest.slice(from, match.index))
-    from = match.index + match[0].length
+    from = since
   }
   if (parts.length === 0) return undefined
   parts.push(rest.slice(from))
@@ -195,20 +235,20 @@ function sequenceItems (text: string): string[] | undefined {
 }
 
 /**
- * Whether a marker found at `at` joins two tasks. Not a method call (`.then(`, `then()`), nor
- * the "then" of a condition ("if they fail then revert": its clause, since the last split or
+ * Whether a marker found at `at` joins two tasks. Not a method (`.then chains`, `then(`), nor
+ * the "then" of a condition ("if they fail then revert": its clause, since `from` and the last
  * punctuation, opens with if, when, unless or once), which stays in its task.
  */
 function joins (text: string, from: number, at: number, marker: string): boolean {
-  const end = at + marker.length
-  if (/^\.then/iu.test(marker) || /^\s*\(/u.test(text.slice(end, end + 8))) return false
+  if (/^\.then/u.test(marker) || /then\($/iu.test(marker + (text[at + marker.length] ?? ''))) return false
   // After a full stop a new sentence starts: no condition runs on into it.
   if (!/\bthen\b/iu.test(marker) || marker.startsWith('.')) return true
   // The clause the marker ends: back over the punctuation right before it ("if it fails, then").
   let stop = at
   while (stop > from && /[\s,;]/u.test(text[stop - 1] ?? '')) stop--
-  const clause = text.slice(from, stop).split(/[,;.\n]/u).at(-1) ?? ''
-  return !/\b(?:if|when|whenever|unless|once)\b/iu.test(clause)
+  const clause = (text.slice(from, stop).split(/[,;.\n]/u).at(-1) ?? '').trimStart()
+  // Opening it, or after a conjunction ("run the tests and if they fail then revert"); not "check if ..., then".
+  return !/(?:^|\b(?:and|or|but)\s+)(?:if|when|whenever|unless|once)\b/iu.test(clause)
 }
 
 /** A marker at the very start of a part (sticky: never scans past it). */
@@ -235,11 +275,13 @@ function stripLeadingMarkers (part: string): string {
 /** Drops trailing separators and a dangling "and" ("research X, and" → "research X"). A loop, not a regex: linear on any input. */
 function stripTrailingJoiners (part: string): string {
   let end = part.length
+  let stop = false
   for (;;) {
     while (end > 0 && /[\s,;]/u.test(part[end - 1] ?? '')) end--
     // One full stop ending a sentence goes; a dot that is part of the task stays (`git add .`, `cd ..`).
-    if (part[end - 1] === '.' && /[\p{L}\p{N})\]"'\u2019]/u.test(part[end - 2] ?? '')) {
+    if (!stop && end > 1 && part[end - 1] === '.' && !/[\s.]/u.test(part[end - 2] ?? '')) {
       end--
+      stop = true
       continue
     }
     if (end >= 3 && part.slice(end - 3, end).toLowerCase() === 'and' && (end === 3 || /\s/u.test(part[end - 4] ?? ''))) end -= 3
@@ -249,7 +291,7 @@ function stripTrailingJoiners (part: string): string {
 
 // Checked in this order; the first family with a match decides the type.
 const TYPE_KEYWORDS: ReadonlyArray<readonly [TaskType, RegExp]> = [
-  ['Coding', /\b(?:write\s+(?:some\s+|the\s+|a\s+)?code|code|coding|implement(?:s|ed|ing|ation)?|functions?|class(?:es)?|fix(?:es|ed|ing)?\s+(?:[\p{L}-]+\s+){0,3}bugs?|bug\s*fix(?:es)?|debug(?:s|ged|ging)?|refactor(?:s|ed|ing)?)\b/iu],
+  ['Coding', /\b(?:write\s+(?:some\s+|the\s+|a\s+)?code|code|coding|implement(?:s|ed|ing|ation)?|functions?|class(?:es)?|fix(?:es|ed|ing)?\s+(?:(?:a|an|the|this|that|these|those|all(?:\s+the)?|my|our|your)\s+)?(?:[\p{L}-]+\s+)?bugs?|bugfix(?:es)?|debug(?:s|ged|ging)?|refactor(?:s|ed|ing)?)\b/iu],
   ['Analysis', /\b(?:analy[sz](?:e|es|ed|ing|is)|explain(?:s|ed|ing)?|explanation|what\s+is|describ(?:e|es|ed|ing)|description)\b/iu],
   // Before Research's "search": writing one is code (the design document's example), explaining one is not.
   ['Coding', /\bwrite\s+(?:a\s+|an\s+|the\s+)?(?:binary|linear)\s+search\b/iu],

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { join } from 'node:path'
 import { InvalidLockSettingsError, LockLostError, StorageError, StorageLockedError } from '../errors.js'
 import type { FsSeam } from './fs-seam.js'
-import { PROCESS_STARTED_MS, pidAlive, processPlace, processStart } from '../pid.js'
+import { PROCESS_STARTED_MS, pidAlive, processSlot } from '../pid.js'
 import { noop } from '../noop.js'
 
 export interface LockHolder {
@@ -12,13 +12,12 @@ export interface LockHolder {
   host: string
   since: string
   /**
-   * Where the pid is meaningful and which process had it (Linux; absent from locks of earlier
-   * versions): the boot, the pid namespace and the process's start (processStart). A dead
-   * holder's pid taken since by another process is told from the holder by the start.
+   * Which process had the pid (Linux; absent from locks of earlier versions): its pid namespace's
+   * number and its start (processStart), as `<namespace>.<start>`. A dead holder's pid taken
+   * since by another process is told from the holder by the start. Short: a lock's target must
+   * fit where a full disk still has room (tmpfs keeps up to 128 bytes in the inode).
    */
-  boot?: string
-  pidNamespace?: string
-  start?: string
+  proc?: string
 }
 
 export interface StorageLockOptions {
@@ -91,9 +90,8 @@ export class StorageLock {
       throw new InvalidLockSettingsError(options.refreshMs, options.staleMs)
     }
     this.path = join(dir, LOCK_FILE)
-    const start = processStart(process.pid)
-    const { boot, pidNamespace } = processPlace()
-    this.me = { pid: process.pid, host: hostname(), since: new Date().toISOString(), ...(start !== null && boot !== '' && pidNamespace !== '' && { boot, pidNamespace, start }) }
+    const proc = processSlot(process.pid)
+    this.me = { pid: process.pid, host: hostname(), since: new Date().toISOString(), ...(proc !== null && { proc }) }
     this.mine = JSON.stringify(this.me)
   }
 
@@ -285,9 +283,8 @@ export class StorageLock {
     try {
       const parsed = JSON.parse(raw) as Partial<LockHolder>
       if (typeof parsed.pid === 'number' && typeof parsed.host === 'string' && typeof parsed.since === 'string') {
-        const { pid, host, since, boot, pidNamespace, start } = parsed
-        const place = typeof boot === 'string' && typeof pidNamespace === 'string' && typeof start === 'string' ? { boot, pidNamespace, start } : {}
-        return { holder: { pid, host, since, ...place }, ageMs, raw, missing: false }
+        const { pid, host, since, proc } = parsed
+        return { holder: { pid, host, since, ...(typeof proc === 'string' && { proc }) }, ageMs, raw, missing: false }
       }
     } catch {}
     return { holder: null, ageMs, raw, missing: false }
@@ -305,10 +302,11 @@ export class StorageLock {
     if (holder.pid === this.me.pid) return Date.parse(holder.since) < PROCESS_STARTED_MS
     if (!pidAlive(holder.pid)) return true
     // Its pid runs: the holder's own process, unless one started since took that pid over (known
-    // only for a lock made in this boot and pid namespace, which name the same process slots).
-    if (holder.start === undefined || holder.boot !== this.me.boot || holder.pidNamespace !== this.me.pidNamespace) return false
-    const start = processStart(holder.pid)
-    return start !== null && start !== holder.start
+    // only for a lock made in this pid namespace, whose pids name the same process slots).
+    const mine = this.me.proc?.split('.')[0]
+    if (holder.proc === undefined || mine === undefined || holder.proc.split('.')[0] !== mine) return false
+    const now = processSlot(holder.pid)
+    return now !== null && now !== holder.proc
   }
 
   /** Every `refreshMs`: checks the lock still names this process, then touches it. Checks never overlap. */
