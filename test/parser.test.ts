@@ -263,8 +263,8 @@ t.test('parseInstructions: what review found dropped or split (stop 65)', async 
     t.strictSame(parseInstructions('1. Fix this function:\n   ```python\n   def f(x):\n       if x:\n           return 1\n\n       return 2\n   ```\n2. Add a test'),
       ['Fix this function:\n```python\ndef f(x):\n    if x:\n        return 1\n\n    return 2\n```', 'Add a test'], 'indent past the item\'s own, and blank lines, kept')
     t.strictSame(parseInstructions('Task 1: run this\n```\nTask 2: not a marker\n```\nTask 2: deploy'), ['run this\n```\nTask 2: not a marker\n```', 'deploy'])
-    const code = 'First, add this handler:\n```js\nfetch(url).then(r => r.json())\n```\nthen deploy it'
-    t.strictSame(parseInstructions(code), [code], 'no sequence is read across code')
+    t.strictSame(parseInstructions('First, add this handler:\n```js\nfetch(url).then(r => r.json())\n```\nthen deploy it'),
+      ['add this handler:\n```js\nfetch(url).then(r => r.json())\n```', 'deploy it'], 'no marker inside code joins; one after it does')
   })
 
   t.test('sequences: a method call or a condition\'s "then" joins nothing; a dot that is part of the task stays', async (t) => {
@@ -304,7 +304,21 @@ t.test('parseInstructions: what review found dropped or split (stop 65)', async 
     t.strictSame(parseInstructions('First, run `npm install`, then run `npm test`.'), ['run `npm install`', 'run `npm test`'])
   })
 
+  t.test('(third review) a fence opened on an item\'s line, German dates, stray fence lines and separators, more headings', async (t) => {
+    t.strictSame(parseInstructions('- ```bash\n  npm ci\n  ```\n- deploy'), ['```bash\nnpm ci\n```', 'deploy'])
+    t.strictSame(parseInstructions('1. 12. Dezember: Feier planen\n2. 15. Dezember: Geschenke kaufen'), ['12. Dezember: Feier planen', '15. Dezember: Geschenke kaufen'])
+    t.strictSame(parseInstructions('1. 2024. 1. 5. 회의록 정리\n2. 2024. 1. 6. 보고서 작성'), ['2024. 1. 5. 회의록 정리', '2024. 1. 6. 보고서 작성'])
+    t.strictSame(parseInstructions('```\n1. a\n2. b'), ['```', 'a', 'b'], 'a fence that never closes is text')
+    t.strictSame(parseInstructions('Task 1: migrate\n~~~\nTask 2: verify'), ['migrate\n~~~', 'verify'])
+    for (const heading of ['Overview:', 'Summary:', 'Deliverables:', 'Things to do:']) t.strictSame(parseInstructions(`${heading}\n1. a\n2. b`), ['a', 'b'], heading)
+  })
+
   t.test('(second review) linear on conditions repeated and on many fences before many markers', async (t) => {
+    for (const size of [8_000, 64_000]) {
+      const started = performance.now()
+      parseInstructions('`'.repeat(size) + 'x`')
+      t.ok(performance.now() - started < 1000, `a run of ${size} backticks: ${Math.round(performance.now() - started)} ms`)
+    }
     let started = performance.now()
     parseInstructions('First, ' + 'when a, then b, '.repeat(25_000))
     t.ok(performance.now() - started < 2000, `conditions: ${Math.round(performance.now() - started)} ms for 400 KB`)

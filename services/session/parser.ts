@@ -4,36 +4,47 @@ import { InvalidInstructionsError } from '../errors.js'
 // Linear on any input: no nested quantifiers, and `.` with the s flag never backtracks.
 // A number needs no space after its `.` or `)` ("1.Research"), unless a digit follows ("1.5 million" is prose);
 // a bullet needs one ("-5 degrees" is prose). A no-break space (pasted from a word processor) counts as one.
-// A number followed by another marker ("2024. 1. 5.", a date as Korean writes it) is no item either;
-// one followed by a decimal or a time ("1. 10.30 standup") is.
-const LIST_ITEM = /^[ \t\u00a0]*(?:\d{1,9}[.)](?!\d)(?![ \t\u00a0]*\d{1,9}[.)](?:[ \t\u00a0]|$))[ \t\u00a0]*|[-*•][ \t\u00a0]+)(.*)$/su
+const LIST_ITEM = /^[ \t\u00a0]*(?:\d{1,9}[.)](?!\d)[ \t\u00a0]*|[-*•][ \t\u00a0]+)(.*)$/su
+/** A line that starts with a date as Korean writes it ("2024. 1. 5."): no list item. */
+const YEAR_DATE = /^[ \t\u00a0]*\d{4}\.[ \t\u00a0]*\d{1,2}\.[ \t\u00a0]*\d{1,2}\./u
+/** A fence line's run and what follows it (Markdown's ``` or ~~~). Greedy run, then `.*`: no backtracking. */
+const FENCE = /^[ \t\u00a0]*(`{3,}|~{3,})(.*)$/u
+
+/** The text of the list item `line` is, or null. */
+function itemOf (line: string): string | null {
+  if (YEAR_DATE.test(line)) return null
+  return LIST_ITEM.exec(line)?.[1] ?? null
+}
+
+/** A fence in `text` as CommonMark reads one: no backtick after a backtick run (```npm test``` is inline code). */
+function fenceOf (text: string): { run: string, rest: string } | null {
+  const match = FENCE.exec(text)
+  if (match === null) return null
+  const run = match[1] as string
+  const rest = match[2] ?? ''
+  return run[0] === '`' && rest.includes('`') ? null : { run, rest }
+}
+
 /**
- * A fence line (Markdown's, as CommonMark reads it): three or more backticks with no backtick
- * after them on the line (```npm test``` is inline code, not a fence), or three or more tildes.
+ * The lines that open or close a fenced code block, in pairs: a block is one only once it
+ * closes (by the same character, as long or longer, nothing after it), so a stray ``` or a ~~~
+ * separator never swallows the rest. A list item's text may open one ("- ```bash").
  */
-const FENCE = /^[ \t\u00a0]*(`{3,}(?!.*`)|~{3,})(.*)$/u
-
-/** Follows fences line by line: which fence is open (its character and length), if any. */
-class Fences {
-  private open: string | null = null
-  get inside (): boolean {
-    return this.open !== null
-  }
-
-  /** Reads the next line; true when it is a fence line (opening or closing) itself. */
-  read (line: string): boolean {
-    const match = FENCE.exec(line)
-    if (match === null) return false
-    const run = match[1] as string
-    if (this.open === null) {
-      this.open = run
-      return true
+function fenceLines (lines: readonly string[]): Set<number> {
+  const paired = new Set<number>()
+  let open: { at: number, run: string } | null = null
+  lines.forEach((line, at) => {
+    if (open === null) {
+      const opening = fenceOf(line) ?? fenceOf(itemOf(line) ?? '')
+      if (opening !== null) open = { at, run: opening.run }
+      return
     }
-    // Closed only by the same character, as long or longer, with nothing after it.
-    if (run[0] !== this.open[0] || run.length < this.open.length || (match[2] ?? '').trim() !== '') return false
-    this.open = null
-    return true
-  }
+    const closing = fenceOf(line)
+    if (closing === null || closing.run[0] !== open.run[0] || closing.run.length < open.run.length || closing.rest.trim() !== '') return
+    paired.add(open.at).add(at)
+    open = null
+  })
+  return paired
 }
 /** Line ends: CRLF, LF, and a lone CR (old Mac text). */
 const LINE_END = /\r\n|[\n\r]/u
@@ -70,15 +81,18 @@ function listItems (text: string): string[] | undefined {
   // (its own indent is the code's).
   let content = 0
   // Inside a fenced code block every line is the item's (or the lead's) as written: never an item.
-  const fences = new Fences()
-  for (const line of lines) {
-    const fenced = fences.inside
-    const fence = fences.read(line)
-    const match = fenced || fence ? null : LIST_ITEM.exec(line)
-    if (match !== null && items.length === 0) base = indentOf(line)
-    if (match !== null && (items.length === 0 || indentOf(line) < base + NESTED_INDENT)) {
-      items.push(match[1] ?? '')
-      content = columnsOf(line.slice(0, line.length - (match[1] ?? '').length))
+  const fences = fenceLines(lines)
+  let inside = false
+  for (const [at, line] of lines.entries()) {
+    const fenced = inside
+    const fence = fences.has(at)
+    if (fence) inside = !inside
+    // An item's line may open a block ("- ```bash"); a line inside one is never an item.
+    const item = fenced ? null : itemOf(line)
+    if (item !== null && items.length === 0) base = indentOf(line)
+    if (item !== null && (items.length === 0 || indentOf(line) < base + NESTED_INDENT)) {
+      items.push(item)
+      content = columnsOf(line.slice(0, line.length - item.length))
     } else if (items.length === 0) preamble.push(line)
     else if (fenced || fence) items[items.length - 1] += '\n' + dedent(line, content).trimEnd()
     else if (line.trim() !== '') items[items.length - 1] += '\n' + line.trim()
@@ -108,20 +122,33 @@ function dedent (line: string, columns: number): string {
 
 /** Where the text's fenced code blocks lie ([start, end) offsets): markers inside them split nothing. */
 function fencedSpans (text: string): Array<[number, number]> {
-  const spans: Array<[number, number]> = []
-  const fences = new Fences()
-  let open = 0
-  let at = 0
-  for (const line of text.split(/(?<=\r\n|[\n\r])/u)) {
-    const inside = fences.inside
-    if (fences.read(line.replace(/[\r\n]+$/u, ''))) {
-      if (!inside) open = at
-      else spans.push([open, at + line.length])
-    }
-    at += line.length
+  const lines: string[] = []
+  const starts: number[] = []
+  const ends = new RegExp(LINE_END.source, 'gu')
+  let from = 0
+  for (const match of text.matchAll(ends)) {
+    lines.push(text.slice(from, match.index))
+    starts.push(from)
+    from = match.index + match[0].length
   }
-  if (fences.inside) spans.push([open, text.length])
+  lines.push(text.slice(from))
+  starts.push(from)
+  const spans: Array<[number, number]> = []
+  let open: number | null = null
+  for (const at of [...fenceLines(lines)].sort((a, b) => a - b)) {
+    if (open === null) open = starts[at] as number
+    else {
+      spans.push([open, (starts[at] as number) + (lines[at] as string).length])
+      open = null
+    }
+  }
   return spans
+}
+
+/** Whether `at` lies in one of `spans` (in order), walking `cursor` on: markers come in order too, so one walk in all. */
+function inSpans (spans: ReadonlyArray<[number, number]>, cursor: { span: number }, at: number): boolean {
+  while (cursor.span < spans.length && (spans[cursor.span] as [number, number])[1] <= at) cursor.span++
+  return cursor.span < spans.length && at >= (spans[cursor.span] as [number, number])[0]
 }
 
 /** Columns of indent that make a list item a sub-item of the one above (`- x` then `  - y`). */
@@ -149,11 +176,9 @@ function taskMarkerItems (text: string): string[] | undefined {
   // ...") gives way to the next marker of that number that starts a line or sentence, when it did not.
   const markers: TaskMarker[] = []
   const fences = fencedSpans(text)
-  // Markers come in order, and so do the spans: one walk over both.
-  let span = 0
+  const cursor = { span: 0 }
   for (const match of text.matchAll(TASK_MARKER)) {
-    while (span < fences.length && (fences[span] as [number, number])[1] <= match.index) span++
-    if (span < fences.length && match.index >= (fences[span] as [number, number])[0]) continue
+    if (inSpans(fences, cursor, match.index)) continue
     const marker = { start: match.index, end: match.index + match[0].length, number: Number(/\d+/u.exec(match[0])?.[0]), opens: openingAt(text, match.index) }
     const last = markers.at(-1)
     if (last !== undefined && markers.length > 1 && marker.number === last.number && marker.opens !== 'none' && last.opens === 'none') markers[markers.length - 1] = marker
@@ -203,7 +228,7 @@ function withLead (lead: string, items: string[]): string[] {
 const HEADING = new RegExp('^(?:' + [
   // A heading noun, after at most one qualifier that is no verb or pointer ("Next steps", "Implementation plan"), and
   // before a short qualifier ("for today", "to reproduce", "(in order)").
-  '(?:(?:next|main|my|our|your|the|project|implementation|research|coding|design|testing|remaining|open|today\'s|daily|weekly|sprint|release)\\s+)?(?:steps?|tasks?|sub-?tasks|to-?dos?|to-?do\\s+list|to\\s+do|plan|instructions|checklist|action\\s+items|requirements|goals|objectives|agenda|notes|acceptance\\s+criteria)(?:\\s+for\\s+(?:today|tomorrow|this\\s+week)|\\s+to\\s+reproduce|\\s*\\(in\\s+order\\)|,?\\s+in\\s+order)?',
+  '(?:(?:next|main|my|our|your|the|project|implementation|research|coding|design|testing|remaining|open|today\'s|daily|weekly|sprint|release)\\s+)?(?:steps?|tasks?|sub-?tasks|to-?dos?|to-?do\\s+list|to\\s+do|plan|instructions|checklist|action\\s+items|requirements|goals|objectives|agenda|notes|acceptance\\s+criteria|overview|summary|deliverables|milestones|things\\s+to\\s+do)(?:\\s+for\\s+(?:today|tomorrow|this\\s+week)|\\s+to\\s+reproduce|\\s*\\(in\\s+order\\)|,?\\s+in\\s+order)?',
   '(?:please\\s+)?(?:do|complete|follow)\\s+the\\s+following(?:,?\\s+in\\s+order)?',
   'here(?:\'s|\u2019s|\\s+is|\\s+are)\\s+(?:what\\s+(?:to|you\\s+should|i\\s+need\\s+you\\s+to)\\s+do|the\\s+(?:plan|steps|tasks|list))',
   '(?:two|three|four|five|a\\s+few|some)\\s+things'
@@ -215,14 +240,17 @@ function isHeading (text: string): boolean {
 
 function sequenceItems (text: string): string[] | undefined {
   const first = STARTS_WITH_FIRST.exec(text)
-  // Code is not prose: `.then(...)` in a pasted block is no joiner.
-  if (!first || fencedSpans(text).length > 0) return undefined
+  if (!first) return undefined
   const rest = text.slice(first[0].length)
+  // Code is not prose: `.then(...)` in a pasted block is no joiner.
+  const fences = fencedSpans(rest)
+  const cursor = { span: 0 }
   const parts: string[] = []
   let from = 0
   // Where the last marker, split on or not, ended: a condition is judged in the text since (linear).
   let since = 0
   for (const match of rest.matchAll(new RegExp(SEQUENCE_MARKER.source, 'giu'))) {
+    if (inSpans(fences, cursor, match.index)) continue
     const joined = joins(rest, Math.max(from, since), match.index, match[0])
     since = match.index + match[0].length
     if (!joined) continue
