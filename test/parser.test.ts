@@ -296,12 +296,15 @@ t.test('parseInstructions: what review found dropped or split (stop 65)', async 
   })
 
   t.test('(second review) conditions and calls: "check if ..., then" splits; a condition is judged in its own clause; "then (optionally)" joins', async (t) => {
-    t.strictSame(parseInstructions('First, check if the tests pass, then deploy'), ['check if the tests pass', 'deploy'])
-    t.strictSame(parseInstructions('First, run the migration once, then deploy'), ['run the migration once', 'deploy'])
-    t.strictSame(parseInstructions('First, if the tests fail then revert, then report'), ['if the tests fail then revert', 'report'])
-    t.strictSame(parseInstructions('First, build, then (optionally) lint it'), ['build', '(optionally) lint it'])
-    t.strictSame(parseInstructions('First, build.Then test'), ['build', 'test'])
-    t.strictSame(parseInstructions('First, run `npm install`, then run `npm test`.'), ['run `npm install`', 'run `npm test`'])
+    const cases: Array<[string, string[]]> = [
+      ['First, check if the tests pass, then deploy', ['check if the tests pass', 'deploy']],
+      ['First, run the migration once, then deploy', ['run the migration once', 'deploy']],
+      ['First, if the tests fail then revert, then report', ['if the tests fail then revert', 'report']],
+      ['First, build, then (optionally) lint it', ['build', '(optionally) lint it']],
+      ['First, build.Then test', ['build', 'test']],
+      ['First, run `npm install`, then run `npm test`.', ['run `npm install`', 'run `npm test`']]
+    ]
+    for (const [input, tasks] of cases) t.strictSame(parseInstructions(input), tasks, input)
   })
 
   t.test('(third review) a fence opened on an item\'s line, German dates, stray fence lines and separators, more headings', async (t) => {
