@@ -3,6 +3,8 @@ import { KID_PATTERN } from './patterns.js'
 
 /** Session ids become file names, so this pattern is the only gate to the storage folder. */
 export const SESSION_ID_PATTERN = '^[A-Za-z0-9_-]{1,128}$'
+/** The same pattern, for checks outside a schema (the stores, the manager). */
+export const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 /** The id that the list and the event stream read as "every session": no session has it. */
 export const ALL_SESSIONS = 'all'
 export const SessionId = Type.String({ pattern: SESSION_ID_PATTERN, description: 'Letters, digits, _ and -, 1 to 128 characters' })

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 import type { Static } from '@sinclair/typebox'
 import type { Progress as ProgressSchema } from '../../schemas/api.js'
-import { SESSION_ID_PATTERN, TASK_TYPES, type SessionFile, type StoredSessionFile, type Task, type TaskType } from '../../schemas/session.js'
+import { SESSION_ID, TASK_TYPES, type SessionFile, type StoredSessionFile, type Task, type TaskType } from '../../schemas/session.js'
 import { InvalidInstructionsError, InvalidSessionIdError } from '../errors.js'
 
 export type { SessionFile, Task, TaskType }
@@ -134,8 +134,6 @@ export function truncateUtf8 (text: string, maxBytes: number): { text: string, t
   while (end > 0 && ((bytes[end] ?? 0) & 0xc0) === 0x80) end--
   return { text: bytes.subarray(0, end).toString('utf8'), truncated: true }
 }
-
-const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 
 /**
  * A create's id and tasks as any caller of the manager may pass them (a host's own route, plain

@@ -4,7 +4,7 @@ import { statfs } from 'node:fs/promises'
 import { basename, dirname, join, resolve, sep } from 'node:path'
 import pLimit, { type LimitFunction } from 'p-limit'
 import { SETTING_DEFAULTS } from '../../schemas/options.js'
-import { SessionFile, SESSION_ID_PATTERN } from '../../schemas/session.js'
+import { SessionFile, SESSION_ID } from '../../schemas/session.js'
 import type { ArchiveTotals, ArchivedSummary } from '../archive/archive-index.js'
 import { FileArchive } from './file-archive.js'
 import { FolderFiles } from './folder-files.js'
@@ -23,7 +23,6 @@ import { StorageLock, type LockHolder, type StorageLockOptions } from './storage
 import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SaveOptions, SessionStore, SessionStoreEvents, StoredCopy } from './store.js'
 import { noop } from '../noop.js'
 
-const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 /** Files per batch a reader thread reads at restore: big enough to amortise a message, small enough to keep memory low. */
 const RESTORE_BATCH_FILES = 128
 /**

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type pg from 'pg'
-import { SessionFile, SESSION_ID_PATTERN } from '../../../schemas/session.js'
+import { SessionFile, SESSION_ID } from '../../../schemas/session.js'
 import { type ArchiveTotals, type ArchivedSummary, type RetentionCutoffs } from '../../archive/archive-index.js'
 import {
   CorruptSessionFileError, DatabaseUnavailableError, InvalidDatabaseSettingError, InvalidSessionIdError, KeyUnavailableError,
@@ -37,7 +37,6 @@ import { leave, liveReplicas } from './replicas-sql.js'
 import { EVENTS_CHANNEL, LeaseKeeper } from './leases.js'
 import { ACTIVE_COUNT, EVENT_LOG, activeSummaries, archivableSessions, eventsAfter, listedCount, listedSummaries, publishEvents, refreshSession, refreshSessions } from './leases-sql.js'
 
-const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')
 /** `<session id>@<row id>`: how an archived copy is named (archivedName, summaries, failures). */
 const ARCHIVED_NAME = /^([A-Za-z0-9_-]{1,128})@(\d{1,19})$/u
 /** Active rows per page at restore: big enough to amortise a round trip, small enough to keep memory flat. */
