@@ -5,12 +5,9 @@ import type { FsSeam } from './fs-seam.js'
 import type { KidProof } from './key-checks.js'
 import type { Keyring } from './keyring.js'
 import { DIR_MODE, fsyncDir, parseSessionFile, readSessionDocument, readWhole, sessionText } from './session-files.js'
-import { MAX_SESSION_FILE_BYTES } from './read-batch.js'
+import { MAX_SESSION_FILE_BYTES, SEALED_HEAD_BYTES } from './read-batch.js'
 import type { LoadFailure, LoadedSession } from './store.js'
 import { noop } from '../noop.js'
-
-/** A sealed file names its box in its first bytes (the clear id and times come before it). */
-const HEAD_BYTES = 512
 
 export interface FolderFilesOptions {
   fs: FsSeam
@@ -77,7 +74,7 @@ export class FolderFiles {
       const handle = await this.options.fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
       let head: Buffer
       try {
-        const { buffer, bytesRead } = await handle.read(Buffer.alloc(HEAD_BYTES), 0, HEAD_BYTES, 0)
+        const { buffer, bytesRead } = await handle.read(Buffer.alloc(SEALED_HEAD_BYTES), 0, SEALED_HEAD_BYTES, 0)
         head = buffer.subarray(0, bytesRead)
       } finally {
         await handle.close()

@@ -63,7 +63,7 @@ export const READY = 'ready'
 
 const SEALED_KEY = Buffer.from('"sealed"')
 /** A sealed document names its box right after the id and times: the head is enough to tell. */
-const HEAD_BYTES = 512
+export const SEALED_HEAD_BYTES = 512
 
 // O_NOFOLLOW: a symlink swapped in after readdir is refused, not followed. O_NONBLOCK: a FIFO
 // swapped in is opened at once (then refused as no regular file), not waited on for a writer.
@@ -162,7 +162,7 @@ interface Opened {
  * thread reports that).
  */
 function openSealed (name: string, read: Buffer, keyring: Keyring): Opened | Extract<ReadFile, { sealed: string }> | null {
-  if (read.subarray(0, HEAD_BYTES).indexOf(SEALED_KEY) === -1) return null
+  if (read.subarray(0, SEALED_HEAD_BYTES).indexOf(SEALED_KEY) === -1) return null
   let document: SealedDocument
   let ciphertext: Buffer | null = null
   const quick = quickEnvelope(read)
