@@ -6,7 +6,8 @@ export type EmptyBody = (request: FastifyRequest) => { value: unknown } | null
 /**
  * Makes JSON the only body a context takes, whatever parsers the host registered: a form or
  * multipart post (which a browser sends cross-site without a preflight) gets a 415 and never
- * reaches a route (CSRF); JSON sent as text gets the 415 that says so, not "body must be object".
+ * reaches a route (CSRF), and so does a form-typed body that is no JSON or comes from a browser;
+ * JSON sent as text gets the 415 that says so, not "body must be object".
  * Keys that would poison prototypes (`__proto__`, `constructor.prototype`) are refused by name.
  * Bodies are UTF-8: other bytes get a 400 and another charset a 415, rather than being changed.
  * (A Content-Encoding is left to the host: one that decodes bodies, as @fastify/compress does in
@@ -16,8 +17,7 @@ export function acceptJsonOnly (app: FastifyInstance, empty: EmptyBody): void {
   const json = app.getDefaultJsonParser('error', 'error')
   // Fatal: bytes that are no UTF-8 are refused, where a lenient decoder stores U+FFFD in their place.
   const utf8 = new TextDecoder('utf-8', { fatal: true })
-  app.removeAllContentTypeParsers()
-  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
+  const parse = (request: FastifyRequest, body: Buffer, form: boolean, done: (err: Error | null, value?: unknown) => void): void => {
     const charset = charsetOf(request.headers['content-type'])
     if (charset !== null && !/^utf-?8$/iu.test(charset)) {
       done(unsupportedCharset(charset), undefined)
@@ -25,9 +25,9 @@ export function acceptJsonOnly (app: FastifyInstance, empty: EmptyBody): void {
     }
     let text: string
     try {
-      text = utf8.decode(body as Buffer)
+      text = utf8.decode(body)
     } catch {
-      done(notUtf8(), undefined)
+      done(form ? formPost() : notUtf8(), undefined)
       return
     }
     const meant = text === '' ? empty(request) : null
@@ -35,10 +35,38 @@ export function acceptJsonOnly (app: FastifyInstance, empty: EmptyBody): void {
       done(null, meant.value)
       return
     }
+    // A form-typed body that is no JSON is a form: refused as one, not as broken JSON.
+    if (form && !parses(text)) {
+      done(formPost(), undefined)
+      return
+    }
     json(request, text, (err, value) => {
       done(err !== null && parses(text) ? poisonedBody() : err, value)
     })
+  }
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
+    parse(request, body as Buffer, false, done)
   })
+  // The design document's examples post JSON with curl's -d alone, which types it as a form.
+  // Such a body is read as JSON when no browser sent it: every browser names the page behind a
+  // POST (Origin, Sec-Fetch-Site), which a page cannot leave out, so a web page still cannot
+  // drive a local taskvault with a form (CSRF), while curl and server-side clients send neither.
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'buffer' }, (request, body, done) => {
+    if (fromBrowser(request)) done(formPost(), undefined)
+    else parse(request, body as Buffer, true, done)
+  })
+}
+
+/** A request a browser made: it always sends these on a POST, and no page can leave them out. */
+function fromBrowser (request: FastifyRequest): boolean {
+  const headers = request.headers
+  return headers.origin !== undefined || headers['sec-fetch-site'] !== undefined || headers['sec-fetch-mode'] !== undefined
+}
+
+/** A form post: answered as Fastify answers a type nothing parses (error-handler.ts says what to send). */
+function formPost (): Error {
+  return Object.assign(new Error('Unsupported Media Type'), { statusCode: 415, code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE' })
 }
 
 /** The charset parameter of a Content-Type, unquoted (those given more than once, comma-joined); null when there is none. */

@@ -1,7 +1,11 @@
+import { execFile } from 'node:child_process'
 import { readFile, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
+import { promisify } from 'node:util'
 import { API, build, createSession, get, post, tempDir } from './helper.js'
+
+const execFileAsync = promisify(execFile)
 
 t.test('POST /create parses instructions into typed tasks and saves them', async (t) => {
   const dir = await tempDir(t)
@@ -332,9 +336,23 @@ t.test('a body that is not JSON is refused with 415, and the answer says what to
   const dir = await tempDir(t)
   const app = await build(t, { dir })
   const body = '{"session_id": "form", "instructions": "1. Task A"}'
-  // What `curl -d` sends without -H, what a web form posts, JSON sent as text, and no type at all.
-  for (const type of ['application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', 'text/plain', 'text/plain; charset=utf-8', undefined]) {
-    const res = await app.inject({ method: 'POST', url: `${API}/create`, payload: body, headers: type === undefined ? { 'content-length': String(body.length) } : { 'content-type': type } })
+  // What a web form posts (from a page, which names itself), what a page's form carries past
+  // the browser, JSON sent as text, and no type at all; and a form that is no JSON from anyone.
+  const page = { origin: 'https://evil.example' }
+  const cases: Array<[string | undefined, Record<string, string>, string]> = [
+    ['application/x-www-form-urlencoded', page, body],
+    ['application/x-www-form-urlencoded', { 'sec-fetch-site': 'cross-site' }, body],
+    ['application/x-www-form-urlencoded', { 'sec-fetch-mode': 'navigate' }, body],
+    ['application/x-www-form-urlencoded', {}, 'session_id=form&instructions=1.%20Task%20A'],
+    ['application/x-www-form-urlencoded', {}, '\xff{"session_id": "form"}'],
+    ['multipart/form-data; boundary=x', {}, body],
+    ['text/plain', page, body],
+    ['text/plain; charset=utf-8', {}, body],
+    [undefined, {}, body]
+  ]
+  for (const [type, extra, payload] of cases) {
+    const headers = { ...extra, ...(type === undefined ? { 'content-length': String(Buffer.byteLength(payload)) } : { 'content-type': type }) }
+    const res = await app.inject({ method: 'POST', url: `${API}/create`, payload, headers })
     t.equal(res.statusCode, 415, `${type}: 415`)
     const error = res.json()
     t.match(error, { statusCode: 415, code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', error: 'Unsupported Media Type' }, `${type}: Fastify's error shape`)
@@ -344,6 +362,30 @@ t.test('a body that is not JSON is refused with 415, and the answer says what to
   t.equal(archive.statusCode, 415, 'POST /archive: text is refused the same way')
   t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), [], 'nothing was created')
   t.equal((await post(app, '/create', JSON.parse(body))).statusCode, 200, 'the same body as JSON is accepted')
+})
+
+t.test('JSON posted as the design document does, curl -d alone (a form type), is read as JSON: only a browser\'s form post is refused', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir })
+  const url = await app.listen({ port: 0, host: '127.0.0.1' })
+  // The design document's own commands, run by a real curl.
+  const curl = async (path: string, data: string): Promise<{ status: number, body: string }> => {
+    const { stdout } = await execFileAsync('curl', ['-sS', '-X', 'POST', `${url}${API}${path}`, '-d', data, '-w', '\n%{http_code}'])
+    const at = stdout.lastIndexOf('\n')
+    return { status: Number(stdout.slice(at + 1)), body: stdout.slice(0, at) }
+  }
+  const created = await curl('/create', '{\n  "session_id": "important_work",\n  "instructions": "1. Task A\\n2. Task B\\n3. Task C"\n}')
+  t.equal(created.status, 200, 'create: 200')
+  t.equal(JSON.parse(created.body).total_tasks, 3, 'three tasks')
+  const executed = await curl('/execute', '{\n  "session_id": "important_work"\n}')
+  t.equal(executed.status, 200, 'execute: 200')
+  t.equal(JSON.parse(executed.body).instruction, 'Task A', 'Task A ran')
+  const stored = JSON.parse(await readFile(join(dir, 'important_work.json'), 'utf8'))
+  t.same(stored.session.tasks.map((task: { status: string }) => task.status), ['Completed', 'Pending', 'Pending'], 'and is durable')
+  // The same post from a page of another site: refused, and nothing changes.
+  const forged = await app.inject({ method: 'POST', url: `${API}/execute`, payload: '{"session_id": "important_work"}', headers: { 'content-type': 'application/x-www-form-urlencoded', origin: 'https://evil.example', 'sec-fetch-site': 'cross-site' } })
+  t.equal(forged.statusCode, 415, 'from a browser: 415')
+  t.same(JSON.parse(await readFile(join(dir, 'important_work.json'), 'utf8')), stored, 'nothing changed')
 })
 
 t.test('a body is UTF-8: bytes that are not are a 400 and another charset a 415, and nothing changes', async (t) => {
