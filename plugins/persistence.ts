@@ -157,7 +157,8 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
   // Within the host's own pluginTimeout (Fastify's default is 10 s; the standalone server has none),
   // so the host hears why (DATABASE_UNAVAILABLE) rather than that a plugin did not start in time.
   const hostTimeout = Number(app.initialConfig.pluginTimeout ?? 0)
-  const waitMs = hostTimeout > 0 ? Math.min(settings.dbConnectTimeoutMs, Math.max(0, hostTimeout - 1000)) : settings.dbConnectTimeoutMs
+  // A second for the rest of the boot, or half of a shorter one: never none, which no attempt meets.
+  const waitMs = hostTimeout > 0 ? Math.min(settings.dbConnectTimeoutMs, Math.max(hostTimeout / 2, hostTimeout - 1000)) : settings.dbConnectTimeoutMs
   const deadline = performance.now() + waitMs
   for (let wait = CONNECT_RETRY_MS; ; wait = Math.min(wait * 2, CONNECT_RETRY_MAX_MS)) {
     try {

@@ -553,7 +553,11 @@ t.test('bad PostgreSQL settings stop the boot naming the setting', async (t) => 
   t.match(message, /TASK_DB_CONNECT_TIMEOUT_MS \(1500 ms\)/, 'an unreachable database: waited, then failed naming the bound')
   t.ok(Date.now() - started < 15_000, 'and within a few seconds of it')
   t.notMatch(message, /secret/, 'no password')
-  t.match(await boot({ DATABASE_URL: 'postgres://u:secret@127.0.0.1:9/nowhere', TASK_DB_CONNECT_TIMEOUT_MS: 0 }), /^(?!.*secret)/, 'the password is never in the message')
+  t.match(await boot({ DATABASE_URL: 'postgres://u:secret@127.0.0.1:9/nowhere', TASK_DB_CONNECT_TIMEOUT_MS: 1000 }), /^(?!.*secret)/, 'the password is never in the message')
+  // A bound no attempt can meet, on a database that is up, is refused by name rather than read
+  // as "could not reach the database".
+  for (const bound of [0, 300]) t.match(await boot({ DATABASE_URL: url, TASK_DB_CONNECT_TIMEOUT_MS: bound }), /TASK_DB_CONNECT_TIMEOUT_MS.*(>=|at least|minimum).*1000/i, `TASK_DB_CONNECT_TIMEOUT_MS=${bound}: refused naming the minimum`)
+  t.equal(await boot({ DATABASE_URL: url, TASK_DB_CONNECT_TIMEOUT_MS: 1000 }), 'started', 'the minimum starts on a database that is up')
   // A database that takes connections and never answers (a frozen host): the bound holds too,
   // though each attempt's connection waits up to the statement timeout.
   const proxy = await startProxy(Number(new URL(url).port || 5432))
