@@ -1,3 +1,5 @@
+import { access, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -1158,4 +1160,26 @@ t.test('replicas: while the event log is held up, reads answer at once; a replic
   await waitFor('a to clear b\'s row and log a gap', async () => (await db.query("SELECT 1 FROM events WHERE name = 'log.gap' AND data::jsonb->'replicas' ? 'b'")).rowCount === 1, 10_000)
   t.equal((await db.query("SELECT 1 FROM replicas WHERE replica_id = 'b'")).rowCount, 0)
   t.equal((await a.inject({ method: 'GET', url: `${API}/progress?session_id=unpublished` })).statusCode, 200)
+})
+
+t.test('an execute whose save fails on a database gone silent answers 503 within about twice the statement timeout: giving the lease back does not hold it a connect timeout more', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const gate = await tempDir(t)
+  // The agent says it started, then waits for the test's word.
+  const argv = ['sh', '-c', `touch '${gate}/started'; while [ ! -f '${gate}/go' ]; do sleep 0.02; done; cat`]
+  const timeoutMs = 2000
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_DB_STATEMENT_TIMEOUT_MS: timeoutMs, TASK_AGENTS: JSON.stringify({ default: { kind: 'command', argv, timeout_ms: 60_000 } }) })
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'silent', instructions: '1. a\n2. b' } })).statusCode, 200)
+  const answer = app.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'silent' } })
+  await waitFor('the agent to start', async () => await access(join(gate, 'started')).then(() => true, () => false), 10_000)
+  proxy.stall()
+  const from = Date.now()
+  await writeFile(join(gate, 'go'), '')
+  const res = await answer
+  const ms = Date.now() - from
+  t.equal(res.statusCode, 503, 'the save failed: 503')
+  // The save: a connection's wait and a statement's, each up to the timeout; then nothing more.
+  t.ok(ms < 2 * timeoutMs + 1500, `within about twice the statement timeout (${ms} ms, timeout ${timeoutMs} ms)`)
+  proxy.pass()
 })

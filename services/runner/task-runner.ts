@@ -252,7 +252,7 @@ export class TaskRunner {
         await this.registry.sync(sessionId)
       } catch (err) {
         this.registry.release(sessionId)
-        if (lease !== null) await this.giveBack(sessionId, lease.epoch)
+        if (lease !== null) await this.giveBack(sessionId, lease.epoch, err)
         throw err
       } finally {
         // Before `runs` is set below, with no await between: a cancel waiting on it finds the run.
@@ -297,7 +297,7 @@ export class TaskRunner {
       this.runs.delete(sessionId)
       this.registry.release(sessionId)
       this.early.delete(sessionId)
-      if (lease !== null) await this.giveBack(sessionId, lease.epoch)
+      if (lease !== null) await this.giveBack(sessionId, lease.epoch, run.error)
       if (run.announced) this.announceEnd(sessionId, run)
       // A single execute says no run.*: its last progress (its only one after the task ended) says it stopped running.
       else if (run.claimed) this.announceProgress(sessionId)
@@ -306,11 +306,16 @@ export class TaskRunner {
     }
   }
 
-  /** Gives the session's lease back (shared store); a failure only means it runs out by itself. */
-  private async giveBack (sessionId: string, epoch: string): Promise<void> {
-    await this.shared?.release(sessionId, epoch).catch((err: Error) => {
+  /**
+   * Gives the session's lease back (shared store); a failure only means it runs out by itself.
+   * After a run that ended on a storage failure it is not waited for: the database is likely out
+   * of reach, and the answer (a 503 already) would wait a connect and a statement timeout more.
+   */
+  private async giveBack (sessionId: string, epoch: string, ended: unknown): Promise<void> {
+    const given = this.shared?.release(sessionId, epoch).catch((err: Error) => {
       this.log.warn({ session_id: sessionId, err }, 'Could not give the lease back; it runs out by itself')
     })
+    if (!(ended instanceof StorageError)) await given
   }
 
   /** How a run that said run.started ended; a run stopped by shutdown resumes later and says nothing. */
