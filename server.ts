@@ -6,7 +6,7 @@ import { listenFailure } from './http/listen-error.js'
 import { LogDestination } from './http/log-destination.js'
 import { loggerOptions } from './http/logger-options.js'
 import type { Config } from './schemas/config.js'
-import { UnsavedChangesLostError } from './services/errors.js'
+import { StorageError, UnsavedChangesLostError } from './services/errors.js'
 import { releaseHeldSync } from './services/store/storage-lock.js'
 
 /** Loads config, restores sessions, listens, and drains on SIGTERM/SIGINT. */
@@ -64,7 +64,7 @@ async function main (): Promise<void> {
       await app?.close().catch(() => {})
       process.exit(0)
     }
-    return await cannotStart(app, (err as Error).message)
+    return await cannotStart(app, bootFailure(err as Error))
   }
   process.off('SIGTERM', early)
   process.off('SIGINT', early)
@@ -116,6 +116,15 @@ function shutdownLogger (log: FastifyBaseLogger): { error: (what: unknown) => vo
       else log.error({ err: what }, 'Shutdown did not finish cleanly')
     }
   }
+}
+
+/**
+ * What stopped the boot. A storage error's message, made for clients, names only the fault's
+ * code: the operator reading this line gets its cause's own words too (a column missing, a path).
+ */
+function bootFailure (err: Error): string {
+  const cause = err instanceof StorageError && err.cause instanceof Error ? err.cause.message : ''
+  return cause === '' || err.message.includes(cause) ? err.message : `${err.message}: ${cause}`
 }
 
 /** Bad settings, an unusable storage folder or a port that is taken: one line saying which, and exit 1. */

@@ -11,6 +11,8 @@ import { createServer, type AddressInfo, type Server } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
+import { inspector, openTestStore, testDatabase } from './postgres.js'
+import { contractSession } from './store-contract.js'
 import { baseEnv, describe, EXIT_TIMEOUT_MS, exitWithin, freePort, scratch, waitReady, type ServerProcess } from './server-process.js'
 
 type TapTest = Parameters<Parameters<typeof t.test>[0]>[0]
@@ -106,4 +108,20 @@ t.test('a storage folder that cannot be created (/proc/nope) fails at once, nami
   const server = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORAGE_DIR: '/proc/nope/tasks' }))
   const [line] = await failedStart(t, server, 'TASK_STORAGE_DIR=/proc/nope/tasks')
   t.match(line, /storage folder \/proc\/nope\/tasks \(TASK_STORAGE_DIR\) cannot be used: ENOENT/u)
+})
+
+t.test('PostgreSQL: a restore the database answers with an error (a column dropped by hand) fails the boot at once, with the database\'s own words; it is no database gone away, waited out for TASK_DB_CONNECT_TIMEOUT_MS', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const store = await openTestStore(t, url, 'taskvault')
+  await store.save(contractSession('kept', ['Pending']))
+  await store.close()
+  await inspector(t, url, 'taskvault').query('ALTER TABLE taskvault.sessions DROP COLUMN bytes')
+  const { dir, spawnRaw } = await scratch(t)
+  const started = performance.now()
+  const server = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORAGE_DIR: join(dir, 'tasks'), TASK_STORE: 'postgres', DATABASE_URL: url, TASK_DB_CONNECT_TIMEOUT_MS: '30000' }))
+  const [line] = await failedStart(t, server, 'a column missing')
+  t.match(line, /column "?bytes"? does not exist/u, 'says what the database said', { line })
+  t.notMatch(server.stdout(), /went away during the restore/u, 'not waited out as a database gone away')
+  t.ok(performance.now() - started < 20_000, `well before TASK_DB_CONNECT_TIMEOUT_MS (${Math.round(performance.now() - started)} ms of 30,000)`)
 })

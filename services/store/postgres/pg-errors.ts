@@ -14,8 +14,11 @@ interface DriverError {
   message?: unknown
 }
 
-/** Five characters of digits and capitals: an error the server sent. */
-const SQLSTATE = /^[0-9A-Z]{5}$/u
+/**
+ * Five characters of digits and capitals: an error the server sent. No class starts with E,
+ * where the socket's errno codes do (EPIPE has five characters too).
+ */
+const SQLSTATE = /^(?!E)[0-9A-Z]{5}$/u
 
 function sqlState (err: unknown): string | null {
   const code = (err as DriverError | null)?.code

@@ -20,7 +20,7 @@ import {
 import { archiveSession, isArchived, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, rearchiveSession, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
 import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
-import { errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
+import { breaksConnection, errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
 import { checkSchemaName, redactUrl } from './database-url.js'
 import { createPool, endConnection, openConnection, type PoolSettings } from './pool.js'
 import {
@@ -341,9 +341,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
         return await read()
       } catch (err) {
         const left = this.bootDeadline - performance.now()
-        if (!(err instanceof StorageError) || err.full || left <= 0) throw err
+        // Only a connection that failed is waited out: an answer of the server (a column missing,
+        // a statement cancelled) comes again on every try.
+        if (!(err instanceof StorageError) || err.full || left <= 0 || !breaksConnection(err.cause)) throw err
         const waitMs = Math.round(Math.min(wait, left))
-        this.events.emit('restore-retry', { reason: err.message, waitMs })
+        this.events.emit('restore-retry', { reason: `${err.message}: ${(err.cause as Error).message}`, waitMs })
         await sleep(waitMs)
       }
     }
