@@ -15,7 +15,7 @@ import {
 } from './errors.js'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { resolveAgents, type AgentRoutes, type Executors } from './runner/executors.js'
-import { appendTasks, checkCreate, newSessionFile, progressOf, specsDigest, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
+import { appendTasks, checkCreate, listOrder, newSessionFile, progressOf, specsDigest, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
 import { liveFile, unchanged } from './session/draft.js'
 import { SessionRegistry, type NewestFirst, type SessionSummary } from './session/registry.js'
 import { WriteBackRetries } from './session/write-back-retries.js'
@@ -402,12 +402,12 @@ export class TaskManager {
     if (this.shared !== undefined) return this.shared.listWithArchived(offset, limit, filter)
     const archived = await this.archived.summaries()
     const active = filter === 'only' ? null : this.registry.newestFirst()
-    // Both newest first: merged as far as the page goes (an active session first at the same time).
+    // Both in list order: merged as far as the page goes (an active session first of one id).
     const sessions: Array<SessionSummary | ArchivedSessionSummary> = []
     let i = 0
     for (let j = 0, at = 0; at < offset + limit; at++) {
       const right = archived[j]
-      const takeActive = active !== null && i < active.length && (right === undefined || active.updatedMs(i) >= Date.parse(right.updated_at))
+      const takeActive = active !== null && i < active.length && (right === undefined || listOrder(active.updatedMs(i), active.sessionId(i), Date.parse(right.updated_at), right.session_id) <= 0)
       if (!takeActive && right === undefined) break
       if (at >= offset) sessions.push(takeActive ? (active as NewestFirst).summary(i) : archivedView(right as ArchivedSummary))
       if (takeActive) i++

@@ -1183,3 +1183,40 @@ t.test('an execute whose save fails on a database gone silent answers 503 within
   t.ok(ms < 2 * timeoutMs + 1500, `within about twice the statement timeout (${ms} ms, timeout ${timeoutMs} ms)`)
   proxy.pass()
 })
+
+t.test('lists with archived sessions, both stores: sessions of one millisecond keep their places when one is archived, so pages by offset neither repeat nor skip one', async (t) => {
+  const url = await testDatabase(t)
+  const stores: Array<[string, Record<string, string | number>]> = [['file', {}]]
+  if (url !== null) stores.push(['postgres', { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_REPLICA_ID: 'lists' }])
+  for (const [name, config] of stores) {
+    // Every change at one instant: all sessions share one updated_at. Archiving (of sessions
+    // finished before now) happens a second later.
+    let now = CLOCK_START
+    const app = await buildApp({ readEnvironment: false, clock: () => new Date(now), config: { TASK_STORAGE_DIR: await tempDir(t), TASK_ARCHIVE_DAYS: 0, ...config } })
+    const archive = async (): Promise<number> => {
+      now = CLOCK_START + 1000
+      const { archived } = await inject('POST', '/archive', { older_than_days: 0 })
+      now = CLOCK_START
+      return archived
+    }
+    await app.ready()
+    const inject = async (method: 'GET' | 'POST', path: string, payload?: object): Promise<any> =>
+      (await app.inject({ method, url: `${API}${path}`, ...(payload === undefined ? {} : { payload }) })).json()
+    const ids = ['d', 'b', 'e', 'a', 'c']
+    for (const id of ids) await inject('POST', '/create', { session_id: id, instructions: 'x' })
+    // 'a' and 'e' finish and are archived; the rest stay active.
+    for (const id of ['a', 'e']) await inject('POST', '/execute-all', { session_id: id })
+    t.equal(await archive(), 2, `${name}: two archived`)
+    const page = async (offset: number): Promise<string> => (await inject('GET', `/list?session_id=all&archived=include&limit=1&offset=${offset}`)).sessions[0]?.session_id
+    const walked = [await page(0), await page(1)]
+    // 'c' finishes and is archived between pages: the pages after it must still show each once.
+    await inject('POST', '/execute-all', { session_id: 'c' })
+    t.equal(await archive(), 1, `${name}: one more archived between pages`)
+    for (let offset = 2; offset < ids.length; offset++) walked.push(await page(offset))
+    t.same(walked, ['a', 'b', 'c', 'd', 'e'], `${name}: by id among one millisecond, whether archived or not`)
+    t.same((await inject('GET', '/list?session_id=all&archived=include')).sessions.map((s: { session_id: string }) => s.session_id), ['a', 'b', 'c', 'd', 'e'], `${name}: one page says the same`)
+    t.same((await inject('GET', '/list?session_id=all')).sessions.map((s: { session_id: string }) => s.session_id), ['b', 'd'], `${name}: the active ones by id too`)
+    t.same((await inject('GET', '/list?session_id=all&archived=only')).sessions.map((s: { session_id: string }) => s.session_id), ['a', 'c', 'e'], `${name}: the archived ones by id too`)
+    await app.close()
+  }
+})

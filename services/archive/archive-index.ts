@@ -1,4 +1,4 @@
-import { finishedAt, progressOf, type Progress, type SessionFile } from '../session/session.js'
+import { finishedAt, listOrder, progressOf, type Progress, type SessionFile } from '../session/session.js'
 
 /** What lists, stats and retention need of an archived session, without its tasks. */
 export interface ArchivedSummary extends Progress {
@@ -149,12 +149,12 @@ export class ArchiveIndex {
     return ids
   }
 
-  /** The summaries known, newest `updated_at` first (sorted again only after a change). */
+  /** The summaries known, in list order (listOrder: newest `updated_at` first; sorted again only after a change). */
   summaries (): readonly ArchivedSummary[] {
     if (this.sorted !== null) return this.sorted
     const keyed: Array<{ ms: number, summary: ArchivedSummary }> = []
     for (const entry of this.entries.values()) if (entry.summary !== null) keyed.push({ ms: Date.parse(entry.summary.updated_at), summary: entry.summary })
-    keyed.sort((a, b) => b.ms - a.ms)
+    keyed.sort((a, b) => listOrder(a.ms, a.summary.session_id, b.ms, b.summary.session_id))
     this.sorted = keyed.map(({ summary }) => summary)
     return this.sorted
   }

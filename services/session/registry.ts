@@ -3,7 +3,7 @@ import type { Static } from '@sinclair/typebox'
 import type { SessionSummary as SessionSummarySchema } from '../../schemas/api.js'
 import { SessionLeavingError, SessionNotFoundError, SessionTooLargeError, ShuttingDownError, StorageError, UnsavedChangesLostError, VersionConflictError, type LostChanges } from '../errors.js'
 import { Draft, Unchanged, unchanged, type ChangeFn } from './draft.js'
-import { cloneSessionFile, currentIndex, isoNow, progressOf, type Progress, type SessionFile } from './session.js'
+import { cloneSessionFile, currentIndex, isoNow, listOrder, progressOf, type Progress, type SessionFile } from './session.js'
 import type { SessionStore } from '../store/store.js'
 import type { SessionCounts } from '../types.js'
 
@@ -65,6 +65,7 @@ export type SessionSummary = Static<typeof SessionSummarySchema>
 export interface NewestFirst {
   readonly length: number
   updatedMs(at: number): number
+  sessionId(at: number): string
   summary(at: number): SessionSummary
 }
 
@@ -282,6 +283,7 @@ export class SessionRegistry {
     return {
       length: ordered.length,
       updatedMs: (at) => (ordered[at] as SessionSlot).updatedMs,
+      sessionId: (at) => ((ordered[at] as SessionSlot).file as SessionFile).session_id,
       summary: (at) => {
         const slot = ordered[at] as SessionSlot
         const file = slot.file as SessionFile
@@ -309,7 +311,7 @@ export class SessionRegistry {
       if (slot.file !== null) next.push(slot)
       else slot.listed = false
     }
-    next.sort((a, b) => b.updatedMs - a.updatedMs)
+    next.sort((a, b) => listOrder(a.updatedMs, (a.file as SessionFile).session_id, b.updatedMs, (b.file as SessionFile).session_id))
     this.ordered = next
     this.joined = []
     this.orderStale = false

@@ -150,3 +150,12 @@ export function checkCreate (sessionId: unknown, specs: unknown): void {
     if (!(TASK_TYPES as readonly unknown[]).includes(spec.task_type)) throw new InvalidInstructionsError(`task ${index + 1} has task_type ${JSON.stringify(spec.task_type)}; expected one of ${TASK_TYPES.join(', ')}`)
   })
 }
+
+/**
+ * List order: newest updated first, then by id, so a session keeps its place among those of the
+ * same millisecond whatever else changes (an archive pass moving one of them), and pages by
+ * offset neither repeat nor skip it.
+ */
+export function listOrder (aMs: number, aId: string, bMs: number, bId: string): number {
+  return bMs - aMs || (aId < bId ? -1 : aId > bId ? 1 : 0)
+}

@@ -224,7 +224,8 @@ export const SHOWN_ARCHIVED = `sessions a WHERE a.archived_at IS NOT NULL
 
 /**
  * A page of the sessions a list with archived ones shows (`include`: active and archived; `only`:
- * archived), newest updated first, active before archived at the same time. Each side is read in
+ * archived), newest updated first, then by id whether archived or not (a session archived keeps its
+ * place: pages do not repeat or skip it), active first of one id. Each side is read in
  * its list index's order, so the statement reads offset + limit entries of each at most, never the
  * whole archive; the first bytes of the page's archived documents are read (their times as written: document-times.ts).
  */
@@ -235,7 +236,7 @@ export function listedSummaries (offset: number, limit: number, filter: 'include
     : `SELECT row_id, archived FROM (
         (SELECT row_id, updated_at, session_id, false AS archived FROM sessions WHERE archived_at IS NULL ORDER BY updated_at DESC, session_id LIMIT $1::int + $2::int)
         UNION ALL (${archived} LIMIT $1::int + $2::int)
-      ) listed ORDER BY updated_at DESC, archived, session_id LIMIT $1 OFFSET $2`
+      ) listed ORDER BY updated_at DESC, session_id, archived LIMIT $1 OFFSET $2`
   return {
     name: `taskvault_listed_summaries_${filter}`,
     text: `WITH page AS (${listed})
@@ -243,7 +244,7 @@ export function listedSummaries (offset: number, limit: number, filter: 'include
         page.archived, NOT page.archived AND s.owner IS NOT NULL AND s.lease_until > now() AS running,
         CASE WHEN page.archived THEN s.row_id END AS row_id, CASE WHEN page.archived THEN s.bytes END AS bytes,
         CASE WHEN page.archived THEN ${documentHead('s.document')} END AS head
-      FROM page JOIN sessions s USING (row_id) ORDER BY s.updated_at DESC, page.archived, s.session_id`,
+      FROM page JOIN sessions s USING (row_id) ORDER BY s.updated_at DESC, s.session_id, page.archived`,
     values: [limit, offset]
   }
 }
