@@ -192,7 +192,7 @@ export class TaskManager {
   /** Loads every stored session; interrupted tasks go back to Pending so they run again. */
   async restore (): Promise<RestoreReport> {
     const started = performance.now()
-    const { sessions, failures, removedTempFiles } = await this.store.loadAll({ concurrency: this.settings.restoreConcurrency })
+    const { sessions, failures, removedTempFiles, ignoredFiles = [] } = await this.store.loadAll({ concurrency: this.settings.restoreConcurrency })
     for (const failure of failures) {
       this.log.error({ file: failure.name, moved_to: failure.movedTo, reason: failure.reason }, failure.movedTo !== null
         ? 'Could not load a task session; set aside'
@@ -202,6 +202,10 @@ export class TaskManager {
           : 'Could not load a task session; its row is left as it is and no save of that id replaces it')
     }
     if (removedTempFiles > 0) this.log.warn({ count: removedTempFiles }, 'Removed temp files left by interrupted saves')
+    if (ignoredFiles.length > 0) {
+      this.log.warn({ count: ignoredFiles.length, files: ignoredFiles.slice(0, IGNORED_FILES_NAMED) },
+        'Files ending in .json whose names are no session id (<session id>.json, the id of letters, digits, _ or -) are in the storage folder; they are no sessions and were left alone')
+    }
     let resetTasks = 0
     const resets: Array<Promise<unknown>> = []
     const backgroundRuns: string[] = []
@@ -760,3 +764,6 @@ export class TaskManager {
 
 /** How often a cancel asked of another replica checks whether it let go of the session. */
 const CANCEL_POLL_MS = 50
+
+/** The restore's warning names this many of the `.json` files it left alone as no sessions; it counts them all. */
+const IGNORED_FILES_NAMED = 10

@@ -1056,3 +1056,20 @@ t.test('.env lines the parser would drop or misread are found by number, on this
     t.same(droppedEnvLines(text), misread ? lines : [], `${JSON.stringify(text)}: ${misread ? 'misread' : 'read right'} by this Node`)
   }
 })
+
+t.test('.json files whose names are no session id are left alone at restore, and the log says so, naming them: a session put there by hand is not silently missing', async (t) => {
+  const dir = await tempDir(t)
+  await markAsTaskvault(dir)
+  await writeFile(join(dir, 'kept.json'), storedSession('kept', ['Pending'], '2026-01-01T00:00:00.000Z'))
+  const strays = ['project.v2.json', 'my notes.json']
+  for (const name of strays) await writeFile(join(dir, name), storedSession('project_v2', ['Pending'], '2026-01-01T00:00:00.000Z'))
+  await writeFile(join(dir, 'notes.txt'), 'not json')
+  const log = memoryLog()
+  const app = await build(t, { dir, logger: productionLogger(log.stream, 'info') })
+  const line = log.lines().find((entry) => /no session id/u.test(String(entry.msg)))
+  t.match(line, { level: 40, count: 2 }, 'one warning counting them')
+  t.same([...(line?.files as string[] ?? [])].sort(), [...strays].sort(), 'naming them (not other kinds of file)')
+  t.same((await get(app, '/list?session_id=all')).json().sessions.map((s: { session_id: string }) => s.session_id), ['kept'], 'the sessions load')
+  for (const name of strays) t.ok(await readFile(join(dir, name), 'utf8'), `${name} is where it was`)
+  t.same((await readdir(join(dir, 'corrupt')).catch(() => [])), [], 'nothing set aside')
+})

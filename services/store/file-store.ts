@@ -416,12 +416,12 @@ export class FileSessionStore implements SessionStore {
   }
 
   async loadAll ({ concurrency }: { concurrency: number }): Promise<LoadResult> {
-    const { names, removedTempFiles } = await this.listSessionFiles()
+    const { names, removedTempFiles, ignoredFiles } = await this.listSessionFiles()
     const { sessions, failures } = await this.readSessionFiles(names, concurrency)
     for (const [kid, count] of this.kidCounts) if (kid !== '' && count > 0) this.provenKids.add(kid)
     if (removedTempFiles > 0 || failures.length > 0) await this.syncDir('restoring sessions')
     await this.settleKeyChecks()
-    return { sessions, failures, removedTempFiles }
+    return { sessions, failures, removedTempFiles, ignoredFiles }
   }
 
   /**
@@ -458,8 +458,9 @@ export class FileSessionStore implements SessionStore {
   }
 
   /** The session files of the folder, by name; temp files left by interrupted saves are removed. */
-  private async listSessionFiles (): Promise<{ names: string[], removedTempFiles: number }> {
+  private async listSessionFiles (): Promise<{ names: string[], removedTempFiles: number, ignoredFiles: string[] }> {
     const names: string[] = []
+    const ignoredFiles: string[] = []
     let removedTempFiles = 0
     for (const entry of await this.files.list(this.dir)) {
       // Dirent types come from readdir without following links: symlinks, folders,
@@ -468,11 +469,13 @@ export class FileSessionStore implements SessionStore {
       if (TEMP_FILE.test(entry.name)) {
         if (await this.fs.unlink(join(this.dir, entry.name)).then(() => true, () => false)) removedTempFiles++
       } else if (SESSION_FILE.test(entry.name)) {
-        // Any other name (`my notes.json`) is not a session file: never read, never set aside.
         names.push(entry.name)
+      } else if (entry.name.endsWith('.json')) {
+        // Any other name (`my notes.json`) is not a session file: never read, never set aside.
+        ignoredFiles.push(entry.name)
       }
     }
-    return { names, removedTempFiles }
+    return { names, removedTempFiles, ignoredFiles }
   }
 
   /**

@@ -42,6 +42,11 @@ export interface LoadResult {
   failures: LoadFailure[]
   /** Leftover temp files of interrupted saves that were removed. */
   removedTempFiles: number
+  /**
+   * File store: `.json` files whose names are no session id (`project.v2.json`), left alone and
+   * read as no session; named so that the log says why a session someone put there is not served.
+   */
+  ignoredFiles?: string[]
 }
 
 export interface SaveOptions {
