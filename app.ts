@@ -39,7 +39,7 @@ export type ServerSettings = Pick<Config, 'TASK_REQUEST_TIMEOUT_MS' | 'TASK_KEEP
 /**
  * Server options shared by production and tests, so both validate and time requests the same way.
  * `connections`: the guard of the server's sockets, once made (client errors wait for the answers it knows owed).
- * `unrouted`: told of each URL the router refuses, once answered (the metrics count it).
+ * `unrouted`: told of each request answered before any route (a URL the router refuses, a client error), once answered (the metrics count it).
  */
 export function serverOptions (settings: ServerSettings, logger: FastifyServerOptions['logger'] = false, connections: () => ConnectionGuard | null = () => null, unrouted: UnroutedObserver = () => {}): FastifyHttpOptions<Server> {
   const requestTimeout = settings.TASK_REQUEST_TIMEOUT_MS
@@ -47,7 +47,7 @@ export function serverOptions (settings: ServerSettings, logger: FastifyServerOp
     logger,
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
-    clientErrorHandler: clientErrors(connections),
+    clientErrorHandler: clientErrors(connections, unrouted),
     return503OnClosing: true,
     // The restore runs in onReady and takes what the data takes (seconds for 100,000 sessions,
     // longer on a slow volume or a loaded host): Fastify's default 10 s would fail a healthy

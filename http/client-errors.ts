@@ -28,11 +28,14 @@ class ClientRequestError extends Error {
  * - Bytes that are no request, behind answers being worked on, are answered once those are sent.
  * - When an answer has already started on the socket (an event stream, a backup), another
  *   written into its body would corrupt it: the socket is only closed, as Node itself does.
+ * Each answer written is told to `observe` (the metrics; no hook sees these) as `unmatched`: with
+ * the request's method and time since its headers arrived when Node parsed them, else
+ * UNPARSED_METHOD and 0 (never words of the client's, which would make a series per sender).
  * `connections`: the server's guard, once made (null before: nothing is owed yet).
  */
-export function clientErrors (connections: () => ConnectionGuard | null) {
+export function clientErrors (connections: () => ConnectionGuard | null, observe: UnroutedObserver = () => {}) {
   const settling = new WeakSet<Socket>()
-  return function clientErrorHandler (this: FastifyInstance, err: NodeJS.ErrnoException, socket: Socket): void {
+  return function clientErrorHandler (this: FastifyInstance, err: NodeJS.ErrnoException & { since?: number }, socket: Socket): void {
     if (err.code === 'ECONNRESET' || socket.destroyed || settling.has(socket)) return
     const guard = connections()
     // A second answer to one request would be read by the client as the answer to its next.
@@ -46,14 +49,21 @@ export function clientErrors (connections: () => ConnectionGuard | null) {
     // Node's own check: the response it is writing on this socket, if any (not a public field).
     const started = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage?.headersSent === true
     let owed = started ? null : guard?.owed(socket) ?? null
+    let method = err.code === CONNECT_REFUSED ? 'CONNECT' : UNPARSED_METHOD
+    let since = err.since ?? null
     // The latest request did not arrive in full: it is the one in error.
     if (owed !== null && !owed.res.req.complete) {
       if (owed.waiting) {
+        // Answered through its route in its turn: the metrics' hook counts it there.
         guard?.refuse(owed.res, new ClientRequestError(answer.statusCode, answer.code, answer.message))
         return
       }
+      // Node takes only the methods it knows (llhttp's list): a bounded label.
+      method = owed.res.req.method ?? UNPARSED_METHOD
+      since = owed.since
       owed = null
     }
+    const answered = (): void => { observe(method, answer.statusCode, since === null ? 0 : (performance.now() - since) / 1000) }
     if (owed !== null) {
       // No more bytes are read; the answers owed go out, then this one.
       settling.add(socket)
@@ -61,14 +71,17 @@ export function clientErrors (connections: () => ConnectionGuard | null) {
       const close = (): void => { socket.destroy() }
       owed.res.once('finish', () => {
         owed.res.off('close', close)
-        answerAndClose(socket, answer)
+        answerAndClose(socket, answer, answered)
       }).once('close', close)
       return
     }
-    if (!started) answerAndClose(socket, answer)
+    if (!started) answerAndClose(socket, answer, answered)
     else socket.destroy()
   }
 }
+
+/** The method label of a client error whose request line Node never parsed (bytes that are no HTTP, headers too large or too slow). */
+export const UNPARSED_METHOD = 'unknown'
 
 /** The code a CONNECT is handed to the client-error path with. */
 const CONNECT_REFUSED = 'TASKVAULT_CONNECT_REFUSED'
@@ -103,7 +116,7 @@ export function answerUnrouted (server: Server, observe: UnroutedObserver): void
     // Node takes its own error listener off a socket it hands over: a reset from the client
     // would otherwise be an 'error' nobody handles, which ends the process.
     socket.on('error', noop)
-    server.emit('clientError', Object.assign(new Error('CONNECT'), { code: CONNECT_REFUSED }), socket)
+    server.emit('clientError', Object.assign(new Error('CONNECT'), { code: CONNECT_REFUSED, since: performance.now() }), socket)
   })
 }
 
@@ -121,7 +134,9 @@ function errorBody (statusCode: number, code: string, message: string): string {
   return JSON.stringify({ statusCode, code, error: STATUS_CODES[statusCode] ?? 'Error', message })
 }
 
-function answerAndClose (socket: Socket, answer: { statusCode: number, code: string, message: string }): void {
+/** Writes `answer` and closes the socket; `answered` is called once it is written (not when the socket could take none). */
+function answerAndClose (socket: Socket, answer: { statusCode: number, code: string, message: string }, answered: () => void): void {
+  if (socket.writable) answered()
   const name = STATUS_CODES[answer.statusCode] ?? 'Error'
   const body = errorBody(answer.statusCode, answer.code, answer.message)
   endAndClose(socket, `HTTP/1.1 ${answer.statusCode} ${name}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json; charset=utf-8\r\nConnection: close\r\n\r\n${body}`)

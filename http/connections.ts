@@ -62,6 +62,8 @@ export class ConnectionClosedError extends Error {
 export interface OwedAnswer {
   res: ServerResponse
   waiting: boolean
+  /** When its headers arrived (performance.now()), where Fastify starts timing a request. */
+  since: number
 }
 
 export interface ConnectionGuard {
@@ -132,6 +134,8 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   const streams = new Set<Socket>()
   // The latest answer on each socket: one WeakMap write per request, read at shutdown.
   const answers = new WeakMap<Socket, ServerResponse>()
+  /** When the latest request on each socket arrived: a client error answering it is timed from there. */
+  const arrived = new WeakMap<Socket, number>()
   /** The answer still being sent on the connection when a request arrived behind it (pipelined). */
   const before = new WeakMap<ServerResponse, ServerResponse>()
   /** Answers that arrived behind an unanswered change (changeAhead). */
@@ -171,6 +175,7 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
       if (!SAFE_METHODS.has(previous.req.method ?? '') || afterChange.has(previous)) afterChange.add(res)
     }
     answers.set(req.socket, res)
+    arrived.set(req.socket, performance.now())
   })
 
   // A socket is busy while the request it sent in full is being answered (a running execute);
@@ -233,7 +238,7 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
     owed: (socket) => {
       const res = answers.get(socket)
       if (res === undefined || res.writableFinished) return null
-      return { res, waiting: waiting.has(res) }
+      return { res, waiting: waiting.has(res), since: arrived.get(socket) ?? performance.now() }
     },
     answeredEarly: (socket) => {
       const res = answers.get(socket)

@@ -35,7 +35,8 @@ const DURATION = 'http_request_duration_seconds'
 
 /**
  * Counts in `registry`'s request durations (as `unmatched`) a request answered before any route,
- * so without the hooks that time the rest: a URL the router refuses, an Expect not supported.
+ * so without the hooks that time the rest: a URL the router refuses, an Expect not supported, a
+ * client error (bytes that are no HTTP, headers too large, a request too slow to arrive, CONNECT).
  * The server's options call it (app.ts); a registry without the metric is left alone.
  */
 export function observeUnrouted (registry: Registry, method: string, statusCode: number, seconds: number): void {

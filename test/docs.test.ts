@@ -8,6 +8,7 @@ import type { TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
 import Fastify, { type InjectOptions, type RouteOptions } from 'fastify'
 import { readFile, readdir } from 'node:fs/promises'
+import net, { type AddressInfo } from 'node:net'
 import { gzipSync } from 'node:zlib'
 import t from 'tap'
 import taskvault from '../index.js'
@@ -254,6 +255,33 @@ t.test('a path parameter longer than the router takes is a 414, and the document
     const res = await app.inject({ method: method.toUpperCase() as 'DELETE', url: path.replace(/\{[^}]+\}/u, 'a'.repeat(5000)) })
     t.equal(res.statusCode, 414, `${method} ${path}`)
     t.ok(Object.keys(operation.responses).includes('414'), `${method} ${path}: 414 is documented`)
+  }
+})
+
+t.test('every operation lists 408 and 431, which Node\'s client errors answer before any route, with the example a real server answers', async (t) => {
+  const app = await build(t, { config: { TASK_REQUEST_TIMEOUT_MS: 500 } })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const port = (app.server.address() as AddressInfo).port
+  // Raw bytes (a client library would not send these): the answer's JSON body, once the server closed.
+  const answer = async (bytes: string): Promise<Record<string, unknown>> => await new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1')
+    let received = ''
+    socket.setEncoding('utf8').on('data', (chunk: string) => { received += chunk }).on('error', reject)
+    socket.once('close', () => { resolve(JSON.parse(received.slice(received.indexOf('\r\n\r\n') + 4)) as Record<string, unknown>) })
+    socket.write(bytes)
+  })
+  const answers = {
+    408: await answer('POST /api/v1/tasks/create HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n'),
+    431: await answer(`GET /api/v1/tasks/list?session_id=${'a'.repeat(100_000)} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`)
+  }
+  const doc = (await app.inject({ method: 'GET', url: '/documentation/json' })).json<OpenApi>()
+  const operations = Object.entries(doc.paths).flatMap(([path, item]) => Object.entries(item).map(([method, operation]) => ({ name: `${method} ${path}`, operation: operation as Operation })))
+  t.ok(operations.length >= 15, `${operations.length} operations`)
+  for (const [status, real] of Object.entries(answers)) {
+    t.equal(real.statusCode, Number(status), `the real ${status}`)
+    for (const { name, operation } of operations) {
+      t.same(operation.responses[status]?.content?.['application/json']?.example, real, `${name} ${status}: documented as answered`)
+    }
   }
 })
 

@@ -147,6 +147,50 @@ t.test('requests answered before any route are counted as unmatched: a malformed
   t.equal(unmatched('POST', '417'), 1, 'the Expect')
 })
 
+t.test('client errors answered before any route are counted as unmatched: a body too slow (408, its method, timed from its headers), headers too slow (408) or too large (431), bytes that are no HTTP (400), CONNECT (405)', async (t) => {
+  const app = await build(t, { config: { TASK_REQUEST_TIMEOUT_MS: 500 } })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const port = (app.server.address() as AddressInfo).port
+  // Raw bytes: the status line of the answer, once the server wrote it.
+  const send = async (bytes: string): Promise<number> => await new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1')
+    let answer = ''
+    socket.setEncoding('latin1').on('data', (chunk: string) => {
+      answer += chunk
+      const status = /^HTTP\/1\.1 (\d{3}) /u.exec(answer)
+      if (status !== null) {
+        socket.destroy()
+        resolve(Number(status[1]))
+      }
+    }).on('error', reject)
+    socket.write(bytes)
+  })
+  const started = performance.now()
+  const slowBody = send('POST /api/v1/tasks/create HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"session_id":')
+  const slowHeaders = send('GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n')
+  t.equal(await slowBody, 408)
+  t.ok(performance.now() - started >= 450, 'answered once TASK_REQUEST_TIMEOUT_MS ran out')
+  t.equal(await slowHeaders, 408)
+  t.equal(await send(`GET /api/v1/tasks/list?session_id=${'a'.repeat(100_000)} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`), 431)
+  t.equal(await send('NOT HTTP AT ALL\r\n\r\n'), 400)
+  t.equal(await send('CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n'), 405)
+
+  const samples = await scrape(app)
+  const unmatched = (name: string, method: string, status: string): number => value(samples, `http_request_duration_seconds_${name}`, { method, route: 'unmatched', status_code: status })
+  t.equal(unmatched('count', 'POST', '408'), 1, 'the body too slow, under the method of its parsed headers')
+  // Timed from its headers, as a routed request is: the half second it was given, not 0.
+  const slow = unmatched('sum', 'POST', '408')
+  t.ok(slow >= 0.45 && slow < 5, `the body too slow took ${slow} s`)
+  t.equal(unmatched('count', 'unknown', '408'), 1, 'the headers too slow: no method was parsed')
+  t.equal(unmatched('count', 'unknown', '431'), 1, 'the headers too large')
+  t.equal(unmatched('count', 'unknown', '400'), 1, 'the bytes that are no HTTP')
+  t.equal(unmatched('count', 'CONNECT', '405'), 1, 'the CONNECT')
+  t.equal(unmatched('sum', 'unknown', '408'), 0, 'a request never parsed is timed 0')
+  // Each counted once: none also under a route (the body too slow reached the route's hooks).
+  t.equal(samples.filter((s) => s.name === 'http_request_duration_seconds_count' && s.labels.route !== 'unmatched' && s.labels.route !== '/metrics').length, 0, 'no routed series')
+  t.same([...new Set(samples.filter((s) => s.name === 'http_request_duration_seconds_count').map((s) => s.labels.method))].sort(), ['CONNECT', 'POST', 'unknown'], 'never a word of the client\'s as a label')
+})
+
 t.test('a save that fails is counted as a failure', async (t) => {
   let failRenames = false
   const fs: FsSeam = {

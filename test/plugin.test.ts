@@ -21,6 +21,7 @@ import taskManagerPlugin from '../plugins/task-manager.js'
 import taskRoutes from '../routes/tasks.js'
 import configPlugin from '../plugins/config.js'
 import docsPlugin from '../plugins/docs.js'
+import metricsPlugin from '../plugins/metrics.js'
 import swagger from '@fastify/swagger'
 import { tempDir, type TestContext } from './helper.js'
 import { inspector, testDatabase } from './postgres.js'
@@ -443,6 +444,29 @@ t.test('two taskvaults report into one metrics registry under two prefixes; the 
   t.match(err?.message, /metricsRegistry already holds metrics named 'taskvault_\*'/)
   await app.close()
   t.same(registry.getMetricsAsArray(), [], 'closing removes every metric it added')
+})
+
+t.test('embedded, a client error is the host\'s own to answer and count: its clientErrorHandler answers it once, and taskvault\'s metrics count nothing for it', async (t) => {
+  const handled: string[] = []
+  const app = Fastify({
+    logger: false,
+    clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
+      handled.push(err.code ?? '')
+      socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 12\r\n\r\nhost says no')
+    }
+  })
+  t.teardown(() => app.close())
+  await app.register(metricsPlugin)
+  await app.register(taskvault, { prefix: '/tasks', storageDir: await tempDir(t), metricsRegistry: app.metricsRegistry })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const socket = net.connect((app.server.address() as AddressInfo).port, '127.0.0.1').setEncoding('utf8')
+  let received = ''
+  socket.on('data', (chunk: string) => { received += chunk }).on('error', () => {})
+  socket.end('NOT HTTP AT ALL\r\n\r\n')
+  await new Promise((resolve) => socket.once('close', resolve))
+  t.equal(received, 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 12\r\n\r\nhost says no', 'the host\'s own answer, alone')
+  t.same(handled, ['HPE_INVALID_METHOD'], 'its handler called once')
+  t.notMatch(await app.metricsRegistry.metrics(), /^http_request_duration_seconds_count\{/mu, 'no request counted')
 })
 
 t.test('the building blocks alone: auth, persistence, task manager and routes registered by the host', async (t) => {
