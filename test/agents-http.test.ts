@@ -363,6 +363,34 @@ t.test('malformed answers fail at once: not JSON, no string result', async (t) =
   t.equal(agent.requests.length, 3, 'one call per task: none retried')
 })
 
+t.test('a 200 without a result (webhook) or a message (openai) quotes the answer\'s first 200 bytes, the key redacted', async (t) => {
+  const dir = await tempDir(t)
+  // A gateway that answers a rate limit with 200 and an error object, echoing the key.
+  const limited = (req: { headers: Record<string, unknown> }): { body: unknown } => ({
+    body: { error: { message: `Rate limit exceeded for ${String(req.headers.authorization)}`, code: 429, detail: 'd'.repeat(500) } }
+  })
+  const hook = await fakeAgent(t, limited)
+  const llm = await fakeAgent(t, limited)
+  const app = await build(t, {
+    dir,
+    agents: {
+      Coding: { kind: 'openai', base_url: `${llm.base}/v1`, model: 'm', api_key_env: 'LLM_KEY', max_attempts: 3, ...FAST },
+      default: { kind: 'webhook', url: hook.base, headers_env: 'HOOK_HEADERS', max_attempts: 3, ...FAST }
+    },
+    env: { LLM_KEY: 'sk-SUPERSECRET-123', HOOK_HEADERS: JSON.stringify({ authorization: 'Bearer hook-SECRET-456' }) }
+  })
+  await createTasks(app, 'limited', [{ instruction: 'a', task_type: 'General' }, { instruction: 'b', task_type: 'Coding' }])
+  const [webhook, openai] = (await post(app, '/execute-all', { session_id: 'limited' })).json().results
+  t.match(webhook, { status: 'Failed', error: /^webhook \S+ answered 200 without a string "result": \{"error":\{"message":"Rate limit exceeded for \[redacted\]","code":429,"detail":"d+…$/u })
+  t.match(openai, { status: 'Failed', error: /^openai \S+ answered 200 without choices\[0\]\.message\.content: \{"error":\{"message":"Rate limit exceeded for \[redacted\]","code":429,"detail":"d+…$/u })
+  for (const { error } of [webhook, openai]) {
+    t.equal(Buffer.byteLength(error.slice(error.indexOf(': {') + 2, -1)), 200, 'the first 200 bytes of the answer')
+    t.notOk(/SECRET/u.test(error), 'without the key')
+  }
+  t.same((await storedTasks(dir, 'limited')).map((task) => task.error), [webhook.error, openai.error], 'so on disk')
+  t.equal(hook.requests.length + llm.requests.length, 2, 'neither retried')
+})
+
 t.test('an answer nested deeper than MAX_ANSWER_DEPTH fails at once, unparsed; brackets inside strings do not count', async (t) => {
   // The object is one level: with its arrays, MAX_ANSWER_DEPTH in all.
   const deep = `{"result": "ok", "x": ${'['.repeat(MAX_ANSWER_DEPTH - 1)}${']'.repeat(MAX_ANSWER_DEPTH - 1)}}`

@@ -21,6 +21,11 @@ export interface PostOptions {
 export interface JsonAnswer {
   status: number
   body: unknown
+  /**
+   * `: ` and the answer's first 200 bytes, secrets redacted ('' for an empty body), as the
+   * errors here quote it: for an agent's error about what a 2xx holds. Made when asked only.
+   */
+  excerpt: () => string
 }
 
 /**
@@ -73,7 +78,7 @@ async function exchange (who: string, url: string, payload: unknown, options: Po
   // Parsing JSON nested a million deep blocks the process for a second or more: refused unparsed.
   if (nestedPast(text, MAX_ANSWER_DEPTH)) throw new AgentError(`${who} answered ${response.status} with JSON nested more than ${MAX_ANSWER_DEPTH} levels deep`)
   try {
-    return { status: response.status, body: JSON.parse(text) }
+    return { status: response.status, body: JSON.parse(text), excerpt: () => quoted(text) }
   } catch {
     throw new AgentError(`${who} answered ${response.status} with a body that is not JSON${quoted(text)}`)
   }

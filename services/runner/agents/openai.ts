@@ -36,7 +36,7 @@ export function openaiAgent (key: string, spec: OpenAIAgentSpec, env: NodeJS.Pro
     }, { headers, signal: context.signal, maxBytes: spec.max_response_bytes })
     const choice = (answer.body as ChatCompletion | null)?.choices?.[0]
     const content = choice?.message?.content
-    if (typeof content !== 'string') throw new AgentError(`${who} answered without choices[0].message.content`)
+    if (typeof content !== 'string') throw new AgentError(`${who} answered ${answer.status} without choices[0].message.content${answer.excerpt()}`)
     return { result: content, confidence: confidenceFrom(choice?.logprobs?.content) }
   }
 }

@@ -30,12 +30,12 @@ export function webhookAgent (key: string, spec: WebhookAgentSpec, env: NodeJS.P
     })
     const body = answer.body as { result?: unknown, confidence?: unknown } | null
     if (typeof body !== 'object' || body === null || typeof body.result !== 'string') {
-      throw new AgentError(`${who} answered ${answer.status} without a string "result"`)
+      throw new AgentError(`${who} answered ${answer.status} without a string "result"${answer.excerpt()}`)
     }
     const confidence = body.confidence
     if (confidence !== undefined && confidence !== null &&
       (typeof confidence !== 'number' || !(confidence >= 0 && confidence <= 1))) {
-      throw new AgentError(`${who} answered ${answer.status} with a "confidence" outside 0..1`)
+      throw new AgentError(`${who} answered ${answer.status} with a "confidence" outside 0..1${answer.excerpt()}`)
     }
     return { result: body.result, confidence: confidence ?? null }
   }
