@@ -363,6 +363,21 @@ t.test('malformed answers fail at once: not JSON, no string result', async (t) =
   t.equal(agent.requests.length, 3, 'one call per task: none retried')
 })
 
+t.test('an answer that starts with a UTF-8 byte-order mark is read as the JSON after it', async (t) => {
+  const bom = (json: unknown): { headers: Record<string, string>, body: string } => ({ headers: { 'content-type': 'application/json; charset=utf-8' }, body: `\uFEFF${JSON.stringify(json)}` })
+  const hook = await fakeAgent(t, () => bom({ result: 'done' }))
+  const llm = await fakeAgent(t, () => bom((completion('coded') as { body: unknown }).body))
+  const app = await build(t, {
+    agents: {
+      Coding: { kind: 'openai', base_url: llm.base, model: 'm', ...FAST },
+      default: { kind: 'webhook', url: hook.base, ...FAST }
+    }
+  })
+  await createTasks(app, 'bom', [{ instruction: 'a', task_type: 'General' }, { instruction: 'b', task_type: 'Coding' }])
+  const results = (await post(app, '/execute-all', { session_id: 'bom' })).json().results
+  t.match(results, [{ status: 'Completed', result: 'done' }, { status: 'Completed', result: 'coded' }])
+})
+
 t.test('a 200 without a result (webhook) or a message (openai) quotes the answer\'s first 200 bytes, the key redacted', async (t) => {
   const dir = await tempDir(t)
   // A gateway that answers a rate limit with 200 and an error object, echoing the key.

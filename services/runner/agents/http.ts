@@ -75,10 +75,12 @@ async function exchange (who: string, url: string, payload: unknown, options: Po
       retryAfterMs: transient ? parseRetryAfter(response.headers.get('retry-after')) : null
     })
   }
+  // A byte-order mark (some Windows stacks write one) is no part of the JSON, which JSON.parse refuses.
+  const json = text.replace(/^\uFEFF/u, '')
   // Parsing JSON nested a million deep blocks the process for a second or more: refused unparsed.
-  if (nestedPast(text, MAX_ANSWER_DEPTH)) throw new AgentError(`${who} answered ${response.status} with JSON nested more than ${MAX_ANSWER_DEPTH} levels deep`)
+  if (nestedPast(json, MAX_ANSWER_DEPTH)) throw new AgentError(`${who} answered ${response.status} with JSON nested more than ${MAX_ANSWER_DEPTH} levels deep`)
   try {
-    return { status: response.status, body: JSON.parse(text), excerpt: () => quoted(text) }
+    return { status: response.status, body: JSON.parse(json), excerpt: () => quoted(text) }
   } catch {
     throw new AgentError(`${who} answered ${response.status} with a body that is not JSON${quoted(text)}`)
   }
