@@ -480,6 +480,17 @@ t.test('an error answer over max_response_bytes is still judged by its status: a
   t.equal(agent.requests.length, 2, 'retried once')
 })
 
+t.test('an error answer whose first piece is past max_response_bytes still quotes its start', async (t) => {
+  const page = `<!DOCTYPE html><html><head><title>503 Service Unavailable</title></head><body>${'<p>upstream busy</p>'.repeat(250)}</body></html>`
+  const agent = await fakeAgent(t, () => ({ status: 503, headers: { 'content-type': 'text/html' }, body: page }))
+  const app = await build(t, { agents: { default: { kind: 'webhook', url: agent.base, max_response_bytes: 1024, max_attempts: 1, ...FAST } } })
+  await createTasks(app, 'html-503', [{ instruction: 'x' }])
+  const { status, error } = (await post(app, '/execute', { session_id: 'html-503' })).json()
+  t.equal(status, 'Failed')
+  t.ok(Buffer.byteLength(page) > 1024 * 4, 'the page, sent in one write, is several times the cap')
+  t.equal(error, `webhook ${new URL(agent.base).host} answered 503: ${page.slice(0, 200)}…`, 'the status and the page\'s first 200 bytes')
+})
+
 t.test('an unreachable agent is a transient network error: retried, then Failed naming ECONNREFUSED', async (t) => {
   const dir = await tempDir(t)
   const port = await freePort()

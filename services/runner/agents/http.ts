@@ -113,8 +113,10 @@ async function readText (who: string, response: Response, maxBytes: number, sign
   try {
     for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
       if (body.length + chunk.byteLength > maxBytes) {
+        // An error answer is judged by its status (a 503 is still retried); only its start is kept,
+        // up to the cap within this piece too: a first piece past the cap would leave nothing to quote.
+        if (!response.ok) body.append(chunk.subarray(0, maxBytes - body.length))
         await response.body.cancel().catch(() => {})
-        // An error answer is judged by its status (a 503 is still retried); only its start is kept.
         if (!response.ok) return { text: body.view().toString('utf8'), cut: true }
         throw new AgentError(`${who} answered ${response.status} with more than ${maxBytes} bytes (max_response_bytes)`)
       }
