@@ -36,7 +36,7 @@ export const Task = Type.Object({
   started_at: Nullable(Timestamp),
   completed_at: Nullable(Timestamp),
   attempts: Type.Integer({ minimum: 0 }),
-  /** Set when the agent's result was longer than TASK_MAX_RESULT_BYTES and was cut. */
+  /** Set when the agent's result (or, for a failed task, its error message) was longer than TASK_MAX_RESULT_BYTES and was cut. */
   result_truncated: Type.Optional(Type.Boolean()),
   /** Restarts that found this task running; at TASK_MAX_INTERRUPTIONS it is failed instead of run again. */
   interruptions: Type.Optional(Type.Integer({ minimum: 0 })),

@@ -16,7 +16,7 @@ import type { FastifyInstance, FastifyServerOptions, InjectOptions, LightMyReque
 import t from 'tap'
 import { buildApp } from '../app.js'
 import { LOCK_FILE } from '../services/store/storage-lock.js'
-import { StorageLockedError } from '../services/errors.js'
+import { AgentError, StorageLockedError } from '../services/errors.js'
 import { processSlot } from '../services/pid.js'
 import type { SessionFile } from '../services/session/session.js'
 import { MARKER_FILE } from '../services/store/storage-folder.js'
@@ -480,6 +480,48 @@ t.test('limits: TASK_MAX_RESULT_BYTES cuts a long agent result on a character bo
   await app.close()
   app = await build(t, { dir })
   for (const task of (await get(app, '/list?session_id=r')).json().tasks) check('after restart', task)
+})
+
+t.test('limits: TASK_MAX_RESULT_BYTES cuts a long agent error and flags the failed task; a run that then succeeds whole clears the flag', async (t) => {
+  const dir = await tempDir(t)
+  let failing = true
+  const executors = {
+    // Fails for good with a long message while `failing`, then answers.
+    General: async () => {
+      if (failing) throw new Error('upstream said: ' + 'e'.repeat(100))
+      return { result: 'ok' }
+    },
+    // A long transient failure, then an answer within the same execute.
+    Coding: {
+      run: async (_task: unknown, context: { attempt: number }) => {
+        if (context.attempt === 1) throw new AgentError('busy: ' + 'b'.repeat(100), { transient: true })
+        return { result: 'coded' }
+      },
+      max_attempts: 2,
+      backoff_ms: 0
+    }
+  }
+  let app = await build(t, { dir, executors, config: { TASK_MAX_RESULT_BYTES: 10 } })
+  t.equal((await post(app, '/create', { session_id: 'e', tasks: [{ instruction: 'a', task_type: 'General' }, { instruction: 'b', task_type: 'Coding' }] })).statusCode, 200)
+  const failed = (await post(app, '/execute', { session_id: 'e' })).json()
+  t.match(failed, { status: 'Failed', error: 'upstream s', result_truncated: true }, 'the execute answer')
+  t.match((await get(app, '/list?session_id=e')).json().tasks[0], { status: 'Failed', error: 'upstream s', result_truncated: true }, 'the list')
+  t.match((await readSession(dir, 'e')).session.tasks[0], { status: 'Failed', error: 'upstream s', result_truncated: true }, 'on disk')
+  await app.close()
+  app = await build(t, { dir, executors, config: { TASK_MAX_RESULT_BYTES: 10 } })
+  t.match((await get(app, '/list?session_id=e')).json().tasks[0], { status: 'Failed', result_truncated: true }, 'after restart')
+
+  const retried = (await post(app, '/execute', { session_id: 'e' })).json()
+  t.match(retried, { status: 'Completed', result: 'coded' })
+  t.notOk('result_truncated' in retried, 'a long transient error before the answer leaves no flag')
+
+  failing = false
+  t.equal((await post(app, '/retry', { session_id: 'e' })).statusCode, 200)
+  const done = (await post(app, '/execute', { session_id: 'e' })).json()
+  t.match(done, { status: 'Completed', result: 'ok' })
+  t.notOk('result_truncated' in done, 'the answer of the run after POST /retry is not flagged')
+  for (const task of (await get(app, '/list?session_id=e')).json().tasks) t.notOk('result_truncated' in task, `list ${String(task.instruction)}: no flag`)
+  for (const task of (await readSession(dir, 'e')).session.tasks) t.notOk('result_truncated' in task, `on disk ${task.instruction}: no flag`)
 })
 
 t.test('limits: TASK_MAX_WRITES bounds the session files written at once: a restart resetting many interrupted sessions saves every reset, a few at a time', async (t) => {

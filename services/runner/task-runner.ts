@@ -495,7 +495,8 @@ export class TaskRunner {
       } catch (err) {
         if (run.signal.aborted) return this.stopped(sessionId, started.id, run)
         // Cut as the task's error is: a retry's log line must not carry a huge message whole.
-        const message = truncateUtf8(errorMessage(err), this.maxResultBytes).text
+        const cut = truncateUtf8(errorMessage(err), this.maxResultBytes)
+        const message = cut.text
         const transient = transientFailure(err)
         if (transient !== null && call < agent.policy.max_attempts) {
           // No new call once shutdown begins: the task runs again after restart.
@@ -509,7 +510,8 @@ export class TaskRunner {
           if (this.closing && !run.signal.aborted) return this.putBack(sessionId, started.id)
           continue
         }
-        const outcome: Outcome = { status: 'Failed', result: null, error: message, confidence: null }
+        // Flagged as a cut result is: the client sees that the error is not the agent's whole message.
+        const outcome: Outcome = { status: 'Failed', result: null, error: message, confidence: null, ...(cut.truncated && { result_truncated: true }) }
         this.log.warn({ session_id: sessionId, task_id: started.id, agent: agent.key, attempt: started.attempts, err: outcome.error }, 'Task failed')
         return { taskId, outcome, agents: true }
       }
