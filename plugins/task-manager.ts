@@ -5,7 +5,7 @@ import { TASK_TYPES } from '../schemas/session.js'
 import { probeCgroups, removeLeftoverCgroups } from '../services/runner/agents/cgroup.js'
 import { CALL_CLEANUP_WAIT_MS, RunningCalls, type CommandRuntime } from '../services/runner/agents/command.js'
 import { parseAgentsConfig, PolicyOptions, type AgentsConfig } from '../services/runner/agents/spec.js'
-import { unroutedTypes, type Executors } from '../services/runner/executors.js'
+import { echoedTypes, unroutedTypes, type Executors } from '../services/runner/executors.js'
 import { TaskManager } from '../services/task-manager.js'
 import { COMMAND_SETTINGS, MANAGER_SETTINGS, resolveSettings, settingOptions, type Resolved } from '../schemas/options.js'
 import { appSettings, checkOptions, functionOption, FunctionOption, inTermsOf, withOptionErrors } from './options.js'
@@ -69,8 +69,12 @@ export default fp<TaskManagerPluginOptions>(async function taskManagerPlugin (ap
   }))
   app.decorate('taskManager', manager)
   const routing = Object.fromEntries(Object.entries(manager.agents).map(([key, agent]) => [key, agent.kind]))
-  if (agents === undefined && options.executors === undefined) {
+  // Executors for some task types only leave the others to echo, whose results would pass for work done.
+  const echoed = agents === undefined ? echoedTypes(manager.agents) : []
+  if (echoed.length === TASK_TYPES.length) {
     app.log.warn(inTermsOf(app, SETTINGS, 'TASK_AGENTS is not set: every task goes to the echo demo agent, which returns the instruction as its result'))
+  } else if (echoed.length > 0) {
+    app.log.warn({ task_types: echoed }, inTermsOf(app, SETTINGS, 'TASK_AGENTS is not set and executors has no "default" entry nor one for these task types: their tasks go to the echo demo agent, which returns the instruction as its result'))
   }
   app.log.info({ agents: routing }, 'Agents by task type')
   const unrouted = unroutedTypes(manager.agents)

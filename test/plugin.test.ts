@@ -375,6 +375,24 @@ t.test('an embedded taskvault without agents warns in terms of its option, not o
   t.match(lines.map((line) => line.msg), [/^option 'agents' is not set: every task goes to the echo demo agent/])
 })
 
+t.test('an embedded taskvault with executors for some task types and no agents warns, naming the types the echo demo agent answers', async (t) => {
+  const coder: Executor = async () => ({ result: 'coded' })
+  const warnings = async (executors: TaskvaultOptions['executors']): Promise<Array<Record<string, any>>> => {
+    const lines: Array<Record<string, any>> = []
+    const app = Fastify({ logger: { level: 'warn', stream: { write: (line: string) => { lines.push(JSON.parse(line)) } } } })
+    t.teardown(() => app.close())
+    await app.register(taskvault, { prefix: '/tv', storageDir: await tempDir(t), executors })
+    await app.ready()
+    return lines
+  }
+  const some = await warnings({ Coding: coder })
+  t.match(some, [{ level: 40, task_types: ['Analysis', 'Research', 'Reasoning', 'General'], msg: /^option 'agents' is not set and executors has no "default" entry nor one for these task types: their tasks go to the echo demo agent/ }])
+  t.equal(some.length, 1, 'one warning')
+  t.match(await warnings({}), [{ msg: /^option 'agents' is not set: every task goes to the echo demo agent/ }], 'no executor at all: every task')
+  t.same(await warnings({ default: coder }), [], 'a default executor leaves nothing to echo')
+  t.same(await warnings({ Coding: coder, Analysis: coder, Research: coder, Reasoning: coder, General: coder }), [], 'nor do executors for every type')
+})
+
 t.test('apiKeys guard an embedded taskvault\'s routes only', async (t) => {
   const app = host(t)
   app.get('/open', async () => 'yes')

@@ -57,6 +57,11 @@ export function unroutedTypes (routes: AgentRoutes): TaskType[] {
   return routes.default === unrouted ? TASK_TYPES.filter((type) => routes[type] === undefined) : []
 }
 
+/** The task types `routes` sends to the echo demo agent (what runs when TASK_AGENTS is unset and no executor covers them). */
+export function echoedTypes (routes: AgentRoutes): TaskType[] {
+  return TASK_TYPES.filter((type) => agentFor(routes, type).kind === 'echo')
+}
+
 /** What runs a task TASK_AGENTS gave no agent: it fails at once, naming the fix. */
 const unrouted: Agent = {
   key: 'default',
