@@ -406,6 +406,36 @@ t.test('a 200 without a result (webhook) or a message (openai) quotes the answer
   t.equal(hook.requests.length + llm.requests.length, 2, 'neither retried')
 })
 
+t.test('a key the agent echoes as a JSON encoder escapes it (\\/, \\u002B), percent-encoded, or a Basic credential decoded is redacted too, in a 2xx, an error and a cut error', async (t) => {
+  const dir = await tempDir(t)
+  const key = 'AKIAabc/def+ghiJKL/mnoPQR=='
+  const basic = `Basic ${Buffer.from('alice:hunter22-pw').toString('base64')}`
+  const php = key.replaceAll('/', '\\/')
+  const dotnet = key.replaceAll('+', '\\u002B').replaceAll('=', '\\u003D')
+  const answers = [
+    { body: `{"error": "quota exceeded for ${php}"}` },
+    { body: `{"error": "quota exceeded for ${dotnet}"}` },
+    { status: 401, body: `{"error": "bad ${encodeURIComponent(basic)} for alice:hunter22-pw (password hunter22-pw)"}` },
+    { status: 503, body: `{"error": "overloaded for ${dotnet} and ${php}", "page": "${'p'.repeat(5000)}"}` }
+  ]
+  const agent = await fakeAgent(t, (req) => answers[Number(req.json.task.instruction)]!)
+  const app = await build(t, {
+    dir,
+    agents: { default: { kind: 'webhook', url: agent.base, headers_env: 'HOOK_HEADERS', max_attempts: 1, max_response_bytes: 1024, ...FAST } },
+    env: { HOOK_HEADERS: JSON.stringify({ 'x-api-key': key, authorization: basic }) }
+  })
+  await createTasks(app, 'echoed', answers.map((_answer, i) => ({ instruction: String(i) })))
+  const results = (await post(app, '/execute-all', { session_id: 'echoed' })).json().results as Array<{ status: string, error: string }>
+  t.equal(results.length, 4)
+  for (const [i, { status, error }] of results.entries()) {
+    t.equal(status, 'Failed', `${i}: failed`)
+    t.match(error, /\[redacted\]/u, `${i}: quotes the answer, redacted`, { error })
+    t.notMatch(error, /AKIA|mnoPQR|hunter22|YWxpY2/u, `${i}: no part of a secret`, { error })
+  }
+  const stored = JSON.stringify(await storedTasks(dir, 'echoed'))
+  t.notMatch(stored, /AKIA|mnoPQR|hunter22|YWxpY2/u, 'nor on disk')
+})
+
 t.test('an answer nested deeper than MAX_ANSWER_DEPTH fails at once, unparsed; brackets inside strings do not count', async (t) => {
   // The object is one level: with its arrays, MAX_ANSWER_DEPTH in all.
   const deep = `{"result": "ok", "x": ${'['.repeat(MAX_ANSWER_DEPTH - 1)}${']'.repeat(MAX_ANSWER_DEPTH - 1)}}`

@@ -67,7 +67,10 @@ async function exchange (who: string, url: string, payload: unknown, options: Po
   // never what we sent in a header (a gateway that echoes headers, a 401 naming the key), nor
   // the start of one that a cut body ends with.
   const secrets = secretsOf(Object.values(options.headers))
-  const quoted = (body: string): string => excerpt(cut ? withoutTail(redacted(body, secrets), secrets) : redacted(body, secrets), cut)
+  const quoted = (body: string): string => {
+    const plain = unescaped(body)
+    return excerpt(cut ? withoutTail(redacted(plain, secrets), secrets) : redacted(plain, secrets), cut)
+  }
   if (response.status < 200 || response.status > 299) {
     const transient = response.status === 429 || response.status >= 500
     throw new AgentError(`${who} answered ${response.status}${quoted(text)}`, {
@@ -80,7 +83,7 @@ async function exchange (who: string, url: string, payload: unknown, options: Po
   // Parsing JSON nested a million deep blocks the process for a second or more: refused unparsed.
   if (nestedPast(json, MAX_ANSWER_DEPTH)) throw new AgentError(`${who} answered ${response.status} with JSON nested more than ${MAX_ANSWER_DEPTH} levels deep`)
   try {
-    return { status: response.status, body: JSON.parse(json), excerpt: () => quoted(text) }
+    return { status: response.status, body: JSON.parse(json), excerpt: () => quoted(json) }
   } catch {
     throw new AgentError(`${who} answered ${response.status} with a body that is not JSON${quoted(text)}`)
   }
@@ -133,11 +136,39 @@ async function readText (who: string, response: Response, maxBytes: number, sign
 /** Shortest header value (or token within one, as in `Bearer <key>`) worth hiding: shorter ones would blank out ordinary words. */
 const SECRET_MIN_CHARS = 8
 
-/** Every header value we sent, and each long token of one (as in `Bearer <key>`), longest first. */
+/**
+ * `text` with the escapes a JSON encoder may put in a string where none is needed undone (PHP
+ * writes `/` as `\/`, .NET `+` as `\u002B`), control characters left escaped: a secret a
+ * gateway echoes so, in a whole body or a cut one, is then found by redaction as written.
+ */
+function unescaped (text: string): string {
+  return text.replace(/\\(\/|u([0-9a-fA-F]{4}))/gu, (escape: string, _sign: string, hex: string | undefined) => {
+    if (hex === undefined) return '/'
+    const code = Number.parseInt(hex, 16)
+    return code < 0x20 ? escape : String.fromCharCode(code)
+  })
+}
+
+/**
+ * Every header value we sent, and each long token of one (as in `Bearer <key>`), longest first,
+ * with the forms a body may carry them in besides (undone of needless escapes: unescaped):
+ * escaped in a JSON string, percent-encoded, and a Basic credential decoded (`user:password`,
+ * and the password).
+ */
 function secretsOf (values: readonly string[]): string[] {
   const secrets = new Set<string>()
+  const add = (secret: string): void => {
+    if (secret.length < SECRET_MIN_CHARS) return
+    for (const form of [secret, JSON.stringify(secret).slice(1, -1), encodeURIComponent(secret)]) secrets.add(form)
+  }
   for (const value of values) {
-    for (const part of [value, ...value.split(/\s+/u)]) if (part.trim().length >= SECRET_MIN_CHARS) secrets.add(part.trim())
+    const parts = value.trim().split(/\s+/u)
+    for (const part of [value.trim(), ...parts]) add(part)
+    if (parts.length === 2 && /^basic$/iu.test(parts[0] as string)) {
+      const credential = Buffer.from(parts[1] as string, 'base64').toString('utf8')
+      add(credential)
+      add(credential.slice(credential.indexOf(':') + 1))
+    }
   }
   // Longest first, so that a whole value goes before the token inside it.
   return [...secrets].sort((a, b) => b.length - a.length)
