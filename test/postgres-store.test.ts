@@ -642,6 +642,48 @@ t.test('the event log keeps the newest events asked for, and a trim reads only w
   t.ok(trimmed - appended <= 64 + 16, `a trim read ${trimmed - appended} more pages of the log than an append alone (${appended})`)
 })
 
+t.test('at boot, a restore refused a connection for a while (53300 too many connections: a restart, every client reconnecting) is read again until the connect deadline; an answer that comes every time (a column missing) fails at once', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const seeded = await openStore(t, url)
+  await seeded.save(contractSession('kept', ['Completed']))
+  await seeded.close()
+  // A role of its own: connection limits do not apply to a superuser.
+  const role = `tv_limited_${randomBytes(4).toString('hex')}`
+  const admin = inspectorOf(t, url, SCHEMA)
+  await admin.query(`CREATE ROLE ${role} LOGIN`)
+  t.teardown(async () => {
+    await admin.query(`DROP OWNED BY ${role}`).catch(noop)
+    await admin.query(`DROP ROLE ${role}`).catch(noop)
+  })
+  for (const grant of [`GRANT CREATE ON DATABASE ${new URL(url).pathname.slice(1)} TO ${role}`, `GRANT USAGE, CREATE ON SCHEMA ${SCHEMA} TO ${role}`, `GRANT ALL ON ALL TABLES IN SCHEMA ${SCHEMA} TO ${role}`,
+    `GRANT ALL ON ALL SEQUENCES IN SCHEMA ${SCHEMA} TO ${role}`, `GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA ${SCHEMA} TO ${role}`]) await admin.query(grant)
+  const limited = new URL(url)
+  limited.username = role
+  const store = new PostgresSessionStore({ settings: { url: limited.toString(), schema: SCHEMA, max: 4, statementTimeoutMs: 5_000, connectTimeoutMs: 5_000 } })
+  t.teardown(() => store.close())
+  await store.init({ deadline: performance.now() + 20_000 })
+  const retries: string[] = []
+  store.events.on('restore-retry', ({ reason }) => { retries.push(reason) })
+  // The role's connections end, and new ones are refused for a second.
+  await admin.query(`ALTER ROLE ${role} CONNECTION LIMIT 0`)
+  await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [role])
+  setTimeout(() => { admin.query(`ALTER ROLE ${role} CONNECTION LIMIT -1`).catch(noop) }, 1000).unref()
+  const { sessions } = await store.loadAll({ concurrency: 1 })
+  t.same(sessions.map(({ file }) => file.session_id), ['kept'], 'restored once connections were taken again')
+  t.ok(retries.some((reason) => /53300/u.test(reason)), 'after trying again past the refusals', { retries })
+  // A column missing comes back on every try: no waiting.
+  await admin.query(`ALTER TABLE ${SCHEMA}.sessions RENAME COLUMN bytes TO bytes_gone`)
+  retries.length = 0
+  const started = performance.now()
+  const err = await store.loadAll({ concurrency: 1 }).then(() => null, (e: unknown) => e)
+  t.type(err, StorageError, 'a column missing: fails')
+  t.match(((err as Error).cause as Error).message, /bytes/u, 'naming it in its cause')
+  t.same(retries, [], 'at once, not tried again')
+  t.ok(performance.now() - started < 3000, 'well before the deadline')
+  await admin.query(`ALTER TABLE ${SCHEMA}.sessions RENAME COLUMN bytes_gone TO bytes`)
+})
+
 t.test('at boot, a restore whose connection drops is read again until the connect deadline; past it, or without one, it fails', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -36,6 +36,18 @@ export function breaksConnection (err: unknown): boolean {
 }
 
 /**
+ * A failure that may pass when tried again: the connection's (breaksConnection), the server's
+ * resources or load (class 53: too many connections, out of memory; 58: its I/O), a conflict
+ * with other sessions (40: serialization, deadlock; 55P03: a lock not granted), a statement
+ * cancelled (57014: a timeout behind a lock). Not an answer that comes again every time: a
+ * column missing (42), bad data (22, 23), a feature or a bug of the server (0A, XX).
+ */
+export function mayPass (err: unknown): boolean {
+  const state = sqlState(err)
+  return breaksConnection(err) || /^(40|53|57|58)/u.test(state ?? '') || state === '55P03'
+}
+
+/**
  * A fault of the program, or of an object a host passed in, rather than of the database: trying
  * again cannot help, and reporting it as an unreachable database would send one looking at the network.
  */

@@ -20,7 +20,7 @@ import {
 import { archiveSession, isArchived, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, rearchiveSession, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
 import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
-import { breaksConnection, errnoLike, programmingError, storageError, uncertain } from './pg-errors.js'
+import { errnoLike, mayPass, programmingError, storageError, uncertain } from './pg-errors.js'
 import { checkSchemaName, redactUrl } from './database-url.js'
 import { createPool, endConnection, openConnection, type PoolSettings } from './pool.js'
 import {
@@ -341,9 +341,9 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
         return await read()
       } catch (err) {
         const left = this.bootDeadline - performance.now()
-        // Only a connection that failed is waited out: an answer of the server (a column missing,
-        // a statement cancelled) comes again on every try.
-        if (!(err instanceof StorageError) || err.full || left <= 0 || !breaksConnection(err.cause)) throw err
+        // A connection that failed or a server out of room for it is waited out (a restart: every
+        // client reconnects at once); an answer that comes again on every try (a column missing) is not.
+        if (!(err instanceof StorageError) || err.full || left <= 0 || !mayPass(err.cause)) throw err
         const waitMs = Math.round(Math.min(wait, left))
         this.events.emit('restore-retry', { reason: `${err.message}: ${(err.cause as Error).message}`, waitMs })
         await sleep(waitMs)
