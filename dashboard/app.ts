@@ -646,12 +646,16 @@ function updateTask (view: TaskView, task: Task): TaskView {
     view.head,
     view.times,
     view.instruction,
-    task.result !== null && fill(view.result, task.result, task.result_truncated === true ? ' [cut at the server\'s TASK_MAX_RESULT_BYTES]' : ''),
-    task.error !== null && fill(view.error, task.error),
+    // The flag marks what the agent's answer became: a failed task's error, any other's result.
+    task.result !== null && fill(view.result, task.result, task.result_truncated === true && task.status !== 'Failed' ? CUT_NOTE : ''),
+    task.error !== null && fill(view.error, task.error, task.result_truncated === true && task.status === 'Failed' ? CUT_NOTE : ''),
     task.status === 'Failed' && view.retry
   ])
   return view
 }
+
+/** After a result or error the server cut at its bound. */
+const CUT_NOTE = ' [cut at the server\'s TASK_MAX_RESULT_BYTES]'
 
 const question = $<HTMLDialogElement>('confirm')
 /**

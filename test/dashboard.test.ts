@@ -946,6 +946,16 @@ async function run (browser: Browser): Promise<void> {
     t.ok(order.open < order.close, `the note runs left to right ([ at ${order.open}, ] at ${order.close})`)
   })
 
+  t.test('a failed task\'s error cut at TASK_MAX_RESULT_BYTES carries the note, as a cut result does', async (t) => {
+    const cut = await serve(t, { config: { TASK_MAX_RESULT_BYTES: 60 }, executors: { default: async () => { throw new Error(`upstream said: ${'e'.repeat(200)}`) } } })
+    await createSession(cut.app, 'failing', 'do it')
+    t.match((await post(cut.app, '/execute', { session_id: 'failing' })).json(), { status: 'Failed', result_truncated: true })
+    const page = await open(t, browser, `${cut.base}#/session/failing`)
+    const error = page.locator('li.task pre', { hasText: 'upstream said' })
+    await error.waitFor({ state: 'attached' })
+    t.match(await error.textContent(), /^\u2068upstream said: e+\u2069 \[cut at the server's TASK_MAX_RESULT_BYTES\]$/u, 'the error says it was cut (the error isolated from the note)')
+  })
+
   t.test('a search for a whole id the table does not hold (older than the 1,000 newest it loads) offers to open that session', async (t) => {
     const many = await serve(t, { config: { TASK_MAX_SESSIONS: 2000 } })
     await createSession(many.app, 'oldest', 'one')
