@@ -88,6 +88,8 @@ export class TaskManager {
   private readonly writeBacks: WriteBackRetries
   private readonly passes: ArchivePasses
   private readonly interruptions: Interruptions
+  /** Sessions whose reset of interrupted tasks at restore storage refused: their next claim counts them (OwedResets). */
+  private readonly owedResets = new Set<string>()
   private readonly unsubscribe: () => void
 
   constructor (options: TaskManagerOptions) {
@@ -108,7 +110,15 @@ export class TaskManager {
       runRetryMs: settings.runRetryMs,
       runRetryMaxMs: settings.runRetryMaxMs,
       maxAgentCalls: settings.maxAgentCalls,
-      shared: this.store.shared
+      shared: this.store.shared,
+      owedResets: {
+        has: (sessionId) => this.owedResets.has(sessionId),
+        mark: (task, now, noted) => { this.interruptions.mark(task, now, noted) },
+        settled: (sessionId, noted) => {
+          this.owedResets.delete(sessionId)
+          this.interruptions.report(sessionId, noted)
+        }
+      }
     })
     const shared = this.shared = this.store.shared
     this.passive = options.passive === true
@@ -223,7 +233,10 @@ export class TaskManager {
       resets.push(this.registry.change(file.session_id, (draft) => {
         noted = []
         for (const task of liveFile(draft).session.tasks) if (task.status === 'InProgress') this.interruptions.mark(task, draft.now, noted)
-      }, { records: true }).then(() => { this.interruptions.report(file.session_id, noted) }, (err: Error) => this.log.error({ session_id: file.session_id, err }, 'Could not save the reset of interrupted tasks')))
+      }, { records: true }).then(() => { this.interruptions.report(file.session_id, noted) }, (err: Error) => {
+        this.owedResets.add(file.session_id)
+        this.log.error({ session_id: file.session_id, err }, 'Could not save the reset of interrupted tasks; the next run of the session counts them first')
+      }))
     }
     await Promise.all(resets)
     const archive = await this.store.openArchive({ concurrency: this.settings.restoreConcurrency })

@@ -229,8 +229,35 @@ t.test('a reset of an interrupted task that is not saved logs no "set back": the
   fs.fail('write', 'ENOSPC')
   await build(t, { dir, fs, logger: { level: 'warn', stream: { write: (line: string) => { logs.push(JSON.parse(line)) } } } })
   t.equal(logs.filter((entry) => entry.msg === 'Task was interrupted; set back to Pending').length, 0)
-  t.equal(logs.filter((entry) => entry.msg === 'Could not save the reset of interrupted tasks').length, 1)
+  t.equal(logs.filter((entry) => entry.msg.startsWith('Could not save the reset of interrupted tasks')).length, 1)
   t.match(await storedTasks(dir, 'stuck'), [{ status: 'InProgress' }])
+})
+
+t.test('a reset at restore that storage refused is owed: once storage is back, the next run counts the crash first, so a task that killed the server three times is failed, never run a fourth', async (t) => {
+  const dir = await tempDir(t)
+  const first = await build(t, { dir })
+  for (const id of ['poison', 'once']) await post(first, '/create', { session_id: id, instructions: `1. ${id} task\n2. next` })
+  await first.close()
+  // Left running by crashes: 'poison' twice before, 'once' never.
+  for (const [id, interruptions] of [['poison', 2], ['once', 0]] as const) {
+    const stored = JSON.parse(await readFile(join(dir, `${id}.json`), 'utf8')) as SessionFile
+    Object.assign(stored.session.tasks[0] as object, { status: 'InProgress', attempts: interruptions + 1, started_at: AT, ...(interruptions > 0 && { interruptions }) })
+    await writeFile(join(dir, `${id}.json`), JSON.stringify(stored, null, 2) + '\n')
+  }
+  const calls: string[] = []
+  const fs = faultFs()
+  fs.fail('write', 'ENOSPC')
+  const app = await build(t, { dir, fs, executors: { default: async (task: { instruction: string }) => { calls.push(task.instruction); return { result: 'done' } } } })
+  t.match(await storedTasks(dir, 'poison'), [{ status: 'InProgress', interruptions: 2 }], 'the reset did not land')
+  fs.heal()
+  const poisoned = await post(app, '/execute', { session_id: 'poison' })
+  t.equal(poisoned.statusCode, 200, 'the next task runs')
+  t.equal(poisoned.json().instruction, 'next')
+  t.same(calls, ['next'], 'the task that crashed the server is not run again')
+  t.match(await storedTasks(dir, 'poison'), [{ status: 'Failed', interruptions: 3, error: 'interrupted 3 times' }, { status: 'Completed' }], 'it is failed as interrupted 3 times')
+  const once = await post(app, '/execute', { session_id: 'once' })
+  t.equal(once.json().instruction, 'once task', 'a task interrupted once runs again')
+  t.match(await storedTasks(dir, 'once'), [{ status: 'Completed', interruptions: 1 }, { status: 'Pending' }], 'its crash counted')
 })
 
 t.test('a change too large for the session fails alone: an agent result written in the same save still lands', async (t) => {

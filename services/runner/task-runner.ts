@@ -12,6 +12,7 @@ import type { ExecutedTask, Logger, TaskManagerEvents } from '../types.js'
 import type { TaskEventData, TaskEventName } from '../events/task-events.js'
 import { anySignal, pause } from './signals.js'
 import { CallSlots } from './call-slots.js'
+import type { Interruption } from './interruptions.js'
 
 export interface TaskRunnerOptions {
   registry: SessionRegistry
@@ -29,6 +30,23 @@ export interface TaskRunnerOptions {
   maxAgentCalls: number
   /** A store shared by replicas: each execution holds the session's lease while it runs. */
   shared?: SharedSessions
+  /** Sessions whose reset at restore storage refused (see OwedResets). */
+  owedResets?: OwedResets
+}
+
+/**
+ * Sessions with tasks a crash left running whose reset at restore storage refused (a full
+ * disk): in memory they are still InProgress. The first claim of such a session counts them as
+ * interrupted (or fails them, past TASK_MAX_INTERRUPTIONS) in its own save, before any runs
+ * again; a claim otherwise takes an InProgress task for one whose finishing save failed, and the
+ * crash would go uncounted, and a task that kills the server would loop.
+ */
+export interface OwedResets {
+  has(sessionId: string): boolean
+  /** Counts a task found running as interrupted, in the claim's draft; noted in `noted`. */
+  mark(task: Task, now: Date, noted: Interruption[]): void
+  /** The claim that counted them landed. */
+  settled(sessionId: string, noted: readonly Interruption[]): void
 }
 
 /**
@@ -47,6 +65,7 @@ export class TaskRunner {
   private readonly runRetryMaxMs: number
   private readonly slots: CallSlots
   private readonly shared: SharedSessions | undefined
+  private readonly owedResets: OwedResets | undefined
   private readonly abort = new AbortController()
   /** Aborted when shutdown begins: ends waits that would otherwise outlast it. */
   private readonly closingSignal = new AbortController()
@@ -69,6 +88,7 @@ export class TaskRunner {
     this.runRetryMaxMs = options.runRetryMaxMs
     this.slots = new CallSlots(options.maxAgentCalls)
     this.shared = options.shared
+    this.owedResets = options.owedResets
     // Every running execution listens on this one signal; many at once is normal, not a leak.
     setMaxListeners(0, this.abort.signal, this.closingSignal.signal)
   }
@@ -538,9 +558,13 @@ export class TaskRunner {
    * Marks the task InProgress (the first runnable one, or `taskId` when retrying it) and
    * resolves once that is on disk; null when there is none.
    */
-  private claimTask (sessionId: string, taskId: string | null): Promise<Task | null> {
-    return this.registry.change(sessionId, (draft) => {
+  private async claimTask (sessionId: string, taskId: string | null): Promise<Task | null> {
+    const owed = this.owedResets?.has(sessionId) === true ? this.owedResets : null
+    let noted: Interruption[] = []
+    const claimed = await this.registry.change(sessionId, (draft) => {
       const tasks = liveFile(draft).session.tasks
+      noted = []
+      if (owed !== null) for (const task of tasks) if (task.status === 'InProgress') owed.mark(task, draft.now, noted)
       // While this session is claimed nothing else runs it, so an InProgress task here is one
       // whose finishing save failed, or the one being retried: it is run (again).
       const task = taskId === null
@@ -551,6 +575,8 @@ export class TaskRunner {
       delete task.result_truncated
       return { ...task }
     }, { records: true })
+    owed?.settled(sessionId, noted)
+    return claimed
   }
 
   /**
