@@ -9,6 +9,7 @@ import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
 import { API, build, createSession, get, post, tempDir, waitFor } from './helper.js'
 import { faultFs, heldArchiveMove, tempOf } from './faults.js'
 import { storedSession } from './session-fixtures.js'
+import { openStream } from './sse-client.js'
 
 const DAY = 86_400_000
 const T0 = Date.parse('2026-01-01T00:00:00Z')
@@ -331,6 +332,39 @@ t.test('retention deletes only archived sessions past it, failed ones after thei
   t.same(await jsonFiles(dir), ['active-old.json'])
   t.equal((await get(app, '/list?session_id=old-ok')).statusCode, 404)
   t.equal((await get(app, '/stats')).json().archived_sessions, 2)
+})
+
+t.test('a retention pass announces each deletion on the event stream as soon as it is durable, not when the pass ends; a session created again under a deleted id meanwhile is shown live', async (t) => {
+  const dir = await tempDir(t)
+  await mkdir(join(dir, 'archive'), { mode: 0o700 })
+  for (const [id, days] of [['gone_1', 100], ['gone_2', 200]] as const) {
+    await writeFile(join(dir, 'archive', `${id}.json`), storedSession(id, ['Completed'], new Date(T0 - days * DAY).toISOString()), { mode: 0o600 })
+  }
+  const fs = faultFs()
+  // Nothing is past retention at boot (the pass the scheduler runs then); the test moves the clock on.
+  let now = T0 - 400 * DAY
+  const app = await build(t, { dir, fs, clock: () => new Date(now), config: { TASK_ARCHIVE_DAYS: 0, TASK_ARCHIVE_RETENTION_DAYS: 90 } })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as import('node:net').AddressInfo
+  now = T0
+  const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events`)
+  // The second deletion's move out of the archive waits: the pass is still running.
+  const gate = fs.hold('rename', { path: (path) => path.includes(`${sep}archive${sep}`), skip: 1 })
+  t.teardown(gate.release)
+  const pass = post(app, '/archive', {})
+  await gate.reached
+  const [first] = (await stream.until((events) => events.some((e) => e.event === 'session.deleted'), 5000)).filter((e) => e.event === 'session.deleted')
+  t.match(first?.data, { session_id: /^gone_[12]$/, archived: true }, 'the first deletion is shown while the pass is still on the next')
+  const firstId = first?.data.session_id as string
+  // A client creates the deleted id again while the pass goes on: its events are the newest.
+  await createSession(app, firstId, 'again')
+  gate.release()
+  const answer = (await pass).json()
+  t.same([answer.deleted, [...answer.deleted_ids].sort()], [2, ['gone_1', 'gone_2']], 'the pass reports both, as before')
+  const events = await stream.until((events) => events.filter((e) => e.event === 'session.deleted').length === 2)
+  const ofFirst = events.filter((e) => e.data.session_id === firstId).map((e) => e.event)
+  t.same(ofFirst.filter((name) => name !== 'progress'), ['session.deleted', 'session.created', 'tasks.added'], 'the created session is the last word on its id')
+  t.equal((await get(app, `/progress?session_id=${firstId}`)).json().total, 1, 'and it is there')
 })
 
 t.test('retention is off by default: archived sessions are kept forever', async (t) => {

@@ -483,6 +483,71 @@ t.test('replicas: retention pages its candidates from the rows and deletes only 
   t.equal((await db.query('SELECT 1 FROM sessions WHERE archived_at IS NOT NULL')).rowCount, 7, 'the rest stay')
 })
 
+t.test('replicas: a retention pass announces each deletion on the event stream once it is committed, while the pass goes on to the next', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const DAY = 86_400_000
+  const app = await buildApp({
+    readEnvironment: false,
+    clock: () => new Date(CLOCK_START),
+    // A page a candidate: the pass commits one deletion, then waits on the next.
+    config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_ARCHIVE_DAYS: 0, TASK_ARCHIVE_RETENTION_DAYS: 90, TASK_SWEEP_BATCH: 1 }
+  })
+  t.teardown(() => app.close())
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as import('node:net').AddressInfo
+  // Archived by another replica after this one's pass at boot; the older one is the pass's first.
+  const other = await openTestStore(t, url, 'taskvault')
+  for (const [id, days] of [['gone_1', 200], ['gone_2', 100]] as const) {
+    const file: SessionFile = JSON.parse(storedSession(id, ['Completed'], new Date(CLOCK_START - days * DAY).toISOString()))
+    await other.save(file)
+    await other.archive(file)
+  }
+  const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events`)
+  // gone_2's row locked by the test: the pass's delete of it waits.
+  const locker = await inspector(t, url)
+  await locker.query('BEGIN')
+  await locker.query("SELECT 1 FROM sessions WHERE session_id = 'gone_2' FOR UPDATE")
+  const pass = app.inject({ method: 'POST', url: `${API}/archive`, payload: {} })
+  const deleted = (await stream.until((events) => events.some((e) => e.event === 'session.deleted'), 8000)).filter((e) => e.event === 'session.deleted')
+  t.same(deleted.map((e) => e.data), [{ session_id: 'gone_1', archived: true }], 'the first deletion is on the stream while the pass waits on the second')
+  await locker.query('ROLLBACK')
+  t.same((await pass).json(), { archived: 0, deleted: 2, archived_ids: [], deleted_ids: ['gone_1', 'gone_2'] }, 'the pass reports both, as before')
+  const all = await stream.until((events) => events.filter((e) => e.event === 'session.deleted').length === 2)
+  t.same(all.filter((e) => e.event === 'session.deleted').map((e) => e.data.session_id), ['gone_1', 'gone_2'], 'then the second, each once')
+})
+
+t.test('replicas: a retention deletion logged after a create of the same id through another replica is not shown after it; streams reset instead', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const DAY = 86_400_000
+  // a publishes its events late (its answers do not wait for them): the race, every time.
+  const a = await buildApp({
+    readEnvironment: false,
+    clock: () => new Date(CLOCK_START),
+    config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_REPLICA_ID: 'a', TASK_ARCHIVE_DAYS: 0, TASK_ARCHIVE_RETENTION_DAYS: 90, TASK_EVENTS_FLUSH_MS: 1000, TASK_EVENTS_PUBLISH_WAIT_MS: 0 }
+  })
+  t.teardown(() => a.close())
+  await a.ready()
+  const b = await postgresApp(t, url, { TASK_REPLICA_ID: 'b' })
+  await b.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = b.server.address() as import('node:net').AddressInfo
+  const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events`)
+  // Archived by another replica after a's pass at boot.
+  const other = await openTestStore(t, url, 'taskvault')
+  const file: SessionFile = JSON.parse(storedSession('again', ['Completed'], new Date(CLOCK_START - 100 * DAY).toISOString()))
+  await other.save(file)
+  await other.archive(file)
+  t.same((await a.inject({ method: 'POST', url: `${API}/archive`, payload: {} })).json().deleted_ids, ['again'], 'deleted by a\'s pass; its event waits to be published')
+  t.equal((await b.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'again', instructions: 'new' } })).statusCode, 200, 'created again through b, its events logged first')
+  const events = await stream.until((events) => events.some((e) => e.event === 'reset' || (e.event === 'session.deleted' && e.data.session_id === 'again')), 10_000)
+  const again = events.filter((e) => e.event === 'reset' || e.data.session_id === 'again').map((e) => e.event)
+  const created = again.indexOf('session.created')
+  t.ok(created >= 0, 'the create is shown')
+  t.equal(again.slice(created + 1).find((name) => name !== 'progress' && name !== 'tasks.added'), 'reset', `nothing of the id after its create but a reset (${again.join(', ')})`)
+  t.equal((await b.inject({ method: 'GET', url: `${API}/progress?session_id=again` })).json().total, 1, 'the session is there, as a refetch shows')
+})
+
 t.test('replicas: a session\'s events keep their order when its next change goes through another replica', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

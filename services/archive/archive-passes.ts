@@ -101,27 +101,31 @@ export class ArchivePasses {
   async pruneArchivedBefore (cutoffs: RetentionCutoffs, failures: PassFailure[], wait = true): Promise<string[]> {
     const shared = this.options.shared
     const deleted: string[] = []
+    // Announced one by one as each is durable, as archiveEach does: held to the pass's end, a
+    // deletion's event would follow whatever a client did to the id meanwhile (a session created
+    // again), and a process dying mid-pass would never announce the deletions it made.
+    const gone = (sessionId: string): void => {
+      deleted.push(sessionId)
+      this.options.announce('session.deleted', { session_id: sessionId, archived: true })
+    }
     try {
-      if (shared === undefined) await this.options.archived.prune(cutoffs, () => this.stoppedByShutdown(failures), deleted, failures)
+      if (shared === undefined) await this.options.archived.prune(cutoffs, () => this.stoppedByShutdown(failures), gone, failures)
       else {
-        const ran = await shared.exclusively('retention', this.passWait(wait), async (lock) => { await this.pruneShared(shared, cutoffs, lock, deleted, failures) })
+        const ran = await shared.exclusively('retention', this.passWait(wait), async (lock) => { await this.pruneShared(shared, cutoffs, lock, gone, failures) })
         if (ran === null && wait && !this.stoppedByShutdown(failures)) failures.push({ sessionId: null, err: new PassBusyError('retention', shared.passWaitMs) })
       }
     } catch (err) {
       this.passStopped('retention', err, failures)
-    } finally {
-      // Those deleted before a page failed too: they are gone.
-      for (const sessionId of deleted) this.options.announce('session.deleted', { session_id: sessionId, archived: true })
     }
     return deleted
   }
 
   /**
    * Retention on a shared store: candidates a page at a time from the rows (other replicas
-   * archive too, and the whole archive is never read), each judged again on its copy; those
-   * deleted go into `deleted` as they go.
+   * archive too, and the whole archive is never read), each judged again on its copy; each
+   * deleted is told to `deleted` as it goes.
    */
-  private async pruneShared (shared: SharedSessions, cutoffs: RetentionCutoffs, lock: PassLock, deleted: string[], failures: PassFailure[]): Promise<void> {
+  private async pruneShared (shared: SharedSessions, cutoffs: RetentionCutoffs, lock: PassLock, deleted: (sessionId: string) => void, failures: PassFailure[]): Promise<void> {
     const stop = this.passStop('retention', lock, failures)
     let after: RetentionCursor | null = null
     while (!(await stop(false))) {

@@ -156,11 +156,11 @@ export class ArchivedSessions {
 
   /**
    * Deletes archived sessions that finished before their cutoff, found in the store's index (a
-   * store of this process alone: a shared one pages its candidates from the rows). Each one
-   * deleted goes into `deleted` at once, so a pass that fails later still reports it; one that
-   * storage failed goes into `failures`.
+   * store of this process alone: a shared one pages its candidates from the rows). Each one is
+   * told to `deleted` as soon as its deletion is durable, so a pass that fails (or a process that
+   * dies) later has still reported and announced it; one that storage failed goes into `failures`.
    */
-  async prune (cutoffs: RetentionCutoffs, stop: () => boolean | Promise<boolean>, deleted: string[], failures: PassFailure[]): Promise<void> {
+  async prune (cutoffs: RetentionCutoffs, stop: () => boolean | Promise<boolean>, deleted: (sessionId: string) => void, failures: PassFailure[]): Promise<void> {
     if (cutoffs.all === null && cutoffs.failed === null) return
     const listed = await this.store.listArchived()
     this.report(listed.failures)
@@ -168,10 +168,11 @@ export class ArchivedSessions {
   }
 
   /**
-   * Deletes those of `candidates` that finished before their cutoff, into `deleted`. Each is
-   * checked again inside its change queue: one brought back or replaced since the listing stays.
+   * Deletes those of `candidates` that finished before their cutoff, each told to `deleted` once
+   * durable. Each is checked again inside its change queue: one brought back or replaced since
+   * the listing stays.
    */
-  async pruneEach (candidates: readonly ArchivedSummary[], cutoffs: RetentionCutoffs, stop: () => boolean | Promise<boolean>, deleted: string[], failures: PassFailure[]): Promise<void> {
+  async pruneEach (candidates: readonly ArchivedSummary[], cutoffs: RetentionCutoffs, stop: () => boolean | Promise<boolean>, deleted: (sessionId: string) => void, failures: PassFailure[]): Promise<void> {
     for (const summary of candidates) {
       if (!expired(summary, cutoffs)) continue
       if (await stop()) break
@@ -201,7 +202,7 @@ export class ArchivedSessions {
         if (isPassFailure(err)) failures.push({ sessionId, err })
         return false
       })
-      if (removed) deleted.push(sessionId)
+      if (removed) deleted(sessionId)
     }
   }
 

@@ -243,7 +243,7 @@ export class EventRelay {
   private inOrder (data: unknown): TaskEventData | null | undefined {
     if (typeof data !== 'object' || data === null || typeof (data as TaskEventData).session_id !== 'string') return undefined
     const { [ORDER_FIELD]: tag, ...rest } = data as TaskEventData
-    // No order: the store had no active row for it (an archived copy's delete), or an older replica published it.
+    // No order: the store knew no row of it, or an older replica published it (an archived copy's delete went untagged before this version).
     const parts = typeof tag === 'string' ? ORDER.exec(tag) : null
     if (parts === null) return tag === undefined ? data as TaskEventData : rest as TaskEventData
     const sessionId = rest.session_id

@@ -208,8 +208,10 @@ export interface SharedSessions {
   /**
    * Where the session's active row stands as this store last read or wrote it, `<row>.<version>`
    * (both only grow over a session's life: row ids are never reused); null when none is known.
-   * Just after this store deleted or archived the session, once: the row it ended, with a
-   * version past any it had, so no later-logged event of that row stands after that change's.
+   * Just after this store deleted or archived the session, once: the row it ended (deleting
+   * archived copies only, the newest of them), with a version past any it had, so no
+   * later-logged event of that row stands after that change's, and a session created under
+   * the id since (a higher row) stands after it.
    * Events carry it through the shared log, so a reader can tell one logged late (EventRelay).
    */
   orderOf(sessionId: string): string | null

@@ -143,8 +143,8 @@ export class ArchivedRows {
     return { sessions: this.index.summaries(), failures }
   }
 
-  /** Deletes the session's archived copies (up to the one named), returning how many. */
-  async remove (sessionId: string, upTo?: string): Promise<number> {
+  /** Deletes the session's archived copies (up to the one named), returning their row ids. */
+  async remove (sessionId: string, upTo?: string): Promise<string[]> {
     const upToRow = upTo === undefined ? null : rowOf(upTo)
     if (upToRow === undefined) throw new StaleArchivedCopyError(sessionId)
     const { rows } = await this.options.run<{ row_id: string }>(`deleting archived session '${sessionId}'`, deleteArchived(sessionId, upToRow))
@@ -156,6 +156,6 @@ export class ArchivedRows {
       throw new StaleArchivedCopyError(sessionId)
     }
     this.dropAbove(sessionId, -1)
-    return rows.length
+    return rows.map((row) => row.row_id)
   }
 }

@@ -201,7 +201,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   readonly leaseMs: number
   private readonly leases: LeaseKeeper | null
   /**
-   * Rows a delete or an archive of ours ended, by session, until the event of that change takes
+   * Rows a delete or an archive of ours ended (or the newest archived copy a delete of only
+   * archived copies removed), by session, until the event of that change takes
    * its order (orderOf): a later-logged event of that row is then known to be older.
    */
   private readonly ended = new Map<string, string>()
@@ -704,7 +705,13 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     })
     // Every copy gone: no archive of ours is in doubt any more.
     if (upTo === undefined) this.doubtful.delete(sessionId)
-    return removed
+    // No active row to order the delete's event by: it takes the newest copy it deleted, ended,
+    // so a session created under the id since (a higher row) makes it stale, not newest (orderOf).
+    if (!this.rows.has(sessionId)) {
+      const newest = removed.reduce((max, row) => BigInt(row) > BigInt(max) ? row : max, this.ended.get(sessionId) ?? '0')
+      if (newest !== '0') this.ended.set(sessionId, newest)
+    }
+    return removed.length
   }
 
   // --- The rest of the contract ---
