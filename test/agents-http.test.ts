@@ -416,7 +416,12 @@ t.test('a key the agent echoes as a JSON encoder escapes it (\\/, \\u002B), perc
     { body: `{"error": "quota exceeded for ${php}"}` },
     { body: `{"error": "quota exceeded for ${dotnet}"}` },
     { status: 401, body: `{"error": "bad ${encodeURIComponent(basic)} for alice:hunter22-pw (password hunter22-pw)"}` },
-    { status: 503, body: `{"error": "overloaded for ${dotnet} and ${php}", "page": "${'p'.repeat(5000)}"}` }
+    { status: 503, body: `{"error": "overloaded for ${dotnet} and ${php}", "page": "${'p'.repeat(5000)}"}` },
+    // Lower-case percent-hex (.NET's UrlEncode), Python's quote (keeps '/'), and PHP's escapes
+    // quoted again inside another answer's JSON string.
+    { status: 401, body: `{"error": "bad key ${encodeURIComponent(key).replace(/%[0-9A-F]{2}/gu, (hex) => hex.toLowerCase())}"}` },
+    { status: 401, body: `{"error": "bad key ${encodeURIComponent(key).replaceAll('%2F', '/')}"}` },
+    { status: 401, body: `{"upstream": "{\\"error\\": \\"bad key ${key.replaceAll('/', '\\\\\\/')}\\"}"}` }
   ]
   const agent = await fakeAgent(t, (req) => answers[Number(req.json.task.instruction)]!)
   const app = await build(t, {
@@ -426,7 +431,7 @@ t.test('a key the agent echoes as a JSON encoder escapes it (\\/, \\u002B), perc
   })
   await createTasks(app, 'echoed', answers.map((_answer, i) => ({ instruction: String(i) })))
   const results = (await post(app, '/execute-all', { session_id: 'echoed' })).json().results as Array<{ status: string, error: string }>
-  t.equal(results.length, 4)
+  t.equal(results.length, answers.length)
   for (const [i, { status, error }] of results.entries()) {
     t.equal(status, 'Failed', `${i}: failed`)
     t.match(error, /\[redacted\]/u, `${i}: quotes the answer, redacted`, { error })
@@ -434,6 +439,25 @@ t.test('a key the agent echoes as a JSON encoder escapes it (\\/, \\u002B), perc
   }
   const stored = JSON.stringify(await storedTasks(dir, 'echoed'))
   t.notMatch(stored, /AKIA|mnoPQR|hunter22|YWxpY2/u, 'nor on disk')
+})
+
+t.test('quoting an error answer of max_response_bytes full of escapes works over its start only: the server is not blocked', async (t) => {
+  const escapes = `{"error": "${'\\/'.repeat(2_000_000)}"}`
+  const agent = await fakeAgent(t, (req) => ({ status: req.json.task.instruction === '0' ? 503 : 200, body: escapes }))
+  const app = await build(t, {
+    agents: { default: { kind: 'webhook', url: agent.base, headers_env: 'HOOK_HEADERS', max_attempts: 1, ...FAST } },
+    env: { HOOK_HEADERS: JSON.stringify({ 'x-api-key': 'sk-abcdefghijklmnop' }) }
+  })
+  await createTasks(app, 'escaped', [{ instruction: '0' }, { instruction: '1' }])
+  let longest = 0
+  let last = performance.now()
+  const probe = setInterval(() => { const now = performance.now(); longest = Math.max(longest, now - last); last = now }, 10)
+  t.teardown(() => { clearInterval(probe) })
+  const results = (await post(app, '/execute-all', { session_id: 'escaped' })).json().results
+  clearInterval(probe)
+  t.match(results, [{ status: 'Failed', error: /answered 503: \{"error": "\/+…$/u }, { status: 'Failed', error: /answered 200 without a string "result": \{"error": "\/+…$/u }], 'both quote the start')
+  // Undoing 2,000,000 escapes one call each held the loop 2.7 s; reading and parsing 4 MiB takes far less.
+  t.ok(longest < 1000, `the event loop was never held for a second (${Math.round(longest)} ms at most)`)
 })
 
 t.test('an answer nested deeper than MAX_ANSWER_DEPTH fails at once, unparsed; brackets inside strings do not count', async (t) => {

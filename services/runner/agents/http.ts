@@ -68,8 +68,12 @@ async function exchange (who: string, url: string, payload: unknown, options: Po
   // the start of one that a cut body ends with.
   const secrets = secretsOf(Object.values(options.headers))
   const quoted = (body: string): string => {
-    const plain = unescaped(body)
-    return excerpt(cut ? withoutTail(redacted(plain, secrets), secrets) : redacted(plain, secrets), cut)
+    // Only the start is ever shown: of a 4 MiB answer only what the excerpt can take is worked
+    // over (undoing escapes costs a call each: the whole of one blocked the server for seconds).
+    const room = ESCAPE_CHARS * BODY_EXCERPT_BYTES + 2 * (secrets[0]?.length ?? 0)
+    const clipped = body.length > room
+    const plain = unescaped(clipped ? body.slice(0, room) : body)
+    return excerpt(cut || clipped ? withoutTail(redacted(plain, secrets), secrets) : redacted(plain, secrets), cut || clipped)
   }
   if (response.status < 200 || response.status > 299) {
     const transient = response.status === 429 || response.status >= 500
@@ -136,17 +140,31 @@ async function readText (who: string, response: Response, maxBytes: number, sign
 /** Shortest header value (or token within one, as in `Bearer <key>`) worth hiding: shorter ones would blank out ordinary words. */
 const SECRET_MIN_CHARS = 8
 
+/** The most characters one character takes escaped (`\u002B`). */
+const ESCAPE_CHARS = 6
+
+/** Passes of unescaped: an answer quoting another's JSON escapes its escapes (`\\\/`). */
+const UNESCAPE_PASSES = 4
+
 /**
- * `text` with the escapes a JSON encoder may put in a string where none is needed undone (PHP
- * writes `/` as `\/`, .NET `+` as `\u002B`), control characters left escaped: a secret a
- * gateway echoes so, in a whole body or a cut one, is then found by redaction as written.
+ * `text` with the escapes an encoder may put where none is needed undone: in a JSON string (PHP
+ * writes `/` as `\/`, .NET `+` as `\u002B`; control characters stay escaped) and in a URL (`%2F`,
+ * `%2f`; printable ASCII only), escaped again as often as UNESCAPE_PASSES: a secret a gateway
+ * echoes so is then found by redaction as written.
  */
 function unescaped (text: string): string {
-  return text.replace(/\\(\/|u([0-9a-fA-F]{4}))/gu, (escape: string, _sign: string, hex: string | undefined) => {
-    if (hex === undefined) return '/'
-    const code = Number.parseInt(hex, 16)
-    return code < 0x20 ? escape : String.fromCharCode(code)
-  })
+  let out = text
+  for (let pass = 0; pass < UNESCAPE_PASSES; pass++) {
+    const next = out.replace(/\\(\/|u([0-9a-fA-F]{4}))|%([2-7][0-9a-fA-F])/gu, (escape: string, _json: string | undefined, hex: string | undefined, percent: string | undefined) => {
+      if (percent !== undefined) return percent.toLowerCase() === '7f' ? escape : String.fromCharCode(Number.parseInt(percent, 16))
+      if (hex === undefined) return '/'
+      const code = Number.parseInt(hex, 16)
+      return code < 0x20 ? escape : String.fromCharCode(code)
+    })
+    if (next === out) break
+    out = next
+  }
+  return out
 }
 
 /**
@@ -188,7 +206,8 @@ function redacted (text: string, secrets: readonly string[]): string {
  */
 function withoutTail (text: string, secrets: readonly string[]): string {
   const longest = secrets[0]?.length ?? 0
-  return longest === 0 ? text : text.slice(0, Math.max(0, text.length - (longest - 1)))
+  // And an escape's worth more: a secret's start may end in one left undone (`\u00`).
+  return longest === 0 ? text : text.slice(0, Math.max(0, text.length - (longest - 1) - (ESCAPE_CHARS - 1)))
 }
 
 /** The start of a body, for an error message; `cut` marks a body that was cut already. */
