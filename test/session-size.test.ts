@@ -237,11 +237,13 @@ t.test('a reset at restore that storage refused is owed: once storage is back, t
   const dir = await tempDir(t)
   const first = await build(t, { dir })
   for (const id of ['poison', 'once']) await post(first, '/create', { session_id: id, instructions: `1. ${id} task\n2. next` })
+  await post(first, '/create', { session_id: 'last', instructions: '1. done\n2. last task' })
+  t.equal((await post(first, '/execute', { session_id: 'last' })).statusCode, 200)
   await first.close()
-  // Left running by crashes: 'poison' twice before, 'once' never.
-  for (const [id, interruptions] of [['poison', 2], ['once', 0]] as const) {
+  // Left running by crashes: 'poison' and 'last' twice before, 'once' never.
+  for (const [id, at, interruptions] of [['poison', 0, 2], ['once', 0, 0], ['last', 1, 2]] as const) {
     const stored = JSON.parse(await readFile(join(dir, `${id}.json`), 'utf8')) as SessionFile
-    Object.assign(stored.session.tasks[0] as object, { status: 'InProgress', attempts: interruptions + 1, started_at: AT, ...(interruptions > 0 && { interruptions }) })
+    Object.assign(stored.session.tasks[at] as object, { status: 'InProgress', attempts: interruptions + 1, started_at: AT, ...(interruptions > 0 && { interruptions }) })
     await writeFile(join(dir, `${id}.json`), JSON.stringify(stored, null, 2) + '\n')
   }
   const calls: string[] = []
@@ -255,6 +257,11 @@ t.test('a reset at restore that storage refused is owed: once storage is back, t
   t.equal(poisoned.json().instruction, 'next')
   t.same(calls, ['next'], 'the task that crashed the server is not run again')
   t.match(await storedTasks(dir, 'poison'), [{ status: 'Failed', interruptions: 3, error: 'interrupted 3 times' }, { status: 'Completed' }], 'it is failed as interrupted 3 times')
+  // The same task last of its session: failed and saved so, though nothing is left to run.
+  const last = await post(app, '/execute', { session_id: 'last' })
+  t.equal(last.statusCode, 409, 'the last task failed: nothing to run')
+  t.match(await storedTasks(dir, 'last'), [{ status: 'Completed' }, { status: 'Failed', interruptions: 3, error: 'interrupted 3 times' }], 'and so on disk')
+  t.equal((await post(app, '/execute', { session_id: 'last' })).statusCode, 409, 'never run a fourth time')
   const once = await post(app, '/execute', { session_id: 'once' })
   t.equal(once.json().instruction, 'once task', 'a task interrupted once runs again')
   t.match(await storedTasks(dir, 'once'), [{ status: 'Completed', interruptions: 1 }, { status: 'Pending' }], 'its crash counted')

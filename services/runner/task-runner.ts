@@ -570,7 +570,8 @@ export class TaskRunner {
       const task = taskId === null
         ? tasks.find((t) => t.status === 'Pending' || t.status === 'InProgress')
         : tasks.find((t) => t.id === taskId)
-      if (task === undefined) return unchanged(null)
+      // None left to run: the counts of an owed reset still go to disk (they failed its last task).
+      if (task === undefined) return noted.length > 0 ? null : unchanged(null)
       Object.assign(task, { status: 'InProgress', started_at: isoNow(draft.now), completed_at: null, result: null, error: null, confidence: null, attempts: task.attempts + 1 })
       delete task.result_truncated
       return { ...task }

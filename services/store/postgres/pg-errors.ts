@@ -37,7 +37,8 @@ export function breaksConnection (err: unknown): boolean {
 
 /**
  * A failure that may pass when tried again: the connection's (breaksConnection), the server's
- * resources or load (class 53: too many connections, out of memory; 58: its I/O), a conflict
+ * resources or load (class 53: too many connections; the full states, out of disk or memory,
+ * are a StorageError's `full`, which callers judge first; 58: its I/O), a conflict
  * with other sessions (40: serialization, deadlock; 55P03: a lock not granted), a statement
  * cancelled (57014: a timeout behind a lock). Not an answer that comes again every time: a
  * column missing (42), bad data (22, 23), a feature or a bug of the server (0A, XX).
