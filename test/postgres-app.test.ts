@@ -548,6 +548,32 @@ t.test('replicas: a retention deletion logged after a create of the same id thro
   t.equal((await b.inject({ method: 'GET', url: `${API}/progress?session_id=again` })).json().total, 1, 'the session is there, as a refetch shows')
 })
 
+t.test('replicas: an archive\'s event logged after a delete of the copy it made, through another replica, is not shown after it; streams reset instead', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const DAY = 86_400_000
+  // a publishes its events late (its answers do not wait for them): the race, every time.
+  const a = await buildApp({
+    readEnvironment: false,
+    clock: () => new Date(CLOCK_START),
+    config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_REPLICA_ID: 'a', TASK_ARCHIVE_DAYS: 0, TASK_EVENTS_FLUSH_MS: 1000, TASK_EVENTS_PUBLISH_WAIT_MS: 0 }
+  })
+  t.teardown(() => a.close())
+  await a.ready()
+  const b = await postgresApp(t, url, { TASK_REPLICA_ID: 'b' })
+  await b.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = b.server.address() as import('node:net').AddressInfo
+  const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events`)
+  const other = await openTestStore(t, url, 'taskvault')
+  await other.save(JSON.parse(storedSession('brief', ['Completed'], new Date(CLOCK_START - 100 * DAY).toISOString())))
+  t.same((await a.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 30 } })).json().archived_ids, ['brief'], 'archived by a; its event waits to be published')
+  t.equal((await b.inject({ method: 'DELETE', url: `${API}/sessions/brief` })).statusCode, 204, 'its copy deleted through b, that event logged first')
+  const events = await stream.until((events) => events.some((e) => e.event === 'reset' || (e.event === 'session.archived' && e.data.session_id === 'brief')), 10_000)
+  const brief = events.filter((e) => e.event === 'reset' || e.data.session_id === 'brief').map((e) => e.event)
+  t.equal(brief.indexOf('session.deleted'), 0, `the delete is shown (${brief.join(', ')})`)
+  t.same(brief.slice(1), ['reset'], 'and after it no archive, a reset')
+})
+
 t.test('replicas: a session\'s events keep their order when its next change goes through another replica', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

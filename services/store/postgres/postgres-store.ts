@@ -134,8 +134,10 @@ interface KnownRow extends RowVersion {
  */
 type Outcome = { kind: 'row', data: Buffer, kid: string } | { kind: 'gone' }
 
-/** The version an ended row's order names (orderOf): the largest a bigint holds, past any the row had. */
-const ENDED_VERSION = '9223372036854775807'
+/** The version a deleted row's order names (orderOf): the largest a bigint holds, past any the row had. */
+const DELETED_VERSION = '9223372036854775807'
+/** The version an archived row's order names: past any the row had, before its delete's (a late archive event is then stale). */
+const ARCHIVED_VERSION = '9223372036854775806'
 
 /** Uncertain writes of one session remembered at most (each failed write-back adds one). */
 const MAX_UNSURE = 8
@@ -205,7 +207,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    * archived copies removed), by session, until the event of that change takes
    * its order (orderOf): a later-logged event of that row is then known to be older.
    */
-  private readonly ended = new Map<string, string>()
+  private readonly ended = new Map<string, { row: string, version: string }>()
   /** Sessions another replica held a live lease on when last read (refresh, list), by holder. */
   private readonly elsewhere = new Map<string, string>()
   private closed = false
@@ -530,7 +532,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       // Missing is not an error; found but left alone means it was at another version.
       return deleted > 0 || found === null ? true : null
     })
-    this.end(sessionId)
+    this.end(sessionId, 'deleted')
     this.unreadable.delete(sessionId)
     this.doubtful.delete(sessionId)
   }
@@ -552,7 +554,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       throw err
     })
     this.doubtful.delete(sessionId)
-    this.end(sessionId)
+    this.end(sessionId, 'archived')
     this.archived.added(sessionId, row, file)
   }
 
@@ -617,7 +619,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     if (row === undefined) return
     // What an earlier try in doubt may have done is settled too.
     this.unsure.delete(sessionId)
-    this.end(sessionId)
+    this.end(sessionId, 'archived')
     this.archived.added(sessionId, row, archived)
   }
 
@@ -708,8 +710,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     // No active row to order the delete's event by: it takes the newest copy it deleted, ended,
     // so a session created under the id since (a higher row) makes it stale, not newest (orderOf).
     if (!this.rows.has(sessionId)) {
-      const newest = removed.reduce((max, row) => BigInt(row) > BigInt(max) ? row : max, this.ended.get(sessionId) ?? '0')
-      if (newest !== '0') this.ended.set(sessionId, newest)
+      const newest = removed.reduce((max, row) => BigInt(row) > BigInt(max) ? row : max, this.ended.get(sessionId)?.row ?? '0')
+      if (newest !== '0') this.ended.set(sessionId, { row: newest, version: DELETED_VERSION })
     }
     return removed.length
   }
@@ -893,7 +895,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     if (ended === undefined) return null
     // Taken once, by the delete's or the archive's event: past every version of its row.
     this.ended.delete(sessionId)
-    return `${ended}.${ENDED_VERSION}`
+    return `${ended.row}.${ended.version}`
   }
 
   async acquire (sessionId: string): Promise<{ epoch: string, cancelRequested: boolean }> {
@@ -1129,10 +1131,13 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     this.kidCounts.set(row.kid, (this.kidCounts.get(row.kid) ?? 0) + 1)
   }
 
-  /** A delete or an archive of ours ended the session's active row: the event of that change is ordered after every change of the row (orderOf). */
-  private end (sessionId: string): void {
+  /**
+   * A delete or an archive of ours ended the session's active row: the event of that change is
+   * ordered after every change of the row (orderOf), an archive's before a delete of the copy it made.
+   */
+  private end (sessionId: string, how: 'deleted' | 'archived'): void {
     const row = this.rows.get(sessionId)
-    if (row !== undefined) this.ended.set(sessionId, row.row)
+    if (row !== undefined) this.ended.set(sessionId, { row: row.row, version: how === 'deleted' ? DELETED_VERSION : ARCHIVED_VERSION })
     this.forget(sessionId)
   }
 
