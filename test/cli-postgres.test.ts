@@ -458,3 +458,30 @@ t.test('import refuses an empty folder with no marker (a volume that did not mou
   t.same(await readdir(empty), [], 'the folder is left unmarked')
   t.same(await query(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'taskvault'"), [], 'not even the schema was made')
 })
+
+t.test('export into a folder an earlier export wrote: an active file of a session the database now holds archived only is removed, as it would hide the archived copy from a server', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const store = await openStore(t, url)
+  const pending = session('moved', ['Pending'], daysAgo(1))
+  await store.save(pending)
+  await store.save(session('stays', ['Pending'], daysAgo(1)))
+  const dir = join(await tempDir(t), 'export')
+  t.equal((await taskvault(['export', '--database-url', url, dir])).code, 0)
+  // Since: 'moved' finished and was archived.
+  const finished = session('moved', ['Completed'], daysAgo(0))
+  await store.save(finished)
+  await store.archive(finished)
+  await store.close()
+  const again = await taskvault(['export', '--database-url', url, dir, '--json'])
+  t.equal(again.code, 0, again.stderr)
+  t.match(JSON.parse(again.stdout), { active: 1, archived: 1, removed_hiding: 1 })
+  t.notOk(existsSync(join(dir, 'moved.json')), 'the stale active file is gone')
+  t.ok(existsSync(join(dir, 'stays.json')), 'an active session\'s file is kept')
+  t.same((await readdir(join(dir, 'archive'))).length, 1, 'the archived copy is there')
+  // A server on the folder shows the session as the database holds it: archived, completed.
+  const stats = await taskvault(['stats', dir, '--json'])
+  t.match(JSON.parse(stats.stdout), { active_sessions: 1 }, 'one active session, as in the database')
+  const text = await taskvault(['export', '--database-url', url, dir])
+  t.notMatch(text.stdout, /Removed/u, 'nothing more to remove the next time')
+})

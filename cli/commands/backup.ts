@@ -77,7 +77,7 @@ ${COMMON_HELP}`,
         // to (archived, or brought back) while the backup ran. Several archived copies of a
         // session with no active file are all in the folder, and all taken.
         if (before === true && stored.archived) {
-          if (await exists(join(dir, `${stored.sessionId as string}.json`))) ignored.push({ file: stored.rel, reason: 'an older archived copy, hidden by the active session file (the server never shows it)' })
+          if (await exists(join(dir, `${stored.sessionId as string}.json`))) ignored.push({ file: stored.rel, reason: 'an archived copy hidden by the active session file (the server shows that file, whichever is newer)' })
           return true
         }
         return before === false && !stored.archived

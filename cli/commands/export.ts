@@ -32,7 +32,8 @@ folder, so a server (TASK_STORE=file) or 'taskvault import' can use it as it is.
 
 DIR is created when missing. A DIR that holds anything but is not a taskvault folder is refused
 unless --force. In a taskvault folder, files of the same names are replaced and other files are
-left as they are: export into a new folder for an exact copy. Refused while a server holds DIR.
+left as they are, but for DIR/<id>.json of a session now archived only, which would hide its
+archived copies: removed. Export into a new folder for an exact copy. Refused while a server holds DIR.
 A row that does not read (see 'taskvault validate --database-url') is left out and reported;
 a row sealed under a key that is not configured is exported as it is.
 
@@ -50,6 +51,7 @@ ${COMMON_HELP}`,
     const dir = resolve(args.positionals[0] as string)
     let active = 0
     let archived = 0
+    let hiding = 0
     const leftOut: LeftOut[] = []
     const proofs = new KidProofs('rows', keyring?.activeKid ?? null)
     await withDatabase(target, settings, keyring, true, async (client) => {
@@ -67,9 +69,13 @@ ${COMMON_HELP}`,
         if (names.size > 0) await realFolder(dir, archiveDir)
         const tempName = tempNames()
         const left = (): string => `${active + archived} sessions were exported before it, each whole; run the export again once storage works`
+        /** Sessions with an active row in the snapshot (exported or left out), and those with archived copies. */
+        const activeIds = new Set<string>()
+        const archivedIds = new Set<string>()
         for (let after = '0'; ;) {
           const { rows } = await client.query<StoredRow>(rowsPage(after, PAGE_ROWS))
           for (const row of rows) {
+            (row.archived ? archivedIds : activeIds).add(row.session_id)
             const problem = unreadable(row, keyring, proofs)
             if (problem !== null) {
               leftOut.push({ row: rowName(row), reason: problem })
@@ -89,12 +95,23 @@ ${COMMON_HELP}`,
           if (last === undefined) break
           after = last.row_id
         }
+        // An active file an earlier export left, of a session the database now holds archived
+        // only, would hide the archived copies just written (a server shows the active file).
+        for (const sessionId of archivedIds) {
+          if (activeIds.has(sessionId)) continue
+          const path = join(dir, `${sessionId}.json`)
+          if (await writing(path, left, async () => nodeFs.unlink(path).then(() => true, (err: NodeJS.ErrnoException) => {
+            if (err.code === 'ENOENT') return false
+            throw err
+          }))) hiding++
+        }
         await client.query('COMMIT')
         await writing(dir, left, () => fsyncDir(nodeFs, dir))
         if (names.size > 0) await writing(archiveDir, left, () => fsyncDir(nodeFs, archiveDir))
       })
     })
     const lines = [`Exported ${active} active and ${archived} archived sessions from ${target.where} (schema ${target.schema}) into ${dir}`]
+    if (hiding > 0) lines.push(`Removed ${hiding} active file${hiding === 1 ? '' : 's'} an earlier export left of sessions now archived: ${hiding === 1 ? 'it' : 'they'} would hide the archived copies`)
     for (const { row, reason } of leftOut) lines.push(`❌ ${row}: ${reason} (left out)`)
     // Rows no key of theirs opens are whole: the key is wrong, which the rows' reasons alone do not say.
     const wrongKey = proofs.failure('those rows were left out of the export; export again with the right key')
@@ -102,7 +119,7 @@ ${COMMON_HELP}`,
     if (leftOut.length > 0) lines.push(`${leftOut.length} rows left out; see 'taskvault validate --database-url'`)
     return {
       code: leftOut.length > 0 ? 1 : 0,
-      json: { database: target.where, schema: target.schema, dir, active, archived, left_out: leftOut },
+      json: { database: target.where, schema: target.schema, dir, active, archived, removed_hiding: hiding, left_out: leftOut },
       lines
     }
   }
