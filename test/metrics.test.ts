@@ -117,12 +117,9 @@ t.test('requests, saves and agent calls move their series', async (t) => {
   t.ok(value(after, 'taskvault_storage_bytes') > 0)
 })
 
-t.test('requests answered before any route are counted as unmatched: a malformed URL (400), a path part too long (414), an Expect not supported (417)', async (t) => {
-  const app = await build(t)
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const port = (app.server.address() as AddressInfo).port
-  // Raw requests: a client library would refuse or rewrite these URLs.
-  const send = async (head: string): Promise<number> => await new Promise((resolve, reject) => {
+/** Sends raw bytes to the server on `port`: the status of its answer, once it wrote one. */
+async function rawStatus (port: number, bytes: string): Promise<number> {
+  return await new Promise((resolve, reject) => {
     const socket = net.connect(port, '127.0.0.1')
     let answer = ''
     socket.setEncoding('latin1').on('data', (chunk: string) => {
@@ -133,8 +130,16 @@ t.test('requests answered before any route are counted as unmatched: a malformed
         resolve(Number(status[1]))
       }
     }).on('error', reject)
-    socket.write(`${head}\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`)
+    socket.write(bytes)
   })
+}
+
+t.test('requests answered before any route are counted as unmatched: a malformed URL (400), a path part too long (414), an Expect not supported (417)', async (t) => {
+  const app = await build(t)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const port = (app.server.address() as AddressInfo).port
+  // Raw requests: a client library would refuse or rewrite these URLs.
+  const send = async (head: string): Promise<number> => await rawStatus(port, `${head}\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`)
   t.equal(await send('GET /api/v1/tasks/sessions/%E0%A4%A HTTP/1.1'), 400)
   t.equal(await send('DELETE /api/v1/tasks/sessions/%FF HTTP/1.1'), 400)
   t.equal(await send(`DELETE /api/v1/tasks/sessions/${'a'.repeat(5000)} HTTP/1.1`), 414)
@@ -151,20 +156,7 @@ t.test('client errors answered before any route are counted as unmatched: a body
   const app = await build(t, { config: { TASK_REQUEST_TIMEOUT_MS: 500 } })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const port = (app.server.address() as AddressInfo).port
-  // Raw bytes: the status line of the answer, once the server wrote it.
-  const send = async (bytes: string): Promise<number> => await new Promise((resolve, reject) => {
-    const socket = net.connect(port, '127.0.0.1')
-    let answer = ''
-    socket.setEncoding('latin1').on('data', (chunk: string) => {
-      answer += chunk
-      const status = /^HTTP\/1\.1 (\d{3}) /u.exec(answer)
-      if (status !== null) {
-        socket.destroy()
-        resolve(Number(status[1]))
-      }
-    }).on('error', reject)
-    socket.write(bytes)
-  })
+  const send = async (bytes: string): Promise<number> => await rawStatus(port, bytes)
   const started = performance.now()
   const slowBody = send('POST /api/v1/tasks/create HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"session_id":')
   const slowHeaders = send('GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n')

@@ -71,6 +71,24 @@ async function postgresAppThroughProxy (t: Parameters<typeof postgresApp>[0], ur
   return { app: await postgresApp(t, viaProxy.toString(), extra, logger), proxy }
 }
 
+/**
+ * Replica a, publishing its events late (its answers do not wait for them: a race every time)
+ * at a fixed instant, and replica b with an event stream open on it.
+ */
+async function latePublisher (t: Test, url: string, extra: Record<string, string | number> = {}): Promise<{ a: FastifyInstance, b: FastifyInstance, stream: Awaited<ReturnType<typeof openStream>> }> {
+  const a = await buildApp({
+    readEnvironment: false,
+    clock: () => new Date(CLOCK_START),
+    config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_REPLICA_ID: 'a', TASK_ARCHIVE_DAYS: 0, TASK_EVENTS_FLUSH_MS: 1000, TASK_EVENTS_PUBLISH_WAIT_MS: 0, ...extra }
+  })
+  t.teardown(() => a.close())
+  await a.ready()
+  const b = await postgresApp(t, url, { TASK_REPLICA_ID: 'b' })
+  await b.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = b.server.address() as import('node:net').AddressInfo
+  return { a, b, stream: await openStream(t, `http://127.0.0.1:${port}${API}/events`) }
+}
+
 type Step = [method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown]
 
 const SCRIPT: Step[] = [
@@ -521,18 +539,7 @@ t.test('replicas: a retention deletion logged after a create of the same id thro
   const url = await testDatabase(t)
   if (url === null) return
   const DAY = 86_400_000
-  // a publishes its events late (its answers do not wait for them): the race, every time.
-  const a = await buildApp({
-    readEnvironment: false,
-    clock: () => new Date(CLOCK_START),
-    config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_REPLICA_ID: 'a', TASK_ARCHIVE_DAYS: 0, TASK_ARCHIVE_RETENTION_DAYS: 90, TASK_EVENTS_FLUSH_MS: 1000, TASK_EVENTS_PUBLISH_WAIT_MS: 0 }
-  })
-  t.teardown(() => a.close())
-  await a.ready()
-  const b = await postgresApp(t, url, { TASK_REPLICA_ID: 'b' })
-  await b.listen({ port: 0, host: '127.0.0.1' })
-  const { port } = b.server.address() as import('node:net').AddressInfo
-  const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events`)
+  const { a, b, stream } = await latePublisher(t, url, { TASK_ARCHIVE_RETENTION_DAYS: 90 })
   // Archived by another replica after a's pass at boot.
   const other = await openTestStore(t, url, 'taskvault')
   const file: SessionFile = JSON.parse(storedSession('again', ['Completed'], new Date(CLOCK_START - 100 * DAY).toISOString()))
@@ -552,18 +559,7 @@ t.test('replicas: an archive\'s event logged after a delete of the copy it made,
   const url = await testDatabase(t)
   if (url === null) return
   const DAY = 86_400_000
-  // a publishes its events late (its answers do not wait for them): the race, every time.
-  const a = await buildApp({
-    readEnvironment: false,
-    clock: () => new Date(CLOCK_START),
-    config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_REPLICA_ID: 'a', TASK_ARCHIVE_DAYS: 0, TASK_EVENTS_FLUSH_MS: 1000, TASK_EVENTS_PUBLISH_WAIT_MS: 0 }
-  })
-  t.teardown(() => a.close())
-  await a.ready()
-  const b = await postgresApp(t, url, { TASK_REPLICA_ID: 'b' })
-  await b.listen({ port: 0, host: '127.0.0.1' })
-  const { port } = b.server.address() as import('node:net').AddressInfo
-  const stream = await openStream(t, `http://127.0.0.1:${port}${API}/events`)
+  const { a, b, stream } = await latePublisher(t, url)
   const other = await openTestStore(t, url, 'taskvault')
   await other.save(JSON.parse(storedSession('brief', ['Completed'], new Date(CLOCK_START - 100 * DAY).toISOString())))
   t.same((await a.inject({ method: 'POST', url: `${API}/archive`, payload: { older_than_days: 30 } })).json().archived_ids, ['brief'], 'archived by a; its event waits to be published')
