@@ -410,6 +410,7 @@ t.test('a key the agent echoes as a JSON encoder escapes it (\\/, \\u002B), perc
   const dir = await tempDir(t)
   const key = 'AKIAabc/def+ghiJKL/mnoPQR=='
   const basic = `Basic ${Buffer.from('alice:hunter22-pw').toString('base64')}`
+  const sas = 'sv=2021&sig=AbCdEf%2BgHiJk%2FlMn%3D'
   const php = key.replaceAll('/', '\\/')
   const dotnet = key.replaceAll('+', '\\u002B').replaceAll('=', '\\u003D')
   const answers = [
@@ -421,13 +422,15 @@ t.test('a key the agent echoes as a JSON encoder escapes it (\\/, \\u002B), perc
     // quoted again inside another answer's JSON string.
     { status: 401, body: `{"error": "bad key ${encodeURIComponent(key).replace(/%[0-9A-F]{2}/gu, (hex) => hex.toLowerCase())}"}` },
     { status: 401, body: `{"error": "bad key ${encodeURIComponent(key).replaceAll('%2F', '/')}"}` },
-    { status: 401, body: `{"upstream": "{\\"error\\": \\"bad key ${key.replaceAll('/', '\\\\\\/')}\\"}"}` }
+    { status: 401, body: `{"upstream": "{\\"error\\": \\"bad key ${key.replaceAll('/', '\\\\\\/')}\\"}"}` },
+    // A key that holds percent-escapes itself (a SAS token), echoed as sent.
+    { status: 401, body: `{"error": "bad token ${sas}"}` }
   ]
   const agent = await fakeAgent(t, (req) => answers[Number(req.json.task.instruction)]!)
   const app = await build(t, {
     dir,
     agents: { default: { kind: 'webhook', url: agent.base, headers_env: 'HOOK_HEADERS', max_attempts: 1, max_response_bytes: 1024, ...FAST } },
-    env: { HOOK_HEADERS: JSON.stringify({ 'x-api-key': key, authorization: basic }) }
+    env: { HOOK_HEADERS: JSON.stringify({ 'x-api-key': key, authorization: basic, 'x-token': sas }) }
   })
   await createTasks(app, 'echoed', answers.map((_answer, i) => ({ instruction: String(i) })))
   const results = (await post(app, '/execute-all', { session_id: 'echoed' })).json().results as Array<{ status: string, error: string }>
@@ -435,10 +438,10 @@ t.test('a key the agent echoes as a JSON encoder escapes it (\\/, \\u002B), perc
   for (const [i, { status, error }] of results.entries()) {
     t.equal(status, 'Failed', `${i}: failed`)
     t.match(error, /\[redacted\]/u, `${i}: quotes the answer, redacted`, { error })
-    t.notMatch(error, /AKIA|mnoPQR|hunter22|YWxpY2/u, `${i}: no part of a secret`, { error })
+    t.notMatch(error, /AKIA|mnoPQR|hunter22|YWxpY2|AbCdEf/u, `${i}: no part of a secret`, { error })
   }
   const stored = JSON.stringify(await storedTasks(dir, 'echoed'))
-  t.notMatch(stored, /AKIA|mnoPQR|hunter22|YWxpY2/u, 'nor on disk')
+  t.notMatch(stored, /AKIA|mnoPQR|hunter22|YWxpY2|AbCdEf/u, 'nor on disk')
 })
 
 t.test('quoting an error answer of max_response_bytes full of escapes works over its start only: the server is not blocked', async (t) => {

@@ -177,7 +177,8 @@ function secretsOf (values: readonly string[]): string[] {
   const secrets = new Set<string>()
   const add = (secret: string): void => {
     if (secret.length < SECRET_MIN_CHARS) return
-    for (const form of [secret, JSON.stringify(secret).slice(1, -1), encodeURIComponent(secret)]) secrets.add(form)
+    // As the quote is: undone of escapes (a key holding `%2B` is matched as it reads then).
+    for (const form of [secret, JSON.stringify(secret).slice(1, -1), encodeURIComponent(secret)]) secrets.add(form).add(unescaped(form))
   }
   for (const value of values) {
     const parts = value.trim().split(/\s+/u)
@@ -212,11 +213,14 @@ function withoutTail (text: string, secrets: readonly string[]): string {
 
 /** The start of a body, for an error message; `cut` marks a body that was cut already. */
 function excerpt (text: string, cut = false): string {
-  const trimmed = text.trim()
+  // A cut or an escape undone may leave half of a surrogate pair: U+FFFD, as strict JSON readers refuse one.
+  const trimmed = text.trim().replace(LONE_SURROGATE, '\uFFFD')
   if (trimmed === '') return ''
   const short = truncateUtf8(trimmed, BODY_EXCERPT_BYTES)
   return `: ${short.text}${short.truncated || cut ? '…' : ''}`
 }
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/gu
 
 /** Retry-After as delay-seconds or an HTTP date; null when absent or unreadable. */
 export function parseRetryAfter (value: string | null, now = Date.now()): number | null {
