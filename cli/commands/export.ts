@@ -75,7 +75,8 @@ ${COMMON_HELP}`,
         for (let after = '0'; ;) {
           const { rows } = await client.query<StoredRow>(rowsPage(after, PAGE_ROWS))
           for (const row of rows) {
-            (row.archived ? archivedIds : activeIds).add(row.session_id)
+            // An active row counts even left out (its file stays); an archived copy only once written (it hides nothing otherwise).
+            if (!row.archived) activeIds.add(row.session_id)
             const problem = unreadable(row, keyring, proofs)
             if (problem !== null) {
               leftOut.push({ row: rowName(row), reason: problem })
@@ -87,8 +88,10 @@ ${COMMON_HELP}`,
             // The store's temp-file name: an export cut short leaves only files a server removes at start.
             const temp = join(folder, tempName(row.session_id))
             await writing(join(folder, name), left, () => writeAndRename(nodeFs, temp, join(folder, name), Buffer.from(row.document, 'utf8'), undefined, () => store.confirmLock()))
-            if (row.archived) archived++
-            else active++
+            if (row.archived) {
+              archived++
+              archivedIds.add(row.session_id)
+            } else active++
           }
           const last = rows.at(-1)
           // A page may end early at its bytes: only an empty one is the end.
