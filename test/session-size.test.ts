@@ -257,8 +257,11 @@ t.test('a reset at restore that storage refused is owed: once storage is back, t
   t.equal(poisoned.json().instruction, 'next')
   t.same(calls, ['next'], 'the task that crashed the server is not run again')
   t.match(await storedTasks(dir, 'poison'), [{ status: 'Failed', interruptions: 3, error: 'interrupted 3 times' }, { status: 'Completed' }], 'it is failed as interrupted 3 times')
-  // The same task last of its session: failed and saved so, though nothing is left to run.
+  // The same task last of its session: failed and saved so, though nothing is left to run; the live view hears it.
+  const heard: Array<[string, unknown]> = []
+  app.taskManager.events.on('task-event', (name, data) => { if (data.session_id === 'last') heard.push([name, data]) })
   const last = await post(app, '/execute', { session_id: 'last' })
+  t.match(heard, [['task.failed', { task_id: /^task_2_/u, status: 'Failed' }], ['progress', { failed: 1, in_progress: 0, all_done: true }]], 'task.failed, then the progress')
   t.equal(last.statusCode, 409, 'the last task failed: nothing to run')
   t.match(await storedTasks(dir, 'last'), [{ status: 'Completed' }, { status: 'Failed', interruptions: 3, error: 'interrupted 3 times' }], 'and so on disk')
   t.equal((await post(app, '/execute', { session_id: 'last' })).statusCode, 409, 'never run a fourth time')

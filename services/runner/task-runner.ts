@@ -577,6 +577,10 @@ export class TaskRunner {
       return { ...task }
     }, { records: true })
     owed?.settled(sessionId, noted)
+    // Tasks failed for their interruptions end as a run's do, on the live view too; the claimed
+    // task's own events follow (a task failed so is not run: when none is left, the progress says so).
+    const failed = noted.filter((note) => note.failed)
+    for (const [i, { taskId }] of failed.entries()) this.announce('task.failed', { session_id: sessionId, task_id: taskId, status: 'Failed' }, claimed === null && i === failed.length - 1)
     return claimed
   }
 
