@@ -113,7 +113,7 @@ export class TaskManager {
       shared: this.store.shared,
       owedResets: {
         has: (sessionId) => this.owedResets.has(sessionId),
-        mark: (task, now, noted) => { this.interruptions.mark(task, now, noted) },
+        mark: (tasks, now, noted) => { this.interruptions.markRunning(tasks, now, noted) },
         settled: (sessionId, noted) => {
           this.owedResets.delete(sessionId)
           this.interruptions.report(sessionId, noted)
@@ -232,7 +232,7 @@ export class TaskManager {
       let noted: Interruption[] = []
       resets.push(this.registry.change(file.session_id, (draft) => {
         noted = []
-        for (const task of liveFile(draft).session.tasks) if (task.status === 'InProgress') this.interruptions.mark(task, draft.now, noted)
+        this.interruptions.markRunning(liveFile(draft).session.tasks, draft.now, noted)
       }, { records: true }).then(() => { this.interruptions.report(file.session_id, noted) }, (err: Error) => {
         this.owedResets.add(file.session_id)
         this.log.error({ session_id: file.session_id, err }, 'Could not save the reset of interrupted tasks; the next run of the session counts them first')

@@ -47,6 +47,11 @@ export class Interruptions {
     noted.push({ taskId: task.id, count, failed })
   }
 
+  /** mark, for every task of `tasks` found running. */
+  markRunning (tasks: readonly Task[], now: Date, noted: Interruption[]): void {
+    for (const task of tasks) if (task.status === 'InProgress') this.mark(task, now, noted)
+  }
+
   /** Logs interrupted tasks once their reset is durable (a reset that failed left them as they were); those failed count as finished. */
   report (sessionId: string, noted: readonly Interruption[]): void {
     for (const { taskId, count, failed } of noted) {

@@ -43,8 +43,8 @@ export interface TaskRunnerOptions {
  */
 export interface OwedResets {
   has(sessionId: string): boolean
-  /** Counts a task found running as interrupted, in the claim's draft; noted in `noted`. */
-  mark(task: Task, now: Date, noted: Interruption[]): void
+  /** Counts the tasks of `tasks` found running as interrupted, in the claim's draft; noted in `noted`. */
+  mark(tasks: Task[], now: Date, noted: Interruption[]): void
   /** The claim that counted them landed. */
   settled(sessionId: string, noted: readonly Interruption[]): void
 }
@@ -564,7 +564,7 @@ export class TaskRunner {
     const claimed = await this.registry.change(sessionId, (draft) => {
       const tasks = liveFile(draft).session.tasks
       noted = []
-      if (owed !== null) for (const task of tasks) if (task.status === 'InProgress') owed.mark(task, draft.now, noted)
+      owed?.mark(tasks, draft.now, noted)
       // While this session is claimed nothing else runs it, so an InProgress task here is one
       // whose finishing save failed, or the one being retried: it is run (again).
       const task = taskId === null
@@ -580,7 +580,8 @@ export class TaskRunner {
     // Tasks failed for their interruptions end as a run's do, on the live view too; the claimed
     // task's own events follow (a task failed so is not run: when none is left, the progress says so).
     const failed = noted.filter((note) => note.failed)
-    for (const [i, { taskId }] of failed.entries()) this.announce('task.failed', { session_id: sessionId, task_id: taskId, status: 'Failed' }, claimed === null && i === failed.length - 1)
+    for (const { taskId } of failed) this.announce('task.failed', { session_id: sessionId, task_id: taskId, status: 'Failed' }, false)
+    if (failed.length > 0 && claimed === null) this.announceProgress(sessionId)
     return claimed
   }
 

@@ -5,7 +5,7 @@ import type { FsSeam } from './fs-seam.js'
 import type { KidProof } from './key-checks.js'
 import type { Keyring } from './keyring.js'
 import { DIR_MODE, fsyncDir, parseSessionFile, readSessionDocument, readWhole, sessionText } from './session-files.js'
-import { MAX_SESSION_FILE_BYTES, SEALED_HEAD_BYTES } from './read-batch.js'
+import { MAX_SESSION_FILE_BYTES, SEALED_HEAD_BYTES, sealedHead } from './read-batch.js'
 import type { LoadFailure, LoadedSession } from './store.js'
 import { noop } from '../noop.js'
 
@@ -79,7 +79,7 @@ export class FolderFiles {
       } finally {
         await handle.close()
       }
-      if (!head.includes('"sealed"')) return null
+      if (!sealedHead(head)) return null
       text = (await readWhole(this.options.fs, path, MAX_SESSION_FILE_BYTES)).toString('utf8')
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code

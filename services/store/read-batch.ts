@@ -65,6 +65,11 @@ const SEALED_KEY = Buffer.from('"sealed"')
 /** A sealed document names its box right after the id and times: the head is enough to tell. */
 export const SEALED_HEAD_BYTES = 512
 
+/** Whether a session file's first bytes (SEALED_HEAD_BYTES of them are enough) say it is sealed. */
+export function sealedHead (head: Buffer): boolean {
+  return head.subarray(0, SEALED_HEAD_BYTES).indexOf(SEALED_KEY) !== -1
+}
+
 // O_NOFOLLOW: a symlink swapped in after readdir is refused, not followed. O_NONBLOCK: a FIFO
 // swapped in is opened at once (then refused as no regular file), not waited on for a writer.
 const FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK
@@ -162,7 +167,7 @@ interface Opened {
  * thread reports that).
  */
 function openSealed (name: string, read: Buffer, keyring: Keyring): Opened | Extract<ReadFile, { sealed: string }> | null {
-  if (read.subarray(0, SEALED_HEAD_BYTES).indexOf(SEALED_KEY) === -1) return null
+  if (!sealedHead(read)) return null
   let document: SealedDocument
   let ciphertext: Buffer | null = null
   const quick = quickEnvelope(read)

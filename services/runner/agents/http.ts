@@ -72,8 +72,8 @@ async function exchange (who: string, url: string, payload: unknown, options: Po
     // over (undoing escapes costs a call each: the whole of one blocked the server for seconds).
     const room = ESCAPE_CHARS * BODY_EXCERPT_BYTES + 2 * (secrets[0]?.length ?? 0)
     const clipped = body.length > room
-    const plain = unescaped(clipped ? body.slice(0, room) : body)
-    return excerpt(cut || clipped ? withoutTail(redacted(plain, secrets), secrets) : redacted(plain, secrets), cut || clipped)
+    const shown = redacted(unescaped(clipped ? body.slice(0, room) : body), secrets)
+    return excerpt(cut || clipped ? withoutTail(shown, secrets) : shown, cut || clipped)
   }
   if (response.status < 200 || response.status > 299) {
     const transient = response.status === 429 || response.status >= 500
