@@ -6,7 +6,7 @@ import { checkOptions, FunctionOption } from '../plugins/options.js'
 import { acceptJsonOnly } from '../http/json-body.js'
 import { InvalidInstructionsError, InvalidOptionsError } from '../services/errors.js'
 import { createSerializerCompiler, createValidatorCompiler } from '../http/validation.js'
-import { classifyTask, parseInstructions } from '../services/session/parser.js'
+import { classifyTask, isBlank, parseInstructions } from '../services/session/parser.js'
 import type { Progress, TaskSpec } from '../services/session/session.js'
 import { ALL_SESSIONS } from '../services/task-manager.js'
 
@@ -37,7 +37,8 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
 
   app.post('/create', { bodyLimit, schema: { querystring: NoQuery, headers: CreateHeaders, body: CreateBody, response: responses.create } }, async (request, reply) => {
     const { session_id: sessionId } = request.body
-    const created = await manager.create(sessionId, taskSpecs(request.body), request.headers['idempotency-key'])
+    const specs = taskSpecs(request.body, (count) => { manager.assertTaskCount(sessionId, count) })
+    const created = await manager.create(sessionId, specs, request.headers['idempotency-key'])
     if (created.replayed) void reply.header('idempotent-replayed', 'true')
     return {
       session_id: sessionId,
@@ -122,17 +123,21 @@ function progressBody (sessionId: string, p: Progress, running: boolean) {
   return { session_id: sessionId, total: p.total, completed: p.completed, failed: p.failed, pending: p.pending, in_progress: p.in_progress, all_done: p.all_done, percentage: p.percentage, running }
 }
 
-/** Either free-text `instructions` or explicit `tasks`, never both. */
-function taskSpecs (body: CreateBody): TaskSpec[] {
+/** Either free-text `instructions` or explicit `tasks`, never both; `count` refuses too many before they are typed. */
+function taskSpecs (body: CreateBody, count: (tasks: number) => void): TaskSpec[] {
   if ((body.instructions === undefined) === (body.tasks === undefined)) {
     throw new InvalidInstructionsError('send exactly one of "instructions" (free text) or "tasks" (a list)')
   }
   if (body.instructions !== undefined) {
-    return parseInstructions(body.instructions).map((instruction) => ({ instruction, task_type: classifyTask(instruction) }))
+    const items = parseInstructions(body.instructions)
+    count(items.length)
+    return items.map((instruction) => ({ instruction, task_type: classifyTask(instruction) }))
   }
-  return (body.tasks ?? []).map(({ instruction, task_type: taskType }) => {
+  const tasks = body.tasks ?? []
+  count(tasks.length)
+  return tasks.map(({ instruction, task_type: taskType }) => {
     const text = instruction.trim()
-    if (text === '') throw new InvalidInstructionsError('task instructions must not be blank')
+    if (isBlank(text)) throw new InvalidInstructionsError('task instructions must not be blank')
     return { instruction: text, task_type: taskType ?? classifyTask(text) }
   })
 }

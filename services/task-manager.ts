@@ -284,6 +284,7 @@ export class TaskManager {
     /** A replay's mark was being written (shared). */
     let marking = false
     const { maxInstructionBytes, maxTasksPerSession } = this.settings
+    this.assertTaskCount(sessionId, specs.length)
     specs.forEach((spec, index) => {
       const bytes = Buffer.byteLength(spec.instruction, 'utf8')
       if (bytes > maxInstructionBytes) {
@@ -368,6 +369,15 @@ export class TaskManager {
 
   private assertRoom (): void {
     if (this.registry.sessionsAndCreates >= this.settings.maxSessions) throw new SessionLimitError(this.settings.maxSessions)
+  }
+
+  /**
+   * Refuses more tasks than a session may hold (TASK_MAX_TASKS_PER_SESSION), whatever it holds
+   * already: the HTTP route asks before typing what it parsed (a body of 200,000 one-line items).
+   */
+  assertTaskCount (sessionId: string, count: number): void {
+    const max = this.settings.maxTasksPerSession
+    if (count > max) throw new LimitExceededError(`session '${sessionId}' would have ${count} tasks or more; the limit is ${max} (TASK_MAX_TASKS_PER_SESSION)`)
   }
 
   get (sessionId: string): SessionFile {

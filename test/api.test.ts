@@ -52,6 +52,8 @@ t.test('POST /create rejects bad input with 400 and changes nothing', async (t) 
     ['neither instructions nor tasks', { session_id: 'x' }],
     ['both instructions and tasks', { session_id: 'x', instructions: 'a', tasks: [{ instruction: 'b' }] }],
     ['blank task', { session_id: 'x', tasks: [{ instruction: '   ' }] }],
+    ['invisible instructions', { session_id: 'x', instructions: '\u200b\u2060' }],
+    ['invisible task', { session_id: 'x', tasks: [{ instruction: 'a' }, { instruction: ' \u200b\u180e ' }] }],
     ['unknown task type', { session_id: 'x', tasks: [{ instruction: 'a', task_type: 'Magic' }] }],
     ['unknown field', { session_id: 'x', instructions: 'a', extra: true }],
     ['unknown task field', { session_id: 'x', tasks: [{ instruction: 'a', priority: 1 }] }],

@@ -340,3 +340,29 @@ t.test('parseInstructions: what review found dropped or split (stop 65)', async 
     }
   })
 })
+
+t.test('(stop 67 review) what shows nothing is blank; keywords are words after accented letters too', async (t) => {
+  t.test('instructions of invisible characters only are blank, and such an item is dropped', async (t) => {
+    for (const text of ['\u200b', ' \u200b\u2060\u180e ', '\u00ad\ufeff\u200c\u200d', '1. \u200b\n2. \u2060']) {
+      t.throws(() => parseInstructions(text), { code: 'INVALID_INSTRUCTIONS' }, JSON.stringify(text))
+    }
+    t.strictSame(parseInstructions('1. Research\n2. \u200b\u2060\n3. Design'), ['Research', 'Design'])
+    t.strictSame(parseInstructions('\u200bResearch'), ['\u200bResearch'], 'visible text keeps what surrounds it')
+  })
+
+  t.test('a keyword right after an accented letter or a combining mark is part of a longer word', async (t) => {
+    for (const text of ['Décode le fichier base64', 'précode', 'réimplementing the API', 'Großplan erstellen', 'de\u0301code it', 'x_code', 'code2']) {
+      t.equal(classifyTask(text), 'General', text)
+    }
+    t.equal(classifyTask('写一个function'), 'Coding', 'Chinese text puts no space before an English keyword')
+    t.equal(classifyTask('Ça code bien'), 'Coding', 'a keyword after an accented word and a space')
+  })
+
+  t.test('the plural and past forms of the keywords', async (t) => {
+    for (const [text, type] of [['Compare the implementations', 'Coding'], ['It codes the parser', 'Coding'], ['We coded it', 'Coding'],
+      ['Looking up prior art', 'Research'], ['She looks up the API', 'Research'], ['Looked up the docs', 'Research'],
+      ['Reasoned about the trade-off', 'Reasoning'], ['Explanations for the team', 'Analysis'], ['Descriptions of the endpoints', 'Analysis']] as const) {
+      t.equal(classifyTask(text), type, text)
+    }
+  })
+})
