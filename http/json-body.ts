@@ -58,6 +58,15 @@ export function acceptJsonOnly (app: FastifyInstance, empty: EmptyBody): void {
   })
 }
 
+/**
+ * A POST with no body has no Content-Type, so no parser above sees it: where a route takes one
+ * (its defaults), a browser's is refused as a form post is, since any web page may send it
+ * cross-site without a preflight (`fetch(url, { method: 'POST', mode: 'no-cors' })`).
+ */
+export function refuseBareBrowserPost (request: FastifyRequest): void {
+  if (fromBrowser(request)) throw formPost()
+}
+
 /** A request a browser made: it always sends these on a POST, and no page can leave them out. */
 function fromBrowser (request: FastifyRequest): boolean {
   const headers = request.headers

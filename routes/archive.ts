@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { ArchiveBody, NoQuery, responses } from '../schemas/api.js'
 import { SETTING_DEFAULTS } from '../schemas/options.js'
-import { acceptJsonOnly } from '../http/json-body.js'
+import { acceptJsonOnly, refuseBareBrowserPost } from '../http/json-body.js'
 import { ArchivePassError, ShuttingDownError } from '../services/errors.js'
 
 /** POST /archive: an archive and retention pass now, queued behind the scheduler's if one is running. */
@@ -13,8 +13,12 @@ const archiveRoutes: FastifyPluginAsyncTypebox<{ bodyLimit?: number }> = async (
 
   app.post('/archive', {
     bodyLimit: options.bodyLimit ?? SETTING_DEFAULTS.BODY_LIMIT,
-    // A bare `POST /archive` (no body) means the defaults, like `{}`; a body of `null` is not an object (400).
-    preValidation: async (request) => { if ((request.body as ArchiveBody | undefined) === undefined) request.body = {} },
+    // A bare `POST /archive` (no body) means the defaults, like `{}`, unless a web page sent it; a body of `null` is not an object (400).
+    preValidation: async (request) => {
+      if ((request.body as ArchiveBody | undefined) !== undefined) return
+      refuseBareBrowserPost(request)
+      request.body = {}
+    },
     schema: { querystring: NoQuery, body: ArchiveBody, response: responses.archive }
   }, async (request) => {
     if (app.taskManager.shuttingDown) throw new ShuttingDownError()

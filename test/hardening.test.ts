@@ -346,6 +346,18 @@ t.test('limits: a task list is held to TASK_MAX_TASKS_PER_SESSION like free text
   t.match(over.message, /the limit is 1500 \(TASK_MAX_TASKS_PER_SESSION\)/)
 })
 
+t.test('limits: more tasks than a session may hold are refused before any is typed, naming the count given', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, config: { TASK_MAX_TASKS_PER_SESSION: 3 } })
+  t.equal((await post(app, '/create', { session_id: 'cap', instructions: 'a' })).statusCode, 200)
+  for (const body of [{ instructions: '- w\n- x\n- y\n- z' }, { tasks: [{ instruction: 'w' }, { instruction: 'x' }, { instruction: 'y' }, { instruction: 'z' }] }]) {
+    const over = errorShape(t, await post(app, '/create', { session_id: 'cap', ...body }), 400, 'four given')
+    t.equal(over.code, 'LIMIT_EXCEEDED')
+    t.equal(over.message, "session 'cap' would have 4 tasks or more; the limit is 3 (TASK_MAX_TASKS_PER_SESSION)")
+  }
+  t.equal((await readSession(dir, 'cap')).session.tasks.length, 1, 'nothing added')
+})
+
 t.test('validation: a value outside a list of choices is answered with the choices', async (t) => {
   const app = await build(t)
   const type = errorShape(t, await post(app, '/create', { session_id: 'u', tasks: [{ instruction: 'a', task_type: 'coding' }] }), 400, 'a task type in the wrong case')
@@ -1076,6 +1088,14 @@ t.test('validation: POST /archive takes no body or an object; a JSON null is a 4
   const refused = await app.inject({ method: 'POST', url: `${API}/archive`, headers: { 'content-type': 'application/json' }, payload: 'null' })
   t.equal(errorShape(t, refused, 400, 'null').message, 'body must be object')
   t.equal((await get(app, '/progress?session_id=done')).json().archived, undefined, 'no pass ran: the finished session is still active')
+  // What any web page may send cross-site without a preflight (fetch with mode 'no-cors'): a bare POST.
+  for (const headers of [{ origin: 'https://evil.example' }, { 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': 'no-cors' }]) {
+    const forged = await app.inject({ method: 'POST', url: `${API}/archive`, headers })
+    errorShape(t, forged, 415, `a browser's bare POST (${Object.keys(headers).join(', ')})`)
+  }
+  t.equal((await get(app, '/progress?session_id=done')).json().archived, undefined, 'no pass ran for a web page')
+  const page = await app.inject({ method: 'POST', url: `${API}/archive`, headers: { 'content-type': 'application/json', origin: 'http://127.0.0.1', 'sec-fetch-site': 'same-origin' }, payload: '{"older_than_days": 30}' })
+  t.same(page.json().archived_ids, [], 'the dashboard\'s call (JSON, same origin) is answered')
   const bare = await app.inject({ method: 'POST', url: `${API}/archive` })
   t.same(bare.json().archived_ids, ['done'], 'no body: a pass with the defaults')
 })
