@@ -64,7 +64,9 @@ export function acceptJsonOnly (app: FastifyInstance, empty: EmptyBody): void {
  * cross-site without a preflight (`fetch(url, { method: 'POST', mode: 'no-cors' })`).
  */
 export function refuseBareBrowserPost (request: FastifyRequest): void {
-  if (fromBrowser(request)) throw formPost()
+  // A page's POST always names it (Origin) and browsers add Sec-Fetch-Site; Node's own fetch
+  // sends Sec-Fetch-Mode alone, and a server-side client posting nothing is no page.
+  if (request.headers.origin !== undefined || request.headers['sec-fetch-site'] !== undefined) throw formPost()
 }
 
 /** A request a browser made: it always sends these on a POST, and no page can leave them out. */

@@ -40,6 +40,7 @@ const ERROR_EXAMPLES: Readonly<Record<number, ErrorExample>> = {
   414: { code: 'FST_ERR_MAX_PARAM_LENGTH', error: 'URI Too Long', message: 'a part of the path is longer than 4096 characters' },
   415: { code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', error: 'Unsupported Media Type', message: "Unsupported Media Type ('application/x-www-form-urlencoded'): send the body as JSON with the header Content-Type: application/json (curl: -H 'content-type: application/json')" },
   422: { code: 'IDEMPOTENCY_KEY_REUSED', error: 'Unprocessable Entity', message: "session 'important_work' already answered a create under Idempotency-Key '4f1c2a' with other tasks; a new request needs a new key" },
+  417: { code: 'EXPECTATION_FAILED', error: 'Expectation Failed', message: "Expect 'foo' is not supported (only 100-continue is)" },
   431: { code: 'REQUEST_HEADER_FIELDS_TOO_LARGE', error: 'Request Header Fields Too Large', message: 'the request line and headers are larger than the server takes (a query string too long?)' },
   503: { code: 'STORAGE_UNAVAILABLE', error: 'Service Unavailable', message: "saving session 'important_work' failed: storage is unavailable (EIO)" },
   507: { code: 'STORAGE_FULL', error: 'Insufficient Storage', message: "saving session 'important_work' failed: storage is full (ENOSPC)" }
@@ -71,9 +72,10 @@ export const ErrorResponse = Type.Object({
  * The error answers of a route: Fastify's shape under each status, with that status's example.
  * Every route may answer, before it runs: 403 HOST_NOT_ALLOWED (a Host name not allowed, without
  * API keys: see TASK_ALLOWED_HOSTS), 400 (MISSING_HOST, besides each route's own), and Node's
- * client errors (http/client-errors.ts): 408 (TASK_REQUEST_TIMEOUT_MS) and 431 (headers too large).
+ * client errors (http/client-errors.ts): 408 (TASK_REQUEST_TIMEOUT_MS), 417 (an Expect other than
+ * 100-continue) and 431 (headers too large).
  */
-const errors = (codes: number[], own: Readonly<Record<number, ErrorExample>> = {}) => Object.fromEntries([...new Set([400, 403, 408, 431, ...codes])].sort((a, b) => a - b).map((code) => {
+const errors = (codes: number[], own: Readonly<Record<number, ErrorExample>> = {}) => Object.fromEntries([...new Set([400, 403, 408, 417, 431, ...codes])].sort((a, b) => a - b).map((code) => {
   const example = own[code] ?? ERROR_EXAMPLES[code]
   return [code, example === undefined ? ErrorResponse : { ...ErrorResponse, examples: [{ statusCode: code, ...example }] }]
 }))

@@ -258,7 +258,7 @@ t.test('a path parameter longer than the router takes is a 414, and the document
   }
 })
 
-t.test('every operation lists 408 and 431, which Node\'s client errors answer before any route, with the example a real server answers', async (t) => {
+t.test('every operation lists 408, 417 and 431, which Node\'s client errors answer before any route, with the example a real server answers', async (t) => {
   const app = await build(t, { config: { TASK_REQUEST_TIMEOUT_MS: 500 } })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const port = (app.server.address() as AddressInfo).port
@@ -272,6 +272,7 @@ t.test('every operation lists 408 and 431, which Node\'s client errors answer be
   })
   const answers = {
     408: await answer('POST /api/v1/tasks/create HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n'),
+    417: await answer('GET /api/v1/tasks/list HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: foo\r\nConnection: close\r\n\r\n'),
     431: await answer(`GET /api/v1/tasks/list?session_id=${'a'.repeat(100_000)} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`)
   }
   const doc = (await app.inject({ method: 'GET', url: '/documentation/json' })).json<OpenApi>()
