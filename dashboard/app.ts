@@ -21,12 +21,16 @@ const SESSION_ID = /^[A-Za-z0-9_-]{1,128}$/u
 
 // The API's own shapes, from the server's schemas (type-only: nothing of them reaches the bundle).
 type Progress = Static<typeof ProgressSchema>
-type Summary = Static<typeof SessionSummarySchema>
 type Task = Static<typeof TaskSchema>
+/** A session as the page shows it: `waiting`, from /progress and `progress` events, while its background run waits for storage. */
+type Summary = Static<typeof SessionSummarySchema> & { waiting?: 'storage' }
 
 interface Detail extends Summary {
   tasks: Task[]
 }
+
+/** What a session stalled on storage says: nothing moves, and nothing is wrong with the session. */
+const WAITING_TEXT = 'waiting for storage (the disk is full or failing): the run goes on by itself once saves succeed'
 
 const state = {
   sessions: new Map<string, Summary>(),
@@ -171,12 +175,13 @@ function onEvent (name: string, data: Record<string, unknown>): void {
   if (typeof id !== 'string') return
   const known = state.sessions.get(id)
   if (name === 'progress') {
-    const { session_id: _id, waiting: _waiting, ...progress } = data
+    const { session_id: _id, ...progress } = data
     // The server's time of the change: rows from the snapshot carry the server's times, and are
     // sorted against these, whatever this browser's clock says. (The browser's clock only for a
     // server too old to send it.)
     const at = typeof data.updated_at === 'string' ? data.updated_at : new Date().toISOString()
-    state.sessions.set(id, { ...(known ?? { session_id: id, created_at: at }), ...progress as unknown as Progress, updated_at: at, archived: undefined } as Summary)
+    // An event without `waiting` says the run no longer waits: the row's earlier one goes.
+    state.sessions.set(id, { ...(known ?? { session_id: id, created_at: at }), ...progress as unknown as Progress, updated_at: at, archived: undefined, waiting: data.waiting === 'storage' ? 'storage' : undefined } as Summary)
     if (state.detail?.session_id === id) {
       live = { sessionId: id, progress: progress as unknown as LiveProgress, at: Date.parse(at) }
       const d = withLive(state.detail)
@@ -190,6 +195,7 @@ function onEvent (name: string, data: Record<string, unknown>): void {
   } else if (name === 'session.archived' && known !== undefined) {
     known.archived = true
     known.running = false
+    known.waiting = undefined
   }
   // Archived (or gone) is newer than any progress event: the last one must not be drawn over it.
   if (name === 'session.archived' && live?.sessionId === id) live = null
@@ -307,6 +313,7 @@ interface Row {
   head: HTMLTableCellElement
   link: HTMLAnchorElement
   running: HTMLElement
+  waiting: HTMLElement
   archived: HTMLElement
   bar: HTMLProgressElement
   pct: HTMLElement
@@ -327,6 +334,7 @@ function makeRow (id: string): Row {
     head,
     link,
     running: el('span', { class: 'badge running' }, 'running'),
+    waiting: el('span', { class: 'badge waiting', title: WAITING_TEXT }, 'waiting for storage'),
     archived: el('span', { class: 'badge archived' }, 'archived'),
     bar,
     pct,
@@ -336,7 +344,7 @@ function makeRow (id: string): Row {
 }
 
 function updateRow (row: Row, s: Summary): Row {
-  arrange(row.head, [row.link, s.running === true && row.running, s.archived === true && row.archived])
+  arrange(row.head, [row.link, s.running === true && row.running, s.waiting === 'storage' && row.waiting, s.archived === true && row.archived])
   row.bar.value = s.percentage
   setText(row.pct, `${Math.round(s.percentage)}%`)
   setText(row.counts, `${s.completed}/${s.total} done` + (s.failed > 0 ? ` · ${s.failed} failed` : '') + (s.in_progress > 0 ? ` · ${s.in_progress} running` : '') + (s.pending > 0 ? ` · ${s.pending} pending` : ''))
@@ -459,7 +467,7 @@ const DETAIL_REFRESH_MS = 1000
  */
 const DETAIL_TASKS_PER_REFRESH = 250
 
-type LiveProgress = Progress & { running?: boolean }
+type LiveProgress = Progress & { running?: boolean, waiting?: 'storage' }
 /** The open session's newest `progress` event: drawn at once, and over a load that read the session before it. */
 let live: { sessionId: string, progress: LiveProgress, at: number } | null = null
 
@@ -471,7 +479,7 @@ let live: { sessionId: string, progress: LiveProgress, at: number } | null = nul
 function withLive (d: Detail): Detail {
   if (live === null || live.sessionId !== d.session_id || !(live.at >= Date.parse(d.updated_at))) return d
   const p = live.progress
-  return { ...d, total: p.total, completed: p.completed, failed: p.failed, pending: p.pending, in_progress: p.in_progress, all_done: p.all_done, percentage: p.percentage, running: p.running ?? d.running, archived: undefined, updated_at: new Date(live.at).toISOString() }
+  return { ...d, total: p.total, completed: p.completed, failed: p.failed, pending: p.pending, in_progress: p.in_progress, all_done: p.all_done, percentage: p.percentage, running: p.running ?? d.running, waiting: p.waiting, archived: undefined, updated_at: new Date(live.at).toISOString() }
 }
 
 /** A session's counts from its tasks, as the server's progress gives them (a status not counted here is in progress). */
@@ -562,6 +570,7 @@ function drawSummary (d: Detail): void {
   setText($('session-title'), d.session_id)
   const parts = [`${d.completed}/${d.total} done`, `${d.failed} failed`, ...(d.in_progress > 0 ? [`${d.in_progress} in progress`] : []), `${d.pending} pending`]
   if (d.running === true) parts.push('running')
+  if (d.waiting === 'storage') parts.push(WAITING_TEXT)
   if (d.archived === true) parts.push('archived')
   setText($('session-summary'), parts.join(' · '))
   const bar = $<HTMLProgressElement>('session-progress')

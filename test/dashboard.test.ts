@@ -19,6 +19,7 @@ import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { chromium, type Browser, type Page, type Request as BrowserRequest } from 'playwright-core'
 import { build, createSession, deferred, post, waitFor, type TestAppOptions, type TestContext } from './helper.js'
+import { faultFs, tempOf } from './faults.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
@@ -512,6 +513,29 @@ async function run (browser: Browser): Promise<void> {
     t.match((await post(own.app, '/archive', { older_than_days: 0 })).json(), { archived_ids: ['archived-live'] })
     await page.locator('#session-summary', { hasText: 'archived' }).waitFor()
     t.equal(await js(page, 'window.marker'), 1, 'without a reload')
+  })
+
+  t.test('a background run waiting for storage says so, on its page and its row, until saves succeed again', async (t) => {
+    const fs = faultFs()
+    const own = await serve(t, { fs, config: { TASK_RUN_RETRY_MS: 100, TASK_RUN_RETRY_MAX_MS: 200 } })
+    await createSession(own.app, 'stalled', '1. gate a\n2. b')
+    const page = await open(t, browser, `${own.base}#/session/stalled`)
+    await page.locator('#session-title', { hasText: 'stalled' }).waitFor()
+    t.equal((await post(own.app, '/execute-all', { session_id: 'stalled', wait: false })).statusCode, 202)
+    await waitFor('task a to wait at its gate', () => gates.length > 0)
+    // The disk fills while task a runs: its result cannot be saved, and the run waits for storage.
+    fs.fail('write', 'ENOSPC', { path: tempOf('stalled') })
+    gates.shift()?.()
+    await page.locator('#session-summary', { hasText: 'waiting for storage (the disk is full or failing)' }).waitFor()
+    t.pass('the session page says the run waits for storage')
+    await page.getByRole('link', { name: '← All sessions' }).click()
+    const row = page.locator('tr[data-session="stalled"]')
+    await row.locator('.badge.waiting', { hasText: 'waiting for storage' }).waitFor()
+    t.pass('its row says so too')
+    fs.heal()
+    await row.locator('.badge.running').waitFor({ state: 'detached' })
+    t.equal(await row.locator('.badge.waiting').count(), 0, 'once saves succeed and the run ends, the row no longer waits')
+    t.match(await row.innerText(), /2\/2 done/)
   })
 
   t.test('filters and search; usable at 375 px and in the dark scheme', async (t) => {
