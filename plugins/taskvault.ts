@@ -12,6 +12,7 @@ import { createSerializerCompiler, createValidatorCompiler } from '../http/valid
 import { ROUTE_DOCS } from '../schemas/route-docs.js'
 import { SESSION_ID_PATTERN } from '../schemas/session.js'
 import { InvalidOptionsError, TaskvaultError } from '../services/errors.js'
+import { noop } from '../services/noop.js'
 import { registerTaskvaultMetrics } from '../services/metrics/metrics.js'
 import archiverPlugin, { ArchiverOptionsSchema } from './archiver.js'
 import authPlugin, { AuthOptionsSchema } from './auth.js'
@@ -107,23 +108,16 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
     // too, unless this registration is given keys of its own.
     if (options.apiKeys !== undefined || !instance.hasPlugin('taskvault-auth')) await instance.register(authPlugin, { apiKeys: options.apiKeys })
     await instance.register(persistencePlugin, pick(PersistenceOptionsSchema, options))
-    await instance.register(taskManagerPlugin, pick(TaskManagerOptionsSchema, options))
-    await instance.register(archiverPlugin, pick(ArchiverOptionsSchema, options))
-    if (options.metricsRegistry !== undefined) {
-      // Subscribed now, before onReady, so the restore and every save are seen.
-      const unregister = registerTaskvaultMetrics({ registry: options.metricsRegistry, prefix: metricsPrefix, manager: instance.taskManager, store: instance.persistence })
-      instance.addHook('onClose', async () => unregister())
+    try {
+      await registerOnStore(instance, options, metricsPrefix)
+    } catch (err) {
+      // Nothing past the store registered (agents naming a variable that is not set, say): the
+      // store is let go here, since a host that gives up on a failed registration without closing
+      // would keep the folder's lock, or the pool and the replica id, and a retry in this process
+      // would find them taken.
+      await instance.persistence.close().catch(noop)
+      throw err
     }
-    await instance.register(eventsPlugin, pick(EventsOptionsSchema, options))
-    const bodyLimit = options.bodyLimit ?? appSettings(instance).BODY_LIMIT
-    await instance.register(taskRoutes, { bodyLimit })
-    await instance.register(archiveRoutes, { bodyLimit })
-    // A backup whose client stopped reading is cut once the running tasks' grace and the
-    // streams' time for their last bytes are over, as the standalone server cuts any answer.
-    const { shutdownGraceMs, eventsCloseMs } = resolveSettings({ shutdownGraceMs: 'TASK_SHUTDOWN_GRACE_MS', eventsCloseMs: 'TASK_EVENTS_CLOSE_MS' }, options, appSettings(instance))
-    const backup = resolveSettings(BACKUP_SETTINGS, options, appSettings(instance))
-    await instance.register(backupRoutes, { cutAfterMs: shutdownGraceMs + eventsCloseMs, maxClients: backup.backupMaxClients, stallMs: backup.backupStallMs, readAhead: backup.backupReadAhead })
-    await instance.register(eventRoutes)
     scope = instance
   }, { prefix, logLevel: options.logLevel, logSerializers: options.logSerializers })
 
@@ -170,4 +164,25 @@ function sessionIdOf (part: unknown): string | undefined {
   if (typeof part !== 'object' || part === null) return undefined
   const value = (part as { session_id?: unknown }).session_id
   return typeof value === 'string' && SESSION_ID.test(value) ? value : undefined
+}
+
+/** What runs on the store: the task manager, archiver, events and routes, in `instance` (the plugin's context). */
+async function registerOnStore (instance: FastifyInstance, options: TaskvaultOptions, metricsPrefix: string): Promise<void> {
+  await instance.register(taskManagerPlugin, pick(TaskManagerOptionsSchema, options))
+  await instance.register(archiverPlugin, pick(ArchiverOptionsSchema, options))
+  if (options.metricsRegistry !== undefined) {
+    // Subscribed now, before onReady, so the restore and every save are seen.
+    const unregister = registerTaskvaultMetrics({ registry: options.metricsRegistry, prefix: metricsPrefix, manager: instance.taskManager, store: instance.persistence })
+    instance.addHook('onClose', async () => unregister())
+  }
+  await instance.register(eventsPlugin, pick(EventsOptionsSchema, options))
+  const bodyLimit = options.bodyLimit ?? appSettings(instance).BODY_LIMIT
+  await instance.register(taskRoutes, { bodyLimit })
+  await instance.register(archiveRoutes, { bodyLimit })
+  // A backup whose client stopped reading is cut once the running tasks' grace and the
+  // streams' time for their last bytes are over, as the standalone server cuts any answer.
+  const { shutdownGraceMs, eventsCloseMs } = resolveSettings({ shutdownGraceMs: 'TASK_SHUTDOWN_GRACE_MS', eventsCloseMs: 'TASK_EVENTS_CLOSE_MS' }, options, appSettings(instance))
+  const backup = resolveSettings(BACKUP_SETTINGS, options, appSettings(instance))
+  await instance.register(backupRoutes, { cutAfterMs: shutdownGraceMs + eventsCloseMs, maxClients: backup.backupMaxClients, stallMs: backup.backupStallMs, readAhead: backup.backupReadAhead })
+  await instance.register(eventRoutes)
 }

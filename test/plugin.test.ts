@@ -662,3 +662,31 @@ t.test('a database down at boot, in a host with Fastify\'s pluginTimeout: the ho
   const replicas = await db.query("SELECT to_regclass('tv_embedded_down.replicas') AS table").then(async ({ rows }) => rows[0]?.table === null ? 0 : (await db.query('SELECT 1 FROM replicas')).rowCount)
   t.equal(replicas, 0, 'no replica row claimed')
 })
+
+t.test('a registration that fails past the store (agents naming a variable not set) lets the store go, though the host never closes: a retry in the process opens it', async (t) => {
+  const agents = { default: { kind: 'openai' as const, base_url: 'https://api.openai.com/v1', model: 'gpt-4o-mini', api_key_env: 'TV_UNSET_KEY' } }
+  const attempt = async (options: TaskvaultOptions): Promise<{ app: FastifyInstance, err: Error | null }> => {
+    const app = Fastify({ logger: false })
+    const err = await app.register(taskvault, options).then(() => null, (e: Error) => e)
+    return { app, err }
+  }
+  const dir = await tempDir(t)
+  const failed = await attempt({ storageDir: dir, agents, env: {} })
+  t.match(failed.err?.message, /api_key_env.*TV_UNSET_KEY is not set/u, 'the registration fails naming the variable')
+  // Not closed, as a host that only reports a failed start does: the folder's lock was let go all the same.
+  const retry = await attempt({ storageDir: dir, agents, env: { TV_UNSET_KEY: 'sk-test' } })
+  t.teardown(() => retry.app.close())
+  t.equal(retry.err, null, 'the folder opens again in the same process')
+  t.equal((await call(retry.app, 'POST', '/create', { session_id: 's', instructions: 'a' })).status, 200)
+
+  const url = await testDatabase(t)
+  if (url === null) return
+  const postgres = { store: 'postgres' as const, databaseUrl: url, dbSchema: 'tv_embedded_failed', replicaId: 'embedded-failed' }
+  const onDatabase = await attempt({ ...postgres, agents, env: {} })
+  t.match(onDatabase.err?.message, /TV_UNSET_KEY is not set/u)
+  const db = inspector(t, url, 'tv_embedded_failed')
+  t.equal((await db.query("SELECT 1 FROM replicas WHERE replica_id = 'embedded-failed'")).rowCount, 0, 'its replica id is given back')
+  const again = await attempt({ ...postgres, agents, env: { TV_UNSET_KEY: 'sk-test' } })
+  t.teardown(() => again.app.close())
+  t.equal(again.err, null, 'the same replica id registers again at once')
+})
