@@ -155,7 +155,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
 
   try {
     await app.register(configPlugin, { loaded: settings })
-    const config = app.config
+    const config = app.taskvaultConfig
     await app.register(authPlugin)
     // Both collect routes as they are added, so they come before every route.
     if (config.TASK_DOCS) await app.register(docsPlugin, { bearerAuth: config.TASK_API_KEYS.trim() !== '' })

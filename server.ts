@@ -43,7 +43,7 @@ async function main (): Promise<void> {
     app.log.info({ signal }, 'Shutting down while starting')
     // The restore ends, but no archive pass starts after it: the server is only closing.
     app.archiver.stop().catch(() => {})
-    setTimeout(exitNow, app.config.TASK_SHUTDOWN_GRACE_MS).unref()
+    setTimeout(exitNow, app.taskvaultConfig.TASK_SHUTDOWN_GRACE_MS).unref()
   }
   process.on('SIGTERM', early)
   process.on('SIGINT', early)
@@ -72,7 +72,7 @@ async function main (): Promise<void> {
     await app.close().catch(() => {})
     process.exit(0)
   }
-  const { PORT, HOST, TASK_SHUTDOWN_GRACE_MS, TASK_EVENTS_CLOSE_MS } = app.config
+  const { PORT, HOST, TASK_SHUTDOWN_GRACE_MS, TASK_EVENTS_CLOSE_MS } = app.taskvaultConfig
   // A rejection nobody observed is a bug, logged loudly with its stack. It does not take the
   // server down: every acknowledged change is already on disk, and exiting would interrupt every
   // other session's running task. A thrown exception still does (synchronous state is unknown).
@@ -133,7 +133,7 @@ async function cannotStart (app: FastifyInstance | undefined, reason: string): P
   if (app !== undefined) {
     // A start that failed after the storage lock was taken (a restore that hit EACCES, a taken
     // port) must not leave the lock behind; bounded like a shutdown.
-    setTimeout(() => process.exit(1), app.config.TASK_SHUTDOWN_GRACE_MS + 10_000).unref()
+    setTimeout(() => process.exit(1), app.taskvaultConfig.TASK_SHUTDOWN_GRACE_MS + 10_000).unref()
     await app.close().catch(() => {})
   }
   process.exit(1)

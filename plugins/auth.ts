@@ -42,8 +42,8 @@ export default fp<AuthPluginOptions>(async function authPlugin (app, options) {
   const configured = options.apiKeys ?? (setting.trim() === '' ? [] : setting.split(','))
   const keys = (await withOptionErrors(app, 'taskvault-auth', { apiKeys: 'TASK_API_KEYS' }, async () => usableKeys(configured))).map(digest)
   // Only the standalone server knows where it listens; an embedding host decides that itself.
-  if (keys.length === 0 && app.hasPlugin('taskvault-config') && !isLoopback(app.config.HOST)) {
-    app.log.warn({ host: app.config.HOST }, 'TASK_API_KEYS is empty and HOST is not loopback: anyone who can reach this port can read and change every session')
+  if (keys.length === 0 && app.hasPlugin('taskvault-config') && !isLoopback(app.taskvaultConfig.HOST)) {
+    app.log.warn({ host: app.taskvaultConfig.HOST }, 'TASK_API_KEYS is empty and HOST is not loopback: anyone who can reach this port can read and change every session')
   }
 
   app.decorate('verifyApiKey', function verifyApiKey (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) {

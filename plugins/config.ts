@@ -8,9 +8,10 @@ import { checkOptions } from './options.js'
 import { blankSettingErrors, ConfigSchema, describeSettingErrors, type Config, type SettingError } from '../schemas/config.js'
 import { droppedEnvLines, droppedEnvMessage, readDotEnvFile } from '../services/setting-file.js'
 
+// Not `config`: the name @fastify/env gives a host's own settings, whose type would clash with this one.
 declare module 'fastify' {
   interface FastifyInstance {
-    config: Config
+    taskvaultConfig: Config
   }
 }
 
@@ -32,7 +33,7 @@ const configPlugin = fp<ConfigPluginOptions>(async function configPlugin (app, o
   const unknown = Object.keys(options.values ?? {}).find((name) => !Object.hasOwn(ConfigSchema.properties, name))
   if (unknown !== undefined) throw new InvalidOptionsError('taskvault-config', `values names no setting '${unknown}'`)
   if (options.loaded !== undefined) {
-    app.decorate('config', { ...options.loaded })
+    app.decorate('taskvaultConfig', { ...options.loaded })
     return
   }
   const readEnvironment = options.readEnvironment ?? true
@@ -42,7 +43,7 @@ const configPlugin = fp<ConfigPluginOptions>(async function configPlugin (app, o
   if (blank.length > 0) throw new Error(blank.join('; '))
   try {
     await app.register(fastifyEnv, {
-      confKey: 'config',
+      confKey: 'taskvaultConfig',
       schema: structuredClone(ConfigSchema),
       env: readEnvironment,
       dotenv: readEnvironment,
@@ -55,7 +56,7 @@ const configPlugin = fp<ConfigPluginOptions>(async function configPlugin (app, o
     throw new Error(describeSettingErrors(errors).join('; '), { cause: err })
   }
   // Ajv lets "1e400" (Infinity) past minimum and maximum; a timer or bound of Infinity is never meant.
-  for (const [name, value] of Object.entries(app.config)) {
+  for (const [name, value] of Object.entries(app.taskvaultConfig)) {
     if (typeof value === 'number' && !Number.isFinite(value)) throw new Error(`${name} must be a finite number`)
   }
   // LOG_LEVEL is the standalone server's (buildApp applies it): a host's logger keeps its own level.
@@ -72,7 +73,7 @@ export async function loadConfig (options: ConfigPluginOptions = {}): Promise<Co
   try {
     await probe.register(configPlugin, options)
     await probe.ready()
-    return { ...probe.config }
+    return { ...probe.taskvaultConfig }
   } finally {
     await probe.close()
   }

@@ -25,7 +25,7 @@ export const FunctionOption = functionOption()
 
 /** What options fall back to: the app's settings when taskvault's config plugin is registered, else the defaults. */
 export function appSettings (app: FastifyInstance): Readonly<Config> {
-  return app.hasPlugin('taskvault-config') ? app.config : SETTING_DEFAULTS
+  return app.hasPlugin('taskvault-config') ? app.taskvaultConfig : SETTING_DEFAULTS
 }
 
 /** The errors a service throws for a bad setting, naming the setting. */

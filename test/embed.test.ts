@@ -105,6 +105,9 @@ t.test('the packed package installs into another project and runs the embedding 
       'app.addHook(\'onRequest\', app.verifyApiKey)',
       "app.get('/mine', { onRequest: app.verifyApiKey }, async () => 'mine')",
       'const status: number = new TaskvaultError(\'SESSION_NOT_FOUND\', \'x\').statusCode',
+      // The host's own settings, as @fastify/env types them: taskvault's building blocks leave that name to it.
+      "declare module 'fastify' { interface FastifyInstance { config: { PORT: number } } }",
+      'export const port: number = app.config.PORT',
       'export const all = [status, plugin0, plugin1, plugin2, plugin3, plugin4, plugin5, plugin6, plugin7, buildApp, FileSessionStore, TaskManager, parseInstructions, connectionConfig]'
     ].join('\n'))
     // The host's own types are node's; everything else comes from the package and what it brings.

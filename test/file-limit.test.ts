@@ -29,8 +29,8 @@ t.test('under a low limit the server caps its sockets and warns, naming the sett
   const low = await buildApp({ readEnvironment: false, logger: log.logger, fileLimit: () => 1024, config: { TASK_STORAGE_DIR: await tempDir(t) } })
   t.teardown(() => low.close())
   t.equal(low.server.maxConnections, 1024 - 256)
-  t.equal(low.config.TASK_MAX_CONNECTIONS, 261, 'the requests\' share, as the app uses it')
-  t.equal(low.config.TASK_EVENTS_MAX_CLIENTS, 507, 'the streams\' share: past it a stream is refused with 503, so streams never take the requests\' sockets')
+  t.equal(low.taskvaultConfig.TASK_MAX_CONNECTIONS, 261, 'the requests\' share, as the app uses it')
+  t.equal(low.taskvaultConfig.TASK_EVENTS_MAX_CLIENTS, 507, 'the streams\' share: past it a stream is refused with 503, so streams never take the requests\' sockets')
   t.ok(log.lines().some((line) => line.level === 40 && /ulimit -n 1024.*lowered in proportion to 261 and 507/.test(line.msg ?? '')), 'a warning at boot')
   const high = await buildApp({ readEnvironment: false, fileLimit: () => 1_000_000, config: { TASK_STORAGE_DIR: await tempDir(t), TASK_MAX_CONNECTIONS: 100, TASK_EVENTS_MAX_CLIENTS: 50 } })
   t.teardown(() => high.close())
@@ -57,7 +57,7 @@ t.test('under the cap, event streams past their share are refused and requests s
   t.teardown(() => app.close())
   await app.listen({ host: '127.0.0.1', port: 0 })
   const port = (app.server.address() as AddressInfo).port
-  const streams = app.config.TASK_EVENTS_MAX_CLIENTS
+  const streams = app.taskvaultConfig.TASK_EVENTS_MAX_CLIENTS
   t.equal(streams, 36)
   const statuses: number[] = []
   const open: ClientRequest[] = []
