@@ -15,7 +15,7 @@ import { parse } from 'yaml'
 import { loadConfig } from '../plugins/config.js'
 import { ConfigSchema } from '../schemas/config.js'
 import { parseDatabaseUrl } from '../services/store/postgres/database-url.js'
-import { FLUSH_MS, ROOT, documents, manifests as manifestsOf, plainEnv, read, resolvePort, type Doc } from './manifests.js'
+import { stopMs, ROOT, documents, manifests as manifestsOf, plainEnv, read, resolvePort, type Doc } from './manifests.js'
 
 const FOLDER = 'deploy/kubernetes/postgres'
 const manifests = async (): Promise<Doc[]> => manifestsOf(FOLDER)
@@ -186,7 +186,7 @@ t.test('Kubernetes: three replicas rolled one at a time, DATABASE_URL from a Sec
   const preStopMs = Number(container.lifecycle?.preStop?.exec?.command?.[1] ?? 0) * 1000
   t.ok(graceMs > 0, 'TASK_SHUTDOWN_GRACE_MS is set in the manifest')
   t.ok(pod.terminationGracePeriodSeconds * 1000 > graceMs, 'terminationGracePeriodSeconds is above TASK_SHUTDOWN_GRACE_MS')
-  t.ok(pod.terminationGracePeriodSeconds * 1000 >= preStopMs + graceMs + FLUSH_MS, 'and leaves time for preStop and the flush')
+  t.ok(pod.terminationGracePeriodSeconds * 1000 >= preStopMs + stopMs(env), 'and leaves time for preStop, the streams\' last events and the flush')
 
   t.ok(container.resources.requests.cpu && container.resources.requests.memory, 'resource requests')
   t.ok(container.resources.limits.memory, 'a memory limit')
@@ -259,8 +259,8 @@ t.test('docker-compose.postgres.yml: a healthy postgres on a volume first, then 
     t.ok(env.TASK_REPLICA_ID, `${name}: its own TASK_REPLICA_ID`)
     ids.push(env.TASK_REPLICA_ID ?? '')
     t.match(JSON.stringify(app.healthcheck?.test), /\/(health|ready)\b/u, `${name}: its own health check on /health or /ready`)
-    const stopMs = Number(/^(\d+)s$/u.exec(app.stop_grace_period)?.[1]) * 1000
-    t.ok(stopMs >= Number(env.TASK_SHUTDOWN_GRACE_MS) + FLUSH_MS, `${name}: stop_grace_period covers the drain and the flush`)
+    const stopGraceMs = Number(/^(\d+)s$/u.exec(app.stop_grace_period)?.[1]) * 1000
+    t.ok(stopGraceMs >= stopMs(env), `${name}: stop_grace_period covers the drain, the streams' last events and the flush`)
     knownSettings(t, Object.keys(env), name)
     const { TASK_API_KEYS: _keys, ...settings } = env
     await t.resolves(loadConfig({ values: settings, readEnvironment: false }), `${name}: every setting is one the service accepts`)

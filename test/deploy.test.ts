@@ -8,7 +8,7 @@
 import t from 'tap'
 import { parse } from 'yaml'
 import { loadConfig } from '../plugins/config.js'
-import { FLUSH_MS, manifests as manifestsOf, plainEnv, read, resolvePort, type Doc } from './manifests.js'
+import { stopMs, manifests as manifestsOf, plainEnv, read, resolvePort, type Doc } from './manifests.js'
 
 const manifests = async (): Promise<Doc[]> => manifestsOf('deploy/kubernetes')
 
@@ -59,7 +59,7 @@ t.test('Kubernetes: one writer, a persistent volume, probes, grace period, non-r
   const preStopMs = Number(container.lifecycle?.preStop?.exec?.command?.[1] ?? 0) * 1000
   t.ok(graceMs > 0, 'TASK_SHUTDOWN_GRACE_MS is set in the manifest')
   t.ok(pod.terminationGracePeriodSeconds * 1000 > graceMs, 'terminationGracePeriodSeconds is above TASK_SHUTDOWN_GRACE_MS')
-  t.ok(pod.terminationGracePeriodSeconds * 1000 >= preStopMs + graceMs + FLUSH_MS, 'and leaves time for preStop and the flush')
+  t.ok(pod.terminationGracePeriodSeconds * 1000 >= preStopMs + stopMs(env), 'and leaves time for preStop, the streams\' last events and the flush')
 
   t.ok(container.resources.requests.cpu && container.resources.requests.memory, 'resource requests')
   t.ok(container.resources.limits.memory, 'a memory limit')
@@ -87,8 +87,8 @@ t.test('docker-compose.yml: a named volume at TASK_STORAGE_DIR, a stop grace abo
   const [volume, path] = (service.volumes[0] as string).split(':')
   t.equal(path, env.TASK_STORAGE_DIR, 'the volume is mounted at TASK_STORAGE_DIR')
   t.ok(volume !== undefined && volume in compose.volumes, 'a named volume, declared')
-  const stopMs = Number(/^(\d+)s$/u.exec(service.stop_grace_period)?.[1]) * 1000
-  t.ok(stopMs >= Number(env.TASK_SHUTDOWN_GRACE_MS) + FLUSH_MS, 'stop_grace_period covers the drain and the flush')
+  const stopGraceMs = Number(/^(\d+)s$/u.exec(service.stop_grace_period)?.[1]) * 1000
+  t.ok(stopGraceMs >= stopMs(env), 'stop_grace_period covers the drain, the streams\' last events and the flush')
   const { TASK_API_KEYS: _keys, ...settings } = env
   await t.resolves(loadConfig({ values: settings, readEnvironment: false }))
 })

@@ -4,11 +4,20 @@
  */
 import { readFile } from 'node:fs/promises'
 import { parse, parseAllDocuments } from 'yaml'
+import { SETTING_DEFAULTS } from '../schemas/options.js'
 
 export const ROOT = new URL('../../', import.meta.url)
 export const read = (path: string): Promise<string> => readFile(new URL(path, ROOT), 'utf8')
 /** server.ts gives writes this long to flush after the grace period. */
 export const FLUSH_MS = 10_000
+
+/**
+ * How long server.ts may take to stop, as a container's settings `env` set it: the grace for
+ * running tasks, then the streams' time for their last events, then the flush.
+ */
+export function stopMs (env: Record<string, string | undefined>): number {
+  return Number(env.TASK_SHUTDOWN_GRACE_MS ?? SETTING_DEFAULTS.TASK_SHUTDOWN_GRACE_MS) + Number(env.TASK_EVENTS_CLOSE_MS ?? SETTING_DEFAULTS.TASK_EVENTS_CLOSE_MS) + FLUSH_MS
+}
 
 export type Doc = Record<string, any>
 
