@@ -348,6 +348,8 @@ t.test('(stop 67 review) what shows nothing is blank; keywords are words after a
     }
     t.strictSame(parseInstructions('1. Research\n2. \u200b\u2060\n3. Design'), ['Research', 'Design'])
     t.strictSame(parseInstructions('\u200bResearch'), ['\u200bResearch'], 'visible text keeps what surrounds it')
+    t.strictSame(parseInstructions('\u200b\nTask 1: research\nTask 2: design'), ['research', 'design'], 'nothing visible before task markers')
+    t.strictSame(parseInstructions('\u06dd'), ['\u06dd'], 'a format character that draws a mark (the Arabic end of ayah) is no blank')
   })
 
   t.test('a keyword right after an accented letter or a combining mark is part of a longer word', async (t) => {
@@ -355,12 +357,13 @@ t.test('(stop 67 review) what shows nothing is blank; keywords are words after a
       t.equal(classifyTask(text), 'General', text)
     }
     t.equal(classifyTask('写一个function'), 'Coding', 'Chinese text puts no space before an English keyword')
+    for (const text of ['ช่วยแก้debugที่หน้าlogin', 'इसेdebug करो', 'कृपयाrefactor करें']) t.equal(classifyTask(text), 'Coding', `${text}: nor do Thai and Hindi, whose syllables end in marks`)
     t.equal(classifyTask('Ça code bien'), 'Coding', 'a keyword after an accented word and a space')
   })
 
-  t.test('the plural and past forms of the keywords', async (t) => {
-    for (const [text, type] of [['Compare the implementations', 'Coding'], ['It codes the parser', 'Coding'], ['We coded it', 'Coding'],
-      ['Looking up prior art', 'Research'], ['She looks up the API', 'Research'], ['Looked up the docs', 'Research'],
+  t.test('the plural and past forms of the keywords; "codes" and "coded" are words of other work (ZIP codes, color-coded)', async (t) => {
+    for (const [text, type] of [['Compare the implementations', 'Coding'], ['Find the ZIP codes for these addresses', 'Research'], ['Explain the HTTP status codes', 'Analysis'],
+      ['Describe the color-coded chart', 'Analysis'], ['Looking up prior art', 'Research'], ['She looks up the API', 'Research'], ['Looked up the docs', 'Research'],
       ['Reasoned about the trade-off', 'Reasoning'], ['Explanations for the team', 'Analysis'], ['Descriptions of the endpoints', 'Analysis']] as const) {
       t.equal(classifyTask(text), type, text)
     }

@@ -198,7 +198,7 @@ function taskMarkerItems (text: string): string[] | undefined {
   if (first === undefined || markers.length < 2) return undefined
   const lead = text.slice(0, first.start)
   const items = markers.map((marker, i) => text.slice(marker.end, markers[i + 1]?.start ?? text.length))
-  if (lead.trim() === '' || isHeading(lead)) return items
+  if (isBlank(lead) || isHeading(lead)) return items
   // An instruction introducing the markers ("Only use staging: Task 1: ...") is a task of its own; other text before them makes them prose.
   return lead.trim().endsWith(':') ? [lead, ...items] : undefined
 }
@@ -329,13 +329,14 @@ function stripTrailingJoiners (part: string): string {
 
 // Checked in this order; the first family with a match decides the type. A keyword is a word of
 // its own: `\b` knows ASCII letters only, so an accented letter before one ("décode") would end a
-// word. Only Latin letters (and their combining marks), digits and `_` join one: an English
-// keyword written against Chinese or Japanese text, which puts no space there, still counts.
-const WORD_START = String.raw`(?<![\p{Script=Latin}\p{M}\p{N}_])`
+// word. Only Latin letters (with their combining marks), digits and `_` join one: an English
+// keyword written against Chinese, Japanese, Thai or Hindi text, which puts no space there, still
+// counts (the marks ending a Thai or Devanagari syllable are no Latin letter's).
+const WORD_START = String.raw`(?<![\p{Script=Latin}\p{N}_]\p{M}*)`
 const WORD_END = String.raw`(?![\p{Script=Latin}\p{M}\p{N}_])`
 const keywords = (words: string): RegExp => new RegExp(`${WORD_START}(?:${words})${WORD_END}`, 'iu')
 const TYPE_KEYWORDS: ReadonlyArray<readonly [TaskType, RegExp]> = [
-  ['Coding', keywords(String.raw`write\s+(?:some\s+|the\s+|a\s+)?code|cod(?:e|es|ed|ing)|implement(?:s|ed|ing|ations?)?|functions?|class(?:es)?|fix(?:es|ed|ing)?\s+(?:(?:a|an|the|this|that|these|those|all(?:\s+the)?|my|our|your)\s+)?(?:[\p{L}-]+\s+)?bugs?|bugfix(?:es)?|debug(?:s|ged|ging)?|refactor(?:s|ed|ing)?`)],
+  ['Coding', keywords(String.raw`write\s+(?:some\s+|the\s+|a\s+)?code|code|coding|implement(?:s|ed|ing|ations?)?|functions?|class(?:es)?|fix(?:es|ed|ing)?\s+(?:(?:a|an|the|this|that|these|those|all(?:\s+the)?|my|our|your)\s+)?(?:[\p{L}-]+\s+)?bugs?|bugfix(?:es)?|debug(?:s|ged|ging)?|refactor(?:s|ed|ing)?`)],
   ['Analysis', keywords(String.raw`analy[sz](?:e|es|ed|ing|is)|explain(?:s|ed|ing)?|explanations?|what\s+is|describ(?:e|es|ed|ing)|descriptions?`)],
   // Before Research's "search": writing one is code (the design document's example), explaining one is not.
   ['Coding', keywords(String.raw`write\s+(?:a\s+|an\s+|the\s+)?(?:binary|linear)\s+search`)],
@@ -351,7 +352,8 @@ export function isBlank (text: string): boolean {
   return BLANK.test(text)
 }
 
-const BLANK = /^[\p{White_Space}\p{Cf}]*$/u
+// Format characters but the few that draw a mark of their own (Arabic number signs, the Syriac abbreviation mark).
+const BLANK = /^(?:(?![\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\u{110bd}\u{110cd}])[\p{White_Space}\p{Cf}])*$/u
 
 /** The seed's keyword routing, case-insensitive; General when nothing matches. */
 export function classifyTask (instruction: string): TaskType {
