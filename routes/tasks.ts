@@ -37,8 +37,10 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
 
   app.post('/create', { bodyLimit, schema: { querystring: NoQuery, headers: CreateHeaders, body: CreateBody, response: responses.create } }, async (request, reply) => {
     const { session_id: sessionId } = request.body
-    const specs = taskSpecs(request.body, (count) => { manager.assertTaskCount(sessionId, count) })
-    const created = await manager.create(sessionId, specs, request.headers['idempotency-key'])
+    const key = request.headers['idempotency-key']
+    // A replay is answered whatever the limits are now (they may have been lowered since): create() judges that.
+    const specs = taskSpecs(request.body, (count) => { if (key === undefined) manager.assertTaskCount(sessionId, count) })
+    const created = await manager.create(sessionId, specs, key)
     if (created.replayed) void reply.header('idempotent-replayed', 'true')
     return {
       session_id: sessionId,
@@ -96,13 +98,18 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     // The validator has filled in the defaults already; these only tell TypeScript so.
     const { session_id: sessionId, limit = LIST_DEFAULTS.limit, offset = LIST_DEFAULTS.offset, archived: filter = LIST_DEFAULTS.archived } = request.query
     if (sessionId === ALL_SESSIONS) {
+      // A run waiting for storage says so, as /progress does: one lookup per running session shown.
+      const waits = (s: { session_id: string, running?: boolean }): boolean => s.running === true && manager.waitingFor(s.session_id) !== null
       if (filter === 'exclude') {
         const page = await manager.list(offset, limit)
-        return { total: page.total, sessions: page.sessions, offset, limit }
+        return { total: page.total, sessions: page.sessions.map((s) => waits(s) ? { ...s, waiting: 'storage' as const } : s), offset, limit }
       }
       const page = await manager.listWithArchived(offset, limit, filter)
       // Only the page is looked at: a running marker costs one map lookup per session shown.
-      const sessions = page.sessions.map((s) => ({ ...s, running: 'running' in s ? s.running : manager.isRunning(s.session_id) }))
+      const sessions = page.sessions.map((s) => {
+        const shown = { ...s, running: 'running' in s ? s.running : manager.isRunning(s.session_id) }
+        return waits(shown) ? { ...shown, waiting: 'storage' as const } : shown
+      })
       return { total: page.total, sessions, offset, limit }
     }
     const { file, archived } = await manager.find(sessionId)

@@ -132,6 +132,9 @@ export const Progress = Type.Object({
   percentage: Type.Number()
 })
 
+/** Present only while a background run waits for storage. */
+const Waiting = Type.Optional(Type.Literal('storage', { description: 'The background run is waiting for storage (a full or failing disk) and goes on by itself once saves succeed' }))
+
 /** Present (and true) only on archived sessions. */
 const Archived = Type.Optional(Type.Literal(true, { description: 'The session is in the archive' }))
 
@@ -140,7 +143,7 @@ export const ProgressResponse = Type.Composite([
   Progress,
   Type.Object({
     running: Type.Boolean({ description: 'An execution (foreground or background) holds the session now' }),
-    waiting: Type.Optional(Type.Literal('storage', { description: 'The background run is waiting for storage (a full or failing disk) and goes on by itself once saves succeed' })),
+    waiting: Waiting,
     archived: Archived
   })
 ], { examples: [{ session_id: 'important_work', ...exampleProgress, running: false }] })
@@ -219,7 +222,7 @@ export const SessionDetail = Type.Object({
 export const SessionSummary = Type.Composite([
   Type.Object({ session_id: SessionId, created_at: Timestamp, updated_at: Timestamp }),
   Progress,
-  Type.Object({ archived: Archived, running: Type.Optional(Type.Boolean({ description: 'An execution holds the session now (active sessions)' })) })
+  Type.Object({ archived: Archived, running: Type.Optional(Type.Boolean({ description: 'An execution holds the session now (active sessions)' })), waiting: Waiting })
 ])
 
 export const SessionList = Type.Object({

@@ -284,13 +284,6 @@ export class TaskManager {
     /** A replay's mark was being written (shared). */
     let marking = false
     const { maxInstructionBytes, maxTasksPerSession } = this.settings
-    this.assertTaskCount(sessionId, specs.length)
-    specs.forEach((spec, index) => {
-      const bytes = Buffer.byteLength(spec.instruction, 'utf8')
-      if (bytes > maxInstructionBytes) {
-        throw new LimitExceededError(`task ${index + 1} is ${bytes} bytes; the limit is ${maxInstructionBytes} (TASK_MAX_INSTRUCTION_BYTES)`)
-      }
-    })
     let origin: 'created' | 'unarchived' | null = null
     // Shared: judged on this replica's copy first (no round trip); a refusal only on the stored one.
     // `mark`: a replay through another replica may be written (see below).
@@ -322,6 +315,13 @@ export class TaskManager {
         return durable ? unchanged(tasks) : tasks
       }
       replayed = false
+      // The limits hold for what is added now, not for a replay of what was taken under other ones.
+      specs.forEach((spec, index) => {
+        const bytes = Buffer.byteLength(spec.instruction, 'utf8')
+        if (bytes > maxInstructionBytes) {
+          throw new LimitExceededError(`task ${index + 1} is ${bytes} bytes; the limit is ${maxInstructionBytes} (TASK_MAX_INSTRUCTION_BYTES)`)
+        }
+      })
       const existing = draft.file?.session.tasks.length ?? archivedCopy?.file.session.tasks.length ?? 0
       const total = existing + specs.length
       if (total > maxTasksPerSession) {
@@ -373,7 +373,8 @@ export class TaskManager {
 
   /**
    * Refuses more tasks than a session may hold (TASK_MAX_TASKS_PER_SESSION), whatever it holds
-   * already: the HTTP route asks before typing what it parsed (a body of 200,000 one-line items).
+   * already: the HTTP route asks before typing what it parsed (a body of 200,000 one-line items),
+   * unless the create may be a replay (an Idempotency-Key), which create() answers under any limit.
    */
   assertTaskCount (sessionId: string, count: number): void {
     const max = this.settings.maxTasksPerSession

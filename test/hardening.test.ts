@@ -346,6 +346,25 @@ t.test('limits: a task list is held to TASK_MAX_TASKS_PER_SESSION like free text
   t.match(over.message, /the limit is 1500 \(TASK_MAX_TASKS_PER_SESSION\)/)
 })
 
+t.test('limits: a create replayed with its Idempotency-Key after the limits were lowered is answered as the first time; a new one is refused', async (t) => {
+  const dir = await tempDir(t)
+  const before = await build(t, { dir, config: { TASK_MAX_TASKS_PER_SESSION: 10, TASK_MAX_INSTRUCTION_BYTES: 100 } })
+  const send = async (app: typeof before, key: string | undefined, instructions: string): Promise<Awaited<ReturnType<typeof app.inject>>> =>
+    app.inject({ method: 'POST', url: `${API}/create`, headers: key === undefined ? {} : { 'idempotency-key': key }, payload: { session_id: 'keyed', instructions } })
+  const five = '- a\n- b\n- c\n- d\n- ' + 'e'.repeat(60)
+  t.equal((await send(before, 'k1', five)).statusCode, 200)
+  await before.close()
+  // Restarted with lower limits (or reached through a replica that runs them): the stored tasks stand.
+  const after = await build(t, { dir, config: { TASK_MAX_TASKS_PER_SESSION: 3, TASK_MAX_INSTRUCTION_BYTES: 50 } })
+  const replay = await send(after, 'k1', five)
+  t.equal(replay.statusCode, 200, replay.body)
+  t.equal(replay.headers['idempotent-replayed'], 'true')
+  t.equal(replay.json().total_tasks, 5, 'the first answer')
+  t.equal(errorShape(t, await send(after, 'k2', five), 400, 'the same tasks under a new key').code, 'LIMIT_EXCEEDED')
+  t.equal(errorShape(t, await send(after, undefined, five), 400, 'without a key').code, 'LIMIT_EXCEEDED')
+  t.equal((await readSession(dir, 'keyed')).session.tasks.length, 5, 'nothing added')
+})
+
 t.test('limits: more tasks than a session may hold are refused before any is typed, naming the count given', async (t) => {
   const dir = await tempDir(t)
   const app = await build(t, { dir, config: { TASK_MAX_TASKS_PER_SESSION: 3 } })

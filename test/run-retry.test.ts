@@ -105,6 +105,11 @@ t.test('through the fs seam: EIO on saves; cancel during the wait ends the run; 
   const before = refused
   await waitFor('more tries', async () => refused >= before + 2)
   t.match(await progressOf(app, 'eio'), { running: true })
+  // Lists say so too, as the dashboard's overview reads them.
+  for (const archived of ['exclude', 'include']) {
+    const listed = (await get(app, `/list?session_id=all&archived=${archived}`)).json().sessions
+    t.match(listed, [{ session_id: 'eio', running: true, waiting: 'storage' }], `GET /list (archived=${archived}) says the run waits for storage`)
+  }
   failing = false
   await waitFor('the run to finish', async () => (await progressOf(app, 'eio')).running === false)
   t.match(await progressOf(app, 'eio'), { all_done: true, completed: 3 })
