@@ -66,9 +66,9 @@ t.test('LOG_PRETTY=true: the server logs through pino-pretty', async (t) => {
 })
 
 /** The server on a free port with its stdout on the descriptor `stdout`, ready (its /ready 200); killed at teardown. */
-async function serverWithStdout (t: Test, dir: string, stdout: number): Promise<{ child: ChildProcess, base: string, exited: Promise<number | null>, stderr: () => string }> {
+async function serverWithStdout (t: Test, dir: string, stdout: number, env: Record<string, string> = {}): Promise<{ child: ChildProcess, base: string, exited: Promise<number | null>, stderr: () => string }> {
   const port = await freePort()
-  const child = spawn(...node([SERVER]), { cwd: dir, env: baseEnv({ PORT: String(port) }), stdio: ['ignore', stdout, 'pipe'] })
+  const child = spawn(...node([SERVER]), { cwd: dir, env: baseEnv({ PORT: String(port), ...env }), stdio: ['ignore', stdout, 'pipe'] })
   let stderr = ''
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
   const exited = new Promise<number | null>((resolve) => child.once('close', (code) => { resolve(code) }))
@@ -86,40 +86,43 @@ async function serverWithStdout (t: Test, dir: string, stdout: number): Promise<
   return { child, base, exited, stderr: () => stderr }
 }
 
-t.test('a log that cannot be written (stdout on a full disk: /dev/full) never stops the server: it serves, and SIGTERM exits 0', async (t) => {
-  const { dir } = await scratch(t)
-  const stdout = openSync('/dev/full', 'w')
-  const { child, base, exited, stderr } = await serverWithStdout(t, dir, stdout)
-  closeSync(stdout)
-  for (let i = 0; i < 20; i++) {
-    const res = await fetch(`${base}/api/v1/tasks/create`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ session_id: `s${i}`, instructions: 'a' }) })
-    t.equal(res.status, 200, `create ${i}`)
-  }
-  t.equal(((await fetch(`${base}/api/v1/tasks/list?session_id=all`).then(async (res) => res.json())) as { total: number }).total, 20, 'every create landed')
-  child.kill('SIGTERM')
-  t.equal(await Promise.race([exited, sleep(20_000, 'hung', { ref: false })]), 0, `SIGTERM exits 0 ${stderr()}`)
-})
+// Both ways of printing: JSON lines, and pino-pretty's (LOG_PRETTY=true) through the same destination.
+for (const pretty of ['false', 'true']) {
+  t.test(`LOG_PRETTY=${pretty}: a log that cannot be written (stdout on a full disk: /dev/full) never stops the server: it serves, and SIGTERM exits 0`, async (t) => {
+    const { dir } = await scratch(t)
+    const stdout = openSync('/dev/full', 'w')
+    const { child, base, exited, stderr } = await serverWithStdout(t, dir, stdout, { LOG_PRETTY: pretty })
+    closeSync(stdout)
+    for (let i = 0; i < 20; i++) {
+      const res = await fetch(`${base}/api/v1/tasks/create`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ session_id: `s${i}`, instructions: 'a' }) })
+      t.equal(res.status, 200, `create ${i}`)
+    }
+    t.equal(((await fetch(`${base}/api/v1/tasks/list?session_id=all`).then(async (res) => res.json())) as { total: number }).total, 20, 'every create landed')
+    child.kill('SIGTERM')
+    t.equal(await Promise.race([exited, sleep(20_000, 'hung', { ref: false })]), 0, `SIGTERM exits 0 ${stderr()}`)
+  })
 
-t.test('stdout a pipe whose reader stops reading: the server serves on, and SIGTERM exits 0 (the exit does not wait on the full pipe)', async (t) => {
-  const { dir } = await scratch(t)
-  const fifo = join(dir, 'stdout.fifo')
-  execFileSync('mkfifo', [fifo])
-  // Held open for reading and writing, never read: the pipe has a reader, and fills.
-  const pipe = openSync(fifo, constants.O_RDWR)
-  t.teardown(() => { closeSync(pipe) })
-  const { child, base, exited, stderr } = await serverWithStdout(t, dir, pipe)
-  // Some 1.2 MB of request lines: far past what the pipe holds (64 KiB).
-  const pad = 'x'.repeat(4096)
-  let answered = 0
-  for (let i = 0; i < 300; i++) {
-    const res = await fetch(`${base}/api/v1/tasks/progress?session_id=s${i}&pad=${pad}`)
-    await res.arrayBuffer()
-    if (res.status === 400) answered++
-  }
-  t.equal(answered, 300, 'every request answered')
-  child.kill('SIGTERM')
-  t.equal(await Promise.race([exited, sleep(20_000, 'hung', { ref: false })]), 0, `SIGTERM exits 0 ${stderr()}`)
-})
+  t.test(`LOG_PRETTY=${pretty}: stdout a pipe whose reader stops reading: the server serves on, and SIGTERM exits 0 (the exit does not wait on the full pipe)`, async (t) => {
+    const { dir } = await scratch(t)
+    const fifo = join(dir, 'stdout.fifo')
+    execFileSync('mkfifo', [fifo])
+    // Held open for reading and writing, never read: the pipe has a reader, and fills.
+    const pipe = openSync(fifo, constants.O_RDWR)
+    t.teardown(() => { closeSync(pipe) })
+    const { child, base, exited, stderr } = await serverWithStdout(t, dir, pipe, { LOG_PRETTY: pretty })
+    // Some 1.2 MB of request lines: far past what the pipe holds (64 KiB).
+    const pad = 'x'.repeat(4096)
+    let answered = 0
+    for (let i = 0; i < 300; i++) {
+      const res = await fetch(`${base}/api/v1/tasks/progress?session_id=s${i}&pad=${pad}`)
+      await res.arrayBuffer()
+      if (res.status === 400) answered++
+    }
+    t.equal(answered, 300, 'every request answered')
+    child.kill('SIGTERM')
+    t.equal(await Promise.race([exited, sleep(20_000, 'hung', { ref: false })]), 0, `SIGTERM exits 0 ${stderr()}`)
+  })
+}
 
 t.test('a log reader that stops reading: lines past LOG_QUEUE_BYTES are dropped, the server serves on, and a warning counts them once it reads again', async (t) => {
   const { start } = await scratch(t)
