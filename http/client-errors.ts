@@ -41,6 +41,7 @@ export function clientErrors (connections: () => ConnectionGuard | null, observe
     // A second answer to one request would be read by the client as the answer to its next.
     if (guard?.answeredEarly(socket) === true) {
       this.log.info({ code: err.code, err: err.message }, 'Client error on a request answered before it arrived in full; the connection is closed')
+      settling.add(socket)
       endAndClose(socket)
       return
     }
@@ -75,6 +76,8 @@ export function clientErrors (connections: () => ConnectionGuard | null, observe
       }).once('close', close)
       return
     }
+    // Node reports bytes arriving after the error as errors of their own until the socket is gone: answered once, logged once.
+    settling.add(socket)
     if (!started) answerAndClose(socket, answer, answered)
     else socket.destroy()
   }

@@ -248,6 +248,9 @@ t.test('client errors are answered in the error shape with a code and logged; by
   await garbage.closed
   t.match(json(garbage), { statusCode: 400, code: 'BAD_REQUEST', error: 'Bad Request' })
   await waitFor('the log lines', () => logLines(server.stdout()).filter((line) => line.msg === 'Client error: the request was not answered by a route').length >= 3)
+  await sleep(300)
+  const tooLarge = logLines(server.stdout()).filter((line) => line.msg === 'Client error: the request was not answered by a route' && line.code === 'REQUEST_HEADER_FIELDS_TOO_LARGE')
+  t.equal(tooLarge.length, 1, 'headers too large are logged once, though their bytes kept coming after the error')
 
   // What Node answers itself unless told otherwise: no Host (400), an Expect it does not know (417), CONNECT (closed unanswered).
   const hostless = await connect(t, server, 'GET /health HTTP/1.1\r\n\r\n')
