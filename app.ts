@@ -13,7 +13,7 @@ import healthRoutes from './routes/health.js'
 import rootRoutes from './routes/root.js'
 import { createValidatorCompiler } from './http/validation.js'
 import { answerUnrouted, clientErrors, missingHost, observeWhenSent, type UnroutedObserver } from './http/client-errors.js'
-import { SAFE_METHODS, guardConnections, type ConnectionGuard } from './http/connections.js'
+import { guardConnections, type ConnectionGuard } from './http/connections.js'
 import { hostCheck } from './http/allowed-hosts.js'
 import { openFileLimit, socketBudget } from './http/file-limit.js'
 import type { Config } from './schemas/config.js'
@@ -145,8 +145,10 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
       done(refusal)
       return
     }
-    // Reads run at once, unless a change sent before them is unanswered (then in turn, to see it).
-    if (SAFE_METHODS.has(request.method) && (request.routeOptions.config.ownTurn === true || !connections.changeAhead(reply.raw))) {
+    // Every request waits for the answers sent before it on its connection, reads too: run side by
+    // side, a pipelined batch of reads (hundreds in one packet) would build and hold every answer
+    // at once, gigabytes for a client that does not read; in turn, one is held and TASK_MAX_PIPELINED wait.
+    if (request.routeOptions.config.ownTurn === true) {
       done()
       return
     }

@@ -36,9 +36,6 @@ export interface ConnectionLimits {
   maxWaiting: number
 }
 
-/** Methods that change nothing: pipelined one behind another, they run at once, side by side. */
-export const SAFE_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS'])
-
 declare module 'fastify' {
   interface FastifyContextConfig {
     /** The route keeps its own turn behind earlier answers on its connection (an event stream): onRequest does not hold it. */
@@ -75,12 +72,6 @@ export interface ConnectionGuard {
    * ConnectionClosedError), or `refuse` named an error for it.
    */
   inTurn: (res: ServerResponse, go: (refusal: Error | null) => void) => void
-  /**
-   * True when a change (not a SAFE_METHODS request) sent before `res` on its connection, or a read
-   * waiting behind one, was unanswered when `res` arrived: a read then waits its turn too, so
-   * that it sees the change its client sent first (RFC 9112 lets only safe requests run side by side).
-   */
-  changeAhead: (res: ServerResponse) => boolean
   /** The answer owed on `socket` (unfinished), or null. */
   owed: (socket: Socket) => OwedAnswer | null
   /**
@@ -138,8 +129,6 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   const arrived = new WeakMap<Socket, number>()
   /** The answer still being sent on the connection when a request arrived behind it (pipelined). */
   const before = new WeakMap<ServerResponse, ServerResponse>()
-  /** Answers that arrived behind an unanswered change (changeAhead). */
-  const afterChange = new WeakSet<ServerResponse>()
   /** Requests waiting in inTurn for the answers before theirs. */
   const waiting = new WeakSet<ServerResponse>()
   /** How many wait on each socket (bounded by maxWaiting). */
@@ -170,10 +159,7 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   // Ahead of Fastify's own listener, which may run the request's hooks at once.
   server.prependListener('request', (req, res: ServerResponse) => {
     const previous = answers.get(req.socket)
-    if (previous !== undefined && !previous.writableFinished) {
-      before.set(res, previous)
-      if (!SAFE_METHODS.has(previous.req.method ?? '') || afterChange.has(previous)) afterChange.add(res)
-    }
+    if (previous !== undefined && !previous.writableFinished) before.set(res, previous)
     answers.set(req.socket, res)
     arrived.set(req.socket, performance.now())
   })
@@ -210,7 +196,6 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   }
 
   return {
-    changeAhead: (res) => afterChange.has(res),
     inTurn: (res, go) => {
       const previous = before.get(res)
       if (previous === undefined || previous.writableFinished) {

@@ -410,3 +410,26 @@ t.test('TASK_MAX_PIPELINED: requests pipelined behind a slow change wait their t
   await waitFor('the change to be stored', async () => (await call(server, 'GET', `${API}/progress?session_id=slow`)).body.completed === 2)
   t.equal((await call(server, 'GET', '/health')).status, 200, 'the server serves on')
 })
+
+t.test('reads pipelined behind an answer the client does not take wait their turn: one answer is held, not one per read, and past TASK_MAX_PIPELINED the connection is closed', async (t) => {
+  const { start } = await scratch(t)
+  const server = await start({ TASK_MAX_PIPELINED: '4' })
+  // A session whose whole answer is some 2.7 MB, created in appends under BODY_LIMIT.
+  for (let part = 0; part < 3; part++) {
+    const tasks = Array.from({ length: 15 }, (_, i) => ({ instruction: `${part}.${i} ${'x'.repeat(60_000)}` }))
+    t.equal((await call(server, 'POST', `${API}/create`, { session_id: 'big', tasks })).status, 200)
+  }
+  const rss = async (): Promise<number> => Number(/VmRSS:\s+(\d+)/u.exec(await readFile(`/proc/${server.child.pid}/status`, 'utf8'))?.[1]) * 1024
+  const before = await rss()
+  // 64 reads in one packet from a client that never reads: run side by side, each answer was built and held (170 MB).
+  const reader = await connect(t, server)
+  reader.socket.pause()
+  reader.socket.write(`GET ${API}/list?session_id=big HTTP/1.1\r\nHost: localhost\r\n\r\n`.repeat(64))
+  t.ok(await within(reader.closed, 5000) !== null, 'the connection is closed once more than 4 wait', { output: describe(server) })
+  const grown = await rss() - before
+  t.ok(grown < 40 * 1024 * 1024, `the server's memory grew by ${Math.round(grown / 1024 / 1024)} MB`)
+  // Read as clients do, pipelined reads are all answered, in order.
+  const polite = await connect(t, server, `GET ${API}/progress?session_id=big HTTP/1.1\r\nHost: localhost\r\n\r\n`.repeat(3) + 'GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
+  await within(polite.closed, 10_000)
+  t.equal([...polite.received().matchAll(/HTTP\/1\.1 200/gu)].length, 4, 'four reads answered')
+})
