@@ -56,6 +56,7 @@ export function clientErrors (connections: () => ConnectionGuard | null, observe
     if (owed !== null && !owed.res.req.complete) {
       if (owed.waiting) {
         // Answered through its route in its turn: the metrics' hook counts it there.
+        settling.add(socket)
         guard?.refuse(owed.res, new ClientRequestError(answer.statusCode, answer.code, answer.message))
         return
       }

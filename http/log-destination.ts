@@ -85,7 +85,10 @@ export class LogDestination {
     const held = this.queuedBytes + (this.pending?.length ?? 0)
     // One line is always taken, however long: the bound is on what waits behind it.
     if (held > 0 && held + bytes > this.maxQueuedBytes) {
-      this.dropped++
+      // Counted as printed, as a failed write's are: one for a JSON line, a pretty entry's several.
+      let lines = 0
+      for (let at = line.indexOf('\n'); at !== -1; at = line.indexOf('\n', at + 1)) lines++
+      this.dropped += Math.max(1, lines)
       this.reason ||= 'LOG_QUEUE_BYTES reached'
       return true
     }

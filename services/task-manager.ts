@@ -315,18 +315,19 @@ export class TaskManager {
         return durable ? unchanged(tasks) : tasks
       }
       replayed = false
-      // The limits hold for what is added now, not for a replay of what was taken under other ones.
+      // The limits hold for what is added now, not for a replay of what was taken under other ones;
+      // the count first, as the route checks it first.
+      const existing = draft.file?.session.tasks.length ?? archivedCopy?.file.session.tasks.length ?? 0
+      const total = existing + specs.length
+      if (total > maxTasksPerSession) {
+        throw new LimitExceededError(`session '${sessionId}' would have ${total} tasks; the limit is ${maxTasksPerSession} (TASK_MAX_TASKS_PER_SESSION)`)
+      }
       specs.forEach((spec, index) => {
         const bytes = Buffer.byteLength(spec.instruction, 'utf8')
         if (bytes > maxInstructionBytes) {
           throw new LimitExceededError(`task ${index + 1} is ${bytes} bytes; the limit is ${maxInstructionBytes} (TASK_MAX_INSTRUCTION_BYTES)`)
         }
       })
-      const existing = draft.file?.session.tasks.length ?? archivedCopy?.file.session.tasks.length ?? 0
-      const total = existing + specs.length
-      if (total > maxTasksPerSession) {
-        throw new LimitExceededError(`session '${sessionId}' would have ${total} tasks; the limit is ${maxTasksPerSession} (TASK_MAX_TASKS_PER_SESSION)`)
-      }
       if (draft.file === null) {
         this.assertRoom()
         // Checked here too, not only when written: with auto-save off the write comes at shutdown.

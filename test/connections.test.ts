@@ -367,9 +367,14 @@ t.test('a client error behind a change still running waits for its answer: the c
 
   // A create whose body stops arriving, behind an execute: the execute's answer, then a 408 for the create, which never ran.
   const stalled = await connect(t, server, post('/execute', { session_id: 'stalled' }) + post('/create', { session_id: 'never', instructions: 'a' }, 1000))
+  // Bytes after the timeout, while the 408 waits its turn: no second error for the connection, nor a line for one.
+  await sleep(900)
+  stalled.socket.write('x'.repeat(1000) + 'NOT HTTP AT ALL\r\n\r\n')
   t.ok(await within(stalled.closed, 15_000) !== null, 'closed after the answers')
   t.same(statuses(stalled), [200, 408], stalled.received())
   t.match(stalled.received(), /"status":"Completed"[^]*"code":"REQUEST_TIMEOUT"/u)
+  const logged = logLines(server.stdout()).filter((line) => line.msg === 'Client error: the request was not answered by a route').map((line) => line.code)
+  t.same(logged.sort(), ['BAD_REQUEST', 'REQUEST_TIMEOUT'], 'one line for each connection\'s error')
   for (const id of ['garbage', 'stalled']) {
     t.equal((await call(server, 'GET', `${API}/progress?session_id=${id}`)).body.completed, 1, `${id}: the execute that was answered 200 is stored`)
   }

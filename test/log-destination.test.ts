@@ -118,6 +118,20 @@ t.test('the queue is bounded: past LOG_QUEUE_BYTES lines are dropped and counted
   t.equal(alone.droppedLines, 0, 'a line longer than the bound, with nothing queued, is written')
 })
 
+t.test('lines dropped at a full queue are counted as printed, as a failed write\'s are: a pretty entry of three lines counts three', async (t) => {
+  const { path, fd } = await logFile(t)
+  const io = faultyWrites()
+  io.fail('EAGAIN')
+  const log = new LogDestination({ fd, io, maxQueuedBytes: 10 })
+  log.write('first\n')
+  for (let i = 0; i < 4; i++) log.write(`[12:00:00.000] INFO: entry ${i}\n    a: 1\n    b: 2\n`)
+  t.equal(log.droppedLines, 12, 'four entries of three lines each')
+  // Written out now: its fd is closed with the test, and a later write would land in another test's file.
+  io.heal()
+  log.flushSync()
+  t.match(readFileSync(path, 'utf8'), /^first\n[^]*"dropped_lines":12/u, 'the line kept, then the report')
+})
+
 t.test('at exit a pipe whose reader is slow gets every line: the exit waits for it (up to 2 s), without ever blocking', async (t) => {
   const dir = await tempDir(t)
   const fifo = join(dir, 'log.fifo')
