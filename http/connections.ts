@@ -63,6 +63,12 @@ export interface OwedAnswer {
   since: number
 }
 
+/**
+ * Requests waiting on a paused connection past TASK_MAX_PIPELINED times this close it: a client
+ * that sent that many in one go without taking its answers (each waiting one holds some 3 KB).
+ */
+const PAST_PAUSE = 32
+
 export interface ConnectionGuard {
   /**
    * Calls `go` once every answer before `res` on its connection is sent: requests pipelined on
@@ -116,7 +122,7 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
     const now = Date.now()
     if (now - lastOverflowLog < DROP_LOG_INTERVAL_MS) return
     lastOverflowLog = now
-    log.warn({ closed: overflowed, max_pipelined: limits.maxWaiting }, 'Connection closed: more than TASK_MAX_PIPELINED requests waited on it behind an unanswered one')
+    log.warn({ closed: overflowed, max_pipelined: limits.maxWaiting }, 'Connection closed: more than TASK_MAX_PIPELINED requests waited on it behind an unanswered one, many times over (it sent on without taking its answers)')
     overflowed = 0
   }
 
@@ -131,8 +137,10 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   const before = new WeakMap<ServerResponse, ServerResponse>()
   /** Requests waiting in inTurn for the answers before theirs. */
   const waiting = new WeakSet<ServerResponse>()
-  /** How many wait on each socket (bounded by maxWaiting). */
+  /** How many wait on each socket (maxWaiting, then the socket is paused; PAST_PAUSE times as many at most). */
   const waitingOn = new WeakMap<Socket, number>()
+  /** Sockets paused here because maxWaiting requests wait on them. */
+  const paused = new WeakSet<Socket>()
   /** Requests answered with an error instead of running, once their turn comes (refuse). */
   const refusals = new WeakMap<ServerResponse, Error>()
   const refusal = (res: ServerResponse): Error | null => {
@@ -204,16 +212,26 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
       }
       const socket = res.req.socket
       const count = waitingOn.get(socket) ?? 0
-      // Parsed from a connection dropped already (its previous answer will never end), or one too many.
-      if (socket.destroyed || count >= limits.maxWaiting) {
+      // Parsed from a connection dropped already (its previous answer will never end), or far too many.
+      if (socket.destroyed || count >= limits.maxWaiting * PAST_PAUSE) {
         if (!socket.destroyed) overflow(socket)
         go(new ConnectionClosedError())
         return
       }
+      // At TASK_MAX_PIPELINED the connection is read no further until one is answered: a client
+      // that reads its answers only waits, while one that never does is stopped (what one read
+      // of the socket held is still parsed; only a client sending on and on reaches PAST_PAUSE).
+      if (count + 1 >= limits.maxWaiting && !paused.has(socket)) {
+        paused.add(socket)
+        socket.pause()
+      }
       const next = (): void => {
         previous.off('finish', next).off('close', next)
         waiting.delete(res)
-        waitingOn.set(socket, (waitingOn.get(socket) ?? 1) - 1)
+        const left = (waitingOn.get(socket) ?? 1) - 1
+        waitingOn.set(socket, left)
+        // Not if Node paused it too, for answers the client is not taking: Node resumes it once they drain.
+        if (left < limits.maxWaiting && paused.delete(socket) && !socket.destroyed && (socket as Socket & { _paused?: boolean })._paused !== true) socket.resume()
         go(refusal(res))
       }
       waiting.add(res)

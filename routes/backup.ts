@@ -119,7 +119,8 @@ const backupRoutes: FastifyPluginAsyncTypebox<BackupRoutesOptions> = async (app,
       release()
       cutAnswer(reply.raw)
     })
-    reply.raw.once('close', release)
+    // 'finish' too: a backup pipelined behind this one runs once it is sent, before 'close'.
+    reply.raw.once('finish', release).once('close', release)
     request.raw.once('close', release)
     // The schema types the body as the binary string it documents; a stream is sent as is.
     return reply.send(stream as unknown as string)

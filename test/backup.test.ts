@@ -805,3 +805,16 @@ t.test('the backup CronJob reads a key Secret made from a file (a trailing newli
   t.equal((await taskvault(['restore', join(backups, made[0] as string), restored])).code, 0, 'it restores')
   t.same(await jsonFiles(restored), ['one.json'])
 })
+
+t.test('a backup pipelined behind another on one connection runs once that one is sent: both answered at TASK_BACKUP_MAX_CLIENTS=1', async (t) => {
+  const { app } = await bulkyApp(t, 20, { TASK_BACKUP_MAX_CLIENTS: 1 })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const socket = connect((app.server.address() as AddressInfo).port, '127.0.0.1')
+  t.teardown(() => { socket.destroy() })
+  let received = ''
+  socket.setEncoding('latin1').on('data', (chunk: string) => { received += chunk })
+  await once(socket, 'connect')
+  socket.write(`GET ${API}/backup HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET ${API}/backup HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`)
+  await once(socket, 'close')
+  t.same([...received.matchAll(/HTTP\/1\.1 (\d{3})/gu)].map((m) => Number(m[1])), [200, 200], 'the second is not refused as busy')
+})
