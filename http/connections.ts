@@ -221,7 +221,8 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
       // At TASK_MAX_PIPELINED the connection is read no further until one is answered: a client
       // that reads its answers only waits, while one that never does is stopped (what one read
       // of the socket held is still parsed; only a client sending on and on reaches PAST_PAUSE).
-      if (count + 1 >= limits.maxWaiting && !paused.has(socket)) {
+      // (Each time: Node resumes a socket when a waiting request's body is read, or its answers drain.)
+      if (count + 1 >= limits.maxWaiting) {
         paused.add(socket)
         socket.pause()
       }

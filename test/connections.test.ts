@@ -442,4 +442,12 @@ t.test('reads pipelined behind an answer the client does not take wait their tur
   t.equal(statuses.length, 40, 'forty answers')
   t.ok(statuses.every((status) => status === 200), 'all 200')
   t.match(polite.received(), /^HTTP\/1\.1 200 [^]*"session_id":"big"/u, 'the progress first')
+  // Changes too: forty creates sent in one go, answered in order while the client reads.
+  const create = (i: number): string => {
+    const body = JSON.stringify({ session_id: `deep${i}`, instructions: 'a' })
+    return `POST ${API}/create HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${i === 39 ? 'Connection: close\r\n' : ''}\r\n${body}`
+  }
+  const changes = await connect(t, server, Array.from({ length: 40 }, (_, i) => create(i)).join(''))
+  t.ok(await within(changes.closed, 15_000) !== null, 'closed after the last answer')
+  t.same([...changes.received().matchAll(/"session_id":"(deep\d+)"/gu)].map((m) => m[1]), Array.from({ length: 40 }, (_, i) => `deep${i}`), 'every create answered, in order')
 })
