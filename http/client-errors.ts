@@ -34,14 +34,17 @@ class ClientRequestError extends Error {
  * `connections`: the server's guard, once made (null before: nothing is owed yet).
  */
 export function clientErrors (connections: () => ConnectionGuard | null, observe: UnroutedObserver = () => {}) {
-  const settling = new WeakSet<Socket>()
+  /** Sockets a client error was answered (or closed) for: once each. */
+  const handled = new WeakSet<Socket>()
   return function clientErrorHandler (this: FastifyInstance, err: NodeJS.ErrnoException & { since?: number }, socket: Socket): void {
-    if (err.code === 'ECONNRESET' || socket.destroyed || settling.has(socket)) return
+    if (err.code === 'ECONNRESET' || socket.destroyed || handled.has(socket)) return
+    // Answered (or closed) once, whichever way below: Node reports the bytes that keep coming
+    // after the error as errors of their own until the socket is gone.
+    handled.add(socket)
     const guard = connections()
     // A second answer to one request would be read by the client as the answer to its next.
     if (guard?.answeredEarly(socket) === true) {
       this.log.info({ code: err.code, err: err.message }, 'Client error on a request answered before it arrived in full; the connection is closed')
-      settling.add(socket)
       endAndClose(socket)
       return
     }
@@ -56,7 +59,6 @@ export function clientErrors (connections: () => ConnectionGuard | null, observe
     if (owed !== null && !owed.res.req.complete) {
       if (owed.waiting) {
         // Answered through its route in its turn: the metrics' hook counts it there.
-        settling.add(socket)
         guard?.refuse(owed.res, new ClientRequestError(answer.statusCode, answer.code, answer.message))
         return
       }
@@ -68,7 +70,6 @@ export function clientErrors (connections: () => ConnectionGuard | null, observe
     const answered = (): void => { observe(method, answer.statusCode, since === null ? 0 : (performance.now() - since) / 1000) }
     if (owed !== null) {
       // No more bytes are read; the answers owed go out, then this one.
-      settling.add(socket)
       socket.pause()
       const close = (): void => { socket.destroy() }
       owed.res.once('finish', () => {
@@ -77,8 +78,6 @@ export function clientErrors (connections: () => ConnectionGuard | null, observe
       }).once('close', close)
       return
     }
-    // Node reports bytes arriving after the error as errors of their own until the socket is gone: answered once, logged once.
-    settling.add(socket)
     if (!started) answerAndClose(socket, answer, answered)
     else socket.destroy()
   }

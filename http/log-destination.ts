@@ -86,9 +86,7 @@ export class LogDestination {
     // One line is always taken, however long: the bound is on what waits behind it.
     if (held > 0 && held + bytes > this.maxQueuedBytes) {
       // Counted as printed, as a failed write's are: one for a JSON line, a pretty entry's several.
-      let lines = 0
-      for (let at = line.indexOf('\n'); at !== -1; at = line.indexOf('\n', at + 1)) lines++
-      this.dropped += Math.max(1, lines)
+      this.dropped += Math.max(1, countLines(line))
       this.reason ||= 'LOG_QUEUE_BYTES reached'
       return true
     }
@@ -240,9 +238,9 @@ function notice (text: string): void {
   } catch {}
 }
 
-function countLines (data: Buffer): number {
+function countLines (data: Buffer | string): number {
   let lines = 0
-  for (let at = data.indexOf(NEWLINE); at !== -1; at = data.indexOf(NEWLINE, at + 1)) lines++
+  for (let at = data.indexOf('\n'); at !== -1; at = data.indexOf('\n', at + 1)) lines++
   return lines
 }
 

@@ -39,8 +39,8 @@ const ERROR_EXAMPLES: Readonly<Record<number, ErrorExample>> = {
   413: { code: 'FST_ERR_CTP_BODY_TOO_LARGE', error: 'Payload Too Large', message: 'Request body is too large' },
   414: { code: 'FST_ERR_MAX_PARAM_LENGTH', error: 'URI Too Long', message: 'a part of the path is longer than 4096 characters' },
   415: { code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', error: 'Unsupported Media Type', message: "Unsupported Media Type ('application/x-www-form-urlencoded'): send the body as JSON with the header Content-Type: application/json (curl: -H 'content-type: application/json')" },
-  422: { code: 'IDEMPOTENCY_KEY_REUSED', error: 'Unprocessable Entity', message: "session 'important_work' already answered a create under Idempotency-Key '4f1c2a' with other tasks; a new request needs a new key" },
   417: { code: 'EXPECTATION_FAILED', error: 'Expectation Failed', message: "Expect 'foo' is not supported (only 100-continue is)" },
+  422: { code: 'IDEMPOTENCY_KEY_REUSED', error: 'Unprocessable Entity', message: "session 'important_work' already answered a create under Idempotency-Key '4f1c2a' with other tasks; a new request needs a new key" },
   431: { code: 'REQUEST_HEADER_FIELDS_TOO_LARGE', error: 'Request Header Fields Too Large', message: 'the request line and headers are larger than the server takes (a query string too long?)' },
   503: { code: 'STORAGE_UNAVAILABLE', error: 'Service Unavailable', message: "saving session 'important_work' failed: storage is unavailable (EIO)" },
   507: { code: 'STORAGE_FULL', error: 'Insufficient Storage', message: "saving session 'important_work' failed: storage is full (ENOSPC)" }
