@@ -17,7 +17,7 @@ import { registerTaskvaultMetrics } from '../services/metrics/metrics.js'
 import archiverPlugin, { ArchiverOptionsSchema } from './archiver.js'
 import authPlugin, { AuthOptionsSchema } from './auth.js'
 import eventsPlugin, { EventsOptionsSchema } from './events.js'
-import { ARCHIVER_SETTINGS, BACKUP_SETTINGS, COMMAND_SETTINGS, EVENTS_SETTINGS, MANAGER_SETTINGS, STORE_SETTINGS, resolveSettings, settingOptions } from '../schemas/options.js'
+import { ARCHIVER_SETTINGS, BACKUP_SETTINGS, ROUTE_SETTINGS, COMMAND_SETTINGS, EVENTS_SETTINGS, MANAGER_SETTINGS, STORE_SETTINGS, resolveSettings, settingOptions } from '../schemas/options.js'
 import { appSettings, checkOptions, FunctionOption, inTermsOf, pick } from './options.js'
 import persistencePlugin, { PersistenceOptionsSchema } from './persistence.js'
 import taskManagerPlugin, { TaskManagerOptionsSchema } from './task-manager.js'
@@ -27,7 +27,7 @@ const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'
 export const TaskvaultOptionsSchema = Type.Object({
   /** Where the task routes are mounted, e.g. `/agents` gives `POST /agents/create`. Default: none (`/create`). Plain segments only: a parameter (`/:tenant`) or wildcard would reach the routes' strict params. */
   prefix: Type.Optional(Type.String({ pattern: '^(/[^/?#:*]+)*/?$' })),
-  ...settingOptions({ bodyLimit: 'BODY_LIMIT' }).properties,
+  ...settingOptions(ROUTE_SETTINGS).properties,
   ...settingOptions(BACKUP_SETTINGS).properties,
   /**
    * Put `taskManager`, `persistence` and `archiver` on the instance taskvault is registered on
@@ -60,7 +60,7 @@ export type { PersistencePluginOptions } from './persistence.js'
 export type { TaskManagerPluginOptions } from './task-manager.js'
 
 /** Every option that stands for a setting, for errors told in terms of options (inTermsOf). */
-const OPTION_SETTINGS = { ...STORE_SETTINGS, ...MANAGER_SETTINGS, ...COMMAND_SETTINGS, ...ARCHIVER_SETTINGS, ...BACKUP_SETTINGS, ...EVENTS_SETTINGS, bodyLimit: 'BODY_LIMIT' } as const
+const OPTION_SETTINGS = { ...STORE_SETTINGS, ...MANAGER_SETTINGS, ...COMMAND_SETTINGS, ...ARCHIVER_SETTINGS, ...BACKUP_SETTINGS, ...EVENTS_SETTINGS, ...ROUTE_SETTINGS } as const
 
 const DECORATORS = ['persistence', 'taskManager', 'archiver', 'taskEvents', 'eventStreams'] as const
 
@@ -176,8 +176,8 @@ async function registerOnStore (instance: FastifyInstance, options: TaskvaultOpt
     instance.addHook('onClose', async () => unregister())
   }
   await instance.register(eventsPlugin, pick(EventsOptionsSchema, options))
-  const bodyLimit = options.bodyLimit ?? appSettings(instance).BODY_LIMIT
-  await instance.register(taskRoutes, { bodyLimit })
+  const { bodyLimit, answerStallMs } = resolveSettings(ROUTE_SETTINGS, options, appSettings(instance))
+  await instance.register(taskRoutes, { bodyLimit, answerStallMs })
   await instance.register(archiveRoutes, { bodyLimit })
   // A backup whose client stopped reading is cut once the running tasks' grace and the
   // streams' time for their last bytes are over, as the standalone server cuts any answer.

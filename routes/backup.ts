@@ -6,7 +6,7 @@ import { backupFileName, emptyCounts, liveSessionFiles } from '../services/backu
 import { ShuttingDownError, TooManyBackupsError } from '../services/errors.js'
 import { errorHandler } from '../http/error-handler.js'
 import { tarGzStream } from '../services/backup/tar.js'
-import { dropSocket } from '../services/sockets.js'
+import { cutAnswer, guardStream } from '../http/stalled-answers.js'
 
 export interface BackupRoutesOptions {
   /**
@@ -23,38 +23,11 @@ export interface BackupRoutesOptions {
 }
 
 /**
- * Calls `cut` once `stream`, piped into `res`, has waited on the client (paused by backpressure)
- * with nothing more taken by its socket for `stallMs`. A backup slow to make (the stream not
- * paused) is not stalled, nor is an answer that takes all it is given (app.inject's). Returns
- * the watch's stop.
- */
-function watchStall (res: ServerResponse, stream: Readable, stallMs: number, cut: () => void): () => void {
-  let written = -1
-  let since = performance.now()
-  const timer = setInterval(() => {
-    const now = performance.now()
-    const bytes = res.socket?.bytesWritten ?? 0
-    if (bytes !== written || !stream.isPaused()) {
-      written = bytes
-      since = now
-    } else if (now - since >= stallMs) cut()
-  }, Math.max(50, Math.min(1000, stallMs / 4)))
-  timer.unref()
-  return () => { clearInterval(timer) }
-}
-
-/**
  * GET /backup: a tar.gz of every session, streamed as it is made (memory stays bounded
  * whatever the number of sessions), in the layout `taskvault restore` reads. Each one being sent
  * holds a session or more in memory: they are counted (maxClients), and one whose client stopped
  * reading is cut (stallMs).
  */
-/** Cuts an answer's connection with a reset (dropSocket); one with no connection yet (pipelined) is destroyed. */
-function cutAnswer (res: ServerResponse): void {
-  if (res.socket === null) res.destroy()
-  else dropSocket(res.socket)
-}
-
 const backupRoutes: FastifyPluginAsyncTypebox<BackupRoutesOptions> = async (app, options) => {
   app.addHook('onRequest', app.verifyApiKey)
   // The answers being sent, for the cut at close.
@@ -106,22 +79,11 @@ const backupRoutes: FastifyPluginAsyncTypebox<BackupRoutesOptions> = async (app,
     // The client went away: Fastify destroys the stream, which stops the session walk.
     stream.once('close', () => { if (!ended) request.log.warn({ ...counts }, 'Backup stopped before its end') })
     sending.add(reply.raw)
-    // The place is given back when the answer ends, when its connection goes, and when it is cut:
-    // an answer queued behind another on its connection (pipelined) has no socket yet, and closes
-    // only once it has one.
-    const release = (): void => {
-      unwatch()
-      sending.delete(reply.raw)
-      stream.destroy()
-    }
-    const unwatch = watchStall(reply.raw, stream, options.stallMs, () => {
-      request.log.warn({ ...counts, stall_ms: options.stallMs }, 'Backup cut: its client took nothing for TASK_BACKUP_STALL_MS')
-      release()
-      cutAnswer(reply.raw)
+    // The place is given back when the answer ends, when its connection goes, and when it is cut.
+    guardStream(request.raw, reply.raw, stream, options.stallMs, {
+      onCut: () => request.log.warn({ ...counts, stall_ms: options.stallMs }, 'Backup cut: its client took nothing for TASK_BACKUP_STALL_MS'),
+      onDone: () => sending.delete(reply.raw)
     })
-    // 'finish' too: a backup pipelined behind this one runs once it is sent, before 'close'.
-    reply.raw.once('finish', release).once('close', release)
-    request.raw.once('close', release)
     // The schema types the body as the binary string it documents; a stream is sent as is.
     return reply.send(stream as unknown as string)
   })

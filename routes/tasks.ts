@@ -1,18 +1,26 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
-import { CreateBody, CreateHeaders, ExecuteAllBody, LIST_DEFAULTS, ListQuery, NoQuery, RetryBody, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
+import { CreateBody, CreateHeaders, ExecuteAllBody, ExecutedTask, LIST_DEFAULTS, ListQuery, NoQuery, Progress as ProgressSchema, RetryBody, SessionIdBody, SessionParams, SessionQuery, responses } from '../schemas/api.js'
+import { Task } from '../schemas/session.js'
 import { Type, type Static } from '@sinclair/typebox'
-import { SETTING_DEFAULTS, settingOptions } from '../schemas/options.js'
+import { Readable } from 'node:stream'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import { ROUTE_SETTINGS, SETTING_DEFAULTS, settingOptions } from '../schemas/options.js'
 import { checkOptions, FunctionOption } from '../plugins/options.js'
 import { acceptJsonOnly } from '../http/json-body.js'
+import { JsonArrayStream } from '../http/json-stream.js'
+import { guardStream } from '../http/stalled-answers.js'
 import { InvalidInstructionsError, InvalidOptionsError } from '../services/errors.js'
 import { createSerializerCompiler, createValidatorCompiler } from '../http/validation.js'
 import { classifyTask, isBlank, parseInstructions } from '../services/session/parser.js'
 import type { Progress, TaskSpec } from '../services/session/session.js'
 import { ALL_SESSIONS } from '../services/task-manager.js'
 
-/** Largest request body in bytes (default: BODY_LIMIT's default; the taskvault plugin passes the setting). */
+/**
+ * Largest request body in bytes, and how long a streamed answer may wait on its client (default:
+ * the settings' defaults; the taskvault plugin passes the settings).
+ */
 export const TaskRoutesOptionsSchema = Type.Object({
-  ...settingOptions({ bodyLimit: 'BODY_LIMIT' }).properties,
+  ...settingOptions(ROUTE_SETTINGS).properties,
   // Fastify's own register options: this plugin is a context of its own, so they apply to its routes.
   logLevel: Type.Optional(Type.String()),
   logSerializers: Type.Optional(Type.Object({}, { additionalProperties: FunctionOption }))
@@ -31,6 +39,25 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
   app.setSerializerCompiler(createSerializerCompiler())
   const manager = app.taskManager
   const bodyLimit = options.bodyLimit ?? SETTING_DEFAULTS.BODY_LIMIT
+  const stallMs = options.answerStallMs ?? SETTING_DEFAULTS.TASK_ANSWER_STALL_MS
+  const serializer = createSerializerCompiler()
+  const json = {
+    task: serializer({ schema: Task, method: 'GET', url: '/list', httpStatus: '200' }) as (task: Task) => string,
+    executed: serializer({ schema: ExecutedTask, method: 'POST', url: '/execute-all', httpStatus: '200' }) as (task: Static<typeof ExecutedTask>) => string,
+    progress: serializer({ schema: ProgressSchema, method: 'POST', url: '/execute-all', httpStatus: '200' }) as (progress: Progress) => string
+  }
+  /** Sends a large answer as its client reads it: see JsonArrayStream. */
+  const stream = <T>(request: FastifyRequest, reply: FastifyReply, answer: JsonArrayStream<T>): FastifyReply => {
+    void reply.type('application/json; charset=utf-8')
+    if (request.method === 'HEAD') {
+      answer.destroy()
+      return reply.send(Readable.from([]))
+    }
+    guardStream(request.raw, reply.raw, answer, stallMs, {
+      onCut: () => request.log.warn({ stall_ms: stallMs }, 'Answer cut: its client took nothing of it for TASK_ANSWER_STALL_MS')
+    })
+    return reply.send(answer)
+  }
   app.addHook('onRequest', app.verifyApiKey)
   // A DELETE takes no body; many clients name JSON on every request anyway.
   acceptJsonOnly(app, (request) => request.method === 'DELETE' ? { value: undefined } : null)
@@ -62,6 +89,10 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
       return reply.code(202).send({ session_id: sessionId, status: 'running' as const, progress })
     }
     const { results, progress } = await manager.executeAll(sessionId)
+    if (textChars(results) > STREAM_FROM_CHARS) {
+      const head = `{"session_id":${JSON.stringify(sessionId)},"total_executed":${results.length},"results":[`
+      return stream(request, reply, new JsonArrayStream(head, results, json.executed, `],"progress":${json.progress(progress)}}`))
+    }
     return { session_id: sessionId, total_executed: results.length, results, progress }
   })
 
@@ -94,7 +125,7 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     return waiting === null ? body : { ...body, waiting }
   })
 
-  app.get('/list', { schema: { querystring: ListQuery, response: responses.list } }, async (request) => {
+  app.get('/list', { schema: { querystring: ListQuery, response: responses.list } }, async (request, reply) => {
     // The validator has filled in the defaults already; these only tell TypeScript so.
     const { session_id: sessionId, limit = LIST_DEFAULTS.limit, offset = LIST_DEFAULTS.offset, archived: filter = LIST_DEFAULTS.archived } = request.query
     if (sessionId === ALL_SESSIONS) {
@@ -114,6 +145,10 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     }
     const { file, archived } = await manager.find(sessionId)
     const tasks = file.session.tasks
+    if (textChars(tasks) > STREAM_FROM_CHARS) {
+      const head = `{"session_id":${JSON.stringify(sessionId)},"created_at":${JSON.stringify(file.created_at)},"updated_at":${JSON.stringify(file.updated_at)},"current_index":${file.session.current_index},"total":${tasks.length},"tasks":[`
+      return stream(request, reply, new JsonArrayStream(head, tasks, json.task, archived ? '],"archived":true}' : ']}'))
+    }
     return { session_id: sessionId, created_at: file.created_at, updated_at: file.updated_at, current_index: file.session.current_index, total: tasks.length, tasks, ...(archived && { archived }) }
   })
 
@@ -123,6 +158,18 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     await manager.delete(request.params.session_id)
     return reply.code(204).send(null)
   })
+}
+
+/**
+ * Answers whose tasks hold more text than this (characters of instructions, results and errors)
+ * are streamed as the client reads them rather than made whole: see JsonArrayStream.
+ */
+const STREAM_FROM_CHARS = 1 << 20
+
+function textChars (tasks: ReadonlyArray<{ instruction: string, result: string | null, error: string | null }>): number {
+  let chars = 0
+  for (const task of tasks) chars += task.instruction.length + (task.result?.length ?? 0) + (task.error?.length ?? 0)
+  return chars
 }
 
 /** Named fields, not spreads: a spread builds a slow dictionary-mode object on this hot path. */

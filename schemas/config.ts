@@ -34,6 +34,7 @@ export const ConfigSchema = Type.Object({
   // GET /api/v1/tasks/backup: each one being sent holds a session or more in memory.
   TASK_BACKUP_MAX_CLIENTS: Type.Integer({ minimum: 1, maximum: 10_000, default: 4, description: 'GET /backup answers being sent at once; one more answers 503' }),
   TASK_BACKUP_STALL_MS: Type.Integer({ minimum: 100, maximum: MAX_TIMER_MS, default: 60_000, description: 'A GET /backup whose client takes no byte for this long is cut, so a client that stopped reading holds neither memory nor a TASK_BACKUP_MAX_CLIENTS place' }),
+  TASK_ANSWER_STALL_MS: Type.Integer({ minimum: 100, maximum: MAX_TIMER_MS, default: 60_000, description: 'A large answer (a whole session, an execute-all\'s results) is sent as its client reads it; one whose client takes no byte of it for this long is cut, so a client that stopped reading holds no memory' }),
   TASK_BACKUP_READ_AHEAD: Type.Integer({ minimum: 1, maximum: 1000, default: 32, description: 'PostgreSQL: active sessions a GET /backup reads ahead of the one it sends, in one statement, held in memory meanwhile' }),
   TASK_ARCHIVE_INTERVAL_MINUTES: Type.Number({ minimum: 0.01, maximum: Math.floor(MAX_TIMER_MS / 60_000), default: 60, description: 'How often the archiver runs; at least 0.01 (0.6 s), so a pass over every session cannot start every millisecond' }),
   TASK_RESTORE_CONCURRENCY: Type.Integer({ minimum: 1, maximum: 64, default: 2, description: 'Reader threads at startup; each reads batches of session files in turn' }),

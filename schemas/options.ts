@@ -90,6 +90,12 @@ export const ARCHIVER_SETTINGS = {
   archiveFailedRetentionDays: 'TASK_ARCHIVE_FAILED_RETENTION_DAYS'
 } as const
 
+/** The task routes' bounds. */
+export const ROUTE_SETTINGS = {
+  bodyLimit: 'BODY_LIMIT',
+  answerStallMs: 'TASK_ANSWER_STALL_MS'
+} as const
+
 /** GET /backup's bounds. */
 export const BACKUP_SETTINGS = {
   backupMaxClients: 'TASK_BACKUP_MAX_CLIENTS',

@@ -55,7 +55,7 @@ export const ROUTE_DOCS: Readonly<Record<string, RouteDoc>> = {
     operationId: 'listSessions',
     tags: ['sessions'],
     summary: 'One session with its tasks, or a page of all sessions',
-    description: '`session_id=all` lists every session, newest first, with `limit` and `offset`.'
+    description: '`session_id=all` lists every session, newest first, with `limit` and `offset`. One session whose tasks hold more than 1 MiB of text is sent as the client reads it (chunked); a client that takes nothing of it for TASK_ANSWER_STALL_MS is cut.'
   },
   'DELETE /sessions/:session_id': { operationId: 'deleteSession', tags: ['sessions'], summary: 'Delete a session and its file, active or archived', description: '409 while it executes.' },
   'POST /archive': {

@@ -1,0 +1,55 @@
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Readable } from 'node:stream'
+import { dropSocket } from '../services/sockets.js'
+
+/**
+ * Calls `cut` once `stream`, piped into `res`, has waited on the client (paused by backpressure)
+ * with nothing more taken by its socket for `stallMs`. A stream slow to make (not paused) is not
+ * stalled, nor is an answer that takes all it is given (app.inject's). Returns the watch's stop.
+ */
+export function watchStall (res: ServerResponse, stream: Readable, stallMs: number, cut: () => void): () => void {
+  let written = -1
+  let since = performance.now()
+  const timer = setInterval(() => {
+    const now = performance.now()
+    const bytes = res.socket?.bytesWritten ?? 0
+    if (bytes !== written || !stream.isPaused()) {
+      written = bytes
+      since = now
+    } else if (now - since >= stallMs) cut()
+  }, Math.max(50, Math.min(1000, stallMs / 4)))
+  timer.unref()
+  return () => { clearInterval(timer) }
+}
+
+/** Cuts an answer's connection with a reset (dropSocket); one with no connection yet (pipelined) is destroyed. */
+export function cutAnswer (res: ServerResponse): void {
+  if (res.socket === null) res.destroy()
+  else dropSocket(res.socket)
+}
+
+/**
+ * Watches a streamed answer until it ends, or its request or connection goes: a client that
+ * takes nothing of it for `stallMs` has its connection cut (`onCut` first, to log it), so it
+ * holds neither the stream nor what the stream reads from. Then `stream` is destroyed and
+ * `onDone` called, once.
+ */
+export function guardStream (req: IncomingMessage, res: ServerResponse, stream: Readable, stallMs: number, on: { onCut: () => void, onDone?: () => void }): void {
+  let done = false
+  const release = (): void => {
+    if (done) return
+    done = true
+    unwatch()
+    stream.destroy()
+    on.onDone?.()
+  }
+  const unwatch = watchStall(res, stream, stallMs, () => {
+    on.onCut()
+    release()
+    cutAnswer(res)
+  })
+  // 'finish' too: an answer pipelined behind this one runs once it is sent, before 'close'.
+  // The request's 'close': one queued behind another on its connection has no socket yet.
+  res.once('finish', release).once('close', release)
+  req.once('close', release)
+}
