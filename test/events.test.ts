@@ -405,6 +405,34 @@ t.test('a batch for many clients goes out in slices of TASK_EVENTS_FANOUT_SLICE_
   t.same(new Set(orders), new Set(['1,2,3']), 'every client got every event, in order')
 })
 
+t.test('many clients resuming at once are written a slice a turn, as live batches are: each gets every event, in order', async (t) => {
+  const buffer = new TaskEventBuffer(1000)
+  const pad = 'x'.repeat(1000)
+  const first = buffer.append('progress', { session_id: 's', n: 0, pad })
+  // Some 300 KB each to resume: five pieces.
+  for (let n = 1; n < 300; n++) buffer.append('progress', { session_id: 's', n, pad })
+  // A slice of 0 ms: 16 pieces a turn.
+  const hub = new EventStreamHub(buffer, { maxClients: 100, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, cutGraceMs: 5000, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1, fanoutSliceMs: 0 }, { info: () => {}, warn: () => {} })
+  // The requests are held, then their streams opened in one go: a burst of resumes in one turn.
+  const asked: ServerResponse[] = []
+  const server = createServer((_req, res) => { asked.push(res) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { hub.close(); server.close() })
+  const port = (server.address() as net.AddressInfo).port
+  const clients = Array.from({ length: 64 }, () => rawClient(port, `GET ${EVENTS} HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: ${buffer.idOf(first)}\r\n\r\n`))
+  t.teardown(() => { for (const client of clients) client.socket.destroy() })
+  await waitFor('every request in', () => asked.length === 64)
+  for (const res of asked) hub.open(res, null, buffer.idOf(first))
+  // Written so far: the headers and the first lines, some 200 bytes; a piece is 64 KB.
+  const resumed = (): number => asked.filter((res) => (res.socket?.bytesWritten ?? 0) > 32 * 1024).length
+  t.equal(resumed(), 0, 'no resume written in the turn that opened them')
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal(resumed(), 16, 'one slice in the next turn')
+  await waitFor('every resume written', () => clients.every((client) => client.received().includes('"n":299')))
+  const orders = clients.map((client) => [...client.received().matchAll(/"n":(\d+)/g)].map((m) => Number(m[1])))
+  t.ok(orders.every((order) => order.length === 299 && order.every((n, i) => n === i + 1)), 'every client got every event after its id, in order')
+})
+
 /** Sends `request` raw on a new connection; collects what comes back. */
 function rawClient (port: number, request: string): { received: () => string, socket: net.Socket } {
   const socket = net.connect(port, '127.0.0.1')

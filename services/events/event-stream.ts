@@ -127,6 +127,9 @@ export class EventStreamHub {
   private readonly unsubscribe: () => void
   private readonly unsubscribeGaps: () => void
   private closed = false
+  /** Resumes whose next piece is due: written together, a slice of them per turn (replayTurn). */
+  private replays: Array<() => void> = []
+  private replaying: NodeJS.Immediate | null = null
 
   /** `load`: the server's changes in progress, busy past TASK_EVENTS_BUSY_CHANGES (none: the loop alone sets the pace). */
   constructor (private readonly buffer: TaskEventBuffer, private readonly limits: StreamLimits, private readonly log: StreamLogger, private readonly load: ChangeLoad | null = null) {
@@ -243,7 +246,11 @@ export class EventStreamHub {
     this.opened(res.req.socket)
     res.once('close', () => { this.clients.delete(client) })
     this.write(client, head)
-    if (missed.length > 0) this.replay(client, missed, 0)
+    if (missed.length > 0) {
+      // Live events wait behind the resume, which starts with the others due.
+      client.held = []
+      this.due(() => { this.replay(client, missed, 0) })
+    }
     this.heartbeat ??= setInterval(() => { this.beat() }, this.limits.heartbeatMs).unref()
   }
 
@@ -277,7 +284,34 @@ export class EventStreamHub {
       return
     }
     // The next piece a turn later: a kernel that takes every piece at once does not hold the loop.
-    this.write(client, chunks.length === 1 ? chunks[0] as Buffer : Buffer.concat(chunks), () => { setImmediate(() => { this.replay(client, missed, at) }) })
+    this.write(client, chunks.length === 1 ? chunks[0] as Buffer : Buffer.concat(chunks), () => { this.due(() => { this.replay(client, missed, at) }) })
+  }
+
+  /** A resume's next piece, written at the next turn with the others due. */
+  private due (piece: () => void): void {
+    this.replays.push(piece)
+    this.replaying ??= setImmediate(() => { this.replayTurn() })
+  }
+
+  /**
+   * Writes the pieces due, for TASK_EVENTS_FANOUT_SLICE_MS at most (the live batches' budget);
+   * the rest at the next turn. Hundreds of clients resuming at once (a proxy restarted) would
+   * otherwise each write a piece in the same turn, holding the loop for all of them.
+   */
+  private replayTurn (): void {
+    this.replaying = null
+    const pieces = this.replays
+    this.replays = []
+    const start = performance.now()
+    let at = 0
+    // A slice of 0 writes 16 a turn, as the live batches do.
+    const least = this.limits.fanoutSliceMs === 0 ? SLICE_CHECK_CLIENTS : 1
+    while (at < pieces.length) {
+      (pieces[at++] as () => void)()
+      if (at >= least && performance.now() - start >= this.limits.fanoutSliceMs) break
+    }
+    if (at < pieces.length) this.replays = pieces.slice(at).concat(this.replays)
+    if (this.replays.length > 0) this.replaying ??= setImmediate(() => { this.replayTurn() })
   }
 
   /** Ends every stream (shutdown) and stops taking new ones; clients reconnect with their last id. */
@@ -288,6 +322,10 @@ export class EventStreamHub {
     this.stopHeartbeat()
     this.cancelFlush()
     this.flush(true)
+    // Resumes under way end with their streams.
+    if (this.replaying !== null) clearImmediate(this.replaying)
+    this.replaying = null
+    this.replays = []
     for (const client of this.clients) {
       endStream(client.res)
       if (!client.res.writableFinished) this.ending.add(client.res)
