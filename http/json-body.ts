@@ -69,6 +69,15 @@ export function refuseBareBrowserPost (request: FastifyRequest): void {
   if (request.headers.origin !== undefined || request.headers['sec-fetch-site'] !== undefined) throw formPost()
 }
 
+/**
+ * A route that takes no body (a DELETE, naming its session in the path) refuses one sent
+ * anyway, rather than leave unread what a client meant by it (the session named in the body, say).
+ */
+export function refuseBody (request: FastifyRequest, _reply: unknown, done: (err?: Error) => void): void {
+  if (request.body === undefined || request.body === null) done()
+  else done(Object.assign(new Error(`${request.method} takes no body: what it acts on is named in the path`), { statusCode: 400, code: 'BODY_NOT_ALLOWED' }))
+}
+
 /** A request a browser made: it always sends these on a POST, and no page can leave them out. */
 function fromBrowser (request: FastifyRequest): boolean {
   const headers = request.headers

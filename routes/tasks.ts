@@ -6,7 +6,7 @@ import { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { ROUTE_SETTINGS, SETTING_DEFAULTS, settingOptions } from '../schemas/options.js'
 import { checkOptions, FunctionOption } from '../plugins/options.js'
-import { acceptJsonOnly } from '../http/json-body.js'
+import { acceptJsonOnly, refuseBody } from '../http/json-body.js'
 import { JsonArrayStream } from '../http/json-stream.js'
 import { guardStream } from '../http/stalled-answers.js'
 import { InvalidInstructionsError, InvalidOptionsError } from '../services/errors.js'
@@ -154,7 +154,7 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
 
   app.get('/stats', { schema: { querystring: NoQuery, response: responses.stats } }, async () => manager.statsWithSpace())
 
-  app.delete('/sessions/:session_id', { bodyLimit, schema: { querystring: NoQuery, params: SessionParams, response: responses.remove } }, async (request, reply) => {
+  app.delete('/sessions/:session_id', { bodyLimit, preValidation: refuseBody, schema: { querystring: NoQuery, params: SessionParams, response: responses.remove } }, async (request, reply) => {
     await manager.delete(request.params.session_id)
     return reply.code(204).send(null)
   })

@@ -274,6 +274,18 @@ t.test('DELETE /sessions/:id removes the session and its file', async (t) => {
   const named = await app.inject({ method: 'DELETE', url: `${API}/sessions/gone`, headers: { 'content-type': 'application/json' } })
   t.equal(named.statusCode, 204, named.body)
   t.equal((await app.inject({ method: 'POST', url: `${API}/execute`, headers: { 'content-type': 'application/json' } })).statusCode, 400, 'a POST still needs its body')
+  // A body sent anyway is refused, not left unread: this client meant another session.
+  await createSession(app, 'kept', 'x')
+  await createSession(app, 'other', 'x')
+  for (const payload of ['{"session_id":"other"}', '[1]', '"kept"', '{}']) {
+    const refused = await app.inject({ method: 'DELETE', url: `${API}/sessions/kept`, headers: { 'content-type': 'application/json' }, payload })
+    t.equal(refused.statusCode, 400, payload)
+    t.equal(refused.json().code, 'BODY_NOT_ALLOWED')
+    t.match(refused.json().message, /DELETE takes no body/u)
+  }
+  t.equal((await get(app, '/progress?session_id=kept')).statusCode, 200, 'nothing deleted')
+  t.equal((await get(app, '/progress?session_id=other')).statusCode, 200)
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/kept`, headers: { 'content-type': 'application/json' }, payload: 'null' })).statusCode, 204, 'JSON null is no body')
 })
 
 t.test('GET /health and /ready', async (t) => {
