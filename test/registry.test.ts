@@ -444,6 +444,37 @@ t.test('a delete queued while a save is in flight: the save resolves, then the d
   t.equal(registry.slotCount, 0, 'nothing is kept for a deleted session')
 })
 
+t.test('a delete queued behind other changes is written on its own, after them: a delete that fails fails alone', async (t) => {
+  const { fs, store, registry } = await setup(t)
+  await registry.change('s', addTask('one'))
+  const gate = fs.hold('rename', { path: tempOf('s'), times: 1 })
+  const held = registry.change('s', addTask('two'))
+  await gate.reached
+  // Queued together while that write is held: a change, then a delete the store refuses.
+  const queued = registry.change('s', addTask('three'))
+  const del = registry.change('s', (draft) => { draft.delete({ archived: false }) })
+  fs.fail('rename', 'EIO', { path: (path) => path === store.pathFor('s') })
+  gate.release()
+  await held
+  t.type(await queued, 'string', 'the change before the delete is written')
+  await t.rejects(del, StorageError, 'the delete fails, alone')
+  t.same(instructions(onDisk(store, 's')), ['one', 'two', 'three'], 'the disk holds the change')
+  t.strictSame(onDisk(store, 's'), registry.find('s'), 'memory and disk agree')
+  fs.heal()
+  // A delete behind a change that succeeds: both resolve, in order, and the session is gone.
+  const order: string[] = []
+  const gate2 = fs.hold('rename', { path: tempOf('s'), times: 1 })
+  const held2 = registry.change('s', addTask('four')).then(() => order.push('four'))
+  await gate2.reached
+  const five = registry.change('s', addTask('five')).then(() => order.push('five'))
+  const gone = registry.change('s', (draft) => { draft.delete({ archived: false }) }).then(() => order.push('delete'))
+  gate2.release()
+  await Promise.all([held2, five, gone])
+  t.same(order, ['four', 'five', 'delete'])
+  t.equal(onDisk(store, 's'), null, 'the file is gone')
+  t.equal(registry.find('s'), null)
+})
+
 t.test('a change that throws leaves the others in its batch unaffected; unchanged() costs no write', async (t) => {
   const { fs, store, registry } = await setup(t)
   await registry.change('s', addTask('one'))

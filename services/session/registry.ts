@@ -28,7 +28,9 @@ interface QueuedChange {
   conflicts: number
   /**
    * Written in a draft of its own: it shared a write that made the session too large, and only
-   * the change that does it may fail for it (not an agent's result that happened to share it).
+   * the change that does it may fail for it (not an agent's result that happened to share it);
+   * or it deletes or archives the session, which the store may refuse for reasons of its own
+   * (another replica took the session's lease), not to be the fate of changes queued before it.
    */
   alone?: boolean
 }
@@ -462,7 +464,11 @@ export class SessionRegistry {
     this.forgetIfGone(sessionId, slot)
   }
 
-  /** Applies queued changes to one draft, up to a delete or archive (written on its own: what follows starts from its result). */
+  /**
+   * Applies queued changes to one draft, up to a delete or archive, which is written on its own:
+   * what follows starts from its result, and what came before is written first (a change found
+   * to delete or archive behind others puts the batch back, and the others are applied again).
+   */
   private applyBatch (sessionId: string, slot: SessionSlot): { draft: Draft, applied: Applied[] } {
     const batch = slot.queue.splice(0)
     const draft = new Draft(sessionId, slot.file && cloneSessionFile(slot.file), this.clock(), slot.file)
@@ -475,6 +481,11 @@ export class SessionRegistry {
       }
       try {
         const value = change.apply(draft)
+        if ((draft.intent.kind === 'archive' || draft.intent.kind === 'delete') && applied.length > 0) {
+          change.alone = true
+          slot.queue.unshift(...applied.map((outcome) => outcome.change), change, ...batch)
+          return this.applyBatch(sessionId, slot)
+        }
         applied.push(value instanceof Unchanged ? { change, value: value.value, unchanged: true } : { change, value, unchanged: false })
       } catch (err) {
         change.reject(err)
