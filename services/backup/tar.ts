@@ -65,10 +65,10 @@ async function * tarBlocks (files: AsyncIterable<TarFile> | Iterable<TarFile>): 
     if (name.length > NAME_BYTES || /[^\x20-\x7e]/u.test(file.name)) {
       const pax = paxRecord('path', file.name)
       yield header({ name: 'PaxHeader/' + asciiPrefix(file.name, NAME_BYTES - 10), size: pax.length, mode: 0o600, mtime, type: 'x' })
-      yield padded(pax)
+      yield * padded(pax)
     }
     yield header({ name: asciiPrefix(file.name, NAME_BYTES), size: file.data.length, mode: file.mode ?? 0o600, mtime, type: '0' })
-    yield padded(Buffer.from(file.data.buffer, file.data.byteOffset, file.data.byteLength))
+    yield * padded(Buffer.from(file.data.buffer, file.data.byteOffset, file.data.byteLength))
   }
   // The end of an archive: two zero blocks.
   yield Buffer.alloc(BLOCK * 2)
@@ -111,9 +111,11 @@ function paxRecord (key: string, value: string): Buffer {
   return Buffer.from(`${length}${body}`, 'utf8')
 }
 
-function padded (data: Buffer): Buffer {
+/** `data`, then the zeros up to a whole block: two chunks, so a session of megabytes is not copied to pad it. */
+function * padded (data: Buffer): Generator<Buffer> {
+  yield data
   const rest = data.length % BLOCK
-  return rest === 0 ? data : Buffer.concat([data, Buffer.alloc(BLOCK - rest)])
+  if (rest !== 0) yield Buffer.alloc(BLOCK - rest)
 }
 
 function writeOctal (block: Buffer, offset: number, length: number, value: number): void {
