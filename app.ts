@@ -15,6 +15,7 @@ import { createValidatorCompiler } from './http/validation.js'
 import { answerUnrouted, clientErrors, missingHost, observeWhenSent, type UnroutedObserver } from './http/client-errors.js'
 import { guardConnections, type ConnectionGuard } from './http/connections.js'
 import { hostCheck } from './http/allowed-hosts.js'
+import { encodedBody } from './http/json-body.js'
 import { openFileLimit, socketBudget } from './http/file-limit.js'
 import type { Config } from './schemas/config.js'
 
@@ -140,7 +141,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   }
   const foreignHost = hostCheck(listening, settings.TASK_API_KEYS, settings.TASK_ALLOWED_HOSTS)
   app.addHook('onRequest', (request, reply, done) => {
-    const refusal = missingHost(request.raw) ?? foreignHost?.(request.raw) ?? null
+    const refusal = missingHost(request.raw) ?? foreignHost?.(request.raw) ?? encodedBody(request.raw)
     if (refusal !== null) {
       done(refusal)
       return

@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 
 /** What an empty body stands for in a context: `{ value }`, or null when it is refused (as Fastify refuses it). */
@@ -76,6 +77,22 @@ export function refuseBareBrowserPost (request: FastifyRequest): void {
 export function refuseBody (request: FastifyRequest, _reply: unknown, done: (err?: Error) => void): void {
   if (request.body === undefined || request.body === null) done()
   else done(Object.assign(new Error(`${request.method} takes no body: what it acts on is named in the path`), { statusCode: 400, code: 'BODY_NOT_ALLOWED' }))
+}
+
+/**
+ * The standalone server decodes no body: one sent with a Content-Encoding other than
+ * `identity` is refused (415, RFC 9110), not read as if it were plain. (Embedded, the host may
+ * decode bodies in its own hook, leaving the header: see acceptJsonOnly.) Null when there is none.
+ */
+export function encodedBody (raw: IncomingMessage): Error | null {
+  const coding = raw.headers['content-encoding']
+  if (coding === undefined || /^\s*(identity\s*)?$/iu.test(coding)) return null
+  // A request without a body (a probe's GET) has nothing to decode.
+  if (raw.headers['transfer-encoding'] === undefined && !(Number(raw.headers['content-length'] ?? 0) > 0)) return null
+  return Object.assign(new Error(`Unsupported Media Type (Content-Encoding '${coding.slice(0, 40)}'): bodies are taken as they are, not decoded; send plain JSON`), {
+    statusCode: 415,
+    code: 'UNSUPPORTED_CONTENT_ENCODING'
+  })
 }
 
 /** A request a browser made: it always sends these on a POST, and no page can leave them out. */

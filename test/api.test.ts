@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process'
 import { readFile, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
+import { gzipSync } from 'node:zlib'
 import t from 'tap'
 import { promisify } from 'node:util'
 import { API, build, createSession, get, post, tempDir } from './helper.js'
@@ -427,6 +428,20 @@ t.test('a body is UTF-8: bytes that are not are a 400 and another charset a 415,
   t.same((await get(app, '/list?session_id=bytes')).json().tasks.map((task: { instruction: string }) => task.instruction), ['café ✅', 'café ✅', 'café ✅'], 'stored as sent')
   const bom = await app.inject({ method: 'POST', url: `${API}/create`, payload: Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"session_id":"bom","instructions":"1. a"}')]), headers: { 'content-type': 'application/json' } })
   t.equal(bom.statusCode, 200, 'a UTF-8 byte order mark is taken, as before')
+})
+
+t.test('a body sent with a Content-Encoding is a 415 and changes nothing, not read as if plain; a body-less request carrying the header is served', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir })
+  const body = JSON.stringify({ session_id: 'coded', instructions: '1. a' })
+  for (const [coding, payload] of [['gzip', gzipSync(body)], ['br', body], ['deflate, gzip', body], ['x-custom', body]] as const) {
+    const res = await app.inject({ method: 'POST', url: `${API}/create`, payload, headers: { 'content-type': 'application/json', 'content-encoding': coding } })
+    t.equal(res.statusCode, 415, `${coding}: 415`)
+    t.match(res.json(), { statusCode: 415, code: 'UNSUPPORTED_CONTENT_ENCODING', error: 'Unsupported Media Type', message: /not decoded/u }, `${coding}: says why`)
+  }
+  t.same((await readdir(dir)).filter((name) => name.endsWith('.json')), [], 'nothing was created')
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: body, headers: { 'content-type': 'application/json', 'content-encoding': 'identity' } })).statusCode, 200, 'identity is no coding')
+  t.equal((await app.inject({ method: 'GET', url: `${API}/progress?session_id=coded`, headers: { 'content-encoding': 'gzip' } })).statusCode, 200, 'a GET has no body to decode')
 })
 
 t.test('an unknown route answers 404 in the error shape, with a code like every other error', async (t) => {
