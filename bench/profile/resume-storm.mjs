@@ -20,9 +20,9 @@ const base = `http://127.0.0.1:${port}`
 const child = spawn(process.execPath, [server], { env: { PATH: process.env.PATH, PORT: String(port), TASK_STORAGE_DIR: dir }, stdio: 'ignore' })
 
 /** GET /health every 2 ms from another process for `ms`; its latency percentiles. */
-const PROBE = `const d = []; const end = performance.now() + ${'${ms}'}; while (performance.now() < end) { const t0 = performance.now(); await fetch(process.argv[1] + '/health').then((r) => r.text()); d.push(performance.now() - t0); await new Promise((r) => setTimeout(r, 2)) }
+const PROBE = `const d = []; const end = performance.now() + Number(process.argv[2]); while (performance.now() < end) { const t0 = performance.now(); await fetch(process.argv[1] + '/health').then((r) => r.text()); d.push(performance.now() - t0); await new Promise((r) => setTimeout(r, 2)) }
 d.sort((a, b) => a - b); console.log('/health latency p50 ' + d[d.length >> 1].toFixed(1) + ' ms, p99 ' + d[Math.floor(d.length * 0.99)].toFixed(1) + ' ms, max ' + d.at(-1).toFixed(1) + ' ms over ' + d.length)`
-const probe = (ms) => new Promise((resolve) => execFile(process.execPath, ['--input-type=module', '-e', PROBE.replace('${ms}', String(ms)), base], (err, out) => resolve(err ? String(err) : out.trim())))
+const probe = (ms) => new Promise((resolve) => execFile(process.execPath, ['--input-type=module', '-e', PROBE, base, String(ms)], (err, out) => resolve(err ? String(err) : out.trim())))
 
 try {
   for (let i = 0; ; i++) {
