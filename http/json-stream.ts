@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream'
 
-/** Bytes made ahead of the client (the stream's buffer), and the least each chunk pushed holds: a chunk is whole tasks. */
+/** Bytes made ahead of the client (the stream's buffer), and the most each chunk pushed holds. */
 const AHEAD_BYTES = 64 * 1024
 /** Event-loop time one turn of serializing may take; the rest waits for the next turn. */
 const SLICE_MS = 10
@@ -49,7 +49,7 @@ export class JsonArrayStream<T> extends Readable {
       while (this.#next < this.items.length) {
         chunk += (this.#next === 0 ? '' : ',') + this.serialize(this.items[this.#next++] as T)
         if (chunk.length < AHEAD_BYTES) continue
-        const more = this.push(chunk)
+        const more = this.#push(chunk)
         chunk = ''
         if (!more) return
         if (performance.now() >= this.#until) {
@@ -61,8 +61,20 @@ export class JsonArrayStream<T> extends Readable {
       this.destroy(err as Error)
       return
     }
-    this.push(chunk + this.tail)
+    this.#push(chunk + this.tail)
     this.push(null)
+  }
+
+  /**
+   * Pushes `text` in pieces of AHEAD_BYTES at most: each is one write to the socket, and a write
+   * taken is what tells a slow reader from a stalled one (guardStream), so a task of megabytes
+   * must not be one write a slow but steady reader takes minutes over.
+   */
+  #push (text: string): boolean {
+    const bytes = Buffer.from(text, 'utf8')
+    let more = true
+    for (let at = 0; at < bytes.length; at += AHEAD_BYTES) more = this.push(bytes.subarray(at, at + AHEAD_BYTES))
+    return more
   }
 
   /** Goes on at the next turn of the event loop, in a slice of its own. */

@@ -52,4 +52,8 @@ export function guardStream (req: IncomingMessage, res: ServerResponse, stream: 
   // The request's 'close': one queued behind another on its connection has no socket yet.
   res.once('finish', release).once('close', release)
   req.once('close', release)
+  // The stream's own end (Fastify destroys it when its answer cannot be sent); an answer whose
+  // client left already, while it was being made, is released at once.
+  stream.once('close', release)
+  if (res.destroyed || req.destroyed) release()
 }

@@ -53,6 +53,11 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
       answer.destroy()
       return reply.send(Readable.from([]))
     }
+    // The client left while the answer was made (an execute-all's run): nobody to stream it to.
+    if (request.raw.destroyed || reply.raw.destroyed) {
+      answer.destroy()
+      return reply.send('')
+    }
     guardStream(request.raw, reply.raw, answer, stallMs, {
       onCut: () => request.log.warn({ stall_ms: stallMs }, 'Answer cut: its client took nothing of it for TASK_ANSWER_STALL_MS')
     })

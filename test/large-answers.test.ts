@@ -9,7 +9,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { ExecuteAllResponse, ListResponse } from '../schemas/api.js'
 import { createSerializerCompiler } from '../http/validation.js'
-import { API, build, get, post, waitFor } from './helper.js'
+import { JsonArrayStream } from '../http/json-stream.js'
+import { API, build, get, heldBytes, memoryLog, post, waitFor } from './helper.js'
 import { call, logLines, scratch, within } from './server-process.js'
 
 const serializer = createSerializerCompiler()
@@ -108,4 +109,44 @@ t.test('a client that does not read a large answer holds little memory, and is c
   const res = await call(server, 'GET', `${API}/list?session_id=big`)
   t.equal(res.status, 200)
   t.equal(res.body.total, 15)
+})
+
+t.test('an execute-all whose client left during the run holds nothing once the run ends, and logs no error', async (t) => {
+  const log = memoryLog()
+  let call = 0
+  // A result of its own each time (a shared string would be held anyway).
+  const app = await build(t, { logger: log.logger, executors: { default: async () => { await sleep(60); return { result: `${++call}`.padEnd(400_000, 'r') } } } })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const base = `http://127.0.0.1:${(app.server.address() as net.AddressInfo).port}${API}`
+  const round = async (i: number): Promise<void> => {
+    t.equal((await post(app, '/create', { session_id: `left${i}`, instructions: '1. a\n2. b\n3. c' })).statusCode, 200)
+    // Gone after the first task: the answer, 1.2 MB of results, is streamed once the run ends.
+    await t.rejects(fetch(`${base}/execute-all`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ session_id: `left${i}` }), signal: AbortSignal.timeout(90) }))
+    await waitFor('the run to end', async () => (await get(app, `/progress?session_id=left${i}`)).json().all_done === true)
+    t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/left${i}` })).statusCode, 204)
+  }
+  await round(0)
+  const before = heldBytes()
+  for (let i = 1; i <= 12; i++) await round(i)
+  await sleep(100)
+  const grown = heldBytes() - before
+  // Each answer kept alive would hold its 1.2 MB of results: 14 MB.
+  t.ok(grown < 5 * 1024 * 1024, `held ${Math.round(grown / 1024)} KB more after 12 clients left`)
+  t.same(log.lines().filter((line) => Number(line.level) >= 50).map((line) => line.msg), [], 'no error logged')
+})
+
+t.test('a streamed answer is written in pieces of 64 KB at most, so a slow but steady reader of a task of megabytes shows progress to the stall watch', async (t) => {
+  const tasks = ['a', 'b'].map((name) => ({ name, text: `${name} é ✓ `.padEnd(3_000_000, 'x') }))
+  const stream = new JsonArrayStream('{"tasks":[', tasks, (task) => JSON.stringify(task), ']}')
+  const sizes: number[] = []
+  const parts: Buffer[] = []
+  // Each 'data' is one chunk as pushed: what the response writes to its socket, one at a time.
+  stream.on('data', (chunk: Buffer) => {
+    sizes.push(chunk.length)
+    parts.push(chunk)
+  })
+  await new Promise((resolve) => stream.once('end', resolve))
+  t.ok(sizes.length > 90, `${sizes.length} pieces`)
+  t.ok(sizes.every((size) => size <= 64 * 1024), `the largest ${Math.max(...sizes)} bytes`)
+  t.same(JSON.parse(Buffer.concat(parts).toString('utf8')), { tasks }, 'together, the whole JSON, characters split across pieces included')
 })
