@@ -339,6 +339,10 @@ t.test('an archived session none of whose copies reads answers 409 naming the ro
   const names: string[] = []
   for await (const entry of readTarGz(Readable.from([backup.rawPayload]))) names.push(entry.name)
   t.same(names, ['archive/good.json'], 'a backup is whole, leaving the unreadable session out')
+  // Met by every read and backup since, the row is one failed load, not one per read.
+  await app.inject({ method: 'GET', url: `${API}/progress?session_id=arch` })
+  await app.inject({ method: 'GET', url: `${API}/backup` })
+  t.equal((await app.inject({ method: 'GET', url: `${API}/stats` })).json().storage.failed_loads, 1, 'counted once')
   await app.close()
   // Both past retention: the pass goes past the one it cannot read and deletes the other.
   const later = (): Date => new Date(CLOCK_START + 200 * 86_400_000)

@@ -31,8 +31,10 @@ export class ArchivedSessions {
   private readonly registry: SessionRegistry
   private readonly store: SessionStore
   private readonly log: Logger
-  /** Archived files found unreadable (and set aside) since start. */
+  /** Archived copies found unreadable since start (each once), set aside or left in place. */
   failedLoads = 0
+  /** Copies left in place that were reported already (by name: a newer copy has a name of its own). */
+  private readonly reported = new Set<string>()
   /** Archived sessions that are active too, counted when the counts were `key` (see totals). */
   private behindActive = { key: '', count: 0 }
   /** What summaries() last answered, and from what. */
@@ -208,6 +210,12 @@ export class ArchivedSessions {
 
   private report (failures: LoadFailure[]): void {
     for (const failure of failures) {
+      // A copy left where it is (a database row, a file corrupt/ could not take) is met again by
+      // every later read: counted and logged once, so polls and backups do not swell the count.
+      if (failure.movedTo === null) {
+        if (this.reported.has(failure.name)) continue
+        this.reported.add(failure.name)
+      }
       // One waiting for its key is not damaged: a warning, and not a failed load (the alert on
       // those sends an operator to corrupt/), so an archive that keeps a retired key's sessions
       // does not read as failing.
