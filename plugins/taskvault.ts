@@ -172,7 +172,9 @@ async function registerOnStore (instance: FastifyInstance, options: TaskvaultOpt
   await instance.register(archiverPlugin, pick(ArchiverOptionsSchema, options))
   if (options.metricsRegistry !== undefined) {
     // Subscribed now, before onReady, so the restore and every save are seen.
-    const unregister = registerTaskvaultMetrics({ registry: options.metricsRegistry, prefix: metricsPrefix, manager: instance.taskManager, store: instance.persistence })
+    // The streams' hub is decorated below, before any scrape.
+    const streams = (): number => instance.hasDecorator('eventStreams') ? instance.eventStreams.size : 0
+    const unregister = registerTaskvaultMetrics({ registry: options.metricsRegistry, prefix: metricsPrefix, manager: instance.taskManager, store: instance.persistence, streams })
     instance.addHook('onClose', async () => unregister())
   }
   await instance.register(eventsPlugin, pick(EventsOptionsSchema, options))

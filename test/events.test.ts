@@ -14,7 +14,7 @@ import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { AgentError } from '../services/errors.js'
 import { waitFor } from './agents-fakes.js'
-import { build, createSession, post, tempDir, type TestAppOptions, type TestContext } from './helper.js'
+import { build, createSession, memoryLog, post, tempDir, type TestAppOptions, type TestContext } from './helper.js'
 import { call, kernelConnection, scratch } from './server-process.js'
 import { openStream, type SseEvent } from './sse-client.js'
 import { createServer, type ServerResponse } from 'node:http'
@@ -431,6 +431,23 @@ t.test('many clients resuming at once are written a slice a turn, as live batche
   await waitFor('every resume written', () => clients.every((client) => client.received().includes('"n":299')))
   const orders = clients.map((client) => [...client.received().matchAll(/"n":(\d+)/g)].map((m) => Number(m[1])))
   t.ok(orders.every((order) => order.length === 299 && order.every((n, i) => n === i + 1)), 'every client got every event after its id, in order')
+})
+
+t.test('open streams are a gauge on /metrics, and each logs its end with its duration', async (t) => {
+  const log = memoryLog()
+  const { app, base } = await listening(t, { logger: log.logger })
+  const gauge = async (): Promise<number> => Number(/^taskvault_event_streams (\d+)$/mu.exec((await app.inject({ method: 'GET', url: '/metrics' })).body)?.[1])
+  t.equal(await gauge(), 0)
+  const first = await openStream(t, `${base}${EVENTS}`)
+  const second = await openStream(t, `${base}${EVENTS}?session_id=s`)
+  t.equal(await gauge(), 2, 'two open')
+  first.close()
+  await waitFor('the first to close', async () => await gauge() === 1)
+  const closed = await waitFor('its end logged', () => log.lines().find((line) => line.msg === 'Event stream closed'))
+  t.type(closed.ms, 'number', 'with its duration')
+  t.equal(closed.reqId !== undefined, true, 'on the request\'s log')
+  second.close()
+  await waitFor('none open', async () => await gauge() === 0)
 })
 
 /** Sends `request` raw on a new connection; collects what comes back. */

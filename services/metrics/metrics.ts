@@ -13,6 +13,8 @@ export interface TaskvaultMetricsOptions {
   store: SessionStore
   /** Prefix of every metric name. */
   prefix: string
+  /** Event streams open now (none when the live view is not there). */
+  streams?: () => number
 }
 
 /** Saves are fsyncs: sub-millisecond on fast disks, up to seconds on a sick one. */
@@ -25,7 +27,7 @@ const AGENT_BUCKETS = [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
  * from the manager at scrape time, so they are right whenever the registry was attached;
  * saves and agent calls are observed as events. Returns a function that detaches them all.
  */
-export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: TaskvaultMetricsOptions): () => void {
+export function registerTaskvaultMetrics ({ registry, manager, store, prefix, streams }: TaskvaultMetricsOptions): () => void {
   const registers = [registry]
   const names: string[] = []
   const name = (suffix: string): string => {
@@ -126,6 +128,7 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix }: 
       for (const status of TASK_STATUSES) this.set({ status, store: name }, tasks[status])
     }
   })
+  if (streams !== undefined) new Gauge({ name: name('event_streams'), help: 'Event streams (GET /events) open now, or waiting behind other answers on their connection; past TASK_EVENTS_MAX_CLIENTS one more answers 503', registers, collect () { this.set(streams()) } })
   new Gauge({ name: name('executions_in_flight'), help: 'Executions (execute, execute-all) running now', registers, collect () { this.set(manager.runningCount) } })
   new Gauge({ name: name('storage_bytes'), help: 'Bytes of the live session files this process holds (PostgreSQL: of the sessions this replica holds copies of)', registers, collect () { this.set(manager.stats().storage.bytes) } })
   new Gauge({ name: name('restore_duration_seconds'), help: 'How long the restore at startup took', registers, collect () { this.set(manager.stats().storage.restore_ms / 1000) } })
