@@ -59,9 +59,10 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix, st
       const stats = manager.stats()
       this.set({ state: 'active' }, stats.active_sessions)
       this.set({ state: 'completed' }, stats.completed_sessions)
-      // Counted by the archive once it keeps a count; absent until then.
+      // Counted by the archive once it keeps a count; absent until then. A shared store's archive
+      // changes under other replicas, unseen by this one's index: taskvault_stored_sessions counts it.
       const archived = (stats as { archived_sessions?: unknown }).archived_sessions
-      if (typeof archived === 'number') this.set({ state: 'archived' }, archived)
+      if (typeof archived === 'number' && store.shared === undefined) this.set({ state: 'archived' }, archived)
     }
   })
   new Gauge({
