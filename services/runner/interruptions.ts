@@ -104,7 +104,6 @@ export class Interruptions {
         if (cancelRequested) {
           for (const task of interrupted) {
             Object.assign(task, { status: 'Failed', result: null, error: 'cancelled', confidence: null, completed_at: isoNow(draft.now) })
-            this.options.log.warn({ session_id: sessionId, task_id: task.id }, 'Task cancelled (asked while its replica was gone)')
             failed.push(task.id)
           }
           delete file.background_run
@@ -115,6 +114,8 @@ export class Interruptions {
         return interrupted.length === 0 ? unchanged(run) : run
       }, { fresh: true, records: true })
       applied = true
+      // Logged once saved: a change may be applied again (a version conflict) or fail to save.
+      for (const taskId of failed) this.options.log.warn({ session_id: sessionId, task_id: taskId }, 'Task cancelled (asked while its replica was gone)')
       this.failedHere(sessionId, failed)
       this.report(sessionId, noted)
       // TASK_RESUME_ON_START=false: the run's record stays (and the lease goes back) until a
