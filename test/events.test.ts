@@ -19,7 +19,7 @@ import { call, kernelConnection, scratch } from './server-process.js'
 import { openStream, type SseEvent } from './sse-client.js'
 import { createServer, type ServerResponse } from 'node:http'
 import { EventStreamHub, flushInterval } from '../services/events/event-stream.js'
-import { TaskEventBuffer, type TaskEventData } from '../services/events/task-events.js'
+import { TaskEventBuffer, type BufferedEvent, type TaskEventData } from '../services/events/task-events.js'
 import { ChangeLoad } from '../services/events/change-load.js'
 
 const EVENTS = '/api/v1/tasks/events'
@@ -406,11 +406,8 @@ t.test('a batch for many clients goes out in slices of TASK_EVENTS_FANOUT_SLICE_
 })
 
 t.test('many clients resuming at once are written a slice a turn, as live batches are: each gets every event, in order', async (t) => {
-  const buffer = new TaskEventBuffer(1000)
-  const pad = 'x'.repeat(1000)
-  const first = buffer.append('progress', { session_id: 's', n: 0, pad })
   // Some 300 KB each to resume: five pieces.
-  for (let n = 1; n < 300; n++) buffer.append('progress', { session_id: 's', n, pad })
+  const { buffer, first } = paddedEvents(1000, 300)
   // A slice of 0 ms: 16 pieces a turn.
   const hub = new EventStreamHub(buffer, { maxClients: 100, heartbeatMs: 3_600_000, maxQueuedBytes: 1024 * 1024, cutGraceMs: 5000, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1, fanoutSliceMs: 0 }, { info: () => {}, warn: () => {} })
   // The requests are held, then their streams opened in one go: a burst of resumes in one turn.
@@ -449,6 +446,15 @@ t.test('open streams are a gauge on /metrics, and each logs its end with its dur
   second.close()
   await waitFor('none open', async () => await gauge() === 0)
 })
+
+/** A buffer of `size` events holding `count` progress events of session 's' (`n` from 0), each some 1 KB; the first of them. */
+function paddedEvents (size: number, count: number): { buffer: TaskEventBuffer, first: BufferedEvent } {
+  const buffer = new TaskEventBuffer(size)
+  const pad = 'x'.repeat(1000)
+  const first = buffer.append('progress', { session_id: 's', n: 0, pad })
+  for (let n = 1; n < count; n++) buffer.append('progress', { session_id: 's', n, pad })
+  return { buffer, first }
+}
 
 /** Sends `request` raw on a new connection; collects what comes back. */
 function rawClient (port: number, request: string): { received: () => string, socket: net.Socket } {
@@ -506,11 +512,8 @@ t.test('a stream requested behind a slow response on the same connection (pipeli
 })
 
 t.test('a stream pipelined behind a slow response holds nothing while it waits, then resumes a piece at a time; not read, it is cut and its connection closed', async (t) => {
-  const buffer = new TaskEventBuffer(20_000)
-  const pad = 'x'.repeat(1000)
-  const first = buffer.append('progress', { session_id: 's', n: 0, pad })
   // Some 20 MB to replay: far past the bound, and more than the kernel's socket buffers take.
-  for (let n = 1; n < 20_000; n++) buffer.append('progress', { session_id: 's', n, pad })
+  const { buffer, first } = paddedEvents(20_000, 20_000)
   const hub = new EventStreamHub(buffer, { maxClients: 10, heartbeatMs: 3_600_000, maxQueuedBytes: 256 * 1024, cutGraceMs: 200, flushMs: 0, flushMaxMs: 0, fanoutShare: 0.1, fanoutSliceMs: 2 }, { info: () => {}, warn: () => {} })
   let stream: ServerResponse | null = null
   let connection: net.Socket | null = null
@@ -541,7 +544,7 @@ t.test('a stream pipelined behind a slow response holds nothing while it waits, 
   const queued = (stream as ServerResponse | null)?.socket?.writableLength ?? 0
   t.ok(queued <= 256 * 1024, `its resume waits a piece at a time behind the socket (${queued} bytes queued)`)
   // Live events past the bound, behind the resume it does not read: cut, and its connection closed.
-  for (let n = 0; n < 400; n++) buffer.append('progress', { session_id: 's', n, pad })
+  for (let n = 0; n < 400; n++) buffer.append('progress', { session_id: 's', n, pad: 'x'.repeat(1000) })
   await waitFor('the client cut off', () => hub.size === 0, 10_000)
   await waitFor('its connection closed', () => (connection as net.Socket | null)?.destroyed === true, 10_000)
   t.pass('the server closed the connection of a client that did not read')
