@@ -52,8 +52,10 @@ export function guardStream (req: IncomingMessage, res: ServerResponse, stream: 
   // The request's 'close': one queued behind another on its connection has no socket yet.
   res.once('finish', release).once('close', release)
   req.once('close', release)
-  // The stream's own end (Fastify destroys it when its answer cannot be sent); an answer whose
-  // client left already, while it was being made, is released at once.
-  stream.once('close', release)
-  if (res.destroyed || req.destroyed) release()
+  // The stream destroyed before its end (by Fastify, when its answer cannot be sent); an answer
+  // whose client left already, while it was being made, is released at once: its connection
+  // tells (Node marks a request destroyed once its body is read). One that ended is released
+  // with its answer: its last bytes may still wait on the client.
+  stream.once('close', () => { if (!stream.readableEnded) release() })
+  if (res.destroyed || req.socket?.destroyed === true) release()
 }

@@ -54,7 +54,8 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
       return reply.send(Readable.from([]))
     }
     // The client left while the answer was made (an execute-all's run): nobody to stream it to.
-    if (request.raw.destroyed || reply.raw.destroyed) {
+    // Its connection tells, not the request, which Node marks destroyed once its body is read.
+    if (reply.raw.destroyed || request.raw.socket?.destroyed === true) {
       answer.destroy()
       return reply.send('')
     }

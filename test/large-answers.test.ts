@@ -111,7 +111,7 @@ t.test('a client that does not read a large answer holds little memory, and is c
   t.equal(res.body.total, 15)
 })
 
-t.test('an execute-all whose client left during the run holds nothing once the run ends, and logs no error', async (t) => {
+t.test('an execute-all over a real connection: a client that waits gets its results streamed; one that left during the run holds nothing once the run ends, and logs no error', async (t) => {
   const log = memoryLog()
   let call = 0
   // A result of its own each time (a shared string would be held anyway).
@@ -126,6 +126,15 @@ t.test('an execute-all whose client left during the run holds nothing once the r
     t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/left${i}` })).statusCode, 204)
   }
   await round(0)
+  // A client that waits gets the whole answer, streamed over a real connection.
+  t.equal((await post(app, '/create', { session_id: 'stayed', instructions: '1. a\n2. b\n3. c' })).statusCode, 200)
+  const stayed = await fetch(`${base}/execute-all`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ session_id: 'stayed' }) })
+  t.equal(stayed.status, 200)
+  t.equal(stayed.headers.get('content-length'), null, 'streamed')
+  const text = await stayed.text()
+  const answer = JSON.parse(text)
+  t.equal(answer.total_executed, 3)
+  t.ok(text === whole.executeAll(answer), `the whole answer (${text.length} characters), as made whole`)
   const before = heldBytes()
   for (let i = 1; i <= 12; i++) await round(i)
   await sleep(100)
