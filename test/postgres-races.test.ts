@@ -284,6 +284,28 @@ t.test('a defect inside a pass holding its lock is thrown as it is, not taken fo
   t.equal(await exclusively(pool, SCHEMA, 'archive', { idleMs: 30_000, waitMs: 0 }, async (lock) => lock.held()), true, 'the lock is free again')
 })
 
+t.test('a pass that asks whether it still holds its lock while the lock\'s own beat pings never sends two statements at once on the lock\'s connection', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const pool = new pg.Pool(connectionConfig({ url, schema: SCHEMA, max: 2, statementTimeoutMs: 10_000 }))
+  t.teardown(() => pool.end())
+  // pg warns (and pg 9 throws) when a client is given a statement while another runs on it.
+  const warnings: string[] = []
+  const onWarning = (warning: Error): void => { warnings.push(warning.message) }
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
+  // A beat every 100 ms, and the pass asking all the while, twice at once.
+  const answers = await exclusively(pool, SCHEMA, 'archive', { idleMs: 300, waitMs: 0 }, async (lock) => {
+    const held: boolean[] = []
+    const until = performance.now() + 500
+    while (performance.now() < until) held.push(...await Promise.all([lock.held(), lock.held()]))
+    return held
+  })
+  t.ok(answers !== null && answers.length > 10 && answers.every((held) => held), `held all along (${answers?.length} answers)`)
+  await new Promise((resolve) => setImmediate(resolve))
+  t.same(warnings.filter((message) => /already executing a query/u.test(message)), [], 'no statement sent over another')
+})
+
 t.test('cancels of a run left behind through two replicas at once: the one whose claim finds the other\'s lease answers with the cancelled task too (not 409)', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

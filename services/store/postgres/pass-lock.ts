@@ -38,14 +38,16 @@ export async function exclusively<T> (pool: pg.Pool, schema: string, pass: strin
   client.on('error', onError)
   let running = false
   let beat: NodeJS.Timeout | undefined
+  // One ping at a time, shared by the beat and the pass's own asking: a connection runs one
+  // statement at a time (pg queues a second, and will refuse it from pg 9).
+  let pinging: Promise<boolean> | null = null
   const ping = async (): Promise<boolean> => {
     if (broken !== undefined) return false
-    try {
-      await client.query('SELECT 1')
-    } catch (err) {
+    pinging ??= client.query('SELECT 1').then(() => broken === undefined, (err: unknown) => {
       broken ??= err instanceof Error ? err : new Error(String(err))
-    }
-    return broken === undefined
+      return false
+    }).finally(() => { pinging = null })
+    return pinging
   }
   try {
     await client.query('BEGIN')
@@ -65,6 +67,8 @@ export async function exclusively<T> (pool: pg.Pool, schema: string, pass: strin
     throw storageError(`running the ${pass} pass`, err, false)
   } finally {
     clearInterval(beat)
+    // A ping still under way goes first: the rollback is the connection's next statement.
+    await pinging
     await client.query('ROLLBACK').catch((err: Error) => { broken ??= err })
     client.removeListener('error', onError)
     client.release(broken)
