@@ -105,9 +105,13 @@ t.test('through the fs seam: EIO on saves; cancel during the wait ends the run; 
   const before = refused
   await waitFor('more tries', async () => refused >= before + 2)
   t.match(await progressOf(app, 'eio'), { running: true })
-  // Lists say so too, as the dashboard's overview reads them.
+  // Lists say so too, as the dashboard's overview reads them: between tries (each try clears
+  // the mark while it runs, and a list read then shows the run as running only).
   for (const archived of ['exclude', 'include']) {
-    const listed = (await get(app, `/list?session_id=all&archived=${archived}`)).json().sessions
+    const listed = await waitFor(`GET /list (archived=${archived}) to say the run waits`, async () => {
+      const sessions = (await get(app, `/list?session_id=all&archived=${archived}`)).json().sessions
+      return sessions[0]?.waiting === 'storage' && sessions
+    })
     t.match(listed, [{ session_id: 'eio', running: true, waiting: 'storage' }], `GET /list (archived=${archived}) says the run waits for storage`)
   }
   failing = false
