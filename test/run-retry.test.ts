@@ -79,13 +79,19 @@ t.test('on a real full disk: the background run waits for storage, then finishes
 t.test('through the fs seam: EIO on saves; cancel during the wait ends the run; shutdown during the wait keeps the record', async (t) => {
   let failing = false
   let refused = 0
+  // What progress said while each refused try was under way, once the run had been marked.
+  const marks: unknown[] = []
+  let watched: Awaited<ReturnType<typeof build>> | null = null
   // The first call for a task named 'b' in each session breaks the disk: its ending cannot be saved.
   const broke = new Set<string>()
   const calls = new Map<string, number>()
   const fs: FsSeam = {
     ...nodeFs,
     open: (async (...args: Parameters<typeof nodeFs.open>) => {
-      if (failing && args[1] === 'wx' && ++refused > 0) throw Object.assign(new Error('EIO: injected fault'), { code: 'EIO' })
+      if (failing && args[1] === 'wx' && ++refused > 0) {
+        if (watched !== null && refused > 1) marks.push((await progressOf(watched, 'eio')).waiting)
+        throw Object.assign(new Error('EIO: injected fault'), { code: 'EIO' })
+      }
       return nodeFs.open(...args)
     }) as typeof nodeFs.open
   }
@@ -98,6 +104,7 @@ t.test('through the fs seam: EIO on saves; cancel during the wait ends the run; 
   }
   const dir = await tempDir(t)
   const app = await build(t, { dir, fs, config: { TASK_RUN_RETRY_MS: 20, TASK_RUN_RETRY_MAX_MS: 50 }, executors })
+  watched = app
   t.equal((await post(app, '/create', { session_id: 'eio', instructions: '1. a\n2. b\n3. c' })).statusCode, 200)
   t.equal((await post(app, '/execute-all', { session_id: 'eio', wait: false })).statusCode, 202)
   await waitFor('the run to wait', async () => (await progressOf(app, 'eio')).waiting === 'storage')
@@ -105,16 +112,16 @@ t.test('through the fs seam: EIO on saves; cancel during the wait ends the run; 
   const before = refused
   await waitFor('more tries', async () => refused >= before + 2)
   t.match(await progressOf(app, 'eio'), { running: true })
-  // Lists say so too, as the dashboard's overview reads them: between tries (each try clears
-  // the mark while it runs, and a list read then shows the run as running only).
+  // The mark holds through each try that storage refuses again: no moment says the run went on.
+  t.ok(marks.length >= 2, 'tries were watched')
+  t.same(marks, marks.map(() => 'storage'), 'progress says "waiting: storage" during every later try')
+  // Lists say so too, as the dashboard's overview reads them.
   for (const archived of ['exclude', 'include']) {
-    const listed = await waitFor(`GET /list (archived=${archived}) to say the run waits`, async () => {
-      const sessions = (await get(app, `/list?session_id=all&archived=${archived}`)).json().sessions
-      return sessions[0]?.waiting === 'storage' && sessions
-    })
-    t.match(listed, [{ session_id: 'eio', running: true, waiting: 'storage' }], `GET /list (archived=${archived}) says the run waits for storage`)
+    const sessions = (await get(app, `/list?session_id=all&archived=${archived}`)).json().sessions
+    t.match(sessions, [{ session_id: 'eio', running: true, waiting: 'storage' }], `GET /list (archived=${archived}) says the run waits for storage`)
   }
   failing = false
+  watched = null
   await waitFor('the run to finish', async () => (await progressOf(app, 'eio')).running === false)
   t.match(await progressOf(app, 'eio'), { all_done: true, completed: 3 })
   t.equal(calls.get('eio/b'), 1, 'the task whose ending storage refused is saved later, not run again')

@@ -399,7 +399,8 @@ export class TaskRunner {
         run.waiting = 'storage'
         this.announceProgress(sessionId)
         await pause(delay, [run.signal, this.closingSignal.signal])
-        run.waiting = null
+        // The mark stays through the next try, until a save of it succeeds (saved()): a try
+        // storage refuses again leaves no moment in which the run looks as if it went on.
         run.error = null
         delay = Math.min(delay * 2, this.runRetryMaxMs)
         // Shutdown during the wait: the record stays and the run resumes after restart.
@@ -488,7 +489,7 @@ export class TaskRunner {
       }
       let started: Task | null
       try {
-        started = await this.claimTask(sessionId, taskId)
+        started = await this.claimTask(sessionId, taskId, run)
       } catch (err) {
         release()
         throw err
@@ -558,7 +559,7 @@ export class TaskRunner {
    * Marks the task InProgress (the first runnable one, or `taskId` when retrying it) and
    * resolves once that is on disk; null when there is none.
    */
-  private async claimTask (sessionId: string, taskId: string | null): Promise<Task | null> {
+  private async claimTask (sessionId: string, taskId: string | null, run: Run): Promise<Task | null> {
     const owed = this.owedResets?.has(sessionId) === true ? this.owedResets : null
     let noted: Interruption[] = []
     const claimed = await this.registry.change(sessionId, (draft) => {
@@ -576,6 +577,7 @@ export class TaskRunner {
       delete task.result_truncated
       return { ...task }
     }, { records: true })
+    saved(run)
     owed?.settled(sessionId, noted)
     // Tasks failed for their interruptions end as a run's do, on the live view too; the claimed
     // task's own events follow (a task failed so is not run: when none is left, the progress says so).
@@ -596,7 +598,7 @@ export class TaskRunner {
       // A run's cancel (background or execute-all: either ends a recorded run) ends the run in the
       // same save: both land or neither does, so a cancel is never half done (the task cancelled
       // on disk, the run's record left to resume it).
-      return await this.finish(sessionId, ending, run.announced, run.announced && ending.cancelled !== undefined)
+      return await this.finish(sessionId, ending, run, run.announced && ending.cancelled !== undefined)
     } catch (err) {
       if (!(err instanceof SessionTooLargeError) || !ending.agents) {
         if (err instanceof StorageError) run.unsaved = ending
@@ -613,11 +615,11 @@ export class TaskRunner {
   }
 
   /**
-   * Records how the task's call ended: what the client is answered once it is durable. `progress`
-   * false: a single execute, whose end announces the progress (no longer running) right after.
+   * Records how the task's call ended: what the client is answered once it is durable. A run not
+   * `announced` is a single execute, whose end announces the progress (no longer running) right after.
    * `endsRun`: the run's record (`background_run`) is cleared in the same save.
    */
-  private async finish (sessionId: string, { taskId, outcome, agents }: Ending, progress: boolean, endsRun = false): Promise<ExecutedTask> {
+  private async finish (sessionId: string, { taskId, outcome, agents }: Ending, run: Run, endsRun = false): Promise<ExecutedTask> {
     const executed = await this.registry.change(sessionId, (draft) => {
       const file = liveFile(draft)
       const task = file.session.tasks.find((t) => t.id === taskId)
@@ -627,9 +629,10 @@ export class TaskRunner {
       Object.assign(task, outcome, { completed_at: isoNow(draft.now) })
       return { task_id: task.id, instruction: task.instruction, status: task.status, result: task.result, error: task.error, confidence: task.confidence, ...(task.result_truncated === true && { result_truncated: true }) }
     }, { records: !agents })
+    saved(run)
     // Counted once durable, as the client is told (metrics: tasks finished per second).
     this.events.emit('task-finished', { session_id: sessionId, task_id: taskId, status: executed.status as 'Completed' | 'Failed' })
-    this.announce(executed.status === 'Completed' ? 'task.completed' : 'task.failed', { session_id: sessionId, task_id: executed.task_id, status: executed.status }, progress)
+    this.announce(executed.status === 'Completed' ? 'task.completed' : 'task.failed', { session_id: sessionId, task_id: executed.task_id, status: executed.status }, run.announced)
     return executed
   }
 
@@ -652,6 +655,11 @@ export class TaskRunner {
     this.log.warn({ session_id: sessionId, task_id: taskId }, 'Task cancelled')
     return { taskId, outcome: { status: 'Failed', result: null, error: 'cancelled', confidence: null }, agents: false, cancelled: { before } }
   }
+}
+
+/** A save of the run succeeded: storage works again, so the run waits for it no more (before its events tell so). */
+function saved (run: Run): void {
+  run.waiting = null
 }
 
 /** What cancel() waits on besides the run's end: a refusal that settles with the error of a cancel taken back. */
