@@ -32,9 +32,10 @@ export function cutAnswer (res: ServerResponse): void {
  * Watches a streamed answer until it ends, or its request or connection goes: a client that
  * takes nothing of it for `stallMs` has its connection cut (`onCut` first, to log it), so it
  * holds neither the stream nor what the stream reads from. Then `stream` is destroyed and
- * `onDone` called, once.
+ * `onDone` called, once. False when the client had left already: the stream is released at once,
+ * and there is nobody to send it to.
  */
-export function guardStream (req: IncomingMessage, res: ServerResponse, stream: Readable, stallMs: number, on: { onCut: () => void, onDone?: () => void }): void {
+export function guardStream (req: IncomingMessage, res: ServerResponse, stream: Readable, stallMs: number, on: { onCut: () => void, onDone?: () => void }): boolean {
   let done = false
   const release = (): void => {
     if (done) return
@@ -57,5 +58,7 @@ export function guardStream (req: IncomingMessage, res: ServerResponse, stream: 
   // tells (Node marks a request destroyed once its body is read). One that ended is released
   // with its answer: its last bytes may still wait on the client.
   stream.once('close', () => { if (!stream.readableEnded) release() })
-  if (res.destroyed || req.socket?.destroyed === true) release()
+  if (!res.destroyed && req.socket?.destroyed !== true) return true
+  release()
+  return false
 }

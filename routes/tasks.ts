@@ -53,16 +53,11 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
       answer.destroy()
       return reply.send(Readable.from([]))
     }
-    // The client left while the answer was made (an execute-all's run): nobody to stream it to.
-    // Its connection tells, not the request, which Node marks destroyed once its body is read.
-    if (reply.raw.destroyed || request.raw.socket?.destroyed === true) {
-      answer.destroy()
-      return reply.send('')
-    }
-    guardStream(request.raw, reply.raw, answer, stallMs, {
+    const guarded = guardStream(request.raw, reply.raw, answer, stallMs, {
       onCut: () => request.log.warn({ stall_ms: stallMs }, 'Answer cut: its client took nothing of it for TASK_ANSWER_STALL_MS')
     })
-    return reply.send(answer)
+    // The client left while the answer was made (an execute-all's run): nobody to stream it to.
+    return reply.send(guarded ? answer : '')
   }
   app.addHook('onRequest', app.verifyApiKey)
   // A DELETE takes no body; many clients name JSON on every request anyway.
