@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Readable } from 'node:stream'
+import type { FastifyInstance } from 'fastify'
 import { dropSocket } from '../services/sockets.js'
 
 /**
@@ -26,6 +27,26 @@ export function watchStall (res: ServerResponse, stream: Readable, stallMs: numb
 export function cutAnswer (res: ServerResponse): void {
   if (res.socket === null) res.destroy()
   else dropSocket(res.socket)
+}
+
+/**
+ * The streamed answers of `app` still being sent, to which routes add theirs: once the app closes
+ * and `afterMs` has gone by, those left are cut, so an embedding host's close() ends whatever its
+ * clients do (buildApp's server cuts every answer so itself). None is cut when `afterMs` is unset.
+ */
+export function answersCutAtClose (app: FastifyInstance, afterMs: number | undefined): Set<ServerResponse> {
+  const sending = new Set<ServerResponse>()
+  if (afterMs === undefined) return sending
+  let cut: NodeJS.Timeout | undefined
+  app.addHook('preClose', (done) => {
+    cut = setTimeout(() => { for (const res of sending) cutAnswer(res) }, afterMs)
+    done()
+  })
+  app.addHook('onClose', (_instance, done) => {
+    clearTimeout(cut)
+    done()
+  })
+  return sending
 }
 
 /**

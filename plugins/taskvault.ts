@@ -178,13 +178,14 @@ async function registerOnStore (instance: FastifyInstance, options: TaskvaultOpt
     instance.addHook('onClose', async () => unregister())
   }
   await instance.register(eventsPlugin, pick(EventsOptionsSchema, options))
-  const { bodyLimit, answerStallMs } = resolveSettings(ROUTE_SETTINGS, options, appSettings(instance))
-  await instance.register(taskRoutes, { bodyLimit, answerStallMs })
-  await instance.register(archiveRoutes, { bodyLimit })
-  // A backup whose client stopped reading is cut once the running tasks' grace and the
-  // streams' time for their last bytes are over, as the standalone server cuts any answer.
+  // A streamed answer or backup whose client stopped reading is cut once the running tasks'
+  // grace and the streams' time for their last bytes are over, as the standalone server cuts any answer.
   const { shutdownGraceMs, eventsCloseMs } = resolveSettings({ shutdownGraceMs: 'TASK_SHUTDOWN_GRACE_MS', eventsCloseMs: 'TASK_EVENTS_CLOSE_MS' }, options, appSettings(instance))
+  const cutAfterMs = shutdownGraceMs + eventsCloseMs
+  const { bodyLimit, answerStallMs } = resolveSettings(ROUTE_SETTINGS, options, appSettings(instance))
+  await instance.register(taskRoutes, { bodyLimit, answerStallMs, cutAfterMs })
+  await instance.register(archiveRoutes, { bodyLimit })
   const backup = resolveSettings(BACKUP_SETTINGS, options, appSettings(instance))
-  await instance.register(backupRoutes, { cutAfterMs: shutdownGraceMs + eventsCloseMs, maxClients: backup.backupMaxClients, stallMs: backup.backupStallMs, readAhead: backup.backupReadAhead })
+  await instance.register(backupRoutes, { cutAfterMs, maxClients: backup.backupMaxClients, stallMs: backup.backupStallMs, readAhead: backup.backupReadAhead })
   await instance.register(eventRoutes)
 }

@@ -1,4 +1,3 @@
-import type { ServerResponse } from 'node:http'
 import { Readable } from 'node:stream'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { NoQuery, responses } from '../schemas/api.js'
@@ -6,7 +5,7 @@ import { backupFileName, emptyCounts, liveSessionFiles } from '../services/backu
 import { ShuttingDownError, TooManyBackupsError } from '../services/errors.js'
 import { errorHandler } from '../http/error-handler.js'
 import { tarGzStream } from '../services/backup/tar.js'
-import { cutAnswer, guardStream } from '../http/stalled-answers.js'
+import { answersCutAtClose, guardStream } from '../http/stalled-answers.js'
 
 export interface BackupRoutesOptions {
   /**
@@ -30,20 +29,8 @@ export interface BackupRoutesOptions {
  */
 const backupRoutes: FastifyPluginAsyncTypebox<BackupRoutesOptions> = async (app, options) => {
   app.addHook('onRequest', app.verifyApiKey)
-  // The answers being sent, for the cut at close.
-  const sending = new Set<ServerResponse>()
-  let cut: NodeJS.Timeout | undefined
-  if (options.cutAfterMs !== undefined) {
-    const after = options.cutAfterMs
-    app.addHook('preClose', (done) => {
-      cut = setTimeout(() => { for (const res of sending) cutAnswer(res) }, after)
-      done()
-    })
-    app.addHook('onClose', (_instance, done) => {
-      clearTimeout(cut)
-      done()
-    })
-  }
+  // The answers being sent: counted (maxClients), and cut at close.
+  const sending = answersCutAtClose(app, options.cutAfterMs)
 
   app.get('/backup', {
     schema: { querystring: NoQuery, response: responses.backup },

@@ -8,7 +8,7 @@ import { ROUTE_SETTINGS, SETTING_DEFAULTS, settingOptions } from '../schemas/opt
 import { checkOptions, FunctionOption } from '../plugins/options.js'
 import { acceptJsonOnly, refuseBody } from '../http/json-body.js'
 import { JsonArrayStream } from '../http/json-stream.js'
-import { guardStream } from '../http/stalled-answers.js'
+import { answersCutAtClose, guardStream } from '../http/stalled-answers.js'
 import { InvalidInstructionsError, InvalidOptionsError } from '../services/errors.js'
 import { createSerializerCompiler, createValidatorCompiler } from '../http/validation.js'
 import { classifyTask, isBlank, parseInstructions } from '../services/session/parser.js'
@@ -17,10 +17,12 @@ import { ALL_SESSIONS } from '../services/task-manager.js'
 
 /**
  * Largest request body in bytes, and how long a streamed answer may wait on its client (default:
- * the settings' defaults; the taskvault plugin passes the settings).
+ * the settings' defaults; the taskvault plugin passes the settings). `cutAfterMs`: once the app
+ * is closing, how long a streamed answer still being sent may take before it is cut (default: never).
  */
 export const TaskRoutesOptionsSchema = Type.Object({
   ...settingOptions(ROUTE_SETTINGS).properties,
+  cutAfterMs: Type.Optional(Type.Integer({ minimum: 0 })),
   // Fastify's own register options: this plugin is a context of its own, so they apply to its routes.
   logLevel: Type.Optional(Type.String()),
   logSerializers: Type.Optional(Type.Object({}, { additionalProperties: FunctionOption }))
@@ -46,6 +48,7 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
     executed: serializer({ schema: ExecutedTask, method: 'POST', url: '/execute-all', httpStatus: '200' }) as (task: Static<typeof ExecutedTask>) => string,
     progress: serializer({ schema: ProgressSchema, method: 'POST', url: '/execute-all', httpStatus: '200' }) as (progress: Progress) => string
   }
+  const sending = answersCutAtClose(app, options.cutAfterMs)
   /** Sends a large answer as its client reads it: see JsonArrayStream. */
   const stream = <T>(request: FastifyRequest, reply: FastifyReply, answer: JsonArrayStream<T>): FastifyReply => {
     void reply.type('application/json; charset=utf-8')
@@ -53,8 +56,10 @@ const taskRoutes: FastifyPluginAsyncTypebox<TaskRoutesOptions> = async (app, opt
       answer.destroy()
       return reply.send(Readable.from([]))
     }
+    sending.add(reply.raw)
     const guarded = guardStream(request.raw, reply.raw, answer, stallMs, {
-      onCut: () => request.log.warn({ stall_ms: stallMs }, 'Answer cut: its client took nothing of it for TASK_ANSWER_STALL_MS')
+      onCut: () => request.log.warn({ stall_ms: stallMs }, 'Answer cut: its client took nothing of it for TASK_ANSWER_STALL_MS'),
+      onDone: () => sending.delete(reply.raw)
     })
     // The client left while the answer was made (an execute-all's run): nobody to stream it to.
     return reply.send(guarded ? answer : '')

@@ -638,6 +638,32 @@ t.test('embedded, a backup download nobody reads is cut once closing has waited 
   t.ok(Date.now() - started >= 450, 'after the wait, not at once')
 })
 
+t.test('embedded, a large session\'s streamed answer nobody reads is cut once closing has waited shutdownGraceMs + eventsCloseMs, not answerStallMs', async (t) => {
+  const app = host(t)
+  const storageDir = await tempDir(t)
+  await app.register(taskvault, { prefix: '/tv', storageDir, shutdownGraceMs: 300, eventsCloseMs: 200, answerStallMs: 60_000, maxInstructionBytes: 1_000_000, bodyLimit: 4_000_000 })
+  // 24 MB in one session, so its answer is streamed: more than the socket's buffers on both sides take.
+  for (let i = 0; i < 8; i++) {
+    const tasks = Array.from({ length: 5 }, () => ({ instruction: randomBytes(450_000).toString('base64') }))
+    const res = await app.inject({ method: 'POST', url: '/tv/create', payload: { session_id: 'big', tasks } })
+    t.equal(res.statusCode, 200)
+  }
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+  const socket = net.connect(port, '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  socket.on('error', () => {})
+  socket.write('GET /tv/list?session_id=big HTTP/1.1\r\nHost: localhost\r\n\r\n')
+  const head = await new Promise<string>((resolve) => socket.once('data', (chunk: Buffer) => { socket.pause(); resolve(chunk.toString('latin1')) }))
+  t.match(head, /transfer-encoding: chunked/iu, 'the answer is streamed')
+  // Time for the answer to fill every buffer on the way and stop, waiting for a reader.
+  await sleep(2000)
+  const started = Date.now()
+  const closed = await Promise.race([app.close().then(() => true), sleep(15_000, false)])
+  t.ok(closed, `close() ended (${Date.now() - started} ms)`)
+  t.ok(Date.now() - started >= 450, 'after the wait, not at once')
+})
+
 t.test('a database down at boot, in a host with Fastify\'s pluginTimeout: the host hears DATABASE_UNAVAILABLE within it, and once it closed nothing connects later', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
