@@ -459,6 +459,35 @@ t.test('import refuses an empty folder with no marker (a volume that did not mou
   t.same(await query(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'taskvault'"), [], 'not even the schema was made')
 })
 
+t.test('export into a folder an earlier export wrote: an archived copy it left, numbered higher than the copies the database holds now, is removed, as a server would read it as the session', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const store = await openStore(t, url)
+  // Two archived copies of 'reused': the export writes archive/reused.json and reused.1.json.
+  for (const instruction of ['VERSION A', 'VERSION B']) {
+    const done = session('reused', ['Completed'], daysAgo(1), instruction)
+    await store.save(done)
+    await store.archive(done)
+  }
+  const dir = join(await tempDir(t), 'export')
+  t.equal((await taskvault(['export', '--database-url', url, dir])).code, 0)
+  t.same((await readdir(join(dir, 'archive'))).sort(), ['reused.1.json', 'reused.json'])
+  // Since: retention deleted the session, and its id came back, archived once.
+  await store.removeArchived('reused')
+  const now = session('reused', ['Completed'], daysAgo(0), 'VERSION C')
+  await store.save(now)
+  await store.archive(now)
+  await store.close()
+  const again = await taskvault(['export', '--database-url', url, dir, '--json'])
+  t.equal(again.code, 0, again.stderr)
+  t.match(JSON.parse(again.stdout), { active: 0, archived: 1, removed_hiding: 1 })
+  t.same(await readdir(join(dir, 'archive')), ['reused.json'], 'the stale copy is gone')
+  // What a server on the folder reads as the session: the database's copy.
+  const shown = await taskvault(['validate', dir, '--json'])
+  t.equal(shown.code, 0, shown.stdout)
+  t.match(await readFile(join(dir, 'archive', 'reused.json'), 'utf8'), /VERSION C/u)
+})
+
 t.test('export into a folder an earlier export wrote: an active file of a session the database now holds archived only is removed, as it would hide the archived copy from a server', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

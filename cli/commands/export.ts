@@ -2,7 +2,7 @@ import { lstat, mkdir, readdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { CorruptSessionFileError, SealNotOpenedError } from '../../services/errors.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
-import { fsyncDir, readSessionDocument, tempNames, writeAndRename } from '../../services/store/session-files.js'
+import { ARCHIVED_FILE, fsyncDir, readSessionDocument, tempNames, writeAndRename } from '../../services/store/session-files.js'
 import { nestedStorageFolder, readMarker, writeMarker } from '../../services/store/storage-folder.js'
 import { CommandFailedError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
@@ -32,8 +32,8 @@ folder, so a server (TASK_STORE=file) or 'taskvault import' can use it as it is.
 
 DIR is created when missing. A DIR that holds anything but is not a taskvault folder is refused
 unless --force. In a taskvault folder, files of the same names are replaced and other files are
-left as they are, but for DIR/<id>.json of a session now archived only, which would hide its
-archived copies: removed. Export into a new folder for an exact copy. Refused while a server holds DIR.
+left as they are, but for DIR/<id>.json of a session now archived only, and any other copy in
+DIR/archive/ of a session whose copies are written, which would hide its archived copies: removed. Export into a new folder for an exact copy. Refused while a server holds DIR.
 A row that does not read (see 'taskvault validate --database-url') is left out and reported;
 a row sealed under a key that is not configured is exported as it is.
 
@@ -72,6 +72,8 @@ ${COMMON_HELP}`,
         /** Sessions with an active row in the snapshot (exported or left out), and those with archived copies. */
         const activeIds = new Set<string>()
         const archivedIds = new Set<string>()
+        /** The archived copies written, by file name. */
+        const written = new Set<string>()
         for (let after = '0'; ;) {
           const { rows } = await client.query<StoredRow>(rowsPage(after, PAGE_ROWS))
           for (const row of rows) {
@@ -91,6 +93,7 @@ ${COMMON_HELP}`,
             if (row.archived) {
               archived++
               archivedIds.add(row.session_id)
+              written.add(name)
             } else active++
           }
           const last = rows.at(-1)
@@ -108,13 +111,27 @@ ${COMMON_HELP}`,
             throw err
           }))) hiding++
         }
+        // So would another copy of such a session an earlier export left in archive/ (the copy of
+        // a session since deleted whose id came back, say): the file store reads the copy with
+        // the highest number as the session, which may be that stale one.
+        if (archivedIds.size > 0) {
+          for (const name of await readdir(archiveDir)) {
+            const sessionId = ARCHIVED_FILE.exec(name)?.[1]
+            if (sessionId === undefined || !archivedIds.has(sessionId) || written.has(name)) continue
+            const path = join(archiveDir, name)
+            if (await writing(path, left, async () => nodeFs.unlink(path).then(() => true, (err: NodeJS.ErrnoException) => {
+              if (err.code === 'ENOENT') return false
+              throw err
+            }))) hiding++
+          }
+        }
         await client.query('COMMIT')
         await writing(dir, left, () => fsyncDir(nodeFs, dir))
         if (names.size > 0) await writing(archiveDir, left, () => fsyncDir(nodeFs, archiveDir))
       })
     })
     const lines = [`Exported ${active} active and ${archived} archived sessions from ${target.where} (schema ${target.schema}) into ${dir}`]
-    if (hiding > 0) lines.push(`Removed ${hiding} active file${hiding === 1 ? '' : 's'} an earlier export left of sessions now archived: ${hiding === 1 ? 'it' : 'they'} would hide the archived copies`)
+    if (hiding > 0) lines.push(`Removed ${hiding} file${hiding === 1 ? '' : 's'} an earlier export left of sessions now archived (an active file, or another archived copy): ${hiding === 1 ? 'it' : 'they'} would hide the archived copies`)
     for (const { row, reason } of leftOut) lines.push(`❌ ${row}: ${reason} (left out)`)
     // Rows no key of theirs opens are whole: the key is wrong, which the rows' reasons alone do not say.
     const wrongKey = proofs.failure('those rows were left out of the export; export again with the right key')
