@@ -69,6 +69,11 @@ async function openFileStore (app: FastifyInstance, settings: StoreSettings, key
   store.events.on('lock', (event) => {
     if (event.type === 'recreated') app.log.warn({ lock: event.path }, 'The storage lock file was missing (deleted by hand or a cleanup script?); re-created it')
     else if (event.type === 'check-failed') app.log.error({ lock: event.path, err: event.err }, 'Could not check the storage lock; another server could take the folder over once the lock looks stale')
+    else if (event.type === 'waiting') {
+      app.log.warn({ lock: event.path, holder: event.holder, stale_in_ms: event.staleInMs },
+        `The storage lock names pid ${event.holder.pid} of this host name in another pid namespace: an earlier life of this container, or another container of the same name. ` +
+        'Waiting for it to go stale (TASK_LOCK_STALE_MS) before taking it over; if its holder touches it meanwhile, this server exits')
+    }
     else if (event.type === 'replaced') {
       app.log.error({ dir: event.error.dir },
         `The storage folder ${event.error.dir} is no longer the folder this server opened (an unmounted volume, or a folder deleted and made again): ` +

@@ -686,6 +686,36 @@ t.test('lock: a lock whose pid another process took since its holder died is tak
   t.ok(JSON.stringify(now).length - hostname().length < 128 - 32, 'short enough for a tmpfs inode with a 32-character host name')
 })
 
+t.test('lock: a lock of this host name from another pid namespace (another container of the same name, or an earlier life of this one) is judged by its age alone: refused while its holder touches it, taken over once stale', { skip: process.platform !== 'linux' ? 'pid namespaces are read from /proc' : false }, async (t) => {
+  const lock = { TASK_LOCK_REFRESH_MS: 200, TASK_LOCK_STALE_MS: 1500 }
+  const [namespace] = (processSlot(process.pid) ?? '').split('.')
+  const other = `${Number(namespace) + 1}.4242`
+  // Its pid names no process here, whether it is ours (pid 1 under tini in both containers) or one that is not running.
+  for (const pid of [process.pid, deadPid()]) {
+    const dir = await tempDir(t)
+    const holder = { pid, host: hostname(), since: '2026-01-01T00:00:00.000Z', proc: other }
+    await writeLock(dir, holder)
+    // A live holder touches its lock every TASK_LOCK_REFRESH_MS.
+    const touching = setInterval(() => { lutimes(join(dir, LOCK_FILE), new Date(), new Date()).catch(() => {}) }, 200)
+    const err = await openError(dir, lock)
+    clearInterval(touching)
+    t.ok(err instanceof StorageLockedError, `pid ${pid === process.pid ? 'ours' : 'not running here'}, its holder alive: refused (${String(err)})`)
+    t.same(await readLock(dir), holder, 'the lock is left as it was')
+  }
+  // Its holder is gone (the container was killed): taken over once nobody touched it for TASK_LOCK_STALE_MS.
+  const dir = await tempDir(t)
+  const holder = { pid: process.pid, host: hostname(), since: '2026-01-01T00:00:00.000Z', proc: other }
+  await writeLock(dir, holder)
+  const log = memoryLog()
+  const started = performance.now()
+  const app = await open(dir, lock, productionLogger(log.stream, 'info'))
+  t.teardown(() => app.close())
+  t.ok(performance.now() - started >= 1000, `not at once, but once stale (${Math.round(performance.now() - started)} ms)`)
+  t.equal((await readLock(dir) as Holder & { proc?: string }).proc, processSlot(process.pid), 'the lock is ours')
+  const waiting = log.lines().find((line) => line.msg?.startsWith('The storage lock names pid') === true)
+  t.match(waiting, { level: 40, holder, stale_in_ms: Number }, 'the wait is logged, naming the holder')
+})
+
 t.test('lock: a lock left by a dead pid on this host is taken over', async (t) => {
   const dir = await tempDir(t)
   const pid = deadPid()

@@ -39,6 +39,7 @@ export type LockEvent =
   | { type: 'replaced', error: LockLostError }
   | { type: 'lost', error: LockLostError, found: string }
   | { type: 'check-failed', path: string, err: unknown }
+  | { type: 'waiting', path: string, holder: LockHolder, staleInMs: number }
 
 export const LOCK_FILE = '.taskvault.lock'
 
@@ -60,9 +61,9 @@ export function releaseHeldSync (dir: string): void {
 
 /**
  * The single-writer lock of a storage folder: a file created exclusively, holding who owns
- * it, and touched every `refreshMs`. It is taken over when its holder is dead on this host
- * (or is this very pid: a restarted container), or when nobody has touched it for `staleMs`
- * (a holder on another host that died without releasing it).
+ * it, and touched every `refreshMs`. It is taken over when its holder is dead on this host and
+ * pid namespace, or when nobody has touched it for `staleMs` (a holder on another host, or in
+ * another container, that died without releasing it: a restarted container waits for that).
  */
 export class StorageLock {
   readonly path: string
@@ -117,14 +118,36 @@ export class StorageLock {
         this.startHeartbeat()
         return replaced
       }
-      const { holder, ageMs, raw } = await this.readHolder(this.path)
+      const { holder, ageMs, mtimeMs, raw } = await this.readHolder(this.path)
       // Anything at the lock's path that names no holder is not a live server's lock.
-      if (holder !== null && !this.isStale(holder, ageMs)) throw new StorageLockedError(this.dir, holder)
+      if (holder !== null && !this.isStale(holder, ageMs)) {
+        // Of this host name but another pid namespace: an earlier life of this container (killed,
+        // then restarted), or another container of the same name running now. Its pid names no
+        // process here, so only the lock's age can tell them apart.
+        if (holder.host !== this.me.host || !this.elsewhere(holder)) throw new StorageLockedError(this.dir, holder)
+        await this.awaitStale(holder, raw, mtimeMs, ageMs)
+        continue
+      }
       replaced = holder === null ? null : { holder, why: this.goneFromHere(holder) ? 'dead' : 'stale' }
       if (!await this.removeStale(raw)) await sleep(25 + Math.random() * 50)
     }
     const { holder } = await this.readHolder(this.path)
     throw new StorageLockedError(this.dir, holder ?? { pid: 0, host: 'unknown', since: 'unknown' })
+  }
+
+  /**
+   * Waits for the lock to go stale (its holder is gone), or to change (judged again then); one
+   * touched meanwhile has a live holder, refused with StorageLockedError.
+   */
+  private async awaitStale (holder: LockHolder, raw: string | null, mtimeMs: number, ageMs: number): Promise<void> {
+    this.report({ type: 'waiting', path: this.path, holder, staleInMs: Math.max(0, Math.round(this.options.staleMs - ageMs)) })
+    for (;;) {
+      await sleep(Math.min(1000, this.options.refreshMs / 2))
+      const now = await this.readHolder(this.path)
+      if (now.raw !== raw || now.holder === null) return
+      if (now.mtimeMs > mtimeMs) throw new StorageLockedError(this.dir, holder)
+      if (this.isStale(now.holder, now.ageMs)) return
+    }
   }
 
   /** The live process holding the lock now, or null (none, or one gone or stale): read only, for a reader that must not run beside a writer. */
@@ -268,26 +291,27 @@ export class StorageLock {
     }
   }
 
-  private async readHolder (path: string): Promise<{ holder: LockHolder | null, ageMs: number, raw: string | null, missing: boolean }> {
-    let ageMs: number
+  private async readHolder (path: string): Promise<{ holder: LockHolder | null, ageMs: number, mtimeMs: number, raw: string | null, missing: boolean }> {
+    let mtimeMs: number
     let raw: string
     try {
       const stat = await this.fs.lstat(path)
-      ageMs = Date.now() - stat.mtimeMs
-      if (!stat.isSymbolicLink()) return { holder: null, ageMs, raw: null, missing: false }
+      mtimeMs = stat.mtimeMs
+      if (!stat.isSymbolicLink()) return { holder: null, ageMs: Date.now() - mtimeMs, mtimeMs, raw: null, missing: false }
       raw = await this.fs.readlink(path)
     } catch (err) {
       ignoreMissing(err)
-      return { holder: null, ageMs: 0, raw: null, missing: true }
+      return { holder: null, ageMs: 0, mtimeMs: 0, raw: null, missing: true }
     }
+    const ageMs = Date.now() - mtimeMs
     try {
       const parsed = JSON.parse(raw) as Partial<LockHolder>
       if (typeof parsed.pid === 'number' && typeof parsed.host === 'string' && typeof parsed.since === 'string') {
         const { pid, host, since, proc } = parsed
-        return { holder: { pid, host, since, ...(typeof proc === 'string' && { proc }) }, ageMs, raw, missing: false }
+        return { holder: { pid, host, since, ...(typeof proc === 'string' && { proc }) }, ageMs, mtimeMs, raw, missing: false }
       }
     } catch {}
-    return { holder: null, ageMs, raw, missing: false }
+    return { holder: null, ageMs, mtimeMs, raw, missing: false }
   }
 
   private isStale (holder: LockHolder, ageMs: number): boolean {
@@ -296,17 +320,23 @@ export class StorageLock {
 
   /** The holder is a process of this host that is no longer running. */
   private goneFromHere (holder: LockHolder): boolean {
-    if (holder.host !== this.me.host) return false
-    // Our own pid: a lock from an earlier life of this container (same host name, pid 1 again)
-    // if it predates this process; otherwise another instance in this process holds it.
+    // A pid of another pid namespace (another container of the same host name) names no process here.
+    if (holder.host !== this.me.host || this.elsewhere(holder)) return false
+    // Our own pid: a lock from an earlier life of this process slot if it predates this process
+    // (a lock of earlier versions, which name no namespace); otherwise another instance in this process holds it.
     if (holder.pid === this.me.pid) return Date.parse(holder.since) < PROCESS_STARTED_MS
     if (!pidAlive(holder.pid)) return true
     // Its pid runs: the holder's own process, unless one started since took that pid over (known
     // only for a lock made in this pid namespace, whose pids name the same process slots).
-    const mine = this.me.proc?.split('.')[0]
-    if (holder.proc === undefined || mine === undefined || holder.proc.split('.')[0] !== mine) return false
+    if (holder.proc === undefined || this.me.proc === undefined) return false
     const now = processSlot(holder.pid)
     return now !== null && now !== holder.proc
+  }
+
+  /** The holder's lock names a pid namespace other than this process's. */
+  private elsewhere (holder: LockHolder): boolean {
+    const mine = this.me.proc?.split('.')[0]
+    return holder.proc !== undefined && mine !== undefined && holder.proc.split('.')[0] !== mine
   }
 
   /** Every `refreshMs`: checks the lock still names this process, then touches it. Checks never overlap. */
