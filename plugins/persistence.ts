@@ -73,8 +73,7 @@ async function openFileStore (app: FastifyInstance, settings: StoreSettings, key
       app.log.warn({ lock: event.path, holder: event.holder, stale_in_ms: event.staleInMs },
         `The storage lock names pid ${event.holder.pid} of this host name in another pid namespace: an earlier life of this container, or another container of the same name. ` +
         'Waiting for it to go stale (TASK_LOCK_STALE_MS) before taking it over; if its holder touches it meanwhile, this server exits')
-    }
-    else if (event.type === 'replaced') {
+    } else if (event.type === 'replaced') {
       app.log.error({ dir: event.error.dir },
         `The storage folder ${event.error.dir} is no longer the folder this server opened (an unmounted volume, or a folder deleted and made again): ` +
         'what is written there would be lost with it, so this server refuses every write from now on (503 LOCK_LOST, /ready 503); reads still work. Put the folder back, then restart this one')
