@@ -41,8 +41,9 @@ async function main (): Promise<void> {
       return
     }
     app.log.info({ signal }, 'Shutting down while starting')
-    // The restore ends, but no archive pass starts after it: the server is only closing.
+    // The restore ends, but no archive pass starts after it, nor any run: the server is only closing.
     app.archiver.stop().catch(() => {})
+    app.taskManager.stopBeforeStart()
     setTimeout(exitNow, app.taskvaultConfig.TASK_SHUTDOWN_GRACE_MS).unref()
   }
   process.on('SIGTERM', early)

@@ -75,6 +75,8 @@ export class TaskManager {
   readonly disk: DiskWatch
   /** TaskManagerOptions.passive. */
   private readonly passive: boolean
+  /** stopBeforeStart() was called: the restore resumes no run and takes nothing over. */
+  private startStopped = false
   /** Every setting the manager runs with: the options given, the settings' defaults for the rest. */
   private readonly settings: ManagerSettings
   private readonly clock: () => Date
@@ -199,6 +201,15 @@ export class TaskManager {
     return this.stopping !== null
   }
 
+  /**
+   * Shutdown came while the service starts: the restore (under way, or to come) still loads every
+   * session, but resumes no background run and takes no session over, so no task is claimed (its
+   * `attempts` counted) only to be stopped at once. They resume at the next start.
+   */
+  stopBeforeStart (): void {
+    this.startStopped = true
+  }
+
   /** Loads every stored session; interrupted tasks go back to Pending so they run again. */
   async restore (): Promise<RestoreReport> {
     const started = performance.now()
@@ -249,6 +260,10 @@ export class TaskManager {
     }
     this.events.emit('restore', this.restored)
     this.disk.start()
+    if (this.startStopped) {
+      if (backgroundRuns.length > 0) this.log.info({ sessions: backgroundRuns.length }, 'Background runs not resumed: shutting down while starting; they resume at the next start')
+      return this.restored
+    }
     // Shared: what restore leaves to the sweeper (a restarted replica's own sessions, under the
     // same TASK_REPLICA_ID, and any whose holder is gone) is taken over before the service is ready.
     await this.sweeper?.start()

@@ -271,6 +271,9 @@ t.test('SIGTERM while starting exits 0: during the wait for a database, and duri
   }
   // Finished past TASK_ARCHIVE_DAYS: the first archive pass would move them.
   for (let i = 0; i < 50; i++) await writeFile(join(data, `old${i}.json`), storedSession(`old${i}`, ['Completed'], daysAgo(40)))
+  // A background run the last shutdown interrupted: resumed, it would claim its task (attempts + 1) only to stop at once.
+  const run = { ...JSON.parse(storedSession('run', ['Pending'], daysAgo(1))), background_run: { started_at: daysAgo(1) } }
+  await writeFile(join(data, 'run.json'), JSON.stringify(run))
   const restoring = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORAGE_DIR: data, TASK_SHUTDOWN_GRACE_MS: '60000' }))
   t.ok(await restoring.waitForLine((line) => line.includes('Agents by task type'), 20_000), 'starting', { output: describe(restoring) })
   restoring.child.kill('SIGTERM')
@@ -278,6 +281,8 @@ t.test('SIGTERM while starting exits 0: during the wait for a database, and duri
   t.ok(logMessages(restoring.stdout()).includes('Shutting down while starting'), 'and says why')
   t.notOk((await readdir(data)).includes('.taskvault.lock'), 'the storage lock is released')
   t.equal((await readdir(data)).filter((name) => name.startsWith('old')).length, 50, 'no archive pass ran on the way out: the finished sessions are where they were')
+  t.notOk(logMessages(restoring.stdout()).includes('Resuming background run'), 'no background run resumed on the way out')
+  t.same(JSON.parse(await readFile(join(data, 'run.json'), 'utf8')), run, 'its session is as it was: no task claimed, attempts not counted, the run kept to resume at the next start')
 
   // A grace shorter than the restore: the process ends before its store could close, and its lock goes with it
   // (left behind, a start on another host would wait TASK_LOCK_STALE_MS).
