@@ -5,7 +5,7 @@
  * what the reader has opened or focused stays so.
  */
 import type { Static } from '@sinclair/typebox'
-import type { Progress as ProgressSchema, SessionSummary as SessionSummarySchema } from '../dist/schemas/api.js'
+import type { Progress as ProgressSchema, SessionSummary as SessionSummarySchema, StatsResponse } from '../dist/schemas/api.js'
 import type { Task as TaskSchema } from '../dist/schemas/session.js'
 import { answered, ANSWER_TIMEOUT_MS, api, ApiError, onKeyWanted, saveKey, WORK_TIMEOUT_MS } from './api.js'
 import { $, arrange, el, keepFocus, setText } from './dom.js'
@@ -262,7 +262,7 @@ async function readUptime (): Promise<number | null> {
 const uptimeText = (): string => uptime === null ? '—' : duration(uptime.seconds * 1000 + Date.now() - uptime.at)
 async function renderStats (): Promise<void> {
   const [stats, seconds] = await Promise.all([
-    api<Record<string, number> & { storage: Record<string, number> }>('GET', '/stats'),
+    api<Static<typeof StatsResponse>>('GET', '/stats'),
     readUptime()
   ])
   uptime = seconds === null ? null : { seconds, at: Date.now() }
@@ -273,7 +273,8 @@ async function renderStats (): Promise<void> {
     ['Completed', String(stats.completed_tasks)],
     ['Failed', String(stats.failed_tasks)],
     ['Archived', String(stats.archived_sessions)],
-    ['Storage', bytes((stats.storage.bytes ?? 0) + (stats.storage.archive_bytes ?? 0))],
+    // On PostgreSQL `bytes` is the whole table, archived rows in it; on the file store the archive is apart.
+    ['Storage', bytes((stats.storage.bytes ?? 0) + (stats.storage.kind === 'postgres' ? 0 : stats.storage.archive_bytes ?? 0))],
     ['Restore', `${stats.storage.restore_ms ?? 0} ms`]
   ]
   const box = $('stats')

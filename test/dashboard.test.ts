@@ -20,6 +20,7 @@ import type { FastifyInstance } from 'fastify'
 import { chromium, type Browser, type Page, type Request as BrowserRequest } from 'playwright-core'
 import { build, createSession, deferred, post, waitFor, type TestAppOptions, type TestContext } from './helper.js'
 import { faultFs, tempOf } from './faults.js'
+import { testDatabase } from './postgres.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
@@ -952,6 +953,27 @@ async function run (browser: Browser): Promise<void> {
     })
     await page.locator('[data-stat="Sessions"]').waitFor({ timeout: 10_000 })
     t.equal(await page.locator('#uptime').innerText(), '—')
+  })
+
+  t.test('the Storage total is what the store holds: the folder and its archive on the file store, the table (archived rows in it) on PostgreSQL', async (t) => {
+    const url = await testDatabase(t)
+    if (url === null) return
+    const shown = (n: number): string => n < 1024 ? `${n} B` : n < 1024 ** 2 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1024 ** 2).toFixed(1)} MiB`
+    for (const config of [{}, { TASK_STORE: 'postgres', DATABASE_URL: url }]) {
+      const { app: own, base: ownBase } = await serve(t, { config })
+      // Some 600 KB archived, so counting the archive twice shows.
+      const text = 'x'.repeat(60_000)
+      t.equal((await post(own, '/create', { session_id: 'kept', tasks: Array.from({ length: 10 }, (_, i) => ({ instruction: `${i} ${text}` })) })).statusCode, 200)
+      t.equal((await post(own, '/execute-all', { session_id: 'kept' })).statusCode, 200)
+      t.equal((await post(own, '/archive', { older_than_days: 0 })).statusCode, 200)
+      const { storage } = (await own.inject({ method: 'GET', url: '/api/v1/tasks/stats' })).json()
+      t.ok(storage.archive_bytes > 500_000, `${storage.kind}: the archive holds the session`)
+      const expected = shown(storage.kind === 'postgres' ? storage.bytes : storage.bytes + storage.archive_bytes)
+      const page = await open(t, browser, ownBase)
+      await page.locator('[data-stat="Storage"]').waitFor()
+      t.equal(await page.locator('[data-stat="Storage"]').innerText(), expected, `${storage.kind}: the tile shows ${expected}`)
+      await own.close()
+    }
   })
 
   t.test('a result\'s direction marks stay inside it: the note after a cut result reads left to right', async (t) => {
