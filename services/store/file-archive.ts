@@ -21,6 +21,11 @@ export interface ActiveFolder {
   movedOut(sessionId: string): void
   /** Makes a change to the active folder's entries durable; a failure leaves the change uncertain. */
   syncChanged(operation: string): Promise<void>
+  /**
+   * Rejects (StorageError, LockLostError) when the storage folder is gone from its path, or
+   * another folder is there: a file found missing then says nothing of the file.
+   */
+  present(): Promise<void>
 }
 
 export interface FileArchiveOptions {
@@ -228,6 +233,8 @@ export class FileArchive {
         this.index.setSummaryOf(sessionId, newest, summarize(loaded.file, newest.name))
         return { session: { ...loaded, name: newest.name, entry: newest }, failures }
       }
+      // Missing with the whole folder (a volume gone for a while): kept, to be read once it is back.
+      if (loaded === null) await this.active.present()
       this.index.forget(sessionId, newest)
     }
     return { session: null, failures }
@@ -242,8 +249,9 @@ export class FileArchive {
       const data = await readWhole(this.fs, join(this.dir, copy))
       return { name: copy, data, updatedAt: clearUpdatedAt(data.toString('utf8')) }
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
-      throw new StorageError(`reading archive/${copy}`, err as NodeJS.ErrnoException)
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new StorageError(`reading archive/${copy}`, err as NodeJS.ErrnoException)
+      await this.active.present()
+      return null
     }
   }
 

@@ -136,7 +136,11 @@ export class FileSessionStore implements SessionStore {
         confirmHeld: async () => { await this.beforeRename() },
         save: async (file, options) => this.save(file, options),
         movedOut: (sessionId) => this.stored(sessionId, null),
-        syncChanged: async (operation) => this.syncDir(operation, true)
+        syncChanged: async (operation) => this.syncDir(operation, true),
+        present: async () => {
+          const problem = await this.check()
+          if (problem !== null) throw problem
+        }
       }
     })
   }
