@@ -785,6 +785,24 @@ t.test('losing the database: requests fail fast with 503, /ready goes 503, and t
   t.same(rows, ['after', 'before'], 'and the database holds exactly the acknowledged sessions')
 })
 
+t.test('while the database is out of reach the live view\'s reads of the event log fail each poll: logged once, not once a poll, then once when they work again', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const log = memoryLog()
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_EVENTS_POLL_MS: 100, TASK_DB_STATEMENT_TIMEOUT_MS: 1000 }, log.logger)
+  const failures = (): number => log.lines().filter((line) => line.msg?.startsWith('Could not read live-view events') === true).length
+  proxy.drop()
+  await waitFor('a read to fail', async () => failures() > 0, 10_000)
+  // Some twenty polls fail meanwhile.
+  await sleep(2000)
+  t.equal(failures(), 1, 'one line for the outage')
+  proxy.pass()
+  const recovered = await waitFor('reads to work again', async () => log.lines().find((line) => line.msg === 'Reading live-view events again'), 15_000)
+  t.ok(recovered.failures > 1, `its line counts the failed reads (${recovered.failures as number})`)
+  t.equal(failures(), 1, 'and no more failures are logged')
+  await app.close()
+})
+
 t.test('a bring-back answered 503 that landed all the same is undone: the session is archived again as it was, never lost, also when the database is out of reach for a while and the first archiving again fails', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

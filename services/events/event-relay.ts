@@ -1,5 +1,6 @@
 import type { EventEmitter } from 'node:events'
 import { noop } from '../noop.js'
+import { RepeatedFailure } from '../repeated-failure.js'
 import { LOG_GAP, type SessionStoreEvents, type SharedSessions } from '../store/store.js'
 import type { Logger } from '../types.js'
 import { TASK_EVENT_NAMES, type TaskEventBuffer, type TaskEventData, type TaskEventName } from './task-events.js'
@@ -18,6 +19,8 @@ export interface EventRelayOptions {
 
 /** Events read from the log per statement. */
 const READ_BATCH = 1000
+/** While reads keep failing (the database down), how often the failure is logged again. */
+export const READ_FAILURE_LOG_MS = 60_000
 const NAMES = new Set<string>(TASK_EVENT_NAMES)
 /**
  * The field of a logged event's data that says where its session's row stood when it was
@@ -50,6 +53,7 @@ export class EventRelay {
   private again = false
   private poll: NodeJS.Timeout | null = null
   private readonly wake = (): void => { this.read() }
+  private readonly readFailures: RepeatedFailure
   private closed = false
   /** An event came after close() and was dropped (said once). */
   private droppedAfterClose = false
@@ -79,6 +83,10 @@ export class EventRelay {
 
   constructor (options: EventRelayOptions) {
     this.options = options
+    this.readFailures = new RepeatedFailure(options.log, {
+      failed: 'Could not read live-view events; the next notification or poll tries again (logged again each minute while it lasts)',
+      recovered: 'Reading live-view events again'
+    }, READ_FAILURE_LOG_MS)
   }
 
   /**
@@ -302,9 +310,8 @@ export class EventRelay {
           if (events.length < READ_BATCH) break
         }
       } while (this.again)
-    })().catch((err: Error) => {
-      this.options.log.warn({ err }, 'Could not read live-view events; the next notification or poll tries again')
-    }).finally(() => { this.reading = null })
+    })().then(() => { this.readFailures.succeeded() }, (err: Error) => { this.readFailures.failed(err) })
+      .finally(() => { this.reading = null })
     this.reading.catch(noop)
   }
 }
