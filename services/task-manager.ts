@@ -131,7 +131,8 @@ export class TaskManager {
       log: this.log,
       maxInterruptions: settings.maxInterruptions,
       resumeOnStart: settings.resumeOnStart,
-      shuttingDown: () => this.shuttingDown
+      // A shutdown while starting too: the first sweep, under way, claims and resumes nothing more.
+      shuttingDown: () => this.shuttingDown || this.startStopped
     })
     this.sweeper = shared === undefined || this.passive
       ? null

@@ -15,7 +15,7 @@ import { parseEnv } from 'node:util'
 import type { FastifyInstance, FastifyServerOptions, InjectOptions, LightMyRequestResponse } from 'fastify'
 import t from 'tap'
 import { buildApp } from '../app.js'
-import { LOCK_FILE } from '../services/store/storage-lock.js'
+import { LOCK_FILE, releaseHeldSync } from '../services/store/storage-lock.js'
 import { AgentError, StorageLockedError } from '../services/errors.js'
 import { processSlot } from '../services/pid.js'
 import type { SessionFile } from '../services/session/session.js'
@@ -714,6 +714,37 @@ t.test('lock: a lock of this host name from another pid namespace (another conta
   t.equal((await readLock(dir) as Holder & { proc?: string }).proc, processSlot(process.pid), 'the lock is ours')
   const waiting = log.lines().find((line) => line.msg?.startsWith('The storage lock names pid') === true)
   t.match(waiting, { level: 40, holder, stale_in_ms: Number }, 'the wait is logged, naming the holder')
+})
+
+t.test('lock: a takeover guard of this host name from another pid namespace (a container killed mid-takeover) is waited for until stale, then the lock taken over', { skip: process.platform !== 'linux' ? 'pid namespaces are read from /proc' : false }, async (t) => {
+  const [namespace] = (processSlot(process.pid) ?? '').split('.')
+  const holder = { pid: process.pid, host: hostname(), since: '2026-01-01T00:00:00.000Z', proc: `${Number(namespace) + 1}.4242` }
+  const dir = await tempDir(t)
+  await writeLock(dir, holder)
+  const old = new Date(Date.now() - 300_000)
+  await lutimes(join(dir, LOCK_FILE), old, old)
+  await symlink(JSON.stringify(holder), join(dir, `${LOCK_FILE}.takeover`))
+  const started = performance.now()
+  const app = await open(dir, { TASK_LOCK_REFRESH_MS: 200, TASK_LOCK_STALE_MS: 1500 })
+  t.teardown(() => app.close())
+  t.ok(performance.now() - started >= 1000, `once the guard is stale (${Math.round(performance.now() - started)} ms)`)
+  t.equal((await readLock(dir)).pid, process.pid)
+  t.equal((await readLock(dir) as Holder & { proc?: string }).proc, processSlot(process.pid), 'the lock is ours')
+  t.notOk(await lstat(join(dir, `${LOCK_FILE}.takeover`)).then(() => true, () => false), 'the guard is gone')
+})
+
+t.test('lock: exiting before the store closes removes only this process\'s own lock, not one of the same pid and host name from another pid namespace', { skip: process.platform !== 'linux' ? 'pid namespaces are read from /proc' : false }, async (t) => {
+  const [namespace] = (processSlot(process.pid) ?? '').split('.')
+  const dir = await tempDir(t)
+  const other = { pid: process.pid, host: hostname(), since: new Date().toISOString(), proc: `${Number(namespace) + 1}.4242` }
+  await writeLock(dir, other)
+  releaseHeldSync(dir)
+  t.same(await readLock(dir), other, 'another container\'s lock stays')
+  await rm(join(dir, LOCK_FILE))
+  const mine = { pid: process.pid, host: hostname(), since: new Date().toISOString(), proc: processSlot(process.pid) ?? '' }
+  await writeLock(dir, mine)
+  releaseHeldSync(dir)
+  t.notOk(await lockExists(dir), 'this process\'s own is removed')
 })
 
 t.test('lock: a lock left by a dead pid on this host is taken over', async (t) => {

@@ -180,6 +180,32 @@ t.test('TASK_RUN_RETRY_MAX_MS bounds the first wait too, when TASK_RUN_RETRY_MS 
   t.match(await progressOf(app, 'capped'), { all_done: true, completed: 2 })
 })
 
+t.test('through the fs seam: a run whose only refused save is its end (clearing its record) says "waiting: storage" through every try', async (t) => {
+  const disk = lastWrite()
+  const marks: unknown[] = []
+  let watched: Awaited<ReturnType<typeof build>> | null = null
+  let refused = 0
+  const fs: FsSeam = {
+    ...disk.fs,
+    open: (async (...args: Parameters<typeof nodeFs.open>) => {
+      if (disk.broken() && args[1] === 'wx' && ++refused > 1 && watched !== null) marks.push((await progressOf(watched, 'end')).waiting)
+      return disk.fs.open(...args)
+    }) as typeof nodeFs.open
+  }
+  // The last task's call breaks storage past its own ending's save: the run's end cannot be saved.
+  const app = await build(t, { fs, config: { TASK_RUN_RETRY_MS: 20, TASK_RUN_RETRY_MAX_MS: 50 }, executors: { default: async (task) => { if (task.instruction === 'b') disk.arm(); return { result: task.instruction } } } })
+  watched = app
+  t.equal((await post(app, '/create', { session_id: 'end', instructions: '1. a\n2. b' })).statusCode, 200)
+  t.equal((await post(app, '/execute-all', { session_id: 'end', wait: false })).statusCode, 202)
+  await waitFor('several refused tries', async () => marks.length >= 3)
+  t.same(marks, marks.map(() => 'storage'), 'progress says "waiting: storage" during every later try')
+  watched = null
+  disk.mend()
+  await waitFor('the run to end', async () => (await progressOf(app, 'end')).running === false)
+  t.match(await progressOf(app, 'end'), { all_done: true, completed: 2 })
+  t.notOk('waiting' in await progressOf(app, 'end'), 'nothing waited for any more')
+})
+
 t.test('on a real full disk: a cancel that answers 507 changes nothing; the run stays, cancellable, and goes on once space is freed', async (t) => {
   const dir = await mountedFolder(t, '256k', 'the fs-seam tests of the runner cover a cancel that storage refuses')
   if (dir === null) return

@@ -577,7 +577,8 @@ export class TaskRunner {
       delete task.result_truncated
       return { ...task }
     }, { records: true })
-    saved(run)
+    // Only a change written says storage works: none left to claim writes nothing.
+    if (claimed !== null || noted.length > 0) saved(run)
     owed?.settled(sessionId, noted)
     // Tasks failed for their interruptions end as a run's do, on the live view too; the claimed
     // task's own events follow (a task failed so is not run: when none is left, the progress says so).

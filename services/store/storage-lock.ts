@@ -53,7 +53,9 @@ export function releaseHeldSync (dir: string): void {
   const path = join(dir, LOCK_FILE)
   try {
     const holder = JSON.parse(readlinkSync(path)) as Partial<LockHolder>
-    if (holder.pid === process.pid && holder.host === hostname()) unlinkSync(path)
+    // The same pid and host name may be another container's (pid 7 under tini in both): the
+    // process slot (pid namespace and start) tells, where /proc gives it.
+    if (holder.pid === process.pid && holder.host === hostname() && (holder.proc ?? null) === processSlot(process.pid)) unlinkSync(path)
   } catch {
     // None, not ours, or not readable: left as it is.
   }
@@ -129,7 +131,13 @@ export class StorageLock {
         continue
       }
       replaced = holder === null ? null : { holder, why: this.goneFromHere(holder) ? 'dead' : 'stale' }
-      if (!await this.removeStale(raw)) await sleep(25 + Math.random() * 50)
+      if (await this.removeStale(raw)) continue
+      // A takeover guard is held for a moment; one of another pid namespace, left by a container
+      // killed mid-takeover, goes once stale (reapGuard): waited for, not counted as a try.
+      if (await this.foreignGuard()) {
+        attempt--
+        await sleep(Math.min(1000, this.options.refreshMs / 2))
+      } else await sleep(25 + Math.random() * 50)
     }
     const { holder } = await this.readHolder(this.path)
     throw new StorageLockedError(this.dir, holder ?? { pid: 0, host: 'unknown', since: 'unknown' })
@@ -175,6 +183,12 @@ export class StorageLock {
       await this.fs.unlink(guard).catch(ignoreMissing)
     }
     return true
+  }
+
+  /** The takeover guard names this host name in another pid namespace, where its pid says nothing. */
+  private async foreignGuard (): Promise<boolean> {
+    const { holder } = await this.readHolder(`${this.path}.takeover`)
+    return holder !== null && holder.host === this.me.host && this.elsewhere(holder)
   }
 
   /**
