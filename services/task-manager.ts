@@ -678,6 +678,7 @@ export class TaskManager {
     this.assertOpen()
     await this.registry.sync(sessionId)
     await this.assertNotRunningElsewhere(sessionId)
+    // Another replica may take the lease after this check: the write (leaseFree) is refused then, SESSION_BUSY.
     let unarchived = false
     const change = async (fresh: boolean): Promise<string[]> => this.withArchivedCopy(sessionId, (archivedCopy) => this.registry.change(sessionId, (draft) => {
       // Checked before the draft is touched: a refused change leaves it as it was.
@@ -711,7 +712,7 @@ export class TaskManager {
         delete task.result_truncated
       }
       return ids
-    }, { records: true, fresh }))
+    }, { records: true, fresh, leaseFree: true }))
     const taskIds = await change(false).catch(async (err: unknown) => {
       if (!(err instanceof StaleCopyError)) throw err
       return change(true)

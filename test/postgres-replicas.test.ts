@@ -357,3 +357,50 @@ t.test('a delete that follows another replica\'s archive of the session it read 
   await a.remove('later')
   t.equal((await db.query("SELECT 1 FROM sessions WHERE session_id = 'later' AND archived_at IS NOT NULL")).rowCount, 1, 'the newer archived copy stays')
 })
+
+t.test('a retry on one replica while another takes the session\'s lease after its check (a run starting) is refused 409 SESSION_BUSY naming it: nothing lands in the run, on the rows or in memory', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url, SCHEMA)
+  let release = (): void => {}
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  let running = false
+  const boot = async (replica: string, executor: () => Promise<{ result: string }>): Promise<Awaited<ReturnType<typeof buildApp>>> => {
+    const app = await buildApp({ readEnvironment: false, executors: { default: executor }, config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_DB_SCHEMA: SCHEMA, TASK_STORAGE_DIR: await tempDir(t), TASK_ARCHIVE_DAYS: 0, TASK_REPLICA_ID: replica } })
+    t.teardown(() => app.close())
+    await app.ready()
+    return app
+  }
+  // a's run holds its task until released; b's agent fails every task.
+  const a = await boot('race-a', async () => { running = true; await gate; return { result: 'done' } })
+  const b = await boot('race-b', async () => { throw new Error('boom') })
+  t.equal((await b.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'raced', instructions: '1. first\n2. second' } })).statusCode, 200)
+  t.match((await b.inject({ method: 'POST', url: `${API}/execute`, payload: { session_id: 'raced' } })).json(), { status: 'Failed' })
+  const statuses = async (): Promise<{ owner: string | null, tasks: string[] }> => {
+    const { rows } = await db.query<{ owner: string | null, document: string }>("SELECT owner, document::text AS document FROM sessions WHERE session_id = 'raced' AND archived_at IS NULL")
+    return { owner: rows[0]?.owner ?? null, tasks: (JSON.parse(rows[0]?.document ?? '{}') as { session: { tasks: Array<{ status: string }> } }).session.tasks.map((task) => task.status) }
+  }
+  // b's check that nobody runs the session passes; a's run takes the lease and starts before b's write.
+  const shared = b.persistence.shared
+  if (shared === undefined) throw new Error('a shared store')
+  const holder = shared.holder.bind(shared)
+  const race: { run?: Promise<{ statusCode: number }>, checked?: string | null } = {}
+  shared.holder = async (sessionId) => {
+    const found = await holder(sessionId)
+    if (race.run === undefined) {
+      race.checked = found
+      race.run = a.inject({ method: 'POST', url: `${API}/execute-all`, payload: { session_id: 'raced' } })
+      await waitFor('a\'s run holds the lease, its task InProgress', async () => running && (await statuses()).owner === 'race-a')
+    }
+    return found
+  }
+  const retried = await b.inject({ method: 'POST', url: `${API}/retry`, payload: { session_id: 'raced' } })
+  t.equal(race.checked, null, 'b\'s check found nobody running it, then a\'s run started')
+  t.equal(retried.statusCode, 409, 'refused', { body: retried.body })
+  t.match(retried.json(), { code: 'SESSION_BUSY', message: /replica 'race-a'/u }, 'busy, naming the replica that runs it')
+  t.same(await statuses(), { owner: 'race-a', tasks: ['Failed', 'InProgress'] }, 'the rows as a\'s run left them: the failed task still Failed')
+  t.match((await b.inject({ method: 'GET', url: `${API}/progress?session_id=raced` })).json(), { failed: 1, pending: 0 }, 'b\'s copy too')
+  release()
+  t.equal((await race.run)?.statusCode, 200, 'a\'s run ends')
+  t.same((await statuses()).tasks, ['Failed', 'Completed'], 'its task done; the failed one left for a retry')
+})

@@ -24,13 +24,15 @@ interface QueuedChange {
   syncOnly: boolean
   /** Only records how a run goes: see ChangeOptions.records. */
   records: boolean
+  /** Lands only while no other replica holds the session's lease: see ChangeOptions.leaseFree. */
+  leaseFree: boolean
   /** Times it met a version conflict and was applied again to the stored state. */
   conflicts: number
   /**
    * Written in a draft of its own: it shared a write that made the session too large, and only
    * the change that does it may fail for it (not an agent's result that happened to share it);
-   * or it deletes or archives the session, which the store may refuse for reasons of its own
-   * (another replica took the session's lease), not to be the fate of changes queued before it.
+   * or it deletes or archives the session, or is leaseFree, which the store may refuse for reasons
+   * of its own (another replica took the session's lease), not to be the fate of changes queued before it.
    */
   alone?: boolean
 }
@@ -80,6 +82,11 @@ export interface ChangeOptions {
    * that (SaveOptions.records), so a session at the bound still runs and fails its tasks.
    */
   records?: boolean
+  /**
+   * The change must not land while another replica holds the session's lease (SaveOptions.leaseFree):
+   * its write is refused with SessionBusyError then, on a version conflict's reapply too.
+   */
+  leaseFree?: boolean
 }
 
 /** Times a change is applied again after version conflicts (another replica wrote in between) before it fails. */
@@ -255,7 +262,8 @@ export class SessionRegistry {
     if (this.refusing) return Promise.reject(new ShuttingDownError())
     const slot = this.slotFor(sessionId)
     return new Promise((resolve, reject) => {
-      slot.queue.push({ apply, resolve, reject, fresh: options.fresh === true, records: options.records === true, syncOnly, conflicts: 0 })
+      const leaseFree = options.leaseFree === true
+      slot.queue.push({ apply, resolve, reject, fresh: options.fresh === true, records: options.records === true, leaseFree, syncOnly, conflicts: 0, ...(leaseFree && { alone: true }) })
       slot.flushing ??= this.flush(sessionId, slot)
     })
   }
@@ -512,7 +520,7 @@ export class SessionRegistry {
     const creates = slot.file === null && draft.file !== null
     if (creates) this.creating++
     try {
-      bytes = await this.persist(sessionId, slot, draft, changed.every((change) => change.records))
+      bytes = await this.persist(sessionId, slot, draft, { records: changed.every((change) => change.records), leaseFree: changed.some((change) => change.leaseFree) })
     } catch (err) {
       if (creates) this.creating--
       // Still owing an archive's undo, the write failed in that undo (persist): that is what to put back.
@@ -541,7 +549,7 @@ export class SessionRegistry {
     return false
   }
 
-  private async persist (sessionId: string, slot: SessionSlot, draft: Draft, records: boolean): Promise<number> {
+  private async persist (sessionId: string, slot: SessionSlot, draft: Draft, { records, leaseFree }: { records: boolean, leaseFree: boolean }): Promise<number> {
     // Also with auto-save off: memory must not hold changes that can never be saved.
     const refusal = this.store.unwritable?.() ?? null
     if (refusal !== null) throw refusal
@@ -587,7 +595,7 @@ export class SessionRegistry {
       case 'save': {
         if (draft.file === null) return 0
         if (!this.autoSave && !intent.force) return slot.bytes
-        const bytes = await this.store.save(draft.file, { records, stored: slot.bytes })
+        const bytes = await this.store.save(draft.file, { records, stored: slot.bytes, leaseFree })
         slot.owed = null
         return bytes
       }

@@ -61,6 +61,13 @@ export interface SaveOptions {
    * be recorded (an interrupted task set back, a task claimed or failed) rather than stay stuck.
    */
   stored?: number
+  /**
+   * The save lands only while no other replica holds a live lease on the session (a shared store;
+   * a store of one process has no other): else it is refused with SessionBusyError naming the
+   * holder. For a change a run must not see land mid-run (a retry), whose check of the lease
+   * before it was queued another replica may have overtaken since.
+   */
+  leaseFree?: boolean
 }
 
 /**

@@ -25,7 +25,7 @@ import { checkSchemaName, redactUrl } from './database-url.js'
 import { createPool, endConnection, openConnection, type PoolSettings } from './pool.js'
 import {
   CONNECTION_SETTINGS, PING, ROW_TOTALS, activePage, columnsHold, correctColumns, deriveColumns, currentSession, deleteSession, insertSession, nextVersion, saveBatch,
-  updateSession, type ActiveRow, type DerivedColumns, type RowVersion
+  updateLeaseFreeSession, updateSession, type ActiveRow, type DerivedColumns, type RowVersion
 } from './sessions-sql.js'
 import { SaveBatcher, type PendingSave } from './save-batcher.js'
 import { exclusively } from './pass-lock.js'
@@ -104,6 +104,8 @@ interface QueuedSave extends PendingSave<RowVersion | null> {
   derived: DerivedColumns
   outcome: Extract<Outcome, { kind: 'row' }>
   operation: string
+  /** SaveOptions.leaseFree, with other replicas about: written alone, by updateLeaseFreeSession. */
+  leaseFree: boolean
 }
 
 /** The active row of a session as stored now (refresh); `document` only when it differs from the known one. */
@@ -439,7 +441,8 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     const derived = this.derive(file)
     const operation = `saving session '${sessionId}'`
     const outcome: QueuedSave['outcome'] = { kind: 'row', data, kid: derived.sealedKid ?? '' }
-    await this.attempt(sessionId, operation, async () => this.batcher.submit({ sessionId, bytes: data.length, data, derived, outcome, operation }))
+    const leaseFree = options?.leaseFree === true && this.leases !== null
+    await this.attempt(sessionId, operation, async () => this.batcher.submit({ sessionId, bytes: data.length, data, derived, outcome, operation, leaseFree }))
     return data.length
   }
 
@@ -450,6 +453,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
    * with its new row, null on a conflict, or its own StorageError.
    */
   private async sendSaves (queued: QueuedSave[]): Promise<void> {
+    if (queued.length > 1 && queued.some((save) => save.leaseFree)) {
+      // Its statement is not the batch's: the others go together, it goes alone.
+      await Promise.all([this.sendSaves(queued.filter((save) => !save.leaseFree)), ...queued.filter((save) => save.leaseFree).map(async (save) => this.sendSaves([save]))])
+      return
+    }
     const batch = queued.filter((save) => {
       const refusal = this.leases?.refusal(save.sessionId) ?? null
       if (refusal !== null) save.reject(refusal)
@@ -464,6 +472,12 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
         if (known === undefined) {
           const row = (await this.run<{ row_id: string, version: string }>(first.operation, insertSession(first.sessionId, first.data, first.derived), outcomes)).rows[0]
           first.resolve(row === undefined ? null : this.written(first, row))
+        } else if (first.leaseFree) {
+          const result = (await this.run<{ updated: number, busy: string | null }>(first.operation, updateLeaseFreeSession(known, first.data, first.derived, this.replicaId, this.leases?.me.instance ?? null), outcomes)).rows[0]
+          // Another replica took the lease since it was checked: busy, not a version to reload.
+          if (result?.updated !== 1 && result?.busy != null) throw new SessionBusyError(first.sessionId, result.busy)
+          const next = nextVersion(known)
+          first.resolve(result?.updated === 1 ? this.written(first, { row_id: next.row, version: next.version }) : null)
         } else {
           const fence = this.leases?.fence(first.sessionId) ?? null
           const { rowCount } = await this.run(first.operation, updateSession(known, first.data, first.derived, fence), outcomes)

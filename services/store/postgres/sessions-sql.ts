@@ -80,6 +80,11 @@ export function insertSession (sessionId: string, document: Buffer, c: DerivedCo
   }
 }
 
+/** The write of updateSession: $1 and $2 the row and version expected, $3 the document, $4 to $13 the derived columns. */
+const UPDATE_DOCUMENT = `UPDATE sessions SET document = $3::json, sealed_kid = $4, created_at = $5::timestamptz, updated_at = $6::timestamptz,
+        finished_at = $7::timestamptz, tasks_total = $8, tasks_completed = $9, tasks_failed = $10, tasks_pending = $11,
+        tasks_in_progress = $12, has_background_run = $13, version = version + 1`
+
 /**
  * Replaces the document of the active row at `expected`, bumping its version by one: it
  * changes one row, or none when the row is not at `expected`. Nothing comes back (the new
@@ -88,11 +93,34 @@ export function insertSession (sessionId: string, document: Buffer, c: DerivedCo
 export function updateSession (expected: RowVersion, document: Buffer, c: DerivedColumns, fence: Fence | null): pg.QueryConfig {
   return {
     name: 'taskvault_update_session',
-    text: `UPDATE sessions SET document = $3::json, sealed_kid = $4, created_at = $5::timestamptz, updated_at = $6::timestamptz,
-        finished_at = $7::timestamptz, tasks_total = $8, tasks_completed = $9, tasks_failed = $10, tasks_pending = $11,
-        tasks_in_progress = $12, has_background_run = $13, version = version + 1
+    text: `${UPDATE_DOCUMENT}
       WHERE row_id = $1 AND version = $2 AND archived_at IS NULL AND ($14::text IS NULL OR (owner = $14 AND epoch = $15 AND lease_until > now()))`,
     values: [expected.row, expected.version, document, ...derivedValues(c), fence?.owner ?? null, fence?.epoch ?? null]
+  }
+}
+
+/**
+ * The lease is `replicaId`'s (SQL of `id` and `instance`): the row names it, and no other process
+ * claimed that id since (`instance` being this one's: the lease is then that process's).
+ */
+const leaseOurs = (id: string, instance: string): string => `(owner = ${id} AND NOT ${idTakenBy(id, instance)})`
+
+/** The row may be written or deleted by that replica: nobody holds a live lease on it, or it does (leaseOurs). */
+const leaseFreeFor = (id: string, instance: string): string => `(owner IS NULL OR lease_until < now() OR ${leaseOurs(id, instance)})`
+
+/**
+ * updateSession that lands only while no other replica holds a live lease on the session
+ * (SaveOptions.leaseFree), by deleteSession's rule. Answers one row: `updated` (0 or 1), and
+ * `busy`, the other replica whose live lease refused it (null: the row was at another version, or gone).
+ */
+export function updateLeaseFreeSession (expected: RowVersion, document: Buffer, c: DerivedColumns, replicaId: string, instance: string | null): pg.QueryConfig {
+  return {
+    text: `WITH before AS (SELECT owner, lease_until FROM sessions WHERE row_id = $1 AND archived_at IS NULL),
+        updated AS (${UPDATE_DOCUMENT}
+          WHERE row_id = $1 AND version = $2 AND archived_at IS NULL AND ${leaseFreeFor('$14', '$15::text')} RETURNING 1)
+      SELECT (SELECT count(*) FROM updated)::int AS updated,
+        (SELECT owner FROM before WHERE lease_until >= now() AND NOT coalesce(${leaseOurs('$14', '$15::text')}, false)) AS busy`,
+    values: [expected.row, expected.version, document, ...derivedValues(c), replicaId, instance]
   }
 }
 
@@ -183,12 +211,12 @@ export function saveBatch (saves: readonly BatchedSave[]): pg.QueryConfig {
  * row, unless a newer one exists (`archived`: how many).
  */
 export function deleteSession (sessionId: string, expected: RowVersion | null, replicaId: string | null, instance: string | null): pg.QueryConfig {
-  const ours = `(owner = $4 AND NOT ${idTakenBy('$4', '$5::text')})`
+  const ours = leaseOurs('$4', '$5::text')
   return {
     text: `WITH before AS (SELECT row_id, version, owner, lease_until FROM sessions WHERE session_id = $1 AND archived_at IS NULL),
         gone AS (DELETE FROM sessions WHERE session_id = $1 AND archived_at IS NULL
           AND ($2::bigint IS NULL OR (row_id = $2 AND version = $3))
-          AND (owner IS NULL OR lease_until < now() OR ${ours}) RETURNING row_id),
+          AND ${leaseFreeFor('$4', '$5::text')} RETURNING row_id),
         archived AS (DELETE FROM sessions WHERE session_id = $1 AND archived_at IS NOT NULL AND $2::bigint IS NOT NULL
           AND NOT EXISTS (SELECT 1 FROM before)
           AND EXISTS (SELECT 1 FROM sessions r WHERE r.session_id = $1 AND r.row_id = $2 AND r.archived_at IS NOT NULL)
