@@ -486,6 +486,20 @@ t.test('export into a folder an earlier export wrote: an archived copy it left, 
   const shown = await taskvault(['validate', dir, '--json'])
   t.equal(shown.code, 0, shown.stdout)
   t.match(await readFile(join(dir, 'archive', 'reused.json'), 'utf8'), /VERSION C/u)
+  // A second copy, then damaged in the database: left out, and the file an earlier export wrote of it stays.
+  const store2 = await openStore(t, url)
+  const later = session('reused', ['Completed'], daysAgo(0), 'VERSION D')
+  await store2.save(later)
+  await store2.archive(later)
+  await store2.close()
+  t.equal((await taskvault(['export', '--database-url', url, dir])).code, 0)
+  const good = await readFile(join(dir, 'archive', 'reused.1.json'), 'utf8')
+  t.match(good, /VERSION D/u)
+  await query(url, "UPDATE taskvault.sessions SET document = '{\"damaged\": true}' WHERE row_id = (SELECT max(row_id) FROM taskvault.sessions WHERE session_id = 'reused')")
+  const damaged = await taskvault(['export', '--database-url', url, dir, '--json'])
+  t.equal(damaged.code, 1, 'a row left out')
+  t.match(JSON.parse(damaged.stdout), { removed_hiding: 0 })
+  t.equal(await readFile(join(dir, 'archive', 'reused.1.json'), 'utf8'), good, 'the earlier export\'s file of the row left out stays as it was')
 })
 
 t.test('export into a folder an earlier export wrote: an active file of a session the database now holds archived only is removed, as it would hide the archived copy from a server', async (t) => {

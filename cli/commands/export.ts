@@ -72,8 +72,6 @@ ${COMMON_HELP}`,
         /** Sessions with an active row in the snapshot (exported or left out), and those with archived copies. */
         const activeIds = new Set<string>()
         const archivedIds = new Set<string>()
-        /** The archived copies written, by file name. */
-        const written = new Set<string>()
         for (let after = '0'; ;) {
           const { rows } = await client.query<StoredRow>(rowsPage(after, PAGE_ROWS))
           for (const row of rows) {
@@ -93,7 +91,6 @@ ${COMMON_HELP}`,
             if (row.archived) {
               archived++
               archivedIds.add(row.session_id)
-              written.add(name)
             } else active++
           }
           const last = rows.at(-1)
@@ -115,9 +112,11 @@ ${COMMON_HELP}`,
         // a session since deleted whose id came back, say): the file store reads the copy with
         // the highest number as the session, which may be that stale one.
         if (archivedIds.size > 0) {
+          // A name the snapshot gives a copy is that copy's, written or left out (unreadable: the file an earlier export wrote stays).
+          const assigned = new Set(names.values())
           for (const name of await readdir(archiveDir)) {
             const sessionId = ARCHIVED_FILE.exec(name)?.[1]
-            if (sessionId === undefined || !archivedIds.has(sessionId) || written.has(name)) continue
+            if (sessionId === undefined || !archivedIds.has(sessionId) || assigned.has(name)) continue
             const path = join(archiveDir, name)
             if (await writing(path, left, async () => nodeFs.unlink(path).then(() => true, (err: NodeJS.ErrnoException) => {
               if (err.code === 'ENOENT') return false
