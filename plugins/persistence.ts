@@ -71,7 +71,7 @@ async function openFileStore (app: FastifyInstance, settings: StoreSettings, key
     else if (event.type === 'check-failed') app.log.error({ lock: event.path, err: event.err }, 'Could not check the storage lock; another server could take the folder over once the lock looks stale')
     else if (event.type === 'waiting') {
       app.log.warn({ lock: event.path, holder: event.holder, stale_in_ms: event.staleInMs },
-        `The storage lock names pid ${event.holder.pid} of this host name in another pid namespace: an earlier life of this container, or another container of the same name. ` +
+        `The storage lock (${event.path}) names pid ${event.holder.pid} of this host name in another pid namespace: an earlier life of this container, or another container of the same name. ` +
         'Waiting for it to go stale (TASK_LOCK_STALE_MS) before taking it over; if its holder touches it meanwhile, this server exits')
     } else if (event.type === 'replaced') {
       app.log.error({ dir: event.error.dir },

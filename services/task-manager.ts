@@ -131,7 +131,7 @@ export class TaskManager {
       log: this.log,
       maxInterruptions: settings.maxInterruptions,
       resumeOnStart: settings.resumeOnStart,
-      // A shutdown while starting too: the first sweep, under way, claims and resumes nothing more.
+      // A shutdown while starting too: a session the first sweep claims then is not resumed.
       shuttingDown: () => this.shuttingDown || this.startStopped
     })
     this.sweeper = shared === undefined || this.passive
@@ -209,6 +209,8 @@ export class TaskManager {
    */
   stopBeforeStart (): void {
     this.startStopped = true
+    // A first sweep under way ends after the batch in flight, claiming no more.
+    this.sweeper?.stop().catch((err: unknown) => { this.log.warn({ err }, 'Could not stop the sweep while starting') })
   }
 
   /** Loads every stored session; interrupted tasks go back to Pending so they run again. */

@@ -200,6 +200,27 @@ t.test('sessions a sweep cannot take over are left out of the next claims: the d
   t.equal((await second.inject({ method: 'GET', url: `${API}/progress?session_id=victim` })).statusCode, 200, 'the victim is served')
 })
 
+t.test('a shutdown while starting ends the first sweep after the batch in flight: the rest of a dead replica\'s sessions are left for the next one to claim', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const first = await postgresApp(t, url, { TASK_REPLICA_ID: 'a' })
+  for (let i = 0; i < 30; i++) t.equal((await first.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: `v${i}`, instructions: 'say hi' } })).statusCode, 200)
+  await first.close()
+  const db = await inspector(t, url)
+  // A replica died holding their leases.
+  await db.query("UPDATE sessions SET owner = 'dead', epoch = epoch + 1, lease_until = now() - interval '1 minute'")
+  const epochs = async (): Promise<number> => Number((await db.query('SELECT sum(epoch) AS sum FROM sessions')).rows[0]?.sum)
+  const before = await epochs()
+  // The signal comes as the first batch is claimed (server.ts calls stopBeforeStart on it).
+  let app: FastifyInstance | null = null
+  const stream = { write: (line: string) => { if (line.includes('Claimed sessions whose runs stopped elsewhere')) app?.taskManager.stopBeforeStart() } }
+  app = await buildApp({ readEnvironment: false, logger: { level: 'info', stream }, config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_STORAGE_DIR: await tempDir(t), TASK_REPLICA_ID: 'b', TASK_SWEEP_BATCH: 5, TASK_SWEEP_INTERVAL_MS: 600_000 } })
+  t.teardown(() => app?.close())
+  await app.ready()
+  const claimed = await epochs() - before
+  t.ok(claimed >= 5 && claimed <= 10, `the batch in flight claimed, not all 30 (${claimed})`)
+})
+
 t.test('TASK_RESUME_ON_START=false on PostgreSQL: a dead replica\'s background run is not resumed, its record stays, and it is not claimed over and over', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

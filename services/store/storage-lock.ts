@@ -110,6 +110,7 @@ export class StorageLock {
    */
   async acquire (): Promise<{ holder: LockHolder, why: 'dead' | 'stale' } | null> {
     let replaced: { holder: LockHolder, why: 'dead' | 'stale' } | null = null
+    let guardWaited = false
     for (let attempt = 0; attempt < 20; attempt++) {
       const at = performance.now()
       if (await this.tryCreate(this.path)) {
@@ -134,7 +135,10 @@ export class StorageLock {
       if (await this.removeStale(raw)) continue
       // A takeover guard is held for a moment; one of another pid namespace, left by a container
       // killed mid-takeover, goes once stale (reapGuard): waited for, not counted as a try.
-      if (await this.foreignGuard()) {
+      const guard = await this.foreignGuard()
+      if (guard !== null) {
+        if (!guardWaited) this.report({ type: 'waiting', path: `${this.path}.takeover`, holder: guard.holder, staleInMs: Math.max(0, Math.round(this.options.staleMs - guard.ageMs)) })
+        guardWaited = true
         attempt--
         await sleep(Math.min(1000, this.options.refreshMs / 2))
       } else await sleep(25 + Math.random() * 50)
@@ -185,10 +189,10 @@ export class StorageLock {
     return true
   }
 
-  /** The takeover guard names this host name in another pid namespace, where its pid says nothing. */
-  private async foreignGuard (): Promise<boolean> {
-    const { holder } = await this.readHolder(`${this.path}.takeover`)
-    return holder !== null && holder.host === this.me.host && this.elsewhere(holder)
+  /** The takeover guard when it names this host name in another pid namespace, where its pid says nothing; else null. */
+  private async foreignGuard (): Promise<{ holder: LockHolder, ageMs: number } | null> {
+    const { holder, ageMs } = await this.readHolder(`${this.path}.takeover`)
+    return holder !== null && holder.host === this.me.host && this.elsewhere(holder) ? { holder, ageMs } : null
   }
 
   /**
