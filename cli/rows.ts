@@ -14,6 +14,8 @@ export interface StoredRow {
   archived: boolean
   /** The exact text stored (`document::text`). */
   document: string
+  /** The row's `updated_at` column, readable when its document is not. */
+  updated_at: Date
 }
 
 /**
@@ -33,7 +35,7 @@ function boundedPage (columns: string, filter: string, after: string, limit: num
 
 /** Every stored copy, active and archived, a page at a time by row id (after `after`), bounded in rows and in bytes (boundedPage). */
 export function rowsPage (after: string, limit: number, maxBytes = PAGE_BYTES): pg.QueryConfig {
-  return boundedPage('s.row_id, s.session_id, s.archived_at IS NOT NULL AS archived, s.document::text AS document', 'true', after, limit, maxBytes)
+  return boundedPage('s.row_id, s.session_id, s.archived_at IS NOT NULL AS archived, s.document::text AS document, s.updated_at', 'true', after, limit, maxBytes)
 }
 
 /** The documents' bytes a page holds at most, past its first row. */

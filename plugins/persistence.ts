@@ -72,7 +72,9 @@ async function openFileStore (app: FastifyInstance, settings: StoreSettings, key
     else if (event.type === 'waiting') {
       app.log.warn({ lock: event.path, holder: event.holder, stale_in_ms: event.staleInMs },
         `The storage lock (${event.path}) names pid ${event.holder.pid} of this host name in another pid namespace: an earlier life of this container, or another container of the same name. ` +
-        'Waiting for it to go stale (TASK_LOCK_STALE_MS) before taking it over; if its holder touches it meanwhile, this server exits')
+        (event.guard
+          ? 'It is a takeover\'s short-lived guard: waiting for it to go stale (TASK_LOCK_STALE_MS) before taking the lock over'
+          : 'Waiting for it to go stale (TASK_LOCK_STALE_MS) before taking it over; if its holder touches it meanwhile, this server exits'))
     } else if (event.type === 'replaced') {
       app.log.error({ dir: event.error.dir },
         `The storage folder ${event.error.dir} is no longer the folder this server opened (an unmounted volume, or a folder deleted and made again): ` +

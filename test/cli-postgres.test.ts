@@ -500,6 +500,22 @@ t.test('export into a folder an earlier export wrote: an archived copy it left, 
   t.equal(damaged.code, 1, 'a row left out')
   t.match(JSON.parse(damaged.stdout), { removed_hiding: 0 })
   t.equal(await readFile(join(dir, 'archive', 'reused.1.json'), 'utf8'), good, 'the earlier export\'s file of the row left out stays as it was')
+  // The id deleted and back again, twice archived, its newest copy damaged: the file at that copy's
+  // name is the deleted session's (another time), not that copy's, and goes.
+  const store3 = await openStore(t, url)
+  await store3.removeArchived('reused')
+  for (const [instruction, days] of [['VERSION E', 3], ['VERSION F', 2]] as const) {
+    const copy = session('reused', ['Completed'], daysAgo(days), instruction)
+    await store3.save(copy)
+    await store3.archive(copy)
+  }
+  await store3.close()
+  await query(url, "UPDATE taskvault.sessions SET document = '{\"damaged\": true}' WHERE row_id = (SELECT max(row_id) FROM taskvault.sessions WHERE session_id = 'reused')")
+  const reusedAgain = await taskvault(['export', '--database-url', url, dir, '--json'])
+  t.equal(reusedAgain.code, 1, 'a row left out')
+  t.match(JSON.parse(reusedAgain.stdout), { removed_hiding: 1 })
+  t.same(await readdir(join(dir, 'archive')), ['reused.json'], 'only the readable copy of the session as it is now')
+  t.match(await readFile(join(dir, 'archive', 'reused.json'), 'utf8'), /VERSION E/u)
 })
 
 t.test('export into a folder an earlier export wrote: an active file of a session the database now holds archived only is removed, as it would hide the archived copy from a server', async (t) => {

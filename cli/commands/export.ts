@@ -1,7 +1,8 @@
-import { lstat, mkdir, readdir } from 'node:fs/promises'
+import { lstat, mkdir, readFile, readdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { CorruptSessionFileError, SealNotOpenedError } from '../../services/errors.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
+import { clearUpdatedAt } from '../../services/store/store.js'
 import { ARCHIVED_FILE, fsyncDir, readSessionDocument, tempNames, writeAndRename } from '../../services/store/session-files.js'
 import { nestedStorageFolder, readMarker, writeMarker } from '../../services/store/storage-folder.js'
 import { CommandFailedError } from '../args.js'
@@ -33,7 +34,8 @@ folder, so a server (TASK_STORE=file) or 'taskvault import' can use it as it is.
 DIR is created when missing. A DIR that holds anything but is not a taskvault folder is refused
 unless --force. In a taskvault folder, files of the same names are replaced and other files are
 left as they are, but for DIR/<id>.json of a session now archived only, and any other copy in
-DIR/archive/ of a session whose copies are written, which would hide its archived copies: removed. Export into a new folder for an exact copy. Refused while a server holds DIR.
+DIR/archive/ of a session whose copies are written (at a copy's name that was left out, one
+whose updated_at is not that copy's), which would hide its archived copies: removed. Export into a new folder for an exact copy. Refused while a server holds DIR.
 A row that does not read (see 'taskvault validate --database-url') is left out and reported;
 a row sealed under a key that is not configured is exported as it is.
 
@@ -72,6 +74,8 @@ ${COMMON_HELP}`,
         /** Sessions with an active row in the snapshot (exported or left out), and those with archived copies. */
         const activeIds = new Set<string>()
         const archivedIds = new Set<string>()
+        /** The names of the archived copies left out (unreadable), with each row's time. */
+        const unwritten = new Map<string, Date>()
         for (let after = '0'; ;) {
           const { rows } = await client.query<StoredRow>(rowsPage(after, PAGE_ROWS))
           for (const row of rows) {
@@ -80,6 +84,8 @@ ${COMMON_HELP}`,
             const problem = unreadable(row, keyring, proofs)
             if (problem !== null) {
               leftOut.push({ row: rowName(row), reason: problem })
+              const name = row.archived ? names.get(row.row_id) : undefined
+              if (name !== undefined) unwritten.set(name, row.updated_at)
               continue
             }
             const name = row.archived ? names.get(row.row_id) : `${row.session_id}.json`
@@ -112,12 +118,14 @@ ${COMMON_HELP}`,
         // a session since deleted whose id came back, say): the file store reads the copy with
         // the highest number as the session, which may be that stale one.
         if (archivedIds.size > 0) {
-          // A name the snapshot gives a copy is that copy's, written or left out (unreadable: the file an earlier export wrote stays).
           const assigned = new Set(names.values())
           for (const name of await readdir(archiveDir)) {
             const sessionId = ARCHIVED_FILE.exec(name)?.[1]
-            if (sessionId === undefined || !archivedIds.has(sessionId) || assigned.has(name)) continue
+            if (sessionId === undefined || !archivedIds.has(sessionId)) continue
             const path = join(archiveDir, name)
+            // A name given to a copy written now is that copy's. One given to a copy left out
+            // (unreadable) keeps the earlier export's file only if that is the same copy, by its time.
+            if (assigned.has(name) && !await staleCopy(path, unwritten.get(name))) continue
             if (await writing(path, left, async () => nodeFs.unlink(path).then(() => true, (err: NodeJS.ErrnoException) => {
               if (err.code === 'ENOENT') return false
               throw err
@@ -142,6 +150,18 @@ ${COMMON_HELP}`,
       lines
     }
   }
+}
+
+/**
+ * Whether the file at `path`, named for an archived copy left out that was last changed at
+ * `rowTime`, is another copy (its clear `updated_at` differs). A copy written now (no
+ * `rowTime`), or a file that does not say, is not stale: nothing is removed in doubt.
+ */
+async function staleCopy (path: string, rowTime: Date | undefined): Promise<boolean> {
+  if (rowTime === undefined) return false
+  const text = await readFile(path, 'utf8').catch(() => null)
+  const fileTime = text === null ? new Date(0) : clearUpdatedAt(text)
+  return fileTime.getTime() !== 0 && fileTime.getTime() !== rowTime.getTime()
 }
 
 /**

@@ -39,7 +39,7 @@ export type LockEvent =
   | { type: 'replaced', error: LockLostError }
   | { type: 'lost', error: LockLostError, found: string }
   | { type: 'check-failed', path: string, err: unknown }
-  | { type: 'waiting', path: string, holder: LockHolder, staleInMs: number }
+  | { type: 'waiting', path: string, holder: LockHolder, staleInMs: number, guard: boolean }
 
 export const LOCK_FILE = '.taskvault.lock'
 
@@ -137,7 +137,7 @@ export class StorageLock {
       // killed mid-takeover, goes once stale (reapGuard): waited for, not counted as a try.
       const guard = await this.foreignGuard()
       if (guard !== null) {
-        if (!guardWaited) this.report({ type: 'waiting', path: `${this.path}.takeover`, holder: guard.holder, staleInMs: Math.max(0, Math.round(this.options.staleMs - guard.ageMs)) })
+        if (!guardWaited) this.report({ type: 'waiting', path: `${this.path}.takeover`, holder: guard.holder, staleInMs: Math.max(0, Math.round(this.options.staleMs - guard.ageMs)), guard: true })
         guardWaited = true
         attempt--
         await sleep(Math.min(1000, this.options.refreshMs / 2))
@@ -152,7 +152,7 @@ export class StorageLock {
    * touched meanwhile has a live holder, refused with StorageLockedError.
    */
   private async awaitStale (holder: LockHolder, raw: string | null, mtimeMs: number, ageMs: number): Promise<void> {
-    this.report({ type: 'waiting', path: this.path, holder, staleInMs: Math.max(0, Math.round(this.options.staleMs - ageMs)) })
+    this.report({ type: 'waiting', path: this.path, holder, staleInMs: Math.max(0, Math.round(this.options.staleMs - ageMs)), guard: false })
     for (;;) {
       await sleep(Math.min(1000, this.options.refreshMs / 2))
       const now = await this.readHolder(this.path)
