@@ -459,61 +459,57 @@ t.test('import refuses an empty folder with no marker (a volume that did not mou
   t.same(await query(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'taskvault'"), [], 'not even the schema was made')
 })
 
+/** Archives one copy of session `id` per [instruction, days ago], in order, through a store of its own. */
+async function archiveCopies (t: TestContext, url: string, id: string, copies: Array<readonly [string, number]>, removeFirst = false): Promise<void> {
+  const store = await openStore(t, url)
+  if (removeFirst) await store.removeArchived(id)
+  for (const [instruction, days] of copies) {
+    const copy = session(id, ['Completed'], daysAgo(days), instruction)
+    await store.save(copy)
+    await store.archive(copy)
+  }
+  await store.close()
+}
+
+/** `export --json` into `dir`: its exit code and what it says. */
+async function exportJson (url: string, dir: string): Promise<{ code: number | null, json: Record<string, unknown> }> {
+  const run = await taskvault(['export', '--database-url', url, dir, '--json'])
+  return { code: run.code, json: JSON.parse(run.stdout) as Record<string, unknown> }
+}
+
+const damageNewest = async (url: string, id: string): Promise<void> => {
+  await query(url, `UPDATE taskvault.sessions SET document = '{"damaged": true}' WHERE row_id = (SELECT max(row_id) FROM taskvault.sessions WHERE session_id = '${id}')`)
+}
+
 t.test('export into a folder an earlier export wrote: an archived copy it left, numbered higher than the copies the database holds now, is removed, as a server would read it as the session', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
-  const store = await openStore(t, url)
   // Two archived copies of 'reused': the export writes archive/reused.json and reused.1.json.
-  for (const instruction of ['VERSION A', 'VERSION B']) {
-    const done = session('reused', ['Completed'], daysAgo(1), instruction)
-    await store.save(done)
-    await store.archive(done)
-  }
+  await archiveCopies(t, url, 'reused', [['VERSION A', 1], ['VERSION B', 1]])
   const dir = join(await tempDir(t), 'export')
   t.equal((await taskvault(['export', '--database-url', url, dir])).code, 0)
   t.same((await readdir(join(dir, 'archive'))).sort(), ['reused.1.json', 'reused.json'])
   // Since: retention deleted the session, and its id came back, archived once.
-  await store.removeArchived('reused')
-  const now = session('reused', ['Completed'], daysAgo(0), 'VERSION C')
-  await store.save(now)
-  await store.archive(now)
-  await store.close()
-  const again = await taskvault(['export', '--database-url', url, dir, '--json'])
-  t.equal(again.code, 0, again.stderr)
-  t.match(JSON.parse(again.stdout), { active: 0, archived: 1, removed_hiding: 1 })
+  await archiveCopies(t, url, 'reused', [['VERSION C', 0]], true)
+  t.match(await exportJson(url, dir), { code: 0, json: { active: 0, archived: 1, removed_hiding: 1 } })
   t.same(await readdir(join(dir, 'archive')), ['reused.json'], 'the stale copy is gone')
   // What a server on the folder reads as the session: the database's copy.
   const shown = await taskvault(['validate', dir, '--json'])
   t.equal(shown.code, 0, shown.stdout)
   t.match(await readFile(join(dir, 'archive', 'reused.json'), 'utf8'), /VERSION C/u)
   // A second copy, then damaged in the database: left out, and the file an earlier export wrote of it stays.
-  const store2 = await openStore(t, url)
-  const later = session('reused', ['Completed'], daysAgo(0), 'VERSION D')
-  await store2.save(later)
-  await store2.archive(later)
-  await store2.close()
+  await archiveCopies(t, url, 'reused', [['VERSION D', 0]])
   t.equal((await taskvault(['export', '--database-url', url, dir])).code, 0)
   const good = await readFile(join(dir, 'archive', 'reused.1.json'), 'utf8')
   t.match(good, /VERSION D/u)
-  await query(url, "UPDATE taskvault.sessions SET document = '{\"damaged\": true}' WHERE row_id = (SELECT max(row_id) FROM taskvault.sessions WHERE session_id = 'reused')")
-  const damaged = await taskvault(['export', '--database-url', url, dir, '--json'])
-  t.equal(damaged.code, 1, 'a row left out')
-  t.match(JSON.parse(damaged.stdout), { removed_hiding: 0 })
+  await damageNewest(url, 'reused')
+  t.match(await exportJson(url, dir), { code: 1, json: { removed_hiding: 0 } }, 'a row left out')
   t.equal(await readFile(join(dir, 'archive', 'reused.1.json'), 'utf8'), good, 'the earlier export\'s file of the row left out stays as it was')
   // The id deleted and back again, twice archived, its newest copy damaged: the file at that copy's
   // name is the deleted session's (another time), not that copy's, and goes.
-  const store3 = await openStore(t, url)
-  await store3.removeArchived('reused')
-  for (const [instruction, days] of [['VERSION E', 3], ['VERSION F', 2]] as const) {
-    const copy = session('reused', ['Completed'], daysAgo(days), instruction)
-    await store3.save(copy)
-    await store3.archive(copy)
-  }
-  await store3.close()
-  await query(url, "UPDATE taskvault.sessions SET document = '{\"damaged\": true}' WHERE row_id = (SELECT max(row_id) FROM taskvault.sessions WHERE session_id = 'reused')")
-  const reusedAgain = await taskvault(['export', '--database-url', url, dir, '--json'])
-  t.equal(reusedAgain.code, 1, 'a row left out')
-  t.match(JSON.parse(reusedAgain.stdout), { removed_hiding: 1 })
+  await archiveCopies(t, url, 'reused', [['VERSION E', 3], ['VERSION F', 2]], true)
+  await damageNewest(url, 'reused')
+  t.match(await exportJson(url, dir), { code: 1, json: { removed_hiding: 1 } }, 'a row left out')
   t.same(await readdir(join(dir, 'archive')), ['reused.json'], 'only the readable copy of the session as it is now')
   t.match(await readFile(join(dir, 'archive', 'reused.json'), 'utf8'), /VERSION E/u)
 })

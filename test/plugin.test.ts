@@ -11,7 +11,7 @@ import { createGunzip, gzipSync } from 'node:zlib'
 import Fastify, { type FastifyInstance } from 'fastify'
 import pg from 'pg'
 import { Registry } from 'prom-client'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import taskvault, { AgentError, InvalidOptionsError, type Executor, type TaskvaultOptions } from '../index.js'
 import { DatabaseUnavailableError } from '../services/errors.js'
 import { TaskvaultOptionsSchema } from '../plugins/taskvault.js'
@@ -614,6 +614,28 @@ t.test('the building blocks under the host\'s own routes: domain errors keep the
   t.match(missing.body, { statusCode: 404, code: 'SESSION_NOT_FOUND', error: 'Not Found', message: "session 'missing' not found" })
 })
 
+/**
+ * Listens, asks for `path` with a client that reads its first bytes only, then closes the app once
+ * the answer has filled every buffer on the way: close() must end after the grace (shutdownGraceMs
+ * 300 + eventsCloseMs 200), not at once and not never. The answer's first bytes come back.
+ */
+async function closeWithStalledReader (t: Test, app: FastifyInstance, path: string): Promise<string> {
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+  const socket = net.connect(port, '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  socket.on('error', () => {})
+  socket.write(`GET ${path} HTTP/1.1\r\nHost: localhost\r\n\r\n`)
+  const head = await new Promise<string>((resolve) => socket.once('data', (chunk: Buffer) => { socket.pause(); resolve(chunk.toString('latin1')) }))
+  // Time for the answer to fill every buffer on the way and stop, waiting for a reader.
+  await sleep(2000)
+  const started = Date.now()
+  const closed = await Promise.race([app.close().then(() => true), sleep(15_000, false)])
+  t.ok(closed, `close() ended (${Date.now() - started} ms)`)
+  t.ok(Date.now() - started >= 450, 'after the wait, not at once')
+  return head
+}
+
 t.test('embedded, a backup download nobody reads is cut once closing has waited shutdownGraceMs + eventsCloseMs: the host\'s close() ends', async (t) => {
   const app = host(t)
   const storageDir = await tempDir(t)
@@ -623,19 +645,7 @@ t.test('embedded, a backup download nobody reads is cut once closing has waited 
     const res = await app.inject({ method: 'POST', url: '/tv/create', payload: { session_id: `big_${i}`, tasks: [{ instruction: randomBytes(450_000).toString('base64') }] } })
     t.equal(res.statusCode, 200)
   }
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const { port } = app.server.address() as AddressInfo
-  const socket = net.connect(port, '127.0.0.1')
-  t.teardown(() => socket.destroy())
-  socket.on('error', () => {})
-  socket.write('GET /tv/backup HTTP/1.1\r\nHost: localhost\r\n\r\n')
-  await new Promise<void>((resolve) => socket.once('data', () => { socket.pause(); resolve() }))
-  // Time for the backup to fill every buffer on the way and stop, waiting for a reader.
-  await sleep(2000)
-  const started = Date.now()
-  const closed = await Promise.race([app.close().then(() => true), sleep(15_000, false)])
-  t.ok(closed, `close() ended (${Date.now() - started} ms)`)
-  t.ok(Date.now() - started >= 450, 'after the wait, not at once')
+  await closeWithStalledReader(t, app, '/tv/backup')
 })
 
 t.test('embedded, a large session\'s streamed answer nobody reads is cut once closing has waited shutdownGraceMs + eventsCloseMs, not answerStallMs', async (t) => {
@@ -648,20 +658,8 @@ t.test('embedded, a large session\'s streamed answer nobody reads is cut once cl
     const res = await app.inject({ method: 'POST', url: '/tv/create', payload: { session_id: 'big', tasks } })
     t.equal(res.statusCode, 200)
   }
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const { port } = app.server.address() as AddressInfo
-  const socket = net.connect(port, '127.0.0.1')
-  t.teardown(() => socket.destroy())
-  socket.on('error', () => {})
-  socket.write('GET /tv/list?session_id=big HTTP/1.1\r\nHost: localhost\r\n\r\n')
-  const head = await new Promise<string>((resolve) => socket.once('data', (chunk: Buffer) => { socket.pause(); resolve(chunk.toString('latin1')) }))
-  t.match(head, /transfer-encoding: chunked/iu, 'the answer is streamed')
-  // Time for the answer to fill every buffer on the way and stop, waiting for a reader.
-  await sleep(2000)
-  const started = Date.now()
-  const closed = await Promise.race([app.close().then(() => true), sleep(15_000, false)])
-  t.ok(closed, `close() ended (${Date.now() - started} ms)`)
-  t.ok(Date.now() - started >= 450, 'after the wait, not at once')
+  const head = await closeWithStalledReader(t, app, '/tv/list?session_id=big')
+  t.match(head, /transfer-encoding: chunked/iu, 'the answer was streamed')
 })
 
 t.test('a database down at boot, in a host with Fastify\'s pluginTimeout: the host hears DATABASE_UNAVAILABLE within it, and once it closed nothing connects later', async (t) => {
