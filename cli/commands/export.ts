@@ -35,7 +35,8 @@ DIR is created when missing. A DIR that holds anything but is not a taskvault fo
 unless --force. In a taskvault folder, files of the same names are replaced and other files are
 left as they are, but for DIR/<id>.json of a session now archived only, and any other copy in
 DIR/archive/ of a session whose copies are written (at a copy's name that was left out, one
-whose updated_at is not that copy's), which would hide its archived copies: removed. Export into a new folder for an exact copy. Refused while a server holds DIR.
+whose updated_at is not that copy's), which would hide its archived copies: removed. Export
+into a new folder for an exact copy. Refused while a server holds DIR.
 A row that does not read (see 'taskvault validate --database-url') is left out and reported;
 a row sealed under a key that is not configured is exported as it is.
 
