@@ -162,7 +162,8 @@ async function staleCopy (path: string, rowTime: Date | undefined): Promise<bool
   if (rowTime === undefined) return false
   const text = await readFile(path, 'utf8').catch(() => null)
   const fileTime = text === null ? new Date(0) : clearUpdatedAt(text)
-  return fileTime.getTime() !== 0 && fileTime.getTime() !== rowTime.getTime()
+  // Within a millisecond is the same time: the column keeps microseconds (rounded), a Date milliseconds (truncated).
+  return fileTime.getTime() !== 0 && Math.abs(fileTime.getTime() - rowTime.getTime()) > 1
 }
 
 /**
