@@ -110,10 +110,7 @@ ${COMMON_HELP}`,
         for (const sessionId of archivedIds) {
           if (activeIds.has(sessionId)) continue
           const path = join(dir, `${sessionId}.json`)
-          if (await writing(path, left, async () => nodeFs.unlink(path).then(() => true, (err: NodeJS.ErrnoException) => {
-            if (err.code === 'ENOENT') return false
-            throw err
-          }))) hiding++
+          if (await writing(path, left, async () => removed(path))) hiding++
         }
         // So would another copy of such a session an earlier export left in archive/ (the copy of
         // a session since deleted whose id came back, say): the file store reads the copy with
@@ -127,10 +124,7 @@ ${COMMON_HELP}`,
             // A name given to a copy written now is that copy's. One given to a copy left out
             // (unreadable) keeps the earlier export's file only if that is the same copy, by its time.
             if (assigned.has(name) && !await staleCopy(path, unwritten.get(name))) continue
-            if (await writing(path, left, async () => nodeFs.unlink(path).then(() => true, (err: NodeJS.ErrnoException) => {
-              if (err.code === 'ENOENT') return false
-              throw err
-            }))) hiding++
+            if (await writing(path, left, async () => removed(path))) hiding++
           }
         }
         await client.query('COMMIT')
@@ -151,6 +145,14 @@ ${COMMON_HELP}`,
       lines
     }
   }
+}
+
+/** Removes the file at `path`: true if it was there. */
+async function removed (path: string): Promise<boolean> {
+  return nodeFs.unlink(path).then(() => true, (err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return false
+    throw err
+  })
 }
 
 /**

@@ -137,10 +137,10 @@ export class StorageLock {
       // killed mid-takeover, goes once stale (reapGuard): waited for, not counted as a try.
       const guard = await this.foreignGuard()
       if (guard !== null) {
-        if (!guardWaited) this.report({ type: 'waiting', path: `${this.path}.takeover`, holder: guard.holder, staleInMs: Math.max(0, Math.round(this.options.staleMs - guard.ageMs)), guard: true })
+        if (!guardWaited) this.reportWait(`${this.path}.takeover`, guard.holder, guard.ageMs, true)
         guardWaited = true
         attempt--
-        await sleep(Math.min(1000, this.options.refreshMs / 2))
+        await sleep(this.waitPollMs)
       } else await sleep(25 + Math.random() * 50)
     }
     const { holder } = await this.readHolder(this.path)
@@ -152,9 +152,9 @@ export class StorageLock {
    * touched meanwhile has a live holder, refused with StorageLockedError.
    */
   private async awaitStale (holder: LockHolder, raw: string | null, mtimeMs: number, ageMs: number): Promise<void> {
-    this.report({ type: 'waiting', path: this.path, holder, staleInMs: Math.max(0, Math.round(this.options.staleMs - ageMs)), guard: false })
+    this.reportWait(this.path, holder, ageMs, false)
     for (;;) {
-      await sleep(Math.min(1000, this.options.refreshMs / 2))
+      await sleep(this.waitPollMs)
       const now = await this.readHolder(this.path)
       if (now.raw !== raw || now.holder === null) return
       if (now.mtimeMs > mtimeMs) throw new StorageLockedError(this.dir, holder)
@@ -187,6 +187,15 @@ export class StorageLock {
       await this.fs.unlink(guard).catch(ignoreMissing)
     }
     return true
+  }
+
+  /** How often a wait for another pid namespace's lock or guard to go stale looks again. */
+  private get waitPollMs (): number {
+    return Math.min(1000, this.options.refreshMs / 2)
+  }
+
+  private reportWait (path: string, holder: LockHolder, ageMs: number, guard: boolean): void {
+    this.report({ type: 'waiting', path, holder, staleInMs: Math.max(0, Math.round(this.options.staleMs - ageMs)), guard })
   }
 
   /** The takeover guard when it names this host name in another pid namespace, where its pid says nothing; else null. */
