@@ -12,18 +12,28 @@ export function statusFor (error: FastifyError | TaskvaultError): number {
 
 export async function errorHandler (error: FastifyError | TaskvaultError, request: FastifyRequest, reply: FastifyReply): Promise<void> {
   const statusCode = statusFor(error)
-  // Domain errors explain themselves; an unexpected 5xx must not leak internals.
-  const known = error instanceof TaskvaultError || statusCode < 500
+  const expected = known(error, statusCode)
   // Storage faults and unexpected errors are the operator's business; the rest are expected answers.
-  if (error instanceof StorageError || !known) request.log.error({ err: error }, known ? error.message : 'unexpected error')
+  if (error instanceof StorageError || !expected) request.log.error({ err: error }, expected ? error.message : 'unexpected error')
   else request.log.info({ code: error.code, statusCode }, error.message)
+  await sendError(error, request, reply)
+}
+
+/** Domain errors explain themselves; an unexpected 5xx must not leak internals. */
+function known (error: FastifyError | TaskvaultError, statusCode: number): boolean {
+  return error instanceof TaskvaultError || statusCode < 500
+}
+
+/** Answers with the error in Fastify's shape, logging nothing (for a caller that reports it its own way). */
+export async function sendError (error: FastifyError | TaskvaultError, request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  const statusCode = statusFor(error)
   const name = STATUS_CODES[statusCode] ?? 'Error'
   await reply.code(statusCode).send({
     statusCode,
     // Every answer has a code, as clients branch on it: one a plugin's error lacks (@fastify/static's 403) is its status's name.
     code: (error.code as string | undefined) ?? name.toUpperCase().replace(/[^A-Z0-9]+/gu, '_'),
     error: name,
-    message: !known ? 'Internal Server Error' : error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' ? unsupportedMediaType(request) : error.message
+    message: !known(error, statusCode) ? 'Internal Server Error' : error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' ? unsupportedMediaType(request) : error.message
   })
 }
 

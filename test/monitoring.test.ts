@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { parse, stringify } from 'yaml'
-import { build, post, tempDir } from './helper.js'
+import { build, memoryLog, post, tempDir } from './helper.js'
 import { scratch } from './server-process.js'
 
 const run = promisify(execFile)
@@ -196,7 +196,8 @@ t.test('every metric the rules and the dashboard use is on a real server\'s /met
 
 t.test('a storage folder gone from under the server: /ready 503 and taskvault_ready 0, until it is back', async (t) => {
   const dir = await tempDir(t)
-  const app = await build(t, { dir })
+  const log = memoryLog()
+  const app = await build(t, { dir, logger: log.logger })
   const ready = async (): Promise<[number, string | undefined]> => [
     (await app.inject({ method: 'GET', url: '/ready' })).statusCode,
     (await app.inject({ method: 'GET', url: '/metrics' })).body.split('\n').find((line) => line.startsWith('taskvault_ready '))
@@ -204,11 +205,18 @@ t.test('a storage folder gone from under the server: /ready 503 and taskvault_re
   t.same(await ready(), [200, 'taskvault_ready 1'])
   // The volume goes (nothing at the path), then the same folder comes back (the volume mounted again).
   t.teardown(async () => rm(`${dir}-away`, { recursive: true, force: true }))
+  const before = log.lines().length
   await rename(dir, `${dir}-away`)
   t.same(await ready(), [503, 'taskvault_ready 0'], 'a folder gone (an unmounted volume) is not ready')
   t.match((await app.inject({ method: 'GET', url: '/ready' })).json(), { code: 'STORAGE_UNAVAILABLE' })
+  for (let probe = 0; probe < 5; probe++) t.equal((await app.inject({ method: 'GET', url: '/ready' })).statusCode, 503)
+  // A probe every few seconds for the whole outage: one warning, not an error with its stack per probe.
+  const outage = log.lines().slice(before).filter((line) => line.level >= 40)
+  t.same(outage.map((line) => [line.level, line.msg]), [[40, 'readiness probes fail: the storage is not usable']], 'seven failed probes, one warning')
+  t.match(outage[0]?.err, { code: 'STORAGE_UNAVAILABLE' }, 'naming the fault')
   await rename(`${dir}-away`, dir)
   t.same(await ready(), [200, 'taskvault_ready 1'], 'ready again once it is back')
+  t.match(log.lines().find((line) => line.msg === 'readiness probes pass again: the storage is usable'), { level: 30, failures: 7 }, 'and its end, with the count')
   // Another folder made at the path is not it: what this server wrote is not there (storage-ownership.test.ts).
   await rename(dir, `${dir}-away`)
   await mkdir(dir)
