@@ -573,7 +573,7 @@ t.test('the building blocks a host may misuse: config and routes check their opt
   t.match(docsError?.message, /OpenAPI document already/)
 })
 
-t.test('the task manager called by a host\'s own code refuses a bad session id or task with a 400, changing nothing', async (t) => {
+t.test('the task manager called by a host\'s own code refuses a bad session id or task (a blank instruction too, as POST /create does) with a 400, changing nothing', async (t) => {
   const app = host(t)
   const dir = await tempDir(t)
   await app.register(taskvault, { prefix: '/t', storageDir: dir })
@@ -582,7 +582,7 @@ t.test('the task manager called by a host\'s own code refuses a bad session id o
   const escape = await call(app, 'POST', '/mine/..%2Fescape', { tasks: [{ instruction: 'hi', task_type: 'General' }] })
   t.equal(escape.status, 400)
   t.match(escape.body, { code: 'INVALID_SESSION_ID' })
-  for (const tasks of [[{}], [{ instruction: 'hi', task_type: 'Cooking' }], 'hi']) {
+  for (const tasks of [[{}], [{ instruction: 'hi', task_type: 'Cooking' }], 'hi', [{ instruction: '', task_type: 'General' }], [{ instruction: 'hi', task_type: 'General' }, { instruction: ' \u200b\n', task_type: 'General' }]]) {
     const bad = await call(app, 'POST', '/mine/ok', { tasks })
     t.equal(bad.status, 400, JSON.stringify(tasks))
     t.match(bad.body, { code: 'INVALID_INSTRUCTIONS' })
