@@ -23,7 +23,7 @@ import configPlugin from '../plugins/config.js'
 import docsPlugin from '../plugins/docs.js'
 import metricsPlugin from '../plugins/metrics.js'
 import swagger from '@fastify/swagger'
-import { tempDir, type TestContext } from './helper.js'
+import { memoryLog, tempDir, type TestContext } from './helper.js'
 import { inspector, testDatabase } from './postgres.js'
 import { startProxy } from './tcp-proxy.js'
 
@@ -713,4 +713,26 @@ t.test('a registration that fails past the store (agents naming a variable not s
   const again = await attempt({ ...postgres, agents, env: { TV_UNSET_KEY: 'sk-test' } })
   t.teardown(() => again.app.close())
   t.equal(again.err, null, 'the same replica id registers again at once')
+})
+
+t.test('a host closing while it starts leaves a recorded background run for the next start, logged at info, not as an error', async (t) => {
+  const dir = await tempDir(t)
+  const slow: Executor = async (_task, { signal }) => await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { resolve({ result: 'done' }) }, 60_000)
+    signal.addEventListener('abort', () => { clearTimeout(timer); reject(signal.reason) })
+  })
+  const first = Fastify({ logger: false })
+  await first.register(taskvault, { prefix: '/t', storageDir: dir, shutdownGraceMs: 200, executors: { default: slow } })
+  t.equal((await call(first, 'POST', '/t/create', { session_id: 's', instructions: '1. a\n2. b' })).status, 200)
+  t.equal((await call(first, 'POST', '/t/execute-all', { session_id: 's', wait: false })).status, 202)
+  await sleep(100)
+  await first.close()
+
+  const log = memoryLog()
+  const second = Fastify({ logger: log.logger })
+  await second.register(taskvault, { prefix: '/t', storageDir: dir, shutdownGraceMs: 200, executors: { default: slow } })
+  await Promise.allSettled([second.ready(), second.close()])
+  t.same(log.lines().filter((line) => line.level >= 50).map((line) => line.msg), [], 'no error logged')
+  const stored = JSON.parse(await readFile(`${dir}/s.json`, 'utf8'))
+  t.ok(stored.background_run !== undefined || stored.session?.background_run !== undefined, 'the run is still recorded')
 })

@@ -453,7 +453,9 @@ export class TaskRunner {
     for (const sessionId of sessionIds) {
       this.log.info({ session_id: sessionId }, 'Resuming background run')
       this.startBackgroundRun(sessionId).catch((err: Error) => {
-        this.log.error({ session_id: sessionId, err }, 'Could not resume background run')
+        // A host closing while it starts: the record stays, and the run resumes at the next start.
+        if (err instanceof ShuttingDownError) this.log.info({ session_id: sessionId }, 'Background run not resumed: shutting down')
+        else this.log.error({ session_id: sessionId, err }, 'Could not resume background run')
       })
     }
   }
