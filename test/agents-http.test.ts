@@ -303,6 +303,24 @@ t.test('what an agent\'s error answer quotes of the headers we sent (the key) is
   t.equal((await storedTasks(dir, 'echoed'))[0]?.error, error, 'nor on disk')
 })
 
+t.test('a short key (under 8 characters) is redacted too: the API key after Bearer, and a whole header value', async (t) => {
+  const dir = await tempDir(t)
+  // OpenAI itself names the key in a 401; some gateways echo every header.
+  const peer = await fakeAgent(t, (req) => ({ status: 401, body: JSON.stringify({ error: { message: `Incorrect API key provided: ${String(req.headers.authorization).slice(7)}`, headers: req.headers } }) }))
+  const app = await build(t, {
+    dir,
+    agents: {
+      Coding: { kind: 'openai', base_url: `${peer.base}/v1`, model: 'm', api_key_env: 'LLM_KEY', ...FAST },
+      default: { kind: 'webhook', url: `${peer.base}/run`, headers_env: 'HOOK_HEADERS', ...FAST }
+    },
+    env: { LLM_KEY: 'sk-Ab3x', HOOK_HEADERS: JSON.stringify({ 'X-Api-Key': 'Zq7#kP2' }) }
+  })
+  await createTasks(app, 'short', [{ instruction: 'x', task_type: 'Coding' }, { instruction: 'y', task_type: 'General' }])
+  const errors = [(await post(app, '/execute', { session_id: 'short' })).json().error, (await post(app, '/execute', { session_id: 'short' })).json().error]
+  t.match(errors, [/answered 401: .*Incorrect API key provided: \[redacted\]/u, /answered 401: .*"x-api-key":"\[redacted\]/u], 'both answers still quoted')
+  for (const error of errors) t.notOk(/sk-Ab3x|Zq7#kP2/u.test(error), 'without the key', { error })
+})
+
 const shapes: Array<[string, string, string]> = [
   ['inside an echoed key', `Bearer ${'sk-SUPERSECRETKEY-0123456789'.slice(0, -1)}`, `9 was refused; ${'z'.repeat(2000)}`],
   ['just after an echoed key', 'Bearer sk-SUPERSECRETKEY-0123456789 was refused', 'z'.repeat(2000)]

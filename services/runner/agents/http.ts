@@ -140,6 +140,9 @@ async function readText (who: string, response: Response, maxBytes: number, sign
 /** Shortest header value (or token within one, as in `Bearer <key>`) worth hiding: shorter ones would blank out ordinary words. */
 const SECRET_MIN_CHARS = 8
 
+/** Shorter, a header value or credential is blanked out of the answer wherever its letters occur; no real key is so short. */
+const CREDENTIAL_MIN_CHARS = 4
+
 /** The most characters one character takes escaped (`\u002B`). */
 const ESCAPE_CHARS = 6
 
@@ -168,25 +171,30 @@ function unescaped (text: string): string {
 }
 
 /**
- * Every header value we sent, and each long token of one (as in `Bearer <key>`), longest first,
- * with the forms a body may carry them in besides (undone of needless escapes: unescaped):
- * escaped in a JSON string, percent-encoded, and a Basic credential decoded (`user:password`,
- * and the password).
+ * Every header value we sent, the credential of one that names a scheme (`Bearer <key>`), and
+ * each long token of the others, longest first, with the forms a body may carry them in besides
+ * (undone of needless escapes: unescaped): escaped in a JSON string, percent-encoded, and a
+ * Basic credential decoded (`user:password`, and the password). A whole value or a credential
+ * is a secret from CREDENTIAL_MIN_CHARS (a 7-character key is still the key); a token of another
+ * value only from SECRET_MIN_CHARS, as a short one is likely a word the answer uses too.
  */
 function secretsOf (values: readonly string[]): string[] {
   const secrets = new Set<string>()
-  const add = (secret: string): void => {
-    if (secret.length < SECRET_MIN_CHARS) return
+  const add = (secret: string, minChars = CREDENTIAL_MIN_CHARS): void => {
+    if (secret.length < minChars) return
     // As the quote is: undone of escapes (a key holding `%2B` is matched as it reads then).
     for (const form of [secret, JSON.stringify(secret).slice(1, -1), encodeURIComponent(secret)]) secrets.add(form).add(unescaped(form))
   }
   for (const value of values) {
     const parts = value.trim().split(/\s+/u)
-    for (const part of [value.trim(), ...parts]) add(part)
-    if (parts.length === 2 && /^basic$/iu.test(parts[0] as string)) {
-      const credential = Buffer.from(parts[1] as string, 'base64').toString('utf8')
-      add(credential)
-      add(credential.slice(credential.indexOf(':') + 1))
+    add(value.trim())
+    const [scheme, credential] = parts
+    if (parts.length === 2 && credential !== undefined) add(credential)
+    else for (const part of parts) add(part, SECRET_MIN_CHARS)
+    if (credential !== undefined && parts.length === 2 && /^basic$/iu.test(scheme as string)) {
+      const decoded = Buffer.from(credential, 'base64').toString('utf8')
+      add(decoded)
+      add(decoded.slice(decoded.indexOf(':') + 1))
     }
   }
   // Longest first, so that a whole value goes before the token inside it.
