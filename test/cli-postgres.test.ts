@@ -463,6 +463,8 @@ t.test('import refuses an empty folder with no marker (a volume that did not mou
 async function archiveCopies (t: TestContext, url: string, id: string, copies: Array<readonly [string, number]>, removeFirst = false): Promise<void> {
   const store = await openStore(t, url)
   if (removeFirst) await store.removeArchived(id)
+  // Knowing the copies there, the store adds a session beside them (one that does not is refused: it must bring the newest back).
+  await store.openArchive({ concurrency: 1 })
   for (const [instruction, days] of copies) {
     const copy = session(id, ['Completed'], daysAgo(days), instruction)
     await store.save(copy)

@@ -135,6 +135,42 @@ t.test('a bring-back that read the archived copy before another replica deleted 
   t.same([await instructions(b), await instructions(c)], [['delta'], ['delta']], 'a new session holding only the new task')
 })
 
+t.test('a create through a replica that looked for an archived copy just before another replica archived the session brings it back: no second session beside the archived one', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const { app: b } = await replica(t, url, 'races-b')
+  const { app: c, hold } = await replica(t, url, 'races-c')
+  t.equal((await call(b, 'POST', 'create', { session_id: 'alpha', instructions: 'alpha' })).status, 200)
+  t.equal((await call(b, 'POST', 'execute', { session_id: 'alpha' })).status, 200)
+  // c has never read alpha: its create looks for an archived copy first (none yet), then is held writing a new row.
+  const held = hold(/^INSERT INTO sessions \(session_id, document/u, (values) => values[0] === 'alpha')
+  const creating = call(c, 'POST', 'create', { session_id: 'alpha', instructions: 'delta' })
+  await held.reached
+  t.same((await call(b, 'POST', 'archive', { older_than_days: 0 })).body.archived_ids, ['alpha'], 'archived meanwhile')
+  held.release()
+  const created = await creating
+  t.equal(created.status, 200, JSON.stringify(created.body))
+  t.same([await instructions(b), await instructions(c)], [['alpha', 'delta'], ['alpha', 'delta']], 'brought back with its task, the new one added')
+  t.same((await inspector(t, url, SCHEMA).query<{ archived: boolean }>("SELECT archived_at IS NOT NULL AS archived FROM sessions WHERE session_id = 'alpha'")).rows, [{ archived: false }], 'one row: the active session')
+  t.equal((await call(c, 'DELETE', 'sessions/alpha')).status, 204)
+  t.same([await instructions(b), await instructions(c)], [404, 404], 'and a delete leaves nothing to come back')
+})
+
+t.test('a DELETE of an active session takes the archived copies an import left beside it, which no replica had read: nothing comes back', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const { app: b } = await replica(t, url, 'races-b')
+  t.equal((await call(b, 'POST', 'create', { session_id: 'alpha', instructions: 'alpha' })).status, 200)
+  t.equal((await call(b, 'POST', 'execute', { session_id: 'alpha' })).status, 200)
+  const inspect = inspector(t, url, SCHEMA)
+  // What `taskvault import` of an archived copy leaves: a row archived beside the active one.
+  await inspect.query(`INSERT INTO sessions (session_id, document, created_at, updated_at, finished_at, tasks_total, tasks_completed, archived_at)
+    SELECT session_id, document, created_at, updated_at, finished_at, tasks_total, tasks_completed, now() FROM sessions WHERE session_id = 'alpha'`)
+  t.equal((await call(b, 'DELETE', 'sessions/alpha')).status, 204)
+  t.same((await inspect.query("SELECT row_id FROM sessions WHERE session_id = 'alpha'")).rows, [], 'no row left')
+  t.equal(await instructions(b), 404)
+})
+
 t.test('a task added through another replica while a background run ends, after it found nothing left to run, is run by it; a cancel then is the run\'s end', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

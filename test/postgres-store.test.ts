@@ -97,6 +97,8 @@ t.test('unarchive is all or nothing, and archived reads go by the rows, not by m
   // Another writer made the session active meanwhile: bringing the archived copy back must
   // neither overwrite that row nor delete the copy.
   const b = await openStore(t, url)
+  // B knows the archived copy (a writer that does not is refused: it must bring that copy back).
+  await b.openArchive({ concurrency: 1 })
   const theirs = contractSession('moved', ['Pending'], '2024-11-01T00:00:00.000Z')
   await b.save(theirs)
   await t.rejects(a.unarchive(contractSession('moved', ['Completed', 'Pending'], '2024-11-02T00:00:00.000Z'), name), { code: 'VERSION_CONFLICT' })

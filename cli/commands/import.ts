@@ -7,7 +7,7 @@ import type pg from 'pg'
 import { CommandFailedError } from '../../services/errors.js'
 import { noop } from '../../services/noop.js'
 import { archiveSession } from '../../services/store/postgres/archive-sql.js'
-import { deriveColumns, insertSession, updateSession, type DerivedColumns } from '../../services/store/postgres/sessions-sql.js'
+import { ALL_ARCHIVED_KNOWN, deriveColumns, insertSession, updateSession, type DerivedColumns } from '../../services/store/postgres/sessions-sql.js'
 import type { SessionFile } from '../../services/session/session.js'
 import { kidRecord, type Clear, type Keyring } from '../../services/store/keyring.js'
 import { ARCHIVED_FILE, parseSessionFile, sessionText } from '../../services/store/session-files.js'
@@ -367,7 +367,7 @@ async function write (client: pg.Client, { item, action, row }: Planned, counts:
   const data = item.data
   let result: pg.QueryResult
   try {
-    if (action === 'insert') result = await client.query(insertSession(item.sessionId, data, derived))
+    if (action === 'insert') result = await client.query(insertSession(item.sessionId, data, derived, ALL_ARCHIVED_KNOWN))
     else if (action === 'replace' && row !== undefined) result = await client.query(updateSession({ row: row.row_id, version: row.version }, data, derived, null))
     else result = await client.query(insertArchived(item.sessionId, data, derived))
   } catch (err) {

@@ -49,6 +49,12 @@ export class ArchivedRows {
     return this.index.newest(sessionId)?.name ?? null
   }
 
+  /** The row id of the newest archived copy of the session this replica knows of, or null. */
+  newestRow (sessionId: string): string | null {
+    const stamp = this.index.newest(sessionId)?.stamp
+    return stamp === undefined ? null : String(stamp)
+  }
+
   ids (): string[] {
     return this.index.ids()
   }

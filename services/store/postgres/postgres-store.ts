@@ -442,7 +442,15 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     const operation = `saving session '${sessionId}'`
     const outcome: QueuedSave['outcome'] = { kind: 'row', data, kid: derived.sealedKid ?? '' }
     const leaseFree = options?.leaseFree === true && this.leases !== null
-    await this.attempt(sessionId, operation, async () => this.batcher.submit({ sessionId, bytes: data.length, data, derived, outcome, operation, leaseFree }))
+    const inserts = !this.rows.has(sessionId)
+    try {
+      await this.attempt(sessionId, operation, async () => this.batcher.submit({ sessionId, bytes: data.length, data, derived, outcome, operation, leaseFree }))
+    } catch (err) {
+      // A new session refused as its id is archived: another replica archived it after this one
+      // looked for a copy. The change reads the copy again and brings the session back with it.
+      if (inserts && err instanceof VersionConflictError && await this.isArchived(sessionId)) throw new StaleArchivedCopyError(sessionId)
+      throw err
+    }
     return data.length
   }
 
@@ -470,7 +478,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       const outcomes = [[first.sessionId, first.outcome]] as const
       try {
         if (known === undefined) {
-          const row = (await this.run<{ row_id: string, version: string }>(first.operation, insertSession(first.sessionId, first.data, first.derived), outcomes)).rows[0]
+          const row = (await this.run<{ row_id: string, version: string }>(first.operation, insertSession(first.sessionId, first.data, first.derived, this.archived.newestRow(first.sessionId)), outcomes)).rows[0]
           first.resolve(row === undefined ? null : this.written(first, row))
         } else if (first.leaseFree) {
           const result = (await this.run<{ updated: number, busy: string | null }>(first.operation, updateLeaseFreeSession(known, first.data, first.derived, this.replicaId, this.leases?.me.instance ?? null), outcomes)).rows[0]
@@ -490,7 +498,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       return
     }
     const config = saveBatch(batch.map((save) => ({
-      sessionId: save.sessionId, expected: this.rows.get(save.sessionId) ?? null, document: save.data, columns: save.derived, fence: this.leases?.fence(save.sessionId) ?? null
+      sessionId: save.sessionId, expected: this.rows.get(save.sessionId) ?? null, document: save.data, columns: save.derived, fence: this.leases?.fence(save.sessionId) ?? null, knownArchived: this.archived.newestRow(save.sessionId)
     })))
     let rows: Array<{ session_id: string, row_id: string, version: string }>
     try {
@@ -541,7 +549,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       const { found, deleted, busy, archived } = result.rows[0] ?? { found: null, deleted: 0, busy: null, archived: 0 }
       // Another replica took the lease since the holder was checked: busy, not a version to reload.
       if (deleted === 0 && busy !== null) throw new SessionBusyError(sessionId, busy)
-      // Archived by another replica since this one read it: deleted from the archive instead.
+      // Archived by another replica since this one read it (deleted from the archive instead), or copies gone with the active row.
       if (archived > 0) this.archived.dropAbove(sessionId, -1)
       // Missing is not an error; found but left alone means it was at another version.
       return deleted > 0 || found === null ? true : null

@@ -63,20 +63,34 @@ const derivedValues = (c: DerivedColumns): unknown[] => [
 ]
 
 /**
- * A new active row, unless the session already has one: then nothing is written and no row
- * comes back (someone created it since we looked, or we never read it: either way, not ours
- * to overwrite). The document goes as a Buffer, which node-postgres sends in binary format:
+ * Rows that keep a new session from being inserted: an active one (someone created it since we
+ * looked, or we never read it: not ours to overwrite), and an archived copy newer than the one
+ * this replica knows of (`known`: its row id, or null), as another replica archived it since
+ * it looked: the create must bring that copy back, not start again beside it.
+ */
+const BLOCKING_ROW = (id: string, known: string): string => `SELECT 1 FROM sessions o WHERE o.session_id = ${id}
+  AND (o.archived_at IS NULL OR ${known} IS NULL OR o.row_id > ${known})`
+
+/** `knownArchived` for a writer that means to put a session beside every archived copy it has (`taskvault import`). */
+export const ALL_ARCHIVED_KNOWN = '9223372036854775807'
+
+/**
+ * A new active row, unless a row blocks it (BLOCKING_ROW): then nothing is written and no row
+ * comes back. The document goes as a Buffer, which node-postgres sends in binary format:
  * json's binary form is its text, so the bytes are stored exactly as given.
  */
-export function insertSession (sessionId: string, document: Buffer, c: DerivedColumns): pg.QueryConfig {
+export function insertSession (sessionId: string, document: Buffer, c: DerivedColumns, knownArchived: string | null): pg.QueryConfig {
   return {
     name: 'taskvault_insert_session',
+    // ON CONFLICT still guards a create committed after this statement's snapshot.
     text: `INSERT INTO sessions (session_id, document, sealed_kid, created_at, updated_at, finished_at,
         tasks_total, tasks_completed, tasks_failed, tasks_pending, tasks_in_progress, has_background_run)
-      VALUES ($1, $2::json, $3, $4::timestamptz, $5::timestamptz, $6::timestamptz, $7, $8, $9, $10, $11, $12)
+      SELECT $1::text, $2::json, $3::text, $4::timestamptz, $5::timestamptz, $6::timestamptz, $7::integer, $8::integer, $9::integer,
+        $10::integer, $11::integer, $12::boolean
+      WHERE NOT EXISTS (${BLOCKING_ROW('$1::text', '$13::bigint')})
       ON CONFLICT (session_id) WHERE archived_at IS NULL DO NOTHING
       RETURNING row_id, version`,
-    values: [sessionId, document, ...derivedValues(c)]
+    values: [sessionId, document, ...derivedValues(c), knownArchived]
   }
 }
 
@@ -141,12 +155,14 @@ export interface BatchedSave {
   document: Buffer
   columns: DerivedColumns
   fence: Fence | null
+  /** For a new session: the row id of its newest archived copy known here (see BLOCKING_ROW). */
+  knownArchived: string | null
 }
 
 /**
  * Several sessions saved in one statement (one commit): each known row updated at the version
- * it was read (the same rule as updateSession), each new one inserted unless an active row
- * appeared meanwhile (as insertSession). Rows come back for the sessions written; a session
+ * it was read (the same rule as updateSession), each new one inserted unless a row blocks it
+ * (as insertSession). Rows come back for the sessions written; a session
  * that gets none met a conflict. The values travel as one array per column, so the statement's
  * text is the same for any number of sessions and each connection prepares it once. Documents
  * go as text (node-postgres would send Buffers in an array as bytea) and are cast to json, which
@@ -159,9 +175,9 @@ export function saveBatch (saves: readonly BatchedSave[]): pg.QueryConfig {
     text: `WITH v AS (
         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
           $8::timestamptz[], $9::int[], $10::int[], $11::int[], $12::int[], $13::int[], $14::boolean[],
-          $15::text[], $16::bigint[])
+          $15::text[], $16::bigint[], $17::bigint[])
           AS v(session_id, row_id, version, document, sealed_kid, created_at, updated_at, finished_at,
-            total, completed, failed, pending, in_progress, background, owner, epoch)
+            total, completed, failed, pending, in_progress, background, owner, epoch, known_archived)
       ), updated AS (
         UPDATE sessions s SET document = v.document::json, sealed_kid = v.sealed_kid, created_at = v.created_at,
             updated_at = v.updated_at, finished_at = v.finished_at, tasks_total = v.total, tasks_completed = v.completed,
@@ -175,6 +191,7 @@ export function saveBatch (saves: readonly BatchedSave[]): pg.QueryConfig {
             tasks_total, tasks_completed, tasks_failed, tasks_pending, tasks_in_progress, has_background_run)
           SELECT session_id, document::json, sealed_kid, created_at, updated_at, finished_at,
             total, completed, failed, pending, in_progress, background FROM v WHERE v.row_id IS NULL
+            AND NOT EXISTS (${BLOCKING_ROW('v.session_id', 'v.known_archived')})
           ON CONFLICT (session_id) WHERE archived_at IS NULL DO NOTHING
           RETURNING session_id, row_id, version
       )
@@ -195,7 +212,8 @@ export function saveBatch (saves: readonly BatchedSave[]): pg.QueryConfig {
       column((s) => s.columns.inProgress),
       column((s) => s.columns.hasBackgroundRun),
       column((s) => s.fence?.owner ?? null),
-      column((s) => s.fence?.epoch ?? null)
+      column((s) => s.fence?.epoch ?? null),
+      column((s) => s.knownArchived)
     ]
   }
 }
@@ -208,7 +226,9 @@ export function saveBatch (saves: readonly BatchedSave[]): pg.QueryConfig {
  * process claimed that id, `instance` being this one's: the lease is then that process's). When there is no
  * active row and the row at `expected` was archived since (by another replica), the session is
  * deleted from the archive instead, as a delete of an archived session is: its copies up to that
- * row, unless a newer one exists (`archived`: how many).
+ * row, unless a newer one exists (`archived`: how many). When the active row goes, so do the
+ * session's archived copies (an import may leave some beside it, which this replica's index
+ * may not know): a deleted session leaves nothing to come back.
  */
 export function deleteSession (sessionId: string, expected: RowVersion | null, replicaId: string | null, instance: string | null): pg.QueryConfig {
   const ours = leaseOurs('$4', '$5::text')
@@ -221,10 +241,11 @@ export function deleteSession (sessionId: string, expected: RowVersion | null, r
           AND NOT EXISTS (SELECT 1 FROM before)
           AND EXISTS (SELECT 1 FROM sessions r WHERE r.session_id = $1 AND r.row_id = $2 AND r.archived_at IS NOT NULL)
           AND NOT EXISTS (SELECT 1 FROM sessions n WHERE n.session_id = $1 AND n.archived_at IS NOT NULL AND n.row_id > $2)
-          RETURNING row_id)
+          RETURNING row_id),
+        beside AS (DELETE FROM sessions WHERE session_id = $1 AND archived_at IS NOT NULL AND EXISTS (SELECT 1 FROM gone) RETURNING row_id)
       SELECT (SELECT version FROM before) AS found, (SELECT count(*) FROM gone)::int AS deleted,
         (SELECT owner FROM before WHERE lease_until >= now() AND NOT coalesce(${ours}, false)) AS busy,
-        (SELECT count(*) FROM archived)::int AS archived`,
+        (SELECT count(*) FROM archived)::int + (SELECT count(*) FROM beside)::int AS archived`,
     values: [sessionId, expected?.row ?? null, expected?.version ?? null, replicaId, instance]
   }
 }
