@@ -5,7 +5,7 @@ import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import type pg from 'pg'
 import { STORE_SETTINGS, resolveSettings, settingOptions, type StoreSettings } from '../schemas/options.js'
-import { DatabaseUnavailableError, InvalidDatabaseSettingError, InvalidOptionsError, StorageError } from '../services/errors.js'
+import { DatabaseUnavailableError, InvalidDatabaseSettingError, InvalidOptionsError, LockNotStaleError, StorageError } from '../services/errors.js'
 import { FileSessionStore } from '../services/store/file-store.js'
 import type { FsSeam } from '../services/store/fs-seam.js'
 import { Keyring } from '../services/store/keyring.js'
@@ -41,21 +41,22 @@ export default fp<PersistencePluginOptions>(async function persistencePlugin (ap
   // Options that name one store while another is chosen are a mistake, not a preference.
   if (options.pool !== undefined && options.store === 'file') throw new InvalidOptionsError('taskvault-persistence', "option 'pool' is given with store: 'file'; a pool is for store: 'postgres'")
   if (options.databaseUrl !== undefined && options.pool === undefined && settings.store !== 'postgres') throw new InvalidOptionsError('taskvault-persistence', "option 'databaseUrl' is given but store is 'file': add store: 'postgres' (or drop databaseUrl)")
-  // A host that gives up on the boot (its pluginTimeout) and closes stops the wait for the database:
-  // a store opened after that would hold connections and the replica id with nobody to close it.
+  // A host that gives up on the boot (its pluginTimeout) and closes stops the wait for the database
+  // or the storage lock: a store opened after that would hold connections and the replica id, or
+  // the folder's lock, with nobody to close it.
   const abandoned = new AbortController()
   app.addHook('onClose', async () => { abandoned.abort() })
   const store = await withOptionErrors(app, 'taskvault-persistence', STORE_SETTINGS, async () => {
     const keyring = Keyring.parse(settings.encryptionKeys)
     return settings.store === 'postgres' || options.pool !== undefined
       ? await openPostgresStore(app, settings, keyring, options.pool, abandoned.signal)
-      : await openFileStore(app, settings, keyring, options.fs, app.hasPlugin('taskvault-config') ? 'TASK_STORAGE_DIR' : 'the storageDir option')
+      : await openFileStore(app, settings, keyring, options.fs, app.hasPlugin('taskvault-config') ? 'TASK_STORAGE_DIR' : 'the storageDir option', abandoned.signal)
   })
   app.decorate('persistence', store)
   app.addHook('onClose', async () => store.close())
 }, { name: 'taskvault-persistence', fastify: '5.x' })
 
-async function openFileStore (app: FastifyInstance, settings: StoreSettings, keyring: Keyring | null, fs: FsSeam | undefined, source: string): Promise<SessionStore> {
+async function openFileStore (app: FastifyInstance, settings: StoreSettings, keyring: Keyring | null, fs: FsSeam | undefined, source: string, abandoned: AbortSignal): Promise<SessionStore> {
   const store = new FileSessionStore({
     dir: settings.storageDir,
     fs,
@@ -85,9 +86,18 @@ async function openFileStore (app: FastifyInstance, settings: StoreSettings, key
         'so this one refuses every write from now on (503 LOCK_LOST, /ready 503); reads still work. Stop one of them, then restart this one')
     }
   })
-  const { replaced, folder, openMode, caseless } = await store.init().catch((err: unknown) => {
+  // A lock of another pid namespace is waited for within the host's pluginTimeout, as a database
+  // is (see openPostgresStore), so the host hears why; the standalone server has none.
+  const bound = waitBound(app)
+  const { replaced, folder, openMode, caseless } = await store.init({ deadline: performance.now() + bound.waitMs, signal: abandoned }).catch((err: unknown) => {
     // The boot stops here: say which setting to change, in the system's own words (mkdir's ENOENT, EACCES).
     if (err instanceof StorageError && err.cause instanceof Error) err.message = `storage folder ${store.dir} (${source}) cannot be used: ${err.cause.message}`
+    if (err instanceof LockNotStaleError) {
+      err.message = inTermsOf(app, STORE_SETTINGS, abandoned.aborted
+        ? `${err.message}; the host closed while taskvault waited for it`
+        : `${err.message}, past the host's pluginTimeout (taskvault waited ${bound.waitMs} ms of its ${bound.pluginTimeout} ms): ` +
+          'raise pluginTimeout (or set it to 0) to wait for it, or lower TASK_LOCK_STALE_MS')
+    }
     throw err
   })
   if (replaced?.why === 'dead') app.log.warn({ holder: replaced.holder }, 'Took over the storage lock of a server that is gone')
@@ -160,11 +170,8 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
   store.events.on('restore-retry', ({ reason, waitMs }) => {
     app.log.warn({ database: store.location, retry_in_ms: waitMs, reason }, 'The database went away during the restore; trying again')
   })
-  // Within the host's own pluginTimeout (Fastify's default is 10 s; the standalone server has none),
-  // so the host hears why (DATABASE_UNAVAILABLE) rather than that a plugin did not start in time.
-  const hostTimeout = Number(app.initialConfig.pluginTimeout ?? 0)
-  // A second for the rest of the boot, or half of a shorter one: never none, which no attempt meets.
-  const waitMs = hostTimeout > 0 ? Math.min(settings.dbConnectTimeoutMs, Math.max(hostTimeout / 2, hostTimeout - 1000)) : settings.dbConnectTimeoutMs
+  // Within the host's own pluginTimeout, so the host hears why (DATABASE_UNAVAILABLE) rather than that a plugin did not start in time.
+  const waitMs = Math.min(settings.dbConnectTimeoutMs, waitBound(app).waitMs)
   const deadline = performance.now() + waitMs
   for (let wait = CONNECT_RETRY_MS; ; wait = Math.min(wait * 2, CONNECT_RETRY_MAX_MS)) {
     try {
@@ -194,6 +201,16 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
       await sleep(Math.min(wait, left), undefined, { signal: abandoned }).catch(() => {})
     }
   }
+}
+
+/**
+ * How long the store may wait at boot within the host's pluginTimeout (Fastify's default is 10 s;
+ * the standalone server has none): a second less for the rest of the boot, or half of a shorter
+ * one (never none, which no attempt meets); unbounded without one.
+ */
+function waitBound (app: FastifyInstance): { pluginTimeout: number, waitMs: number } {
+  const pluginTimeout = Number(app.initialConfig.pluginTimeout ?? 0)
+  return { pluginTimeout, waitMs: pluginTimeout > 0 ? Math.max(pluginTimeout / 2, pluginTimeout - 1000) : Number.POSITIVE_INFINITY }
 }
 
 /** An attempt to open the store still running at the boot's deadline. */

@@ -372,9 +372,19 @@ export class InvalidOptionsError extends TaskvaultError {
 
 /** Another live server holds the storage folder's lock. Stops the boot. */
 export class StorageLockedError extends TaskvaultError {
-  constructor (readonly dir: string, readonly holder: { pid: number, host: string, since: string }) {
-    super('STORAGE_LOCKED', `storage folder ${dir} is in use by pid ${holder.pid} on host ${holder.host} since ${holder.since}; ` +
-      'only one server may write to a folder at a time')
+  constructor (readonly dir: string, readonly holder: { pid: number, host: string, since: string }, detail = 'only one server may write to a folder at a time') {
+    super('STORAGE_LOCKED', `storage folder ${dir} is in use by pid ${holder.pid} on host ${holder.host} since ${holder.since}; ${detail}`)
+  }
+}
+
+/**
+ * A lock of this host name from another pid namespace, not stale yet when the wait for it had to
+ * end (the boot's deadline, or its owner closing). Stops the boot.
+ */
+export class LockNotStaleError extends StorageLockedError {
+  constructor (dir: string, holder: { pid: number, host: string, since: string }, readonly staleInMs: number) {
+    super(dir, holder, 'it was made in another pid namespace (an earlier life of this container, or another container of the same name) ' +
+      `and is not stale yet: it goes stale (TASK_LOCK_STALE_MS) in ${staleInMs} ms`)
   }
 }
 

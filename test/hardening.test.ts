@@ -12,9 +12,11 @@ import { hostname, tmpdir } from 'node:os'
 import { join, sep } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseEnv } from 'node:util'
-import type { FastifyInstance, FastifyServerOptions, InjectOptions, LightMyRequestResponse } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyServerOptions, type InjectOptions, type LightMyRequestResponse } from 'fastify'
 import t from 'tap'
 import { buildApp } from '../app.js'
+import taskvault from '../index.js'
+import { FileSessionStore } from '../services/store/file-store.js'
 import { LOCK_FILE, releaseHeldSync } from '../services/store/storage-lock.js'
 import { AgentError, StorageLockedError } from '../services/errors.js'
 import { processSlot } from '../services/pid.js'
@@ -714,6 +716,56 @@ t.test('lock: a lock of this host name from another pid namespace (another conta
   t.equal((await readLock(dir) as Holder & { proc?: string }).proc, processSlot(process.pid), 'the lock is ours')
   const waiting = log.lines().find((line) => line.msg?.startsWith(`The storage lock (${join(dir, LOCK_FILE)}) names pid`) === true)
   t.match(waiting, { level: 40, holder, stale_in_ms: Number }, 'the wait is logged, naming the holder')
+})
+
+t.test('lock: embedded in a host with a pluginTimeout, a fresh lock of another pid namespace is waited for within it: the host hears STORAGE_LOCKED naming the settings, and nothing takes the lock after it gave up', { skip: process.platform !== 'linux' ? 'pid namespaces are read from /proc' : false }, async (t) => {
+  const [namespace] = (processSlot(process.pid) ?? '').split('.')
+  const holder = { pid: process.pid, host: hostname(), since: new Date().toISOString(), proc: `${Number(namespace) + 1}.4242` }
+  const dir = await tempDir(t)
+  await writeLock(dir, holder)
+  const lock = { lockRefreshMs: 200, lockStaleMs: 4000 }
+  const app = Fastify({ logger: false, pluginTimeout: 2000 })
+  const started = performance.now()
+  const err = await app.register(taskvault, { storageDir: dir, ...lock }).ready().then(() => null, (e: unknown) => e)
+  const waited = performance.now() - started
+  t.type(err, StorageLockedError, String(err))
+  t.match((err as Error).message, /another pid namespace.*not stale yet.*option 'lockStaleMs'.*pluginTimeout \(taskvault waited 1000 ms of its 2000 ms\)/u)
+  t.ok(waited >= 900 && waited < 2000, `within the host's pluginTimeout (${Math.round(waited)} ms)`)
+  await app.close()
+  t.same(await readLock(dir), holder, 'the other holder\'s lock is left as it was')
+  // Past the time the lock goes stale: the wait given up on takes nothing.
+  await sleep(lock.lockStaleMs + 1000 - (performance.now() - started))
+  t.same(await readLock(dir), holder, 'still theirs once stale: nothing of the closed host took it')
+})
+
+t.test('lock: a host that gives up on its boot and closes while the store waits for a lock of another pid namespace stops the wait: close returns at once, and the lock is never taken', { skip: process.platform !== 'linux' ? 'pid namespaces are read from /proc' : false }, async (t) => {
+  const [namespace] = (processSlot(process.pid) ?? '').split('.')
+  const holder = { pid: process.pid, host: hostname(), since: new Date().toISOString(), proc: `${Number(namespace) + 1}.4242` }
+  const dir = await tempDir(t)
+  await writeLock(dir, holder)
+  const lock = { lockRefreshMs: 200, lockStaleMs: 4000 }
+  // The host's own plugin took most of its pluginTimeout before registering taskvault: the host gives up before taskvault's bound.
+  const app = Fastify({ logger: false, pluginTimeout: 2000 })
+  const started = performance.now()
+  app.register(async (host) => {
+    await sleep(1200)
+    await host.register(taskvault, { storageDir: dir, ...lock })
+  })
+  const err = await app.ready().then(() => null, (e: unknown) => e)
+  t.match(err, { code: 'FST_ERR_PLUGIN_TIMEOUT' }, 'the host gave up first')
+  const closing = performance.now()
+  await app.close()
+  t.ok(performance.now() - closing < 500, `close returns at once (${Math.round(performance.now() - closing)} ms), not once the lock is stale`)
+  t.same(await readLock(dir), holder, 'the other holder\'s lock is left as it was')
+  await sleep(lock.lockStaleMs + 1000 - (performance.now() - started))
+  t.same(await readLock(dir), holder, 'still theirs once stale: the wait stopped when the host closed')
+})
+
+t.test('lock: a store whose owner gave up while it opened lets the lock go and fails, even when it took the lock', async (t) => {
+  const dir = await tempDir(t)
+  const store = new FileSessionStore({ dir, lock: { refreshMs: 200, staleMs: 1000 } })
+  await t.rejects(store.init({ signal: AbortSignal.abort() }), { code: 'SHUTTING_DOWN' })
+  t.notOk(await lockExists(dir), 'no lock left behind')
 })
 
 t.test('lock: a takeover guard of this host name from another pid namespace (a container killed mid-takeover) is waited for until stale, then the lock taken over', { skip: process.platform !== 'linux' ? 'pid namespaces are read from /proc' : false }, async (t) => {

@@ -11,7 +11,7 @@ import { FolderFiles } from './folder-files.js'
 import { checkedKids, provenKeyChecks, wrongKeyError } from './key-checks.js'
 import { CoalescedRun } from './coalesce.js'
 import type { DiskSpace } from './disk-space.js'
-import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, LockLostError, SessionIdCaseConflictError, StorageError, TaskvaultError, UnreadableFileInPlaceError } from '../errors.js'
+import { CorruptSessionFileError, ForeignFolderError, InvalidSessionIdError, KeyUnavailableError, LockLostError, SessionIdCaseConflictError, ShuttingDownError, StorageError, TaskvaultError, UnreadableFileInPlaceError } from '../errors.js'
 import { missingFolders, nodeFs, type FsSeam } from './fs-seam.js'
 import { kidRecord, type Keyring } from './keyring.js'
 import { ReaderPool } from './reader-pool.js'
@@ -19,7 +19,7 @@ import { tooLargeReason } from './read-batch.js'
 import { assertSavable, reportedSave, sessionBound } from './save-rules.js'
 import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, FolderReplacedError, fsyncDir, readSessionDocument, serializeSessionFile, sessionText, tempNames, writeAndRename } from './session-files.js'
 import { MARKER_FILE, firstForeignFile, nestedStorageFolder, readMarker, writeMarker } from './storage-folder.js'
-import { StorageLock, type LockHolder, type StorageLockOptions } from './storage-lock.js'
+import { StorageLock, type LockHolder, type LockWaitBounds, type StorageLockOptions } from './storage-lock.js'
 import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SaveOptions, SessionStore, SessionStoreEvents, StoredCopy } from './store.js'
 import { noop } from '../noop.js'
 
@@ -227,9 +227,11 @@ export class FileSessionStore implements SessionStore {
 
   /**
    * Creates the folder (0700) or checks that an existing one is taskvault's (its mode is left
-   * alone), takes the single-writer lock, marks the folder, and proves it writable.
+   * alone), takes the single-writer lock, marks the folder, and proves it writable. `bounds`
+   * limit the wait for a lock of another pid namespace; once `bounds.signal` aborts, the lock is
+   * let go and init throws, so an owner that gave up is never left holding it.
    */
-  async init (): Promise<StorageInitReport> {
+  async init (bounds: LockWaitBounds = {}): Promise<StorageInitReport> {
     let replaced: StorageInitReport['replaced'] = null
     let locked = false
     try {
@@ -251,7 +253,7 @@ export class FileSessionStore implements SessionStore {
         }
       }
       if (this.lock !== null) {
-        replaced = await this.lock.acquire()
+        replaced = await this.lock.acquire(bounds)
         locked = true
       }
       // Read under the lock, so no other writer changes the checks before the restore adds to them.
@@ -274,6 +276,8 @@ export class FileSessionStore implements SessionStore {
         await this.fs.unlink(probe)
       }
       const dirMode = existed ? await this.modeOf(this.dir) : DIR_MODE
+      // Taken just as the owner gave up: nobody would close the store to let the lock go.
+      if (bounds.signal?.aborted === true) throw new ShuttingDownError(`opening storage folder ${this.dir} was given up (its host closed)`)
       return { replaced, folder: !existed ? 'created' : marked ? 'marked' : 'adopted', openMode: (dirMode & 0o077) !== 0 ? dirMode & 0o7777 : null, caseless: this.caseless }
     } catch (err) {
       if (locked) await this.lock?.release().catch(noop)

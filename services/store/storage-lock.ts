@@ -2,7 +2,7 @@ import { readlinkSync, unlinkSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { join } from 'node:path'
-import { InvalidLockSettingsError, LockLostError, StorageError, StorageLockedError } from '../errors.js'
+import { InvalidLockSettingsError, LockLostError, LockNotStaleError, StorageError, StorageLockedError } from '../errors.js'
 import type { FsSeam } from './fs-seam.js'
 import { PROCESS_STARTED_MS, pidAlive, processSlot } from '../pid.js'
 import { noop } from '../noop.js'
@@ -31,6 +31,14 @@ export interface StorageLockOptions {
    * reused at once hides from the identity check: not the lock deleted by hand.
    */
   marker?: string
+}
+
+/** Bounds of acquire's wait for a lock (or guard) of another pid namespace to go stale: past either, it throws LockNotStaleError. */
+export interface LockWaitBounds {
+  /** performance.now() by which the lock must be taken (a host's pluginTimeout). */
+  deadline?: number
+  /** Aborted when the owner gives up (its host closes): nothing may take the lock after that. */
+  signal?: AbortSignal
 }
 
 /** What the heartbeat found, for the owner to log: the store knows no logger. */
@@ -104,11 +112,12 @@ export class StorageLock {
   }
 
   /**
-   * Takes the lock or throws StorageLockedError naming the holder. Returns a holder it replaced,
+   * Takes the lock or throws StorageLockedError naming the holder (LockNotStaleError when a wait
+   * for another pid namespace's lock runs past `bounds`). Returns a holder it replaced,
    * and why it could: `dead` (its pid is gone from this host) or `stale` (not touched for
    * TASK_LOCK_STALE_MS: its server may still be alive, paused or on another host).
    */
-  async acquire (): Promise<{ holder: LockHolder, why: 'dead' | 'stale' } | null> {
+  async acquire (bounds: LockWaitBounds = {}): Promise<{ holder: LockHolder, why: 'dead' | 'stale' } | null> {
     let replaced: { holder: LockHolder, why: 'dead' | 'stale' } | null = null
     let guardWaited = false
     for (let attempt = 0; attempt < 20; attempt++) {
@@ -128,7 +137,7 @@ export class StorageLock {
         // then restarted), or another container of the same name running now. Its pid names no
         // process here, so only the lock's age can tell them apart.
         if (holder.host !== this.me.host || !this.elsewhere(holder)) throw new StorageLockedError(this.dir, holder)
-        await this.awaitStale(holder, raw, mtimeMs, ageMs)
+        await this.awaitStale(holder, raw, mtimeMs, ageMs, bounds)
         continue
       }
       replaced = holder === null ? null : { holder, why: this.goneFromHere(holder) ? 'dead' : 'stale' }
@@ -140,7 +149,7 @@ export class StorageLock {
         if (!guardWaited) this.reportWait(`${this.path}.takeover`, guard.holder, guard.ageMs, true)
         guardWaited = true
         attempt--
-        await sleep(this.waitPollMs)
+        await this.pause(guard.holder, guard.mtimeMs, bounds)
       } else await sleep(25 + Math.random() * 50)
     }
     const { holder } = await this.readHolder(this.path)
@@ -151,10 +160,10 @@ export class StorageLock {
    * Waits for the lock to go stale (its holder is gone), or to change (judged again then); one
    * touched meanwhile has a live holder, refused with StorageLockedError.
    */
-  private async awaitStale (holder: LockHolder, raw: string | null, mtimeMs: number, ageMs: number): Promise<void> {
+  private async awaitStale (holder: LockHolder, raw: string | null, mtimeMs: number, ageMs: number, bounds: LockWaitBounds): Promise<void> {
     this.reportWait(this.path, holder, ageMs, false)
     for (;;) {
-      await sleep(this.waitPollMs)
+      await this.pause(holder, mtimeMs, bounds)
       const now = await this.readHolder(this.path)
       if (now.raw !== raw || now.holder === null) return
       if (now.mtimeMs > mtimeMs) throw new StorageLockedError(this.dir, holder)
@@ -189,6 +198,15 @@ export class StorageLock {
     return true
   }
 
+  /** One poll of a wait for a lock (or guard) touched at `mtimeMs` to go stale; past `bounds`, refused naming when it would. */
+  private async pause (holder: LockHolder, mtimeMs: number, bounds: LockWaitBounds): Promise<void> {
+    const left = (bounds.deadline ?? Number.POSITIVE_INFINITY) - performance.now()
+    if (left > 0) await sleep(Math.min(this.waitPollMs, left), undefined, { signal: bounds.signal }).catch(noop)
+    if (bounds.signal?.aborted === true || performance.now() >= (bounds.deadline ?? Number.POSITIVE_INFINITY)) {
+      throw new LockNotStaleError(this.dir, holder, Math.max(0, Math.round(this.options.staleMs - (Date.now() - mtimeMs))))
+    }
+  }
+
   /** How often a wait for another pid namespace's lock or guard to go stale looks again. */
   private get waitPollMs (): number {
     return Math.min(1000, this.options.refreshMs / 2)
@@ -199,9 +217,9 @@ export class StorageLock {
   }
 
   /** The takeover guard when it names this host name in another pid namespace, where its pid says nothing; else null. */
-  private async foreignGuard (): Promise<{ holder: LockHolder, ageMs: number } | null> {
-    const { holder, ageMs } = await this.readHolder(`${this.path}.takeover`)
-    return holder !== null && holder.host === this.me.host && this.elsewhere(holder) ? { holder, ageMs } : null
+  private async foreignGuard (): Promise<{ holder: LockHolder, ageMs: number, mtimeMs: number } | null> {
+    const { holder, ageMs, mtimeMs } = await this.readHolder(`${this.path}.takeover`)
+    return holder !== null && holder.host === this.me.host && this.elsewhere(holder) ? { holder, ageMs, mtimeMs } : null
   }
 
   /**
