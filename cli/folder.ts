@@ -406,6 +406,24 @@ export async function writing<R> (what: string, done: () => string, step: () => 
   }
 }
 
+/**
+ * How many files the folder's `corrupt/` holds. A restore or `validate --fix` moves a file there
+ * as it was found (in clear, or sealed under any key) and no command reads it again, so seal and
+ * validate name the count: a plaintext one stays in clear until an operator deletes it.
+ */
+export async function setAsideCount (dir: string): Promise<number> {
+  const corruptDir = join(dir, 'corrupt')
+  // Not a real folder (none, or a symlink): nothing was ever moved into it.
+  if ((await lstat(corruptDir).catch(() => null))?.isDirectory() !== true) return 0
+  return (await readdir(corruptDir, { withFileTypes: true })).filter((entry) => entry.isFile()).length
+}
+
+/** The warning for setAsideCount's files, `done` saying what the command did not do to them ("sealed"). */
+export function setAsideWarning (count: number, done: string): string {
+  const [files, are, them] = count === 1 ? ['file', 'is', 'it'] : ['files', 'are', 'them']
+  return `⚠️  ${count} ${files} set aside in corrupt/ ${are} kept as found and not ${done} (plaintext ones stay in clear): inspect ${them}, then delete ${them}`
+}
+
 /** The session files of a folder, relative to it: `<id>.json` and `archive/<name>`. */
 export async function folderSessionFiles (dir: string): Promise<string[]> {
   const rels: string[] = []

@@ -207,6 +207,54 @@ t.test('seal reports a file not named like a session as ignored, leaves it alone
   t.match(failing.json(), { unreadable: 1, ignored: 1 })
 })
 
+t.test('validate names the key of a sealed file that did not open, in text and --json: the rotation runbook looks for the old kid', async (t) => {
+  const { dir } = await folder(t)
+  const doc = JSON.parse(await readFile(join(dir, 'b.json'), 'utf8')) as { sealed: { tag: string } }
+  const tag = Buffer.from(doc.sealed.tag, 'base64')
+  tag[0] = (tag[0] as number) ^ 1
+  await writeFile(join(dir, 'b.json'), JSON.stringify({ ...doc, sealed: { ...doc.sealed, tag: tag.toString('base64') } }))
+  // b.json's box does not open though a.json's does under k2; x.json's key k1 is not given.
+  const text = await taskvault(['validate', dir], { env: K2_ONLY })
+  t.equal(text.code, 1)
+  t.match(text.stdout, /^❌ b\.json \(sealed, key k2\): authentication failed$/mu)
+  t.match(text.stdout, /^❌ archive\/x\.json \(sealed, key k1\): a session is sealed under key 'k1'/mu)
+  t.match(text.stdout, /^✅ a\.json \(sealed, key k2\)$/mu)
+  const json = await taskvault(['validate', dir, '--json'], { env: K2_ONLY })
+  t.match(json.json().files, [
+    { file: 'a.json', ok: true, kid: 'k2' },
+    { file: 'archive/x.json', ok: false, kid: 'k1' },
+    { file: 'b.json', ok: false, kid: 'k2', reason: 'authentication failed' }
+  ])
+})
+
+t.test('seal and validate count the files set aside in corrupt/, which stay as found (a plaintext one in clear), with a warning', async (t) => {
+  const dir = await tempDir(t)
+  await markAsTaskvault(dir)
+  await writeFile(join(dir, 'fine.json'), storedSession('fine', ['Pending'], daysAgo(1)), { mode: 0o600 })
+  // A plaintext file damaged in a way that keeps its content (a duplicated task).
+  const damaged = JSON.parse(storedSession('cust', ['Pending'], daysAgo(1), 'SECRET-CUSTOMER-DATA')) as { session: { tasks: unknown[] } }
+  damaged.session.tasks.push(damaged.session.tasks[0])
+  await writeFile(join(dir, 'cust.json'), JSON.stringify(damaged), { mode: 0o600 })
+  const env = { TASK_ENCRYPTION_KEYS: `k1:${K1}` }
+  const none = await taskvault(['seal', dir, '--json'], { env })
+  t.match([none.code, none.json()], [1, { unreadable: 1, set_aside: 0 }], 'before it is set aside, the damaged file fails seal; no corrupt/ yet')
+  t.notMatch(none.stderr, /corrupt\//)
+  // Keys on: the server's restore sets the damaged file aside, as it was.
+  await (await build(t, { dir, config: env })).close()
+  const [setAside] = await readdir(join(dir, 'corrupt'))
+  t.match(await readFile(join(dir, 'corrupt', setAside as string), 'utf8'), /SECRET-CUSTOMER-DATA/, 'set aside in clear')
+  const warning = /⚠️ {2}1 file set aside in corrupt\/ is kept as found and not (sealed|checked) \(plaintext ones stay in clear\): inspect it, then delete it/u
+  const sealing = await taskvault(['seal', dir, '--json'], { env })
+  t.equal(sealing.code, 0, sealing.stderr)
+  t.match(sealing.json(), { sealed: 0, already: 1, set_aside: 1 })
+  t.match(sealing.stderr, warning)
+  const validating = await taskvault(['validate', dir], { env })
+  t.equal(validating.code, 0, 'already set aside: no failure')
+  t.match(validating.stderr, warning)
+  t.match((await taskvault(['validate', dir, '--json'], { env })).json(), { checked: 1, bad: 0, set_aside: 1 })
+  t.match(await readFile(join(dir, 'corrupt', setAside as string), 'utf8'), /SECRET-CUSTOMER-DATA/, 'neither command changes what corrupt/ holds')
+})
+
 // Debian's strace, which .ci/run installs: without it this fails under CI=true, and is skipped elsewhere.
 const STRACE = existsSync('/usr/bin/strace') || process.env.CI === 'true' ? false : 'needs strace (/usr/bin/strace)'
 

@@ -392,7 +392,7 @@ t.test('a tampered file under a kid whose key the marker\'s check proves is set 
   // No file under k1 opens, yet the check says k1's key is the one the folder was given: the file changed.
   const validate = await taskvault(['validate', dir], { env: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
   t.equal(validate.code, 1, 'validate reports it bad')
-  t.match(validate.stdout, /only\.json: .*authentication failed/)
+  t.match(validate.stdout, /only\.json \(sealed, key k1\): authentication failed/)
   t.notMatch(validate.stdout, /left in place/, 'as damaged, not as a sign of a wrong key')
   const stats = await taskvault(['stats', dir], { env: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
   t.equal(stats.code, 0, `stats counts the rest (${stats.stderr.trim()})`)
@@ -569,7 +569,7 @@ t.test('validate --fix sets aside what a right key does not open, and nothing wh
 
   const wrong = await taskvault(['validate', dir], { env: { TASK_ENCRYPTION_KEYS: `k1:${K2}` } })
   t.equal(wrong.code, 1, 'both reported bad')
-  t.match(wrong.stdout, /good\.json: .*authentication failed.*left in place: no file sealed under key 'k1' opens/)
+  t.match(wrong.stdout, /good\.json \(sealed, key k1\): authentication failed.*left in place: no file sealed under key 'k1' opens/)
   // The folder's key check for k1 refuses the wrong key before any file is looked at.
   const fixing = await taskvault(['validate', dir, '--fix'], { env: { TASK_ENCRYPTION_KEYS: `k1:${K2}` } })
   t.equal(fixing.code, 1)
@@ -578,7 +578,7 @@ t.test('validate --fix sets aside what a right key does not open, and nothing wh
 
   const right = await taskvault(['validate', dir, '--fix'], { env: { TASK_ENCRYPTION_KEYS: KEYS_1 } })
   t.equal(right.code, 1)
-  t.match(right.stdout, /bad\.json: authentication failed \(moved to corrupt\//)
+  t.match(right.stdout, /bad\.json \(sealed, key k1\): authentication failed \(moved to corrupt\//)
   t.ok((await readdir(dir)).includes('good.json') && !(await readdir(dir)).includes('bad.json'), 'with the right key the tampered file is set aside, the good one stays')
 })
 

@@ -144,6 +144,13 @@ t.test('seal --database-url with a mistyped key under a kid it only opens says t
   t.match(run.stderr, /❌ one@\d+: authentication failed/u)
   t.match(run.stderr, /❌ key 'old' opens none of the 2 rows sealed under it: TASK_ENCRYPTION_KEYS likely holds a different key under that kid .*those rows were left as they are/u)
   t.same([...(await kids(url)).values()], ['old', 'old'], 'both rows as they were')
+  // validate names the kid of each row that did not open, as the rotation runbook looks for it.
+  const env = { TASK_ENCRYPTION_KEYS: `old:${randomBytes(32).toString('base64')}` }
+  const text = await taskvault(['validate', '--database-url', url], { env })
+  t.equal(text.code, 1)
+  t.match(text.stdout, /^❌ one@\d+ \(sealed, key old\): authentication failed$/mu)
+  const json = await taskvault(['validate', '--database-url', url, '--json'], { env })
+  t.match(json.json(), { bad: 2, files: [{ file: /^one@/u, ok: false, kid: 'old' }, { file: /^two@/u, ok: false, kid: 'old' }] })
 })
 
 t.test('seal --database-url with a mistyped key under the kid some rows are sealed under writes nothing; the right key seals the rest', async (t) => {

@@ -8,7 +8,7 @@ import type { Keyring } from '../../services/store/keyring.js'
 import { UsageError } from '../args.js'
 import { COMMON_HELP, type Command } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, readTarget, withDatabase } from '../database.js'
-import { checkStoredFile, EVERY_KID, ignoredByServer, KidProofs, listStoredFiles, storageDir, withWriteLock, writing, type StoredFile } from '../folder.js'
+import { checkStoredFile, EVERY_KID, ignoredByServer, KidProofs, listStoredFiles, setAsideCount, setAsideWarning, storageDir, withWriteLock, writing, type StoredFile } from '../folder.js'
 import { sealRows, wrongSealingKey } from './seal-rows.js'
 
 /** Folder fsyncs are shared by this many replaced files: an unsynced rename leaves the old, still readable, file. */
@@ -37,6 +37,10 @@ opens, the key is not the one they were sealed with, and nothing is written.
 
 Rotation: put the new key first and keep the old one second (on the servers too), run seal,
 then drop the old key.
+
+Files in <dir>/corrupt/ (set aside by a restore or validate --fix) are kept as they were found,
+so they are not sealed: seal counts them (set_aside in --json) and warns; inspect them, then
+delete them before dropping the old key.
 
 Exit status 1 when a file could not be read (unreadable, or sealed under a key not configured)
 or holds more content than TASK_MAX_SESSION_BYTES allows (written under a larger bound; it is
@@ -133,9 +137,12 @@ ${COMMON_HELP}`,
     for (const problem of problems) warn(`${problem.ignored === true ? '⚠️' : '❌'} ${problem.file}: ${problem.reason}`)
     const wrongKey = proofs.failure('those files were left as they are')
     if (wrongKey !== null) warn(`❌ ${wrongKey.message}`)
+    // Set aside as found, so not sealed: a rotation must not look finished while they wait there.
+    const inCorrupt = await setAsideCount(dir)
+    if (inCorrupt > 0) warn(setAsideWarning(inCorrupt, 'sealed'))
     const ignored = counts.ignored > 0 ? `, ${counts.ignored} ignored: not named like a session` : ''
     const lines = [`Sealed ${counts.sealed} files under key ${keyring.activeKid} (${counts.already} already were${counts.unreadable > 0 ? `, ${counts.unreadable} could not be sealed (see above)` : ''}${ignored})`]
-    return { code: counts.unreadable > 0 ? 1 : 0, json: { dir, kid: keyring.activeKid, ...counts, problems }, lines }
+    return { code: counts.unreadable > 0 ? 1 : 0, json: { dir, kid: keyring.activeKid, ...counts, set_aside: inCorrupt, problems }, lines }
   }
 }
 

@@ -3,11 +3,11 @@ import { join } from 'node:path'
 import { fsyncDir } from '../../services/store/session-files.js'
 import { nodeFs } from '../../services/store/fs-seam.js'
 import { readMarker } from '../../services/store/storage-folder.js'
-import { assertUsedFolder, ignoredByServer, readOnce, readSettled, storageDir, withWriteLock, type StoredFile } from '../folder.js'
+import { assertUsedFolder, ignoredByServer, readOnce, readSettled, setAsideCount, setAsideWarning, storageDir, withWriteLock, type StoredFile } from '../folder.js'
 import { CommandFailedError, UsageError, type ParsedCommand } from '../args.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, readTarget, withDatabase, type DatabaseTarget } from '../database.js'
-import { CorruptSessionFileError, KeyUnavailableError } from '../../services/errors.js'
+import { CorruptSessionFileError, KeyUnavailableError, SealNotOpenedError } from '../../services/errors.js'
 import type { Keyring } from '../../services/store/keyring.js'
 import { readSessionDocument } from '../../services/store/session-files.js'
 import { rowName, rowsPage, type StoredRow } from '../rows.js'
@@ -15,7 +15,7 @@ import { rowName, rowsPage, type StoredRow } from '../rows.js'
 interface FileReport {
   file: string
   ok: boolean
-  /** The key that sealed it; null: plaintext (absent when it could not be read). */
+  /** The key that sealed it; null: plaintext. A bad one has it only when sealed and its box did not open (or its key is missing). */
   kid?: string | null
   reason?: string
   moved_to?: string
@@ -32,7 +32,9 @@ export const validateCommand: Command = {
 Reads every session file in the storage folder and in its archive/ exactly as the server's
 restore would, and prints one line per file: ✅ when it loads, ❌ and the reason when not.
 Sealed files (TASK_ENCRYPTION_KEYS) are opened and checked too, and each line names the key
-that sealed it; a file sealed under a key that is not configured is reported, never moved.
+that sealed it, a file that did not open under it too; a file sealed under a key that is not
+configured is reported, never moved. Files in <dir>/corrupt/ are not checked: they are counted
+(set_aside in --json) with a warning, without failing the run.
 Read-only unless --fix; safe while a server runs.
 
 With --database-url it reads every row of the PostgreSQL store, active and archived, the
@@ -72,7 +74,9 @@ ${COMMON_HELP}`,
         once.seen(stored)
         if (checked.ok) reports.push({ file: stored.rel, ok: true, kid: checked.kid })
         else {
-          const report: FileReport = { file: stored.rel, ok: false, reason: checked.reason, ...(ignoredByServer(stored) && { ignored: true as const }) }
+          // The kid is what the rotation runbook greps for: a file under the old key must show it.
+          const kid = checked.keyMissing === true ? checked.kid : checked.unopenedKid
+          const report: FileReport = { file: stored.rel, ok: false, ...(kid !== undefined && { kid }), reason: checked.reason, ...(ignoredByServer(stored) && { ignored: true as const }) }
           reports.push(report)
           if (checked.keyMissing !== true && checked.unopenedKid !== undefined && !ignoredByServer(stored)) {
             unopened.set(checked.unopenedKid, [...(unopened.get(checked.unopenedKid) ?? []), { stored, report }])
@@ -101,16 +105,22 @@ ${COMMON_HELP}`,
       })
       : await check()
     const badCount = reports.filter((report) => !report.ok && report.ignored !== true).length
+    // Already set aside, so no failure; but not checked either, and a plaintext one is in clear.
+    const inCorrupt = await setAsideCount(dir)
+    if (inCorrupt > 0) context.warn(setAsideWarning(inCorrupt, 'checked'))
     const lines = reportLines(reports)
     lines.push(`${reports.length} files checked, ${badCount} bad`)
-    return { code: badCount > 0 ? 1 : 0, json: { dir, checked: reports.length, bad: badCount, files: reports }, lines }
+    return { code: badCount > 0 ? 1 : 0, json: { dir, checked: reports.length, bad: badCount, set_aside: inCorrupt, files: reports }, lines }
   }
 }
 
 function reportLines (reports: FileReport[]): string[] {
-  return reports.map((report) => report.ok
-    ? `✅ ${report.file}${typeof report.kid === 'string' ? ` (sealed, key ${report.kid})` : ''}`
-    : report.ignored === true ? `⚠️ ${report.file}: ${report.reason ?? ''}` : `❌ ${report.file}: ${report.reason ?? ''}${report.moved_to === undefined ? '' : ` (moved to ${report.moved_to})`}`)
+  return reports.map((report) => {
+    const sealed = typeof report.kid === 'string' ? ` (sealed, key ${report.kid})` : ''
+    return report.ok
+      ? `✅ ${report.file}${sealed}`
+      : report.ignored === true ? `⚠️ ${report.file}: ${report.reason ?? ''}` : `❌ ${report.file}${sealed}: ${report.reason ?? ''}${report.moved_to === undefined ? '' : ` (moved to ${report.moved_to})`}`
+  })
 }
 
 /** Rows read per round trip. */
@@ -148,7 +158,9 @@ function judgeRow (row: StoredRow, keyring: Keyring | null): FileReport {
     return { file, ok: true, kid: readSessionDocument(file, row.document, row.session_id, keyring).kid }
   } catch (err) {
     if (!(err instanceof KeyUnavailableError) && !(err instanceof CorruptSessionFileError)) throw err
-    return { file, ok: false, reason: (err as Error).message.replace(`${file}: `, '') }
+    // As for a file: a row whose box did not open, or whose key is missing, names its kid.
+    const kid = err instanceof SealNotOpenedError || err instanceof KeyUnavailableError ? err.kid : undefined
+    return { file, ok: false, ...(kid !== undefined && { kid }), reason: err.message.replace(`${file}: `, '') }
   }
 }
 
