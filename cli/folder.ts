@@ -411,15 +411,18 @@ export async function writing<R> (what: string, done: () => string, step: () => 
  * as it was found (in clear, or sealed under any key) and no command reads it again, so seal and
  * validate name the count: a plaintext one stays in clear until an operator deletes it.
  */
-export async function setAsideCount (dir: string): Promise<number> {
+export async function setAsideCount (dir: string): Promise<number | null> {
   const corruptDir = join(dir, 'corrupt')
   // Not a real folder (none, or a symlink): nothing was ever moved into it.
   if ((await lstat(corruptDir).catch(() => null))?.isDirectory() !== true) return 0
-  return (await readdir(corruptDir, { withFileTypes: true })).filter((entry) => entry.isFile()).length
+  // Unreadable (another user's): the command's own work stands; only the count is unknown.
+  const entries = await readdir(corruptDir, { withFileTypes: true }).catch(() => null)
+  return entries === null ? null : entries.filter((entry) => entry.isFile()).length
 }
 
-/** The warning for setAsideCount's files, `done` saying what the command did not do to them ("sealed"). */
-export function setAsideWarning (count: number, done: string): string {
+/** The warning for setAsideCount's files (null: unknown), `done` saying what the command did not do to them ("sealed"). */
+export function setAsideWarning (count: number | null, done: string): string {
+  if (count === null) return `⚠️  corrupt/ could not be read: files set aside there, if any, are kept as found and not ${done}`
   const [files, are, them] = count === 1 ? ['file', 'is', 'it'] : ['files', 'are', 'them']
   return `⚠️  ${count} ${files} set aside in corrupt/ ${are} kept as found and not ${done} (plaintext ones stay in clear): inspect ${them}, then delete ${them}`
 }

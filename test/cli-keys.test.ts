@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import pg from 'pg'
 import t from 'tap'
@@ -253,6 +253,15 @@ t.test('seal and validate count the files set aside in corrupt/, which stay as f
   t.match(validating.stderr, warning)
   t.match((await taskvault(['validate', dir, '--json'], { env })).json(), { checked: 1, bad: 0, set_aside: 1 })
   t.match(await readFile(join(dir, 'corrupt', setAside as string), 'utf8'), /SECRET-CUSTOMER-DATA/, 'neither command changes what corrupt/ holds')
+  // corrupt/ not readable by the command's user: its work stands (exit 0), only the count is unknown.
+  await chmod(join(dir, 'corrupt'), 0o000)
+  t.teardown(async () => chmod(join(dir, 'corrupt'), 0o700))
+  const unknown = /⚠️ {2}corrupt\/ could not be read: files set aside there, if any, are kept as found and not (sealed|checked)/u
+  for (const command of ['seal', 'validate']) {
+    const run = await taskvault([command, dir, '--json'], { env, unprivileged: true })
+    t.match([run.code, run.json()], [0, { set_aside: null }], `${command}: exit 0, the count unknown`)
+    t.match(run.stderr, unknown)
+  }
 })
 
 // Debian's strace, which .ci/run installs: without it this fails under CI=true, and is skipped elsewhere.

@@ -139,7 +139,7 @@ ${COMMON_HELP}`,
     if (wrongKey !== null) warn(`❌ ${wrongKey.message}`)
     // Set aside as found, so not sealed: a rotation must not look finished while they wait there.
     const inCorrupt = await setAsideCount(dir)
-    if (inCorrupt > 0) warn(setAsideWarning(inCorrupt, 'sealed'))
+    if (inCorrupt !== 0) warn(setAsideWarning(inCorrupt, 'sealed'))
     const ignored = counts.ignored > 0 ? `, ${counts.ignored} ignored: not named like a session` : ''
     const lines = [`Sealed ${counts.sealed} files under key ${keyring.activeKid} (${counts.already} already were${counts.unreadable > 0 ? `, ${counts.unreadable} could not be sealed (see above)` : ''}${ignored})`]
     return { code: counts.unreadable > 0 ? 1 : 0, json: { dir, kid: keyring.activeKid, ...counts, set_aside: inCorrupt, problems }, lines }

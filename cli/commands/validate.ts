@@ -107,7 +107,7 @@ ${COMMON_HELP}`,
     const badCount = reports.filter((report) => !report.ok && report.ignored !== true).length
     // Already set aside, so no failure; but not checked either, and a plaintext one is in clear.
     const inCorrupt = await setAsideCount(dir)
-    if (inCorrupt > 0) context.warn(setAsideWarning(inCorrupt, 'checked'))
+    if (inCorrupt !== 0) context.warn(setAsideWarning(inCorrupt, 'checked'))
     const lines = reportLines(reports)
     lines.push(`${reports.length} files checked, ${badCount} bad`)
     return { code: badCount > 0 ? 1 : 0, json: { dir, checked: reports.length, bad: badCount, set_aside: inCorrupt, files: reports }, lines }
