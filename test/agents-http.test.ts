@@ -303,22 +303,23 @@ t.test('what an agent\'s error answer quotes of the headers we sent (the key) is
   t.equal((await storedTasks(dir, 'echoed'))[0]?.error, error, 'nor on disk')
 })
 
-t.test('a short key (under 8 characters) is redacted too: the API key after Bearer, and a whole header value', async (t) => {
+t.test('a short key (6 or 7 characters) is redacted too: the API key after Bearer, and a whole header value', async (t) => {
   const dir = await tempDir(t)
   // OpenAI itself names the key in a 401; some gateways echo every header.
-  const peer = await fakeAgent(t, (req) => ({ status: 401, body: JSON.stringify({ error: { message: `Incorrect API key provided: ${String(req.headers.authorization).slice(7)}`, headers: req.headers } }) }))
+  const peer = await fakeAgent(t, (req) => ({ status: 401, body: JSON.stringify({ error: { message: `Incorrect API key provided: ${String(req.headers.authorization).slice(7)}; unknown access key ${String(req.headers['x-pair']).split(' ')[0]}; dry run ${String(req.headers['x-dry-run'])}; sent ${JSON.stringify({ 'x-api-key': req.headers['x-api-key'] })}` } }) }))
   const app = await build(t, {
     dir,
     agents: {
       Coding: { kind: 'openai', base_url: `${peer.base}/v1`, model: 'm', api_key_env: 'LLM_KEY', ...FAST },
       default: { kind: 'webhook', url: `${peer.base}/run`, headers_env: 'HOOK_HEADERS', ...FAST }
     },
-    env: { LLM_KEY: 'sk-Ab3x', HOOK_HEADERS: JSON.stringify({ 'X-Api-Key': 'Zq7#kP2' }) }
+    env: { LLM_KEY: 'sk-Ab3x', HOOK_HEADERS: JSON.stringify({ 'X-Api-Key': 'Zq7#kP2', 'X-Pair': 'AKIAIOSFODNN7EXAMPLE wJalrXUtnFEMI', 'X-Dry-Run': 'true' }) }
   })
   await createTasks(app, 'short', [{ instruction: 'x', task_type: 'Coding' }, { instruction: 'y', task_type: 'General' }])
   const errors = [(await post(app, '/execute', { session_id: 'short' })).json().error, (await post(app, '/execute', { session_id: 'short' })).json().error]
-  t.match(errors, [/answered 401: .*Incorrect API key provided: \[redacted\]/u, /answered 401: .*"x-api-key":"\[redacted\]/u], 'both answers still quoted')
+  t.match(errors, [/answered 401: .*Incorrect API key provided: \[redacted\]/u, /answered 401: .*x-api-key.*\[redacted\]/u], 'both answers still quoted')
   for (const error of errors) t.notOk(/sk-Ab3x|Zq7#kP2/u.test(error), 'without the key', { error })
+  t.match(errors[1], /unknown access key \[redacted\]; dry run true/u, 'a long first word of a two-word value too; a short value that is no key stays')
 })
 
 const shapes: Array<[string, string, string]> = [

@@ -140,8 +140,11 @@ async function readText (who: string, response: Response, maxBytes: number, sign
 /** Shortest header value (or token within one, as in `Bearer <key>`) worth hiding: shorter ones would blank out ordinary words. */
 const SECRET_MIN_CHARS = 8
 
-/** Shorter, a header value or credential is blanked out of the answer wherever its letters occur; no real key is so short. */
-const CREDENTIAL_MIN_CHARS = 4
+/** Shorter, a header value or credential would be blanked out of the answer wherever it occurs ("true", "2024"); no real key is so short. */
+const CREDENTIAL_MIN_CHARS = 6
+
+/** Schemes whose second word is the credential (`Authorization: Bearer <key>`). */
+const AUTH_SCHEME = /^(?:bearer|basic|token|apikey|key)$/iu
 
 /** The most characters one character takes escaped (`\u002B`). */
 const ESCAPE_CHARS = 6
@@ -172,11 +175,11 @@ function unescaped (text: string): string {
 
 /**
  * Every header value we sent, the credential of one that names a scheme (`Bearer <key>`), and
- * each long token of the others, longest first, with the forms a body may carry them in besides
+ * each long word of any, longest first, with the forms a body may carry them in besides
  * (undone of needless escapes: unescaped): escaped in a JSON string, percent-encoded, and a
  * Basic credential decoded (`user:password`, and the password). A whole value or a credential
- * is a secret from CREDENTIAL_MIN_CHARS (a 7-character key is still the key); a token of another
- * value only from SECRET_MIN_CHARS, as a short one is likely a word the answer uses too.
+ * is a secret from CREDENTIAL_MIN_CHARS (a 7-character key is still the key); another word only
+ * from SECRET_MIN_CHARS, as a short one is likely a word the answer uses too.
  */
 function secretsOf (values: readonly string[]): string[] {
   const secrets = new Set<string>()
@@ -188,10 +191,11 @@ function secretsOf (values: readonly string[]): string[] {
   for (const value of values) {
     const parts = value.trim().split(/\s+/u)
     add(value.trim())
+    for (const part of parts) add(part, SECRET_MIN_CHARS)
     const [scheme, credential] = parts
-    if (parts.length === 2 && credential !== undefined) add(credential)
-    else for (const part of parts) add(part, SECRET_MIN_CHARS)
-    if (credential !== undefined && parts.length === 2 && /^basic$/iu.test(scheme as string)) {
+    if (parts.length !== 2 || credential === undefined || !AUTH_SCHEME.test(scheme as string)) continue
+    add(credential)
+    if (/^basic$/iu.test(scheme as string)) {
       const decoded = Buffer.from(credential, 'base64').toString('utf8')
       add(decoded)
       add(decoded.slice(decoded.indexOf(':') + 1))
