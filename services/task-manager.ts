@@ -10,12 +10,13 @@ import type { ArchivedSummary } from './archive/archive-index.js'
 import { ArchivePasses } from './archive/archive-passes.js'
 import { ArchivedSessions, archivedView, type ArchivedCopy, type ArchivedSessionSummary, type RetentionCutoffs } from './archive/archived-sessions.js'
 import {
-  IdempotencyKeyReusedError, SessionIdCaseConflictError, SessionTooLargeError, InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
+  IdempotencyKeyReusedError, InvalidInstructionsError, SessionIdCaseConflictError, SessionTooLargeError, InvalidSessionIdError, LimitExceededError, NotReadyError, NotRunningError, SessionLimitError, SessionBusyError, SessionNotFoundError, ShuttingDownError, StaleArchivedCopyError,
   TaskNotFailedError, TaskNotFoundError, type PassFailure, TaskvaultError
 } from './errors.js'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { resolveAgents, type AgentRoutes, type Executors } from './runner/executors.js'
 import { appendTasks, checkCreate, listOrder, newSessionFile, progressOf, specsDigest, type Progress, type SessionFile, type Task, type TaskSpec } from './session/session.js'
+import { isBlank } from './session/parser.js'
 import { liveFile, unchanged } from './session/draft.js'
 import { SessionRegistry, type NewestFirst, type SessionSummary } from './session/registry.js'
 import { WriteBackRetries } from './session/write-back-retries.js'
@@ -341,6 +342,8 @@ export class TaskManager {
         throw new LimitExceededError(`session '${sessionId}' would have ${total} tasks; the limit is ${maxTasksPerSession} (TASK_MAX_TASKS_PER_SESSION)`)
       }
       specs.forEach((spec, index) => {
+        // As POST /create refuses one (a host may call this directly): a task with nothing to do would be run and "completed".
+        if (isBlank(spec.instruction)) throw new InvalidInstructionsError(`task ${index + 1}: task instructions must not be blank`)
         const bytes = Buffer.byteLength(spec.instruction, 'utf8')
         if (bytes > maxInstructionBytes) {
           throw new LimitExceededError(`task ${index + 1} is ${bytes} bytes; the limit is ${maxInstructionBytes} (TASK_MAX_INSTRUCTION_BYTES)`)

@@ -3,7 +3,6 @@ import type { Static } from '@sinclair/typebox'
 import type { Progress as ProgressSchema } from '../../schemas/api.js'
 import { SESSION_ID, TASK_TYPES, type SessionFile, type StoredSessionFile, type Task, type TaskType } from '../../schemas/session.js'
 import { InvalidInstructionsError, InvalidSessionIdError } from '../errors.js'
-import { isBlank } from './parser.js'
 
 export type { SessionFile, Task, TaskType }
 
@@ -148,8 +147,6 @@ export function checkCreate (sessionId: unknown, specs: unknown): void {
   if (!Array.isArray(specs)) throw new InvalidInstructionsError('tasks must be a list of { instruction, task_type }')
   specs.forEach((spec: Partial<TaskSpec> | null, index) => {
     if (typeof spec?.instruction !== 'string') throw new InvalidInstructionsError(`task ${index + 1} has no instruction text`)
-    // As POST /create refuses one: a task with nothing to do would be run and "completed".
-    if (isBlank(spec.instruction)) throw new InvalidInstructionsError(`task ${index + 1}: task instructions must not be blank`)
     if (!(TASK_TYPES as readonly unknown[]).includes(spec.task_type)) throw new InvalidInstructionsError(`task ${index + 1} has task_type ${JSON.stringify(spec.task_type)}; expected one of ${TASK_TYPES.join(', ')}`)
   })
 }
