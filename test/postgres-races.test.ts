@@ -26,22 +26,25 @@ interface Held {
 
 interface HoldingPool {
   pool: pg.Pool
-  /** Holds the next statement whose text matches (and whose values, when `values` is given), once. */
+  /** Holds the next statement whose text matches (and whose values, when `values` is given), once; several may be armed. */
   hold: (match: RegExp, values?: (values: string[]) => boolean) => Held
 }
 
-/** A host's pool (the plugin's `pool` option) that holds a statement on demand. */
-function holdingPool (t: Test, url: string, statementTimeoutMs = 10_000): HoldingPool {
+/**
+ * A host's pool (the plugin's `pool` option) that holds a statement on demand. `max`, when
+ * given, is advertised as the pool's size, which sets the store's save lanes (one fewer).
+ */
+function holdingPool (t: Test, url: string, statementTimeoutMs = 10_000, max?: number): HoldingPool {
   const real = new pg.Pool(connectionConfig({ url, schema: SCHEMA, max: 6, statementTimeoutMs }))
   real.on('error', noop)
   t.teardown(() => real.end())
-  let armed: { match: RegExp, values?: (values: string[]) => boolean, gate: Promise<void>, reached: () => void } | null = null
+  const armed: Array<{ match: RegExp, values?: (values: string[]) => boolean, gate: Promise<void>, reached: () => void }> = []
   const guard = async (config: unknown): Promise<void> => {
     const text = typeof config === 'string' ? config : (config as { text?: string } | null)?.text ?? ''
     const values = ((config as { values?: unknown[] } | null)?.values ?? []).flat().map((value) => Buffer.isBuffer(value) ? value.toString('utf8') : String(value))
-    const hold = armed
-    if (hold === null || !hold.match.test(text) || (hold.values !== undefined && !hold.values(values))) return
-    armed = null
+    const index = armed.findIndex((hold) => hold.match.test(text) && (hold.values === undefined || hold.values(values)))
+    const [hold] = index < 0 ? [] : armed.splice(index, 1)
+    if (hold === undefined) return
     hold.reached()
     await hold.gate
   }
@@ -61,7 +64,8 @@ function holdingPool (t: Test, url: string, statementTimeoutMs = 10_000): Holdin
       return client
     },
     end: async () => real.end(),
-    on: (...args: Parameters<pg.Pool['on']>) => real.on(...args)
+    on: (...args: Parameters<pg.Pool['on']>) => real.on(...args),
+    ...(max !== undefined && { options: { max } })
   }
   return {
     pool: pool as unknown as pg.Pool,
@@ -70,15 +74,15 @@ function holdingPool (t: Test, url: string, statementTimeoutMs = 10_000): Holdin
       let release!: () => void
       const gate = new Promise<void>((resolve) => { release = resolve })
       const held = new Promise<void>((resolve) => { reached = resolve })
-      armed = { match, values, gate, reached }
+      armed.push({ match, values, gate, reached })
       return { reached: held, release }
     }
   }
 }
 
-async function replica (t: Test, url: string, replicaId: string, options: { agents?: Record<string, unknown>, sweepIntervalMs?: number, sweepBatch?: number, archiveRetentionDays?: number, statementTimeoutMs?: number, logger?: FastifyServerOptions['logger'] } = {}): Promise<{ app: FastifyInstance, hold: HoldingPool['hold'] }> {
-  const { statementTimeoutMs, logger, ...plugin } = options
-  const { pool, hold } = holdingPool(t, url, statementTimeoutMs)
+async function replica (t: Test, url: string, replicaId: string, options: { agents?: Record<string, unknown>, sweepIntervalMs?: number, sweepBatch?: number, archiveRetentionDays?: number, statementTimeoutMs?: number, poolMax?: number, logger?: FastifyServerOptions['logger'] } = {}): Promise<{ app: FastifyInstance, hold: HoldingPool['hold'] }> {
+  const { statementTimeoutMs, poolMax, logger, ...plugin } = options
+  const { pool, hold } = holdingPool(t, url, statementTimeoutMs, poolMax)
   const app = Fastify({ logger })
   t.teardown(() => app.close())
   await app.register(taskvaultPlugin, { prefix: API, pool, replicaId, archiveDays: 0, ...plugin })
@@ -154,6 +158,31 @@ t.test('a create through a replica that looked for an archived copy just before 
   t.same((await inspector(t, url, SCHEMA).query<{ archived: boolean }>("SELECT archived_at IS NOT NULL AS archived FROM sessions WHERE session_id = 'alpha'")).rows, [{ archived: false }], 'one row: the active session')
   t.equal((await call(c, 'DELETE', 'sessions/alpha')).status, 204)
   t.same([await instructions(b), await instructions(c)], [404, 404], 'and a delete leaves nothing to come back')
+})
+
+t.test('a create whose save waits for a lane while another replica archives the session, and a second create then reads the archived copy: both tasks join the session brought back', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const { app: b } = await replica(t, url, 'races-b')
+  // Two save lanes on c, both taken by held inserts of other sessions (a replica under load).
+  const { app: c, hold } = await replica(t, url, 'races-c', { poolMax: 3 })
+  t.equal((await call(b, 'POST', 'create', { session_id: 'alpha', instructions: 'alpha' })).status, 200)
+  t.equal((await call(b, 'POST', 'execute', { session_id: 'alpha' })).status, 200)
+  const busy = ['beta1', 'beta2'].map((id) => hold(/^INSERT INTO sessions \(session_id, document/u, (values) => values[0] === id))
+  const betas = ['beta1', 'beta2'].map(async (id) => call(c, 'POST', 'create', { session_id: id, instructions: 'b' }))
+  await Promise.all(busy.map(async (held) => held.reached))
+  // c has never read alpha and finds no archived copy: a new session, whose save waits for a lane.
+  const saves = (c.persistence as unknown as { batcher: { waiting: number } }).batcher
+  const first = call(c, 'POST', 'create', { session_id: 'alpha', instructions: 'delta' })
+  await waitFor('the new session\'s save to wait for a lane', () => saves.waiting === 1)
+  t.same((await call(b, 'POST', 'archive', { older_than_days: 0 })).body.archived_ids, ['alpha'], 'archived meanwhile')
+  // A second create reads the copy b archived: c's index now knows it, though the waiting save was decided without it.
+  const second = call(c, 'POST', 'create', { session_id: 'alpha', instructions: 'echo' })
+  await waitFor('the second create to wait behind the first', () => saves.waiting === 1 && c.persistence.archivedName('alpha') !== null)
+  for (const held of busy) held.release()
+  t.same((await Promise.all([...betas, first, second])).map((res) => res.status), [200, 200, 200, 200])
+  t.same((await inspector(t, url, SCHEMA).query("SELECT archived_at IS NOT NULL AS archived, tasks_total FROM sessions WHERE session_id = 'alpha'")).rows, [{ archived: false, tasks_total: 3 }], 'one row: the session brought back, holding all three tasks')
+  t.same((await instructions(c) as string[]).sort(), ['alpha', 'delta', 'echo'])
 })
 
 t.test('a DELETE of an active session takes the archived copies an import left beside it, which no replica had read: nothing comes back', async (t) => {

@@ -106,6 +106,11 @@ interface QueuedSave extends PendingSave<RowVersion | null> {
   operation: string
   /** SaveOptions.leaseFree, with other replicas about: written alone, by updateLeaseFreeSession. */
   leaseFree: boolean
+  /**
+   * For a new row, the newest archived copy known when the change was decided (ArchivedRows.newestRow),
+   * not when sent: a read meanwhile may learn a copy the change never saw.
+   */
+  knownArchived: string | null
 }
 
 /** The active row of a session as stored now (refresh); `document` only when it differs from the known one. */
@@ -437,14 +442,16 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
   private async write (file: SessionFile, options?: SaveOptions): Promise<number> {
     const sessionId = this.checkId(file.session_id)
     assertSavable(file)
+    // Read in the turn of the change that decided, before any wait (QueuedSave.knownArchived).
+    const inserts = !this.rows.has(sessionId)
+    const knownArchived = this.archived.newestRow(sessionId)
     const data = await serializeSessionFile(file, this.indent, sessionBound(file, this.maxSessionBytes, options), this.keyring, this.maxSessionBytes)
     const derived = this.derive(file)
     const operation = `saving session '${sessionId}'`
     const outcome: QueuedSave['outcome'] = { kind: 'row', data, kid: derived.sealedKid ?? '' }
     const leaseFree = options?.leaseFree === true && this.leases !== null
-    const inserts = !this.rows.has(sessionId)
     try {
-      await this.attempt(sessionId, operation, async () => this.batcher.submit({ sessionId, bytes: data.length, data, derived, outcome, operation, leaseFree }))
+      await this.attempt(sessionId, operation, async () => this.batcher.submit({ sessionId, bytes: data.length, data, derived, outcome, operation, leaseFree, knownArchived }))
     } catch (err) {
       // A new session refused as its id is archived: another replica archived it after this one
       // looked for a copy. The change reads the copy again and brings the session back with it.
@@ -478,7 +485,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       const outcomes = [[first.sessionId, first.outcome]] as const
       try {
         if (known === undefined) {
-          const row = (await this.run<{ row_id: string, version: string }>(first.operation, insertSession(first.sessionId, first.data, first.derived, this.archived.newestRow(first.sessionId)), outcomes)).rows[0]
+          const row = (await this.run<{ row_id: string, version: string }>(first.operation, insertSession(first.sessionId, first.data, first.derived, first.knownArchived), outcomes)).rows[0]
           first.resolve(row === undefined ? null : this.written(first, row))
         } else if (first.leaseFree) {
           const result = (await this.run<{ updated: number, busy: string | null }>(first.operation, updateLeaseFreeSession(known, first.data, first.derived, this.replicaId, this.leases?.me.instance ?? null), outcomes)).rows[0]
@@ -498,7 +505,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       return
     }
     const config = saveBatch(batch.map((save) => ({
-      sessionId: save.sessionId, expected: this.rows.get(save.sessionId) ?? null, document: save.data, columns: save.derived, fence: this.leases?.fence(save.sessionId) ?? null, knownArchived: this.archived.newestRow(save.sessionId)
+      sessionId: save.sessionId, expected: this.rows.get(save.sessionId) ?? null, document: save.data, columns: save.derived, fence: this.leases?.fence(save.sessionId) ?? null, knownArchived: save.knownArchived
     })))
     let rows: Array<{ session_id: string, row_id: string, version: string }>
     try {

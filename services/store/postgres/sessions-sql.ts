@@ -66,10 +66,11 @@ const derivedValues = (c: DerivedColumns): unknown[] => [
  * Rows that keep a new session from being inserted: an active one (someone created it since we
  * looked, or we never read it: not ours to overwrite), and an archived copy newer than the one
  * this replica knows of (`known`: its row id, or null), as another replica archived it since
- * it looked: the create must bring that copy back, not start again beside it.
+ * it looked: the create must bring that copy back, not start again beside it. Two parts, so
+ * that each reads its partial index on session_id (an OR of both read the whole table).
  */
-const BLOCKING_ROW = (id: string, known: string): string => `SELECT 1 FROM sessions o WHERE o.session_id = ${id}
-  AND (o.archived_at IS NULL OR ${known} IS NULL OR o.row_id > ${known})`
+const BLOCKING_ROW = (id: string, known: string): string => `SELECT 1 FROM sessions o WHERE o.session_id = ${id} AND o.archived_at IS NULL
+  UNION ALL SELECT 1 FROM sessions o WHERE o.session_id = ${id} AND o.archived_at IS NOT NULL AND (${known} IS NULL OR o.row_id > ${known})`
 
 /** `knownArchived` for a writer that means to put a session beside every archived copy it has (`taskvault import`). */
 export const ALL_ARCHIVED_KNOWN = '9223372036854775807'
