@@ -368,8 +368,9 @@ export class TaskManager {
       return added.map((task) => ({ ...task }))
     }, { fresh }))
     const tasks = await change(false).catch(async (err: unknown) => {
-      // Another replica may have deleted or shortened the session, or answered the key, since this copy was read.
-      if (!(err instanceof LimitExceededError || err instanceof StaleCopyError) || this.shared === undefined) throw err
+      // Another replica may have deleted or shortened the session, or answered the key (a refused
+      // instruction's replay too), since this copy was read.
+      if (!(err instanceof LimitExceededError || err instanceof InvalidInstructionsError || err instanceof StaleCopyError) || this.shared === undefined) throw err
       marking = false
       return await change(true)
     }).catch(async (err: unknown) => {
