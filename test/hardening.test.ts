@@ -718,12 +718,17 @@ t.test('lock: a lock of this host name from another pid namespace (another conta
   t.match(waiting, { level: 40, holder, stale_in_ms: Number }, 'the wait is logged, naming the holder')
 })
 
-t.test('lock: embedded in a host with a pluginTimeout, a fresh lock of another pid namespace is waited for within it: the host hears STORAGE_LOCKED naming the settings, and nothing takes the lock after it gave up', { skip: process.platform !== 'linux' ? 'pid namespaces are read from /proc' : false }, async (t) => {
+/** A folder holding a fresh lock of this host name from another pid namespace (a container beside ours), going stale in 4 s. */
+async function foreignFreshLock (t: TestContext): Promise<{ dir: string, holder: Holder & { proc: string }, lock: { lockRefreshMs: number, lockStaleMs: number } }> {
   const [namespace] = (processSlot(process.pid) ?? '').split('.')
   const holder = { pid: process.pid, host: hostname(), since: new Date().toISOString(), proc: `${Number(namespace) + 1}.4242` }
   const dir = await tempDir(t)
   await writeLock(dir, holder)
-  const lock = { lockRefreshMs: 200, lockStaleMs: 4000 }
+  return { dir, holder, lock: { lockRefreshMs: 200, lockStaleMs: 4000 } }
+}
+
+t.test('lock: embedded in a host with a pluginTimeout, a fresh lock of another pid namespace is waited for within it: the host hears STORAGE_LOCKED naming the settings, and nothing takes the lock after it gave up', { skip: process.platform !== 'linux' ? 'pid namespaces are read from /proc' : false }, async (t) => {
+  const { dir, holder, lock } = await foreignFreshLock(t)
   const app = Fastify({ logger: false, pluginTimeout: 2000 })
   const started = performance.now()
   const err = await app.register(taskvault, { storageDir: dir, ...lock }).ready().then(() => null, (e: unknown) => e)
@@ -739,11 +744,7 @@ t.test('lock: embedded in a host with a pluginTimeout, a fresh lock of another p
 })
 
 t.test('lock: a host that gives up on its boot and closes while the store waits for a lock of another pid namespace stops the wait: close returns at once, and the lock is never taken', { skip: process.platform !== 'linux' ? 'pid namespaces are read from /proc' : false }, async (t) => {
-  const [namespace] = (processSlot(process.pid) ?? '').split('.')
-  const holder = { pid: process.pid, host: hostname(), since: new Date().toISOString(), proc: `${Number(namespace) + 1}.4242` }
-  const dir = await tempDir(t)
-  await writeLock(dir, holder)
-  const lock = { lockRefreshMs: 200, lockStaleMs: 4000 }
+  const { dir, holder, lock } = await foreignFreshLock(t)
   // The host's own plugin took most of its pluginTimeout before registering taskvault: the host gives up before taskvault's bound.
   const app = Fastify({ logger: false, pluginTimeout: 2000 })
   const started = performance.now()
