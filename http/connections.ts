@@ -16,7 +16,10 @@ import type { FastifyBaseLogger } from 'fastify'
 import { dropSocket } from '../services/sockets.js'
 
 export interface ConnectionLimits {
-  /** Open sockets at most, streams aside; the ones past it are closed as soon as they are accepted. */
+  /**
+   * Open sockets at most, streams aside. One more closes the oldest socket with no request being
+   * answered (idle, or still sending one); when every socket is answering, the new one is closed.
+   */
   maxConnections: number
   /** Sockets carrying an event stream at most, on top (TASK_EVENTS_MAX_CLIENTS). */
   maxStreams: number
@@ -152,11 +155,27 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
     const socket = res.req.socket
     return socket.destroyed || !socket.writable ? new ConnectionClosedError() : null
   }
+  let evicted = 0
+  let lastEvictLog = -Infinity
   server.on('connection', (socket: Socket) => {
     if (sockets.size - streams.size >= limits.maxConnections) {
-      socket.destroy()
-      refused()
-      return
+      // The oldest socket with no request being answered makes room: sockets that sit idle, or
+      // send slowly, must not keep new clients (the probes among them) out for good.
+      const idle = oldestIdle()
+      if (idle === null) {
+        socket.destroy()
+        refused()
+        return
+      }
+      sockets.delete(idle)
+      idle.destroy()
+      evicted++
+      const now = Date.now()
+      if (now - lastEvictLog >= DROP_LOG_INTERVAL_MS) {
+        lastEvictLog = now
+        log.warn({ closed: evicted, max_connections: limits.maxConnections }, 'Connection closed to make room: TASK_MAX_CONNECTIONS sockets were open; the oldest with no request being answered was closed')
+        evicted = 0
+      }
     }
     sockets.add(socket)
     socket.once('close', () => {
@@ -177,6 +196,10 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
   const busy = (socket: Socket): boolean => {
     const res = answers.get(socket)
     return res !== undefined && res.req.complete && !res.writableFinished
+  }
+  const oldestIdle = (): Socket | null => {
+    for (const socket of sockets) if (!streams.has(socket) && !socket.destroyed && !busy(socket)) return socket
+    return null
   }
   const sweep = (): void => {
     let closed = 0
