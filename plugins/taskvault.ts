@@ -174,7 +174,8 @@ async function registerOnStore (instance: FastifyInstance, options: TaskvaultOpt
     // Subscribed now, before onReady, so the restore and every save are seen.
     // The streams' hub is decorated below, before any scrape.
     const streams = (): number => instance.hasDecorator('eventStreams') ? instance.eventStreams.size : 0
-    const unregister = registerTaskvaultMetrics({ registry: options.metricsRegistry, prefix: metricsPrefix, manager: instance.taskManager, store: instance.persistence, streams })
+    const { dbPingTimeoutMs } = resolveSettings({ dbPingTimeoutMs: 'TASK_DB_PING_TIMEOUT_MS' }, options, appSettings(instance))
+    const unregister = registerTaskvaultMetrics({ registry: options.metricsRegistry, prefix: metricsPrefix, manager: instance.taskManager, store: instance.persistence, streams, readWithinMs: dbPingTimeoutMs })
     instance.addHook('onClose', async () => unregister())
   }
   await instance.register(eventsPlugin, pick(EventsOptionsSchema, options))

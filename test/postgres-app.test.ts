@@ -755,6 +755,13 @@ t.test('probes during a table lock: /ready answers 503 within TASK_DB_PING_TIMEO
   t.same(answers.map((res) => res.statusCode), [503, 503, 503, 503, 503], 'each answers 503')
   t.match(answers[0]?.json(), { code: 'STORAGE_UNAVAILABLE' })
   t.ok(ms < 2000, `within the ping timeout, not the statement timeout (${ms} ms)`)
+  // A scrape too: within the ping timeout, the row counts left out, the rest there (Prometheus gives up on a scrape at 10 s).
+  const scraped = Date.now()
+  const metrics = await app.inject({ method: 'GET', url: '/metrics' })
+  t.ok(Date.now() - scraped < 2000, `/metrics within the ping timeout, not the statement timeout (${Date.now() - scraped} ms)`)
+  t.equal(metrics.statusCode, 200)
+  t.match(metrics.body, /^taskvault_ready 0$/mu, 'taskvault_ready 0 is there')
+  t.notMatch(metrics.body, /^taskvault_stored_sessions\{/mu, 'the row counts are left out')
   await waitFor('the database to cancel the probe\'s statement', async () => await waiting() === 0, 2000)
 
   // The pool's connections held by its listener and two creates stalled behind the lock: the probe gives up waiting for one.

@@ -15,6 +15,11 @@ export interface TaskvaultMetricsOptions {
   prefix: string
   /** Event streams open now (none when the live view is not there). */
   streams?: () => number
+  /**
+   * How long a scrape waits for the store's counts (TASK_DB_PING_TIMEOUT_MS): past it they are
+   * left out, so a stalled database gaps those series only, not the whole scrape.
+   */
+  readWithinMs?: number
 }
 
 /** Saves are fsyncs: sub-millisecond on fast disks, up to seconds on a sick one. */
@@ -27,7 +32,7 @@ const AGENT_BUCKETS = [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
  * from the manager at scrape time, so they are right whenever the registry was attached;
  * saves and agent calls are observed as events. Returns a function that detaches them all.
  */
-export function registerTaskvaultMetrics ({ registry, manager, store, prefix, streams }: TaskvaultMetricsOptions): () => void {
+export function registerTaskvaultMetrics ({ registry, manager, store, prefix, streams, readWithinMs = Number.POSITIVE_INFINITY }: TaskvaultMetricsOptions): () => void {
   const registers = [registry]
   const names: string[] = []
   const name = (suffix: string): string => {
@@ -89,14 +94,15 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix, st
     if (storeLabel !== null || shared === undefined) return storeLabel
     // One read at a time (a scrape's gauges ask at once); a failed one is tried again at the next scrape.
     naming ??= shared.eventLog().then(({ token }) => (storeLabel = digestName(store.kind, token)), () => null).finally(() => { naming = null })
-    return naming
+    return await orNull(naming, readWithinMs)
   }
   let counting: Promise<StoreTotals | null> | null = null
   // One count of the rows per scrape, whichever gauge asks first (a scrape collects them at once).
   const storedTotals = async (): Promise<StoreTotals | null> => {
     if (store.totals === undefined) return null
+    // A count still running when the next scrape comes is waited for again, not started twice.
     counting ??= store.totals().catch(() => null).finally(() => { counting = null })
-    return counting
+    return await orNull(counting, readWithinMs)
   }
   /** The counts over the store: the rows of a shared one (null while it does not answer), else this process's, which hold everything. */
   const storedCounts = async (): Promise<Omit<StoreTotals, 'encryption' | 'storage'> | null> =>
@@ -199,4 +205,16 @@ function byStatus (counts: Pick<StoreTotals, 'pending_tasks' | 'in_progress_task
  */
 function digestName (kind: string, identity: string): string {
   return `${kind}:${createHash('sha256').update(identity).digest('hex').slice(0, 12)}`
+}
+
+/** `answer`'s value, or null once `ms` have passed without one. */
+async function orNull<T> (answer: Promise<T | null>, ms: number): Promise<T | null> {
+  if (!Number.isFinite(ms)) return await answer
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<null>((resolve) => { timer = setTimeout(() => { resolve(null) }, ms) })
+  try {
+    return await Promise.race([answer, late])
+  } finally {
+    clearTimeout(timer)
+  }
 }
