@@ -254,10 +254,12 @@ export class TaskManager {
       }))
     }
     await Promise.all(resets)
-    const archive = await this.store.openArchive({ concurrency: this.settings.restoreConcurrency })
+    await this.store.openArchive({ concurrency: this.settings.restoreConcurrency })
     const ms = Math.round((performance.now() - started) * 100) / 100
-    this.restored = { sessions: sessions.length, archivedSessions: archive.sessions, failedLoads: failures.length, resetTasks, ms }
-    this.log.info({ sessions: sessions.length, archived: archive.sessions, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from ${this.store.kind === 'file' ? 'disk' : 'the database'}`)
+    // As /stats counts them: a copy left behind an active session is no archived session.
+    const archivedSessions = this.archived.totals.sessions
+    this.restored = { sessions: sessions.length, archivedSessions, failedLoads: failures.length, resetTasks, ms }
+    this.log.info({ sessions: sessions.length, archived: archivedSessions, failed_loads: failures.length, ms }, `Restored ${sessions.length} task sessions from ${this.store.kind === 'file' ? 'disk' : 'the database'}`)
     // All are served; only new ones are refused, which an operator who lowered the bound should hear of now.
     if (sessions.length >= this.settings.maxSessions) {
       this.log.warn({ sessions: sessions.length, max_sessions: this.settings.maxSessions }, 'TASK_MAX_SESSIONS is reached by the sessions restored: creating a new one answers 507 until some are archived or deleted')

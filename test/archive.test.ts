@@ -6,7 +6,7 @@ import { Readable } from 'node:stream'
 import t, { type Test } from 'tap'
 import { readTarGz } from '../services/backup/tar.js'
 import { nodeFs, type FsSeam } from '../services/store/fs-seam.js'
-import { API, build, createSession, get, post, tempDir, waitFor } from './helper.js'
+import { API, build, createSession, get, memoryLog, post, tempDir, waitFor } from './helper.js'
 import { faultFs, heldArchiveMove, tempOf } from './faults.js'
 import { storedSession } from './session-fixtures.js'
 import { openStream } from './sse-client.js'
@@ -802,6 +802,12 @@ t.test('a copy left in archive/ behind an active session (a bring-back whose rem
   const stats = (await get(app, '/stats')).json()
   t.match(stats, { total_sessions: 1, archived_sessions: 1 }, 'one active, one archived: back counted once')
   t.same((await get(app, '/list?session_id=all&archived=only')).json().sessions.map((s: { session_id: string }) => s.session_id), ['gone'], 'as the list says')
+  // After a restart, the restore's log line counts as /stats does.
+  await app.close()
+  const log = memoryLog()
+  const again = await build(t, { dir, logger: log.logger })
+  t.match(log.lines().find((line) => line.msg === 'Restored 1 task sessions from disk'), { sessions: 1, archived: 1 }, 'the restore says one archived session')
+  t.match((await get(again, '/stats')).json(), { archived_sessions: 1 })
 })
 
 t.test('a POST /archive that a shutdown cuts short answers 503 naming what it did, not 200 with a part; one queued behind it too', async (t) => {
