@@ -197,8 +197,16 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
     const res = answers.get(socket)
     return res !== undefined && res.req.complete && !res.writableFinished
   }
+  // Idle: no answer owed on it, or only the request it is still sending (one pipelined behind an
+  // answer being sent is not: closing it would lose that answer).
+  const idle = (socket: Socket): boolean => {
+    const res = answers.get(socket)
+    if (res === undefined || res.writableFinished) return true
+    const previous = before.get(res)
+    return !res.req.complete && (previous === undefined || previous.writableFinished)
+  }
   const oldestIdle = (): Socket | null => {
-    for (const socket of sockets) if (!streams.has(socket) && !socket.destroyed && !busy(socket)) return socket
+    for (const socket of sockets) if (!streams.has(socket) && !socket.destroyed && idle(socket)) return socket
     return null
   }
   const sweep = (): void => {

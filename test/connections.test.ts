@@ -151,6 +151,25 @@ t.test('TASK_MAX_CONNECTIONS: past the cap the oldest sockets with no request be
   t.same(listed.body.sessions.map((s: { session_id: string }) => s.session_id), ['past-cap'])
 })
 
+t.test('past TASK_MAX_CONNECTIONS a socket owing an answer is never the one closed, even with the next request half sent behind it', async (t) => {
+  const { start } = await scratch(t)
+  const cap = 3
+  const agents = { default: { kind: 'command', argv: ['sh', '-c', 'sleep 1; echo slow result'] } }
+  const server = await start({ TASK_MAX_CONNECTIONS: String(cap), TASK_EVENTS_MAX_CLIENTS: '1', TASK_REQUEST_TIMEOUT_MS: '10000', TASK_AGENTS: JSON.stringify(agents) })
+  t.equal((await call(server, 'POST', `${API}/create`, { session_id: 'slow', instructions: 'a' })).status, 200)
+  const body = JSON.stringify({ session_id: 'slow' })
+  // The oldest socket: an execute sent in full, then the start of another request pipelined behind it.
+  const running = await connect(t, server, `POST ${API}/execute HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`)
+  await server.waitForLine((line) => line.includes('"incoming request"') && line.includes(`${API}/execute`), 5000)
+  running.socket.write(`POST ${API}/create HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"session_`)
+  const flood: Raw[] = []
+  for (let i = 0; i < cap * 3; i++) flood.push(await connect(t, server))
+  await waitFor('its answer', () => running.received().includes('slow result'), 10_000).catch(() => {})
+  t.match(running.received(), /^HTTP\/1\.1 200 /u, 'the execute is answered', { output: describe(server) })
+  t.equal(await within(running.closed, 0), null, 'its socket is still open')
+  t.ok((await Promise.all(flood.map(async (raw) => await within(raw.closed, 0) !== null))).some(Boolean), 'idle ones were closed instead')
+})
+
 t.test('idle sockets never take the event streams\' share: past TASK_MAX_CONNECTIONS they are closed, while streams still open on top', async (t) => {
   const { start } = await scratch(t)
   const cap = 3
