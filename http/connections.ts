@@ -161,14 +161,14 @@ export function guardConnections (server: Server, log: FastifyBaseLogger, limits
     if (sockets.size - streams.size >= limits.maxConnections) {
       // The oldest socket with no request being answered makes room: sockets that sit idle, or
       // send slowly, must not keep new clients (the probes among them) out for good.
-      const idle = oldestIdle()
-      if (idle === null) {
+      const oldest = oldestIdle()
+      if (oldest === null) {
         socket.destroy()
         refused()
         return
       }
-      sockets.delete(idle)
-      idle.destroy()
+      sockets.delete(oldest)
+      oldest.destroy()
       evicted++
       const now = Date.now()
       if (now - lastEvictLog >= DROP_LOG_INTERVAL_MS) {
