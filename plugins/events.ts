@@ -7,6 +7,7 @@ import { TaskEventBuffer, type TaskEventData, type TaskEventName } from '../serv
 import { EVENTS_SETTINGS, resolveSettings, settingOptions } from '../schemas/options.js'
 import { appSettings, checkOptions } from './options.js'
 import { noop } from '../services/noop.js'
+import { orLate } from '../services/deadline.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -101,11 +102,5 @@ export default fp<EventsPluginOptions>(async function eventsPlugin (app, options
 
 /** Waits for `work` at most `ms`; its outcome, if later, is let go (the relay logs its own failures). */
 async function settledWithin (work: Promise<void>, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined
-  const late = new Promise<void>((resolve) => { timer = setTimeout(resolve, ms) })
-  try {
-    await Promise.race([work.catch(noop), late])
-  } finally {
-    clearTimeout(timer)
-  }
+  await orLate(work.catch(noop), ms, undefined)
 }

@@ -10,6 +10,7 @@ import type { Socket } from 'node:net'
 import type { BufferedEvent, TaskEventBuffer } from './task-events.js'
 import type { ChangeLoad } from './change-load.js'
 import { noop } from '../noop.js'
+import { orLate } from '../deadline.js'
 import { dropSocket } from '../sockets.js'
 
 export interface StreamLimits {
@@ -353,10 +354,7 @@ export class EventStreamHub {
       if (res.writableFinished || res.destroyed) done()
       else res.once('finish', done).once('close', done)
     }))
-    let timer: NodeJS.Timeout | undefined
-    const late = new Promise<void>((resolve) => { timer = setTimeout(resolve, ms) })
-    await Promise.race([Promise.all(waiting), late])
-    clearTimeout(timer)
+    await orLate(Promise.all(waiting), ms, undefined)
     for (const res of this.ending) dropSocket(res.socket)
     this.ending.clear()
   }

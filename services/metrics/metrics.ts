@@ -4,6 +4,7 @@ import { Counter, Gauge, Histogram, type Metric, type Registry } from 'prom-clie
 import { TASK_STATUSES } from '../../schemas/session.js'
 import type { SaveEvent, SessionStore, StoreTotals } from '../store/store.js'
 import type { TaskManager } from '../task-manager.js'
+import { orLate } from '../deadline.js'
 import { ReadingGauge } from './reading-gauge.js'
 import type { AgentCallEvent, TaskFinishedEvent } from '../types.js'
 
@@ -94,7 +95,7 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix, st
     if (storeLabel !== null || shared === undefined) return storeLabel
     // One read at a time (a scrape's gauges ask at once); a failed one is tried again at the next scrape.
     naming ??= shared.eventLog().then(({ token }) => (storeLabel = digestName(store.kind, token)), () => null).finally(() => { naming = null })
-    return await orNull(naming, readWithinMs)
+    return Number.isFinite(readWithinMs) ? await orLate(naming, readWithinMs, null) : await naming
   }
   let counting: Promise<StoreTotals | null> | null = null
   // One count of the rows per scrape, whichever gauge asks first (a scrape collects them at once).
@@ -102,7 +103,7 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix, st
     if (store.totals === undefined) return null
     // A count still running when the next scrape comes is waited for again, not started twice.
     counting ??= store.totals().catch(() => null).finally(() => { counting = null })
-    return await orNull(counting, readWithinMs)
+    return Number.isFinite(readWithinMs) ? await orLate(counting, readWithinMs, null) : await counting
   }
   /** The counts over the store: the rows of a shared one (null while it does not answer), else this process's, which hold everything. */
   const storedCounts = async (): Promise<Omit<StoreTotals, 'encryption' | 'storage'> | null> =>
@@ -205,16 +206,4 @@ function byStatus (counts: Pick<StoreTotals, 'pending_tasks' | 'in_progress_task
  */
 function digestName (kind: string, identity: string): string {
   return `${kind}:${createHash('sha256').update(identity).digest('hex').slice(0, 12)}`
-}
-
-/** `answer`'s value, or null once `ms` have passed without one. */
-async function orNull<T> (answer: Promise<T | null>, ms: number): Promise<T | null> {
-  if (!Number.isFinite(ms)) return await answer
-  let timer: NodeJS.Timeout | undefined
-  const late = new Promise<null>((resolve) => { timer = setTimeout(() => { resolve(null) }, ms) })
-  try {
-    return await Promise.race([answer, late])
-  } finally {
-    clearTimeout(timer)
-  }
 }

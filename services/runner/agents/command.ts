@@ -3,6 +3,7 @@ import { basename } from 'node:path'
 import type { Readable, Writable } from 'node:stream'
 import { AgentError } from '../../errors.js'
 import { GrowableBytes } from '../../growable-bytes.js'
+import { orLate } from '../../deadline.js'
 import type { ExecutionResult, Executor } from './types.js'
 import { truncateUtf8 } from '../../session/session.js'
 import { WRAPPER_NAME, type CallCgroups } from './cgroup.js'
@@ -64,10 +65,7 @@ export class RunningCalls {
    */
   async ended (ms: number): Promise<void> {
     if (this.calls.size === 0) return
-    let timer: NodeJS.Timeout | undefined
-    const late = new Promise<void>((resolve) => { timer = setTimeout(resolve, ms) })
-    await Promise.race([Promise.allSettled([...this.calls]), late])
-    clearTimeout(timer)
+    await orLate(Promise.allSettled([...this.calls]), ms, undefined)
   }
 }
 

@@ -7,6 +7,7 @@
  * not yet committed rolls back) and waits until they are gone; only then do reads tell what landed.
  */
 import type pg from 'pg'
+import { orLate } from '../../deadline.js'
 import { noop } from '../../noop.js'
 import { pooledQuery, QueryFailure } from './pooled-query.js'
 
@@ -83,16 +84,13 @@ export class Orphans {
   }
 }
 
+/** What `within` gets when the time ran out first. */
+const LATE = Symbol('late')
+
 /** `work`, or a QueryFailure (nothing sent) once `ms` have passed; `work` left to end by itself, observed. */
 async function within<T> (work: Promise<T>, ms: number): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined
-  const late = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => { reject(new QueryFailure(new Error(`no answer within ${Math.ceil(ms)} ms`), false)) }, ms)
-  })
   work.catch(noop)
-  try {
-    return await Promise.race([work, late])
-  } finally {
-    clearTimeout(timer)
-  }
+  const answer = await orLate(work, ms, LATE)
+  if (answer === LATE) throw new QueryFailure(new Error(`no answer within ${Math.ceil(ms)} ms`), false)
+  return answer
 }
