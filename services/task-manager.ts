@@ -20,7 +20,7 @@ import { isBlank } from './session/parser.js'
 import { liveFile, unchanged } from './session/draft.js'
 import { SessionRegistry, type NewestFirst, type SessionSummary } from './session/registry.js'
 import { WriteBackRetries } from './session/write-back-retries.js'
-import type { SessionStore, SharedSessions } from './store/store.js'
+import type { LoadFailure, SessionStore, SharedSessions } from './store/store.js'
 import { Sweeper } from './replicas/sweeper.js'
 import { noop } from './noop.js'
 import { Interruptions, type Interruption } from './runner/interruptions.js'
@@ -217,8 +217,8 @@ export class TaskManager {
   /** Loads every stored session; interrupted tasks go back to Pending so they run again. */
   async restore (): Promise<RestoreReport> {
     const started = performance.now()
-    const { sessions, failures, removedTempFiles, ignoredFiles = [] } = await this.store.loadAll({ concurrency: this.settings.restoreConcurrency })
-    for (const failure of failures) {
+    // Logged as each is final: a restore that stops later has still moved those files.
+    const failed = (failure: LoadFailure): void => {
       this.log.error({ file: failure.name, moved_to: failure.movedTo, reason: failure.reason }, failure.movedTo !== null
         ? 'Could not load a task session; set aside'
         : this.store.kind === 'file'
@@ -226,6 +226,7 @@ export class TaskManager {
           // PostgreSQL sets no row aside: the row stays, and reads of that session fail until it is mended or deleted.
           : 'Could not load a task session; its row is left as it is and no save of that id replaces it')
     }
+    const { sessions, failures, removedTempFiles, ignoredFiles = [] } = await this.store.loadAll({ concurrency: this.settings.restoreConcurrency, failed })
     if (removedTempFiles > 0) this.log.warn({ count: removedTempFiles }, 'Removed temp files left by interrupted saves')
     if (ignoredFiles.length > 0) {
       this.log.warn({ count: ignoredFiles.length, files: ignoredFiles.slice(0, IGNORED_FILES_NAMED) },

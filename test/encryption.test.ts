@@ -230,6 +230,21 @@ t.test('a kid that is not configured stops the boot, names the kid and the count
   t.notOk((await readdir(dir)).includes('corrupt'), 'nothing set aside')
 })
 
+t.test('a boot that a missing key stops still logs the damaged files it had set aside by then', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, config: { TASK_ENCRYPTION_KEYS: `old:${K2}` } })
+  await post(app, '/create', { session_id: 'kept', instructions: 'x' })
+  await app.close()
+  await writeFile(join(dir, 'broken.json'), '{ "session_id": "broken", ')
+  const log = memoryLog()
+  const booting = await buildApp({ readEnvironment: false, logger: log.logger, config: { TASK_STORAGE_DIR: dir, TASK_ENCRYPTION_KEYS: KEYS_1 } })
+  await t.rejects(async () => { await booting.ready() }, { code: 'ENCRYPTION_KEY_UNAVAILABLE' })
+  await booting.close().catch(() => {})
+  t.match(await readdir(join(dir, 'corrupt')), [/^broken\.json\./], 'the damaged file was set aside before the boot stopped')
+  const told = log.lines().find((line) => line.msg === 'Could not load a task session; set aside')
+  t.match(told, { level: 50, file: 'broken.json', moved_to: /corrupt/ }, 'and the log says where it went')
+})
+
 t.test('archived files a keyring cannot open (a wrong or a dropped key) stay where they are; lists and retention go on over the rest', async (t) => {
   const dir = await tempDir(t)
   const DAY = 86_400_000

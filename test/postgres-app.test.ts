@@ -308,7 +308,9 @@ t.test('a wrong key under a configured kid stops the boot, rows untouched; a dam
 
   // The active row damaged; the archived one opens under k1: the key is right, the row is what changed.
   await db.query("UPDATE sessions SET document = jsonb_set(document::jsonb, '{sealed,tag}', to_jsonb('AAAAAAAAAAAAAAAAAAAAAA=='::text))::json WHERE session_id = 'live' AND archived_at IS NULL")
-  const second = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: keys })
+  const log = memoryLog()
+  const second = await postgresApp(t, url, { TASK_ENCRYPTION_KEYS: keys }, log.logger)
+  t.equal(log.lines().filter((line) => line.msg === 'Could not load a task session; its row is left as it is and no save of that id replaces it' && /^live@/u.test(line.file)).length, 1, 'the restore logs the row it could not read, once')
   t.equal((await second.inject({ method: 'GET', url: `${API}/progress?session_id=done` })).statusCode, 200, 'the archived session is served')
   // Not a 500: a 409 naming the row, for reads and writes alike; the id stays taken.
   const damaged = { statusCode: 409, code: 'VERSION_CONFLICT', message: /session 'live' has a stored row that does not read \(live@\d+: authentication failed\); fix or delete that row first/ }

@@ -20,7 +20,7 @@ import { assertSavable, reportedSave, sessionBound } from './save-rules.js'
 import { DIR_MODE, FILE_MODE, SESSION_FILE, TEMP_FILE, FolderReplacedError, fsyncDir, readSessionDocument, serializeSessionFile, sessionText, tempNames, writeAndRename } from './session-files.js'
 import { MARKER_FILE, firstForeignFile, nestedStorageFolder, readMarker, writeMarker } from './storage-folder.js'
 import { StorageLock, type LockHolder, type LockWaitBounds, type StorageLockOptions } from './storage-lock.js'
-import type { ArchivedSession, EncryptionStats, LoadFailure, LoadResult, LoadedSession, SaveOptions, SessionStore, SessionStoreEvents, StoredCopy } from './store.js'
+import type { ArchivedSession, EncryptionStats, LoadFailure, LoadOptions, LoadResult, LoadedSession, SaveOptions, SessionStore, SessionStoreEvents, StoredCopy } from './store.js'
 import { noop } from '../noop.js'
 
 /** Files per batch a reader thread reads at restore: big enough to amortise a message, small enough to keep memory low. */
@@ -423,9 +423,9 @@ export class FileSessionStore implements SessionStore {
     await this.syncDir(operation, true)
   }
 
-  async loadAll ({ concurrency }: { concurrency: number }): Promise<LoadResult> {
+  async loadAll ({ concurrency, failed = noop }: LoadOptions): Promise<LoadResult> {
     const { names, removedTempFiles, ignoredFiles } = await this.listSessionFiles()
-    const { sessions, failures } = await this.readSessionFiles(names, concurrency)
+    const { sessions, failures } = await this.readSessionFiles(names, concurrency, failed)
     for (const [kid, count] of this.kidCounts) if (kid !== '' && count > 0) this.provenKids.add(kid)
     if (removedTempFiles > 0 || failures.length > 0) await this.syncDir('restoring sessions')
     await this.settleKeyChecks()
@@ -492,8 +492,8 @@ export class FileSessionStore implements SessionStore {
    * for a small folder at the default concurrency. Unreadable files are set aside; files sealed
    * under a key we lack, or a key that opens none of its files, stop the restore and stay untouched.
    */
-  private async readSessionFiles (names: string[], concurrency: number): Promise<{ sessions: LoadedSession[], failures: LoadFailure[] }> {
-    const read: BatchOutcome = { sessions: [], failures: [], missingKeys: new Map(), unopened: new Map() }
+  private async readSessionFiles (names: string[], concurrency: number, told: (failure: LoadFailure) => void): Promise<{ sessions: LoadedSession[], failures: LoadFailure[] }> {
+    const read: BatchOutcome = { sessions: [], failures: [], told, missingKeys: new Map(), unopened: new Map() }
     const count = Math.ceil(names.length / RESTORE_BATCH_FILES)
     // A concurrency raised past the default (a network volume, where reads wait on the wire) always gets its threads.
     const alone = count <= RESTORE_INLINE_BATCHES && concurrency <= SETTING_DEFAULTS.TASK_RESTORE_CONCURRENCY
@@ -557,7 +557,7 @@ export class FileSessionStore implements SessionStore {
           continue
         }
         if (!(err instanceof CorruptSessionFileError)) throw err
-        out.failures.push({ name: file.name, reason: err.message, movedTo: await this.setAside(file.name) })
+        await this.setAsideUnread(out, file.name, err.message)
       }
     }
   }
@@ -573,8 +573,15 @@ export class FileSessionStore implements SessionStore {
       // one (after a rotation, the old kid may hold a few active files, one of them tampered with).
       if (!this.provenKids.has(kid) && (this.kidCounts.get(kid) ?? 0) === 0 && await this.archived.proof(kid) !== 'opened') throw wrongKeyError(kid, files.length, 'files')
       this.provenKids.add(kid)
-      for (const file of files) read.failures.push({ name: file.name, reason: `${file.name}: ${file.reason}`, movedTo: await this.setAside(file.name) })
+      for (const file of files) await this.setAsideUnread(read, file.name, `${file.name}: ${file.reason}`)
     }
+  }
+
+  /** A file the restore could not read, set aside and told of at once (LoadOptions.failed). */
+  private async setAsideUnread (out: BatchOutcome, name: string, reason: string): Promise<void> {
+    const failure = { name, reason, movedTo: await this.setAside(name) }
+    out.failures.push(failure)
+    out.told(failure)
   }
 
   // --- The archive half (file-archive.ts): `archive/`, indexed in memory, read on demand. ---
@@ -704,6 +711,8 @@ export class FileSessionStore implements SessionStore {
 interface BatchOutcome {
   sessions: LoadedSession[]
   failures: LoadFailure[]
+  /** LoadOptions.failed */
+  told: (failure: LoadFailure) => void
   /** Files sealed under a kid TASK_ENCRYPTION_KEYS does not hold, by kid. */
   missingKeys: Map<string, number>
   /** Files the kid's key did not open (wrong key, or damaged files), by kid. */

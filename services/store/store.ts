@@ -37,6 +37,15 @@ export interface LoadFailure {
   kid?: string
 }
 
+export interface LoadOptions {
+  concurrency: number
+  /**
+   * Told of each unreadable session once it is final: the file store tells as it moves the file
+   * aside, so a restore that stops later (a key missing, a read failing) has still said where it went.
+   */
+  failed?: (failure: LoadFailure) => void
+}
+
 export interface LoadResult {
   sessions: LoadedSession[]
   failures: LoadFailure[]
@@ -324,7 +333,7 @@ export interface SessionStore {
    */
   unwritable?(): TaskvaultError | null
   /** Reads every stored session; unreadable ones are set aside and reported, never deleted. */
-  loadAll(options: { concurrency: number }): Promise<LoadResult>
+  loadAll(options: LoadOptions): Promise<LoadResult>
   /** Durably replaces the stored session; resolves with the stored size in bytes. */
   save(file: SessionFile, options?: SaveOptions): Promise<number>
   /** Durably removes the session; removing a missing session is not an error. */

@@ -14,7 +14,7 @@ import { readSessionDocument, serializeSessionFile } from '../session-files.js'
 import { wrongKeyError } from '../key-checks.js'
 import { KeyProofs } from './key-proofs.js'
 import {
-  type ArchivableCursor, type ArchivedSession, type RetentionCursor, type EncryptionStats, type LoadFailure, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
+  type ArchivableCursor, type ArchivedSession, type RetentionCursor, type EncryptionStats, type LoadFailure, type LoadOptions, type LoadResult, type LoadedSession, type LoggedEvent, type SaveOptions, type SessionStore,
   type PassLock, type PassWait, type SessionStoreEvents, type SharedSessions, type SharedSummary, type StoreTotals, type StoredCopy, type SweptSession
 } from '../store.js'
 import { archiveSession, isArchived, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, rearchiveSession, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
@@ -336,8 +336,11 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
 
   // --- Active sessions (sessions-sql.ts) ---
 
-  async loadAll (_options: { concurrency: number }): Promise<LoadResult> {
-    return await this.atBoot(async () => await this.readActive())
+  async loadAll ({ failed }: LoadOptions): Promise<LoadResult> {
+    // Told once the read is whole: a read the database broke off starts over, and no row is moved.
+    const result = await this.atBoot(async () => await this.readActive())
+    for (const failure of result.failures) failed?.(failure)
+    return result
   }
 
   /**
