@@ -12,7 +12,7 @@ import { errorHandler, notFoundHandler } from './http/error-handler.js'
 import healthRoutes from './routes/health.js'
 import rootRoutes from './routes/root.js'
 import { createValidatorCompiler } from './http/validation.js'
-import { answerUnrouted, clientErrors, missingHost, observeWhenSent, type UnroutedObserver } from './http/client-errors.js'
+import { answerUnrouted, badHost, clientErrors, observeWhenSent, type UnroutedObserver } from './http/client-errors.js'
 import { guardConnections, type ConnectionGuard } from './http/connections.js'
 import { hostCheck } from './http/allowed-hosts.js'
 import { encodedBody } from './http/json-body.js'
@@ -78,7 +78,7 @@ export function serverOptions (settings: ServerSettings, logger: FastifyServerOp
     http: {
       requestTimeout,
       headersTimeout: Math.min(60_000, requestTimeout),
-      // Answered by the onRequest hook instead, in the error shape (missingHost).
+      // Answered by the onRequest hook instead, in the error shape (badHost).
       requireHostHeader: false,
       connectionsCheckingInterval: Math.max(10, Math.min(1000, Math.floor(requestTimeout / 4)))
     },
@@ -141,7 +141,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   }
   const foreignHost = hostCheck(listening, settings.TASK_API_KEYS, settings.TASK_ALLOWED_HOSTS)
   app.addHook('onRequest', (request, reply, done) => {
-    const refusal = missingHost(request.raw) ?? foreignHost?.(request.raw) ?? encodedBody(request.raw)
+    const refusal = badHost(request.raw) ?? foreignHost?.(request.raw) ?? encodedBody(request.raw)
     if (refusal !== null) {
       done(refusal)
       return

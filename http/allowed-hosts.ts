@@ -41,7 +41,8 @@ export function hostCheck (listening: () => string, apiKeys: string, allowed: st
   const extra = new Set(names)
   return (req) => {
     if (extra.size === 0 && !isLoopback(listening())) return null
-    const header = req.headers.host
+    // An absolute-form target (`GET http://name/...`) names the host, and RFC 9112 has the Host header ignored then.
+    const header = targetAuthority(req.url) ?? req.headers.host
     // No Host: an HTTP/1.0 client (1.1 ones are refused for it first), never a browser.
     if (header === undefined) return null
     const name = hostName(header)
@@ -50,4 +51,11 @@ export function hostCheck (listening: () => string, apiKeys: string, allowed: st
     return Object.assign(new Error(`with no API key this server answers only to addresses, loopback names and TASK_ALLOWED_HOSTS, not '${header.slice(0, 100)}' ` +
       '(a web page could reach it under its own name by DNS rebinding); add the name to TASK_ALLOWED_HOSTS, or set TASK_API_KEYS'), { statusCode: 403, code: 'HOST_NOT_ALLOWED' })
   }
+}
+
+/** The authority of an absolute-form request target, or null for the usual path (origin-form). */
+function targetAuthority (target: string | undefined): string | null {
+  if (target === undefined || target.startsWith('/')) return null
+  const match = /^[a-z][a-z0-9+.-]*:\/\/([^/?#]*)/iu.exec(target)
+  return match === null ? null : (match[1] as string).replace(/^.*@/u, '')
 }

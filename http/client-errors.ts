@@ -102,7 +102,7 @@ export function observeWhenSent (res: ServerResponse, method: string, statusCode
  * What Node would answer itself, before any route, with an empty body or none: an Expect it does
  * not know (417), and CONNECT (the socket closed unanswered; nothing here tunnels). Answered in the
  * error shape with a code, as every other refusal, and each answer told to `observe` (the
- * metrics; no hook sees these). (A request without Host: see missingHost.)
+ * metrics; no hook sees these). (A request without Host: see badHost.)
  */
 export function answerUnrouted (server: Server, observe: UnroutedObserver): void {
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
@@ -124,13 +124,21 @@ export function answerUnrouted (server: Server, observe: UnroutedObserver): void
 }
 
 /**
- * An HTTP/1.1 request without Host, which RFC 9112 asks a server to refuse with 400: Node's own
- * check answers it with no body, so the server lets such requests through to this one (an
- * onRequest hook's), which answers in the error shape. Null when the request is fine.
+ * An HTTP/1.1 request without Host, or any with more than one, which RFC 9112 asks a server to
+ * refuse with 400: Node's own check answers the first with no body (so the server lets such
+ * requests through to this one, an onRequest hook's, which answers in the error shape), and keeps
+ * only the first of several, where a proxy in front may have read another. Null when the request is fine.
  */
-export function missingHost (req: IncomingMessage): Error | null {
-  if (req.headers.host !== undefined || req.httpVersion !== '1.1') return null
-  return Object.assign(new Error('an HTTP/1.1 request must carry a Host header'), { statusCode: 400, code: 'MISSING_HOST' })
+export function badHost (req: IncomingMessage): Error | null {
+  if (req.headers.host === undefined) {
+    if (req.httpVersion !== '1.1') return null
+    return Object.assign(new Error('an HTTP/1.1 request must carry a Host header'), { statusCode: 400, code: 'MISSING_HOST' })
+  }
+  let hosts = 0
+  const raw = req.rawHeaders
+  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).length === 4 && (raw[i] as string).toLowerCase() === 'host') hosts++
+  if (hosts < 2) return null
+  return Object.assign(new Error(`a request must carry one Host header, not ${hosts}`), { statusCode: 400, code: 'DUPLICATE_HOST' })
 }
 
 function errorBody (statusCode: number, code: string, message: string): string {

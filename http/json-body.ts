@@ -81,10 +81,19 @@ export function refuseBody (request: FastifyRequest, _reply: unknown, done: (err
 
 /**
  * The standalone server decodes no body: one sent with a Content-Encoding other than
- * `identity` is refused (415, RFC 9110), not read as if it were plain. (Embedded, the host may
+ * `identity` is refused (415, RFC 9110), and one with a transfer coding besides chunked (501,
+ * RFC 9112), not read as if it were plain. (Embedded, the host may
  * decode bodies in its own hook, leaving the header: see acceptJsonOnly.) Null when there is none.
  */
 export function encodedBody (raw: IncomingMessage): Error | null {
+  // Node takes chunked off (it must come last); a coding under it (`gzip, chunked`) would be left on the body.
+  const transfer = raw.headers['transfer-encoding']
+  if (transfer !== undefined && !/^\s*((identity|chunked)\s*(,\s*|$))+$/iu.test(transfer)) {
+    return Object.assign(new Error(`Not Implemented (Transfer-Encoding '${transfer.slice(0, 40)}'): only chunked is taken; send plain JSON`), {
+      statusCode: 501,
+      code: 'UNSUPPORTED_TRANSFER_ENCODING'
+    })
+  }
   const coding = raw.headers['content-encoding']
   if (coding === undefined || /^\s*(identity\s*)?$/iu.test(coding)) return null
   // A request without a body (a probe's GET) has nothing to decode.

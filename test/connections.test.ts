@@ -270,6 +270,23 @@ t.test('client errors are answered in the error shape with a code and logged; by
   await waitFor('the hostless answer', () => hostless.received().includes('}'))
   t.match(hostless.received(), /^HTTP\/1\.1 400 /)
   t.same(json(hostless), { statusCode: 400, code: 'MISSING_HOST', error: 'Bad Request', message: 'an HTTP/1.1 request must carry a Host header' })
+  // Two Hosts: Node keeps the first, where a proxy in front may have routed by the other (RFC 9112: 400).
+  const twoHosts = await connect(t, server, 'GET /health HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n')
+  await waitFor('the two-Host answer', () => twoHosts.received().includes('}'))
+  t.same(json(twoHosts), { statusCode: 400, code: 'DUPLICATE_HOST', error: 'Bad Request', message: 'a request must carry one Host header, not 2' })
+  // An absolute-form target's authority is the host (its Host header is ignored): checked as a Host would be.
+  const absolute = await connect(t, server, `GET http://evil.example${API}/stats HTTP/1.1\r\nHost: localhost\r\n\r\n`)
+  await waitFor('the absolute-form answer', () => absolute.received().includes('}'))
+  t.match(json(absolute), { statusCode: 403, code: 'HOST_NOT_ALLOWED', message: /'evil\.example'/u })
+  // A transfer coding under chunked would be left on the body: refused, not read as if plain.
+  const body = JSON.stringify({ session_id: 'zipped', instructions: 'a' })
+  const coded = await connect(t, server, `POST ${API}/create HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`)
+  await waitFor('the transfer-coded answer', () => coded.received().includes('}'))
+  t.match(json(coded), { statusCode: 501, code: 'UNSUPPORTED_TRANSFER_ENCODING', error: 'Not Implemented' })
+  t.equal((await call(server, 'GET', `${API}/progress?session_id=zipped`)).status, 404, 'and nothing was created')
+  const chunked = await connect(t, server, `POST ${API}/create HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`)
+  await waitFor('the chunked answer', () => chunked.received().includes('}'))
+  t.match(chunked.received(), /^HTTP\/1\.1 200 /, 'chunked alone is taken')
   const old = await connect(t, server, 'GET /health HTTP/1.0\r\n\r\n')
   await old.closed
   t.match(old.received(), /^HTTP\/1\.1 200 /, 'HTTP/1.0 needs no Host')
