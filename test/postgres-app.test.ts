@@ -1328,8 +1328,8 @@ t.test('an execute whose save fails on a database gone silent answers 503 withou
   proxy.pass()
 })
 
-t.test('lists with archived sessions, both stores: sessions of one millisecond keep their places when one is archived, so pages by offset neither repeat nor skip one', async (t) => {
-  const url = await testDatabase(t)
+t.test('lists with archived sessions, both stores: sessions of one millisecond keep their places when one is archived, so pages by offset neither repeat nor skip one; ids in byte order, on a database that orders text as people read too', async (t) => {
+  const url = await testDatabase(t, { linguistic: true })
   const stores: Array<[string, Record<string, string | number>]> = [['file', {}]]
   if (url !== null) stores.push(['postgres', { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_REPLICA_ID: 'lists' }])
   for (const [name, config] of stores) {
@@ -1346,10 +1346,11 @@ t.test('lists with archived sessions, both stores: sessions of one millisecond k
     await app.ready()
     const inject = async (method: 'GET' | 'POST', path: string, payload?: object): Promise<any> =>
       (await app.inject({ method, url: `${API}${path}`, ...(payload === undefined ? {} : { payload }) })).json()
-    const ids = ['d', 'b', 'e', 'a', 'c']
+    // In byte order, as the file store sorts ids: people read `_a` before `B` (en-US), bytes after it.
+    const ids = ['d', 'B', 'e', '_a', 'c']
     for (const id of ids) await inject('POST', '/create', { session_id: id, instructions: 'x' })
-    // 'a' and 'e' finish and are archived; the rest stay active.
-    for (const id of ['a', 'e']) await inject('POST', '/execute-all', { session_id: id })
+    // '_a' and 'e' finish and are archived; the rest stay active.
+    for (const id of ['_a', 'e']) await inject('POST', '/execute-all', { session_id: id })
     t.equal(await archive(), 2, `${name}: two archived`)
     const page = async (offset: number): Promise<string> => (await inject('GET', `/list?session_id=all&archived=include&limit=1&offset=${offset}`)).sessions[0]?.session_id
     const walked = [await page(0), await page(1)]
@@ -1357,10 +1358,10 @@ t.test('lists with archived sessions, both stores: sessions of one millisecond k
     await inject('POST', '/execute-all', { session_id: 'c' })
     t.equal(await archive(), 1, `${name}: one more archived between pages`)
     for (let offset = 2; offset < ids.length; offset++) walked.push(await page(offset))
-    t.same(walked, ['a', 'b', 'c', 'd', 'e'], `${name}: by id among one millisecond, whether archived or not`)
-    t.same((await inject('GET', '/list?session_id=all&archived=include')).sessions.map((s: { session_id: string }) => s.session_id), ['a', 'b', 'c', 'd', 'e'], `${name}: one page says the same`)
-    t.same((await inject('GET', '/list?session_id=all')).sessions.map((s: { session_id: string }) => s.session_id), ['b', 'd'], `${name}: the active ones by id too`)
-    t.same((await inject('GET', '/list?session_id=all&archived=only')).sessions.map((s: { session_id: string }) => s.session_id), ['a', 'c', 'e'], `${name}: the archived ones by id too`)
+    t.same(walked, ['B', '_a', 'c', 'd', 'e'], `${name}: by id among one millisecond, whether archived or not`)
+    t.same((await inject('GET', '/list?session_id=all&archived=include')).sessions.map((s: { session_id: string }) => s.session_id), ['B', '_a', 'c', 'd', 'e'], `${name}: one page says the same`)
+    t.same((await inject('GET', '/list?session_id=all')).sessions.map((s: { session_id: string }) => s.session_id), ['B', 'd'], `${name}: the active ones by id too`)
+    t.same((await inject('GET', '/list?session_id=all&archived=only')).sessions.map((s: { session_id: string }) => s.session_id), ['_a', 'c', 'e'], `${name}: the archived ones by id too`)
     await app.close()
   }
 })

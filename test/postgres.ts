@@ -23,8 +23,10 @@ let skipAnnounced = false
  * The URL of a fresh, empty database, or null when no server answers: the test then fails
  * under CI=true (a skip there would hide that nothing ran) and is skipped elsewhere, with one
  * loud line so that a green run without PostgreSQL is not mistaken for a tested one.
+ * `linguistic`: the database orders text as people read (ICU en-US, like en_US.utf8, the postgres
+ * image's default), where `_` and case weigh less than letters.
  */
-export async function testDatabase (t: DatabaseTestContext): Promise<string | null> {
+export async function testDatabase (t: DatabaseTestContext, options: { linguistic?: boolean } = {}): Promise<string | null> {
   let admin: pg.Client
   try {
     admin = await adminClient()
@@ -43,7 +45,8 @@ export async function testDatabase (t: DatabaseTestContext): Promise<string | nu
   try {
     // template0 with the C locale accepts UTF8 whatever the cluster's default is: the
     // fidelity tests need every character stored as it is.
-    await admin.query(`CREATE DATABASE ${admin.escapeIdentifier(name)} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'`)
+    const collation = options.linguistic === true ? " LOCALE_PROVIDER icu ICU_LOCALE 'en-US'" : ''
+    await admin.query(`CREATE DATABASE ${admin.escapeIdentifier(name)} TEMPLATE template0 ENCODING 'UTF8'${collation} LC_COLLATE 'C' LC_CTYPE 'C'`)
   } finally {
     await admin.end().catch(noop)
   }
