@@ -1,5 +1,4 @@
-import closeWithGrace from 'close-with-grace'
-import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
+import type { FastifyInstance } from 'fastify'
 import { buildApp } from './app.js'
 import { loadConfig } from './plugins/config.js'
 import { listenFailure } from './http/listen-error.js'
@@ -46,8 +45,10 @@ async function main (): Promise<void> {
     app.taskManager.stopBeforeStart()
     setTimeout(exitNow, app.taskvaultConfig.TASK_SHUTDOWN_GRACE_MS).unref()
   }
-  process.on('SIGTERM', early)
-  process.on('SIGINT', early)
+  // Listened to for the life of the process: a signal with no listener, even for a moment between
+  // two, takes Node's default and ends the process at once (npm's copy of a Ctrl-C, say).
+  let onSignal: (signal: NodeJS.Signals) => void = early
+  for (const signal of STOP_SIGNALS) process.on(signal, (signal: NodeJS.Signals) => { onSignal(signal) })
   try {
     config = await loadConfig()
     const log = new LogDestination({ maxQueuedBytes: config.LOG_QUEUE_BYTES })
@@ -67,8 +68,6 @@ async function main (): Promise<void> {
     }
     return await cannotStart(app, bootFailure(err as Error))
   }
-  process.off('SIGTERM', early)
-  process.off('SIGINT', early)
   if (stopped !== null) {
     await app.close().catch(() => {})
     process.exit(0)
@@ -81,13 +80,8 @@ async function main (): Promise<void> {
   process.on('unhandledRejection', (reason) => {
     log.error({ err: reason }, 'unhandled promise rejection (a bug: please report it); the server keeps running')
   })
-  // The grace period covers running tasks; the extra time covers flushing writes. What
-  // close-with-grace reports itself (a timeout, a second signal) goes to the log, not to stderr.
-  closeWithGrace({ delay: TASK_SHUTDOWN_GRACE_MS + TASK_EVENTS_CLOSE_MS + 10_000, skip: ['unhandledRejection'], logger: shutdownLogger(log) }, async ({ signal, err }) => {
-    if (err !== undefined) app.log.error({ err }, 'fatal error; shutting down')
-    else app.log.info({ signal }, 'shutting down')
-    if (!await closeReporting(app)) process.exit(1)
-  })
+  // The grace period covers running tasks; the extra time covers flushing writes.
+  onSignal = closeOnce(app, TASK_SHUTDOWN_GRACE_MS + TASK_EVENTS_CLOSE_MS + 10_000)
   try {
     await app.listen({ port: PORT, host: HOST })
   } catch (err) {
@@ -109,13 +103,46 @@ async function closeReporting (app: FastifyInstance): Promise<boolean> {
   return failure === null && lost.length === 0
 }
 
-/** close-with-grace's logger: its messages and errors as log lines. */
-function shutdownLogger (log: FastifyBaseLogger): { error: (what: unknown) => void } {
-  return {
-    error: (what) => {
-      if (typeof what === 'string') log.error(what)
-      else log.error({ err: what }, 'Shutdown did not finish cleanly')
-    }
+/** The signals that stop the server gracefully: a supervisor's, Ctrl-C's, a closed terminal's. */
+const STOP_SIGNALS: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP']
+
+/**
+ * How soon after the signal that began shutdown the same signal is still that one: Ctrl-C under
+ * `npm start` reaches the server twice (the terminal's, then npm's copy, milliseconds apart),
+ * while a person pressing it again to stop waiting does so later.
+ */
+const SAME_SIGNAL_MS = 250
+
+/**
+ * Shuts down on the first stop signal or uncaught exception: closes the app and exits 0, or 1 if
+ * anything failed or `boundMs` passed first. A second signal (not a copy of the first) or a second
+ * exception exits 1 at once. Returns the signal handler.
+ */
+function closeOnce (app: FastifyInstance, boundMs: number): (signal: NodeJS.Signals) => void {
+  let first: { signal: NodeJS.Signals | null, at: number } | null = null
+  const close = (signal: NodeJS.Signals | null, err?: unknown): void => {
+    first = { signal, at: performance.now() }
+    if (err !== undefined) app.log.error({ err }, 'fatal error; shutting down')
+    else app.log.info({ signal }, 'shutting down')
+    setTimeout(() => {
+      app.log.error(`killed by timeout (${boundMs}ms)`)
+      process.exit(1)
+    }, boundMs).unref()
+    closeReporting(app).then((clean) => { process.exit(clean && err === undefined ? 0 : 1) }, (failure: unknown) => {
+      app.log.error({ err: failure }, 'Shutdown did not finish cleanly')
+      process.exit(1)
+    })
+  }
+  process.on('uncaughtException', (err) => {
+    if (first === null) return close(null, err)
+    app.log.error({ err }, 'second error, exiting')
+    process.exit(1)
+  })
+  return (signal) => {
+    if (first === null) return close(signal)
+    if (signal === first.signal && performance.now() - first.at < SAME_SIGNAL_MS) return
+    app.log.error(`second ${signal}, exiting`)
+    process.exit(1)
   }
 }
 

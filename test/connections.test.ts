@@ -124,7 +124,7 @@ t.test('SIGTERM with a stalled request open exits 0 promptly', async (t) => {
   const exit = await server.stop('SIGTERM', EXIT_TIMEOUT_MS)
   const tookMs = Date.now() - signalled
   t.same(exit, { code: 0, signal: null }, 'exit code 0', { output: describe(server) })
-  // Before the fix: close-with-grace gave up after grace + 10 s and exited 1.
+  // Before the fix: shutdown gave up after grace + 10 s and exited 1.
   t.ok(tookMs < 8000, `within the grace period and a little (${tookMs} ms)`)
   t.ok(await within(stalled.closed, 5000) !== null, 'the stalled socket was closed')
   t.ok(logLines(server.stdout()).some((line) => line.msg === 'Closed connections still sending a request at shutdown'), 'and the log says so')

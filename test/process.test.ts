@@ -254,6 +254,49 @@ t.test('a SIGTERM sent to `npm start` reaches the server, which shuts down: no o
   t.ok(refused, 'nothing listens on its port any more')
 })
 
+t.test('Ctrl-C under `npm start` (the terminal\'s SIGINT to npm and the server, then npm\'s copy) is one graceful shutdown, every time; a later second SIGINT still exits at once', async (t) => {
+  const { dir, start } = await scratch(t)
+  const root = dirname(dirname(dirname(fileURLToPath(import.meta.url))))
+  for (let round = 1; round <= 3; round++) {
+    const port = await freePort()
+    const storage = join(dir, `tasks-${round}`)
+    // Its own process group, as a terminal's foreground job: Ctrl-C signals the whole group.
+    const npm = spawn('npm', ['start', '--ignore-scripts', '--silent'], { cwd: root, detached: true, env: { ...baseEnv({ PORT: String(port), TASK_STORAGE_DIR: storage }), HOME: process.env.HOME ?? '/root' }, stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    npm.stdout.on('data', (chunk: Buffer) => { out += chunk.toString() })
+    const exited = new Promise<void>((resolve) => npm.once('close', () => resolve()))
+    t.teardown(() => {
+      try {
+        process.kill(-(npm.pid as number), 'SIGKILL')
+      } catch {
+        // The group is gone: everything in it exited.
+      }
+    })
+    const deadline = Date.now() + 30_000
+    while (!out.includes('Server listening') && Date.now() < deadline && npm.exitCode === null) await sleep(50)
+    t.match(out, /Server listening/, `round ${round}: started`, { output: out })
+    process.kill(-(npm.pid as number), 'SIGINT')
+    await exited
+    const lines = logMessages(out)
+    t.ok(lines.includes('shutting down') && !lines.some((line) => /^second /u.test(line)), `round ${round}: the server shut down gracefully, once`, { output: out })
+    t.notOk((await readdir(storage)).includes('.taskvault.lock'), `round ${round}: and released its lock`)
+  }
+  // A person pressing Ctrl-C again while shutdown waits (a run past its grace) stops waiting.
+  const server = await start({ TASK_SHUTDOWN_GRACE_MS: '20000', TASK_AGENTS: JSON.stringify({ default: { kind: 'command', argv: ['sleep', '30'] } }) })
+  t.equal((await call(server, 'POST', `${API}/create`, { session_id: 'slow', instructions: 'wait' })).status, 200)
+  t.equal((await call(server, 'POST', `${API}/execute-all`, { session_id: 'slow', wait: false })).status, 202)
+  const deadline = Date.now() + 10_000
+  while (statuses(await listSession(server, 'slow'))[0]?.[1] !== 'InProgress' && Date.now() < deadline) await sleep(50)
+  server.child.kill('SIGINT')
+  server.child.kill('SIGINT')
+  t.ok(await server.waitForLine((line) => line.includes('shutting down'), 5_000), 'the first SIGINT begins shutdown, its copy is the same stop')
+  await sleep(600)
+  t.equal(server.exit(), null, 'still waiting on the run')
+  server.child.kill('SIGINT')
+  t.same(await server.stop(null, 5_000), { code: 1, signal: null }, 'a SIGINT later exits 1 at once')
+  t.ok(logMessages(server.stdout()).includes('second SIGINT, exiting'))
+})
+
 t.test('SIGTERM while starting exits 0: during the wait for a database, and during a restore (which then ends, and the lock is released; no archive pass runs; past a grace shorter than the restore, the lock is released too)', async (t) => {
   const { spawnRaw, dir } = await scratch(t)
   const waiting = spawnRaw(baseEnv({ PORT: String(await freePort()), TASK_STORE: 'postgres', DATABASE_URL: 'postgres://127.0.0.1:1/none', TASK_DB_CONNECT_TIMEOUT_MS: '60000' }))
@@ -337,7 +380,7 @@ t.test('SIGTERM with a request in flight (TASK_AUTO_SAVE=false) still exits 0 an
   const answer = await response.catch((err: Error) => ({ status: 0, text: err.message }))
   t.ok(answer.status === 200 || answer.status === 503, `the in-flight request is answered 200 or 503 (got ${answer.status} ${answer.text.slice(0, 120)})`)
 
-  // No second signal: close-with-grace treats one as "exit 1 now".
+  // No second signal: one is "exit 1 now".
   const exit = await first.stop(null)
   // A keep-alive socket of a request in flight at SIGTERM must neither hold up the exit nor
   // keep the flush of unsaved sessions from running.
