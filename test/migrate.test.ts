@@ -134,6 +134,40 @@ t.test('the tables land in the chosen schema, not public, and the pool finds the
   t.same(await recorded(other, 'tv_other'), ALL)
 })
 
+t.test('a role with the tables\' privileges and no CREATE in the schema (an administrator migrated it) opens the store, saves and reads; the CLI exports with SELECT alone', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const admin = pool(t, url, 'taskvault')
+  await migrate(admin, { schema: 'taskvault' })
+  const suffix = randomBytes(4).toString('hex')
+  const writer = `tv_writer_${suffix}`
+  const reader = `tv_reader_${suffix}`
+  const drop = async (): Promise<void> => {
+    for (const role of [writer, reader]) await admin.query(`DROP OWNED BY ${role}`).then(async () => await admin.query(`DROP ROLE ${role}`)).catch(noop)
+  }
+  t.teardown(drop)
+  await admin.query(`CREATE ROLE ${writer} LOGIN; GRANT USAGE ON SCHEMA taskvault TO ${writer};
+    GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA taskvault TO ${writer}; GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA taskvault TO ${writer};
+    CREATE ROLE ${reader} LOGIN; GRANT USAGE ON SCHEMA taskvault TO ${reader}; GRANT SELECT ON ALL TABLES IN SCHEMA taskvault TO ${reader}`)
+  const as = (role: string): string => {
+    const limited = new URL(url)
+    limited.username = role
+    return limited.toString()
+  }
+  const store = new PostgresSessionStore({ settings: { url: as(writer), schema: 'taskvault', max: 4, statementTimeoutMs: 10_000 }, keyring: null })
+  await store.init()
+  await store.save(awkwardSession('kept'))
+  t.same((await store.loadAll({ concurrency: 1 })).sessions.map((loaded) => loaded.file.session_id), ['kept'], 'the writer saves and reads')
+  await store.close()
+  const stats = await taskvault(['stats', '--database-url', as(writer), '--json'], { env: {} })
+  t.equal(stats.code, 0, stats.stderr)
+  const folder = await tempDir(t)
+  const exported = await taskvault(['export', '--database-url', as(reader), folder, '--json'], { env: {} })
+  t.equal(exported.code, 0, `a reader exports: ${exported.stdout}${exported.stderr}`)
+  t.match(exported.json(), { active: 1, archived: 0 })
+  await drop()
+})
+
 t.test('two servers migrating at once apply each migration exactly once', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -157,16 +157,24 @@ function isPool (db: pg.Pool | pg.ClientBase): db is pg.Pool {
 
 async function migrateLocked (client: pg.ClientBase, schema: string, files: MigrationFile[], deadline: number, onLockWait?: (wait: MigrationLockWait) => void): Promise<MigrateResult> {
   const schemaId = pg.escapeIdentifier(schema)
-  // CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege even when the schema exists;
-  // a role given a schema made by an administrator has none.
+  // CREATE SCHEMA and CREATE TABLE IF NOT EXISTS need the CREATE privilege even when what they
+  // name exists; a role given a schema an administrator made and migrated has none (nor needs it).
   const found = await run(client, 'SELECT 1 FROM pg_namespace WHERE nspname = $1', [schema], deadline)
   if (found.rowCount === 0) await run(client, `CREATE SCHEMA ${schemaId}`, [], deadline)
-  await run(client, `CREATE TABLE IF NOT EXISTS ${schemaId}.migrations (
-    version integer PRIMARY KEY,
-    name text NOT NULL,
-    checksum text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-  )`, [], deadline)
+  const table = await run(client, "SELECT to_regclass(format('%I.migrations', $1::text)) IS NOT NULL AS found", [schema], deadline)
+  if (!(table.rows[0] as { found: boolean }).found) {
+    await run(client, `CREATE TABLE ${schemaId}.migrations (
+      version integer PRIMARY KEY,
+      name text NOT NULL,
+      checksum text NOT NULL,
+      applied_at timestamptz NOT NULL DEFAULT now()
+    )`, [], deadline)
+  }
+  return await migrateFrom(client, schemaId, files, deadline, onLockWait)
+}
+
+/** Applies the migrations the schema's `migrations` table does not list yet. */
+async function migrateFrom (client: pg.ClientBase, schemaId: string, files: MigrationFile[], deadline: number, onLockWait?: (wait: MigrationLockWait) => void): Promise<MigrateResult> {
   const rows = (await run(client, `SELECT version, name, checksum FROM ${schemaId}.migrations ORDER BY version`, [], deadline)).rows as Array<{ version: number, name: string, checksum: string }>
   const known = files.at(-1)?.version ?? 0
   const newest = rows.at(-1)?.version ?? 0
