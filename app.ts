@@ -3,7 +3,7 @@ import Fastify, { type FastifyHttpOptions, type FastifyInstance, type FastifyRep
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import type { Registry } from 'prom-client'
 import authPlugin from './plugins/auth.js'
-import configPlugin, { loadConfig, type ConfigPluginOptions } from './plugins/config.js'
+import configPlugin, { environmentWarnings, loadConfig, type ConfigPluginOptions } from './plugins/config.js'
 import dashboardPlugin from './plugins/dashboard.js'
 import docsPlugin from './plugins/docs.js'
 import metricsPlugin, { observeUnrouted } from './plugins/metrics.js'
@@ -112,6 +112,7 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   app.setValidatorCompiler(createValidatorCompiler())
   app.setErrorHandler(errorHandler)
   app.setNotFoundHandler(notFoundHandler)
+  if (options.readEnvironment !== false) for (const warning of environmentWarnings()) app.log.warn(warning)
   if (budget.capped) {
     app.log.warn({ open_file_limit: limit, reserved_files: loaded.TASK_RESERVED_FILES, max_connections: budget.connections, events_max_clients: budget.streams },
       `The open file limit (ulimit -n ${String(limit)}) is below TASK_MAX_CONNECTIONS (${loaded.TASK_MAX_CONNECTIONS}) + TASK_EVENTS_MAX_CLIENTS (${loaded.TASK_EVENTS_MAX_CLIENTS}) + TASK_RESERVED_FILES: ` +

@@ -1,6 +1,6 @@
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from './app.js'
-import { loadConfig } from './plugins/config.js'
+import { environmentWarnings, loadConfig } from './plugins/config.js'
 import { listenFailure } from './http/listen-error.js'
 import { LogDestination } from './http/log-destination.js'
 import { loggerOptions } from './http/logger-options.js'
@@ -55,6 +55,7 @@ async function main (): Promise<void> {
     // Every exit (process.exit included) writes what is still queued, once: never waiting on a failing log.
     process.once('exit', () => { log.flushSync() })
     app = await buildApp({ config, readEnvironment: false, logger: loggerOptions(config, log), processMetrics: true })
+    for (const warning of environmentWarnings()) app.log.warn(warning)
     // A signal while it was built: closed now (its lock released), no restore started.
     if (stopped !== null) {
       await app.close().catch(() => {})

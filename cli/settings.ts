@@ -1,7 +1,7 @@
 import { join } from 'node:path'
 import * as util from 'node:util'
 import { Ajv } from 'ajv'
-import { blankSettingErrors, ConfigSchema, describeSettingErrors, type Config } from '../schemas/config.js'
+import { settingTextErrors, ConfigSchema, describeSettingErrors, type Config } from '../schemas/config.js'
 import { BadSettingError, InvalidLockSettingsError } from '../services/errors.js'
 import { droppedEnvLines, droppedEnvMessage, readDotEnvFile } from '../services/setting-file.js'
 
@@ -17,8 +17,8 @@ export function loadSettings (env: NodeJS.ProcessEnv = process.env, cwd = proces
   for (const source of sources) {
     for (const name of names) if (source[name] !== undefined) values[name] = source[name]
   }
-  const blank = blankSettingErrors(values)[0]
-  if (blank !== undefined) throw new BadSettingError(blank)
+  const loose = settingTextErrors(values)[0]
+  if (loose !== undefined) throw new BadSettingError(loose)
   const ajv = new Ajv({ coerceTypes: true, useDefaults: true, allErrors: false })
   const validate = ajv.compile(structuredClone(ConfigSchema))
   if (!validate(values)) throw new BadSettingError(describeSettingErrors(validate.errors ?? [])[0] ?? 'invalid')

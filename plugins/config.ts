@@ -5,7 +5,7 @@ import fp from 'fastify-plugin'
 import { Type, type Static } from '@sinclair/typebox'
 import { InvalidOptionsError } from '../services/errors.js'
 import { checkOptions } from './options.js'
-import { blankSettingErrors, ConfigSchema, describeSettingErrors, type Config, type SettingError } from '../schemas/config.js'
+import { settingTextErrors, ConfigSchema, describeSettingErrors, strayTaskNames, type Config, type SettingError } from '../schemas/config.js'
 import { droppedEnvLines, droppedEnvMessage, readDotEnvFile } from '../services/setting-file.js'
 
 // Not `config`: the name @fastify/env gives a host's own settings, whose type would clash with this one.
@@ -39,8 +39,8 @@ const configPlugin = fp<ConfigPluginOptions>(async function configPlugin (app, o
   const readEnvironment = options.readEnvironment ?? true
   const dotEnv = readEnvironment ? checkDotEnv() : {}
   // Every source @fastify/env reads, the winning value checked (the environment over .env, `values` over both).
-  const blank = blankSettingErrors({ ...dotEnv, ...(readEnvironment ? process.env : {}), ...options.values })
-  if (blank.length > 0) throw new Error(blank.join('; '))
+  const loose = settingTextErrors({ ...dotEnv, ...(readEnvironment ? process.env : {}), ...options.values })
+  if (loose.length > 0) throw new Error(loose.join('; '))
   try {
     await app.register(fastifyEnv, {
       confKey: 'taskvaultConfig',
@@ -77,6 +77,17 @@ export async function loadConfig (options: ConfigPluginOptions = {}): Promise<Co
   } finally {
     await probe.close()
   }
+}
+
+/** What the environment and ./.env set that looks like a setting and is none (strayTaskNames), to log once the logger exists. */
+export function environmentWarnings (): string[] {
+  let dotEnv: Record<string, string> = {}
+  try {
+    dotEnv = checkDotEnv()
+  } catch {
+    // Refused by loadConfig already, which the start reports.
+  }
+  return strayTaskNames([...Object.keys(dotEnv), ...Object.keys(process.env)])
 }
 
 /** `.env` in the working directory (where @fastify/env reads it), parsed; refused when the parser would drop a line of it. */

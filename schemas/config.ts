@@ -120,15 +120,23 @@ export function describeSettingErrors (errors: readonly SettingError[]): string[
 }
 
 /**
- * Number and boolean settings given as blank text ("  "), one line each: Ajv's coercion reads
- * such a value as 0 where an empty one is refused, and a templated `PORT=" $P"` with P unset
- * would start the server on a random port, or turn a bound off, without a word.
+ * Number and boolean settings given as text Ajv's coercion reads loosely, one line each. Blank
+ * ("  ") reads as 0 where an empty one is refused: a templated `PORT=" $P"` with P unset would
+ * start the server on a random port, or turn a bound off, without a word. A number not in decimal
+ * digits (`0x10`, `1e3`, `+5`; spaces around it are fine) is read as JavaScript reads it, which
+ * no one writing a setting means: refused as the API refuses such a `limit`.
  */
-export function blankSettingErrors (values: Readonly<Record<string, unknown>>): string[] {
+export function settingTextErrors (values: Readonly<Record<string, unknown>>): string[] {
   return Object.entries(ConfigSchema.properties as Record<string, { type?: string }>).flatMap(([name, schema]) => {
     const value = values[name]
+    if (typeof value !== 'string' || value === '') return []
     const typed = schema.type === 'integer' || schema.type === 'number' || schema.type === 'boolean'
-    return typed && typeof value === 'string' && value !== '' && value.trim() === '' ? [`${name} must be ${schema.type ?? ''}, not blank`] : []
+    if (typed && value.trim() === '') return [`${name} must be ${schema.type ?? ''}, not blank`]
+    const decimal = schema.type === 'integer' ? /^-?\d+$/u : /^-?\d+(\.\d+)?$/u
+    if ((schema.type === 'integer' || schema.type === 'number') && !decimal.test(value.trim())) {
+      return [`${name} must be written in decimal digits${schema.type === 'number' ? ' (with a decimal point if need be)' : ''}, not '${value.slice(0, 40)}'`]
+    }
+    return []
   })
 }
 
@@ -137,4 +145,36 @@ export function settingChoices (name: string): string[] | null {
   const schema = (ConfigSchema.properties as Record<string, { anyOf?: Array<{ const?: unknown }> }>)[name]
   const consts = schema?.anyOf?.map((branch) => branch.const)
   return consts !== undefined && consts.every((value) => typeof value === 'string') ? consts as string[] : null
+}
+
+/**
+ * Names shaped like taskvault's (`TASK_*`) that name no setting, one line each with the setting
+ * it likely meant: a misspelt one (`TASK_API_KEY`, `TASK_PORT`) is ignored, its setting left at
+ * the default without a word, an open API among them.
+ */
+export function strayTaskNames (names: Iterable<string>): string[] {
+  const known = Object.keys(ConfigSchema.properties)
+  return [...new Set(names)].filter((name) => name.startsWith('TASK_') && !Object.hasOwn(ConfigSchema.properties, name)).sort().map((name) => {
+    // PORT, HOST, DATABASE_URL and the LOG_ ones carry no prefix: `TASK_PORT` means PORT.
+    const ranked = known.map((setting) => ({ setting, distance: Math.min(editDistance(name, setting), editDistance(name, `TASK_${setting}`)) }))
+      .sort((a, b) => a.distance - b.distance)
+    const near = ranked[0] !== undefined && ranked[0].distance <= STRAY_DISTANCE ? `; did you mean ${ranked[0].setting}?` : ''
+    return `${name} is set but names no setting, so it is ignored${near}`
+  })
+}
+
+/** The most edits (letters added, dropped or changed) between a stray name and the setting it is taken to mean. */
+const STRAY_DISTANCE = 3
+
+/** Levenshtein distance, one row at a time. */
+function editDistance (a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, i) => i)
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i]
+    for (let j = 1; j <= b.length; j++) {
+      next[j] = Math.min((row[j] as number) + 1, (next[j - 1] as number) + 1, (row[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1))
+    }
+    row = next
+  }
+  return row[b.length] as number
 }

@@ -972,12 +972,18 @@ t.test('lock: non-finite numeric settings, and an archive interval that would st
   t.notOk(err instanceof StorageLockedError, 'a year-old lock is not held against us')
 })
 
-t.test('settings: a number or boolean given as blank text is refused at boot, not read as 0', async (t) => {
+t.test('settings: a number or boolean given as blank text, or a number not in decimal digits, is refused at boot, not read as 0 or as JavaScript reads it', async (t) => {
   for (const [name, value] of [['PORT', ' '], ['TASK_IDEMPOTENCY_KEYS', '\t'], ['TASK_ARCHIVE_DAYS', '  '], ['TASK_SHUTDOWN_GRACE_MS', ' '], ['TASK_DISK_WARN_RATIO', ' '], ['TASK_AUTO_SAVE', ' ']] as const) {
     const err = await openError(await tempDir(t), { [name]: value })
     t.match(String((err as Error | null)?.message), new RegExp(`^${name} must be (integer|number|boolean), not blank$`), `${name}=${JSON.stringify(value)}: boot fails naming it`)
   }
   t.equal(await openError(await tempDir(t), { PORT: ' 0 ' }), null, 'a number padded with spaces still reads')
+  // Not in decimal digits: read as JavaScript reads it (16, 1000, 5), which nobody writing a setting means.
+  for (const [name, value] of [['PORT', '0x10'], ['TASK_LOCK_REFRESH_MS', '1e3'], ['TASK_IDEMPOTENCY_KEYS', '+5'], ['TASK_DISK_WARN_RATIO', '.5'], ['TASK_SHUTDOWN_GRACE_MS', '1_000']] as const) {
+    const err = await openError(await tempDir(t), { [name]: value })
+    t.match(String((err as Error | null)?.message), `${name} must be written in decimal digits`, `${name}=${value}: boot fails naming it`)
+  }
+  t.equal(await openError(await tempDir(t), { TASK_DISK_WARN_RATIO: '0.95' }), null, 'a decimal point is fine where a fraction is meant')
 
   // From the environment and from .env, as a real server reads them: exit 1, one line naming it.
   const root = await tempDir(t)
@@ -989,6 +995,24 @@ t.test('settings: a number or boolean given as blank text is refused at boot, no
   const fromFile = spawnServer({ ...base, PORT: String(await freePort()) }, root)
   t.equal((await exitWithin(fromFile, EXIT_TIMEOUT_MS))?.code, 1, `TASK_IDEMPOTENCY_KEYS=" " in .env: exit 1 (${fromFile.stderr()})`)
   t.match(fromFile.stderr(), 'TASK_IDEMPOTENCY_KEYS must be integer, not blank')
+})
+
+t.test('settings: a TASK_ name that is no setting (TASK_API_KEY for TASK_API_KEYS) is logged at start with the one it likely meant, from the environment and .env', async (t) => {
+  const root = await tempDir(t)
+  await writeFile(join(root, '.env'), 'TASK_AUTOSAVE=false\n')
+  const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOST: '127.0.0.1', PORT: String(await freePort()), TASK_STORAGE_DIR: join(root, 'tasks'), LOG_LEVEL: 'info', TASK_API_KEY: 's3cret', TASK_PORT: '1', TASK_SOMETHING_ELSE_ENTIRELY: 'x' }
+  const server = spawnServer(env, root)
+  t.teardown(() => server.child.kill('SIGKILL'))
+  t.ok(await server.waitForLine((line) => line.includes('Server listening'), EXIT_TIMEOUT_MS), 'it starts', { output: server.stderr() })
+  const warnings = server.stdout().split('\n').filter((line) => line.includes('names no setting')).map((line) => (JSON.parse(line) as LogLine).msg)
+  t.same(warnings, [
+    'TASK_API_KEY is set but names no setting, so it is ignored; did you mean TASK_API_KEYS?',
+    'TASK_AUTOSAVE is set but names no setting, so it is ignored; did you mean TASK_AUTO_SAVE?',
+    'TASK_PORT is set but names no setting, so it is ignored; did you mean PORT?',
+    'TASK_SOMETHING_ELSE_ENTIRELY is set but names no setting, so it is ignored'
+  ])
+  server.child.kill('SIGTERM')
+  t.equal((await exitWithin(server, EXIT_TIMEOUT_MS))?.code, 0)
 })
 
 t.test('lock: a real second server on a held folder exits 1 at once naming the holder', async (t) => {
