@@ -1365,3 +1365,21 @@ t.test('lists with archived sessions, both stores: sessions of one millisecond k
     await app.close()
   }
 })
+
+t.test('a replica whose database goes silent shuts down within its bounds (a sweep, leaving and the pool each wait TASK_DB_PING_TIMEOUT_MS at most), not a statement timeout per step', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const log = memoryLog()
+  const { app, proxy } = await postgresAppThroughProxy(t, url, { TASK_SWEEP_INTERVAL_MS: 500, TASK_DB_PING_TIMEOUT_MS: 1000, TASK_LEASE_MS: 6000, TASK_EVENTS_CLOSE_MS: 1000, TASK_DB_STATEMENT_TIMEOUT_MS: 15_000 }, log.logger)
+  t.equal((await app.inject({ method: 'POST', url: `${API}/create`, payload: { session_id: 'quiet', instructions: '1. a' } })).statusCode, 200)
+  proxy.stall()
+  // A sweep starts against the silent database, and waits.
+  await sleep(1200)
+  const from = Date.now()
+  await app.close()
+  const ms = Date.now() - from
+  // A sweep's wait, the events' close, a lease renewal's time (TASK_LEASE_MS / 6) and the last steps': about 4 s.
+  t.ok(ms < 8000, `closed in ${ms} ms, not a statement timeout (15 s) per step`)
+  t.ok(log.messages().includes('A sweep under way got no answer from the database in time; stopping without it (what it claimed is taken over elsewhere once the leases run out)'), 'the sweep left behind is logged')
+  proxy.pass()
+})

@@ -1,4 +1,5 @@
 import type { SharedSessions, SweptSession } from '../store/store.js'
+import { orLate } from '../deadline.js'
 import type { Logger } from '../types.js'
 
 export interface SweeperOptions {
@@ -56,12 +57,19 @@ export class Sweeper {
     await this.sweeping
   }
 
-  /** Stops sweeping; resolves once a sweep under way has handed its sessions over. */
+  /**
+   * Stops sweeping; resolves once a sweep under way has handed its sessions over, or the
+   * database has left it unanswered for SharedSessions.closeWaitMs: what it claimed then is taken
+   * over by another replica once the leases run out, as a killed replica's would be.
+   */
   async stop (): Promise<void> {
     this.stopped = true
     if (this.timer !== null) clearInterval(this.timer)
     this.timer = null
-    await this.sweeping
+    if (this.sweeping === null) return
+    const { shared, log } = this.options
+    if (await orLate(this.sweeping.then(() => true, () => true), shared.closeWaitMs, false)) return
+    log.warn({ wait_ms: shared.closeWaitMs }, 'A sweep under way got no answer from the database in time; stopping without it (what it claimed is taken over elsewhere once the leases run out)')
   }
 
   private sweep (earlier = false): void {

@@ -215,6 +215,12 @@ export interface SharedSessions {
   /** How long a lease lasts unless renewed (TASK_LEASE_MS). */
   readonly leaseMs: number
   /**
+   * How long shutdown waits on the database for each of its last steps (a sweep under way,
+   * leaving, closing the pool), TASK_DB_PING_TIMEOUT_MS: one the database does not answer is left,
+   * as a killed replica's would be, so shutdown stays prompt.
+   */
+  readonly closeWaitMs: number
+  /**
    * The session as stored now when it differs from what this store last read or wrote (null:
    * no active row); undefined when it is the same.
    */

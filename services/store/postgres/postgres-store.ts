@@ -8,6 +8,7 @@ import {
   LeaseLostError, SealNotOpenedError, SessionBusyError, StaleArchivedCopyError, StorageError, TaskvaultError, UnreadableRowError, VersionConflictError
 } from '../../errors.js'
 import { noop } from '../../noop.js'
+import { orLate } from '../../deadline.js'
 import { SETTING_DEFAULTS } from '../../../schemas/options.js'
 import { kidRecord, type Keyring } from '../keyring.js'
 import { readSessionDocument, serializeSessionFile } from '../session-files.js'
@@ -850,8 +851,19 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     // Leaving cleanly: gone from /stats at once, not after TASK_LEASE_MS (unless events of ours were
     // lost: the row then runs out, and the replica that clears it logs a gap).
     // Only once it joined (init claimed the id): a boot that never reached the database has no row to leave.
-    if (this.leases !== null && this.leaveAtClose && this.joined) await pooledQuery(this.pool, leave(this.replicaId, this.leases.me.instance)).catch(noop)
-    if (this.ownsPool) await this.pool.end()
+    const leaving = this.leases !== null && this.leaveAtClose && this.joined ? this.leases.me.instance : null
+    const last = async (): Promise<void> => {
+      if (leaving !== null) await pooledQuery(this.pool, leave(this.replicaId, leaving)).catch(noop)
+      if (this.ownsPool) await this.pool.end().catch(noop)
+    }
+    // Bounded: a row not left runs out (the replica that clears it resets the streams, as after a
+    // kill), and a statement the database does not answer holds its connection until its
+    // timeout, not the shutdown; both go on meanwhile.
+    await orLate(last(), this.closeWaitMs, undefined)
+  }
+
+  get closeWaitMs (): number {
+    return this.pingTimeoutMs
   }
 
   // --- Shared by several replicas (SharedSessions; leases.ts) ---
