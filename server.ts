@@ -125,10 +125,11 @@ function closeOnce (app: FastifyInstance, boundMs: number): (signal: NodeJS.Sign
     first = { signal, at: performance.now() }
     if (err !== undefined) app.log.error({ err }, 'fatal error; shutting down')
     else app.log.info({ signal }, 'shutting down')
+    // Held (not unref'd): a close left waiting on nothing still ends here.
     setTimeout(() => {
       app.log.error(`killed by timeout (${boundMs}ms)`)
       process.exit(1)
-    }, boundMs).unref()
+    }, boundMs)
     closeReporting(app).then((clean) => { process.exit(clean && err === undefined ? 0 : 1) }, (failure: unknown) => {
       app.log.error({ err: failure }, 'Shutdown did not finish cleanly')
       process.exit(1)
