@@ -492,19 +492,19 @@ export class FileSessionStore implements SessionStore {
    * for a small folder at the default concurrency. Unreadable files are set aside; files sealed
    * under a key we lack, or a key that opens none of its files, stop the restore and stay untouched.
    */
-  private async readSessionFiles (names: string[], concurrency: number, told: (failure: LoadFailure) => void): Promise<{ sessions: LoadedSession[], failures: LoadFailure[] }> {
-    const read: BatchOutcome = { sessions: [], failures: [], told, missingKeys: new Map(), unopened: new Map() }
+  private async readSessionFiles (names: string[], concurrency: number, failed: (failure: LoadFailure) => void): Promise<{ sessions: LoadedSession[], failures: LoadFailure[] }> {
+    const read: BatchOutcome = { sessions: [], failures: [], failed, missingKeys: new Map(), unopened: new Map() }
     const count = Math.ceil(names.length / RESTORE_BATCH_FILES)
     // A concurrency raised past the default (a network volume, where reads wait on the wire) always gets its threads.
     const alone = count <= RESTORE_INLINE_BATCHES && concurrency <= SETTING_DEFAULTS.TASK_RESTORE_CONCURRENCY
     const pool = new ReaderPool(alone ? 0 : Math.min(concurrency, count), this.keyring)
     const limit = pLimit(concurrency * RESTORE_BATCHES_PER_THREAD)
     // Once one batch fails the restore has failed: batches still queued must not start (nor set files aside).
-    let failed = false
+    let broken = false
     try {
       await Promise.all(batches(names, RESTORE_BATCH_FILES).map((batch) => limit(async () => {
         // A batch past BATCH_BYTES leaves its last files to another read, in the same place in the limit.
-        for (let names = batch; names.length > 0 && !failed;) {
+        for (let names = batch; names.length > 0 && !broken;) {
           const result = await pool.read(this.dir, names).catch((err: Error) => {
             throw new StorageError(`reading ${this.dir}`, Object.assign(err, { code: 'EIO' }))
           })
@@ -512,7 +512,7 @@ export class FileSessionStore implements SessionStore {
           names = result.deferred
         }
       }).catch((err: unknown) => {
-        failed = true
+        broken = true
         throw err
       })))
     } finally {
@@ -581,7 +581,7 @@ export class FileSessionStore implements SessionStore {
   private async setAsideUnread (out: BatchOutcome, name: string, reason: string): Promise<void> {
     const failure = { name, reason, movedTo: await this.setAside(name) }
     out.failures.push(failure)
-    out.told(failure)
+    out.failed(failure)
   }
 
   // --- The archive half (file-archive.ts): `archive/`, indexed in memory, read on demand. ---
@@ -711,8 +711,8 @@ export class FileSessionStore implements SessionStore {
 interface BatchOutcome {
   sessions: LoadedSession[]
   failures: LoadFailure[]
-  /** LoadOptions.failed */
-  told: (failure: LoadFailure) => void
+  /** Told of each file set aside (LoadOptions.failed). */
+  failed: (failure: LoadFailure) => void
   /** Files sealed under a kid TASK_ENCRYPTION_KEYS does not hold, by kid. */
   missingKeys: Map<string, number>
   /** Files the kid's key did not open (wrong key, or damaged files), by kid. */
