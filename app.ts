@@ -142,6 +142,9 @@ export async function buildApp (options: BuildAppOptions = {}): Promise<FastifyI
   }
   const foreignHost = hostCheck(listening, settings.TASK_API_KEYS, settings.TASK_ALLOWED_HOSTS)
   app.addHook('onRequest', (request, reply, done) => {
+    // An HTTP/1.0 message framed by Transfer-Encoding is read as Node frames it, then its
+    // connection closes (RFC 9112 6.1): an intermediary of 1.0 may have framed it otherwise.
+    if (request.raw.httpVersion === '1.0' && request.headers['transfer-encoding'] !== undefined) reply.header('connection', 'close')
     const refusal = badHost(request.raw) ?? foreignHost?.(request.raw) ?? encodedBody(request.raw)
     if (refusal !== null) {
       done(refusal)

@@ -1,7 +1,7 @@
 import { join } from 'node:path'
 import * as util from 'node:util'
 import { Ajv } from 'ajv'
-import { settingTextErrors, ConfigSchema, describeSettingErrors, type Config } from '../schemas/config.js'
+import { settingTextErrors, ConfigSchema, describeSettingErrors, strayTaskNames, type Config } from '../schemas/config.js'
 import { BadSettingError, InvalidLockSettingsError } from '../services/errors.js'
 import { droppedEnvLines, droppedEnvMessage, readDotEnvFile } from '../services/setting-file.js'
 
@@ -31,6 +31,11 @@ export function loadSettings (env: NodeJS.ProcessEnv = process.env, cwd = proces
     throw new BadSettingError(new InvalidLockSettingsError(settings.TASK_LOCK_REFRESH_MS, settings.TASK_LOCK_STALE_MS).message)
   }
   return settings
+}
+
+/** Names in the environment or ./.env shaped like settings that are none (strayTaskNames), as the server logs them at start. */
+export function settingWarnings (env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): string[] {
+  return strayTaskNames([...Object.keys(readDotEnv(cwd)), ...Object.keys(env)]).map((line) => `⚠️  ${line}`)
 }
 
 function readDotEnv (cwd: string): Record<string, string | undefined> {

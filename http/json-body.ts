@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
+import { UnsupportedTransferEncodingError } from '../services/errors.js'
 
 /** What an empty body stands for in a context: `{ value }`, or null when it is refused (as Fastify refuses it). */
 export type EmptyBody = (request: FastifyRequest) => { value: unknown } | null
@@ -88,12 +89,7 @@ export function refuseBody (request: FastifyRequest, _reply: unknown, done: (err
 export function encodedBody (raw: IncomingMessage): Error | null {
   // Node takes chunked off (it must come last); a coding under it (`gzip, chunked`) would be left on the body.
   const transfer = raw.headers['transfer-encoding']
-  if (transfer !== undefined && !/^\s*((identity|chunked)\s*(,\s*|$))+$/iu.test(transfer)) {
-    return Object.assign(new Error(`Not Implemented (Transfer-Encoding '${transfer.slice(0, 40)}'): only chunked is taken; send plain JSON`), {
-      statusCode: 501,
-      code: 'UNSUPPORTED_TRANSFER_ENCODING'
-    })
-  }
+  if (transfer !== undefined && !/^\s*((identity|chunked)\s*(,\s*|$))+$/iu.test(transfer)) return new UnsupportedTransferEncodingError(transfer)
   const coding = raw.headers['content-encoding']
   if (coding === undefined || /^\s*(identity\s*)?$/iu.test(coding)) return null
   // A request without a body (a probe's GET) has nothing to decode.

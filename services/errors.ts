@@ -11,7 +11,8 @@ export const ERROR_CODES = [
   'INVALID_SESSION_STATE', 'CORRUPT_SESSION_FILE', 'FOREIGN_STORAGE_FOLDER', 'INVALID_ARCHIVE', 'AGENT_FAILED',
   'INVALID_OPTIONS', 'INVALID_AGENT_CONFIG', 'INVALID_ENCRYPTION_KEYS', 'INVALID_API_KEYS', 'INVALID_LOCK_SETTINGS', 'USAGE', 'FAILED',
   'INVALID_DATABASE_SETTING', 'DATABASE_TOO_NEW', 'MIGRATION_FAILED', 'DATABASE_UNAVAILABLE',
-  'VERSION_CONFLICT', 'SESSION_ID_CASE_CONFLICT', 'PASS_BUSY', 'LEASE_LOST', 'REPLICA_ID_IN_USE', 'REPLICA_ID_TAKEN'
+  'VERSION_CONFLICT', 'SESSION_ID_CASE_CONFLICT', 'PASS_BUSY', 'LEASE_LOST', 'REPLICA_ID_IN_USE', 'REPLICA_ID_TAKEN',
+  'UNSUPPORTED_TRANSFER_ENCODING'
 ] as const
 export type ErrorCode = (typeof ERROR_CODES)[number]
 
@@ -59,7 +60,8 @@ const STATUS_BY_CODE: Readonly<Record<ErrorCode, number>> = {
   PASS_BUSY: 503,
   LEASE_LOST: 503,
   REPLICA_ID_IN_USE: 500,
-  REPLICA_ID_TAKEN: 503
+  REPLICA_ID_TAKEN: 503,
+  UNSUPPORTED_TRANSFER_ENCODING: 501
 }
 
 export class TaskvaultError extends Error {
@@ -128,6 +130,13 @@ export class TooManyBackupsError extends TaskvaultError {
 export class InvalidInstructionsError extends TaskvaultError {
   constructor (message: string) {
     super('INVALID_INSTRUCTIONS', message)
+  }
+}
+
+/** A body under a transfer coding Node does not take off (`gzip, chunked`): RFC 9112 answers 501. */
+export class UnsupportedTransferEncodingError extends TaskvaultError {
+  constructor (coding: string) {
+    super('UNSUPPORTED_TRANSFER_ENCODING', `Not Implemented (Transfer-Encoding '${coding.slice(0, 40)}'): only chunked is taken; send plain JSON`)
   }
 }
 

@@ -205,6 +205,17 @@ t.test('a number setting given as blank text stops every command with exit 2, as
   t.match(fromFile.stderr, /TASK_IDEMPOTENCY_KEYS must be integer, not blank/u)
 })
 
+t.test('a number not in decimal digits stops a command as it stops the server; a TASK_ name that is no setting is warned of, with the one it likely meant', async (t) => {
+  const cwd = await tempDir(t)
+  const hex = await taskvault(['stats'], { cwd, env: { TASK_ARCHIVE_DAYS: '0x10' } })
+  t.equal(hex.code, 2, hex.stdout)
+  t.match(hex.stderr, /^taskvault: bad setting TASK_ARCHIVE_DAYS must be written in decimal digits/u)
+  const dir = join(cwd, 'meant')
+  await writeFile(join(cwd, '.env'), 'TASK_ENCRYPTION_KEY=k1:abc\n')
+  const stray = await taskvault(['stats', dir, '--json'], { cwd, env: { TASK_STORAGE_DIRS: dir } })
+  t.match(stray.stderr, '⚠️  TASK_ENCRYPTION_KEY is set but names no setting, so it is ignored; did you mean TASK_ENCRYPTION_KEYS?\n⚠️  TASK_STORAGE_DIRS is set but names no setting, so it is ignored; did you mean TASK_STORAGE_DIR?\n')
+})
+
 t.test('a FIFO named .taskvault is no marker: validate, stats and backup say so at once, not waiting for a writer', async (t) => {
   const dir = await tempDir(t)
   t.equal(spawnSync('mkfifo', [join(dir, '.taskvault')]).status, 0, 'mkfifo')

@@ -282,11 +282,17 @@ t.test('client errors are answered in the error shape with a code and logged; by
   const body = JSON.stringify({ session_id: 'zipped', instructions: 'a' })
   const coded = await connect(t, server, `POST ${API}/create HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`)
   await waitFor('the transfer-coded answer', () => coded.received().includes('}'))
-  t.match(json(coded), { statusCode: 501, code: 'UNSUPPORTED_TRANSFER_ENCODING', error: 'Not Implemented' })
+  t.same(json(coded), { statusCode: 501, code: 'UNSUPPORTED_TRANSFER_ENCODING', error: 'Not Implemented', message: 'Not Implemented (Transfer-Encoding \'gzip, chunked\'): only chunked is taken; send plain JSON' })
   t.equal((await call(server, 'GET', `${API}/progress?session_id=zipped`)).status, 404, 'and nothing was created')
   const chunked = await connect(t, server, `POST ${API}/create HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`)
   await waitFor('the chunked answer', () => chunked.received().includes('}'))
   t.match(chunked.received(), /^HTTP\/1\.1 200 /, 'chunked alone is taken')
+  // HTTP/1.0 framed by Transfer-Encoding: served as Node frames it, then the connection closes, whatever keep-alive asked.
+  const old10 = await connect(t, server, `POST ${API}/create HTTP/1.0\r\nConnection: keep-alive\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\nGET /health HTTP/1.1\r\nHost: localhost\r\n\r\n`)
+  await old10.closed
+  t.equal((old10.received().match(/HTTP\/1\.1 /gu) ?? []).length, 1, 'one answer, then the connection closed')
+  await waitFor('the log lines', () => logLines(server.stdout()).some((line) => line.code === 'UNSUPPORTED_TRANSFER_ENCODING'))
+  t.notOk(logLines(server.stdout()).some((line) => Number(line.level) >= 50 && JSON.stringify(line).includes('UNSUPPORTED_TRANSFER_ENCODING')), 'a client\'s framing is no server error in the log')
   const old = await connect(t, server, 'GET /health HTTP/1.0\r\n\r\n')
   await old.closed
   t.match(old.received(), /^HTTP\/1\.1 200 /, 'HTTP/1.0 needs no Host')
