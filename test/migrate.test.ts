@@ -170,6 +170,24 @@ t.test('a role with the tables\' privileges and no CREATE in the schema (an admi
   await drop()
 })
 
+t.test('statements a replica of the version before prepared (a rolling upgrade) still run once the newest migration is applied', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const older = pool(t, url, 'taskvault')
+  await migrate(older, { schema: 'taskvault', dir: await migrationsDir(t, {}, NEWEST - 1) })
+  const client = await older.connect()
+  t.teardown(() => { client.release() })
+  await client.query('INSERT INTO sessions (session_id, document, created_at, updated_at) VALUES (\'kept\', \'{}\', now(), now())')
+  // Prepared as the older replica's store prepares its reads: by name, once per connection, returning the columns.
+  const reads = [
+    { name: 'older_list', text: 'SELECT session_id, updated_at FROM sessions WHERE archived_at IS NULL ORDER BY updated_at DESC, session_id LIMIT 10' },
+    { name: 'older_row', text: 'SELECT session_id, row_id, version, document::text AS document FROM sessions WHERE session_id = $1 AND archived_at IS NULL', values: ['kept'] }
+  ]
+  for (const read of reads) t.equal((await client.query(read)).rowCount, 1, `${read.name}: prepared`)
+  t.same((await migrate(pool(t, url, 'taskvault'), { schema: 'taskvault' })).applied, [NEWEST])
+  for (const read of reads) t.equal((await client.query(read)).rowCount, 1, `${read.name}: still runs (a changed result type would fail it on every call)`)
+})
+
 t.test('two servers migrating at once apply each migration exactly once', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -206,7 +206,7 @@ export function activeSummaries (offset: number, limit: number): pg.QueryConfig 
     name: 'taskvault_active_summaries',
     text: `SELECT session_id, created_at, updated_at, tasks_total, tasks_completed, tasks_failed, tasks_pending, tasks_in_progress,
         (owner IS NOT NULL AND lease_until > now()) AS running
-      FROM sessions WHERE archived_at IS NULL ORDER BY updated_at DESC, session_id LIMIT $1 OFFSET $2`,
+      FROM sessions WHERE archived_at IS NULL ORDER BY updated_at DESC, session_id COLLATE "C" LIMIT $1 OFFSET $2`,
     values: [limit, offset]
   }
 }
@@ -230,13 +230,13 @@ export const SHOWN_ARCHIVED = `sessions a WHERE a.archived_at IS NOT NULL
  * whole archive; the first bytes of the page's archived documents are read (their times as written: document-times.ts).
  */
 export function listedSummaries (offset: number, limit: number, filter: 'include' | 'only'): pg.QueryConfig {
-  const archived = `SELECT a.row_id, a.updated_at, a.session_id, true AS archived FROM ${SHOWN_ARCHIVED} ORDER BY a.updated_at DESC, a.session_id`
+  const archived = `SELECT a.row_id, a.updated_at, a.session_id, true AS archived FROM ${SHOWN_ARCHIVED} ORDER BY a.updated_at DESC, a.session_id COLLATE "C"`
   const listed = filter === 'only'
     ? `${archived} LIMIT $1 OFFSET $2`
     : `SELECT row_id, archived FROM (
-        (SELECT row_id, updated_at, session_id, false AS archived FROM sessions WHERE archived_at IS NULL ORDER BY updated_at DESC, session_id LIMIT $1::int + $2::int)
+        (SELECT row_id, updated_at, session_id, false AS archived FROM sessions WHERE archived_at IS NULL ORDER BY updated_at DESC, session_id COLLATE "C" LIMIT $1::int + $2::int)
         UNION ALL (${archived} LIMIT $1::int + $2::int)
-      ) listed ORDER BY updated_at DESC, session_id, archived LIMIT $1 OFFSET $2`
+      ) listed ORDER BY updated_at DESC, session_id COLLATE "C", archived LIMIT $1 OFFSET $2`
   return {
     name: `taskvault_listed_summaries_${filter}`,
     text: `WITH page AS (${listed})
@@ -244,7 +244,7 @@ export function listedSummaries (offset: number, limit: number, filter: 'include
         page.archived, NOT page.archived AND s.owner IS NOT NULL AND s.lease_until > now() AS running,
         CASE WHEN page.archived THEN s.row_id END AS row_id, CASE WHEN page.archived THEN s.bytes END AS bytes,
         CASE WHEN page.archived THEN ${documentHead('s.document')} END AS head
-      FROM page JOIN sessions s USING (row_id) ORDER BY s.updated_at DESC, s.session_id, page.archived`,
+      FROM page JOIN sessions s USING (row_id) ORDER BY s.updated_at DESC, s.session_id COLLATE "C", page.archived`,
     values: [limit, offset]
   }
 }
