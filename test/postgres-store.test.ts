@@ -14,6 +14,7 @@ import { statusFor } from '../http/error-handler.js'
 import { Keyring } from '../services/store/keyring.js'
 import { connectionConfig } from '../services/store/postgres/pool.js'
 import { Orphans } from '../services/store/postgres/orphans.js'
+import { archivableSessions } from '../services/store/postgres/leases-sql.js'
 import { QueryFailure } from '../services/store/postgres/pooled-query.js'
 import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
 import { serializeSessionFile } from '../services/store/session-files.js'
@@ -230,6 +231,33 @@ t.test('retention and archive passes page with cursors that read back as the sam
     after = page.next
   }
   t.same(found, ids, 'retention\'s pages: every session once, in finish order')
+})
+
+t.test('the archive pass pages by the finish time itself, not its text: across the end of summer time every session once, in order, each page read from the candidates\' index', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const db = inspector(t, url)
+  await db.query('DO $$ BEGIN EXECUTE format(\'ALTER DATABASE %I SET TimeZone = %L\', current_database(), \'Europe/Berlin\'); END $$')
+  const store = await openStore(t, url)
+  // 02:30+02:00, then 02:10+01:00 an hour later: as text, the later one sorts first.
+  const finished = [['before', '2025-10-26T00:30:00.000Z'], ['after', '2025-10-26T01:10:00.000Z']] as const
+  for (const [id, at] of finished) {
+    const file = contractSession(id, ['Completed'])
+    Object.assign(file.session.tasks[0] ?? {}, { completed_at: at })
+    file.updated_at = at
+    await store.save(file)
+  }
+  const seen: string[] = []
+  for (let after = null, n = 0; n < 5; n++) {
+    const page = await store.archivable(new Date('2026-01-01'), 1, after)
+    if (page.ids.length === 0) break
+    seen.push(...page.ids)
+    after = page.next
+  }
+  t.same(seen, ['before', 'after'], 'in finish order, neither skipped')
+  const query = archivableSessions(new Date('2026-01-01'), 100, null)
+  const plan = (await db.query(`EXPLAIN ${query.text as string}`, query.values)).rows.map((row: Record<string, string>) => Object.values(row)[0]).join('\n')
+  t.match(plan, /sessions_archive_candidates_idx/u, 'the candidates\' index is read, not every row sorted')
 })
 
 t.test('the document column holds exactly serializeSessionFile\'s bytes; the columns are derived from the file', async (t) => {
