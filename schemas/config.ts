@@ -134,7 +134,7 @@ export function settingTextErrors (values: Readonly<Record<string, unknown>>): s
     if (typed && value.trim() === '') return [`${name} must be ${schema.type ?? ''}, not blank`]
     const decimal = schema.type === 'integer' ? /^-?\d+$/u : /^-?\d+(\.\d+)?$/u
     if ((schema.type === 'integer' || schema.type === 'number') && !decimal.test(value.trim())) {
-      return [`${name} must be written in decimal digits${schema.type === 'number' ? ' (with a decimal point if need be)' : ''}, not '${value.slice(0, 40)}'`]
+      return [`${name} must be ${schema.type === 'integer' ? 'a whole number' : 'a number'} in decimal digits, not '${value.slice(0, 40)}'`]
     }
     return []
   })

@@ -209,7 +209,7 @@ t.test('a number not in decimal digits stops a command as it stops the server; a
   const cwd = await tempDir(t)
   const hex = await taskvault(['stats'], { cwd, env: { TASK_ARCHIVE_DAYS: '0x10' } })
   t.equal(hex.code, 2, hex.stdout)
-  t.match(hex.stderr, /^taskvault: bad setting TASK_ARCHIVE_DAYS must be written in decimal digits/u)
+  t.match(hex.stderr, /^taskvault: bad setting TASK_ARCHIVE_DAYS must be a number in decimal digits, not '0x10'/u)
   const dir = join(cwd, 'meant')
   await writeFile(join(cwd, '.env'), 'TASK_ENCRYPTION_KEY=k1:abc\n')
   const stray = await taskvault(['stats', dir, '--json'], { cwd, env: { TASK_STORAGE_DIRS: dir } })
