@@ -122,7 +122,11 @@ const SAME_SIGNAL_MS = 250
 function closeOnce (app: FastifyInstance, boundMs: number): (signal: NodeJS.Signals) => void {
   let first: { signal: NodeJS.Signals | null, at: number } | null = null
   const close = (signal: NodeJS.Signals | null, err?: unknown): void => {
-    first = { signal, at: performance.now() }
+    const begun = { signal, at: performance.now() }
+    first = begun
+    // Counted from when the loop is free again: a copy that arrived while the close's first,
+    // synchronous part ran (thousands of waiting runs aborted) is read only after it.
+    setImmediate(() => { begun.at = performance.now() })
     if (err !== undefined) app.log.error({ err }, 'fatal error; shutting down')
     else app.log.info({ signal }, 'shutting down')
     // Held (not unref'd): a close left waiting on nothing still ends here.

@@ -6,13 +6,14 @@
  */
 export class CallSlots {
   private busy = 0
-  private readonly queue: Array<{ take: () => void, signals: readonly AbortSignal[], onAbort: () => void }> = []
+  /** In the order asked; a Set, so a waiter leaves from anywhere at once (a shutdown aborts thousands). */
+  private readonly queue = new Set<{ take: () => void, signals: readonly AbortSignal[], onAbort: () => void }>()
 
   constructor (private readonly max: number) {}
 
   /** Calls waiting for a slot now. */
   get waiting (): number {
-    return this.queue.length
+    return this.queue.size
   }
 
   /**
@@ -28,14 +29,14 @@ export class CallSlots {
         signals,
         take: () => { resolve(this.held()) },
         onAbort: () => {
-          const at = this.queue.indexOf(entry)
-          if (at !== -1) this.queue.splice(at, 1)
-          entry.signals.forEach((signal) => signal.removeEventListener('abort', entry.onAbort))
+          this.queue.delete(entry)
+          // The signal that aborted has let go of its listener already: looking for it would walk every other waiter's.
+          for (const signal of entry.signals) if (!signal.aborted) signal.removeEventListener('abort', entry.onAbort)
           reject((signals.find((signal) => signal.aborted) as AbortSignal).reason)
         }
       }
       for (const signal of signals) signal.addEventListener('abort', entry.onAbort, { once: true })
-      this.queue.push(entry)
+      this.queue.add(entry)
     })
   }
 
@@ -46,8 +47,9 @@ export class CallSlots {
       if (released) return
       released = true
       this.busy--
-      const next = this.queue.shift()
+      const next = this.queue.values().next().value
       if (next === undefined) return
+      this.queue.delete(next)
       next.signals.forEach((signal) => signal.removeEventListener('abort', next.onAbort))
       next.take()
     }
