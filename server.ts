@@ -5,7 +5,7 @@ import { listenFailure } from './http/listen-error.js'
 import { LogDestination } from './http/log-destination.js'
 import { loggerOptions } from './http/logger-options.js'
 import type { Config } from './schemas/config.js'
-import { StorageError, UnsavedChangesLostError } from './services/errors.js'
+import { operatorMessage, UnsavedChangesLostError } from './services/errors.js'
 import { releaseHeldSync } from './services/store/storage-lock.js'
 
 /** Loads config, restores sessions, listens, and drains on SIGTERM/SIGINT. */
@@ -67,7 +67,7 @@ async function main (): Promise<void> {
       await app?.close().catch(() => {})
       process.exit(0)
     }
-    return await cannotStart(app, bootFailure(err as Error))
+    return await cannotStart(app, operatorMessage(err as Error))
   }
   if (stopped !== null) {
     await app.close().catch(() => {})
@@ -150,15 +150,6 @@ function closeOnce (app: FastifyInstance, boundMs: number): (signal: NodeJS.Sign
     app.log.error(`second ${signal}, exiting`)
     process.exit(1)
   }
-}
-
-/**
- * What stopped the boot. A storage error's message, made for clients, names only the fault's
- * code: the operator reading this line gets its cause's own words too (a column missing, a path).
- */
-function bootFailure (err: Error): string {
-  const cause = err instanceof StorageError && err.cause instanceof Error ? err.cause.message : ''
-  return cause === '' || err.message.includes(cause) ? err.message : `${err.message}: ${cause}`
 }
 
 /** Bad settings, an unusable storage folder or a port that is taken: one line saying which, and exit 1. */

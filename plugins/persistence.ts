@@ -173,6 +173,7 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
   // Within the host's own pluginTimeout, so the host hears why (DATABASE_UNAVAILABLE) rather than that a plugin did not start in time.
   const waitMs = Math.min(settings.dbConnectTimeoutMs, waitBound(app).waitMs)
   const deadline = performance.now() + waitMs
+  let lastReason: string | null = null
   for (let wait = CONNECT_RETRY_MS; ; wait = Math.min(wait * 2, CONNECT_RETRY_MAX_MS)) {
     try {
       // Bounded by what is left: an attempt on a database that takes connections and never
@@ -186,17 +187,20 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
       return store
     } catch (err) {
       const left = deadline - performance.now()
-      if (!(err instanceof DatabaseUnavailableError) || left <= 0 || abandoned.aborted) {
+      if (!(err instanceof DatabaseUnavailableError) || err.lasting || left <= 0 || abandoned.aborted) {
         // An attempt cut off at the deadline may hold a connection that is still opening: the
         // store closes once it gives up (its own timeout), not holding the failure back.
         if (err instanceof AttemptOverdueError) store.close().catch(() => {})
         else await store.close().catch(() => {})
-        if (err instanceof DatabaseUnavailableError) {
+        if (err instanceof DatabaseUnavailableError && !err.lasting) {
           const bound = inTermsOf(app, STORE_SETTINGS, 'TASK_DB_CONNECT_TIMEOUT_MS')
-          throw new DatabaseUnavailableError(`could not reach the database ${pool === undefined ? redactUrl(settings.databaseUrl) : store.location} within ${waitMs < settings.dbConnectTimeoutMs ? `the host's pluginTimeout (${waitMs} ms of ${bound})` : `${bound} (${settings.dbConnectTimeoutMs} ms)`}: ${err.message}`, { cause: err })
+          // The attempt cut off says only that it did not answer in time: the one before says why.
+          const why = err instanceof AttemptOverdueError && lastReason !== null ? `${err.message} (the try before: ${lastReason})` : err.message
+          throw new DatabaseUnavailableError(`could not reach the database ${pool === undefined ? redactUrl(settings.databaseUrl) : store.location} within ${waitMs < settings.dbConnectTimeoutMs ? `the host's pluginTimeout (${waitMs} ms of ${bound})` : `${bound} (${settings.dbConnectTimeoutMs} ms)`}: ${why}`, { cause: err })
         }
         throw err
       }
+      lastReason = err.message
       app.log.warn({ database: store.location, retry_in_ms: Math.round(Math.min(wait, left)), reason: err.message }, 'The database cannot be reached yet; trying again')
       await sleep(Math.min(wait, left), undefined, { signal: abandoned }).catch(() => {})
     }

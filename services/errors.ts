@@ -246,6 +246,15 @@ export class StorageError extends TaskvaultError {
 }
 
 /**
+ * An error in an operator's words: a storage error's message, made for clients, names only the
+ * fault's code; its cause's own words follow (a column missing, permission denied, a path).
+ */
+export function operatorMessage (err: Error): string {
+  const cause = err instanceof StorageError && err.cause instanceof Error ? err.cause.message : ''
+  return cause === '' || err.message.includes(cause) ? err.message : `${err.message}: ${cause}`
+}
+
+/**
  * A session file the restore could not read nor move into `corrupt/`: left in place, it is never
  * overwritten, so a save of that id fails (503) until an operator moves it away.
  */
@@ -448,9 +457,13 @@ export class MigrationError extends TaskvaultError {
   }
 }
 
-/** The database could not be reached (refused, timed out, not accepting connections yet). */
+/**
+ * The database could not be reached (refused, timed out, not accepting connections yet), or
+ * `lasting`: it answered, and would answer the same again (permission denied, no such database,
+ * a wrong password), so waiting for it cannot help.
+ */
 export class DatabaseUnavailableError extends TaskvaultError {
-  constructor (message: string, options?: ErrorOptions) {
+  constructor (message: string, options?: ErrorOptions, readonly lasting = false) {
     super('DATABASE_UNAVAILABLE', message, options)
   }
 }

@@ -17,6 +17,7 @@ import { redactUrl } from '../services/store/postgres/database-url.js'
 import { connectionConfig, createPool } from '../services/store/postgres/pool.js'
 import { PostgresSessionStore } from '../services/store/postgres/postgres-store.js'
 import { parseSessionFile, serializeSessionFile } from '../services/store/session-files.js'
+import { buildApp } from '../app.js'
 import { taskvault, type Run } from './cli-run.js'
 import { tempDir, waitFor } from './helper.js'
 import { ADMIN_URL, testDatabase, throughProxy } from './postgres.js'
@@ -157,16 +158,38 @@ t.test('a role with the tables\' privileges and no CREATE in the schema (an admi
   const store = new PostgresSessionStore({ settings: { url: as(writer), schema: 'taskvault', max: 4, statementTimeoutMs: 10_000 }, keyring: null })
   await store.init()
   await store.save(awkwardSession('kept'))
-  t.same((await store.loadAll({ concurrency: 1 })).sessions.map((loaded) => loaded.file.session_id), ['kept'], 'the writer saves and reads')
+  const done = awkwardSession('done')
+  for (const task of done.session.tasks) Object.assign(task, { status: 'Completed', error: null, completed_at: '2025-11-04T08:00:15.999Z' })
+  done.session.current_index = done.session.tasks.length
+  delete done.background_run
+  await store.save(done)
+  t.same((await store.loadAll({ concurrency: 1 })).sessions.map((loaded) => loaded.file.session_id).sort(), ['done', 'kept'], 'the writer saves and reads')
   await store.close()
   for (const command of ['stats', 'validate']) {
     const run = await taskvault([command, '--database-url', as(reader), '--json'], { env: {} })
     t.equal(run.code, 0, `a reader runs ${command}: ${run.stderr}`)
   }
+  const archive = await taskvault(['archive', '--days', '1', '--database-url', as(reader)], { env: {} })
+  t.equal(archive.code, 1, 'a reader cannot archive')
+  t.match(archive.stderr, /archiving session 'done' failed: storage is unavailable \(42501\): permission denied for table sessions/u, 'and is told why in the database\'s words')
+  // A role the schema is closed to: the same answer on every try, so the start stops at once, in the database's words.
+  await admin.query(`REVOKE USAGE ON SCHEMA taskvault FROM ${reader}`)
+  const started = Date.now()
+  const config = { TASK_STORE: 'postgres', DATABASE_URL: as(reader), TASK_STORAGE_DIR: await tempDir(t) }
+  await t.rejects(async () => {
+    const app = await buildApp({ readEnvironment: false, config })
+    try {
+      await app.ready()
+    } finally {
+      await app.close().catch(noop)
+    }
+  }, { code: 'DATABASE_UNAVAILABLE', message: /permission denied for schema taskvault \(42501\)/u }, 'a server as that role does not start')
+  t.ok(Date.now() - started < 10_000, `at once, not after TASK_DB_CONNECT_TIMEOUT_MS (${Date.now() - started} ms)`)
+  await admin.query(`GRANT USAGE ON SCHEMA taskvault TO ${reader}`)
   const folder = await tempDir(t)
   const exported = await taskvault(['export', '--database-url', as(reader), folder, '--json'], { env: {} })
   t.equal(exported.code, 0, `a reader exports: ${exported.stdout}${exported.stderr}`)
-  t.match(exported.json(), { active: 1, archived: 0 })
+  t.match(exported.json(), { active: 2, archived: 0 })
   await drop()
 })
 

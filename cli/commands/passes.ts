@@ -1,5 +1,6 @@
 import type { ArchivePassOptions } from '../../services/archive/archive-scheduler.js'
 import type { Logger } from '../../services/task-manager.js'
+import { operatorMessage } from '../../services/errors.js'
 import { UsageError, daysOption, type ParsedCommand } from '../args.js'
 import { DATABASE_HELP, DATABASE_OPTIONS, assertTargetNamed, databaseTarget, withStore } from '../database.js'
 import { COMMON_HELP, type Command, type CommandContext, type CommandResult } from '../command.js'
@@ -114,6 +115,6 @@ function result (errors: number, json: Record<string, unknown>, lines: string[])
 }
 
 function describe (level: string, obj: object, msg?: string): string {
-  const detail = Object.entries(obj).map(([key, value]) => `${key}=${value instanceof Error ? value.message : JSON.stringify(value)}`).join(' ')
+  const detail = Object.entries(obj).map(([key, value]) => `${key}=${value instanceof Error ? operatorMessage(value) : JSON.stringify(value)}`).join(' ')
   return `taskvault: ${level}: ${msg ?? ''}${detail === '' ? '' : ` (${detail})`}`
 }

@@ -48,6 +48,11 @@ export function mayPass (err: unknown): boolean {
   return breaksConnection(err) || /^(40|53|57|58)/u.test(state ?? '') || state === '55P03'
 }
 
+/** An answer of the server's (an SQLSTATE) that no retry changes: permission denied, no such database, a wrong password. */
+export function lasting (err: unknown): boolean {
+  return sqlState(err) !== null && !mayPass(err)
+}
+
 /**
  * A fault of the program, or of an object a host passed in, rather than of the database: trying
  * again cannot help, and reporting it as an unreachable database would send one looking at the network.

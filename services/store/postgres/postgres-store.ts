@@ -21,7 +21,7 @@ import {
 import { archiveSession, isArchived, RETENTION_PARTS, retentionCandidates, reviveArchived, rowArchived, rearchiveSession, unarchiveSession, type ArchivedRow, type RetentionPart } from './archive-sql.js'
 import { migrate, type MigrationLockWait } from './migrate.js'
 import { assertSavable, reportedSave, sessionBound } from '../save-rules.js'
-import { errnoLike, mayPass, programmingError, storageError, uncertain } from './pg-errors.js'
+import { errnoLike, lasting, mayPass, programmingError, storageError, uncertain } from './pg-errors.js'
 import { checkSchemaName, redactUrl } from './database-url.js'
 import { createPool, endConnection, openConnection, type PoolSettings } from './pool.js'
 import {
@@ -312,7 +312,7 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
       // Not retried as a database that is down (persistence.ts): a bug, or a `pool` that is not one.
       if (programmingError(raw)) throw raw
       const cause = errnoLike(raw)
-      throw new DatabaseUnavailableError(`preparing ${this.location} failed: ${cause.message} (${cause.code ?? 'EIO'})`, { cause })
+      throw new DatabaseUnavailableError(`preparing ${this.location} failed: ${cause.message} (${cause.code ?? 'EIO'})`, { cause }, lasting(raw))
     }
     if (settings?.synchronous_commit === 'off') {
       throw new InvalidDatabaseSettingError('synchronous_commit', 'is off for taskvault\'s connections and could not be turned on, so a commit could be acknowledged and then lost in a crash; ' +
