@@ -198,6 +198,26 @@ t.test('retention deletes a judged copy only while it is still the session\'s ne
   t.not(a.archivedName('back'), judged, 'A\'s index follows the rows: the judged copy is gone from it')
 })
 
+/** A session of one task, completed (and last updated) at `at`. */
+async function saveFinished (store: PostgresSessionStore, id: string, at: string): Promise<void> {
+  const file = contractSession(id, ['Completed'])
+  Object.assign(file.session.tasks[0] ?? {}, { completed_at: at })
+  file.updated_at = at
+  await store.save(file)
+}
+
+/** Every id the archive pass's pages of `limit` give, in their order (ten pages at most). */
+async function archivablePages (store: PostgresSessionStore, cutoff: Date, limit: number): Promise<string[]> {
+  const ids: string[] = []
+  for (let after = null, n = 0; n < 10; n++) {
+    const page = await store.archivable(cutoff, limit, after)
+    if (page.ids.length === 0) break
+    ids.push(...page.ids)
+    after = page.next
+  }
+  return ids
+}
+
 t.test('retention and archive passes page with cursors that read back as the same instant under any DateStyle and TimeZone', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
@@ -208,20 +228,8 @@ t.test('retention and archive passes page with cursors that read back as the sam
   const store = await openStore(t, url)
   const hour = (i: number): string => new Date(Date.parse('2024-01-10T00:00:00.000Z') + i * 3_600_000).toISOString()
   const ids = ['h0', 'h1', 'h2', 'h3', 'h4']
-  for (const [i, id] of ids.entries()) {
-    const file = contractSession(id, ['Completed'])
-    Object.assign(file.session.tasks[0] ?? {}, { completed_at: hour(i) })
-    file.updated_at = hour(i)
-    await store.save(file)
-  }
-  const archivable: string[] = []
-  for (let after = null, n = 0; n < 10; n++) {
-    const page = await store.archivable(new Date('2025-01-01'), 2, after)
-    if (page.ids.length === 0) break
-    archivable.push(...page.ids)
-    after = page.next
-  }
-  t.same(archivable, ids, 'the archive pass\'s pages: every session once, in finish order')
+  for (const [i, id] of ids.entries()) await saveFinished(store, id, hour(i))
+  t.same(await archivablePages(store, new Date('2025-01-01'), 2), ids, 'the archive pass\'s pages: every session once, in finish order')
   for (const id of ids) await store.archive((await store.loadAll({ concurrency: 1 })).sessions.find(({ file }) => file.session_id === id)?.file as SessionFile)
   const found: string[] = []
   for (let after = null, n = 0; n < 10; n++) {
@@ -240,21 +248,9 @@ t.test('the archive pass pages by the finish time itself, not its text: across t
   await db.query('DO $$ BEGIN EXECUTE format(\'ALTER DATABASE %I SET TimeZone = %L\', current_database(), \'Europe/Berlin\'); END $$')
   const store = await openStore(t, url)
   // 02:30+02:00, then 02:10+01:00 an hour later: as text, the later one sorts first.
-  const finished = [['before', '2025-10-26T00:30:00.000Z'], ['after', '2025-10-26T01:10:00.000Z']] as const
-  for (const [id, at] of finished) {
-    const file = contractSession(id, ['Completed'])
-    Object.assign(file.session.tasks[0] ?? {}, { completed_at: at })
-    file.updated_at = at
-    await store.save(file)
-  }
-  const seen: string[] = []
-  for (let after = null, n = 0; n < 5; n++) {
-    const page = await store.archivable(new Date('2026-01-01'), 1, after)
-    if (page.ids.length === 0) break
-    seen.push(...page.ids)
-    after = page.next
-  }
-  t.same(seen, ['before', 'after'], 'in finish order, neither skipped')
+  await saveFinished(store, 'before', '2025-10-26T00:30:00.000Z')
+  await saveFinished(store, 'after', '2025-10-26T01:10:00.000Z')
+  t.same(await archivablePages(store, new Date('2026-01-01'), 1), ['before', 'after'], 'in finish order, neither skipped')
   const query = archivableSessions(new Date('2026-01-01'), 100, null)
   const plan = (await db.query(`EXPLAIN ${query.text as string}`, query.values)).rows.map((row: Record<string, string>) => Object.values(row)[0]).join('\n')
   t.match(plan, /sessions_archive_candidates_idx/u, 'the candidates\' index is read, not every row sorted')
