@@ -187,7 +187,8 @@ async function openPostgresStore (app: FastifyInstance, settings: StoreSettings,
       return store
     } catch (err) {
       const left = deadline - performance.now()
-      if (!(err instanceof DatabaseUnavailableError) || err.lasting || left <= 0 || abandoned.aborted) {
+      // An attempt cut off is the deadline itself (its timer may fire a hair before performance.now() says so).
+      if (!(err instanceof DatabaseUnavailableError) || err.lasting || err instanceof AttemptOverdueError || left <= 0 || abandoned.aborted) {
         // An attempt cut off at the deadline may hold a connection that is still opening: the
         // store closes once it gives up (its own timeout), not holding the failure back.
         if (err instanceof AttemptOverdueError) store.close().catch(() => {})

@@ -154,17 +154,24 @@ export function settingChoices (name: string): string[] | null {
  */
 export function strayTaskNames (names: Iterable<string>): string[] {
   const known = Object.keys(ConfigSchema.properties)
-  return [...new Set(names)].filter((name) => name.startsWith('TASK_') && !Object.hasOwn(ConfigSchema.properties, name)).sort().map((name) => {
+  const stray = (name: string): boolean => name.startsWith('TASK_') && !Object.hasOwn(ConfigSchema.properties, name) && !NAMED_ELSEWHERE.test(name)
+  return [...new Set(names)].filter(stray).sort().map((name) => {
     // PORT, HOST, DATABASE_URL and the LOG_ ones carry no prefix: `TASK_PORT` means PORT.
     const ranked = known.map((setting) => ({ setting, distance: Math.min(editDistance(name, setting), editDistance(name, `TASK_${setting}`)) }))
       .sort((a, b) => a.distance - b.distance)
-    const near = ranked[0] !== undefined && ranked[0].distance <= STRAY_DISTANCE ? `; did you mean ${ranked[0].setting}?` : ''
+    const near = ranked[0] !== undefined && ranked[0].distance <= Math.max(1, Math.floor(name.length / STRAY_LETTERS_PER_EDIT)) ? `; did you mean ${ranked[0].setting}?` : ''
     return `${name} is set but names no setting, so it is ignored${near}`
   })
 }
 
-/** The most edits (letters added, dropped or changed) between a stray name and the setting it is taken to mean. */
-const STRAY_DISTANCE = 3
+/**
+ * `TASK_` names taskvault gives meaning to elsewhere: what a command agent's program is told
+ * (services/runner/agents/command.ts; a program may run the CLI) and the tests' own settings.
+ */
+const NAMED_ELSEWHERE = /^TASK_(ID|TYPE|ATTEMPT|RETRIES|TEST_[A-Z0-9_]*)$/u
+
+/** A stray name is taken to mean a setting within one edit (a letter added, dropped or changed) per so many of its letters. */
+const STRAY_LETTERS_PER_EDIT = 5
 
 /** Levenshtein distance, one row at a time. */
 function editDistance (a: string, b: string): number {

@@ -997,10 +997,10 @@ t.test('settings: a number or boolean given as blank text, or a number not in de
   t.match(fromFile.stderr(), 'TASK_IDEMPOTENCY_KEYS must be integer, not blank')
 })
 
-t.test('settings: a TASK_ name that is no setting (TASK_API_KEY for TASK_API_KEYS) is logged at start with the one it likely meant, from the environment and .env', async (t) => {
+t.test('settings: a TASK_ name that is no setting (TASK_API_KEY for TASK_API_KEYS) is logged at start with the one it likely meant, from the environment and .env; those a command agent is given (the server may run inside one) are not', async (t) => {
   const root = await tempDir(t)
   await writeFile(join(root, '.env'), 'TASK_AUTOSAVE=false\n')
-  const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOST: '127.0.0.1', PORT: String(await freePort()), TASK_STORAGE_DIR: join(root, 'tasks'), LOG_LEVEL: 'info', TASK_API_KEY: 's3cret', TASK_PORT: '1', TASK_SOMETHING_ELSE_ENTIRELY: 'x' }
+  const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOST: '127.0.0.1', PORT: String(await freePort()), TASK_STORAGE_DIR: join(root, 'tasks'), LOG_LEVEL: 'info', TASK_API_KEY: 's3cret', TASK_PORT: '1', TASK_SOMETHING_ELSE_ENTIRELY: 'x', TASK_TYPE: 'Coding', TASK_RETRIES: '0' }
   const server = spawnServer(env, root)
   t.teardown(() => server.child.kill('SIGKILL'))
   t.ok(await server.waitForLine((line) => line.includes('Server listening'), EXIT_TIMEOUT_MS), 'it starts', { output: server.stderr() })

@@ -172,8 +172,8 @@ t.test('a role with the tables\' privileges and no CREATE in the schema (an admi
   const archive = await taskvault(['archive', '--days', '1', '--database-url', as(reader)], { env: {} })
   t.equal(archive.code, 1, 'a reader cannot archive')
   t.match(archive.stderr, /archiving session 'done' failed: storage is unavailable \(42501\): permission denied for table sessions/u, 'and is told why in the database\'s words')
-  // A role the schema is closed to: the same answer on every try, so the start stops at once, in the database's words.
-  await admin.query(`REVOKE USAGE ON SCHEMA taskvault FROM ${reader}`)
+  // A server given the reader by mistake: its first write (claiming its replica id) gets the same
+  // answer on every try, so the start stops at once, in the database's words.
   const started = Date.now()
   const config = { TASK_STORE: 'postgres', DATABASE_URL: as(reader), TASK_STORAGE_DIR: await tempDir(t) }
   await t.rejects(async () => {
@@ -183,9 +183,8 @@ t.test('a role with the tables\' privileges and no CREATE in the schema (an admi
     } finally {
       await app.close().catch(noop)
     }
-  }, { code: 'DATABASE_UNAVAILABLE', message: /permission denied for schema taskvault \(42501\)/u }, 'a server as that role does not start')
+  }, { code: 'DATABASE_UNAVAILABLE', message: /claiming replica id .* failed: storage is unavailable \(42501\): permission denied for table replicas/u }, 'a server as the reader does not start')
   t.ok(Date.now() - started < 10_000, `at once, not after TASK_DB_CONNECT_TIMEOUT_MS (${Date.now() - started} ms)`)
-  await admin.query(`GRANT USAGE ON SCHEMA taskvault TO ${reader}`)
   const folder = await tempDir(t)
   const exported = await taskvault(['export', '--database-url', as(reader), folder, '--json'], { env: {} })
   t.equal(exported.code, 0, `a reader exports: ${exported.stdout}${exported.stderr}`)
@@ -385,6 +384,33 @@ t.test('a migration whose table is locked (a pg_dump) steps back and tries again
   }
   t.same(await booting, { applied: ALL.filter((version) => version > 4), version: NEWEST }, 'once the reader ends, the boot completes')
   t.same(await recorded(other), ALL)
+})
+
+t.test('a connection cut while a migration waits for its table (57P01: a failover, a pooler restarting) is waited out as one before it: the boot completes', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const other = pool(t, url, SCHEMA, 5_000)
+  await migrate(other, { schema: SCHEMA, dir: await migrationsDir(t, {}, NEWEST - 1) })
+  const dump = await reader(t, url)
+  const booting = buildApp({ readEnvironment: false, config: { TASK_STORE: 'postgres', DATABASE_URL: url, TASK_DB_SCHEMA: SCHEMA, TASK_STORAGE_DIR: await tempDir(t), TASK_DB_CONNECT_TIMEOUT_MS: 30_000 } })
+    .then(async (app) => {
+      t.teardown(() => app.close())
+      await app.ready()
+      return app
+    })
+  booting.catch(noop)
+  let cut = 0
+  try {
+    await waitFor('the migration to wait for the table', async () => {
+      const { rows } = await other.query<{ pid: number }>('SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = \'Lock\' AND pid <> pg_backend_pid()')
+      for (const { pid } of rows) cut += (await other.query('SELECT pg_terminate_backend($1)', [pid])).rowCount ?? 0
+      return cut > 0
+    }, 20_000)
+  } finally {
+    await dump.query('COMMIT')
+  }
+  await t.resolves(booting, 'the boot goes on and completes')
+  t.same(await recorded(other), ALL, 'the migration applied once')
 })
 
 t.test('a migration whose table stays locked past the deadline is given up, applying nothing, and the advisory lock is free', async (t) => {

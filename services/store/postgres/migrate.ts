@@ -7,6 +7,7 @@ import pg from 'pg'
 import { noop } from '../../noop.js'
 import { DatabaseTooNewError, MigrationError } from '../../errors.js'
 import { checkSchemaName } from './database-url.js'
+import { mayPass } from './pg-errors.js'
 
 /**
  * Brings a schema's tables up to the newest migration in `migrations/`. Every server runs it
@@ -223,6 +224,8 @@ async function applyOne (client: pg.ClientBase, schemaId: string, file: Migratio
   } catch (err) {
     await run(client, 'ROLLBACK').catch(noop)
     if ((err as { code?: unknown }).code === LOCK_NOT_AVAILABLE) return false
+    // A connection cut or a server restarting (57P01) is waited out like one before the migration: nothing was applied.
+    if (mayPass(err)) throw err
     throw new MigrationError(`migration ${file.version} (${file.name}) failed: ${(err as Error).message}`, { cause: err })
   }
 }

@@ -48,9 +48,13 @@ export function mayPass (err: unknown): boolean {
   return breaksConnection(err) || /^(40|53|57|58)/u.test(state ?? '') || state === '55P03'
 }
 
-/** An answer of the server's (an SQLSTATE) that no retry changes: permission denied, no such database, a wrong password. */
+/**
+ * An answer no wait changes: the schema or the role's rights are not what taskvault needs (class 42:
+ * permission denied, a table or column missing). A database not created yet (3D000), a password
+ * refused while a secret rotates (28) or a standby read-only in a failover (25) may pass: not these.
+ */
 export function lasting (err: unknown): boolean {
-  return sqlState(err) !== null && !mayPass(err)
+  return sqlState(err)?.startsWith('42') === true
 }
 
 /**

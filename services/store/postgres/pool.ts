@@ -36,8 +36,9 @@ export function connectionConfig (settings: PoolSettings): pg.PoolConfig {
     throw new InvalidDatabaseSettingError('TASK_DB_STATEMENT_TIMEOUT_MS', `must be a number of milliseconds, 0 for none (got ${settings.statementTimeoutMs})`)
   }
   // Set at connection start, so no query can run with another search_path or without the bound.
-  // The URL's own `options` go first: for a repeated -c, PostgreSQL keeps the last.
-  const own = `-c search_path=${schema} -c statement_timeout=${Math.floor(settings.statementTimeoutMs)}`
+  // The URL's own `options` go first: for a repeated -c, PostgreSQL keeps the last. DateStyle ISO:
+  // node-postgres reads timestamps only as ISO writes them (under `SQL, DMY` or German, as null).
+  const own = `-c search_path=${schema} -c statement_timeout=${Math.floor(settings.statementTimeoutMs)} -c DateStyle=ISO`
   const given = url.searchParams.get('options')
   url.searchParams.delete('options')
   // A default the URL's options may override, so it goes before them. Parallel workers take longer

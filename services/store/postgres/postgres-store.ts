@@ -5,7 +5,7 @@ import { SessionFile, SESSION_ID } from '../../../schemas/session.js'
 import { type ArchiveTotals, type ArchivedSummary, type RetentionCutoffs } from '../../archive/archive-index.js'
 import {
   CorruptSessionFileError, DatabaseUnavailableError, InvalidDatabaseSettingError, InvalidSessionIdError, KeyUnavailableError,
-  LeaseLostError, SealNotOpenedError, SessionBusyError, StaleArchivedCopyError, StorageError, TaskvaultError, UnreadableRowError, VersionConflictError
+  LeaseLostError, operatorMessage, SealNotOpenedError, SessionBusyError, StaleArchivedCopyError, StorageError, TaskvaultError, UnreadableRowError, VersionConflictError
 } from '../../errors.js'
 import { noop } from '../../noop.js'
 import { orLate } from '../../deadline.js'
@@ -326,8 +326,9 @@ export class PostgresSessionStore implements SessionStore, SharedSessions {
     // From here on the id may be claimed (a row to leave), even if the start fails midway.
     this.joined = this.leases !== null
     await this.leases?.start().catch((err: unknown) => {
-      // The database went away again since the migrations: tried again like a database not up yet.
-      if (err instanceof StorageError) throw new DatabaseUnavailableError(`preparing ${this.location} failed: ${err.message}`, { cause: err })
+      // The database went away again since the migrations: tried again like a database not up yet
+      // (unless it answered what no wait changes: a role that may not write).
+      if (err instanceof StorageError) throw new DatabaseUnavailableError(`preparing ${this.location} failed: ${operatorMessage(err)}`, { cause: err }, lasting(err.cause))
       throw err
     })
     // Closed meanwhile (the boot gave up on this attempt at its deadline): nothing of it may go on.
