@@ -8,9 +8,10 @@ import { droppedEnvLines, droppedEnvMessage, readDotEnvFile } from '../services/
 /**
  * The server's settings, read the way the server reads them (the environment, then `.env` in
  * the working directory, the environment winning), so that the tool finds the same folder
- * and uses the same archive, retention and lock settings by default.
+ * and uses the same archive, retention and lock settings by default. `warnings`: names there
+ * shaped like settings that are none (strayTaskNames), as the server logs them at start.
  */
-export function loadSettings (env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): Config {
+export function loadSettings (env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): { settings: Config, warnings: string[] } {
   const names = Object.keys(ConfigSchema.properties)
   const values: Record<string, unknown> = {}
   const sources = [readDotEnv(cwd), env]
@@ -30,12 +31,8 @@ export function loadSettings (env: NodeJS.ProcessEnv = process.env, cwd = proces
   if (settings.TASK_LOCK_REFRESH_MS * 2 > settings.TASK_LOCK_STALE_MS) {
     throw new BadSettingError(new InvalidLockSettingsError(settings.TASK_LOCK_REFRESH_MS, settings.TASK_LOCK_STALE_MS).message)
   }
-  return settings
-}
-
-/** Names in the environment or ./.env shaped like settings that are none (strayTaskNames), as the server logs them at start. */
-export function settingWarnings (env: NodeJS.ProcessEnv = process.env, cwd = process.cwd()): string[] {
-  return strayTaskNames([...Object.keys(readDotEnv(cwd)), ...Object.keys(env)]).map((line) => `⚠️  ${line}`)
+  const warnings = strayTaskNames(sources.flatMap((source) => Object.keys(source))).map((line) => `⚠️  ${line}`)
+  return { settings, warnings }
 }
 
 function readDotEnv (cwd: string): Record<string, string | undefined> {

@@ -18,7 +18,7 @@ import { restoreCommand } from './commands/restore.js'
 import { sealCommand } from './commands/seal.js'
 import { statsCommand } from './commands/stats.js'
 import { validateCommand } from './commands/validate.js'
-import { loadSettings, settingWarnings } from './settings.js'
+import { loadSettings } from './settings.js'
 
 const COMMANDS: readonly Command[] = [validateCommand, statsCommand, archiveCommand, pruneCommand, backupCommand, restoreCommand, sealCommand, migrateCommand, exportCommand, importCommand]
 
@@ -62,9 +62,9 @@ async function main (argv: string[]): Promise<number> {
       process.stdout.write(command.help + '\n')
       return EXIT.ok
     }
-    const settings = loadSettings()
+    const { settings, warnings } = loadSettings()
     const warn = (line: string): void => { process.stderr.write(line + '\n') }
-    for (const line of settingWarnings()) warn(line)
+    for (const line of warnings) warn(line)
     const keyring = parseKeys(settings.TASK_ENCRYPTION_KEYS)
     const result = await command.run(args, { settings, keyring, warn })
     print(result, args.json)
