@@ -261,6 +261,31 @@ t.test('the archive pass pages by the finish time itself, not its text: across t
   t.notMatch(plan, /Sort Key: \(\(to_json/u, 'in its order, not sorted again by the text')
 })
 
+interface PlanNode { 'Node Type': string, 'Actual Rows'?: number, 'Rows Removed by Filter'?: number, Plans?: PlanNode[] }
+
+/** Rows the scans of an EXPLAIN ANALYZE plan read: those they gave and those their filters dropped. */
+function rowsRead (node: PlanNode | undefined): number {
+  if (node === undefined) return 0
+  const own = node['Node Type'].endsWith('Scan') ? (node['Actual Rows'] ?? 0) + (node['Rows Removed by Filter'] ?? 0) : 0
+  return own + (node.Plans ?? []).reduce((sum, child) => sum + rowsRead(child), 0)
+}
+
+t.test('a page of the archive pass past many sessions that finished at one instant reads that page from the candidates\' index, not all of them', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const store = await openStore(t, url)
+  const db = inspector(t, url)
+  await db.query(`INSERT INTO sessions (session_id, document, created_at, updated_at, finished_at, tasks_total, tasks_completed)
+    SELECT 's' || lpad(i::text, 5, '0'), '{}', $1, $1, $1, 1, 1 FROM generate_series(1, 5000) i`, ['2025-01-01T00:00:00.000Z'])
+  await db.query('ANALYZE sessions')
+  const query = archivableSessions(new Date('2026-01-01'), 100, { finishedAt: '2025-01-01T00:00:00.000Z', sessionId: 's02500' })
+  const { rows } = await db.query<{ 'QUERY PLAN': [{ Plan: PlanNode }] }>(`EXPLAIN (ANALYZE, FORMAT JSON) ${query.text as string}`, query.values)
+  const read = rowsRead(rows[0]?.['QUERY PLAN'][0].Plan)
+  t.ok(read > 0 && read <= 101, `the page read ${read} rows of the 2,500 after its cursor`)
+  const page = await store.archivable(new Date('2026-01-01'), 3, { finishedAt: '2025-01-01T00:00:00.000Z', sessionId: 's02500' })
+  t.same(page.ids, ['s02501', 's02502', 's02503'], 'the page after the cursor, in id order')
+})
+
 t.test('the document column holds exactly serializeSessionFile\'s bytes; the columns are derived from the file', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return
