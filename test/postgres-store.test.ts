@@ -286,6 +286,23 @@ t.test('a page of the archive pass past many sessions that finished at one insta
   t.same(page.ids, ['s02501', 's02502', 's02503'], 'the page after the cursor, in id order')
 })
 
+t.test('statements prepared before a newer replica\'s migration changed a column\'s type are prepared anew: no read or save fails for it', async (t) => {
+  const url = await testDatabase(t)
+  if (url === null) return
+  const store = await openStore(t, url, { max: 3 })
+  const db = inspector(t, url)
+  const ids = ['p1', 'p2', 'p3']
+  for (const id of ids) await store.save(contractSession(id, ['Pending']))
+  // Every connection of the pool prepares the list's statement.
+  await Promise.all(ids.map(async () => store.listActive(0, 10)))
+  // A type the list returns changes under it (a migration of a later version may do so).
+  await db.query('ALTER TABLE sessions ALTER COLUMN session_id TYPE varchar(128)')
+  const lists = await Promise.all([...ids, ...ids].map(async () => store.listActive(0, 10)))
+  for (const list of lists) t.same(list.sessions.map((summary) => summary.session_id).sort(), ids, 'the list answers')
+  await store.save(contractSession('p4', ['Pending']))
+  t.same((await store.listActive(0, 10)).total, 4, 'and saves go on')
+})
+
 t.test('the document column holds exactly serializeSessionFile\'s bytes; the columns are derived from the file', async (t) => {
   const url = await testDatabase(t)
   if (url === null) return

@@ -36,6 +36,16 @@ export function breaksConnection (err: unknown): boolean {
 }
 
 /**
+ * A statement this connection prepared no longer fits the schema (0A000, "cached plan must not
+ * change result type": a newer replica's migration changed the type of a column it returns). The
+ * statement did not run; the connection must be dropped, as a new one prepares it anew. Our
+ * statements are fixed, so no other unsupported feature can answer them once the migrations ran.
+ */
+export function stalePlan (err: unknown): boolean {
+  return sqlState(err) === '0A000'
+}
+
+/**
  * A failure that may pass when tried again: the connection's (breaksConnection), the server's
  * resources or load (class 53: too many connections; the full states, out of disk or memory,
  * are a StorageError's `full`, which callers judge first; 58: its I/O), a conflict

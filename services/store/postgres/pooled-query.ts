@@ -1,6 +1,6 @@
 /** One statement on a pooled connection, and how it failed. */
 import type pg from 'pg'
-import { breaksConnection } from './pg-errors.js'
+import { breaksConnection, stalePlan } from './pg-errors.js'
 
 /** A statement's bounds on a pooled connection (see pooledQuery()). */
 export interface Bound {
@@ -23,6 +23,18 @@ export class QueryFailure {
  * its time (a transaction with its own statement_timeout, which a host's pool never keeps).
  */
 export async function pooledQuery<R extends pg.QueryResultRow> (pool: pg.Pool, config: pg.QueryConfig, bound?: Bound): Promise<pg.QueryResult<R>> {
+  // A stale plan did not run the statement, and its connection is dropped: tried again, on
+  // another connection or a new one, until every stale one of the pool is gone.
+  for (let tries = 1; ; tries++) {
+    try {
+      return await queryOnce<R>(pool, config, bound)
+    } catch (err) {
+      if (!(err instanceof QueryFailure) || !stalePlan(err.cause) || tries > pool.options.max) throw err
+    }
+  }
+}
+
+async function queryOnce<R extends pg.QueryResultRow> (pool: pg.Pool, config: pg.QueryConfig, bound?: Bound): Promise<pg.QueryResult<R>> {
   let client: pg.PoolClient
   try {
     client = await pool.connect()
@@ -51,7 +63,11 @@ export async function pooledQuery<R extends pg.QueryResultRow> (pool: pg.Pool, c
       throw err
     }
   } catch (err) {
-    if (!breaksConnection(err)) throw new QueryFailure(err, true)
+    if (!breaksConnection(err)) {
+      // Its prepared statements no longer fit the schema: each would fail again on it.
+      if (stalePlan(err)) broken ??= err as Error
+      throw new QueryFailure(err, true)
+    }
     broken ??= err instanceof Error ? err : new Error(String(err))
     throw new QueryFailure(err, true, backendOf(client))
   } finally {
