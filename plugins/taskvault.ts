@@ -170,14 +170,26 @@ function sessionIdOf (part: unknown): string | undefined {
 async function registerOnStore (instance: FastifyInstance, options: TaskvaultOptions, metricsPrefix: string): Promise<void> {
   await instance.register(taskManagerPlugin, pick(TaskManagerOptionsSchema, options))
   await instance.register(archiverPlugin, pick(ArchiverOptionsSchema, options))
+  let unregister = noop
   if (options.metricsRegistry !== undefined) {
     // Subscribed now, before onReady, so the restore and every save are seen.
     // The streams' hub is decorated below, before any scrape.
     const streams = (): number => instance.hasDecorator('eventStreams') ? instance.eventStreams.size : 0
     const { dbPingTimeoutMs } = resolveSettings({ dbPingTimeoutMs: 'TASK_DB_PING_TIMEOUT_MS' }, options, appSettings(instance))
-    const unregister = registerTaskvaultMetrics({ registry: options.metricsRegistry, prefix: metricsPrefix, manager: instance.taskManager, store: instance.persistence, streams, readWithinMs: dbPingTimeoutMs })
+    unregister = registerTaskvaultMetrics({ registry: options.metricsRegistry, prefix: metricsPrefix, manager: instance.taskManager, store: instance.persistence, streams, readWithinMs: dbPingTimeoutMs })
     instance.addHook('onClose', async () => unregister())
   }
+  try {
+    await registerRoutes(instance, options)
+  } catch (err) {
+    // The host's registry must not keep reading a store let go, nor refuse a retry's metrics as taken.
+    unregister()
+    throw err
+  }
+}
+
+/** The events and the routes, in `instance` (the plugin's context). */
+async function registerRoutes (instance: FastifyInstance, options: TaskvaultOptions): Promise<void> {
   await instance.register(eventsPlugin, pick(EventsOptionsSchema, options))
   // A streamed answer or backup whose client stopped reading is cut once the running tasks'
   // grace and the streams' time for their last bytes are over, as the standalone server cuts any answer.

@@ -715,6 +715,21 @@ t.test('a registration that fails past the store (agents naming a variable not s
   t.equal(again.err, null, 'the same replica id registers again at once')
 })
 
+t.test('a registration that fails on its routes (a path the host took) leaves no metrics in the host\'s registry: a retry registers them', async (t) => {
+  const registry = new Registry()
+  const dir = await tempDir(t)
+  const failing = Fastify({ logger: false })
+  failing.post('/t/create', async () => ({}))
+  const err = await failing.register(taskvault, { prefix: '/t', storageDir: dir, metricsRegistry: registry }).then(() => null, (e: Error) => e)
+  t.match(err?.message, /already declared|duplicated/iu, 'the registration fails on the route')
+  t.notMatch(await registry.metrics(), /taskvault_/u, 'none of its metrics are left to read a store let go')
+  const retry = Fastify({ logger: false })
+  t.teardown(() => retry.close())
+  await retry.register(taskvault, { prefix: '/t', storageDir: dir, metricsRegistry: registry })
+  await retry.ready()
+  t.match(await registry.metrics(), /^taskvault_ready 1$/mu, 'the retry\'s metrics, of its own store')
+})
+
 t.test('a host closing while it starts leaves a recorded background run for the next start, logged at info, not as an error', async (t) => {
   const dir = await tempDir(t)
   const slow: Executor = async (_task, { signal }) => await new Promise((resolve, reject) => {
