@@ -43,6 +43,8 @@ export const TaskvaultOptionsSchema = Type.Object({
   metricsRegistry: Type.Optional(Type.Unsafe<Registry>(Type.Object({ registerMetric: FunctionOption, getSingleMetric: FunctionOption, removeSingleMetric: FunctionOption }))),
   /** Prefix of those metric names (default `taskvault_`); two taskvaults sharing a registry need two prefixes. */
   metricsPrefix: Type.Optional(Type.String({ pattern: '^[a-zA-Z_:][a-zA-Z0-9_:]*$' })),
+  /** Put before the operationIds of this registration's routes in the OpenAPI document (default none); two taskvaults in one document need two, as its operationIds must be unique. */
+  operationIdPrefix: Type.Optional(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' })),
   ...PersistenceOptionsSchema.properties,
   ...TaskManagerOptionsSchema.properties,
   ...ArchiverOptionsSchema.properties,
@@ -101,7 +103,7 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
       if (error instanceof TaskvaultError) error.message = inTermsOf(instance, OPTION_SETTINGS, error.message)
       await errorHandler(error, request, reply)
     })
-    instance.addHook('onRoute', documentRoute)
+    instance.addHook('onRoute', (route) => { documentRoute(route, options.operationIdPrefix ?? '') })
     instance.addHook('preHandler', bindSessionLogger)
     instance.addHook('preSerialization', errorShape)
     // The host's own taskvault-auth (the standalone server registers one) guards these routes
@@ -134,12 +136,12 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
   }
 }, { name: 'taskvault', fastify: '5.x' })
 
-/** Adds the tags and summary of ROUTE_DOCS to each task route, for the OpenAPI document. */
-function documentRoute (route: RouteOptions & { routePath: string }): void {
+/** Adds the tags, summary and operationId (after `operationIdPrefix`) of ROUTE_DOCS to each task route, for the OpenAPI document. */
+function documentRoute (route: RouteOptions & { routePath: string }, operationIdPrefix: string): void {
   // routePath is the path as the route declares it, whatever prefixes the host adds.
   const methods = Array.isArray(route.method) ? route.method : [route.method]
   const doc = methods.map((method) => ROUTE_DOCS[`${method} ${route.routePath}`]).find((entry) => entry !== undefined)
-  if (doc !== undefined) route.schema = { ...doc, ...route.schema }
+  if (doc !== undefined) route.schema = { ...doc, operationId: operationIdPrefix + doc.operationId, ...route.schema }
 }
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')

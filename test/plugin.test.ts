@@ -573,6 +573,22 @@ t.test('the building blocks a host may misuse: config and routes check their opt
   t.match(docsError?.message, /OpenAPI document already/)
 })
 
+t.test('two registrations in one OpenAPI document, each given an operationIdPrefix: every operationId unique, the prefix before each', async (t) => {
+  const app = Fastify({ logger: false })
+  t.teardown(() => app.close())
+  await app.register(docsPlugin, {})
+  await app.register(taskvault, { prefix: '/reviews', storageDir: await tempDir(t), operationIdPrefix: 'reviews_' })
+  await app.register(taskvault, { prefix: '/builds', storageDir: await tempDir(t), decorate: false, operationIdPrefix: 'builds_' })
+  await app.ready()
+  const document = app.swagger() as { paths: Record<string, Record<string, { operationId?: string }>> }
+  const ids = Object.values(document.paths).flatMap((path) => Object.values(path).map((operation) => operation.operationId))
+  t.equal(new Set(ids).size, ids.length, `no operationId twice (${ids.length})`)
+  t.equal(document.paths['/reviews/create']?.post?.operationId, 'reviews_createTasks')
+  t.equal(document.paths['/builds/create']?.post?.operationId, 'builds_createTasks')
+  const bad = await Fastify({ logger: false }).register(taskvault, { storageDir: await tempDir(t), operationIdPrefix: 'no spaces' }).then(() => null, (e: Error) => e)
+  t.type(bad, InvalidOptionsError, 'a prefix that is no identifier is refused')
+})
+
 t.test('the task manager called by a host\'s own code refuses a bad session id or task (a blank instruction too, as POST /create does) with a 400, changing nothing', async (t) => {
   const app = host(t)
   const dir = await tempDir(t)
