@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs'
-import { mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { join, sep } from 'node:path'
 import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises'
 import { Readable } from 'node:stream'
@@ -564,6 +564,26 @@ t.test('archive/ bytes in stats follow archive, bring-back and delete', async (t
   t.equal((await get(app, '/stats')).json().storage.archive_bytes, await size('b.json'))
   await app.inject({ method: 'DELETE', url: `${API}/sessions/b` })
   t.match((await get(app, '/stats')).json(), { archived_sessions: 0, storage: { archive_bytes: 0 } })
+})
+
+t.test('archived files deleted by hand while the server runs (the seed\'s cleanup advice) leave lists, /stats and /progress at the next list with archived sessions', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  const app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30 } })
+  for (const id of ['a', 'b', 'c']) await finishedSession(app, id)
+  advance(31)
+  await post(app, '/archive', {})
+  const listed = async (): Promise<{ total: number, ids: string[] }> => {
+    const body = (await get(app, '/list?session_id=all&archived=only')).json()
+    return { total: body.total, ids: body.sessions.map((summary: { session_id: string }) => summary.session_id).sort() }
+  }
+  t.same(await listed(), { total: 3, ids: ['a', 'b', 'c'] }, 'every archived file read once')
+  await rm(join(dir, 'archive', 'a.json'))
+  await rm(join(dir, 'archive', 'c.json'))
+  t.same(await listed(), { total: 1, ids: ['b'] }, 'the list no longer shows them')
+  t.match((await get(app, '/stats')).json(), { archived_sessions: 1, storage: { archive_bytes: (await stat(join(dir, 'archive', 'b.json'))).size } })
+  t.equal((await get(app, '/progress?session_id=a')).statusCode, 404, 'nor does /progress')
+  t.equal((await get(app, '/progress?session_id=b')).statusCode, 200)
 })
 
 t.test('bringing back is crash-safe: a failed save leaves it archived, a failed removal leaves both copies', async (t) => {

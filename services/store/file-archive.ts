@@ -255,7 +255,28 @@ export class FileArchive {
     }
   }
 
-  /** Every archived session's summary; files not read yet are read now, in parallel. */
+  /**
+   * Drops from the index the files no longer in `archive/` (old archives deleted by hand, as the
+   * seed's maintenance advice does while the server runs), so lists, /stats and /progress stop
+   * showing them. Each is confirmed gone by name after the listing: one archived meanwhile stays.
+   */
+  private async forgetRemoved (): Promise<void> {
+    const listed = await this.fs.readdir(this.dir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return []
+      throw new StorageError(`listing ${this.dir}`, err)
+    })
+    const names = new Set(listed)
+    const missing = this.index.ids().flatMap((sessionId) => this.index.files(sessionId).filter((file) => !names.has(file.name)).map((file) => ({ sessionId, file })))
+    if (missing.length === 0) return
+    // The whole folder gone (a volume away for a while) says nothing of its files: kept.
+    await this.active.present()
+    for (const { sessionId, file } of missing) {
+      const gone = await this.fs.lstat(join(this.dir, file.name)).then(() => false, (err: NodeJS.ErrnoException) => err.code === 'ENOENT')
+      if (gone) this.index.forget(sessionId, file)
+    }
+  }
+
+  /** Every archived session's summary; files not read yet are read now, in parallel. Files removed by hand since are forgotten first. */
   async list (): Promise<{ sessions: readonly ArchivedSummary[], failures: LoadFailure[] }> {
     // Concurrent callers share one pass over the unread files; its failures are reported once.
     const started = this.summaryFill === null
@@ -373,6 +394,7 @@ export class FileArchive {
   }
 
   private async fillSummaries (): Promise<LoadFailure[]> {
+    await this.forgetRemoved()
     const limit = pLimit(this.readConcurrency)
     const failures: LoadFailure[] = []
     const unread = this.index.unsummarized().filter((sessionId) => !this.unopened.has(this.index.newest(sessionId)?.name ?? ''))
