@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs'
-import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join, sep } from 'node:path'
 import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises'
 import { Readable } from 'node:stream'
@@ -584,6 +584,30 @@ t.test('archived files deleted by hand while the server runs (the seed\'s cleanu
   t.match((await get(app, '/stats')).json(), { archived_sessions: 1, storage: { archive_bytes: (await stat(join(dir, 'archive', 'b.json'))).size } })
   t.equal((await get(app, '/progress?session_id=a')).statusCode, 404, 'nor does /progress')
   t.equal((await get(app, '/progress?session_id=b')).statusCode, 200)
+})
+
+t.test('a session file moved into archive/ by hand while the server runs (the seed\'s manual archiving) is archived by the next pass, not failing every pass; a delete removes both copies', async (t) => {
+  const dir = await tempDir(t)
+  const { clock, advance } = movableClock()
+  let app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30 } })
+  for (const id of ['moved', 'kept']) await finishedSession(app, id)
+  await mkdir(join(dir, 'archive'))
+  await rename(join(dir, 'moved.json'), join(dir, 'archive', 'moved.json'))
+  advance(31)
+  const pass = await post(app, '/archive', {})
+  t.equal(pass.statusCode, 200, pass.body)
+  t.same(pass.json().archived_ids.sort(), ['kept', 'moved'])
+  const copies = (await archived(dir)).filter((name) => name.startsWith('moved.'))
+  t.equal(copies.length, 2, `the copy moved by hand and the one archived: ${copies.join(', ')}`)
+  t.same(await jsonFiles(dir), [], 'no active file left')
+  const list = (await get(app, '/list?session_id=all&archived=only')).json()
+  t.same(list.sessions.map((summary: { session_id: string }) => summary.session_id).sort(), ['kept', 'moved'], 'listed once')
+  t.match((await get(app, '/list?session_id=moved')).json(), { archived: true, total: 2 }, 'read as archived')
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/moved` })).statusCode, 204)
+  t.same((await archived(dir)).filter((name) => name.startsWith('moved.')), [], 'both copies deleted')
+  await app.close()
+  app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30 } })
+  t.equal((await get(app, '/list?session_id=moved')).statusCode, 404, 'and it stays deleted after a restart')
 })
 
 t.test('bringing back is crash-safe: a failed save leaves it archived, a failed removal leaves both copies', async (t) => {

@@ -2,7 +2,7 @@ import { join } from 'node:path'
 import pLimit from 'p-limit'
 import type { SessionFile } from '../../schemas/session.js'
 import { ArchiveIndex, summarize, type ArchiveTotals, type ArchivedFile, type ArchivedSummary } from '../archive/archive-index.js'
-import { KeyUnavailableError, StaleArchivedCopyError, StorageError } from '../errors.js'
+import { KeyUnavailableError, StaleArchivedCopyError, StorageError, TaskvaultError } from '../errors.js'
 import type { FolderFiles } from './folder-files.js'
 import type { KidProof } from './key-checks.js'
 import type { FsSeam } from './fs-seam.js'
@@ -143,11 +143,14 @@ export class FileArchive {
         if (!Number.isSafeInteger(stamp)) throw new Error(`archive/ holds ${newest?.name ?? `copies of '${sessionId}'`}, stamped past the last stamp taskvault can name a later copy by; rename or remove it`)
         name = stamp === 0 ? `${sessionId}.json` : `${sessionId}.${stamp}.json`
         // Only ENOENT means the name is free; any other lstat error stops the move rather than risk an overwrite.
-        const taken = await this.fs.lstat(join(this.dir, name)).then(() => true, (err: NodeJS.ErrnoException) => {
-          if (err.code === 'ENOENT') return false
+        const taken = await this.fs.lstat(join(this.dir, name)).catch((err: NodeJS.ErrnoException) => {
+          if (err.code === 'ENOENT') return null
           throw err
         })
-        if (!taken) break
+        if (taken === null) break
+        // A copy put there by hand since the index was made (the seed's manual archiving, while
+        // the server runs): indexed as the older copy it is, so a delete removes it too.
+        if (taken.isFile() && !this.index.files(sessionId).some((file) => file.name === name)) this.index.add(sessionId, { name, bytes: taken.size, stamp }, null)
         stamp = Math.max(stamp + 1, Date.now())
       }
     } catch (err) {
@@ -155,8 +158,16 @@ export class FileArchive {
     }
     await this.active.confirmHeld()
     try {
-      await this.fs.rename(source, join(this.dir, name))
+      await this.fs.rename(source, join(this.dir, name)).catch(async (err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err
+        // The active file is gone from under the server (moved into archive/ or deleted by hand):
+        // a session is archived only once saved as it is in memory, so that is written again, and moved.
+        await this.active.present()
+        await this.active.save(file)
+        await this.fs.rename(source, join(this.dir, name))
+      })
     } catch (err) {
+      if (err instanceof TaskvaultError) throw err
       throw new StorageError(operation, err as NodeJS.ErrnoException)
     }
     // The file is in archive/ now, whatever fails next: the index says so.
