@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { createGunzip, gzipSync } from 'node:zlib'
 import Fastify, { type FastifyInstance } from 'fastify'
 import pg from 'pg'
-import { Registry } from 'prom-client'
+import { Gauge, Registry } from 'prom-client'
 import t, { type Test } from 'tap'
 import taskvault, { AgentError, InvalidOptionsError, type Executor, type TaskvaultOptions } from '../index.js'
 import { DatabaseUnavailableError } from '../services/errors.js'
@@ -744,6 +744,16 @@ t.test('a registration that fails on its routes (a path the host took) leaves no
   await retry.register(taskvault, { prefix: '/t', storageDir: dir, metricsRegistry: registry })
   await retry.ready()
   t.match(await registry.metrics(), /^taskvault_ready 1$/mu, 'the retry\'s metrics, of its own store')
+  await failing.close()
+  t.match(await registry.metrics(), /^taskvault_ready 1$/mu, 'the failed host closing later leaves the retry\'s metrics')
+
+  // A name of the host's own met partway (its own `app_ready`): the registration stops, and only what it made goes.
+  const shared = new Registry()
+  shared.registerMetric(new Gauge({ name: 'app_ready', help: 'the host\'s own', registers: [] }))
+  const clash = Fastify({ logger: false })
+  const clashed = await clash.register(taskvault, { storageDir: await tempDir(t), metricsRegistry: shared, metricsPrefix: 'app_' }).then(() => null, (e: Error) => e)
+  t.match(clashed?.message, /app_ready/u)
+  t.same(shared.getMetricsAsArray().map((metric) => metric.name), ['app_ready'], 'the host\'s metric alone is left')
 })
 
 t.test('a host closing while it starts leaves a recorded background run for the next start, logged at info, not as an error', async (t) => {

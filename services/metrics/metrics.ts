@@ -33,9 +33,29 @@ const AGENT_BUCKETS = [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
  * from the manager at scrape time, so they are right whenever the registry was attached;
  * saves and agent calls are observed as events. Returns a function that detaches them all.
  */
-export function registerTaskvaultMetrics ({ registry, manager, store, prefix, streams, readWithinMs = Number.POSITIVE_INFINITY }: TaskvaultMetricsOptions): () => void {
-  const registers = [registry]
+export function registerTaskvaultMetrics (options: TaskvaultMetricsOptions): () => void {
+  const { registry } = options
+  // Names held before: one taken partway (a host's own metric) stops the registration, and only those made here go.
+  const before = new Set(registry.getMetricsAsArray().map((metric) => metric.name))
   const names: string[] = []
+  let detach: () => void
+  try {
+    detach = createMetrics(options, names)
+  } catch (err) {
+    for (const name of names) if (!before.has(name)) registry.removeSingleMetric(name)
+    throw err
+  }
+  // Only this registration's own metrics, once: the names may be another registration's by the time it is called.
+  const own = names.map((name) => [name, registry.getSingleMetric(name)] as const)
+  return () => {
+    detach()
+    for (const [name, metric] of own) if (registry.getSingleMetric(name) === metric) registry.removeSingleMetric(name)
+  }
+}
+
+/** Creates the metrics, their names pushed to `names` as each is made; returns what detaches their listeners. */
+function createMetrics ({ registry, manager, store, prefix, streams, readWithinMs = Number.POSITIVE_INFINITY }: TaskvaultMetricsOptions, names: string[]): () => void {
+  const registers = [registry]
   const name = (suffix: string): string => {
     names.push(prefix + suffix)
     return prefix + suffix
@@ -176,7 +196,6 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix, st
   const finished = new Counter({ name: name('tasks_finished_total'), help: 'Tasks that reached Completed or Failed (once durable), by status', labelNames: ['status'], registers })
   for (const status of ['Completed', 'Failed']) finished.inc({ status }, 0)
   const onFinished = (event: TaskFinishedEvent): void => { finished.inc({ status: event.status }) }
-  manager.events.on('task-finished', onFinished)
   if (store.space !== undefined) {
     // Left out for a store that reports no space, and on a scrape whose reading failed (the
     // folder gone, as /stats leaves them out): a 0, or the last reading, would look like a fact.
@@ -184,13 +203,14 @@ export function registerTaskvaultMetrics ({ registry, manager, store, prefix, st
     registry.registerMetric(new ReadingGauge(name('storage_capacity_bytes'), 'Size of the filesystem holding the storage folder', async () => (await manager.disk.read())?.total_bytes ?? null) as unknown as Metric)
   }
 
+  // Listening only once every metric is made: a registration stopped partway leaves no listener.
   store.events?.on('save', onSave)
   manager.events.on('agent-call', onAgentCall)
+  manager.events.on('task-finished', onFinished)
   return () => {
     store.events?.off('save', onSave)
     manager.events.off('agent-call', onAgentCall)
     manager.events.off('task-finished', onFinished)
-    for (const metric of names) registry.removeSingleMetric(metric)
   }
 }
 
