@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs'
-import { mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises'
 import { join, sep } from 'node:path'
 import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises'
 import { Readable } from 'node:stream'
@@ -569,21 +569,38 @@ t.test('archive/ bytes in stats follow archive, bring-back and delete', async (t
 t.test('archived files deleted by hand while the server runs (the seed\'s cleanup advice) leave lists, /stats and /progress at the next list with archived sessions', async (t) => {
   const dir = await tempDir(t)
   const { clock, advance } = movableClock()
-  const app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30 } })
-  for (const id of ['a', 'b', 'c']) await finishedSession(app, id)
+  let listings = 0
+  const fs: FsSeam = {
+    ...nodeFs,
+    readdir: (async (path: string, ...rest: unknown[]) => {
+      if (path === join(dir, 'archive')) listings++
+      return (nodeFs.readdir as (...args: unknown[]) => Promise<unknown>)(path, ...rest)
+    }) as FsSeam['readdir']
+  }
+  const app = await build(t, { dir, clock, fs, config: { TASK_ARCHIVE_DAYS: 30 } })
+  for (const id of ['a', 'b', 'c', 'd']) await finishedSession(app, id)
   advance(31)
   await post(app, '/archive', {})
   const listed = async (): Promise<{ total: number, ids: string[] }> => {
     const body = (await get(app, '/list?session_id=all&archived=only')).json()
     return { total: body.total, ids: body.sessions.map((summary: { session_id: string }) => summary.session_id).sort() }
   }
-  t.same(await listed(), { total: 3, ids: ['a', 'b', 'c'] }, 'every archived file read once')
+  t.same(await listed(), { total: 4, ids: ['a', 'b', 'c', 'd'] }, 'every archived file read once')
   await rm(join(dir, 'archive', 'a.json'))
   await rm(join(dir, 'archive', 'c.json'))
-  t.same(await listed(), { total: 1, ids: ['b'] }, 'the list no longer shows them')
-  t.match((await get(app, '/stats')).json(), { archived_sessions: 1, storage: { archive_bytes: (await stat(join(dir, 'archive', 'b.json'))).size } })
+  t.same(await listed(), { total: 2, ids: ['b', 'd'] }, 'the list no longer shows them')
+  t.match((await get(app, '/stats')).json(), { archived_sessions: 2, storage: { archive_bytes: (await stat(join(dir, 'archive', 'b.json'))).size * 2 } })
   t.equal((await get(app, '/progress?session_id=a')).statusCode, 404, 'nor does /progress')
   t.equal((await get(app, '/progress?session_id=b')).statusCode, 200)
+  // A folder whose mtime has settled is listed again only once it changes.
+  const past = new Date(Date.now() - 60_000)
+  await utimes(join(dir, 'archive'), past, past)
+  await listed()
+  const before = listings
+  t.same(await listed(), { total: 2, ids: ['b', 'd'] })
+  t.equal(listings, before, 'an unchanged archive/ is not listed again')
+  await rm(join(dir, 'archive', 'd.json'))
+  t.same(await listed(), { total: 1, ids: ['b'] }, 'a removal changes its mtime: listed again')
 })
 
 t.test('a session file moved into archive/ by hand while the server runs (the seed\'s manual archiving) is archived by the next pass, not failing every pass; a delete removes both copies', async (t) => {

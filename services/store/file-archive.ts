@@ -10,6 +10,9 @@ import { ARCHIVED_FILE, TEMP_FILE, fsyncDir, readWhole, tempNames } from './sess
 import { clearUpdatedAt, type ArchivedSession, type LoadFailure, type SaveOptions, type StoredCopy } from './store.js'
 import { noop } from '../noop.js'
 
+/** The coarsest step of a folder's mtime among the file systems a storage folder may be on (FAT's). */
+const MTIME_GRANULARITY_MS = 2_000
+
 /** What the archive needs from the active half of the file store. */
 export interface ActiveFolder {
   pathFor(sessionId: string): string
@@ -53,6 +56,8 @@ export class FileArchive {
   private readonly tempName = tempNames()
   /** The copy an archive renamed into `archive/` before failing with its outcome unknown, by session (see undoArchive). */
   private readonly doubtful = new Map<string, string>()
+  /** archive/'s mtime when a listing last matched the index (forgetRemoved), else null. */
+  private listedMtime: number | null = null
 
   constructor (options: FileArchiveOptions) {
     this.dir = options.dir
@@ -272,19 +277,28 @@ export class FileArchive {
    * showing them. Each is confirmed gone by name after the listing: one archived meanwhile stays.
    */
   private async forgetRemoved (): Promise<void> {
-    const listed = await this.fs.readdir(this.dir).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT') return []
-      throw new StorageError(`listing ${this.dir}`, err)
-    })
+    const failed = (err: NodeJS.ErrnoException): never => { throw new StorageError(`listing ${this.dir}`, err) }
+    const stat = await this.fs.lstat(this.dir).catch((err: NodeJS.ErrnoException) => err.code === 'ENOENT' ? null : failed(err))
+    // Unchanged since a listing that matched the index: nothing was removed (a listing of many
+    // files costs more than the list it precedes). Stat first: a removal during the listing changes it again.
+    if (stat !== null && stat.mtimeMs === this.listedMtime) return
+    const listed = stat === null ? [] : await this.fs.readdir(this.dir).catch((err: NodeJS.ErrnoException) => err.code === 'ENOENT' ? [] : failed(err))
+    // A time within the coarsest granularity of a folder's mtime (2 s on FAT) may not move for
+    // a removal right after: such a folder is listed again next time.
+    const settled = stat !== null && Date.now() - stat.mtimeMs > MTIME_GRANULARITY_MS ? stat.mtimeMs : null
+    this.listedMtime = null
     const names = new Set(listed)
     const missing = this.index.ids().flatMap((sessionId) => this.index.files(sessionId).filter((file) => !names.has(file.name)).map((file) => ({ sessionId, file })))
-    if (missing.length === 0) return
-    // The whole folder gone (a volume away for a while) says nothing of its files: kept.
-    await this.active.present()
-    for (const { sessionId, file } of missing) {
-      const gone = await this.fs.lstat(join(this.dir, file.name)).then(() => false, (err: NodeJS.ErrnoException) => err.code === 'ENOENT')
-      if (gone) this.index.forget(sessionId, file)
+    if (missing.length > 0) {
+      // The whole folder gone (a volume away for a while) says nothing of its files: kept.
+      await this.active.present()
+      const limit = pLimit(this.readConcurrency)
+      await Promise.all(missing.map(({ sessionId, file }) => limit(async () => {
+        const gone = await this.fs.lstat(join(this.dir, file.name)).then(() => false, (err: NodeJS.ErrnoException) => err.code === 'ENOENT')
+        if (gone) this.index.forget(sessionId, file)
+      })))
     }
+    this.listedMtime = settled
   }
 
   /** Every archived session's summary; files not read yet are read now, in parallel. Files removed by hand since are forgotten first. */
