@@ -262,11 +262,12 @@ export function archivableSessions (cutoff: Date, limit: number, after: { finish
     // The cursor's time as JSON gives it: `::text` follows DateStyle, whose zone abbreviations may read back otherwise.
     // Ordered by the columns, named as such: `finished_at` alone there is the text above, which
     // sorts every candidate on every page and, where an offset changes (summer time's end), out of order.
+    // Two texts, not `$3 IS NULL OR ...`: a generic plan (plan_cache_mode) cannot seek the index past an OR.
     text: `SELECT session_id, to_json(finished_at)#>>'{}' AS finished_at FROM sessions
       WHERE archived_at IS NULL AND finished_at IS NOT NULL AND finished_at < $1 AND owner IS NULL
-        AND ($3::timestamptz IS NULL OR (finished_at, session_id) > ($3::timestamptz, $4::text))
+        ${after === null ? '' : 'AND (finished_at, session_id) > ($3::timestamptz, $4::text)'}
       ORDER BY sessions.finished_at, sessions.session_id LIMIT $2`,
-    values: [cutoff, limit, after?.finishedAt ?? null, after?.sessionId ?? null]
+    values: after === null ? [cutoff, limit] : [cutoff, limit, after.finishedAt, after.sessionId]
   }
 }
 
