@@ -38,22 +38,25 @@ export default fp<DocsPluginOptions>(async function docsPlugin (app, options) {
       // Relative: the API is wherever this document is served from.
       servers: [{ url: '/', description: 'The server serving this document' }],
       tags: TAGS,
-      // Said either way, so clients and linters know whether to send a key.
-      ...(options.bearerAuth === true
-        ? { components: { securitySchemes: { apiKey: { type: 'http', scheme: 'bearer', description: 'One of TASK_API_KEYS' } } }, security: [{ apiKey: [] }] }
-        : { security: [] })
+      // Said either way, so clients and linters know whether to send a key. The scheme is there
+      // either way: a registration with keys of its own names it on its routes (see bySecurity).
+      components: { securitySchemes: { apiKey: API_KEY_SCHEME } },
+      security: options.bearerAuth === true ? [{ apiKey: [] }] : []
     },
     transformObject: (document) => {
       if (!('openapiObject' in document)) return document.swaggerObject
-      const openapi = markOptionalBodies(document.openapiObject as OpenApiDocument)
-      // Without keys no route answers 401: a client generated from the document should not expect one.
-      return options.bearerAuth === true ? openapi : withoutUnauthorized(openapi)
+      return bySecurity(markOptionalBodies(document.openapiObject as OpenApiDocument), options.bearerAuth === true)
     }
   })
   await app.register(swaggerUi, { routePrefix: options.routePrefix ?? '/documentation' })
 }, { name: 'taskvault-docs', fastify: '5.x' })
 
-interface OpenApiDocument { paths?: Record<string, Record<string, { [BODY_OPTIONAL]?: boolean, requestBody?: { required?: boolean }, responses?: Record<string, unknown> }>> }
+const API_KEY_SCHEME = { type: 'http' as const, scheme: 'bearer', description: 'One of TASK_API_KEYS' }
+
+interface OpenApiDocument {
+  paths?: Record<string, Record<string, { [BODY_OPTIONAL]?: boolean, requestBody?: { required?: boolean }, responses?: Record<string, unknown>, security?: unknown[] }>>
+  components?: { securitySchemes?: Record<string, unknown> }
+}
 
 /** @fastify/swagger marks every declared body required; a route that takes none says so with BODY_OPTIONAL. */
 function markOptionalBodies (document: OpenApiDocument): OpenApiDocument {
@@ -67,12 +70,23 @@ function markOptionalBodies (document: OpenApiDocument): OpenApiDocument {
   return document
 }
 
-/** The document without its 401 answers (the routes declare them for when keys are set). */
-function withoutUnauthorized (document: OpenApiDocument): OpenApiDocument {
+/**
+ * 401 answers only where a key is asked for: by the document (`bearerAuth`) or by the operation
+ * itself (a taskvault registration given `apiKeys` of its own says so on its routes). Without keys
+ * no route answers 401, and a client generated from the document should not expect one.
+ */
+function bySecurity (document: OpenApiDocument, bearerAuth: boolean): OpenApiDocument {
+  let keyed = bearerAuth
   for (const item of Object.values(document.paths ?? {})) {
     for (const operation of Object.values(item)) {
-      if (typeof operation === 'object' && operation !== null) delete operation.responses?.['401']
+      if (typeof operation !== 'object' || operation === null) continue
+      if ((operation.security ?? (bearerAuth ? [{}] : [])).length === 0) delete operation.responses?.['401']
+      else keyed = true
     }
   }
+  // No operation asks for a key: no scheme to offer.
+  if (!keyed) delete document.components?.securitySchemes?.apiKey
+  if (document.components?.securitySchemes !== undefined && Object.keys(document.components.securitySchemes).length === 0) delete document.components.securitySchemes
+  if (document.components !== undefined && Object.keys(document.components).length === 0) delete document.components
   return document
 }

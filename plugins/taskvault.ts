@@ -103,7 +103,9 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
       if (error instanceof TaskvaultError) error.message = inTermsOf(instance, OPTION_SETTINGS, error.message)
       await errorHandler(error, request, reply)
     })
-    instance.addHook('onRoute', (route) => { documentRoute(route, options.operationIdPrefix ?? '') })
+    // Keys of this registration's own: its routes say whether they ask for one, whatever the document says of the rest.
+    const security: Array<Record<string, string[]>> | undefined = options.apiKeys === undefined ? undefined : options.apiKeys.length > 0 ? [{ apiKey: [] }] : []
+    instance.addHook('onRoute', (route) => { documentRoute(route, options.operationIdPrefix ?? '', security) })
     instance.addHook('preHandler', bindSessionLogger)
     instance.addHook('preSerialization', errorShape)
     // The host's own taskvault-auth (the standalone server registers one) guards these routes
@@ -136,12 +138,12 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
   }
 }, { name: 'taskvault', fastify: '5.x' })
 
-/** Adds the tags, summary and operationId (after `operationIdPrefix`) of ROUTE_DOCS to each task route, for the OpenAPI document. */
-function documentRoute (route: RouteOptions & { routePath: string }, operationIdPrefix: string): void {
+/** Adds the tags, summary and operationId (after `operationIdPrefix`) of ROUTE_DOCS to each task route, and its `security` when the registration has keys of its own, for the OpenAPI document. */
+function documentRoute (route: RouteOptions & { routePath: string }, operationIdPrefix: string, security: Array<Record<string, string[]>> | undefined): void {
   // routePath is the path as the route declares it, whatever prefixes the host adds.
   const methods = Array.isArray(route.method) ? route.method : [route.method]
   const doc = methods.map((method) => ROUTE_DOCS[`${method} ${route.routePath}`]).find((entry) => entry !== undefined)
-  if (doc !== undefined) route.schema = { ...doc, operationId: operationIdPrefix + doc.operationId, ...route.schema }
+  if (doc !== undefined) route.schema = { ...doc, operationId: operationIdPrefix + doc.operationId, ...(security !== undefined && { security }), ...route.schema }
 }
 
 const SESSION_ID = new RegExp(SESSION_ID_PATTERN, 'u')

@@ -589,6 +589,32 @@ t.test('two registrations in one OpenAPI document, each given an operationIdPref
   t.type(bad, InvalidOptionsError, 'a prefix that is no identifier is refused')
 })
 
+t.test('registrations that differ on keys in one OpenAPI document: each route says whether it asks for one, and only those that do list a 401', async (t) => {
+  type Operation = { security?: unknown[], responses: Record<string, unknown> }
+  const documentOf = async (bearerAuth: boolean): Promise<{ app: FastifyInstance, paths: Record<string, Record<string, Operation>>, schemes: unknown }> => {
+    const app = Fastify({ logger: false })
+    t.teardown(() => app.close())
+    await app.register(docsPlugin, { bearerAuth })
+    await app.register(taskvault, { prefix: '/open', storageDir: await tempDir(t), operationIdPrefix: 'open_', apiKeys: [] })
+    await app.register(taskvault, { prefix: '/keyed', storageDir: await tempDir(t), decorate: false, operationIdPrefix: 'keyed_', apiKeys: ['secret-key'] })
+    await app.ready()
+    const document = app.swagger() as unknown as { paths: Record<string, Record<string, Operation>>, components?: { securitySchemes?: unknown } }
+    return { app, paths: document.paths, schemes: document.components?.securitySchemes }
+  }
+  for (const bearerAuth of [false, true]) {
+    const { app, paths, schemes } = await documentOf(bearerAuth)
+    const keyed = paths['/keyed/create']?.post
+    const open = paths['/open/create']?.post
+    t.same(keyed?.security, [{ apiKey: [] }], `bearerAuth ${String(bearerAuth)}: the keyed registration asks for a key`)
+    t.ok(keyed?.responses['401'] !== undefined, 'and lists its 401')
+    t.same(open?.security, [], 'the open one asks for none')
+    t.equal(open?.responses['401'], undefined, 'and lists no 401')
+    t.match(schemes, { apiKey: { type: 'http', scheme: 'bearer' } }, 'the scheme named is defined')
+    t.equal((await app.inject({ method: 'POST', url: '/keyed/create', payload: { session_id: 's', instructions: 'a' } })).statusCode, 401, 'as the keyed routes answer')
+    t.equal((await app.inject({ method: 'POST', url: '/open/create', payload: { session_id: 's', instructions: 'a' } })).statusCode, 200, 'and the open ones')
+  }
+})
+
 t.test('the task manager called by a host\'s own code refuses a bad session id or task (a blank instruction too, as POST /create does) with a 400, changing nothing', async (t) => {
   const app = host(t)
   const dir = await tempDir(t)
