@@ -103,8 +103,10 @@ export default fp<TaskvaultOptions>(async function taskvault (app, options) {
       if (error instanceof TaskvaultError) error.message = inTermsOf(instance, OPTION_SETTINGS, error.message)
       await errorHandler(error, request, reply)
     })
-    // Keys of this registration's own: its routes say whether they ask for one, whatever the document says of the rest.
-    const security: Array<Record<string, string[]>> | undefined = options.apiKeys === undefined ? undefined : options.apiKeys.length > 0 ? [{ apiKey: [] }] : []
+    // Keys of this registration's own: its routes say whether they ask for one, whatever the document
+    // says of the rest. Only in taskvault/docs's document, which defines the scheme: a host's own
+    // @fastify/swagger fails on a route naming a scheme its document lacks.
+    const security: Array<Record<string, string[]>> | undefined = options.apiKeys === undefined || !instance.hasPlugin('taskvault-docs') ? undefined : options.apiKeys.length > 0 ? [{ apiKey: [] }] : []
     instance.addHook('onRoute', (route) => { documentRoute(route, options.operationIdPrefix ?? '', security) })
     instance.addHook('preHandler', bindSessionLogger)
     instance.addHook('preSerialization', errorShape)

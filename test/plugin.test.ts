@@ -613,6 +613,13 @@ t.test('registrations that differ on keys in one OpenAPI document: each route sa
     t.equal((await app.inject({ method: 'POST', url: '/keyed/create', payload: { session_id: 's', instructions: 'a' } })).statusCode, 401, 'as the keyed routes answer')
     t.equal((await app.inject({ method: 'POST', url: '/open/create', payload: { session_id: 's', instructions: 'a' } })).statusCode, 200, 'and the open ones')
   }
+  // A host's own document, without the scheme: the routes name none, and the document builds.
+  const own = Fastify({ logger: false })
+  t.teardown(() => own.close())
+  await own.register(swagger, { openapi: { info: { title: 'host', version: '1' } } })
+  await own.register(taskvault, { prefix: '/keyed', storageDir: await tempDir(t), apiKeys: ['secret-key'] })
+  await own.ready()
+  t.ok((own.swagger() as unknown as { paths: Record<string, unknown> }).paths['/keyed/create'] !== undefined, 'a host\'s own @fastify/swagger lists the keyed routes')
 })
 
 t.test('the task manager called by a host\'s own code refuses a bad session id or task (a blank instruction too, as POST /create does) with a 400, changing nothing', async (t) => {
