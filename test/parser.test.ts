@@ -369,3 +369,17 @@ t.test('(stop 67 review) what shows nothing is blank; keywords are words after a
     }
   })
 })
+
+t.test('(stop 72 review) task numbers with a digit after, a lone CR before a condition\'s then, a stray fence before a block, a heading before task markers', async (t) => {
+  t.strictSame(parseInstructions('Task 1.5 is slower than task 2.5'), ['Task 1.5 is slower than task 2.5'], 'a decimal after "task" is prose')
+  t.strictSame(parseInstructions('Task 1.1: set up the DB\nTask 1.2: deploy it'), ['Task 1.1: set up the DB\nTask 1.2: deploy it'])
+  t.strictSame(parseInstructions('Task 3-4 first, then task 4-5'), ['Task 3-4 first, then task 4-5'])
+  t.strictSame(parseInstructions('First, check the build\rif it fails then revert'), ['First, check the build\rif it fails then revert'], 'a lone CR ends the clause as LF does')
+  t.strictSame(parseInstructions('First, check the build\nif it fails then revert'), ['First, check the build\nif it fails then revert'])
+  t.strictSame(parseInstructions('1. Run the stray fence check\n```\n2. Add to the config:\n~~~\n3. not an item\n~~~\n4. Deploy'),
+    ['Run the stray fence check\n```', 'Add to the config:\n~~~\n3. not an item\n~~~', 'Deploy'], 'a fence never closed keeps no later block from pairing')
+  t.strictSame(parseInstructions('Our database must not go down.\nPlease do the following:\nTask 1: back up\nTask 2: migrate'),
+    ['Our database must not go down.', 'back up', 'migrate'], 'the heading line goes, the text above it stays')
+  t.strictSame(parseInstructions('Our DB is prod.\nTask 1: a\nTask 2: b'), ['Our DB is prod.', 'a', 'b'], 'text above markers that start lines is a task, as above a list')
+  t.strictSame(parseInstructions('Be quick. Task 1: a Task 2: b'), ['Be quick. Task 1: a Task 2: b'], 'markers inside a sentence stay prose')
+})

@@ -35,11 +35,13 @@ function fenceOf (text: string): { run: string, rest: string } | null {
  */
 function fenceLines (lines: readonly string[]): Set<number> {
   const paired = new Set<number>()
+  const closers = longestClosers(lines)
   let open: { at: number, run: string } | null = null
   lines.forEach((line, at) => {
     if (open === null) {
       const opening = fenceOf(line) ?? fenceOf(itemOf(line) ?? '')
-      if (opening !== null) open = { at, run: opening.run }
+      // One never closed is plain text, and must not keep a later block from pairing.
+      if (opening !== null && (closers[at + 1]?.[opening.run[0] === '`' ? 0 : 1] ?? 0) >= opening.run.length) open = { at, run: opening.run }
       return
     }
     const closing = fenceOf(line)
@@ -49,9 +51,22 @@ function fenceLines (lines: readonly string[]): Set<number> {
   })
   return paired
 }
+/** For each line, the longest run of a line that could close a fence at it or after: [backticks, tildes]. One walk back. */
+function longestClosers (lines: readonly string[]): Array<[number, number]> {
+  const longest: Array<[number, number]> = Array.from({ length: lines.length + 1 }, (): [number, number] => [0, 0])
+  for (let at = lines.length - 1; at >= 0; at--) {
+    const [ticks, tildes] = longest[at + 1] as [number, number]
+    const closing = fenceOf(lines[at] as string)
+    const length = closing !== null && closing.rest.trim() === '' ? closing.run.length : 0
+    longest[at] = closing?.run[0] === '`' ? [Math.max(ticks, length), tildes] : [ticks, Math.max(tildes, length)]
+  }
+  return longest
+}
+
 /** Line ends: CRLF, LF, and a lone CR (old Mac text). */
 const LINE_END = /\r\n|[\n\r]/u
-const TASK_MARKER = /\btask\s+\d{1,9}\s*[:.)-]\s*/giu
+// As a list's number, no digit after its punctuation: "task 1.5" and "task 3-4" are prose.
+const TASK_MARKER = /\btask\s+\d{1,9}\s*[:.)-](?!\d)\s*/giu
 // "First of all" / "First off" are the marker whole; "First-time" or "First's" are words, not a marker.
 const STARTS_WITH_FIRST = /^\s*(?:first\s+of\s+all|first\s+off|first(?:ly)?)(?![\p{L}\p{N}_'\u2019-])[,:;.\u2013\u2014]?\s*/iu
 // "next" only counts after punctuation, so "read the next chapter" stays whole.
@@ -199,8 +214,10 @@ function taskMarkerItems (text: string): string[] | undefined {
   const lead = text.slice(0, first.start)
   const items = markers.map((marker, i) => text.slice(marker.end, markers[i + 1]?.start ?? text.length))
   if (isBlank(lead) || isHeading(lead)) return items
-  // An instruction introducing the markers ("Only use staging: Task 1: ...") is a task of its own; other text before them makes them prose.
-  return lead.trim().endsWith(':') ? [lead, ...items] : undefined
+  // An instruction introducing the markers ("Only use staging: Task 1: ...") is a task of its own,
+  // as is text above markers that start lines, as above a list (a heading line right before them
+  // dropped); other text before them makes them prose ("Be quick. Task 1: a Task 2: b").
+  return lead.trim().endsWith(':') || first.opens === 'line' ? withLead(lead, items) : undefined
 }
 
 type Opening = 'line' | 'sentence' | 'none'
@@ -284,7 +301,7 @@ function joins (text: string, from: number, at: number, marker: string): boolean
   // The clause the marker ends: back over the punctuation right before it ("if it fails, then").
   let stop = at
   while (stop > from && /[\s,;]/u.test(text[stop - 1] ?? '')) stop--
-  const clause = (text.slice(from, stop).split(/[,;.\n]/u).at(-1) ?? '').trimStart()
+  const clause = (text.slice(from, stop).split(/[,;.\n\r]/u).at(-1) ?? '').trimStart()
   // Opening it, or after a conjunction ("run the tests and if they fail then revert"); not "check if ..., then".
   return !/(?:^|\b(?:and|or|but)\s+)(?:if|when|whenever|unless|once)\b/iu.test(clause)
 }
