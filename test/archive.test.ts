@@ -592,15 +592,23 @@ t.test('archived files deleted by hand while the server runs (the seed\'s cleanu
   t.match((await get(app, '/stats')).json(), { archived_sessions: 2, storage: { archive_bytes: (await stat(join(dir, 'archive', 'b.json'))).size * 2 } })
   t.equal((await get(app, '/progress?session_id=a')).statusCode, 404, 'nor does /progress')
   t.equal((await get(app, '/progress?session_id=b')).statusCode, 200)
-  // A folder whose mtime has settled is listed again only once it changes.
+  // A folder whose times have settled (its ctime too, which utimes sets to now) is listed again only once it changes.
   const past = new Date(Date.now() - 60_000)
   await utimes(join(dir, 'archive'), past, past)
+  await sleep(2_100)
   await listed()
   const before = listings
   t.same(await listed(), { total: 2, ids: ['b', 'd'] })
   t.equal(listings, before, 'an unchanged archive/ is not listed again')
   await rm(join(dir, 'archive', 'd.json'))
   t.same(await listed(), { total: 1, ids: ['b'] }, 'a removal changes its mtime: listed again')
+  // The mtime set back after a removal (`touch -d`, rsync's times): the change time tells.
+  await utimes(join(dir, 'archive'), past, past)
+  await sleep(2_100)
+  await listed()
+  await rm(join(dir, 'archive', 'b.json'))
+  await utimes(join(dir, 'archive'), past, past)
+  t.same(await listed(), { total: 0, ids: [] }, 'a removal hidden behind an mtime set back is seen')
 })
 
 t.test('a session file moved into archive/ by hand while the server runs (the seed\'s manual archiving) is archived by the next pass, not failing every pass; a delete removes both copies', async (t) => {
@@ -625,6 +633,21 @@ t.test('a session file moved into archive/ by hand while the server runs (the se
   await app.close()
   app = await build(t, { dir, clock, config: { TASK_ARCHIVE_DAYS: 30 } })
   t.equal((await get(app, '/list?session_id=moved')).statusCode, 404, 'and it stays deleted after a restart')
+})
+
+t.test('a session moved into archive/ by hand that is stored past a TASK_MAX_SESSION_BYTES lowered since is archived all the same', async (t) => {
+  const dir = await tempDir(t)
+  let app = await build(t, { dir })
+  await createSession(app, 'big', `1. ${'x'.repeat(40_000)}\n2. b`)
+  await post(app, '/execute-all', { session_id: 'big' })
+  t.ok((await stat(join(dir, 'big.json'))).size > 65_536, 'stored past the bound set next')
+  await app.close()
+  app = await build(t, { dir, config: { TASK_MAX_SESSION_BYTES: 65_536 } })
+  await mkdir(join(dir, 'archive'))
+  await rename(join(dir, 'big.json'), join(dir, 'archive', 'big.json'))
+  const pass = await post(app, '/archive', { older_than_days: 0 })
+  t.same(pass.json().archived_ids, ['big'], pass.body)
+  t.match((await get(app, '/stats')).json(), { archived_sessions: 1, active_sessions: 0 })
 })
 
 t.test('bringing back is crash-safe: a failed save leaves it archived, a failed removal leaves both copies', async (t) => {

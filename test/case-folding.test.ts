@@ -105,6 +105,23 @@ t.test('a caseless folder: bringing an archived session back over an active one 
   t.match((await get(again, '/list?session_id=Notes')).json(), { archived: true, tasks: [{ status: 'Completed' }] })
 })
 
+t.test('a caseless folder: archiving a session whose name another archived session holds in another case leaves that one alone; deleting it deletes its own copy only', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, fs: caselessFs() })
+  await createSession(app, 'Notes', 'Summarize')
+  await post(app, '/execute-all', { session_id: 'Notes' })
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['Notes'])
+  await createSession(app, 'notes', 'Summarize again')
+  await post(app, '/execute-all', { session_id: 'notes' })
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['notes'])
+  const bytes = async (): Promise<number> => (await get(app, '/stats')).json().storage.archive_bytes
+  const before = await bytes()
+  t.equal((await app.inject({ method: 'DELETE', url: `${API}/sessions/notes` })).statusCode, 204)
+  t.same(await readdir(join(dir, 'archive')), ['Notes.json'], 'Notes\'s file is still there')
+  t.match((await get(app, '/list?session_id=Notes')).json(), { archived: true, tasks: [{ status: 'Completed' }] }, 'and Notes answers')
+  t.ok(await bytes() < before && await bytes() > 0, 'archive/ bytes count Notes\'s file once')
+})
+
 t.test('a caseless folder whose names each report an inode number of their own is told too', async (t) => {
   const dir = await tempDir(t)
   const fs = caselessFs({ distinctInodes: true })

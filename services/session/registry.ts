@@ -584,7 +584,7 @@ export class SessionRegistry {
           await this.putBack(slot.file, slot.owed, slot.bytes)
           slot.owed = null
         }
-        await this.store.archive(slot.file)
+        await this.store.archive(slot.file, { records: true, stored: slot.bytes })
         break
       case 'unarchive': {
         // Written even with auto-save off: the archived copy is removed right after.

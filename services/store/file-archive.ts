@@ -10,7 +10,7 @@ import { ARCHIVED_FILE, TEMP_FILE, fsyncDir, readWhole, tempNames } from './sess
 import { clearUpdatedAt, type ArchivedSession, type LoadFailure, type SaveOptions, type StoredCopy } from './store.js'
 import { noop } from '../noop.js'
 
-/** The coarsest step of a folder's mtime among the file systems a storage folder may be on (FAT's). */
+/** The coarsest step of a folder's times among the file systems a storage folder may be on (FAT's). */
 const MTIME_GRANULARITY_MS = 2_000
 
 /** What the archive needs from the active half of the file store. */
@@ -56,8 +56,8 @@ export class FileArchive {
   private readonly tempName = tempNames()
   /** The copy an archive renamed into `archive/` before failing with its outcome unknown, by session (see undoArchive). */
   private readonly doubtful = new Map<string, string>()
-  /** archive/'s mtime when a listing last matched the index (forgetRemoved), else null. */
-  private listedMtime: number | null = null
+  /** archive/'s device, inode, mtime and ctime when a listing last matched the index (forgetRemoved), else null. */
+  private listedVersion: string | null = null
 
   constructor (options: FileArchiveOptions) {
     this.dir = options.dir
@@ -131,7 +131,7 @@ export class FileArchive {
    * same id is never replaced: the later one is saved as `<id>.<ms>.json`, stamped after every
    * copy of the id already there.
    */
-  async archive (file: SessionFile): Promise<void> {
+  async archive (file: SessionFile, options?: SaveOptions): Promise<void> {
     const sessionId = file.session_id
     const source = this.active.pathFor(sessionId)
     this.active.assertWritable()
@@ -154,8 +154,11 @@ export class FileArchive {
         })
         if (taken === null) break
         // A copy put there by hand since the index was made (the seed's manual archiving, while
-        // the server runs): indexed as the older copy it is, so a delete removes it too.
-        if (taken.isFile() && !this.index.files(sessionId).some((file) => file.name === name)) this.index.add(sessionId, { name, bytes: taken.size, stamp }, null)
+        // the server runs): indexed as the older copy it is, so a delete removes it too. Only
+        // under its very name: in a folder that ignores case, `Notes.json` answers for `notes.json`.
+        if (taken.isFile() && !this.index.files(sessionId).some((file) => file.name === name) && (await this.fs.readdir(this.dir)).includes(name)) {
+          this.index.add(sessionId, { name, bytes: taken.size, stamp }, null)
+        }
         stamp = Math.max(stamp + 1, Date.now())
       }
     } catch (err) {
@@ -168,7 +171,7 @@ export class FileArchive {
         // The active file is gone from under the server (moved into archive/ or deleted by hand):
         // a session is archived only once saved as it is in memory, so that is written again, and moved.
         await this.active.present()
-        await this.active.save(file)
+        await this.active.save(file, options)
         await this.fs.rename(source, join(this.dir, name))
       })
     } catch (err) {
@@ -280,13 +283,16 @@ export class FileArchive {
     const failed = (err: NodeJS.ErrnoException): never => { throw new StorageError(`listing ${this.dir}`, err) }
     const stat = await this.fs.lstat(this.dir).catch((err: NodeJS.ErrnoException) => err.code === 'ENOENT' ? null : failed(err))
     // Unchanged since a listing that matched the index: nothing was removed (a listing of many
-    // files costs more than the list it precedes). Stat first: a removal during the listing changes it again.
-    if (stat !== null && stat.mtimeMs === this.listedMtime) return
+    // files costs more than the list it precedes). Stat first: a removal during the listing changes
+    // it again. The same folder, by its inode, and its change time too: a tool may set the mtime
+    // back (`touch -d`, `rsync -a` into a copy swapped in), which moves the ctime or the inode.
+    const version = stat === null ? null : `${stat.dev}:${stat.ino}:${stat.mtimeMs}:${stat.ctimeMs}`
+    if (version !== null && version === this.listedVersion) return
     const listed = stat === null ? [] : await this.fs.readdir(this.dir).catch((err: NodeJS.ErrnoException) => err.code === 'ENOENT' ? [] : failed(err))
-    // A time within the coarsest granularity of a folder's mtime (2 s on FAT) may not move for
+    // A time within the coarsest granularity of a folder's times (2 s on FAT) may not move for
     // a removal right after: such a folder is listed again next time.
-    const settled = stat !== null && Date.now() - stat.mtimeMs > MTIME_GRANULARITY_MS ? stat.mtimeMs : null
-    this.listedMtime = null
+    const settled = stat !== null && Date.now() - Math.max(stat.mtimeMs, stat.ctimeMs) > MTIME_GRANULARITY_MS ? version : null
+    this.listedVersion = null
     const names = new Set(listed)
     const missing = this.index.ids().flatMap((sessionId) => this.index.files(sessionId).filter((file) => !names.has(file.name)).map((file) => ({ sessionId, file })))
     if (missing.length > 0) {
@@ -298,7 +304,7 @@ export class FileArchive {
         if (gone) this.index.forget(sessionId, file)
       })))
     }
-    this.listedMtime = settled
+    this.listedVersion = settled
   }
 
   /** Every archived session's summary; files not read yet are read now, in parallel. Files removed by hand since are forgotten first. */

@@ -590,8 +590,8 @@ export class FileSessionStore implements SessionStore {
     return this.archived.open(options)
   }
 
-  archive (file: SessionFile): Promise<void> {
-    return this.archived.archive(file)
+  archive (file: SessionFile, options?: SaveOptions): Promise<void> {
+    return this.archived.archive(file, options)
   }
 
   archivedName (sessionId: string): string | null {

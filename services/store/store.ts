@@ -344,8 +344,11 @@ export interface SessionStore {
   save(file: SessionFile, options?: SaveOptions): Promise<number>
   /** Durably removes the session; removing a missing session is not an error. */
   remove(sessionId: string): Promise<void>
-  /** Durably moves the stored session (whose content is `file`) to the archive. */
-  archive(file: SessionFile): Promise<void>
+  /**
+   * Durably moves the stored session (whose content is `file`) to the archive. `options`: how
+   * `file` is saved again should it have to be (the file store's file gone from under it).
+   */
+  archive(file: SessionFile, options?: SaveOptions): Promise<void>
   /**
    * Indexes the archive at restore. Archived sessions stay out of memory: only what the
    * methods below need is kept, and their content is read on demand.
