@@ -6,7 +6,7 @@
  * that matches it ignoring case, as such a file system looks names up, and names keep their case.
  */
 import { readdirSync } from 'node:fs'
-import { readdir } from 'node:fs/promises'
+import { readdir, rm } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import t from 'tap'
 import { assertNoCaseTwins } from '../cli/folder.js'
@@ -120,6 +120,23 @@ t.test('a caseless folder: archiving a session whose name another archived sessi
   t.same(await readdir(join(dir, 'archive')), ['Notes.json'], 'Notes\'s file is still there')
   t.match((await get(app, '/list?session_id=Notes')).json(), { archived: true, tasks: [{ status: 'Completed' }] }, 'and Notes answers')
   t.ok(await bytes() < before && await bytes() > 0, 'archive/ bytes count Notes\'s file once')
+})
+
+t.test('a caseless folder: an archived file deleted by hand is dropped by the next list though another case\'s file now answers to its name, which stays readable', async (t) => {
+  const dir = await tempDir(t)
+  const app = await build(t, { dir, fs: caselessFs() })
+  await createSession(app, 'Notes', 'Summarize')
+  await post(app, '/execute-all', { session_id: 'Notes' })
+  await post(app, '/archive', { older_than_days: 0 })
+  await rm(join(dir, 'archive', 'Notes.json'))
+  await createSession(app, 'notes', '1. a\n2. b')
+  await post(app, '/execute-all', { session_id: 'notes' })
+  t.same((await post(app, '/archive', { older_than_days: 0 })).json().archived_ids, ['notes'])
+  const listed = (await get(app, '/list?session_id=all&archived=only')).json().sessions.map((summary: { session_id: string }) => summary.session_id)
+  t.same(listed, ['notes'], 'Notes is gone from the list')
+  t.match((await get(app, '/list?session_id=notes')).json(), { archived: true, total: 2 }, 'notes answers')
+  t.equal((await get(app, '/list?session_id=Notes')).statusCode, 404)
+  t.same(await readdir(join(dir, 'archive')), ['notes.json'], 'nothing set aside')
 })
 
 t.test('a caseless folder whose names each report an inode number of their own is told too', async (t) => {

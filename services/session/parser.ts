@@ -35,13 +35,16 @@ function fenceOf (text: string): { run: string, rest: string } | null {
  */
 function fenceLines (lines: readonly string[]): Set<number> {
   const paired = new Set<number>()
-  const closers = longestClosers(lines)
+  // Built at the first opener: text without one never pays for it.
+  let closers: Array<[number, number]> | null = null
   let open: { at: number, run: string } | null = null
   lines.forEach((line, at) => {
     if (open === null) {
       const opening = fenceOf(line) ?? fenceOf(itemOf(line) ?? '')
+      if (opening === null) return
+      closers ??= longestClosers(lines)
       // One never closed is plain text, and must not keep a later block from pairing.
-      if (opening !== null && (closers[at + 1]?.[opening.run[0] === '`' ? 0 : 1] ?? 0) >= opening.run.length) open = { at, run: opening.run }
+      if ((closers[at + 1]?.[opening.run[0] === '`' ? 0 : 1] ?? 0) >= opening.run.length) open = { at, run: opening.run }
       return
     }
     const closing = fenceOf(line)
@@ -65,8 +68,8 @@ function longestClosers (lines: readonly string[]): Array<[number, number]> {
 
 /** Line ends: CRLF, LF, and a lone CR (old Mac text). */
 const LINE_END = /\r\n|[\n\r]/u
-// As a list's number, no digit after its punctuation: "task 1.5" and "task 3-4" are prose.
-const TASK_MARKER = /\btask\s+\d{1,9}\s*[:.)-](?!\d)\s*/giu
+// No digit right after a `.` or `-`: "task 1.5" and "task 3-4" are prose ("Task 1:5 min warmup" is a marker).
+const TASK_MARKER = /\btask\s+\d{1,9}\s*(?:[:)]|[.-](?!\d))\s*/giu
 // "First of all" / "First off" are the marker whole; "First-time" or "First's" are words, not a marker.
 const STARTS_WITH_FIRST = /^\s*(?:first\s+of\s+all|first\s+off|first(?:ly)?)(?![\p{L}\p{N}_'\u2019-])[,:;.\u2013\u2014]?\s*/iu
 // "next" only counts after punctuation, so "read the next chapter" stays whole.
@@ -215,9 +218,9 @@ function taskMarkerItems (text: string): string[] | undefined {
   const items = markers.map((marker, i) => text.slice(marker.end, markers[i + 1]?.start ?? text.length))
   if (isBlank(lead) || isHeading(lead)) return items
   // An instruction introducing the markers ("Only use staging: Task 1: ...") is a task of its own,
-  // as is text above markers that start lines, as above a list (a heading line right before them
+  // as is text above markers that each start a line, as above a list (a heading line right before them
   // dropped); other text before them makes them prose ("Be quick. Task 1: a Task 2: b").
-  return lead.trim().endsWith(':') || first.opens === 'line' ? withLead(lead, items) : undefined
+  return lead.trim().endsWith(':') || markers.every((marker) => marker.opens === 'line') ? withLead(lead, items) : undefined
 }
 
 type Opening = 'line' | 'sentence' | 'none'

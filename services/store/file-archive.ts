@@ -36,6 +36,8 @@ export interface FileArchiveOptions {
   /** `archive/` inside the storage folder. */
   dir: string
   files: FolderFiles
+  /** Whether the folder tells no upper from lower case (found at open): a name found there may be another's. */
+  caseless: () => boolean
   active: ActiveFolder
 }
 
@@ -48,6 +50,7 @@ export class FileArchive {
   private readonly fs: FsSeam
   private readonly files: FolderFiles
   private readonly active: ActiveFolder
+  private readonly caseless: () => boolean
   private readonly index = new ArchiveIndex()
   private summaryFill: Promise<LoadFailure[]> | null = null
   /** Archived files the keyring cannot open (key missing or wrong): left in place, out of lists, reported once. */
@@ -64,6 +67,7 @@ export class FileArchive {
     this.fs = options.fs
     this.files = options.files
     this.active = options.active
+    this.caseless = options.caseless
   }
 
   /**
@@ -156,7 +160,7 @@ export class FileArchive {
         // A copy put there by hand since the index was made (the seed's manual archiving, while
         // the server runs): indexed as the older copy it is, so a delete removes it too. Only
         // under its very name: in a folder that ignores case, `Notes.json` answers for `notes.json`.
-        if (taken.isFile() && !this.index.files(sessionId).some((file) => file.name === name) && (await this.fs.readdir(this.dir)).includes(name)) {
+        if (taken.isFile() && !this.index.files(sessionId).some((file) => file.name === name) && (!this.caseless() || (await this.fs.readdir(this.dir)).includes(name))) {
           this.index.add(sessionId, { name, bytes: taken.size, stamp }, null)
         }
         stamp = Math.max(stamp + 1, Date.now())
@@ -277,7 +281,7 @@ export class FileArchive {
   /**
    * Drops from the index the files no longer in `archive/` (old archives deleted by hand, as the
    * seed's maintenance advice does while the server runs), so lists, /stats and /progress stop
-   * showing them. Each is confirmed gone by name after the listing: one archived meanwhile stays.
+   * showing them.
    */
   private async forgetRemoved (): Promise<void> {
     const failed = (err: NodeJS.ErrnoException): never => { throw new StorageError(`listing ${this.dir}`, err) }
@@ -288,21 +292,20 @@ export class FileArchive {
     // back (`touch -d`, `rsync -a` into a copy swapped in), which moves the ctime or the inode.
     const version = stat === null ? null : `${stat.dev}:${stat.ino}:${stat.mtimeMs}:${stat.ctimeMs}`
     if (version !== null && version === this.listedVersion) return
+    const indexed = this.index.ids().flatMap((sessionId) => this.index.files(sessionId).map((file) => ({ sessionId, file })))
     const listed = stat === null ? [] : await this.fs.readdir(this.dir).catch((err: NodeJS.ErrnoException) => err.code === 'ENOENT' ? [] : failed(err))
     // A time within the coarsest granularity of a folder's times (2 s on FAT) may not move for
     // a removal right after: such a folder is listed again next time.
     const settled = stat !== null && Date.now() - Math.max(stat.mtimeMs, stat.ctimeMs) > MTIME_GRANULARITY_MS ? version : null
     this.listedVersion = null
     const names = new Set(listed)
-    const missing = this.index.ids().flatMap((sessionId) => this.index.files(sessionId).filter((file) => !names.has(file.name)).map((file) => ({ sessionId, file })))
+    // Only entries indexed before the listing began: one archived meanwhile may be missing from it.
+    // Judged by the exact names listed, not by a lookup, which a caseless folder answers with another case's file.
+    const missing = indexed.filter(({ file }) => !names.has(file.name))
     if (missing.length > 0) {
       // The whole folder gone (a volume away for a while) says nothing of its files: kept.
       await this.active.present()
-      const limit = pLimit(this.readConcurrency)
-      await Promise.all(missing.map(({ sessionId, file }) => limit(async () => {
-        const gone = await this.fs.lstat(join(this.dir, file.name)).then(() => false, (err: NodeJS.ErrnoException) => err.code === 'ENOENT')
-        if (gone) this.index.forget(sessionId, file)
-      })))
+      for (const { sessionId, file } of missing) this.index.forget(sessionId, file)
     }
     this.listedVersion = settled
   }

@@ -129,6 +129,7 @@ export class FileSessionStore implements SessionStore {
       fs: this.fs,
       dir: join(this.dir, 'archive'),
       files: this.files,
+      caseless: () => this.caseless,
       active: {
         pathFor: (sessionId) => this.pathFor(sessionId),
         assertWritable: () => this.assertWritable(),
