@@ -853,6 +853,49 @@ t.test('a read while a refused DELETE of an archived session waits on its folder
   t.match((await get(app, '/list?session_id=all&archived=include')).json(), { sessions: [{ session_id: 'kept' }] }, 'and listed')
 })
 
+t.test('a list whose reading of archive/ spans a refused DELETE of an archived session does not lose the session from the index', async (t) => {
+  const dir = await tempDir(t)
+  const archive = join(dir, 'archive')
+  await mkdir(archive, { recursive: true, mode: 0o700 })
+  await writeFile(join(archive, 'kept.json'), storedSession('kept', ['Completed'], '2026-01-01T00:00:00.000Z'))
+  const fs = faultFs()
+  // The list's reading of archive/, once armed, is held after it has read the folder.
+  let listing: { held: Promise<void>, reached: () => void, release: Promise<void> } | null = null
+  const seam: FsSeam = {
+    ...fs,
+    readdir: (async (path: string, ...rest: unknown[]) => {
+      const listed = await (fs.readdir as (...args: unknown[]) => Promise<unknown>)(path, ...rest)
+      const hold = path === archive ? listing : null
+      if (hold !== null) {
+        listing = null
+        hold.reached()
+        await hold.release
+      }
+      return listed
+    }) as FsSeam['readdir']
+  }
+  const app = await build(t, { dir, fs: seam })
+  const gate = fs.hold('dirsync', { path: (path) => path === archive, times: 1 })
+  fs.fail('dirsync', 'EIO', { path: (path) => path === archive, times: 1 })
+  const deleting = app.inject({ method: 'DELETE', url: `${API}/sessions/kept` })
+  await gate.reached
+  // The copy is under a temp name now: the list reads archive/ without it, and waits.
+  let reached = (): void => {}
+  let release = (): void => {}
+  const held = new Promise<void>((resolve) => { reached = resolve })
+  listing = { held, reached, release: new Promise<void>((resolve) => { release = resolve }) }
+  const listed = get(app, '/list?session_id=all&archived=only')
+  await held
+  // The delete fails and puts the copy back, the session still indexed; then the list goes on.
+  gate.release()
+  t.equal((await deleting).statusCode, 503)
+  release()
+  await listed
+  fs.heal()
+  t.equal((await get(app, '/list?session_id=kept')).statusCode, 200, 'still archived and readable')
+  t.match((await get(app, '/list?session_id=all&archived=include')).json(), { sessions: [{ session_id: 'kept' }] }, 'and listed')
+})
+
 t.test('an execute while an archive pass writes the session\'s move answers 409 and starts no run; the session is archived', async (t) => {
   const { fs, held, release } = heldArchiveMove()
   const app = await build(t, { dir: await tempDir(t), fs })

@@ -383,6 +383,8 @@ t.test('(stop 72 review) task numbers with a digit after, a lone CR before a con
   t.strictSame(parseInstructions('Our DB is prod.\nTask 1: a\nTask 2: b'), ['Our DB is prod.', 'a', 'b'], 'text above markers that start lines is a task, as above a list')
   t.strictSame(parseInstructions('Be quick. Task 1: a Task 2: b'), ['Be quick. Task 1: a Task 2: b'], 'markers inside a sentence stay prose')
   t.strictSame(parseInstructions('Status report\ntask 1. is done and task 2. is blocked'), ['Status report\ntask 1. is done and task 2. is blocked'], 'prose wrapped onto a line starting with a marker stays prose')
+  t.strictSame(parseInstructions('Our DB is prod.\nTask 1: back up. Task 2: migrate'), ['Our DB is prod.', 'back up.', 'migrate'], 'markers after a sentence\'s end, the first starting a line')
+  t.strictSame(parseInstructions('Intro\nTask 1) a; Task 2) b'), ['Intro', 'a;', 'b'])
   t.strictSame(parseInstructions('Task 1:5 min warmup\nTask 2:10 min run'), ['5 min warmup', '10 min run'], 'a digit after a colon is the task\'s')
   t.strictSame(parseInstructions('Task 1)2 eggs Task 2)3 eggs'), ['2 eggs', '3 eggs'])
 })

@@ -218,9 +218,9 @@ function taskMarkerItems (text: string): string[] | undefined {
   const items = markers.map((marker, i) => text.slice(marker.end, markers[i + 1]?.start ?? text.length))
   if (isBlank(lead) || isHeading(lead)) return items
   // An instruction introducing the markers ("Only use staging: Task 1: ...") is a task of its own,
-  // as is text above markers that each start a line, as above a list (a heading line right before them
+  // as is text above markers that start a line or a sentence, the first a line, as above a list (a heading line right before them
   // dropped); other text before them makes them prose ("Be quick. Task 1: a Task 2: b").
-  return lead.trim().endsWith(':') || markers.every((marker) => marker.opens === 'line') ? withLead(lead, items) : undefined
+  return lead.trim().endsWith(':') || (first.opens === 'line' && markers.every((marker) => marker.opens !== 'none')) ? withLead(lead, items) : undefined
 }
 
 type Opening = 'line' | 'sentence' | 'none'

@@ -305,7 +305,15 @@ export class FileArchive {
     if (missing.length > 0) {
       // The whole folder gone (a volume away for a while) says nothing of its files: kept.
       await this.active.present()
-      for (const { sessionId, file } of missing) this.index.forget(sessionId, file)
+      // Confirmed after: a copy renamed away during the listing may be back (a delete undone,
+      // whose put-back re-adds only entries no longer indexed). By name where a lookup is exact;
+      // by a second listing where the folder ignores case.
+      const relisted = this.caseless() ? new Set(await this.fs.readdir(this.dir).catch((err: NodeJS.ErrnoException) => failed(err))) : null
+      const limit = pLimit(this.readConcurrency)
+      await Promise.all(missing.map(({ sessionId, file }) => limit(async () => {
+        const gone = relisted !== null ? !relisted.has(file.name) : await this.fs.lstat(join(this.dir, file.name)).then(() => false, (err: NodeJS.ErrnoException) => err.code === 'ENOENT')
+        if (gone) this.index.forget(sessionId, file)
+      })))
     }
     this.listedVersion = settled
   }
