@@ -830,11 +830,17 @@ t.test('a DELETE of an archived session on a disk with no room for a new name un
   t.match((await get(again, '/progress?session_id=other')).json(), { archived: true })
 })
 
-t.test('a read while a refused DELETE of an archived session waits on its folder fsync does not lose the session from the index', async (t) => {
+/** A storage folder whose archive/ holds session `kept`, finished. */
+async function archivedKept (t: Test): Promise<{ dir: string, archive: string }> {
   const dir = await tempDir(t)
   const archive = join(dir, 'archive')
   await mkdir(archive, { recursive: true, mode: 0o700 })
   await writeFile(join(archive, 'kept.json'), storedSession('kept', ['Completed'], '2026-01-01T00:00:00.000Z'))
+  return { dir, archive }
+}
+
+t.test('a read while a refused DELETE of an archived session waits on its folder fsync does not lose the session from the index', async (t) => {
+  const { dir, archive } = await archivedKept(t)
   const fs = faultFs()
   const app = await build(t, { dir, fs })
   // The delete's archive/ fsync is held, then fails.
@@ -854,10 +860,7 @@ t.test('a read while a refused DELETE of an archived session waits on its folder
 })
 
 t.test('a list whose reading of archive/ spans a refused DELETE of an archived session does not lose the session from the index', async (t) => {
-  const dir = await tempDir(t)
-  const archive = join(dir, 'archive')
-  await mkdir(archive, { recursive: true, mode: 0o700 })
-  await writeFile(join(archive, 'kept.json'), storedSession('kept', ['Completed'], '2026-01-01T00:00:00.000Z'))
+  const { dir, archive } = await archivedKept(t)
   const fs = faultFs()
   // The list's reading of archive/, once armed, is held after it has read the folder.
   let listing: { held: Promise<void>, reached: () => void, release: Promise<void> } | null = null
