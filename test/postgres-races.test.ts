@@ -306,7 +306,7 @@ t.test('POST /archive whose next page of candidates the database fails answers 5
     t.equal((await call(a, 'POST', 'execute', { session_id: id })).status, 200)
   }
   // The second page's read (it names a cursor) waits on a table lock past the statement timeout.
-  const held = hold(/^SELECT session_id, to_json\(finished_at\)/u, (values) => values[2] !== 'null')
+  const held = hold(/^SELECT session_id, to_json\(finished_at\)/u, (values) => values.length > 2)
   const pass = call(a, 'POST', 'archive', { older_than_days: 0 })
   await held.reached
   const locker = await admin.connect()
