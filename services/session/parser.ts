@@ -47,21 +47,27 @@ function fenceLines (lines: readonly string[]): Set<number> {
       if ((closers[at + 1]?.[opening.run[0] === '`' ? 0 : 1] ?? 0) >= opening.run.length) open = { at, run: opening.run }
       return
     }
-    const closing = fenceOf(line)
-    if (closing === null || closing.run[0] !== open.run[0] || closing.run.length < open.run.length || closing.rest.trim() !== '') return
+    const closing = closingRun(line)
+    if (closing === null || closing[0] !== open.run[0] || closing.length < open.run.length) return
     paired.add(open.at).add(at)
     open = null
   })
   return paired
 }
+/** The run of a line that could close a fence (nothing after it), or null. */
+function closingRun (line: string): string | null {
+  const fence = fenceOf(line)
+  return fence !== null && fence.rest.trim() === '' ? fence.run : null
+}
+
 /** For each line, the longest run of a line that could close a fence at it or after: [backticks, tildes]. One walk back. */
 function longestClosers (lines: readonly string[]): Array<[number, number]> {
   const longest: Array<[number, number]> = Array.from({ length: lines.length + 1 }, (): [number, number] => [0, 0])
   for (let at = lines.length - 1; at >= 0; at--) {
     const [ticks, tildes] = longest[at + 1] as [number, number]
-    const closing = fenceOf(lines[at] as string)
-    const length = closing !== null && closing.rest.trim() === '' ? closing.run.length : 0
-    longest[at] = closing?.run[0] === '`' ? [Math.max(ticks, length), tildes] : [ticks, Math.max(tildes, length)]
+    const run = closingRun(lines[at] as string)
+    const length = run?.length ?? 0
+    longest[at] = run?.[0] === '`' ? [Math.max(ticks, length), tildes] : [ticks, Math.max(tildes, length)]
   }
   return longest
 }
